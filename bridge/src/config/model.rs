@@ -1,0 +1,104 @@
+//! The effective configuration, after defaults and validation. Paths are absolute
+//! (relative ones resolve against the directory of the file that named them).
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub global: Global,
+    /// In file order, then the order within each file.
+    pub listeners: Vec<Listener>,
+    pub pools: Vec<Pool>,
+}
+
+/// The `bridge:` section.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Global {
+    /// Worker sockets and the unpacked worker module live here (default: a fresh
+    /// private directory under $XDG_RUNTIME_DIR or /tmp).
+    pub runtime_dir: Option<PathBuf>,
+    /// tracing filter, e.g. "info" or "fcgibridge=debug".
+    pub log_level: String,
+    pub log_format: LogFormat,
+    /// Access log file; "-" means the main log.
+    pub access_log: Option<PathBuf>,
+    /// How long SIGTERM waits for in-flight requests.
+    pub shutdown_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    FastCgi,
+    Scgi,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListenAddress {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+    /// An inherited listening socket (fd 0 in spawned mode).
+    Fd(i32),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Listener {
+    pub name: String,
+    pub protocol: Protocol,
+    pub address: ListenAddress,
+    /// Unix socket file permissions, e.g. 0o660.
+    pub socket_mode: Option<u32>,
+    pub socket_owner: Option<String>,
+    pub socket_group: Option<String>,
+    pub backlog: u32,
+    /// Tried in order; the first whose host and prefix both match wins.
+    /// `pool: NAME` in YAML is one route with neither host nor prefix.
+    pub routes: Vec<Route>,
+    /// Bytes of FastCGI PARAMS / SCGI headers accepted per request.
+    pub max_params: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    /// Matched against HTTP_HOST without its port, case-insensitively.
+    pub host: Option<String>,
+    /// Path prefix on a segment boundary: "/api" matches "/api" and "/api/x", not "/apix".
+    pub prefix: Option<String>,
+    pub pool: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Pool {
+    pub name: String,
+    /// Interpreter or virtualenv python to run; default "python3" from PATH.
+    pub python: PathBuf,
+    /// "package.module:callable", or the path of a .wsgi/.py file that defines `application`.
+    pub app: App,
+    /// Working directory of the workers (default: the directory of the config file).
+    pub chdir: PathBuf,
+    /// Added to the bridge's own environment.
+    pub env: BTreeMap<String, String>,
+    pub processes: u32,
+    pub threads: u32,
+    /// Requests that may wait for a free worker thread; beyond it: 503 at once.
+    pub queue_size: usize,
+    /// Longest wait for a free worker thread; then 503 with Retry-After.
+    pub queue_timeout: Duration,
+    /// How long a worker may take to import the app and become ready.
+    pub startup_timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum App {
+    /// `module:callable` (callable defaults to `application`).
+    Module { module: String, callable: String },
+    /// A file exposing `application`.
+    File(PathBuf),
+}

@@ -1,0 +1,8 @@
+//! `fcgibridge run`: logging, listeners, pools, signals.
+use std::path::Path;
+use std::process::ExitCode;
+
+pub fn main(config_dir: &Path) -> ExitCode {
+    let _ = config_dir;
+    todo!()
+}

@@ -1,0 +1,61 @@
+//! fcgibridge: FastCGI/SCGI in front, pools of Python WSGI workers behind.
+//! See docs/architecture.md for the life of a request through these modules.
+
+mod check;
+mod config;
+mod daemon;
+mod request;
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(name = "fcgibridge", version, about = "Serve Python WSGI apps to any web server over FastCGI and SCGI")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon.
+    Run {
+        /// Directory of *.yaml files, read in name order.
+        #[arg(long, short, default_value = "conf.d")]
+        config: PathBuf,
+    },
+    /// Validate the configuration and print the effective result.
+    Check {
+        #[arg(long, short, default_value = "conf.d")]
+        config: PathBuf,
+    },
+    /// Send one request to a FastCGI or SCGI address and print the response.
+    Request {
+        /// host:port, or unix:/path/to/socket (a bare path also works).
+        address: String,
+        /// Request path, with an optional ?query.
+        path: String,
+        #[arg(short = 'X', long, default_value = "GET")]
+        method: String,
+        /// "Name: value"; repeatable.
+        #[arg(short = 'H', long = "header")]
+        headers: Vec<String>,
+        /// Request body; @file reads it from a file.
+        #[arg(short = 'd', long = "data")]
+        data: Option<String>,
+        /// Speak SCGI instead of FastCGI.
+        #[arg(long)]
+        scgi: bool,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run { config } => daemon::main(&config),
+        Command::Check { config } => check::main(&config),
+        Command::Request { address, path, method, headers, data, scgi } => {
+            request::main(request::Args { address, path, method, headers, data, scgi })
+        }
+    }
+}
