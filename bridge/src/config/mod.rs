@@ -1,18 +1,92 @@
 //! Configuration: a directory of YAML files (conf.d/*.yaml) merged in name order.
-//! SKELETON: `model` is the contract between the loader and the runtime.
+//!
+//! The path of a file through this module:
+//! - `file.rs`: serde structs for one file as written (unknown keys rejected);
+//! - `locate.rs`: where each key sits, so every error names file:line:column and key;
+//! - `resolve.rs`: one pool or listener with defaults filled in and paths made absolute;
+//! - `validate.rs`: the files merged, with the checks that need all of them;
+//! - `model.rs`: the result, which the runtime reads.
+//!
+//! YAML is read by serde-saphyr: maintained, panic-free on any input, and precise about
+//! line and column (serde_yaml is deprecated upstream).
 
+mod error;
+mod file;
+mod hint;
+mod locate;
 pub mod model;
+mod paths;
+mod resolve;
+pub mod units;
+mod validate;
+
+pub use error::{At, ConfigError};
 pub use model::*;
 
-use std::path::Path;
+use error::Source;
+use locate::KeyIndex;
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use validate::Parsed;
 
-/// Why a configuration was rejected; Display reads "file:line:column: key: what to change".
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct ConfigError(pub String);
+/// Defaults, for `fcgibridge check` and the docs to agree with the loader.
+pub mod defaults {
+    pub use super::resolve::{
+        DEFAULT_BACKLOG as BACKLOG, DEFAULT_CALLABLE as CALLABLE, DEFAULT_MAX_PARAMS as MAX_PARAMS,
+        DEFAULT_PROCESSES as PROCESSES, DEFAULT_PYTHON as PYTHON, DEFAULT_QUEUE_SIZE as QUEUE_SIZE,
+        DEFAULT_QUEUE_TIMEOUT as QUEUE_TIMEOUT, DEFAULT_STARTUP_TIMEOUT as STARTUP_TIMEOUT,
+        DEFAULT_THREADS as THREADS,
+    };
+    pub use super::validate::{DEFAULT_LOG_LEVEL as LOG_LEVEL, DEFAULT_SHUTDOWN_TIMEOUT as SHUTDOWN_TIMEOUT};
+}
 
 /// Read every `*.yaml` in `dir` in name order, apply defaults, validate.
 pub fn load(dir: &Path) -> Result<Config, ConfigError> {
-    let _ = dir;
-    todo!()
+    let search_path = std::env::var_os("PATH");
+    load_with_search_path(dir, search_path.as_deref())
 }
+
+/// [`load`] with an explicit PATH for finding interpreters.
+pub fn load_with_search_path(dir: &Path, search_path: Option<&OsStr>) -> Result<Config, ConfigError> {
+    let shown = dir.display().to_string();
+    let files = yaml_files(dir).map_err(|source| ConfigError::ReadDir { dir: shown.clone(), source })?;
+    if files.is_empty() {
+        return Err(ConfigError::NoFiles { dir: shown });
+    }
+    let abs_dir = paths::absolute_dir(dir).map_err(|source| ConfigError::ReadDir { dir: shown.clone(), source })?;
+    let mut parsed = Vec::with_capacity(files.len());
+    for name in files {
+        let file = dir.join(&name);
+        let display = file.display().to_string();
+        let text = std::fs::read_to_string(&file)
+            .map_err(|source| ConfigError::ReadFile { file: display.clone(), source })?;
+        parsed.push(parse(display, abs_dir.clone(), &text)?);
+    }
+    validate::merge(&shown, parsed, search_path)
+}
+
+/// The `*.yaml` names in `dir`, sorted; hidden files are skipped (editor leftovers).
+fn yaml_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = PathBuf::from(entry.file_name());
+        let visible = !entry.file_name().to_string_lossy().starts_with('.');
+        if visible && name.extension() == Some(OsStr::new("yaml")) && entry.path().is_file() {
+            names.push(name);
+        }
+    }
+    names.sort();
+    Ok(names)
+}
+
+/// One file's text into its typed form, errors pointing at the key.
+fn parse(file: String, dir: PathBuf, text: &str) -> Result<Parsed, ConfigError> {
+    let source = Source { file, index: KeyIndex::build(text) };
+    let raw = serde_saphyr::from_str::<Option<file::RawFile>>(text).map_err(|e| source.from_yaml(&e))?;
+    Ok(Parsed { source, dir, raw: raw.unwrap_or_default() })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+pub(crate) mod tests;

@@ -1,0 +1,110 @@
+//! One config file exactly as written: serde structs with kebab-case keys.
+//!
+//! Every key is optional here; what is required, and every default, is decided in
+//! `resolve.rs`, where the error can name the key that is missing. Unknown keys are
+//! rejected (`deny_unknown_fields`) so a typo never silently falls back to a default.
+use super::units::{ByteSize, HumanDuration};
+use serde::de::{self, Deserializer, MapAccess, Visitor};
+use serde::Deserialize;
+use std::fmt;
+use std::marker::PhantomData;
+
+/// Top level of a file: any of the three sections.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawFile {
+    pub bridge: Option<RawBridge>,
+    pub pools: Option<Entries<RawPool>>,
+    pub listeners: Option<Entries<RawListener>>,
+}
+
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawBridge {
+    pub runtime_dir: Option<String>,
+    pub log_level: Option<String>,
+    pub log_format: Option<String>,
+    pub access_log: Option<String>,
+    pub shutdown_timeout: Option<HumanDuration>,
+}
+
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawPool {
+    pub app: Option<String>,
+    pub python: Option<String>,
+    pub chdir: Option<String>,
+    pub env: Option<Entries<String>>,
+    pub processes: Option<u32>,
+    pub threads: Option<u32>,
+    pub queue_size: Option<usize>,
+    pub queue_timeout: Option<HumanDuration>,
+    pub startup_timeout: Option<HumanDuration>,
+}
+
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawListener {
+    pub fastcgi: Option<String>,
+    pub scgi: Option<String>,
+    pub pool: Option<String>,
+    pub routes: Option<Vec<RawRoute>>,
+    /// A string so that both `"0660"` and an unquoted `0660` keep their octal digits.
+    pub socket_mode: Option<String>,
+    pub socket_owner: Option<String>,
+    pub socket_group: Option<String>,
+    pub backlog: Option<u32>,
+    pub max_params: Option<ByteSize>,
+}
+
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawRoute {
+    pub host: Option<String>,
+    pub prefix: Option<String>,
+    pub pool: Option<String>,
+}
+
+
+/// A YAML mapping kept in the order it was written (pools and listeners are
+/// reported, started and printed in file order).
+#[derive(Debug)]
+pub struct Entries<T>(pub Vec<(String, T)>);
+
+impl<T> Default for Entries<T> {
+    fn default() -> Self {
+        Entries(Vec::new())
+    }
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Entries<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct EntriesVisitor<T>(PhantomData<T>);
+
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for EntriesVisitor<T> {
+            type Value = Entries<T>;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a mapping of names to settings")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                // Duplicate names within one file are already refused by the YAML layer.
+                let mut entries = Vec::new();
+                while let Some((key, value)) = map.next_entry::<String, T>()? {
+                    entries.push((key, value));
+                }
+                Ok(Entries(entries))
+            }
+            // `pools:` with nothing under it is an empty section, not a type error.
+            fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(Entries(Vec::new()))
+            }
+        }
+
+        deserializer.deserialize_map(EntriesVisitor(PhantomData))
+    }
+}

@@ -1,0 +1,231 @@
+//! Where each key of a YAML file sits: `pools.demo.processes` ↔ line 7, column 5.
+//!
+//! serde reports *where* something went wrong but not *which key* it was, and the
+//! checks that run after parsing (a route to an unknown pool, a duplicate address)
+//! know the key but not where it was written. One pass over the parser's events
+//! answers both questions, so the typed structs stay free of span wrappers.
+use serde_saphyr::granit_parser::{Event, Parser};
+use std::fmt;
+
+/// A 1-based line and column (in characters), as editors count them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Pos {
+    pub line: usize,
+    pub column: usize,
+}
+
+impl fmt::Display for Pos {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.line, self.column)
+    }
+}
+
+/// One step of a key path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Seg {
+    Key(String),
+    Index(usize),
+}
+
+/// A key path such as `listeners.api.routes[1].pool`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KeyPath(pub Vec<Seg>);
+
+impl KeyPath {
+    /// Build from `["pools", "demo"]`-style keys.
+    pub fn of(keys: &[&str]) -> Self {
+        KeyPath(keys.iter().map(|k| Seg::Key((*k).to_owned())).collect())
+    }
+    /// This path with one more key.
+    pub fn key(&self, key: &str) -> Self {
+        let mut p = self.clone();
+        p.0.push(Seg::Key(key.to_owned()));
+        p
+    }
+    /// This path with one more sequence index.
+    pub fn index(&self, i: usize) -> Self {
+        let mut p = self.clone();
+        p.0.push(Seg::Index(i));
+        p
+    }
+    fn parent(&self) -> Option<KeyPath> {
+        let mut p = self.clone();
+        p.0.pop().map(|_| p)
+    }
+}
+
+impl fmt::Display for KeyPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, seg) in self.0.iter().enumerate() {
+            match seg {
+                Seg::Key(k) if i == 0 => write!(f, "{k}")?,
+                Seg::Key(k) => write!(f, ".{k}")?,
+                Seg::Index(n) => write!(f, "[{n}]")?,
+            }
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug)]
+struct Node {
+    pos: Pos,
+    path: KeyPath,
+    /// The key token itself, rather than the value it introduces.
+    is_key: bool,
+}
+
+/// Every key and value node of one YAML document, in document order.
+#[derive(Debug, Default)]
+pub struct KeyIndex {
+    nodes: Vec<Node>,
+}
+
+enum Frame {
+    Map { path: KeyPath, key: Option<String> },
+    Seq { path: KeyPath, next: usize },
+    /// A mapping or sequence used as a key: nothing inside it is addressable.
+    Opaque,
+}
+
+impl KeyIndex {
+    /// Index `text`. Stops quietly at a syntax error: the typed parse reports those.
+    pub fn build(text: &str) -> Self {
+        let mut nodes = Vec::new();
+        let mut stack: Vec<Frame> = Vec::new();
+        for item in Parser::new_from_str(text) {
+            let Ok((event, span)) = item else { break };
+            let pos = Pos { line: span.start.line(), column: span.start.col() + 1 };
+            let is_node = matches!(
+                event,
+                Event::Scalar(..) | Event::MappingStart(..) | Event::SequenceStart(..) | Event::Alias(..)
+            );
+            if matches!(event, Event::MappingEnd | Event::SequenceEnd) {
+                stack.pop();
+                continue;
+            }
+            if !is_node {
+                continue;
+            }
+            // Decide the path of this node from its container.
+            let (path, is_key, opaque) = match stack.last_mut() {
+                None => (Some(KeyPath::default()), false, false),
+                Some(Frame::Opaque) => (None, false, true),
+                Some(Frame::Seq { path, next }) => {
+                    let p = path.index(*next);
+                    *next += 1;
+                    (Some(p), false, false)
+                }
+                Some(Frame::Map { path, key }) => match key.take() {
+                    Some(k) => (Some(path.key(&k)), false, false),
+                    None => match &event {
+                        Event::Scalar(value, ..) => {
+                            *key = Some(value.to_string());
+                            (Some(path.key(value)), true, false)
+                        }
+                        _ => {
+                            // A complex key: its value gets a placeholder name.
+                            *key = Some("?".to_owned());
+                            (None, false, true)
+                        }
+                    },
+                },
+            };
+            if let Some(path) = &path {
+                nodes.push(Node { pos, path: path.clone(), is_key });
+            }
+            match event {
+                Event::MappingStart(..) => stack.push(match (path, opaque) {
+                    (Some(path), false) => Frame::Map { path, key: None },
+                    _ => Frame::Opaque,
+                }),
+                Event::SequenceStart(..) => stack.push(match (path, opaque) {
+                    (Some(path), false) => Frame::Seq { path, next: 0 },
+                    _ => Frame::Opaque,
+                }),
+                _ => {}
+            }
+        }
+        KeyIndex { nodes }
+    }
+
+    /// Where the key at `path` is written; for a sequence item, where the item starts.
+    /// Falls back to the nearest enclosing key that exists.
+    pub fn find(&self, path: &KeyPath) -> Option<Pos> {
+        let mut path = path.clone();
+        loop {
+            let exact = self
+                .nodes
+                .iter()
+                .filter(|n| n.path == path)
+                .min_by_key(|n| (!n.is_key, n.pos));
+            if let Some(node) = exact {
+                return Some(node.pos);
+            }
+            path = path.parent()?;
+            if path.0.is_empty() {
+                return None;
+            }
+        }
+    }
+
+    /// The key path of the node at `pos`: the innermost node starting there, or else
+    /// the last node that starts before it.
+    pub fn path_at(&self, pos: Pos) -> Option<&KeyPath> {
+        let at: Vec<&Node> = self.nodes.iter().filter(|n| n.pos == pos).collect();
+        if let Some(node) = at.iter().max_by_key(|n| n.path.0.len()) {
+            return Some(&node.path);
+        }
+        self.nodes.iter().filter(|n| n.pos < pos).max_by_key(|n| n.pos).map(|n| &n.path)
+    }
+
+    /// The path of the mapping that starts at `pos` (used for "missing field" errors,
+    /// which serde reports at the first key of the mapping that lacks one).
+    pub fn container_at(&self, pos: Pos) -> Option<&KeyPath> {
+        self.nodes.iter().filter(|n| n.pos == pos && !n.is_key).min_by_key(|n| n.path.0.len()).map(|n| &n.path)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    const DOC: &str = "\
+pools:
+  demo:
+    app: app.py
+    processes: 2
+listeners:
+  api:
+    scgi: unix:/run/api.sock
+    routes:
+      - {host: a.example, pool: demo}
+      - pool: demo
+";
+
+    #[test]
+    fn finds_keys_by_path() {
+        let index = KeyIndex::build(DOC);
+        let at = |keys: &[&str]| index.find(&KeyPath::of(keys)).unwrap();
+        assert_eq!(at(&["pools"]), Pos { line: 1, column: 1 });
+        assert_eq!(at(&["pools", "demo", "processes"]), Pos { line: 4, column: 5 });
+        let routes = KeyPath::of(&["listeners", "api", "routes"]);
+        assert_eq!(index.find(&routes.index(0).key("pool")), Some(Pos { line: 9, column: 27 }));
+        assert_eq!(index.find(&routes.index(1).key("pool")), Some(Pos { line: 10, column: 9 }));
+        // An absent key falls back to its parent.
+        assert_eq!(at(&["pools", "demo", "threads"]), Pos { line: 2, column: 3 });
+    }
+
+    #[test]
+    fn names_the_key_at_a_position() {
+        let index = KeyIndex::build(DOC);
+        let path = |line, column| index.path_at(Pos { line, column }).unwrap().to_string();
+        assert_eq!(path(4, 5), "pools.demo.processes");
+        assert_eq!(path(4, 16), "pools.demo.processes");
+        assert_eq!(path(9, 15), "listeners.api.routes[0].host");
+        assert_eq!(path(10, 15), "listeners.api.routes[1].pool");
+        let container = index.container_at(Pos { line: 3, column: 5 }).unwrap();
+        assert_eq!(container.to_string(), "pools.demo");
+    }
+}

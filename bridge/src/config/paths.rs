@@ -1,0 +1,104 @@
+//! Path resolution: relative to the naming file's directory, and finding the interpreter.
+use std::ffi::OsStr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Component, Path, PathBuf};
+
+/// `path` made absolute against `base` and cleaned of `.` and `..` without touching the
+/// file system (a virtualenv's `bin/python` symlink must stay as written: following it
+/// would lose the virtualenv).
+pub fn resolve(base: &Path, path: &str) -> PathBuf {
+    let joined = base.join(path);
+    let mut out = PathBuf::new();
+    for component in joined.components() {
+        match component {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                // Never climbs above the root, like the kernel.
+                if out.parent().is_some() {
+                    out.pop();
+                }
+            }
+            other => out.push(other.as_os_str()),
+        }
+    }
+    out
+}
+
+/// The directory `dir` made absolute against the current directory.
+pub fn absolute_dir(dir: &Path) -> std::io::Result<PathBuf> {
+    let abs = std::path::absolute(dir)?;
+    Ok(resolve(&abs, "."))
+}
+
+fn is_executable_file(path: &Path) -> bool {
+    path.metadata().map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false)
+}
+
+/// The interpreter a pool names: a command on PATH, a path, or a virtualenv directory.
+/// Returns the absolute path to run, or what the operator should change.
+pub fn find_python(spec: &str, base: &Path, search_path: Option<&OsStr>) -> Result<PathBuf, String> {
+    if spec.is_empty() {
+        return Err("is empty; name an interpreter such as python3, a path, or a virtualenv directory".into());
+    }
+    if spec.contains('/') {
+        let path = resolve(base, spec);
+        if path.is_dir() {
+            let python = path.join("bin").join("python");
+            return if is_executable_file(&python) {
+                Ok(python)
+            } else {
+                Err(format!("{} is a directory but not a virtualenv: {} is missing", path.display(), python.display()))
+            };
+        }
+        return if is_executable_file(&path) {
+            Ok(path)
+        } else if path.exists() {
+            Err(format!("{} is not an executable file", path.display()))
+        } else {
+            Err(format!("{} does not exist", path.display()))
+        };
+    }
+    let dirs = search_path.map(|p| std::env::split_paths(p).collect::<Vec<_>>()).unwrap_or_default();
+    for dir in dirs {
+        let candidate = dir.join(spec);
+        if is_executable_file(&candidate) {
+            // A relative PATH entry would change meaning once workers chdir.
+            return absolute_dir(&dir).map(|d| d.join(spec)).map_err(|e| e.to_string());
+        }
+    }
+    Err(format!("{spec:?} was not found on PATH; set python: to an interpreter path or a virtualenv directory"))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relative_paths_resolve_against_the_base() {
+        let base = Path::new("/etc/fcgibridge/conf.d");
+        assert_eq!(resolve(base, "../examples/app.py"), PathBuf::from("/etc/fcgibridge/examples/app.py"));
+        assert_eq!(resolve(base, "./x/./y"), PathBuf::from("/etc/fcgibridge/conf.d/x/y"));
+        assert_eq!(resolve(base, "/srv/app.wsgi"), PathBuf::from("/srv/app.wsgi"));
+        assert_eq!(resolve(Path::new("/"), "../../x"), PathBuf::from("/x"));
+    }
+
+    #[test]
+    fn python_is_found_on_the_given_path() {
+        let dir = crate::config::tests::scratch_dir("python-on-path");
+        let bin = dir.join("bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        let exe = bin.join("python");
+        std::fs::write(&exe, "#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+
+        let path = std::env::join_paths([dir.join("nothing-here"), bin.clone()]).unwrap();
+        assert_eq!(find_python("python", Path::new("/"), Some(&path)), Ok(exe.clone()));
+        // A virtualenv directory means its bin/python.
+        assert_eq!(find_python(dir.to_str().unwrap(), Path::new("/"), None), Ok(exe.clone()));
+        let missing = find_python("python9", Path::new("/"), Some(&path)).unwrap_err();
+        assert!(missing.contains("not found on PATH"), "{missing}");
+        let not_venv = find_python(bin.to_str().unwrap(), Path::new("/"), None).unwrap_err();
+        assert!(not_venv.contains("not a virtualenv"), "{not_venv}");
+    }
+}

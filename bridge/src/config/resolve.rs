@@ -1,0 +1,352 @@
+//! One file's pools and listeners turned into the model: defaults filled in, values
+//! checked, paths made absolute. Checks that need every file live in `validate.rs`.
+use super::error::{ConfigError, Source};
+use super::file::{RawListener, RawPool};
+use super::locate::KeyPath;
+use super::model::{App, ListenAddress, Listener, Pool, Protocol, Route};
+use super::paths;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::Path;
+use std::time::Duration;
+
+pub const DEFAULT_PYTHON: &str = "python3";
+pub const DEFAULT_PROCESSES: u32 = 2;
+pub const DEFAULT_THREADS: u32 = 4;
+pub const DEFAULT_QUEUE_SIZE: usize = 1024;
+pub const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::from_secs(30);
+pub const DEFAULT_STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
+pub const DEFAULT_BACKLOG: u32 = 1024;
+pub const DEFAULT_MAX_PARAMS: usize = 1 << 20;
+/// The callable looked up when an app names only a module (PEP 3333 convention).
+pub const DEFAULT_CALLABLE: &str = "application";
+
+/// The longest unix socket path the kernel accepts (sun_path minus its NUL).
+const MAX_UNIX_PATH: usize = 107;
+
+/// Pool and listener names become log fields, socket names and status page keys.
+pub fn check_name(src: &Source, path: &KeyPath, kind: &str, name: &str) -> Result<(), ConfigError> {
+    let ok = !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(src.invalid(path, format!("{kind} name {name:?} may only use letters, digits, '_' and '-'")))
+    }
+}
+
+/// A pool from `pools.NAME` in a file whose directory is `dir`.
+pub fn pool(
+    src: &Source,
+    dir: &Path,
+    name: &str,
+    raw: RawPool,
+    search_path: Option<&std::ffi::OsStr>,
+) -> Result<Pool, ConfigError> {
+    let here = KeyPath::of(&["pools", name]);
+    check_name(src, &here, "pool", name)?;
+
+    let app_text = raw.app.ok_or_else(|| {
+        src.invalid(&here, "missing key `app`: name a module (\"package.module:callable\") or a .py/.wsgi file")
+    })?;
+    let app = parse_app(&app_text, dir).map_err(|m| src.invalid(&here.key("app"), m))?;
+
+    let python = paths::find_python(raw.python.as_deref().unwrap_or(DEFAULT_PYTHON), dir, search_path)
+        .map_err(|m| src.invalid(&here.key("python"), m))?;
+
+    let chdir = match (&raw.chdir, &app) {
+        (Some(chdir), _) => paths::resolve(dir, chdir),
+        (None, App::File(file)) => file.parent().map(Path::to_path_buf).unwrap_or_else(|| dir.to_path_buf()),
+        (None, App::Module { .. }) => dir.to_path_buf(),
+    };
+    if !chdir.is_dir() {
+        return Err(src.invalid(&here.key("chdir"), format!("{} is not a directory", chdir.display())));
+    }
+
+    let env = raw.env.map(|e| e.0).unwrap_or_default();
+    for (key, _) in &env {
+        if key.is_empty() || key.contains('=') || key.contains('\0') {
+            return Err(src.invalid(&here.key("env").key(key), "not a valid environment variable name"));
+        }
+    }
+
+    let processes = raw.processes.unwrap_or(DEFAULT_PROCESSES);
+    if processes == 0 {
+        return Err(src.invalid(&here.key("processes"), "must be at least 1"));
+    }
+    let threads = raw.threads.unwrap_or(DEFAULT_THREADS);
+    if threads == 0 {
+        return Err(src.invalid(&here.key("threads"), "must be at least 1"));
+    }
+    let startup_timeout = raw.startup_timeout.map(|d| d.0).unwrap_or(DEFAULT_STARTUP_TIMEOUT);
+    if startup_timeout.is_zero() {
+        return Err(src.invalid(&here.key("startup-timeout"), "must be longer than 0s"));
+    }
+
+    Ok(Pool {
+        name: name.to_owned(),
+        python,
+        app,
+        chdir,
+        env: env.into_iter().collect(),
+        processes,
+        threads,
+        queue_size: raw.queue_size.unwrap_or(DEFAULT_QUEUE_SIZE),
+        queue_timeout: raw.queue_timeout.map(|d| d.0).unwrap_or(DEFAULT_QUEUE_TIMEOUT),
+        startup_timeout,
+    })
+}
+
+/// `package.module[:callable]`, or a file path (contains '/', ends in .py, or names an
+/// existing .wsgi file).
+pub fn parse_app(text: &str, dir: &Path) -> Result<App, String> {
+    let text = text.trim();
+    // Django names its WSGI module `project.wsgi`, so a bare `x.wsgi` is a file only
+    // when that file exists; `./x.wsgi` always means the file.
+    let wsgi_file = text.ends_with(".wsgi") && !text.contains(':') && paths::resolve(dir, text).is_file();
+    if text.ends_with(".py") || text.contains('/') || wsgi_file {
+        let file = paths::resolve(dir, text);
+        return if file.is_file() {
+            Ok(App::File(file))
+        } else if file.exists() {
+            Err(format!("{} is not a file", file.display()))
+        } else {
+            Err(format!("app file {} does not exist", file.display()))
+        };
+    }
+    let (module, callable) = match text.split_once(':') {
+        Some((module, callable)) => (module, callable),
+        None => (text, DEFAULT_CALLABLE),
+    };
+    let dotted = |s: &str| {
+        !s.is_empty()
+            && s.split('.').all(|part| {
+                part.chars().next().is_some_and(|c| c.is_alphabetic() || c == '_')
+                    && part.chars().all(|c| c.is_alphanumeric() || c == '_')
+            })
+    };
+    if !dotted(module) {
+        return Err(format!(
+            "{text:?} is neither a Python module (\"package.module:callable\") nor a file path (*.py, *.wsgi)"
+        ));
+    }
+    if !dotted(callable) {
+        return Err(format!("{callable:?} is not a Python name; write \"{module}:application\" or leave out the colon"));
+    }
+    Ok(App::Module { module: module.to_owned(), callable: callable.to_owned() })
+}
+
+/// A listener from `listeners.NAME`. Route targets are checked once all pools are known.
+pub fn listener(src: &Source, dir: &Path, name: &str, raw: RawListener) -> Result<Listener, ConfigError> {
+    let here = KeyPath::of(&["listeners", name]);
+    check_name(src, &here, "listener", name)?;
+
+    let (protocol, key, text) = match (raw.fastcgi, raw.scgi) {
+        (Some(a), None) => (Protocol::FastCgi, "fastcgi", a),
+        (None, Some(a)) => (Protocol::Scgi, "scgi", a),
+        (Some(_), Some(_)) => {
+            return Err(src.invalid(&here.key("scgi"), "a listener speaks one protocol: set fastcgi: or scgi:, not both"))
+        }
+        (None, None) => {
+            return Err(src.invalid(&here, "missing key `fastcgi` or `scgi`: the address to listen on"));
+        }
+    };
+    let address = parse_address(&text, dir).map_err(|m| src.invalid(&here.key(key), m))?;
+
+    let is_unix = matches!(address, ListenAddress::Unix(_));
+    for (value, key) in [
+        (raw.socket_mode.is_some(), "socket-mode"),
+        (raw.socket_owner.is_some(), "socket-owner"),
+        (raw.socket_group.is_some(), "socket-group"),
+    ] {
+        if value && !is_unix {
+            return Err(src.invalid(&here.key(key), "applies only to unix socket listeners"));
+        }
+    }
+    let socket_mode = match &raw.socket_mode {
+        Some(text) => Some(parse_mode(text).map_err(|m| src.invalid(&here.key("socket-mode"), m))?),
+        None => None,
+    };
+    for (value, key) in [(&raw.socket_owner, "socket-owner"), (&raw.socket_group, "socket-group")] {
+        if value.as_deref().is_some_and(str::is_empty) {
+            return Err(src.invalid(&here.key(key), "is empty; name a user or group, or leave the key out"));
+        }
+    }
+
+    let backlog = raw.backlog.unwrap_or(DEFAULT_BACKLOG);
+    if backlog == 0 {
+        return Err(src.invalid(&here.key("backlog"), "must be at least 1"));
+    }
+    let max_params = match raw.max_params {
+        None => DEFAULT_MAX_PARAMS,
+        Some(size) => usize::try_from(size.0)
+            .ok()
+            .filter(|n| *n > 0)
+            .ok_or_else(|| src.invalid(&here.key("max-params"), "must be more than 0 bytes"))?,
+    };
+
+    let routes = match (raw.pool, raw.routes) {
+        (Some(pool), None) => vec![Route { host: None, prefix: None, pool }],
+        (None, Some(raw_routes)) => {
+            if raw_routes.is_empty() {
+                return Err(src.invalid(&here.key("routes"), "is empty; list at least one route"));
+            }
+            let mut routes: Vec<Route> = Vec::with_capacity(raw_routes.len());
+            for (i, raw) in raw_routes.into_iter().enumerate() {
+                let at = here.key("routes").index(i);
+                if let Some(catch_all) = routes.iter().position(|r| r.host.is_none() && r.prefix.is_none()) {
+                    return Err(src.invalid(
+                        &at,
+                        format!("can never match: routes[{catch_all}] before it has neither host nor prefix and takes every request"),
+                    ));
+                }
+                let pool = raw.pool.ok_or_else(|| src.invalid(&at, "missing key `pool`"))?;
+                let host = match raw.host {
+                    Some(h) if h.is_empty() => return Err(src.invalid(&at.key("host"), "is empty")),
+                    Some(h) if h.contains(':') && !h.starts_with('[') => {
+                        return Err(src.invalid(&at.key("host"), "must not include a port (the port is ignored when matching)"))
+                    }
+                    other => other.map(|h| h.to_ascii_lowercase()),
+                };
+                if let Some(prefix) = &raw.prefix {
+                    if !prefix.starts_with('/') {
+                        return Err(src.invalid(&at.key("prefix"), format!("must start with '/', e.g. \"/{prefix}\"")));
+                    }
+                }
+                routes.push(Route { host, prefix: raw.prefix, pool });
+            }
+            routes
+        }
+        (Some(_), Some(_)) => {
+            return Err(src.invalid(&here.key("routes"), "set either pool: (everything to one pool) or routes:, not both"))
+        }
+        (None, None) => return Err(src.invalid(&here, "missing key `pool` or `routes`: where requests go")),
+    };
+
+    Ok(Listener {
+        name: name.to_owned(),
+        protocol,
+        address,
+        socket_mode,
+        socket_owner: raw.socket_owner,
+        socket_group: raw.socket_group,
+        backlog,
+        routes,
+        max_params,
+    })
+}
+
+/// `host:port`, `[::1]:port`, `*:port`, `unix:/path`, `/abs/path`, `fd:N`.
+pub fn parse_address(text: &str, dir: &Path) -> Result<ListenAddress, String> {
+    let text = text.trim();
+    let unix = text.strip_prefix("unix:").or(if text.starts_with('/') { Some(text) } else { None });
+    if let Some(path) = unix {
+        if path.is_empty() {
+            return Err("unix: needs a socket path, e.g. unix:/run/fcgibridge/app.sock".into());
+        }
+        let path = paths::resolve(dir, path);
+        let len = path.as_os_str().len();
+        if len > MAX_UNIX_PATH {
+            return Err(format!(
+                "unix socket path {} is {len} bytes; the system limit is {MAX_UNIX_PATH}",
+                path.display()
+            ));
+        }
+        return Ok(ListenAddress::Unix(path));
+    }
+    if let Some(fd) = text.strip_prefix("fd:") {
+        return fd
+            .parse::<i32>()
+            .ok()
+            .filter(|n| *n >= 0)
+            .map(ListenAddress::Fd)
+            .ok_or_else(|| format!("{fd:?} is not a file descriptor number; write e.g. fd:0"));
+    }
+    let explain = || {
+        format!(
+            "{text:?} is not an address; write an IP and port (127.0.0.1:9000, [::1]:9000, *:9000), \
+             unix:/path/to.sock, or fd:0"
+        )
+    };
+    let addr = match text.parse::<SocketAddr>() {
+        Ok(addr) => addr,
+        Err(_) => {
+            let (host, port) = text.rsplit_once(':').ok_or_else(explain)?;
+            let port: u16 = port.parse().map_err(|_| explain())?;
+            let ip = match host {
+                "localhost" => IpAddr::V4(Ipv4Addr::LOCALHOST),
+                "*" | "" => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+                _ => return Err(explain()),
+            };
+            SocketAddr::new(ip, port)
+        }
+    };
+    if addr.port() == 0 {
+        return Err(format!("{text:?}: port 0 would pick a random port no web server could find"));
+    }
+    Ok(ListenAddress::Tcp(addr))
+}
+
+/// An octal file mode such as "0660", "660" or "0o660".
+pub fn parse_mode(text: &str) -> Result<u32, String> {
+    let digits = text.trim().trim_start_matches("0o");
+    u32::from_str_radix(digits, 8)
+        .ok()
+        .filter(|m| *m <= 0o7777 && !digits.is_empty())
+        .ok_or_else(|| format!("{text:?} is not an octal file mode; write e.g. \"0660\""))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    #[test]
+    fn addresses() {
+        let dir = Path::new("/etc/fcgibridge/conf.d");
+        let tcp = |s: &str| ListenAddress::Tcp(s.parse().unwrap());
+        assert_eq!(parse_address("127.0.0.1:9000", dir), Ok(tcp("127.0.0.1:9000")));
+        assert_eq!(parse_address("[::1]:9000", dir), Ok(tcp("[::1]:9000")));
+        assert_eq!(parse_address("localhost:9000", dir), Ok(tcp("127.0.0.1:9000")));
+        assert_eq!(parse_address("*:9000", dir), Ok(tcp("0.0.0.0:9000")));
+        assert_eq!(parse_address("unix:/run/a.sock", dir), Ok(ListenAddress::Unix("/run/a.sock".into())));
+        assert_eq!(parse_address("/run/a.sock", dir), Ok(ListenAddress::Unix("/run/a.sock".into())));
+        assert_eq!(
+            parse_address("unix:../run/a.sock", dir),
+            Ok(ListenAddress::Unix(PathBuf::from("/etc/fcgibridge/run/a.sock")))
+        );
+        assert_eq!(parse_address("fd:0", dir), Ok(ListenAddress::Fd(0)));
+        for bad in ["example.com:9000", "9000", "127.0.0.1", "127.0.0.1:0", "fd:x", "fd:-1", "unix:"] {
+            assert!(parse_address(bad, dir).is_err(), "{bad:?} should be rejected");
+        }
+        let long = format!("unix:/{}", "x".repeat(120));
+        assert!(parse_address(&long, dir).unwrap_err().contains("system limit"));
+    }
+
+    #[test]
+    fn modes() {
+        assert_eq!(parse_mode("0660"), Ok(0o660));
+        assert_eq!(parse_mode("660"), Ok(0o660));
+        assert_eq!(parse_mode("0o600"), Ok(0o600));
+        assert!(parse_mode("0880").is_err());
+        assert!(parse_mode("rw-rw----").is_err());
+        assert!(parse_mode("").is_err());
+    }
+
+    #[test]
+    fn module_apps() {
+        let dir = Path::new("/");
+        let module = |m: &str, c: &str| App::Module { module: m.into(), callable: c.into() };
+        assert_eq!(parse_app("mysite.wsgi", dir), Ok(module("mysite.wsgi", "application")));
+        assert_eq!(parse_app("mysite.wsgi:application", dir), Ok(module("mysite.wsgi", "application")));
+        assert_eq!(parse_app("hello:app", dir), Ok(module("hello", "app")));
+        assert_eq!(parse_app("pkg.sub:make.app", dir), Ok(module("pkg.sub", "make.app")));
+        assert!(parse_app("hello:", dir).is_err());
+        assert!(parse_app("1abc", dir).is_err());
+        assert!(parse_app("my-site", dir).is_err());
+        // A file path, not a module, because of the extension: and it does not exist.
+        let err = parse_app("missing.py", Path::new("/nonexistent")).unwrap_err();
+        assert_eq!(err, "app file /nonexistent/missing.py does not exist");
+        let err = parse_app("./missing.wsgi", Path::new("/nonexistent")).unwrap_err();
+        assert_eq!(err, "app file /nonexistent/missing.wsgi does not exist");
+    }
+}

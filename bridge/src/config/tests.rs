@@ -1,0 +1,361 @@
+//! Loading whole configuration directories: every kind of error, defaults, merging.
+use super::*;
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+/// A fresh empty directory for one test.
+pub(crate) fn scratch_dir(name: &str) -> PathBuf {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("fcgibridge-test-{}", std::process::id())).join(format!("{name}-{n}"));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A scratch tree: `root/conf.d/*.yaml`, `root/app/app.py`, and `root/bin/python3`
+/// (a stand-in interpreter on the PATH the loader is given).
+struct Tree {
+    root: PathBuf,
+}
+
+impl Tree {
+    fn new(name: &str) -> Tree {
+        let root = scratch_dir(name);
+        fs::create_dir_all(root.join("conf.d")).unwrap();
+        fs::create_dir_all(root.join("app")).unwrap();
+        fs::write(root.join("app/app.py"), "def application(environ, start_response): pass\n").unwrap();
+        fs::create_dir_all(root.join("bin")).unwrap();
+        let python = root.join("bin/python3");
+        fs::write(&python, "#!/bin/sh\n").unwrap();
+        fs::set_permissions(&python, fs::Permissions::from_mode(0o755)).unwrap();
+        Tree { root }
+    }
+
+    fn file(self, name: &str, text: &str) -> Tree {
+        fs::write(self.root.join("conf.d").join(name), text).unwrap();
+        self
+    }
+
+    fn load(&self) -> Result<Config, ConfigError> {
+        let path = self.root.join("bin");
+        load_with_search_path(&self.root.join("conf.d"), Some(path.as_os_str()))
+    }
+
+    fn config(&self) -> Config {
+        match self.load() {
+            Ok(c) => c,
+            Err(e) => panic!("expected a valid configuration, got: {e}"),
+        }
+    }
+
+    /// The error message, with the scratch root shown as `ROOT`.
+    fn error(&self) -> String {
+        match self.load() {
+            Ok(c) => panic!("expected an error, got {c:?}"),
+            Err(e) => e.to_string().replace(&self.root.display().to_string(), "ROOT"),
+        }
+    }
+}
+
+const POOL: &str = "\
+pools:
+  demo:
+    app: ../app/app.py
+";
+
+const LISTENER: &str = "\
+listeners:
+  demo-fastcgi:
+    fastcgi: 127.0.0.1:9000
+    pool: demo
+";
+
+fn valid(name: &str) -> Tree {
+    Tree::new(name).file("10-pool.yaml", POOL).file("20-listen.yaml", LISTENER)
+}
+
+#[test]
+fn a_pool_needs_only_its_app_and_everything_else_defaults() {
+    let tree = valid("defaults");
+    let config = tree.config();
+    assert_eq!(
+        config.global,
+        Global {
+            runtime_dir: None,
+            log_level: "info".into(),
+            log_format: LogFormat::Text,
+            access_log: None,
+            shutdown_timeout: Duration::from_secs(30),
+        }
+    );
+    let pool = &config.pools[0];
+    assert_eq!(pool.name, "demo");
+    assert_eq!(pool.app, App::File(tree.root.join("app/app.py")));
+    assert_eq!(pool.python, tree.root.join("bin/python3"));
+    // A file app runs in its own directory.
+    assert_eq!(pool.chdir, tree.root.join("app"));
+    assert!(pool.env.is_empty());
+    assert_eq!((pool.processes, pool.threads, pool.queue_size), (2, 4, 1024));
+    assert_eq!(pool.queue_timeout, Duration::from_secs(30));
+    assert_eq!(pool.startup_timeout, Duration::from_secs(60));
+
+    let listener = &config.listeners[0];
+    assert_eq!(listener.name, "demo-fastcgi");
+    assert_eq!(listener.protocol, Protocol::FastCgi);
+    assert_eq!(listener.address, ListenAddress::Tcp("127.0.0.1:9000".parse().unwrap()));
+    assert_eq!(listener.routes, vec![Route { host: None, prefix: None, pool: "demo".into() }]);
+    assert_eq!((listener.backlog, listener.max_params), (1024, 1 << 20));
+    assert_eq!(listener.socket_mode, None);
+}
+
+#[test]
+fn every_key_is_read() {
+    let tree = Tree::new("every-key").file(
+        "10-all.yaml",
+        "\
+bridge:
+  runtime-dir: ../run
+  log-level: fcgibridge=debug
+  log-format: json
+  access-log: ../log/access.log
+  shutdown-timeout: 1m30s
+pools:
+  api:
+    app: mysite.wsgi:application
+    python: ../bin/python3
+    chdir: ../app
+    env: {DJANGO_SETTINGS_MODULE: mysite.settings, WORKERS: 3, DEBUG: false}
+    processes: 3
+    threads: 8
+    queue-size: 0
+    queue-timeout: 250ms
+    startup-timeout: 2m
+listeners:
+  api:
+    scgi: unix:../run/api.sock
+    socket-mode: 0660
+    socket-owner: www-data
+    socket-group: www-data
+    backlog: 64
+    max-params: 64k
+    routes:
+      - {host: API.example.com, prefix: /v1, pool: api}
+      - {prefix: /admin, pool: api}
+      - {pool: api}
+",
+    );
+    let config = tree.config();
+    let r = &tree.root;
+    assert_eq!(config.global.runtime_dir, Some(r.join("run")));
+    assert_eq!(config.global.log_level, "fcgibridge=debug");
+    assert_eq!(config.global.log_format, LogFormat::Json);
+    assert_eq!(config.global.access_log, Some(r.join("log/access.log")));
+    assert_eq!(config.global.shutdown_timeout, Duration::from_secs(90));
+
+    let pool = &config.pools[0];
+    assert_eq!(pool.app, App::Module { module: "mysite.wsgi".into(), callable: "application".into() });
+    assert_eq!(pool.python, r.join("bin/python3"));
+    assert_eq!(pool.chdir, r.join("app"));
+    let env: Vec<(&str, &str)> = pool.env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    assert_eq!(env, [("DEBUG", "false"), ("DJANGO_SETTINGS_MODULE", "mysite.settings"), ("WORKERS", "3")]);
+    assert_eq!((pool.processes, pool.threads, pool.queue_size), (3, 8, 0));
+    assert_eq!(pool.queue_timeout, Duration::from_millis(250));
+    assert_eq!(pool.startup_timeout, Duration::from_secs(120));
+
+    let l = &config.listeners[0];
+    assert_eq!(l.protocol, Protocol::Scgi);
+    assert_eq!(l.address, ListenAddress::Unix(r.join("run/api.sock")));
+    assert_eq!(l.socket_mode, Some(0o660));
+    assert_eq!((l.socket_owner.as_deref(), l.socket_group.as_deref()), (Some("www-data"), Some("www-data")));
+    assert_eq!((l.backlog, l.max_params), (64, 64 << 10));
+    let route = |host: Option<&str>, prefix: Option<&str>| Route {
+        host: host.map(Into::into),
+        prefix: prefix.map(Into::into),
+        pool: "api".into(),
+    };
+    assert_eq!(
+        l.routes,
+        [route(Some("api.example.com"), Some("/v1")), route(None, Some("/admin")), route(None, None)]
+    );
+}
+
+#[test]
+fn a_module_app_runs_in_the_config_directory() {
+    let tree = Tree::new("module-chdir")
+        .file("10-pool.yaml", "pools:\n  demo:\n    app: hello\n")
+        .file("20-listen.yaml", LISTENER);
+    let pool = &tree.config().pools[0];
+    assert_eq!(pool.app, App::Module { module: "hello".into(), callable: "application".into() });
+    assert_eq!(pool.chdir, tree.root.join("conf.d"));
+}
+
+#[test]
+fn files_merge_in_name_order() {
+    let tree = Tree::new("order")
+        .file("30-b.yaml", "pools:\n  b:\n    app: b\n  a:\n    app: a\nlisteners:\n  z:\n    fastcgi: 127.0.0.1:9002\n    pool: a\n")
+        .file("10-a.yaml", "pools:\n  c:\n    app: c\nlisteners:\n  y:\n    scgi: 127.0.0.1:9001\n    pool: b\n")
+        .file("20-empty.yaml", "# nothing yet\n")
+        .file("notes.txt", "not: [yaml")
+        .file(".10-draft.yaml", "not: [yaml");
+    let config = tree.config();
+    let pools: Vec<&str> = config.pools.iter().map(|p| p.name.as_str()).collect();
+    let listeners: Vec<&str> = config.listeners.iter().map(|l| l.name.as_str()).collect();
+    assert_eq!(pools, ["c", "b", "a"]);
+    assert_eq!(listeners, ["y", "z"]);
+}
+
+#[test]
+fn syntax_errors_give_line_and_column() {
+    let tree = valid("syntax").file("30-bad.yaml", "pools:\n  other: {app: x\n");
+    assert_eq!(tree.error(), "ROOT/conf.d/30-bad.yaml:2:10: unclosed bracket '{'");
+    let tree = valid("indent").file("30-bad.yaml", "pools:\n  other:\n   app: x\n    threads: 3\n");
+    assert_eq!(tree.error(), "ROOT/conf.d/30-bad.yaml:4:12: mapping values are not allowed in this context");
+}
+
+#[test]
+fn unknown_keys_are_named_with_a_hint_at_every_level() {
+    let cases = [
+        ("pool:\n  x: 1\n", "1:1: pool: unknown key; did you mean \"pools\"?"),
+        ("bridge:\n  log_level: debug\n", "2:3: bridge.log_level: unknown key; did you mean \"log-level\"?"),
+        ("pools:\n  x:\n    app: x\n    procesess: 2\n", "4:5: pools.x.procesess: unknown key; did you mean \"processes\"?"),
+        ("listeners:\n  l:\n    fastcgi: /tmp/x.sock\n    pool: demo\n    socket-mod: '0600'\n", "5:5: listeners.l.socket-mod: unknown key; did you mean \"socket-mode\"?"),
+        (
+            "listeners:\n  l:\n    fastcgi: /tmp/x.sock\n    routes:\n      - {pool: demo, prefx: /a}\n",
+            "5:22: listeners.l.routes[0].prefx: unknown key; did you mean \"prefix\"?",
+        ),
+        ("pools:\n  x:\n    app: x\n    zzz: 1\n", "4:5: pools.x.zzz: unknown key; expected one of \"app\", \"python\""),
+    ];
+    for (text, expected) in cases {
+        let tree = valid("unknown-key").file("30-extra.yaml", text);
+        let err = tree.error();
+        let expected = format!("ROOT/conf.d/30-extra.yaml:{expected}");
+        assert!(err.starts_with(&expected), "got:  {err}\nwant: {expected}");
+    }
+}
+
+#[test]
+fn wrong_types_name_the_key() {
+    let cases = [
+        ("pools:\n  x:\n    app: x\n    processes: many\n", "4:16: pools.x.processes: expected a whole number, 0 or more"),
+        ("pools:\n  x:\n    app: x\n    threads: -1\n", "4:14: pools.x.threads: expected a whole number, 0 or more"),
+        ("pools:\n  x:\n    app: [a, b]\n", "3:10: pools.x.app: "),
+        ("pools:\n  x: just-a-string\n", "2:6: pools.x: "),
+        ("pools:\n  x:\n    app: x\n    env: [A, B]\n", "4:10: pools.x.env: "),
+    ];
+    for (text, expected) in cases {
+        let err = valid("wrong-type").file("30-extra.yaml", text).error();
+        let expected = format!("ROOT/conf.d/30-extra.yaml:{expected}");
+        assert!(err.starts_with(&expected), "got:  {err}\nwant: {expected}");
+    }
+}
+
+#[test]
+fn bad_durations_and_sizes_say_what_to_write() {
+    let err = valid("duration").file("30-x.yaml", "pools:\n  x:\n    app: x\n    queue-timeout: 30 seconds\n").error();
+    assert!(
+        err.starts_with("ROOT/conf.d/30-x.yaml:4:20: pools.x.queue-timeout: invalid duration \"30 seconds\"; write a number with a unit"),
+        "{err}"
+    );
+    let err = valid("size").file("30-x.yaml", "listeners:\n  x:\n    fastcgi: /tmp/x.sock\n    pool: demo\n    max-params: 1 megabyte\n").error();
+    assert!(err.starts_with("ROOT/conf.d/30-x.yaml:5:17: listeners.x.max-params: invalid size \"1 megabyte\""), "{err}");
+}
+
+#[test]
+fn a_missing_app_file_names_the_path() {
+    let tree = valid("missing-app").file("30-x.yaml", "pools:\n  x:\n    app: ../app/nope.py\n");
+    assert_eq!(tree.error(), "ROOT/conf.d/30-x.yaml:3:5: pools.x.app: app file ROOT/app/nope.py does not exist");
+    let tree = valid("no-app").file("30-x.yaml", "pools:\n  x:\n    threads: 2\n");
+    assert!(tree.error().starts_with("ROOT/conf.d/30-x.yaml:2:3: pools.x: missing key `app`"), "{}", tree.error());
+}
+
+#[test]
+fn python_must_be_found() {
+    let tree = valid("no-python").file("30-x.yaml", "pools:\n  x:\n    app: x\n    python: python3.99\n");
+    assert_eq!(
+        tree.error(),
+        "ROOT/conf.d/30-x.yaml:4:5: pools.x.python: \"python3.99\" was not found on PATH; set python: to an interpreter path or a virtualenv directory"
+    );
+    let tree = valid("venv-python").file("30-x.yaml", "pools:\n  x:\n    app: x\n    python: ../app\n");
+    assert_eq!(
+        tree.error(),
+        "ROOT/conf.d/30-x.yaml:4:5: pools.x.python: ROOT/app is a directory but not a virtualenv: ROOT/app/bin/python is missing"
+    );
+}
+
+#[test]
+fn counts_and_names_are_checked() {
+    let cases = [
+        ("pools:\n  x:\n    app: x\n    processes: 0\n", "4:5: pools.x.processes: must be at least 1"),
+        ("pools:\n  x:\n    app: x\n    threads: 0\n", "4:5: pools.x.threads: must be at least 1"),
+        ("pools:\n  my pool:\n    app: x\n", "2:3: pools.my pool: pool name \"my pool\" may only use letters, digits, '_' and '-'"),
+        ("pools:\n  x:\n    app: my-site\n", "3:5: pools.x.app: \"my-site\" is neither a Python module"),
+        ("bridge:\n  log-format: jsno\n", "2:3: bridge.log-format: unknown format \"jsno\"; did you mean \"json\"?"),
+        ("listeners:\n  x:\n    fastcgi: 127.0.0.1:9100\n    pool: demo\n    socket-mode: '0600'\n", "5:5: listeners.x.socket-mode: applies only to unix socket listeners"),
+        ("listeners:\n  x:\n    fastcgi: 127.0.0.1:9100\n    scgi: 127.0.0.1:9101\n    pool: demo\n", "4:5: listeners.x.scgi: a listener speaks one protocol"),
+        ("listeners:\n  x:\n    fastcgi: example.com:9100\n    pool: demo\n", "3:5: listeners.x.fastcgi: \"example.com:9100\" is not an address"),
+        ("listeners:\n  x:\n    fastcgi: 127.0.0.1:9100\n", "2:3: listeners.x: missing key `pool` or `routes`"),
+        (
+            "listeners:\n  x:\n    fastcgi: 127.0.0.1:9100\n    routes:\n      - pool: demo\n      - {prefix: /a, pool: demo}\n",
+            "6:9: listeners.x.routes[1]: can never match: routes[0] before it",
+        ),
+        ("listeners:\n  x:\n    fastcgi: 127.0.0.1:9100\n    routes:\n      - {prefix: api, pool: demo}\n", "5:10: listeners.x.routes[0].prefix: must start with '/'"),
+    ];
+    for (text, expected) in cases {
+        let err = valid("checks").file("30-x.yaml", text).error();
+        let expected = format!("ROOT/conf.d/30-x.yaml:{expected}");
+        assert!(err.starts_with(&expected), "got:  {err}\nwant: {expected}");
+    }
+}
+
+#[test]
+fn routes_must_name_existing_pools() {
+    let tree = valid("unknown-pool").file(
+        "30-api.yaml",
+        "listeners:\n  api:\n    scgi: 127.0.0.1:9001\n    routes:\n      - {prefix: /v1, pool: demo}\n      - {pool: dmeo}\n",
+    );
+    assert_eq!(tree.error(), "ROOT/conf.d/30-api.yaml:6:10: listeners.api.routes[1].pool: unknown pool \"dmeo\"; did you mean \"demo\"?");
+    let tree = Tree::new("unknown-pool-single").file("10-x.yaml", "listeners:\n  l:\n    fastcgi: 127.0.0.1:9000\n    pool: demo\n");
+    assert_eq!(tree.error(), "ROOT/conf.d/10-x.yaml:4:5: listeners.l.pool: unknown pool \"demo\"; no pools are defined");
+}
+
+#[test]
+fn duplicates_across_files_name_both_files() {
+    let tree = valid("dup-pool").file("30-again.yaml", "# the same pool again\npools:\n  demo:\n    app: other\n");
+    assert_eq!(tree.error(), "ROOT/conf.d/30-again.yaml:3:3: pools.demo: pool \"demo\" is already defined at ROOT/conf.d/10-pool.yaml:2:3");
+
+    let tree = valid("dup-listener").file("30-again.yaml", "listeners:\n  demo-fastcgi:\n    scgi: 127.0.0.1:9009\n    pool: demo\n");
+    assert_eq!(
+        tree.error(),
+        "ROOT/conf.d/30-again.yaml:2:3: listeners.demo-fastcgi: listener \"demo-fastcgi\" is already defined at ROOT/conf.d/20-listen.yaml:2:3"
+    );
+
+    let tree = valid("dup-address").file("30-again.yaml", "listeners:\n  other:\n    scgi: 0.0.0.0:9000\n    pool: demo\n");
+    assert_eq!(
+        tree.error(),
+        "ROOT/conf.d/30-again.yaml:3:5: listeners.other.scgi: address already used by listener \"demo-fastcgi\" at ROOT/conf.d/20-listen.yaml:3:5"
+    );
+
+    let tree = valid("dup-global")
+        .file("00-a.yaml", "bridge:\n  log-level: debug\n")
+        .file("30-b.yaml", "bridge:\n  shutdown-timeout: 5s\n  log-level: warn\n");
+    assert_eq!(
+        tree.error(),
+        "ROOT/conf.d/30-b.yaml:3:3: bridge.log-level: already set at ROOT/conf.d/00-a.yaml:2:3; each bridge key may be set in one file only"
+    );
+
+    let tree = valid("dup-in-file").file("30-x.yaml", "pools:\n  x:\n    app: x\n  x:\n    app: y\n");
+    assert_eq!(tree.error(), "ROOT/conf.d/30-x.yaml:4:3: pools.x: defined twice in this file");
+}
+
+#[test]
+fn an_empty_configuration_is_refused() {
+    let tree = Tree::new("no-files");
+    assert!(tree.error().ends_with("conf.d: no *.yaml files found; a configuration needs at least one listener and one pool"));
+    let tree = Tree::new("no-listeners").file("10-pool.yaml", POOL);
+    assert!(tree.error().ends_with("conf.d: no listeners are defined; add a `listeners:` section to one of its *.yaml files"));
+    let missing = load(Path::new("/nonexistent/conf.d")).unwrap_err().to_string();
+    assert!(missing.starts_with("/nonexistent/conf.d: cannot read the configuration directory"), "{missing}");
+}

@@ -1,0 +1,208 @@
+//! Merging the files: each global key set once, names unique across files, routes
+//! pointing at real pools, no two listeners on one address, at least one listener.
+use super::error::{At, ConfigError, Source};
+use super::file::{RawBridge, RawFile};
+use super::hint;
+use super::locate::KeyPath;
+use super::model::{Config, Global, ListenAddress, Listener, LogFormat, Pool};
+use super::{paths, resolve};
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub const DEFAULT_LOG_LEVEL: &str = "info";
+pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// One parsed file, ready to merge.
+pub struct Parsed {
+    pub source: Source,
+    /// Absolute directory of the file: relative paths inside it resolve here.
+    pub dir: PathBuf,
+    pub raw: RawFile,
+}
+
+/// Combine parsed files (in name order) into the effective configuration.
+pub fn merge(dir_shown: &str, files: Vec<Parsed>, search_path: Option<&OsStr>) -> Result<Config, ConfigError> {
+    let mut global = GlobalBuilder::default();
+    let mut pools: Vec<(Pool, At)> = Vec::new();
+    let mut listeners: Vec<(Listener, usize)> = Vec::new();
+    let mut listener_at: Vec<At> = Vec::new();
+    let mut sources: Vec<Source> = Vec::new();
+
+    for (file_no, parsed) in files.into_iter().enumerate() {
+        let Parsed { source, dir, raw } = parsed;
+        if let Some(bridge) = raw.bridge {
+            global.add(&source, &dir, bridge)?;
+        }
+        for (name, raw_pool) in raw.pools.map(|p| p.0).unwrap_or_default() {
+            let path = KeyPath::of(&["pools", &name]);
+            if let Some((_, first)) = pools.iter().find(|(p, _)| p.name == name) {
+                return Err(source.invalid(&path, format!("pool {name:?} is already defined at {first}")));
+            }
+            let pool = resolve::pool(&source, &dir, &name, raw_pool, search_path)?;
+            pools.push((pool, source.at(&path)));
+        }
+        for (name, raw_listener) in raw.listeners.map(|l| l.0).unwrap_or_default() {
+            let path = KeyPath::of(&["listeners", &name]);
+            if let Some(i) = listeners.iter().position(|(l, _)| l.name == name) {
+                let first = &listener_at[i];
+                return Err(source.invalid(&path, format!("listener {name:?} is already defined at {first}")));
+            }
+            let listener = resolve::listener(&source, &dir, &name, raw_listener)?;
+            listeners.push((listener, file_no));
+            listener_at.push(source.at(&path));
+        }
+        sources.push(source);
+    }
+
+    if listeners.is_empty() {
+        return Err(ConfigError::NoListeners { dir: dir_shown.to_owned() });
+    }
+    check_routes(&listeners, &pools, &sources)?;
+    check_addresses(&listeners, &sources)?;
+
+    Ok(Config {
+        global: global.finish(),
+        listeners: listeners.into_iter().map(|(l, _)| l).collect(),
+        pools: pools.into_iter().map(|(p, _)| p).collect(),
+    })
+}
+
+fn check_routes(listeners: &[(Listener, usize)], pools: &[(Pool, At)], sources: &[Source]) -> Result<(), ConfigError> {
+    let names: Vec<&str> = pools.iter().map(|(p, _)| p.name.as_str()).collect();
+    for (listener, file_no) in listeners {
+        let source = &sources[*file_no];
+        let single = listener.routes.len() == 1 && listener.routes[0].host.is_none() && listener.routes[0].prefix.is_none();
+        for (i, route) in listener.routes.iter().enumerate() {
+            if names.contains(&route.pool.as_str()) {
+                continue;
+            }
+            let base = KeyPath::of(&["listeners", &listener.name]);
+            // `pool: x` is stored as one route; point at whichever key was written.
+            let key = if single && source.index.find(&base.key("pool")).is_some() {
+                base.key("pool")
+            } else {
+                base.key("routes").index(i).key("pool")
+            };
+            let known = if names.is_empty() {
+                "; no pools are defined".to_owned()
+            } else {
+                hint::suggestion(&route.pool, &names)
+            };
+            return Err(source.invalid(&key, format!("unknown pool {:?}{known}", route.pool)));
+        }
+    }
+    Ok(())
+}
+
+/// Two listeners conflict on the same address, or on one port when either binds the
+/// wildcard address of that IP family.
+fn conflicts(a: &ListenAddress, b: &ListenAddress) -> bool {
+    match (a, b) {
+        (ListenAddress::Tcp(x), ListenAddress::Tcp(y)) => {
+            x.port() == y.port()
+                && x.is_ipv4() == y.is_ipv4()
+                && (x.ip() == y.ip() || x.ip().is_unspecified() || y.ip().is_unspecified())
+        }
+        _ => a == b,
+    }
+}
+
+fn check_addresses(listeners: &[(Listener, usize)], sources: &[Source]) -> Result<(), ConfigError> {
+    for (i, (listener, file_no)) in listeners.iter().enumerate() {
+        for (earlier, earlier_file) in &listeners[..i] {
+            if conflicts(&earlier.address, &listener.address) {
+                let key = |l: &Listener| {
+                    let proto = match l.protocol {
+                        super::model::Protocol::FastCgi => "fastcgi",
+                        super::model::Protocol::Scgi => "scgi",
+                    };
+                    KeyPath::of(&["listeners", &l.name, proto])
+                };
+                let first_at = sources[*earlier_file].at(&key(earlier));
+                return Err(sources[*file_no].invalid(
+                    &key(listener),
+                    format!("address already used by listener {:?} at {first_at}", earlier.name),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The `bridge:` keys gathered across files, remembering who set each.
+#[derive(Default)]
+struct GlobalBuilder {
+    set_by: HashMap<&'static str, At>,
+    runtime_dir: Option<PathBuf>,
+    log_level: Option<String>,
+    log_format: Option<LogFormat>,
+    access_log: Option<PathBuf>,
+    shutdown_timeout: Option<Duration>,
+}
+
+impl GlobalBuilder {
+    fn claim(&mut self, source: &Source, key: &'static str) -> Result<KeyPath, ConfigError> {
+        let path = KeyPath::of(&["bridge", key]);
+        if let Some(first) = self.set_by.get(key) {
+            return Err(source.invalid(
+                &path,
+                format!("already set at {first}; each bridge key may be set in one file only"),
+            ));
+        }
+        self.set_by.insert(key, source.at(&path));
+        Ok(path)
+    }
+
+    fn add(&mut self, source: &Source, dir: &Path, raw: RawBridge) -> Result<(), ConfigError> {
+        if let Some(dir_text) = raw.runtime_dir {
+            let path = self.claim(source, "runtime-dir")?;
+            if dir_text.is_empty() {
+                return Err(source.invalid(&path, "is empty; leave the key out for the default"));
+            }
+            self.runtime_dir = Some(paths::resolve(dir, &dir_text));
+        }
+        if let Some(level) = raw.log_level {
+            let path = self.claim(source, "log-level")?;
+            tracing_subscriber::EnvFilter::try_new(&level).map_err(|e| {
+                source.invalid(&path, format!("{level:?} is not a log filter ({e}); write e.g. info, debug, or fcgibridge=debug"))
+            })?;
+            self.log_level = Some(level);
+        }
+        if let Some(format) = raw.log_format {
+            let path = self.claim(source, "log-format")?;
+            self.log_format = Some(match format.as_str() {
+                "text" => LogFormat::Text,
+                "json" => LogFormat::Json,
+                other => {
+                    let hint = hint::suggestion(other, &["text", "json"]);
+                    return Err(source.invalid(&path, format!("unknown format {other:?}{hint}")));
+                }
+            });
+        }
+        if let Some(log) = raw.access_log {
+            let path = self.claim(source, "access-log")?;
+            self.access_log = Some(match log.as_str() {
+                "" => return Err(source.invalid(&path, "is empty; write a file path, \"-\" for the main log, or leave the key out")),
+                "-" => PathBuf::from("-"),
+                file => paths::resolve(dir, file),
+            });
+        }
+        if let Some(timeout) = raw.shutdown_timeout {
+            self.claim(source, "shutdown-timeout")?;
+            self.shutdown_timeout = Some(timeout.0);
+        }
+        Ok(())
+    }
+
+    fn finish(self) -> Global {
+        Global {
+            runtime_dir: self.runtime_dir,
+            log_level: self.log_level.unwrap_or_else(|| DEFAULT_LOG_LEVEL.to_owned()),
+            log_format: self.log_format.unwrap_or(LogFormat::Text),
+            access_log: self.access_log,
+            shutdown_timeout: self.shutdown_timeout.unwrap_or(DEFAULT_SHUTDOWN_TIMEOUT),
+        }
+    }
+}
