@@ -1,0 +1,100 @@
+"""Application failures: exceptions before and after the headers, wsgi.errors, and
+the bridge's log naming pool, request and URI."""
+import http.client
+import socket
+import uuid
+
+import pytest
+
+import fcgi_client
+from conftest import POOL_HOSTS, http_get
+
+
+def test_exception_before_headers_is_500_with_traceback_logged(nginx, transport, log):
+    tag = uuid.uuid4().hex
+    r = http_get(nginx, transport, f"/raise-before?tag={tag}", pool="edge")
+    assert r.status_code == 500
+    assert tag not in r.text, "the traceback must not leak to the client"
+    lines = log.wait_for([f"RuntimeError: failure before headers {tag}"])
+    text = log.text()
+    assert "Traceback" in text
+    # the log names the pool and the request's URI
+    assert any("edge" in ln and "/raise-before" in ln for ln in log.text().splitlines()), text[-3000:]
+    # and the next request is served normally
+    assert http_get(nginx, transport, "/health", pool="edge").text == "ok"
+
+
+def test_flask_exception_is_500_and_logged(nginx, transport, log):
+    tag = uuid.uuid4().hex
+    r = http_get(nginx, transport, f"/boom?tag={tag}", pool="flask")
+    assert r.status_code == 500
+    log.wait_for([f"ValueError: flask boom {tag}"])
+
+
+def _raw_http(port, path, host):
+    with socket.create_connection(("127.0.0.1", port), timeout=60) as s:
+        s.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+        data = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                return data
+            data += chunk
+
+
+def test_exception_after_headers_cuts_the_response_off(nginx, transport, log):
+    tag = uuid.uuid4().hex
+    raw = _raw_http(nginx.ports[transport], f"/raise-after?tag={tag}", POOL_HOSTS["edge"])
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200"), head
+    assert b"first part of a response" in body
+    # The response must look truncated to the client: with chunked encoding the
+    # terminating zero-length chunk is missing; with a length, the body is short.
+    if b"transfer-encoding: chunked" in head.lower():
+        assert not body.endswith(b"0\r\n\r\n"), "a cut-off response was ended like a complete one"
+    else:
+        assert b"content-length" not in head.lower(), head
+    log.wait_for([f"RuntimeError: failure after headers {tag}"])
+    assert http_get(nginx, transport, "/health", pool="edge").text == "ok"
+
+
+def test_exception_after_headers_direct_fastcgi_is_not_a_clean_end(bridge):
+    tag = uuid.uuid4().hex
+    with bridge.fcgi() as conn:
+        params = fcgi_client.cgi_params("/raise-after", query=f"tag={tag}", headers={"Host": "edge.test"})
+        conn.begin(1, params, b"")
+        try:
+            resp = conn.wait(1)
+        except fcgi_client.ProtocolError:
+            return  # the connection was closed without END_REQUEST: a cut-off, fine
+    assert resp.app_status != 0, "END_REQUEST with app_status 0 makes a cut-off response look complete"
+
+
+def test_wsgi_errors_reach_the_log(nginx, log):
+    tag = uuid.uuid4().hex
+    r = http_get(nginx, "fcgi-tcp", f"/stderr?msg=errors-line-{tag}", pool="edge")
+    assert r.status_code == 200
+    lines = log.wait_for([f"errors-line-{tag}"])
+    assert any("edge" in ln for ln in lines), lines
+
+
+def test_worker_import_error_is_reported(tmp_path):
+    """A pool whose app cannot be imported: the bridge says so in its log and answers 502/503
+    for that pool while another pool keeps serving."""
+    from conftest import APPS, free_ports, make_bridge, pool
+    bad = tmp_path / "broken_app.py"
+    bad.write_text("import no_such_module_for_fcgibridge_tests\napplication = None\n")
+    port = free_ports(1)[0]
+    b = make_bridge(tmp_path, {"good": pool(str(APPS / "edge_app.py"), processes=1, threads=1),
+                               "bad": pool(str(bad), processes=1, threads=1)},
+                    {"fcgi-tcp": {"fastcgi": f"127.0.0.1:{port}",
+                                  "routes": [{"host": "bad.test", "pool": "bad"}, {"pool": "good"}]}})
+    try:
+        b.start()
+        b.wait_ready([("fcgi-tcp", "/health", "good.test")])
+        b.log.wait_for(["no_such_module_for_fcgibridge_tests"], timeout=60)
+        resp = b.request("/health", pool="bad.test")
+        assert resp.status in (502, 503), resp.stdout[:300]
+        assert b.request("/health", pool="good.test").status == 200
+    finally:
+        b.stop()

@@ -1,0 +1,220 @@
+"""Plain HTTP through real nginx → fcgibridge → Flask / plain WSGI, over every transport
+(FastCGI on a unix socket, FastCGI over TCP with kept-alive connections, SCGI)."""
+import hashlib
+import http.client
+import json
+
+import requests
+
+from conftest import POOL_HOSTS, http_get
+
+
+def test_get_flask(nginx, transport):
+    r = http_get(nginx, transport, "/")
+    assert r.status_code == 200
+    assert r.text == "hello from flask\n"
+
+
+def test_get_echo_sees_the_right_path_and_method(nginx, transport):
+    r = http_get(nginx, transport, "/echo")
+    assert r.status_code == 200, r.text
+    data = r.json()
+    assert data["method"] == "GET"
+    assert data["path"] == "/echo"
+    assert data["script_root"] == ""
+    assert data["scheme"] == "http"
+    assert data["remote_addr"] == "127.0.0.1"
+
+
+def test_head(nginx, transport):
+    r = requests.head(nginx.url(transport, "/echo"), headers={"Host": POOL_HOSTS["flask"]}, timeout=60)
+    assert r.status_code == 200
+    assert r.content == b""
+    assert r.headers["Content-Type"] == "application/json"
+    # the app saw HEAD: compare with the GET body length the app would send
+    g = http_get(nginx, transport, "/echo")
+    assert g.json()["method"] == "GET"
+
+
+def test_head_method_reaches_the_app(bridge):
+    resp = bridge.request("/echo", pool="flask", method="HEAD")
+    assert resp.status == 200
+    assert resp.body == b""  # Flask/werkzeug drop the body for HEAD
+    resp = bridge.request("/environ", pool="edge", method="HEAD")
+    assert resp.status == 200
+    assert json.loads(resp.body)["REQUEST_METHOD"] == "HEAD"
+
+
+def test_post_form(nginx, transport):
+    r = requests.post(nginx.url(transport, "/echo"), headers={"Host": POOL_HOSTS["flask"]},
+                      data={"name": "Zoë", "multi": ["1", "2"]}, timeout=60)
+    assert r.status_code == 200
+    data = r.json()
+    assert data["method"] == "POST"
+    assert data["form"] == {"name": ["Zoë"], "multi": ["1", "2"]}
+    assert data["headers"]["Content-Type"] == "application/x-www-form-urlencoded"
+
+
+def test_post_json_and_body_hash(nginx, transport):
+    payload = {"numbers": list(range(1000)), "text": "ünïcödé ☃"}
+    raw = json.dumps(payload).encode()
+    r = requests.post(nginx.url(transport, "/echo"), headers={"Host": POOL_HOSTS["flask"],
+                                                               "Content-Type": "application/json"},
+                      data=raw, timeout=60)
+    assert r.status_code == 200
+    data = r.json()
+    assert data["json"] == payload
+    assert data["body_len"] == len(raw)
+    assert data["body_sha256"] == hashlib.sha256(raw).hexdigest()
+    assert data["content_length"] == str(len(raw))
+
+
+def test_put_delete_patch(nginx, transport):
+    for method in ("PUT", "DELETE", "PATCH"):
+        r = requests.request(method, nginx.url(transport, "/echo"), headers={"Host": POOL_HOSTS["flask"]},
+                             data=b"x" * 10, timeout=60)
+        assert r.status_code == 200, (method, r.text)
+        assert r.json()["method"] == method
+        assert r.json()["body_len"] == 10
+
+
+def test_query_string(nginx, transport):
+    r = http_get(nginx, transport, "/echo?a=1&a=2&b=%20x%26y&c=%C3%A9t%C3%A9&empty=")
+    assert r.status_code == 200
+    args = r.json()["args"]
+    assert args == {"a": ["1", "2"], "b": [" x&y"], "c": ["été"], "empty": [""]}
+
+
+def test_query_string_raw_in_environ(nginx, transport):
+    r = http_get(nginx, transport, "/environ?x=%2F%20y&z", pool="edge")
+    env = r.json()
+    assert env["QUERY_STRING"] == "x=%2F%20y&z"
+    assert env["REQUEST_METHOD"] == "GET"
+    assert env["PATH_INFO"] == "/environ"
+
+
+def test_unicode_path(nginx, transport):
+    r = http_get(nginx, transport, "/unicode/%C3%A9t%C3%A9%20%E2%98%83")
+    assert r.status_code == 200, r.text
+    assert r.json()["name"] == "été ☃"
+
+
+def test_percent_encoded_path_in_environ(nginx, transport):
+    r = http_get(nginx, transport, "/environ/%C3%A9l%C3%A8ve%20a%2Bb", pool="edge")
+    assert r.status_code == 200
+    env = r.json()
+    # PEP 3333: PATH_INFO is the decoded path's bytes as a latin-1 str
+    assert env["fcgibridge.test.path_utf8"] == "/environ/élève a+b"
+    assert env["REQUEST_URI"] == "/environ/%C3%A9l%C3%A8ve%20a%2Bb"
+
+
+def test_environ_is_pep3333(nginx, transport):
+    r = http_get(nginx, transport, "/environ?q=1", pool="edge", headers={"X-Custom": "yes"})
+    env = r.json()
+    assert env["wsgi.version"] == [1, 0]
+    assert env["wsgi.url_scheme"] == "http"
+    assert env["wsgi.input_terminated"] is True
+    assert env["wsgi.multithread"] is True  # the edge pool runs 8 threads
+    assert env["wsgi.multiprocess"] is True  # ... in 2 processes
+    assert env["wsgi.run_once"] is False
+    assert env["SERVER_NAME"]
+    assert env["SERVER_PORT"] == str(nginx.ports[transport])
+    assert env["SERVER_PROTOCOL"] == "HTTP/1.1"
+    assert env["HTTP_X_CUSTOM"] == "yes"
+    assert env["HTTP_HOST"] == POOL_HOSTS["edge"]
+    assert env["SCRIPT_NAME"] == ""
+    assert env["PATH_INFO"] == "/environ"
+    assert env["fcgibridge.test.path_utf8"] == "/environ"
+    assert "HTTP_CONTENT_LENGTH" not in env and "HTTP_CONTENT_TYPE" not in env
+    assert env.get("fcgibridge.request_id"), "the worker contract promises fcgibridge.request_id"
+    for key in ("wsgi.input", "wsgi.errors"):
+        assert key in env
+
+
+def test_many_request_headers(nginx, transport):
+    headers = {f"X-Many-{i}": f"value {i} " + "v" * 40 for i in range(100)}
+    r = http_get(nginx, transport, "/environ", pool="edge", headers=headers)
+    assert r.status_code == 200
+    env = r.json()
+    for i in range(100):
+        assert env[f"HTTP_X_MANY_{i}"] == f"value {i} " + "v" * 40
+
+
+def test_repeated_request_header(nginx, transport):
+    conn = http.client.HTTPConnection("127.0.0.1", nginx.ports[transport], timeout=60)
+    conn.putrequest("GET", "/environ", skip_host=True)
+    conn.putheader("Host", POOL_HOSTS["edge"])
+    conn.putheader("X-Repeat", "first")
+    conn.putheader("X-Repeat", "second")
+    conn.endheaders()
+    resp = conn.getresponse()
+    env = json.loads(resp.read())
+    conn.close()
+    assert resp.status == 200
+    # nginx >= 1.23 joins repeated headers ("first, second"); older nginx sends the param
+    # twice and the bridge must keep the last one (never a mangled or empty value)
+    assert env["HTTP_X_REPEAT"] in ("first, second", "second"), env["HTTP_X_REPEAT"]
+
+
+def test_many_and_repeated_response_headers(nginx, transport):
+    r = http_get(nginx, transport, "/headers?n=60", pool="edge")
+    assert r.status_code == 200
+    for i in range(60):
+        assert r.headers[f"X-Edge-{i}"] == f"value-{i}"
+    # both Set-Cookie headers survive as separate headers
+    raw_cookies = r.raw.headers.getlist("Set-Cookie") if hasattr(r.raw.headers, "getlist") else None
+    assert r.cookies.get("first") == "1" and r.cookies.get("second") == "2"
+    if raw_cookies is not None:
+        assert len(raw_cookies) == 2
+    assert r.headers["X-Repeated"] in ("one, two",)
+
+
+def test_cookies_round_trip(nginx, transport):
+    s = requests.Session()
+    s.headers["Host"] = POOL_HOSTS["flask"]
+    r = s.get(nginx.url(transport, "/cookies/set"), timeout=60)
+    assert r.status_code == 200
+    assert s.cookies.get("flavour") == "oatmeal" and s.cookies.get("colour") == "blue"
+    # the jar is keyed on the request host 127.0.0.1; send them back explicitly too
+    r = s.get(nginx.url(transport, "/cookies/get"), timeout=60,
+              cookies={"flavour": "oatmeal", "colour": "blue", "semi": "a b"})
+    assert r.json() == {"flavour": "oatmeal", "colour": "blue", "semi": "a b"}
+
+
+def test_write_callable(nginx, transport):
+    r = http_get(nginx, transport, "/write", pool="edge")
+    assert r.status_code == 200
+    assert r.text == "written-1\nwritten-2\nreturned-3\n"
+
+
+def test_status_204(nginx, transport):
+    r = http_get(nginx, transport, "/status/204", pool="edge")
+    assert r.status_code == 204
+    assert r.content == b""
+    assert r.headers["X-Edge"] == "204"
+
+
+def test_status_304(nginx, transport):
+    r = http_get(nginx, transport, "/etag", pool="edge")
+    assert r.status_code == 200
+    etag = r.headers["ETag"]
+    assert r.text == "etagged body\n"
+    r = http_get(nginx, transport, "/etag", pool="edge", headers={"If-None-Match": etag})
+    assert r.status_code == 304
+    assert r.content == b""
+    assert r.headers["ETag"] == etag
+
+
+def test_404_from_the_app(nginx, transport):
+    r = http_get(nginx, transport, "/no/such/page")
+    assert r.status_code == 404
+
+
+def test_keepalive_connection_reused_for_many_requests(nginx):
+    """Many requests over one client connection and nginx's kept-alive upstream."""
+    s = requests.Session()
+    for i in range(50):
+        r = s.get(nginx.url("fcgi-tcp", f"/n/{i}"), headers={"Host": POOL_HOSTS["flask"]}, timeout=60)
+        assert r.status_code == 200
+        assert r.json()["i"] == i
+    assert "upstream prematurely closed" not in nginx.error_log.text()
