@@ -1,10 +1,120 @@
 /// Everything that can be wrong with bytes received from a peer.
+///
+/// Messages name the request id and, for limits, the [`crate::Limits`] field to raise, because
+/// they end up in an operator's log. After an error the offending record (or SCGI header) has
+/// been consumed; [`Error::is_fatal`] tells whether the byte stream can still be trusted.
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Error {
     #[error("unsupported FastCGI version {0} (only 1 exists)")]
     BadVersion(u8),
-    #[error("request {request_id}: PARAMS exceed the limit of {limit} bytes")]
+    #[error("request {request_id}: PARAMS exceed the limit of {limit} bytes (Limits::max_params_bytes)")]
     ParamsTooLarge { request_id: u16, limit: usize },
     #[error("malformed: {0}")]
     Malformed(&'static str),
+
+    // ---- FastCGI name-value pairs ----
+    #[error("request {request_id}: a parameter name of {len} bytes exceeds the limit of {limit} (Limits::max_name_len)")]
+    NameTooLong { request_id: u16, len: usize, limit: usize },
+    #[error("request {request_id}: a parameter value of {len} bytes exceeds the limit of {limit} (Limits::max_value_len)")]
+    ValueTooLong { request_id: u16, len: usize, limit: usize },
+    #[error("request {request_id}: more than {limit} PARAMS records (Limits::max_params_records)")]
+    TooManyParamsRecords { request_id: u16, limit: usize },
+    #[error("request {request_id}: {record_type} ends inside a name-value pair ({pending} bytes of an incomplete pair left)")]
+    TruncatedPair { request_id: u16, record_type: &'static str, pending: usize },
+
+    // ---- FastCGI records ----
+    #[error("request {request_id}: FCGI_BEGIN_REQUEST body is {len} bytes, expected 8")]
+    BadBeginRequestBody { request_id: u16, len: usize },
+    #[error("request {request_id}: FCGI_END_REQUEST body is {len} bytes, expected 8")]
+    BadEndRequestBody { request_id: u16, len: usize },
+    #[error("FCGI_UNKNOWN_TYPE body is {len} bytes, expected 8")]
+    BadUnknownTypeBody { len: usize },
+    #[error("request {request_id}: FCGI_BEGIN_REQUEST for a request id that is still active")]
+    DuplicateRequestId { request_id: u16 },
+    #[error("request {request_id}: refused, {limit} requests are already active on this connection (Limits::max_concurrent_requests)")]
+    TooManyRequests { request_id: u16, limit: usize },
+    #[error("request {request_id}: unexpected {name} record (type {record_type}) from the {peer}")]
+    UnexpectedRecord { request_id: u16, record_type: u8, name: &'static str, peer: &'static str },
+    #[error("request {request_id}: {name} record after that stream's empty end record")]
+    RecordAfterStreamEnd { request_id: u16, name: &'static str },
+
+    // ---- SCGI ----
+    #[error("SCGI: netstring length is not a decimal number (byte {byte:#04x} at offset {offset})")]
+    ScgiBadLength { byte: u8, offset: usize },
+    #[error("SCGI: header netstring of {len} bytes exceeds the limit of {limit} (Limits::max_params_bytes)")]
+    ScgiHeadersTooLarge { len: u64, limit: usize },
+    #[error("SCGI: header netstring is not followed by ',' (found byte {found:#04x})")]
+    ScgiMissingComma { found: u8 },
+    #[error("SCGI: header netstring does not end with a NUL-terminated string")]
+    ScgiUnterminatedString,
+    #[error("SCGI: header netstring holds an odd number of strings ({count}); a name lacks its value")]
+    ScgiOddStrings { count: usize },
+    #[error("SCGI: the first header is not CONTENT_LENGTH")]
+    ScgiMissingContentLength,
+    #[error("SCGI: CONTENT_LENGTH {value:?} is not a decimal number")]
+    ScgiBadContentLength { value: String },
+    #[error("SCGI: CONTENT_LENGTH appears more than once")]
+    ScgiDuplicateContentLength,
+    #[error("SCGI: a header name of {len} bytes exceeds the limit of {limit} (Limits::max_name_len)")]
+    ScgiNameTooLong { len: usize, limit: usize },
+    #[error("SCGI: a header value of {len} bytes exceeds the limit of {limit} (Limits::max_value_len)")]
+    ScgiValueTooLong { len: usize, limit: usize },
+
+    // ---- CGI response head ----
+    #[error("CGI response: no end of the header block within {limit} bytes (Limits::max_header_block)")]
+    CgiHeadTooLarge { limit: usize },
+    #[error("CGI response: header line {line} has no ':'")]
+    CgiMissingColon { line: usize },
+    #[error("CGI response: header line {line} is a continuation line (obsolete line folding is not accepted)")]
+    CgiObsFold { line: usize },
+    #[error("CGI response: header line {line} has an invalid name")]
+    CgiBadHeaderName { line: usize },
+    #[error("CGI response: header line {line} has a control character in its value")]
+    CgiBadHeaderValue { line: usize },
+    #[error("CGI response: header line {line}: invalid Status {value:?} (want three digits and an optional reason)")]
+    CgiBadStatus { line: usize, value: String },
+    #[error("CGI response: header line {line}: invalid Content-Length {value:?}")]
+    CgiBadContentLength { line: usize, value: String },
+    #[error("CGI response: header line {line}: second {name} header")]
+    CgiDuplicateHeader { line: usize, name: &'static str },
+}
+
+impl Error {
+    /// Whether the connection must be closed: the byte stream can no longer be parsed, or the
+    /// peer broke the protocol. Non-fatal errors concern one request, which the caller can end
+    /// (for example with END_REQUEST and `OVERLOADED`) while the connection carries on.
+    pub fn is_fatal(&self) -> bool {
+        !matches!(self, Error::TooManyRequests { .. })
+    }
+
+    /// The FastCGI request the error concerns, if any.
+    pub fn request_id(&self) -> Option<u16> {
+        match *self {
+            Error::ParamsTooLarge { request_id, .. }
+            | Error::NameTooLong { request_id, .. }
+            | Error::ValueTooLong { request_id, .. }
+            | Error::TooManyParamsRecords { request_id, .. }
+            | Error::TruncatedPair { request_id, .. }
+            | Error::BadBeginRequestBody { request_id, .. }
+            | Error::BadEndRequestBody { request_id, .. }
+            | Error::DuplicateRequestId { request_id }
+            | Error::TooManyRequests { request_id, .. }
+            | Error::UnexpectedRecord { request_id, .. }
+            | Error::RecordAfterStreamEnd { request_id, .. } => Some(request_id),
+            _ => None,
+        }
+    }
+}
+
+/// Bytes for an error message: printable ASCII kept, the rest escaped, at most 64 bytes shown.
+pub(crate) fn show(b: &[u8]) -> String {
+    let mut s = String::new();
+    for &c in b.iter().take(64) {
+        s.extend(std::ascii::escape_default(c).map(char::from));
+    }
+    if b.len() > 64 {
+        s.push_str("...");
+    }
+    s
 }

@@ -1,19 +1,58 @@
 //! Name-value pairs (FastCGI section 3.4): PARAMS, GET_VALUES(_RESULT), SCGI headers.
-use bytes::{BufMut, Bytes};
+//!
+//! Each pair is `nameLength valueLength name value`; a length below 128 takes one byte, longer
+//! ones take four with the high bit set. A PARAMS stream is one byte sequence cut into records
+//! anywhere — h2o cuts at 65535 bytes even inside a pair — so [`ParamsDecoder`] carries an
+//! incomplete pair over to the next record.
+//!
+//! Names and values are [`Bytes`] slices of the received records: decoding a request copies
+//! nothing except a pair that straddles two records.
+use std::collections::HashMap;
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use crate::{Error, Limits};
 
 /// A request's parameters in arrival order; a repeated name keeps its LAST value.
+///
+/// A repeated name stays at the position of its FIRST occurrence and takes the value of its
+/// last one (nginx repeats a name when a `fastcgi_param` overrides one from `fastcgi_params`;
+/// the override must win). Names are compared byte for byte, case-sensitively.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Params {
     pairs: Vec<(Bytes, Bytes)>,
 }
 
 impl Params {
+    /// An empty set with room for `n` pairs.
+    pub fn with_capacity(n: usize) -> Self {
+        Params { pairs: Vec::with_capacity(n) }
+    }
+    /// Build from pairs; a repeated name keeps its last value (at its first position).
+    pub fn from_pairs(pairs: Vec<(Bytes, Bytes)>) -> Self {
+        let mut p = Params { pairs };
+        p.dedup_last_wins();
+        p
+    }
+    /// The value of `name`.
     pub fn get(&self, name: &[u8]) -> Option<&[u8]> {
-        let _ = name;
-        todo!()
+        self.get_bytes(name).map(|v| &v[..])
+    }
+    /// The value of `name` as a cheaply clonable [`Bytes`].
+    pub fn get_bytes(&self, name: &[u8]) -> Option<&Bytes> {
+        // From the back so that the last value wins even before de-duplication.
+        self.pairs.iter().rev().find(|(n, _)| n.as_ref() == name).map(|(_, v)| v)
     }
     pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
         self.pairs.iter().map(|(n, v)| (&n[..], &v[..]))
+    }
+    /// The pairs as stored, names unique.
+    pub fn pairs(&self) -> &[(Bytes, Bytes)] {
+        &self.pairs
+    }
+    /// Take the pairs out.
+    pub fn into_pairs(self) -> Vec<(Bytes, Bytes)> {
+        self.pairs
     }
     pub fn len(&self) -> usize {
         self.pairs.len()
@@ -23,17 +62,413 @@ impl Params {
     }
     /// Add or replace (last wins).
     pub fn insert(&mut self, name: impl Into<Bytes>, value: impl Into<Bytes>) {
-        let _ = (name.into(), value.into());
-        todo!()
+        let name = name.into();
+        let value = value.into();
+        match self.pairs.iter_mut().find(|(n, _)| *n == name) {
+            Some(slot) => slot.1 = value,
+            None => self.pairs.push((name, value)),
+        }
     }
     pub fn remove(&mut self, name: &[u8]) -> Option<Bytes> {
-        let _ = name;
-        todo!()
+        let i = self.pairs.iter().position(|(n, _)| n.as_ref() == name)?;
+        Some(self.pairs.remove(i).1)
+    }
+    /// Bytes these pairs take when encoded with [`write_pair`].
+    pub fn encoded_len(&self) -> usize {
+        self.iter().map(|(n, v)| pair_len(n, v)).sum()
+    }
+
+    /// Append without checking for a repeated name; [`Params::dedup_last_wins`] must follow.
+    fn push_raw(&mut self, name: Bytes, value: Bytes) {
+        self.pairs.push((name, value));
+    }
+
+    /// Resolve repeated names: first position, last value.
+    fn dedup_last_wins(&mut self) {
+        let n = self.pairs.len();
+        if n < 2 {
+            return;
+        }
+        // Fast path for the usual few dozen names: a 1024-bit filter of cheap fingerprints
+        // rules out nearly every pair; only a filter hit costs a scan of the earlier names.
+        if n <= 128 {
+            let mut filter = [0u64; 16];
+            let mut found = false;
+            for i in 0..n {
+                let bit = fingerprint(&self.pairs[i].0);
+                let (word, mask) = (bit >> 6, 1u64 << (bit & 63));
+                if filter[word] & mask != 0 {
+                    let name = &self.pairs[i].0;
+                    if self.pairs[..i].iter().any(|(m, _)| m == name) {
+                        found = true;
+                        break;
+                    }
+                }
+                filter[word] |= mask;
+            }
+            if !found {
+                return;
+            }
+        }
+        // Slow path: a real repeat, or many names (hashing keeps a flood of pairs linear).
+        let mut first: HashMap<&[u8], usize> = HashMap::with_capacity(n);
+        let mut moves: Vec<(usize, usize)> = Vec::new();
+        for (i, (name, _)) in self.pairs.iter().enumerate() {
+            match first.entry(&name[..]) {
+                std::collections::hash_map::Entry::Occupied(e) => moves.push((i, *e.get())),
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    e.insert(i);
+                }
+            }
+        }
+        drop(first);
+        if moves.is_empty() {
+            return;
+        }
+        let mut keep = vec![true; n];
+        for &(from, to) in &moves {
+            let v = self.pairs[from].1.clone();
+            self.pairs[to].1 = v;
+            keep[from] = false;
+        }
+        let mut i = 0;
+        self.pairs.retain(|_| {
+            let k = keep[i];
+            i += 1;
+            k
+        });
+    }
+}
+
+impl<N: Into<Bytes>, V: Into<Bytes>> FromIterator<(N, V)> for Params {
+    fn from_iter<T: IntoIterator<Item = (N, V)>>(iter: T) -> Self {
+        Params::from_pairs(iter.into_iter().map(|(n, v)| (n.into(), v.into())).collect())
+    }
+}
+
+impl IntoIterator for Params {
+    type Item = (Bytes, Bytes);
+    type IntoIter = std::vec::IntoIter<(Bytes, Bytes)>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.pairs.into_iter()
+    }
+}
+
+/// A 10-bit fingerprint of a name for the repeat filter.
+#[inline]
+fn fingerprint(name: &[u8]) -> usize {
+    let n = name.len();
+    let (a, b) = if n >= 8 {
+        let mut a = [0u8; 8];
+        let mut b = [0u8; 8];
+        a.copy_from_slice(&name[..8]);
+        b.copy_from_slice(&name[n - 8..]);
+        (u64::from_le_bytes(a), u64::from_le_bytes(b))
+    } else {
+        let mut a = [0u8; 8];
+        a[..n].copy_from_slice(name);
+        (u64::from_le_bytes(a), 0)
+    };
+    let h = (a.rotate_left(29) ^ b ^ (n as u64)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    (h >> 54) as usize
+}
+
+/// Encoded size of one pair.
+#[inline]
+pub fn pair_len(name: &[u8], value: &[u8]) -> usize {
+    len_len(name.len()) + len_len(value.len()) + name.len() + value.len()
+}
+
+#[inline]
+fn len_len(n: usize) -> usize {
+    if n < 128 {
+        1
+    } else {
+        4
+    }
+}
+
+#[inline]
+fn put_len(out: &mut impl BufMut, n: usize) {
+    if n < 128 {
+        out.put_u8(n as u8);
+    } else {
+        // Lengths above 2^31-1 cannot be expressed in FastCGI; no caller holds such a value.
+        out.put_u32((n as u32) | 0x8000_0000);
     }
 }
 
 /// Encode one pair with 1- or 4-byte lengths as needed.
 pub fn write_pair(out: &mut impl BufMut, name: &[u8], value: &[u8]) {
-    let _ = (out, name, value);
-    todo!()
+    put_len(out, name.len());
+    put_len(out, value.len());
+    out.put_slice(name);
+    out.put_slice(value);
+}
+
+/// The length at `pos` and how many bytes it took; `None` if not all there yet.
+#[inline(always)]
+fn read_len(b: &[u8], pos: usize) -> Option<(usize, usize)> {
+    let first = *b.get(pos)?;
+    if first & 0x80 == 0 {
+        Some((first as usize, 1))
+    } else {
+        let s = b.get(pos..pos + 4)?;
+        let n = u32::from_be_bytes([s[0] & 0x7f, s[1], s[2], s[3]]);
+        Some((n as usize, 4))
+    }
+}
+
+/// Walk the complete pairs at the start of `b`, calling `f(name_start, name_len, value_len)`
+/// for each; returns where the first incomplete pair begins. Lengths are checked against the
+/// limits as soon as they are readable, before their bytes arrive.
+#[inline(always)]
+fn scan(
+    b: &[u8],
+    limits: &Limits,
+    request_id: u16,
+    mut f: impl FnMut(usize, usize, usize),
+) -> Result<usize, Error> {
+    let mut pos = 0;
+    loop {
+        let Some((nl, a)) = read_len(b, pos) else { return Ok(pos) };
+        let Some((vl, c)) = read_len(b, pos + a) else {
+            if nl > limits.max_name_len {
+                return Err(Error::NameTooLong { request_id, len: nl, limit: limits.max_name_len });
+            }
+            return Ok(pos);
+        };
+        if nl > limits.max_name_len {
+            return Err(Error::NameTooLong { request_id, len: nl, limit: limits.max_name_len });
+        }
+        if vl > limits.max_value_len {
+            return Err(Error::ValueTooLong { request_id, len: vl, limit: limits.max_value_len });
+        }
+        let start = pos + a + c;
+        let end = start.saturating_add(nl).saturating_add(vl);
+        if end > b.len() {
+            return Ok(pos);
+        }
+        f(start, nl, vl);
+        pos = end;
+    }
+}
+
+/// Decodes one name-value stream that arrives in pieces (the records of one PARAMS stream).
+#[derive(Debug, Default)]
+pub struct ParamsDecoder {
+    params: Params,
+    /// The start of a pair whose end has not arrived yet.
+    pending: BytesMut,
+    /// Stream bytes so far, for `Limits::max_params_bytes`.
+    total: usize,
+    /// Non-empty pieces so far, for `Limits::max_params_records`.
+    records: usize,
+}
+
+impl ParamsDecoder {
+    pub fn new() -> Self {
+        ParamsDecoder::default()
+    }
+
+    /// Stream bytes received so far.
+    pub fn total_bytes(&self) -> usize {
+        self.total
+    }
+
+    /// Decode the next piece of the stream (the content of one record).
+    pub fn push(&mut self, chunk: Bytes, limits: &Limits, request_id: u16) -> Result<(), Error> {
+        if chunk.is_empty() {
+            return Ok(());
+        }
+        self.records += 1;
+        if self.records > limits.max_params_records {
+            return Err(Error::TooManyParamsRecords { request_id, limit: limits.max_params_records });
+        }
+        self.total = self.total.saturating_add(chunk.len());
+        if self.total > limits.max_params_bytes {
+            return Err(Error::ParamsTooLarge { request_id, limit: limits.max_params_bytes });
+        }
+        if self.pending.is_empty() {
+            if self.params.pairs.capacity() == 0 {
+                // Typical CGI pairs take 20–40 bytes; one allocation for the usual request.
+                self.params.pairs.reserve((chunk.len() / 24).clamp(4, 256));
+            }
+            let params = &mut self.params;
+            let end = scan(&chunk, limits, request_id, |s, nl, vl| {
+                params.push_raw(chunk.slice(s..s + nl), chunk.slice(s + nl..s + nl + vl));
+            })?;
+            if end < chunk.len() {
+                self.pending.extend_from_slice(&chunk[end..]);
+            }
+        } else {
+            // A pair straddles the record boundary: join, then slice what is complete.
+            self.pending.extend_from_slice(&chunk);
+            let end = scan(&self.pending, limits, request_id, |_, _, _| {})?;
+            let done = self.pending.split_to(end).freeze();
+            let params = &mut self.params;
+            scan(&done, limits, request_id, |s, nl, vl| {
+                params.push_raw(done.slice(s..s + nl), done.slice(s + nl..s + nl + vl));
+            })?;
+        }
+        Ok(())
+    }
+
+    /// The end of the stream: every pair must be complete.
+    pub fn finish(self, request_id: u16, record_type: &'static str) -> Result<Params, Error> {
+        if !self.pending.is_empty() {
+            return Err(Error::TruncatedPair { request_id, record_type, pending: self.pending.len() });
+        }
+        let mut params = self.params;
+        params.dedup_last_wins();
+        Ok(params)
+    }
+}
+
+/// Decode a complete name-value block (one management record, an SCGI-free test helper).
+pub fn decode_pairs(block: Bytes, limits: &Limits, request_id: u16, record_type: &'static str) -> Result<Params, Error> {
+    let mut d = ParamsDecoder::new();
+    // A management record is one record whatever max_params_records says.
+    let one = Limits { max_params_records: usize::MAX, ..limits.clone() };
+    d.push(block, &one, request_id)?;
+    d.finish(request_id, record_type)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn enc(pairs: &[(&[u8], &[u8])]) -> Vec<u8> {
+        let mut v = Vec::new();
+        for (n, val) in pairs {
+            write_pair(&mut v, n, val);
+        }
+        v
+    }
+
+    #[test]
+    fn short_and_long_lengths() {
+        let long = vec![b'x'; 300];
+        let b = enc(&[(b"A", b"1"), (b"LONG", &long)]);
+        assert_eq!(&b[..4], b"\x01\x01A1");
+        assert_eq!(&b[4..9], b"\x04\x80\x00\x01\x2c");
+        let p = decode_pairs(Bytes::from(b), &Limits::default(), 1, "FCGI_PARAMS").expect("decode");
+        assert_eq!(p.get(b"A"), Some(&b"1"[..]));
+        assert_eq!(p.get(b"LONG"), Some(&long[..]));
+        assert_eq!(p.encoded_len(), 4 + 5 + 4 + 300);
+    }
+
+    #[test]
+    fn boundary_127_128() {
+        let v127 = vec![b'a'; 127];
+        let v128 = vec![b'b'; 128];
+        let b = enc(&[(&v127, &v128)]);
+        assert_eq!(b[0], 127);
+        assert_eq!(&b[1..5], &[0x80, 0, 0, 128]);
+        let p = decode_pairs(Bytes::from(b), &Limits::default(), 1, "x").expect("decode");
+        assert_eq!(p.get(&v127), Some(&v128[..]));
+    }
+
+    #[test]
+    fn four_byte_length_for_short_value_is_accepted() {
+        // Some encoders always use 4-byte lengths.
+        let b = b"\x80\x00\x00\x01\x80\x00\x00\x02Nvv".to_vec();
+        let p = decode_pairs(Bytes::from(b), &Limits::default(), 1, "x").expect("decode");
+        assert_eq!(p.get(b"N"), Some(&b"vv"[..]));
+    }
+
+    #[test]
+    fn last_wins_at_first_position() {
+        let b = enc(&[(b"A", b"1"), (b"B", b"2"), (b"A", b"3"), (b"C", b""), (b"A", b"4")]);
+        let p = decode_pairs(Bytes::from(b), &Limits::default(), 1, "x").expect("decode");
+        let v: Vec<_> = p.iter().collect();
+        assert_eq!(v, vec![(&b"A"[..], &b"4"[..]), (&b"B"[..], &b"2"[..]), (&b"C"[..], &b""[..])]);
+    }
+
+    #[test]
+    fn many_names_dedup_uses_hash_path() {
+        let mut raw = Vec::new();
+        for i in 0..500 {
+            write_pair(&mut raw, format!("N{i}").as_bytes(), b"a");
+        }
+        write_pair(&mut raw, b"N7", b"late");
+        let p = decode_pairs(Bytes::from(raw), &Limits::default(), 1, "x").expect("decode");
+        assert_eq!(p.len(), 500);
+        assert_eq!(p.get(b"N7"), Some(&b"late"[..]));
+        assert_eq!(p.pairs()[7].0, Bytes::from_static(b"N7"));
+    }
+
+    #[test]
+    fn insert_remove_get() {
+        let mut p = Params::default();
+        p.insert(&b"A"[..], &b"1"[..]);
+        p.insert(&b"B"[..], &b"2"[..]);
+        p.insert(&b"A"[..], &b"3"[..]);
+        assert_eq!(p.len(), 2);
+        assert_eq!(p.get(b"A"), Some(&b"3"[..]));
+        assert_eq!(p.remove(b"A"), Some(Bytes::from_static(b"3")));
+        assert_eq!(p.remove(b"A"), None);
+        assert_eq!(p.get(b"A"), None);
+        assert!(!p.is_empty());
+        let q: Params = vec![(&b"X"[..], &b"1"[..]), (&b"X"[..], &b"2"[..])].into_iter().collect();
+        assert_eq!(q.len(), 1);
+        assert_eq!(q.get(b"X"), Some(&b"2"[..]));
+    }
+
+    #[test]
+    fn split_at_every_point() {
+        let long = vec![b'v'; 200];
+        let b = enc(&[(b"SCRIPT_NAME", b"/x"), (b"HTTP_COOKIE", &long), (b"E", b"")]);
+        for cut in 0..=b.len() {
+            let mut d = ParamsDecoder::new();
+            d.push(Bytes::copy_from_slice(&b[..cut]), &Limits::default(), 1).expect("a");
+            d.push(Bytes::copy_from_slice(&b[cut..]), &Limits::default(), 1).expect("b");
+            let p = d.finish(1, "x").expect("finish");
+            assert_eq!(p.len(), 3, "cut {cut}");
+            assert_eq!(p.get(b"HTTP_COOKIE"), Some(&long[..]));
+        }
+        // one byte at a time
+        let mut d = ParamsDecoder::new();
+        let l = Limits { max_params_records: usize::MAX, ..Limits::default() };
+        for &c in &b {
+            d.push(Bytes::copy_from_slice(&[c]), &l, 1).expect("byte");
+        }
+        assert_eq!(d.finish(1, "x").expect("finish").get(b"SCRIPT_NAME"), Some(&b"/x"[..]));
+    }
+
+    #[test]
+    fn limits() {
+        let l = Limits { max_name_len: 4, max_value_len: 8, max_params_bytes: 32, max_params_records: 2, ..Limits::default() };
+        let e = decode_pairs(Bytes::from(enc(&[(b"NAME5", b"")])), &l, 3, "x").unwrap_err();
+        assert_eq!(e, Error::NameTooLong { request_id: 3, len: 5, limit: 4 });
+        let e = decode_pairs(Bytes::from(enc(&[(b"N", b"123456789")])), &l, 3, "x").unwrap_err();
+        assert_eq!(e, Error::ValueTooLong { request_id: 3, len: 9, limit: 8 });
+        // the value length alone is enough to refuse, before the bytes arrive
+        let e = decode_pairs(Bytes::from_static(b"\x01\x80\x10\x00\x00N"), &l, 3, "x").unwrap_err();
+        assert!(matches!(e, Error::ValueTooLong { len: 0x0010_0000, .. }));
+        let e = decode_pairs(Bytes::from_static(b"\x80\x10\x00\x00"), &l, 3, "x").unwrap_err();
+        assert!(matches!(e, Error::NameTooLong { .. }));
+        let e = decode_pairs(Bytes::from(vec![0u8; 33]), &l, 3, "x").unwrap_err();
+        assert_eq!(e, Error::ParamsTooLarge { request_id: 3, limit: 32 });
+        let mut d = ParamsDecoder::new();
+        d.push(Bytes::from_static(b"\0\0"), &l, 9).expect("1");
+        d.push(Bytes::from_static(b"\0\0"), &l, 9).expect("2");
+        d.push(Bytes::new(), &l, 9).expect("empty pieces are not counted");
+        let e = d.push(Bytes::from_static(b"\0\0"), &l, 9).unwrap_err();
+        assert_eq!(e, Error::TooManyParamsRecords { request_id: 9, limit: 2 });
+    }
+
+    #[test]
+    fn truncated_pair() {
+        let e = decode_pairs(Bytes::from_static(b"\x04\x01AB"), &Limits::default(), 5, "FCGI_PARAMS").unwrap_err();
+        assert_eq!(e, Error::TruncatedPair { request_id: 5, record_type: "FCGI_PARAMS", pending: 4 });
+        let e = decode_pairs(Bytes::from_static(b"\x84\x00"), &Limits::default(), 5, "FCGI_PARAMS").unwrap_err();
+        assert!(matches!(e, Error::TruncatedPair { pending: 2, .. }));
+    }
+
+    #[test]
+    fn empty_stream() {
+        let p = ParamsDecoder::new().finish(1, "x").expect("empty");
+        assert!(p.is_empty());
+    }
 }

@@ -1,4 +1,9 @@
 //! Record framing (FastCGI 1.0, section 3).
+//!
+//! Every FastCGI message is a record: an 8-byte header (version, type, request id, content
+//! length, padding length), up to 65535 bytes of content, then up to 255 bytes of padding that
+//! the receiver skips. This module knows the numbers; [`crate::server`] and [`crate::client`]
+//! know what the records mean.
 use bytes::BufMut;
 
 pub const VERSION_1: u8 = 1;
@@ -7,8 +12,17 @@ pub const MAX_CONTENT_LEN: usize = 65535;
 /// Request id 0 carries management records (GET_VALUES, UNKNOWN_TYPE).
 pub const MANAGEMENT_ID: u16 = 0;
 pub const FCGI_KEEP_CONN: u8 = 1;
+/// Longest record on the wire: header, maximal content, maximal padding.
+pub const MAX_RECORD_LEN: usize = HEADER_LEN + MAX_CONTENT_LEN + 255;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// GET_VALUES variable: how many transport connections the application accepts.
+pub const FCGI_MAX_CONNS: &[u8] = b"FCGI_MAX_CONNS";
+/// GET_VALUES variable: how many concurrent requests the application accepts.
+pub const FCGI_MAX_REQS: &[u8] = b"FCGI_MAX_REQS";
+/// GET_VALUES variable: "1" when the application multiplexes requests on one connection.
+pub const FCGI_MPXS_CONNS: &[u8] = b"FCGI_MPXS_CONNS";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum RecordType {
     BeginRequest,
     AbortRequest,
@@ -24,7 +38,75 @@ pub enum RecordType {
     Other(u8),
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+impl RecordType {
+    /// The type for a wire value; values outside 1..=11 become [`RecordType::Other`].
+    pub const fn from_u8(n: u8) -> Self {
+        match n {
+            1 => RecordType::BeginRequest,
+            2 => RecordType::AbortRequest,
+            3 => RecordType::EndRequest,
+            4 => RecordType::Params,
+            5 => RecordType::Stdin,
+            6 => RecordType::Stdout,
+            7 => RecordType::Stderr,
+            8 => RecordType::Data,
+            9 => RecordType::GetValues,
+            10 => RecordType::GetValuesResult,
+            11 => RecordType::UnknownType,
+            n => RecordType::Other(n),
+        }
+    }
+
+    /// The wire value.
+    pub const fn as_u8(self) -> u8 {
+        match self {
+            RecordType::BeginRequest => 1,
+            RecordType::AbortRequest => 2,
+            RecordType::EndRequest => 3,
+            RecordType::Params => 4,
+            RecordType::Stdin => 5,
+            RecordType::Stdout => 6,
+            RecordType::Stderr => 7,
+            RecordType::Data => 8,
+            RecordType::GetValues => 9,
+            RecordType::GetValuesResult => 10,
+            RecordType::UnknownType => 11,
+            RecordType::Other(n) => n,
+        }
+    }
+
+    /// The spec's name (`FCGI_STDIN`, ...), for log messages.
+    pub const fn name(self) -> &'static str {
+        match self {
+            RecordType::BeginRequest => "FCGI_BEGIN_REQUEST",
+            RecordType::AbortRequest => "FCGI_ABORT_REQUEST",
+            RecordType::EndRequest => "FCGI_END_REQUEST",
+            RecordType::Params => "FCGI_PARAMS",
+            RecordType::Stdin => "FCGI_STDIN",
+            RecordType::Stdout => "FCGI_STDOUT",
+            RecordType::Stderr => "FCGI_STDERR",
+            RecordType::Data => "FCGI_DATA",
+            RecordType::GetValues => "FCGI_GET_VALUES",
+            RecordType::GetValuesResult => "FCGI_GET_VALUES_RESULT",
+            RecordType::UnknownType => "FCGI_UNKNOWN_TYPE",
+            RecordType::Other(_) => "unknown record type",
+        }
+    }
+}
+
+impl From<u8> for RecordType {
+    fn from(n: u8) -> Self {
+        RecordType::from_u8(n)
+    }
+}
+
+impl From<RecordType> for u8 {
+    fn from(t: RecordType) -> u8 {
+        t.as_u8()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Role {
     Responder,
     Authorizer,
@@ -32,13 +114,59 @@ pub enum Role {
     Unknown(u16),
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+impl Role {
+    /// The role for a wire value; unknown values are kept so the caller can answer UNKNOWN_ROLE.
+    pub const fn from_u16(n: u16) -> Self {
+        match n {
+            1 => Role::Responder,
+            2 => Role::Authorizer,
+            3 => Role::Filter,
+            n => Role::Unknown(n),
+        }
+    }
+
+    /// The wire value.
+    pub const fn as_u16(self) -> u16 {
+        match self {
+            Role::Responder => 1,
+            Role::Authorizer => 2,
+            Role::Filter => 3,
+            Role::Unknown(n) => n,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ProtocolStatus {
     RequestComplete,
     CantMpxConn,
     Overloaded,
     UnknownRole,
     Other(u8),
+}
+
+impl ProtocolStatus {
+    /// The status for a wire value.
+    pub const fn from_u8(n: u8) -> Self {
+        match n {
+            0 => ProtocolStatus::RequestComplete,
+            1 => ProtocolStatus::CantMpxConn,
+            2 => ProtocolStatus::Overloaded,
+            3 => ProtocolStatus::UnknownRole,
+            n => ProtocolStatus::Other(n),
+        }
+    }
+
+    /// The wire value.
+    pub const fn as_u8(self) -> u8 {
+        match self {
+            ProtocolStatus::RequestComplete => 0,
+            ProtocolStatus::CantMpxConn => 1,
+            ProtocolStatus::Overloaded => 2,
+            ProtocolStatus::UnknownRole => 3,
+            ProtocolStatus::Other(n) => n,
+        }
+    }
 }
 
 /// Whether encoders pad record content to a multiple of 8 bytes (the spec recommends it).
@@ -49,8 +177,169 @@ pub enum Padding {
     Align8,
 }
 
+impl Padding {
+    /// Padding bytes to add after `content_len` bytes of content.
+    pub const fn len_for(self, content_len: usize) -> usize {
+        match self {
+            Padding::None => 0,
+            Padding::Align8 => (8 - (content_len & 7)) & 7,
+        }
+    }
+}
+
+/// A decoded record header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    pub version: u8,
+    pub record_type: RecordType,
+    pub request_id: u16,
+    pub content_length: u16,
+    pub padding_length: u8,
+}
+
+impl Header {
+    /// Decode the 8 header bytes (the version is not checked here).
+    pub const fn parse(b: &[u8; HEADER_LEN]) -> Header {
+        Header {
+            version: b[0],
+            record_type: RecordType::from_u8(b[1]),
+            request_id: u16::from_be_bytes([b[2], b[3]]),
+            content_length: u16::from_be_bytes([b[4], b[5]]),
+            padding_length: b[6],
+        }
+    }
+
+    /// Decode the header at the start of `buf`, `None` when fewer than 8 bytes are there.
+    pub fn peek(buf: &[u8]) -> Option<Header> {
+        let b: &[u8; HEADER_LEN] = buf.get(..HEADER_LEN)?.try_into().ok()?;
+        Some(Header::parse(b))
+    }
+
+    /// The 8 header bytes.
+    pub const fn to_bytes(&self) -> [u8; HEADER_LEN] {
+        let id = self.request_id.to_be_bytes();
+        let len = self.content_length.to_be_bytes();
+        [self.version, self.record_type.as_u8(), id[0], id[1], len[0], len[1], self.padding_length, 0]
+    }
+
+    /// Header, content and padding together.
+    pub const fn record_len(&self) -> usize {
+        HEADER_LEN + self.content_length as usize + self.padding_length as usize
+    }
+}
+
+const ZEROS: [u8; 256] = [0; 256];
+
 /// Write one record; `content.len()` must be ≤ [`MAX_CONTENT_LEN`].
+///
+/// Longer content is not truncated: it is written as several records of the same type, which is
+/// what the stream types expect; for the fixed-body types the caller never has that much.
 pub fn write_record(out: &mut impl BufMut, ty: RecordType, id: u16, content: &[u8], padding: Padding) {
-    let _ = (out, ty, id, content, padding);
-    todo!()
+    if content.len() <= MAX_CONTENT_LEN {
+        write_one(out, ty, id, content, padding);
+    } else {
+        for chunk in content.chunks(MAX_CONTENT_LEN) {
+            write_one(out, ty, id, chunk, padding);
+        }
+    }
+}
+
+#[inline]
+fn write_one(out: &mut impl BufMut, ty: RecordType, id: u16, content: &[u8], padding: Padding) {
+    let pad = padding.len_for(content.len());
+    let header = Header {
+        version: VERSION_1,
+        record_type: ty,
+        request_id: id,
+        // Callers split before this point; content.len() <= 65535 here.
+        content_length: content.len() as u16,
+        padding_length: pad as u8,
+    };
+    out.put_slice(&header.to_bytes());
+    out.put_slice(content);
+    out.put_slice(&ZEROS[..pad]);
+}
+
+/// Write a record header alone (content follows from the caller).
+pub(crate) fn write_header(out: &mut impl BufMut, ty: RecordType, id: u16, content_len: usize, pad: usize) {
+    let header = Header {
+        version: VERSION_1,
+        record_type: ty,
+        request_id: id,
+        content_length: content_len as u16,
+        padding_length: pad as u8,
+    };
+    out.put_slice(&header.to_bytes());
+}
+
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn record_type_round_trip() {
+        for n in 0..=255u8 {
+            assert_eq!(RecordType::from_u8(n).as_u8(), n);
+        }
+        assert_eq!(RecordType::from_u8(5), RecordType::Stdin);
+        assert_eq!(RecordType::from_u8(12), RecordType::Other(12));
+        assert_eq!(u8::from(RecordType::UnknownType), 11);
+    }
+
+    #[test]
+    fn role_and_status_round_trip() {
+        for n in [0u16, 1, 2, 3, 4, 65535] {
+            assert_eq!(Role::from_u16(n).as_u16(), n);
+        }
+        assert_eq!(Role::from_u16(3), Role::Filter);
+        for n in 0..=255u8 {
+            assert_eq!(ProtocolStatus::from_u8(n).as_u8(), n);
+        }
+        assert_eq!(ProtocolStatus::from_u8(2), ProtocolStatus::Overloaded);
+    }
+
+    #[test]
+    fn header_encode_decode() {
+        let h = Header {
+            version: 1,
+            record_type: RecordType::Params,
+            request_id: 0x1234,
+            content_length: 0xabcd,
+            padding_length: 3,
+        };
+        let b = h.to_bytes();
+        assert_eq!(b, [1, 4, 0x12, 0x34, 0xab, 0xcd, 3, 0]);
+        assert_eq!(Header::parse(&b), h);
+        assert_eq!(Header::peek(&b[..7]), None);
+        assert_eq!(h.record_len(), 8 + 0xabcd + 3);
+    }
+
+    #[test]
+    fn write_record_with_and_without_padding() {
+        let mut out = Vec::new();
+        write_record(&mut out, RecordType::Stdout, 1, b"hello", Padding::None);
+        assert_eq!(out, b"\x01\x06\x00\x01\x00\x05\x00\x00hello");
+        out.clear();
+        write_record(&mut out, RecordType::Stdout, 1, b"hello", Padding::Align8);
+        assert_eq!(out, b"\x01\x06\x00\x01\x00\x05\x03\x00hello\0\0\0");
+        out.clear();
+        write_record(&mut out, RecordType::Stdout, 1, b"12345678", Padding::Align8);
+        assert_eq!(out.len(), 16);
+        out.clear();
+        write_record(&mut out, RecordType::Stdin, 7, b"", Padding::Align8);
+        assert_eq!(out, b"\x01\x05\x00\x07\x00\x00\x00\x00");
+    }
+
+    #[test]
+    fn write_record_splits_oversized_content() {
+        let content = vec![7u8; MAX_CONTENT_LEN + 10];
+        let mut out = Vec::new();
+        write_record(&mut out, RecordType::Stdout, 1, &content, Padding::None);
+        assert_eq!(out.len(), 2 * HEADER_LEN + content.len());
+        let h = Header::peek(&out).expect("header");
+        assert_eq!(h.content_length as usize, MAX_CONTENT_LEN);
+        let h2 = Header::peek(&out[h.record_len()..]).expect("header");
+        assert_eq!(h2.content_length, 10);
+    }
 }

@@ -1,6 +1,23 @@
 //! The application side: decode what a web server sends, encode the replies.
+//!
+//! [`ServerConnection`] holds the receive buffer and one small state per active request id:
+//!
+//! ```text
+//! BEGIN_REQUEST ──▶ active ──PARAMS…, empty PARAMS──▶ params done ─┐
+//!                     │    ──STDIN…,  empty STDIN ──▶ stdin done  ─┼─▶ input complete: id released
+//!                     │    ──DATA…,   empty DATA  ──▶ data done   ─┘   (FILTER only needs DATA)
+//!                     └── ABORT_REQUEST, or ServerConnection::end_request ──▶ id released
+//! ```
+//!
+//! A RESPONDER's input is complete after PARAMS and STDIN end, an AUTHORIZER's after PARAMS
+//! (Apache's mod_authnz_fcgi sends no STDIN at all), a FILTER's after PARAMS, STDIN and DATA.
+//! Records for an id that is not active are skipped, as the spec says the application must; an
+//! unknown role is reported (so the caller can answer `UNKNOWN_ROLE`) but not tracked.
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+
+use crate::params::{decode_pairs, write_pair, ParamsDecoder};
+use crate::record::{write_record, Header, RecordType, HEADER_LEN, MANAGEMENT_ID, MAX_CONTENT_LEN, VERSION_1};
 use crate::{params::Params, record::Padding, Error, Limits, ProtocolStatus, Role};
-use bytes::{BufMut, Bytes, BytesMut};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ServerEvent {
@@ -19,14 +36,40 @@ pub enum ServerEvent {
     UnknownType { record_type: u8 },
 }
 
+/// What the decoder remembers about one active request.
+#[derive(Debug)]
+struct RequestState {
+    id: u16,
+    role: Role,
+    /// `None` once the empty PARAMS record arrived.
+    params: Option<ParamsDecoder>,
+    stdin_done: bool,
+    data_done: bool,
+}
+
+impl RequestState {
+    fn input_complete(&self) -> bool {
+        let params_done = self.params.is_none();
+        match self.role {
+            Role::Authorizer => params_done,
+            Role::Filter => params_done && self.stdin_done && self.data_done,
+            _ => params_done && self.stdin_done,
+        }
+    }
+}
+
+/// The application side of one connection: receive buffer plus per-request state.
 pub struct ServerConnection {
     buf: BytesMut,
     limits: Limits,
+    requests: Vec<RequestState>,
+    /// Set when the byte stream can no longer be framed; every later call returns it.
+    broken: Option<Error>,
 }
 
 impl ServerConnection {
     pub fn new(limits: Limits) -> Self {
-        ServerConnection { buf: BytesMut::new(), limits }
+        ServerConnection { buf: BytesMut::new(), limits, requests: Vec::new(), broken: None }
     }
     /// Append received bytes.
     pub fn feed(&mut self, data: &[u8]) {
@@ -36,32 +79,557 @@ impl ServerConnection {
     pub fn buffer_mut(&mut self) -> &mut BytesMut {
         &mut self.buf
     }
+    /// Bytes received but not yet turned into events (a partial record at EOF means the peer
+    /// hung up mid-record).
+    pub fn buffered(&self) -> usize {
+        self.buf.len()
+    }
+    /// The limits this connection enforces.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+    /// Whether `id` has begun and its input is not complete yet.
+    pub fn is_active(&self, id: u16) -> bool {
+        self.requests.iter().any(|r| r.id == id)
+    }
+    /// How many requests are waiting for more input.
+    pub fn active_requests(&self) -> usize {
+        self.requests.len()
+    }
+    /// Forget `id`: call after writing its END_REQUEST. Needed only when the peer may not have
+    /// finished sending the request's input (early response, authorizer without STDIN); later
+    /// records for it are then skipped and its id may begin again. Returns whether it was active.
+    pub fn end_request(&mut self, id: u16) -> bool {
+        match self.requests.iter().position(|r| r.id == id) {
+            Some(i) => {
+                self.requests.swap_remove(i);
+                true
+            }
+            None => false,
+        }
+    }
+
     /// The next complete event, `Ok(None)` when more bytes are needed.
+    ///
+    /// On `Err` the offending record has been consumed. After a [fatal](Error::is_fatal) error
+    /// the caller should close the connection; after `BadVersion` every call returns it again.
     pub fn next_event(&mut self) -> Result<Option<ServerEvent>, Error> {
-        let _ = &self.limits;
-        todo!()
+        loop {
+            if let Some(e) = &self.broken {
+                return Err(e.clone());
+            }
+            let Some(h) = Header::peek(&self.buf) else { return Ok(None) };
+            if h.version != VERSION_1 {
+                let e = Error::BadVersion(h.version);
+                self.broken = Some(e.clone());
+                return Err(e);
+            }
+            let total = h.record_len();
+            if self.buf.len() < total {
+                self.buf.reserve(total - self.buf.len());
+                return Ok(None);
+            }
+            if let Some(ev) = self.record(h)? {
+                return Ok(Some(ev));
+            }
+        }
+    }
+
+    /// Consume the complete record at the front of the buffer and interpret it.
+    fn record(&mut self, h: Header) -> Result<Option<ServerEvent>, Error> {
+        let id = h.request_id;
+        let len = h.content_length as usize;
+        self.buf.advance(HEADER_LEN);
+        let content = if len == 0 { Bytes::new() } else { self.buf.split_to(len).freeze() };
+        self.buf.advance(h.padding_length as usize);
+
+        let unexpected = |ty: RecordType| Error::UnexpectedRecord {
+            request_id: id,
+            record_type: ty.as_u8(),
+            name: ty.name(),
+            peer: "web server",
+        };
+
+        if id == MANAGEMENT_ID {
+            return match h.record_type {
+                RecordType::GetValues => {
+                    let params = decode_pairs(content, &self.limits, id, "FCGI_GET_VALUES")?;
+                    Ok(Some(ServerEvent::GetValues { names: params.into_iter().map(|(n, _)| n).collect() }))
+                }
+                RecordType::Other(n) => Ok(Some(ServerEvent::UnknownType { record_type: n })),
+                ty => Err(unexpected(ty)),
+            };
+        }
+
+        match h.record_type {
+            RecordType::BeginRequest => {
+                if content.len() < 8 {
+                    return Err(Error::BadBeginRequestBody { request_id: id, len: content.len() });
+                }
+                let role = Role::from_u16(u16::from_be_bytes([content[0], content[1]]));
+                let keep_conn = content[2] & crate::record::FCGI_KEEP_CONN != 0;
+                if self.is_active(id) {
+                    return Err(Error::DuplicateRequestId { request_id: id });
+                }
+                if !matches!(role, Role::Unknown(_)) {
+                    if self.requests.len() >= self.limits.max_concurrent_requests {
+                        return Err(Error::TooManyRequests { request_id: id, limit: self.limits.max_concurrent_requests });
+                    }
+                    self.requests.push(RequestState {
+                        id,
+                        role,
+                        params: Some(ParamsDecoder::new()),
+                        stdin_done: false,
+                        data_done: false,
+                    });
+                }
+                Ok(Some(ServerEvent::BeginRequest { id, role, keep_conn }))
+            }
+            RecordType::AbortRequest => Ok(self.end_request(id).then_some(ServerEvent::Abort { id })),
+            RecordType::Params => {
+                let Some(i) = self.requests.iter().position(|r| r.id == id) else { return Ok(None) };
+                let req = &mut self.requests[i];
+                let Some(dec) = req.params.as_mut() else {
+                    return Err(Error::RecordAfterStreamEnd { request_id: id, name: "FCGI_PARAMS" });
+                };
+                if !content.is_empty() {
+                    if let Err(e) = dec.push(content, &self.limits, id) {
+                        self.requests.swap_remove(i);
+                        return Err(e);
+                    }
+                    return Ok(None);
+                }
+                let dec = req.params.take().unwrap_or_default();
+                match dec.finish(id, "FCGI_PARAMS") {
+                    Ok(params) => {
+                        self.release_if_complete(i);
+                        Ok(Some(ServerEvent::Params { id, params }))
+                    }
+                    Err(e) => {
+                        self.requests.swap_remove(i);
+                        Err(e)
+                    }
+                }
+            }
+            RecordType::Stdin | RecordType::Data => {
+                let stdin = h.record_type == RecordType::Stdin;
+                let Some(i) = self.requests.iter().position(|r| r.id == id) else { return Ok(None) };
+                let req = &mut self.requests[i];
+                let done = if stdin { &mut req.stdin_done } else { &mut req.data_done };
+                if *done {
+                    return Err(Error::RecordAfterStreamEnd { request_id: id, name: h.record_type.name() });
+                }
+                if !content.is_empty() {
+                    return Ok(Some(if stdin {
+                        ServerEvent::Stdin { id, data: content }
+                    } else {
+                        ServerEvent::Data { id, data: content }
+                    }));
+                }
+                *done = true;
+                self.release_if_complete(i);
+                Ok(Some(if stdin { ServerEvent::StdinEnd { id } } else { ServerEvent::DataEnd { id } }))
+            }
+            // Records an application never receives.
+            RecordType::EndRequest
+            | RecordType::Stdout
+            | RecordType::Stderr
+            | RecordType::GetValues
+            | RecordType::GetValuesResult
+            | RecordType::UnknownType => Err(unexpected(h.record_type)),
+            // A future application record type: skip it like a record for an unknown id.
+            RecordType::Other(_) => Ok(None),
+        }
+    }
+
+    fn release_if_complete(&mut self, i: usize) {
+        if self.requests[i].input_complete() {
+            self.requests.swap_remove(i);
+        }
+    }
+}
+
+impl std::fmt::Debug for ServerConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerConnection")
+            .field("buffered", &self.buf.len())
+            .field("active", &self.requests.iter().map(|r| r.id).collect::<Vec<_>>())
+            .field("broken", &self.broken)
+            .finish_non_exhaustive()
+    }
+}
+
+fn write_stream(out: &mut impl BufMut, ty: RecordType, id: u16, data: &[u8], padding: Padding) {
+    for chunk in data.chunks(MAX_CONTENT_LEN) {
+        write_record(out, ty, id, chunk, padding);
     }
 }
 
 /// STDOUT content, split into records of at most 65535 bytes; empty `data` writes nothing.
 pub fn write_stdout(out: &mut impl BufMut, id: u16, data: &[u8], padding: Padding) {
-    let _ = (out, id, data, padding);
-    todo!()
+    write_stream(out, RecordType::Stdout, id, data, padding);
 }
+/// STDERR content, split like [`write_stdout`]; empty `data` writes nothing.
 pub fn write_stderr(out: &mut impl BufMut, id: u16, data: &[u8], padding: Padding) {
-    let _ = (out, id, data, padding);
-    todo!()
+    write_stream(out, RecordType::Stderr, id, data, padding);
 }
 /// The end of a request: empty STDOUT, then END_REQUEST.
 pub fn write_end_request(out: &mut impl BufMut, id: u16, app_status: u32, status: ProtocolStatus, padding: Padding) {
-    let _ = (out, id, app_status, status, padding);
-    todo!()
+    write_record(out, RecordType::Stdout, id, &[], padding);
+    let s = app_status.to_be_bytes();
+    let body = [s[0], s[1], s[2], s[3], status.as_u8(), 0, 0, 0];
+    write_record(out, RecordType::EndRequest, id, &body, padding);
 }
+/// One GET_VALUES_RESULT record. Pairs that would push it past 65535 bytes are left out.
 pub fn write_get_values_result<'a>(out: &mut impl BufMut, pairs: impl IntoIterator<Item = (&'a [u8], &'a [u8])>) {
-    let _ = (out, pairs.into_iter());
-    todo!()
+    write_management_pairs(out, RecordType::GetValuesResult, pairs);
 }
+/// One UNKNOWN_TYPE record naming the management record type we did not understand.
 pub fn write_unknown_type(out: &mut impl BufMut, record_type: u8) {
-    let _ = (out, record_type);
-    todo!()
+    let body = [record_type, 0, 0, 0, 0, 0, 0, 0];
+    write_record(out, RecordType::UnknownType, MANAGEMENT_ID, &body, Padding::None);
+}
+
+/// A management record of name-value pairs, which must fit one record.
+pub(crate) fn write_management_pairs<'a>(
+    out: &mut impl BufMut,
+    ty: RecordType,
+    pairs: impl IntoIterator<Item = (&'a [u8], &'a [u8])>,
+) {
+    let mut body = Vec::new();
+    for (n, v) in pairs {
+        if body.len() + crate::params::pair_len(n, v) > MAX_CONTENT_LEN {
+            continue;
+        }
+        write_pair(&mut body, n, v);
+    }
+    write_record(out, ty, MANAGEMENT_ID, &body, Padding::None);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::client;
+
+    fn conn() -> ServerConnection {
+        ServerConnection::new(Limits::default())
+    }
+
+    fn drain(c: &mut ServerConnection) -> Vec<ServerEvent> {
+        let mut v = Vec::new();
+        while let Some(e) = c.next_event().expect("event") {
+            v.push(e);
+        }
+        v
+    }
+
+    fn begin(out: &mut Vec<u8>, id: u16, role: u16, flags: u8) {
+        let r = role.to_be_bytes();
+        write_record(out, RecordType::BeginRequest, id, &[r[0], r[1], flags, 0, 0, 0, 0, 0], Padding::None);
+    }
+
+    #[test]
+    fn responder_request() {
+        let mut b = Vec::new();
+        client::write_begin_request(&mut b, 1, Role::Responder, true);
+        client::write_params(&mut b, 1, [(&b"REQUEST_METHOD"[..], &b"POST"[..]), (b"CONTENT_LENGTH", b"5")]);
+        client::write_stdin(&mut b, 1, b"hello");
+        client::write_stdin_end(&mut b, 1);
+        let mut c = conn();
+        c.feed(&b);
+        let ev = drain(&mut c);
+        assert_eq!(ev.len(), 4);
+        assert_eq!(ev[0], ServerEvent::BeginRequest { id: 1, role: Role::Responder, keep_conn: true });
+        match &ev[1] {
+            ServerEvent::Params { id: 1, params } => {
+                assert_eq!(params.get(b"REQUEST_METHOD"), Some(&b"POST"[..]));
+                assert_eq!(params.len(), 2);
+            }
+            e => panic!("{e:?}"),
+        }
+        assert_eq!(ev[2], ServerEvent::Stdin { id: 1, data: Bytes::from_static(b"hello") });
+        assert_eq!(ev[3], ServerEvent::StdinEnd { id: 1 });
+        assert!(!c.is_active(1));
+        assert_eq!(c.buffered(), 0);
+        // keep-conn: the same id again
+        c.feed(&b);
+        assert_eq!(drain(&mut c).len(), 4);
+    }
+
+    #[test]
+    fn padding_is_skipped() {
+        let mut b = Vec::new();
+        begin(&mut b, 2, 1, 0);
+        let mut p = Vec::new();
+        write_pair(&mut p, b"A", b"B");
+        write_record(&mut b, RecordType::Params, 2, &p, Padding::Align8);
+        write_record(&mut b, RecordType::Params, 2, &[], Padding::Align8);
+        write_record(&mut b, RecordType::Stdin, 2, b"xyz", Padding::Align8);
+        let mut c = conn();
+        c.feed(&b);
+        let ev = drain(&mut c);
+        assert_eq!(ev.len(), 3);
+        assert_eq!(ev[2], ServerEvent::Stdin { id: 2, data: Bytes::from_static(b"xyz") });
+    }
+
+    #[test]
+    fn incomplete_record_waits() {
+        let mut b = Vec::new();
+        client::write_stdin(&mut b, 1, b"abc");
+        let mut c = conn();
+        c.feed(&b[..5]);
+        assert_eq!(c.next_event(), Ok(None));
+        c.feed(&b[5..10]);
+        assert_eq!(c.next_event(), Ok(None));
+    }
+
+    #[test]
+    fn authorizer_and_filter_and_unknown_role() {
+        let mut b = Vec::new();
+        begin(&mut b, 1, 2, 0);
+        client::write_params(&mut b, 1, []);
+        let mut c = conn();
+        c.feed(&b);
+        let ev = drain(&mut c);
+        assert_eq!(ev[0], ServerEvent::BeginRequest { id: 1, role: Role::Authorizer, keep_conn: false });
+        assert_eq!(ev[1], ServerEvent::Params { id: 1, params: Params::default() });
+        assert!(!c.is_active(1), "an authorizer's input ends with PARAMS");
+
+        let mut b = Vec::new();
+        begin(&mut b, 3, 3, 0);
+        client::write_params(&mut b, 3, []);
+        client::write_stdin_end(&mut b, 3);
+        write_record(&mut b, RecordType::Data, 3, b"file", Padding::None);
+        write_record(&mut b, RecordType::Data, 3, b"", Padding::None);
+        c.feed(&b);
+        let ev = drain(&mut c);
+        assert_eq!(ev[3], ServerEvent::Data { id: 3, data: Bytes::from_static(b"file") });
+        assert_eq!(ev[4], ServerEvent::DataEnd { id: 3 });
+        assert!(!c.is_active(3));
+
+        let mut b = Vec::new();
+        begin(&mut b, 4, 99, 1);
+        client::write_params(&mut b, 4, [(&b"A"[..], &b"B"[..])]);
+        c.feed(&b);
+        let ev = drain(&mut c);
+        assert_eq!(ev, vec![ServerEvent::BeginRequest { id: 4, role: Role::Unknown(99), keep_conn: true }]);
+    }
+
+    #[test]
+    fn multiplexed_and_abort() {
+        let mut b = Vec::new();
+        for id in [5u16, 6] {
+            client::write_begin_request(&mut b, id, Role::Responder, true);
+        }
+        client::write_params(&mut b, 6, [(&b"X"[..], &b"6"[..])]);
+        client::write_params(&mut b, 5, [(&b"X"[..], &b"5"[..])]);
+        client::write_abort(&mut b, 5);
+        client::write_abort(&mut b, 5); // no longer active: skipped
+        client::write_stdin(&mut b, 5, b"ignored");
+        client::write_stdin_end(&mut b, 6);
+        let mut c = conn();
+        c.feed(&b);
+        let ev = drain(&mut c);
+        assert_eq!(ev.len(), 6, "{ev:?}");
+        assert_eq!(ev[4], ServerEvent::Abort { id: 5 });
+        assert_eq!(ev[5], ServerEvent::StdinEnd { id: 6 });
+        assert_eq!(c.active_requests(), 0);
+    }
+
+    #[test]
+    fn management_records() {
+        let mut b = Vec::new();
+        client::write_get_values(&mut b, [&b"FCGI_MAX_CONNS"[..], b"FCGI_MPXS_CONNS"]);
+        write_record(&mut b, RecordType::Other(42), 0, b"??", Padding::None);
+        let mut c = conn();
+        c.feed(&b);
+        let ev = drain(&mut c);
+        assert_eq!(
+            ev,
+            vec![
+                ServerEvent::GetValues { names: vec![Bytes::from_static(b"FCGI_MAX_CONNS"), Bytes::from_static(b"FCGI_MPXS_CONNS")] },
+                ServerEvent::UnknownType { record_type: 42 },
+            ]
+        );
+    }
+
+    #[test]
+    fn records_for_unknown_ids_are_skipped() {
+        let mut b = Vec::new();
+        client::write_params(&mut b, 9, [(&b"A"[..], &b"B"[..])]);
+        client::write_stdin(&mut b, 9, b"x");
+        client::write_stdin_end(&mut b, 9);
+        write_record(&mut b, RecordType::Data, 9, b"", Padding::None);
+        write_record(&mut b, RecordType::Other(77), 9, b"future", Padding::None);
+        let mut c = conn();
+        c.feed(&b);
+        assert_eq!(drain(&mut c), vec![]);
+    }
+
+    #[test]
+    fn error_bad_version_is_sticky() {
+        let mut c = conn();
+        c.feed(b"\x02\x01\x00\x01\x00\x08\x00\x00");
+        assert_eq!(c.next_event(), Err(Error::BadVersion(2)));
+        assert_eq!(c.next_event(), Err(Error::BadVersion(2)));
+        assert!(Error::BadVersion(2).is_fatal());
+    }
+
+    #[test]
+    fn error_short_begin_body() {
+        let mut c = conn();
+        let mut b = Vec::new();
+        write_record(&mut b, RecordType::BeginRequest, 1, &[0, 1, 0], Padding::None);
+        c.feed(&b);
+        assert_eq!(c.next_event(), Err(Error::BadBeginRequestBody { request_id: 1, len: 3 }));
+    }
+
+    #[test]
+    fn error_duplicate_request_id() {
+        let mut b = Vec::new();
+        client::write_begin_request(&mut b, 1, Role::Responder, false);
+        client::write_begin_request(&mut b, 1, Role::Responder, false);
+        let mut c = conn();
+        c.feed(&b);
+        assert!(c.next_event().expect("first").is_some());
+        let e = c.next_event().unwrap_err();
+        assert_eq!(e, Error::DuplicateRequestId { request_id: 1 });
+        assert_eq!(e.request_id(), Some(1));
+        // after end_request the id may begin again
+        assert!(c.end_request(1));
+        c.feed(&b[..16]);
+        assert!(c.next_event().expect("again").is_some());
+    }
+
+    #[test]
+    fn error_too_many_requests_is_recoverable() {
+        let mut b = Vec::new();
+        for id in 1..=3 {
+            client::write_begin_request(&mut b, id, Role::Responder, true);
+        }
+        client::write_params(&mut b, 3, [(&b"A"[..], &b"B"[..])]);
+        client::write_params(&mut b, 2, []);
+        let mut c = ServerConnection::new(Limits { max_concurrent_requests: 2, ..Limits::default() });
+        c.feed(&b);
+        assert!(c.next_event().expect("1").is_some());
+        assert!(c.next_event().expect("2").is_some());
+        let e = c.next_event().unwrap_err();
+        assert_eq!(e, Error::TooManyRequests { request_id: 3, limit: 2 });
+        assert!(!e.is_fatal());
+        // the refused request's records are skipped; others carry on
+        assert_eq!(c.next_event(), Ok(Some(ServerEvent::Params { id: 2, params: Params::default() })));
+    }
+
+    #[test]
+    fn error_params_limits_carry_request_id() {
+        let l = Limits { max_params_bytes: 10, ..Limits::default() };
+        let mut b = Vec::new();
+        client::write_begin_request(&mut b, 7, Role::Responder, false);
+        client::write_params(&mut b, 7, [(&b"NAME"[..], &b"0123456789"[..])]);
+        let mut c = ServerConnection::new(l);
+        c.feed(&b);
+        assert!(c.next_event().expect("begin").is_some());
+        assert_eq!(c.next_event(), Err(Error::ParamsTooLarge { request_id: 7, limit: 10 }));
+        assert!(!c.is_active(7));
+        assert_eq!(c.next_event(), Ok(None), "the terminator of a dropped request is skipped");
+    }
+
+    #[test]
+    fn error_truncated_pair_at_end_of_params() {
+        let mut b = Vec::new();
+        client::write_begin_request(&mut b, 1, Role::Responder, false);
+        write_record(&mut b, RecordType::Params, 1, b"\x05\x05abc", Padding::None);
+        write_record(&mut b, RecordType::Params, 1, b"", Padding::None);
+        let mut c = conn();
+        c.feed(&b);
+        assert!(c.next_event().expect("begin").is_some());
+        assert_eq!(
+            c.next_event(),
+            Err(Error::TruncatedPair { request_id: 1, record_type: "FCGI_PARAMS", pending: 5 })
+        );
+    }
+
+    #[test]
+    fn error_unexpected_records() {
+        for (ty, id) in [
+            (RecordType::Stdout, 1),
+            (RecordType::Stderr, 1),
+            (RecordType::EndRequest, 1),
+            (RecordType::GetValuesResult, 0),
+            (RecordType::UnknownType, 0),
+            (RecordType::BeginRequest, 0),
+            (RecordType::GetValues, 1),
+        ] {
+            let mut b = Vec::new();
+            write_record(&mut b, ty, id, &[0; 8], Padding::None);
+            let mut c = conn();
+            c.feed(&b);
+            assert_eq!(
+                c.next_event(),
+                Err(Error::UnexpectedRecord { request_id: id, record_type: ty.as_u8(), name: ty.name(), peer: "web server" })
+            );
+        }
+    }
+
+    #[test]
+    fn error_record_after_stream_end() {
+        let mut b = Vec::new();
+        begin(&mut b, 1, 3, 0);
+        client::write_params(&mut b, 1, []);
+        write_record(&mut b, RecordType::Params, 1, b"\x01\x01AB", Padding::None);
+        let mut c = conn();
+        c.feed(&b);
+        drain_until_err(&mut c, Error::RecordAfterStreamEnd { request_id: 1, name: "FCGI_PARAMS" });
+        let mut b = Vec::new();
+        begin(&mut b, 1, 3, 0);
+        client::write_stdin_end(&mut b, 1);
+        client::write_stdin(&mut b, 1, b"late");
+        let mut c = conn();
+        c.feed(&b);
+        drain_until_err(&mut c, Error::RecordAfterStreamEnd { request_id: 1, name: "FCGI_STDIN" });
+    }
+
+    fn drain_until_err(c: &mut ServerConnection, want: Error) {
+        loop {
+            match c.next_event() {
+                Ok(Some(_)) => {}
+                Ok(None) => panic!("no error"),
+                Err(e) => {
+                    assert_eq!(e, want);
+                    return;
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn encoders() {
+        let mut out = Vec::new();
+        write_stdout(&mut out, 1, b"", Padding::None);
+        assert!(out.is_empty());
+        let data = vec![1u8; 70000];
+        write_stdout(&mut out, 1, &data, Padding::None);
+        assert_eq!(out.len(), 16 + 70000);
+        assert_eq!(&out[..8], b"\x01\x06\x00\x01\xff\xff\x00\x00");
+        assert_eq!(&out[8 + 65535..8 + 65535 + 8], b"\x01\x06\x00\x01\x11\x71\x00\x00");
+        out.clear();
+        write_stderr(&mut out, 2, b"oops", Padding::Align8);
+        assert_eq!(out, b"\x01\x07\x00\x02\x00\x04\x04\x00oops\0\0\0\0");
+        out.clear();
+        write_end_request(&mut out, 1, 0x01020304, ProtocolStatus::Overloaded, Padding::None);
+        assert_eq!(out, b"\x01\x06\x00\x01\x00\x00\x00\x00\x01\x03\x00\x01\x00\x08\x00\x00\x01\x02\x03\x04\x02\x00\x00\x00");
+        out.clear();
+        write_unknown_type(&mut out, 42);
+        assert_eq!(out, b"\x01\x0b\x00\x00\x00\x08\x00\x00\x2a\0\0\0\0\0\0\0");
+        out.clear();
+        write_get_values_result(&mut out, [(&b"FCGI_MPXS_CONNS"[..], &b"1"[..])]);
+        assert_eq!(&out[..8], b"\x01\x0a\x00\x00\x00\x12\x00\x00");
+        assert_eq!(&out[8..], b"\x0f\x01FCGI_MPXS_CONNS1");
+        out.clear();
+        let big = vec![b'v'; 40000];
+        write_get_values_result(&mut out, [(&b"A"[..], &big[..]), (&b"B"[..], &big[..]), (&b"C"[..], &b"1"[..])]);
+        let h = Header::peek(&out).expect("header");
+        assert_eq!(h.record_len(), out.len(), "a single record");
+        assert_eq!(h.content_length as usize, 40006 + 4, "B left out, C kept");
+    }
 }
