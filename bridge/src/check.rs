@@ -1,8 +1,270 @@
 //! `fcgibridge check`: validate conf.d and print the effective configuration.
+//!
+//! The output is itself a valid configuration file (YAML, the same schema) with every
+//! default written out and every path absolute, so it answers "what will the daemon
+//! actually do?" and can be diffed between deployments. Exit status: 0 when valid,
+//! 1 when not (the error, `file:line:column: key: message`, goes to stderr).
+use crate::config::units::{DurationDisplay, SizeDisplay};
+use crate::config::{self, App, Config, ListenAddress, Listener, LogFormat, Pool, Protocol};
+use std::fmt::Write as _;
+use std::io::Write as _;
 use std::path::Path;
 use std::process::ExitCode;
 
+/// Entry point of the subcommand.
 pub fn main(config_dir: &Path) -> ExitCode {
-    let _ = config_dir;
-    todo!()
+    match config::load(config_dir) {
+        Ok(config) => {
+            let text = render(&config, &config_dir.display().to_string());
+            let mut out = std::io::stdout().lock();
+            // A closed pipe (`fcgibridge check | head`) is not a configuration error.
+            let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            // No prefix: `file:line:column: ...` at the start of the line is what editors jump to.
+            eprintln!("{err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The effective configuration as YAML that `config::load` would read back unchanged.
+pub fn render(config: &Config, dir: &str) -> String {
+    let mut out = String::new();
+    // Writing to a String cannot fail; the results below are ignored for that reason.
+    let _ = writeln!(
+        out,
+        "# Effective configuration of {dir}: {} pool(s), {} listener(s); every default written out.",
+        config.pools.len(),
+        config.listeners.len()
+    );
+    let g = &config.global;
+    out.push_str("bridge:\n");
+    match &g.runtime_dir {
+        Some(dir) => field(&mut out, 2, "runtime-dir", &quote(&dir.display().to_string())),
+        None => out.push_str("  # runtime-dir: not set: a private directory under $XDG_RUNTIME_DIR or /tmp\n"),
+    }
+    field(&mut out, 2, "log-level", &quote(&g.log_level));
+    let format = match g.log_format {
+        LogFormat::Text => "text",
+        LogFormat::Json => "json",
+    };
+    field(&mut out, 2, "log-format", format);
+    match &g.access_log {
+        Some(path) => field(&mut out, 2, "access-log", &quote(&path.display().to_string())),
+        None => out.push_str("  # access-log: not set: no access log\n"),
+    }
+    field(&mut out, 2, "shutdown-timeout", &DurationDisplay(g.shutdown_timeout).to_string());
+
+    out.push_str(if config.pools.is_empty() { "pools: {}\n" } else { "pools:\n" });
+    for pool in &config.pools {
+        render_pool(&mut out, pool);
+    }
+    out.push_str("listeners:\n");
+    for listener in &config.listeners {
+        render_listener(&mut out, listener);
+    }
+    out
+}
+
+fn render_pool(out: &mut String, pool: &Pool) {
+    let _ = writeln!(out, "  {}:", quote(&pool.name));
+    let app = match &pool.app {
+        App::Module { module, callable } => format!("{module}:{callable}"),
+        App::File(path) => path.display().to_string(),
+    };
+    field(out, 4, "app", &quote(&app));
+    field(out, 4, "python", &quote(&pool.python.display().to_string()));
+    field(out, 4, "chdir", &quote(&pool.chdir.display().to_string()));
+    if pool.env.is_empty() {
+        field(out, 4, "env", "{}");
+    } else {
+        out.push_str("    env:\n");
+        for (name, value) in &pool.env {
+            field(out, 6, &quote(name), &quote(value));
+        }
+    }
+    field(out, 4, "processes", &pool.processes.to_string());
+    field(out, 4, "threads", &pool.threads.to_string());
+    field(out, 4, "queue-size", &pool.queue_size.to_string());
+    field(out, 4, "queue-timeout", &DurationDisplay(pool.queue_timeout).to_string());
+    field(out, 4, "startup-timeout", &DurationDisplay(pool.startup_timeout).to_string());
+}
+
+fn render_listener(out: &mut String, l: &Listener) {
+    let _ = writeln!(out, "  {}:", quote(&l.name));
+    let protocol = match l.protocol {
+        Protocol::FastCgi => "fastcgi",
+        Protocol::Scgi => "scgi",
+    };
+    let address = match &l.address {
+        ListenAddress::Tcp(addr) => addr.to_string(),
+        ListenAddress::Unix(path) => format!("unix:{}", path.display()),
+        ListenAddress::Fd(fd) => format!("fd:{fd}"),
+    };
+    field(out, 4, protocol, &quote(&address));
+    if let Some(mode) = l.socket_mode {
+        field(out, 4, "socket-mode", &format!("\"{mode:04o}\""));
+    }
+    if let Some(owner) = &l.socket_owner {
+        field(out, 4, "socket-owner", &quote(owner));
+    }
+    if let Some(group) = &l.socket_group {
+        field(out, 4, "socket-group", &quote(group));
+    }
+    field(out, 4, "backlog", &l.backlog.to_string());
+    field(out, 4, "max-params", &SizeDisplay(l.max_params as u64).to_string());
+    match l.routes.as_slice() {
+        [only] if only.host.is_none() && only.prefix.is_none() => field(out, 4, "pool", &quote(&only.pool)),
+        routes => {
+            out.push_str("    routes:\n");
+            for route in routes {
+                let mut parts = Vec::new();
+                if let Some(host) = &route.host {
+                    parts.push(format!("host: {}", quote(host)));
+                }
+                if let Some(prefix) = &route.prefix {
+                    parts.push(format!("prefix: {}", quote(prefix)));
+                }
+                parts.push(format!("pool: {}", quote(&route.pool)));
+                let _ = writeln!(out, "      - {{{}}}", parts.join(", "));
+            }
+        }
+    }
+}
+
+fn field(out: &mut String, indent: usize, key: &str, value: &str) {
+    let _ = writeln!(out, "{:indent$}{key}: {value}", "");
+}
+
+/// A YAML scalar: plain when that cannot be misread, double-quoted otherwise.
+fn quote(s: &str) -> String {
+    let plain_char = |c: char| c.is_ascii_alphanumeric() || "_-./@+=:".contains(c);
+    let looks_typed = matches!(
+        s.to_ascii_lowercase().as_str(),
+        "true" | "false" | "yes" | "no" | "on" | "off" | "y" | "n" | "null" | "~"
+    ) || s.parse::<f64>().is_ok()
+        || s.starts_with(|c: char| c.is_ascii_digit() || "-.:@".contains(c));
+    let colon_safe = !s.contains(": ") && !s.ends_with(':');
+    if !s.is_empty() && s.chars().all(plain_char) && !looks_typed && colon_safe {
+        return s.to_owned();
+    }
+    let mut q = String::with_capacity(s.len() + 2);
+    q.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => q.push_str("\\\""),
+            '\\' => q.push_str("\\\\"),
+            '\n' => q.push_str("\\n"),
+            '\t' => q.push_str("\\t"),
+            c if c.is_control() => {
+                let _ = write!(q, "\\u{:04x}", c as u32);
+            }
+            c => q.push(c),
+        }
+    }
+    q.push('"');
+    q
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::config::{Global, Route};
+    use std::collections::BTreeMap;
+    use std::path::PathBuf;
+    use std::time::Duration;
+
+    #[test]
+    fn quoting() {
+        assert_eq!(quote("demo"), "demo");
+        assert_eq!(quote("/srv/app.py"), "/srv/app.py");
+        assert_eq!(quote("mysite.wsgi:application"), "mysite.wsgi:application");
+        assert_eq!(quote("127.0.0.1:9000"), "\"127.0.0.1:9000\"");
+        assert_eq!(quote("yes"), "\"yes\"");
+        assert_eq!(quote("12"), "\"12\"");
+        assert_eq!(quote(""), "\"\"");
+        assert_eq!(quote("a b"), "\"a b\"");
+        assert_eq!(quote("say \"hi\"\n"), "\"say \\\"hi\\\"\\n\"");
+    }
+
+    /// What `check` prints must load back to the same configuration.
+    #[test]
+    fn the_output_loads_back_unchanged() {
+        let dir = crate::config::tests::scratch_dir("check-round-trip");
+        let app = dir.join("app.py");
+        std::fs::write(&app, "").unwrap();
+        let config = Config {
+            global: Global {
+                runtime_dir: Some(dir.join("run")),
+                log_level: "fcgibridge=debug,info".into(),
+                log_format: LogFormat::Json,
+                access_log: Some(PathBuf::from("-")),
+                shutdown_timeout: Duration::from_millis(90_500),
+            },
+            listeners: vec![
+                Listener {
+                    name: "web".into(),
+                    protocol: Protocol::FastCgi,
+                    address: ListenAddress::Tcp("[::1]:9000".parse().unwrap()),
+                    socket_mode: None,
+                    socket_owner: None,
+                    socket_group: None,
+                    backlog: 1024,
+                    routes: vec![Route { host: None, prefix: None, pool: "a".into() }],
+                    max_params: 1 << 20,
+                },
+                Listener {
+                    name: "api".into(),
+                    protocol: Protocol::Scgi,
+                    address: ListenAddress::Unix(dir.join("api.sock")),
+                    socket_mode: Some(0o660),
+                    socket_owner: Some("www-data".into()),
+                    socket_group: Some("1000".into()),
+                    backlog: 16,
+                    routes: vec![
+                        Route { host: Some("api.example.com".into()), prefix: Some("/v1".into()), pool: "b".into() },
+                        Route { host: None, prefix: None, pool: "a".into() },
+                    ],
+                    max_params: 100_000,
+                },
+            ],
+            pools: vec![
+                Pool {
+                    name: "a".into(),
+                    python: PathBuf::from("/bin/sh"),
+                    app: App::File(app.clone()),
+                    chdir: dir.clone(),
+                    env: BTreeMap::from([("A".into(), "1".into()), ("QUOTED".into(), "x: \"y\"".into())]),
+                    processes: 1,
+                    threads: 1,
+                    queue_size: 0,
+                    queue_timeout: Duration::from_millis(250),
+                    startup_timeout: Duration::from_secs(3600),
+                },
+                Pool {
+                    name: "b".into(),
+                    python: PathBuf::from("/bin/sh"),
+                    app: App::Module { module: "mysite.wsgi".into(), callable: "application".into() },
+                    chdir: PathBuf::from("/"),
+                    env: BTreeMap::new(),
+                    processes: 2,
+                    threads: 4,
+                    queue_size: 1024,
+                    queue_timeout: Duration::from_secs(30),
+                    startup_timeout: Duration::from_secs(60),
+                },
+            ],
+        };
+        let text = render(&config, "conf.d");
+        let conf_d = dir.join("conf.d");
+        std::fs::create_dir_all(&conf_d).unwrap();
+        std::fs::write(conf_d.join("00-effective.yaml"), &text).unwrap();
+        match config::load(&conf_d) {
+            Ok(loaded) => assert_eq!(loaded, config, "\n{text}"),
+            Err(e) => panic!("{e}\n{text}"),
+        }
+    }
 }

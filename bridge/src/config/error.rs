@@ -41,16 +41,6 @@ pub enum ConfigError {
     Invalid { at: At, key: String, message: String },
 }
 
-impl ConfigError {
-    /// Where the error points, when it points into a file.
-    pub fn at(&self) -> Option<&At> {
-        match self {
-            ConfigError::Syntax { at, .. } | ConfigError::Invalid { at, .. } => Some(at),
-            _ => None,
-        }
-    }
-}
-
 /// One file's name and key positions, for building errors that point into it.
 #[derive(Debug)]
 pub struct Source {

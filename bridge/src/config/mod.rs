@@ -20,7 +20,7 @@ mod resolve;
 pub mod units;
 mod validate;
 
-pub use error::{At, ConfigError};
+pub use error::ConfigError;
 pub use model::*;
 
 use error::Source;
@@ -28,17 +28,6 @@ use locate::KeyIndex;
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use validate::Parsed;
-
-/// Defaults, for `fcgibridge check` and the docs to agree with the loader.
-pub mod defaults {
-    pub use super::resolve::{
-        DEFAULT_BACKLOG as BACKLOG, DEFAULT_CALLABLE as CALLABLE, DEFAULT_MAX_PARAMS as MAX_PARAMS,
-        DEFAULT_PROCESSES as PROCESSES, DEFAULT_PYTHON as PYTHON, DEFAULT_QUEUE_SIZE as QUEUE_SIZE,
-        DEFAULT_QUEUE_TIMEOUT as QUEUE_TIMEOUT, DEFAULT_STARTUP_TIMEOUT as STARTUP_TIMEOUT,
-        DEFAULT_THREADS as THREADS,
-    };
-    pub use super::validate::{DEFAULT_LOG_LEVEL as LOG_LEVEL, DEFAULT_SHUTDOWN_TIMEOUT as SHUTDOWN_TIMEOUT};
-}
 
 /// Read every `*.yaml` in `dir` in name order, apply defaults, validate.
 pub fn load(dir: &Path) -> Result<Config, ConfigError> {
