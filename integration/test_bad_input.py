@@ -1,0 +1,318 @@
+"""Bad input: every case is answered or closed, with a clear line in the bridge's log,
+while another connection keeps working."""
+import json
+import socket
+import struct
+import time
+import uuid
+
+import pytest
+import requests
+
+import fcgi_client as fc
+from conftest import POOL_HOSTS, wait_until
+
+# a warning or error line from the bridge itself
+LEVEL = r"(WARN|ERROR)"
+
+
+def raw_conn(bridge, listener):
+    addr = bridge.listener_address(listener)
+    family = socket.AF_UNIX if isinstance(addr, str) else socket.AF_INET
+    s = socket.socket(family, socket.SOCK_STREAM)
+    s.settimeout(30)
+    s.connect(addr)
+    return s
+
+
+def closed_within(s, timeout=15.0) -> bytes:
+    """Everything the bridge sends until it closes the connection (fails if it does not)."""
+    s.settimeout(timeout)
+    data = b""
+    try:
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                return data
+            data += chunk
+    except ConnectionResetError:
+        return data
+    except socket.timeout:
+        pytest.fail(f"the bridge kept the connection open {timeout}s after bad input (got {data[:200]!r})")
+
+
+class Bystander:
+    """A kept-alive FastCGI connection opened before the bad input; it must keep working."""
+
+    def __init__(self, bridge):
+        self.conn = bridge.fcgi()
+        self.check()
+
+    def check(self):
+        self.conn.responses.clear()
+        resp = self.conn.request("/environ", query="bystander=1", headers={"Host": "edge.test"})
+        assert resp.status == 200 and json.loads(resp.body)["QUERY_STRING"] == "bystander=1"
+
+    def close(self):
+        self.conn.close()
+
+
+@pytest.fixture
+def bystander(bridge):
+    b = Bystander(bridge)
+    yield b
+    b.check()
+    b.close()
+
+
+def assert_new_connection_works(bridge, listener="fcgi-tcp"):
+    if "scgi" in listener:
+        status, _, body = fc.scgi_request(bridge.listener_address(listener), "/health", headers={"Host": "edge.test"})
+    else:
+        resp = fc.fcgi_request(bridge.listener_address(listener), "/health", headers={"Host": "edge.test"})
+        status, body = resp.status, resp.body
+    assert (status, body) == (200, b"ok")
+
+
+# ------------------------------------------------------------------ FastCGI records
+
+def test_bad_version_byte(bridge, bystander, log):
+    s = raw_conn(bridge, "fcgi-tcp")
+    s.sendall(fc.record(fc.BEGIN_REQUEST, 1, fc.begin_body(), version=2)
+              + fc.stream(fc.PARAMS, 1, fc.encode_pairs(fc.cgi_params("/health"))))
+    data = closed_within(s)
+    assert b"Status: 200" not in data
+    log.wait_for([LEVEL, r"version"])
+    bystander.check()
+    assert_new_connection_works(bridge)
+
+
+def test_truncated_header_then_close(bridge, bystander, log):
+    s = raw_conn(bridge, "fcgi-tcp")
+    s.sendall(fc.record(fc.BEGIN_REQUEST, 1, fc.begin_body())[:5])
+    s.shutdown(socket.SHUT_WR)
+    closed_within(s)
+    s.close()
+    log.wait_for([r"(WARN|ERROR|INFO)", r"(truncat|incomplete|unexpected (eof|end)|mid-record|partial|closed)"])
+    bystander.check()
+    assert_new_connection_works(bridge)
+
+
+def test_truncated_params_then_close(bridge, bystander, log):
+    s = raw_conn(bridge, "fcgi-tcp")
+    full = fc.record(fc.BEGIN_REQUEST, 1, fc.begin_body(fc.RESPONDER, fc.KEEP_CONN)) \
+        + fc.stream(fc.PARAMS, 1, fc.encode_pairs(fc.cgi_params("/health")))
+    s.sendall(full[:len(full) - 20])
+    s.shutdown(socket.SHUT_WR)
+    data = closed_within(s)
+    assert b"Status: 200" not in data
+    s.close()
+    bystander.check()
+    assert_new_connection_works(bridge)
+
+
+@pytest.mark.parametrize("garbage", [
+    b"GET / HTTP/1.1\r\nHost: example\r\n\r\n",
+    bytes(range(256)) * 4,
+    b"\x01\xff\x00\x01\x00\x08\x00\x00" + b"\x00" * 8,  # version 1, record type 255 for request 1
+])
+def test_garbage(bridge, bystander, log, garbage):
+    s = raw_conn(bridge, "fcgi-tcp")
+    s.sendall(garbage)
+    try:
+        data = closed_within(s)
+    finally:
+        s.close()
+    assert b"Status: 200" not in data
+    log.wait_for([LEVEL])
+    bystander.check()
+    assert_new_connection_works(bridge)
+
+
+def test_record_with_huge_padding_and_bogus_request_id(bridge, bystander):
+    """STDIN for a request that was never begun, then a good request: the bad record is
+    ignored (spec 3.3) or the connection closed; either way no crash and others work."""
+    s = raw_conn(bridge, "fcgi-tcp")
+    s.sendall(fc.record(fc.STDIN, 9, b"stray", padding=255))
+    s.close()
+    bystander.check()
+    assert_new_connection_works(bridge)
+
+
+# ------------------------------------------------------------------ limits
+
+def test_params_over_the_limit(bridge, bystander, log):
+    """fcgi-small accepts 4 KiB of params; 8 KiB in one header is refused."""
+    s = raw_conn(bridge, "fcgi-small")
+    pairs = fc.cgi_params("/environ", headers={"Host": "edge.test", "X-Big": "b" * 8192})
+    s.sendall(fc.record(fc.BEGIN_REQUEST, 1, fc.begin_body(fc.RESPONDER, 0))
+              + fc.stream(fc.PARAMS, 1, fc.encode_pairs(pairs)) + fc.record(fc.STDIN, 1, b""))
+    data = closed_within(s)
+    s.close()
+    assert b"bbbbbbbb" not in data and b'"HTTP_X_BIG"' not in data, "the app was called despite the limit"
+    if data:
+        # answered: an HTTP error status (431 or 4xx/5xx) in a CGI response, then END_REQUEST
+        assert re_status(data) >= 400, data[:300]
+    log.wait_for([LEVEL, r"(param|header|limit|too (large|big|long))"])
+    bystander.check()
+    assert_new_connection_works(bridge, "fcgi-small")
+
+
+def test_params_just_under_the_limit_pass(bridge):
+    resp = fc.fcgi_request(bridge.listener_address("fcgi-small"), "/environ",
+                           headers={"X-Small": "s" * 1500})
+    assert resp.status == 200
+    assert json.loads(resp.body)["HTTP_X_SMALL"] == "s" * 1500
+
+
+def test_params_over_the_limit_many_small_records(bridge, bystander, log):
+    """The limit is on the whole stream, not one record."""
+    s = raw_conn(bridge, "fcgi-small")
+    pairs = fc.cgi_params("/environ") + [(f"HTTP_X_{i}", "v" * 100) for i in range(100)]
+    raw = fc.encode_pairs(pairs)
+    data = fc.record(fc.BEGIN_REQUEST, 1, fc.begin_body())
+    for k in range(0, len(raw), 500):
+        data += fc.record(fc.PARAMS, 1, raw[k:k + 500])
+    data += fc.record(fc.PARAMS, 1, b"") + fc.record(fc.STDIN, 1, b"")
+    s.sendall(data)
+    got = closed_within(s)
+    s.close()
+    assert b"HTTP_X_99" not in got
+    log.wait_for([LEVEL, r"(param|header|limit|too (large|big|long))"])
+    bystander.check()
+
+
+def re_status(data: bytes) -> int:
+    """The CGI status inside the STDOUT records of a raw response."""
+    conn = fc.FcgiConnection.__new__(fc.FcgiConnection)
+    conn.buf = bytearray(data)
+    conn.responses = {}
+    conn.management = []
+    conn.sock = None
+    out = bytearray()
+    while len(conn.buf) >= 8:
+        rtype, rid, content = conn.read_record()
+        if rtype == fc.STDOUT:
+            out += content
+    return fc.Response(1, stdout=out).status
+
+
+# ------------------------------------------------------------------ SCGI
+
+def scgi_raw(bridge, payload, listener="scgi-tcp", shutdown=False):
+    s = raw_conn(bridge, listener)
+    s.sendall(payload)
+    if shutdown:
+        s.shutdown(socket.SHUT_WR)
+    try:
+        return closed_within(s)
+    finally:
+        s.close()
+
+
+def good_headers():
+    return fc.scgi_headers("/environ", headers={"Host": "edge.test"})
+
+
+def test_scgi_netstring_longer_than_sent(bridge, bystander, log):
+    h = good_headers()
+    data = scgi_raw(bridge, str(len(h) + 500).encode() + b":" + h + b",", shutdown=True)
+    assert b"Status: 200" not in data
+    log.wait_for([r"(WARN|ERROR|INFO)", r"(scgi|netstring|header|truncat|eof|closed)"])
+    bystander.check()
+    assert_new_connection_works(bridge, "scgi-tcp")
+
+
+def test_scgi_netstring_shorter_than_sent(bridge, bystander, log):
+    h = good_headers()
+    data = scgi_raw(bridge, str(len(h) - 7).encode() + b":" + h + b",")
+    assert b"Status: 200" not in data
+    log.wait_for([LEVEL, r"(scgi|netstring|comma|','|malformed|invalid)"])
+    bystander.check()
+    assert_new_connection_works(bridge, "scgi-tcp")
+
+
+def test_scgi_netstring_length_over_the_limit(bridge, bystander, log):
+    """scgi-small allows 4 KiB of headers: a netstring announcing 10 GB is refused at once,
+    without waiting for (or buffering) its content."""
+    start = time.monotonic()
+    data = scgi_raw(bridge, b"9999999999:CONTENT_LENGTH\x000\x00", listener="scgi-small")
+    assert time.monotonic() - start < 10
+    assert b"Status: 200" not in data
+    log.wait_for([LEVEL, r"(scgi|netstring|header|limit|too (large|big|long))"])
+    bystander.check()
+    assert_new_connection_works(bridge, "scgi-small")
+
+
+@pytest.mark.parametrize("payload", [b"abc:def,", b":", b"12x:0123456789ab,", b"-5:hello,"])
+def test_scgi_bad_length_prefix(bridge, bystander, log, payload):
+    data = scgi_raw(bridge, payload)
+    assert b"Status: 200" not in data
+    log.wait_for([LEVEL])
+    bystander.check()
+    assert_new_connection_works(bridge, "scgi-tcp")
+
+
+def test_scgi_headers_without_content_length(bridge, bystander, log):
+    """The SCGI spec requires CONTENT_LENGTH first."""
+    raw = b"".join(k.encode() + b"\0" + v.encode() + b"\0" for k, v in fc.cgi_params("/environ")
+                   if k != "CONTENT_LENGTH")
+    data = scgi_raw(bridge, fc.netstring(raw))
+    if b"Status: 200" in data:
+        pytest.fail("an SCGI request without CONTENT_LENGTH was served as valid")
+    log.wait_for([LEVEL, r"CONTENT_LENGTH"])
+    bystander.check()
+
+
+# ------------------------------------------------------------------ client going away
+
+def test_client_disconnects_mid_upload_direct(bridge, bystander, log):
+    marker = bridge.workdir / f"watch-{uuid.uuid4().hex}"
+    s = raw_conn(bridge, "fcgi-tcp")
+    pairs = fc.cgi_params("/upload-watch", "POST", f"marker={marker}", headers={"Host": "edge.test"},
+                          content_length=10 << 20)
+    s.sendall(fc.record(fc.BEGIN_REQUEST, 1, fc.begin_body(fc.RESPONDER, fc.KEEP_CONN))
+              + fc.stream(fc.PARAMS, 1, fc.encode_pairs(pairs))
+              + fc.stream(fc.STDIN, 1, b"u" * (1 << 20), terminate=False))
+    wait_until(lambda: marker.exists(), 30, what="the app started reading")
+    s.close()
+    # the app sees the disconnect as an OSError (ClientDisconnected) on wsgi.input
+    text = wait_until(lambda: "outcome" in marker.read_text() and marker.read_text(), 30,
+                      what="the app noticed the disconnect")
+    assert "outcome eof" not in text, "a cut-off upload must not look like a complete body"
+    assert "ClientDisconnected" in text or "Error" in text, text
+    log.wait_for([r"upload-watch", r"(abort|disconnect|closed|reset|gone|cancel)"])
+    bystander.check()
+    assert_new_connection_works(bridge)
+
+
+def test_client_disconnects_mid_upload_through_nginx(bridge, nginx, log):
+    marker = bridge.workdir / f"watch-nginx-{uuid.uuid4().hex}"
+    with socket.create_connection(("127.0.0.1", nginx.ports["fcgi-stream"]), timeout=30) as s:
+        s.sendall((f"POST /upload-watch?marker={marker} HTTP/1.1\r\nHost: {POOL_HOSTS['edge']}\r\n"
+                   "Transfer-Encoding: chunked\r\nContent-Type: application/octet-stream\r\n\r\n").encode())
+        chunk = b"n" * 65536
+        for _ in range(16):
+            s.sendall(b"%x\r\n" % len(chunk) + chunk + b"\r\n")
+        wait_until(lambda: marker.exists(), 30, what="the app started reading")
+    text = wait_until(lambda: "outcome" in marker.read_text() and marker.read_text(), 30,
+                      what="the app noticed the disconnect")
+    assert "outcome eof" not in text, text
+    log.wait_for([r"upload-watch", r"(abort|disconnect|closed|reset|gone|cancel)"])
+    r = requests.post(nginx.url("fcgi-stream", "/upload"), data=b"after" * 1000,
+                      headers={"Host": POOL_HOSTS["edge"]}, timeout=60)
+    assert r.status_code == 200 and r.json()["size"] == 5000
+
+
+def test_client_disconnects_while_response_streams(bridge, bystander, log):
+    """The client goes away while the app is still producing: the app's iterable is closed."""
+    marker = bridge.workdir / f"tick-gone-{uuid.uuid4().hex}"
+    s = raw_conn(bridge, "fcgi-tcp")
+    s.sendall(fc.record(fc.BEGIN_REQUEST, 1, fc.begin_body(fc.RESPONDER, fc.KEEP_CONN))
+              + fc.stream(fc.PARAMS, 1, fc.encode_pairs(fc.cgi_params("/tick", query=f"marker={marker}&n=600",
+                                                                      headers={"Host": "edge.test"})))
+              + fc.record(fc.STDIN, 1, b""))
+    s.recv(100)
+    s.close()
+    wait_until(lambda: marker.exists() and "closed" in marker.read_text(), 20, what="close() after the client left")
+    bystander.check()

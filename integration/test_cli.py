@@ -1,0 +1,190 @@
+"""`fcgibridge check` and `fcgibridge request` from the command line."""
+import json
+import subprocess
+import uuid
+from pathlib import Path
+
+import pytest
+
+from conftest import APPS, bridge_binary
+
+
+def run(*args, timeout=60, **kw):
+    return subprocess.run([str(bridge_binary()), *args], capture_output=True, text=True, timeout=timeout, **kw)
+
+
+def write_conf(tmp_path, files: dict) -> Path:
+    d = tmp_path / "conf.d"
+    d.mkdir(exist_ok=True)
+    for name, text in files.items():
+        (d / name).write_text(text)
+    return d
+
+
+GOOD = {
+    "10-bridge.yaml": "bridge:\n  log-level: info\n  access-log: \"-\"\n",
+    "20-pools.yaml": (
+        "pools:\n"
+        "  flask:\n"
+        f"    app: {APPS / 'flask_app.py'}\n"
+        "    processes: 3\n"
+        "    threads: 5\n"
+        "    env:\n"
+        "      GREETING: hello\n"
+        "  django:\n"
+        "    app: mysite.wsgi:application\n"
+        f"    chdir: {APPS / 'djproject'}\n"
+        "    queue-timeout: 1m30s\n"
+    ),
+    "30-listeners.yaml": (
+        "listeners:\n"
+        "  front-fcgi-unix:\n"
+        "    fastcgi: unix:/tmp/fcgibridge-check-test/fcgi.sock\n"
+        "    pool: flask\n"
+        "  front-fcgi-tcp:\n"
+        "    fastcgi: 127.0.0.1:9411\n"
+        "    routes:\n"
+        "      - {prefix: /dj, pool: django}\n"
+        "      - {pool: flask}\n"
+        "  front-scgi:\n"
+        "    scgi: 127.0.0.1:9412\n"
+        "    pool: flask\n"
+        "    max-params: 64KiB\n"
+    ),
+}
+
+
+def test_check_good_config_prints_effective_config(tmp_path):
+    d = write_conf(tmp_path, GOOD)
+    r = run("check", "--config", str(d))
+    assert r.returncode == 0, r.stderr
+    out = r.stdout
+    for needle in ("flask", "django", "front-fcgi-unix", "front-fcgi-tcp", "front-scgi",
+                   str(APPS / "flask_app.py"), "mysite.wsgi:application", str(APPS / "djproject"),
+                   "127.0.0.1:9411", "127.0.0.1:9412", "/tmp/fcgibridge-check-test/fcgi.sock", "GREETING", "/dj"):
+        assert needle in out, f"{needle!r} missing from:\n{out}"
+    # defaults are written out
+    for key in ("processes", "threads", "queue-size", "queue-timeout", "startup-timeout", "max-params", "backlog"):
+        assert key in out, f"default {key} not shown:\n{out}"
+
+
+def test_check_output_is_a_config_that_checks_the_same(tmp_path):
+    d = write_conf(tmp_path, GOOD)
+    first = run("check", "--config", str(d))
+    assert first.returncode == 0, first.stderr
+    again = tmp_path / "again"
+    again.mkdir()
+    (again / "00-effective.yaml").write_text(first.stdout)
+    second = run("check", "--config", str(again))
+    assert second.returncode == 0, second.stderr
+    # identical apart from the header comment naming the directory
+    strip = lambda s: [ln for ln in s.splitlines() if not ln.startswith("#")]  # noqa: E731
+    assert strip(second.stdout) == strip(first.stdout)
+
+
+@pytest.mark.parametrize("name,text,where,key,hint", [
+    ("40-typo.yaml", "pools:\n  extra:\n    app: x.py\n    procesess: 2\n", ":4:5", "procesess", '"processes"'),
+    ("40-typo.yaml", "bridge:\n  log_level: debug\n", ":2:3", "log_level", '"log-level"'),
+    ("40-typo.yaml", "listeners:\n  l2:\n    fastcgi: 127.0.0.1:9413\n    pool: flask\n    max-param: 4KiB\n",
+     ":5:5", "max-param", '"max-params"'),
+    ("40-typo.yaml", "listeners:\n  l2:\n    scgi: 127.0.0.1:9413\n    pool: flsk\n", ":4:5", "pool", '"flask"'),
+])
+def test_check_bad_config_names_file_line_column_key_and_hint(tmp_path, name, text, where, key, hint):
+    files = dict(GOOD)
+    files[name] = text
+    if "app: x.py" in text:
+        (tmp_path / "conf.d").mkdir(exist_ok=True)
+        (tmp_path / "conf.d" / "x.py").write_text("application = None\n")
+    d = write_conf(tmp_path, files)
+    r = run("check", "--config", str(d))
+    assert r.returncode != 0
+    err = r.stderr + r.stdout
+    assert f"{name}{where}" in err, err
+    assert key in err, err
+    assert "did you mean" in err and hint in err, err
+
+
+def test_check_bad_duration_and_yaml_syntax(tmp_path):
+    files = dict(GOOD)
+    files["40-bad.yaml"] = "pools:\n  slow:\n    app: mysite.wsgi:application\n    queue-timeout: 30 parsecs\n"
+    r = run("check", "--config", str(write_conf(tmp_path, files)))
+    assert r.returncode != 0
+    assert "40-bad.yaml:4:" in r.stderr and "queue-timeout" in r.stderr, r.stderr
+
+    (tmp_path / "conf.d" / "40-bad.yaml").write_text("pools: {slow: [\n")
+    r = run("check", "--config", str(tmp_path / "conf.d"))
+    assert r.returncode != 0
+    assert "40-bad.yaml:" in r.stderr, r.stderr
+
+
+def test_run_refuses_a_bad_config(tmp_path):
+    files = dict(GOOD)
+    files["40-typo.yaml"] = "pools:\n  extra:\n    app: mysite.wsgi:application\n    thread: 2\n"
+    r = run("run", "--config", str(write_conf(tmp_path, files)), timeout=60)
+    assert r.returncode != 0
+    assert "40-typo.yaml:4:5" in r.stderr + r.stdout
+
+
+# ------------------------------------------------------------- request
+
+def addr(bridge, listener):
+    a = bridge.listener_address(listener)
+    return f"unix:{a}" if isinstance(a, str) else f"{a[0]}:{a[1]}"
+
+
+def test_request_fastcgi_get(bridge):
+    r = run("request", addr(bridge, "fcgi-tcp"), "/environ?x=1", "-H", "Host: edge.test", "-H", "X-Cli: yes")
+    assert r.returncode == 0, r.stderr
+    assert "200" in r.stdout
+    body = r.stdout[r.stdout.index("{"):]
+    env = json.loads(body)
+    assert env["PATH_INFO"] == "/environ"
+    assert env["QUERY_STRING"] == "x=1"
+    assert env["HTTP_X_CLI"] == "yes"
+    assert env["REQUEST_METHOD"] == "GET"
+
+
+def test_request_fastcgi_unix_post_body(bridge, tmp_path):
+    r = run("request", addr(bridge, "fcgi-unix"), "/upload", "-X", "POST", "-H", "Host: edge.test",
+            "-d", "hello from the cli")
+    assert r.returncode == 0, r.stderr
+    import hashlib
+    assert hashlib.sha256(b"hello from the cli").hexdigest() in r.stdout
+    f = tmp_path / "body.bin"
+    f.write_bytes(b"\x00\x01" * 5000)
+    r = run("request", addr(bridge, "fcgi-unix"), "/upload", "-X", "POST", "-H", "Host: edge.test",
+            "-d", f"@{f}")
+    assert r.returncode == 0, r.stderr
+    assert hashlib.sha256(b"\x00\x01" * 5000).hexdigest() in r.stdout
+    assert '"size": 10000' in r.stdout
+
+
+@pytest.mark.parametrize("listener", ["scgi-tcp", "scgi-unix"])
+def test_request_scgi(bridge, listener):
+    tag = uuid.uuid4().hex
+    r = run("request", "--scgi", addr(bridge, listener), f"/environ?tag={tag}", "-H", "Host: edge.test")
+    assert r.returncode == 0, r.stderr
+    env = json.loads(r.stdout[r.stdout.index("{"):])
+    assert env["QUERY_STRING"] == f"tag={tag}"
+    assert env["PATH_INFO"] == "/environ"
+
+
+def test_request_to_flask_and_django_through_routes(bridge):
+    r = run("request", addr(bridge, "fcgi-tcp"), "/", "-H", "Host: flask.test")
+    assert r.returncode == 0 and "hello from flask" in r.stdout, r.stdout + r.stderr
+    r = run("request", addr(bridge, "fcgi-tcp"), "/", "-H", "Host: django.test")
+    assert r.returncode == 0 and "Django behind fcgibridge" in r.stdout, r.stdout + r.stderr
+
+
+def test_request_shows_error_status(bridge):
+    r = run("request", addr(bridge, "fcgi-tcp"), "/nothing-here", "-H", "Host: edge.test")
+    assert "404" in r.stdout + r.stderr
+
+
+def test_request_to_a_closed_port_fails_cleanly():
+    from conftest import free_ports
+    port = free_ports(1)[0]
+    r = run("request", f"127.0.0.1:{port}", "/")
+    assert r.returncode != 0
+    assert "panicked" not in r.stderr
+    assert str(port) in r.stderr or "refused" in r.stderr.lower(), r.stderr
