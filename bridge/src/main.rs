@@ -35,17 +35,21 @@ enum Command {
         address: String,
         /// Request path, with an optional ?query.
         path: String,
-        #[arg(short = 'X', long, default_value = "GET")]
-        method: String,
+        /// HTTP method (default: GET, or POST when -d is given).
+        #[arg(short = 'X', long)]
+        method: Option<String>,
         /// "Name: value"; repeatable.
         #[arg(short = 'H', long = "header")]
         headers: Vec<String>,
-        /// Request body; @file reads it from a file.
+        /// Request body, sent as is; @file reads it from a file, @- from stdin.
         #[arg(short = 'd', long = "data")]
         data: Option<String>,
         /// Speak SCGI instead of FastCGI.
         #[arg(long)]
         scgi: bool,
+        /// Give up after this long connecting, or waiting on any read or write ("0" = never).
+        #[arg(long, default_value = "60s", value_parser = config::units::parse_duration)]
+        timeout: std::time::Duration,
     },
 }
 
@@ -54,8 +58,8 @@ fn main() -> std::process::ExitCode {
     match cli.command {
         Command::Run { config } => daemon::main(&config),
         Command::Check { config } => check::main(&config),
-        Command::Request { address, path, method, headers, data, scgi } => {
-            request::main(request::Args { address, path, method, headers, data, scgi })
+        Command::Request { address, path, method, headers, data, scgi, timeout } => {
+            request::main(request::Args { address, path, method, headers, data, scgi, timeout })
         }
     }
 }

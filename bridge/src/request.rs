@@ -1,16 +1,664 @@
 //! `fcgibridge request`: a one-shot FastCGI/SCGI client for newcomers and health checks.
+//!
+//! It sends what nginx sends with its stock `fastcgi_params` / `scgi_params`, and prints
+//! the answer like `curl -i`: a status line, the headers, a blank line, the body. Records
+//! on the application's stderr go to our stderr. Exit status: 0 when a response arrived
+//! (whatever its HTTP status), 1 when the connection or the protocol failed, 2 for bad
+//! arguments. Plain blocking sockets: one request needs no runtime.
+use bytes::BytesMut;
+use fastcgi_server::cgi::{self, ResponseHead};
+use fastcgi_server::client::{self, ClientConnection, ClientEvent};
+use fastcgi_server::{Limits, ProtocolStatus, Role};
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, TcpStream};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
+/// The subcommand's arguments (defined with clap in main.rs).
 pub struct Args {
     pub address: String,
     pub path: String,
-    pub method: String,
+    /// `None`: GET, or POST when a body is given (as curl does).
+    pub method: Option<String>,
     pub headers: Vec<String>,
     pub data: Option<String>,
     pub scgi: bool,
+    /// Limit for connecting and for each read or write.
+    pub timeout: Duration,
 }
 
+/// The only request on the connection.
+const REQUEST_ID: u16 = 1;
+/// Largest CGI header block accepted from the application.
+const MAX_HEAD: usize = 64 << 10;
+
+/// What went wrong, worded for someone at a terminal.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    #[error("{0}")]
+    Usage(String),
+    #[error("cannot read the request body from {path}: {source}")]
+    Body { path: PathBuf, source: io::Error },
+    #[error("cannot connect to {address}: {source}")]
+    Connect { address: String, source: io::Error },
+    #[error("connection to {address} failed: {source}")]
+    Io { address: String, source: io::Error },
+    #[error("protocol error from {address}: {source}")]
+    Protocol { address: String, source: fastcgi_server::Error },
+    #[error("{address} closed the connection before the response was complete")]
+    Truncated { address: String },
+    #[error("{address} refused the request: {status}")]
+    Refused { address: String, status: &'static str },
+    #[error("{address} sent a malformed CGI response: {detail}")]
+    BadResponse { address: String, detail: String },
+}
+
+/// Entry point of the subcommand.
 pub fn main(args: Args) -> ExitCode {
-    let _ = (args.address, args.path, args.method, args.headers, args.data, args.scgi);
-    todo!()
+    match run(&args, &mut io::stdout().lock(), &mut io::stderr().lock()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("fcgibridge request: {err}");
+            ExitCode::from(if matches!(err, RequestError::Usage(_)) { 2 } else { 1 })
+        }
+    }
+}
+
+/// Send the request and copy the response to `out`, the application's stderr to `err`.
+pub fn run(args: &Args, out: &mut impl Write, err: &mut impl Write) -> Result<(), RequestError> {
+    let body = read_body(args.data.as_deref())?;
+    let mut stream = connect(&args.address, args.timeout)?;
+    let remote_port = stream.local_port().unwrap_or(0);
+    let params = build_params(args, body.as_ref().map(Vec::len), remote_port)?;
+    let pairs = || params.iter().map(|(n, v)| (n.as_bytes(), v.as_slice()));
+    let body = body.unwrap_or_default();
+
+    let mut request = BytesMut::new();
+    if args.scgi {
+        fastcgi_server::scgi::write_request(&mut request, body.len() as u64, pairs());
+        request.extend_from_slice(&body);
+    } else {
+        client::write_begin_request(&mut request, REQUEST_ID, Role::Responder, false);
+        client::write_params(&mut request, REQUEST_ID, pairs());
+        client::write_stdin(&mut request, REQUEST_ID, &body);
+        client::write_stdin_end(&mut request, REQUEST_ID);
+    }
+
+    let io_err = |source| RequestError::Io { address: args.address.clone(), source };
+    // Write from a second thread: an application may answer (and fill our receive
+    // buffer) before it has read the whole body, and neither side must wait on the other.
+    let mut writer = stream.try_clone().map_err(io_err)?;
+    let sender = std::thread::spawn(move || writer.write_all(&request).and_then(|()| writer.flush()));
+
+    let mut printer = Printer::new(&args.address);
+    let result = if args.scgi {
+        read_scgi(&mut stream, &mut printer, out)
+    } else {
+        read_fastcgi(&mut stream, &mut printer, out, err)
+    };
+    // The response is what matters; a body the application chose not to read is fine.
+    stream.shutdown_both();
+    let _ = sender.join();
+    result?;
+    out.flush().map_err(io_err)
+}
+
+/// The request body from `-d`: the text itself, `@file`, or `@-` for stdin.
+fn read_body(data: Option<&str>) -> Result<Option<Vec<u8>>, RequestError> {
+    let Some(data) = data else { return Ok(None) };
+    match data.strip_prefix('@') {
+        None => Ok(Some(data.as_bytes().to_vec())),
+        Some("-") => {
+            let mut body = Vec::new();
+            io::stdin()
+                .read_to_end(&mut body)
+                .map_err(|source| RequestError::Body { path: "stdin".into(), source })?;
+            Ok(Some(body))
+        }
+        Some(file) => std::fs::read(file)
+            .map(Some)
+            .map_err(|source| RequestError::Body { path: file.into(), source }),
+    }
+}
+
+/// The CGI parameters nginx's `fastcgi_params` would send for this request.
+fn build_params(args: &Args, body_len: Option<usize>, remote_port: u16) -> Result<Vec<(String, Vec<u8>)>, RequestError> {
+    if !args.path.starts_with('/') {
+        return Err(RequestError::Usage(format!("the path must start with '/', e.g. /{}", args.path)));
+    }
+    let method = match &args.method {
+        Some(m) if m.is_empty() || !m.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') => {
+            return Err(RequestError::Usage(format!("{m:?} is not an HTTP method")));
+        }
+        Some(m) => m.clone(),
+        None if body_len.is_some() => "POST".to_owned(),
+        None => "GET".to_owned(),
+    };
+    let (path, query) = args.path.split_once('?').unwrap_or((&args.path, ""));
+    let decoded_path = percent_decode(path.as_bytes());
+
+    let mut content_type: Option<String> = None;
+    let mut http: Vec<(String, String)> = Vec::new();
+    for header in &args.headers {
+        let (name, value) = header
+            .split_once(':')
+            .filter(|(n, _)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'))
+            .ok_or_else(|| RequestError::Usage(format!("header {header:?} is not \"Name: value\"")))?;
+        let value = value.trim().to_owned();
+        let key = name.to_ascii_uppercase().replace('-', "_");
+        match key.as_str() {
+            "CONTENT_TYPE" => content_type = Some(value),
+            "CONTENT_LENGTH" => {
+                return Err(RequestError::Usage("Content-Length is set from the body given with -d".into()));
+            }
+            _ => {
+                let key = format!("HTTP_{key}");
+                // Repeated headers arrive joined, as nginx and every HTTP proxy do.
+                match http.iter_mut().find(|(k, _)| *k == key) {
+                    Some((_, existing)) => {
+                        existing.push_str(if key == "HTTP_COOKIE" { "; " } else { ", " });
+                        existing.push_str(&value);
+                    }
+                    None => http.push((key, value)),
+                }
+            }
+        }
+    }
+    if body_len.is_some() && content_type.is_none() {
+        content_type = Some("application/x-www-form-urlencoded".to_owned());
+    }
+    if !http.iter().any(|(k, _)| k == "HTTP_HOST") {
+        http.insert(0, ("HTTP_HOST".to_owned(), "localhost".to_owned()));
+    }
+
+    let s = |v: &str| v.as_bytes().to_vec();
+    let mut params: Vec<(String, Vec<u8>)> = vec![
+        ("QUERY_STRING".into(), s(query)),
+        ("REQUEST_METHOD".into(), s(&method)),
+        ("CONTENT_TYPE".into(), s(content_type.as_deref().unwrap_or(""))),
+        ("CONTENT_LENGTH".into(), body_len.map(|n| s(&n.to_string())).unwrap_or_default()),
+        ("SCRIPT_NAME".into(), decoded_path.clone()),
+        ("PATH_INFO".into(), Vec::new()),
+        ("REQUEST_URI".into(), s(&args.path)),
+        ("DOCUMENT_URI".into(), decoded_path),
+        ("SERVER_PROTOCOL".into(), s("HTTP/1.1")),
+        ("REQUEST_SCHEME".into(), s("http")),
+        ("GATEWAY_INTERFACE".into(), s("CGI/1.1")),
+        ("SERVER_SOFTWARE".into(), s(concat!("fcgibridge-request/", env!("CARGO_PKG_VERSION")))),
+        ("REMOTE_ADDR".into(), s("127.0.0.1")),
+        ("REMOTE_PORT".into(), s(&remote_port.to_string())),
+        ("SERVER_ADDR".into(), s("127.0.0.1")),
+        ("SERVER_PORT".into(), s("80")),
+        ("SERVER_NAME".into(), s("localhost")),
+    ];
+    params.extend(http.into_iter().map(|(k, v)| (k, v.into_bytes())));
+    Ok(params)
+}
+
+/// `%XX` sequences decoded, as nginx does for `$uri` (a stray `%` is kept).
+fn percent_decode(input: &[u8]) -> Vec<u8> {
+    let hex = |b: u8| (b as char).to_digit(16);
+    let mut out = Vec::with_capacity(input.len());
+    let mut i = 0;
+    while i < input.len() {
+        if input[i] == b'%' && i + 2 < input.len() {
+            if let (Some(h), Some(l)) = (hex(input[i + 1]), hex(input[i + 2])) {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(input[i]);
+        i += 1;
+    }
+    out
+}
+
+/// A TCP or unix stream, blocking, with timeouts.
+enum Stream {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+impl Stream {
+    fn try_clone(&self) -> io::Result<Stream> {
+        Ok(match self {
+            Stream::Tcp(s) => Stream::Tcp(s.try_clone()?),
+            Stream::Unix(s) => Stream::Unix(s.try_clone()?),
+        })
+    }
+    fn local_port(&self) -> Option<u16> {
+        match self {
+            Stream::Tcp(s) => s.local_addr().ok().map(|a| a.port()),
+            Stream::Unix(_) => None,
+        }
+    }
+    fn shutdown_both(&self) {
+        let _ = match self {
+            Stream::Tcp(s) => s.shutdown(Shutdown::Both),
+            Stream::Unix(s) => s.shutdown(Shutdown::Both),
+        };
+    }
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.read(buf),
+            Stream::Unix(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.write(buf),
+            Stream::Unix(s) => s.write(buf),
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.flush(),
+            Stream::Unix(s) => s.flush(),
+        }
+    }
+}
+
+/// `host:port`, `[::1]:port`, `unix:/path`, or `/path`.
+fn connect(address: &str, timeout: Duration) -> Result<Stream, RequestError> {
+    let fail = |source| RequestError::Connect { address: address.to_owned(), source };
+    let unix_path = address.strip_prefix("unix:").or(if address.starts_with('/') { Some(address) } else { None });
+    let stream = if let Some(path) = unix_path {
+        // Connecting to a unix socket does not block on the network; only I/O needs the limit.
+        Stream::Unix(UnixStream::connect(path).map_err(fail)?)
+    } else {
+        use std::net::ToSocketAddrs;
+        let addrs = address.to_socket_addrs().map_err(|_| {
+            RequestError::Usage(format!("{address:?} is not an address; write host:port, [::1]:port, unix:/path or /path"))
+        })?;
+        let mut last = io::Error::new(io::ErrorKind::NotFound, "the name resolved to no address");
+        let mut connected = None;
+        for addr in addrs {
+            let attempt = if timeout.is_zero() { TcpStream::connect(addr) } else { TcpStream::connect_timeout(&addr, timeout) };
+            match attempt {
+                Ok(s) => {
+                    connected = Some(s);
+                    break;
+                }
+                Err(e) => last = e,
+            }
+        }
+        let tcp = connected.ok_or_else(|| fail(last))?;
+        let _ = tcp.set_nodelay(true);
+        Stream::Tcp(tcp)
+    };
+    let limit = Some(timeout).filter(|t| !t.is_zero());
+    let set = match &stream {
+        Stream::Tcp(s) => s.set_read_timeout(limit).and_then(|()| s.set_write_timeout(limit)),
+        Stream::Unix(s) => s.set_read_timeout(limit).and_then(|()| s.set_write_timeout(limit)),
+    };
+    set.map_err(fail)?;
+    Ok(stream)
+}
+
+/// Turns the application's CGI output into `curl -i` style output.
+struct Printer {
+    address: String,
+    /// Output held until the header block is complete.
+    head: Vec<u8>,
+    head_done: bool,
+}
+
+impl Printer {
+    fn new(address: &str) -> Self {
+        Printer { address: address.to_owned(), head: Vec::new(), head_done: false }
+    }
+
+    fn io(&self, source: io::Error) -> RequestError {
+        RequestError::Io { address: self.address.clone(), source }
+    }
+
+    fn stdout(&mut self, data: &[u8], out: &mut impl Write) -> Result<(), RequestError> {
+        if self.head_done {
+            return out.write_all(data).map_err(|e| self.io(e));
+        }
+        self.head.extend_from_slice(data);
+        let parsed = cgi::parse_response_head(&self.head, MAX_HEAD).map_err(|e| RequestError::BadResponse {
+            address: self.address.clone(),
+            detail: e.to_string(),
+        })?;
+        if let Some((head, used)) = parsed {
+            self.head_done = true;
+            let rest = self.head.split_off(used);
+            out.write_all(&status_and_headers(&head)).map_err(|e| self.io(e))?;
+            out.write_all(&rest).map_err(|e| self.io(e))?;
+            self.head = Vec::new();
+        }
+        Ok(())
+    }
+
+    /// The output ended: it must have contained a whole header block.
+    fn finish(&self) -> Result<(), RequestError> {
+        if self.head_done {
+            return Ok(());
+        }
+        let detail = if self.head.is_empty() {
+            "the application sent no output at all".to_owned()
+        } else {
+            format!("the output ended inside the header block ({} bytes, no blank line)", self.head.len())
+        };
+        Err(RequestError::BadResponse { address: self.address.clone(), detail })
+    }
+}
+
+/// `HTTP/1.1 200 OK` and the headers, as an HTTP server would turn the CGI head into them.
+fn status_and_headers(head: &ResponseHead) -> Vec<u8> {
+    let status = head.status.unwrap_or(if head.location.is_some() { 302 } else { 200 });
+    let reason = match &head.reason {
+        Some(r) if !r.is_empty() => String::from_utf8_lossy(r).into_owned(),
+        _ => reason_phrase(status).to_owned(),
+    };
+    let mut text = format!("HTTP/1.1 {status} {reason}\r\n").into_bytes();
+    for (name, value) in &head.headers {
+        text.extend_from_slice(name);
+        text.extend_from_slice(b": ");
+        text.extend_from_slice(value);
+        text.extend_from_slice(b"\r\n");
+    }
+    text.extend_from_slice(b"\r\n");
+    text
+}
+
+fn reason_phrase(status: u16) -> &'static str {
+    match status {
+        100 => "Continue",
+        101 => "Switching Protocols",
+        200 => "OK",
+        201 => "Created",
+        202 => "Accepted",
+        204 => "No Content",
+        206 => "Partial Content",
+        301 => "Moved Permanently",
+        302 => "Found",
+        303 => "See Other",
+        304 => "Not Modified",
+        307 => "Temporary Redirect",
+        308 => "Permanent Redirect",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        409 => "Conflict",
+        410 => "Gone",
+        411 => "Length Required",
+        413 => "Content Too Large",
+        414 => "URI Too Long",
+        415 => "Unsupported Media Type",
+        422 => "Unprocessable Content",
+        429 => "Too Many Requests",
+        500 => "Internal Server Error",
+        501 => "Not Implemented",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        504 => "Gateway Timeout",
+        _ => "",
+    }
+}
+
+fn read_fastcgi(
+    stream: &mut Stream,
+    printer: &mut Printer,
+    out: &mut impl Write,
+    err: &mut impl Write,
+) -> Result<(), RequestError> {
+    let mut conn = ClientConnection::new(Limits::default());
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        while let Some(event) = conn.next_event().map_err(|source| RequestError::Protocol {
+            address: printer.address.clone(),
+            source,
+        })? {
+            match event {
+                ClientEvent::Stdout { data, .. } => printer.stdout(&data, out)?,
+                ClientEvent::Stderr { data, .. } => {
+                    // Our own stderr failing must not lose the response.
+                    let _ = err.write_all(&data);
+                }
+                ClientEvent::EndRequest { protocol_status, app_status, .. } => {
+                    let refused = match protocol_status {
+                        ProtocolStatus::RequestComplete => None,
+                        ProtocolStatus::CantMpxConn => Some("FCGI_CANT_MPX_CONN"),
+                        ProtocolStatus::Overloaded => Some("FCGI_OVERLOADED"),
+                        ProtocolStatus::UnknownRole => Some("FCGI_UNKNOWN_ROLE"),
+                        ProtocolStatus::Other(_) => Some("an unknown protocol status"),
+                    };
+                    if let Some(status) = refused {
+                        return Err(RequestError::Refused { address: printer.address.clone(), status });
+                    }
+                    printer.finish()?;
+                    if app_status != 0 {
+                        let _ = writeln!(err, "fcgibridge request: application exit status {app_status}");
+                    }
+                    return Ok(());
+                }
+                ClientEvent::StdoutEnd { .. }
+                | ClientEvent::StderrEnd { .. }
+                | ClientEvent::GetValuesResult { .. }
+                | ClientEvent::UnknownType { .. } => {}
+            }
+        }
+        let n = stream.read(&mut buf).map_err(|e| printer.io(e))?;
+        if n == 0 {
+            return Err(RequestError::Truncated { address: printer.address.clone() });
+        }
+        conn.feed(&buf[..n]);
+    }
+}
+
+fn read_scgi(stream: &mut Stream, printer: &mut Printer, out: &mut impl Write) -> Result<(), RequestError> {
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        let n = stream.read(&mut buf).map_err(|e| printer.io(e))?;
+        if n == 0 {
+            // SCGI has no end record: the application closing the connection ends the response.
+            return printer.finish();
+        }
+        printer.stdout(&buf[..n], out)?;
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+    use std::os::unix::net::UnixListener;
+
+    fn args(path: &str) -> Args {
+        Args {
+            address: String::new(),
+            path: path.into(),
+            method: None,
+            headers: Vec::new(),
+            data: None,
+            scgi: false,
+            timeout: Duration::from_secs(5),
+        }
+    }
+
+    fn params_of(args: &Args, body: Option<usize>) -> HashMap<String, String> {
+        build_params(args, body, 4242)
+            .unwrap()
+            .into_iter()
+            .map(|(k, v)| (k, String::from_utf8(v).unwrap()))
+            .collect()
+    }
+
+    #[test]
+    fn params_follow_nginx() {
+        let mut a = args("/caf%C3%A9/x?q=1&r=%20");
+        a.headers = vec!["X-Thing: one".into(), "x-thing: two".into(), "Cookie: a=1".into(), "Cookie: b=2".into()];
+        let p = params_of(&a, None);
+        assert_eq!(p["REQUEST_METHOD"], "GET");
+        assert_eq!(p["REQUEST_URI"], "/caf%C3%A9/x?q=1&r=%20");
+        assert_eq!(p["SCRIPT_NAME"], "/café/x");
+        assert_eq!(p["DOCUMENT_URI"], "/café/x");
+        assert_eq!(p["PATH_INFO"], "");
+        assert_eq!(p["QUERY_STRING"], "q=1&r=%20");
+        assert_eq!(p["SERVER_PROTOCOL"], "HTTP/1.1");
+        assert_eq!((p["SERVER_NAME"].as_str(), p["SERVER_PORT"].as_str()), ("localhost", "80"));
+        assert_eq!((p["REMOTE_ADDR"].as_str(), p["REMOTE_PORT"].as_str()), ("127.0.0.1", "4242"));
+        assert_eq!(p["GATEWAY_INTERFACE"], "CGI/1.1");
+        assert!(p["SERVER_SOFTWARE"].starts_with("fcgibridge-request/"));
+        assert_eq!((p["CONTENT_LENGTH"].as_str(), p["CONTENT_TYPE"].as_str()), ("", ""));
+        assert_eq!(p["HTTP_HOST"], "localhost");
+        assert_eq!(p["HTTP_X_THING"], "one, two");
+        assert_eq!(p["HTTP_COOKIE"], "a=1; b=2");
+    }
+
+    #[test]
+    fn a_body_makes_a_form_post() {
+        let mut a = args("/submit");
+        a.headers = vec!["Host: example.com:8080".into()];
+        let p = params_of(&a, Some(11));
+        assert_eq!(p["REQUEST_METHOD"], "POST");
+        assert_eq!(p["CONTENT_LENGTH"], "11");
+        assert_eq!(p["CONTENT_TYPE"], "application/x-www-form-urlencoded");
+        assert_eq!(p["HTTP_HOST"], "example.com:8080");
+
+        a.method = Some("PUT".into());
+        a.headers.push("Content-Type: application/json".into());
+        let p = params_of(&a, Some(2));
+        assert_eq!((p["REQUEST_METHOD"].as_str(), p["CONTENT_TYPE"].as_str()), ("PUT", "application/json"));
+        assert!(!p.contains_key("HTTP_CONTENT_TYPE"));
+    }
+
+    #[test]
+    fn bad_arguments_are_usage_errors() {
+        assert!(matches!(build_params(&args("no-slash"), None, 0), Err(RequestError::Usage(_))));
+        let mut a = args("/");
+        a.headers = vec!["no colon".into()];
+        assert!(matches!(build_params(&a, None, 0), Err(RequestError::Usage(_))));
+        a.headers = vec!["Content-Length: 5".into()];
+        assert!(matches!(build_params(&a, None, 0), Err(RequestError::Usage(_))));
+        a.headers = vec![];
+        a.method = Some("GET /".into());
+        assert!(matches!(build_params(&a, None, 0), Err(RequestError::Usage(_))));
+    }
+
+    #[test]
+    fn percent_decoding_keeps_stray_percents() {
+        assert_eq!(percent_decode(b"/a%2Fb"), b"/a/b");
+        assert_eq!(percent_decode(b"/100%"), b"/100%");
+        assert_eq!(percent_decode(b"/%zz%4"), b"/%zz%4");
+        assert_eq!(percent_decode(b"%41"), b"A");
+    }
+
+    #[test]
+    fn status_lines() {
+        let head = |text: &[u8]| cgi::parse_response_head(text, MAX_HEAD).unwrap().unwrap().0;
+        let line = |h: &ResponseHead| String::from_utf8(status_and_headers(h)).unwrap();
+        assert_eq!(line(&head(b"Content-Type: text/plain\r\n\r\n")), "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\n");
+        assert!(line(&head(b"Location: /x\r\n\r\n")).starts_with("HTTP/1.1 302 Found\r\n"));
+        assert!(line(&head(b"Status: 404\r\n\r\n")).starts_with("HTTP/1.1 404 Not Found\r\n"));
+        assert!(line(&head(b"Status: 599 Custom\r\n\r\n")).starts_with("HTTP/1.1 599 Custom\r\n"));
+    }
+
+    /// A tiny FastCGI application on a unix socket: checks what arrives, answers.
+    #[test]
+    fn a_fastcgi_round_trip() {
+        use fastcgi_server::server::{ServerConnection, ServerEvent};
+        let dir = crate::config::tests::scratch_dir("request-fastcgi");
+        let sock = dir.join("app.sock");
+        let listener = UnixListener::bind(&sock).unwrap();
+        let app = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            let mut conn = ServerConnection::new(Limits::default());
+            let mut body = Vec::new();
+            let mut method = Vec::new();
+            let mut buf = [0u8; 4096];
+            'read: loop {
+                let n = s.read(&mut buf).unwrap();
+                assert!(n > 0, "client closed early");
+                conn.feed(&buf[..n]);
+                while let Some(event) = conn.next_event().unwrap() {
+                    match event {
+                        ServerEvent::Params { params, .. } => {
+                            method = params.get(b"REQUEST_METHOD").unwrap().to_vec();
+                        }
+                        ServerEvent::Stdin { data, .. } => body.extend_from_slice(&data),
+                        ServerEvent::StdinEnd { .. } => break 'read,
+                        _ => {}
+                    }
+                }
+            }
+            let mut out = BytesMut::new();
+            let reply = format!("Status: 201\r\nX-Method: {}\r\n\r\ngot {}", String::from_utf8_lossy(&method), body.len());
+            let pad = fastcgi_server::record::Padding::Align8;
+            fastcgi_server::server::write_stdout(&mut out, REQUEST_ID, reply.as_bytes(), pad);
+            fastcgi_server::server::write_stderr(&mut out, REQUEST_ID, b"a warning\n", pad);
+            fastcgi_server::server::write_end_request(&mut out, REQUEST_ID, 0, ProtocolStatus::RequestComplete, pad);
+            s.write_all(&out).unwrap();
+        });
+        let mut a = args("/upload");
+        a.address = format!("unix:{}", sock.display());
+        a.data = Some("x".repeat(100_000));
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        run(&a, &mut out, &mut err).unwrap();
+        app.join().unwrap();
+        assert_eq!(String::from_utf8(out).unwrap(), "HTTP/1.1 201 Created\r\nX-Method: POST\r\n\r\ngot 100000");
+        assert_eq!(err, b"a warning\n");
+    }
+
+    /// SCGI: the response is everything until the application closes.
+    #[test]
+    fn an_scgi_round_trip() {
+        let dir = crate::config::tests::scratch_dir("request-scgi");
+        let sock = dir.join("app.sock");
+        let listener = UnixListener::bind(&sock).unwrap();
+        let app = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            let mut decoder = fastcgi_server::scgi::ScgiDecoder::new(Limits::default());
+            let mut buf = [0u8; 4096];
+            let uri = loop {
+                let n = s.read(&mut buf).unwrap();
+                decoder.feed(&buf[..n]);
+                if let Some(fastcgi_server::scgi::ScgiEvent::Headers { params, .. }) = decoder.next_event().unwrap() {
+                    break params.get(b"REQUEST_URI").unwrap().to_vec();
+                }
+            };
+            let reply = format!("Location: /elsewhere\r\n\r\nfrom {}", String::from_utf8_lossy(&uri));
+            s.write_all(reply.as_bytes()).unwrap();
+        });
+        let mut a = args("/old?x=1");
+        a.address = sock.display().to_string();
+        a.scgi = true;
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        run(&a, &mut out, &mut err).unwrap();
+        app.join().unwrap();
+        assert_eq!(String::from_utf8(out).unwrap(), "HTTP/1.1 302 Found\r\nLocation: /elsewhere\r\n\r\nfrom /old?x=1");
+    }
+
+    #[test]
+    fn connection_failures_are_reported() {
+        let mut a = args("/");
+        a.address = "unix:/nonexistent/fcgibridge.sock".into();
+        let e = run(&a, &mut Vec::new(), &mut Vec::new()).unwrap_err();
+        assert!(e.to_string().starts_with("cannot connect to unix:/nonexistent/fcgibridge.sock"), "{e}");
+
+        // An application that hangs up without answering.
+        let dir = crate::config::tests::scratch_dir("request-hangup");
+        let sock = dir.join("app.sock");
+        let listener = UnixListener::bind(&sock).unwrap();
+        let app = std::thread::spawn(move || drop(listener.accept().unwrap()));
+        a.address = sock.display().to_string();
+        let e = run(&a, &mut Vec::new(), &mut Vec::new()).unwrap_err();
+        app.join().unwrap();
+        assert!(matches!(e, RequestError::Truncated { .. } | RequestError::Io { .. }), "{e}");
+    }
 }
