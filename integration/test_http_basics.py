@@ -113,10 +113,10 @@ def test_environ_is_pep3333(nginx, transport):
     env = r.json()
     assert env["wsgi.version"] == [1, 0]
     assert env["wsgi.url_scheme"] == "http"
-    assert env["wsgi.input_terminated"] is True
-    assert env["wsgi.multithread"] is True  # the edge pool runs 8 threads
-    assert env["wsgi.multiprocess"] is True  # ... in 2 processes
-    assert env["wsgi.run_once"] is False
+    assert env["wsgi.input_terminated"]
+    assert env["wsgi.multithread"]  # the edge pool runs 8 threads
+    assert env["wsgi.multiprocess"]  # ... in 2 processes
+    assert not env["wsgi.run_once"]
     assert env["SERVER_NAME"]
     assert env["SERVER_PORT"] == str(nginx.ports[transport])
     assert env["SERVER_PROTOCOL"] == "HTTP/1.1"

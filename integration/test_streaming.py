@@ -91,7 +91,7 @@ def test_50mib_chunked_upload_streams_through_nginx(stack, payload):
     assert result["sha256"] == digest
     # nginx streams a chunked body with CONTENT_LENGTH empty: the app reads to EOF
     assert result["content_length"] in ("", None)
-    assert result["input_terminated"] is True
+    assert result["input_terminated"]
     assert result["reads"] > 10
     check_memory(b, rss_before, result, worker_before)
 

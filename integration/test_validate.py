@@ -20,7 +20,7 @@ def test_validator_get(nginx, transport, log):
     data = r.json()
     assert data["method"] == "GET" and data["query"] == "x=1" and data["size"] == 0
     assert data["version"] == [1, 0] and data["url_scheme"] == "http"
-    assert data["multithread"] is True and data["multiprocess"] is False and data["run_once"] is False
+    assert data["multithread"] and not data["multiprocess"] and not data["run_once"]
     log.wait_for(["validated app served /plain"])
 
 
