@@ -130,10 +130,11 @@ def cgi_params(path: str, method: str = "GET", query: str = "", headers=None,
     ]
     for name, value in (headers or {}).items() if isinstance(headers, dict) else (headers or []):
         key = name.upper().replace("-", "_")
-        if key == "CONTENT_TYPE":
-            params = [(k, v) for k, v in params if k != "CONTENT_TYPE"] + [("CONTENT_TYPE", value)]
-        else:
-            params.append(("HTTP_" + key, value))
+        key = key if key == "CONTENT_TYPE" else "HTTP_" + key
+        if key in ("CONTENT_TYPE", "HTTP_HOST"):
+            # replace the defaults above instead of sending the name twice
+            params = [(k, v) for k, v in params if k != key]
+        params.append((key, value))
     params.extend(extra or [])
     return params
 

@@ -2,7 +2,6 @@
 while another connection keeps working."""
 import json
 import socket
-import struct
 import time
 import uuid
 
@@ -114,7 +113,6 @@ def test_truncated_params_then_close(bridge, bystander, log):
 @pytest.mark.parametrize("garbage", [
     b"GET / HTTP/1.1\r\nHost: example\r\n\r\n",
     bytes(range(256)) * 4,
-    b"\x01\xff\x00\x01\x00\x08\x00\x00" + b"\x00" * 8,  # version 1, record type 255 for request 1
 ])
 def test_garbage(bridge, bystander, log, garbage):
     s = raw_conn(bridge, "fcgi-tcp")
@@ -125,6 +123,22 @@ def test_garbage(bridge, bystander, log, garbage):
         s.close()
     assert b"Status: 200" not in data
     log.wait_for([LEVEL])
+    bystander.check()
+    assert_new_connection_works(bridge)
+
+
+def test_unknown_record_type_for_a_request(bridge, bystander):
+    """Version 1, record type 255 for request 1 that was never begun, then a valid request on
+    the same connection: either the record is ignored and the request served, or the
+    connection is closed with a log line. Never a crash or a hang."""
+    mark = bridge.log.mark()
+    with bridge.fcgi(timeout=30) as conn:
+        conn.send(b"\x01\xff\x00\x01\x00\x08\x00\x00" + b"\x00" * 8)
+        try:
+            resp = conn.request("/health", headers={"Host": "edge.test"}, request_id=2)
+            assert resp.body == b"ok"
+        except fc.ProtocolError:
+            bridge.log.wait_for([LEVEL], since=mark)
     bystander.check()
     assert_new_connection_works(bridge)
 

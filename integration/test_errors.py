@@ -1,10 +1,8 @@
 """Application failures: exceptions before and after the headers, wsgi.errors, and
 the bridge's log naming pool, request and URI."""
-import http.client
 import socket
 import uuid
 
-import pytest
 
 import fcgi_client
 from conftest import POOL_HOSTS, http_get
@@ -15,7 +13,7 @@ def test_exception_before_headers_is_500_with_traceback_logged(nginx, transport,
     r = http_get(nginx, transport, f"/raise-before?tag={tag}", pool="edge")
     assert r.status_code == 500
     assert tag not in r.text, "the traceback must not leak to the client"
-    lines = log.wait_for([f"RuntimeError: failure before headers {tag}"])
+    log.wait_for([f"RuntimeError: failure before headers {tag}"])
     text = log.text()
     assert "Traceback" in text
     # the log names the pool and the request's URI

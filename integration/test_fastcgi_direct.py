@@ -2,11 +2,9 @@
 keep-conn, multiplexing, GET_VALUES, ABORT_REQUEST, unknown roles and record types."""
 import hashlib
 import json
-import socket
 import time
 import uuid
 
-import pytest
 
 import fcgi_client as fc
 from conftest import wait_until
@@ -159,15 +157,19 @@ def test_aborts_do_not_leak_worker_slots(bridge):
 
 def test_abort_of_a_queued_request(bridge):
     """Abort a request that is still waiting for the single pool's only thread."""
+    tag = "busy-" + uuid.uuid4().hex[:8]
     with bridge.fcgi() as busy, bridge.fcgi() as queued:
-        busy.begin(1, params("/sleep", host="single.test", query="s=3"), b"")
-        time.sleep(0.5)  # let the first request take the thread (not a sync point; the test holds either way)
+        busy.begin(1, params("/sleep", host="single.test", query=f"s=8&tag={tag}"), b"")
+        pid_path = bridge.workdir / f"{tag}.pid"
+        wait_until(pid_path.exists, 30, what="the first request holding the only thread")
         queued.begin(1, params("/environ", host="single.test", query="queued=1"), b"")
-        queued.abort(1)
+        time.sleep(0.3)  # give the bridge time to queue it (the abort below must work either way)
         start = time.monotonic()
+        queued.abort(1)
         resp = queued.wait(1)
-        assert time.monotonic() - start < 5, "an aborted queued request must end without waiting for a worker"
+        assert time.monotonic() - start < 4, "an aborted queued request must end without waiting for a worker"
         assert resp.complete
+        assert b"queued=1" not in resp.stdout, "the aborted request was served anyway"
         assert busy.wait(1).status == 200
     assert bridge.request("/health", pool="single").status == 200
 

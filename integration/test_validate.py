@@ -3,7 +3,6 @@ of its assertions or warnings (warnings are errors in that app)."""
 import hashlib
 import json
 
-import pytest
 import requests
 
 from conftest import POOL_HOSTS

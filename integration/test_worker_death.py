@@ -86,7 +86,7 @@ def check_death(b, n, kill, kind):
     assert result.get("status") == 200, f"{kind}: the request on the other worker was hurt: {result}"
     assert json.loads(result["body"])["pid"] == bystander_pid
     # the bridge logged the death, naming the pid
-    b.log.wait_for([str(dead_pid)], since=since, timeout=30)
+    b.log.wait_for([rf"\b{dead_pid}\b", r"(exit|signal|died|killed|crash|status)"], since=since, timeout=30)
     # a new worker takes the dead one's place (it may still be starting: poll)
     seen = []
 
