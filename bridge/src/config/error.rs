@@ -94,7 +94,17 @@ impl Source {
             E::InvalidScalar { ty, .. } if ty.starts_with('u') => {
                 keyed("expected a whole number, 0 or more".to_owned(), path_here)
             }
-            E::Message { .. } | E::Unexpected { .. } | E::InvalidScalar { .. } | E::NullIntoString { .. } => {
+            E::Unexpected { expected, .. } => {
+                let wanted = match *expected {
+                    "string scalar" => "a single value (a string or number)",
+                    "mapping start" => "a mapping (indented `key: value` lines or `{key: value}`)",
+                    "sequence start" => "a list (`- item` lines or `[a, b]`)",
+                    other => other,
+                };
+                keyed(format!("expected {wanted}"), path_here)
+            }
+            E::NullIntoString { .. } => keyed("has no value; write one, or leave the key out".to_owned(), path_here),
+            E::Message { .. } | E::InvalidScalar { .. } => {
                 let message = DefaultMessageFormatter.format_message(err).into_owned();
                 keyed(message, path_here)
             }
