@@ -1,8 +1,170 @@
-//! `fcgibridge run`: logging, listeners, pools, signals.
+//! `fcgibridge run`: load the configuration, start the pools, then the listeners; stop
+//! on a signal.
+//!
+//! SIGTERM is a graceful stop: stop accepting, let in-flight requests finish within
+//! `shutdown-timeout`, stop the workers, remove the unix socket files, exit 0.
+//! SIGINT and SIGQUIT stop at once (workers get a second to exit).
+use crate::dispatch::serve::Shared;
+use crate::listen;
+use crate::logging::{self, AccessLog};
+use crate::supervise::{PoolRuntime, RuntimeDir, Stop, Supervisor};
+use std::collections::HashMap;
 use std::path::Path;
 use std::process::ExitCode;
+use std::sync::Arc;
+use tokio::signal::unix::{signal, SignalKind};
+
+/// Runtime worker threads; FCGIBRIDGE_RUNTIME_THREADS overrides (measured: 2 suits a
+/// 2-core box shared with the web server and the Python workers).
+const DEFAULT_RUNTIME_THREADS: usize = 2;
 
 pub fn main(config_dir: &Path) -> ExitCode {
-    let _ = config_dir;
-    todo!()
+    let config = match crate::config::load(config_dir) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("fcgibridge: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    logging::init(&config.global);
+    raise_fd_limit();
+
+    let threads = std::env::var("FCGIBRIDGE_RUNTIME_THREADS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(DEFAULT_RUNTIME_THREADS);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .thread_name("fcgibridge")
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let code = runtime.block_on(run(config));
+    // Worker log readers may still hold pipe reads; do not wait for them.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(200));
+    code
+}
+
+async fn run(config: crate::config::Config) -> ExitCode {
+    // Signals first, so a SIGTERM during start-up is not lost.
+    let (mut sigterm, mut sigint, mut sigquit, mut sighup) = match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::quit()),
+        signal(SignalKind::hangup()),
+    ) {
+        (Ok(a), Ok(b), Ok(c), Ok(d)) => (a, b, c, d),
+        _ => {
+            tracing::error!("cannot install signal handlers");
+            return ExitCode::FAILURE;
+        }
+    };
+
+    // Bind before spawning workers: a port in use is an immediate, clear error.
+    let bound = match listen::bind_all(&config.listeners) {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::error!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+
+    let rt_dir = match RuntimeDir::prepare(config.global.runtime_dir.as_deref()) {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::error!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    tracing::debug!("runtime directory {}", rt_dir.path().display());
+
+    let access_log = match &config.global.access_log {
+        None => None,
+        Some(p) => match AccessLog::open(p) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                tracing::error!("cannot open access log {}: {e}", p.display());
+                return ExitCode::FAILURE;
+            }
+        },
+    };
+    let shared = Arc::new(Shared::new(access_log));
+
+    let pools: Vec<Arc<PoolRuntime>> = config.pools.iter().cloned().map(PoolRuntime::new).collect();
+    let by_name: HashMap<String, Arc<PoolRuntime>> = pools.iter().map(|p| (p.name.to_string(), p.clone())).collect();
+    let supervisor = match Supervisor::start(&pools, &rt_dir) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let running = match listen::start_all(&config.listeners, bound, &by_name, shared.clone(), stop_rx) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!("{e}");
+            supervisor.stop(Stop::Fast).await;
+            return ExitCode::FAILURE;
+        }
+    };
+    tracing::info!(
+        pools = pools.len(),
+        listeners = running.len(),
+        "fcgibridge {} running (pid {})",
+        env!("CARGO_PKG_VERSION"),
+        std::process::id()
+    );
+
+    let how = loop {
+        tokio::select! {
+            _ = sigterm.recv() => break Stop::Graceful,
+            _ = sigint.recv() => break Stop::Fast,
+            _ = sigquit.recv() => break Stop::Fast,
+            _ = sighup.recv() => tracing::warn!("SIGHUP: reloading is not supported yet; ignoring"),
+        }
+    };
+
+    // Stop accepting.
+    let _ = stop_tx.send(true);
+    for r in &running {
+        if let Some(path) = &r.socket_file {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+    for r in running {
+        let _ = r.task.await;
+    }
+
+    if how == Stop::Graceful {
+        let timeout = config.global.shutdown_timeout;
+        tracing::info!(in_flight = shared.in_flight(), "SIGTERM: draining in-flight requests (up to {timeout:?})");
+        if tokio::time::timeout(timeout, shared.drained()).await.is_err() {
+            tracing::warn!(in_flight = shared.in_flight(), "shutdown-timeout reached with requests still in flight");
+        }
+    } else {
+        tracing::info!("fast stop");
+    }
+    supervisor.stop(how).await;
+    drop(rt_dir);
+    tracing::info!("stopped");
+    ExitCode::SUCCESS
+}
+
+/// Front connections, worker connections and pipes all count: use the hard limit.
+fn raise_fd_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if soft < hard {
+            let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+        }
+    }
 }

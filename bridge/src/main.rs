@@ -1,10 +1,17 @@
 //! fcgibridge: FastCGI/SCGI in front, pools of Python WSGI workers behind.
 //! See docs/architecture.md for the life of a request through these modules.
 
+mod backend;
 mod check;
 mod config;
 mod daemon;
+mod dispatch;
+mod listen;
+mod logging;
 mod request;
+mod respond;
+mod route;
+mod supervise;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;

@@ -1,0 +1,450 @@
+//! One request over one worker connection: send BEGIN + PARAMS (+ the body that is
+//! already here) in one write, then stream the rest of the body to the worker while
+//! streaming its response to the front, both with back-pressure.
+//!
+//! The two directions run concurrently in the same task: a worker that answers while the
+//! upload is still arriving (an echo, an early 413) must never deadlock against a bridge
+//! that only reads once it has finished writing.
+use super::SlotConn;
+use crate::respond;
+use bytes::{Bytes, BytesMut};
+use fastcgi_server::cgi::parse_response_head;
+use fastcgi_server::client::{self, ClientEvent};
+use fastcgi_server::{Params, ProtocolStatus, Role};
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// The web server went away (disconnect or ABORT_REQUEST).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrontGone;
+
+/// How a response ends toward the web server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    /// The response is complete (FastCGI: END_REQUEST).
+    Complete,
+    /// The response was cut off: the web server must see a truncated response, so the
+    /// connection is closed without ending the request normally.
+    CutOff,
+}
+
+/// Where the request body comes from.
+pub trait BodySource: Send {
+    /// A chunk available without waiting: `Some(Some(chunk))`, `Some(None)` at the end of
+    /// the body, `None` when the next chunk has not arrived yet.
+    fn ready(&mut self) -> Option<Option<Bytes>>;
+    /// The next chunk; `Ok(None)` at the end of the body.
+    fn next_chunk(&mut self) -> impl Future<Output = Result<Option<Bytes>, FrontGone>> + Send;
+    /// Resolves when the web server aborts the request or disconnects. Only called once
+    /// the body has been read to its end (or while no body has been read yet).
+    fn aborted(&mut self) -> impl Future<Output = ()> + Send;
+}
+
+/// Where the response goes: CGI-style bytes (header block, then body).
+pub trait ResponseSink: Send {
+    fn send(&mut self, data: Bytes, end: Option<End>) -> impl Future<Output = Result<(), FrontGone>> + Send;
+}
+
+/// What the log lines of a request name.
+pub struct RequestInfo<'a> {
+    pub id: &'a str,
+    pub uri: &'a str,
+    pub role: Role,
+}
+
+/// What to do with the worker connection afterwards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlotFate {
+    /// Clean: back to the pool.
+    Reuse,
+    /// The request was cut short mid-stream: open a fresh connection to the same worker.
+    Reconnect,
+    /// The worker was killed or is gone.
+    Discard,
+}
+
+/// The result of [`exchange`], for the access log and the slot.
+#[derive(Debug, Clone, Copy)]
+pub struct Outcome {
+    pub status: u16,
+    pub body_bytes: u64,
+    pub fate: SlotFate,
+}
+
+/// Body bytes sent along with PARAMS in the first write at most.
+const FIRST_WRITE_BODY: usize = 64 << 10;
+/// Small pieces of a response are coalesced up to this size before going to the front.
+const COALESCE: usize = 32 << 10;
+/// How long a worker gets to end a request after FCGI_ABORT_REQUEST before it is killed.
+const ABORT_GRACE: Duration = Duration::from_secs(5);
+const WORKER_REQUEST_ID: u16 = 1;
+
+enum PumpEnd {
+    FrontGone,
+    WorkerGone,
+}
+
+enum RespEnd {
+    /// END_REQUEST arrived (and was passed on).
+    Ended,
+    /// The worker closed the connection, failed, or sent garbage.
+    WorkerBroken(String),
+    FrontGone,
+}
+
+struct RespState {
+    head_buf: BytesMut,
+    head_done: bool,
+    /// The front already has its whole response (an error made by the bridge).
+    front_done: bool,
+    status: u16,
+    body_bytes: u64,
+}
+
+/// Run one request over `slot`.
+pub async fn exchange<S: BodySource, K: ResponseSink>(
+    slot: &mut SlotConn,
+    info: &RequestInfo<'_>,
+    params: &Params,
+    source: &mut S,
+    sink: &mut K,
+) -> Outcome {
+    let SlotConn { worker, stream, decoder, wbuf } = slot;
+    let worker = &**worker;
+    let pid = worker.pid;
+    let pool = &*worker.pool;
+
+    wbuf.clear();
+    client::write_begin_request(wbuf, WORKER_REQUEST_ID, info.role, true);
+    client::write_params(
+        wbuf,
+        WORKER_REQUEST_ID,
+        params.iter().chain(std::iter::once((&b"FCGIBRIDGE_REQUEST_ID"[..], info.id.as_bytes()))),
+    );
+    let mut body_done = false;
+    while wbuf.len() < FIRST_WRITE_BODY {
+        match source.ready() {
+            Some(Some(chunk)) => client::write_stdin(wbuf, WORKER_REQUEST_ID, &chunk),
+            Some(None) => {
+                client::write_stdin_end(wbuf, WORKER_REQUEST_ID);
+                body_done = true;
+                break;
+            }
+            None => break,
+        }
+    }
+
+    let mut st = RespState { head_buf: BytesMut::new(), head_done: false, front_done: false, status: 0, body_bytes: 0 };
+
+    if let Err(e) = stream.write_all(wbuf).await {
+        tracing::error!(pool, pid, request_id = info.id, uri = info.uri, error = %e, "could not send the request to the worker");
+        let _ = sink.send(respond::error_response(502, None).freeze(), Some(End::Complete)).await;
+        return Outcome { status: 502, body_bytes: 0, fate: SlotFate::Reconnect };
+    }
+
+    let body_sent = AtomicBool::new(body_done);
+    let (mut rd, mut wr) = stream.split();
+
+    let resp_end = {
+        let body_sent = &body_sent;
+        let wr = &mut wr;
+        let pump = async move {
+            if !body_done {
+                let mut pbuf = BytesMut::new();
+                loop {
+                    match source.next_chunk().await {
+                        Ok(Some(chunk)) => {
+                            pbuf.clear();
+                            client::write_stdin(&mut pbuf, WORKER_REQUEST_ID, &chunk);
+                            if wr.write_all(&pbuf).await.is_err() {
+                                return PumpEnd::WorkerGone;
+                            }
+                        }
+                        Ok(None) => {
+                            pbuf.clear();
+                            client::write_stdin_end(&mut pbuf, WORKER_REQUEST_ID);
+                            if wr.write_all(&pbuf).await.is_err() {
+                                return PumpEnd::WorkerGone;
+                            }
+                            body_sent.store(true, Ordering::Release);
+                            break;
+                        }
+                        Err(FrontGone) => return PumpEnd::FrontGone,
+                    }
+                }
+            }
+            source.aborted().await;
+            PumpEnd::FrontGone
+        };
+        let resp = forward(&mut rd, decoder, &mut *sink, info, pool, pid, &mut st);
+        tokio::pin!(pump, resp);
+        let mut pump_live = true;
+        loop {
+            tokio::select! {
+                biased;
+                r = &mut resp => break r,
+                p = &mut pump, if pump_live => match p {
+                    PumpEnd::FrontGone => break RespEnd::FrontGone,
+                    // The read side will see why; keep forwarding what the worker sent.
+                    PumpEnd::WorkerGone => pump_live = false,
+                },
+            }
+        }
+    };
+
+    match resp_end {
+        RespEnd::Ended => {
+            let fate = if body_sent.load(Ordering::Acquire) { SlotFate::Reuse } else { SlotFate::Reconnect };
+            Outcome { status: st.status, body_bytes: st.body_bytes, fate }
+        }
+        RespEnd::WorkerBroken(why) => {
+            if st.front_done {
+                tracing::error!(pool, pid, request_id = info.id, uri = info.uri, "worker connection failed: {why}");
+            } else if st.head_done {
+                tracing::error!(pool, pid, request_id = info.id, uri = info.uri, "worker connection failed after the headers were sent, response cut off: {why}");
+                let _ = sink.send(Bytes::new(), Some(End::CutOff)).await;
+            } else {
+                tracing::error!(pool, pid, request_id = info.id, uri = info.uri, "worker connection failed before a response, answering 502: {why}");
+                st.status = 502;
+                let _ = sink.send(respond::error_response(502, None).freeze(), Some(End::Complete)).await;
+            }
+            Outcome { status: st.status, body_bytes: st.body_bytes, fate: SlotFate::Reconnect }
+        }
+        RespEnd::FrontGone => {
+            // End the request toward the front at once (FastCGI ABORT_REQUEST wants an
+            // END_REQUEST; a disconnected front ignores this), then let the worker stop.
+            if !st.front_done {
+                // The front has given up on this request: a normal end is what ABORT_REQUEST
+                // asks for, and cutting off would close a multiplexed connection's other requests.
+                let _ = sink.send(Bytes::new(), Some(End::Complete)).await;
+            }
+            tracing::info!(pool, pid, request_id = info.id, uri = info.uri, "client went away, aborting the request in the worker");
+            let fate = abort_worker(&mut rd, &mut wr, decoder, worker, info).await;
+            let fate = match fate {
+                SlotFate::Reuse if !body_sent.load(Ordering::Acquire) => SlotFate::Reconnect,
+                f => f,
+            };
+            Outcome { status: if st.status == 0 { 499 } else { st.status }, body_bytes: st.body_bytes, fate }
+        }
+    }
+}
+
+/// Send FCGI_ABORT_REQUEST and discard the worker's output until its END_REQUEST; a
+/// worker that does not end the request in time is killed (its slot is then replaced).
+async fn abort_worker(
+    rd: &mut tokio::net::unix::ReadHalf<'_>,
+    wr: &mut tokio::net::unix::WriteHalf<'_>,
+    decoder: &mut client::ClientConnection,
+    worker: &crate::supervise::WorkerHandle,
+    info: &RequestInfo<'_>,
+) -> SlotFate {
+    let mut buf = BytesMut::with_capacity(16);
+    client::write_abort(&mut buf, WORKER_REQUEST_ID);
+    if wr.write_all(&buf).await.is_err() {
+        return SlotFate::Reconnect;
+    }
+    let drain = async {
+        loop {
+            loop {
+                match decoder.next_event() {
+                    Ok(Some(ClientEvent::EndRequest { .. })) => return true,
+                    Ok(Some(ClientEvent::Stderr { data, .. })) => log_stderr(&worker.pool, worker.pid, info, &data),
+                    Ok(Some(_)) => {}
+                    Ok(None) => break,
+                    Err(_) => return false,
+                }
+            }
+            let b = decoder.buffer_mut();
+            b.reserve(16 << 10);
+            match rd.read_buf(b).await {
+                Ok(0) | Err(_) => return false,
+                Ok(_) => {}
+            }
+        }
+    };
+    match tokio::time::timeout(ABORT_GRACE, drain).await {
+        Ok(true) => SlotFate::Reuse,
+        Ok(false) => SlotFate::Reconnect,
+        Err(_) => {
+            tracing::warn!(
+                pool = %worker.pool, pid = worker.pid, request_id = info.id, uri = info.uri,
+                "worker did not end an aborted request within {ABORT_GRACE:?}; killing it"
+            );
+            worker.kill();
+            SlotFate::Discard
+        }
+    }
+}
+
+/// Read the worker's records and pass the response on until END_REQUEST.
+async fn forward<K: ResponseSink>(
+    rd: &mut tokio::net::unix::ReadHalf<'_>,
+    decoder: &mut client::ClientConnection,
+    sink: &mut K,
+    info: &RequestInfo<'_>,
+    pool: &str,
+    pid: u32,
+    st: &mut RespState,
+) -> RespEnd {
+    let mut pending = BytesMut::new();
+    loop {
+        let mut ended: Option<(u32, ProtocolStatus)> = None;
+        loop {
+            let ev = match decoder.next_event() {
+                Ok(Some(ev)) => ev,
+                Ok(None) => break,
+                Err(e) => {
+                    if !pending.is_empty() && !st.front_done {
+                        let _ = sink.send(pending.split().freeze(), None).await;
+                    }
+                    return RespEnd::WorkerBroken(format!("protocol error from the worker: {e}"));
+                }
+            };
+            match ev {
+                ClientEvent::Stdout { data, .. } => {
+                    if st.front_done {
+                        continue;
+                    }
+                    if st.head_done {
+                        st.body_bytes += data.len() as u64;
+                        if pending.len() + data.len() <= COALESCE {
+                            pending.extend_from_slice(&data);
+                        } else {
+                            if !pending.is_empty() && sink.send(pending.split().freeze(), None).await.is_err() {
+                                return RespEnd::FrontGone;
+                            }
+                            if sink.send(data, None).await.is_err() {
+                                return RespEnd::FrontGone;
+                            }
+                        }
+                        continue;
+                    }
+                    match take_head(st, data, info, pool, pid) {
+                        Ok(Some((head, rest))) => {
+                            pending = head;
+                            st.body_bytes += rest.len() as u64;
+                            if rest.len() <= COALESCE {
+                                pending.extend_from_slice(&rest);
+                            } else {
+                                if sink.send(pending.split().freeze(), None).await.is_err() {
+                                    return RespEnd::FrontGone;
+                                }
+                                if sink.send(rest, None).await.is_err() {
+                                    return RespEnd::FrontGone;
+                                }
+                            }
+                        }
+                        Ok(None) => {}
+                        Err(status) => {
+                            st.status = status;
+                            st.front_done = true;
+                            if sink.send(respond::error_response(status, None).freeze(), Some(End::Complete)).await.is_err() {
+                                return RespEnd::FrontGone;
+                            }
+                        }
+                    }
+                }
+                ClientEvent::Stderr { data, .. } => log_stderr(pool, pid, info, &data),
+                ClientEvent::EndRequest { app_status, protocol_status, .. } => {
+                    ended = Some((app_status, protocol_status));
+                    break;
+                }
+                _ => {}
+            }
+        }
+        if let Some((app_status, protocol_status)) = ended {
+            if st.front_done {
+                return RespEnd::Ended;
+            }
+            if protocol_status != ProtocolStatus::RequestComplete {
+                tracing::error!(pool, pid, request_id = info.id, uri = info.uri, "worker refused the request: {protocol_status:?}");
+            }
+            let end = if !st.head_done {
+                if protocol_status == ProtocolStatus::RequestComplete {
+                    tracing::error!(pool, pid, request_id = info.id, uri = info.uri, "worker ended the request without a complete header block, answering 502");
+                }
+                st.status = 502;
+                pending = respond::error_response(502, None);
+                End::Complete
+            } else if app_status != 0 {
+                tracing::error!(pool, pid, request_id = info.id, uri = info.uri, app_status, "the app failed after sending headers, response cut off");
+                End::CutOff
+            } else {
+                End::Complete
+            };
+            st.front_done = true;
+            if sink.send(pending.split().freeze(), Some(end)).await.is_err() {
+                // The worker's side is complete: the slot is clean even so.
+                return RespEnd::Ended;
+            }
+            return RespEnd::Ended;
+        }
+        if !pending.is_empty() && !st.front_done && sink.send(pending.split().freeze(), None).await.is_err() {
+            return RespEnd::FrontGone;
+        }
+        let buf = decoder.buffer_mut();
+        buf.reserve(16 << 10);
+        match rd.read_buf(buf).await {
+            Ok(0) => return RespEnd::WorkerBroken("the worker closed the connection (did it exit?)".to_owned()),
+            Ok(_) => {}
+            Err(e) => return RespEnd::WorkerBroken(format!("read error: {e}")),
+        }
+    }
+}
+
+/// Accumulate the CGI header block. `Ok(Some((encoded head, body bytes after it)))` once
+/// complete; `Err(status)` when it cannot be passed on.
+fn take_head(st: &mut RespState, data: Bytes, info: &RequestInfo<'_>, pool: &str, pid: u32) -> Result<Option<(BytesMut, Bytes)>, u16> {
+    const MAX_HEAD: usize = 64 << 10;
+    let parsed = if st.head_buf.is_empty() {
+        match parse_response_head(&data, MAX_HEAD) {
+            Ok(Some((head, n))) => Some((head, data.slice(n..))),
+            Ok(None) => {
+                st.head_buf.extend_from_slice(&data);
+                None
+            }
+            Err(e) => return Err(bad_head(info, pool, pid, &e.to_string())),
+        }
+    } else {
+        st.head_buf.extend_from_slice(&data);
+        match parse_response_head(&st.head_buf, MAX_HEAD) {
+            Ok(Some((head, n))) => {
+                let rest = st.head_buf.split().freeze().slice(n..);
+                Some((head, rest))
+            }
+            Ok(None) => None,
+            Err(e) => return Err(bad_head(info, pool, pid, &e.to_string())),
+        }
+    };
+    let Some((head, rest)) = parsed else { return Ok(None) };
+    st.head_done = true;
+    let extra = if rest.len() <= COALESCE { rest.len() } else { 0 };
+    match respond::encode_head(&head, extra) {
+        Ok((status, buf)) => {
+            st.status = status;
+            Ok(Some((buf, rest)))
+        }
+        Err(e) => {
+            tracing::error!(pool, pid, request_id = info.id, uri = info.uri, "invalid response header from the app, answering 500: {e}");
+            Err(500)
+        }
+    }
+}
+
+fn bad_head(info: &RequestInfo<'_>, pool: &str, pid: u32, why: &str) -> u16 {
+    tracing::error!(pool, pid, request_id = info.id, uri = info.uri, "malformed response header block from the worker, answering 502: {why}");
+    502
+}
+
+/// A worker's STDERR record (wsgi.errors, tracebacks): one log line per line.
+fn log_stderr(pool: &str, pid: u32, info: &RequestInfo<'_>, data: &[u8]) {
+    for line in data.split(|&b| b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.is_empty() {
+            continue;
+        }
+        tracing::warn!(pool, pid, request_id = info.id, uri = info.uri, "{}", String::from_utf8_lossy(line));
+    }
+}

@@ -1,0 +1,403 @@
+//! A FastCGI connection from a web server: many requests (multiplexed or one after the
+//! other on a kept connection), each served by its own task.
+//!
+//! This task owns the socket. It decodes records, hands each request's body to that
+//! request's task through a bounded channel, and writes what the request tasks send
+//! through one bounded channel shared by the connection. A full body channel pauses
+//! reading from the web server (back-pressure) but never writing, so a request waiting
+//! for its body to drain can still finish sending its response.
+//!
+//! A response cut off after its headers (the worker died, the app failed mid-stream)
+//! must look truncated to the web server, which FastCGI can only say by closing the
+//! connection without END_REQUEST: on a multiplexed connection that also ends the other
+//! requests on it (HAProxy retries or fails them). Web servers other than HAProxy never
+//! multiplex, so in practice only the failed request is affected.
+use super::ListenerCtx;
+use crate::backend::exchange::{BodySource, End, FrontGone, ResponseSink};
+use crate::dispatch::serve::serve;
+use bytes::{Bytes, BytesMut};
+use fastcgi_server::record::Padding;
+use fastcgi_server::server::{self, ServerConnection, ServerEvent};
+use fastcgi_server::{Params, ProtocolStatus, Role};
+use std::future::Future;
+use std::sync::Arc;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{mpsc, oneshot};
+
+/// Responses in flight from request tasks to this connection's writer.
+const OUT_QUEUE: usize = 32;
+/// Body chunks in flight from this connection to one request task.
+const BODY_QUEUE: usize = 8;
+/// Body bytes collected before the request starts; beyond, it streams through the channel.
+const BODY_PREFIX: usize = 64 << 10;
+/// Write the batch once it grows this large even if more responses are queued.
+const WRITE_BATCH: usize = 256 << 10;
+
+/// What a request task sends to the connection.
+struct Out {
+    id: u16,
+    data: Bytes,
+    end: Option<End>,
+}
+
+enum Req {
+    /// BEGIN_REQUEST seen; collecting PARAMS and the first body bytes.
+    Starting { role: Role, params: Option<Params>, prefix: BytesMut, body_done: bool },
+    /// Its task is running.
+    Running { body: Option<mpsc::Sender<Bytes>>, abort: Option<oneshot::Sender<()>> },
+}
+
+struct Conn {
+    ctx: Arc<ListenerCtx>,
+    peer: String,
+    reqs: Vec<(u16, Req)>,
+    out_tx: mpsc::Sender<Out>,
+    wbuf: BytesMut,
+    /// The last BEGIN_REQUEST asked to keep the connection.
+    keep_conn: bool,
+    /// A body chunk waiting for room in its request's channel.
+    pending: Option<(mpsc::Sender<Bytes>, Bytes)>,
+}
+
+/// Serve one FastCGI connection until the web server closes it.
+pub async fn serve_connection<R, W>(mut rd: R, mut wr: W, ctx: Arc<ListenerCtx>, peer: String)
+where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    let (out_tx, mut out_rx) = mpsc::channel::<Out>(OUT_QUEUE);
+    let mut decoder = ServerConnection::new(ctx.limits.clone());
+    let mut conn = Conn {
+        ctx,
+        peer,
+        reqs: Vec::new(),
+        out_tx,
+        wbuf: BytesMut::with_capacity(8192),
+        keep_conn: true,
+        pending: None,
+    };
+    loop {
+        if conn.pending.is_none() {
+            if let Err(e) = conn.process(&mut decoder) {
+                // Whatever is queued for the web server still goes out; then this
+                // connection (only) closes, abandoning its requests.
+                tracing::warn!(listener = %conn.ctx.name, peer = %conn.peer, "FastCGI protocol error, closing the connection: {e}");
+                let _ = wr.write_all(&conn.wbuf).await;
+                return;
+            }
+        }
+        if !conn.wbuf.is_empty() {
+            if wr.write_all(&conn.wbuf).await.is_err() {
+                return;
+            }
+            conn.wbuf.clear();
+            if !conn.keep_conn && conn.reqs.is_empty() {
+                return;
+            }
+        }
+        let pending_tx = conn.pending.as_ref().map(|(tx, _)| tx.clone());
+        tokio::select! {
+            biased;
+            msg = out_rx.recv() => {
+                // Never None: `conn` holds a sender.
+                let Some(msg) = msg else { return };
+                match conn.write_out(msg, &mut out_rx) {
+                    WriteNext::Continue => {}
+                    WriteNext::Close => {
+                        let _ = wr.write_all(&conn.wbuf).await;
+                        return;
+                    }
+                }
+                if wr.write_all(&conn.wbuf).await.is_err() {
+                    return;
+                }
+                conn.wbuf.clear();
+                if !conn.keep_conn && conn.reqs.is_empty() {
+                    return;
+                }
+            }
+            permit = reserve(pending_tx), if conn.pending.is_some() => {
+                if let (Ok(permit), Some((_, chunk))) = (permit, conn.pending.take()) {
+                    permit.send(chunk);
+                }
+                // A closed channel: the request no longer reads its body; drop the chunk.
+                conn.pending = None;
+            }
+            n = rd.read_buf(reserve_buf(decoder.buffer_mut())), if conn.pending.is_none() => {
+                match n {
+                    Ok(0) | Err(_) => {
+                        // The web server closed (or reset) the connection: every request
+                        // on it is abandoned. Dropping `conn` drops their abort senders.
+                        return;
+                    }
+                    Ok(_) => {}
+                }
+            }
+        }
+    }
+}
+
+fn reserve_buf(b: &mut BytesMut) -> &mut BytesMut {
+    if b.capacity() - b.len() < 4096 {
+        b.reserve(16 << 10);
+    }
+    b
+}
+
+async fn reserve(tx: Option<mpsc::Sender<Bytes>>) -> Result<mpsc::OwnedPermit<Bytes>, ()> {
+    match tx {
+        Some(tx) => tx.reserve_owned().await.map_err(|_| ()),
+        None => std::future::pending().await,
+    }
+}
+
+enum WriteNext {
+    Continue,
+    Close,
+}
+
+impl Conn {
+    fn find(&mut self, id: u16) -> Option<&mut Req> {
+        self.reqs.iter_mut().find(|(i, _)| *i == id).map(|(_, r)| r)
+    }
+
+    fn remove(&mut self, id: u16) {
+        if let Some(i) = self.reqs.iter().position(|(r, _)| *r == id) {
+            self.reqs.swap_remove(i);
+        }
+    }
+
+    /// Encode `first` and whatever else is already queued into the write buffer.
+    fn write_out(&mut self, first: Out, rx: &mut mpsc::Receiver<Out>) -> WriteNext {
+        let mut msg = first;
+        loop {
+            if !msg.data.is_empty() {
+                server::write_stdout(&mut self.wbuf, msg.id, &msg.data, Padding::None);
+            }
+            match msg.end {
+                None => {}
+                Some(End::Complete) => {
+                    server::write_end_request(&mut self.wbuf, msg.id, 0, ProtocolStatus::RequestComplete, Padding::None);
+                    self.remove(msg.id);
+                }
+                Some(End::CutOff) => {
+                    tracing::warn!(listener = %self.ctx.name, peer = %self.peer, request = msg.id, "response cut off: closing the connection without END_REQUEST");
+                    return WriteNext::Close;
+                }
+            }
+            if self.wbuf.len() >= WRITE_BATCH {
+                return WriteNext::Continue;
+            }
+            match rx.try_recv() {
+                Ok(m) => msg = m,
+                Err(_) => return WriteNext::Continue,
+            }
+        }
+    }
+
+    /// Handle every complete record in the receive buffer.
+    fn process(&mut self, decoder: &mut ServerConnection) -> Result<(), fastcgi_server::Error> {
+        while self.pending.is_none() {
+            let Some(ev) = decoder.next_event()? else { break };
+            match ev {
+                ServerEvent::BeginRequest { id, role, keep_conn } => {
+                    self.keep_conn = keep_conn;
+                    match role {
+                        Role::Responder | Role::Authorizer => {
+                            self.remove(id);
+                            self.reqs.push((id, Req::Starting { role, params: None, prefix: BytesMut::new(), body_done: false }));
+                        }
+                        _ => {
+                            tracing::warn!(listener = %self.ctx.name, peer = %self.peer, request = id, "unsupported FastCGI role {role:?}");
+                            server::write_end_request(&mut self.wbuf, id, 0, ProtocolStatus::UnknownRole, Padding::None);
+                        }
+                    }
+                }
+                ServerEvent::Params { id, params } => {
+                    if let Some(Req::Starting { params: p, .. }) = self.find(id) {
+                        *p = Some(params);
+                    }
+                }
+                ServerEvent::Stdin { id, data } => match self.find(id) {
+                    Some(Req::Starting { prefix, params, .. }) => {
+                        if prefix.len() + data.len() <= BODY_PREFIX || params.is_none() {
+                            prefix.extend_from_slice(&data);
+                        } else {
+                            self.launch(id);
+                            self.send_body(id, data);
+                        }
+                    }
+                    Some(Req::Running { .. }) => self.send_body(id, data),
+                    None => {}
+                },
+                ServerEvent::StdinEnd { id } => match self.find(id) {
+                    Some(Req::Starting { body_done, .. }) => {
+                        *body_done = true;
+                        self.launch(id);
+                    }
+                    Some(Req::Running { .. }) => {
+                        // An empty chunk marks the end; then the channel closes.
+                        self.send_body(id, Bytes::new());
+                        if let Some(Req::Running { body, .. }) = self.find(id) {
+                            *body = None;
+                        }
+                    }
+                    None => {}
+                },
+                ServerEvent::Data { .. } | ServerEvent::DataEnd { .. } => {}
+                ServerEvent::Abort { id } => match self.find(id) {
+                    Some(Req::Starting { .. }) => {
+                        self.remove(id);
+                        server::write_end_request(&mut self.wbuf, id, 0, ProtocolStatus::RequestComplete, Padding::None);
+                    }
+                    Some(Req::Running { abort, .. }) => {
+                        if let Some(a) = abort.take() {
+                            let _ = a.send(());
+                        }
+                    }
+                    None => {}
+                },
+                ServerEvent::GetValues { names } => {
+                    let max_conns = super::MAX_CONNS.to_string();
+                    let max_reqs = self.ctx.max_reqs.to_string();
+                    let pairs: Vec<(&[u8], &[u8])> = names
+                        .iter()
+                        .filter_map(|n| match &n[..] {
+                            b"FCGI_MAX_CONNS" => Some((&b"FCGI_MAX_CONNS"[..], max_conns.as_bytes())),
+                            b"FCGI_MAX_REQS" => Some((&b"FCGI_MAX_REQS"[..], max_reqs.as_bytes())),
+                            b"FCGI_MPXS_CONNS" => Some((&b"FCGI_MPXS_CONNS"[..], &b"1"[..])),
+                            _ => None,
+                        })
+                        .collect();
+                    server::write_get_values_result(&mut self.wbuf, pairs);
+                }
+                ServerEvent::UnknownType { record_type } => server::write_unknown_type(&mut self.wbuf, record_type),
+            }
+        }
+        // Requests whose PARAMS are complete start now, with the body bytes already here:
+        // nginx sends BEGIN, PARAMS and a small body in one packet, which then reaches the
+        // worker in one write.
+        for i in 0..self.reqs.len() {
+            if matches!(self.reqs[i].1, Req::Starting { params: Some(_), .. }) {
+                let id = self.reqs[i].0;
+                self.launch(id);
+            }
+        }
+        Ok(())
+    }
+
+    /// Queue a body chunk for a running request, parking it if the channel is full.
+    fn send_body(&mut self, id: u16, data: Bytes) {
+        let Some(Req::Running { body: Some(tx), .. }) = self.find(id) else { return };
+        match tx.try_send(data) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(data)) => self.pending = Some((tx.clone(), data)),
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
+        }
+    }
+
+    /// Start the request's task.
+    fn launch(&mut self, id: u16) {
+        let out_tx = self.out_tx.clone();
+        let ctx = self.ctx.clone();
+        let Some(req) = self.find(id) else { return };
+        let Req::Starting { role, params, prefix, body_done } = req else { return };
+        let Some(params) = params.take() else { return };
+        let role = *role;
+        let prefix = std::mem::take(prefix).freeze();
+        let (abort_tx, abort_rx) = oneshot::channel();
+        let (body_tx, body_rx) = if *body_done {
+            (None, None)
+        } else {
+            let (t, r) = mpsc::channel(BODY_QUEUE);
+            (Some(t), Some(r))
+        };
+        let mut source = FcgiBody { prefix: (!prefix.is_empty()).then_some(prefix), rx: body_rx, abort: abort_rx, ended: false };
+        let mut sink = FcgiSink { id, tx: out_tx };
+        *req = Req::Running { body: body_tx, abort: Some(abort_tx) };
+        tokio::spawn(async move {
+            serve(&ctx, params, role, &mut source, &mut sink).await;
+        });
+    }
+}
+
+/// A request's body as the FastCGI connection delivers it.
+struct FcgiBody {
+    prefix: Option<Bytes>,
+    /// `None`: the whole body was in `prefix`. An empty chunk marks the end.
+    rx: Option<mpsc::Receiver<Bytes>>,
+    abort: oneshot::Receiver<()>,
+    ended: bool,
+}
+
+impl BodySource for FcgiBody {
+    fn ready(&mut self) -> Option<Option<Bytes>> {
+        if let Some(p) = self.prefix.take() {
+            return Some(Some(p));
+        }
+        if self.ended {
+            return None;
+        }
+        match &mut self.rx {
+            None => {
+                self.ended = true;
+                Some(None)
+            }
+            Some(rx) => match rx.try_recv() {
+                Ok(chunk) if chunk.is_empty() => {
+                    self.ended = true;
+                    Some(None)
+                }
+                Ok(chunk) => Some(Some(chunk)),
+                Err(_) => None,
+            },
+        }
+    }
+
+    fn next_chunk(&mut self) -> impl Future<Output = Result<Option<Bytes>, FrontGone>> + Send {
+        async move {
+            if let Some(p) = self.prefix.take() {
+                return Ok(Some(p));
+            }
+            if self.ended {
+                return Ok(None);
+            }
+            let Some(rx) = &mut self.rx else {
+                self.ended = true;
+                return Ok(None);
+            };
+            tokio::select! {
+                biased;
+                _ = &mut self.abort => Err(FrontGone),
+                chunk = rx.recv() => match chunk {
+                    Some(c) if c.is_empty() => {
+                        self.ended = true;
+                        Ok(None)
+                    }
+                    Some(c) => Ok(Some(c)),
+                    // Closed without the end marker: the connection is gone.
+                    None => Err(FrontGone),
+                },
+            }
+        }
+    }
+
+    fn aborted(&mut self) -> impl Future<Output = ()> + Send {
+        async move {
+            let _ = (&mut self.abort).await;
+        }
+    }
+}
+
+/// A request's response path: into the connection's writer.
+struct FcgiSink {
+    id: u16,
+    tx: mpsc::Sender<Out>,
+}
+
+impl ResponseSink for FcgiSink {
+    fn send(&mut self, data: Bytes, end: Option<End>) -> impl Future<Output = Result<(), FrontGone>> + Send {
+        let msg = Out { id: self.id, data, end };
+        async move { self.tx.send(msg).await.map_err(|_| FrontGone) }
+    }
+}

@@ -1,0 +1,402 @@
+//! Listeners: where web servers connect. TCP, unix sockets (with mode/owner/group and
+//! safe replacement of stale socket files) and inherited descriptors (fd 0 in spawned
+//! mode). Each accepted connection gets one task speaking FastCGI or SCGI.
+pub mod fastcgi;
+pub mod scgi;
+
+use crate::config::{self, ListenAddress, Protocol};
+use crate::dispatch::serve::Shared;
+use crate::route::Router;
+use crate::supervise::PoolRuntime;
+use fastcgi_server::Limits;
+use std::collections::HashMap;
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::watch;
+
+/// Connections one listener keeps open at most (reported as FCGI_MAX_CONNS); beyond it
+/// new connections are closed at once.
+pub const MAX_CONNS: usize = 10_000;
+
+/// Why a listener could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum ListenError {
+    #[error("listener {name}: {addr}: address in use by a running process")]
+    InUse { name: String, addr: String },
+    #[error("listener {name}: {addr}: {what}: {source}")]
+    Io { name: String, addr: String, what: &'static str, source: std::io::Error },
+    #[error("listener {name}: {path} exists and is not a socket; refusing to replace it")]
+    NotASocket { name: String, path: String },
+    #[error("listener {name}: socket-{which} {value:?}: no such {which}")]
+    NoSuchId { name: String, which: &'static str, value: String },
+    #[error("listener {name}: fd {fd} is not a listening socket")]
+    BadFd { name: String, fd: i32 },
+    #[error("listener {name}: route to unknown pool {pool:?}")]
+    UnknownPool { name: String, pool: String },
+}
+
+/// What every connection of one listener shares.
+pub struct ListenerCtx {
+    pub name: String,
+    pub router: Router<Arc<PoolRuntime>>,
+    pub limits: Limits,
+    /// FCGI_MAX_REQS: requests the pools behind this listener take without a 503.
+    pub max_reqs: usize,
+    pub open_conns: AtomicUsize,
+    pub shared: Arc<Shared>,
+}
+
+/// A bound listening socket.
+pub enum Bound {
+    Tcp(TcpListener),
+    Unix { listener: UnixListener, path: Option<PathBuf> },
+}
+
+/// A running listener: its accept task and the socket file to remove at exit.
+pub struct Running {
+    pub task: tokio::task::JoinHandle<()>,
+    pub socket_file: Option<PathBuf>,
+}
+
+/// Bind every listener (before any worker starts, so a busy port fails fast).
+pub fn bind_all(listeners: &[config::Listener]) -> Result<Vec<Bound>, ListenError> {
+    listeners.iter().map(bind).collect()
+}
+
+/// Start accepting on every bound listener.
+pub fn start_all(
+    config: &[config::Listener],
+    bound: Vec<Bound>,
+    pools: &HashMap<String, Arc<PoolRuntime>>,
+    shared: Arc<Shared>,
+    stop: watch::Receiver<bool>,
+) -> Result<Vec<Running>, ListenError> {
+    let mut running = Vec::new();
+    for (cfg, b) in config.iter().zip(bound) {
+        let mut routes = Vec::new();
+        for r in &cfg.routes {
+            let pool = pools
+                .get(&r.pool)
+                .ok_or_else(|| ListenError::UnknownPool { name: cfg.name.clone(), pool: r.pool.clone() })?;
+            routes.push((r.host.clone(), r.prefix.clone(), pool.clone()));
+        }
+        let router = Router::new(routes);
+        let mut seen: Vec<&str> = Vec::new();
+        let mut max_reqs = 0usize;
+        for p in router.targets() {
+            if !seen.contains(&&*p.name) {
+                seen.push(&p.name);
+                max_reqs += p.capacity();
+            }
+        }
+        let limits = Limits {
+            max_params_bytes: cfg.max_params,
+            max_value_len: cfg.max_params,
+            ..Limits::default()
+        };
+        let max_reqs = max_reqs.min(limits.max_concurrent_requests);
+        let ctx = Arc::new(ListenerCtx {
+            name: cfg.name.clone(),
+            router,
+            limits,
+            max_reqs,
+            open_conns: AtomicUsize::new(0),
+            shared: shared.clone(),
+        });
+        let socket_file = match &b {
+            Bound::Unix { path, .. } => path.clone(),
+            Bound::Tcp(_) => None,
+        };
+        tracing::info!(listener = %cfg.name, protocol = ?cfg.protocol, address = %describe(&cfg.address), "listening");
+        let task = tokio::spawn(accept_loop(b, cfg.protocol, ctx, stop.clone()));
+        running.push(Running { task, socket_file });
+    }
+    Ok(running)
+}
+
+fn describe(a: &ListenAddress) -> String {
+    match a {
+        ListenAddress::Tcp(s) => s.to_string(),
+        ListenAddress::Unix(p) => format!("unix:{}", p.display()),
+        ListenAddress::Fd(fd) => format!("fd:{fd}"),
+    }
+}
+
+/// Counts a connection against MAX_CONNS for as long as it lives.
+struct ConnGuard(Arc<ListenerCtx>);
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        self.0.open_conns.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+async fn accept_loop(bound: Bound, protocol: Protocol, ctx: Arc<ListenerCtx>, mut stop: watch::Receiver<bool>) {
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            _ = stop.changed() => return,
+            a = accept(&bound) => a,
+        };
+        let (conn, peer) = match accepted {
+            Ok(c) => c,
+            Err(e) => {
+                // EMFILE and friends: log, breathe, keep the listener.
+                tracing::error!(listener = %ctx.name, "accept failed: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        if ctx.open_conns.fetch_add(1, Ordering::AcqRel) >= MAX_CONNS {
+            ctx.open_conns.fetch_sub(1, Ordering::AcqRel);
+            tracing::warn!(listener = %ctx.name, peer, "too many connections ({MAX_CONNS}); closing a new one");
+            continue;
+        }
+        let guard = ConnGuard(ctx.clone());
+        let ctx = ctx.clone();
+        match conn {
+            Conn::Tcp(s) => {
+                let (r, w) = s.into_split();
+                spawn_conn(protocol, r, w, ctx, peer, guard);
+            }
+            Conn::Unix(s) => {
+                let (r, w) = s.into_split();
+                spawn_conn(protocol, r, w, ctx, peer, guard);
+            }
+        }
+    }
+}
+
+fn spawn_conn<R, W>(protocol: Protocol, r: R, w: W, ctx: Arc<ListenerCtx>, peer: String, guard: ConnGuard)
+where
+    R: tokio::io::AsyncRead + Unpin + Send + 'static,
+    W: tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    tokio::spawn(async move {
+        match protocol {
+            Protocol::FastCgi => fastcgi::serve_connection(r, w, ctx, peer).await,
+            Protocol::Scgi => scgi::serve_connection(r, w, ctx, peer).await,
+        }
+        drop(guard);
+    });
+}
+
+enum Conn {
+    Tcp(tokio::net::TcpStream),
+    Unix(tokio::net::UnixStream),
+}
+
+async fn accept(b: &Bound) -> std::io::Result<(Conn, String)> {
+    match b {
+        Bound::Tcp(l) => {
+            let (s, peer) = l.accept().await?;
+            let _ = s.set_nodelay(true);
+            Ok((Conn::Tcp(s), peer.to_string()))
+        }
+        Bound::Unix { listener, .. } => {
+            let (s, _) = listener.accept().await?;
+            Ok((Conn::Unix(s), "unix".to_owned()))
+        }
+    }
+}
+
+fn bind(cfg: &config::Listener) -> Result<Bound, ListenError> {
+    let name = &cfg.name;
+    let io = |what: &'static str, source: std::io::Error| ListenError::Io {
+        name: name.clone(),
+        addr: describe(&cfg.address),
+        what,
+        source,
+    };
+    match &cfg.address {
+        ListenAddress::Tcp(addr) => {
+            let sock = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4() } else { tokio::net::TcpSocket::new_v6() }
+                .map_err(|e| io("socket", e))?;
+            sock.set_reuseaddr(true).map_err(|e| io("SO_REUSEADDR", e))?;
+            sock.bind(*addr).map_err(|e| {
+                if e.kind() == std::io::ErrorKind::AddrInUse {
+                    ListenError::InUse { name: name.clone(), addr: addr.to_string() }
+                } else {
+                    io("bind", e)
+                }
+            })?;
+            let l = sock.listen(cfg.backlog).map_err(|e| io("listen", e))?;
+            Ok(Bound::Tcp(l))
+        }
+        ListenAddress::Unix(path) => {
+            clear_stale_socket(name, path)?;
+            let std_l = bind_unix(path, cfg.backlog).map_err(|e| io("bind", e))?;
+            apply_socket_perms(cfg, path)?;
+            let l = UnixListener::from_std(std_l).map_err(|e| io("register", e))?;
+            Ok(Bound::Unix { listener: l, path: Some(path.clone()) })
+        }
+        ListenAddress::Fd(fd) => bind_fd(name, *fd),
+    }
+}
+
+fn bind_unix(path: &Path, backlog: u32) -> std::io::Result<std::os::unix::net::UnixListener> {
+    use nix::sys::socket::{bind, listen, socket, AddressFamily, Backlog, SockFlag, SockType, UnixAddr};
+    let fd = socket(AddressFamily::Unix, SockType::Stream, SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK, None)?;
+    let addr = UnixAddr::new(path)?;
+    bind(std::os::fd::AsRawFd::as_raw_fd(&fd), &addr)?;
+    let backlog = Backlog::new(i32::try_from(backlog).unwrap_or(i32::MAX)).unwrap_or(Backlog::MAXCONN);
+    listen(&fd, backlog)?;
+    Ok(std::os::unix::net::UnixListener::from(fd))
+}
+
+/// A socket file left by a bridge that died is replaced; one that a live process still
+/// accepts on never is. Only ECONNREFUSED proves the file is stale.
+pub fn clear_stale_socket(name: &str, path: &Path) -> Result<(), ListenError> {
+    use std::os::unix::fs::FileTypeExt;
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => {
+            return Err(ListenError::Io { name: name.to_owned(), addr: path.display().to_string(), what: "stat", source: e })
+        }
+    };
+    if !meta.file_type().is_socket() {
+        return Err(ListenError::NotASocket { name: name.to_owned(), path: path.display().to_string() });
+    }
+    match std::os::unix::net::UnixStream::connect(path) {
+        Ok(_) => Err(ListenError::InUse { name: name.to_owned(), addr: format!("unix:{}", path.display()) }),
+        Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => {
+            tracing::info!(listener = name, "replacing stale socket file {}", path.display());
+            std::fs::remove_file(path).map_err(|source| ListenError::Io {
+                name: name.to_owned(),
+                addr: path.display().to_string(),
+                what: "remove stale socket",
+                source,
+            })
+        }
+        // EAGAIN: alive but its backlog is full; EACCES etc.: not ours to judge. Keep it.
+        Err(e) => Err(ListenError::Io {
+            name: name.to_owned(),
+            addr: path.display().to_string(),
+            what: "probing existing socket file",
+            source: e,
+        }),
+    }
+}
+
+fn apply_socket_perms(cfg: &config::Listener, path: &Path) -> Result<(), ListenError> {
+    use std::os::unix::fs::PermissionsExt;
+    let io = |what: &'static str, source: std::io::Error| ListenError::Io {
+        name: cfg.name.clone(),
+        addr: path.display().to_string(),
+        what,
+        source,
+    };
+    if cfg.socket_owner.is_some() || cfg.socket_group.is_some() {
+        let uid = match &cfg.socket_owner {
+            None => None,
+            Some(u) => Some(lookup_user(&cfg.name, u)?),
+        };
+        let gid = match &cfg.socket_group {
+            None => None,
+            Some(g) => Some(lookup_group(&cfg.name, g)?),
+        };
+        nix::unistd::chown(path, uid, gid).map_err(|e| io("chown", e.into()))?;
+    }
+    if let Some(mode) = cfg.socket_mode {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(|e| io("chmod", e))?;
+    }
+    Ok(())
+}
+
+fn lookup_user(listener: &str, u: &str) -> Result<nix::unistd::Uid, ListenError> {
+    if let Ok(n) = u.parse::<u32>() {
+        return Ok(nix::unistd::Uid::from_raw(n));
+    }
+    match nix::unistd::User::from_name(u) {
+        Ok(Some(user)) => Ok(user.uid),
+        _ => Err(ListenError::NoSuchId { name: listener.to_owned(), which: "owner", value: u.to_owned() }),
+    }
+}
+
+fn lookup_group(listener: &str, g: &str) -> Result<nix::unistd::Gid, ListenError> {
+    if let Ok(n) = g.parse::<u32>() {
+        return Ok(nix::unistd::Gid::from_raw(n));
+    }
+    match nix::unistd::Group::from_name(g) {
+        Ok(Some(group)) => Ok(group.gid),
+        _ => Err(ListenError::NoSuchId { name: listener.to_owned(), which: "group", value: g.to_owned() }),
+    }
+}
+
+/// An inherited listening socket (spawned mode: fd 0, FCGI_LISTENSOCK_FILENO).
+fn bind_fd(name: &str, fd: i32) -> Result<Bound, ListenError> {
+    use nix::sys::socket::{getsockname, getsockopt, sockopt, AddressFamily, SockaddrLike, SockaddrStorage};
+    let bad = || ListenError::BadFd { name: name.to_owned(), fd };
+    let listening = getsockopt(&unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) }, sockopt::AcceptConn).map_err(|_| bad())?;
+    if !listening {
+        return Err(bad());
+    }
+    let family = getsockname::<SockaddrStorage>(fd).map_err(|_| bad())?.family();
+    // SAFETY: the configuration hands this descriptor to us; nothing else in the process
+    // uses it, and it was just checked to be a listening socket.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    let io = |source| ListenError::Io { name: name.to_owned(), addr: format!("fd:{fd}"), what: "register", source };
+    match family {
+        Some(AddressFamily::Unix) => {
+            let l = std::os::unix::net::UnixListener::from(owned);
+            l.set_nonblocking(true).map_err(io)?;
+            Ok(Bound::Unix { listener: UnixListener::from_std(l).map_err(io)?, path: None })
+        }
+        Some(AddressFamily::Inet) | Some(AddressFamily::Inet6) => {
+            let l = std::net::TcpListener::from(owned);
+            l.set_nonblocking(true).map_err(io)?;
+            Ok(Bound::Tcp(TcpListener::from_std(l).map_err(io)?))
+        }
+        _ => Err(bad()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tmp(name: &str) -> PathBuf {
+        std::env::temp_dir().join(format!("fcgibridge-listen-{}-{name}", std::process::id()))
+    }
+
+    #[test]
+    fn stale_socket_is_replaced() {
+        let p = tmp("stale.sock");
+        let _ = std::fs::remove_file(&p);
+        // A bound socket whose listener is gone: connecting gives ECONNREFUSED.
+        let l = std::os::unix::net::UnixListener::bind(&p).ok();
+        drop(l);
+        assert!(p.exists());
+        assert!(clear_stale_socket("t", &p).is_ok());
+        assert!(!p.exists());
+    }
+
+    #[test]
+    fn live_socket_is_kept() {
+        let p = tmp("live.sock");
+        let _ = std::fs::remove_file(&p);
+        let l = std::os::unix::net::UnixListener::bind(&p);
+        assert!(l.is_ok());
+        let err = clear_stale_socket("t", &p).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains("address in use by a running process"), "{err}");
+        assert!(p.exists());
+        drop(l);
+        let _ = std::fs::remove_file(&p);
+    }
+
+    #[test]
+    fn regular_file_is_not_replaced() {
+        let p = tmp("file.sock");
+        let _ = std::fs::write(&p, b"x");
+        assert!(matches!(clear_stale_socket("t", &p), Err(ListenError::NotASocket { .. })));
+        let _ = std::fs::remove_file(&p);
+    }
+
+    #[test]
+    fn missing_file_is_fine() {
+        assert!(clear_stale_socket("t", &tmp("none.sock")).is_ok());
+    }
+}

@@ -1,0 +1,106 @@
+//! The daemon's log (tracing, text or JSON, on stderr) and the optional access log.
+use crate::config::{Global, LogFormat};
+use std::io::Write;
+use std::path::Path;
+use tracing_subscriber::EnvFilter;
+
+/// Install the global subscriber. An invalid filter falls back to "info" with a warning.
+pub fn init(global: &Global) {
+    let (filter, bad) = match EnvFilter::try_new(&global.log_level) {
+        Ok(f) => (f, None),
+        Err(e) => (EnvFilter::new("info"), Some(e)),
+    };
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let result = match global.log_format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+    if let Err(e) = result {
+        eprintln!("fcgibridge: logging already initialised: {e}");
+    }
+    if let Some(e) = bad {
+        tracing::warn!("log-level {:?} is not a valid filter ({e}); using \"info\"", global.log_level);
+    }
+}
+
+/// One finished request, as the access log records it.
+pub struct AccessRecord<'a> {
+    pub remote: &'a str,
+    pub method: &'a str,
+    pub uri: &'a str,
+    pub status: u16,
+    pub bytes: u64,
+    pub duration: std::time::Duration,
+    pub pool: &'a str,
+    pub request_id: &'a str,
+}
+
+/// Where access lines go.
+pub enum AccessLog {
+    /// `access-log: "-"`: into the main log, target `access`.
+    MainLog,
+    /// A file, written by its own thread so a slow disk never stalls a request.
+    File(std::sync::mpsc::SyncSender<String>),
+}
+
+impl AccessLog {
+    /// Open the configured destination.
+    pub fn open(path: &Path) -> std::io::Result<AccessLog> {
+        if path.as_os_str() == "-" {
+            return Ok(AccessLog::MainLog);
+        }
+        let file = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
+        let (tx, rx) = std::sync::mpsc::sync_channel::<String>(4096);
+        std::thread::Builder::new().name("access-log".to_owned()).spawn(move || {
+            let mut out = std::io::BufWriter::new(file);
+            while let Ok(line) = rx.recv() {
+                let _ = out.write_all(line.as_bytes());
+                // Batch what is already queued, then flush so the file is current when idle.
+                while let Ok(more) = rx.try_recv() {
+                    let _ = out.write_all(more.as_bytes());
+                }
+                let _ = out.flush();
+            }
+        })?;
+        Ok(AccessLog::File(tx))
+    }
+
+    pub fn record(&self, r: &AccessRecord<'_>) {
+        match self {
+            AccessLog::MainLog => tracing::info!(
+                target: "access",
+                remote = r.remote,
+                method = r.method,
+                uri = r.uri,
+                status = r.status,
+                bytes = r.bytes,
+                duration_ms = r.duration.as_secs_f64() * 1000.0,
+                pool = r.pool,
+                request_id = r.request_id,
+            ),
+            AccessLog::File(tx) => {
+                let line = format!(
+                    "{} \"{} {}\" {} {} {:.3}ms pool={} id={}\n",
+                    or_dash(r.remote),
+                    r.method,
+                    r.uri,
+                    r.status,
+                    r.bytes,
+                    r.duration.as_secs_f64() * 1000.0,
+                    or_dash(r.pool),
+                    r.request_id
+                );
+                // A full queue means the disk cannot keep up: drop the line, not the request.
+                let _ = tx.try_send(line);
+            }
+        }
+    }
+}
+
+fn or_dash(s: &str) -> &str {
+    if s.is_empty() {
+        "-"
+    } else {
+        s
+    }
+}

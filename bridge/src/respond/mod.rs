@@ -1,0 +1,296 @@
+//! What goes to the web server: the worker's CGI header block, cleaned up, and the
+//! bridge's own error responses.
+//!
+//! Every response leaves with an explicit `Status:` (web servers disagree on what a
+//! missing one means), at most one Content-Length, no Transfer-Encoding and no other
+//! hop-by-hop header. A header value carrying CR, LF or NUL would let an app split the
+//! response, so it turns the response into a 500. Internal redirects, X-Sendfile and
+//! error pages will be decided here too.
+use bytes::{BufMut, BytesMut};
+use fastcgi_server::cgi::ResponseHead;
+
+/// Why a worker's header block cannot be passed on.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HeadError {
+    #[error("header {0:?} has a CR, LF or NUL in its value")]
+    BadValue(String),
+    #[error("header name {0:?} is not a valid token")]
+    BadName(String),
+    #[error("Status {0} is outside 100..=999")]
+    BadStatus(u16),
+    #[error("Status reason has a CR, LF or NUL")]
+    BadReason,
+}
+
+/// Headers that describe one hop, not the response: never forwarded.
+const HOP_BY_HOP: &[&[u8]] = &[
+    b"connection",
+    b"keep-alive",
+    b"proxy-connection",
+    b"te",
+    b"trailer",
+    b"transfer-encoding",
+    b"upgrade",
+];
+
+/// The status the front should see.
+pub fn effective_status(head: &ResponseHead) -> u16 {
+    match head.status {
+        Some(s) => s,
+        None if head.location.is_some() => 302,
+        None => 200,
+    }
+}
+
+/// Encode `head` as the CGI header block sent to the web server, into `out`.
+/// `extra` is a capacity hint for body bytes the caller will append.
+pub fn encode_head(head: &ResponseHead, extra: usize) -> Result<(u16, BytesMut), HeadError> {
+    let status = effective_status(head);
+    if !(100..=999).contains(&status) {
+        return Err(HeadError::BadStatus(status));
+    }
+    let mut size = 32 + extra;
+    for (n, v) in &head.headers {
+        size += n.len() + v.len() + 4;
+    }
+    let mut out = BytesMut::with_capacity(size);
+    out.put_slice(b"Status: ");
+    put_u16(&mut out, status);
+    out.put_u8(b' ');
+    match &head.reason {
+        Some(r) if !r.is_empty() => {
+            if has_ctl(r) {
+                return Err(HeadError::BadReason);
+            }
+            out.put_slice(r);
+        }
+        _ => out.put_slice(reason_phrase(status).as_bytes()),
+    }
+    out.put_slice(b"\r\n");
+    let mut content_length_sent = false;
+    for (name, value) in &head.headers {
+        if name.is_empty() || !name.iter().all(|&b| is_token(b)) {
+            return Err(HeadError::BadName(String::from_utf8_lossy(name).into_owned()));
+        }
+        if has_ctl(value) {
+            return Err(HeadError::BadValue(String::from_utf8_lossy(name).into_owned()));
+        }
+        if HOP_BY_HOP.iter().any(|h| name.eq_ignore_ascii_case(h)) || name.eq_ignore_ascii_case(b"status") {
+            continue;
+        }
+        if name.eq_ignore_ascii_case(b"content-length") {
+            // One Content-Length, the parsed one: two (even equal) make nginx answer 502.
+            if content_length_sent {
+                continue;
+            }
+            content_length_sent = true;
+            if let Some(len) = head.content_length {
+                out.put_slice(b"Content-Length: ");
+                put_u64(&mut out, len);
+                out.put_slice(b"\r\n");
+            }
+            continue;
+        }
+        out.put_slice(name);
+        out.put_slice(b": ");
+        out.put_slice(value);
+        out.put_slice(b"\r\n");
+    }
+    out.put_slice(b"\r\n");
+    Ok((status, out))
+}
+
+/// A complete response made by the bridge itself (404, 502, 503 …) in CGI form.
+pub fn error_response(status: u16, retry_after: Option<u32>) -> BytesMut {
+    let reason = reason_phrase(status);
+    let mut out = BytesMut::with_capacity(160);
+    out.put_slice(b"Status: ");
+    put_u16(&mut out, status);
+    out.put_u8(b' ');
+    out.put_slice(reason.as_bytes());
+    out.put_slice(b"\r\nContent-Type: text/plain; charset=utf-8\r\n");
+    if let Some(secs) = retry_after {
+        out.put_slice(b"Retry-After: ");
+        put_u64(&mut out, u64::from(secs));
+        out.put_slice(b"\r\n");
+    }
+    out.put_slice(b"Content-Length: ");
+    put_u64(&mut out, (status_digits(status) + 1 + reason.len() + 1) as u64);
+    out.put_slice(b"\r\n\r\n");
+    put_u16(&mut out, status);
+    out.put_u8(b' ');
+    out.put_slice(reason.as_bytes());
+    out.put_u8(b'\n');
+    out
+}
+
+fn status_digits(status: u16) -> usize {
+    status.to_string().len()
+}
+
+fn has_ctl(v: &[u8]) -> bool {
+    v.iter().any(|&b| b == b'\r' || b == b'\n' || b == 0)
+}
+
+fn is_token(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+fn put_u16(out: &mut BytesMut, n: u16) {
+    put_u64(out, u64::from(n));
+}
+
+fn put_u64(out: &mut BytesMut, n: u64) {
+    let mut buf = itoa::Buffer::new();
+    out.put_slice(buf.format(n).as_bytes());
+}
+
+/// The standard reason phrase; "Unknown" for codes without one.
+pub fn reason_phrase(status: u16) -> &'static str {
+    match status {
+        100 => "Continue",
+        101 => "Switching Protocols",
+        103 => "Early Hints",
+        200 => "OK",
+        201 => "Created",
+        202 => "Accepted",
+        203 => "Non-Authoritative Information",
+        204 => "No Content",
+        205 => "Reset Content",
+        206 => "Partial Content",
+        207 => "Multi-Status",
+        300 => "Multiple Choices",
+        301 => "Moved Permanently",
+        302 => "Found",
+        303 => "See Other",
+        304 => "Not Modified",
+        307 => "Temporary Redirect",
+        308 => "Permanent Redirect",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        402 => "Payment Required",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        406 => "Not Acceptable",
+        408 => "Request Timeout",
+        409 => "Conflict",
+        410 => "Gone",
+        411 => "Length Required",
+        412 => "Precondition Failed",
+        413 => "Content Too Large",
+        414 => "URI Too Long",
+        415 => "Unsupported Media Type",
+        416 => "Range Not Satisfiable",
+        417 => "Expectation Failed",
+        421 => "Misdirected Request",
+        422 => "Unprocessable Content",
+        425 => "Too Early",
+        426 => "Upgrade Required",
+        428 => "Precondition Required",
+        429 => "Too Many Requests",
+        431 => "Request Header Fields Too Large",
+        451 => "Unavailable For Legal Reasons",
+        500 => "Internal Server Error",
+        501 => "Not Implemented",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        504 => "Gateway Timeout",
+        505 => "HTTP Version Not Supported",
+        _ => "Unknown",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn head(status: Option<u16>, headers: &[(&str, &str)]) -> ResponseHead {
+        let headers: Vec<(Bytes, Bytes)> = headers
+            .iter()
+            .map(|(n, v)| (Bytes::copy_from_slice(n.as_bytes()), Bytes::copy_from_slice(v.as_bytes())))
+            .collect();
+        let find = |name: &str| {
+            headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name.as_bytes())).map(|(_, v)| v.clone())
+        };
+        ResponseHead {
+            status,
+            reason: None,
+            location: find("location"),
+            content_type: find("content-type"),
+            content_length: find("content-length").and_then(|v| std::str::from_utf8(&v).ok()?.parse().ok()),
+            headers,
+        }
+    }
+
+    fn text(h: &ResponseHead) -> String {
+        match encode_head(h, 0) {
+            Ok((_, b)) => String::from_utf8_lossy(&b).into_owned(),
+            Err(e) => format!("error: {e}"),
+        }
+    }
+
+    #[test]
+    fn default_status_is_200() {
+        assert_eq!(text(&head(None, &[("Content-Type", "text/plain")])), "Status: 200 OK\r\nContent-Type: text/plain\r\n\r\n");
+    }
+
+    #[test]
+    fn location_without_status_is_302() {
+        let h = head(None, &[("Location", "http://x/")]);
+        assert_eq!(text(&h), "Status: 302 Found\r\nLocation: http://x/\r\n\r\n");
+        let h = head(Some(201), &[("Location", "/new")]);
+        assert!(text(&h).starts_with("Status: 201 Created\r\n"));
+    }
+
+    #[test]
+    fn hop_by_hop_and_transfer_encoding_dropped() {
+        let h = head(
+            Some(200),
+            &[("Transfer-Encoding", "chunked"), ("Connection", "close"), ("Keep-Alive", "5"), ("X-A", "1")],
+        );
+        assert_eq!(text(&h), "Status: 200 OK\r\nX-A: 1\r\n\r\n");
+    }
+
+    #[test]
+    fn one_content_length() {
+        let h = head(Some(200), &[("Content-Length", "5"), ("content-length", "5")]);
+        assert_eq!(text(&h), "Status: 200 OK\r\nContent-Length: 5\r\n\r\n");
+    }
+
+    #[test]
+    fn repeated_headers_kept() {
+        let h = head(Some(200), &[("Set-Cookie", "a=1"), ("Set-Cookie", "b=2")]);
+        assert_eq!(text(&h), "Status: 200 OK\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\n\r\n");
+    }
+
+    #[test]
+    fn crlf_in_value_rejected() {
+        let h = head(Some(200), &[("X-Evil", "a\r\nSet-Cookie: x=1")]);
+        assert!(matches!(encode_head(&h, 0), Err(HeadError::BadValue(_))));
+        let h = head(Some(200), &[("X-Evil", "a\nb")]);
+        assert!(encode_head(&h, 0).is_err());
+        let h = head(Some(200), &[("Bad Name", "x")]);
+        assert!(matches!(encode_head(&h, 0), Err(HeadError::BadName(_))));
+    }
+
+    #[test]
+    fn custom_reason_kept() {
+        let mut h = head(Some(299), &[]);
+        h.reason = Some(Bytes::from_static(b"Fine"));
+        assert_eq!(text(&h), "Status: 299 Fine\r\n\r\n");
+        h.reason = None;
+        assert_eq!(text(&h), "Status: 299 Unknown\r\n\r\n");
+    }
+
+    #[test]
+    fn error_response_is_consistent() {
+        let r = error_response(503, Some(1));
+        let s = String::from_utf8_lossy(&r).into_owned();
+        assert!(s.starts_with("Status: 503 Service Unavailable\r\n"));
+        assert!(s.contains("Retry-After: 1\r\n"));
+        let (head, body) = s.split_once("\r\n\r\n").unwrap_or_default();
+        assert!(head.contains(&format!("Content-Length: {}", body.len())));
+    }
+}

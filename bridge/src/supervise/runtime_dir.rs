@@ -1,0 +1,176 @@
+//! The runtime directory: worker sockets (`pools/<pool>/`) and the worker's Python
+//! package with its native module (`python/fcgibridge_worker/`), so that nothing has to
+//! be installed into a pool's interpreter or virtualenv.
+use std::fs::DirBuilder;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+
+mod embedded {
+    include!(concat!(env!("OUT_DIR"), "/python_package.rs"));
+}
+
+/// Why the runtime directory could not be prepared.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeDirError {
+    #[error("cannot create runtime directory {path}: {source}")]
+    Create { path: PathBuf, source: std::io::Error },
+    #[error("cannot write {path}: {source}")]
+    Write { path: PathBuf, source: std::io::Error },
+    #[error(
+        "the native worker module was not found at {0} — run `cargo build --release` at the workspace \
+         root (it builds libfcgibridge_worker.so next to the fcgibridge binary), or set \
+         FCGIBRIDGE_WORKER_LIB to the built library"
+    )]
+    NativeMissing(PathBuf),
+}
+
+/// A prepared runtime directory; removed on drop when the bridge created it.
+pub struct RuntimeDir {
+    path: PathBuf,
+    remove_on_drop: bool,
+}
+
+impl RuntimeDir {
+    /// Create (or reuse the configured) directory and unpack the worker package into it.
+    pub fn prepare(configured: Option<&Path>) -> Result<RuntimeDir, RuntimeDirError> {
+        let (path, remove_on_drop) = match configured {
+            Some(p) => {
+                DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(p)
+                    .map_err(|source| RuntimeDirError::Create { path: p.to_owned(), source })?;
+                (p.to_owned(), false)
+            }
+            None => (fresh_dir()?, true),
+        };
+        let dir = RuntimeDir { path, remove_on_drop };
+        dir.unpack_python()?;
+        Ok(dir)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// `<runtime_dir>/python`: the directory put first on the worker's sys.path.
+    pub fn python_path(&self) -> PathBuf {
+        self.path.join("python")
+    }
+
+    /// `<runtime_dir>/pools/<pool>`, created 0700 (only the bridge connects to workers).
+    pub fn pool_dir(&self, pool: &str) -> Result<PathBuf, RuntimeDirError> {
+        let p = self.path.join("pools").join(pool);
+        DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&p)
+            .map_err(|source| RuntimeDirError::Create { path: p.clone(), source })?;
+        Ok(p)
+    }
+
+    fn unpack_python(&self) -> Result<(), RuntimeDirError> {
+        let pkg = self.python_path().join("fcgibridge_worker");
+        DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(&pkg)
+            .map_err(|source| RuntimeDirError::Create { path: pkg.clone(), source })?;
+        for (name, contents) in embedded::FILES {
+            let target = pkg.join(name);
+            if let Some(parent) = target.parent() {
+                DirBuilder::new()
+                    .recursive(true)
+                    .create(parent)
+                    .map_err(|source| RuntimeDirError::Create { path: parent.to_owned(), source })?;
+            }
+            write_atomically(&target, contents)?;
+        }
+        let native = native_module_source();
+        let bytes = std::fs::read(&native).map_err(|_| RuntimeDirError::NativeMissing(native.clone()))?;
+        write_atomically(&pkg.join("_native.abi3.so"), &bytes)?;
+        Ok(())
+    }
+}
+
+impl Drop for RuntimeDir {
+    fn drop(&mut self) {
+        if self.remove_on_drop {
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+/// $FCGIBRIDGE_WORKER_LIB, else `libfcgibridge_worker.so` next to the running executable.
+fn native_module_source() -> PathBuf {
+    if let Some(p) = std::env::var_os("FCGIBRIDGE_WORKER_LIB") {
+        return PathBuf::from(p);
+    }
+    let exe_dir = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(Path::to_owned))
+        .unwrap_or_else(|| PathBuf::from("."));
+    exe_dir.join("libfcgibridge_worker.so")
+}
+
+/// Write through a temporary name and rename, so a worker starting from an older copy
+/// (a configured, reused runtime_dir) never imports a half-written file.
+fn write_atomically(target: &Path, contents: &[u8]) -> Result<(), RuntimeDirError> {
+    let tmp = target.with_extension(format!("tmp{}", std::process::id()));
+    std::fs::write(&tmp, contents)
+        .and_then(|()| std::fs::rename(&tmp, target))
+        .map_err(|source| RuntimeDirError::Write { path: target.to_owned(), source })
+}
+
+/// A new private directory under $XDG_RUNTIME_DIR (or /tmp).
+fn fresh_dir() -> Result<PathBuf, RuntimeDirError> {
+    let base = std::env::var_os("XDG_RUNTIME_DIR")
+        .map(PathBuf::from)
+        .filter(|p| p.is_dir())
+        .unwrap_or_else(std::env::temp_dir);
+    let pid = std::process::id();
+    let mut last_err = None;
+    for attempt in 0..100u32 {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let p = base.join(format!("fcgibridge-{pid}-{:x}", nanos.wrapping_add(attempt)));
+        match DirBuilder::new().mode(0o700).create(&p) {
+            Ok(()) => return Ok(p),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => last_err = Some(e),
+            Err(source) => return Err(RuntimeDirError::Create { path: p, source }),
+        }
+    }
+    Err(RuntimeDirError::Create {
+        path: base,
+        source: last_err.unwrap_or_else(|| std::io::Error::other("no free name")),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn missing_native_module_is_a_clear_error() {
+        let base = std::env::temp_dir().join(format!("fcgibridge-rtdir-test-{}", std::process::id()));
+        // SAFETY-free: env mutation in a test binary; no other test reads this variable.
+        std::env::set_var("FCGIBRIDGE_WORKER_LIB", base.join("nope.so"));
+        let r = RuntimeDir::prepare(Some(&base));
+        let msg = r.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(msg.contains("cargo build --release"), "{msg}");
+        assert!(msg.contains("FCGIBRIDGE_WORKER_LIB"), "{msg}");
+        let mode = std::fs::metadata(&base).map(|m| m.permissions().mode() & 0o777).unwrap_or(0);
+        assert_eq!(mode, 0o700);
+        let fake = base.join("fake.so");
+        std::fs::write(&fake, b"not really a module").ok();
+        std::env::set_var("FCGIBRIDGE_WORKER_LIB", &fake);
+        let dir = RuntimeDir::prepare(Some(&base)).ok();
+        assert!(dir.is_some());
+        assert!(base.join("python/fcgibridge_worker/_native.abi3.so").is_file());
+        std::env::remove_var("FCGIBRIDGE_WORKER_LIB");
+        let _ = std::fs::remove_dir_all(&base);
+    }
+}

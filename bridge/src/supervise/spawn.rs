@@ -1,0 +1,108 @@
+//! Starting one worker process: its listening socket on fd 0, log pipes on fd 1 and 2,
+//! the readiness pipe on fd 3, the pool's environment and working directory.
+use crate::config::{App, Pool};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::net::UnixListener;
+use std::path::Path;
+use std::process::Stdio;
+use tokio::process::{Child, Command};
+
+/// The worker's entry point; argv[1] is the directory holding the fcgibridge_worker package.
+const BOOT: &str =
+    "import sys; sys.path.insert(0, sys.argv.pop(1)); import fcgibridge_worker.main as m; m.main()";
+/// The fd a worker writes READY / ERROR to.
+const READY_FD: i32 = 3;
+
+/// A started worker process.
+pub struct Spawned {
+    pub child: Child,
+    pub pid: u32,
+    /// Read end of the readiness pipe.
+    pub ready: tokio::net::unix::pipe::Receiver,
+}
+
+/// Why a worker could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum SpawnError {
+    #[error("cannot create the worker socket {path}: {source}")]
+    Socket { path: String, source: std::io::Error },
+    #[error("cannot create the readiness pipe: {0}")]
+    Pipe(std::io::Error),
+    #[error("cannot start {python} (pool `python:`) in {chdir}: {source}")]
+    Exec { python: String, chdir: String, source: std::io::Error },
+}
+
+/// Bind `socket`, then start the pool's interpreter with it as fd 0.
+pub fn spawn_worker(pool: &Pool, python_path: &Path, socket: &Path) -> Result<Spawned, SpawnError> {
+    let sock_err = |source| SpawnError::Socket { path: socket.display().to_string(), source };
+    // The file is ours (a private directory, a name with a fresh generation): any leftover
+    // is from a previous bridge and can go.
+    match std::fs::remove_file(socket) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(sock_err(e)),
+    }
+    let listener = UnixListener::bind(socket).map_err(sock_err)?;
+    let listener_fd: OwnedFd = listener.into();
+
+    let (ready_r, ready_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| SpawnError::Pipe(e.into()))?;
+
+    let app = match &pool.app {
+        App::Module { module, callable } => format!("{module}:{callable}"),
+        App::File(p) => p.display().to_string(),
+    };
+
+    let mut cmd = Command::new(&pool.python);
+    cmd.arg("-u")
+        .arg("-c")
+        .arg(BOOT)
+        .arg(python_path)
+        .current_dir(&pool.chdir)
+        .envs(&pool.env)
+        .env("FCGIBRIDGE_APP", app)
+        .env("FCGIBRIDGE_THREADS", pool.threads.to_string())
+        .env("FCGIBRIDGE_PROCESSES", pool.processes.to_string())
+        .env("FCGIBRIDGE_POOL", &pool.name)
+        .env("FCGIBRIDGE_READY_FD", READY_FD.to_string())
+        .stdin(Stdio::from(listener_fd))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+
+    let ready_w_raw = ready_w.as_raw_fd();
+    // SAFETY: the closure runs in the forked child before exec and only makes
+    // async-signal-safe system calls (dup2, fcntl, prctl, setpgid, getppid, kill).
+    unsafe {
+        cmd.pre_exec(move || {
+            if ready_w_raw == READY_FD {
+                // dup2 onto itself would keep FD_CLOEXEC set.
+                if libc::fcntl(READY_FD, libc::F_SETFD, 0) == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            } else if libc::dup2(ready_w_raw, READY_FD) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // A worker must never outlive the bridge, even after a SIGKILL of the bridge.
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // Its own process group: a Ctrl-C in the bridge's terminal reaches the bridge,
+            // which stops the workers in order.
+            if libc::setpgid(0, 0) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+
+    let child = cmd.spawn().map_err(|source| SpawnError::Exec {
+        python: pool.python.display().to_string(),
+        chdir: pool.chdir.display().to_string(),
+        source,
+    })?;
+    drop(cmd);
+    drop(ready_w);
+    let pid = child.id().unwrap_or(0);
+    let ready = tokio::net::unix::pipe::Receiver::from_owned_fd(ready_r).map_err(SpawnError::Pipe)?;
+    Ok(Spawned { child, pid, ready })
+}
