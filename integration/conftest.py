@@ -150,13 +150,16 @@ class LogFile:
     def lines(self, since: int = 0) -> list[str]:
         return strip_ansi(self.text(since)).splitlines()
 
-    def wait_for(self, pattern, since: int = 0, timeout: float = 30.0, flags=re.I) -> list[str]:
+    def wait_for(self, pattern, since: int = 0, timeout: float = 30.0, flags=re.I,
+                 access: bool = False) -> list[str]:
         """Lines after `since` matching `pattern` (a regex, or a list of regexes that must all
-        match the same line); waits until there is at least one."""
+        match the same line); waits until there is at least one. Access-log lines (which name
+        every URI) are left out unless `access` is true."""
         pats = [pattern] if isinstance(pattern, str) else list(pattern)
 
         def found():
-            return [ln for ln in self.lines(since) if all(re.search(p, ln, flags) for p in pats)]
+            return [ln for ln in self.lines(since) if all(re.search(p, ln, flags) for p in pats)
+                    and access == is_access_line(ln)]
 
         try:
             return wait_until(found, timeout, 0.1, what=f"log line matching {pats}")
@@ -166,6 +169,11 @@ class LogFile:
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_ACCESS = re.compile(r"(\baccess: |\"target\":\s*\"access\")")
+
+
+def is_access_line(line: str) -> bool:
+    return bool(_ACCESS.search(line))
 
 
 def strip_ansi(s: str) -> str:
@@ -479,6 +487,10 @@ def main_listeners(workdir: Path, ports) -> dict:
         "fcgi-tcp": {"fastcgi": f"127.0.0.1:{ports[0]}", "routes": routes},
         "scgi-tcp": {"scgi": f"127.0.0.1:{ports[1]}", "routes": routes},
         "scgi-unix": {"scgi": f"unix:{workdir / 'scgi.sock'}", "routes": routes},
+        # prefix routes, as in the configuration reference's example
+        "fcgi-prefix": {"fastcgi": f"127.0.0.1:{ports[4]}",
+                        "routes": [{"prefix": "/dj", "pool": "django"}, {"prefix": "/edge/", "pool": "edge"},
+                                   {"pool": "flask"}]},
         # a small params limit for the bad-input tests
         "fcgi-small": {"fastcgi": f"127.0.0.1:{ports[2]}", "pool": "edge", "max-params": "4KiB"},
         "scgi-small": {"scgi": f"127.0.0.1:{ports[3]}", "pool": "edge", "max-params": "4KiB"},
@@ -495,6 +507,7 @@ def main_probes() -> list:
             ("scgi-tcp", "/health", POOL_HOSTS["edge"]),
             ("scgi-unix", "/health", POOL_HOSTS["edge"]),
             ("fcgi-small", "/health", "any"),
+            ("fcgi-prefix", "/health", "any"),
             ("scgi-small", "/health", "any")]
 
 
@@ -502,7 +515,7 @@ def main_probes() -> list:
 def bridge(tmp_path_factory):
     """The main bridge: flask, django, edge and validated pools behind six listeners."""
     workdir = tmp_path_factory.mktemp("bridge")
-    b = make_bridge(workdir, main_pools(), main_listeners(workdir, free_ports(4)))
+    b = make_bridge(workdir, main_pools(), main_listeners(workdir, free_ports(5)))
     try:
         b.start()
         b.wait_ready(main_probes())
@@ -529,11 +542,15 @@ def log(bridge):
         def __init__(self):
             self.since = bridge.log.mark()
 
-        def wait_for(self, pattern, timeout=30.0):
-            return bridge.log.wait_for(pattern, self.since, timeout)
+        def wait_for(self, pattern, timeout=30.0, access=False):
+            return bridge.log.wait_for(pattern, self.since, timeout, access=access)
 
         def text(self):
             return strip_ansi(bridge.log.text(self.since))
+
+        def lines(self):
+            """The bridge's own lines since the mark (access-log lines left out)."""
+            return [ln for ln in bridge.log.lines(self.since) if not is_access_line(ln)]
 
     return Marked()
 

@@ -1,5 +1,6 @@
 """Application failures: exceptions before and after the headers, wsgi.errors, and
 the bridge's log naming pool, request and URI."""
+import re
 import socket
 import uuid
 
@@ -16,8 +17,9 @@ def test_exception_before_headers_is_500_with_traceback_logged(nginx, transport,
     log.wait_for([f"RuntimeError: failure before headers {tag}"])
     text = log.text()
     assert "Traceback" in text
-    # the log names the pool and the request's URI
-    assert any("edge" in ln and "/raise-before" in ln for ln in log.text().splitlines()), text[-3000:]
+    # a warning or error of the bridge's own (not the access log) names the pool and the URI
+    assert any(re.search(r"(WARN|ERROR)", ln) and "edge" in ln and "/raise-before" in ln
+               for ln in log.lines()), text[-3000:]
     # and the next request is served normally
     assert http_get(nginx, transport, "/health", pool="edge").text == "ok"
 
@@ -96,3 +98,10 @@ def test_worker_import_error_is_reported(tmp_path):
         assert b.request("/health", pool="good.test").status == 200
     finally:
         b.stop()
+
+
+def test_access_log_in_the_main_log(nginx, transport, log):
+    tag = uuid.uuid4().hex
+    assert http_get(nginx, transport, f"/environ?access={tag}", pool="edge").status_code == 200
+    lines = log.wait_for([f"/environ\\?access={tag}", r"\b200\b", r"\bedge\b", r"GET"], access=True)
+    assert len(lines) == 1, lines

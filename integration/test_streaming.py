@@ -29,7 +29,7 @@ def stack(tmp_path_factory):
         "edge": pool(str(APPS / "edge_app.py"), processes=1, threads=4),
         "flask": pool(str(APPS / "flask_app.py"), processes=1, threads=2),
     }
-    listeners = main_listeners(workdir, free_ports(4))
+    listeners = main_listeners(workdir, free_ports(5))
     for spec in listeners.values():
         if "routes" in spec:
             spec["routes"] = [{"host": POOL_HOSTS["flask"], "pool": "flask"}, {"pool": "edge"}]
