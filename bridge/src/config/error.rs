@@ -60,7 +60,7 @@ impl Source {
     }
 
     /// Translate a serde-saphyr error: position from the parser, key path from the index.
-    pub fn from_yaml(&self, err: &serde_saphyr::Error) -> ConfigError {
+    pub fn yaml_error(&self, err: &serde_saphyr::Error) -> ConfigError {
         use serde_saphyr::{DefaultMessageFormatter, Error as E, MessageFormatter};
 
         let err = err.without_snippet();

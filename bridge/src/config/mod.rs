@@ -72,7 +72,7 @@ fn yaml_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
 /// One file's text into its typed form, errors pointing at the key.
 fn parse(file: String, dir: PathBuf, text: &str) -> Result<Parsed, ConfigError> {
     let source = Source { file, index: KeyIndex::build(text) };
-    let raw = serde_saphyr::from_str::<Option<file::RawFile>>(text).map_err(|e| source.from_yaml(&e))?;
+    let raw = serde_saphyr::from_str::<Option<file::RawFile>>(text).map_err(|e| source.yaml_error(&e))?;
     Ok(Parsed { source, dir, raw: raw.unwrap_or_default() })
 }
 
