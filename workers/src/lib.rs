@@ -1,8 +1,482 @@
-//! SKELETON — the native worker module `fcgibridge_worker._native` (issue 3).
+//! `fcgibridge_worker._native`: the native half of fcgibridge's Python WSGI worker.
+//!
+//! `serve()` is called by each worker thread (started by the package's `main.py`
+//! with the `threading` module). It accepts FastCGI connections from the bridge
+//! on the listening socket, reads each request with the GIL released, builds the
+//! PEP 3333 environ, calls the application and streams its response back. See
+//! docs/worker-contract.md and docs/worker-module.md.
+use std::collections::HashMap;
+use std::fs::File;
+use std::mem::ManuallyDrop;
+use std::os::fd::FromRawFd;
+use std::sync::Arc;
+
+use fastcgi_server::Params;
+use pyo3::exceptions::{PyKeyboardInterrupt, PyRuntimeError, PySystemExit, PyTypeError};
 use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple, PyType};
+use pyo3::{ffi, intern};
+
+mod conn;
+mod objects;
+mod sys;
+
+use conn::{Shared, OUT_HIGH};
+use objects::{Errors, FileWrapper, Input, StartResponse};
+
+/// Per-thread state of `serve()`.
+struct Worker {
+    app: Py<PyAny>,
+    threads: usize,
+    multithread: bool,
+    multiprocess: bool,
+    version: Py<PyTuple>,
+    file_wrapper: Py<PyType>,
+    /// Environ keys built from param names, reused across requests.
+    keys: HashMap<Box<[u8]>, Py<PyString>>,
+}
+
+const MAX_CACHED_KEYS: usize = 512;
+
+fn latin1<'py>(py: Python<'py>, b: &[u8]) -> PyResult<Bound<'py, PyAny>> {
+    // SAFETY: valid pointer/length; PyUnicode_DecodeLatin1 returns a new reference or NULL.
+    unsafe {
+        Bound::from_owned_ptr_or_err(
+            py,
+            ffi::PyUnicode_DecodeLatin1(
+                b.as_ptr().cast(),
+                b.len() as ffi::Py_ssize_t,
+                std::ptr::null(),
+            ),
+        )
+    }
+}
+
+/// What the worker needs to know about a request besides its environ.
+struct ReqInfo {
+    is_head: bool,
+}
+
+impl Worker {
+    fn key<'py>(&mut self, py: Python<'py>, name: &[u8]) -> PyResult<Bound<'py, PyAny>> {
+        if let Some(k) = self.keys.get(name) {
+            return Ok(k.bind(py).clone().into_any());
+        }
+        let k = latin1(py, name)?;
+        if self.keys.len() < MAX_CACHED_KEYS {
+            if let Ok(s) = k.cast::<PyString>() {
+                self.keys.insert(name.into(), s.clone().unbind());
+            }
+        }
+        Ok(k)
+    }
+
+    fn environ<'py>(
+        &mut self,
+        py: Python<'py>,
+        params: &Params,
+        shared: &Arc<Shared>,
+        serial: u64,
+    ) -> PyResult<(Bound<'py, PyDict>, ReqInfo)> {
+        let env = PyDict::new(py);
+        let mut https = false;
+        let mut scheme_https = false;
+        let mut is_head = false;
+        let mut seen = [false; 3]; // SCRIPT_NAME, PATH_INFO, QUERY_STRING
+        for (name, value) in params.iter() {
+            match name {
+                b"HTTPS" => https = value.eq_ignore_ascii_case(b"on") || value == b"1",
+                b"REQUEST_SCHEME" => scheme_https = value.eq_ignore_ascii_case(b"https"),
+                b"REQUEST_METHOD" => is_head = value == b"HEAD",
+                b"CONTENT_LENGTH" if value.is_empty() => continue,
+                b"SCRIPT_NAME" => seen[0] = true,
+                b"PATH_INFO" => seen[1] = true,
+                b"QUERY_STRING" => seen[2] = true,
+                b"FCGIBRIDGE_REQUEST_ID" => {
+                    env.set_item(intern!(py, "fcgibridge.request_id"), latin1(py, value)?)?;
+                }
+                _ => {}
+            }
+            let k = self.key(py, name)?;
+            env.set_item(k, latin1(py, value)?)?;
+        }
+        let empty = intern!(py, "");
+        if !seen[0] {
+            env.set_item(intern!(py, "SCRIPT_NAME"), empty)?;
+        }
+        if !seen[1] {
+            env.set_item(intern!(py, "PATH_INFO"), empty)?;
+        }
+        if !seen[2] {
+            env.set_item(intern!(py, "QUERY_STRING"), empty)?;
+        }
+        let scheme = if https || scheme_https {
+            intern!(py, "https")
+        } else {
+            intern!(py, "http")
+        };
+        env.set_item(intern!(py, "wsgi.version"), self.version.bind(py))?;
+        env.set_item(intern!(py, "wsgi.url_scheme"), scheme)?;
+        env.set_item(
+            intern!(py, "wsgi.input"),
+            Bound::new(
+                py,
+                Input {
+                    shared: shared.clone(),
+                    serial,
+                },
+            )?,
+        )?;
+        env.set_item(
+            intern!(py, "wsgi.errors"),
+            Bound::new(
+                py,
+                Errors {
+                    shared: shared.clone(),
+                    serial,
+                },
+            )?,
+        )?;
+        env.set_item(intern!(py, "wsgi.multithread"), self.multithread)?;
+        env.set_item(intern!(py, "wsgi.multiprocess"), self.multiprocess)?;
+        env.set_item(intern!(py, "wsgi.run_once"), false)?;
+        env.set_item(intern!(py, "wsgi.input_terminated"), true)?;
+        env.set_item(intern!(py, "wsgi.file_wrapper"), self.file_wrapper.bind(py))?;
+        Ok((env, ReqInfo { is_head }))
+    }
+}
+
+/// Things that happened while running the app for one request.
+#[derive(Default)]
+struct Outcome {
+    errored: bool,
+    /// SystemExit / KeyboardInterrupt from the app: finish the request, then re-raise.
+    fatal: Option<PyErr>,
+}
+
+fn format_traceback(py: Python<'_>, err: &PyErr) -> String {
+    let formatted = (|| -> PyResult<String> {
+        let tb: Bound<'_, PyAny> = match err.traceback(py) {
+            Some(tb) => tb.into_any(),
+            None => py.None().into_bound(py),
+        };
+        let lines = py
+            .import(intern!(py, "traceback"))?
+            .getattr(intern!(py, "format_exception"))?
+            .call1((err.get_type(py), err.value(py), tb))?;
+        let text = intern!(py, "").call_method1(intern!(py, "join"), (lines,))?;
+        text.extract::<String>()
+    })();
+    formatted.unwrap_or_else(|_| format!("{err}\n"))
+}
+
+/// Report an exception raised by the app: traceback as STDERR of the request;
+/// a 500 page if nothing was sent yet, otherwise the response is cut off.
+fn report_error(py: Python<'_>, shared: &Shared, serial: u64, err: PyErr, outcome: &mut Outcome) {
+    outcome.errored = true;
+    if err.is_instance_of::<PySystemExit>(py) || err.is_instance_of::<PyKeyboardInterrupt>(py) {
+        outcome.fatal = Some(err.clone_ref(py));
+    }
+    let aborted = shared.lock_py(py).cur(serial).map_or(true, |r| r.aborted);
+    if aborted && objects::is_client_disconnected(py, &err) {
+        let mut c = shared.lock_py(py);
+        if let Some(r) = c.cur(serial) {
+            r.cut_off = true;
+        }
+        return;
+    }
+    let text = format_traceback(py, &err);
+    let mut c = shared.lock_py(py);
+    c.push_stderr(serial, text.as_bytes());
+    let Some(r) = c.cur(serial) else { return };
+    if !r.headers_sent && !r.aborted {
+        c.push_error_page(serial);
+    } else {
+        r.cut_off = true;
+    }
+}
+
+fn bytes_of<'a, 'py>(item: &'a Bound<'py, PyAny>) -> PyResult<&'a Bound<'py, PyBytes>> {
+    item.cast::<PyBytes>().map_err(|_| {
+        PyTypeError::new_err(format!(
+            "the application yielded {} instead of bytes",
+            item.get_type()
+                .name()
+                .map(|n| n.to_string())
+                .unwrap_or_default()
+        ))
+    })
+}
+
+fn is_aborted(py: Python<'_>, shared: &Shared, serial: u64) -> bool {
+    shared.lock_py(py).cur(serial).map_or(true, |r| r.aborted)
+}
+
+/// Send a list or tuple result: everything is already produced, so it is
+/// buffered and sent together (with a Content-Length when the app set none).
+fn send_sequence(
+    py: Python<'_>,
+    shared: &Shared,
+    serial: u64,
+    items: &[Bound<'_, PyAny>],
+) -> PyResult<()> {
+    let mut total = 0u64;
+    for item in items {
+        total += bytes_of(item)?.as_bytes().len() as u64;
+    }
+    {
+        let mut c = shared.lock_py(py);
+        if let Some(r) = c.cur(serial) {
+            r.auto_content_length = Some(total);
+        }
+    }
+    for item in items {
+        let data = bytes_of(item)?.as_bytes();
+        if data.len() > OUT_HIGH / 4 {
+            let more = py.detach(|| shared.lock().push_body(serial, data));
+            if !more {
+                break;
+            }
+        } else {
+            let mut c = shared.lock_py(py);
+            if !c.push_body(serial, data) {
+                break;
+            }
+            if c.out.len() >= OUT_HIGH {
+                drop(c);
+                py.detach(|| shared.lock().flush_point());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The file_wrapper fast path; `Ok(false)` when the file is not a regular file with a descriptor.
+fn send_file(py: Python<'_>, shared: &Shared, serial: u64, fw: &FileWrapper) -> PyResult<bool> {
+    let f = fw.filelike.bind(py);
+    if !f.hasattr(intern!(py, "fileno"))? {
+        return Ok(false);
+    }
+    let Ok(fd) = f
+        .call_method0(intern!(py, "fileno"))
+        .and_then(|x| x.extract::<i32>())
+    else {
+        return Ok(false);
+    };
+    if fd < 0 {
+        return Ok(false);
+    }
+    // SAFETY: the descriptor stays owned by the Python file object (never closed here).
+    let file = ManuallyDrop::new(unsafe { File::from_raw_fd(fd) });
+    match file.metadata() {
+        Ok(m) if m.is_file() => {}
+        _ => return Ok(false),
+    }
+    // Respect what the app already consumed through the file object.
+    let Ok(offset) = f
+        .call_method0(intern!(py, "tell"))
+        .and_then(|x| x.extract::<u64>())
+    else {
+        return Ok(false);
+    };
+    let file_ref: &File = &file;
+    py.detach(|| shared.lock().push_file(serial, file_ref, offset))?;
+    Ok(true)
+}
+
+/// Send any other iterable, transmitting each chunk before asking for the next (PEP 3333).
+fn send_iterable(
+    py: Python<'_>,
+    shared: &Shared,
+    serial: u64,
+    result: &Bound<'_, PyAny>,
+) -> PyResult<()> {
+    for item in result.try_iter()? {
+        let item = item?;
+        let data = bytes_of(&item)?.as_bytes();
+        if data.is_empty() {
+            if is_aborted(py, shared, serial) {
+                break;
+            }
+            continue;
+        }
+        let more = py.detach(|| {
+            let mut c = shared.lock();
+            let more = c.push_body(serial, data);
+            c.flush_point();
+            more && c.cur(serial).is_some_and(|r| !r.aborted)
+        });
+        if !more {
+            break;
+        }
+    }
+    Ok(())
+}
+
+fn send_result(
+    py: Python<'_>,
+    shared: &Shared,
+    serial: u64,
+    result: &Bound<'_, PyAny>,
+) -> PyResult<()> {
+    if let Ok(list) = result.cast_exact::<PyList>() {
+        let items: Vec<Bound<'_, PyAny>> = list.iter().collect();
+        return send_sequence(py, shared, serial, &items);
+    }
+    if let Ok(tuple) = result.cast_exact::<PyTuple>() {
+        let items: Vec<Bound<'_, PyAny>> = tuple.iter().collect();
+        return send_sequence(py, shared, serial, &items);
+    }
+    if let Ok(fw) = result.cast_exact::<FileWrapper>() {
+        if send_file(py, shared, serial, fw.get())? {
+            return Ok(());
+        }
+    }
+    send_iterable(py, shared, serial, result)
+}
+
+/// Run the app for the request whose params are ready; returns whether another
+/// request is ready on the connection (waited for with the GIL released).
+fn handle_request(py: Python<'_>, w: &mut Worker, shared: &Arc<Shared>) -> PyResult<bool> {
+    let (params, serial) = {
+        let mut c = shared.lock_py(py);
+        match c.req.as_mut() {
+            Some(r) => (r.params.take().unwrap_or_default(), r.serial),
+            None => return Ok(false),
+        }
+    };
+    let mut outcome = Outcome::default();
+    match w.environ(py, &params, shared, serial) {
+        Err(e) => report_error(py, shared, serial, e, &mut outcome),
+        Ok((env, info)) => {
+            drop(params);
+            if info.is_head {
+                if let Some(r) = shared.lock_py(py).cur(serial) {
+                    r.is_head = true;
+                }
+            }
+            let start_response = Bound::new(
+                py,
+                StartResponse {
+                    shared: shared.clone(),
+                    serial,
+                },
+            )?;
+            match w.app.bind(py).call1((env, start_response)) {
+                Err(e) => report_error(py, shared, serial, e, &mut outcome),
+                Ok(result) => {
+                    if let Err(e) = send_result(py, shared, serial, &result) {
+                        report_error(py, shared, serial, e, &mut outcome);
+                    }
+                    // close() is called whatever happened (PEP 3333).
+                    let plain = result.is_exact_instance_of::<PyList>()
+                        || result.is_exact_instance_of::<PyTuple>();
+                    if !plain {
+                        if let Ok(close) = result.getattr(intern!(py, "close")) {
+                            if let Err(e) = close.call0() {
+                                report_error(py, shared, serial, e, &mut outcome);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    if !outcome.errored {
+        let missing = shared
+            .lock_py(py)
+            .cur(serial)
+            .is_some_and(|r| !r.started && !r.aborted);
+        if missing {
+            let e = PyRuntimeError::new_err(
+                "the application returned without calling start_response()",
+            );
+            report_error(py, shared, serial, e, &mut outcome);
+        }
+    }
+    let next = py.detach(|| {
+        let mut c = shared.lock();
+        let keep = c.finish(serial);
+        c.flush();
+        keep && c.wait_request()
+    });
+    match outcome.fatal {
+        Some(e) => Err(e),
+        None => Ok(next),
+    }
+}
+
+/// serve(listen_fd, app, threads, processes, client_disconnected)
+///
+/// Accept connections on `listen_fd` and serve WSGI requests on them, forever.
+/// Returns only by raising (a broken listening socket, or SystemExit from the app).
+#[pyfunction]
+fn serve(
+    py: Python<'_>,
+    listen_fd: i32,
+    app: Py<PyAny>,
+    threads: usize,
+    processes: usize,
+    client_disconnected: Bound<'_, PyType>,
+) -> PyResult<()> {
+    let _ = objects::CLIENT_DISCONNECTED.set(py, client_disconnected.unbind());
+    let mut w = Worker {
+        app,
+        threads: threads.max(1),
+        multithread: threads > 1,
+        multiprocess: processes > 1,
+        version: PyTuple::new(py, [1, 0])?.unbind(),
+        file_wrapper: py.get_type::<FileWrapper>().unbind(),
+        keys: HashMap::new(),
+    };
+    loop {
+        let threads = w.threads;
+        let shared = py.detach(|| -> std::io::Result<(Arc<Shared>, bool)> {
+            let fd = sys::accept(listen_fd)?;
+            let shared = Arc::new(Shared::new(fd, threads));
+            let ready = shared.lock().wait_request();
+            Ok((shared, ready))
+        });
+        let (shared, mut ready) = match shared {
+            Ok(s) => s,
+            Err(e) => match e.raw_os_error() {
+                // Out of descriptors or memory: wait a little, the condition may pass.
+                Some(23) | Some(24) | Some(105) | Some(12) => {
+                    eprintln!("fcgibridge worker: accept failed, retrying: {e}");
+                    py.detach(|| std::thread::sleep(std::time::Duration::from_millis(100)));
+                    continue;
+                }
+                _ => return Err(e.into()),
+            },
+        };
+        while ready {
+            ready = match handle_request(py, &mut w, &shared) {
+                Ok(r) => r,
+                Err(e) => {
+                    shared.lock_py(py).close();
+                    return Err(e);
+                }
+            };
+        }
+        shared.lock_py(py).close();
+    }
+}
+
+/// Have the kernel SIGKILL this process when its parent (the bridge) goes away.
+#[pyfunction]
+fn set_parent_death_signal() -> PyResult<()> {
+    sys::set_parent_death_signal().map_err(PyErr::from)
+}
 
 #[pymodule]
 #[pyo3(name = "_native")]
-fn native(_m: &Bound<'_, PyModule>) -> PyResult<()> {
+fn native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(serve, m)?)?;
+    m.add_function(wrap_pyfunction!(set_parent_death_signal, m)?)?;
+    m.add_class::<FileWrapper>()?;
+    m.add_class::<Input>()?;
+    m.add_class::<Errors>()?;
+    m.add_class::<StartResponse>()?;
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

@@ -1,0 +1,161 @@
+"""Entry point of a worker process (docs/worker-contract.md).
+
+Environment: FCGIBRIDGE_APP (``module:callable`` or a .wsgi/.py file path),
+FCGIBRIDGE_THREADS, FCGIBRIDGE_PROCESSES, FCGIBRIDGE_POOL, FCGIBRIDGE_READY_FD.
+fd 0 is the listening socket the bridge connects to.
+"""
+import importlib
+import importlib.machinery
+import importlib.util
+import os
+import sys
+import threading
+import traceback
+
+from . import ClientDisconnected
+
+EXIT_LOAD_FAILED = 3
+
+
+class LoadError(Exception):
+    """The app could not be found or is not callable (no traceback needed)."""
+
+
+def _env_int(name, default):
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise LoadError("%s=%r is not an integer" % (name, value))
+
+
+def _resolve(obj, attr, where):
+    call = attr.endswith("()")
+    if call:
+        attr = attr[:-2]
+    for part in attr.split("."):
+        if not part.isidentifier():
+            raise LoadError("%r is not a valid attribute name in %s" % (attr, where))
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise LoadError("%s has no attribute %r" % (where, attr))
+    if call:
+        obj = obj()
+    return obj
+
+
+def _load_file(path, attr):
+    path = os.path.abspath(path)
+    if not os.path.isfile(path):
+        raise LoadError("no such file: %s" % path)
+    directory = os.path.dirname(path)
+    if directory not in sys.path:
+        sys.path.insert(0, directory)
+    stem, ext = os.path.splitext(os.path.basename(path))
+    if ext == ".py" and stem.isidentifier() and stem not in sys.modules:
+        modname = stem
+    else:
+        modname = "_fcgibridge_app_" + "".join(c if c.isalnum() else "_" for c in stem)
+    loader = importlib.machinery.SourceFileLoader(modname, path)
+    spec = importlib.util.spec_from_file_location(modname, path, loader=loader)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[modname] = module
+    try:
+        loader.exec_module(module)
+    except BaseException:
+        sys.modules.pop(modname, None)
+        raise
+    return _resolve(module, attr, path)
+
+
+def load_app(spec):
+    """``module:callable`` (callable defaults to ``application``; ``factory()`` is
+    called), or a file path (``/srv/app.wsgi``, ``app.py``, ``app.py:name``)."""
+    spec = spec.strip()
+    if not spec:
+        raise LoadError("FCGIBRIDGE_APP is not set")
+    target, attr = spec, "application"
+    head, sep, tail = spec.rpartition(":")
+    if sep and tail and "/" not in tail and head:
+        target, attr = head, tail
+    if target.endswith((".py", ".wsgi")) or os.sep in target:
+        app = _load_file(target, attr)
+    else:
+        module = importlib.import_module(target)
+        app = _resolve(module, attr, "module " + target)
+    if not callable(app):
+        raise LoadError("%s is not callable (%r)" % (spec, type(app).__name__))
+    return app
+
+
+def _write_ready(fd, line):
+    if fd is None:
+        return
+    try:
+        os.write(fd, line.encode("utf-8", "replace"))
+        os.close(fd)
+    except OSError:
+        pass
+
+
+def _summary(exc):
+    text = "%s: %s" % (type(exc).__name__, exc) if str(exc) else type(exc).__name__
+    return " ".join(text.split())[:500]
+
+
+def main():
+    ready_fd = os.environ.get("FCGIBRIDGE_READY_FD")
+    ready_fd = int(ready_fd) if ready_fd and ready_fd.isdigit() else None
+    ppid = os.getppid()
+    try:
+        from . import _native
+
+        if os.environ.get("FCGIBRIDGE_PDEATHSIG", "1") != "0":
+            _native.set_parent_death_signal()
+            if os.getppid() != ppid:  # the bridge died before prctl took effect
+                os._exit(1)
+        threads = max(1, _env_int("FCGIBRIDGE_THREADS", 1))
+        processes = max(1, _env_int("FCGIBRIDGE_PROCESSES", 1))
+        app = load_app(os.environ.get("FCGIBRIDGE_APP", ""))
+    except BaseException as exc:  # noqa: B902 - any failure to load is reported the same way
+        if isinstance(exc, LoadError):
+            sys.stderr.write("fcgibridge worker: cannot load the app: %s\n" % exc)
+        else:
+            traceback.print_exc()
+        sys.stderr.flush()
+        _write_ready(ready_fd, "ERROR %s\n" % _summary(exc))
+        os._exit(EXIT_LOAD_FAILED)
+
+    # Serve from a private close-on-exec copy of the listening socket; fd 0 becomes
+    # /dev/null so that subprocesses of the app neither inherit nor read it.
+    listen_fd = os.dup(0)
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.close(devnull)
+
+    done = threading.Event()
+    exit_code = [0]
+
+    def run():
+        try:
+            _native.serve(listen_fd, app, threads, processes, ClientDisconnected)
+        except SystemExit as exc:
+            code = exc.code
+            exit_code[0] = code if isinstance(code, int) else (0 if code is None else 1)
+        except BaseException:
+            traceback.print_exc()
+            exit_code[0] = 1
+        finally:
+            done.set()
+
+    for i in range(threads):
+        threading.Thread(target=run, name="fcgibridge-%d" % i, daemon=True).start()
+    _write_ready(ready_fd, "READY\n")
+    while not done.wait(3600):
+        pass
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(exit_code[0])

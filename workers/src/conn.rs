@@ -1,0 +1,601 @@
+//! One FastCGI connection from the bridge and the request it is serving.
+//!
+//! Everything in here runs without Python: it is called with the GIL released
+//! (blocking I/O) or briefly with the GIL held (bookkeeping). The Python-facing
+//! objects of a request reach it through [`Shared`].
+use std::collections::VecDeque;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::{Mutex, MutexGuard};
+
+use bytes::Bytes;
+use fastcgi_server::record::Padding;
+use fastcgi_server::server::{
+    write_end_request, write_get_values_result, write_stderr, write_stdout, write_unknown_type,
+    ServerConnection, ServerEvent,
+};
+use fastcgi_server::{Limits, Params, ProtocolStatus, Role};
+use pyo3::sync::MutexExt;
+use pyo3::Python;
+
+use crate::sys::{self, Recv};
+
+/// Output is sent once this much is buffered (and at every flush point).
+pub(crate) const OUT_HIGH: usize = 256 * 1024;
+/// Bytes asked of each recv(2).
+const RECV_CHUNK: usize = 64 * 1024 + 64;
+/// While the app writes output we drain the socket (to see an ABORT_REQUEST);
+/// body bytes the app has not read yet are buffered up to this much, then left
+/// in the socket until the app reads them.
+const MAX_READAHEAD: usize = 1 << 20;
+
+pub(crate) struct Shared {
+    conn: Mutex<Conn>,
+}
+
+impl Shared {
+    pub(crate) fn new(fd: OwnedFd, threads: usize) -> Self {
+        Shared {
+            conn: Mutex::new(Conn::new(fd, threads)),
+        }
+    }
+    /// Lock while attached to Python (detaches only if it has to wait).
+    pub(crate) fn lock_py(&self, py: Python<'_>) -> MutexGuard<'_, Conn> {
+        self.conn
+            .lock_py_attached(py)
+            .unwrap_or_else(|e| e.into_inner())
+    }
+    /// Lock while detached from Python.
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Conn> {
+        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The request being served on a connection (one at a time, no multiplexing).
+pub(crate) struct Req {
+    pub id: u16,
+    pub serial: u64,
+    pub keep_conn: bool,
+    pub params: Option<Params>,
+    /// Body bytes received and not yet read by the app.
+    stdin: VecDeque<Bytes>,
+    pub avail: usize,
+    pub stdin_done: bool,
+    /// ABORT_REQUEST received, or the connection broke: input raises, output is dropped.
+    pub aborted: bool,
+    /// start_response has been called.
+    pub started: bool,
+    /// `Status: ...\r\n` and the header lines, without the blank line.
+    pub head: Vec<u8>,
+    pub status_code: u16,
+    pub has_content_length: bool,
+    /// Content-Length the worker may add when the app gave none (a list result).
+    pub auto_content_length: Option<u64>,
+    pub is_head: bool,
+    pub headers_sent: bool,
+    pub body_bytes: u64,
+    /// The response ended early because the app raised after the headers were sent.
+    pub cut_off: bool,
+    /// A complete replacement response (the 500 page) has been written.
+    pub replaced: bool,
+}
+
+impl Req {
+    fn new(id: u16, keep_conn: bool, serial: u64) -> Self {
+        Req {
+            id,
+            serial,
+            keep_conn,
+            params: None,
+            stdin: VecDeque::new(),
+            avail: 0,
+            stdin_done: false,
+            aborted: false,
+            started: false,
+            head: Vec::new(),
+            status_code: 0,
+            has_content_length: false,
+            auto_content_length: None,
+            is_head: false,
+            headers_sent: false,
+            body_bytes: 0,
+            cut_off: false,
+            replaced: false,
+        }
+    }
+
+    /// Position just past the first b'\n' among the first `limit` buffered bytes,
+    /// scanning from `from` (bytes already known to hold no newline).
+    pub(crate) fn find_newline(&self, from: usize, limit: usize) -> Option<usize> {
+        let mut base = 0usize;
+        for chunk in &self.stdin {
+            let end = base + chunk.len();
+            if end > from {
+                let start = from.saturating_sub(base);
+                let stop = chunk.len().min(limit.saturating_sub(base));
+                if start < stop {
+                    if let Some(p) = chunk[start..stop].iter().position(|&b| b == b'\n') {
+                        return Some(base + start + p + 1);
+                    }
+                }
+            }
+            base = end;
+            if base >= limit {
+                break;
+            }
+        }
+        None
+    }
+
+    /// Copy the first `dst.len()` buffered body bytes into `dst` and drop them.
+    pub(crate) fn take_into(&mut self, dst: &mut [u8]) {
+        let mut filled = 0;
+        while filled < dst.len() {
+            let Some(front) = self.stdin.front_mut() else {
+                break;
+            };
+            let n = front.len().min(dst.len() - filled);
+            dst[filled..filled + n].copy_from_slice(&front[..n]);
+            filled += n;
+            if n == front.len() {
+                self.stdin.pop_front();
+            } else {
+                let _ = front.split_to(n);
+            }
+        }
+        self.avail -= filled;
+    }
+}
+
+pub(crate) struct Conn {
+    fd: Option<OwnedFd>,
+    dec: ServerConnection,
+    pub out: Vec<u8>,
+    /// The bridge closed its side (or the socket failed on read).
+    rd_eof: bool,
+    /// Writing failed: the connection is unusable.
+    broken: bool,
+    pub req: Option<Req>,
+    next_serial: u64,
+    threads: Bytes,
+}
+
+impl Conn {
+    fn new(fd: OwnedFd, threads: usize) -> Self {
+        Conn {
+            fd: Some(fd),
+            dec: ServerConnection::new(Limits::default()),
+            out: Vec::with_capacity(16 * 1024),
+            rd_eof: false,
+            broken: false,
+            req: None,
+            next_serial: 0,
+            threads: Bytes::from(threads.to_string()),
+        }
+    }
+
+    /// The current request if it is the one `serial` names.
+    pub(crate) fn cur(&mut self, serial: u64) -> Option<&mut Req> {
+        self.req.as_mut().filter(|r| r.serial == serial)
+    }
+
+    pub(crate) fn usable(&self) -> bool {
+        self.fd.is_some() && !self.broken
+    }
+
+    /// Close the socket now, even if Python objects still refer to this connection.
+    pub(crate) fn close(&mut self) {
+        self.fd = None;
+        self.broken = true;
+        if let Some(r) = self.req.as_mut() {
+            r.aborted = true;
+        }
+    }
+
+    fn lost(&mut self) {
+        if let Some(r) = self.req.as_mut() {
+            if !r.stdin_done || self.broken {
+                r.aborted = true;
+            }
+        }
+    }
+
+    // ---- input ---------------------------------------------------------
+
+    fn recv(&mut self, nonblocking: bool) -> Recv {
+        let Some(fd) = self.fd.as_ref().map(|f| f.as_raw_fd()) else {
+            self.rd_eof = true;
+            return Recv::Eof;
+        };
+        if self.rd_eof {
+            return Recv::Eof;
+        }
+        let buf = self.dec.buffer_mut();
+        buf.reserve(RECV_CHUNK);
+        let len = buf.len();
+        let res = sys::recv_into(fd, buf.spare_capacity_mut(), nonblocking);
+        match res {
+            Ok(Recv::Data(n)) => {
+                // SAFETY: recv initialised `n` bytes of the spare capacity.
+                unsafe { buf.set_len(len + n) };
+                Recv::Data(n)
+            }
+            Ok(Recv::WouldBlock) => Recv::WouldBlock,
+            Ok(Recv::Eof) => {
+                self.rd_eof = true;
+                Recv::Eof
+            }
+            Err(e) => {
+                if e.raw_os_error() != Some(104) {
+                    eprintln!("fcgibridge worker: reading from the bridge failed: {e}");
+                }
+                self.rd_eof = true;
+                Recv::Eof
+            }
+        }
+    }
+
+    /// Handle every complete event in the receive buffer.
+    fn process(&mut self) {
+        loop {
+            match self.dec.next_event() {
+                Ok(None) => return,
+                Ok(Some(ev)) => self.on_event(ev),
+                Err(e) => {
+                    eprintln!("fcgibridge worker: bad FastCGI input from the bridge, closing the connection: {e}");
+                    self.rd_eof = true;
+                    self.broken = true;
+                    self.lost();
+                    return;
+                }
+            }
+        }
+    }
+
+    fn current_id(&self, id: u16) -> Option<usize> {
+        match &self.req {
+            Some(r) if r.id == id => Some(0),
+            _ => None,
+        }
+    }
+
+    fn on_event(&mut self, ev: ServerEvent) {
+        match ev {
+            ServerEvent::BeginRequest {
+                id,
+                role,
+                keep_conn,
+            } => {
+                if self.req.is_some() {
+                    write_end_request(
+                        &mut self.out,
+                        id,
+                        0,
+                        ProtocolStatus::CantMpxConn,
+                        Padding::None,
+                    );
+                } else if role != Role::Responder {
+                    write_end_request(
+                        &mut self.out,
+                        id,
+                        0,
+                        ProtocolStatus::UnknownRole,
+                        Padding::None,
+                    );
+                } else {
+                    self.next_serial += 1;
+                    self.req = Some(Req::new(id, keep_conn, self.next_serial));
+                }
+            }
+            ServerEvent::Params { id, params } => {
+                if self.current_id(id).is_some() {
+                    if let Some(r) = self.req.as_mut() {
+                        if r.params.is_none() {
+                            r.params = Some(params);
+                        }
+                    }
+                }
+            }
+            ServerEvent::Stdin { id, data } => {
+                if self.current_id(id).is_some() {
+                    if let Some(r) = self.req.as_mut() {
+                        if !r.stdin_done && !r.aborted && !data.is_empty() {
+                            r.avail += data.len();
+                            r.stdin.push_back(data);
+                        }
+                    }
+                }
+            }
+            ServerEvent::StdinEnd { id } => {
+                if self.current_id(id).is_some() {
+                    if let Some(r) = self.req.as_mut() {
+                        r.stdin_done = true;
+                    }
+                }
+            }
+            ServerEvent::Data { .. } | ServerEvent::DataEnd { .. } => {}
+            ServerEvent::Abort { id } => {
+                if self.current_id(id).is_some() {
+                    if let Some(r) = self.req.as_mut() {
+                        r.aborted = true;
+                    }
+                }
+            }
+            ServerEvent::GetValues { names } => {
+                let threads = self.threads.clone();
+                let mut pairs: Vec<(&[u8], &[u8])> = Vec::new();
+                for name in &names {
+                    match &name[..] {
+                        b"FCGI_MAX_CONNS" => pairs.push((b"FCGI_MAX_CONNS", &threads[..])),
+                        b"FCGI_MAX_REQS" => pairs.push((b"FCGI_MAX_REQS", &threads[..])),
+                        b"FCGI_MPXS_CONNS" => pairs.push((b"FCGI_MPXS_CONNS", b"0")),
+                        _ => {}
+                    }
+                }
+                write_get_values_result(&mut self.out, pairs);
+            }
+            ServerEvent::UnknownType { record_type } => {
+                write_unknown_type(&mut self.out, record_type)
+            }
+        }
+    }
+
+    /// Block until a request's params are complete (`true`) or the connection ends (`false`).
+    pub(crate) fn wait_request(&mut self) -> bool {
+        loop {
+            self.process();
+            if let Some(r) = &self.req {
+                if r.aborted {
+                    // Aborted before the app was called: nothing to run.
+                    let id = r.id;
+                    self.req = None;
+                    write_end_request(
+                        &mut self.out,
+                        id,
+                        1,
+                        ProtocolStatus::RequestComplete,
+                        Padding::None,
+                    );
+                    continue;
+                }
+                if r.params.is_some() {
+                    return true;
+                }
+            }
+            self.flush();
+            if !self.usable() || self.rd_eof {
+                return false;
+            }
+            if let Recv::Eof = self.recv(false) {
+                self.lost();
+            }
+        }
+    }
+
+    /// Block until `want` body bytes are buffered, the body ended, or the request was aborted.
+    pub(crate) fn fill_stdin(&mut self, serial: u64, want: usize) {
+        loop {
+            self.process();
+            match self.cur(serial) {
+                Some(r) if r.avail < want && !r.stdin_done && !r.aborted => {}
+                _ => return,
+            }
+            self.flush();
+            if !self.usable() {
+                self.lost();
+                return;
+            }
+            if let Recv::Eof = self.recv(false) {
+                self.process();
+                self.lost();
+            }
+        }
+    }
+
+    /// Look for an ABORT_REQUEST (or anything else) without blocking.
+    pub(crate) fn poll(&mut self) {
+        while self.usable() && !self.rd_eof {
+            if self.req.as_ref().is_some_and(|r| r.avail > MAX_READAHEAD) {
+                return;
+            }
+            match self.recv(true) {
+                Recv::Data(n) => {
+                    self.process();
+                    if n < RECV_CHUNK {
+                        return;
+                    }
+                }
+                Recv::WouldBlock => return,
+                Recv::Eof => {
+                    self.process();
+                    self.lost();
+                    return;
+                }
+            }
+        }
+    }
+
+    // ---- output --------------------------------------------------------
+
+    /// Send everything buffered. A failure makes the connection unusable.
+    pub(crate) fn flush(&mut self) {
+        if self.out.is_empty() {
+            return;
+        }
+        match self.fd.as_ref() {
+            Some(fd) if !self.broken => {
+                if let Err(e) = sys::send_all(fd.as_raw_fd(), &self.out) {
+                    if !matches!(e.raw_os_error(), Some(32) | Some(104)) {
+                        eprintln!("fcgibridge worker: writing to the bridge failed: {e}");
+                    }
+                    self.broken = true;
+                    self.lost();
+                }
+            }
+            _ => {}
+        }
+        self.out.clear();
+        if self.out.capacity() > 4 * OUT_HIGH {
+            self.out.shrink_to(OUT_HIGH);
+        }
+    }
+
+    /// Check for an abort, then flush.
+    pub(crate) fn flush_point(&mut self) {
+        self.poll();
+        self.flush();
+    }
+
+    /// Queue the CGI header block of request `serial` (once).
+    fn push_head(&mut self, serial: u64) {
+        let Some(r) = self.req.as_mut().filter(|r| r.serial == serial) else {
+            return;
+        };
+        if r.headers_sent || r.aborted {
+            return;
+        }
+        r.headers_sent = true;
+        let bodyless =
+            r.is_head || r.status_code < 200 || r.status_code == 204 || r.status_code == 304;
+        if !r.has_content_length && !bodyless {
+            if let Some(n) = r.auto_content_length {
+                if r.body_bytes == 0 {
+                    r.head.extend_from_slice(b"Content-Length: ");
+                    r.head.extend_from_slice(n.to_string().as_bytes());
+                    r.head.extend_from_slice(b"\r\n");
+                }
+            }
+        }
+        r.head.extend_from_slice(b"\r\n");
+        write_stdout(&mut self.out, r.id, &r.head, Padding::None);
+        r.head = Vec::new();
+    }
+
+    /// Queue body bytes of request `serial`, flushing whenever OUT_HIGH is reached.
+    /// Returns false once the request is aborted (the caller stops producing).
+    pub(crate) fn push_body(&mut self, serial: u64, data: &[u8]) -> bool {
+        match self.cur(serial) {
+            Some(r) if !r.aborted => {}
+            _ => return false,
+        }
+        if data.is_empty() {
+            return true;
+        }
+        self.push_head(serial);
+        for piece in data.chunks(OUT_HIGH) {
+            let Some(r) = self.cur(serial) else {
+                return false;
+            };
+            if r.aborted {
+                return false;
+            }
+            r.body_bytes += piece.len() as u64;
+            let id = r.id;
+            write_stdout(&mut self.out, id, piece, Padding::None);
+            if self.out.len() >= OUT_HIGH {
+                self.flush_point();
+            }
+        }
+        self.cur(serial).is_some_and(|r| !r.aborted)
+    }
+
+    /// Queue a STDERR record for request `serial`; false if that request is over.
+    pub(crate) fn push_stderr(&mut self, serial: u64, data: &[u8]) -> bool {
+        let Some(r) = self.cur(serial) else {
+            return false;
+        };
+        let id = r.id;
+        if !self.usable() {
+            return true;
+        }
+        write_stderr(&mut self.out, id, data, Padding::None);
+        if self.out.len() >= OUT_HIGH {
+            self.flush();
+        }
+        true
+    }
+
+    /// Replace the response with a complete error page (headers not sent yet).
+    pub(crate) fn push_error_page(&mut self, serial: u64) {
+        let Some(r) = self.cur(serial) else { return };
+        if r.aborted || r.headers_sent {
+            return;
+        }
+        let body: &[u8] = if r.is_head {
+            b""
+        } else {
+            b"Internal Server Error\n"
+        };
+        r.head = format!(
+            "Status: 500 Internal Server Error\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\n",
+            21 + 1
+        )
+        .into_bytes();
+        r.status_code = 500;
+        r.has_content_length = true;
+        r.replaced = true;
+        self.push_head(serial);
+        if let Some(r) = self.cur(serial) {
+            let id = r.id;
+            write_stdout(&mut self.out, id, body, Padding::None);
+        }
+    }
+
+    /// Read a regular file from `offset` to its end into STDOUT records of request `serial`.
+    pub(crate) fn push_file(
+        &mut self,
+        serial: u64,
+        file: &std::fs::File,
+        mut offset: u64,
+    ) -> io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        let mut block = vec![0u8; OUT_HIGH];
+        loop {
+            match self.cur(serial) {
+                Some(r) if !r.aborted => {}
+                _ => return Ok(()),
+            }
+            let n = match file.read_at(&mut block, offset) {
+                Ok(0) => return Ok(()),
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            offset += n as u64;
+            if !self.push_body(serial, &block[..n]) {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Queue the end of request `serial` (headers if still unsent, empty STDOUT,
+    /// END_REQUEST) and forget it. Returns whether the connection may serve another.
+    pub(crate) fn finish(&mut self, serial: u64) -> bool {
+        let Some(r) = self.cur(serial) else {
+            return false;
+        };
+        let keep = r.keep_conn;
+        let status = if r.aborted || r.cut_off {
+            1
+        } else {
+            if !r.headers_sent {
+                if r.auto_content_length.is_none() && r.body_bytes == 0 {
+                    r.auto_content_length = Some(0);
+                }
+                self.push_head(serial);
+            }
+            0
+        };
+        let Some(r) = self.req.take() else {
+            return false;
+        };
+        write_end_request(
+            &mut self.out,
+            r.id,
+            status,
+            ProtocolStatus::RequestComplete,
+            Padding::None,
+        );
+        keep && !self.rd_eof && self.usable()
+    }
+}

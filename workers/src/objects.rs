@@ -1,0 +1,566 @@
+//! The per-request Python objects: wsgi.input, wsgi.errors, start_response,
+//! write() and wsgi.file_wrapper.
+//!
+//! Each holds the connection and the serial number of its request; used after
+//! that request has ended, input reads return b'', errors go to the process
+//! stderr and start_response/write raise.
+use std::sync::Arc;
+
+use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyBytes, PyList, PyString, PyTuple, PyType};
+
+use crate::conn::Shared;
+
+/// The package's `ClientDisconnected` class, handed over by `serve()`.
+pub(crate) static CLIENT_DISCONNECTED: PyOnceLock<Py<PyType>> = PyOnceLock::new();
+
+pub(crate) fn client_disconnected(py: Python<'_>, msg: &'static str) -> PyErr {
+    match CLIENT_DISCONNECTED.get(py) {
+        Some(ty) => PyErr::from_type(ty.bind(py).clone(), msg),
+        None => pyo3::exceptions::PyConnectionAbortedError::new_err(msg),
+    }
+}
+
+pub(crate) fn is_client_disconnected(py: Python<'_>, err: &PyErr) -> bool {
+    match CLIENT_DISCONNECTED.get(py) {
+        Some(ty) => err.get_type(py).is_subclass(ty.bind(py)).unwrap_or(false),
+        None => false,
+    }
+}
+
+const GONE: &str = "the client disconnected";
+
+// ---- wsgi.input ----------------------------------------------------------
+
+/// `wsgi.input`: the request body, streamed from the bridge on demand.
+#[pyclass(frozen, module = "fcgibridge_worker")]
+pub(crate) struct Input {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) serial: u64,
+}
+
+enum Have {
+    /// Bytes to return now (count).
+    Take(usize),
+    /// Need at least this many buffered bytes.
+    Need(usize),
+}
+
+impl Input {
+    fn empty(py: Python<'_>) -> Bound<'_, PyBytes> {
+        PyBytes::new(py, b"")
+    }
+
+    /// Loop: decide with the lock held; wait for more with the GIL released.
+    fn read_with<'py>(
+        &self,
+        py: Python<'py>,
+        mut decide: impl FnMut(&crate::conn::Req) -> Have,
+    ) -> PyResult<Bound<'py, PyBytes>> {
+        loop {
+            let mut c = self.shared.lock_py(py);
+            let Some(r) = c.cur(self.serial) else {
+                return Ok(Self::empty(py));
+            };
+            if r.aborted {
+                return Err(client_disconnected(py, GONE));
+            }
+            match decide(r) {
+                Have::Take(0) => return Ok(Self::empty(py)),
+                Have::Take(n) => {
+                    return PyBytes::new_with(py, n, |dst| {
+                        r.take_into(dst);
+                        Ok(())
+                    })
+                }
+                Have::Need(want) => {
+                    drop(c);
+                    let shared = &self.shared;
+                    let serial = self.serial;
+                    py.detach(|| shared.lock().fill_stdin(serial, want));
+                }
+            }
+        }
+    }
+}
+
+fn size_arg(size: Option<&Bound<'_, PyAny>>) -> PyResult<Option<usize>> {
+    match size {
+        None => Ok(None),
+        Some(s) if s.is_none() => Ok(None),
+        Some(s) => {
+            let n: i64 = s.extract()?;
+            Ok(if n < 0 { None } else { Some(n as usize) })
+        }
+    }
+}
+
+#[pymethods]
+impl Input {
+    /// read(size=-1): up to `size` bytes (fewer only at the end of the body), all when negative.
+    #[pyo3(signature = (size=None))]
+    fn read<'py>(
+        &self,
+        py: Python<'py>,
+        size: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyBytes>> {
+        let limit = size_arg(size)?;
+        if limit == Some(0) {
+            return Ok(Self::empty(py));
+        }
+        self.read_with(py, |r| match limit {
+            Some(n) if r.avail >= n => Have::Take(n),
+            _ if r.stdin_done => Have::Take(r.avail.min(limit.unwrap_or(usize::MAX))),
+            Some(n) => Have::Need(n),
+            None => Have::Need(usize::MAX),
+        })
+    }
+
+    /// read1(size=-1): whatever is buffered (waiting only if nothing is).
+    #[pyo3(signature = (size=None))]
+    fn read1<'py>(
+        &self,
+        py: Python<'py>,
+        size: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyBytes>> {
+        let limit = size_arg(size)?.unwrap_or(usize::MAX);
+        if limit == 0 {
+            return Ok(Self::empty(py));
+        }
+        self.read_with(py, |r| {
+            if r.avail > 0 || r.stdin_done {
+                Have::Take(r.avail.min(limit))
+            } else {
+                Have::Need(1)
+            }
+        })
+    }
+
+    /// readline(size=-1): up to and including the next b'\n'.
+    #[pyo3(signature = (size=None))]
+    fn readline<'py>(
+        &self,
+        py: Python<'py>,
+        size: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyBytes>> {
+        let limit = size_arg(size)?.unwrap_or(usize::MAX);
+        if limit == 0 {
+            return Ok(Self::empty(py));
+        }
+        let mut scanned = 0usize;
+        self.read_with(py, |r| {
+            if let Some(end) = r.find_newline(scanned, limit) {
+                return Have::Take(end);
+            }
+            scanned = r.avail;
+            if r.avail >= limit {
+                Have::Take(limit)
+            } else if r.stdin_done {
+                Have::Take(r.avail)
+            } else {
+                Have::Need(r.avail.saturating_add(1))
+            }
+        })
+    }
+
+    /// readlines(hint=-1): lines until the end, or until `hint` bytes were read.
+    #[pyo3(signature = (hint=None))]
+    fn readlines<'py>(
+        &self,
+        py: Python<'py>,
+        hint: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyList>> {
+        let hint = size_arg(hint)?.filter(|&h| h > 0);
+        let lines = PyList::empty(py);
+        let mut total = 0usize;
+        loop {
+            let line = self.readline(py, None)?;
+            let n = line.as_bytes().len();
+            if n == 0 {
+                break;
+            }
+            lines.append(line)?;
+            total += n;
+            if hint.is_some_and(|h| total >= h) {
+                break;
+            }
+        }
+        Ok(lines)
+    }
+
+    fn __iter__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
+        slf
+    }
+
+    fn __next__<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyBytes>>> {
+        let line = self.readline(py, None)?;
+        Ok(if line.as_bytes().is_empty() {
+            None
+        } else {
+            Some(line)
+        })
+    }
+
+    fn readable(&self) -> bool {
+        true
+    }
+
+    fn close(&self) {}
+}
+
+// ---- wsgi.errors ---------------------------------------------------------
+
+/// `wsgi.errors`: text written here goes to the bridge's log as STDERR of the request.
+#[pyclass(frozen, module = "fcgibridge_worker")]
+pub(crate) struct Errors {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) serial: u64,
+}
+
+impl Errors {
+    fn emit(&self, py: Python<'_>, data: &[u8]) -> PyResult<()> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        let sent = self.shared.lock_py(py).push_stderr(self.serial, data);
+        if !sent {
+            // The request is over: the process stderr still reaches the bridge's log.
+            let stderr = py.import("sys")?.getattr("stderr")?;
+            stderr.call_method1("write", (String::from_utf8_lossy(data),))?;
+        }
+        Ok(())
+    }
+}
+
+fn text_bytes(obj: &Bound<'_, PyAny>) -> PyResult<Vec<u8>> {
+    if let Ok(s) = obj.cast::<PyString>() {
+        let encoded = s.call_method1("encode", ("utf-8", "backslashreplace"))?;
+        return Ok(encoded.cast_into::<PyBytes>()?.as_bytes().to_vec());
+    }
+    if let Ok(b) = obj.cast::<PyBytes>() {
+        return Ok(b.as_bytes().to_vec());
+    }
+    Err(PyTypeError::new_err(format!(
+        "wsgi.errors.write() takes str, not {}",
+        obj.get_type().name()?
+    )))
+}
+
+#[pymethods]
+impl Errors {
+    fn write(&self, py: Python<'_>, s: &Bound<'_, PyAny>) -> PyResult<()> {
+        let data = text_bytes(s)?;
+        self.emit(py, &data)
+    }
+
+    fn writelines(&self, py: Python<'_>, lines: &Bound<'_, PyAny>) -> PyResult<()> {
+        let mut data = Vec::new();
+        for line in lines.try_iter()? {
+            data.extend_from_slice(&text_bytes(&line?)?);
+        }
+        self.emit(py, &data)
+    }
+
+    fn flush(&self, py: Python<'_>) {
+        let shared = &self.shared;
+        let serial = self.serial;
+        let pending = {
+            let mut c = shared.lock_py(py);
+            c.cur(serial).is_some() && !c.out.is_empty()
+        };
+        if pending {
+            py.detach(|| {
+                let mut c = shared.lock();
+                if c.cur(serial).is_some() {
+                    c.flush();
+                }
+            });
+        }
+    }
+
+    fn writable(&self) -> bool {
+        true
+    }
+
+    fn isatty(&self) -> bool {
+        false
+    }
+
+    fn close(&self) {}
+}
+
+// ---- start_response and write() -------------------------------------------
+
+/// The `start_response` callable of one request.
+#[pyclass(frozen, module = "fcgibridge_worker")]
+pub(crate) struct StartResponse {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) serial: u64,
+}
+
+/// Latin-1 bytes of a str, or an error naming `what`.
+fn latin1_bytes(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<Vec<u8>> {
+    let py = obj.py();
+    if !obj.is_instance_of::<PyString>() {
+        return Err(PyTypeError::new_err(format!(
+            "{what} must be str, not {}",
+            obj.get_type().name()?
+        )));
+    }
+    // SAFETY: `obj` is a str; PyUnicode_AsLatin1String returns a new reference or NULL.
+    let encoded = unsafe {
+        Bound::from_owned_ptr_or_err(py, pyo3::ffi::PyUnicode_AsLatin1String(obj.as_ptr()))
+    };
+    match encoded {
+        Ok(b) => Ok(b.cast_into::<PyBytes>()?.as_bytes().to_vec()),
+        Err(_) => Err(PyValueError::new_err(format!(
+            "{what} is not encodable as latin-1: {obj:?}"
+        ))),
+    }
+}
+
+fn is_token_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+const HOP_BY_HOP: [&[u8]; 7] = [
+    b"connection",
+    b"keep-alive",
+    b"proxy-connection",
+    b"te",
+    b"trailer",
+    b"transfer-encoding",
+    b"upgrade",
+];
+
+struct Head {
+    head: Vec<u8>,
+    status_code: u16,
+    has_content_length: bool,
+}
+
+fn build_head(status: &Bound<'_, PyAny>, headers: &Bound<'_, PyAny>) -> PyResult<Head> {
+    let status_b = latin1_bytes(status, "status")?;
+    let ok_shape = status_b.len() >= 3
+        && status_b[..3].iter().all(u8::is_ascii_digit)
+        && (status_b.len() == 3 || status_b[3] == b' ')
+        && status_b.iter().all(|&b| b >= 0x20 && b != 0x7f);
+    if !ok_shape {
+        return Err(PyValueError::new_err(format!(
+            "status must look like '200 OK' (three digits, a space, a reason), got {status:?}"
+        )));
+    }
+    let status_code = u16::from(status_b[0] - b'0') * 100
+        + u16::from(status_b[1] - b'0') * 10
+        + u16::from(status_b[2] - b'0');
+    let mut head = Vec::with_capacity(128);
+    head.extend_from_slice(b"Status: ");
+    head.extend_from_slice(&status_b);
+    head.extend_from_slice(b"\r\n");
+    let mut has_content_length = false;
+    if !(headers.is_instance_of::<PyList>() || headers.is_instance_of::<PyTuple>()) {
+        return Err(PyTypeError::new_err(format!(
+            "response headers must be a list of (name, value) tuples, not {}",
+            headers.get_type().name()?
+        )));
+    }
+    for item in headers.try_iter()? {
+        let item = item?;
+        let pair = match item.cast::<PyTuple>() {
+            Ok(t) if t.len() == 2 => t.clone(),
+            _ => {
+                return Err(PyTypeError::new_err(format!(
+                    "each response header must be a (name, value) tuple, got {item:?}"
+                )))
+            }
+        };
+        let name = latin1_bytes(&pair.get_item(0)?, "header name")?;
+        let value = latin1_bytes(&pair.get_item(1)?, "header value")?;
+        if name.is_empty() || !name.iter().all(|&b| is_token_byte(b)) {
+            return Err(PyValueError::new_err(format!(
+                "invalid header name {:?}",
+                String::from_utf8_lossy(&name)
+            )));
+        }
+        if value.iter().any(|&b| b == b'\r' || b == b'\n' || b == 0) {
+            return Err(PyValueError::new_err(format!(
+                "header value of {} contains CR, LF or NUL",
+                String::from_utf8_lossy(&name)
+            )));
+        }
+        let lower = name.to_ascii_lowercase();
+        if HOP_BY_HOP.contains(&&lower[..]) || lower == b"status" {
+            // Hop-by-hop headers belong to the web server's connection (PEP 3333);
+            // a second Status line would confuse the CGI header block.
+            continue;
+        }
+        if lower == b"content-length" {
+            has_content_length = true;
+        }
+        head.extend_from_slice(&name);
+        head.extend_from_slice(b": ");
+        head.extend_from_slice(&value);
+        head.extend_from_slice(b"\r\n");
+    }
+    Ok(Head {
+        head,
+        status_code,
+        has_content_length,
+    })
+}
+
+#[pymethods]
+impl StartResponse {
+    #[pyo3(signature = (status, headers, exc_info=None))]
+    fn __call__(
+        &self,
+        py: Python<'_>,
+        status: &Bound<'_, PyAny>,
+        headers: &Bound<'_, PyAny>,
+        exc_info: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Writer> {
+        let exc_info = exc_info.filter(|e| !e.is_none());
+        {
+            let mut c = self.shared.lock_py(py);
+            let Some(r) = c.cur(self.serial) else {
+                return Err(PyRuntimeError::new_err(
+                    "start_response() called after the request ended",
+                ));
+            };
+            match exc_info {
+                Some(info) => {
+                    if r.headers_sent {
+                        drop(c);
+                        // PEP 3333: too late to change the response, re-raise.
+                        let value = info.get_item(1)?;
+                        let tb = info.get_item(2)?;
+                        let value = value.call_method1("with_traceback", (tb,))?;
+                        return Err(PyErr::from_value(value));
+                    }
+                }
+                None => {
+                    if r.started {
+                        return Err(PyRuntimeError::new_err(
+                            "start_response() called a second time without exc_info",
+                        ));
+                    }
+                }
+            }
+        }
+        let h = build_head(status, headers)?;
+        let mut c = self.shared.lock_py(py);
+        let Some(r) = c.cur(self.serial) else {
+            return Err(PyRuntimeError::new_err(
+                "start_response() called after the request ended",
+            ));
+        };
+        r.started = true;
+        r.head = h.head;
+        r.status_code = h.status_code;
+        r.has_content_length = h.has_content_length;
+        Ok(Writer {
+            shared: self.shared.clone(),
+            serial: self.serial,
+        })
+    }
+}
+
+/// The write() callable returned by start_response (the legacy imperative API).
+#[pyclass(frozen, module = "fcgibridge_worker")]
+pub(crate) struct Writer {
+    shared: Arc<Shared>,
+    serial: u64,
+}
+
+#[pymethods]
+impl Writer {
+    fn __call__(&self, py: Python<'_>, data: &Bound<'_, PyAny>) -> PyResult<()> {
+        let Ok(b) = data.cast::<PyBytes>() else {
+            return Err(PyTypeError::new_err(format!(
+                "write() takes bytes, not {}",
+                data.get_type().name()?
+            )));
+        };
+        {
+            let mut c = self.shared.lock_py(py);
+            match c.cur(self.serial) {
+                None => {
+                    return Err(PyRuntimeError::new_err(
+                        "write() called after the request ended",
+                    ))
+                }
+                Some(r) if !r.started => {
+                    return Err(PyRuntimeError::new_err(
+                        "write() called before start_response()",
+                    ))
+                }
+                Some(r) if r.aborted => return Ok(()),
+                Some(_) => {}
+            }
+        }
+        let bytes = b.as_bytes();
+        let shared = &self.shared;
+        let serial = self.serial;
+        py.detach(|| {
+            let mut c = shared.lock();
+            if c.push_body(serial, bytes) {
+                c.flush_point();
+            }
+        });
+        Ok(())
+    }
+}
+
+// ---- wsgi.file_wrapper ----------------------------------------------------
+
+/// `wsgi.file_wrapper(filelike, blksize=8192)`. Returned as the response, a regular
+/// file is sent by the worker from its current position with the GIL released.
+#[pyclass(frozen, module = "fcgibridge_worker")]
+pub(crate) struct FileWrapper {
+    pub(crate) filelike: Py<PyAny>,
+    pub(crate) blksize: usize,
+}
+
+#[pymethods]
+impl FileWrapper {
+    #[new]
+    #[pyo3(signature = (filelike, blksize=8192))]
+    fn new(filelike: Py<PyAny>, blksize: i64) -> Self {
+        FileWrapper {
+            filelike,
+            blksize: if blksize > 0 { blksize as usize } else { 8192 },
+        }
+    }
+
+    #[getter]
+    fn filelike(&self, py: Python<'_>) -> Py<PyAny> {
+        self.filelike.clone_ref(py)
+    }
+
+    #[getter]
+    fn blksize(&self) -> usize {
+        self.blksize
+    }
+
+    fn __iter__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
+        slf
+    }
+
+    fn __next__<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyAny>>> {
+        let data = self
+            .filelike
+            .bind(py)
+            .call_method1("read", (self.blksize,))?;
+        Ok(if data.is_truthy()? { Some(data) } else { None })
+    }
+
+    fn close(&self, py: Python<'_>) -> PyResult<()> {
+        let f = self.filelike.bind(py);
+        if f.hasattr("close")? {
+            f.call_method0("close")?;
+        }
+        Ok(())
+    }
+}

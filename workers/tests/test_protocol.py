@@ -1,0 +1,190 @@
+"""FastCGI-level behaviour: keep-conn, roles, GET_VALUES, multiplexing, aborts."""
+import json
+import struct
+import threading
+import time
+
+import fcgi
+from fcgi import base_params
+
+
+def events(w):
+    with w.client() as c:
+        return json.loads(c.request("/events").body)
+
+
+def test_keep_conn_many_requests(worker):
+    with worker.client() as c:
+        for i in range(50):
+            r = c.request("/hello")
+            assert r.body == b"Hello, World!"
+        r = c.request("/read", method="POST", query="all", body=b"x" * 100000)
+        assert r.body.endswith(b"x" * 100000)
+        assert c.request("/hello").body == b"Hello, World!"
+
+
+def test_no_keep_conn_closes(worker):
+    with worker.client() as c:
+        r = c.request("/hello", keep_conn=False)
+        assert r.body == b"Hello, World!"
+        assert c.sock.recv(1) == b""
+
+
+def test_unread_body_is_skipped(worker):
+    """The app ignores a large body; the next request on the connection still works."""
+    with worker.client() as c:
+        r = c.request("/hello", method="POST", body=b"z" * 500000)
+        assert r.body == b"Hello, World!"
+        assert c.request("/hello").body == b"Hello, World!"
+
+
+def test_unknown_role(worker):
+    with worker.client() as c:
+        c.begin(role=fcgi.AUTHORIZER)
+        c.params(base_params("/hello"))
+        c.stdin_end()
+        r = c.read_response()
+        assert r.protocol_status == fcgi.UNKNOWN_ROLE
+        assert r.stdout == b""
+        assert c.request("/hello").body == b"Hello, World!"
+
+
+def test_get_values(spawn):
+    w = spawn(threads=3)
+    with w.client() as c:
+        values = c.get_values([b"FCGI_MAX_CONNS", b"FCGI_MAX_REQS", b"FCGI_MPXS_CONNS", b"OTHER"])
+        assert values == {b"FCGI_MAX_CONNS": b"3", b"FCGI_MAX_REQS": b"3", b"FCGI_MPXS_CONNS": b"0"}
+        assert c.request("/hello").body == b"Hello, World!"
+
+
+def test_unknown_management_type(worker):
+    with worker.client() as c:
+        c.send(fcgi.record(42, 0, b"whatever"))
+        rtype, rid, content = c.read_record()
+        assert (rtype, rid) == (fcgi.UNKNOWN_TYPE, 0)
+        assert content[0] == 42
+
+
+def test_second_request_while_busy_gets_cant_mpx(worker):
+    with worker.client() as c:
+        c.begin(req_id=1)
+        c.params(base_params("/sleep", query="0.3"), req_id=1)
+        c.stdin_end(req_id=1)
+        time.sleep(0.05)
+        c.begin(req_id=2)
+        c.params(base_params("/hello"), req_id=2)
+        c.stdin_end(req_id=2)
+        r2 = c.read_response(req_id=2)
+        assert r2.protocol_status == fcgi.CANT_MPX_CONN
+        c.records_seen = []
+        r1 = c.read_response(req_id=1)
+        assert r1.code == 200 and r1.protocol_status == 0
+        assert c.request("/hello").body == b"Hello, World!"
+
+
+def test_abort_mid_upload_raises_client_disconnected(worker):
+    with worker.client() as c:
+        c.begin()
+        c.params(base_params("/upload_abort", method="POST", CONTENT_LENGTH="1000000"))
+        c.stdin(b"u" * 5000)
+        time.sleep(0.1)
+        c.abort()
+        r = c.read_response()
+        assert r.app_status != 0
+        assert r.stdout == b""
+        assert b"Traceback" not in r.stderr  # a disconnect is not an app error
+        assert c.request("/hello").body == b"Hello, World!"
+    evs = events(worker)
+    assert evs == ["upload:ClientDisconnected:True:5000"]
+
+
+def test_eof_mid_upload_raises_client_disconnected(worker):
+    c = worker.client()
+    c.begin()
+    c.params(base_params("/upload_abort", method="POST", CONTENT_LENGTH="1000000"))
+    c.stdin(b"u" * 3000)
+    time.sleep(0.1)
+    c.close()
+    deadline = time.time() + 5
+    while time.time() < deadline:
+        evs = events(worker)
+        if evs:
+            break
+        time.sleep(0.05)
+    assert evs == ["upload:ClientDisconnected:True:3000"]
+
+
+def test_abort_stops_streaming_response(worker):
+    with worker.client() as c:
+        c.begin()
+        c.params(base_params("/slow_stream"))
+        c.stdin_end()
+        got = b""
+        while got.count(b"tick") < 5:
+            rtype, rid, content = c.read_record()
+            if rtype == fcgi.STDOUT:
+                got += content
+        c.abort()
+        t0 = time.time()
+        while True:
+            rtype, rid, content = c.read_record()
+            if rtype == fcgi.END_REQUEST:
+                break
+        assert time.time() - t0 < 1.0
+        assert struct.unpack(">I", content[:4])[0] != 0
+        assert c.request("/hello").body == b"Hello, World!"
+    assert "closed:slow" in events(worker)
+
+
+def test_abort_before_params(worker):
+    with worker.client() as c:
+        c.begin()
+        c.abort()
+        r = c.read_response()
+        assert r.stdout == b""
+        assert c.request("/hello").body == b"Hello, World!"
+
+
+def test_threads_serve_concurrently(spawn):
+    w = spawn(threads=4)
+    results = []
+
+    def one():
+        with w.client() as c:
+            results.append(c.request("/sleep", query="0.5").body)
+
+    t0 = time.time()
+    ts = [threading.Thread(target=one) for _ in range(4)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    assert time.time() - t0 < 1.5
+    assert len(set(results)) == 4  # four different worker threads
+
+
+def test_app_sys_exit_ends_worker(worker):
+    with worker.client() as c:
+        r = c.request("/exit")
+        assert r.code == 500
+    assert worker.proc.wait(5) == 7
+
+
+def test_sigterm_exits_promptly(worker):
+    c = worker.client()
+    c.begin()
+    c.params(base_params("/sleep", query="5"))
+    c.stdin_end()
+    time.sleep(0.1)
+    t0 = time.time()
+    worker.proc.terminate()
+    worker.proc.wait(3)
+    assert time.time() - t0 < 1.0
+    c.close()
+
+
+def test_malformed_input_closes_connection(worker):
+    with worker.client() as c:
+        c.send(b"\x07" * 64)  # bad version
+        assert c.sock.recv(100) == b""
+    assert worker.get("/hello").body == b"Hello, World!"

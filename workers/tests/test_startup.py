@@ -1,0 +1,85 @@
+"""Start-up per the worker contract, app loading, and the abi3 module in other Pythons."""
+import os
+import shutil
+import subprocess
+
+import pytest
+
+from conftest import APPS
+
+
+def test_ready_line(worker):
+    assert worker.ready_line == "READY\n"
+
+
+def test_import_error_exits_3(spawn):
+    w = spawn(app="broken_app:application", wait_ready=False)
+    assert w.proc.wait(10) == 3
+    assert w.ready_line.startswith("ERROR ")
+    assert w.ready_line.endswith("\n") and w.ready_line.count("\n") == 1
+    assert "frobnicate" in w.ready_line
+    assert "Traceback (most recent call last)" in w.stderr
+
+
+@pytest.mark.parametrize("app,needle", [
+    ("wsgi_app:nope", "no attribute"),
+    ("no_such_module_xyz:app", "No module named"),
+    ("", "FCGIBRIDGE_APP is not set"),
+    ("wsgi_app:EVENTS", "not callable"),
+])
+def test_bad_app_spec_exits_3(spawn, app, needle):
+    w = spawn(app=app, wait_ready=False)
+    assert w.proc.wait(10) == 3
+    assert w.ready_line.startswith("ERROR ") and needle in w.ready_line, w.ready_line
+
+
+def test_wsgi_file_path(spawn):
+    w = spawn(app=str(APPS / "hello.wsgi"), cwd="/")
+    assert w.get("/").body == b"wsgi file in apps"
+
+
+def test_py_file_path_with_callable(spawn):
+    w = spawn(app=str(APPS / "wsgi_app.py") + ":application", cwd="/")
+    assert w.get("/hello").body == b"Hello, World!"
+
+
+def test_fd0_replaced_by_devnull(spawn):
+    w = spawn()
+    target = os.readlink("/proc/%d/fd/0" % w.proc.pid)
+    assert target == "/dev/null"
+
+
+def _other_pythons():
+    found = []
+    for ver in ("3.9", "3.13"):
+        exe = None
+        pyenv = shutil.which("pyenv")
+        if pyenv:
+            try:
+                prefix = subprocess.run([pyenv, "prefix", ver], capture_output=True, text=True,
+                                        timeout=20).stdout.strip()
+                cand = os.path.join(prefix, "bin", "python" + ver)
+                if prefix and os.path.exists(cand):
+                    exe = cand
+            except (OSError, subprocess.SubprocessError):
+                pass
+        exe = exe or shutil.which("python" + ver)
+        if exe:
+            try:
+                subprocess.run([exe, "-c", "pass"], check=True, capture_output=True, timeout=20)
+            except (OSError, subprocess.SubprocessError):
+                exe = None
+        found.append(pytest.param(exe, id=ver))
+    return found
+
+
+@pytest.mark.parametrize("python", _other_pythons())
+def test_abi3_module_in_other_python(spawn, python):
+    if python is None:
+        pytest.skip("interpreter not installed")
+    w = spawn(python=python, threads=2)
+    assert w.get("/hello").body == b"Hello, World!"
+    r = w.get("/read", method="POST", query="readline", body=b"a\nbb\nccc")
+    assert r.body.endswith(b"a\nbb\nccc")
+    r = w.get("/raise_before")
+    assert r.code == 500 and b"RuntimeError" in r.stderr
