@@ -405,7 +405,7 @@ fn take_head(st: &mut RespState, data: Bytes, info: &RequestInfo<'_>, pool: &str
                 st.head_buf.extend_from_slice(&data);
                 None
             }
-            Err(e) => return Err(bad_head(info, pool, pid, &e.to_string())),
+            Err(e) => return Err(bad_head(info, pool, pid, &e)),
         }
     } else {
         st.head_buf.extend_from_slice(&data);
@@ -415,7 +415,7 @@ fn take_head(st: &mut RespState, data: Bytes, info: &RequestInfo<'_>, pool: &str
                 Some((head, rest))
             }
             Ok(None) => None,
-            Err(e) => return Err(bad_head(info, pool, pid, &e.to_string())),
+            Err(e) => return Err(bad_head(info, pool, pid, &e)),
         }
     };
     let Some((head, rest)) = parsed else { return Ok(None) };
@@ -433,9 +433,12 @@ fn take_head(st: &mut RespState, data: Bytes, info: &RequestInfo<'_>, pool: &str
     }
 }
 
-fn bad_head(info: &RequestInfo<'_>, pool: &str, pid: u32, why: &str) -> u16 {
-    tracing::error!(pool, pid, request_id = info.id, uri = info.uri, "malformed response header block from the worker, answering 502: {why}");
-    502
+fn bad_head(info: &RequestInfo<'_>, pool: &str, pid: u32, why: &fastcgi_server::Error) -> u16 {
+    // A control character in a value is the app's header (response splitting): 500.
+    // Anything else means the worker spoke broken CGI: 502.
+    let status = if matches!(why, fastcgi_server::Error::CgiBadHeaderValue { .. }) { 500 } else { 502 };
+    tracing::error!(pool, pid, request_id = info.id, uri = info.uri, "invalid response header block from the worker, answering {status}: {why}");
+    status
 }
 
 /// A worker's STDERR record (wsgi.errors, tracebacks): one log line per line.

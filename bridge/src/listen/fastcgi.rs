@@ -51,6 +51,7 @@ struct Conn {
     ctx: Arc<ListenerCtx>,
     peer: String,
     reqs: Vec<(u16, Req)>,
+    decoder: ServerConnection,
     out_tx: mpsc::Sender<Out>,
     wbuf: BytesMut,
     /// The last BEGIN_REQUEST asked to keep the connection.
@@ -66,8 +67,8 @@ where
     W: AsyncWrite + Unpin + Send + 'static,
 {
     let (out_tx, mut out_rx) = mpsc::channel::<Out>(OUT_QUEUE);
-    let mut decoder = ServerConnection::new(ctx.limits.clone());
     let mut conn = Conn {
+        decoder: ServerConnection::new(ctx.limits.clone()),
         ctx,
         peer,
         reqs: Vec::new(),
@@ -78,7 +79,7 @@ where
     };
     loop {
         if conn.pending.is_none() {
-            if let Err(e) = conn.process(&mut decoder) {
+            if let Err(e) = conn.process() {
                 // Whatever is queued for the web server still goes out; then this
                 // connection (only) closes, abandoning its requests.
                 tracing::warn!(listener = %conn.ctx.name, peer = %conn.peer, "FastCGI protocol error, closing the connection: {e}");
@@ -123,7 +124,7 @@ where
                 // A closed channel: the request no longer reads its body; drop the chunk.
                 conn.pending = None;
             }
-            n = rd.read_buf(reserve_buf(decoder.buffer_mut())), if conn.pending.is_none() => {
+            n = rd.read_buf(reserve_buf(conn.decoder.buffer_mut())), if conn.pending.is_none() => {
                 match n {
                     Ok(0) | Err(_) => {
                         // The web server closed (or reset) the connection: every request
@@ -179,6 +180,9 @@ impl Conn {
                 Some(End::Complete) => {
                     server::write_end_request(&mut self.wbuf, msg.id, 0, ProtocolStatus::RequestComplete, Padding::None);
                     self.remove(msg.id);
+                    // An early response (before the body ended): later records for this id
+                    // are skipped and the id may begin again.
+                    self.decoder.end_request(msg.id);
                 }
                 Some(End::CutOff) => {
                     tracing::warn!(listener = %self.ctx.name, peer = %self.peer, request = msg.id, "response cut off: closing the connection without END_REQUEST");
@@ -196,9 +200,28 @@ impl Conn {
     }
 
     /// Handle every complete record in the receive buffer.
-    fn process(&mut self, decoder: &mut ServerConnection) -> Result<(), fastcgi_server::Error> {
+    fn process(&mut self) -> Result<(), fastcgi_server::Error> {
         while self.pending.is_none() {
-            let Some(ev) = decoder.next_event()? else { break };
+            if let Some((id, len)) = late_abort(&mut self.decoder) {
+                // ABORT_REQUEST after the request's input was complete: the decoder has
+                // already released the id, but the request is still running here.
+                bytes::Buf::advance(self.decoder.buffer_mut(), len);
+                self.abort(id);
+                continue;
+            }
+            let ev = match self.decoder.next_event() {
+                Ok(Some(ev)) => ev,
+                Ok(None) => break,
+                Err(e) if !e.is_fatal() => {
+                    // Too many concurrent requests on this connection: refuse this one only.
+                    tracing::warn!(listener = %self.ctx.name, peer = %self.peer, "{e}");
+                    if let Some(id) = e.request_id() {
+                        server::write_end_request(&mut self.wbuf, id, 0, ProtocolStatus::Overloaded, Padding::None);
+                    }
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             match ev {
                 ServerEvent::BeginRequest { id, role, keep_conn } => {
                     self.keep_conn = keep_conn;
@@ -245,18 +268,7 @@ impl Conn {
                     None => {}
                 },
                 ServerEvent::Data { .. } | ServerEvent::DataEnd { .. } => {}
-                ServerEvent::Abort { id } => match self.find(id) {
-                    Some(Req::Starting { .. }) => {
-                        self.remove(id);
-                        server::write_end_request(&mut self.wbuf, id, 0, ProtocolStatus::RequestComplete, Padding::None);
-                    }
-                    Some(Req::Running { abort, .. }) => {
-                        if let Some(a) = abort.take() {
-                            let _ = a.send(());
-                        }
-                    }
-                    None => {}
-                },
+                ServerEvent::Abort { id } => self.abort(id),
                 ServerEvent::GetValues { names } => {
                     let max_conns = super::MAX_CONNS.to_string();
                     let max_reqs = self.ctx.max_reqs.to_string();
@@ -286,6 +298,23 @@ impl Conn {
         Ok(())
     }
 
+    /// FCGI_ABORT_REQUEST: a request not started yet ends at once; a running one is told
+    /// (it ends itself toward the worker and sends END_REQUEST).
+    fn abort(&mut self, id: u16) {
+        match self.find(id) {
+            Some(Req::Starting { .. }) => {
+                self.remove(id);
+                server::write_end_request(&mut self.wbuf, id, 0, ProtocolStatus::RequestComplete, Padding::None);
+            }
+            Some(Req::Running { abort, .. }) => {
+                if let Some(a) = abort.take() {
+                    let _ = a.send(());
+                }
+            }
+            None => {}
+        }
+    }
+
     /// Queue a body chunk for a running request, parking it if the channel is full.
     fn send_body(&mut self, id: u16, data: Bytes) {
         let Some(Req::Running { body: Some(tx), .. }) = self.find(id) else { return };
@@ -304,6 +333,10 @@ impl Conn {
         let Req::Starting { role, params, prefix, body_done } = req else { return };
         let Some(params) = params.take() else { return };
         let role = *role;
+        // An AUTHORIZER request has no body (Apache sends no STDIN at all).
+        if role == Role::Authorizer {
+            *body_done = true;
+        }
         let prefix = std::mem::take(prefix).freeze();
         let (abort_tx, abort_rx) = oneshot::channel();
         let (body_tx, body_rx) = if *body_done {
@@ -400,4 +433,21 @@ impl ResponseSink for FcgiSink {
         let msg = Out { id: self.id, data, end };
         async move { self.tx.send(msg).await.map_err(|_| FrontGone) }
     }
+}
+
+/// A complete ABORT_REQUEST record at the front of the buffer for an id the decoder no
+/// longer tracks: `(id, record length)`. The decoder skips such records silently, but the
+/// request may still be running in the bridge.
+fn late_abort(decoder: &mut ServerConnection) -> Option<(u16, usize)> {
+    const ABORT_REQUEST: u8 = 2;
+    let buf = decoder.buffer_mut();
+    if buf.len() < 8 || buf[0] != 1 || buf[1] != ABORT_REQUEST {
+        return None;
+    }
+    let id = u16::from_be_bytes([buf[2], buf[3]]);
+    let len = 8 + usize::from(u16::from_be_bytes([buf[4], buf[5]])) + usize::from(buf[6]);
+    if id == 0 || buf.len() < len || decoder.is_active(id) {
+        return None;
+    }
+    Some((id, len))
 }
