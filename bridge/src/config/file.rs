@@ -19,6 +19,7 @@ pub struct RawFile {
 }
 
 
+/// The `bridge:` section.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct RawBridge {
@@ -30,6 +31,7 @@ pub struct RawBridge {
 }
 
 
+/// One entry under `pools:`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct RawPool {
@@ -45,6 +47,7 @@ pub struct RawPool {
 }
 
 
+/// One entry under `listeners:`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct RawListener {
@@ -61,6 +64,7 @@ pub struct RawListener {
 }
 
 
+/// One item of a listener's `routes:` list.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct RawRoute {

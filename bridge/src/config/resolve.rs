@@ -9,6 +9,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::time::Duration;
 
+// Defaults; docs/configuration.md lists the same values.
 pub const DEFAULT_PYTHON: &str = "python3";
 pub const DEFAULT_PROCESSES: u32 = 2;
 pub const DEFAULT_THREADS: u32 = 4;

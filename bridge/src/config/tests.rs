@@ -293,6 +293,8 @@ fn counts_and_names_are_checked() {
         ("pools:\n  my pool:\n    app: x\n", "2:3: pools.my pool: pool name \"my pool\" may only use letters, digits, '_' and '-'"),
         ("pools:\n  x:\n    app: my-site\n", "3:5: pools.x.app: \"my-site\" is neither a Python module"),
         ("bridge:\n  log-format: jsno\n", "2:3: bridge.log-format: unknown format \"jsno\"; did you mean \"json\"?"),
+        ("bridge:\n  log-level: \"fcgibridge=loud\"\n", "2:3: bridge.log-level: \"fcgibridge=loud\" is not a log filter"),
+        ("bridge:\n  access-log: ''\n", "2:3: bridge.access-log: is empty"),
         ("listeners:\n  x:\n    fastcgi: 127.0.0.1:9100\n    pool: demo\n    socket-mode: '0600'\n", "5:5: listeners.x.socket-mode: applies only to unix socket listeners"),
         ("listeners:\n  x:\n    fastcgi: 127.0.0.1:9100\n    scgi: 127.0.0.1:9101\n    pool: demo\n", "4:5: listeners.x.scgi: a listener speaks one protocol"),
         ("listeners:\n  x:\n    fastcgi: example.com:9100\n    pool: demo\n", "3:5: listeners.x.fastcgi: \"example.com:9100\" is not an address"),
