@@ -71,26 +71,24 @@ pub fn run(args: &Args, out: &mut impl Write, err: &mut impl Write) -> Result<()
     let body = read_body(args.data.as_deref())?;
     let mut stream = connect(&args.address, args.timeout)?;
     let remote_port = stream.local_port().unwrap_or(0);
-    let params = build_params(args, body.as_ref().map(Vec::len), remote_port)?;
+    let params = build_params(args, body.as_ref().map(Body::len), remote_port)?;
     let pairs = || params.iter().map(|(n, v)| (n.as_bytes(), v.as_slice()));
-    let body = body.unwrap_or_default();
 
-    let mut request = BytesMut::new();
+    let mut head = BytesMut::new();
     if args.scgi {
-        fastcgi_server::scgi::write_request(&mut request, body.len() as u64, pairs());
-        request.extend_from_slice(&body);
+        let len = body.as_ref().map_or(0, Body::len);
+        fastcgi_server::scgi::write_request(&mut head, len, pairs());
     } else {
-        client::write_begin_request(&mut request, REQUEST_ID, Role::Responder, false);
-        client::write_params(&mut request, REQUEST_ID, pairs());
-        client::write_stdin(&mut request, REQUEST_ID, &body);
-        client::write_stdin_end(&mut request, REQUEST_ID);
+        client::write_begin_request(&mut head, REQUEST_ID, Role::Responder, false);
+        client::write_params(&mut head, REQUEST_ID, pairs());
     }
 
     let io_err = |source| RequestError::Io { address: args.address.clone(), source };
     // Write from a second thread: an application may answer (and fill our receive
     // buffer) before it has read the whole body, and neither side must wait on the other.
     let mut writer = stream.try_clone().map_err(io_err)?;
-    let sender = std::thread::spawn(move || writer.write_all(&request).and_then(|()| writer.flush()));
+    let (scgi, address) = (args.scgi, args.address.clone());
+    let sender = std::thread::spawn(move || send(&mut writer, &address, &head, body, scgi));
 
     let mut printer = Printer::new(&args.address);
     let result = if args.scgi {
@@ -100,31 +98,97 @@ pub fn run(args: &Args, out: &mut impl Write, err: &mut impl Write) -> Result<()
     };
     // The response is what matters; a body the application chose not to read is fine.
     stream.shutdown_both();
-    let _ = sender.join();
+    let sent = sender.join();
     result?;
+    if let Ok(Err(RequestError::Body { path, source })) = sent {
+        // The response arrived, but not for the body that was meant to be sent.
+        return Err(RequestError::Body { path, source });
+    }
     out.flush().map_err(io_err)
 }
 
+/// The request body: in memory, or a file streamed from disk so a large upload
+/// never has to fit in memory.
+enum Body {
+    Bytes(Vec<u8>),
+    File { path: PathBuf, file: std::fs::File, len: u64 },
+}
+
+impl Body {
+    fn len(&self) -> u64 {
+        match self {
+            Body::Bytes(b) => b.len() as u64,
+            Body::File { len, .. } => *len,
+        }
+    }
+}
+
+/// Write the request head, then the body (as STDIN records for FastCGI).
+fn send(stream: &mut Stream, address: &str, head: &[u8], body: Option<Body>, scgi: bool) -> Result<(), RequestError> {
+    let io = |source| RequestError::Io { address: address.to_owned(), source };
+    stream.write_all(head).map_err(io)?;
+    let mut records = BytesMut::new();
+    let mut chunk = |data: &[u8], stream: &mut Stream| -> io::Result<()> {
+        if scgi {
+            return stream.write_all(data);
+        }
+        records.clear();
+        client::write_stdin(&mut records, REQUEST_ID, data);
+        stream.write_all(&records)
+    };
+    match body {
+        None => {}
+        Some(Body::Bytes(bytes)) => {
+            for piece in bytes.chunks(64 << 10) {
+                chunk(piece, stream).map_err(io)?;
+            }
+        }
+        Some(Body::File { path, mut file, len }) => {
+            let mut buf = vec![0u8; 64 << 10];
+            let mut left = len;
+            while left > 0 {
+                let n = file.read(&mut buf).map_err(|source| RequestError::Body { path: path.clone(), source })?;
+                if n == 0 {
+                    let source = io::Error::new(io::ErrorKind::UnexpectedEof, "the file shrank while it was being sent");
+                    return Err(RequestError::Body { path, source });
+                }
+                let n = n.min(usize::try_from(left).unwrap_or(usize::MAX));
+                chunk(&buf[..n], stream).map_err(io)?;
+                left -= n as u64;
+            }
+        }
+    }
+    if !scgi {
+        records.clear();
+        client::write_stdin_end(&mut records, REQUEST_ID);
+        stream.write_all(&records).map_err(io)?;
+    }
+    stream.flush().map_err(io)
+}
+
 /// The request body from `-d`: the text itself, `@file`, or `@-` for stdin.
-fn read_body(data: Option<&str>) -> Result<Option<Vec<u8>>, RequestError> {
+fn read_body(data: Option<&str>) -> Result<Option<Body>, RequestError> {
     let Some(data) = data else { return Ok(None) };
     match data.strip_prefix('@') {
-        None => Ok(Some(data.as_bytes().to_vec())),
+        None => Ok(Some(Body::Bytes(data.as_bytes().to_vec()))),
         Some("-") => {
             let mut body = Vec::new();
             io::stdin()
                 .read_to_end(&mut body)
                 .map_err(|source| RequestError::Body { path: "stdin".into(), source })?;
-            Ok(Some(body))
+            Ok(Some(Body::Bytes(body)))
         }
-        Some(file) => std::fs::read(file)
-            .map(Some)
-            .map_err(|source| RequestError::Body { path: file.into(), source }),
+        Some(file) => {
+            let fail = |source| RequestError::Body { path: file.into(), source };
+            let opened = std::fs::File::open(file).map_err(fail)?;
+            let len = opened.metadata().map_err(fail)?.len();
+            Ok(Some(Body::File { path: file.into(), file: opened, len }))
+        }
     }
 }
 
 /// The CGI parameters nginx's `fastcgi_params` would send for this request.
-fn build_params(args: &Args, body_len: Option<usize>, remote_port: u16) -> Result<Vec<(String, Vec<u8>)>, RequestError> {
+fn build_params(args: &Args, body_len: Option<u64>, remote_port: u16) -> Result<Vec<(String, Vec<u8>)>, RequestError> {
     if !args.path.starts_with('/') {
         return Err(RequestError::Usage(format!("the path must start with '/', e.g. /{}", args.path)));
     }
@@ -491,7 +555,7 @@ mod tests {
         }
     }
 
-    fn params_of(args: &Args, body: Option<usize>) -> HashMap<String, String> {
+    fn params_of(args: &Args, body: Option<u64>) -> HashMap<String, String> {
         build_params(args, body, 4242)
             .unwrap()
             .into_iter()
@@ -607,11 +671,13 @@ mod tests {
         });
         let mut a = args("/upload");
         a.address = format!("unix:{}", sock.display());
-        a.data = Some("x".repeat(100_000));
+        let upload = dir.join("upload.bin");
+        std::fs::write(&upload, vec![b'x'; 300_000]).unwrap();
+        a.data = Some(format!("@{}", upload.display()));
         let (mut out, mut err) = (Vec::new(), Vec::new());
         run(&a, &mut out, &mut err).unwrap();
         app.join().unwrap();
-        assert_eq!(String::from_utf8(out).unwrap(), "HTTP/1.1 201 Created\r\nX-Method: POST\r\n\r\ngot 100000");
+        assert_eq!(String::from_utf8(out).unwrap(), "HTTP/1.1 201 Created\r\nX-Method: POST\r\n\r\ngot 300000");
         assert_eq!(err, b"a warning\n");
     }
 
