@@ -235,8 +235,44 @@ impl Conn {
         }
     }
 
+    /// The decoder forgets a request once its input is complete and then drops an
+    /// ABORT_REQUEST for it silently; the worker still needs to see that abort while
+    /// the response is being produced. So look at the raw records first: an ABORT for
+    /// the current request before any later BEGIN_REQUEST aborts it.
+    fn scan_for_abort(&mut self) {
+        let Some(r) = self.req.as_mut() else { return };
+        if r.aborted {
+            return;
+        }
+        let id = r.id;
+        let buf = &self.dec.buffer_mut()[..];
+        let mut off = 0usize;
+        while off + 8 <= buf.len() && buf[off] == 1 {
+            let ty = buf[off + 1];
+            let rid = u16::from_be_bytes([buf[off + 2], buf[off + 3]]);
+            let clen = u16::from_be_bytes([buf[off + 4], buf[off + 5]]) as usize;
+            let plen = buf[off + 6] as usize;
+            if ty == 1 {
+                break;
+            }
+            if ty == 2 && rid == id {
+                r.aborted = true;
+                break;
+            }
+            off += 8 + clen + plen;
+        }
+    }
+
+    /// Write END_REQUEST for `id` and make the decoder forget it (its remaining
+    /// input, if any, is skipped; the id may begin again).
+    fn end_id(&mut self, id: u16, app_status: u32, status: ProtocolStatus) {
+        write_end_request(&mut self.out, id, app_status, status, Padding::None);
+        self.dec.end_request(id);
+    }
+
     /// Handle every complete event in the receive buffer.
     fn process(&mut self) {
+        self.scan_for_abort();
         loop {
             match self.dec.next_event() {
                 Ok(None) => return,
@@ -266,22 +302,17 @@ impl Conn {
                 role,
                 keep_conn,
             } => {
-                if self.req.is_some() {
-                    write_end_request(
-                        &mut self.out,
-                        id,
-                        0,
-                        ProtocolStatus::CantMpxConn,
-                        Padding::None,
-                    );
+                if let Some(r) = &self.req {
+                    if r.id == id {
+                        eprintln!("fcgibridge worker: request id {id} began twice, closing the connection");
+                        self.rd_eof = true;
+                        self.broken = true;
+                        self.lost();
+                    } else {
+                        self.end_id(id, 0, ProtocolStatus::CantMpxConn);
+                    }
                 } else if role != Role::Responder {
-                    write_end_request(
-                        &mut self.out,
-                        id,
-                        0,
-                        ProtocolStatus::UnknownRole,
-                        Padding::None,
-                    );
+                    self.end_id(id, 0, ProtocolStatus::UnknownRole);
                 } else {
                     self.next_serial += 1;
                     self.req = Some(Req::new(id, keep_conn, self.next_serial));
@@ -349,13 +380,7 @@ impl Conn {
                     // Aborted before the app was called: nothing to run.
                     let id = r.id;
                     self.req = None;
-                    write_end_request(
-                        &mut self.out,
-                        id,
-                        1,
-                        ProtocolStatus::RequestComplete,
-                        Padding::None,
-                    );
+                    self.end_id(id, 1, ProtocolStatus::RequestComplete);
                     continue;
                 }
                 if r.params.is_some() {
@@ -589,13 +614,7 @@ impl Conn {
         let Some(r) = self.req.take() else {
             return false;
         };
-        write_end_request(
-            &mut self.out,
-            r.id,
-            status,
-            ProtocolStatus::RequestComplete,
-            Padding::None,
-        );
+        self.end_id(r.id, status, ProtocolStatus::RequestComplete);
         keep && !self.rd_eof && self.usable()
     }
 }

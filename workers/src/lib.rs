@@ -208,6 +208,20 @@ fn bytes_of<'a, 'py>(item: &'a Bound<'py, PyAny>) -> PyResult<&'a Bound<'py, PyB
     })
 }
 
+/// Before the first body bytes: the app must have called start_response.
+/// `Ok(false)` when the request was aborted (stop producing).
+fn check_started(py: Python<'_>, shared: &Shared, serial: u64) -> PyResult<bool> {
+    let mut c = shared.lock_py(py);
+    match c.cur(serial) {
+        Some(r) if r.aborted => Ok(false),
+        Some(r) if !r.started => Err(PyRuntimeError::new_err(
+            "the application returned body data without calling start_response()",
+        )),
+        Some(_) => Ok(true),
+        None => Ok(false),
+    }
+}
+
 fn is_aborted(py: Python<'_>, shared: &Shared, serial: u64) -> bool {
     shared.lock_py(py).cur(serial).map_or(true, |r| r.aborted)
 }
@@ -223,6 +237,9 @@ fn send_sequence(
     let mut total = 0u64;
     for item in items {
         total += bytes_of(item)?.as_bytes().len() as u64;
+    }
+    if total > 0 && !check_started(py, shared, serial)? {
+        return Ok(());
     }
     {
         let mut c = shared.lock_py(py);
@@ -279,6 +296,9 @@ fn send_file(py: Python<'_>, shared: &Shared, serial: u64, fw: &FileWrapper) -> 
     else {
         return Ok(false);
     };
+    if !check_started(py, shared, serial)? {
+        return Ok(true);
+    }
     let file_ref: &File = &file;
     py.detach(|| shared.lock().push_file(serial, file_ref, offset))?;
     Ok(true)
@@ -299,6 +319,9 @@ fn send_iterable(
                 break;
             }
             continue;
+        }
+        if !check_started(py, shared, serial)? {
+            break;
         }
         let more = py.detach(|| {
             let mut c = shared.lock();

@@ -87,7 +87,7 @@ def application(environ, start_response):
                 if not line:
                     break
                 parts.append(line)
-        elif mode.startswith("readline"):
+        elif mode.startswith("readline") and mode[8:].isdigit():
             n = int(mode[8:])
             parts = []
             while True:
@@ -102,7 +102,7 @@ def application(environ, start_response):
             parts = list(inp)
         else:
             raise ValueError(mode)
-        after = inp.read()
+        after = inp.read(1 << 20)
         body = json.dumps({"lens": [len(p) for p in parts], "after": len(after),
                            "lines_end_nl": all(p.endswith(b"\n") for p in parts[:-1])})
         start_response("200 OK", [("Content-Type", "application/json")])
