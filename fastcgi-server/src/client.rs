@@ -5,19 +5,40 @@
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use crate::params::{decode_pairs, pair_len, write_pair};
-use crate::record::{write_header, write_record, Header, Padding, RecordType, HEADER_LEN, MANAGEMENT_ID, MAX_CONTENT_LEN, VERSION_1};
+use crate::record::{
+    write_header, write_record, Header, Padding, RecordType, HEADER_LEN, MANAGEMENT_ID,
+    MAX_CONTENT_LEN, VERSION_1,
+};
 use crate::server::write_management_pairs;
 use crate::{params::Params, Error, Limits, ProtocolStatus, Role};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ClientEvent {
-    Stdout { id: u16, data: Bytes },
-    StdoutEnd { id: u16 },
-    Stderr { id: u16, data: Bytes },
-    StderrEnd { id: u16 },
-    EndRequest { id: u16, app_status: u32, protocol_status: ProtocolStatus },
-    GetValuesResult { values: Params },
-    UnknownType { record_type: u8 },
+    Stdout {
+        id: u16,
+        data: Bytes,
+    },
+    StdoutEnd {
+        id: u16,
+    },
+    Stderr {
+        id: u16,
+        data: Bytes,
+    },
+    StderrEnd {
+        id: u16,
+    },
+    EndRequest {
+        id: u16,
+        app_status: u32,
+        protocol_status: ProtocolStatus,
+    },
+    GetValuesResult {
+        values: Params,
+    },
+    UnknownType {
+        record_type: u8,
+    },
 }
 
 /// The web-server side of one connection: decodes the application's replies.
@@ -30,7 +51,11 @@ pub struct ClientConnection {
 
 impl ClientConnection {
     pub fn new(limits: Limits) -> Self {
-        ClientConnection { buf: BytesMut::new(), limits, broken: None }
+        ClientConnection {
+            buf: BytesMut::new(),
+            limits,
+            broken: None,
+        }
     }
     pub fn feed(&mut self, data: &[u8]) {
         self.buf.extend_from_slice(data);
@@ -49,7 +74,9 @@ impl ClientConnection {
             if let Some(e) = &self.broken {
                 return Err(e.clone());
             }
-            let Some(h) = Header::peek(&self.buf) else { return Ok(None) };
+            let Some(h) = Header::peek(&self.buf) else {
+                return Ok(None);
+            };
             if h.version != VERSION_1 {
                 let e = Error::BadVersion(h.version);
                 self.broken = Some(e.clone());
@@ -70,7 +97,11 @@ impl ClientConnection {
         let id = h.request_id;
         let len = h.content_length as usize;
         self.buf.advance(HEADER_LEN);
-        let content = if len == 0 { Bytes::new() } else { self.buf.split_to(len).freeze() };
+        let content = if len == 0 {
+            Bytes::new()
+        } else {
+            self.buf.split_to(len).freeze()
+        };
         self.buf.advance(h.padding_length as usize);
         let unexpected = |ty: RecordType| Error::UnexpectedRecord {
             request_id: id,
@@ -89,10 +120,12 @@ impl ClientConnection {
                 false => ClientEvent::Stderr { id, data: content },
             },
             RecordType::EndRequest if !management => {
-                let b: &[u8; 8] = content
-                    .get(..8)
-                    .and_then(|s| s.try_into().ok())
-                    .ok_or(Error::BadEndRequestBody { request_id: id, len: content.len() })?;
+                let b: &[u8; 8] = content.get(..8).and_then(|s| s.try_into().ok()).ok_or(
+                    Error::BadEndRequestBody {
+                        request_id: id,
+                        len: content.len(),
+                    },
+                )?;
                 ClientEvent::EndRequest {
                     id,
                     app_status: u32::from_be_bytes([b[0], b[1], b[2], b[3]]),
@@ -125,14 +158,28 @@ impl std::fmt::Debug for ClientConnection {
 /// BEGIN_REQUEST for `id` in `role`; `keep_conn` asks the application to keep the connection open.
 pub fn write_begin_request(out: &mut impl BufMut, id: u16, role: Role, keep_conn: bool) {
     let r = role.as_u16().to_be_bytes();
-    let flags = if keep_conn { crate::record::FCGI_KEEP_CONN } else { 0 };
-    write_record(out, RecordType::BeginRequest, id, &[r[0], r[1], flags, 0, 0, 0, 0, 0], Padding::None);
+    let flags = if keep_conn {
+        crate::record::FCGI_KEEP_CONN
+    } else {
+        0
+    };
+    write_record(
+        out,
+        RecordType::BeginRequest,
+        id,
+        &[r[0], r[1], flags, 0, 0, 0, 0, 0],
+        Padding::None,
+    );
 }
 /// The whole PARAMS stream including its terminating empty record.
 ///
 /// Records are filled to 65535 bytes; a pair may straddle two records (the spec allows it and
 /// every decoder here handles it).
-pub fn write_params<'a>(out: &mut impl BufMut, id: u16, pairs: impl IntoIterator<Item = (&'a [u8], &'a [u8])>) {
+pub fn write_params<'a>(
+    out: &mut impl BufMut,
+    id: u16,
+    pairs: impl IntoIterator<Item = (&'a [u8], &'a [u8])>,
+) {
     let pairs = pairs.into_iter();
     let mut body = Vec::with_capacity(pairs.size_hint().0 * 32);
     for (n, v) in pairs {
@@ -169,7 +216,11 @@ pub fn write_abort(out: &mut impl BufMut, id: u16) {
 }
 /// One GET_VALUES record (names with empty values). Names past 65535 bytes are left out.
 pub fn write_get_values<'a>(out: &mut impl BufMut, names: impl IntoIterator<Item = &'a [u8]>) {
-    write_management_pairs(out, RecordType::GetValues, names.into_iter().map(|n| (n, &[][..])));
+    write_management_pairs(
+        out,
+        RecordType::GetValues,
+        names.into_iter().map(|n| (n, &[][..])),
+    );
 }
 
 #[cfg(test)]
@@ -191,18 +242,34 @@ mod tests {
         server::write_stdout(&mut b, 3, b"Status: 200 OK\r\n\r\nhi", Padding::Align8);
         server::write_stderr(&mut b, 3, b"warn", Padding::None);
         write_record(&mut b, RecordType::Stderr, 3, b"", Padding::None);
-        server::write_end_request(&mut b, 3, 7, ProtocolStatus::RequestComplete, Padding::Align8);
+        server::write_end_request(
+            &mut b,
+            3,
+            7,
+            ProtocolStatus::RequestComplete,
+            Padding::Align8,
+        );
         let mut c = ClientConnection::new(Limits::default());
         c.feed(&b);
         let ev = drain(&mut c);
         assert_eq!(
             ev,
             vec![
-                ClientEvent::Stdout { id: 3, data: Bytes::from_static(b"Status: 200 OK\r\n\r\nhi") },
-                ClientEvent::Stderr { id: 3, data: Bytes::from_static(b"warn") },
+                ClientEvent::Stdout {
+                    id: 3,
+                    data: Bytes::from_static(b"Status: 200 OK\r\n\r\nhi")
+                },
+                ClientEvent::Stderr {
+                    id: 3,
+                    data: Bytes::from_static(b"warn")
+                },
                 ClientEvent::StderrEnd { id: 3 },
                 ClientEvent::StdoutEnd { id: 3 },
-                ClientEvent::EndRequest { id: 3, app_status: 7, protocol_status: ProtocolStatus::RequestComplete },
+                ClientEvent::EndRequest {
+                    id: 3,
+                    app_status: 7,
+                    protocol_status: ProtocolStatus::RequestComplete
+                },
             ]
         );
     }
@@ -210,7 +277,13 @@ mod tests {
     #[test]
     fn management_replies() {
         let mut b = Vec::new();
-        server::write_get_values_result(&mut b, [(&b"FCGI_MAX_REQS"[..], &b"10"[..]), (b"FCGI_MPXS_CONNS", b"0")]);
+        server::write_get_values_result(
+            &mut b,
+            [
+                (&b"FCGI_MAX_REQS"[..], &b"10"[..]),
+                (b"FCGI_MPXS_CONNS", b"0"),
+            ],
+        );
         server::write_unknown_type(&mut b, 200);
         write_record(&mut b, RecordType::Other(99), 0, b"skip me", Padding::None);
         let mut c = ClientConnection::new(Limits::default());
@@ -218,7 +291,9 @@ mod tests {
         let ev = drain(&mut c);
         assert_eq!(ev.len(), 2);
         match &ev[0] {
-            ClientEvent::GetValuesResult { values } => assert_eq!(values.get(b"FCGI_MAX_REQS"), Some(&b"10"[..])),
+            ClientEvent::GetValuesResult { values } => {
+                assert_eq!(values.get(b"FCGI_MAX_REQS"), Some(&b"10"[..]))
+            }
             e => panic!("{e:?}"),
         }
         assert_eq!(ev[1], ClientEvent::UnknownType { record_type: 200 });
@@ -227,23 +302,46 @@ mod tests {
     #[test]
     fn errors() {
         let cases: Vec<(Vec<u8>, Error)> = vec![
-            (b"\x00\x06\x00\x01\x00\x00\x00\x00".to_vec(), Error::BadVersion(0)),
+            (
+                b"\x00\x06\x00\x01\x00\x00\x00\x00".to_vec(),
+                Error::BadVersion(0),
+            ),
             (
                 b"\x01\x03\x00\x01\x00\x04\x00\x00\x00\x00\x00\x00".to_vec(),
-                Error::BadEndRequestBody { request_id: 1, len: 4 },
+                Error::BadEndRequestBody {
+                    request_id: 1,
+                    len: 4,
+                },
             ),
-            (b"\x01\x0b\x00\x00\x00\x01\x00\x00\x05".to_vec(), Error::BadUnknownTypeBody { len: 1 }),
+            (
+                b"\x01\x0b\x00\x00\x00\x01\x00\x00\x05".to_vec(),
+                Error::BadUnknownTypeBody { len: 1 },
+            ),
             (
                 b"\x01\x01\x00\x01\x00\x00\x00\x00".to_vec(),
-                Error::UnexpectedRecord { request_id: 1, record_type: 1, name: "FCGI_BEGIN_REQUEST", peer: "application" },
+                Error::UnexpectedRecord {
+                    request_id: 1,
+                    record_type: 1,
+                    name: "FCGI_BEGIN_REQUEST",
+                    peer: "application",
+                },
             ),
             (
                 b"\x01\x06\x00\x00\x00\x00\x00\x00".to_vec(),
-                Error::UnexpectedRecord { request_id: 0, record_type: 6, name: "FCGI_STDOUT", peer: "application" },
+                Error::UnexpectedRecord {
+                    request_id: 0,
+                    record_type: 6,
+                    name: "FCGI_STDOUT",
+                    peer: "application",
+                },
             ),
             (
                 b"\x01\x0a\x00\x00\x00\x02\x00\x00\x05\x00".to_vec(),
-                Error::TruncatedPair { request_id: 0, record_type: "FCGI_GET_VALUES_RESULT", pending: 2 },
+                Error::TruncatedPair {
+                    request_id: 0,
+                    record_type: "FCGI_GET_VALUES_RESULT",
+                    pending: 2,
+                },
             ),
         ];
         for (bytes, want) in cases {
@@ -257,7 +355,10 @@ mod tests {
     fn request_encoders_round_trip() {
         let mut b = Vec::new();
         write_begin_request(&mut b, 1, Role::Filter, false);
-        assert_eq!(&b[..], b"\x01\x01\x00\x01\x00\x08\x00\x00\x00\x03\x00\x00\x00\x00\x00\x00");
+        assert_eq!(
+            &b[..],
+            b"\x01\x01\x00\x01\x00\x08\x00\x00\x00\x03\x00\x00\x00\x00\x00\x00"
+        );
         let big = vec![b'x'; 100_000];
         write_params(&mut b, 1, [(&b"BIG"[..], &big[..]), (b"A", b"b")]);
         write_stdin(&mut b, 1, &big);

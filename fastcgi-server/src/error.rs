@@ -8,20 +8,34 @@
 pub enum Error {
     #[error("unsupported FastCGI version {0} (only 1 exists)")]
     BadVersion(u8),
-    #[error("request {request_id}: PARAMS exceed the limit of {limit} bytes (Limits::max_params_bytes)")]
+    #[error(
+        "request {request_id}: PARAMS exceed the limit of {limit} bytes (Limits::max_params_bytes)"
+    )]
     ParamsTooLarge { request_id: u16, limit: usize },
     #[error("malformed: {0}")]
     Malformed(&'static str),
 
     // ---- FastCGI name-value pairs ----
     #[error("request {request_id}: a parameter name of {len} bytes exceeds the limit of {limit} (Limits::max_name_len)")]
-    NameTooLong { request_id: u16, len: usize, limit: usize },
+    NameTooLong {
+        request_id: u16,
+        len: usize,
+        limit: usize,
+    },
     #[error("request {request_id}: a parameter value of {len} bytes exceeds the limit of {limit} (Limits::max_value_len)")]
-    ValueTooLong { request_id: u16, len: usize, limit: usize },
+    ValueTooLong {
+        request_id: u16,
+        len: usize,
+        limit: usize,
+    },
     #[error("request {request_id}: more than {limit} PARAMS records (Limits::max_params_records)")]
     TooManyParamsRecords { request_id: u16, limit: usize },
     #[error("request {request_id}: {record_type} ends inside a name-value pair ({pending} bytes of an incomplete pair left)")]
-    TruncatedPair { request_id: u16, record_type: &'static str, pending: usize },
+    TruncatedPair {
+        request_id: u16,
+        record_type: &'static str,
+        pending: usize,
+    },
 
     // ---- FastCGI records ----
     #[error("request {request_id}: FCGI_BEGIN_REQUEST body is {len} bytes, expected 8")]
@@ -35,12 +49,19 @@ pub enum Error {
     #[error("request {request_id}: refused, {limit} requests are already active on this connection (Limits::max_concurrent_requests)")]
     TooManyRequests { request_id: u16, limit: usize },
     #[error("request {request_id}: unexpected {name} record (type {record_type}) from the {peer}")]
-    UnexpectedRecord { request_id: u16, record_type: u8, name: &'static str, peer: &'static str },
+    UnexpectedRecord {
+        request_id: u16,
+        record_type: u8,
+        name: &'static str,
+        peer: &'static str,
+    },
     #[error("request {request_id}: {name} record after that stream's empty end record")]
     RecordAfterStreamEnd { request_id: u16, name: &'static str },
 
     // ---- SCGI ----
-    #[error("SCGI: netstring length is not a decimal number (byte {byte:#04x} at offset {offset})")]
+    #[error(
+        "SCGI: netstring length is not a decimal number (byte {byte:#04x} at offset {offset})"
+    )]
     ScgiBadLength { byte: u8, offset: usize },
     #[error("SCGI: header netstring of {len} bytes exceeds the limit of {limit} (Limits::max_params_bytes)")]
     ScgiHeadersTooLarge { len: u64, limit: usize },
@@ -48,7 +69,9 @@ pub enum Error {
     ScgiMissingComma { found: u8 },
     #[error("SCGI: header netstring does not end with a NUL-terminated string")]
     ScgiUnterminatedString,
-    #[error("SCGI: header netstring holds an odd number of strings ({count}); a name lacks its value")]
+    #[error(
+        "SCGI: header netstring holds an odd number of strings ({count}); a name lacks its value"
+    )]
     ScgiOddStrings { count: usize },
     #[error("SCGI: the first header is not CONTENT_LENGTH")]
     ScgiMissingContentLength,
@@ -56,13 +79,19 @@ pub enum Error {
     ScgiBadContentLength { value: String },
     #[error("SCGI: CONTENT_LENGTH appears more than once")]
     ScgiDuplicateContentLength,
-    #[error("SCGI: a header name of {len} bytes exceeds the limit of {limit} (Limits::max_name_len)")]
+    #[error(
+        "SCGI: a header name of {len} bytes exceeds the limit of {limit} (Limits::max_name_len)"
+    )]
     ScgiNameTooLong { len: usize, limit: usize },
-    #[error("SCGI: a header value of {len} bytes exceeds the limit of {limit} (Limits::max_value_len)")]
+    #[error(
+        "SCGI: a header value of {len} bytes exceeds the limit of {limit} (Limits::max_value_len)"
+    )]
     ScgiValueTooLong { len: usize, limit: usize },
 
     // ---- CGI response head ----
-    #[error("CGI response: no end of the header block within {limit} bytes (Limits::max_header_block)")]
+    #[error(
+        "CGI response: no end of the header block within {limit} bytes (Limits::max_header_block)"
+    )]
     CgiHeadTooLarge { limit: usize },
     #[error("CGI response: header line {line} has no ':'")]
     CgiMissingColon { line: usize },

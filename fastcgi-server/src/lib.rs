@@ -83,6 +83,7 @@ mod limits;
 pub mod params;
 pub mod record;
 pub mod scgi;
+mod search;
 pub mod server;
 
 pub use error::Error;

@@ -5,87 +5,205 @@
 //! anywhere — h2o cuts at 65535 bytes even inside a pair — so [`ParamsDecoder`] carries an
 //! incomplete pair over to the next record.
 //!
-//! Names and values are [`Bytes`] slices of the received records: decoding a request copies
-//! nothing except a pair that straddles two records.
+//! Decoding copies nothing except a pair that straddles two records: [`Params`] keeps the
+//! received record contents and, per pair, the offsets of its name and value in them. That
+//! also spares a reference-count update per name and value, which was most of the cost of
+//! decoding a typical request.
 use std::collections::HashMap;
+use std::fmt;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::{Error, Limits};
+
+/// Where a name or value lies: a range of one of the stored chunks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Span {
+    chunk: u32,
+    start: usize,
+    len: usize,
+}
+
+/// The empty name or value, valid whatever is stored.
+const EMPTY: Span = Span {
+    chunk: 0,
+    start: 0,
+    len: 0,
+};
 
 /// A request's parameters in arrival order; a repeated name keeps its LAST value.
 ///
 /// A repeated name stays at the position of its FIRST occurrence and takes the value of its
 /// last one (nginx repeats a name when a `fastcgi_param` overrides one from `fastcgi_params`;
 /// the override must win). Names are compared byte for byte, case-sensitively.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Clone, Default)]
 pub struct Params {
-    pairs: Vec<(Bytes, Bytes)>,
+    entries: Vec<(Span, Span)>,
+    /// Chunk 0: usually the whole PARAMS record, so one request needs no other.
+    first: Bytes,
+    /// Chunks 1..: further records, straddling pairs joined, inserted names and values.
+    more: Vec<Bytes>,
 }
 
 impl Params {
     /// An empty set with room for `n` pairs.
     pub fn with_capacity(n: usize) -> Self {
-        Params { pairs: Vec::with_capacity(n) }
+        Params {
+            entries: Vec::with_capacity(n),
+            ..Params::default()
+        }
     }
     /// Build from pairs; a repeated name keeps its last value (at its first position).
     pub fn from_pairs(pairs: Vec<(Bytes, Bytes)>) -> Self {
-        let mut p = Params { pairs };
+        let mut p = Params::with_capacity(pairs.len());
+        for (n, v) in pairs {
+            let n = p.store(n);
+            let v = p.store(v);
+            p.entries.push((n, v));
+        }
         p.dedup_last_wins();
         p
     }
     /// The value of `name`.
     pub fn get(&self, name: &[u8]) -> Option<&[u8]> {
-        self.get_bytes(name).map(|v| &v[..])
-    }
-    /// The value of `name` as a cheaply clonable [`Bytes`].
-    pub fn get_bytes(&self, name: &[u8]) -> Option<&Bytes> {
         // From the back so that the last value wins even before de-duplication.
-        self.pairs.iter().rev().find(|(n, _)| n.as_ref() == name).map(|(_, v)| v)
+        self.entries
+            .iter()
+            .rev()
+            .find(|(n, _)| self.slice(*n) == name)
+            .map(|(_, v)| self.slice(*v))
+    }
+    /// The value of `name` as a [`Bytes`] sharing the received buffer.
+    pub fn get_bytes(&self, name: &[u8]) -> Option<Bytes> {
+        self.entries
+            .iter()
+            .rev()
+            .find(|(n, _)| self.slice(*n) == name)
+            .map(|(_, v)| self.bytes(*v))
     }
     pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
-        self.pairs.iter().map(|(n, v)| (&n[..], &v[..]))
+        self.entries
+            .iter()
+            .map(|(n, v)| (self.slice(*n), self.slice(*v)))
     }
-    /// The pairs as stored, names unique.
-    pub fn pairs(&self) -> &[(Bytes, Bytes)] {
-        &self.pairs
-    }
-    /// Take the pairs out.
+    /// The pairs as [`Bytes`] sharing the received buffer, names unique, in order.
     pub fn into_pairs(self) -> Vec<(Bytes, Bytes)> {
-        self.pairs
+        self.entries
+            .iter()
+            .map(|(n, v)| (self.bytes(*n), self.bytes(*v)))
+            .collect()
     }
     pub fn len(&self) -> usize {
-        self.pairs.len()
+        self.entries.len()
     }
     pub fn is_empty(&self) -> bool {
-        self.pairs.is_empty()
+        self.entries.is_empty()
     }
     /// Add or replace (last wins).
     pub fn insert(&mut self, name: impl Into<Bytes>, value: impl Into<Bytes>) {
         let name = name.into();
         let value = value.into();
-        match self.pairs.iter_mut().find(|(n, _)| *n == name) {
-            Some(slot) => slot.1 = value,
-            None => self.pairs.push((name, value)),
+        match self
+            .entries
+            .iter()
+            .position(|(n, _)| self.slice(*n) == &name[..])
+        {
+            Some(i) => {
+                let v = self.store(value);
+                self.entries[i].1 = v;
+            }
+            None => {
+                let n = self.store(name);
+                let v = self.store(value);
+                self.entries.push((n, v));
+            }
         }
     }
     pub fn remove(&mut self, name: &[u8]) -> Option<Bytes> {
-        let i = self.pairs.iter().position(|(n, _)| n.as_ref() == name)?;
-        Some(self.pairs.remove(i).1)
+        let i = self
+            .entries
+            .iter()
+            .position(|(n, _)| self.slice(*n) == name)?;
+        let (_, v) = self.entries.remove(i);
+        Some(self.bytes(v))
     }
     /// Bytes these pairs take when encoded with [`write_pair`].
     pub fn encoded_len(&self) -> usize {
         self.iter().map(|(n, v)| pair_len(n, v)).sum()
     }
 
-    /// Append without checking for a repeated name; [`Params::dedup_last_wins`] must follow.
-    fn push_raw(&mut self, name: Bytes, value: Bytes) {
-        self.pairs.push((name, value));
+    #[inline]
+    fn chunk(&self, i: u32) -> &Bytes {
+        match i {
+            0 => &self.first,
+            // Spans are only made by `store`/`next_chunk`, which keep the index in range.
+            i => &self.more[i as usize - 1],
+        }
+    }
+    #[inline]
+    fn slice(&self, s: Span) -> &[u8] {
+        &self.chunk(s.chunk)[s.start..s.start + s.len]
+    }
+    fn bytes(&self, s: Span) -> Bytes {
+        self.chunk(s.chunk).slice(s.start..s.start + s.len)
+    }
+    /// The index the next stored chunk gets.
+    #[inline]
+    fn next_chunk(&self) -> u32 {
+        if self.first.is_empty() && self.more.is_empty() {
+            0
+        } else {
+            self.more.len() as u32 + 1
+        }
+    }
+    /// Keep `b` and return its index (see `next_chunk`).
+    fn add_chunk(&mut self, b: Bytes) -> u32 {
+        let i = self.next_chunk();
+        if i == 0 {
+            self.first = b;
+        } else {
+            self.more.push(b);
+        }
+        i
+    }
+    fn store(&mut self, b: Bytes) -> Span {
+        if b.is_empty() {
+            return EMPTY;
+        }
+        let len = b.len();
+        Span {
+            chunk: self.add_chunk(b),
+            start: 0,
+            len,
+        }
+    }
+
+    /// Params over one received block (SCGI headers): chunk 0 is `block`.
+    pub(crate) fn over_block(block: Bytes, capacity: usize) -> Self {
+        Params {
+            entries: Vec::with_capacity(capacity),
+            first: block,
+            more: Vec::new(),
+        }
+    }
+    /// Append a pair given as ranges of the block of [`Params::over_block`], repeats unresolved.
+    pub(crate) fn push_block_pair(
+        &mut self,
+        name: std::ops::Range<usize>,
+        value: std::ops::Range<usize>,
+    ) {
+        let span = |r: std::ops::Range<usize>| Span {
+            chunk: 0,
+            start: r.start,
+            len: r.end - r.start,
+        };
+        debug_assert!(name.end <= self.first.len() && value.end <= self.first.len());
+        self.entries.push((span(name), span(value)));
     }
 
     /// Resolve repeated names: first position, last value.
-    fn dedup_last_wins(&mut self) {
-        let n = self.pairs.len();
+    pub(crate) fn dedup_last_wins(&mut self) {
+        let n = self.entries.len();
         if n < 2 {
             return;
         }
@@ -95,14 +213,16 @@ impl Params {
             let mut filter = [0u64; 16];
             let mut found = false;
             for i in 0..n {
-                let bit = fingerprint(&self.pairs[i].0);
+                let name = self.slice(self.entries[i].0);
+                let bit = fingerprint(name);
                 let (word, mask) = (bit >> 6, 1u64 << (bit & 63));
-                if filter[word] & mask != 0 {
-                    let name = &self.pairs[i].0;
-                    if self.pairs[..i].iter().any(|(m, _)| m == name) {
-                        found = true;
-                        break;
-                    }
+                if filter[word] & mask != 0
+                    && self.entries[..i]
+                        .iter()
+                        .any(|(m, _)| self.slice(*m) == name)
+                {
+                    found = true;
+                    break;
                 }
                 filter[word] |= mask;
             }
@@ -113,8 +233,8 @@ impl Params {
         // Slow path: a real repeat, or many names (hashing keeps a flood of pairs linear).
         let mut first: HashMap<&[u8], usize> = HashMap::with_capacity(n);
         let mut moves: Vec<(usize, usize)> = Vec::new();
-        for (i, (name, _)) in self.pairs.iter().enumerate() {
-            match first.entry(&name[..]) {
+        for (i, (name, _)) in self.entries.iter().enumerate() {
+            match first.entry(self.slice(*name)) {
                 std::collections::hash_map::Entry::Occupied(e) => moves.push((i, *e.get())),
                 std::collections::hash_map::Entry::Vacant(e) => {
                     e.insert(i);
@@ -127,12 +247,11 @@ impl Params {
         }
         let mut keep = vec![true; n];
         for &(from, to) in &moves {
-            let v = self.pairs[from].1.clone();
-            self.pairs[to].1 = v;
+            self.entries[to].1 = self.entries[from].1;
             keep[from] = false;
         }
         let mut i = 0;
-        self.pairs.retain(|_| {
+        self.entries.retain(|_| {
             let k = keep[i];
             i += 1;
             k
@@ -140,9 +259,32 @@ impl Params {
     }
 }
 
+impl PartialEq for Params {
+    fn eq(&self, other: &Self) -> bool {
+        self.len() == other.len() && self.iter().eq(other.iter())
+    }
+}
+
+impl Eq for Params {}
+
+impl fmt::Debug for Params {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map()
+            .entries(
+                self.iter()
+                    .map(|(n, v)| (n.escape_ascii().to_string(), v.escape_ascii().to_string())),
+            )
+            .finish()
+    }
+}
+
 impl<N: Into<Bytes>, V: Into<Bytes>> FromIterator<(N, V)> for Params {
     fn from_iter<T: IntoIterator<Item = (N, V)>>(iter: T) -> Self {
-        Params::from_pairs(iter.into_iter().map(|(n, v)| (n.into(), v.into())).collect())
+        Params::from_pairs(
+            iter.into_iter()
+                .map(|(n, v)| (n.into(), v.into()))
+                .collect(),
+        )
     }
 }
 
@@ -150,7 +292,7 @@ impl IntoIterator for Params {
     type Item = (Bytes, Bytes);
     type IntoIter = std::vec::IntoIter<(Bytes, Bytes)>;
     fn into_iter(self) -> Self::IntoIter {
-        self.pairs.into_iter()
+        self.into_pairs().into_iter()
     }
 }
 
@@ -231,18 +373,32 @@ fn scan(
 ) -> Result<usize, Error> {
     let mut pos = 0;
     loop {
-        let Some((nl, a)) = read_len(b, pos) else { return Ok(pos) };
+        let Some((nl, a)) = read_len(b, pos) else {
+            return Ok(pos);
+        };
         let Some((vl, c)) = read_len(b, pos + a) else {
             if nl > limits.max_name_len {
-                return Err(Error::NameTooLong { request_id, len: nl, limit: limits.max_name_len });
+                return Err(Error::NameTooLong {
+                    request_id,
+                    len: nl,
+                    limit: limits.max_name_len,
+                });
             }
             return Ok(pos);
         };
         if nl > limits.max_name_len {
-            return Err(Error::NameTooLong { request_id, len: nl, limit: limits.max_name_len });
+            return Err(Error::NameTooLong {
+                request_id,
+                len: nl,
+                limit: limits.max_name_len,
+            });
         }
         if vl > limits.max_value_len {
-            return Err(Error::ValueTooLong { request_id, len: vl, limit: limits.max_value_len });
+            return Err(Error::ValueTooLong {
+                request_id,
+                len: vl,
+                limit: limits.max_value_len,
+            });
         }
         let start = pos + a + c;
         let end = start.saturating_add(nl).saturating_add(vl);
@@ -283,33 +439,69 @@ impl ParamsDecoder {
         }
         self.records += 1;
         if self.records > limits.max_params_records {
-            return Err(Error::TooManyParamsRecords { request_id, limit: limits.max_params_records });
+            return Err(Error::TooManyParamsRecords {
+                request_id,
+                limit: limits.max_params_records,
+            });
         }
         self.total = self.total.saturating_add(chunk.len());
         if self.total > limits.max_params_bytes {
-            return Err(Error::ParamsTooLarge { request_id, limit: limits.max_params_bytes });
+            return Err(Error::ParamsTooLarge {
+                request_id,
+                limit: limits.max_params_bytes,
+            });
         }
+        let params = &mut self.params;
         if self.pending.is_empty() {
-            if self.params.pairs.capacity() == 0 {
+            if params.entries.capacity() == 0 {
                 // Typical CGI pairs take 20–40 bytes; one allocation for the usual request.
-                self.params.pairs.reserve((chunk.len() / 24).clamp(4, 256));
+                params.entries.reserve((chunk.len() / 24).clamp(4, 256));
             }
-            let params = &mut self.params;
+            let idx = params.next_chunk();
+            let entries = &mut params.entries;
+            let before = entries.len();
             let end = scan(&chunk, limits, request_id, |s, nl, vl| {
-                params.push_raw(chunk.slice(s..s + nl), chunk.slice(s + nl..s + nl + vl));
+                entries.push((
+                    Span {
+                        chunk: idx,
+                        start: s,
+                        len: nl,
+                    },
+                    Span {
+                        chunk: idx,
+                        start: s + nl,
+                        len: vl,
+                    },
+                ));
             })?;
             if end < chunk.len() {
                 self.pending.extend_from_slice(&chunk[end..]);
             }
+            if entries.len() > before {
+                params.add_chunk(chunk);
+            }
         } else {
-            // A pair straddles the record boundary: join, then slice what is complete.
+            // A pair straddles the record boundary: join, then keep what is complete.
             self.pending.extend_from_slice(&chunk);
-            let end = scan(&self.pending, limits, request_id, |_, _, _| {})?;
-            let done = self.pending.split_to(end).freeze();
-            let params = &mut self.params;
-            scan(&done, limits, request_id, |s, nl, vl| {
-                params.push_raw(done.slice(s..s + nl), done.slice(s + nl..s + nl + vl));
+            let idx = params.next_chunk();
+            let entries = &mut params.entries;
+            let end = scan(&self.pending, limits, request_id, |s, nl, vl| {
+                entries.push((
+                    Span {
+                        chunk: idx,
+                        start: s,
+                        len: nl,
+                    },
+                    Span {
+                        chunk: idx,
+                        start: s + nl,
+                        len: vl,
+                    },
+                ));
             })?;
+            if end > 0 {
+                params.add_chunk(self.pending.split_to(end).freeze());
+            }
         }
         Ok(())
     }
@@ -317,7 +509,11 @@ impl ParamsDecoder {
     /// The end of the stream: every pair must be complete.
     pub fn finish(self, request_id: u16, record_type: &'static str) -> Result<Params, Error> {
         if !self.pending.is_empty() {
-            return Err(Error::TruncatedPair { request_id, record_type, pending: self.pending.len() });
+            return Err(Error::TruncatedPair {
+                request_id,
+                record_type,
+                pending: self.pending.len(),
+            });
         }
         let mut params = self.params;
         params.dedup_last_wins();
@@ -326,10 +522,18 @@ impl ParamsDecoder {
 }
 
 /// Decode a complete name-value block (one management record, an SCGI-free test helper).
-pub fn decode_pairs(block: Bytes, limits: &Limits, request_id: u16, record_type: &'static str) -> Result<Params, Error> {
+pub fn decode_pairs(
+    block: Bytes,
+    limits: &Limits,
+    request_id: u16,
+    record_type: &'static str,
+) -> Result<Params, Error> {
     let mut d = ParamsDecoder::new();
     // A management record is one record whatever max_params_records says.
-    let one = Limits { max_params_records: usize::MAX, ..limits.clone() };
+    let one = Limits {
+        max_params_records: usize::MAX,
+        ..limits.clone()
+    };
     d.push(block, &one, request_id)?;
     d.finish(request_id, record_type)
 }
@@ -379,10 +583,23 @@ mod tests {
 
     #[test]
     fn last_wins_at_first_position() {
-        let b = enc(&[(b"A", b"1"), (b"B", b"2"), (b"A", b"3"), (b"C", b""), (b"A", b"4")]);
+        let b = enc(&[
+            (b"A", b"1"),
+            (b"B", b"2"),
+            (b"A", b"3"),
+            (b"C", b""),
+            (b"A", b"4"),
+        ]);
         let p = decode_pairs(Bytes::from(b), &Limits::default(), 1, "x").expect("decode");
         let v: Vec<_> = p.iter().collect();
-        assert_eq!(v, vec![(&b"A"[..], &b"4"[..]), (&b"B"[..], &b"2"[..]), (&b"C"[..], &b""[..])]);
+        assert_eq!(
+            v,
+            vec![
+                (&b"A"[..], &b"4"[..]),
+                (&b"B"[..], &b"2"[..]),
+                (&b"C"[..], &b""[..])
+            ]
+        );
     }
 
     #[test]
@@ -395,7 +612,9 @@ mod tests {
         let p = decode_pairs(Bytes::from(raw), &Limits::default(), 1, "x").expect("decode");
         assert_eq!(p.len(), 500);
         assert_eq!(p.get(b"N7"), Some(&b"late"[..]));
-        assert_eq!(p.pairs()[7].0, Bytes::from_static(b"N7"));
+        assert_eq!(p.iter().nth(7), Some((&b"N7"[..], &b"late"[..])));
+        assert_eq!(p.get_bytes(b"N7"), Some(Bytes::from_static(b"late")));
+        assert_eq!(p.clone().into_pairs().len(), 500);
     }
 
     #[test]
@@ -410,7 +629,9 @@ mod tests {
         assert_eq!(p.remove(b"A"), None);
         assert_eq!(p.get(b"A"), None);
         assert!(!p.is_empty());
-        let q: Params = vec![(&b"X"[..], &b"1"[..]), (&b"X"[..], &b"2"[..])].into_iter().collect();
+        let q: Params = vec![(&b"X"[..], &b"1"[..]), (&b"X"[..], &b"2"[..])]
+            .into_iter()
+            .collect();
         assert_eq!(q.len(), 1);
         assert_eq!(q.get(b"X"), Some(&b"2"[..]));
     }
@@ -418,51 +639,121 @@ mod tests {
     #[test]
     fn split_at_every_point() {
         let long = vec![b'v'; 200];
-        let b = enc(&[(b"SCRIPT_NAME", b"/x"), (b"HTTP_COOKIE", &long), (b"E", b"")]);
+        let b = enc(&[
+            (b"SCRIPT_NAME", b"/x"),
+            (b"HTTP_COOKIE", &long),
+            (b"E", b""),
+        ]);
         for cut in 0..=b.len() {
             let mut d = ParamsDecoder::new();
-            d.push(Bytes::copy_from_slice(&b[..cut]), &Limits::default(), 1).expect("a");
-            d.push(Bytes::copy_from_slice(&b[cut..]), &Limits::default(), 1).expect("b");
+            d.push(Bytes::copy_from_slice(&b[..cut]), &Limits::default(), 1)
+                .expect("a");
+            d.push(Bytes::copy_from_slice(&b[cut..]), &Limits::default(), 1)
+                .expect("b");
             let p = d.finish(1, "x").expect("finish");
             assert_eq!(p.len(), 3, "cut {cut}");
             assert_eq!(p.get(b"HTTP_COOKIE"), Some(&long[..]));
         }
         // one byte at a time
         let mut d = ParamsDecoder::new();
-        let l = Limits { max_params_records: usize::MAX, ..Limits::default() };
+        let l = Limits {
+            max_params_records: usize::MAX,
+            ..Limits::default()
+        };
         for &c in &b {
             d.push(Bytes::copy_from_slice(&[c]), &l, 1).expect("byte");
         }
-        assert_eq!(d.finish(1, "x").expect("finish").get(b"SCRIPT_NAME"), Some(&b"/x"[..]));
+        assert_eq!(
+            d.finish(1, "x").expect("finish").get(b"SCRIPT_NAME"),
+            Some(&b"/x"[..])
+        );
     }
 
     #[test]
     fn limits() {
-        let l = Limits { max_name_len: 4, max_value_len: 8, max_params_bytes: 32, max_params_records: 2, ..Limits::default() };
+        let l = Limits {
+            max_name_len: 4,
+            max_value_len: 8,
+            max_params_bytes: 32,
+            max_params_records: 2,
+            ..Limits::default()
+        };
         let e = decode_pairs(Bytes::from(enc(&[(b"NAME5", b"")])), &l, 3, "x").unwrap_err();
-        assert_eq!(e, Error::NameTooLong { request_id: 3, len: 5, limit: 4 });
+        assert_eq!(
+            e,
+            Error::NameTooLong {
+                request_id: 3,
+                len: 5,
+                limit: 4
+            }
+        );
         let e = decode_pairs(Bytes::from(enc(&[(b"N", b"123456789")])), &l, 3, "x").unwrap_err();
-        assert_eq!(e, Error::ValueTooLong { request_id: 3, len: 9, limit: 8 });
+        assert_eq!(
+            e,
+            Error::ValueTooLong {
+                request_id: 3,
+                len: 9,
+                limit: 8
+            }
+        );
         // the value length alone is enough to refuse, before the bytes arrive
         let e = decode_pairs(Bytes::from_static(b"\x01\x80\x10\x00\x00N"), &l, 3, "x").unwrap_err();
-        assert!(matches!(e, Error::ValueTooLong { len: 0x0010_0000, .. }));
+        assert!(matches!(
+            e,
+            Error::ValueTooLong {
+                len: 0x0010_0000,
+                ..
+            }
+        ));
         let e = decode_pairs(Bytes::from_static(b"\x80\x10\x00\x00"), &l, 3, "x").unwrap_err();
         assert!(matches!(e, Error::NameTooLong { .. }));
         let e = decode_pairs(Bytes::from(vec![0u8; 33]), &l, 3, "x").unwrap_err();
-        assert_eq!(e, Error::ParamsTooLarge { request_id: 3, limit: 32 });
+        assert_eq!(
+            e,
+            Error::ParamsTooLarge {
+                request_id: 3,
+                limit: 32
+            }
+        );
         let mut d = ParamsDecoder::new();
         d.push(Bytes::from_static(b"\0\0"), &l, 9).expect("1");
         d.push(Bytes::from_static(b"\0\0"), &l, 9).expect("2");
-        d.push(Bytes::new(), &l, 9).expect("empty pieces are not counted");
+        d.push(Bytes::new(), &l, 9)
+            .expect("empty pieces are not counted");
         let e = d.push(Bytes::from_static(b"\0\0"), &l, 9).unwrap_err();
-        assert_eq!(e, Error::TooManyParamsRecords { request_id: 9, limit: 2 });
+        assert_eq!(
+            e,
+            Error::TooManyParamsRecords {
+                request_id: 9,
+                limit: 2
+            }
+        );
     }
 
     #[test]
     fn truncated_pair() {
-        let e = decode_pairs(Bytes::from_static(b"\x04\x01AB"), &Limits::default(), 5, "FCGI_PARAMS").unwrap_err();
-        assert_eq!(e, Error::TruncatedPair { request_id: 5, record_type: "FCGI_PARAMS", pending: 4 });
-        let e = decode_pairs(Bytes::from_static(b"\x84\x00"), &Limits::default(), 5, "FCGI_PARAMS").unwrap_err();
+        let e = decode_pairs(
+            Bytes::from_static(b"\x04\x01AB"),
+            &Limits::default(),
+            5,
+            "FCGI_PARAMS",
+        )
+        .unwrap_err();
+        assert_eq!(
+            e,
+            Error::TruncatedPair {
+                request_id: 5,
+                record_type: "FCGI_PARAMS",
+                pending: 4
+            }
+        );
+        let e = decode_pairs(
+            Bytes::from_static(b"\x84\x00"),
+            &Limits::default(),
+            5,
+            "FCGI_PARAMS",
+        )
+        .unwrap_err();
         assert!(matches!(e, Error::TruncatedPair { pending: 2, .. }));
     }
 

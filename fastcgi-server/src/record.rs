@@ -219,7 +219,16 @@ impl Header {
     pub const fn to_bytes(&self) -> [u8; HEADER_LEN] {
         let id = self.request_id.to_be_bytes();
         let len = self.content_length.to_be_bytes();
-        [self.version, self.record_type.as_u8(), id[0], id[1], len[0], len[1], self.padding_length, 0]
+        [
+            self.version,
+            self.record_type.as_u8(),
+            id[0],
+            id[1],
+            len[0],
+            len[1],
+            self.padding_length,
+            0,
+        ]
     }
 
     /// Header, content and padding together.
@@ -234,7 +243,13 @@ const ZEROS: [u8; 256] = [0; 256];
 ///
 /// Longer content is not truncated: it is written as several records of the same type, which is
 /// what the stream types expect; for the fixed-body types the caller never has that much.
-pub fn write_record(out: &mut impl BufMut, ty: RecordType, id: u16, content: &[u8], padding: Padding) {
+pub fn write_record(
+    out: &mut impl BufMut,
+    ty: RecordType,
+    id: u16,
+    content: &[u8],
+    padding: Padding,
+) {
     if content.len() <= MAX_CONTENT_LEN {
         write_one(out, ty, id, content, padding);
     } else {
@@ -261,7 +276,13 @@ fn write_one(out: &mut impl BufMut, ty: RecordType, id: u16, content: &[u8], pad
 }
 
 /// Write a record header alone (content follows from the caller).
-pub(crate) fn write_header(out: &mut impl BufMut, ty: RecordType, id: u16, content_len: usize, pad: usize) {
+pub(crate) fn write_header(
+    out: &mut impl BufMut,
+    ty: RecordType,
+    id: u16,
+    content_len: usize,
+    pad: usize,
+) {
     let header = Header {
         version: VERSION_1,
         record_type: ty,
@@ -271,7 +292,6 @@ pub(crate) fn write_header(out: &mut impl BufMut, ty: RecordType, id: u16, conte
     };
     out.put_slice(&header.to_bytes());
 }
-
 
 #[cfg(test)]
 mod tests {
@@ -324,7 +344,13 @@ mod tests {
         write_record(&mut out, RecordType::Stdout, 1, b"hello", Padding::Align8);
         assert_eq!(out, b"\x01\x06\x00\x01\x00\x05\x03\x00hello\0\0\0");
         out.clear();
-        write_record(&mut out, RecordType::Stdout, 1, b"12345678", Padding::Align8);
+        write_record(
+            &mut out,
+            RecordType::Stdout,
+            1,
+            b"12345678",
+            Padding::Align8,
+        );
         assert_eq!(out.len(), 16);
         out.clear();
         write_record(&mut out, RecordType::Stdin, 7, b"", Padding::Align8);

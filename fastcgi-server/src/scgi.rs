@@ -7,6 +7,7 @@
 use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::error::show;
+use crate::search::find_byte;
 use crate::{params::Params, Error, Limits};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,7 +36,11 @@ pub struct ScgiDecoder {
 
 impl ScgiDecoder {
     pub fn new(limits: Limits) -> Self {
-        ScgiDecoder { buf: BytesMut::new(), limits, stage: Stage::Headers }
+        ScgiDecoder {
+            buf: BytesMut::new(),
+            limits,
+            stage: Stage::Headers,
+        }
     }
     pub fn feed(&mut self, data: &[u8]) {
         self.buf.extend_from_slice(data);
@@ -59,9 +64,16 @@ impl ScgiDecoder {
     pub fn next_event(&mut self) -> Result<Option<ScgiEvent>, Error> {
         match self.stage {
             Stage::Headers => {
-                let Some((params, content_length)) = self.headers()? else { return Ok(None) };
-                self.stage = Stage::Body { remaining: content_length };
-                Ok(Some(ScgiEvent::Headers { params, content_length }))
+                let Some((params, content_length)) = self.headers()? else {
+                    return Ok(None);
+                };
+                self.stage = Stage::Body {
+                    remaining: content_length,
+                };
+                Ok(Some(ScgiEvent::Headers {
+                    params,
+                    content_length,
+                }))
             }
             Stage::Body { remaining: 0 } => {
                 self.stage = Stage::Done;
@@ -71,8 +83,12 @@ impl ScgiDecoder {
                 if self.buf.is_empty() {
                     return Ok(None);
                 }
-                let n = usize::try_from(remaining).unwrap_or(usize::MAX).min(self.buf.len());
-                self.stage = Stage::Body { remaining: remaining - n as u64 };
+                let n = usize::try_from(remaining)
+                    .unwrap_or(usize::MAX)
+                    .min(self.buf.len());
+                self.stage = Stage::Body {
+                    remaining: remaining - n as u64,
+                };
                 Ok(Some(ScgiEvent::Body(self.buf.split_to(n).freeze())))
             }
             Stage::Done => Ok(None),
@@ -110,7 +126,11 @@ impl ScgiDecoder {
         if comma != b',' {
             return Err(Error::ScgiMissingComma { found: comma });
         }
-        let block = self.buf.split_to(total).freeze().slice(colon + 1..total - 1);
+        let block = self
+            .buf
+            .split_to(total)
+            .freeze()
+            .slice(colon + 1..total - 1);
         parse_block(block, &self.limits).map(Some)
     }
 }
@@ -118,41 +138,54 @@ impl ScgiDecoder {
 /// The strings of a header netstring, checked, into params and the body length.
 fn parse_block(block: Bytes, limits: &Limits) -> Result<(Params, u64), Error> {
     if block.last() != Some(&0) {
-        return Err(if block.is_empty() { Error::ScgiMissingContentLength } else { Error::ScgiUnterminatedString });
+        return Err(if block.is_empty() {
+            Error::ScgiMissingContentLength
+        } else {
+            Error::ScgiUnterminatedString
+        });
     }
-    let count = block.iter().filter(|&&c| c == 0).count();
-    if count % 2 != 0 {
-        return Err(Error::ScgiOddStrings { count });
-    }
-    let mut pairs = Vec::with_capacity(count / 2);
+    let mut params = Params::over_block(block.clone(), block.len() / 24 + 1);
     let mut pos = 0;
     let mut content_length = None;
     while pos < block.len() {
-        // Both NULs exist: the block ends with NUL and holds an even number of them.
-        let name_end = pos + block[pos..].iter().position(|&c| c == 0).unwrap_or(block.len() - pos);
+        // The block ends with NUL, so every name is terminated; a value may be missing.
+        let name_end = pos + find_byte(0, &block[pos..]).unwrap_or(block.len() - pos);
         let value_start = name_end + 1;
-        let value_end = value_start + block[value_start..].iter().position(|&c| c == 0).unwrap_or(block.len() - value_start);
+        let Some(v) = find_byte(0, &block[value_start..]) else {
+            return Err(Error::ScgiOddStrings {
+                count: params.len() * 2 + 1,
+            });
+        };
+        let value_end = value_start + v;
         let (nl, vl) = (name_end - pos, value_end - value_start);
         if nl > limits.max_name_len {
-            return Err(Error::ScgiNameTooLong { len: nl, limit: limits.max_name_len });
+            return Err(Error::ScgiNameTooLong {
+                len: nl,
+                limit: limits.max_name_len,
+            });
         }
         if vl > limits.max_value_len {
-            return Err(Error::ScgiValueTooLong { len: vl, limit: limits.max_value_len });
+            return Err(Error::ScgiValueTooLong {
+                len: vl,
+                limit: limits.max_value_len,
+            });
         }
-        let name = block.slice(pos..name_end);
-        let value = block.slice(value_start..value_end);
-        if &name[..] == b"CONTENT_LENGTH" {
+        if &block[pos..name_end] == b"CONTENT_LENGTH" {
             if content_length.is_some() {
                 return Err(Error::ScgiDuplicateContentLength);
             }
-            content_length = Some(parse_decimal(&value).ok_or_else(|| Error::ScgiBadContentLength { value: show(&value) })?);
+            let value = &block[value_start..value_end];
+            content_length = Some(
+                parse_decimal(value)
+                    .ok_or_else(|| Error::ScgiBadContentLength { value: show(value) })?,
+            );
         } else if pos == 0 {
             return Err(Error::ScgiMissingContentLength);
         }
-        pairs.push((name, value));
+        params.push_block_pair(pos..name_end, value_start..value_end);
         pos = value_end + 1;
     }
-    let params = Params::from_pairs(pairs);
+    params.dedup_last_wins();
     // The loop ran at least once (the block is non-empty) and its first name was CONTENT_LENGTH.
     let content_length = content_length.ok_or(Error::ScgiMissingContentLength)?;
     Ok((params, content_length))
@@ -200,7 +233,11 @@ fn put_decimal(out: &mut Vec<u8>, mut n: u64) {
 ///
 /// Pairs named CONTENT_LENGTH or SCGI are skipped: those two are always written from the
 /// arguments, so the netstring never carries two of them.
-pub fn write_request<'a>(out: &mut impl BufMut, content_length: u64, pairs: impl IntoIterator<Item = (&'a [u8], &'a [u8])>) {
+pub fn write_request<'a>(
+    out: &mut impl BufMut,
+    content_length: u64,
+    pairs: impl IntoIterator<Item = (&'a [u8], &'a [u8])>,
+) {
     let mut body = Vec::with_capacity(1024);
     body.extend_from_slice(b"CONTENT_LENGTH\0");
     put_decimal(&mut body, content_length);
@@ -246,11 +283,17 @@ mod tests {
 
     #[test]
     fn nginx_style_without_scgi_1() {
-        let raw = ns(b"CONTENT_LENGTH\x005\0REQUEST_METHOD\0POST\0", b",helloEXTRA");
+        let raw = ns(
+            b"CONTENT_LENGTH\x005\0REQUEST_METHOD\0POST\0",
+            b",helloEXTRA",
+        );
         let ev = decode_all(&raw, Limits::default()).expect("ok");
         assert_eq!(ev.len(), 3);
         match &ev[0] {
-            ScgiEvent::Headers { params, content_length: 5 } => {
+            ScgiEvent::Headers {
+                params,
+                content_length: 5,
+            } => {
                 assert_eq!(params.get(b"REQUEST_METHOD"), Some(&b"POST"[..]));
                 assert_eq!(params.get(b"CONTENT_LENGTH"), Some(&b"5"[..]));
                 assert_eq!(params.get(b"SCGI"), None);
@@ -264,7 +307,15 @@ mod tests {
     #[test]
     fn zero_length_body_ends_at_once_and_byte_at_a_time() {
         let mut raw = Vec::new();
-        write_request(&mut raw, 0, [(&b"A"[..], &b"1"[..]), (b"CONTENT_LENGTH", b"999"), (b"SCGI", b"2")]);
+        write_request(
+            &mut raw,
+            0,
+            [
+                (&b"A"[..], &b"1"[..]),
+                (b"CONTENT_LENGTH", b"999"),
+                (b"SCGI", b"2"),
+            ],
+        );
         assert_eq!(&raw[..], b"28:CONTENT_LENGTH\x000\0SCGI\x001\0A\x001\0,");
         let mut d = ScgiDecoder::new(Limits::default());
         let mut ev = Vec::new();
@@ -286,13 +337,25 @@ mod tests {
         write_request(&mut raw, 10, []);
         let mut d = ScgiDecoder::new(Limits::default());
         d.feed(&raw);
-        assert!(matches!(d.next_event(), Ok(Some(ScgiEvent::Headers { content_length: 10, .. }))));
+        assert!(matches!(
+            d.next_event(),
+            Ok(Some(ScgiEvent::Headers {
+                content_length: 10,
+                ..
+            }))
+        ));
         assert_eq!(d.next_event(), Ok(None));
         d.feed(b"0123");
-        assert_eq!(d.next_event(), Ok(Some(ScgiEvent::Body(Bytes::from_static(b"0123")))));
+        assert_eq!(
+            d.next_event(),
+            Ok(Some(ScgiEvent::Body(Bytes::from_static(b"0123"))))
+        );
         assert_eq!(d.body_remaining(), Some(6));
         d.feed(b"456789abc");
-        assert_eq!(d.next_event(), Ok(Some(ScgiEvent::Body(Bytes::from_static(b"456789")))));
+        assert_eq!(
+            d.next_event(),
+            Ok(Some(ScgiEvent::Body(Bytes::from_static(b"456789"))))
+        );
         assert_eq!(d.next_event(), Ok(Some(ScgiEvent::BodyEnd)));
         assert_eq!(d.next_event(), Ok(None));
         assert_eq!(&d.buffer_mut()[..], b"abc");
@@ -315,29 +378,89 @@ mod tests {
     fn errors() {
         let l = Limits::default();
         let cases: Vec<(Vec<u8>, Error)> = vec![
-            (b"1a:".to_vec(), Error::ScgiBadLength { byte: b'a', offset: 1 }),
-            (b":".to_vec(), Error::ScgiBadLength { byte: b':', offset: 0 }),
-            (b"-1:".to_vec(), Error::ScgiBadLength { byte: b'-', offset: 0 }),
-            (b"000000000000000000000000".to_vec(), Error::ScgiBadLength { byte: b'0', offset: 20 }),
-            (b"99999999:".to_vec(), Error::ScgiHeadersTooLarge { len: 9999999, limit: 1 << 20 }),
-            (ns(b"CONTENT_LENGTH\x000\0", b";"), Error::ScgiMissingComma { found: b';' }),
-            (ns(b"CONTENT_LENGTH\x000", b","), Error::ScgiUnterminatedString),
-            (ns(b"CONTENT_LENGTH\x00\x00\x00", b","), Error::ScgiOddStrings { count: 3 }),
+            (
+                b"1a:".to_vec(),
+                Error::ScgiBadLength {
+                    byte: b'a',
+                    offset: 1,
+                },
+            ),
+            (
+                b":".to_vec(),
+                Error::ScgiBadLength {
+                    byte: b':',
+                    offset: 0,
+                },
+            ),
+            (
+                b"-1:".to_vec(),
+                Error::ScgiBadLength {
+                    byte: b'-',
+                    offset: 0,
+                },
+            ),
+            (
+                b"000000000000000000000000".to_vec(),
+                Error::ScgiBadLength {
+                    byte: b'0',
+                    offset: 20,
+                },
+            ),
+            (
+                b"99999999:".to_vec(),
+                Error::ScgiHeadersTooLarge {
+                    len: 9999999,
+                    limit: 1 << 20,
+                },
+            ),
+            (
+                ns(b"CONTENT_LENGTH\x000\0", b";"),
+                Error::ScgiMissingComma { found: b';' },
+            ),
+            (
+                ns(b"CONTENT_LENGTH\x000", b","),
+                Error::ScgiUnterminatedString,
+            ),
+            (
+                ns(b"CONTENT_LENGTH\x000\0X\0", b","),
+                Error::ScgiOddStrings { count: 3 },
+            ),
             (ns(b"", b","), Error::ScgiMissingContentLength),
             (ns(b"A\x001\0\0\0", b","), Error::ScgiMissingContentLength),
-            (ns(b"CONTENT_LENGTH\x00x\0", b","), Error::ScgiBadContentLength { value: "x".into() }),
-            (ns(b"CONTENT_LENGTH\x00\0", b","), Error::ScgiBadContentLength { value: "".into() }),
-            (ns(b"CONTENT_LENGTH\x001\0CONTENT_LENGTH\x002\0", b","), Error::ScgiDuplicateContentLength),
+            (
+                ns(b"CONTENT_LENGTH\x00x\0", b","),
+                Error::ScgiBadContentLength { value: "x".into() },
+            ),
+            (
+                ns(b"CONTENT_LENGTH\x00\0", b","),
+                Error::ScgiBadContentLength { value: "".into() },
+            ),
+            (
+                ns(b"CONTENT_LENGTH\x001\0CONTENT_LENGTH\x002\0", b","),
+                Error::ScgiDuplicateContentLength,
+            ),
         ];
         for (raw, want) in cases {
-            assert_eq!(decode_all(&raw, l.clone()), Err(want.clone()), "{:?}", show(&raw));
+            assert_eq!(
+                decode_all(&raw, l.clone()),
+                Err(want.clone()),
+                "{:?}",
+                show(&raw)
+            );
         }
-        let small = Limits { max_name_len: 3, max_value_len: 2, ..Limits::default() };
+        let small = Limits {
+            max_name_len: 3,
+            max_value_len: 2,
+            ..Limits::default()
+        };
         assert_eq!(
             decode_all(&ns(b"CONTENT_LENGTH\x000\0ABCD\0\0", b","), small.clone()),
             Err(Error::ScgiNameTooLong { len: 14, limit: 3 })
         );
-        let small = Limits { max_name_len: 100, ..small };
+        let small = Limits {
+            max_name_len: 100,
+            ..small
+        };
         assert_eq!(
             decode_all(&ns(b"CONTENT_LENGTH\x00123\0", b","), small),
             Err(Error::ScgiValueTooLong { len: 3, limit: 2 })

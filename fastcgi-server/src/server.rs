@@ -16,24 +16,49 @@
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use crate::params::{decode_pairs, write_pair, ParamsDecoder};
-use crate::record::{write_record, Header, RecordType, HEADER_LEN, MANAGEMENT_ID, MAX_CONTENT_LEN, VERSION_1};
+use crate::record::{
+    write_record, Header, RecordType, HEADER_LEN, MANAGEMENT_ID, MAX_CONTENT_LEN, VERSION_1,
+};
 use crate::{params::Params, record::Padding, Error, Limits, ProtocolStatus, Role};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ServerEvent {
-    BeginRequest { id: u16, role: Role, keep_conn: bool },
+    BeginRequest {
+        id: u16,
+        role: Role,
+        keep_conn: bool,
+    },
     /// The whole PARAMS stream of a request, emitted once when its empty record arrives.
-    Params { id: u16, params: Params },
+    Params {
+        id: u16,
+        params: Params,
+    },
     /// One non-empty STDIN record's content.
-    Stdin { id: u16, data: Bytes },
-    StdinEnd { id: u16 },
-    Data { id: u16, data: Bytes },
-    DataEnd { id: u16 },
-    Abort { id: u16 },
+    Stdin {
+        id: u16,
+        data: Bytes,
+    },
+    StdinEnd {
+        id: u16,
+    },
+    Data {
+        id: u16,
+        data: Bytes,
+    },
+    DataEnd {
+        id: u16,
+    },
+    Abort {
+        id: u16,
+    },
     /// Management GET_VALUES: answer with [`write_get_values_result`].
-    GetValues { names: Vec<Bytes> },
+    GetValues {
+        names: Vec<Bytes>,
+    },
     /// A management record type we do not know: answer with [`write_unknown_type`].
-    UnknownType { record_type: u8 },
+    UnknownType {
+        record_type: u8,
+    },
 }
 
 /// What the decoder remembers about one active request.
@@ -69,7 +94,12 @@ pub struct ServerConnection {
 
 impl ServerConnection {
     pub fn new(limits: Limits) -> Self {
-        ServerConnection { buf: BytesMut::new(), limits, requests: Vec::new(), broken: None }
+        ServerConnection {
+            buf: BytesMut::new(),
+            limits,
+            requests: Vec::new(),
+            broken: None,
+        }
     }
     /// Append received bytes.
     pub fn feed(&mut self, data: &[u8]) {
@@ -118,7 +148,9 @@ impl ServerConnection {
             if let Some(e) = &self.broken {
                 return Err(e.clone());
             }
-            let Some(h) = Header::peek(&self.buf) else { return Ok(None) };
+            let Some(h) = Header::peek(&self.buf) else {
+                return Ok(None);
+            };
             if h.version != VERSION_1 {
                 let e = Error::BadVersion(h.version);
                 self.broken = Some(e.clone());
@@ -140,7 +172,11 @@ impl ServerConnection {
         let id = h.request_id;
         let len = h.content_length as usize;
         self.buf.advance(HEADER_LEN);
-        let content = if len == 0 { Bytes::new() } else { self.buf.split_to(len).freeze() };
+        let content = if len == 0 {
+            Bytes::new()
+        } else {
+            self.buf.split_to(len).freeze()
+        };
         self.buf.advance(h.padding_length as usize);
 
         let unexpected = |ty: RecordType| Error::UnexpectedRecord {
@@ -154,7 +190,9 @@ impl ServerConnection {
             return match h.record_type {
                 RecordType::GetValues => {
                     let params = decode_pairs(content, &self.limits, id, "FCGI_GET_VALUES")?;
-                    Ok(Some(ServerEvent::GetValues { names: params.into_iter().map(|(n, _)| n).collect() }))
+                    Ok(Some(ServerEvent::GetValues {
+                        names: params.into_iter().map(|(n, _)| n).collect(),
+                    }))
                 }
                 RecordType::Other(n) => Ok(Some(ServerEvent::UnknownType { record_type: n })),
                 ty => Err(unexpected(ty)),
@@ -164,7 +202,10 @@ impl ServerConnection {
         match h.record_type {
             RecordType::BeginRequest => {
                 if content.len() < 8 {
-                    return Err(Error::BadBeginRequestBody { request_id: id, len: content.len() });
+                    return Err(Error::BadBeginRequestBody {
+                        request_id: id,
+                        len: content.len(),
+                    });
                 }
                 let role = Role::from_u16(u16::from_be_bytes([content[0], content[1]]));
                 let keep_conn = content[2] & crate::record::FCGI_KEEP_CONN != 0;
@@ -173,7 +214,10 @@ impl ServerConnection {
                 }
                 if !matches!(role, Role::Unknown(_)) {
                     if self.requests.len() >= self.limits.max_concurrent_requests {
-                        return Err(Error::TooManyRequests { request_id: id, limit: self.limits.max_concurrent_requests });
+                        return Err(Error::TooManyRequests {
+                            request_id: id,
+                            limit: self.limits.max_concurrent_requests,
+                        });
                     }
                     self.requests.push(RequestState {
                         id,
@@ -183,14 +227,25 @@ impl ServerConnection {
                         data_done: false,
                     });
                 }
-                Ok(Some(ServerEvent::BeginRequest { id, role, keep_conn }))
+                Ok(Some(ServerEvent::BeginRequest {
+                    id,
+                    role,
+                    keep_conn,
+                }))
             }
-            RecordType::AbortRequest => Ok(self.end_request(id).then_some(ServerEvent::Abort { id })),
+            RecordType::AbortRequest => {
+                Ok(self.end_request(id).then_some(ServerEvent::Abort { id }))
+            }
             RecordType::Params => {
-                let Some(i) = self.requests.iter().position(|r| r.id == id) else { return Ok(None) };
+                let Some(i) = self.requests.iter().position(|r| r.id == id) else {
+                    return Ok(None);
+                };
                 let req = &mut self.requests[i];
                 let Some(dec) = req.params.as_mut() else {
-                    return Err(Error::RecordAfterStreamEnd { request_id: id, name: "FCGI_PARAMS" });
+                    return Err(Error::RecordAfterStreamEnd {
+                        request_id: id,
+                        name: "FCGI_PARAMS",
+                    });
                 };
                 if !content.is_empty() {
                     if let Err(e) = dec.push(content, &self.limits, id) {
@@ -213,11 +268,20 @@ impl ServerConnection {
             }
             RecordType::Stdin | RecordType::Data => {
                 let stdin = h.record_type == RecordType::Stdin;
-                let Some(i) = self.requests.iter().position(|r| r.id == id) else { return Ok(None) };
+                let Some(i) = self.requests.iter().position(|r| r.id == id) else {
+                    return Ok(None);
+                };
                 let req = &mut self.requests[i];
-                let done = if stdin { &mut req.stdin_done } else { &mut req.data_done };
+                let done = if stdin {
+                    &mut req.stdin_done
+                } else {
+                    &mut req.data_done
+                };
                 if *done {
-                    return Err(Error::RecordAfterStreamEnd { request_id: id, name: h.record_type.name() });
+                    return Err(Error::RecordAfterStreamEnd {
+                        request_id: id,
+                        name: h.record_type.name(),
+                    });
                 }
                 if !content.is_empty() {
                     return Ok(Some(if stdin {
@@ -228,7 +292,11 @@ impl ServerConnection {
                 }
                 *done = true;
                 self.release_if_complete(i);
-                Ok(Some(if stdin { ServerEvent::StdinEnd { id } } else { ServerEvent::DataEnd { id } }))
+                Ok(Some(if stdin {
+                    ServerEvent::StdinEnd { id }
+                } else {
+                    ServerEvent::DataEnd { id }
+                }))
             }
             // Records an application never receives.
             RecordType::EndRequest
@@ -253,7 +321,10 @@ impl std::fmt::Debug for ServerConnection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ServerConnection")
             .field("buffered", &self.buf.len())
-            .field("active", &self.requests.iter().map(|r| r.id).collect::<Vec<_>>())
+            .field(
+                "active",
+                &self.requests.iter().map(|r| r.id).collect::<Vec<_>>(),
+            )
             .field("broken", &self.broken)
             .finish_non_exhaustive()
     }
@@ -274,20 +345,35 @@ pub fn write_stderr(out: &mut impl BufMut, id: u16, data: &[u8], padding: Paddin
     write_stream(out, RecordType::Stderr, id, data, padding);
 }
 /// The end of a request: empty STDOUT, then END_REQUEST.
-pub fn write_end_request(out: &mut impl BufMut, id: u16, app_status: u32, status: ProtocolStatus, padding: Padding) {
+pub fn write_end_request(
+    out: &mut impl BufMut,
+    id: u16,
+    app_status: u32,
+    status: ProtocolStatus,
+    padding: Padding,
+) {
     write_record(out, RecordType::Stdout, id, &[], padding);
     let s = app_status.to_be_bytes();
     let body = [s[0], s[1], s[2], s[3], status.as_u8(), 0, 0, 0];
     write_record(out, RecordType::EndRequest, id, &body, padding);
 }
 /// One GET_VALUES_RESULT record. Pairs that would push it past 65535 bytes are left out.
-pub fn write_get_values_result<'a>(out: &mut impl BufMut, pairs: impl IntoIterator<Item = (&'a [u8], &'a [u8])>) {
+pub fn write_get_values_result<'a>(
+    out: &mut impl BufMut,
+    pairs: impl IntoIterator<Item = (&'a [u8], &'a [u8])>,
+) {
     write_management_pairs(out, RecordType::GetValuesResult, pairs);
 }
 /// One UNKNOWN_TYPE record naming the management record type we did not understand.
 pub fn write_unknown_type(out: &mut impl BufMut, record_type: u8) {
     let body = [record_type, 0, 0, 0, 0, 0, 0, 0];
-    write_record(out, RecordType::UnknownType, MANAGEMENT_ID, &body, Padding::None);
+    write_record(
+        out,
+        RecordType::UnknownType,
+        MANAGEMENT_ID,
+        &body,
+        Padding::None,
+    );
 }
 
 /// A management record of name-value pairs, which must fit one record.
@@ -325,21 +411,41 @@ mod tests {
 
     fn begin(out: &mut Vec<u8>, id: u16, role: u16, flags: u8) {
         let r = role.to_be_bytes();
-        write_record(out, RecordType::BeginRequest, id, &[r[0], r[1], flags, 0, 0, 0, 0, 0], Padding::None);
+        write_record(
+            out,
+            RecordType::BeginRequest,
+            id,
+            &[r[0], r[1], flags, 0, 0, 0, 0, 0],
+            Padding::None,
+        );
     }
 
     #[test]
     fn responder_request() {
         let mut b = Vec::new();
         client::write_begin_request(&mut b, 1, Role::Responder, true);
-        client::write_params(&mut b, 1, [(&b"REQUEST_METHOD"[..], &b"POST"[..]), (b"CONTENT_LENGTH", b"5")]);
+        client::write_params(
+            &mut b,
+            1,
+            [
+                (&b"REQUEST_METHOD"[..], &b"POST"[..]),
+                (b"CONTENT_LENGTH", b"5"),
+            ],
+        );
         client::write_stdin(&mut b, 1, b"hello");
         client::write_stdin_end(&mut b, 1);
         let mut c = conn();
         c.feed(&b);
         let ev = drain(&mut c);
         assert_eq!(ev.len(), 4);
-        assert_eq!(ev[0], ServerEvent::BeginRequest { id: 1, role: Role::Responder, keep_conn: true });
+        assert_eq!(
+            ev[0],
+            ServerEvent::BeginRequest {
+                id: 1,
+                role: Role::Responder,
+                keep_conn: true
+            }
+        );
         match &ev[1] {
             ServerEvent::Params { id: 1, params } => {
                 assert_eq!(params.get(b"REQUEST_METHOD"), Some(&b"POST"[..]));
@@ -347,7 +453,13 @@ mod tests {
             }
             e => panic!("{e:?}"),
         }
-        assert_eq!(ev[2], ServerEvent::Stdin { id: 1, data: Bytes::from_static(b"hello") });
+        assert_eq!(
+            ev[2],
+            ServerEvent::Stdin {
+                id: 1,
+                data: Bytes::from_static(b"hello")
+            }
+        );
         assert_eq!(ev[3], ServerEvent::StdinEnd { id: 1 });
         assert!(!c.is_active(1));
         assert_eq!(c.buffered(), 0);
@@ -369,7 +481,13 @@ mod tests {
         c.feed(&b);
         let ev = drain(&mut c);
         assert_eq!(ev.len(), 3);
-        assert_eq!(ev[2], ServerEvent::Stdin { id: 2, data: Bytes::from_static(b"xyz") });
+        assert_eq!(
+            ev[2],
+            ServerEvent::Stdin {
+                id: 2,
+                data: Bytes::from_static(b"xyz")
+            }
+        );
     }
 
     #[test]
@@ -391,8 +509,21 @@ mod tests {
         let mut c = conn();
         c.feed(&b);
         let ev = drain(&mut c);
-        assert_eq!(ev[0], ServerEvent::BeginRequest { id: 1, role: Role::Authorizer, keep_conn: false });
-        assert_eq!(ev[1], ServerEvent::Params { id: 1, params: Params::default() });
+        assert_eq!(
+            ev[0],
+            ServerEvent::BeginRequest {
+                id: 1,
+                role: Role::Authorizer,
+                keep_conn: false
+            }
+        );
+        assert_eq!(
+            ev[1],
+            ServerEvent::Params {
+                id: 1,
+                params: Params::default()
+            }
+        );
         assert!(!c.is_active(1), "an authorizer's input ends with PARAMS");
 
         let mut b = Vec::new();
@@ -403,7 +534,13 @@ mod tests {
         write_record(&mut b, RecordType::Data, 3, b"", Padding::None);
         c.feed(&b);
         let ev = drain(&mut c);
-        assert_eq!(ev[3], ServerEvent::Data { id: 3, data: Bytes::from_static(b"file") });
+        assert_eq!(
+            ev[3],
+            ServerEvent::Data {
+                id: 3,
+                data: Bytes::from_static(b"file")
+            }
+        );
         assert_eq!(ev[4], ServerEvent::DataEnd { id: 3 });
         assert!(!c.is_active(3));
 
@@ -412,7 +549,14 @@ mod tests {
         client::write_params(&mut b, 4, [(&b"A"[..], &b"B"[..])]);
         c.feed(&b);
         let ev = drain(&mut c);
-        assert_eq!(ev, vec![ServerEvent::BeginRequest { id: 4, role: Role::Unknown(99), keep_conn: true }]);
+        assert_eq!(
+            ev,
+            vec![ServerEvent::BeginRequest {
+                id: 4,
+                role: Role::Unknown(99),
+                keep_conn: true
+            }]
+        );
     }
 
     #[test]
@@ -447,7 +591,12 @@ mod tests {
         assert_eq!(
             ev,
             vec![
-                ServerEvent::GetValues { names: vec![Bytes::from_static(b"FCGI_MAX_CONNS"), Bytes::from_static(b"FCGI_MPXS_CONNS")] },
+                ServerEvent::GetValues {
+                    names: vec![
+                        Bytes::from_static(b"FCGI_MAX_CONNS"),
+                        Bytes::from_static(b"FCGI_MPXS_CONNS")
+                    ]
+                },
                 ServerEvent::UnknownType { record_type: 42 },
             ]
         );
@@ -479,9 +628,21 @@ mod tests {
     fn error_short_begin_body() {
         let mut c = conn();
         let mut b = Vec::new();
-        write_record(&mut b, RecordType::BeginRequest, 1, &[0, 1, 0], Padding::None);
+        write_record(
+            &mut b,
+            RecordType::BeginRequest,
+            1,
+            &[0, 1, 0],
+            Padding::None,
+        );
         c.feed(&b);
-        assert_eq!(c.next_event(), Err(Error::BadBeginRequestBody { request_id: 1, len: 3 }));
+        assert_eq!(
+            c.next_event(),
+            Err(Error::BadBeginRequestBody {
+                request_id: 1,
+                len: 3
+            })
+        );
     }
 
     #[test]
@@ -509,29 +670,57 @@ mod tests {
         }
         client::write_params(&mut b, 3, [(&b"A"[..], &b"B"[..])]);
         client::write_params(&mut b, 2, []);
-        let mut c = ServerConnection::new(Limits { max_concurrent_requests: 2, ..Limits::default() });
+        let mut c = ServerConnection::new(Limits {
+            max_concurrent_requests: 2,
+            ..Limits::default()
+        });
         c.feed(&b);
         assert!(c.next_event().expect("1").is_some());
         assert!(c.next_event().expect("2").is_some());
         let e = c.next_event().unwrap_err();
-        assert_eq!(e, Error::TooManyRequests { request_id: 3, limit: 2 });
+        assert_eq!(
+            e,
+            Error::TooManyRequests {
+                request_id: 3,
+                limit: 2
+            }
+        );
         assert!(!e.is_fatal());
         // the refused request's records are skipped; others carry on
-        assert_eq!(c.next_event(), Ok(Some(ServerEvent::Params { id: 2, params: Params::default() })));
+        assert_eq!(
+            c.next_event(),
+            Ok(Some(ServerEvent::Params {
+                id: 2,
+                params: Params::default()
+            }))
+        );
     }
 
     #[test]
     fn error_params_limits_carry_request_id() {
-        let l = Limits { max_params_bytes: 10, ..Limits::default() };
+        let l = Limits {
+            max_params_bytes: 10,
+            ..Limits::default()
+        };
         let mut b = Vec::new();
         client::write_begin_request(&mut b, 7, Role::Responder, false);
         client::write_params(&mut b, 7, [(&b"NAME"[..], &b"0123456789"[..])]);
         let mut c = ServerConnection::new(l);
         c.feed(&b);
         assert!(c.next_event().expect("begin").is_some());
-        assert_eq!(c.next_event(), Err(Error::ParamsTooLarge { request_id: 7, limit: 10 }));
+        assert_eq!(
+            c.next_event(),
+            Err(Error::ParamsTooLarge {
+                request_id: 7,
+                limit: 10
+            })
+        );
         assert!(!c.is_active(7));
-        assert_eq!(c.next_event(), Ok(None), "the terminator of a dropped request is skipped");
+        assert_eq!(
+            c.next_event(),
+            Ok(None),
+            "the terminator of a dropped request is skipped"
+        );
     }
 
     #[test]
@@ -545,7 +734,11 @@ mod tests {
         assert!(c.next_event().expect("begin").is_some());
         assert_eq!(
             c.next_event(),
-            Err(Error::TruncatedPair { request_id: 1, record_type: "FCGI_PARAMS", pending: 5 })
+            Err(Error::TruncatedPair {
+                request_id: 1,
+                record_type: "FCGI_PARAMS",
+                pending: 5
+            })
         );
     }
 
@@ -566,7 +759,12 @@ mod tests {
             c.feed(&b);
             assert_eq!(
                 c.next_event(),
-                Err(Error::UnexpectedRecord { request_id: id, record_type: ty.as_u8(), name: ty.name(), peer: "web server" })
+                Err(Error::UnexpectedRecord {
+                    request_id: id,
+                    record_type: ty.as_u8(),
+                    name: ty.name(),
+                    peer: "web server"
+                })
             );
         }
     }
@@ -579,14 +777,26 @@ mod tests {
         write_record(&mut b, RecordType::Params, 1, b"\x01\x01AB", Padding::None);
         let mut c = conn();
         c.feed(&b);
-        drain_until_err(&mut c, Error::RecordAfterStreamEnd { request_id: 1, name: "FCGI_PARAMS" });
+        drain_until_err(
+            &mut c,
+            Error::RecordAfterStreamEnd {
+                request_id: 1,
+                name: "FCGI_PARAMS",
+            },
+        );
         let mut b = Vec::new();
         begin(&mut b, 1, 3, 0);
         client::write_stdin_end(&mut b, 1);
         client::write_stdin(&mut b, 1, b"late");
         let mut c = conn();
         c.feed(&b);
-        drain_until_err(&mut c, Error::RecordAfterStreamEnd { request_id: 1, name: "FCGI_STDIN" });
+        drain_until_err(
+            &mut c,
+            Error::RecordAfterStreamEnd {
+                request_id: 1,
+                name: "FCGI_STDIN",
+            },
+        );
     }
 
     fn drain_until_err(c: &mut ServerConnection, want: Error) {
@@ -611,12 +821,21 @@ mod tests {
         write_stdout(&mut out, 1, &data, Padding::None);
         assert_eq!(out.len(), 16 + 70000);
         assert_eq!(&out[..8], b"\x01\x06\x00\x01\xff\xff\x00\x00");
-        assert_eq!(&out[8 + 65535..8 + 65535 + 8], b"\x01\x06\x00\x01\x11\x71\x00\x00");
+        assert_eq!(
+            &out[8 + 65535..8 + 65535 + 8],
+            b"\x01\x06\x00\x01\x11\x71\x00\x00"
+        );
         out.clear();
         write_stderr(&mut out, 2, b"oops", Padding::Align8);
         assert_eq!(out, b"\x01\x07\x00\x02\x00\x04\x04\x00oops\0\0\0\0");
         out.clear();
-        write_end_request(&mut out, 1, 0x01020304, ProtocolStatus::Overloaded, Padding::None);
+        write_end_request(
+            &mut out,
+            1,
+            0x01020304,
+            ProtocolStatus::Overloaded,
+            Padding::None,
+        );
         assert_eq!(out, b"\x01\x06\x00\x01\x00\x00\x00\x00\x01\x03\x00\x01\x00\x08\x00\x00\x01\x02\x03\x04\x02\x00\x00\x00");
         out.clear();
         write_unknown_type(&mut out, 42);
@@ -627,7 +846,14 @@ mod tests {
         assert_eq!(&out[8..], b"\x0f\x01FCGI_MPXS_CONNS1");
         out.clear();
         let big = vec![b'v'; 40000];
-        write_get_values_result(&mut out, [(&b"A"[..], &big[..]), (&b"B"[..], &big[..]), (&b"C"[..], &b"1"[..])]);
+        write_get_values_result(
+            &mut out,
+            [
+                (&b"A"[..], &big[..]),
+                (&b"B"[..], &big[..]),
+                (&b"C"[..], &b"1"[..]),
+            ],
+        );
         let h = Header::peek(&out).expect("header");
         assert_eq!(h.record_len(), out.len(), "a single record");
         assert_eq!(h.content_length as usize, 40006 + 4, "B left out, C kept");
