@@ -63,11 +63,16 @@ impl Source {
     pub fn yaml_error(&self, err: &serde_saphyr::Error) -> ConfigError {
         use serde_saphyr::{DefaultMessageFormatter, Error as E, MessageFormatter};
 
-        let err = err.without_snippet();
+        // The position of the outermost error is where the value was used (for an alias,
+        // the `*name`); the innermost one says what was wrong with it.
         let pos = err
             .location()
             .filter(|l| l.line() > 0)
             .map(|l| Pos { line: l.line() as usize, column: l.column() as usize });
+        let mut err = err;
+        while let E::AliasError { error, .. } | E::WithSnippet { error, .. } = err {
+            err = error;
+        }
         let at = At { file: self.file.clone(), pos };
         let keyed = |message: String, path: Option<&KeyPath>| match path {
             Some(path) if !path.0.is_empty() => {

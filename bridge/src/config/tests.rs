@@ -243,6 +243,8 @@ fn wrong_types_name_the_key() {
         ("pools:\n  x:\n    app: x\n    threads: -1\n", "4:14: pools.x.threads: expected a whole number, 0 or more"),
         ("pools:\n  x:\n    app: [a, b]\n", "3:10: pools.x.app: "),
         ("pools:\n  x: just-a-string\n", "2:6: pools.x: "),
+        // A bad value reached through an alias is reported where the alias is used.
+        ("pools:\n  x:\n    app: x\n    env: {N: &n many}\n  y:\n    app: y\n    threads: *n\n", "7:14: pools.y.threads: expected a whole number"),
         ("pools:\n  x:\n    app: x\n    env: [A, B]\n", "4:10: pools.x.env: "),
     ];
     for (text, expected) in cases {
