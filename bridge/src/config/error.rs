@@ -113,6 +113,10 @@ impl Source {
                 let message = DefaultMessageFormatter.format_message(err).into_owned();
                 keyed(message, path_here)
             }
+            E::MultipleDocuments { .. } => ConfigError::Syntax {
+                at,
+                message: "a second YAML document (`---`); put each one in its own *.yaml file".to_owned(),
+            },
             other => {
                 let message = DefaultMessageFormatter.format_message(other).into_owned();
                 ConfigError::Syntax { at, message }

@@ -213,6 +213,8 @@ fn syntax_errors_give_line_and_column() {
     assert_eq!(tree.error(), "ROOT/conf.d/30-bad.yaml:2:10: unclosed bracket '{'");
     let tree = valid("indent").file("30-bad.yaml", "pools:\n  other:\n   app: x\n    threads: 3\n");
     assert_eq!(tree.error(), "ROOT/conf.d/30-bad.yaml:4:12: mapping values are not allowed in this context");
+    let tree = valid("two-docs").file("30-bad.yaml", "pools: {}\n---\nlisteners: {}\n");
+    assert_eq!(tree.error(), "ROOT/conf.d/30-bad.yaml:3:1: a second YAML document (`---`); put each one in its own *.yaml file");
 }
 
 #[test]
