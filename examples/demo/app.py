@@ -5,13 +5,16 @@
     /echo    the request body, streamed back (POST)
     /stream  a response produced piece by piece by a generator
 """
+import tempfile
 import time
 
 
 def application(environ, start_response):
-    path = environ.get("PATH_INFO") or environ.get("SCRIPT_NAME") or "/"
-    # nginx puts the whole URI in SCRIPT_NAME; route on whichever carries it.
-    full = (environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")) or path
+    # nginx puts the whole path in SCRIPT_NAME, other servers split it or send only
+    # REQUEST_URI: route on whichever carries it.
+    full = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
+    if not full:
+        full = environ.get("REQUEST_URI", "/").split("?", 1)[0]
     if full in ("/", ""):
         body = b"Hello from fcgibridge!\n"
         start_response("200 OK", [("Content-Type", "text/plain; charset=utf-8"),
@@ -37,19 +40,34 @@ def application(environ, start_response):
 
 
 def echo(environ, start_response):
-    headers = [("Content-Type", environ.get("CONTENT_TYPE") or "application/octet-stream")]
-    length = environ.get("CONTENT_LENGTH")
-    if length:
-        headers.append(("Content-Length", length))
-    start_response("200 OK", headers)
+    # Read the whole body before answering: nginx stops sending a request body to a
+    # FastCGI/SCGI server once it has passed the response headers on to the client, so an
+    # echo that answered while still reading would stall on large uploads. Big bodies
+    # are spooled to a temporary file, not held in memory.
+    spool = tempfile.SpooledTemporaryFile(max_size=1 << 20)
     stream_in = environ["wsgi.input"]
+    size = 0
+    while True:
+        chunk = stream_in.read(65536)
+        if not chunk:
+            break
+        spool.write(chunk)
+        size += len(chunk)
+    spool.seek(0)
+    start_response("200 OK", [
+        ("Content-Type", environ.get("CONTENT_TYPE") or "application/octet-stream"),
+        ("Content-Length", str(size)),
+    ])
 
     def chunks():
-        while True:
-            chunk = stream_in.read(65536)
-            if not chunk:
-                return
-            yield chunk
+        try:
+            while True:
+                chunk = spool.read(65536)
+                if not chunk:
+                    return
+                yield chunk
+        finally:
+            spool.close()
 
     return chunks()
 

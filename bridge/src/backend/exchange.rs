@@ -154,7 +154,9 @@ pub async fn exchange<S: BodySource, K: ResponseSink>(
             if !body_done {
                 let mut pbuf = BytesMut::new();
                 loop {
-                    match source.next_chunk().await {
+                    let next = source.next_chunk().await;
+                    tracing::trace!(request_id = info.id, chunk = ?next.as_ref().map(|c| c.as_ref().map(|b| b.len())), "body chunk for the worker");
+                    match next {
                         Ok(Some(chunk)) => {
                             pbuf.clear();
                             client::write_stdin(&mut pbuf, WORKER_REQUEST_ID, &chunk);

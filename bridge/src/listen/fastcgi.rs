@@ -210,7 +210,10 @@ impl Conn {
                 continue;
             }
             let ev = match self.decoder.next_event() {
-                Ok(Some(ev)) => ev,
+                Ok(Some(ev)) => {
+                    tracing::trace!(event = ?DebugEvent(&ev), buffered = self.decoder.buffered(), "front event");
+                    ev
+                }
                 Ok(None) => break,
                 Err(e) if !e.is_fatal() => {
                     // Too many concurrent requests on this connection: refuse this one only.
@@ -320,7 +323,10 @@ impl Conn {
         let Some(Req::Running { body: Some(tx), .. }) = self.find(id) else { return };
         match tx.try_send(data) {
             Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(data)) => self.pending = Some((tx.clone(), data)),
+            Err(mpsc::error::TrySendError::Full(data)) => {
+                tracing::trace!(request = id, len = data.len(), "body channel full; pausing reads");
+                self.pending = Some((tx.clone(), data));
+            }
             Err(mpsc::error::TrySendError::Closed(_)) => {}
         }
     }
@@ -450,4 +456,17 @@ fn late_abort(decoder: &mut ServerConnection) -> Option<(u16, usize)> {
         return None;
     }
     Some((id, len))
+}
+
+/// Events in trace logs without their payloads.
+struct DebugEvent<'a>(&'a ServerEvent);
+impl std::fmt::Debug for DebugEvent<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            ServerEvent::Stdin { id, data } => write!(f, "Stdin(id={id}, {} bytes)", data.len()),
+            ServerEvent::Params { id, params } => write!(f, "Params(id={id}, {} pairs)", params.len()),
+            ServerEvent::Data { id, data } => write!(f, "Data(id={id}, {} bytes)", data.len()),
+            other => write!(f, "{other:?}"),
+        }
+    }
 }
