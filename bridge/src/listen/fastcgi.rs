@@ -58,6 +58,23 @@ struct Conn {
     keep_conn: bool,
     /// A body chunk waiting for room in its request's channel.
     pending: Option<(mpsc::Sender<Bytes>, Bytes)>,
+    /// One request is polled inside this connection's own task (see [`Conn::launch`]).
+    inline: Option<RequestFuture>,
+}
+
+type RequestFuture = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        // The connection is going away with a request still running in it: let that
+        // request finish on its own task, so it aborts its worker properly and hands the
+        // slot back instead of dropping it mid-exchange.
+        if let Some(fut) = self.inline.take() {
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(fut);
+            }
+        }
+    }
 }
 
 /// Serve one FastCGI connection until the web server closes it.
@@ -76,6 +93,7 @@ where
         wbuf: BytesMut::with_capacity(8192),
         keep_conn: true,
         pending: None,
+        inline: None,
     };
     loop {
         if conn.pending.is_none() {
@@ -124,6 +142,12 @@ where
                 // A closed channel: the request no longer reads its body; drop the chunk.
                 conn.pending = None;
             }
+            () = poll_inline(&mut conn.inline), if conn.inline.is_some() => {
+                conn.inline = None;
+                if !conn.keep_conn && conn.reqs.is_empty() {
+                    return;
+                }
+            }
             n = rd.read_buf(reserve_buf(conn.decoder.buffer_mut())), if conn.pending.is_none() => {
                 match n {
                     Ok(0) | Err(_) => {
@@ -143,6 +167,13 @@ fn reserve_buf(b: &mut BytesMut) -> &mut BytesMut {
         b.reserve(16 << 10);
     }
     b
+}
+
+async fn poll_inline(f: &mut Option<RequestFuture>) {
+    match f {
+        Some(f) => f.await,
+        None => std::future::pending().await,
+    }
 }
 
 async fn reserve(tx: Option<mpsc::Sender<Bytes>>) -> Result<mpsc::OwnedPermit<Bytes>, ()> {
@@ -331,7 +362,7 @@ impl Conn {
         }
     }
 
-    /// Start the request's task.
+    /// Start the request.
     fn launch(&mut self, id: u16) {
         let out_tx = self.out_tx.clone();
         let ctx = self.ctx.clone();
@@ -354,9 +385,17 @@ impl Conn {
         let mut source = FcgiBody { prefix: (!prefix.is_empty()).then_some(prefix), rx: body_rx, abort: abort_rx, ended: false };
         let mut sink = FcgiSink { id, tx: out_tx };
         *req = Req::Running { body: body_tx, abort: Some(abort_tx) };
-        tokio::spawn(async move {
+        let fut = Box::pin(async move {
             serve(&ctx, params, role, &mut source, &mut sink).await;
         });
+        // The first request runs inside this task: its worker reply and the write to the web
+        // server then need no hop between tasks (or threads). Only multiplexed requests
+        // beyond it get tasks of their own.
+        if self.inline.is_none() {
+            self.inline = Some(fut);
+        } else {
+            tokio::spawn(fut);
+        }
     }
 }
 
