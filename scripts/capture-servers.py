@@ -11,7 +11,6 @@ import glob
 import http.client
 import os
 import shutil
-import socket
 import subprocess
 import threading
 import time
