@@ -105,15 +105,20 @@ def begin_body(role: int = RESPONDER, flags: int = 0) -> bytes:
 
 def cgi_params(path: str, method: str = "GET", query: str = "", headers=None,
                content_length: int | str | None = None, server_port: int = 80,
-               extra=None) -> list:
-    """A CGI parameter list shaped like nginx's fastcgi_params for `path`."""
+               extra=None, stock_nginx: bool = False) -> list:
+    """A CGI parameter list shaped like nginx's fastcgi_params for `path`.
+
+    By default SCRIPT_NAME is "" and PATH_INFO the path (what a configuration that sets
+    PATH_INFO sends). stock_nginx=True sends what Debian's stock fastcgi_params sends:
+    the whole path in SCRIPT_NAME and no PATH_INFO at all."""
     uri = path + (("?" + query) if query else "")
+    path_params = [("SCRIPT_NAME", path)] if stock_nginx else [("SCRIPT_NAME", ""), ("PATH_INFO", path)]
     params = [
         ("QUERY_STRING", query),
         ("REQUEST_METHOD", method),
         ("CONTENT_TYPE", ""),
         ("CONTENT_LENGTH", "" if content_length is None else str(content_length)),
-        ("SCRIPT_NAME", path),
+        *path_params,
         ("REQUEST_URI", uri),
         ("DOCUMENT_URI", path),
         ("DOCUMENT_ROOT", "/nonexistent"),

@@ -13,8 +13,17 @@ from conftest import POOL_HOSTS
 TOKEN_RE = re.compile(r'name="csrfmiddlewaretoken" value="([^"]+)"')
 
 
+@pytest.fixture(scope="session")
+def django_ready(bridge):
+    try:
+        bridge.wait_ready([("fcgi-tcp", "/health/", POOL_HOSTS["django"])], timeout=60)
+    except AssertionError as e:
+        text = "\n".join(ln for ln in str(e).splitlines() if "django" in ln)
+        pytest.fail(f"the django pool never answered:\n{text[-3000:]}", pytrace=False)
+
+
 @pytest.fixture
-def site(nginx, transport):
+def site(nginx, transport, django_ready):
     s = requests.Session()
     s.headers["Host"] = POOL_HOSTS["django"]
 

@@ -4,8 +4,10 @@ import hashlib
 import http.client
 import json
 
+import pytest
 import requests
 
+import fcgi_client
 from conftest import POOL_HOSTS, http_get
 
 
@@ -218,3 +220,25 @@ def test_keepalive_connection_reused_for_many_requests(nginx):
         assert r.status_code == 200
         assert r.json()["i"] == i
     assert "upstream prematurely closed" not in nginx.error_log.text()
+
+
+@pytest.mark.parametrize("stock", ["fcgi-stock", "scgi-stock"])
+def test_stock_nginx_params_give_the_app_its_path(nginx, stock):
+    """With nothing but `include fastcgi_params` / `include scgi_params` (the path only in
+    SCRIPT_NAME, or only in REQUEST_URI/DOCUMENT_URI), the app still sees PATH_INFO: the
+    bridge derives it (architecture: "derive PATH_INFO from REQUEST_URI")."""
+    r = http_get(nginx, stock, "/environ/sub%20dir", pool="edge")
+    env = r.json()  # a 404 here means the app saw no path at all
+    assert (env["SCRIPT_NAME"], env["fcgibridge.test.path_utf8"]) == ("", "/environ/sub dir")
+    r = http_get(nginx, stock, "/unicode/%C3%A9", pool="flask")
+    assert r.status_code == 200 and r.json()["name"] == "é"
+
+
+def test_stock_params_direct_fastcgi(bridge):
+    params = fcgi_client.cgi_params("/environ", query="a=1", headers={"Host": "edge.test"}, stock_nginx=True)
+    with bridge.fcgi() as conn:
+        conn.begin(1, params, b"")
+        resp = conn.wait(1)
+    assert resp.status == 200, resp.stdout[:200]
+    env = json.loads(resp.body)
+    assert (env["SCRIPT_NAME"], env["PATH_INFO"]) == ("", "/environ")

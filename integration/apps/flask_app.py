@@ -20,7 +20,8 @@ def index():
 
 @app.route("/echo", methods=["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH"])
 def echo():
-    body = request.get_data(cache=False)
+    # get_data caches the body, so form and JSON parsing can read it again
+    body = request.get_data(cache=True)
     return jsonify(
         method=request.method,
         path=request.path,
