@@ -242,3 +242,16 @@ def test_stock_params_direct_fastcgi(bridge):
     assert resp.status == 200, resp.stdout[:200]
     env = json.loads(resp.body)
     assert (env["SCRIPT_NAME"], env["PATH_INFO"]) == ("", "/environ")
+
+
+@pytest.mark.parametrize("size", [100_000, 4 << 20])
+def test_app_that_ignores_a_large_body_still_answers(nginx, transport, size):
+    """The app answers without reading the request body (the worker must drain it, the
+    bridge must not close on nginx while nginx is still sending it)."""
+    r = requests.post(nginx.url(transport, "/health"), data=b"z" * size,
+                      headers={"Host": POOL_HOSTS["edge"]}, timeout=60)
+    assert (r.status_code, r.text) == (200, "ok")
+    r = requests.post(nginx.url(transport, "/status/204"), data=b"z" * size,
+                      headers={"Host": POOL_HOSTS["edge"]}, timeout=60)
+    assert r.status_code == 204
+    assert http_get(nginx, transport, "/health", pool="edge").text == "ok"

@@ -112,7 +112,8 @@ def application(environ, start_response):
     if path == "/health":
         return _text(start_response, "ok")
 
-    if path == "/environ" or path.startswith("/environ/"):
+    # (also under a prefix, e.g. /edge/environ, to see what a prefix route passes on)
+    if path == "/environ" or path.startswith("/environ/") or path.endswith("/environ"):
         return _json(start_response, _environ_json(environ))
 
     if path == "/pid":
