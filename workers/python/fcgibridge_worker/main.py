@@ -154,8 +154,11 @@ def main():
     for i in range(threads):
         threading.Thread(target=run, name="fcgibridge-%d" % i, daemon=True).start()
     _write_ready(ready_fd, "READY\n")
-    while not done.wait(3600):
-        pass
+    try:
+        while not done.wait(3600):
+            pass
+    except KeyboardInterrupt:  # SIGINT reaches the whole process group; the bridge decides
+        exit_code[0] = 130
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(exit_code[0])
