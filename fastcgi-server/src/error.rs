@@ -159,40 +159,144 @@ mod tests {
     fn messages_name_request_and_limit() {
         let cases: Vec<(Error, &[&str])> = vec![
             (Error::BadVersion(2), &["version 2"]),
-            (Error::ParamsTooLarge { request_id: 7, limit: 10 }, &["request 7", "10 bytes", "max_params_bytes"]),
-            (Error::Malformed("x"), &["malformed: x"]),
-            (Error::NameTooLong { request_id: 3, len: 5, limit: 4 }, &["request 3", "5 bytes", "max_name_len"]),
-            (Error::ValueTooLong { request_id: 3, len: 9, limit: 8 }, &["request 3", "9 bytes", "max_value_len"]),
-            (Error::TooManyParamsRecords { request_id: 9, limit: 2 }, &["request 9", "2 PARAMS", "max_params_records"]),
-            (Error::TruncatedPair { request_id: 1, record_type: "FCGI_PARAMS", pending: 4 }, &["request 1", "FCGI_PARAMS", "4 bytes"]),
-            (Error::BadBeginRequestBody { request_id: 1, len: 3 }, &["request 1", "3 bytes"]),
-            (Error::BadEndRequestBody { request_id: 2, len: 4 }, &["request 2", "4 bytes"]),
-            (Error::BadUnknownTypeBody { len: 1 }, &["1 bytes"]),
-            (Error::DuplicateRequestId { request_id: 1 }, &["request 1", "still active"]),
-            (Error::TooManyRequests { request_id: 3, limit: 2 }, &["request 3", "2 requests", "max_concurrent_requests"]),
             (
-                Error::UnexpectedRecord { request_id: 1, record_type: 6, name: "FCGI_STDOUT", peer: "web server" },
+                Error::ParamsTooLarge {
+                    request_id: 7,
+                    limit: 10,
+                },
+                &["request 7", "10 bytes", "max_params_bytes"],
+            ),
+            (Error::Malformed("x"), &["malformed: x"]),
+            (
+                Error::NameTooLong {
+                    request_id: 3,
+                    len: 5,
+                    limit: 4,
+                },
+                &["request 3", "5 bytes", "max_name_len"],
+            ),
+            (
+                Error::ValueTooLong {
+                    request_id: 3,
+                    len: 9,
+                    limit: 8,
+                },
+                &["request 3", "9 bytes", "max_value_len"],
+            ),
+            (
+                Error::TooManyParamsRecords {
+                    request_id: 9,
+                    limit: 2,
+                },
+                &["request 9", "2 PARAMS", "max_params_records"],
+            ),
+            (
+                Error::TruncatedPair {
+                    request_id: 1,
+                    record_type: "FCGI_PARAMS",
+                    pending: 4,
+                },
+                &["request 1", "FCGI_PARAMS", "4 bytes"],
+            ),
+            (
+                Error::BadBeginRequestBody {
+                    request_id: 1,
+                    len: 3,
+                },
+                &["request 1", "3 bytes"],
+            ),
+            (
+                Error::BadEndRequestBody {
+                    request_id: 2,
+                    len: 4,
+                },
+                &["request 2", "4 bytes"],
+            ),
+            (Error::BadUnknownTypeBody { len: 1 }, &["1 bytes"]),
+            (
+                Error::DuplicateRequestId { request_id: 1 },
+                &["request 1", "still active"],
+            ),
+            (
+                Error::TooManyRequests {
+                    request_id: 3,
+                    limit: 2,
+                },
+                &["request 3", "2 requests", "max_concurrent_requests"],
+            ),
+            (
+                Error::UnexpectedRecord {
+                    request_id: 1,
+                    record_type: 6,
+                    name: "FCGI_STDOUT",
+                    peer: "web server",
+                },
                 &["request 1", "FCGI_STDOUT", "type 6", "web server"],
             ),
-            (Error::RecordAfterStreamEnd { request_id: 1, name: "FCGI_STDIN" }, &["request 1", "FCGI_STDIN"]),
-            (Error::ScgiBadLength { byte: b'a', offset: 1 }, &["0x61", "offset 1"]),
-            (Error::ScgiHeadersTooLarge { len: 99, limit: 9 }, &["99 bytes", "limit of 9", "max_params_bytes"]),
+            (
+                Error::RecordAfterStreamEnd {
+                    request_id: 1,
+                    name: "FCGI_STDIN",
+                },
+                &["request 1", "FCGI_STDIN"],
+            ),
+            (
+                Error::ScgiBadLength {
+                    byte: b'a',
+                    offset: 1,
+                },
+                &["0x61", "offset 1"],
+            ),
+            (
+                Error::ScgiHeadersTooLarge { len: 99, limit: 9 },
+                &["99 bytes", "limit of 9", "max_params_bytes"],
+            ),
             (Error::ScgiMissingComma { found: b';' }, &["','", "0x3b"]),
             (Error::ScgiUnterminatedString, &["NUL"]),
             (Error::ScgiOddStrings { count: 3 }, &["(3)"]),
             (Error::ScgiMissingContentLength, &["CONTENT_LENGTH"]),
-            (Error::ScgiBadContentLength { value: "x".into() }, &["\"x\""]),
+            (
+                Error::ScgiBadContentLength { value: "x".into() },
+                &["\"x\""],
+            ),
             (Error::ScgiDuplicateContentLength, &["more than once"]),
-            (Error::ScgiNameTooLong { len: 5, limit: 4 }, &["5 bytes", "max_name_len"]),
-            (Error::ScgiValueTooLong { len: 5, limit: 4 }, &["5 bytes", "max_value_len"]),
-            (Error::CgiHeadTooLarge { limit: 100 }, &["100 bytes", "max_header_block"]),
+            (
+                Error::ScgiNameTooLong { len: 5, limit: 4 },
+                &["5 bytes", "max_name_len"],
+            ),
+            (
+                Error::ScgiValueTooLong { len: 5, limit: 4 },
+                &["5 bytes", "max_value_len"],
+            ),
+            (
+                Error::CgiHeadTooLarge { limit: 100 },
+                &["100 bytes", "max_header_block"],
+            ),
             (Error::CgiMissingColon { line: 2 }, &["line 2", "':'"]),
             (Error::CgiObsFold { line: 2 }, &["line 2", "continuation"]),
             (Error::CgiBadHeaderName { line: 1 }, &["line 1", "name"]),
             (Error::CgiBadHeaderValue { line: 1 }, &["line 1", "control"]),
-            (Error::CgiBadStatus { line: 1, value: "20".into() }, &["line 1", "\"20\""]),
-            (Error::CgiBadContentLength { line: 1, value: "1x".into() }, &["line 1", "\"1x\""]),
-            (Error::CgiDuplicateHeader { line: 2, name: "Status" }, &["line 2", "Status"]),
+            (
+                Error::CgiBadStatus {
+                    line: 1,
+                    value: "20".into(),
+                },
+                &["line 1", "\"20\""],
+            ),
+            (
+                Error::CgiBadContentLength {
+                    line: 1,
+                    value: "1x".into(),
+                },
+                &["line 1", "\"1x\""],
+            ),
+            (
+                Error::CgiDuplicateHeader {
+                    line: 2,
+                    name: "Status",
+                },
+                &["line 2", "Status"],
+            ),
         ];
         for (e, want) in cases {
             let msg = e.to_string();
@@ -201,7 +305,14 @@ mod tests {
             }
             assert_eq!(e.is_fatal(), !matches!(e, Error::TooManyRequests { .. }));
         }
-        assert_eq!(Error::ParamsTooLarge { request_id: 7, limit: 1 }.request_id(), Some(7));
+        assert_eq!(
+            Error::ParamsTooLarge {
+                request_id: 7,
+                limit: 1
+            }
+            .request_id(),
+            Some(7)
+        );
         assert_eq!(Error::ScgiDuplicateContentLength.request_id(), None);
     }
 

@@ -85,6 +85,8 @@ pub mod record;
 pub mod scgi;
 mod search;
 pub mod server;
+#[cfg(feature = "tokio")]
+pub mod tokio;
 
 pub use error::Error;
 pub use limits::Limits;
