@@ -276,7 +276,14 @@ impl Conn {
         loop {
             match self.dec.next_event() {
                 Ok(None) => return,
-                Ok(Some(ev)) => self.on_event(ev),
+                Ok(Some(ev)) => {
+                    let began = matches!(ev, ServerEvent::BeginRequest { .. });
+                    self.on_event(ev);
+                    if began {
+                        // Records after a BEGIN_REQUEST belong to the new request.
+                        self.scan_for_abort();
+                    }
+                }
                 Err(e) => {
                     eprintln!("fcgibridge worker: bad FastCGI input from the bridge, closing the connection: {e}");
                     self.rd_eof = true;

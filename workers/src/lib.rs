@@ -33,7 +33,32 @@ struct Worker {
     version: Py<PyTuple>,
     file_wrapper: Py<PyType>,
     /// Environ keys built from param names, reused across requests.
-    keys: HashMap<Box<[u8]>, Py<PyString>>,
+    keys: HashMap<Box<[u8]>, Py<PyString>, BuildFnv>,
+}
+
+/// FNV-1a: param names are short and trusted (they come from the bridge), so a
+/// cheap hash beats SipHash for the environ key cache.
+#[derive(Default, Clone, Copy)]
+struct BuildFnv;
+
+struct Fnv(u64);
+
+impl std::hash::BuildHasher for BuildFnv {
+    type Hasher = Fnv;
+    fn build_hasher(&self) -> Fnv {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl std::hash::Hasher for Fnv {
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    fn finish(&self) -> u64 {
+        self.0
+    }
 }
 
 const MAX_CACHED_KEYS: usize = 512;
@@ -450,7 +475,7 @@ fn serve(
         multiprocess: processes > 1,
         version: PyTuple::new(py, [1, 0])?.unbind(),
         file_wrapper: py.get_type::<FileWrapper>().unbind(),
-        keys: HashMap::new(),
+        keys: HashMap::with_hasher(BuildFnv),
     };
     loop {
         let threads = w.threads;
