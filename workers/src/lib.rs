@@ -202,7 +202,7 @@ fn report_error(py: Python<'_>, shared: &Shared, serial: u64, err: PyErr, outcom
     if err.is_instance_of::<PySystemExit>(py) || err.is_instance_of::<PyKeyboardInterrupt>(py) {
         outcome.fatal = Some(err.clone_ref(py));
     }
-    let aborted = shared.lock_py(py).cur(serial).map_or(true, |r| r.aborted);
+    let aborted = !matches!(shared.lock_py(py).cur(serial), Some(r) if !r.aborted);
     if aborted && objects::is_client_disconnected(py, &err) {
         let mut c = shared.lock_py(py);
         if let Some(r) = c.cur(serial) {
@@ -248,7 +248,7 @@ fn check_started(py: Python<'_>, shared: &Shared, serial: u64) -> PyResult<bool>
 }
 
 fn is_aborted(py: Python<'_>, shared: &Shared, serial: u64) -> bool {
-    shared.lock_py(py).cur(serial).map_or(true, |r| r.aborted)
+    !matches!(shared.lock_py(py).cur(serial), Some(r) if !r.aborted)
 }
 
 /// Send a list or tuple result: everything is already produced, so it is
