@@ -173,22 +173,38 @@ pub fn write_begin_request(out: &mut impl BufMut, id: u16, role: Role, keep_conn
 }
 /// The whole PARAMS stream including its terminating empty record.
 ///
-/// Records are filled to 65535 bytes; a pair may straddle two records (the spec allows it and
-/// every decoder here handles it).
+/// Records are cut on pair boundaries (up to 65535 bytes each), as Apache does: some
+/// application-side parsers (PHP's among them) decode each PARAMS record on its own and break
+/// on a pair split across two. Only a single pair larger than a record has to straddle records.
 pub fn write_params<'a>(
     out: &mut impl BufMut,
     id: u16,
     pairs: impl IntoIterator<Item = (&'a [u8], &'a [u8])>,
 ) {
     let pairs = pairs.into_iter();
-    let mut body = Vec::with_capacity(pairs.size_hint().0 * 32);
-    for (n, v) in pairs {
-        body.reserve(pair_len(n, v));
-        write_pair(&mut body, n, v);
+    let mut rec = Vec::with_capacity((pairs.size_hint().0 * 32).min(MAX_CONTENT_LEN));
+    fn flush(out: &mut impl BufMut, id: u16, content: &[u8]) {
+        write_header(out, RecordType::Params, id, content.len(), 0);
+        out.put_slice(content);
     }
-    for chunk in body.chunks(MAX_CONTENT_LEN) {
-        write_header(out, RecordType::Params, id, chunk.len(), 0);
-        out.put_slice(chunk);
+    for (n, v) in pairs {
+        let len = pair_len(n, v);
+        if !rec.is_empty() && rec.len() + len > MAX_CONTENT_LEN {
+            flush(out, id, &rec);
+            rec.clear();
+        }
+        write_pair(&mut rec, n, v);
+        if rec.len() > MAX_CONTENT_LEN {
+            let mut start = 0;
+            while rec.len() - start > MAX_CONTENT_LEN {
+                flush(out, id, &rec[start..start + MAX_CONTENT_LEN]);
+                start += MAX_CONTENT_LEN;
+            }
+            rec.drain(..start);
+        }
+    }
+    if !rec.is_empty() {
+        flush(out, id, &rec);
     }
     write_header(out, RecordType::Params, id, 0, 0);
 }
@@ -386,6 +402,49 @@ mod tests {
         }
         assert_eq!(stdin, 100_000);
         assert_eq!(evs, ["begin", "params", "stdin end", "data", "data end"]);
+    }
+
+    #[test]
+    fn params_records_end_on_pair_boundaries() {
+        let v = vec![b'v'; 30000];
+        let big = vec![b'w'; 140_000];
+        let mut b = Vec::new();
+        write_params(
+            &mut b,
+            1,
+            [
+                (&b"A"[..], &v[..]),
+                (b"B", &v),
+                (b"C", &v),
+                (b"D", &big),
+                (b"E", b"e"),
+            ],
+        );
+        let mut lens = Vec::new();
+        let mut pos = 0;
+        while let Some(h) = Header::peek(&b[pos..]) {
+            lens.push(h.content_length as usize);
+            pos += h.record_len();
+        }
+        // A+B fit one record; C opens the next; D (140 KB) fills whole records from its start;
+        // its tail shares the last record with E; then the empty terminator.
+        let pair = 1 + 4 + 1 + 30000;
+        let d = 1 + 4 + 1 + 140_000;
+        assert_eq!(
+            lens,
+            vec![2 * pair, pair, 65535, 65535, d - 2 * 65535 + 4, 0]
+        );
+        let mut s = ServerConnection::new(Limits::default());
+        s.feed(&b"\x01\x01\x00\x01\x00\x08\x00\x00\x00\x01\x00\x00\x00\x00\x00\x00"[..]);
+        s.feed(&b);
+        assert!(s.next_event().expect("begin").is_some());
+        match s.next_event().expect("params") {
+            Some(ServerEvent::Params { params, .. }) => {
+                assert_eq!(params.get(b"D"), Some(&big[..]));
+                assert_eq!(params.get(b"E"), Some(&b"e"[..]));
+            }
+            e => panic!("{e:?}"),
+        }
     }
 
     #[test]
