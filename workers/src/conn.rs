@@ -22,6 +22,8 @@ use crate::sys::{self, Recv};
 
 /// Output is sent once this much is buffered (and at every flush point).
 pub(crate) const OUT_HIGH: usize = 256 * 1024;
+/// Body bytes that may share a record with the header block.
+const SHARED_RECORD_MAX: usize = 16 * 1024;
 /// Bytes asked of each recv(2).
 const RECV_CHUNK: usize = 64 * 1024 + 64;
 /// While the app writes output we drain the socket (to see an ABORT_REQUEST);
@@ -479,7 +481,13 @@ impl Conn {
     }
 
     /// Queue the CGI header block of request `serial` (once).
+    /// A small first body chunk shares the header block's record (`first`, which
+    /// the caller then must not push again): one record instead of two.
     fn push_head(&mut self, serial: u64) {
+        self.push_head_with(serial, &[]);
+    }
+
+    fn push_head_with(&mut self, serial: u64, first: &[u8]) {
         let Some(r) = self.req.as_mut().filter(|r| r.serial == serial) else {
             return;
         };
@@ -499,6 +507,8 @@ impl Conn {
             }
         }
         r.head.extend_from_slice(b"\r\n");
+        r.head.extend_from_slice(first);
+        r.body_bytes += first.len() as u64;
         write_stdout(&mut self.out, r.id, &r.head, Padding::None);
         r.head = Vec::new();
     }
@@ -513,7 +523,16 @@ impl Conn {
         if data.is_empty() {
             return true;
         }
-        self.push_head(serial);
+        let mut data = data;
+        if self.req.as_ref().is_some_and(|r| !r.headers_sent) {
+            let first = if data.len() <= SHARED_RECORD_MAX {
+                data
+            } else {
+                &[][..]
+            };
+            self.push_head_with(serial, first);
+            data = &data[first.len()..];
+        }
         for piece in data.chunks(OUT_HIGH) {
             let Some(r) = self.cur(serial) else {
                 return false;

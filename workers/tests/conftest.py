@@ -87,7 +87,7 @@ class Worker:
 
 
 def start_worker(runtime_dir, tmp_path, app, threads=1, processes=1, python=None, env=None,
-                 cwd=APPS, wait_ready=True, timeout=20):
+                 cwd=APPS, wait_ready=True, timeout=20, prefix=()):
     tmp_path.mkdir(parents=True, exist_ok=True)
     sock_path = tmp_path / ("w%d.sock" % time.monotonic_ns())
     lsock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -108,7 +108,7 @@ def start_worker(runtime_dir, tmp_path, app, threads=1, processes=1, python=None
     err_path = tmp_path / "worker.err"
     with open(out_path, "ab") as out, open(err_path, "ab") as err:
         proc = subprocess.Popen(
-            [python or worker_python(), "-u", "-c", BOOT, str(runtime_dir / "python")],
+            list(prefix) + [python or worker_python(), "-u", "-c", BOOT, str(runtime_dir / "python")],
             stdin=lsock.fileno(), stdout=out, stderr=err, pass_fds=(ready_w,),
             cwd=str(cwd), env=full_env,
         )

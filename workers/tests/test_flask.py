@@ -4,13 +4,23 @@ import io
 import json
 import os
 
+import subprocess
+
 import pytest
 
-pytest.importorskip("flask")
+from conftest import worker_python
+
+pytest.importorskip("flask")  # the test side uses werkzeug to encode uploads
+
+
+@pytest.fixture(scope="module")
+def _flask_in_worker_python():
+    if subprocess.run([worker_python(), "-c", "import flask"], capture_output=True).returncode:
+        pytest.skip("flask is not installed for %s" % worker_python())
 
 
 @pytest.fixture
-def flask_worker(spawn):
+def flask_worker(spawn, _flask_in_worker_python):
     return spawn(app="flask_app:app", threads=2)
 
 

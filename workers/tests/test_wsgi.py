@@ -91,7 +91,7 @@ def _read(worker, mode, body, chunk, content_length=True):
     return json.loads(meta), echoed
 
 
-@pytest.mark.parametrize("mode", ["all", "none", "sized1", "sized7", "sized4096", "sized100000",
+@pytest.mark.parametrize("mode", ["all", "none", "read1", "sized1", "sized7", "sized4096", "sized100000",
                                   "readline", "readline5", "readline100000", "readlines", "iter"])
 @pytest.mark.parametrize("chunk", [1000, 65535])
 def test_read_body(worker, mode, chunk):
@@ -266,3 +266,43 @@ def test_wsgiref_validator(spawn):
         assert r.code == 200, (path, r.stderr)
         assert b"Traceback" not in r.stderr, r.stderr
     assert "Warning" not in w.stderr, w.stderr
+
+
+def test_stream_objects_of_an_ended_request(worker):
+    with worker.client() as c:
+        assert c.request("/keep_input", method="POST", body=b"body of the first request").body == b"kept"
+        r = c.request("/use_kept", method="POST", body=b"second body")
+    assert r.body == b"old input gave b''"
+    assert r.stderr == b""  # the late write did not land in this request
+    import time
+    for _ in range(50):
+        if "late write from an old request" in worker.stderr:
+            break
+        time.sleep(0.05)
+    assert "late write from an old request" in worker.stderr
+
+
+def test_head_gets_no_computed_content_length(worker):
+    r = worker.get("/hello", method="HEAD")
+    assert r.code == 200
+    assert "content-length" not in r.headers
+
+
+def test_one_send_per_hello_world_request(spawn, tmp_path):
+    """The whole response of a one-item list, END_REQUEST included, is one send()."""
+    import shutil
+    import time
+    strace = shutil.which("strace")
+    if not strace:
+        pytest.skip("strace not installed")
+    log = tmp_path / "strace.log"
+    w = spawn(prefix=[strace, "-f", "-qq", "-s", "1024", "-e", "trace=sendto,sendmsg,writev",
+                      "-o", str(log)])
+    with w.client() as c:
+        for _ in range(5):
+            assert c.request("/hello").body == b"Hello, World!"
+    time.sleep(0.2)
+    sends = [ln for ln in log.read_text().splitlines() if "sendto(" in ln]
+    assert len(sends) == 5, sends
+    # each carries the body and ends with END_REQUEST (type 3, request 1, 8 bytes)
+    assert all("Hello, World!" in ln and '\\1\\3\\0\\1\\0\\10\\0\\0' in ln for ln in sends), sends

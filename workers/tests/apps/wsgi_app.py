@@ -7,6 +7,7 @@ import threading
 
 EVENTS = []  # things observed across requests (close() calls, disconnects)
 LOCK = threading.Lock()
+KEPT = []
 
 
 def note(what):
@@ -96,6 +97,14 @@ def application(environ, start_response):
                     break
                 assert len(line) <= n
                 parts.append(line)
+        elif mode == "read1":
+            parts = []
+            while True:
+                chunk = inp.read1(50000)
+                if not chunk:
+                    break
+                assert len(chunk) <= 50000
+                parts.append(chunk)
         elif mode == "readlines":
             parts = inp.readlines()
         elif mode == "iter":
@@ -123,6 +132,17 @@ def application(environ, start_response):
         n = int(environ["QUERY_STRING"] or "1000000")
         start_response("200 OK", [("Content-Type", "application/octet-stream")])
         return [bytes(range(256)) * (n // 256)]
+
+    if path == "/keep_input":
+        # keep this request's stream objects for a later request
+        KEPT[:] = [inp, environ["wsgi.errors"]]
+        return _text(start_response, "kept")
+
+    if path == "/use_kept":
+        old_inp, old_err = KEPT
+        data = old_inp.read()
+        old_err.write("late write from an old request\n")
+        return _text(start_response, "old input gave %r" % data)
 
     if path == "/events":
         with LOCK:
