@@ -513,9 +513,10 @@ impl Conn {
         r.head = Vec::new();
     }
 
-    /// Queue body bytes of request `serial`, flushing whenever OUT_HIGH is reached.
-    /// Returns false once the request is aborted (the caller stops producing).
-    pub(crate) fn push_body(&mut self, serial: u64, data: &[u8]) -> bool {
+    /// Queue body bytes of request `serial`. With `may_flush` (only when detached
+    /// from Python) the buffer is sent whenever OUT_HIGH is reached; otherwise the
+    /// caller flushes. Returns false once the request is aborted (stop producing).
+    pub(crate) fn push_body(&mut self, serial: u64, data: &[u8], may_flush: bool) -> bool {
         match self.cur(serial) {
             Some(r) if !r.aborted => {}
             _ => return false,
@@ -543,7 +544,7 @@ impl Conn {
             r.body_bytes += piece.len() as u64;
             let id = r.id;
             write_stdout(&mut self.out, id, piece, Padding::None);
-            if self.out.len() >= OUT_HIGH {
+            if may_flush && self.out.len() >= OUT_HIGH {
                 self.flush_point();
             }
         }
@@ -560,9 +561,6 @@ impl Conn {
             return true;
         }
         write_stderr(&mut self.out, id, data, Padding::None);
-        if self.out.len() >= OUT_HIGH {
-            self.flush();
-        }
         true
     }
 
@@ -613,7 +611,7 @@ impl Conn {
                 Err(e) => return Err(e),
             };
             offset += n as u64;
-            if !self.push_body(serial, &block[..n]) {
+            if !self.push_body(serial, &block[..n], true) {
                 return Ok(());
             }
         }

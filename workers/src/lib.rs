@@ -275,13 +275,13 @@ fn send_sequence(
     for item in items {
         let data = bytes_of(item)?.as_bytes();
         if data.len() > OUT_HIGH / 4 {
-            let more = py.detach(|| shared.lock().push_body(serial, data));
+            let more = py.detach(|| shared.lock().push_body(serial, data, true));
             if !more {
                 break;
             }
         } else {
             let mut c = shared.lock_py(py);
-            if !c.push_body(serial, data) {
+            if !c.push_body(serial, data, false) {
                 break;
             }
             if c.out.len() >= OUT_HIGH {
@@ -350,7 +350,7 @@ fn send_iterable(
         }
         let more = py.detach(|| {
             let mut c = shared.lock();
-            let more = c.push_body(serial, data);
+            let more = c.push_body(serial, data, true);
             c.flush_point();
             more && c.cur(serial).is_some_and(|r| !r.aborted)
         });

@@ -224,7 +224,15 @@ impl Errors {
         if data.is_empty() {
             return Ok(());
         }
-        let sent = self.shared.lock_py(py).push_stderr(self.serial, data);
+        let (sent, full) = {
+            let mut c = self.shared.lock_py(py);
+            let sent = c.push_stderr(self.serial, data);
+            (sent, c.out.len() >= crate::conn::OUT_HIGH)
+        };
+        if full {
+            let shared = &self.shared;
+            py.detach(|| shared.lock().flush());
+        }
         if !sent {
             // The request is over: the process stderr still reaches the bridge's log.
             let stderr = py.import("sys")?.getattr("stderr")?;
@@ -505,7 +513,7 @@ impl Writer {
         let serial = self.serial;
         py.detach(|| {
             let mut c = shared.lock();
-            if c.push_body(serial, bytes) {
+            if c.push_body(serial, bytes, true) {
                 c.flush_point();
             }
         });
