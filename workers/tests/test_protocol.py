@@ -190,3 +190,33 @@ def test_malformed_input_closes_connection(worker):
         c.send(b"\x07" * 64)  # bad version
         assert c.sock.recv(100) == b""
     assert worker.get("/hello").body == b"Hello, World!"
+
+
+def test_concurrent_mixed_load(spawn):
+    import hashlib
+    import os
+    w = spawn(threads=4)
+    errors = []
+
+    def client(k):
+        try:
+            with w.client() as c:
+                for i in range(60):
+                    body = os.urandom((i * 7919 + k * 131) % 150000)
+                    if i % 3 == 0:
+                        r = c.request("/read", method="POST", query="sized4096", body=body, chunk=9000)
+                        assert r.body.split(b"\n", 1)[1] == body
+                    elif i % 3 == 1:
+                        r = c.request("/thread_read", method="POST", body=body, chunk=30000)
+                        assert hashlib.sha1(r.body).digest() == hashlib.sha1(body).digest()
+                    else:
+                        assert c.request("/generator").body.endswith(b"c")
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(repr(e))
+
+    ts = [threading.Thread(target=client, args=(k,)) for k in range(4)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    assert errors == []

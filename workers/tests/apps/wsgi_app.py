@@ -144,6 +144,15 @@ def application(environ, start_response):
         old_err.write("late write from an old request\n")
         return _text(start_response, "old input gave %r" % data)
 
+    if path == "/thread_read":
+        # read the body from another thread while this one waits
+        out = []
+        t = threading.Thread(target=lambda: out.append(inp.read()))
+        t.start()
+        t.join()
+        start_response("200 OK", [("Content-Type", "application/octet-stream")])
+        return out
+
     if path == "/events":
         with LOCK:
             out = list(EVENTS)
