@@ -21,7 +21,7 @@ BODY = b"name=widget&colour=blue&q=1"
 DOCROOT = "/srv/www"
 
 
-def http_request(port, method, path, headers=None, body=None, chunked=False, timeout=10.0):
+def http_request(port, method, path, headers=None, body=None, chunked=False, timeout=10.0, pause=0.0):
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     hdrs = {"User-Agent": "fcgibridge-capture/1", "Accept": "*/*"}
     hdrs.update(headers or {})
@@ -29,6 +29,8 @@ def http_request(port, method, path, headers=None, body=None, chunked=False, tim
         def gen():
             for i in range(0, len(body), 7):
                 yield body[i:i + 7]
+                if i == 0 and pause:
+                    time.sleep(pause)  # the server sees a body still arriving
         conn.request(method, path, body=gen(), headers=hdrs, encode_chunked=True)
     else:
         conn.request(method, path, body=body, headers=hdrs)
@@ -48,11 +50,13 @@ class Scenario:
         return self._run(port)
 
 
-def get(path, name="get", protocol="fastcgi"):
+def get(path, name="get", protocol="fastcgi", extra=None):
     def run(port):
-        http_request(port, "GET", path + "/hello/world?x=1&y=two",
-                     {"Cookie": "a=1; b=2", "Accept-Language": "en-GB,en;q=0.5", "X-Dup": "one"})
-    return Scenario(name, f"GET {path}/hello/world?x=1&y=two", run, protocol)
+        headers = {"Cookie": "a=1; b=2", "Accept-Language": "en-GB,en;q=0.5", "X-Dup": "one"}
+        headers.update(extra or {})
+        http_request(port, "GET", path + "/hello/world?x=1&y=two", headers)
+    what = f"GET {path}/hello/world?x=1&y=two" + "".join(f", {k}: {v}" for k, v in (extra or {}).items())
+    return Scenario(name, what, run, protocol)
 
 
 def post(path, name="post", protocol="fastcgi"):
@@ -61,10 +65,14 @@ def post(path, name="post", protocol="fastcgi"):
     return Scenario(name, f"POST {path}/form, {len(BODY)}-byte urlencoded body", run, protocol)
 
 
-def chunked(path, name="chunked", protocol="fastcgi"):
+def chunked(path, name="chunked", protocol="fastcgi", pause=0.0):
     def run(port):
-        http_request(port, "POST", path + "/upload", {"Content-Type": "application/octet-stream"}, BODY * 3, chunked=True)
-    return Scenario(name, f"POST {path}/upload, {len(BODY) * 3}-byte body sent chunked by the HTTP client", run, protocol)
+        http_request(port, "POST", path + "/upload", {"Content-Type": "application/octet-stream"}, BODY * 3,
+                     chunked=True, pause=pause)
+    what = f"POST {path}/upload, {len(BODY) * 3}-byte body sent chunked (7-byte chunks) by the HTTP client"
+    if pause:
+        what += f", pausing {pause} s after the first chunk"
+    return Scenario(name, what, run, protocol)
 
 
 def big_headers(path, count, size, name="big-headers"):
@@ -195,7 +203,11 @@ class Apache(Server):
     name = "apache"
     binaries = ("apache2", "httpd")
     scenarios = (
-        get("/app"), post("/app"), big_headers("/app", 4, 6000), chunked("/app"), keepalive("/keep"),
+        # Apache sets CONTENT_LENGTH when the whole chunked body is already there when it
+        # looks, and streams it otherwise: the pause makes the capture show the second case.
+        get("/app"), post("/app"), big_headers("/app", 4, 6000), chunked("/app", pause=0.3), keepalive("/keep"),
+        # "alice:secret"
+        get("/auth", name="authorizer", extra={"Authorization": "Basic YWxpY2U6c2VjcmV0"}),
         get("/scgi", name="scgi-get", protocol="scgi"), post("/scgi", name="scgi-post", protocol="scgi"),
     )
 
@@ -205,7 +217,8 @@ class Apache(Server):
             if os.path.exists(os.path.join(d, "mod_proxy_fcgi.so")):
                 mods = d
         load = "".join(f"LoadModule {m}_module {mods}/mod_{m}.so\n"
-                       for m in ("mpm_event", "authz_core", "proxy", "proxy_fcgi", "proxy_scgi"))
+                       for m in ("mpm_event", "authz_core", "authz_user", "authn_core", "auth_basic", "authnz_fcgi", "proxy", "proxy_fcgi",
+                                 "proxy_scgi"))
         user = "User nobody\nGroup nogroup\n" if os.getuid() == 0 else ""
         write(tmp, "httpd.conf", f"""
 ServerRoot "{tmp}"
@@ -221,6 +234,16 @@ Mutex file:{tmp} default
 ProxyPass "/app" "fcgi://127.0.0.1:{ports['fcgi']}/app"
 ProxyPass "/keep" "fcgi://127.0.0.1:{ports['fcgi2']}/keep" enablereuse=on
 ProxyPass "/scgi" "scgi://127.0.0.1:{ports['scgi']}/scgi"
+# mod_authnz_fcgi asks an AUTHORIZER (the capture listener) to check the Basic credentials
+# before the request goes on to the responder.
+AuthnzFcgiDefineProvider authnz CaptureAuth fcgi://127.0.0.1:{ports['fcgi']}/
+ProxyPass "/auth" "fcgi://127.0.0.1:{ports['fcgi2']}/auth"
+<Location "/auth">
+    AuthType Basic
+    AuthName capture
+    AuthBasicProvider CaptureAuth
+    Require valid-user
+</Location>
 """)
         return [binary, "-X", "-f", os.path.join(tmp, "httpd.conf")]
 

@@ -92,3 +92,8 @@ pub use error::Error;
 pub use limits::Limits;
 pub use params::Params;
 pub use record::{ProtocolStatus, RecordType, Role};
+
+/// Compiles the README's examples as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -95,8 +95,12 @@ fn decode(name: &str) -> (Vec<Request>, Vec<Vec<Bytes>>) {
         }
     }
     for r in &reqs {
-        assert_eq!(r.role, Some(Role::Responder), "{name}");
-        assert!(r.stdin_end, "{name}: request {} has no end of STDIN", r.id);
+        match r.role {
+            Some(Role::Responder) => assert!(r.stdin_end, "{name}: request {} has no end of STDIN", r.id),
+            // mod_authnz_fcgi sends no STDIN at all to an authorizer
+            Some(Role::Authorizer) => assert!(!r.stdin_end && r.stdin.is_empty(), "{name}"),
+            role => panic!("{name}: role {role:?}"),
+        }
     }
     (reqs, get_values)
 }
@@ -261,6 +265,27 @@ fn apache_enablereuse_keeps_conn() {
     assert_eq!(reqs.len(), 2);
     assert!(reqs.iter().all(|r| r.keep_conn && r.id == 1));
     assert_eq!(reqs[1].stdin, b"second body");
+}
+
+#[test]
+fn apache_authnz_fcgi_authorizer_gets_no_stdin() {
+    let r = one("apache-authorizer.bin");
+    assert_eq!(r.role, Some(Role::Authorizer));
+    assert!(!r.keep_conn);
+    assert_eq!(param(&r, "FCGI_ROLE"), Some("AUTHORIZER"));
+    assert_eq!(param(&r, "REMOTE_USER"), Some("alice"));
+    assert_eq!(param(&r, "REMOTE_PASSWD"), Some("secret"));
+    assert_eq!(param(&r, "AUTH_TYPE"), Some("Basic"));
+    // The decoder releases an authorizer's id once PARAMS end: nothing else will come.
+    let mut c = ServerConnection::new(Limits::default());
+    c.feed(&capture("apache-authorizer.bin"));
+    while c.next_event().unwrap().is_some() {}
+    assert_eq!(c.active_requests(), 0);
+    // After authorizing, Apache sends the request on to the responder.
+    let r = one("apache-authorizer.2.bin");
+    assert_eq!(r.role, Some(Role::Responder));
+    check_get(&r, "/auth");
+    assert_eq!(param(&r, "REMOTE_USER"), Some("alice"));
 }
 
 // ---- lighttpd ----
