@@ -293,6 +293,7 @@ fcgi-app py
     option keep-conn
     option mpxs-conns
     option get-values
+    option max-reqs 10
 frontend fe
     bind 127.0.0.1:{ports['http']}
     default_backend be
