@@ -3,6 +3,7 @@
 import hashlib
 import http.client
 import json
+import os
 
 import pytest
 import requests
@@ -255,3 +256,29 @@ def test_app_that_ignores_a_large_body_still_answers(nginx, transport, size):
                       headers={"Host": POOL_HOSTS["edge"]}, timeout=60)
     assert r.status_code == 204
     assert http_get(nginx, transport, "/health", pool="edge").text == "ok"
+
+
+def test_file_wrapper(nginx, transport, tmp_path):
+    import os
+    data = os.urandom(3 << 20)
+    f = tmp_path / "wrapped.bin"
+    f.write_bytes(data)
+    r = http_get(nginx, transport, f"/file?path={f}", pool="edge")
+    assert r.status_code == 200
+    assert r.content == data
+
+
+def test_close_called_after_a_complete_response(bridge, tmp_path):
+    marker = bridge.workdir / f"ticks-{os.urandom(6).hex()}"
+    resp = bridge.request("/ticks", query=f"marker={marker}&n=3")
+    assert resp.status == 200 and resp.body == b"tick 0\ntick 1\ntick 2\n"
+    from conftest import wait_until
+    wait_until(lambda: marker.exists() and marker.read_text() == "closed\n", 10, what="close() called once")
+
+
+def test_https_sets_url_scheme(bridge):
+    resp = bridge.request("/environ", extra=[("HTTPS", "on"), ("REQUEST_SCHEME", "https"), ("SERVER_PORT", "443")])
+    env = json.loads(resp.body)
+    assert env["wsgi.url_scheme"] == "https"
+    resp = bridge.request("/environ")
+    assert json.loads(resp.body)["wsgi.url_scheme"] == "http"

@@ -20,6 +20,10 @@ Paths (relative to the app's own PATH_INFO):
   /die/segv            a segfault mid-request
   /headers?n=          n response headers plus two Set-Cookie and a repeated header
   /mem                 VmRSS / VmHWM of this process
+  /file?path=          the file through wsgi.file_wrapper
+  /exc-info            start_response twice, the second time with exc_info: 500
+  /print?msg=&err=     a line on the worker's stdout and one on its stderr
+  /ticks?marker=&n=    a short Ticker (close() writes to the marker)
   /stderr?msg=         writes msg to wsgi.errors, answers 200
 """
 import hashlib
@@ -245,6 +249,34 @@ def application(environ, start_response):
                     ("X-Repeated", "one"), ("X-Repeated", "two")]
         start_response("200 OK", headers)
         return [b"headers\n"]
+
+    if path == "/file":
+        # wsgi.file_wrapper over a file the test wrote
+        f = open(q["path"], "rb")
+        size = os.fstat(f.fileno()).st_size
+        start_response("200 OK", [("Content-Type", "application/octet-stream"), ("Content-Length", str(size))])
+        wrapper = environ.get("wsgi.file_wrapper")
+        return wrapper(f, 65536) if wrapper else iter(lambda: f.read(65536), b"")
+
+    if path == "/exc-info":
+        # PEP 3333: start_response again with exc_info before any body was sent replaces the headers
+        start_response("200 OK", [("Content-Type", "text/plain"), ("X-First", "1")])
+        try:
+            raise ValueError("handled by the app")
+        except ValueError:
+            start_response("500 Internal Server Error", [("Content-Type", "text/plain"), ("X-Second", "1")],
+                           sys.exc_info())
+        return [b"the app reported its own error\n"]
+
+    if path == "/print":
+        print(q.get("msg", "edge stdout line"), flush=True)
+        print(q.get("err", "edge stderr line"), file=sys.stderr, flush=True)
+        return _text(start_response, "printed")
+
+    if path == "/ticks":
+        # a short Ticker: close() must be called after a normal, complete iteration too
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return Ticker(q["marker"], int(q.get("n", "3")))
 
     if path == "/mem":
         return _json(start_response, dict(_mem(), pid=os.getpid()))

@@ -1,0 +1,159 @@
+"""The daemon's own behaviour: bounded queue and queue timeout (503), graceful SIGTERM,
+unix socket files (mode, stale file replaced, live one never stolen)."""
+import os
+import signal
+import socket
+import stat
+import subprocess
+import threading
+import time
+import uuid
+
+import pytest
+
+import fcgi_client as fc
+from conftest import APPS, free_ports, make_bridge, pool, wait_until
+
+
+def edge_pool(**kw):
+    return pool(str(APPS / "edge_app.py"), **kw)
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    """One worker thread, a queue of one request, waiting at most 2 s."""
+    port = free_ports(1)[0]
+    b = make_bridge(tmp_path, {"tiny": edge_pool(processes=1, threads=1, **{"queue-size": 1, "queue-timeout": "2s"})},
+                    {"fcgi-tcp": {"fastcgi": f"127.0.0.1:{port}", "pool": "tiny"}})
+    try:
+        b.start().wait_ready([("fcgi-tcp", "/health", "x")])
+        yield b
+    finally:
+        b.stop()
+
+
+def _in_thread(fn):
+    out = {}
+
+    def run():
+        try:
+            out["value"] = fn()
+        except Exception as e:  # noqa: BLE001
+            out["error"] = e
+
+    t = threading.Thread(target=run)
+    t.start()
+    return t, out
+
+
+def test_queue_full_is_503_at_once_and_queue_timeout_is_503_with_retry_after(tiny):
+    tag = "busy-" + uuid.uuid4().hex[:8]
+    busy_t, busy = _in_thread(lambda: tiny.request("/sleep", query=f"s=6&tag={tag}"))
+    wait_until(lambda: (tiny.workdir / f"{tag}.pid").exists(), 30, what="the only thread busy")
+    # the queue holds one request...
+    start = time.monotonic()
+    queued_t, queued = _in_thread(lambda: tiny.request("/health"))
+    time.sleep(0.5)  # let it enter the queue (no observable sync point from outside)
+    # ...so the next one is refused at once
+    t0 = time.monotonic()
+    over = tiny.request("/health")
+    assert over.status == 503, over.stdout[:300]
+    assert time.monotonic() - t0 < 1.5, "a full queue must answer 503 at once"
+    # the queued one gives up after queue-timeout (2 s), long before the busy one ends
+    queued_t.join(30)
+    resp = queued["value"]
+    waited = time.monotonic() - start
+    assert resp.status == 503
+    assert resp.header("Retry-After"), resp.split()[1]
+    assert 1.5 < waited < 5.5, waited
+    busy_t.join(30)
+    assert busy["value"].status == 200
+    # and the pool serves normally afterwards
+    assert tiny.request("/health").body == b"ok"
+
+
+def test_sigterm_lets_in_flight_requests_finish(tmp_path):
+    port = free_ports(1)[0]
+    b = make_bridge(tmp_path, {"p": edge_pool(processes=1, threads=2)},
+                    {"fcgi-tcp": {"fastcgi": f"127.0.0.1:{port}", "pool": "p"}},
+                    bridge_extra={"shutdown-timeout": "20s"})
+    try:
+        b.start().wait_ready([("fcgi-tcp", "/health", "x")])
+        tag = "drain-" + uuid.uuid4().hex[:8]
+        t, out = _in_thread(lambda: b.request("/sleep", query=f"s=3&tag={tag}"))
+        worker_pid = int(wait_until(lambda: (b.workdir / f"{tag}.pid").exists()
+                                    and (b.workdir / f"{tag}.pid").read_text(), 30))
+        b.proc.send_signal(signal.SIGTERM)
+        t.join(30)
+        assert "value" in out, out
+        assert out["value"].status == 200, "the in-flight request was cut by SIGTERM"
+        assert b.proc.wait(30) == 0
+        # the workers went with it
+        wait_until(lambda: not os.path.exists(f"/proc/{worker_pid}") or
+                   open(f"/proc/{worker_pid}/stat").read().split()[2] == "Z", 10, what="worker gone")
+        # and no new connection is accepted any more
+        with pytest.raises(OSError):
+            socket.create_connection(("127.0.0.1", port), timeout=2).close()
+    finally:
+        b.stop()
+
+
+def test_unix_socket_mode_and_stale_file(tmp_path):
+    path = tmp_path / "front.sock"
+    # a stale socket file: bound, then its owner went away without unlinking it
+    s = socket.socket(socket.AF_UNIX)
+    s.bind(str(path))
+    s.close()
+    assert path.exists()
+    b = make_bridge(tmp_path, {"p": edge_pool(processes=1, threads=1)},
+                    {"front": {"fastcgi": f"unix:{path}", "pool": "p", "socket-mode": "0660"}})
+    try:
+        b.start().wait_ready([("front", "/health", "x")])
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o660
+        assert stat.S_ISSOCK(os.stat(path).st_mode)
+    finally:
+        b.stop()
+
+
+def test_a_live_socket_is_never_taken_over(tmp_path):
+    path = tmp_path / "live.sock"
+    first = make_bridge(tmp_path / "first", {"p": edge_pool(processes=1, threads=1)},
+                        {"front": {"fastcgi": f"unix:{path}", "pool": "p"}}, name="first")
+    try:
+        first.start().wait_ready([("front", "/health", "x")])
+        second_dir = tmp_path / "second"
+        second = make_bridge(second_dir, {"p": edge_pool(processes=1, threads=1)},
+                             {"front": {"fastcgi": f"unix:{path}", "pool": "p"}}, name="second")
+        second.start()
+        try:
+            rc = second.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            second.stop()
+            pytest.fail("a second bridge kept running on a socket path a live bridge listens on")
+        finally:
+            second.stop()
+        assert rc != 0
+        assert "in use" in second.log.text().lower() or "running" in second.log.text().lower(), second.log.text()
+        # the first one still owns and serves the socket
+        resp = fc.fcgi_request(str(path), "/health")
+        assert resp.body == b"ok"
+    finally:
+        first.stop()
+
+
+def test_tcp_port_in_use_fails_clearly(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        b = make_bridge(tmp_path, {"p": edge_pool(processes=1, threads=1)},
+                        {"front": {"fastcgi": f"127.0.0.1:{port}", "pool": "p"}})
+        b.start()
+        try:
+            rc = b.proc.wait(60)
+        finally:
+            b.stop()
+        assert rc != 0
+        text = b.log.text()
+        assert str(port) in text and "front" in text, text
+        assert "panicked" not in text
