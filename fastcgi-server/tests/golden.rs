@@ -96,7 +96,9 @@ fn decode(name: &str) -> (Vec<Request>, Vec<Vec<Bytes>>) {
     }
     for r in &reqs {
         match r.role {
-            Some(Role::Responder) => assert!(r.stdin_end, "{name}: request {} has no end of STDIN", r.id),
+            Some(Role::Responder) => {
+                assert!(r.stdin_end, "{name}: request {} has no end of STDIN", r.id)
+            }
             // mod_authnz_fcgi sends no STDIN at all to an authorizer
             Some(Role::Authorizer) => assert!(!r.stdin_end && r.stdin.is_empty(), "{name}"),
             role => panic!("{name}: role {role:?}"),

@@ -280,6 +280,26 @@ proptest! {
         prop_assert_eq!(c.next_event().unwrap(), Some(ClientEvent::GetValuesResult { values: want }));
     }
 
+    /// Pairs that fit a record never straddle two: each PARAMS record decodes on its own.
+    #[test]
+    fn params_records_hold_whole_pairs(pairs in vec((name(), prop_oneof![
+        5 => vec(any::<u8>(), 0..200),
+        1 => (20_000usize..65_000).prop_map(|n| vec![b'p'; n]),
+    ]), 0..12)) {
+        let mut wire = Vec::new();
+        client::write_params(&mut wire, 1, pairs.iter().map(|(n, v)| (&n[..], &v[..])));
+        let mut pos = 0;
+        let mut records = 0;
+        while let Some(h) = fastcgi_server::record::Header::peek(&wire[pos..]) {
+            let content = &wire[pos + 8..pos + 8 + h.content_length as usize];
+            let one = fastcgi_server::params::decode_pairs(Bytes::copy_from_slice(content), &Limits::default(), 1, "FCGI_PARAMS");
+            prop_assert!(one.is_ok(), "record {} does not hold whole pairs: {:?}", records, one);
+            pos += h.record_len();
+            records += 1;
+        }
+        prop_assert_eq!(pos, wire.len());
+    }
+
     #[test]
     fn scgi_round_trip(
         pairs in vec((vec(1u8..=255, 1..20), vec(1u8..=255, 0..200)), 0..20),
