@@ -596,9 +596,14 @@ impl Conn {
         serial: u64,
         file: &std::fs::File,
         mut offset: u64,
+        expect: u64,
     ) -> io::Result<()> {
         use std::os::unix::fs::FileExt;
-        let mut block = vec![0u8; OUT_HIGH];
+        // Sized for the file (one extra byte sees EOF at once), at most OUT_HIGH.
+        let block_len = usize::try_from(expect.saturating_add(1))
+            .unwrap_or(OUT_HIGH)
+            .clamp(512, OUT_HIGH);
+        let mut block = vec![0u8; block_len];
         loop {
             match self.cur(serial) {
                 Some(r) if !r.aborted => {}

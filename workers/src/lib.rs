@@ -310,10 +310,10 @@ fn send_file(py: Python<'_>, shared: &Shared, serial: u64, fw: &FileWrapper) -> 
     }
     // SAFETY: the descriptor stays owned by the Python file object (never closed here).
     let file = ManuallyDrop::new(unsafe { File::from_raw_fd(fd) });
-    match file.metadata() {
-        Ok(m) if m.is_file() => {}
+    let size = match file.metadata() {
+        Ok(m) if m.is_file() => m.len(),
         _ => return Ok(false),
-    }
+    };
     // Respect what the app already consumed through the file object.
     let Ok(offset) = f
         .call_method0(intern!(py, "tell"))
@@ -325,7 +325,8 @@ fn send_file(py: Python<'_>, shared: &Shared, serial: u64, fw: &FileWrapper) -> 
         return Ok(true);
     }
     let file_ref: &File = &file;
-    py.detach(|| shared.lock().push_file(serial, file_ref, offset))?;
+    let expect = size.saturating_sub(offset);
+    py.detach(|| shared.lock().push_file(serial, file_ref, offset, expect))?;
     Ok(true)
 }
 
