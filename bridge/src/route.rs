@@ -1,9 +1,16 @@
 //! Which pool serves a request: a listener's routes, tried in order, first match wins.
 //!
 //! Host matching ignores the port and ASCII case; a prefix matches only on a path-segment
-//! boundary ("/api" matches "/api" and "/api/x", never "/apix"). The path is the part of
-//! REQUEST_URI before `?`; without REQUEST_URI it is SCRIPT_NAME + PATH_INFO.
+//! boundary ("/api" matches "/api" and "/api/x", never "/apix"). The path is the
+//! percent-decoded part of REQUEST_URI before `?`; without REQUEST_URI it is
+//! SCRIPT_NAME + PATH_INFO.
+//!
+//! A prefix is also the app's mount point: [`mount`] gives the app SCRIPT_NAME = prefix and
+//! PATH_INFO = the rest, and derives PATH_INFO from REQUEST_URI when the web server sent
+//! none (nginx's stock fastcgi_params put the whole path in SCRIPT_NAME; Apache ProxyPass
+//! does too), so an app sees the same environ behind every server.
 use fastcgi_server::Params;
+use std::borrow::Cow;
 
 /// One compiled route; `target` is whatever the caller maps a pool to (an index, an Arc).
 #[derive(Debug, Clone)]
@@ -38,16 +45,17 @@ impl<T> Router<T> {
         self.routes.iter().map(|r| &r.target)
     }
 
-    /// The target for a request, or `None` (the caller answers 404).
-    pub fn route(&self, params: &Params) -> Option<&T> {
+    /// The target for a request and the matched prefix (`None` for "/" or no prefix), or
+    /// `None` (the caller answers 404).
+    pub fn route(&self, params: &Params) -> Option<(&T, Option<&str>)> {
         // The common single-pool listener needs no look at the request at all.
         if let [only] = self.routes.as_slice() {
             if only.host.is_none() && only.prefix.is_none() {
-                return Some(&only.target);
+                return Some((&only.target, None));
             }
         }
         let host = params.get(b"HTTP_HOST").map(strip_port_bytes);
-        let mut fallback_path: Option<Vec<u8>> = None;
+        let mut path: Option<Cow<'_, [u8]>> = None;
         for route in &self.routes {
             if let Some(want) = &route.host {
                 match host {
@@ -56,22 +64,87 @@ impl<T> Router<T> {
                 }
             }
             if let Some(prefix) = &route.prefix {
-                let path: &[u8] = match params.get(b"REQUEST_URI") {
-                    Some(uri) => uri.split(|&b| b == b'?').next().unwrap_or(uri),
-                    None => fallback_path.get_or_insert_with(|| {
-                        let mut p = params.get(b"SCRIPT_NAME").unwrap_or(b"").to_vec();
-                        p.extend_from_slice(params.get(b"PATH_INFO").unwrap_or(b""));
-                        p
-                    }),
-                };
+                let path = path.get_or_insert_with(|| request_path(params));
                 if !prefix_matches(prefix.as_bytes(), path) {
                     continue;
                 }
+                let mount = (prefix != "/").then_some(prefix.as_str());
+                return Some((&route.target, mount));
             }
-            return Some(&route.target);
+            return Some((&route.target, None));
         }
         None
     }
+}
+
+/// The request's path: REQUEST_URI before `?`, percent-decoded; without REQUEST_URI,
+/// SCRIPT_NAME + PATH_INFO (already decoded by the web server).
+pub fn request_path(params: &Params) -> Cow<'_, [u8]> {
+    match params.get(b"REQUEST_URI") {
+        Some(uri) => {
+            let path = uri.split(|&b| b == b'?').next().unwrap_or(uri);
+            // An absolute-form request target ("http://host/path") keeps only its path.
+            let path = match path.windows(3).position(|w| w == b"://") {
+                Some(i) if path.first() != Some(&b'/') => {
+                    let rest = &path[i + 3..];
+                    rest.iter().position(|&b| b == b'/').map_or(&b"/"[..], |j| &rest[j..])
+                }
+                _ => path,
+            };
+            percent_decode(path)
+        }
+        None => {
+            let mut p = params.get(b"SCRIPT_NAME").unwrap_or(b"").to_vec();
+            p.extend_from_slice(params.get(b"PATH_INFO").unwrap_or(b""));
+            Cow::Owned(p)
+        }
+    }
+}
+
+/// Set SCRIPT_NAME and PATH_INFO for the app: mounted at `mount` when a prefix route
+/// matched; otherwise left as the web server sent them, unless it sent no PATH_INFO, in
+/// which case the whole path becomes PATH_INFO under an empty SCRIPT_NAME.
+pub fn mount(params: &mut Params, mount: Option<&str>) {
+    let has_path_info = params.get(b"PATH_INFO").is_some_and(|p| !p.is_empty());
+    if mount.is_none() && has_path_info {
+        return;
+    }
+    let full = request_path(params).into_owned();
+    let (script, info) = match mount {
+        Some(prefix) if prefix_matches(prefix.as_bytes(), &full) => {
+            (prefix.as_bytes().to_vec(), full[prefix.len()..].to_vec())
+        }
+        _ => (Vec::new(), full),
+    };
+    params.insert(&b"SCRIPT_NAME"[..], script);
+    params.insert(&b"PATH_INFO"[..], info);
+}
+
+/// %XX → byte; anything malformed stays as it is. Borrowed when there is nothing to decode.
+fn percent_decode(s: &[u8]) -> Cow<'_, [u8]> {
+    if !s.contains(&b'%') {
+        return Cow::Borrowed(s);
+    }
+    let hex = |b: u8| match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    };
+    let mut out = Vec::with_capacity(s.len());
+    let mut i = 0;
+    while i < s.len() {
+        if s[i] == b'%' && i + 2 < s.len() {
+            if let (Some(h), Some(l)) = (hex(s[i + 1]), hex(s[i + 2])) {
+                out.push(h * 16 + l);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(s[i]);
+        i += 1;
+    }
+    Cow::Owned(out)
 }
 
 /// "/api/" and "/api" mean the same mount point; "/" (or "") matches everything.
@@ -142,48 +215,94 @@ mod tests {
     fn host_ignores_port_and_case() {
         let r = router();
         let p = params(&[("HTTP_HOST", "api.EXAMPLE.com:8443"), ("REQUEST_URI", "/x")]);
-        assert_eq!(r.route(&p), Some(&"api-host"));
+        assert_eq!(r.route(&p).map(|x| x.0), Some(&"api-host"));
     }
 
     #[test]
     fn prefix_on_segment_boundary() {
         let r = router();
-        assert_eq!(r.route(&params(&[("REQUEST_URI", "/api")])), Some(&"api"));
-        assert_eq!(r.route(&params(&[("REQUEST_URI", "/api/users?x=1")])), Some(&"api"));
-        assert_eq!(r.route(&params(&[("REQUEST_URI", "/apix")])), Some(&"default"));
-        assert_eq!(r.route(&params(&[("REQUEST_URI", "/api?q=/api/")])), Some(&"api"));
-        assert_eq!(r.route(&params(&[("REQUEST_URI", "/apix?q=/api/")])), Some(&"default"));
+        assert_eq!(r.route(&params(&[("REQUEST_URI", "/api")])).map(|x| x.0), Some(&"api"));
+        assert_eq!(r.route(&params(&[("REQUEST_URI", "/api/users?x=1")])).map(|x| x.0), Some(&"api"));
+        assert_eq!(r.route(&params(&[("REQUEST_URI", "/apix")])).map(|x| x.0), Some(&"default"));
+        assert_eq!(r.route(&params(&[("REQUEST_URI", "/api?q=/api/")])).map(|x| x.0), Some(&"api"));
+        assert_eq!(r.route(&params(&[("REQUEST_URI", "/apix?q=/api/")])).map(|x| x.0), Some(&"default"));
     }
 
     #[test]
     fn host_and_prefix_both_required() {
         let r = router();
         let p = params(&[("HTTP_HOST", "static.example.com"), ("REQUEST_URI", "/files/a.txt")]);
-        assert_eq!(r.route(&p), Some(&"files"));
+        assert_eq!(r.route(&p).map(|x| x.0), Some(&"files"));
         let p = params(&[("HTTP_HOST", "other.example.com"), ("REQUEST_URI", "/files/a.txt")]);
-        assert_eq!(r.route(&p), Some(&"default"));
+        assert_eq!(r.route(&p).map(|x| x.0), Some(&"default"));
     }
 
     #[test]
     fn falls_back_to_script_name_and_path_info() {
         let r = router();
         let p = params(&[("SCRIPT_NAME", "/api"), ("PATH_INFO", "/v1")]);
-        assert_eq!(r.route(&p), Some(&"api"));
+        assert_eq!(r.route(&p).map(|x| x.0), Some(&"api"));
         let p = params(&[("SCRIPT_NAME", ""), ("PATH_INFO", "/apiv1")]);
-        assert_eq!(r.route(&p), Some(&"default"));
+        assert_eq!(r.route(&p).map(|x| x.0), Some(&"default"));
     }
 
     #[test]
     fn no_match_is_none() {
         let r: Router<&str> = Router::new([(None, Some("/only".to_owned()), "x")]);
-        assert_eq!(r.route(&params(&[("REQUEST_URI", "/other")])), None);
-        assert_eq!(r.route(&params(&[])), None);
+        assert_eq!(r.route(&params(&[("REQUEST_URI", "/other")])).map(|x| x.0), None);
+        assert_eq!(r.route(&params(&[])).map(|x| x.0), None);
     }
 
     #[test]
     fn single_catch_all() {
         let r: Router<&str> = Router::new([(None, None, "x")]);
-        assert_eq!(r.route(&params(&[])), Some(&"x"));
+        assert_eq!(r.route(&params(&[])).map(|x| x.0), Some(&"x"));
+    }
+
+    #[test]
+    fn prefix_is_returned_as_mount() {
+        let r = router();
+        let p = params(&[("REQUEST_URI", "/api/x")]);
+        assert_eq!(r.route(&p), Some((&"api", Some("/api"))));
+        let p = params(&[("REQUEST_URI", "/other")]);
+        assert_eq!(r.route(&p), Some((&"default", None)));
+    }
+
+    #[test]
+    fn percent_encoded_paths_route_decoded() {
+        let r = router();
+        assert_eq!(r.route(&params(&[("REQUEST_URI", "/%61pi/x")])).map(|x| x.0), Some(&"api"));
+        assert_eq!(&*percent_decode(b"/a%20b%zz%4"), b"/a b%zz%4");
+        assert_eq!(&*percent_decode(b"/%C3%A9"), "/é".as_bytes());
+    }
+
+    fn get(p: &Params, n: &str) -> String {
+        String::from_utf8_lossy(p.get(n.as_bytes()).unwrap_or(b"<none>")).into_owned()
+    }
+
+    #[test]
+    fn mount_splits_at_the_prefix() {
+        let mut p = params(&[("REQUEST_URI", "/edge/environ?x=1"), ("SCRIPT_NAME", "/edge/environ")]);
+        mount(&mut p, Some("/edge"));
+        assert_eq!((get(&p, "SCRIPT_NAME"), get(&p, "PATH_INFO")), ("/edge".into(), "/environ".into()));
+        let mut p = params(&[("REQUEST_URI", "/edge")]);
+        mount(&mut p, Some("/edge"));
+        assert_eq!((get(&p, "SCRIPT_NAME"), get(&p, "PATH_INFO")), ("/edge".into(), "".into()));
+    }
+
+    #[test]
+    fn stock_params_get_a_path_info() {
+        // nginx's stock fastcgi_params: the path only in SCRIPT_NAME and REQUEST_URI.
+        let mut p = params(&[("REQUEST_URI", "/environ/sub%20dir?a=1"), ("SCRIPT_NAME", "/environ/sub dir")]);
+        mount(&mut p, None);
+        assert_eq!((get(&p, "SCRIPT_NAME"), get(&p, "PATH_INFO")), ("".into(), "/environ/sub dir".into()));
+    }
+
+    #[test]
+    fn a_split_sent_by_the_server_is_kept() {
+        let mut p = params(&[("REQUEST_URI", "/app/x"), ("SCRIPT_NAME", "/app"), ("PATH_INFO", "/x")]);
+        mount(&mut p, None);
+        assert_eq!((get(&p, "SCRIPT_NAME"), get(&p, "PATH_INFO")), ("/app".into(), "/x".into()));
     }
 
     #[test]

@@ -62,7 +62,7 @@ const RETRY_AFTER_SECS: u32 = 1;
 /// Serve one decoded request; the response (or an error page) goes to `sink`.
 pub async fn serve<S: BodySource, K: ResponseSink>(
     lst: &ListenerCtx,
-    params: Params,
+    mut params: Params,
     role: Role,
     source: &mut S,
     sink: &mut K,
@@ -72,15 +72,17 @@ pub async fn serve<S: BodySource, K: ResponseSink>(
     let _in_flight = InFlight::enter(shared);
     let mut idbuf = itoa::Buffer::new();
     let request_id = idbuf.format(shared.next_id.fetch_add(1, Ordering::Relaxed));
-    let uri_bytes = params.get(b"REQUEST_URI").or_else(|| params.get(b"SCRIPT_NAME")).unwrap_or(b"");
-    let uri = String::from_utf8_lossy(uri_bytes);
+    // Shares the received buffer: no copy, and `params` stays free to be rewritten.
+    let uri_bytes = params.get_bytes(b"REQUEST_URI").or_else(|| params.get_bytes(b"SCRIPT_NAME")).unwrap_or_default();
+    let uri = String::from_utf8_lossy(&uri_bytes);
 
     let (status, bytes, pool_name) = 'done: {
-        let Some(pool) = lst.router.route(&params) else {
+        let Some((pool, prefix)) = lst.router.route(&params) else {
             tracing::info!(listener = %lst.name, request_id, uri = %uri, "no route matches, answering 404");
             let _ = sink.send(respond::error_response(404, None).freeze(), Some(End::Complete)).await;
             break 'done (404, 0, None);
         };
+        crate::route::mount(&mut params, prefix);
         let acquired = tokio::select! {
             biased;
             r = pool.dispatcher.acquire() => Some(r),

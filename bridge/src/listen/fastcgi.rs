@@ -21,7 +21,7 @@ use fastcgi_server::server::{self, ServerConnection, ServerEvent};
 use fastcgi_server::{Params, ProtocolStatus, Role};
 use std::future::Future;
 use std::sync::Arc;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 
 /// Responses in flight from request tasks to this connection's writer.
@@ -78,10 +78,10 @@ impl Drop for Conn {
 }
 
 /// Serve one FastCGI connection until the web server closes it.
-pub async fn serve_connection<R, W>(mut rd: R, mut wr: W, ctx: Arc<ListenerCtx>, peer: String)
+pub async fn serve_connection<R, W>(mut rd: R, mut wr: W, ctx: Arc<ListenerCtx>, peer: String, sock: super::Sock)
 where
     R: AsyncRead + Unpin + Send + 'static,
-    W: AsyncWrite + Unpin + Send + 'static,
+    W: super::WriteHalf,
 {
     let (out_tx, mut out_rx) = mpsc::channel::<Out>(OUT_QUEUE);
     let mut conn = Conn {
@@ -111,7 +111,7 @@ where
             }
             conn.wbuf.clear();
             if !conn.keep_conn && conn.reqs.is_empty() {
-                return;
+                break;
             }
         }
         let pending_tx = conn.pending.as_ref().map(|(tx, _)| tx.clone());
@@ -124,6 +124,21 @@ where
                     WriteNext::Continue => {}
                     WriteNext::Close => {
                         let _ = wr.write_all(&conn.wbuf).await;
+                        if conn.keep_conn {
+                            // EOF without END_REQUEST on a kept connection: the web server
+                            // passes on what it has and ends the response as failed.
+                            return;
+                        }
+                        // Without keep-conn nginx takes EOF as the normal end. Over TCP a
+                        // reset says "failed"; on a unix socket there is no reset, and only
+                        // an invalid record does (nginx then drops the partial response).
+                        sock.wait_until_read().await;
+                        if sock.tcp {
+                            super::reset_on_close(sock.fd);
+                            wr.drop_without_fin();
+                        } else {
+                            let _ = wr.write_all(&CUT_OFF_MARKER).await;
+                        }
                         return;
                     }
                 }
@@ -132,7 +147,7 @@ where
                 }
                 conn.wbuf.clear();
                 if !conn.keep_conn && conn.reqs.is_empty() {
-                    return;
+                    break;
                 }
             }
             permit = reserve(pending_tx), if conn.pending.is_some() => {
@@ -145,7 +160,7 @@ where
             () = poll_inline(&mut conn.inline), if conn.inline.is_some() => {
                 conn.inline = None;
                 if !conn.keep_conn && conn.reqs.is_empty() {
-                    return;
+                    break;
                 }
             }
             n = rd.read_buf(reserve_buf(conn.decoder.buffer_mut())), if conn.pending.is_none() => {
@@ -153,6 +168,10 @@ where
                     Ok(0) | Err(_) => {
                         // The web server closed (or reset) the connection: every request
                         // on it is abandoned. Dropping `conn` drops their abort senders.
+                        let partial = conn.decoder.buffered();
+                        if partial > 0 {
+                            tracing::warn!(listener = %conn.ctx.name, peer = %conn.peer, "connection closed in the middle of a record ({partial} bytes of an incomplete record discarded)");
+                        }
                         return;
                     }
                     Ok(_) => {}
@@ -160,7 +179,18 @@ where
             }
         }
     }
+    // Not kept: the last request has its END_REQUEST. A request still finishing with its
+    // worker continues on its own task while this connection closes gently.
+    if let Some(fut) = conn.inline.take() {
+        tokio::spawn(fut);
+    }
+    drop(conn);
+    super::lingering_close(&mut rd, &mut wr).await;
 }
+
+/// Sent before closing a connection on which a response was cut off: a record header with
+/// version 0, which no FastCGI client accepts.
+const CUT_OFF_MARKER: [u8; 8] = [0, 6, 0, 0, 0, 0, 0, 0];
 
 fn reserve_buf(b: &mut BytesMut) -> &mut BytesMut {
     if b.capacity() - b.len() < 4096 {

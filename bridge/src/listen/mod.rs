@@ -158,29 +158,129 @@ async fn accept_loop(bound: Bound, protocol: Protocol, ctx: Arc<ListenerCtx>, mu
         let ctx = ctx.clone();
         match conn {
             Conn::Tcp(s) => {
+                let sock = Sock { fd: std::os::fd::AsRawFd::as_raw_fd(&s), tcp: true };
                 let (r, w) = s.into_split();
-                spawn_conn(protocol, r, w, ctx, peer, guard);
+                spawn_conn(protocol, r, w, ctx, peer, guard, sock);
             }
             Conn::Unix(s) => {
+                let sock = Sock { fd: std::os::fd::AsRawFd::as_raw_fd(&s), tcp: false };
                 let (r, w) = s.into_split();
-                spawn_conn(protocol, r, w, ctx, peer, guard);
+                spawn_conn(protocol, r, w, ctx, peer, guard, sock);
             }
         }
     }
 }
 
-fn spawn_conn<R, W>(protocol: Protocol, r: R, w: W, ctx: Arc<ListenerCtx>, peer: String, guard: ConnGuard)
-where
+fn spawn_conn<R, W: WriteHalf>(
+    protocol: Protocol,
+    r: R,
+    w: W,
+    ctx: Arc<ListenerCtx>,
+    peer: String,
+    guard: ConnGuard,
+    sock: Sock,
+) where
     R: tokio::io::AsyncRead + Unpin + Send + 'static,
-    W: tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     tokio::spawn(async move {
         match protocol {
-            Protocol::FastCgi => fastcgi::serve_connection(r, w, ctx, peer).await,
-            Protocol::Scgi => scgi::serve_connection(r, w, ctx, peer).await,
+            Protocol::FastCgi => fastcgi::serve_connection(r, w, ctx, peer, sock).await,
+            Protocol::Scgi => scgi::serve_connection(r, w, ctx, peer, sock).await,
         }
         drop(guard);
     });
+}
+
+/// How long a connection is kept open after its response to read (and discard) what the
+/// web server is still sending, e.g. a body the app did not read.
+const LINGER: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Close a connection whose response is complete: stop sending (the web server sees the
+/// end), then read and discard until it closes its side. Closing at once while it still
+/// sends would make it see a reset before it reads the response, and answer 502.
+pub async fn lingering_close<R, W>(rd: &mut R, wr: &mut W)
+where
+    R: tokio::io::AsyncRead + Unpin,
+    W: tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _ = wr.shutdown().await;
+    let drain = async {
+        let mut buf = [0u8; 8192];
+        loop {
+            match rd.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER, drain).await;
+}
+
+/// The write half of an accepted connection.
+pub trait WriteHalf: tokio::io::AsyncWrite + Unpin + Send + 'static {
+    /// Drop without the shutdown(SHUT_WR) tokio does on drop, so that a reset armed by
+    /// [`reset_on_close`] is not preceded by a FIN (which web servers read as a normal end).
+    fn drop_without_fin(self);
+}
+
+impl WriteHalf for tokio::net::tcp::OwnedWriteHalf {
+    fn drop_without_fin(self) {
+        self.forget();
+    }
+}
+
+impl WriteHalf for tokio::net::unix::OwnedWriteHalf {
+    fn drop_without_fin(self) {
+        self.forget();
+    }
+}
+
+/// The socket under a connection's halves, for the few things tokio does not offer.
+/// Valid while either half lives.
+#[derive(Debug, Clone, Copy)]
+pub struct Sock {
+    pub fd: std::os::fd::RawFd,
+    pub tcp: bool,
+}
+
+impl Sock {
+    /// Before signalling a cut-off: give the web server time to read (and pass on) what was
+    /// already written, since a reset or an invalid record arriving in the same read makes
+    /// it drop the response before its headers reach the client. On a unix socket the
+    /// unread byte count is observable; over TCP it is not, so wait briefly.
+    pub async fn wait_until_read(self) {
+        if self.tcp {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            return;
+        }
+        for _ in 0..50 {
+            let mut unread: libc::c_int = 0;
+            // SAFETY: TIOCOUTQ (SIOCOUTQ) writes one int; `fd` is a live socket.
+            let rc = unsafe { libc::ioctl(self.fd, libc::TIOCOUTQ, std::ptr::addr_of_mut!(unread)) };
+            if rc != 0 || unread == 0 {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// Make the next close of a TCP connection send a reset, which web servers take as a
+/// failed response (a plain FIN can look like a complete one).
+pub fn reset_on_close(fd: std::os::fd::RawFd) {
+    let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+    // SAFETY: `fd` is a socket owned by the caller's live connection; SO_LINGER takes a
+    // `struct linger` of exactly this size.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            std::ptr::addr_of!(linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        );
+    }
 }
 
 enum Conn {

@@ -19,10 +19,10 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 const HEADER_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Serve one SCGI connection.
-pub async fn serve_connection<R, W>(mut rd: R, wr: W, ctx: Arc<ListenerCtx>, peer: String)
+pub async fn serve_connection<R, W>(mut rd: R, wr: W, ctx: Arc<ListenerCtx>, peer: String, sock: super::Sock)
 where
     R: AsyncRead + Unpin + Send + 'static,
-    W: AsyncWrite + Unpin + Send + 'static,
+    W: super::WriteHalf,
 {
     let mut decoder = ScgiDecoder::new(ctx.limits.clone());
     let read_headers = async {
@@ -36,7 +36,13 @@ where
             let buf = decoder.buffer_mut();
             buf.reserve(8192);
             match rd.read_buf(buf).await {
-                Ok(0) => return Ok(None),
+                Ok(0) => {
+                    let got = decoder.buffer_mut().len();
+                    if got > 0 {
+                        return Err(format!("connection closed before the header netstring was complete ({got} bytes received)"));
+                    }
+                    return Ok(None);
+                }
                 Ok(_) => {}
                 Err(e) => return Err(e.to_string()),
             }
@@ -55,9 +61,19 @@ where
         }
     };
     let mut source = ScgiBody { decoder, rd, ended: false, listener: ctx.name.clone(), peer };
-    let mut sink = ScgiSink { wr };
+    let mut sink = ScgiSink { wr, cut_off: false };
     serve(&ctx, params, Role::Responder, &mut source, &mut sink).await;
-    let _ = sink.wr.shutdown().await;
+    if sink.cut_off {
+        // SCGI has no end marker: only a reset tells the web server the response failed.
+        // (Over a unix socket there is no reset; the web server sees a short response.)
+        if sock.tcp {
+            sock.wait_until_read().await;
+            super::reset_on_close(sock.fd);
+            sink.wr.drop_without_fin();
+        }
+        return;
+    }
+    super::lingering_close(&mut source.rd, &mut sink.wr).await;
 }
 
 struct ScgiBody<R> {
@@ -135,6 +151,7 @@ impl<R: AsyncRead + Unpin + Send> BodySource for ScgiBody<R> {
 
 struct ScgiSink<W> {
     wr: W,
+    cut_off: bool,
 }
 
 impl<W: AsyncWrite + Unpin + Send> ResponseSink for ScgiSink<W> {
@@ -143,9 +160,9 @@ impl<W: AsyncWrite + Unpin + Send> ResponseSink for ScgiSink<W> {
             if !data.is_empty() {
                 self.wr.write_all(&data).await.map_err(|_| FrontGone)?;
             }
-            // Both ends close the connection; a cut-off response is simply shorter than its
-            // headers promised, or lacks its final chunk in the web server's own framing.
-            let _ = end;
+            if end == Some(End::CutOff) {
+                self.cut_off = true;
+            }
             Ok(())
         }
     }
