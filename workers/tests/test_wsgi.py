@@ -199,6 +199,9 @@ def test_exception_after_headers(worker):
     ("/non_latin1_header", b"latin-1"),
     ("/str_body", b"instead of bytes"),
     ("/no_start_response", b"without calling start_response"),
+    ("/returns_none", b"TypeError"),
+    ("/write_str", b"write() takes bytes, not str"),
+    ("/headers_not_list", b"must be a list"),
 ])
 def test_invalid_responses_give_500(worker, path, message):
     r = worker.get(path)

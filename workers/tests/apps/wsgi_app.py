@@ -212,6 +212,19 @@ def application(environ, start_response):
         start_response("200 OK", [])
         return ["not bytes"]
 
+    if path == "/returns_none":
+        start_response("200 OK", [])
+        return None
+
+    if path == "/write_str":
+        write = start_response("200 OK", [])
+        write("text")
+        return []
+
+    if path == "/headers_not_list":
+        start_response("200 OK", {"X-A": "1"})
+        return [b"x"]
+
     if path == "/no_start_response":
         return [b"oops"]
 
