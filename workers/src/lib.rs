@@ -443,11 +443,12 @@ fn handle_request(py: Python<'_>, w: &mut Worker, shared: &Arc<Shared>) -> PyRes
             report_error(py, shared, serial, e, &mut outcome);
         }
     }
+    let exiting = outcome.fatal.is_some();
     let next = py.detach(|| {
         let mut c = shared.lock();
         let keep = c.finish(serial);
         c.flush();
-        keep && c.wait_request()
+        keep && !exiting && c.wait_request()
     });
     match outcome.fatal {
         Some(e) => Err(e),
