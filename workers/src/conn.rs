@@ -7,6 +7,7 @@ use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use fastcgi_server::record::Padding;
@@ -22,6 +23,8 @@ use crate::sys::{self, Recv};
 
 /// Output is sent once this much is buffered (and at every flush point).
 pub(crate) const OUT_HIGH: usize = 256 * 1024;
+/// See [`Conn::flush_point`].
+const POLL_INTERVAL: Duration = Duration::from_millis(1);
 /// Body bytes that may share a record with the header block.
 const SHARED_RECORD_MAX: usize = 16 * 1024;
 /// Bytes asked of each recv(2).
@@ -160,6 +163,8 @@ pub(crate) struct Conn {
     pub req: Option<Req>,
     next_serial: u64,
     threads: Bytes,
+    /// When the socket was last read.
+    last_recv: Instant,
 }
 
 impl Conn {
@@ -173,6 +178,7 @@ impl Conn {
             req: None,
             next_serial: 0,
             threads: Bytes::from(threads.to_string()),
+            last_recv: Instant::now(),
         }
     }
 
@@ -216,6 +222,7 @@ impl Conn {
         buf.reserve(RECV_CHUNK);
         let len = buf.len();
         let res = sys::recv_into(fd, buf.spare_capacity_mut(), nonblocking);
+        self.last_recv = Instant::now();
         match res {
             Ok(Recv::Data(n)) => {
                 // SAFETY: recv initialised `n` bytes of the spare capacity.
@@ -474,9 +481,14 @@ impl Conn {
         }
     }
 
-    /// Check for an abort, then flush.
+    /// Check for an abort, then flush. The check is a recv(2) that usually finds
+    /// nothing; it is skipped when the socket was read less than POLL_INTERVAL ago
+    /// (a fast response right after its request), so a quick streamed response
+    /// costs no extra system call while a slow stream is checked at every chunk.
     pub(crate) fn flush_point(&mut self) {
-        self.poll();
+        if self.last_recv.elapsed() >= POLL_INTERVAL {
+            self.poll();
+        }
         self.flush();
     }
 
