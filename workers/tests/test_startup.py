@@ -83,3 +83,41 @@ def test_abi3_module_in_other_python(spawn, python):
     assert r.body.endswith(b"a\nbb\nccc")
     r = w.get("/raise_before")
     assert r.code == 500 and b"RuntimeError" in r.stderr
+
+
+def test_worker_dies_with_its_parent(runtime_dir, tmp_path):
+    """PR_SET_PDEATHSIG: when the process that started the worker dies, so does the worker."""
+    import sys
+    import time
+    from conftest import BOOT, worker_python
+    sock = tmp_path / "p.sock"
+    parent = r'''
+import os, socket, subprocess, sys
+s = socket.socket(socket.AF_UNIX); s.bind(sys.argv[1]); s.listen(8)
+r, w = os.pipe()
+env = dict(os.environ, FCGIBRIDGE_APP="wsgi_app:application", FCGIBRIDGE_READY_FD=str(w))
+p = subprocess.Popen([sys.argv[2], "-u", "-c", sys.argv[3], sys.argv[4]], stdin=s.fileno(),
+                     pass_fds=(w,), env=env, cwd=sys.argv[5])
+os.close(w)
+assert os.read(r, 100) == b"READY\n"
+print(p.pid, flush=True)
+os._exit(0)  # without waiting for, or killing, the worker
+'''
+    out = subprocess.run([sys.executable, "-c", parent, str(sock), worker_python(), BOOT,
+                          str(runtime_dir / "python"), str(APPS)],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    pid = int(out.stdout.split()[0])
+    deadline = time.time() + 5
+    while time.time() < deadline:
+        try:
+            with open("/proc/%d/stat" % pid) as f:
+                state = f.read().rsplit(")", 1)[1].split()[0]
+            if state == "Z":
+                break
+        except FileNotFoundError:
+            break
+        time.sleep(0.05)
+    else:
+        os.kill(pid, 9)
+        raise AssertionError("the worker outlived its parent")
