@@ -97,7 +97,8 @@ s = socket.socket(socket.AF_UNIX); s.bind(sys.argv[1]); s.listen(8)
 r, w = os.pipe()
 env = dict(os.environ, FCGIBRIDGE_APP="wsgi_app:application", FCGIBRIDGE_READY_FD=str(w))
 p = subprocess.Popen([sys.argv[2], "-u", "-c", sys.argv[3], sys.argv[4]], stdin=s.fileno(),
-                     pass_fds=(w,), env=env, cwd=sys.argv[5])
+                     pass_fds=(w,), env=env, cwd=sys.argv[5],
+                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 os.close(w)
 assert os.read(r, 100) == b"READY\n"
 print(p.pid, flush=True)
