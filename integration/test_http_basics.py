@@ -282,3 +282,15 @@ def test_https_sets_url_scheme(bridge):
     assert env["wsgi.url_scheme"] == "https"
     resp = bridge.request("/environ")
     assert json.loads(resp.body)["wsgi.url_scheme"] == "http"
+
+
+def test_post_environ_has_no_http_content_headers(nginx, transport):
+    """nginx passes every request header as HTTP_*, Content-Length and Content-Type too;
+    PEP 3333 / CGI want them only as CONTENT_LENGTH / CONTENT_TYPE (wsgiref.validate
+    rejects an environ with HTTP_CONTENT_LENGTH)."""
+    r = requests.post(nginx.url(transport, "/environ"), data=b"abc",
+                      headers={"Host": POOL_HOSTS["edge"], "Content-Type": "text/plain"}, timeout=60)
+    env = r.json()
+    assert env["CONTENT_LENGTH"] == "3" and env["CONTENT_TYPE"] == "text/plain"
+    assert "HTTP_CONTENT_LENGTH" not in env and "HTTP_CONTENT_TYPE" not in env, \
+        {k: v for k, v in env.items() if k.startswith("HTTP_CONTENT")}
