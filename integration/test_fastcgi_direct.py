@@ -2,6 +2,7 @@
 keep-conn, multiplexing, GET_VALUES, ABORT_REQUEST, unknown roles and record types."""
 import hashlib
 import json
+import re
 import time
 import uuid
 
@@ -193,3 +194,41 @@ def test_stdin_after_response_started_and_early_response(bridge):
         assert resp.status == 200
         conn.responses.clear()
         assert conn.request("/health", headers={"Host": "edge.test"}).body == b"ok"
+
+
+def test_idle_kept_alive_connections_do_not_pin_workers(bridge):
+    """The `single` pool has one worker thread; ten kept-alive front connections that each
+    served a request and then sit idle must not hold it."""
+    conns = [bridge.fcgi() for _ in range(10)]
+    try:
+        for c in conns:
+            assert c.request("/health", headers={"Host": "single.test"}).body == b"ok"
+        start = time.monotonic()
+        resp = bridge.request("/health", pool="single")
+        assert resp.body == b"ok"
+        assert time.monotonic() - start < 5
+        # and the idle connections are still usable
+        for c in conns[:3]:
+            c.responses.clear()
+            assert c.request("/health", headers={"Host": "single.test"}).body == b"ok"
+    finally:
+        for c in conns:
+            c.close()
+
+
+def test_latin1_param_bytes_reach_the_app_as_latin1_str(bridge):
+    with bridge.fcgi() as conn:
+        pairs = fc.cgi_params("/environ", headers={"Host": "edge.test"})
+        pairs.append(("HTTP_X_LATIN", b"caf\xe9 \xff"))
+        conn.begin(1, pairs, b"")
+        env = json.loads(conn.wait(1).body)
+    assert env["HTTP_X_LATIN"] == "caf\u00e9 \u00ff"
+
+
+def test_request_id_in_environ_matches_the_access_log(bridge, log):
+    resp = bridge.request("/environ", query=f"rid={uuid.uuid4().hex}")
+    env = json.loads(resp.body)
+    rid = str(env["fcgibridge.request_id"])
+    assert rid
+    lines = log.wait_for([re.escape(env["QUERY_STRING"])], access=True)
+    assert any(re.search(rf'request_id\W+{re.escape(rid)}\b', ln) for ln in lines), (rid, lines)
