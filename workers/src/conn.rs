@@ -6,7 +6,8 @@
 use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -36,13 +37,23 @@ const MAX_READAHEAD: usize = 1 << 20;
 
 pub(crate) struct Shared {
     conn: Mutex<Conn>,
+    /// Serial of the request being served (0: none), readable without the lock:
+    /// objects of an ended request (kept by an app thread) must not wait for the
+    /// lock, which the serving thread holds while it waits for the next request.
+    current: Arc<AtomicU64>,
 }
 
 impl Shared {
     pub(crate) fn new(fd: OwnedFd, threads: usize) -> Self {
+        let current = Arc::new(AtomicU64::new(0));
         Shared {
-            conn: Mutex::new(Conn::new(fd, threads)),
+            conn: Mutex::new(Conn::new(fd, threads, current.clone())),
+            current,
         }
+    }
+    /// Whether request `serial` is over (a cheap check before locking).
+    pub(crate) fn is_over(&self, serial: u64) -> bool {
+        self.current.load(Ordering::Acquire) != serial
     }
     /// Lock while attached to Python (detaches only if it has to wait).
     pub(crate) fn lock_py(&self, py: Python<'_>) -> MutexGuard<'_, Conn> {
@@ -165,10 +176,11 @@ pub(crate) struct Conn {
     threads: Bytes,
     /// When the socket was last read.
     last_recv: Instant,
+    current: Arc<AtomicU64>,
 }
 
 impl Conn {
-    fn new(fd: OwnedFd, threads: usize) -> Self {
+    fn new(fd: OwnedFd, threads: usize, current: Arc<AtomicU64>) -> Self {
         Conn {
             fd: Some(fd),
             dec: ServerConnection::new(Limits::default()),
@@ -179,6 +191,7 @@ impl Conn {
             next_serial: 0,
             threads: Bytes::from(threads.to_string()),
             last_recv: Instant::now(),
+            current,
         }
     }
 
@@ -332,6 +345,7 @@ impl Conn {
                 } else {
                     self.next_serial += 1;
                     self.req = Some(Req::new(id, keep_conn, self.next_serial));
+                    self.current.store(self.next_serial, Ordering::Release);
                 }
             }
             ServerEvent::Params { id, params } => {
@@ -396,6 +410,7 @@ impl Conn {
                     // Aborted before the app was called: nothing to run.
                     let id = r.id;
                     self.req = None;
+                    self.current.store(0, Ordering::Release);
                     self.end_id(id, 1, ProtocolStatus::RequestComplete);
                     continue;
                 }
@@ -652,6 +667,7 @@ impl Conn {
             }
             0
         };
+        self.current.store(0, Ordering::Release);
         let Some(r) = self.req.take() else {
             return false;
         };

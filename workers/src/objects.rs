@@ -60,6 +60,9 @@ impl Input {
         mut decide: impl FnMut(&crate::conn::Req) -> Have,
     ) -> PyResult<Bound<'py, PyBytes>> {
         loop {
+            if self.shared.is_over(self.serial) {
+                return Ok(Self::empty(py));
+            }
             let mut c = self.shared.lock_py(py);
             let Some(r) = c.cur(self.serial) else {
                 return Ok(Self::empty(py));
@@ -224,7 +227,9 @@ impl Errors {
         if data.is_empty() {
             return Ok(());
         }
-        let (sent, full) = {
+        let (sent, full) = if self.shared.is_over(self.serial) {
+            (false, false)
+        } else {
             let mut c = self.shared.lock_py(py);
             let sent = c.push_stderr(self.serial, data);
             (sent, c.out.len() >= crate::conn::OUT_HIGH)
@@ -274,6 +279,9 @@ impl Errors {
     fn flush(&self, py: Python<'_>) {
         let shared = &self.shared;
         let serial = self.serial;
+        if shared.is_over(serial) {
+            return;
+        }
         let pending = {
             let mut c = shared.lock_py(py);
             c.cur(serial).is_some() && !c.out.is_empty()
@@ -430,6 +438,11 @@ impl StartResponse {
         exc_info: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Writer> {
         let exc_info = exc_info.filter(|e| !e.is_none());
+        if self.shared.is_over(self.serial) {
+            return Err(PyRuntimeError::new_err(
+                "start_response() called after the request ended",
+            ));
+        }
         {
             let mut c = self.shared.lock_py(py);
             let Some(r) = c.cur(self.serial) else {
@@ -491,6 +504,11 @@ impl Writer {
                 data.get_type().name()?
             )));
         };
+        if self.shared.is_over(self.serial) {
+            return Err(PyRuntimeError::new_err(
+                "write() called after the request ended",
+            ));
+        }
         {
             let mut c = self.shared.lock_py(py);
             match c.cur(self.serial) {

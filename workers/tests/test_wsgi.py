@@ -309,3 +309,16 @@ def test_one_send_per_hello_world_request(spawn, tmp_path):
     assert len(sends) == 5, sends
     # each carries the body and ends with END_REQUEST (type 3, request 1, 8 bytes)
     assert all("Hello, World!" in ln and '\\1\\3\\0\\1\\0\\10\\0\\0' in ln for ln in sends), sends
+
+
+def test_stale_objects_do_not_wait_for_an_idle_connection(worker):
+    """An app thread using an ended request's streams while the serving thread
+    waits (kept-alive, idle) for the next request is not blocked."""
+    import time
+    with worker.client() as c:
+        c.request("/keep_input", method="POST", body=b"x")
+        c.request("/bg_log")
+        time.sleep(1.0)  # idle connection: the serving thread is in recv()
+        evs = json.loads(c.request("/events").body)
+    took = [float(e.split(":")[1]) for e in evs if e.startswith("bglog:")]
+    assert took and took[0] < 0.5, evs

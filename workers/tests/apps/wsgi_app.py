@@ -153,6 +153,18 @@ def application(environ, start_response):
         start_response("200 OK", [("Content-Type", "application/octet-stream")])
         return out
 
+    if path == "/bg_log":
+        # a background thread writes to the wsgi.errors of an ended request
+        def bg():
+            import time
+            time.sleep(0.2)
+            t0 = time.time()
+            KEPT[1].write("background write\n")
+            KEPT[0].read()
+            note("bglog:%.3f" % (time.time() - t0))
+        threading.Thread(target=bg).start()
+        return _text(start_response, "started")
+
     if path == "/events":
         with LOCK:
             out = list(EVENTS)
