@@ -675,3 +675,203 @@ impl Conn {
         keep && !self.rd_eof && self.usable()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fastcgi_server::client::{
+        write_abort, write_begin_request, write_get_values, write_params, write_stdin,
+        write_stdin_end, ClientConnection, ClientEvent,
+    };
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixStream;
+
+    fn pair() -> (Conn, UnixStream) {
+        let (a, b) = UnixStream::pair().expect("socketpair");
+        let conn = Conn::new(OwnedFd::from(a), 4, Arc::new(AtomicU64::new(0)));
+        b.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        (conn, b)
+    }
+
+    fn request(id: u16, role: Role, body: Option<&[u8]>) -> Vec<u8> {
+        let mut out = Vec::new();
+        write_begin_request(&mut out, id, role, true);
+        let params: [(&[u8], &[u8]); 2] = [(b"REQUEST_METHOD", b"POST"), (b"PATH_INFO", b"/x")];
+        write_params(&mut out, id, params);
+        if let Some(b) = body {
+            write_stdin(&mut out, id, b);
+            write_stdin_end(&mut out, id);
+        }
+        out
+    }
+
+    /// Read what the worker sent until `want` END_REQUESTs arrived (or EOF).
+    fn replies(peer: &mut UnixStream, want: usize) -> Vec<ClientEvent> {
+        let mut dec = ClientConnection::new(Limits::default());
+        let mut events = Vec::new();
+        let mut ends = 0;
+        let mut buf = [0u8; 65536];
+        while ends < want {
+            while let Some(ev) = dec.next_event().expect("valid reply") {
+                if matches!(ev, ClientEvent::EndRequest { .. }) {
+                    ends += 1;
+                }
+                events.push(ev);
+            }
+            if ends >= want {
+                break;
+            }
+            let n = peer.read(&mut buf).expect("read");
+            if n == 0 {
+                break;
+            }
+            dec.feed(&buf[..n]);
+        }
+        events
+    }
+
+    #[test]
+    fn find_newline_across_chunks() {
+        let mut r = Req::new(1, true, 1);
+        for c in [&b"ab"[..], b"c\nde", b"f", b"\n"] {
+            r.avail += c.len();
+            r.stdin.push_back(Bytes::copy_from_slice(c));
+        }
+        assert_eq!(r.find_newline(0, usize::MAX), Some(4));
+        assert_eq!(r.find_newline(0, 3), None);
+        assert_eq!(r.find_newline(4, usize::MAX), Some(8));
+        let mut line = [0u8; 4];
+        r.take_into(&mut line);
+        assert_eq!(&line, b"abc\n");
+        assert_eq!(r.avail, 4);
+        assert_eq!(r.find_newline(0, usize::MAX), Some(4));
+    }
+
+    #[test]
+    fn serves_body_and_ends_request() {
+        let (mut c, mut peer) = pair();
+        peer.write_all(&request(1, Role::Responder, Some(b"hello body")))
+            .expect("send");
+        assert!(c.wait_request());
+        let serial = c.req.as_ref().map(|r| r.serial).expect("request");
+        c.fill_stdin(serial, usize::MAX);
+        let r = c.cur(serial).expect("current");
+        assert!(r.stdin_done);
+        let mut body = vec![0u8; r.avail];
+        r.take_into(&mut body);
+        assert_eq!(body, b"hello body");
+        r.started = true;
+        r.head = b"Status: 200 OK\r\n".to_vec();
+        r.status_code = 200;
+        r.auto_content_length = Some(2);
+        assert!(c.push_body(serial, b"ok", false));
+        assert!(c.finish(serial));
+        c.flush();
+        let ev = replies(&mut peer, 1);
+        let stdout: Vec<u8> = ev
+            .iter()
+            .filter_map(|e| match e {
+                ClientEvent::Stdout { data, .. } => Some(data.to_vec()),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        assert_eq!(stdout, b"Status: 200 OK\r\nContent-Length: 2\r\n\r\nok");
+        assert!(matches!(
+            ev.last(),
+            Some(ClientEvent::EndRequest {
+                id: 1,
+                app_status: 0,
+                protocol_status: ProtocolStatus::RequestComplete
+            })
+        ));
+    }
+
+    #[test]
+    fn unknown_role_get_values_and_multiplexing() {
+        let (mut c, mut peer) = pair();
+        let mut out = Vec::new();
+        let names: [&[u8]; 3] = [b"FCGI_MAX_CONNS", b"FCGI_MPXS_CONNS", b"FCGI_OTHER"];
+        write_get_values(&mut out, names);
+        out.extend(request(7, Role::Authorizer, Some(b"")));
+        out.extend(request(1, Role::Responder, None));
+        out.extend(request(2, Role::Responder, Some(b"")));
+        peer.write_all(&out).expect("send");
+        assert!(c.wait_request());
+        assert_eq!(c.req.as_ref().map(|r| r.id), Some(1));
+        c.process();
+        c.flush();
+        let ev = replies(&mut peer, 2);
+        let values = ev.iter().find_map(|e| match e {
+            ClientEvent::GetValuesResult { values } => Some(values.clone()),
+            _ => None,
+        });
+        let values = values.expect("GET_VALUES_RESULT");
+        assert_eq!(values.get(b"FCGI_MAX_CONNS"), Some(&b"4"[..]));
+        assert_eq!(values.get(b"FCGI_MPXS_CONNS"), Some(&b"0"[..]));
+        assert_eq!(values.get(b"FCGI_OTHER"), None);
+        let ends: Vec<_> = ev
+            .iter()
+            .filter_map(|e| match e {
+                ClientEvent::EndRequest {
+                    id,
+                    protocol_status,
+                    ..
+                } => Some((*id, *protocol_status)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            ends,
+            vec![
+                (7, ProtocolStatus::UnknownRole),
+                (2, ProtocolStatus::CantMpxConn)
+            ]
+        );
+    }
+
+    #[test]
+    fn abort_after_complete_input_is_seen() {
+        let (mut c, mut peer) = pair();
+        peer.write_all(&request(1, Role::Responder, Some(b"body")))
+            .expect("send");
+        assert!(c.wait_request());
+        let serial = c.req.as_ref().map(|r| r.serial).expect("request");
+        c.fill_stdin(serial, usize::MAX);
+        assert!(c.cur(serial).is_some_and(|r| r.stdin_done && !r.aborted));
+        let mut out = Vec::new();
+        write_abort(&mut out, 1);
+        peer.write_all(&out).expect("send");
+        std::thread::sleep(Duration::from_millis(50));
+        c.poll();
+        assert!(c.cur(serial).is_some_and(|r| r.aborted));
+        assert!(!c.push_body(serial, b"dropped", true));
+        assert!(c.finish(serial));
+        c.flush();
+        let ev = replies(&mut peer, 1);
+        assert!(!ev.iter().any(|e| matches!(e, ClientEvent::Stdout { .. })));
+        assert!(matches!(
+            ev.last(),
+            Some(ClientEvent::EndRequest {
+                id: 1,
+                app_status: 1,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn eof_mid_body_aborts_and_ends_connection() {
+        let (mut c, mut peer) = pair();
+        let mut out = request(1, Role::Responder, None);
+        write_stdin(&mut out, 1, b"partial");
+        peer.write_all(&out).expect("send");
+        assert!(c.wait_request());
+        let serial = c.req.as_ref().map(|r| r.serial).expect("request");
+        peer.shutdown(std::net::Shutdown::Write).expect("shutdown");
+        c.fill_stdin(serial, usize::MAX);
+        assert!(c.cur(serial).is_some_and(|r| r.aborted && r.avail == 7));
+        assert!(!c.finish(serial));
+    }
+}
