@@ -84,7 +84,9 @@ pub(crate) struct Req {
     /// `Status: ...\r\n` and the header lines, without the blank line.
     pub head: Vec<u8>,
     pub status_code: u16,
-    pub has_content_length: bool,
+    /// The app's Content-Length: no more body than this is sent, and less ends
+    /// the request as cut off.
+    pub content_length: Option<u64>,
     /// Content-Length the worker may add when the app gave none (a list result).
     pub auto_content_length: Option<u64>,
     pub is_head: bool,
@@ -110,7 +112,7 @@ impl Req {
             started: false,
             head: Vec::new(),
             status_code: 0,
-            has_content_length: false,
+            content_length: None,
             auto_content_length: None,
             is_head: false,
             headers_sent: false,
@@ -524,7 +526,7 @@ impl Conn {
         r.headers_sent = true;
         let bodyless =
             r.is_head || r.status_code < 200 || r.status_code == 204 || r.status_code == 304;
-        if !r.has_content_length && !bodyless {
+        if r.content_length.is_none() && !bodyless {
             if let Some(n) = r.auto_content_length {
                 if r.body_bytes == 0 {
                     r.head.extend_from_slice(b"Content-Length: ");
@@ -552,6 +554,20 @@ impl Conn {
             return true;
         }
         let mut data = data;
+        let mut full = false;
+        if let Some(r) = self.cur(serial) {
+            if let Some(limit) = r.content_length {
+                // PEP 3333: never more than the app's Content-Length; stop there.
+                let left = limit.saturating_sub(r.body_bytes);
+                if data.len() as u64 >= left {
+                    data = &data[..left as usize];
+                    full = true;
+                }
+            }
+        }
+        if data.is_empty() {
+            return !full;
+        }
         if self.req.as_ref().is_some_and(|r| !r.headers_sent) {
             let first = if data.len() <= SHARED_RECORD_MAX {
                 data
@@ -575,7 +591,7 @@ impl Conn {
                 self.flush_point();
             }
         }
-        self.cur(serial).is_some_and(|r| !r.aborted)
+        !full && self.cur(serial).is_some_and(|r| !r.aborted)
     }
 
     /// Queue a STDERR record for request `serial`; false if that request is over.
@@ -608,7 +624,7 @@ impl Conn {
         )
         .into_bytes();
         r.status_code = 500;
-        r.has_content_length = true;
+        r.content_length = Some(22);
         r.replaced = true;
         self.push_head(serial);
         if let Some(r) = self.cur(serial) {
@@ -656,6 +672,22 @@ impl Conn {
             return false;
         };
         let keep = r.keep_conn;
+        let bodyless =
+            r.is_head || r.status_code < 200 || r.status_code == 204 || r.status_code == 304;
+        if let Some(n) = r.content_length {
+            if !(r.aborted || r.cut_off || r.replaced || bodyless) && r.body_bytes < n {
+                // The client would wait for the missing bytes: end it as cut off.
+                r.cut_off = true;
+                let (id, sent) = (r.id, r.body_bytes);
+                let msg = format!(
+                    "fcgibridge worker: the response is shorter than its Content-Length ({sent} of {n} bytes)\n"
+                );
+                write_stderr(&mut self.out, id, msg.as_bytes(), Padding::None);
+            }
+        }
+        let Some(r) = self.cur(serial) else {
+            return false;
+        };
         let status = if r.aborted || r.cut_off {
             1
         } else {

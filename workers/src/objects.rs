@@ -354,7 +354,7 @@ const HOP_BY_HOP: [&[u8]; 7] = [
 struct Head {
     head: Vec<u8>,
     status_code: u16,
-    has_content_length: bool,
+    content_length: Option<u64>,
 }
 
 fn build_head(status: &Bound<'_, PyAny>, headers: &Bound<'_, PyAny>) -> PyResult<Head> {
@@ -375,7 +375,7 @@ fn build_head(status: &Bound<'_, PyAny>, headers: &Bound<'_, PyAny>) -> PyResult
     head.extend_from_slice(b"Status: ");
     head.extend_from_slice(&status_b);
     head.extend_from_slice(b"\r\n");
-    let mut has_content_length = false;
+    let mut content_length: Option<u64> = None;
     if !(headers.is_instance_of::<PyList>() || headers.is_instance_of::<PyTuple>()) {
         return Err(PyTypeError::new_err(format!(
             "response headers must be a list of (name, value) tuples, not {}",
@@ -413,7 +413,26 @@ fn build_head(status: &Bound<'_, PyAny>, headers: &Bound<'_, PyAny>) -> PyResult
             continue;
         }
         if lower == b"content-length" {
-            has_content_length = true;
+            let text = String::from_utf8_lossy(&value);
+            let n = text
+                .trim()
+                .parse::<u64>()
+                .ok()
+                .filter(|_| text.trim().bytes().all(|b| b.is_ascii_digit()));
+            match (n, content_length) {
+                (None, _) => {
+                    return Err(PyValueError::new_err(format!(
+                        "invalid Content-Length {text:?}"
+                    )))
+                }
+                (Some(n), Some(m)) if n != m => {
+                    return Err(PyValueError::new_err(
+                        "two different Content-Length headers",
+                    ))
+                }
+                (Some(_), Some(_)) => continue,
+                (Some(n), None) => content_length = Some(n),
+            }
         }
         head.extend_from_slice(&name);
         head.extend_from_slice(b": ");
@@ -423,7 +442,7 @@ fn build_head(status: &Bound<'_, PyAny>, headers: &Bound<'_, PyAny>) -> PyResult
     Ok(Head {
         head,
         status_code,
-        has_content_length,
+        content_length,
     })
 }
 
@@ -480,7 +499,7 @@ impl StartResponse {
         r.started = true;
         r.head = h.head;
         r.status_code = h.status_code;
-        r.has_content_length = h.has_content_length;
+        r.content_length = h.content_length;
         Ok(Writer {
             shared: self.shared.clone(),
             serial: self.serial,
@@ -531,9 +550,8 @@ impl Writer {
         let serial = self.serial;
         py.detach(|| {
             let mut c = shared.lock();
-            if c.push_body(serial, bytes, true) {
-                c.flush_point();
-            }
+            c.push_body(serial, bytes, true);
+            c.flush_point();
         });
         Ok(())
     }

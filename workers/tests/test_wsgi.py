@@ -322,3 +322,32 @@ def test_stale_objects_do_not_wait_for_an_idle_connection(worker):
         evs = json.loads(c.request("/events").body)
     took = [float(e.split(":")[1]) for e in evs if e.startswith("bglog:")]
     assert took and took[0] < 0.5, evs
+
+
+@pytest.mark.parametrize("declared,kind,body,app_status", [
+    ("10", "list", b"1234567890", 0),
+    ("5", "list", b"12345", 0),       # never more than Content-Length
+    ("3", "gen", b"abc", 0),          # and iteration stops there
+    ("12", "list", b"1234567890", 1),  # shorter: ended as cut off
+    ("0", "none", b"", 0),
+])
+def test_app_content_length_is_enforced(worker, declared, kind, body, app_status):
+    r = worker.get("/cl/%s/%s" % (declared, kind))
+    assert r.body == body
+    assert r.app_status == app_status
+    assert (b"shorter than its Content-Length" in r.stderr) == bool(app_status)
+
+
+def test_generator_stopped_at_content_length_is_closed(worker):
+    worker.get("/cl/3/gen")
+    assert "closed:cl" in events(worker)
+
+
+def test_head_with_content_length_and_no_body(worker):
+    r = worker.get("/cl/10/none", method="HEAD")
+    assert r.headers["content-length"] == "10" and r.body == b"" and r.app_status == 0
+
+
+def test_invalid_content_length(worker):
+    r = worker.get("/cl/abc/list")
+    assert r.code == 500 and b"invalid Content-Length" in r.stderr

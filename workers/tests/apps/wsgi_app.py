@@ -165,6 +165,18 @@ def application(environ, start_response):
         threading.Thread(target=bg).start()
         return _text(start_response, "started")
 
+    if path.startswith("/cl/"):
+        # /cl/<declared>/<kind>: a Content-Length that does or does not match the body
+        _, _, declared, kind = path.split("/")
+        start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", declared)])
+        if kind == "list":
+            return [b"1234567890"]
+        if kind == "gen":
+            return Closing([b"ab", b"cd", b"ef"], "cl")
+        if kind == "none":
+            return []
+        raise ValueError(kind)
+
     if path == "/events":
         with LOCK:
             out = list(EVENTS)
