@@ -9,7 +9,7 @@ import pytest
 import requests
 
 import fcgi_client as fc
-from conftest import POOL_HOSTS, wait_until
+from harness import POOL_HOSTS, wait_until
 
 # a warning or error line from the bridge itself
 LEVEL = r"(WARN|ERROR)"

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import APPS, bridge_binary
+from harness import APPS, bridge_binary
 
 
 def run(*args, timeout=60, **kw):
@@ -182,7 +182,7 @@ def test_request_shows_error_status(bridge):
 
 
 def test_request_to_a_closed_port_fails_cleanly():
-    from conftest import free_ports
+    from harness import free_ports
     port = free_ports(1)[0]
     r = run("request", f"127.0.0.1:{port}", "/")
     assert r.returncode != 0

@@ -8,7 +8,7 @@ import pytest
 import requests
 
 import fcgi_client
-from conftest import POOL_HOSTS
+from harness import POOL_HOSTS
 
 N = 200
 

@@ -12,7 +12,7 @@ import uuid
 import pytest
 
 import fcgi_client as fc
-from conftest import APPS, free_ports, make_bridge, pool, wait_until
+from harness import APPS, free_ports, make_bridge, pool, wait_until
 
 
 def edge_pool(**kw):

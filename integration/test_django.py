@@ -8,7 +8,7 @@ import uuid
 import pytest
 import requests
 
-from conftest import POOL_HOSTS
+from harness import POOL_HOSTS
 
 TOKEN_RE = re.compile(r'name="csrfmiddlewaretoken" value="([^"]+)"')
 

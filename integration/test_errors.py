@@ -6,7 +6,7 @@ import uuid
 
 
 import fcgi_client
-from conftest import POOL_HOSTS, http_get
+from harness import POOL_HOSTS, http_get
 
 
 def test_exception_before_headers_is_500_with_traceback_logged(nginx, transport, log):
@@ -80,7 +80,7 @@ def test_wsgi_errors_reach_the_log(nginx, log):
 def test_worker_import_error_is_reported(tmp_path):
     """A pool whose app cannot be imported: the bridge says so in its log and answers 502/503
     for that pool while another pool keeps serving."""
-    from conftest import APPS, free_ports, make_bridge, pool
+    from harness import APPS, free_ports, make_bridge, pool
     bad = tmp_path / "broken_app.py"
     bad.write_text("import no_such_module_for_fcgibridge_tests\napplication = None\n")
     port = free_ports(1)[0]

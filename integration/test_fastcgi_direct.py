@@ -8,7 +8,7 @@ import uuid
 
 
 import fcgi_client as fc
-from conftest import wait_until
+from harness import wait_until
 
 
 def params(path, host="edge.test", query="", method="GET", length=None):

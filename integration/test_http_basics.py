@@ -9,7 +9,7 @@ import pytest
 import requests
 
 import fcgi_client
-from conftest import POOL_HOSTS, http_get
+from harness import POOL_HOSTS, http_get
 
 
 def test_get_flask(nginx, transport):
@@ -272,7 +272,7 @@ def test_close_called_after_a_complete_response(bridge, tmp_path):
     marker = bridge.workdir / f"ticks-{os.urandom(6).hex()}"
     resp = bridge.request("/ticks", query=f"marker={marker}&n=3")
     assert resp.status == 200 and resp.body == b"tick 0\ntick 1\ntick 2\n"
-    from conftest import wait_until
+    from harness import wait_until
     wait_until(lambda: marker.exists() and marker.read_text() == "closed\n", 10, what="close() called once")
 
 

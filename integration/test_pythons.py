@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from conftest import APPS, free_ports, make_bridge, pool
+from harness import APPS, free_ports, make_bridge, pool
 
 CANDIDATES = ["3.13", "3.12", "3.10", "3.9"]
 

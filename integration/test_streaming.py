@@ -12,7 +12,7 @@ import pytest
 import requests
 
 import fcgi_client
-from conftest import APPS, POOL_HOSTS, Nginx, free_ports, main_listeners, make_bridge, pool
+from harness import APPS, POOL_HOSTS, Nginx, free_ports, main_listeners, make_bridge, pool
 
 MiB = 1 << 20
 UPLOAD = 50 * MiB

@@ -5,7 +5,7 @@ import json
 
 import requests
 
-from conftest import POOL_HOSTS
+from harness import POOL_HOSTS
 
 
 def _post(nginx, transport, path, body, **kw):

@@ -10,7 +10,7 @@ import uuid
 import pytest
 import requests
 
-from conftest import APPS, Nginx, free_ports, main_listeners, make_bridge, pool, wait_until
+from harness import APPS, Nginx, free_ports, main_listeners, make_bridge, pool, wait_until
 
 pytestmark = pytest.mark.timeout(400)
 

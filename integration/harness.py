@@ -1,0 +1,544 @@
+"""Helpers of the end-to-end suite: a running `fcgibridge run` with a generated conf.d,
+a real nginx in front of it, the bridge's log, free ports and polling.
+
+(Test modules import from here, not from conftest.py: another test directory in the
+same pytest run has a conftest.py of its own, and only one module can be `conftest`.)
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+APPS = HERE / "apps"
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))
+
+import fcgi_client  # noqa: E402
+
+# Hosts that the main bridge routes to each pool (the web server passes Host as HTTP_HOST).
+POOL_HOSTS = {
+    "flask": "flask.test",
+    "django": "django.test",
+    "edge": "edge.test",
+    "validated": "validated.test",
+    "single": "single.test",
+}
+
+DEFAULT_TIMEOUT = 300
+
+# ------------------------------------------------------------------ helpers
+
+def free_ports(n: int) -> list[int]:
+    """n distinct free loopback TCP ports (held open together while picking)."""
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def wait_until(predicate, timeout: float, interval: float = 0.05, what: str = "condition"):
+    """Poll predicate() until it returns a truthy value; returns that value."""
+    deadline = time.monotonic() + timeout
+    last_exc = None
+    while True:
+        try:
+            value = predicate()
+            if value:
+                return value
+            last_exc = None
+        except Exception as e:  # noqa: BLE001 - polled until the deadline
+            last_exc = e
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout}s waiting for {what}"
+                               + (f" (last error: {last_exc!r})" if last_exc else ""))
+        time.sleep(interval)
+
+
+def can_connect(address) -> bool:
+    family = socket.AF_UNIX if isinstance(address, str) else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.settimeout(2)
+        try:
+            s.connect(address)
+            return True
+        except OSError:
+            return False
+
+
+def to_yaml(obj, indent: int = 0) -> str:
+    """A small block-style YAML emitter for the generated conf.d (strings double-quoted)."""
+    pad = "  " * indent
+    out = []
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            if isinstance(v, (dict, list)) and v:
+                out.append(f"{pad}{k}:\n{to_yaml(v, indent + 1)}")
+            else:
+                out.append(f"{pad}{k}: {_scalar(v)}")
+    elif isinstance(obj, list):
+        for v in obj:
+            if isinstance(v, dict) and v:
+                inner = to_yaml(v, indent + 1).lstrip()
+                out.append(f"{pad}- {inner}")
+            else:
+                out.append(f"{pad}- {_scalar(v)}")
+    else:
+        out.append(pad + _scalar(obj))
+    return "\n".join(out) + ("\n" if indent == 0 else "")
+
+
+def _scalar(v) -> str:
+    if v is True:
+        return "true"
+    if v is False:
+        return "false"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, dict):
+        return "{}"
+    if isinstance(v, list):
+        return "[]"
+    return json.dumps(str(v))
+
+
+class LogFile:
+    """The bridge's captured stdout+stderr; tests look for lines after a mark."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def mark(self) -> int:
+        try:
+            return self.path.stat().st_size
+        except FileNotFoundError:
+            return 0
+
+    def text(self, since: int = 0) -> str:
+        with open(self.path, "rb") as f:
+            f.seek(since)
+            return f.read().decode("utf-8", "replace")
+
+    def lines(self, since: int = 0) -> list[str]:
+        return strip_ansi(self.text(since)).splitlines()
+
+    def wait_for(self, pattern, since: int = 0, timeout: float = 30.0, flags=re.I,
+                 access: bool = False) -> list[str]:
+        """Lines after `since` matching `pattern` (a regex, or a list of regexes that must all
+        match the same line); waits until there is at least one. Access-log lines (which name
+        every URI) are left out unless `access` is true."""
+        pats = [pattern] if isinstance(pattern, str) else list(pattern)
+
+        def found():
+            return [ln for ln in self.lines(since) if all(re.search(p, ln, flags) for p in pats)
+                    and access == is_access_line(ln)]
+
+        try:
+            return wait_until(found, timeout, 0.1, what=f"log line matching {pats}")
+        except TimeoutError:
+            tail = "\n".join(self.lines(since)[-60:])
+            raise AssertionError(f"no line of the bridge log matches {pats}; log since mark:\n{tail}")
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_ACCESS = re.compile(r"(\baccess: |\"target\":\s*\"access\")")
+
+
+def is_access_line(line: str) -> bool:
+    return bool(_ACCESS.search(line))
+
+
+def strip_ansi(s: str) -> str:
+    return _ANSI.sub("", s)
+
+
+def bridge_binary() -> Path:
+    path = Path(os.environ.get("FCGIBRIDGE_BIN", REPO / "target" / "debug" / "fcgibridge"))
+    if not path.exists():
+        pytest.fail(f"fcgibridge binary not found at {path}: run `cargo build --workspace` "
+                    "or set FCGIBRIDGE_BIN", pytrace=False)
+    return path
+
+
+class Bridge:
+    """`fcgibridge run --config DIR` with its log captured to a file."""
+
+    def __init__(self, workdir: Path, config: dict, name: str = "bridge"):
+        self.workdir = workdir
+        self.confdir = workdir / "conf.d"
+        self.confdir.mkdir(parents=True, exist_ok=True)
+        self.config = config
+        (self.confdir / "50-test.yaml").write_text(to_yaml(config))
+        self.log = LogFile(workdir / f"{name}.log")
+        self.proc: subprocess.Popen | None = None
+        self.binary = bridge_binary()
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def start(self):
+        env = dict(os.environ)
+        env.setdefault("NO_COLOR", "1")
+        env["FCGIBRIDGE_TEST_DIR"] = str(self.workdir)
+        logf = open(self.log.path, "ab")
+        self.proc = subprocess.Popen([str(self.binary), "run", "--config", str(self.confdir)],
+                                     stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
+                                     cwd=self.workdir, env=env, start_new_session=True)
+        logf.close()
+        return self
+
+    def listener_address(self, name: str):
+        spec = self.config["listeners"][name]
+        addr = spec.get("fastcgi") or spec.get("scgi")
+        if addr.startswith("unix:"):
+            return addr[len("unix:"):]
+        host, _, port = addr.rpartition(":")
+        return (host, int(port))
+
+    def assert_running(self):
+        if self.proc.poll() is not None:
+            raise AssertionError(f"fcgibridge exited with status {self.proc.returncode}; log:\n"
+                                 + "\n".join(self.log.lines()[-80:]))
+
+    def wait_ready(self, probes, timeout: float = 120.0):
+        """Wait until every listener accepts and every probe request answers 200.
+        probes: list of (listener name, path, http host)."""
+        deadline = time.monotonic() + timeout
+        for name in self.config["listeners"]:
+            addr = self.listener_address(name)
+
+            def accepting():
+                self.assert_running()
+                return can_connect(addr)
+
+            wait_until(accepting, max(1.0, deadline - time.monotonic()), what=f"listener {name} at {addr}")
+        for listener, path, host in probes:
+            addr = self.listener_address(listener)
+            scgi = "scgi" in self.config["listeners"][listener]
+
+            def answered():
+                self.assert_running()
+                if scgi:
+                    status, _, _ = fcgi_client.scgi_request(addr, path, headers={"Host": host}, timeout=20)
+                else:
+                    status = fcgi_client.fcgi_request(addr, path, headers={"Host": host}).status
+                return status == 200
+
+            try:
+                wait_until(answered, max(1.0, deadline - time.monotonic()), 0.25,
+                           what=f"200 for {path} (Host {host}) through {listener}")
+            except TimeoutError as e:
+                raise AssertionError(f"{e}; bridge log:\n" + "\n".join(self.log.lines()[-80:]))
+        return self
+
+    def stop(self, timeout: float = 30.0):
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            try:
+                self.proc.send_signal(signal.SIGTERM)
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        # Workers that outlived the bridge: they are in the process group we created.
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def fcgi(self, listener: str = "fcgi-tcp", timeout: float = 60.0) -> fcgi_client.FcgiConnection:
+        return fcgi_client.FcgiConnection(self.listener_address(listener), timeout=timeout)
+
+    def request(self, path: str, pool: str = "edge", listener: str = "fcgi-tcp", **kw):
+        headers = dict(kw.pop("headers", {}) or {})
+        headers.setdefault("Host", POOL_HOSTS.get(pool, pool))
+        return fcgi_client.fcgi_request(self.listener_address(listener), path, headers=headers, **kw)
+
+    def status_of(self, pid: int, field: str) -> int:
+        """A size field of /proc/<pid>/status (e.g. VmHWM), in bytes."""
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
+        raise KeyError(field)
+
+
+def pool(app: str, **kw) -> dict:
+    d = {"app": app}
+    d.update(kw)
+    return d
+
+
+def main_pools(python: str = "python3") -> dict:
+    return {
+        "flask": pool(str(APPS / "flask_app.py"), python=python, processes=2, threads=4),
+        "django": pool("mysite.wsgi:application", python=python, chdir=str(APPS / "djproject"),
+                       processes=1, threads=4, env={"DJANGO_SETTINGS_MODULE": "mysite.settings"}),
+        "edge": pool(str(APPS / "edge_app.py"), python=python, processes=2, threads=8),
+        "validated": pool(str(APPS / "validated_app.py"), python=python, processes=1, threads=2),
+        # one process with one thread: slot leaks show up at once
+        "single": pool(str(APPS / "edge_app.py"), python=python, processes=1, threads=1),
+    }
+
+
+def host_routes() -> list:
+    return [{"host": h, "pool": p} for p, h in POOL_HOSTS.items()] + [{"pool": "flask"}]
+
+
+def make_bridge(workdir: Path, pools: dict, listeners: dict, bridge_extra=None, name="bridge") -> Bridge:
+    config = {
+        "bridge": {"log-level": "info", "access-log": "-", "runtime-dir": str(workdir / "run")},
+        "pools": pools,
+        "listeners": listeners,
+    }
+    config["bridge"].update(bridge_extra or {})
+    for spec in pools.values():
+        spec["env"] = dict({"FCGIBRIDGE_TEST_DIR": str(workdir)}, **spec.get("env", {}))
+    return Bridge(workdir, config, name=name)
+
+
+# ------------------------------------------------------------------ nginx
+
+NGINX_CONF = """
+{user}
+worker_processes 1;
+pid {tmp}/nginx.pid;
+error_log {tmp}/nginx-error.log info;
+events {{ worker_connections 2048; }}
+http {{
+    access_log {tmp}/nginx-access.log;
+    client_body_temp_path {tmp}/client_body;
+    fastcgi_temp_path {tmp}/fastcgi_temp;
+    scgi_temp_path {tmp}/scgi_temp;
+    proxy_temp_path {tmp}/proxy_temp;
+    uwsgi_temp_path {tmp}/uwsgi_temp;
+    client_max_body_size 200m;
+    fastcgi_read_timeout 300s;
+    fastcgi_send_timeout 300s;
+    scgi_read_timeout 300s;
+    scgi_send_timeout 300s;
+
+    upstream bridge_fcgi_tcp {{
+        server {fcgi_tcp};
+        keepalive 16;
+    }}
+
+    # FastCGI over a unix socket
+    server {{
+        listen 127.0.0.1:{port_unix};
+        server_name _;
+        location / {{
+            include {etc}/fastcgi_params;
+            {fcgi_path}
+            fastcgi_pass unix:{fcgi_unix};
+        }}
+    }}
+
+    # FastCGI over TCP, kept-alive connections to the bridge
+    server {{
+        listen 127.0.0.1:{port_tcp};
+        server_name _;
+        location / {{
+            include {etc}/fastcgi_params;
+            {fcgi_path}
+            fastcgi_keep_conn on;
+            fastcgi_pass bridge_fcgi_tcp;
+        }}
+    }}
+
+    # SCGI over TCP
+    server {{
+        listen 127.0.0.1:{port_scgi};
+        server_name _;
+        location / {{
+            include {etc}/scgi_params;
+            {scgi_path}
+            scgi_pass {scgi_tcp};
+        }}
+    }}
+
+    # FastCGI over TCP with unbuffered request bodies (chunked uploads stream through)
+    server {{
+        listen 127.0.0.1:{port_stream};
+        server_name _;
+        location / {{
+            include {etc}/fastcgi_params;
+            {fcgi_path}
+            fastcgi_keep_conn on;
+            fastcgi_request_buffering off;
+            fastcgi_buffering off;
+            fastcgi_pass bridge_fcgi_tcp;
+        }}
+    }}
+
+    # Debian's stock parameter files and nothing else: the whole path in SCRIPT_NAME
+    # (FastCGI) or only REQUEST_URI / DOCUMENT_URI (SCGI), no PATH_INFO
+    server {{
+        listen 127.0.0.1:{port_fcgi_stock};
+        server_name _;
+        location / {{
+            include {etc}/fastcgi_params;
+            fastcgi_pass unix:{fcgi_unix};
+        }}
+    }}
+    server {{
+        listen 127.0.0.1:{port_scgi_stock};
+        server_name _;
+        location / {{
+            include {etc}/scgi_params;
+            scgi_pass {scgi_tcp};
+        }}
+    }}
+}}
+"""
+
+# The classic recipe for WSGI apps behind nginx: the app is mounted at /, the path is PATH_INFO.
+# (After `include fastcgi_params` this sends SCRIPT_NAME twice; the last value must win.)
+FCGI_PATH_RECIPE = 'fastcgi_param SCRIPT_NAME ""; fastcgi_param PATH_INFO $fastcgi_script_name;'
+SCGI_PATH_RECIPE = 'scgi_param SCRIPT_NAME ""; scgi_param PATH_INFO $document_uri;'
+
+
+
+def nginx_binary() -> str:
+    found = shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if os.path.exists(p)), None)
+    if not found:
+        pytest.fail("nginx not found (apt-get install nginx-light)", pytrace=False)
+    return found
+
+
+def nginx_etc() -> Path:
+    for cand in (Path("/etc/nginx"), Path("/usr/local/nginx/conf")):
+        if (cand / "fastcgi_params").exists() and (cand / "scgi_params").exists():
+            return cand
+    pytest.fail("nginx's fastcgi_params / scgi_params not found", pytrace=False)
+
+
+class Nginx:
+    TRANSPORTS = ("fcgi-unix", "fcgi-tcp", "scgi", "fcgi-stream")
+    STOCK = ("fcgi-stock", "scgi-stock")
+
+    def __init__(self, workdir: Path, bridge: Bridge):
+        self.workdir = workdir
+        workdir.mkdir(parents=True, exist_ok=True)
+        ports = free_ports(len(self.TRANSPORTS) + len(self.STOCK))
+        self.ports = dict(zip(self.TRANSPORTS + self.STOCK, ports))
+        fcgi_tcp = bridge.listener_address("fcgi-tcp")
+        scgi_tcp = bridge.listener_address("scgi-tcp")
+        conf = NGINX_CONF.format(
+            tmp=workdir, etc=nginx_etc(),
+            fcgi_unix=bridge.listener_address("fcgi-unix"),
+            fcgi_tcp=f"{fcgi_tcp[0]}:{fcgi_tcp[1]}", scgi_tcp=f"{scgi_tcp[0]}:{scgi_tcp[1]}",
+            port_unix=self.ports["fcgi-unix"], port_tcp=self.ports["fcgi-tcp"],
+            port_scgi=self.ports["scgi"], port_stream=self.ports["fcgi-stream"],
+            port_fcgi_stock=self.ports["fcgi-stock"], port_scgi_stock=self.ports["scgi-stock"],
+            fcgi_path=FCGI_PATH_RECIPE, scgi_path=SCGI_PATH_RECIPE,
+            # as root, nginx's workers would run as "nobody" and could not reach the
+            # sockets inside pytest's private (0700) temporary directory
+            user="user root;" if os.geteuid() == 0 else "")
+        self.conf = workdir / "nginx.conf"
+        self.conf.write_text(conf)
+        self.error_log = LogFile(workdir / "nginx-error.log")
+        self.proc = None
+
+    def url(self, transport: str, path: str) -> str:
+        return f"http://127.0.0.1:{self.ports[transport]}{path}"
+
+    def start(self):
+        binary = nginx_binary()
+        test = subprocess.run([binary, "-t", "-p", str(self.workdir), "-e", str(self.workdir / "nginx-error.log"),
+                               "-c", str(self.conf)], capture_output=True, text=True)
+        if test.returncode != 0:
+            raise AssertionError(f"nginx -t failed:\n{test.stderr}")
+        out = open(self.workdir / "nginx-stdout.log", "ab")
+        self.proc = subprocess.Popen([binary, "-p", str(self.workdir), "-e", str(self.workdir / "nginx-error.log"),
+                                      "-c", str(self.conf), "-g", "daemon off;"],
+                                     stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        out.close()
+        return self
+
+    def wait_ready(self, timeout: float = 60.0):
+        import requests
+        for transport in self.TRANSPORTS:
+            port = self.ports[transport]
+
+            def ok():
+                if self.proc.poll() is not None:
+                    raise AssertionError("nginx exited: " + self.error_log.text())
+                r = requests.get(self.url(transport, "/health"), headers={"Host": "edge.test"}, timeout=10)
+                return r.status_code == 200 and r.text == "ok"
+            wait_until(ok, timeout, 0.1, what=f"nginx {transport} on port {port}")
+        return self
+
+    def stop(self):
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def main_listeners(workdir: Path, ports) -> dict:
+    routes = host_routes()
+    return {
+        "fcgi-unix": {"fastcgi": f"unix:{workdir / 'fcgi.sock'}", "routes": routes},
+        "fcgi-tcp": {"fastcgi": f"127.0.0.1:{ports[0]}", "routes": routes},
+        "scgi-tcp": {"scgi": f"127.0.0.1:{ports[1]}", "routes": routes},
+        "scgi-unix": {"scgi": f"unix:{workdir / 'scgi.sock'}", "routes": routes},
+        # prefix routes, as in the configuration reference's example
+        "fcgi-prefix": {"fastcgi": f"127.0.0.1:{ports[4]}",
+                        "routes": [{"prefix": "/dj", "pool": "django"}, {"prefix": "/edge/", "pool": "edge"},
+                                   {"pool": "flask"}]},
+        # a small params limit for the bad-input tests
+        "fcgi-small": {"fastcgi": f"127.0.0.1:{ports[2]}", "pool": "edge", "max-params": "4KiB"},
+        "scgi-small": {"scgi": f"127.0.0.1:{ports[3]}", "pool": "edge", "max-params": "4KiB"},
+    }
+
+
+# The django pool is probed by the Django tests' own fixture, so that a broken Django
+# pool fails those tests only.
+def main_probes() -> list:
+    return [("fcgi-tcp", "/health", POOL_HOSTS["edge"]),
+            ("fcgi-tcp", "/health", POOL_HOSTS["flask"]),
+            ("fcgi-tcp", "/", POOL_HOSTS["validated"]),
+            ("fcgi-tcp", "/health", POOL_HOSTS["single"]),
+            ("fcgi-unix", "/health", POOL_HOSTS["edge"]),
+            ("scgi-tcp", "/health", POOL_HOSTS["edge"]),
+            ("scgi-unix", "/health", POOL_HOSTS["edge"]),
+            ("fcgi-small", "/health", "any"),
+            ("fcgi-prefix", "/health", "any"),
+            ("scgi-small", "/health", "any")]
+
+
+def http_get(nginx, transport, path, pool="flask", **kw):
+    import requests
+    headers = dict(kw.pop("headers", {}) or {})
+    headers.setdefault("Host", POOL_HOSTS[pool])
+    return requests.get(nginx.url(transport, path), headers=headers, timeout=kw.pop("timeout", 60), **kw)
