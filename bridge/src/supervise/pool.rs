@@ -13,8 +13,9 @@ use tokio::sync::watch;
 
 const BACKOFF_START: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
-/// A worker that served this long before exiting is replaced at once.
-const HEALTHY_AFTER: Duration = Duration::from_secs(10);
+/// A worker that was ready and lived this long is replaced at once; one dying faster
+/// (crashing on every request) backs off like one that never became ready.
+const HEALTHY_AFTER: Duration = Duration::from_secs(1);
 /// How long a worker that closed its readiness pipe without a word gets before it is taken as ready.
 const SILENT_READY_GRACE: Duration = Duration::from_secs(1);
 const GRACEFUL_EXIT: Duration = Duration::from_secs(10);
@@ -62,7 +63,7 @@ pub async fn run_worker_slot(ctx: SlotCtx, mut stop: watch::Receiver<Stop>) {
                 continue;
             }
         };
-        let started = Instant::now();
+        let spawned_at = Instant::now();
         tracing::info!(pool, pid, slot = ctx.index, generation, "worker started");
         if let Some(out) = child.stdout.take() {
             tokio::spawn(log_lines(out, pool_name.clone(), pid, false));
@@ -128,7 +129,8 @@ pub async fn run_worker_slot(ctx: SlotCtx, mut stop: watch::Receiver<Stop>) {
                 Err(e) => tracing::error!(pool, pid, "cannot connect to the worker socket {}: {e}", socket.display()),
             }
         }
-        tracing::info!(pool, pid, connections = connected, "worker ready in {:.0?}", started.elapsed());
+        tracing::info!(pool, pid, connections = connected, "worker ready in {:.0?}", spawned_at.elapsed());
+        let ready_at = Instant::now();
 
         tokio::select! {
             status = child.wait() => {
@@ -137,7 +139,7 @@ pub async fn run_worker_slot(ctx: SlotCtx, mut stop: watch::Receiver<Stop>) {
                 let why = status.map(describe_exit).unwrap_or_else(|e| format!("wait failed: {e}"));
                 tracing::error!(pool, pid, "worker exited: {why}; replacing it");
                 remove_socket(&socket);
-                backoff = if started.elapsed() >= HEALTHY_AFTER { Duration::ZERO } else { next_backoff(backoff) };
+                backoff = if ready_at.elapsed() >= HEALTHY_AFTER { Duration::ZERO } else { next_backoff(backoff) };
             }
             _ = stop.changed() => {
                 let how = *stop.borrow();
