@@ -294,3 +294,33 @@ def test_post_environ_has_no_http_content_headers(nginx, transport):
     assert env["CONTENT_LENGTH"] == "3" and env["CONTENT_TYPE"] == "text/plain"
     assert "HTTP_CONTENT_LENGTH" not in env and "HTTP_CONTENT_TYPE" not in env, \
         {k: v for k, v in env.items() if k.startswith("HTTP_CONTENT")}
+
+
+def test_head_with_content_length_and_no_body(nginx, transport, bridge):
+    """Frameworks answer HEAD with the GET's Content-Length and no body: that is a complete
+    response, not a short one."""
+    r = requests.head(nginx.url(transport, "/head-cl"), headers={"Host": POOL_HOSTS["edge"]}, timeout=60)
+    assert r.status_code == 200
+    assert r.headers["Content-Length"] == "1000"
+    resp = bridge.request("/head-cl", method="HEAD")
+    assert resp.protocol_status == fcgi_client.REQUEST_COMPLETE and resp.app_status == 0
+    assert resp.status == 200 and resp.body == b""
+    # and the kept-alive upstream connection is still good
+    assert http_get(nginx, transport, "/head-cl", pool="edge").content == b"h" * 1000
+
+
+def test_body_longer_than_content_length_is_truncated(bridge):
+    resp = bridge.request("/cl-mismatch", query="declared=10&sent=25")
+    assert resp.status == 200
+    assert resp.body == b"m" * 10
+
+
+def test_body_shorter_than_content_length_is_not_a_clean_end(bridge):
+    with bridge.fcgi() as conn:
+        conn.begin(1, fcgi_client.cgi_params("/cl-mismatch", query="declared=100&sent=10",
+                                             headers={"Host": "edge.test"}), b"")
+        try:
+            resp = conn.wait(1)
+        except fcgi_client.ProtocolError:
+            return  # closed without END_REQUEST: a cut-off
+    assert resp.app_status != 0, "a body shorter than its Content-Length was ended as complete"

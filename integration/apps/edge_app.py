@@ -24,6 +24,8 @@ Paths (relative to the app's own PATH_INFO):
   /exc-info            start_response twice, the second time with exc_info: 500
   /print?msg=&err=     a line on the worker's stdout and one on its stderr
   /ticks?marker=&n=    a short Ticker (close() writes to the marker)
+  /head-cl             Content-Length 1000; for HEAD no body (as frameworks do)
+  /cl-mismatch?declared=&sent=   a Content-Length that does not match the body
   /stderr?msg=         writes msg to wsgi.errors, answers 200
 """
 import hashlib
@@ -277,6 +279,18 @@ def application(environ, start_response):
         # a short Ticker: close() must be called after a normal, complete iteration too
         start_response("200 OK", [("Content-Type", "text/plain")])
         return Ticker(q["marker"], int(q.get("n", "3")))
+
+    if path == "/head-cl":
+        # what frameworks do for HEAD: the GET's Content-Length, no body
+        body = b"" if environ["REQUEST_METHOD"] == "HEAD" else b"h" * 1000
+        start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "1000")])
+        return [body]
+
+    if path == "/cl-mismatch":
+        # declares `declared` bytes, sends `sent`
+        declared, sent = int(q["declared"]), int(q["sent"])
+        start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(declared))])
+        return [b"m" * sent]
 
     if path == "/mem":
         return _json(start_response, dict(_mem(), pid=os.getpid()))
