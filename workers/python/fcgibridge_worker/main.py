@@ -102,7 +102,10 @@ def _write_ready(fd, line):
 
 
 def _summary(exc):
-    text = "%s: %s" % (type(exc).__name__, exc) if str(exc) else type(exc).__name__
+    if isinstance(exc, LoadError):
+        text = str(exc)
+    else:
+        text = "%s: %s" % (type(exc).__name__, exc) if str(exc) else type(exc).__name__
     return " ".join(text.split())[:500]
 
 
