@@ -28,11 +28,13 @@ def stack(tmp_path_factory):
     pools = {
         "edge": pool(str(APPS / "edge_app.py"), processes=1, threads=4),
         "flask": pool(str(APPS / "flask_app.py"), processes=1, threads=2),
+        "one": pool(str(APPS / "edge_app.py"), processes=1, threads=1),
     }
     listeners = main_listeners(workdir, free_ports(5))
     for spec in listeners.values():
         if "routes" in spec:
-            spec["routes"] = [{"host": POOL_HOSTS["flask"], "pool": "flask"}, {"pool": "edge"}]
+            spec["routes"] = [{"host": POOL_HOSTS["flask"], "pool": "flask"}, {"host": "one.test", "pool": "one"},
+                              {"pool": "edge"}]
     b = make_bridge(workdir, pools, listeners)
     n = None
     try:
@@ -192,3 +194,46 @@ def test_slow_reader_back_pressure(stack):
     assert resp.status == 200
     assert len(resp.body) == 64 * MiB
     assert hwm - rss_before < GROWTH_LIMIT, f"bridge grew to {hwm / MiB:.1f} MiB with a stalled reader"
+
+
+def test_upload_waiting_in_the_queue_is_not_buffered(stack, payload):
+    """While a request waits for a worker thread, the bridge must not read its whole body
+    into memory: the client is held back (back-pressure) until a worker takes it."""
+    import threading
+    import uuid
+    from harness import wait_until
+    b, _ = stack
+    data, digest = payload
+    tag = "hold-" + uuid.uuid4().hex[:8]
+    holder = {}
+
+    def hold():
+        holder["resp"] = b.request("/sleep", pool="one.test", query=f"s=6&tag={tag}")
+
+    t_hold = threading.Thread(target=hold)
+    t_hold.start()
+    wait_until(lambda: (b.workdir / f"{tag}.pid").exists(), 30, what="the only thread busy")
+    rss_before = b.status_of(b.pid, "VmRSS")
+    result = {}
+
+    def upload():
+        with b.fcgi("fcgi-tcp", timeout=300) as conn:
+            conn.begin(1, fcgi_client.cgi_params("/upload", "POST", headers={"Host": "one.test"},
+                                                 content_length=len(data)), stdin=None)
+            for piece in chunks(data, 0xFFF8 * 4):
+                conn.send(fcgi_client.stream(fcgi_client.STDIN, 1, piece, terminate=False))
+            conn.send(fcgi_client.record(fcgi_client.STDIN, 1, b""))
+            result["resp"] = conn.wait(1)
+
+    t_up = threading.Thread(target=upload)
+    t_up.start()
+    time.sleep(3)  # the upload pushes as fast as the bridge reads; only back-pressure stops it
+    hwm_queued = b.status_of(b.pid, "VmHWM")
+    t_hold.join(60)
+    t_up.join(300)
+    assert holder["resp"].status == 200
+    import json
+    out = json.loads(result["resp"].body)
+    assert out["size"] == UPLOAD and out["sha256"] == digest
+    assert hwm_queued - rss_before < GROWTH_LIMIT, \
+        f"the bridge grew by {(hwm_queued - rss_before) / MiB:.1f} MiB holding a queued upload"
