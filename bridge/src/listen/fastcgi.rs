@@ -462,38 +462,34 @@ impl BodySource for FcgiBody {
         }
     }
 
-    fn next_chunk(&mut self) -> impl Future<Output = Result<Option<Bytes>, FrontGone>> + Send {
-        async move {
-            if let Some(p) = self.prefix.take() {
-                return Ok(Some(p));
-            }
-            if self.ended {
-                return Ok(None);
-            }
-            let Some(rx) = &mut self.rx else {
-                self.ended = true;
-                return Ok(None);
-            };
-            tokio::select! {
-                biased;
-                _ = &mut self.abort => Err(FrontGone),
-                chunk = rx.recv() => match chunk {
-                    Some(c) if c.is_empty() => {
-                        self.ended = true;
-                        Ok(None)
-                    }
-                    Some(c) => Ok(Some(c)),
-                    // Closed without the end marker: the connection is gone.
-                    None => Err(FrontGone),
-                },
-            }
+    async fn next_chunk(&mut self) -> Result<Option<Bytes>, FrontGone> {
+        if let Some(p) = self.prefix.take() {
+            return Ok(Some(p));
+        }
+        if self.ended {
+            return Ok(None);
+        }
+        let Some(rx) = &mut self.rx else {
+            self.ended = true;
+            return Ok(None);
+        };
+        tokio::select! {
+            biased;
+            _ = &mut self.abort => Err(FrontGone),
+            chunk = rx.recv() => match chunk {
+                Some(c) if c.is_empty() => {
+                    self.ended = true;
+                    Ok(None)
+                }
+                Some(c) => Ok(Some(c)),
+                // Closed without the end marker: the connection is gone.
+                None => Err(FrontGone),
+            },
         }
     }
 
-    fn aborted(&mut self) -> impl Future<Output = ()> + Send {
-        async move {
-            let _ = (&mut self.abort).await;
-        }
+    async fn aborted(&mut self) {
+        let _ = (&mut self.abort).await;
     }
 }
 
@@ -513,7 +509,7 @@ impl ResponseSink for FcgiSink {
 /// A complete ABORT_REQUEST record at the front of the buffer for an id the decoder no
 /// longer tracks: `(id, record length)`. The decoder skips such records silently, but the
 /// request may still be running in the bridge.
-fn late_abort(decoder: &mut ServerConnection) -> Option<(u16, usize)> {
+pub(super) fn late_abort(decoder: &mut ServerConnection) -> Option<(u16, usize)> {
     const ABORT_REQUEST: u8 = 2;
     let buf = decoder.buffer_mut();
     if buf.len() < 8 || buf[0] != 1 || buf[1] != ABORT_REQUEST {

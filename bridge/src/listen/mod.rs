@@ -3,6 +3,8 @@
 //! mode). Each accepted connection gets one task speaking FastCGI or SCGI.
 pub mod fastcgi;
 pub mod scgi;
+#[cfg(test)]
+mod front_tests;
 
 use crate::config::{self, ListenAddress, Protocol};
 use crate::dispatch::serve::Shared;

@@ -10,7 +10,6 @@ use crate::dispatch::serve::serve;
 use bytes::{Bytes, BytesMut};
 use fastcgi_server::scgi::{ScgiDecoder, ScgiEvent};
 use fastcgi_server::Role;
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -109,41 +108,37 @@ impl<R: AsyncRead + Unpin + Send> BodySource for ScgiBody<R> {
         self.decoded().ok().flatten()
     }
 
-    fn next_chunk(&mut self) -> impl Future<Output = Result<Option<Bytes>, FrontGone>> + Send {
-        async move {
-            loop {
-                if self.ended {
-                    return Ok(None);
-                }
-                if let Some(r) = self.decoded()? {
-                    return Ok(r);
-                }
-                let buf = self.decoder.buffer_mut();
-                buf.reserve(32 << 10);
-                match self.rd.read_buf(buf).await {
-                    // EOF before CONTENT_LENGTH bytes: the client went away mid-upload.
-                    Ok(0) | Err(_) => return Err(FrontGone),
-                    Ok(_) => {}
-                }
+    async fn next_chunk(&mut self) -> Result<Option<Bytes>, FrontGone> {
+        loop {
+            if self.ended {
+                return Ok(None);
+            }
+            if let Some(r) = self.decoded()? {
+                return Ok(r);
+            }
+            let buf = self.decoder.buffer_mut();
+            buf.reserve(32 << 10);
+            match self.rd.read_buf(buf).await {
+                // EOF before CONTENT_LENGTH bytes: the client went away mid-upload.
+                Ok(0) | Err(_) => return Err(FrontGone),
+                Ok(_) => {}
             }
         }
     }
 
-    fn aborted(&mut self) -> impl Future<Output = ()> + Send {
-        async move {
-            if !self.ended {
-                // The body is still being read by the pump (or not yet): a disconnect shows
-                // up there.
-                return std::future::pending().await;
-            }
-            // After the body the client sends nothing more; EOF means it went away.
-            let mut scratch = BytesMut::with_capacity(512);
-            loop {
-                scratch.clear();
-                match self.rd.read_buf(&mut scratch).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(_) => {}
-                }
+    async fn aborted(&mut self) {
+        if !self.ended {
+            // The body is still being read by the pump (or not yet): a disconnect shows
+            // up there.
+            return std::future::pending().await;
+        }
+        // After the body the client sends nothing more; EOF means it went away.
+        let mut scratch = BytesMut::with_capacity(512);
+        loop {
+            scratch.clear();
+            match self.rd.read_buf(&mut scratch).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
             }
         }
     }
@@ -155,15 +150,13 @@ struct ScgiSink<W> {
 }
 
 impl<W: AsyncWrite + Unpin + Send> ResponseSink for ScgiSink<W> {
-    fn send(&mut self, data: Bytes, end: Option<End>) -> impl Future<Output = Result<(), FrontGone>> + Send {
-        async move {
-            if !data.is_empty() {
-                self.wr.write_all(&data).await.map_err(|_| FrontGone)?;
-            }
-            if end == Some(End::CutOff) {
-                self.cut_off = true;
-            }
-            Ok(())
+    async fn send(&mut self, data: Bytes, end: Option<End>) -> Result<(), FrontGone> {
+        if !data.is_empty() {
+            self.wr.write_all(&data).await.map_err(|_| FrontGone)?;
         }
+        if end == Some(End::CutOff) {
+            self.cut_off = true;
+        }
+        Ok(())
     }
 }

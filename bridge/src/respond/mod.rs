@@ -13,13 +13,13 @@ use fastcgi_server::cgi::ResponseHead;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum HeadError {
     #[error("header {0:?} has a CR, LF or NUL in its value")]
-    BadValue(String),
+    ControlInValue(String),
     #[error("header name {0:?} is not a valid token")]
-    BadName(String),
+    InvalidName(String),
     #[error("Status {0} is outside 100..=999")]
-    BadStatus(u16),
+    StatusOutOfRange(u16),
     #[error("Status reason has a CR, LF or NUL")]
-    BadReason,
+    ControlInReason,
 }
 
 /// Headers that describe one hop, not the response: never forwarded.
@@ -47,7 +47,7 @@ pub fn effective_status(head: &ResponseHead) -> u16 {
 pub fn encode_head(head: &ResponseHead, extra: usize) -> Result<(u16, BytesMut), HeadError> {
     let status = effective_status(head);
     if !(100..=999).contains(&status) {
-        return Err(HeadError::BadStatus(status));
+        return Err(HeadError::StatusOutOfRange(status));
     }
     let mut size = 32 + extra;
     for (n, v) in &head.headers {
@@ -60,7 +60,7 @@ pub fn encode_head(head: &ResponseHead, extra: usize) -> Result<(u16, BytesMut),
     match &head.reason {
         Some(r) if !r.is_empty() => {
             if has_ctl(r) {
-                return Err(HeadError::BadReason);
+                return Err(HeadError::ControlInReason);
             }
             out.put_slice(r);
         }
@@ -70,10 +70,10 @@ pub fn encode_head(head: &ResponseHead, extra: usize) -> Result<(u16, BytesMut),
     let mut content_length_sent = false;
     for (name, value) in &head.headers {
         if name.is_empty() || !name.iter().all(|&b| is_token(b)) {
-            return Err(HeadError::BadName(String::from_utf8_lossy(name).into_owned()));
+            return Err(HeadError::InvalidName(String::from_utf8_lossy(name).into_owned()));
         }
         if has_ctl(value) {
-            return Err(HeadError::BadValue(String::from_utf8_lossy(name).into_owned()));
+            return Err(HeadError::ControlInValue(String::from_utf8_lossy(name).into_owned()));
         }
         if HOP_BY_HOP.iter().any(|h| name.eq_ignore_ascii_case(h)) || name.eq_ignore_ascii_case(b"status") {
             continue;
@@ -268,11 +268,11 @@ mod tests {
     #[test]
     fn crlf_in_value_rejected() {
         let h = head(Some(200), &[("X-Evil", "a\r\nSet-Cookie: x=1")]);
-        assert!(matches!(encode_head(&h, 0), Err(HeadError::BadValue(_))));
+        assert!(matches!(encode_head(&h, 0), Err(HeadError::ControlInValue(_))));
         let h = head(Some(200), &[("X-Evil", "a\nb")]);
         assert!(encode_head(&h, 0).is_err());
         let h = head(Some(200), &[("Bad Name", "x")]);
-        assert!(matches!(encode_head(&h, 0), Err(HeadError::BadName(_))));
+        assert!(matches!(encode_head(&h, 0), Err(HeadError::InvalidName(_))));
     }
 
     #[test]

@@ -44,7 +44,8 @@ impl WorkerHandle {
             return;
         }
         self.mark_dead();
-        if let Ok(pid) = i32::try_from(self.pid) {
+        // Never 0 or negative: kill() would then signal a whole process group.
+        if let Ok(pid @ 1..) = i32::try_from(self.pid) {
             let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
         }
     }

@@ -168,7 +168,7 @@ fn remove_socket(path: &std::path::Path) {
 /// SIGTERM, then SIGKILL if the worker has not exited in time.
 async fn stop_child(child: &mut tokio::process::Child, handle: &WorkerHandle, how: Stop) {
     handle.mark_dead();
-    if let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()) {
+    if let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()).filter(|&p| p > 0) {
         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM);
     }
     let grace = if how == Stop::Fast { FAST_EXIT } else { GRACEFUL_EXIT };

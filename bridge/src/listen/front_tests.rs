@@ -1,0 +1,260 @@
+//! The FastCGI front end to end inside one process: a web-server side made with the
+//! protocol crate's client encoders, the bridge's connection task, and a stand-in worker
+//! (a FastCGI responder written with the protocol crate's server side) behind a real unix
+//! socket. The Python worker and real web servers are covered by integration/.
+use super::{fastcgi, ListenerCtx, Sock};
+use crate::backend::SlotConn;
+use crate::config;
+use crate::dispatch::serve::Shared;
+use crate::route::Router;
+use crate::supervise::{PoolRuntime, WorkerHandle};
+use bytes::BytesMut;
+use fastcgi_server::client::{self, ClientConnection, ClientEvent};
+use fastcgi_server::server::{self, ServerConnection, ServerEvent};
+use fastcgi_server::{record::Padding, Limits, ProtocolStatus, Role};
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{UnixListener, UnixStream};
+
+fn pool_config(threads: u32) -> config::Pool {
+    config::Pool {
+        name: "test".to_owned(),
+        python: "python3".into(),
+        app: config::App::Module { module: "x".to_owned(), callable: "application".to_owned() },
+        chdir: std::env::temp_dir(),
+        env: Default::default(),
+        processes: 1,
+        threads,
+        queue_size: 16,
+        queue_timeout: Duration::from_millis(300),
+        startup_timeout: Duration::from_secs(5),
+    }
+}
+
+/// A worker that answers every request with "hello <REQUEST_URI> <body length>"; the path
+/// /slow waits for an ABORT_REQUEST and then ends the request.
+async fn fake_worker(listener: UnixListener) {
+    loop {
+        let Ok((mut s, _)) = listener.accept().await else { return };
+        tokio::spawn(async move {
+            let mut dec = ServerConnection::new(Limits::default());
+            let mut uri = Vec::new();
+            let mut body = 0usize;
+            loop {
+                if let Some((id, len)) = fastcgi::late_abort(&mut dec) {
+                    bytes::Buf::advance(dec.buffer_mut(), len);
+                    let mut out = BytesMut::new();
+                    server::write_end_request(&mut out, id, 0, ProtocolStatus::RequestComplete, Padding::None);
+                    if s.write_all(&out).await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
+                while let Ok(Some(ev)) = dec.next_event() {
+                    let mut out = BytesMut::new();
+                    match ev {
+                        ServerEvent::Params { params, .. } => uri = params.get(b"REQUEST_URI").unwrap_or(b"").to_vec(),
+                        ServerEvent::Stdin { data, .. } => body += data.len(),
+                        ServerEvent::StdinEnd { id } if uri != b"/slow" => {
+                            let text = format!("Status: 200 OK\r\nX-Hop: 1\r\nTransfer-Encoding: chunked\r\n\r\nhello {} {body}", String::from_utf8_lossy(&uri));
+                            server::write_stdout(&mut out, id, text.as_bytes(), Padding::None);
+                            server::write_end_request(&mut out, id, 0, ProtocolStatus::RequestComplete, Padding::None);
+                            body = 0;
+                        }
+                        ServerEvent::Abort { id } => {
+                            server::write_end_request(&mut out, id, 0, ProtocolStatus::RequestComplete, Padding::None);
+                        }
+                        _ => {}
+                    }
+                    if !out.is_empty() && s.write_all(&out).await.is_err() {
+                        return;
+                    }
+                }
+                let b = dec.buffer_mut();
+                b.reserve(4096);
+                match s.read_buf(b).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        });
+    }
+}
+
+struct Front {
+    stream: UnixStream,
+    dec: ClientConnection,
+}
+
+impl Front {
+    async fn send(&mut self, bytes: &[u8]) {
+        assert!(self.stream.write_all(bytes).await.is_ok());
+    }
+
+    async fn next(&mut self) -> Option<ClientEvent> {
+        loop {
+            if let Ok(Some(ev)) = self.dec.next_event() {
+                return Some(ev);
+            }
+            let b = self.dec.buffer_mut();
+            b.reserve(4096);
+            match tokio::time::timeout(Duration::from_secs(5), self.stream.read_buf(b)).await {
+                Ok(Ok(n)) if n > 0 => {}
+                _ => return None,
+            }
+        }
+    }
+
+    /// STDOUT of request `id` until its END_REQUEST.
+    async fn response(&mut self, id: u16) -> Option<(String, u32)> {
+        let mut out = Vec::new();
+        loop {
+            match self.next().await? {
+                ClientEvent::Stdout { id: i, data } if i == id => out.extend_from_slice(&data),
+                ClientEvent::EndRequest { id: i, app_status, .. } if i == id => {
+                    return Some((String::from_utf8_lossy(&out).into_owned(), app_status))
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+fn request(out: &mut BytesMut, id: u16, uri: &str, body: &[u8], keep: bool) {
+    client::write_begin_request(out, id, Role::Responder, keep);
+    client::write_params(out, id, [(&b"REQUEST_URI"[..], uri.as_bytes()), (&b"REQUEST_METHOD"[..], &b"GET"[..])]);
+    client::write_stdin(out, id, body);
+    client::write_stdin_end(out, id);
+}
+
+/// A bridge connection task in front of a fake worker with `threads` slots.
+async fn setup(threads: u32) -> Front {
+    let dir = std::env::temp_dir().join(format!("fcgibridge-front-test-{}-{threads}", std::process::id()));
+    let _ = std::fs::create_dir_all(&dir);
+    let sock = dir.join(format!("w{}.sock", rand_suffix()));
+    let _ = std::fs::remove_file(&sock);
+    let listener = UnixListener::bind(&sock).expect("bind fake worker");
+    tokio::spawn(fake_worker(listener));
+    let pool = PoolRuntime::new(pool_config(threads));
+    let handle = Arc::new(WorkerHandle::new(pool.name.clone(), 0, sock));
+    for _ in 0..threads {
+        let slot = SlotConn::connect(handle.clone()).await.expect("connect fake worker");
+        pool.dispatcher.release(slot);
+    }
+    let ctx = Arc::new(ListenerCtx {
+        name: "test".to_owned(),
+        router: Router::new([(None, None, pool.clone())]),
+        limits: Limits::default(),
+        max_reqs: pool.capacity(),
+        open_conns: AtomicUsize::new(0),
+        shared: Arc::new(Shared::new(None)),
+    });
+    let (ours, theirs) = UnixStream::pair().expect("socketpair");
+    let sock = Sock { fd: std::os::fd::AsRawFd::as_raw_fd(&theirs), tcp: false };
+    let (r, w) = theirs.into_split();
+    tokio::spawn(fastcgi::serve_connection(r, w, ctx, "test-peer".to_owned(), sock));
+    Front { stream: ours, dec: ClientConnection::new(Limits::default()) }
+}
+
+fn rand_suffix() -> u64 {
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
+#[tokio::test]
+async fn request_response_with_clean_headers() {
+    let mut f = setup(1).await;
+    let mut out = BytesMut::new();
+    request(&mut out, 1, "/a", b"12345", true);
+    f.send(&out).await;
+    let (text, status) = f.response(1).await.expect("response");
+    assert_eq!(status, 0);
+    assert_eq!(text, "Status: 200 OK\r\nX-Hop: 1\r\n\r\nhello /a 5");
+    // The kept connection serves the next request too.
+    out.clear();
+    request(&mut out, 1, "/b", b"", true);
+    f.send(&out).await;
+    assert_eq!(f.response(1).await.map(|r| r.0), Some("Status: 200 OK\r\nX-Hop: 1\r\n\r\nhello /b 0".to_owned()));
+}
+
+#[tokio::test]
+async fn multiplexed_requests_share_one_slot() {
+    let mut f = setup(1).await;
+    let mut out = BytesMut::new();
+    for id in 1..=3u16 {
+        request(&mut out, id, &format!("/r{id}"), b"", true);
+    }
+    f.send(&out).await;
+    let mut seen = Vec::new();
+    while seen.len() < 3 {
+        match f.next().await {
+            Some(ClientEvent::EndRequest { id, .. }) => seen.push(id),
+            Some(_) => {}
+            None => break,
+        }
+    }
+    seen.sort_unstable();
+    assert_eq!(seen, vec![1, 2, 3]);
+}
+
+#[tokio::test]
+async fn get_values_unknown_type_and_unknown_role() {
+    let mut f = setup(2).await;
+    let mut out = BytesMut::new();
+    client::write_get_values(&mut out, [&b"FCGI_MPXS_CONNS"[..], &b"FCGI_MAX_REQS"[..], &b"NOPE"[..]]);
+    fastcgi_server::record::write_record(&mut out, fastcgi_server::RecordType::Other(42), 0, &[], Padding::None);
+    client::write_begin_request(&mut out, 7, Role::Filter, true);
+    f.send(&out).await;
+    match f.next().await {
+        Some(ClientEvent::GetValuesResult { values }) => {
+            assert_eq!(values.get(b"FCGI_MPXS_CONNS"), Some(&b"1"[..]));
+            assert_eq!(values.get(b"FCGI_MAX_REQS"), Some(&b"18"[..]));
+            assert_eq!(values.get(b"NOPE"), None);
+        }
+        other => panic!("expected GET_VALUES_RESULT, got {other:?}"),
+    }
+    assert_eq!(f.next().await, Some(ClientEvent::UnknownType { record_type: 42 }));
+    let mut saw_end = false;
+    while let Some(ev) = f.next().await {
+        if let ClientEvent::EndRequest { id: 7, protocol_status, .. } = ev {
+            assert_eq!(protocol_status, ProtocolStatus::UnknownRole);
+            saw_end = true;
+            break;
+        }
+    }
+    assert!(saw_end);
+}
+
+#[tokio::test]
+async fn abort_ends_the_request_and_frees_the_slot() {
+    let mut f = setup(1).await;
+    let mut out = BytesMut::new();
+    request(&mut out, 1, "/slow", b"", true);
+    f.send(&out).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    out.clear();
+    client::write_abort(&mut out, 1);
+    f.send(&out).await;
+    assert!(f.response(1).await.is_some(), "END_REQUEST after ABORT_REQUEST");
+    // The only slot came back: the next request is served.
+    out.clear();
+    request(&mut out, 2, "/after", b"", true);
+    f.send(&out).await;
+    let (text, _) = f.response(2).await.expect("served after the abort");
+    assert!(text.ends_with("hello /after 0"), "{text}");
+}
+
+#[tokio::test]
+async fn queue_timeout_answers_503() {
+    let mut f = setup(1).await;
+    let mut out = BytesMut::new();
+    // /slow holds the only slot; the second request waits out the 300 ms queue timeout.
+    request(&mut out, 1, "/slow", b"", true);
+    request(&mut out, 2, "/waits", b"", true);
+    f.send(&out).await;
+    let (text, _) = f.response(2).await.expect("503");
+    assert!(text.starts_with("Status: 503 Service Unavailable\r\n"), "{text}");
+    assert!(text.contains("Retry-After: "), "{text}");
+}
