@@ -108,8 +108,24 @@ impl Worker {
         let mut scheme_https = false;
         let mut is_head = false;
         let mut seen = [false; 3]; // SCRIPT_NAME, PATH_INFO, QUERY_STRING
+        let mut have_type = false;
+        let mut have_length = false;
+        let mut http_type: Option<&[u8]> = None;
+        let mut http_length: Option<&[u8]> = None;
         for (name, value) in params.iter() {
             match name {
+                // nginx also passes these request headers as HTTP_* params; CGI and
+                // PEP 3333 have them only as CONTENT_TYPE / CONTENT_LENGTH.
+                b"HTTP_CONTENT_TYPE" => {
+                    http_type = Some(value);
+                    continue;
+                }
+                b"HTTP_CONTENT_LENGTH" => {
+                    http_length = Some(value);
+                    continue;
+                }
+                b"CONTENT_TYPE" => have_type = true,
+                b"CONTENT_LENGTH" if !value.is_empty() => have_length = true,
                 b"HTTPS" => https = value.eq_ignore_ascii_case(b"on") || value == b"1",
                 b"REQUEST_SCHEME" => scheme_https = value.eq_ignore_ascii_case(b"https"),
                 b"REQUEST_METHOD" => is_head = value == b"HEAD",
@@ -124,6 +140,12 @@ impl Worker {
             }
             let k = self.key(py, name)?;
             env.set_item(k, latin1(py, value)?)?;
+        }
+        if let Some(v) = http_type.filter(|_| !have_type) {
+            env.set_item(intern!(py, "CONTENT_TYPE"), latin1(py, v)?)?;
+        }
+        if let Some(v) = http_length.filter(|v| !have_length && !v.is_empty()) {
+            env.set_item(intern!(py, "CONTENT_LENGTH"), latin1(py, v)?)?;
         }
         let empty = intern!(py, "");
         if !seen[0] {

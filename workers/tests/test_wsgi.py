@@ -263,7 +263,10 @@ def test_wsgi_errors(worker):
 def test_wsgiref_validator(spawn):
     w = spawn(app="wsgi_app:validated()")
     for path, kw in [("/hello", {}), ("/write", {}), ("/generator", {}), ("/environ", {}),
-                     ("/read", {"method": "POST", "query": "readline", "body": b"a\nb\n"}),
+                     ("/read", {"method": "POST", "query": "readline", "body": b"a\nb\n",
+                                # as nginx sends them
+                                "params": {"HTTP_CONTENT_LENGTH": "4", "CONTENT_TYPE": "text/plain",
+                                           "HTTP_CONTENT_TYPE": "text/plain"}}),
                      ("/errors", {})]:
         r = w.get(path, **kw)
         assert r.code == 200, (path, r.stderr)
@@ -351,3 +354,14 @@ def test_head_with_content_length_and_no_body(worker):
 def test_invalid_content_length(worker):
     r = worker.get("/cl/abc/list")
     assert r.code == 500 and b"invalid Content-Length" in r.stderr
+
+
+def test_http_content_headers_become_cgi_names(worker):
+    with worker.client() as c:
+        env = json.loads(c.request("/environ", method="POST", body=b"abc",
+                                   params={"CONTENT_TYPE": "text/plain", "HTTP_CONTENT_TYPE": "text/plain",
+                                           "HTTP_CONTENT_LENGTH": "3"}).body)
+        assert "HTTP_CONTENT_TYPE" not in env and "HTTP_CONTENT_LENGTH" not in env
+        assert env["CONTENT_TYPE"] == "text/plain" and env["CONTENT_LENGTH"] == "3"
+        env = json.loads(c.request("/environ", params={"HTTP_CONTENT_TYPE": "a/b"}).body)
+        assert env["CONTENT_TYPE"] == "a/b"
