@@ -203,30 +203,29 @@ impl Params {
 
     /// Resolve repeated names: first position, last value.
     pub(crate) fn dedup_last_wins(&mut self) {
+        let mut filter = RepeatFilter::default();
+        for i in 0..self.entries.len() {
+            filter.add(self.slice(self.entries[i].0));
+        }
+        self.resolve_repeats(&filter);
+    }
+
+    /// Resolve repeated names given a filter fed with every name in order. The usual few dozen
+    /// distinct names cost nothing here; a filter hit costs a scan of the earlier names.
+    fn resolve_repeats(&mut self, filter: &RepeatFilter) {
         let n = self.entries.len();
-        if n < 2 {
+        if n < 2 || (filter.hits.is_empty() && n <= RepeatFilter::MAX_NAMES) {
             return;
         }
-        // Fast path for the usual few dozen names: a 1024-bit filter of cheap fingerprints
-        // rules out nearly every pair; only a filter hit costs a scan of the earlier names.
-        if n <= 128 {
-            let mut filter = [0u64; 16];
-            let mut found = false;
-            for i in 0..n {
+        if n <= RepeatFilter::MAX_NAMES {
+            let repeat = filter.hits.iter().any(|&i| {
+                let i = i as usize;
                 let name = self.slice(self.entries[i].0);
-                let bit = fingerprint(name);
-                let (word, mask) = (bit >> 6, 1u64 << (bit & 63));
-                if filter[word] & mask != 0
-                    && self.entries[..i]
-                        .iter()
-                        .any(|(m, _)| self.slice(*m) == name)
-                {
-                    found = true;
-                    break;
-                }
-                filter[word] |= mask;
-            }
-            if !found {
+                self.entries[..i]
+                    .iter()
+                    .any(|(m, _)| self.slice(*m) == name)
+            });
+            if !repeat {
                 return;
             }
         }
@@ -256,6 +255,44 @@ impl Params {
             i += 1;
             k
         });
+    }
+}
+
+/// Spots possibly repeated names as they are decoded: a 2048-bit filter of name fingerprints,
+/// filled while the name is still in cache. Only a hit needs an exact comparison later.
+#[derive(Debug, Clone)]
+struct RepeatFilter {
+    bits: [u64; 32],
+    /// Positions of names whose fingerprint was already set.
+    hits: Vec<u32>,
+    count: u32,
+}
+
+impl Default for RepeatFilter {
+    fn default() -> Self {
+        RepeatFilter {
+            bits: [0; 32],
+            hits: Vec::new(),
+            count: 0,
+        }
+    }
+}
+
+impl RepeatFilter {
+    /// Beyond this many names the filter is too full to help; hashing takes over.
+    const MAX_NAMES: usize = 128;
+
+    #[inline]
+    fn add(&mut self, name: &[u8]) {
+        if (self.count as usize) < Self::MAX_NAMES {
+            let bit = fingerprint(name);
+            let (word, mask) = (bit >> 6, 1u64 << (bit & 63));
+            if self.bits[word] & mask != 0 {
+                self.hits.push(self.count);
+            }
+            self.bits[word] |= mask;
+        }
+        self.count = self.count.saturating_add(1);
     }
 }
 
@@ -296,23 +333,20 @@ impl IntoIterator for Params {
     }
 }
 
-/// A 10-bit fingerprint of a name for the repeat filter.
+/// An 11-bit fingerprint of a name for the repeat filter: its length and last eight bytes,
+/// which tell CGI names apart (they share prefixes such as `HTTP_`, not endings).
 #[inline]
 fn fingerprint(name: &[u8]) -> usize {
     let n = name.len();
-    let (a, b) = if n >= 8 {
-        let mut a = [0u8; 8];
-        let mut b = [0u8; 8];
-        a.copy_from_slice(&name[..8]);
-        b.copy_from_slice(&name[n - 8..]);
-        (u64::from_le_bytes(a), u64::from_le_bytes(b))
+    let mut tail = [0u8; 8];
+    if n >= 8 {
+        tail.copy_from_slice(&name[n - 8..]);
     } else {
-        let mut a = [0u8; 8];
-        a[..n].copy_from_slice(name);
-        (u64::from_le_bytes(a), 0)
-    };
-    let h = (a.rotate_left(29) ^ b ^ (n as u64)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    (h >> 54) as usize
+        tail[..n].copy_from_slice(name);
+    }
+    let h =
+        (u64::from_le_bytes(tail) ^ (n as u64).rotate_left(56)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    (h >> 53) as usize
 }
 
 /// Encoded size of one pair.
@@ -420,6 +454,8 @@ pub struct ParamsDecoder {
     total: usize,
     /// Non-empty pieces so far, for `Limits::max_params_records`.
     records: usize,
+    /// Every decoded name, for resolving repeats at the end.
+    filter: RepeatFilter,
 }
 
 impl ParamsDecoder {
@@ -459,8 +495,10 @@ impl ParamsDecoder {
             }
             let idx = params.next_chunk();
             let entries = &mut params.entries;
+            let filter = &mut self.filter;
             let before = entries.len();
             let end = scan(&chunk, limits, request_id, |s, nl, vl| {
+                filter.add(&chunk[s..s + nl]);
                 entries.push((
                     Span {
                         chunk: idx,
@@ -485,7 +523,10 @@ impl ParamsDecoder {
             self.pending.extend_from_slice(&chunk);
             let idx = params.next_chunk();
             let entries = &mut params.entries;
-            let end = scan(&self.pending, limits, request_id, |s, nl, vl| {
+            let filter = &mut self.filter;
+            let joined = &self.pending;
+            let end = scan(joined, limits, request_id, |s, nl, vl| {
+                filter.add(&joined[s..s + nl]);
                 entries.push((
                     Span {
                         chunk: idx,
@@ -516,7 +557,7 @@ impl ParamsDecoder {
             });
         }
         let mut params = self.params;
-        params.dedup_last_wins();
+        params.resolve_repeats(&self.filter);
         Ok(params)
     }
 }
