@@ -10,6 +10,7 @@ use crate::Error;
 use bytes::Bytes;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// A parsed CGI header block.
 pub struct ResponseHead {
     /// From `Status:`; `None` when the header was absent.
     pub status: Option<u16>,

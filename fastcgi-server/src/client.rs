@@ -13,32 +13,26 @@ use crate::server::write_management_pairs;
 use crate::{params::Params, Error, Limits, ProtocolStatus, Role};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
+/// What an application sent, one event per record.
 pub enum ClientEvent {
-    Stdout {
-        id: u16,
-        data: Bytes,
-    },
-    StdoutEnd {
-        id: u16,
-    },
-    Stderr {
-        id: u16,
-        data: Bytes,
-    },
-    StderrEnd {
-        id: u16,
-    },
+    /// Response bytes (one non-empty STDOUT record).
+    Stdout { id: u16, data: Bytes },
+    /// The empty STDOUT record that ends the response stream.
+    StdoutEnd { id: u16 },
+    /// Error-stream bytes (one non-empty STDERR record).
+    Stderr { id: u16, data: Bytes },
+    /// The empty STDERR record that ends the error stream.
+    StderrEnd { id: u16 },
+    /// The request is over; nothing more comes for `id`.
     EndRequest {
         id: u16,
         app_status: u32,
         protocol_status: ProtocolStatus,
     },
-    GetValuesResult {
-        values: Params,
-    },
-    UnknownType {
-        record_type: u8,
-    },
+    /// The answer to a GET_VALUES query.
+    GetValuesResult { values: Params },
+    /// The application did not understand a management record of this type.
+    UnknownType { record_type: u8 },
 }
 
 /// The web-server side of one connection: decodes the application's replies.
@@ -50,6 +44,7 @@ pub struct ClientConnection {
 }
 
 impl ClientConnection {
+    /// A connection with an empty receive buffer.
     pub fn new(limits: Limits) -> Self {
         ClientConnection {
             buf: BytesMut::new(),
@@ -57,9 +52,11 @@ impl ClientConnection {
             broken: None,
         }
     }
+    /// Append received bytes.
     pub fn feed(&mut self, data: &[u8]) {
         self.buf.extend_from_slice(data);
     }
+    /// The receive buffer, for reading from a socket straight into it.
     pub fn buffer_mut(&mut self) -> &mut BytesMut {
         &mut self.buf
     }
@@ -214,6 +211,7 @@ pub fn write_stdin(out: &mut impl BufMut, id: u16, data: &[u8]) {
         write_record(out, RecordType::Stdin, id, chunk, Padding::None);
     }
 }
+/// The empty STDIN record that ends the request body.
 pub fn write_stdin_end(out: &mut impl BufMut, id: u16) {
     write_record(out, RecordType::Stdin, id, &[], Padding::None);
 }
@@ -227,6 +225,7 @@ pub fn write_data(out: &mut impl BufMut, id: u16, data: &[u8]) {
 pub fn write_data_end(out: &mut impl BufMut, id: u16) {
     write_record(out, RecordType::Data, id, &[], Padding::None);
 }
+/// ABORT_REQUEST: the client went away; the application should end `id` soon.
 pub fn write_abort(out: &mut impl BufMut, id: u16) {
     write_record(out, RecordType::AbortRequest, id, &[], Padding::None);
 }

@@ -81,6 +81,7 @@ impl Params {
             .find(|(n, _)| self.slice(*n) == name)
             .map(|(_, v)| self.bytes(*v))
     }
+    /// The pairs in order, each name once.
     pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
         self.entries
             .iter()
@@ -93,9 +94,11 @@ impl Params {
             .map(|(n, v)| (self.bytes(*n), self.bytes(*v)))
             .collect()
     }
+    /// How many distinct names.
     pub fn len(&self) -> usize {
         self.entries.len()
     }
+    /// Whether there are no pairs.
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
@@ -119,6 +122,7 @@ impl Params {
             }
         }
     }
+    /// Remove `name`, returning its value.
     pub fn remove(&mut self, name: &[u8]) -> Option<Bytes> {
         let i = self
             .entries
@@ -459,6 +463,7 @@ pub struct ParamsDecoder {
 }
 
 impl ParamsDecoder {
+    /// A decoder at the start of a stream.
     pub fn new() -> Self {
         ParamsDecoder::default()
     }

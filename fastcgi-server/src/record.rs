@@ -6,11 +6,15 @@
 //! know what the records mean.
 use bytes::BufMut;
 
+/// The only FastCGI version.
 pub const VERSION_1: u8 = 1;
+/// Bytes in a record header.
 pub const HEADER_LEN: usize = 8;
+/// Most content one record carries.
 pub const MAX_CONTENT_LEN: usize = 65535;
 /// Request id 0 carries management records (GET_VALUES, UNKNOWN_TYPE).
 pub const MANAGEMENT_ID: u16 = 0;
+/// BEGIN_REQUEST flag: keep the connection open after the request.
 pub const FCGI_KEEP_CONN: u8 = 1;
 /// Longest record on the wire: header, maximal content, maximal padding.
 pub const MAX_RECORD_LEN: usize = HEADER_LEN + MAX_CONTENT_LEN + 255;
@@ -23,18 +27,31 @@ pub const FCGI_MAX_REQS: &[u8] = b"FCGI_MAX_REQS";
 pub const FCGI_MPXS_CONNS: &[u8] = b"FCGI_MPXS_CONNS";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// The record types of FastCGI 1.0 (section 8).
 pub enum RecordType {
+    /// FCGI_BEGIN_REQUEST (1)
     BeginRequest,
+    /// FCGI_ABORT_REQUEST (2)
     AbortRequest,
+    /// FCGI_END_REQUEST (3)
     EndRequest,
+    /// FCGI_PARAMS (4)
     Params,
+    /// FCGI_STDIN (5)
     Stdin,
+    /// FCGI_STDOUT (6)
     Stdout,
+    /// FCGI_STDERR (7)
     Stderr,
+    /// FCGI_DATA (8)
     Data,
+    /// FCGI_GET_VALUES (9)
     GetValues,
+    /// FCGI_GET_VALUES_RESULT (10)
     GetValuesResult,
+    /// FCGI_UNKNOWN_TYPE (11)
     UnknownType,
+    /// A type this crate does not know.
     Other(u8),
 }
 
@@ -107,10 +124,15 @@ impl From<RecordType> for u8 {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// The role a BEGIN_REQUEST asks the application to play.
 pub enum Role {
+    /// FCGI_RESPONDER (1): an ordinary request.
     Responder,
+    /// FCGI_AUTHORIZER (2): allow or deny; PARAMS only.
     Authorizer,
+    /// FCGI_FILTER (3): also receives a file on DATA.
     Filter,
+    /// Any other value; answer END_REQUEST with `UnknownRole`.
     Unknown(u16),
 }
 
@@ -137,11 +159,17 @@ impl Role {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// The protocol status of END_REQUEST.
 pub enum ProtocolStatus {
+    /// FCGI_REQUEST_COMPLETE (0)
     RequestComplete,
+    /// FCGI_CANT_MPX_CONN (1): the application does not multiplex.
     CantMpxConn,
+    /// FCGI_OVERLOADED (2): out of some resource.
     Overloaded,
+    /// FCGI_UNKNOWN_ROLE (3)
     UnknownRole,
+    /// Any other value.
     Other(u8),
 }
 
@@ -173,7 +201,9 @@ impl ProtocolStatus {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Padding {
     #[default]
+    /// No padding.
     None,
+    /// Pad content to a multiple of 8 bytes.
     Align8,
 }
 
@@ -190,10 +220,15 @@ impl Padding {
 /// A decoded record header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Header {
+    /// Must be 1 ([`VERSION_1`]).
     pub version: u8,
+    /// What the content means.
     pub record_type: RecordType,
+    /// 0 for management records.
     pub request_id: u16,
+    /// Content bytes after the header.
     pub content_length: u16,
+    /// Bytes to skip after the content.
     pub padding_length: u8,
 }
 

@@ -11,9 +11,13 @@ use crate::search::find_byte;
 use crate::{params::Params, Error, Limits};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
+/// What an SCGI request yields, in this order.
 pub enum ScgiEvent {
+    /// The header netstring, parsed; CONTENT_LENGTH is also among `params`.
     Headers { params: Params, content_length: u64 },
+    /// Body bytes as they arrive, never past CONTENT_LENGTH.
     Body(Bytes),
+    /// CONTENT_LENGTH bytes have been delivered (at once if it is 0).
     BodyEnd,
 }
 
@@ -35,6 +39,7 @@ pub struct ScgiDecoder {
 }
 
 impl ScgiDecoder {
+    /// A decoder waiting for the header netstring.
     pub fn new(limits: Limits) -> Self {
         ScgiDecoder {
             buf: BytesMut::new(),
@@ -42,9 +47,11 @@ impl ScgiDecoder {
             stage: Stage::Headers,
         }
     }
+    /// Append received bytes.
     pub fn feed(&mut self, data: &[u8]) {
         self.buf.extend_from_slice(data);
     }
+    /// The receive buffer, for reading from a socket straight into it.
     pub fn buffer_mut(&mut self) -> &mut BytesMut {
         &mut self.buf
     }

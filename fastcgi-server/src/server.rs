@@ -22,43 +22,30 @@ use crate::record::{
 use crate::{params::Params, record::Padding, Error, Limits, ProtocolStatus, Role};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
+/// What a web server sent, one event per complete record (PARAMS: per stream).
 pub enum ServerEvent {
+    /// A request begins (also for an unknown role, which is not tracked further).
     BeginRequest {
         id: u16,
         role: Role,
         keep_conn: bool,
     },
     /// The whole PARAMS stream of a request, emitted once when its empty record arrives.
-    Params {
-        id: u16,
-        params: Params,
-    },
+    Params { id: u16, params: Params },
     /// One non-empty STDIN record's content.
-    Stdin {
-        id: u16,
-        data: Bytes,
-    },
-    StdinEnd {
-        id: u16,
-    },
-    Data {
-        id: u16,
-        data: Bytes,
-    },
-    DataEnd {
-        id: u16,
-    },
-    Abort {
-        id: u16,
-    },
+    Stdin { id: u16, data: Bytes },
+    /// The empty STDIN record: the request body is complete.
+    StdinEnd { id: u16 },
+    /// One non-empty DATA record (FILTER role).
+    Data { id: u16, data: Bytes },
+    /// The empty DATA record.
+    DataEnd { id: u16 },
+    /// ABORT_REQUEST for an active request; the id is released.
+    Abort { id: u16 },
     /// Management GET_VALUES: answer with [`write_get_values_result`].
-    GetValues {
-        names: Vec<Bytes>,
-    },
+    GetValues { names: Vec<Bytes> },
     /// A management record type we do not know: answer with [`write_unknown_type`].
-    UnknownType {
-        record_type: u8,
-    },
+    UnknownType { record_type: u8 },
 }
 
 /// What the decoder remembers about one active request.
@@ -93,6 +80,7 @@ pub struct ServerConnection {
 }
 
 impl ServerConnection {
+    /// A connection with an empty receive buffer.
     pub fn new(limits: Limits) -> Self {
         ServerConnection {
             buf: BytesMut::new(),
