@@ -264,22 +264,12 @@ impl Params {
 
 /// Spots possibly repeated names as they are decoded: a 2048-bit filter of name fingerprints,
 /// filled while the name is still in cache. Only a hit needs an exact comparison later.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 struct RepeatFilter {
     bits: [u64; 32],
     /// Positions of names whose fingerprint was already set.
     hits: Vec<u32>,
     count: u32,
-}
-
-impl Default for RepeatFilter {
-    fn default() -> Self {
-        RepeatFilter {
-            bits: [0; 32],
-            hits: Vec::new(),
-            count: 0,
-        }
-    }
 }
 
 impl RepeatFilter {
