@@ -459,6 +459,13 @@ class Nginx:
         self.error_log = LogFile(workdir / "nginx-error.log")
         self.proc = None
 
+    UPSTREAM_TROUBLE = ("upstream prematurely closed", "upstream sent", "recv() failed",
+                        "connect() failed", "writev() failed", "readv() failed")
+
+    def upstream_trouble(self, since: int) -> list[str]:
+        """nginx error-log lines since `since` (a LogFile mark) about a broken upstream exchange."""
+        return [ln for ln in self.error_log.lines(since) if any(t in ln for t in self.UPSTREAM_TROUBLE)]
+
     def url(self, transport: str, path: str) -> str:
         return f"http://127.0.0.1:{self.ports[transport]}{path}"
 
