@@ -180,12 +180,14 @@ def bridge_binary() -> Path:
 class Bridge:
     """`fcgibridge run --config DIR` with its log captured to a file."""
 
-    def __init__(self, workdir: Path, config: dict, name: str = "bridge"):
+    def __init__(self, workdir: Path, config: dict | None, name: str = "bridge", confdir: Path | None = None):
+        """config: written as conf.d/50-test.yaml; or None to run an existing `confdir`."""
         self.workdir = workdir
-        self.confdir = workdir / "conf.d"
+        self.confdir = confdir or workdir / "conf.d"
         self.confdir.mkdir(parents=True, exist_ok=True)
-        self.config = config
-        (self.confdir / "50-test.yaml").write_text(to_yaml(config))
+        self.config = config or {"listeners": {}}
+        if config is not None:
+            (self.confdir / "50-test.yaml").write_text(to_yaml(config))
         self.log = LogFile(workdir / f"{name}.log")
         self.proc: subprocess.Popen | None = None
         self.binary = bridge_binary()

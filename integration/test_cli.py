@@ -188,3 +188,60 @@ def test_request_to_a_closed_port_fails_cleanly():
     assert r.returncode != 0
     assert "panicked" not in r.stderr
     assert str(port) in r.stderr or "refused" in r.stderr.lower(), r.stderr
+
+
+# ------------------------------------------------------------- the shipped conf.d
+
+def test_shipped_conf_d_is_valid():
+    from harness import REPO
+    r = run("check", "--config", str(REPO / "conf.d"))
+    assert r.returncode == 0, r.stderr
+    assert "listeners:" in r.stdout and "pools:" in r.stdout
+
+
+def test_shipped_demo_serves_over_fastcgi_and_scgi(tmp_path):
+    """The README's first command, on free ports: the bundled conf.d and demo app answer
+    `fcgibridge request` over FastCGI and SCGI."""
+    import re
+    import socket as so
+    from harness import REPO, Bridge, free_ports, wait_until
+    conf = tmp_path / "conf.d"
+    conf.mkdir()
+    # keep the shipped files' relative paths working: the repo's other top-level dirs beside us
+    for entry in REPO.iterdir():
+        if entry.name not in ("conf.d", "target", ".git") and not (tmp_path / entry.name).exists():
+            (tmp_path / entry.name).symlink_to(entry)
+    addresses = {}
+    for f in sorted((REPO / "conf.d").glob("*.yaml")):
+        text = f.read_text()
+
+        def fresh(m):
+            port = free_ports(1)[0]
+            addresses[m.group(0)] = f"127.0.0.1:{port}"
+            return addresses[m.group(0)]
+
+        (conf / f.name).write_text(re.sub(r"127\.0\.0\.1:\d+", fresh, text))
+    assert addresses, "the shipped conf.d listens on no TCP address?"
+    b = Bridge(tmp_path, None, name="demo", confdir=conf)
+    try:
+        b.start()
+        for addr in addresses.values():
+            host, port = addr.split(":")
+
+            def up():
+                b.assert_running()
+                with so.socket() as s:
+                    return s.connect_ex((host, int(port))) == 0
+
+            wait_until(up, 60, what=f"demo listener {addr}")
+        ok = 0
+        for addr in addresses.values():
+            for scgi in (False, True):
+                args = ["request", addr, "/"] + (["--scgi"] if scgi else [])
+                r = run(*args)
+                if r.returncode == 0 and " 200 " in r.stdout.splitlines()[0] + " ":
+                    ok += 1
+        # every listener answers in its own protocol (and only in it)
+        assert ok == len(addresses), (ok, addresses, b.log.text()[-3000:])
+    finally:
+        b.stop()
