@@ -120,6 +120,13 @@ def main():
             _native.set_parent_death_signal()
             if os.getppid() != ppid:  # the bridge died before prctl took effect
                 os._exit(1)
+        # Serve from a private close-on-exec copy of the listening socket; fd 0
+        # becomes /dev/null before the app is imported, so that subprocesses of the
+        # app neither inherit the socket nor read from it.
+        listen_fd = os.dup(0)
+        devnull = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(devnull, 0)
+        os.close(devnull)
         threads = max(1, _env_int("FCGIBRIDGE_THREADS", 1))
         processes = max(1, _env_int("FCGIBRIDGE_PROCESSES", 1))
         app = load_app(os.environ.get("FCGIBRIDGE_APP", ""))
@@ -131,13 +138,6 @@ def main():
         sys.stderr.flush()
         _write_ready(ready_fd, "ERROR %s\n" % _summary(exc))
         os._exit(EXIT_LOAD_FAILED)
-
-    # Serve from a private close-on-exec copy of the listening socket; fd 0 becomes
-    # /dev/null so that subprocesses of the app neither inherit nor read it.
-    listen_fd = os.dup(0)
-    devnull = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(devnull, 0)
-    os.close(devnull)
 
     done = threading.Event()
     exit_code = [0]
