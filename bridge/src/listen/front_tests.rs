@@ -2,7 +2,7 @@
 //! protocol crate's client encoders, the bridge's connection task, and a stand-in worker
 //! (a FastCGI responder written with the protocol crate's server side) behind a real unix
 //! socket. The Python worker and real web servers are covered by integration/.
-use super::{fastcgi, ListenerCtx, Sock};
+use super::{fastcgi, scgi, ListenerCtx, Sock};
 use crate::backend::SlotConn;
 use crate::config;
 use crate::dispatch::serve::Shared;
@@ -131,6 +131,16 @@ fn request(out: &mut BytesMut, id: u16, uri: &str, body: &[u8], keep: bool) {
 
 /// A bridge connection task in front of a fake worker with `threads` slots.
 async fn setup(threads: u32) -> Front {
+    let (ctx, (ours, theirs)) = setup_ctx(threads).await;
+    let sock = Sock { fd: std::os::fd::AsRawFd::as_raw_fd(&theirs), tcp: false };
+    let (r, w) = theirs.into_split();
+    tokio::spawn(fastcgi::serve_connection(r, w, ctx, "test-peer".to_owned(), sock));
+    Front { stream: ours, dec: ClientConnection::new(Limits::default()) }
+}
+
+/// The listener context in front of a fake worker, and a connected socket pair (ours,
+/// the bridge's).
+async fn setup_ctx(threads: u32) -> (Arc<ListenerCtx>, (UnixStream, UnixStream)) {
     let dir = std::env::temp_dir().join(format!("fcgibridge-front-test-{}-{threads}", std::process::id()));
     let _ = std::fs::create_dir_all(&dir);
     let sock = dir.join(format!("w{}.sock", rand_suffix()));
@@ -151,11 +161,7 @@ async fn setup(threads: u32) -> Front {
         open_conns: AtomicUsize::new(0),
         shared: Arc::new(Shared::new(None)),
     });
-    let (ours, theirs) = UnixStream::pair().expect("socketpair");
-    let sock = Sock { fd: std::os::fd::AsRawFd::as_raw_fd(&theirs), tcp: false };
-    let (r, w) = theirs.into_split();
-    tokio::spawn(fastcgi::serve_connection(r, w, ctx, "test-peer".to_owned(), sock));
-    Front { stream: ours, dec: ClientConnection::new(Limits::default()) }
+    (ctx, UnixStream::pair().expect("socketpair"))
 }
 
 fn rand_suffix() -> u64 {
@@ -257,4 +263,20 @@ async fn queue_timeout_answers_503() {
     let (text, _) = f.response(2).await.expect("503");
     assert!(text.starts_with("Status: 503 Service Unavailable\r\n"), "{text}");
     assert!(text.contains("Retry-After: "), "{text}");
+}
+
+#[tokio::test]
+async fn scgi_request_gets_a_cgi_response_then_close() {
+    let (ctx, (mut ours, theirs)) = setup_ctx(1).await;
+    let sock = Sock { fd: std::os::fd::AsRawFd::as_raw_fd(&theirs), tcp: false };
+    let (r, w) = theirs.into_split();
+    tokio::spawn(scgi::serve_connection(r, w, ctx, "test-peer".to_owned(), sock));
+    let mut out = BytesMut::new();
+    fastcgi_server::scgi::write_request(&mut out, 3, [(&b"REQUEST_URI"[..], &b"/s"[..]), (&b"REQUEST_METHOD"[..], &b"POST"[..])]);
+    out.extend_from_slice(b"abc");
+    assert!(ours.write_all(&out).await.is_ok());
+    let mut resp = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), ours.read_to_end(&mut resp)).await;
+    assert!(matches!(read, Ok(Ok(_))), "the bridge closes after the response");
+    assert_eq!(String::from_utf8_lossy(&resp), "Status: 200 OK\r\nX-Hop: 1\r\n\r\nhello /s 3");
 }
