@@ -237,3 +237,26 @@ def test_upload_waiting_in_the_queue_is_not_buffered(stack, payload):
     assert out["size"] == UPLOAD and out["sha256"] == digest
     assert hwm_queued - rss_before < GROWTH_LIMIT, \
         f"the bridge grew by {(hwm_queued - rss_before) / MiB:.1f} MiB holding a queued upload"
+
+
+def test_waiting_on_wsgi_input_releases_the_gil(stack):
+    """One worker process (the edge pool here), one thread blocked reading a slow upload:
+    the process's other threads keep serving (the GIL is released while waiting on input)."""
+    import json
+    b, _ = stack
+    with b.fcgi("fcgi-tcp", timeout=120) as slow:
+        slow.begin(1, fcgi_client.cgi_params("/upload", "POST", headers={"Host": "edge.test"},
+                                             content_length=2000), stdin=None)
+        slow.send(fcgi_client.record(fcgi_client.STDIN, 1, b"s" * 1000))
+        time.sleep(0.5)  # the app is now blocked in wsgi.input.read()
+        times = []
+        for _ in range(5):
+            t0 = time.monotonic()
+            resp = b.request("/pid", pool="edge")
+            times.append(time.monotonic() - t0)
+            assert resp.status == 200
+        assert max(times) < 2.0, times
+        slow.send(fcgi_client.stream(fcgi_client.STDIN, 1, b"s" * 1000))
+        out = json.loads(slow.wait(1).body)
+    assert out["size"] == 2000
+    assert json.loads(resp.body)["pid"] == out["pid"], "both requests ran in the one worker process"

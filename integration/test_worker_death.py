@@ -150,3 +150,22 @@ def test_worker_death_direct_fastcgi_gets_502(stack):
     resp = b.request("/die/exit", pool="x")
     assert resp.status == 502
     assert b.request("/health", pool="x").status == 200
+
+
+def test_idle_worker_killed_no_innocent_request_fails(stack):
+    """kill -9 of an idle worker: requests that arrive right after must not be sent to its
+    dead connections (or must be retried elsewhere): none of them may fail."""
+    b, n = stack
+    pids = set()
+
+    def both_pids():
+        pids.update(p for s, p in pids_now(n) if s == 200)
+        return len(pids) >= 2
+
+    wait_until(both_pids, 60, 0.2, what="both workers answering")
+    victim = sorted(pids)[0]
+    os.kill(victim, signal.SIGKILL)
+    statuses = [requests.get(n.url("fcgi-tcp", "/pid"), timeout=60).status_code for _ in range(20)]
+    assert statuses == [200] * 20, statuses
+    resp_statuses = [b.request("/health", pool="x").status for _ in range(10)]
+    assert resp_statuses == [200] * 10
