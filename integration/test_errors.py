@@ -74,7 +74,9 @@ def test_wsgi_errors_reach_the_log(nginx, log):
     r = http_get(nginx, "fcgi-tcp", f"/stderr?msg=errors-line-{tag}", pool="edge")
     assert r.status_code == 200
     lines = log.wait_for([f"errors-line-{tag}"])
-    assert any("edge" in ln for ln in lines), lines
+    # the line names pool, worker pid, request id and URI
+    assert any("edge" in ln and re.search(r"pid\W+\d+", ln) and re.search(r"request_id\W+\w+", ln)
+               and "/stderr" in ln for ln in lines), lines
 
 
 def test_worker_import_error_is_reported(tmp_path):

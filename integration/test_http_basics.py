@@ -325,3 +325,10 @@ def test_body_shorter_than_content_length_is_not_a_clean_end(bridge):
         except fcgi_client.ProtocolError:
             return  # closed without END_REQUEST: a cut-off
     assert resp.app_status != 0, "a body shorter than its Content-Length was ended as complete"
+
+
+def test_multithread_multiprocess_are_truthful(bridge):
+    env = json.loads(bridge.request("/environ", pool="single").body)
+    assert (env["wsgi.multithread"], env["wsgi.multiprocess"]) == (False, False)
+    env = json.loads(bridge.request("/environ", pool="edge").body)
+    assert env["wsgi.multithread"] and env["wsgi.multiprocess"]
