@@ -329,6 +329,19 @@ class FcgiConnection:
         return bytes(self.buf)
 
 
+def parse_records(data: bytes) -> list:
+    """(type, request id, content) of every whole record in `data` (a trailing fragment is ignored)."""
+    out = []
+    i = 0
+    while i + 8 <= len(data):
+        _, rtype, rid, clen, plen = HEADER.unpack(data[i:i + 8])
+        if i + 8 + clen + plen > len(data):
+            break
+        out.append((rtype, rid, data[i + 8:i + 8 + clen]))
+        i += 8 + clen + plen
+    return out
+
+
 def fcgi_request(address, path: str, **kw) -> Response:
     with FcgiConnection(address) as conn:
         return conn.request(path, **kw)

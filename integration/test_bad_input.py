@@ -198,17 +198,8 @@ def test_params_over_the_limit_many_small_records(bridge, bystander, log):
 
 def re_status(data: bytes) -> int:
     """The CGI status inside the STDOUT records of a raw response."""
-    conn = fc.FcgiConnection.__new__(fc.FcgiConnection)
-    conn.buf = bytearray(data)
-    conn.responses = {}
-    conn.management = []
-    conn.sock = None
-    out = bytearray()
-    while len(conn.buf) >= 8:
-        rtype, rid, content = conn.read_record()
-        if rtype == fc.STDOUT:
-            out += content
-    return fc.Response(1, stdout=out).status
+    out = b"".join(content for rtype, _, content in fc.parse_records(data) if rtype == fc.STDOUT)
+    return fc.Response(1, stdout=bytearray(out)).status
 
 
 # ------------------------------------------------------------------ SCGI
