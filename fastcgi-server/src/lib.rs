@@ -14,6 +14,8 @@
 //! - [`scgi::ScgiDecoder`] and [`scgi::write_request`]: SCGI.
 //! - [`cgi::parse_response_head`]: the CGI header block at the start of a worker's STDOUT.
 //! - [`Limits`]: every bound on what a peer can make us hold; exceeding one is a typed [`Error`].
+//! - With the `tokio` feature, `fastcgi_server::tokio` reads from an `AsyncRead` into a decoder
+//!   until its next event; nothing else depends on a runtime.
 //!
 //! # The state machine (application side)
 //! A connection is a sequence of records. Each complete record yields at most one event; a

@@ -102,7 +102,7 @@ impl Params {
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
-    /// Add or replace (last wins).
+    /// Add or replace (last wins). A replaced value's storage is kept until the `Params` drops.
     pub fn insert(&mut self, name: impl Into<Bytes>, value: impl Into<Bytes>) {
         let name = name.into();
         let value = value.into();
