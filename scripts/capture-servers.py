@@ -343,4 +343,31 @@ hosts:
         return [binary, "-c", os.path.join(tmp, "h2o.conf")]
 
 
-SERVERS = [Nginx(), Apache(), Lighttpd(), Haproxy(), H2o()]
+class Caddy(Server):
+    name = "caddy"
+    binaries = ("caddy",)
+    scenarios = (
+        get("/app"), post("/app"), big_headers("/app", 12, 6000), chunked("/app"),
+    )
+
+    def version(self, binary):
+        out = subprocess.run([binary, "version"], capture_output=True, text=True)
+        return "caddy " + out.stdout.strip().split()[0]
+
+    def prepare(self, binary, tmp, ports):
+        write(tmp, "Caddyfile", f"""
+{{
+    admin off
+    auto_https off
+}}
+http://127.0.0.1:{ports['http']} {{
+    root * {DOCROOT}
+    reverse_proxy /app* 127.0.0.1:{ports['fcgi']} {{
+        transport fastcgi
+    }}
+}}
+""")
+        return [binary, "run", "--config", os.path.join(tmp, "Caddyfile"), "--adapter", "caddyfile"]
+
+
+SERVERS = [Nginx(), Apache(), Lighttpd(), Haproxy(), H2o(), Caddy()]

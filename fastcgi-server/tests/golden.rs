@@ -435,6 +435,51 @@ fn h2o_buffers_chunked_body() {
     assert_eq!(r.stdin, BODY.repeat(3));
 }
 
+// ---- Caddy ----
+
+#[test]
+fn caddy_get() {
+    let r = one("caddy-get.bin");
+    check_get(&r, "/app");
+    assert!(!r.keep_conn);
+    assert_eq!(param(&r, "SCRIPT_NAME"), Some(""));
+    assert_eq!(param(&r, "PATH_INFO"), Some("/app/hello/world"));
+    assert_eq!(param(&r, "HTTP_X_FORWARDED_FOR"), Some("127.0.0.1"));
+}
+
+#[test]
+fn caddy_post() {
+    check_post(&one("caddy-post.bin"));
+}
+
+#[test]
+fn caddy_splits_params_on_pair_boundaries() {
+    check_big(&one("caddy-big-headers.bin"), 12);
+    let wire = capture("caddy-big-headers.bin");
+    let mut pos = 0;
+    let mut records = 0;
+    while let Some(h) = Header::peek(&wire[pos..]) {
+        if h.record_type == RecordType::Params && h.content_length > 0 {
+            let content = Bytes::copy_from_slice(
+                &wire[pos + HEADER_LEN..pos + HEADER_LEN + h.content_length as usize],
+            );
+            fastcgi_server::params::decode_pairs(content, &Limits::default(), 1, "FCGI_PARAMS")
+                .unwrap();
+            records += 1;
+        }
+        pos += h.record_len();
+    }
+    assert!(records >= 2);
+}
+
+#[test]
+fn caddy_chunked_body_has_content_length_minus_one() {
+    // Caddy 2.6 passes Go's "unknown length" through: CONTENT_LENGTH is "-1".
+    let r = one("caddy-chunked.bin");
+    assert_eq!(param(&r, "CONTENT_LENGTH"), Some("-1"));
+    assert_eq!(r.stdin, BODY.repeat(3));
+}
+
 // ---- SCGI ----
 
 fn scgi(name: &str) -> (Params, u64, Vec<u8>) {
