@@ -71,6 +71,26 @@ pub struct Outcome {
     pub status: u16,
     pub body_bytes: u64,
     pub fate: SlotFate,
+    /// The very first write failed: the worker never saw the request (it died while the
+    /// slot was idle). Nothing went to the front; the request can go to another slot with
+    /// [`First::Prepared`] after moving this slot's first-write buffer there.
+    pub retry: Option<First>,
+}
+
+/// How the first write (BEGIN + PARAMS + early body) is made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum First {
+    /// Encode it into the slot's buffer.
+    Encode,
+    /// The slot's buffer already holds it; `body_done`: it includes the end of STDIN.
+    Prepared { body_done: bool },
+}
+
+impl SlotConn {
+    /// Hand the encoded first write of a failed attempt to another slot.
+    pub fn take_first_write(&mut self, from: &mut SlotConn) {
+        std::mem::swap(&mut self.wbuf, &mut from.wbuf);
+    }
 }
 
 /// Body bytes sent along with PARAMS in the first write at most.
@@ -110,38 +130,46 @@ pub async fn exchange<S: BodySource, K: ResponseSink>(
     params: &Params,
     source: &mut S,
     sink: &mut K,
+    first: First,
 ) -> Outcome {
     let SlotConn { worker, stream, decoder, wbuf } = slot;
     let worker = &**worker;
     let pid = worker.pid;
     let pool = &*worker.pool;
 
-    wbuf.clear();
-    client::write_begin_request(wbuf, WORKER_REQUEST_ID, info.role, true);
-    client::write_params(
-        wbuf,
-        WORKER_REQUEST_ID,
-        params.iter().chain(std::iter::once((&b"FCGIBRIDGE_REQUEST_ID"[..], info.id.as_bytes()))),
-    );
-    let mut body_done = false;
-    while wbuf.len() < FIRST_WRITE_BODY {
-        match source.ready() {
-            Some(Some(chunk)) => client::write_stdin(wbuf, WORKER_REQUEST_ID, &chunk),
-            Some(None) => {
-                client::write_stdin_end(wbuf, WORKER_REQUEST_ID);
-                body_done = true;
-                break;
+    let body_done = match first {
+        First::Prepared { body_done } => body_done,
+        First::Encode => {
+            wbuf.clear();
+            client::write_begin_request(wbuf, WORKER_REQUEST_ID, info.role, true);
+            client::write_params(
+                wbuf,
+                WORKER_REQUEST_ID,
+                params.iter().chain(std::iter::once((&b"FCGIBRIDGE_REQUEST_ID"[..], info.id.as_bytes()))),
+            );
+            let mut body_done = false;
+            while wbuf.len() < FIRST_WRITE_BODY {
+                match source.ready() {
+                    Some(Some(chunk)) => client::write_stdin(wbuf, WORKER_REQUEST_ID, &chunk),
+                    Some(None) => {
+                        client::write_stdin_end(wbuf, WORKER_REQUEST_ID);
+                        body_done = true;
+                        break;
+                    }
+                    None => break,
+                }
             }
-            None => break,
+            body_done
         }
-    }
+    };
 
     let mut st = RespState { head_buf: BytesMut::new(), head_done: false, front_done: false, status: 0, body_bytes: 0 };
 
     if let Err(e) = stream.write_all(wbuf).await {
-        tracing::error!(pool, pid, request_id = info.id, uri = info.uri, error = %e, "could not send the request to the worker");
-        let _ = sink.send(respond::error_response(502, None).freeze(), Some(End::Complete)).await;
-        return Outcome { status: 502, body_bytes: 0, fate: SlotFate::Reconnect };
+        // On a unix socket a write fails at once when the worker has closed it, before a
+        // single byte reached it: the request is safe to send elsewhere.
+        tracing::warn!(pool, pid, request_id = info.id, uri = info.uri, error = %e, "could not send the request to the worker; trying another");
+        return Outcome { status: 0, body_bytes: 0, fate: SlotFate::Discard, retry: Some(First::Prepared { body_done }) };
     }
 
     let body_sent = AtomicBool::new(body_done);
@@ -199,7 +227,7 @@ pub async fn exchange<S: BodySource, K: ResponseSink>(
     match resp_end {
         RespEnd::Ended => {
             let fate = if body_sent.load(Ordering::Acquire) { SlotFate::Reuse } else { SlotFate::Reconnect };
-            Outcome { status: st.status, body_bytes: st.body_bytes, fate }
+            Outcome { status: st.status, body_bytes: st.body_bytes, fate, retry: None }
         }
         RespEnd::WorkerBroken(why) => {
             if st.front_done {
@@ -212,7 +240,7 @@ pub async fn exchange<S: BodySource, K: ResponseSink>(
                 st.status = 502;
                 let _ = sink.send(respond::error_response(502, None).freeze(), Some(End::Complete)).await;
             }
-            Outcome { status: st.status, body_bytes: st.body_bytes, fate: SlotFate::Reconnect }
+            Outcome { status: st.status, body_bytes: st.body_bytes, fate: SlotFate::Reconnect, retry: None }
         }
         RespEnd::FrontGone => {
             // End the request toward the front at once (FastCGI ABORT_REQUEST wants an
@@ -228,7 +256,7 @@ pub async fn exchange<S: BodySource, K: ResponseSink>(
                 SlotFate::Reuse if !body_sent.load(Ordering::Acquire) => SlotFate::Reconnect,
                 f => f,
             };
-            Outcome { status: if st.status == 0 { 499 } else { st.status }, body_bytes: st.body_bytes, fate }
+            Outcome { status: if st.status == 0 { 499 } else { st.status }, body_bytes: st.body_bytes, fate, retry: None }
         }
     }
 }

@@ -1,6 +1,6 @@
 //! The life of one request once a listener has decoded it: route it to a pool, wait for
 //! a free worker slot, run the exchange, give the slot back, write the access line.
-use crate::backend::exchange::{exchange, BodySource, End, RequestInfo, ResponseSink, SlotFate};
+use crate::backend::exchange::{exchange, BodySource, End, First, RequestInfo, ResponseSink, SlotFate};
 use crate::dispatch::AcquireError;
 use crate::listen::ListenerCtx;
 use crate::logging::{AccessLog, AccessRecord};
@@ -56,6 +56,9 @@ impl Drop for InFlight<'_> {
     }
 }
 
+/// Slots a request is offered to when writing to a worker fails outright.
+const MAX_ATTEMPTS: u32 = 3;
+
 /// Seconds a client is told to wait after a 503 for a full or slow queue.
 const RETRY_AFTER_SECS: u32 = 1;
 
@@ -105,7 +108,31 @@ pub async fn serve<S: BodySource, K: ResponseSink>(
             }
         };
         let info = RequestInfo { id: request_id, uri: &uri, role };
-        let outcome = exchange(&mut slot, &info, &params, source, sink).await;
+        let mut first = First::Encode;
+        let mut attempts = 0;
+        let outcome = loop {
+            let outcome = exchange(&mut slot, &info, &params, source, sink, first).await;
+            let Some(again) = outcome.retry else { break outcome };
+            attempts += 1;
+            let next = if attempts < MAX_ATTEMPTS { pool.dispatcher.acquire().await.ok() } else { None };
+            let Some(mut next) = next else {
+                tracing::error!(pool = %pool.name, request_id, uri = %uri, "no worker took the request, answering 502");
+                let _ = sink.send(respond::error_response(502, None).freeze(), Some(End::Complete)).await;
+                break 'done (502, 0, Some(&pool.name));
+            };
+            next.take_first_write(&mut slot);
+            let failed = std::mem::replace(&mut slot, next);
+            // Usually the worker is gone (then reconnecting fails and the slot is dropped;
+            // its supervisor starts a replacement); if only this connection was closed,
+            // a fresh one restores the slot.
+            let pool2 = pool.clone();
+            tokio::spawn(async move {
+                if let Some(s) = failed.reconnect().await {
+                    pool2.dispatcher.release(s);
+                }
+            });
+            first = again;
+        };
         match outcome.fate {
             SlotFate::Reuse => pool.dispatcher.release(slot),
             SlotFate::Reconnect => {

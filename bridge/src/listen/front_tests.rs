@@ -280,3 +280,30 @@ async fn scgi_request_gets_a_cgi_response_then_close() {
     assert!(matches!(read, Ok(Ok(_))), "the bridge closes after the response");
     assert_eq!(String::from_utf8_lossy(&resp), "Status: 200 OK\r\nX-Hop: 1\r\n\r\nhello /s 3");
 }
+
+#[tokio::test]
+async fn a_slot_whose_worker_is_gone_is_skipped_not_502() {
+    let (ctx, (ours, theirs)) = setup_ctx(1).await;
+    // A second slot whose worker has closed the connection (died while the slot was idle).
+    let dir = std::env::temp_dir().join(format!("fcgibridge-front-test-{}-dead", std::process::id()));
+    let _ = std::fs::create_dir_all(&dir);
+    let path = dir.join(format!("dead{}.sock", rand_suffix()));
+    let _ = std::fs::remove_file(&path);
+    let listener = UnixListener::bind(&path).expect("bind");
+    let pool = ctx.router.targets().next().cloned().expect("pool");
+    let dead = SlotConn::connect(Arc::new(WorkerHandle::new(pool.name.clone(), 0, path))).await.expect("connect");
+    drop(listener.accept().await);
+    drop(listener);
+    // Released last, so handed out first.
+    pool.dispatcher.release(dead);
+
+    let sock = Sock { fd: std::os::fd::AsRawFd::as_raw_fd(&theirs), tcp: false };
+    let (r, w) = theirs.into_split();
+    tokio::spawn(fastcgi::serve_connection(r, w, ctx, "test-peer".to_owned(), sock));
+    let mut f = Front { stream: ours, dec: ClientConnection::new(Limits::default()) };
+    let mut out = BytesMut::new();
+    request(&mut out, 1, "/retried", b"xy", true);
+    f.send(&out).await;
+    let (text, _) = f.response(1).await.expect("response");
+    assert!(text.ends_with("hello /retried 2"), "{text}");
+}
