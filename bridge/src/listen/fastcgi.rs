@@ -84,6 +84,8 @@ where
     W: super::WriteHalf,
 {
     let (out_tx, mut out_rx) = mpsc::channel::<Out>(OUT_QUEUE);
+    let mut stopping = ctx.stopping.clone();
+    let mut watch_stop = true;
     let mut conn = Conn {
         decoder: ServerConnection::new(ctx.limits.clone()),
         ctx,
@@ -113,6 +115,11 @@ where
             if !conn.keep_conn && conn.reqs.is_empty() {
                 break;
             }
+        }
+        // Shutting down: a kept connection closes as soon as it is idle, so that draining
+        // is not kept busy by new requests on old connections.
+        if *stopping.borrow() && conn.reqs.is_empty() && conn.inline.is_none() {
+            break;
         }
         let pending_tx = conn.pending.as_ref().map(|(tx, _)| tx.clone());
         tokio::select! {
@@ -156,6 +163,10 @@ where
                 }
                 // A closed channel: the request no longer reads its body; drop the chunk.
                 conn.pending = None;
+            }
+            changed = stopping.changed(), if watch_stop && !*stopping.borrow() => {
+                // No sender: nobody will ask this connection to stop.
+                watch_stop = changed.is_ok();
             }
             () = poll_inline(&mut conn.inline), if conn.inline.is_some() => {
                 conn.inline = None;

@@ -160,6 +160,7 @@ async fn setup_ctx(threads: u32) -> (Arc<ListenerCtx>, (UnixStream, UnixStream))
         max_reqs: pool.capacity(),
         open_conns: AtomicUsize::new(0),
         shared: Arc::new(Shared::new(None)),
+        stopping: tokio::sync::watch::channel(false).1,
     });
     (ctx, UnixStream::pair().expect("socketpair"))
 }

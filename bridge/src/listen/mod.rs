@@ -49,6 +49,8 @@ pub struct ListenerCtx {
     pub max_reqs: usize,
     pub open_conns: AtomicUsize,
     pub shared: Arc<Shared>,
+    /// Becomes true on SIGTERM: connections close once their requests are done.
+    pub stopping: watch::Receiver<bool>,
 }
 
 /// A bound listening socket.
@@ -107,6 +109,7 @@ pub fn start_all(
             max_reqs,
             open_conns: AtomicUsize::new(0),
             shared: shared.clone(),
+            stopping: stop.clone(),
         });
         let socket_file = match &b {
             Bound::Unix { path, .. } => path.clone(),
