@@ -196,13 +196,14 @@ class Bridge:
     def pid(self) -> int:
         return self.proc.pid
 
-    def start(self):
+    def start(self, stdin=subprocess.DEVNULL):
+        """stdin: what the daemon gets as fd 0 (a listening socket for an `fd:0` listener)."""
         env = dict(os.environ)
         env.setdefault("NO_COLOR", "1")
         env["FCGIBRIDGE_TEST_DIR"] = str(self.workdir)
         logf = open(self.log.path, "ab")
         self.proc = subprocess.Popen([str(self.binary), "run", "--config", str(self.confdir)],
-                                     stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
+                                     stdin=stdin, stdout=logf, stderr=subprocess.STDOUT,
                                      cwd=self.workdir, env=env, start_new_session=True)
         logf.close()
         return self
@@ -210,6 +211,8 @@ class Bridge:
     def listener_address(self, name: str):
         spec = self.config["listeners"][name]
         addr = spec.get("fastcgi") or spec.get("scgi")
+        if "address" in spec:  # e.g. an fd:0 listener: where its inherited socket listens
+            return spec["address"]
         if addr.startswith("unix:"):
             return addr[len("unix:"):]
         host, _, port = addr.rpartition(":")

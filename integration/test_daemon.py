@@ -159,3 +159,81 @@ def test_tcp_port_in_use_fails_clearly(tmp_path):
         text = b.log.text()
         assert str(port) in text and "front" in text, text
         assert "panicked" not in text
+
+
+def test_a_pool_needs_only_its_app(tmp_path):
+    """Defaults: `app:` alone makes a working pool (2 processes × 4 threads by default)."""
+    port = free_ports(1)[0]
+    b = make_bridge(tmp_path, {"p": {"app": str(APPS / "edge_app.py")}},
+                    {"l": {"fastcgi": f"127.0.0.1:{port}", "pool": "p"}})
+    try:
+        b.start().wait_ready([("l", "/health", "x")])
+        import json
+        env = json.loads(b.request("/environ", listener="l").body)
+        assert env["wsgi.multithread"] and env["wsgi.multiprocess"]
+    finally:
+        b.stop()
+
+
+def test_access_log_file_and_json_log(tmp_path):
+    import json
+    port = free_ports(1)[0]
+    access = tmp_path / "access.log"
+    b = make_bridge(tmp_path, {"p": edge_pool(processes=1, threads=1)},
+                    {"l": {"fastcgi": f"127.0.0.1:{port}", "pool": "p"}},
+                    bridge_extra={"access-log": str(access), "log-format": "json"})
+    try:
+        b.start().wait_ready([("l", "/health", "x")])
+        tag = uuid.uuid4().hex
+        assert b.request("/environ", listener="l", query=f"tag={tag}").status == 200
+        line = wait_until(lambda: next((ln for ln in access.read_text().splitlines() if tag in ln), None)
+                          if access.exists() else None, 15, what="the access-log line")
+        assert "200" in line and "/environ" in line
+        # the main log is JSON, one object per line
+        records = [json.loads(ln) for ln in b.log.text().splitlines() if ln.strip()]
+        assert records and all(isinstance(r, dict) for r in records)
+        assert any("running" in json.dumps(r) for r in records)
+        # access lines went to the file, not to the main log
+        assert tag not in b.log.text()
+    finally:
+        b.stop()
+
+
+def test_unix_socket_group(tmp_path):
+    import grp
+    try:
+        gid = grp.getgrnam("www-data").gr_gid
+    except KeyError:
+        pytest.skip("no www-data group on this machine")
+    if os.geteuid() != 0:
+        pytest.skip("changing a socket's group to www-data needs root here")
+    path = tmp_path / "grp.sock"
+    b = make_bridge(tmp_path, {"p": edge_pool(processes=1, threads=1)},
+                    {"front": {"fastcgi": f"unix:{path}", "pool": "p", "socket-group": "www-data",
+                               "socket-mode": "0660"}})
+    try:
+        b.start().wait_ready([("front", "/health", "x")])
+        st = os.stat(path)
+        assert st.st_gid == gid
+        assert stat.S_IMODE(st.st_mode) == 0o660
+    finally:
+        b.stop()
+
+
+def test_inherited_listening_socket_on_fd0(tmp_path):
+    """Spawned mode (lighttpd bin-path, mod_fcgid, h2o): the daemon is started with a
+    listening socket as fd 0 and a `fastcgi: fd:0` listener."""
+    with socket.socket() as lsock:
+        lsock.bind(("127.0.0.1", 0))
+        lsock.listen(64)
+        addr = lsock.getsockname()
+        b = make_bridge(tmp_path, {"p": edge_pool(processes=1, threads=2)},
+                        {"spawned": {"fastcgi": "fd:0", "pool": "p"}})
+        try:
+            b.start(stdin=lsock.fileno())
+            b.config["listeners"]["spawned"]["address"] = addr  # for the readiness probe only
+            b.wait_ready([("spawned", "/health", "x")])
+            resp = fc.fcgi_request(addr, "/environ", headers={"Host": "x"})
+            assert resp.status == 200
+        finally:
+            b.stop()
