@@ -126,3 +126,18 @@ def test_worker_stdout_and_stderr_reach_the_log(nginx, log):
         assert any("edge" in ln and re.search(r"pid\W+\d+", ln) for ln in lines), lines
     assert any("INFO" in ln for ln in out), out
     assert any("WARN" in ln for ln in err), err
+
+
+def test_header_with_crlf_is_never_split(nginx, transport, bridge):
+    r = http_get(nginx, transport, "/bad-header", pool="edge")
+    assert "evil" not in r.cookies and "evil" not in r.headers.get("Set-Cookie", "")
+    assert r.status_code >= 500, r.status_code
+    resp = bridge.request("/bad-header")
+    assert b"\r\nSet-Cookie: evil" not in resp.stdout
+
+
+def test_latin1_response_header(nginx, transport):
+    r = http_get(nginx, transport, "/latin-header", pool="edge")
+    assert r.status_code == 200
+    # http.client decodes header bytes as latin-1
+    assert r.headers["X-Latin"] == "caf\u00e9"

@@ -332,3 +332,9 @@ def test_multithread_multiprocess_are_truthful(bridge):
     assert (env["wsgi.multithread"], env["wsgi.multiprocess"]) == (False, False)
     env = json.loads(bridge.request("/environ", pool="edge").body)
     assert env["wsgi.multithread"] and env["wsgi.multiprocess"]
+
+
+def test_flask_streamed_response(nginx, transport):
+    r = http_get(nginx, transport, "/stream", pool="flask")
+    assert r.status_code == 200
+    assert r.text == "".join(f"line {i}\n" for i in range(5))

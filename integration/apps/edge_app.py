@@ -26,6 +26,8 @@ Paths (relative to the app's own PATH_INFO):
   /ticks?marker=&n=    a short Ticker (close() writes to the marker)
   /head-cl             Content-Length 1000; for HEAD no body (as frameworks do)
   /cl-mismatch?declared=&sent=   a Content-Length that does not match the body
+  /bad-header          a header value containing CR LF
+  /latin-header        a latin-1 header value
   /stderr?msg=         writes msg to wsgi.errors, answers 200
 """
 import hashlib
@@ -291,6 +293,15 @@ def application(environ, start_response):
         declared, sent = int(q["declared"]), int(q["sent"])
         start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(declared))])
         return [b"m" * sent]
+
+    if path == "/bad-header":
+        # a header value with CR LF: must never become a second header (response splitting)
+        start_response("200 OK", [("Content-Type", "text/plain"), ("X-Bad", "a\r\nSet-Cookie: evil=1")])
+        return [b"should not be sent as is\n"]
+
+    if path == "/latin-header":
+        start_response("200 OK", [("Content-Type", "text/plain"), ("X-Latin", "caf\u00e9")])
+        return [b"latin\n"]
 
     if path == "/mem":
         return _json(start_response, dict(_mem(), pid=os.getpid()))
