@@ -1,5 +1,6 @@
 """`fcgibridge check` and `fcgibridge request` from the command line."""
 import json
+import re
 import subprocess
 import uuid
 from pathlib import Path
@@ -66,6 +67,11 @@ def test_check_good_config_prints_effective_config(tmp_path):
     # defaults are written out
     for key in ("processes", "threads", "queue-size", "queue-timeout", "startup-timeout", "max-params", "backlog"):
         assert key in out, f"default {key} not shown:\n{out}"
+    # human durations and sizes come back in the same units
+    django = out[out.index("django:"):]
+    assert re.search(r"queue-timeout: (1m30s|90s)\b", django), django[:400]
+    scgi = out[out.index("front-scgi:"):]
+    assert re.search(r"max-params: (64KiB|65536)\b", scgi), scgi[:300]
 
 
 def test_check_output_is_a_config_that_checks_the_same(tmp_path):
