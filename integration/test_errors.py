@@ -4,6 +4,8 @@ import re
 import socket
 import uuid
 
+import pytest
+
 
 import fcgi_client
 from harness import POOL_HOSTS, http_get
@@ -141,3 +143,17 @@ def test_latin1_response_header(nginx, transport):
     assert r.status_code == 200
     # http.client decodes header bytes as latin-1
     assert r.headers["X-Latin"] == "caf\u00e9"
+
+
+def test_exception_after_headers_over_scgi_tcp_resets_the_connection(bridge):
+    """SCGI has no end-of-response marker: over TCP a cut-off can only be signalled by a
+    reset instead of an orderly close."""
+    with socket.create_connection(bridge.listener_address("scgi-tcp"), timeout=30) as s:
+        s.sendall(fcgi_client.netstring(fcgi_client.scgi_headers("/raise-after", headers={"Host": "edge.test"})))
+        got = b""
+        with pytest.raises(ConnectionResetError):
+            while True:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break  # an orderly close: the client would take the response as complete
+                got += chunk
