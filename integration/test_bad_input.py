@@ -322,3 +322,32 @@ def test_client_disconnects_while_response_streams(bridge, bystander, log):
     s.close()
     wait_until(lambda: marker.exists() and "closed" in marker.read_text(), 20, what="close() after the client left")
     bystander.check()
+
+
+# ------------------------------------------------------------------ stdin vs CONTENT_LENGTH
+
+def _watch(bridge, content_length, body):
+    marker = bridge.workdir / f"cl-{uuid.uuid4().hex}"
+    params = fc.cgi_params("/upload-watch", "POST", f"marker={marker}", headers={"Host": "edge.test"},
+                           content_length=content_length)
+    with bridge.fcgi() as conn:
+        conn.begin(1, params, body)
+        resp = conn.wait(1)
+    return resp, wait_until(lambda: marker.exists() and "outcome" in marker.read_text() and marker.read_text(),
+                            30, what="the app's outcome")
+
+
+def test_stdin_longer_than_content_length_is_cut_at_content_length(bridge):
+    """PEP 3333: the app never reads past CONTENT_LENGTH; with wsgi.input_terminated the
+    server ends the input there."""
+    resp, text = _watch(bridge, 10, b"x" * 20)
+    assert resp.status == 200
+    assert "outcome eof after 10 bytes" in text, text
+
+
+def test_stdin_shorter_than_content_length_is_not_a_complete_body(bridge, log):
+    """FastCGI 1.0, 6.2: a Responder should compare the bytes received on STDIN with
+    CONTENT_LENGTH and abort an update when they differ. An input that ends early must
+    not look like a complete body to the app (it is what a truncated upload looks like)."""
+    resp, text = _watch(bridge, 100, b"y" * 50)
+    assert "outcome eof" not in text, text
