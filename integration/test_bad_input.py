@@ -351,3 +351,17 @@ def test_stdin_shorter_than_content_length_is_not_a_complete_body(bridge, log):
     not look like a complete body to the app (it is what a truncated upload looks like)."""
     resp, text = _watch(bridge, 100, b"y" * 50)
     assert "outcome eof" not in text, text
+
+
+def test_scgi_client_leaving_mid_body_is_a_disconnect(bridge, log):
+    marker = bridge.workdir / f"scgi-cl-{uuid.uuid4().hex}"
+    s = raw_conn(bridge, "scgi-tcp")
+    s.sendall(fc.netstring(fc.scgi_headers("/upload-watch", "POST", f"marker={marker}", body=b"z" * 100000,
+                                           headers={"Host": "edge.test"})) + b"z" * 50000)
+    wait_until(lambda: marker.exists(), 30, what="the app started reading")
+    s.shutdown(socket.SHUT_WR)
+    text = wait_until(lambda: "outcome" in marker.read_text() and marker.read_text(), 30,
+                      what="the app's outcome")
+    s.close()
+    assert "outcome eof" not in text, text
+    assert_new_connection_works(bridge, "scgi-tcp")
