@@ -96,6 +96,8 @@ pub(crate) struct Req {
     pub cut_off: bool,
     /// A complete replacement response (the 500 page) has been written.
     pub replaced: bool,
+    /// FCGI_AUTHORIZER role: no body, FCGI_ROLE=AUTHORIZER in the environ (docs/authorizer.md).
+    pub authorizer: bool,
 }
 
 impl Req {
@@ -119,6 +121,7 @@ impl Req {
             body_bytes: 0,
             cut_off: false,
             replaced: false,
+            authorizer: false,
         }
     }
 
@@ -342,11 +345,15 @@ impl Conn {
                     } else {
                         self.end_id(id, 0, ProtocolStatus::CantMpxConn);
                     }
-                } else if role != Role::Responder {
+                } else if role != Role::Responder && role != Role::Authorizer {
                     self.end_id(id, 0, ProtocolStatus::UnknownRole);
                 } else {
                     self.next_serial += 1;
-                    self.req = Some(Req::new(id, keep_conn, self.next_serial));
+                    let mut req = Req::new(id, keep_conn, self.next_serial);
+                    // An authorizer's input is complete with its PARAMS: it has no body.
+                    req.authorizer = role == Role::Authorizer;
+                    req.stdin_done = req.authorizer;
+                    self.req = Some(req);
                     self.current.store(self.next_serial, Ordering::Release);
                 }
             }
@@ -354,6 +361,10 @@ impl Conn {
                 if self.current_id(id).is_some() {
                     if let Some(r) = self.req.as_mut() {
                         if r.params.is_none() {
+                            let mut params = params;
+                            if r.authorizer && params.get(b"FCGI_ROLE").is_none() {
+                                params.insert(&b"FCGI_ROLE"[..], &b"AUTHORIZER"[..]);
+                            }
                             r.params = Some(params);
                         }
                     }
@@ -826,7 +837,7 @@ mod tests {
         let mut out = Vec::new();
         let names: [&[u8]; 3] = [b"FCGI_MAX_CONNS", b"FCGI_MPXS_CONNS", b"FCGI_OTHER"];
         write_get_values(&mut out, names);
-        out.extend(request(7, Role::Authorizer, Some(b"")));
+        out.extend(request(7, Role::Filter, Some(b"")));
         out.extend(request(1, Role::Responder, None));
         out.extend(request(2, Role::Responder, Some(b"")));
         peer.write_all(&out).expect("send");
