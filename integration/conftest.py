@@ -31,7 +31,7 @@ def pytest_collection_modifyitems(config, items):
 def bridge(tmp_path_factory):
     """The main bridge: flask, django, edge and validated pools behind six listeners."""
     workdir = tmp_path_factory.mktemp("bridge")
-    b = make_bridge(workdir, main_pools(), main_listeners(workdir, free_ports(5)))
+    b = make_bridge(workdir, main_pools(), main_listeners(workdir, free_ports(6)))
     try:
         b.start()
         b.wait_ready(main_probes())

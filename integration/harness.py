@@ -528,6 +528,8 @@ def main_listeners(workdir: Path, ports) -> dict:
         "fcgi-prefix": {"fastcgi": f"127.0.0.1:{ports[4]}",
                         "routes": [{"prefix": "/dj", "pool": "django"}, {"prefix": "/edge/", "pool": "edge"},
                                    {"pool": "flask"}]},
+        # host routes only: other hosts have no pool
+        "fcgi-hostonly": {"fastcgi": f"127.0.0.1:{ports[5]}", "routes": [{"host": "edge.test", "pool": "edge"}]},
         # a small params limit for the bad-input tests
         "fcgi-small": {"fastcgi": f"127.0.0.1:{ports[2]}", "pool": "edge", "max-params": "4KiB"},
         "scgi-small": {"scgi": f"127.0.0.1:{ports[3]}", "pool": "edge", "max-params": "4KiB"},
@@ -546,6 +548,7 @@ def main_probes() -> list:
             ("scgi-unix", "/health", POOL_HOSTS["edge"]),
             ("fcgi-small", "/health", "any"),
             ("fcgi-prefix", "/health", "any"),
+            ("fcgi-hostonly", "/health", "edge.test"),
             ("scgi-small", "/health", "any")]
 
 

@@ -48,3 +48,10 @@ def test_django_under_a_prefix_builds_prefixed_links(bridge):
     resp = env_of(bridge, "fcgi-prefix", "/dj/form/")
     assert resp.status == 200
     assert "csrfmiddlewaretoken" in resp.body.decode()
+
+
+def test_no_matching_route_is_404_from_the_bridge(bridge):
+    resp = env_of(bridge, "fcgi-hostonly", "/environ", host="other.test")
+    assert resp.status == 404
+    assert b"edge app" not in resp.body and b"HTTP_HOST" not in resp.body
+    assert env_of(bridge, "fcgi-hostonly", "/health", host="EDGE.test").body == b"ok"

@@ -30,7 +30,7 @@ def stack(tmp_path_factory):
         "flask": pool(str(APPS / "flask_app.py"), processes=1, threads=2),
         "one": pool(str(APPS / "edge_app.py"), processes=1, threads=1),
     }
-    listeners = main_listeners(workdir, free_ports(5))
+    listeners = main_listeners(workdir, free_ports(6))
     for spec in listeners.values():
         if "routes" in spec:
             spec["routes"] = [{"host": POOL_HOSTS["flask"], "pool": "flask"}, {"host": "one.test", "pool": "one"},

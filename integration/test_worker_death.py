@@ -20,7 +20,7 @@ def stack(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("death-bridge")
     # two processes with one thread each: two concurrent requests are on two processes
     pools = {"fragile": pool(str(APPS / "edge_app.py"), processes=2, threads=1)}
-    listeners = main_listeners(workdir, free_ports(5))
+    listeners = main_listeners(workdir, free_ports(6))
     for spec in listeners.values():
         spec.pop("routes", None)
         spec["pool"] = "fragile"
