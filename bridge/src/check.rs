@@ -70,11 +70,14 @@ pub fn render(config: &Config, dir: &str) -> String {
 
 fn render_pool(out: &mut String, pool: &Pool) {
     let _ = writeln!(out, "  {}:", quote(&pool.name));
-    let app = match &pool.app {
-        App::Module { module, callable } => format!("{module}:{callable}"),
-        App::File(path) => path.display().to_string(),
-    };
-    field(out, 4, "app", &quote(&app));
+    match &pool.app {
+        App::Module { module, callable } => field(out, 4, "app", &quote(&format!("{module}:{callable}"))),
+        App::File(path) => field(out, 4, "app", &quote(&path.display().to_string())),
+        App::Command(argv) => {
+            let items: Vec<String> = argv.iter().map(|a| quote(a)).collect();
+            field(out, 4, "command", &format!("[{}]", items.join(", ")));
+        }
+    }
     field(out, 4, "python", &quote(&pool.python.display().to_string()));
     field(out, 4, "chdir", &quote(&pool.chdir.display().to_string()));
     if pool.env.is_empty() {

@@ -37,6 +37,8 @@ pub struct RawBridge {
 pub struct RawPool {
     pub app: Option<String>,
     pub python: Option<String>,
+    /// A generic FastCGI program instead of a WSGI app: `[php-cgi]`, `[./app.fcgi, --x]`.
+    pub command: Option<Vec<String>>,
     pub chdir: Option<String>,
     pub env: Option<Entries<String>>,
     pub processes: Option<u32>,

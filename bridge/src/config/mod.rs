@@ -15,7 +15,7 @@ mod file;
 mod hint;
 mod locate;
 pub mod model;
-mod paths;
+pub(crate) mod paths;
 mod resolve;
 pub mod units;
 mod validate;

@@ -101,4 +101,7 @@ pub enum App {
     Module { module: String, callable: String },
     /// A file exposing `application`.
     File(PathBuf),
+    /// `command:` — any FastCGI program started with its listening socket on fd 0
+    /// (php-cgi, a flup script); argv[0] is resolved to an absolute path.
+    Command(Vec<String>),
 }

@@ -45,10 +45,20 @@ pub fn pool(
     let here = KeyPath::of(&["pools", name]);
     check_name(src, &here, "pool", name)?;
 
-    let app_text = raw.app.ok_or_else(|| {
-        src.invalid(&here, "missing key `app`: name a module (\"package.module:callable\") or a .py/.wsgi file")
-    })?;
-    let app = parse_app(&app_text, dir).map_err(|m| src.invalid(&here.key("app"), m))?;
+    let app = match (raw.app, raw.command) {
+        (Some(_), Some(_)) => {
+            return Err(src.invalid(&here.key("command"), "a pool has either `app` (WSGI) or `command` (a FastCGI program), not both"))
+        }
+        (None, Some(argv)) => {
+            crate::supervise::program::resolve_command(argv, dir, search_path).map_err(|m| src.invalid(&here.key("command"), m))?
+        }
+        (app_text, None) => {
+            let app_text = app_text.ok_or_else(|| {
+                src.invalid(&here, "missing key `app`: name a module (\"package.module:callable\") or a .py/.wsgi file")
+            })?;
+            parse_app(&app_text, dir).map_err(|m| src.invalid(&here.key("app"), m))?
+        }
+    };
 
     let python = paths::find_python(raw.python.as_deref().unwrap_or(DEFAULT_PYTHON), dir, search_path)
         .map_err(|m| src.invalid(&here.key("python"), m))?;
@@ -56,7 +66,7 @@ pub fn pool(
     let chdir = match (&raw.chdir, &app) {
         (Some(chdir), _) => paths::resolve(dir, chdir),
         (None, App::File(file)) => file.parent().map(Path::to_path_buf).unwrap_or_else(|| dir.to_path_buf()),
-        (None, App::Module { .. }) => dir.to_path_buf(),
+        (None, App::Module { .. } | App::Command(_)) => dir.to_path_buf(),
     };
     if !chdir.is_dir() {
         return Err(src.invalid(&here.key("chdir"), format!("{} is not a directory", chdir.display())));

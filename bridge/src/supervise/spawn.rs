@@ -50,14 +50,18 @@ pub fn spawn_worker(pool: &Pool, python_path: &Path, socket: &Path) -> Result<Sp
     let app = match &pool.app {
         App::Module { module, callable } => format!("{module}:{callable}"),
         App::File(p) => p.display().to_string(),
+        App::Command(argv) => argv.join(" "),
     };
 
-    let mut cmd = Command::new(&pool.python);
-    cmd.arg("-u")
-        .arg("-c")
-        .arg(BOOT)
-        .arg(python_path)
-        .current_dir(&pool.chdir)
+    // A generic FastCGI program (`command:`) gets no readiness pipe: see supervise/program.rs.
+    let program = super::program::program_command(&pool.app);
+    let give_ready_fd = program.is_none();
+    let mut cmd = program.unwrap_or_else(|| {
+        let mut c = Command::new(&pool.python);
+        c.arg("-u").arg("-c").arg(BOOT).arg(python_path);
+        c
+    });
+    cmd.current_dir(&pool.chdir)
         .envs(&pool.env)
         .env("FCGIBRIDGE_APP", app)
         .env("FCGIBRIDGE_THREADS", pool.threads.to_string())
@@ -69,12 +73,17 @@ pub fn spawn_worker(pool: &Pool, python_path: &Path, socket: &Path) -> Result<Sp
         .stderr(Stdio::piped())
         .kill_on_drop(true);
 
+    if !give_ready_fd {
+        cmd.env_remove("FCGIBRIDGE_READY_FD");
+    }
     let ready_w_raw = ready_w.as_raw_fd();
     // SAFETY: the closure runs in the forked child before exec and only makes
     // async-signal-safe system calls (dup2, fcntl, prctl, setpgid, getppid, kill).
     unsafe {
         cmd.pre_exec(move || {
-            if ready_w_raw == READY_FD {
+            if !give_ready_fd {
+                // The pipe's write end is close-on-exec: it closes when the program starts.
+            } else if ready_w_raw == READY_FD {
                 // dup2 onto itself would keep FD_CLOEXEC set.
                 if libc::fcntl(READY_FD, libc::F_SETFD, 0) == -1 {
                     return Err(std::io::Error::last_os_error());
