@@ -1,6 +1,7 @@
 //! Listeners: where web servers connect. TCP, unix sockets (with mode/owner/group and
 //! safe replacement of stale socket files) and inherited descriptors (fd 0 in spawned
 //! mode). Each accepted connection gets one task speaking FastCGI or SCGI.
+pub mod allow;
 pub mod fastcgi;
 pub mod scgi;
 #[cfg(test)]
@@ -154,6 +155,11 @@ async fn accept_loop(bound: Bound, protocol: Protocol, ctx: Arc<ListenerCtx>, mu
                 continue;
             }
         };
+        if let Conn::Tcp(s) = &conn {
+            if !allow::admit(s, &ctx.name) {
+                continue;
+            }
+        }
         if ctx.open_conns.fetch_add(1, Ordering::AcqRel) >= MAX_CONNS {
             ctx.open_conns.fetch_sub(1, Ordering::AcqRel);
             tracing::warn!(listener = %ctx.name, peer, "too many connections ({MAX_CONNS}); closing a new one");
