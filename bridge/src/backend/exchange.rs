@@ -121,7 +121,13 @@ struct RespState {
     front_done: bool,
     status: u16,
     body_bytes: u64,
+    /// The Content-Length the app declared, if any.
+    content_length: Option<u64>,
 }
+
+/// How long a response whose declared body is complete is held for the END_REQUEST that
+/// should follow it (see `forward`).
+const HOLD_FOR_END: Duration = Duration::from_millis(50);
 
 /// Run one request over `slot`.
 pub async fn exchange<S: BodySource, K: ResponseSink>(
@@ -163,7 +169,14 @@ pub async fn exchange<S: BodySource, K: ResponseSink>(
         }
     };
 
-    let mut st = RespState { head_buf: BytesMut::new(), head_done: false, front_done: false, status: 0, body_bytes: 0 };
+    let mut st = RespState {
+        head_buf: BytesMut::new(),
+        head_done: false,
+        front_done: false,
+        status: 0,
+        body_bytes: 0,
+        content_length: None,
+    };
 
     if let Err(e) = stream.write_all(wbuf).await {
         // On a unix socket a write fails at once when the worker has closed it, before a
@@ -411,12 +424,33 @@ async fn forward<K: ResponseSink>(
             }
             return RespEnd::Ended;
         }
-        if !pending.is_empty() && !st.front_done && sink.send(pending.split().freeze(), None).await.is_err() {
+        // The whole declared body is here: what follows is END_REQUEST, typically one
+        // write later (the app's close() runs in between). Holding the last bytes for it
+        // lets head, body and END_REQUEST reach the web server in one write instead of two
+        // — without delaying a streamed response, whose length is unknown or not reached.
+        let hold = !pending.is_empty()
+            && !st.front_done
+            && st.content_length.is_some_and(|len| st.body_bytes >= len);
+        if !hold && !pending.is_empty() && !st.front_done && sink.send(pending.split().freeze(), None).await.is_err() {
             return RespEnd::FrontGone;
         }
         let buf = decoder.buffer_mut();
         buf.reserve(16 << 10);
-        match rd.read_buf(buf).await {
+        let read = if hold {
+            match tokio::time::timeout(HOLD_FOR_END, rd.read_buf(buf)).await {
+                Ok(r) => r,
+                Err(_) => {
+                    // The worker is slow to end the request: pass the response on now.
+                    if sink.send(pending.split().freeze(), None).await.is_err() {
+                        return RespEnd::FrontGone;
+                    }
+                    rd.read_buf(decoder.buffer_mut()).await
+                }
+            }
+        } else {
+            rd.read_buf(buf).await
+        };
+        match read {
             Ok(0) => return RespEnd::WorkerBroken("the worker closed the connection (did it exit?)".to_owned()),
             Ok(_) => {}
             Err(e) => return RespEnd::WorkerBroken(format!("read error: {e}")),
@@ -450,6 +484,7 @@ fn take_head(st: &mut RespState, data: Bytes, info: &RequestInfo<'_>, pool: &str
     };
     let Some((head, rest)) = parsed else { return Ok(None) };
     st.head_done = true;
+    st.content_length = head.content_length;
     let extra = if rest.len() <= COALESCE { rest.len() } else { 0 };
     match respond::encode_head(&head, extra) {
         Ok((status, buf)) => {
