@@ -1,0 +1,3 @@
+<?php
+header("X-Php: yes");
+echo "php says ", isset($_GET["x"]) ? $_GET["x"] : "", "\n";

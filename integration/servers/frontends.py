@@ -1,0 +1,427 @@
+"""The front servers of the conformance suite: each one's configuration is built from the
+`test-snippet` blocks of docs/servers/<server>.md (so the docs show what is tested), wrapped
+in a few lines of process boilerplate, started on loopback ports in a private directory and
+stopped again.
+
+A server may offer several *variants* (nginx: fastcgi and scgi), each on its own port.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent.parent
+DOCS = REPO / "docs" / "servers"
+sys.path.insert(0, str(HERE.parent))
+
+from harness import free_ports, wait_until, bridge_binary, to_yaml  # noqa: E402
+
+APP = HERE / "conformance_app.py"
+STARTUP = 90.0
+
+
+def snippet(doc: str, name: str) -> str:
+    """The fenced block after `<!-- test-snippet: name -->` in docs/servers/<doc>."""
+    text = (DOCS / doc).read_text()
+    m = re.search(r"<!-- test-snippet: " + re.escape(name) + r" -->\s*\n```[^\n]*\n(.*?)\n```", text, re.S)
+    if not m:
+        raise AssertionError(f"docs/servers/{doc}: no test-snippet {name!r}")
+    return m.group(1) + "\n"
+
+
+def substitute(text: str, subst: dict) -> str:
+    """Replace the documented placeholders: longest first, numbers only as whole words."""
+    for key in sorted(subst, key=len, reverse=True):
+        value = str(subst[key])
+        if key.isdigit():
+            text = re.sub(r"(?<![\d.])" + key + r"(?!\d)", value, text)
+        else:
+            text = text.replace(key, value)
+    return text
+
+
+def find_binary(*names) -> str | None:
+    for n in names:
+        p = shutil.which(n)
+        if p:
+            return p
+        for d in ("/usr/sbin", "/usr/bin", "/usr/local/sbin", "/usr/local/bin"):
+            if os.access(os.path.join(d, n), os.X_OK):
+                return os.path.join(d, n)
+    return None
+
+
+def system_python() -> str:
+    """An interpreter an unprivileged user can run (spawned bridges run as nobody)."""
+    for p in ("/usr/bin/python3", "/usr/local/bin/python3"):
+        if os.access(p, os.X_OK):
+            return p
+    return sys.executable
+
+
+def make_www() -> Path:
+    """The document root every server shares: files for the hand-off and authorizer tests."""
+    www = private_dir("www")
+    (www / "files").mkdir()
+    (www / "files" / "hello.txt").write_text("hello from a file\n")
+    (www / "private").mkdir()
+    (www / "private" / "secret.txt").write_text("the secret file\n")
+    for p in [www, *www.rglob("*")]:
+        p.chmod(0o755 if p.is_dir() else 0o644)
+    return www
+
+
+def private_dir(prefix: str) -> Path:
+    """A temporary directory that an unprivileged server user can traverse and read."""
+    d = Path(tempfile.mkdtemp(prefix=f"fcgibridge-{prefix}-"))
+    d.chmod(0o755)
+    return d
+
+
+def http_ready(port: int, path: str = "/health", timeout: float = STARTUP, proc=None, log=None):
+    import requests
+
+    def ok():
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"server exited with {proc.returncode}; log:\n{log() if log else ''}")
+        r = requests.get(f"http://127.0.0.1:{port}{path}", timeout=20)
+        return r.status_code == 200
+    try:
+        wait_until(ok, timeout, 0.2, what=f"200 for {path} on port {port}")
+    except TimeoutError as e:
+        raise AssertionError(f"{e}\n{log() if log else ''}")
+
+
+def tcp_ready(port: int, timeout: float = STARTUP, proc=None, log=None):
+    def ok():
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"server exited with {proc.returncode}; log:\n{log() if log else ''}")
+        with socket.socket() as s:
+            s.settimeout(2)
+            return s.connect_ex(("127.0.0.1", port)) == 0
+    wait_until(ok, timeout, 0.1, what=f"port {port}")
+
+
+# ------------------------------------------------------------------ spawned bridges
+
+def write_spawned_config(workdir: Path, name: str, files_dir: Path) -> Path:
+    """The conf.d and wrapper of a bridge that a web server starts (docs/servers/spawned.md)."""
+    confdir = workdir / f"{name}.d"
+    confdir.mkdir()
+    conf = substitute(snippet("spawned.md", "conf"), {
+        "/srv/app/wsgi.py": str(APP), "/usr/bin/python3": system_python(),
+    })
+    # the pool's environment: where /x-sendfile points
+    conf = conf.replace("    threads: 4\n", f"    threads: 4\n    env:\n      CONFORMANCE_FILES_DIR: \"{files_dir}\"\n", 1)
+    (confdir / "app.yaml").write_text("bridge:\n  log-level: info\n  access-log: \"-\"\n" + conf)
+    wrapper = workdir / f"{name}-wrapper"
+    log = workdir / f"{name}.log"
+    body = substitute(snippet("spawned.md", "wrapper"), {
+        "/usr/local/bin/fcgibridge": str(bridge_binary()),
+        "/etc/fcgibridge/spawned.d": str(confdir),
+    })
+    # the documented exec line, with its log sent to a file the tests read
+    body = body.replace(f"--config {confdir}", f"--config {confdir} >>{log} 2>&1")
+    wrapper.write_text(body)
+    wrapper.chmod(0o755)
+    log.touch()
+    log.chmod(0o666)
+    return wrapper
+
+
+# ------------------------------------------------------------------ servers
+
+class Server:
+    """One web-server process serving one or more variants."""
+    name = ""
+    binaries: tuple = ()
+    variants: dict = {}          # variant name -> port key
+    spawned_variants: tuple = ()  # variants whose bridge the server starts
+
+    def __init__(self, bridge_ports: dict, www: Path):
+        self.bridge_ports = bridge_ports
+        self.www = www
+        self.workdir = private_dir(self.name)
+        self.ports = dict(zip(("8080", "8081", "8082"), free_ports(3)))
+        self.proc = None
+        self.binary = find_binary(*self.binaries)
+
+    def port(self, variant: str) -> int:
+        return self.ports[self.variants[variant]]
+
+    def subst(self) -> dict:
+        s = {"9000": self.bridge_ports["fastcgi"], "9001": self.bridge_ports["scgi"],
+             "/srv/www": str(self.www)}
+        s.update(self.ports)
+        return s
+
+    def spawned_wrapper(self) -> Path:
+        return write_spawned_config(self.workdir, "spawned", self.www / "files")
+
+    def spawned_log(self) -> Path:
+        return self.workdir / "spawned.log"
+
+    def log_text(self) -> str:
+        out = []
+        for f in sorted(self.workdir.glob("*.log")):
+            out.append(f"--- {f.name}\n" + f.read_text(errors="replace")[-6000:])
+        return "\n".join(out)
+
+    def command(self) -> list:
+        raise NotImplementedError
+
+    def env(self) -> dict:
+        return dict(os.environ)
+
+    def start(self):
+        if not self.binary:
+            raise RuntimeError(f"{self.name} is not installed")
+        argv = self.command()
+        out = open(self.workdir / "stdout.log", "ab")
+        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                     cwd=self.workdir, env=self.env(), start_new_session=True)
+        out.close()
+        for variant, key in self.variants.items():
+            if variant in self.spawned_variants:
+                # the spawned bridge needs its workers first: wait for a real answer
+                http_ready(self.ports[key], proc=self.proc, log=self.log_text)
+            else:
+                tcp_ready(self.ports[key], proc=self.proc, log=self.log_text)
+        return self
+
+    def stop_signal(self):
+        return signal.SIGTERM
+
+    def stop(self, timeout: float = 30.0):
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.send_signal(self.stop_signal())
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def pids(self) -> set:
+        """The server's process and its descendants."""
+        if self.proc is None:
+            return set()
+        return descendants(self.proc.pid)
+
+    def cleanup(self):
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+class Nginx(Server):
+    name = "nginx"
+    binaries = ("nginx",)
+    variants = {"nginx-fastcgi": "8080", "nginx-scgi": "8081"}
+
+    def nginx_conf_dir(self) -> str:
+        out = subprocess.run([self.binary, "-V"], capture_output=True, text=True).stderr
+        for word in out.split():
+            if word.startswith("--conf-path="):
+                return os.path.dirname(word.split("=", 1)[1])
+        return "/etc/nginx"
+
+    def command(self):
+        w = self.workdir
+        for f in ("fastcgi_params", "scgi_params"):
+            shutil.copy(os.path.join(self.nginx_conf_dir(), f), w)
+        temp = "".join(f"    {k}_temp_path {w}/{k}_temp;\n" for k in ("client_body", "proxy", "fastcgi", "scgi", "uwsgi"))
+        http = substitute(snippet("nginx.md", "http"), self.subst())
+        http += self.extra_http()
+        user = "user root;\n" if os.geteuid() == 0 else ""
+        (w / "nginx.conf").write_text(
+            f"{user}worker_processes 1;\npid {w}/nginx.pid;\nerror_log {w}/error.log info;\n"
+            f"events {{ worker_connections 1024; }}\nhttp {{\n    access_log {w}/access.log;\n{temp}\n{http}}}\n")
+        return [self.binary, "-p", str(w), "-c", str(w / "nginx.conf"), "-g", "daemon off;"]
+
+    def extra_http(self) -> str:
+        return ""
+
+
+class Lighttpd(Server):
+    name = "lighttpd"
+    binaries = ("lighttpd",)
+    variants = {"lighttpd-fastcgi": "8080", "lighttpd-scgi": "8081", "lighttpd-spawned": "8082"}
+    spawned_variants = ("lighttpd-spawned",)
+
+    def command(self):
+        w = self.workdir
+        wrapper = self.spawned_wrapper()
+        s = self.subst()
+        s.update({"/run/lighttpd": str(w), "/usr/local/bin/fcgibridge-spawned": str(wrapper)})
+        conf = substitute(snippet("lighttpd.md", "conf"), s)
+        (w / "lighttpd.conf").write_text(
+            f'server.bind = "127.0.0.1"\nserver.port = {self.ports["8080"]}\n'
+            f'server.errorlog = "{w}/error.log"\nserver.pid-file = "{w}/lighttpd.pid"\n'
+            f'$SERVER["socket"] == "127.0.0.1:{self.ports["8081"]}" {{ }}\n'
+            f'$SERVER["socket"] == "127.0.0.1:{self.ports["8082"]}" {{ }}\n' + conf)
+        return [self.binary, "-D", "-f", str(w / "lighttpd.conf")]
+
+    def stop_signal(self):
+        return signal.SIGINT  # lighttpd: SIGINT stops at once, SIGTERM would too; both kill bin-path children
+
+
+class Apache(Server):
+    name = "apache"
+    binaries = ("apache2", "httpd")
+    variants = {"apache-proxy-fcgi": "8080", "apache-proxy-scgi": "8081", "apache-fcgid": "8082"}
+    spawned_variants = ("apache-fcgid",)
+
+    def modules_dir(self) -> str:
+        for d in ("/usr/lib/apache2/modules", "/usr/lib64/httpd/modules", "/usr/lib/httpd/modules"):
+            if os.path.exists(os.path.join(d, "mod_proxy_fcgi.so")):
+                return d
+        raise RuntimeError("Apache modules directory not found")
+
+    def command(self):
+        w = self.workdir
+        mods = self.modules_dir()
+        wrapper = self.spawned_wrapper()
+        (w / "run").mkdir()
+        (w / "run").chmod(0o777)
+        s = self.subst()
+        s.update({"/usr/lib/apache2/modules": mods, "/run/apache2": str(w / "run"),
+                  "/usr/local/bin/fcgibridge-spawned": str(wrapper)})
+        conf = substitute(snippet("apache.md", "conf"), s)
+        base = "".join(f"LoadModule {m}_module {mods}/mod_{m}.so\n" for m in (
+            "mpm_event", "authz_core", "authz_user", "authn_core", "auth_basic", "unixd", "mime", "alias"))
+        user = "User nobody\nGroup nogroup\n" if os.geteuid() == 0 else ""
+        (w / "httpd.conf").write_text(
+            f'ServerRoot "{w}"\nServerName localhost\n{base}{user}PidFile {w}/httpd.pid\n'
+            f"ErrorLog {w}/error.log\nLogLevel warn\nDefaultRuntimeDir {w}/run\nMutex file:{w}/run default\n"
+            f"TypesConfig /dev/null\nTimeout 120\n" + conf)
+        return [self.binary, "-X", "-f", str(w / "httpd.conf")]
+
+    def stop_signal(self):
+        return signal.SIGTERM
+
+
+class Caddy(Server):
+    name = "caddy"
+    binaries = ("caddy",)
+    variants = {"caddy": "8080"}
+
+    def command(self):
+        w = self.workdir
+        conf = substitute(snippet("caddy.md", "caddyfile"), self.subst())
+        (w / "Caddyfile").write_text("{\n    admin off\n    auto_https off\n    persist_config off\n}\n" + conf)
+        return [self.binary, "run", "--config", str(w / "Caddyfile"), "--adapter", "caddyfile"]
+
+    def env(self):
+        e = dict(os.environ)
+        e["HOME"] = str(self.workdir)
+        e["XDG_DATA_HOME"] = str(self.workdir / "data")
+        e["XDG_CONFIG_HOME"] = str(self.workdir / "config")
+        return e
+
+
+class H2o(Server):
+    name = "h2o"
+    binaries = ("h2o",)
+    variants = {"h2o": "8080", "h2o-spawned": "8081"}
+    spawned_variants = ("h2o-spawned",)
+
+    def command(self):
+        w = self.workdir
+        wrapper = self.spawned_wrapper()
+        s = self.subst()
+        s["/usr/local/bin/fcgibridge-spawned"] = str(wrapper)
+        conf = substitute(snippet("h2o.md", "conf"), s)
+        user = "user: nobody\n" if os.geteuid() == 0 else ""
+        (w / "h2o.conf").write_text(f"{user}error-log: {w}/error.log\npid-file: {w}/h2o.pid\n" + conf)
+        return [self.binary, "-c", str(w / "h2o.conf")]
+
+
+class Haproxy(Server):
+    name = "haproxy"
+    binaries = ("haproxy",)
+    variants = {"haproxy": "8080"}
+
+    def command(self):
+        w = self.workdir
+        conf = substitute(snippet("haproxy.md", "cfg"), self.subst())
+        (w / "haproxy.cfg").write_text(
+            "global\n    tune.bufsize 65536\n    maxconn 2000\n"
+            "defaults\n    mode http\n    timeout connect 5s\n    timeout client 120s\n"
+            "    timeout server 120s\n    option http-keep-alive\n\n" + conf)
+        return [self.binary, "-db", "-f", str(w / "haproxy.cfg")]
+
+    def stop_signal(self):
+        return signal.SIGUSR1  # soft stop: finish what is in flight
+
+
+SERVERS = [Nginx, Lighttpd, Apache, Caddy, H2o, Haproxy]
+VARIANTS = {v: cls for cls in SERVERS for v in cls.variants}
+
+
+# ------------------------------------------------------------------ connections
+
+def descendants(pid: int) -> set:
+    children = {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(d))
+    out, todo = set(), [pid]
+    while todo:
+        p = todo.pop()
+        if p in out:
+            continue
+        out.add(p)
+        todo.extend(children.get(p, []))
+    return out
+
+
+def socket_inodes(pids) -> set:
+    inodes = set()
+    for pid in pids:
+        try:
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                try:
+                    target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                except OSError:
+                    continue
+                if target.startswith("socket:["):
+                    inodes.add(int(target[8:-1]))
+        except OSError:
+            continue
+    return inodes
+
+
+def connections_to(port: int, pids) -> int:
+    """Established TCP connections that `pids` hold to 127.0.0.1:`port`."""
+    inodes = socket_inodes(pids)
+    n = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = open(table).read().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            f = line.split()
+            remote_port = int(f[2].rsplit(":", 1)[1], 16)
+            if remote_port == port and f[3] == "01" and int(f[9]) in inodes:
+                n += 1
+    return n
