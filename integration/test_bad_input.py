@@ -365,3 +365,20 @@ def test_scgi_client_leaving_mid_body_is_a_disconnect(bridge, log):
     s.close()
     assert "outcome eof" not in text, text
     assert_new_connection_works(bridge, "scgi-tcp")
+
+
+def test_client_leaving_a_streamed_response_through_nginx(bridge, nginx, log):
+    """Through nginx (kept-alive upstream, unbuffered): the HTTP client goes away while the
+    app streams; nginx drops the upstream request and the app's iterable is closed."""
+    marker = bridge.workdir / f"tick-nginx-{uuid.uuid4().hex}"
+    with socket.create_connection(("127.0.0.1", nginx.ports["fcgi-stream"]), timeout=30) as s:
+        s.sendall(f"GET /tick?marker={marker}&n=600 HTTP/1.1\r\nHost: {POOL_HOSTS['edge']}\r\n\r\n".encode())
+        got = b""
+        while b"tick 1" not in got:
+            chunk = s.recv(4096)
+            assert chunk, "nginx closed before the ticks"
+            got += chunk
+    wait_until(lambda: marker.exists() and "closed" in marker.read_text(), 30,
+               what="close() after the HTTP client left")
+    r = requests.get(nginx.url("fcgi-stream", "/health"), headers={"Host": POOL_HOSTS["edge"]}, timeout=60)
+    assert r.text == "ok"
