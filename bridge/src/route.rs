@@ -77,8 +77,9 @@ impl<T> Router<T> {
     }
 }
 
-/// The request's path: REQUEST_URI before `?`, percent-decoded; without REQUEST_URI,
-/// SCRIPT_NAME + PATH_INFO (already decoded by the web server).
+/// The request's path: REQUEST_URI before `?`, percent-decoded, `.` and `..` segments
+/// resolved (as web servers do for their own routing, so `/api/../admin` is not under
+/// `/api`); without REQUEST_URI, SCRIPT_NAME + PATH_INFO (already decoded by the web server).
 pub fn request_path(params: &Params) -> Cow<'_, [u8]> {
     match params.get(b"REQUEST_URI") {
         Some(uri) => {
@@ -91,7 +92,11 @@ pub fn request_path(params: &Params) -> Cow<'_, [u8]> {
                 }
                 _ => path,
             };
-            percent_decode(path)
+            match percent_decode(path) {
+                Cow::Borrowed(p) if !has_dot_segment(p) => Cow::Borrowed(p),
+                decoded if has_dot_segment(&decoded) => Cow::Owned(remove_dot_segments(&decoded)),
+                decoded => decoded,
+            }
         }
         None => {
             let mut p = params.get(b"SCRIPT_NAME").unwrap_or(b"").to_vec();
@@ -118,6 +123,37 @@ pub fn mount(params: &mut Params, mount: Option<&str>) {
     };
     params.insert(&b"SCRIPT_NAME"[..], script);
     params.insert(&b"PATH_INFO"[..], info);
+}
+
+fn has_dot_segment(path: &[u8]) -> bool {
+    path.split(|&b| b == b'/').any(|seg| seg == b"." || seg == b"..")
+}
+
+/// RFC 3986 section 5.2.4 for an absolute path: `.` segments go, `..` removes the one
+/// before it (never above the root); a path that ended in a dot segment keeps its `/`.
+fn remove_dot_segments(path: &[u8]) -> Vec<u8> {
+    let mut segs: Vec<&[u8]> = Vec::new();
+    let mut trailing_slash = false;
+    for seg in path.split(|&b| b == b'/').skip(1) {
+        trailing_slash = false;
+        match seg {
+            b"." => trailing_slash = true,
+            b".." => {
+                segs.pop();
+                trailing_slash = true;
+            }
+            s => segs.push(s),
+        }
+    }
+    let mut out = Vec::with_capacity(path.len());
+    for s in &segs {
+        out.push(b'/');
+        out.extend_from_slice(s);
+    }
+    if trailing_slash || out.is_empty() {
+        out.push(b'/');
+    }
+    out
 }
 
 /// %XX → byte; anything malformed stays as it is. Borrowed when there is nothing to decode.
@@ -303,6 +339,21 @@ mod tests {
         let mut p = params(&[("REQUEST_URI", "/app/x"), ("SCRIPT_NAME", "/app"), ("PATH_INFO", "/x")]);
         mount(&mut p, None);
         assert_eq!((get(&p, "SCRIPT_NAME"), get(&p, "PATH_INFO")), ("/app".into(), "/x".into()));
+    }
+
+    #[test]
+    fn dot_segments_are_resolved() {
+        assert_eq!(remove_dot_segments(b"/a/b/../c"), b"/a/c");
+        assert_eq!(remove_dot_segments(b"/a/./b/."), b"/a/b/");
+        assert_eq!(remove_dot_segments(b"/../../etc"), b"/etc");
+        assert_eq!(remove_dot_segments(b"/a/.."), b"/");
+        assert_eq!(remove_dot_segments(b"/a/..b/c"), b"/a/..b/c");
+        let r = router();
+        assert_eq!(r.route(&params(&[("REQUEST_URI", "/api/../admin")])).map(|x| x.0), Some(&"default"));
+        assert_eq!(r.route(&params(&[("REQUEST_URI", "/x/%2e%2e/api/v1")])).map(|x| x.0), Some(&"api"));
+        let mut p = params(&[("REQUEST_URI", "/a/./b/../c?q=/../")]);
+        mount(&mut p, None);
+        assert_eq!(get(&p, "PATH_INFO"), "/a/c");
     }
 
     #[test]
