@@ -264,3 +264,24 @@ def test_waiting_on_wsgi_input_releases_the_gil(stack):
         out = json.loads(slow.wait(1).body)
     assert out == {"size": 2000, "outcome": "eof"}
     # (the stack's edge pool is one process: /pid answered from the same process)
+
+
+def test_no_memory_growth_over_many_requests(stack):
+    """A leak check: thousands of requests through nginx (all transports) leave the bridge's
+    resident memory where it was after a warm-up."""
+    _, n = stack
+    b = stack[0]
+    sessions = {t: requests.Session() for t in ("fcgi-unix", "fcgi-tcp", "scgi")}
+
+    def burst(count):
+        for i in range(count):
+            for t, s in sessions.items():
+                r = s.post(n.url(t, f"/upload?i={i}"), data=b"p" * 2000, headers={"Host": "edge.test"}, timeout=60)
+                assert r.status_code == 200
+
+    burst(300)
+    rss_before = b.status_of(b.pid, "VmRSS")
+    burst(1200)
+    rss_after = b.status_of(b.pid, "VmRSS")
+    assert rss_after - rss_before < 8 * MiB, \
+        f"bridge RSS grew {(rss_after - rss_before) / MiB:.1f} MiB over 3600 requests"
