@@ -55,3 +55,15 @@ def test_no_matching_route_is_404_from_the_bridge(bridge):
     assert resp.status == 404
     assert b"edge app" not in resp.body and b"HTTP_HOST" not in resp.body
     assert env_of(bridge, "fcgi-hostonly", "/health", host="EDGE.test").body == b"ok"
+
+
+def test_dot_segments_cannot_escape_a_prefix(bridge):
+    """A raw client (no web server normalising the path) sends /dj/../edge/environ: the
+    bridge resolves the dot segments before routing, so it is the edge pool's /environ."""
+    params = fc.cgi_params("/dj/../edge/environ", headers={"Host": "x"}, stock_nginx=True)
+    with bridge.fcgi("fcgi-prefix") as conn:
+        conn.begin(1, params, b"")
+        resp = conn.wait(1)
+    assert resp.status == 200, resp.stdout[:300]
+    env = json.loads(resp.body)
+    assert (env["SCRIPT_NAME"], env["PATH_INFO"]) == ("/edge", "/environ")
