@@ -105,6 +105,7 @@ fn render_listener(out: &mut String, l: &Listener) {
         ListenAddress::Tcp(addr) => addr.to_string(),
         ListenAddress::Unix(path) => format!("unix:{}", path.display()),
         ListenAddress::Fd(fd) => format!("fd:{fd}"),
+        ListenAddress::Systemd(name) => format!("systemd:{name}"),
     };
     field(out, 4, protocol, &quote(&address));
     if let Some(mode) = l.socket_mode {

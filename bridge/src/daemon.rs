@@ -7,6 +7,7 @@
 use crate::dispatch::serve::Shared;
 use crate::listen;
 use crate::logging::{self, AccessLog};
+use crate::notify::Notifier;
 use crate::supervise::{PoolRuntime, RuntimeDir, Stop, Supervisor};
 use std::collections::HashMap;
 use std::path::Path;
@@ -33,6 +34,15 @@ pub fn main(config_dir: &Path) -> ExitCode {
     };
     logging::init(&config.global);
     raise_fd_limit();
+    // Before any thread exists: these read and clear environment variables.
+    listen::systemd::init_from_env();
+    let notifier = match Notifier::from_env() {
+        Ok(n) => Arc::new(n),
+        Err(e) => {
+            tracing::error!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
 
     let threads = std::env::var("FCGIBRIDGE_RUNTIME_THREADS")
         .ok()
@@ -54,13 +64,13 @@ pub fn main(config_dir: &Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let code = runtime.block_on(run(config));
+    let code = runtime.block_on(run(config, notifier));
     // Worker log readers may still hold pipe reads; do not wait for them.
     runtime.shutdown_timeout(std::time::Duration::from_millis(200));
     code
 }
 
-async fn run(config: crate::config::Config) -> ExitCode {
+async fn run(config: crate::config::Config, notifier: Arc<Notifier>) -> ExitCode {
     // Signals first, so a SIGTERM during start-up is not lost.
     let (mut sigterm, mut sigint, mut sigquit, mut sighup) = match (
         signal(SignalKind::terminate()),
@@ -115,6 +125,10 @@ async fn run(config: crate::config::Config) -> ExitCode {
         }
     };
 
+    for name in listen::systemd::unused() {
+        tracing::warn!("systemd passed a socket named {name:?} that no listener uses (address systemd:{name})");
+    }
+
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let running = match listen::start_all(&config.listeners, bound, &by_name, shared.clone(), stop_rx) {
         Ok(r) => r,
@@ -131,6 +145,8 @@ async fn run(config: crate::config::Config) -> ExitCode {
         env!("CARGO_PKG_VERSION"),
         std::process::id()
     );
+    crate::notify::spawn_watchdog(notifier.clone());
+    tokio::spawn(crate::notify::ready_when_pools_ready(notifier.clone(), pools.clone()));
 
     let how = loop {
         tokio::select! {
@@ -141,6 +157,7 @@ async fn run(config: crate::config::Config) -> ExitCode {
         }
     };
 
+    notifier.stopping();
     // Stop accepting.
     let _ = stop_tx.send(true);
     for r in &running {

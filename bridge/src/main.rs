@@ -8,6 +8,7 @@ mod daemon;
 mod dispatch;
 mod listen;
 mod logging;
+mod notify;
 mod request;
 mod respond;
 mod route;

@@ -46,6 +46,8 @@ pub enum ListenAddress {
     Unix(PathBuf),
     /// An inherited listening socket (fd 0 in spawned mode).
     Fd(i32),
+    /// A socket passed by systemd socket activation, by its FileDescriptorName=.
+    Systemd(String),
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -263,6 +263,12 @@ pub fn parse_address(text: &str, dir: &Path) -> Result<ListenAddress, String> {
         }
         return Ok(ListenAddress::Unix(path));
     }
+    if let Some(name) = text.strip_prefix("systemd:") {
+        if name.is_empty() || name.contains(':') {
+            return Err("systemd: needs the socket's FileDescriptorName=, e.g. systemd:fcgibridge.socket".into());
+        }
+        return Ok(ListenAddress::Systemd(name.to_owned()));
+    }
     if let Some(fd) = text.strip_prefix("fd:") {
         return fd
             .parse::<i32>()
@@ -326,7 +332,8 @@ mod tests {
             Ok(ListenAddress::Unix(PathBuf::from("/etc/fcgibridge/run/a.sock")))
         );
         assert_eq!(parse_address("fd:0", dir), Ok(ListenAddress::Fd(0)));
-        for bad in ["example.com:9000", "9000", "127.0.0.1", "127.0.0.1:0", "fd:x", "fd:-1", "unix:"] {
+        assert_eq!(parse_address("systemd:web", dir), Ok(ListenAddress::Systemd("web".into())));
+        for bad in ["example.com:9000", "9000", "127.0.0.1", "127.0.0.1:0", "fd:x", "fd:-1", "unix:", "systemd:"] {
             assert!(parse_address(bad, dir).is_err(), "{bad:?} should be rejected");
         }
         let long = format!("unix:/{}", "x".repeat(120));

@@ -4,6 +4,7 @@
 pub mod allow;
 pub mod fastcgi;
 pub mod scgi;
+pub mod systemd;
 #[cfg(test)]
 mod front_tests;
 
@@ -37,6 +38,8 @@ pub enum ListenError {
     NoSuchId { name: String, which: &'static str, value: String },
     #[error("listener {name}: fd {fd} is not a listening socket")]
     BadFd { name: String, fd: i32 },
+    #[error("listener {name}: {source}")]
+    Systemd { name: String, source: systemd::SystemdError },
     #[error("listener {name}: route to unknown pool {pool:?}")]
     UnknownPool { name: String, pool: String },
 }
@@ -100,6 +103,9 @@ pub fn start_all(
         let limits = Limits {
             max_params_bytes: cfg.max_params,
             max_value_len: cfg.max_params,
+            // A multiplexing peer may hold several requests' PARAMS at once; one request
+            // of the configured size must still fit.
+            max_params_bytes_per_connection: Limits::default().max_params_bytes_per_connection.max(cfg.max_params),
             ..Limits::default()
         };
         let max_reqs = max_reqs.min(limits.max_concurrent_requests);
@@ -128,6 +134,7 @@ fn describe(a: &ListenAddress) -> String {
         ListenAddress::Tcp(s) => s.to_string(),
         ListenAddress::Unix(p) => format!("unix:{}", p.display()),
         ListenAddress::Fd(fd) => format!("fd:{fd}"),
+        ListenAddress::Systemd(n) => format!("systemd:{n}"),
     }
 }
 
@@ -344,6 +351,10 @@ fn bind(cfg: &config::Listener) -> Result<Bound, ListenError> {
             Ok(Bound::Unix { listener: l, path: Some(path.clone()) })
         }
         ListenAddress::Fd(fd) => bind_fd(name, *fd),
+        ListenAddress::Systemd(fd_name) => {
+            let fd = systemd::take(fd_name).map_err(|e| ListenError::Systemd { name: name.clone(), source: e })?;
+            bind_fd(name, fd)
+        }
     }
 }
 

@@ -1,0 +1,145 @@
+"""systemd integration without systemd: the daemon is started the way systemd starts a
+Type=notify service behind a .socket unit — listening sockets inherited from fd 3 on,
+LISTEN_PID / LISTEN_FDS / LISTEN_FDNAMES naming them, and a NOTIFY_SOCKET datagram
+socket on which the test reads READY=1, WATCHDOG=1 and STOPPING=1."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+
+import pytest
+
+from harness import APPS, LogFile, bridge_binary, free_ports, to_yaml, wait_until
+import fcgi_client
+
+
+class Notifications:
+    """A NOTIFY_SOCKET: collects every datagram the daemon sends."""
+
+    def __init__(self, path):
+        self.path = str(path)
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(self.path)
+        self.sock.settimeout(0.1)
+        self.messages: list[str] = []
+
+    def poll(self):
+        while True:
+            try:
+                self.messages.append(self.sock.recv(4096).decode())
+            except (socket.timeout, BlockingIOError):
+                return
+
+    def wait_for(self, prefix: str, timeout: float):
+        def seen():
+            self.poll()
+            return [m for m in self.messages if m.startswith(prefix) or f"\n{prefix}" in m]
+        return wait_until(seen, timeout, 0.05, what=f"{prefix!r} on NOTIFY_SOCKET (got {self.messages})")
+
+    def close(self):
+        self.sock.close()
+
+
+@pytest.fixture
+def activated(tmp_path):
+    """A bridge with two listeners on systemd-passed sockets (TCP and unix) and a pool."""
+    port, = free_ports(1)
+    tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    tcp.bind(("127.0.0.1", port))
+    tcp.listen(64)
+    unix_path = str(tmp_path / "web.sock")
+    unix = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    unix.bind(unix_path)
+    unix.listen(64)
+
+    conf = tmp_path / "conf.d"
+    conf.mkdir()
+    (conf / "50-test.yaml").write_text(to_yaml({
+        "bridge": {"log-level": "info", "runtime-dir": str(tmp_path / "run")},
+        "pools": {"edge": {"app": str(APPS / "edge_app.py"), "processes": 1, "threads": 2}},
+        "listeners": {
+            "front-tcp": {"fastcgi": "systemd:web-tcp", "pool": "edge"},
+            "front-unix": {"scgi": "systemd:web-unix", "pool": "edge"},
+        },
+    }))
+    notify = Notifications(tmp_path / "notify.sock")
+    log = LogFile(tmp_path / "bridge.log")
+    env = dict(os.environ, NO_COLOR="1", LISTEN_FDS="2", LISTEN_FDNAMES="web-tcp:web-unix",
+               NOTIFY_SOCKET=notify.path, WATCHDOG_USEC="400000")
+    env.pop("LISTEN_PID", None)
+    tcp_fd, unix_fd = tcp.fileno(), unix.fileno()
+
+    def place_fds():
+        # In the child: the sockets become fds 3 and 4, as systemd passes them.
+        hi_tcp, hi_unix = os.dup(tcp_fd), os.dup(unix_fd)
+        os.dup2(hi_tcp, 3)
+        os.dup2(hi_unix, 4)
+
+    logf = open(log.path, "ab")
+    # LISTEN_PID must be the daemon's own pid: a shell exports its $$ and execs the daemon.
+    # WATCHDOG_PID is left out, as systemd leaves it out for the main process.
+    proc = subprocess.Popen(
+        ["/bin/sh", "-c", 'LISTEN_PID=$$; export LISTEN_PID; exec "$0" "$@"',
+         str(bridge_binary()), "run", "--config", str(conf)],
+        stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT, env=env,
+        pass_fds=(3, 4), preexec_fn=place_fds, start_new_session=True, cwd=tmp_path)
+    logf.close()
+    # The daemon holds its own copies now; ours would keep the sockets alive after it exits.
+    tcp.close()
+    unix.close()
+    try:
+        yield proc, notify, log, ("127.0.0.1", port), unix_path
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        notify.close()
+
+
+def test_socket_activation_and_notify(activated):
+    proc, notify, log, tcp_addr, unix_path = activated
+    ready = notify.wait_for("READY=1", 120)
+    assert f"MAINPID={proc.pid}" in ready[0]
+    # READY=1 means a worker is up: the first request through each passed socket answers.
+    assert fcgi_client.fcgi_request(tcp_addr, "/health", headers={"Host": "x"}).status == 200
+    status, _, _ = fcgi_client.scgi_request(unix_path, "/health", headers={"Host": "x"}, timeout=30)
+    assert status == 200
+    # WATCHDOG_USEC=400000: a ping at least every 200 ms.
+    before = len([m for m in notify.messages if m == "WATCHDOG=1"])
+    wait_until(lambda: (notify.poll(), len([m for m in notify.messages if m == "WATCHDOG=1"]) >= before + 3)[1],
+               30, what="three WATCHDOG=1 pings")
+
+    proc.send_signal(signal.SIGTERM)
+    notify.wait_for("STOPPING=1", 30)
+    assert proc.wait(30) == 0
+    order = [m.split("\n")[0] for m in notify.messages if not m.startswith("WATCHDOG")]
+    assert order.index("READY=1") < order.index("STOPPING=1")
+
+
+def test_unknown_socket_name_is_a_clear_error(tmp_path):
+    conf = tmp_path / "conf.d"
+    conf.mkdir()
+    (conf / "50-test.yaml").write_text(to_yaml({
+        "bridge": {"runtime-dir": str(tmp_path / "run")},
+        "pools": {"edge": {"app": str(APPS / "edge_app.py"), "processes": 1, "threads": 1}},
+        "listeners": {"front": {"fastcgi": "systemd:nope", "pool": "edge"}},
+    }))
+    env = dict(os.environ, NO_COLOR="1")
+    for v in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
+        env.pop(v, None)
+    r = subprocess.run([str(bridge_binary()), "run", "--config", str(conf)], env=env,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0
+    assert "systemd:nope: not started by systemd socket activation" in r.stderr, r.stderr
