@@ -12,6 +12,12 @@ pub enum Error {
         "request {request_id}: PARAMS exceed the limit of {limit} bytes (Limits::max_params_bytes)"
     )]
     ParamsTooLarge { request_id: u16, limit: usize },
+    #[error("request {request_id}: PARAMS of the requests open on this connection reach {held} bytes, above the limit of {limit} (Limits::max_params_bytes_per_connection)")]
+    ConnectionParamsTooLarge {
+        request_id: u16,
+        held: usize,
+        limit: usize,
+    },
     /// Kept for callers that report their own framing problems; the decoders here use the
     /// precise variants below.
     #[error("malformed: {0}")]
@@ -123,6 +129,7 @@ impl Error {
     pub fn request_id(&self) -> Option<u16> {
         match *self {
             Error::ParamsTooLarge { request_id, .. }
+            | Error::ConnectionParamsTooLarge { request_id, .. }
             | Error::NameTooLong { request_id, .. }
             | Error::ValueTooLong { request_id, .. }
             | Error::TooManyParamsRecords { request_id, .. }

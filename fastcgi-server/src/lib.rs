@@ -28,8 +28,9 @@
 //!              STDIN / DATA with content               -> Stdin / Data (zero-copy slices)
 //!              empty STDIN / DATA                      -> StdinEnd / DataEnd
 //!              ABORT_REQUEST                           -> Abort; the id is released
-//!   released when its input is complete (RESPONDER: PARAMS+STDIN, AUTHORIZER: PARAMS,
-//!   FILTER: PARAMS+STDIN+DATA), on ABORT_REQUEST, or by `ServerConnection::end_request`.
+//!   input complete (RESPONDER: PARAMS+STDIN, AUTHORIZER: PARAMS, FILTER: PARAMS+STDIN+DATA):
+//!   later records skipped, but ABORT_REQUEST still reported until the caller answers;
+//!   released on ABORT_REQUEST or by `ServerConnection::end_request`.
 //! ```
 //!
 //! Records for ids that are not active are skipped (FastCGI 1.0, section 3.3). An unknown role

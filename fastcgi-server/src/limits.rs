@@ -11,6 +11,9 @@ pub struct Limits {
     pub max_params_records: usize,
     /// Requests open at the same time on one connection.
     pub max_concurrent_requests: usize,
+    /// PARAMS bytes of all requests on one connection still receiving them: bounds a
+    /// multiplexing peer below `max_concurrent_requests × max_params_bytes`.
+    pub max_params_bytes_per_connection: usize,
     /// CGI response header block (see [`crate::cgi`]).
     pub max_header_block: usize,
 }
@@ -23,6 +26,7 @@ impl Default for Limits {
             max_value_len: 1 << 20,
             max_params_records: 4096,
             max_concurrent_requests: 1024,
+            max_params_bytes_per_connection: 4 << 20,
             max_header_block: 64 << 10,
         }
     }

@@ -9,6 +9,12 @@
 //!                     └── ABORT_REQUEST, or ServerConnection::end_request ──▶ id released
 //! ```
 //!
+//! A request whose input is complete stays *open* until [`ServerConnection::end_request`]:
+//! its response is still being produced, and HAProxy sends ABORT_REQUEST exactly then (the
+//! client left while the app was working). Further records for it other than ABORT_REQUEST
+//! are skipped, and a BEGIN_REQUEST reusing its id ends it implicitly (callers that never call
+//! `end_request` keep working).
+//!
 //! A RESPONDER's input is complete after PARAMS and STDIN end, an AUTHORIZER's after PARAMS
 //! (Apache's mod_authnz_fcgi sends no STDIN at all), a FILTER's after PARAMS, STDIN and DATA.
 //! Records for an id that is not active are skipped, as the spec says the application must; an
@@ -57,6 +63,8 @@ struct RequestState {
     params: Option<ParamsDecoder>,
     stdin_done: bool,
     data_done: bool,
+    /// All input arrived; kept only so that a late ABORT_REQUEST is still reported.
+    input_done: bool,
 }
 
 impl RequestState {
@@ -108,15 +116,20 @@ impl ServerConnection {
     }
     /// Whether `id` has begun and its input is not complete yet.
     pub fn is_active(&self, id: u16) -> bool {
+        self.requests.iter().any(|r| r.id == id && !r.input_done)
+    }
+    /// Whether `id` has begun and [`end_request`](Self::end_request) was not called for it
+    /// (an ABORT_REQUEST for it is reported).
+    pub fn is_open(&self, id: u16) -> bool {
         self.requests.iter().any(|r| r.id == id)
     }
     /// How many requests are waiting for more input.
     pub fn active_requests(&self) -> usize {
-        self.requests.len()
+        self.requests.iter().filter(|r| !r.input_done).count()
     }
-    /// Forget `id`: call after writing its END_REQUEST. Needed only when the peer may not have
-    /// finished sending the request's input (early response, authorizer without STDIN); later
-    /// records for it are then skipped and its id may begin again. Returns whether it was active.
+    /// Forget `id`: call after writing its END_REQUEST. Later records for it are then skipped
+    /// (also when the peer had not finished sending its input: an early response, an
+    /// authorizer without STDIN) and its id may begin again. Returns whether it was open.
     pub fn end_request(&mut self, id: u16) -> bool {
         match self.requests.iter().position(|r| r.id == id) {
             Some(i) => {
@@ -200,8 +213,11 @@ impl ServerConnection {
                 if self.is_active(id) {
                     return Err(Error::DuplicateRequestId { request_id: id });
                 }
+                // An open request whose input was complete: the caller answered it without
+                // calling `end_request`; the id begins again.
+                self.end_request(id);
                 if !matches!(role, Role::Unknown(_)) {
-                    if self.requests.len() >= self.limits.max_concurrent_requests {
+                    if self.active_requests() >= self.limits.max_concurrent_requests {
                         return Err(Error::TooManyRequests {
                             request_id: id,
                             limit: self.limits.max_concurrent_requests,
@@ -213,6 +229,7 @@ impl ServerConnection {
                         params: Some(ParamsDecoder::new()),
                         stdin_done: false,
                         data_done: false,
+                        input_done: false,
                     });
                 }
                 Ok(Some(ServerEvent::BeginRequest {
@@ -225,7 +242,7 @@ impl ServerConnection {
                 Ok(self.end_request(id).then_some(ServerEvent::Abort { id }))
             }
             RecordType::Params => {
-                let Some(i) = self.requests.iter().position(|r| r.id == id) else {
+                let Some(i) = self.input_pending(id) else {
                     return Ok(None);
                 };
                 let req = &mut self.requests[i];
@@ -239,6 +256,16 @@ impl ServerConnection {
                     if let Err(e) = dec.push(content, &self.limits, id) {
                         self.requests.swap_remove(i);
                         return Err(e);
+                    }
+                    let held = self.params_held();
+                    let limit = self.limits.max_params_bytes_per_connection;
+                    if held > limit {
+                        self.requests.swap_remove(i);
+                        return Err(Error::ConnectionParamsTooLarge {
+                            request_id: id,
+                            held,
+                            limit,
+                        });
                     }
                     return Ok(None);
                 }
@@ -256,7 +283,7 @@ impl ServerConnection {
             }
             RecordType::Stdin | RecordType::Data => {
                 let stdin = h.record_type == RecordType::Stdin;
-                let Some(i) = self.requests.iter().position(|r| r.id == id) else {
+                let Some(i) = self.input_pending(id) else {
                     return Ok(None);
                 };
                 let req = &mut self.requests[i];
@@ -298,10 +325,29 @@ impl ServerConnection {
         }
     }
 
+    /// Mark the request's input complete; it stays open for a late ABORT_REQUEST.
     fn release_if_complete(&mut self, i: usize) {
-        if self.requests[i].input_complete() {
-            self.requests.swap_remove(i);
+        let req = &mut self.requests[i];
+        if req.input_complete() {
+            req.input_done = true;
         }
+    }
+
+    /// The index of `id` if it still expects input.
+    fn input_pending(&self, id: u16) -> Option<usize> {
+        self.requests
+            .iter()
+            .position(|r| r.id == id && !r.input_done)
+    }
+
+    /// PARAMS bytes of every request still receiving them, for
+    /// `Limits::max_params_bytes_per_connection`.
+    fn params_held(&self) -> usize {
+        self.requests
+            .iter()
+            .filter_map(|r| r.params.as_ref())
+            .map(ParamsDecoder::total_bytes)
+            .sum()
     }
 }
 
@@ -566,6 +612,73 @@ mod tests {
         assert_eq!(ev[4], ServerEvent::Abort { id: 5 });
         assert_eq!(ev[5], ServerEvent::StdinEnd { id: 6 });
         assert_eq!(c.active_requests(), 0);
+    }
+
+    #[test]
+    fn abort_after_complete_input_is_reported_until_end_request() {
+        // HAProxy's case: the whole request arrived, the app is working, the client leaves.
+        let mut b = Vec::new();
+        client::write_begin_request(&mut b, 3, Role::Responder, true);
+        client::write_params(&mut b, 3, [(&b"A"[..], &b"B"[..])]);
+        client::write_stdin_end(&mut b, 3);
+        let mut c = conn();
+        c.feed(&b);
+        assert_eq!(drain(&mut c).len(), 3);
+        assert!(!c.is_active(3) && c.is_open(3));
+        assert_eq!(c.active_requests(), 0);
+        let mut b = Vec::new();
+        client::write_stdin(&mut b, 3, b"late body"); // skipped, not an error
+        client::write_abort(&mut b, 3);
+        client::write_abort(&mut b, 3); // released by the first: skipped
+        c.feed(&b);
+        assert_eq!(drain(&mut c), vec![ServerEvent::Abort { id: 3 }]);
+        assert!(!c.is_open(3));
+
+        // After end_request an ABORT is for nothing and is skipped.
+        let mut b = Vec::new();
+        client::write_begin_request(&mut b, 4, Role::Authorizer, false);
+        client::write_params(&mut b, 4, []);
+        c.feed(&b);
+        assert_eq!(drain(&mut c).len(), 2);
+        assert!(c.is_open(4));
+        assert!(c.end_request(4));
+        let mut b = Vec::new();
+        client::write_abort(&mut b, 4);
+        c.feed(&b);
+        assert_eq!(drain(&mut c), vec![]);
+    }
+
+    #[test]
+    fn error_params_held_per_connection() {
+        let l = Limits {
+            max_params_bytes: 100,
+            max_params_bytes_per_connection: 150,
+            ..Limits::default()
+        };
+        let mut pair = Vec::new();
+        write_pair(&mut pair, b"NAME", &[b'v'; 60]);
+        let mut b = Vec::new();
+        for id in [1u16, 2, 3] {
+            client::write_begin_request(&mut b, id, Role::Responder, true);
+            write_record(&mut b, RecordType::Params, id, &pair, Padding::None);
+        }
+        let mut c = ServerConnection::new(l);
+        c.feed(&b);
+        for _ in 0..3 {
+            assert!(c.next_event().expect("begin").is_some());
+        }
+        let e = c.next_event().unwrap_err();
+        assert_eq!(
+            e,
+            Error::ConnectionParamsTooLarge {
+                request_id: 3,
+                held: 3 * pair.len(),
+                limit: 150
+            }
+        );
+        assert_eq!(e.request_id(), Some(3));
+        assert!(e.is_fatal());
+        assert!(!c.is_open(3) && c.is_active(1) && c.is_active(2));
     }
 
     #[test]

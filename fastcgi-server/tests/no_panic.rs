@@ -17,6 +17,7 @@ fn small_limits() -> Limits {
         max_value_len: 100,
         max_params_records: 8,
         max_concurrent_requests: 4,
+        max_params_bytes_per_connection: 500,
         max_header_block: 200,
     }
 }

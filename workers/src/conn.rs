@@ -262,34 +262,6 @@ impl Conn {
         }
     }
 
-    /// The decoder forgets a request once its input is complete and then drops an
-    /// ABORT_REQUEST for it silently; the worker still needs to see that abort while
-    /// the response is being produced. So look at the raw records first: an ABORT for
-    /// the current request before any later BEGIN_REQUEST aborts it.
-    fn scan_for_abort(&mut self) {
-        let Some(r) = self.req.as_mut() else { return };
-        if r.aborted {
-            return;
-        }
-        let id = r.id;
-        let buf = &self.dec.buffer_mut()[..];
-        let mut off = 0usize;
-        while off + 8 <= buf.len() && buf[off] == 1 {
-            let ty = buf[off + 1];
-            let rid = u16::from_be_bytes([buf[off + 2], buf[off + 3]]);
-            let clen = u16::from_be_bytes([buf[off + 4], buf[off + 5]]) as usize;
-            let plen = buf[off + 6] as usize;
-            if ty == 1 {
-                break;
-            }
-            if ty == 2 && rid == id {
-                r.aborted = true;
-                break;
-            }
-            off += 8 + clen + plen;
-        }
-    }
-
     /// Write END_REQUEST for `id` and make the decoder forget it (its remaining
     /// input, if any, is skipped; the id may begin again).
     fn end_id(&mut self, id: u16, app_status: u32, status: ProtocolStatus) {
@@ -299,18 +271,12 @@ impl Conn {
 
     /// Handle every complete event in the receive buffer.
     fn process(&mut self) {
-        self.scan_for_abort();
         loop {
             match self.dec.next_event() {
                 Ok(None) => return,
-                Ok(Some(ev)) => {
-                    let began = matches!(ev, ServerEvent::BeginRequest { .. });
-                    self.on_event(ev);
-                    if began {
-                        // Records after a BEGIN_REQUEST belong to the new request.
-                        self.scan_for_abort();
-                    }
-                }
+                // The decoder reports an ABORT_REQUEST until `end_id`, also once the
+                // request's input is complete (the app is producing the response).
+                Ok(Some(ev)) => self.on_event(ev),
                 Err(e) => {
                     eprintln!("fcgibridge worker: bad FastCGI input from the bridge, closing the connection: {e}");
                     self.rd_eof = true;

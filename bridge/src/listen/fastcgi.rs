@@ -274,13 +274,6 @@ impl Conn {
     /// Handle every complete record in the receive buffer.
     fn process(&mut self) -> Result<(), fastcgi_server::Error> {
         while self.pending.is_none() {
-            if let Some((id, len)) = late_abort(&mut self.decoder) {
-                // ABORT_REQUEST after the request's input was complete: the decoder has
-                // already released the id, but the request is still running here.
-                bytes::Buf::advance(self.decoder.buffer_mut(), len);
-                self.abort(id);
-                continue;
-            }
             let ev = match self.decoder.next_event() {
                 Ok(Some(ev)) => {
                     tracing::trace!(event = ?DebugEvent(&ev), buffered = self.decoder.buffered(), "front event");
@@ -515,23 +508,6 @@ impl ResponseSink for FcgiSink {
         let msg = Out { id: self.id, data, end };
         async move { self.tx.send(msg).await.map_err(|_| FrontGone) }
     }
-}
-
-/// A complete ABORT_REQUEST record at the front of the buffer for an id the decoder no
-/// longer tracks: `(id, record length)`. The decoder skips such records silently, but the
-/// request may still be running in the bridge.
-pub(super) fn late_abort(decoder: &mut ServerConnection) -> Option<(u16, usize)> {
-    const ABORT_REQUEST: u8 = 2;
-    let buf = decoder.buffer_mut();
-    if buf.len() < 8 || buf[0] != 1 || buf[1] != ABORT_REQUEST {
-        return None;
-    }
-    let id = u16::from_be_bytes([buf[2], buf[3]]);
-    let len = 8 + usize::from(u16::from_be_bytes([buf[4], buf[5]])) + usize::from(buf[6]);
-    if id == 0 || buf.len() < len || decoder.is_active(id) {
-        return None;
-    }
-    Some((id, len))
 }
 
 /// Events in trace logs without their payloads.

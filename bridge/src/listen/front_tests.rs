@@ -30,6 +30,7 @@ fn pool_config(threads: u32) -> config::Pool {
         queue_size: 16,
         queue_timeout: Duration::from_millis(300),
         startup_timeout: Duration::from_secs(5),
+        isolation: Default::default(),
     }
 }
 
@@ -43,15 +44,6 @@ async fn fake_worker(listener: UnixListener) {
             let mut uri = Vec::new();
             let mut body = 0usize;
             loop {
-                if let Some((id, len)) = fastcgi::late_abort(&mut dec) {
-                    bytes::Buf::advance(dec.buffer_mut(), len);
-                    let mut out = BytesMut::new();
-                    server::write_end_request(&mut out, id, 0, ProtocolStatus::RequestComplete, Padding::None);
-                    if s.write_all(&out).await.is_err() {
-                        return;
-                    }
-                    continue;
-                }
                 while let Ok(Some(ev)) = dec.next_event() {
                     let mut out = BytesMut::new();
                     match ev {
@@ -61,6 +53,7 @@ async fn fake_worker(listener: UnixListener) {
                             let text = format!("Status: 200 OK\r\nX-Hop: 1\r\nTransfer-Encoding: chunked\r\n\r\nhello {} {body}", String::from_utf8_lossy(&uri));
                             server::write_stdout(&mut out, id, text.as_bytes(), Padding::None);
                             server::write_end_request(&mut out, id, 0, ProtocolStatus::RequestComplete, Padding::None);
+                            dec.end_request(id);
                             body = 0;
                         }
                         ServerEvent::Abort { id } => {
