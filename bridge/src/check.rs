@@ -93,6 +93,9 @@ fn render_pool(out: &mut String, pool: &Pool) {
     field(out, 4, "queue-size", &pool.queue_size.to_string());
     field(out, 4, "queue-timeout", &DurationDisplay(pool.queue_timeout).to_string());
     field(out, 4, "startup-timeout", &DurationDisplay(pool.startup_timeout).to_string());
+    for (key, value, is_text) in pool.isolation.render() {
+        field(out, 4, key, &if is_text { quote(&value) } else { value });
+    }
 }
 
 fn render_listener(out: &mut String, l: &Listener) {
@@ -247,6 +250,7 @@ mod tests {
                     queue_size: 0,
                     queue_timeout: Duration::from_millis(250),
                     startup_timeout: Duration::from_secs(3600),
+                    isolation: Default::default(),
                 },
                 Pool {
                     name: "b".into(),
@@ -259,6 +263,7 @@ mod tests {
                     queue_size: 1024,
                     queue_timeout: Duration::from_secs(30),
                     startup_timeout: Duration::from_secs(60),
+                    isolation: Default::default(),
                 },
             ],
         };

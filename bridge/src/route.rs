@@ -80,8 +80,11 @@ impl<T> Router<T> {
 /// The request's path: REQUEST_URI before `?`, percent-decoded, `.` and `..` segments
 /// resolved (as web servers do for their own routing, so `/api/../admin` is not under
 /// `/api`); without REQUEST_URI, SCRIPT_NAME + PATH_INFO (already decoded by the web server).
+/// After an internal redirect in Apache (mod_fcgid, mod_proxy_scgi: `REDIRECT_URL` is set)
+/// REQUEST_URI still names the first request, so SCRIPT_NAME + PATH_INFO are used then too.
 pub fn request_path(params: &Params) -> Cow<'_, [u8]> {
-    match params.get(b"REQUEST_URI") {
+    let uri = params.get(b"REQUEST_URI").filter(|_| params.get(b"REDIRECT_URL").is_none());
+    match uri {
         Some(uri) => {
             let path = uri.split(|&b| b == b'?').next().unwrap_or(uri);
             // An absolute-form request target ("http://host/path") keeps only its path.
@@ -236,6 +239,20 @@ mod tests {
             p.insert(n.as_bytes().to_vec(), v.as_bytes().to_vec());
         }
         p
+    }
+
+    #[test]
+    fn apache_internal_redirect_uses_script_name() {
+        // mod_fcgid / mod_proxy_scgi after `200 + Location: /local`: REQUEST_URI is the first URI.
+        let mut p = params(&[
+            ("REQUEST_URI", "/redirect"),
+            ("REDIRECT_URL", "/redirect"),
+            ("SCRIPT_NAME", "/local"),
+        ]);
+        assert_eq!(&*request_path(&p), b"/local");
+        mount(&mut p, None);
+        assert_eq!(p.get(b"PATH_INFO"), Some(&b"/local"[..]));
+        assert_eq!(p.get(b"SCRIPT_NAME"), Some(&b""[..]));
     }
 
     fn router() -> Router<&'static str> {

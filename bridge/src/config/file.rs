@@ -46,6 +46,21 @@ pub struct RawPool {
     pub queue_size: Option<usize>,
     pub queue_timeout: Option<HumanDuration>,
     pub startup_timeout: Option<HumanDuration>,
+    // Isolation (config/isolation.rs): taken out by `RawIsolation::take`.
+    pub user: Option<String>,
+    pub group: Option<String>,
+    pub groups: Option<Vec<String>>,
+    pub chroot: Option<String>,
+    /// A string so that `"0027"` and an unquoted `0027` keep their octal digits.
+    pub umask: Option<String>,
+    pub clear_env: Option<bool>,
+    pub rlimit_nofile: Option<u64>,
+    /// A size or "unlimited".
+    pub rlimit_core: Option<String>,
+    pub nice: Option<i32>,
+    pub allow_root: Option<bool>,
+    pub script_user: Option<String>,
+    pub script_group: Option<String>,
 }
 
 

@@ -13,6 +13,7 @@
 mod error;
 mod file;
 mod hint;
+pub mod isolation;
 mod locate;
 pub mod model;
 pub(crate) mod paths;

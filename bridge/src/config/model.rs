@@ -95,6 +95,8 @@ pub struct Pool {
     pub queue_timeout: Duration,
     /// How long a worker may take to import the app and become ready.
     pub startup_timeout: Duration,
+    /// user, group, chroot, umask, rlimits, nice, clear-env, script ownership (default: none).
+    pub isolation: super::isolation::Isolation,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

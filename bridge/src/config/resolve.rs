@@ -39,11 +39,12 @@ pub fn pool(
     src: &Source,
     dir: &Path,
     name: &str,
-    raw: RawPool,
+    mut raw: RawPool,
     search_path: Option<&std::ffi::OsStr>,
 ) -> Result<Pool, ConfigError> {
     let here = KeyPath::of(&["pools", name]);
     check_name(src, &here, "pool", name)?;
+    let raw_isolation = super::isolation::RawIsolation::take(&mut raw);
 
     let app = match (raw.app, raw.command) {
         (Some(_), Some(_)) => {
@@ -91,6 +92,7 @@ pub fn pool(
     if startup_timeout.is_zero() {
         return Err(src.invalid(&here.key("startup-timeout"), "must be longer than 0s"));
     }
+    let isolation = super::isolation::resolve(src, &here, dir, raw_isolation, &app, &chdir, &python)?;
 
     Ok(Pool {
         name: name.to_owned(),
@@ -103,6 +105,7 @@ pub fn pool(
         queue_size: raw.queue_size.unwrap_or(DEFAULT_QUEUE_SIZE),
         queue_timeout: raw.queue_timeout.map(|d| d.0).unwrap_or(DEFAULT_QUEUE_TIMEOUT),
         startup_timeout,
+        isolation,
     })
 }
 

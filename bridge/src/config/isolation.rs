@@ -1,0 +1,563 @@
+//! The isolation keys of a pool (user, group, groups, chroot, umask, clear-env, rlimits,
+//! nice, allow-root, script-user, script-group): parsed, with every user and group name
+//! resolved to its id at load time — the forked child may only make async-signal-safe
+//! calls, so no name lookups can happen there (see supervise/isolate.rs).
+use super::error::{ConfigError, Source};
+use super::file::RawPool;
+use super::locate::KeyPath;
+use super::model::App;
+use super::units::parse_size;
+use std::path::{Path, PathBuf};
+
+/// RLIM_INFINITY as written in the configuration.
+pub const UNLIMITED: u64 = u64::MAX;
+
+/// A user or group as the operator wrote it (a name or a number), with its id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Account {
+    pub written: String,
+    pub id: u32,
+}
+
+/// The account a pool's workers run as (`user:`), looked up in the user database.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunAs {
+    pub account: Account,
+    /// The user's primary group: used when `group:` is not set.
+    pub primary_gid: u32,
+    /// The user's groups from the group database: used when `groups:` is not set.
+    pub member_of: Vec<u32>,
+    pub home: PathBuf,
+    pub login: String,
+}
+
+/// The resolved isolation settings of one pool (all off by default).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Isolation {
+    pub user: Option<RunAs>,
+    pub group: Option<Account>,
+    /// Supplementary groups; `None` = the user's own groups (when `user:` is set).
+    pub groups: Option<Vec<Account>>,
+    pub chroot: Option<PathBuf>,
+    pub umask: Option<u32>,
+    /// Start workers with only the pool's `env:` (plus what the worker needs).
+    pub clear_env: bool,
+    pub rlimit_nofile: Option<u64>,
+    /// Bytes; [`UNLIMITED`] for no limit.
+    pub rlimit_core: Option<u64>,
+    pub nice: Option<i32>,
+    pub allow_root: bool,
+    pub script_user: Option<Account>,
+    pub script_group: Option<Account>,
+}
+
+impl Isolation {
+    /// The uid a worker will run as, given the bridge's effective uid.
+    pub fn worker_uid(&self, bridge_uid: u32) -> u32 {
+        self.user.as_ref().map_or(bridge_uid, |u| u.account.id)
+    }
+
+    /// The gid a worker will run as: `group:`, else the user's primary group.
+    pub fn worker_gid(&self, bridge_gid: u32) -> u32 {
+        match (&self.group, &self.user) {
+            (Some(g), _) => g.id,
+            (None, Some(u)) => u.primary_gid,
+            (None, None) => bridge_gid,
+        }
+    }
+
+    /// Whether anything must change in the child besides the environment.
+    pub fn changes_process(&self) -> bool {
+        self.user.is_some()
+            || self.group.is_some()
+            || self.groups.is_some()
+            || self.chroot.is_some()
+            || self.umask.is_some()
+            || self.rlimit_nofile.is_some()
+            || self.rlimit_core.is_some()
+            || self.nice.is_some()
+    }
+
+    /// The keys as `fcgibridge check` prints them: (key, value, whether the value is a string to quote).
+    pub fn render(&self) -> Vec<(&'static str, String, bool)> {
+        let mut out = Vec::new();
+        if let Some(u) = &self.user {
+            out.push(("user", u.account.written.clone(), true));
+        }
+        if let Some(g) = &self.group {
+            out.push(("group", g.written.clone(), true));
+        }
+        if let Some(groups) = &self.groups {
+            let items: Vec<String> = groups.iter().map(|g| format!("\"{}\"", g.written.replace('"', "\\\""))).collect();
+            out.push(("groups", format!("[{}]", items.join(", ")), false));
+        }
+        if let Some(c) = &self.chroot {
+            out.push(("chroot", c.display().to_string(), true));
+        }
+        if let Some(m) = self.umask {
+            out.push(("umask", format!("\"{m:04o}\""), false));
+        }
+        out.push(("clear-env", self.clear_env.to_string(), false));
+        if let Some(n) = self.rlimit_nofile {
+            out.push(("rlimit-nofile", n.to_string(), false));
+        }
+        if let Some(c) = self.rlimit_core {
+            out.push(("rlimit-core", if c == UNLIMITED { "unlimited".into() } else { c.to_string() }, false));
+        }
+        if let Some(n) = self.nice {
+            out.push(("nice", n.to_string(), false));
+        }
+        out.push(("allow-root", self.allow_root.to_string(), false));
+        if let Some(u) = &self.script_user {
+            out.push(("script-user", u.written.clone(), true));
+        }
+        if let Some(g) = &self.script_group {
+            out.push(("script-group", g.written.clone(), true));
+        }
+        out
+    }
+}
+
+/// The isolation keys of a `pools.NAME` entry, taken out of it before the rest is resolved.
+#[derive(Debug, Default)]
+pub struct RawIsolation {
+    user: Option<String>,
+    group: Option<String>,
+    groups: Option<Vec<String>>,
+    chroot: Option<String>,
+    umask: Option<String>,
+    clear_env: Option<bool>,
+    rlimit_nofile: Option<u64>,
+    rlimit_core: Option<String>,
+    nice: Option<i32>,
+    allow_root: Option<bool>,
+    script_user: Option<String>,
+    script_group: Option<String>,
+}
+
+impl RawIsolation {
+    /// Move the isolation keys out of `raw`.
+    pub fn take(raw: &mut RawPool) -> RawIsolation {
+        RawIsolation {
+            user: raw.user.take(),
+            group: raw.group.take(),
+            groups: raw.groups.take(),
+            chroot: raw.chroot.take(),
+            umask: raw.umask.take(),
+            clear_env: raw.clear_env.take(),
+            rlimit_nofile: raw.rlimit_nofile.take(),
+            rlimit_core: raw.rlimit_core.take(),
+            nice: raw.nice.take(),
+            allow_root: raw.allow_root.take(),
+            script_user: raw.script_user.take(),
+            script_group: raw.script_group.take(),
+        }
+    }
+}
+
+/// The bridge's own effective ids, as the privilege checks see them.
+#[derive(Debug, Clone, Copy)]
+pub struct BridgeIds {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+#[cfg(not(test))]
+fn bridge_ids() -> BridgeIds {
+    BridgeIds { uid: nix::unistd::geteuid().as_raw(), gid: nix::unistd::getegid().as_raw() }
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Unit tests pretend to be an unprivileged bridge (uid 4242) unless a test says otherwise,
+    /// so that loading a configuration gives the same result whoever runs `cargo test`.
+    pub static TEST_BRIDGE_IDS: std::cell::Cell<BridgeIds> = const { std::cell::Cell::new(BridgeIds { uid: 4242, gid: 4242 }) };
+}
+
+#[cfg(test)]
+fn bridge_ids() -> BridgeIds {
+    TEST_BRIDGE_IDS.with(|c| c.get())
+}
+
+/// Resolve and check the isolation keys of pool `here`. `chdir` and `python` are already
+/// resolved (a chroot must contain them).
+pub fn resolve(
+    src: &Source,
+    here: &KeyPath,
+    dir: &Path,
+    raw: RawIsolation,
+    app: &App,
+    chdir: &Path,
+    python: &Path,
+) -> Result<Isolation, ConfigError> {
+    let me = bridge_ids();
+    let bad = |key: &str, msg: String| src.invalid(&here.key(key), msg);
+
+    let user = match raw.user.as_deref() {
+        None => None,
+        Some(text) => Some(lookup_user(text).map_err(|m| bad("user", m))?),
+    };
+    let group = match raw.group.as_deref() {
+        None => None,
+        Some(text) => Some(lookup_group(text).map_err(|m| bad("group", m))?),
+    };
+    let groups = match raw.groups {
+        None => None,
+        Some(list) => {
+            let mut out = Vec::with_capacity(list.len());
+            for (i, text) in list.iter().enumerate() {
+                out.push(lookup_group(text).map_err(|m| src.invalid(&here.key("groups").index(i), m))?);
+            }
+            Some(out)
+        }
+    };
+    let script_user = match raw.script_user.as_deref() {
+        None => None,
+        Some(text) => Some(lookup_user(text).map_err(|m| bad("script-user", m))?.account),
+    };
+    let script_group = match raw.script_group.as_deref() {
+        None => None,
+        Some(text) => Some(lookup_group(text).map_err(|m| bad("script-group", m))?),
+    };
+    let umask = match raw.umask.as_deref() {
+        None => None,
+        Some(text) => Some(
+            super::resolve::parse_mode(text)
+                .ok()
+                .filter(|m| *m <= 0o777)
+                .ok_or_else(|| bad("umask", format!("{text:?} is not an octal umask; write e.g. \"0027\"")))?,
+        ),
+    };
+    let rlimit_core = match raw.rlimit_core.as_deref() {
+        None => None,
+        Some("unlimited") | Some("infinity") => Some(UNLIMITED),
+        Some(text) => Some(parse_size(text).map_err(|m| bad("rlimit-core", format!("{m}, or \"unlimited\"")))?),
+    };
+    if raw.rlimit_nofile == Some(0) {
+        return Err(bad("rlimit-nofile", "must be at least 1 (a worker needs descriptors for its socket and pipes)".into()));
+    }
+    if let Some(n) = raw.nice {
+        if !(-20..=19).contains(&n) {
+            return Err(bad("nice", format!("{n} is outside -20..19")));
+        }
+    }
+    let chroot = match raw.chroot.as_deref() {
+        None => None,
+        Some("") => return Err(bad("chroot", "is empty; name a directory or leave the key out".into())),
+        Some(text) => {
+            let dir = super::paths::resolve(dir, text);
+            if !dir.is_dir() {
+                return Err(bad("chroot", format!("{} is not a directory", dir.display())));
+            }
+            if matches!(app, App::Command(_)) {
+                return Err(bad("chroot", "is not supported for command: pools; run the program's own chroot option".into()));
+            }
+            if dir == Path::new("/") {
+                return Err(bad("chroot", "is / (no isolation); leave the key out".into()));
+            }
+            for (what, path) in [("python", python), ("chdir", chdir)] {
+                if !path.starts_with(&dir) {
+                    return Err(bad(
+                        "chroot",
+                        format!(
+                            "{what} {} is outside the chroot {}; paths are written as the bridge sees them and must lie inside it",
+                            path.display(),
+                            dir.display()
+                        ),
+                    ));
+                }
+            }
+            if let App::File(file) = app {
+                if !file.starts_with(&dir) {
+                    return Err(bad("chroot", format!("app file {} is outside the chroot {}", file.display(), dir.display())));
+                }
+            }
+            Some(dir)
+        }
+    };
+
+    let iso = Isolation {
+        user,
+        group,
+        groups,
+        chroot,
+        umask,
+        clear_env: raw.clear_env.unwrap_or(false),
+        rlimit_nofile: raw.rlimit_nofile,
+        rlimit_core,
+        nice: raw.nice,
+        allow_root: raw.allow_root.unwrap_or(false),
+        script_user,
+        script_group,
+    };
+
+    if let Some((key, msg)) = privilege_problem(&iso, me, current_hard_limits()) {
+        return Err(bad(key, msg));
+    }
+    if let App::File(file) = app {
+        check_script(&iso, file).map_err(|m| bad(if iso.script_user.is_some() { "script-user" } else { "script-group" }, m))?;
+    } else if iso.script_user.is_some() || iso.script_group.is_some() {
+        let key = if iso.script_user.is_some() { "script-user" } else { "script-group" };
+        return Err(bad(key, "applies to file apps (app: /path/app.wsgi) only; a module app has no single script file".into()));
+    }
+    Ok(iso)
+}
+
+/// The hard limits of the bridge process for NOFILE and CORE (what an unprivileged bridge may grant).
+fn current_hard_limits() -> (u64, u64) {
+    use nix::sys::resource::{getrlimit, Resource};
+    let hard = |r| getrlimit(r).map(|(_, h)| h as u64).unwrap_or(UNLIMITED);
+    (hard(Resource::RLIMIT_NOFILE), hard(Resource::RLIMIT_CORE))
+}
+
+/// What keeps this bridge (`me`) from applying `iso`: workers as root without `allow-root`,
+/// or settings that need root when the bridge is not root. Returns the key to blame.
+pub fn privilege_problem(iso: &Isolation, me: BridgeIds, hard: (u64, u64)) -> Option<(&'static str, String)> {
+    let worker_uid = iso.worker_uid(me.uid);
+    if worker_uid == 0 && !iso.allow_root {
+        let key = if iso.user.is_some() { "user" } else { "allow-root" };
+        return Some((
+            key,
+            "workers would run as root; set user: (and group:) to an unprivileged account, \
+             or write allow-root: true if the app really must run as root"
+                .into(),
+        ));
+    }
+    if me.uid == 0 {
+        return None;
+    }
+    let need_root = |what: &str| {
+        format!("{what} needs the bridge to run as root (it runs as uid {}); remove the key or start fcgibridge as root", me.uid)
+    };
+    if let Some(u) = &iso.user {
+        if u.account.id != me.uid {
+            return Some(("user", need_root(&format!("switching to user {:?}", u.account.written))));
+        }
+    }
+    if iso.worker_gid(me.gid) != me.gid {
+        let key = if iso.group.is_some() { "group" } else { "user" };
+        return Some((key, need_root("switching the group")));
+    }
+    if iso.groups.is_some() {
+        return Some(("groups", need_root("setting supplementary groups")));
+    }
+    if iso.chroot.is_some() {
+        return Some(("chroot", need_root("chroot")));
+    }
+    if let Some(n) = iso.nice.filter(|n| *n < 0) {
+        return Some(("nice", need_root(&format!("a negative nice value ({n})"))));
+    }
+    if let Some(n) = iso.rlimit_nofile.filter(|n| *n > hard.0) {
+        return Some(("rlimit-nofile", need_root(&format!("raising the limit to {n} above the hard limit {}", hard.0))));
+    }
+    if let Some(n) = iso.rlimit_core.filter(|n| *n > hard.1) {
+        return Some(("rlimit-core", need_root(&format!("raising the limit to {n} above the hard limit {}", hard.1))));
+    }
+    None
+}
+
+/// mod_wsgi's script-user / script-group: the app file must belong to the expected owner
+/// and group, and neither it nor its directory may be writable by others (anyone could
+/// then replace the code the workers run). Also run before every spawn.
+pub fn check_script(iso: &Isolation, file: &Path) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    if iso.script_user.is_none() && iso.script_group.is_none() {
+        return Ok(());
+    }
+    let meta = std::fs::metadata(file).map_err(|e| format!("cannot inspect the app file {}: {e}", file.display()))?;
+    if let Some(u) = &iso.script_user {
+        if meta.uid() != u.id {
+            return Err(format!(
+                "the app file {} is owned by uid {}, not by {:?} (uid {}); refusing to run it",
+                file.display(),
+                meta.uid(),
+                u.written,
+                u.id
+            ));
+        }
+    }
+    if let Some(g) = &iso.script_group {
+        if meta.gid() != g.id {
+            return Err(format!(
+                "the app file {} belongs to gid {}, not to group {:?} (gid {}); refusing to run it",
+                file.display(),
+                meta.gid(),
+                g.written,
+                g.id
+            ));
+        }
+    }
+    if meta.mode() & 0o002 != 0 {
+        return Err(format!("the app file {} is writable by others; refusing to run it (chmod o-w)", file.display()));
+    }
+    if let Some(dir) = file.parent() {
+        let dmeta = std::fs::metadata(dir).map_err(|e| format!("cannot inspect {}: {e}", dir.display()))?;
+        // The sticky bit (like /tmp) still lets anyone create files, so it does not help here.
+        if dmeta.mode() & 0o002 != 0 {
+            return Err(format!(
+                "the app file's directory {} is writable by others; refusing to run it (chmod o-w)",
+                dir.display()
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn lookup_user(text: &str) -> Result<RunAs, String> {
+    use nix::unistd::{Uid, User};
+    if text.is_empty() {
+        return Err("is empty; name a user or leave the key out".into());
+    }
+    let found = match text.parse::<u32>() {
+        Ok(id) => User::from_uid(Uid::from_raw(id)),
+        Err(_) => User::from_name(text),
+    }
+    .map_err(|e| format!("cannot look up user {text:?}: {e}"))?;
+    match found {
+        Some(u) => {
+            let name = std::ffi::CString::new(u.name.clone()).map_err(|_| format!("user {text:?} has an invalid name"))?;
+            let member_of = nix::unistd::getgrouplist(&name, u.gid)
+                .map_err(|e| format!("cannot list the groups of user {text:?}: {e}"))?
+                .into_iter()
+                .map(|g| g.as_raw())
+                .collect();
+            Ok(RunAs {
+                account: Account { written: text.to_owned(), id: u.uid.as_raw() },
+                primary_gid: u.gid.as_raw(),
+                member_of,
+                home: u.dir,
+                login: u.name,
+            })
+        }
+        // A bare number with no passwd entry is still a valid uid (containers do this).
+        None => match text.parse::<u32>() {
+            Ok(id) => Ok(RunAs {
+                account: Account { written: text.to_owned(), id },
+                primary_gid: id,
+                member_of: Vec::new(),
+                home: PathBuf::from("/"),
+                login: text.to_owned(),
+            }),
+            Err(_) => Err(format!("no such user {text:?} on this system")),
+        },
+    }
+}
+
+fn lookup_group(text: &str) -> Result<Account, String> {
+    use nix::unistd::{Gid, Group};
+    if text.is_empty() {
+        return Err("is empty; name a group or leave the key out".into());
+    }
+    if let Ok(id) = text.parse::<u32>() {
+        let _ = Group::from_gid(Gid::from_raw(id));
+        return Ok(Account { written: text.to_owned(), id });
+    }
+    match Group::from_name(text).map_err(|e| format!("cannot look up group {text:?}: {e}"))? {
+        Some(g) => Ok(Account { written: text.to_owned(), id: g.gid.as_raw() }),
+        None => Err(format!("no such group {text:?} on this system")),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn runas(id: u32) -> RunAs {
+        RunAs {
+            account: Account { written: format!("u{id}"), id },
+            primary_gid: id,
+            member_of: vec![id],
+            home: "/".into(),
+            login: format!("u{id}"),
+        }
+    }
+
+    const ROOT: BridgeIds = BridgeIds { uid: 0, gid: 0 };
+    const ALICE: BridgeIds = BridgeIds { uid: 1000, gid: 1000 };
+    const HARD: (u64, u64) = (4096, 0);
+
+    #[test]
+    fn root_workers_need_allow_root() {
+        let none = Isolation::default();
+        let (key, msg) = privilege_problem(&none, ROOT, HARD).unwrap();
+        assert_eq!(key, "allow-root");
+        assert!(msg.contains("allow-root: true"), "{msg}");
+        let allowed = Isolation { allow_root: true, ..Default::default() };
+        assert!(privilege_problem(&allowed, ROOT, HARD).is_none());
+        let as_user = Isolation { user: Some(runas(1001)), ..Default::default() };
+        assert!(privilege_problem(&as_user, ROOT, HARD).is_none());
+        let to_root = Isolation { user: Some(runas(0)), ..Default::default() };
+        assert_eq!(privilege_problem(&to_root, ROOT, HARD).unwrap().0, "user");
+        // An unprivileged bridge starts unprivileged workers: nothing to refuse.
+        assert!(privilege_problem(&none, ALICE, HARD).is_none());
+    }
+
+    #[test]
+    fn unprivileged_bridge_refuses_what_needs_root() {
+        let cases: Vec<(Isolation, &str)> = vec![
+            (Isolation { user: Some(runas(1001)), ..Default::default() }, "user"),
+            (Isolation { group: Some(Account { written: "g".into(), id: 7 }), ..Default::default() }, "group"),
+            (Isolation { groups: Some(vec![]), ..Default::default() }, "groups"),
+            (Isolation { chroot: Some("/srv/jail".into()), ..Default::default() }, "chroot"),
+            (Isolation { nice: Some(-5), ..Default::default() }, "nice"),
+            (Isolation { rlimit_nofile: Some(100_000), ..Default::default() }, "rlimit-nofile"),
+            (Isolation { rlimit_core: Some(UNLIMITED), ..Default::default() }, "rlimit-core"),
+        ];
+        for (iso, want) in cases {
+            let (key, msg) = privilege_problem(&iso, ALICE, HARD).unwrap();
+            assert_eq!(key, want, "{msg}");
+            assert!(msg.contains("needs the bridge to run as root"), "{msg}");
+            assert!(privilege_problem(&Isolation { allow_root: true, ..iso }, ROOT, HARD).is_none());
+        }
+        // What an unprivileged bridge can do itself is fine: its own user, lowering limits, nice 10.
+        let own = Isolation {
+            user: Some(runas(1000)),
+            nice: Some(10),
+            rlimit_nofile: Some(1024),
+            rlimit_core: Some(0),
+            umask: Some(0o027),
+            clear_env: true,
+            ..Default::default()
+        };
+        assert!(privilege_problem(&own, ALICE, HARD).is_none());
+    }
+
+    #[test]
+    fn script_ownership() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let dir = crate::config::tests::scratch_dir("script-owner");
+        let file = dir.join("app.wsgi");
+        std::fs::write(&file, "application = None\n").unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let meta = std::fs::metadata(&file).unwrap();
+        let me = Account { written: "me".into(), id: meta.uid() };
+        let other = Account { written: "other".into(), id: meta.uid() + 1 };
+        let iso = |u: Account| Isolation { script_user: Some(u), ..Default::default() };
+        assert_eq!(check_script(&iso(me.clone()), &file), Ok(()));
+        let err = check_script(&iso(other), &file).unwrap_err();
+        assert!(err.contains("not by \"other\""), "{err}");
+        let wrong_group = Isolation { script_group: Some(Account { written: "g".into(), id: meta.gid() + 1 }), ..Default::default() };
+        assert!(check_script(&wrong_group, &file).unwrap_err().contains("not to group"));
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let err = check_script(&iso(me.clone()), &file).unwrap_err();
+        assert!(err.contains("directory") && err.contains("writable by others"), "{err}");
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o666)).unwrap();
+        assert!(check_script(&iso(me), &file).unwrap_err().contains("app file"));
+        // Without script-user/script-group nothing is checked.
+        assert_eq!(check_script(&Isolation::default(), &file), Ok(()));
+    }
+
+    #[test]
+    fn names_resolve_to_ids() {
+        let root = lookup_user("root").unwrap();
+        assert_eq!((root.account.id, root.primary_gid), (0, 0));
+        assert_eq!(lookup_user("0").unwrap().account.id, 0);
+        assert_eq!(lookup_user("54321").unwrap().account.id, 54321);
+        assert!(lookup_user("no-such-user-xyz").unwrap_err().contains("no such user"));
+        assert_eq!(lookup_group("root").unwrap().id, 0);
+        assert!(lookup_group("no-such-group-xyz").unwrap_err().contains("no such group"));
+    }
+}
