@@ -318,6 +318,9 @@ def make_bridge(workdir: Path, pools: dict, listeners: dict, bridge_extra=None, 
     config["bridge"].update(bridge_extra or {})
     for spec in pools.values():
         spec["env"] = dict({"FCGIBRIDGE_TEST_DIR": str(workdir)}, **spec.get("env", {}))
+        # CI runs as root, and the bridge refuses root workers unless a pool allows them
+        if os.geteuid() == 0 and "user" not in spec:
+            spec.setdefault("allow-root", True)
     return Bridge(workdir, config, name=name)
 
 

@@ -15,6 +15,9 @@ import pytest
 from harness import APPS, LogFile, bridge_binary, free_ports, to_yaml, wait_until
 import fcgi_client
 
+# CI runs as root, and the bridge refuses root workers unless a pool allows them
+ROOT_OK = {"allow-root": True} if os.geteuid() == 0 else {}
+
 
 class Notifications:
     """A NOTIFY_SOCKET: collects every datagram the daemon sends."""
@@ -60,7 +63,7 @@ def activated(tmp_path):
     conf.mkdir()
     (conf / "50-test.yaml").write_text(to_yaml({
         "bridge": {"log-level": "info", "runtime-dir": str(tmp_path / "run")},
-        "pools": {"edge": {"app": str(APPS / "edge_app.py"), "processes": 1, "threads": 2}},
+        "pools": {"edge": {"app": str(APPS / "edge_app.py"), "processes": 1, "threads": 2, **ROOT_OK}},
         "listeners": {
             "front-tcp": {"fastcgi": "systemd:web-tcp", "pool": "edge"},
             "front-unix": {"scgi": "systemd:web-unix", "pool": "edge"},
@@ -133,7 +136,7 @@ def test_unknown_socket_name_is_a_clear_error(tmp_path):
     conf.mkdir()
     (conf / "50-test.yaml").write_text(to_yaml({
         "bridge": {"runtime-dir": str(tmp_path / "run")},
-        "pools": {"edge": {"app": str(APPS / "edge_app.py"), "processes": 1, "threads": 1}},
+        "pools": {"edge": {"app": str(APPS / "edge_app.py"), "processes": 1, "threads": 1, **ROOT_OK}},
         "listeners": {"front": {"fastcgi": "systemd:nope", "pool": "edge"}},
     }))
     env = dict(os.environ, NO_COLOR="1")
