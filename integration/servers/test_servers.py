@@ -140,6 +140,16 @@ def test_chunked_upload(srv, variant):
     if r.status_code == 411:
         support.record(variant, "chunked upload", "no", "the server answers 411 Length Required")
         return
+    if r.status_code == 400 and variant == "haproxy":
+        # HAProxy 2.6's FastCGI side needs a length: it computes one when the whole chunked
+        # body fits in its buffer (tune.bufsize), and refuses larger ones itself
+        small = os.urandom(16 << 10)
+        r2 = requests.post(url(srv, variant, "/upload"), data=iter([small[:8192], small[8192:]]), timeout=TIMEOUT)
+        assert r2.status_code == 200 and r2.json()["sha256"] == hashlib.sha256(small).hexdigest(), r2.text[:300]
+        support.record(variant, "chunked upload", "no",
+                       "HAProxy 2.6 answers 400 itself to a chunked body larger than its buffer (tune.bufsize, "
+                       "64 KiB here); smaller ones it buffers and sends with CONTENT_LENGTH")
+        return
     assert r.status_code == 200, (r.status_code, r.text[:300])
     got = r.json()
     assert got["sha256"] == hashlib.sha256(body).hexdigest() and got["length"] == len(body)
@@ -175,8 +185,8 @@ HANDOFF = {
 def test_file_handoff(srv, variant):
     key = variant if variant in HANDOFF else variant.split("-")[0]
     path, dialect = HANDOFF.get(key, ("/x-sendfile", None))
-    if variant == "lighttpd-spawned":
-        path, dialect = "/x-sendfile", None  # the snippet does not enable x-sendfile there
+    if variant in SPAWNED:
+        path, dialect = "/x-sendfile", None  # the spawned snippets enable no hand-off
     r = requests.get(url(srv, variant, path), timeout=TIMEOUT)
     if r.status_code == 200 and r.text == "hello from a file\n":
         support.record(variant, "file hand-off", "yes", f"{dialect or path} served by the server")
@@ -202,15 +212,15 @@ def test_authorizer(srv, variant):
     assert bad.status_code == 401, bad.status_code
     ok = requests.get(url(srv, variant, "/private/secret.txt"), auth=("alice", "secret"), timeout=TIMEOUT)
     assert ok.status_code == 200, (ok.status_code, ok.text[:300], srv.log_text())
-    note = AUTHORIZER[variant]
-    if variant.startswith("lighttpd"):
-        assert ok.text == "the secret file\n"
-        note += ": 401 from the app passed to the client; on 200 lighttpd serves the file from its docroot"
-    else:
-        env = ok.json()
-        passed = {k: v for k, v in env.items() if "AUTH_TEAM" in k or "AUTH_USER_NAME" in k}
-        assert env.get("REMOTE_USER") == "alice", env
-        note += f": no stdin; Variable-* reach the responder as {sorted(passed)}"
+    # on 200 both servers go on to the responder (the bridge again), with the Variable-*
+    # headers of the authorizer as params
+    env = ok.json()
+    assert env.get("AUTH_USER_NAME") == "alice" and env.get("AUTH_TEAM") == "blue", env
+    extra = "; REMOTE_USER=alice" if env.get("REMOTE_USER") == "alice" else ""
+    note = (f"{AUTHORIZER[variant]}: 401 + WWW-Authenticate from the app reach the client; on 200 the "
+            f"request goes on to the responder with Variable-AUTH_USER_NAME/AUTH_TEAM as params{extra}")
+    if variant.startswith("apache"):
+        note += " (Apache sends the authorizer no STDIN record at all)"
     support.record(variant, "authorizer", "yes", note)
 
 
