@@ -46,6 +46,11 @@ impl RuntimeDir {
         };
         let dir = RuntimeDir { path, remove_on_drop };
         dir.unpack_python()?;
+        // Workers of a pool with `user:` must reach python/ (0755) through this directory:
+        // traversable (o+x) but not listable. pools/ stays 0700: only the bridge connects.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&dir.path, std::fs::Permissions::from_mode(0o711))
+            .map_err(|source| RuntimeDirError::Create { path: dir.path.clone(), source })?;
         Ok(dir)
     }
 

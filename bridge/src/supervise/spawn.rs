@@ -30,10 +30,14 @@ pub enum SpawnError {
     Pipe(std::io::Error),
     #[error("cannot start {python} (pool `python:`) in {chdir}: {source}")]
     Exec { python: String, chdir: String, source: std::io::Error },
+    #[error(transparent)]
+    Isolation(#[from] super::isolate::IsolateError),
 }
 
 /// Bind `socket`, then start the pool's interpreter with it as fd 0.
 pub fn spawn_worker(pool: &Pool, python_path: &Path, socket: &Path) -> Result<Spawned, SpawnError> {
+    // user/group/chroot/limits of the pool (supervise/isolate.rs), resolved before the fork.
+    let iso = super::isolate::Prepared::for_pool(pool, python_path)?;
     let sock_err = |source| SpawnError::Socket { path: socket.display().to_string(), source };
     // The file is ours (a private directory, a name with a fresh generation): any leftover
     // is from a previous bridge and can go.
@@ -49,7 +53,7 @@ pub fn spawn_worker(pool: &Pool, python_path: &Path, socket: &Path) -> Result<Sp
 
     let app = match &pool.app {
         App::Module { module, callable } => format!("{module}:{callable}"),
-        App::File(p) => p.display().to_string(),
+        App::File(p) => iso.worker_path(p).display().to_string(),
         App::Command(argv) => argv.join(" "),
     };
 
@@ -57,10 +61,11 @@ pub fn spawn_worker(pool: &Pool, python_path: &Path, socket: &Path) -> Result<Sp
     let program = super::program::program_command(&pool.app);
     let give_ready_fd = program.is_none();
     let mut cmd = program.unwrap_or_else(|| {
-        let mut c = Command::new(&pool.python);
-        c.arg("-u").arg("-c").arg(BOOT).arg(python_path);
+        let mut c = Command::new(iso.python());
+        c.arg("-u").arg("-c").arg(BOOT).arg(iso.python_path());
         c
     });
+    iso.configure_env(&mut cmd);
     cmd.current_dir(&pool.chdir)
         .envs(&pool.env)
         .env("FCGIBRIDGE_APP", app)
@@ -77,6 +82,8 @@ pub fn spawn_worker(pool: &Pool, python_path: &Path, socket: &Path) -> Result<Sp
         cmd.env_remove("FCGIBRIDGE_READY_FD");
     }
     let ready_w_raw = ready_w.as_raw_fd();
+    // Credentials change first: the kernel clears PR_SET_PDEATHSIG (set below) on setuid.
+    iso.install(&mut cmd);
     // SAFETY: the closure runs in the forked child before exec and only makes
     // async-signal-safe system calls (dup2, fcntl, prctl, setpgid, getppid, kill).
     unsafe {

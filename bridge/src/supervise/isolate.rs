@@ -1,0 +1,386 @@
+//! A pool's isolation applied to one worker: rlimits, nice, umask, chroot, supplementary
+//! groups, group and user, in the forked child just before exec.
+//!
+//! Everything that allocates, looks up a name or touches the file system beyond single
+//! system calls happens in [`Prepared::for_pool`], in the bridge, before the fork: after
+//! fork only async-signal-safe calls are allowed (the child of a multi-threaded process may
+//! hold a copy of a locked malloc or NSS mutex). Names were resolved to ids when the
+//! configuration was loaded (config/isolation.rs).
+//!
+//! Order in the child: limits and nice first (raising them needs root), then umask, chroot
+//! and the working directory inside it, then groups, gid and uid last (after setuid nothing
+//! privileged is possible any more). The parent-death signal is set by spawn.rs *after* this
+//! hook, because the kernel clears it when the credentials change.
+use crate::config::{App, Pool};
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use tokio::process::Command;
+
+/// Where a chroot gets its copy of the worker package (`<chroot>/.fcgibridge/python`).
+pub const CHROOT_PACKAGE_DIR: &str = ".fcgibridge/python";
+/// PATH of a `clear-env: true` worker unless the pool's env sets one.
+const CLEAN_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
+
+/// Why a worker's isolation could not be prepared.
+#[derive(Debug, thiserror::Error)]
+pub enum IsolateError {
+    #[error("{0}")]
+    Script(String),
+    #[error(
+        "the worker user (uid {uid}) cannot reach {path}: {dir} has mode {mode:04o} and owner uid {owner}; \
+         set bridge runtime-dir to a directory every parent of which that user may traverse (o+x)"
+    )]
+    Unreachable { uid: u32, path: PathBuf, dir: PathBuf, mode: u32, owner: u32 },
+    #[error("cannot copy the worker package into the chroot at {path}: {source}")]
+    Stage { path: PathBuf, source: std::io::Error },
+    #[error("{0} contains a NUL byte")]
+    Nul(PathBuf),
+}
+
+/// The isolation of one worker, ready to be applied after fork without allocating.
+#[derive(Debug)]
+pub struct Prepared {
+    uid: Option<libc::uid_t>,
+    gid: Option<libc::gid_t>,
+    groups: Option<Vec<libc::gid_t>>,
+    chroot: Option<CString>,
+    /// The working directory, seen from inside the chroot (or re-entered after setuid).
+    workdir: Option<CString>,
+    umask: Option<libc::mode_t>,
+    rlimits: Vec<(libc::__rlimit_resource_t, libc::rlim_t)>,
+    nice: Option<libc::c_int>,
+    python: PathBuf,
+    python_path: PathBuf,
+    chroot_dir: Option<PathBuf>,
+    env: Vec<(String, String)>,
+    clear_env: bool,
+}
+
+impl Prepared {
+    /// Resolve everything a worker of `pool` needs; `python_path` is `<runtime_dir>/python`.
+    pub fn for_pool(pool: &Pool, python_path: &Path) -> Result<Prepared, IsolateError> {
+        let iso = &pool.isolation;
+        if let App::File(file) = &pool.app {
+            // Checked at load time too; the file may have changed hands since.
+            crate::config::isolation::check_script(iso, file).map_err(IsolateError::Script)?;
+        }
+        let bridge_uid = nix::unistd::geteuid().as_raw();
+        let bridge_gid = nix::unistd::getegid().as_raw();
+        let worker_uid = iso.worker_uid(bridge_uid);
+        let worker_gid = iso.worker_gid(bridge_gid);
+        let uid = (worker_uid != bridge_uid).then_some(worker_uid);
+        let gid = (worker_gid != bridge_gid || uid.is_some()).then_some(worker_gid);
+        let groups = match (&iso.groups, &iso.user) {
+            (Some(list), _) => Some(list.iter().map(|g| g.id).collect::<Vec<_>>()),
+            // Like login: the user's own groups, never root's.
+            (None, Some(u)) if uid.is_some() => Some(u.member_of.clone()),
+            (None, _) if uid.is_some() || gid.is_some() => Some(Vec::new()),
+            _ => None,
+        };
+
+        let mut rlimits = Vec::new();
+        if let Some(n) = iso.rlimit_nofile {
+            rlimits.push((libc::RLIMIT_NOFILE, n as libc::rlim_t));
+        }
+        if let Some(n) = iso.rlimit_core {
+            let v = if n == crate::config::isolation::UNLIMITED { libc::RLIM_INFINITY } else { n as libc::rlim_t };
+            rlimits.push((libc::RLIMIT_CORE, v));
+        }
+
+        let (chroot, workdir, python, worker_python_path) = match &iso.chroot {
+            Some(root) => {
+                stage_package(python_path, root)?;
+                (
+                    Some(cstring(root)?),
+                    Some(cstring(&inside(root, &pool.chdir))?),
+                    inside(root, &pool.python),
+                    PathBuf::from("/").join(CHROOT_PACKAGE_DIR),
+                )
+            }
+            None => {
+                if uid.is_some() {
+                    let gids: Vec<u32> = groups.clone().unwrap_or_default().into_iter().chain([worker_gid]).collect();
+                    reachable(&python_path.join("fcgibridge_worker").join("main.py"), worker_uid, &gids)?;
+                }
+                // After setuid the working directory is entered again, so a directory the
+                // worker user may not enter fails the spawn instead of confusing Python.
+                let workdir = if uid.is_some() { Some(cstring(&pool.chdir)?) } else { None };
+                (None, workdir, pool.python.clone(), python_path.to_owned())
+            }
+        };
+
+        let mut env = Vec::new();
+        if let Some(u) = &iso.user {
+            env.push(("HOME".to_owned(), u.home.display().to_string()));
+            env.push(("USER".to_owned(), u.login.clone()));
+            env.push(("LOGNAME".to_owned(), u.login.clone()));
+        }
+        if iso.clear_env {
+            env.push(("PATH".to_owned(), CLEAN_PATH.to_owned()));
+        }
+
+        Ok(Prepared {
+            uid,
+            gid,
+            groups,
+            chroot,
+            workdir,
+            umask: iso.umask.map(|m| m as libc::mode_t),
+            rlimits,
+            nice: iso.nice,
+            python,
+            python_path: worker_python_path,
+            chroot_dir: iso.chroot.clone(),
+            env,
+            clear_env: iso.clear_env,
+        })
+    }
+
+    /// The interpreter to exec (inside the chroot when there is one).
+    pub fn python(&self) -> &Path {
+        &self.python
+    }
+
+    /// The directory holding the worker package, as the worker sees it.
+    pub fn python_path(&self) -> &Path {
+        &self.python_path
+    }
+
+    /// A path of the bridge's file system as the worker sees it.
+    pub fn worker_path(&self, path: &Path) -> PathBuf {
+        match &self.chroot_dir {
+            Some(root) => inside(root, path),
+            None => path.to_owned(),
+        }
+    }
+
+    /// Environment: cleared for `clear-env: true`; HOME, USER, LOGNAME of `user:`. Call
+    /// before the pool's own `env:` is added, so that the pool's values win.
+    pub fn configure_env(&self, cmd: &mut Command) {
+        if self.clear_env {
+            cmd.env_clear();
+        }
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+    }
+
+    /// Register the pre-exec hook. Register it before any hook that must run with the
+    /// final credentials (PR_SET_PDEATHSIG).
+    pub fn install(self, cmd: &mut Command) {
+        if !self.needs_hook() {
+            return;
+        }
+        // SAFETY: the closure only makes async-signal-safe system calls (setrlimit,
+        // setpriority, umask, chroot, chdir, setgroups, setgid, setuid) on data prepared
+        // before the fork; it neither allocates nor takes locks.
+        unsafe {
+            cmd.pre_exec(move || self.apply());
+        }
+    }
+
+    fn needs_hook(&self) -> bool {
+        self.uid.is_some()
+            || self.gid.is_some()
+            || self.groups.is_some()
+            || self.chroot.is_some()
+            || self.umask.is_some()
+            || !self.rlimits.is_empty()
+            || self.nice.is_some()
+    }
+
+    /// Runs in the forked child.
+    fn apply(&self) -> std::io::Result<()> {
+        let check = |r: libc::c_int| if r == -1 { Err(std::io::Error::last_os_error()) } else { Ok(()) };
+        for &(resource, value) in &self.rlimits {
+            let lim = libc::rlimit { rlim_cur: value, rlim_max: value };
+            // SAFETY: a plain system call on a stack value.
+            check(unsafe { libc::setrlimit(resource, &lim) })?;
+        }
+        if let Some(n) = self.nice {
+            // SAFETY: a plain system call.
+            check(unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, n) })?;
+        }
+        if let Some(m) = self.umask {
+            // SAFETY: a plain system call; it cannot fail.
+            unsafe { libc::umask(m) };
+        }
+        if let Some(root) = &self.chroot {
+            // SAFETY: system calls on NUL-terminated strings made before the fork.
+            check(unsafe { libc::chroot(root.as_ptr()) })?;
+            check(unsafe { libc::chdir(c"/".as_ptr()) })?;
+        }
+        if let Some(groups) = &self.groups {
+            // SAFETY: the vector was filled before the fork and is only read here.
+            check(unsafe { libc::setgroups(groups.len(), groups.as_ptr()) })?;
+        }
+        if let Some(gid) = self.gid {
+            // SAFETY: a plain system call.
+            check(unsafe { libc::setresgid(gid, gid, gid) })?;
+        }
+        if let Some(uid) = self.uid {
+            // SAFETY: a plain system call.
+            check(unsafe { libc::setresuid(uid, uid, uid) })?;
+        }
+        if let Some(dir) = &self.workdir {
+            // SAFETY: a system call on a string made before the fork.
+            check(unsafe { libc::chdir(dir.as_ptr()) })?;
+        }
+        Ok(())
+    }
+}
+
+fn cstring(path: &Path) -> Result<CString, IsolateError> {
+    CString::new(path.as_os_str().as_bytes()).map_err(|_| IsolateError::Nul(path.to_owned()))
+}
+
+/// `path` (under `root`, as the configuration checked) seen from inside the chroot.
+pub fn inside(root: &Path, path: &Path) -> PathBuf {
+    match path.strip_prefix(root) {
+        Ok(rest) => Path::new("/").join(rest),
+        Err(_) => path.to_owned(),
+    }
+}
+
+/// Whether a process with `uid` and groups `gids` may traverse every directory above `file`
+/// and read it; the first directory or file in the way is the error.
+pub fn reachable(file: &Path, uid: u32, gids: &[u32]) -> Result<(), IsolateError> {
+    if uid == 0 {
+        return Ok(());
+    }
+    let allowed = |meta: &std::fs::Metadata, bit: u32| {
+        let mode = meta.permissions().mode();
+        if meta.uid() == uid {
+            mode & (bit << 6) != 0
+        } else if gids.contains(&meta.gid()) {
+            mode & (bit << 3) != 0
+        } else {
+            mode & bit != 0
+        }
+    };
+    let mut dirs: Vec<&Path> = file.ancestors().skip(1).collect();
+    dirs.reverse();
+    for dir in dirs {
+        let Ok(meta) = std::fs::metadata(dir) else { continue };
+        if !allowed(&meta, 0o1) {
+            return Err(IsolateError::Unreachable {
+                uid,
+                path: file.to_owned(),
+                dir: dir.to_owned(),
+                mode: meta.permissions().mode() & 0o7777,
+                owner: meta.uid(),
+            });
+        }
+    }
+    if let Ok(meta) = std::fs::metadata(file) {
+        if !allowed(&meta, 0o4) {
+            return Err(IsolateError::Unreachable {
+                uid,
+                path: file.to_owned(),
+                dir: file.to_owned(),
+                mode: meta.permissions().mode() & 0o7777,
+                owner: meta.uid(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Copy the worker package into `<root>/.fcgibridge/python/fcgibridge_worker/` (world-readable),
+/// skipping files that are already identical. Returns that `python` directory.
+pub fn stage_package(python_path: &Path, root: &Path) -> Result<PathBuf, IsolateError> {
+    let target = root.join(CHROOT_PACKAGE_DIR);
+    let pkg_src = python_path.join("fcgibridge_worker");
+    let pkg_dst = target.join("fcgibridge_worker");
+    let err = |path: &Path| {
+        let path = path.to_owned();
+        move |source| IsolateError::Stage { path, source }
+    };
+    std::fs::DirBuilder::new().recursive(true).mode(0o755).create(&pkg_dst).map_err(err(&pkg_dst))?;
+    for entry in std::fs::read_dir(&pkg_src).map_err(err(&pkg_src))? {
+        let entry = entry.map_err(err(&pkg_src))?;
+        let src = entry.path();
+        if !src.is_file() {
+            continue;
+        }
+        let dst = pkg_dst.join(entry.file_name());
+        let data = std::fs::read(&src).map_err(err(&src))?;
+        if std::fs::read(&dst).is_ok_and(|old| old == data) {
+            continue;
+        }
+        let tmp = dst.with_extension(format!("tmp{}", std::process::id()));
+        std::fs::write(&tmp, &data)
+            .and_then(|()| std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o644)))
+            .and_then(|()| std::fs::rename(&tmp, &dst))
+            .map_err(err(&dst))?;
+    }
+    Ok(target)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_inside_the_chroot() {
+        let root = Path::new("/srv/jail");
+        assert_eq!(inside(root, Path::new("/srv/jail/usr/bin/python3")), PathBuf::from("/usr/bin/python3"));
+        assert_eq!(inside(root, Path::new("/srv/jail")), PathBuf::from("/"));
+    }
+
+    #[test]
+    fn reachability_follows_the_mode_bits() {
+        let dir = crate::config::tests::scratch_dir("reachable");
+        let inner = dir.join("a/b");
+        std::fs::create_dir_all(&inner).unwrap();
+        let file = inner.join("main.py");
+        std::fs::write(&file, "").unwrap();
+        for d in [&dir, &dir.join("a"), &inner] {
+            std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        // Someone else (neither owner nor group member) may read it: every level has o+rx.
+        let stranger = std::fs::metadata(&file).unwrap().uid() + 12345;
+        let ancestors_ok = file.ancestors().skip(1).all(|d| std::fs::metadata(d).map(|m| m.mode() & 0o001 != 0).unwrap_or(true));
+        if ancestors_ok {
+            assert!(reachable(&file, stranger, &[]).is_ok());
+        }
+        std::fs::set_permissions(dir.join("a"), std::fs::Permissions::from_mode(0o700)).unwrap();
+        match reachable(&file, stranger, &[]) {
+            Err(IsolateError::Unreachable { dir: blocked, mode, .. }) if ancestors_ok => {
+                assert_eq!(blocked, dir.join("a"));
+                assert_eq!(mode, 0o700);
+            }
+            Err(IsolateError::Unreachable { .. }) => {}
+            other => panic!("{other:?}"),
+        }
+        // Root reaches everything.
+        assert!(reachable(&file, 0, &[]).is_ok());
+        std::fs::set_permissions(dir.join("a"), std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        if ancestors_ok {
+            assert!(matches!(reachable(&file, stranger, &[]), Err(IsolateError::Unreachable { .. })));
+        }
+    }
+
+    #[test]
+    fn staging_copies_the_package_once() {
+        let dir = crate::config::tests::scratch_dir("stage");
+        let src = dir.join("run/python/fcgibridge_worker");
+        std::fs::create_dir_all(&src).unwrap();
+        std::fs::write(src.join("main.py"), "print(1)\n").unwrap();
+        let jail = dir.join("jail");
+        std::fs::create_dir_all(&jail).unwrap();
+        let staged = stage_package(&dir.join("run/python"), &jail).unwrap();
+        assert_eq!(staged, jail.join(".fcgibridge/python"));
+        let copy = staged.join("fcgibridge_worker/main.py");
+        assert_eq!(std::fs::read_to_string(&copy).unwrap(), "print(1)\n");
+        assert_eq!(std::fs::metadata(&copy).unwrap().mode() & 0o777, 0o644);
+        std::fs::write(src.join("main.py"), "print(2)\n").unwrap();
+        stage_package(&dir.join("run/python"), &jail).unwrap();
+        assert_eq!(std::fs::read_to_string(&copy).unwrap(), "print(2)\n");
+    }
+}

@@ -1,0 +1,284 @@
+"""Per-pool isolation (docs/supervision-isolation.md): workers run as an unprivileged user
+with the pool's groups, umask, limits, nice and environment; root workers are refused
+without allow-root; settings that need root fail at check time for an unprivileged bridge;
+script-user / script-group refuse an app file with the wrong owner; chroot.
+
+The privilege tests need root and the account made by scripts/create-test-user."""
+from __future__ import annotations
+
+import grp
+import json
+import os
+import pwd
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from harness import APPS, Bridge, bridge_binary, free_ports, make_bridge, to_yaml, wait_until
+
+TEST_USER = "fcgibridge-test"
+# Debian's interpreter: the default python3 may be a pyenv shim under /root, which the
+# test user cannot execute.
+SYSTEM_PYTHON = "/usr/bin/python3"
+
+
+def need_test_user():
+    if os.geteuid() != 0:
+        pytest.skip("privilege tests need root")
+    try:
+        return pwd.getpwnam(TEST_USER)
+    except KeyError:
+        pytest.skip(f"user {TEST_USER} is missing: run scripts/create-test-user")
+
+
+def check(confdir: Path, as_user=None):
+    """`fcgibridge check`, as root or (as_user: a pwd entry) as that unprivileged user."""
+    def drop():
+        os.setgroups([])
+        os.setgid(as_user.pw_gid)
+        os.setuid(as_user.pw_uid)
+    return subprocess.run([str(bridge_binary()), "check", "--config", str(confdir)], capture_output=True,
+                          text=True, timeout=60, preexec_fn=drop if as_user else None)
+
+
+@pytest.fixture
+def public_dir():
+    """A directory every user can traverse (pytest's own temporary directories are 0700)."""
+    d = Path(tempfile.mkdtemp(prefix="fcgibridge-iso-"))
+    d.chmod(0o755)
+    try:
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def public_app(d: Path, name="app.py") -> Path:
+    app_dir = d / "app"
+    app_dir.mkdir(exist_ok=True)
+    app_dir.chmod(0o755)
+    target = app_dir / name
+    shutil.copy(APPS / "whoami_app.py", target)
+    target.chmod(0o644)
+    return target
+
+
+def write_conf(d: Path, pools: dict, port=None) -> Path:
+    conf = d / "conf.d"
+    conf.mkdir(exist_ok=True)
+    conf.chmod(0o755)
+    port = port or free_ports(1)[0]
+    f = conf / "50-test.yaml"
+    f.write_text(to_yaml({"pools": pools,
+                          "listeners": {"l": {"fastcgi": f"127.0.0.1:{port}", "pool": next(iter(pools))}}}))
+    f.chmod(0o644)
+    return conf
+
+
+def whoami(b: Bridge):
+    resp = b.request("/", pool="iso", listener="l")
+    assert resp.status == 200, resp.stdout[:500]
+    return json.loads(resp.body)
+
+
+def started(tmp_path, public_dir, pool_spec, extra=None):
+    port = free_ports(1)[0]
+    b = make_bridge(tmp_path, {"iso": pool_spec}, {"l": {"fastcgi": f"127.0.0.1:{port}", "pool": "iso"}},
+                    bridge_extra=dict({"runtime-dir": str(public_dir / "run")}, **(extra or {})))
+    b.start()
+    return b
+
+
+def test_worker_runs_as_the_pool_user_with_its_limits(tmp_path, public_dir):
+    user = need_test_user()
+    app = public_app(public_dir)
+    spec = {
+        "app": str(app), "python": SYSTEM_PYTHON, "processes": 1, "threads": 1,
+        "user": TEST_USER, "groups": [TEST_USER, "nogroup"], "umask": "0027",
+        "rlimit-nofile": 512, "rlimit-core": 0, "nice": 7, "clear-env": True,
+        "env": {"ONLY_THIS": "yes"},
+    }
+    os.environ["FCGIBRIDGE_ISO_LEAK"] = "bridge-only"
+    try:
+        b = started(tmp_path, public_dir, spec)
+    finally:
+        del os.environ["FCGIBRIDGE_ISO_LEAK"]
+    try:
+        b.wait_ready([("l", "/", "iso")], timeout=60)
+        me = whoami(b)
+        assert (me["uid"], me["euid"]) == (user.pw_uid, user.pw_uid)
+        assert (me["gid"], me["egid"]) == (user.pw_gid, user.pw_gid)
+        assert me["groups"] == sorted({user.pw_gid, grp.getgrnam("nogroup").gr_gid})
+        assert me["umask"] == 0o027
+        assert me["nofile"] == [512, 512]
+        assert me["core"] == [0, 0]
+        assert me["nice"] == 7
+        env = me["environ"]
+        assert env["ONLY_THIS"] == "yes"
+        assert "FCGIBRIDGE_ISO_LEAK" not in env, "clear-env leaked the bridge's environment"
+        # the bridge's environment is gone; what remains is the pool's, the worker's own and the user's
+        assert env["USER"] == TEST_USER and env["HOME"] == user.pw_dir
+        assert set(env) <= {"ONLY_THIS", "PATH", "HOME", "USER", "LOGNAME", "FCGIBRIDGE_APP",
+                            "FCGIBRIDGE_THREADS", "FCGIBRIDGE_PROCESSES", "FCGIBRIDGE_POOL",
+                            "FCGIBRIDGE_READY_FD", "FCGIBRIDGE_TEST_DIR", "LC_CTYPE"}, sorted(env)
+        # the kernel agrees, and the worker still dies with the bridge (PDEATHSIG set after setuid)
+        with open(f"/proc/{me['pid']}/status") as f:
+            status = f.read()
+        assert f"Uid:\t{user.pw_uid}\t{user.pw_uid}\t{user.pw_uid}" in status
+        pid = me["pid"]
+    finally:
+        b.proc.kill()
+        b.proc.wait(10)
+    wait_until(lambda: not os.path.exists(f"/proc/{pid}") or "zombie" in Path(f"/proc/{pid}/status").read_text(),
+               30, what="the worker to die with the bridge")
+    b.stop()
+
+
+def test_runtime_dir_the_worker_user_cannot_reach_is_a_clear_error(tmp_path, public_dir):
+    need_test_user()
+    app = public_app(public_dir)
+    port = free_ports(1)[0]
+    # make_bridge's runtime-dir lies in pytest's 0700 temporary directory
+    b = make_bridge(tmp_path, {"iso": {"app": str(app), "python": SYSTEM_PYTHON, "processes": 1,
+                                       "threads": 1, "user": TEST_USER}},
+                    {"l": {"fastcgi": f"127.0.0.1:{port}", "pool": "iso"}})
+    try:
+        b.start()
+        lines = b.log.wait_for([r"cannot start a worker", r"cannot reach", r"runtime-dir"], timeout=30)
+        assert "iso" in lines[0]
+    finally:
+        b.stop()
+
+
+def test_root_workers_are_refused_without_allow_root(public_dir):
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    app = public_app(public_dir)
+    conf = write_conf(public_dir, {"iso": {"app": str(app), "python": SYSTEM_PYTHON}})
+    r = check(conf)
+    assert r.returncode == 1
+    assert "50-test.yaml:" in r.stderr and "pools.iso" in r.stderr and "allow-root: true" in r.stderr, r.stderr
+    # user: root is refused the same way, pointing at the user key
+    conf = write_conf(public_dir, {"iso": {"app": str(app), "python": SYSTEM_PYTHON, "user": "root"}})
+    r = check(conf)
+    assert r.returncode == 1 and "pools.iso.user" in r.stderr, r.stderr
+    # and `run` refuses to start at all
+    r = subprocess.run([str(bridge_binary()), "run", "--config", str(conf)], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode != 0 and "allow-root" in r.stderr, r.stderr
+    # allow-root: true is the explicit consent
+    conf = write_conf(public_dir, {"iso": {"app": str(app), "python": SYSTEM_PYTHON, "allow-root": True}})
+    r = check(conf)
+    assert r.returncode == 0, r.stderr
+    assert "allow-root: true" in r.stdout
+
+
+@pytest.mark.parametrize("key,value", [
+    ("user", "nobody"), ("group", "root"), ("groups", ["nogroup"]), ("chroot", "/usr"),
+    ("nice", -5), ("rlimit-nofile", 10_000_000),
+])
+def test_unprivileged_check_names_the_key_that_needs_root(public_dir, key, value):
+    user = need_test_user()
+    app = public_app(public_dir)
+    spec = {"app": str(app), "python": SYSTEM_PYTHON, key: value}
+    if key == "chroot":
+        spec["chdir"] = "/usr"
+        spec["python"] = "/usr/bin/python3"
+        spec["app"] = "mod:app"
+    conf = write_conf(public_dir, {"iso": spec})
+    r = check(conf, as_user=user)
+    assert r.returncode == 1, r.stdout
+    first = r.stderr.strip().splitlines()[0]
+    # file:line:column: pools.iso.<key>: ...
+    assert "50-test.yaml:" in first and f"pools.iso.{key}" in first, first
+    assert "needs the bridge to run as root" in first, first
+    # settings an unprivileged bridge can apply itself pass
+    ok = write_conf(public_dir, {"iso": {"app": str(app), "python": SYSTEM_PYTHON, "umask": "0077",
+                                         "nice": 3, "rlimit-core": 0, "clear-env": True}})
+    r = check(ok, as_user=user)
+    assert r.returncode == 0, r.stderr
+
+
+def test_script_owner_is_checked_at_check_time_and_at_spawn(tmp_path, public_dir):
+    user = need_test_user()
+    app = public_app(public_dir)
+    spec = {"app": str(app), "python": SYSTEM_PYTHON, "processes": 1, "threads": 1,
+            "user": TEST_USER, "script-user": TEST_USER, "script-group": TEST_USER, "queue-timeout": "2s"}
+    conf = write_conf(public_dir, {"iso": dict(spec)})
+    r = check(conf)
+    assert r.returncode == 1 and "pools.iso.script-user" in r.stderr and "not by" in r.stderr, r.stderr
+    os.chown(app, user.pw_uid, user.pw_gid)
+    assert check(conf).returncode == 0
+    # a directory others may write to defeats the ownership check
+    app.parent.chmod(0o777)
+    r = check(conf)
+    assert r.returncode == 1 and "writable by others" in r.stderr, r.stderr
+    app.parent.chmod(0o755)
+
+    b = started(tmp_path, public_dir, spec)
+    try:
+        b.wait_ready([("l", "/", "iso")], timeout=60)
+        pid = whoami(b)["pid"]
+        # the file changes hands while the pool runs: the replacement of a dead worker is refused
+        mark = b.log.mark()
+        os.chown(app, 0, 0)
+        os.kill(pid, 9)
+        b.log.wait_for([r"cannot start a worker", r"owned by uid 0", r"iso"], since=mark, timeout=30)
+        assert b.request("/", pool="iso", listener="l").status in (502, 503)
+        # and given back, the slot recovers on its own (after the backoff)
+        os.chown(app, user.pw_uid, user.pw_gid)
+        wait_until(lambda: b.request("/", pool="iso", listener="l").status == 200, 60,
+                   what="the pool to recover")
+    finally:
+        b.stop()
+
+
+@pytest.fixture
+def jail(public_dir):
+    """A minimal chroot: /usr bind-mounted read-only (the system Python), the merged-/usr
+    symlinks, /dev/null, and the app. Skips where bind mounts are not allowed."""
+    need_test_user()
+    root = public_dir / "jail"
+    (root / "usr").mkdir(parents=True)
+    (root / "dev").mkdir()
+    (root / "dev" / "null").touch()
+    for link in ("bin", "lib", "lib64", "sbin"):
+        if os.path.islink("/" + link):
+            os.symlink(os.readlink("/" + link), root / link)
+    mounted = []
+    try:
+        for src, dst in (("/usr", root / "usr"), ("/dev/null", root / "dev" / "null")):
+            r = subprocess.run(["mount", "--bind", src, str(dst)], capture_output=True, text=True)
+            if r.returncode != 0:
+                pytest.skip(f"bind mounts are not allowed here ({r.stderr.strip()}); chroot not tested")
+            mounted.append(dst)
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(root / "usr")], capture_output=True)
+        yield root
+    finally:
+        for m in reversed(mounted):
+            subprocess.run(["umount", "-l", str(m)], capture_output=True)
+
+
+def test_chroot(tmp_path, jail):
+    user = need_test_user()
+    app = public_app(jail, "jailed.py")
+    spec = {"app": str(app), "python": str(jail / "usr/bin/python3"), "processes": 1, "threads": 1,
+            "user": TEST_USER, "chroot": str(jail)}
+    # the interpreter must be inside the chroot: a path outside is a check-time error
+    conf = write_conf(jail.parent, {"iso": dict(spec, python=SYSTEM_PYTHON)})
+    r = check(conf)
+    assert r.returncode == 1 and "pools.iso.chroot" in r.stderr and "outside the chroot" in r.stderr, r.stderr
+    b = started(tmp_path, jail.parent, spec)
+    try:
+        b.wait_ready([("l", "/", "iso")], timeout=60)
+        me = whoami(b)
+        assert me["uid"] == user.pw_uid
+        assert me["cwd"] == "/app"
+        root = os.readlink(f"/proc/{me['pid']}/root")
+        assert root == str(jail), root
+        # the worker package was copied into the chroot
+        assert (jail / ".fcgibridge/python/fcgibridge_worker/main.py").is_file()
+    finally:
+        b.stop()
