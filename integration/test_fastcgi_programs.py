@@ -78,9 +78,11 @@ def test_program_pool_check_output(tmp_path):
     from harness import bridge_binary
     d = tmp_path / "conf.d"
     d.mkdir()
+    import os
+    root_ok = "    allow-root: true\n" if os.geteuid() == 0 else ""  # root workers need consent
     (d / "10.yaml").write_text(
-        "pools:\n  php:\n    command: [php-cgi]\n  both:\n    command: [php-cgi]\n    app: x.py\n"
-        "listeners:\n  l:\n    fastcgi: 127.0.0.1:9999\n    pool: php\n")
+        "pools:\n  php:\n    command: [php-cgi]\n" + root_ok + "  both:\n    command: [php-cgi]\n    app: x.py\n"
+        + root_ok + "listeners:\n  l:\n    fastcgi: 127.0.0.1:9999\n    pool: php\n")
     r = subprocess.run([str(bridge_binary()), "check", "--config", str(d)], capture_output=True, text=True)
     assert r.returncode != 0
     assert "10.yaml:" in r.stderr and "not both" in r.stderr, r.stderr
