@@ -56,6 +56,7 @@ pub fn render(config: &Config, dir: &str) -> String {
         None => out.push_str("  # access-log: not set: no access log\n"),
     }
     field(&mut out, 2, "shutdown-timeout", &DurationDisplay(g.shutdown_timeout).to_string());
+    crate::status::render_check(&mut out, g);
 
     out.push_str(if config.pools.is_empty() { "pools: {}\n" } else { "pools:\n" });
     for pool in &config.pools {
@@ -88,11 +89,16 @@ fn render_pool(out: &mut String, pool: &Pool) {
             field(out, 6, &quote(name), &quote(value));
         }
     }
-    field(out, 4, "processes", &pool.processes.to_string());
+    for (key, value, _) in config::supervision::render(&pool.supervision, pool.processes) {
+        field(out, 4, key, &value);
+    }
     field(out, 4, "threads", &pool.threads.to_string());
     field(out, 4, "queue-size", &pool.queue_size.to_string());
     field(out, 4, "queue-timeout", &DurationDisplay(pool.queue_timeout).to_string());
     field(out, 4, "startup-timeout", &DurationDisplay(pool.startup_timeout).to_string());
+    if let Some(t) = pool.slowlog_timeout {
+        field(out, 4, "slowlog-timeout", &DurationDisplay(t).to_string());
+    }
     for (key, value, is_text) in pool.isolation.render() {
         field(out, 4, key, &if is_text { quote(&value) } else { value });
     }
@@ -122,6 +128,12 @@ fn render_listener(out: &mut String, l: &Listener) {
     }
     field(out, 4, "backlog", &l.backlog.to_string());
     field(out, 4, "max-params", &SizeDisplay(l.max_params as u64).to_string());
+    if let Some(p) = &l.status_path {
+        field(out, 4, "status-path", &quote(p));
+    }
+    if let Some(p) = &l.ping_path {
+        field(out, 4, "ping-path", &quote(p));
+    }
     match l.routes.as_slice() {
         [only] if only.host.is_none() && only.prefix.is_none() => field(out, 4, "pool", &quote(&only.pool)),
         routes => {
@@ -210,6 +222,9 @@ mod tests {
                 log_format: LogFormat::Json,
                 access_log: Some(PathBuf::from("-")),
                 shutdown_timeout: Duration::from_millis(90_500),
+                access_log_format: None,
+                status: None,
+                control_socket: None,
             },
             listeners: vec![
                 Listener {
@@ -222,6 +237,8 @@ mod tests {
                     backlog: 1024,
                     routes: vec![Route { host: None, prefix: None, pool: "a".into() }],
                     max_params: 1 << 20,
+                    status_path: None,
+                    ping_path: None,
                 },
                 Listener {
                     name: "api".into(),
@@ -236,6 +253,8 @@ mod tests {
                         Route { host: None, prefix: None, pool: "a".into() },
                     ],
                     max_params: 100_000,
+                    status_path: None,
+                    ping_path: None,
                 },
             ],
             pools: vec![
@@ -250,6 +269,8 @@ mod tests {
                     queue_size: 0,
                     queue_timeout: Duration::from_millis(250),
                     startup_timeout: Duration::from_secs(3600),
+                    slowlog_timeout: None,
+                    max_body: None,
                     isolation: Default::default(),
                 },
                 Pool {
@@ -263,6 +284,8 @@ mod tests {
                     queue_size: 1024,
                     queue_timeout: Duration::from_secs(30),
                     startup_timeout: Duration::from_secs(60),
+                    slowlog_timeout: None,
+                    max_body: None,
                     isolation: Default::default(),
                 },
             ],

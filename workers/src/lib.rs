@@ -125,11 +125,13 @@ impl Worker {
                     continue;
                 }
                 b"CONTENT_TYPE" => have_type = true,
-                b"CONTENT_LENGTH" if !value.is_empty() => have_length = true,
+                // "" (nginx, unbuffered chunked upload) and "-1" (Caddy 2.6, chunked) mean
+                // "unknown": the app reads wsgi.input to its end.
+                b"CONTENT_LENGTH" if value.is_empty() || value == b"-1" => continue,
+                b"CONTENT_LENGTH" => have_length = true,
                 b"HTTPS" => https = value.eq_ignore_ascii_case(b"on") || value == b"1",
                 b"REQUEST_SCHEME" => scheme_https = value.eq_ignore_ascii_case(b"https"),
                 b"REQUEST_METHOD" => is_head = value == b"HEAD",
-                b"CONTENT_LENGTH" if value.is_empty() => continue,
                 b"SCRIPT_NAME" => seen[0] = true,
                 b"PATH_INFO" => seen[1] = true,
                 b"QUERY_STRING" => seen[2] = true,

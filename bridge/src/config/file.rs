@@ -28,6 +28,20 @@ pub struct RawBridge {
     pub log_format: Option<String>,
     pub access_log: Option<String>,
     pub shutdown_timeout: Option<HumanDuration>,
+    /// `$remote_addr "$method $uri" $status …`: the access log line (docs/configuration.md).
+    pub access_log_format: Option<String>,
+    /// The status listener: `{listen: 127.0.0.1:9180 | unix:/path, path: /status}`.
+    pub status: Option<RawStatus>,
+    /// The unix socket `fcgibridge status|reload|stop` talk to.
+    pub control_socket: Option<String>,
+}
+
+/// `bridge: status:`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawStatus {
+    pub listen: Option<String>,
+    pub path: Option<String>,
 }
 
 
@@ -46,6 +60,25 @@ pub struct RawPool {
     pub queue_size: Option<usize>,
     pub queue_timeout: Option<HumanDuration>,
     pub startup_timeout: Option<HumanDuration>,
+    /// Log the Python stack of a request running longer than this.
+    pub slowlog_timeout: Option<HumanDuration>,
+    // Supervision (config/supervision.rs): taken out by `RawSupervision::take`.
+    pub mode: Option<String>,
+    pub min_processes: Option<u32>,
+    pub max_processes: Option<u32>,
+    pub spare_processes: Option<u32>,
+    pub max_spawn_rate: Option<u32>,
+    pub idle_timeout: Option<HumanDuration>,
+    pub max_requests: Option<u64>,
+    pub max_requests_jitter: Option<u64>,
+    pub restart_interval: Option<HumanDuration>,
+    pub restart_interval_jitter: Option<HumanDuration>,
+    pub min_lifetime: Option<HumanDuration>,
+    pub request_timeout: Option<HumanDuration>,
+    pub graceful_timeout: Option<HumanDuration>,
+    pub memory_limit: Option<ByteSize>,
+    pub cpu_time_limit: Option<HumanDuration>,
+    pub max_body: Option<ByteSize>,
     // Isolation (config/isolation.rs): taken out by `RawIsolation::take`.
     pub user: Option<String>,
     pub group: Option<String>,
@@ -61,6 +94,7 @@ pub struct RawPool {
     pub allow_root: Option<bool>,
     pub script_user: Option<String>,
     pub script_group: Option<String>,
+    pub preload: Option<bool>,
 }
 
 
@@ -78,6 +112,10 @@ pub struct RawListener {
     pub socket_group: Option<String>,
     pub backlog: Option<u32>,
     pub max_params: Option<ByteSize>,
+    /// The status page served through this listener, e.g. /fcgibridge-status.
+    pub status_path: Option<String>,
+    /// Answers "pong" through this listener, e.g. /ping.
+    pub ping_path: Option<String>,
 }
 
 

@@ -26,6 +26,21 @@ pub struct Global {
     pub access_log: Option<PathBuf>,
     /// How long SIGTERM waits for in-flight requests.
     pub shutdown_timeout: Duration,
+    /// Access log line template with $variables; None: the built-in format.
+    pub access_log_format: Option<String>,
+    /// The HTTP status listener, if configured.
+    pub status: Option<StatusListen>,
+    /// Control socket path; None: `<runtime-dir>/control.sock`.
+    pub control_socket: Option<PathBuf>,
+}
+
+/// `bridge: status:` — a small HTTP server for the status page (loopback or unix only).
+#[derive(Debug, Clone, PartialEq)]
+pub struct StatusListen {
+    /// A loopback TCP address or a unix socket.
+    pub address: ListenAddress,
+    /// URL path of the page, e.g. "/status".
+    pub path: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,6 +80,10 @@ pub struct Listener {
     pub routes: Vec<Route>,
     /// Bytes of FastCGI PARAMS / SCGI headers accepted per request.
     pub max_params: usize,
+    /// Request path answered with the status page instead of being routed.
+    pub status_path: Option<String>,
+    /// Request path answered with "pong" instead of being routed.
+    pub ping_path: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -95,6 +114,13 @@ pub struct Pool {
     pub queue_timeout: Duration,
     /// How long a worker may take to import the app and become ready.
     pub startup_timeout: Duration,
+    /// A request running longer is counted slow and its Python stack logged.
+    pub slowlog_timeout: Option<Duration>,
+    /// mode (static / dynamic / ondemand) and its sizes, recycling, limits and timeouts;
+    /// `processes` above is the most workers the pool runs at once.
+    pub supervision: super::supervision::Supervision,
+    /// The largest request body passed to the app (`max-body`); beyond it: 413. None: no limit.
+    pub max_body: Option<u64>,
     /// user, group, chroot, umask, rlimits, nice, clear-env, script ownership (default: none).
     pub isolation: super::isolation::Isolation,
 }

@@ -11,7 +11,6 @@ use std::time::Duration;
 
 // Defaults; docs/configuration.md lists the same values.
 pub const DEFAULT_PYTHON: &str = "python3";
-pub const DEFAULT_PROCESSES: u32 = 2;
 pub const DEFAULT_THREADS: u32 = 4;
 pub const DEFAULT_QUEUE_SIZE: usize = 1024;
 pub const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -45,6 +44,7 @@ pub fn pool(
     let here = KeyPath::of(&["pools", name]);
     check_name(src, &here, "pool", name)?;
     let raw_isolation = super::isolation::RawIsolation::take(&mut raw);
+    let raw_supervision = super::supervision::RawSupervision::take(&mut raw);
 
     let app = match (raw.app, raw.command) {
         (Some(_), Some(_)) => {
@@ -80,10 +80,8 @@ pub fn pool(
         }
     }
 
-    let processes = raw.processes.unwrap_or(DEFAULT_PROCESSES);
-    if processes == 0 {
-        return Err(src.invalid(&here.key("processes"), "must be at least 1"));
-    }
+    let queue_size = raw.queue_size.unwrap_or(DEFAULT_QUEUE_SIZE);
+    let (processes, supervision) = super::supervision::resolve(src, &here, raw_supervision, queue_size)?;
     let threads = raw.threads.unwrap_or(DEFAULT_THREADS);
     if threads == 0 {
         return Err(src.invalid(&here.key("threads"), "must be at least 1"));
@@ -92,6 +90,11 @@ pub fn pool(
     if startup_timeout.is_zero() {
         return Err(src.invalid(&here.key("startup-timeout"), "must be longer than 0s"));
     }
+    let max_body = match raw.max_body {
+        None => None,
+        Some(size) if size.0 == 0 => return Err(src.invalid(&here.key("max-body"), "must be more than 0 bytes (leave it out for no limit)")),
+        Some(size) => Some(size.0),
+    };
     let isolation = super::isolation::resolve(src, &here, dir, raw_isolation, &app, &chdir, &python)?;
 
     Ok(Pool {
@@ -102,9 +105,15 @@ pub fn pool(
         env: env.into_iter().collect(),
         processes,
         threads,
-        queue_size: raw.queue_size.unwrap_or(DEFAULT_QUEUE_SIZE),
+        queue_size,
         queue_timeout: raw.queue_timeout.map(|d| d.0).unwrap_or(DEFAULT_QUEUE_TIMEOUT),
         startup_timeout,
+        slowlog_timeout: match raw.slowlog_timeout {
+            Some(d) if d.0.is_zero() => return Err(src.invalid(&here.key("slowlog-timeout"), "must be longer than 0s; leave the key out to turn the slowlog off")),
+            other => other.map(|d| d.0),
+        },
+        supervision,
+        max_body,
         isolation,
     })
 }
@@ -245,6 +254,14 @@ pub fn listener(src: &Source, dir: &Path, name: &str, raw: RawListener) -> Resul
         backlog,
         routes,
         max_params,
+        status_path: match raw.status_path {
+            Some(p) => Some(super::status_key::check_url_path(&p).map(|()| p).map_err(|m| src.invalid(&here.key("status-path"), m))?),
+            None => None,
+        },
+        ping_path: match raw.ping_path {
+            Some(p) => Some(super::status_key::check_url_path(&p).map(|()| p).map_err(|m| src.invalid(&here.key("ping-path"), m))?),
+            None => None,
+        },
     })
 }
 

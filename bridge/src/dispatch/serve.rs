@@ -1,7 +1,7 @@
 //! The life of one request once a listener has decoded it: route it to a pool, wait for
 //! a free worker slot, run the exchange, give the slot back, write the access line.
 use crate::backend::exchange::{exchange, BodySource, End, First, RequestInfo, ResponseSink, SlotFate};
-use crate::dispatch::AcquireError;
+use crate::dispatch::{AcquireError, Ticket};
 use crate::listen::ListenerCtx;
 use crate::logging::{AccessLog, AccessRecord};
 use crate::respond;
@@ -70,33 +70,64 @@ pub async fn serve<S: BodySource, K: ResponseSink>(
     source: &mut S,
     sink: &mut K,
 ) {
+    // `max-body` (respond/body_limit.rs): the wrappers cost one flag load per body chunk
+    // and per response write, so every request goes through them.
+    let body_tripped = std::sync::atomic::AtomicBool::new(false);
+    let source = &mut respond::body_limit::Limited::new(source, u64::MAX, &body_tripped);
+    let sink = &mut respond::body_limit::LimitedSink::new(sink, &body_tripped);
     let started = Instant::now();
     let shared = &*lst.shared;
     let _in_flight = InFlight::enter(shared);
     let mut idbuf = itoa::Buffer::new();
-    let request_id = idbuf.format(shared.next_id.fetch_add(1, Ordering::Relaxed));
+    let request_num = shared.next_id.fetch_add(1, Ordering::Relaxed);
+    let request_id = idbuf.format(request_num);
     // Shares the received buffer: no copy, and `params` stays free to be rewritten.
     let uri_bytes = params.get_bytes(b"REQUEST_URI").or_else(|| params.get_bytes(b"SCRIPT_NAME")).unwrap_or_default();
     let uri = String::from_utf8_lossy(&uri_bytes);
 
     let (status, bytes, pool_name) = 'done: {
+        if let Some(reply) = crate::status::front::intercept(&lst.name, &params) {
+            let _ = sink.send(reply, Some(End::Complete)).await;
+            break 'done (200, 0, None);
+        }
         let Some((pool, prefix)) = lst.router.route(&params) else {
+            crate::status::track::accepted(&lst.name, None);
             tracing::info!(listener = %lst.name, request_id, uri = %uri, "no route matches, answering 404");
             let _ = sink.send(respond::error_response(404, None).freeze(), Some(End::Complete)).await;
             break 'done (404, 0, None);
         };
         crate::route::mount(&mut params, prefix);
+        crate::status::track::accepted(&lst.name, Some(&pool.name));
+        if let Some(limit) = pool.config.max_body {
+            if respond::body_limit::too_large(&params, limit) {
+                tracing::warn!(pool = %pool.name, request_id, uri = %uri, limit, "request body is larger than max-body, answering 413");
+                let _ = sink.send(respond::error_response(413, None).freeze(), Some(End::Complete)).await;
+                break 'done (413, 0, Some(&pool.name));
+            }
+            source.set_limit(limit);
+        }
+        if pool.dispatcher.idle() == 0 {
+            crate::status::track::queued(&pool.name, pool.dispatcher.waiting() + 1);
+        }
+        // What the status page shows while the request runs (copied, not allocated).
+        let ticket = Ticket {
+            method: params.get(b"REQUEST_METHOD").unwrap_or(b""),
+            uri: &uri_bytes,
+            request_id: request_num,
+            started,
+        };
         let acquired = tokio::select! {
             biased;
-            r = pool.dispatcher.acquire() => Some(r),
+            r = pool.dispatcher.acquire(&ticket) => Some(r),
             () = source.aborted() => None,
         };
         let mut slot = match acquired {
             Some(Ok(slot)) => slot,
             Some(Err(e)) => {
+                crate::status::track::rejected(&pool.name);
                 tracing::warn!(pool = %pool.name, request_id, uri = %uri, "answering 503: {e}");
                 let retry = match e {
-                    AcquireError::QueueFull(_) | AcquireError::Timeout(_) => Some(RETRY_AFTER_SECS),
+                    AcquireError::QueueFull(_) | AcquireError::Timeout(_) | AcquireError::Unavailable(_) => Some(RETRY_AFTER_SECS),
                 };
                 let _ = sink.send(respond::error_response(503, retry).freeze(), Some(End::Complete)).await;
                 break 'done (503, 0, Some(&pool.name));
@@ -107,6 +138,8 @@ pub async fn serve<S: BodySource, K: ResponseSink>(
                 break 'done (499, 0, Some(&pool.name));
             }
         };
+        let method = String::from_utf8_lossy(params.get(b"REQUEST_METHOD").unwrap_or(b""));
+        let _busy = crate::status::track::begin(&pool.name, slot.worker.pid, request_id.parse().unwrap_or(0), &method, &uri);
         let info = RequestInfo { id: request_id, uri: &uri, role };
         let mut first = First::Encode;
         let mut attempts = 0;
@@ -114,7 +147,7 @@ pub async fn serve<S: BodySource, K: ResponseSink>(
             let outcome = exchange(&mut slot, &info, &params, source, sink, first).await;
             let Some(again) = outcome.retry else { break outcome };
             attempts += 1;
-            let next = if attempts < MAX_ATTEMPTS { pool.dispatcher.acquire().await.ok() } else { None };
+            let next = if attempts < MAX_ATTEMPTS { pool.dispatcher.acquire(&ticket).await.ok() } else { None };
             let Some(mut next) = next else {
                 tracing::error!(pool = %pool.name, request_id, uri = %uri, "no worker took the request, answering 502");
                 let _ = sink.send(respond::error_response(502, None).freeze(), Some(End::Complete)).await;
@@ -127,8 +160,11 @@ pub async fn serve<S: BodySource, K: ResponseSink>(
             // a fresh one restores the slot.
             let pool2 = pool.clone();
             tokio::spawn(async move {
-                if let Some(s) = failed.reconnect().await {
-                    pool2.dispatcher.release(s);
+                let mut failed = failed;
+                if failed.reconnect().await {
+                    pool2.dispatcher.release(failed);
+                } else {
+                    pool2.dispatcher.discard(failed);
                 }
             });
             first = again;
@@ -136,11 +172,17 @@ pub async fn serve<S: BodySource, K: ResponseSink>(
         match outcome.fate {
             SlotFate::Reuse => pool.dispatcher.release(slot),
             SlotFate::Reconnect => {
-                if let Some(fresh) = slot.reconnect().await {
-                    pool.dispatcher.release(fresh);
+                if slot.reconnect().await {
+                    pool.dispatcher.release(slot);
+                } else {
+                    pool.dispatcher.discard(slot);
                 }
             }
-            SlotFate::Discard => drop(slot),
+            SlotFate::Discard => pool.dispatcher.discard(slot),
+        }
+        if body_tripped.load(std::sync::atomic::Ordering::Acquire) {
+            tracing::warn!(pool = %pool.name, request_id, uri = %uri, limit = pool.config.max_body.unwrap_or(0), "streamed request body passed max-body, cut off with 413");
+            break 'done (413, outcome.body_bytes, Some(&pool.name));
         }
         (outcome.status, outcome.body_bytes, Some(&pool.name))
     };

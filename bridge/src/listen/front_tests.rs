@@ -30,6 +30,8 @@ fn pool_config(threads: u32) -> config::Pool {
         queue_size: 16,
         queue_timeout: Duration::from_millis(300),
         startup_timeout: Duration::from_secs(5),
+        slowlog_timeout: None,
+        max_body: None,
         isolation: Default::default(),
     }
 }

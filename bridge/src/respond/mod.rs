@@ -9,6 +9,8 @@
 use bytes::{BufMut, BytesMut};
 use fastcgi_server::cgi::ResponseHead;
 
+pub mod body_limit;
+
 /// Why a worker's header block cannot be passed on.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum HeadError {

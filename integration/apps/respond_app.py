@@ -1,0 +1,81 @@
+"""The app behind the response-filter and request-body tests (test_bodies.py,
+test_redirect.py): echoes bodies, records how reads end, emits bad headers and
+internal redirects on request."""
+import json
+import os
+from urllib.parse import parse_qs
+
+MARKS = os.environ.get("FCGIBRIDGE_TEST_DIR", "/tmp")
+
+
+def mark(name, text):
+    """Leave `text` in a file the test reads (the app runs in another process)."""
+    path = os.path.join(MARKS, name)
+    with open(path + ".tmp", "w") as f:
+        f.write(text)
+    os.replace(path + ".tmp", path)
+
+
+def application(environ, start_response):
+    path = environ.get("PATH_INFO", "")
+    query = parse_qs(environ.get("QUERY_STRING", ""))
+    arg = lambda k, d="": query.get(k, [d])[0]  # noqa: E731
+
+    if path == "/health":
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"ok"]
+
+    if path == "/echo":
+        # Read to the end in pieces, as frameworks do for a body of unknown length.
+        total = 0
+        mark(arg("mark", "echo") + ".started.mark", "started")
+        inp = environ["wsgi.input"]
+        try:
+            while True:
+                chunk = inp.read(8192)
+                if not chunk:
+                    break
+                total += len(chunk)
+        except Exception as e:  # the client went away or the body was cut off
+            mark(arg("mark", "echo") + ".mark", f"{type(e).__name__} {isinstance(e, OSError)} {total}")
+            raise
+        mark(arg("mark", "echo") + ".mark", f"complete {total}")
+        body = json.dumps({"read": total, "content_length": environ.get("CONTENT_LENGTH")}).encode()
+        start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+        return [body]
+
+    if path == "/called":
+        mark(arg("mark", "called") + ".mark", "called")
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"called"]
+
+    if path == "/header":
+        # A header the bridge must refuse (CR/LF) or drop (hop-by-hop).
+        kind = arg("kind")
+        value = {"crlf": "a\r\nX-Injected: 1", "lf": "a\nX-Injected: 1", "latin1": "caf\u00e9",
+                 "nonlatin1": "\u20ac"}.get(kind, "fine")
+        headers = [("Content-Type", "text/plain"), ("X-Value", value)]
+        if kind == "hop":
+            headers += [("Connection", "close"), ("Keep-Alive", "timeout=5"), ("Transfer-Encoding", "chunked"),
+                        ("Upgrade", "h2c")]
+        start_response("200 OK", headers)
+        return [b"body"]
+
+    if path == "/env" or path.startswith("/env/"):
+        keys = [k for k in environ if k.isupper()]
+        body = json.dumps({k: environ[k] for k in keys}).encode()
+        start_response("200 OK", [("Content-Type", "application/json")])
+        return [body]
+
+    if path == "/redirect":
+        # CGI's local redirect: 200 with a Location and a body that must not reach the client.
+        start_response(arg("status", "200 OK"), [("Location", arg("to")), ("Content-Type", "text/plain"),
+                                                 ("Content-Length", "11")])
+        return [b"first body!"]
+
+    if path == "/loop":
+        start_response("200 OK", [("Location", "/loop")])
+        return [b""]
+
+    start_response("404 Not Found", [("Content-Type", "text/plain")])
+    return [b"no such page in respond_app\n"]

@@ -1,0 +1,124 @@
+"""Small web-server helpers for the response-filter and request-body tests: a bridge with the
+respond_app pool(s) and an nginx with the locations these tests need (an unbuffered
+upload location, an `internal` location for X-Accel-Redirect)."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+import harness
+
+RESPOND_APP = str(harness.APPS / "respond_app.py")
+
+NGINX_CONF = """
+{user}
+worker_processes 1;
+pid {tmp}/nginx.pid;
+error_log {tmp}/nginx-error.log info;
+events {{ worker_connections 256; }}
+http {{
+    access_log {tmp}/nginx-access.log;
+    client_body_temp_path {tmp}/client_body;
+    fastcgi_temp_path {tmp}/fastcgi_temp;
+    scgi_temp_path {tmp}/scgi_temp;
+    proxy_temp_path {tmp}/proxy_temp;
+    uwsgi_temp_path {tmp}/uwsgi_temp;
+    client_max_body_size 200m;
+    server {{
+        listen 127.0.0.1:{port};
+        server_name _;
+        # buffered bodies (nginx's default): CONTENT_LENGTH is always set
+        location / {{
+            include {etc}/fastcgi_params;
+            fastcgi_param SCRIPT_NAME "";
+            fastcgi_param PATH_INFO $fastcgi_script_name;
+            fastcgi_pass {fcgi};
+        }}
+        # chunked uploads stream through: CONTENT_LENGTH is an empty string
+        location /stream/ {{
+            rewrite ^/stream(/.*)$ $1 break;
+            include {etc}/fastcgi_params;
+            fastcgi_param SCRIPT_NAME "";
+            fastcgi_param PATH_INFO $uri;
+            fastcgi_request_buffering off;
+            fastcgi_buffering off;
+            fastcgi_pass {fcgi};
+        }}
+        # X-Accel-Redirect targets: only reachable through the bridge's hand-off
+        location /protected/ {{
+            internal;
+            alias {files}/;
+        }}
+    }}
+}}
+"""
+
+
+class Nginx:
+    """nginx in front of one FastCGI listener of the bridge."""
+
+    def __init__(self, workdir: Path, fcgi_address, files: Path):
+        self.workdir = workdir
+        workdir.mkdir(parents=True, exist_ok=True)
+        (self.port,) = harness.free_ports(1)
+        if isinstance(fcgi_address, tuple):
+            fcgi = f"{fcgi_address[0]}:{fcgi_address[1]}"
+        else:
+            fcgi = f"unix:{fcgi_address}"
+        self.conf = workdir / "nginx.conf"
+        self.conf.write_text(NGINX_CONF.format(
+            tmp=workdir, etc=harness.nginx_etc(), port=self.port, fcgi=fcgi, files=files,
+            user="user root;" if os.geteuid() == 0 else ""))
+        self.error_log = harness.LogFile(workdir / "nginx-error.log")
+        self.proc = None
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def start(self):
+        binary = harness.nginx_binary()
+        args = [binary, "-p", str(self.workdir), "-e", str(self.workdir / "nginx-error.log"), "-c", str(self.conf)]
+        test = subprocess.run(args + ["-t"], capture_output=True, text=True)
+        if test.returncode != 0:
+            raise AssertionError(f"nginx -t failed:\n{test.stderr}")
+        out = open(self.workdir / "nginx-stdout.log", "ab")
+        self.proc = subprocess.Popen(args + ["-g", "daemon off;"], stdin=subprocess.DEVNULL, stdout=out,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+        out.close()
+        import requests
+
+        def ok():
+            if self.proc.poll() is not None:
+                raise AssertionError("nginx exited: " + self.error_log.text())
+            return requests.get(self.url("/health"), timeout=10).status_code == 200
+        harness.wait_until(ok, 60, 0.1, what=f"nginx on port {self.port}")
+        return self
+
+    def stop(self):
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def start_bridge(workdir: Path, pools: dict, listeners: dict, probes) -> harness.Bridge:
+    """A bridge with `pools` and `listeners`, ready once every probe answers 200."""
+    bridge = harness.make_bridge(workdir, pools, listeners)
+    bridge.start()
+    try:
+        bridge.wait_ready(probes)
+    except BaseException:
+        bridge.stop()
+        raise
+    return bridge
