@@ -131,9 +131,11 @@ def write_spawned_config(workdir: Path, name: str, files_dir: Path) -> Path:
         "/srv/app/wsgi.py": str(APP), "/usr/bin/python3": system_python(),
     })
     # the pool's environment: where /x-sendfile points
-    conf = conf.replace("    threads: 4\n", f"    threads: 4\n    env:\n      CONFORMANCE_FILES_DIR: \"{files_dir}\"\n", 1)
-    if os.geteuid() == 0:  # CI runs as root: root workers need the pool's consent
-        conf = conf.replace("    threads: 4\n", "    threads: 4\n    allow-root: true\n", 1)
+    extra = f"    env:\n      CONFORMANCE_FILES_DIR: \"{files_dir}\"\n"
+    if os.geteuid() == 0:
+        # lighttpd started as root starts the bridge as root (Apache and h2o use nobody)
+        extra += "    allow-root: true\n"
+    conf = conf.replace("    threads: 4\n", "    threads: 4\n" + extra, 1)
     (confdir / "app.yaml").write_text("bridge:\n  log-level: info\n  access-log: \"-\"\n" + conf)
     wrapper = workdir / f"{name}-wrapper"
     log = workdir / f"{name}.log"
