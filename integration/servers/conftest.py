@@ -92,3 +92,33 @@ def servers(sbridge, www):
     cache = ServerCache(sbridge, www)
     yield cache
     cache.stop_all()
+
+
+# A failed test still fills its support-table cell (FAIL + the first line of the error).
+FEATURE_OF_TEST = {
+    "test_basics": "basics", "test_keep_alive": "keep-alive", "test_multiplexing": "multiplexing",
+    "test_chunked_upload": "chunked upload", "test_internal_redirect": "internal redirect",
+    "test_file_handoff": "file hand-off", "test_authorizer": "authorizer",
+    "test_spawned_cell": "spawned mode", "test_started_by_the_server_and_stopped_with_it": "spawned mode",
+    "test_many_requests_over_few_connections": "multiplexing",
+    "test_clients_that_go_away_free_their_slots": "multiplexing",
+}
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    rep = outcome.get_result()
+    if not rep.failed:
+        return
+    feature = FEATURE_OF_TEST.get(item.originalname or item.name)
+    if not feature:
+        return
+    callspec = getattr(item, "callspec", None)
+    variant = callspec.params.get("variant") if callspec else None
+    if variant is None and "haproxy" in item.module.__name__:
+        variant = "haproxy"
+    if variant is None:
+        return
+    msg = str(call.excinfo.value).strip().splitlines()[0][:200] if call.excinfo else rep.when
+    support.record(variant, feature, "FAIL", f"{rep.when}: {msg}")
