@@ -49,6 +49,9 @@ pub struct Isolation {
     pub allow_root: bool,
     pub script_user: Option<Account>,
     pub script_group: Option<Account>,
+    /// `preload: true`: workers are forked from a template that imported the app once
+    /// (supervise/template.rs). Kept here because it, too, decides how a worker process starts.
+    pub preload: bool,
 }
 
 impl Isolation {
@@ -64,18 +67,6 @@ impl Isolation {
             (None, Some(u)) => u.primary_gid,
             (None, None) => bridge_gid,
         }
-    }
-
-    /// Whether anything must change in the child besides the environment.
-    pub fn changes_process(&self) -> bool {
-        self.user.is_some()
-            || self.group.is_some()
-            || self.groups.is_some()
-            || self.chroot.is_some()
-            || self.umask.is_some()
-            || self.rlimit_nofile.is_some()
-            || self.rlimit_core.is_some()
-            || self.nice.is_some()
     }
 
     /// The keys as `fcgibridge check` prints them: (key, value, whether the value is a string to quote).
@@ -114,6 +105,7 @@ impl Isolation {
         if let Some(g) = &self.script_group {
             out.push(("script-group", g.written.clone(), true));
         }
+        out.push(("preload", self.preload.to_string(), false));
         out
     }
 }
@@ -133,6 +125,7 @@ pub struct RawIsolation {
     allow_root: Option<bool>,
     script_user: Option<String>,
     script_group: Option<String>,
+    preload: Option<bool>,
 }
 
 impl RawIsolation {
@@ -151,6 +144,7 @@ impl RawIsolation {
             allow_root: raw.allow_root.take(),
             script_user: raw.script_user.take(),
             script_group: raw.script_group.take(),
+            preload: raw.preload.take(),
         }
     }
 }
@@ -289,7 +283,11 @@ pub fn resolve(
         allow_root: raw.allow_root.unwrap_or(false),
         script_user,
         script_group,
+        preload: raw.preload.unwrap_or(false),
     };
+    if iso.preload && matches!(app, App::Command(_)) {
+        return Err(bad("preload", "applies to WSGI apps only; a command: program cannot be forked from a template".into()));
+    }
 
     if let Some((key, msg)) = privilege_problem(&iso, me, current_hard_limits()) {
         return Err(bad(key, msg));

@@ -5,6 +5,8 @@ pub mod pool;
 pub mod program;
 pub mod runtime_dir;
 mod spawn;
+mod template;
+mod worker_child;
 
 use crate::backend::SlotConn;
 use crate::config;

@@ -55,7 +55,7 @@ pub async fn run_worker_slot(ctx: SlotCtx, mut stop: watch::Receiver<Stop>) {
         }
         generation += 1;
         let socket = ctx.socket_dir.join(format!("{}-{generation}.sock", ctx.index));
-        let Spawned { mut child, pid, mut ready } = match spawn_worker(&ctx.pool.config, &ctx.python_path, &socket) {
+        let Spawned { mut child, pid, mut ready } = match spawn_worker(&ctx.pool.config, &ctx.python_path, &socket).await {
             Ok(s) => s,
             Err(e) => {
                 tracing::error!(pool, slot = ctx.index, "cannot start a worker: {e}");
@@ -166,7 +166,7 @@ fn remove_socket(path: &std::path::Path) {
 }
 
 /// SIGTERM, then SIGKILL if the worker has not exited in time.
-async fn stop_child(child: &mut tokio::process::Child, handle: &WorkerHandle, how: Stop) {
+async fn stop_child(child: &mut super::worker_child::WorkerChild, handle: &WorkerHandle, how: Stop) {
     handle.mark_dead();
     if let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()).filter(|&p| p > 0) {
         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM);

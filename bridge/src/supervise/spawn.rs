@@ -5,7 +5,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixListener;
 use std::path::Path;
 use std::process::Stdio;
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 
 /// The worker's entry point; argv[1] is the directory holding the fcgibridge_worker package.
 const BOOT: &str =
@@ -15,7 +15,8 @@ const READY_FD: i32 = 3;
 
 /// A started worker process.
 pub struct Spawned {
-    pub child: Child,
+    /// The bridge's own child, or a fork of the pool's template (`preload: true`).
+    pub child: super::worker_child::WorkerChild,
     pub pid: u32,
     /// Read end of the readiness pipe.
     pub ready: tokio::net::unix::pipe::Receiver,
@@ -32,10 +33,15 @@ pub enum SpawnError {
     Exec { python: String, chdir: String, source: std::io::Error },
     #[error(transparent)]
     Isolation(#[from] super::isolate::IsolateError),
+    #[error(transparent)]
+    Template(#[from] super::template::TemplateError),
 }
 
 /// Bind `socket`, then start the pool's interpreter with it as fd 0.
-pub fn spawn_worker(pool: &Pool, python_path: &Path, socket: &Path) -> Result<Spawned, SpawnError> {
+pub async fn spawn_worker(pool: &Pool, python_path: &Path, socket: &Path) -> Result<Spawned, SpawnError> {
+    if pool.isolation.preload {
+        return Ok(super::template::spawn_forked(pool, python_path, socket).await?);
+    }
     // user/group/chroot/limits of the pool (supervise/isolate.rs), resolved before the fork.
     let iso = super::isolate::Prepared::for_pool(pool, python_path)?;
     let sock_err = |source| SpawnError::Socket { path: socket.display().to_string(), source };
@@ -120,5 +126,5 @@ pub fn spawn_worker(pool: &Pool, python_path: &Path, socket: &Path) -> Result<Sp
     drop(ready_w);
     let pid = child.id().unwrap_or(0);
     let ready = tokio::net::unix::pipe::Receiver::from_owned_fd(ready_r).map_err(SpawnError::Pipe)?;
-    Ok(Spawned { child, pid, ready })
+    Ok(Spawned { child: super::worker_child::WorkerChild::direct(child), pid, ready })
 }

@@ -81,7 +81,9 @@ def load_app(spec):
     head, sep, tail = spec.rpartition(":")
     if sep and tail and "/" not in tail and head:
         target, attr = head, tail
-    if target.endswith((".py", ".wsgi")) or os.sep in target:
+    # Django's module is "mysite.wsgi": a bare *.wsgi name is a file only if one exists
+    # (the bridge always passes files as absolute paths).
+    if target.endswith(".py") or os.sep in target or (target.endswith(".wsgi") and os.path.isfile(target)):
         app = _load_file(target, attr)
     else:
         module = importlib.import_module(target)
@@ -109,9 +111,31 @@ def _summary(exc):
     return " ".join(text.split())[:500]
 
 
-def main():
+def ready_fd_from_env():
+    """The readiness fd the bridge gave (FCGIBRIDGE_READY_FD), or None."""
     ready_fd = os.environ.get("FCGIBRIDGE_READY_FD")
-    ready_fd = int(ready_fd) if ready_fd and ready_fd.isdigit() else None
+    return int(ready_fd) if ready_fd and ready_fd.isdigit() else None
+
+
+def report_load_failure(exc, ready_fd):
+    """Traceback (or reason) to stderr, ERROR to the readiness fd, exit 3."""
+    if isinstance(exc, LoadError):
+        sys.stderr.write("fcgibridge worker: cannot load the app: %s\n" % exc)
+    else:
+        traceback.print_exc()
+    sys.stderr.flush()
+    _write_ready(ready_fd, "ERROR %s\n" % _summary(exc))
+    os._exit(EXIT_LOAD_FAILED)
+
+
+def main():
+    if os.environ.get("FCGIBRIDGE_TEMPLATE") == "1":
+        # A pool's preloaded template (preload: true): imports the app, then forks workers.
+        from . import template
+
+        template.run()
+        return
+    ready_fd = ready_fd_from_env()
     ppid = os.getppid()
     try:
         from . import _native
@@ -131,13 +155,13 @@ def main():
         processes = max(1, _env_int("FCGIBRIDGE_PROCESSES", 1))
         app = load_app(os.environ.get("FCGIBRIDGE_APP", ""))
     except BaseException as exc:  # noqa: B902 - any failure to load is reported the same way
-        if isinstance(exc, LoadError):
-            sys.stderr.write("fcgibridge worker: cannot load the app: %s\n" % exc)
-        else:
-            traceback.print_exc()
-        sys.stderr.flush()
-        _write_ready(ready_fd, "ERROR %s\n" % _summary(exc))
-        os._exit(EXIT_LOAD_FAILED)
+        report_load_failure(exc, ready_fd)
+    serve(app, listen_fd, ready_fd, threads, processes)
+
+
+def serve(app, listen_fd, ready_fd, threads, processes):
+    """Start the serving threads, report READY, wait; exits the process (never returns)."""
+    from . import _native
 
     done = threading.Event()
     exit_code = [0]

@@ -1,0 +1,372 @@
+//! Preloaded templates ("zygotes", `preload: true`): per pool, one process that imported
+//! the app once; every worker is a fork of it, so it starts in milliseconds with the app's
+//! memory shared copy-on-write. The protocol is in docs/worker-contract.md and the
+//! measurements in docs/preload.md.
+//!
+//! The template is the bridge's child; the workers it forks are the template's children.
+//! The template reaps them and reports each exit status on the control socket, so a slot
+//! waits for a forked worker as for any other (supervise/worker_child.rs). Workers carry a
+//! parent-death signal relative to the template, and the template one relative to the
+//! bridge: a dying bridge takes the template and its workers along, and a dying template
+//! takes its workers along (their slots see them exit and ask for new ones, which starts a
+//! new template).
+use super::isolate::Prepared;
+use super::spawn::Spawned;
+use super::worker_child::{OutputPipe, WorkerChild};
+use crate::config::{App, Pool};
+use nix::sys::socket::{recv, socketpair, AddressFamily, MsgFlags, SockFlag, SockType};
+use std::collections::HashMap;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::net::UnixListener;
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::Duration;
+use tokio::io::unix::AsyncFd;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+use tokio::process::Command;
+use tokio::sync::{oneshot, OnceCell};
+
+/// The fd of the control socket in the template.
+const CONTROL_FD: i32 = 4;
+const READY_FD: i32 = 3;
+/// How long a template may take to fork and answer with the pid.
+const FORK_REPLY_TIMEOUT: Duration = Duration::from_secs(10);
+const BOOT: &str =
+    "import sys; sys.path.insert(0, sys.argv.pop(1)); import fcgibridge_worker.main as m; m.main()";
+
+/// Why a worker could not be forked from its pool's template.
+#[derive(Debug, thiserror::Error)]
+pub enum TemplateError {
+    #[error("cannot start the pool's template: {0}")]
+    Start(std::io::Error),
+    #[error("the template failed to import the app: {0}")]
+    Load(String),
+    #[error("the template did not import the app within startup-timeout {0:?}")]
+    Timeout(Duration),
+    #[error("the template exited before it was ready")]
+    DiedEarly,
+    #[error("cannot create the worker socket {path}: {source}")]
+    Socket { path: String, source: std::io::Error },
+    #[error("cannot talk to the template: {0}")]
+    Control(std::io::Error),
+    #[error("the template did not fork the worker: {0}")]
+    Fork(String),
+    #[error(transparent)]
+    Isolation(#[from] super::isolate::IsolateError),
+}
+
+type PidReply = oneshot::Sender<Result<(u32, oneshot::Receiver<i32>), String>>;
+
+/// A running template.
+struct Template {
+    pool: Arc<str>,
+    pid: u32,
+    ctl: AsyncFd<OwnedFd>,
+    /// One SPAWN at a time: the next PID reply belongs to the request in flight.
+    spawn_lock: tokio::sync::Mutex<()>,
+    pending: Mutex<Option<PidReply>>,
+    exits: Mutex<HashMap<u32, oneshot::Sender<i32>>>,
+    alive: AtomicBool,
+}
+
+type Slot = Arc<OnceCell<Arc<Template>>>;
+/// The template of every pool that has one running (or starting).
+static TEMPLATES: LazyLock<Mutex<HashMap<String, Slot>>> = LazyLock::new(|| Mutex::new(HashMap::new()));
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Start a worker of `pool` by forking its template (starting the template first if needed).
+pub async fn spawn_forked(pool: &Pool, python_path: &Path, socket: &Path) -> Result<Spawned, TemplateError> {
+    let template = running_template(pool, python_path).await?;
+
+    let sock_err = |source| TemplateError::Socket { path: socket.display().to_string(), source };
+    match std::fs::remove_file(socket) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(sock_err(e)),
+    }
+    let listener: OwnedFd = UnixListener::bind(socket).map_err(sock_err)?.into();
+    let pipe = || nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| TemplateError::Control(e.into()));
+    let (ready_r, ready_w) = pipe()?;
+    let (out_r, out_w) = pipe()?;
+    let (err_r, err_w) = pipe()?;
+
+    let reply = {
+        let _one_at_a_time = template.spawn_lock.lock().await;
+        let (tx, rx) = oneshot::channel();
+        *lock(&template.pending) = Some(tx);
+        let fds = [listener.as_raw_fd(), out_w.as_raw_fd(), err_w.as_raw_fd(), ready_w.as_raw_fd()];
+        template.send_spawn(&fds).await?;
+        match tokio::time::timeout(FORK_REPLY_TIMEOUT, rx).await {
+            Ok(Ok(r)) => r.map_err(TemplateError::Fork)?,
+            Ok(Err(_)) => return Err(TemplateError::Fork("the template exited".into())),
+            Err(_) => return Err(TemplateError::Fork(format!("no answer within {FORK_REPLY_TIMEOUT:?}"))),
+        }
+    };
+    // The worker holds its copies now; ours must close so that EOF means "worker gone".
+    drop((listener, out_w, err_w, ready_w));
+    let (pid, exit) = reply;
+    let reader = |fd: OwnedFd| -> Result<OutputPipe, TemplateError> {
+        Ok(Box::new(tokio::net::unix::pipe::Receiver::from_owned_fd(fd).map_err(TemplateError::Control)?))
+    };
+    let child = WorkerChild::forked(pid, exit, reader(out_r)?, reader(err_r)?);
+    let ready = tokio::net::unix::pipe::Receiver::from_owned_fd(ready_r).map_err(TemplateError::Control)?;
+    tracing::debug!(pool = &*template.pool, pid, template = template.pid, "worker forked from the template");
+    Ok(Spawned { child, pid, ready })
+}
+
+/// The pool's template, started (and waited for) when there is none.
+async fn running_template(pool: &Pool, python_path: &Path) -> Result<Arc<Template>, TemplateError> {
+    loop {
+        let slot = lock(&TEMPLATES).entry(pool.name.clone()).or_default().clone();
+        let result = slot.get_or_try_init(|| start_template(pool, python_path)).await;
+        match result {
+            Ok(t) if t.alive.load(Ordering::Acquire) => return Ok(t.clone()),
+            Ok(_) => {
+                // Died since: forget it (unless someone already did) and start another.
+                forget(&pool.name, &slot);
+            }
+            Err(e) => {
+                forget(&pool.name, &slot);
+                return Err(e);
+            }
+        }
+    }
+}
+
+fn forget(pool: &str, slot: &Slot) {
+    let mut map = lock(&TEMPLATES);
+    if map.get(pool).is_some_and(|s| Arc::ptr_eq(s, slot)) {
+        map.remove(pool);
+    }
+}
+
+async fn start_template(pool: &Pool, python_path: &Path) -> Result<Arc<Template>, TemplateError> {
+    let iso = Prepared::for_pool(pool, python_path)?;
+    let (ours, theirs) = socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK)
+        .map_err(|e| TemplateError::Start(e.into()))?;
+    // The template's end must block (Python reads it with select + recvmsg).
+    nix::fcntl::fcntl(&theirs, nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::empty()))
+        .map_err(|e| TemplateError::Start(e.into()))?;
+    let (ready_r, ready_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| TemplateError::Start(e.into()))?;
+
+    let app = match &pool.app {
+        App::Module { module, callable } => format!("{module}:{callable}"),
+        App::File(p) => iso.worker_path(p).display().to_string(),
+        App::Command(_) => return Err(TemplateError::Fork("command: pools have no template".into())),
+    };
+    let mut cmd = Command::new(iso.python());
+    cmd.arg("-u").arg("-c").arg(BOOT).arg(iso.python_path());
+    iso.configure_env(&mut cmd);
+    cmd.current_dir(&pool.chdir)
+        .envs(&pool.env)
+        .env("FCGIBRIDGE_APP", app)
+        .env("FCGIBRIDGE_THREADS", pool.threads.to_string())
+        .env("FCGIBRIDGE_PROCESSES", pool.processes.to_string())
+        .env("FCGIBRIDGE_POOL", &pool.name)
+        .env("FCGIBRIDGE_READY_FD", READY_FD.to_string())
+        .env("FCGIBRIDGE_TEMPLATE", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    iso.install(&mut cmd);
+    let (ready_raw, ctl_raw) = (ready_w.as_raw_fd(), theirs.as_raw_fd());
+    // SAFETY: only fcntl, dup2, close, prctl and setpgid run in the child, on fds made before the fork.
+    unsafe {
+        cmd.pre_exec(move || {
+            let check = |r: libc::c_int| if r == -1 { Err(std::io::Error::last_os_error()) } else { Ok(r) };
+            // Move both above the target numbers first: either may already sit on 3 or 4.
+            let ready_hi = check(libc::fcntl(ready_raw, libc::F_DUPFD_CLOEXEC, 10))?;
+            let ctl_hi = check(libc::fcntl(ctl_raw, libc::F_DUPFD_CLOEXEC, 10))?;
+            // dup2 clears close-on-exec on the new descriptor.
+            check(libc::dup2(ready_hi, READY_FD))?;
+            check(libc::dup2(ctl_hi, CONTROL_FD))?;
+            check(libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0))?;
+            check(libc::setpgid(0, 0))?;
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().map_err(TemplateError::Start)?;
+    drop(cmd);
+    drop((ready_w, theirs));
+    let pid = child.id().unwrap_or(0);
+    let name: Arc<str> = Arc::from(pool.name.as_str());
+    tracing::info!(pool = &*name, pid, "template started; importing the app once for all workers");
+    if let Some(out) = child.stdout.take() {
+        tokio::spawn(log_output(out, name.clone(), pid, false));
+    }
+    if let Some(err) = child.stderr.take() {
+        tokio::spawn(log_output(err, name.clone(), pid, true));
+    }
+
+    let mut ready = tokio::net::unix::pipe::Receiver::from_owned_fd(ready_r).map_err(TemplateError::Start)?;
+    let mut line = Vec::new();
+    let started = std::time::Instant::now();
+    // EOF comes after READY/ERROR, or when the template dies (it holds the only write end).
+    if tokio::time::timeout(pool.startup_timeout, ready.read_to_end(&mut line)).await.is_err() {
+        let _ = child.kill().await;
+        return Err(TemplateError::Timeout(pool.startup_timeout));
+    }
+    let text = String::from_utf8_lossy(&line);
+    let first = text.lines().next().unwrap_or("").trim();
+    if first != "READY" {
+        let _ = child.kill().await;
+        return Err(match first.strip_prefix("ERROR") {
+            Some(msg) => TemplateError::Load(msg.trim().to_owned()),
+            None => TemplateError::DiedEarly,
+        });
+    }
+    tracing::info!(pool = &*name, pid, "template ready in {:.0?}", started.elapsed());
+
+    let template = Arc::new(Template {
+        pool: name.clone(),
+        pid,
+        // SAFETY: the OwnedFd moves into the AsyncFd and stays open as long as it is registered.
+        ctl: unsafe { AsyncFd::register(ours) }.map_err(|e| TemplateError::Start(e.into()))?,
+        spawn_lock: tokio::sync::Mutex::new(()),
+        pending: Mutex::new(None),
+        exits: Mutex::new(HashMap::new()),
+        alive: AtomicBool::new(true),
+    });
+    tokio::spawn(read_control(template.clone()));
+    tokio::spawn(watch_template(template.clone(), child));
+    Ok(template)
+}
+
+impl Template {
+    async fn send_spawn(&self, fds: &[i32; 4]) -> Result<(), TemplateError> {
+        loop {
+            let mut guard = self.ctl.writable().await.map_err(TemplateError::Control)?;
+            match guard.try_io(|fd| send_with_fds(fd.as_raw_fd(), b"SPAWN", fds)) {
+                Ok(r) => return r.map(|_| ()).map_err(TemplateError::Control),
+                Err(_would_block) => continue,
+            }
+        }
+    }
+
+    fn mark_dead(&self) {
+        self.alive.store(false, Ordering::Release);
+        // Dropping the senders tells every waiting slot that its worker is gone with the template.
+        lock(&self.exits).clear();
+        lock(&self.pending).take();
+    }
+}
+
+/// One message with descriptors attached (SCM_RIGHTS). nix's sendmsg needs its "uio"
+/// feature; this is the one place that needs it, so libc is used directly.
+fn send_with_fds(sock: i32, data: &[u8], fds: &[i32; 4]) -> std::io::Result<()> {
+    const FDS_LEN: u32 = (4 * std::mem::size_of::<i32>()) as u32;
+    // SAFETY: CMSG_SPACE is a pure size computation.
+    let space = unsafe { libc::CMSG_SPACE(FDS_LEN) } as usize;
+    // u64 storage keeps the buffer aligned for cmsghdr.
+    let mut control = vec![0u64; space.div_ceil(8)];
+    let mut iov = libc::iovec { iov_base: data.as_ptr() as *mut libc::c_void, iov_len: data.len() };
+    // SAFETY: msghdr is plain data; every pointer set below outlives the sendmsg call.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr() as *mut libc::c_void;
+    msg.msg_controllen = space as _;
+    // SAFETY: msg_control points at `space` zeroed, aligned bytes, enough for one header and four fds.
+    unsafe {
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        if cmsg.is_null() {
+            return Err(std::io::Error::other("no room for the control message"));
+        }
+        (*cmsg).cmsg_level = libc::SOL_SOCKET;
+        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(FDS_LEN) as _;
+        std::ptr::copy_nonoverlapping(fds.as_ptr() as *const u8, libc::CMSG_DATA(cmsg), FDS_LEN as usize);
+        if libc::sendmsg(sock, &msg, libc::MSG_NOSIGNAL) == -1 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// PID replies and EXIT reports from the template.
+async fn read_control(t: Arc<Template>) {
+    let mut buf = [0u8; 256];
+    loop {
+        let n = match t.ctl.readable().await {
+            Ok(mut guard) => match guard.try_io(|fd| recv(fd.as_raw_fd(), &mut buf, MsgFlags::empty()).map_err(std::io::Error::from)) {
+                Ok(Ok(n)) => n,
+                Ok(Err(_)) => 0,
+                Err(_would_block) => continue,
+            },
+            Err(_) => 0,
+        };
+        if n == 0 {
+            break;
+        }
+        let msg = String::from_utf8_lossy(&buf[..n]);
+        let mut words = msg.split_whitespace();
+        match (words.next(), words.next(), words.next()) {
+            (Some("PID"), Some(pid), None) => {
+                let reply = match pid.parse::<u32>() {
+                    Ok(pid) => {
+                        let (tx, rx) = oneshot::channel();
+                        lock(&t.exits).insert(pid, tx);
+                        Ok((pid, rx))
+                    }
+                    Err(_) => Err(format!("bad reply {msg:?}")),
+                };
+                if let Some(waiting) = lock(&t.pending).take() {
+                    let _ = waiting.send(reply);
+                }
+            }
+            (Some("ERR"), ..) => {
+                if let Some(waiting) = lock(&t.pending).take() {
+                    let _ = waiting.send(Err(msg.trim_start_matches("ERR").trim().to_owned()));
+                }
+            }
+            (Some("EXIT"), Some(pid), Some(status)) => {
+                if let (Ok(pid), Ok(status)) = (pid.parse::<u32>(), status.parse::<i32>()) {
+                    if let Some(tx) = lock(&t.exits).remove(&pid) {
+                        let _ = tx.send(status);
+                    }
+                }
+            }
+            _ => tracing::warn!(pool = &*t.pool, pid = t.pid, "unexpected message from the template: {msg:?}"),
+        }
+    }
+    t.mark_dead();
+}
+
+/// Owns the template process: logs its exit and retires it.
+async fn watch_template(t: Arc<Template>, mut child: tokio::process::Child) {
+    let status = child.wait().await;
+    t.mark_dead();
+    match status {
+        Ok(s) => tracing::warn!(pool = &*t.pool, pid = t.pid, "template exited ({s}); the next worker starts a new one"),
+        Err(e) => tracing::warn!(pool = &*t.pool, pid = t.pid, "template lost: {e}"),
+    }
+}
+
+async fn log_output(pipe: impl tokio::io::AsyncRead + Unpin, pool: Arc<str>, pid: u32, is_stderr: bool) {
+    let mut lines = BufReader::new(pipe).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        if is_stderr {
+            tracing::warn!(pool = &*pool, pid, "template: {line}");
+        } else {
+            tracing::info!(pool = &*pool, pid, "template: {line}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn template_errors_say_what_happened() {
+        let e = TemplateError::Load("ImportError: No module named 'x'".into());
+        assert!(e.to_string().contains("failed to import the app"));
+        assert!(TemplateError::Timeout(Duration::from_secs(5)).to_string().contains("startup-timeout"));
+    }
+}

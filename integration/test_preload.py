@@ -1,0 +1,107 @@
+"""Preloaded templates (`preload: true`, docs/preload.md): workers forked from a process
+that imported the app once, for a small app and for the Django test project."""
+from __future__ import annotations
+
+import json
+import os
+import re
+
+import pytest
+
+from harness import APPS, free_ports, make_bridge, wait_until
+
+
+def worker_pid(b) -> int:
+    resp = b.request("/pid", pool="edge.test", listener="l")
+    assert resp.status == 200, resp.stdout[:300]
+    return json.loads(resp.body)["pid"]
+
+
+def ppid_of(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[1])
+
+
+@pytest.fixture(scope="module")
+def preloaded(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("preload")
+    port = free_ports(1)[0]
+    # an app that fails to import: its template reports the error
+    broken = workdir / "broken_app.py"
+    broken.write_text("raise ImportError('preload-test: this app cannot be imported')\n")
+    pools = {
+        "edge": {"app": str(APPS / "edge_app.py"), "processes": 2, "threads": 2, "preload": True,
+                 "queue-timeout": "20s"},
+        "dj": {"app": "mysite.wsgi:application", "chdir": str(APPS / "djproject"), "processes": 2,
+               "threads": 2, "preload": True, "env": {"DJANGO_SETTINGS_MODULE": "mysite.settings"}},
+        "broken": {"app": str(broken), "processes": 1, "threads": 1, "preload": True, "queue-timeout": "1s"},
+    }
+    routes = [{"host": f"{name}.test", "pool": name} for name in pools]
+    b = make_bridge(workdir, pools, {"l": {"fastcgi": f"127.0.0.1:{port}", "routes": routes}})
+    try:
+        b.start()
+        b.wait_ready([("l", "/health", "edge.test"), ("l", "/health/", "dj.test")], timeout=120)
+        yield b
+    finally:
+        b.stop()
+
+
+def template_pid(b, pool: str) -> int:
+    lines = b.log.wait_for([r"template ready", rf"\b{pool}\b"], timeout=60)
+    m = re.search(r"pid[=:\s\"]+(\d+)", lines[-1])
+    assert m, lines[-1]
+    return int(m.group(1))
+
+
+def test_workers_are_forks_of_the_template(preloaded):
+    b = preloaded
+    tpl = template_pid(b, "edge")
+    pids = set()
+    for _ in range(20):
+        pids.add(worker_pid(b))
+        if len(pids) == 2:
+            break
+    assert pids, "no worker answered"
+    for pid in pids:
+        assert ppid_of(pid) == tpl, f"worker {pid} is not a child of the template {tpl}"
+
+
+def test_django_through_forked_workers(preloaded):
+    b = preloaded
+    resp = b.request("/", pool="dj.test", listener="l")
+    assert resp.status == 200, resp.stdout[:300]
+    assert b"Django behind fcgibridge" in resp.body
+    tpl = template_pid(b, "dj")
+    # forked workers report ready quickly: the import happened once, in the template
+    times = []
+    for line in b.log.lines():
+        m = re.search(r"worker ready in ([\d.]+)(ms|s|µs)", line)
+        if m and re.search(r"\bdj\b", line):
+            value = float(m.group(1)) * {"ms": 1e-3, "s": 1.0, "µs": 1e-6}[m.group(2)]
+            times.append(value)
+    assert len(times) >= 2, "expected two ready lines for the dj pool"
+    assert max(times) < 2.0, f"forked Django workers took {times} s to become ready"
+    assert tpl > 0
+
+
+def test_killed_forked_worker_is_replaced(preloaded):
+    b = preloaded
+    tpl = template_pid(b, "edge")
+    victim = worker_pid(b)
+    mark = b.log.mark()
+    os.kill(victim, 9)
+    b.log.wait_for([r"worker exited", rf"\b{victim}\b", r"signal 9"], since=mark, timeout=30)
+    b.log.wait_for([r"worker ready", r"\bedge\b"], since=mark, timeout=30)
+
+    def fresh():
+        pids = {worker_pid(b) for _ in range(6)}
+        return victim not in pids and all(ppid_of(p) == tpl for p in pids)
+
+    wait_until(fresh, 30, what="the replacement to serve (forked from the same template)")
+
+
+def test_template_import_error_is_reported(preloaded):
+    b = preloaded
+    b.log.wait_for([r"broken", r"template failed to import the app", r"preload-test"], timeout=60)
+    resp = b.request("/health", pool="broken.test", listener="l")
+    assert resp.status == 503
