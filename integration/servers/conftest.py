@@ -76,14 +76,16 @@ class ServerCache:
 
 
 def version(srv) -> str:
+    import re
     for args in (["-v"], ["--version"], ["version"], ["-V"]):
         try:
             r = subprocess.run([srv.binary, *args], capture_output=True, text=True, timeout=20)
         except (OSError, subprocess.TimeoutExpired):
             continue
         text = (r.stdout + r.stderr).strip()
-        if r.returncode == 0 and text:
-            return text.splitlines()[0][:80]
+        m = re.search(r"(\d+\.\d+(?:\.\d+)?)", text) if r.returncode == 0 else None
+        if m:
+            return m.group(1)
     return "?"
 
 
