@@ -282,3 +282,26 @@ def test_chroot(tmp_path, jail):
         assert (jail / ".fcgibridge/python/fcgibridge_worker/main.py").is_file()
     finally:
         b.stop()
+
+
+def test_preloaded_template_runs_as_the_pool_user(tmp_path, public_dir):
+    """A template gets the pool's isolation, so the workers forked from it inherit it."""
+    user = need_test_user()
+    app = public_app(public_dir)
+    spec = {"app": str(app), "python": SYSTEM_PYTHON, "processes": 2, "threads": 1, "preload": True,
+            "user": TEST_USER, "umask": "0077", "rlimit-nofile": 300}
+    b = started(tmp_path, public_dir, spec)
+    try:
+        b.wait_ready([("l", "/", "iso")], timeout=60)
+        me = whoami(b)
+        assert me["uid"] == user.pw_uid and me["gid"] == user.pw_gid
+        assert me["umask"] == 0o077 and me["nofile"] == [300, 300]
+        with open(f"/proc/{me['pid']}/stat") as f:
+            ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        with open(f"/proc/{ppid}/cmdline", "rb") as f:
+            assert b"fcgibridge_worker" in f.read()
+        with open(f"/proc/{ppid}/status") as f:
+            assert f"Uid:\t{user.pw_uid}\t" in f.read(), "the template should run as the pool user too"
+        assert ppid != b.pid
+    finally:
+        b.stop()

@@ -62,6 +62,8 @@ type PidReply = oneshot::Sender<Result<(u32, oneshot::Receiver<i32>), String>>;
 /// A running template.
 struct Template {
     pool: Arc<str>,
+    /// The pool's settings it was started with: a reloaded pool with other settings gets a new template.
+    config: Pool,
     pid: u32,
     ctl: AsyncFd<OwnedFd>,
     /// One SPAWN at a time: the next PID reply belongs to the request in flight.
@@ -125,7 +127,14 @@ async fn running_template(pool: &Pool, python_path: &Path) -> Result<Arc<Templat
         let slot = lock(&TEMPLATES).entry(pool.name.clone()).or_default().clone();
         let result = slot.get_or_try_init(|| start_template(pool, python_path)).await;
         match result {
-            Ok(t) if t.alive.load(Ordering::Acquire) => return Ok(t.clone()),
+            Ok(t) if t.alive.load(Ordering::Acquire) && t.config == *pool => return Ok(t.clone()),
+            Ok(t) if t.alive.load(Ordering::Acquire) => {
+                // The pool was reloaded with other settings: fork from a new template. The old
+                // one lives on until its last worker exits (graceful restarts), see retire().
+                tracing::info!(pool = &*t.pool, pid = t.pid, "pool settings changed; retiring its template");
+                t.retire();
+                forget(&pool.name, &slot);
+            }
             Ok(_) => {
                 // Died since: forget it (unless someone already did) and start another.
                 forget(&pool.name, &slot);
@@ -225,6 +234,7 @@ async fn start_template(pool: &Pool, python_path: &Path) -> Result<Arc<Template>
 
     let template = Arc::new(Template {
         pool: name.clone(),
+        config: pool.clone(),
         pid,
         // SAFETY: the OwnedFd moves into the AsyncFd and stays open as long as it is registered.
         ctl: unsafe { AsyncFd::register(ours) }.map_err(|e| TemplateError::Start(e.into()))?,
@@ -247,6 +257,12 @@ impl Template {
                 Err(_would_block) => continue,
             }
         }
+    }
+
+    /// No more forks: the template sees EOF on its control socket, keeps reaping (and
+    /// reporting) its remaining workers, and exits after the last one.
+    fn retire(&self) {
+        let _ = nix::sys::socket::shutdown(self.ctl.get_ref().as_raw_fd(), nix::sys::socket::Shutdown::Write);
     }
 
     fn mark_dead(&self) {

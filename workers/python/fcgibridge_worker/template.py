@@ -87,6 +87,24 @@ def _spawn(fds, ctl, wake_fds, app, threads, processes):
     return pid
 
 
+def _retire(ctl):
+    """The bridge stopped asking for workers (EOF on the control socket): keep reaping and
+    reporting the workers still running, exit after the last. Never returns."""
+    signal.set_wakeup_fd(-1)
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    while True:
+        try:
+            pid, status = os.waitpid(-1, 0)
+        except ChildProcessError:
+            os._exit(0)
+        except InterruptedError:
+            continue
+        try:
+            ctl.send(b"EXIT %d %d" % (pid, status))
+        except OSError:
+            pass
+
+
 def run():
     """Entry point when FCGIBRIDGE_TEMPLATE=1."""
     ready_fd = _main.ready_fd_from_env()
@@ -135,7 +153,7 @@ def run():
         except OSError:
             os._exit(0)
         if not msg:
-            os._exit(0)  # the bridge closed the control socket: it is stopping or gone
+            _retire(ctl)
         if msg.strip() == b"SPAWN" and len(fds) == 4:
             try:
                 pid = _spawn(fds, ctl, (wake_r, wake_w), app, threads, processes)
