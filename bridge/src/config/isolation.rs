@@ -290,7 +290,9 @@ pub fn resolve(
     }
 
     if let Some((key, msg)) = privilege_problem(&iso, me, current_hard_limits()) {
-        return Err(bad(key, msg));
+        // Root workers without a user: point at the pool, since allow-root is usually not written.
+        let at = if key == "allow-root" { here.clone() } else { here.key(key) };
+        return Err(src.invalid(&at, msg));
     }
     if let App::File(file) = app {
         check_script(&iso, file).map_err(|m| bad(if iso.script_user.is_some() { "script-user" } else { "script-group" }, m))?;
@@ -546,6 +548,59 @@ mod tests {
         assert!(check_script(&iso(me), &file).unwrap_err().contains("app file"));
         // Without script-user/script-group nothing is checked.
         assert_eq!(check_script(&Isolation::default(), &file), Ok(()));
+    }
+
+    /// A conf.d with one pool (`pool_keys` indented under it) and one listener, loaded as a
+    /// bridge with the given ids.
+    fn load_as(ids: BridgeIds, name: &str, pool_keys: &str) -> (std::path::PathBuf, Result<crate::config::Config, ConfigError>) {
+        let dir = crate::config::tests::scratch_dir(name);
+        let conf = dir.join("conf.d");
+        std::fs::create_dir_all(&conf).unwrap();
+        std::fs::write(dir.join("app.py"), "application = None\n").unwrap();
+        let text = format!(
+            "pools:\n  demo:\n    app: ../app.py\n    python: /bin/sh\n{pool_keys}listeners:\n  l: {{fastcgi: 127.0.0.1:9999, pool: demo}}\n"
+        );
+        std::fs::write(conf.join("10-a.yaml"), text).unwrap();
+        TEST_BRIDGE_IDS.with(|c| c.set(ids));
+        let r = crate::config::load_with_search_path(&conf, None);
+        TEST_BRIDGE_IDS.with(|c| c.set(BridgeIds { uid: 4242, gid: 4242 }));
+        (conf, r)
+    }
+
+    #[test]
+    fn every_key_loads_and_check_output_loads_back() {
+        let keys = "    user: nobody\n    group: nogroup\n    groups: [nogroup]\n    umask: \"0027\"\n    clear-env: true\n    \
+                    rlimit-nofile: 1024\n    rlimit-core: unlimited\n    nice: 5\n    preload: true\n";
+        let (conf, r) = load_as(ROOT, "iso-all-keys", keys);
+        let config = r.unwrap();
+        let iso = &config.pools[0].isolation;
+        assert_eq!(iso.user.as_ref().map(|u| u.login.as_str()), Some("nobody"));
+        assert_eq!(iso.umask, Some(0o027));
+        assert_eq!(iso.rlimit_core, Some(UNLIMITED));
+        assert!(iso.clear_env && iso.preload && !iso.allow_root);
+        let text = crate::check::render(&config, "conf.d");
+        std::fs::remove_file(conf.join("10-a.yaml")).unwrap();
+        std::fs::write(conf.join("00-effective.yaml"), &text).unwrap();
+        TEST_BRIDGE_IDS.with(|c| c.set(ROOT));
+        let again = crate::config::load_with_search_path(&conf, None);
+        TEST_BRIDGE_IDS.with(|c| c.set(BridgeIds { uid: 4242, gid: 4242 }));
+        assert_eq!(again.unwrap(), config, "{text}");
+    }
+
+    #[test]
+    fn errors_name_file_line_column_and_key() {
+        // A root bridge and no user: refused at the pool.
+        let (_, r) = load_as(ROOT, "iso-root", "");
+        let msg = r.unwrap_err().to_string();
+        assert!(msg.contains("10-a.yaml:2:3: pools.demo: workers would run as root"), "{msg}");
+        // An unprivileged bridge cannot switch users: the key is named where it was written.
+        let (_, r) = load_as(ALICE, "iso-unpriv", "    user: nobody\n");
+        let msg = r.unwrap_err().to_string();
+        assert!(msg.contains("10-a.yaml:5:5: pools.demo.user: switching to user \"nobody\" needs the bridge to run as root"), "{msg}");
+        let (_, r) = load_as(ROOT, "iso-bad-umask", "    allow-root: true\n    umask: \"0999\"\n");
+        assert!(r.unwrap_err().to_string().contains("pools.demo.umask"));
+        let (_, r) = load_as(ROOT, "iso-no-user", "    user: no-such-user-xyz\n");
+        assert!(r.unwrap_err().to_string().contains("no such user"));
     }
 
     #[test]
