@@ -71,7 +71,9 @@ def test_many_requests_over_few_connections(setup):
     mark = b.log.mark()
     results, peak, _ = burst(srv, b, 3 * SLOTS, "/slow?ms=1000")
     assert results.count(200) == 3 * SLOTS, results
-    assert 1 <= peak <= 2, f"{3 * SLOTS} concurrent requests used {peak} connections"
+    # one connection carries them all once HAProxy knows the limits; a second or third may
+    # open while the first one's GET_VALUES is still under way
+    assert 1 <= peak <= 3, f"{3 * SLOTS} concurrent requests used {peak} connections"
     # the bridge saw requests with different ids on one connection
     ids = set()
     for line in b.log.lines(mark):
@@ -106,5 +108,5 @@ def test_clients_that_go_away_free_their_slots(setup):
     assert results.count(200) == SLOTS, results
     assert took < 15, f"{SLOTS} requests took {took:.1f}s: slots still held by abandoned requests"
     support.record("haproxy", "multiplexing", "yes",
-                   f"{3 * SLOTS} concurrent requests over 1-2 connections; {len(lines)} clients that went away "
+                   f"{3 * SLOTS} concurrent requests over 1-3 connections; {len(lines)} clients that went away "
                    f"were sent FCGI_ABORT_REQUEST and their slots served the next {SLOTS} requests at once")
