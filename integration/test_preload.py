@@ -105,3 +105,22 @@ def test_template_import_error_is_reported(preloaded):
     b.log.wait_for([r"broken", r"template failed to import the app", r"preload-test"], timeout=60)
     resp = b.request("/health", pool="broken.test", listener="l")
     assert resp.status == 503
+
+
+def test_kill9_of_the_bridge_takes_template_and_workers_along(preloaded):
+    """Runs last in this module: it kills the module's bridge."""
+    b = preloaded
+    tpl = template_pid(b, "edge")
+    workers = {worker_pid(b) for _ in range(6)}
+    b.proc.kill()
+    b.proc.wait(10)
+
+    def gone(pid):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+        except FileNotFoundError:
+            return True
+
+    wait_until(lambda: all(gone(p) for p in workers | {tpl}), 30,
+               what="the template and its workers to die with the bridge")
