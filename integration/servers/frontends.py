@@ -291,7 +291,7 @@ class Lighttpd(Server):
         return [self.binary, "-D", "-f", str(w / "lighttpd.conf")]
 
     def stop_signal(self):
-        return signal.SIGINT  # lighttpd: SIGINT stops at once, SIGTERM would too; both kill bin-path children
+        return signal.SIGINT  # lighttpd's graceful stop; its bin-path children get SIGTERM
 
 
 class Apache(Server):

@@ -18,8 +18,15 @@ RESULTS: dict = {}
 
 
 def record(variant: str, feature: str, verdict: str, note: str = ""):
+    """Fill a cell. Two tests of one cell: a FAIL wins; equal verdicts keep both notes."""
     assert feature in FEATURES, feature
-    RESULTS.setdefault(variant, {})[feature] = {"verdict": verdict, "note": note}
+    cells = RESULTS.setdefault(variant, {})
+    old = cells.get(feature)
+    if old and old["verdict"] == "FAIL" and verdict != "FAIL":
+        return
+    if old and old["verdict"] == verdict and old["note"] and note and note not in old["note"]:
+        note = f"{old['note']}; {note}"
+    cells[feature] = {"verdict": verdict, "note": note}
 
 
 def dump():
