@@ -758,6 +758,19 @@ mod tests {
     }
 
     #[test]
+    fn authorizer_has_no_body_and_its_role_in_the_params() {
+        // Apache mod_authnz_fcgi: BEGIN_REQUEST role 2, PARAMS, and no STDIN record at all.
+        let (mut c, mut peer) = pair();
+        peer.write_all(&request(3, Role::Authorizer, None)).expect("send");
+        assert!(c.wait_request());
+        let r = c.req.as_ref().expect("request");
+        assert_eq!(r.id, 3);
+        assert!(r.authorizer && r.stdin_done, "an authorizer's input ends with its PARAMS");
+        let role = r.params.as_ref().and_then(|p| p.get(b"FCGI_ROLE"));
+        assert_eq!(role, Some(&b"AUTHORIZER"[..]));
+    }
+
+    #[test]
     fn serves_body_and_ends_request() {
         let (mut c, mut peer) = pair();
         peer.write_all(&request(1, Role::Responder, Some(b"hello body")))
