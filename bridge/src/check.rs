@@ -239,6 +239,10 @@ mod tests {
                     max_params: 1 << 20,
                     status_path: None,
                     ping_path: None,
+                    dialect: Default::default(),
+                    max_redirects: 10,
+                    unrouted_redirect: Default::default(),
+                    trusted_proxies: None,
                 },
                 Listener {
                     name: "api".into(),
@@ -255,6 +259,10 @@ mod tests {
                     max_params: 100_000,
                     status_path: None,
                     ping_path: None,
+                    dialect: Default::default(),
+                    max_redirects: 10,
+                    unrouted_redirect: Default::default(),
+                    trusted_proxies: None,
                 },
             ],
             pools: vec![

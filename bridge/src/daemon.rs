@@ -64,21 +64,22 @@ pub fn main(config_dir: &Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let code = runtime.block_on(run(config, notifier));
+    let code = runtime.block_on(run(config, notifier, config_dir.to_path_buf()));
     // Worker log readers may still hold pipe reads; do not wait for them.
     runtime.shutdown_timeout(std::time::Duration::from_millis(200));
     code
 }
 
-async fn run(config: crate::config::Config, notifier: Arc<Notifier>) -> ExitCode {
+async fn run(mut config: crate::config::Config, notifier: Arc<Notifier>, config_dir: std::path::PathBuf) -> ExitCode {
     // Signals first, so a SIGTERM during start-up is not lost.
-    let (mut sigterm, mut sigint, mut sigquit, mut sighup) = match (
+    let (mut sigterm, mut sigint, mut sigquit, mut sighup, mut sigusr2) = match (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
         signal(SignalKind::quit()),
         signal(SignalKind::hangup()),
+        signal(SignalKind::user_defined2()),
     ) {
-        (Ok(a), Ok(b), Ok(c), Ok(d)) => (a, b, c, d),
+        (Ok(a), Ok(b), Ok(c), Ok(d), Ok(e)) => (a, b, c, d, e),
         _ => {
             tracing::error!("cannot install signal handlers");
             return ExitCode::FAILURE;
@@ -92,6 +93,17 @@ async fn run(config: crate::config::Config, notifier: Arc<Notifier>) -> ExitCode
             tracing::error!("{e}");
             return ExitCode::FAILURE;
         }
+    };
+
+    let status_bound = match &config.global.status {
+        None => None,
+        Some(s) => match crate::status::http::bind(s).await {
+            Ok(b) => Some((b, s.path.clone())),
+            Err(e) => {
+                tracing::error!("{e}");
+                return ExitCode::FAILURE;
+            }
+        },
     };
 
     let rt_dir = match RuntimeDir::prepare(config.global.runtime_dir.as_deref()) {
@@ -113,11 +125,15 @@ async fn run(config: crate::config::Config, notifier: Arc<Notifier>) -> ExitCode
             }
         },
     };
+    if let Err(e) = logging::access_format::install(config.global.access_log_format.as_deref()) {
+        tracing::error!("access-log-format: {e}");
+        return ExitCode::FAILURE;
+    }
     let shared = Arc::new(Shared::new(access_log));
 
     let pools: Vec<Arc<PoolRuntime>> = config.pools.iter().cloned().map(PoolRuntime::new).collect();
     let by_name: HashMap<String, Arc<PoolRuntime>> = pools.iter().map(|p| (p.name.to_string(), p.clone())).collect();
-    let supervisor = match Supervisor::start(&pools, &rt_dir) {
+    let mut supervisor = match Supervisor::start(&pools, &rt_dir) {
         Ok(s) => s,
         Err(e) => {
             tracing::error!("{e}");
@@ -130,7 +146,29 @@ async fn run(config: crate::config::Config, notifier: Arc<Notifier>) -> ExitCode
     }
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let running = match listen::start_all(&config.listeners, bound, &by_name, shared.clone(), stop_rx) {
+    crate::status::install(pools.clone(), config.listeners.clone());
+    crate::status::slowlog::spawn();
+    let status_file = status_bound.as_ref().and_then(|(b, _)| b.socket_file());
+    if let Some((b, path)) = status_bound {
+        tracing::info!(address = %config.global.status.as_ref().map(|s| crate::status::describe(&s.address)).unwrap_or_default(), path = %path, "status listener");
+        tokio::spawn(crate::status::http::serve(b, path, stop_rx.clone()));
+    }
+    let (control_tx, mut control_rx) = tokio::sync::mpsc::channel::<crate::control::Request>(4);
+    let control_file = crate::control::socket_path(&config.global);
+    if let Some(path) = &control_file {
+        match crate::control::bind(path) {
+            Ok(l) => {
+                tracing::debug!("control socket {}", path.display());
+                tokio::spawn(crate::control::serve(l, control_tx, stop_rx.clone()));
+            }
+            Err(e) => {
+                tracing::error!("{e}");
+                supervisor.stop(Stop::Fast).await;
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    let mut listeners = match listen::ListenerSet::start(&config.listeners, bound, &by_name, shared.clone()) {
         Ok(r) => r,
         Err(e) => {
             tracing::error!("{e}");
@@ -140,7 +178,7 @@ async fn run(config: crate::config::Config, notifier: Arc<Notifier>) -> ExitCode
     };
     tracing::info!(
         pools = pools.len(),
-        listeners = running.len(),
+        listeners = listeners.len(),
         "fcgibridge {} running (pid {})",
         env!("CARGO_PKG_VERSION"),
         std::process::id()
@@ -148,26 +186,54 @@ async fn run(config: crate::config::Config, notifier: Arc<Notifier>) -> ExitCode
     crate::notify::spawn_watchdog(notifier.clone());
     tokio::spawn(crate::notify::ready_when_pools_ready(notifier.clone(), pools.clone()));
 
+    let mut sigusr1 = match signal(SignalKind::user_defined1()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("cannot install the SIGUSR1 handler: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let how = loop {
         tokio::select! {
+            _ = sigusr1.recv() => {
+                tracing::info!("SIGUSR1: reopening log files");
+                logging::reopen::request();
+            }
             _ = sigterm.recv() => break Stop::Graceful,
+            Some(req) = control_rx.recv() => match req {
+                crate::control::Request::Stop => break Stop::Graceful,
+                // One reload path for both: `fcgibridge reload` raises SIGHUP.
+                crate::control::Request::Reload => {
+                    let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGHUP);
+                }
+            },
             _ = sigint.recv() => break Stop::Fast,
             _ = sigquit.recv() => break Stop::Fast,
-            _ = sighup.recv() => tracing::warn!("SIGHUP: reloading is not supported yet; ignoring"),
+            _ = sighup.recv() => {
+                tracing::info!("SIGHUP: reloading {}", config_dir.display());
+                notifier.reloading();
+                let live = crate::reload::Live { config: &mut config, supervisor: &mut supervisor, listeners: &mut listeners, runtime_dir: &rt_dir };
+                let _ = crate::reload::reload(&config_dir, live, false);
+                notifier.ready(&format!("serving {} pools", supervisor.pools().len()));
+            }
+            _ = sigusr2.recv() => {
+                tracing::info!("SIGUSR2: reloading {} and restarting every worker", config_dir.display());
+                notifier.reloading();
+                let live = crate::reload::Live { config: &mut config, supervisor: &mut supervisor, listeners: &mut listeners, runtime_dir: &rt_dir };
+                let _ = crate::reload::reload(&config_dir, live, true);
+                notifier.ready(&format!("serving {} pools", supervisor.pools().len()));
+            }
         }
     };
 
     notifier.stopping();
     // Stop accepting.
     let _ = stop_tx.send(true);
-    for r in &running {
-        if let Some(path) = &r.socket_file {
-            let _ = std::fs::remove_file(path);
-        }
+    listeners.stop_accepting();
+    for p in status_file.iter().chain(control_file.iter()) {
+        let _ = std::fs::remove_file(p);
     }
-    for r in running {
-        let _ = r.task.await;
-    }
+    listeners.join().await;
 
     if how == Stop::Graceful {
         let timeout = config.global.shutdown_timeout;

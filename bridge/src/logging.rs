@@ -1,4 +1,7 @@
 //! The daemon's log (tracing, text or JSON, on stderr) and the optional access log.
+pub mod access_format;
+pub mod reopen;
+
 use crate::config::{Global, LogFormat};
 use std::io::Write;
 use std::path::Path;
@@ -55,9 +58,20 @@ impl AccessLog {
         }
         let file = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
         let (tx, rx) = std::sync::mpsc::sync_channel::<String>(4096);
+        let path = path.to_path_buf();
         std::thread::Builder::new().name("access-log".to_owned()).spawn(move || {
             let mut out = std::io::BufWriter::new(file);
+            let mut generation = reopen::generation();
             while let Ok(line) = rx.recv() {
+                // SIGUSR1 (log rotation): the next line goes to a freshly opened file.
+                if reopen::generation() != generation {
+                    generation = reopen::generation();
+                    let _ = out.flush();
+                    match std::fs::OpenOptions::new().create(true).append(true).open(&path) {
+                        Ok(f) => out = std::io::BufWriter::new(f),
+                        Err(e) => tracing::error!("cannot reopen access log {}: {e}", path.display()),
+                    }
+                }
                 let _ = out.write_all(line.as_bytes());
                 // Batch what is already queued, then flush so the file is current when idle.
                 while let Ok(more) = rx.try_recv() {
@@ -83,6 +97,10 @@ impl AccessLog {
                 request_id = r.request_id,
             ),
             AccessLog::File(tx) => {
+                if let Some(f) = access_format::installed() {
+                    let _ = tx.try_send(f.render(r));
+                    return;
+                }
                 let line = format!(
                     "{} \"{} {}\" {} {} {:.3}ms pool={} id={}\n",
                     or_dash(r.remote),

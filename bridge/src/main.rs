@@ -4,14 +4,17 @@
 mod backend;
 mod check;
 mod config;
+mod control;
 mod daemon;
 mod dispatch;
 mod listen;
 mod logging;
 mod notify;
+mod reload;
 mod request;
 mod respond;
 mod route;
+mod status;
 mod supervise;
 
 use clap::{Parser, Subcommand};
@@ -31,6 +34,31 @@ enum Command {
         /// Directory of *.yaml files, read in name order.
         #[arg(long, short, default_value = "conf.d")]
         config: PathBuf,
+    },
+    /// Show the running daemon's listeners, pools and workers (over its control socket).
+    Status {
+        #[arg(long, short, default_value = "conf.d")]
+        config: PathBuf,
+        /// The control socket (default: bridge.control-socket, else <runtime-dir>/control.sock).
+        #[arg(long)]
+        socket: Option<PathBuf>,
+        /// Print the JSON status document instead of tables.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Ask the running daemon to reload (as SIGHUP does).
+    Reload {
+        #[arg(long, short, default_value = "conf.d")]
+        config: PathBuf,
+        #[arg(long)]
+        socket: Option<PathBuf>,
+    },
+    /// Ask the running daemon to stop gracefully (as SIGTERM does).
+    Stop {
+        #[arg(long, short, default_value = "conf.d")]
+        config: PathBuf,
+        #[arg(long)]
+        socket: Option<PathBuf>,
     },
     /// Validate the configuration and print the effective result.
     Check {
@@ -66,6 +94,9 @@ fn main() -> std::process::ExitCode {
     match cli.command {
         Command::Run { config } => daemon::main(&config),
         Command::Check { config } => check::main(&config),
+        Command::Status { config, socket, json } => control::main(&config, socket, "status", json),
+        Command::Reload { config, socket } => control::main(&config, socket, "reload", false),
+        Command::Stop { config, socket } => control::main(&config, socket, "stop", false),
         Command::Request { address, path, method, headers, data, scgi, timeout } => {
             request::main(request::Args { address, path, method, headers, data, scgi, timeout })
         }

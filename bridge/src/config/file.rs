@@ -116,6 +116,11 @@ pub struct RawListener {
     pub status_path: Option<String>,
     /// Answers "pong" through this listener, e.g. /ping.
     pub ping_path: Option<String>,
+    pub dialect: Option<String>,
+    pub max_redirects: Option<u32>,
+    pub unrouted_redirect: Option<String>,
+    pub trusted_proxies: Option<Vec<String>>,
+    pub trusted_proxy_headers: Option<Vec<String>>,
 }
 
 

@@ -18,6 +18,8 @@ mod locate;
 pub mod model;
 pub(crate) mod paths;
 mod resolve;
+mod status_key;
+pub mod supervision;
 pub mod units;
 mod validate;
 

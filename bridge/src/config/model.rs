@@ -84,6 +84,38 @@ pub struct Listener {
     pub status_path: Option<String>,
     /// Request path answered with "pong" instead of being routed.
     pub ping_path: Option<String>,
+    /// The web server in front (`dialect`), for what the bridge hands back to it.
+    pub dialect: Dialect,
+    /// Internal redirects one request may take before it ends with 500 (`max-redirects`).
+    pub max_redirects: u32,
+    /// A local redirect to a path no route serves, behind a web server other than nginx.
+    pub unrouted_redirect: UnroutedRedirect,
+    /// `trusted-proxies` / `trusted-proxy-headers`; None: no proxy is trusted and the
+    /// params are not looked at.
+    pub trusted_proxies: Option<crate::listen::proxy::TrustedProxies>,
+}
+
+/// The web server in front of a listener (`dialect:`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Dialect {
+    #[default]
+    Generic,
+    Nginx,
+    Lighttpd,
+    Apache,
+    Caddy,
+    H2o,
+    Haproxy,
+}
+
+/// What a local redirect to an unrouted path becomes (`unrouted-redirect:`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum UnroutedRedirect {
+    /// 404 from the bridge.
+    #[default]
+    NotFound,
+    /// Status 200 + Location passed to the web server, which may redirect itself.
+    Pass,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

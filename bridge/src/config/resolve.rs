@@ -3,7 +3,7 @@
 use super::error::{ConfigError, Source};
 use super::file::{RawListener, RawPool};
 use super::locate::KeyPath;
-use super::model::{App, ListenAddress, Listener, Pool, Protocol, Route};
+use super::model::{App, Dialect, ListenAddress, Listener, Pool, Protocol, Route, UnroutedRedirect};
 use super::paths;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
@@ -17,6 +17,8 @@ pub const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_BACKLOG: u32 = 1024;
 pub const DEFAULT_MAX_PARAMS: usize = 1 << 20;
+/// Internal redirects one request may take (`max-redirects`).
+pub const DEFAULT_MAX_REDIRECTS: u32 = 10;
 /// The callable looked up when an app names only a module (PEP 3333 convention).
 pub const DEFAULT_CALLABLE: &str = "application";
 
@@ -244,6 +246,29 @@ pub fn listener(src: &Source, dir: &Path, name: &str, raw: RawListener) -> Resul
         (None, None) => return Err(src.invalid(&here, "missing key `pool` or `routes`: where requests go")),
     };
 
+    let dialect = match raw.dialect.as_deref().map(str::trim) {
+        None | Some("generic") => Dialect::Generic,
+        Some("nginx") => Dialect::Nginx,
+        Some("lighttpd") => Dialect::Lighttpd,
+        Some("apache") => Dialect::Apache,
+        Some("caddy") => Dialect::Caddy,
+        Some("h2o") => Dialect::H2o,
+        Some("haproxy") => Dialect::Haproxy,
+        Some(other) => {
+            return Err(src.invalid(
+                &here.key("dialect"),
+                format!("unknown web server {other:?}; one of nginx, lighttpd, apache, caddy, h2o, haproxy, generic"),
+            ))
+        }
+    };
+    let unrouted_redirect = match raw.unrouted_redirect.as_deref().map(str::trim) {
+        None | Some("404") => UnroutedRedirect::NotFound,
+        Some("pass") => UnroutedRedirect::Pass,
+        Some(other) => return Err(src.invalid(&here.key("unrouted-redirect"), format!("{other:?} is neither `pass` nor `404`"))),
+    };
+    let max_redirects = raw.max_redirects.unwrap_or(DEFAULT_MAX_REDIRECTS);
+    let trusted_proxies = trusted_proxies(src, &here, raw.trusted_proxies, raw.trusted_proxy_headers)?;
+
     Ok(Listener {
         name: name.to_owned(),
         protocol,
@@ -262,7 +287,39 @@ pub fn listener(src: &Source, dir: &Path, name: &str, raw: RawListener) -> Resul
             Some(p) => Some(super::status_key::check_url_path(&p).map(|()| p).map_err(|m| src.invalid(&here.key("ping-path"), m))?),
             None => None,
         },
+        dialect,
+        max_redirects,
+        unrouted_redirect,
+        trusted_proxies,
     })
+}
+
+/// `trusted-proxies` (addresses, CIDR blocks) and `trusted-proxy-headers` (default: all).
+fn trusted_proxies(
+    src: &Source,
+    here: &KeyPath,
+    proxies: Option<Vec<String>>,
+    headers: Option<Vec<String>>,
+) -> Result<Option<crate::listen::proxy::TrustedProxies>, ConfigError> {
+    use crate::listen::proxy::{Cidr, ProxyHeader, TrustedProxies};
+    let Some(proxies) = proxies else {
+        if headers.is_some() {
+            return Err(src.invalid(&here.key("trusted-proxy-headers"), "needs trusted-proxies: the addresses these headers are believed from"));
+        }
+        return Ok(None);
+    };
+    let proxies = proxies
+        .iter()
+        .map(|p| Cidr::parse(p).map_err(|e| src.invalid(&here.key("trusted-proxies"), e.to_string())))
+        .collect::<Result<Vec<_>, _>>()?;
+    let headers = match headers {
+        None => ProxyHeader::ALL.to_vec(),
+        Some(h) => h
+            .iter()
+            .map(|n| ProxyHeader::parse(n).map_err(|e| src.invalid(&here.key("trusted-proxy-headers"), e.to_string())))
+            .collect::<Result<Vec<_>, _>>()?,
+    };
+    Ok(Some(TrustedProxies { proxies, headers }))
 }
 
 /// `host:port`, `[::1]:port`, `*:port`, `unix:/path`, `/abs/path`, `fd:N`.

@@ -89,6 +89,9 @@ fn a_pool_needs_only_its_app_and_everything_else_defaults() {
             log_format: LogFormat::Text,
             access_log: None,
             shutdown_timeout: Duration::from_secs(30),
+            access_log_format: None,
+            status: None,
+            control_socket: None,
         }
     );
     let pool = &config.pools[0];

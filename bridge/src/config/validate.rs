@@ -140,6 +140,9 @@ struct GlobalBuilder {
     log_format: Option<LogFormat>,
     access_log: Option<PathBuf>,
     shutdown_timeout: Option<Duration>,
+    access_log_format: Option<String>,
+    status: Option<super::model::StatusListen>,
+    control_socket: Option<PathBuf>,
 }
 
 impl GlobalBuilder {
@@ -193,6 +196,22 @@ impl GlobalBuilder {
             self.claim(source, "shutdown-timeout")?;
             self.shutdown_timeout = Some(timeout.0);
         }
+        if let Some(format) = raw.access_log_format {
+            let path = self.claim(source, "access-log-format")?;
+            crate::logging::access_format::check(&format).map_err(|m| source.invalid(&path, m))?;
+            self.access_log_format = Some(format);
+        }
+        if let Some(status) = raw.status {
+            let path = self.claim(source, "status")?;
+            self.status = Some(super::status_key::resolve(status, dir).map_err(|(key, m)| source.invalid(&path.key(key), m))?);
+        }
+        if let Some(sock) = raw.control_socket {
+            let path = self.claim(source, "control-socket")?;
+            if sock.is_empty() {
+                return Err(source.invalid(&path, "is empty; write a socket path or leave the key out for <runtime-dir>/control.sock"));
+            }
+            self.control_socket = Some(paths::resolve(dir, &sock));
+        }
         Ok(())
     }
 
@@ -203,6 +222,9 @@ impl GlobalBuilder {
             log_format: self.log_format.unwrap_or(LogFormat::Text),
             access_log: self.access_log,
             shutdown_timeout: self.shutdown_timeout.unwrap_or(DEFAULT_SHUTDOWN_TIMEOUT),
+            access_log_format: self.access_log_format,
+            status: self.status,
+            control_socket: self.control_socket,
         }
     }
 }

@@ -85,7 +85,32 @@ pub async fn serve<S: BodySource, K: ResponseSink>(
     let uri_bytes = params.get_bytes(b"REQUEST_URI").or_else(|| params.get_bytes(b"SCRIPT_NAME")).unwrap_or_default();
     let uri = String::from_utf8_lossy(&uri_bytes);
 
-    let (status, bytes, pool_name) = 'done: {
+    // A CGI local redirect from the app (respond/redirect.rs) serves the request again.
+    let mut redirect_to: Option<bytes::Bytes> = None;
+    let mut redirects = 0u32;
+    if let Some(trust) = &lst.trusted_proxies {
+        trust.apply(&mut params);
+    }
+    let (status, bytes, pool_name) = 'done: loop {
+        if let Some(target) = redirect_to.take() {
+            let shown = String::from_utf8_lossy(&target);
+            if let Err(e) = respond::redirect::apply(&mut params, &target, &mut redirects, lst.max_redirects) {
+                tracing::error!(listener = %lst.name, request_id, uri = %uri, target = %shown, "internal redirect refused, answering 500: {e}");
+                let _ = sink.send(respond::error_response(500, None).freeze(), Some(End::Complete)).await;
+                break 'done (500, 0, None);
+            }
+            tracing::info!(listener = %lst.name, request_id, uri = %uri, target = %shown, "internal redirect");
+            source.end_body();
+            if lst.router.route(&params).is_none() {
+                // Not ours to serve: the web server may (nginx: X-Accel-Redirect).
+                let reply = respond::redirect::unrouted(lst.dialect, lst.unrouted_redirect, &target);
+                let status = if reply.is_some() { 200 } else { 404 };
+                tracing::info!(listener = %lst.name, request_id, uri = %uri, target = %shown, "no route serves the internal redirect target, answering {status}");
+                let reply = reply.unwrap_or_else(|| respond::error_response(404, None));
+                let _ = sink.send(reply.freeze(), Some(End::Complete)).await;
+                break 'done (status, 0, None);
+            }
+        }
         if let Some(reply) = crate::status::front::intercept(&lst.name, &params) {
             let _ = sink.send(reply, Some(End::Complete)).await;
             break 'done (200, 0, None);
@@ -184,7 +209,11 @@ pub async fn serve<S: BodySource, K: ResponseSink>(
             tracing::warn!(pool = %pool.name, request_id, uri = %uri, limit = pool.config.max_body.unwrap_or(0), "streamed request body passed max-body, cut off with 413");
             break 'done (413, outcome.body_bytes, Some(&pool.name));
         }
-        (outcome.status, outcome.body_bytes, Some(&pool.name))
+        if outcome.redirect.is_some() {
+            redirect_to = outcome.redirect;
+            continue 'done;
+        }
+        break 'done (outcome.status, outcome.body_bytes, Some(&pool.name));
     };
 
     if let Some(log) = &shared.access_log {

@@ -156,6 +156,10 @@ async fn setup_ctx(threads: u32) -> (Arc<ListenerCtx>, (UnixStream, UnixStream))
         open_conns: AtomicUsize::new(0),
         shared: Arc::new(Shared::new(None)),
         stopping: tokio::sync::watch::channel(false).1,
+        dialect: Default::default(),
+        max_redirects: 10,
+        unrouted_redirect: Default::default(),
+        trusted_proxies: None,
     });
     (ctx, UnixStream::pair().expect("socketpair"))
 }

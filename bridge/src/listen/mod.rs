@@ -3,6 +3,7 @@
 //! mode). Each accepted connection gets one task speaking FastCGI or SCGI.
 pub mod allow;
 pub mod fastcgi;
+pub mod proxy;
 pub mod scgi;
 pub mod systemd;
 #[cfg(test)]
@@ -55,6 +56,52 @@ pub struct ListenerCtx {
     pub shared: Arc<Shared>,
     /// Becomes true on SIGTERM: connections close once their requests are done.
     pub stopping: watch::Receiver<bool>,
+    /// The web server in front, for internal redirects it must finish (respond/redirect.rs).
+    pub dialect: crate::config::Dialect,
+    /// Internal redirects one request may take.
+    pub max_redirects: u32,
+    /// What a local redirect to an unrouted path becomes behind a server other than nginx.
+    pub unrouted_redirect: crate::config::UnroutedRedirect,
+    /// Proxies whose forwarding headers are believed (listen/proxy.rs); None: no scan.
+    pub trusted_proxies: Option<proxy::TrustedProxies>,
+    pub protocol: Protocol,
+    /// Replaced by a reload (see [`ListenerCtx::latest`]).
+    pub succession: Succession,
+}
+
+/// How a reload hands a listener's connections to its new settings: the old context
+/// points to the new one, and connections switch at their next request (one relaxed load
+/// per request, no lock).
+#[derive(Default)]
+pub struct Succession {
+    superseded: std::sync::atomic::AtomicBool,
+    next: std::sync::Mutex<Option<Arc<ListenerCtx>>>,
+}
+
+impl ListenerCtx {
+    /// True when a reload has replaced this context.
+    #[inline]
+    pub fn superseded(&self) -> bool {
+        self.succession.superseded.load(Ordering::Relaxed)
+    }
+
+    /// The newest context of this listener (after reloads).
+    pub fn latest(self: &Arc<Self>) -> Arc<ListenerCtx> {
+        let mut ctx = self.clone();
+        while ctx.superseded() {
+            let next = ctx.succession.next.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            match next {
+                Some(n) => ctx = n,
+                None => break,
+            }
+        }
+        ctx
+    }
+
+    fn succeed(&self, next: Arc<ListenerCtx>) {
+        *self.succession.next.lock().unwrap_or_else(|e| e.into_inner()) = Some(next);
+        self.succession.superseded.store(true, Ordering::Release);
+    }
 }
 
 /// A bound listening socket.
@@ -63,70 +110,206 @@ pub enum Bound {
     Unix { listener: UnixListener, path: Option<PathBuf> },
 }
 
-/// A running listener: its accept task and the socket file to remove at exit.
-pub struct Running {
-    pub task: tokio::task::JoinHandle<()>,
-    pub socket_file: Option<PathBuf>,
-}
-
 /// Bind every listener (before any worker starts, so a busy port fails fast).
 pub fn bind_all(listeners: &[config::Listener]) -> Result<Vec<Bound>, ListenError> {
     listeners.iter().map(bind).collect()
 }
 
-/// Start accepting on every bound listener.
-pub fn start_all(
-    config: &[config::Listener],
-    bound: Vec<Bound>,
+/// The context of one listener: its routes to the running pools, limits and settings.
+pub fn make_ctx(
+    cfg: &config::Listener,
     pools: &HashMap<String, Arc<PoolRuntime>>,
+    shared: &Arc<Shared>,
+    stop: &watch::Receiver<bool>,
+) -> Result<Arc<ListenerCtx>, ListenError> {
+    let mut routes = Vec::new();
+    for r in &cfg.routes {
+        let pool = pools
+            .get(&r.pool)
+            .ok_or_else(|| ListenError::UnknownPool { name: cfg.name.clone(), pool: r.pool.clone() })?;
+        routes.push((r.host.clone(), r.prefix.clone(), pool.clone()));
+    }
+    let router = Router::new(routes);
+    let mut seen: Vec<&str> = Vec::new();
+    let mut max_reqs = 0usize;
+    for p in router.targets() {
+        if !seen.contains(&&*p.name) {
+            seen.push(&p.name);
+            max_reqs += p.capacity();
+        }
+    }
+    let limits = Limits {
+        max_params_bytes: cfg.max_params,
+        max_value_len: cfg.max_params,
+        // A multiplexing peer may hold several requests' PARAMS at once; one request
+        // of the configured size must still fit.
+        max_params_bytes_per_connection: Limits::default().max_params_bytes_per_connection.max(cfg.max_params),
+        ..Limits::default()
+    };
+    let max_reqs = max_reqs.min(limits.max_concurrent_requests);
+    Ok(Arc::new(ListenerCtx {
+        name: cfg.name.clone(),
+        router,
+        limits,
+        max_reqs,
+        open_conns: AtomicUsize::new(0),
+        shared: shared.clone(),
+        stopping: stop.clone(),
+        dialect: cfg.dialect,
+        max_redirects: cfg.max_redirects,
+        unrouted_redirect: cfg.unrouted_redirect,
+        trusted_proxies: cfg.trusted_proxies.clone(),
+        protocol: cfg.protocol,
+        succession: Succession::default(),
+    }))
+}
+
+/// Sockets bound for the new listeners of a reload.
+pub struct NewSockets(Vec<(usize, Bound)>);
+
+/// One running listener.
+struct Live {
+    cfg: config::Listener,
+    ctx: Arc<ListenerCtx>,
+    /// Stops this listener's accept loop (removal by a reload, or the daemon stopping);
+    /// its connections close once idle.
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+    socket_file: Option<PathBuf>,
+}
+
+/// The daemon's listeners. A reload keeps the socket of every listener whose address
+/// stays (no connection is refused meanwhile), binds the new ones before changing
+/// anything, and stops the removed ones.
+pub struct ListenerSet {
+    live: Vec<Live>,
     shared: Arc<Shared>,
-    stop: watch::Receiver<bool>,
-) -> Result<Vec<Running>, ListenError> {
-    let mut running = Vec::new();
-    for (cfg, b) in config.iter().zip(bound) {
-        let mut routes = Vec::new();
-        for r in &cfg.routes {
-            let pool = pools
-                .get(&r.pool)
-                .ok_or_else(|| ListenError::UnknownPool { name: cfg.name.clone(), pool: r.pool.clone() })?;
-            routes.push((r.host.clone(), r.prefix.clone(), pool.clone()));
+}
+
+impl ListenerSet {
+    /// Start accepting on every bound listener.
+    pub fn start(
+        config: &[config::Listener],
+        bound: Vec<Bound>,
+        pools: &HashMap<String, Arc<PoolRuntime>>,
+        shared: Arc<Shared>,
+    ) -> Result<ListenerSet, ListenError> {
+        let mut set = ListenerSet { live: Vec::new(), shared };
+        for (cfg, b) in config.iter().zip(bound) {
+            set.launch(cfg, b, pools)?;
         }
-        let router = Router::new(routes);
-        let mut seen: Vec<&str> = Vec::new();
-        let mut max_reqs = 0usize;
-        for p in router.targets() {
-            if !seen.contains(&&*p.name) {
-                seen.push(&p.name);
-                max_reqs += p.capacity();
-            }
-        }
-        let limits = Limits {
-            max_params_bytes: cfg.max_params,
-            max_value_len: cfg.max_params,
-            // A multiplexing peer may hold several requests' PARAMS at once; one request
-            // of the configured size must still fit.
-            max_params_bytes_per_connection: Limits::default().max_params_bytes_per_connection.max(cfg.max_params),
-            ..Limits::default()
-        };
-        let max_reqs = max_reqs.min(limits.max_concurrent_requests);
-        let ctx = Arc::new(ListenerCtx {
-            name: cfg.name.clone(),
-            router,
-            limits,
-            max_reqs,
-            open_conns: AtomicUsize::new(0),
-            shared: shared.clone(),
-            stopping: stop.clone(),
-        });
+        Ok(set)
+    }
+
+    fn launch(&mut self, cfg: &config::Listener, b: Bound, pools: &HashMap<String, Arc<PoolRuntime>>) -> Result<(), ListenError> {
+        let (stop, stop_rx) = watch::channel(false);
+        let ctx = make_ctx(cfg, pools, &self.shared, &stop_rx)?;
         let socket_file = match &b {
             Bound::Unix { path, .. } => path.clone(),
             Bound::Tcp(_) => None,
         };
+        crate::status::track::listener_started(&ctx);
         tracing::info!(listener = %cfg.name, protocol = ?cfg.protocol, address = %describe(&cfg.address), "listening");
-        let task = tokio::spawn(accept_loop(b, cfg.protocol, ctx, stop.clone()));
-        running.push(Running { task, socket_file });
+        let task = tokio::spawn(accept_loop(b, ctx.clone(), stop_rx));
+        self.live.push(Live { cfg: cfg.clone(), ctx, stop, task, socket_file });
+        Ok(())
     }
-    Ok(running)
+
+    pub fn len(&self) -> usize {
+        self.live.len()
+    }
+
+    /// First half of a reload: bind the addresses that are new (a busy port refuses the
+    /// reload before anything changes). Give the result to [`apply`](Self::apply).
+    pub fn bind_new(&self, config: &[config::Listener]) -> Result<NewSockets, ListenError> {
+        let mut fresh: Vec<(usize, Bound)> = Vec::new();
+        for (i, cfg) in config.iter().enumerate() {
+            if self.live.iter().any(|l| l.cfg.address == cfg.address) {
+                continue;
+            }
+            match bind(cfg) {
+                Ok(b) => fresh.push((i, b)),
+                Err(e) => {
+                    for (_, b) in fresh {
+                        if let Bound::Unix { path: Some(p), .. } = &b {
+                            let _ = std::fs::remove_file(p);
+                        }
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        Ok(NewSockets(fresh))
+    }
+
+    /// Second half of a reload: listeners that stay switch to their new settings and
+    /// routes (to `pools`), new ones start, removed ones stop. Returns a summary.
+    pub fn apply(&mut self, config: &[config::Listener], fresh: NewSockets, pools: &HashMap<String, Arc<PoolRuntime>>) -> Result<String, ListenError> {
+        let fresh = fresh.0;
+        // New contexts for the listeners that stay, checked before any is switched.
+        let mut kept = Vec::new();
+        for cfg in config {
+            if let Some(i) = self.live.iter().position(|l| l.cfg.address == cfg.address) {
+                let ctx = make_ctx(cfg, pools, &self.shared, &self.live[i].stop.subscribe())?;
+                kept.push((i, cfg.clone(), ctx));
+            }
+        }
+        let (mut added, mut changed) = (Vec::new(), Vec::new());
+        let mut next: Vec<Option<Live>> = self.live.drain(..).map(Some).collect();
+        let mut live = Vec::new();
+        for (i, cfg, ctx) in kept {
+            let Some(mut l) = next[i].take() else { continue };
+            if l.cfg != cfg {
+                changed.push(cfg.name.clone());
+                if let ListenAddress::Unix(path) = &cfg.address {
+                    if let Err(e) = apply_socket_perms(&cfg, path) {
+                        tracing::warn!(listener = %cfg.name, "{e}");
+                    }
+                }
+            }
+            crate::status::track::listener_started(&ctx);
+            l.ctx.succeed(ctx.clone());
+            l.ctx = ctx;
+            l.cfg = cfg;
+            live.push(l);
+        }
+        let removed: Vec<Live> = next.into_iter().flatten().collect();
+        self.live = live;
+        for (i, b) in fresh {
+            added.push(config[i].name.clone());
+            self.launch(&config[i], b, pools)?;
+        }
+        let mut gone = Vec::new();
+        for l in removed {
+            gone.push(l.cfg.name.clone());
+            tracing::info!(listener = %l.cfg.name, address = %describe(&l.cfg.address), "reload: listener removed; its connections close once idle");
+            let _ = l.stop.send(true);
+            if let Some(p) = &l.socket_file {
+                let _ = std::fs::remove_file(p);
+            }
+        }
+        // Configuration order, as at start.
+        self.live.sort_by_key(|l| config.iter().position(|c| c.name == l.cfg.name).unwrap_or(usize::MAX));
+        let list = |v: &[String]| if v.is_empty() { "none".to_owned() } else { v.join(", ") };
+        Ok(format!("listeners added: {}; changed: {}; removed: {}", list(&added), list(&changed), list(&gone)))
+    }
+
+    /// Stop accepting everywhere and remove the unix socket files; connections close once idle.
+    pub fn stop_accepting(&self) {
+        for l in &self.live {
+            let _ = l.stop.send(true);
+            if let Some(path) = &l.socket_file {
+                let _ = std::fs::remove_file(path);
+            }
+        }
+    }
+
+    /// Wait for the accept loops to end (after [`stop_accepting`](Self::stop_accepting)).
+    pub async fn join(self) {
+        for l in self.live {
+            let _ = l.task.await;
+        }
+    }
 }
 
 fn describe(a: &ListenAddress) -> String {
@@ -146,8 +329,12 @@ impl Drop for ConnGuard {
     }
 }
 
-async fn accept_loop(bound: Bound, protocol: Protocol, ctx: Arc<ListenerCtx>, mut stop: watch::Receiver<bool>) {
+async fn accept_loop(bound: Bound, mut ctx: Arc<ListenerCtx>, mut stop: watch::Receiver<bool>) {
     loop {
+        if ctx.superseded() {
+            ctx = ctx.latest();
+        }
+        let protocol = ctx.protocol;
         let accepted = tokio::select! {
             biased;
             _ = stop.changed() => return,

@@ -178,6 +178,9 @@ def serve(app, listen_fd, ready_fd, threads, processes):
         finally:
             done.set()
 
+    from . import stackdump
+
+    stackdump.install()  # SIGUSR2 from the bridge's slowlog; before any request runs
     for i in range(threads):
         threading.Thread(target=run, name="fcgibridge-%d" % i, daemon=True).start()
     _write_ready(ready_fd, "READY\n")

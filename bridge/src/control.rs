@@ -1,0 +1,183 @@
+//! The control socket: `fcgibridge status [--json]`, `fcgibridge reload` and
+//! `fcgibridge stop` talk to the running daemon over a unix socket (mode 0600) whose
+//! peer must be the daemon's own user or root (SO_PEERCRED).
+//!
+//! Protocol: the client writes one command line (`status`, `reload`, `stop`), the daemon
+//! answers with `ok <text>` or `error <text>` and closes. `status` answers with the JSON
+//! status document.
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UnixListener;
+use tokio::sync::watch;
+
+/// Why the control socket cannot be served or reached.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("control socket {path}: {what}: {source}; change bridge.control-socket or remove the file")]
+    Io { path: String, what: &'static str, source: std::io::Error },
+    #[error("control socket {path}: {source}")]
+    Listen { path: String, source: crate::listen::ListenError },
+    #[error("no control socket: set bridge.control-socket or bridge.runtime-dir in the configuration, or pass --socket")]
+    NotConfigured,
+    #[error("cannot reach the daemon at {path}: {source} (is `fcgibridge run` running with this configuration?)")]
+    Connect { path: String, source: std::io::Error },
+}
+
+/// Where the control socket is: `control-socket`, else `<runtime-dir>/control.sock`.
+pub fn socket_path(global: &crate::config::Global) -> Option<PathBuf> {
+    global.control_socket.clone().or_else(|| global.runtime_dir.as_ref().map(|d| d.join("control.sock")))
+}
+
+/// Bind the control socket (owner-only).
+pub fn bind(path: &Path) -> Result<UnixListener, ControlError> {
+    let p = path.display().to_string();
+    crate::listen::clear_stale_socket("control", path).map_err(|e| ControlError::Listen { path: p.clone(), source: e })?;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| ControlError::Io { path: p.clone(), what: "create directory", source: e })?;
+    }
+    let l = UnixListener::bind(path).map_err(|e| ControlError::Io { path: p.clone(), what: "bind", source: e })?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| ControlError::Io { path: p, what: "chmod", source: e })?;
+    Ok(l)
+}
+
+/// What a control command asks the daemon's main loop to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Request {
+    Reload,
+    Stop,
+}
+
+/// Answer control connections until `stop`; reload and stop requests go to `requests`.
+pub async fn serve(l: UnixListener, requests: tokio::sync::mpsc::Sender<Request>, mut stop: watch::Receiver<bool>) {
+    loop {
+        let conn = tokio::select! {
+            biased;
+            _ = stop.changed() => return,
+            a = l.accept() => match a {
+                Ok((c, _)) => c,
+                Err(e) => {
+                    tracing::warn!("control socket: accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let requests = requests.clone();
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(Duration::from_secs(10), answer(conn, requests)).await;
+        });
+    }
+}
+
+/// The peer may be the daemon's own user or root.
+fn peer_allowed(conn: &tokio::net::UnixStream) -> Result<u32, String> {
+    let cred = conn.peer_cred().map_err(|e| format!("cannot read the peer's credentials: {e}"))?;
+    let me = nix::unistd::geteuid().as_raw();
+    if cred.uid() == me || cred.uid() == 0 {
+        Ok(cred.uid())
+    } else {
+        Err(format!("uid {} may not control this daemon (runs as uid {me})", cred.uid()))
+    }
+}
+
+async fn answer(mut conn: tokio::net::UnixStream, requests: tokio::sync::mpsc::Sender<Request>) {
+    let uid = match peer_allowed(&conn) {
+        Ok(uid) => uid,
+        Err(why) => {
+            tracing::warn!("control socket: refused a connection: {why}");
+            let _ = conn.write_all(format!("error {why}\n").as_bytes()).await;
+            return;
+        }
+    };
+    let mut buf = Vec::with_capacity(64);
+    let mut chunk = [0u8; 256];
+    while !buf.contains(&b'\n') && buf.len() < 1024 {
+        match conn.read(&mut chunk).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    let line = String::from_utf8_lossy(&buf);
+    let command = line.trim();
+    let reply = match command {
+        "status" => match crate::status::snapshot() {
+            Some(s) => format!("ok {}", crate::status::json::render(&s)),
+            None => "error the daemon is still starting\n".to_owned(),
+        },
+        "reload" | "stop" => {
+            let req = if command == "reload" { Request::Reload } else { Request::Stop };
+            tracing::info!(uid, "control socket: {command} requested");
+            match requests.send(req).await {
+                Ok(()) => format!("ok {command} requested\n"),
+                Err(_) => "error the daemon is shutting down\n".to_owned(),
+            }
+        }
+        other => format!("error unknown command {other:?}; known: status, reload, stop\n"),
+    };
+    let _ = conn.write_all(reply.as_bytes()).await;
+    let _ = conn.shutdown().await;
+}
+
+/// Client side: send `command`, return the daemon's answer text.
+pub fn call(path: &Path, command: &str) -> Result<Result<String, String>, ControlError> {
+    let p = path.display().to_string();
+    let mut s = std::os::unix::net::UnixStream::connect(path).map_err(|e| ControlError::Connect { path: p.clone(), source: e })?;
+    let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
+    s.write_all(format!("{command}\n").as_bytes()).map_err(|e| ControlError::Connect { path: p.clone(), source: e })?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).map_err(|e| ControlError::Connect { path: p, source: e })?;
+    Ok(match out.split_once(' ') {
+        Some(("ok", rest)) => Ok(rest.to_owned()),
+        Some(("error", rest)) => Err(rest.trim().to_owned()),
+        _ => Err(format!("unexpected answer {:?}", out.trim())),
+    })
+}
+
+/// `fcgibridge status|reload|stop`: find the socket, send, print.
+pub fn main(config_dir: &Path, socket: Option<PathBuf>, command: &str, json: bool) -> ExitCode {
+    let path = match socket {
+        Some(p) => p,
+        None => match crate::config::load(config_dir) {
+            Ok(c) => match socket_path(&c.global) {
+                Some(p) => p,
+                None => {
+                    eprintln!("fcgibridge: {}", ControlError::NotConfigured);
+                    return ExitCode::from(2);
+                }
+            },
+            Err(e) => {
+                eprintln!("fcgibridge: {e}");
+                return ExitCode::from(2);
+            }
+        },
+    };
+    match call(&path, command) {
+        Err(e) => {
+            eprintln!("fcgibridge: {e}");
+            ExitCode::FAILURE
+        }
+        Ok(Err(msg)) => {
+            eprintln!("fcgibridge: {msg}");
+            ExitCode::FAILURE
+        }
+        Ok(Ok(text)) if command == "status" && !json => match serde_json::from_str::<serde_json::Value>(&text) {
+            Ok(v) => {
+                print!("{}", crate::status::table::render(&v));
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("fcgibridge: the daemon sent a status this client cannot read: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Ok(Ok(text)) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+    }
+}

@@ -1,0 +1,181 @@
+//! The status listener: a minimal HTTP/1.1 server (GET/HEAD, one request per connection)
+//! on a loopback address or a unix socket. Serves the status page at `status.path`
+//! (format by `?json`, `?openmetrics`, `?html` or the Accept header), `/metrics`
+//! (OpenMetrics) and `/ping`.
+use crate::config::{ListenAddress, StatusListen};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::watch;
+
+/// Why the status listener could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StatusError {
+    #[error("status listener {addr}: {what}: {source}; change bridge.status.listen")]
+    Io { addr: String, what: &'static str, source: std::io::Error },
+    #[error("status listener {addr}: {source}")]
+    Listen { addr: String, source: crate::listen::ListenError },
+}
+
+/// A bound status socket.
+pub enum StatusBound {
+    Tcp(TcpListener),
+    Unix(UnixListener, std::path::PathBuf),
+}
+
+impl StatusBound {
+    /// The unix socket file to remove at exit.
+    pub fn socket_file(&self) -> Option<std::path::PathBuf> {
+        match self {
+            StatusBound::Unix(_, p) => Some(p.clone()),
+            StatusBound::Tcp(_) => None,
+        }
+    }
+}
+
+/// Bind the status listener (before the workers start, like every listener).
+pub async fn bind(cfg: &StatusListen) -> Result<StatusBound, StatusError> {
+    let addr = super::describe(&cfg.address);
+    let io = |what, source| StatusError::Io { addr: addr.clone(), what, source };
+    match &cfg.address {
+        ListenAddress::Tcp(a) => Ok(StatusBound::Tcp(TcpListener::bind(a).await.map_err(|e| io("bind", e))?)),
+        ListenAddress::Unix(p) => {
+            crate::listen::clear_stale_socket("status", p).map_err(|e| StatusError::Listen { addr: addr.clone(), source: e })?;
+            let l = UnixListener::bind(p).map_err(|e| io("bind", e))?;
+            // The page lists every URI in flight: owner only, like the control socket.
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o600)).map_err(|e| io("chmod", e))?;
+            Ok(StatusBound::Unix(l, p.clone()))
+        }
+        _ => Err(io("bind", std::io::Error::other("only a loopback address or a unix socket"))),
+    }
+}
+
+/// Accept and answer until `stop` turns true.
+pub async fn serve(bound: StatusBound, path: String, mut stop: watch::Receiver<bool>) {
+    let path: std::sync::Arc<str> = path.into();
+    loop {
+        let conn: Box<dyn Conn> = tokio::select! {
+            biased;
+            _ = stop.changed() => return,
+            a = accept(&bound) => match a {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!("status listener: accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let path = path.clone();
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(Duration::from_secs(10), answer(conn, &path)).await;
+        });
+    }
+}
+
+trait Conn: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Conn for T {}
+
+async fn accept(b: &StatusBound) -> std::io::Result<Box<dyn Conn>> {
+    Ok(match b {
+        StatusBound::Tcp(l) => Box::new(l.accept().await?.0),
+        StatusBound::Unix(l, _) => Box::new(l.accept().await?.0),
+    })
+}
+
+/// A response: status code, content type, body.
+pub struct Reply {
+    pub code: u16,
+    pub content_type: &'static str,
+    pub body: String,
+}
+
+/// The status document for `query` (the part after '?') and an Accept header value.
+pub fn status_reply(query: &str, accept: &str) -> Reply {
+    let Some(s) = super::snapshot() else {
+        return Reply { code: 503, content_type: "text/plain; charset=utf-8", body: "starting\n".into() };
+    };
+    let has = |k: &str| query.split('&').any(|p| p == k || p == format!("format={k}"));
+    if has("openmetrics") || has("metrics") {
+        Reply { code: 200, content_type: super::openmetrics::CONTENT_TYPE, body: super::openmetrics::render(&s) }
+    } else if has("json") {
+        Reply { code: 200, content_type: "application/json", body: super::json::render(&s) }
+    } else if has("html") || accept.contains("text/html") {
+        Reply { code: 200, content_type: "text/html; charset=utf-8", body: super::html::render(&s) }
+    } else {
+        Reply { code: 200, content_type: "application/json", body: super::json::render(&s) }
+    }
+}
+
+/// The ping answer (for load balancers and health checks).
+pub fn ping_reply() -> Reply {
+    Reply { code: 200, content_type: "text/plain; charset=utf-8", body: "pong\n".into() }
+}
+
+async fn answer(mut conn: Box<dyn Conn>, status_path: &str) {
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 2048];
+    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+        match conn.read(&mut chunk).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+        if buf.len() > 16 << 10 {
+            let _ = write_reply(&mut conn, "GET", &plain(431, "request head too large\n")).await;
+            return;
+        }
+    }
+    let head = String::from_utf8_lossy(&buf);
+    let mut lines = head.split("\r\n");
+    let mut parts = lines.next().unwrap_or("").split(' ');
+    let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let accept = lines
+        .filter_map(|l| l.split_once(':'))
+        .find(|(k, _)| k.trim().eq_ignore_ascii_case("accept"))
+        .map(|(_, v)| v.trim().to_owned())
+        .unwrap_or_default();
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    let reply = if method != "GET" && method != "HEAD" {
+        plain(405, "only GET and HEAD\n")
+    } else if path == status_path {
+        status_reply(query, &accept)
+    } else if path == "/metrics" {
+        status_reply("openmetrics", "")
+    } else if path == "/ping" {
+        ping_reply()
+    } else {
+        plain(404, &format!("not found; the status page is at {status_path}\n"))
+    };
+    let _ = write_reply(&mut conn, method, &reply).await;
+}
+
+fn plain(code: u16, body: &str) -> Reply {
+    Reply { code, content_type: "text/plain; charset=utf-8", body: body.to_owned() }
+}
+
+fn reason(code: u16) -> &'static str {
+    match code {
+        200 => "OK",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        431 => "Request Header Fields Too Large",
+        503 => "Service Unavailable",
+        _ => "",
+    }
+}
+
+async fn write_reply(conn: &mut Box<dyn Conn>, method: &str, r: &Reply) -> std::io::Result<()> {
+    let head = format!(
+        "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n",
+        r.code,
+        reason(r.code),
+        r.content_type,
+        r.body.len()
+    );
+    conn.write_all(head.as_bytes()).await?;
+    if method != "HEAD" {
+        conn.write_all(r.body.as_bytes()).await?;
+    }
+    conn.shutdown().await
+}

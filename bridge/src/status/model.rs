@@ -1,0 +1,90 @@
+//! The status view: one snapshot of the daemon, its listeners, pools and workers, as every
+//! format (JSON, OpenMetrics, HTML, the terminal table) renders it. Field names follow what
+//! PHP-FPM's status page and uWSGI's stats server made familiar.
+use serde::Serialize;
+
+/// The whole daemon at one instant.
+#[derive(Debug, Clone, Serialize)]
+pub struct Status {
+    pub version: String,
+    pub pid: u32,
+    /// Unix time, seconds.
+    pub start_time: u64,
+    pub uptime_seconds: f64,
+    pub listeners: Vec<ListenerStatus>,
+    pub pools: Vec<PoolStatus>,
+}
+
+/// One listener (a web-server-facing socket).
+#[derive(Debug, Clone, Serialize)]
+pub struct ListenerStatus {
+    pub name: String,
+    pub protocol: String,
+    pub address: String,
+    /// Requests decoded on this listener since start.
+    pub accepted_requests: u64,
+    /// Web-server connections open now.
+    pub open_connections: usize,
+}
+
+/// One pool of workers.
+#[derive(Debug, Clone, Serialize)]
+pub struct PoolStatus {
+    pub name: String,
+    pub start_time: u64,
+    /// Requests routed to this pool since start (PHP-FPM's "accepted conn").
+    pub accepted_requests: u64,
+    /// Requests waiting for a free worker thread now ("listen queue").
+    pub queue_length: usize,
+    /// The most that ever waited at once ("max listen queue").
+    pub max_queue_length: usize,
+    /// queue-size: beyond it requests get 503 at once.
+    pub queue_size: usize,
+    /// Requests that found every worker thread busy and had to queue ("max children reached").
+    pub max_children_reached: u64,
+    /// Requests that ran longer than slowlog-timeout.
+    pub slow_requests: u64,
+    /// Requests answered 503 because the queue was full or the wait too long.
+    pub rejected_requests: u64,
+    pub processes: u32,
+    pub threads: u32,
+    /// Worker processes serving no request now.
+    pub idle_workers: usize,
+    /// Worker processes serving at least one request now.
+    pub busy_workers: usize,
+    pub total_workers: usize,
+    /// Free worker connections (threads) now.
+    pub idle_slots: usize,
+    /// Requests being served now.
+    pub active_requests: usize,
+    /// Worker processes that exited since start (crashes, recycling).
+    pub worker_exits: u64,
+    pub workers: Vec<WorkerStatus>,
+}
+
+/// One worker process.
+#[derive(Debug, Clone, Serialize)]
+pub struct WorkerStatus {
+    pub pid: u32,
+    /// "idle" or "busy".
+    pub state: &'static str,
+    /// Requests this worker has finished.
+    pub requests: u64,
+    /// Resident memory, bytes (from /proc; 0 when unreadable).
+    pub rss_bytes: u64,
+    /// When the bridge first connected to it (Unix time, seconds).
+    pub spawn_time: u64,
+    /// Why the worker this one replaced exited, when known.
+    pub last_restart_reason: Option<String>,
+    /// Requests it is serving now (a threaded worker serves several).
+    pub current: Vec<CurrentRequest>,
+}
+
+/// A request in progress.
+#[derive(Debug, Clone, Serialize)]
+pub struct CurrentRequest {
+    pub request_id: u64,
+    pub method: String,
+    pub uri: String,
+    pub duration_seconds: f64,
+}

@@ -1,0 +1,262 @@
+"""Status, metrics, ping, access log format, log reopening and the slowlog, against a real
+bridge: the status listener (HTTP on loopback), `status-path`/`ping-path` through a
+FastCGI listener, a request held open to see it in the worker table, SIGUSR1 after
+moving the access log, and a slow request whose Python stack reaches the log."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+import re
+import signal
+import threading
+import time
+import urllib.request
+
+import pytest
+
+from harness import APPS, free_ports, make_bridge, wait_until
+import fcgi_client
+
+ACCESS_FORMAT = '$remote_addr "$method $uri" $status $bytes $pool id=$request_id'
+
+
+@pytest.fixture(scope="module")
+def sb(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("status")
+    fport, sport = free_ports(2)
+    pools = {
+        "alpha": {"app": str(APPS / "edge_app.py"), "processes": 2, "threads": 2, "slowlog-timeout": "500ms"},
+        "beta": {"app": str(APPS / "edge_app.py"), "processes": 1, "threads": 1},
+    }
+    listeners = {
+        "front": {"fastcgi": f"127.0.0.1:{fport}",
+                  "routes": [{"prefix": "/beta", "pool": "beta"}, {"pool": "alpha"}],
+                  "status-path": "/fcgibridge-status", "ping-path": "/ping"},
+    }
+    # The control socket in a directory other users can traverse (pytest's tmp is 0700),
+    # so the test of a foreign uid reaches the daemon's SO_PEERCRED check.
+    ctl_dir = Path(tempfile.mkdtemp(prefix="fcgibridge-ctl-"))
+    ctl_dir.chmod(0o711)
+    b = make_bridge(workdir, pools, listeners, bridge_extra={
+        "control-socket": str(ctl_dir / "control.sock"),
+        "access-log": str(workdir / "access.log"),
+        "access-log-format": ACCESS_FORMAT,
+        "status": {"listen": f"127.0.0.1:{sport}", "path": "/status"},
+    })
+    b.status_url = f"http://127.0.0.1:{sport}"
+    b.access_path = workdir / "access.log"
+    b.control_sock = ctl_dir / "control.sock"
+    try:
+        b.start()
+        b.wait_ready([("front", "/health", "x"), ("front", "/beta/health", "x")])
+        # Every worker known to the status view (a worker appears once the bridge connected to it).
+        wait_until(lambda: sum(p["total_workers"] for p in status_json(b)["pools"]) == 3, 60,
+                   what="three workers in the status view")
+        yield b
+    finally:
+        b.stop()
+        shutil.rmtree(ctl_dir, ignore_errors=True)
+
+
+def http(url, accept=None):
+    req = urllib.request.Request(url, headers={"Accept": accept} if accept else {})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        return r.status, r.headers.get("Content-Type", ""), r.read().decode()
+
+
+def status_json(b):
+    return json.loads(http(b.status_url + "/status?json")[2])
+
+
+def pool_of(doc, name):
+    return next(p for p in doc["pools"] if p["name"] == name)
+
+
+def test_json_counts_requests_and_shows_the_running_one(sb):
+    before = pool_of(status_json(sb), "alpha")
+    for _ in range(5):
+        assert sb.request("/health", listener="front").status == 200
+    # A request held for 3 s shows up as the current request of one worker.
+    t = threading.Thread(target=lambda: sb.request("/sleep", query="s=3", listener="front"))
+    t.start()
+    try:
+        def running():
+            alpha = pool_of(status_json(sb), "alpha")
+            busy = [w for w in alpha["workers"] if w["current"]]
+            return busy and (alpha, busy[0])
+        alpha, worker = wait_until(running, 20, what="the /sleep request in the worker table")
+        cur = worker["current"][0]
+        assert (cur["method"], cur["uri"]) == ("GET", "/sleep?s=3")
+        assert worker["state"] == "busy" and alpha["busy_workers"] >= 1
+        assert alpha["accepted_requests"] >= before["accepted_requests"] + 6
+        assert alpha["processes"] == 2 and alpha["total_workers"] == 2
+        assert all(w["rss_bytes"] > 1_000_000 and w["spawn_time"] > 0 for w in alpha["workers"])
+        doc = status_json(sb)
+        assert doc["pid"] == sb.pid
+        assert [l["name"] for l in doc["listeners"]] == ["front"]
+    finally:
+        t.join(30)
+    served = sum(w["requests"] for w in pool_of(status_json(sb), "alpha")["workers"])
+    assert served >= 6
+
+
+def test_queue_and_max_children_reached(sb):
+    # beta has one process with one thread: three concurrent requests, two must queue.
+    before = pool_of(status_json(sb), "beta")
+    threads = [threading.Thread(target=lambda: sb.request("/beta/sleep", query="s=0.7", listener="front"))
+               for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    beta = pool_of(status_json(sb), "beta")
+    assert beta["max_children_reached"] >= before["max_children_reached"] + 2
+    assert beta["max_queue_length"] >= 1
+    assert beta["queue_length"] == 0
+
+
+def test_openmetrics(sb):
+    code, ctype, body = http(sb.status_url + "/metrics")
+    assert code == 200 and ctype.startswith("application/openmetrics-text")
+    assert body.endswith("# EOF\n")
+    assert re.search(r'^fcgibridge_pool_requests_total\{pool="alpha"\} [1-9]\d*$', body, re.M), body
+    assert re.search(r'^fcgibridge_pool_workers\{pool="beta",state="idle"\} \d+$', body, re.M)
+    assert re.search(r'^fcgibridge_worker_rss_bytes\{pool="alpha",pid="\d+"\} [1-9]\d*$', body, re.M)
+    # Every sample belongs to a family declared with # TYPE before it.
+    declared = set()
+    for line in body.splitlines():
+        if line.startswith("# TYPE "):
+            declared.add(line.split()[2])
+        elif line and not line.startswith("#"):
+            name = re.match(r"[a-z_]+", line).group(0)
+            assert name in declared or name.removesuffix("_total") in declared, line
+
+
+def test_html_page_refreshes_itself(sb):
+    code, ctype, body = http(sb.status_url + "/status", accept="text/html")
+    assert code == 200 and ctype.startswith("text/html")
+    assert '<meta http-equiv="refresh"' in body
+    assert 'data-pool="alpha"' in body and 'data-pool="beta"' in body
+
+
+def test_status_and_ping_through_the_fastcgi_listener(sb):
+    r = sb.request("/fcgibridge-status", query="json", listener="front")
+    assert r.status == 200
+    doc = json.loads(r.body)
+    assert {p["name"] for p in doc["pools"]} == {"alpha", "beta"}
+    r = sb.request("/ping", listener="front")
+    assert (r.status, r.body) == (200, b"pong\n")
+    # Other paths still go to the pools.
+    assert sb.request("/health", listener="front").body == b"ok"
+
+
+def test_status_listener_answers_404_and_405(sb):
+    with pytest.raises(urllib.error.HTTPError) as e:
+        http(sb.status_url + "/nope")
+    assert e.value.code == 404
+    req = urllib.request.Request(sb.status_url + "/status", method="POST", data=b"x")
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(req, timeout=30)
+    assert e.value.code == 405
+
+
+def test_access_log_format_and_sigusr1_reopen(sb):
+    r = sb.request("/health", query="fmt=1", listener="front")
+    assert r.status == 200
+    line_re = re.compile(r'^127\.0\.0\.1 "GET /health\?fmt=1" 200 2 alpha id=\d+$', re.M)
+    wait_until(lambda: line_re.search(sb.access_path.read_text()), 20, what="formatted access line")
+    # logrotate: move the file away, SIGUSR1, the next line lands in a new file.
+    rotated = sb.access_path.with_suffix(".log.1")
+    os.rename(sb.access_path, rotated)
+    mark = sb.log.mark()
+    os.kill(sb.pid, signal.SIGUSR1)
+    sb.log.wait_for("SIGUSR1: reopening log files", since=mark)
+    assert sb.request("/health", query="after=1", listener="front").status == 200
+    wait_until(lambda: sb.access_path.exists() and "/health?after=1" in sb.access_path.read_text(), 20,
+               what="the access log reopened at its path")
+    assert "/health?after=1" not in rotated.read_text()
+
+
+def test_slowlog_writes_the_python_stack_while_the_request_runs(sb):
+    mark = sb.log.mark()
+    started = time.monotonic()
+    result = {}
+    t = threading.Thread(target=lambda: result.update(r=sb.request("/sleep", query="s=2.5", listener="front")))
+    t.start()
+    try:
+        slow = sb.log.wait_for([r"slow request: GET /sleep\?s=2\.5", r"alpha"], since=mark, timeout=20)
+        rid = re.search(r"request_id=(\d+)", slow[0]).group(1)
+        # The stack names the app's frame, tagged with the same request id ...
+        sb.log.wait_for([rf"\[stack request_id={rid} ", r"edge_app\.py.*in application"], since=mark, timeout=20)
+        sb.log.wait_for([rf"\[stack request_id={rid} ", r"time\.sleep"], since=mark, timeout=20)
+        # ... while the request is still running.
+        assert t.is_alive() and time.monotonic() - started < 2.5
+    finally:
+        t.join(30)
+    assert result["r"].status == 200
+    assert pool_of(status_json(sb), "alpha")["slow_requests"] >= 1
+
+
+def run_cli(sb, *args):
+    import subprocess
+    return subprocess.run([str(sb.binary), *args, "--config", str(sb.confdir)], capture_output=True,
+                          text=True, timeout=60)
+
+
+def test_control_socket_status_table_and_json(sb):
+    sock = sb.control_sock
+    assert sock.exists() and (sock.stat().st_mode & 0o777) == 0o600
+    r = run_cli(sb, "status")
+    assert r.returncode == 0, r.stderr
+    assert re.search(r"^POOL\s+REQUESTS\s+QUEUE/MAX", r.stdout, re.M), r.stdout
+    assert re.search(r"^alpha\s+\d+", r.stdout, re.M) and re.search(r"^beta\s+\d+", r.stdout, re.M)
+    assert re.search(r"^front\s+fastcgi\s+127\.0\.0\.1:\d+", r.stdout, re.M)
+    r = run_cli(sb, "status", "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["pid"] == sb.pid
+
+
+def test_control_socket_refuses_other_users(sb):
+    if os.geteuid() != 0 or not os.path.exists("/usr/bin/python3"):
+        pytest.skip("needs root (to connect as another uid) and /usr/bin/python3")
+    import subprocess
+    sock = sb.control_sock
+    # A process of uid 65534 that could open the socket (mode opened up for this test).
+    os.chmod(sock, 0o666)
+    try:
+        # The daemon answers a refused peer at once, before it reads a command.
+        code = ("import socket,sys; s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); "
+                "print(s.recv(4096).decode())")
+        r = subprocess.run(["/usr/bin/python3", "-c", code, str(sock)], capture_output=True, text=True, timeout=30,
+                           user=65534, group=65534)
+        assert r.stdout.startswith("error uid 65534 may not control this daemon"), (r.stdout, r.stderr)
+    finally:
+        os.chmod(sock, 0o600)
+
+
+def test_control_unknown_socket_is_a_clear_error(sb, tmp_path):
+    import subprocess
+    r = subprocess.run([str(sb.binary), "status", "--socket", str(tmp_path / "none.sock")],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 1
+    assert "cannot reach the daemon at" in r.stderr
+
+
+def test_control_reload_reaches_the_sighup_path(sb):
+    mark = sb.log.mark()
+    r = run_cli(sb, "reload")
+    assert r.returncode == 0 and "reload requested" in r.stdout, r.stderr
+    sb.log.wait_for("control socket: reload requested", since=mark)
+    sb.log.wait_for("SIGHUP", since=mark)
+    sb.assert_running()
+
+
+def test_control_stop_is_a_graceful_stop(sb):
+    # Last test of the module: it stops the shared bridge.
+    r = run_cli(sb, "stop")
+    assert r.returncode == 0 and "stop requested" in r.stdout, r.stderr
+    assert sb.proc.wait(60) == 0
+    assert not sb.control_sock.exists()
