@@ -4,7 +4,7 @@
 //! a pool member like the native worker, minus the readiness pipe: it gets no fd 3, so the
 //! pipe closes at exec and the slot takes the program as ready once it is still alive after
 //! a short grace period (see docs/worker-contract.md).
-use crate::config::{paths, App};
+use crate::config::{paths, App, Pool};
 use std::path::Path;
 use tokio::process::Command;
 
@@ -27,10 +27,16 @@ pub fn resolve_command(argv: Vec<String>, dir: &Path, search_path: Option<&std::
 }
 
 /// The command line of a program pool's worker, or `None` for a WSGI pool.
-pub fn program_command(app: &App) -> Option<Command> {
-    let App::Command(argv) = app else { return None };
+///
+/// `PHP_FCGI_CHILDREN` defaults to the pool's `threads`: php-cgi without it accepts one
+/// connection at a time, and the bridge keeps `threads` connections open to each worker,
+/// so all but one would wait in the backlog. Other programs ignore the variable; the
+/// pool's `env` (applied afterwards) overrides it.
+pub fn program_command(pool: &Pool) -> Option<Command> {
+    let App::Command(argv) = &pool.app else { return None };
     let mut cmd = Command::new(&argv[0]);
     cmd.args(&argv[1..]);
+    cmd.env("PHP_FCGI_CHILDREN", pool.threads.to_string());
     Some(cmd)
 }
 

@@ -64,7 +64,7 @@ pub async fn spawn_worker(pool: &Pool, python_path: &Path, socket: &Path) -> Res
     };
 
     // A generic FastCGI program (`command:`) gets no readiness pipe: see supervise/program.rs.
-    let program = super::program::program_command(&pool.app);
+    let program = super::program::program_command(pool);
     let give_ready_fd = program.is_none();
     let mut cmd = program.unwrap_or_else(|| {
         let mut c = Command::new(iso.python());
