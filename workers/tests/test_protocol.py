@@ -39,14 +39,26 @@ def test_unread_body_is_skipped(worker):
 
 
 def test_unknown_role(worker):
+    """FILTER (and any role number we don't know) is refused; AUTHORIZER is served
+    (docs/authorizer.md)."""
     with worker.client() as c:
-        c.begin(role=fcgi.AUTHORIZER)
+        c.begin(role=fcgi.FILTER)
         c.params(base_params("/hello"))
         c.stdin_end()
         r = c.read_response()
         assert r.protocol_status == fcgi.UNKNOWN_ROLE
         assert r.stdout == b""
         assert c.request("/hello").body == b"Hello, World!"
+
+
+def test_authorizer_role_is_served(worker):
+    """An authorizer request reaches the app (FCGI_ROLE in environ) and may carry no STDIN."""
+    with worker.client() as c:
+        c.begin(role=fcgi.AUTHORIZER)
+        c.params(base_params("/hello"))
+        r = c.read_response()
+        assert r.protocol_status == 0
+        assert b"Hello, World!" in r.stdout
 
 
 def test_get_values(spawn):
