@@ -93,7 +93,10 @@ def test_json_counts_requests_and_shows_the_running_one(sb):
         assert worker["state"] == "busy" and alpha["busy_workers"] >= 1
         assert alpha["accepted_requests"] >= before["accepted_requests"] + 6
         assert alpha["processes"] == 2 and alpha["total_workers"] == 2
-        assert all(w["rss_bytes"] > 1_000_000 and w["spawn_time"] > 0 for w in alpha["workers"])
+        assert all(w["spawn_time"] > 0 for w in alpha["workers"])
+        # RSS is sampled about once a second by the pool's manager.
+        wait_until(lambda: all(w["rss_bytes"] > 1_000_000 for w in pool_of(status_json(sb), "alpha")["workers"]),
+                   20, what="RSS of every worker")
         doc = status_json(sb)
         assert doc["pid"] == sb.pid
         assert [l["name"] for l in doc["listeners"]] == ["front"]
@@ -113,8 +116,9 @@ def test_queue_and_max_children_reached(sb):
     for t in threads:
         t.join(60)
     beta = pool_of(status_json(sb), "beta")
-    assert beta["max_children_reached"] >= before["max_children_reached"] + 2
-    assert beta["max_queue_length"] >= 1
+    # Counted once per episode of waiting (supervise/stats.rs), as PHP-FPM does.
+    assert beta["max_children_reached"] >= before["max_children_reached"] + 1
+    assert beta["max_queue_length"] >= 2
     assert beta["queue_length"] == 0
 
 

@@ -146,7 +146,7 @@ async fn run(mut config: crate::config::Config, notifier: Arc<Notifier>, config_
     }
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    crate::status::install(pools.clone(), config.listeners.clone());
+    crate::status::install(config.listeners.clone());
     crate::status::slowlog::spawn();
     let status_file = status_bound.as_ref().and_then(|(b, _)| b.socket_file());
     if let Some((b, path)) = status_bound {

@@ -35,7 +35,6 @@ impl SlotConn {
     /// whose key is then given to [`set_key`](Self::set_key).
     pub async fn connect(worker: Arc<WorkerHandle>) -> std::io::Result<(SlotConn, Canceller)> {
         let stream = UnixStream::connect(&worker.socket).await?;
-        crate::status::track::worker_connected(&worker);
         let (timed_out, canceller) = canceller_for(&stream)?;
         let slot = SlotConn {
             worker,

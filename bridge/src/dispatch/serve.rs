@@ -111,18 +111,17 @@ pub async fn serve<S: BodySource, K: ResponseSink>(
                 break 'done (status, 0, None);
             }
         }
+        crate::status::track::accepted(&lst.name);
         if let Some(reply) = crate::status::front::intercept(&lst.name, &params) {
             let _ = sink.send(reply, Some(End::Complete)).await;
             break 'done (200, 0, None);
         }
         let Some((pool, prefix)) = lst.router.route(&params) else {
-            crate::status::track::accepted(&lst.name, None);
             tracing::info!(listener = %lst.name, request_id, uri = %uri, "no route matches, answering 404");
             let _ = sink.send(respond::error_response(404, None).freeze(), Some(End::Complete)).await;
             break 'done (404, 0, None);
         };
         crate::route::mount(&mut params, prefix);
-        crate::status::track::accepted(&lst.name, Some(&pool.name));
         if let Some(limit) = pool.config.max_body {
             if respond::body_limit::too_large(&params, limit) {
                 tracing::warn!(pool = %pool.name, request_id, uri = %uri, limit, "request body is larger than max-body, answering 413");
@@ -130,9 +129,6 @@ pub async fn serve<S: BodySource, K: ResponseSink>(
                 break 'done (413, 0, Some(&pool.name));
             }
             source.set_limit(limit);
-        }
-        if pool.dispatcher.idle() == 0 {
-            crate::status::track::queued(&pool.name, pool.dispatcher.waiting() + 1);
         }
         // What the status page shows while the request runs (copied, not allocated).
         let ticket = Ticket {
@@ -149,7 +145,6 @@ pub async fn serve<S: BodySource, K: ResponseSink>(
         let mut slot = match acquired {
             Some(Ok(slot)) => slot,
             Some(Err(e)) => {
-                crate::status::track::rejected(&pool.name);
                 tracing::warn!(pool = %pool.name, request_id, uri = %uri, "answering 503: {e}");
                 let retry = match e {
                     AcquireError::QueueFull(_) | AcquireError::Timeout(_) | AcquireError::Unavailable(_) => Some(RETRY_AFTER_SECS),
@@ -163,8 +158,6 @@ pub async fn serve<S: BodySource, K: ResponseSink>(
                 break 'done (499, 0, Some(&pool.name));
             }
         };
-        let method = String::from_utf8_lossy(params.get(b"REQUEST_METHOD").unwrap_or(b""));
-        let _busy = crate::status::track::begin(&pool.name, slot.worker.pid, request_id.parse().unwrap_or(0), &method, &uri);
         let info = RequestInfo { id: request_id, uri: &uri, role };
         let mut first = First::Encode;
         let mut attempts = 0;

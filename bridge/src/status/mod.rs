@@ -12,14 +12,12 @@ pub mod table;
 pub mod track;
 
 use crate::config::{self, Global, ListenAddress, Protocol};
-use crate::supervise::PoolRuntime;
 use model::{CurrentRequest, ListenerStatus, PoolStatus, Status, WorkerStatus};
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 use std::time::Instant;
 
 /// What a snapshot is built from, installed once at start-up.
 pub struct Sources {
-    pub pools: Vec<Arc<PoolRuntime>>,
     pub listeners: Vec<config::Listener>,
     pub start_time: u64,
     pub started: Instant,
@@ -27,21 +25,18 @@ pub struct Sources {
 
 static SOURCES: OnceLock<Sources> = OnceLock::new();
 
-/// Make the running pools and listeners visible to the status renderers.
-pub fn install(pools: Vec<Arc<PoolRuntime>>, listeners: Vec<config::Listener>) {
-    for p in &pools {
-        track::pool_configured(&p.name, p.config.slowlog_timeout);
-    }
-    let _ = SOURCES.set(Sources { pools, listeners, start_time: track::unix_now(), started: Instant::now() });
+/// Make the listeners visible to the status renderers.
+pub fn install(listeners: Vec<config::Listener>) {
+    let _ = SOURCES.set(Sources { listeners, start_time: track::unix_now(), started: Instant::now() });
 }
 
-/// The status right now (None before `install`).
+/// The status right now (None before `install`). Pools and workers come from the
+/// supervisor's numbers (`supervise/stats.rs`, following reloads); listeners and slow
+/// requests from `track.rs`.
 pub fn snapshot() -> Option<Status> {
     let src = SOURCES.get()?;
-    let page = page_size();
-    let now = Instant::now();
+    let stats = crate::supervise::stats::snapshot();
     Some(track::with_state(|s| {
-        track::reap(s);
         let listeners = src
             .listeners
             .iter()
@@ -56,60 +51,54 @@ pub fn snapshot() -> Option<Status> {
                 open_connections: track::open_connections(s, &l.name),
             })
             .collect();
-        let pools = src
+        let pools = stats
             .pools
-            .iter()
+            .into_iter()
             .map(|p| {
-                let counters = s.pools.get(&*p.name);
-                let mut workers: Vec<WorkerStatus> = s
+                let slow = s.pools.get(&p.name).map_or(0, |c| c.slow);
+                let workers: Vec<WorkerStatus> = p
                     .workers
-                    .iter()
-                    .filter(|(_, w)| w.pool == p.name)
-                    .map(|(pid, w)| {
-                        let mut current: Vec<CurrentRequest> = s
-                            .inflight
-                            .iter()
-                            .filter(|(_, r)| r.pid == *pid)
-                            .map(|(id, r)| CurrentRequest {
-                                request_id: *id,
-                                method: r.method.clone(),
-                                uri: r.uri.clone(),
-                                duration_seconds: now.duration_since(r.started).as_secs_f64(),
+                    .into_iter()
+                    .map(|w| WorkerStatus {
+                        pid: w.pid,
+                        state: w.state,
+                        requests: w.requests,
+                        rss_bytes: w.rss_bytes.unwrap_or(0),
+                        spawn_time: w.spawn_time as u64,
+                        last_restart_reason: w.last_restart_reason,
+                        current: w
+                            .current
+                            .into_iter()
+                            .map(|c| CurrentRequest {
+                                request_id: c.request_id,
+                                method: c.method,
+                                uri: c.uri,
+                                duration_seconds: c.duration_seconds,
                             })
-                            .collect();
-                        current.sort_by_key(|c| c.request_id);
-                        WorkerStatus {
-                            pid: *pid,
-                            state: if current.is_empty() { "idle" } else { "busy" },
-                            requests: w.requests,
-                            rss_bytes: rss(*pid, page),
-                            spawn_time: w.spawn_time,
-                            last_restart_reason: w.restart_reason.clone(),
-                            current,
-                        }
+                            .collect(),
                     })
                     .collect();
-                workers.sort_by_key(|w| (w.spawn_time, w.pid));
-                let busy = workers.iter().filter(|w| w.state == "busy").count();
-                let active = workers.iter().map(|w| w.current.len()).sum();
                 PoolStatus {
-                    name: p.name.to_string(),
+                    name: p.name,
+                    state: p.state,
                     start_time: src.start_time,
-                    accepted_requests: counters.map_or(0, |c| c.accepted),
-                    queue_length: p.dispatcher.waiting(),
-                    max_queue_length: counters.map_or(0, |c| c.max_queue),
-                    queue_size: p.config.queue_size,
-                    max_children_reached: counters.map_or(0, |c| c.saturated),
-                    slow_requests: counters.map_or(0, |c| c.slow),
-                    rejected_requests: counters.map_or(0, |c| c.rejected),
-                    processes: p.config.processes,
-                    threads: p.config.threads,
-                    idle_workers: workers.len() - busy,
-                    busy_workers: busy,
-                    total_workers: workers.len(),
-                    idle_slots: p.dispatcher.idle(),
-                    active_requests: active,
-                    worker_exits: counters.map_or(0, |c| c.exits),
+                    accepted_requests: p.accepted_requests,
+                    queue_length: p.queue_length,
+                    max_queue_length: p.max_queue_length,
+                    queue_size: p.queue_size,
+                    max_children_reached: p.max_children_reached,
+                    slow_requests: slow,
+                    rejected_requests: p.rejected_queue_full + p.rejected_queue_timeout + p.rejected_unavailable,
+                    request_timeouts: p.request_timeouts,
+                    processes: p.max_processes,
+                    threads: p.threads_per_process,
+                    idle_workers: p.idle_workers,
+                    busy_workers: p.busy_workers,
+                    total_workers: p.total_workers,
+                    idle_slots: p.idle_slots,
+                    active_requests: p.busy_slots,
+                    worker_exits: p.restarts.len() as u64,
+                    spawns: p.spawns,
                     workers,
                 }
             })
@@ -119,6 +108,7 @@ pub fn snapshot() -> Option<Status> {
             pid: std::process::id(),
             start_time: src.start_time,
             uptime_seconds: src.started.elapsed().as_secs_f64(),
+            reloads: stats.reloads,
             listeners,
             pools,
         }
@@ -133,20 +123,6 @@ pub fn describe(a: &ListenAddress) -> String {
         ListenAddress::Fd(fd) => format!("fd:{fd}"),
         ListenAddress::Systemd(n) => format!("systemd:{n}"),
     }
-}
-
-fn page_size() -> u64 {
-    // SAFETY: sysconf has no memory effects.
-    let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    u64::try_from(n).unwrap_or(4096)
-}
-
-/// Resident set size from /proc/PID/statm (second field, in pages); 0 when unreadable.
-fn rss(pid: u32, page: u64) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/statm"))
-        .ok()
-        .and_then(|s| s.split_whitespace().nth(1).and_then(|v| v.parse::<u64>().ok()))
-        .map_or(0, |pages| pages * page)
 }
 
 /// The `bridge:` keys of this module as `fcgibridge check` prints them.

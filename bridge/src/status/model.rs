@@ -11,6 +11,8 @@ pub struct Status {
     /// Unix time, seconds.
     pub start_time: u64,
     pub uptime_seconds: f64,
+    /// Successful reloads since start.
+    pub reloads: u64,
     pub listeners: Vec<ListenerStatus>,
     pub pools: Vec<PoolStatus>,
 }
@@ -31,6 +33,8 @@ pub struct ListenerStatus {
 #[derive(Debug, Clone, Serialize)]
 pub struct PoolStatus {
     pub name: String,
+    /// The supervisor's state of the pool, e.g. "running", "starting", "failing".
+    pub state: &'static str,
     pub start_time: u64,
     /// Requests routed to this pool since start (PHP-FPM's "accepted conn").
     pub accepted_requests: u64,
@@ -44,8 +48,10 @@ pub struct PoolStatus {
     pub max_children_reached: u64,
     /// Requests that ran longer than slowlog-timeout.
     pub slow_requests: u64,
-    /// Requests answered 503 because the queue was full or the wait too long.
+    /// Requests answered 503: queue full, queue-timeout, or no worker could start.
     pub rejected_requests: u64,
+    /// Requests answered 504 by request-timeout.
+    pub request_timeouts: u64,
     pub processes: u32,
     pub threads: u32,
     /// Worker processes serving no request now.
@@ -57,8 +63,10 @@ pub struct PoolStatus {
     pub idle_slots: usize,
     /// Requests being served now.
     pub active_requests: usize,
-    /// Worker processes that exited since start (crashes, recycling).
+    /// Worker processes that went since start (crashes, recycling), as far as kept.
     pub worker_exits: u64,
+    /// Worker processes started since start.
+    pub spawns: u64,
     pub workers: Vec<WorkerStatus>,
 }
 
@@ -66,15 +74,15 @@ pub struct PoolStatus {
 #[derive(Debug, Clone, Serialize)]
 pub struct WorkerStatus {
     pub pid: u32,
-    /// "idle" or "busy".
+    /// "starting", "idle", "busy" or "draining".
     pub state: &'static str,
     /// Requests this worker has finished.
     pub requests: u64,
     /// Resident memory, bytes (from /proc; 0 when unreadable).
     pub rss_bytes: u64,
-    /// When the bridge first connected to it (Unix time, seconds).
+    /// When it was started (Unix time, seconds).
     pub spawn_time: u64,
-    /// Why the worker this one replaced exited, when known.
+    /// Why the worker before it in its slot went, when known.
     pub last_restart_reason: Option<String>,
     /// Requests it is serving now (a threaded worker serves several).
     pub current: Vec<CurrentRequest>,

@@ -2,6 +2,11 @@
 //! slow and logged with its pool, worker pid, request id and URI, and the worker is asked
 //! to write the Python stacks of its threads (each thread annotated with its request id)
 //! to stderr, which the bridge logs — the request keeps running.
+//!
+//! Running requests are read from the supervisor's statistics five times a second (a
+//! snapshot locks each pool's dispatcher for microseconds), only while some pool has a
+//! slowlog-timeout; nothing is added to the request path.
+use std::collections::HashSet;
 use std::time::Duration;
 
 /// How often running requests are checked against their threshold.
@@ -11,50 +16,52 @@ const TICK: Duration = Duration::from_millis(200);
 pub fn spawn() {
     tokio::spawn(async {
         let mut tick = tokio::time::interval(TICK);
+        // Request ids already reported (ids are unique for the daemon's life).
+        let mut reported: HashSet<u64> = HashSet::new();
         loop {
             tick.tick().await;
-            check();
+            check(&mut reported);
         }
     });
 }
 
-fn check() {
-    let slow: Vec<(String, u32, u64, String, String, Duration)> = super::track::with_state(|s| {
-        let mut out = Vec::new();
-        for (id, r) in s.inflight.iter_mut() {
-            if r.slow_reported {
-                continue;
+fn check(reported: &mut HashSet<u64>) {
+    let pools = crate::supervise::stats::pools();
+    if pools.iter().all(|p| p.config.slowlog_timeout.is_none()) {
+        return;
+    }
+    let mut running = HashSet::new();
+    for pool in &pools {
+        let Some(limit) = pool.config.slowlog_timeout else { continue };
+        let python = !matches!(pool.config.app, crate::config::App::Command(_));
+        let stats = crate::supervise::stats::pool_snapshot(pool);
+        for w in &stats.workers {
+            let mut dump = false;
+            for c in &w.current {
+                running.insert(c.request_id);
+                if c.duration_seconds < limit.as_secs_f64() || !reported.insert(c.request_id) {
+                    continue;
+                }
+                super::track::slow(&stats.name);
+                let ran = Duration::from_secs_f64(c.duration_seconds);
+                if python {
+                    tracing::warn!(pool = %stats.name, pid = w.pid, request_id = c.request_id, "slow request: {} {} running for {ran:.1?}; its Python stack follows", c.method, c.uri);
+                    dump = true;
+                } else {
+                    tracing::warn!(pool = %stats.name, pid = w.pid, request_id = c.request_id, "slow request: {} {} running for {ran:.1?}", c.method, c.uri);
+                }
             }
-            let Some(limit) = s.pools.get(&*r.pool).and_then(|p| p.slowlog_timeout) else { continue };
-            let ran = r.started.elapsed();
-            if ran >= limit {
-                r.slow_reported = true;
-                out.push((r.pool.to_string(), r.pid, *id, r.method.clone(), r.uri.clone(), ran));
+            if dump {
+                dump_stacks(w.pid);
             }
-        }
-        for (pool, ..) in &out {
-            if let Some(p) = s.pools.get_mut(pool) {
-                p.slow += 1;
-            }
-        }
-        out
-    });
-    for (pool, pid, request_id, method, uri, ran) in slow {
-        // Generic FastCGI programs (php-cgi, flup) would take SIGUSR2 as a reason to exit.
-        let python_worker = super::SOURCES
-            .get()
-            .and_then(|s| s.pools.iter().find(|p| *p.name == *pool))
-            .is_some_and(|p| !matches!(p.config.app, crate::config::App::Command(_)));
-        if python_worker {
-            tracing::warn!(pool, pid, request_id, "slow request: {method} {uri} running for {ran:.1?}; its Python stack follows");
-            dump_stacks(pid);
-        } else {
-            tracing::warn!(pool, pid, request_id, "slow request: {method} {uri} running for {ran:.1?}");
         }
     }
+    // Forget finished requests.
+    reported.retain(|id| running.contains(id));
 }
 
-/// SIGUSR2 asks a fcgibridge worker to write every thread's stack to stderr.
+/// SIGUSR2 asks a fcgibridge worker to write its serving threads' stacks to stderr
+/// (Generic FastCGI programs would take it as a reason to exit: never sent to them.)
 fn dump_stacks(pid: u32) {
     if let Ok(pid @ 1..) = i32::try_from(pid) {
         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGUSR2);
