@@ -280,6 +280,7 @@ mod tests {
                     slowlog_timeout: None,
                     max_body: None,
                     isolation: Default::default(),
+                    supervision: Default::default(),
                 },
                 Pool {
                     name: "b".into(),
@@ -295,6 +296,7 @@ mod tests {
                     slowlog_timeout: None,
                     max_body: None,
                     isolation: Default::default(),
+                    supervision: Default::default(),
                 },
             ],
         };

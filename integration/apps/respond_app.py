@@ -17,7 +17,12 @@ def mark(name, text):
 
 
 def application(environ, start_response):
-    path = environ.get("PATH_INFO", "")
+    # Mounted at /app or /other by prefix routes, or at "/" by a catch-all; the routes of
+    # test_redirect.py also mount single pages (/redirect, /loop …) as prefixes.
+    path = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
+    for mount in ("/app", "/other"):
+        if path.startswith(mount + "/"):
+            path = path[len(mount):]
     query = parse_qs(environ.get("QUERY_STRING", ""))
     arg = lambda k, d="": query.get(k, [d])[0]  # noqa: E731
 

@@ -66,7 +66,7 @@ pub enum SlotFate {
 }
 
 /// The result of [`exchange`], for the access log and the slot.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Outcome {
     pub status: u16,
     pub body_bytes: u64,
@@ -75,6 +75,9 @@ pub struct Outcome {
     /// slot was idle). Nothing went to the front; the request can go to another slot with
     /// [`First::Prepared`] after moving this slot's first-write buffer there.
     pub retry: Option<First>,
+    /// The app answered with a CGI local redirect to this path (respond/redirect.rs): nothing
+    /// went to the front; the caller serves the request again for it.
+    pub redirect: Option<Bytes>,
 }
 
 /// How the first write (BEGIN + PARAMS + early body) is made.
@@ -123,6 +126,8 @@ struct RespState {
     body_bytes: u64,
     /// The Content-Length the app declared, if any.
     content_length: Option<u64>,
+    /// A CGI local redirect: the response is dropped (`front_done`), the request goes again.
+    redirect: Option<Bytes>,
 }
 
 /// How long a response whose declared body is complete is held for the END_REQUEST that
@@ -138,7 +143,8 @@ pub async fn exchange<S: BodySource, K: ResponseSink>(
     sink: &mut K,
     first: First,
 ) -> Outcome {
-    let SlotConn { worker, stream, decoder, wbuf } = slot;
+    let timed_out = slot.timed_out.clone();
+    let SlotConn { worker, stream, decoder, wbuf, .. } = slot;
     let worker = &**worker;
     let pid = worker.pid;
     let pool = &*worker.pool;
@@ -176,13 +182,14 @@ pub async fn exchange<S: BodySource, K: ResponseSink>(
         status: 0,
         body_bytes: 0,
         content_length: None,
+        redirect: None,
     };
 
     if let Err(e) = stream.write_all(wbuf).await {
         // On a unix socket a write fails at once when the worker has closed it, before a
         // single byte reached it: the request is safe to send elsewhere.
         tracing::warn!(pool, pid, request_id = info.id, uri = info.uri, error = %e, "could not send the request to the worker; trying another");
-        return Outcome { status: 0, body_bytes: 0, fate: SlotFate::Discard, retry: Some(First::Prepared { body_done }) };
+        return Outcome { status: 0, body_bytes: 0, fate: SlotFate::Discard, retry: Some(First::Prepared { body_done }), redirect: None };
     }
 
     let body_sent = AtomicBool::new(body_done);
@@ -237,10 +244,28 @@ pub async fn exchange<S: BodySource, K: ResponseSink>(
         }
     };
 
+    if !matches!(resp_end, RespEnd::Ended) && st.redirect.take().is_some() {
+        // The redirecting response was dropped and the front has nothing yet.
+        st.front_done = false;
+    }
     match resp_end {
         RespEnd::Ended => {
             let fate = if body_sent.load(Ordering::Acquire) { SlotFate::Reuse } else { SlotFate::Reconnect };
-            Outcome { status: st.status, body_bytes: st.body_bytes, fate, retry: None }
+            Outcome { status: st.status, body_bytes: st.body_bytes, fate, retry: None, redirect: st.redirect.take() }
+        }
+        RespEnd::WorkerBroken(_) if timed_out.load(Ordering::Acquire) => {
+            // request-timeout: the pool manager logged it, dumped the worker's stacks and
+            // shut this connection down; the worker is being replaced.
+            if st.front_done {
+            } else if st.head_done {
+                tracing::error!(pool, pid, request_id = info.id, uri = info.uri, "request-timeout after the headers were sent, response cut off");
+                let _ = sink.send(Bytes::new(), Some(End::CutOff)).await;
+            } else {
+                tracing::error!(pool, pid, request_id = info.id, uri = info.uri, "request-timeout: answering 504");
+                st.status = 504;
+                let _ = sink.send(respond::error_response(504, None).freeze(), Some(End::Complete)).await;
+            }
+            Outcome { status: st.status, body_bytes: st.body_bytes, fate: SlotFate::Discard, retry: None, redirect: None }
         }
         RespEnd::WorkerBroken(why) => {
             if st.front_done {
@@ -253,7 +278,7 @@ pub async fn exchange<S: BodySource, K: ResponseSink>(
                 st.status = 502;
                 let _ = sink.send(respond::error_response(502, None).freeze(), Some(End::Complete)).await;
             }
-            Outcome { status: st.status, body_bytes: st.body_bytes, fate: SlotFate::Reconnect, retry: None }
+            Outcome { status: st.status, body_bytes: st.body_bytes, fate: SlotFate::Reconnect, retry: None, redirect: None }
         }
         RespEnd::FrontGone => {
             // End the request toward the front at once (FastCGI ABORT_REQUEST wants an
@@ -269,7 +294,7 @@ pub async fn exchange<S: BodySource, K: ResponseSink>(
                 SlotFate::Reuse if !body_sent.load(Ordering::Acquire) => SlotFate::Reconnect,
                 f => f,
             };
-            Outcome { status: if st.status == 0 { 499 } else { st.status }, body_bytes: st.body_bytes, fate, retry: None }
+            Outcome { status: if st.status == 0 { 499 } else { st.status }, body_bytes: st.body_bytes, fate, retry: None, redirect: None }
         }
     }
 }
@@ -485,6 +510,14 @@ fn take_head(st: &mut RespState, data: Bytes, info: &RequestInfo<'_>, pool: &str
     let Some((head, rest)) = parsed else { return Ok(None) };
     st.head_done = true;
     st.content_length = head.content_length;
+    if head.location.is_some() {
+        if let Some(target) = respond::redirect::local_target(&head) {
+            st.redirect = Some(target);
+            st.head_done = false;
+            st.front_done = true;
+            return Ok(None);
+        }
+    }
     let extra = if rest.len() <= COALESCE { rest.len() } else { 0 };
     match respond::encode_head(&head, extra) {
         Ok((status, buf)) => {

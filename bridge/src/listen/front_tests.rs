@@ -33,6 +33,7 @@ fn pool_config(threads: u32) -> config::Pool {
         slowlog_timeout: None,
         max_body: None,
         isolation: Default::default(),
+        supervision: Default::default(),
     }
 }
 
@@ -145,7 +146,7 @@ async fn setup_ctx(threads: u32) -> (Arc<ListenerCtx>, (UnixStream, UnixStream))
     let pool = PoolRuntime::new(pool_config(threads));
     let handle = Arc::new(WorkerHandle::new(pool.name.clone(), 0, sock));
     for _ in 0..threads {
-        let slot = SlotConn::connect(handle.clone()).await.expect("connect fake worker");
+        let (slot, _) = SlotConn::connect(handle.clone()).await.expect("connect fake worker");
         pool.dispatcher.release(slot);
     }
     let ctx = Arc::new(ListenerCtx {
@@ -160,6 +161,8 @@ async fn setup_ctx(threads: u32) -> (Arc<ListenerCtx>, (UnixStream, UnixStream))
         max_redirects: 10,
         unrouted_redirect: Default::default(),
         trusted_proxies: None,
+        protocol: config::Protocol::FastCgi,
+        succession: Default::default(),
     });
     (ctx, UnixStream::pair().expect("socketpair"))
 }
@@ -291,7 +294,7 @@ async fn a_slot_whose_worker_is_gone_is_skipped_not_502() {
     let _ = std::fs::remove_file(&path);
     let listener = UnixListener::bind(&path).expect("bind");
     let pool = ctx.router.targets().next().cloned().expect("pool");
-    let dead = SlotConn::connect(Arc::new(WorkerHandle::new(pool.name.clone(), 0, path))).await.expect("connect");
+    let (dead, _) = SlotConn::connect(Arc::new(WorkerHandle::new(pool.name.clone(), 0, path))).await.expect("connect");
     drop(listener.accept().await);
     drop(listener);
     // Released last, so handed out first.

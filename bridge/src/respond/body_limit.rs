@@ -28,12 +28,20 @@ pub struct Limited<'a, S> {
     limit: u64,
     seen: u64,
     tripped: &'a AtomicBool,
+    /// Internally redirected: the request goes again without a body (respond/redirect.rs).
+    no_body: Option<bool>,
 }
 
 impl<'a, S: BodySource> Limited<'a, S> {
     /// Wrap `inner`; `tripped` is set once the body passes `limit`.
     pub fn new(inner: &'a mut S, limit: u64, tripped: &'a AtomicBool) -> Self {
-        Limited { inner, limit, seen: 0, tripped }
+        Limited { inner, limit, seen: 0, tripped, no_body: None }
+    }
+
+    /// From now on the body is empty (an internal redirect is a GET); an abort of the
+    /// request is still reported.
+    pub fn end_body(&mut self) {
+        self.no_body = Some(false);
     }
 
     /// Apply `limit` from now on (the pool is known only after routing).
@@ -53,6 +61,9 @@ impl<'a, S: BodySource> Limited<'a, S> {
 
 impl<S: BodySource> BodySource for Limited<'_, S> {
     fn ready(&mut self) -> Option<Option<Bytes>> {
+        if let Some(ended) = &mut self.no_body {
+            return (!std::mem::replace(ended, true)).then_some(None);
+        }
         if self.tripped.load(Ordering::Acquire) {
             return None;
         }
@@ -63,6 +74,9 @@ impl<S: BodySource> BodySource for Limited<'_, S> {
     }
 
     async fn next_chunk(&mut self) -> Result<Option<Bytes>, FrontGone> {
+        if self.no_body.is_some() {
+            return Ok(None);
+        }
         if self.tripped.load(Ordering::Acquire) {
             return Err(FrontGone);
         }

@@ -10,6 +10,7 @@ use bytes::{BufMut, BytesMut};
 use fastcgi_server::cgi::ResponseHead;
 
 pub mod body_limit;
+pub mod redirect;
 
 /// Why a worker's header block cannot be passed on.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -38,6 +39,8 @@ const HOP_BY_HOP: &[&[u8]] = &[
 /// The status the front should see.
 pub fn effective_status(head: &ResponseHead) -> u16 {
     match head.status {
+        // 200 with an absolute Location redirects nobody: a redirect was meant (mod_fcgid).
+        Some(200) if head.location.as_ref().is_some_and(|l| redirect::is_absolute(l)) => 302,
         Some(s) => s,
         None if head.location.is_some() => 302,
         None => 200,

@@ -1,0 +1,319 @@
+//! Trusted proxies (mod_wsgi's WSGITrustedProxies / WSGITrustedProxyHeaders): when the web
+//! server's peer — REMOTE_ADDR as the web server reports it — is a trusted proxy, the trusted
+//! headers it set rewrite REMOTE_ADDR, HTTPS / REQUEST_SCHEME (hence wsgi.url_scheme),
+//! HTTP_HOST and SERVER_PORT; from any other peer those headers are removed, so an app never
+//! acts on a forged X-Forwarded-For. A listener without `trusted-proxies` never looks at its
+//! params here.
+use fastcgi_server::Params;
+use std::net::IpAddr;
+
+/// Why a `trusted-proxies` / `trusted-proxy-headers` entry is not usable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProxyConfigError {
+    #[error("{0:?} is not an IP address or CIDR block (e.g. 10.0.0.0/8, ::1)")]
+    BadAddress(String),
+    #[error("{0:?}: the prefix length is larger than the address")]
+    BadPrefix(String),
+    #[error("unknown header {0:?}; one of X-Forwarded-For, X-Forwarded-Proto, X-Forwarded-Host, X-Forwarded-Port, X-Real-IP, Forwarded")]
+    UnknownHeader(String),
+}
+
+/// A header a proxy may be trusted for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyHeader {
+    XForwardedFor,
+    XForwardedProto,
+    XForwardedHost,
+    XForwardedPort,
+    XRealIp,
+    Forwarded,
+}
+
+impl ProxyHeader {
+    /// Every header, the default set.
+    pub const ALL: [ProxyHeader; 6] = [
+        ProxyHeader::XForwardedFor,
+        ProxyHeader::XForwardedProto,
+        ProxyHeader::XForwardedHost,
+        ProxyHeader::XForwardedPort,
+        ProxyHeader::XRealIp,
+        ProxyHeader::Forwarded,
+    ];
+
+    /// Parse a header name as an operator writes it.
+    pub fn parse(name: &str) -> Result<Self, ProxyConfigError> {
+        let n = name.trim().to_ascii_lowercase().replace('_', "-");
+        Ok(match n.as_str() {
+            "x-forwarded-for" => ProxyHeader::XForwardedFor,
+            "x-forwarded-proto" | "x-forwarded-scheme" => ProxyHeader::XForwardedProto,
+            "x-forwarded-host" => ProxyHeader::XForwardedHost,
+            "x-forwarded-port" => ProxyHeader::XForwardedPort,
+            "x-real-ip" => ProxyHeader::XRealIp,
+            "forwarded" => ProxyHeader::Forwarded,
+            _ => return Err(ProxyConfigError::UnknownHeader(name.to_owned())),
+        })
+    }
+
+    fn param(self) -> &'static [u8] {
+        match self {
+            ProxyHeader::XForwardedFor => b"HTTP_X_FORWARDED_FOR",
+            ProxyHeader::XForwardedProto => b"HTTP_X_FORWARDED_PROTO",
+            ProxyHeader::XForwardedHost => b"HTTP_X_FORWARDED_HOST",
+            ProxyHeader::XForwardedPort => b"HTTP_X_FORWARDED_PORT",
+            ProxyHeader::XRealIp => b"HTTP_X_REAL_IP",
+            ProxyHeader::Forwarded => b"HTTP_FORWARDED",
+        }
+    }
+}
+
+/// An address block: an address and how many leading bits must match.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    addr: IpAddr,
+    bits: u8,
+}
+
+impl Cidr {
+    /// `10.0.0.0/8`, `::1`, `192.168.1.7`.
+    pub fn parse(text: &str) -> Result<Self, ProxyConfigError> {
+        let text = text.trim();
+        let (a, bits) = match text.split_once('/') {
+            Some((a, b)) => (a, Some(b.parse::<u8>().map_err(|_| ProxyConfigError::BadAddress(text.to_owned()))?)),
+            None => (text, None),
+        };
+        let addr: IpAddr = a.parse().map_err(|_| ProxyConfigError::BadAddress(text.to_owned()))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let bits = bits.unwrap_or(max);
+        if bits > max {
+            return Err(ProxyConfigError::BadPrefix(text.to_owned()));
+        }
+        Ok(Cidr { addr, bits })
+    }
+
+    /// Whether `ip` lies in this block (an IPv4-mapped IPv6 address counts as IPv4).
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        let (a, b, len) = match (self.addr, ip) {
+            (IpAddr::V4(a), IpAddr::V4(b)) => (u128::from(u32::from(a)) << 96, u128::from(u32::from(b)) << 96, self.bits),
+            (IpAddr::V6(a), IpAddr::V6(b)) => (u128::from(a), u128::from(b), self.bits),
+            _ => return false,
+        };
+        if len == 0 {
+            return true;
+        }
+        let mask = u128::MAX << (128 - u32::from(len));
+        a & mask == b & mask
+    }
+}
+
+/// A listener's trusted proxies and the headers they are trusted for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrustedProxies {
+    pub proxies: Vec<Cidr>,
+    pub headers: Vec<ProxyHeader>,
+}
+
+impl TrustedProxies {
+    fn trusted(&self, ip: &[u8]) -> bool {
+        parse_ip(ip).is_some_and(|ip| self.proxies.iter().any(|c| c.contains(ip)))
+    }
+
+    /// Rewrite `params` from the trusted headers, or strip them when the peer is untrusted.
+    pub fn apply(&self, params: &mut Params) {
+        let peer_trusted = params.get(b"REMOTE_ADDR").is_some_and(|a| self.trusted(a));
+        if !peer_trusted {
+            for h in &self.headers {
+                if params.get(h.param()).is_some() {
+                    params.remove(h.param());
+                }
+            }
+            return;
+        }
+        // Forwarded (RFC 7239) first, so that the X- headers, when also trusted, win.
+        if self.headers.contains(&ProxyHeader::Forwarded) {
+            if let Some(v) = params.get(b"HTTP_FORWARDED").map(<[u8]>::to_vec) {
+                self.apply_forwarded(params, &v);
+            }
+        }
+        for h in &self.headers {
+            let Some(v) = params.get(h.param()).map(|v| String::from_utf8_lossy(v).into_owned()) else { continue };
+            match h {
+                ProxyHeader::XForwardedFor => {
+                    if let Some(client) = self.client_from_chain(v.split(',').map(str::trim)) {
+                        params.insert(&b"REMOTE_ADDR"[..], client.into_bytes());
+                    }
+                }
+                ProxyHeader::XRealIp => {
+                    let ip = v.trim();
+                    if parse_ip(ip.as_bytes()).is_some() {
+                        params.insert(&b"REMOTE_ADDR"[..], ip.as_bytes().to_vec());
+                    }
+                }
+                ProxyHeader::XForwardedProto => set_scheme(params, v.split(',').next().unwrap_or("").trim()),
+                ProxyHeader::XForwardedHost => {
+                    let host = v.split(',').next().unwrap_or("").trim();
+                    if !host.is_empty() {
+                        params.insert(&b"HTTP_HOST"[..], host.as_bytes().to_vec());
+                    }
+                }
+                ProxyHeader::XForwardedPort => {
+                    let port = v.split(',').next().unwrap_or("").trim();
+                    if port.parse::<u16>().is_ok() {
+                        params.insert(&b"SERVER_PORT"[..], port.as_bytes().to_vec());
+                    }
+                }
+                ProxyHeader::Forwarded => {}
+            }
+        }
+    }
+
+    /// The client of a proxy chain: the right-most address that is not a trusted proxy
+    /// (addresses left of it could have been written by the client itself).
+    fn client_from_chain<'a>(&self, chain: impl DoubleEndedIterator<Item = &'a str>) -> Option<String> {
+        let mut last = None;
+        for hop in chain.rev() {
+            let ip = strip_port(hop);
+            if ip.is_empty() {
+                continue;
+            }
+            let parsed = parse_ip(ip.as_bytes())?;
+            last = Some(ip.to_owned());
+            if !self.proxies.iter().any(|c| c.contains(parsed)) {
+                break;
+            }
+        }
+        last
+    }
+
+    fn apply_forwarded(&self, params: &mut Params, value: &[u8]) {
+        let value = String::from_utf8_lossy(value);
+        let elements: Vec<&str> = value.split(',').collect();
+        let fors: Vec<String> = elements.iter().filter_map(|e| pair(e, "for")).collect();
+        if let Some(client) = self.client_from_chain(fors.iter().map(String::as_str)) {
+            params.insert(&b"REMOTE_ADDR"[..], client.into_bytes());
+        }
+        // proto and host: from the element the nearest proxy wrote (the last one).
+        if let Some(last) = elements.last() {
+            if let Some(proto) = pair(last, "proto") {
+                set_scheme(params, &proto);
+            }
+            if let Some(host) = pair(last, "host") {
+                params.insert(&b"HTTP_HOST"[..], host.as_bytes().to_vec());
+            }
+        }
+    }
+}
+
+/// `name=value` from one Forwarded element (`for="[2001:db8::1]:80";proto=https`).
+fn pair(element: &str, name: &str) -> Option<String> {
+    element.split(';').find_map(|kv| {
+        let (k, v) = kv.split_once('=')?;
+        k.trim().eq_ignore_ascii_case(name).then(|| v.trim().trim_matches('"').to_owned())
+    })
+}
+
+fn set_scheme(params: &mut Params, proto: &str) {
+    if proto.eq_ignore_ascii_case("https") {
+        params.insert(&b"HTTPS"[..], &b"on"[..]);
+        params.insert(&b"REQUEST_SCHEME"[..], &b"https"[..]);
+    } else if proto.eq_ignore_ascii_case("http") {
+        if params.get(b"HTTPS").is_some() {
+            params.remove(b"HTTPS");
+        }
+        params.insert(&b"REQUEST_SCHEME"[..], &b"http"[..]);
+    }
+}
+
+/// "1.2.3.4:80" → "1.2.3.4", "[::1]:80" → "::1", "::1" stays.
+fn strip_port(hop: &str) -> &str {
+    let hop = hop.trim();
+    if let Some(rest) = hop.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or("");
+    }
+    match hop.matches(':').count() {
+        1 => hop.split(':').next().unwrap_or(""),
+        _ => hop,
+    }
+}
+
+fn parse_ip(b: &[u8]) -> Option<IpAddr> {
+    std::str::from_utf8(b).ok()?.trim().parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn trust(proxies: &[&str]) -> TrustedProxies {
+        TrustedProxies {
+            proxies: proxies.iter().map(|p| Cidr::parse(p).expect("cidr")).collect(),
+            headers: ProxyHeader::ALL.to_vec(),
+        }
+    }
+
+    fn params(pairs: &[(&str, &str)]) -> Params {
+        let mut p = Params::default();
+        for (n, v) in pairs {
+            p.insert(n.as_bytes().to_vec(), v.as_bytes().to_vec());
+        }
+        p
+    }
+
+    fn get(p: &Params, n: &str) -> Option<String> {
+        p.get(n.as_bytes()).map(|v| String::from_utf8_lossy(v).into_owned())
+    }
+
+    #[test]
+    fn cidr() {
+        let c = Cidr::parse("10.0.0.0/8").expect("v4");
+        assert!(c.contains("10.1.2.3".parse().expect("ip")));
+        assert!(c.contains("::ffff:10.1.2.3".parse().expect("mapped")));
+        assert!(!c.contains("11.0.0.1".parse().expect("ip")));
+        assert!(Cidr::parse("::1").expect("v6").contains("::1".parse().expect("ip")));
+        assert!(Cidr::parse("0.0.0.0/0").expect("all").contains("8.8.8.8".parse().expect("ip")));
+        assert_eq!(Cidr::parse("10.0.0.0/33"), Err(ProxyConfigError::BadPrefix("10.0.0.0/33".into())));
+        assert!(Cidr::parse("nonsense").is_err());
+    }
+
+    #[test]
+    fn trusted_peer_rewrites() {
+        let t = trust(&["127.0.0.1", "10.0.0.0/8"]);
+        let mut p = params(&[
+            ("REMOTE_ADDR", "127.0.0.1"),
+            ("HTTP_X_FORWARDED_FOR", "6.6.6.6, 203.0.113.9, 10.0.0.2"),
+            ("HTTP_X_FORWARDED_PROTO", "https"),
+            ("HTTP_X_FORWARDED_HOST", "public.example"),
+            ("HTTP_X_FORWARDED_PORT", "443"),
+            ("HTTP_HOST", "internal"),
+            ("SERVER_PORT", "8080"),
+        ]);
+        t.apply(&mut p);
+        assert_eq!(get(&p, "REMOTE_ADDR").as_deref(), Some("203.0.113.9"));
+        assert_eq!(get(&p, "HTTPS").as_deref(), Some("on"));
+        assert_eq!(get(&p, "HTTP_HOST").as_deref(), Some("public.example"));
+        assert_eq!(get(&p, "SERVER_PORT").as_deref(), Some("443"));
+    }
+
+    #[test]
+    fn untrusted_peer_loses_the_headers() {
+        let t = trust(&["10.0.0.0/8"]);
+        let mut p = params(&[("REMOTE_ADDR", "198.51.100.7"), ("HTTP_X_FORWARDED_FOR", "1.2.3.4"), ("HTTP_X_REAL_IP", "1.2.3.4")]);
+        t.apply(&mut p);
+        assert_eq!(get(&p, "REMOTE_ADDR").as_deref(), Some("198.51.100.7"));
+        assert_eq!(get(&p, "HTTP_X_FORWARDED_FOR"), None);
+        assert_eq!(get(&p, "HTTP_X_REAL_IP"), None);
+    }
+
+    #[test]
+    fn forwarded_header() {
+        let t = trust(&["127.0.0.1"]);
+        let mut p = params(&[("REMOTE_ADDR", "127.0.0.1"), ("HTTP_FORWARDED", "for=\"[2001:db8::7]:4711\";proto=https;host=a.example")]);
+        t.apply(&mut p);
+        assert_eq!(get(&p, "REMOTE_ADDR").as_deref(), Some("2001:db8::7"));
+        assert_eq!(get(&p, "REQUEST_SCHEME").as_deref(), Some("https"));
+        assert_eq!(get(&p, "HTTP_HOST").as_deref(), Some("a.example"));
+    }
+}

@@ -1,0 +1,177 @@
+//! CGI local redirects (RFC 3875 section 6.2.2): an app answering status 200 with
+//! `Location: /local/path` asks the server to serve that path instead. No web server does this
+//! for FastCGI (only mod_fcgid and mod_proxy_scgi), so the bridge does: the first response's
+//! body is dropped, and the request goes again — as GET (HEAD stays HEAD), without a body —
+//! to whichever pool routes the new path, with REDIRECT_URL, REDIRECT_STATUS and
+//! REDIRECT_QUERY_STRING set as Apache sets them. A chain longer than the listener's
+//! `max-redirects` ends with 500.
+use crate::config::{Dialect, UnroutedRedirect};
+use bytes::{BufMut, Bytes, BytesMut};
+use fastcgi_server::cgi::ResponseHead;
+use fastcgi_server::Params;
+
+/// Why a local redirect cannot be followed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RedirectError {
+    #[error("more than {0} internal redirects (a loop?); raise the listener's max-redirects if the chain is intended")]
+    TooMany(u32),
+}
+
+/// The local path a response redirects to internally: status 200 (or no Status, CGI's
+/// local-redirect form) and a Location starting with one `/`. The common response has no
+/// Location and costs one `Option` check.
+pub fn local_target(head: &ResponseHead) -> Option<Bytes> {
+    let loc = head.location.as_ref()?;
+    if !matches!(head.status, None | Some(200)) {
+        return None;
+    }
+    // "//host/path" is a network-path reference, not a local path.
+    (loc.first() == Some(&b'/') && loc.get(1) != Some(&b'/')).then(|| loc.clone())
+}
+
+/// Whether a Location is absolute (has a scheme): with status 200 it becomes a 302, as
+/// mod_fcgid does, since a 200 with an absolute Location redirects nobody.
+pub fn is_absolute(loc: &[u8]) -> bool {
+    match loc.iter().position(|&b| b == b':') {
+        Some(i) if i > 0 => loc[..i].iter().all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(b)),
+        _ => false,
+    }
+}
+
+/// Rewrite `params` for the redirected request to `target`; `depth` counts the redirects
+/// of this request so far.
+pub fn apply(params: &mut Params, target: &[u8], depth: &mut u32, max: u32) -> Result<(), RedirectError> {
+    *depth += 1;
+    if *depth > max {
+        return Err(RedirectError::TooMany(max));
+    }
+    let (path, query) = match target.iter().position(|&b| b == b'?') {
+        Some(i) => (&target[..i], &target[i + 1..]),
+        None => (target, &b""[..]),
+    };
+    // Apache's names: the first request's path and query, and the status that redirected.
+    // In a chain, REDIRECT_URL keeps naming the request the client made.
+    if params.get(b"REDIRECT_URL").is_none() {
+        let orig_uri = params.get(b"REQUEST_URI").unwrap_or(b"");
+        let orig_path = orig_uri.split(|&b| b == b'?').next().unwrap_or(b"").to_vec();
+        let orig_query = params.get(b"QUERY_STRING").unwrap_or(b"").to_vec();
+        params.insert(&b"REDIRECT_URL"[..], orig_path);
+        params.insert(&b"REDIRECT_QUERY_STRING"[..], orig_query);
+    }
+    params.insert(&b"REDIRECT_STATUS"[..], &b"200"[..]);
+    if params.get(b"REQUEST_METHOD") != Some(b"HEAD") {
+        params.insert(&b"REQUEST_METHOD"[..], &b"GET"[..]);
+    }
+    params.insert(&b"CONTENT_LENGTH"[..], &b""[..]);
+    params.insert(&b"CONTENT_TYPE"[..], &b""[..]);
+    params.insert(&b"REQUEST_URI"[..], target.to_vec());
+    params.insert(&b"QUERY_STRING"[..], query.to_vec());
+    // With REDIRECT_URL set, routing reads the path from SCRIPT_NAME + PATH_INFO (as after
+    // Apache's own internal redirects): the decoded path, mounted again by the router.
+    let decoded = percent_decode(path);
+    params.insert(&b"SCRIPT_NAME"[..], &b""[..]);
+    if params.get(b"DOCUMENT_URI").is_some() {
+        params.insert(&b"DOCUMENT_URI"[..], decoded.clone());
+    }
+    params.insert(&b"PATH_INFO"[..], decoded);
+    Ok(())
+}
+
+/// What the web server gets for a local redirect no route of the bridge serves, or `None`
+/// for a 404.
+pub fn unrouted(dialect: Dialect, policy: UnroutedRedirect, target: &[u8]) -> Option<BytesMut> {
+    let header: &[u8] = match (dialect, policy) {
+        // nginx serves it from a location (an `internal` one, typically).
+        (Dialect::Nginx, _) => b"X-Accel-Redirect: ",
+        (_, UnroutedRedirect::Pass) => b"Location: ",
+        (_, UnroutedRedirect::NotFound) => return None,
+    };
+    let mut out = BytesMut::with_capacity(64 + target.len());
+    out.put_slice(b"Status: 200 OK\r\n");
+    out.put_slice(header);
+    out.put_slice(target);
+    out.put_slice(b"\r\nContent-Length: 0\r\n\r\n");
+    Some(out)
+}
+
+fn percent_decode(s: &[u8]) -> Vec<u8> {
+    let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
+    let mut out = Vec::with_capacity(s.len());
+    let mut i = 0;
+    while i < s.len() {
+        if s[i] == b'%' && i + 2 < s.len() {
+            if let (Some(h), Some(l)) = (hex(s[i + 1]), hex(s[i + 2])) {
+                out.push(h * 16 + l);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(s[i]);
+        i += 1;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(status: Option<u16>, location: Option<&'static str>) -> ResponseHead {
+        ResponseHead {
+            status,
+            reason: None,
+            location: location.map(|l| Bytes::from_static(l.as_bytes())),
+            content_type: None,
+            content_length: None,
+            headers: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn which_responses_redirect_locally() {
+        assert_eq!(local_target(&head(Some(200), Some("/x?a=1"))), Some(Bytes::from_static(b"/x?a=1")));
+        assert_eq!(local_target(&head(None, Some("/x"))), Some(Bytes::from_static(b"/x")));
+        assert_eq!(local_target(&head(Some(302), Some("/x"))), None);
+        assert_eq!(local_target(&head(Some(200), Some("http://h/x"))), None);
+        assert_eq!(local_target(&head(Some(200), Some("//h/x"))), None);
+        assert_eq!(local_target(&head(Some(200), None)), None);
+        assert!(is_absolute(b"http://h/x") && is_absolute(b"https://h") && !is_absolute(b"/a:b") && !is_absolute(b"x"));
+    }
+
+    #[test]
+    fn apply_rewrites_the_request() {
+        let mut p = Params::default();
+        for (n, v) in [
+            ("REQUEST_METHOD", "POST"),
+            ("REQUEST_URI", "/first?q=1"),
+            ("QUERY_STRING", "q=1"),
+            ("CONTENT_LENGTH", "5"),
+            ("SCRIPT_NAME", ""),
+            ("PATH_INFO", "/first"),
+        ] {
+            p.insert(n.as_bytes(), v.as_bytes());
+        }
+        let mut depth = 0;
+        apply(&mut p, b"/second%20x?b=2", &mut depth, 10).expect("redirect");
+        let g = |n: &str| String::from_utf8_lossy(p.get(n.as_bytes()).unwrap_or(b"-")).into_owned();
+        assert_eq!(g("REQUEST_METHOD"), "GET");
+        assert_eq!(g("REQUEST_URI"), "/second%20x?b=2");
+        assert_eq!(g("PATH_INFO"), "/second x");
+        assert_eq!(g("QUERY_STRING"), "b=2");
+        assert_eq!(g("CONTENT_LENGTH"), "");
+        assert_eq!((g("REDIRECT_URL"), g("REDIRECT_QUERY_STRING"), g("REDIRECT_STATUS")), ("/first".into(), "q=1".into(), "200".into()));
+        apply(&mut p, b"/third", &mut depth, 10).expect("again");
+        assert_eq!(p.get(b"REDIRECT_URL"), Some(&b"/first"[..]), "a chain keeps the client's URL");
+        let mut depth = 10;
+        assert_eq!(apply(&mut p, b"/x", &mut depth, 10), Err(RedirectError::TooMany(10)));
+    }
+
+    #[test]
+    fn unrouted_by_dialect() {
+        let x = unrouted(Dialect::Nginx, UnroutedRedirect::NotFound, b"/files/a").expect("nginx");
+        assert_eq!(&x[..], b"Status: 200 OK\r\nX-Accel-Redirect: /files/a\r\nContent-Length: 0\r\n\r\n");
+        let p = unrouted(Dialect::Generic, UnroutedRedirect::Pass, b"/a").expect("pass");
+        assert!(p.starts_with(b"Status: 200 OK\r\nLocation: /a\r\n"));
+        assert!(unrouted(Dialect::Lighttpd, UnroutedRedirect::NotFound, b"/a").is_none());
+    }
+}

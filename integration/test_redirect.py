@@ -1,0 +1,125 @@
+"""CGI local redirects (status 200 + `Location: /path`) served by the bridge itself: to the
+same pool or another one, as GET (HEAD stays HEAD), loops ended with 500, a target no
+route serves handed to nginx as X-Accel-Redirect. See docs/internal-redirects.md."""
+import json
+
+import pytest
+import requests
+
+import fcgi_client
+import harness
+import respond_servers
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    work = tmp_path_factory.mktemp("redirect")
+    files = work / "files"
+    files.mkdir()
+    (files / "report.txt").write_text("served by nginx\n")
+    ports = harness.free_ports(3)
+    pools = {
+        "app": harness.pool(respond_servers.RESPOND_APP, processes=1, threads=4),
+        "other": harness.pool(respond_servers.RESPOND_APP, processes=1, threads=2),
+    }
+    routes = [{"prefix": "/other", "pool": "other"}, {"prefix": "/app", "pool": "app"},
+              {"prefix": "/redirect", "pool": "app"}, {"prefix": "/loop", "pool": "app"},
+              {"prefix": "/env", "pool": "app"}, {"prefix": "/health", "pool": "app"}]
+    listeners = {
+        # nginx in front: unrouted targets become X-Accel-Redirect
+        "fcgi-nginx": {"fastcgi": f"127.0.0.1:{ports[0]}", "routes": routes, "dialect": "nginx"},
+        "fcgi-pass": {"fastcgi": f"127.0.0.1:{ports[1]}", "routes": routes, "unrouted-redirect": "pass",
+                      "max-redirects": 3},
+        "fcgi-404": {"fastcgi": f"127.0.0.1:{ports[2]}", "routes": routes},
+    }
+    bridge = respond_servers.start_bridge(work, pools, listeners,
+                                          [("fcgi-nginx", "/health", "any"), ("fcgi-pass", "/other/health", "any")])
+    nginx = None
+    try:
+        nginx = respond_servers.Nginx(work / "nginx", bridge.listener_address("fcgi-nginx"), files).start()
+        yield bridge, nginx
+    finally:
+        if nginx:
+            nginx.stop()
+        bridge.stop()
+
+
+def env_of(resp):
+    return json.loads(resp.body)
+
+
+def test_redirect_to_another_pool_is_a_get_with_redirect_vars(env):
+    bridge, _ = env
+    addr = bridge.listener_address("fcgi-404")
+    r = fcgi_client.fcgi_request(addr, "/redirect", method="POST", body=b"payload",
+                                 query="to=%2Fother%2Fenv%2Fx%2520y%253Fz%3Fk%3Dv&orig=1")
+    assert r.status == 200, bytes(r.stdout)[:300]
+    assert b"first body!" not in bytes(r.stdout)
+    e = env_of(r)
+    assert e["REQUEST_METHOD"] == "GET"
+    assert e["SCRIPT_NAME"] == "/other" and e["PATH_INFO"] == "/env/x y?z"
+    assert e["QUERY_STRING"] == "k=v"
+    assert e["REDIRECT_URL"] == "/redirect"
+    assert e["REDIRECT_QUERY_STRING"] == "to=%2Fother%2Fenv%2Fx%2520y%253Fz%3Fk%3Dv&orig=1"
+    assert e["REDIRECT_STATUS"] == "200"
+    assert "CONTENT_LENGTH" not in e
+    # the redirected request reached the other pool: its workers are not the first pool's
+    assert r.header("Content-Length") is None or int(r.header("Content-Length")) == len(r.body)
+
+
+def test_head_stays_head(env):
+    bridge, _ = env
+    addr = bridge.listener_address("fcgi-404")
+    r = fcgi_client.fcgi_request(addr, "/redirect", method="HEAD", query="to=/app/env")
+    assert r.status == 200
+    # the worker drops a HEAD response's body; the access line shows the method
+    bridge.log.wait_for(r'method="HEAD" uri="/redirect\?to=/app/env" status=200', access=True)
+
+
+def test_loop_ends_with_500_and_a_log_line(env):
+    bridge, _ = env
+    mark = bridge.log.mark()
+    r = fcgi_client.fcgi_request(bridge.listener_address("fcgi-pass"), "/loop")
+    assert r.status == 500
+    bridge.log.wait_for(r"internal redirect refused, answering 500: more than 3 internal redirects", since=mark)
+    lines = [ln for ln in bridge.log.lines(mark) if "internal redirect" in ln and "target=/loop" in ln]
+    assert len(lines) == 4, lines  # three followed, the fourth refused
+
+
+def test_absolute_location_with_200_becomes_302(env):
+    bridge, _ = env
+    r = fcgi_client.fcgi_request(bridge.listener_address("fcgi-404"), "/redirect",
+                                 query="to=http://example.test/x")
+    assert r.status == 302
+    assert r.header("Location") == "http://example.test/x"
+
+
+def test_a_real_redirect_status_passes_untouched(env):
+    bridge, _ = env
+    r = fcgi_client.fcgi_request(bridge.listener_address("fcgi-404"), "/redirect",
+                                 query="to=/app/env&status=303+See+Other")
+    assert r.status == 303 and r.header("Location") == "/app/env"
+
+
+def test_unrouted_target_404_or_pass(env):
+    bridge, _ = env
+    r = fcgi_client.fcgi_request(bridge.listener_address("fcgi-404"), "/redirect", query="to=/nowhere")
+    assert r.status == 404
+    r = fcgi_client.fcgi_request(bridge.listener_address("fcgi-pass"), "/redirect", query="to=/nowhere")
+    assert r.status == 200 and r.header("Location") == "/nowhere" and r.body == b""
+
+
+def test_nginx_serves_an_unrouted_target_from_an_internal_location(env):
+    _, nginx = env
+    r = requests.get(nginx.url("/redirect?to=/protected/report.txt"), timeout=30)
+    assert r.status_code == 200
+    assert r.text == "served by nginx\n"
+    # the internal location is not reachable directly
+    assert requests.get(nginx.url("/protected/report.txt"), timeout=30).status_code == 404
+
+
+def test_nginx_in_front_of_a_pool_redirect(env):
+    _, nginx = env
+    r = requests.get(nginx.url("/redirect?to=/other/env"), timeout=30)
+    assert r.status_code == 200
+    assert r.json()["SCRIPT_NAME"] == "/other" and r.json()["REDIRECT_URL"] == "/redirect"
