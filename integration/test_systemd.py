@@ -124,11 +124,18 @@ def test_socket_activation_and_notify(activated):
     wait_until(lambda: (notify.poll(), len([m for m in notify.messages if m == "WATCHDOG=1"]) >= before + 3)[1],
                30, what="three WATCHDOG=1 pings")
 
+    # SIGHUP (systemctl reload): RELOADING=1, then READY=1 again once the reload is done.
+    proc.send_signal(signal.SIGHUP)
+    reloading = notify.wait_for("RELOADING=1", 30)
+    assert "MONOTONIC_USEC=" in reloading[0]
+    wait_until(lambda: (notify.poll(), [m.split("\n")[0] for m in notify.messages if not m.startswith("WATCHDOG")]
+                        .count("READY=1") >= 2)[1], 30, what="READY=1 after the reload")
+
     proc.send_signal(signal.SIGTERM)
     notify.wait_for("STOPPING=1", 30)
     assert proc.wait(30) == 0
     order = [m.split("\n")[0] for m in notify.messages if not m.startswith("WATCHDOG")]
-    assert order.index("READY=1") < order.index("STOPPING=1")
+    assert order.index("READY=1") < order.index("RELOADING=1") < order.index("STOPPING=1")
 
 
 def test_unknown_socket_name_is_a_clear_error(tmp_path):

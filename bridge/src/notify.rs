@@ -79,7 +79,6 @@ impl Notifier {
     }
 
     /// RELOADING=1 with the monotonic timestamp systemd ≥ 253 wants for Type=notify-reload.
-    #[allow(dead_code)] // sent by the reload path once SIGHUP reloads (issue 4)
     pub fn reloading(&self) {
         self.send(&format!("RELOADING=1\nMONOTONIC_USEC={}", monotonic_usec()));
     }
@@ -103,7 +102,6 @@ fn parse_address(name: &str) -> Result<SocketAddr, NotifyError> {
     SocketAddr::from_pathname(name).map_err(|_| NotifyError::BadAddress(name.to_owned()))
 }
 
-#[allow(dead_code)]
 fn monotonic_usec() -> u64 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: clock_gettime writes one timespec into the valid pointer it is given.
@@ -137,7 +135,7 @@ pub async fn ready_when_pools_ready(notifier: std::sync::Arc<Notifier>, pools: V
     let longest = pools.iter().map(|p| p.config.startup_timeout).max().unwrap_or_default();
     let deadline = tokio::time::Instant::now() + longest + Duration::from_secs(1);
     let not_ready = |pools: &[std::sync::Arc<crate::supervise::PoolRuntime>]| -> Vec<String> {
-        pools.iter().filter(|p| p.dispatcher.idle() == 0).map(|p| p.name.to_string()).collect()
+        pools.iter().filter(|p| !p.serving()).map(|p| p.name.to_string()).collect()
     };
     loop {
         let waiting = not_ready(&pools);
