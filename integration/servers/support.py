@@ -24,8 +24,8 @@ def record(variant: str, feature: str, verdict: str, note: str = ""):
     old = cells.get(feature)
     if old and old["verdict"] == "FAIL" and verdict != "FAIL":
         return
-    if old and old["verdict"] == verdict and old["note"] and note and note not in old["note"]:
-        note = f"{old['note']}; {note}"
+    if old and old["verdict"] == verdict and old["note"] and note:
+        note = old["note"] if note in old["note"] else f"{old['note']}; {note}"
     cells[feature] = {"verdict": verdict, "note": note}
 
 

@@ -175,15 +175,31 @@ def test_chunked_upload(srv, variant):
     support.record(variant, "chunked upload", "yes", f"{how} (CONTENT_LENGTH={cl!r})")
 
 
-def test_internal_redirect(srv, variant):
-    """200 + Location: /local — a CGI local redirect."""
+def bridge_log(srv, variant, sbridge):
+    """(log text since a mark) of the bridge serving `variant`."""
+    if variant in SPAWNED:
+        path = srv.spawned_log()
+        start = path.stat().st_size
+        return lambda: path.read_text(errors="replace")[start:]
+    mark = sbridge.log.mark()
+    return lambda: sbridge.log.text(mark)
+
+
+def test_internal_redirect(srv, variant, sbridge):
+    """200 + Location: /local — a CGI local redirect, done by the server or by the bridge."""
+    since = bridge_log(srv, variant, sbridge)
     r = requests.get(url(srv, variant, "/redirect"), allow_redirects=False, timeout=TIMEOUT)
     try:
         local = r.json().get("local") is True
     except ValueError:
         local = False
     if r.status_code == 200 and local:
-        support.record(variant, "internal redirect", "yes", "done by the server itself")
+        by_bridge = any("internal redirect" in ln and "/redirect" in ln and "refused" not in ln
+                        for ln in since().splitlines())
+        assert r.json()["method"] == "GET" and r.json()["query"] == "from=redirect", r.text
+        assert r.json()["redirect_url"] == "/redirect", r.text
+        support.record(variant, "internal redirect", "yes",
+                       "done by the bridge (the server sees one response)" if by_bridge else "done by the server itself")
         return
     assert r.status_code in (200, 302), (r.status_code, r.text[:300])
     support.record(variant, "internal redirect", "not yet",
@@ -206,7 +222,8 @@ def test_file_handoff(srv, variant):
         path, dialect = "/x-sendfile", None  # the spawned snippets enable no hand-off
     r = requests.get(url(srv, variant, path), timeout=TIMEOUT)
     if r.status_code == 200 and r.text == "hello from a file\n":
-        support.record(variant, "file hand-off", "yes", f"{dialect or path} served by the server")
+        support.record(variant, "file hand-off", "yes",
+                       f"{dialect} (the server's dialect)" if dialect else "X-Sendfile served by the bridge itself")
         return
     if dialect:
         pytest.fail(f"{dialect} not honoured: {r.status_code} {r.text[:200]!r}\n{srv.log_text()}")
