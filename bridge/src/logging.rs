@@ -1,5 +1,6 @@
 //! The daemon's log (tracing, text or JSON, on stderr) and the optional access log.
 pub mod access_format;
+pub mod app_records;
 pub mod reopen;
 
 use crate::config::{Global, LogFormat};

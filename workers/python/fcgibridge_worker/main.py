@@ -128,7 +128,36 @@ def report_load_failure(exc, ready_fd):
     os._exit(EXIT_LOAD_FAILED)
 
 
+def _supervision_signals():
+    """SIGUSR2 while the app is being imported: every thread's Python stack to stderr
+    (faulthandler works from C, even while an import holds the GIL), which the bridge asks
+    for before it kills a worker that missed startup-timeout; stackdump.install() takes
+    SIGUSR2 over once the worker serves. SIGXCPU (cpu-time-limit, RLIMIT_CPU's soft
+    limit): one line to stderr instead of dying; the bridge retires the worker gracefully
+    and the hard limit is its backstop."""
+    import faulthandler
+    import signal
+
+    try:
+        faulthandler.register(signal.SIGUSR2, file=sys.__stderr__, all_threads=True)
+    except (AttributeError, ValueError, OSError, RuntimeError):
+        pass
+    told = []
+
+    def on_xcpu(_signum, _frame):
+        if not told:
+            told.append(1)
+            sys.stderr.write("fcgibridge worker: cpu-time-limit reached (SIGXCPU); the bridge retires this worker\n")
+            sys.stderr.flush()
+
+    try:
+        signal.signal(signal.SIGXCPU, on_xcpu)
+    except (AttributeError, ValueError, OSError):
+        pass
+
+
 def main():
+    _supervision_signals()
     if os.environ.get("FCGIBRIDGE_TEMPLATE") == "1":
         # A pool's preloaded template (preload: true): imports the app, then forks workers.
         from . import template
@@ -181,6 +210,9 @@ def serve(app, listen_fd, ready_fd, threads, processes):
     from . import stackdump
 
     stackdump.install()  # SIGUSR2 from the bridge's slowlog; before any request runs
+    from . import logging_bridge
+
+    logging_bridge.install()  # the app's logging records, with level and logger, to the bridge's log
     for i in range(threads):
         threading.Thread(target=run, name="fcgibridge-%d" % i, daemon=True).start()
     _write_ready(ready_fd, "READY\n")

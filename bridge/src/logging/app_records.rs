@@ -1,0 +1,44 @@
+//! The app's Python `logging` records, as the worker's handler (`logging_bridge.py`) writes
+//! them to stderr: one line, a marker, then JSON with level, logger, message and request
+//! id. They become bridge log events at the record's level, with pool, pid, logger and
+//! request id as fields, instead of anonymous stderr warnings.
+use serde::Deserialize;
+
+/// Starts every structured record line (an ASCII unit separator, then a tag no app prints).
+pub const MARKER: &str = "\u{1f}fcgibridge-log ";
+
+#[derive(Deserialize)]
+struct Record {
+    level: String,
+    logger: String,
+    msg: String,
+    request_id: Option<String>,
+}
+
+/// Log `line` if it is a structured record; false for any other line.
+pub fn emit(pool: &str, pid: u32, line: &str) -> bool {
+    let Some(json) = line.strip_prefix(MARKER) else { return false };
+    let Ok(r) = serde_json::from_str::<Record>(json) else { return false };
+    let request_id = r.request_id.as_deref().unwrap_or("-");
+    let (logger, msg) = (r.logger.as_str(), r.msg.as_str());
+    match r.level.as_str() {
+        "CRITICAL" | "ERROR" => tracing::error!(target: "app", pool, pid, logger, request_id, "{msg}"),
+        "WARNING" => tracing::warn!(target: "app", pool, pid, logger, request_id, "{msg}"),
+        "INFO" => tracing::info!(target: "app", pool, pid, logger, request_id, "{msg}"),
+        _ => tracing::debug!(target: "app", pool, pid, logger, request_id, "{msg}"),
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_marked_json_lines_are_records() {
+        let line = format!("{MARKER}{{\"level\":\"INFO\",\"logger\":\"shop\",\"msg\":\"hi\",\"request_id\":\"7\"}}");
+        assert!(emit("p", 1, &line));
+        assert!(!emit("p", 1, "plain stderr text"));
+        assert!(!emit("p", 1, &format!("{MARKER}not json")));
+    }
+}

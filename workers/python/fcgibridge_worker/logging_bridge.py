@@ -1,0 +1,49 @@
+"""Route the app's ``logging`` records into the bridge's log with their level, logger
+name and request id: a handler on the root logger writes each record to stderr as one
+marked JSON line, which the bridge parses (bridge/src/logging/app_records.rs).
+
+Installed only when the app left the root logger without handlers, so an app that
+configures logging itself keeps its own handlers (its lines still reach the bridge's
+log, as plain stderr)."""
+import json
+import logging
+import sys
+
+MARKER = "\x1ffcgibridge-log "
+
+
+def _request_id():
+    """The request id of the WSGI environ in this thread's frames, if any."""
+    frame = sys._getframe(2)
+    while frame is not None:
+        env = frame.f_locals.get("environ")
+        if isinstance(env, dict):
+            rid = env.get("fcgibridge.request_id")
+            if rid is not None:
+                return str(rid)
+        frame = frame.f_back
+    return None
+
+
+class BridgeHandler(logging.Handler):
+    def emit(self, record):
+        try:
+            msg = record.getMessage()
+            if record.exc_info:
+                msg = msg + "\n" + logging.Formatter().formatException(record.exc_info)
+            line = json.dumps({"level": record.levelname, "logger": record.name, "msg": msg,
+                               "request_id": _request_id()})
+            sys.stderr.write(MARKER + line + "\n")
+            sys.stderr.flush()
+        except Exception:  # noqa: BLE001 - logging must never break a request
+            self.handleError(record)
+
+
+def install():
+    """Call after the app is imported (so its own logging setup wins)."""
+    root = logging.getLogger()
+    if root.handlers:
+        return
+    root.addHandler(BridgeHandler())
+    if root.level == logging.WARNING:  # untouched default: let INFO through as well
+        root.setLevel(logging.INFO)
