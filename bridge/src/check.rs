@@ -243,6 +243,8 @@ mod tests {
                     max_redirects: 10,
                     unrouted_redirect: Default::default(),
                     trusted_proxies: None,
+                    file_handoff: Default::default(),
+                    file_roots: Vec::new(),
                 },
                 Listener {
                     name: "api".into(),
@@ -263,6 +265,8 @@ mod tests {
                     max_redirects: 10,
                     unrouted_redirect: Default::default(),
                     trusted_proxies: None,
+                    file_handoff: Default::default(),
+                    file_roots: Vec::new(),
                 },
             ],
             pools: vec![

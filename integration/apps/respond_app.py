@@ -78,6 +78,12 @@ def application(environ, start_response):
                                                  ("Content-Length", "11")])
         return [b"first body!"]
 
+    if path == "/sendfile":
+        # Hand a file off; the body must never reach the client.
+        start_response("200 OK", [("X-Sendfile", arg("path")), ("Content-Type", "text/plain"),
+                                  ("Content-Length", "12")])
+        return [b"not the file"]
+
     if path == "/loop":
         start_response("200 OK", [("Location", "/loop")])
         return [b""]

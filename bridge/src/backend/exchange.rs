@@ -52,6 +52,8 @@ pub struct RequestInfo<'a> {
     pub id: &'a str,
     pub uri: &'a str,
     pub role: Role,
+    /// The listener serves X-Sendfile itself (`file-handoff: serve`).
+    pub serve_files: bool,
 }
 
 /// What to do with the worker connection afterwards.
@@ -75,9 +77,9 @@ pub struct Outcome {
     /// slot was idle). Nothing went to the front; the request can go to another slot with
     /// [`First::Prepared`] after moving this slot's first-write buffer there.
     pub retry: Option<First>,
-    /// The app answered with a CGI local redirect to this path (respond/redirect.rs): nothing
-    /// went to the front; the caller serves the request again for it.
-    pub redirect: Option<Bytes>,
+    /// The app handed the request on — a CGI local redirect (respond/redirect.rs) or a file
+    /// for the bridge to send (respond/sendfile.rs): nothing went to the front yet.
+    pub redirect: Option<respond::Handoff>,
 }
 
 /// How the first write (BEGIN + PARAMS + early body) is made.
@@ -126,8 +128,8 @@ struct RespState {
     body_bytes: u64,
     /// The Content-Length the app declared, if any.
     content_length: Option<u64>,
-    /// A CGI local redirect: the response is dropped (`front_done`), the request goes again.
-    redirect: Option<Bytes>,
+    /// A hand-off: the response is dropped (`front_done`), the caller answers instead.
+    redirect: Option<respond::Handoff>,
 }
 
 /// How long a response whose declared body is complete is held for the END_REQUEST that
@@ -512,7 +514,15 @@ fn take_head(st: &mut RespState, data: Bytes, info: &RequestInfo<'_>, pool: &str
     st.content_length = head.content_length;
     if head.location.is_some() {
         if let Some(target) = respond::redirect::local_target(&head) {
-            st.redirect = Some(target);
+            st.redirect = Some(respond::Handoff::Local(target));
+            st.head_done = false;
+            st.front_done = true;
+            return Ok(None);
+        }
+    }
+    if info.serve_files {
+        if let Some(path) = respond::sendfile::file_header(&head) {
+            st.redirect = Some(respond::Handoff::File(path));
             st.head_done = false;
             st.front_done = true;
             return Ok(None);

@@ -121,6 +121,8 @@ pub struct RawListener {
     pub unrouted_redirect: Option<String>,
     pub trusted_proxies: Option<Vec<String>>,
     pub trusted_proxy_headers: Option<Vec<String>>,
+    pub file_handoff: Option<String>,
+    pub file_roots: Option<Vec<String>>,
 }
 
 

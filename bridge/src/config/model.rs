@@ -93,6 +93,20 @@ pub struct Listener {
     /// `trusted-proxies` / `trusted-proxy-headers`; None: no proxy is trusted and the
     /// params are not looked at.
     pub trusted_proxies: Option<crate::listen::proxy::TrustedProxies>,
+    /// What X-Sendfile from an app becomes (`file-handoff`).
+    pub file_handoff: FileHandoff,
+    /// Directories `file-handoff: serve` may send files from (`file-roots`).
+    pub file_roots: Vec<std::path::PathBuf>,
+}
+
+/// `file-handoff:` of a listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FileHandoff {
+    /// Headers go to the web server untouched (nginx, lighttpd, Apache with mod_xsendfile).
+    #[default]
+    Pass,
+    /// The bridge sends the file itself.
+    Serve,
 }
 
 /// The web server in front of a listener (`dialect:`).

@@ -268,6 +268,20 @@ pub fn listener(src: &Source, dir: &Path, name: &str, raw: RawListener) -> Resul
     };
     let max_redirects = raw.max_redirects.unwrap_or(DEFAULT_MAX_REDIRECTS);
     let trusted_proxies = trusted_proxies(src, &here, raw.trusted_proxies, raw.trusted_proxy_headers)?;
+    let file_handoff = match raw.file_handoff.as_deref().map(str::trim) {
+        None | Some("pass") => super::model::FileHandoff::Pass,
+        Some("serve") => super::model::FileHandoff::Serve,
+        Some(other) => return Err(src.invalid(&here.key("file-handoff"), format!("{other:?} is neither `pass` nor `serve`"))),
+    };
+    let file_roots: Vec<std::path::PathBuf> = raw.file_roots.unwrap_or_default().iter().map(|r| paths::resolve(dir, r)).collect();
+    if file_handoff == super::model::FileHandoff::Serve && file_roots.is_empty() {
+        return Err(src.invalid(&here.key("file-roots"), "file-handoff: serve needs file-roots: the directories X-Sendfile may name"));
+    }
+    for root in &file_roots {
+        if !root.is_dir() {
+            return Err(src.invalid(&here.key("file-roots"), format!("{} is not a directory", root.display())));
+        }
+    }
 
     Ok(Listener {
         name: name.to_owned(),
@@ -291,6 +305,8 @@ pub fn listener(src: &Source, dir: &Path, name: &str, raw: RawListener) -> Resul
         max_redirects,
         unrouted_redirect,
         trusted_proxies,
+        file_handoff,
+        file_roots,
     })
 }
 

@@ -158,7 +158,7 @@ pub async fn serve<S: BodySource, K: ResponseSink>(
                 break 'done (499, 0, Some(&pool.name));
             }
         };
-        let info = RequestInfo { id: request_id, uri: &uri, role };
+        let info = RequestInfo { id: request_id, uri: &uri, role, serve_files: lst.file_roots.is_some() };
         let mut first = First::Encode;
         let mut attempts = 0;
         let outcome = loop {
@@ -202,9 +202,24 @@ pub async fn serve<S: BodySource, K: ResponseSink>(
             tracing::warn!(pool = %pool.name, request_id, uri = %uri, limit = pool.config.max_body.unwrap_or(0), "streamed request body passed max-body, cut off with 413");
             break 'done (413, outcome.body_bytes, Some(&pool.name));
         }
-        if outcome.redirect.is_some() {
-            redirect_to = outcome.redirect;
-            continue 'done;
+        match outcome.redirect {
+            Some(respond::Handoff::Local(target)) => {
+                redirect_to = Some(target);
+                continue 'done;
+            }
+            Some(respond::Handoff::File(path)) => {
+                let roots = lst.file_roots.as_deref().unwrap_or(&[]);
+                let (status, sent) = match respond::sendfile::serve(roots, &params, &path, sink).await {
+                    Ok(r) => r,
+                    Err(e) => {
+                        tracing::warn!(pool = %pool.name, request_id, uri = %uri, "X-Sendfile refused, answering {}: {e}", e.status());
+                        let _ = sink.send(respond::error_response(e.status(), None).freeze(), Some(End::Complete)).await;
+                        (e.status(), 0)
+                    }
+                };
+                break 'done (status, sent, Some(&pool.name));
+            }
+            None => {}
         }
         break 'done (outcome.status, outcome.body_bytes, Some(&pool.name));
     };

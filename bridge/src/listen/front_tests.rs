@@ -161,6 +161,7 @@ async fn setup_ctx(threads: u32) -> (Arc<ListenerCtx>, (UnixStream, UnixStream))
         max_redirects: 10,
         unrouted_redirect: Default::default(),
         trusted_proxies: None,
+        file_roots: None,
         protocol: config::Protocol::FastCgi,
         succession: Default::default(),
     });

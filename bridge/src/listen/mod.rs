@@ -64,6 +64,8 @@ pub struct ListenerCtx {
     pub unrouted_redirect: crate::config::UnroutedRedirect,
     /// Proxies whose forwarding headers are believed (listen/proxy.rs); None: no scan.
     pub trusted_proxies: Option<proxy::TrustedProxies>,
+    /// `file-handoff: serve`: the roots X-Sendfile may name; None: headers pass untouched.
+    pub file_roots: Option<Arc<[std::path::PathBuf]>>,
     pub protocol: Protocol,
     /// Replaced by a reload (see [`ListenerCtx::latest`]).
     pub succession: Succession,
@@ -159,6 +161,10 @@ pub fn make_ctx(
         max_redirects: cfg.max_redirects,
         unrouted_redirect: cfg.unrouted_redirect,
         trusted_proxies: cfg.trusted_proxies.clone(),
+        file_roots: match cfg.file_handoff {
+            crate::config::FileHandoff::Serve => Some(cfg.file_roots.clone().into()),
+            crate::config::FileHandoff::Pass => None,
+        },
         protocol: cfg.protocol,
         succession: Succession::default(),
     }))

@@ -11,6 +11,16 @@ use fastcgi_server::cgi::ResponseHead;
 
 pub mod body_limit;
 pub mod redirect;
+pub mod sendfile;
+
+/// How an app handed its request on instead of answering it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Handoff {
+    /// Status 200 + `Location: /local/path`: serve that path instead.
+    Local(bytes::Bytes),
+    /// `X-Sendfile: /fs/path` on a listener with `file-handoff: serve`.
+    File(bytes::Bytes),
+}
 
 /// Why a worker's header block cannot be passed on.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
