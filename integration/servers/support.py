@@ -63,6 +63,10 @@ def render(results: dict, versions: dict | None = None) -> str:
     if versions:
         out.append("Versions: " + ", ".join(f"{k} {v}" for k, v in sorted(versions.items())) + ".")
         out.append("")
+    build = os.environ.get("FCGIBRIDGE_SUPPORT_BUILD")
+    if build:
+        out.append(f"fcgibridge tested: commit {build}.")
+        out.append("")
     out.append("| variant | " + " | ".join(FEATURES) + " |")
     out.append("|---|" + "---|" * len(FEATURES))
     notes = []
