@@ -77,6 +77,12 @@ pub(crate) struct Req {
     stdin: VecDeque<Bytes>,
     pub avail: usize,
     pub stdin_done: bool,
+    /// CONTENT_LENGTH as the web server declared it: the app never reads past it.
+    body_declared: Option<u64>,
+    body_received: u64,
+    /// STDIN ended before CONTENT_LENGTH bytes (FastCGI 1.0 section 6.2): once the
+    /// buffered bytes are read, input raises as for a disconnect.
+    pub body_short: bool,
     /// ABORT_REQUEST received, or the connection broke: input raises, output is dropped.
     pub aborted: bool,
     /// start_response has been called.
@@ -110,6 +116,9 @@ impl Req {
             stdin: VecDeque::new(),
             avail: 0,
             stdin_done: false,
+            body_declared: None,
+            body_received: 0,
+            body_short: false,
             aborted: false,
             started: false,
             head: Vec::new(),
@@ -331,6 +340,10 @@ impl Conn {
                             if r.authorizer && params.get(b"FCGI_ROLE").is_none() {
                                 params.insert(&b"FCGI_ROLE"[..], &b"AUTHORIZER"[..]);
                             }
+                            r.body_declared = params
+                                .get(b"CONTENT_LENGTH")
+                                .and_then(|v| std::str::from_utf8(v).ok())
+                                .and_then(|v| v.parse::<u64>().ok());
                             r.params = Some(params);
                         }
                     }
@@ -339,6 +352,15 @@ impl Conn {
             ServerEvent::Stdin { id, data } => {
                 if self.current_id(id).is_some() {
                     if let Some(r) = self.req.as_mut() {
+                        let mut data = data;
+                        if let Some(declared) = r.body_declared {
+                            // Bytes beyond the declared length are dropped, never read.
+                            let room = declared.saturating_sub(r.body_received);
+                            if (data.len() as u64) > room {
+                                data.truncate(room as usize);
+                            }
+                        }
+                        r.body_received += data.len() as u64;
                         if !r.stdin_done && !r.aborted && !data.is_empty() {
                             r.avail += data.len();
                             r.stdin.push_back(data);
@@ -350,6 +372,7 @@ impl Conn {
                 if self.current_id(id).is_some() {
                     if let Some(r) = self.req.as_mut() {
                         r.stdin_done = true;
+                        r.body_short = r.body_declared.is_some_and(|n| r.body_received < n);
                     }
                 }
             }

@@ -31,6 +31,7 @@ pub(crate) fn is_client_disconnected(py: Python<'_>, err: &PyErr) -> bool {
 }
 
 const GONE: &str = "the client disconnected";
+const SHORT: &str = "the request body ended before CONTENT_LENGTH bytes";
 
 // ---- wsgi.input ----------------------------------------------------------
 
@@ -69,6 +70,9 @@ impl Input {
             };
             if r.aborted {
                 return Err(client_disconnected(py, GONE));
+            }
+            if r.body_short && r.avail == 0 {
+                return Err(client_disconnected(py, SHORT));
             }
             match decide(r) {
                 Have::Take(0) => return Ok(Self::empty(py)),
