@@ -196,8 +196,9 @@ async fn run(mut config: crate::config::Config, notifier: Arc<Notifier>, config_
     let how = loop {
         tokio::select! {
             _ = sigusr1.recv() => {
-                tracing::info!("SIGUSR1: reopening log files");
+                // Reopen first: this line starts the new log file.
                 logging::reopen::request();
+                tracing::info!("SIGUSR1: reopening log files");
             }
             _ = sigterm.recv() => break Stop::Graceful,
             Some(req) = control_rx.recv() => match req {

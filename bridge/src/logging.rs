@@ -1,6 +1,7 @@
 //! The daemon's log (tracing, text or JSON, on stderr) and the optional access log.
 pub mod access_format;
 pub mod app_records;
+pub mod file;
 pub mod reopen;
 
 use crate::config::{Global, LogFormat};
@@ -15,16 +16,25 @@ pub fn init(global: &Global) {
         Err(e) => (EnvFilter::new("info"), Some(e)),
     };
     use std::io::IsTerminal;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr);
+    use tracing_subscriber::fmt::writer::BoxMakeWriter;
+    // `log-file:` instead of stderr; if it cannot be opened, stderr and an error line.
+    let (writer, ansi, file_error) = match &global.log_file {
+        Some(path) => match file::LogFile::open(path.clone()) {
+            Ok(f) => (BoxMakeWriter::new(f), false, None),
+            Err(e) => (BoxMakeWriter::new(std::io::stderr), false, Some(format!("cannot open log-file {}: {e}; logging to stderr", path.display()))),
+        },
+        None => (BoxMakeWriter::new(std::io::stderr), std::io::stderr().is_terminal(), None),
+    };
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(writer);
     let result = match global.log_format {
         LogFormat::Json => builder.json().try_init(),
         LogFormat::Text => builder.try_init(),
     };
     if let Err(e) = result {
         eprintln!("fcgibridge: logging already initialised: {e}");
+    }
+    if let Some(e) = file_error {
+        tracing::error!("{e}");
     }
     if let Some(e) = bad {
         tracing::warn!("log-level {:?} is not a valid filter ({e}); using \"info\"", global.log_level);

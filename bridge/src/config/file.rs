@@ -27,6 +27,8 @@ pub struct RawBridge {
     pub log_level: Option<String>,
     pub log_format: Option<String>,
     pub access_log: Option<String>,
+    /// The daemon's log file (default: stderr); reopened on SIGUSR1.
+    pub log_file: Option<String>,
     pub shutdown_timeout: Option<HumanDuration>,
     /// `$remote_addr "$method $uri" $status …`: the access log line (docs/configuration.md).
     pub access_log_format: Option<String>,
@@ -79,6 +81,8 @@ pub struct RawPool {
     pub memory_limit: Option<ByteSize>,
     pub cpu_time_limit: Option<HumanDuration>,
     pub max_body: Option<ByteSize>,
+    /// `status: file` — pages replacing an app's error bodies and the bridge's own errors.
+    pub error_pages: Option<Entries<String>>,
     // Isolation (config/isolation.rs): taken out by `RawIsolation::take`.
     pub user: Option<String>,
     pub group: Option<String>,

@@ -24,6 +24,8 @@ pub struct Global {
     pub log_format: LogFormat,
     /// Access log file; "-" means the main log.
     pub access_log: Option<PathBuf>,
+    /// The daemon's log file; None: stderr.
+    pub log_file: Option<PathBuf>,
     /// How long SIGTERM waits for in-flight requests.
     pub shutdown_timeout: Duration,
     /// Access log line template with $variables; None: the built-in format.
@@ -167,6 +169,8 @@ pub struct Pool {
     pub supervision: super::supervision::Supervision,
     /// The largest request body passed to the app (`max-body`); beyond it: 413. None: no limit.
     pub max_body: Option<u64>,
+    /// `error-pages`: replace an app's 4xx/5xx body and the bridge's own 502/503/504.
+    pub error_pages: crate::respond::error_override::ErrorPages,
     /// user, group, chroot, umask, rlimits, nice, clear-env, script ownership (default: none).
     pub isolation: super::isolation::Isolation,
 }

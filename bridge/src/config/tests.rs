@@ -88,6 +88,7 @@ fn a_pool_needs_only_its_app_and_everything_else_defaults() {
             log_level: "info".into(),
             log_format: LogFormat::Text,
             access_log: None,
+            log_file: None,
             shutdown_timeout: Duration::from_secs(30),
             access_log_format: None,
             status: None,

@@ -139,6 +139,7 @@ struct GlobalBuilder {
     log_level: Option<String>,
     log_format: Option<LogFormat>,
     access_log: Option<PathBuf>,
+    log_file: Option<PathBuf>,
     shutdown_timeout: Option<Duration>,
     access_log_format: Option<String>,
     status: Option<super::model::StatusListen>,
@@ -196,6 +197,13 @@ impl GlobalBuilder {
             self.claim(source, "shutdown-timeout")?;
             self.shutdown_timeout = Some(timeout.0);
         }
+        if let Some(file) = raw.log_file {
+            let path = self.claim(source, "log-file")?;
+            if file.is_empty() || file == "-" {
+                return Err(source.invalid(&path, "write a file path, or leave the key out to log to stderr"));
+            }
+            self.log_file = Some(paths::resolve(dir, &file));
+        }
         if let Some(format) = raw.access_log_format {
             let path = self.claim(source, "access-log-format")?;
             crate::logging::access_format::check(&format).map_err(|m| source.invalid(&path, m))?;
@@ -221,6 +229,7 @@ impl GlobalBuilder {
             log_level: self.log_level.unwrap_or_else(|| DEFAULT_LOG_LEVEL.to_owned()),
             log_format: self.log_format.unwrap_or(LogFormat::Text),
             access_log: self.access_log,
+            log_file: self.log_file,
             shutdown_timeout: self.shutdown_timeout.unwrap_or(DEFAULT_SHUTDOWN_TIMEOUT),
             access_log_format: self.access_log_format,
             status: self.status,

@@ -128,6 +128,12 @@ pub fn describe(a: &ListenAddress) -> String {
 /// The `bridge:` keys of this module as `fcgibridge check` prints them.
 pub fn render_check(out: &mut String, g: &Global) {
     use std::fmt::Write;
+    match &g.log_file {
+        Some(p) => {
+            let _ = writeln!(out, "  log-file: {:?}", p.display().to_string());
+        }
+        None => out.push_str("  # log-file: not set: stderr\n"),
+    }
     match &g.access_log_format {
         Some(f) => {
             let _ = writeln!(out, "  access-log-format: {f:?}");

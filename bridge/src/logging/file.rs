@@ -1,0 +1,62 @@
+//! `bridge: log-file:` — the daemon's log in a file instead of stderr, reopened at the
+//! next line after SIGUSR1 (logrotate moves the file, then signals).
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+struct Inner {
+    file: File,
+    generation: u64,
+}
+
+/// A log file shared by every writer tracing hands out.
+#[derive(Clone)]
+pub struct LogFile {
+    path: Arc<PathBuf>,
+    inner: Arc<Mutex<Inner>>,
+}
+
+impl LogFile {
+    /// Open (append, create) the file.
+    pub fn open(path: PathBuf) -> std::io::Result<LogFile> {
+        let file = OpenOptions::new().create(true).append(true).open(&path)?;
+        Ok(LogFile {
+            path: Arc::new(path),
+            inner: Arc::new(Mutex::new(Inner { file, generation: super::reopen::generation() })),
+        })
+    }
+}
+
+impl Write for LogFile {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let now = super::reopen::generation();
+        if inner.generation != now {
+            inner.generation = now;
+            // Keep writing to the old file when the new one cannot be opened: losing the
+            // log would be worse than writing to a rotated name.
+            match OpenOptions::new().create(true).append(true).open(&*self.path) {
+                Ok(f) => inner.file = f,
+                Err(e) => {
+                    let _ = writeln!(inner.file, "fcgibridge: cannot reopen log file {}: {e}", self.path.display());
+                }
+            }
+        }
+        // One write per event: lines of concurrent events never interleave (O_APPEND).
+        inner.file.write_all(buf)?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogFile {
+    type Writer = LogFile;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
+    }
+}
