@@ -20,7 +20,7 @@ def application(environ, start_response):
     # Mounted at /app or /other by prefix routes, or at "/" by a catch-all; the routes of
     # test_redirect.py also mount single pages (/redirect, /loop …) as prefixes.
     path = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
-    for mount in ("/app", "/other"):
+    for mount in ("/app", "/other", "/plain"):
         if path.startswith(mount + "/"):
             path = path[len(mount):]
     query = parse_qs(environ.get("QUERY_STRING", ""))
@@ -83,6 +83,14 @@ def application(environ, start_response):
         start_response("200 OK", [("X-Sendfile", arg("path")), ("Content-Type", "text/plain"),
                                   ("Content-Length", "12")])
         return [b"not the file"]
+
+    if path == "/status":
+        code = arg("code", "404")
+        start_response(f"{code} App Says", [("Content-Type", "text/plain")])
+        return [b"the app's own error body"]
+
+    if path == "/crash":
+        os._exit(3)  # the worker dies mid-request: the bridge answers 502
 
     if path == "/loop":
         start_response("200 OK", [("Location", "/loop")])

@@ -54,6 +54,8 @@ pub struct RequestInfo<'a> {
     pub role: Role,
     /// The listener serves X-Sendfile itself (`file-handoff: serve`).
     pub serve_files: bool,
+    /// The pool's `error-pages`, when it has any.
+    pub error_pages: Option<&'a respond::error_override::ErrorPages>,
 }
 
 /// What to do with the worker connection afterwards.
@@ -265,7 +267,7 @@ pub async fn exchange<S: BodySource, K: ResponseSink>(
             } else {
                 tracing::error!(pool, pid, request_id = info.id, uri = info.uri, "request-timeout: answering 504");
                 st.status = 504;
-                let _ = sink.send(respond::error_response(504, None).freeze(), Some(End::Complete)).await;
+                let _ = sink.send(respond::error_override::bridge_error(info.error_pages, 504, None).freeze(), Some(End::Complete)).await;
             }
             Outcome { status: st.status, body_bytes: st.body_bytes, fate: SlotFate::Discard, retry: None, redirect: None }
         }
@@ -278,7 +280,7 @@ pub async fn exchange<S: BodySource, K: ResponseSink>(
             } else {
                 tracing::error!(pool, pid, request_id = info.id, uri = info.uri, "worker connection failed before a response, answering 502: {why}");
                 st.status = 502;
-                let _ = sink.send(respond::error_response(502, None).freeze(), Some(End::Complete)).await;
+                let _ = sink.send(respond::error_override::bridge_error(info.error_pages, 502, None).freeze(), Some(End::Complete)).await;
             }
             Outcome { status: st.status, body_bytes: st.body_bytes, fate: SlotFate::Reconnect, retry: None, redirect: None }
         }
@@ -436,7 +438,7 @@ async fn forward<K: ResponseSink>(
                     tracing::error!(pool, pid, request_id = info.id, uri = info.uri, "worker ended the request without a complete header block, answering 502");
                 }
                 st.status = 502;
-                pending = respond::error_response(502, None);
+                pending = respond::error_override::bridge_error(info.error_pages, 502, None);
                 End::Complete
             } else if app_status != 0 {
                 tracing::error!(pool, pid, request_id = info.id, uri = info.uri, app_status, "the app failed after sending headers, response cut off");
@@ -515,6 +517,15 @@ fn take_head(st: &mut RespState, data: Bytes, info: &RequestInfo<'_>, pool: &str
     if head.location.is_some() {
         if let Some(target) = respond::redirect::local_target(&head) {
             st.redirect = Some(respond::Handoff::Local(target));
+            st.head_done = false;
+            st.front_done = true;
+            return Ok(None);
+        }
+    }
+    if let Some(pages) = info.error_pages {
+        let status = respond::effective_status(&head);
+        if status >= 400 && pages.get(status).is_some() {
+            st.redirect = Some(respond::Handoff::ErrorPage(status));
             st.head_done = false;
             st.front_done = true;
             return Ok(None);

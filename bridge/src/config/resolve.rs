@@ -92,6 +92,12 @@ pub fn pool(
     if startup_timeout.is_zero() {
         return Err(src.invalid(&here.key("startup-timeout"), "must be longer than 0s"));
     }
+    let error_pages = {
+        let files: Vec<(String, std::path::PathBuf)> =
+            raw.error_pages.map(|e| e.0).unwrap_or_default().into_iter().map(|(k, v)| (k, paths::resolve(dir, &v))).collect();
+        crate::respond::error_override::ErrorPages::load(files.iter().map(|(k, v)| (k.as_str(), v.as_path())))
+            .map_err(|e| src.invalid(&here.key("error-pages"), e.to_string()))?
+    };
     let max_body = match raw.max_body {
         None => None,
         Some(size) if size.0 == 0 => return Err(src.invalid(&here.key("max-body"), "must be more than 0 bytes (leave it out for no limit)")),
@@ -116,6 +122,7 @@ pub fn pool(
         },
         supervision,
         max_body,
+        error_pages,
         isolation,
     })
 }

@@ -149,7 +149,8 @@ pub async fn serve<S: BodySource, K: ResponseSink>(
                 let retry = match e {
                     AcquireError::QueueFull(_) | AcquireError::Timeout(_) | AcquireError::Unavailable(_) => Some(RETRY_AFTER_SECS),
                 };
-                let _ = sink.send(respond::error_response(503, retry).freeze(), Some(End::Complete)).await;
+                let pages = Some(&pool.config.error_pages).filter(|p| !p.is_empty());
+                let _ = sink.send(respond::error_override::bridge_error(pages, 503, retry).freeze(), Some(End::Complete)).await;
                 break 'done (503, 0, Some(&pool.name));
             }
             None => {
@@ -158,7 +159,8 @@ pub async fn serve<S: BodySource, K: ResponseSink>(
                 break 'done (499, 0, Some(&pool.name));
             }
         };
-        let info = RequestInfo { id: request_id, uri: &uri, role, serve_files: lst.file_roots.is_some() };
+        let pages = Some(&pool.config.error_pages).filter(|p| !p.is_empty());
+        let info = RequestInfo { id: request_id, uri: &uri, role, serve_files: lst.file_roots.is_some(), error_pages: pages };
         let mut first = First::Encode;
         let mut attempts = 0;
         let outcome = loop {
@@ -168,7 +170,7 @@ pub async fn serve<S: BodySource, K: ResponseSink>(
             let next = if attempts < MAX_ATTEMPTS { pool.dispatcher.acquire(&ticket).await.ok() } else { None };
             let Some(mut next) = next else {
                 tracing::error!(pool = %pool.name, request_id, uri = %uri, "no worker took the request, answering 502");
-                let _ = sink.send(respond::error_response(502, None).freeze(), Some(End::Complete)).await;
+                let _ = sink.send(respond::error_override::bridge_error(info.error_pages, 502, None).freeze(), Some(End::Complete)).await;
                 break 'done (502, 0, Some(&pool.name));
             };
             next.take_first_write(&mut slot);
@@ -206,6 +208,12 @@ pub async fn serve<S: BodySource, K: ResponseSink>(
             Some(respond::Handoff::Local(target)) => {
                 redirect_to = Some(target);
                 continue 'done;
+            }
+            Some(respond::Handoff::ErrorPage(status)) => {
+                // The app's error body is replaced; its status stays.
+                let reply = respond::error_override::bridge_error(info.error_pages, status, None);
+                let _ = sink.send(reply.freeze(), Some(End::Complete)).await;
+                break 'done (status, 0, Some(&pool.name));
             }
             Some(respond::Handoff::File(path)) => {
                 let roots = lst.file_roots.as_deref().unwrap_or(&[]);

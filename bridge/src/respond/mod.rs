@@ -10,6 +10,7 @@ use bytes::{BufMut, BytesMut};
 use fastcgi_server::cgi::ResponseHead;
 
 pub mod body_limit;
+pub mod error_override;
 pub mod redirect;
 pub mod sendfile;
 
@@ -20,6 +21,8 @@ pub enum Handoff {
     Local(bytes::Bytes),
     /// `X-Sendfile: /fs/path` on a listener with `file-handoff: serve`.
     File(bytes::Bytes),
+    /// A 4xx/5xx whose body the pool's `error-pages` replace.
+    ErrorPage(u16),
 }
 
 /// Why a worker's header block cannot be passed on.
