@@ -2,12 +2,12 @@
 //!
 //! The bridge uses this toward its workers. [`ClientConnection`] keeps no per-request state:
 //! the caller knows which ids it started, and every reply record names its id.
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::params::{decode_pairs, pair_len, write_pair};
 use crate::record::{
-    write_header, write_record, Header, Padding, RecordType, HEADER_LEN, MANAGEMENT_ID,
-    MAX_CONTENT_LEN, VERSION_1,
+    write_header, write_record, Header, Padding, RecordType, MANAGEMENT_ID,
+    MAX_CONTENT_LEN, RecordReader,
 };
 use crate::server::write_management_pairs;
 use crate::{params::Params, Error, Limits, ProtocolStatus, Role};
@@ -37,69 +37,43 @@ pub enum ClientEvent {
 
 /// The web-server side of one connection: decodes the application's replies.
 pub struct ClientConnection {
-    buf: BytesMut,
+    reader: RecordReader,
     limits: Limits,
-    /// Set when the byte stream can no longer be framed; every later call returns it.
-    broken: Option<Error>,
 }
 
 impl ClientConnection {
     /// A connection with an empty receive buffer.
     pub fn new(limits: Limits) -> Self {
         ClientConnection {
-            buf: BytesMut::new(),
+            reader: RecordReader::default(),
             limits,
-            broken: None,
         }
     }
     /// Append received bytes.
     pub fn feed(&mut self, data: &[u8]) {
-        self.buf.extend_from_slice(data);
+        self.reader.buf.extend_from_slice(data);
     }
     /// The receive buffer, for reading from a socket straight into it.
     pub fn buffer_mut(&mut self) -> &mut BytesMut {
-        &mut self.buf
+        &mut self.reader.buf
     }
     /// Bytes received but not yet turned into events.
     pub fn buffered(&self) -> usize {
-        self.buf.len()
+        self.reader.buf.len()
     }
     /// The next complete event, `Ok(None)` when more bytes are needed. On `Err` the offending
     /// record has been consumed; after `BadVersion` every call returns it again.
     pub fn next_event(&mut self) -> Result<Option<ClientEvent>, Error> {
-        loop {
-            if let Some(e) = &self.broken {
-                return Err(e.clone());
-            }
-            let Some(h) = Header::peek(&self.buf) else {
-                return Ok(None);
-            };
-            if h.version != VERSION_1 {
-                let e = Error::BadVersion(h.version);
-                self.broken = Some(e.clone());
-                return Err(e);
-            }
-            let total = h.record_len();
-            if self.buf.len() < total {
-                self.buf.reserve(total - self.buf.len());
-                return Ok(None);
-            }
-            if let Some(ev) = self.record(h)? {
+        while let Some((h, content)) = self.reader.next_record()? {
+            if let Some(ev) = self.record(h, content)? {
                 return Ok(Some(ev));
             }
         }
+        Ok(None)
     }
 
-    fn record(&mut self, h: Header) -> Result<Option<ClientEvent>, Error> {
+    fn record(&mut self, h: Header, content: Bytes) -> Result<Option<ClientEvent>, Error> {
         let id = h.request_id;
-        let len = h.content_length as usize;
-        self.buf.advance(HEADER_LEN);
-        let content = if len == 0 {
-            Bytes::new()
-        } else {
-            self.buf.split_to(len).freeze()
-        };
-        self.buf.advance(h.padding_length as usize);
         let unexpected = |ty: RecordType| Error::UnexpectedRecord {
             request_id: id,
             record_type: ty.as_u8(),
@@ -146,8 +120,8 @@ impl ClientConnection {
 impl std::fmt::Debug for ClientConnection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ClientConnection")
-            .field("buffered", &self.buf.len())
-            .field("broken", &self.broken)
+            .field("buffered", &self.reader.buf.len())
+            .field("broken", &self.reader.broken)
             .finish_non_exhaustive()
     }
 }

@@ -4,7 +4,8 @@
 //! length, padding length), up to 65535 bytes of content, then up to 255 bytes of padding that
 //! the receiver skips. This module knows the numbers; [`crate::server`] and [`crate::client`]
 //! know what the records mean.
-use bytes::BufMut;
+use crate::Error;
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 /// The only FastCGI version.
 pub const VERSION_1: u8 = 1;
@@ -269,6 +270,45 @@ impl Header {
     /// Header, content and padding together.
     pub const fn record_len(&self) -> usize {
         HEADER_LEN + self.content_length as usize + self.padding_length as usize
+    }
+}
+
+/// Frames records out of received bytes: the part of decoding that both sides share.
+#[derive(Debug, Default)]
+pub(crate) struct RecordReader {
+    pub(crate) buf: BytesMut,
+    /// Set when the byte stream can no longer be framed; every later call returns it.
+    pub(crate) broken: Option<Error>,
+}
+
+impl RecordReader {
+    /// The next complete record's header and content (padding skipped), `Ok(None)` when more
+    /// bytes are needed. A bad version breaks the stream for good: after it no record
+    /// boundary can be trusted.
+    pub(crate) fn next_record(&mut self) -> Result<Option<(Header, Bytes)>, Error> {
+        if let Some(e) = &self.broken {
+            return Err(e.clone());
+        }
+        let Some(h) = Header::peek(&self.buf) else {
+            return Ok(None);
+        };
+        if h.version != VERSION_1 {
+            let e = Error::BadVersion(h.version);
+            self.broken = Some(e.clone());
+            return Err(e);
+        }
+        let total = h.record_len();
+        if self.buf.len() < total {
+            self.buf.reserve(total - self.buf.len());
+            return Ok(None);
+        }
+        self.buf.advance(HEADER_LEN);
+        let content = match h.content_length {
+            0 => Bytes::new(),
+            len => self.buf.split_to(len as usize).freeze(),
+        };
+        self.buf.advance(h.padding_length as usize);
+        Ok(Some((h, content)))
     }
 }
 

@@ -19,11 +19,11 @@
 //! (Apache's mod_authnz_fcgi sends no STDIN at all), a FILTER's after PARAMS, STDIN and DATA.
 //! Records for an id that is not active are skipped, as the spec says the application must; an
 //! unknown role is reported (so the caller can answer `UNKNOWN_ROLE`) but not tracked.
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::params::{decode_pairs, write_pair, ParamsDecoder};
 use crate::record::{
-    write_record, Header, RecordType, HEADER_LEN, MANAGEMENT_ID, MAX_CONTENT_LEN, VERSION_1,
+    write_record, Header, RecordReader, RecordType, MANAGEMENT_ID, MAX_CONTENT_LEN,
 };
 use crate::{params::Params, record::Padding, Error, Limits, ProtocolStatus, Role};
 
@@ -80,35 +80,32 @@ impl RequestState {
 
 /// The application side of one connection: receive buffer plus per-request state.
 pub struct ServerConnection {
-    buf: BytesMut,
+    reader: RecordReader,
     limits: Limits,
     requests: Vec<RequestState>,
-    /// Set when the byte stream can no longer be framed; every later call returns it.
-    broken: Option<Error>,
 }
 
 impl ServerConnection {
     /// A connection with an empty receive buffer.
     pub fn new(limits: Limits) -> Self {
         ServerConnection {
-            buf: BytesMut::new(),
+            reader: RecordReader::default(),
             limits,
             requests: Vec::new(),
-            broken: None,
         }
     }
     /// Append received bytes.
     pub fn feed(&mut self, data: &[u8]) {
-        self.buf.extend_from_slice(data);
+        self.reader.buf.extend_from_slice(data);
     }
     /// The receive buffer, for reading from a socket straight into it.
     pub fn buffer_mut(&mut self) -> &mut BytesMut {
-        &mut self.buf
+        &mut self.reader.buf
     }
     /// Bytes received but not yet turned into events (a partial record at EOF means the peer
     /// hung up mid-record).
     pub fn buffered(&self) -> usize {
-        self.buf.len()
+        self.reader.buf.len()
     }
     /// The limits this connection enforces.
     pub fn limits(&self) -> &Limits {
@@ -145,40 +142,17 @@ impl ServerConnection {
     /// On `Err` the offending record has been consumed. After a [fatal](Error::is_fatal) error
     /// the caller should close the connection; after `BadVersion` every call returns it again.
     pub fn next_event(&mut self) -> Result<Option<ServerEvent>, Error> {
-        loop {
-            if let Some(e) = &self.broken {
-                return Err(e.clone());
-            }
-            let Some(h) = Header::peek(&self.buf) else {
-                return Ok(None);
-            };
-            if h.version != VERSION_1 {
-                let e = Error::BadVersion(h.version);
-                self.broken = Some(e.clone());
-                return Err(e);
-            }
-            let total = h.record_len();
-            if self.buf.len() < total {
-                self.buf.reserve(total - self.buf.len());
-                return Ok(None);
-            }
-            if let Some(ev) = self.record(h)? {
+        while let Some((h, content)) = self.reader.next_record()? {
+            if let Some(ev) = self.record(h, content)? {
                 return Ok(Some(ev));
             }
         }
+        Ok(None)
     }
 
     /// Consume the complete record at the front of the buffer and interpret it.
-    fn record(&mut self, h: Header) -> Result<Option<ServerEvent>, Error> {
+    fn record(&mut self, h: Header, content: Bytes) -> Result<Option<ServerEvent>, Error> {
         let id = h.request_id;
-        let len = h.content_length as usize;
-        self.buf.advance(HEADER_LEN);
-        let content = if len == 0 {
-            Bytes::new()
-        } else {
-            self.buf.split_to(len).freeze()
-        };
-        self.buf.advance(h.padding_length as usize);
 
         let unexpected = |ty: RecordType| Error::UnexpectedRecord {
             request_id: id,
@@ -354,12 +328,12 @@ impl ServerConnection {
 impl std::fmt::Debug for ServerConnection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ServerConnection")
-            .field("buffered", &self.buf.len())
+            .field("buffered", &self.reader.buf.len())
             .field(
                 "active",
                 &self.requests.iter().map(|r| r.id).collect::<Vec<_>>(),
             )
-            .field("broken", &self.broken)
+            .field("broken", &self.reader.broken)
             .finish_non_exhaustive()
     }
 }
