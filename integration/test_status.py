@@ -258,6 +258,22 @@ def test_control_reload_reaches_the_sighup_path(sb):
     sb.assert_running()
 
 
+def test_status_follows_a_reload(sb):
+    # A listener added by a reload appears on the status page and answers its ping-path.
+    port, = free_ports(1)
+    (sb.confdir / "60-extra.yaml").write_text(
+        f"listeners:\n  extra:\n    fastcgi: 127.0.0.1:{port}\n    pool: beta\n    ping-path: /healthz\n")
+    try:
+        r = run_cli(sb, "reload")
+        assert r.returncode == 0, r.stderr
+        wait_until(lambda: "extra" in [l["name"] for l in status_json(sb)["listeners"]], 30,
+                   what="the new listener in the status")
+        resp = fcgi_client.fcgi_request(("127.0.0.1", port), "/healthz", headers={"Host": "x"})
+        assert (resp.status, resp.body) == (200, b"pong\n")
+    finally:
+        (sb.confdir / "60-extra.yaml").unlink()
+
+
 def test_control_stop_is_a_graceful_stop(sb):
     # Last test of the module: it stops the shared bridge.
     r = run_cli(sb, "stop")

@@ -215,6 +215,7 @@ async fn run(mut config: crate::config::Config, notifier: Arc<Notifier>, config_
                 notifier.reloading();
                 let live = crate::reload::Live { config: &mut config, supervisor: &mut supervisor, listeners: &mut listeners, runtime_dir: &rt_dir };
                 let _ = crate::reload::reload(&config_dir, live, false);
+                crate::status::install(config.listeners.clone());
                 notifier.ready(&format!("serving {} pools", supervisor.pools().len()));
             }
             _ = sigusr2.recv() => {
@@ -222,6 +223,7 @@ async fn run(mut config: crate::config::Config, notifier: Arc<Notifier>, config_
                 notifier.reloading();
                 let live = crate::reload::Live { config: &mut config, supervisor: &mut supervisor, listeners: &mut listeners, runtime_dir: &rt_dir };
                 let _ = crate::reload::reload(&config_dir, live, true);
+                crate::status::install(config.listeners.clone());
                 notifier.ready(&format!("serving {} pools", supervisor.pools().len()));
             }
         }

@@ -6,7 +6,7 @@ use fastcgi_server::Params;
 
 /// The CGI response for a status or ping request on `listener`, or None to route it.
 pub fn intercept(listener: &str, params: &Params) -> Option<Bytes> {
-    let src = super::SOURCES.get()?;
+    let src = super::sources()?;
     let cfg = src.listeners.iter().find(|l| l.name == listener)?;
     if cfg.status_path.is_none() && cfg.ping_path.is_none() {
         return None;

@@ -13,28 +13,39 @@ pub mod track;
 
 use crate::config::{self, Global, ListenAddress, Protocol};
 use model::{CurrentRequest, ListenerStatus, PoolStatus, Status, WorkerStatus};
-use std::sync::OnceLock;
+use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
-/// What a snapshot is built from, installed once at start-up.
+/// What a snapshot is built from: installed at start-up, replaced after each reload.
 pub struct Sources {
     pub listeners: Vec<config::Listener>,
     pub start_time: u64,
     pub started: Instant,
 }
 
-static SOURCES: OnceLock<Sources> = OnceLock::new();
+static SOURCES: RwLock<Option<Arc<Sources>>> = RwLock::new(None);
 
-/// Make the listeners visible to the status renderers.
+/// Make the listeners visible to the status renderers (again after a reload: the start
+/// time is kept).
 pub fn install(listeners: Vec<config::Listener>) {
-    let _ = SOURCES.set(Sources { listeners, start_time: track::unix_now(), started: Instant::now() });
+    let mut slot = SOURCES.write().unwrap_or_else(|e| e.into_inner());
+    let (start_time, started) = match slot.as_deref() {
+        Some(s) => (s.start_time, s.started),
+        None => (track::unix_now(), Instant::now()),
+    };
+    *slot = Some(Arc::new(Sources { listeners, start_time, started }));
+}
+
+/// The installed sources (None before start-up finished).
+pub fn sources() -> Option<Arc<Sources>> {
+    SOURCES.read().unwrap_or_else(|e| e.into_inner()).clone()
 }
 
 /// The status right now (None before `install`). Pools and workers come from the
 /// supervisor's numbers (`supervise/stats.rs`, following reloads); listeners and slow
 /// requests from `track.rs`.
 pub fn snapshot() -> Option<Status> {
-    let src = SOURCES.get()?;
+    let src = sources()?;
     let stats = crate::supervise::stats::snapshot();
     Some(track::with_state(|s| {
         let listeners = src
