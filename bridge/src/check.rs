@@ -246,6 +246,8 @@ mod tests {
                     trusted_proxies: None,
                     file_handoff: Default::default(),
                     file_roots: Vec::new(),
+                    mount: None,
+                    keep_path_info: false,
                 },
                 Listener {
                     name: "api".into(),
@@ -268,6 +270,8 @@ mod tests {
                     trusted_proxies: None,
                     file_handoff: Default::default(),
                     file_roots: Vec::new(),
+                    mount: None,
+                    keep_path_info: false,
                 },
             ],
             pools: vec![

@@ -99,6 +99,10 @@ pub struct Listener {
     pub file_handoff: FileHandoff,
     /// Directories `file-handoff: serve` may send files from (`file-roots`).
     pub file_roots: Vec<std::path::PathBuf>,
+    /// `mount`: where the app is mounted when no prefix route matched (SCRIPT_NAME).
+    pub mount: Option<String>,
+    /// `path-info: keep`: SCRIPT_NAME / PATH_INFO exactly as the web server sent them.
+    pub keep_path_info: bool,
 }
 
 /// `file-handoff:` of a listener.

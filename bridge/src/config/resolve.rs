@@ -284,6 +284,16 @@ pub fn listener(src: &Source, dir: &Path, name: &str, raw: RawListener) -> Resul
     if file_handoff == super::model::FileHandoff::Serve && file_roots.is_empty() {
         return Err(src.invalid(&here.key("file-roots"), "file-handoff: serve needs file-roots: the directories X-Sendfile may name"));
     }
+    let mount = match raw.mount.as_deref().map(|m| m.trim().trim_end_matches('/')) {
+        None | Some("") => None,
+        Some(m) if m.starts_with('/') => Some(m.to_owned()),
+        Some(m) => return Err(src.invalid(&here.key("mount"), format!("{m:?} must be a path starting with /, e.g. /app"))),
+    };
+    let keep_path_info = match raw.path_info.as_deref().map(str::trim) {
+        None | Some("derive") => false,
+        Some("keep") => true,
+        Some(other) => return Err(src.invalid(&here.key("path-info"), format!("{other:?} is neither `derive` nor `keep`"))),
+    };
     for root in &file_roots {
         if !root.is_dir() {
             return Err(src.invalid(&here.key("file-roots"), format!("{} is not a directory", root.display())));
@@ -314,6 +324,8 @@ pub fn listener(src: &Source, dir: &Path, name: &str, raw: RawListener) -> Resul
         trusted_proxies,
         file_handoff,
         file_roots,
+        mount,
+        keep_path_info,
     })
 }
 

@@ -121,7 +121,9 @@ pub async fn serve<S: BodySource, K: ResponseSink>(
             let _ = sink.send(respond::error_response(404, None).freeze(), Some(End::Complete)).await;
             break 'done (404, 0, None);
         };
-        crate::route::mount(&mut params, prefix);
+        if !lst.keep_path_info {
+            crate::route::mount(&mut params, prefix.or(lst.mount.as_deref()));
+        }
         if let Some(limit) = pool.config.max_body {
             if respond::body_limit::too_large(&params, limit) {
                 tracing::warn!(pool = %pool.name, request_id, uri = %uri, limit, "request body is larger than max-body, answering 413");

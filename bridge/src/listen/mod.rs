@@ -66,6 +66,10 @@ pub struct ListenerCtx {
     pub trusted_proxies: Option<proxy::TrustedProxies>,
     /// `file-handoff: serve`: the roots X-Sendfile may name; None: headers pass untouched.
     pub file_roots: Option<Arc<[std::path::PathBuf]>>,
+    /// `mount`: SCRIPT_NAME for requests no prefix route mounted.
+    pub mount: Option<String>,
+    /// `path-info: keep`: leave SCRIPT_NAME / PATH_INFO as the web server sent them.
+    pub keep_path_info: bool,
     pub protocol: Protocol,
     /// Replaced by a reload (see [`ListenerCtx::latest`]).
     pub succession: Succession,
@@ -165,6 +169,8 @@ pub fn make_ctx(
             crate::config::FileHandoff::Serve => Some(cfg.file_roots.clone().into()),
             crate::config::FileHandoff::Pass => None,
         },
+        mount: cfg.mount.clone(),
+        keep_path_info: cfg.keep_path_info,
         protocol: cfg.protocol,
         succession: Succession::default(),
     }))
