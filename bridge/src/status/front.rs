@@ -6,6 +6,9 @@ use fastcgi_server::Params;
 
 /// The CGI response for a status or ping request on `listener`, or None to route it.
 pub fn intercept(listener: &str, params: &Params) -> Option<Bytes> {
+    if !super::ANY_FRONT_PATHS.load(std::sync::atomic::Ordering::Acquire) {
+        return None;
+    }
     let src = super::sources()?;
     let cfg = src.listeners.iter().find(|l| l.name == listener)?;
     if cfg.status_path.is_none() && cfg.ping_path.is_none() {

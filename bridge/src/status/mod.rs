@@ -25,6 +25,10 @@ pub struct Sources {
 
 static SOURCES: RwLock<Option<Arc<Sources>>> = RwLock::new(None);
 
+/// Whether any listener has a status-path or ping-path: without one, requests skip the
+/// lookup entirely (one atomic load per request).
+pub(crate) static ANY_FRONT_PATHS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// Make the listeners visible to the status renderers (again after a reload: the start
 /// time is kept).
 pub fn install(listeners: Vec<config::Listener>) {
@@ -33,6 +37,8 @@ pub fn install(listeners: Vec<config::Listener>) {
         Some(s) => (s.start_time, s.started),
         None => (track::unix_now(), Instant::now()),
     };
+    let any = listeners.iter().any(|l| l.status_path.is_some() || l.ping_path.is_some());
+    ANY_FRONT_PATHS.store(any, std::sync::atomic::Ordering::Release);
     *slot = Some(Arc::new(Sources { listeners, start_time, started }));
 }
 
