@@ -112,3 +112,68 @@ def test_symlink_inside_the_root_is_served(env):
     _, nginx, root, _ = env
     status, _, body = curl(nginx, sf(root, "inside.txt"))
     assert (status, body) == (200, b"0123456789abcdefghij")
+
+
+LIGHTTPD_CONF = """
+server.modules += ("mod_fastcgi")
+server.document-root = "{root}"
+server.bind = "127.0.0.1"
+server.port = {port}
+server.errorlog = "{work}/lighttpd-error.log"
+server.pid-file = "{work}/lighttpd.pid"
+fastcgi.server = ("/" => ((
+    "host" => "127.0.0.1", "port" => {bridge_port},
+    "check-local" => "disable",
+    "fix-root-scriptname" => "enable",
+    "x-sendfile" => "enable",
+    "x-sendfile-docroot" => ("{root}"),
+)))
+"""
+
+
+@pytest.fixture(scope="module")
+def lighttpd_env(tmp_path_factory):
+    """`file-handoff: pass` (the default) behind lighttpd: lighttpd serves X-Sendfile itself."""
+    import shutil
+    import signal
+    binary = shutil.which("lighttpd") or "/usr/sbin/lighttpd"
+    if not os.path.exists(binary):
+        pytest.fail("lighttpd not found (apt-get install lighttpd)", pytrace=False)
+    work = tmp_path_factory.mktemp("lighttpd-sendfile")
+    root = work / "files"
+    root.mkdir()
+    (root / "doc.txt").write_bytes(b"lighttpd sent this\n")
+    (work / "outside.txt").write_text("outside\n")
+    bridge_port, port = harness.free_ports(2)
+    pools = {"app": harness.pool(respond_servers.RESPOND_APP, processes=1, threads=2)}
+    bridge = respond_servers.start_bridge(work, pools, {"fcgi": {"fastcgi": f"127.0.0.1:{bridge_port}", "pool": "app"}},
+                                          [("fcgi", "/health", "any")])
+    conf = work / "lighttpd.conf"
+    conf.write_text(LIGHTTPD_CONF.format(root=root, work=work, port=port, bridge_port=bridge_port))
+    proc = subprocess.Popen([binary, "-D", "-f", str(conf)], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        def up():
+            if proc.poll() is not None:
+                raise AssertionError("lighttpd exited: " + (work / "lighttpd-error.log").read_text())
+            return harness.can_connect(("127.0.0.1", port))
+        harness.wait_until(up, 60, what="lighttpd")
+        yield f"http://127.0.0.1:{port}", root, work
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        bridge.stop()
+
+
+def test_lighttpd_serves_x_sendfile_in_pass_mode(lighttpd_env):
+    import requests
+    base, root, work = lighttpd_env
+    r = requests.get(f"{base}/sendfile?path={root}/doc.txt", timeout=30)
+    assert r.status_code == 200 and r.content == b"lighttpd sent this\n"
+    # outside lighttpd's x-sendfile-docroot: lighttpd refuses, the file never leaks
+    r = requests.get(f"{base}/sendfile?path={work}/outside.txt", timeout=30)
+    assert r.status_code >= 400 and b"outside" not in r.content
