@@ -3,47 +3,288 @@
 //! A slot is taken for one request and given back at its END_REQUEST, so a kept-alive
 //! web-server connection never pins a worker. The queue is bounded (`queue_size`: beyond
 //! it a request gets 503 at once) and a request waits at most `queue_timeout`.
+//!
+//! The dispatcher is also where the pool's live numbers are kept (what the status page
+//! shows, and what the pool manager in `supervise/manager.rs` decides with): per worker
+//! process its busy and open connections, requests served, the request each connection
+//! is serving and since when; per pool the accepted requests, the queue's high-water mark,
+//! how often a request found the pool at its maximum, the 503s. They are plain fields
+//! updated under the one lock `acquire` and `release` already take, so the request path
+//! pays no extra lock, atomic or system call for them.
+//!
+//! The manager marks a worker *draining* (recycling, reload, scale-down): its free slots
+//! are closed at once and its busy ones when their request ends, so it takes no new
+//! request; when its last slot is closed the manager is woken to stop the process.
 pub mod serve;
 
 use std::collections::VecDeque;
-use std::sync::Mutex;
-use std::time::Duration;
-use tokio::sync::oneshot;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::{oneshot, Notify};
 
 /// What the dispatcher needs to know about a slot.
 pub trait Slot: Send + 'static {
     /// False once the worker behind it is gone: such a slot is dropped instead of handed out.
     fn usable(&self) -> bool;
+    /// Which worker and which of its connections (see [`Dispatcher::add_conn`]);
+    /// [`SlotKey::NONE`] for a slot the dispatcher keeps no numbers for.
+    fn key(&self) -> SlotKey {
+        SlotKey::NONE
+    }
+    /// A new way to interrupt the slot's request (after it reconnected), taken by `release`.
+    fn take_canceller(&mut self) -> Option<Canceller> {
+        None
+    }
+}
+
+/// A worker process as the dispatcher knows it (an index and a generation, so a key of a
+/// removed worker never names its successor).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct WorkerKey {
+    index: u32,
+    gen: u32,
+}
+
+/// One connection of one worker process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SlotKey {
+    pub worker: WorkerKey,
+    pub conn: u32,
+}
+
+impl SlotKey {
+    pub const NONE: SlotKey = SlotKey { worker: WorkerKey { index: u32::MAX, gen: 0 }, conn: 0 };
+}
+
+/// Interrupts the request running on a slot (request-timeout): sets the slot's flag and
+/// shuts its socket down, so the request's exchange sees the worker connection end and,
+/// reading the flag, answers 504 instead of 502.
+#[derive(Debug)]
+pub struct Canceller {
+    /// A duplicate of the connection's descriptor: shutdown(2) acts on the socket.
+    pub fd: OwnedFd,
+    pub flag: Arc<AtomicBool>,
+}
+
+impl Canceller {
+    fn cancel(&self) {
+        self.flag.store(true, Ordering::Release);
+        // SAFETY: `fd` is a socket descriptor owned by this struct.
+        unsafe {
+            libc::shutdown(self.fd.as_raw_fd(), libc::SHUT_RDWR);
+        }
+    }
 }
 
 /// Why no slot was handed out.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AcquireError {
     #[error("queue full ({0} requests waiting)")]
     QueueFull(usize),
     #[error("no worker became free within {0:?}")]
     Timeout(Duration),
+    /// The pool has no worker and cannot start one (an import error, …), or it is gone.
+    #[error("{0}")]
+    Unavailable(Arc<str>),
 }
 
-/// The free slots and the waiting requests of one pool.
+/// What the status page shows of a request in progress; also its place in the log.
+pub struct Ticket<'a> {
+    pub method: &'a [u8],
+    pub uri: &'a [u8],
+    pub request_id: u64,
+    /// When the request arrived at the bridge.
+    pub started: Instant,
+}
+
+/// Method and URI of a request, truncated to a fixed buffer (PHP-FPM keeps 128 bytes of
+/// the URI in its scoreboard for the same reason: no allocation per request).
+#[derive(Clone)]
+pub struct Label {
+    method_len: u8,
+    len: u16,
+    pub request_id: u64,
+    pub started: Instant,
+    buf: [u8; LABEL_BYTES],
+}
+
+const LABEL_BYTES: usize = 240;
+const METHOD_BYTES: usize = 16;
+
+impl Label {
+    fn empty(now: Instant) -> Label {
+        Label { method_len: 0, len: 0, request_id: 0, started: now, buf: [0; LABEL_BYTES] }
+    }
+
+    fn set(&mut self, t: &Ticket<'_>) {
+        let m = t.method.len().min(METHOD_BYTES);
+        self.buf[..m].copy_from_slice(&t.method[..m]);
+        let u = t.uri.len().min(LABEL_BYTES - m);
+        self.buf[m..m + u].copy_from_slice(&t.uri[..u]);
+        self.method_len = m as u8;
+        self.len = (m + u) as u16;
+        self.request_id = t.request_id;
+        self.started = t.started;
+    }
+
+    fn of(t: &Ticket<'_>) -> Label {
+        let mut l = Label::empty(t.started);
+        l.set(t);
+        l
+    }
+
+    pub fn method(&self) -> String {
+        String::from_utf8_lossy(&self.buf[..self.method_len as usize]).into_owned()
+    }
+
+    pub fn uri(&self) -> String {
+        String::from_utf8_lossy(&self.buf[self.method_len as usize..self.len as usize]).into_owned()
+    }
+}
+
+/// The free slots and the waiting requests of one pool, and its numbers.
 pub struct Dispatcher<S> {
     inner: Mutex<Inner<S>>,
-    queue_size: usize,
-    queue_timeout: Duration,
+    /// Wakes the pool manager: a request had to queue while the pool may grow, a worker
+    /// reached max-requests, a draining worker closed its last slot.
+    pub wake: Notify,
 }
 
 struct Inner<S> {
     /// LIFO: the most recently used connection is the warmest.
     idle: Vec<S>,
-    waiters: VecDeque<oneshot::Sender<S>>,
+    waiters: VecDeque<Waiter<S>>,
+    queue_size: usize,
+    queue_timeout: Duration,
+    workers: Vec<WorkerEntry>,
+    free: Vec<u32>,
+    /// Set by the manager while the pool has no worker and cannot start one.
+    unavailable: Option<Arc<str>>,
+    /// The pool runs its most workers: a request that has to wait counts as "max reached".
+    at_max: bool,
+    /// The manager wants a wake when a request has to queue (the pool may grow).
+    wake_on_queue: bool,
+    counters: Counters,
+}
+
+struct Waiter<S> {
+    tx: oneshot::Sender<S>,
+    label: Label,
+}
+
+/// Pool-wide counters since the pool started.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Counters {
+    /// Requests that reached the pool (PHP-FPM's "accepted conn").
+    pub accepted: u64,
+    /// Requests a worker finished (successfully or not).
+    pub served: u64,
+    /// The most requests that waited at once ("max listen queue").
+    pub max_queue: usize,
+    /// Times a request found every slot busy while the pool ran its most workers, counted
+    /// once per episode of waiting ("max children reached").
+    pub max_reached: u64,
+    pub rejected_queue_full: u64,
+    pub rejected_queue_timeout: u64,
+    pub rejected_unavailable: u64,
+    /// Requests answered 504 by request-timeout.
+    pub request_timeouts: u64,
+}
+
+struct WorkerEntry {
+    gen: u32,
+    live: bool,
+    s: WorkerNumbers,
+    conns: Vec<ConnEntry>,
+}
+
+struct WorkerNumbers {
+    draining: bool,
+    /// 0: no max-requests.
+    max_requests: u64,
+    /// max-requests reached; the manager was woken.
+    recycle_flagged: bool,
+    served: u64,
+    busy: u32,
+    open: u32,
+}
+
+struct ConnEntry {
+    open: bool,
+    busy: bool,
+    timed_out: bool,
+    /// When the current request got this slot.
+    since: Instant,
+    label: Label,
+    canceller: Option<Canceller>,
+}
+
+/// One worker's numbers, for the manager and the status page.
+#[derive(Debug, Clone)]
+pub struct WorkerView {
+    pub served: u64,
+    pub busy: u32,
+    /// Connections open (busy + free).
+    pub open: u32,
+    pub draining: bool,
+    pub max_requests_reached: bool,
+    pub current: Vec<CurrentRequest>,
+}
+
+/// A request on one worker connection now.
+#[derive(Debug, Clone)]
+#[allow(dead_code)] // read by supervise/stats.rs for the status renderers
+pub struct CurrentRequest {
+    pub request_id: u64,
+    pub method: String,
+    pub uri: String,
+    /// When the worker got it.
+    pub since: Instant,
+    /// Timed out (answered 504), waiting for its worker to go.
+    pub timed_out: bool,
+}
+
+/// A request that ran past request-timeout and was interrupted.
+#[derive(Debug, Clone)]
+pub struct Overdue {
+    pub worker: WorkerKey,
+    pub request_id: u64,
+    pub method: String,
+    pub uri: String,
+    pub running: Duration,
+}
+
+/// The pool-wide view at one instant.
+#[derive(Debug, Clone, Default)]
+#[allow(dead_code)] // read by supervise/stats.rs for the status renderers
+pub struct PoolView {
+    pub counters: Counters,
+    pub queue_now: usize,
+    pub queue_size: usize,
+    pub queue_timeout: Duration,
+    pub idle_slots: usize,
+    pub busy_slots: usize,
+    pub unavailable: Option<Arc<str>>,
 }
 
 impl<S: Slot> Dispatcher<S> {
     pub fn new(queue_size: usize, queue_timeout: Duration) -> Self {
         Dispatcher {
-            inner: Mutex::new(Inner { idle: Vec::new(), waiters: VecDeque::new() }),
-            queue_size,
-            queue_timeout,
+            inner: Mutex::new(Inner {
+                idle: Vec::new(),
+                waiters: VecDeque::new(),
+                queue_size,
+                queue_timeout,
+                workers: Vec::new(),
+                free: Vec::new(),
+                unavailable: None,
+                at_max: true,
+                wake_on_queue: false,
+                counters: Counters::default(),
+            }),
+            wake: Notify::new(),
         }
     }
 
@@ -54,66 +295,172 @@ impl<S: Slot> Dispatcher<S> {
     }
 
     /// A free slot, waiting in FIFO order if none is free.
-    pub async fn acquire(&self) -> Result<S, AcquireError> {
-        let mut rx = {
+    pub async fn acquire(&self, ticket: &Ticket<'_>) -> Result<S, AcquireError> {
+        let (mut rx, timeout) = {
             let mut inner = self.lock();
+            inner.counters.accepted += 1;
             while let Some(slot) = inner.idle.pop() {
                 if slot.usable() {
+                    let key = slot.key();
+                    if let Some((w, c)) = conn_mut(&mut inner.workers, key) {
+                        w.busy += 1;
+                        c.busy = true;
+                        c.since = ticket.started;
+                        c.label.set(ticket);
+                    }
                     return Ok(slot);
                 }
+                inner.close_conn(slot.key(), &self.wake);
             }
-            inner.waiters.retain(|w| !w.is_closed());
-            if inner.waiters.len() >= self.queue_size {
+            if let Some(why) = &inner.unavailable {
+                let why = why.clone();
+                inner.counters.rejected_unavailable += 1;
+                if inner.wake_on_queue {
+                    // An ondemand pool whose last start failed: this is demand to retry.
+                    self.wake.notify_one();
+                }
+                return Err(AcquireError::Unavailable(why));
+            }
+            inner.waiters.retain(|w| !w.tx.is_closed());
+            if inner.waiters.len() >= inner.queue_size {
+                inner.counters.rejected_queue_full += 1;
                 return Err(AcquireError::QueueFull(inner.waiters.len()));
             }
             let (tx, rx) = oneshot::channel();
-            inner.waiters.push_back(tx);
-            rx
+            inner.waiters.push_back(Waiter { tx, label: Label::of(ticket) });
+            let queued = inner.waiters.len();
+            if queued == 1 && inner.at_max {
+                inner.counters.max_reached += 1;
+            }
+            inner.counters.max_queue = inner.counters.max_queue.max(queued);
+            if inner.wake_on_queue {
+                self.wake.notify_one();
+            }
+            (rx, inner.queue_timeout)
         };
-        match tokio::time::timeout(self.queue_timeout, &mut rx).await {
+        match tokio::time::timeout(timeout, &mut rx).await {
             Ok(Ok(slot)) => Ok(slot),
-            // The sender side is only dropped by `release` after a failed send or by
-            // `retain` after we closed: neither happens while we wait. Treat it as a timeout.
-            Ok(Err(_)) => Err(AcquireError::Timeout(self.queue_timeout)),
+            // The sender was dropped without a slot: the pool became unavailable (or the
+            // waiter was cleared some other way; report it as a timeout then).
+            Ok(Err(_)) => {
+                let mut inner = self.lock();
+                match &inner.unavailable {
+                    Some(why) => {
+                        let why = why.clone();
+                        inner.counters.rejected_unavailable += 1;
+                        Err(AcquireError::Unavailable(why))
+                    }
+                    None => {
+                        inner.counters.rejected_queue_timeout += 1;
+                        Err(AcquireError::Timeout(timeout))
+                    }
+                }
+            }
             Err(_) => {
                 // A slot may have been sent in the instant the timer fired: take it rather
                 // than lose it.
                 rx.close();
                 match rx.try_recv() {
                     Ok(slot) => Ok(slot),
-                    Err(_) => Err(AcquireError::Timeout(self.queue_timeout)),
+                    Err(_) => {
+                        self.lock().counters.rejected_queue_timeout += 1;
+                        Err(AcquireError::Timeout(timeout))
+                    }
                 }
             }
         }
     }
 
-    /// Give a slot back: to the oldest waiter, else to the idle list. Dead slots are dropped.
+    /// Give a slot back: to the oldest waiter, else to the idle list. Dead slots, and the
+    /// slots of a draining worker, are closed. Also how a new connection joins the pool.
     pub fn release(&self, slot: S) {
-        if !slot.usable() {
+        let mut slot = slot;
+        let canceller = slot.take_canceller();
+        let key = slot.key();
+        let mut inner = self.lock();
+        let inner = &mut *inner;
+        let mut keep = slot.usable();
+        if let Some((w, c)) = conn_mut(&mut inner.workers, key) {
+            if let Some(new) = canceller {
+                c.canceller = Some(new);
+                c.timed_out = false;
+            }
+            if c.busy {
+                c.busy = false;
+                w.busy -= 1;
+                w.served += 1;
+                inner.counters.served += 1;
+                if w.max_requests != 0 && w.served >= w.max_requests && !w.recycle_flagged {
+                    w.recycle_flagged = true;
+                    self.wake.notify_one();
+                }
+            }
+            keep &= !w.draining && !c.timed_out;
+        }
+        if !keep {
+            inner.close_conn(key, &self.wake);
             return;
         }
-        let mut slot = slot;
-        let mut inner = self.lock();
         while let Some(waiter) = inner.waiters.pop_front() {
-            match waiter.send(slot) {
+            let now = Instant::now();
+            if let Some((w, c)) = conn_mut(&mut inner.workers, key) {
+                w.busy += 1;
+                c.busy = true;
+                c.since = now;
+                c.label = waiter.label;
+            }
+            match waiter.tx.send(slot) {
                 Ok(()) => return,
-                Err(back) => slot = back,
+                Err(back) => {
+                    slot = back;
+                    if let Some((w, c)) = conn_mut(&mut inner.workers, key) {
+                        w.busy -= 1;
+                        c.busy = false;
+                    }
+                }
             }
         }
         inner.idle.push(slot);
     }
 
+    /// A slot that will not come back (its worker died, it was cut short and could not
+    /// reconnect, its request timed out): count its request and forget it.
+    pub fn discard(&self, slot: S) {
+        let key = slot.key();
+        let mut inner = self.lock();
+        let inner = &mut *inner;
+        if let Some((w, c)) = conn_mut(&mut inner.workers, key) {
+            if c.busy {
+                c.busy = false;
+                w.busy -= 1;
+                w.served += 1;
+                inner.counters.served += 1;
+            }
+        }
+        inner.close_conn(key, &self.wake);
+        drop(slot);
+    }
+
     /// Drop idle slots whose worker is gone.
     pub fn purge(&self) {
         let mut inner = self.lock();
-        inner.idle.retain(|s| s.usable());
+        let inner = &mut *inner;
+        let mut i = 0;
+        while i < inner.idle.len() {
+            if inner.idle[i].usable() {
+                i += 1;
+            } else {
+                let slot = inner.idle.swap_remove(i);
+                inner.close_conn(slot.key(), &self.wake);
+            }
+        }
     }
 
     /// Requests waiting right now.
     #[allow(dead_code)]
     pub fn waiting(&self) -> usize {
         let mut inner = self.lock();
-        inner.waiters.retain(|w| !w.is_closed());
+        inner.waiters.retain(|w| !w.tx.is_closed());
         inner.waiters.len()
     }
 
@@ -122,102 +469,228 @@ impl<S: Slot> Dispatcher<S> {
     pub fn idle(&self) -> usize {
         self.lock().idle.len()
     }
+
+    // ---------------------------------------------------------------- for the manager
+
+    /// A new worker process; `max_requests` 0 = no limit.
+    pub fn add_worker(&self, max_requests: u64) -> WorkerKey {
+        let mut inner = self.lock();
+        let entry = |gen| WorkerEntry {
+            gen,
+            live: true,
+            s: WorkerNumbers { draining: false, max_requests, recycle_flagged: false, served: 0, busy: 0, open: 0 },
+            conns: Vec::new(),
+        };
+        if let Some(index) = inner.free.pop() {
+            let w = &mut inner.workers[index as usize];
+            let gen = w.gen.wrapping_add(1);
+            *w = entry(gen);
+            WorkerKey { index, gen }
+        } else {
+            let index = inner.workers.len() as u32;
+            inner.workers.push(entry(0));
+            WorkerKey { index, gen: 0 }
+        }
+    }
+
+    /// A new connection to worker `worker`; `None` when the worker was removed meanwhile.
+    /// The slot then joins the pool through [`release`](Self::release).
+    pub fn add_conn(&self, worker: WorkerKey, canceller: Option<Canceller>) -> Option<SlotKey> {
+        let mut inner = self.lock();
+        let w = inner.worker_mut(worker)?;
+        if w.s.draining {
+            return None;
+        }
+        let now = Instant::now();
+        let conn = ConnEntry { open: true, busy: false, timed_out: false, since: now, label: Label::empty(now), canceller };
+        w.s.open += 1;
+        let index = match w.conns.iter().position(|c| !c.open) {
+            Some(i) => {
+                w.conns[i] = conn;
+                i
+            }
+            None => {
+                w.conns.push(conn);
+                w.conns.len() - 1
+            }
+        };
+        Some(SlotKey { worker, conn: index as u32 })
+    }
+
+    /// Take no new request to this worker: close its free slots now, the busy ones when
+    /// their request ends. Returns the connections still open.
+    pub fn drain_worker(&self, worker: WorkerKey) -> u32 {
+        let mut inner = self.lock();
+        let inner = &mut *inner;
+        let Some(w) = inner.worker_mut(worker) else { return 0 };
+        w.s.draining = true;
+        let mut i = 0;
+        while i < inner.idle.len() {
+            let key = inner.idle[i].key();
+            if key.worker == worker {
+                inner.idle.swap_remove(i);
+                inner.close_conn(key, &self.wake);
+            } else {
+                i += 1;
+            }
+        }
+        inner.worker_mut(worker).map(|w| w.s.open).unwrap_or(0)
+    }
+
+    /// The worker process is gone: forget it and its slots.
+    pub fn remove_worker(&self, worker: WorkerKey) {
+        let mut inner = self.lock();
+        let inner = &mut *inner;
+        inner.idle.retain(|s| s.key().worker != worker);
+        if let Some(w) = inner.worker_mut(worker) {
+            w.live = false;
+            w.conns.clear();
+            inner.free.push(worker.index);
+        }
+    }
+
+    /// One worker's numbers (`None` once removed).
+    pub fn worker_view(&self, worker: WorkerKey, with_current: bool) -> Option<WorkerView> {
+        let mut inner = self.lock();
+        let w = inner.worker_mut(worker)?;
+        let current = if with_current {
+            w.conns
+                .iter()
+                .filter(|c| c.open && c.busy)
+                .map(|c| CurrentRequest {
+                    request_id: c.label.request_id,
+                    method: c.label.method(),
+                    uri: c.label.uri(),
+                    since: c.since,
+                    timed_out: c.timed_out,
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        Some(WorkerView {
+            served: w.s.served,
+            busy: w.s.busy,
+            open: w.s.open,
+            draining: w.s.draining,
+            max_requests_reached: w.s.recycle_flagged,
+            current,
+        })
+    }
+
+    /// Interrupt every request that has had its slot longer than `timeout` (request-timeout):
+    /// each gets 504 from its own exchange; the caller replaces their workers.
+    pub fn cancel_overdue(&self, timeout: Duration) -> Vec<Overdue> {
+        let now = Instant::now();
+        let mut inner = self.lock();
+        let inner = &mut *inner;
+        let mut out = Vec::new();
+        for (index, w) in inner.workers.iter_mut().enumerate() {
+            if !w.live {
+                continue;
+            }
+            for c in w.conns.iter_mut() {
+                if !(c.open && c.busy) || c.timed_out {
+                    continue;
+                }
+                let running = now.saturating_duration_since(c.since);
+                if running < timeout {
+                    continue;
+                }
+                c.timed_out = true;
+                inner.counters.request_timeouts += 1;
+                if let Some(cancel) = &c.canceller {
+                    cancel.cancel();
+                }
+                out.push(Overdue {
+                    worker: WorkerKey { index: index as u32, gen: w.gen },
+                    request_id: c.label.request_id,
+                    method: c.label.method(),
+                    uri: c.label.uri(),
+                    running,
+                });
+            }
+        }
+        out
+    }
+
+    /// While `Some`, a request that finds no free slot gets 503 at once with this reason
+    /// (and those waiting get it now).
+    pub fn set_unavailable(&self, why: Option<Arc<str>>) {
+        let dropped: Vec<Waiter<S>> = {
+            let mut inner = self.lock();
+            let changed = inner.unavailable.is_some() != why.is_some();
+            inner.unavailable = why;
+            if changed && inner.unavailable.is_some() {
+                inner.waiters.drain(..).collect()
+            } else {
+                Vec::new()
+            }
+        };
+        // Dropping the senders wakes the waiters, which then read the reason.
+        drop(dropped);
+    }
+
+    /// `at_max`: the pool runs its most workers; `wake_on_queue`: wake the manager when a
+    /// request has to wait (the pool may start another worker).
+    pub fn set_sizing(&self, at_max: bool, wake_on_queue: bool) {
+        let mut inner = self.lock();
+        inner.at_max = at_max;
+        inner.wake_on_queue = wake_on_queue;
+    }
+
+    /// queue-size and queue-timeout after a reload.
+    pub fn set_queue(&self, size: usize, timeout: Duration) {
+        let mut inner = self.lock();
+        inner.queue_size = size;
+        inner.queue_timeout = timeout;
+    }
+
+    /// The pool-wide numbers now.
+    pub fn view(&self) -> PoolView {
+        let mut inner = self.lock();
+        inner.waiters.retain(|w| !w.tx.is_closed());
+        let busy = inner.workers.iter().filter(|w| w.live).map(|w| w.s.busy as usize).sum();
+        PoolView {
+            counters: inner.counters,
+            queue_now: inner.waiters.len(),
+            queue_size: inner.queue_size,
+            queue_timeout: inner.queue_timeout,
+            idle_slots: inner.idle.len(),
+            busy_slots: busy,
+            unavailable: inner.unavailable.clone(),
+        }
+    }
+}
+
+impl<S> Inner<S> {
+    fn worker_mut(&mut self, key: WorkerKey) -> Option<&mut WorkerEntry> {
+        self.workers.get_mut(key.index as usize).filter(|w| w.live && w.gen == key.gen)
+    }
+
+    /// Forget one connection (its slot has been or is being dropped); wakes the manager
+    /// when a draining worker closes its last one.
+    fn close_conn(&mut self, key: SlotKey, wake: &Notify) {
+        let Some((w, c)) = conn_mut(&mut self.workers, key) else { return };
+        c.open = false;
+        c.canceller = None;
+        if c.busy {
+            c.busy = false;
+            w.busy -= 1;
+        }
+        w.open -= 1;
+        if w.open == 0 && w.draining {
+            wake.notify_one();
+        }
+    }
+}
+
+fn conn_mut(workers: &mut [WorkerEntry], key: SlotKey) -> Option<(&mut WorkerNumbers, &mut ConnEntry)> {
+    let w = workers.get_mut(key.worker.index as usize).filter(|w| w.live && w.gen == key.worker.gen)?;
+    let WorkerEntry { s, conns, .. } = w;
+    let c = conns.get_mut(key.conn as usize).filter(|c| c.open)?;
+    Some((s, c))
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::sync::atomic::{AtomicBool, Ordering};
-    use std::sync::Arc;
-
-    #[derive(Debug)]
-    struct TestSlot(u32, Arc<AtomicBool>);
-    impl Slot for TestSlot {
-        fn usable(&self) -> bool {
-            self.1.load(Ordering::Relaxed)
-        }
-    }
-    fn slot(n: u32) -> TestSlot {
-        TestSlot(n, Arc::new(AtomicBool::new(true)))
-    }
-
-    #[tokio::test]
-    async fn free_slot_is_immediate() {
-        let d = Dispatcher::new(4, Duration::from_secs(1));
-        d.release(slot(1));
-        assert_eq!(d.acquire().await.map(|s| s.0), Ok(1));
-    }
-
-    #[tokio::test]
-    async fn overflow_is_rejected_at_once() {
-        let d = Arc::new(Dispatcher::<TestSlot>::new(2, Duration::from_secs(30)));
-        let mut waiters = Vec::new();
-        for _ in 0..2 {
-            let d = d.clone();
-            waiters.push(tokio::spawn(async move { d.acquire().await.map(|s| s.0) }));
-        }
-        while d.waiting() < 2 {
-            tokio::task::yield_now().await;
-        }
-        let started = std::time::Instant::now();
-        assert!(matches!(d.acquire().await, Err(AcquireError::QueueFull(2))));
-        assert!(started.elapsed() < Duration::from_secs(1));
-        d.release(slot(7));
-        d.release(slot(8));
-        let mut got = Vec::new();
-        for w in waiters {
-            got.push(w.await.ok().and_then(|r| r.ok()));
-        }
-        got.sort();
-        assert_eq!(got, vec![Some(7), Some(8)]);
-    }
-
-    #[tokio::test]
-    async fn queue_timeout() {
-        let d = Dispatcher::<TestSlot>::new(2, Duration::from_millis(50));
-        assert_eq!(d.acquire().await.map(|s| s.0), Err(AcquireError::Timeout(Duration::from_millis(50))));
-        // The timed-out waiter does not count against the queue nor swallow a slot.
-        assert_eq!(d.waiting(), 0);
-        d.release(slot(3));
-        assert_eq!(d.idle(), 1);
-    }
-
-    #[tokio::test]
-    async fn fifo_order() {
-        let d = Arc::new(Dispatcher::<TestSlot>::new(8, Duration::from_secs(30)));
-        let (order_tx, mut order_rx) = tokio::sync::mpsc::unbounded_channel();
-        for i in 0..3u32 {
-            let d2 = d.clone();
-            let order_tx = order_tx.clone();
-            tokio::spawn(async move {
-                if let Ok(s) = d2.acquire().await {
-                    let _ = order_tx.send((i, s.0));
-                }
-            });
-            while d.waiting() < (i + 1) as usize {
-                tokio::task::yield_now().await;
-            }
-        }
-        for n in 10..13 {
-            d.release(slot(n));
-        }
-        let mut seen = Vec::new();
-        for _ in 0..3 {
-            seen.push(order_rx.recv().await);
-        }
-        assert_eq!(seen, vec![Some((0, 10)), Some((1, 11)), Some((2, 12))]);
-    }
-
-    #[tokio::test]
-    async fn dead_slots_are_skipped() {
-        let d = Dispatcher::new(1, Duration::from_millis(10));
-        let dead = slot(1);
-        let flag = dead.1.clone();
-        d.release(dead);
-        d.release(slot(2));
-        flag.store(false, Ordering::Relaxed);
-        assert_eq!(d.acquire().await.map(|s| s.0), Ok(2));
-        // Slot 1 is dead: nothing left.
-        assert!(d.acquire().await.is_err());
-    }
-}
+mod tests;

@@ -398,6 +398,10 @@ impl Conn {
 
     /// Start the request.
     fn launch(&mut self, id: u16) {
+        if self.ctx.superseded() {
+            // A reload changed this listener: new requests follow its new routes.
+            self.ctx = self.ctx.latest();
+        }
         let out_tx = self.out_tx.clone();
         let ctx = self.ctx.clone();
         let Some(req) = self.find(id) else { return };

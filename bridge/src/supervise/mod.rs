@@ -1,23 +1,28 @@
 //! Process supervision: the bridge starts, watches and replaces the worker processes of
 //! every pool (see docs/worker-contract.md for what a worker is given).
 mod isolate;
-pub mod pool;
+pub mod manager;
 pub mod program;
 pub mod runtime_dir;
 mod spawn;
+pub mod stats;
 mod template;
+mod worker;
 mod worker_child;
 
 use crate::backend::SlotConn;
 use crate::config;
 use crate::dispatch::Dispatcher;
+use manager::ManagerCmd;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use tokio::sync::watch;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 pub use runtime_dir::RuntimeDir;
+pub use worker::WorkerCtl;
 
 /// One running worker process, as the slots connected to it know it.
 #[derive(Debug)]
@@ -27,11 +32,19 @@ pub struct WorkerHandle {
     /// Its listening socket (fd 0 in the worker).
     pub socket: PathBuf,
     alive: AtomicBool,
+    /// To the task that owns the process (it alone signals it: no reused pid is hit).
+    ctl: mpsc::UnboundedSender<WorkerCtl>,
 }
 
 impl WorkerHandle {
+    /// A handle with nobody behind it (tests, fake workers): `kill` only marks it dead.
+    #[allow(dead_code)]
     pub fn new(pool: Arc<str>, pid: u32, socket: PathBuf) -> Self {
-        WorkerHandle { pool, pid, socket, alive: AtomicBool::new(true) }
+        Self::with_ctl(pool, pid, socket, mpsc::unbounded_channel().0)
+    }
+
+    pub fn with_ctl(pool: Arc<str>, pid: u32, socket: PathBuf, ctl: mpsc::UnboundedSender<WorkerCtl>) -> Self {
+        WorkerHandle { pool, pid, socket, alive: AtomicBool::new(true), ctl }
     }
 
     pub fn is_alive(&self) -> bool {
@@ -42,31 +55,42 @@ impl WorkerHandle {
         self.alive.store(false, Ordering::Release);
     }
 
-    /// SIGKILL a worker that no longer responds; its supervisor reaps and replaces it.
+    /// SIGKILL a worker that no longer responds; its manager reaps and replaces it.
     pub fn kill(&self) {
         if !self.is_alive() {
             return;
         }
         self.mark_dead();
-        // Never 0 or negative: kill() would then signal a whole process group.
-        if let Ok(pid @ 1..) = i32::try_from(self.pid) {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
-        }
+        let _ = self.ctl.send(WorkerCtl::Kill);
     }
 }
 
-/// A pool at run time: its configuration and its dispatcher.
+/// The pool manager's mailbox and what it publishes for the status page.
+pub struct PoolControl {
+    cmd: mpsc::UnboundedSender<ManagerCmd>,
+    cmd_rx: Mutex<Option<mpsc::UnboundedReceiver<ManagerCmd>>>,
+    pub(crate) view: Mutex<stats::ManagerView>,
+}
+
+/// A pool at run time: its configuration, its dispatcher and its manager.
+///
+/// A reload that changes a pool's configuration makes a new `PoolRuntime` with the new
+/// `config` and the *same* dispatcher and manager (the listeners switch to it; requests in
+/// flight keep the old one), so the pool's queue, numbers and workers carry over.
 pub struct PoolRuntime {
     pub name: Arc<str>,
     pub config: config::Pool,
-    pub dispatcher: Dispatcher<SlotConn>,
+    pub dispatcher: Arc<Dispatcher<SlotConn>>,
+    pub control: Arc<PoolControl>,
 }
 
 impl PoolRuntime {
     pub fn new(config: config::Pool) -> Arc<PoolRuntime> {
+        let (cmd, cmd_rx) = mpsc::unbounded_channel();
         Arc::new(PoolRuntime {
             name: Arc::from(config.name.as_str()),
-            dispatcher: Dispatcher::new(config.queue_size, config.queue_timeout),
+            dispatcher: Arc::new(Dispatcher::new(config.queue_size, config.queue_timeout)),
+            control: Arc::new(PoolControl { cmd, cmd_rx: Mutex::new(Some(cmd_rx)), view: Mutex::default() }),
             config,
         })
     }
@@ -75,48 +99,130 @@ impl PoolRuntime {
     pub fn capacity(&self) -> usize {
         (self.config.processes as usize) * (self.config.threads as usize) + self.config.queue_size
     }
+
+    /// Serving, or able to serve on demand: a free worker connection, or an ondemand pool
+    /// (which has none until a request comes) that is not failing.
+    pub fn serving(&self) -> bool {
+        let v = self.dispatcher.view();
+        v.idle_slots > 0
+            || v.busy_slots > 0
+            || (self.config.supervision.mode == config::supervision::Mode::OnDemand && v.unavailable.is_none())
+    }
+
+    fn send(&self, cmd: ManagerCmd) {
+        let _ = self.control.cmd.send(cmd);
+    }
 }
 
 /// How the supervisor is asked to stop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stop {
-    Running,
     /// SIGTERM the workers, give them time to exit.
     Graceful,
     /// SIGINT/SIGQUIT: stop them now.
     Fast,
 }
 
-/// All worker-slot tasks of all pools.
+/// The pool managers of the daemon.
 pub struct Supervisor {
+    pools: Vec<Arc<PoolRuntime>>,
+    /// Managers of removed pools still finishing their requests.
+    retiring: Vec<Arc<PoolRuntime>>,
     tasks: Vec<JoinHandle<()>>,
-    stop: watch::Sender<Stop>,
+    python_path: Arc<PathBuf>,
 }
 
 impl Supervisor {
-    /// Start `processes` workers for every pool.
+    /// Start the manager of every pool; each starts its workers.
     pub fn start(pools: &[Arc<PoolRuntime>], rt: &RuntimeDir) -> Result<Supervisor, runtime_dir::RuntimeDirError> {
-        let (stop, stop_rx) = watch::channel(Stop::Running);
-        let python_path = Arc::new(rt.python_path());
-        let mut tasks = Vec::new();
+        let mut s = Supervisor { pools: Vec::new(), retiring: Vec::new(), tasks: Vec::new(), python_path: Arc::new(rt.python_path()) };
         for p in pools {
-            let dir = Arc::new(rt.pool_dir(&p.name)?);
-            for index in 0..p.config.processes {
-                let ctx = pool::SlotCtx {
-                    pool: p.clone(),
-                    index,
-                    python_path: python_path.clone(),
-                    socket_dir: dir.clone(),
-                };
-                tasks.push(tokio::spawn(pool::run_worker_slot(ctx, stop_rx.clone())));
+            s.start_manager(p, rt)?;
+        }
+        s.pools = pools.to_vec();
+        stats::set_pools(s.pools.clone());
+        Ok(s)
+    }
+
+    fn start_manager(&mut self, p: &Arc<PoolRuntime>, rt: &RuntimeDir) -> Result<(), runtime_dir::RuntimeDirError> {
+        let Some(cmds) = p.control.cmd_rx.lock().unwrap_or_else(|e| e.into_inner()).take() else { return Ok(()) };
+        let dir = rt.pool_dir(&p.name)?;
+        let (m, events) = manager::Manager::new(
+            p.name.clone(),
+            Arc::new(p.config.clone()),
+            p.dispatcher.clone(),
+            p.control.clone(),
+            self.python_path.clone(),
+            dir,
+        );
+        self.tasks.push(tokio::spawn(manager::run(m, events, cmds)));
+        Ok(())
+    }
+
+    /// The running pools, in configuration order.
+    pub fn pools(&self) -> &[Arc<PoolRuntime>] {
+        &self.pools
+    }
+
+    /// Apply a reloaded configuration's pools: unchanged pools stay as they are, changed
+    /// ones get their new settings (and a rolling restart when the workers themselves
+    /// change; `restart_all` forces one everywhere), new ones start, removed ones finish
+    /// their requests (at most `drain_within`) and stop. Returns the pools now running.
+    pub fn reload(
+        &mut self,
+        new: &[config::Pool],
+        rt: &RuntimeDir,
+        restart_all: bool,
+        drain_within: Duration,
+    ) -> Result<Vec<Arc<PoolRuntime>>, runtime_dir::RuntimeDirError> {
+        let mut next = Vec::with_capacity(new.len());
+        let mut added = Vec::new();
+        for cfg in new {
+            match self.pools.iter().find(|p| p.config.name == cfg.name) {
+                Some(old) if old.config == *cfg && !restart_all => next.push(old.clone()),
+                Some(old) => {
+                    let p = Arc::new(PoolRuntime {
+                        name: old.name.clone(),
+                        config: cfg.clone(),
+                        dispatcher: old.dispatcher.clone(),
+                        control: old.control.clone(),
+                    });
+                    p.send(ManagerCmd::Reconfigure { config: Arc::new(cfg.clone()), restart: restart_all });
+                    next.push(p);
+                }
+                None => {
+                    let p = PoolRuntime::new(cfg.clone());
+                    added.push(p.clone());
+                    next.push(p);
+                }
             }
         }
-        Ok(Supervisor { tasks, stop })
+        for p in &added {
+            tracing::info!(pool = &*p.name, "reload: new pool");
+            self.start_manager(p, rt)?;
+        }
+        for old in &self.pools {
+            if !new.iter().any(|c| c.name == old.config.name) {
+                old.send(ManagerCmd::Remove { within: drain_within });
+                self.retiring.push(old.clone());
+            }
+        }
+        self.pools = next.clone();
+        stats::set_pools(next.clone());
+        Ok(next)
     }
 
     /// Stop every worker and wait until they are reaped.
     pub async fn stop(self, how: Stop) {
-        let _ = self.stop.send(how);
+        let mut waits = Vec::new();
+        for p in self.pools.iter().chain(self.retiring.iter()) {
+            let (done, rx) = oneshot::channel();
+            p.send(ManagerCmd::Stop { how, done });
+            waits.push(rx);
+        }
+        for w in waits {
+            let _ = w.await;
+        }
         for t in self.tasks {
             let _ = t.await;
         }

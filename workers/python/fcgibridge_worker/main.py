@@ -217,7 +217,10 @@ def serve(app, listen_fd, ready_fd, threads, processes):
         threading.Thread(target=run, name="fcgibridge-%d" % i, daemon=True).start()
     _write_ready(ready_fd, "READY\n")
     try:
-        while not done.wait(3600):
+        # Short waits: Python runs signal handlers in this thread only, and a signal the
+        # kernel delivers to a serving thread (SIGXCPU comes to the thread that was
+        # running) would otherwise wait for this wait to end.
+        while not done.wait(1.0):
             pass
     except KeyboardInterrupt:  # SIGINT reaches the whole process group; the bridge decides
         exit_code[0] = 130

@@ -1,0 +1,249 @@
+use super::*;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+#[derive(Debug)]
+struct TestSlot(u32, Arc<AtomicBool>, SlotKey);
+impl Slot for TestSlot {
+    fn usable(&self) -> bool {
+        self.1.load(Ordering::Relaxed)
+    }
+    fn key(&self) -> SlotKey {
+        self.2
+    }
+}
+fn slot(n: u32) -> TestSlot {
+    TestSlot(n, Arc::new(AtomicBool::new(true)), SlotKey::NONE)
+}
+
+fn ticket(uri: &str) -> Ticket<'_> {
+    Ticket { method: b"GET", uri: uri.as_bytes(), request_id: 7, started: Instant::now() }
+}
+
+async fn get(d: &Dispatcher<TestSlot>) -> Result<u32, AcquireError> {
+    d.acquire(&ticket("/")).await.map(|s| s.0)
+}
+
+#[tokio::test]
+async fn free_slot_is_immediate() {
+    let d = Dispatcher::new(4, Duration::from_secs(1));
+    d.release(slot(1));
+    assert_eq!(get(&d).await, Ok(1));
+}
+
+#[tokio::test]
+async fn overflow_is_rejected_at_once() {
+    let d = Arc::new(Dispatcher::<TestSlot>::new(2, Duration::from_secs(30)));
+    let mut waiters = Vec::new();
+    for _ in 0..2 {
+        let d = d.clone();
+        waiters.push(tokio::spawn(async move { get(&d).await }));
+    }
+    while d.waiting() < 2 {
+        tokio::task::yield_now().await;
+    }
+    let started = std::time::Instant::now();
+    assert!(matches!(get(&d).await, Err(AcquireError::QueueFull(2))));
+    assert!(started.elapsed() < Duration::from_secs(1));
+    d.release(slot(7));
+    d.release(slot(8));
+    let mut got = Vec::new();
+    for w in waiters {
+        got.push(w.await.ok().and_then(|r| r.ok()));
+    }
+    got.sort();
+    assert_eq!(got, vec![Some(7), Some(8)]);
+    let v = d.view();
+    assert_eq!(v.counters.accepted, 3);
+    assert_eq!(v.counters.rejected_queue_full, 1);
+    assert_eq!(v.counters.max_queue, 2);
+    // static sizing by default: waiting means the pool is at its maximum
+    assert_eq!(v.counters.max_reached, 1);
+}
+
+#[tokio::test]
+async fn queue_timeout() {
+    let d = Dispatcher::<TestSlot>::new(2, Duration::from_millis(50));
+    assert_eq!(get(&d).await, Err(AcquireError::Timeout(Duration::from_millis(50))));
+    // The timed-out waiter does not count against the queue nor swallow a slot.
+    assert_eq!(d.waiting(), 0);
+    d.release(slot(3));
+    assert_eq!(d.idle(), 1);
+    assert_eq!(d.view().counters.rejected_queue_timeout, 1);
+}
+
+#[tokio::test]
+async fn fifo_order() {
+    let d = Arc::new(Dispatcher::<TestSlot>::new(8, Duration::from_secs(30)));
+    let (order_tx, mut order_rx) = tokio::sync::mpsc::unbounded_channel();
+    for i in 0..3u32 {
+        let d2 = d.clone();
+        let order_tx = order_tx.clone();
+        tokio::spawn(async move {
+            if let Ok(s) = get(&d2).await {
+                let _ = order_tx.send((i, s));
+            }
+        });
+        while d.waiting() < (i + 1) as usize {
+            tokio::task::yield_now().await;
+        }
+    }
+    for n in 10..13 {
+        d.release(slot(n));
+    }
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        seen.push(order_rx.recv().await);
+    }
+    assert_eq!(seen, vec![Some((0, 10)), Some((1, 11)), Some((2, 12))]);
+}
+
+#[tokio::test]
+async fn dead_slots_are_skipped() {
+    let d = Dispatcher::new(1, Duration::from_millis(10));
+    let dead = slot(1);
+    let flag = dead.1.clone();
+    d.release(dead);
+    d.release(slot(2));
+    flag.store(false, Ordering::Relaxed);
+    assert_eq!(get(&d).await, Ok(2));
+    // Slot 1 is dead: nothing left.
+    assert!(get(&d).await.is_err());
+}
+
+fn registered(d: &Dispatcher<TestSlot>, w: WorkerKey, n: u32) -> TestSlot {
+    let key = d.add_conn(w, None).expect("worker exists");
+    TestSlot(n, Arc::new(AtomicBool::new(true)), key)
+}
+
+#[tokio::test]
+async fn per_worker_numbers_and_current_request() {
+    let d = Dispatcher::<TestSlot>::new(4, Duration::from_secs(1));
+    let w = d.add_worker(0);
+    d.release(registered(&d, w, 1));
+    d.release(registered(&d, w, 2));
+    let t = Ticket { method: b"POST", uri: b"/upload?x=1", request_id: 42, started: Instant::now() };
+    let s = d.acquire(&t).await.expect("slot");
+    let v = d.worker_view(w, true).expect("worker");
+    assert_eq!((v.busy, v.open, v.served), (1, 2, 0));
+    assert_eq!(v.current.len(), 1);
+    assert_eq!((v.current[0].method.as_str(), v.current[0].uri.as_str(), v.current[0].request_id), ("POST", "/upload?x=1", 42));
+    d.release(s);
+    let v = d.worker_view(w, true).expect("worker");
+    assert_eq!((v.busy, v.open, v.served), (0, 2, 1));
+    assert!(v.current.is_empty());
+    let p = d.view();
+    assert_eq!((p.idle_slots, p.busy_slots, p.counters.served), (2, 0, 1));
+}
+
+#[test]
+fn long_uris_are_truncated_not_refused() {
+    let long = "/x".repeat(400);
+    let l = Label::of(&Ticket { method: b"GET", uri: long.as_bytes(), request_id: 1, started: Instant::now() });
+    assert_eq!(l.method(), "GET");
+    assert_eq!(l.uri().len(), LABEL_BYTES - 3);
+    assert!(long.starts_with(&l.uri()));
+}
+
+#[tokio::test]
+async fn a_waiter_handed_a_slot_shows_as_its_request() {
+    let d = Arc::new(Dispatcher::<TestSlot>::new(4, Duration::from_secs(5)));
+    let w = d.add_worker(0);
+    let first = {
+        d.release(registered(&d, w, 1));
+        d.acquire(&ticket("/first")).await.expect("slot")
+    };
+    let d2 = d.clone();
+    let waiter = tokio::spawn(async move { d2.acquire(&ticket("/second")).await.map(|s| s.0) });
+    while d.waiting() < 1 {
+        tokio::task::yield_now().await;
+    }
+    d.release(first);
+    assert_eq!(waiter.await.ok(), Some(Ok(1)));
+    let v = d.worker_view(w, true).expect("worker");
+    assert_eq!(v.current.iter().map(|c| c.uri.as_str()).collect::<Vec<_>>(), ["/second"]);
+    assert_eq!(v.served, 1);
+}
+
+#[tokio::test]
+async fn draining_closes_free_slots_now_and_busy_ones_at_release() {
+    let d = Dispatcher::<TestSlot>::new(4, Duration::from_millis(20));
+    let w = d.add_worker(0);
+    let other = d.add_worker(0);
+    d.release(registered(&d, w, 1));
+    d.release(registered(&d, w, 2));
+    let busy = d.acquire(&ticket("/")).await.expect("slot");
+    assert_eq!(d.drain_worker(w), 1, "the free slot closed at once");
+    assert_eq!(d.idle(), 0);
+    // a new request does not get the draining worker's slot back
+    d.release(busy);
+    assert!(get(&d).await.is_err());
+    assert_eq!(d.worker_view(w, false).map(|v| (v.open, v.served)), Some((0, 1)));
+    // a connection to a draining worker is refused; other workers are unaffected
+    assert!(d.add_conn(w, None).is_none());
+    d.release(registered(&d, other, 9));
+    assert_eq!(get(&d).await, Ok(9));
+}
+
+#[tokio::test]
+async fn max_requests_flags_the_worker_and_wakes_the_manager() {
+    let d = Dispatcher::<TestSlot>::new(4, Duration::from_secs(1));
+    let w = d.add_worker(2);
+    d.release(registered(&d, w, 1));
+    for i in 0..2 {
+        let s = d.acquire(&ticket("/")).await.expect("slot");
+        assert!(!d.worker_view(w, false).expect("w").max_requests_reached, "after {i}");
+        d.release(s);
+    }
+    assert!(d.worker_view(w, false).expect("w").max_requests_reached);
+    // the notification was stored for the manager
+    tokio::time::timeout(Duration::from_millis(100), d.wake.notified()).await.expect("woken");
+    // the slot keeps serving until the manager decides
+    assert_eq!(get(&d).await, Ok(1));
+}
+
+#[tokio::test]
+async fn unavailable_answers_at_once_and_releases_waiters() {
+    let d = Arc::new(Dispatcher::<TestSlot>::new(4, Duration::from_secs(30)));
+    let d2 = d.clone();
+    let waiter = tokio::spawn(async move { get(&d2).await });
+    while d.waiting() < 1 {
+        tokio::task::yield_now().await;
+    }
+    let started = std::time::Instant::now();
+    d.set_unavailable(Some(Arc::from("the app cannot start")));
+    assert_eq!(waiter.await.ok(), Some(Err(AcquireError::Unavailable(Arc::from("the app cannot start")))));
+    assert!(matches!(get(&d).await, Err(AcquireError::Unavailable(_))));
+    assert!(started.elapsed() < Duration::from_secs(1));
+    assert_eq!(d.view().counters.rejected_unavailable, 2);
+    // a free slot is still handed out
+    d.release(slot(5));
+    assert_eq!(get(&d).await, Ok(5));
+    d.set_unavailable(None);
+    assert!(matches!(get(&d).await, Err(AcquireError::Timeout(_))));
+}
+
+#[tokio::test]
+async fn overdue_requests_are_cancelled_once() {
+    let d = Dispatcher::<TestSlot>::new(4, Duration::from_secs(1));
+    let w = d.add_worker(0);
+    let (a, b) = std::os::unix::net::UnixStream::pair().expect("pair");
+    let flag = Arc::new(AtomicBool::new(false));
+    let key = d.add_conn(w, Some(Canceller { fd: OwnedFd::from(a), flag: flag.clone() })).expect("conn");
+    d.release(TestSlot(1, Arc::new(AtomicBool::new(true)), key));
+    let old = Ticket { method: b"GET", uri: b"/hang", request_id: 3, started: Instant::now() - Duration::from_secs(10) };
+    let s = d.acquire(&old).await.expect("slot");
+    assert!(d.cancel_overdue(Duration::from_secs(60)).is_empty());
+    let over = d.cancel_overdue(Duration::from_secs(5));
+    assert_eq!(over.len(), 1);
+    assert_eq!((over[0].uri.as_str(), over[0].request_id, over[0].worker), ("/hang", 3, w));
+    assert!(flag.load(Ordering::Acquire));
+    // the socket was shut down: the peer reads EOF
+    let mut buf = [0u8; 1];
+    assert_eq!(std::io::Read::read(&mut &b, &mut buf).ok(), Some(0));
+    assert!(d.cancel_overdue(Duration::from_secs(5)).is_empty(), "reported once");
+    assert_eq!(d.view().counters.request_timeouts, 1);
+    // a timed-out slot never goes back to the pool
+    d.release(s);
+    assert_eq!(d.idle(), 0);
+}

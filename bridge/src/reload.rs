@@ -1,0 +1,113 @@
+//! Reloading the configuration in the running daemon (SIGHUP, `fcgibridge reload`).
+//!
+//! 1. conf.d is read and validated again; an invalid configuration is refused with the
+//!    same message `fcgibridge check` prints, and the running one stays.
+//! 2. New listener addresses are bound; a busy address refuses the reload (nothing changed).
+//! 3. Pools (supervise/mod.rs, `Supervisor::reload`): unchanged pools keep running
+//!    untouched; changed ones take their new settings, with a rolling, readiness-gated
+//!    restart of their workers when what a worker *is* changed (app, python, env, threads,
+//!    isolation…); new pools start; removed ones finish their requests and stop.
+//! 4. Listeners (listen/mod.rs, `ListenerSet::apply`): those whose address stays keep their
+//!    socket — no connection is refused during a reload — and switch to the new routes at
+//!    their next request; new ones start; removed ones stop accepting.
+//!
+//! `bridge:` settings other than shutdown-timeout take effect at the next restart (a log
+//! line says which). Call [`reload`] from anywhere that owns the daemon's state; the
+//! control socket reaches it by raising SIGHUP.
+use crate::config::{self, Config};
+use crate::listen::ListenerSet;
+use crate::supervise::{stats, PoolRuntime, RuntimeDir, Supervisor};
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+/// What a reload changes: the daemon's running state.
+pub struct Live<'a> {
+    pub config: &'a mut Config,
+    pub supervisor: &'a mut Supervisor,
+    pub listeners: &'a mut ListenerSet,
+    pub runtime_dir: &'a RuntimeDir,
+}
+
+/// Re-read `dir` and apply it. `restart_all`: also restart the workers of unchanged pools
+/// (new application code). Ok: a summary; Err: why the running configuration stays.
+pub fn reload(dir: &Path, live: Live<'_>, restart_all: bool) -> Result<String, String> {
+    let outcome = apply(dir, live, restart_all);
+    match &outcome {
+        Ok(summary) => {
+            tracing::info!("reload done: {summary}");
+            stats::record_reload(true, summary.clone());
+        }
+        Err(why) => {
+            tracing::error!("reload refused, the running configuration stays: {why}");
+            stats::record_reload(false, why.clone());
+        }
+    }
+    outcome
+}
+
+fn apply(dir: &Path, live: Live<'_>, restart_all: bool) -> Result<String, String> {
+    let new = config::load(dir).map_err(|e| e.to_string())?;
+    let sockets = live.listeners.bind_new(&new.listeners).map_err(|e| e.to_string())?;
+
+    let mut notes = Vec::new();
+    let (old_g, new_g) = (&live.config.global, &new.global);
+    if old_g != new_g {
+        let mut later = Vec::new();
+        if old_g.runtime_dir != new_g.runtime_dir {
+            later.push("runtime-dir");
+        }
+        if old_g.log_level != new_g.log_level {
+            later.push("log-level");
+        }
+        if old_g.log_format != new_g.log_format {
+            later.push("log-format");
+        }
+        if old_g.access_log != new_g.access_log {
+            later.push("access-log");
+        }
+        if old_g.access_log_format != new_g.access_log_format {
+            later.push("access-log-format");
+        }
+        if old_g.status != new_g.status {
+            later.push("status");
+        }
+        if old_g.control_socket != new_g.control_socket {
+            later.push("control-socket");
+        }
+        if !later.is_empty() {
+            tracing::warn!("reload: bridge settings {} changed; they take effect when the daemon restarts", later.join(", "));
+            notes.push(format!("restart needed for bridge.{}", later.join(", bridge.")));
+        }
+    }
+
+    let before: Vec<(String, config::Pool)> = live.supervisor.pools().iter().map(|p| (p.name.to_string(), p.config.clone())).collect();
+    let pools = live
+        .supervisor
+        .reload(&new.pools, live.runtime_dir, restart_all, new.global.shutdown_timeout)
+        .map_err(|e| e.to_string())?;
+    let by_name: HashMap<String, Arc<PoolRuntime>> = pools.iter().map(|p| (p.name.to_string(), p.clone())).collect();
+    let listeners = live.listeners.apply(&new.listeners, sockets, &by_name).map_err(|e| e.to_string())?;
+
+    let (mut added, mut changed, mut removed) = (Vec::new(), Vec::new(), Vec::new());
+    for p in &new.pools {
+        match before.iter().find(|(n, _)| *n == p.name) {
+            None => added.push(p.name.clone()),
+            Some((_, old)) if old != p || restart_all => changed.push(p.name.clone()),
+            Some(_) => {}
+        }
+    }
+    for (name, _) in &before {
+        if !new.pools.iter().any(|p| &p.name == name) {
+            removed.push(name.clone());
+        }
+    }
+    let list = |v: &[String]| if v.is_empty() { "none".to_owned() } else { v.join(", ") };
+    let mut summary = format!("pools added: {}; changed: {}; removed: {}; {listeners}", list(&added), list(&changed), list(&removed));
+    for n in notes {
+        summary.push_str("; ");
+        summary.push_str(&n);
+    }
+    *live.config = new;
+    Ok(summary)
+}

@@ -1,0 +1,1078 @@
+//! The pool manager: one task per pool that decides how many worker processes run, starts
+//! them, recycles them and stops them (PHP-FPM's master, per pool).
+//!
+//! It reacts to the worker tasks' events (ready, failed to start, exited), to the
+//! dispatcher's wake-ups (a request had to queue while the pool may grow, a worker reached
+//! max-requests, a draining worker closed its last connection), to commands (reload,
+//! removal, stop) and to a tick (request-timeout, draining deadlines) with a one-second
+//! round (RSS and CPU sampling, restart-interval, dynamic sizing, spawn rate).
+//!
+//! Rules, in the order `reconcile` applies them (docs/supervision.md tells operators):
+//! - A worker to be replaced (max-requests, restart-interval, memory-limit,
+//!   cpu-time-limit, request-timeout, reload) keeps serving until a replacement is READY —
+//!   unless it is urgent (memory, CPU, request-timeout) and another worker is serving, in
+//!   which case it stops taking requests at once. Either way the pool never drops to zero.
+//! - Replacements start at most max(1, processes/4) at a time (a rolling restart).
+//! - A draining worker finishes its in-flight requests within graceful-timeout, then gets
+//!   SIGTERM (SIGKILL for a request-timeout); past the deadline its Python stacks are
+//!   logged and it is killed.
+//! - Start-up failures back off exponentially (0.5 s doubling to 30 s); while no worker
+//!   is ready, one attempt at a time, and the dispatcher answers 503 at once.
+use super::stats::{ManagerView, RestartRecord, WorkerInfo};
+use super::worker::{self, Event, WorkerCtl, WorkerTask};
+use super::{PoolControl, Stop};
+use crate::backend::SlotConn;
+use crate::config::supervision::Mode;
+use crate::config::{self, App};
+use crate::dispatch::{Dispatcher, WorkerKey};
+use std::collections::{HashMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot};
+
+const BACKOFF_START: Duration = Duration::from_millis(500);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// A worker that was ready and lived this long resets the backoff; one dying faster
+/// (crashing on every request) backs off like one that never became ready.
+const HEALTHY_AFTER: Duration = Duration::from_secs(1);
+/// Sampling, sizing and spawn-rate round.
+const ROUND: Duration = Duration::from_secs(1);
+/// SIGTERM to SIGKILL for a worker with no request left, on a graceful stop.
+const TERM_GRACE: Duration = Duration::from_secs(10);
+const FAST_GRACE: Duration = Duration::from_secs(1);
+/// Restart records kept per pool for the status page.
+const RESTARTS_KEPT: usize = 50;
+
+/// What the rest of the daemon asks of a pool manager.
+pub enum ManagerCmd {
+    /// A reload: the pool's new configuration; `restart` forces a rolling restart.
+    Reconfigure { config: Arc<config::Pool>, restart: bool },
+    /// The pool is gone from the configuration: serve what is queued and in flight (at
+    /// most `within`), then stop.
+    Remove { within: Duration },
+    /// The daemon stops: stop every worker, then answer.
+    Stop { how: Stop, done: oneshot::Sender<()> },
+}
+
+struct Recycle {
+    reason: String,
+    urgent: bool,
+    /// SIGKILL instead of SIGTERM once drained (request-timeout: a thread is stuck).
+    hard: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Starting,
+    Ready,
+    Draining { deadline: Instant, dumped: bool },
+    Stopping,
+}
+
+struct Worker {
+    id: u64,
+    slot: u32,
+    pid: u32,
+    key: WorkerKey,
+    ctl: mpsc::UnboundedSender<WorkerCtl>,
+    cfg_gen: u64,
+    state: State,
+    spawned_at: Instant,
+    ready_at: Option<Instant>,
+    recycle: Option<Recycle>,
+    /// A replacement was started for it.
+    replaced: bool,
+    /// Why the manager is retiring it (None: it was not asked to go).
+    exit_reason: Option<String>,
+    hard: bool,
+    max_requests: u64,
+    lifetime_end: Option<Instant>,
+    last_served: u64,
+    served: u64,
+    idle_since: Option<Instant>,
+    rss: Option<u64>,
+    cpu: Option<Duration>,
+    memory_warned: bool,
+    stacks_dumped: bool,
+}
+
+#[derive(Default, Clone)]
+struct SlotHistory {
+    spawns: u64,
+    last_reason: Option<String>,
+}
+
+pub struct Manager {
+    name: Arc<str>,
+    cfg: Arc<config::Pool>,
+    cfg_gen: u64,
+    dispatcher: Arc<Dispatcher<SlotConn>>,
+    control: Arc<PoolControl>,
+    python_path: Arc<PathBuf>,
+    socket_dir: PathBuf,
+    workers: Vec<Worker>,
+    events_tx: mpsc::UnboundedSender<Event>,
+    next_id: u64,
+    /// Dynamic / ondemand: workers wanted (static: `processes`).
+    target: u32,
+    spawn_rate: u32,
+    spawn_budget: u32,
+    rate_limited: bool,
+    backoff: Duration,
+    next_spawn_at: Option<Instant>,
+    /// The last start-up failure, while no worker has become ready since.
+    failing: Option<String>,
+    last_failure: Arc<Mutex<Option<String>>>,
+    unavailable_set: Option<Arc<str>>,
+    sizing_set: Option<(bool, bool)>,
+    rejected_seen: u64,
+    slots: HashMap<u32, SlotHistory>,
+    restarts: VecDeque<RestartRecord>,
+    spawns: u64,
+    next_round: Instant,
+    removing: Option<Instant>,
+    stopping: Option<(Stop, Option<oneshot::Sender<()>>)>,
+    rng: u64,
+    page_size: u64,
+    clock_ticks: u64,
+}
+
+enum Wake {
+    Event(Option<Event>),
+    Cmd(Option<ManagerCmd>),
+    Dispatcher,
+    Timer,
+}
+
+impl Manager {
+    pub fn new(
+        name: Arc<str>,
+        cfg: Arc<config::Pool>,
+        dispatcher: Arc<Dispatcher<SlotConn>>,
+        control: Arc<PoolControl>,
+        python_path: Arc<PathBuf>,
+        socket_dir: PathBuf,
+    ) -> (Manager, mpsc::UnboundedReceiver<Event>) {
+        let (events_tx, events_rx) = mpsc::unbounded_channel();
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0)
+            ^ (u64::from(std::process::id()) << 32)
+            ^ (Arc::as_ptr(&control) as u64);
+        // SAFETY: sysconf has no preconditions.
+        let (page, ticks) = unsafe { (libc::sysconf(libc::_SC_PAGESIZE), libc::sysconf(libc::_SC_CLK_TCK)) };
+        let mut m = Manager {
+            name,
+            cfg,
+            cfg_gen: 0,
+            dispatcher,
+            control,
+            python_path,
+            socket_dir,
+            workers: Vec::new(),
+            events_tx,
+            next_id: 0,
+            target: 0,
+            spawn_rate: 1,
+            spawn_budget: 1,
+            rate_limited: false,
+            backoff: Duration::ZERO,
+            next_spawn_at: None,
+            failing: None,
+            last_failure: Arc::new(Mutex::new(None)),
+            unavailable_set: None,
+            sizing_set: None,
+            rejected_seen: 0,
+            slots: HashMap::new(),
+            restarts: VecDeque::new(),
+            spawns: 0,
+            next_round: Instant::now() + ROUND,
+            removing: None,
+            stopping: None,
+            rng: seed | 1,
+            page_size: u64::try_from(page).ok().filter(|&p| p > 0).unwrap_or(4096),
+            clock_ticks: u64::try_from(ticks).ok().filter(|&t| t > 0).unwrap_or(100),
+        };
+        m.target = m.initial_target();
+        (m, events_rx)
+    }
+
+    fn sup(&self) -> &config::supervision::Supervision {
+        &self.cfg.supervision
+    }
+
+    fn initial_target(&self) -> u32 {
+        let s = self.sup();
+        match s.mode {
+            Mode::Static => self.cfg.processes,
+            Mode::Dynamic => s.min_processes.max(s.spare_processes).min(self.cfg.processes),
+            Mode::OnDemand => 0,
+        }
+    }
+
+    fn want(&self) -> u32 {
+        let s = self.sup();
+        match s.mode {
+            Mode::Static => self.cfg.processes,
+            _ => self.target.clamp(s.min_processes, self.cfg.processes),
+        }
+    }
+
+    fn native(&self) -> bool {
+        !matches!(self.cfg.app, App::Command(_))
+    }
+
+    fn random(&mut self, upto: u64) -> u64 {
+        // xorshift64*: plenty for spreading recycles.
+        let mut x = self.rng;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.rng = x;
+        if upto == 0 {
+            0
+        } else {
+            x.wrapping_mul(0x2545_F491_4F6C_DD1D) % (upto + 1)
+        }
+    }
+
+    fn tick_period(&self) -> Duration {
+        match self.sup().request_timeout {
+            Some(t) => (t / 4).clamp(Duration::from_millis(100), ROUND),
+            None => ROUND,
+        }
+    }
+
+    // ------------------------------------------------------------------ events
+
+    fn on_event(&mut self, ev: Event) {
+        let now = Instant::now();
+        match ev {
+            Event::Spawned { id, pid } => {
+                if let Some(i) = self.index(id) {
+                    self.workers[i].pid = pid;
+                }
+            }
+            Event::Ready { id, took } => {
+                let Some(i) = self.index(id) else { return };
+                tracing::debug!(pool = &*self.name, pid = self.workers[i].pid, "ready {took:?} after the spawn");
+                let interval = self.sup().restart_interval;
+                let jitter = self.sup().restart_interval_jitter;
+                let extra = Duration::from_millis(self.random(jitter.as_millis() as u64));
+                let w = &mut self.workers[i];
+                w.ready_at = Some(now);
+                w.lifetime_end = interval.map(|d| now + d + extra);
+                if w.state == State::Starting {
+                    w.state = State::Ready;
+                }
+                self.failing = None;
+            }
+            Event::Failed { id, why } => {
+                let Some(i) = self.index(id) else { return };
+                let w = self.workers.swap_remove(i);
+                self.dispatcher.remove_worker(w.key);
+                if w.exit_reason.is_some() {
+                    // Stopped on purpose before it was ready (reload, stop).
+                    self.record_exit(&w, w.exit_reason.clone().unwrap_or_default(), now);
+                    return;
+                }
+                self.record_exit(&w, format!("failed to start: {why}"), now);
+                self.start_failed(why, now);
+            }
+            Event::Exited { id, status } => {
+                let Some(i) = self.index(id) else { return };
+                let mut w = self.workers.swap_remove(i);
+                if let Some(v) = self.dispatcher.worker_view(w.key, false) {
+                    w.served = v.served;
+                }
+                self.dispatcher.remove_worker(w.key);
+                self.dispatcher.purge();
+                match w.exit_reason.clone() {
+                    Some(reason) => {
+                        tracing::info!(pool = &*self.name, pid = w.pid, slot = w.slot, "worker stopped ({reason}): {status}");
+                        self.record_exit(&w, reason, now);
+                    }
+                    None => {
+                        tracing::error!(pool = &*self.name, pid = w.pid, slot = w.slot, "worker exited: {status}; replacing it");
+                        self.record_exit(&w, format!("exited unexpectedly: {status}"), now);
+                        let young = w.ready_at.is_none_or(|r| now.duration_since(r) < HEALTHY_AFTER);
+                        if young {
+                            self.backoff = next_backoff(self.backoff);
+                            self.next_spawn_at = Some(now + self.backoff);
+                            tracing::info!(pool = &*self.name, slot = w.slot, "restarting the worker in {:?}", self.backoff);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn start_failed(&mut self, why: String, now: Instant) {
+        self.backoff = next_backoff(self.backoff);
+        self.next_spawn_at = Some(now + self.backoff);
+        self.failing = Some(why);
+        if self.sup().mode == Mode::OnDemand && self.active() == 0 {
+            // No retry without demand: the next request (answered 503) asks again.
+            self.target = 0;
+            self.rejected_seen = self.dispatcher.view().counters.rejected_unavailable;
+            tracing::info!(pool = &*self.name, "next start attempt on the next request, not before {:?}", self.backoff);
+        } else {
+            tracing::info!(pool = &*self.name, "restarting the worker in {:?}", self.backoff);
+        }
+    }
+
+    fn record_exit(&mut self, w: &Worker, reason: String, now: Instant) {
+        let h = self.slots.entry(w.slot).or_default();
+        h.last_reason = Some(reason.clone());
+        self.restarts.push_back(RestartRecord {
+            time: super::stats::unix_at(now),
+            slot: w.slot,
+            pid: w.pid,
+            reason,
+            requests: w.served,
+            lifetime_seconds: now.duration_since(w.spawned_at).as_secs_f64(),
+        });
+        while self.restarts.len() > RESTARTS_KEPT {
+            self.restarts.pop_front();
+        }
+    }
+
+    fn index(&self, id: u64) -> Option<usize> {
+        self.workers.iter().position(|w| w.id == id)
+    }
+
+    fn on_cmd(&mut self, cmd: ManagerCmd) {
+        match cmd {
+            ManagerCmd::Reconfigure { config, restart } => self.reconfigure(config, restart),
+            ManagerCmd::Remove { within } => {
+                tracing::info!(pool = &*self.name, "pool removed from the configuration: finishing its requests, then stopping its workers");
+                self.removing = Some(Instant::now() + within);
+            }
+            ManagerCmd::Stop { how, done } => self.begin_stop(how, Some(done)),
+        }
+    }
+
+    fn reconfigure(&mut self, new: Arc<config::Pool>, restart: bool) {
+        let old = std::mem::replace(&mut self.cfg, new);
+        self.dispatcher.set_queue(self.cfg.queue_size, self.cfg.queue_timeout);
+        let roll = restart || needs_restart(&old, &self.cfg);
+        if old.supervision.mode != self.sup().mode {
+            self.target = self.initial_target();
+        }
+        // A fresh configuration deserves a fresh attempt.
+        self.backoff = Duration::ZERO;
+        self.next_spawn_at = None;
+        *self.last_failure.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        if roll {
+            self.cfg_gen += 1;
+            let serving = self.workers.iter().filter(|w| w.state == State::Ready).count();
+            tracing::info!(pool = &*self.name, workers = serving, "reload: configuration changed; rolling restart (each worker is retired once a new one is ready)");
+            // Workers still starting with the old configuration are of no use.
+            for w in self.workers.iter_mut().filter(|w| w.state == State::Starting) {
+                w.exit_reason = Some("reload (started with the previous configuration)".into());
+                w.state = State::Stopping;
+                let _ = w.ctl.send(WorkerCtl::Term { grace: FAST_GRACE });
+            }
+        } else if *old != *self.cfg {
+            tracing::info!(pool = &*self.name, "reload: settings applied without restarting workers");
+        }
+    }
+
+    fn begin_stop(&mut self, how: Stop, done: Option<oneshot::Sender<()>>) {
+        let grace = if how == Stop::Fast { FAST_GRACE } else { TERM_GRACE };
+        self.set_unavailable(Some(Arc::from(format!("pool {} is stopping", self.name))));
+        for w in &mut self.workers {
+            if w.state != State::Stopping {
+                w.exit_reason.get_or_insert_with(|| "the bridge is stopping".into());
+                self.dispatcher.drain_worker(w.key);
+                w.state = State::Stopping;
+                let _ = w.ctl.send(WorkerCtl::Term { grace });
+            }
+        }
+        self.stopping = Some((how, done));
+    }
+
+    fn on_wake(&mut self) {
+        if self.sup().mode != Mode::Static && self.removing.is_none() && self.stopping.is_none() {
+            self.scale_up(false);
+        }
+    }
+
+    // ------------------------------------------------------------------ periodic
+
+    fn on_timer(&mut self) {
+        let now = Instant::now();
+        if self.stopping.is_some() {
+            return;
+        }
+        self.check_request_timeouts();
+        if now >= self.next_round {
+            self.next_round = now + ROUND;
+            self.round(now);
+        }
+    }
+
+    fn check_request_timeouts(&mut self) {
+        let Some(timeout) = self.sup().request_timeout else { return };
+        let overdue = self.dispatcher.cancel_overdue(timeout);
+        let native = self.native();
+        let graceful = self.sup().graceful_timeout;
+        for o in overdue {
+            let Some(w) = self.workers.iter_mut().find(|w| w.key == o.worker) else { continue };
+            let dump = if native && !w.stacks_dumped {
+                "Its Python stacks follow; "
+            } else {
+                ""
+            };
+            tracing::error!(
+                pool = &*self.name, pid = w.pid, request_id = o.request_id, uri = %o.uri,
+                "request-timeout ({}): {} {} ran {:.1?} in worker {}; answering 504. {dump}the worker is replaced, its other requests get graceful-timeout ({}) to finish",
+                DurationText(timeout), o.method, o.uri, o.running, w.pid, DurationText(graceful)
+            );
+            if native && !w.stacks_dumped {
+                w.stacks_dumped = true;
+                let _ = w.ctl.send(WorkerCtl::DumpStacks);
+            }
+            let reason = format!("request-timeout ({} {} ran {:.0?})", o.method, o.uri, o.running);
+            match w.state {
+                State::Ready => {
+                    w.recycle = Some(Recycle { reason, urgent: true, hard: true });
+                }
+                State::Draining { .. } => w.hard = true,
+                _ => {}
+            }
+        }
+    }
+
+    /// Once a second: sample memory and CPU, apply the lifetime limits, size the pool.
+    fn round(&mut self, now: Instant) {
+        // Spawn rate (PHP-FPM's max_spawn_rate): doubles each round the pool was short.
+        let max_rate = self.sup().max_spawn_rate.max(1);
+        self.spawn_rate = if self.rate_limited { (self.spawn_rate * 2).min(max_rate) } else { 1 };
+        self.spawn_budget = self.spawn_rate;
+        self.rate_limited = false;
+
+        let s = self.sup().clone();
+        let page = self.page_size;
+        let ticks = self.clock_ticks;
+        let mut any_healthy = false;
+        for w in &mut self.workers {
+            if !matches!(w.state, State::Ready | State::Draining { .. }) {
+                continue;
+            }
+            if let Some((rss, cpu)) = sample(w.pid, page, ticks) {
+                w.rss = Some(rss);
+                w.cpu = Some(cpu);
+            }
+            if w.ready_at.is_some_and(|r| now.duration_since(r) >= HEALTHY_AFTER) {
+                any_healthy = true;
+            }
+            if w.state != State::Ready || w.recycle.is_some() {
+                continue;
+            }
+            let lived = w.ready_at.map(|r| now.duration_since(r)).unwrap_or_default();
+            let old_enough = lived >= s.min_lifetime;
+            if let (Some(limit), Some(rss)) = (s.memory_limit, w.rss) {
+                if rss > limit {
+                    if old_enough {
+                        w.recycle = Some(Recycle {
+                            reason: format!("memory-limit (RSS {} > {})", Mib(rss), Mib(limit)),
+                            urgent: true,
+                            hard: false,
+                        });
+                        tracing::warn!(pool = &*self.name, pid = w.pid, rss, limit, "worker's resident memory {} is over memory-limit {}: recycling it", Mib(rss), Mib(limit));
+                    } else if !w.memory_warned {
+                        w.memory_warned = true;
+                        tracing::warn!(pool = &*self.name, pid = w.pid, rss, limit, "worker's resident memory {} is over memory-limit {}; recycled once it has lived min-lifetime ({})", Mib(rss), Mib(limit), DurationText(s.min_lifetime));
+                    }
+                    continue;
+                }
+            }
+            if let (Some(limit), Some(cpu)) = (s.cpu_time_limit, w.cpu) {
+                if cpu >= limit {
+                    w.recycle = Some(Recycle {
+                        reason: format!("cpu-time-limit ({}s of CPU)", cpu.as_secs()),
+                        urgent: true,
+                        hard: false,
+                    });
+                    tracing::warn!(pool = &*self.name, pid = w.pid, "worker used {:.1}s of CPU time, cpu-time-limit is {}: recycling it", cpu.as_secs_f64(), DurationText(limit));
+                    continue;
+                }
+            }
+            if w.lifetime_end.is_some_and(|end| now >= end) && old_enough {
+                w.recycle = Some(Recycle { reason: format!("restart-interval (ready for {:.0?})", lived), urgent: false, hard: false });
+            }
+        }
+        if any_healthy && !self.backoff.is_zero() {
+            self.backoff = Duration::ZERO;
+        }
+
+        if s.mode != Mode::Static && self.removing.is_none() {
+            self.scale_down(now);
+            self.scale_up(true);
+        }
+    }
+
+    /// Dynamic / ondemand: stop workers idle for idle-timeout, keeping min-processes and,
+    /// in dynamic mode, spare-processes worth of free threads.
+    fn scale_down(&mut self, now: Instant) {
+        let s = self.sup().clone();
+        let threads = self.cfg.threads as usize;
+        for i in 0..self.workers.len() {
+            let w = &mut self.workers[i];
+            if w.state != State::Ready || w.recycle.is_some() {
+                w.idle_since = None;
+                continue;
+            }
+            let Some(v) = self.dispatcher.worker_view(w.key, false) else { continue };
+            if v.busy > 0 || v.served != w.last_served {
+                w.last_served = v.served;
+                w.idle_since = None;
+            } else {
+                w.idle_since.get_or_insert(now);
+            }
+        }
+        let mut candidates: Vec<(Instant, u64)> = self
+            .workers
+            .iter()
+            .filter(|w| w.state == State::Ready && w.recycle.is_none())
+            .filter_map(|w| w.idle_since.filter(|&since| now.duration_since(since) >= s.idle_timeout).map(|since| (since, w.id)))
+            .collect();
+        candidates.sort();
+        for (since, id) in candidates {
+            let good = self.good_total();
+            if good <= s.min_processes {
+                break;
+            }
+            if s.mode == Mode::Dynamic {
+                let idle = self.dispatcher.view().idle_slots;
+                if idle < threads + (s.spare_processes as usize) * threads {
+                    break;
+                }
+            }
+            let Some(i) = self.index(id) else { continue };
+            self.target = self.target.saturating_sub(1).max(s.min_processes);
+            let reason = format!("idle-timeout (no request for {:.0?})", now.duration_since(since));
+            self.drain(i, reason, false);
+        }
+        self.target = self.target.min(self.good_total().max(s.min_processes));
+    }
+
+    /// Dynamic / ondemand: start workers for requests that wait and, in dynamic mode, to
+    /// keep spare-processes worth of free threads; at most the round's spawn budget.
+    fn scale_up(&mut self, round: bool) {
+        let s = self.sup().clone();
+        let view = self.dispatcher.view();
+        if s.mode == Mode::OnDemand && self.failing.is_some() {
+            if view.counters.rejected_unavailable > self.rejected_seen {
+                // Requests came for a pool that cannot start: that is demand to try again.
+                self.rejected_seen = view.counters.rejected_unavailable;
+                self.target = self.target.max(1);
+            }
+            return;
+        }
+        let threads = self.cfg.threads.max(1) as usize;
+        let starting = self.workers.iter().filter(|w| w.state == State::Starting).count();
+        let starting_slots = starting * threads;
+        let spare_short = ((s.spare_processes as usize) * threads).saturating_sub(view.idle_slots + starting_slots);
+        let queue_short = view.queue_now.saturating_sub(starting_slots);
+        let short = spare_short.max(queue_short);
+        if short == 0 {
+            return;
+        }
+        let procs = short.div_ceil(threads) as u32;
+        let current = self.total() as u32;
+        let room = self.cfg.processes.saturating_sub(current);
+        let wanted = procs.min(room);
+        let n = wanted.min(self.spawn_budget);
+        if n < wanted {
+            self.rate_limited = true;
+        }
+        if n == 0 {
+            return;
+        }
+        self.spawn_budget -= n;
+        self.target = (self.good_total() + n).min(self.cfg.processes);
+        tracing::debug!(pool = &*self.name, waiting = view.queue_now, idle = view.idle_slots, round, "starting {n} more worker(s)");
+    }
+
+    // ------------------------------------------------------------------ decisions
+
+    /// Ready workers that take requests (including those waiting for a replacement).
+    fn active(&self) -> usize {
+        self.workers.iter().filter(|w| w.state == State::Ready).count()
+    }
+
+    /// Workers that count toward the pool's size: ready or starting, not retiring.
+    fn total(&self) -> usize {
+        self.workers.iter().filter(|w| matches!(w.state, State::Ready | State::Starting)).count()
+    }
+
+    /// Ready workers not waiting for a replacement, plus those starting.
+    fn good_total(&self) -> u32 {
+        self.workers
+            .iter()
+            .filter(|w| w.state == State::Starting || (w.state == State::Ready && w.recycle.is_none()))
+            .count() as u32
+    }
+
+    fn reconcile(&mut self) {
+        let now = Instant::now();
+        self.progress_draining(now);
+        if self.stopping.is_some() {
+            return;
+        }
+        if let Some(deadline) = self.removing {
+            let v = self.dispatcher.view();
+            if (v.busy_slots == 0 && v.queue_now == 0) || now >= deadline {
+                self.begin_stop(Stop::Graceful, None);
+            }
+            return;
+        }
+        let s = self.sup().clone();
+
+        // Flags from the dispatcher, and outdated workers after a reload.
+        for w in &mut self.workers {
+            if w.state != State::Ready || w.recycle.is_some() {
+                continue;
+            }
+            if w.cfg_gen < self.cfg_gen {
+                w.recycle = Some(Recycle { reason: "reload (configuration changed)".into(), urgent: false, hard: false });
+                continue;
+            }
+            if w.max_requests > 0 {
+                if let Some(v) = self.dispatcher.worker_view(w.key, false) {
+                    let lived = w.ready_at.map(|r| now.duration_since(r)).unwrap_or_default();
+                    if v.max_requests_reached && lived >= s.min_lifetime {
+                        w.recycle = Some(Recycle { reason: format!("max-requests ({} served)", v.served), urgent: false, hard: false });
+                    }
+                }
+            }
+        }
+
+        let want = self.want() as usize;
+        // Retire the workers waiting for a replacement: urgent ones first, then the oldest.
+        let mut pending: Vec<(bool, Instant, u64)> = self
+            .workers
+            .iter()
+            .filter(|w| w.state == State::Ready)
+            .filter_map(|w| w.recycle.as_ref().map(|r| (!r.urgent, w.spawned_at, w.id)))
+            .collect();
+        pending.sort();
+        let mut active = self.active();
+        for (not_urgent, _, id) in pending {
+            let go = if not_urgent { active > want } else { active >= 2 || (want == 0 && active >= 1) };
+            if !go {
+                continue;
+            }
+            let Some(i) = self.index(id) else { continue };
+            let Some(r) = self.workers[i].recycle.take() else { continue };
+            self.drain(i, r.reason, r.hard);
+            active -= 1;
+        }
+        // More workers than wanted (fewer processes after a reload): retire the idlest.
+        if s.mode == Mode::Static && active > want {
+            let mut extra: Vec<(u32, u64)> = self
+                .workers
+                .iter()
+                .filter(|w| w.state == State::Ready)
+                .map(|w| (self.dispatcher.worker_view(w.key, false).map(|v| v.busy).unwrap_or(0), w.id))
+                .collect();
+            extra.sort();
+            for (_, id) in extra.into_iter().take(active - want) {
+                if let Some(i) = self.index(id) {
+                    self.drain(i, format!("the pool runs {want} processes now"), false);
+                }
+            }
+        }
+
+        // Start workers: up to the wanted number at once, replacements a few at a time.
+        let active = self.active();
+        let pending = self.workers.iter().filter(|w| w.state == State::Ready && w.recycle.is_some()).count();
+        let starting = self.workers.iter().filter(|w| w.state == State::Starting).count();
+        let capacity_short = want.saturating_sub(active + starting);
+        let good_short = want.saturating_sub(active - pending + starting);
+        let surge = (want / 4).max(1);
+        let mut to_spawn = capacity_short.max(good_short.min(surge.saturating_sub(starting)));
+        if self.failing.is_some() {
+            // One attempt at a time until one succeeds.
+            to_spawn = to_spawn.min(usize::from(starting == 0));
+        }
+        if self.next_spawn_at.is_some_and(|t| now < t) {
+            to_spawn = 0;
+        }
+        for _ in 0..to_spawn {
+            if !self.spawn(now) {
+                break;
+            }
+        }
+
+        // 503 at once while the app cannot start and nothing serves.
+        let active = self.active();
+        let why = match &self.failing {
+            Some(f) if active == 0 => Some(Arc::from(format!("pool {} cannot start its app ({f}); retrying with backoff", self.name))),
+            _ => None,
+        };
+        self.set_unavailable(why);
+        let total = self.total() as u32;
+        let at_max = total >= self.cfg.processes;
+        let wake_on_queue = s.mode != Mode::Static && (!at_max || self.failing.is_some());
+        if self.sizing_set != Some((at_max, wake_on_queue)) {
+            self.sizing_set = Some((at_max, wake_on_queue));
+            self.dispatcher.set_sizing(at_max, wake_on_queue);
+        }
+    }
+
+    fn set_unavailable(&mut self, why: Option<Arc<str>>) {
+        if self.unavailable_set.as_deref() != why.as_deref() {
+            self.unavailable_set = why.clone();
+            self.dispatcher.set_unavailable(why);
+        }
+    }
+
+    /// Take no new requests to worker `i`; stop it once its in-flight requests are done.
+    fn drain(&mut self, i: usize, reason: String, hard: bool) {
+        let graceful = self.sup().graceful_timeout;
+        let w = &mut self.workers[i];
+        w.recycle = None;
+        w.hard |= hard;
+        w.state = State::Draining { deadline: Instant::now() + graceful, dumped: false };
+        let open = self.dispatcher.drain_worker(w.key);
+        tracing::info!(
+            pool = &*self.name, pid = w.pid, slot = w.slot, in_flight = open,
+            "retiring the worker: {reason}; it takes no new requests (graceful-timeout {})", DurationText(graceful)
+        );
+        w.exit_reason = Some(reason);
+        if open == 0 {
+            finish(w);
+        }
+    }
+
+    fn progress_draining(&mut self, now: Instant) {
+        let native = self.native();
+        for w in &mut self.workers {
+            let State::Draining { deadline, dumped } = w.state else { continue };
+            let view = self.dispatcher.worker_view(w.key, true);
+            let open = view.as_ref().map(|v| v.open).unwrap_or(0);
+            if open == 0 {
+                finish(w);
+                continue;
+            }
+            if now < deadline {
+                continue;
+            }
+            if native && !dumped {
+                let current: Vec<String> = view
+                    .map(|v| v.current.iter().map(|c| format!("{} {} ({:.0?})", c.method, c.uri, now.duration_since(c.since))).collect())
+                    .unwrap_or_default();
+                tracing::warn!(
+                    pool = &*self.name, pid = w.pid,
+                    "worker did not finish {open} request(s) within graceful-timeout: {}; its Python stacks follow, then it is killed",
+                    current.join(", ")
+                );
+                let _ = w.ctl.send(WorkerCtl::DumpStacks);
+                w.state = State::Draining { deadline: now + worker::DUMP_GRACE, dumped: true };
+            } else {
+                if !native {
+                    tracing::warn!(pool = &*self.name, pid = w.pid, "worker did not finish {open} request(s) within graceful-timeout; killing it");
+                }
+                w.hard = true;
+                finish(w);
+            }
+        }
+    }
+
+    /// Start one worker (its task spawns it, or forks it from the pool's template).
+    fn spawn(&mut self, now: Instant) -> bool {
+        // A replacement takes the slot number of the worker it replaces.
+        let slot = match self
+            .workers
+            .iter_mut()
+            .filter(|w| w.state == State::Ready && w.recycle.is_some() && !w.replaced)
+            .min_by_key(|w| (w.recycle.as_ref().is_some_and(|r| !r.urgent), w.spawned_at))
+        {
+            Some(w) => {
+                w.replaced = true;
+                w.slot
+            }
+            None => (0..).find(|n| !self.workers.iter().any(|w| w.slot == *n && w.state != State::Stopping)).unwrap_or(0),
+        };
+        self.next_id += 1;
+        let id = self.next_id;
+        let socket = self.socket_dir.join(format!("{slot}-{id}.sock"));
+        let s = self.sup().clone();
+        let max_requests = match s.max_requests {
+            Some(n) => n + self.random(s.max_requests_jitter),
+            None => 0,
+        };
+        let key = self.dispatcher.add_worker(max_requests);
+        let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
+        self.spawns += 1;
+        self.slots.entry(slot).or_default().spawns += 1;
+        let task = WorkerTask {
+            id,
+            pool: self.name.clone(),
+            config: self.cfg.clone(),
+            python_path: self.python_path.clone(),
+            socket,
+            key,
+            slot,
+            max_requests,
+            dispatcher: self.dispatcher.clone(),
+            native: self.native(),
+            last_failure: self.last_failure.clone(),
+            events: self.events_tx.clone(),
+            ctl_tx: ctl_tx.clone(),
+        };
+        tokio::spawn(worker::run(task, ctl_rx));
+        self.workers.push(Worker {
+            id,
+            slot,
+            pid: 0,
+            key,
+            ctl: ctl_tx,
+            cfg_gen: self.cfg_gen,
+            state: State::Starting,
+            spawned_at: now,
+            ready_at: None,
+            recycle: None,
+            replaced: false,
+            exit_reason: None,
+            hard: false,
+            max_requests,
+            lifetime_end: None,
+            last_served: 0,
+            served: 0,
+            idle_since: None,
+            rss: None,
+            cpu: None,
+            memory_warned: false,
+            stacks_dumped: false,
+        });
+        true
+    }
+
+    /// The numbers the status page shows (supervise/stats.rs).
+    fn publish(&self) {
+        let now = Instant::now();
+        let s = self.sup();
+        let state = if self.stopping.is_some() {
+            "stopping"
+        } else if self.removing.is_some() {
+            "removing"
+        } else if self.failing.is_some() && self.active() == 0 {
+            "failing"
+        } else if self.active() > 0 {
+            "running"
+        } else if s.mode == Mode::OnDemand && self.total() == 0 {
+            "idle"
+        } else {
+            "starting"
+        };
+        let workers = self
+            .workers
+            .iter()
+            .map(|w| {
+                let h = self.slots.get(&w.slot).cloned().unwrap_or_default();
+                WorkerInfo {
+                    slot: w.slot,
+                    pid: w.pid,
+                    key: w.key,
+                    state: match w.state {
+                        State::Starting => "starting",
+                        State::Ready => "ready",
+                        State::Draining { .. } => "draining",
+                        State::Stopping => "stopping",
+                    },
+                    spawn_time: super::stats::unix_at(w.spawned_at),
+                    ready_time: w.ready_at.map(super::stats::unix_at),
+                    rss_bytes: w.rss,
+                    cpu_seconds: w.cpu.map(|c| c.as_secs_f64()),
+                    max_requests: (w.max_requests > 0).then_some(w.max_requests),
+                    recycle_time: w.lifetime_end.map(super::stats::unix_at),
+                    recycle_pending: w.recycle.as_ref().map(|r| r.reason.clone()),
+                    retiring_reason: w.exit_reason.clone(),
+                    slot_spawns: h.spawns,
+                    last_restart_reason: h.last_reason,
+                    outdated: w.cfg_gen < self.cfg_gen,
+                }
+            })
+            .collect();
+        let view = ManagerView {
+            mode: s.mode.as_str(),
+            state,
+            threads: self.cfg.threads,
+            min_processes: s.min_processes,
+            max_processes: self.cfg.processes,
+            target_processes: self.want(),
+            failing: self.failing.clone(),
+            next_attempt_in: self.next_spawn_at.map(|t| t.saturating_duration_since(now).as_secs_f64()),
+            spawns: self.spawns,
+            restarts: self.restarts.iter().cloned().collect(),
+            workers,
+        };
+        *self.control.view.lock().unwrap_or_else(|e| e.into_inner()) = view;
+    }
+
+    fn finished(&self) -> bool {
+        self.stopping.is_some() && self.workers.is_empty()
+    }
+}
+
+/// The worker has no request left: SIGTERM it (SIGKILL after a request-timeout).
+fn finish(w: &mut Worker) {
+    if w.state == State::Stopping {
+        return;
+    }
+    w.state = State::Stopping;
+    let _ = w.ctl.send(if w.hard { WorkerCtl::Kill } else { WorkerCtl::Term { grace: TERM_GRACE } });
+}
+
+/// Run the manager until it is stopped (or its pool removed and drained).
+pub async fn run(mut m: Manager, mut events: mpsc::UnboundedReceiver<Event>, mut cmds: mpsc::UnboundedReceiver<ManagerCmd>) {
+    let dispatcher = m.dispatcher.clone();
+    let mut next_tick = Instant::now() + m.tick_period();
+    loop {
+        m.reconcile();
+        m.publish();
+        if m.finished() {
+            break;
+        }
+        let wake_at = match m.next_spawn_at {
+            Some(t) if t < next_tick => t,
+            _ => next_tick,
+        };
+        let what = tokio::select! {
+            ev = events.recv() => Wake::Event(ev),
+            cmd = cmds.recv() => Wake::Cmd(cmd),
+            _ = dispatcher.wake.notified() => Wake::Dispatcher,
+            _ = tokio::time::sleep_until(wake_at.into()) => Wake::Timer,
+        };
+        match what {
+            Wake::Event(Some(ev)) => m.on_event(ev),
+            // The manager holds a sender itself: never None.
+            Wake::Event(None) => {}
+            Wake::Cmd(Some(cmd)) => m.on_cmd(cmd),
+            Wake::Cmd(None) => {
+                if m.stopping.is_none() {
+                    m.begin_stop(Stop::Fast, None);
+                }
+            }
+            Wake::Dispatcher => m.on_wake(),
+            Wake::Timer => {
+                if m.next_spawn_at.is_some_and(|t| Instant::now() >= t) {
+                    m.next_spawn_at = None;
+                }
+                if Instant::now() >= next_tick {
+                    next_tick = Instant::now() + m.tick_period();
+                    m.on_timer();
+                }
+            }
+        }
+    }
+    if let Some((_, Some(done))) = m.stopping.take() {
+        let _ = done.send(());
+    }
+    tracing::debug!(pool = &*m.name, "pool manager stopped");
+}
+
+fn next_backoff(current: Duration) -> Duration {
+    if current.is_zero() {
+        BACKOFF_START
+    } else {
+        (current * 2).min(BACKOFF_MAX)
+    }
+}
+
+/// Whether a new configuration changes what a worker process is (its command line,
+/// environment, identity, threads): then the pool restarts its workers. Sizes, queue,
+/// timeouts and recycling limits apply without a restart.
+pub fn needs_restart(old: &config::Pool, new: &config::Pool) -> bool {
+    let neutral = |p: &config::Pool| {
+        let mut p = p.clone();
+        p.processes = 0;
+        p.queue_size = 0;
+        p.queue_timeout = Duration::ZERO;
+        p.startup_timeout = Duration::ZERO;
+        let cpu = p.supervision.cpu_time_limit;
+        let graceful = p.supervision.graceful_timeout;
+        p.supervision = config::supervision::Supervision { cpu_time_limit: cpu, ..Default::default() };
+        // Only the CPU limit is applied at spawn (RLIMIT_CPU, with graceful-timeout in the hard limit).
+        if cpu.is_some() {
+            p.supervision.graceful_timeout = graceful;
+        }
+        p
+    };
+    neutral(old) != neutral(new)
+}
+
+/// Resident memory (bytes) and CPU time (user + system) of a process, from /proc.
+pub fn sample(pid: u32, page_size: u64, clock_ticks: u64) -> Option<(u64, Duration)> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    parse_stat(&text, page_size, clock_ticks)
+}
+
+fn parse_stat(text: &str, page_size: u64, clock_ticks: u64) -> Option<(u64, Duration)> {
+    // The command name may contain spaces and parentheses: fields start after the last ')'.
+    let rest = &text[text.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // fields[0] is field 3 (state): utime 14, stime 15, rss 24.
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    let rss_pages: u64 = fields.get(21)?.parse().ok()?;
+    let cpu = Duration::from_millis((utime + stime) * 1000 / clock_ticks.max(1));
+    Some((rss_pages * page_size, cpu))
+}
+
+/// A byte count in MiB, for log lines.
+struct Mib(u64);
+
+impl std::fmt::Display for Mib {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:.0}MiB", self.0 as f64 / (1u64 << 20) as f64)
+    }
+}
+
+/// A duration as the configuration writes it.
+struct DurationText(Duration);
+
+impl std::fmt::Display for DurationText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        crate::config::units::DurationDisplay(self.0).fmt(f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proc_stat_is_parsed_after_the_last_parenthesis() {
+        let line = "1234 (py (x) y) S 1 1234 1234 0 -1 4194560 5000 0 0 0 250 50 0 0 20 0 5 0 100 500000000 2560 18446744073709551615 1 1 0 0 0 0 0 16781312 16386 0 0 0 17 1 0 0 0 0 0";
+        let (rss, cpu) = parse_stat(line, 4096, 100).expect("parsed");
+        assert_eq!(rss, 2560 * 4096);
+        assert_eq!(cpu, Duration::from_secs(3));
+        assert!(parse_stat("garbage", 4096, 100).is_none());
+    }
+
+    #[test]
+    fn own_process_can_be_sampled() {
+        let (rss, _) = sample(std::process::id(), 4096, 100).expect("/proc/self/stat");
+        assert!(rss > 0);
+    }
+
+    #[test]
+    fn backoff_doubles_to_a_cap() {
+        let mut b = Duration::ZERO;
+        let mut seen = Vec::new();
+        for _ in 0..10 {
+            b = next_backoff(b);
+            seen.push(b);
+        }
+        assert_eq!(seen[0], BACKOFF_START);
+        assert_eq!(seen[1], BACKOFF_START * 2);
+        assert_eq!(*seen.last().expect("some"), BACKOFF_MAX);
+    }
+}

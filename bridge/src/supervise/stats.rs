@@ -1,0 +1,381 @@
+//! The live numbers of every pool and worker process, for the status page (issue 7).
+//!
+//! # For the status renderers
+//!
+//! Call [`snapshot()`] (all pools of the running daemon, following reloads) or
+//! [`pool_snapshot()`] (one [`PoolRuntime`]) and render the returned structs: they are
+//! plain data, `Serialize`, with no reference to anything live, so JSON is just
+//! `serde_json::to_string(&snapshot())`. Times are Unix seconds (`f64`), durations
+//! seconds (`f64`), sizes bytes. Taking a snapshot locks each pool's dispatcher briefly (a
+//! few microseconds per pool); nothing on the request path waits for a renderer.
+//!
+//! Where the numbers come from, and what they cost:
+//! - request counters, queue, slots, current requests: fields of the pool's dispatcher
+//!   (`dispatch/mod.rs`), updated under the lock `acquire` and `release` already take —
+//!   no extra lock, atomic or system call per request. The current request's method and
+//!   URI are copied into a fixed 240-byte buffer per connection (longer URIs are cut, as
+//!   PHP-FPM's scoreboard does).
+//! - per-worker process state, RSS and CPU time (sampled from `/proc/<pid>/stat` once a
+//!   second by the pool manager), spawns and restart reasons: published by the pool's
+//!   manager (`supervise/manager.rs`) after each change.
+//!
+//! Names follow PHP-FPM's status page where one exists:
+//!
+//! | here | PHP-FPM | uWSGI stats |
+//! |---|---|---|
+//! | `accepted_requests` | accepted conn | requests |
+//! | `queue_length` / `max_queue_length` | listen queue / max listen queue | listen_queue |
+//! | `idle_workers` / `busy_workers` / `total_workers` | idle / active / total processes | workers[].status |
+//! | `max_children_reached` | max children reached | — |
+//! | `workers[].requests` | requests (per process) | workers[].requests |
+//! | `workers[].rss_bytes` | — | workers[].rss |
+//! | `workers[].current[]` | request URI, request method, request duration | — |
+//! | `spawns` / `workers[].slot_spawns` | — | respawn_count |
+//! | `request_timeouts` | — | harakiri_count |
+// The renderers (status/, issue 7) are the readers; some fields are for them only.
+#![allow(dead_code)]
+
+use super::PoolRuntime;
+use crate::dispatch::WorkerKey;
+use serde::Serialize;
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime};
+
+/// The daemon and all its pools.
+#[derive(Debug, Clone, Serialize)]
+pub struct BridgeStats {
+    pub version: &'static str,
+    pub pid: u32,
+    pub start_time: f64,
+    pub uptime_seconds: f64,
+    /// Successful reloads since start.
+    pub reloads: u64,
+    pub last_reload: Option<ReloadRecord>,
+    pub pools: Vec<PoolStats>,
+}
+
+/// The outcome of the last reload (SIGHUP / `fcgibridge reload`).
+#[derive(Debug, Clone, Serialize)]
+pub struct ReloadRecord {
+    pub time: f64,
+    pub ok: bool,
+    /// What changed, or why the new configuration was refused.
+    pub message: String,
+}
+
+/// One pool.
+#[derive(Debug, Clone, Serialize)]
+pub struct PoolStats {
+    pub name: String,
+    /// "static", "dynamic" or "ondemand".
+    pub mode: &'static str,
+    /// "starting", "running", "idle" (ondemand, no process), "failing" (the app cannot
+    /// start; requests get 503 at once), "removing" (gone from the configuration, finishing
+    /// its requests), "stopping".
+    pub state: &'static str,
+    /// While the pool answers 503 at once: why.
+    pub unavailable_reason: Option<String>,
+    /// The last start-up error while no worker has become ready since.
+    pub start_error: Option<String>,
+    /// Seconds until the next start attempt (backoff), when one is scheduled.
+    pub next_start_in_seconds: Option<f64>,
+    pub threads_per_process: u32,
+    pub min_processes: u32,
+    pub max_processes: u32,
+    /// How many the manager wants now (static: processes; dynamic/ondemand: moves).
+    pub target_processes: u32,
+    /// Processes by state.
+    pub total_workers: usize,
+    pub starting_workers: usize,
+    /// Ready, taking requests, with no request now / with at least one.
+    pub idle_workers: usize,
+    pub busy_workers: usize,
+    /// Taking no new requests, finishing their in-flight ones (recycling, reload, scale-down).
+    pub draining_workers: usize,
+    /// Worker connections (threads) free / serving a request now.
+    pub idle_slots: usize,
+    pub busy_slots: usize,
+    pub queue_length: usize,
+    pub max_queue_length: usize,
+    pub queue_size: usize,
+    pub queue_timeout_seconds: f64,
+    /// Requests that reached the pool.
+    pub accepted_requests: u64,
+    /// Requests a worker finished (any status).
+    pub served_requests: u64,
+    /// Times a request had to wait while the pool ran its most processes (once per
+    /// episode of waiting).
+    pub max_children_reached: u64,
+    pub rejected_queue_full: u64,
+    pub rejected_queue_timeout: u64,
+    pub rejected_unavailable: u64,
+    pub request_timeouts: u64,
+    /// Worker processes started since the pool started.
+    pub spawns: u64,
+    /// The most recent worker exits, oldest first (at most 50).
+    pub restarts: Vec<RestartRecord>,
+    pub workers: Vec<WorkerStats>,
+}
+
+/// One worker process.
+#[derive(Debug, Clone, Serialize)]
+pub struct WorkerStats {
+    pub pid: u32,
+    /// Its place in the pool (a replacement takes the number of the worker it replaces).
+    pub slot: u32,
+    /// "starting", "idle", "busy", "draining", "stopping".
+    pub state: &'static str,
+    /// Requests it finished.
+    pub requests: u64,
+    pub busy_slots: u32,
+    pub idle_slots: u32,
+    pub current: Vec<CurrentRequestStats>,
+    pub rss_bytes: Option<u64>,
+    pub cpu_seconds: Option<f64>,
+    pub spawn_time: f64,
+    pub ready_time: Option<f64>,
+    /// Processes this slot has had (this one included).
+    pub spawns: u64,
+    /// Why the previous process of this slot went.
+    pub last_restart_reason: Option<String>,
+    /// Why it is draining or stopping.
+    pub retiring_reason: Option<String>,
+    /// It will be retired once its replacement is ready: why.
+    pub recycle_pending: Option<String>,
+    /// Its max-requests threshold (jitter included).
+    pub max_requests: Option<u64>,
+    /// When restart-interval retires it.
+    pub recycle_time: Option<f64>,
+    /// Started with a configuration that a reload has replaced.
+    pub outdated: bool,
+}
+
+/// A request being served.
+#[derive(Debug, Clone, Serialize)]
+pub struct CurrentRequestStats {
+    pub request_id: u64,
+    pub method: String,
+    pub uri: String,
+    /// When the worker got it.
+    pub start_time: f64,
+    pub duration_seconds: f64,
+    /// Answered 504 by request-timeout; its worker is being replaced.
+    pub timed_out: bool,
+}
+
+/// A worker process that went.
+#[derive(Debug, Clone, Serialize)]
+pub struct RestartRecord {
+    pub time: f64,
+    pub slot: u32,
+    pub pid: u32,
+    /// e.g. "max-requests (50 served)", "memory-limit (RSS 300MiB > 256MiB)",
+    /// "request-timeout (GET /slow ran 30s)", "reload (configuration changed)",
+    /// "idle-timeout (no request for 10s)", "exited unexpectedly: killed by signal 9 (SIGKILL)",
+    /// "failed to start: ModuleNotFoundError: No module named 'x'".
+    pub reason: String,
+    pub requests: u64,
+    pub lifetime_seconds: f64,
+}
+
+/// What a pool manager publishes (read by [`pool_snapshot`]).
+#[derive(Debug, Clone, Default)]
+pub struct ManagerView {
+    pub mode: &'static str,
+    pub state: &'static str,
+    pub threads: u32,
+    pub min_processes: u32,
+    pub max_processes: u32,
+    pub target_processes: u32,
+    pub failing: Option<String>,
+    pub next_attempt_in: Option<f64>,
+    pub spawns: u64,
+    pub restarts: Vec<RestartRecord>,
+    pub workers: Vec<WorkerInfo>,
+}
+
+/// A worker as its manager knows it.
+#[derive(Debug, Clone)]
+pub struct WorkerInfo {
+    pub slot: u32,
+    pub pid: u32,
+    pub key: WorkerKey,
+    pub state: &'static str,
+    pub spawn_time: f64,
+    pub ready_time: Option<f64>,
+    pub rss_bytes: Option<u64>,
+    pub cpu_seconds: Option<f64>,
+    pub max_requests: Option<u64>,
+    pub recycle_time: Option<f64>,
+    pub recycle_pending: Option<String>,
+    pub retiring_reason: Option<String>,
+    pub slot_spawns: u64,
+    pub last_restart_reason: Option<String>,
+    pub outdated: bool,
+}
+
+/// One pool now.
+pub fn pool_snapshot(pool: &PoolRuntime) -> PoolStats {
+    let mv = pool.control.view.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let dv = pool.dispatcher.view();
+    let now = Instant::now();
+    let mut workers = Vec::with_capacity(mv.workers.len());
+    let (mut starting, mut idle_w, mut busy_w, mut draining) = (0, 0, 0, 0);
+    for w in &mv.workers {
+        let v = pool.dispatcher.worker_view(w.key, true);
+        let (served, busy, open, current) = match v {
+            Some(v) => (v.served, v.busy, v.open, v.current),
+            None => (0, 0, 0, Vec::new()),
+        };
+        let state = match w.state {
+            "ready" if busy > 0 => "busy",
+            "ready" => "idle",
+            other => other,
+        };
+        match state {
+            "starting" => starting += 1,
+            "idle" => idle_w += 1,
+            "busy" => busy_w += 1,
+            _ => draining += 1,
+        }
+        workers.push(WorkerStats {
+            pid: w.pid,
+            slot: w.slot,
+            state,
+            requests: served,
+            busy_slots: busy,
+            idle_slots: open.saturating_sub(busy),
+            current: current
+                .into_iter()
+                .map(|c| CurrentRequestStats {
+                    request_id: c.request_id,
+                    method: c.method,
+                    uri: c.uri,
+                    start_time: unix_at(c.since),
+                    duration_seconds: now.saturating_duration_since(c.since).as_secs_f64(),
+                    timed_out: c.timed_out,
+                })
+                .collect(),
+            rss_bytes: w.rss_bytes,
+            cpu_seconds: w.cpu_seconds,
+            spawn_time: w.spawn_time,
+            ready_time: w.ready_time,
+            spawns: w.slot_spawns,
+            last_restart_reason: w.last_restart_reason.clone(),
+            retiring_reason: w.retiring_reason.clone(),
+            recycle_pending: w.recycle_pending.clone(),
+            max_requests: w.max_requests,
+            recycle_time: w.recycle_time,
+            outdated: w.outdated,
+        });
+    }
+    workers.sort_by_key(|w| (w.slot, w.spawn_time as u64));
+    let c = dv.counters;
+    PoolStats {
+        name: pool.name.to_string(),
+        mode: if mv.mode.is_empty() { pool.config.supervision.mode.as_str() } else { mv.mode },
+        state: if mv.state.is_empty() { "starting" } else { mv.state },
+        unavailable_reason: dv.unavailable.map(|r| r.to_string()),
+        start_error: mv.failing,
+        next_start_in_seconds: mv.next_attempt_in,
+        threads_per_process: pool.config.threads,
+        min_processes: match pool.config.supervision.mode {
+            crate::config::supervision::Mode::Static => pool.config.processes,
+            _ => pool.config.supervision.min_processes,
+        },
+        max_processes: pool.config.processes,
+        target_processes: mv.target_processes,
+        total_workers: workers.len(),
+        starting_workers: starting,
+        idle_workers: idle_w,
+        busy_workers: busy_w,
+        draining_workers: draining,
+        idle_slots: dv.idle_slots,
+        busy_slots: dv.busy_slots,
+        queue_length: dv.queue_now,
+        max_queue_length: c.max_queue,
+        queue_size: dv.queue_size,
+        queue_timeout_seconds: dv.queue_timeout.as_secs_f64(),
+        accepted_requests: c.accepted,
+        served_requests: c.served,
+        max_children_reached: c.max_reached,
+        rejected_queue_full: c.rejected_queue_full,
+        rejected_queue_timeout: c.rejected_queue_timeout,
+        rejected_unavailable: c.rejected_unavailable,
+        request_timeouts: c.request_timeouts,
+        spawns: mv.spawns,
+        restarts: mv.restarts,
+        workers,
+    }
+}
+
+struct Registry {
+    pools: Vec<Arc<PoolRuntime>>,
+    started: Instant,
+    start_time: f64,
+    reloads: u64,
+    last_reload: Option<ReloadRecord>,
+}
+
+static REGISTRY: Mutex<Option<Registry>> = Mutex::new(None);
+
+fn registry<T>(f: impl FnOnce(&mut Registry) -> T) -> T {
+    let mut r = REGISTRY.lock().unwrap_or_else(|e| e.into_inner());
+    let reg = r.get_or_insert_with(|| Registry {
+        pools: Vec::new(),
+        started: Instant::now(),
+        start_time: unix_now(),
+        reloads: 0,
+        last_reload: None,
+    });
+    f(reg)
+}
+
+/// The pools the daemon runs now (set at start and after each reload).
+pub(crate) fn set_pools(pools: Vec<Arc<PoolRuntime>>) {
+    registry(|r| r.pools = pools);
+}
+
+/// The pools the daemon runs now, in configuration order.
+pub fn pools() -> Vec<Arc<PoolRuntime>> {
+    registry(|r| r.pools.clone())
+}
+
+pub(crate) fn record_reload(ok: bool, message: String) {
+    registry(|r| {
+        if ok {
+            r.reloads += 1;
+        }
+        r.last_reload = Some(ReloadRecord { time: unix_now(), ok, message });
+    });
+}
+
+/// Every pool of the running daemon now.
+pub fn snapshot() -> BridgeStats {
+    let (pools, started, start_time, reloads, last_reload) =
+        registry(|r| (r.pools.clone(), r.started, r.start_time, r.reloads, r.last_reload.clone()));
+    BridgeStats {
+        version: env!("CARGO_PKG_VERSION"),
+        pid: std::process::id(),
+        start_time,
+        uptime_seconds: started.elapsed().as_secs_f64(),
+        reloads,
+        last_reload,
+        pools: pools.iter().map(|p| pool_snapshot(p)).collect(),
+    }
+}
+
+/// Unix time now, seconds.
+pub fn unix_now() -> f64 {
+    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
+}
+
+/// The Unix time of a past (or future) instant.
+pub fn unix_at(t: Instant) -> f64 {
+    let now = Instant::now();
+    if t <= now {
+        unix_now() - now.duration_since(t).as_secs_f64()
+    } else {
+        unix_now() + t.duration_since(now).as_secs_f64()
+    }
+}

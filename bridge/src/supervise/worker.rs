@@ -1,0 +1,437 @@
+//! The life of one worker process, from its spawn to its reaping: wait for READY (or an
+//! error, an early exit, startup-timeout), open its connections and hand them to the pool's
+//! dispatcher, then wait for it to exit or for the pool manager to stop it. Every outcome
+//! goes to the manager as an [`Event`]; the manager decides what happens next.
+//!
+//! This task owns the `Child`, so signals go through it ([`WorkerCtl`]) and never reach a
+//! pid that was already reaped and reused.
+use super::spawn::Spawned;
+use super::worker_child::WorkerChild;
+use super::WorkerHandle;
+use crate::backend::SlotConn;
+use crate::dispatch::{Dispatcher, WorkerKey};
+use std::os::unix::process::ExitStatusExt;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
+use tokio::sync::mpsc;
+
+/// How long a worker that closed its readiness pipe without a word gets before it is taken as ready.
+const SILENT_READY_GRACE: Duration = Duration::from_secs(1);
+/// Time for a stack dump (SIGUSR2) to reach the log before the process is killed.
+pub const DUMP_GRACE: Duration = Duration::from_millis(300);
+
+/// What the manager asks of a worker process.
+#[derive(Debug, Clone, Copy)]
+pub enum WorkerCtl {
+    /// SIGUSR2: the native worker prints every thread's Python stack to stderr.
+    DumpStacks,
+    /// SIGTERM, then SIGKILL after `grace`.
+    Term { grace: Duration },
+    Kill,
+}
+
+/// What happened to a worker, for the manager.
+#[derive(Debug)]
+pub enum Event {
+    /// The process exists (or was forked by the pool's template).
+    Spawned { id: u64, pid: u32 },
+    Ready { id: u64, took: Duration },
+    /// It never became ready; `why` is one line.
+    Failed { id: u64, why: String },
+    /// It exited after it was ready.
+    Exited { id: u64, status: String },
+}
+
+/// Everything the task needs.
+pub struct WorkerTask {
+    pub id: u64,
+    pub pool: Arc<str>,
+    pub config: Arc<crate::config::Pool>,
+    pub python_path: Arc<std::path::PathBuf>,
+    pub socket: std::path::PathBuf,
+    pub key: WorkerKey,
+    pub slot: u32,
+    /// Its max-requests threshold, jitter included (0: none), for the log.
+    pub max_requests: u64,
+    pub dispatcher: Arc<Dispatcher<SlotConn>>,
+    /// The native Python worker (it dumps stacks on SIGUSR2); false for `command:` programs.
+    pub native: bool,
+    /// The pool's last start-up error: the same error again is logged without its traceback.
+    pub last_failure: Arc<Mutex<Option<String>>>,
+    pub events: mpsc::UnboundedSender<Event>,
+    /// The sending side of `ctl`, for the worker's handle (exchange.rs kills through it).
+    pub ctl_tx: mpsc::UnboundedSender<WorkerCtl>,
+}
+
+enum Readiness {
+    Ready,
+    Error(String),
+    /// The pipe closed without READY or ERROR.
+    Silent,
+}
+
+pub async fn run(t: WorkerTask, mut ctl: mpsc::UnboundedReceiver<WorkerCtl>) {
+    let pool = t.pool.clone();
+    let spawned = Instant::now();
+    let started = tokio::select! {
+        r = super::spawn::spawn_worker(&t.config, &t.python_path, &t.socket) => r,
+        _ = ctl.recv() => {
+            let _ = t.events.send(Event::Failed { id: t.id, why: "stopped before it was started".into() });
+            return;
+        }
+    };
+    let Spawned { mut child, pid, mut ready } = match started {
+        Ok(s) => s,
+        Err(e) => {
+            let why = format!("cannot start a worker: {e}");
+            let gate = LineGate::new(pool.clone(), 0);
+            report_failure(&t, &gate, 0, &why);
+            remove_socket(&t.socket);
+            let _ = t.events.send(Event::Failed { id: t.id, why });
+            return;
+        }
+    };
+    if let Some(limit) = t.config.supervision.cpu_time_limit {
+        set_cpu_limit(&pool, pid, limit, t.config.supervision.graceful_timeout, t.native);
+    }
+    let handle = Arc::new(WorkerHandle::with_ctl(pool.clone(), pid, t.socket.clone(), t.ctl_tx.clone()));
+    if t.max_requests > 0 {
+        tracing::info!(pool = &*pool, pid, slot = t.slot, generation = t.id, max_requests = t.max_requests, "worker started");
+    } else {
+        tracing::info!(pool = &*pool, pid, slot = t.slot, generation = t.id, "worker started");
+    }
+    let _ = t.events.send(Event::Spawned { id: t.id, pid });
+    let gate = Arc::new(LineGate::new(pool.clone(), pid));
+    if let Some(out) = child.stdout.take() {
+        tokio::spawn(log_lines(out, false, gate.clone()));
+    }
+    if let Some(err) = child.stderr.take() {
+        tokio::spawn(log_lines(err, true, gate.clone()));
+    }
+    let startup_timeout = t.config.startup_timeout;
+
+    // Start-up: READY, ERROR, an early exit, startup-timeout, or the manager stopping it.
+    let failure = {
+        let outcome = tokio::select! {
+            r = tokio::time::timeout(startup_timeout, read_readiness(&mut ready)) => Ok(r.ok()),
+            status = child.wait() => Err(status),
+            c = ctl.recv() => {
+                // Stopped before it was ready (a reload, the daemon stopping).
+                gate.open();
+                handle.mark_dead();
+                let grace = match c { Some(WorkerCtl::Term { grace }) => grace, _ => Duration::ZERO };
+                let status = terminate(&mut child, grace).await;
+                remove_socket(&handle.socket);
+                let _ = t.events.send(Event::Failed { id: t.id, why: format!("stopped before it was ready ({status})") });
+                return;
+            }
+        };
+        match outcome {
+            Err(status) => {
+                // An import error writes ERROR, then exits: the exit may be seen first.
+                match tokio::time::timeout(Duration::from_millis(200), read_readiness(&mut ready)).await {
+                    Ok(Readiness::Error(msg)) => Some(msg),
+                    _ => Some(format!(
+                        "exited before it was ready: {}",
+                        status.map(describe_exit).unwrap_or_else(|e| format!("wait failed: {e}"))
+                    )),
+                }
+            }
+            Ok(Some(Readiness::Ready)) => None,
+            Ok(Some(Readiness::Silent)) => {
+                // php-cgi or flup never write to fd 3: alive after a grace period means ready.
+                tokio::select! {
+                    _ = tokio::time::sleep(SILENT_READY_GRACE) => None,
+                    status = child.wait() => Some(format!(
+                        "exited before it was ready: {}",
+                        status.map(describe_exit).unwrap_or_else(|e| format!("wait failed: {e}"))
+                    )),
+                }
+            }
+            Ok(Some(Readiness::Error(msg))) => Some(msg),
+            Ok(None) => {
+                let what = format!("not ready within startup-timeout {:?}", startup_timeout);
+                if t.native {
+                    gate.open();
+                    tracing::error!(pool = &*pool, pid, "worker {what}; its Python stacks follow, then it is killed");
+                    signal(&child, nix::sys::signal::Signal::SIGUSR2);
+                    tokio::time::sleep(DUMP_GRACE).await;
+                }
+                Some(what)
+            }
+        }
+    };
+    if let Some(why) = failure {
+        report_failure(&t, &gate, pid, &why);
+        handle.mark_dead();
+        terminate(&mut child, Duration::from_secs(1)).await;
+        remove_socket(&handle.socket);
+        let _ = t.events.send(Event::Failed { id: t.id, why });
+        return;
+    }
+    gate.open();
+    *t.last_failure.lock().unwrap_or_else(|e| e.into_inner()) = None;
+
+    // Ready: one connection per worker thread, each a slot of the pool.
+    let mut connected = 0;
+    for _ in 0..t.config.threads {
+        match SlotConn::connect(handle.clone()).await {
+            Ok((mut slot, canceller)) => match t.dispatcher.add_conn(t.key, Some(canceller)) {
+                Some(key) => {
+                    slot.set_key(key);
+                    t.dispatcher.release(slot);
+                    connected += 1;
+                }
+                None => break, // the manager retired it meanwhile
+            },
+            Err(e) => tracing::error!(pool = &*pool, pid, "cannot connect to the worker socket {}: {e}", handle.socket.display()),
+        }
+    }
+    if connected == 0 && handle.is_alive() && t.dispatcher.worker_view(t.key, false).is_some_and(|v| !v.draining) {
+        let why = "no connection to its socket could be opened".to_owned();
+        tracing::error!(pool = &*pool, pid, "worker failed to start: {why}");
+        handle.mark_dead();
+        terminate(&mut child, Duration::from_secs(1)).await;
+        remove_socket(&handle.socket);
+        let _ = t.events.send(Event::Failed { id: t.id, why });
+        return;
+    }
+    let took = spawned.elapsed();
+    tracing::info!(pool = &*pool, pid, connections = connected, "worker ready in {took:.0?}");
+    let _ = t.events.send(Event::Ready { id: t.id, took });
+
+    // Serving, until it exits or is stopped.
+    let status = loop {
+        tokio::select! {
+            status = child.wait() => {
+                break status.map(describe_exit).unwrap_or_else(|e| format!("wait failed: {e}"));
+            }
+            c = ctl.recv() => match c {
+                Some(WorkerCtl::DumpStacks) => signal(&child, nix::sys::signal::Signal::SIGUSR2),
+                Some(WorkerCtl::Term { grace }) => {
+                    handle.mark_dead();
+                    break terminate(&mut child, grace).await;
+                }
+                Some(WorkerCtl::Kill) => {
+                    handle.mark_dead();
+                    break terminate(&mut child, Duration::ZERO).await;
+                }
+                // The manager is gone (the runtime is shutting down): stop it.
+                None => {
+                    handle.mark_dead();
+                    break terminate(&mut child, Duration::from_secs(1)).await;
+                }
+            },
+        }
+    };
+    handle.mark_dead();
+    remove_socket(&handle.socket);
+    let _ = t.events.send(Event::Exited { id: t.id, status });
+}
+
+/// cpu-time-limit: RLIMIT_CPU on the new process (prlimit(2) works for a forked template
+/// child too). The bridge retires the worker when its sampled CPU time reaches `limit`;
+/// the hard limit, graceful-timeout later, is the kernel's SIGKILL for one that keeps
+/// spinning. The native worker turns the soft limit's SIGXCPU into a log line; other
+/// programs would die of SIGXCPU, so for them soft = hard.
+fn set_cpu_limit(pool: &str, pid: u32, limit: Duration, graceful: Duration, native: bool) {
+    let hard = limit.as_secs() + graceful.as_secs().max(1) + 1;
+    let soft = if native { limit.as_secs().max(1) } else { hard };
+    let rlim = libc::rlimit { rlim_cur: soft as libc::rlim_t, rlim_max: hard as libc::rlim_t };
+    let Ok(pid_t @ 1..) = i32::try_from(pid) else { return };
+    // SAFETY: prlimit reads one rlimit struct and writes none (old_limit is null).
+    let rc = unsafe { libc::prlimit(pid_t, libc::RLIMIT_CPU, &rlim, std::ptr::null_mut()) };
+    if rc != 0 {
+        tracing::warn!(pool, pid, "cannot set RLIMIT_CPU for cpu-time-limit: {}", std::io::Error::last_os_error());
+    }
+}
+
+/// Log a start-up failure; the same error as the previous attempt without its output.
+fn report_failure(t: &WorkerTask, gate: &LineGate, pid: u32, why: &str) {
+    let repeated = {
+        let mut last = t.last_failure.lock().unwrap_or_else(|e| e.into_inner());
+        let same = last.as_deref() == Some(why);
+        *last = Some(why.to_owned());
+        same
+    };
+    let pool = &*t.pool;
+    if repeated {
+        gate.suppress();
+        tracing::error!(pool, pid, "worker failed to start again, same error: {why} (its output is not repeated; see the first failure)");
+    } else {
+        gate.open();
+        tracing::error!(pool, pid, "worker failed to start: {why}");
+    }
+}
+
+fn signal(child: &WorkerChild, sig: nix::sys::signal::Signal) {
+    // `id()` is None once the child has been reaped: never signal a reused pid.
+    if let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()).filter(|&p| p > 0) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);
+    }
+}
+
+/// SIGTERM, then SIGKILL if the worker has not exited within `grace` (at once for 0).
+async fn terminate(child: &mut WorkerChild, grace: Duration) -> String {
+    if !grace.is_zero() {
+        signal(child, nix::sys::signal::Signal::SIGTERM);
+        if let Ok(Ok(status)) = tokio::time::timeout(grace, child.wait()).await {
+            return describe_exit(status);
+        }
+    }
+    let _ = child.kill().await;
+    match child.wait().await {
+        Ok(status) => describe_exit(status),
+        Err(e) => format!("wait failed: {e}"),
+    }
+}
+
+fn remove_socket(path: &std::path::Path) {
+    let _ = std::fs::remove_file(path);
+}
+
+pub fn describe_exit(status: std::process::ExitStatus) -> String {
+    if let Some(code) = status.code() {
+        format!("exit status {code}")
+    } else if let Some(sig) = status.signal() {
+        let name = nix::sys::signal::Signal::try_from(sig).map(|s| s.as_str()).unwrap_or("unknown");
+        format!("killed by signal {sig} ({name}){}", if status.core_dumped() { ", core dumped" } else { "" })
+    } else {
+        format!("{status}")
+    }
+}
+
+/// The first line written to the readiness pipe.
+async fn read_readiness(pipe: &mut tokio::net::unix::pipe::Receiver) -> Readiness {
+    let mut buf = Vec::with_capacity(128);
+    let mut chunk = [0u8; 512];
+    loop {
+        match pipe.read(&mut chunk).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                buf.extend_from_slice(&chunk[..n]);
+                if buf.contains(&b'\n') || buf.len() > 4096 {
+                    break;
+                }
+            }
+        }
+    }
+    let line = String::from_utf8_lossy(&buf);
+    let line = line.lines().next().unwrap_or("").trim();
+    if line == "READY" {
+        Readiness::Ready
+    } else if let Some(msg) = line.strip_prefix("ERROR") {
+        Readiness::Error(msg.trim().to_owned())
+    } else if line.is_empty() {
+        Readiness::Silent
+    } else {
+        Readiness::Error(format!("unexpected readiness message {line:?}"))
+    }
+}
+
+/// Holds a starting worker's output until its start-up is decided: then it is logged, or,
+/// when the start failed with the same error as the previous attempt, kept at debug level
+/// so a crash loop does not print the same traceback every few seconds.
+pub struct LineGate {
+    pool: Arc<str>,
+    pid: u32,
+    state: Mutex<(Gate, Vec<(bool, String)>)>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Gate {
+    Hold,
+    Pass,
+    Quiet,
+}
+
+/// Lines held at most while a worker starts; beyond, they are logged as they come.
+const HOLD_MAX: usize = 400;
+
+impl LineGate {
+    pub fn new(pool: Arc<str>, pid: u32) -> LineGate {
+        LineGate { pool, pid, state: Mutex::new((Gate::Hold, Vec::new())) }
+    }
+
+    /// Log what was held, and every line from now on.
+    pub fn open(&self) {
+        self.decide(Gate::Pass);
+    }
+
+    /// Keep what was held, and every line from now on, at debug level.
+    pub fn suppress(&self) {
+        self.decide(Gate::Quiet);
+    }
+
+    fn decide(&self, to: Gate) {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if st.0 != Gate::Hold {
+            return;
+        }
+        st.0 = to;
+        for (is_stderr, line) in std::mem::take(&mut st.1) {
+            self.emit(&line, is_stderr, to == Gate::Quiet);
+        }
+    }
+
+    fn line(&self, is_stderr: bool, text: String) {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        match st.0 {
+            Gate::Pass => self.emit(&text, is_stderr, false),
+            Gate::Quiet => self.emit(&text, is_stderr, true),
+            Gate::Hold if st.1.len() < HOLD_MAX => st.1.push((is_stderr, text)),
+            Gate::Hold => self.emit(&text, is_stderr, false),
+        }
+    }
+
+    fn emit(&self, text: &str, is_stderr: bool, quiet: bool) {
+        let (pool, pid) = (&*self.pool, self.pid);
+        if quiet {
+            tracing::debug!(pool, pid, "{text}");
+        } else if is_stderr && crate::logging::app_records::emit(pool, pid, text) {
+            // The app's logging record, logged at its own level (logging/app_records.rs).
+        } else if is_stderr {
+            tracing::warn!(pool, pid, "{text}");
+        } else {
+            tracing::info!(pool, pid, "{text}");
+        }
+    }
+}
+
+impl Drop for LineGate {
+    fn drop(&mut self) {
+        self.open();
+    }
+}
+
+/// Log every line a worker prints: stdout at info, stderr at warn, tagged with pool and pid.
+async fn log_lines(pipe: impl AsyncRead + Unpin, is_stderr: bool, gate: Arc<LineGate>) {
+    const MAX_LINE: usize = 16 << 10;
+    let mut reader = BufReader::with_capacity(8192, pipe);
+    let mut line: Vec<u8> = Vec::new();
+    let emit = |line: &[u8]| {
+        let line = line.strip_suffix(b"\n").unwrap_or(line);
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        gate.line(is_stderr, String::from_utf8_lossy(line).into_owned());
+    };
+    loop {
+        let buf = match reader.fill_buf().await {
+            Ok([]) | Err(_) => break,
+            Ok(b) => b,
+        };
+        let (take, found) = match buf.iter().position(|&b| b == b'\n') {
+            Some(i) => (i + 1, true),
+            None => (buf.len(), false),
+        };
+        line.extend_from_slice(&buf[..take]);
+        reader.consume(take);
+        if found || line.len() >= MAX_LINE {
+            emit(&line);
+            line.clear();
+        }
+    }
+    if !line.is_empty() {
+        emit(&line);
+    }
+}

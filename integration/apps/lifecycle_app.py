@@ -1,0 +1,82 @@
+"""A WSGI app for the supervision tests (integration/test_lifecycle.py, test_sizing.py,
+test_reload.py): it leaks memory, spins the CPU, hangs, exits, and tells who served it.
+
+Paths:
+  /pid                 {"pid": ..., "env": $LIFECYCLE_TAG, "thread": ...}
+  /health              "ok"
+  /sleep?s=            sleeps s seconds, then answers like /pid
+  /leak?mb=            keeps mb MiB more (never freed), answers VmRSS
+  /spin?s=             burns s seconds of CPU in pure Python, answers like /pid
+  /hang                sleeps forever (in function hang_here, for the stack dump)
+  /exit                os._exit(1) mid-request
+"""
+import json
+import os
+import threading
+import time
+from urllib.parse import parse_qs
+
+# Import-time behaviour driven by the environment, for start-up tests.
+if os.environ.get("LIFECYCLE_IMPORT_SLEEP"):
+    time.sleep(float(os.environ["LIFECYCLE_IMPORT_SLEEP"]))
+if os.environ.get("LIFECYCLE_BROKEN"):
+    import no_such_module_for_the_lifecycle_test  # noqa: F401
+
+_LEAK = []
+
+
+def _who(extra=None):
+    d = {"pid": os.getpid(), "tag": os.environ.get("LIFECYCLE_TAG", ""), "thread": threading.current_thread().name}
+    d.update(extra or {})
+    return d
+
+
+def _json(start_response, obj):
+    body = json.dumps(obj).encode()
+    start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+    return [body]
+
+
+def _rss():
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def hang_here():
+    while True:
+        time.sleep(0.5)
+
+
+def application(environ, start_response):
+    path = environ.get("PATH_INFO", "")
+    q = {k: v[-1] for k, v in parse_qs(environ.get("QUERY_STRING", "")).items()}
+    if path == "/health":
+        start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "2")])
+        return [b"ok"]
+    if path == "/pid":
+        return _json(start_response, _who())
+    if path == "/sleep":
+        time.sleep(float(q.get("s", "1")))
+        return _json(start_response, _who())
+    if path == "/leak":
+        mb = int(q.get("mb", "10"))
+        block = bytearray(mb << 20)
+        for i in range(0, len(block), 4096):  # touch every page: resident, not just reserved
+            block[i] = 1
+        _LEAK.append(block)
+        return _json(start_response, _who({"rss": _rss()}))
+    if path == "/spin":
+        end = time.process_time() + float(q.get("s", "1"))
+        n = 0
+        while time.process_time() < end:
+            n += 1
+        return _json(start_response, _who({"loops": n}))
+    if path == "/hang":
+        hang_here()
+    if path == "/exit":
+        os._exit(1)
+    start_response("404 Not Found", [("Content-Type", "text/plain"), ("Content-Length", "9")])
+    return [b"not found"]

@@ -1,0 +1,219 @@
+"""Worker lifecycle with real processes (docs/supervision.md): max-requests (+ jitter),
+restart-interval, min-lifetime, request-timeout (504, stacks in the log, graceful-timeout
+for the other requests), memory-limit, cpu-time-limit, startup-timeout, an app that cannot
+be imported (one traceback, backoff, 503 at once while other pools serve), os._exit."""
+import re
+import time
+
+from harness import wait_until
+from supervision_support import (Background, Hammer, alive, get, lc_pool, pid_of, start, wait_for_new_pid,
+                                 worker_pids)
+
+
+def test_max_requests_recycles_without_a_failed_request(tmp_path):
+    b = start(tmp_path, {"p": lc_pool(processes=1, threads=1, **{"max-requests": 5, "max-requests-jitter": 0})})
+    try:
+        # a worker keeps serving past max-requests until its replacement is ready, so
+        # paced requests see the workers change
+        pids = []
+        deadline = time.monotonic() + 30
+        while len(set(pids)) < 3 and time.monotonic() < deadline:
+            pids.append(pid_of(get(b, "p", "/pid")))
+            time.sleep(0.03)
+        distinct = list(dict.fromkeys(pids))
+        assert len(distinct) >= 3, distinct
+        # a worker serves at least max-requests before its replacement takes over
+        for p in distinct[:-1]:
+            assert pids.count(p) >= 5, (p, pids)
+        b.log.wait_for([r"retiring the worker: max-requests \(\d+ served\)"])
+        b.log.wait_for([r"worker stopped \(max-requests"])
+    finally:
+        b.stop()
+
+
+def test_max_requests_jitter_gives_each_worker_its_own_threshold(tmp_path):
+    b = start(tmp_path, {"p": lc_pool(processes=6, threads=1, **{"max-requests": 1000, "max-requests-jitter": 500})})
+    try:
+        lines = b.log.wait_for([r"worker started", r"max_requests=\d+"])
+        wait_until(lambda: len(b.log.wait_for([r"worker started", r"max_requests=\d+"])) >= 6, 30)
+        values = {int(re.search(r"max_requests=(\d+)", ln).group(1)) for ln in b.log.lines() if "worker started" in ln}
+        assert all(1000 <= v <= 1500 for v in values), values
+        assert len(values) >= 3, f"six workers drew {values}: the jitter does not spread them"
+        assert lines
+    finally:
+        b.stop()
+
+
+def test_restart_interval_and_min_lifetime(tmp_path):
+    b = start(tmp_path, {
+        "ri": lc_pool(processes=1, threads=1, **{"restart-interval": "2s", "restart-interval-jitter": 0}),
+        # max-requests 2, but no recycling before 4 s of life
+        "ml": lc_pool(processes=1, threads=1, **{"max-requests": 2, "max-requests-jitter": 0, "min-lifetime": "4s"}),
+    })
+    try:
+        first_ri = pid_of(get(b, "ri", "/pid"))
+        first_ml = pid_of(get(b, "ml", "/pid"))
+        t0 = time.monotonic()
+        for _ in range(10):
+            assert pid_of(get(b, "ml", "/pid")) == first_ml
+        assert time.monotonic() - t0 < 3
+        new_ri = wait_for_new_pid(b, "ri", {first_ri}, timeout=15)
+        assert new_ri != first_ri
+        b.log.wait_for([r"retiring the worker: restart-interval"])
+        new_ml = wait_for_new_pid(b, "ml", {first_ml}, timeout=20)
+        assert time.monotonic() - t0 >= 3.5, "recycled before min-lifetime"
+        assert new_ml != first_ml
+    finally:
+        b.stop()
+
+
+def test_request_timeout_is_504_with_stacks_and_the_worker_replaced(tmp_path):
+    b = start(tmp_path, {"p": lc_pool(processes=1, threads=3,
+                                      **{"request-timeout": "2s", "graceful-timeout": "20s"})})
+    try:
+        before = pid_of(get(b, "p", "/pid"))
+        mark = b.log.mark()
+        t0 = time.monotonic()
+        hung = Background(lambda: get(b, "p", "/hang"))
+        time.sleep(1.2)
+        # another request on the same worker, in flight when /hang times out, shorter than
+        # request-timeout itself: it finishes (graceful-timeout is 20 s)
+        other = Background(lambda: get(b, "p", "/sleep", "s=1.5"))
+        r = hung.result()
+        took = time.monotonic() - t0
+        assert r.status == 504, r.stdout[:300]
+        assert 1.5 < took < 5, took
+        # the Python stack of the hung thread is in the log, tagged with pool and pid
+        b.log.wait_for([r"request-timeout \(2s\): GET /hang", f"pid={before}"], since=mark)
+        b.log.wait_for([r"hang_here", f"pid={before}"], since=mark)
+        assert pid_of(other.result()) == before
+        # the worker is replaced; requests keep working meanwhile
+        assert pid_of(get(b, "p", "/pid")) > 0
+        wait_until(lambda: not alive(before), 30, what="the timed-out worker gone")
+        b.log.wait_for([r"worker stopped \(request-timeout", "SIGKILL"], since=mark)
+        assert pid_of(get(b, "p", "/pid")) != before
+    finally:
+        b.stop()
+
+
+def test_request_timeout_other_requests_get_graceful_timeout_then_stacks_and_kill(tmp_path):
+    b = start(tmp_path, {"p": lc_pool(processes=2, threads=2,
+                                      **{"request-timeout": "2s", "graceful-timeout": "2s"})})
+    try:
+        mark = b.log.mark()
+        # two hung requests on... whichever workers: each worker's stuck requests end at
+        # request-timeout; the worker is then drained and killed
+        hung = [Background(lambda: get(b, "p", "/hang")) for _ in range(2)]
+        for h in hung:
+            assert h.result().status == 504
+        b.log.wait_for([r"worker stopped \(request-timeout"], since=mark, timeout=30)
+        # the pool serves on
+        for _ in range(5):
+            assert get(b, "p", "/pid").status == 200
+    finally:
+        b.stop()
+
+
+def test_graceful_timeout_kills_a_draining_worker_with_stacks(tmp_path):
+    # max-requests 1: the worker drains after its first request; a long one overruns
+    # graceful-timeout (1 s): its stacks are logged and it is killed (502 for that request)
+    b = start(tmp_path, {"p": lc_pool(processes=1, threads=2,
+                                      **{"max-requests": 1, "max-requests-jitter": 0, "graceful-timeout": "1s"})})
+    try:
+        long = Background(lambda: get(b, "p", "/sleep", "s=30"))
+        time.sleep(0.5)
+        assert get(b, "p", "/pid").status == 200  # reaches max-requests
+        r = long.result(60)
+        assert r.status == 502, r.stdout[:200]
+        b.log.wait_for([r"did not finish 1 request\(s\) within graceful-timeout"])
+        b.log.wait_for([r"\[stack request_id=\d+"])
+    finally:
+        b.stop()
+
+
+def test_memory_limit_recycles_a_leaking_worker_gracefully(tmp_path):
+    b = start(tmp_path, {"p": lc_pool(processes=2, threads=2, **{"memory-limit": "120MiB"})})
+    try:
+        hammer = Hammer(b, "p", n=2)
+        leaker = pid_of(get(b, "p", "/leak", "mb=150"))
+        wait_until(lambda: not alive(leaker), 30, what="the leaking worker recycled")
+        hammer.stop()
+        assert hammer.errors == [] and set(hammer.statuses) == {200}, (hammer.statuses, hammer.errors[:3])
+        b.log.wait_for([r"retiring the worker: memory-limit \(RSS \d+MiB > 120MiB\)", f"pid={leaker}"])
+        b.log.wait_for([r"worker stopped \(memory-limit", "SIGTERM"])
+        assert len(worker_pids(b)) == 2
+    finally:
+        b.stop()
+
+
+def test_cpu_time_limit_recycles_after_the_request_and_the_hard_limit_kills(tmp_path):
+    b = start(tmp_path, {
+        "soft": lc_pool(processes=2, threads=1, **{"cpu-time-limit": "2s", "graceful-timeout": "20s"}),
+        "hard": lc_pool(processes=1, threads=1, **{"cpu-time-limit": "1s", "graceful-timeout": "1s"}),
+    })
+    try:
+        # 3 s of CPU: past the soft limit the worker says so and is retired, but its request finishes
+        r = get(b, "soft", "/spin", "s=3")
+        spinner = pid_of(r)
+        b.log.wait_for([r"cpu-time-limit reached \(SIGXCPU\)", f"pid={spinner}"])
+        b.log.wait_for([r"retiring the worker: cpu-time-limit", f"pid={spinner}"])
+        wait_until(lambda: not alive(spinner), 30, what="the spinning worker gone")
+        assert get(b, "soft", "/pid").status == 200
+        # spinning on past limit + graceful-timeout: the kernel's hard limit kills it
+        r = get(b, "hard", "/spin", "s=30")
+        assert r.status == 502, r.stdout[:200]
+        b.log.wait_for([r"worker stopped \(cpu-time-limit", "SIGKILL"])
+        assert get(b, "hard", "/pid").status == 200
+    finally:
+        b.stop()
+
+
+def test_import_error_logged_once_backs_off_and_answers_503_at_once(tmp_path):
+    b = start(tmp_path, {
+        "broken": lc_pool(processes=2, threads=1, env={"LIFECYCLE_BROKEN": "1"}),
+        "good": lc_pool(processes=1, threads=1),
+    }, wait=False)
+    try:
+        b.log.wait_for([r"restarting the worker in 4s", "broken"], timeout=30)
+        text = b.log.lines()
+        tracebacks = [ln for ln in text if "ModuleNotFoundError: No module named 'no_such_module" in ln
+                      and "worker failed to start" not in ln and "cannot start its app" not in ln]
+        assert len(tracebacks) == 1, "\n".join(tracebacks)
+        assert any("failed to start again, same error" in ln for ln in text)
+        delays = re.findall(r"restarting the worker in (\S+) pool=\"?broken", "\n".join(text))
+        assert delays[:4] == ["500ms", "1s", "2s", "4s"], delays
+        t0 = time.monotonic()
+        r = get(b, "broken", "/pid")
+        assert r.status == 503 and time.monotonic() - t0 < 1.0, (r.status, time.monotonic() - t0)
+        assert r.header("Retry-After")
+        b.log.wait_for([r"answering 503: pool broken cannot start its app \(ModuleNotFoundError"])
+        # the other pool is not affected
+        wait_until(lambda: get(b, "good", "/pid").status == 200, 30, what="the good pool")
+    finally:
+        b.stop()
+
+
+def test_startup_timeout_dumps_the_import_stack_and_retries(tmp_path):
+    b = start(tmp_path, {"slow": lc_pool(processes=1, threads=1, env={"LIFECYCLE_IMPORT_SLEEP": "60"},
+                                         **{"startup-timeout": "2s"})}, wait=False)
+    try:
+        b.log.wait_for([r"not ready within startup-timeout 2s"], timeout=30)
+        # faulthandler's dump: the import is sleeping in the app module
+        b.log.wait_for([r"lifecycle_app.py", "line"], timeout=10)
+        b.log.wait_for([r"restarting the worker in"], timeout=10)
+        r = get(b, "slow", "/pid")
+        assert r.status == 503
+    finally:
+        b.stop()
+
+
+def test_os_exit_mid_request_is_502_and_a_new_worker_serves(tmp_path):
+    b = start(tmp_path, {"p": lc_pool(processes=1, threads=2)})
+    try:
+        before = pid_of(get(b, "p", "/pid"))
+        r = get(b, "p", "/exit")
+        assert r.status == 502
+        b.log.wait_for([r"worker exited: exit status 1; replacing it", f"pid={before}"])
+        assert wait_for_new_pid(b, "p", {before}) != before
+    finally:
+        b.stop()

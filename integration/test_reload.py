@@ -1,0 +1,302 @@
+"""Reload (SIGHUP, `fcgibridge reload`, SIGUSR2) with real processes (docs/supervision.md):
+an invalid configuration is refused and the running one kept; changed pools roll their
+workers, readiness-gated, without a failed request; unchanged pools are left alone;
+listeners that stay keep their sockets; added and removed listeners and pools come and
+go. Under load through real nginx: five reloads and a max-requests 50 pool, zero failures."""
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+import time
+
+import pytest
+
+from harness import free_ports, nginx_binary, nginx_etc, to_yaml, wait_until
+from supervision_support import Background, Hammer, get, lc_pool, pid_of, start, worker_pids
+
+
+def rewrite(b, mutate):
+    """Change the bridge's configuration file (mutate edits b.config in place)."""
+    mutate(b.config)
+    (b.confdir / "50-test.yaml").write_text(to_yaml(b.config))
+
+
+def reload(b, sig=signal.SIGHUP, expect="reload done"):
+    mark = b.log.mark()
+    b.proc.send_signal(sig)
+    return b.log.wait_for([expect], since=mark, timeout=30)
+
+
+def tag_of(b, pool_name):
+    r = get(b, pool_name, "/pid")
+    assert r.status == 200, r.stdout[:200]
+    return json.loads(r.body)["tag"]
+
+
+def test_an_invalid_configuration_is_refused_and_the_running_one_kept(tmp_path):
+    b = start(tmp_path, {"a": lc_pool(processes=1, threads=2, env={"LIFECYCLE_TAG": "v1"})})
+    try:
+        before = worker_pids(b)
+        good = (b.confdir / "50-test.yaml").read_text()
+        (b.confdir / "50-test.yaml").write_text(good.replace("processes: 1", "procesess: 1"))
+        lines = reload(b, expect="reload refused, the running configuration stays")
+        assert 'did you mean "processes"' in lines[0], lines
+        assert tag_of(b, "a") == "v1"
+        assert worker_pids(b) == before
+        # a YAML syntax error too
+        (b.confdir / "50-test.yaml").write_text(good + "\n  broken: [\n")
+        reload(b, expect="reload refused")
+        assert tag_of(b, "a") == "v1"
+        # fixed: the next reload applies
+        (b.confdir / "50-test.yaml").write_text(good.replace('"v1"', '"v2"'))
+        reload(b)
+        wait_until(lambda: tag_of(b, "a") == "v2", 30, what="the new configuration serving")
+    finally:
+        b.stop()
+
+
+def test_a_changed_pool_rolls_without_a_failed_request_and_others_stay(tmp_path):
+    b = start(tmp_path, {
+        "a": lc_pool(processes=2, threads=2, env={"LIFECYCLE_TAG": "v1"}),
+        "b": lc_pool(processes=1, threads=1, env={"LIFECYCLE_TAG": "same"}),
+    })
+    try:
+        b_pid = pid_of(get(b, "b", "/pid"))
+        a_before = {pid_of(get(b, "a", "/pid")) for _ in range(10)}
+        hammer = Hammer(b, "a", n=4)
+        time.sleep(0.5)
+        rewrite(b, lambda c: c["pools"]["a"]["env"].update(LIFECYCLE_TAG="v2"))
+        reload(b)
+        b.log.wait_for([r"rolling restart", 'pool="?a'])
+        wait_until(lambda: tag_of(b, "a") == "v2", 30, what="pool a on its new configuration")
+        # every old worker retired once a new one was ready
+        wait_until(lambda: not (worker_pids(b) & a_before), 30, what="the old workers of a gone")
+        time.sleep(0.5)
+        hammer.stop()
+        assert hammer.errors == [], hammer.errors[:3]
+        assert set(hammer.statuses) == {200}, hammer.statuses
+        assert hammer.total > 50
+        # pool b was not touched
+        assert pid_of(get(b, "b", "/pid")) == b_pid
+        # readiness-gated: "retiring the worker: reload" comes after a "worker ready" of a new one
+        lines = b.log.lines()
+        first_retire = next(i for i, ln in enumerate(lines) if "retiring the worker: reload" in ln)
+        first_new_ready = next(i for i, ln in enumerate(lines)
+                               if "worker ready" in ln and not any(f"pid={p}" in ln for p in a_before | {b_pid}))
+        assert first_new_ready < first_retire
+    finally:
+        b.stop()
+
+
+def test_listeners_keep_their_sockets_and_listeners_and_pools_come_and_go(tmp_path):
+    b = start(tmp_path, {
+        "a": lc_pool(processes=1, threads=2),
+        "gone": lc_pool(processes=1, threads=2),
+    })
+    try:
+        addr_a = b.listener_address("l-a")
+        refused = []
+        stop = threading.Event()
+
+        def connect_loop():
+            while not stop.is_set():
+                try:
+                    socket.create_connection(addr_a, timeout=5).close()
+                except OSError as e:
+                    refused.append(repr(e))
+                time.sleep(0.002)
+
+        t = threading.Thread(target=connect_loop, daemon=True)
+        t.start()
+        # a request in flight on the pool about to be removed
+        in_flight = Background(lambda: get(b, "gone", "/sleep", "s=2"))
+        time.sleep(0.3)
+        new_port = free_ports(1)[0]
+        gone_addr = b.listener_address("l-gone")
+
+        def change(c):
+            del c["pools"]["gone"]
+            del c["listeners"]["l-gone"]
+            c["pools"]["new"] = lc_pool(processes=1, threads=1, env={"LIFECYCLE_TAG": "new",
+                                                                     "FCGIBRIDGE_TEST_DIR": str(tmp_path)},
+                                        **({"allow-root": True} if os.geteuid() == 0 else {}))
+            c["listeners"]["l-new"] = {"fastcgi": f"127.0.0.1:{new_port}", "pool": "new"}
+        rewrite(b, change)
+        lines = reload(b)
+        assert "pools added: new" in lines[0] and "removed: gone" in lines[0], lines
+        assert "listeners added: l-new" in lines[0], lines
+        # the removed pool finished its request
+        assert in_flight.result().status == 200
+        wait_until(lambda: tag_of(b, "new") == "new", 30, what="the new pool through the new listener")
+        # the removed listener no longer accepts
+        wait_until(lambda: not _connects(gone_addr), 10, what="the removed listener closed")
+        b.log.wait_for([r"pool removed from the configuration"])
+        time.sleep(0.5)
+        stop.set()
+        t.join(10)
+        assert refused == [], refused[:3]
+        assert get(b, "a", "/pid").status == 200
+    finally:
+        b.stop()
+
+
+def _connects(addr) -> bool:
+    try:
+        socket.create_connection(addr, timeout=2).close()
+        return True
+    except OSError:
+        return False
+
+
+def test_a_kept_connection_follows_the_new_routes(tmp_path):
+    import fcgi_client as fc
+    b = start(tmp_path, {"a": lc_pool(processes=1, threads=1, env={"LIFECYCLE_TAG": "a"}),
+                         "b": lc_pool(processes=1, threads=1, env={"LIFECYCLE_TAG": "b"})})
+    try:
+        with fc.FcgiConnection(b.listener_address("l-a"), timeout=30) as conn:
+            r = conn.request("/pid", request_id=1)
+            assert json.loads(r.body)["tag"] == "a"
+            rewrite(b, lambda c: c["listeners"]["l-a"].update(pool="b"))
+            reload(b)
+            r = conn.request("/pid", request_id=1)
+            assert json.loads(r.body)["tag"] == "b", "a kept-alive connection still used the old routes"
+    finally:
+        b.stop()
+
+
+def test_sigusr2_restarts_every_pool_and_a_reload_fixes_a_broken_pool(tmp_path):
+    b = start(tmp_path, {"a": lc_pool(processes=2, threads=1),
+                         "broken": lc_pool(processes=1, threads=1, env={"LIFECYCLE_BROKEN": "1"})}, wait=False)
+    try:
+        wait_until(lambda: get(b, "a", "/pid").status == 200, 30, what="pool a")
+        assert get(b, "broken", "/pid").status == 503
+        before = worker_pids(b)
+        rewrite(b, lambda c: c["pools"]["broken"]["env"].pop("LIFECYCLE_BROKEN"))
+        reload(b, sig=signal.SIGUSR2)
+        wait_until(lambda: get(b, "broken", "/pid").status == 200, 30, what="the fixed pool serving")
+        wait_until(lambda: not (worker_pids(b) & before), 30, what="every worker restarted")
+    finally:
+        b.stop()
+
+
+def test_fcgibridge_reload_command(tmp_path):
+    b = start(tmp_path, {"a": lc_pool(processes=1, threads=1, env={"LIFECYCLE_TAG": "v1"})})
+    try:
+        rewrite(b, lambda c: c["pools"]["a"]["env"].update(LIFECYCLE_TAG="v2"))
+        mark = b.log.mark()
+        out = subprocess.run([str(b.binary), "reload", "--config", str(b.confdir)], capture_output=True, text=True,
+                             timeout=60)
+        assert out.returncode == 0, out.stderr
+        b.log.wait_for(["reload done"], since=mark)
+        wait_until(lambda: tag_of(b, "a") == "v2", 30, what="reloaded through `fcgibridge reload`")
+    finally:
+        b.stop()
+
+
+# ---------------------------------------------------------------- under load, through nginx
+
+NGINX = """
+{user}
+worker_processes 1;
+pid {tmp}/nginx.pid;
+error_log {tmp}/nginx-error.log info;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    client_body_temp_path {tmp}/cb; fastcgi_temp_path {tmp}/ft; scgi_temp_path {tmp}/st;
+    proxy_temp_path {tmp}/pt; uwsgi_temp_path {tmp}/ut;
+    upstream reloaded {{ server {tcp}; keepalive 8; }}
+    server {{
+        listen 127.0.0.1:{port_a};
+        location / {{
+            include {etc}/fastcgi_params;
+            fastcgi_param SCRIPT_NAME ""; fastcgi_param PATH_INFO $fastcgi_script_name;
+            fastcgi_keep_conn on;
+            fastcgi_pass reloaded;
+        }}
+    }}
+    server {{
+        listen 127.0.0.1:{port_b};
+        location / {{
+            include {etc}/fastcgi_params;
+            fastcgi_param SCRIPT_NAME ""; fastcgi_param PATH_INFO $fastcgi_script_name;
+            fastcgi_pass unix:{unix};
+        }}
+    }}
+}}
+"""
+
+
+def _wrk(url: str, seconds: int) -> subprocess.Popen:
+    return subprocess.Popen(["wrk", "-t2", "-c16", f"-d{seconds}s", "--latency", url],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+@pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk not installed")
+def test_under_load_through_nginx_five_reloads_and_max_requests_50_fail_nothing(tmp_path):
+    tcp_port, http_a, http_b = free_ports(3)
+    unix = tmp_path / "mr.sock"
+    pools = {
+        "rl": lc_pool(processes=2, threads=4, env={"LIFECYCLE_TAG": "gen0"}),
+        "mr": lc_pool(processes=2, threads=4, **{"max-requests": 50}),
+    }
+    listeners = {
+        "l-rl": {"fastcgi": f"127.0.0.1:{tcp_port}", "pool": "rl"},
+        "l-mr": {"fastcgi": f"unix:{unix}", "pool": "mr"},
+    }
+    b = start(tmp_path, pools, listeners=listeners, wait=False, bridge_extra={"access-log": str(tmp_path / "access.log")})
+    nginx = None
+    try:
+        b.wait_ready([("l-rl", "/health", "x"), ("l-mr", "/health", "x")])
+        ndir = tmp_path / "nginx"
+        ndir.mkdir()
+        conf = ndir / "nginx.conf"
+        conf.write_text(NGINX.format(user="user root;" if os.geteuid() == 0 else "", tmp=ndir, etc=nginx_etc(),
+                                     tcp=f"127.0.0.1:{tcp_port}", unix=unix, port_a=http_a, port_b=http_b))
+        nginx = subprocess.Popen([nginx_binary(), "-p", str(ndir), "-e", str(ndir / "nginx-error.log"), "-c", str(conf),
+                                  "-g", "daemon off;"], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+                                 start_new_session=True)
+        import requests
+        wait_until(lambda: requests.get(f"http://127.0.0.1:{http_a}/health", timeout=5).status_code == 200, 30)
+        wait_until(lambda: requests.get(f"http://127.0.0.1:{http_b}/health", timeout=5).status_code == 200, 30)
+
+        mark = b.log.mark()
+        seconds = 14
+        load_a = _wrk(f"http://127.0.0.1:{http_a}/pid", seconds)
+        load_b = _wrk(f"http://127.0.0.1:{http_b}/pid", seconds)
+        time.sleep(1.5)
+        for gen in range(1, 6):
+            rewrite(b, lambda c, g=gen: c["pools"]["rl"]["env"].update(LIFECYCLE_TAG=f"gen{g}"))
+            reload(b)
+            # the next reload after this one has rolled (a reload during a roll is fine too,
+            # but five complete rolls is the claim)
+            wait_until(lambda g=gen: requests.get(f"http://127.0.0.1:{http_a}/pid", timeout=10).json()["tag"]
+                       == f"gen{g}", 30, what=f"reload {gen} serving")
+            time.sleep(0.8)
+        out_a, _ = load_a.communicate(timeout=120)
+        out_b, _ = load_b.communicate(timeout=120)
+        for out in (out_a, out_b):
+            assert "Non-2xx" not in out, out
+            assert "Socket errors" not in out, out
+            m = re.search(r"(\d+) requests in", out)
+            assert m and int(m.group(1)) > 1000, out
+        rolled = [ln for ln in b.log.lines(mark) if "rolling restart" in ln]
+        assert len(rolled) == 5, rolled
+        recycled = [ln for ln in b.log.lines(mark) if "retiring the worker: max-requests" in ln]
+        assert len(recycled) >= 5, "the max-requests pool hardly recycled under load"
+        trouble = [ln for ln in (ndir / "nginx-error.log").read_text().splitlines()
+                   if any(t in ln for t in ("upstream prematurely closed", "connect() failed", "recv() failed",
+                                             "writev() failed", "readv() failed"))]
+        assert trouble == [], trouble[:5]
+    finally:
+        if nginx is not None:
+            nginx.send_signal(signal.SIGTERM)
+            try:
+                nginx.wait(20)
+            except subprocess.TimeoutExpired:
+                nginx.kill()
+        b.stop()
