@@ -177,3 +177,37 @@ def test_lighttpd_serves_x_sendfile_in_pass_mode(lighttpd_env):
     # outside lighttpd's x-sendfile-docroot: lighttpd refuses, the file never leaks
     r = requests.get(f"{base}/sendfile?path={work}/outside.txt", timeout=30)
     assert r.status_code >= 400 and b"outside" not in r.content
+
+
+@pytest.fixture(scope="module")
+def translate_env(tmp_path_factory):
+    """`file-handoff: translate` behind nginx: an app's lighttpd-style X-Sendfile becomes
+    X-Accel-Redirect into nginx's internal location."""
+    work = tmp_path_factory.mktemp("translate")
+    root = work / "files"
+    root.mkdir()
+    (root / "report.txt").write_bytes(b"nginx sent this via X-Accel-Redirect\n")
+    (port,) = harness.free_ports(1)
+    pools = {"app": harness.pool(respond_servers.RESPOND_APP, processes=1, threads=2)}
+    listeners = {"fcgi": {"fastcgi": f"127.0.0.1:{port}", "pool": "app", "dialect": "nginx",
+                          "file-handoff": "translate", "file-map": {str(root): "/protected"}}}
+    bridge = respond_servers.start_bridge(work, pools, listeners, [("fcgi", "/health", "any")])
+    nginx = None
+    try:
+        # nginx's internal location /protected/ is an alias of `root`
+        nginx = respond_servers.Nginx(work / "nginx", bridge.listener_address("fcgi"), root).start()
+        yield nginx, root
+    finally:
+        if nginx:
+            nginx.stop()
+        bridge.stop()
+
+
+def test_translate_x_sendfile_to_x_accel_redirect(translate_env):
+    nginx, root = translate_env
+    status, _, body = curl(nginx, f"/sendfile?path={root}/report.txt")
+    assert (status, body) == (200, b"nginx sent this via X-Accel-Redirect\n")
+    # a path outside every mapped prefix is not translated: nginx passes the header on and
+    # sends the app's own body, never the file
+    status, h, body = curl(nginx, "/sendfile?path=/etc/passwd")
+    assert b"root:" not in body and body == b"not the file"

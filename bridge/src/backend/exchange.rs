@@ -56,6 +56,8 @@ pub struct RequestInfo<'a> {
     pub serve_files: bool,
     /// The pool's `error-pages`, when it has any.
     pub error_pages: Option<&'a respond::error_override::ErrorPages>,
+    /// `file-handoff: translate` on the listener.
+    pub translate: Option<&'a respond::sendfile::Translate>,
 }
 
 /// What to do with the worker connection afterwards.
@@ -511,7 +513,7 @@ fn take_head(st: &mut RespState, data: Bytes, info: &RequestInfo<'_>, pool: &str
             Err(e) => return Err(bad_head(info, pool, pid, &e)),
         }
     };
-    let Some((head, rest)) = parsed else { return Ok(None) };
+    let Some((mut head, rest)) = parsed else { return Ok(None) };
     st.head_done = true;
     st.content_length = head.content_length;
     if head.location.is_some() {
@@ -530,6 +532,9 @@ fn take_head(st: &mut RespState, data: Bytes, info: &RequestInfo<'_>, pool: &str
             st.front_done = true;
             return Ok(None);
         }
+    }
+    if let Some(t) = info.translate {
+        t.rewrite(&mut head);
     }
     if info.serve_files {
         if let Some(path) = respond::sendfile::file_header(&head) {

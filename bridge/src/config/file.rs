@@ -127,6 +127,7 @@ pub struct RawListener {
     pub trusted_proxy_headers: Option<Vec<String>>,
     pub file_handoff: Option<String>,
     pub file_roots: Option<Vec<String>>,
+    pub file_map: Option<Entries<String>>,
     pub mount: Option<String>,
     pub path_info: Option<String>,
 }

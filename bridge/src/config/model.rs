@@ -99,6 +99,8 @@ pub struct Listener {
     pub file_handoff: FileHandoff,
     /// Directories `file-handoff: serve` may send files from (`file-roots`).
     pub file_roots: Vec<std::path::PathBuf>,
+    /// `file-map`: filesystem prefix → internal URI prefix, for `file-handoff: translate`.
+    pub file_map: Vec<(String, String)>,
     /// `mount`: where the app is mounted when no prefix route matched (SCRIPT_NAME).
     pub mount: Option<String>,
     /// `path-info: keep`: SCRIPT_NAME / PATH_INFO exactly as the web server sent them.
@@ -113,6 +115,8 @@ pub enum FileHandoff {
     Pass,
     /// The bridge sends the file itself.
     Serve,
+    /// X-Sendfile ↔ X-Accel-Redirect by `file-map`, for the listener's `dialect`.
+    Translate,
 }
 
 /// The web server in front of a listener (`dialect:`).

@@ -278,6 +278,7 @@ pub fn listener(src: &Source, dir: &Path, name: &str, raw: RawListener) -> Resul
     let file_handoff = match raw.file_handoff.as_deref().map(str::trim) {
         None | Some("pass") => super::model::FileHandoff::Pass,
         Some("serve") => super::model::FileHandoff::Serve,
+        Some("translate") => super::model::FileHandoff::Translate,
         Some(other) => return Err(src.invalid(&here.key("file-handoff"), format!("{other:?} is neither `pass` nor `serve`"))),
     };
     let file_roots: Vec<std::path::PathBuf> = raw.file_roots.unwrap_or_default().iter().map(|r| paths::resolve(dir, r)).collect();
@@ -294,6 +295,21 @@ pub fn listener(src: &Source, dir: &Path, name: &str, raw: RawListener) -> Resul
         Some("keep") => true,
         Some(other) => return Err(src.invalid(&here.key("path-info"), format!("{other:?} is neither `derive` nor `keep`"))),
     };
+    let mut file_map: Vec<(String, String)> = raw
+        .file_map
+        .map(|e| e.0)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(fs, uri)| (fs.trim_end_matches('/').to_owned(), uri.trim_end_matches('/').to_owned()))
+        .collect();
+    if file_map.iter().any(|(fs, uri)| !fs.starts_with('/') || !uri.starts_with('/')) {
+        return Err(src.invalid(&here.key("file-map"), "entries map an absolute filesystem path to an absolute URI path, e.g. /srv/files: /protected"));
+    }
+    if file_handoff == super::model::FileHandoff::Translate && file_map.is_empty() {
+        return Err(src.invalid(&here.key("file-map"), "file-handoff: translate needs file-map: filesystem prefix → internal URI prefix"));
+    }
+    // Longest prefixes first, so that a nested directory's own mapping wins.
+    file_map.sort_by_key(|(fs, _)| std::cmp::Reverse(fs.len()));
     for root in &file_roots {
         if !root.is_dir() {
             return Err(src.invalid(&here.key("file-roots"), format!("{} is not a directory", root.display())));
@@ -324,6 +340,7 @@ pub fn listener(src: &Source, dir: &Path, name: &str, raw: RawListener) -> Resul
         trusted_proxies,
         file_handoff,
         file_roots,
+        file_map,
         mount,
         keep_path_info,
     })

@@ -162,7 +162,7 @@ pub async fn serve<S: BodySource, K: ResponseSink>(
             }
         };
         let pages = Some(&pool.config.error_pages).filter(|p| !p.is_empty());
-        let info = RequestInfo { id: request_id, uri: &uri, role, serve_files: lst.file_roots.is_some(), error_pages: pages };
+        let info = RequestInfo { id: request_id, uri: &uri, role, serve_files: lst.file_roots.is_some(), error_pages: pages, translate: lst.translate.as_deref() };
         let mut first = First::Encode;
         let mut attempts = 0;
         let outcome = loop {

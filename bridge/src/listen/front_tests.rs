@@ -163,6 +163,7 @@ async fn setup_ctx(threads: u32) -> (Arc<ListenerCtx>, (UnixStream, UnixStream))
         unrouted_redirect: Default::default(),
         trusted_proxies: None,
         file_roots: None,
+        translate: None,
         mount: None,
         keep_path_info: false,
         protocol: config::Protocol::FastCgi,

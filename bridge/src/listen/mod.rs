@@ -66,6 +66,8 @@ pub struct ListenerCtx {
     pub trusted_proxies: Option<proxy::TrustedProxies>,
     /// `file-handoff: serve`: the roots X-Sendfile may name; None: headers pass untouched.
     pub file_roots: Option<Arc<[std::path::PathBuf]>>,
+    /// `file-handoff: translate`: how hand-off headers are rewritten for the web server.
+    pub translate: Option<Arc<crate::respond::sendfile::Translate>>,
     /// `mount`: SCRIPT_NAME for requests no prefix route mounted.
     pub mount: Option<String>,
     /// `path-info: keep`: leave SCRIPT_NAME / PATH_INFO as the web server sent them.
@@ -167,8 +169,14 @@ pub fn make_ctx(
         trusted_proxies: cfg.trusted_proxies.clone(),
         file_roots: match cfg.file_handoff {
             crate::config::FileHandoff::Serve => Some(cfg.file_roots.clone().into()),
-            crate::config::FileHandoff::Pass => None,
+            crate::config::FileHandoff::Pass | crate::config::FileHandoff::Translate => None,
         },
+        translate: (cfg.file_handoff == crate::config::FileHandoff::Translate).then(|| {
+            Arc::new(crate::respond::sendfile::Translate {
+                to_accel: cfg.dialect == crate::config::Dialect::Nginx,
+                map: cfg.file_map.clone(),
+            })
+        }),
         mount: cfg.mount.clone(),
         keep_path_info: cfg.keep_path_info,
         protocol: cfg.protocol,

@@ -369,3 +369,66 @@ mod tests {
         assert_eq!(parse_ranges(b"bytes=5-1", 100), None);
     }
 }
+
+/// `file-handoff: translate`: rewrite a hand-off header into the one the web server in front
+/// understands, by prefix maps between filesystem paths and internal URIs — so an app written
+/// for lighttpd's X-Sendfile works behind nginx, and one written for X-Accel-Redirect behind
+/// lighttpd or Apache with mod_xsendfile.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Translate {
+    /// nginx in front: X-Sendfile → X-Accel-Redirect; otherwise the reverse.
+    pub to_accel: bool,
+    /// (filesystem prefix, internal URI prefix), longest first.
+    pub map: Vec<(String, String)>,
+}
+
+impl Translate {
+    /// Rewrite the hand-off header of `head` in place; a value no prefix maps stays as it is.
+    pub fn rewrite(&self, head: &mut ResponseHead) {
+        let (from, to): (&[u8], &'static [u8]) =
+            if self.to_accel { (b"x-sendfile", b"X-Accel-Redirect") } else { (b"x-accel-redirect", b"X-Sendfile") };
+        for (name, value) in head.headers.iter_mut() {
+            if !name.eq_ignore_ascii_case(from) {
+                continue;
+            }
+            let v = String::from_utf8_lossy(value).into_owned();
+            let mapped = self.map.iter().find_map(|(fs, uri)| {
+                let (src, dst) = if self.to_accel { (fs, uri) } else { (uri, fs) };
+                let rest = v.strip_prefix(src.as_str())?;
+                (rest.is_empty() || rest.starts_with('/')).then(|| format!("{dst}{rest}"))
+            });
+            if let Some(m) = mapped {
+                *name = Bytes::from_static(to);
+                *value = Bytes::from(m);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod translate_tests {
+    use super::*;
+
+    #[test]
+    fn both_directions() {
+        let t = Translate { to_accel: true, map: vec![("/srv/files".into(), "/protected".into())] };
+        let mut head = ResponseHead {
+            status: Some(200),
+            reason: None,
+            location: None,
+            content_type: None,
+            content_length: None,
+            headers: vec![(Bytes::from_static(b"X-Sendfile"), Bytes::from_static(b"/srv/files/a/b.pdf"))],
+        };
+        t.rewrite(&mut head);
+        assert_eq!(head.headers[0], (Bytes::from_static(b"X-Accel-Redirect"), Bytes::from_static(b"/protected/a/b.pdf")));
+        let back = Translate { to_accel: false, ..t };
+        back.rewrite(&mut head);
+        assert_eq!(head.headers[0], (Bytes::from_static(b"X-Sendfile"), Bytes::from_static(b"/srv/files/a/b.pdf")));
+        // /srv/filesX is not under /srv/files
+        head.headers[0].1 = Bytes::from_static(b"/srv/filesX/c");
+        let fwd = Translate { to_accel: true, ..back };
+        fwd.rewrite(&mut head);
+        assert_eq!(head.headers[0].0, Bytes::from_static(b"X-Sendfile"));
+    }
+}
