@@ -369,3 +369,22 @@ fn an_empty_configuration_is_refused() {
     let missing = load(Path::new("/nonexistent/conf.d")).unwrap_err().to_string();
     assert!(missing.starts_with("/nonexistent/conf.d: cannot read the configuration directory"), "{missing}");
 }
+
+#[test]
+fn respond_and_proxy_keys_name_file_line_and_key() {
+    let l = "listeners:\n  x:\n    fastcgi: /tmp/x.sock\n    pool: demo\n";
+    let cases = [
+        ("    dialect: varnish\n", "5:5: listeners.x.dialect: unknown web server \"varnish\""),
+        ("    trusted-proxies: [10.0.0.0/40]\n", "5:5: listeners.x.trusted-proxies: \"10.0.0.0/40\": the prefix length"),
+        ("    trusted-proxy-headers: [X-Forwarded-For]\n", "5:5: listeners.x.trusted-proxy-headers: needs trusted-proxies"),
+        ("    file-handoff: serve\n", "listeners.x.file-roots: file-handoff: serve needs file-roots"),
+        ("    unrouted-redirect: maybe\n", "5:5: listeners.x.unrouted-redirect: \"maybe\" is neither `pass` nor `404`"),
+    ];
+    for (extra, want) in cases {
+        let err = valid("respond-keys").file("30-x.yaml", &format!("{l}{extra}")).error();
+        assert!(err.contains(want), "got:  {err}\nwant: {want}");
+        assert!(err.starts_with("ROOT/conf.d/30-x.yaml:"), "{err}");
+    }
+    let err = valid("max-body").file("30-x.yaml", "pools:\n  x:\n    app: x\n    max-body: 0\n").error();
+    assert!(err.contains("pools.x.max-body: must be more than 0 bytes"), "{err}");
+}
