@@ -175,6 +175,16 @@ def test_hop_by_hop_headers_dropped_and_status_explicit(env):
     assert r.status_code == 200 and r.text == "body" and "Upgrade" not in r.headers
 
 
+def test_body_longer_than_its_content_length_is_cut_at_it(env):
+    """One Content-Length, consistent with the body sent (PEP 3333: never more than declared)."""
+    bridge, nginx, _ = env
+    r = fcgi_client.fcgi_request(bridge.listener_address("fcgi-tcp"), "/too-long")
+    head = bytes(r.stdout).split(b"\r\n\r\n", 1)[0].lower()
+    assert head.count(b"content-length:") == 1 and r.body == b"01234"
+    r = requests.get(nginx.url("/too-long"), timeout=30)
+    assert r.status_code == 200 and r.content == b"01234"
+
+
 @pytest.fixture(scope="module")
 def apache(env, tmp_path_factory):
     """Apache httpd with mod_proxy_fcgi in front of the same bridge listener."""

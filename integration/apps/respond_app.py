@@ -92,6 +92,10 @@ def application(environ, start_response):
     if path == "/crash":
         os._exit(3)  # the worker dies mid-request: the bridge answers 502
 
+    if path == "/too-long":
+        start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "5")])
+        return [b"0123456789"]
+
     if path == "/loop":
         start_response("200 OK", [("Location", "/loop")])
         return [b""]
