@@ -113,7 +113,6 @@ pub struct Manager {
     socket_dir: PathBuf,
     workers: Vec<Worker>,
     events_tx: mpsc::UnboundedSender<Event>,
-    next_id: u64,
     /// Dynamic / ondemand: workers wanted (static: `processes`).
     target: u32,
     spawn_rate: u32,
@@ -173,7 +172,6 @@ impl Manager {
             socket_dir,
             workers: Vec::new(),
             events_tx,
-            next_id: 0,
             target: 0,
             spawn_rate: 1,
             spawn_budget: 1,
@@ -799,8 +797,10 @@ impl Manager {
             }
             None => (0..).find(|n| !self.workers.iter().any(|w| w.slot == *n && w.state != State::Stopping)).unwrap_or(0),
         };
-        self.next_id += 1;
-        let id = self.next_id;
+        // Unique across pools and reloads: a pool removed and added again by two reloads
+        // shares its socket directory with its predecessor's last workers.
+        static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let id = NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let socket = self.socket_dir.join(format!("{slot}-{id}.sock"));
         let s = self.sup().clone();
         let max_requests = match s.max_requests {
@@ -987,13 +987,19 @@ fn next_backoff(current: Duration) -> Duration {
 }
 
 /// Whether a new configuration changes what a worker process is (its command line,
-/// environment, identity, threads): then the pool restarts its workers. Sizes, queue,
-/// timeouts and recycling limits apply without a restart.
+/// environment, identity, threads, preload): then the pool restarts its workers. Sizes,
+/// queue, timeouts, recycling limits and the bridge-side keys (slowlog-timeout, max-body,
+/// error-pages) apply without a restart.
 pub fn needs_restart(old: &config::Pool, new: &config::Pool) -> bool {
     let neutral = |p: &config::Pool| {
         let mut p = p.clone();
-        p.processes = 0;
+        // Workers only see whether there are several processes (wsgi.multiprocess).
+        p.processes = p.processes.min(2);
         p.queue_size = 0;
+        // Read by the bridge per request, not by workers.
+        p.slowlog_timeout = None;
+        p.max_body = None;
+        p.error_pages = Default::default();
         p.queue_timeout = Duration::ZERO;
         p.startup_timeout = Duration::ZERO;
         let cpu = p.supervision.cpu_time_limit;
@@ -1061,6 +1067,44 @@ mod tests {
     fn own_process_can_be_sampled() {
         let (rss, _) = sample(std::process::id(), 4096, 100).expect("/proc/self/stat");
         assert!(rss > 0);
+    }
+
+    #[test]
+    fn what_restarts_workers_on_reload() {
+        let base = config::Pool {
+            name: "p".into(),
+            python: "python3".into(),
+            app: App::Module { module: "x".into(), callable: "application".into() },
+            chdir: "/".into(),
+            env: Default::default(),
+            processes: 2,
+            threads: 4,
+            queue_size: 10,
+            queue_timeout: Duration::from_secs(1),
+            startup_timeout: Duration::from_secs(1),
+            slowlog_timeout: None,
+            supervision: Default::default(),
+            max_body: None,
+            error_pages: Default::default(),
+            isolation: Default::default(),
+        };
+        let with = |f: &dyn Fn(&mut config::Pool)| {
+            let mut p = base.clone();
+            f(&mut p);
+            needs_restart(&base, &p)
+        };
+        assert!(!with(&|p| p.processes = 8));
+        assert!(with(&|p| p.processes = 1), "wsgi.multiprocess changes");
+        assert!(!with(&|p| p.queue_size = 99));
+        assert!(!with(&|p| p.supervision.max_requests = Some(5)));
+        assert!(!with(&|p| p.supervision.mode = Mode::Dynamic));
+        assert!(!with(&|p| p.max_body = Some(1)));
+        assert!(with(&|p| p.threads = 2));
+        assert!(with(&|p| {
+            p.env.insert("A".into(), "1".into());
+        }));
+        assert!(with(&|p| p.supervision.cpu_time_limit = Some(Duration::from_secs(9))));
+        assert!(with(&|p| p.app = App::Module { module: "y".into(), callable: "application".into() }));
     }
 
     #[test]
