@@ -73,7 +73,6 @@ enum Readiness {
 
 pub async fn run(t: WorkerTask, mut ctl: mpsc::UnboundedReceiver<WorkerCtl>) {
     let pool = t.pool.clone();
-    let spawned = Instant::now();
     let started = tokio::select! {
         r = super::spawn::spawn_worker(&t.config, &t.python_path, &t.socket) => r,
         _ = ctl.recv() => {
@@ -95,6 +94,9 @@ pub async fn run(t: WorkerTask, mut ctl: mpsc::UnboundedReceiver<WorkerCtl>) {
     if let Some(limit) = t.config.supervision.cpu_time_limit {
         set_cpu_limit(&pool, pid, limit, t.config.supervision.graceful_timeout, t.native);
     }
+    // "ready in" counts from the process's start (a preloaded pool's template start-up,
+    // waited for above, is logged by the template itself).
+    let spawned = Instant::now();
     let handle = Arc::new(WorkerHandle::with_ctl(pool.clone(), pid, t.socket.clone(), t.ctl_tx.clone()));
     if t.max_requests > 0 {
         tracing::info!(pool = &*pool, pid, slot = t.slot, generation = t.id, max_requests = t.max_requests, "worker started");
