@@ -201,7 +201,8 @@ fn build_params(args: &Args, body_len: Option<u64>, remote_port: u16) -> Result<
         None => "GET".to_owned(),
     };
     let (path, query) = args.path.split_once('?').unwrap_or((&args.path, ""));
-    let decoded_path = percent_decode(path.as_bytes());
+    // `%XX` decoded as nginx does for `$uri` (a stray `%` is kept).
+    let decoded_path = crate::route::percent_decode(path.as_bytes()).into_owned();
 
     let mut content_type: Option<String> = None;
     let mut http: Vec<(String, String)> = Vec::new();
@@ -259,25 +260,6 @@ fn build_params(args: &Args, body_len: Option<u64>, remote_port: u16) -> Result<
     ];
     params.extend(http.into_iter().map(|(k, v)| (k, v.into_bytes())));
     Ok(params)
-}
-
-/// `%XX` sequences decoded, as nginx does for `$uri` (a stray `%` is kept).
-fn percent_decode(input: &[u8]) -> Vec<u8> {
-    let hex = |b: u8| (b as char).to_digit(16);
-    let mut out = Vec::with_capacity(input.len());
-    let mut i = 0;
-    while i < input.len() {
-        if input[i] == b'%' && i + 2 < input.len() {
-            if let (Some(h), Some(l)) = (hex(input[i + 1]), hex(input[i + 2])) {
-                out.push((h * 16 + l) as u8);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(input[i]);
-        i += 1;
-    }
-    out
 }
 
 /// A TCP or unix stream, blocking, with timeouts.
@@ -617,10 +599,10 @@ mod tests {
 
     #[test]
     fn percent_decoding_keeps_stray_percents() {
-        assert_eq!(percent_decode(b"/a%2Fb"), b"/a/b");
-        assert_eq!(percent_decode(b"/100%"), b"/100%");
-        assert_eq!(percent_decode(b"/%zz%4"), b"/%zz%4");
-        assert_eq!(percent_decode(b"%41"), b"A");
+        assert_eq!(&*crate::route::percent_decode(b"/a%2Fb"), b"/a/b");
+        assert_eq!(&*crate::route::percent_decode(b"/100%"), b"/100%");
+        assert_eq!(&*crate::route::percent_decode(b"/%zz%4"), b"/%zz%4");
+        assert_eq!(&*crate::route::percent_decode(b"%41"), b"A");
     }
 
     #[test]

@@ -160,7 +160,7 @@ fn remove_dot_segments(path: &[u8]) -> Vec<u8> {
 }
 
 /// %XX → byte; anything malformed stays as it is. Borrowed when there is nothing to decode.
-fn percent_decode(s: &[u8]) -> Cow<'_, [u8]> {
+pub(crate) fn percent_decode(s: &[u8]) -> Cow<'_, [u8]> {
     if !s.contains(&b'%') {
         return Cow::Borrowed(s);
     }

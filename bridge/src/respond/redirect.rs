@@ -68,7 +68,7 @@ pub fn apply(params: &mut Params, target: &[u8], depth: &mut u32, max: u32) -> R
     params.insert(&b"QUERY_STRING"[..], query.to_vec());
     // With REDIRECT_URL set, routing reads the path from SCRIPT_NAME + PATH_INFO (as after
     // Apache's own internal redirects): the decoded path, mounted again by the router.
-    let decoded = percent_decode(path);
+    let decoded = crate::route::percent_decode(path).into_owned();
     params.insert(&b"SCRIPT_NAME"[..], &b""[..]);
     if params.get(b"DOCUMENT_URI").is_some() {
         params.insert(&b"DOCUMENT_URI"[..], decoded.clone());
@@ -92,24 +92,6 @@ pub fn unrouted(dialect: Dialect, policy: UnroutedRedirect, target: &[u8]) -> Op
     out.put_slice(target);
     out.put_slice(b"\r\nContent-Length: 0\r\n\r\n");
     Some(out)
-}
-
-fn percent_decode(s: &[u8]) -> Vec<u8> {
-    let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
-    let mut out = Vec::with_capacity(s.len());
-    let mut i = 0;
-    while i < s.len() {
-        if s[i] == b'%' && i + 2 < s.len() {
-            if let (Some(h), Some(l)) = (hex(s[i + 1]), hex(s[i + 2])) {
-                out.push(h * 16 + l);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(s[i]);
-        i += 1;
-    }
-    out
 }
 
 #[cfg(test)]
