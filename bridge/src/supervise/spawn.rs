@@ -1,5 +1,6 @@
 //! Starting one worker process: its listening socket on fd 0, log pipes on fd 1 and 2,
 //! the readiness pipe on fd 3, the pool's environment and working directory.
+use super::isolate::Prepared;
 use crate::config::{App, Pool};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixListener;
@@ -58,9 +59,8 @@ pub async fn spawn_worker(pool: &Pool, python_path: &Path, socket: &Path) -> Res
     let (ready_r, ready_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| SpawnError::Pipe(e.into()))?;
 
     let app = match &pool.app {
-        App::Module { module, callable } => format!("{module}:{callable}"),
-        App::File(p) => iso.worker_path(p).display().to_string(),
         App::Command(argv) => argv.join(" "),
+        _ => python_app_spec(pool, &iso).unwrap_or_default(),
     };
 
     // A generic FastCGI program (`command:`) gets no readiness pipe: see supervise/program.rs.
@@ -71,15 +71,8 @@ pub async fn spawn_worker(pool: &Pool, python_path: &Path, socket: &Path) -> Res
         c.arg("-u").arg("-c").arg(BOOT).arg(iso.python_path());
         c
     });
-    iso.configure_env(&mut cmd);
-    cmd.current_dir(&pool.chdir)
-        .envs(&pool.env)
-        .env("FCGIBRIDGE_APP", app)
-        .env("FCGIBRIDGE_THREADS", pool.threads.to_string())
-        .env("FCGIBRIDGE_PROCESSES", pool.processes.to_string())
-        .env("FCGIBRIDGE_POOL", &pool.name)
-        .env("FCGIBRIDGE_READY_FD", READY_FD.to_string())
-        .stdin(Stdio::from(listener_fd))
+    worker_environment(&mut cmd, pool, &iso, app);
+    cmd.stdin(Stdio::from(listener_fd))
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
@@ -127,4 +120,27 @@ pub async fn spawn_worker(pool: &Pool, python_path: &Path, socket: &Path) -> Res
     let pid = child.id().unwrap_or(0);
     let ready = tokio::net::unix::pipe::Receiver::from_owned_fd(ready_r).map_err(SpawnError::Pipe)?;
     Ok(Spawned { child: super::worker_child::WorkerChild::direct(child), pid, ready })
+}
+
+/// `FCGIBRIDGE_APP` for the native worker: `module:callable`, or the app file as the worker
+/// sees it (inside its chroot); `None` for a `command:` pool.
+pub(super) fn python_app_spec(pool: &Pool, iso: &Prepared) -> Option<String> {
+    match &pool.app {
+        App::Module { module, callable } => Some(format!("{module}:{callable}")),
+        App::File(p) => Some(iso.worker_path(p).display().to_string()),
+        App::Command(_) => None,
+    }
+}
+
+/// What every pool member starts with (docs/worker-contract.md): the pool's directory and
+/// environment, then the FCGIBRIDGE_* variables, which the pool's `env` cannot override.
+pub(super) fn worker_environment(cmd: &mut Command, pool: &Pool, iso: &Prepared, app: String) {
+    iso.configure_env(cmd);
+    cmd.current_dir(&pool.chdir)
+        .envs(&pool.env)
+        .env("FCGIBRIDGE_APP", app)
+        .env("FCGIBRIDGE_THREADS", pool.threads.to_string())
+        .env("FCGIBRIDGE_PROCESSES", pool.processes.to_string())
+        .env("FCGIBRIDGE_POOL", &pool.name)
+        .env("FCGIBRIDGE_READY_FD", READY_FD.to_string());
 }

@@ -13,7 +13,7 @@
 use super::isolate::Prepared;
 use super::spawn::Spawned;
 use super::worker_child::{OutputPipe, WorkerChild};
-use crate::config::{App, Pool};
+use crate::config::Pool;
 use nix::sys::socket::{recv, socketpair, AddressFamily, MsgFlags, SockFlag, SockType};
 use std::collections::HashMap;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -163,22 +163,12 @@ async fn start_template(pool: &Pool, python_path: &Path) -> Result<Arc<Template>
         .map_err(|e| TemplateError::Start(e.into()))?;
     let (ready_r, ready_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| TemplateError::Start(e.into()))?;
 
-    let app = match &pool.app {
-        App::Module { module, callable } => format!("{module}:{callable}"),
-        App::File(p) => iso.worker_path(p).display().to_string(),
-        App::Command(_) => return Err(TemplateError::Fork("command: pools have no template".into())),
-    };
+    let app = super::spawn::python_app_spec(pool, &iso)
+        .ok_or_else(|| TemplateError::Fork("command: pools have no template".into()))?;
     let mut cmd = Command::new(iso.python());
     cmd.arg("-u").arg("-c").arg(BOOT).arg(iso.python_path());
-    iso.configure_env(&mut cmd);
-    cmd.current_dir(&pool.chdir)
-        .envs(&pool.env)
-        .env("FCGIBRIDGE_APP", app)
-        .env("FCGIBRIDGE_THREADS", pool.threads.to_string())
-        .env("FCGIBRIDGE_PROCESSES", pool.processes.to_string())
-        .env("FCGIBRIDGE_POOL", &pool.name)
-        .env("FCGIBRIDGE_READY_FD", READY_FD.to_string())
-        .env("FCGIBRIDGE_TEMPLATE", "1")
+    super::spawn::worker_environment(&mut cmd, pool, &iso, app);
+    cmd.env("FCGIBRIDGE_TEMPLATE", "1")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
