@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 
 import pytest
 
-from harness import APPS, free_ports, make_bridge, wait_until
+from harness import APPS, free_ports, make_bridge, to_yaml, wait_until
 
 
 def worker_pid(b) -> int:
@@ -124,3 +125,47 @@ def test_kill9_of_the_bridge_takes_template_and_workers_along(preloaded):
 
     wait_until(lambda: all(gone(p) for p in workers | {tpl}), 30,
                what="the template and its workers to die with the bridge")
+
+
+def _exited(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+@pytest.mark.parametrize("change", ["pool removed", "preload turned off"])
+def test_reload_retires_a_template_no_longer_needed(tmp_path, change):
+    """A template forks for one pool's settings: when the pool goes away (or stops
+    preloading) on reload, the template exits with its last worker, not with the bridge."""
+    ports = free_ports(2)
+    pools = {
+        "keep": {"app": str(APPS / "edge_app.py"), "processes": 1, "threads": 1},
+        "edge": {"app": str(APPS / "edge_app.py"), "processes": 1, "threads": 1, "preload": True},
+    }
+    listeners = {"l": {"fastcgi": f"127.0.0.1:{ports[0]}", "routes": [{"host": f"{p}.test", "pool": p} for p in pools]}}
+    b = make_bridge(tmp_path, pools, listeners)
+    try:
+        b.start()
+        b.wait_ready([("l", "/health", "edge.test"), ("l", "/health", "keep.test")], timeout=120)
+        tpl = template_pid(b, "edge")
+        assert not _exited(tpl)
+        if change == "pool removed":
+            del b.config["pools"]["edge"]
+            b.config["listeners"]["l"]["routes"] = [{"host": "keep.test", "pool": "keep"}]
+        else:
+            b.config["pools"]["edge"]["preload"] = False
+        (b.confdir / "50-test.yaml").write_text(to_yaml(b.config))
+        mark = b.log.mark()
+        b.proc.send_signal(signal.SIGHUP)
+        b.log.wait_for(["reload done"], since=mark, timeout=30)
+        b.log.wait_for([r"retiring its template", r"\bedge\b"], since=mark, timeout=30)
+        wait_until(lambda: _exited(tpl), 30, what=f"the template {tpl} to exit after its pool's {change}")
+        assert b.request("/health", pool="keep.test", listener="l").status == 200
+        if change == "preload turned off":
+            wait_until(lambda: b.request("/health", pool="edge.test", listener="l").status == 200, 30,
+                       what="the pool to serve from plain workers")
+            assert ppid_of(worker_pid(b)) == b.pid
+    finally:
+        b.stop()

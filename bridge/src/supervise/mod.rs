@@ -181,6 +181,9 @@ impl Supervisor {
             match self.pools.iter().find(|p| p.config.name == cfg.name) {
                 Some(old) if old.config == *cfg && !restart_all => next.push(old.clone()),
                 Some(old) => {
+                    if old.config.isolation.preload && !cfg.isolation.preload {
+                        template::retire_pool(&cfg.name);
+                    }
                     let p = Arc::new(PoolRuntime {
                         name: old.name.clone(),
                         config: cfg.clone(),
@@ -204,6 +207,7 @@ impl Supervisor {
         for old in &self.pools {
             if !new.iter().any(|c| c.name == old.config.name) {
                 old.send(ManagerCmd::Remove { within: drain_within });
+                template::retire_pool(&old.config.name);
                 self.retiring.push(old.clone());
             }
         }

@@ -147,6 +147,16 @@ async fn running_template(pool: &Pool, python_path: &Path) -> Result<Arc<Templat
     }
 }
 
+/// Retire the template of a pool that was removed or no longer preloads: it forks no more
+/// and exits after its last worker, instead of idling until the bridge exits.
+pub fn retire_pool(pool: &str) {
+    let slot = lock(&TEMPLATES).remove(pool);
+    if let Some(t) = slot.as_ref().and_then(|s| s.get()) {
+        tracing::info!(pool, pid = t.pid, "pool removed or no longer preloaded; retiring its template");
+        t.retire();
+    }
+}
+
 fn forget(pool: &str, slot: &Slot) {
     let mut map = lock(&TEMPLATES);
     if map.get(pool).is_some_and(|s| Arc::ptr_eq(s, slot)) {
