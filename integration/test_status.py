@@ -97,6 +97,9 @@ def test_json_counts_requests_and_shows_the_running_one(sb):
         # RSS is sampled about once a second by the pool's manager.
         wait_until(lambda: all(w["rss_bytes"] > 1_000_000 for w in pool_of(status_json(sb), "alpha")["workers"]),
                    20, what="RSS of every worker")
+        # CPU time too: importing the app alone costs a Python worker well over 10 ms.
+        assert all(w["cpu_seconds"] > 0 for w in pool_of(status_json(sb), "alpha")["workers"])
+        assert all(w["retiring_reason"] is None for w in pool_of(status_json(sb), "alpha")["workers"])
         doc = status_json(sb)
         assert doc["pid"] == sb.pid
         assert [l["name"] for l in doc["listeners"]] == ["front"]
@@ -129,6 +132,7 @@ def test_openmetrics(sb):
     assert re.search(r'^fcgibridge_pool_requests_total\{pool="alpha"\} [1-9]\d*$', body, re.M), body
     assert re.search(r'^fcgibridge_pool_workers\{pool="beta",state="idle"\} \d+$', body, re.M)
     assert re.search(r'^fcgibridge_worker_rss_bytes\{pool="alpha",pid="\d+"\} [1-9]\d*$', body, re.M)
+    assert re.search(r'^fcgibridge_worker_cpu_seconds_total\{pool="alpha",pid="\d+"\} (0\.\d*[1-9]|[1-9][\d.]*)$', body, re.M), body
     # Every sample belongs to a family declared with # TYPE before it.
     declared = set()
     for line in body.splitlines():
@@ -143,6 +147,8 @@ def test_html_page_refreshes_itself(sb):
     code, ctype, body = http(sb.status_url + "/status", accept="text/html")
     assert code == 200 and ctype.startswith("text/html")
     assert '<meta http-equiv="refresh"' in body
+    for column in ("state", "spawns", "CPU", "retiring", "last restart"):
+        assert f"<th>{column}</th>" in body, column
     assert 'data-pool="alpha"' in body and 'data-pool="beta"' in body
 
 

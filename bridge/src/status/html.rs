@@ -78,12 +78,14 @@ pub fn render(s: &Status) -> String {
         );
     }
     o.push_str("</table>\n<h2>Pools</h2><table id=\"pools\"><tr><th>pool</th><th>requests</th><th>queue now / max / size</th>\
-<th>idle / busy / total workers</th><th>idle threads</th><th>max children reached</th><th>slow</th><th>503</th><th>worker exits</th></tr>\n");
+<th>state</th><th>idle / busy / total workers</th><th>idle threads</th><th>max children reached</th><th>slow</th><th>503</th><th>504</th>\
+<th>spawns</th><th>worker exits</th></tr>\n");
     for p in &s.pools {
         let _ = writeln!(
             o,
             "<tr class=\"pool\" data-pool=\"{0}\"><td>{0}</td><td class=\"n\">{1}</td><td class=\"n{2}\">{3} / {4} / {5}</td>\
-<td class=\"n\">{6} / {7} / {8}</td><td class=\"n\">{9}</td><td class=\"n\">{10}</td><td class=\"n\">{11}</td><td class=\"n\">{12}</td><td class=\"n\">{13}</td></tr>",
+<td class=\"{14}\">{15}</td><td class=\"n\">{6} / {7} / {8}</td><td class=\"n\">{9}</td><td class=\"n\">{10}</td><td class=\"n\">{11}</td>\
+<td class=\"n\">{12}</td><td class=\"n\">{16}</td><td class=\"n\">{17}</td><td class=\"n\">{13}</td></tr>",
             esc(&p.name),
             p.accepted_requests,
             if p.queue_length > 0 { " warn" } else { "" },
@@ -97,7 +99,11 @@ pub fn render(s: &Status) -> String {
             p.max_children_reached,
             p.slow_requests,
             p.rejected_requests,
-            p.worker_exits
+            p.worker_exits,
+            if p.state == "failing" { "warn" } else { "" },
+            esc(p.state),
+            p.request_timeouts,
+            p.spawns
         );
     }
     o.push_str("</table>\n");
@@ -105,7 +111,7 @@ pub fn render(s: &Status) -> String {
         let _ = writeln!(
             o,
             "<h2>Workers of {0}</h2><table class=\"workers\" data-pool=\"{0}\"><tr><th>pid</th><th>state</th><th>requests</th>\
-<th>RSS</th><th>started</th><th>current request</th><th>running for</th><th>last restart</th></tr>",
+<th>RSS</th><th>CPU</th><th>started</th><th>current request</th><th>running for</th><th>retiring</th><th>last restart</th></tr>",
             esc(&p.name)
         );
         for w in &p.workers {
@@ -116,14 +122,16 @@ pub fn render(s: &Status) -> String {
             let more = if w.current.len() > 1 { format!(" (+{} more)", w.current.len() - 1) } else { String::new() };
             let _ = writeln!(
                 o,
-                "<tr class=\"{}\"><td class=\"n\">{}</td><td>{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td>{} ago</td>\
-<td>{req}{more}</td><td class=\"n\">{dur}</td><td>{}</td></tr>",
+                "<tr class=\"{}\"><td class=\"n\">{}</td><td>{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td>{} ago</td>\
+<td>{req}{more}</td><td class=\"n\">{dur}</td><td>{}</td><td>{}</td></tr>",
                 w.state,
                 w.pid,
                 w.state,
                 w.requests,
                 human_bytes(w.rss_bytes),
+                human_secs(w.cpu_seconds),
                 human_secs(super::track::unix_now().saturating_sub(w.spawn_time) as f64),
+                esc(w.retiring_reason.as_deref().unwrap_or("-")),
                 esc(w.last_restart_reason.as_deref().unwrap_or("-"))
             );
         }

@@ -81,8 +81,10 @@ pub fn snapshot() -> Option<Status> {
                         state: w.state,
                         requests: w.requests,
                         rss_bytes: w.rss_bytes.unwrap_or(0),
+                        cpu_seconds: w.cpu_seconds.unwrap_or(0.0),
                         spawn_time: w.spawn_time as u64,
                         last_restart_reason: w.last_restart_reason,
+                        retiring_reason: w.retiring_reason.or(w.recycle_pending),
                         current: w
                             .current
                             .into_iter()

@@ -80,10 +80,15 @@ pub struct WorkerStatus {
     pub requests: u64,
     /// Resident memory, bytes (from /proc; 0 when unreadable).
     pub rss_bytes: u64,
+    /// CPU time it has used, user + system seconds (from /proc; 0 when unreadable).
+    pub cpu_seconds: f64,
     /// When it was started (Unix time, seconds).
     pub spawn_time: u64,
     /// Why the worker before it in its slot went, when known.
     pub last_restart_reason: Option<String>,
+    /// Why it is being retired (draining or stopping), or is due to be once its
+    /// replacement is ready: "max-requests (50 served)", "reload", …
+    pub retiring_reason: Option<String>,
     /// Requests it is serving now (a threaded worker serves several).
     pub current: Vec<CurrentRequest>,
 }

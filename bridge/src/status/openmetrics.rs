@@ -96,6 +96,12 @@ pub fn render(s: &Status) -> String {
             o.sample("fcgibridge_worker_rss_bytes", &[("pool", &p.name), ("pid", &w.pid.to_string())], w.rss_bytes);
         }
     }
+    o.family("fcgibridge_worker_cpu_seconds", "counter", "CPU time (user + system) the worker process has used.");
+    for p in &s.pools {
+        for w in &p.workers {
+            o.sample("fcgibridge_worker_cpu_seconds_total", &[("pool", &p.name), ("pid", &w.pid.to_string())], w.cpu_seconds);
+        }
+    }
     o.0.push_str("# EOF\n");
     o.0
 }

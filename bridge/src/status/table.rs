@@ -77,12 +77,13 @@ pub fn render(v: &Value) -> String {
                 s(w, "state"),
                 n(w, "requests").to_string(),
                 super::html::human_bytes(n(w, "rss_bytes")),
+                w.get("cpu_seconds").and_then(Value::as_f64).map_or("-".to_owned(), super::html::human_secs),
                 cur.map_or("-".to_owned(), |c| format!("{} {}", s(c, "method"), s(c, "uri"))),
                 cur.and_then(|c| c.get("duration_seconds").and_then(Value::as_f64))
                     .map_or("-".to_owned(), super::html::human_secs),
             ]);
         }
     }
-    table(&mut out, &["POOL", "PID", "STATE", "REQUESTS", "RSS", "CURRENT", "FOR"], &rows);
+    table(&mut out, &["POOL", "PID", "STATE", "REQUESTS", "RSS", "CPU", "CURRENT", "FOR"], &rows);
     out
 }
