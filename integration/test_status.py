@@ -163,6 +163,27 @@ def test_status_and_ping_through_the_fastcgi_listener(sb):
     assert sb.request("/health", listener="front").body == b"ok"
 
 
+def test_status_and_ping_through_real_nginx(sb, tmp_path):
+    """The operator's setup of docs/status.md: nginx passes the status path to the listener."""
+    import requests
+    from respond_servers import Nginx
+    ngx = Nginx(tmp_path / "nginx", sb.listener_address("front"), tmp_path).start()
+    try:
+        r = requests.get(ngx.url("/fcgibridge-status?json"), timeout=30)
+        assert r.status_code == 200 and r.headers["Content-Type"].startswith("application/json")
+        assert {p["name"] for p in r.json()["pools"]} == {"alpha", "beta"}
+        r = requests.get(ngx.url("/fcgibridge-status"), headers={"Accept": "text/html"}, timeout=30)
+        assert r.status_code == 200 and r.headers["Content-Type"].startswith("text/html")
+        assert 'data-pool="alpha"' in r.text
+        r = requests.get(ngx.url("/fcgibridge-status?openmetrics"), timeout=30)
+        assert r.status_code == 200 and r.text.endswith("# EOF\n")
+        r = requests.get(ngx.url("/ping"), timeout=30)
+        assert (r.status_code, r.text) == (200, "pong\n")
+        assert requests.get(ngx.url("/health"), timeout=30).text == "ok"
+    finally:
+        ngx.stop()
+
+
 def test_status_listener_answers_404_and_405(sb):
     with pytest.raises(urllib.error.HTTPError) as e:
         http(sb.status_url + "/nope")
