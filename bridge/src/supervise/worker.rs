@@ -157,7 +157,7 @@ pub async fn run(t: WorkerTask, mut ctl: mpsc::UnboundedReceiver<WorkerCtl>) {
                 if t.native {
                     gate.open();
                     tracing::error!(pool = &*pool, pid, "worker {what}; its Python stacks follow, then it is killed");
-                    signal(&child, nix::sys::signal::Signal::SIGUSR2);
+                    child.signal(nix::sys::signal::Signal::SIGUSR2);
                     tokio::time::sleep(DUMP_GRACE).await;
                 }
                 Some(what)
@@ -210,7 +210,7 @@ pub async fn run(t: WorkerTask, mut ctl: mpsc::UnboundedReceiver<WorkerCtl>) {
                 break status.map(describe_exit).unwrap_or_else(|e| format!("wait failed: {e}"));
             }
             c = ctl.recv() => match c {
-                Some(WorkerCtl::DumpStacks) => signal(&child, nix::sys::signal::Signal::SIGUSR2),
+                Some(WorkerCtl::DumpStacks) => child.signal(nix::sys::signal::Signal::SIGUSR2),
                 Some(WorkerCtl::Term { grace }) => {
                     handle.mark_dead();
                     break terminate(&mut child, grace).await;
@@ -267,17 +267,10 @@ fn report_failure(t: &WorkerTask, gate: &LineGate, pid: u32, why: &str) {
     }
 }
 
-fn signal(child: &WorkerChild, sig: nix::sys::signal::Signal) {
-    // `id()` is None once the child has been reaped: never signal a reused pid.
-    if let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()).filter(|&p| p > 0) {
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);
-    }
-}
-
 /// SIGTERM, then SIGKILL if the worker has not exited within `grace` (at once for 0).
 async fn terminate(child: &mut WorkerChild, grace: Duration) -> String {
     if !grace.is_zero() {
-        signal(child, nix::sys::signal::Signal::SIGTERM);
+        child.signal(nix::sys::signal::Signal::SIGTERM);
         if let Ok(Ok(status)) = tokio::time::timeout(grace, child.wait()).await {
             return describe_exit(status);
         }

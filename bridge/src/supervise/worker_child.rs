@@ -1,7 +1,9 @@
 //! A worker process as its slot sees it: either the bridge's own child (started with
 //! exec), or a process forked from the pool's preloaded template (supervise/template.rs),
 //! which is the template's child — its exit status then arrives from the template.
+use nix::sys::signal::Signal;
 use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::process::ExitStatusExt;
 use std::process::ExitStatus;
 use tokio::io::AsyncRead;
@@ -19,7 +21,10 @@ pub struct WorkerChild {
 
 enum Inner {
     Direct(tokio::process::Child),
-    Forked { pid: u32, exit: Option<oneshot::Receiver<i32>>, status: Option<ExitStatus> },
+    /// `pidfd` names this very process: the template reaps it, so once it has exited its
+    /// pid may be reused before the EXIT report arrives, and a signal by pid could hit a
+    /// stranger. `None` only where pidfd_open(2) is missing (Linux < 5.3).
+    Forked { pid: u32, pidfd: Option<OwnedFd>, exit: Option<oneshot::Receiver<i32>>, status: Option<ExitStatus> },
 }
 
 impl WorkerChild {
@@ -35,7 +40,7 @@ impl WorkerChild {
         WorkerChild {
             stdout: Some(stdout),
             stderr: Some(stderr),
-            inner: Inner::Forked { pid, exit: Some(exit), status: None },
+            inner: Inner::Forked { pid, pidfd: pidfd_open(pid), exit: Some(exit), status: None },
         }
     }
 
@@ -88,12 +93,39 @@ impl WorkerChild {
     }
 
     fn signal_kill(&self) {
-        if let Inner::Forked { pid, status: None, .. } = &self.inner {
-            if let Ok(pid @ 1..) = i32::try_from(*pid) {
-                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+        if matches!(self.inner, Inner::Forked { .. }) {
+            self.signal(Signal::SIGKILL);
+        }
+    }
+
+    /// Send `sig` while the process may still run; never to a reaped (possibly reused) pid.
+    pub fn signal(&self, sig: Signal) {
+        match &self.inner {
+            Inner::Forked { pidfd: Some(fd), status: None, .. } => {
+                // SAFETY: pidfd_send_signal(2) with a valid pidfd, no siginfo, no flags.
+                unsafe {
+                    libc::syscall(libc::SYS_pidfd_send_signal, fd.as_raw_fd(), sig as libc::c_int, std::ptr::null::<libc::siginfo_t>(), 0);
+                }
+            }
+            _ => {
+                // The bridge's own child stays unreaped (its pid reserved) until `wait` returns,
+                // after which `id()` is None.
+                if let Some(pid) = self.id().and_then(|p| i32::try_from(p).ok()).filter(|&p| p > 0) {
+                    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);
+                }
             }
         }
     }
+}
+
+/// A pidfd for `pid`, taken as soon as the template names its fork.
+fn pidfd_open(pid: u32) -> Option<OwnedFd> {
+    let pid = libc::pid_t::try_from(pid).ok().filter(|&p| p > 0)?;
+    // SAFETY: pidfd_open(2) takes a pid and flags and returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, libc::PIDFD_NONBLOCK as libc::c_uint) };
+    let fd = i32::try_from(fd).ok().filter(|&fd| fd >= 0)?;
+    // SAFETY: the descriptor was just created and is owned by nobody else.
+    Some(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 impl Drop for WorkerChild {
