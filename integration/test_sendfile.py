@@ -209,7 +209,7 @@ def lighttpd_env(tmp_path_factory):
     proc = None
     try:
         proc = run_server([binary, "-D", "-f", str(conf)], port, work, "lighttpd")
-        yield f"http://127.0.0.1:{port}", root, work
+        yield f"http://127.0.0.1:{port}", root, work, bridge
     finally:
         if proc:
             stop_server(proc, signal.SIGINT)
@@ -217,7 +217,7 @@ def lighttpd_env(tmp_path_factory):
 
 
 def test_lighttpd_serves_x_sendfile_in_pass_mode(lighttpd_env):
-    base, root, work = lighttpd_env
+    base, root, work, _ = lighttpd_env
     status, _, body = get(base, f"/xs?path={root}/doc.txt")
     assert (status, body) == (200, b"lighttpd sent this\n")
     # outside lighttpd's x-sendfile-docroot: lighttpd refuses, the file never leaks
@@ -228,7 +228,7 @@ def test_lighttpd_serves_x_sendfile_in_pass_mode(lighttpd_env):
 def test_lighttpd_serves_x_sendfile2_in_pass_mode(lighttpd_env):
     """The same X-Sendfile2 value test_x_sendfile2_served_by_the_bridge sends: lighttpd's own
     reading of the format gives the bytes the bridge's does."""
-    base, root, _ = lighttpd_env
+    base, root, _, _ = lighttpd_env
     status, _, body = get(base, f"/xs2?v={quote(X2_VALUE.format(root=root))}")
     assert (status, body) == (200, X2_BODY)
 
@@ -432,10 +432,26 @@ def test_file_wrapper_is_handed_off(caddy_env):
     assert h["content-disposition"] == "attachment; filename=download-big.bin"
     status, h, body = get(base, "/download/big.bin")
     assert status == 200 and body == big and h["accept-ranges"] == "bytes"
-    # The environ never shows the bridge's param.
     # A file object not at position 0 is streamed by the worker: no ranges, the rest of it.
     status, h, body = get(base, "/download-seeked/a.txt", "-r", "0-1")
     assert (status, body) == (200, b"23456789abcdefghij") and "accept-ranges" not in h
+
+
+def test_worker_roots_param_is_the_bridges_alone(caddy_env, lighttpd_env):
+    """FCGIBRIDGE_FILE_ROOTS from the web server (a stray fastcgi_param) is overwritten in
+    serve mode and stripped in pass mode, and the app's environ never shows it."""
+    import fcgi_client
+    bridge, base, _, _, _ = caddy_env
+    status, _, body = get(base, "/env-keys")
+    assert status == 200 and b"FCGIBRIDGE_REQUEST_ID" in body and b"FCGIBRIDGE_FILE_ROOTS" not in body
+    r = fcgi_client.fcgi_request(bridge.listener_address("fcgi"), "/download/a.txt",
+                                 extra=[("FCGIBRIDGE_FILE_ROOTS", "/nonexistent")])
+    assert r.status == 200 and r.body == b"0123456789abcdefghij" and b"X-Sendfile" not in bytes(r.stdout)
+    assert b"Accept-Ranges: bytes" in bytes(r.stdout)  # served by the bridge
+    # pass mode: the worker is told nothing, whatever the web server sent, and streams
+    _, root, _, lbridge = lighttpd_env
+    r = fcgi_client.fcgi_request(lbridge.listener_address("fcgi"), "/download/doc.txt", extra=[("FCGIBRIDGE_FILE_ROOTS", str(root))])
+    assert r.status == 200 and r.body == b"lighttpd sent this\n" and b"X-Sendfile" not in bytes(r.stdout)
 
 
 def test_file_wrapper_outside_the_roots_is_streamed(caddy_env, tmp_path):

@@ -59,6 +59,11 @@ def download_seeked(name):
                     direct_passthrough=True)
 
 
+@app.route("/env-keys")
+def env_keys():
+    return ",".join(sorted(k for k in request.environ if k.startswith("FCGIBRIDGE")))
+
+
 @app.route("/local")
 def local():
     # A CGI local redirect to a path the bridge has no route for (Apache follows it).
