@@ -465,19 +465,15 @@ def test_file_wrapper_outside_the_roots_is_streamed(caddy_env, tmp_path):
     assert (status, body) == (200, b"secret\n") and "accept-ranges" not in h
 
 
-APACHE_SCGI_CONF = """
-Listen 127.0.0.1:{port}
-DocumentRoot "{www}"
-<Directory "{www}">
-    Require all granted
-</Directory>
-<Directory "{files}">
-    Require all granted
-</Directory>
-ProxyPass "/app/" "scgi://127.0.0.1:{bridge_port}/app/"
-ProxySCGISendfile On
-ProxySCGIInternalRedirect On
-"""
+def apache_scgi_conf(**subst):
+    """The `scgi-handoff` block of docs/servers/apache.md, with this test's ports and directories."""
+    import re
+    text = (Path(__file__).resolve().parent.parent / "docs" / "servers" / "apache.md").read_text()
+    m = re.search(r"<!-- test-snippet: scgi-handoff -->\s*\n```[^\n]*\n(.*?)\n```", text, re.S)
+    assert m, "docs/servers/apache.md: no test-snippet scgi-handoff"
+    # one pass, so that a substituted value is never substituted again
+    pattern = "|".join(re.escape(k) for k in sorted(subst, key=len, reverse=True))
+    return re.sub(pattern, lambda k: str(subst[k.group(0)]), m.group(1)) + "\n"
 
 
 @pytest.fixture(scope="module")
@@ -514,7 +510,7 @@ def apache_scgi_env(tmp_path_factory):
         f'ServerRoot "{work}"\nServerName localhost\n{base}{user}PidFile {work}/httpd.pid\n'
         f"ErrorLog {work}/error.log\nLogLevel warn\nDefaultRuntimeDir {work}/run\nMutex file:{work}/run default\n"
         f"TypesConfig /dev/null\n"
-        + APACHE_SCGI_CONF.format(port=port, www=www, files=files, bridge_port=bridge_port))
+        + apache_scgi_conf(**{"8083": port, "9001": bridge_port, "/srv/www": www, "/srv/files": files}))
     proc = None
     try:
         proc = run_server([binary, "-X", "-f", str(work / "httpd.conf")], port, work, "apache")
