@@ -420,6 +420,11 @@ def test_serve_keeps_the_apps_headers(caddy_env):
     assert "x-sendfile" not in h
     status, h, _ = get(base, f"/xs?path={root}/report.pdf&ctype=application/x-custom")
     assert h["content-type"] == "application/x-custom"
+    # the app's status stays: another one gets the whole file without ranges, a bodyless one no body
+    status, h, body = get(base, f"/xs?path={root}/a.txt&status=404", "-r", "0-1")
+    assert (status, body) == (404, b"0123456789abcdefghij") and "accept-ranges" not in h
+    status, h, body = get(base, f"/xs?path={root}/a.txt&status=304")
+    assert (status, body) == (304, b"") and h["cache-control"] == "private, max-age=60"
 
 
 def test_file_wrapper_is_handed_off(caddy_env):

@@ -68,7 +68,7 @@ pub struct FileHandoff {
     pub status: u16,
     /// The app's headers that do not describe the body (Content-Disposition,
     /// Cache-Control, Set-Cookie, X-* …); Content-Type is in `content_type`.
-    pub headers: Vec<(Bytes, Bytes)>,
+    pub headers: Headers,
     pub content_type: Option<Bytes>,
     /// The worker that answered, for log lines.
     pub pid: u32,
@@ -332,8 +332,11 @@ fn percent_encode(s: &[u8]) -> String {
     out
 }
 
+/// Header (name, value) pairs.
+type Headers = Vec<(Bytes, Bytes)>;
+
 /// The app's headers kept on a response the bridge serves, and its Content-Type.
-fn kept_headers(head: &ResponseHead) -> Result<(Vec<(Bytes, Bytes)>, Option<Bytes>), String> {
+fn kept_headers(head: &ResponseHead) -> Result<(Headers, Option<Bytes>), String> {
     let mut kept = Vec::new();
     for (n, v) in &head.headers {
         if n.is_empty() || !n.iter().all(|&b| super::is_token(b)) {
