@@ -1,8 +1,14 @@
-"""`file-handoff: serve`: the bridge sends an app's X-Sendfile file itself, only from
-`file-roots`, with ranges, conditional requests and HEAD, checked with curl through nginx.
-See docs/file-handoff.md."""
+"""File hand-off (docs/file-handoff.md), each mode behind real web servers, checked with curl:
+`serve` (the bridge sends X-Sendfile, X-Sendfile2 and mapped X-Accel-Redirect files itself,
+only from `file-roots`, with ranges, conditional requests and HEAD, keeping the app's own
+headers) behind nginx and Caddy; `translate` behind nginx (a header nginx cannot follow
+never reaches the client); `pass` behind lighttpd and Apache mod_proxy_scgi; and Flask's
+send_file (wsgi.file_wrapper) handed off by the worker instead of streamed."""
 import os
 import subprocess
+import tempfile
+from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 
@@ -60,10 +66,11 @@ def test_whole_file_streamed(env):
     status, h, body = curl(nginx, sf(root, "big.bin"))
     assert status == 200
     assert body == big
-    assert h["content-length"] == str(len(big)) and h["content-type"] == "application/octet-stream"
+    # the app's own Content-Type is kept (test_serve_keeps_the_apps_headers: by extension otherwise)
+    assert h["content-length"] == str(len(big)) and h["content-type"] == "text/plain"
     assert "etag" in h and h["last-modified"].endswith("GMT")
     status, h, body = curl(nginx, sf(root, "a.txt"))
-    assert (status, body, h["content-type"]) == (200, b"0123456789abcdefghij", "text/plain; charset=utf-8")
+    assert (status, body, h["content-type"]) == (200, b"0123456789abcdefghij", "text/plain")
 
 
 def test_ranges(env):
@@ -114,6 +121,52 @@ def test_symlink_inside_the_root_is_served(env):
     assert (status, body) == (200, b"0123456789abcdefghij")
 
 
+HANDOFF_APP = str(harness.APPS / "handoff_app.py")
+
+
+def handoff_pool(files, threads=4):
+    return harness.pool(HANDOFF_APP, processes=1, threads=threads, env={"HANDOFF_FILES_DIR": str(files)})
+
+
+def get(base, path, *args):
+    """(status, headers dict lower-cased, body) of one curl request to `base`."""
+    out = subprocess.run(["curl", "-s", "-S", "-D", "-", "--max-time", "60", *args, base + path],
+                         capture_output=True, timeout=90, check=True).stdout
+    head, _, body = out.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {}
+    for ln in lines[1:]:
+        k, _, v = ln.partition(":")
+        headers.setdefault(k.strip().lower(), v.strip())
+    return int(lines[0].split()[1]), headers, body
+
+
+def run_server(cmd, port, work, name):
+    """Start a web server (its own session), wait for its port; returns the process."""
+    log = open(work / f"{name}.out", "ab")
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True, env=dict(os.environ, HOME=str(work)))
+    log.close()
+
+    def up():
+        if proc.poll() is not None:
+            raise AssertionError(f"{name} exited: " + (work / f"{name}.out").read_text(errors="replace"))
+        return harness.can_connect(("127.0.0.1", port))
+    harness.wait_until(up, 60, what=name)
+    return proc
+
+
+def stop_server(proc, sig=None):
+    import signal
+    if proc.poll() is None:
+        proc.send_signal(sig or signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
 LIGHTTPD_CONF = """
 server.modules += ("mod_fastcgi")
 server.document-root = "{root}"
@@ -133,7 +186,8 @@ fastcgi.server = ("/" => ((
 
 @pytest.fixture(scope="module")
 def lighttpd_env(tmp_path_factory):
-    """`file-handoff: pass` (the default) behind lighttpd: lighttpd serves X-Sendfile itself."""
+    """`file-handoff: pass` (the default) behind lighttpd: lighttpd serves X-Sendfile and
+    X-Sendfile2 itself."""
     import shutil
     import signal
     binary = shutil.which("lighttpd") or "/usr/sbin/lighttpd"
@@ -143,60 +197,67 @@ def lighttpd_env(tmp_path_factory):
     root = work / "files"
     root.mkdir()
     (root / "doc.txt").write_bytes(b"lighttpd sent this\n")
+    (root / "a.txt").write_bytes(b"0123456789abcdefghij")
+    (root / "with space.txt").write_bytes(b"spaced\n")
     (work / "outside.txt").write_text("outside\n")
     bridge_port, port = harness.free_ports(2)
-    pools = {"app": harness.pool(respond_servers.RESPOND_APP, processes=1, threads=2)}
+    pools = {"app": handoff_pool(root, threads=2)}
     bridge = respond_servers.start_bridge(work, pools, {"fcgi": {"fastcgi": f"127.0.0.1:{bridge_port}", "pool": "app"}},
                                           [("fcgi", "/health", "any")])
     conf = work / "lighttpd.conf"
     conf.write_text(LIGHTTPD_CONF.format(root=root, work=work, port=port, bridge_port=bridge_port))
-    proc = subprocess.Popen([binary, "-D", "-f", str(conf)], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.STDOUT, start_new_session=True)
+    proc = None
     try:
-        def up():
-            if proc.poll() is not None:
-                raise AssertionError("lighttpd exited: " + (work / "lighttpd-error.log").read_text())
-            return harness.can_connect(("127.0.0.1", port))
-        harness.wait_until(up, 60, what="lighttpd")
-        yield f"http://127.0.0.1:{port}", root, work
+        proc = run_server([binary, "-D", "-f", str(conf)], port, work, "lighttpd")
+        yield f"http://127.0.0.1:{port}", root, work, bridge
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        if proc:
+            stop_server(proc, signal.SIGINT)
         bridge.stop()
 
 
 def test_lighttpd_serves_x_sendfile_in_pass_mode(lighttpd_env):
-    import requests
-    base, root, work = lighttpd_env
-    r = requests.get(f"{base}/sendfile?path={root}/doc.txt", timeout=30)
-    assert r.status_code == 200 and r.content == b"lighttpd sent this\n"
+    base, root, work, _ = lighttpd_env
+    status, _, body = get(base, f"/xs?path={root}/doc.txt")
+    assert (status, body) == (200, b"lighttpd sent this\n")
     # outside lighttpd's x-sendfile-docroot: lighttpd refuses, the file never leaks
-    r = requests.get(f"{base}/sendfile?path={work}/outside.txt", timeout=30)
-    assert r.status_code >= 400 and b"outside" not in r.content
+    status, _, body = get(base, f"/xs?path={work}/outside.txt")
+    assert status >= 400 and b"outside" not in body
+
+
+def test_lighttpd_serves_x_sendfile2_in_pass_mode(lighttpd_env):
+    """The same X-Sendfile2 value test_x_sendfile2_served_by_the_bridge sends: lighttpd's own
+    reading of the format gives the bytes the bridge's does."""
+    base, root, _, _ = lighttpd_env
+    status, _, body = get(base, f"/xs2?v={quote(X2_VALUE.format(root=root))}")
+    assert (status, body) == (200, X2_BODY)
 
 
 @pytest.fixture(scope="module")
 def translate_env(tmp_path_factory):
     """`file-handoff: translate` behind nginx: an app's lighttpd-style X-Sendfile becomes
-    X-Accel-Redirect into nginx's internal location."""
+    X-Accel-Redirect into nginx's internal location; what no file-map prefix covers is
+    served by the bridge from `file-roots`, or refused."""
     work = tmp_path_factory.mktemp("translate")
     root = work / "files"
     root.mkdir()
     (root / "report.txt").write_bytes(b"nginx sent this via X-Accel-Redirect\n")
+    (root / "a.txt").write_bytes(b"0123456789abcdefghij")
+    extra = work / "extra"
+    extra.mkdir()
+    (extra / "b.txt").write_bytes(b"the bridge sent this\n")
+    (work / "secret.txt").write_text("secret\n")
     (port,) = harness.free_ports(1)
-    pools = {"app": harness.pool(respond_servers.RESPOND_APP, processes=1, threads=2)}
+    pools = {"app": handoff_pool(root, threads=2)}
     listeners = {"fcgi": {"fastcgi": f"127.0.0.1:{port}", "pool": "app", "dialect": "nginx",
-                          "file-handoff": "translate", "file-map": {str(root): "/protected"}}}
+                          "file-handoff": "translate", "file-map": {str(root): "/protected"},
+                          "file-roots": [str(extra)]}}
     bridge = respond_servers.start_bridge(work, pools, listeners, [("fcgi", "/health", "any")])
     nginx = None
     try:
         # nginx's internal location /protected/ is an alias of `root`
         nginx = respond_servers.Nginx(work / "nginx", bridge.listener_address("fcgi"), root).start()
-        yield nginx, root
+        yield bridge, nginx, root, extra, work
     finally:
         if nginx:
             nginx.stop()
@@ -204,10 +265,278 @@ def translate_env(tmp_path_factory):
 
 
 def test_translate_x_sendfile_to_x_accel_redirect(translate_env):
-    nginx, root = translate_env
-    status, _, body = curl(nginx, f"/sendfile?path={root}/report.txt")
+    _, nginx, root, _, _ = translate_env
+    status, _, body = curl(nginx, f"/xs?path={root}/report.txt")
     assert (status, body) == (200, b"nginx sent this via X-Accel-Redirect\n")
-    # a path outside every mapped prefix is not translated: nginx passes the header on and
-    # sends the app's own body, never the file
-    status, h, body = curl(nginx, "/sendfile?path=/etc/passwd")
-    assert b"root:" not in body and body == b"not the file"
+
+
+@pytest.mark.parametrize("target", ["/etc/passwd", "{work}/secret.txt"])
+def test_translate_unmapped_path_never_reaches_the_client(translate_env, target):
+    """No file-map prefix covers it and it is not under file-roots: passed on, nginx would
+    show the header (a filesystem path) to the client. The bridge answers 500 and logs why."""
+    bridge, nginx, _, _, work = translate_env
+    target = target.format(work=work)
+    mark = bridge.log.mark()
+    status, h, body = curl(nginx, f"/xs?path={target}")
+    assert status == 500
+    assert "x-sendfile" not in h and "x-accel-redirect" not in h
+    assert target.encode() not in body and b"secret" not in body and b"not the file" not in body
+    raw = "\n".join(f"{k}: {v}" for k, v in h.items())
+    assert target not in raw
+    line = "\n".join(bridge.log.wait_for(r"file hand-off dropped, answering 500: no file-map prefix covers it", since=mark))
+    assert f"X-Sendfile: {target}" in line and "pool" in line and "pid" in line and "request_id" in line and "/xs" in line
+
+
+def test_translate_serves_an_unmapped_file_under_file_roots(translate_env):
+    _, nginx, _, extra, _ = translate_env
+    status, h, body = curl(nginx, f"/xs?path={extra}/b.txt")
+    assert (status, body) == (200, b"the bridge sent this\n")
+    assert h["content-disposition"] == 'attachment; filename="report.bin"'
+
+
+def test_translate_file_wrapper_becomes_x_accel_redirect(translate_env):
+    """Flask's send_file under a file-map prefix: the worker hands the file back, the bridge
+    turns that into X-Accel-Redirect, and nginx serves it — with ranges, which the app (with
+    conditional=False) does not do: a streamed response would be a 200 with the whole file."""
+    _, nginx, _, _, _ = translate_env
+    status, h, body = curl(nginx, "/download/a.txt", "-r", "3-6")
+    assert (status, body, h.get("content-range")) == (206, b"3456", "bytes 3-6/20")
+    assert h["content-disposition"] == "attachment; filename=download-a.txt"
+
+
+CADDYFILE = """{{
+    admin off
+    auto_https off
+}}
+http://127.0.0.1:{port} {{
+    root * {work}
+    reverse_proxy 127.0.0.1:{bridge_port} {{
+        transport fastcgi
+    }}
+}}
+"""
+
+# Three pieces, one open-ended, one from a url-encoded name; a trailing comma as lighttpd allows.
+X2_VALUE = "{root}/a.txt 2-5, {root}/with%20space.txt 0-, {root}/a.txt 18-19,"
+X2_BODY = b"2345" + b"spaced\n" + b"ij"
+
+
+@pytest.fixture(scope="module")
+def caddy_env(tmp_path_factory):
+    """`file-handoff: serve` behind Caddy, which has no hand-off of its own."""
+    import shutil
+    binary = shutil.which("caddy")
+    if not binary:
+        pytest.fail("caddy not found (apt-get install caddy)", pytrace=False)
+    work = tmp_path_factory.mktemp("caddy-sendfile")
+    root = work / "files"
+    root.mkdir()
+    (root / "a.txt").write_bytes(b"0123456789abcdefghij")
+    (root / "with space.txt").write_bytes(b"spaced\n")
+    big = os.urandom(2 * 1024 * 1024 + 7)
+    (root / "big.bin").write_bytes(big)
+    (root / "report.pdf").write_bytes(b"%PDF-1.4 not really\n")
+    (work / "secret.txt").write_text("secret\n")
+    bridge_port, port = harness.free_ports(2)
+    pools = {"app": handoff_pool(root)}
+    listeners = {"fcgi": {"fastcgi": f"127.0.0.1:{bridge_port}", "pool": "app", "dialect": "caddy",
+                          "file-handoff": "serve", "file-roots": [str(root)],
+                          "file-map": {str(root): "/protected"}}}
+    bridge = respond_servers.start_bridge(work, pools, listeners, [("fcgi", "/health", "any")])
+    conf = work / "Caddyfile"
+    conf.write_text(CADDYFILE.format(port=port, work=work, bridge_port=bridge_port))
+    proc = None
+    try:
+        proc = run_server([binary, "run", "--config", str(conf), "--adapter", "caddyfile"], port, work, "caddy")
+        yield bridge, f"http://127.0.0.1:{port}", root, big, work
+    finally:
+        if proc:
+            stop_server(proc)
+        bridge.stop()
+
+
+def test_x_sendfile2_served_by_the_bridge(caddy_env):
+    _, base, root, _, _ = caddy_env
+    status, h, body = get(base, f"/xs2?v={quote(X2_VALUE.format(root=root))}&ctype=text/plain")
+    assert status == 200 and body == X2_BODY
+    assert h["content-length"] == str(len(X2_BODY)) and h["content-type"] == "text/plain"
+    assert h["content-disposition"] == 'attachment; filename="report.bin"'
+    # the app's status stays; a whole big file as one piece arrives byte for byte
+    _, base, root, big, _ = caddy_env
+    status, h, body = get(base, f"/xs2?v={quote(f'{root}/big.bin 0-')}&status=203")
+    assert (status, len(body)) == (203, len(big)) and body == big
+    assert h["content-type"] == "application/octet-stream"  # by extension: the app set none
+    status, h, body = get(base, f"/xs2?v={quote(X2_VALUE.format(root=root))}", "-I")
+    assert status == 200 and h["content-length"] == str(len(X2_BODY)) and body.strip() == b""
+
+
+@pytest.mark.parametrize("value,status,why", [
+    ("{work}/secret.txt 0-", 403, "X-Sendfile2 refused, answering 403: .* is not under any of the listener's file-roots"),
+    ("{root}/missing.txt 0-1", 404, "X-Sendfile2 refused, answering 404: .* does not exist"),
+    ("{root}/a.txt 10-20", 500, r"X-Sendfile2 refused, answering 500: range 10-20 of .* lies beyond its end \(20 bytes\)"),
+    ("{root}/a.txt 21-", 500, "X-Sendfile2 refused, answering 500: range 21- of"),
+    ("{root}/a.txt", 500, "file hand-off dropped, answering 500: X-Sendfile2 entry 1 has no range"),
+    ("{root}/a.txt 5-1", 500, "file hand-off dropped, answering 500: X-Sendfile2 entry 1: range 5-1 ends before it starts"),
+])
+def test_x_sendfile2_refused(caddy_env, value, status, why):
+    bridge, base, root, _, work = caddy_env
+    mark = bridge.log.mark()
+    got, h, body = get(base, f"/xs2?v={quote(value.format(root=root, work=work))}")
+    assert got == status
+    assert b"secret" not in body and b"not the file" not in body and "x-sendfile2" not in h
+    bridge.log.wait_for(why, since=mark)
+
+
+def test_x_accel_redirect_served_by_the_bridge(caddy_env):
+    """Caddy cannot follow X-Accel-Redirect: the bridge maps the URI back through file-map
+    (percent-decoded, as nginx reads it) and serves the file like X-Sendfile."""
+    bridge, base, root, big, _ = caddy_env
+    status, h, body = get(base, f"/accel?uri={quote('/protected/with%20space.txt')}&ctype=text/plain")
+    assert (status, body) == (200, b"spaced\n")
+    status, h, body = get(base, f"/accel?uri={quote('/protected/big.bin?x=1')}", "-r", "100-199")
+    assert (status, body, h["content-range"]) == (206, big[100:200], f"bytes 100-199/{len(big)}")
+    _, h, _ = get(base, f"/accel?uri={quote('/protected/a.txt')}")
+    status, _, body = get(base, f"/accel?uri={quote('/protected/a.txt')}", "-H", f"If-None-Match: {h['etag']}")
+    assert (status, body) == (304, b"")
+    # no file-map prefix covers it: 500, never forwarded
+    mark = bridge.log.mark()
+    status, h, body = get(base, f"/accel?uri={quote('/elsewhere/a.txt')}")
+    assert status == 500 and "x-accel-redirect" not in h and b"not the file" not in body
+    line = "\n".join(bridge.log.wait_for("file hand-off dropped, answering 500: no file-map prefix covers it", since=mark))
+    assert "X-Accel-Redirect: /elsewhere/a.txt" in line
+
+
+def test_serve_keeps_the_apps_headers(caddy_env):
+    """Headers that do not describe the body stay; those that do are the bridge's."""
+    _, base, root, _, _ = caddy_env
+    status, h, body = get(base, f"/xs?path={root}/report.pdf")
+    assert (status, body) == (200, b"%PDF-1.4 not really\n")
+    assert h["content-disposition"] == 'attachment; filename="report.bin"'
+    assert h["cache-control"] == "private, max-age=60"
+    assert h["set-cookie"] == "seen=1; Path=/"
+    assert h["x-app"] == "handoff"
+    assert h["content-type"] == "application/pdf"  # the app set none: by extension
+    assert h["content-length"] == "20" and h["etag"] != '"app-etag"' and h["accept-ranges"] == "bytes"
+    assert "x-sendfile" not in h
+    status, h, _ = get(base, f"/xs?path={root}/report.pdf&ctype=application/x-custom")
+    assert h["content-type"] == "application/x-custom"
+    # the app's status stays: another one gets the whole file without ranges, a bodyless one no body
+    status, h, body = get(base, f"/xs?path={root}/a.txt&status=404", "-r", "0-1")
+    assert (status, body) == (404, b"0123456789abcdefghij") and "accept-ranges" not in h
+    status, h, body = get(base, f"/xs?path={root}/a.txt&status=304")
+    assert (status, body) == (304, b"") and h["cache-control"] == "private, max-age=60"
+
+
+def test_file_wrapper_is_handed_off(caddy_env):
+    """Flask's send_file goes through wsgi.file_wrapper; the worker hands the file to the
+    bridge instead of streaming it. The app answers no ranges (conditional=False), so a 206
+    can only come from the bridge."""
+    _, base, _, big, _ = caddy_env
+    status, h, body = get(base, "/download/big.bin", "-r", "1000-1999")
+    assert (status, body, h["content-range"]) == (206, big[1000:2000], f"bytes 1000-1999/{len(big)}")
+    assert h["content-disposition"] == "attachment; filename=download-big.bin"
+    status, h, body = get(base, "/download/big.bin")
+    assert status == 200 and body == big and h["accept-ranges"] == "bytes"
+    # A file object not at position 0 is streamed by the worker: no ranges, the rest of it.
+    status, h, body = get(base, "/download-seeked/a.txt", "-r", "0-1")
+    assert (status, body) == (200, b"23456789abcdefghij") and "accept-ranges" not in h
+
+
+def test_worker_roots_param_is_the_bridges_alone(caddy_env, lighttpd_env):
+    """FCGIBRIDGE_FILE_ROOTS from the web server (a stray fastcgi_param) is overwritten in
+    serve mode and stripped in pass mode, and the app's environ never shows it."""
+    import fcgi_client
+    bridge, base, _, _, _ = caddy_env
+    status, _, body = get(base, "/env-keys")
+    assert status == 200 and b"FCGIBRIDGE_REQUEST_ID" in body and b"FCGIBRIDGE_FILE_ROOTS" not in body
+    r = fcgi_client.fcgi_request(bridge.listener_address("fcgi"), "/download/a.txt",
+                                 extra=[("FCGIBRIDGE_FILE_ROOTS", "/nonexistent")])
+    assert r.status == 200 and r.body == b"0123456789abcdefghij" and b"X-Sendfile" not in bytes(r.stdout)
+    assert b"Accept-Ranges: bytes" in bytes(r.stdout)  # served by the bridge
+    # pass mode: the worker is told nothing, whatever the web server sent, and streams
+    _, root, _, lbridge = lighttpd_env
+    r = fcgi_client.fcgi_request(lbridge.listener_address("fcgi"), "/download/doc.txt", extra=[("FCGIBRIDGE_FILE_ROOTS", str(root))])
+    assert r.status == 200 and r.body == b"lighttpd sent this\n" and b"X-Sendfile" not in bytes(r.stdout)
+
+
+def test_file_wrapper_outside_the_roots_is_streamed(caddy_env, tmp_path):
+    """A send_file of a file outside file-roots (here through a symlink leading out of the
+    root) is streamed by the worker: the client gets it, with no ranges by the bridge."""
+    _, base, root, _, work = caddy_env
+    link = root / "link-out.txt"
+    if not link.exists():
+        os.symlink(work / "secret.txt", link)
+    status, h, body = get(base, "/download/link-out.txt", "-r", "0-1")
+    assert (status, body) == (200, b"secret\n") and "accept-ranges" not in h
+
+
+def apache_scgi_conf(**subst):
+    """The `scgi-handoff` block of docs/servers/apache.md, with this test's ports and directories."""
+    import re
+    text = (Path(__file__).resolve().parent.parent / "docs" / "servers" / "apache.md").read_text()
+    m = re.search(r"<!-- test-snippet: scgi-handoff -->\s*\n```[^\n]*\n(.*?)\n```", text, re.S)
+    assert m, "docs/servers/apache.md: no test-snippet scgi-handoff"
+    # one pass, so that a substituted value is never substituted again
+    pattern = "|".join(re.escape(k) for k in sorted(subst, key=len, reverse=True))
+    return re.sub(pattern, lambda k: str(subst[k.group(0)]), m.group(1)) + "\n"
+
+
+@pytest.fixture(scope="module")
+def apache_scgi_env(tmp_path_factory):
+    """Apache mod_proxy_scgi does both hand-offs itself: `file-handoff: pass` leaves the
+    app's X-Sendfile to ProxySCGISendfile, and `unrouted-redirect: pass` leaves a local
+    redirect to a path the bridge has no route for to ProxySCGIInternalRedirect."""
+    import shutil
+    binary = shutil.which("apache2") or shutil.which("httpd") or "/usr/sbin/apache2"
+    mods = "/usr/lib/apache2/modules"
+    if not os.path.exists(binary) or not os.path.exists(f"{mods}/mod_proxy_scgi.so"):
+        pytest.fail("Apache with mod_proxy_scgi not found (apt-get install apache2)", pytrace=False)
+    work = tmp_path_factory.mktemp("apache-scgi")
+    # Apache's user (nobody when the tests run as root) must read these.
+    shared = Path(tempfile.mkdtemp(prefix="fcgibridge-apache-scgi-"))
+    files = shared / "files"
+    files.mkdir()
+    (files / "doc.txt").write_bytes(b"apache sent this\n")
+    www = shared / "www"
+    www.mkdir()
+    (www / "static.txt").write_bytes(b"apache's own static file\n")
+    for p in [shared, *shared.rglob("*")]:
+        p.chmod(0o755 if p.is_dir() else 0o644)
+    (work / "run").mkdir()
+    bridge_port, port = harness.free_ports(2)
+    pools = {"app": handoff_pool(files, threads=2)}
+    listeners = {"scgi": {"scgi": f"127.0.0.1:{bridge_port}", "routes": [{"prefix": "/app", "pool": "app"}],
+                          "dialect": "apache", "file-handoff": "pass", "unrouted-redirect": "pass"}}
+    bridge = respond_servers.start_bridge(work, pools, listeners, [("scgi", "/app/health", "any")])
+    base = "".join(f"LoadModule {m}_module {mods}/mod_{m}.so\n"
+                   for m in ("mpm_event", "authz_core", "mime", "proxy", "proxy_scgi"))
+    user = "User nobody\nGroup nogroup\n" if os.geteuid() == 0 else ""
+    (work / "httpd.conf").write_text(
+        f'ServerRoot "{work}"\nServerName localhost\n{base}{user}PidFile {work}/httpd.pid\n'
+        f"ErrorLog {work}/error.log\nLogLevel warn\nDefaultRuntimeDir {work}/run\nMutex file:{work}/run default\n"
+        f"TypesConfig /dev/null\n"
+        + apache_scgi_conf(**{"8083": port, "9001": bridge_port, "/srv/www": www, "/srv/files": files}))
+    proc = None
+    try:
+        proc = run_server([binary, "-X", "-f", str(work / "httpd.conf")], port, work, "apache")
+        yield bridge, f"http://127.0.0.1:{port}", files, work
+    finally:
+        if proc:
+            stop_server(proc)
+        bridge.stop()
+        shutil.rmtree(shared, ignore_errors=True)
+
+
+def test_apache_proxy_scgi_sendfile(apache_scgi_env):
+    bridge, base, files, _ = apache_scgi_env
+    status, h, body = get(base, f"/app/xs?path={files}/doc.txt")
+    assert (status, body) == (200, b"apache sent this\n"), (status, body)
+    assert h["content-disposition"] == 'attachment; filename="report.bin"'
+
+
+def test_apache_proxy_scgi_internal_redirect(apache_scgi_env):
+    bridge, base, _, _ = apache_scgi_env
+    mark = bridge.log.mark()
+    status, _, body = get(base, "/app/local?to=/static.txt")
+    assert (status, body) == (200, b"apache's own static file\n"), (status, body)
+    bridge.log.wait_for("no route serves the internal redirect target, answering 200", since=mark)

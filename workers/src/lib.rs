@@ -77,6 +77,12 @@ fn latin1<'py>(py: Python<'py>, b: &[u8]) -> PyResult<Bound<'py, PyAny>> {
     }
 }
 
+thread_local! {
+    /// `FCGIBRIDGE_FILE_ROOTS` of the request this thread serves (one at a time): where a
+    /// wsgi.file_wrapper file may be handed back to the bridge as X-Sendfile.
+    static FILE_ROOTS: std::cell::RefCell<Option<Box<[u8]>>> = const { std::cell::RefCell::new(None) };
+}
+
 /// What the worker needs to know about a request besides its environ.
 struct ReqInfo {
     is_head: bool,
@@ -112,8 +118,14 @@ impl Worker {
         let mut have_length = false;
         let mut http_type: Option<&[u8]> = None;
         let mut http_length: Option<&[u8]> = None;
+        FILE_ROOTS.set(None);
         for (name, value) in params.iter() {
             match name {
+                // The bridge's instruction, not part of the request: kept out of the environ.
+                b"FCGIBRIDGE_FILE_ROOTS" => {
+                    FILE_ROOTS.set(Some(value.into()));
+                    continue;
+                }
                 // nginx also passes these request headers as HTTP_* params; CGI and
                 // PEP 3333 have them only as CONTENT_TYPE / CONTENT_LENGTH.
                 b"HTTP_CONTENT_TYPE" => {
@@ -348,10 +360,63 @@ fn send_file(py: Python<'_>, shared: &Shared, serial: u64, fw: &FileWrapper) -> 
     if !check_started(py, shared, serial)? {
         return Ok(true);
     }
+    if offset == 0 && hand_off_file(py, shared, serial, &file, fd, size) {
+        return Ok(true);
+    }
     let file_ref: &File = &file;
     let expect = size.saturating_sub(offset);
     py.detach(|| shared.lock().push_file(serial, file_ref, offset, expect))?;
     Ok(true)
+}
+
+/// The wsgi.file_wrapper hand-off (docs/file-handoff.md): when the bridge named roots for
+/// this request and the whole file (a 200 whose Content-Length, if any, is the file's size)
+/// lies under one of them after following symlinks, answer `X-Sendfile: <real path>` with no
+/// body; the bridge serves it or passes it to the web server. `false`: stream it as usual.
+fn hand_off_file(py: Python<'_>, shared: &Shared, serial: u64, file: &File, fd: i32, size: u64) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::MetadataExt;
+    let Some(roots) = FILE_ROOTS.with_borrow(|r| r.clone()) else {
+        return false;
+    };
+    // The open descriptor's path, checked to still be the same file (not renamed or replaced).
+    let Ok(real) = std::fs::read_link(format!("/proc/self/fd/{fd}")) else {
+        return false;
+    };
+    let same = match (std::fs::metadata(&real), file.metadata()) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    };
+    let path = real.as_os_str().as_bytes();
+    // Only paths every hand-off reader takes literally (lighttpd and Apache URL-decode
+    // X-Sendfile, so no `%`); anything else is streamed.
+    let plain = path.iter().all(|&b| (0x20..0x7f).contains(&b) && b != b'%');
+    let under = roots
+        .split(|&b| b == b':')
+        .any(|r| !r.is_empty() && real.starts_with(std::ffi::OsStr::from_bytes(r)));
+    if !same || !plain || !under {
+        return false;
+    }
+    let mut c = shared.lock_py(py);
+    let Some(r) = c.cur(serial) else {
+        return false;
+    };
+    if r.headers_sent || r.aborted || r.status_code != 200 || r.content_length.is_some_and(|n| n != size) {
+        return false;
+    }
+    let mut head = Vec::with_capacity(r.head.len() + path.len() + 16);
+    for line in r.head.split_inclusive(|&b| b == b'\n') {
+        if line.len() >= 15 && line[..15].eq_ignore_ascii_case(b"content-length:") {
+            continue; // the body is the bridge's (or the web server's) to measure
+        }
+        head.extend_from_slice(line);
+    }
+    head.extend_from_slice(b"X-Sendfile: ");
+    head.extend_from_slice(path);
+    head.extend_from_slice(b"\r\n");
+    r.head = head;
+    r.content_length = Some(0);
+    true
 }
 
 /// Send any other iterable, transmitting each chunk before asking for the next (PEP 3333).

@@ -52,12 +52,10 @@ pub struct RequestInfo<'a> {
     pub id: &'a str,
     pub uri: &'a str,
     pub role: Role,
-    /// The listener serves X-Sendfile itself (`file-handoff: serve`).
-    pub serve_files: bool,
     /// The pool's `error-pages`, when it has any.
     pub error_pages: Option<&'a respond::error_override::ErrorPages>,
-    /// `file-handoff: translate` on the listener.
-    pub translate: Option<&'a respond::sendfile::Translate>,
+    /// `file-handoff: serve | translate` on the listener (respond/handoff.rs); None: pass.
+    pub files: Option<&'a respond::handoff::Files>,
 }
 
 /// What to do with the worker connection afterwards.
@@ -533,15 +531,20 @@ fn take_head(st: &mut RespState, data: Bytes, info: &RequestInfo<'_>, pool: &str
             return Ok(None);
         }
     }
-    if let Some(t) = info.translate {
-        t.rewrite(&mut head);
-    }
-    if info.serve_files {
-        if let Some(path) = respond::sendfile::file_header(&head) {
-            st.redirect = Some(respond::Handoff::File(path));
-            st.head_done = false;
-            st.front_done = true;
-            return Ok(None);
+    if let Some(files) = info.files {
+        match files.decide(&mut head, pid) {
+            respond::handoff::Decision::Forward => {}
+            respond::handoff::Decision::Serve(file) => {
+                st.redirect = Some(respond::Handoff::File(file));
+                st.head_done = false;
+                st.front_done = true;
+                return Ok(None);
+            }
+            respond::handoff::Decision::Refuse { header, why } => {
+                // Passed on, the header would show a filesystem path to the client.
+                tracing::error!(pool, pid, request_id = info.id, uri = info.uri, header, "file hand-off dropped, answering 500: {why}");
+                return Err(500);
+            }
         }
     }
     let extra = if rest.len() <= COALESCE { rest.len() } else { 0 };

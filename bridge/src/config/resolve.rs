@@ -279,7 +279,7 @@ pub fn listener(src: &Source, dir: &Path, name: &str, raw: RawListener) -> Resul
         None | Some("pass") => super::model::FileHandoff::Pass,
         Some("serve") => super::model::FileHandoff::Serve,
         Some("translate") => super::model::FileHandoff::Translate,
-        Some(other) => return Err(src.invalid(&here.key("file-handoff"), format!("{other:?} is neither `pass` nor `serve`"))),
+        Some(other) => return Err(src.invalid(&here.key("file-handoff"), format!("{other:?} is not one of `pass`, `translate`, `serve`"))),
     };
     let file_roots: Vec<std::path::PathBuf> = raw.file_roots.unwrap_or_default().iter().map(|r| paths::resolve(dir, r)).collect();
     if file_handoff == super::model::FileHandoff::Serve && file_roots.is_empty() {

@@ -124,6 +124,9 @@ pub async fn serve<S: BodySource, K: ResponseSink>(
         if !lst.keep_path_info {
             crate::route::mount(&mut params, prefix.or(lst.mount.as_deref()));
         }
+        // Where a wsgi.file_wrapper file may come back from as X-Sendfile: the bridge's
+        // word only, never the web server's (docs/worker-contract.md).
+        respond::handoff::set_worker_roots(&mut params, lst.files.as_deref());
         if let Some(limit) = pool.config.max_body {
             if respond::body_limit::too_large(&params, limit) {
                 tracing::warn!(pool = %pool.name, request_id, uri = %uri, limit, "request body is larger than max-body, answering 413");
@@ -162,7 +165,7 @@ pub async fn serve<S: BodySource, K: ResponseSink>(
             }
         };
         let pages = Some(&pool.config.error_pages).filter(|p| !p.is_empty());
-        let info = RequestInfo { id: request_id, uri: &uri, role, serve_files: lst.file_roots.is_some(), error_pages: pages, translate: lst.translate.as_deref() };
+        let info = RequestInfo { id: request_id, uri: &uri, role, error_pages: pages, files: lst.files.as_deref() };
         let mut first = First::Encode;
         let mut attempts = 0;
         let outcome = loop {
@@ -217,12 +220,17 @@ pub async fn serve<S: BodySource, K: ResponseSink>(
                 let _ = sink.send(reply.freeze(), Some(End::Complete)).await;
                 break 'done (status, 0, Some(&pool.name));
             }
-            Some(respond::Handoff::File(path)) => {
-                let roots = lst.file_roots.as_deref().unwrap_or(&[]);
-                let (status, sent) = match respond::sendfile::serve(roots, &params, &path, sink).await {
+            Some(respond::Handoff::File(file)) => {
+                let roots = lst.files.as_ref().map_or(&[][..], |f| &f.roots[..]);
+                let header = file.kind.name();
+                let (status, sent) = match respond::sendfile::serve(roots, &params, &file, sink).await {
                     Ok(r) => r,
+                    Err(respond::sendfile::SendfileError::CutOff { path, err, status, sent }) => {
+                        tracing::error!(pool = %pool.name, pid = file.pid, request_id, uri = %uri, "{header}: reading {path:?} failed after the headers were sent, response cut off: {err}");
+                        (status, sent)
+                    }
                     Err(e) => {
-                        tracing::warn!(pool = %pool.name, request_id, uri = %uri, "X-Sendfile refused, answering {}: {e}", e.status());
+                        tracing::warn!(pool = %pool.name, pid = file.pid, request_id, uri = %uri, "{header} refused, answering {}: {e}", e.status());
                         let _ = sink.send(respond::error_response(e.status(), None).freeze(), Some(End::Complete)).await;
                         (e.status(), 0)
                     }

@@ -64,10 +64,8 @@ pub struct ListenerCtx {
     pub unrouted_redirect: crate::config::UnroutedRedirect,
     /// Proxies whose forwarding headers are believed (listen/proxy.rs); None: no scan.
     pub trusted_proxies: Option<proxy::TrustedProxies>,
-    /// `file-handoff: serve`: the roots X-Sendfile may name; None: headers pass untouched.
-    pub file_roots: Option<Arc<[std::path::PathBuf]>>,
-    /// `file-handoff: translate`: how hand-off headers are rewritten for the web server.
-    pub translate: Option<Arc<crate::respond::sendfile::Translate>>,
+    /// `file-handoff: serve | translate` (respond/handoff.rs); None (`pass`): headers pass untouched.
+    pub files: Option<Arc<crate::respond::handoff::Files>>,
     /// `mount`: SCRIPT_NAME for requests no prefix route mounted.
     pub mount: Option<String>,
     /// `path-info: keep`: leave SCRIPT_NAME / PATH_INFO as the web server sent them.
@@ -167,16 +165,15 @@ pub fn make_ctx(
         max_redirects: cfg.max_redirects,
         unrouted_redirect: cfg.unrouted_redirect,
         trusted_proxies: cfg.trusted_proxies.clone(),
-        file_roots: match cfg.file_handoff {
-            crate::config::FileHandoff::Serve => Some(cfg.file_roots.clone().into()),
-            crate::config::FileHandoff::Pass | crate::config::FileHandoff::Translate => None,
+        files: {
+            use crate::respond::handoff::{Files, Mode};
+            let mode = match cfg.file_handoff {
+                crate::config::FileHandoff::Pass => None,
+                crate::config::FileHandoff::Serve => Some(Mode::Serve),
+                crate::config::FileHandoff::Translate => Some(Mode::Translate),
+            };
+            mode.map(|m| Arc::new(Files::new(m, cfg.dialect, cfg.file_roots.clone(), cfg.file_map.clone())))
         },
-        translate: (cfg.file_handoff == crate::config::FileHandoff::Translate).then(|| {
-            Arc::new(crate::respond::sendfile::Translate {
-                to_accel: cfg.dialect == crate::config::Dialect::Nginx,
-                map: cfg.file_map.clone(),
-            })
-        }),
         mount: cfg.mount.clone(),
         keep_path_info: cfg.keep_path_info,
         protocol: cfg.protocol,

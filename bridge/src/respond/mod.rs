@@ -4,13 +4,14 @@
 //! Every response leaves with an explicit `Status:` (web servers disagree on what a
 //! missing one means), at most one Content-Length, no Transfer-Encoding and no other
 //! hop-by-hop header. A header value carrying CR, LF or NUL would let an app split the
-//! response, so it turns the response into a 500. Internal redirects, X-Sendfile and
-//! error pages will be decided here too.
+//! response, so it turns the response into a 500. Internal redirects (redirect.rs), file
+//! hand-offs (handoff.rs decides, sendfile.rs streams) and error pages are decided here too.
 use bytes::{BufMut, BytesMut};
 use fastcgi_server::cgi::ResponseHead;
 
 pub mod body_limit;
 pub mod error_override;
+pub mod handoff;
 pub mod redirect;
 pub mod sendfile;
 
@@ -19,8 +20,8 @@ pub mod sendfile;
 pub enum Handoff {
     /// Status 200 + `Location: /local/path`: serve that path instead.
     Local(bytes::Bytes),
-    /// `X-Sendfile: /fs/path` on a listener with `file-handoff: serve`.
-    File(bytes::Bytes),
+    /// A file the bridge sends itself (X-Sendfile, X-Sendfile2, a mapped X-Accel-Redirect).
+    File(Box<handoff::FileHandoff>),
     /// A 4xx/5xx whose body the pool's `error-pages` replace.
     ErrorPage(u16),
 }

@@ -1,13 +1,15 @@
-//! File hand-off in `serve` mode: an app's `X-Sendfile: /fs/path` is served by the bridge
-//! itself (for Caddy, HAProxy, Apache without mod_xsendfile), only from the listener's
-//! `file-roots`. The file is streamed in 64 KiB reads through the response sink, whose
-//! `send` waits while the web server is slow (back-pressure); it is never read whole.
+//! Sending a handed-off file (respond/handoff.rs decides when): only from the listener's
+//! `file-roots`, streamed in 64 KiB reads through the response sink, whose `send` waits
+//! while the web server is slow (back-pressure); a file is never read whole.
 //!
-//! Conditional requests (If-None-Match, If-Modified-Since → 304), single and multiple
+//! For one whole file (X-Sendfile, a mapped X-Accel-Redirect) with the app's status 200,
+//! conditional requests (If-None-Match, If-Modified-Since → 304), single and multiple
 //! ranges (206, multipart/byteranges; 416 when none is satisfiable) and HEAD are handled.
+//! X-Sendfile2 sends the app's ranges one after another with the app's status. The app's
+//! headers that do not describe the body are kept.
+use super::handoff::{FileHandoff, FileSpec, Piece};
 use crate::backend::exchange::{End, ResponseSink};
 use bytes::{BufMut, Bytes, BytesMut};
-use fastcgi_server::cgi::ResponseHead;
 use fastcgi_server::Params;
 use std::path::{Component, Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -19,7 +21,7 @@ const CHUNK: usize = 64 << 10;
 /// Why a hand-off is refused.
 #[derive(Debug, thiserror::Error)]
 pub enum SendfileError {
-    #[error("X-Sendfile path {0:?} is not absolute or contains `..`")]
+    #[error("path {0:?} is not absolute or contains `..`")]
     BadPath(String),
     #[error("{0:?} is not under any of the listener's file-roots")]
     OutsideRoots(String),
@@ -27,8 +29,13 @@ pub enum SendfileError {
     NotFound(String),
     #[error("{0:?} is not a regular file")]
     NotRegular(String),
+    #[error("range {start}-{end} of {path:?} lies beyond its end ({len} bytes): the app asked for bytes the file does not have")]
+    BeyondEnd { path: String, start: u64, end: String, len: u64 },
     #[error("{path:?}: {err}")]
     Io { path: String, err: std::io::Error },
+    /// Reading failed after the head went out: the response was cut off (nothing more to send).
+    #[error("{path:?} failed after the headers were sent, response cut off: {err}")]
+    CutOff { path: String, err: std::io::Error, status: u16, sent: u64 },
 }
 
 impl SendfileError {
@@ -37,17 +44,29 @@ impl SendfileError {
         match self {
             SendfileError::BadPath(_) | SendfileError::OutsideRoots(_) => 403,
             SendfileError::NotFound(_) | SendfileError::NotRegular(_) => 404,
-            SendfileError::Io { .. } => 500,
+            SendfileError::BeyondEnd { .. } | SendfileError::Io { .. } => 500,
+            SendfileError::CutOff { status, .. } => *status,
         }
     }
 }
 
-/// The path an app handed off with `X-Sendfile` (checked only when the listener serves files).
-pub fn file_header(head: &ResponseHead) -> Option<Bytes> {
-    head.headers
-        .iter()
-        .find(|(n, _)| n.eq_ignore_ascii_case(b"x-sendfile"))
-        .map(|(_, v)| v.clone())
+/// Stream `n` bytes from `start` of `file`; a read error cuts the response off.
+async fn send_range<K: ResponseSink>(
+    file: &mut tokio::fs::File,
+    real: &Path,
+    start: u64,
+    n: u64,
+    sink: &mut K,
+    status: u16,
+    sent: u64,
+) -> Result<u64, SendfileError> {
+    match copy(file, start, n, sink).await {
+        Ok(k) => Ok(k),
+        Err(err) => {
+            let _ = sink.send(Bytes::new(), Some(End::CutOff)).await;
+            Err(SendfileError::CutOff { path: real.display().to_string(), err, status, sent })
+        }
+    }
 }
 
 /// Resolve `path` under one of `roots`: absolute, no `..`, and after following symlinks
@@ -74,10 +93,63 @@ pub fn resolve(roots: &[PathBuf], path: &[u8]) -> Result<(PathBuf, std::fs::Meta
     Ok((real, meta))
 }
 
-/// Serve the file at `path` to `sink`: `(status, body bytes)` for the access log.
+/// Send the hand-off `h` to `sink`: `(status, body bytes)` for the access log. Nothing
+/// has been sent when this fails.
 pub async fn serve<K: ResponseSink>(
     roots: &[PathBuf],
     params: &Params,
+    h: &FileHandoff,
+    sink: &mut K,
+) -> Result<(u16, u64), SendfileError> {
+    if h.status < 200 || h.status == 204 || h.status == 304 {
+        // A status without a body (an app that checked the client's validators itself):
+        // the file is only checked, never sent.
+        let paths: Vec<&[u8]> = match &h.spec {
+            FileSpec::Whole(p) => vec![p],
+            FileSpec::Pieces(ps) => ps.iter().map(|p| &p.path[..]).collect(),
+        };
+        for p in paths {
+            resolve(roots, p)?;
+        }
+        let _ = sink.send(head(h.status, h, None, &[]).freeze(), Some(End::Complete)).await;
+        return Ok((h.status, 0));
+    }
+    match &h.spec {
+        FileSpec::Whole(path) => serve_whole(roots, params, h, path, sink).await,
+        FileSpec::Pieces(pieces) => serve_pieces(roots, params, h, pieces, sink).await,
+    }
+}
+
+/// The response head: status, the app's kept headers, then the bridge's own.
+fn head(status: u16, h: &FileHandoff, ctype: Option<&[u8]>, own: &[(&str, &str)]) -> BytesMut {
+    let mut out = BytesMut::with_capacity(256);
+    out.put_slice(b"Status: ");
+    out.put_slice(status.to_string().as_bytes());
+    out.put_u8(b' ');
+    out.put_slice(super::reason_phrase(status).as_bytes());
+    out.put_slice(b"\r\n");
+    for (n, v) in &h.headers {
+        out.put_slice(n);
+        out.put_slice(b": ");
+        out.put_slice(v);
+        out.put_slice(b"\r\n");
+    }
+    if let Some(t) = ctype {
+        out.put_slice(b"Content-Type: ");
+        out.put_slice(t);
+        out.put_slice(b"\r\n");
+    }
+    for (n, v) in own {
+        put_header(&mut out, n, v);
+    }
+    out.put_slice(b"\r\n");
+    out
+}
+
+async fn serve_whole<K: ResponseSink>(
+    roots: &[PathBuf],
+    params: &Params,
+    h: &FileHandoff,
     path: &[u8],
     sink: &mut K,
 ) -> Result<(u16, u64), SendfileError> {
@@ -87,31 +159,29 @@ pub async fn serve<K: ResponseSink>(
     let etag = format!("\"{mtime:x}-{len:x}\"");
     let last_modified = http_date(mtime);
     let head_only = params.get(b"REQUEST_METHOD") == Some(b"HEAD");
-    let ctype = content_type(&real);
+    let ctype: &[u8] = h.content_type.as_deref().unwrap_or(content_type(&real).as_bytes());
+    // Ranges and validators describe the file as a resource: only for the app's 200.
+    let plain = h.status == 200;
 
-    let not_modified = match params.get(b"HTTP_IF_NONE_MATCH") {
-        Some(inm) => inm.split(|&b| b == b',').any(|t| {
-            let t = t.trim_ascii();
-            t == b"*" || t == etag.as_bytes() || t.strip_prefix(b"W/") == Some(etag.as_bytes())
-        }),
-        None => params.get(b"HTTP_IF_MODIFIED_SINCE").is_some_and(|ims| parse_http_date(ims).is_some_and(|t| t >= mtime)),
-    };
-    let mut head = BytesMut::with_capacity(256);
+    let not_modified = plain
+        && match params.get(b"HTTP_IF_NONE_MATCH") {
+            Some(inm) => inm.split(|&b| b == b',').any(|t| {
+                let t = t.trim_ascii();
+                t == b"*" || t == etag.as_bytes() || t.strip_prefix(b"W/") == Some(etag.as_bytes())
+            }),
+            None => params.get(b"HTTP_IF_MODIFIED_SINCE").is_some_and(|ims| parse_http_date(ims).is_some_and(|t| t >= mtime)),
+        };
     if not_modified {
-        head.put_slice(b"Status: 304 Not Modified\r\n");
-        put_validators(&mut head, &etag, &last_modified);
-        head.put_slice(b"\r\n");
-        let _ = sink.send(head.freeze(), Some(End::Complete)).await;
+        let out = head(304, h, None, &[("ETag", &etag), ("Last-Modified", &last_modified)]);
+        let _ = sink.send(out.freeze(), Some(End::Complete)).await;
         return Ok((304, 0));
     }
 
     let ranges = match params.get(b"HTTP_RANGE") {
-        Some(r) if len > 0 => match parse_ranges(r, len) {
+        Some(r) if len > 0 && plain => match parse_ranges(r, len) {
             Some(rs) if rs.is_empty() => {
-                head.put_slice(b"Status: 416 Range Not Satisfiable\r\nContent-Range: bytes */");
-                head.put_slice(len.to_string().as_bytes());
-                head.put_slice(b"\r\nContent-Length: 0\r\n\r\n");
-                let _ = sink.send(head.freeze(), Some(End::Complete)).await;
+                let out = head(416, h, None, &[("Content-Range", &format!("bytes */{len}")), ("Content-Length", "0")]);
+                let _ = sink.send(out.freeze(), Some(End::Complete)).await;
                 return Ok((416, 0));
             }
             other => other,
@@ -119,59 +189,60 @@ pub async fn serve<K: ResponseSink>(
         _ => None,
     };
     let mut file = tokio::fs::File::open(&real).await.map_err(|err| SendfileError::Io { path: real.display().to_string(), err })?;
-    let io = |err| SendfileError::Io { path: real.display().to_string(), err };
+    let validators: &[(&str, &str)] = if plain { &[("ETag", &etag), ("Last-Modified", &last_modified)] } else { &[] };
+    let with = |mut own: Vec<(&'static str, String)>| {
+        own.extend(validators.iter().map(|&(n, v)| (n, v.to_owned())));
+        own
+    };
+    let send_head = |status: u16, ctype: &[u8], own: Vec<(&'static str, String)>| {
+        let own: Vec<(&str, &str)> = own.iter().map(|(n, v)| (*n, v.as_str())).collect();
+        head(status, h, Some(ctype), &own)
+    };
     match ranges.as_deref() {
         None => {
-            head.put_slice(b"Status: 200 OK\r\n");
-            put_header(&mut head, "Content-Type", ctype);
-            put_header(&mut head, "Content-Length", &len.to_string());
-            head.put_slice(b"Accept-Ranges: bytes\r\n");
-            put_validators(&mut head, &etag, &last_modified);
-            head.put_slice(b"\r\n");
-            if head_only {
-                let _ = sink.send(head.freeze(), Some(End::Complete)).await;
-                return Ok((200, 0));
+            let mut own = vec![("Content-Length", len.to_string())];
+            if plain {
+                own.push(("Accept-Ranges", "bytes".to_owned()));
             }
-            if sink.send(head.freeze(), None).await.is_err() {
+            let out = send_head(h.status, ctype, with(own));
+            if head_only {
+                let _ = sink.send(out.freeze(), Some(End::Complete)).await;
+                return Ok((h.status, 0));
+            }
+            if sink.send(out.freeze(), None).await.is_err() {
                 return Ok((499, 0));
             }
-            let sent = copy(&mut file, 0, len, sink).await.map_err(io)?;
+            let sent = send_range(&mut file, &real, 0, len, sink, h.status, 0).await?;
             let _ = sink.send(Bytes::new(), Some(End::Complete)).await;
-            Ok((200, sent))
+            Ok((h.status, sent))
         }
         Some([(start, end)]) => {
-            head.put_slice(b"Status: 206 Partial Content\r\n");
-            put_header(&mut head, "Content-Type", ctype);
-            put_header(&mut head, "Content-Range", &format!("bytes {start}-{end}/{len}"));
-            put_header(&mut head, "Content-Length", &(end - start + 1).to_string());
-            put_validators(&mut head, &etag, &last_modified);
-            head.put_slice(b"\r\n");
+            let own = vec![("Content-Range", format!("bytes {start}-{end}/{len}")), ("Content-Length", (end - start + 1).to_string())];
+            let out = send_head(206, ctype, with(own));
             if head_only {
-                let _ = sink.send(head.freeze(), Some(End::Complete)).await;
+                let _ = sink.send(out.freeze(), Some(End::Complete)).await;
                 return Ok((206, 0));
             }
-            if sink.send(head.freeze(), None).await.is_err() {
+            if sink.send(out.freeze(), None).await.is_err() {
                 return Ok((499, 0));
             }
-            let sent = copy(&mut file, *start, end - start + 1, sink).await.map_err(io)?;
+            let sent = send_range(&mut file, &real, *start, end - start + 1, sink, 206, 0).await?;
             let _ = sink.send(Bytes::new(), Some(End::Complete)).await;
             Ok((206, sent))
         }
         Some(many) => {
             let boundary = format!("fcgibridge-{mtime:x}{len:x}");
-            let part_head = |s: u64, e: u64| format!("\r\n--{boundary}\r\nContent-Type: {ctype}\r\nContent-Range: bytes {s}-{e}/{len}\r\n\r\n");
+            let part_ctype = String::from_utf8_lossy(ctype);
+            let part_head = |s: u64, e: u64| format!("\r\n--{boundary}\r\nContent-Type: {part_ctype}\r\nContent-Range: bytes {s}-{e}/{len}\r\n\r\n");
             let closing = format!("\r\n--{boundary}--\r\n");
             let total: u64 = many.iter().map(|&(s, e)| part_head(s, e).len() as u64 + e - s + 1).sum::<u64>() + closing.len() as u64;
-            head.put_slice(b"Status: 206 Partial Content\r\n");
-            put_header(&mut head, "Content-Type", &format!("multipart/byteranges; boundary={boundary}"));
-            put_header(&mut head, "Content-Length", &total.to_string());
-            put_validators(&mut head, &etag, &last_modified);
-            head.put_slice(b"\r\n");
+            let multipart = format!("multipart/byteranges; boundary={boundary}");
+            let out = send_head(206, multipart.as_bytes(), with(vec![("Content-Length", total.to_string())]));
             if head_only {
-                let _ = sink.send(head.freeze(), Some(End::Complete)).await;
+                let _ = sink.send(out.freeze(), Some(End::Complete)).await;
                 return Ok((206, 0));
             }
-            if sink.send(head.freeze(), None).await.is_err() {
+            if sink.send(out.freeze(), None).await.is_err() {
                 return Ok((499, 0));
             }
             let mut sent = 0;
@@ -181,13 +252,71 @@ pub async fn serve<K: ResponseSink>(
                 if sink.send(Bytes::from(ph), None).await.is_err() {
                     return Ok((499, sent));
                 }
-                sent += copy(&mut file, s, e - s + 1, sink).await.map_err(io)?;
+                sent += send_range(&mut file, &real, s, e - s + 1, sink, 206, sent).await?;
             }
             sent += closing.len() as u64;
             let _ = sink.send(Bytes::from(closing), Some(End::Complete)).await;
             Ok((206, sent))
         }
     }
+}
+
+/// X-Sendfile2: every piece is checked (roots, existence, range within the file) before
+/// the head goes out, so a refusal is still a clean error response.
+async fn serve_pieces<K: ResponseSink>(
+    roots: &[PathBuf],
+    params: &Params,
+    h: &FileHandoff,
+    pieces: &[Piece],
+    sink: &mut K,
+) -> Result<(u16, u64), SendfileError> {
+    let mut plan = Vec::with_capacity(pieces.len());
+    let mut total = 0u64;
+    for p in pieces {
+        let (real, meta) = resolve(roots, &p.path)?;
+        let len = meta.len();
+        let end = p.end.map_or(len, |e| e.saturating_add(1)); // exclusive
+        if p.start > len || end > len {
+            return Err(SendfileError::BeyondEnd {
+                path: String::from_utf8_lossy(&p.path).into_owned(),
+                start: p.start,
+                end: p.end.map(|e| e.to_string()).unwrap_or_default(),
+                len,
+            });
+        }
+        let n = end.saturating_sub(p.start);
+        total += n;
+        plan.push((real, p.start, n));
+    }
+    let ctype: Vec<u8> = match (&h.content_type, plan.first()) {
+        (Some(t), _) => t.to_vec(),
+        (None, Some((real, _, _))) => content_type(real).as_bytes().to_vec(),
+        (None, None) => b"application/octet-stream".to_vec(),
+    };
+    let out = head(h.status, h, Some(&ctype), &[("Content-Length", &total.to_string())]);
+    if params.get(b"REQUEST_METHOD") == Some(b"HEAD") {
+        let _ = sink.send(out.freeze(), Some(End::Complete)).await;
+        return Ok((h.status, 0));
+    }
+    if sink.send(out.freeze(), None).await.is_err() {
+        return Ok((499, 0));
+    }
+    let mut sent = 0;
+    for (real, start, n) in plan {
+        if n == 0 {
+            continue;
+        }
+        let mut file = match tokio::fs::File::open(&real).await {
+            Ok(f) => f,
+            Err(err) => {
+                let _ = sink.send(Bytes::new(), Some(End::CutOff)).await;
+                return Err(SendfileError::CutOff { path: real.display().to_string(), err, status: h.status, sent });
+            }
+        };
+        sent += send_range(&mut file, &real, start, n, sink, h.status, sent).await?;
+    }
+    let _ = sink.send(Bytes::new(), Some(End::Complete)).await;
+    Ok((h.status, sent))
 }
 
 /// Stream `n` bytes from `start`, one 64 KiB read per write.
@@ -216,11 +345,6 @@ fn put_header(out: &mut BytesMut, name: &str, value: &str) {
     out.put_slice(b": ");
     out.put_slice(value.as_bytes());
     out.put_slice(b"\r\n");
-}
-
-fn put_validators(out: &mut BytesMut, etag: &str, last_modified: &str) {
-    put_header(out, "ETag", etag);
-    put_header(out, "Last-Modified", last_modified);
 }
 
 /// `bytes=a-b, c-, -n` → satisfiable inclusive ranges; `Some(empty)` when none is
@@ -370,65 +494,3 @@ mod tests {
     }
 }
 
-/// `file-handoff: translate`: rewrite a hand-off header into the one the web server in front
-/// understands, by prefix maps between filesystem paths and internal URIs — so an app written
-/// for lighttpd's X-Sendfile works behind nginx, and one written for X-Accel-Redirect behind
-/// lighttpd or Apache with mod_xsendfile.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Translate {
-    /// nginx in front: X-Sendfile → X-Accel-Redirect; otherwise the reverse.
-    pub to_accel: bool,
-    /// (filesystem prefix, internal URI prefix), longest first.
-    pub map: Vec<(String, String)>,
-}
-
-impl Translate {
-    /// Rewrite the hand-off header of `head` in place; a value no prefix maps stays as it is.
-    pub fn rewrite(&self, head: &mut ResponseHead) {
-        let (from, to): (&[u8], &'static [u8]) =
-            if self.to_accel { (b"x-sendfile", b"X-Accel-Redirect") } else { (b"x-accel-redirect", b"X-Sendfile") };
-        for (name, value) in head.headers.iter_mut() {
-            if !name.eq_ignore_ascii_case(from) {
-                continue;
-            }
-            let v = String::from_utf8_lossy(value).into_owned();
-            let mapped = self.map.iter().find_map(|(fs, uri)| {
-                let (src, dst) = if self.to_accel { (fs, uri) } else { (uri, fs) };
-                let rest = v.strip_prefix(src.as_str())?;
-                (rest.is_empty() || rest.starts_with('/')).then(|| format!("{dst}{rest}"))
-            });
-            if let Some(m) = mapped {
-                *name = Bytes::from_static(to);
-                *value = Bytes::from(m);
-            }
-        }
-    }
-}
-
-#[cfg(test)]
-mod translate_tests {
-    use super::*;
-
-    #[test]
-    fn both_directions() {
-        let t = Translate { to_accel: true, map: vec![("/srv/files".into(), "/protected".into())] };
-        let mut head = ResponseHead {
-            status: Some(200),
-            reason: None,
-            location: None,
-            content_type: None,
-            content_length: None,
-            headers: vec![(Bytes::from_static(b"X-Sendfile"), Bytes::from_static(b"/srv/files/a/b.pdf"))],
-        };
-        t.rewrite(&mut head);
-        assert_eq!(head.headers[0], (Bytes::from_static(b"X-Accel-Redirect"), Bytes::from_static(b"/protected/a/b.pdf")));
-        let back = Translate { to_accel: false, ..t };
-        back.rewrite(&mut head);
-        assert_eq!(head.headers[0], (Bytes::from_static(b"X-Sendfile"), Bytes::from_static(b"/srv/files/a/b.pdf")));
-        // /srv/filesX is not under /srv/files
-        head.headers[0].1 = Bytes::from_static(b"/srv/filesX/c");
-        let fwd = Translate { to_accel: true, ..back };
-        fwd.rewrite(&mut head);
-        assert_eq!(head.headers[0].0, Bytes::from_static(b"X-Sendfile"));
-    }
-}

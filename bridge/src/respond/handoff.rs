@@ -1,0 +1,515 @@
+//! What an app's file hand-off header becomes, decided without I/O except for one
+//! fallback check: `X-Sendfile`, `X-Sendfile2` (lighttpd) and `X-Accel-Redirect` (nginx)
+//! are passed to the web server, rewritten for it (`translate`), or served by the bridge
+//! (respond/sendfile.rs streams them). A hand-off header never reaches the web server
+//! unless that server understands it: otherwise a filesystem path would reach the client.
+use crate::config::Dialect;
+use bytes::Bytes;
+use fastcgi_server::cgi::ResponseHead;
+use std::path::PathBuf;
+
+/// The hand-off headers an app may send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Sendfile,
+    Sendfile2,
+    AccelRedirect,
+}
+
+impl Kind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Sendfile => "X-Sendfile",
+            Kind::Sendfile2 => "X-Sendfile2",
+            Kind::AccelRedirect => "X-Accel-Redirect",
+        }
+    }
+
+    fn of(name: &[u8]) -> Option<Kind> {
+        [Kind::Sendfile, Kind::Sendfile2, Kind::AccelRedirect].into_iter().find(|k| name.eq_ignore_ascii_case(k.name().as_bytes()))
+    }
+}
+
+/// One entry of an `X-Sendfile2` value: a file and an inclusive byte range.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Piece {
+    /// Percent-decoded filesystem path.
+    pub path: Vec<u8>,
+    pub start: u64,
+    /// `None`: to the end of the file (`start-`).
+    pub end: Option<u64>,
+}
+
+/// What the bridge sends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FileSpec {
+    /// One whole file (X-Sendfile, a mapped X-Accel-Redirect): the client's ranges and
+    /// conditional requests apply.
+    Whole(Vec<u8>),
+    /// X-Sendfile2: these ranges, one after another, as the body.
+    Pieces(Vec<Piece>),
+}
+
+impl FileSpec {
+    fn paths(&self) -> Vec<&[u8]> {
+        match self {
+            FileSpec::Whole(p) => vec![p],
+            FileSpec::Pieces(ps) => ps.iter().map(|p| &p.path[..]).collect(),
+        }
+    }
+}
+
+/// A hand-off the bridge serves itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileHandoff {
+    pub kind: Kind,
+    pub spec: FileSpec,
+    /// The app's status.
+    pub status: u16,
+    /// The app's headers that do not describe the body (Content-Disposition,
+    /// Cache-Control, Set-Cookie, X-* …); Content-Type is in `content_type`.
+    pub headers: Headers,
+    pub content_type: Option<Bytes>,
+    /// The worker that answered, for log lines.
+    pub pid: u32,
+}
+
+/// `file-handoff:` of a listener (`pass` has no [`Files`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Serve,
+    Translate,
+}
+
+/// A listener's file hand-off settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Files {
+    pub mode: Mode,
+    pub dialect: Dialect,
+    /// `file-roots`: the only directories the bridge sends files from.
+    pub roots: Vec<PathBuf>,
+    /// `file-map`: (filesystem prefix, internal URI prefix), longest filesystem prefix first.
+    pub map: Vec<(String, String)>,
+    /// `FCGIBRIDGE_FILE_ROOTS` for the worker: the directories a wsgi.file_wrapper file
+    /// may be handed back from as X-Sendfile. None: the worker streams every file.
+    pub worker_roots: Option<Bytes>,
+}
+
+/// The param that tells the worker where wsgi.file_wrapper files may be handed off from.
+pub const WORKER_ROOTS_PARAM: &[u8] = b"FCGIBRIDGE_FILE_ROOTS";
+
+/// Strip a `FCGIBRIDGE_FILE_ROOTS` the web server sent and set the listener's own.
+pub fn set_worker_roots(params: &mut fastcgi_server::Params, files: Option<&Files>) {
+    match files.and_then(|f| f.worker_roots.clone()) {
+        Some(v) => params.insert(Bytes::from_static(WORKER_ROOTS_PARAM), v),
+        None => {
+            params.remove(WORKER_ROOTS_PARAM);
+        }
+    }
+}
+
+/// What happens to a response.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// No hand-off header, or one the web server understands (possibly rewritten in place).
+    Forward,
+    /// The bridge sends the file(s).
+    Serve(Box<FileHandoff>),
+    /// The header cannot be passed on nor served: 500, and `why` is logged with `header`.
+    Refuse { header: String, why: String },
+}
+
+/// Why an `X-Sendfile2` value cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Sendfile2Error {
+    #[error("X-Sendfile2 is empty; write `<url-encoded path> <start>-<end>[, ...]`")]
+    Empty,
+    #[error("X-Sendfile2 entry {0} is empty (two commas in a row?)")]
+    EmptyEntry(usize),
+    #[error("X-Sendfile2 entry {0} has no range after the path; write `<url-encoded path> <start>-<end>` or `<path> <start>-`")]
+    MissingRange(usize),
+    #[error("X-Sendfile2 entry {entry}: {range:?} is not a byte range; write `start-end` or `start-`")]
+    BadRange { entry: usize, range: String },
+    #[error("X-Sendfile2 entry {entry}: range {start}-{end} ends before it starts")]
+    Backwards { entry: usize, start: u64, end: u64 },
+    #[error("X-Sendfile2 entry {0} has text after its range (a path with spaces or commas must be url-encoded)")]
+    Trailing(usize),
+}
+
+/// Parse lighttpd's `X-Sendfile2`: comma-separated `<url-encoded path> <start>-<end>`
+/// entries, `start-` meaning to the end of the file; spaces around entries are ignored.
+pub fn parse_sendfile2(value: &[u8]) -> Result<Vec<Piece>, Sendfile2Error> {
+    if value.trim_ascii().is_empty() {
+        return Err(Sendfile2Error::Empty);
+    }
+    let mut out = Vec::new();
+    let entries: Vec<&[u8]> = value.split(|&b| b == b',').collect();
+    for (i, entry) in entries.iter().enumerate() {
+        let n = i + 1;
+        let entry = entry.trim_ascii();
+        if entry.is_empty() {
+            // lighttpd accepts a trailing comma
+            if n == entries.len() && n > 1 {
+                break;
+            }
+            return Err(Sendfile2Error::EmptyEntry(n));
+        }
+        let mut words = entry.split(|&b| b == b' ').filter(|w| !w.is_empty());
+        let path = words.next().unwrap_or_default();
+        let Some(range) = words.next() else { return Err(Sendfile2Error::MissingRange(n)) };
+        if words.next().is_some() {
+            return Err(Sendfile2Error::Trailing(n));
+        }
+        let bad = || Sendfile2Error::BadRange { entry: n, range: String::from_utf8_lossy(range).into_owned() };
+        let text = std::str::from_utf8(range).map_err(|_| bad())?;
+        let (a, b) = text.split_once('-').ok_or_else(bad)?;
+        let digits = |s: &str| !s.is_empty() && s.bytes().all(|c| c.is_ascii_digit());
+        if !digits(a) || !(b.is_empty() || digits(b)) {
+            return Err(bad());
+        }
+        let start: u64 = a.parse().map_err(|_| bad())?;
+        let end: Option<u64> = if b.is_empty() { None } else { Some(b.parse().map_err(|_| bad())?) };
+        // `start-(start-1)` is an empty range (lighttpd sends nothing for it).
+        if let Some(e) = end {
+            if e.saturating_add(1) < start {
+                return Err(Sendfile2Error::Backwards { entry: n, start, end: e });
+            }
+        }
+        out.push(Piece { path: crate::route::percent_decode(path).into_owned(), start, end });
+    }
+    Ok(out)
+}
+
+/// Headers that describe the body the app did not send: the bridge drops or replaces them.
+const BODY_HEADERS: &[&[u8]] = &[
+    b"content-length",
+    b"content-range",
+    b"accept-ranges",
+    b"etag",
+    b"last-modified",
+    b"content-type",
+    b"x-sendfile",
+    b"x-sendfile2",
+    b"x-accel-redirect",
+];
+
+/// Web servers that serve `X-Sendfile` themselves when asked to (`translate` leaves it).
+fn understands_sendfile(d: Dialect) -> bool {
+    matches!(d, Dialect::Lighttpd | Dialect::Apache | Dialect::Generic)
+}
+
+impl Files {
+    pub fn new(mode: Mode, dialect: Dialect, roots: Vec<PathBuf>, mut map: Vec<(String, String)>) -> Files {
+        // A nested directory's own mapping wins.
+        map.sort_by_key(|(fs, _)| std::cmp::Reverse(fs.len()));
+        // The worker compares real paths: give it the roots with symlinks resolved. A root
+        // containing `:` cannot be listed (the separator); its files are streamed.
+        let mut dirs: Vec<PathBuf> = roots.clone();
+        if mode == Mode::Translate {
+            dirs.extend(map.iter().map(|(fs, _)| PathBuf::from(fs)));
+        }
+        let listed: Vec<String> = dirs
+            .iter()
+            .map(|d| std::fs::canonicalize(d).unwrap_or_else(|_| d.clone()))
+            .filter_map(|d| d.to_str().map(str::to_owned))
+            .filter(|d| !d.contains(':') && !d.is_empty())
+            .collect();
+        let worker_roots = (!listed.is_empty()).then(|| Bytes::from(listed.join(":")));
+        Files { mode, dialect, roots, map, worker_roots }
+    }
+
+    /// Decide what the response `head` from worker `pid` becomes.
+    pub fn decide(&self, head: &mut ResponseHead, pid: u32) -> Decision {
+        let status = super::effective_status(head);
+        let Some(i) = head.headers.iter().position(|(n, _)| Kind::of(n).is_some()) else { return Decision::Forward };
+        let kind = Kind::of(&head.headers[i].0).unwrap_or(Kind::Sendfile);
+        let value = head.headers[i].1.clone();
+        let shown = format!("{}: {}", kind.name(), String::from_utf8_lossy(&value));
+        let refuse = |why: String| Decision::Refuse { header: shown.clone(), why };
+        let nginx = self.dialect == Dialect::Nginx;
+        let serve = |spec: FileSpec| match kept_headers(head) {
+            Ok((headers, content_type)) => {
+                Decision::Serve(Box::new(FileHandoff { kind, spec, status, headers, content_type, pid }))
+            }
+            Err(why) => Decision::Refuse { header: shown.clone(), why },
+        };
+        let spec = match kind {
+            Kind::Sendfile => FileSpec::Whole(value.to_vec()),
+            // nginx follows its own header (to any location, named ones too).
+            Kind::AccelRedirect if self.mode == Mode::Translate && nginx => return Decision::Forward,
+            Kind::AccelRedirect => match self.uri_to_fs(&value) {
+                Some(p) => FileSpec::Whole(p),
+                None => return refuse("no file-map prefix covers it".to_owned()),
+            },
+            Kind::Sendfile2 => match parse_sendfile2(&value) {
+                Ok(p) => FileSpec::Pieces(p),
+                Err(_) if self.mode == Mode::Translate && self.dialect == Dialect::Lighttpd => return Decision::Forward,
+                Err(e) => return refuse(e.to_string()),
+            },
+        };
+        if self.mode == Mode::Serve {
+            return serve(spec);
+        }
+        // translate: what the web server in front understands goes to it.
+        match (kind, &spec) {
+            (Kind::Sendfile, FileSpec::Whole(path)) if nginx => {
+                if let Some(uri) = self.fs_to_uri(path) {
+                    head.headers[i] = (Bytes::from_static(b"X-Accel-Redirect"), Bytes::from(uri));
+                    return Decision::Forward;
+                }
+            }
+            (Kind::Sendfile, _) if understands_sendfile(self.dialect) => return Decision::Forward,
+            (Kind::AccelRedirect, FileSpec::Whole(path)) if understands_sendfile(self.dialect) => {
+                head.headers[i] = (Bytes::from_static(b"X-Sendfile"), Bytes::from(path.clone()));
+                return Decision::Forward;
+            }
+            (Kind::Sendfile2, _) if self.dialect == Dialect::Lighttpd => return Decision::Forward,
+            _ => {}
+        }
+        // Not for the web server: the bridge serves it when every file lies under file-roots.
+        let why = match kind {
+            Kind::Sendfile if nginx => "no file-map prefix covers it",
+            _ => "the web server in front (dialect) does not understand it",
+        };
+        if self.roots.is_empty() {
+            return refuse(format!("{why}, and the listener has no file-roots to serve it from"));
+        }
+        for p in spec.paths() {
+            if let Err(e) = super::sendfile::resolve(&self.roots, p) {
+                return refuse(format!("{why}, and the bridge does not serve it: {e}"));
+            }
+        }
+        serve(spec)
+    }
+
+    /// `/fs/prefix/rest` → `/uri/prefix/rest`, percent-encoded (nginx decodes X-Accel-Redirect).
+    pub fn fs_to_uri(&self, path: &[u8]) -> Option<String> {
+        self.map.iter().find_map(|(fs, uri)| {
+            let rest = strip_dir_prefix(path, fs.as_bytes())?;
+            Some(format!("{uri}{}", percent_encode(rest)))
+        })
+    }
+
+    /// An X-Accel-Redirect URI → filesystem path, as nginx reads it: the query dropped,
+    /// percent-decoded, NUL refused; then the longest `file-map` URI prefix.
+    pub fn uri_to_fs(&self, uri: &[u8]) -> Option<Vec<u8>> {
+        let path = uri.split(|&b| b == b'?').next().unwrap_or_default();
+        let decoded = crate::route::percent_decode(path);
+        if decoded.contains(&0) || !decoded.starts_with(b"/") {
+            return None;
+        }
+        let mut best: Option<(usize, Vec<u8>)> = None;
+        for (fs, prefix) in &self.map {
+            if let Some(rest) = strip_dir_prefix(&decoded, prefix.as_bytes()) {
+                if best.as_ref().is_none_or(|(len, _)| prefix.len() > *len) {
+                    let mut p = fs.as_bytes().to_vec();
+                    p.extend_from_slice(rest);
+                    best = Some((prefix.len(), p));
+                }
+            }
+        }
+        best.map(|(_, p)| p)
+    }
+}
+
+/// `rest` (empty or starting with `/`) when `path` lies under the directory `prefix`.
+fn strip_dir_prefix<'a>(path: &'a [u8], prefix: &[u8]) -> Option<&'a [u8]> {
+    let prefix = prefix.strip_suffix(b"/").unwrap_or(prefix);
+    let rest = path.strip_prefix(prefix)?;
+    (rest.is_empty() || rest.starts_with(b"/")).then_some(rest)
+}
+
+/// Percent-encode everything but unreserved characters, sub-delims, `:`, `@` and `/`.
+fn percent_encode(s: &[u8]) -> String {
+    let mut out = String::with_capacity(s.len());
+    for &b in s {
+        if b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@/".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Header (name, value) pairs.
+type Headers = Vec<(Bytes, Bytes)>;
+
+/// The app's headers kept on a response the bridge serves, and its Content-Type.
+fn kept_headers(head: &ResponseHead) -> Result<(Headers, Option<Bytes>), String> {
+    let mut kept = Vec::new();
+    for (n, v) in &head.headers {
+        if n.is_empty() || !n.iter().all(|&b| super::is_token(b)) {
+            return Err(format!("header name {:?} is not a valid token", String::from_utf8_lossy(n)));
+        }
+        if super::has_ctl(v) {
+            return Err(format!("header {:?} has a CR, LF or NUL in its value", String::from_utf8_lossy(n)));
+        }
+        let body = BODY_HEADERS.iter().any(|h| n.eq_ignore_ascii_case(h));
+        let hop = super::HOP_BY_HOP.iter().any(|h| n.eq_ignore_ascii_case(h)) || n.eq_ignore_ascii_case(b"status");
+        if !body && !hop {
+            kept.push((n.clone(), v.clone()));
+        }
+    }
+    Ok((kept, head.content_type.clone().filter(|t| !t.is_empty())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(headers: &[(&str, &str)]) -> ResponseHead {
+        let headers: Vec<(Bytes, Bytes)> = headers
+            .iter()
+            .map(|(n, v)| (Bytes::copy_from_slice(n.as_bytes()), Bytes::copy_from_slice(v.as_bytes())))
+            .collect();
+        let content_type = headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(b"content-type")).map(|(_, v)| v.clone());
+        ResponseHead { status: Some(200), reason: None, location: None, content_type, content_length: None, headers }
+    }
+
+    fn files(mode: Mode, dialect: Dialect, roots: Vec<PathBuf>) -> Files {
+        Files::new(mode, dialect, roots, vec![("/srv/files".into(), "/protected".into()), ("/srv/files/deep".into(), "/deep".into())])
+    }
+
+    fn piece(path: &str, start: u64, end: Option<u64>) -> Piece {
+        Piece { path: path.as_bytes().to_vec(), start, end }
+    }
+
+    #[test]
+    fn sendfile2_values() {
+        assert_eq!(parse_sendfile2(b"/a/b 0-9"), Ok(vec![piece("/a/b", 0, Some(9))]));
+        assert_eq!(
+            parse_sendfile2(b" /a%20b%2Cc 5- , /d 1-1,"),
+            Ok(vec![piece("/a b,c", 5, None), piece("/d", 1, Some(1))])
+        );
+        // an empty range (start = end + 1) is allowed, as in lighttpd
+        assert_eq!(parse_sendfile2(b"/a 3-2"), Ok(vec![piece("/a", 3, Some(2))]));
+    }
+
+    #[test]
+    fn sendfile2_malformed() {
+        assert_eq!(parse_sendfile2(b""), Err(Sendfile2Error::Empty));
+        assert_eq!(parse_sendfile2(b"  "), Err(Sendfile2Error::Empty));
+        assert_eq!(parse_sendfile2(b"/a"), Err(Sendfile2Error::MissingRange(1)));
+        assert_eq!(parse_sendfile2(b"/a 0-1,/b"), Err(Sendfile2Error::MissingRange(2)));
+        assert_eq!(parse_sendfile2(b"/a 0-1,,/b 0-1"), Err(Sendfile2Error::EmptyEntry(2)));
+        assert_eq!(parse_sendfile2(b",/a 0-1"), Err(Sendfile2Error::EmptyEntry(1)));
+        assert_eq!(parse_sendfile2(b"/a 1"), Err(Sendfile2Error::BadRange { entry: 1, range: "1".into() }));
+        assert_eq!(parse_sendfile2(b"/a -5"), Err(Sendfile2Error::BadRange { entry: 1, range: "-5".into() }));
+        assert_eq!(parse_sendfile2(b"/a x-5"), Err(Sendfile2Error::BadRange { entry: 1, range: "x-5".into() }));
+        assert_eq!(parse_sendfile2(b"/a 1-+5"), Err(Sendfile2Error::BadRange { entry: 1, range: "1-+5".into() }));
+        assert_eq!(
+            parse_sendfile2(b"/a 99999999999999999999-"),
+            Err(Sendfile2Error::BadRange { entry: 1, range: "99999999999999999999-".into() })
+        );
+        assert_eq!(parse_sendfile2(b"/a 9-2"), Err(Sendfile2Error::Backwards { entry: 1, start: 9, end: 2 }));
+        assert_eq!(parse_sendfile2(b"/a b 0-1"), Err(Sendfile2Error::Trailing(1)));
+        assert!(parse_sendfile2(b"/a 0-1 x").unwrap_err().to_string().contains("url-encoded"));
+    }
+
+    #[test]
+    fn uri_and_fs_mapping() {
+        let f = files(Mode::Serve, Dialect::Caddy, vec![]);
+        assert_eq!(f.uri_to_fs(b"/protected/a%20b.pdf?x=1").as_deref(), Some(&b"/srv/files/a b.pdf"[..]));
+        assert_eq!(f.uri_to_fs(b"/deep/x").as_deref(), Some(&b"/srv/files/deep/x"[..]));
+        assert_eq!(f.uri_to_fs(b"/protectedX/a"), None);
+        assert_eq!(f.uri_to_fs(b"/other/a"), None);
+        assert_eq!(f.uri_to_fs(b"/protected/a%00b"), None);
+        assert_eq!(f.uri_to_fs(b"@named"), None);
+        // the longest filesystem prefix wins
+        assert_eq!(f.fs_to_uri(b"/srv/files/deep/x y?").as_deref(), Some("/deep/x%20y%3F"));
+        assert_eq!(f.fs_to_uri(b"/srv/files/a.pdf").as_deref(), Some("/protected/a.pdf"));
+        assert_eq!(f.fs_to_uri(b"/srv/filesX/a"), None);
+    }
+
+    #[test]
+    fn translate_rewrites_for_the_server_in_front() {
+        let nginx = files(Mode::Translate, Dialect::Nginx, vec![]);
+        let mut h = head(&[("X-Sendfile", "/srv/files/a/b.pdf")]);
+        assert_eq!(nginx.decide(&mut h, 1), Decision::Forward);
+        assert_eq!(h.headers[0], (Bytes::from_static(b"X-Accel-Redirect"), Bytes::from_static(b"/protected/a/b.pdf")));
+        // nginx understands its own header
+        let mut h = head(&[("X-Accel-Redirect", "/anything")]);
+        assert_eq!(nginx.decide(&mut h, 1), Decision::Forward);
+        let lighttpd = files(Mode::Translate, Dialect::Lighttpd, vec![]);
+        let mut h = head(&[("X-Accel-Redirect", "/protected/a%20b.pdf")]);
+        assert_eq!(lighttpd.decide(&mut h, 1), Decision::Forward);
+        assert_eq!(h.headers[0], (Bytes::from_static(b"X-Sendfile"), Bytes::from_static(b"/srv/files/a b.pdf")));
+        let mut h = head(&[("X-Sendfile2", "/x 0-1")]);
+        assert_eq!(lighttpd.decide(&mut h, 1), Decision::Forward);
+    }
+
+    #[test]
+    fn translate_never_forwards_what_the_server_cannot_do() {
+        let nginx = files(Mode::Translate, Dialect::Nginx, vec![]);
+        let mut h = head(&[("X-Sendfile", "/etc/passwd")]);
+        match nginx.decide(&mut h, 1) {
+            Decision::Refuse { header, why } => {
+                assert_eq!(header, "X-Sendfile: /etc/passwd");
+                assert!(why.starts_with("no file-map prefix covers it"), "{why}");
+            }
+            other => panic!("{other:?}"),
+        }
+        let mut h = head(&[("X-Sendfile2", "/srv/files/a 0-1")]);
+        assert!(matches!(nginx.decide(&mut h, 1), Decision::Refuse { .. }));
+        let lighttpd = files(Mode::Translate, Dialect::Lighttpd, vec![]);
+        let mut h = head(&[("X-Accel-Redirect", "/unmapped/a")]);
+        assert!(matches!(lighttpd.decide(&mut h, 1), Decision::Refuse { .. }));
+        let caddy = files(Mode::Translate, Dialect::Caddy, vec![]);
+        let mut h = head(&[("X-Sendfile", "/srv/files/a")]);
+        assert!(matches!(caddy.decide(&mut h, 1), Decision::Refuse { .. }));
+    }
+
+    #[test]
+    fn translate_serves_unmapped_files_under_roots() {
+        let dir = std::env::temp_dir().join(format!("fcgibridge-handoff-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap_or_default();
+        let file = dir.join("f.txt");
+        std::fs::write(&file, b"x").unwrap_or_default();
+        let nginx = files(Mode::Translate, Dialect::Nginx, vec![dir.clone()]);
+        let mut h = head(&[("X-Sendfile", file.to_str().unwrap_or_default())]);
+        assert!(matches!(nginx.decide(&mut h, 1), Decision::Serve(_)));
+        let mut h = head(&[("X-Sendfile", "/etc/passwd")]);
+        assert!(matches!(nginx.decide(&mut h, 1), Decision::Refuse { .. }));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn serve_keeps_the_apps_headers() {
+        let f = files(Mode::Serve, Dialect::Haproxy, vec![]);
+        let mut h = head(&[
+            ("X-Accel-Redirect", "/protected/a.pdf"),
+            ("Content-Type", "application/pdf"),
+            ("Content-Length", "12"),
+            ("Content-Disposition", "attachment; filename=\"a.pdf\""),
+            ("Set-Cookie", "a=1"),
+            ("ETag", "\"app\""),
+            ("Transfer-Encoding", "chunked"),
+            ("X-Custom", "yes"),
+        ]);
+        let Decision::Serve(s) = f.decide(&mut h, 7) else { panic!("not served") };
+        assert_eq!(s.kind, Kind::AccelRedirect);
+        assert_eq!(s.spec, FileSpec::Whole(b"/srv/files/a.pdf".to_vec()));
+        assert_eq!(s.content_type.as_deref(), Some(&b"application/pdf"[..]));
+        let names: Vec<&[u8]> = s.headers.iter().map(|(n, _)| &n[..]).collect();
+        assert_eq!(names, vec![&b"Content-Disposition"[..], b"Set-Cookie", b"X-Custom"]);
+        let mut h = head(&[("X-Accel-Redirect", "/nowhere/a.pdf")]);
+        match f.decide(&mut h, 7) {
+            Decision::Refuse { why, .. } => assert_eq!(why, "no file-map prefix covers it"),
+            other => panic!("{other:?}"),
+        }
+        let mut h = head(&[("X-Sendfile2", "/srv/files/a 0-")]);
+        let Decision::Serve(s) = f.decide(&mut h, 7) else { panic!("not served") };
+        assert_eq!(s.spec, FileSpec::Pieces(vec![piece("/srv/files/a", 0, None)]));
+        let mut h = head(&[("X-Sendfile2", "/srv/files/a")]);
+        assert!(matches!(f.decide(&mut h, 7), Decision::Refuse { .. }));
+        let mut h = head(&[("Content-Type", "text/plain")]);
+        assert_eq!(f.decide(&mut h, 7), Decision::Forward);
+    }
+
+    #[test]
+    fn worker_roots_param() {
+        let f = Files::new(Mode::Translate, Dialect::Nginx, vec![], vec![("/no/such/dir".into(), "/p".into()), ("/a:b".into(), "/q".into())]);
+        assert_eq!(f.worker_roots.as_deref(), Some(&b"/no/such/dir"[..]));
+    }
+}
