@@ -10,7 +10,8 @@ so the system python3 runs it too, also as an unprivileged user in spawned mode)
                  bridge should re-dispatch internally)
 /local           the target of the local redirect: shows REDIRECT_* and the method
 /x-accel         X-Accel-Redirect: /protected/hello.txt (nginx)
-/x-sendfile      X-Sendfile: <FILES_DIR>/hello.txt (lighttpd, Apache mod_xsendfile)
+/x-sendfile      X-Sendfile: <FILES_DIR>/hello.txt (lighttpd, mod_proxy_scgi, the bridge's
+                 `file-handoff: serve`)
 /x-reproxy       X-Reproxy-URL: http://<Host>/files/hello.txt (h2o)
 /health          "ok"
 

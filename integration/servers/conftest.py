@@ -30,18 +30,26 @@ def www():
 
 @pytest.fixture(scope="session")
 def sbridge(tmp_path_factory, www):
-    """The bridge the connect-mode servers use: the conformance app, 2 x 8 threads."""
+    """The bridge the connect-mode servers use: the conformance app, 2 x 8 threads.
+    `fastcgi` and `scgi` pass hand-off headers on (for nginx, lighttpd, h2o and
+    mod_proxy_scgi, which follow them); the servers that cannot follow one get a
+    `file-handoff: serve` listener each, as their page configures it."""
     workdir = tmp_path_factory.mktemp("servers-bridge")
-    fport, sport = free_ports(2)
+    serve = list(frontends.SERVE_LISTENERS)
+    fport, sport, *serve_ports = free_ports(2 + len(serve))
     pools = {"conformance": pool(str(frontends.APP), processes=2, threads=8,
                                  env={"CONFORMANCE_FILES_DIR": str(www / "files")})}
     listeners = {"fastcgi": {"fastcgi": f"127.0.0.1:{fport}", "pool": "conformance"},
                  "scgi": {"scgi": f"127.0.0.1:{sport}", "pool": "conformance"}}
     b = make_bridge(workdir, pools, listeners)
     b.ports = {"fastcgi": fport, "scgi": sport}
+    for i, (name, port) in enumerate(zip(serve, serve_ports)):
+        (b.confdir / f"60-{i}-{name}.yaml").write_text(frontends.listener_config(name, port, "conformance", www))
+        b.config["listeners"][name] = {"fastcgi": f"127.0.0.1:{port}"}  # for wait_ready
+        b.ports[name] = port
     try:
         b.start()
-        b.wait_ready([("fastcgi", "/health", "x"), ("scgi", "/health", "x")])
+        b.wait_ready([("fastcgi", "/health", "x"), ("scgi", "/health", "x")] + [(n, "/health", "x") for n in serve])
         yield b
     finally:
         b.stop()

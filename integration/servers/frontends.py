@@ -129,6 +129,7 @@ def write_spawned_config(workdir: Path, name: str, files_dir: Path) -> Path:
     confdir.mkdir()
     conf = substitute(snippet("spawned.md", "conf"), {
         "/srv/app/wsgi.py": str(APP), "/usr/bin/python3": system_python(),
+        "/srv/app/media": str(files_dir),
     })
     # the pool's environment: where /x-sendfile points
     extra = f"    env:\n      CONFORMANCE_FILES_DIR: \"{files_dir}\"\n"
@@ -160,6 +161,10 @@ class Server:
     binaries: tuple = ()
     variants: dict = {}          # variant name -> port key
     spawned_variants: tuple = ()  # variants whose bridge the server starts
+    # The shared bridge's listener behind the server's FastCGI `9000`. Servers that cannot
+    # follow a hand-off header get one of their own in `file-handoff: serve` mode, built
+    # from the `listener` test-snippet of their page (listener_config()).
+    fastcgi_listener = "fastcgi"
 
     def __init__(self, bridge_ports: dict, www: Path):
         self.bridge_ports = bridge_ports
@@ -174,8 +179,12 @@ class Server:
     def port(self, variant: str) -> int:
         return self.ports[self.variants[variant]]
 
+    def bridge_port(self, variant: str) -> int:
+        """The shared bridge's port that `variant` connects to."""
+        return self.bridge_ports["scgi" if "scgi" in variant else self.fastcgi_listener]
+
     def subst(self) -> dict:
-        s = {"9000": self.bridge_ports["fastcgi"], "9001": self.bridge_ports["scgi"],
+        s = {"9000": self.bridge_ports[self.fastcgi_listener], "9001": self.bridge_ports["scgi"],
              "/srv/www": str(self.www)}
         s.update(self.ports)
         return s
@@ -299,6 +308,7 @@ class Apache(Server):
     binaries = ("apache2", "httpd")
     variants = {"apache-proxy-fcgi": "8080", "apache-proxy-scgi": "8081", "apache-fcgid": "8082"}
     spawned_variants = ("apache-fcgid",)
+    fastcgi_listener = "apache-fcgi"  # mod_proxy_fcgi (mod_proxy_scgi follows X-Sendfile itself)
 
     def modules_dir(self) -> str:
         for d in ("/usr/lib/apache2/modules", "/usr/lib64/httpd/modules", "/usr/lib/httpd/modules"):
@@ -334,6 +344,7 @@ class Caddy(Server):
     name = "caddy"
     binaries = ("caddy",)
     variants = {"caddy": "8080"}
+    fastcgi_listener = "caddy"
 
     def command(self):
         w = self.workdir
@@ -370,6 +381,7 @@ class Haproxy(Server):
     name = "haproxy"
     binaries = ("haproxy",)
     variants = {"haproxy": "8080"}
+    fastcgi_listener = "haproxy"
 
     def command(self):
         w = self.workdir
@@ -386,6 +398,17 @@ class Haproxy(Server):
 
 SERVERS = [Nginx, Lighttpd, Apache, Caddy, H2o, Haproxy]
 VARIANTS = {v: cls for cls in SERVERS for v in cls.variants}
+# the serve-mode listeners of the shared bridge: listener name -> the page with its snippet
+SERVE_LISTENERS = {cls.fastcgi_listener: f"{cls.name}.md" for cls in SERVERS if cls.fastcgi_listener != "fastcgi"}
+
+
+def listener_config(name: str, port: int, pool: str, www: Path) -> str:
+    """A conf.d file with the `listener` test-snippet of docs/servers/<page>: the page's
+    pool `app` becomes `pool`, its port 9000 `port`, its /srv/www `www`."""
+    text = substitute(snippet(SERVE_LISTENERS[name], "listener"),
+                      {"9000": port, "/srv/www": str(www), "pool: app": f"pool: {pool}"})
+    assert f"\n  {name}:\n" in text, f"the listener snippet must define listener {name!r}:\n{text}"
+    return text
 
 
 # ------------------------------------------------------------------ connections

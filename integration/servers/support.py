@@ -12,14 +12,16 @@ from pathlib import Path
 
 FEATURES = ["basics", "keep-alive", "multiplexing", "chunked upload", "internal redirect",
             "file hand-off", "authorizer", "spawned mode"]
-# verdicts: yes, no (the server does not do it), not yet (the bridge's part is missing),
-# n/a (does not apply to this variant), FAIL (something is broken)
+# verdicts: yes, no (the server does not do it), n/a (does not apply to this variant),
+# FAIL (something is broken)
+VERDICTS = ("yes", "no", "n/a", "FAIL")
 RESULTS: dict = {}
 
 
 def record(variant: str, feature: str, verdict: str, note: str = ""):
     """Fill a cell. Two tests of one cell: a FAIL wins; equal verdicts keep both notes."""
     assert feature in FEATURES, feature
+    assert verdict in VERDICTS, verdict
     cells = RESULTS.setdefault(variant, {})
     old = cells.get(feature)
     if old and old["verdict"] == "FAIL" and verdict != "FAIL":
@@ -56,8 +58,6 @@ def render(results: dict, versions: dict | None = None) -> str:
            "shown in its page under [servers/](servers/). Cells:", "",
            "- **yes** — tested and working through that server;",
            "- **no** — the server does not do this (not a bridge problem); the note says what it does;",
-           "- **not yet** — the server leaves it to the application side, and the bridge's part",
-           "  (issue 5: internal redirects and file hand-off in the bridge) is not built yet;",
            "- **n/a** — does not apply to this variant;",
            "- **FAIL** — broken; the note has the observation.", ""]
     if versions:

@@ -24,7 +24,8 @@ def setup(tmp_path_factory, www):
     b = make_bridge(workdir, {"small": pool(str(frontends.APP), processes=1, threads=SLOTS)},
                     {"fastcgi": {"fastcgi": f"127.0.0.1:{port}", "pool": "small"}},
                     bridge_extra={"log-level": "info,fcgibridge::listen::fastcgi=trace"})
-    b.ports = {"fastcgi": port, "scgi": port}
+    # (a pass-mode listener: these tests do not hand files off)
+    b.ports = {"fastcgi": port, "scgi": port, frontends.Haproxy.fastcgi_listener: port}
     srv = frontends.Haproxy(b.ports, www)
     if not srv.binary:
         pytest.skip("haproxy is not installed")
