@@ -54,8 +54,9 @@ pub struct RequestInfo<'a> {
     pub role: Role,
     /// The listener serves X-Sendfile itself (`file-handoff: serve`).
     pub serve_files: bool,
-    /// The pool's `error-pages`, when it has any.
-    pub error_pages: Option<&'a respond::error_override::ErrorPages>,
+    /// The pool's `error-pages` when it has any, or the response this request fetches an
+    /// error page for.
+    pub error_pages: Option<respond::error_override::Override<'a>>,
     /// `file-handoff: translate` on the listener.
     pub translate: Option<&'a respond::sendfile::Translate>,
 }
@@ -269,9 +270,9 @@ pub async fn exchange<S: BodySource, K: ResponseSink>(
             } else {
                 tracing::error!(pool, pid, request_id = info.id, uri = info.uri, "request-timeout: answering 504");
                 st.status = 504;
-                let _ = sink.send(respond::error_override::bridge_error(info.error_pages, 504, None).freeze(), Some(End::Complete)).await;
+                st.redirect = bridge_error(info, sink, 504).await;
             }
-            Outcome { status: st.status, body_bytes: st.body_bytes, fate: SlotFate::Discard, retry: None, redirect: None }
+            Outcome { status: st.status, body_bytes: st.body_bytes, fate: SlotFate::Discard, retry: None, redirect: st.redirect.take() }
         }
         RespEnd::WorkerBroken(why) => {
             if st.front_done {
@@ -282,9 +283,9 @@ pub async fn exchange<S: BodySource, K: ResponseSink>(
             } else {
                 tracing::error!(pool, pid, request_id = info.id, uri = info.uri, "worker connection failed before a response, answering 502: {why}");
                 st.status = 502;
-                let _ = sink.send(respond::error_override::bridge_error(info.error_pages, 502, None).freeze(), Some(End::Complete)).await;
+                st.redirect = bridge_error(info, sink, 502).await;
             }
-            Outcome { status: st.status, body_bytes: st.body_bytes, fate: SlotFate::Reconnect, retry: None, redirect: None }
+            Outcome { status: st.status, body_bytes: st.body_bytes, fate: SlotFate::Reconnect, retry: None, redirect: st.redirect.take() }
         }
         RespEnd::FrontGone => {
             // End the request toward the front at once (FastCGI ABORT_REQUEST wants an
@@ -440,7 +441,15 @@ async fn forward<K: ResponseSink>(
                     tracing::error!(pool, pid, request_id = info.id, uri = info.uri, "worker ended the request without a complete header block, answering 502");
                 }
                 st.status = 502;
-                pending = respond::error_override::bridge_error(info.error_pages, 502, None);
+                match respond::error_override::bridge_reply(info.error_pages, 502, None) {
+                    respond::error_override::Reply::Send(reply) => pending = reply,
+                    respond::error_override::Reply::Handoff(h) => {
+                        // An error page to dispatch: the caller answers.
+                        st.redirect = Some(h);
+                        st.front_done = true;
+                        return RespEnd::Ended;
+                    }
+                }
                 End::Complete
             } else if app_status != 0 {
                 tracing::error!(pool, pid, request_id = info.id, uri = info.uri, app_status, "the app failed after sending headers, response cut off");
@@ -524,10 +533,9 @@ fn take_head(st: &mut RespState, data: Bytes, info: &RequestInfo<'_>, pool: &str
             return Ok(None);
         }
     }
-    if let Some(pages) = info.error_pages {
-        let status = respond::effective_status(&head);
-        if status >= 400 && pages.get(status).is_some() {
-            st.redirect = Some(respond::Handoff::ErrorPage(status));
+    if let Some(ov) = info.error_pages {
+        if let Some(replaced) = respond::error_override::on_head(ov, &mut head) {
+            st.redirect = Some(replaced);
             st.head_done = false;
             st.front_done = true;
             return Ok(None);
@@ -563,6 +571,17 @@ fn bad_head(info: &RequestInfo<'_>, pool: &str, pid: u32, why: &fastcgi_server::
     let status = if matches!(why, fastcgi_server::Error::CgiBadHeaderValue { .. }) { 500 } else { 502 };
     tracing::error!(pool, pid, request_id = info.id, uri = info.uri, "invalid response header block from the worker, answering {status}: {why}");
     status
+}
+
+/// The bridge's own error for this request: sent now, or the error page to dispatch.
+async fn bridge_error<K: ResponseSink>(info: &RequestInfo<'_>, sink: &mut K, status: u16) -> Option<respond::Handoff> {
+    match respond::error_override::bridge_reply(info.error_pages, status, None) {
+        respond::error_override::Reply::Send(reply) => {
+            let _ = sink.send(reply.freeze(), Some(End::Complete)).await;
+            None
+        }
+        respond::error_override::Reply::Handoff(h) => Some(h),
+    }
 }
 
 /// A worker's STDERR record (wsgi.errors, tracebacks): one log line per line.

@@ -21,8 +21,9 @@ pub enum Handoff {
     Local(bytes::Bytes),
     /// `X-Sendfile: /fs/path` on a listener with `file-handoff: serve`.
     File(bytes::Bytes),
-    /// A 4xx/5xx whose body the pool's `error-pages` replace.
-    ErrorPage(u16),
+    /// A 4xx/5xx whose body the pool's `error-pages` replace (or, for the request fetching
+    /// an error page, that page failing).
+    ErrorPage(error_override::Replaced),
 }
 
 /// Why a worker's header block cannot be passed on.
