@@ -135,6 +135,37 @@ struct RespState {
     content_length: Option<u64>,
     /// A hand-off: the response is dropped (`front_done`), the caller answers instead.
     redirect: Option<respond::Handoff>,
+    /// The body bytes the response may carry: its Content-Length, or u64::MAX when it has
+    /// none or no body is expected (HEAD, 1xx, 204, 304). Not every program keeps to what
+    /// it declared (php-cgi, flup do not check), and a web server trusts it.
+    body_limit: u64,
+    /// Body bytes past `body_limit`, dropped.
+    excess: u64,
+    /// The request is a HEAD: its Content-Length describes a body that is not sent.
+    head_request: bool,
+}
+
+impl RespState {
+    /// Arm the Content-Length check once the head has gone out with `st.status`.
+    fn arm_body_limit(&mut self) {
+        let bodyless = self.head_request || matches!(self.status, 100..=199 | 204 | 304);
+        self.body_limit = match self.content_length {
+            Some(len) if !bodyless => len,
+            _ => u64::MAX,
+        };
+    }
+
+    /// `data` cut to what the declared Content-Length still allows; the rest is counted
+    /// in `excess` and dropped. `body_bytes` never passes `body_limit`.
+    #[inline]
+    fn within_limit(&mut self, data: Bytes) -> Bytes {
+        let room = self.body_limit - self.body_bytes;
+        if data.len() as u64 <= room {
+            return data;
+        }
+        self.excess += data.len() as u64 - room;
+        data.slice(..room as usize)
+    }
 }
 
 /// How long a response whose declared body is complete is held for the END_REQUEST that
@@ -190,6 +221,9 @@ pub async fn exchange<S: BodySource, K: ResponseSink>(
         body_bytes: 0,
         content_length: None,
         redirect: None,
+        body_limit: u64::MAX,
+        excess: 0,
+        head_request: params.get(b"REQUEST_METHOD") == Some(b"HEAD"),
     };
 
     if let Err(e) = stream.write_all(wbuf).await {
@@ -383,6 +417,10 @@ async fn forward<K: ResponseSink>(
                         continue;
                     }
                     if st.head_done {
+                        let data = st.within_limit(data);
+                        if data.is_empty() {
+                            continue;
+                        }
                         st.body_bytes += data.len() as u64;
                         if pending.len() + data.len() <= COALESCE {
                             pending.extend_from_slice(&data);
@@ -399,6 +437,8 @@ async fn forward<K: ResponseSink>(
                     match take_head(st, data, info, pool, pid) {
                         Ok(Some((head, rest))) => {
                             pending = head;
+                            st.arm_body_limit();
+                            let rest = st.within_limit(rest);
                             st.body_bytes += rest.len() as u64;
                             if rest.len() <= COALESCE {
                                 pending.extend_from_slice(&rest);
@@ -454,9 +494,23 @@ async fn forward<K: ResponseSink>(
             } else if app_status != 0 {
                 tracing::error!(pool, pid, request_id = info.id, uri = info.uri, app_status, "the app failed after sending headers, response cut off");
                 End::CutOff
+            } else if st.body_bytes < st.body_limit && st.body_limit != u64::MAX {
+                // A short body that ends normally would look complete to a web server
+                // that does not count (and to its cache).
+                tracing::error!(
+                    pool, pid, request_id = info.id, uri = info.uri, declared = st.body_limit, sent = st.body_bytes,
+                    "the program ended the response before the body its Content-Length declared, response cut off"
+                );
+                End::CutOff
             } else {
                 End::Complete
             };
+            if st.excess > 0 {
+                tracing::error!(
+                    pool, pid, request_id = info.id, uri = info.uri, declared = st.body_limit, sent = st.body_bytes + st.excess,
+                    "the program sent more body than its Content-Length declared; the {} bytes past it were dropped", st.excess
+                );
+            }
             st.front_done = true;
             if sink.send(pending.split().freeze(), Some(end)).await.is_err() {
                 // The worker's side is complete: the slot is clean even so.
