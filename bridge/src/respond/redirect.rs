@@ -81,6 +81,11 @@ pub fn apply(params: &mut Params, target: &[u8], depth: &mut u32, max: u32, stat
     }
     params.insert(&b"CONTENT_LENGTH"[..], &b""[..]);
     params.insert(&b"CONTENT_TYPE"[..], &b""[..]);
+    // nginx passes these request headers as params too; left in place they would describe
+    // a body this request does not have (a worker falls back to HTTP_CONTENT_LENGTH).
+    for name in [&b"HTTP_CONTENT_LENGTH"[..], b"HTTP_CONTENT_TYPE", b"HTTP_TRANSFER_ENCODING"] {
+        params.remove(name);
+    }
     params.insert(&b"REQUEST_URI"[..], target.to_vec());
     params.insert(&b"QUERY_STRING"[..], query.to_vec());
     // With REDIRECT_URL set, routing reads the path from SCRIPT_NAME + PATH_INFO (as after
@@ -145,6 +150,7 @@ mod tests {
             ("REQUEST_URI", "/first?q=1"),
             ("QUERY_STRING", "q=1"),
             ("CONTENT_LENGTH", "5"),
+            ("HTTP_CONTENT_LENGTH", "5"),
             ("SCRIPT_NAME", ""),
             ("PATH_INFO", "/first"),
         ] {
@@ -158,6 +164,7 @@ mod tests {
         assert_eq!(g(&p, "PATH_INFO"), "/second x");
         assert_eq!(g(&p, "QUERY_STRING"), "b=2");
         assert_eq!(g(&p, "CONTENT_LENGTH"), "");
+        assert_eq!(g(&p, "HTTP_CONTENT_LENGTH"), "-");
         assert_eq!((g(&p, "REDIRECT_URL"), g(&p, "REDIRECT_QUERY_STRING"), g(&p, "REDIRECT_STATUS")), ("/first".into(), "q=1".into(), "200".into()));
         assert_eq!(g(&p, "REDIRECT_REQUEST_METHOD"), "POST");
         apply(&mut p, b"/third", &mut depth, 10, 404).expect("again");
