@@ -121,11 +121,12 @@ pub async fn serve<S: BodySource, K: ResponseSink>(
             }
             tracing::info!(listener = %lst.name, request_id, uri = %uri, target = %shown, "internal redirect");
             source.end_body();
-            if lst.router.route(&params).is_none() && serving.is_some() {
+            let routed = lst.router.route(&params).is_some();
+            if !routed && serving.is_some() {
                 tracing::warn!(listener = %lst.name, request_id, uri = %uri, target = %shown, "no route serves the error page, answering the default page");
                 error_page!('done, None, respond::error_override::Replaced::bridge(404, None), None);
             }
-            if lst.router.route(&params).is_none() {
+            if !routed {
                 // Not ours to serve: the web server may (nginx: X-Accel-Redirect).
                 let reply = respond::redirect::unrouted(lst.dialect, lst.unrouted_redirect, &target);
                 let status = if reply.is_some() { 200 } else { 404 };
