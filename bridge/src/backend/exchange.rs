@@ -648,3 +648,50 @@ fn log_stderr(pool: &str, pid: u32, info: &RequestInfo<'_>, data: &[u8]) {
         tracing::warn!(pool, pid, request_id = info.id, uri = info.uri, "{}", String::from_utf8_lossy(line));
     }
 }
+
+#[cfg(test)]
+mod length_tests {
+    use super::*;
+
+    fn state(status: u16, content_length: Option<u64>, head_request: bool) -> RespState {
+        let mut st = RespState {
+            head_buf: BytesMut::new(),
+            head_done: true,
+            front_done: false,
+            status,
+            body_bytes: 0,
+            content_length,
+            redirect: None,
+            body_limit: u64::MAX,
+            excess: 0,
+            head_request,
+        };
+        st.arm_body_limit();
+        st
+    }
+
+    fn relay(st: &mut RespState, chunk: &'static [u8]) -> Bytes {
+        let out = st.within_limit(Bytes::from_static(chunk));
+        st.body_bytes += out.len() as u64;
+        out
+    }
+
+    #[test]
+    fn bytes_past_the_declared_length_are_dropped() {
+        let mut st = state(200, Some(5), false);
+        assert_eq!(&relay(&mut st, b"012")[..], b"012");
+        assert_eq!(&relay(&mut st, b"3456")[..], b"34");
+        assert_eq!(&relay(&mut st, b"789")[..], b"");
+        assert_eq!((st.body_bytes, st.excess), (5, 5));
+    }
+
+    #[test]
+    fn bodyless_responses_and_no_length_are_not_counted() {
+        for st in [state(200, Some(5), true), state(204, Some(5), false), state(304, Some(5), false), state(200, None, false)] {
+            assert_eq!(st.body_limit, u64::MAX);
+        }
+        let mut st = state(200, None, false);
+        assert_eq!(relay(&mut st, b"0123456789").len(), 10);
+        assert_eq!(st.excess, 0);
+    }
+}
