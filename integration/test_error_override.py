@@ -91,7 +91,8 @@ def test_401_page_is_an_internal_redirect_keeping_auth_and_cookies(env):
     """ErrorDocument 401 /errorpage/401: the page's body and Content-Type, the app's 401,
     WWW-Authenticate and cookies (a 401 without its challenge breaks authentication)."""
     bridge, nginx = env
-    r = requests.get(nginx.url("/status?code=401&extra=1"), timeout=30)
+    r = requests.get(nginx.url("/status?code=401&extra=1"), timeout=30,
+                     headers={"If-None-Match": '"app-etag"', "Range": "bytes=0-3"})
     assert r.status_code == 401, r.text
     assert r.headers["Content-Type"] == "application/json"
     page = r.json()
@@ -99,6 +100,8 @@ def test_401_page_is_an_internal_redirect_keeping_auth_and_cookies(env):
     assert (page["REDIRECT_STATUS"], page["REDIRECT_URL"], page["REDIRECT_QUERY_STRING"]) == \
         ("401", "/status", "code=401&extra=1")
     assert page["REQUEST_METHOD"] == "GET" and page["REDIRECT_REQUEST_METHOD"] == "GET"
+    # the client's conditional and range headers were about the page it asked for
+    assert page["HTTP_IF_NONE_MATCH"] is None and page["HTTP_RANGE"] is None
     kept_app_headers(r)
     assert "page=1" in r.raw.headers.getlist("Set-Cookie"), "the page's own cookie goes out too"
     bridge.log.wait_for(r'method="GET" uri="/status\?code=401&extra=1" status=401 .*pool="app"', access=True)

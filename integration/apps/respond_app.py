@@ -98,7 +98,8 @@ def application(environ, start_response):
     if path.startswith("/errorpage"):
         # An error page reached by an internal redirect: which request it stands in for.
         keys = ("REQUEST_METHOD", "REQUEST_URI", "QUERY_STRING", "CONTENT_LENGTH", "REDIRECT_STATUS", "REDIRECT_URL",
-                "REDIRECT_QUERY_STRING", "REDIRECT_REQUEST_METHOD", "REDIRECT_REDIRECT_URL")
+                "REDIRECT_QUERY_STRING", "REDIRECT_REQUEST_METHOD", "REDIRECT_REDIRECT_URL", "HTTP_IF_NONE_MATCH",
+                "HTTP_RANGE")
         info = {k: environ.get(k) for k in keys}
         info["page"] = path
         info["pid"] = os.getpid()

@@ -101,6 +101,7 @@ pub async fn serve<S: BodySource, K: ResponseSink>(
                     break $done (status, 0, $pool);
                 }
                 respond::error_override::Next::Dispatch(target) => {
+                    respond::error_override::page_request(&mut params);
                     redirect_to = Some(target);
                     continue $done;
                 }

@@ -220,6 +220,23 @@ pub fn next(pages: Option<&ErrorPages>, serving: &mut Option<Replaced>, replaced
     }
 }
 
+/// Prepare the request fetching an error page: the client's conditional and range headers
+/// are dropped, since they describe what the client has of the page it asked for, not of
+/// this one; a 304 or 206 would not be the page (Apache sets `no_local_copy` for the same
+/// reason).
+pub fn page_request(params: &mut fastcgi_server::Params) {
+    for name in [
+        &b"HTTP_IF_NONE_MATCH"[..],
+        b"HTTP_IF_MODIFIED_SINCE",
+        b"HTTP_IF_MATCH",
+        b"HTTP_IF_UNMODIFIED_SINCE",
+        b"HTTP_IF_RANGE",
+        b"HTTP_RANGE",
+    ] {
+        params.remove(name);
+    }
+}
+
 /// The bridge's default text page for `r`'s status, with its kept headers.
 pub fn default_response(r: &Replaced) -> BytesMut {
     let text = format!("{} {}\n", r.status, super::reason_phrase(r.status));
@@ -327,6 +344,17 @@ mod tests {
         assert_eq!(status, 401);
         assert!(text(&reply).starts_with("Status: 401 Unauthorized\r\nWWW-Authenticate: Basic realm=\"x\"\r\nSet-Cookie: a=1\r\n"));
         assert!(text(&reply).ends_with("\r\n\r\n401 Unauthorized\n"));
+    }
+
+    #[test]
+    fn a_page_request_is_not_conditional() {
+        let mut p = fastcgi_server::Params::default();
+        for (n, v) in [("HTTP_IF_NONE_MATCH", "\"x\""), ("HTTP_RANGE", "bytes=0-1"), ("HTTP_IF_MODIFIED_SINCE", "x"), ("HTTP_HOST", "h")] {
+            p.insert(n.as_bytes(), v.as_bytes());
+        }
+        page_request(&mut p);
+        let names: Vec<&[u8]> = p.iter().map(|(n, _)| n).collect();
+        assert_eq!(names, [&b"HTTP_HOST"[..]]);
     }
 
     #[test]
