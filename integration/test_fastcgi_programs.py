@@ -47,6 +47,71 @@ def test_flup_script_pool(programs):
     assert json.loads(resp.body)["size"] == 100000
 
 
+@pytest.fixture(scope="module")
+def flup_nginx(programs, tmp_path_factory):
+    """nginx in front of the flup pool (routed by Host: flup.test)."""
+    import respond_servers
+    b, pools = programs
+    if "flup" not in pools:
+        pytest.skip("flup is not installed (pip install flup)")
+    b.wait_ready([("fcgi-tcp", "/health", "flup.test")], timeout=60)
+    work = tmp_path_factory.mktemp("flup-nginx")
+    nginx = respond_servers.Nginx(work / "nginx", b.listener_address("fcgi-tcp"), work)
+    # Nginx.start() probes /health with nginx's own Host; the catch-all needs the flup host.
+    nginx.conf.write_text(nginx.conf.read_text().replace(
+        "fastcgi_param PATH_INFO $fastcgi_script_name;",
+        "fastcgi_param PATH_INFO $fastcgi_script_name;\n            fastcgi_param HTTP_HOST flup.test;", 1))
+    nginx.start()
+    try:
+        yield b, nginx
+    finally:
+        nginx.stop()
+
+
+def _raw_get(port, path):
+    """GET over a fresh connection: (status, Content-Length, body bytes received, whether the
+    connection ended before the declared body)."""
+    import http.client
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        conn.request("GET", path)
+        r = conn.getresponse()
+        declared = r.getheader("Content-Length")
+        try:
+            body, short = r.read(), False
+        except http.client.IncompleteRead as e:
+            body, short = e.partial, True
+        return r.status, declared, body, short
+    finally:
+        conn.close()
+
+
+def test_flup_body_longer_than_its_content_length_through_nginx(flup_nginx):
+    """flup passes on whatever the app returns: the bridge sends only the declared bytes."""
+    b, nginx = flup_nginx
+    mark = b.log.mark()
+    status, declared, body, short = _raw_get(nginx.port, "/cl-mismatch?declared=10&sent=25")
+    assert (status, declared, short) == (200, "10", False)
+    assert body == b"m" * 10
+    line = b.log.wait_for([r"sent more body than its Content-Length declared", r'pool="flup"', r"pid=\d+",
+                           r'request_id="\d+"', r'uri="/cl-mismatch', r"declared=10 sent=25$"], since=mark)
+    assert len(line) == 1, line
+    # the connection to flup is still good
+    assert _raw_get(nginx.port, "/health")[2] == b"ok"
+
+
+def test_flup_body_shorter_than_its_content_length_through_nginx(flup_nginx):
+    """A short body must reach the client as a truncated response, never as a complete one."""
+    b, nginx = flup_nginx
+    mark = b.log.mark()
+    status, declared, body, short = _raw_get(nginx.port, "/cl-mismatch?declared=100&sent=10")
+    assert status == 200 and declared == "100"
+    assert short and len(body) < 100, (len(body), body[:40])
+    b.log.wait_for([r"ended the response before the body its Content-Length declared", r'pool="flup"', r"pid=\d+",
+                    r'request_id="\d+"', r'uri="/cl-mismatch', r"declared=100 sent=10$"], since=mark)
+    assert _raw_get(nginx.port, "/health")[2] == b"ok"
+
+
 def test_php_cgi_pool(programs):
     b, pools = programs
     if "php" not in pools:

@@ -134,3 +134,25 @@ def test_redirect_over_scgi_with_a_body_left_unread(env):
     assert status == 200
     e = json.loads(body)
     assert e["REQUEST_METHOD"] == "GET" and e["SCRIPT_NAME"] == "/other" and e["REDIRECT_URL"] == "/redirect"
+
+
+def test_a_chain_of_two_redirects_names_each_hop_as_apache_does(env):
+    """/redirect → /app/redirect?to=… → /other/env?k=v through nginx: as under Apache,
+    REDIRECT_* names the previous request and REDIRECT_REDIRECT_* the one before it."""
+    from urllib.parse import quote
+    _, nginx = env
+    inner = quote("/other/env?k=v", safe="")
+    to = quote(f"/app/redirect?to={inner}", safe="")
+    r = requests.post(nginx.url(f"/redirect?to={to}&first=1"), data=b"payload", timeout=30)
+    assert r.status_code == 200, r.text[:300]
+    e = r.json()
+    assert (e["SCRIPT_NAME"], e["PATH_INFO"], e["QUERY_STRING"], e["REQUEST_METHOD"]) == ("/other", "/env", "k=v", "GET")
+    # the second hop, /app/redirect, redirected here
+    assert (e["REDIRECT_URL"], e["REDIRECT_QUERY_STRING"]) == ("/app/redirect", f"to={inner}")
+    assert (e["REDIRECT_STATUS"], e["REDIRECT_REQUEST_METHOD"]) == ("200", "GET")
+    # the client's request, one level down
+    assert (e["REDIRECT_REDIRECT_URL"], e["REDIRECT_REDIRECT_QUERY_STRING"]) == ("/redirect", f"to={to}&first=1")
+    assert (e["REDIRECT_REDIRECT_STATUS"], e["REDIRECT_REDIRECT_REQUEST_METHOD"]) == ("200", "POST")
+    # nginx's fastcgi_params send REDIRECT_STATUS=200 (for PHP) with the client's request
+    assert e["REDIRECT_REDIRECT_REDIRECT_STATUS"] == "200"
+    assert "CONTENT_LENGTH" not in e and "HTTP_CONTENT_LENGTH" not in e

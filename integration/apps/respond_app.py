@@ -20,7 +20,7 @@ def application(environ, start_response):
     # Mounted at /app or /other by prefix routes, or at "/" by a catch-all; the routes of
     # test_redirect.py also mount single pages (/redirect, /loop …) as prefixes.
     path = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
-    for mount in ("/app", "/other", "/plain"):
+    for mount in ("/app", "/other", "/plain", "/pages", "/busy"):
         if path.startswith(mount + "/"):
             path = path[len(mount):]
     query = parse_qs(environ.get("QUERY_STRING", ""))
@@ -86,8 +86,37 @@ def application(environ, start_response):
 
     if path == "/status":
         code = arg("code", "404")
-        start_response(f"{code} App Says", [("Content-Type", "text/plain")])
+        headers = [("Content-Type", "text/plain")]
+        if arg("extra"):
+            # what an error page must keep (auth, cookies, caching) and replace (the body's)
+            headers += [("WWW-Authenticate", 'Basic realm="site"'), ("Set-Cookie", "session=abc; Path=/"),
+                        ("Set-Cookie", "seen=1"), ("Cache-Control", "no-store"), ("X-App", "yes"),
+                        ("ETag", '"app-etag"'), ("Content-Language", "de"), ("Content-Length", "24")]
+        start_response(f"{code} App Says", headers)
         return [b"the app's own error body"]
+
+    if path.startswith("/errorpage"):
+        # An error page reached by an internal redirect: which request it stands in for.
+        keys = ("REQUEST_METHOD", "REQUEST_URI", "QUERY_STRING", "CONTENT_LENGTH", "REDIRECT_STATUS", "REDIRECT_URL",
+                "REDIRECT_QUERY_STRING", "REDIRECT_REQUEST_METHOD", "REDIRECT_REDIRECT_URL", "HTTP_IF_NONE_MATCH",
+                "HTTP_RANGE")
+        info = {k: environ.get(k) for k in keys}
+        info["page"] = path
+        info["pid"] = os.getpid()
+        body = json.dumps(info).encode()
+        start_response("200 OK", [("Content-Type", "application/json"), ("Set-Cookie", "page=1"),
+                                  ("Content-Length", str(len(body)))])
+        return [body]
+
+    if path == "/errorfail":
+        start_response("500 Internal Server Error", [("Content-Type", "text/plain")])
+        return [b"the error page itself failed"]
+
+    if path == "/sleep":
+        import time
+        time.sleep(float(arg("s", "1")))
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"slept"]
 
     if path == "/crash":
         os._exit(3)  # the worker dies mid-request: the bridge answers 502

@@ -52,8 +52,9 @@ pub struct RequestInfo<'a> {
     pub id: &'a str,
     pub uri: &'a str,
     pub role: Role,
-    /// The pool's `error-pages`, when it has any.
-    pub error_pages: Option<&'a respond::error_override::ErrorPages>,
+    /// The pool's `error-pages` when it has any, or the response this request fetches an
+    /// error page for.
+    pub error_pages: Option<respond::error_override::Override<'a>>,
     /// `file-handoff: serve | translate` on the listener (respond/handoff.rs); None: pass.
     pub files: Option<&'a respond::handoff::Files>,
 }
@@ -132,6 +133,37 @@ struct RespState {
     content_length: Option<u64>,
     /// A hand-off: the response is dropped (`front_done`), the caller answers instead.
     redirect: Option<respond::Handoff>,
+    /// The body bytes the response may carry: its Content-Length, or u64::MAX when it has
+    /// none or no body is expected (HEAD, 1xx, 204, 304). Not every program keeps to what
+    /// it declared (php-cgi, flup do not check), and a web server trusts it.
+    body_limit: u64,
+    /// Body bytes past `body_limit`, dropped.
+    excess: u64,
+    /// The request is a HEAD: its Content-Length describes a body that is not sent.
+    head_request: bool,
+}
+
+impl RespState {
+    /// Arm the Content-Length check once the head has gone out with `st.status`.
+    fn arm_body_limit(&mut self) {
+        let bodyless = self.head_request || matches!(self.status, 100..=199 | 204 | 304);
+        self.body_limit = match self.content_length {
+            Some(len) if !bodyless => len,
+            _ => u64::MAX,
+        };
+    }
+
+    /// `data` cut to what the declared Content-Length still allows; the rest is counted
+    /// in `excess` and dropped. `body_bytes` never passes `body_limit`.
+    #[inline]
+    fn within_limit(&mut self, data: Bytes) -> Bytes {
+        let room = self.body_limit - self.body_bytes;
+        if data.len() as u64 <= room {
+            return data;
+        }
+        self.excess += data.len() as u64 - room;
+        data.slice(..room as usize)
+    }
 }
 
 /// How long a response whose declared body is complete is held for the END_REQUEST that
@@ -187,6 +219,9 @@ pub async fn exchange<S: BodySource, K: ResponseSink>(
         body_bytes: 0,
         content_length: None,
         redirect: None,
+        body_limit: u64::MAX,
+        excess: 0,
+        head_request: params.get(b"REQUEST_METHOD") == Some(b"HEAD"),
     };
 
     if let Err(e) = stream.write_all(wbuf).await {
@@ -267,9 +302,9 @@ pub async fn exchange<S: BodySource, K: ResponseSink>(
             } else {
                 tracing::error!(pool, pid, request_id = info.id, uri = info.uri, "request-timeout: answering 504");
                 st.status = 504;
-                let _ = sink.send(respond::error_override::bridge_error(info.error_pages, 504, None).freeze(), Some(End::Complete)).await;
+                st.redirect = bridge_error(info, sink, 504).await;
             }
-            Outcome { status: st.status, body_bytes: st.body_bytes, fate: SlotFate::Discard, retry: None, redirect: None }
+            Outcome { status: st.status, body_bytes: st.body_bytes, fate: SlotFate::Discard, retry: None, redirect: st.redirect.take() }
         }
         RespEnd::WorkerBroken(why) => {
             if st.front_done {
@@ -280,9 +315,9 @@ pub async fn exchange<S: BodySource, K: ResponseSink>(
             } else {
                 tracing::error!(pool, pid, request_id = info.id, uri = info.uri, "worker connection failed before a response, answering 502: {why}");
                 st.status = 502;
-                let _ = sink.send(respond::error_override::bridge_error(info.error_pages, 502, None).freeze(), Some(End::Complete)).await;
+                st.redirect = bridge_error(info, sink, 502).await;
             }
-            Outcome { status: st.status, body_bytes: st.body_bytes, fate: SlotFate::Reconnect, retry: None, redirect: None }
+            Outcome { status: st.status, body_bytes: st.body_bytes, fate: SlotFate::Reconnect, retry: None, redirect: st.redirect.take() }
         }
         RespEnd::FrontGone => {
             // End the request toward the front at once (FastCGI ABORT_REQUEST wants an
@@ -380,6 +415,10 @@ async fn forward<K: ResponseSink>(
                         continue;
                     }
                     if st.head_done {
+                        let data = st.within_limit(data);
+                        if data.is_empty() {
+                            continue;
+                        }
                         st.body_bytes += data.len() as u64;
                         if pending.len() + data.len() <= COALESCE {
                             pending.extend_from_slice(&data);
@@ -396,6 +435,8 @@ async fn forward<K: ResponseSink>(
                     match take_head(st, data, info, pool, pid) {
                         Ok(Some((head, rest))) => {
                             pending = head;
+                            st.arm_body_limit();
+                            let rest = st.within_limit(rest);
                             st.body_bytes += rest.len() as u64;
                             if rest.len() <= COALESCE {
                                 pending.extend_from_slice(&rest);
@@ -438,14 +479,36 @@ async fn forward<K: ResponseSink>(
                     tracing::error!(pool, pid, request_id = info.id, uri = info.uri, "worker ended the request without a complete header block, answering 502");
                 }
                 st.status = 502;
-                pending = respond::error_override::bridge_error(info.error_pages, 502, None);
+                match respond::error_override::bridge_reply(info.error_pages, 502, None) {
+                    respond::error_override::Reply::Send(reply) => pending = reply,
+                    respond::error_override::Reply::Handoff(h) => {
+                        // An error page to dispatch: the caller answers.
+                        st.redirect = Some(h);
+                        st.front_done = true;
+                        return RespEnd::Ended;
+                    }
+                }
                 End::Complete
             } else if app_status != 0 {
                 tracing::error!(pool, pid, request_id = info.id, uri = info.uri, app_status, "the app failed after sending headers, response cut off");
                 End::CutOff
+            } else if st.body_bytes < st.body_limit && st.body_limit != u64::MAX {
+                // A short body that ends normally would look complete to a web server
+                // that does not count (and to its cache).
+                tracing::error!(
+                    pool, pid, request_id = info.id, uri = info.uri, declared = st.body_limit, sent = st.body_bytes,
+                    "the program ended the response before the body its Content-Length declared, response cut off"
+                );
+                End::CutOff
             } else {
                 End::Complete
             };
+            if st.excess > 0 {
+                tracing::error!(
+                    pool, pid, request_id = info.id, uri = info.uri, declared = st.body_limit, sent = st.body_bytes + st.excess,
+                    "the program sent more body than its Content-Length declared; the {} bytes past it were dropped", st.excess
+                );
+            }
             st.front_done = true;
             if sink.send(pending.split().freeze(), Some(end)).await.is_err() {
                 // The worker's side is complete: the slot is clean even so.
@@ -522,10 +585,9 @@ fn take_head(st: &mut RespState, data: Bytes, info: &RequestInfo<'_>, pool: &str
             return Ok(None);
         }
     }
-    if let Some(pages) = info.error_pages {
-        let status = respond::effective_status(&head);
-        if status >= 400 && pages.get(status).is_some() {
-            st.redirect = Some(respond::Handoff::ErrorPage(status));
+    if let Some(ov) = info.error_pages {
+        if let Some(replaced) = respond::error_override::on_head(ov, &mut head) {
+            st.redirect = Some(replaced);
             st.head_done = false;
             st.front_done = true;
             return Ok(None);
@@ -568,6 +630,17 @@ fn bad_head(info: &RequestInfo<'_>, pool: &str, pid: u32, why: &fastcgi_server::
     status
 }
 
+/// The bridge's own error for this request: sent now, or the error page to dispatch.
+async fn bridge_error<K: ResponseSink>(info: &RequestInfo<'_>, sink: &mut K, status: u16) -> Option<respond::Handoff> {
+    match respond::error_override::bridge_reply(info.error_pages, status, None) {
+        respond::error_override::Reply::Send(reply) => {
+            let _ = sink.send(reply.freeze(), Some(End::Complete)).await;
+            None
+        }
+        respond::error_override::Reply::Handoff(h) => Some(h),
+    }
+}
+
 /// A worker's STDERR record (wsgi.errors, tracebacks): one log line per line.
 fn log_stderr(pool: &str, pid: u32, info: &RequestInfo<'_>, data: &[u8]) {
     for line in data.split(|&b| b == b'\n') {
@@ -576,5 +649,52 @@ fn log_stderr(pool: &str, pid: u32, info: &RequestInfo<'_>, data: &[u8]) {
             continue;
         }
         tracing::warn!(pool, pid, request_id = info.id, uri = info.uri, "{}", String::from_utf8_lossy(line));
+    }
+}
+
+#[cfg(test)]
+mod length_tests {
+    use super::*;
+
+    fn state(status: u16, content_length: Option<u64>, head_request: bool) -> RespState {
+        let mut st = RespState {
+            head_buf: BytesMut::new(),
+            head_done: true,
+            front_done: false,
+            status,
+            body_bytes: 0,
+            content_length,
+            redirect: None,
+            body_limit: u64::MAX,
+            excess: 0,
+            head_request,
+        };
+        st.arm_body_limit();
+        st
+    }
+
+    fn relay(st: &mut RespState, chunk: &'static [u8]) -> Bytes {
+        let out = st.within_limit(Bytes::from_static(chunk));
+        st.body_bytes += out.len() as u64;
+        out
+    }
+
+    #[test]
+    fn bytes_past_the_declared_length_are_dropped() {
+        let mut st = state(200, Some(5), false);
+        assert_eq!(&relay(&mut st, b"012")[..], b"012");
+        assert_eq!(&relay(&mut st, b"3456")[..], b"34");
+        assert_eq!(&relay(&mut st, b"789")[..], b"");
+        assert_eq!((st.body_bytes, st.excess), (5, 5));
+    }
+
+    #[test]
+    fn bodyless_responses_and_no_length_are_not_counted() {
+        for st in [state(200, Some(5), true), state(204, Some(5), false), state(304, Some(5), false), state(200, None, false)] {
+            assert_eq!(st.body_limit, u64::MAX);
+        }
+        let mut st = state(200, None, false);
+        assert_eq!(relay(&mut st, b"0123456789").len(), 10);
+        assert_eq!(st.excess, 0);
     }
 }

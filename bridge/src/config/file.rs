@@ -81,8 +81,9 @@ pub struct RawPool {
     pub memory_limit: Option<ByteSize>,
     pub cpu_time_limit: Option<HumanDuration>,
     pub max_body: Option<ByteSize>,
-    /// `status: file` — pages replacing an app's error bodies and the bridge's own errors.
-    pub error_pages: Option<Entries<String>>,
+    /// `status: file | {file: path} | {redirect: /local/path}` — pages replacing an app's
+    /// error bodies and the bridge's own errors.
+    pub error_pages: Option<Entries<RawErrorPage>>,
     // Isolation (config/isolation.rs): taken out by `RawIsolation::take`.
     pub user: Option<String>,
     pub group: Option<String>,
@@ -130,6 +131,45 @@ pub struct RawListener {
     pub file_map: Option<Entries<String>>,
     pub mount: Option<String>,
     pub path_info: Option<String>,
+}
+
+
+/// One `error-pages` entry: a file as a plain string or `{file: path}`, or
+/// `{redirect: /local/path}`. Which of them is required is checked in `resolve.rs`.
+#[derive(Debug, Default)]
+pub struct RawErrorPage {
+    pub file: Option<String>,
+    pub redirect: Option<String>,
+}
+
+impl<'de> Deserialize<'de> for RawErrorPage {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct PageVisitor;
+
+        impl<'de> Visitor<'de> for PageVisitor {
+            type Value = RawErrorPage;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a file path, `{file: path}` or `{redirect: /local/path}`")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(RawErrorPage { file: Some(v.to_owned()), redirect: None })
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut page = RawErrorPage::default();
+                while let Some(key) = map.next_key::<String>()? {
+                    match key.as_str() {
+                        "file" => page.file = Some(map.next_value()?),
+                        "redirect" => page.redirect = Some(map.next_value()?),
+                        other => return Err(de::Error::unknown_field(other, &["file", "redirect"])),
+                    }
+                }
+                Ok(page)
+            }
+        }
+
+        deserializer.deserialize_any(PageVisitor)
+    }
 }
 
 

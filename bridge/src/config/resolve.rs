@@ -93,10 +93,21 @@ pub fn pool(
         return Err(src.invalid(&here.key("startup-timeout"), "must be longer than 0s"));
     }
     let error_pages = {
-        let files: Vec<(String, std::path::PathBuf)> =
-            raw.error_pages.map(|e| e.0).unwrap_or_default().into_iter().map(|(k, v)| (k, paths::resolve(dir, &v))).collect();
-        crate::respond::error_override::ErrorPages::load(files.iter().map(|(k, v)| (k.as_str(), v.as_path())))
-            .map_err(|e| src.invalid(&here.key("error-pages"), e.to_string()))?
+        use crate::respond::error_override::{ErrorPageError, ErrorPages, PageSource};
+        let mut pages = ErrorPages::default();
+        for (status, page) in raw.error_pages.map(|e| e.0).unwrap_or_default() {
+            let file = page.file.as_deref().map(|f| paths::resolve(dir, f));
+            let source = match (&file, &page.redirect) {
+                (Some(file), None) => Ok(PageSource::File(file)),
+                (None, Some(target)) => Ok(PageSource::Redirect(target)),
+                (Some(_), Some(_)) => Err(ErrorPageError::BothForms),
+                (None, None) => Err(ErrorPageError::NoPage),
+            };
+            source
+                .and_then(|source| pages.insert(&status, source))
+                .map_err(|e| src.invalid(&here.key("error-pages").key(&status), e.to_string()))?;
+        }
+        pages
     };
     let max_body = match raw.max_body {
         None => None,

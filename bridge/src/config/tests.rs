@@ -388,3 +388,36 @@ fn respond_and_proxy_keys_name_file_line_and_key() {
     let err = valid("max-body").file("30-x.yaml", "pools:\n  x:\n    app: x\n    max-body: 0\n").error();
     assert!(err.contains("pools.x.max-body: must be more than 0 bytes"), "{err}");
 }
+
+#[test]
+fn error_pages_are_files_or_local_redirects() {
+    let tree = valid("error-pages");
+    fs::write(tree.root.join("app/404.html"), "<h1>gone</h1>").unwrap();
+    let pool = |pages: &str| format!("pools:\n  x:\n    app: ../app/app.py\n    error-pages:\n{pages}");
+    let ok = tree.file(
+        "30-x.yaml",
+        &pool("      \"404\": ../app/404.html\n      410: {file: ../app/404.html}\n      503: {redirect: /errors/503?x=1}\n"),
+    );
+    let cfg = ok.config();
+    let pages = &cfg.pools.iter().find(|p| p.name == "x").expect("pool x").error_pages;
+    use crate::respond::error_override::ErrorPage;
+    assert!(matches!(pages.get(404), Some(ErrorPage::File { content_type: "text/html; charset=utf-8", .. })));
+    assert!(matches!(pages.get(410), Some(ErrorPage::File { .. })));
+    assert_eq!(pages.get(503), Some(&ErrorPage::Redirect(bytes::Bytes::from_static(b"/errors/503?x=1"))));
+    let cases = [
+        ("      \"200\": ../app/404.html\n", "30-x.yaml:5:7: pools.x.error-pages.200: \"200\" is not an HTTP error status"),
+        ("      404: {}\n", "30-x.yaml:5:7: pools.x.error-pages.404: give a page: a file"),
+        ("      404: {file: ../app/404.html, redirect: /e}\n", "30-x.yaml:5:7: pools.x.error-pages.404: a page is either `file` or `redirect`, not both"),
+        ("      404: {redirect: errors/404}\n", "30-x.yaml:5:7: pools.x.error-pages.404: redirect \"errors/404\" must be a local path starting with one '/'"),
+        ("      404: {redirect: //cdn/404}\n", "pools.x.error-pages.404: redirect \"//cdn/404\" must be a local path"),
+        ("      404: ../app/missing.html\n", "pools.x.error-pages.404: cannot read the error page ROOT/app/missing.html"),
+        ("      404: {page: /e}\n", "30-x.yaml:5:"),
+    ];
+    for (pages, want) in cases {
+        let err = valid("error-pages-bad").file("30-x.yaml", &pool(pages)).error();
+        assert!(err.contains(want), "got:  {err}\nwant: {want}");
+        assert!(err.starts_with("ROOT/conf.d/30-x.yaml:"), "{err}");
+    }
+    let err = valid("error-pages-key").file("30-x.yaml", &pool("      404: {page: /e}\n")).error();
+    assert!(err.contains("pools.x.error-pages.404") && err.contains("unknown key"), "{err}");
+}

@@ -88,20 +88,46 @@ pub async fn serve<S: BodySource, K: ResponseSink>(
     // A CGI local redirect from the app (respond/redirect.rs) serves the request again.
     let mut redirect_to: Option<bytes::Bytes> = None;
     let mut redirects = 0u32;
+    // Set while the request fetches an error page that is a local path: the response the
+    // page replaces (respond/error_override.rs). REDIRECT_STATUS is its status.
+    let mut serving: Option<respond::error_override::Replaced> = None;
+    // Hand a response to error override: send the page (or the default text), or dispatch
+    // the request to the page's path.
+    macro_rules! error_page {
+        ($done:lifetime, $pages:expr, $replaced:expr, $pool:expr) => {
+            match respond::error_override::next($pages, &mut serving, $replaced) {
+                respond::error_override::Next::Send { status, reply } => {
+                    let _ = sink.send(reply.freeze(), Some(End::Complete)).await;
+                    break $done (status, 0, $pool);
+                }
+                respond::error_override::Next::Dispatch(target) => {
+                    respond::error_override::page_request(&mut params);
+                    redirect_to = Some(target);
+                    continue $done;
+                }
+            }
+        };
+    }
     if let Some(trust) = &lst.trusted_proxies {
         trust.apply(&mut params);
     }
     let (status, bytes, pool_name) = 'done: loop {
         if let Some(target) = redirect_to.take() {
             let shown = String::from_utf8_lossy(&target);
-            if let Err(e) = respond::redirect::apply(&mut params, &target, &mut redirects, lst.max_redirects) {
+            let redirect_status = serving.as_ref().map_or(200, |r| r.status);
+            if let Err(e) = respond::redirect::apply(&mut params, &target, &mut redirects, lst.max_redirects, redirect_status) {
                 tracing::error!(listener = %lst.name, request_id, uri = %uri, target = %shown, "internal redirect refused, answering 500: {e}");
                 let _ = sink.send(respond::error_response(500, None).freeze(), Some(End::Complete)).await;
                 break 'done (500, 0, None);
             }
             tracing::info!(listener = %lst.name, request_id, uri = %uri, target = %shown, "internal redirect");
             source.end_body();
-            if lst.router.route(&params).is_none() {
+            let routed = lst.router.route(&params).is_some();
+            if !routed && serving.is_some() {
+                tracing::warn!(listener = %lst.name, request_id, uri = %uri, target = %shown, "no route serves the error page, answering the default page");
+                error_page!('done, None, respond::error_override::Replaced::bridge(404, None), None);
+            }
+            if !routed {
                 // Not ours to serve: the web server may (nginx: X-Accel-Redirect).
                 let reply = respond::redirect::unrouted(lst.dialect, lst.unrouted_redirect, &target);
                 let status = if reply.is_some() { 200 } else { 404 };
@@ -154,9 +180,7 @@ pub async fn serve<S: BodySource, K: ResponseSink>(
                 let retry = match e {
                     AcquireError::QueueFull(_) | AcquireError::Timeout(_) | AcquireError::Unavailable(_) => Some(RETRY_AFTER_SECS),
                 };
-                let pages = Some(&pool.config.error_pages).filter(|p| !p.is_empty());
-                let _ = sink.send(respond::error_override::bridge_error(pages, 503, retry).freeze(), Some(End::Complete)).await;
-                break 'done (503, 0, Some(&pool.name));
+                error_page!('done, Some(&pool.config.error_pages), respond::error_override::Replaced::bridge(503, retry), Some(&pool.name));
             }
             None => {
                 // Gone while queued: end it toward the front (an ABORT_REQUEST wants END_REQUEST).
@@ -164,7 +188,11 @@ pub async fn serve<S: BodySource, K: ResponseSink>(
                 break 'done (499, 0, Some(&pool.name));
             }
         };
-        let pages = Some(&pool.config.error_pages).filter(|p| !p.is_empty());
+        // The request fetching an error page gets no page of its own (no recursion).
+        let pages = match &serving {
+            Some(replaced) => Some(respond::error_override::Override::Serving(replaced)),
+            None => Some(&pool.config.error_pages).filter(|p| !p.is_empty()).map(respond::error_override::Override::Pages),
+        };
         let info = RequestInfo { id: request_id, uri: &uri, role, error_pages: pages, files: lst.files.as_deref() };
         let mut first = First::Encode;
         let mut attempts = 0;
@@ -175,8 +203,7 @@ pub async fn serve<S: BodySource, K: ResponseSink>(
             let next = if attempts < MAX_ATTEMPTS { pool.dispatcher.acquire(&ticket).await.ok() } else { None };
             let Some(mut next) = next else {
                 tracing::error!(pool = %pool.name, request_id, uri = %uri, "no worker took the request, answering 502");
-                let _ = sink.send(respond::error_override::bridge_error(info.error_pages, 502, None).freeze(), Some(End::Complete)).await;
-                break 'done (502, 0, Some(&pool.name));
+                error_page!('done, Some(&pool.config.error_pages), respond::error_override::Replaced::bridge(502, None), Some(&pool.name));
             };
             next.take_first_write(&mut slot);
             let failed = std::mem::replace(&mut slot, next);
@@ -214,11 +241,12 @@ pub async fn serve<S: BodySource, K: ResponseSink>(
                 redirect_to = Some(target);
                 continue 'done;
             }
-            Some(respond::Handoff::ErrorPage(status)) => {
+            Some(respond::Handoff::ErrorPage(replaced)) => {
                 // The app's error body is replaced; its status stays.
-                let reply = respond::error_override::bridge_error(info.error_pages, status, None);
-                let _ = sink.send(reply.freeze(), Some(End::Complete)).await;
-                break 'done (status, 0, Some(&pool.name));
+                if let Some(orig) = &serving {
+                    tracing::warn!(pool = %pool.name, request_id, uri = %uri, "the error page for {} answered {}, answering the default page", orig.status, replaced.status);
+                }
+                error_page!('done, Some(&pool.config.error_pages), replaced, Some(&pool.name));
             }
             Some(respond::Handoff::File(file)) => {
                 let roots = lst.files.as_ref().map_or(&[][..], |f| &f.roots[..]);

@@ -1,8 +1,13 @@
-//! Error override (mod_wsgi's WSGIErrorOverride): a pool's `error-pages` replace the body of
-//! an app's 4xx/5xx response with the configured page, and are also used for the bridge's own
-//! 502, 503 and 504 for that pool, so every application behind a site shows the same pages.
-//! Pages are read when the configuration is loaded; the status stays the app's.
+//! Error override (mod_wsgi's WSGIErrorOverride, Apache's `ErrorDocument`): a pool's
+//! `error-pages` replace the body of an app's 4xx/5xx response, and are also used for the
+//! bridge's own 502, 503 and 504 for that pool, so every application behind a site shows the
+//! same pages. A page is a file (read when the configuration is loaded) or a local path the
+//! request is dispatched to again, as Apache's `ErrorDocument 404 /errors/404` does. Either
+//! way the status stays the original one, and so do the app's headers that do not describe
+//! its body (Set-Cookie, WWW-Authenticate, Retry-After …).
+use super::Handoff;
 use bytes::{BufMut, Bytes, BytesMut};
+use fastcgi_server::cgi::ResponseHead;
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -13,13 +18,28 @@ pub enum ErrorPageError {
     NotAnError(String),
     #[error("cannot read the error page {path}: {err}")]
     Read { path: String, err: std::io::Error },
+    #[error("give a page: a file (a path, or `{{file: path}}`) or `{{redirect: /local/path}}`")]
+    NoPage,
+    #[error("a page is either `file` or `redirect`, not both")]
+    BothForms,
+    #[error("redirect {0:?} must be a local path starting with one '/' (like /errors/404)")]
+    BadRedirect(String),
 }
 
-/// One page: its bytes and Content-Type.
+/// One page.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ErrorPage {
-    pub body: Bytes,
-    pub content_type: &'static str,
+pub enum ErrorPage {
+    /// A file's bytes and its Content-Type.
+    File { body: Bytes, content_type: &'static str },
+    /// A local path (and query) the request is dispatched to.
+    Redirect(Bytes),
+}
+
+/// Where a page comes from, as configured.
+#[derive(Debug, Clone, Copy)]
+pub enum PageSource<'a> {
+    File(&'a Path),
+    Redirect(&'a str),
 }
 
 /// A pool's pages by status.
@@ -27,20 +47,31 @@ pub struct ErrorPage {
 pub struct ErrorPages(BTreeMap<u16, ErrorPage>);
 
 impl ErrorPages {
-    /// Load `status → file` pairs.
-    pub fn load<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a Path)>) -> Result<Self, ErrorPageError> {
-        let mut map = BTreeMap::new();
-        for (status, file) in pairs {
-            let code: u16 = status.trim().parse().ok().filter(|c| (400..=599).contains(c)).ok_or_else(|| ErrorPageError::NotAnError(status.to_owned()))?;
-            let body = std::fs::read(file).map_err(|err| ErrorPageError::Read { path: file.display().to_string(), err })?;
-            let content_type = match file.extension().and_then(|e| e.to_str()) {
-                Some("html" | "htm") => "text/html; charset=utf-8",
-                Some("json") => "application/json",
-                _ => "text/plain; charset=utf-8",
-            };
-            map.insert(code, ErrorPage { body: Bytes::from(body), content_type });
-        }
-        Ok(ErrorPages(map))
+    /// Add the page for `status` (the key as written).
+    pub fn insert(&mut self, status: &str, source: PageSource<'_>) -> Result<(), ErrorPageError> {
+        let code: u16 = status.trim().parse().ok().filter(|c| (400..=599).contains(c)).ok_or_else(|| ErrorPageError::NotAnError(status.to_owned()))?;
+        let page = match source {
+            PageSource::File(file) => {
+                let body = std::fs::read(file).map_err(|err| ErrorPageError::Read { path: file.display().to_string(), err })?;
+                let content_type = match file.extension().and_then(|e| e.to_str()) {
+                    Some("html" | "htm") => "text/html; charset=utf-8",
+                    Some("json") => "application/json",
+                    _ => "text/plain; charset=utf-8",
+                };
+                ErrorPage::File { body: Bytes::from(body), content_type }
+            }
+            PageSource::Redirect(target) => {
+                // "//host" is a network path, not a local one; a control character or a
+                // space would break the request line the target becomes.
+                let local = target.starts_with('/') && !target.starts_with("//");
+                if !local || target.bytes().any(|b| b.is_ascii_control() || b == b' ') {
+                    return Err(ErrorPageError::BadRedirect(target.to_owned()));
+                }
+                ErrorPage::Redirect(Bytes::copy_from_slice(target.as_bytes()))
+            }
+        };
+        self.0.insert(code, page);
+        Ok(())
     }
 
     /// Whether no page is configured (then nothing is looked up per response).
@@ -54,42 +85,292 @@ impl ErrorPages {
     }
 }
 
-/// A complete CGI response: `status` with `page` as its body.
-pub fn page_response(status: u16, page: &ErrorPage, retry_after: Option<u32>) -> BytesMut {
-    let mut out = BytesMut::with_capacity(128 + page.body.len());
-    out.put_slice(format!("Status: {status} {}\r\nContent-Type: {}\r\n", super::reason_phrase(status), page.content_type).as_bytes());
-    if let Some(secs) = retry_after {
-        out.put_slice(format!("Retry-After: {secs}\r\n").as_bytes());
-    }
-    out.put_slice(format!("Content-Length: {}\r\n\r\n", page.body.len()).as_bytes());
-    out.put_slice(&page.body);
-    out
+/// A response whose body a page replaces: its status and the headers kept from it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Replaced {
+    pub status: u16,
+    /// The app's headers that do not describe its body, in order.
+    pub keep: Vec<(Bytes, Bytes)>,
 }
 
-/// The bridge's own error response for a pool: its page when configured, else the default.
-pub fn bridge_error(pages: Option<&ErrorPages>, status: u16, retry_after: Option<u32>) -> BytesMut {
-    match pages.and_then(|p| p.get(status)) {
-        Some(page) => page_response(status, page, retry_after),
-        None => super::error_response(status, retry_after),
+impl Replaced {
+    /// One of the bridge's own errors (no app headers; a 503 keeps its Retry-After).
+    pub fn bridge(status: u16, retry_after: Option<u32>) -> Self {
+        let keep = retry_after.map(|s| (Bytes::from_static(b"Retry-After"), Bytes::from(s.to_string()))).into_iter().collect();
+        Replaced { status, keep }
     }
+}
+
+/// What error override does for one request's response.
+#[derive(Debug, Clone, Copy)]
+pub enum Override<'a> {
+    /// The pool's pages replace the responses they name.
+    Pages(&'a ErrorPages),
+    /// This request fetches the page for an earlier response: its 2xx answer goes out with
+    /// that response's status and kept headers; anything else means the page failed. No
+    /// page of its own replaces it (a failing page does not recurse).
+    Serving(&'a Replaced),
+}
+
+/// Headers that describe the replaced body, not the response: the page brings its own.
+const BODY_HEADERS: &[&[u8]] = &[
+    b"content-type",
+    b"content-length",
+    b"content-encoding",
+    b"content-language",
+    b"content-range",
+    b"content-location",
+    b"content-disposition",
+    b"content-md5",
+    b"etag",
+    b"last-modified",
+    b"accept-ranges",
+    b"location",
+];
+
+/// Look at an app's response head: `Some(hand-off)` when a page replaces it (or, for an
+/// error page's own request, when the page failed); `None` to pass it on — after giving an
+/// error page's answer the original status and headers.
+pub fn on_head(ov: Override<'_>, head: &mut ResponseHead) -> Option<Handoff> {
+    let status = super::effective_status(head);
+    match ov {
+        Override::Pages(pages) => {
+            if status < 400 || pages.get(status).is_none() {
+                return None;
+            }
+            // A head the bridge would refuse (CR/LF in a value …) is not replaced: it gets
+            // the 500 and the log line every such response gets.
+            if super::encode_head(head, 0).is_err() {
+                return None;
+            }
+            let keep = head
+                .headers
+                .iter()
+                .filter(|(n, _)| !BODY_HEADERS.iter().chain(super::HOP_BY_HOP).any(|h| n.eq_ignore_ascii_case(h)))
+                .cloned()
+                .collect();
+            Some(Handoff::ErrorPage(Replaced { status, keep }))
+        }
+        Override::Serving(orig) => {
+            if !(200..300).contains(&status) {
+                return Some(Handoff::ErrorPage(Replaced { status, keep: Vec::new() }));
+            }
+            head.status = Some(orig.status);
+            head.reason = None;
+            for (name, value) in &orig.keep {
+                // Set-Cookie repeats; of any other header the page's own value wins.
+                if name.eq_ignore_ascii_case(b"set-cookie") || head.header(name).is_none() {
+                    head.headers.push((name.clone(), value.clone()));
+                }
+            }
+            None
+        }
+    }
+}
+
+/// What the bridge does for one of its own errors.
+pub enum Reply {
+    /// Send this complete response now.
+    Send(BytesMut),
+    /// The response is a page to dispatch (or the error page's request failed).
+    Handoff(Handoff),
+}
+
+/// The bridge's own error response (502, 503, 504) for a request under `ov`.
+pub fn bridge_reply(ov: Option<Override<'_>>, status: u16, retry_after: Option<u32>) -> Reply {
+    match ov {
+        None => Reply::Send(super::error_response(status, retry_after)),
+        Some(Override::Pages(pages)) => match pages.get(status) {
+            None => Reply::Send(super::error_response(status, retry_after)),
+            Some(ErrorPage::File { body, content_type }) => {
+                Reply::Send(response(status, content_type, body, &Replaced::bridge(status, retry_after).keep))
+            }
+            Some(ErrorPage::Redirect(_)) => Reply::Handoff(Handoff::ErrorPage(Replaced::bridge(status, retry_after))),
+        },
+        Some(Override::Serving(_)) => Reply::Handoff(Handoff::ErrorPage(Replaced::bridge(status, retry_after))),
+    }
+}
+
+/// What comes after a response a page replaces.
+#[derive(Debug)]
+pub enum Next {
+    /// Send this complete response with this status.
+    Send { status: u16, reply: BytesMut },
+    /// Dispatch the request to this local path; `serving` now holds what it replaces.
+    Dispatch(Bytes),
+}
+
+/// Decide what replaces `replaced`, a response of a pool with `pages`. `serving` is set
+/// while the request fetches an error page: then `replaced` is that page failing, and the
+/// default text goes out with the original status.
+pub fn next(pages: Option<&ErrorPages>, serving: &mut Option<Replaced>, replaced: Replaced) -> Next {
+    if let Some(orig) = serving.as_ref() {
+        return Next::Send { status: orig.status, reply: default_response(orig) };
+    }
+    match pages.and_then(|p| p.get(replaced.status)) {
+        Some(ErrorPage::File { body, content_type }) => {
+            Next::Send { status: replaced.status, reply: response(replaced.status, content_type, body, &replaced.keep) }
+        }
+        Some(ErrorPage::Redirect(target)) => {
+            let target = target.clone();
+            *serving = Some(replaced);
+            Next::Dispatch(target)
+        }
+        None => Next::Send { status: replaced.status, reply: default_response(&replaced) },
+    }
+}
+
+/// Prepare the request fetching an error page: the client's conditional and range headers
+/// are dropped, since they describe what the client has of the page it asked for, not of
+/// this one; a 304 or 206 would not be the page (Apache sets `no_local_copy` for the same
+/// reason).
+pub fn page_request(params: &mut fastcgi_server::Params) {
+    for name in [
+        &b"HTTP_IF_NONE_MATCH"[..],
+        b"HTTP_IF_MODIFIED_SINCE",
+        b"HTTP_IF_MATCH",
+        b"HTTP_IF_UNMODIFIED_SINCE",
+        b"HTTP_IF_RANGE",
+        b"HTTP_RANGE",
+    ] {
+        params.remove(name);
+    }
+}
+
+/// The bridge's default text page for `r`'s status, with its kept headers.
+pub fn default_response(r: &Replaced) -> BytesMut {
+    let text = format!("{} {}\n", r.status, super::reason_phrase(r.status));
+    response(r.status, "text/plain; charset=utf-8", text.as_bytes(), &r.keep)
+}
+
+/// A complete CGI response: `status`, the kept headers, and `body` of `content_type`.
+fn response(status: u16, content_type: &str, body: &[u8], keep: &[(Bytes, Bytes)]) -> BytesMut {
+    let mut out = BytesMut::with_capacity(128 + body.len() + keep.iter().map(|(n, v)| n.len() + v.len() + 4).sum::<usize>());
+    out.put_slice(format!("Status: {status} {}\r\n", super::reason_phrase(status)).as_bytes());
+    for (name, value) in keep {
+        out.put_slice(name);
+        out.put_slice(b": ");
+        out.put_slice(value);
+        out.put_slice(b"\r\n");
+    }
+    out.put_slice(format!("Content-Type: {content_type}\r\nContent-Length: {}\r\n\r\n", body.len()).as_bytes());
+    out.put_slice(body);
+    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn head(status: u16, headers: &[(&str, &str)]) -> ResponseHead {
+        ResponseHead {
+            status: Some(status),
+            reason: None,
+            location: None,
+            content_type: None,
+            content_length: None,
+            headers: headers.iter().map(|(n, v)| (Bytes::copy_from_slice(n.as_bytes()), Bytes::copy_from_slice(v.as_bytes()))).collect(),
+        }
+    }
+
+    fn text(b: &[u8]) -> &str {
+        std::str::from_utf8(b).unwrap_or("<not utf-8>")
+    }
+
     #[test]
-    fn pages() {
+    fn file_pages() {
         let dir = std::env::temp_dir().join(format!("fcgibridge-errpages-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("dir");
         let f = dir.join("502.html");
         std::fs::write(&f, "<h1>down</h1>").expect("write");
-        let pages = ErrorPages::load([("502", f.as_path())]).expect("load");
-        let r = bridge_error(Some(&pages), 502, None);
-        assert_eq!(&r[..], b"Status: 502 Bad Gateway\r\nContent-Type: text/html; charset=utf-8\r\nContent-Length: 13\r\n\r\n<h1>down</h1>");
-        assert!(bridge_error(Some(&pages), 503, Some(1)).starts_with(b"Status: 503 Service Unavailable\r\nContent-Type: text/plain"));
-        assert!(matches!(ErrorPages::load([("200", f.as_path())]), Err(ErrorPageError::NotAnError(_))));
-        assert!(matches!(ErrorPages::load([("404", dir.join("missing").as_path())]), Err(ErrorPageError::Read { .. })));
+        let mut pages = ErrorPages::default();
+        pages.insert("502", PageSource::File(&f)).expect("load");
+        let Reply::Send(r) = bridge_reply(Some(Override::Pages(&pages)), 502, None) else { panic!("a file page is sent") };
+        assert_eq!(text(&r), "Status: 502 Bad Gateway\r\nContent-Type: text/html; charset=utf-8\r\nContent-Length: 13\r\n\r\n<h1>down</h1>");
+        let Reply::Send(r) = bridge_reply(Some(Override::Pages(&pages)), 503, Some(1)) else { panic!("no page: default") };
+        assert!(text(&r).starts_with("Status: 503 Service Unavailable\r\nContent-Type: text/plain"));
+        assert!(matches!(pages.insert("200", PageSource::File(&f)), Err(ErrorPageError::NotAnError(_))));
+        assert!(matches!(pages.insert("404", PageSource::File(&dir.join("missing"))), Err(ErrorPageError::Read { .. })));
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn redirect_pages_are_local_paths() {
+        let mut pages = ErrorPages::default();
+        pages.insert("404", PageSource::Redirect("/errors/404?x=1")).expect("local");
+        for bad in ["errors/404", "//host/x", "http://h/x", "/a b", "/a\r\nX: 1", ""] {
+            assert!(matches!(pages.insert("404", PageSource::Redirect(bad)), Err(ErrorPageError::BadRedirect(_))), "{bad:?}");
+        }
+        assert_eq!(pages.get(404), Some(&ErrorPage::Redirect(Bytes::from_static(b"/errors/404?x=1"))));
+    }
+
+    #[test]
+    fn app_headers_kept_body_headers_replaced() {
+        let mut pages = ErrorPages::default();
+        pages.insert("401", PageSource::Redirect("/errors/401")).expect("page");
+        let mut h = head(
+            401,
+            &[
+                ("Content-Type", "application/json"),
+                ("WWW-Authenticate", "Basic realm=\"x\""),
+                ("Set-Cookie", "a=1"),
+                ("Content-Length", "3"),
+                ("ETag", "\"e\""),
+                ("Set-Cookie", "b=2"),
+                ("Connection", "close"),
+                ("X-Trace", "t"),
+            ],
+        );
+        let Some(Handoff::ErrorPage(r)) = on_head(Override::Pages(&pages), &mut h) else { panic!("replaced") };
+        let names: Vec<&str> = r.keep.iter().map(|(n, _)| text(n)).collect();
+        assert_eq!(names, ["WWW-Authenticate", "Set-Cookie", "Set-Cookie", "X-Trace"]);
+        assert!(on_head(Override::Pages(&pages), &mut head(404, &[])).is_none(), "no page for 404");
+        assert!(on_head(Override::Pages(&pages), &mut head(401, &[("X", "a\r\nb")])).is_none(), "a bad head is not replaced");
+
+        // The page's answer goes out with the original status and the kept headers.
+        let mut page = head(200, &[("Content-Type", "text/html"), ("Set-Cookie", "page=1"), ("X-Trace", "page")]);
+        assert!(on_head(Override::Serving(&r), &mut page).is_none());
+        let (status, block) = super::super::encode_head(&page, 0).expect("encode");
+        assert_eq!(status, 401);
+        assert_eq!(
+            text(&block),
+            "Status: 401 Unauthorized\r\nContent-Type: text/html\r\nSet-Cookie: page=1\r\nX-Trace: page\r\n\
+             WWW-Authenticate: Basic realm=\"x\"\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\n\r\n"
+        );
+        // A failing page is handed back; the default text goes out with the first status.
+        let Some(Handoff::ErrorPage(failed)) = on_head(Override::Serving(&r), &mut head(500, &[])) else { panic!("failed") };
+        let mut serving = Some(r.clone());
+        let Next::Send { status, reply } = next(Some(&pages), &mut serving, failed) else { panic!("no recursion") };
+        assert_eq!(status, 401);
+        assert!(text(&reply).starts_with("Status: 401 Unauthorized\r\nWWW-Authenticate: Basic realm=\"x\"\r\nSet-Cookie: a=1\r\n"));
+        assert!(text(&reply).ends_with("\r\n\r\n401 Unauthorized\n"));
+    }
+
+    #[test]
+    fn a_page_request_is_not_conditional() {
+        let mut p = fastcgi_server::Params::default();
+        for (n, v) in [("HTTP_IF_NONE_MATCH", "\"x\""), ("HTTP_RANGE", "bytes=0-1"), ("HTTP_IF_MODIFIED_SINCE", "x"), ("HTTP_HOST", "h")] {
+            p.insert(n.as_bytes(), v.as_bytes());
+        }
+        page_request(&mut p);
+        let names: Vec<&[u8]> = p.iter().map(|(n, _)| n).collect();
+        assert_eq!(names, [&b"HTTP_HOST"[..]]);
+    }
+
+    #[test]
+    fn next_dispatches_a_redirect_page_once() {
+        let mut pages = ErrorPages::default();
+        pages.insert("503", PageSource::Redirect("/errors/503")).expect("page");
+        let mut serving = None;
+        let Reply::Handoff(Handoff::ErrorPage(r)) = bridge_reply(Some(Override::Pages(&pages)), 503, Some(1)) else { panic!("dispatched") };
+        let Next::Dispatch(target) = next(Some(&pages), &mut serving, r) else { panic!("dispatch") };
+        assert_eq!(&target[..], b"/errors/503");
+        assert_eq!(serving.as_ref().map(|s| (s.status, s.keep.len())), Some((503, 1)));
+        // the error page's pool is down too: the default 503, Retry-After kept
+        let Some(orig) = serving.clone() else { panic!("serving") };
+        let Reply::Handoff(Handoff::ErrorPage(again)) = bridge_reply(Some(Override::Serving(&orig)), 502, None) else { panic!("handed back") };
+        let Next::Send { status, reply } = next(Some(&pages), &mut serving, again) else { panic!("sent") };
+        assert_eq!(status, 503);
+        assert!(text(&reply).contains("Retry-After: 1\r\n"));
     }
 }

@@ -22,8 +22,9 @@ pub enum Handoff {
     Local(bytes::Bytes),
     /// A file the bridge sends itself (X-Sendfile, X-Sendfile2, a mapped X-Accel-Redirect).
     File(Box<handoff::FileHandoff>),
-    /// A 4xx/5xx whose body the pool's `error-pages` replace.
-    ErrorPage(u16),
+    /// A 4xx/5xx whose body the pool's `error-pages` replace (or, for the request fetching
+    /// an error page, that page failing).
+    ErrorPage(error_override::Replaced),
 }
 
 /// Why a worker's header block cannot be passed on.

@@ -2,9 +2,10 @@
 //! `Location: /local/path` asks the server to serve that path instead. No web server does this
 //! for FastCGI (only mod_fcgid and mod_proxy_scgi), so the bridge does: the first response's
 //! body is dropped, and the request goes again — as GET (HEAD stays HEAD), without a body —
-//! to whichever pool routes the new path, with REDIRECT_URL, REDIRECT_STATUS and
-//! REDIRECT_QUERY_STRING set as Apache sets them. A chain longer than the listener's
-//! `max-redirects` ends with 500.
+//! to whichever pool routes the new path, with REDIRECT_URL, REDIRECT_STATUS,
+//! REDIRECT_QUERY_STRING and, along a chain, REDIRECT_REDIRECT_* set as Apache sets them.
+//! Error pages that are local paths (respond/error_override.rs) go the same way. A chain
+//! longer than the listener's `max-redirects` ends with 500.
 use crate::config::{Dialect, UnroutedRedirect};
 use bytes::{BufMut, Bytes, BytesMut};
 use fastcgi_server::cgi::ResponseHead;
@@ -39,8 +40,9 @@ pub fn is_absolute(loc: &[u8]) -> bool {
 }
 
 /// Rewrite `params` for the redirected request to `target`; `depth` counts the redirects
-/// of this request so far.
-pub fn apply(params: &mut Params, target: &[u8], depth: &mut u32, max: u32) -> Result<(), RedirectError> {
+/// of this request so far, `status` is the status of the response that redirected (200 for
+/// a CGI local redirect, the error status for an error page).
+pub fn apply(params: &mut Params, target: &[u8], depth: &mut u32, max: u32, status: u16) -> Result<(), RedirectError> {
     *depth += 1;
     if *depth > max {
         return Err(RedirectError::TooMany(max));
@@ -49,21 +51,41 @@ pub fn apply(params: &mut Params, target: &[u8], depth: &mut u32, max: u32) -> R
         Some(i) => (&target[..i], &target[i + 1..]),
         None => (target, &b""[..]),
     };
-    // Apache's names: the first request's path and query, and the status that redirected.
-    // In a chain, REDIRECT_URL keeps naming the request the client made.
-    if params.get(b"REDIRECT_URL").is_none() {
-        let orig_uri = params.get(b"REQUEST_URI").unwrap_or(b"");
-        let orig_path = orig_uri.split(|&b| b == b'?').next().unwrap_or(b"").to_vec();
-        let orig_query = params.get(b"QUERY_STRING").unwrap_or(b"").to_vec();
-        params.insert(&b"REDIRECT_URL"[..], orig_path);
-        params.insert(&b"REDIRECT_QUERY_STRING"[..], orig_query);
+    // Apache (http_request.c) gives the new request the previous one's environment renamed
+    // with a REDIRECT_ prefix, and names the previous request in REDIRECT_URL,
+    // REDIRECT_QUERY_STRING and REDIRECT_STATUS. Of that environment the bridge carries the
+    // redirect chain: each REDIRECT_* moves one level deeper (REDIRECT_REDIRECT_URL names
+    // the request before the previous one), plus the previous request's method.
+    let chain: Vec<(bytes::Bytes, bytes::Bytes)> = params
+        .iter()
+        .filter(|(n, _)| n.starts_with(b"REDIRECT_"))
+        .map(|(n, v)| (bytes::Bytes::copy_from_slice(n), bytes::Bytes::copy_from_slice(v)))
+        .collect();
+    for (name, _) in &chain {
+        params.remove(name);
     }
-    params.insert(&b"REDIRECT_STATUS"[..], &b"200"[..]);
+    for (name, value) in chain {
+        params.insert([&b"REDIRECT_"[..], &name].concat(), value);
+    }
+    let prev_uri = params.get(b"REQUEST_URI").unwrap_or(b"");
+    let prev_path = prev_uri.split(|&b| b == b'?').next().unwrap_or(b"").to_vec();
+    let prev_query = params.get(b"QUERY_STRING").unwrap_or(b"").to_vec();
+    let prev_method = params.get(b"REQUEST_METHOD").unwrap_or(b"GET").to_vec();
+    params.insert(&b"REDIRECT_URL"[..], prev_path);
+    params.insert(&b"REDIRECT_QUERY_STRING"[..], prev_query);
+    params.insert(&b"REDIRECT_REQUEST_METHOD"[..], prev_method);
+    let mut digits = itoa::Buffer::new();
+    params.insert(&b"REDIRECT_STATUS"[..], digits.format(status).as_bytes().to_vec());
     if params.get(b"REQUEST_METHOD") != Some(b"HEAD") {
         params.insert(&b"REQUEST_METHOD"[..], &b"GET"[..]);
     }
     params.insert(&b"CONTENT_LENGTH"[..], &b""[..]);
     params.insert(&b"CONTENT_TYPE"[..], &b""[..]);
+    // nginx passes these request headers as params too; left in place they would describe
+    // a body this request does not have (a worker falls back to HTTP_CONTENT_LENGTH).
+    for name in [&b"HTTP_CONTENT_LENGTH"[..], b"HTTP_CONTENT_TYPE", b"HTTP_TRANSFER_ENCODING"] {
+        params.remove(name);
+    }
     params.insert(&b"REQUEST_URI"[..], target.to_vec());
     params.insert(&b"QUERY_STRING"[..], query.to_vec());
     // With REDIRECT_URL set, routing reads the path from SCRIPT_NAME + PATH_INFO (as after
@@ -128,24 +150,34 @@ mod tests {
             ("REQUEST_URI", "/first?q=1"),
             ("QUERY_STRING", "q=1"),
             ("CONTENT_LENGTH", "5"),
+            ("HTTP_CONTENT_LENGTH", "5"),
             ("SCRIPT_NAME", ""),
             ("PATH_INFO", "/first"),
         ] {
             p.insert(n.as_bytes(), v.as_bytes());
         }
         let mut depth = 0;
-        apply(&mut p, b"/second%20x?b=2", &mut depth, 10).expect("redirect");
-        let g = |n: &str| String::from_utf8_lossy(p.get(n.as_bytes()).unwrap_or(b"-")).into_owned();
-        assert_eq!(g("REQUEST_METHOD"), "GET");
-        assert_eq!(g("REQUEST_URI"), "/second%20x?b=2");
-        assert_eq!(g("PATH_INFO"), "/second x");
-        assert_eq!(g("QUERY_STRING"), "b=2");
-        assert_eq!(g("CONTENT_LENGTH"), "");
-        assert_eq!((g("REDIRECT_URL"), g("REDIRECT_QUERY_STRING"), g("REDIRECT_STATUS")), ("/first".into(), "q=1".into(), "200".into()));
-        apply(&mut p, b"/third", &mut depth, 10).expect("again");
-        assert_eq!(p.get(b"REDIRECT_URL"), Some(&b"/first"[..]), "a chain keeps the client's URL");
+        apply(&mut p, b"/second%20x?b=2", &mut depth, 10, 200).expect("redirect");
+        let g = |p: &Params, n: &str| String::from_utf8_lossy(p.get(n.as_bytes()).unwrap_or(b"-")).into_owned();
+        assert_eq!(g(&p, "REQUEST_METHOD"), "GET");
+        assert_eq!(g(&p, "REQUEST_URI"), "/second%20x?b=2");
+        assert_eq!(g(&p, "PATH_INFO"), "/second x");
+        assert_eq!(g(&p, "QUERY_STRING"), "b=2");
+        assert_eq!(g(&p, "CONTENT_LENGTH"), "");
+        assert_eq!(g(&p, "HTTP_CONTENT_LENGTH"), "-");
+        assert_eq!((g(&p, "REDIRECT_URL"), g(&p, "REDIRECT_QUERY_STRING"), g(&p, "REDIRECT_STATUS")), ("/first".into(), "q=1".into(), "200".into()));
+        assert_eq!(g(&p, "REDIRECT_REQUEST_METHOD"), "POST");
+        apply(&mut p, b"/third", &mut depth, 10, 404).expect("again");
+        // As Apache: REDIRECT_* names the previous request, REDIRECT_REDIRECT_* the one before.
+        assert_eq!((g(&p, "REDIRECT_URL"), g(&p, "REDIRECT_QUERY_STRING"), g(&p, "REDIRECT_STATUS")), ("/second%20x".into(), "b=2".into(), "404".into()));
+        assert_eq!(g(&p, "REDIRECT_REQUEST_METHOD"), "GET");
+        assert_eq!((g(&p, "REDIRECT_REDIRECT_URL"), g(&p, "REDIRECT_REDIRECT_QUERY_STRING")), ("/first".into(), "q=1".into()));
+        assert_eq!((g(&p, "REDIRECT_REDIRECT_STATUS"), g(&p, "REDIRECT_REDIRECT_REQUEST_METHOD")), ("200".into(), "POST".into()));
+        apply(&mut p, b"/fourth", &mut depth, 10, 200).expect("a third hop");
+        assert_eq!((g(&p, "REDIRECT_URL"), g(&p, "REDIRECT_REDIRECT_URL"), g(&p, "REDIRECT_REDIRECT_REDIRECT_URL")), ("/third".into(), "/second%20x".into(), "/first".into()));
+        assert_eq!(g(&p, "REDIRECT_REDIRECT_STATUS"), "404");
         let mut depth = 10;
-        assert_eq!(apply(&mut p, b"/x", &mut depth, 10), Err(RedirectError::TooMany(10)));
+        assert_eq!(apply(&mut p, b"/x", &mut depth, 10, 200), Err(RedirectError::TooMany(10)));
     }
 
     #[test]
