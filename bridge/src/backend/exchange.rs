@@ -66,6 +66,8 @@ pub enum SlotFate {
     Reuse,
     /// The request was cut short mid-stream: open a fresh connection to the same worker.
     Reconnect,
+    /// The worker broke the connection: reconnect only if it answers on the new one.
+    Verify,
     /// The worker was killed or is gone.
     Discard,
 }
@@ -317,7 +319,7 @@ pub async fn exchange<S: BodySource, K: ResponseSink>(
                 st.status = 502;
                 st.redirect = bridge_error(info, sink, 502).await;
             }
-            Outcome { status: st.status, body_bytes: st.body_bytes, fate: SlotFate::Reconnect, retry: None, redirect: st.redirect.take() }
+            Outcome { status: st.status, body_bytes: st.body_bytes, fate: SlotFate::Verify, retry: None, redirect: st.redirect.take() }
         }
         RespEnd::FrontGone => {
             // End the request toward the front at once (FastCGI ABORT_REQUEST wants an

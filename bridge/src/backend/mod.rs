@@ -12,6 +12,7 @@ use crate::dispatch::{Canceller, SlotKey};
 use std::os::fd::{AsFd, AsRawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 
 /// One FastCGI connection to one worker thread.
@@ -80,7 +81,46 @@ impl SlotConn {
         self.new_canceller = Some(canceller);
         true
     }
+
+    /// [`reconnect`](Self::reconnect), then ask the worker for FCGI_MPXS_CONNS and wait
+    /// for the answer: after a worker broke a connection it is usually dying, and a dying
+    /// worker's listening socket can still take a connection that nobody will ever accept
+    /// (the next request on it would fail). False: discard the slot.
+    pub async fn reconnect_verified(&mut self) -> bool {
+        if !self.reconnect().await {
+            return false;
+        }
+        let probe = async {
+            let mut out = BytesMut::new();
+            fastcgi_server::client::write_get_values(&mut out, [&b"FCGI_MPXS_CONNS"[..]]);
+            self.stream.write_all(&out).await?;
+            loop {
+                match self.decoder.next_event() {
+                    Ok(Some(fastcgi_server::client::ClientEvent::GetValuesResult { .. })) => return Ok(()),
+                    Ok(_) => {}
+                    Err(e) => return Err(std::io::Error::other(e.to_string())),
+                }
+                if self.stream.read_buf(self.decoder.buffer_mut()).await? == 0 {
+                    return Err(std::io::ErrorKind::UnexpectedEof.into());
+                }
+            }
+        };
+        match tokio::time::timeout(PROBE_TIMEOUT, probe).await {
+            Ok(Ok(())) => true,
+            Ok(Err(e)) => {
+                tracing::debug!(pool = %self.worker.pool, pid = self.worker.pid, error = %e, "worker did not answer on a fresh connection; dropping the slot");
+                false
+            }
+            Err(_) => {
+                tracing::warn!(pool = %self.worker.pool, pid = self.worker.pid, "worker did not answer FCGI_GET_VALUES within {PROBE_TIMEOUT:?} on a fresh connection; dropping the slot");
+                false
+            }
+        }
+    }
 }
+
+/// How long a worker may take to answer the liveness probe of [`SlotConn::reconnect_verified`].
+const PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl Drop for SlotConn {
     fn drop(&mut self) {
@@ -117,4 +157,61 @@ impl crate::dispatch::Slot for SlotConn {
 
 fn new_decoder() -> ClientConnection {
     ClientConnection::new(Limits::default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fastcgi_server::server::{ServerConnection, ServerEvent};
+
+    fn socket_path(name: &str) -> std::path::PathBuf {
+        let p = std::env::temp_dir().join(format!("fcgibridge-probe-{}-{name}.sock", std::process::id()));
+        let _ = std::fs::remove_file(&p);
+        p
+    }
+
+    /// Answers GET_VALUES on every connection, as a live worker does.
+    async fn answering(listener: tokio::net::UnixListener) {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut dec = ServerConnection::new(Limits::default());
+                loop {
+                    while let Ok(Some(ev)) = dec.next_event() {
+                        if let ServerEvent::GetValues { .. } = ev {
+                            let mut out = BytesMut::new();
+                            fastcgi_server::server::write_get_values_result(&mut out, [(&b"FCGI_MPXS_CONNS"[..], &b"0"[..])]);
+                            let _ = s.write_all(&out).await;
+                        }
+                    }
+                    if !matches!(s.read_buf(dec.buffer_mut()).await, Ok(1..)) {
+                        return;
+                    }
+                }
+            });
+        }
+    }
+
+    #[tokio::test]
+    async fn a_worker_that_answers_keeps_its_slot() {
+        let path = socket_path("live");
+        let listener = tokio::net::UnixListener::bind(&path).expect("bind");
+        tokio::spawn(answering(listener));
+        let (mut slot, _) = SlotConn::connect(Arc::new(WorkerHandle::new("p".into(), 0, path.clone()))).await.expect("connect");
+        assert!(slot.reconnect_verified().await);
+        let _ = std::fs::remove_file(&path);
+    }
+
+    #[tokio::test]
+    async fn a_socket_nobody_accepts_on_loses_its_slot() {
+        // A dying worker: its listening socket still takes connections into the backlog,
+        // but no thread will accept them.
+        let path = socket_path("dying");
+        let listener = std::os::unix::net::UnixListener::bind(&path).expect("bind");
+        let (mut slot, _) = SlotConn::connect(Arc::new(WorkerHandle::new("p".into(), 0, path.clone()))).await.expect("connect");
+        let started = std::time::Instant::now();
+        assert!(!slot.reconnect_verified().await);
+        assert!(started.elapsed() >= PROBE_TIMEOUT);
+        drop(listener);
+        let _ = std::fs::remove_file(&path);
+    }
 }

@@ -213,7 +213,7 @@ pub async fn serve<S: BodySource, K: ResponseSink>(
             let pool2 = pool.clone();
             tokio::spawn(async move {
                 let mut failed = failed;
-                if failed.reconnect().await {
+                if failed.reconnect_verified().await {
                     pool2.dispatcher.release(failed);
                 } else {
                     pool2.dispatcher.discard(failed);
@@ -225,6 +225,13 @@ pub async fn serve<S: BodySource, K: ResponseSink>(
             SlotFate::Reuse => pool.dispatcher.release(slot),
             SlotFate::Reconnect => {
                 if slot.reconnect().await {
+                    pool.dispatcher.release(slot);
+                } else {
+                    pool.dispatcher.discard(slot);
+                }
+            }
+            SlotFate::Verify => {
+                if slot.reconnect_verified().await {
                     pool.dispatcher.release(slot);
                 } else {
                     pool.dispatcher.discard(slot);
