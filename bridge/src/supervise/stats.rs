@@ -1,4 +1,4 @@
-//! The live numbers of every pool and worker process, for the status page (issue 7).
+//! The live numbers of every pool and worker process, for the status page.
 //!
 //! # For the status renderers
 //!
@@ -32,7 +32,7 @@
 //! | `workers[].current[]` | request URI, request method, request duration | — |
 //! | `spawns` / `workers[].slot_spawns` | — | respawn_count |
 //! | `request_timeouts` | — | harakiri_count |
-// The renderers (status/, issue 7) are the readers; some fields are for them only.
+// The renderers (status/) are the readers; some fields are for them only.
 #![allow(dead_code)]
 
 use super::PoolRuntime;
