@@ -6,6 +6,7 @@
 //! 1 when not (the error, `file:line:column: key: message`, goes to stderr).
 use crate::config::units::{DurationDisplay, SizeDisplay};
 use crate::config::{self, App, Config, ListenAddress, Listener, LogFormat, Pool, Protocol};
+use crate::respond::error_override::ErrorPage;
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::path::Path;
@@ -99,9 +100,28 @@ fn render_pool(out: &mut String, pool: &Pool) {
     if let Some(t) = pool.slowlog_timeout {
         field(out, 4, "slowlog-timeout", &DurationDisplay(t).to_string());
     }
+    if let Some(limit) = pool.max_body {
+        field(out, 4, "max-body", &SizeDisplay(limit).to_string());
+    }
+    if !pool.error_pages.is_empty() {
+        out.push_str("    error-pages:\n");
+        for (status, page) in pool.error_pages.iter() {
+            let value = match page {
+                ErrorPage::File { path, .. } => quote(&path.display().to_string()),
+                ErrorPage::Redirect(target) => format!("{{redirect: {}}}", quote(&String::from_utf8_lossy(target))),
+            };
+            field(out, 6, &format!("\"{status}\""), &value);
+        }
+    }
     for (key, value, is_text) in pool.isolation.render() {
         field(out, 4, key, &if is_text { quote(&value) } else { value });
     }
+}
+
+/// `[a, b]` with each item quoted as needed.
+fn list<T: AsRef<str>>(items: impl IntoIterator<Item = T>) -> String {
+    let items: Vec<String> = items.into_iter().map(|i| quote(i.as_ref())).collect();
+    format!("[{}]", items.join(", "))
 }
 
 fn render_listener(out: &mut String, l: &Listener) {
@@ -133,6 +153,27 @@ fn render_listener(out: &mut String, l: &Listener) {
     }
     if let Some(p) = &l.ping_path {
         field(out, 4, "ping-path", &quote(p));
+    }
+    field(out, 4, "dialect", l.dialect.name());
+    field(out, 4, "max-redirects", &l.max_redirects.to_string());
+    field(out, 4, "unrouted-redirect", &quote(l.unrouted_redirect.name()));
+    if let Some(t) = &l.trusted_proxies {
+        field(out, 4, "trusted-proxies", &list(t.proxies.iter().map(|c| c.to_string())));
+        field(out, 4, "trusted-proxy-headers", &list(t.headers.iter().map(|h| h.name())));
+    }
+    field(out, 4, "file-handoff", l.file_handoff.name());
+    if !l.file_roots.is_empty() {
+        field(out, 4, "file-roots", &list(l.file_roots.iter().map(|r| r.display().to_string())));
+    }
+    if !l.file_map.is_empty() {
+        let pairs: Vec<String> = l.file_map.iter().map(|(fs, uri)| format!("{}: {}", quote(fs), quote(uri))).collect();
+        field(out, 4, "file-map", &format!("{{{}}}", pairs.join(", ")));
+    }
+    if let Some(m) = &l.mount {
+        field(out, 4, "mount", &quote(m));
+    }
+    if l.keep_path_info {
+        field(out, 4, "path-info", "keep");
     }
     match l.routes.as_slice() {
         [only] if only.host.is_none() && only.prefix.is_none() => field(out, 4, "pool", &quote(&only.pool)),
@@ -192,6 +233,8 @@ fn quote(s: &str) -> String {
 mod tests {
     use super::*;
     use crate::config::{Global, Route};
+    use crate::listen::proxy::{Cidr, ProxyHeader, TrustedProxies};
+    use crate::respond::error_override::{ErrorPages, PageSource};
     use std::collections::BTreeMap;
     use std::path::PathBuf;
     use std::time::Duration;
@@ -215,6 +258,12 @@ mod tests {
         let dir = crate::config::tests::scratch_dir("check-round-trip");
         let app = dir.join("app.py");
         std::fs::write(&app, "").unwrap();
+        std::fs::create_dir_all(dir.join("files")).unwrap();
+        let page = dir.join("404.html");
+        std::fs::write(&page, "<h1>gone</h1>").unwrap();
+        let mut error_pages = ErrorPages::default();
+        error_pages.insert("404", PageSource::File(&page)).unwrap();
+        error_pages.insert("503", PageSource::Redirect("/errors/503?x=1")).unwrap();
         let config = Config {
             global: Global {
                 runtime_dir: Some(dir.join("run")),
@@ -265,15 +314,18 @@ mod tests {
                     max_params: 100_000,
                     status_path: None,
                     ping_path: None,
-                    dialect: Default::default(),
-                    max_redirects: 10,
-                    unrouted_redirect: Default::default(),
-                    trusted_proxies: None,
-                    file_handoff: Default::default(),
-                    file_roots: Vec::new(),
-                    file_map: Vec::new(),
-                    mount: None,
-                    keep_path_info: false,
+                    dialect: crate::config::Dialect::Nginx,
+                    max_redirects: 3,
+                    unrouted_redirect: crate::config::UnroutedRedirect::Pass,
+                    trusted_proxies: Some(TrustedProxies {
+                        proxies: vec![Cidr::parse("10.0.0.0/8").unwrap(), Cidr::parse("::1").unwrap()],
+                        headers: vec![ProxyHeader::XForwardedFor, ProxyHeader::XRealIp],
+                    }),
+                    file_handoff: crate::config::FileHandoff::Translate,
+                    file_roots: vec![dir.join("files")],
+                    file_map: vec![("/srv/files".into(), "/protected".into())],
+                    mount: Some("/api".into()),
+                    keep_path_info: true,
                 },
             ],
             pools: vec![
@@ -306,8 +358,8 @@ mod tests {
                     queue_timeout: Duration::from_secs(30),
                     startup_timeout: Duration::from_secs(60),
                     slowlog_timeout: None,
-                    max_body: None,
-                    error_pages: Default::default(),
+                    max_body: Some(5 << 20),
+                    error_pages,
                     isolation: Default::default(),
                     supervision: Default::default(),
                 },

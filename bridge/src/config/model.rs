@@ -119,6 +119,16 @@ pub enum FileHandoff {
     Translate,
 }
 
+impl FileHandoff {
+    pub fn name(self) -> &'static str {
+        match self {
+            FileHandoff::Pass => "pass",
+            FileHandoff::Serve => "serve",
+            FileHandoff::Translate => "translate",
+        }
+    }
+}
+
 /// The web server in front of a listener (`dialect:`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Dialect {
@@ -132,6 +142,20 @@ pub enum Dialect {
     Haproxy,
 }
 
+impl Dialect {
+    pub fn name(self) -> &'static str {
+        match self {
+            Dialect::Generic => "generic",
+            Dialect::Nginx => "nginx",
+            Dialect::Lighttpd => "lighttpd",
+            Dialect::Apache => "apache",
+            Dialect::Caddy => "caddy",
+            Dialect::H2o => "h2o",
+            Dialect::Haproxy => "haproxy",
+        }
+    }
+}
+
 /// What a local redirect to an unrouted path becomes (`unrouted-redirect:`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum UnroutedRedirect {
@@ -140,6 +164,15 @@ pub enum UnroutedRedirect {
     NotFound,
     /// Status 200 + Location passed to the web server, which may redirect itself.
     Pass,
+}
+
+impl UnroutedRedirect {
+    pub fn name(self) -> &'static str {
+        match self {
+            UnroutedRedirect::NotFound => "404",
+            UnroutedRedirect::Pass => "pass",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

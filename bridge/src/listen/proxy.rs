@@ -54,6 +54,18 @@ impl ProxyHeader {
         })
     }
 
+    /// The header's name as the configuration writes it.
+    pub fn name(self) -> &'static str {
+        match self {
+            ProxyHeader::XForwardedFor => "X-Forwarded-For",
+            ProxyHeader::XForwardedProto => "X-Forwarded-Proto",
+            ProxyHeader::XForwardedHost => "X-Forwarded-Host",
+            ProxyHeader::XForwardedPort => "X-Forwarded-Port",
+            ProxyHeader::XRealIp => "X-Real-IP",
+            ProxyHeader::Forwarded => "Forwarded",
+        }
+    }
+
     fn param(self) -> &'static [u8] {
         match self {
             ProxyHeader::XForwardedFor => b"HTTP_X_FORWARDED_FOR",
@@ -106,6 +118,12 @@ impl Cidr {
         }
         let mask = u128::MAX << (128 - u32::from(len));
         a & mask == b & mask
+    }
+}
+
+impl std::fmt::Display for Cidr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.addr, self.bits)
     }
 }
 

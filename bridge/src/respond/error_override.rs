@@ -29,8 +29,8 @@ pub enum ErrorPageError {
 /// One page.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ErrorPage {
-    /// A file's bytes and its Content-Type.
-    File { body: Bytes, content_type: &'static str },
+    /// A file's bytes and its Content-Type (`path`: where they were read from).
+    File { body: Bytes, content_type: &'static str, path: std::path::PathBuf },
     /// A local path (and query) the request is dispatched to.
     Redirect(Bytes),
 }
@@ -58,7 +58,7 @@ impl ErrorPages {
                     Some("json") => "application/json",
                     _ => "text/plain; charset=utf-8",
                 };
-                ErrorPage::File { body: Bytes::from(body), content_type }
+                ErrorPage::File { body: Bytes::from(body), content_type, path: file.to_path_buf() }
             }
             PageSource::Redirect(target) => {
                 // "//host" is a network path, not a local one; a control character or a
@@ -77,6 +77,11 @@ impl ErrorPages {
     /// Whether no page is configured (then nothing is looked up per response).
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
+    }
+
+    /// Every page, by status.
+    pub fn iter(&self) -> impl Iterator<Item = (u16, &ErrorPage)> {
+        self.0.iter().map(|(s, p)| (*s, p))
     }
 
     /// The page for `status`, if configured.
@@ -182,7 +187,7 @@ pub fn bridge_reply(ov: Option<Override<'_>>, status: u16, retry_after: Option<u
         None => Reply::Send(super::error_response(status, retry_after)),
         Some(Override::Pages(pages)) => match pages.get(status) {
             None => Reply::Send(super::error_response(status, retry_after)),
-            Some(ErrorPage::File { body, content_type }) => {
+            Some(ErrorPage::File { body, content_type, .. }) => {
                 Reply::Send(response(status, content_type, body, &Replaced::bridge(status, retry_after).keep))
             }
             Some(ErrorPage::Redirect(_)) => Reply::Handoff(Handoff::ErrorPage(Replaced::bridge(status, retry_after))),
@@ -208,7 +213,7 @@ pub fn next(pages: Option<&ErrorPages>, serving: &mut Option<Replaced>, replaced
         return Next::Send { status: orig.status, reply: default_response(orig) };
     }
     match pages.and_then(|p| p.get(replaced.status)) {
-        Some(ErrorPage::File { body, content_type }) => {
+        Some(ErrorPage::File { body, content_type, .. }) => {
             Next::Send { status: replaced.status, reply: response(replaced.status, content_type, body, &replaced.keep) }
         }
         Some(ErrorPage::Redirect(target)) => {
