@@ -129,6 +129,19 @@ def test_check_bad_duration_and_yaml_syntax(tmp_path):
     assert "40-bad.yaml:" in r.stderr, r.stderr
 
 
+def test_check_names_every_error_of_every_file(tmp_path):
+    files = dict(GOOD)
+    files["40-bad.yaml"] = "pools:\n  slow:\n    app: mysite.wsgi:application\n    queue-timeout: 30 parsecs\n"
+    files["50-typo.yaml"] = "pools:\n  extra:\n    app: mysite.wsgi:application\n    thread: 2\n"
+    files["60-listen.yaml"] = "listeners:\n  files:\n    fastcgi: 127.0.0.1:1\n    pool: flask\n    file-handoff: serve\n"
+    r = run("check", "--config", str(write_conf(tmp_path, files)))
+    assert r.returncode != 0
+    lines = r.stderr.strip().splitlines()
+    assert [re.match(r".*/(\d\d-[a-z]+\.yaml):", ln).group(1) for ln in lines] == \
+        ["40-bad.yaml", "50-typo.yaml", "60-listen.yaml"], r.stderr
+    assert "queue-timeout" in lines[0] and "thread" in lines[1] and "file-roots" in lines[2], r.stderr
+
+
 def test_run_refuses_a_bad_config(tmp_path):
     files = dict(GOOD)
     files["40-typo.yaml"] = "pools:\n  extra:\n    app: mysite.wsgi:application\n    thread: 2\n"

@@ -28,7 +28,9 @@ pub fn main(config_dir: &Path) -> ExitCode {
     let config = match crate::config::load(config_dir) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("fcgibridge: {e}");
+            for line in e.to_string().lines() {
+                eprintln!("fcgibridge: {line}");
+            }
             return ExitCode::from(2);
         }
     };

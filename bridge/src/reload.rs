@@ -39,7 +39,10 @@ pub fn reload(dir: &Path, live: Live<'_>, restart_all: bool) -> Result<String, S
             stats::record_reload(true, summary.clone());
         }
         Err(why) => {
-            tracing::error!("reload refused, the running configuration stays: {why}");
+            // One line per configuration error (a `check` names them all the same way).
+            for line in why.lines() {
+                tracing::error!("reload refused, the running configuration stays: {line}");
+            }
             stats::record_reload(false, why.clone());
         }
     }

@@ -39,6 +39,32 @@ pub enum ConfigError {
     /// A key has a bad value, is unknown, or conflicts with another.
     #[error("{at}: {key}: {message}")]
     Invalid { at: At, key: String, message: String },
+    /// Several of the above, in file order: one line each, so one `check` names them all.
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+    Several(Vec<ConfigError>),
+}
+
+impl ConfigError {
+    /// The file or directory the error is about.
+    fn file(&self) -> &str {
+        match self {
+            ConfigError::ReadDir { dir, .. } | ConfigError::NoFiles { dir } | ConfigError::NoListeners { dir } => dir,
+            ConfigError::ReadFile { file, .. } => file,
+            ConfigError::Syntax { at, .. } | ConfigError::Invalid { at, .. } => &at.file,
+            ConfigError::Several(_) => "",
+        }
+    }
+
+    /// Ok, the one error, or all of them.
+    pub fn from_all(mut errors: Vec<ConfigError>) -> Result<(), ConfigError> {
+        // In the files' (name) order, as the operator reads them; stable within a file.
+        errors.sort_by(|a, b| a.file().cmp(&b.file()));
+        match errors.len() {
+            0 => Ok(()),
+            1 => Err(errors.remove(0)),
+            _ => Err(ConfigError::Several(errors)),
+        }
+    }
 }
 
 /// One file's name and key positions, for building errors that point into it.

@@ -47,14 +47,24 @@ pub fn load_with_search_path(dir: &Path, search_path: Option<&OsStr>) -> Result<
     }
     let abs_dir = paths::absolute_dir(dir).map_err(|source| ConfigError::ReadDir { dir: shown.clone(), source })?;
     let mut parsed = Vec::with_capacity(files.len());
+    // Every file is read and checked even after an error, so one run names every mistake.
+    let mut errors = Vec::new();
     for name in files {
         let file = dir.join(&name);
         let display = file.display().to_string();
-        let text = std::fs::read_to_string(&file)
-            .map_err(|source| ConfigError::ReadFile { file: display.clone(), source })?;
-        parsed.push(parse(display, abs_dir.clone(), &text)?);
+        let text = match std::fs::read_to_string(&file) {
+            Ok(t) => t,
+            Err(source) => {
+                errors.push(ConfigError::ReadFile { file: display, source });
+                continue;
+            }
+        };
+        match parse(display, abs_dir.clone(), &text) {
+            Ok(p) => parsed.push(p),
+            Err(e) => errors.push(e),
+        }
     }
-    validate::merge(&shown, parsed, search_path)
+    validate::merge(&shown, parsed, search_path, errors)
 }
 
 /// The `*.yaml` names in `dir`, sorted; hidden files are skipped (editor leftovers).

@@ -421,3 +421,29 @@ fn error_pages_are_files_or_local_redirects() {
     let err = valid("error-pages-key").file("30-x.yaml", &pool("      404: {page: /e}\n")).error();
     assert!(err.contains("pools.x.error-pages.404") && err.contains("unknown key"), "{err}");
 }
+
+#[test]
+fn every_error_of_every_file_is_named_at_once() {
+    let tree = Tree::new("many-errors")
+        .file("10-broken.yaml", "pools:\n  a: [unclosed\n")
+        .file("20-pool.yaml", "pools:\n  b:\n    app: /no/such/file.py\n")
+        // a type error refuses its whole file (the file is parsed as one document)
+        .file("25-pool.yaml", "pools:\n  c:\n    app: app.py\n    threads: many\n")
+        .file("30-listen.yaml", "listeners:\n  l:\n    fastcgi: 127.0.0.1:9000\n    pool: b\n  m:\n    fastcgi: 127.0.0.1:9001\n    pool: b\n    file-handoff: serve\n");
+    let lines: Vec<String> = tree.error().lines().map(str::to_owned).collect();
+    assert_eq!(lines.len(), 4, "{lines:#?}");
+    assert!(lines[0].starts_with("ROOT/conf.d/10-broken.yaml:"), "{lines:#?}");
+    assert!(lines[1].starts_with("ROOT/conf.d/20-pool.yaml:3:5: pools.b.app:"), "{lines:#?}");
+    assert!(lines[2].starts_with("ROOT/conf.d/25-pool.yaml:4:14: pools.c.threads:"), "{lines:#?}");
+    assert!(lines[3].starts_with("ROOT/conf.d/30-listen.yaml:5:3: listeners.m.file-roots:"), "{lines:#?}");
+    // A route to a pool that has its own error is not reported again as unknown.
+    assert!(!lines.iter().any(|l| l.contains("unknown pool")), "{lines:#?}");
+
+    // Without the unreadable file, a route to a pool nobody wrote is still named.
+    let tree = Tree::new("many-errors-route")
+        .file("20-pool.yaml", "pools:\n  b:\n    app: /no/such/file.py\n")
+        .file("30-listen.yaml", "listeners:\n  l:\n    fastcgi: 127.0.0.1:9000\n    pool: bb\n");
+    let text = tree.error();
+    assert_eq!(text.lines().count(), 2, "{text}");
+    assert!(text.contains("pools.b.app") && text.contains("listeners.l.pool: unknown pool \"bb\""), "{text}");
+}

@@ -22,8 +22,14 @@ pub struct Parsed {
     pub raw: RawFile,
 }
 
-/// Combine parsed files (in name order) into the effective configuration.
-pub fn merge(dir_shown: &str, files: Vec<Parsed>, search_path: Option<&OsStr>) -> Result<Config, ConfigError> {
+/// Combine parsed files (in name order) into the effective configuration. `errors` holds
+/// those found while reading the files; every pool and listener is still checked, and all
+/// the errors are returned together.
+pub fn merge(dir_shown: &str, files: Vec<Parsed>, search_path: Option<&OsStr>, mut errors: Vec<ConfigError>) -> Result<Config, ConfigError> {
+    let files_unreadable = !errors.is_empty();
+    let mut listeners_written = 0usize;
+    // Pools written but refused: routes to them are not reported again as unknown.
+    let mut broken_pools: Vec<String> = Vec::new();
     let mut global = GlobalBuilder::default();
     let mut pools: Vec<(Pool, At)> = Vec::new();
     let mut listeners: Vec<(Listener, usize)> = Vec::new();
@@ -33,34 +39,53 @@ pub fn merge(dir_shown: &str, files: Vec<Parsed>, search_path: Option<&OsStr>) -
     for (file_no, parsed) in files.into_iter().enumerate() {
         let Parsed { source, dir, raw } = parsed;
         if let Some(bridge) = raw.bridge {
-            global.add(&source, &dir, bridge)?;
+            if let Err(e) = global.add(&source, &dir, bridge) {
+                errors.push(e);
+            }
         }
         for (name, raw_pool) in raw.pools.map(|p| p.0).unwrap_or_default() {
             let path = KeyPath::of(&["pools", &name]);
             if let Some((_, first)) = pools.iter().find(|(p, _)| p.name == name) {
-                return Err(source.invalid(&path, format!("pool {name:?} is already defined at {first}")));
+                errors.push(source.invalid(&path, format!("pool {name:?} is already defined at {first}")));
+                continue;
             }
-            let pool = resolve::pool(&source, &dir, &name, raw_pool, search_path)?;
-            pools.push((pool, source.at(&path)));
+            match resolve::pool(&source, &dir, &name, raw_pool, search_path) {
+                Ok(pool) => pools.push((pool, source.at(&path))),
+                Err(e) => {
+                    errors.push(e);
+                    broken_pools.push(name);
+                }
+            }
         }
         for (name, raw_listener) in raw.listeners.map(|l| l.0).unwrap_or_default() {
+            listeners_written += 1;
             let path = KeyPath::of(&["listeners", &name]);
             if let Some(i) = listeners.iter().position(|(l, _)| l.name == name) {
                 let first = &listener_at[i];
-                return Err(source.invalid(&path, format!("listener {name:?} is already defined at {first}")));
+                errors.push(source.invalid(&path, format!("listener {name:?} is already defined at {first}")));
+                continue;
             }
-            let listener = resolve::listener(&source, &dir, &name, raw_listener)?;
-            listeners.push((listener, file_no));
-            listener_at.push(source.at(&path));
+            match resolve::listener(&source, &dir, &name, raw_listener) {
+                Ok(listener) => {
+                    listeners.push((listener, file_no));
+                    listener_at.push(source.at(&path));
+                }
+                Err(e) => errors.push(e),
+            }
         }
         sources.push(source);
     }
 
-    if listeners.is_empty() {
-        return Err(ConfigError::NoListeners { dir: dir_shown.to_owned() });
+    if listeners_written == 0 && !files_unreadable {
+        errors.push(ConfigError::NoListeners { dir: dir_shown.to_owned() });
     }
-    check_routes(&listeners, &pools, &sources)?;
-    check_addresses(&listeners, &sources)?;
+    // Routes and addresses are checked among what resolved; a file that could not be read
+    // may define the pools its routes name.
+    if !files_unreadable {
+        errors.extend(check_routes(&listeners, &pools, &broken_pools, &sources).err());
+    }
+    errors.extend(check_addresses(&listeners, &sources).err());
+    ConfigError::from_all(errors)?;
 
     Ok(Config {
         global: global.finish(),
@@ -69,8 +94,8 @@ pub fn merge(dir_shown: &str, files: Vec<Parsed>, search_path: Option<&OsStr>) -
     })
 }
 
-fn check_routes(listeners: &[(Listener, usize)], pools: &[(Pool, At)], sources: &[Source]) -> Result<(), ConfigError> {
-    let names: Vec<&str> = pools.iter().map(|(p, _)| p.name.as_str()).collect();
+fn check_routes(listeners: &[(Listener, usize)], pools: &[(Pool, At)], broken: &[String], sources: &[Source]) -> Result<(), ConfigError> {
+    let names: Vec<&str> = pools.iter().map(|(p, _)| p.name.as_str()).chain(broken.iter().map(String::as_str)).collect();
     for (listener, file_no) in listeners {
         let source = &sources[*file_no];
         let single = listener.routes.len() == 1 && listener.routes[0].host.is_none() && listener.routes[0].prefix.is_none();
