@@ -177,6 +177,41 @@ def bridge_binary() -> Path:
     return path
 
 
+def stop_process(proc, sig=signal.SIGTERM, timeout: float = 30.0, group_grace: float = 10.0):
+    """Stop a process started with start_new_session=True: `sig`, then SIGKILL after
+    `timeout`; then SIGKILL to its whole group (children that outlived it) once they
+    had `group_grace` seconds to finish their own shutdown (a spawned bridge drains)."""
+    if proc is None:
+        return
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+    deadline = time.monotonic() + group_grace
+    try:
+        while time.monotonic() < deadline:
+            os.killpg(proc.pid, 0)
+            time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def start_nginx(workdir: Path, conf: Path) -> subprocess.Popen:
+    """The Debian nginx on `conf` in the foreground, its prefix and error log in `workdir`;
+    `nginx -t` first, so a bad configuration fails with nginx's own message."""
+    args = [nginx_binary(), "-p", str(workdir), "-e", str(workdir / "nginx-error.log"), "-c", str(conf)]
+    test = subprocess.run(args + ["-t"], capture_output=True, text=True)
+    if test.returncode != 0:
+        raise AssertionError(f"nginx -t failed:\n{test.stderr}")
+    with open(workdir / "nginx-stdout.log", "ab") as out:
+        return subprocess.Popen(args + ["-g", "daemon off;"], stdin=subprocess.DEVNULL, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+
+
 class Bridge:
     """`fcgibridge run --config DIR` with its log captured to a file."""
 
@@ -255,20 +290,8 @@ class Bridge:
         return self
 
     def stop(self, timeout: float = 30.0):
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            try:
-                self.proc.send_signal(signal.SIGTERM)
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        # Workers that outlived the bridge: they are in the process group we created.
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
+        # Workers that outlived the bridge are in the process group it was started in.
+        stop_process(self.proc, timeout=timeout)
 
     def fcgi(self, listener: str = "fcgi-tcp", timeout: float = 60.0) -> fcgi_client.FcgiConnection:
         return fcgi_client.FcgiConnection(self.listener_address(listener), timeout=timeout)
@@ -478,17 +501,7 @@ class Nginx:
         return f"http://127.0.0.1:{self.ports[transport]}{path}"
 
     def start(self):
-        binary = nginx_binary()
-        test = subprocess.run([binary, "-t", "-p", str(self.workdir), "-e", str(self.workdir / "nginx-error.log"),
-                               "-c", str(self.conf)], capture_output=True, text=True)
-        if test.returncode != 0:
-            raise AssertionError(f"nginx -t failed:\n{test.stderr}")
-        out = open(self.workdir / "nginx-stdout.log", "ab")
-        self.proc = subprocess.Popen([binary, "-p", str(self.workdir), "-e", str(self.workdir / "nginx-error.log"),
-                                      "-c", str(self.conf), "-g", "daemon off;"],
-                                     stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
-        out.close()
+        self.proc = start_nginx(self.workdir, self.conf)
         return self
 
     def wait_ready(self, timeout: float = 60.0):
@@ -505,19 +518,7 @@ class Nginx:
         return self
 
     def stop(self):
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
+        stop_process(self.proc, timeout=20)
 
 
 def main_listeners(workdir: Path, ports) -> dict:

@@ -4,8 +4,6 @@ upload location, an `internal` location for X-Accel-Redirect)."""
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
 from pathlib import Path
 
 import harness
@@ -78,15 +76,7 @@ class Nginx:
         return f"http://127.0.0.1:{self.port}{path}"
 
     def start(self):
-        binary = harness.nginx_binary()
-        args = [binary, "-p", str(self.workdir), "-e", str(self.workdir / "nginx-error.log"), "-c", str(self.conf)]
-        test = subprocess.run(args + ["-t"], capture_output=True, text=True)
-        if test.returncode != 0:
-            raise AssertionError(f"nginx -t failed:\n{test.stderr}")
-        out = open(self.workdir / "nginx-stdout.log", "ab")
-        self.proc = subprocess.Popen(args + ["-g", "daemon off;"], stdin=subprocess.DEVNULL, stdout=out,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
-        out.close()
+        self.proc = harness.start_nginx(self.workdir, self.conf)
         import requests
 
         def ok():
@@ -97,19 +87,7 @@ class Nginx:
         return self
 
     def stop(self):
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
+        harness.stop_process(self.proc, timeout=20)
 
 
 def start_bridge(workdir: Path, pools: dict, listeners: dict, probes) -> harness.Bridge:

@@ -8,11 +8,10 @@ import os
 import signal
 import socket
 import subprocess
-import time
 
 import pytest
 
-from harness import APPS, LogFile, bridge_binary, free_ports, to_yaml, wait_until
+from harness import APPS, LogFile, bridge_binary, free_ports, stop_process, to_yaml, wait_until
 import fcgi_client
 
 # CI runs as root, and the bridge refuses root workers unless a pool allows them
@@ -97,17 +96,7 @@ def activated(tmp_path):
     try:
         yield proc, notify, log, ("127.0.0.1", port), unix_path
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
+        stop_process(proc)
         notify.close()
 
 

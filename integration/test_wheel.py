@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
-import sys
 import venv
 
 import pytest
 
-from harness import REPO, LogFile, can_connect, free_ports, to_yaml, wait_until
+from harness import REPO, LogFile, can_connect, free_ports, stop_process, to_yaml, wait_until
 
 pytestmark = [pytest.mark.skipif(shutil.which("maturin") is None, reason="maturin is not installed (pip install maturin)"),
               pytest.mark.timeout(900)]
@@ -80,13 +78,4 @@ def test_demo_runs_from_the_wheel(installed, tmp_path):
         r = wait_until(answered, 120, 0.25, what="200 from the demo app")
         assert "Hello from fcgibridge!" in r.stdout, r.stdout
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
+        stop_process(proc)

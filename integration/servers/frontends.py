@@ -23,7 +23,7 @@ REPO = HERE.parent.parent
 DOCS = REPO / "docs" / "servers"
 sys.path.insert(0, str(HERE.parent))
 
-from harness import free_ports, wait_until, bridge_binary, to_yaml  # noqa: E402
+from harness import free_ports, bridge_binary, stop_process  # noqa: E402
 
 APP = HERE / "conformance_app.py"
 STARTUP = 90.0
@@ -227,19 +227,7 @@ class Server:
         return signal.SIGTERM
 
     def stop(self, timeout: float = 30.0):
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            self.proc.send_signal(self.stop_signal())
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
+        stop_process(self.proc, self.stop_signal(), timeout)
 
     def pids(self) -> set:
         """The server's process and its descendants."""

@@ -3,9 +3,7 @@ bin-path), Apache (mod_proxy_fcgi with enablereuse, mod_proxy_scgi, mod_fcgid), 
 (fastcgi.connect, fastcgi.spawn) and HAProxy (fcgi-app). Each test records a support-table
 cell (support.py); it fails only when something is broken, not when a server lacks a feature.
 """
-import base64
 import hashlib
-import json
 import os
 import socket
 import threading

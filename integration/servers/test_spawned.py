@@ -7,7 +7,6 @@ tested on a bridge started directly with an inherited TCP socket."""
 import os
 import socket
 import subprocess
-import time
 
 import pytest
 import requests
@@ -15,7 +14,7 @@ import requests
 import fcgi_client
 import frontends
 import support
-from harness import bridge_binary, free_ports, wait_until
+from harness import bridge_binary, wait_until
 
 ROOT = "    allow-root: true\n" if os.geteuid() == 0 else ""
 CASES = {"lighttpd-spawned": frontends.Lighttpd, "apache-fcgid": frontends.Apache, "h2o-spawned": frontends.H2o}
