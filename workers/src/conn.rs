@@ -30,7 +30,7 @@ const POLL_INTERVAL: Duration = Duration::from_millis(1);
 const SHARED_RECORD_MAX: usize = 16 * 1024;
 /// Chunks up to this size are queued and sent with the GIL held (see
 /// [`Shared::send_chunk`]); larger ones are copied out in OUT_HIGH pieces with it released.
-pub(crate) const NONBLOCKING_CHUNK_MAX: usize = 64 * 1024;
+const NONBLOCKING_CHUNK_MAX: usize = 64 * 1024;
 /// Bytes asked of each recv(2).
 const RECV_CHUNK: usize = 64 * 1024 + 64;
 /// While the app writes output we drain the socket (to see an ABORT_REQUEST);

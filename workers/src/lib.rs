@@ -462,19 +462,9 @@ fn handle_request(py: Python<'_>, w: &mut Worker, shared: &Arc<Shared>) -> PyRes
         }
     }
     let exiting = outcome.fatal.is_some();
-    // A small tail (END_REQUEST, a buffered list response) goes out in a non-blocking
-    // send with the GIL still held (see `Shared::send_chunk`); the GIL is then released
-    // once, to wait for the next request.
-    let keep = {
-        let mut c = shared.lock_py(py);
-        let keep = c.finish(serial);
-        if c.out.len() <= conn::NONBLOCKING_CHUNK_MAX {
-            c.try_flush();
-        }
-        keep
-    };
     let next = py.detach(|| {
         let mut c = shared.lock();
+        let keep = c.finish(serial);
         c.flush();
         keep && !exiting && c.wait_request()
     });
