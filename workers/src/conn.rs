@@ -459,6 +459,13 @@ impl Conn {
             if !self.usable() || self.rd_eof {
                 return false;
             }
+            // Between requests the next one is almost never here yet (the bridge has
+            // not read END_REQUEST): wait first rather than try a recv that fails.
+            if let Some(fd) = self.fd.as_ref() {
+                if let Err(e) = sys::wait_readable(fd.as_raw_fd()) {
+                    eprintln!("fcgibridge worker: waiting for the bridge failed: {e}");
+                }
+            }
             if let Recv::Eof = self.recv(false) {
                 self.lost();
             }

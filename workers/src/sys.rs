@@ -97,7 +97,7 @@ pub(crate) fn recv_into(
 }
 
 /// Block until `fd` has input (or EOF, or an error, which the next recv reports).
-fn wait_readable(fd: RawFd) -> io::Result<()> {
+pub(crate) fn wait_readable(fd: RawFd) -> io::Result<()> {
     let mut p = PollFd {
         fd,
         events: POLLIN,
