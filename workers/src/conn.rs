@@ -28,6 +28,9 @@ pub(crate) const OUT_HIGH: usize = 256 * 1024;
 const POLL_INTERVAL: Duration = Duration::from_millis(1);
 /// Body bytes that may share a record with the header block.
 const SHARED_RECORD_MAX: usize = 16 * 1024;
+/// Chunks up to this size are queued and sent with the GIL held (see
+/// [`Shared::send_chunk`]); larger ones are copied out in OUT_HIGH pieces with it released.
+const NONBLOCKING_CHUNK_MAX: usize = 64 * 1024;
 /// Bytes asked of each recv(2).
 const RECV_CHUNK: usize = 64 * 1024 + 64;
 /// While the app writes output we drain the socket (to see an ABORT_REQUEST);
@@ -64,6 +67,38 @@ impl Shared {
     /// Lock while detached from Python.
     pub(crate) fn lock(&self) -> MutexGuard<'_, Conn> {
         self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queue a body chunk of request `serial` and transmit it before the app is asked
+    /// for the next one (PEP 3333). A small chunk goes out in a non-blocking send with
+    /// the GIL held: releasing and retaking the GIL around each write costs more than
+    /// the write (with several threads the GIL changes hands each time, a futex wake
+    /// and a context switch or two). Only when the socket is full (back-pressure)
+    /// does it wait, with the GIL released. False once the request is aborted or its
+    /// Content-Length is reached: produce no more.
+    pub(crate) fn send_chunk(&self, py: Python<'_>, serial: u64, data: &[u8]) -> bool {
+        if data.len() <= NONBLOCKING_CHUNK_MAX {
+            let (more, sent) = {
+                let mut c = self.lock_py(py);
+                let more = c.push_body(serial, data, false);
+                let sent = c.try_flush_point();
+                (more && c.cur(serial).is_some_and(|r| !r.aborted), sent)
+            };
+            if sent {
+                return more;
+            }
+            return py.detach(|| {
+                let mut c = self.lock();
+                c.flush();
+                more && c.cur(serial).is_some_and(|r| !r.aborted)
+            });
+        }
+        py.detach(|| {
+            let mut c = self.lock();
+            let more = c.push_body(serial, data, true);
+            c.flush_point();
+            more && c.cur(serial).is_some_and(|r| !r.aborted)
+        })
     }
 }
 
@@ -424,6 +459,13 @@ impl Conn {
             if !self.usable() || self.rd_eof {
                 return false;
             }
+            // Between requests the next one is almost never here yet (the bridge has
+            // not read END_REQUEST): wait first rather than try a recv that fails.
+            if let Some(fd) = self.fd.as_ref() {
+                if let Err(e) = sys::wait_readable(fd.as_raw_fd()) {
+                    eprintln!("fcgibridge worker: waiting for the bridge failed: {e}");
+                }
+            }
             if let Recv::Eof = self.recv(false) {
                 self.lost();
             }
@@ -496,6 +538,54 @@ impl Conn {
         if self.out.capacity() > 4 * OUT_HIGH {
             self.out.shrink_to(OUT_HIGH);
         }
+    }
+
+    /// Send what is buffered without waiting (callable with the GIL held). Returns
+    /// whether everything went; what the socket did not take stays buffered for `flush`.
+    pub(crate) fn try_flush(&mut self) -> bool {
+        if self.out.is_empty() {
+            return true;
+        }
+        let fd = match self.fd.as_ref() {
+            Some(fd) if !self.broken => fd.as_raw_fd(),
+            _ => {
+                self.out.clear();
+                return true;
+            }
+        };
+        let mut sent = 0;
+        while sent < self.out.len() {
+            match sys::send_nonblocking(fd, &self.out[sent..]) {
+                Ok(0) => break,
+                Ok(n) => sent += n,
+                Err(e) => {
+                    if !matches!(e.raw_os_error(), Some(32) | Some(104)) {
+                        eprintln!("fcgibridge worker: writing to the bridge failed: {e}");
+                    }
+                    self.broken = true;
+                    self.lost();
+                    sent = self.out.len();
+                }
+            }
+        }
+        if sent < self.out.len() {
+            self.out.drain(..sent);
+            return false;
+        }
+        self.out.clear();
+        if self.out.capacity() > 4 * OUT_HIGH {
+            self.out.shrink_to(OUT_HIGH);
+        }
+        true
+    }
+
+    /// [`Conn::flush_point`] without waiting (callable with the GIL held): the abort
+    /// check is a non-blocking recv anyway. Returns whether everything was sent.
+    pub(crate) fn try_flush_point(&mut self) -> bool {
+        if self.last_recv.elapsed() >= POLL_INTERVAL {
+            self.poll();
+        }
+        self.try_flush()
     }
 
     /// Check for an abort, then flush. The check is a recv(2) that usually finds

@@ -438,13 +438,7 @@ fn send_iterable(
         if !check_started(py, shared, serial)? {
             break;
         }
-        let more = py.detach(|| {
-            let mut c = shared.lock();
-            let more = c.push_body(serial, data, true);
-            c.flush_point();
-            more && c.cur(serial).is_some_and(|r| !r.aborted)
-        });
-        if !more {
+        if !shared.send_chunk(py, serial, data) {
             break;
         }
     }

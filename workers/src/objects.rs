@@ -549,14 +549,7 @@ impl Writer {
                 Some(_) => {}
             }
         }
-        let bytes = b.as_bytes();
-        let shared = &self.shared;
-        let serial = self.serial;
-        py.detach(|| {
-            let mut c = shared.lock();
-            c.push_body(serial, bytes, true);
-            c.flush_point();
-        });
+        self.shared.send_chunk(py, self.serial, b.as_bytes());
         Ok(())
     }
 }

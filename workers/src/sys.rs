@@ -2,7 +2,8 @@
 //!
 //! Declared here rather than through the `libc` crate to keep the worker's
 //! dependency set (and the workspace lock file) as small as the skeleton's.
-//! Every call is made with the GIL released by the caller.
+//! Every blocking call is made with the GIL released by the caller; the
+//! non-blocking ones (MSG_DONTWAIT) may be made with it held.
 use std::io;
 use std::mem::MaybeUninit;
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
@@ -22,7 +23,17 @@ extern "C" {
     fn recv(fd: c_int, buf: *mut c_void, len: usize, flags: c_int) -> isize;
     fn send(fd: c_int, buf: *const c_void, len: usize, flags: c_int) -> isize;
     fn prctl(option: c_int, ...) -> c_int;
+    fn poll(fds: *mut PollFd, nfds: c_ulong, timeout: c_int) -> c_int;
 }
+
+#[repr(C)]
+struct PollFd {
+    fd: c_int,
+    events: i16,
+    revents: i16,
+}
+
+const POLLIN: i16 = 0x1;
 
 /// Accept one connection (close-on-exec), retrying EINTR and aborted handshakes.
 pub(crate) fn accept(listen_fd: RawFd) -> io::Result<OwnedFd> {
@@ -54,16 +65,21 @@ pub(crate) enum Recv {
     WouldBlock,
 }
 
-/// One recv(2) into `buf`; `nonblocking` uses MSG_DONTWAIT.
+/// One recv(2) into `buf`; `nonblocking` returns `WouldBlock` instead of waiting.
+///
+/// A blocking receive waits in poll(2), not in recv(2): a thread asleep in recv on a
+/// unix socket is also woken each time the peer reads what this side sent (the
+/// kernel's write-space wake-up does not say what it is for), which is once per
+/// request when the bridge reads END_REQUEST — a wake-up and sleep for nothing.
+/// poll(2) only wakes for input.
 pub(crate) fn recv_into(
     fd: RawFd,
     buf: &mut [MaybeUninit<u8>],
     nonblocking: bool,
 ) -> io::Result<Recv> {
-    let flags = if nonblocking { MSG_DONTWAIT } else { 0 };
     loop {
         // SAFETY: the pointer and length describe writable memory we own.
-        let n = unsafe { recv(fd, buf.as_mut_ptr().cast(), buf.len(), flags) };
+        let n = unsafe { recv(fd, buf.as_mut_ptr().cast(), buf.len(), MSG_DONTWAIT) };
         if n > 0 {
             return Ok(Recv::Data(n as usize));
         }
@@ -73,8 +89,29 @@ pub(crate) fn recv_into(
         let err = io::Error::last_os_error();
         match err.raw_os_error() {
             Some(4) => continue,
-            Some(11) => return Ok(Recv::WouldBlock),
+            Some(11) if nonblocking => return Ok(Recv::WouldBlock),
+            Some(11) => wait_readable(fd)?,
             _ => return Err(err),
+        }
+    }
+}
+
+/// Block until `fd` has input (or EOF, or an error, which the next recv reports).
+pub(crate) fn wait_readable(fd: RawFd) -> io::Result<()> {
+    let mut p = PollFd {
+        fd,
+        events: POLLIN,
+        revents: 0,
+    };
+    loop {
+        // SAFETY: one valid pollfd; no timeout.
+        let rc = unsafe { poll(&mut p, 1, -1) };
+        if rc >= 0 {
+            return Ok(());
+        }
+        let err = io::Error::last_os_error();
+        if err.raw_os_error() != Some(4) {
+            return Err(err);
         }
     }
 }
@@ -94,6 +131,31 @@ pub(crate) fn send_all(fd: RawFd, mut data: &[u8]) -> io::Result<()> {
         data = &data[n as usize..];
     }
     Ok(())
+}
+
+/// Send as much of `data` as the socket takes now (MSG_DONTWAIT; no SIGPIPE):
+/// `Ok(0)` when it would block. Made with the GIL held, so it must never wait.
+pub(crate) fn send_nonblocking(fd: RawFd, data: &[u8]) -> io::Result<usize> {
+    loop {
+        // SAFETY: the pointer and length describe readable memory.
+        let n = unsafe {
+            send(
+                fd,
+                data.as_ptr().cast(),
+                data.len(),
+                MSG_NOSIGNAL | MSG_DONTWAIT,
+            )
+        };
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        let err = io::Error::last_os_error();
+        match err.raw_os_error() {
+            Some(4) => continue,
+            Some(11) => return Ok(0),
+            _ => return Err(err),
+        }
+    }
 }
 
 /// Ask the kernel to SIGKILL this process when the thread that forked it exits.
