@@ -75,10 +75,7 @@ fn render_pool(out: &mut String, pool: &Pool) {
     match &pool.app {
         App::Module { module, callable } => field(out, 4, "app", &quote(&format!("{module}:{callable}"))),
         App::File(path) => field(out, 4, "app", &quote(&path.display().to_string())),
-        App::Command(argv) => {
-            let items: Vec<String> = argv.iter().map(|a| quote(a)).collect();
-            field(out, 4, "command", &format!("[{}]", items.join(", ")));
-        }
+        App::Command(argv) => field(out, 4, "command", &list(argv)),
     }
     field(out, 4, "python", &quote(&pool.python.display().to_string()));
     field(out, 4, "chdir", &quote(&pool.chdir.display().to_string()));

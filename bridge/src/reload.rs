@@ -56,28 +56,18 @@ fn apply(dir: &Path, live: Live<'_>, restart_all: bool) -> Result<String, String
     let mut notes = Vec::new();
     let (old_g, new_g) = (&live.config.global, &new.global);
     if old_g != new_g {
-        let mut later = Vec::new();
-        if old_g.runtime_dir != new_g.runtime_dir {
-            later.push("runtime-dir");
-        }
-        if old_g.log_level != new_g.log_level {
-            later.push("log-level");
-        }
-        if old_g.log_format != new_g.log_format {
-            later.push("log-format");
-        }
-        if old_g.access_log != new_g.access_log {
-            later.push("access-log");
-        }
-        if old_g.access_log_format != new_g.access_log_format {
-            later.push("access-log-format");
-        }
-        if old_g.status != new_g.status {
-            later.push("status");
-        }
-        if old_g.control_socket != new_g.control_socket {
-            later.push("control-socket");
-        }
+        let later: Vec<&str> = [
+            (old_g.runtime_dir != new_g.runtime_dir, "runtime-dir"),
+            (old_g.log_level != new_g.log_level, "log-level"),
+            (old_g.log_format != new_g.log_format, "log-format"),
+            (old_g.access_log != new_g.access_log, "access-log"),
+            (old_g.access_log_format != new_g.access_log_format, "access-log-format"),
+            (old_g.status != new_g.status, "status"),
+            (old_g.control_socket != new_g.control_socket, "control-socket"),
+        ]
+        .into_iter()
+        .filter_map(|(changed, key)| changed.then_some(key))
+        .collect();
         if !later.is_empty() {
             tracing::warn!("reload: bridge settings {} changed; they take effect when the daemon restarts", later.join(", "));
             notes.push(format!("restart needed for bridge.{}", later.join(", bridge.")));

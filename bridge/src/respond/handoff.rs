@@ -51,7 +51,7 @@ pub enum FileSpec {
 }
 
 impl FileSpec {
-    fn paths(&self) -> Vec<&[u8]> {
+    pub fn paths(&self) -> Vec<&[u8]> {
         match self {
             FileSpec::Whole(p) => vec![p],
             FileSpec::Pieces(ps) => ps.iter().map(|p| &p.path[..]).collect(),
@@ -86,7 +86,8 @@ pub enum Mode {
 pub struct Files {
     pub mode: Mode,
     pub dialect: Dialect,
-    /// `file-roots`: the only directories the bridge sends files from.
+    /// `file-roots`: the only directories the bridge sends files from, with symlinks
+    /// resolved once here (a served path is compared with them after its own are).
     pub roots: Vec<PathBuf>,
     /// `file-map`: (filesystem prefix, internal URI prefix), longest filesystem prefix first.
     pub map: Vec<(String, String)>,
@@ -202,15 +203,16 @@ impl Files {
     pub fn new(mode: Mode, dialect: Dialect, roots: Vec<PathBuf>, mut map: Vec<(String, String)>) -> Files {
         // A nested directory's own mapping wins.
         map.sort_by_key(|(fs, _)| std::cmp::Reverse(fs.len()));
-        // The worker compares real paths: give it the roots with symlinks resolved. A root
-        // containing `:` cannot be listed (the separator); its files are streamed.
+        let real = |d: PathBuf| std::fs::canonicalize(&d).unwrap_or(d);
+        let roots: Vec<PathBuf> = roots.into_iter().map(real).collect();
+        // The worker compares real paths too. A root containing `:` cannot be listed (the
+        // separator); its files are streamed.
         let mut dirs: Vec<PathBuf> = roots.clone();
         if mode == Mode::Translate {
-            dirs.extend(map.iter().map(|(fs, _)| PathBuf::from(fs)));
+            dirs.extend(map.iter().map(|(fs, _)| real(PathBuf::from(fs))));
         }
         let listed: Vec<String> = dirs
-            .iter()
-            .map(|d| std::fs::canonicalize(d).unwrap_or_else(|_| d.clone()))
+            .into_iter()
             .filter_map(|d| d.to_str().map(str::to_owned))
             .filter(|d| !d.contains(':') && !d.is_empty())
             .collect();
