@@ -227,9 +227,11 @@ def test_shipped_conf_d_is_valid():
 
 def test_shipped_demo_serves_over_fastcgi_and_scgi(tmp_path):
     """The README's first command, on free ports: the bundled conf.d and demo app answer
-    `fcgibridge request` over FastCGI and SCGI."""
+    `fcgibridge request` over FastCGI and SCGI, the status page answers HTTP, and
+    `fcgibridge status` finds the daemon with no flag at all (./conf.d is the default)."""
     import re
     import socket as so
+    import urllib.request
     from harness import REPO, Bridge, free_ports, wait_until
     conf = tmp_path / "conf.d"
     conf.mkdir()
@@ -250,11 +252,13 @@ def test_shipped_demo_serves_over_fastcgi_and_scgi(tmp_path):
         if os.geteuid() == 0:  # root workers need the pool's consent
             text = text.replace("{app:", "{allow-root: true, app:")
         (conf / f.name).write_text(text)
+    status_addr = addresses.pop("127.0.0.1:9002", None)
+    assert status_addr, "the shipped conf.d has no status listener on 127.0.0.1:9002"
     assert addresses, "the shipped conf.d listens on no TCP address?"
     b = Bridge(tmp_path, None, name="demo", confdir=conf)
     try:
         b.start()
-        for addr in addresses.values():
+        for addr in [*addresses.values(), status_addr]:
             host, port = addr.split(":")
 
             def up():
@@ -272,5 +276,18 @@ def test_shipped_demo_serves_over_fastcgi_and_scgi(tmp_path):
                     ok += 1
         # every listener answers in its own protocol (and only in it)
         assert ok == len(addresses), (ok, addresses, b.log.text()[-3000:])
+        with urllib.request.urlopen(f"http://{status_addr}/status?json", timeout=30) as resp:
+            doc = json.loads(resp.read())
+            assert "demo" in json.dumps(doc["pools"]), doc
+        with urllib.request.urlopen(f"http://{status_addr}/metrics", timeout=30) as resp:
+            assert b"fcgibridge_" in resp.read()
+        # no --config: ./conf.d in the working directory, and the command says so
+        r = run("status", cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+        assert "demo" in r.stdout and "conf.d" in r.stderr, (r.stdout, r.stderr)
+        # `top`: two screens into a pipe, the second with per-second rates
+        r = run("top", "--count", "2", "--interval", "200ms", cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.count("POOL") >= 3 and "REQ/S" in r.stdout, r.stdout
     finally:
         b.stop()

@@ -138,23 +138,31 @@ pub fn call(path: &Path, command: &str) -> Result<Result<String, String>, Contro
     })
 }
 
-/// `fcgibridge status|reload|stop`: find the socket, send, print.
-pub fn main(config_dir: &Path, socket: Option<PathBuf>, command: &str, json: bool) -> ExitCode {
-    let path = match socket {
-        Some(p) => p,
-        None => match crate::config::load(config_dir) {
-            Ok(c) => match socket_path(&c.global) {
-                Some(p) => p,
-                None => {
-                    eprintln!("fcgibridge: {}", ControlError::NotConfigured);
-                    return ExitCode::from(2);
-                }
-            },
+/// The control socket: the one given, else the one the configuration in `config_dir`
+/// names. An error is printed here, and its exit code returned.
+pub fn socket_for(config_dir: Option<&Path>, socket: Option<PathBuf>) -> Result<PathBuf, ExitCode> {
+    let not_configured = || {
+        eprintln!("fcgibridge: {}", ControlError::NotConfigured);
+        ExitCode::from(2)
+    };
+    match (socket, config_dir) {
+        (Some(p), _) => Ok(p),
+        (None, None) => Err(not_configured()),
+        (None, Some(dir)) => match crate::config::load(dir) {
+            Ok(c) => socket_path(&c.global).ok_or_else(not_configured),
             Err(e) => {
                 eprintln!("fcgibridge: {e}");
-                return ExitCode::from(2);
+                Err(ExitCode::from(2))
             }
         },
+    }
+}
+
+/// `fcgibridge status|reload|stop`: find the socket, send, print.
+pub fn main(config_dir: Option<&Path>, socket: Option<PathBuf>, command: &str, json: bool) -> ExitCode {
+    let path = match socket_for(config_dir, socket) {
+        Ok(p) => p,
+        Err(code) => return code,
     };
     match call(&path, command) {
         Err(e) => {

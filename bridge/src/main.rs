@@ -27,18 +27,44 @@ struct Cli {
     command: Command,
 }
 
+/// `--config`, shared by the commands that read the configuration.
+#[derive(clap::Args)]
+struct ConfigArg {
+    /// Directory of *.yaml files, read in name order (default: $FCGIBRIDGE_CONFIG,
+    /// else ./conf.d, else /etc/fcgibridge/conf.d).
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+}
+
+impl ConfigArg {
+    /// The directory to read; on stderr, which one and why when it was not given.
+    fn resolve(self) -> Result<PathBuf, std::process::ExitCode> {
+        match config::discover::config_dir(self.config) {
+            Ok((dir, origin)) => {
+                if origin != config::discover::Origin::Flag {
+                    eprintln!("fcgibridge: configuration {} (from {origin})", dir.display());
+                }
+                Ok(dir)
+            }
+            Err(e) => {
+                eprintln!("fcgibridge: {e}");
+                Err(std::process::ExitCode::from(2))
+            }
+        }
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run the daemon.
     Run {
-        /// Directory of *.yaml files, read in name order.
-        #[arg(long, short, default_value = "conf.d")]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigArg,
     },
     /// Show the running daemon's listeners, pools and workers (over its control socket).
     Status {
-        #[arg(long, short, default_value = "conf.d")]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigArg,
         /// The control socket (default: bridge.control-socket, else <runtime-dir>/control.sock).
         #[arg(long)]
         socket: Option<PathBuf>,
@@ -46,24 +72,37 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// A live view of the running daemon: request and 503 rates, pools and workers.
+    Top {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[arg(long)]
+        socket: Option<PathBuf>,
+        /// Time between refreshes.
+        #[arg(long, short = 'n', default_value = "1s", value_parser = config::units::parse_duration)]
+        interval: std::time::Duration,
+        /// Stop after this many screens (default: until interrupted).
+        #[arg(long)]
+        count: Option<u64>,
+    },
     /// Ask the running daemon to reload (as SIGHUP does).
     Reload {
-        #[arg(long, short, default_value = "conf.d")]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigArg,
         #[arg(long)]
         socket: Option<PathBuf>,
     },
     /// Ask the running daemon to stop gracefully (as SIGTERM does).
     Stop {
-        #[arg(long, short, default_value = "conf.d")]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigArg,
         #[arg(long)]
         socket: Option<PathBuf>,
     },
     /// Validate the configuration and print the effective result.
     Check {
-        #[arg(long, short, default_value = "conf.d")]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigArg,
     },
     /// Send one request to a FastCGI or SCGI address and print the response.
     Request {
@@ -92,13 +131,29 @@ enum Command {
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Run { config } => daemon::main(&config),
-        Command::Check { config } => check::main(&config),
-        Command::Status { config, socket, json } => control::main(&config, socket, "status", json),
-        Command::Reload { config, socket } => control::main(&config, socket, "reload", false),
-        Command::Stop { config, socket } => control::main(&config, socket, "stop", false),
+        Command::Run { config } => config.resolve().map_or_else(|code| code, |dir| daemon::main(&dir)),
+        Command::Check { config } => config.resolve().map_or_else(|code| code, |dir| check::main(&dir)),
+        Command::Status { config, socket, json } => control_main(config, socket, "status", json),
+        Command::Top { config, socket, interval, count } => {
+            control_socket(config, socket).map_or_else(|code| code, |path| status::top::main(&path, interval, count))
+        }
+        Command::Reload { config, socket } => control_main(config, socket, "reload", false),
+        Command::Stop { config, socket } => control_main(config, socket, "stop", false),
         Command::Request { address, path, method, headers, data, scgi, timeout } => {
             request::main(request::Args { address, path, method, headers, data, scgi, timeout })
         }
     }
+}
+
+/// A control command's socket: the one given, or the one the configuration names.
+fn control_socket(config: ConfigArg, socket: Option<PathBuf>) -> Result<PathBuf, std::process::ExitCode> {
+    if socket.is_some() {
+        return control::socket_for(None, socket);
+    }
+    control::socket_for(Some(&config.resolve()?), None)
+}
+
+/// `status`, `reload`, `stop`: one command over the control socket.
+fn control_main(config: ConfigArg, socket: Option<PathBuf>, command: &str, json: bool) -> std::process::ExitCode {
+    control_socket(config, socket).map_or_else(|code| code, |path| control::main(None, Some(path), command, json))
 }

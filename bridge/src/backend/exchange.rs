@@ -121,6 +121,10 @@ enum RespEnd {
     Ended,
     /// The worker closed the connection, failed, or sent garbage.
     WorkerBroken(String),
+    /// The worker's socket was closed with our request still unread in it, before it
+    /// sent a byte: the kernel says so with ECONNRESET on a unix socket (it died while
+    /// idle, after our write went in). The worker never saw the request.
+    Unread,
     FrontGone,
 }
 
@@ -143,6 +147,8 @@ struct RespState {
     excess: u64,
     /// The request is a HEAD: its Content-Length describes a body that is not sent.
     head_request: bool,
+    /// Any byte came from the worker for this request.
+    received: bool,
 }
 
 impl RespState {
@@ -224,6 +230,7 @@ pub async fn exchange<S: BodySource, K: ResponseSink>(
         body_limit: u64::MAX,
         excess: 0,
         head_request: params.get(b"REQUEST_METHOD") == Some(b"HEAD"),
+        received: false,
     };
 
     if let Err(e) = stream.write_all(wbuf).await {
@@ -289,6 +296,15 @@ pub async fn exchange<S: BodySource, K: ResponseSink>(
         // The redirecting response was dropped and the front has nothing yet.
         st.front_done = false;
     }
+    // The whole request (first write) was in the socket the worker never read: sending it
+    // to another worker cannot run it twice. Only for safe methods, as web servers retry
+    // only those on another upstream; anything else is answered 502 like any broken worker.
+    let resp_end = match resp_end {
+        RespEnd::Unread if !body_done || !is_safe_method(params) || timed_out.load(Ordering::Acquire) => {
+            RespEnd::WorkerBroken("the worker closed its connection with the request unread (did it exit?)".to_owned())
+        }
+        other => other,
+    };
     match resp_end {
         RespEnd::Ended => {
             let fate = if body_sent.load(Ordering::Acquire) { SlotFate::Reuse } else { SlotFate::Reconnect };
@@ -307,6 +323,10 @@ pub async fn exchange<S: BodySource, K: ResponseSink>(
                 st.redirect = bridge_error(info, sink, 504).await;
             }
             Outcome { status: st.status, body_bytes: st.body_bytes, fate: SlotFate::Discard, retry: None, redirect: st.redirect.take() }
+        }
+        RespEnd::Unread => {
+            tracing::warn!(pool, pid, request_id = info.id, uri = info.uri, "the worker closed its connection with the request unread (it died while idle); trying another");
+            Outcome { status: 0, body_bytes: 0, fate: SlotFate::Discard, retry: Some(First::Prepared { body_done: true }), redirect: None }
         }
         RespEnd::WorkerBroken(why) => {
             if st.front_done {
@@ -338,6 +358,11 @@ pub async fn exchange<S: BodySource, K: ResponseSink>(
             Outcome { status: if st.status == 0 { 499 } else { st.status }, body_bytes: st.body_bytes, fate, retry: None, redirect: None }
         }
     }
+}
+
+/// GET, HEAD, OPTIONS and TRACE: a request that may be sent again (RFC 9110, 9.2.1).
+fn is_safe_method(params: &Params) -> bool {
+    matches!(params.get(b"REQUEST_METHOD"), Some(b"GET" | b"HEAD" | b"OPTIONS" | b"TRACE"))
 }
 
 /// Send FCGI_ABORT_REQUEST and discard the worker's output until its END_REQUEST; a
@@ -546,7 +571,8 @@ async fn forward<K: ResponseSink>(
         };
         match read {
             Ok(0) => return RespEnd::WorkerBroken("the worker closed the connection (did it exit?)".to_owned()),
-            Ok(_) => {}
+            Ok(_) => st.received = true,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset && !st.received => return RespEnd::Unread,
             Err(e) => return RespEnd::WorkerBroken(format!("read error: {e}")),
         }
     }
@@ -670,6 +696,7 @@ mod length_tests {
             body_limit: u64::MAX,
             excess: 0,
             head_request,
+            received: false,
         };
         st.arm_body_limit();
         st
@@ -698,5 +725,72 @@ mod length_tests {
         let mut st = state(200, None, false);
         assert_eq!(relay(&mut st, b"0123456789").len(), 10);
         assert_eq!(st.excess, 0);
+    }
+}
+
+#[cfg(test)]
+mod unread_tests {
+    use super::*;
+    use crate::supervise::WorkerHandle;
+    use std::sync::Arc;
+
+    struct NoBody;
+    impl BodySource for NoBody {
+        fn ready(&mut self) -> Option<Option<Bytes>> {
+            Some(None)
+        }
+        async fn next_chunk(&mut self) -> Result<Option<Bytes>, FrontGone> {
+            Ok(None)
+        }
+        async fn aborted(&mut self) {
+            std::future::pending::<()>().await;
+        }
+    }
+
+    #[derive(Default)]
+    struct Collect(Vec<u8>);
+    impl ResponseSink for Collect {
+        async fn send(&mut self, data: Bytes, _end: Option<End>) -> Result<(), FrontGone> {
+            self.0.extend_from_slice(&data);
+            Ok(())
+        }
+    }
+
+    /// A worker that accepts, waits until the request is in its socket, and exits without
+    /// reading it: what a kill -9 of an idle worker looks like from the bridge.
+    async fn outcome_of_unread(method: &'static str) -> (Outcome, Vec<u8>) {
+        let path = std::env::temp_dir().join(format!("fcgibridge-unread-{}-{method}.sock", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let listener = tokio::net::UnixListener::bind(&path).expect("bind");
+        let dies = tokio::spawn(async move {
+            let (s, _) = listener.accept().await.expect("accept");
+            s.readable().await.expect("readable");
+            drop(s); // unread data in the socket: the bridge's side gets ECONNRESET
+        });
+        let worker = Arc::new(WorkerHandle::new("p".into(), 1, path.clone()));
+        let (mut slot, _) = crate::backend::SlotConn::connect(worker).await.expect("connect");
+        let mut params = Params::default();
+        params.insert(&b"REQUEST_METHOD"[..], method.as_bytes().to_vec());
+        let info = RequestInfo { id: "r1", uri: "/", role: Role::Responder, error_pages: None, files: None };
+        let mut sink = Collect::default();
+        let outcome = exchange(&mut slot, &info, &params, &mut NoBody, &mut sink, First::Encode).await;
+        dies.await.expect("worker task");
+        let _ = std::fs::remove_file(&path);
+        (outcome, sink.0)
+    }
+
+    #[tokio::test]
+    async fn a_safe_request_left_unread_by_a_dying_worker_goes_to_another() {
+        let (outcome, sent) = outcome_of_unread("GET").await;
+        assert!(outcome.retry.is_some(), "status {}", outcome.status);
+        assert!(sent.is_empty(), "nothing may reach the web server before the retry");
+    }
+
+    #[tokio::test]
+    async fn an_unsafe_request_left_unread_is_answered_502() {
+        let (outcome, sent) = outcome_of_unread("POST").await;
+        assert!(outcome.retry.is_none());
+        assert_eq!(outcome.status, 502);
+        assert!(String::from_utf8_lossy(&sent).starts_with("Status: 502"), "{}", String::from_utf8_lossy(&sent));
     }
 }

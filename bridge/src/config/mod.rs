@@ -10,6 +10,7 @@
 //! YAML is read by serde-saphyr: maintained, panic-free on any input, and precise about
 //! line and column (serde_yaml is deprecated upstream).
 
+pub mod discover;
 mod error;
 mod file;
 mod hint;
