@@ -450,7 +450,7 @@ def caddy_env(tmp_path_factory):
     pools = {"app": handoff_pool(root)}
     listeners = {"fcgi": {"fastcgi": f"127.0.0.1:{bridge_port}", "pool": "app", "dialect": "caddy",
                           "file-handoff": "serve", "file-roots": [str(root)],
-                          "file-map": {str(root): "/protected"}}}
+                          "file-map": {str(root): "/protected"}, "max-ranges": 4}}
     bridge = respond_servers.start_bridge(work, pools, listeners, [("fcgi", "/health", "any")])
     conf = work / "Caddyfile"
     conf.write_text(CADDYFILE.format(port=port, work=work, bridge_port=bridge_port))
