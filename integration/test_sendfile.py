@@ -25,6 +25,11 @@ def env(tmp_path_factory):
     big = os.urandom(3 * 1024 * 1024 + 123)
     (root / "big.bin").write_bytes(big)
     (root / "sub").mkdir()
+    (root / "100k.bin").write_bytes(os.urandom(100 * 1024))
+    (root / "small.txt").write_bytes(bytes(range(32, 127)) * 4)
+    # Last modified well before the requests: an If-Range date may only match a settled file.
+    for name in ("100k.bin", "small.txt"):
+        os.utime(root / name, (1_700_000_000, 1_700_000_000))
     (work / "secret.txt").write_text("secret\n")
     os.symlink(work / "secret.txt", root / "escape.txt")
     os.symlink(root / "a.txt", root / "inside.txt")
@@ -79,12 +84,80 @@ def test_ranges(env):
     assert (status, body, h["content-range"]) == (206, b"2345", "bytes 2-5/20")
     status, h, body = curl(nginx, sf(root, "a.txt"), "-r", "-3")
     assert (status, body) == (206, b"hij")
-    status, h, body = curl(nginx, sf(root, "a.txt"), "-r", "0-1,10-11")
+    _, _, _, big = env
+    status, h, body = curl(nginx, sf(root, "big.bin"), "-r", "0-1,1000-1001")
     assert status == 206 and h["content-type"].startswith("multipart/byteranges; boundary=")
-    assert b"Content-Range: bytes 0-1/20\r\n\r\n01\r\n" in body and b"Content-Range: bytes 10-11/20\r\n\r\nab\r\n" in body
+    n = len(big)
+    assert f"Content-Range: bytes 0-1/{n}\r\n\r\n".encode() + big[0:2] + b"\r\n" in body
+    assert f"Content-Range: bytes 1000-1001/{n}\r\n\r\n".encode() + big[1000:1002] + b"\r\n" in body
     assert int(h["content-length"]) == len(body)
     status, h, _ = curl(nginx, sf(root, "a.txt"), "-r", "50-60")
     assert status == 416 and h["content-range"] == "bytes */20"
+
+
+def test_many_ranges_get_the_whole_file_once(env):
+    """500 ranges of the whole file in a 2.5 KB header once made a 100 KB file a 50 MB 206.
+    More ranges than max-ranges (16 by default): the Range header is ignored, 200 with the
+    file once, and one log line names the request."""
+    bridge, nginx, root, _ = env
+    data = (root / "100k.bin").read_bytes()
+    mark = bridge.log.mark()
+    status, h, body = curl(nginx, sf(root, "100k.bin"), "-H", "Range: bytes=" + ",".join(["0-"] * 500))
+    assert (status, len(body)) == (200, len(data)) and body == data
+    assert h["content-length"] == str(len(data)) and "content-range" not in h
+    line = "\n".join(bridge.log.wait_for(r"Range ignored, answering 200 with the whole file: 500 ranges, more than max-ranges \(16\)", since=mark))
+    assert "request_id" in line and "pool" in line and "/sendfile" in line and "peer" in line
+    # 16 ranges are still ranges: they overlap, and coalesce to one part
+    status, h, body = curl(nginx, sf(root, "100k.bin"), "-H", "Range: bytes=" + ",".join(["0-"] * 16))
+    assert (status, h["content-range"], body) == (206, f"bytes 0-{len(data) - 1}/{len(data)}", data)
+
+
+def test_overlapping_ranges_coalesce(env):
+    """Overlapping, adjacent and nearly adjacent ranges (a gap of at most 80 bytes, about a
+    multipart part's own overhead) become one range, in ascending order: one single-part 206."""
+    _, nginx, root, _ = env
+    data = (root / "100k.bin").read_bytes()
+    for spec, (s, e) in [("150-299,0-99,50-199", (0, 299)),   # overlapping, out of order
+                         ("0-9,10-19", (0, 19)),                # adjacent
+                         ("0-9,90-99", (0, 99)),                # a gap of 80 bytes
+                         ("-100,0-", (0, len(data) - 1))]:      # a suffix inside an open range
+        status, h, body = curl(nginx, sf(root, "100k.bin"), "-r", spec)
+        assert (status, h["content-range"]) == (206, f"bytes {s}-{e}/{len(data)}"), spec
+        assert body == data[s:e + 1] and not h["content-type"].startswith("multipart/"), spec
+    # further apart: two parts, sorted
+    status, h, body = curl(nginx, sf(root, "100k.bin"), "-r", "5000-5009,0-9")
+    assert status == 206 and h["content-type"].startswith("multipart/byteranges")
+    first, second = body.index(b"bytes 0-9/"), body.index(b"bytes 5000-5009/")
+    assert first < second and int(h["content-length"]) == len(body)
+
+
+def test_ranges_bigger_than_the_file_get_the_file(env):
+    """Four 1-byte parts of a 380-byte file would take more bytes as multipart/byteranges
+    than the file itself: 200 with the file, logged."""
+    bridge, nginx, root, _ = env
+    data = (root / "small.txt").read_bytes()
+    mark = bridge.log.mark()
+    status, h, body = curl(nginx, sf(root, "small.txt"), "-r", "0-0,100-100,200-200,300-300")
+    assert (status, body) == (200, data) and "content-range" not in h
+    bridge.log.wait_for(r"Range ignored, answering 200 with the whole file: the 4 ranges would take \d+ bytes as "
+                        r"multipart/byteranges, more than the whole file \(380 bytes\)", since=mark)
+
+
+def test_if_range(env):
+    """If-Range: the current strong ETag or the exact Last-Modified date gives the range; a
+    stale one (or a weak ETag, never a match) gives 200 with the whole file."""
+    _, nginx, root, _ = env
+    data = (root / "100k.bin").read_bytes()
+    _, h, _ = curl(nginx, sf(root, "100k.bin"))
+    etag, modified = h["etag"], h["last-modified"]
+    for validator, want in [(etag, 206), (modified, 206), ('"0-0"', 200), ("W/" + etag, 200),
+                            ("Tue, 14 Nov 2023 21:13:19 GMT", 200), ("yesterday", 200)]:
+        status, h, body = curl(nginx, sf(root, "100k.bin"), "-r", "10-19", "-H", f"If-Range: {validator}")
+        assert status == want, validator
+        assert body == (data[10:20] if want == 206 else data), validator
+    # without Range, If-Range means nothing
+    status, _, body = curl(nginx, sf(root, "100k.bin"), "-H", 'If-Range: "stale"')
+    assert (status, body) == (200, data)
 
 
 def test_conditional_requests(env):
@@ -104,15 +177,20 @@ def test_head(env):
     assert status == 200 and body.strip() == b"" and h["content-length"] == str(len(big))
 
 
-@pytest.mark.parametrize("name,status", [("../secret.txt", 403), ("escape.txt", 403), ("sub", 404),
-                                         ("missing.txt", 404)])
-def test_refused_paths(env, name, status):
+@pytest.mark.parametrize("name,status,why", [
+    ("../secret.txt", 500, r"file hand-off dropped, answering 500: .* is not a normal path: it has a `\.\.` segment"),
+    ("./a.txt", 500, r"file hand-off dropped, answering 500: .* is not a normal path: it has a `\.` segment"),
+    ("escape.txt", 403, "X-Sendfile refused, answering 403"),
+    ("sub", 404, "X-Sendfile refused, answering 404"),
+    ("missing.txt", 404, "X-Sendfile refused, answering 404"),
+])
+def test_refused_paths(env, name, status, why):
     bridge, nginx, root, _ = env
     mark = bridge.log.mark()
     got, _, body = curl(nginx, sf(root, name))
     assert got == status
     assert b"secret" not in body
-    bridge.log.wait_for(r"X-Sendfile refused, answering " + str(status), since=mark)
+    bridge.log.wait_for(why, since=mark)
 
 
 def test_symlink_inside_the_root_is_served(env):
@@ -287,6 +365,37 @@ def test_translate_unmapped_path_never_reaches_the_client(translate_env, target)
     assert f"X-Sendfile: {target}" in line and "pool" in line and "pid" in line and "request_id" in line and "/xs" in line
 
 
+@pytest.mark.parametrize("header,value", [
+    ("xs", "{root}/../secret.txt"),        # under the file-map prefix as text only
+    ("xs", "{root}/./report.txt"),
+    ("xs", "{root}//report.txt"),
+    ("accel", "/protected/../secret.txt"),
+    ("accel", "/protected/%2e%2e/secret.txt"),  # nginx decodes X-Accel-Redirect
+    ("accel", "/protected/%2E%2E%2Fsecret.txt"),
+])
+def test_translate_refuses_a_non_normal_path(translate_env, header, value):
+    """`X-Sendfile: ROOT/../secret.txt` once became `X-Accel-Redirect: /protected/../secret.txt`
+    and only nginx's own check stood between the client and a file beside the root. A path
+    with `..`, `.` or empty segments is refused before any mapping: 500, one log line, and
+    nginx never gets a hand-off to follow."""
+    import fcgi_client
+    bridge, nginx, root, _, work = translate_env
+    value = value.format(root=root)
+    name = {"xs": "X-Sendfile", "accel": "X-Accel-Redirect"}[header]
+    query = f"{'path' if header == 'xs' else 'uri'}={quote(value)}"
+    mark, nginx_mark = bridge.log.mark(), nginx.error_log.mark()
+    status, h, body = curl(nginx, f"/{header}?{query}")
+    assert status == 500
+    assert "x-sendfile" not in h and "x-accel-redirect" not in h
+    assert b"secret" not in body and b"not the file" not in body and b"nginx sent this" not in body
+    line = "\n".join(bridge.log.wait_for(r"file hand-off dropped, answering 500: .* is not a normal path", since=mark))
+    assert f"{name}: {value}" in line and "pool" in line and "pid" in line and "request_id" in line and f"/{header}" in line
+    # What nginx got: the bridge's own 500, no hand-off header.
+    r = fcgi_client.fcgi_request(bridge.listener_address("fcgi"), f"/{header}", query=query)
+    assert r.status == 500 and b"X-Accel-Redirect" not in bytes(r.stdout) and b"X-Sendfile" not in bytes(r.stdout)
+    assert "unsafe URI" not in nginx.error_log.text(nginx_mark)
+
+
 def test_translate_serves_an_unmapped_file_under_file_roots(translate_env):
     _, nginx, _, extra, _ = translate_env
     status, h, body = curl(nginx, f"/xs?path={extra}/b.txt")
@@ -341,7 +450,7 @@ def caddy_env(tmp_path_factory):
     pools = {"app": handoff_pool(root)}
     listeners = {"fcgi": {"fastcgi": f"127.0.0.1:{bridge_port}", "pool": "app", "dialect": "caddy",
                           "file-handoff": "serve", "file-roots": [str(root)],
-                          "file-map": {str(root): "/protected"}}}
+                          "file-map": {str(root): "/protected"}, "max-ranges": 4}}
     bridge = respond_servers.start_bridge(work, pools, listeners, [("fcgi", "/health", "any")])
     conf = work / "Caddyfile"
     conf.write_text(CADDYFILE.format(port=port, work=work, bridge_port=bridge_port))
@@ -404,6 +513,30 @@ def test_x_accel_redirect_served_by_the_bridge(caddy_env):
     assert status == 500 and "x-accel-redirect" not in h and b"not the file" not in body
     line = "\n".join(bridge.log.wait_for("file hand-off dropped, answering 500: no file-map prefix covers it", since=mark))
     assert "X-Accel-Redirect: /elsewhere/a.txt" in line
+
+
+@pytest.mark.parametrize("uri", ["/protected/../secret.txt", "/protected/%2e%2e/secret.txt",
+                                 "/protected/%2fa.txt", "/protected/./a.txt"])
+def test_x_accel_redirect_with_a_non_normal_path_is_refused(caddy_env, uri):
+    """X-Accel-Redirect is read as nginx reads it (percent-decoded), so `%2e%2e` is `..` and
+    `%2f` a `/`: refused before the URI is mapped back to a file, 500 and one log line."""
+    bridge, base, _, _, _ = caddy_env
+    mark = bridge.log.mark()
+    status, h, body = get(base, f"/accel?uri={quote(uri)}")
+    assert status == 500 and "x-accel-redirect" not in h
+    assert b"secret" not in body and b"0123456789" not in body and b"not the file" not in body
+    line = "\n".join(bridge.log.wait_for("file hand-off dropped, answering 500: .* is not a normal path", since=mark))
+    assert f"X-Accel-Redirect: {uri}" in line
+
+
+def test_ranges_limited_by_max_ranges(caddy_env):
+    """`max-ranges: 4` on this listener: four ranges are served, a fifth makes it 200."""
+    _, base, _, big, _ = caddy_env
+    four = ",".join(f"{i * 1000}-{i * 1000 + 9}" for i in range(4))
+    status, h, body = get(base, "/xs?path={}/big.bin".format(caddy_env[2]), "-r", four)
+    assert status == 206 and h["content-type"].startswith("multipart/byteranges") and body.count(b"Content-Range") == 4
+    status, h, body = get(base, "/xs?path={}/big.bin".format(caddy_env[2]), "-r", four + ",9000-9009")
+    assert (status, len(body)) == (200, len(big)) and body == big
 
 
 def test_serve_keeps_the_apps_headers(caddy_env):

@@ -166,6 +166,7 @@ fn render_listener(out: &mut String, l: &Listener) {
         let pairs: Vec<String> = l.file_map.iter().map(|(fs, uri)| format!("{}: {}", quote(fs), quote(uri))).collect();
         field(out, 4, "file-map", &format!("{{{}}}", pairs.join(", ")));
     }
+    field(out, 4, "max-ranges", &l.max_ranges.to_string());
     if let Some(m) = &l.mount {
         field(out, 4, "mount", &quote(m));
     }
@@ -293,6 +294,7 @@ mod tests {
                     file_handoff: Default::default(),
                     file_roots: Vec::new(),
                     file_map: Vec::new(),
+                    max_ranges: 16,
                     mount: None,
                     keep_path_info: false,
                 },
@@ -321,6 +323,7 @@ mod tests {
                     file_handoff: crate::config::FileHandoff::Translate,
                     file_roots: vec![dir.join("files")],
                     file_map: vec![("/srv/files".into(), "/protected".into())],
+                    max_ranges: 0,
                     mount: Some("/api".into()),
                     keep_path_info: true,
                 },

@@ -129,6 +129,7 @@ pub struct RawListener {
     pub file_handoff: Option<String>,
     pub file_roots: Option<Vec<String>>,
     pub file_map: Option<Entries<String>>,
+    pub max_ranges: Option<u32>,
     pub mount: Option<String>,
     pub path_info: Option<String>,
 }

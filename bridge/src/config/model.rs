@@ -101,6 +101,9 @@ pub struct Listener {
     pub file_roots: Vec<std::path::PathBuf>,
     /// `file-map`: filesystem prefix → internal URI prefix, for `file-handoff: translate`.
     pub file_map: Vec<(String, String)>,
+    /// Ranges one request may ask of a file the bridge serves (`max-ranges`); more: 200
+    /// with the whole file. 0: Range is ignored.
+    pub max_ranges: u32,
     /// `mount`: where the app is mounted when no prefix route matched (SCRIPT_NAME).
     pub mount: Option<String>,
     /// `path-info: keep`: SCRIPT_NAME / PATH_INFO exactly as the web server sent them.

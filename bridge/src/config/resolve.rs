@@ -19,6 +19,8 @@ pub const DEFAULT_BACKLOG: u32 = 1024;
 pub const DEFAULT_MAX_PARAMS: usize = 1 << 20;
 /// Internal redirects one request may take (`max-redirects`).
 pub const DEFAULT_MAX_REDIRECTS: u32 = 10;
+/// Ranges one request may ask of a file the bridge serves (`max-ranges`).
+pub const DEFAULT_MAX_RANGES: u32 = 16;
 /// The callable looked up when an app names only a module (PEP 3333 convention).
 pub const DEFAULT_CALLABLE: &str = "application";
 
@@ -352,6 +354,7 @@ pub fn listener(src: &Source, dir: &Path, name: &str, raw: RawListener) -> Resul
         file_handoff,
         file_roots,
         file_map,
+        max_ranges: raw.max_ranges.unwrap_or(DEFAULT_MAX_RANGES),
         mount,
         keep_path_info,
     })

@@ -257,9 +257,16 @@ pub async fn serve<S: BodySource, K: ResponseSink>(
             }
             Some(respond::Handoff::File(file)) => {
                 let roots = lst.files.as_ref().map_or(&[][..], |f| &f.roots[..]);
+                let max_ranges = lst.files.as_ref().map_or(0, |f| f.max_ranges);
                 let header = file.kind.name();
-                let (status, sent) = match respond::sendfile::serve(roots, &params, &file, sink).await {
-                    Ok(r) => r,
+                let (status, sent) = match respond::sendfile::serve(roots, max_ranges, &params, &file, sink).await {
+                    Ok(served) => {
+                        if let Some(why) = served.ranges_ignored {
+                            let peer = String::from_utf8_lossy(params.get(b"REMOTE_ADDR").unwrap_or(b""));
+                            tracing::info!(listener = %lst.name, pool = %pool.name, pid = file.pid, request_id, uri = %uri, peer = %peer, "Range ignored, answering 200 with the whole file: {why}");
+                        }
+                        (served.status, served.sent)
+                    }
                     Err(respond::sendfile::SendfileError::CutOff { path, err, status, sent }) => {
                         tracing::error!(pool = %pool.name, pid = file.pid, request_id, uri = %uri, "{header}: reading {path:?} failed after the headers were sent, response cut off: {err}");
                         (status, sent)

@@ -172,7 +172,7 @@ pub fn make_ctx(
                 crate::config::FileHandoff::Serve => Some(Mode::Serve),
                 crate::config::FileHandoff::Translate => Some(Mode::Translate),
             };
-            mode.map(|m| Arc::new(Files::new(m, cfg.dialect, cfg.file_roots.clone(), cfg.file_map.clone())))
+            mode.map(|m| Arc::new(Files::new(m, cfg.dialect, cfg.file_roots.clone(), cfg.file_map.clone(), cfg.max_ranges)))
         },
         mount: cfg.mount.clone(),
         keep_path_info: cfg.keep_path_info,

@@ -94,6 +94,8 @@ pub struct Files {
     /// `FCGIBRIDGE_FILE_ROOTS` for the worker: the directories a wsgi.file_wrapper file
     /// may be handed back from as X-Sendfile. None: the worker streams every file.
     pub worker_roots: Option<Bytes>,
+    /// `max-ranges`: ranges one request may ask of a file the bridge serves.
+    pub max_ranges: u32,
 }
 
 /// The param that tells the worker where wsgi.file_wrapper files may be handed off from.
@@ -181,6 +183,107 @@ pub fn parse_sendfile2(value: &[u8]) -> Result<Vec<Piece>, Sendfile2Error> {
     Ok(out)
 }
 
+/// How a hand-off path falls short of a normal absolute path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum PathFlaw {
+    #[error("it is not absolute")]
+    Relative,
+    #[error("it has a `..` segment")]
+    DotDot,
+    #[error("it has a `.` segment")]
+    Dot,
+    #[error("it has an empty segment (`//`)")]
+    Empty,
+    #[error("it ends in `/`")]
+    TrailingSlash,
+    #[error("it has a NUL or another control character")]
+    Control,
+    #[error("it has a backslash")]
+    Backslash,
+}
+
+/// A hand-off value refused before any mapping: as the app wrote it, and the decoded
+/// form that has the flaw when only that one has it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{value:?} is not a normal path{}: {flaw}", decoded.as_ref().map(|d| format!(" once percent-decoded ({d:?})")).unwrap_or_default())]
+pub struct BadPath {
+    pub value: String,
+    pub decoded: Option<String>,
+    pub flaw: PathFlaw,
+}
+
+/// Ok when `p` is absolute, `/`-separated without empty, `.` or `..` segments, and has no
+/// control character or backslash. Each reader normalises such paths its own way (nginx
+/// merges `//` and refuses `..`, lighttpd simplifies, the kernel follows `..`), so only
+/// a path all of them read alike is handed on. `trailing_slash`: a final `/` is allowed
+/// (an nginx location URI, never a file).
+pub fn normal_path(p: &[u8], trailing_slash: bool) -> Result<(), PathFlaw> {
+    let Some(rest) = p.strip_prefix(b"/") else { return Err(PathFlaw::Relative) };
+    if rest.is_empty() {
+        // `/` alone: an nginx location, never a file.
+        return if trailing_slash { Ok(()) } else { Err(PathFlaw::TrailingSlash) };
+    }
+    let rest = match rest.strip_suffix(b"/") {
+        Some(r) if trailing_slash => r,
+        Some(_) => return Err(PathFlaw::TrailingSlash),
+        None => rest,
+    };
+    for seg in rest.split(|&b| b == b'/') {
+        match seg {
+            b"" => return Err(PathFlaw::Empty),
+            b"." => return Err(PathFlaw::Dot),
+            b".." => return Err(PathFlaw::DotDot),
+            _ => {}
+        }
+    }
+    if p.iter().any(|&b| b < 0x20 || b == 0x7f) {
+        return Err(PathFlaw::Control);
+    }
+    if p.contains(&b'\\') {
+        // A separator on Windows builds of the servers and in URL parsers that follow WHATWG.
+        return Err(PathFlaw::Backslash);
+    }
+    Ok(())
+}
+
+/// [`normal_path`] of `value` as written and, with `decode`, percent-decoded too: the form
+/// a reader that decodes it (nginx for X-Accel-Redirect, lighttpd and mod_xsendfile for
+/// X-Sendfile) acts on.
+fn check_path(value: &[u8], decode: bool, trailing_slash: bool) -> Result<(), BadPath> {
+    let shown = || String::from_utf8_lossy(value).into_owned();
+    normal_path(value, trailing_slash).map_err(|flaw| BadPath { value: shown(), decoded: None, flaw })?;
+    if decode {
+        let d = crate::route::percent_decode(value);
+        normal_path(&d, trailing_slash)
+            .map_err(|flaw| BadPath { value: shown(), decoded: Some(String::from_utf8_lossy(&d).into_owned()), flaw })?;
+    }
+    Ok(())
+}
+
+/// An X-Accel-Redirect's path (its query is no path) as written and as nginx decodes it.
+/// `nginx`: nginx follows it, so a named location and a final `/` are fine. `twice`: the
+/// mapped path goes on as X-Sendfile to a server that decodes it once more.
+fn check_accel(uri: &[u8], nginx: bool, twice: bool) -> Result<(), BadPath> {
+    if nginx && uri.starts_with(b"@") {
+        return Ok(());
+    }
+    let path = uri.split(|&b| b == b'?').next().unwrap_or_default();
+    check_path(path, true, nginx)?;
+    if twice {
+        check_path(&crate::route::percent_decode(path), true, false)?;
+    }
+    Ok(())
+}
+
+/// An X-Sendfile2 value the bridge cannot parse, passed to lighttpd as it is: every word
+/// with a `/` in it is taken for a path and checked as lighttpd would decode it.
+fn check_sendfile2_words(value: &[u8]) -> Result<(), BadPath> {
+    value
+        .split(|&b| b == b',' || b.is_ascii_whitespace())
+        .filter(|w| w.contains(&b'/'))
+        .try_for_each(|w| check_path(w, true, false))
+}
+
 /// Headers that describe the body the app did not send: the bridge drops or replaces them.
 const BODY_HEADERS: &[&[u8]] = &[
     b"content-length",
@@ -200,7 +303,7 @@ fn understands_sendfile(d: Dialect) -> bool {
 }
 
 impl Files {
-    pub fn new(mode: Mode, dialect: Dialect, roots: Vec<PathBuf>, mut map: Vec<(String, String)>) -> Files {
+    pub fn new(mode: Mode, dialect: Dialect, roots: Vec<PathBuf>, mut map: Vec<(String, String)>, max_ranges: u32) -> Files {
         // A nested directory's own mapping wins.
         map.sort_by_key(|(fs, _)| std::cmp::Reverse(fs.len()));
         let real = |d: PathBuf| std::fs::canonicalize(&d).unwrap_or(d);
@@ -217,7 +320,7 @@ impl Files {
             .filter(|d| !d.contains(':') && !d.is_empty())
             .collect();
         let worker_roots = (!listed.is_empty()).then(|| Bytes::from(listed.join(":")));
-        Files { mode, dialect, roots, map, worker_roots }
+        Files { mode, dialect, roots, map, worker_roots, max_ranges }
     }
 
     /// Decide what the response `head` from worker `pid` becomes.
@@ -235,17 +338,41 @@ impl Files {
             }
             Err(why) => Decision::Refuse { header: shown.clone(), why },
         };
+        // Every path is checked before it is mapped, served or passed on: a mapping works on
+        // text, so `ROOT/../x` would otherwise become `/protected/../x` for nginx.
+        let translate = self.mode == Mode::Translate;
         let spec = match kind {
-            Kind::Sendfile => FileSpec::Whole(value.to_vec()),
-            // nginx follows its own header (to any location, named ones too).
-            Kind::AccelRedirect if self.mode == Mode::Translate && nginx => return Decision::Forward,
-            Kind::AccelRedirect => match self.uri_to_fs(&value) {
-                Some(p) => FileSpec::Whole(p),
-                None => return refuse("no file-map prefix covers it".to_owned()),
+            Kind::Sendfile => match check_path(&value, true, false) {
+                Ok(()) => FileSpec::Whole(value.to_vec()),
+                Err(e) => return refuse(e.to_string()),
             },
+            // nginx follows its own header (to any location, named ones too).
+            Kind::AccelRedirect if translate && nginx => {
+                return match check_accel(&value, true, false) {
+                    Ok(()) => Decision::Forward,
+                    Err(e) => refuse(e.to_string()),
+                };
+            }
+            Kind::AccelRedirect => {
+                if let Err(e) = check_accel(&value, false, translate && understands_sendfile(self.dialect)) {
+                    return refuse(e.to_string());
+                }
+                match self.uri_to_fs(&value) {
+                    Some(p) => FileSpec::Whole(p),
+                    None => return refuse("no file-map prefix covers it".to_owned()),
+                }
+            }
             Kind::Sendfile2 => match parse_sendfile2(&value) {
-                Ok(p) => FileSpec::Pieces(p),
-                Err(_) if self.mode == Mode::Translate && self.dialect == Dialect::Lighttpd => return Decision::Forward,
+                Ok(p) => match p.iter().try_for_each(|p| check_path(&p.path, false, false)) {
+                    Ok(()) => FileSpec::Pieces(p),
+                    Err(e) => return refuse(e.to_string()),
+                },
+                Err(_) if translate && self.dialect == Dialect::Lighttpd => {
+                    return match check_sendfile2_words(&value) {
+                        Ok(()) => Decision::Forward,
+                        Err(e) => refuse(e.to_string()),
+                    };
+                }
                 Err(e) => return refuse(e.to_string()),
             },
         };
@@ -370,7 +497,7 @@ mod tests {
     }
 
     fn files(mode: Mode, dialect: Dialect, roots: Vec<PathBuf>) -> Files {
-        Files::new(mode, dialect, roots, vec![("/srv/files".into(), "/protected".into()), ("/srv/files/deep".into(), "/deep".into())])
+        Files::new(mode, dialect, roots, vec![("/srv/files".into(), "/protected".into()), ("/srv/files/deep".into(), "/deep".into())], 16)
     }
 
     fn piece(path: &str, start: u64, end: Option<u64>) -> Piece {
@@ -510,8 +637,94 @@ mod tests {
     }
 
     #[test]
+    fn normal_paths() {
+        assert_eq!(normal_path(b"/srv/files/a b.pdf", false), Ok(()));
+        assert_eq!(normal_path(b"/srv/files/..a/b..", false), Ok(()));
+        assert_eq!(normal_path(b"/srv/files/%2e%2e/x", false), Ok(())); // as written; decoded elsewhere
+        assert_eq!(normal_path(b"srv/a", false), Err(PathFlaw::Relative));
+        assert_eq!(normal_path(b"", false), Err(PathFlaw::Relative));
+        assert_eq!(normal_path(b"/srv/../etc/passwd", false), Err(PathFlaw::DotDot));
+        assert_eq!(normal_path(b"/srv/files/..", false), Err(PathFlaw::DotDot));
+        assert_eq!(normal_path(b"/srv/./a", false), Err(PathFlaw::Dot));
+        assert_eq!(normal_path(b"/srv//a", false), Err(PathFlaw::Empty));
+        assert_eq!(normal_path(b"//srv/a", false), Err(PathFlaw::Empty));
+        assert_eq!(normal_path(b"/", false), Err(PathFlaw::TrailingSlash));
+        assert_eq!(normal_path(b"/srv/dir/", false), Err(PathFlaw::TrailingSlash));
+        assert_eq!(normal_path(b"/internal/", true), Ok(()));
+        assert_eq!(normal_path(b"/", true), Ok(()));
+        assert_eq!(normal_path(b"//", true), Err(PathFlaw::Empty));
+        assert_eq!(normal_path(b"/internal//", true), Err(PathFlaw::Empty));
+        assert_eq!(normal_path(b"/a\0b", false), Err(PathFlaw::Control));
+        assert_eq!(normal_path(b"/a\x1bb", false), Err(PathFlaw::Control));
+        assert_eq!(normal_path(b"/a\\..\\b", false), Err(PathFlaw::Backslash));
+    }
+
+    fn refused(f: &Files, header: &str, value: &str) -> String {
+        let mut h = head(&[(header, value)]);
+        match f.decide(&mut h, 1) {
+            Decision::Refuse { header: shown, why } => {
+                assert_eq!(shown, format!("{header}: {value}"));
+                why
+            }
+            other => panic!("{header}: {value} → {other:?}"),
+        }
+    }
+
+    #[test]
+    fn non_normal_paths_are_refused_before_mapping_in_every_dialect() {
+        let dir = std::env::temp_dir().join(format!("fcgibridge-handoff-dots-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap_or_default();
+        let root = dir.to_string_lossy().into_owned();
+        for dialect in [Dialect::Nginx, Dialect::Lighttpd, Dialect::Apache, Dialect::Caddy, Dialect::Generic] {
+            for mode in [Mode::Translate, Mode::Serve] {
+                let f = files(mode, dialect, vec![dir.clone()]);
+                let why = refused(&f, "X-Sendfile", "/srv/files/../secret.txt");
+                assert_eq!(why, "\"/srv/files/../secret.txt\" is not a normal path: it has a `..` segment");
+                refused(&f, "X-Sendfile", &format!("{root}/../secret.txt"));
+                refused(&f, "X-Sendfile", "/srv/files/./a.pdf");
+                refused(&f, "X-Sendfile", "/srv/files//a.pdf");
+                refused(&f, "X-Sendfile", "/srv/files/a\\..\\..\\b");
+                // lighttpd and mod_xsendfile decode X-Sendfile
+                let why = refused(&f, "X-Sendfile", "/srv/files/%2e%2e/secret.txt");
+                assert!(why.ends_with("once percent-decoded (\"/srv/files/../secret.txt\"): it has a `..` segment"), "{why}");
+                refused(&f, "X-Accel-Redirect", "/protected/../secret.txt");
+                refused(&f, "X-Accel-Redirect", "/protected/%2E%2E/secret.txt");
+                refused(&f, "X-Accel-Redirect", "/protected/a%2f..%2f..%2fb");
+                refused(&f, "X-Accel-Redirect", "/protected/%00a");
+                refused(&f, "X-Sendfile2", "/srv/files/a 0-1, /srv/files/../b 0-1");
+                refused(&f, "X-Sendfile2", "/srv/files/%2e%2e/b 0-1");
+                refused(&f, "X-Sendfile2", "relative/a 0-1");
+            }
+        }
+        // passed to lighttpd as it is when the bridge cannot parse it: its paths are checked still
+        let lighttpd = files(Mode::Translate, Dialect::Lighttpd, vec![]);
+        refused(&lighttpd, "X-Sendfile2", "/srv/files/%2e%2e/b 0-1 extra");
+        let mut h = head(&[("X-Sendfile2", "/srv/files/b 0-1 extra")]);
+        assert_eq!(lighttpd.decide(&mut h, 1), Decision::Forward);
+        // X-Accel-Redirect mapped to X-Sendfile for lighttpd, which decodes it once more
+        refused(&lighttpd, "X-Accel-Redirect", "/protected/%252e%252e/secret.txt");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn nginx_follows_a_normal_x_accel_redirect() {
+        let nginx = files(Mode::Translate, Dialect::Nginx, vec![]);
+        for ok in ["/protected/a.pdf", "/internal/", "@named", "/protected/a.pdf?path=../x", "/p/a%20b"] {
+            let mut h = head(&[("X-Accel-Redirect", ok)]);
+            assert_eq!(nginx.decide(&mut h, 1), Decision::Forward, "{ok}");
+        }
+        refused(&nginx, "X-Accel-Redirect", "/internal/../admin");
+        refused(&nginx, "X-Accel-Redirect", "/internal/%2e%2e/admin?x=1");
+        refused(&nginx, "X-Accel-Redirect", "relative");
+        // a literal `%2e%2e` directory is not `..` for nginx: X-Sendfile's `%` is encoded
+        let mut h = head(&[("X-Sendfile", "/srv/files/100%.txt")]);
+        assert_eq!(nginx.decide(&mut h, 1), Decision::Forward);
+        assert_eq!(h.headers[0].1, Bytes::from_static(b"/protected/100%25.txt"));
+    }
+
+    #[test]
     fn worker_roots_param() {
-        let f = Files::new(Mode::Translate, Dialect::Nginx, vec![], vec![("/no/such/dir".into(), "/p".into()), ("/a:b".into(), "/q".into())]);
+        let f = Files::new(Mode::Translate, Dialect::Nginx, vec![], vec![("/no/such/dir".into(), "/p".into()), ("/a:b".into(), "/q".into())], 16);
         assert_eq!(f.worker_roots.as_deref(), Some(&b"/no/such/dir"[..]));
     }
 }
