@@ -1,6 +1,8 @@
 """Bad input: every case is answered or closed, with a clear line in the bridge's log,
 while another connection keeps working."""
+import hashlib
 import json
+import re
 import socket
 import time
 import uuid
@@ -9,7 +11,7 @@ import pytest
 import requests
 
 import fcgi_client as fc
-from harness import POOL_HOSTS, wait_until
+from harness import APPS, POOL_HOSTS, make_bridge, pool, wait_until
 
 # a warning or error line from the bridge itself
 LEVEL = r"(WARN|ERROR)"
@@ -151,6 +153,105 @@ def test_record_with_huge_padding_and_bogus_request_id(bridge, bystander):
     s.close()
     bystander.check()
     assert_new_connection_works(bridge)
+
+
+@pytest.mark.parametrize("payload,what", [
+    (fc.record(fc.PARAMS, 5, fc.encode_pairs([("A", "b")])), r"request 5: FCGI_PARAMS record for a request that never began"),
+    (fc.record(fc.STDIN, 5, b"stray body"), r"request 5: FCGI_STDIN record for a request that never began"),
+    (fc.record(fc.STDIN, 300, b""), r"request 300: FCGI_STDIN record for a request that never began"),
+    (fc.record(0, 1, b""), r"request 1: record type 0 is not a FastCGI record type"),
+    (fc.record(200, 1, b"x"), r"request 1: record type 200 is not a FastCGI record type"),
+], ids=["params", "stdin", "stdin-id300", "type0", "type200"])
+def test_records_without_begin_request_and_bad_types_are_logged(bridge, bystander, log, payload, what):
+    """A record for an id that had no BEGIN_REQUEST, or of a type FastCGI does not have, was
+    skipped without a word: now the connection closes with a line naming the listener, the
+    peer, the request id and the record."""
+    s = raw_conn(bridge, "fcgi-tcp")
+    s.sendall(payload)
+    try:
+        data = closed_within(s)
+    finally:
+        s.close()
+    assert data == b""
+    log.wait_for([r"WARN", r"FastCGI protocol error, closing the connection", what,
+                  r"listener=fcgi-tcp\b", r"peer=127\.0\.0\.1:\d+", r"request=\d+"])
+    bystander.check()
+    assert_new_connection_works(bridge)
+
+
+def test_late_records_of_an_ended_request_are_still_skipped(bridge, log):
+    """What the spec calls an inactive id stays harmless: STDIN after an early answer and an
+    ABORT_REQUEST for an id that is done, on the same connection, then another request."""
+    with bridge.fcgi() as conn:
+        port = conn.sock.getsockname()[1]
+        resp = conn.request("/health", headers={"Host": "edge.test"})
+        assert resp.body == b"ok"
+        conn.send(fc.record(fc.STDIN, 1, b"late") + fc.record(fc.ABORT_REQUEST, 1) + fc.record(fc.ABORT_REQUEST, 7))
+        conn.responses.clear()
+        assert conn.request("/health", headers={"Host": "edge.test"}, request_id=2).body == b"ok"
+    assert not [ln for ln in log.lines() if f"peer=127.0.0.1:{port}" in ln], log.text()
+
+
+def test_management_record_of_type_0_is_answered_and_logged(bridge, log):
+    with bridge.fcgi() as conn:
+        conn.send(fc.record(0, 0, b""))
+        rtype, content = conn.wait_management()
+        assert (rtype, content[0]) == (fc.UNKNOWN_TYPE, 0)
+        assert conn.request("/health", headers={"Host": "edge.test"}).body == b"ok"
+    log.wait_for([r"WARN", r"unknown FastCGI management record type 0, answered FCGI_UNKNOWN_TYPE",
+                  r"listener=fcgi-tcp\b", r"peer="])
+
+
+# ------------------------------------------------------------------ CONTENT_LENGTH
+
+# Not a body length: letters, a sign, a blank, a hex prefix, 2^70. ("" and "-1" mean an
+# unknown length: test_bodies.py.)
+BAD_LENGTHS = ["abc", "+5", " 5", "0x10", str(2 ** 70)]
+
+
+def _length_message(value):
+    if value.isdigit():
+        return rf"CONTENT_LENGTH {value} exceeds 18446744073709551615, the largest body length"
+    return rf"CONTENT_LENGTH \"{re.escape(value)}\" is not a decimal number"
+
+
+@pytest.mark.parametrize("value", BAD_LENGTHS)
+def test_fastcgi_bad_content_length_is_400_before_the_app(bridge, bystander, log, value):
+    """The app (which writes its marker file first thing) never runs, and the kept
+    connection carries on (the refused request's STDIN is skipped)."""
+    marker = bridge.workdir / f"cl-bad-{uuid.uuid4().hex}"
+    with bridge.fcgi() as conn:
+        conn.begin(1, fc.cgi_params("/upload-watch", "POST", f"marker={marker}", headers={"Host": "edge.test"},
+                                    content_length=value), b"hello")
+        resp = conn.wait(1)
+        assert resp.status == 400, resp.stdout[:200]
+        assert resp.protocol_status == fc.REQUEST_COMPLETE
+        conn.responses.clear()
+        assert conn.request("/health", headers={"Host": "edge.test"}).body == b"ok"
+    assert not marker.exists(), "the app ran for a request with an invalid CONTENT_LENGTH"
+    log.wait_for([r"WARN", r"invalid request, answering 400", _length_message(value),
+                  r"listener=fcgi-tcp\b", r"peer=127\.0\.0\.1:\d+", r"request=1\b"])
+
+
+def _scgi_with_length(value: str, path: str, query: str) -> bytes:
+    rest = [(k, v) for k, v in fc.cgi_params(path, "POST", query, headers={"Host": "edge.test"})
+            if k != "CONTENT_LENGTH"]
+    return b"".join(k.encode("latin-1") + b"\0" + v.encode("latin-1") + b"\0"
+                    for k, v in [("CONTENT_LENGTH", value), ("SCGI", "1")] + rest)
+
+
+@pytest.mark.parametrize("value", BAD_LENGTHS)
+def test_scgi_bad_content_length_is_400_before_the_app(bridge, bystander, log, value):
+    marker = bridge.workdir / f"scgi-cl-bad-{uuid.uuid4().hex}"
+    data = scgi_raw(bridge, fc.netstring(_scgi_with_length(value, "/upload-watch", f"marker={marker}")) + b"hello",
+                    shutdown=True)
+    status, _, _ = fc.Response(0, stdout=bytearray(data)).split()
+    assert status == 400, data[:200]
+    assert not marker.exists(), "the app ran for a request with an invalid CONTENT_LENGTH"
+    log.wait_for([r"WARN", r"invalid SCGI request, answering 400", _length_message(value),
+                  r"listener=scgi-tcp\b", r"peer=\"?127\.0\.0\.1:\d+"])
+    bystander.check()
+    assert_new_connection_works(bridge, "scgi-tcp")
 
 
 # ------------------------------------------------------------------ limits
@@ -382,3 +483,101 @@ def test_client_leaving_a_streamed_response_through_nginx(bridge, nginx, log):
                what="close() after the HTTP client left")
     r = requests.get(nginx.url("fcgi-stream", "/health"), headers={"Host": POOL_HOSTS["edge"]}, timeout=60)
     assert r.text == "ok"
+
+
+# ------------------------------------------------------------------ half-close
+
+def _half_close(bridge, listener, payload):
+    """Send `payload`, shut down the sending side, and read until the bridge closes."""
+    s = raw_conn(bridge, listener)
+    s.sendall(payload)
+    s.shutdown(socket.SHUT_WR)
+    try:
+        return closed_within(s, timeout=30)
+    finally:
+        s.close()
+
+
+def _upload_answer(body, data):
+    """The /upload answer in a raw CGI response: the whole body reached the app."""
+    status, _, resp_body = fc.Response(0, stdout=bytearray(data)).split()
+    assert status == 200, data[:300]
+    got = json.loads(resp_body)
+    assert (got["size"], got["sha256"]) == (len(body), hashlib.sha256(body).hexdigest())
+
+
+# The app reads the body and then takes half a second: before the fix, the bridge took the
+# client's EOF for its leaving during that time and never answered.
+@pytest.mark.parametrize("listener", ["scgi-tcp", "scgi-unix"])
+@pytest.mark.parametrize("body", [b"", b"b" * 5000, bytes(range(256)) * 800], ids=["no-body", "5000", "204800"])
+def test_scgi_half_close_after_a_complete_request_is_answered(bridge, log, listener, body):
+    h = fc.scgi_headers("/upload", "POST", "delay=0.5", body=body, headers={"Host": "edge.test"})
+    data = _half_close(bridge, listener, fc.netstring(h) + body)
+    _upload_answer(body, data)
+
+
+@pytest.mark.parametrize("listener", ["fcgi-tcp", "fcgi-unix"])
+@pytest.mark.parametrize("body", [b"", b"b" * 5000, bytes(range(256)) * 800], ids=["no-body", "5000", "204800"])
+def test_fastcgi_half_close_after_a_complete_request_is_answered(bridge, log, listener, body):
+    """Without KEEP_CONN the connection is the application's to close: a client that sent
+    its whole request and shut down its side waits for the answer."""
+    pairs = fc.cgi_params("/upload", "POST", "delay=0.5", headers={"Host": "edge.test"}, content_length=len(body))
+    data = _half_close(bridge, listener, fc.record(fc.BEGIN_REQUEST, 1, fc.begin_body(fc.RESPONDER, 0))
+                       + fc.stream(fc.PARAMS, 1, fc.encode_pairs(pairs)) + fc.stream(fc.STDIN, 1, body))
+    records = fc.parse_records(data)
+    assert records and records[-1][0] == fc.END_REQUEST, records[-3:]
+    _upload_answer(body, b"".join(c for t, _, c in records if t == fc.STDOUT))
+
+
+def test_scgi_half_close_before_the_body_is_complete_is_an_abort(bridge, log):
+    marker = bridge.workdir / f"scgi-hc-{uuid.uuid4().hex}"
+    h = fc.scgi_headers("/upload-watch", "POST", f"marker={marker}", body=b"z" * 1000, headers={"Host": "edge.test"})
+    data = _half_close(bridge, "scgi-tcp", fc.netstring(h) + b"z" * 400)
+    assert b"Status: 200" not in data
+    log.wait_for([r"INFO", r"connection closed with 600 bytes of the SCGI request body still to come",
+                  r"listener=scgi-tcp\b", r"peer="])
+    if marker.exists():
+        text = wait_until(lambda: "outcome" in marker.read_text() and marker.read_text(), 30, what="the app's outcome")
+        assert "outcome eof" not in text, text
+
+
+def test_fastcgi_half_close_before_stdin_ends_is_an_abort(bridge, log):
+    pairs = fc.cgi_params("/upload", "POST", headers={"Host": "edge.test"}, content_length=1000)
+    data = _half_close(bridge, "fcgi-tcp", fc.record(fc.BEGIN_REQUEST, 1, fc.begin_body(fc.RESPONDER, 0))
+                       + fc.stream(fc.PARAMS, 1, fc.encode_pairs(pairs)) + fc.record(fc.STDIN, 1, b"z" * 400))
+    assert b"Status: 200" not in data
+    log.wait_for([r"INFO", r"connection closed before its body \(STDIN\) was complete; the request is abandoned",
+                  r"listener=fcgi-tcp\b", r"peer=", r"request=1\b"])
+
+
+@pytest.fixture(scope="module")
+def sleepers(tmp_path_factory):
+    """A bridge of its own: a worker whose app sleeps through an abort is killed after 5 s,
+    which must not hit the requests of other tests on the main bridge."""
+    workdir = tmp_path_factory.mktemp("sleepers")
+    b = make_bridge(workdir, {"edge": pool(str(APPS / "edge_app.py"), processes=1, threads=2)},
+                    {"scgi-unix": {"scgi": f"unix:{workdir / 'scgi.sock'}", "pool": "edge"},
+                     "fcgi-unix": {"fastcgi": f"unix:{workdir / 'fcgi.sock'}", "pool": "edge"}})
+    try:
+        b.start().wait_ready([("scgi-unix", "/health", "x"), ("fcgi-unix", "/health", "x")])
+        yield b
+    finally:
+        b.stop()
+
+
+@pytest.mark.parametrize("listener,payload", [
+    ("scgi-unix", lambda q: fc.netstring(fc.scgi_headers("/sleep", query=q))),
+    ("fcgi-unix", lambda q: fc.record(fc.BEGIN_REQUEST, 1, fc.begin_body(fc.RESPONDER, 0))
+     + fc.stream(fc.PARAMS, 1, fc.encode_pairs(fc.cgi_params("/sleep", query=q))) + fc.stream(fc.STDIN, 1, b"")),
+], ids=["scgi", "fastcgi"])
+def test_a_client_that_closes_a_unix_socket_is_still_gone_at_once(sleepers, listener, payload):
+    """A half-close is answered, but a web server that closes the socket outright (nginx,
+    when its client leaves) still aborts the request at once, not when the app is done."""
+    tag = uuid.uuid4().hex
+    mark = sleepers.log.mark()
+    s = raw_conn(sleepers, listener)
+    s.sendall(payload(f"s=30&tag={tag}"))
+    wait_until((sleepers.workdir / f"{tag}.pid").exists, 30, what="the app started")
+    s.close()
+    sleepers.log.wait_for([r"client went away, aborting the request in the worker", re.escape(f"tag={tag}")],
+                          mark, timeout=20)

@@ -65,6 +65,11 @@ pub enum Error {
     },
     #[error("request {request_id}: {name} record after that stream's empty end record")]
     RecordAfterStreamEnd { request_id: u16, name: &'static str },
+    /// Never-begun ids are told apart from ended ones, whose late records the spec says to skip.
+    #[error("request {request_id}: {name} record for a request that never began (no FCGI_BEGIN_REQUEST for this id on this connection)")]
+    RecordWithoutBegin { request_id: u16, name: &'static str },
+    #[error("request {request_id}: record type {record_type} is not a FastCGI record type (1 to 11)")]
+    UnknownRecordType { request_id: u16, record_type: u8 },
 
     // ---- SCGI ----
     #[error(
@@ -85,6 +90,8 @@ pub enum Error {
     ScgiMissingContentLength,
     #[error("SCGI: CONTENT_LENGTH {value:?} is not a decimal number")]
     ScgiBadContentLength { value: String },
+    #[error("SCGI: CONTENT_LENGTH {value} exceeds {max}, the largest body length", max = u64::MAX)]
+    ScgiContentLengthTooLarge { value: String },
     #[error("SCGI: CONTENT_LENGTH appears more than once")]
     ScgiDuplicateContentLength,
     #[error(
@@ -139,7 +146,9 @@ impl Error {
             | Error::DuplicateRequestId { request_id }
             | Error::TooManyRequests { request_id, .. }
             | Error::UnexpectedRecord { request_id, .. }
-            | Error::RecordAfterStreamEnd { request_id, .. } => Some(request_id),
+            | Error::RecordAfterStreamEnd { request_id, .. }
+            | Error::RecordWithoutBegin { request_id, .. }
+            | Error::UnknownRecordType { request_id, .. } => Some(request_id),
             _ => None,
         }
     }
@@ -248,6 +257,20 @@ mod tests {
                 &["request 1", "FCGI_STDIN"],
             ),
             (
+                Error::RecordWithoutBegin {
+                    request_id: 5,
+                    name: "FCGI_PARAMS",
+                },
+                &["request 5", "FCGI_PARAMS", "never began"],
+            ),
+            (
+                Error::UnknownRecordType {
+                    request_id: 1,
+                    record_type: 0,
+                },
+                &["request 1", "record type 0", "not a FastCGI record type"],
+            ),
+            (
                 Error::ScgiBadLength {
                     byte: b'a',
                     offset: 1,
@@ -265,6 +288,15 @@ mod tests {
             (
                 Error::ScgiBadContentLength { value: "x".into() },
                 &["\"x\""],
+            ),
+            (
+                Error::ScgiContentLengthTooLarge {
+                    value: "99999999999999999999".into(),
+                },
+                &[
+                    "CONTENT_LENGTH 99999999999999999999 exceeds 18446744073709551615",
+                    "largest body length",
+                ],
             ),
             (Error::ScgiDuplicateContentLength, &["more than once"]),
             (
@@ -321,6 +353,22 @@ mod tests {
             Some(7)
         );
         assert_eq!(Error::ScgiDuplicateContentLength.request_id(), None);
+        assert_eq!(
+            Error::RecordWithoutBegin {
+                request_id: 9,
+                name: "FCGI_STDIN"
+            }
+            .request_id(),
+            Some(9)
+        );
+        assert_eq!(
+            Error::UnknownRecordType {
+                request_id: 4,
+                record_type: 0
+            }
+            .request_id(),
+            Some(4)
+        );
     }
 
     #[test]

@@ -13,6 +13,7 @@
 //!   connection decodes STDOUT, STDERR, END_REQUEST, GET_VALUES_RESULT and UNKNOWN_TYPE.
 //! - [`scgi::ScgiDecoder`] and [`scgi::write_request`]: SCGI.
 //! - [`cgi::parse_response_head`]: the CGI header block at the start of a worker's STDOUT.
+//! - [`content_length::parse`]: CONTENT_LENGTH as a body length, strictly decimal.
 //! - [`Limits`]: every bound on what a peer can make us hold; exceeding one is a typed [`Error`].
 //! - With the `tokio` feature, `fastcgi_server::tokio` reads from an `AsyncRead` into a decoder
 //!   until its next event; nothing else depends on a runtime.
@@ -81,6 +82,7 @@
 
 pub mod cgi;
 pub mod client;
+pub mod content_length;
 mod error;
 mod limits;
 pub mod params;

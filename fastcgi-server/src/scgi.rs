@@ -6,7 +6,7 @@
 //! CONTENT_LENGTH, whose repetition is refused because it would make the body length ambiguous.
 use bytes::{BufMut, Bytes, BytesMut};
 
-use crate::error::show;
+use crate::content_length::{self, ContentLengthError};
 use crate::search::find_byte;
 use crate::{params::Params, Error, Limits};
 
@@ -182,10 +182,12 @@ fn parse_block(block: Bytes, limits: &Limits) -> Result<(Params, u64), Error> {
                 return Err(Error::ScgiDuplicateContentLength);
             }
             let value = &block[value_start..value_end];
-            content_length = Some(
-                parse_decimal(value)
-                    .ok_or_else(|| Error::ScgiBadContentLength { value: show(value) })?,
-            );
+            content_length = Some(content_length::parse(value).map_err(|e| match e {
+                ContentLengthError::NotDecimal { value } => Error::ScgiBadContentLength { value },
+                ContentLengthError::TooLarge { value } => {
+                    Error::ScgiContentLengthTooLarge { value }
+                }
+            })?);
         } else if pos == 0 {
             return Err(Error::ScgiMissingContentLength);
         }
@@ -205,21 +207,6 @@ impl std::fmt::Debug for ScgiDecoder {
             .field("stage", &self.stage)
             .finish_non_exhaustive()
     }
-}
-
-/// A non-empty decimal number of at most 20 digits that fits u64.
-fn parse_decimal(b: &[u8]) -> Option<u64> {
-    if b.is_empty() || b.len() > MAX_DIGITS {
-        return None;
-    }
-    let mut n: u64 = 0;
-    for &c in b {
-        if !c.is_ascii_digit() {
-            return None;
-        }
-        n = n.checked_mul(10)?.checked_add(u64::from(c - b'0'))?;
-    }
-    Some(n)
 }
 
 fn put_decimal(out: &mut Vec<u8>, mut n: u64) {
@@ -269,6 +256,7 @@ pub fn write_request<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::show;
 
     /// A netstring around `content`, closed by `end`.
     fn ns(content: &[u8], end: &[u8]) -> Vec<u8> {
@@ -472,9 +460,46 @@ mod tests {
             decode_all(&ns(b"CONTENT_LENGTH\x00123\0", b","), small),
             Err(Error::ScgiValueTooLong { len: 3, limit: 2 })
         );
-        let big = "99999999999999999999999";
-        assert_eq!(parse_decimal(big.as_bytes()), None);
-        assert_eq!(parse_decimal(b"18446744073709551615"), Some(u64::MAX));
-        assert_eq!(parse_decimal(b"18446744073709551616"), None);
+    }
+
+    /// A CONTENT_LENGTH made of digits but beyond u64 says so, instead of "not a decimal
+    /// number"; anything else that is not plain digits is still "not a decimal number".
+    #[test]
+    fn content_length_values() {
+        let with = |v: &[u8]| {
+            let mut c = b"CONTENT_LENGTH\0".to_vec();
+            c.extend_from_slice(v);
+            c.extend_from_slice(b"\0");
+            decode_all(&ns(&c, b","), Limits::default())
+        };
+        for big in [
+            &b"18446744073709551616"[..],
+            b"99999999999999999999",
+            b"1180591620717411303424",
+        ] {
+            let e = with(big).unwrap_err();
+            assert_eq!(
+                e,
+                Error::ScgiContentLengthTooLarge {
+                    value: String::from_utf8_lossy(big).into_owned()
+                }
+            );
+            let msg = e.to_string();
+            assert!(msg.contains("exceeds 18446744073709551615"), "{msg}");
+            assert!(!msg.contains("decimal"), "{msg}");
+        }
+        for bad in [&b"abc"[..], b"+5", b" 5", b"0x10", b"-1"] {
+            assert_eq!(
+                with(bad),
+                Err(Error::ScgiBadContentLength {
+                    value: show(bad)
+                }),
+                "{bad:?}"
+            );
+        }
+        match &with(b"18446744073709551615").expect("u64::MAX is a length")[0] {
+            ScgiEvent::Headers { content_length, .. } => assert_eq!(*content_length, u64::MAX),
+            e => panic!("{e:?}"),
+        }
     }
 }

@@ -17,8 +17,12 @@
 //!
 //! A RESPONDER's input is complete after PARAMS and STDIN end, an AUTHORIZER's after PARAMS
 //! (Apache's mod_authnz_fcgi sends no STDIN at all), a FILTER's after PARAMS, STDIN and DATA.
-//! Records for an id that is not active are skipped, as the spec says the application must; an
-//! unknown role is reported (so the caller can answer `UNKNOWN_ROLE`) but not tracked.
+//! Records for an id that is not active any more are skipped, as the spec says the application
+//! must (late STDIN after an early answer, an ABORT_REQUEST crossing END_REQUEST); an unknown
+//! role is reported (so the caller can answer `UNKNOWN_ROLE`) but not tracked. PARAMS, STDIN or
+//! DATA for an id that never had a BEGIN_REQUEST on the connection, and a record type outside
+//! 1 to 11 on a request id, are errors: no web server sends them, so the peer is broken or
+//! probing, and skipping them silently would hide it.
 use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::params::{decode_pairs, write_pair, ParamsDecoder};
@@ -78,11 +82,41 @@ impl RequestState {
     }
 }
 
+/// The request ids that had a BEGIN_REQUEST on a connection. Web servers use small ids (nginx
+/// always 1), which fit the inline word; the full bitmap (8 KiB) is allocated only for others.
+#[derive(Debug, Default)]
+struct BegunIds {
+    low: u64,
+    high: Option<Box<[u64; 1024]>>,
+}
+
+impl BegunIds {
+    fn insert(&mut self, id: u16) {
+        if id < 64 {
+            self.low |= 1 << id;
+        } else {
+            let bits = self.high.get_or_insert_with(|| Box::new([0; 1024]));
+            bits[usize::from(id / 64)] |= 1 << (id % 64);
+        }
+    }
+
+    fn contains(&self, id: u16) -> bool {
+        if id < 64 {
+            self.low & (1 << id) != 0
+        } else {
+            self.high
+                .as_ref()
+                .is_some_and(|bits| bits[usize::from(id / 64)] & (1 << (id % 64)) != 0)
+        }
+    }
+}
+
 /// The application side of one connection: receive buffer plus per-request state.
 pub struct ServerConnection {
     reader: RecordReader,
     limits: Limits,
     requests: Vec<RequestState>,
+    begun: BegunIds,
 }
 
 impl ServerConnection {
@@ -92,6 +126,7 @@ impl ServerConnection {
             reader: RecordReader::default(),
             limits,
             requests: Vec::new(),
+            begun: BegunIds::default(),
         }
     }
     /// Append received bytes.
@@ -184,6 +219,8 @@ impl ServerConnection {
                 }
                 let role = Role::from_u16(u16::from_be_bytes([content[0], content[1]]));
                 let keep_conn = content[2] & crate::record::FCGI_KEEP_CONN != 0;
+                // Also a refused or unknown-role request: its later records are skipped.
+                self.begun.insert(id);
                 if self.is_active(id) {
                     return Err(Error::DuplicateRequestId { request_id: id });
                 }
@@ -217,7 +254,7 @@ impl ServerConnection {
             }
             RecordType::Params => {
                 let Some(i) = self.input_pending(id) else {
-                    return Ok(None);
+                    return self.skip_inactive(id, h.record_type);
                 };
                 let req = &mut self.requests[i];
                 let Some(dec) = req.params.as_mut() else {
@@ -258,7 +295,7 @@ impl ServerConnection {
             RecordType::Stdin | RecordType::Data => {
                 let stdin = h.record_type == RecordType::Stdin;
                 let Some(i) = self.input_pending(id) else {
-                    return Ok(None);
+                    return self.skip_inactive(id, h.record_type);
                 };
                 let req = &mut self.requests[i];
                 let done = if stdin {
@@ -294,9 +331,24 @@ impl ServerConnection {
             | RecordType::GetValues
             | RecordType::GetValuesResult
             | RecordType::UnknownType => Err(unexpected(h.record_type)),
-            // A future application record type: skip it like a record for an unknown id.
-            RecordType::Other(_) => Ok(None),
+            // FastCGI 1.0 is the last version: no other type will ever be valid.
+            RecordType::Other(record_type) => Err(Error::UnknownRecordType {
+                request_id: id,
+                record_type,
+            }),
         }
+    }
+
+    /// A PARAMS, STDIN or DATA record for an id that is not active: skipped if the id began
+    /// and ended (the spec's inactive id), an error if it never began.
+    fn skip_inactive(&self, id: u16, ty: RecordType) -> Result<Option<ServerEvent>, Error> {
+        if self.begun.contains(id) {
+            return Ok(None);
+        }
+        Err(Error::RecordWithoutBegin {
+            request_id: id,
+            name: ty.name(),
+        })
     }
 
     /// Mark the request's input complete; it stays open for a late ABORT_REQUEST.
@@ -678,16 +730,88 @@ mod tests {
     }
 
     #[test]
-    fn records_for_unknown_ids_are_skipped() {
+    fn records_for_ended_ids_are_skipped() {
         let mut b = Vec::new();
+        client::write_begin_request(&mut b, 9, Role::Responder, true);
+        client::write_abort(&mut b, 9);
         client::write_params(&mut b, 9, [(&b"A"[..], &b"B"[..])]);
         client::write_stdin(&mut b, 9, b"x");
         client::write_stdin_end(&mut b, 9);
         write_record(&mut b, RecordType::Data, 9, b"", Padding::None);
-        write_record(&mut b, RecordType::Other(77), 9, b"future", Padding::None);
+        // an id above the inline word, ended by the caller (an early answer)
+        client::write_begin_request(&mut b, 700, Role::Responder, true);
         let mut c = conn();
         c.feed(&b);
+        assert_eq!(drain(&mut c).len(), 3);
+        assert!(c.end_request(700));
+        let mut b = Vec::new();
+        client::write_stdin(&mut b, 700, b"late");
+        client::write_abort(&mut b, 700);
+        // an ABORT_REQUEST for an id that never began is harmless too
+        client::write_abort(&mut b, 8);
+        c.feed(&b);
         assert_eq!(drain(&mut c), vec![]);
+    }
+
+    #[test]
+    fn error_records_for_ids_that_never_began() {
+        let cases: [(RecordType, u16, &'static str); 5] = [
+            (RecordType::Params, 9, "FCGI_PARAMS"),
+            (RecordType::Stdin, 9, "FCGI_STDIN"),
+            (RecordType::Data, 9, "FCGI_DATA"),
+            (RecordType::Stdin, 64, "FCGI_STDIN"),
+            (RecordType::Params, 65535, "FCGI_PARAMS"),
+        ];
+        for (ty, id, name) in cases {
+            for content in [&b""[..], b"x"] {
+                let mut b = Vec::new();
+                // another id begun (and its bitmap word allocated) changes nothing
+                client::write_begin_request(&mut b, 1, Role::Responder, true);
+                client::write_begin_request(&mut b, 700, Role::Responder, true);
+                write_record(&mut b, ty, id, content, Padding::None);
+                let mut c = conn();
+                c.feed(&b);
+                assert!(c.next_event().expect("begin").is_some());
+                assert!(c.next_event().expect("begin").is_some());
+                let e = c.next_event().unwrap_err();
+                assert_eq!(
+                    e,
+                    Error::RecordWithoutBegin {
+                        request_id: id,
+                        name
+                    }
+                );
+                assert!(e.is_fatal());
+                assert_eq!(e.request_id(), Some(id));
+            }
+        }
+    }
+
+    #[test]
+    fn error_record_type_outside_the_protocol() {
+        for (ty, id) in [(0u8, 1u16), (0, 9), (12, 1), (77, 9), (255, 1)] {
+            let mut b = Vec::new();
+            client::write_begin_request(&mut b, 1, Role::Responder, true);
+            write_record(&mut b, RecordType::Other(ty), id, b"future", Padding::None);
+            let mut c = conn();
+            c.feed(&b);
+            assert!(c.next_event().expect("begin").is_some());
+            let e = c.next_event().unwrap_err();
+            assert_eq!(
+                e,
+                Error::UnknownRecordType {
+                    request_id: id,
+                    record_type: ty
+                }
+            );
+            assert!(e.is_fatal());
+        }
+        // on the management id an unknown type is answered, as the spec says
+        let mut b = Vec::new();
+        write_record(&mut b, RecordType::Other(0), 0, b"", Padding::None);
+        let mut c = conn();
+        c.feed(&b);
+        assert_eq!(drain(&mut c), vec![ServerEvent::UnknownType { record_type: 0 }]);
     }
 
     #[test]

@@ -12,7 +12,7 @@ Paths (relative to the app's own PATH_INFO):
   /write               a body sent through the write() callable, then an iterable
   /raise-before        raises before start_response: 500
   /raise-after         sends a chunk, then raises: a cut-off response
-  /upload              reads wsgi.input in chunks to EOF: size and sha256 as JSON
+  /upload?delay=       reads wsgi.input in chunks to EOF, then sleeps `delay` s: size and sha256 as JSON
   /upload-watch?marker=FILE   reads slowly; writes what happened to FILE
   /sleep?s=&tag=       sleeps, answers its pid; writes the pid to $FCGIBRIDGE_TEST_DIR/<tag>.pid
   /tick?marker=FILE&n= yields every 0.1 s; close() writes "closed" to FILE
@@ -201,6 +201,7 @@ def application(environ, start_response):
             h.update(chunk)
             size += len(chunk)
             reads += 1
+        time.sleep(float(q.get("delay", "0")))
         after = _mem()
         return _json(start_response, {"size": size, "sha256": h.hexdigest(), "reads": reads,
                                       "content_length": environ.get("CONTENT_LENGTH"),

@@ -16,6 +16,7 @@ use super::ListenerCtx;
 use crate::backend::exchange::{BodySource, End, FrontGone, ResponseSink};
 use crate::dispatch::serve::serve;
 use bytes::{Bytes, BytesMut};
+use fastcgi_server::content_length::ContentLengthError;
 use fastcgi_server::record::Padding;
 use fastcgi_server::server::{self, ServerConnection, ServerEvent};
 use fastcgi_server::{Params, ProtocolStatus, Role};
@@ -86,6 +87,8 @@ where
     let (out_tx, mut out_rx) = mpsc::channel::<Out>(OUT_QUEUE);
     let mut stopping = ctx.stopping.clone();
     let mut watch_stop = true;
+    // The web server shut down its sending side after complete requests: answer them, read no more.
+    let mut eof = false;
     let mut conn = Conn {
         decoder: ServerConnection::new(ctx.limits.clone()),
         ctx,
@@ -102,7 +105,7 @@ where
             if let Err(e) = conn.process() {
                 // Whatever is queued for the web server still goes out; then this
                 // connection (only) closes, abandoning its requests.
-                tracing::warn!(listener = %conn.ctx.name, peer = %conn.peer, "FastCGI protocol error, closing the connection: {e}");
+                tracing::warn!(listener = %conn.ctx.name, peer = %conn.peer, request = e.request_id(), "FastCGI protocol error, closing the connection: {e}");
                 let _ = wr.write_all(&conn.wbuf).await;
                 return;
             }
@@ -174,15 +177,16 @@ where
                     break;
                 }
             }
-            n = rd.read_buf(reserve_buf(conn.decoder.buffer_mut())), if conn.pending.is_none() => {
+            n = rd.read_buf(reserve_buf(conn.decoder.buffer_mut())), if conn.pending.is_none() && !eof => {
                 match n {
+                    Ok(0) if conn.answer_after_eof(sock) => {
+                        tracing::debug!(listener = %conn.ctx.name, peer = %conn.peer, "the web server shut down its sending side after complete requests; answering them");
+                        eof = true;
+                    }
                     Ok(0) | Err(_) => {
                         // The web server closed (or reset) the connection: every request
                         // on it is abandoned. Dropping `conn` drops their abort senders.
-                        let partial = conn.decoder.buffered();
-                        if partial > 0 {
-                            tracing::warn!(listener = %conn.ctx.name, peer = %conn.peer, "connection closed in the middle of a record ({partial} bytes of an incomplete record discarded)");
-                        }
+                        conn.log_abandoned();
                         return;
                     }
                     Ok(_) => {}
@@ -237,6 +241,35 @@ impl Conn {
     fn remove(&mut self, id: u16) {
         if let Some(i) = self.reqs.iter().position(|(r, _)| *r == id) {
             self.reqs.swap_remove(i);
+        }
+    }
+
+    /// EOF from the web server. Without KEEP_CONN the connection is the application's to
+    /// close, and a simple client sends its whole request and then shuts down its sending
+    /// side (shutdown(SHUT_WR)): that is no abort, so complete requests are still answered.
+    /// A request with unfinished input, a kept connection (the web server owns it and closed
+    /// it) or a peer that closed the socket outright abandons every request, as before.
+    fn answer_after_eof(&self, sock: super::Sock) -> bool {
+        !self.keep_conn
+            && !self.reqs.is_empty()
+            && self.decoder.buffered() == 0
+            && self.reqs.iter().all(|(_, r)| matches!(r, Req::Running { body: None, .. }))
+            && !sock.peer_closed()
+    }
+
+    /// The connection ends under its requests: say which had not even arrived completely.
+    fn log_abandoned(&self) {
+        let partial = self.decoder.buffered();
+        if partial > 0 {
+            tracing::warn!(listener = %self.ctx.name, peer = %self.peer, "connection closed in the middle of a record ({partial} bytes of an incomplete record discarded)");
+        }
+        for (id, req) in &self.reqs {
+            let what = match req {
+                Req::Starting { params: None, .. } => "its PARAMS",
+                Req::Starting { .. } | Req::Running { body: Some(_), .. } => "its body (STDIN)",
+                Req::Running { body: None, .. } => continue,
+            };
+            tracing::info!(listener = %self.ctx.name, peer = %self.peer, request = id, "connection closed before {what} was complete; the request is abandoned");
         }
     }
 
@@ -351,17 +384,25 @@ impl Conn {
                         .collect();
                     server::write_get_values_result(&mut self.wbuf, pairs);
                 }
-                ServerEvent::UnknownType { record_type } => server::write_unknown_type(&mut self.wbuf, record_type),
+                ServerEvent::UnknownType { record_type } => {
+                    tracing::warn!(listener = %self.ctx.name, peer = %self.peer, record_type, "unknown FastCGI management record type {record_type}, answered FCGI_UNKNOWN_TYPE");
+                    server::write_unknown_type(&mut self.wbuf, record_type);
+                }
             }
         }
         // Requests whose PARAMS are complete start now, with the body bytes already here:
         // nginx sends BEGIN, PARAMS and a small body in one packet, which then reaches the
         // worker in one write.
-        for i in 0..self.reqs.len() {
-            if matches!(self.reqs[i].1, Req::Starting { params: Some(_), .. }) {
-                let id = self.reqs[i].0;
+        let mut i = 0;
+        while let Some(&(id, ref req)) = self.reqs.get(i) {
+            if matches!(req, Req::Starting { params: Some(_), .. }) {
                 self.launch(id);
+                // A refused request was swapped out for the last one: look at `i` again.
+                if self.reqs.get(i).is_some_and(|(j, _)| *j != id) {
+                    continue;
+                }
             }
+            i += 1;
         }
         Ok(())
     }
@@ -396,6 +437,18 @@ impl Conn {
         }
     }
 
+    /// A CONTENT_LENGTH that is not a body length (`abc`, `+5`, ` 5`, `0x10`, beyond u64): 400
+    /// before any worker is taken. A web server in front may have framed the body by another
+    /// reading of it, and an app given it would guess.
+    fn refuse_length(&mut self, id: u16, e: &ContentLengthError) {
+        tracing::warn!(listener = %self.ctx.name, peer = %self.peer, request = id, "invalid request, answering 400: {e}");
+        self.remove(id);
+        // Its remaining STDIN, if any, is skipped.
+        self.decoder.end_request(id);
+        server::write_stdout(&mut self.wbuf, id, &crate::respond::error_response(400, None), Padding::None);
+        server::write_end_request(&mut self.wbuf, id, 0, ProtocolStatus::RequestComplete, Padding::None);
+    }
+
     /// Start the request.
     fn launch(&mut self, id: u16) {
         if self.ctx.superseded() {
@@ -407,6 +460,10 @@ impl Conn {
         let Some(req) = self.find(id) else { return };
         let Req::Starting { role, params, prefix, body_done } = req else { return };
         let Some(params) = params.take() else { return };
+        if let Err(e) = crate::respond::body_limit::declared_length(&params) {
+            self.refuse_length(id, &e);
+            return;
+        }
         let role = *role;
         // An AUTHORIZER request has no body (Apache sends no STDIN at all).
         if role == Role::Authorizer {

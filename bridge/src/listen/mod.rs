@@ -486,6 +486,17 @@ impl Sock {
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
     }
+
+    /// After EOF: whether the peer closed the socket, rather than only shutting down its
+    /// sending side (shutdown(SHUT_WR), which expects an answer). A unix socket tells the two
+    /// apart (POLLHUP); over TCP both are a FIN, and a peer that is gone shows up at the first
+    /// write instead.
+    pub fn peer_closed(self) -> bool {
+        let mut p = libc::pollfd { fd: self.fd, events: libc::POLLIN | libc::POLLRDHUP, revents: 0 };
+        // SAFETY: one pollfd on the stack; a zero timeout never blocks.
+        let rc = unsafe { libc::poll(std::ptr::addr_of_mut!(p), 1, 0) };
+        rc > 0 && p.revents & libc::POLLHUP != 0
+    }
 }
 
 /// Make the next close of a TCP connection send a reset, which web servers take as a

@@ -28,9 +28,9 @@ where
         loop {
             match decoder.next_event() {
                 Ok(Some(ScgiEvent::Headers { params, .. })) => return Ok(Some(params)),
-                Ok(Some(_)) => return Err("body before headers".to_owned()),
+                Ok(Some(_)) => return Err(("body before headers".to_owned(), false)),
                 Ok(None) => {}
-                Err(e) => return Err(e.to_string()),
+                Err(e) => return Err((e.to_string(), is_bad_length(&e))),
             }
             let buf = decoder.buffer_mut();
             buf.reserve(8192);
@@ -38,19 +38,28 @@ where
                 Ok(0) => {
                     let got = decoder.buffer_mut().len();
                     if got > 0 {
-                        return Err(format!("connection closed before the header netstring was complete ({got} bytes received)"));
+                        return Err((format!("connection closed before the header netstring was complete ({got} bytes received)"), false));
                     }
                     return Ok(None);
                 }
                 Ok(_) => {}
-                Err(e) => return Err(e.to_string()),
+                Err(e) => return Err((e.to_string(), false)),
             }
         }
     };
     let params = match tokio::time::timeout(HEADER_TIMEOUT, read_headers).await {
         Ok(Ok(Some(p))) => p,
         Ok(Ok(None)) => return,
-        Ok(Err(e)) => {
+        Ok(Err((e, true))) => {
+            // A well-framed request with an unusable CONTENT_LENGTH: say so, like FastCGI.
+            tracing::warn!(listener = %ctx.name, peer, "invalid SCGI request, answering 400: {e}");
+            let mut wr = wr;
+            if wr.write_all(&crate::respond::error_response(400, None)).await.is_ok() {
+                super::lingering_close(&mut rd, &mut wr).await;
+            }
+            return;
+        }
+        Ok(Err((e, false))) => {
             tracing::warn!(listener = %ctx.name, peer, "SCGI protocol error, closing the connection: {e}");
             return;
         }
@@ -59,7 +68,7 @@ where
             return;
         }
     };
-    let mut source = ScgiBody { decoder, rd, ended: false, listener: ctx.name.clone(), peer };
+    let mut source = ScgiBody { decoder, rd, ended: false, listener: ctx.name.clone(), peer, sock };
     let mut sink = ScgiSink { wr, cut_off: false };
     serve(&ctx, params, Role::Responder, &mut source, &mut sink).await;
     if sink.cut_off {
@@ -75,12 +84,22 @@ where
     super::lingering_close(&mut source.rd, &mut sink.wr).await;
 }
 
+/// Header errors about CONTENT_LENGTH, answered 400: the netstring itself was sound.
+fn is_bad_length(e: &fastcgi_server::Error) -> bool {
+    use fastcgi_server::Error as E;
+    matches!(
+        e,
+        E::ScgiBadContentLength { .. } | E::ScgiContentLengthTooLarge { .. } | E::ScgiDuplicateContentLength | E::ScgiMissingContentLength
+    )
+}
+
 struct ScgiBody<R> {
     decoder: ScgiDecoder,
     rd: R,
     ended: bool,
     listener: String,
     peer: String,
+    sock: super::Sock,
 }
 
 impl<R: AsyncRead + Unpin + Send> ScgiBody<R> {
@@ -119,8 +138,14 @@ impl<R: AsyncRead + Unpin + Send> BodySource for ScgiBody<R> {
             let buf = self.decoder.buffer_mut();
             buf.reserve(32 << 10);
             match self.rd.read_buf(buf).await {
-                // EOF before CONTENT_LENGTH bytes: the client went away mid-upload.
-                Ok(0) | Err(_) => return Err(FrontGone),
+                Ok(0) => {
+                    // Before CONTENT_LENGTH bytes: the client went away mid-upload (a
+                    // half-close too, since the request can never be complete).
+                    let missing = self.decoder.body_remaining().unwrap_or(0);
+                    tracing::info!(listener = %self.listener, peer = %self.peer, "connection closed with {missing} bytes of the SCGI request body still to come; the request is aborted");
+                    return Err(FrontGone);
+                }
+                Err(_) => return Err(FrontGone),
                 Ok(_) => {}
             }
         }
@@ -132,11 +157,15 @@ impl<R: AsyncRead + Unpin + Send> BodySource for ScgiBody<R> {
             // up there.
             return std::future::pending().await;
         }
-        // After the body the client sends nothing more; EOF means it went away.
+        // After the body the client sends nothing more. EOF is either a client that closed
+        // (gone) or one that shut down its sending side and waits for the answer, as simple
+        // SCGI clients do; only a unix socket tells them apart at once. Over TCP a client
+        // that is gone shows up when the response is written.
         let mut scratch = BytesMut::with_capacity(512);
         loop {
             scratch.clear();
             match self.rd.read_buf(&mut scratch).await {
+                Ok(0) if !self.sock.peer_closed() => return std::future::pending().await,
                 Ok(0) | Err(_) => return,
                 Ok(_) => {}
             }

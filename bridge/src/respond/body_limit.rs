@@ -5,20 +5,24 @@
 //! the app had not answered yet, or a cut-off response if it had.
 use crate::backend::exchange::{BodySource, End, FrontGone, ResponseSink};
 use bytes::Bytes;
+use fastcgi_server::content_length::ContentLengthError;
 use fastcgi_server::Params;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 /// The body length the web server declared: `None` when it is absent, empty (nginx,
-/// unbuffered chunked upload) or `-1` (Caddy 2.6, chunked upload), i.e. unknown.
-pub fn declared_length(params: &Params) -> Option<u64> {
-    let v = params.get(b"CONTENT_LENGTH")?;
-    std::str::from_utf8(v).ok()?.trim().parse().ok()
+/// unbuffered chunked upload) or `-1` (Caddy 2.6, chunked upload), i.e. unknown. Any other
+/// value must be plain decimal digits (the listeners answer 400 otherwise, before routing).
+pub fn declared_length(params: &Params) -> Result<Option<u64>, ContentLengthError> {
+    match params.get(b"CONTENT_LENGTH") {
+        None | Some(b"" | b"-1") => Ok(None),
+        Some(v) => fastcgi_server::content_length::parse(v).map(Some),
+    }
 }
 
 /// Whether the declared length is already above `limit`.
 pub fn too_large(params: &Params, limit: u64) -> bool {
-    declared_length(params).is_some_and(|n| n > limit)
+    declared_length(params).ok().flatten().is_some_and(|n| n > limit)
 }
 
 /// A body source that stops at `limit` bytes: the request then looks aborted to the
@@ -133,10 +137,15 @@ mod tests {
     #[test]
     fn unknown_lengths() {
         let mut p = Params::default();
-        assert_eq!(declared_length(&p), None);
-        for (v, want) in [("", None), ("-1", None), ("12", Some(12)), ("x", None)] {
+        assert_eq!(declared_length(&p), Ok(None));
+        for (v, want) in [("", None), ("-1", None), ("12", Some(12)), ("0", Some(0))] {
             p.insert(&b"CONTENT_LENGTH"[..], v.as_bytes());
-            assert_eq!(declared_length(&p), want, "{v:?}");
+            assert_eq!(declared_length(&p), Ok(want), "{v:?}");
+        }
+        for v in ["x", "+5", " 5", "5 ", "0x10", "-2", "1180591620717411303424"] {
+            p.insert(&b"CONTENT_LENGTH"[..], v.as_bytes());
+            assert!(declared_length(&p).is_err(), "{v:?}");
+            assert!(!too_large(&p, 0), "{v:?}");
         }
         p.insert(&b"CONTENT_LENGTH"[..], &b"101"[..]);
         assert!(too_large(&p, 100));
