@@ -274,7 +274,7 @@ pub async fn serve<S: BodySource, K: ResponseSink>(
                 break 'done (413, outcome.body_bytes, Some(&pool.name));
             }
             Some(Tripped::Stalled) => {
-                let cut = sink.started();
+                let cut = sink.cut_off();
                 let declared = declared.map_or_else(|| "unknown".to_owned(), |n| n.to_string());
                 tracing::warn!(
                     listener = %lst.name, pool = %pool.name, pid, request_id, uri = %uri, received = source.received(), declared,

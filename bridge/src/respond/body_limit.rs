@@ -254,17 +254,20 @@ pub struct LimitedSink<'a, K> {
     inner: &'a mut K,
     watch: &'a BodyWatch,
     started: bool,
+    /// The response was cut off because the body tripped a limit.
+    cut: bool,
 }
 
 impl<'a, K: ResponseSink> LimitedSink<'a, K> {
     /// Wrap `inner`, with the `watch` of its request's body.
     pub fn new(inner: &'a mut K, watch: &'a BodyWatch) -> Self {
-        LimitedSink { inner, watch, started: false }
+        LimitedSink { inner, watch, started: false, cut: false }
     }
 
-    /// Whether response bytes went to the web server.
-    pub fn started(&self) -> bool {
-        self.started
+    /// Whether a tripped limit cut off a response already started (rather than answering
+    /// 413 or 408).
+    pub fn cut_off(&self) -> bool {
+        self.cut
     }
 }
 
@@ -272,7 +275,10 @@ impl<K: ResponseSink> ResponseSink for LimitedSink<'_, K> {
     fn send(&mut self, data: Bytes, end: Option<End>) -> impl Future<Output = Result<(), FrontGone>> + Send {
         let tripped = if end == Some(End::Complete) && data.is_empty() { self.watch.tripped() } else { None };
         let (data, end) = match tripped {
-            Some(_) if self.started => (data, Some(End::CutOff)),
+            Some(_) if self.started => {
+                self.cut = true;
+                (data, Some(End::CutOff))
+            }
             Some(Tripped::TooLarge) => (super::error_response(413, None).freeze(), end),
             Some(Tripped::Stalled) => (super::error_response(408, None).freeze(), end),
             None => (data, end),
