@@ -66,6 +66,8 @@ struct Conn {
     /// When the bytes of a record arrived on a connection with no request, for
     /// `header-timeout`: the request they begin inherits it.
     idle_since: Option<Instant>,
+    /// The last [`Conn::process`] consumed received bytes.
+    consumed: bool,
     /// Unfinished headers held against the daemon's `header-memory`.
     charge: HeaderCharge,
 }
@@ -98,6 +100,7 @@ where
         decoder: ServerConnection::new(ctx.limits.clone()),
         charge: HeaderCharge::new(ctx.shared.header_budget.clone()),
         idle_since: None,
+        consumed: false,
         ctx,
         peer,
         reqs: Vec::new(),
@@ -300,6 +303,13 @@ impl Conn {
 
     /// Handle every complete record in the receive buffer.
     fn process(&mut self) -> Result<(), fastcgi_server::Error> {
+        let before = self.decoder.buffered();
+        let result = self.process_records();
+        self.consumed = self.decoder.buffered() < before;
+        result
+    }
+
+    fn process_records(&mut self) -> Result<(), fastcgi_server::Error> {
         while self.pending.is_none() {
             let ev = match self.decoder.next_event() {
                 Ok(Some(ev)) => {
@@ -412,7 +422,9 @@ impl Conn {
         if self.reqs.is_empty() {
             if self.decoder.buffered() == 0 {
                 self.idle_since = None;
-            } else if self.idle_since.is_none() {
+            } else if self.idle_since.is_none() || self.consumed {
+                // Whole records went by (a body the app ignored, management records): what
+                // is left begins here.
                 self.idle_since = Some(Instant::now());
             }
         }
