@@ -247,9 +247,12 @@ def test_waiting_on_wsgi_input_releases_the_gil(stack):
     import uuid
     from harness import wait_until
     marker = b.workdir / f"gil-{uuid.uuid4().hex}"
+    # Larger than the 64 KiB the bridge reads ahead before taking a worker: the app starts
+    # reading while the upload is still arriving.
+    size = 100_000
     with b.fcgi("fcgi-tcp", timeout=120) as slow:
         slow.begin(1, fcgi_client.cgi_params("/upload-watch", "POST", f"marker={marker}",
-                                             headers={"Host": "edge.test"}, content_length=2000), stdin=None)
+                                             headers={"Host": "edge.test"}, content_length=size), stdin=None)
         slow.send(fcgi_client.record(fcgi_client.STDIN, 1, b"s" * 1000))
         # the app has started reading: it is (or is about to be) blocked in wsgi.input.read()
         wait_until(marker.exists, 30, what="the app reading the slow upload")
@@ -260,9 +263,9 @@ def test_waiting_on_wsgi_input_releases_the_gil(stack):
             times.append(time.monotonic() - t0)
             assert resp.status == 200
         assert max(times) < 2.0, times
-        slow.send(fcgi_client.stream(fcgi_client.STDIN, 1, b"s" * 1000))
+        slow.send(fcgi_client.stream(fcgi_client.STDIN, 1, b"s" * (size - 1000)))
         out = json.loads(slow.wait(1).body)
-    assert out == {"size": 2000, "outcome": "eof"}
+    assert out == {"size": size, "outcome": "eof"}
     # (the stack's edge pool is one process: /pid answered from the same process)
 
 

@@ -57,6 +57,7 @@ pub fn render(config: &Config, dir: &str) -> String {
         None => out.push_str("  # access-log: not set: no access log\n"),
     }
     field(&mut out, 2, "shutdown-timeout", &DurationDisplay(g.shutdown_timeout).to_string());
+    field(&mut out, 2, "header-memory", &SizeDisplay(g.header_memory).to_string());
     crate::status::render_check(&mut out, g);
 
     out.push_str(if config.pools.is_empty() { "pools: {}\n" } else { "pools:\n" });
@@ -145,6 +146,9 @@ fn render_listener(out: &mut String, l: &Listener) {
     }
     field(out, 4, "backlog", &l.backlog.to_string());
     field(out, 4, "max-params", &SizeDisplay(l.max_params as u64).to_string());
+    field(out, 4, "header-timeout", &DurationDisplay(l.header_timeout).to_string());
+    field(out, 4, "body-timeout", &DurationDisplay(l.body_timeout).to_string());
+    field(out, 4, "max-connections", &l.max_connections.to_string());
     if let Some(p) = &l.status_path {
         field(out, 4, "status-path", &quote(p));
     }
@@ -273,6 +277,7 @@ mod tests {
                 access_log_format: None,
                 status: None,
                 control_socket: None,
+                header_memory: 3 << 20,
             },
             listeners: vec![
                 Listener {
@@ -297,6 +302,9 @@ mod tests {
                     max_ranges: 16,
                     mount: None,
                     keep_path_info: false,
+                    header_timeout: Duration::from_secs(60),
+                    body_timeout: Duration::from_secs(60),
+                    max_connections: 1024,
                 },
                 Listener {
                     name: "api".into(),
@@ -326,6 +334,9 @@ mod tests {
                     max_ranges: 0,
                     mount: Some("/api".into()),
                     keep_path_info: true,
+                    header_timeout: Duration::from_millis(1500),
+                    body_timeout: Duration::from_secs(300),
+                    max_connections: 7,
                 },
             ],
             pools: vec![

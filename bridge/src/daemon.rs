@@ -131,7 +131,7 @@ async fn run(mut config: crate::config::Config, notifier: Arc<Notifier>, config_
         tracing::error!("access-log-format: {e}");
         return ExitCode::FAILURE;
     }
-    let shared = Arc::new(Shared::new(access_log));
+    let shared = Arc::new(Shared::new(access_log, config.global.header_memory));
 
     let pools: Vec<Arc<PoolRuntime>> = config.pools.iter().cloned().map(PoolRuntime::new).collect();
     let by_name: HashMap<String, Arc<PoolRuntime>> = pools.iter().map(|p| (p.name.to_string(), p.clone())).collect();

@@ -64,6 +64,7 @@ fn apply(dir: &Path, live: Live<'_>, restart_all: bool) -> Result<String, String
             (old_g.access_log_format != new_g.access_log_format, "access-log-format"),
             (old_g.status != new_g.status, "status"),
             (old_g.control_socket != new_g.control_socket, "control-socket"),
+            (old_g.header_memory != new_g.header_memory, "header-memory"),
         ]
         .into_iter()
         .filter_map(|(changed, key)| changed.then_some(key))

@@ -367,8 +367,8 @@ impl ServerConnection {
     }
 
     /// PARAMS bytes of every request still receiving them, for
-    /// `Limits::max_params_bytes_per_connection`.
-    fn params_held(&self) -> usize {
+    /// `Limits::max_params_bytes_per_connection` and a caller's own memory accounting.
+    pub fn params_held(&self) -> usize {
         self.requests
             .iter()
             .filter_map(|r| r.params.as_ref())

@@ -103,8 +103,9 @@ impl SlotConn {
     }
 }
 
-/// Body bytes sent along with PARAMS in the first write at most.
-const FIRST_WRITE_BODY: usize = 64 << 10;
+/// Body bytes sent along with PARAMS in the first write at most; a body of a known length
+/// up to this is read whole before the request takes a worker (dispatch/serve.rs).
+pub const FIRST_WRITE_BODY: usize = 64 << 10;
 /// Small pieces of a response are coalesced up to this size before going to the front.
 const COALESCE: usize = 32 << 10;
 /// How long a worker gets to end a request after FCGI_ABORT_REQUEST before it is killed.

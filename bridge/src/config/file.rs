@@ -36,6 +36,8 @@ pub struct RawBridge {
     pub status: Option<RawStatus>,
     /// The unix socket `fcgibridge status|reload|stop` talk to.
     pub control_socket: Option<String>,
+    /// Memory all connections together may hold in request headers still arriving.
+    pub header_memory: Option<ByteSize>,
 }
 
 /// `bridge: status:`.
@@ -132,6 +134,11 @@ pub struct RawListener {
     pub max_ranges: Option<u32>,
     pub mount: Option<String>,
     pub path_info: Option<String>,
+    /// Longest time from a request's first byte to its complete headers.
+    pub header_timeout: Option<HumanDuration>,
+    /// Longest wait for the next request body byte.
+    pub body_timeout: Option<HumanDuration>,
+    pub max_connections: Option<u32>,
 }
 
 

@@ -34,6 +34,8 @@ pub struct Global {
     pub status: Option<StatusListen>,
     /// Control socket path; None: `<runtime-dir>/control.sock`.
     pub control_socket: Option<PathBuf>,
+    /// Bytes of unfinished request headers all connections together may hold (`header-memory`).
+    pub header_memory: u64,
 }
 
 /// `bridge: status:` — a small HTTP server for the status page (loopback or unix only).
@@ -108,6 +110,14 @@ pub struct Listener {
     pub mount: Option<String>,
     /// `path-info: keep`: SCRIPT_NAME / PATH_INFO exactly as the web server sent them.
     pub keep_path_info: bool,
+    /// From a request's first byte until its headers (FastCGI PARAMS, SCGI netstring) are
+    /// complete at most (`header-timeout`); then the connection is closed.
+    pub header_timeout: Duration,
+    /// The longest wait for the next body byte while a request still expects body
+    /// (`body-timeout`); then 408, or a cut-off response.
+    pub body_timeout: Duration,
+    /// Connections open at once (`max-connections`); beyond it new ones are closed at once.
+    pub max_connections: u32,
 }
 
 /// `file-handoff:` of a listener.

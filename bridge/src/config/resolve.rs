@@ -17,6 +17,12 @@ pub const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_BACKLOG: u32 = 1024;
 pub const DEFAULT_MAX_PARAMS: usize = 1 << 20;
+/// `header-timeout`: SCGI's limit since the start, now FastCGI's too.
+pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(60);
+/// `body-timeout`: as nginx's `client_body_timeout`.
+pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(60);
+/// `max-connections`: nginx's default `worker_connections` is 512 per worker process.
+pub const DEFAULT_MAX_CONNECTIONS: u32 = 1024;
 /// Internal redirects one request may take (`max-redirects`).
 pub const DEFAULT_MAX_REDIRECTS: u32 = 10;
 /// Ranges one request may ask of a file the bridge serves (`max-ranges`).
@@ -227,6 +233,17 @@ pub fn listener(src: &Source, dir: &Path, name: &str, raw: RawListener) -> Resul
             .filter(|n| *n > 0)
             .ok_or_else(|| src.invalid(&here.key("max-params"), "must be more than 0 bytes"))?,
     };
+    let positive = |value: Option<super::units::HumanDuration>, key: &str, default: Duration| match value {
+        None => Ok(default),
+        Some(d) if d.0.is_zero() => Err(src.invalid(&here.key(key), "must be longer than 0s")),
+        Some(d) => Ok(d.0),
+    };
+    let header_timeout = positive(raw.header_timeout, "header-timeout", DEFAULT_HEADER_TIMEOUT)?;
+    let body_timeout = positive(raw.body_timeout, "body-timeout", DEFAULT_BODY_TIMEOUT)?;
+    let max_connections = raw.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS);
+    if max_connections == 0 {
+        return Err(src.invalid(&here.key("max-connections"), "must be at least 1"));
+    }
 
     let routes = match (raw.pool, raw.routes) {
         (Some(pool), None) => vec![Route { host: None, prefix: None, pool }],
@@ -357,6 +374,9 @@ pub fn listener(src: &Source, dir: &Path, name: &str, raw: RawListener) -> Resul
         max_ranges: raw.max_ranges.unwrap_or(DEFAULT_MAX_RANGES),
         mount,
         keep_path_info,
+        header_timeout,
+        body_timeout,
+        max_connections,
     })
 }
 

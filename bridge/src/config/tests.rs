@@ -93,6 +93,7 @@ fn a_pool_needs_only_its_app_and_everything_else_defaults() {
             access_log_format: None,
             status: None,
             control_socket: None,
+            header_memory: 64 << 20,
         }
     );
     let pool = &config.pools[0];
@@ -112,6 +113,8 @@ fn a_pool_needs_only_its_app_and_everything_else_defaults() {
     assert_eq!(listener.address, ListenAddress::Tcp("127.0.0.1:9000".parse().unwrap()));
     assert_eq!(listener.routes, vec![Route { host: None, prefix: None, pool: "demo".into() }]);
     assert_eq!((listener.backlog, listener.max_params), (1024, 1 << 20));
+    assert_eq!((listener.header_timeout, listener.body_timeout), (Duration::from_secs(60), Duration::from_secs(60)));
+    assert_eq!(listener.max_connections, 1024);
     assert_eq!(listener.socket_mode, None);
 }
 
@@ -126,6 +129,7 @@ bridge:
   log-format: json
   access-log: ../log/access.log
   shutdown-timeout: 1m30s
+  header-memory: 8MiB
 pools:
   api:
     app: mysite.wsgi:application
@@ -145,6 +149,9 @@ listeners:
     socket-group: www-data
     backlog: 64
     max-params: 64k
+    header-timeout: 5s
+    body-timeout: 2m
+    max-connections: 100
     routes:
       - {host: API.example.com, prefix: /v1, pool: api}
       - {prefix: /admin, pool: api}
@@ -158,6 +165,7 @@ listeners:
     assert_eq!(config.global.log_format, LogFormat::Json);
     assert_eq!(config.global.access_log, Some(r.join("log/access.log")));
     assert_eq!(config.global.shutdown_timeout, Duration::from_secs(90));
+    assert_eq!(config.global.header_memory, 8 << 20);
 
     let pool = &config.pools[0];
     assert_eq!(pool.app, App::Module { module: "mysite.wsgi".into(), callable: "application".into() });
@@ -175,6 +183,7 @@ listeners:
     assert_eq!(l.socket_mode, Some(0o660));
     assert_eq!((l.socket_owner.as_deref(), l.socket_group.as_deref()), (Some("www-data"), Some("www-data")));
     assert_eq!((l.backlog, l.max_params), (64, 64 << 10));
+    assert_eq!((l.header_timeout, l.body_timeout, l.max_connections), (Duration::from_secs(5), Duration::from_secs(120), 100));
     let route = |host: Option<&str>, prefix: Option<&str>| Route {
         host: host.map(Into::into),
         prefix: prefix.map(Into::into),
@@ -312,6 +321,10 @@ fn counts_and_names_are_checked() {
             "6:9: listeners.x.routes[1]: can never match: routes[0] before it",
         ),
         ("listeners:\n  x:\n    fastcgi: 127.0.0.1:9100\n    routes:\n      - {prefix: api, pool: demo}\n", "5:10: listeners.x.routes[0].prefix: must start with '/'"),
+        ("listeners:\n  x:\n    fastcgi: 127.0.0.1:9100\n    pool: demo\n    body-timeout: 0s\n", "5:5: listeners.x.body-timeout: must be longer than 0s"),
+        ("listeners:\n  x:\n    fastcgi: 127.0.0.1:9100\n    pool: demo\n    header-timeout: 0\n", "5:5: listeners.x.header-timeout: must be longer than 0s"),
+        ("listeners:\n  x:\n    fastcgi: 127.0.0.1:9100\n    pool: demo\n    max-connections: 0\n", "5:5: listeners.x.max-connections: must be at least 1"),
+        ("bridge:\n  header-memory: 0\n", "2:3: bridge.header-memory: must be more than 0 bytes"),
     ];
     for (text, expected) in cases {
         let err = valid("checks").file("30-x.yaml", text).error();

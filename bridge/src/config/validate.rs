@@ -13,6 +13,8 @@ use std::time::Duration;
 
 pub const DEFAULT_LOG_LEVEL: &str = "info";
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
+/// `header-memory`: 64 connections' worth of the largest (1 MiB) header block.
+pub const DEFAULT_HEADER_MEMORY: u64 = 64 << 20;
 
 /// One parsed file, ready to merge.
 pub struct Parsed {
@@ -169,6 +171,7 @@ struct GlobalBuilder {
     access_log_format: Option<String>,
     status: Option<super::model::StatusListen>,
     control_socket: Option<PathBuf>,
+    header_memory: Option<u64>,
 }
 
 impl GlobalBuilder {
@@ -245,6 +248,13 @@ impl GlobalBuilder {
             }
             self.control_socket = Some(paths::resolve(dir, &sock));
         }
+        if let Some(size) = raw.header_memory {
+            let path = self.claim(source, "header-memory")?;
+            if size.0 == 0 {
+                return Err(source.invalid(&path, "must be more than 0 bytes"));
+            }
+            self.header_memory = Some(size.0);
+        }
         Ok(())
     }
 
@@ -259,6 +269,7 @@ impl GlobalBuilder {
             access_log_format: self.access_log_format,
             status: self.status,
             control_socket: self.control_socket,
+            header_memory: self.header_memory.unwrap_or(DEFAULT_HEADER_MEMORY),
         }
     }
 }

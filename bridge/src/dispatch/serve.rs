@@ -1,10 +1,11 @@
 //! The life of one request once a listener has decoded it: route it to a pool, wait for
 //! a free worker slot, run the exchange, give the slot back, write the access line.
-use crate::backend::exchange::{exchange, BodySource, End, First, RequestInfo, ResponseSink, SlotFate};
+use crate::backend::exchange::{exchange, BodySource, End, First, RequestInfo, ResponseSink, SlotFate, FIRST_WRITE_BODY};
 use crate::dispatch::{AcquireError, Ticket};
 use crate::listen::ListenerCtx;
 use crate::logging::{AccessLog, AccessRecord};
 use crate::respond;
+use crate::respond::body_limit::Tripped;
 use fastcgi_server::{Params, Role};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Instant;
@@ -13,14 +14,22 @@ use tokio::sync::Notify;
 /// Daemon-wide state every request touches.
 pub struct Shared {
     pub access_log: Option<AccessLog>,
+    /// `header-memory`: what connections may hold in headers still arriving (listen/limits.rs).
+    pub header_budget: std::sync::Arc<crate::listen::limits::HeaderBudget>,
     in_flight: AtomicUsize,
     drained: Notify,
     next_id: AtomicU64,
 }
 
 impl Shared {
-    pub fn new(access_log: Option<AccessLog>) -> Self {
-        Shared { access_log, in_flight: AtomicUsize::new(0), drained: Notify::new(), next_id: AtomicU64::new(1) }
+    pub fn new(access_log: Option<AccessLog>, header_memory: u64) -> Self {
+        Shared {
+            access_log,
+            header_budget: crate::listen::limits::HeaderBudget::new(header_memory),
+            in_flight: AtomicUsize::new(0),
+            drained: Notify::new(),
+            next_id: AtomicU64::new(1),
+        }
     }
 
     /// Wait until no request is in flight.
@@ -70,12 +79,12 @@ pub async fn serve<S: BodySource, K: ResponseSink>(
     source: &mut S,
     sink: &mut K,
 ) {
-    // `max-body` (respond/body_limit.rs): the wrappers cost one flag load per body chunk
-    // and per response write, so every request goes through them.
-    let body_tripped = std::sync::atomic::AtomicBool::new(false);
-    let source = &mut respond::body_limit::Limited::new(source, u64::MAX, &body_tripped);
-    let sink = &mut respond::body_limit::LimitedSink::new(sink, &body_tripped);
+    // `max-body` and `body-timeout` (respond/body_limit.rs): the wrappers cost one flag load
+    // per body chunk and per response write, so every request goes through them.
     let started = Instant::now();
+    let body_watch = respond::body_limit::BodyWatch::new(started);
+    let source = &mut respond::body_limit::Limited::new(source, u64::MAX, &body_watch, lst.body_timeout);
+    let sink = &mut respond::body_limit::LimitedSink::new(sink, &body_watch);
     let shared = &*lst.shared;
     let _in_flight = InFlight::enter(shared);
     let mut idbuf = itoa::Buffer::new();
@@ -161,6 +170,25 @@ pub async fn serve<S: BodySource, K: ResponseSink>(
             }
             source.set_limit(limit);
         }
+        // A small body is read whole before a worker is taken: a slow client then holds a
+        // connection, never a worker thread.
+        let declared = respond::body_limit::declared_length(&params).ok().flatten(); // checked by the listener (400)
+        if let Some(n) = declared.filter(|n| (1..=FIRST_WRITE_BODY as u64).contains(n)) {
+            if source.prefetch(n).await.is_err() {
+                if body_watch.tripped() == Some(Tripped::Stalled) {
+                    tracing::warn!(
+                        listener = %lst.name, pool = %pool.name, request_id, uri = %uri, received = source.received(), declared = n,
+                        "request body stalled: no byte from the web server within body-timeout ({:?}) before a worker was taken, answering 408",
+                        lst.body_timeout
+                    );
+                    let _ = sink.send(respond::error_response(408, None).freeze(), Some(End::Complete)).await;
+                    break 'done (408, 0, Some(&pool.name));
+                }
+                // Gone while its body arrived (an ABORT_REQUEST wants END_REQUEST).
+                let _ = sink.send(bytes::Bytes::new(), Some(End::Complete)).await;
+                break 'done (499, 0, Some(&pool.name));
+            }
+        }
         // What the status page shows while the request runs (copied, not allocated).
         let ticket = Ticket {
             method: params.get(b"REQUEST_METHOD").unwrap_or(b""),
@@ -221,6 +249,7 @@ pub async fn serve<S: BodySource, K: ResponseSink>(
             });
             first = again;
         };
+        let pid = slot.worker.pid;
         match outcome.fate {
             SlotFate::Reuse => pool.dispatcher.release(slot),
             SlotFate::Reconnect => {
@@ -239,9 +268,22 @@ pub async fn serve<S: BodySource, K: ResponseSink>(
             }
             SlotFate::Discard => pool.dispatcher.discard(slot),
         }
-        if body_tripped.load(std::sync::atomic::Ordering::Acquire) {
-            tracing::warn!(pool = %pool.name, request_id, uri = %uri, limit = pool.config.max_body.unwrap_or(0), "streamed request body passed max-body, cut off with 413");
-            break 'done (413, outcome.body_bytes, Some(&pool.name));
+        match body_watch.tripped() {
+            Some(Tripped::TooLarge) => {
+                tracing::warn!(pool = %pool.name, request_id, uri = %uri, limit = pool.config.max_body.unwrap_or(0), "streamed request body passed max-body, cut off with 413");
+                break 'done (413, outcome.body_bytes, Some(&pool.name));
+            }
+            Some(Tripped::Stalled) => {
+                let cut = sink.cut_off();
+                let declared = declared.map_or_else(|| "unknown".to_owned(), |n| n.to_string());
+                tracing::warn!(
+                    listener = %lst.name, pool = %pool.name, pid, request_id, uri = %uri, received = source.received(), declared,
+                    "request body stalled: no byte from the web server within body-timeout ({:?}), request aborted in the worker, {}",
+                    lst.body_timeout, if cut { "response cut off" } else { "answering 408" }
+                );
+                break 'done (if cut { outcome.status } else { 408 }, outcome.body_bytes, Some(&pool.name));
+            }
+            None => {}
         }
         match outcome.redirect {
             Some(respond::Handoff::Local(target)) => {

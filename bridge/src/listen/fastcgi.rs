@@ -12,6 +12,7 @@
 //! connection without END_REQUEST: on a multiplexed connection that also ends the other
 //! requests on it (HAProxy retries or fails them). Web servers other than HAProxy never
 //! multiplex, so in practice only the failed request is affected.
+use super::limits::HeaderCharge;
 use super::ListenerCtx;
 use crate::backend::exchange::{BodySource, End, FrontGone, ResponseSink};
 use crate::dispatch::serve::serve;
@@ -24,6 +25,7 @@ use std::future::Future;
 use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 
 /// Responses in flight from request tasks to this connection's writer.
 const OUT_QUEUE: usize = 32;
@@ -42,8 +44,9 @@ struct Out {
 }
 
 enum Req {
-    /// BEGIN_REQUEST seen; collecting PARAMS and the first body bytes.
-    Starting { role: Role, params: Option<Params>, prefix: BytesMut, body_done: bool },
+    /// BEGIN_REQUEST seen; collecting PARAMS and the first body bytes. `begun`: when its
+    /// first byte arrived, for `header-timeout` (None until the connection loop notes it).
+    Starting { role: Role, params: Option<Params>, prefix: BytesMut, body_done: bool, begun: Option<Instant> },
     /// Its task is running.
     Running { body: Option<mpsc::Sender<Bytes>>, abort: Option<oneshot::Sender<()>> },
 }
@@ -61,6 +64,13 @@ struct Conn {
     pending: Option<(mpsc::Sender<Bytes>, Bytes)>,
     /// One request is polled inside this connection's own task (see [`Conn::launch`]).
     inline: Option<RequestFuture>,
+    /// When the bytes of a record arrived on a connection with no request, for
+    /// `header-timeout`: the request they begin inherits it.
+    idle_since: Option<Instant>,
+    /// The last [`Conn::process`] consumed received bytes.
+    consumed: bool,
+    /// Unfinished headers held against the daemon's `header-memory`.
+    charge: HeaderCharge,
 }
 
 type RequestFuture = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
@@ -91,6 +101,9 @@ where
     let mut eof = false;
     let mut conn = Conn {
         decoder: ServerConnection::new(ctx.limits.clone()),
+        charge: HeaderCharge::new(ctx.shared.header_budget.clone()),
+        idle_since: None,
+        consumed: false,
         ctx,
         peer,
         reqs: Vec::new(),
@@ -110,6 +123,12 @@ where
                 return;
             }
         }
+        if let Err(e) = conn.charge_headers() {
+            // This connection only: the others keep their headers and go on.
+            tracing::warn!(listener = %conn.ctx.name, peer = %conn.peer, "{e}; closing the connection");
+            let _ = wr.write_all(&conn.wbuf).await;
+            return;
+        }
         if !conn.wbuf.is_empty() {
             if wr.write_all(&conn.wbuf).await.is_err() {
                 return;
@@ -125,6 +144,8 @@ where
             break;
         }
         let pending_tx = conn.pending.as_ref().map(|(tx, _)| tx.clone());
+        // Not while reading is paused for a full body channel: then the wait is ours.
+        let header_deadline = conn.header_deadline().filter(|_| conn.pending.is_none());
         tokio::select! {
             biased;
             msg = out_rx.recv() => {
@@ -170,6 +191,15 @@ where
             changed = stopping.changed(), if watch_stop && !*stopping.borrow() => {
                 // No sender: nobody will ask this connection to stop.
                 watch_stop = changed.is_ok();
+            }
+            () = super::sleep_until(header_deadline), if header_deadline.is_some() => {
+                tracing::warn!(
+                    listener = %conn.ctx.name, peer = %conn.peer,
+                    "no complete FastCGI request headers within header-timeout ({:?}; {} bytes held), closing the connection",
+                    conn.ctx.header_timeout, conn.header_bytes()
+                );
+                let _ = wr.write_all(&conn.wbuf).await;
+                return;
             }
             () = poll_inline(&mut conn.inline), if conn.inline.is_some() => {
                 conn.inline = None;
@@ -306,6 +336,13 @@ impl Conn {
 
     /// Handle every complete record in the receive buffer.
     fn process(&mut self) -> Result<(), fastcgi_server::Error> {
+        let before = self.decoder.buffered();
+        let result = self.process_records();
+        self.consumed = self.decoder.buffered() < before;
+        result
+    }
+
+    fn process_records(&mut self) -> Result<(), fastcgi_server::Error> {
         while self.pending.is_none() {
             let ev = match self.decoder.next_event() {
                 Ok(Some(ev)) => {
@@ -329,7 +366,8 @@ impl Conn {
                     match role {
                         Role::Responder | Role::Authorizer => {
                             self.remove(id);
-                            self.reqs.push((id, Req::Starting { role, params: None, prefix: BytesMut::new(), body_done: false }));
+                            let begun = self.idle_since.take();
+                            self.reqs.push((id, Req::Starting { role, params: None, prefix: BytesMut::new(), body_done: false, begun }));
                         }
                         _ => {
                             tracing::warn!(listener = %self.ctx.name, peer = %self.peer, request = id, "unsupported FastCGI role {role:?}");
@@ -371,7 +409,7 @@ impl Conn {
                 ServerEvent::Data { .. } | ServerEvent::DataEnd { .. } => {}
                 ServerEvent::Abort { id } => self.abort(id),
                 ServerEvent::GetValues { names } => {
-                    let max_conns = super::MAX_CONNS.to_string();
+                    let max_conns = self.ctx.max_conns.to_string();
                     let max_reqs = self.ctx.max_reqs.to_string();
                     let pairs: Vec<(&[u8], &[u8])> = names
                         .iter()
@@ -405,6 +443,49 @@ impl Conn {
             i += 1;
         }
         Ok(())
+    }
+
+    /// Bytes of request headers this connection holds while they are unfinished: the PARAMS
+    /// of requests not started, and the receive buffer while it holds the start of one.
+    fn header_bytes(&self) -> usize {
+        let heading = self.reqs.is_empty() || self.reqs.iter().any(|(_, r)| matches!(r, Req::Starting { params: None, .. }));
+        let params = self.decoder.params_held();
+        if heading {
+            params + self.decoder.buffered()
+        } else {
+            params
+        }
+    }
+
+    /// After the received records are handled: note when unfinished headers began, and
+    /// hold what they take against the daemon's `header-memory`.
+    fn charge_headers(&mut self) -> Result<(), super::limits::OverBudget> {
+        if self.reqs.is_empty() {
+            if self.decoder.buffered() == 0 {
+                self.idle_since = None;
+            } else if self.idle_since.is_none() || self.consumed {
+                // Whole records went by (a body the app ignored, management records): what
+                // is left begins here.
+                self.idle_since = Some(Instant::now());
+            }
+        }
+        for (_, r) in &mut self.reqs {
+            if let Req::Starting { params: None, begun: begun @ None, .. } = r {
+                *begun = Some(Instant::now());
+            }
+        }
+        self.charge.set(self.header_bytes())
+    }
+
+    /// When `header-timeout` ends for the oldest unfinished header on this connection.
+    fn header_deadline(&self) -> Option<Instant> {
+        let mut oldest = self.idle_since;
+        for (_, r) in &self.reqs {
+            if let Req::Starting { params: None, begun: Some(at), .. } = r {
+                oldest = Some(oldest.map_or(*at, |o| o.min(*at)));
+            }
+        }
+        oldest.map(|at| at + self.ctx.header_timeout)
     }
 
     /// FCGI_ABORT_REQUEST: a request not started yet ends at once; a running one is told
@@ -458,7 +539,7 @@ impl Conn {
         let out_tx = self.out_tx.clone();
         let ctx = self.ctx.clone();
         let Some(req) = self.find(id) else { return };
-        let Req::Starting { role, params, prefix, body_done } = req else { return };
+        let Req::Starting { role, params, prefix, body_done, .. } = req else { return };
         let Some(params) = params.take() else { return };
         if let Err(e) = crate::respond::body_limit::declared_length(&params) {
             self.refuse_length(id, &e);

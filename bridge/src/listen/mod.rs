@@ -3,6 +3,7 @@
 //! mode). Each accepted connection gets one task speaking FastCGI or SCGI.
 pub mod allow;
 pub mod fastcgi;
+pub mod limits;
 pub mod proxy;
 pub mod scgi;
 pub mod systemd;
@@ -21,10 +22,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::watch;
-
-/// Connections one listener keeps open at most (reported as FCGI_MAX_CONNS); beyond it
-/// new connections are closed at once.
-pub const MAX_CONNS: usize = 10_000;
 
 /// Why a listener could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +49,13 @@ pub struct ListenerCtx {
     pub limits: Limits,
     /// FCGI_MAX_REQS: requests the pools behind this listener take without a 503.
     pub max_reqs: usize,
+    /// `max-connections` (reported as FCGI_MAX_CONNS): beyond it new connections are closed at once.
+    pub max_conns: usize,
+    /// `header-timeout`: from a request's first byte until its headers are complete.
+    pub header_timeout: std::time::Duration,
+    /// `body-timeout`: the longest wait for the next body byte (respond/body_limit.rs).
+    pub body_timeout: std::time::Duration,
+    /// Connections opened through this context (the status page sums a listener's contexts).
     pub open_conns: AtomicUsize,
     pub shared: Arc<Shared>,
     /// Becomes true on SIGTERM: connections close once their requests are done.
@@ -158,6 +162,9 @@ pub fn make_ctx(
         router,
         limits,
         max_reqs,
+        max_conns: usize::try_from(cfg.max_connections).unwrap_or(usize::MAX),
+        header_timeout: cfg.header_timeout,
+        body_timeout: cfg.body_timeout,
         open_conns: AtomicUsize::new(0),
         shared: shared.clone(),
         stopping: stop.clone(),
@@ -338,23 +345,36 @@ fn describe(a: &ListenAddress) -> String {
     }
 }
 
-/// Counts a connection against MAX_CONNS for as long as it lives.
-struct ConnGuard(Arc<ListenerCtx>);
+/// Counts a connection for as long as it lives: against `max-connections` in `live` (one
+/// counter for the listener's whole life, reloads included), and in its context's
+/// `open_conns` for the status page.
+struct ConnGuard {
+    ctx: Arc<ListenerCtx>,
+    live: Arc<AtomicUsize>,
+}
 impl Drop for ConnGuard {
     fn drop(&mut self) {
-        self.0.open_conns.fetch_sub(1, Ordering::AcqRel);
+        self.ctx.open_conns.fetch_sub(1, Ordering::AcqRel);
+        self.live.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
 async fn accept_loop(bound: Bound, mut ctx: Arc<ListenerCtx>, mut stop: watch::Receiver<bool>) {
+    let live = Arc::new(AtomicUsize::new(0));
+    let mut refusals = limits::Refusals::default();
     loop {
         if ctx.superseded() {
             ctx = ctx.latest();
         }
         let protocol = ctx.protocol;
+        let summary_due = refusals.due();
         let accepted = tokio::select! {
             biased;
             _ = stop.changed() => return,
+            () = sleep_until(summary_due), if summary_due.is_some() => {
+                refusals.flush(&ctx.name, ctx.max_conns);
+                continue;
+            }
             a = accept(&bound) => a,
         };
         let (conn, peer) = match accepted {
@@ -371,12 +391,13 @@ async fn accept_loop(bound: Bound, mut ctx: Arc<ListenerCtx>, mut stop: watch::R
                 continue;
             }
         }
-        if ctx.open_conns.fetch_add(1, Ordering::AcqRel) >= MAX_CONNS {
-            ctx.open_conns.fetch_sub(1, Ordering::AcqRel);
-            tracing::warn!(listener = %ctx.name, peer, "too many connections ({MAX_CONNS}); closing a new one");
+        if live.fetch_add(1, Ordering::AcqRel) >= ctx.max_conns {
+            live.fetch_sub(1, Ordering::AcqRel);
+            refusals.refused(&ctx.name, &peer, ctx.max_conns);
             continue;
         }
-        let guard = ConnGuard(ctx.clone());
+        ctx.open_conns.fetch_add(1, Ordering::AcqRel);
+        let guard = ConnGuard { ctx: ctx.clone(), live: live.clone() };
         let ctx = ctx.clone();
         match conn {
             Conn::Tcp(s) => {
@@ -411,6 +432,14 @@ fn spawn_conn<R, W: WriteHalf>(
         }
         drop(guard);
     });
+}
+
+/// Sleep until `at`; never wakes without one (for a `select!` branch that may be off).
+pub async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// How long a connection is kept open after its response to read (and discard) what the

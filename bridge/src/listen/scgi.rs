@@ -11,11 +11,15 @@ use bytes::{Bytes, BytesMut};
 use fastcgi_server::scgi::{ScgiDecoder, ScgiEvent};
 use fastcgi_server::Role;
 use std::sync::Arc;
-use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-/// A client that sends no complete header netstring within this time is dropped.
-const HEADER_TIMEOUT: Duration = Duration::from_secs(60);
+/// Why the header netstring was not read.
+enum HeadError {
+    Protocol(String),
+    /// Well framed, but its CONTENT_LENGTH is unusable: answered 400.
+    BadLength(String),
+    Budget(super::limits::OverBudget),
+}
 
 /// Serve one SCGI connection.
 pub async fn serve_connection<R, W>(mut rd: R, wr: W, ctx: Arc<ListenerCtx>, peer: String, sock: super::Sock)
@@ -24,33 +28,39 @@ where
     W: super::WriteHalf,
 {
     let mut decoder = ScgiDecoder::new(ctx.limits.clone());
+    // A client that sends no complete header netstring within `header-timeout` is dropped.
+    let header_timeout = ctx.header_timeout;
+    let mut charge = super::limits::HeaderCharge::new(ctx.shared.header_budget.clone());
     let read_headers = async {
         loop {
             match decoder.next_event() {
                 Ok(Some(ScgiEvent::Headers { params, .. })) => return Ok(Some(params)),
-                Ok(Some(_)) => return Err(("body before headers".to_owned(), false)),
+                Ok(Some(_)) => return Err(HeadError::Protocol("body before headers".to_owned())),
                 Ok(None) => {}
-                Err(e) => return Err((e.to_string(), is_bad_length(&e))),
+                Err(e) if is_bad_length(&e) => return Err(HeadError::BadLength(e.to_string())),
+                Err(e) => return Err(HeadError::Protocol(e.to_string())),
             }
+            charge.set(decoder.buffer_mut().len()).map_err(HeadError::Budget)?;
             let buf = decoder.buffer_mut();
             buf.reserve(8192);
             match rd.read_buf(buf).await {
                 Ok(0) => {
                     let got = decoder.buffer_mut().len();
                     if got > 0 {
-                        return Err((format!("connection closed before the header netstring was complete ({got} bytes received)"), false));
+                        let e = format!("connection closed before the header netstring was complete ({got} bytes received)");
+                        return Err(HeadError::Protocol(e));
                     }
                     return Ok(None);
                 }
                 Ok(_) => {}
-                Err(e) => return Err((e.to_string(), false)),
+                Err(e) => return Err(HeadError::Protocol(e.to_string())),
             }
         }
     };
-    let params = match tokio::time::timeout(HEADER_TIMEOUT, read_headers).await {
+    let params = match tokio::time::timeout(header_timeout, read_headers).await {
         Ok(Ok(Some(p))) => p,
         Ok(Ok(None)) => return,
-        Ok(Err((e, true))) => {
+        Ok(Err(HeadError::BadLength(e))) => {
             // A well-framed request with an unusable CONTENT_LENGTH: say so, like FastCGI.
             tracing::warn!(listener = %ctx.name, peer, "invalid SCGI request, answering 400: {e}");
             let mut wr = wr;
@@ -59,15 +69,21 @@ where
             }
             return;
         }
-        Ok(Err((e, false))) => {
+        Ok(Err(HeadError::Protocol(e))) => {
             tracing::warn!(listener = %ctx.name, peer, "SCGI protocol error, closing the connection: {e}");
             return;
         }
+        Ok(Err(HeadError::Budget(e))) => {
+            tracing::warn!(listener = %ctx.name, peer, "{e}; closing the connection");
+            return;
+        }
         Err(_) => {
-            tracing::warn!(listener = %ctx.name, peer, "no complete SCGI request within {HEADER_TIMEOUT:?}, closing the connection");
+            let held = decoder.buffer_mut().len();
+            tracing::warn!(listener = %ctx.name, peer, "no complete SCGI request headers within header-timeout ({header_timeout:?}; {held} bytes held), closing the connection");
             return;
         }
     };
+    drop(charge);
     let mut source = ScgiBody { decoder, rd, ended: false, listener: ctx.name.clone(), peer, sock };
     let mut sink = ScgiSink { wr, cut_off: false };
     serve(&ctx, params, Role::Responder, &mut source, &mut sink).await;

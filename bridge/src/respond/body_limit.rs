@@ -1,14 +1,24 @@
+//! Limits on a request body: its size and its pace.
+//!
 //! A pool's `max-body`: a request whose declared length is above it gets 413 before the app
 //! runs; a body of unknown length (a chunked upload streamed by nginx with
 //! `fastcgi_request_buffering off`, Apache mod_proxy_fcgi) is cut off when it passes the
 //! limit — the worker sees an abort (the app's read raises) and the web server gets 413 if
 //! the app had not answered yet, or a cut-off response if it had.
+//!
+//! A listener's `body-timeout`: while a request still expects body, the next byte must come
+//! within it, or the request ends the same way with 408. A worker sending its response is
+//! not idle, so the clock also restarts with every response write. A small body of known
+//! length is read whole before the request takes a worker ([`Limited::prefetch`]).
 use crate::backend::exchange::{BodySource, End, FrontGone, ResponseSink};
 use bytes::Bytes;
 use fastcgi_server::content_length::ContentLengthError;
 use fastcgi_server::Params;
+use std::collections::VecDeque;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::time::Duration;
+use tokio::time::Instant;
 
 /// The body length the web server declared: `None` when it is absent, empty (nginx,
 /// unbuffered chunked upload) or `-1` (Caddy 2.6, chunked upload), i.e. unknown. Any other
@@ -25,21 +35,137 @@ pub fn too_large(params: &Params, limit: u64) -> bool {
     declared_length(params).ok().flatten().is_some_and(|n| n > limit)
 }
 
-/// A body source that stops at `limit` bytes: the request then looks aborted to the
-/// exchange, and `tripped` is set so that the response becomes a 413.
+/// Why a body was cut short.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tripped {
+    /// It passed `max-body`: 413.
+    TooLarge,
+    /// No byte came within `body-timeout`: 408.
+    Stalled,
+}
+
+/// What the body and the response side of one request share.
+pub struct BodyWatch {
+    /// 0: not tripped; else a [`Tripped`] + 1.
+    tripped: AtomicU8,
+    /// The body is still expected: only then do response writes move the idle clock.
+    body_open: AtomicBool,
+    /// The reference of `last_out`.
+    base: Instant,
+    /// Milliseconds after `base` of the last response write while the body was open.
+    last_out: AtomicU64,
+}
+
+impl BodyWatch {
+    /// `started`: when the request arrived.
+    pub fn new(started: std::time::Instant) -> Self {
+        BodyWatch {
+            tripped: AtomicU8::new(0),
+            body_open: AtomicBool::new(true),
+            base: Instant::from_std(started),
+            last_out: AtomicU64::new(0),
+        }
+    }
+
+    /// Why the body was cut short, if it was.
+    pub fn tripped(&self) -> Option<Tripped> {
+        match self.tripped.load(Ordering::Acquire) {
+            1 => Some(Tripped::TooLarge),
+            2 => Some(Tripped::Stalled),
+            _ => None,
+        }
+    }
+
+    fn trip(&self, why: Tripped) {
+        let code = match why {
+            Tripped::TooLarge => 1,
+            Tripped::Stalled => 2,
+        };
+        let _ = self.tripped.compare_exchange(0, code, Ordering::AcqRel, Ordering::Acquire);
+    }
+
+    fn is_tripped(&self) -> bool {
+        self.tripped.load(Ordering::Acquire) != 0
+    }
+
+    fn wrote(&self) {
+        if self.body_open.load(Ordering::Relaxed) {
+            let ms = u64::try_from(self.base.elapsed().as_millis()).unwrap_or(u64::MAX);
+            self.last_out.store(ms, Ordering::Relaxed);
+        }
+    }
+
+    fn last_out(&self) -> Instant {
+        self.base + Duration::from_millis(self.last_out.load(Ordering::Relaxed))
+    }
+}
+
+/// A body source that stops at `limit` bytes, or when the web server sends nothing for
+/// `timeout`: the request then looks aborted to the exchange, and the [`BodyWatch`] says
+/// why, so that the response becomes a 413 or a 408.
 pub struct Limited<'a, S> {
     inner: &'a mut S,
     limit: u64,
     seen: u64,
-    tripped: &'a AtomicBool,
+    watch: &'a BodyWatch,
+    timeout: Duration,
+    /// Chunks read ahead by [`prefetch`](Self::prefetch), not yet passed on.
+    early: VecDeque<Bytes>,
+    /// [`prefetch`](Self::prefetch) reached the end of the body (after `early`).
+    early_end: bool,
     /// Internally redirected: the request goes again without a body (respond/redirect.rs).
     no_body: Option<bool>,
 }
 
 impl<'a, S: BodySource> Limited<'a, S> {
-    /// Wrap `inner`; `tripped` is set once the body passes `limit`.
-    pub fn new(inner: &'a mut S, limit: u64, tripped: &'a AtomicBool) -> Self {
-        Limited { inner, limit, seen: 0, tripped, no_body: None }
+    /// Wrap `inner`; `watch` trips once the body passes `limit` or stalls for `timeout`.
+    pub fn new(inner: &'a mut S, limit: u64, watch: &'a BodyWatch, timeout: Duration) -> Self {
+        Limited { inner, limit, seen: 0, watch, timeout, early: VecDeque::new(), early_end: false, no_body: None }
+    }
+
+    /// Body bytes received from the web server so far.
+    pub fn received(&self) -> u64 {
+        self.early.iter().fold(self.seen, |n, c| n.saturating_add(c.len() as u64))
+    }
+
+    /// Read the body ahead — until its end or `upto` bytes — so that the worker gets it
+    /// whole with the request: a client slow to send a small body then never holds a
+    /// worker. Err: the web server went away, or the body stalled (see the watch).
+    pub async fn prefetch(&mut self, upto: u64) -> Result<(), FrontGone> {
+        let mut got = 0u64;
+        while got < upto && !self.early_end && self.no_body.is_none() {
+            match self.paced().await? {
+                Some(chunk) => {
+                    got = got.saturating_add(chunk.len() as u64);
+                    self.early.push_back(chunk);
+                }
+                None => self.early_end = true,
+            }
+        }
+        Ok(())
+    }
+
+    /// The inner source's next chunk, within `timeout` of asking for it or of the last
+    /// response write.
+    async fn paced(&mut self) -> Result<Option<Bytes>, FrontGone> {
+        if let Some(next) = self.inner.ready() {
+            return Ok(next);
+        }
+        let mut since = Instant::now();
+        loop {
+            match tokio::time::timeout_at(since + self.timeout, self.inner.next_chunk()).await {
+                Ok(next) => return next,
+                Err(_) => {
+                    let out = self.watch.last_out();
+                    if out > since {
+                        since = out;
+                        continue;
+                    }
+                    self.watch.trip(Tripped::Stalled);
+                    return Err(FrontGone);
+                }
+            }
+        }
     }
 
     /// From now on the body is empty (an internal redirect is a GET); an abort of the
@@ -56,10 +182,35 @@ impl<'a, S: BodySource> Limited<'a, S> {
     fn count(&mut self, chunk: &Bytes) -> bool {
         self.seen = self.seen.saturating_add(chunk.len() as u64);
         if self.seen > self.limit {
-            self.tripped.store(true, Ordering::Release);
+            self.watch.trip(Tripped::TooLarge);
             return false;
         }
         true
+    }
+
+    /// What was read ahead, before the inner source.
+    fn take_early(&mut self) -> Option<Option<Bytes>> {
+        match self.early.pop_front() {
+            Some(chunk) => Some(Some(chunk)),
+            // Once: after it the inner source, which has ended too, answers.
+            None if self.early_end => {
+                self.early_end = false;
+                Some(None)
+            }
+            None => None,
+        }
+    }
+
+    /// The chunk passed on: counted against the limit; the end closes the idle clock.
+    fn pass(&mut self, next: Option<Bytes>) -> Result<Option<Bytes>, FrontGone> {
+        match next {
+            Some(chunk) if !self.count(&chunk) => Err(FrontGone),
+            Some(chunk) => Ok(Some(chunk)),
+            None => {
+                self.watch.body_open.store(false, Ordering::Relaxed);
+                Ok(None)
+            }
+        }
     }
 }
 
@@ -68,64 +219,78 @@ impl<S: BodySource> BodySource for Limited<'_, S> {
         if let Some(ended) = &mut self.no_body {
             return (!std::mem::replace(ended, true)).then_some(None);
         }
-        if self.tripped.load(Ordering::Acquire) {
+        if self.watch.is_tripped() {
             return None;
         }
-        match self.inner.ready() {
-            Some(Some(chunk)) if !self.count(&chunk) => None,
-            other => other,
-        }
+        let next = match self.take_early() {
+            Some(next) => next,
+            None => self.inner.ready()?,
+        };
+        self.pass(next).ok()
     }
 
     async fn next_chunk(&mut self) -> Result<Option<Bytes>, FrontGone> {
         if self.no_body.is_some() {
             return Ok(None);
         }
-        if self.tripped.load(Ordering::Acquire) {
+        if self.watch.is_tripped() {
             return Err(FrontGone);
         }
-        match self.inner.next_chunk().await? {
-            Some(chunk) if !self.count(&chunk) => Err(FrontGone),
-            other => Ok(other),
-        }
+        let next = match self.take_early() {
+            Some(next) => next,
+            None => self.paced().await?,
+        };
+        self.pass(next)
     }
 
     async fn aborted(&mut self) {
-        if self.tripped.load(Ordering::Acquire) {
+        if self.watch.is_tripped() {
             return;
         }
         self.inner.aborted().await
     }
 }
 
-/// The response side of a limited request: once the body passed the limit, the normal end
-/// the exchange sends for an aborted request becomes a 413 (nothing sent yet) or a cut-off
-/// (the app had started its response).
+/// The response side of a limited request: once the body passed the limit or stalled, the
+/// normal end the exchange sends for an aborted request becomes a 413 or a 408 (nothing
+/// sent yet) or a cut-off (the app had started its response).
 pub struct LimitedSink<'a, K> {
     inner: &'a mut K,
-    tripped: &'a AtomicBool,
+    watch: &'a BodyWatch,
     started: bool,
+    /// The response was cut off because the body tripped a limit.
+    cut: bool,
 }
 
 impl<'a, K: ResponseSink> LimitedSink<'a, K> {
-    /// Wrap `inner`, watching `tripped`.
-    pub fn new(inner: &'a mut K, tripped: &'a AtomicBool) -> Self {
-        LimitedSink { inner, tripped, started: false }
+    /// Wrap `inner`, with the `watch` of its request's body.
+    pub fn new(inner: &'a mut K, watch: &'a BodyWatch) -> Self {
+        LimitedSink { inner, watch, started: false, cut: false }
+    }
+
+    /// Whether a tripped limit cut off a response already started (rather than answering
+    /// 413 or 408).
+    pub fn cut_off(&self) -> bool {
+        self.cut
     }
 }
 
 impl<K: ResponseSink> ResponseSink for LimitedSink<'_, K> {
     fn send(&mut self, data: Bytes, end: Option<End>) -> impl Future<Output = Result<(), FrontGone>> + Send {
-        let (data, end) = if self.tripped.load(Ordering::Acquire) && end == Some(End::Complete) && data.is_empty() {
-            if self.started {
+        let tripped = if end == Some(End::Complete) && data.is_empty() { self.watch.tripped() } else { None };
+        let (data, end) = match tripped {
+            Some(_) if self.started => {
+                self.cut = true;
                 (data, Some(End::CutOff))
-            } else {
-                (super::error_response(413, None).freeze(), end)
             }
-        } else {
-            (data, end)
+            Some(Tripped::TooLarge) => (super::error_response(413, None).freeze(), end),
+            Some(Tripped::Stalled) => (super::error_response(408, None).freeze(), end),
+            None => (data, end),
         };
-        self.started |= !data.is_empty();
+        if !data.is_empty() {
+            self.started = true;
+            self.watch.wrote();
+        }
         self.inner.send(data, end)
     }
 }
