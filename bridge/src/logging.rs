@@ -2,6 +2,7 @@
 pub mod access_format;
 pub mod app_records;
 pub mod file;
+pub mod ratelimit;
 pub mod reopen;
 
 use crate::config::{Global, LogFormat};

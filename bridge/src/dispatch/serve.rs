@@ -143,7 +143,9 @@ pub async fn serve<S: BodySource, K: ResponseSink>(
             break 'done (200, 0, None);
         }
         let Some((pool, prefix)) = lst.router.route(&params) else {
-            tracing::info!(listener = %lst.name, request_id, uri = %uri, "no route matches, answering 404");
+            if crate::logging::ratelimit::allow(&crate::logging::ratelimit::NO_ROUTE, &lst.name) {
+                tracing::info!(listener = %lst.name, request_id, uri = %uri, "no route matches, answering 404");
+            }
             let _ = sink.send(respond::error_response(404, None).freeze(), Some(End::Complete)).await;
             break 'done (404, 0, None);
         };
@@ -155,7 +157,9 @@ pub async fn serve<S: BodySource, K: ResponseSink>(
         respond::handoff::set_worker_roots(&mut params, lst.files.as_deref());
         if let Some(limit) = pool.config.max_body {
             if respond::body_limit::too_large(&params, limit) {
-                tracing::warn!(pool = %pool.name, request_id, uri = %uri, limit, "request body is larger than max-body, answering 413");
+                if crate::logging::ratelimit::allow(&crate::logging::ratelimit::TOO_LARGE, &pool.name) {
+                    tracing::warn!(pool = %pool.name, request_id, uri = %uri, limit, "request body is larger than max-body, answering 413");
+                }
                 let _ = sink.send(respond::error_response(413, None).freeze(), Some(End::Complete)).await;
                 break 'done (413, 0, Some(&pool.name));
             }
@@ -176,7 +180,9 @@ pub async fn serve<S: BodySource, K: ResponseSink>(
         let mut slot = match acquired {
             Some(Ok(slot)) => slot,
             Some(Err(e)) => {
-                tracing::warn!(pool = %pool.name, request_id, uri = %uri, "answering 503: {e}");
+                if crate::logging::ratelimit::allow(rejection_kind(&e), &pool.name) {
+                    tracing::warn!(pool = %pool.name, request_id, uri = %uri, "answering 503: {e}");
+                }
                 let retry = match e {
                     AcquireError::QueueFull(_) | AcquireError::Timeout(_) | AcquireError::Unavailable(_) => Some(RETRY_AFTER_SECS),
                 };
@@ -240,7 +246,9 @@ pub async fn serve<S: BodySource, K: ResponseSink>(
             SlotFate::Discard => pool.dispatcher.discard(slot),
         }
         if body_tripped.load(std::sync::atomic::Ordering::Acquire) {
-            tracing::warn!(pool = %pool.name, request_id, uri = %uri, limit = pool.config.max_body.unwrap_or(0), "streamed request body passed max-body, cut off with 413");
+            if crate::logging::ratelimit::allow(&crate::logging::ratelimit::BODY_CUT_OFF, &pool.name) {
+                tracing::warn!(pool = %pool.name, request_id, uri = %uri, limit = pool.config.max_body.unwrap_or(0), "streamed request body passed max-body, cut off with 413");
+            }
             break 'done (413, outcome.body_bytes, Some(&pool.name));
         }
         match outcome.redirect {
@@ -289,5 +297,15 @@ pub async fn serve<S: BodySource, K: ResponseSink>(
             pool: pool_name.map(|p| &**p).unwrap_or(""),
             request_id,
         });
+    }
+}
+
+/// The rate-limited log line of a 503 (logging/ratelimit.rs): one kind per reason.
+fn rejection_kind(e: &AcquireError) -> &'static crate::logging::ratelimit::Kind {
+    use crate::logging::ratelimit as rl;
+    match e {
+        AcquireError::QueueFull(_) => &rl::QUEUE_FULL,
+        AcquireError::Timeout(_) => &rl::QUEUE_TIMEOUT,
+        AcquireError::Unavailable(_) => &rl::UNAVAILABLE,
     }
 }

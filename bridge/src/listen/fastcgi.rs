@@ -102,7 +102,9 @@ where
             if let Err(e) = conn.process() {
                 // Whatever is queued for the web server still goes out; then this
                 // connection (only) closes, abandoning its requests.
-                tracing::warn!(listener = %conn.ctx.name, peer = %conn.peer, "FastCGI protocol error, closing the connection: {e}");
+                if crate::logging::ratelimit::allow(&crate::logging::ratelimit::FASTCGI_PROTOCOL, &conn.ctx.name) {
+                    tracing::warn!(listener = %conn.ctx.name, peer = %conn.peer, "FastCGI protocol error, closing the connection: {e}");
+                }
                 let _ = wr.write_all(&conn.wbuf).await;
                 return;
             }

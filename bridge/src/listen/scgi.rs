@@ -51,7 +51,9 @@ where
         Ok(Ok(Some(p))) => p,
         Ok(Ok(None)) => return,
         Ok(Err(e)) => {
-            tracing::warn!(listener = %ctx.name, peer, "SCGI protocol error, closing the connection: {e}");
+            if crate::logging::ratelimit::allow(&crate::logging::ratelimit::SCGI_PROTOCOL, &ctx.name) {
+                tracing::warn!(listener = %ctx.name, peer, "SCGI protocol error, closing the connection: {e}");
+            }
             return;
         }
         Err(_) => {
