@@ -2,7 +2,8 @@
 //! protocol errors) are rate-limited, so an overload or a scan does not also fill the disk.
 //!
 //! Per pool (or listener) and kind of line: the first occurrence is logged in full at
-//! once; the ones within the next second are only counted, and one summary line per second
+//! once (the first few, for kinds whose lines differ in more than the request: [`Kind::burst`]);
+//! the others within the next second are only counted, and one summary line per second
 //! gives their number ("pool app: 1234 more requests answered 503 (queue full) in the last
 //! 1.0s"). The summary is written by the next occurrence after the second, or by the
 //! flusher task ([`flusher`]) when none comes, so the count of a burst that stops is never
@@ -40,26 +41,32 @@ pub struct Kind {
     /// Why: "queue full".
     pub reason: &'static str,
     pub level: Level,
+    /// Occurrences logged in full in a second before the others are only counted.
+    pub burst: u32,
 }
 
 /// 503: more requests waiting than `queue-size`.
-pub static QUEUE_FULL: Kind = Kind { scope: Scope::Pool, what: "requests answered 503", reason: "queue full", level: Level::Warn };
+pub static QUEUE_FULL: Kind = Kind { scope: Scope::Pool, what: "requests answered 503", reason: "queue full", level: Level::Warn, burst: 1 };
 /// 503: no worker became free within `queue-timeout`.
-pub static QUEUE_TIMEOUT: Kind = Kind { scope: Scope::Pool, what: "requests answered 503", reason: "queue timeout", level: Level::Warn };
+pub static QUEUE_TIMEOUT: Kind = Kind { scope: Scope::Pool, what: "requests answered 503", reason: "queue timeout", level: Level::Warn, burst: 1 };
 /// 503: the pool has no worker and cannot start one.
-pub static UNAVAILABLE: Kind = Kind { scope: Scope::Pool, what: "requests answered 503", reason: "pool unavailable", level: Level::Warn };
+pub static UNAVAILABLE: Kind = Kind { scope: Scope::Pool, what: "requests answered 503", reason: "pool unavailable", level: Level::Warn, burst: 1 };
+// A client's own mistakes (a URI, a body, a record) differ from one request to the next:
+// a few are kept in full each second, to see what a misbehaving client sends.
+const CLIENT_BURST: u32 = 5;
+
 /// 413: the declared body is larger than `max-body`.
-pub static TOO_LARGE: Kind = Kind { scope: Scope::Pool, what: "requests answered 413", reason: "body larger than max-body", level: Level::Warn };
+pub static TOO_LARGE: Kind = Kind { scope: Scope::Pool, what: "requests answered 413", reason: "body larger than max-body", level: Level::Warn, burst: CLIENT_BURST };
 /// 413: a streamed body passed `max-body`.
-pub static BODY_CUT_OFF: Kind = Kind { scope: Scope::Pool, what: "requests cut off with 413", reason: "streamed body passed max-body", level: Level::Warn };
+pub static BODY_CUT_OFF: Kind = Kind { scope: Scope::Pool, what: "requests cut off with 413", reason: "streamed body passed max-body", level: Level::Warn, burst: CLIENT_BURST };
 /// 404: no route of the listener matches.
-pub static NO_ROUTE: Kind = Kind { scope: Scope::Listener, what: "requests answered 404", reason: "no route matches", level: Level::Info };
+pub static NO_ROUTE: Kind = Kind { scope: Scope::Listener, what: "requests answered 404", reason: "no route matches", level: Level::Info, burst: CLIENT_BURST };
 /// A FastCGI connection closed for a protocol error.
-pub static FASTCGI_PROTOCOL: Kind = Kind { scope: Scope::Listener, what: "connections closed", reason: "FastCGI protocol error", level: Level::Warn };
+pub static FASTCGI_PROTOCOL: Kind = Kind { scope: Scope::Listener, what: "connections closed", reason: "FastCGI protocol error", level: Level::Warn, burst: CLIENT_BURST };
 /// An SCGI connection closed for a protocol error.
-pub static SCGI_PROTOCOL: Kind = Kind { scope: Scope::Listener, what: "connections closed", reason: "SCGI protocol error", level: Level::Warn };
+pub static SCGI_PROTOCOL: Kind = Kind { scope: Scope::Listener, what: "connections closed", reason: "SCGI protocol error", level: Level::Warn, burst: CLIENT_BURST };
 /// A TCP connection from a peer FCGI_WEB_SERVER_ADDRS does not list.
-pub static PEER_REFUSED: Kind = Kind { scope: Scope::Listener, what: "connections refused", reason: "peer not in FCGI_WEB_SERVER_ADDRS", level: Level::Warn };
+pub static PEER_REFUSED: Kind = Kind { scope: Scope::Listener, what: "connections refused", reason: "peer not in FCGI_WEB_SERVER_ADDRS", level: Level::Warn, burst: CLIENT_BURST };
 
 /// What to do with one occurrence.
 #[derive(Debug, PartialEq, Eq)]
@@ -91,8 +98,11 @@ impl Eq for Kind {}
 struct Entry {
     kind: &'static Kind,
     name: Box<str>,
-    /// Start of the current window: the full line, or the last summary.
+    /// Start of the current window: the first full line, or the last summary.
     since: Instant,
+    /// Full lines in this window (set to the burst after a summary: a flood that goes on
+    /// is only summarised).
+    logged: u32,
     suppressed: u64,
 }
 
@@ -111,18 +121,24 @@ impl Limiter {
     /// One occurrence of `kind` for the pool or listener `name` at `now`.
     pub fn hit(&mut self, kind: &'static Kind, name: &str, now: Instant) -> Hit {
         let Some(e) = self.entries.iter_mut().find(|e| std::ptr::eq(e.kind, kind) && &*e.name == name) else {
-            self.entries.push(Entry { kind, name: name.into(), since: now, suppressed: 0 });
+            self.entries.push(Entry { kind, name: name.into(), since: now, logged: 1, suppressed: 0 });
             return Hit::Log;
         };
         let over = now.saturating_duration_since(e.since);
         if over < self.window {
+            if e.logged < kind.burst {
+                e.logged += 1;
+                return Hit::Log;
+            }
             e.suppressed += 1;
             return Hit::Counted;
         }
         e.since = now;
         if e.suppressed == 0 {
+            e.logged = 1;
             return Hit::Log;
         }
+        e.logged = kind.burst;
         let count = std::mem::take(&mut e.suppressed) + 1;
         Hit::Summary(Summary { kind, name: e.name.clone(), count, over })
     }
@@ -142,6 +158,7 @@ impl Limiter {
             }
             out.push(Summary { kind: e.kind, name: e.name.clone(), count: std::mem::take(&mut e.suppressed), over });
             e.since = now;
+            e.logged = e.kind.burst;
             true
         });
         let next = self.entries.iter().map(|e| e.since + window).min();
@@ -294,9 +311,30 @@ mod tests {
         // No flush ran in between: the entry is still there, with nothing counted.
         let t0 = Instant::now();
         let mut l = Limiter::new(WINDOW);
-        assert_eq!(l.hit(&NO_ROUTE, "web", t0), Hit::Log);
-        assert_eq!(l.hit(&NO_ROUTE, "web", at(t0, 1500)), Hit::Log);
-        assert_eq!(l.hit(&NO_ROUTE, "web", at(t0, 1600)), Hit::Counted);
+        assert_eq!(l.hit(&UNAVAILABLE, "app", t0), Hit::Log);
+        assert_eq!(l.hit(&UNAVAILABLE, "app", at(t0, 1500)), Hit::Log);
+        assert_eq!(l.hit(&UNAVAILABLE, "app", at(t0, 1600)), Hit::Counted);
+    }
+
+    #[test]
+    fn a_burst_of_client_errors_keeps_a_few_in_full() {
+        let t0 = Instant::now();
+        let mut l = Limiter::new(WINDOW);
+        for ms in 0..CLIENT_BURST as u64 {
+            assert_eq!(l.hit(&FASTCGI_PROTOCOL, "fcgi", at(t0, ms)), Hit::Log);
+        }
+        assert_eq!(l.hit(&FASTCGI_PROTOCOL, "fcgi", at(t0, 100)), Hit::Counted);
+        assert_eq!(l.flush(at(t0, 1000)).0, vec![summary(&FASTCGI_PROTOCOL, "fcgi", 1, 1000)]);
+        // The flood went on: the next window is only summarised.
+        assert_eq!(l.hit(&FASTCGI_PROTOCOL, "fcgi", at(t0, 1100)), Hit::Counted);
+        // Fewer than the burst per second, with quiet seconds between: never suppressed.
+        let mut l = Limiter::new(WINDOW);
+        for s in 0..10 {
+            for ms in 0..CLIENT_BURST as u64 {
+                assert_eq!(l.hit(&FASTCGI_PROTOCOL, "fcgi", at(t0, s * 2000 + ms * 100)), Hit::Log);
+            }
+            l.flush(at(t0, s * 2000 + 1500));
+        }
     }
 
     #[test]
