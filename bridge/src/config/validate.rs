@@ -3,7 +3,7 @@
 use super::error::{At, ConfigError, Source};
 use super::file::{RawBridge, RawFile};
 use super::hint;
-use super::locate::KeyPath;
+use super::locate::{KeyPath, Seg};
 use super::model::{Config, Global, ListenAddress, Listener, LogFormat, Pool};
 use super::{paths, resolve};
 use std::collections::HashMap;
@@ -20,13 +20,21 @@ pub struct Parsed {
     /// Absolute directory of the file: relative paths inside it resolve here.
     pub dir: PathBuf,
     pub raw: RawFile,
+    /// Keys taken out of the file after errors on them (config/recover.rs).
+    pub dropped: Vec<KeyPath>,
 }
 
 /// Combine parsed files (in name order) into the effective configuration. `errors` holds
-/// those found while reading the files; every pool and listener is still checked, and all
-/// the errors are returned together.
-pub fn merge(dir_shown: &str, files: Vec<Parsed>, search_path: Option<&OsStr>, mut errors: Vec<ConfigError>) -> Result<Config, ConfigError> {
-    let files_unreadable = !errors.is_empty();
+/// those found while reading the files, `incomplete` says a file could not be read to its
+/// end; every pool and listener is still checked, and all the errors are returned together.
+pub fn merge(
+    dir_shown: &str,
+    files: Vec<Parsed>,
+    search_path: Option<&OsStr>,
+    mut errors: Vec<ConfigError>,
+    incomplete: bool,
+) -> Result<Config, ConfigError> {
+    let mut files_unreadable = incomplete;
     let mut listeners_written = 0usize;
     // Pools written but refused: routes to them are not reported again as unknown.
     let mut broken_pools: Vec<String> = Vec::new();
@@ -37,22 +45,32 @@ pub fn merge(dir_shown: &str, files: Vec<Parsed>, search_path: Option<&OsStr>, m
     let mut sources: Vec<Source> = Vec::new();
 
     for (file_no, parsed) in files.into_iter().enumerate() {
-        let Parsed { source, dir, raw } = parsed;
+        let Parsed { source, dir, raw, dropped } = parsed;
+        // What a key taken out after a parse error held is not reported missing again.
+        let mut keep = |e: ConfigError| errors.extend(flatten(e).into_iter().filter(|e| !follows_from(e, &dropped)));
+        for d in &dropped {
+            match &d.0[..] {
+                [Seg::Key(s)] if s == "pools" => files_unreadable = true,
+                [Seg::Key(s), Seg::Key(name)] if s == "pools" => broken_pools.push(name.clone()),
+                [Seg::Key(s), ..] if s == "listeners" => listeners_written += 1,
+                _ => {}
+            }
+        }
         if let Some(bridge) = raw.bridge {
             if let Err(e) = global.add(&source, &dir, bridge) {
-                errors.push(e);
+                keep(e);
             }
         }
         for (name, raw_pool) in raw.pools.map(|p| p.0).unwrap_or_default() {
             let path = KeyPath::of(&["pools", &name]);
             if let Some((_, first)) = pools.iter().find(|(p, _)| p.name == name) {
-                errors.push(source.invalid(&path, format!("pool {name:?} is already defined at {first}")));
+                keep(source.invalid(&path, format!("pool {name:?} is already defined at {first}")));
                 continue;
             }
             match resolve::pool(&source, &dir, &name, raw_pool, search_path) {
                 Ok(pool) => pools.push((pool, source.at(&path))),
                 Err(e) => {
-                    errors.push(e);
+                    keep(e);
                     broken_pools.push(name);
                 }
             }
@@ -62,7 +80,7 @@ pub fn merge(dir_shown: &str, files: Vec<Parsed>, search_path: Option<&OsStr>, m
             let path = KeyPath::of(&["listeners", &name]);
             if let Some(i) = listeners.iter().position(|(l, _)| l.name == name) {
                 let first = &listener_at[i];
-                errors.push(source.invalid(&path, format!("listener {name:?} is already defined at {first}")));
+                keep(source.invalid(&path, format!("listener {name:?} is already defined at {first}")));
                 continue;
             }
             match resolve::listener(&source, &dir, &name, raw_listener) {
@@ -70,7 +88,7 @@ pub fn merge(dir_shown: &str, files: Vec<Parsed>, search_path: Option<&OsStr>, m
                     listeners.push((listener, file_no));
                     listener_at.push(source.at(&path));
                 }
-                Err(e) => errors.push(e),
+                Err(e) => keep(e),
             }
         }
         sources.push(source);
@@ -92,6 +110,23 @@ pub fn merge(dir_shown: &str, files: Vec<Parsed>, search_path: Option<&OsStr>, m
         listeners: listeners.into_iter().map(|(l, _)| l).collect(),
         pools: pools.into_iter().map(|(p, _)| p).collect(),
     })
+}
+
+fn flatten(e: ConfigError) -> Vec<ConfigError> {
+    match e {
+        ConfigError::Several(all) => all,
+        e => vec![e],
+    }
+}
+
+/// Whether `e` is only the absence of a key taken out after a parse error: an error on that
+/// key or inside it, or a "missing key" of the mapping that held it.
+fn follows_from(e: &ConfigError, dropped: &[KeyPath]) -> bool {
+    let ConfigError::Invalid { key, message, .. } = e else { return false };
+    let under = |inner: &str, outer: &str| {
+        inner == outer || inner.strip_prefix(outer).is_some_and(|rest| rest.starts_with('.') || rest.starts_with('['))
+    };
+    dropped.iter().map(ToString::to_string).any(|d| under(key, &d) || (under(&d, key) && message.starts_with("missing key")))
 }
 
 fn check_routes(listeners: &[(Listener, usize)], pools: &[(Pool, At)], broken: &[String], sources: &[Source]) -> Result<(), ConfigError> {
