@@ -57,6 +57,7 @@ pub fn render(config: &Config, dir: &str) -> String {
         None => out.push_str("  # access-log: not set: no access log\n"),
     }
     field(&mut out, 2, "shutdown-timeout", &DurationDisplay(g.shutdown_timeout).to_string());
+    field(&mut out, 2, "log-rate-limit", if g.log_rate_limit { "true" } else { "false" });
     crate::status::render_check(&mut out, g);
 
     out.push_str(if config.pools.is_empty() { "pools: {}\n" } else { "pools:\n" });
@@ -272,6 +273,7 @@ mod tests {
                 access_log_format: None,
                 status: None,
                 control_socket: None,
+                log_rate_limit: false,
             },
             listeners: vec![
                 Listener {

@@ -36,6 +36,8 @@ pub struct RawBridge {
     pub status: Option<RawStatus>,
     /// The unix socket `fcgibridge status|reload|stop` talk to.
     pub control_socket: Option<String>,
+    /// Summarise the log lines a client can cause per request (logging/ratelimit.rs).
+    pub log_rate_limit: Option<bool>,
 }
 
 /// `bridge: status:`.

@@ -34,6 +34,8 @@ pub struct Global {
     pub status: Option<StatusListen>,
     /// Control socket path; None: `<runtime-dir>/control.sock`.
     pub control_socket: Option<PathBuf>,
+    /// Repeated 503/404/413/protocol-error lines summarised once a second (default on).
+    pub log_rate_limit: bool,
 }
 
 /// `bridge: status:` — a small HTTP server for the status page (loopback or unix only).

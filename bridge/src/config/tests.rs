@@ -93,6 +93,7 @@ fn a_pool_needs_only_its_app_and_everything_else_defaults() {
             access_log_format: None,
             status: None,
             control_socket: None,
+            log_rate_limit: true,
         }
     );
     let pool = &config.pools[0];
@@ -126,6 +127,7 @@ bridge:
   log-format: json
   access-log: ../log/access.log
   shutdown-timeout: 1m30s
+  log-rate-limit: false
 pools:
   api:
     app: mysite.wsgi:application
@@ -158,6 +160,7 @@ listeners:
     assert_eq!(config.global.log_format, LogFormat::Json);
     assert_eq!(config.global.access_log, Some(r.join("log/access.log")));
     assert_eq!(config.global.shutdown_timeout, Duration::from_secs(90));
+    assert!(!config.global.log_rate_limit);
 
     let pool = &config.pools[0];
     assert_eq!(pool.app, App::Module { module: "mysite.wsgi".into(), callable: "application".into() });

@@ -204,6 +204,7 @@ struct GlobalBuilder {
     access_log_format: Option<String>,
     status: Option<super::model::StatusListen>,
     control_socket: Option<PathBuf>,
+    log_rate_limit: Option<bool>,
 }
 
 impl GlobalBuilder {
@@ -280,6 +281,10 @@ impl GlobalBuilder {
             }
             self.control_socket = Some(paths::resolve(dir, &sock));
         }
+        if let Some(on) = raw.log_rate_limit {
+            self.claim(source, "log-rate-limit")?;
+            self.log_rate_limit = Some(on);
+        }
         Ok(())
     }
 
@@ -294,6 +299,7 @@ impl GlobalBuilder {
             access_log_format: self.access_log_format,
             status: self.status,
             control_socket: self.control_socket,
+            log_rate_limit: self.log_rate_limit.unwrap_or(true),
         }
     }
 }

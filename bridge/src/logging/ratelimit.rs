@@ -11,6 +11,8 @@
 //! whole second starts over: its next occurrence is logged in full again.
 //!
 //! The state is one small list under one mutex, taken only on these (error) paths.
+//! `log-rate-limit: false` (bridge section) writes every line in full instead.
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{LazyLock, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
@@ -180,6 +182,12 @@ impl Limiter {
 }
 
 static LIMITER: LazyLock<Mutex<Limiter>> = LazyLock::new(|| Mutex::new(Limiter::new(WINDOW)));
+static ENABLED: AtomicBool = AtomicBool::new(true);
+
+/// `log-rate-limit`: false logs every occurrence in full.
+pub fn set_enabled(on: bool) {
+    ENABLED.store(on, Ordering::Relaxed);
+}
 /// Wakes the flusher when the first entry appears (it sleeps while there is none).
 static WAKE: LazyLock<Notify> = LazyLock::new(Notify::new);
 
@@ -191,6 +199,9 @@ fn limiter() -> std::sync::MutexGuard<'static, Limiter> {
 /// Whether to write the full line of this occurrence of `kind` for `name` (a pool or
 /// listener); when not, it is counted, and a due summary is written here.
 pub fn allow(kind: &'static Kind, name: &str) -> bool {
+    if !ENABLED.load(Ordering::Relaxed) {
+        return true;
+    }
     let now = Instant::now();
     let (hit, was_empty) = {
         let mut l = limiter();
