@@ -12,7 +12,6 @@ from pathlib import Path
 import re
 import signal
 import threading
-import time
 import urllib.request
 
 import pytest
@@ -213,18 +212,18 @@ def test_access_log_format_and_sigusr1_reopen(sb):
 
 def test_slowlog_writes_the_python_stack_while_the_request_runs(sb):
     mark = sb.log.mark()
-    started = time.monotonic()
     result = {}
-    t = threading.Thread(target=lambda: result.update(r=sb.request("/sleep", query="s=2.5", listener="front")))
+    # 6 s: the stack (due after slowlog-timeout, 500 ms) has room on a loaded machine
+    t = threading.Thread(target=lambda: result.update(r=sb.request("/sleep", query="s=6", listener="front")))
     t.start()
     try:
-        slow = sb.log.wait_for([r"slow request: GET /sleep\?s=2\.5", r"alpha"], since=mark, timeout=20)
+        slow = sb.log.wait_for([r"slow request: GET /sleep\?s=6\b", r"alpha"], since=mark, timeout=20)
         rid = re.search(r"request_id=(\d+)", slow[0]).group(1)
         # The stack names the app's frame, tagged with the same request id ...
         sb.log.wait_for([rf"\[stack request_id={rid} ", r"edge_app\.py.*in application"], since=mark, timeout=20)
         sb.log.wait_for([rf"\[stack request_id={rid} ", r"time\.sleep"], since=mark, timeout=20)
         # ... while the request is still running.
-        assert t.is_alive() and time.monotonic() - started < 2.5
+        assert t.is_alive()
     finally:
         t.join(30)
     assert result["r"].status == 200
