@@ -152,7 +152,7 @@ impl Source {
                 keyed(format!("invalid value {unexpected}; expected {expected}"), path_here)
             }
             E::InvalidScalar { ty, .. } if ty.starts_with('u') => {
-                let least = path_here.map_or(0, |p| super::resolve::least(p));
+                let least = path_here.map_or(0, super::resolve::least);
                 keyed(format!("expected a whole number, {least} or more"), path_here)
             }
             E::Unexpected { expected, .. } => {

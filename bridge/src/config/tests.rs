@@ -569,3 +569,13 @@ fn whole_number_bounds_are_the_real_ones() {
         }
     }
 }
+
+#[test]
+fn every_bridge_key_is_checked() {
+    let text = "bridge:\n  log-format: jsno\n  access-log: ''\n  log-level: \"fcgibridge=loud\"\n";
+    let lines = error_lines(&valid("bridge-keys").file("30-x.yaml", text));
+    assert_eq!(lines.len(), 3, "{lines:#?}");
+    assert!(lines[0].starts_with("2:3: bridge.log-format: unknown format \"jsno\""), "{lines:#?}");
+    assert!(lines[1].starts_with("3:3: bridge.access-log: is empty"), "{lines:#?}");
+    assert!(lines[2].starts_with("4:3: bridge.log-level: \"fcgibridge=loud\" is not a log filter"), "{lines:#?}");
+}

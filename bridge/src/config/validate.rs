@@ -220,72 +220,106 @@ impl GlobalBuilder {
         Ok(path)
     }
 
+    /// Every key of one file's `bridge:` section; all the errors are returned.
     fn add(&mut self, source: &Source, dir: &Path, raw: RawBridge) -> Result<(), ConfigError> {
+        let mut errs = Vec::new();
+        // One closure per key: its first error ends that key only.
+        let mut key = |r: Result<(), ConfigError>| errs.extend(r.err());
         if let Some(dir_text) = raw.runtime_dir {
-            let path = self.claim(source, "runtime-dir")?;
-            if dir_text.is_empty() {
-                return Err(source.invalid(&path, "is empty; leave the key out for the default"));
-            }
-            self.runtime_dir = Some(paths::resolve(dir, &dir_text));
+            key((|| {
+                let path = self.claim(source, "runtime-dir")?;
+                if dir_text.is_empty() {
+                    return Err(source.invalid(&path, "is empty; leave the key out for the default"));
+                }
+                self.runtime_dir = Some(paths::resolve(dir, &dir_text));
+                Ok(())
+            })());
         }
         if let Some(level) = raw.log_level {
-            let path = self.claim(source, "log-level")?;
-            tracing_subscriber::EnvFilter::try_new(&level).map_err(|e| {
-                source.invalid(&path, format!("{level:?} is not a log filter ({e}); write e.g. info, debug, or fcgibridge=debug"))
-            })?;
-            self.log_level = Some(level);
+            key((|| {
+                let path = self.claim(source, "log-level")?;
+                tracing_subscriber::EnvFilter::try_new(&level).map_err(|e| {
+                    source.invalid(&path, format!("{level:?} is not a log filter ({e}); write e.g. info, debug, or fcgibridge=debug"))
+                })?;
+                self.log_level = Some(level);
+                Ok(())
+            })());
         }
         if let Some(format) = raw.log_format {
-            let path = self.claim(source, "log-format")?;
-            self.log_format = Some(match format.as_str() {
-                "text" => LogFormat::Text,
-                "json" => LogFormat::Json,
-                other => {
-                    let hint = hint::suggestion(other, &["text", "json"]);
-                    return Err(source.invalid(&path, format!("unknown format {other:?}{hint}")));
-                }
-            });
+            key((|| {
+                let path = self.claim(source, "log-format")?;
+                self.log_format = Some(match format.as_str() {
+                    "text" => LogFormat::Text,
+                    "json" => LogFormat::Json,
+                    other => {
+                        let hint = hint::suggestion(other, &["text", "json"]);
+                        return Err(source.invalid(&path, format!("unknown format {other:?}{hint}")));
+                    }
+                });
+                Ok(())
+            })());
         }
         if let Some(log) = raw.access_log {
-            let path = self.claim(source, "access-log")?;
-            self.access_log = Some(match log.as_str() {
-                "" => return Err(source.invalid(&path, "is empty; write a file path, \"-\" for the main log, or leave the key out")),
-                "-" => PathBuf::from("-"),
-                file => paths::resolve(dir, file),
-            });
+            key((|| {
+                let path = self.claim(source, "access-log")?;
+                self.access_log = Some(match log.as_str() {
+                    "" => return Err(source.invalid(&path, "is empty; write a file path, \"-\" for the main log, or leave the key out")),
+                    "-" => PathBuf::from("-"),
+                    file => paths::resolve(dir, file),
+                });
+                Ok(())
+            })());
         }
         if let Some(timeout) = raw.shutdown_timeout {
-            self.claim(source, "shutdown-timeout")?;
-            self.shutdown_timeout = Some(timeout.0);
+            key((|| {
+                self.claim(source, "shutdown-timeout")?;
+                self.shutdown_timeout = Some(timeout.0);
+                Ok(())
+            })());
         }
         if let Some(file) = raw.log_file {
-            let path = self.claim(source, "log-file")?;
-            if file.is_empty() || file == "-" {
-                return Err(source.invalid(&path, "write a file path, or leave the key out to log to stderr"));
-            }
-            self.log_file = Some(paths::resolve(dir, &file));
+            key((|| {
+                let path = self.claim(source, "log-file")?;
+                if file.is_empty() || file == "-" {
+                    return Err(source.invalid(&path, "write a file path, or leave the key out to log to stderr"));
+                }
+                self.log_file = Some(paths::resolve(dir, &file));
+                Ok(())
+            })());
         }
         if let Some(format) = raw.access_log_format {
-            let path = self.claim(source, "access-log-format")?;
-            crate::logging::access_format::check(&format).map_err(|m| source.invalid(&path, m))?;
-            self.access_log_format = Some(format);
+            key((|| {
+                let path = self.claim(source, "access-log-format")?;
+                crate::logging::access_format::check(&format).map_err(|m| source.invalid(&path, m))?;
+                self.access_log_format = Some(format);
+                Ok(())
+            })());
         }
         if let Some(status) = raw.status {
-            let path = self.claim(source, "status")?;
-            self.status = Some(super::status_key::resolve(status, dir).map_err(|(key, m)| source.invalid(&path.key(key), m))?);
+            key((|| {
+                let path = self.claim(source, "status")?;
+                self.status = Some(super::status_key::resolve(status, dir).map_err(|(key, m)| source.invalid(&path.key(key), m))?);
+                Ok(())
+            })());
         }
         if let Some(sock) = raw.control_socket {
-            let path = self.claim(source, "control-socket")?;
-            if sock.is_empty() {
-                return Err(source.invalid(&path, "is empty; write a socket path or leave the key out for <runtime-dir>/control.sock"));
-            }
-            self.control_socket = Some(paths::resolve(dir, &sock));
+            key((|| {
+                let path = self.claim(source, "control-socket")?;
+                if sock.is_empty() {
+                    return Err(source.invalid(&path, "is empty; write a socket path or leave the key out for <runtime-dir>/control.sock"));
+                }
+                self.control_socket = Some(paths::resolve(dir, &sock));
+                Ok(())
+            })());
         }
         if let Some(on) = raw.log_rate_limit {
-            self.claim(source, "log-rate-limit")?;
-            self.log_rate_limit = Some(on);
+            key((|| {
+                self.claim(source, "log-rate-limit")?;
+                self.log_rate_limit = Some(on);
+                Ok(())
+            })());
         }
-        Ok(())
+        ConfigError::from_all(errs)
     }
 
     fn finish(self) -> Global {
