@@ -31,7 +31,11 @@ def pytest_collection_modifyitems(config, items):
 def bridge(tmp_path_factory):
     """The main bridge: flask, django, edge and validated pools behind six listeners."""
     workdir = tmp_path_factory.mktemp("bridge")
-    b = make_bridge(workdir, main_pools(), main_listeners(workdir, free_ports(6)))
+    # test_bad_input.py sends one bad input after another, far more than the few a second
+    # the default rate limit logs in full, and waits for each one's own line.
+    # test_log_limits.py tests the default.
+    b = make_bridge(workdir, main_pools(), main_listeners(workdir, free_ports(6)),
+                    bridge_extra={"log-rate-limit": False})
     try:
         b.start()
         b.wait_ready(main_probes())

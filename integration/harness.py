@@ -40,11 +40,37 @@ DEFAULT_TIMEOUT = 300
 
 # ------------------------------------------------------------------ helpers
 
+def _ephemeral_floor() -> int:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_ports(n: int) -> list[int]:
-    """n distinct free loopback TCP ports (held open together while picking)."""
+    """n distinct free loopback TCP ports (held open together while picking).
+
+    Picked at random below the kernel's ephemeral range: a port that range hands out
+    (bind to port 0) may, once closed, become the source port of any outgoing connection on
+    the machine (this suite's own clients, nginx, other test runs) before the bridge binds
+    it, and the bridge would then fail with "address in use"."""
+    import random
+    floor = _ephemeral_floor()
+    low = 10000 if floor > 20000 else 1024
     socks = []
     try:
-        for _ in range(n):
+        for _ in range(1000):
+            if len(socks) == n:
+                break
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            try:
+                s.bind(("127.0.0.1", random.randrange(low, floor)))
+            except OSError:
+                s.close()
+                continue
+            socks.append(s)
+        while len(socks) < n:  # a crowded range: fall back to the kernel's choice
             s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             s.bind(("127.0.0.1", 0))
             socks.append(s)
@@ -300,6 +326,13 @@ class Bridge:
         headers = dict(kw.pop("headers", {}) or {})
         headers.setdefault("Host", POOL_HOSTS.get(pool, pool))
         return fcgi_client.fcgi_request(self.listener_address(listener), path, headers=headers, **kw)
+
+    def pool_status(self, pool: str) -> dict:
+        """The pool's numbers from `fcgibridge status --json` (the control socket)."""
+        r = subprocess.run([str(self.binary), "status", "--json", "--config", str(self.confdir)],
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        return next(p for p in json.loads(r.stdout)["pools"] if p["name"] == pool)
 
     def status_of(self, pid: int, field: str) -> int:
         """A size field of /proc/<pid>/status (e.g. VmHWM), in bytes."""

@@ -145,6 +145,35 @@ class Hammer:
         return sum(self.statuses.values())
 
 
+class Held:
+    """Requests that each hold a worker thread (lifecycle_app's /hold) until released: a
+    test of busy workers waits for them to run instead of racing sleeps of fixed length."""
+
+    def __init__(self, b, pool_name: str, n: int, name: str = "held"):
+        self.b = b
+        self.marks = [f"{name}-{i}" for i in range(n)]
+        self.calls = [Background(lambda m=m: get(b, pool_name, "/hold", f"mark={m}")) for m in self.marks]
+
+    def running(self) -> dict:
+        """mark -> pid of the held requests running now."""
+        out = {}
+        for m in self.marks:
+            try:
+                out[m] = int((self.b.workdir / f"{m}.started").read_text())
+            except (FileNotFoundError, ValueError):
+                pass
+        return out
+
+    def wait_running(self, n: int, timeout: float = 60.0) -> dict:
+        return wait_until(lambda: (lambda r: r if len(r) >= n else None)(self.running()), timeout,
+                          0.05, what=f"{n} held requests running")
+
+    def release(self) -> list:
+        for m in self.marks:
+            (self.b.workdir / f"{m}.release").write_text("")
+        return [c.result() for c in self.calls]
+
+
 def wait_for_new_pid(b, pool_name: str, old: set, timeout: float = 30.0) -> int:
     def changed():
         p = pid_of(get(b, pool_name, "/pid"))
@@ -156,5 +185,5 @@ def sleep_until(pred, timeout, what):
     return wait_until(pred, timeout, 0.1, what=what)
 
 
-__all__ = ["APP", "Background", "Hammer", "alive", "get", "lc_pool", "pid_of", "sleep_until", "start",
+__all__ = ["APP", "Background", "Hammer", "Held", "alive", "get", "lc_pool", "pid_of", "sleep_until", "start",
            "wait_for_new_pid", "worker_pids", "time"]

@@ -3,10 +3,11 @@ level, logger name, pool, pid and request id (JSON log format, so fields are exa
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
-from harness import APPS, free_ports, make_bridge
+from harness import APPS, free_ports, make_bridge, wait_until
 
 
 @pytest.fixture(scope="module")
@@ -50,9 +51,10 @@ def test_logging_records_keep_level_logger_and_request_id(lb):
     assert by_msg["stock low for widget"]["level"] == "WARN"
     err = by_msg["could not compute"]
     assert err["level"] == "ERROR" and "ZeroDivisionError" in err["fields"]["message"]
-    # The same request id as the access log's line for this request.
-    access = (lb.workdir / "access.log").read_text()
-    assert f"id={rid}" in access and "/log" in access
+    # The same request id as the access log's line for this request (written by the
+    # access log's own thread after the response went out: waited for).
+    line = re.compile(rf'"GET /log" 200 .* id={rid}$', re.M)
+    wait_until(lambda: line.search((lb.workdir / "access.log").read_text()), 30, what=f"the access line of request {rid}")
 
 
 def test_wsgi_errors_carry_the_request_id(lb):

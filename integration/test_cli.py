@@ -131,8 +131,8 @@ def test_check_bad_duration_and_yaml_syntax(tmp_path):
 
 def test_check_names_every_error_of_every_file(tmp_path):
     files = dict(GOOD)
-    files["40-bad.yaml"] = "pools:\n  slow:\n    app: mysite.wsgi:application\n    queue-timeout: 30 parsecs\n"
-    files["50-typo.yaml"] = "pools:\n  extra:\n    app: mysite.wsgi:application\n    thread: 2\n"
+    files["40-bad.yaml"] = "pools:\n  slow:\n    app: mysite.wsgi:application\n    queue-timeout: 30 parsecs\n" + ROOT_OK
+    files["50-typo.yaml"] = "pools:\n  extra:\n    app: mysite.wsgi:application\n    thread: 2\n" + ROOT_OK
     files["60-listen.yaml"] = "listeners:\n  files:\n    fastcgi: 127.0.0.1:1\n    pool: flask\n    file-handoff: serve\n"
     r = run("check", "--config", str(write_conf(tmp_path, files)))
     assert r.returncode != 0
@@ -140,6 +140,56 @@ def test_check_names_every_error_of_every_file(tmp_path):
     assert [re.match(r".*/(\d\d-[a-z]+\.yaml):", ln).group(1) for ln in lines] == \
         ["40-bad.yaml", "50-typo.yaml", "60-listen.yaml"], r.stderr
     assert "queue-timeout" in lines[0] and "thread" in lines[1] and "file-roots" in lines[2], r.stderr
+
+
+FOUR_MISTAKES = (
+    "pools:\n"
+    "  extra:\n"
+    "    app: mysite.wsgi:application\n"
+    "    threads: 0\n"              # a value below its bound
+    "    processes: many\n"         # a wrong type
+    "    queue-timout: 5s\n"        # an unknown key
+    "    startup-timeout: soon\n"   # a bad duration
+    "    allow-root: true\n"        # (CI runs as root; harmless otherwise)
+    "listeners:\n"
+    "  l2:\n"
+    "    fastcgi: 127.0.0.1:9414\n"
+    "    pool: flask\n"
+    "    backlog: 0\n"
+    "    dialect: klingon\n"
+    "    mount: app\n"
+    "    socket-mode: '0600'\n"
+)
+
+
+@pytest.mark.parametrize("command", ["check", "run"])
+def test_every_mistake_of_one_file_in_one_run(tmp_path, command):
+    """Issue 13 item 11: four mistakes in one pool, four keys of one listener, each with
+    file:line:column, in one run; the bound is the real one; a syntax error in another file
+    stops only that file, and says so."""
+    files = dict(GOOD)
+    files["40-four.yaml"] = FOUR_MISTAKES
+    files["50-broken.yaml"] = "pools:\n  other: {app: x\n"
+    r = run(command, "--config", str(write_conf(tmp_path, files)), timeout=60)
+    assert r.returncode != 0
+    lines = [re.sub(r"^.*/conf\.d/", "", ln) for ln in r.stderr.strip().splitlines()]
+    # `run` writes its log line around each error
+    lines = [re.sub(r"^.*?ERROR\s+\S+\s+", "", ln) for ln in lines]
+    want = [
+        "40-four.yaml:4:5: pools.extra.threads: must be 1 or more",
+        "40-four.yaml:5:16: pools.extra.processes: expected a whole number, 1 or more",
+        "40-four.yaml:6:5: pools.extra.queue-timout: unknown key; did you mean \"queue-timeout\"?",
+        "40-four.yaml:7:22: pools.extra.startup-timeout: invalid duration \"soon\"",
+        "40-four.yaml:13:5: listeners.l2.backlog: must be 1 or more",
+        "40-four.yaml:14:5: listeners.l2.dialect: unknown web server \"klingon\"",
+        "40-four.yaml:15:5: listeners.l2.mount: \"app\" must be a path starting with /",
+        "40-four.yaml:16:5: listeners.l2.socket-mode: applies only to unix socket listeners",
+        "50-broken.yaml:2:10: unclosed bracket",
+    ]
+    assert len(lines) == len(want), r.stderr
+    for line, w in zip(lines, want):
+        assert line.startswith(w), f"got:  {line}\nwant: {w}\n{r.stderr}"
+    assert lines[-1].endswith("(the rest of this file is not checked until this is fixed)"), r.stderr
 
 
 def test_run_refuses_a_bad_config(tmp_path):

@@ -1,5 +1,6 @@
 """The daemon's own behaviour: bounded queue and queue timeout (503), graceful SIGTERM,
 unix socket files (mode, stale file replaced, live one never stolen)."""
+import json
 import os
 import signal
 import socket
@@ -24,7 +25,7 @@ def tiny(tmp_path):
     """One worker thread, a queue of one request, waiting at most 2 s."""
     port = free_ports(1)[0]
     b = make_bridge(tmp_path, {"tiny": edge_pool(processes=1, threads=1, **{"queue-size": 1, "queue-timeout": "2s"})},
-                    {"fcgi-tcp": {"fastcgi": f"127.0.0.1:{port}", "pool": "tiny"}})
+                    {"fcgi-tcp": {"fastcgi": f"127.0.0.1:{port}", "pool": "tiny", "status-path": "/fcgibridge-status"}})
     try:
         b.start().wait_ready([("fcgi-tcp", "/health", "x")])
         yield b
@@ -48,21 +49,26 @@ def _in_thread(fn):
 
 def test_queue_full_is_503_at_once_and_queue_timeout_is_503_with_retry_after(tiny):
     tag = "busy-" + uuid.uuid4().hex[:8]
-    busy_t, busy = _in_thread(lambda: tiny.request("/sleep", query=f"s=6&tag={tag}"))
+    busy_t, busy = _in_thread(lambda: tiny.request("/sleep", query=f"s=8&tag={tag}"))
     wait_until(lambda: (tiny.workdir / f"{tag}.pid").exists(), 30, what="the only thread busy")
-    # two more requests: whichever reaches the queue first waits there and gives up after
-    # queue-timeout (2 s) with Retry-After; the other finds the queue full: 503 at once
+    # two more requests: the first waits in the queue and gives up after queue-timeout
+    # (2 s) with Retry-After; the second, sent once the first is queued, finds the queue
+    # full: 503 at once
     def timed():
         t0 = time.monotonic()
         resp = tiny.request("/health")
         return resp, time.monotonic() - t0
 
+    def queued():
+        r = fc.fcgi_request(tiny.listener_address("fcgi-tcp"), "/fcgibridge-status", query="json")
+        return json.loads(r.body)["pools"][0]["queue_length"]
+
     a_t, a = _in_thread(timed)
-    time.sleep(0.3)
+    wait_until(lambda: queued() == 1, 30, what="the first request in the queue")
     b_t, b = _in_thread(timed)
     a_t.join(30)
     b_t.join(30)
-    (fast, fast_s), (slow, slow_s) = sorted([a["value"], b["value"]], key=lambda v: v[1])
+    (slow, slow_s), (fast, fast_s) = a["value"], b["value"]
     assert fast.status == 503, fast.stdout[:300]
     assert fast_s < 1.5, f"a full queue must answer 503 at once, took {fast_s:.1f}s"
     assert slow.status == 503, slow.stdout[:300]
@@ -92,7 +98,7 @@ def test_sigterm_lets_in_flight_requests_finish(tmp_path):
         assert b.proc.wait(30) == 0
         # the workers went with it
         wait_until(lambda: not os.path.exists(f"/proc/{worker_pid}") or
-                   open(f"/proc/{worker_pid}/stat").read().split()[2] == "Z", 10, what="worker gone")
+                   open(f"/proc/{worker_pid}/stat").read().split()[2] == "Z", 30, what="worker gone")
         # and no new connection is accepted any more
         with pytest.raises(OSError):
             socket.create_connection(("127.0.0.1", port), timeout=2).close()

@@ -5,7 +5,6 @@ stays the original one, and so do the app's headers that do not describe its bod
 See docs/error-override.md."""
 import json
 import threading
-import time
 
 import pytest
 import requests
@@ -168,22 +167,23 @@ def test_bridge_503_page_served_by_another_pool(env):
     Retry-After kept."""
     bridge, nginx = env
     addr = bridge.listener_address("fcgi")
-    sleeper = threading.Thread(target=fcgi_client.fcgi_request, args=(addr, "/busy/sleep"),
-                               kwargs={"query": "s=4"}, daemon=True)
-    sleeper.start()
-    deadline = time.monotonic() + 3.5
-    r = None
-    while time.monotonic() < deadline:
+    work = bridge.workdir
+    # The thread is held until the test lets it go (a sleep of a few seconds raced the
+    # request below on a loaded machine).
+    holder = threading.Thread(target=fcgi_client.fcgi_request, args=(addr, "/busy/hold"),
+                              kwargs={"query": "mark=busy503"}, daemon=True)
+    holder.start()
+    try:
+        harness.wait_until(lambda: (work / "busy503.started.mark").exists(), 60, what="the busy pool's only thread held")
         r = requests.get(nginx.url("/busy/health"), timeout=30)
-        if r.status_code == 503:
-            break
-        time.sleep(0.05)
-    assert r is not None and r.status_code == 503, "the busy pool never answered 503"
+    finally:
+        (work / "busy503.release").write_text("")
+        holder.join(60)
+    assert r.status_code == 503, "the busy pool did not answer 503"
     assert r.headers["Retry-After"] == "1"
     page = r.json()
     assert page["page"] == "/errorpage/503" and page["REDIRECT_STATUS"] == "503"
     assert page["REDIRECT_URL"] == "/busy/health"
-    sleeper.join(30)
 
 
 def test_bridge_502_uses_the_page(env):

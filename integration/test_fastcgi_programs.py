@@ -134,7 +134,8 @@ def test_php_cgi_pool(programs):
         assert resp.status == 200, resp.stdout[:300]
         assert resp.body == b"php says elephant\n"
         assert resp.header("X-Php") == "yes"
-        assert took < 5, f"request {i} to php-cgi took {took:.1f}s"
+        # (a request sent on a connection php-cgi never accepted waits for good)
+        assert took < 15, f"request {i} to php-cgi took {took:.1f}s"
 
 
 def test_program_pool_check_output(tmp_path):

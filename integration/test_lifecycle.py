@@ -47,8 +47,8 @@ def test_max_requests_jitter_gives_each_worker_its_own_threshold(tmp_path):
 def test_restart_interval_and_min_lifetime(tmp_path):
     b = start(tmp_path, {
         "ri": lc_pool(processes=1, threads=1, **{"restart-interval": "2s", "restart-interval-jitter": 0}),
-        # max-requests 2, but no recycling before 4 s of life
-        "ml": lc_pool(processes=1, threads=1, **{"max-requests": 2, "max-requests-jitter": 0, "min-lifetime": "4s"}),
+        # max-requests 2, but no recycling before 8 s of life (room for a loaded machine)
+        "ml": lc_pool(processes=1, threads=1, **{"max-requests": 2, "max-requests-jitter": 0, "min-lifetime": "8s"}),
     })
     try:
         first_ri = pid_of(get(b, "ri", "/pid"))
@@ -56,12 +56,12 @@ def test_restart_interval_and_min_lifetime(tmp_path):
         t0 = time.monotonic()
         for _ in range(10):
             assert pid_of(get(b, "ml", "/pid")) == first_ml
-        assert time.monotonic() - t0 < 3
-        new_ri = wait_for_new_pid(b, "ri", {first_ri}, timeout=15)
+        assert time.monotonic() - t0 < 5
+        new_ri = wait_for_new_pid(b, "ri", {first_ri}, timeout=30)
         assert new_ri != first_ri
         b.log.wait_for([r"retiring the worker: restart-interval"])
-        new_ml = wait_for_new_pid(b, "ml", {first_ml}, timeout=20)
-        assert time.monotonic() - t0 >= 3.5, "recycled before min-lifetime"
+        new_ml = wait_for_new_pid(b, "ml", {first_ml}, timeout=30)
+        assert time.monotonic() - t0 >= 4, "recycled before min-lifetime"
         assert new_ml != first_ml
     finally:
         b.stop()
@@ -69,22 +69,26 @@ def test_restart_interval_and_min_lifetime(tmp_path):
 
 def test_request_timeout_is_504_with_stacks_and_the_worker_replaced(tmp_path):
     b = start(tmp_path, {"p": lc_pool(processes=1, threads=3,
-                                      **{"request-timeout": "2s", "graceful-timeout": "20s"})})
+                                      **{"request-timeout": "4s", "graceful-timeout": "20s"})})
     try:
         before = pid_of(get(b, "p", "/pid"))
         mark = b.log.mark()
         t0 = time.monotonic()
-        hung = Background(lambda: get(b, "p", "/hang"))
-        time.sleep(1.2)
-        # another request on the same worker, in flight when /hang times out, shorter than
-        # request-timeout itself: it finishes (graceful-timeout is 20 s)
-        other = Background(lambda: get(b, "p", "/sleep", "s=1.5"))
+        hung = Background(lambda: get(b, "p", "/hang", "mark=hung"))
+        wait_until(lambda: (tmp_path / "hung.started").exists(), 60, what="/hang running")
+        t_hang = time.monotonic()
+        # Another request on the same worker, in flight when /hang times out (4 s after it
+        # started, up to a 1 s tick later) and shorter than request-timeout itself: it
+        # finishes (graceful-timeout is 20 s). Started 2 s into /hang on purpose, and it
+        # runs 3 s, so it straddles the timeout with 2 s to spare either way.
+        time.sleep(max(0.0, t_hang + 2.0 - time.monotonic()))
+        other = Background(lambda: get(b, "p", "/sleep", "s=3"))
         r = hung.result()
         took = time.monotonic() - t0
         assert r.status == 504, r.stdout[:300]
-        assert 1.5 < took < 5, took
+        assert 3.5 < took < 30, took
         # the Python stack of the hung thread is in the log, tagged with pool and pid
-        b.log.wait_for([r"request-timeout \(2s\): GET /hang", f"pid={before}"], since=mark)
+        b.log.wait_for([r"request-timeout \(4s\): GET /hang", f"pid={before}"], since=mark)
         b.log.wait_for([r"hang_here", f"pid={before}"], since=mark)
         assert pid_of(other.result()) == before
         # the worker is replaced; requests keep working meanwhile
@@ -120,8 +124,9 @@ def test_graceful_timeout_kills_a_draining_worker_with_stacks(tmp_path):
     b = start(tmp_path, {"p": lc_pool(processes=1, threads=2,
                                       **{"max-requests": 1, "max-requests-jitter": 0, "graceful-timeout": "1s"})})
     try:
-        long = Background(lambda: get(b, "p", "/sleep", "s=30"))
-        time.sleep(0.5)
+        long = Background(lambda: get(b, "p", "/sleep", "s=30&mark=long"))
+        # the long request must be on the worker before the one that reaches max-requests
+        wait_until(lambda: (tmp_path / "long.started").exists(), 60, what="the long request running")
         assert get(b, "p", "/pid").status == 200  # reaches max-requests
         r = long.result(60)
         assert r.status == 502, r.stdout[:200]
@@ -184,7 +189,8 @@ def test_import_error_logged_once_backs_off_and_answers_503_at_once(tmp_path):
         assert delays[:4] == ["500ms", "1s", "2s", "4s"], delays
         t0 = time.monotonic()
         r = get(b, "broken", "/pid")
-        assert r.status == 503 and time.monotonic() - t0 < 1.0, (r.status, time.monotonic() - t0)
+        # at once: not after queue-timeout (30 s) nor the backoff
+        assert r.status == 503 and time.monotonic() - t0 < 10, (r.status, time.monotonic() - t0)
         assert r.header("Retry-After")
         b.log.wait_for([r"answering 503: pool broken cannot start its app \(ModuleNotFoundError"])
         # the other pool is not affected

@@ -68,14 +68,15 @@ def test_a_changed_pool_rolls_without_a_failed_request_and_others_stay(tmp_path)
         b_pid = pid_of(get(b, "b", "/pid"))
         a_before = {pid_of(get(b, "a", "/pid")) for _ in range(10)}
         hammer = Hammer(b, "a", n=4)
-        time.sleep(0.5)
+        wait_until(lambda: hammer.total >= 20, 60, what="requests flowing before the reload")
         rewrite(b, lambda c: c["pools"]["a"]["env"].update(LIFECYCLE_TAG="v2"))
         reload(b)
         b.log.wait_for([r"rolling restart", 'pool="?a'])
         wait_until(lambda: tag_of(b, "a") == "v2", 30, what="pool a on its new configuration")
         # every old worker retired once a new one was ready
         wait_until(lambda: not (worker_pids(b) & a_before), 30, what="the old workers of a gone")
-        time.sleep(0.5)
+        after_roll = hammer.total
+        wait_until(lambda: hammer.total >= max(after_roll + 20, 60), 60, what="requests after the roll")
         hammer.stop()
         assert hammer.errors == [], hammer.errors[:3]
         assert set(hammer.statuses) == {200}, hammer.statuses
@@ -100,21 +101,23 @@ def test_listeners_keep_their_sockets_and_listeners_and_pools_come_and_go(tmp_pa
     try:
         addr_a = b.listener_address("l-a")
         refused = []
+        connected = [0]
         stop = threading.Event()
 
         def connect_loop():
             while not stop.is_set():
                 try:
                     socket.create_connection(addr_a, timeout=5).close()
+                    connected[0] += 1
                 except OSError as e:
                     refused.append(repr(e))
                 time.sleep(0.002)
 
         t = threading.Thread(target=connect_loop, daemon=True)
         t.start()
-        # a request in flight on the pool about to be removed
-        in_flight = Background(lambda: get(b, "gone", "/sleep", "s=2"))
-        time.sleep(0.3)
+        # a request in flight on the pool about to be removed, held until the reload is done
+        in_flight = Background(lambda: get(b, "gone", "/hold", "mark=inflight"))
+        wait_until(lambda: (tmp_path / "inflight.started").exists(), 60, what="the request on pool gone running")
         new_port = free_ports(1)[0]
         gone_addr = b.listener_address("l-gone")
 
@@ -130,12 +133,14 @@ def test_listeners_keep_their_sockets_and_listeners_and_pools_come_and_go(tmp_pa
         assert "pools added: new" in lines[0] and "removed: gone" in lines[0], lines
         assert "listeners added: l-new" in lines[0], lines
         # the removed pool finished its request
+        (tmp_path / "inflight.release").write_text("")
         assert in_flight.result().status == 200
         wait_until(lambda: tag_of(b, "new") == "new", 30, what="the new pool through the new listener")
         # the removed listener no longer accepts
         wait_until(lambda: not _connects(gone_addr), 10, what="the removed listener closed")
         b.log.wait_for([r"pool removed from the configuration"])
-        time.sleep(0.5)
+        after = connected[0]
+        wait_until(lambda: connected[0] >= after + 50, 60, what="connections to l-a after the reload")
         stop.set()
         t.join(10)
         assert refused == [], refused[:3]

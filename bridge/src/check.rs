@@ -58,6 +58,7 @@ pub fn render(config: &Config, dir: &str) -> String {
     }
     field(&mut out, 2, "shutdown-timeout", &DurationDisplay(g.shutdown_timeout).to_string());
     field(&mut out, 2, "header-memory", &SizeDisplay(g.header_memory).to_string());
+    field(&mut out, 2, "log-rate-limit", if g.log_rate_limit { "true" } else { "false" });
     crate::status::render_check(&mut out, g);
 
     out.push_str(if config.pools.is_empty() { "pools: {}\n" } else { "pools:\n" });
@@ -278,6 +279,7 @@ mod tests {
                 status: None,
                 control_socket: None,
                 header_memory: 3 << 20,
+                log_rate_limit: false,
             },
             listeners: vec![
                 Listener {

@@ -150,6 +150,7 @@ async fn run(mut config: crate::config::Config, notifier: Arc<Notifier>, config_
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     crate::status::install(config.listeners.clone());
     crate::status::slowlog::spawn();
+    tokio::spawn(logging::ratelimit::flusher());
     let status_file = status_bound.as_ref().and_then(|(b, _)| b.socket_file());
     if let Some((b, path)) = status_bound {
         tracing::info!(address = %config.global.status.as_ref().map(|s| crate::status::describe(&s.address)).unwrap_or_default(), path = %path, "status listener");
@@ -250,6 +251,7 @@ async fn run(mut config: crate::config::Config, notifier: Arc<Notifier>, config_
         tracing::info!("fast stop");
     }
     supervisor.stop(how).await;
+    logging::ratelimit::flush_all();
     drop(rt_dir);
     tracing::info!("stopped");
     ExitCode::SUCCESS

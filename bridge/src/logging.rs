@@ -2,6 +2,7 @@
 pub mod access_format;
 pub mod app_records;
 pub mod file;
+pub mod ratelimit;
 pub mod reopen;
 
 use crate::config::{Global, LogFormat};
@@ -11,6 +12,7 @@ use tracing_subscriber::EnvFilter;
 
 /// Install the global subscriber. An invalid filter falls back to "info" with a warning.
 pub fn init(global: &Global) {
+    ratelimit::set_enabled(global.log_rate_limit);
     let (filter, bad) = match EnvFilter::try_new(&global.log_level) {
         Ok(f) => (f, None),
         Err(e) => (EnvFilter::new("info"), Some(e)),

@@ -102,6 +102,7 @@ fn apply(dir: &Path, live: Live<'_>, restart_all: bool) -> Result<String, String
         summary.push_str("; ");
         summary.push_str(&n);
     }
+    crate::logging::ratelimit::set_enabled(new.global.log_rate_limit);
     *live.config = new;
     Ok(summary)
 }

@@ -15,6 +15,7 @@ Paths (relative to the app's own PATH_INFO):
   /upload?delay=       reads wsgi.input in chunks to EOF, then sleeps `delay` s: size and sha256 as JSON
   /upload-watch?marker=FILE   reads slowly; writes what happened to FILE
   /sleep?s=&tag=       sleeps, answers its pid; writes the pid to $FCGIBRIDGE_TEST_DIR/<tag>.pid
+  /hold?tag=           like /sleep, until the test creates $FCGIBRIDGE_TEST_DIR/<tag>.release
   /tick?marker=FILE&n= yields every 0.1 s; close() writes "closed" to FILE
   /die/exit            os._exit(1) mid-request
   /die/segv            a segfault mid-request
@@ -231,6 +232,14 @@ def application(environ, start_response):
     if path == "/sleep":
         tag = _tag(q)
         time.sleep(float(q.get("s", "1")))
+        return _json(start_response, {"pid": os.getpid(), "tag": tag})
+
+    if path == "/hold":
+        tag = _tag(q)
+        release = os.path.join(os.environ["FCGIBRIDGE_TEST_DIR"], f"{tag}.release")
+        deadline = time.monotonic() + float(q.get("max", "300"))
+        while not os.path.exists(release) and time.monotonic() < deadline:
+            time.sleep(0.02)
         return _json(start_response, {"pid": os.getpid(), "tag": tag})
 
     if path == "/tick":

@@ -8,7 +8,10 @@ Paths:
   /leak?mb=            keeps mb MiB more (never freed), answers VmRSS
   /spin?s=             burns s seconds of CPU in pure Python, answers like /pid
   /hang                sleeps forever (in function hang_here, for the stack dump)
+  /hold?mark=          holds its thread until the test creates <mark>.release, answers like /pid
   /exit                os._exit(1) mid-request
+With ?mark=NAME, /sleep, /hang and /hold leave NAME.started in $FCGIBRIDGE_TEST_DIR once
+they run (with the pid): a test waits for that instead of guessing with a sleep.
 """
 import json
 import os
@@ -45,6 +48,16 @@ def _rss():
     return 0
 
 
+def _started(q):
+    name = q.get("mark")
+    marks = os.environ.get("FCGIBRIDGE_TEST_DIR")
+    if name and marks:
+        path = os.path.join(marks, name + ".started")
+        with open(path + ".tmp", "w") as f:
+            f.write(str(os.getpid()))
+        os.replace(path + ".tmp", path)
+
+
 def hang_here():
     while True:
         time.sleep(0.5)
@@ -59,7 +72,15 @@ def application(environ, start_response):
     if path == "/pid":
         return _json(start_response, _who())
     if path == "/sleep":
+        _started(q)
         time.sleep(float(q.get("s", "1")))
+        return _json(start_response, _who())
+    if path == "/hold":
+        _started(q)
+        release = os.path.join(os.environ.get("FCGIBRIDGE_TEST_DIR", "/nonexistent"), q.get("mark", "") + ".release")
+        deadline = time.monotonic() + float(q.get("max", "300"))
+        while not os.path.exists(release) and time.monotonic() < deadline:
+            time.sleep(0.02)
         return _json(start_response, _who())
     if path == "/leak":
         mb = int(q.get("mb", "10"))
@@ -75,6 +96,7 @@ def application(environ, start_response):
             n += 1
         return _json(start_response, _who({"loops": n}))
     if path == "/hang":
+        _started(q)
         hang_here()
     if path == "/exit":
         os._exit(1)

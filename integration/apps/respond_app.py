@@ -118,6 +118,18 @@ def application(environ, start_response):
         start_response("200 OK", [("Content-Type", "text/plain")])
         return [b"slept"]
 
+    if path == "/hold":
+        # Hold this thread until the test creates <mark>.release (a test that needs a
+        # busy pool waits for <mark>.started.mark instead of guessing with a sleep).
+        import time
+        name = arg("mark", "hold")
+        mark(name + ".started.mark", "started")
+        deadline = time.monotonic() + float(arg("max", "300"))
+        while not os.path.exists(os.path.join(MARKS, name + ".release")) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"released"]
+
     if path == "/crash":
         os._exit(3)  # the worker dies mid-request: the bridge answers 502
 

@@ -80,14 +80,14 @@ class Worker:
         if self.proc.poll() is None:
             self.proc.terminate()
             try:
-                self.proc.wait(5)
+                self.proc.wait(30)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
 
 
 def start_worker(runtime_dir, tmp_path, app, threads=1, processes=1, python=None, env=None,
-                 cwd=APPS, wait_ready=True, timeout=20, prefix=()):
+                 cwd=APPS, wait_ready=True, timeout=60, prefix=()):
     tmp_path.mkdir(parents=True, exist_ok=True)
     sock_path = tmp_path / ("w%d.sock" % time.monotonic_ns())
     lsock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

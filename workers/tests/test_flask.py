@@ -68,7 +68,7 @@ def test_view_exception(flask_worker):
     # request id, which the bridge turns into a log record (logging_bridge.py).
     import json
     import time
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 30
     records = []
     while time.monotonic() < deadline:
         records = [json.loads(line.split("fcgibridge-log ", 1)[1])

@@ -77,12 +77,26 @@ def test_unknown_management_type(worker):
         assert content[0] == 42
 
 
-def test_second_request_while_busy_gets_cant_mpx(worker):
+def wait_event(w, wanted, timeout=30.0):
+    """Poll the app's events (which reading clears) until `wanted` is among them; needs
+    a second worker thread to answer /events."""
+    deadline = time.monotonic() + timeout
+    seen = []
+    while time.monotonic() < deadline:
+        seen += events(w)
+        if wanted in seen:
+            return
+        time.sleep(0.02)
+    raise AssertionError("no event %r within %ss (saw %r)" % (wanted, timeout, seen))
+
+
+def test_second_request_while_busy_gets_cant_mpx(spawn):
+    worker = spawn(threads=2)
     with worker.client() as c:
         c.begin(req_id=1)
-        c.params(base_params("/read", method="POST", query="all"), req_id=1)
+        c.params(base_params("/read", method="POST", query="all-noted"), req_id=1)
         c.stdin(b"first half ", req_id=1)
-        time.sleep(0.1)  # the app is now waiting for the rest of the body
+        wait_event(worker, "read:waiting")  # the app now waits for the rest of the body
         c.begin(req_id=2)
         c.params(base_params("/hello"), req_id=2)
         c.stdin_end(req_id=2)
@@ -96,12 +110,13 @@ def test_second_request_while_busy_gets_cant_mpx(worker):
         assert c.request("/hello").body == b"Hello, World!"
 
 
-def test_abort_mid_upload_raises_client_disconnected(worker):
+def test_abort_mid_upload_raises_client_disconnected(spawn):
+    worker = spawn(threads=2)
     with worker.client() as c:
         c.begin()
-        c.params(base_params("/upload_abort", method="POST", CONTENT_LENGTH="1000000"))
+        c.params(base_params("/upload_abort", method="POST", query="progress", CONTENT_LENGTH="1000000"))
         c.stdin(b"u" * 5000)
-        time.sleep(0.1)
+        wait_event(worker, "upload:read:5000")
         c.abort()
         r = c.read_response()
         assert r.app_status != 0
@@ -112,14 +127,15 @@ def test_abort_mid_upload_raises_client_disconnected(worker):
     assert evs == ["upload:ClientDisconnected:True:5000"]
 
 
-def test_eof_mid_upload_raises_client_disconnected(worker):
+def test_eof_mid_upload_raises_client_disconnected(spawn):
+    worker = spawn(threads=2)
     c = worker.client()
     c.begin()
-    c.params(base_params("/upload_abort", method="POST", CONTENT_LENGTH="1000000"))
+    c.params(base_params("/upload_abort", method="POST", query="progress", CONTENT_LENGTH="1000000"))
     c.stdin(b"u" * 3000)
-    time.sleep(0.1)
+    wait_event(worker, "upload:read:3000")
     c.close()
-    deadline = time.time() + 5
+    deadline = time.time() + 30
     while time.time() < deadline:
         evs = events(worker)
         if evs:
@@ -144,7 +160,7 @@ def test_abort_stops_streaming_response(worker):
             rtype, rid, content = c.read_record()
             if rtype == fcgi.END_REQUEST:
                 break
-        assert time.time() - t0 < 1.0
+        assert time.time() - t0 < 5.0  # the whole stream would take 10 s
         assert struct.unpack(">I", content[:4])[0] != 0
         assert c.request("/hello").body == b"Hello, World!"
     assert "closed:slow" in events(worker)
@@ -165,16 +181,17 @@ def test_threads_serve_concurrently(spawn):
 
     def one():
         with w.client() as c:
-            results.append(c.request("/sleep", query="0.5").body)
+            results.append(c.request("/barrier", query="4"))
 
-    t0 = time.time()
+    # each request waits in the app until all four are there: only threads serving at once
+    # can answer (no timing involved)
     ts = [threading.Thread(target=one) for _ in range(4)]
     for t in ts:
         t.start()
     for t in ts:
-        t.join()
-    assert time.time() - t0 < 1.5
-    assert len(set(results)) == 4  # four different worker threads
+        t.join(120)
+    assert [r.code for r in results] == [200] * 4, [r.stderr for r in results]
+    assert len({r.body for r in results}) == 4  # four different worker threads
 
 
 def test_app_sys_exit_ends_worker(worker):
@@ -182,19 +199,20 @@ def test_app_sys_exit_ends_worker(worker):
         r = c.request("/exit")
         assert r.code == 500
         # the kept-alive connection stays open: the worker must not wait on it
-        assert worker.proc.wait(5) == 7
+        assert worker.proc.wait(30) == 7
 
 
-def test_sigterm_exits_promptly(worker):
+def test_sigterm_exits_promptly(spawn):
+    worker = spawn(threads=2)
     c = worker.client()
     c.begin()
-    c.params(base_params("/sleep", query="5"))
+    c.params(base_params("/nap", query="10"))
     c.stdin_end()
-    time.sleep(0.1)
+    wait_event(worker, "nap:start")
     t0 = time.time()
     worker.proc.terminate()
-    worker.proc.wait(3)
-    assert time.time() - t0 < 1.0
+    worker.proc.wait(30)
+    assert time.time() - t0 < 5.0, "SIGTERM waited for the running request (10 s)"
     c.close()
 
 

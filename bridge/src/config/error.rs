@@ -45,26 +45,48 @@ pub enum ConfigError {
 }
 
 impl ConfigError {
-    /// The file or directory the error is about.
-    fn file(&self) -> &str {
+    /// The file or directory the error is about, and where in it.
+    fn place(&self) -> (&str, Option<Pos>) {
         match self {
-            ConfigError::ReadDir { dir, .. } | ConfigError::NoFiles { dir } | ConfigError::NoListeners { dir } => dir,
-            ConfigError::ReadFile { file, .. } => file,
-            ConfigError::Syntax { at, .. } | ConfigError::Invalid { at, .. } => &at.file,
-            ConfigError::Several(_) => "",
+            ConfigError::ReadDir { dir, .. } | ConfigError::NoFiles { dir } | ConfigError::NoListeners { dir } => (dir, None),
+            ConfigError::ReadFile { file, .. } => (file, None),
+            ConfigError::Syntax { at, .. } | ConfigError::Invalid { at, .. } => (&at.file, at.pos),
+            ConfigError::Several(_) => ("", None),
+        }
+    }
+
+    /// The one error, or all of them (`errors` is not empty).
+    pub fn several(errors: Vec<ConfigError>) -> ConfigError {
+        match ConfigError::from_all(errors) {
+            Err(e) => e,
+            Ok(()) => ConfigError::Several(Vec::new()),
         }
     }
 
     /// Ok, the one error, or all of them.
-    pub fn from_all(mut errors: Vec<ConfigError>) -> Result<(), ConfigError> {
-        // In the files' (name) order, as the operator reads them; stable within a file.
-        errors.sort_by(|a, b| a.file().cmp(&b.file()));
+    pub fn from_all(errors: Vec<ConfigError>) -> Result<(), ConfigError> {
+        let mut flat = Vec::with_capacity(errors.len());
+        for e in errors {
+            match e {
+                ConfigError::Several(inner) => flat.extend(inner),
+                e => flat.push(e),
+            }
+        }
+        let mut errors = flat;
+        // In the files' (name) order, as the operator reads them, and by line in a file.
+        errors.sort_by(|a, b| a.place().cmp(&b.place()));
         match errors.len() {
             0 => Ok(()),
             1 => Err(errors.remove(0)),
             _ => Err(ConfigError::Several(errors)),
         }
     }
+}
+
+/// The value of `r`, or `None` with its error added to `errors`: one bad key of a pool or
+/// listener does not keep its other keys from being checked.
+pub fn note<T>(errors: &mut Vec<ConfigError>, r: Result<T, ConfigError>) -> Option<T> {
+    r.map_err(|e| errors.push(e)).ok()
 }
 
 /// One file's name and key positions, for building errors that point into it.
@@ -85,8 +107,10 @@ impl Source {
         At { file: self.file.clone(), pos: self.index.find(path) }
     }
 
-    /// Translate a serde-saphyr error: position from the parser, key path from the index.
-    pub fn yaml_error(&self, err: &serde_saphyr::Error) -> ConfigError {
+    /// Translate a serde-saphyr error: position from the parser, key path from the index;
+    /// and for an error on one key, how to take that key out so that the rest of the file
+    /// can be checked (config/recover.rs).
+    pub fn yaml_error_and_fix(&self, err: &serde_saphyr::Error) -> (ConfigError, Option<Fix>) {
         use serde_saphyr::{DefaultMessageFormatter, Error as E, MessageFormatter};
 
         // The position of the outermost error is where the value was used (for an alias,
@@ -107,13 +131,19 @@ impl Source {
             _ => ConfigError::Syntax { at: at.clone(), message },
         };
         let path_here = pos.and_then(|p| self.index.path_at(p));
-        match err {
+        let fix = |remove: bool| match (path_here, pos) {
+            (Some(path), Some(at)) if !path.0.is_empty() => Some(Fix { path: path.clone(), at, remove }),
+            _ => None,
+        };
+        let error = match err {
             E::SerdeUnknownField { field, expected, .. } => {
                 let hint = hint::suggestion(field, expected);
-                keyed(format!("unknown key{hint}"), path_here)
+                return (keyed(format!("unknown key{hint}"), path_here), fix(true));
             }
+            E::DuplicateMappingKey { .. } => return (keyed("defined twice in this file".to_owned(), path_here), fix(true)),
             E::SerdeMissingField { field, .. } => {
-                keyed(format!("missing key `{field}`"), pos.and_then(|p| self.index.container_at(p)))
+                let path = pos.and_then(|p| self.index.container_at(p));
+                return (keyed(format!("missing key `{field}`"), path), None);
             }
             E::SerdeInvalidType { unexpected, expected, .. } => {
                 keyed(format!("expected {expected}, found {unexpected}"), path_here)
@@ -121,9 +151,9 @@ impl Source {
             E::SerdeInvalidValue { unexpected, expected, .. } => {
                 keyed(format!("invalid value {unexpected}; expected {expected}"), path_here)
             }
-            E::DuplicateMappingKey { .. } => keyed("defined twice in this file".to_owned(), path_here),
             E::InvalidScalar { ty, .. } if ty.starts_with('u') => {
-                keyed("expected a whole number, 0 or more".to_owned(), path_here)
+                let least = path_here.map_or(0, super::resolve::least);
+                keyed(format!("expected a whole number, {least} or more"), path_here)
             }
             E::Unexpected { expected, .. } => {
                 let wanted = match *expected {
@@ -139,14 +169,37 @@ impl Source {
                 let message = DefaultMessageFormatter.format_message(err).into_owned();
                 keyed(message, path_here)
             }
-            E::MultipleDocuments { .. } => ConfigError::Syntax {
-                at,
-                message: "a second YAML document (`---`); put each one in its own *.yaml file".to_owned(),
-            },
+            E::MultipleDocuments { .. } => {
+                let message = "a second YAML document (`---`); put each one in its own *.yaml file".to_owned();
+                return (ConfigError::Syntax { at, message }, None);
+            }
             other => {
                 let message = DefaultMessageFormatter.format_message(other).into_owned();
-                ConfigError::Syntax { at, message }
+                return (ConfigError::Syntax { at, message }, None);
             }
+        };
+        // A bad value: the key stays, without its value.
+        (error, fix(false))
+    }
+}
+
+/// How to take one bad key out of a file's text: `path` was written at or before `at`;
+/// `remove` drops the key (unknown, duplicate), else only its value goes.
+#[derive(Debug, Clone)]
+pub struct Fix {
+    pub path: KeyPath,
+    pub at: Pos,
+    pub remove: bool,
+}
+
+impl ConfigError {
+    /// This error, saying that the rest of its file was not checked.
+    pub fn stops_the_file(self) -> ConfigError {
+        const NOTE: &str = " (the rest of this file is not checked until this is fixed)";
+        match self {
+            ConfigError::Syntax { at, message } => ConfigError::Syntax { at, message: message + NOTE },
+            ConfigError::Invalid { at, key, message } => ConfigError::Invalid { at, key, message: message + NOTE },
+            other => other,
         }
     }
 }

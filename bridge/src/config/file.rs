@@ -38,6 +38,8 @@ pub struct RawBridge {
     pub control_socket: Option<String>,
     /// Memory all connections together may hold in request headers still arriving.
     pub header_memory: Option<ByteSize>,
+    /// Summarise the log lines a client can cause per request (logging/ratelimit.rs).
+    pub log_rate_limit: Option<bool>,
 }
 
 /// `bridge: status:`.

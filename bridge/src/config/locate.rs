@@ -48,7 +48,8 @@ impl KeyPath {
         p.0.push(Seg::Index(i));
         p
     }
-    fn parent(&self) -> Option<KeyPath> {
+    /// The enclosing path; `None` at the top.
+    pub fn parent(&self) -> Option<KeyPath> {
         let mut p = self.clone();
         p.0.pop().map(|_| p)
     }
@@ -167,6 +168,13 @@ impl KeyIndex {
                 return None;
             }
         }
+    }
+
+    /// Where the key `path` was written, the last time at or before `near` (a key written
+    /// twice in one mapping is reported at the second); `None` if `path` is not a key.
+    pub fn key_before(&self, path: &KeyPath, near: Pos) -> Option<Pos> {
+        let keys = || self.nodes.iter().filter(|n| n.is_key && n.path == *path);
+        keys().filter(|n| n.pos <= near).map(|n| n.pos).max().or_else(|| keys().map(|n| n.pos).min())
     }
 
     /// The key path of the node at `pos`: the innermost node starting there, or else

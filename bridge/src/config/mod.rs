@@ -3,6 +3,7 @@
 //! The path of a file through this module:
 //! - `file.rs`: serde structs for one file as written (unknown keys rejected);
 //! - `locate.rs`: where each key sits, so every error names file:line:column and key;
+//! - `recover.rs`: past an error on one key, the rest of the file is still checked;
 //! - `resolve.rs`: one pool or listener with defaults filled in and paths made absolute;
 //! - `validate.rs`: the files merged, with the checks that need all of them;
 //! - `model.rs`: the result, which the runtime reads.
@@ -18,6 +19,7 @@ pub mod isolation;
 mod locate;
 pub mod model;
 pub(crate) mod paths;
+mod recover;
 mod resolve;
 mod status_key;
 pub mod supervision;
@@ -50,6 +52,8 @@ pub fn load_with_search_path(dir: &Path, search_path: Option<&OsStr>) -> Result<
     let mut parsed = Vec::with_capacity(files.len());
     // Every file is read and checked even after an error, so one run names every mistake.
     let mut errors = Vec::new();
+    // A file that could not be read to its end may hold what others refer to.
+    let mut incomplete = false;
     for name in files {
         let file = dir.join(&name);
         let display = file.display().to_string();
@@ -57,15 +61,18 @@ pub fn load_with_search_path(dir: &Path, search_path: Option<&OsStr>) -> Result<
             Ok(t) => t,
             Err(source) => {
                 errors.push(ConfigError::ReadFile { file: display, source });
+                incomplete = true;
                 continue;
             }
         };
-        match parse(display, abs_dir.clone(), &text) {
-            Ok(p) => parsed.push(p),
-            Err(e) => errors.push(e),
+        let (file, file_errors) = parse(display, abs_dir.clone(), &text);
+        errors.extend(file_errors);
+        match file {
+            Some(p) => parsed.push(p),
+            None => incomplete = true,
         }
     }
-    validate::merge(&shown, parsed, search_path, errors)
+    validate::merge(&shown, parsed, search_path, errors, incomplete)
 }
 
 /// The `*.yaml` names in `dir`, sorted; hidden files are skipped (editor leftovers).
@@ -83,11 +90,12 @@ fn yaml_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     Ok(names)
 }
 
-/// One file's text into its typed form, errors pointing at the key.
-fn parse(file: String, dir: PathBuf, text: &str) -> Result<Parsed, ConfigError> {
+/// One file's text into its typed form without the keys that had errors (each error
+/// pointing at its key); `None` when a syntax error stopped the file.
+fn parse(file: String, dir: PathBuf, text: &str) -> (Option<Parsed>, Vec<ConfigError>) {
     let source = Source { file, index: KeyIndex::build(text) };
-    let raw = serde_saphyr::from_str::<Option<file::RawFile>>(text).map_err(|e| source.yaml_error(&e))?;
-    Ok(Parsed { source, dir, raw: raw.unwrap_or_default() })
+    let r = recover::parse(&source, text);
+    (r.raw.map(|raw| Parsed { source, dir, raw, dropped: r.dropped }), r.errors)
 }
 
 #[cfg(test)]

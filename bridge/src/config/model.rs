@@ -36,6 +36,8 @@ pub struct Global {
     pub control_socket: Option<PathBuf>,
     /// Bytes of unfinished request headers all connections together may hold (`header-memory`).
     pub header_memory: u64,
+    /// Repeated 503/404/413/protocol-error lines summarised once a second (default on).
+    pub log_rate_limit: bool,
 }
 
 /// `bridge: status:` — a small HTTP server for the status page (loopback or unix only).

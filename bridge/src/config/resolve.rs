@@ -1,8 +1,8 @@
 //! One file's pools and listeners turned into the model: defaults filled in, values
 //! checked, paths made absolute. Checks that need every file live in `validate.rs`.
-use super::error::{ConfigError, Source};
+use super::error::{note, ConfigError, Source};
 use super::file::{RawListener, RawPool};
-use super::locate::KeyPath;
+use super::locate::{KeyPath, Seg};
 use super::model::{App, Dialect, ListenAddress, Listener, Pool, Protocol, Route, UnroutedRedirect};
 use super::paths;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -30,6 +30,17 @@ pub const DEFAULT_MAX_RANGES: u32 = 16;
 /// The callable looked up when an app names only a module (PEP 3333 convention).
 pub const DEFAULT_CALLABLE: &str = "application";
 
+/// Whole-number keys whose smallest accepted value is 1 (the others accept 0).
+const AT_LEAST_ONE: &[&str] = &["threads", "processes", "max-processes", "max-spawn-rate", "backlog", "rlimit-nofile"];
+
+/// The smallest value the whole-number key at `path` accepts, for its error message.
+pub fn least(path: &KeyPath) -> u64 {
+    match path.0.last() {
+        Some(Seg::Key(k)) if AT_LEAST_ONE.contains(&k.as_str()) => 1,
+        _ => 0,
+    }
+}
+
 /// The longest unix socket path the kernel accepts (sun_path minus its NUL).
 const MAX_UNIX_PATH: usize = 107;
 
@@ -43,7 +54,8 @@ pub fn check_name(src: &Source, path: &KeyPath, kind: &str, name: &str) -> Resul
     }
 }
 
-/// A pool from `pools.NAME` in a file whose directory is `dir`.
+/// A pool from `pools.NAME` in a file whose directory is `dir`. Every key is checked,
+/// and every error returned (one bad key does not hide the others).
 pub fn pool(
     src: &Source,
     dir: &Path,
@@ -52,98 +64,131 @@ pub fn pool(
     search_path: Option<&std::ffi::OsStr>,
 ) -> Result<Pool, ConfigError> {
     let here = KeyPath::of(&["pools", name]);
-    check_name(src, &here, "pool", name)?;
+    let mut errs = Vec::new();
+    note(&mut errs, check_name(src, &here, "pool", name));
     let raw_isolation = super::isolation::RawIsolation::take(&mut raw);
     let raw_supervision = super::supervision::RawSupervision::take(&mut raw);
 
     let app = match (raw.app, raw.command) {
         (Some(_), Some(_)) => {
-            return Err(src.invalid(&here.key("command"), "a pool has either `app` (WSGI) or `command` (a FastCGI program), not both"))
+            errs.push(src.invalid(&here.key("command"), "a pool has either `app` (WSGI) or `command` (a FastCGI program), not both"));
+            None
         }
         (None, Some(argv)) => {
-            crate::supervise::program::resolve_command(argv, dir, search_path).map_err(|m| src.invalid(&here.key("command"), m))?
+            let r = crate::supervise::program::resolve_command(argv, dir, search_path).map_err(|m| src.invalid(&here.key("command"), m));
+            note(&mut errs, r)
         }
-        (app_text, None) => {
-            let app_text = app_text.ok_or_else(|| {
-                src.invalid(&here, "missing key `app`: name a module (\"package.module:callable\") or a .py/.wsgi file")
-            })?;
-            parse_app(&app_text, dir).map_err(|m| src.invalid(&here.key("app"), m))?
+        (None, None) => {
+            errs.push(src.invalid(&here, "missing key `app`: name a module (\"package.module:callable\") or a .py/.wsgi file"));
+            None
         }
+        (Some(app_text), None) => note(&mut errs, parse_app(&app_text, dir).map_err(|m| src.invalid(&here.key("app"), m))),
     };
 
     let python = paths::find_python(raw.python.as_deref().unwrap_or(DEFAULT_PYTHON), dir, search_path)
-        .map_err(|m| src.invalid(&here.key("python"), m))?;
+        .map_err(|m| src.invalid(&here.key("python"), m));
+    let python = note(&mut errs, python);
 
+    // Without a valid app the default chdir is unknown; a given one is still checked.
     let chdir = match (&raw.chdir, &app) {
-        (Some(chdir), _) => paths::resolve(dir, chdir),
-        (None, App::File(file)) => file.parent().map(Path::to_path_buf).unwrap_or_else(|| dir.to_path_buf()),
-        (None, App::Module { .. } | App::Command(_)) => dir.to_path_buf(),
+        (Some(chdir), _) => Some(paths::resolve(dir, chdir)),
+        (None, Some(App::File(file))) => Some(file.parent().map(Path::to_path_buf).unwrap_or_else(|| dir.to_path_buf())),
+        (None, Some(App::Module { .. } | App::Command(_))) => Some(dir.to_path_buf()),
+        (None, None) => None,
     };
-    if !chdir.is_dir() {
-        return Err(src.invalid(&here.key("chdir"), format!("{} is not a directory", chdir.display())));
-    }
+    let chdir = chdir.filter(|chdir| {
+        let ok = chdir.is_dir();
+        if !ok {
+            errs.push(src.invalid(&here.key("chdir"), format!("{} is not a directory", chdir.display())));
+        }
+        ok
+    });
 
     let env = raw.env.map(|e| e.0).unwrap_or_default();
     for (key, _) in &env {
         if key.is_empty() || key.contains('=') || key.contains('\0') {
-            return Err(src.invalid(&here.key("env").key(key), "not a valid environment variable name"));
+            errs.push(src.invalid(&here.key("env").key(key), "not a valid environment variable name"));
         }
     }
 
     let queue_size = raw.queue_size.unwrap_or(DEFAULT_QUEUE_SIZE);
-    let (processes, supervision) = super::supervision::resolve(src, &here, raw_supervision, queue_size)?;
+    let supervision = note(&mut errs, super::supervision::resolve(src, &here, raw_supervision, queue_size));
     let threads = raw.threads.unwrap_or(DEFAULT_THREADS);
     if threads == 0 {
-        return Err(src.invalid(&here.key("threads"), "must be at least 1"));
+        errs.push(src.invalid(&here.key("threads"), "must be 1 or more"));
     }
     let startup_timeout = raw.startup_timeout.map(|d| d.0).unwrap_or(DEFAULT_STARTUP_TIMEOUT);
     if startup_timeout.is_zero() {
-        return Err(src.invalid(&here.key("startup-timeout"), "must be longer than 0s"));
+        errs.push(src.invalid(&here.key("startup-timeout"), "must be longer than 0s"));
     }
-    let error_pages = {
-        use crate::respond::error_override::{ErrorPageError, ErrorPages, PageSource};
-        let mut pages = ErrorPages::default();
-        for (status, page) in raw.error_pages.map(|e| e.0).unwrap_or_default() {
-            let file = page.file.as_deref().map(|f| paths::resolve(dir, f));
-            let source = match (&file, &page.redirect) {
-                (Some(file), None) => Ok(PageSource::File(file)),
-                (None, Some(target)) => Ok(PageSource::Redirect(target)),
-                (Some(_), Some(_)) => Err(ErrorPageError::BothForms),
-                (None, None) => Err(ErrorPageError::NoPage),
-            };
-            source
-                .and_then(|source| pages.insert(&status, source))
-                .map_err(|e| src.invalid(&here.key("error-pages").key(&status), e.to_string()))?;
-        }
-        pages
-    };
+    let error_pages = error_pages(src, &here, dir, raw.error_pages, &mut errs);
     let max_body = match raw.max_body {
-        None => None,
-        Some(size) if size.0 == 0 => return Err(src.invalid(&here.key("max-body"), "must be more than 0 bytes (leave it out for no limit)")),
-        Some(size) => Some(size.0),
+        Some(size) if size.0 == 0 => {
+            errs.push(src.invalid(&here.key("max-body"), "must be more than 0 bytes (leave it out for no limit)"));
+            None
+        }
+        other => other.map(|size| size.0),
     };
-    let isolation = super::isolation::resolve(src, &here, dir, raw_isolation, &app, &chdir, &python)?;
+    let slowlog_timeout = match raw.slowlog_timeout {
+        Some(d) if d.0.is_zero() => {
+            errs.push(src.invalid(&here.key("slowlog-timeout"), "must be longer than 0s; leave the key out to turn the slowlog off"));
+            None
+        }
+        other => other.map(|d| d.0),
+    };
+    // The isolation checks need the app, its directory and the interpreter (a chroot must hold them).
+    let isolation = match (&app, &chdir, &python) {
+        (Some(app), Some(chdir), Some(python)) => {
+            note(&mut errs, super::isolation::resolve(src, &here, dir, raw_isolation, app, chdir, python))
+        }
+        _ => None,
+    };
 
-    Ok(Pool {
-        name: name.to_owned(),
-        python,
-        app,
-        chdir,
-        env: env.into_iter().collect(),
-        processes,
-        threads,
-        queue_size,
-        queue_timeout: raw.queue_timeout.map(|d| d.0).unwrap_or(DEFAULT_QUEUE_TIMEOUT),
-        startup_timeout,
-        slowlog_timeout: match raw.slowlog_timeout {
-            Some(d) if d.0.is_zero() => return Err(src.invalid(&here.key("slowlog-timeout"), "must be longer than 0s; leave the key out to turn the slowlog off")),
-            other => other.map(|d| d.0),
-        },
-        supervision,
-        max_body,
-        error_pages,
-        isolation,
-    })
+    match (app, python, chdir, supervision, isolation) {
+        (Some(app), Some(python), Some(chdir), Some((processes, supervision)), Some(isolation)) if errs.is_empty() => Ok(Pool {
+            name: name.to_owned(),
+            python,
+            app,
+            chdir,
+            env: env.into_iter().collect(),
+            processes,
+            threads,
+            queue_size,
+            queue_timeout: raw.queue_timeout.map(|d| d.0).unwrap_or(DEFAULT_QUEUE_TIMEOUT),
+            startup_timeout,
+            slowlog_timeout,
+            supervision,
+            max_body,
+            error_pages,
+            isolation,
+        }),
+        _ => Err(ConfigError::several(errs)),
+    }
+}
+
+/// `error-pages`: each entry checked, errors added to `errs`.
+fn error_pages(
+    src: &Source,
+    here: &KeyPath,
+    dir: &Path,
+    raw: Option<super::file::Entries<super::file::RawErrorPage>>,
+    errs: &mut Vec<ConfigError>,
+) -> crate::respond::error_override::ErrorPages {
+    use crate::respond::error_override::{ErrorPageError, ErrorPages, PageSource};
+    let mut pages = ErrorPages::default();
+    for (status, page) in raw.map(|e| e.0).unwrap_or_default() {
+        let file = page.file.as_deref().map(|f| paths::resolve(dir, f));
+        let source = match (&file, &page.redirect) {
+            (Some(file), None) => Ok(PageSource::File(file)),
+            (None, Some(target)) => Ok(PageSource::Redirect(target)),
+            (Some(_), Some(_)) => Err(ErrorPageError::BothForms),
+            (None, None) => Err(ErrorPageError::NoPage),
+        };
+        if let Err(e) = source.and_then(|source| pages.insert(&status, source)) {
+            errs.push(src.invalid(&here.key("error-pages").key(&status), e.to_string()));
+        }
+    }
+    pages
 }
 
 /// `package.module[:callable]`, or a file path (contains '/', ends in .py, or names an
@@ -186,103 +231,53 @@ pub fn parse_app(text: &str, dir: &Path) -> Result<App, String> {
 }
 
 /// A listener from `listeners.NAME`. Route targets are checked once all pools are known.
-pub fn listener(src: &Source, dir: &Path, name: &str, raw: RawListener) -> Result<Listener, ConfigError> {
+/// Every key is checked, and every error returned (one bad key does not hide the others).
+pub fn listener(src: &Source, dir: &Path, name: &str, mut raw: RawListener) -> Result<Listener, ConfigError> {
     let here = KeyPath::of(&["listeners", name]);
-    check_name(src, &here, "listener", name)?;
+    let mut errs = Vec::new();
+    note(&mut errs, check_name(src, &here, "listener", name));
 
-    let (protocol, key, text) = match (raw.fastcgi, raw.scgi) {
-        (Some(a), None) => (Protocol::FastCgi, "fastcgi", a),
-        (None, Some(a)) => (Protocol::Scgi, "scgi", a),
+    let (protocol, key, text) = match (raw.fastcgi.take(), raw.scgi.take()) {
+        (Some(a), None) => (Protocol::FastCgi, "fastcgi", Some(a)),
+        (None, Some(a)) => (Protocol::Scgi, "scgi", Some(a)),
         (Some(_), Some(_)) => {
-            return Err(src.invalid(&here.key("scgi"), "a listener speaks one protocol: set fastcgi: or scgi:, not both"))
+            errs.push(src.invalid(&here.key("scgi"), "a listener speaks one protocol: set fastcgi: or scgi:, not both"));
+            (Protocol::FastCgi, "fastcgi", None)
         }
         (None, None) => {
-            return Err(src.invalid(&here, "missing key `fastcgi` or `scgi`: the address to listen on"));
+            errs.push(src.invalid(&here, "missing key `fastcgi` or `scgi`: the address to listen on"));
+            (Protocol::FastCgi, "fastcgi", None)
         }
     };
-    let address = parse_address(&text, dir).map_err(|m| src.invalid(&here.key(key), m))?;
-
-    let is_unix = matches!(address, ListenAddress::Unix(_));
-    for (value, key) in [
-        (raw.socket_mode.is_some(), "socket-mode"),
-        (raw.socket_owner.is_some(), "socket-owner"),
-        (raw.socket_group.is_some(), "socket-group"),
-    ] {
-        if value && !is_unix {
-            return Err(src.invalid(&here.key(key), "applies only to unix socket listeners"));
-        }
-    }
-    let socket_mode = match &raw.socket_mode {
-        Some(text) => Some(parse_mode(text).map_err(|m| src.invalid(&here.key("socket-mode"), m))?),
-        None => None,
-    };
-    for (value, key) in [(&raw.socket_owner, "socket-owner"), (&raw.socket_group, "socket-group")] {
-        if value.as_deref().is_some_and(str::is_empty) {
-            return Err(src.invalid(&here.key(key), "is empty; name a user or group, or leave the key out"));
-        }
-    }
+    let address = text.and_then(|text| note(&mut errs, parse_address(&text, dir).map_err(|m| src.invalid(&here.key(key), m))));
+    let socket_mode = socket_options(src, &here, &raw, address.as_ref(), &mut errs);
 
     let backlog = raw.backlog.unwrap_or(DEFAULT_BACKLOG);
     if backlog == 0 {
-        return Err(src.invalid(&here.key("backlog"), "must be at least 1"));
+        errs.push(src.invalid(&here.key("backlog"), "must be 1 or more"));
     }
     let max_params = match raw.max_params {
         None => DEFAULT_MAX_PARAMS,
-        Some(size) => usize::try_from(size.0)
-            .ok()
-            .filter(|n| *n > 0)
-            .ok_or_else(|| src.invalid(&here.key("max-params"), "must be more than 0 bytes"))?,
+        Some(size) => usize::try_from(size.0).ok().filter(|n| *n > 0).unwrap_or_else(|| {
+            errs.push(src.invalid(&here.key("max-params"), "must be more than 0 bytes"));
+            DEFAULT_MAX_PARAMS
+        }),
     };
-    let positive = |value: Option<super::units::HumanDuration>, key: &str, default: Duration| match value {
-        None => Ok(default),
-        Some(d) if d.0.is_zero() => Err(src.invalid(&here.key(key), "must be longer than 0s")),
-        Some(d) => Ok(d.0),
+    let mut positive = |value: Option<super::units::HumanDuration>, key: &str, default: Duration| match value {
+        Some(d) if d.0.is_zero() => {
+            errs.push(src.invalid(&here.key(key), "must be longer than 0s"));
+            default
+        }
+        Some(d) => d.0,
+        None => default,
     };
-    let header_timeout = positive(raw.header_timeout, "header-timeout", DEFAULT_HEADER_TIMEOUT)?;
-    let body_timeout = positive(raw.body_timeout, "body-timeout", DEFAULT_BODY_TIMEOUT)?;
+    let header_timeout = positive(raw.header_timeout, "header-timeout", DEFAULT_HEADER_TIMEOUT);
+    let body_timeout = positive(raw.body_timeout, "body-timeout", DEFAULT_BODY_TIMEOUT);
     let max_connections = raw.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS);
     if max_connections == 0 {
-        return Err(src.invalid(&here.key("max-connections"), "must be at least 1"));
+        errs.push(src.invalid(&here.key("max-connections"), "must be 1 or more"));
     }
-
-    let routes = match (raw.pool, raw.routes) {
-        (Some(pool), None) => vec![Route { host: None, prefix: None, pool }],
-        (None, Some(raw_routes)) => {
-            if raw_routes.is_empty() {
-                return Err(src.invalid(&here.key("routes"), "is empty; list at least one route"));
-            }
-            let mut routes: Vec<Route> = Vec::with_capacity(raw_routes.len());
-            for (i, raw) in raw_routes.into_iter().enumerate() {
-                let at = here.key("routes").index(i);
-                if let Some(catch_all) = routes.iter().position(|r| r.host.is_none() && r.prefix.is_none()) {
-                    return Err(src.invalid(
-                        &at,
-                        format!("can never match: routes[{catch_all}] before it has neither host nor prefix and takes every request"),
-                    ));
-                }
-                let pool = raw.pool.ok_or_else(|| src.invalid(&at, "missing key `pool`"))?;
-                let host = match raw.host {
-                    Some(h) if h.is_empty() => return Err(src.invalid(&at.key("host"), "is empty")),
-                    Some(h) if h.contains(':') && !h.starts_with('[') => {
-                        return Err(src.invalid(&at.key("host"), "must not include a port (the port is ignored when matching)"))
-                    }
-                    other => other.map(|h| h.to_ascii_lowercase()),
-                };
-                if let Some(prefix) = &raw.prefix {
-                    if !prefix.starts_with('/') {
-                        return Err(src.invalid(&at.key("prefix"), format!("must start with '/', e.g. \"/{prefix}\"")));
-                    }
-                }
-                routes.push(Route { host, prefix: raw.prefix, pool });
-            }
-            routes
-        }
-        (Some(_), Some(_)) => {
-            return Err(src.invalid(&here.key("routes"), "set either pool: (everything to one pool) or routes:, not both"))
-        }
-        (None, None) => return Err(src.invalid(&here, "missing key `pool` or `routes`: where requests go")),
-    };
-
+    let routes = routes(src, &here, raw.pool, raw.routes, &mut errs);
     let dialect = match raw.dialect.as_deref().map(str::trim) {
         None | Some("generic") => Dialect::Generic,
         Some("nginx") => Dialect::Nginx,
@@ -292,92 +287,195 @@ pub fn listener(src: &Source, dir: &Path, name: &str, raw: RawListener) -> Resul
         Some("h2o") => Dialect::H2o,
         Some("haproxy") => Dialect::Haproxy,
         Some(other) => {
-            return Err(src.invalid(
+            errs.push(src.invalid(
                 &here.key("dialect"),
                 format!("unknown web server {other:?}; one of nginx, lighttpd, apache, caddy, h2o, haproxy, generic"),
-            ))
+            ));
+            Dialect::Generic
         }
     };
     let unrouted_redirect = match raw.unrouted_redirect.as_deref().map(str::trim) {
         None | Some("404") => UnroutedRedirect::NotFound,
         Some("pass") => UnroutedRedirect::Pass,
-        Some(other) => return Err(src.invalid(&here.key("unrouted-redirect"), format!("{other:?} is neither `pass` nor `404`"))),
+        Some(other) => {
+            errs.push(src.invalid(&here.key("unrouted-redirect"), format!("{other:?} is neither `pass` nor `404`")));
+            UnroutedRedirect::NotFound
+        }
     };
-    let max_redirects = raw.max_redirects.unwrap_or(DEFAULT_MAX_REDIRECTS);
-    let trusted_proxies = trusted_proxies(src, &here, raw.trusted_proxies, raw.trusted_proxy_headers)?;
     let file_handoff = match raw.file_handoff.as_deref().map(str::trim) {
         None | Some("pass") => super::model::FileHandoff::Pass,
         Some("serve") => super::model::FileHandoff::Serve,
         Some("translate") => super::model::FileHandoff::Translate,
-        Some(other) => return Err(src.invalid(&here.key("file-handoff"), format!("{other:?} is not one of `pass`, `translate`, `serve`"))),
-    };
-    let file_roots: Vec<std::path::PathBuf> = raw.file_roots.unwrap_or_default().iter().map(|r| paths::resolve(dir, r)).collect();
-    if file_handoff == super::model::FileHandoff::Serve && file_roots.is_empty() {
-        return Err(src.invalid(&here.key("file-roots"), "file-handoff: serve needs file-roots: the directories X-Sendfile may name"));
-    }
-    let mount = match raw.mount.as_deref().map(|m| m.trim().trim_end_matches('/')) {
-        None | Some("") => None,
-        Some(m) if m.starts_with('/') => Some(m.to_owned()),
-        Some(m) => return Err(src.invalid(&here.key("mount"), format!("{m:?} must be a path starting with /, e.g. /app"))),
+        Some(other) => {
+            errs.push(src.invalid(&here.key("file-handoff"), format!("{other:?} is not one of `pass`, `translate`, `serve`")));
+            super::model::FileHandoff::Pass
+        }
     };
     let keep_path_info = match raw.path_info.as_deref().map(str::trim) {
         None | Some("derive") => false,
         Some("keep") => true,
-        Some(other) => return Err(src.invalid(&here.key("path-info"), format!("{other:?} is neither `derive` nor `keep`"))),
+        Some(other) => {
+            errs.push(src.invalid(&here.key("path-info"), format!("{other:?} is neither `derive` nor `keep`")));
+            false
+        }
     };
-    let mut file_map: Vec<(String, String)> = raw
-        .file_map
+    let max_redirects = raw.max_redirects.unwrap_or(DEFAULT_MAX_REDIRECTS);
+    let trusted_proxies = note(&mut errs, trusted_proxies(src, &here, raw.trusted_proxies, raw.trusted_proxy_headers)).flatten();
+    let (file_roots, file_map) = file_handoff_paths(src, &here, dir, file_handoff, raw.file_roots, raw.file_map, &mut errs);
+    let mount = match raw.mount.as_deref().map(|m| m.trim().trim_end_matches('/')) {
+        None | Some("") => None,
+        Some(m) if m.starts_with('/') => Some(m.to_owned()),
+        Some(m) => {
+            errs.push(src.invalid(&here.key("mount"), format!("{m:?} must be a path starting with /, e.g. /app")));
+            None
+        }
+    };
+    let mut url_path = |key: &str, value: Option<String>| {
+        let value = value?;
+        let checked = super::status_key::check_url_path(&value).map(|()| value).map_err(|m| src.invalid(&here.key(key), m));
+        note(&mut errs, checked)
+    };
+    let status_path = url_path("status-path", raw.status_path);
+    let ping_path = url_path("ping-path", raw.ping_path);
+
+    match (address, routes) {
+        (Some(address), Some(routes)) if errs.is_empty() => Ok(Listener {
+            name: name.to_owned(),
+            protocol,
+            address,
+            socket_mode,
+            socket_owner: raw.socket_owner,
+            socket_group: raw.socket_group,
+            backlog,
+            routes,
+            max_params,
+            status_path,
+            ping_path,
+            dialect,
+            max_redirects,
+            unrouted_redirect,
+            trusted_proxies,
+            file_handoff,
+            file_roots,
+            file_map,
+            max_ranges: raw.max_ranges.unwrap_or(DEFAULT_MAX_RANGES),
+            mount,
+            keep_path_info,
+            header_timeout,
+            body_timeout,
+            max_connections,
+        }),
+        _ => Err(ConfigError::several(errs)),
+    }
+}
+
+/// `socket-mode`, `socket-owner`, `socket-group`: only for a unix socket (not checked
+/// against an address that did not parse).
+fn socket_options(src: &Source, here: &KeyPath, raw: &RawListener, address: Option<&ListenAddress>, errs: &mut Vec<ConfigError>) -> Option<u32> {
+    let is_unix = matches!(address, Some(ListenAddress::Unix(_)));
+    for (value, key) in [
+        (raw.socket_mode.is_some(), "socket-mode"),
+        (raw.socket_owner.is_some(), "socket-owner"),
+        (raw.socket_group.is_some(), "socket-group"),
+    ] {
+        if value && address.is_some() && !is_unix {
+            errs.push(src.invalid(&here.key(key), "applies only to unix socket listeners"));
+        }
+    }
+    for (value, key) in [(&raw.socket_owner, "socket-owner"), (&raw.socket_group, "socket-group")] {
+        if value.as_deref().is_some_and(str::is_empty) {
+            errs.push(src.invalid(&here.key(key), "is empty; name a user or group, or leave the key out"));
+        }
+    }
+    let mode = raw.socket_mode.as_deref()?;
+    note(errs, parse_mode(mode).map_err(|m| src.invalid(&here.key("socket-mode"), m)))
+}
+
+/// `pool:` (everything to one pool) or `routes:`; `None` after an error.
+fn routes(src: &Source, here: &KeyPath, pool: Option<String>, routes: Option<Vec<super::file::RawRoute>>, errs: &mut Vec<ConfigError>) -> Option<Vec<Route>> {
+    let raw_routes = match (pool, routes) {
+        (Some(pool), None) => return Some(vec![Route { host: None, prefix: None, pool }]),
+        (None, Some(raw_routes)) => raw_routes,
+        (Some(_), Some(_)) => {
+            errs.push(src.invalid(&here.key("routes"), "set either pool: (everything to one pool) or routes:, not both"));
+            return None;
+        }
+        (None, None) => {
+            errs.push(src.invalid(here, "missing key `pool` or `routes`: where requests go"));
+            return None;
+        }
+    };
+    if raw_routes.is_empty() {
+        errs.push(src.invalid(&here.key("routes"), "is empty; list at least one route"));
+        return None;
+    }
+    let before = errs.len();
+    let mut routes: Vec<Route> = Vec::with_capacity(raw_routes.len());
+    let mut catch_all: Option<usize> = None;
+    for (i, raw) in raw_routes.into_iter().enumerate() {
+        let at = here.key("routes").index(i);
+        if let Some(catch_all) = catch_all {
+            errs.push(src.invalid(&at, format!("can never match: routes[{catch_all}] before it has neither host nor prefix and takes every request")));
+        }
+        if raw.host.is_none() && raw.prefix.is_none() {
+            catch_all = catch_all.or(Some(i));
+        }
+        let host = match raw.host {
+            Some(h) if h.is_empty() => {
+                errs.push(src.invalid(&at.key("host"), "is empty"));
+                None
+            }
+            Some(h) if h.contains(':') && !h.starts_with('[') => {
+                errs.push(src.invalid(&at.key("host"), "must not include a port (the port is ignored when matching)"));
+                None
+            }
+            other => other.map(|h| h.to_ascii_lowercase()),
+        };
+        if let Some(prefix) = raw.prefix.as_deref().filter(|p| !p.starts_with('/')) {
+            errs.push(src.invalid(&at.key("prefix"), format!("must start with '/', e.g. \"/{prefix}\"")));
+        }
+        match raw.pool {
+            Some(pool) => routes.push(Route { host, prefix: raw.prefix, pool }),
+            None => errs.push(src.invalid(&at, "missing key `pool`")),
+        }
+    }
+    (errs.len() == before).then_some(routes)
+}
+
+/// `file-roots` and `file-map`, as `file-handoff` needs them.
+fn file_handoff_paths(
+    src: &Source,
+    here: &KeyPath,
+    dir: &Path,
+    mode: super::model::FileHandoff,
+    roots: Option<Vec<String>>,
+    map: Option<super::file::Entries<String>>,
+    errs: &mut Vec<ConfigError>,
+) -> (Vec<std::path::PathBuf>, Vec<(String, String)>) {
+    use super::model::FileHandoff;
+    let file_roots: Vec<std::path::PathBuf> = roots.unwrap_or_default().iter().map(|r| paths::resolve(dir, r)).collect();
+    if mode == FileHandoff::Serve && file_roots.is_empty() {
+        errs.push(src.invalid(&here.key("file-roots"), "file-handoff: serve needs file-roots: the directories X-Sendfile may name"));
+    }
+    let mut file_map: Vec<(String, String)> = map
         .map(|e| e.0)
         .unwrap_or_default()
         .into_iter()
         .map(|(fs, uri)| (fs.trim_end_matches('/').to_owned(), uri.trim_end_matches('/').to_owned()))
         .collect();
     if file_map.iter().any(|(fs, uri)| !fs.starts_with('/') || !uri.starts_with('/')) {
-        return Err(src.invalid(&here.key("file-map"), "entries map an absolute filesystem path to an absolute URI path, e.g. /srv/files: /protected"));
-    }
-    if file_handoff == super::model::FileHandoff::Translate && file_map.is_empty() {
-        return Err(src.invalid(&here.key("file-map"), "file-handoff: translate needs file-map: filesystem prefix → internal URI prefix"));
+        errs.push(src.invalid(&here.key("file-map"), "entries map an absolute filesystem path to an absolute URI path, e.g. /srv/files: /protected"));
+    } else if mode == FileHandoff::Translate && file_map.is_empty() {
+        errs.push(src.invalid(&here.key("file-map"), "file-handoff: translate needs file-map: filesystem prefix → internal URI prefix"));
     }
     // Longest prefixes first, so that a nested directory's own mapping wins.
     file_map.sort_by_key(|(fs, _)| std::cmp::Reverse(fs.len()));
     for root in &file_roots {
         if !root.is_dir() {
-            return Err(src.invalid(&here.key("file-roots"), format!("{} is not a directory", root.display())));
+            errs.push(src.invalid(&here.key("file-roots"), format!("{} is not a directory", root.display())));
         }
     }
-
-    Ok(Listener {
-        name: name.to_owned(),
-        protocol,
-        address,
-        socket_mode,
-        socket_owner: raw.socket_owner,
-        socket_group: raw.socket_group,
-        backlog,
-        routes,
-        max_params,
-        status_path: match raw.status_path {
-            Some(p) => Some(super::status_key::check_url_path(&p).map(|()| p).map_err(|m| src.invalid(&here.key("status-path"), m))?),
-            None => None,
-        },
-        ping_path: match raw.ping_path {
-            Some(p) => Some(super::status_key::check_url_path(&p).map(|()| p).map_err(|m| src.invalid(&here.key("ping-path"), m))?),
-            None => None,
-        },
-        dialect,
-        max_redirects,
-        unrouted_redirect,
-        trusted_proxies,
-        file_handoff,
-        file_roots,
-        file_map,
-        max_ranges: raw.max_ranges.unwrap_or(DEFAULT_MAX_RANGES),
-        mount,
-        keep_path_info,
-        header_timeout,
-        body_timeout,
-        max_connections,
-    })
+    (file_roots, file_map)
 }
 
 /// `trusted-proxies` (addresses, CIDR blocks) and `trusted-proxy-headers` (default: all).

@@ -143,22 +143,23 @@ impl RawSupervision {
 
 /// Resolve the keys of `pools.NAME` (`here`): returns the pool's `processes` (its most
 /// workers at once) and the rest. `queue_size` is the pool's, for the ondemand check.
+/// Every key is checked; all the errors are returned.
 pub fn resolve(src: &Source, here: &KeyPath, raw: RawSupervision, queue_size: usize) -> Result<(u32, Supervision), ConfigError> {
-    let bad = |key: &str, msg: String| src.invalid(&here.key(key), msg);
+    let errs = std::cell::RefCell::new(Vec::new());
+    let bad = |key: &str, msg: String| errs.borrow_mut().push(src.invalid(&here.key(key), msg));
     let mode = match raw.mode.as_deref() {
         None | Some("static") => Mode::Static,
         Some("dynamic") => Mode::Dynamic,
         Some("ondemand") | Some("on-demand") => Mode::OnDemand,
         Some(other) => {
             let hint = super::hint::suggestion(other, &["static", "dynamic", "ondemand"]);
-            return Err(bad("mode", format!("unknown mode {other:?}{hint}")));
+            // The other keys are not checked against a mode that is not known.
+            return Err(src.invalid(&here.key("mode"), format!("unknown mode {other:?}{hint}")));
         }
     };
-    let not_in = |key: &str, given: bool, what: &str| -> Result<(), ConfigError> {
+    let not_in = |key: &str, given: bool, what: &str| {
         if given {
-            Err(bad(key, format!("does not apply to mode {}; {what}", mode.as_str())))
-        } else {
-            Ok(())
+            bad(key, format!("does not apply to mode {}; {what}", mode.as_str()));
         }
     };
     let mut s = Supervision { mode, ..Supervision::default() };
@@ -171,45 +172,41 @@ pub fn resolve(src: &Source, here: &KeyPath, raw: RawSupervision, queue_size: us
                 ("max-spawn-rate", raw.max_spawn_rate.is_some()),
                 ("idle-timeout", raw.idle_timeout.is_some()),
             ] {
-                not_in(key, given, "set `mode: dynamic` or `mode: ondemand`, or use `processes` for a fixed number")?;
+                not_in(key, given, "set `mode: dynamic` or `mode: ondemand`, or use `processes` for a fixed number");
             }
             let n = raw.processes.unwrap_or(DEFAULT_STATIC_PROCESSES);
             if n == 0 {
-                return Err(bad("processes", "must be at least 1 (for no process until a request comes, set `mode: ondemand`)".into()));
+                bad("processes", "must be 1 or more (for no process until a request comes, set `mode: ondemand`)".into());
             }
             n
         }
         Mode::Dynamic => {
-            not_in("processes", raw.processes.is_some(), "set min-processes and max-processes")?;
+            not_in("processes", raw.processes.is_some(), "set min-processes and max-processes");
             let min = raw.min_processes.unwrap_or(DEFAULT_MIN_PROCESSES);
             let max = raw.max_processes.unwrap_or(DEFAULT_MAX_PROCESSES.max(min));
             if max == 0 {
-                return Err(bad("max-processes", "must be at least 1".into()));
-            }
-            if min > max {
-                return Err(bad("min-processes", format!("is {min}, more than max-processes ({max})")));
+                bad("max-processes", "must be 1 or more".into());
+            } else if min > max {
+                bad("min-processes", format!("is {min}, more than max-processes ({max})"));
             }
             let spare = raw.spare_processes.unwrap_or(DEFAULT_SPARE_PROCESSES.min(max));
-            if spare > max {
-                return Err(bad("spare-processes", format!("is {spare}, more than max-processes ({max})")));
+            if spare > max && max > 0 {
+                bad("spare-processes", format!("is {spare}, more than max-processes ({max})"));
             }
             s.min_processes = min;
             s.spare_processes = spare;
             max
         }
         Mode::OnDemand => {
-            not_in("processes", raw.processes.is_some(), "set max-processes")?;
-            not_in("min-processes", raw.min_processes.is_some(), "an ondemand pool starts from none (use mode dynamic for a floor)")?;
-            not_in("spare-processes", raw.spare_processes.is_some(), "use mode dynamic to keep idle workers")?;
+            not_in("processes", raw.processes.is_some(), "set max-processes");
+            not_in("min-processes", raw.min_processes.is_some(), "an ondemand pool starts from none (use mode dynamic for a floor)");
+            not_in("spare-processes", raw.spare_processes.is_some(), "use mode dynamic to keep idle workers");
             let max = raw.max_processes.unwrap_or(DEFAULT_MAX_PROCESSES);
             if max == 0 {
-                return Err(bad("max-processes", "must be at least 1".into()));
+                bad("max-processes", "must be 1 or more".into());
             }
             if queue_size == 0 {
-                return Err(src.invalid(
-                    &here.key("mode"),
-                    "an ondemand pool needs queue-size of 1 or more: the first request waits in the queue while its worker starts",
-                ));
+                bad("mode", "an ondemand pool needs queue-size of 1 or more: the first request waits in the queue while its worker starts".into());
             }
             s.min_processes = 0;
             max
@@ -217,13 +214,13 @@ pub fn resolve(src: &Source, here: &KeyPath, raw: RawSupervision, queue_size: us
     };
     if let Some(rate) = raw.max_spawn_rate {
         if rate == 0 {
-            return Err(bad("max-spawn-rate", "must be at least 1".into()));
+            bad("max-spawn-rate", "must be 1 or more".into());
         }
         s.max_spawn_rate = rate;
     }
     if let Some(t) = raw.idle_timeout {
         if t.0.is_zero() {
-            return Err(bad("idle-timeout", "must be longer than 0s".into()));
+            bad("idle-timeout", "must be longer than 0s".into());
         }
         s.idle_timeout = t.0;
     }
@@ -232,7 +229,10 @@ pub fn resolve(src: &Source, here: &KeyPath, raw: RawSupervision, queue_size: us
     s.max_requests = raw.max_requests.filter(|&n| n > 0);
     s.max_requests_jitter = match (raw.max_requests_jitter, s.max_requests) {
         (Some(j), Some(_)) => j,
-        (Some(j), None) if j > 0 => return Err(bad("max-requests-jitter", "needs max-requests".into())),
+        (Some(j), None) if j > 0 => {
+            bad("max-requests-jitter", "needs max-requests".into());
+            0
+        }
         (Some(_), None) => 0,
         // By default a tenth, so that workers started together do not recycle together.
         (None, Some(n)) => n / 10,
@@ -241,7 +241,10 @@ pub fn resolve(src: &Source, here: &KeyPath, raw: RawSupervision, queue_size: us
     s.restart_interval = raw.restart_interval.map(|d| d.0).filter(|d| !d.is_zero());
     s.restart_interval_jitter = match (raw.restart_interval_jitter, s.restart_interval) {
         (Some(j), Some(_)) => j.0,
-        (Some(j), None) if !j.0.is_zero() => return Err(bad("restart-interval-jitter", "needs restart-interval".into())),
+        (Some(j), None) if !j.0.is_zero() => {
+            bad("restart-interval-jitter", "needs restart-interval".into());
+            Duration::ZERO
+        }
         (Some(_), None) => Duration::ZERO,
         (None, Some(d)) => d / 10,
         (None, None) => Duration::ZERO,
@@ -250,22 +253,23 @@ pub fn resolve(src: &Source, here: &KeyPath, raw: RawSupervision, queue_size: us
     s.request_timeout = raw.request_timeout.map(|d| d.0).filter(|d| !d.is_zero());
     if let Some(g) = raw.graceful_timeout {
         if g.0.is_zero() {
-            return Err(bad("graceful-timeout", "must be longer than 0s".into()));
+            bad("graceful-timeout", "must be longer than 0s".into());
         }
         s.graceful_timeout = g.0;
     }
     s.memory_limit = raw.memory_limit.map(|b| b.0).filter(|&b| b > 0);
     if let Some(limit) = s.memory_limit {
         if limit < (1 << 20) {
-            return Err(bad("memory-limit", format!("{limit} bytes is less than 1MiB; write a unit, e.g. \"512MiB\"")));
+            bad("memory-limit", format!("{limit} bytes is less than 1MiB; write a unit, e.g. \"512MiB\""));
         }
     }
     s.cpu_time_limit = raw.cpu_time_limit.map(|d| d.0).filter(|d| !d.is_zero());
     if let Some(cpu) = s.cpu_time_limit {
         if cpu.subsec_nanos() != 0 {
-            return Err(bad("cpu-time-limit", "is counted in whole seconds (RLIMIT_CPU); write e.g. \"90s\"".into()));
+            bad("cpu-time-limit", "is counted in whole seconds (RLIMIT_CPU); write e.g. \"90s\"".into());
         }
     }
+    ConfigError::from_all(errs.into_inner())?;
     Ok((processes, s))
 }
 

@@ -3,7 +3,7 @@
 use super::error::{At, ConfigError, Source};
 use super::file::{RawBridge, RawFile};
 use super::hint;
-use super::locate::KeyPath;
+use super::locate::{KeyPath, Seg};
 use super::model::{Config, Global, ListenAddress, Listener, LogFormat, Pool};
 use super::{paths, resolve};
 use std::collections::HashMap;
@@ -22,13 +22,21 @@ pub struct Parsed {
     /// Absolute directory of the file: relative paths inside it resolve here.
     pub dir: PathBuf,
     pub raw: RawFile,
+    /// Keys taken out of the file after errors on them (config/recover.rs).
+    pub dropped: Vec<KeyPath>,
 }
 
 /// Combine parsed files (in name order) into the effective configuration. `errors` holds
-/// those found while reading the files; every pool and listener is still checked, and all
-/// the errors are returned together.
-pub fn merge(dir_shown: &str, files: Vec<Parsed>, search_path: Option<&OsStr>, mut errors: Vec<ConfigError>) -> Result<Config, ConfigError> {
-    let files_unreadable = !errors.is_empty();
+/// those found while reading the files, `incomplete` says a file could not be read to its
+/// end; every pool and listener is still checked, and all the errors are returned together.
+pub fn merge(
+    dir_shown: &str,
+    files: Vec<Parsed>,
+    search_path: Option<&OsStr>,
+    mut errors: Vec<ConfigError>,
+    incomplete: bool,
+) -> Result<Config, ConfigError> {
+    let mut files_unreadable = incomplete;
     let mut listeners_written = 0usize;
     // Pools written but refused: routes to them are not reported again as unknown.
     let mut broken_pools: Vec<String> = Vec::new();
@@ -39,22 +47,32 @@ pub fn merge(dir_shown: &str, files: Vec<Parsed>, search_path: Option<&OsStr>, m
     let mut sources: Vec<Source> = Vec::new();
 
     for (file_no, parsed) in files.into_iter().enumerate() {
-        let Parsed { source, dir, raw } = parsed;
+        let Parsed { source, dir, raw, dropped } = parsed;
+        // What a key taken out after a parse error held is not reported missing again.
+        let mut keep = |e: ConfigError| errors.extend(flatten(e).into_iter().filter(|e| !follows_from(e, &dropped)));
+        for d in &dropped {
+            match &d.0[..] {
+                [Seg::Key(s)] if s == "pools" => files_unreadable = true,
+                [Seg::Key(s), Seg::Key(name)] if s == "pools" => broken_pools.push(name.clone()),
+                [Seg::Key(s), ..] if s == "listeners" => listeners_written += 1,
+                _ => {}
+            }
+        }
         if let Some(bridge) = raw.bridge {
             if let Err(e) = global.add(&source, &dir, bridge) {
-                errors.push(e);
+                keep(e);
             }
         }
         for (name, raw_pool) in raw.pools.map(|p| p.0).unwrap_or_default() {
             let path = KeyPath::of(&["pools", &name]);
             if let Some((_, first)) = pools.iter().find(|(p, _)| p.name == name) {
-                errors.push(source.invalid(&path, format!("pool {name:?} is already defined at {first}")));
+                keep(source.invalid(&path, format!("pool {name:?} is already defined at {first}")));
                 continue;
             }
             match resolve::pool(&source, &dir, &name, raw_pool, search_path) {
                 Ok(pool) => pools.push((pool, source.at(&path))),
                 Err(e) => {
-                    errors.push(e);
+                    keep(e);
                     broken_pools.push(name);
                 }
             }
@@ -64,7 +82,7 @@ pub fn merge(dir_shown: &str, files: Vec<Parsed>, search_path: Option<&OsStr>, m
             let path = KeyPath::of(&["listeners", &name]);
             if let Some(i) = listeners.iter().position(|(l, _)| l.name == name) {
                 let first = &listener_at[i];
-                errors.push(source.invalid(&path, format!("listener {name:?} is already defined at {first}")));
+                keep(source.invalid(&path, format!("listener {name:?} is already defined at {first}")));
                 continue;
             }
             match resolve::listener(&source, &dir, &name, raw_listener) {
@@ -72,7 +90,7 @@ pub fn merge(dir_shown: &str, files: Vec<Parsed>, search_path: Option<&OsStr>, m
                     listeners.push((listener, file_no));
                     listener_at.push(source.at(&path));
                 }
-                Err(e) => errors.push(e),
+                Err(e) => keep(e),
             }
         }
         sources.push(source);
@@ -94,6 +112,23 @@ pub fn merge(dir_shown: &str, files: Vec<Parsed>, search_path: Option<&OsStr>, m
         listeners: listeners.into_iter().map(|(l, _)| l).collect(),
         pools: pools.into_iter().map(|(p, _)| p).collect(),
     })
+}
+
+fn flatten(e: ConfigError) -> Vec<ConfigError> {
+    match e {
+        ConfigError::Several(all) => all,
+        e => vec![e],
+    }
+}
+
+/// Whether `e` is only the absence of a key taken out after a parse error: an error on that
+/// key or inside it, or a "missing key" of the mapping that held it.
+fn follows_from(e: &ConfigError, dropped: &[KeyPath]) -> bool {
+    let ConfigError::Invalid { key, message, .. } = e else { return false };
+    let under = |inner: &str, outer: &str| {
+        inner == outer || inner.strip_prefix(outer).is_some_and(|rest| rest.starts_with('.') || rest.starts_with('['))
+    };
+    dropped.iter().map(ToString::to_string).any(|d| under(key, &d) || (under(&d, key) && message.starts_with("missing key")))
 }
 
 fn check_routes(listeners: &[(Listener, usize)], pools: &[(Pool, At)], broken: &[String], sources: &[Source]) -> Result<(), ConfigError> {
@@ -172,6 +207,7 @@ struct GlobalBuilder {
     status: Option<super::model::StatusListen>,
     control_socket: Option<PathBuf>,
     header_memory: Option<u64>,
+    log_rate_limit: Option<bool>,
 }
 
 impl GlobalBuilder {
@@ -187,75 +223,116 @@ impl GlobalBuilder {
         Ok(path)
     }
 
+    /// Every key of one file's `bridge:` section; all the errors are returned.
     fn add(&mut self, source: &Source, dir: &Path, raw: RawBridge) -> Result<(), ConfigError> {
+        let mut errs = Vec::new();
+        // One closure per key: its first error ends that key only.
+        let mut key = |r: Result<(), ConfigError>| errs.extend(r.err());
         if let Some(dir_text) = raw.runtime_dir {
-            let path = self.claim(source, "runtime-dir")?;
-            if dir_text.is_empty() {
-                return Err(source.invalid(&path, "is empty; leave the key out for the default"));
-            }
-            self.runtime_dir = Some(paths::resolve(dir, &dir_text));
+            key((|| {
+                let path = self.claim(source, "runtime-dir")?;
+                if dir_text.is_empty() {
+                    return Err(source.invalid(&path, "is empty; leave the key out for the default"));
+                }
+                self.runtime_dir = Some(paths::resolve(dir, &dir_text));
+                Ok(())
+            })());
         }
         if let Some(level) = raw.log_level {
-            let path = self.claim(source, "log-level")?;
-            tracing_subscriber::EnvFilter::try_new(&level).map_err(|e| {
-                source.invalid(&path, format!("{level:?} is not a log filter ({e}); write e.g. info, debug, or fcgibridge=debug"))
-            })?;
-            self.log_level = Some(level);
+            key((|| {
+                let path = self.claim(source, "log-level")?;
+                tracing_subscriber::EnvFilter::try_new(&level).map_err(|e| {
+                    source.invalid(&path, format!("{level:?} is not a log filter ({e}); write e.g. info, debug, or fcgibridge=debug"))
+                })?;
+                self.log_level = Some(level);
+                Ok(())
+            })());
         }
         if let Some(format) = raw.log_format {
-            let path = self.claim(source, "log-format")?;
-            self.log_format = Some(match format.as_str() {
-                "text" => LogFormat::Text,
-                "json" => LogFormat::Json,
-                other => {
-                    let hint = hint::suggestion(other, &["text", "json"]);
-                    return Err(source.invalid(&path, format!("unknown format {other:?}{hint}")));
-                }
-            });
+            key((|| {
+                let path = self.claim(source, "log-format")?;
+                self.log_format = Some(match format.as_str() {
+                    "text" => LogFormat::Text,
+                    "json" => LogFormat::Json,
+                    other => {
+                        let hint = hint::suggestion(other, &["text", "json"]);
+                        return Err(source.invalid(&path, format!("unknown format {other:?}{hint}")));
+                    }
+                });
+                Ok(())
+            })());
         }
         if let Some(log) = raw.access_log {
-            let path = self.claim(source, "access-log")?;
-            self.access_log = Some(match log.as_str() {
-                "" => return Err(source.invalid(&path, "is empty; write a file path, \"-\" for the main log, or leave the key out")),
-                "-" => PathBuf::from("-"),
-                file => paths::resolve(dir, file),
-            });
+            key((|| {
+                let path = self.claim(source, "access-log")?;
+                self.access_log = Some(match log.as_str() {
+                    "" => return Err(source.invalid(&path, "is empty; write a file path, \"-\" for the main log, or leave the key out")),
+                    "-" => PathBuf::from("-"),
+                    file => paths::resolve(dir, file),
+                });
+                Ok(())
+            })());
         }
         if let Some(timeout) = raw.shutdown_timeout {
-            self.claim(source, "shutdown-timeout")?;
-            self.shutdown_timeout = Some(timeout.0);
+            key((|| {
+                self.claim(source, "shutdown-timeout")?;
+                self.shutdown_timeout = Some(timeout.0);
+                Ok(())
+            })());
         }
         if let Some(file) = raw.log_file {
-            let path = self.claim(source, "log-file")?;
-            if file.is_empty() || file == "-" {
-                return Err(source.invalid(&path, "write a file path, or leave the key out to log to stderr"));
-            }
-            self.log_file = Some(paths::resolve(dir, &file));
+            key((|| {
+                let path = self.claim(source, "log-file")?;
+                if file.is_empty() || file == "-" {
+                    return Err(source.invalid(&path, "write a file path, or leave the key out to log to stderr"));
+                }
+                self.log_file = Some(paths::resolve(dir, &file));
+                Ok(())
+            })());
         }
         if let Some(format) = raw.access_log_format {
-            let path = self.claim(source, "access-log-format")?;
-            crate::logging::access_format::check(&format).map_err(|m| source.invalid(&path, m))?;
-            self.access_log_format = Some(format);
+            key((|| {
+                let path = self.claim(source, "access-log-format")?;
+                crate::logging::access_format::check(&format).map_err(|m| source.invalid(&path, m))?;
+                self.access_log_format = Some(format);
+                Ok(())
+            })());
         }
         if let Some(status) = raw.status {
-            let path = self.claim(source, "status")?;
-            self.status = Some(super::status_key::resolve(status, dir).map_err(|(key, m)| source.invalid(&path.key(key), m))?);
+            key((|| {
+                let path = self.claim(source, "status")?;
+                self.status = Some(super::status_key::resolve(status, dir).map_err(|(key, m)| source.invalid(&path.key(key), m))?);
+                Ok(())
+            })());
         }
         if let Some(sock) = raw.control_socket {
-            let path = self.claim(source, "control-socket")?;
-            if sock.is_empty() {
-                return Err(source.invalid(&path, "is empty; write a socket path or leave the key out for <runtime-dir>/control.sock"));
-            }
-            self.control_socket = Some(paths::resolve(dir, &sock));
+            key((|| {
+                let path = self.claim(source, "control-socket")?;
+                if sock.is_empty() {
+                    return Err(source.invalid(&path, "is empty; write a socket path or leave the key out for <runtime-dir>/control.sock"));
+                }
+                self.control_socket = Some(paths::resolve(dir, &sock));
+                Ok(())
+            })());
         }
         if let Some(size) = raw.header_memory {
-            let path = self.claim(source, "header-memory")?;
-            if size.0 == 0 {
-                return Err(source.invalid(&path, "must be more than 0 bytes"));
-            }
-            self.header_memory = Some(size.0);
+            key((|| {
+                let path = self.claim(source, "header-memory")?;
+                if size.0 == 0 {
+                    return Err(source.invalid(&path, "must be more than 0 bytes"));
+                }
+                self.header_memory = Some(size.0);
+                Ok(())
+            })());
         }
-        Ok(())
+        if let Some(on) = raw.log_rate_limit {
+            key((|| {
+                self.claim(source, "log-rate-limit")?;
+                self.log_rate_limit = Some(on);
+                Ok(())
+            })());
+        }
+        ConfigError::from_all(errs)
     }
 
     fn finish(self) -> Global {
@@ -270,6 +347,7 @@ impl GlobalBuilder {
             status: self.status,
             control_socket: self.control_socket,
             header_memory: self.header_memory.unwrap_or(DEFAULT_HEADER_MEMORY),
+            log_rate_limit: self.log_rate_limit.unwrap_or(true),
         }
     }
 }

@@ -152,7 +152,9 @@ pub async fn serve<S: BodySource, K: ResponseSink>(
             break 'done (200, 0, None);
         }
         let Some((pool, prefix)) = lst.router.route(&params) else {
-            tracing::info!(listener = %lst.name, request_id, uri = %uri, "no route matches, answering 404");
+            if crate::logging::ratelimit::allow(&crate::logging::ratelimit::NO_ROUTE, &lst.name) {
+                tracing::info!(listener = %lst.name, request_id, uri = %uri, "no route matches, answering 404");
+            }
             let _ = sink.send(respond::error_response(404, None).freeze(), Some(End::Complete)).await;
             break 'done (404, 0, None);
         };
@@ -164,7 +166,9 @@ pub async fn serve<S: BodySource, K: ResponseSink>(
         respond::handoff::set_worker_roots(&mut params, lst.files.as_deref());
         if let Some(limit) = pool.config.max_body {
             if respond::body_limit::too_large(&params, limit) {
-                tracing::warn!(pool = %pool.name, request_id, uri = %uri, limit, "request body is larger than max-body, answering 413");
+                if crate::logging::ratelimit::allow(&crate::logging::ratelimit::TOO_LARGE, &pool.name) {
+                    tracing::warn!(pool = %pool.name, request_id, uri = %uri, limit, "request body is larger than max-body, answering 413");
+                }
                 let _ = sink.send(respond::error_response(413, None).freeze(), Some(End::Complete)).await;
                 break 'done (413, 0, Some(&pool.name));
             }
@@ -176,11 +180,13 @@ pub async fn serve<S: BodySource, K: ResponseSink>(
         if let Some(n) = declared.filter(|n| (1..=FIRST_WRITE_BODY as u64).contains(n)) {
             if source.prefetch(n).await.is_err() {
                 if body_watch.tripped() == Some(Tripped::Stalled) {
-                    tracing::warn!(
-                        listener = %lst.name, pool = %pool.name, request_id, uri = %uri, received = source.received(), declared = n,
-                        "request body stalled: no byte from the web server within body-timeout ({:?}) before a worker was taken, answering 408",
-                        lst.body_timeout
-                    );
+                    if crate::logging::ratelimit::allow(&crate::logging::ratelimit::BODY_STALLED, &pool.name) {
+                        tracing::warn!(
+                            listener = %lst.name, pool = %pool.name, request_id, uri = %uri, received = source.received(), declared = n,
+                            "request body stalled: no byte from the web server within body-timeout ({:?}) before a worker was taken, answering 408",
+                            lst.body_timeout
+                        );
+                    }
                     let _ = sink.send(respond::error_response(408, None).freeze(), Some(End::Complete)).await;
                     break 'done (408, 0, Some(&pool.name));
                 }
@@ -204,7 +210,9 @@ pub async fn serve<S: BodySource, K: ResponseSink>(
         let mut slot = match acquired {
             Some(Ok(slot)) => slot,
             Some(Err(e)) => {
-                tracing::warn!(pool = %pool.name, request_id, uri = %uri, "answering 503: {e}");
+                if crate::logging::ratelimit::allow(rejection_kind(&e), &pool.name) {
+                    tracing::warn!(pool = %pool.name, request_id, uri = %uri, "answering 503: {e}");
+                }
                 let retry = match e {
                     AcquireError::QueueFull(_) | AcquireError::Timeout(_) | AcquireError::Unavailable(_) => Some(RETRY_AFTER_SECS),
                 };
@@ -270,17 +278,21 @@ pub async fn serve<S: BodySource, K: ResponseSink>(
         }
         match body_watch.tripped() {
             Some(Tripped::TooLarge) => {
-                tracing::warn!(pool = %pool.name, request_id, uri = %uri, limit = pool.config.max_body.unwrap_or(0), "streamed request body passed max-body, cut off with 413");
+                if crate::logging::ratelimit::allow(&crate::logging::ratelimit::BODY_CUT_OFF, &pool.name) {
+                    tracing::warn!(pool = %pool.name, request_id, uri = %uri, limit = pool.config.max_body.unwrap_or(0), "streamed request body passed max-body, cut off with 413");
+                }
                 break 'done (413, outcome.body_bytes, Some(&pool.name));
             }
             Some(Tripped::Stalled) => {
                 let cut = sink.cut_off();
                 let declared = declared.map_or_else(|| "unknown".to_owned(), |n| n.to_string());
-                tracing::warn!(
-                    listener = %lst.name, pool = %pool.name, pid, request_id, uri = %uri, received = source.received(), declared,
-                    "request body stalled: no byte from the web server within body-timeout ({:?}), request aborted in the worker, {}",
-                    lst.body_timeout, if cut { "response cut off" } else { "answering 408" }
-                );
+                if crate::logging::ratelimit::allow(&crate::logging::ratelimit::BODY_STALLED, &pool.name) {
+                    tracing::warn!(
+                        listener = %lst.name, pool = %pool.name, pid, request_id, uri = %uri, received = source.received(), declared,
+                        "request body stalled: no byte from the web server within body-timeout ({:?}), request aborted in the worker, {}",
+                        lst.body_timeout, if cut { "response cut off" } else { "answering 408" }
+                    );
+                }
                 break 'done (if cut { outcome.status } else { 408 }, outcome.body_bytes, Some(&pool.name));
             }
             None => {}
@@ -305,7 +317,9 @@ pub async fn serve<S: BodySource, K: ResponseSink>(
                     Ok(served) => {
                         if let Some(why) = served.ranges_ignored {
                             let peer = String::from_utf8_lossy(params.get(b"REMOTE_ADDR").unwrap_or(b""));
-                            tracing::info!(listener = %lst.name, pool = %pool.name, pid = file.pid, request_id, uri = %uri, peer = %peer, "Range ignored, answering 200 with the whole file: {why}");
+                            if crate::logging::ratelimit::allow(&crate::logging::ratelimit::RANGE_IGNORED, &pool.name) {
+                                tracing::info!(listener = %lst.name, pool = %pool.name, pid = file.pid, request_id, uri = %uri, peer = %peer, "Range ignored, answering 200 with the whole file: {why}");
+                            }
                         }
                         (served.status, served.sent)
                     }
@@ -338,5 +352,15 @@ pub async fn serve<S: BodySource, K: ResponseSink>(
             pool: pool_name.map(|p| &**p).unwrap_or(""),
             request_id,
         });
+    }
+}
+
+/// The rate-limited log line of a 503 (logging/ratelimit.rs): one kind per reason.
+fn rejection_kind(e: &AcquireError) -> &'static crate::logging::ratelimit::Kind {
+    use crate::logging::ratelimit as rl;
+    match e {
+        AcquireError::QueueFull(_) => &rl::QUEUE_FULL,
+        AcquireError::Timeout(_) => &rl::QUEUE_TIMEOUT,
+        AcquireError::Unavailable(_) => &rl::UNAVAILABLE,
     }
 }

@@ -50,7 +50,9 @@ pub fn admit(stream: &tokio::net::TcpStream, listener: &str) -> bool {
     match stream.peer_addr() {
         Ok(peer) if permits(list, peer) => true,
         Ok(peer) => {
-            tracing::warn!(listener, %peer, "connection refused: peer not in {VAR}");
+            if crate::logging::ratelimit::allow(&crate::logging::ratelimit::PEER_REFUSED, listener) {
+                tracing::warn!(listener, %peer, "connection refused: peer not in {VAR}");
+            }
             false
         }
         Err(_) => false,

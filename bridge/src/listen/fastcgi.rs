@@ -118,14 +118,18 @@ where
             if let Err(e) = conn.process() {
                 // Whatever is queued for the web server still goes out; then this
                 // connection (only) closes, abandoning its requests.
-                tracing::warn!(listener = %conn.ctx.name, peer = %conn.peer, request = e.request_id(), "FastCGI protocol error, closing the connection: {e}");
+                if crate::logging::ratelimit::allow(&crate::logging::ratelimit::FASTCGI_PROTOCOL, &conn.ctx.name) {
+                    tracing::warn!(listener = %conn.ctx.name, peer = %conn.peer, request = e.request_id(), "FastCGI protocol error, closing the connection: {e}");
+                }
                 let _ = wr.write_all(&conn.wbuf).await;
                 return;
             }
         }
         if let Err(e) = conn.charge_headers() {
             // This connection only: the others keep their headers and go on.
-            tracing::warn!(listener = %conn.ctx.name, peer = %conn.peer, "{e}; closing the connection");
+            if crate::logging::ratelimit::allow(&crate::logging::ratelimit::HEADER_MEMORY, &conn.ctx.name) {
+                tracing::warn!(listener = %conn.ctx.name, peer = %conn.peer, "{e}; closing the connection");
+            }
             let _ = wr.write_all(&conn.wbuf).await;
             return;
         }
@@ -193,11 +197,13 @@ where
                 watch_stop = changed.is_ok();
             }
             () = super::sleep_until(header_deadline), if header_deadline.is_some() => {
-                tracing::warn!(
-                    listener = %conn.ctx.name, peer = %conn.peer,
-                    "no complete FastCGI request headers within header-timeout ({:?}; {} bytes held), closing the connection",
-                    conn.ctx.header_timeout, conn.header_bytes()
-                );
+                if crate::logging::ratelimit::allow(&crate::logging::ratelimit::HEADER_TIMEOUT, &conn.ctx.name) {
+                    tracing::warn!(
+                        listener = %conn.ctx.name, peer = %conn.peer,
+                        "no complete FastCGI request headers within header-timeout ({:?}; {} bytes held), closing the connection",
+                        conn.ctx.header_timeout, conn.header_bytes()
+                    );
+                }
                 let _ = wr.write_all(&conn.wbuf).await;
                 return;
             }
@@ -522,7 +528,9 @@ impl Conn {
     /// before any worker is taken. A web server in front may have framed the body by another
     /// reading of it, and an app given it would guess.
     fn refuse_length(&mut self, id: u16, e: &ContentLengthError) {
-        tracing::warn!(listener = %self.ctx.name, peer = %self.peer, request = id, "invalid request, answering 400: {e}");
+        if crate::logging::ratelimit::allow(&crate::logging::ratelimit::BAD_REQUEST, &self.ctx.name) {
+            tracing::warn!(listener = %self.ctx.name, peer = %self.peer, request = id, "invalid request, answering 400: {e}");
+        }
         self.remove(id);
         // Its remaining STDIN, if any, is skipped.
         self.decoder.end_request(id);

@@ -62,7 +62,9 @@ where
         Ok(Ok(None)) => return,
         Ok(Err(HeadError::BadLength(e))) => {
             // A well-framed request with an unusable CONTENT_LENGTH: say so, like FastCGI.
-            tracing::warn!(listener = %ctx.name, peer, "invalid SCGI request, answering 400: {e}");
+            if crate::logging::ratelimit::allow(&crate::logging::ratelimit::BAD_REQUEST, &ctx.name) {
+                tracing::warn!(listener = %ctx.name, peer, "invalid SCGI request, answering 400: {e}");
+            }
             let mut wr = wr;
             if wr.write_all(&crate::respond::error_response(400, None)).await.is_ok() {
                 super::lingering_close(&mut rd, &mut wr).await;
@@ -70,16 +72,22 @@ where
             return;
         }
         Ok(Err(HeadError::Protocol(e))) => {
-            tracing::warn!(listener = %ctx.name, peer, "SCGI protocol error, closing the connection: {e}");
+            if crate::logging::ratelimit::allow(&crate::logging::ratelimit::SCGI_PROTOCOL, &ctx.name) {
+                tracing::warn!(listener = %ctx.name, peer, "SCGI protocol error, closing the connection: {e}");
+            }
             return;
         }
         Ok(Err(HeadError::Budget(e))) => {
-            tracing::warn!(listener = %ctx.name, peer, "{e}; closing the connection");
+            if crate::logging::ratelimit::allow(&crate::logging::ratelimit::HEADER_MEMORY, &ctx.name) {
+                tracing::warn!(listener = %ctx.name, peer, "{e}; closing the connection");
+            }
             return;
         }
         Err(_) => {
             let held = decoder.buffer_mut().len();
-            tracing::warn!(listener = %ctx.name, peer, "no complete SCGI request headers within header-timeout ({header_timeout:?}; {held} bytes held), closing the connection");
+            if crate::logging::ratelimit::allow(&crate::logging::ratelimit::HEADER_TIMEOUT, &ctx.name) {
+                tracing::warn!(listener = %ctx.name, peer, "no complete SCGI request headers within header-timeout ({header_timeout:?}; {held} bytes held), closing the connection");
+            }
             return;
         }
     };

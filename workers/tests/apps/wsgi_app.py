@@ -8,6 +8,7 @@ import threading
 EVENTS = []  # things observed across requests (close() calls, disconnects)
 LOCK = threading.Lock()
 KEPT = []
+BARRIERS = {}
 
 
 def note(what):
@@ -67,6 +68,10 @@ def application(environ, start_response):
 
     if path == "/read":
         mode = environ["QUERY_STRING"]
+        if mode == "all-noted":
+            # tells the test (through /events) that the app now waits for the body
+            note("read:waiting")
+            mode = "all"
         if mode == "all":
             data = inp.read()
             parts = [data]
@@ -278,6 +283,9 @@ def application(environ, start_response):
         return _text(start_response, "logged")
 
     if path == "/upload_abort":
+        # ?progress: an event per chunk read, so a test can wait until the app has read
+        # what was sent before it aborts
+        progress = environ["QUERY_STRING"] == "progress"
         got = 0
         try:
             while True:
@@ -286,6 +294,8 @@ def application(environ, start_response):
                     note("upload:eof:%d" % got)
                     break
                 got += len(chunk)
+                if progress:
+                    note("upload:read:%d" % got)
         except OSError as e:
             from fcgibridge_worker import ClientDisconnected
             note("upload:%s:%s:%d" % (type(e).__name__, isinstance(e, ClientDisconnected), got))
@@ -322,6 +332,21 @@ def application(environ, start_response):
     if path == "/sleep":
         import time
         time.sleep(float(environ["QUERY_STRING"] or "0.2"))
+        return _text(start_response, threading.current_thread().name)
+
+    if path == "/nap":
+        # /sleep that tells the test (through /events) it is running
+        import time
+        note("nap:start")
+        time.sleep(float(environ["QUERY_STRING"] or "0.2"))
+        return _text(start_response, threading.current_thread().name)
+
+    if path == "/barrier":
+        # answers once N requests are in the app at the same time (or 500 after 60 s)
+        n = int(environ["QUERY_STRING"])
+        with LOCK:
+            barrier = BARRIERS.setdefault(n, threading.Barrier(n, timeout=60))
+        barrier.wait()
         return _text(start_response, threading.current_thread().name)
 
     if path == "/exit":

@@ -1,0 +1,403 @@
+//! Log lines a client can cause once per request or connection (503s under overload, 404s,
+//! protocol errors) are rate-limited, so an overload or a scan does not also fill the disk.
+//!
+//! Per pool (or listener) and kind of line: the first occurrence is logged in full at
+//! once (the first few, for kinds whose lines differ in more than the request: [`Kind::burst`]);
+//! the others within the next second are only counted, and one summary line per second
+//! gives their number ("pool app: 1234 more requests answered 503 (queue full) in the last
+//! 1.0s"). The summary is written by the next occurrence after the second, or by the
+//! flusher task ([`flusher`]) when none comes, so the count of a burst that stops is never
+//! lost; at shutdown [`flush_all`] writes what is left. A kind that stayed quiet for a
+//! whole second starts over: its next occurrence is logged in full again.
+//!
+//! The state is one small list under one mutex, taken only on these (error) paths.
+//! `log-rate-limit: false` (bridge section) writes every line in full instead.
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{LazyLock, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::Notify;
+
+/// At most one summary line per kind and pool (or listener) in this time.
+pub const WINDOW: Duration = Duration::from_secs(1);
+
+/// What a rate-limited line is about (the summary's field name).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    Pool,
+    Listener,
+}
+
+/// The level of the full line, and of its summaries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Level {
+    Info,
+    Warn,
+}
+
+/// One kind of rate-limited line (compared by address: use the statics below).
+#[derive(Debug)]
+pub struct Kind {
+    pub scope: Scope,
+    /// What happened, plural, as the summary says it: "requests answered 503".
+    pub what: &'static str,
+    /// Why: "queue full".
+    pub reason: &'static str,
+    pub level: Level,
+    /// Occurrences logged in full in a second before the others are only counted.
+    pub burst: u32,
+}
+
+/// 503: more requests waiting than `queue-size`.
+pub static QUEUE_FULL: Kind = Kind { scope: Scope::Pool, what: "requests answered 503", reason: "queue full", level: Level::Warn, burst: 1 };
+/// 503: no worker became free within `queue-timeout`.
+pub static QUEUE_TIMEOUT: Kind = Kind { scope: Scope::Pool, what: "requests answered 503", reason: "queue timeout", level: Level::Warn, burst: 1 };
+/// 503: the pool has no worker and cannot start one.
+pub static UNAVAILABLE: Kind = Kind { scope: Scope::Pool, what: "requests answered 503", reason: "pool unavailable", level: Level::Warn, burst: 1 };
+// A client's own mistakes (a URI, a body, a record) differ from one request to the next:
+// a few are kept in full each second, to see what a misbehaving client sends.
+const CLIENT_BURST: u32 = 5;
+
+/// 413: the declared body is larger than `max-body`.
+pub static TOO_LARGE: Kind = Kind { scope: Scope::Pool, what: "requests answered 413", reason: "body larger than max-body", level: Level::Warn, burst: CLIENT_BURST };
+/// 413: a streamed body passed `max-body`.
+pub static BODY_CUT_OFF: Kind = Kind { scope: Scope::Pool, what: "requests cut off with 413", reason: "streamed body passed max-body", level: Level::Warn, burst: CLIENT_BURST };
+/// 404: no route of the listener matches.
+pub static NO_ROUTE: Kind = Kind { scope: Scope::Listener, what: "requests answered 404", reason: "no route matches", level: Level::Info, burst: CLIENT_BURST };
+/// A FastCGI connection closed for a protocol error.
+pub static FASTCGI_PROTOCOL: Kind = Kind { scope: Scope::Listener, what: "connections closed", reason: "FastCGI protocol error", level: Level::Warn, burst: CLIENT_BURST };
+/// An SCGI connection closed for a protocol error.
+pub static SCGI_PROTOCOL: Kind = Kind { scope: Scope::Listener, what: "connections closed", reason: "SCGI protocol error", level: Level::Warn, burst: CLIENT_BURST };
+/// A TCP connection from a peer FCGI_WEB_SERVER_ADDRS does not list.
+pub static PEER_REFUSED: Kind = Kind { scope: Scope::Listener, what: "connections refused", reason: "peer not in FCGI_WEB_SERVER_ADDRS", level: Level::Warn, burst: CLIENT_BURST };
+
+/// 400: a CONTENT_LENGTH that is not plain decimal digits within 64 bits.
+pub static BAD_REQUEST: Kind = Kind { scope: Scope::Listener, what: "requests answered 400", reason: "invalid CONTENT_LENGTH", level: Level::Warn, burst: CLIENT_BURST };
+/// A connection closed because its request headers did not complete within `header-timeout`.
+pub static HEADER_TIMEOUT: Kind = Kind { scope: Scope::Listener, what: "connections closed", reason: "header-timeout", level: Level::Warn, burst: CLIENT_BURST };
+/// A connection closed because unfinished headers passed `header-memory`.
+pub static HEADER_MEMORY: Kind = Kind { scope: Scope::Listener, what: "connections closed", reason: "header-memory budget reached", level: Level::Warn, burst: CLIENT_BURST };
+/// 408: a request body stalled for `body-timeout`.
+pub static BODY_STALLED: Kind = Kind { scope: Scope::Pool, what: "requests ended", reason: "request body stalled (body-timeout)", level: Level::Warn, burst: CLIENT_BURST };
+/// 200 instead of 206: too many ranges, or ranges larger than the file.
+pub static RANGE_IGNORED: Kind = Kind { scope: Scope::Pool, what: "Range headers ignored", reason: "too many or too large ranges", level: Level::Info, burst: CLIENT_BURST };
+
+/// What to do with one occurrence.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Hit {
+    /// Log it in full.
+    Log,
+    /// Counted for the next summary; write nothing.
+    Counted,
+    /// Write this summary (which counts the occurrence) instead of the full line.
+    Summary(Summary),
+}
+
+/// `count` occurrences of a kind that were not logged in full, over `over`.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Summary {
+    pub kind: &'static Kind,
+    pub name: Box<str>,
+    pub count: u64,
+    pub over: Duration,
+}
+
+impl PartialEq for Kind {
+    fn eq(&self, other: &Kind) -> bool {
+        std::ptr::eq(self, other)
+    }
+}
+impl Eq for Kind {}
+
+struct Entry {
+    kind: &'static Kind,
+    name: Box<str>,
+    /// Start of the current window: the first full line, or the last summary.
+    since: Instant,
+    /// Full lines in this window (set to the burst after a summary: a flood that goes on
+    /// is only summarised).
+    logged: u32,
+    suppressed: u64,
+}
+
+/// The rate limiter itself, with time passed in (the unit tests use a fake clock).
+pub struct Limiter {
+    window: Duration,
+    /// Few entries (active kinds × pools or listeners): a list beats a map here.
+    entries: Vec<Entry>,
+}
+
+impl Limiter {
+    pub fn new(window: Duration) -> Limiter {
+        Limiter { window, entries: Vec::new() }
+    }
+
+    /// One occurrence of `kind` for the pool or listener `name` at `now`.
+    pub fn hit(&mut self, kind: &'static Kind, name: &str, now: Instant) -> Hit {
+        let Some(e) = self.entries.iter_mut().find(|e| std::ptr::eq(e.kind, kind) && &*e.name == name) else {
+            self.entries.push(Entry { kind, name: name.into(), since: now, logged: 1, suppressed: 0 });
+            return Hit::Log;
+        };
+        let over = now.saturating_duration_since(e.since);
+        if over < self.window {
+            if e.logged < kind.burst {
+                e.logged += 1;
+                return Hit::Log;
+            }
+            e.suppressed += 1;
+            return Hit::Counted;
+        }
+        e.since = now;
+        if e.suppressed == 0 {
+            e.logged = 1;
+            return Hit::Log;
+        }
+        e.logged = kind.burst;
+        let count = std::mem::take(&mut e.suppressed) + 1;
+        Hit::Summary(Summary { kind, name: e.name.clone(), count, over })
+    }
+
+    /// The summaries due at `now`, and when the next one may be due (`None`: nothing
+    /// pending). A kind quiet for a whole window is forgotten.
+    pub fn flush(&mut self, now: Instant) -> (Vec<Summary>, Option<Instant>) {
+        let mut out = Vec::new();
+        let window = self.window;
+        self.entries.retain_mut(|e| {
+            let over = now.saturating_duration_since(e.since);
+            if over < window {
+                return true;
+            }
+            if e.suppressed == 0 {
+                return false;
+            }
+            out.push(Summary { kind: e.kind, name: e.name.clone(), count: std::mem::take(&mut e.suppressed), over });
+            e.since = now;
+            e.logged = e.kind.burst;
+            true
+        });
+        let next = self.entries.iter().map(|e| e.since + window).min();
+        (out, next)
+    }
+
+    /// Every pending count, due or not (shutdown); forgets everything.
+    pub fn drain(&mut self, now: Instant) -> Vec<Summary> {
+        self.entries
+            .drain(..)
+            .filter(|e| e.suppressed > 0)
+            .map(|e| Summary { over: now.saturating_duration_since(e.since), kind: e.kind, name: e.name, count: e.suppressed })
+            .collect()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+static LIMITER: LazyLock<Mutex<Limiter>> = LazyLock::new(|| Mutex::new(Limiter::new(WINDOW)));
+static ENABLED: AtomicBool = AtomicBool::new(true);
+
+/// `log-rate-limit`: false logs every occurrence in full.
+pub fn set_enabled(on: bool) {
+    ENABLED.store(on, Ordering::Relaxed);
+}
+/// Wakes the flusher when the first entry appears (it sleeps while there is none).
+static WAKE: LazyLock<Notify> = LazyLock::new(Notify::new);
+
+fn limiter() -> std::sync::MutexGuard<'static, Limiter> {
+    // Every critical section leaves the list consistent: a poisoned lock is still usable.
+    LIMITER.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Whether to write the full line of this occurrence of `kind` for `name` (a pool or
+/// listener); when not, it is counted, and a due summary is written here.
+pub fn allow(kind: &'static Kind, name: &str) -> bool {
+    if !ENABLED.load(Ordering::Relaxed) {
+        return true;
+    }
+    let now = Instant::now();
+    let (hit, was_empty) = {
+        let mut l = limiter();
+        let was_empty = l.is_empty();
+        (l.hit(kind, name, now), was_empty)
+    };
+    match hit {
+        Hit::Log => {
+            if was_empty {
+                WAKE.notify_one();
+            }
+            true
+        }
+        Hit::Counted => false,
+        Hit::Summary(s) => {
+            emit(&s);
+            false
+        }
+    }
+}
+
+/// Write the summaries of bursts that stopped; runs for the daemon's life.
+pub async fn flusher() {
+    loop {
+        let (due, next) = limiter().flush(Instant::now());
+        for s in &due {
+            emit(s);
+        }
+        match next {
+            Some(at) => tokio::time::sleep_until(at.into()).await,
+            // A permit stored by `notify_one` before this wait is not lost.
+            None => WAKE.notified().await,
+        }
+    }
+}
+
+/// Write every count still pending (at shutdown).
+pub fn flush_all() {
+    let left = limiter().drain(Instant::now());
+    for s in &left {
+        emit(s);
+    }
+}
+
+fn emit(s: &Summary) {
+    let (k, name, count) = (s.kind, &*s.name, s.count);
+    let secs = s.over.as_secs_f64();
+    macro_rules! line {
+        ($level:ident, $field:ident, $scope:literal) => {
+            tracing::$level!(
+                $field = name,
+                suppressed = count,
+                reason = k.reason,
+                concat!($scope, " {}: {} more {} ({}) in the last {:.1}s"),
+                name,
+                count,
+                k.what,
+                k.reason,
+                secs
+            )
+        };
+    }
+    match (k.scope, k.level) {
+        (Scope::Pool, Level::Warn) => line!(warn, pool, "pool"),
+        (Scope::Pool, Level::Info) => line!(info, pool, "pool"),
+        (Scope::Listener, Level::Warn) => line!(warn, listener, "listener"),
+        (Scope::Listener, Level::Info) => line!(info, listener, "listener"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(t0: Instant, ms: u64) -> Instant {
+        t0 + Duration::from_millis(ms)
+    }
+
+    fn summary(kind: &'static Kind, name: &str, count: u64, over_ms: u64) -> Summary {
+        Summary { kind, name: name.into(), count, over: Duration::from_millis(over_ms) }
+    }
+
+    #[test]
+    fn first_in_full_then_counted_then_one_summary_per_window() {
+        let t0 = Instant::now();
+        let mut l = Limiter::new(WINDOW);
+        assert_eq!(l.hit(&QUEUE_FULL, "app", t0), Hit::Log);
+        for ms in 1..1000 {
+            assert_eq!(l.hit(&QUEUE_FULL, "app", at(t0, ms)), Hit::Counted);
+        }
+        // The next one after the window writes the summary and is counted in it.
+        assert_eq!(l.hit(&QUEUE_FULL, "app", at(t0, 1200)), Hit::Summary(summary(&QUEUE_FULL, "app", 1000, 1200)));
+        assert_eq!(l.hit(&QUEUE_FULL, "app", at(t0, 1300)), Hit::Counted);
+        // Nothing is due before the new window ends.
+        let (due, next) = l.flush(at(t0, 2100));
+        assert!(due.is_empty());
+        assert_eq!(next, Some(at(t0, 2200)));
+    }
+
+    #[test]
+    fn a_burst_that_stops_is_summarised_by_the_flush_then_forgotten() {
+        let t0 = Instant::now();
+        let mut l = Limiter::new(WINDOW);
+        assert_eq!(l.flush(t0), (vec![], None));
+        assert_eq!(l.hit(&QUEUE_FULL, "app", t0), Hit::Log);
+        for ms in 1..=41 {
+            l.hit(&QUEUE_FULL, "app", at(t0, ms));
+        }
+        assert_eq!(l.flush(at(t0, 500)), (vec![], Some(at(t0, 1000))));
+        assert_eq!(l.flush(at(t0, 1003)), (vec![summary(&QUEUE_FULL, "app", 41, 1003)], Some(at(t0, 2003))));
+        // A quiet window: forgotten, and the next occurrence is logged in full again.
+        assert_eq!(l.flush(at(t0, 2003)), (vec![], None));
+        assert_eq!(l.hit(&QUEUE_FULL, "app", at(t0, 5000)), Hit::Log);
+    }
+
+    #[test]
+    fn a_lone_occurrence_after_a_quiet_window_is_logged_in_full() {
+        // No flush ran in between: the entry is still there, with nothing counted.
+        let t0 = Instant::now();
+        let mut l = Limiter::new(WINDOW);
+        assert_eq!(l.hit(&UNAVAILABLE, "app", t0), Hit::Log);
+        assert_eq!(l.hit(&UNAVAILABLE, "app", at(t0, 1500)), Hit::Log);
+        assert_eq!(l.hit(&UNAVAILABLE, "app", at(t0, 1600)), Hit::Counted);
+    }
+
+    #[test]
+    fn a_burst_of_client_errors_keeps_a_few_in_full() {
+        let t0 = Instant::now();
+        let mut l = Limiter::new(WINDOW);
+        for ms in 0..CLIENT_BURST as u64 {
+            assert_eq!(l.hit(&FASTCGI_PROTOCOL, "fcgi", at(t0, ms)), Hit::Log);
+        }
+        assert_eq!(l.hit(&FASTCGI_PROTOCOL, "fcgi", at(t0, 100)), Hit::Counted);
+        assert_eq!(l.flush(at(t0, 1000)).0, vec![summary(&FASTCGI_PROTOCOL, "fcgi", 1, 1000)]);
+        // The flood went on: the next window is only summarised.
+        assert_eq!(l.hit(&FASTCGI_PROTOCOL, "fcgi", at(t0, 1100)), Hit::Counted);
+        // Fewer than the burst per second, with quiet seconds between: never suppressed.
+        let mut l = Limiter::new(WINDOW);
+        for s in 0..10 {
+            for ms in 0..CLIENT_BURST as u64 {
+                assert_eq!(l.hit(&FASTCGI_PROTOCOL, "fcgi", at(t0, s * 2000 + ms * 100)), Hit::Log);
+            }
+            l.flush(at(t0, s * 2000 + 1500));
+        }
+    }
+
+    #[test]
+    fn kinds_and_names_are_counted_apart() {
+        let t0 = Instant::now();
+        let mut l = Limiter::new(WINDOW);
+        assert_eq!(l.hit(&QUEUE_FULL, "app", t0), Hit::Log);
+        assert_eq!(l.hit(&QUEUE_TIMEOUT, "app", t0), Hit::Log);
+        assert_eq!(l.hit(&QUEUE_FULL, "other", t0), Hit::Log);
+        assert_eq!(l.hit(&QUEUE_FULL, "app", at(t0, 10)), Hit::Counted);
+        assert_eq!(l.hit(&QUEUE_FULL, "app", at(t0, 20)), Hit::Counted);
+        assert_eq!(l.hit(&QUEUE_FULL, "other", at(t0, 30)), Hit::Counted);
+        let (due, _) = l.flush(at(t0, 1000));
+        assert_eq!(due, vec![summary(&QUEUE_FULL, "app", 2, 1000), summary(&QUEUE_FULL, "other", 1, 1000)]);
+    }
+
+    #[test]
+    fn every_occurrence_is_in_a_full_line_or_a_summary() {
+        // A steady stream over ten windows, flushed at odd times: the counts add up.
+        let t0 = Instant::now();
+        let mut l = Limiter::new(WINDOW);
+        let (mut full, mut summed, mut lines) = (0u64, 0u64, 0u64);
+        for ms in (0..10_000).step_by(3) {
+            match l.hit(&QUEUE_FULL, "app", at(t0, ms)) {
+                Hit::Log => full += 1,
+                Hit::Counted => {}
+                Hit::Summary(s) => {
+                    summed += s.count;
+                    lines += 1;
+                }
+            }
+            if ms % 700 == 0 {
+                for s in l.flush(at(t0, ms)).0 {
+                    summed += s.count;
+                    lines += 1;
+                }
+            }
+        }
+        summed += l.drain(at(t0, 10_000)).iter().map(|s| s.count).sum::<u64>();
+        assert_eq!(full + summed, (0..10_000).step_by(3).count() as u64);
+        assert_eq!(full, 1);
+        assert!(lines <= 11, "{lines} summary lines for ten windows");
+    }
+}
