@@ -329,7 +329,7 @@ fn counts_and_names_are_checked() {
         ("listeners:\n  x:\n    fastcgi: 127.0.0.1:9100\n    routes:\n      - {prefix: api, pool: demo}\n", "5:10: listeners.x.routes[0].prefix: must start with '/'"),
         ("listeners:\n  x:\n    fastcgi: 127.0.0.1:9100\n    pool: demo\n    body-timeout: 0s\n", "5:5: listeners.x.body-timeout: must be longer than 0s"),
         ("listeners:\n  x:\n    fastcgi: 127.0.0.1:9100\n    pool: demo\n    header-timeout: 0\n", "5:5: listeners.x.header-timeout: must be longer than 0s"),
-        ("listeners:\n  x:\n    fastcgi: 127.0.0.1:9100\n    pool: demo\n    max-connections: 0\n", "5:5: listeners.x.max-connections: must be at least 1"),
+        ("listeners:\n  x:\n    fastcgi: 127.0.0.1:9100\n    pool: demo\n    max-connections: 0\n", "5:5: listeners.x.max-connections: must be 1 or more"),
         ("bridge:\n  header-memory: 0\n", "2:3: bridge.header-memory: must be more than 0 bytes"),
     ];
     for (text, expected) in cases {
