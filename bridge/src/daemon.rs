@@ -25,6 +25,12 @@ fn default_runtime_threads() -> usize {
 }
 
 pub fn main(config_dir: &Path) -> ExitCode {
+    // Until run() installs their handlers, a reload or a log rotation aimed at a daemon
+    // that is starting must not end it (their default action); the configuration and the
+    // log files being opened now are the newest anyway.
+    if let Err(e) = crate::supervise::ignore_operator_signals() {
+        eprintln!("fcgibridge: cannot ignore SIGHUP/SIGUSR1/SIGUSR2 during start-up: {e}");
+    }
     let config = match crate::config::load(config_dir) {
         Ok(c) => c,
         Err(e) => {
@@ -74,14 +80,16 @@ pub fn main(config_dir: &Path) -> ExitCode {
 
 async fn run(mut config: crate::config::Config, notifier: Arc<Notifier>, config_dir: std::path::PathBuf) -> ExitCode {
     // Signals first, so a SIGTERM during start-up is not lost.
-    let (mut sigterm, mut sigint, mut sigquit, mut sighup, mut sigusr2) = match (
+    // SIGUSR1 too: its default action would end a daemon that a log rotation finds starting.
+    let (mut sigterm, mut sigint, mut sigquit, mut sighup, mut sigusr2, mut sigusr1) = match (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
         signal(SignalKind::quit()),
         signal(SignalKind::hangup()),
         signal(SignalKind::user_defined2()),
+        signal(SignalKind::user_defined1()),
     ) {
-        (Ok(a), Ok(b), Ok(c), Ok(d), Ok(e)) => (a, b, c, d, e),
+        (Ok(a), Ok(b), Ok(c), Ok(d), Ok(e), Ok(f)) => (a, b, c, d, e, f),
         _ => {
             tracing::error!("cannot install signal handlers");
             return ExitCode::FAILURE;
@@ -188,13 +196,6 @@ async fn run(mut config: crate::config::Config, notifier: Arc<Notifier>, config_
     crate::notify::spawn_watchdog(notifier.clone());
     tokio::spawn(crate::notify::ready_when_pools_ready(notifier.clone(), pools.clone()));
 
-    let mut sigusr1 = match signal(SignalKind::user_defined1()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!("cannot install the SIGUSR1 handler: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
     let how = loop {
         tokio::select! {
             _ = sigusr1.recv() => {

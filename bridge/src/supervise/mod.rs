@@ -22,6 +22,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 pub use runtime_dir::RuntimeDir;
+pub use spawn::ignore_operator_signals;
 pub use worker::WorkerCtl;
 
 /// One running worker process, as the slots connected to it know it.
