@@ -2,7 +2,7 @@
 (whose default is every process of the unit's cgroup) or a `kill` of the wrong pid does:
 SIGUSR1, SIGHUP and SIGUSR2 reach the daemon *and* every worker, template and FastCGI
 program it started. The daemon acts on them (reopen logs, reload, reload and restart);
-workers must survive them (docs/systemd.md, docs/supervision.md#signals)."""
+workers must survive them (docs/systemd.md#signals, docs/worker-contract.md)."""
 from __future__ import annotations
 
 import importlib.util
@@ -64,7 +64,7 @@ def undelivered(pid: int, sig: int) -> bool:
     """Whether `sig` still waits for delivery to a thread of `pid` that does not block it.
     A signal whose action is SIG_IGN is dropped when sent; one with a handler is taken off
     the pending sets when delivered; a fatal one kills the process when delivered; one that
-    every thread blocks (command: programs, docs/supervision.md#signals) stays pending."""
+    every thread blocks (command: programs, docs/worker-contract.md) stays pending."""
     bit = 1 << (sig - 1)
     try:
         tasks = os.listdir(f"/proc/{pid}/task")
