@@ -31,10 +31,11 @@ pub fn main(config_dir: &Path) -> ExitCode {
     if let Err(e) = crate::supervise::ignore_operator_signals() {
         eprintln!("fcgibridge: cannot ignore SIGHUP/SIGUSR1/SIGUSR2 during start-up: {e}");
     }
-    let config = match crate::config::load(config_dir) {
+    let loaded = crate::config::load(config_dir).map_err(|e| e.to_string());
+    let config = match loaded.and_then(|c| crate::probe::check_pools(&c.pools).map(|()| c).map_err(|e| e.to_string())) {
         Ok(c) => c,
         Err(e) => {
-            for line in e.to_string().lines() {
+            for line in e.lines() {
                 eprintln!("fcgibridge: {line}");
             }
             return ExitCode::from(2);
@@ -217,7 +218,7 @@ async fn run(mut config: crate::config::Config, notifier: Arc<Notifier>, config_
                 tracing::info!("SIGHUP: reloading {}", config_dir.display());
                 notifier.reloading();
                 let live = crate::reload::Live { config: &mut config, supervisor: &mut supervisor, listeners: &mut listeners, runtime_dir: &rt_dir };
-                let _ = crate::reload::reload(&config_dir, live, false);
+                let _ = crate::reload::reload(&config_dir, live, false).await;
                 crate::status::install(config.listeners.clone());
                 notifier.ready(&format!("serving {} pools", supervisor.pools().len()));
             }
@@ -225,7 +226,7 @@ async fn run(mut config: crate::config::Config, notifier: Arc<Notifier>, config_
                 tracing::info!("SIGUSR2: reloading {} and restarting every worker", config_dir.display());
                 notifier.reloading();
                 let live = crate::reload::Live { config: &mut config, supervisor: &mut supervisor, listeners: &mut listeners, runtime_dir: &rt_dir };
-                let _ = crate::reload::reload(&config_dir, live, true);
+                let _ = crate::reload::reload(&config_dir, live, true).await;
                 crate::status::install(config.listeners.clone());
                 notifier.ready(&format!("serving {} pools", supervisor.pools().len()));
             }

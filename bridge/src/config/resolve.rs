@@ -3,7 +3,7 @@
 use super::error::{ConfigError, Source};
 use super::file::{RawListener, RawPool};
 use super::locate::KeyPath;
-use super::model::{App, Dialect, ListenAddress, Listener, Pool, Protocol, Route, UnroutedRedirect};
+use super::model::{App, Dialect, KeyAt, ListenAddress, Listener, Pool, Protocol, Route, UnroutedRedirect};
 use super::paths;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
@@ -65,6 +65,8 @@ pub fn pool(
 
     let python = paths::find_python(raw.python.as_deref().unwrap_or(DEFAULT_PYTHON), dir, search_path)
         .map_err(|m| src.invalid(&here.key("python"), m))?;
+    let python_key = here.key("python");
+    let python_at = KeyAt { at: src.at(&python_key).to_string(), key: python_key.to_string(), written: raw.python.is_some() };
 
     let chdir = match (&raw.chdir, &app) {
         (Some(chdir), _) => paths::resolve(dir, chdir),
@@ -119,6 +121,7 @@ pub fn pool(
     Ok(Pool {
         name: name.to_owned(),
         python,
+        python_at,
         app,
         chdir,
         env: env.into_iter().collect(),
