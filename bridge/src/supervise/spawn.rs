@@ -133,11 +133,11 @@ pub async fn spawn_worker(pool: &Pool, python_path: &Path, socket: &Path) -> Res
 const OPERATOR_SIGNALS: [libc::c_int; 3] = [libc::SIGHUP, libc::SIGUSR1, libc::SIGUSR2];
 
 /// Ignore [`OPERATOR_SIGNALS`]: in a forked child before exec, and in the daemon until its
-/// own handlers are installed. An ignored disposition
-/// survives exec (handlers do not), so this covers the interpreter's start-up and
-/// `command:` programs, which never learn about the bridge. A program may still install
-/// handlers of its own: the native worker does (docs/worker-contract.md); for the others
-/// see [`block_operator_signals`]. Only sigaction is called: async-signal-safe.
+/// own handlers are installed. An ignored disposition survives exec (handlers do not), so
+/// this covers the interpreter's start-up and `command:` programs, which never learn about
+/// the bridge. A program may still install handlers of its own: the native worker does
+/// (docs/worker-contract.md); for the others see [`block_operator_signals`]. Only
+/// sigaction is called: async-signal-safe.
 pub fn ignore_operator_signals() -> std::io::Result<()> {
     for sig in OPERATOR_SIGNALS {
         // SAFETY: a zeroed sigaction with SIG_IGN and an empty mask is a valid argument.
