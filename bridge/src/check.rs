@@ -3,7 +3,8 @@
 //! The output is itself a valid configuration file (YAML, the same schema) with every
 //! default written out and every path absolute, so it answers "what will the daemon
 //! actually do?" and can be diffed between deployments. Exit status: 0 when valid,
-//! 1 when not (the error, `file:line:column: key: message`, goes to stderr).
+//! 1 when not (the error, `file:line:column: key: message`, goes to stderr). Each pool's
+//! interpreter is run once to read its version (probe.rs).
 use crate::config::units::{DurationDisplay, SizeDisplay};
 use crate::config::{self, App, Config, ListenAddress, Listener, LogFormat, Pool, Protocol};
 use crate::respond::error_override::ErrorPage;
@@ -14,7 +15,9 @@ use std::process::ExitCode;
 
 /// Entry point of the subcommand.
 pub fn main(config_dir: &Path) -> ExitCode {
-    match config::load(config_dir) {
+    // The interpreters are run only once the files are valid: their errors come after.
+    let loaded = config::load(config_dir).map_err(|e| e.to_string());
+    match loaded.and_then(|c| crate::probe::check_pools(&c.pools).map(|()| c).map_err(|e| e.to_string())) {
         Ok(config) => {
             let text = render(&config, &config_dir.display().to_string());
             let mut out = std::io::stdout().lock();
@@ -345,6 +348,7 @@ mod tests {
                 Pool {
                     name: "a".into(),
                     python: PathBuf::from("/bin/sh"),
+                    python_at: Default::default(),
                     app: App::File(app.clone()),
                     chdir: dir.clone(),
                     env: BTreeMap::from([("A".into(), "1".into()), ("QUOTED".into(), "x: \"y\"".into())]),
@@ -362,6 +366,7 @@ mod tests {
                 Pool {
                     name: "b".into(),
                     python: PathBuf::from("/bin/sh"),
+                    python_at: Default::default(),
                     app: App::Module { module: "mysite.wsgi".into(), callable: "application".into() },
                     chdir: PathBuf::from("/"),
                     env: BTreeMap::new(),

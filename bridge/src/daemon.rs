@@ -25,10 +25,17 @@ fn default_runtime_threads() -> usize {
 }
 
 pub fn main(config_dir: &Path) -> ExitCode {
-    let config = match crate::config::load(config_dir) {
+    // Until run() installs their handlers, a reload or a log rotation aimed at a daemon
+    // that is starting must not end it (their default action); the configuration and the
+    // log files being opened now are the newest anyway.
+    if let Err(e) = crate::supervise::ignore_operator_signals() {
+        eprintln!("fcgibridge: cannot ignore SIGHUP/SIGUSR1/SIGUSR2 during start-up: {e}");
+    }
+    let loaded = crate::config::load(config_dir).map_err(|e| e.to_string());
+    let config = match loaded.and_then(|c| crate::probe::check_pools(&c.pools).map(|()| c).map_err(|e| e.to_string())) {
         Ok(c) => c,
         Err(e) => {
-            for line in e.to_string().lines() {
+            for line in e.lines() {
                 eprintln!("fcgibridge: {line}");
             }
             return ExitCode::from(2);
@@ -74,14 +81,16 @@ pub fn main(config_dir: &Path) -> ExitCode {
 
 async fn run(mut config: crate::config::Config, notifier: Arc<Notifier>, config_dir: std::path::PathBuf) -> ExitCode {
     // Signals first, so a SIGTERM during start-up is not lost.
-    let (mut sigterm, mut sigint, mut sigquit, mut sighup, mut sigusr2) = match (
+    // SIGUSR1 too: its default action would end a daemon that a log rotation finds starting.
+    let (mut sigterm, mut sigint, mut sigquit, mut sighup, mut sigusr2, mut sigusr1) = match (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
         signal(SignalKind::quit()),
         signal(SignalKind::hangup()),
         signal(SignalKind::user_defined2()),
+        signal(SignalKind::user_defined1()),
     ) {
-        (Ok(a), Ok(b), Ok(c), Ok(d), Ok(e)) => (a, b, c, d, e),
+        (Ok(a), Ok(b), Ok(c), Ok(d), Ok(e), Ok(f)) => (a, b, c, d, e, f),
         _ => {
             tracing::error!("cannot install signal handlers");
             return ExitCode::FAILURE;
@@ -189,13 +198,6 @@ async fn run(mut config: crate::config::Config, notifier: Arc<Notifier>, config_
     crate::notify::spawn_watchdog(notifier.clone());
     tokio::spawn(crate::notify::ready_when_pools_ready(notifier.clone(), pools.clone()));
 
-    let mut sigusr1 = match signal(SignalKind::user_defined1()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!("cannot install the SIGUSR1 handler: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
     let how = loop {
         tokio::select! {
             _ = sigusr1.recv() => {
@@ -217,7 +219,7 @@ async fn run(mut config: crate::config::Config, notifier: Arc<Notifier>, config_
                 tracing::info!("SIGHUP: reloading {}", config_dir.display());
                 notifier.reloading();
                 let live = crate::reload::Live { config: &mut config, supervisor: &mut supervisor, listeners: &mut listeners, runtime_dir: &rt_dir };
-                let _ = crate::reload::reload(&config_dir, live, false);
+                let _ = crate::reload::reload(&config_dir, live, false).await;
                 crate::status::install(config.listeners.clone());
                 notifier.ready(&format!("serving {} pools", supervisor.pools().len()));
             }
@@ -225,7 +227,7 @@ async fn run(mut config: crate::config::Config, notifier: Arc<Notifier>, config_
                 tracing::info!("SIGUSR2: reloading {} and restarting every worker", config_dir.display());
                 notifier.reloading();
                 let live = crate::reload::Live { config: &mut config, supervisor: &mut supervisor, listeners: &mut listeners, runtime_dir: &rt_dir };
-                let _ = crate::reload::reload(&config_dir, live, true);
+                let _ = crate::reload::reload(&config_dir, live, true).await;
                 crate::status::install(config.listeners.clone());
                 notifier.ready(&format!("serving {} pools", supervisor.pools().len()));
             }

@@ -10,6 +10,7 @@ mod dispatch;
 mod listen;
 mod logging;
 mod notify;
+mod probe;
 mod reload;
 mod request;
 mod respond;

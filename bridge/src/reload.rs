@@ -1,7 +1,8 @@
 //! Reloading the configuration in the running daemon (SIGHUP, `fcgibridge reload`).
 //!
-//! 1. conf.d is read and validated again; an invalid configuration is refused with the
-//!    same message `fcgibridge check` prints, and the running one stays.
+//! 1. conf.d is read and validated again, and the pools' interpreters probed (probe.rs);
+//!    an invalid configuration is refused with the same message `fcgibridge check`
+//!    prints, and the running one stays.
 //! 2. New listener addresses are bound; a busy address refuses the reload (nothing changed).
 //! 3. Pools (supervise/mod.rs, `Supervisor::reload`): unchanged pools keep running
 //!    untouched; changed ones take their new settings, with a rolling, readiness-gated
@@ -31,8 +32,8 @@ pub struct Live<'a> {
 
 /// Re-read `dir` and apply it. `restart_all`: also restart the workers of unchanged pools
 /// (new application code). Ok: a summary; Err: why the running configuration stays.
-pub fn reload(dir: &Path, live: Live<'_>, restart_all: bool) -> Result<String, String> {
-    let outcome = apply(dir, live, restart_all);
+pub async fn reload(dir: &Path, live: Live<'_>, restart_all: bool) -> Result<String, String> {
+    let outcome = apply(dir, live, restart_all).await;
     match &outcome {
         Ok(summary) => {
             tracing::info!("reload done: {summary}");
@@ -49,8 +50,15 @@ pub fn reload(dir: &Path, live: Live<'_>, restart_all: bool) -> Result<String, S
     outcome
 }
 
-fn apply(dir: &Path, live: Live<'_>, restart_all: bool) -> Result<String, String> {
+async fn apply(dir: &Path, live: Live<'_>, restart_all: bool) -> Result<String, String> {
     let new = config::load(dir).map_err(|e| e.to_string())?;
+    // The interpreters run on a blocking thread: with one runtime thread, requests would
+    // otherwise wait for them.
+    let pools = new.pools.clone();
+    match tokio::task::spawn_blocking(move || crate::probe::check_pools(&pools)).await {
+        Ok(probed) => probed.map_err(|e| e.to_string())?,
+        Err(e) => return Err(format!("the interpreter probe failed: {e}")),
+    }
     let sockets = live.listeners.bind_new(&new.listeners).map_err(|e| e.to_string())?;
 
     let mut notes = Vec::new();

@@ -204,6 +204,8 @@ pub struct Pool {
     pub name: String,
     /// Interpreter or virtualenv python to run; default "python3" from PATH.
     pub python: PathBuf,
+    /// Where `python` was written (or, by default, the pool), for the interpreter probe's errors.
+    pub python_at: KeyAt,
     /// "package.module:callable", or the path of a .wsgi/.py file that defines `application`.
     pub app: App,
     /// Working directory of the workers (default: the directory of the config file).
@@ -229,6 +231,25 @@ pub struct Pool {
     pub error_pages: crate::respond::error_override::ErrorPages,
     /// user, group, chroot, umask, rlimits, nice, clear-env, script ownership (default: none).
     pub isolation: super::isolation::Isolation,
+}
+
+/// Where a key was written: `file:line:column` and its key path, for errors found after
+/// loading (the interpreter probe runs programs, so it is no part of `config`). Every two
+/// compare equal: moving a pool's lines within its file changes nothing a reload acts on.
+#[derive(Debug, Clone, Default)]
+pub struct KeyAt {
+    /// `conf.d/10-app.yaml:4:5`, or the nearest parent key's place when the key is not written.
+    pub at: String,
+    /// `pools.app.python`.
+    pub key: String,
+    /// False when the value is the default.
+    pub written: bool,
+}
+
+impl PartialEq for KeyAt {
+    fn eq(&self, _: &KeyAt) -> bool {
+        true
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -3,7 +3,7 @@
 use super::error::{note, ConfigError, Source};
 use super::file::{RawListener, RawPool};
 use super::locate::{KeyPath, Seg};
-use super::model::{App, Dialect, ListenAddress, Listener, Pool, Protocol, Route, UnroutedRedirect};
+use super::model::{App, Dialect, KeyAt, ListenAddress, Listener, Pool, Protocol, Route, UnroutedRedirect};
 use super::paths;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
@@ -88,6 +88,8 @@ pub fn pool(
     let python = paths::find_python(raw.python.as_deref().unwrap_or(DEFAULT_PYTHON), dir, search_path)
         .map_err(|m| src.invalid(&here.key("python"), m));
     let python = note(&mut errs, python);
+    let python_key = here.key("python");
+    let python_at = KeyAt { at: src.at(&python_key).to_string(), key: python_key.to_string(), written: raw.python.is_some() };
 
     // Without a valid app the default chdir is unknown; a given one is still checked.
     let chdir = match (&raw.chdir, &app) {
@@ -148,6 +150,7 @@ pub fn pool(
         (Some(app), Some(python), Some(chdir), Some((processes, supervision)), Some(isolation)) if errs.is_empty() => Ok(Pool {
             name: name.to_owned(),
             python,
+            python_at,
             app,
             chdir,
             env: env.into_iter().collect(),

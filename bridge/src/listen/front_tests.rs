@@ -22,6 +22,7 @@ fn pool_config(threads: u32) -> config::Pool {
     config::Pool {
         name: "test".to_owned(),
         python: "python3".into(),
+        python_at: Default::default(),
         app: config::App::Module { module: "x".to_owned(), callable: "application".to_owned() },
         chdir: std::env::temp_dir(),
         env: Default::default(),

@@ -1074,6 +1074,7 @@ mod tests {
         let base = config::Pool {
             name: "p".into(),
             python: "python3".into(),
+            python_at: Default::default(),
             app: App::Module { module: "x".into(), callable: "application".into() },
             chdir: "/".into(),
             env: Default::default(),

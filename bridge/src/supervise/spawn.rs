@@ -84,7 +84,7 @@ pub async fn spawn_worker(pool: &Pool, python_path: &Path, socket: &Path) -> Res
     // Credentials change first: the kernel clears PR_SET_PDEATHSIG (set below) on setuid.
     iso.install(&mut cmd);
     // SAFETY: the closure runs in the forked child before exec and only makes
-    // async-signal-safe system calls (dup2, fcntl, prctl, setpgid, getppid, kill).
+    // async-signal-safe system calls (dup2, fcntl, prctl, setpgid, sigaction, sigprocmask).
     unsafe {
         cmd.pre_exec(move || {
             if !give_ready_fd {
@@ -106,6 +106,10 @@ pub async fn spawn_worker(pool: &Pool, python_path: &Path, socket: &Path) -> Res
             if libc::setpgid(0, 0) == -1 {
                 return Err(std::io::Error::last_os_error());
             }
+            ignore_operator_signals()?;
+            if !give_ready_fd {
+                block_operator_signals()?;
+            }
             Ok(())
         });
     }
@@ -120,6 +124,56 @@ pub async fn spawn_worker(pool: &Pool, python_path: &Path, socket: &Path) -> Res
     let pid = child.id().unwrap_or(0);
     let ready = tokio::net::unix::pipe::Receiver::from_owned_fd(ready_r).map_err(SpawnError::Pipe)?;
     Ok(Spawned { child: super::worker_child::WorkerChild::direct(child), pid, ready })
+}
+
+/// The signals an operator means for the daemon but may send to the whole service
+/// (`systemctl kill` signals every process of the unit unless told `--kill-whom=main`):
+/// SIGHUP (reload), SIGUSR1 (reopen logs), SIGUSR2 (reload and restart). Their default
+/// action ends a process, so a worker started with it would die of a log rotation.
+const OPERATOR_SIGNALS: [libc::c_int; 3] = [libc::SIGHUP, libc::SIGUSR1, libc::SIGUSR2];
+
+/// Ignore [`OPERATOR_SIGNALS`]: in a forked child before exec, and in the daemon until its
+/// own handlers are installed. An ignored disposition survives exec (handlers do not), so
+/// this covers the interpreter's start-up and `command:` programs, which never learn about
+/// the bridge. A program may still install handlers of its own: the native worker does
+/// (docs/worker-contract.md); for the others see [`block_operator_signals`]. Only
+/// sigaction is called: async-signal-safe.
+pub fn ignore_operator_signals() -> std::io::Result<()> {
+    for sig in OPERATOR_SIGNALS {
+        // SAFETY: a zeroed sigaction with SIG_IGN and an empty mask is a valid argument.
+        let rc = unsafe {
+            let mut act: libc::sigaction = std::mem::zeroed();
+            act.sa_sigaction = libc::SIG_IGN;
+            libc::sigemptyset(&mut act.sa_mask);
+            libc::sigaction(sig, &act, std::ptr::null_mut())
+        };
+        if rc == -1 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// In the forked child of a `command:` program: also block [`OPERATOR_SIGNALS`]. The
+/// signal mask survives exec and a handler the program installs does not change it, so
+/// they stay pending for ever. php-cgi takes SIGUSR1 as "finish and exit", and its master
+/// process, which gets it too, passes that state to every child it forks afterwards: each
+/// exits at once and the pool is left dead but not gone. flup takes SIGHUP as "stop
+/// accepting". Blocking spares them both; their own subprocesses inherit the mask.
+fn block_operator_signals() -> std::io::Result<()> {
+    // SAFETY: sigemptyset/sigaddset fill a local set; sigprocmask is async-signal-safe.
+    let rc = unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for sig in OPERATOR_SIGNALS {
+            libc::sigaddset(&mut set, sig);
+        }
+        libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut())
+    };
+    if rc == -1 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// `FCGIBRIDGE_APP` for the native worker: `module:callable`, or the app file as the worker

@@ -185,7 +185,7 @@ async fn start_template(pool: &Pool, python_path: &Path) -> Result<Arc<Template>
         .kill_on_drop(true);
     iso.install(&mut cmd);
     let (ready_raw, ctl_raw) = (ready_w.as_raw_fd(), theirs.as_raw_fd());
-    // SAFETY: only fcntl, dup2, close, prctl and setpgid run in the child, on fds made before the fork.
+    // SAFETY: only fcntl, dup2, close, prctl, setpgid and sigaction run in the child, on fds made before the fork.
     unsafe {
         cmd.pre_exec(move || {
             let check = |r: libc::c_int| if r == -1 { Err(std::io::Error::last_os_error()) } else { Ok(r) };
@@ -197,7 +197,7 @@ async fn start_template(pool: &Pool, python_path: &Path) -> Result<Arc<Template>
             check(libc::dup2(ctl_hi, CONTROL_FD))?;
             check(libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0))?;
             check(libc::setpgid(0, 0))?;
-            Ok(())
+            super::spawn::ignore_operator_signals()
         });
     }
     let mut child = cmd.spawn().map_err(TemplateError::Start)?;

@@ -154,6 +154,29 @@ def _supervision_signals():
         signal.signal(signal.SIGXCPU, on_xcpu)
     except (AttributeError, ValueError, OSError):
         pass
+    _operator_signals(signal)
+
+
+def _operator_signals(signal):
+    """SIGHUP and SIGUSR1 are the daemon's (reload, reopen logs) but reach every worker when
+    an operator signals the whole service (`systemctl kill` without --kill-whom=main). The
+    bridge starts workers with them ignored; a handler that says so replaces that, because
+    an ignored signal stays ignored in the app's subprocesses and a handler does not. An app
+    that installs its own handler while it is imported keeps it."""
+
+    def ignored(signum, _frame):
+        line = "fcgibridge worker: %s ignored; it is meant for the bridge's main process only\n" % (
+            signal.Signals(signum).name)
+        try:
+            os.write(2, line.encode())  # not sys.stderr: the handler may interrupt a write to it
+        except OSError:
+            pass
+
+    for sig in (signal.SIGHUP, signal.SIGUSR1):
+        try:
+            signal.signal(sig, ignored)
+        except (ValueError, OSError):
+            pass
 
 
 def main():

@@ -1,0 +1,233 @@
+//! The interpreter probe: run each pool's `python` once with a tiny script and refuse an
+//! interpreter that is not Python, or is older than the worker supports, before any
+//! worker is started from it. Without it such a pool passes `check`, then every worker
+//! fails at once and the pool answers 503 for ever behind its backoff.
+//!
+//! `check`, `run` and a reload call [`check_pools`] after the configuration loaded (it
+//! runs programs, so it lives outside `config`, which only reads files). Each distinct
+//! interpreter is run once per call.
+use crate::config::{App, Pool};
+use std::collections::HashMap;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+/// The oldest Python the worker supports (pyo3's abi3-py39; pyproject's requires-python).
+pub const MIN_PYTHON: (u32, u32) = (3, 9);
+/// How long an interpreter may take to print its version (a cold start on a busy machine).
+const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
+/// What the probe prints first, so that other output (a sitecustomize, a wrapper script)
+/// cannot be taken for the version.
+const MARK: &str = "fcgibridge-probe";
+/// Valid Python 2 and 3 alike: an old interpreter must say its version, not a SyntaxError.
+/// Python 2 has no sys.implementation; sys.subversion names it there.
+const SCRIPT: &str = "import sys; i = getattr(sys, 'implementation', None); \
+    sys.stdout.write('fcgibridge-probe %d.%d.%d %s\\n' % (tuple(sys.version_info[:3]) + \
+    ((i.name if i else sys.subversion[0].lower()),)))";
+
+/// An interpreter's answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Found {
+    pub version: (u32, u32, u32),
+    /// `cpython`, `pypy`…
+    pub implementation: String,
+}
+
+/// Why an interpreter was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error("cannot run it: {0}")]
+    Spawn(std::io::Error),
+    #[error("did not print its version within {0:?}")]
+    Timeout(Duration),
+    #[error("is not a Python interpreter (or cannot start): `{shown} -S -c <version probe>` ended ({how}){said}")]
+    NotPython { shown: String, how: String, said: String },
+    #[error("is Python {}.{}.{} ({}); fcgibridge workers need Python {}.{} or newer",
+        .0.version.0, .0.version.1, .0.version.2, .0.implementation, MIN_PYTHON.0, MIN_PYTHON.1)]
+    TooOld(Found),
+}
+
+/// Every pool's interpreter refused, as lines `file:line:column: pools.NAME.python: why`.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", .0.join("\n"))]
+pub struct Refused(pub Vec<String>);
+
+/// Probe the interpreter of every pool that runs Python (not `command:` pools), each
+/// distinct one once. Blocks for as long as the interpreters take (at most
+/// [`PROBE_TIMEOUT`] each); from async code call it through `spawn_blocking`.
+pub fn check_pools(pools: &[Pool]) -> Result<(), Refused> {
+    let mut seen: HashMap<(Option<PathBuf>, PathBuf), Result<Found, ProbeError>> = HashMap::new();
+    let mut lines = Vec::new();
+    for pool in pools {
+        if matches!(pool.app, App::Command(_)) {
+            continue;
+        }
+        // Keyed by the interpreter alone: the first pool that names it is the one probed.
+        let key = (pool.isolation.chroot.clone(), pool.python.clone());
+        let outcome = seen.entry(key).or_insert_with(|| probe(&pool.python, pool));
+        if let Err(e) = outcome {
+            let at = &pool.python_at;
+            let what = if at.written {
+                pool.python.display().to_string()
+            } else {
+                format!("{} (the default python3)", pool.python.display())
+            };
+            lines.push(format!("{}: {}: {what} {e}", at.at, at.key));
+        }
+    }
+    if lines.is_empty() {
+        Ok(())
+    } else {
+        Err(Refused(lines))
+    }
+}
+
+/// Run `python` as a worker of `pool` would start it (its chroot, directory and `env`)
+/// with the version script.
+pub fn probe(python: &Path, pool: &Pool) -> Result<Found, ProbeError> {
+    let chroot = pool.isolation.chroot.as_deref();
+    let (exe, workdir) = match chroot {
+        Some(root) => (crate::supervise::inside_chroot(root, python), crate::supervise::inside_chroot(root, &pool.chdir)),
+        None => (python.to_path_buf(), pool.chdir.clone()),
+    };
+    let mut cmd = Command::new(&exe);
+    // -S: no site import, so the answer depends on the interpreter alone (and comes fast).
+    cmd.arg("-S").arg("-c").arg(SCRIPT).envs(&pool.env);
+    let cstr = |p: &Path| std::ffi::CString::new(p.as_os_str().as_bytes()).map_err(|e| ProbeError::Spawn(e.into()));
+    let root = match chroot {
+        Some(r) => Some((cstr(r)?, cstr(&workdir)?)),
+        None => {
+            cmd.current_dir(&workdir);
+            None
+        }
+    };
+    // SAFETY: only chroot and chdir run in the child here (and run_probe's calls).
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        cmd.pre_exec(move || {
+            if let Some((root, dir)) = &root {
+                if libc::chroot(root.as_ptr()) == -1 || libc::chdir(dir.as_ptr()) == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    run_probe(cmd, &exe, PROBE_TIMEOUT)
+}
+
+/// Start `cmd`, wait for it at most `timeout`, and read its answer.
+fn run_probe(mut cmd: Command, exe: &Path, timeout: Duration) -> Result<Found, ProbeError> {
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    // SAFETY: only setpgid, prctl and sigaction run in the child.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        cmd.pre_exec(|| {
+            // Its own group, so a timeout kills whatever it started too.
+            if libc::setpgid(0, 0) == -1
+                || libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) == -1
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            // A reload signal sent to the whole service must not fail the probe.
+            crate::supervise::ignore_operator_signals()
+        });
+    }
+    let child = cmd.spawn().map_err(ProbeError::Spawn)?;
+    let pid = child.id() as libc::pid_t;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    let output = match rx.recv_timeout(timeout) {
+        Ok(out) => out.map_err(ProbeError::Spawn)?,
+        Err(_) => {
+            // SAFETY: kill(2) of the probe's own process group.
+            unsafe { libc::kill(-pid, libc::SIGKILL) };
+            return Err(ProbeError::Timeout(timeout));
+        }
+    };
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    if output.status.success() {
+        if let Some(found) = stdout.lines().find_map(parse) {
+            let (major, minor, _) = found.version;
+            return if (major, minor) >= MIN_PYTHON { Ok(found) } else { Err(ProbeError::TooOld(found)) };
+        }
+    }
+    let how = crate::supervise::describe_exit(output.status);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let said = stderr.lines().chain(stdout.lines()).map(str::trim).find(|l| !l.is_empty());
+    let said = match said {
+        Some(line) => format!(": {}", line.chars().take(200).collect::<String>()),
+        None => " and printed nothing".to_owned(),
+    };
+    Err(ProbeError::NotPython { shown: exe.display().to_string(), how, said })
+}
+
+/// `fcgibridge-probe 3.11.7 cpython` into its parts.
+fn parse(line: &str) -> Option<Found> {
+    let mut words = line.trim().split(' ');
+    if words.next()? != MARK {
+        return None;
+    }
+    let mut nums = words.next()?.split('.').map(|n| n.parse::<u32>().ok());
+    let version = (nums.next()??, nums.next()??, nums.next()??);
+    let implementation = words.next().filter(|w| !w.is_empty())?.to_owned();
+    Some(Found { version, implementation })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_probe_line_is_parsed() {
+        let f = parse("fcgibridge-probe 2.7.18 cpython").unwrap();
+        assert_eq!(f, Found { version: (2, 7, 18), implementation: "cpython".into() });
+        assert_eq!(parse("fcgibridge-probe 3.13.0 pypy\n").unwrap().version, (3, 13, 0));
+        for bad in ["", "Python 3.11.2", "fcgibridge-probe 3.x.1 cpython", "fcgibridge-probe 3.11 cpython", "fcgibridge-probe 3.11.2"] {
+            assert_eq!(parse(bad), None, "{bad}");
+        }
+    }
+
+    fn sh(script: &str, timeout: Duration) -> Result<Found, ProbeError> {
+        let mut cmd = Command::new("/bin/sh");
+        cmd.arg("-c").arg(script);
+        run_probe(cmd, Path::new("/bin/sh"), timeout)
+    }
+
+    #[test]
+    fn answers_are_judged() {
+        let long = Duration::from_secs(30);
+        assert_eq!(sh("echo fcgibridge-probe 3.9.0 cpython", long).unwrap().version, (3, 9, 0));
+        let old = sh("echo fcgibridge-probe 3.8.18 cpython", long).unwrap_err().to_string();
+        assert_eq!(old, "is Python 3.8.18 (cpython); fcgibridge workers need Python 3.9 or newer");
+        // Output around the answer (a wrapper's chatter) does not matter; a failed run does.
+        assert!(sh("echo hello; echo fcgibridge-probe 3.12.1 cpython; echo bye", long).is_ok());
+        let failed = sh("echo fcgibridge-probe 3.12.1 cpython; echo broken >&2; exit 1", long).unwrap_err().to_string();
+        assert!(failed.ends_with("ended (exit status 1): broken"), "{failed}");
+        let silent = sh("true", long).unwrap_err().to_string();
+        assert!(silent.ends_with("ended (exit status 0) and printed nothing"), "{silent}");
+    }
+
+    #[test]
+    fn a_hanging_interpreter_times_out_and_is_killed() {
+        let dir = crate::config::tests::scratch_dir("probe-timeout");
+        let pid_file = dir.join("pid");
+        let started = std::time::Instant::now();
+        // A child of its own too: the whole process group goes.
+        let script = format!("echo $$ > {}; sleep 30 & sleep 30", pid_file.display());
+        let err = sh(&script, Duration::from_millis(500)).unwrap_err();
+        assert!(matches!(err, ProbeError::Timeout(_)), "{err}");
+        assert!(started.elapsed() < Duration::from_secs(10));
+        let pgid: libc::pid_t = std::fs::read_to_string(&pid_file).unwrap().trim().parse().unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        // SAFETY: kill with signal 0 only asks whether the group has members.
+        while unsafe { libc::kill(-pgid, 0) } == 0 {
+            assert!(std::time::Instant::now() < deadline, "the probe's process group outlived its timeout");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}

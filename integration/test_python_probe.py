@@ -1,0 +1,178 @@
+"""Each pool's interpreter is run once (`python -S -c <version script>`) by `check`, `run`
+and a reload, and refused when it is not Python or older than 3.9 (bridge/src/probe.rs).
+Before, such a pool passed `check`, then answered 503 for ever behind the start backoff.
+
+Old interpreters are pyenv's 2.7 and 3.6-3.8 where installed (a test is skipped for each
+one missing). So that the refusal is covered on a machine without any, one test uses a
+stand-in: a shell script named python that answers the probe as Python 2.7.18 does."""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+
+import pytest
+
+from harness import APPS, bridge_binary, free_ports, make_bridge, to_yaml, wait_until
+
+OLD = ["2.7", "3.6", "3.7", "3.8"]
+SUPPORTED = ["3.9", "3.10", "3.11", "3.12", "3.13"]
+APP = str(APPS / "edge_app.py")
+
+
+def _version_of(exe: str):
+    try:
+        out = subprocess.run([exe, "-c", "import sys; print('%d.%d.%d' % sys.version_info[:3])"],
+                             capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def find_python(v: str):
+    """(executable, "X.Y.Z") of Python v: pyenv's, else one on PATH; None when absent."""
+    cands = []
+    if shutil.which("pyenv"):
+        r = subprocess.run(["pyenv", "prefix", v], capture_output=True, text=True)
+        if r.returncode == 0 and r.stdout.strip():
+            prefix = r.stdout.strip().splitlines()[0]
+            cands.append(os.path.join(prefix, "bin", f"python{v}"))
+    if shutil.which(f"python{v}"):
+        cands.append(shutil.which(f"python{v}"))
+    for c in cands:
+        ver = _version_of(c)
+        if ver and ver.startswith(v + "."):
+            return c, ver
+    return None
+
+
+def conf(tmp_path, pools: dict, port=None):
+    """conf.d/50-test.yaml with these pools (name -> python) and one listener; returns the
+    directory and the file's text."""
+    port = port or free_ports(1)[0]
+    spec = {"pools": {name: {"app": APP, "python": py, "processes": 1, "threads": 1}
+                      for name, py in pools.items()},
+            "listeners": {"l": {"fastcgi": f"127.0.0.1:{port}", "pool": next(iter(pools))}}}
+    if os.geteuid() == 0:
+        for p in spec["pools"].values():
+            p["allow-root"] = True
+    d = tmp_path / "conf.d"
+    d.mkdir(exist_ok=True)
+    text = to_yaml(spec)
+    (d / "50-test.yaml").write_text(text)
+    return d, text
+
+
+def line_of(text: str, pool: str) -> int:
+    """The line number of `python:` in pool `pool` of a generated file."""
+    lines = text.splitlines()
+    start = next(i for i, ln in enumerate(lines) if ln.strip() == f"{pool}:")
+    return next(i for i, ln in enumerate(lines) if i > start and ln.strip().startswith("python:")) + 1
+
+
+def check(d):
+    return subprocess.run([str(bridge_binary()), "check", "--config", str(d)], capture_output=True, text=True,
+                          timeout=120)
+
+
+def run_daemon(d, timeout=60):
+    """`fcgibridge run` that is expected to refuse to start: its exit status and stderr."""
+    p = subprocess.run([str(bridge_binary()), "run", "--config", str(d)], capture_output=True, text=True,
+                       timeout=timeout)
+    return p.returncode, p.stderr
+
+
+@pytest.mark.parametrize("version", OLD)
+def test_old_python_is_refused_by_check_and_run(tmp_path, version):
+    found = find_python(version)
+    if not found:
+        pytest.skip(f"python{version} is not installed (pyenv install {version})")
+    exe, full = found
+    d, text = conf(tmp_path, {"ok": "python3", "legacy": exe})
+    n = line_of(text, "legacy")
+    want = (rf"^{re.escape(str(d / '50-test.yaml'))}:{n}:\d+: pools\.legacy\.python: {re.escape(exe)} is "
+            rf"Python {re.escape(full)} \(cpython\); fcgibridge workers need Python 3\.9 or newer$")
+    r = check(d)
+    assert r.returncode == 1, r.stdout
+    assert re.search(want, r.stderr, re.M), r.stderr
+    assert "pools.ok" not in r.stderr
+    code, err = run_daemon(d)
+    assert code == 2
+    assert re.search(want.replace("^", "^fcgibridge: ", 1), err, re.M), err
+
+
+def test_stand_in_for_python_2_is_refused(tmp_path):
+    """For machines without an old interpreter: a script that answers the version probe
+    as Python 2.7.18 does (the probe's script is valid Python 2; it prints this line)."""
+    fake = tmp_path / "bin" / "python"
+    fake.parent.mkdir()
+    fake.write_text("#!/bin/sh\necho 'fcgibridge-probe 2.7.18 cpython'\n")
+    fake.chmod(0o755)
+    d, text = conf(tmp_path, {"legacy": str(fake)})
+    r = check(d)
+    assert r.returncode == 1
+    assert f":{line_of(text, 'legacy')}:" in r.stderr
+    assert "pools.legacy.python: " + str(fake) + " is Python 2.7.18 (cpython); fcgibridge workers need Python 3.9 or newer" \
+        in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("exe,said", [
+    ("/bin/true", "ended (exit status 0) and printed nothing"),
+    ("/bin/sh", "ended (exit status 2): "),
+])
+def test_a_program_that_is_not_python_is_refused(tmp_path, exe, said):
+    if not os.path.exists(exe):
+        pytest.skip(f"{exe} is missing")
+    d, _ = conf(tmp_path, {"notpy": exe})
+    r = check(d)
+    assert r.returncode == 1
+    assert f"pools.notpy.python: {exe} is not a Python interpreter (or cannot start): `{exe} -S -c <version probe>` {said}" \
+        in r.stderr, r.stderr
+    code, err = run_daemon(d)
+    assert code == 2 and "pools.notpy.python" in err, err
+
+
+def test_supported_pythons_are_accepted_and_serve(tmp_path):
+    found = {v: find_python(v) for v in SUPPORTED}
+    found = {v: f for v, f in found.items() if f}
+    if not found:
+        pytest.skip(f"none of {SUPPORTED} found")
+    pools = {"py" + v.replace(".", ""): exe for v, (exe, _) in found.items()}
+    d, _ = conf(tmp_path, pools)
+    r = check(d)
+    assert r.returncode == 0, r.stderr
+    # and they serve: one bridge, a pool per version, routed by host
+    port = free_ports(1)[0]
+    spec = {name: {"app": APP, "python": exe, "processes": 1, "threads": 1} for name, exe in pools.items()}
+    b = make_bridge(tmp_path / "run", spec, {"l": {"fastcgi": f"127.0.0.1:{port}",
+                                                  "routes": [{"host": f"{n}.test", "pool": n} for n in pools]}})
+    try:
+        b.start()
+        b.wait_ready([("l", "/health", f"{n}.test") for n in pools])
+    finally:
+        b.stop()
+
+
+def test_reload_refuses_an_old_python_and_keeps_serving(tmp_path):
+    old = find_python("2.7") or find_python("3.8")
+    if not old:
+        pytest.skip("no Python older than 3.9 installed")
+    exe, full = old
+    port = free_ports(1)[0]
+    b = make_bridge(tmp_path, {"app": {"app": APP, "processes": 1, "threads": 1}},
+                    {"l": {"fastcgi": f"127.0.0.1:{port}", "pool": "app"}})
+    try:
+        b.start()
+        b.wait_ready([("l", "/health", "x")])
+        mark = b.log.mark()
+        b.config["pools"]["app"]["python"] = exe
+        (b.confdir / "50-test.yaml").write_text(to_yaml(b.config))
+        os.kill(b.pid, signal.SIGHUP)
+        b.log.wait_for([r"reload refused, the running configuration stays: .*50-test\.yaml:\d+:\d+: pools\.app\.python: ",
+                        re.escape(f"is Python {full}"), r"need Python 3\.9 or newer"], since=mark)
+        assert b.request("/health", pool="x", listener="l").status == 200
+        assert "worker started" not in b.log.text(mark)
+    finally:
+        b.stop()
