@@ -31,11 +31,16 @@ fn replay(target: &str, run: fn(&[u8])) {
     );
     let panicked: Vec<String> = inputs
         .iter()
-        .filter(|path| {
+        .filter_map(|path| {
             let data = std::fs::read(path).unwrap();
-            catch_unwind(AssertUnwindSafe(|| run(&data))).is_err()
+            let payload = catch_unwind(AssertUnwindSafe(|| run(&data))).err()?;
+            let message = payload
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| payload.downcast_ref::<&str>().copied())
+                .unwrap_or("(no message)");
+            Some(format!("{}: {message}", path.display()))
         })
-        .map(|path| path.display().to_string())
         .collect();
     assert!(
         panicked.is_empty(),
