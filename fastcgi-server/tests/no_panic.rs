@@ -1,5 +1,6 @@
 //! Every decoder over thousands of random inputs: errors are fine, panics and runaway buffers
-//! are not. (The cargo-fuzz targets in `fuzz/` do the same, guided by coverage, on nightly.)
+//! are not. (The cargo-fuzz targets in `fuzz/` do the same guided by coverage: `scripts/fuzz`,
+//! and `tests/fuzz_corpus.rs` replays their kept corpus.)
 #![allow(clippy::unwrap_used)]
 
 use fastcgi_server::cgi::parse_response_head;
