@@ -221,7 +221,7 @@ import sys
 sys.path.insert(0, sys.argv[1])
 from fcgibridge_worker.main import load_app
 app = load_app(sys.argv[2])
-print(app.__name__, sorted(n for n, m in sys.modules.items() if getattr(m, "__fcgibridge_stand_in__", False)))
+print(app.__wrapped__.__name__, sorted(n for n, m in sys.modules.items() if getattr(m, "__fcgibridge_stand_in__", False)))
 '''
 
 
@@ -242,3 +242,23 @@ def test_without_handoff_the_script_unwinds_at_run(runtime_dir, tmp_path):
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "app []"
     assert "raised FileNotFoundError after WSGIServer(...).run() handed over its app" in r.stderr
+
+
+def test_main_runs_a_py_file_as_the_main_script(spawn, tmp_path):
+    p = script(tmp_path, "code.py", '''
+        def text_app(environ, start_response):
+            start_response(b"200 OK", [(b"Content-Type", b"text/plain")])
+            def body():
+                yield "str chunks, "
+                yield b"bytes chunks"
+            return body()
+        if __name__ == "__main__":
+            from flup.server.fcgi import WSGIServer
+            WSGIServer(text_app).run()
+    ''')
+    w = spawn(app=str(p) + ":__main__", cwd="/")
+    r = w.get("/")
+    assert r.body == b"str chunks, bytes chunks", w.stderr  # flup writes str as latin-1
+    w2 = spawn(app=str(script(tmp_path, "plain.py", "")) + ":__main__", cwd="/", wait_ready=False)
+    assert w2.proc.wait(10) == 3
+    assert "never called WSGIServer(app).run()" in w2.ready_line

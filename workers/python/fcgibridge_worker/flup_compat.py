@@ -226,17 +226,27 @@ def _server_class(origin, params, one_at_a_time, name="WSGIServer"):
                                    "__module__": origin})
 
 
-class _Serialized(object):
-    """The response of a one-thread-at-a-time app: the lock is held until close(), as flup
-    holds it while it sends the body."""
+def _native_str(value):
+    return value.decode("latin-1") if isinstance(value, bytes) else value
+
+
+def _as_bytes(chunk):
+    # flup writes a str chunk as latin-1, so scripts written for it may yield str.
+    return chunk.encode("latin-1") if isinstance(chunk, str) else chunk
+
+
+class _FlupResponse(object):
+    """A response iterable as flup sends it: str chunks as latin-1 bytes; for a
+    one-thread-at-a-time app the lock is held until close(), as flup holds it while it
+    sends the body."""
 
     def __init__(self, result, lock):
         self._result = result
         self._lock = lock
-        self._held = True
 
     def __iter__(self):
-        return iter(self._result)
+        for chunk in self._result:
+            yield _as_bytes(chunk)
 
     def close(self):
         try:
@@ -244,15 +254,14 @@ class _Serialized(object):
             if close is not None:
                 close()
         finally:
-            if self._held:
-                self._held = False
-                self._lock.release()
+            lock, self._lock = self._lock, None
+            if lock is not None:
+                lock.release()
 
 
 def _adapted(app, extra, one_at_a_time, script_name):
-    """`app` with flup's `environ`, one-thread-at-a-time and `scriptName` behaviour."""
-    if not extra and not one_at_a_time and script_name is None:
-        return app
+    """`app` as flup calls it: its `environ` argument merged, `scriptName` applied, one
+    thread at a time when flup would, str and bytes accepted where flup accepts them."""
     lock = threading.Lock() if one_at_a_time else None
 
     def flup_app(environ, start_response):
@@ -263,16 +272,31 @@ def _adapted(app, extra, one_at_a_time, script_name):
             if full.startswith(script_name):
                 environ["SCRIPT_NAME"] = script_name
                 environ["PATH_INFO"] = full[len(script_name):]
-        if lock is None:
-            return app(environ, start_response)
-        environ["wsgi.multithread"] = False
-        lock.acquire()
+        if lock is not None:
+            environ["wsgi.multithread"] = False
+
+        def flup_start_response(status, headers, exc_info=None):
+            headers = [(_native_str(n), _native_str(v)) for n, v in headers]
+            write = start_response(_native_str(status), headers, exc_info)
+            return lambda data: write(_as_bytes(data))
+
+        if lock is not None:
+            lock.acquire()
         try:
-            result = app(environ, start_response)
+            result = app(environ, flup_start_response)
         except BaseException:
-            lock.release()
+            if lock is not None:
+                lock.release()
             raise
-        return _Serialized(result, lock)
+        wrapper = environ.get("wsgi.file_wrapper")
+        done = isinstance(result, wrapper) if isinstance(wrapper, type) else False
+        if isinstance(result, list) and all(isinstance(c, bytes) for c in result):
+            done = True  # complete already, and the worker can give it a Content-Length
+        if done:
+            if lock is not None:
+                lock.release()
+            return result
+        return _FlupResponse(result, lock)
 
     flup_app.__wrapped__ = app
     return flup_app

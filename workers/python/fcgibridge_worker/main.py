@@ -110,9 +110,12 @@ def _load_file(path, attr, handoff=None):
     stem, ext = os.path.splitext(os.path.basename(path))
     # A flup script's WSGIServer(app).run() hands `app` over (flup_compat); with `handoff`
     # the worker serves it from inside run() and this call does not return.
+    # `:__main__` runs even a .py file as the main script (a flup script whose server starts
+    # under `if __name__ == "__main__":`).
+    as_main = attr == "__main__" or ext not in (".py", ".wsgi")
     with flup_compat.Session(path, handoff) as session:
         try:
-            if ext in (".py", ".wsgi"):
+            if not as_main:
                 module = _import_module_file(path, stem, ext)
             else:
                 module = _run_script(path)
@@ -126,15 +129,19 @@ def _load_file(path, attr, handoff=None):
     if session.app is not None:
         session.report()
         return session.app
+    if attr == "__main__":
+        raise LoadError("%s ran as the main script but never called WSGIServer(app).run() (flup, flipflop); "
+                        "name its WSGI callable instead (%s:NAME)" % (path, path))
     return _resolve(module, attr, path)
 
 
 def load_app(spec, handoff=None):
     """``module:callable`` (callable defaults to ``application``; ``factory()`` is
     called), or a file path (``/srv/app.wsgi``, ``app.py``, ``/srv/app.fcgi:name``): the
-    part after the last ``:`` is the callable when it is a Python name. A file whose script
-    hands its app to flup's ``WSGIServer(app).run()`` is served with that app; with
-    ``handoff`` (the worker's serve function) from inside run()."""
+    part after the last ``:`` is the callable when it is a Python name. A .py or .wsgi file
+    is imported as a module, any other file (or any file with ``:__main__``) runs as the
+    main script. A script that hands its app to flup's ``WSGIServer(app).run()`` is served
+    with that app; with ``handoff`` (the worker's serve function) from inside run()."""
     spec = spec.strip()
     if not spec:
         raise LoadError("FCGIBRIDGE_APP is not set")
