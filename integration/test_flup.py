@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -64,17 +65,17 @@ def expected_from_flup(flup_env: dict, server_sent_path_info: bool) -> dict:
     return want
 
 
-def key_diff(want: dict, got: dict) -> list[str]:
+def key_diff(want: dict, got: dict, mechanics=()) -> list[str]:
     out = []
     for key in sorted(set(want) | set(got)):
-        if key in MECHANICS:
+        if key in MECHANICS or key in mechanics:
             continue
         if want.get(key, "<absent>") != got.get(key, "<absent>"):
             out.append(f"{key}: flup-derived {want.get(key, '<absent>')!r} != fcgibridge {got.get(key, '<absent>')!r}")
     return out
 
 
-def compare(get, path: str, server_sent_path_info: bool = True, **kw) -> tuple[dict, dict]:
+def compare(get, path: str, server_sent_path_info: bool = True, mechanics=(), **kw) -> tuple[dict, dict]:
     """The same request through the web server to flup and to the bridge; asserts the key by
     key comparison and returns both environs."""
     flup = get(path, "flup", **kw)
@@ -82,7 +83,7 @@ def compare(get, path: str, server_sent_path_info: bool = True, **kw) -> tuple[d
     for key in BRIDGE_ONLY:
         assert key in ours, f"{key} missing from the bridge's environ"
         ours.pop(key)
-    diff = key_diff(expected_from_flup(flup, server_sent_path_info), ours)
+    diff = key_diff(expected_from_flup(flup, server_sent_path_info), ours, mechanics)
     assert not diff, f"{path}: environ differs from flup's beyond the documented differences:\n" + "\n".join(diff)
     return flup, ours
 
@@ -335,6 +336,145 @@ def test_bind_address_is_ignored_and_logged(bridge, nginx):
     bridge.log.wait_for([r"environ_dump\.fcgi: flup's WSGIServer\(\.\.\.\)\.run\(\) handed its app to the worker"])
 
 
+# ------------------------------------------------------------------ lighttpd, Apache
+
+LIGHTTPD_CONF = """
+server.bind = "127.0.0.1"
+server.port = {port}
+server.document-root = "{www}"
+server.errorlog = "{tmp}/error.log"
+server.pid-file = "{tmp}/lighttpd.pid"
+server.modules += ("mod_rewrite", "mod_fastcgi")
+url.rewrite-once = ("^/lold/(.*)$" => "/lp/$1")
+$HTTP["useragent"] == "flup" {{
+{flup}
+}}
+$HTTP["useragent"] != "flup" {{
+{bridge}
+}}
+"""
+LIGHTTPD_SERVERS = """    fastcgi.server = (
+        "/app.fcgi" => (("host" => "127.0.0.1", "port" => {port}, "check-local" => "enable")),
+        "/lp" => (("host" => "127.0.0.1", "port" => {port}, "check-local" => "disable")),
+        ".pyfcgi" => (("host" => "127.0.0.1", "port" => {port}, "check-local" => "disable")),
+        "/" => (("host" => "127.0.0.1", "port" => {port}, "check-local" => "disable", "fix-root-scriptname" => "enable")),
+    )"""
+
+APACHE_CONF = """
+ServerRoot "{tmp}"
+ServerName localhost
+{modules}
+{user}
+PidFile {tmp}/httpd.pid
+ErrorLog {tmp}/error.log
+LogLevel warn
+DefaultRuntimeDir {tmp}/run
+Mutex file:{tmp}/run default
+Listen 127.0.0.1:{port}
+RewriteEngine on
+# as ProxyPass passes a prefix (mod_rewrite's [P] can pick the backend per request)
+RewriteCond %{{HTTP_USER_AGENT}} =flup
+RewriteRule ^/pp/(.*)$ fcgi://127.0.0.1:{flup}/pp/$1 [P]
+RewriteRule ^/pp/(.*)$ fcgi://127.0.0.1:{bridge}/pp/$1 [P]
+# rewritten, then handled by the location below
+RewriteRule ^/aold/(.*)$ /ah/$1 [PT]
+# a handler on a location: SCRIPT_NAME is the location, PATH_INFO the rest
+<Location /ah>
+    <If "%{{HTTP_USER_AGENT}} == 'flup'">
+        SetHandler "proxy:fcgi://127.0.0.1:{flup}"
+    </If>
+    <Else>
+        SetHandler "proxy:fcgi://127.0.0.1:{bridge}"
+    </Else>
+</Location>
+"""
+
+
+def apache_modules_dir():
+    for d in ("/usr/lib/apache2/modules", "/usr/lib64/httpd/modules", "/usr/lib/httpd/modules"):
+        if os.path.exists(os.path.join(d, "mod_proxy_fcgi.so")):
+            return d
+    return None
+
+
+def start_front(name: str, work: Path, flup_port: int, bridge_port: int):
+    """lighttpd or Apache in front of flup and the bridge: (process, port)."""
+    import shutil
+    (port,) = free_ports(1)
+    if name == "lighttpd":
+        binary = shutil.which("lighttpd") or "/usr/sbin/lighttpd"
+        www = work / "www"
+        www.mkdir()
+        (www / "app.fcgi").write_text("")  # what check-local looks for
+        conf = work / "lighttpd.conf"
+        conf.write_text(LIGHTTPD_CONF.format(port=port, www=www, tmp=work,
+                                             flup=LIGHTTPD_SERVERS.format(port=flup_port),
+                                             bridge=LIGHTTPD_SERVERS.format(port=bridge_port)))
+        args = [binary, "-D", "-f", str(conf)]
+    else:
+        binary = shutil.which("apache2") or shutil.which("httpd") or "/usr/sbin/apache2"
+        mods = apache_modules_dir()
+        (work / "run").mkdir()
+        (work / "run").chmod(0o777)
+        modules = "".join(f"LoadModule {m}_module {mods}/mod_{m}.so\n" for m in (
+            "mpm_event", "authz_core", "proxy", "proxy_fcgi", "rewrite") if os.path.exists(f"{mods}/mod_{m}.so"))
+        conf = work / "httpd.conf"
+        conf.write_text(APACHE_CONF.format(tmp=work, modules=modules, port=port, flup=flup_port, bridge=bridge_port,
+                                           user="User nobody\nGroup nogroup" if os.geteuid() == 0 else ""))
+        args = [binary, "-X", "-f", str(conf)]
+    with open(work / "stdout.log", "ab") as out:
+        proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                cwd=work, start_new_session=True)
+    wait_tcp(port, proc, name)
+    return proc, port
+
+
+@pytest.fixture(scope="module", params=["lighttpd", "apache"])
+def front(request, bridge, flup_ref, tmp_path_factory):
+    import shutil
+    if request.param == "lighttpd" and not (shutil.which("lighttpd") or os.path.exists("/usr/sbin/lighttpd")):
+        pytest.skip("lighttpd is not installed")
+    if request.param == "apache" and not apache_modules_dir():
+        pytest.skip("Apache with mod_proxy_fcgi is not installed")
+    work = tmp_path_factory.mktemp(request.param)
+    proc, port = start_front(request.param, work, flup_ref, bridge.listener_address("diff")[1])
+    try:
+        yield request.param, port
+    finally:
+        stop_process(proc, signal.SIGINT if request.param == "lighttpd" else signal.SIGTERM, timeout=20)
+
+
+# (path, whether the web server sends a PATH_INFO for it)
+FRONT_REQUESTS = {
+    "lighttpd": [("/app.fcgi/x/y?q=1", True),         # check-local: the file exists, split after it
+                 ("/app.fcgi/a%20b", True),
+                 ("/lp/x/y?q=1", True),               # check-local disabled: split at the prefix
+                 ("/lold/x%20y", True),               # url.rewrite-once to /lp/
+                 ("/rootpath/x?q=1", True),           # "/" with fix-root-scriptname
+                 ("/ext/page.pyfcgi?q=1", False)],    # by extension: the path in SCRIPT_NAME
+    "apache": [("/pp/x/y?q=1", False),                # proxied like ProxyPass: the path in SCRIPT_NAME
+               ("/pp/a%20b", False),
+               ("/aold/z", True),                     # rewritten to /ah/ first
+               ("/ah/x/y?q=1", True)],                # SetHandler on a location
+}
+
+
+def test_front_differential(front):
+    """lighttpd's fastcgi.server with and without check-local, Apache mod_proxy_fcgi: the
+    same key by key comparison as behind nginx. (Apache's SCRIPT_FILENAME names the
+    backend's own address, so it differs between the two backends by construction.)"""
+    name, port = front
+    mechanics = ("SCRIPT_FILENAME",) if name == "apache" else ()
+    seen = []
+    for path, sends_path_info in FRONT_REQUESTS[name]:
+        flup, ours = compare(getter(port), path, sends_path_info, mechanics)
+        seen.append((path, ours["SCRIPT_NAME"], ours["PATH_INFO"]))
+    if name == "lighttpd":
+        assert ("/lold/x%20y", "/lp", "/x y") in seen  # the rewritten path, split at the prefix
+    else:
+        assert ("/aold/z", "/ah", "/z") in seen
+
+
 def test_the_differences_are_documented():
     text = (REPO / "docs" / "migration.md").read_text()
     section = text[text.index("## From a flup script"):]
@@ -362,3 +502,89 @@ def test_classic_scripts_arguments_are_logged(bridge, nginx):
     log.wait_for([r"flup argument scriptName='/py3'"])  # flup-py3 style
     log.wait_for([r"flup\.server\.fcgi_fork serves one request at a time"])  # flup6 style
     log.wait_for([r"flup argument multiplexed=True ignored"])  # PHP_FCGI_CHILDREN pattern
+
+
+# ------------------------------------------------------------------ the guide, as written
+
+def guide_snippet(name: str) -> str:
+    text = (REPO / "docs" / "migration.md").read_text()
+    m = re.search(r"<!-- test-snippet: " + re.escape(name) + r" -->\s*\n([ \t]*)```[^\n]*\n(.*?)\n[ \t]*```", text, re.S)
+    assert m, f"docs/migration.md: no test-snippet {name!r}"
+    indent = m.group(1)
+    return "\n".join(line[len(indent):] if line.startswith(indent) else line
+                     for line in m.group(2).splitlines()) + "\n"
+
+
+def test_migration_guide_works_as_written(tmp_path):
+    """docs/migration.md "From a flup script", step by step: the script under stock flup
+    with the socket on fd 0 (as spawn-fcgi starts it) behind the snippet's nginx; then the
+    snippet's conf.d, `fcgibridge check`, `fcgibridge run` on the same address, and the
+    same answer through the same, untouched nginx."""
+    srv = tmp_path / "srv" / "app"
+    srv.mkdir(parents=True)
+    confd = tmp_path / "etc" / "fcgibridge" / "conf.d"
+    confd.mkdir(parents=True)
+    app_port, http_port = free_ports(2)
+    subst = {"/srv/app": str(srv), "/etc/fcgibridge/conf.d": str(confd), "9000": str(app_port),
+             "listen 8080": f"listen 127.0.0.1:{http_port}"}
+
+    def fill(text):
+        for k, v in subst.items():
+            text = text.replace(k, v)
+        return text
+
+    script = srv / "app.fcgi"
+    script.write_text(guide_snippet("flup-script"))
+    script.chmod(0o755)
+    nginx_dir = tmp_path / "nginx"
+    nginx_dir.mkdir()
+    import shutil
+    shutil.copy(harness.nginx_etc() / "fastcgi_params", nginx_dir)
+    (nginx_dir / "nginx.conf").write_text(
+        ("user root;\n" if os.geteuid() == 0 else "") + f"worker_processes 1;\npid {nginx_dir}/nginx.pid;\n"
+        f"events {{ worker_connections 64; }}\nhttp {{\n    access_log {nginx_dir}/access.log;\n"
+        + "".join(f"    {k}_temp_path {nginx_dir}/{k}_temp;\n" for k in ("client_body", "proxy", "fastcgi", "scgi", "uwsgi"))
+        + fill(guide_snippet("flup-nginx")) + "}\n")
+    url = f"http://127.0.0.1:{http_port}/hello"
+
+    # before: spawn-fcgi's part, a listening socket on fd 0 of the unmodified script
+    lsock = socket.socket()
+    lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    lsock.bind(("127.0.0.1", app_port))
+    lsock.listen(16)
+    flup = subprocess.Popen([sys.executable, str(script)], stdin=lsock, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, cwd=srv, start_new_session=True)
+    lsock.close()
+    nginx = harness.start_nginx(nginx_dir, nginx_dir / "nginx.conf")
+    bridge = None
+    try:
+        wait_tcp(http_port, nginx, "nginx")
+        r = wait_until(lambda: requests.get(url, timeout=10), 60, what="flup behind nginx")
+        assert (r.status_code, r.text) == (200, "Hello from /hello\n")
+        stop_process(flup, timeout=10)
+
+        # after: the conf.d file, check, run
+        conf = fill(guide_snippet("flup-conf"))
+        if os.geteuid() == 0:  # the suite runs as root in CI; the bridge refuses root workers without consent
+            conf = conf.replace("    app: ", "    allow-root: true\n    app: ", 1)
+        (confd / "app.yaml").write_text(conf)
+        binary = str(harness.bridge_binary())
+        check = fill(guide_snippet("flup-check")).split()
+        assert check[0] == "fcgibridge"
+        r = subprocess.run([binary] + check[1:], capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        assert f"app: {script}\n" in r.stdout, r.stdout
+        run = fill(guide_snippet("flup-run")).split()
+        log = tmp_path / "bridge.log"
+        with open(log, "ab") as out:
+            bridge = subprocess.Popen([binary] + run[1:], stdin=subprocess.DEVNULL, stdout=out,
+                                      stderr=subprocess.STDOUT, cwd=tmp_path, start_new_session=True)
+        r = wait_until(lambda: (bridge.poll() is None or pytest.fail(log.read_text()))
+                       and requests.get(url, timeout=10).status_code == 200 and requests.get(url, timeout=10),
+                       60, what="the bridge behind the same nginx")
+        assert r.text == "Hello from /hello\n"
+        assert "app.fcgi: flup's WSGIServer(...).run() handed its app to the worker" in log.read_text()
+    finally:
+        stop_process(bridge, timeout=20)
+        stop_process(nginx, timeout=20)
+        stop_process(flup, timeout=10)
