@@ -126,6 +126,8 @@ CLASSIC = {
     "flup-py3": (SCRIPTS / "flup_py3_style.fcgi", "/py3/three", "flup-py3-style: /py3 | /three | production"),
     "flipflop": (SCRIPTS / "flipflop_style.fcgi", "/flip", "flipflop-style: /flip"),
     "php-children": (SCRIPTS / "php_children.fcgi", "/chosen", "chosen from the environment: /chosen"),
+    # preload: true — the template imports the script (run() unwinds it there), workers fork
+    "trac-preload": (SCRIPTS / "trac_style.fcgi", "/ticket/1", "tracker at /srv/tracker: /ticket/1"),
 }
 
 
@@ -144,6 +146,7 @@ def bridge(tmp_path_factory, flup_ref):
         if name == "webpy" and importlib.util.find_spec("web") is None:
             continue
         pools[name] = {"app": str(app), "processes": 1, "threads": 2}
+    pools["trac-preload"]["preload"] = True
     listeners = {
         "diff": {"fastcgi": f"127.0.0.1:{ports[0]}", "pool": "dump"},
         "routed": {"fastcgi": f"127.0.0.1:{ports[1]}",
@@ -345,12 +348,16 @@ server.document-root = "{www}"
 server.errorlog = "{tmp}/error.log"
 server.pid-file = "{tmp}/lighttpd.pid"
 server.modules += ("mod_rewrite", "mod_fastcgi")
-url.rewrite-once = ("^/lold/(.*)$" => "/lp/$1")
+url.rewrite-once = ("^/lold/(.*)$" => "/lp/$1", "^/lroute/(.*)$" => "/new/$1")
 $HTTP["useragent"] == "flup" {{
 {flup}
 }}
 $HTTP["useragent"] != "flup" {{
 {bridge}
+}}
+# the listener with several pools, after url.rewrite
+$HTTP["url"] =~ "^/new/" {{
+    fastcgi.server = ("/new" => (("host" => "127.0.0.1", "port" => {routed}, "check-local" => "disable")))
 }}
 """
 LIGHTTPD_SERVERS = """    fastcgi.server = (
@@ -379,6 +386,11 @@ RewriteRule ^/pp/(.*)$ fcgi://127.0.0.1:{bridge}/pp/$1 [P]
 # rewritten, then handled by the location below
 RewriteRule ^/aold/(.*)$ /ah/$1 [PT]
 # a handler on a location: SCRIPT_NAME is the location, PATH_INFO the rest
+# the listener with several pools, after mod_rewrite
+RewriteRule ^/aroute/(.*)$ /new/$1 [PT]
+<Location /new>
+    SetHandler "proxy:fcgi://127.0.0.1:{routed}"
+</Location>
 <Location /ah>
     <If "%{{HTTP_USER_AGENT}} == 'flup'">
         SetHandler "proxy:fcgi://127.0.0.1:{flup}"
@@ -397,7 +409,7 @@ def apache_modules_dir():
     return None
 
 
-def start_front(name: str, work: Path, flup_port: int, bridge_port: int):
+def start_front(name: str, work: Path, flup_port: int, bridge_port: int, routed_port: int):
     """lighttpd or Apache in front of flup and the bridge: (process, port)."""
     import shutil
     (port,) = free_ports(1)
@@ -407,7 +419,7 @@ def start_front(name: str, work: Path, flup_port: int, bridge_port: int):
         www.mkdir()
         (www / "app.fcgi").write_text("")  # what check-local looks for
         conf = work / "lighttpd.conf"
-        conf.write_text(LIGHTTPD_CONF.format(port=port, www=www, tmp=work,
+        conf.write_text(LIGHTTPD_CONF.format(port=port, www=www, tmp=work, routed=routed_port,
                                              flup=LIGHTTPD_SERVERS.format(port=flup_port),
                                              bridge=LIGHTTPD_SERVERS.format(port=bridge_port)))
         args = [binary, "-D", "-f", str(conf)]
@@ -420,6 +432,7 @@ def start_front(name: str, work: Path, flup_port: int, bridge_port: int):
             "mpm_event", "authz_core", "proxy", "proxy_fcgi", "rewrite") if os.path.exists(f"{mods}/mod_{m}.so"))
         conf = work / "httpd.conf"
         conf.write_text(APACHE_CONF.format(tmp=work, modules=modules, port=port, flup=flup_port, bridge=bridge_port,
+                                           routed=routed_port,
                                            user="User nobody\nGroup nogroup" if os.geteuid() == 0 else ""))
         args = [binary, "-X", "-f", str(conf)]
     with open(work / "stdout.log", "ab") as out:
@@ -437,7 +450,8 @@ def front(request, bridge, flup_ref, tmp_path_factory):
     if request.param == "apache" and not apache_modules_dir():
         pytest.skip("Apache with mod_proxy_fcgi is not installed")
     work = tmp_path_factory.mktemp(request.param)
-    proc, port = start_front(request.param, work, flup_ref, bridge.listener_address("diff")[1])
+    proc, port = start_front(request.param, work, flup_ref, bridge.listener_address("diff")[1],
+                             bridge.listener_address("routed")[1])
     try:
         yield request.param, port
     finally:
@@ -473,6 +487,17 @@ def test_front_differential(front):
         assert ("/lold/x%20y", "/lp", "/x y") in seen  # the rewritten path, split at the prefix
     else:
         assert ("/aold/z", "/ah", "/z") in seen
+
+
+def test_front_rewrite_picks_the_pool(front):
+    """lighttpd's url.rewrite and Apache's RewriteRule [PT] change SCRIPT_NAME + PATH_INFO,
+    not REQUEST_URI: the listener with several pools routes on the former."""
+    name, port = front
+    path = "/lroute/a%20b" if name == "lighttpd" else "/aroute/a%20b"
+    r = requests.get(f"http://127.0.0.1:{port}{path}", timeout=60)
+    assert r.status_code == 200 and r.headers["X-Pool"] == "dump", (r.status_code, r.headers, r.text[:200])
+    env = r.json()
+    assert (env["SCRIPT_NAME"], env["PATH_INFO"], env["REQUEST_URI"]) == ("/new", "/a b", path)
 
 
 def test_the_differences_are_documented():
