@@ -10,6 +10,7 @@ import socket
 import struct
 import time
 from dataclasses import dataclass, field
+from urllib.parse import unquote
 
 VERSION_1 = 1
 
@@ -120,7 +121,7 @@ def cgi_params(path: str, method: str = "GET", query: str = "", headers=None,
         ("CONTENT_LENGTH", "" if content_length is None else str(content_length)),
         *path_params,
         ("REQUEST_URI", uri),
-        ("DOCUMENT_URI", path),
+        ("DOCUMENT_URI", unquote(path, encoding="latin-1")),  # nginx's $document_uri is decoded
         ("DOCUMENT_ROOT", "/nonexistent"),
         ("SERVER_PROTOCOL", "HTTP/1.1"),
         ("REQUEST_SCHEME", "http"),

@@ -79,7 +79,7 @@ fn render_pool(out: &mut String, pool: &Pool) {
     let _ = writeln!(out, "  {}:", quote(&pool.name));
     match &pool.app {
         App::Module { module, callable } => field(out, 4, "app", &quote(&format!("{module}:{callable}"))),
-        App::File(path) => field(out, 4, "app", &quote(&path.display().to_string())),
+        App::File { path, callable } => field(out, 4, "app", &quote(&App::spec_for(path, callable))),
         App::Command(argv) => field(out, 4, "command", &list(argv)),
     }
     field(out, 4, "python", &quote(&pool.python.display().to_string()));
@@ -349,7 +349,7 @@ mod tests {
                     name: "a".into(),
                     python: PathBuf::from("/bin/sh"),
                     python_at: Default::default(),
-                    app: App::File(app.clone()),
+                    app: App::File { path: app.clone(), callable: "app".into() },
                     chdir: dir.clone(),
                     env: BTreeMap::from([("A".into(), "1".into()), ("QUOTED".into(), "x: \"y\"".into())]),
                     processes: 1,

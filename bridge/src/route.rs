@@ -1,9 +1,9 @@
 //! Which pool serves a request: a listener's routes, tried in order, first match wins.
 //!
 //! Host matching ignores the port and ASCII case; a prefix matches only on a path-segment
-//! boundary ("/api" matches "/api" and "/api/x", never "/apix"). The path is the
-//! percent-decoded part of REQUEST_URI before `?`; without REQUEST_URI it is
-//! SCRIPT_NAME + PATH_INFO.
+//! boundary ("/api" matches "/api" and "/api/x", never "/apix"). The path is the one the web
+//! server serves after its own rewrites (see [`request_path`]), so an nginx
+//! `rewrite … break` or an Apache `RewriteRule … [PT]` picks the pool as it picks the app.
 //!
 //! A prefix is also the app's mount point: [`mount`] gives the app SCRIPT_NAME = prefix and
 //! PATH_INFO = the rest, and derives PATH_INFO from REQUEST_URI when the web server sent
@@ -77,14 +77,27 @@ impl<T> Router<T> {
     }
 }
 
-/// The request's path: REQUEST_URI before `?`, percent-decoded, `.` and `..` segments
-/// resolved (as web servers do for their own routing, so `/api/../admin` is not under
-/// `/api`); without REQUEST_URI, SCRIPT_NAME + PATH_INFO (already decoded by the web server).
-/// After an internal redirect in Apache (mod_fcgid, mod_proxy_scgi: `REDIRECT_URL` is set)
-/// REQUEST_URI still names the first request, so SCRIPT_NAME + PATH_INFO are used then too.
+/// The request's path as the web server serves it, decoded, after its rewrites and internal
+/// redirects (REQUEST_URI keeps naming the request as the client sent it, so it is the last
+/// resort), with `.` and `..` segments resolved (so `/api/../admin` is not under `/api`):
+/// 1. DOCUMENT_URI (nginx's stock params: `$document_uri`; Caddy). Caddy's `split_path`
+///    makes it stop where PATH_INFO starts, so PATH_INFO is added when it is not its end.
+/// 2. SCRIPT_NAME + PATH_INFO when either is non-empty (lighttpd, Apache, h2o, HAProxy;
+///    also the bridge's own internal redirects).
+/// 3. REQUEST_URI before `?`, percent-decoded.
 pub fn request_path(params: &Params) -> Cow<'_, [u8]> {
-    let uri = params.get(b"REQUEST_URI").filter(|_| params.get(b"REDIRECT_URL").is_none());
-    match uri {
+    let path_info = params.get(b"PATH_INFO").unwrap_or(b"");
+    if let Some(doc) = params.get(b"DOCUMENT_URI").filter(|d| d.first() == Some(&b'/')) {
+        if path_info.is_empty() || doc.ends_with(path_info) {
+            return resolve_dots(Cow::Borrowed(doc));
+        }
+        return resolve_dots(Cow::Owned([doc, path_info].concat()));
+    }
+    let script_name = params.get(b"SCRIPT_NAME").unwrap_or(b"");
+    if !script_name.is_empty() || !path_info.is_empty() {
+        return resolve_dots(Cow::Owned([script_name, path_info].concat()));
+    }
+    match params.get(b"REQUEST_URI") {
         Some(uri) => {
             let path = uri.split(|&b| b == b'?').next().unwrap_or(uri);
             // An absolute-form request target ("http://host/path") keeps only its path.
@@ -95,17 +108,17 @@ pub fn request_path(params: &Params) -> Cow<'_, [u8]> {
                 }
                 _ => path,
             };
-            match percent_decode(path) {
-                Cow::Borrowed(p) if !has_dot_segment(p) => Cow::Borrowed(p),
-                decoded if has_dot_segment(&decoded) => Cow::Owned(remove_dot_segments(&decoded)),
-                decoded => decoded,
-            }
+            resolve_dots(percent_decode(path))
         }
-        None => {
-            let mut p = params.get(b"SCRIPT_NAME").unwrap_or(b"").to_vec();
-            p.extend_from_slice(params.get(b"PATH_INFO").unwrap_or(b""));
-            Cow::Owned(p)
-        }
+        None => Cow::Borrowed(b""),
+    }
+}
+
+fn resolve_dots(path: Cow<'_, [u8]>) -> Cow<'_, [u8]> {
+    if has_dot_segment(&path) {
+        Cow::Owned(remove_dot_segments(&path))
+    } else {
+        path
     }
 }
 
@@ -371,6 +384,40 @@ mod tests {
         let mut p = params(&[("REQUEST_URI", "/a/./b/../c?q=/../")]);
         mount(&mut p, None);
         assert_eq!(get(&p, "PATH_INFO"), "/a/c");
+    }
+
+    #[test]
+    fn the_web_servers_rewrites_count() {
+        let r = router();
+        // nginx `rewrite ^/old/(.*)$ /api/$1 break;` with the stock params: $document_uri is
+        // the rewritten path, $request_uri the client's.
+        let nginx = params(&[("REQUEST_URI", "/old/x?q=1"), ("DOCUMENT_URI", "/api/x"), ("SCRIPT_NAME", "/api/x")]);
+        assert_eq!(r.route(&nginx), Some((&"api", Some("/api"))));
+        let mut p = nginx.clone();
+        mount(&mut p, None);
+        assert_eq!((get(&p, "SCRIPT_NAME"), get(&p, "PATH_INFO")), ("".into(), "/api/x".into()));
+        // The old Django recipe sends the path twice (stock SCRIPT_NAME and PATH_INFO); the
+        // document URI is still the path.
+        let doubled = params(&[("DOCUMENT_URI", "/api/x"), ("SCRIPT_NAME", "/api/x"), ("PATH_INFO", "/api/x")]);
+        assert_eq!(&*request_path(&doubled), b"/api/x");
+        // Caddy's split_path: DOCUMENT_URI ends where PATH_INFO starts.
+        let caddy = params(&[("DOCUMENT_URI", "/app.fcgi"), ("SCRIPT_NAME", "/app.fcgi"), ("PATH_INFO", "/api/x")]);
+        assert_eq!(&*request_path(&caddy), b"/app.fcgi/api/x");
+        // nginx's fastcgi_split_path_info: DOCUMENT_URI is the whole path.
+        let split = params(&[("DOCUMENT_URI", "/app.fcgi/x"), ("SCRIPT_NAME", "/app.fcgi"), ("PATH_INFO", "/x")]);
+        assert_eq!(&*request_path(&split), b"/app.fcgi/x");
+        // lighttpd url.rewrite, Apache RewriteRule [PT], HAProxy set-path: no DOCUMENT_URI,
+        // the rewritten path in SCRIPT_NAME + PATH_INFO.
+        let lighttpd = params(&[("REQUEST_URI", "/old/x"), ("SCRIPT_NAME", ""), ("PATH_INFO", "/api/x")]);
+        assert_eq!(r.route(&lighttpd).map(|x| x.0), Some(&"api"));
+        let apache = params(&[("REQUEST_URI", "/old/a%20b"), ("SCRIPT_NAME", "/api/a b")]);
+        assert_eq!(r.route(&apache).map(|x| x.0), Some(&"api"));
+        // Decoded already: a '%' in it is a '%'; dot segments are still resolved.
+        assert_eq!(&*request_path(&params(&[("DOCUMENT_URI", "/100%25/x")])), b"/100%25/x");
+        assert_eq!(&*request_path(&params(&[("DOCUMENT_URI", "/api/../admin")])), b"/admin");
+        // An empty DOCUMENT_URI (Caddy without split_path) or SCRIPT_NAME "" alone: the next source.
+        let empty = params(&[("DOCUMENT_URI", ""), ("SCRIPT_NAME", ""), ("REQUEST_URI", "/api/y")]);
+        assert_eq!(&*request_path(&empty), b"/api/y");
     }
 
     #[test]

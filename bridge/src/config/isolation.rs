@@ -261,7 +261,7 @@ pub fn resolve(
                     ));
                 }
             }
-            if let App::File(file) = app {
+            if let Some(file) = app.file() {
                 if !file.starts_with(&dir) {
                     return Err(bad("chroot", format!("app file {} is outside the chroot {}", file.display(), dir.display())));
                 }
@@ -294,7 +294,7 @@ pub fn resolve(
         let at = if key == "allow-root" { here.clone() } else { here.key(key) };
         return Err(src.invalid(&at, msg));
     }
-    if let App::File(file) = app {
+    if let Some(file) = app.file() {
         check_script(&iso, file).map_err(|m| bad(if iso.script_user.is_some() { "script-user" } else { "script-group" }, m))?;
     } else if iso.script_user.is_some() || iso.script_group.is_some() {
         let key = if iso.script_user.is_some() { "script-user" } else { "script-group" };

@@ -2,7 +2,7 @@
 //! (relative ones resolve against the directory of the file that named them).
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -256,9 +256,33 @@ impl PartialEq for KeyAt {
 pub enum App {
     /// `module:callable` (callable defaults to `application`).
     Module { module: String, callable: String },
-    /// A file exposing `application`.
-    File(PathBuf),
+    /// A file (any name; run as a script unless it ends in .py or .wsgi) and the callable
+    /// it exposes (`application` unless `app:` names one after the last `:`).
+    File { path: PathBuf, callable: String },
     /// `command:` — any FastCGI program started with its listening socket on fd 0
     /// (php-cgi, a flup script); argv[0] is resolved to an absolute path.
     Command(Vec<String>),
+}
+
+impl App {
+    /// The app file of a file app.
+    pub fn file(&self) -> Option<&Path> {
+        match self {
+            App::File { path, .. } => Some(path),
+            _ => None,
+        }
+    }
+
+    /// The `app:` value that means this app again (`fcgibridge check`, the worker's
+    /// FCGIBRIDGE_APP): a file's callable is written when it is not `application`, or
+    /// when the path itself ends in `:name` and would otherwise be split there.
+    pub fn spec_for(path: &Path, callable: &str) -> String {
+        let shown = path.display().to_string();
+        let splits = shown.rsplit_once(':').is_some_and(|(head, tail)| !head.is_empty() && super::resolve::is_python_name(tail));
+        if callable == super::resolve::DEFAULT_CALLABLE && !splits {
+            shown
+        } else {
+            format!("{shown}:{callable}")
+        }
+    }
 }

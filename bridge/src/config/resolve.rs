@@ -94,7 +94,7 @@ pub fn pool(
     // Without a valid app the default chdir is unknown; a given one is still checked.
     let chdir = match (&raw.chdir, &app) {
         (Some(chdir), _) => Some(paths::resolve(dir, chdir)),
-        (None, Some(App::File(file))) => Some(file.parent().map(Path::to_path_buf).unwrap_or_else(|| dir.to_path_buf())),
+        (None, Some(App::File { path: file, .. })) => Some(file.parent().map(Path::to_path_buf).unwrap_or_else(|| dir.to_path_buf())),
         (None, Some(App::Module { .. } | App::Command(_))) => Some(dir.to_path_buf()),
         (None, None) => None,
     };
@@ -194,34 +194,36 @@ fn error_pages(
     pages
 }
 
+/// A dotted Python name: `application`, `make.app`.
+pub fn is_python_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.split('.').all(|part| {
+            part.chars().next().is_some_and(|c| c.is_alphabetic() || c == '_')
+                && part.chars().all(|c| c.is_alphanumeric() || c == '_')
+        })
+}
+
 /// `package.module[:callable]`, or a file path (contains '/', ends in .py, or names an
-/// existing .wsgi file).
+/// existing .wsgi file) with an optional `:callable`: the text after the **last** `:` is
+/// the callable when it is a Python name, so `/srv/a:b/app.fcgi` is a file and
+/// `/srv/app.fcgi:app` names `app` in it.
 pub fn parse_app(text: &str, dir: &Path) -> Result<App, String> {
     let text = text.trim();
+    let (target, callable) = match text.rsplit_once(':') {
+        Some((head, tail)) if !head.is_empty() && is_python_name(tail) => (head, Some(tail)),
+        _ => (text, None),
+    };
     // Django names its WSGI module `project.wsgi`, so a bare `x.wsgi` is a file only
     // when that file exists; `./x.wsgi` always means the file.
-    let wsgi_file = text.ends_with(".wsgi") && !text.contains(':') && paths::resolve(dir, text).is_file();
-    if text.ends_with(".py") || text.contains('/') || wsgi_file {
-        let file = paths::resolve(dir, text);
-        return if file.is_file() {
-            Ok(App::File(file))
-        } else if file.exists() {
-            Err(format!("{} is not a file", file.display()))
-        } else {
-            Err(format!("app file {} does not exist", file.display()))
-        };
+    let wsgi_file = target.ends_with(".wsgi") && callable.is_none() && paths::resolve(dir, target).is_file();
+    if target.ends_with(".py") || target.contains('/') || wsgi_file {
+        return parse_file_app(target, callable, text, dir);
     }
     let (module, callable) = match text.split_once(':') {
         Some((module, callable)) => (module, callable),
         None => (text, DEFAULT_CALLABLE),
     };
-    let dotted = |s: &str| {
-        !s.is_empty()
-            && s.split('.').all(|part| {
-                part.chars().next().is_some_and(|c| c.is_alphabetic() || c == '_')
-                    && part.chars().all(|c| c.is_alphanumeric() || c == '_')
-            })
-    };
+    let dotted = is_python_name;
     if !dotted(module) {
         return Err(format!(
             "{text:?} is neither a Python module (\"package.module:callable\") nor a file path (*.py, *.wsgi)"
@@ -231,6 +233,28 @@ pub fn parse_app(text: &str, dir: &Path) -> Result<App, String> {
         return Err(format!("{callable:?} is not a Python name; write \"{module}:application\" or leave out the colon"));
     }
     Ok(App::Module { module: module.to_owned(), callable: callable.to_owned() })
+}
+
+fn parse_file_app(target: &str, callable: Option<&str>, text: &str, dir: &Path) -> Result<App, String> {
+    let file = paths::resolve(dir, target);
+    if file.is_file() {
+        let callable = callable.unwrap_or(DEFAULT_CALLABLE).to_owned();
+        return Ok(App::File { path: file, callable });
+    }
+    if file.exists() {
+        return Err(format!("{} is not a file", file.display()));
+    }
+    let whole = paths::resolve(dir, text);
+    if callable.is_some() && whole.is_file() {
+        // A file whose own name ends in `:name`: the rule above took that part as the callable.
+        return Err(format!(
+            "app file {} does not exist (the name after the last ':' is the callable); for the file {} write \"{}:application\"",
+            file.display(),
+            whole.display(),
+            text
+        ));
+    }
+    Err(format!("app file {} does not exist", file.display()))
 }
 
 /// A listener from `listeners.NAME`. Route targets are checked once all pools are known.
@@ -630,5 +654,36 @@ mod tests {
         assert_eq!(err, "app file /nonexistent/missing.py does not exist");
         let err = parse_app("./missing.wsgi", Path::new("/nonexistent")).unwrap_err();
         assert_eq!(err, "app file /nonexistent/missing.wsgi does not exist");
+    }
+
+    #[test]
+    fn file_apps_name_their_callable_after_the_last_colon() {
+        let dir = std::env::temp_dir().join(format!("fcgibridge-parse-app-{}", std::process::id()));
+        let odd = dir.join("with:colon");
+        std::fs::create_dir_all(&odd).expect("mkdir");
+        for f in ["app.fcgi", "plain", "app.py"] {
+            std::fs::write(dir.join(f), "").expect("write");
+        }
+        std::fs::write(odd.join("app.fcgi"), "").expect("write");
+        std::fs::write(dir.join("file:v2"), "").expect("write");
+        let file = |p: &Path, c: &str| App::File { path: p.to_path_buf(), callable: c.into() };
+        assert_eq!(parse_app("./app.fcgi", &dir), Ok(file(&dir.join("app.fcgi"), "application")));
+        assert_eq!(parse_app("./app.fcgi:app", &dir), Ok(file(&dir.join("app.fcgi"), "app")));
+        assert_eq!(parse_app("./plain:make.app", &dir), Ok(file(&dir.join("plain"), "make.app")));
+        assert_eq!(parse_app("app.py:app", &dir), Ok(file(&dir.join("app.py"), "app")));
+        // A ':' inside the path is not followed by a Python name: part of the path.
+        assert_eq!(parse_app("with:colon/app.fcgi", &dir), Ok(file(&odd.join("app.fcgi"), "application")));
+        assert_eq!(parse_app("./file:v2:application", &dir), Ok(file(&dir.join("file:v2"), "application")));
+        let err = parse_app("./file:v2", &dir).unwrap_err();
+        assert!(err.contains("file:v2:application"), "{err}");
+        assert!(parse_app("./app.fcgi:not-a-name", &dir).unwrap_err().contains("does not exist"));
+        // .wsgi with a callable stays Django's module form unless it is a path.
+        assert_eq!(parse_app("mysite.wsgi:app", &dir), Ok(App::Module { module: "mysite.wsgi".into(), callable: "app".into() }));
+        // What check prints reads back as the same app.
+        for app in [file(&dir.join("app.fcgi"), "application"), file(&dir.join("app.fcgi"), "app"), file(&dir.join("file:v2"), "application")] {
+            let App::File { path, callable } = &app else { unreachable!() };
+            assert_eq!(parse_app(&App::spec_for(path, callable), &dir).as_ref(), Ok(&app));
+        }
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

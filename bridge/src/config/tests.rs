@@ -99,7 +99,7 @@ fn a_pool_needs_only_its_app_and_everything_else_defaults() {
     );
     let pool = &config.pools[0];
     assert_eq!(pool.name, "demo");
-    assert_eq!(pool.app, App::File(tree.root.join("app/app.py")));
+    assert_eq!(pool.app, App::File { path: tree.root.join("app/app.py"), callable: "application".into() });
     assert_eq!(pool.python, tree.root.join("bin/python3"));
     // A file app runs in its own directory.
     assert_eq!(pool.chdir, tree.root.join("app"));

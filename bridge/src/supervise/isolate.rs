@@ -11,7 +11,7 @@
 //! and the working directory inside it, then groups, gid and uid last (after setuid nothing
 //! privileged is possible any more). The parent-death signal is set by spawn.rs *after* this
 //! hook, because the kernel clears it when the credentials change.
-use crate::config::{App, Pool};
+use crate::config::Pool;
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
@@ -62,7 +62,7 @@ impl Prepared {
     /// Resolve everything a worker of `pool` needs; `python_path` is `<runtime_dir>/python`.
     pub fn for_pool(pool: &Pool, python_path: &Path) -> Result<Prepared, IsolateError> {
         let iso = &pool.isolation;
-        if let App::File(file) = &pool.app {
+        if let Some(file) = pool.app.file() {
             // Checked at load time too; the file may have changed hands since.
             crate::config::isolation::check_script(iso, file).map_err(IsolateError::Script)?;
         }

@@ -177,11 +177,12 @@ fn block_operator_signals() -> std::io::Result<()> {
 }
 
 /// `FCGIBRIDGE_APP` for the native worker: `module:callable`, or the app file as the worker
-/// sees it (inside its chroot); `None` for a `command:` pool.
+/// sees it (inside its chroot) and its callable, always written out (a `:` in the path
+/// is then never taken for the callable's); `None` for a `command:` pool.
 pub(super) fn python_app_spec(pool: &Pool, iso: &Prepared) -> Option<String> {
     match &pool.app {
         App::Module { module, callable } => Some(format!("{module}:{callable}")),
-        App::File(p) => Some(iso.worker_path(p).display().to_string()),
+        App::File { path, callable } => Some(format!("{}:{callable}", iso.worker_path(path).display())),
         App::Command(_) => None,
     }
 }

@@ -1,6 +1,7 @@
 """Entry point of a worker process (docs/worker-contract.md).
 
-Environment: FCGIBRIDGE_APP (``module:callable`` or a .wsgi/.py file path),
+Environment: FCGIBRIDGE_APP (``module:callable``, or a file path with an optional
+``:callable``; see load_app),
 FCGIBRIDGE_THREADS, FCGIBRIDGE_PROCESSES, FCGIBRIDGE_POOL, FCGIBRIDGE_READY_FD.
 fd 0 is the listening socket the bridge connects to.
 """
@@ -47,14 +48,15 @@ def _resolve(obj, attr, where):
     return obj
 
 
-def _load_file(path, attr):
-    path = os.path.abspath(path)
-    if not os.path.isfile(path):
-        raise LoadError("no such file: %s" % path)
-    directory = os.path.dirname(path)
-    if directory not in sys.path:
-        sys.path.insert(0, directory)
-    stem, ext = os.path.splitext(os.path.basename(path))
+def _is_callable_name(text):
+    """``name``, ``a.b`` or ``factory()``: what may follow the last ``:`` of FCGIBRIDGE_APP."""
+    if text.endswith("()"):
+        text = text[:-2]
+    return bool(text) and all(part.isidentifier() for part in text.split("."))
+
+
+def _import_module_file(path, stem, ext):
+    """A .py or .wsgi file, imported as a module (its ``__main__`` block does not run)."""
     if ext == ".py" and stem.isidentifier() and stem not in sys.modules:
         modname = stem
     else:
@@ -68,23 +70,89 @@ def _load_file(path, attr):
     except BaseException:
         sys.modules.pop(modname, None)
         raise
+    return module
+
+
+def _run_script(path):
+    """Any other file (app.fcgi, a script without extension) runs as the web server or
+    spawn-fcgi ran it: as ``__main__`` with ``sys.argv == [path]``. No bytecode is cached,
+    as for any script (app.fcgi's would share app.py's __pycache__ name)."""
+    import builtins
+    import types
+
+    with open(path, "rb") as f:
+        code = compile(f.read(), path, "exec", dont_inherit=True)
+    module = types.ModuleType("__main__")
+    module.__file__ = path
+    module.__builtins__ = builtins
+    previous, argv = sys.modules.get("__main__"), sys.argv
+    sys.modules["__main__"] = module
+    sys.argv = [path]
+    try:
+        exec(code, module.__dict__)
+    except BaseException:
+        sys.argv = argv
+        if previous is not None:
+            sys.modules["__main__"] = previous
+        raise
+    return module
+
+
+def _load_file(path, attr, handoff=None):
+    from . import flup_compat
+
+    path = os.path.abspath(path)
+    if not os.path.isfile(path):
+        raise LoadError("no such file: %s" % path)
+    directory = os.path.dirname(path)
+    if directory not in sys.path:
+        sys.path.insert(0, directory)
+    stem, ext = os.path.splitext(os.path.basename(path))
+    # A flup script's WSGIServer(app).run() hands `app` over (flup_compat); with `handoff`
+    # the worker serves it from inside run() and this call does not return.
+    # `:__main__` runs even a .py file as the main script (a flup script whose server starts
+    # under `if __name__ == "__main__":`).
+    as_main = attr == "__main__" or ext not in (".py", ".wsgi")
+    with flup_compat.Session(path, handoff) as session:
+        try:
+            if not as_main:
+                module = _import_module_file(path, stem, ext)
+            else:
+                module = _run_script(path)
+        except flup_compat.HandedOver:
+            module = None
+        except BaseException as exc:
+            if session.app is None:
+                raise
+            sys.stderr.write("fcgibridge worker: %s raised %s after WSGIServer(...).run() handed over its app; "
+                             "serving that app\n" % (path, type(exc).__name__))
+    if session.app is not None:
+        session.report()
+        return session.app
+    if attr == "__main__":
+        raise LoadError("%s ran as the main script but never called WSGIServer(app).run() (flup, flipflop); "
+                        "name its WSGI callable instead (%s:NAME)" % (path, path))
     return _resolve(module, attr, path)
 
 
-def load_app(spec):
+def load_app(spec, handoff=None):
     """``module:callable`` (callable defaults to ``application``; ``factory()`` is
-    called), or a file path (``/srv/app.wsgi``, ``app.py``, ``app.py:name``)."""
+    called), or a file path (``/srv/app.wsgi``, ``app.py``, ``/srv/app.fcgi:name``): the
+    part after the last ``:`` is the callable when it is a Python name. A .py or .wsgi file
+    is imported as a module, any other file (or any file with ``:__main__``) runs as the
+    main script. A script that hands its app to flup's ``WSGIServer(app).run()`` is served
+    with that app; with ``handoff`` (the worker's serve function) from inside run()."""
     spec = spec.strip()
     if not spec:
         raise LoadError("FCGIBRIDGE_APP is not set")
     target, attr = spec, "application"
     head, sep, tail = spec.rpartition(":")
-    if sep and tail and "/" not in tail and head:
+    if sep and head and _is_callable_name(tail):
         target, attr = head, tail
     # Django's module is "mysite.wsgi": a bare *.wsgi name is a file only if one exists
     # (the bridge always passes files as absolute paths).
     if target.endswith(".py") or os.sep in target or (target.endswith(".wsgi") and os.path.isfile(target)):
-        app = _load_file(target, attr)
+        app = _load_file(target, attr, handoff)
     else:
         module = importlib.import_module(target)
         app = _resolve(module, attr, "module " + target)
@@ -205,7 +273,8 @@ def main():
         os.close(devnull)
         threads = max(1, _env_int("FCGIBRIDGE_THREADS", 1))
         processes = max(1, _env_int("FCGIBRIDGE_PROCESSES", 1))
-        app = load_app(os.environ.get("FCGIBRIDGE_APP", ""))
+        app = load_app(os.environ.get("FCGIBRIDGE_APP", ""),
+                       handoff=lambda app: serve(app, listen_fd, ready_fd, threads, processes))
     except BaseException as exc:  # noqa: B902 - any failure to load is reported the same way
         report_load_failure(exc, ready_fd)
     serve(app, listen_fd, ready_fd, threads, processes)
