@@ -1,10 +1,13 @@
 //! Status: what the daemon, its listeners, pools and workers are doing, as JSON,
 //! OpenMetrics and a self-refreshing HTML page — on the status listener (`http.rs`),
 //! through a FastCGI listener's `status-path` (`front.rs`) and over the control socket.
+pub mod chart;
 pub mod front;
+pub mod history;
 pub mod html;
 pub mod http;
 pub mod json;
+pub mod latency;
 pub mod model;
 pub mod openmetrics;
 pub mod slowlog;
@@ -13,7 +16,8 @@ pub mod top;
 pub mod track;
 
 use crate::config::{self, Global, ListenAddress, Protocol};
-use model::{CurrentRequest, ListenerStatus, PoolStatus, Status, WorkerStatus};
+use history::{ListenerSample, PoolSample};
+use model::{CurrentRequest, Latency, ListenerStatus, PoolStatus, Status, WorkerStatus};
 use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
@@ -48,25 +52,87 @@ pub fn sources() -> Option<Arc<Sources>> {
     SOURCES.read().unwrap_or_else(|e| e.into_inner()).clone()
 }
 
+/// A pool's sample for the history: its counters in `track.rs` and the supervisor's.
+fn pool_sample(s: &track::State, p: &crate::supervise::stats::PoolStats) -> PoolSample {
+    let c = s.pools.get(&p.name);
+    PoolSample {
+        latency: c.map(|c| c.latency).unwrap_or_default(),
+        responses: c.map(|c| c.responses).unwrap_or_default(),
+        rejected: p.rejected_queue_full + p.rejected_queue_timeout + p.rejected_unavailable,
+        timeouts: p.request_timeouts,
+        exits: p.worker_exits,
+        crashes: p.worker_crashes,
+        queue: p.queue_length,
+        busy_workers: p.busy_workers,
+        idle_workers: p.idle_workers,
+    }
+}
+
+fn listener_sample(s: &track::State, name: &str) -> ListenerSample {
+    let c = s.listeners.get(name);
+    ListenerSample {
+        latency: c.map(|c| c.latency).unwrap_or_default(),
+        responses: c.map(|c| c.responses).unwrap_or_default(),
+    }
+}
+
+/// Called by the status ticker (`slowlog.rs`) a few times a second: takes the history's
+/// sample of every pool and listener when one is due.
+pub fn tick(now: Instant) {
+    let Some(src) = sources() else { return };
+    if !track::with_state(|s| s.history.due(now)) {
+        return;
+    }
+    // Outside the status lock: the snapshot locks each pool's dispatcher in turn.
+    let stats = crate::supervise::stats::snapshot();
+    track::with_state(|s| {
+        let pools = stats.pools.iter().map(|p| (p.name.clone(), pool_sample(s, p))).collect();
+        let listeners = src.listeners.iter().map(|l| (l.name.clone(), listener_sample(s, &l.name))).collect();
+        s.history.record(now, pools, listeners);
+    });
+}
+
+/// The charts' data (`?json&history` and the HTML page).
+pub fn history() -> model::History {
+    track::with_state(|s| model::History {
+        interval_seconds: history::INTERVAL.as_secs_f64(),
+        window_seconds: (history::INTERVAL * history::SAMPLES as u32).as_secs_f64(),
+        pools: s.history.pools(crate::supervise::stats::unix_at),
+        listeners: s.history.listeners(crate::supervise::stats::unix_at),
+    })
+}
+
 /// The status right now (None before `install`). Pools and workers come from the
-/// supervisor's numbers (`supervise/stats.rs`, following reloads); listeners and slow
-/// requests from `track.rs`.
+/// supervisor's numbers (`supervise/stats.rs`, following reloads); listeners, slow
+/// requests, durations and status classes from `track.rs`.
 pub fn snapshot() -> Option<Status> {
     let src = sources()?;
     let stats = crate::supervise::stats::snapshot();
+    let now = Instant::now();
     Some(track::with_state(|s| {
         let listeners = src
             .listeners
             .iter()
-            .map(|l| ListenerStatus {
-                name: l.name.clone(),
-                protocol: match l.protocol {
-                    Protocol::FastCgi => "fastcgi".to_owned(),
-                    Protocol::Scgi => "scgi".to_owned(),
-                },
-                address: describe(&l.address),
-                accepted_requests: s.listeners.get(&l.name).copied().unwrap_or(0),
-                open_connections: track::open_connections(s, &l.name),
+            .map(|l| {
+                let c = s.listeners.get(&l.name);
+                let sample = listener_sample(s, &l.name);
+                let ago = s.history.listener_minute_ago(&l.name, now).copied().unwrap_or_default();
+                ListenerStatus {
+                    name: l.name.clone(),
+                    protocol: match l.protocol {
+                        Protocol::FastCgi => "fastcgi".to_owned(),
+                        Protocol::Scgi => "scgi".to_owned(),
+                    },
+                    address: describe(&l.address),
+                    accepted_requests: c.map_or(0, |c| c.accepted),
+                    open_connections: track::open_connections(s, &l.name),
+                    responses: sample.responses,
+                    latency_seconds: Latency {
+                        last_minute: sample.latency.since(&ago.latency).summary(),
+                        since_start: sample.latency.summary(),
+                    },
+                    latency: sample.latency,
+                }
             })
             .collect();
         let pools = stats
@@ -74,6 +140,8 @@ pub fn snapshot() -> Option<Status> {
             .into_iter()
             .map(|p| {
                 let slow = s.pools.get(&p.name).map_or(0, |c| c.slow);
+                let sample = pool_sample(s, &p);
+                let ago = s.history.pool_minute_ago(&p.name, now).copied().unwrap_or_default();
                 let workers: Vec<WorkerStatus> = p
                     .workers
                     .into_iter()
@@ -117,8 +185,16 @@ pub fn snapshot() -> Option<Status> {
                     total_workers: p.total_workers,
                     idle_slots: p.idle_slots,
                     active_requests: p.busy_slots,
-                    worker_exits: p.restarts.len() as u64,
+                    worker_exits: p.worker_exits,
+                    worker_crashes: p.worker_crashes,
                     spawns: p.spawns,
+                    responses: sample.responses,
+                    latency_seconds: Latency {
+                        last_minute: sample.latency.since(&ago.latency).summary(),
+                        since_start: sample.latency.summary(),
+                    },
+                    last_minute: sample.moved_since(&ago),
+                    latency: sample.latency,
                     workers,
                 }
             })
