@@ -24,13 +24,23 @@ pub enum Unit {
     Count,
 }
 
-/// One series: a value per point (None: a gap), drawn as a line, optionally filled down
-/// to the axis (series are drawn in order: put the larger of two areas first).
+/// How a series is drawn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Style {
+    Line,
+    /// A line with the area below it filled (series are drawn in order: put the larger of
+    /// two areas first).
+    Area,
+    /// Bars over each interval, stacked on the bar series before it: for counts of events.
+    Bars,
+}
+
+/// One series: a value per point (None: a gap).
 pub struct Series<'a> {
     pub name: &'a str,
     pub color: &'a str,
     pub values: Vec<Option<f64>>,
-    pub fill: bool,
+    pub style: Style,
 }
 
 /// A chart over a time window that ends now.
@@ -39,8 +49,10 @@ pub struct Chart<'a> {
     pub class: &'a str,
     pub label: &'a str,
     pub unit: Unit,
-    /// Unix seconds of each point.
+    /// Unix seconds of each point (the end of its interval).
     pub times: &'a [f64],
+    /// Seconds between two points.
+    pub interval: f64,
     pub now: f64,
     pub window: f64,
     pub series: Vec<Series<'a>>,
@@ -113,6 +125,21 @@ fn area_path(pts: &[(f64, Option<f64>)]) -> String {
     d
 }
 
+/// Rectangles for the non-zero values of a bar series, on top of `stack` (raised by them).
+fn bars_path(c: &Chart<'_>, s: &Series<'_>, stack: &mut [f64], x_of: impl Fn(f64) -> f64, y_of: impl Fn(f64) -> f64) -> String {
+    let mut d = String::new();
+    for ((&t, v), base) in c.times.iter().zip(&s.values).zip(stack.iter_mut()) {
+        let Some(v) = v.filter(|v| *v > 0.0) else { continue };
+        let (x0, x1) = (x_of(t - c.interval), x_of(t));
+        // At least a visible sliver, however many intervals share the width.
+        let x0 = x0.min(x1 - 1.5).max(LEFT);
+        let (y0, y1) = (y_of(*base), y_of(*base + v));
+        let _ = write!(d, "M{x0:.1},{y0:.1}V{y1:.1}H{x1:.1}V{y0:.1}Z");
+        *base += v;
+    }
+    d
+}
+
 /// The chart as an `<svg>` element.
 pub fn svg(c: &Chart<'_>) -> String {
     let mut o = String::with_capacity(4096);
@@ -122,7 +149,11 @@ pub fn svg(c: &Chart<'_>) -> String {
         c.class,
         super::html::esc(c.label)
     );
-    let max = c.series.iter().flat_map(|s| s.values.iter().flatten()).fold(0.0f64, |a, &b| a.max(b));
+    let lines = c.series.iter().filter(|s| s.style != Style::Bars).flat_map(|s| s.values.iter().flatten());
+    let stacked = (0..c.times.len()).map(|i| {
+        c.series.iter().filter(|s| s.style == Style::Bars).filter_map(|s| s.values.get(i).copied().flatten()).sum::<f64>()
+    });
+    let max = lines.copied().chain(stacked).fold(0.0f64, f64::max);
     let floor = match c.unit {
         Unit::Seconds => 0.001,
         _ => 1.0,
@@ -139,13 +170,20 @@ pub fn svg(c: &Chart<'_>) -> String {
             format(c.unit, v)
         );
     }
-    // x labels: minutes before now.
-    let minutes = (c.window / 60.0).round().max(1.0) as u32;
-    let step = if minutes > 10 { 5 } else { 1 };
-    for m in (0..=minutes).rev().step_by(step as usize) {
-        let x = RIGHT - (f64::from(m) * 60.0 / c.window) * (RIGHT - LEFT);
-        let text = if m == 0 { "now".to_owned() } else { format!("-{m}m") };
-        let _ = write!(o, "<text class=\"xl\" x=\"{x:.1}\" y=\"{:.0}\">{text}</text>", H - 10.0);
+    // x labels: time before now, at most five.
+    let step = [15.0, 30.0, 60.0, 120.0, 300.0, 600.0].into_iter().find(|s| c.window / s <= 4.0).unwrap_or(900.0);
+    let mut back = 0.0;
+    while back <= c.window + 1e-6 {
+        let x = RIGHT - (back / c.window) * (RIGHT - LEFT);
+        let text = match back as u64 {
+            0 => "now".to_owned(),
+            s if s % 60 != 0 => format!("-{s}s"),
+            s => format!("-{}m", s / 60),
+        };
+        // The labels at the edges stay inside the drawing.
+        let anchor = if back == 0.0 { " end" } else if c.window - back < 0.1 * c.window { " start" } else { "" };
+        let _ = write!(o, "<text class=\"xl{anchor}\" x=\"{x:.1}\" y=\"{:.0}\">{text}</text>", H - 10.0);
+        back += step;
     }
     if c.times.is_empty() {
         let _ = write!(
@@ -158,9 +196,17 @@ pub fn svg(c: &Chart<'_>) -> String {
     }
     let x_of = |t: f64| LEFT + ((t - (c.now - c.window)) / c.window).clamp(0.0, 1.0) * (RIGHT - LEFT);
     let y_of = |v: f64| BOTTOM - (v / top).clamp(0.0, 1.0) * (BOTTOM - TOP);
+    let mut stack = vec![0.0f64; c.times.len()];
     for s in &c.series {
+        if s.style == Style::Bars {
+            let d = bars_path(c, s, &mut stack, x_of, y_of);
+            if !d.is_empty() {
+                let _ = write!(o, "<path class=\"bar\" data-series=\"{}\" fill=\"{}\" d=\"{d}\"/>", super::html::esc(s.name), s.color);
+            }
+            continue;
+        }
         let pts: Vec<(f64, Option<f64>)> = c.times.iter().zip(&s.values).map(|(&t, v)| (x_of(t), v.map(y_of))).collect();
-        if s.fill {
+        if s.style == Style::Area {
             let _ = write!(o, "<path class=\"area\" fill=\"{}\" d=\"{}\"/>", s.color, area_path(&pts));
         }
         let _ = write!(
@@ -219,7 +265,8 @@ mod tests {
             times: &times,
             now: 1000.0,
             window: 900.0,
-            series: vec![Series { name: "req/s", color: "#36c", values: vec![Some(5.0), Some(10.0)], fill: true }],
+            interval: 60.0,
+            series: vec![Series { name: "req/s", color: "#36c", values: vec![Some(5.0), Some(10.0)], style: Style::Area }],
         };
         let s = svg(&c);
         assert!(s.starts_with("<svg class=\"chart rps\"") && s.ends_with("</svg>"), "{s}");
@@ -227,7 +274,36 @@ mod tests {
         // 10/s is the top of the scale; "now" is the right edge.
         assert!(s.contains("L354.0,8.0\""), "{s}");
         assert!(s.contains(">-15m<") && s.contains(">now<") && s.contains(">10/s<"));
+        assert!(s.contains("class=\"xl start\" x=\"44.0\""), "{s}");
         let empty = svg(&Chart { times: &[], series: vec![], ..c });
         assert!(empty.contains("collecting data") && !empty.contains("<path"));
+    }
+
+    #[test]
+    fn bars_stack_and_set_the_scale() {
+        let times = [950.0, 1000.0];
+        let c = Chart {
+            class: "events",
+            label: "events",
+            unit: Unit::Count,
+            times: &times,
+            interval: 50.0,
+            now: 1000.0,
+            window: 100.0,
+            series: vec![
+                Series { name: "503", color: "#a00", values: vec![Some(0.0), Some(3.0)], style: Style::Bars },
+                Series { name: "504", color: "#f00", values: vec![Some(0.0), Some(2.0)], style: Style::Bars },
+                Series { name: "exits", color: "#333", values: vec![Some(0.0), Some(0.0)], style: Style::Bars },
+            ],
+        };
+        let s = svg(&c);
+        // 3 + 2 = 5 is the top; the second bar starts where the first ends (y 126 - 3/5 * 118).
+        assert!(s.contains(">5<"), "{s}");
+        assert!(s.contains("data-series=\"503\" fill=\"#a00\" d=\"M199.0,126.0V55.2H354.0V126.0Z\""), "{s}");
+        assert!(s.contains("d=\"M199.0,55.2V8.0H354.0V55.2Z\""), "{s}");
+        assert!(!s.contains("data-series=\"exits\""), "{s}");
+        // x labels every 30 s over 100 s, the oldest anchored at its start.
+        assert!(s.contains(">-30s<") && s.contains(">-1m<") && s.contains(">-90s<") && s.contains("class=\"xl end\""), "{s}");
+        assert!(!s.contains("xl start"), "{s}");
     }
 }

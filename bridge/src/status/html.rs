@@ -63,18 +63,20 @@ main{padding:12px;max-width:1500px;margin:0 auto}h2{font-size:16px;margin:18px 0
 .tile .v{font-size:19px;font-weight:600;font-variant-numeric:tabular-nums;white-space:nowrap;overflow:hidden;text-overflow:ellipsis}.tile .d{font-size:12px;color:#5b6478}\
 .tile.moved{background:#fde8e7;border-color:#e0605a}.tile.moved .v,.tile.moved .d{color:#a11a14;font-weight:600}\
 .tile.recent{background:#fff5dc;border-color:#ebbd4e}.tile.recent .d{color:#7a5600}\
-.charts{display:grid;grid-template-columns:repeat(auto-fill,minmax(290px,1fr));gap:10px 14px}\
-figure{margin:0;min-width:0}figcaption{font-size:13px;color:#3a4356;display:flex;flex-wrap:wrap;gap:2px 10px}figcaption b{color:#1d2433}\
+.charts{display:grid;grid-template-columns:repeat(auto-fill,minmax(300px,1fr));gap:10px 16px}\
+@media (min-width:1000px){.charts{grid-template-columns:repeat(3,1fr)}}\
+figure{margin:0;min-width:0;display:flex;flex-direction:column}figure svg{margin-top:auto}figcaption{font-size:13px;color:#3a4356;display:flex;flex-wrap:wrap;gap:2px 10px}figcaption b{color:#1d2433}\
 .sw{display:inline-block;width:10px;height:10px;border-radius:2px;margin-right:3px;vertical-align:-1px}\
 svg.chart{width:100%;height:auto;display:block}svg .grid{stroke:#e6e9f0;stroke-width:1}\
-svg text{font:11px system-ui,sans-serif;fill:#6b7385}svg .yl{text-anchor:end}svg .xl{text-anchor:middle}svg .wait{text-anchor:middle;fill:#8a93a6}\
+svg text{font:11px system-ui,sans-serif;fill:#6b7385}svg .yl,svg .xl.end{text-anchor:end}svg .xl{text-anchor:middle}svg .xl.start{text-anchor:start}svg .wait{text-anchor:middle;fill:#8a93a6}\
 svg .line{fill:none;stroke-width:1.8;stroke-linejoin:round;stroke-linecap:round}svg .area{opacity:.18;stroke:none}\
 .scroll{overflow-x:auto;-webkit-overflow-scrolling:touch}\
 table{border-collapse:collapse;margin:.3em 0 1em;background:#fff}th,td{border:1px solid #d8dde7;padding:3px 8px;text-align:left;white-space:nowrap}\
 th{background:#e8eef6;font-weight:600}td.n{text-align:right;font-variant-numeric:tabular-nums}\
 td.moved{background:#fde8e7;color:#a11a14;font-weight:600}td.recent{background:#fff5dc}\
 .busy{background:#fff3c4}.meta{color:#555}.warn{color:#a40000;font-weight:600}\
-@media (max-width:600px){main{padding:8px}.card{padding:10px}.tile .v{font-size:17px}}";
+@media (max-width:600px){main{padding:8px}.card{padding:10px}.tiles{grid-template-columns:repeat(auto-fill,minmax(100px,1fr));gap:6px}\
+.tile{padding:4px 7px}.tile .v{font-size:17px}.tile .d,.tile .k{font-size:11px}}";
 
 /// Series colours, chosen to stay apart for the common forms of colour blindness.
 const BLUE: &str = "#2f6fde";
@@ -84,6 +86,8 @@ const RED: &str = "#d1342f";
 const PURPLE: &str = "#7b52c7";
 const ORANGE: &str = "#e07b00";
 const SKY: &str = "#7fb3ea";
+const SLATE: &str = "#7a8599";
+const BLACK: &str = "#222831";
 
 /// "moved" when the counter moved in the last minute, "recent" when within the charts'
 /// window: the class that makes a cell or tile stand out.
@@ -118,7 +122,7 @@ fn head(o: &mut String, s: &Status) {
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
 <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
 <meta http-equiv=\"refresh\" content=\"{REFRESH_SECS}\"><title>fcgibridge status</title><style>{STYLE}</style></head><body>\n\
-<header><h1>fcgibridge {}</h1><p class=\"meta\">pid {} · up {} · {} reloads · refreshes every {REFRESH_SECS}s</p></header>\n<main>\n",
+<header><h1>fcgibridge {}</h1><p>pid {} · up {} · {} reloads · refreshes every {REFRESH_SECS}s</p></header>\n<main>\n",
         esc(&s.version),
         s.pid,
         human_secs(s.uptime_seconds),
@@ -141,42 +145,44 @@ fn figure(o: &mut String, c: &super::chart::Chart<'_>) {
     o.push_str("</figure>\n");
 }
 
-/// The five charts of one pool.
-fn charts(o: &mut String, h: &PoolHistory, now: f64, window: f64) {
-    use super::chart::{Chart, Series, Unit};
+/// The x axis of a pool's charts: the charts' window once the history is that long, and
+/// from its first sample (at least a minute) before, so a young daemon's charts are not a
+/// sliver at the right edge.
+fn shown_window(h: &PoolHistory, now: f64, interval: f64, window: f64) -> f64 {
+    h.time.first().map_or(window, |first| (now - first + interval).clamp(60.0, window))
+}
+
+/// The six charts of one pool.
+fn charts(o: &mut String, h: &PoolHistory, now: f64, interval: f64, window: f64) {
+    use super::chart::{Chart, Series, Style, Unit};
     let some = |v: &[f64]| v.iter().map(|&x| Some(x)).collect::<Vec<_>>();
     let count = |v: &[usize]| v.iter().map(|&x| Some(x as f64)).collect::<Vec<_>>();
+    let events = |v: &[u64]| v.iter().map(|&x| Some(x as f64)).collect::<Vec<_>>();
     let total: Vec<Option<f64>> = h.busy_workers.iter().zip(&h.idle_workers).map(|(b, i)| Some((b + i) as f64)).collect();
-    let base = |class, label, unit, series| Chart { class, label, unit, times: &h.time, now, window, series };
+    let window = shown_window(h, now, interval, window);
+    let base = |class, label, unit, series| Chart { class, label, unit, times: &h.time, interval, now, window, series };
+    let line = |name, color, values| Series { name, color, values, style: Style::Line };
+    let area = |name, color, values| Series { name, color, values, style: Style::Area };
+    let bars = |name, color, values| Series { name, color, values, style: Style::Bars };
     o.push_str("<div class=\"charts\">\n");
-    figure(o, &base("rps", "Requests/s", Unit::Rate, vec![Series { name: "served", color: BLUE, values: some(&h.requests_per_second), fill: true }]));
-    figure(
-        o,
-        &base(
-            "latency",
-            "Latency",
-            Unit::Seconds,
-            vec![
-                Series { name: "p99", color: RED, values: h.p99_seconds.clone(), fill: false },
-                Series { name: "p95", color: AMBER, values: h.p95_seconds.clone(), fill: false },
-                Series { name: "p50", color: GREEN, values: h.p50_seconds.clone(), fill: false },
-            ],
-        ),
-    );
-    figure(o, &base("queue", "Queue", Unit::Count, vec![Series { name: "waiting", color: PURPLE, values: count(&h.queue_length), fill: true }]));
-    figure(
-        o,
-        &base(
-            "workers",
-            "Workers",
-            Unit::Count,
-            vec![
-                Series { name: "busy+idle", color: SKY, values: total, fill: true },
-                Series { name: "busy", color: ORANGE, values: count(&h.busy_workers), fill: true },
-            ],
-        ),
-    );
-    figure(o, &base("errors", "5xx/s", Unit::Rate, vec![Series { name: "5xx", color: RED, values: some(&h.server_errors_per_second), fill: true }]));
+    figure(o, &base("rps", "Requests/s", Unit::Rate, vec![area("served", BLUE, some(&h.requests_per_second))]));
+    let latency = vec![
+        line("p99", RED, h.p99_seconds.clone()),
+        line("p95", AMBER, h.p95_seconds.clone()),
+        line("p50", GREEN, h.p50_seconds.clone()),
+    ];
+    figure(o, &base("latency", "Latency", Unit::Seconds, latency));
+    figure(o, &base("queue", "Queue", Unit::Count, vec![area("waiting", PURPLE, count(&h.queue_length))]));
+    let workers = vec![area("total", SKY, total), area("busy", ORANGE, count(&h.busy_workers))];
+    figure(o, &base("workers", "Workers", Unit::Count, workers));
+    figure(o, &base("errors", "5xx/s", Unit::Rate, vec![area("5xx", RED, some(&h.server_errors_per_second))]));
+    let counted = vec![
+        bars("503", AMBER, events(&h.rejected_requests)),
+        bars("504", RED, events(&h.request_timeouts)),
+        bars("exits", SLATE, events(&h.worker_exits)),
+        bars("crashes", BLACK, events(&h.worker_crashes)),
+    ];
+    figure(o, &base("events", "Events per 5 s", Unit::Count, counted));
     o.push_str("</div>\n");
 }
 
@@ -189,7 +195,7 @@ fn tile(o: &mut String, name: &str, key: &str, value: &str, note: &str, class: &
 }
 
 /// A pool's card: its state, the numbers that matter now, the counters that moved, charts.
-fn pool_card(o: &mut String, p: &PoolStatus, h: Option<&PoolHistory>, now: f64, window: f64) {
+fn pool_card(o: &mut String, p: &PoolStatus, h: Option<&PoolHistory>, now: f64, interval: f64, window: f64) {
     let warn = if p.state == "failing" { " warn" } else { "" };
     let _ = write!(o, "<section class=\"card pool-card\" data-pool=\"{0}\"><h2>{0} <span class=\"badge{warn}\">{1}</span></h2>\n<div class=\"tiles\">", esc(&p.name), esc(p.state));
     let rps = h.and_then(|h| h.requests_per_second.last().copied());
@@ -199,7 +205,8 @@ fn pool_card(o: &mut String, p: &PoolStatus, h: Option<&PoolHistory>, now: f64, 
     let queue_class = if p.queue_length > 0 { "recent" } else { "" };
     tile(o, "queue", "queue", &p.queue_length.to_string(), &format!("size {} · max {}", p.queue_size, p.max_queue_length), queue_class);
     tile(o, "workers", "busy / idle", &format!("{} / {}", p.busy_workers, p.idle_workers), &format!("{} processes × {} threads", p.total_workers, p.threads), "");
-    let window_min = (window / 60.0).round() as u64;
+    let shown = h.map_or(window, |h| shown_window(h, now, interval, window));
+    let window_min = (shown / 60.0).round().max(1.0) as u64;
     let moved = h.map(|h| h.moved).unwrap_or_default();
     let lmv = &p.last_minute;
     let counters = [
@@ -215,8 +222,8 @@ fn pool_card(o: &mut String, p: &PoolStatus, h: Option<&PoolHistory>, now: f64, 
     }
     o.push_str("</div>\n");
     match h {
-        Some(h) => charts(o, h, now, window),
-        None => charts(o, &PoolHistory::default(), now, window),
+        Some(h) => charts(o, h, now, interval, window),
+        None => charts(o, &PoolHistory::default(), now, interval, window),
     }
     o.push_str("</section>\n");
 }
@@ -228,7 +235,7 @@ pub fn render(s: &Status, history: &History) -> String {
     let now = crate::supervise::stats::unix_now();
     for p in &s.pools {
         let h = history.pools.iter().find(|h| h.name == p.name);
-        pool_card(&mut o, p, h, now, history.window_seconds);
+        pool_card(&mut o, p, h, now, history.interval_seconds, history.window_seconds);
     }
     listener_table(&mut o, s);
     pool_table(&mut o, s, history);
