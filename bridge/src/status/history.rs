@@ -108,6 +108,9 @@ pub struct History {
     pools: Vec<Series<PoolSample>>,
     listeners: Vec<Series<ListenerSample>>,
     next: Option<Instant>,
+    /// The longest queue of each pool seen by the ticker since the last sample: a burst
+    /// that queued and drained between two samples still shows.
+    queue_peaks: Vec<(String, usize)>,
 }
 
 /// Append to each named ring (creating it), and forget the rings of names no longer
@@ -138,8 +141,24 @@ impl History {
         self.next.map_or(true, |n| now >= n)
     }
 
-    /// Store one sample of every pool and listener taken at `now`.
-    pub fn record(&mut self, now: Instant, pools: Vec<(String, PoolSample)>, listeners: Vec<(String, ListenerSample)>) {
+    /// The ticker saw `len` requests waiting in `pool`'s queue.
+    pub fn observe_queue(&mut self, pool: &str, len: usize) {
+        match self.queue_peaks.iter_mut().find(|(n, _)| n == pool) {
+            Some((_, peak)) => *peak = (*peak).max(len),
+            None if len > 0 => self.queue_peaks.push((pool.to_owned(), len)),
+            None => {}
+        }
+    }
+
+    /// Store one sample of every pool and listener taken at `now`; a pool's queue is the
+    /// longest seen since the previous sample.
+    pub fn record(&mut self, now: Instant, mut pools: Vec<(String, PoolSample)>, listeners: Vec<(String, ListenerSample)>) {
+        for (name, sample) in &mut pools {
+            if let Some((_, peak)) = self.queue_peaks.iter().find(|(n, _)| n == name) {
+                sample.queue = sample.queue.max(*peak);
+            }
+        }
+        self.queue_peaks.clear();
         // Keep the 5 s grid when the ticker is a little late; restart it after a long stall.
         self.next = Some(match self.next {
             Some(n) if now < n + INTERVAL => n + INTERVAL,
@@ -298,6 +317,21 @@ mod tests {
         assert_eq!(p.p50_seconds[1], None);
         let p50 = p.p50_seconds[0].unwrap_or(0.0);
         assert!((0.0025..=0.005).contains(&p50), "{p50}");
+    }
+
+    #[test]
+    fn the_queue_of_a_sample_is_the_peak_since_the_previous_one() {
+        let t0 = Instant::now();
+        let mut h = History::default();
+        h.record(t0, vec![("app".to_owned(), sample(0, 0, 0, 0))], vec![]);
+        for len in [0, 3, 7, 2, 0] {
+            h.observe_queue("app", len);
+        }
+        h.observe_queue("other", 0);
+        h.record(t0 + INTERVAL, vec![("app".to_owned(), sample(0, 0, 0, 1))], vec![]);
+        // Then nothing queued: the next sample has the queue of its own instant.
+        h.record(t0 + INTERVAL * 2, vec![("app".to_owned(), sample(0, 0, 0, 0))], vec![]);
+        assert_eq!(h.pools(|_| 0.0)[0].queue_length, vec![7, 0]);
     }
 
     #[test]

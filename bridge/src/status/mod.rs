@@ -80,7 +80,17 @@ fn listener_sample(s: &track::State, name: &str) -> ListenerSample {
 /// sample of every pool and listener when one is due.
 pub fn tick(now: Instant) {
     let Some(src) = sources() else { return };
-    if !track::with_state(|s| s.history.due(now)) {
+    let pools = crate::supervise::stats::pools();
+    // One dispatcher lock per pool: a queue that fills and drains between two samples
+    // still shows in the charts.
+    let queues: Vec<usize> = pools.iter().map(|p| p.dispatcher.waiting()).collect();
+    let due = track::with_state(|s| {
+        for (p, len) in pools.iter().zip(queues) {
+            s.history.observe_queue(&p.name, len);
+        }
+        s.history.due(now)
+    });
+    if !due {
         return;
     }
     // Outside the status lock: the snapshot locks each pool's dispatcher in turn.
