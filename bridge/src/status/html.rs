@@ -182,7 +182,8 @@ fn charts(o: &mut String, h: &PoolHistory, now: f64, interval: f64, window: f64)
         bars("exits", SLATE, events(&h.worker_exits)),
         bars("crashes", BLACK, events(&h.worker_crashes)),
     ];
-    figure(o, &base("events", "Events per 5 s", Unit::Count, counted));
+    let events_label = format!("Events per {} s", interval.round());
+    figure(o, &base("events", &events_label, Unit::Count, counted));
     o.push_str("</div>\n");
 }
 

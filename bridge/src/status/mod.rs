@@ -119,106 +119,97 @@ pub fn snapshot() -> Option<Status> {
     let src = sources()?;
     let stats = crate::supervise::stats::snapshot();
     let now = Instant::now();
-    Some(track::with_state(|s| {
-        let listeners = src
-            .listeners
-            .iter()
-            .map(|l| {
-                let c = s.listeners.get(&l.name);
-                let sample = listener_sample(s, &l.name);
-                let ago = s.history.listener_minute_ago(&l.name, now).copied().unwrap_or_default();
-                ListenerStatus {
-                    name: l.name.clone(),
-                    protocol: match l.protocol {
-                        Protocol::FastCgi => "fastcgi".to_owned(),
-                        Protocol::Scgi => "scgi".to_owned(),
-                    },
-                    address: describe(&l.address),
-                    accepted_requests: c.map_or(0, |c| c.accepted),
-                    open_connections: track::open_connections(s, &l.name),
-                    responses: sample.responses,
-                    latency_seconds: Latency {
-                        last_minute: sample.latency.since(&ago.latency).summary(),
-                        since_start: sample.latency.summary(),
-                    },
-                    latency: sample.latency,
-                }
-            })
-            .collect();
-        let pools = stats
-            .pools
-            .into_iter()
-            .map(|p| {
-                let slow = s.pools.get(&p.name).map_or(0, |c| c.slow);
-                let sample = pool_sample(s, &p);
-                let ago = s.history.pool_minute_ago(&p.name, now).copied().unwrap_or_default();
-                let workers: Vec<WorkerStatus> = p
-                    .workers
-                    .into_iter()
-                    .map(|w| WorkerStatus {
-                        pid: w.pid,
-                        state: w.state,
-                        requests: w.requests,
-                        rss_bytes: w.rss_bytes.unwrap_or(0),
-                        cpu_seconds: w.cpu_seconds.unwrap_or(0.0),
-                        spawn_time: w.spawn_time as u64,
-                        last_restart_reason: w.last_restart_reason,
-                        retiring_reason: w.retiring_reason.or(w.recycle_pending),
-                        current: w
-                            .current
-                            .into_iter()
-                            .map(|c| CurrentRequest {
-                                request_id: c.request_id,
-                                method: c.method,
-                                uri: c.uri,
-                                duration_seconds: c.duration_seconds,
-                            })
-                            .collect(),
-                    })
-                    .collect();
-                PoolStatus {
-                    name: p.name,
-                    state: p.state,
-                    start_time: src.start_time,
-                    accepted_requests: p.accepted_requests,
-                    queue_length: p.queue_length,
-                    max_queue_length: p.max_queue_length,
-                    queue_size: p.queue_size,
-                    max_children_reached: p.max_children_reached,
-                    slow_requests: slow,
-                    rejected_requests: p.rejected_queue_full + p.rejected_queue_timeout + p.rejected_unavailable,
-                    request_timeouts: p.request_timeouts,
-                    processes: p.max_processes,
-                    threads: p.threads_per_process,
-                    idle_workers: p.idle_workers,
-                    busy_workers: p.busy_workers,
-                    total_workers: p.total_workers,
-                    idle_slots: p.idle_slots,
-                    active_requests: p.busy_slots,
-                    worker_exits: p.worker_exits,
-                    worker_crashes: p.worker_crashes,
-                    spawns: p.spawns,
-                    responses: sample.responses,
-                    latency_seconds: Latency {
-                        last_minute: sample.latency.since(&ago.latency).summary(),
-                        since_start: sample.latency.summary(),
-                    },
-                    last_minute: sample.moved_since(&ago),
-                    latency: sample.latency,
-                    workers,
-                }
-            })
-            .collect();
-        Status {
-            version: env!("CARGO_PKG_VERSION").to_owned(),
-            pid: std::process::id(),
-            start_time: src.start_time,
-            uptime_seconds: src.started.elapsed().as_secs_f64(),
-            reloads: stats.reloads,
-            listeners,
-            pools,
-        }
+    Some(track::with_state(|s| Status {
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        pid: std::process::id(),
+        start_time: src.start_time,
+        uptime_seconds: src.started.elapsed().as_secs_f64(),
+        reloads: stats.reloads,
+        listeners: src.listeners.iter().map(|l| listener_status(s, l, now)).collect(),
+        pools: stats.pools.into_iter().map(|p| pool_status(s, p, src.start_time, now)).collect(),
     }))
+}
+
+fn listener_status(s: &track::State, l: &config::Listener, now: Instant) -> ListenerStatus {
+    let sample = listener_sample(s, &l.name);
+    let ago = s.history.listener_minute_ago(&l.name, now).copied().unwrap_or_default();
+    ListenerStatus {
+        name: l.name.clone(),
+        protocol: match l.protocol {
+            Protocol::FastCgi => "fastcgi".to_owned(),
+            Protocol::Scgi => "scgi".to_owned(),
+        },
+        address: describe(&l.address),
+        accepted_requests: s.listeners.get(&l.name).map_or(0, |c| c.accepted),
+        open_connections: track::open_connections(s, &l.name),
+        responses: sample.responses,
+        latency_seconds: Latency {
+            last_minute: sample.latency.since(&ago.latency).summary(),
+            since_start: sample.latency.summary(),
+        },
+        latency: sample.latency,
+    }
+}
+
+fn pool_status(s: &track::State, p: crate::supervise::stats::PoolStats, start_time: u64, now: Instant) -> PoolStatus {
+    let slow = s.pools.get(&p.name).map_or(0, |c| c.slow);
+    let sample = pool_sample(s, &p);
+    let ago = s.history.pool_minute_ago(&p.name, now).copied().unwrap_or_default();
+    let workers: Vec<WorkerStatus> = p
+        .workers
+        .into_iter()
+        .map(|w| WorkerStatus {
+            pid: w.pid,
+            state: w.state,
+            requests: w.requests,
+            rss_bytes: w.rss_bytes.unwrap_or(0),
+            cpu_seconds: w.cpu_seconds.unwrap_or(0.0),
+            spawn_time: w.spawn_time as u64,
+            last_restart_reason: w.last_restart_reason,
+            retiring_reason: w.retiring_reason.or(w.recycle_pending),
+            current: w
+                .current
+                .into_iter()
+                .map(|c| CurrentRequest {
+                    request_id: c.request_id,
+                    method: c.method,
+                    uri: c.uri,
+                    duration_seconds: c.duration_seconds,
+                })
+                .collect(),
+        })
+        .collect();
+    PoolStatus {
+        name: p.name,
+        state: p.state,
+        start_time,
+        accepted_requests: p.accepted_requests,
+        queue_length: p.queue_length,
+        max_queue_length: p.max_queue_length,
+        queue_size: p.queue_size,
+        max_children_reached: p.max_children_reached,
+        slow_requests: slow,
+        rejected_requests: p.rejected_queue_full + p.rejected_queue_timeout + p.rejected_unavailable,
+        request_timeouts: p.request_timeouts,
+        processes: p.max_processes,
+        threads: p.threads_per_process,
+        idle_workers: p.idle_workers,
+        busy_workers: p.busy_workers,
+        total_workers: p.total_workers,
+        idle_slots: p.idle_slots,
+        active_requests: p.busy_slots,
+        worker_exits: p.worker_exits,
+        worker_crashes: p.worker_crashes,
+        spawns: p.spawns,
+        responses: sample.responses,
+        latency_seconds: Latency {
+            last_minute: sample.latency.since(&ago.latency).summary(),
+            since_start: sample.latency.summary(),
+        },
+        last_minute: sample.moved_since(&ago),
+        latency: sample.latency,
+        workers,
+    }
 }
 
 /// An address as the configuration writes it.
