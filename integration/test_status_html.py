@@ -332,6 +332,22 @@ def screenshot(dt, path):
     return width, height
 
 
+def highlighted(dt):
+    """The cards once the traffic's failures show: the 500s moved shop-frontend's 5xx
+    counter in the last minute, the 503s billing-api's, and they are bars on its events
+    chart; None before (or while the page reloads)."""
+    try:
+        cards = {c["pool"]: c for c in json.loads(dt.evaluate(CHARTS_JS) or "[]")}
+    except RuntimeError:
+        return None
+    if set(cards) != set(POOLS):
+        return None
+    events = next(c for c in cards["billing-api"]["charts"] if "events" in c["cls"])
+    ok = ("moved" in cards["shop-frontend"]["tiles"]["server_errors"]
+          and "moved" in cards["billing-api"]["tiles"]["rejected_requests"] and "503" in events["bars"])
+    return ok and cards
+
+
 def test_live_charts_at_desktop_and_phone_size(page, tmp_path):
     b, url, _ = page
     dt = DevTools(tmp_path)
@@ -339,25 +355,20 @@ def test_live_charts_at_desktop_and_phone_size(page, tmp_path):
         dt.call("Network.enable")
         dt.call("Page.enable")
         cards = load(dt, url, 1280, 900, False, 1)
-        desktop = screenshot(dt, tmp_path / "status-desktop.png")
         # Two or more charts side by side on a desktop.
         assert all(c["box"] < 700 for card in cards for c in card["charts"]), cards
-        # The failing requests moved the error counters of the last minute: highlighted.
-        shop = next(c for c in cards if c["pool"] == "shop-frontend")
-        assert "moved" in shop["tiles"]["server_errors"], shop["tiles"]
-        billing = next(c for c in cards if c["pool"] == "billing-api")
-        assert "moved" in billing["tiles"]["rejected_requests"], billing["tiles"]
-        assert "moved" not in billing["tiles"]["worker_crashes"], billing["tiles"]
-        # ... and the 503s are bars on the events chart.
-        wait_until(lambda: any("503" in c["bars"] for card in json.loads(dt.evaluate(CHARTS_JS) or "[]")
-                               if card["pool"] == "billing-api" for c in card["charts"]), 60, 0.25,
-                   what="503 bars on billing-api's events chart")
+        # The failing requests of the traffic stand out.
+        cards = wait_until(lambda: highlighted(dt), 90, 0.25, what="the 5xx and 503 counters highlighted")
+        assert "moved" not in cards["billing-api"]["tiles"]["worker_crashes"], cards["billing-api"]["tiles"]
+        desktop = screenshot(dt, tmp_path / "status-desktop.png")
 
         cards = load(dt, url, 390, 844, True, 2)
         phone = screenshot(dt, tmp_path / "status-phone.png")
         # One chart per row, as wide as the screen allows; nothing wider than the screen.
         assert all(300 < c["box"] <= 390 for card in cards for c in card["charts"]), cards
-        overflow = dt.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+        # (Between two documents of the self-reloading page an evaluation may fail: again.)
+        overflow = wait_until(lambda: [dt.evaluate("document.documentElement.scrollWidth - window.innerWidth")],
+                              30, 0.25, what="the page's width")[0]
         assert overflow <= 0, f"the page is {overflow}px wider than a phone's screen"
         assert desktop == (1280, 900) and phone == (780, 1688)
 
