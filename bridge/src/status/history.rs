@@ -138,7 +138,7 @@ fn base<'a, T>(series: &'a [Series<T>], name: &str, now: Instant, span: Duration
 impl History {
     /// Whether a sample is due at `now`.
     pub fn due(&self, now: Instant) -> bool {
-        self.next.map_or(true, |n| now >= n)
+        self.next.is_none_or(|n| now >= n)
     }
 
     /// The ticker saw `len` requests waiting in `pool`'s queue.
