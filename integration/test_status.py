@@ -142,14 +142,16 @@ def test_openmetrics(sb):
     assert re.search(r'^fcgibridge_pool_workers\{pool="beta",state="idle"\} \d+$', body, re.M)
     assert re.search(r'^fcgibridge_worker_rss_bytes\{pool="alpha",pid="\d+"\} [1-9]\d*$', body, re.M)
     assert re.search(r'^fcgibridge_worker_cpu_seconds_total\{pool="alpha",pid="\d+"\} (0\.\d*[1-9]|[1-9][\d.]*)$', body, re.M), body
-    # Every sample belongs to a family declared with # TYPE before it.
-    declared = set()
+    # Every sample belongs to a family declared with # TYPE before it (a counter's samples
+    # end in _total, a histogram's in _bucket, _count and _sum).
+    declared = {}
+    suffixes = {"counter": ("_total",), "gauge": ("",), "histogram": ("_bucket", "_count", "_sum")}
     for line in body.splitlines():
         if line.startswith("# TYPE "):
-            declared.add(line.split()[2])
+            declared[line.split()[2]] = line.split()[3]
         elif line and not line.startswith("#"):
             name = re.match(r"[a-z_]+", line).group(0)
-            assert name in declared or name.removesuffix("_total") in declared, line
+            assert any(name == fam + suffix for fam, kind in declared.items() for suffix in suffixes[kind]), line
 
 
 def test_html_page_refreshes_itself(sb):

@@ -340,6 +340,8 @@ pub async fn serve<S: BodySource, K: ResponseSink>(
         break 'done (outcome.status, outcome.body_bytes, Some(&pool.name));
     };
 
+    let took = started.elapsed();
+    crate::status::track::finished(&lst.name, pool_name.map(|p| &**p), status, took);
     if let Some(log) = &shared.access_log {
         let s = |name: &[u8]| String::from_utf8_lossy(params.get(name).unwrap_or(b"")).into_owned();
         log.record(&AccessRecord {
@@ -348,7 +350,7 @@ pub async fn serve<S: BodySource, K: ResponseSink>(
             uri: &uri,
             status,
             bytes,
-            duration: started.elapsed(),
+            duration: took,
             pool: pool_name.map(|p| &**p).unwrap_or(""),
             request_id,
         });

@@ -1,11 +1,15 @@
-//! The status as an HTML page that reloads itself every few seconds (no script needed).
-use super::model::Status;
+//! The status as an HTML page that reloads itself every few seconds (no script needed):
+//! per pool a card with the numbers that matter now, the counters that moved recently
+//! (highlighted) and charts of the last 15 minutes (`chart.rs`, from `history.rs`), then
+//! the tables of listeners, pools and workers. Nothing is loaded from the network.
+use super::model::{History, PoolHistory, PoolStatus, Status};
 use std::fmt::Write;
 
 /// Seconds between reloads of the page.
 pub const REFRESH_SECS: u32 = 2;
 
-fn esc(s: &str) -> String {
+/// Text for HTML content and attribute values.
+pub(crate) fn esc(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         match c {
@@ -47,70 +51,266 @@ pub fn human_secs(s: f64) -> String {
     }
 }
 
-const STYLE: &str = "body{font:14px system-ui,sans-serif;margin:1.5em;color:#222;background:#fff}\
-h1{font-size:20px;margin:0 0 .3em}h2{font-size:17px;margin:1.4em 0 .4em}\
-table{border-collapse:collapse;margin:.3em 0 1em}th,td{border:1px solid #ccc;padding:3px 8px;text-align:left}\
-th{background:#e8eef6}td.n{text-align:right;font-variant-numeric:tabular-nums}\
-.busy{background:#fff3c4}.meta{color:#555}.warn{color:#a40000;font-weight:600}";
+const STYLE: &str = "*{box-sizing:border-box}\
+body{font:14px/1.45 system-ui,-apple-system,'Segoe UI',sans-serif;margin:0;color:#1d2433;background:#f3f5f9}\
+header{background:#1f2a44;color:#fff;padding:10px 16px}header h1{font-size:18px;margin:0}header p{margin:2px 0 0;color:#c5cee0;font-size:13px}\
+main{padding:12px;max-width:1500px;margin:0 auto}h2{font-size:16px;margin:18px 0 8px}\
+.card{background:#fff;border-radius:10px;box-shadow:0 1px 3px rgba(20,30,60,.1);padding:12px 14px;margin:0 0 14px}\
+.card h2{margin:0 0 8px;display:flex;gap:8px;align-items:baseline;flex-wrap:wrap}\
+.badge{font-size:12px;font-weight:500;padding:1px 8px;border-radius:10px;background:#e3f1e6;color:#1e6b34}.badge.warn{background:#fde2e1;color:#a40000}\
+.tiles{display:grid;grid-template-columns:repeat(auto-fill,minmax(128px,1fr));gap:8px;margin:0 0 12px}\
+.tile{border:1px solid #e1e6ef;border-radius:8px;padding:5px 9px;min-width:0}.tile .k{font-size:12px;color:#5b6478}\
+.tile .v{font-size:19px;font-weight:600;font-variant-numeric:tabular-nums;white-space:nowrap;overflow:hidden;text-overflow:ellipsis}.tile .d{font-size:12px;color:#5b6478}\
+.tile.moved{background:#fde8e7;border-color:#e0605a}.tile.moved .v,.tile.moved .d{color:#a11a14;font-weight:600}\
+.tile.recent{background:#fff5dc;border-color:#ebbd4e}.tile.recent .d{color:#7a5600}\
+.charts{display:grid;grid-template-columns:repeat(auto-fill,minmax(300px,1fr));gap:10px 16px}\
+@media (min-width:1000px){.charts{grid-template-columns:repeat(3,1fr)}}\
+figure{margin:0;min-width:0;display:flex;flex-direction:column}figure svg{margin-top:auto}figcaption{font-size:13px;color:#3a4356;display:flex;flex-wrap:wrap;gap:2px 10px}figcaption b{color:#1d2433}\
+.sw{display:inline-block;width:10px;height:10px;border-radius:2px;margin-right:3px;vertical-align:-1px}\
+svg.chart{width:100%;height:auto;display:block}svg .grid{stroke:#e6e9f0;stroke-width:1}\
+svg text{font:11px system-ui,sans-serif;fill:#6b7385}svg .yl,svg .xl.end{text-anchor:end}svg .xl{text-anchor:middle}svg .xl.start{text-anchor:start}svg .wait{text-anchor:middle;fill:#8a93a6}\
+svg .line{fill:none;stroke-width:1.8;stroke-linejoin:round;stroke-linecap:round}svg .area{opacity:.18;stroke:none}\
+.scroll{overflow-x:auto;-webkit-overflow-scrolling:touch}\
+table{border-collapse:collapse;margin:.3em 0 1em;background:#fff}th,td{border:1px solid #d8dde7;padding:3px 8px;text-align:left;white-space:nowrap}\
+th{background:#e8eef6;font-weight:600}td.n{text-align:right;font-variant-numeric:tabular-nums}\
+td.moved{background:#fde8e7;color:#a11a14;font-weight:600}td.recent{background:#fff5dc}\
+.busy{background:#fff3c4}.meta{color:#555}.warn{color:#a40000;font-weight:600}\
+@media (max-width:600px){main{padding:8px}.card{padding:10px}.tiles{grid-template-columns:repeat(auto-fill,minmax(100px,1fr));gap:6px}\
+.tile{padding:4px 7px}.tile .v{font-size:17px}.tile .d,.tile .k{font-size:11px}}";
 
-/// The whole page.
-pub fn render(s: &Status) -> String {
-    let mut o = String::with_capacity(8192);
+/// Series colours, chosen to stay apart for the common forms of colour blindness.
+const BLUE: &str = "#2f6fde";
+const GREEN: &str = "#1b9e5a";
+const AMBER: &str = "#e69f00";
+const RED: &str = "#d1342f";
+const PURPLE: &str = "#7b52c7";
+const ORANGE: &str = "#e07b00";
+const SKY: &str = "#7fb3ea";
+const SLATE: &str = "#7a8599";
+const BLACK: &str = "#222831";
+
+/// "moved" when the counter moved in the last minute, "recent" when within the charts'
+/// window: the class that makes a cell or tile stand out.
+fn moved_class(last_minute: u64, window: u64) -> &'static str {
+    if last_minute > 0 {
+        "moved"
+    } else if window > 0 {
+        "recent"
+    } else {
+        ""
+    }
+}
+
+fn moved_note(last_minute: u64, window: u64, window_min: u64) -> String {
+    if last_minute > 0 {
+        format!("+{last_minute} last min")
+    } else if window > 0 {
+        format!("+{window} in {window_min} min")
+    } else {
+        format!("none in {window_min} min")
+    }
+}
+
+fn seconds(v: Option<f64>) -> String {
+    v.map_or_else(|| "–".to_owned(), |v| super::chart::format(super::chart::Unit::Seconds, v))
+}
+
+/// The page head and the daemon line.
+fn head(o: &mut String, s: &Status) {
     let _ = write!(
         o,
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
+<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
 <meta http-equiv=\"refresh\" content=\"{REFRESH_SECS}\"><title>fcgibridge status</title><style>{STYLE}</style></head><body>\n\
-<h1>fcgibridge {}</h1><p class=\"meta\">pid {} · up {} · refreshes every {REFRESH_SECS}s</p>\n",
+<header><h1>fcgibridge {}</h1><p>pid {} · up {} · {} reloads · refreshes every {REFRESH_SECS}s</p></header>\n<main>\n",
         esc(&s.version),
         s.pid,
-        human_secs(s.uptime_seconds)
+        human_secs(s.uptime_seconds),
+        s.reloads
     );
-    o.push_str("<h2>Listeners</h2><table id=\"listeners\"><tr><th>listener</th><th>protocol</th><th>address</th><th>requests</th><th>open connections</th></tr>\n");
+}
+
+/// A figure: caption (label, legend, latest values) and the chart.
+fn figure(o: &mut String, c: &super::chart::Chart<'_>) {
+    o.push_str("<figure><figcaption><b>");
+    o.push_str(&esc(c.label));
+    o.push_str("</b>");
+    for s in &c.series {
+        let last = s.values.last().copied().flatten();
+        let v = last.map_or_else(|| "–".to_owned(), |v| super::chart::format(c.unit, v));
+        let _ = write!(o, "<span><i class=\"sw\" style=\"background:{}\"></i>{} {v}</span>", s.color, esc(s.name));
+    }
+    o.push_str("</figcaption>");
+    o.push_str(&super::chart::svg(c));
+    o.push_str("</figure>\n");
+}
+
+/// The x axis of a pool's charts: the charts' window once the history is that long, and
+/// from its first sample (at least a minute) before, so a young daemon's charts are not a
+/// sliver at the right edge.
+fn shown_window(h: &PoolHistory, now: f64, interval: f64, window: f64) -> f64 {
+    h.time.first().map_or(window, |first| (now - first + interval).clamp(60.0, window))
+}
+
+/// The six charts of one pool.
+fn charts(o: &mut String, h: &PoolHistory, now: f64, interval: f64, window: f64) {
+    use super::chart::{Chart, Series, Style, Unit};
+    let some = |v: &[f64]| v.iter().map(|&x| Some(x)).collect::<Vec<_>>();
+    let count = |v: &[usize]| v.iter().map(|&x| Some(x as f64)).collect::<Vec<_>>();
+    let events = |v: &[u64]| v.iter().map(|&x| Some(x as f64)).collect::<Vec<_>>();
+    let total: Vec<Option<f64>> = h.busy_workers.iter().zip(&h.idle_workers).map(|(b, i)| Some((b + i) as f64)).collect();
+    let window = shown_window(h, now, interval, window);
+    let base = |class, label, unit, series| Chart { class, label, unit, times: &h.time, interval, now, window, series };
+    let line = |name, color, values| Series { name, color, values, style: Style::Line };
+    let area = |name, color, values| Series { name, color, values, style: Style::Area };
+    let bars = |name, color, values| Series { name, color, values, style: Style::Bars };
+    o.push_str("<div class=\"charts\">\n");
+    figure(o, &base("rps", "Requests/s", Unit::Rate, vec![area("served", BLUE, some(&h.requests_per_second))]));
+    let latency = vec![
+        line("p99", RED, h.p99_seconds.clone()),
+        line("p95", AMBER, h.p95_seconds.clone()),
+        line("p50", GREEN, h.p50_seconds.clone()),
+    ];
+    figure(o, &base("latency", "Latency", Unit::Seconds, latency));
+    figure(o, &base("queue", "Queue", Unit::Count, vec![area("waiting", PURPLE, count(&h.queue_length))]));
+    let workers = vec![area("total", SKY, total), area("busy", ORANGE, count(&h.busy_workers))];
+    figure(o, &base("workers", "Workers", Unit::Count, workers));
+    figure(o, &base("errors", "5xx/s", Unit::Rate, vec![area("5xx", RED, some(&h.server_errors_per_second))]));
+    let counted = vec![
+        bars("503", AMBER, events(&h.rejected_requests)),
+        bars("504", RED, events(&h.request_timeouts)),
+        bars("exits", SLATE, events(&h.worker_exits)),
+        bars("crashes", BLACK, events(&h.worker_crashes)),
+    ];
+    let events_label = format!("Events per {} s", interval.round());
+    figure(o, &base("events", &events_label, Unit::Count, counted));
+    o.push_str("</div>\n");
+}
+
+/// One tile: a label, a big value, a note; `class` makes it stand out.
+fn tile(o: &mut String, name: &str, key: &str, value: &str, note: &str, class: &str) {
+    let _ = write!(
+        o,
+        "<div class=\"tile {class}\" data-counter=\"{name}\"><div class=\"k\">{key}</div><div class=\"v\">{value}</div><div class=\"d\">{note}</div></div>"
+    );
+}
+
+/// A pool's card: its state, the numbers that matter now, the counters that moved, charts.
+fn pool_card(o: &mut String, p: &PoolStatus, h: Option<&PoolHistory>, now: f64, interval: f64, window: f64) {
+    let warn = if p.state == "failing" { " warn" } else { "" };
+    let _ = write!(o, "<section class=\"card pool-card\" data-pool=\"{0}\"><h2>{0} <span class=\"badge{warn}\">{1}</span></h2>\n<div class=\"tiles\">", esc(&p.name), esc(p.state));
+    let rps = h.and_then(|h| h.requests_per_second.last().copied());
+    let lm = &p.latency_seconds.last_minute;
+    tile(o, "rate", "requests/s", &rps.map_or_else(|| "–".to_owned(), |v| super::chart::format(super::chart::Unit::Rate, v)), &format!("{} in all", p.accepted_requests), "");
+    tile(o, "p95", "p95 last min", &seconds(lm.p95), &format!("p50 {} · p99 {}", seconds(lm.p50), seconds(lm.p99)), "");
+    let queue_class = if p.queue_length > 0 { "recent" } else { "" };
+    tile(o, "queue", "queue", &p.queue_length.to_string(), &format!("size {} · max {}", p.queue_size, p.max_queue_length), queue_class);
+    tile(o, "workers", "busy / idle", &format!("{} / {}", p.busy_workers, p.idle_workers), &format!("{} processes × {} threads", p.total_workers, p.threads), "");
+    let shown = h.map_or(window, |h| shown_window(h, now, interval, window));
+    let window_min = (shown / 60.0).round().max(1.0) as u64;
+    let moved = h.map(|h| h.moved).unwrap_or_default();
+    let lmv = &p.last_minute;
+    let counters = [
+        ("server_errors", "5xx", p.responses.server_errors(), lmv.server_errors, moved.server_errors),
+        ("rejected_requests", "503 rejected", p.rejected_requests, lmv.rejected_requests, moved.rejected_requests),
+        ("request_timeouts", "504 timeouts", p.request_timeouts, lmv.request_timeouts, moved.request_timeouts),
+        ("worker_exits", "worker exits", p.worker_exits, lmv.worker_exits, moved.worker_exits),
+        ("worker_crashes", "crashes", p.worker_crashes, lmv.worker_crashes, moved.worker_crashes),
+    ];
+    for (name, key, total, last, win) in counters {
+        let win = win.max(last);
+        tile(o, name, key, &total.to_string(), &moved_note(last, win, window_min), moved_class(last, win));
+    }
+    o.push_str("</div>\n");
+    match h {
+        Some(h) => charts(o, h, now, interval, window),
+        None => charts(o, &PoolHistory::default(), now, interval, window),
+    }
+    o.push_str("</section>\n");
+}
+
+/// The whole page: a card with charts per pool, then the tables.
+pub fn render(s: &Status, history: &History) -> String {
+    let mut o = String::with_capacity(16384 + 24576 * s.pools.len());
+    head(&mut o, s);
+    let now = crate::supervise::stats::unix_now();
+    for p in &s.pools {
+        let h = history.pools.iter().find(|h| h.name == p.name);
+        pool_card(&mut o, p, h, now, history.interval_seconds, history.window_seconds);
+    }
+    listener_table(&mut o, s);
+    pool_table(&mut o, s, history);
+    worker_tables(&mut o, s);
+    o.push_str("</main></body></html>\n");
+    o
+}
+
+fn listener_table(o: &mut String, s: &Status) {
+    o.push_str("<h2>Listeners</h2><div class=\"scroll\"><table id=\"listeners\"><tr><th>listener</th><th>protocol</th><th>address</th><th>requests</th>\
+<th>open connections</th><th>p50 / p95 / p99 last min</th><th>5xx</th></tr>\n");
     for l in &s.listeners {
+        let lm = &l.latency_seconds.last_minute;
         let _ = writeln!(
             o,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td></tr>",
+            "<tr data-listener=\"{}\"><td>{}</td><td>{}</td><td>{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{} / {} / {}</td><td class=\"n\">{}</td></tr>",
+            esc(&l.name),
             esc(&l.name),
             esc(&l.protocol),
             esc(&l.address),
             l.accepted_requests,
-            l.open_connections
+            l.open_connections,
+            seconds(lm.p50),
+            seconds(lm.p95),
+            seconds(lm.p99),
+            l.responses.server_errors()
         );
     }
-    o.push_str("</table>\n<h2>Pools</h2><table id=\"pools\"><tr><th>pool</th><th>requests</th><th>queue now / max / size</th>\
-<th>state</th><th>idle / busy / total workers</th><th>idle threads</th><th>max children reached</th><th>slow</th><th>503</th><th>504</th>\
-<th>spawns</th><th>worker exits</th></tr>\n");
+    o.push_str("</table></div>\n");
+}
+
+fn pool_table(o: &mut String, s: &Status, history: &History) {
+    o.push_str("<h2>Pools</h2><div class=\"scroll\"><table id=\"pools\"><tr><th>pool</th><th>requests</th><th>queue now / max / size</th>\
+<th>state</th><th>idle / busy / total workers</th><th>idle threads</th><th>max children reached</th><th>slow</th><th>5xx</th><th>503</th><th>504</th>\
+<th>spawns</th><th>worker exits</th><th>crashes</th></tr>\n");
     for p in &s.pools {
+        let moved = history.pools.iter().find(|h| h.name == p.name).map(|h| h.moved).unwrap_or_default();
+        let lm = &p.last_minute;
+        let cell = |total: u64, last: u64, win: u64| format!("<td class=\"n {}\">{total}</td>", moved_class(last, win.max(last)));
         let _ = writeln!(
             o,
             "<tr class=\"pool\" data-pool=\"{0}\"><td>{0}</td><td class=\"n\">{1}</td><td class=\"n{2}\">{3} / {4} / {5}</td>\
-<td class=\"{14}\">{15}</td><td class=\"n\">{6} / {7} / {8}</td><td class=\"n\">{9}</td><td class=\"n\">{10}</td><td class=\"n\">{11}</td>\
-<td class=\"n\">{12}</td><td class=\"n\">{16}</td><td class=\"n\">{17}</td><td class=\"n\">{13}</td></tr>",
+<td class=\"{6}\">{7}</td><td class=\"n\">{8} / {9} / {10}</td><td class=\"n\">{11}</td><td class=\"n\">{12}</td><td class=\"n\">{13}</td>\
+{14}{15}{16}<td class=\"n\">{17}</td>{18}{19}</tr>",
             esc(&p.name),
             p.accepted_requests,
             if p.queue_length > 0 { " warn" } else { "" },
             p.queue_length,
             p.max_queue_length,
             p.queue_size,
+            if p.state == "failing" { "warn" } else { "" },
+            esc(p.state),
             p.idle_workers,
             p.busy_workers,
             p.total_workers,
             p.idle_slots,
             p.max_children_reached,
             p.slow_requests,
-            p.rejected_requests,
-            p.worker_exits,
-            if p.state == "failing" { "warn" } else { "" },
-            esc(p.state),
-            p.request_timeouts,
-            p.spawns
+            cell(p.responses.server_errors(), lm.server_errors, moved.server_errors),
+            cell(p.rejected_requests, lm.rejected_requests, moved.rejected_requests),
+            cell(p.request_timeouts, lm.request_timeouts, moved.request_timeouts),
+            p.spawns,
+            cell(p.worker_exits, lm.worker_exits, moved.worker_exits),
+            cell(p.worker_crashes, lm.worker_crashes, moved.worker_crashes),
         );
     }
-    o.push_str("</table>\n");
+    o.push_str("</table></div>\n");
+}
+
+fn worker_tables(o: &mut String, s: &Status) {
     for p in &s.pools {
         let _ = writeln!(
             o,
-            "<h2>Workers of {0}</h2><table class=\"workers\" data-pool=\"{0}\"><tr><th>pid</th><th>state</th><th>requests</th>\
+            "<h2>Workers of {0}</h2><div class=\"scroll\"><table class=\"workers\" data-pool=\"{0}\"><tr><th>pid</th><th>state</th><th>requests</th>\
 <th>RSS</th><th>CPU</th><th>started</th><th>current request</th><th>running for</th><th>retiring</th><th>last restart</th></tr>",
             esc(&p.name)
         );
@@ -135,10 +335,8 @@ pub fn render(s: &Status) -> String {
                 esc(w.last_restart_reason.as_deref().unwrap_or("-"))
             );
         }
-        o.push_str("</table>\n");
+        o.push_str("</table></div>\n");
     }
-    o.push_str("</body></html>\n");
-    o
 }
 
 #[cfg(test)]

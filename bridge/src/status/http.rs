@@ -1,7 +1,7 @@
 //! The status listener: a minimal HTTP/1.1 server (GET/HEAD, one request per connection)
 //! on a loopback address or a unix socket. Serves the status page at `status.path`
-//! (format by `?json`, `?openmetrics`, `?html` or the Accept header), `/metrics`
-//! (OpenMetrics) and `/ping`.
+//! (format by `?json`, `?openmetrics`, `?html` or the Accept header; `?json&history` adds
+//! the charts' data), `/metrics` (OpenMetrics) and `/ping`.
 use crate::config::{ListenAddress, StatusListen};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -99,10 +99,10 @@ pub fn status_reply(query: &str, accept: &str) -> Reply {
     let has = |k: &str| query.split('&').any(|p| p == k || p == format!("format={k}"));
     if has("openmetrics") || has("metrics") {
         Reply { code: 200, content_type: super::openmetrics::CONTENT_TYPE, body: super::openmetrics::render(&s) }
-    } else if has("json") {
-        Reply { code: 200, content_type: "application/json", body: super::json::render(&s) }
-    } else if has("html") || accept.contains("text/html") {
-        Reply { code: 200, content_type: "text/html; charset=utf-8", body: super::html::render(&s) }
+    } else if !has("json") && (has("html") || accept.contains("text/html")) {
+        Reply { code: 200, content_type: "text/html; charset=utf-8", body: super::html::render(&s, &super::history()) }
+    } else if has("history") {
+        Reply { code: 200, content_type: "application/json", body: super::json::render_with_history(&s, &super::history()) }
     } else {
         Reply { code: 200, content_type: "application/json", body: super::json::render(&s) }
     }

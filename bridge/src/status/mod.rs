@@ -1,10 +1,13 @@
 //! Status: what the daemon, its listeners, pools and workers are doing, as JSON,
 //! OpenMetrics and a self-refreshing HTML page — on the status listener (`http.rs`),
 //! through a FastCGI listener's `status-path` (`front.rs`) and over the control socket.
+pub mod chart;
 pub mod front;
+pub mod history;
 pub mod html;
 pub mod http;
 pub mod json;
+pub mod latency;
 pub mod model;
 pub mod openmetrics;
 pub mod slowlog;
@@ -13,7 +16,8 @@ pub mod top;
 pub mod track;
 
 use crate::config::{self, Global, ListenAddress, Protocol};
-use model::{CurrentRequest, ListenerStatus, PoolStatus, Status, WorkerStatus};
+use history::{ListenerSample, PoolSample};
+use model::{CurrentRequest, Latency, ListenerStatus, PoolStatus, Status, WorkerStatus};
 use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
@@ -48,91 +52,164 @@ pub fn sources() -> Option<Arc<Sources>> {
     SOURCES.read().unwrap_or_else(|e| e.into_inner()).clone()
 }
 
+/// A pool's sample for the history: its counters in `track.rs` and the supervisor's.
+fn pool_sample(s: &track::State, p: &crate::supervise::stats::PoolStats) -> PoolSample {
+    let c = s.pools.get(&p.name);
+    PoolSample {
+        latency: c.map(|c| c.latency).unwrap_or_default(),
+        responses: c.map(|c| c.responses).unwrap_or_default(),
+        rejected: p.rejected_queue_full + p.rejected_queue_timeout + p.rejected_unavailable,
+        timeouts: p.request_timeouts,
+        exits: p.worker_exits,
+        crashes: p.worker_crashes,
+        queue: p.queue_length,
+        busy_workers: p.busy_workers,
+        idle_workers: p.idle_workers,
+    }
+}
+
+fn listener_sample(s: &track::State, name: &str) -> ListenerSample {
+    let c = s.listeners.get(name);
+    ListenerSample {
+        latency: c.map(|c| c.latency).unwrap_or_default(),
+        responses: c.map(|c| c.responses).unwrap_or_default(),
+    }
+}
+
+/// Called by the status ticker (`slowlog.rs`) a few times a second: takes the history's
+/// sample of every pool and listener when one is due.
+pub fn tick(now: Instant) {
+    let Some(src) = sources() else { return };
+    let pools = crate::supervise::stats::pools();
+    // One dispatcher lock per pool: a queue that fills and drains between two samples
+    // still shows in the charts.
+    let queues: Vec<usize> = pools.iter().map(|p| p.dispatcher.waiting()).collect();
+    let due = track::with_state(|s| {
+        for (p, len) in pools.iter().zip(queues) {
+            s.history.observe_queue(&p.name, len);
+        }
+        s.history.due(now)
+    });
+    if !due {
+        return;
+    }
+    // Outside the status lock: the snapshot locks each pool's dispatcher in turn.
+    let stats = crate::supervise::stats::snapshot();
+    track::with_state(|s| {
+        let pools = stats.pools.iter().map(|p| (p.name.clone(), pool_sample(s, p))).collect();
+        let listeners = src.listeners.iter().map(|l| (l.name.clone(), listener_sample(s, &l.name))).collect();
+        s.history.record(now, pools, listeners);
+    });
+}
+
+/// The charts' data (`?json&history` and the HTML page).
+pub fn history() -> model::History {
+    track::with_state(|s| model::History {
+        interval_seconds: history::INTERVAL.as_secs_f64(),
+        window_seconds: (history::INTERVAL * history::SAMPLES as u32).as_secs_f64(),
+        pools: s.history.pools(crate::supervise::stats::unix_at),
+        listeners: s.history.listeners(crate::supervise::stats::unix_at),
+    })
+}
+
 /// The status right now (None before `install`). Pools and workers come from the
-/// supervisor's numbers (`supervise/stats.rs`, following reloads); listeners and slow
-/// requests from `track.rs`.
+/// supervisor's numbers (`supervise/stats.rs`, following reloads); listeners, slow
+/// requests, durations and status classes from `track.rs`.
 pub fn snapshot() -> Option<Status> {
     let src = sources()?;
     let stats = crate::supervise::stats::snapshot();
-    Some(track::with_state(|s| {
-        let listeners = src
-            .listeners
-            .iter()
-            .map(|l| ListenerStatus {
-                name: l.name.clone(),
-                protocol: match l.protocol {
-                    Protocol::FastCgi => "fastcgi".to_owned(),
-                    Protocol::Scgi => "scgi".to_owned(),
-                },
-                address: describe(&l.address),
-                accepted_requests: s.listeners.get(&l.name).copied().unwrap_or(0),
-                open_connections: track::open_connections(s, &l.name),
-            })
-            .collect();
-        let pools = stats
-            .pools
-            .into_iter()
-            .map(|p| {
-                let slow = s.pools.get(&p.name).map_or(0, |c| c.slow);
-                let workers: Vec<WorkerStatus> = p
-                    .workers
-                    .into_iter()
-                    .map(|w| WorkerStatus {
-                        pid: w.pid,
-                        state: w.state,
-                        requests: w.requests,
-                        rss_bytes: w.rss_bytes.unwrap_or(0),
-                        cpu_seconds: w.cpu_seconds.unwrap_or(0.0),
-                        spawn_time: w.spawn_time as u64,
-                        last_restart_reason: w.last_restart_reason,
-                        retiring_reason: w.retiring_reason.or(w.recycle_pending),
-                        current: w
-                            .current
-                            .into_iter()
-                            .map(|c| CurrentRequest {
-                                request_id: c.request_id,
-                                method: c.method,
-                                uri: c.uri,
-                                duration_seconds: c.duration_seconds,
-                            })
-                            .collect(),
-                    })
-                    .collect();
-                PoolStatus {
-                    name: p.name,
-                    state: p.state,
-                    start_time: src.start_time,
-                    accepted_requests: p.accepted_requests,
-                    queue_length: p.queue_length,
-                    max_queue_length: p.max_queue_length,
-                    queue_size: p.queue_size,
-                    max_children_reached: p.max_children_reached,
-                    slow_requests: slow,
-                    rejected_requests: p.rejected_queue_full + p.rejected_queue_timeout + p.rejected_unavailable,
-                    request_timeouts: p.request_timeouts,
-                    processes: p.max_processes,
-                    threads: p.threads_per_process,
-                    idle_workers: p.idle_workers,
-                    busy_workers: p.busy_workers,
-                    total_workers: p.total_workers,
-                    idle_slots: p.idle_slots,
-                    active_requests: p.busy_slots,
-                    worker_exits: p.restarts.len() as u64,
-                    spawns: p.spawns,
-                    workers,
-                }
-            })
-            .collect();
-        Status {
-            version: env!("CARGO_PKG_VERSION").to_owned(),
-            pid: std::process::id(),
-            start_time: src.start_time,
-            uptime_seconds: src.started.elapsed().as_secs_f64(),
-            reloads: stats.reloads,
-            listeners,
-            pools,
-        }
+    let now = Instant::now();
+    Some(track::with_state(|s| Status {
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        pid: std::process::id(),
+        start_time: src.start_time,
+        uptime_seconds: src.started.elapsed().as_secs_f64(),
+        reloads: stats.reloads,
+        listeners: src.listeners.iter().map(|l| listener_status(s, l, now)).collect(),
+        pools: stats.pools.into_iter().map(|p| pool_status(s, p, src.start_time, now)).collect(),
     }))
+}
+
+fn listener_status(s: &track::State, l: &config::Listener, now: Instant) -> ListenerStatus {
+    let sample = listener_sample(s, &l.name);
+    let ago = s.history.listener_minute_ago(&l.name, now).copied().unwrap_or_default();
+    ListenerStatus {
+        name: l.name.clone(),
+        protocol: match l.protocol {
+            Protocol::FastCgi => "fastcgi".to_owned(),
+            Protocol::Scgi => "scgi".to_owned(),
+        },
+        address: describe(&l.address),
+        accepted_requests: s.listeners.get(&l.name).map_or(0, |c| c.accepted),
+        open_connections: track::open_connections(s, &l.name),
+        responses: sample.responses,
+        latency_seconds: Latency {
+            last_minute: sample.latency.since(&ago.latency).summary(),
+            since_start: sample.latency.summary(),
+        },
+        latency: sample.latency,
+    }
+}
+
+fn pool_status(s: &track::State, p: crate::supervise::stats::PoolStats, start_time: u64, now: Instant) -> PoolStatus {
+    let slow = s.pools.get(&p.name).map_or(0, |c| c.slow);
+    let sample = pool_sample(s, &p);
+    let ago = s.history.pool_minute_ago(&p.name, now).copied().unwrap_or_default();
+    let workers: Vec<WorkerStatus> = p
+        .workers
+        .into_iter()
+        .map(|w| WorkerStatus {
+            pid: w.pid,
+            state: w.state,
+            requests: w.requests,
+            rss_bytes: w.rss_bytes.unwrap_or(0),
+            cpu_seconds: w.cpu_seconds.unwrap_or(0.0),
+            spawn_time: w.spawn_time as u64,
+            last_restart_reason: w.last_restart_reason,
+            retiring_reason: w.retiring_reason.or(w.recycle_pending),
+            current: w
+                .current
+                .into_iter()
+                .map(|c| CurrentRequest {
+                    request_id: c.request_id,
+                    method: c.method,
+                    uri: c.uri,
+                    duration_seconds: c.duration_seconds,
+                })
+                .collect(),
+        })
+        .collect();
+    PoolStatus {
+        name: p.name,
+        state: p.state,
+        start_time,
+        accepted_requests: p.accepted_requests,
+        queue_length: p.queue_length,
+        max_queue_length: p.max_queue_length,
+        queue_size: p.queue_size,
+        max_children_reached: p.max_children_reached,
+        slow_requests: slow,
+        rejected_requests: p.rejected_queue_full + p.rejected_queue_timeout + p.rejected_unavailable,
+        request_timeouts: p.request_timeouts,
+        processes: p.max_processes,
+        threads: p.threads_per_process,
+        idle_workers: p.idle_workers,
+        busy_workers: p.busy_workers,
+        total_workers: p.total_workers,
+        idle_slots: p.idle_slots,
+        active_requests: p.busy_slots,
+        worker_exits: p.worker_exits,
+        worker_crashes: p.worker_crashes,
+        spawns: p.spawns,
+        responses: sample.responses,
+        latency_seconds: Latency {
+            last_minute: sample.latency.since(&ago.latency).summary(),
+            since_start: sample.latency.summary(),
+        },
+        last_minute: sample.moved_since(&ago),
+        latency: sample.latency,
+        workers,
+    }
 }
 
 /// An address as the configuration writes it.

@@ -1,6 +1,8 @@
 //! The status view: one snapshot of the daemon, its listeners, pools and workers, as every
 //! format (JSON, OpenMetrics, HTML, the terminal table) renders it. Field names follow what
 //! PHP-FPM's status page and uWSGI's stats server made familiar.
+use super::history::Moved;
+use super::latency::{Classes, Histogram, Percentiles};
 use serde::Serialize;
 
 /// The whole daemon at one instant.
@@ -27,6 +29,21 @@ pub struct ListenerStatus {
     pub accepted_requests: u64,
     /// Web-server connections open now.
     pub open_connections: usize,
+    /// Finished requests by status class, since start.
+    pub responses: Classes,
+    pub latency_seconds: Latency,
+    /// The durations (for the OpenMetrics histogram).
+    #[serde(skip)]
+    pub latency: Histogram,
+}
+
+/// Request duration percentiles (seconds, estimated from the histogram's buckets) and
+/// request counts, over the last minute and since start.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Latency {
+    /// Between 60 and 65 seconds (the history's sample about a minute old, and now).
+    pub last_minute: Percentiles,
+    pub since_start: Percentiles,
 }
 
 /// One pool of workers.
@@ -63,10 +80,20 @@ pub struct PoolStatus {
     pub idle_slots: usize,
     /// Requests being served now.
     pub active_requests: usize,
-    /// Worker processes that went since start (crashes, recycling), as far as kept.
+    /// Worker processes that went since start (crashes, recycling, reloads, scale-down).
     pub worker_exits: u64,
+    /// Of those, the ones that exited without being asked to or failed to start.
+    pub worker_crashes: u64,
     /// Worker processes started since start.
     pub spawns: u64,
+    /// Finished requests by status class (the bridge's own 502/503/504 included).
+    pub responses: Classes,
+    pub latency_seconds: Latency,
+    /// How the counters an operator must notice moved in the last minute.
+    pub last_minute: Moved,
+    /// The durations (for the OpenMetrics histogram).
+    #[serde(skip)]
+    pub latency: Histogram,
     pub workers: Vec<WorkerStatus>,
 }
 
@@ -100,4 +127,74 @@ pub struct CurrentRequest {
     pub method: String,
     pub uri: String,
     pub duration_seconds: f64,
+}
+
+/// The charts' data: per pool and listener, one value per sampling interval, oldest first
+/// (`?json&history`). Rates and percentiles are over the interval that ends at `time[i]`;
+/// gauges are their value at `time[i]`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct History {
+    pub interval_seconds: f64,
+    pub window_seconds: f64,
+    pub pools: Vec<PoolHistory>,
+    pub listeners: Vec<ListenerHistory>,
+}
+
+/// One pool's recent past, as columns.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PoolHistory {
+    pub name: String,
+    /// Unix seconds at the end of each interval.
+    pub time: Vec<f64>,
+    pub requests_per_second: Vec<f64>,
+    /// Request duration percentiles of the interval (null without requests).
+    pub p50_seconds: Vec<Option<f64>>,
+    pub p95_seconds: Vec<Option<f64>>,
+    pub p99_seconds: Vec<Option<f64>>,
+    pub queue_length: Vec<usize>,
+    pub busy_workers: Vec<usize>,
+    pub idle_workers: Vec<usize>,
+    pub server_errors_per_second: Vec<f64>,
+    /// Counts within each interval.
+    pub rejected_requests: Vec<u64>,
+    pub request_timeouts: Vec<u64>,
+    pub worker_exits: Vec<u64>,
+    pub worker_crashes: Vec<u64>,
+    /// How the watched counters moved from the first sample to the last.
+    pub moved: Moved,
+}
+
+impl PoolHistory {
+    /// Empty columns with room for `n` intervals.
+    pub fn with_capacity(name: String, n: usize) -> Self {
+        PoolHistory {
+            name,
+            time: Vec::with_capacity(n),
+            requests_per_second: Vec::with_capacity(n),
+            p50_seconds: Vec::with_capacity(n),
+            p95_seconds: Vec::with_capacity(n),
+            p99_seconds: Vec::with_capacity(n),
+            queue_length: Vec::with_capacity(n),
+            busy_workers: Vec::with_capacity(n),
+            idle_workers: Vec::with_capacity(n),
+            server_errors_per_second: Vec::with_capacity(n),
+            rejected_requests: Vec::with_capacity(n),
+            request_timeouts: Vec::with_capacity(n),
+            worker_exits: Vec::with_capacity(n),
+            worker_crashes: Vec::with_capacity(n),
+            moved: Moved::default(),
+        }
+    }
+}
+
+/// One listener's recent past, as columns.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ListenerHistory {
+    pub name: String,
+    pub time: Vec<f64>,
+    pub requests_per_second: Vec<f64>,
+    pub p50_seconds: Vec<Option<f64>>,
+    pub p95_seconds: Vec<Option<f64>>,
+    pub p99_seconds: Vec<Option<f64>>,
+    pub server_errors_per_second: Vec<f64>,
 }

@@ -1,5 +1,7 @@
 //! The status in the OpenMetrics text format (which Prometheus scrapes): counters end in
-//! `_total`, every family has `# TYPE` and `# HELP`, and the exposition ends with `# EOF`.
+//! `_total`, every family has `# TYPE` and `# HELP`, histograms have cumulative `_bucket`
+//! series up to `le="+Inf"` then `_count` and `_sum`, and the exposition ends with `# EOF`.
+use super::latency::{Classes, Histogram, LE};
 use super::model::Status;
 use std::fmt::Write;
 
@@ -31,7 +33,24 @@ impl Out {
         }
         let _ = writeln!(self.0, " {value}");
     }
+    /// One labelled histogram: its buckets, count and sum.
+    fn histogram(&mut self, name: &str, label: (&str, &str), h: &Histogram) {
+        let bucket = format!("{name}_bucket");
+        for (le, n) in LE.iter().zip(h.cumulative()) {
+            self.sample(&bucket, &[label, ("le", le)], n);
+        }
+        self.sample(&format!("{name}_count"), &[label], h.count());
+        self.sample(&format!("{name}_sum"), &[label], h.sum_seconds());
+    }
+    /// Responses by status class.
+    fn classes(&mut self, name: &str, label: (&str, &str), c: &Classes) {
+        for (class, n) in Classes::NAMES.iter().zip(c.0) {
+            self.sample(name, &[label, ("class", class)], n);
+        }
+    }
 }
+
+const DURATION_HELP: &str = "Time from the request's arrival at the bridge to the end of its response.";
 
 /// The whole exposition.
 pub fn render(s: &Status) -> String {
@@ -47,18 +66,32 @@ pub fn render(s: &Status) -> String {
     for l in &s.listeners {
         o.sample("fcgibridge_listener_connections", &[("listener", &l.name)], l.open_connections);
     }
+    o.family("fcgibridge_listener_responses", "counter", "Finished requests by status class.");
+    for l in &s.listeners {
+        o.classes("fcgibridge_listener_responses_total", ("listener", &l.name), &l.responses);
+    }
+    o.family("fcgibridge_listener_request_duration_seconds", "histogram", DURATION_HELP);
+    o.0.push_str("# UNIT fcgibridge_listener_request_duration_seconds seconds\n");
+    for l in &s.listeners {
+        o.histogram("fcgibridge_listener_request_duration_seconds", ("listener", &l.name), &l.latency);
+    }
 
     type PoolField = fn(&super::model::PoolStatus) -> u64;
-    let counters: [(&str, &str, PoolField); 5] = [
+    let counters: [(&str, &str, PoolField); 8] = [
         ("fcgibridge_pool_requests", "Requests routed to the pool.", |p| p.accepted_requests),
         ("fcgibridge_pool_max_children_reached", "Requests that found every worker thread busy and queued.", |p| {
             p.max_children_reached
         }),
         ("fcgibridge_pool_slow_requests", "Requests that ran longer than slowlog-timeout.", |p| p.slow_requests),
-        ("fcgibridge_pool_rejected_requests", "Requests answered 503 (queue full or queue-timeout).", |p| {
+        ("fcgibridge_pool_rejected_requests", "Requests answered 503 (queue full, queue-timeout or no worker).", |p| {
             p.rejected_requests
         }),
-        ("fcgibridge_pool_worker_exits", "Worker processes that exited.", |p| p.worker_exits),
+        ("fcgibridge_pool_request_timeouts", "Requests answered 504 by request-timeout.", |p| p.request_timeouts),
+        ("fcgibridge_pool_worker_exits", "Worker processes that exited (any reason).", |p| p.worker_exits),
+        ("fcgibridge_pool_worker_crashes", "Worker processes that exited unasked or failed to start.", |p| {
+            p.worker_crashes
+        }),
+        ("fcgibridge_pool_spawns", "Worker processes started.", |p| p.spawns),
     ];
     for (name, help, f) in counters {
         o.family(name, "counter", help);
@@ -66,8 +99,18 @@ pub fn render(s: &Status) -> String {
             o.sample(&format!("{name}_total"), &[("pool", &p.name)], f(p));
         }
     }
-    let gauges: [(&str, &str, PoolField); 4] = [
+    o.family("fcgibridge_pool_responses", "counter", "Finished requests by status class (the bridge's own 502/503/504 included).");
+    for p in &s.pools {
+        o.classes("fcgibridge_pool_responses_total", ("pool", &p.name), &p.responses);
+    }
+    o.family("fcgibridge_pool_request_duration_seconds", "histogram", DURATION_HELP);
+    o.0.push_str("# UNIT fcgibridge_pool_request_duration_seconds seconds\n");
+    for p in &s.pools {
+        o.histogram("fcgibridge_pool_request_duration_seconds", ("pool", &p.name), &p.latency);
+    }
+    let gauges: [(&str, &str, PoolField); 5] = [
         ("fcgibridge_pool_queue_length", "Requests waiting for a worker now.", |p| p.queue_length as u64),
+        ("fcgibridge_pool_queue_size", "queue-size: beyond it requests get 503 at once.", |p| p.queue_size as u64),
         ("fcgibridge_pool_max_queue_length", "Most requests ever waiting at once.", |p| p.max_queue_length as u64),
         ("fcgibridge_pool_active_requests", "Requests being served now.", |p| p.active_requests as u64),
         ("fcgibridge_pool_idle_slots", "Free worker threads now.", |p| p.idle_slots as u64),

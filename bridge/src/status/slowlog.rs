@@ -5,14 +5,15 @@
 //!
 //! Running requests are read from the supervisor's statistics five times a second (a
 //! snapshot locks each pool's dispatcher for microseconds), only while some pool has a
-//! slowlog-timeout; nothing is added to the request path.
+//! slowlog-timeout; nothing is added to the request path. The same task is the status
+//! ticker: it takes the charts' samples (`history.rs`) when one is due.
 use std::collections::HashSet;
 use std::time::Duration;
 
 /// How often running requests are checked against their threshold.
 const TICK: Duration = Duration::from_millis(200);
 
-/// Check running requests until the runtime stops.
+/// Check running requests and sample the history until the runtime stops.
 pub fn spawn() {
     tokio::spawn(async {
         let mut tick = tokio::time::interval(TICK);
@@ -21,6 +22,7 @@ pub fn spawn() {
         loop {
             tick.tick().await;
             check(&mut reported);
+            super::tick(std::time::Instant::now());
         }
     });
 }

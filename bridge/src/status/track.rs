@@ -1,22 +1,44 @@
 //! The counters the supervisor's statistics (`supervise/stats.rs`) do not keep: requests
-//! per listener, open connections, and slow requests per pool. One mutex, taken once per
-//! request (uncontended with the default single runtime thread).
+//! per listener, open connections, slow requests, request durations and responses by
+//! status class per pool and listener, and their recent history (`history.rs`). One
+//! mutex, taken when a request is decoded and when it ends (uncontended with the default
+//! single runtime thread).
+use super::history::History;
+use super::latency::{Classes, Histogram};
 use crate::listen::ListenerCtx;
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 #[derive(Default)]
 pub(crate) struct PoolCounters {
     pub slow: u64,
+    pub latency: Histogram,
+    pub responses: Classes,
+}
+
+#[derive(Default)]
+pub(crate) struct ListenerCounters {
+    pub accepted: u64,
+    pub latency: Histogram,
+    pub responses: Classes,
 }
 
 #[derive(Default)]
 pub(crate) struct State {
-    pub listeners: HashMap<String, u64>,
+    pub listeners: HashMap<String, ListenerCounters>,
     pub listener_ctx: Vec<Weak<ListenerCtx>>,
     pub pools: HashMap<String, PoolCounters>,
+    pub history: History,
+}
+
+/// `f` on the entry of `key`, created on first use (the key is copied only then).
+fn with_entry<T: Default>(map: &mut HashMap<String, T>, key: &str, f: impl FnOnce(&mut T)) {
+    match map.get_mut(key) {
+        Some(v) => f(v),
+        None => f(map.entry(key.to_owned()).or_default()),
+    }
 }
 
 fn state() -> MutexGuard<'static, State> {
@@ -38,7 +60,7 @@ pub fn unix_now() -> u64 {
 /// A listener started accepting.
 pub fn listener_started(ctx: &Arc<ListenerCtx>) {
     let mut s = state();
-    s.listeners.entry(ctx.name.clone()).or_insert(0);
+    s.listeners.entry(ctx.name.clone()).or_default();
     s.listener_ctx.retain(|w| w.strong_count() > 0);
     s.listener_ctx.push(Arc::downgrade(ctx));
 }
@@ -55,16 +77,26 @@ pub(crate) fn open_connections(s: &State, listener: &str) -> usize {
 
 /// A request was decoded on `listener` (the pool side is counted by the dispatcher).
 pub fn accepted(listener: &str) {
+    with_entry(&mut state().listeners, listener, |l| l.accepted += 1);
+}
+
+/// A request on `listener` (served by `pool` when one was chosen) ended with `status`
+/// after `took` (the duration of its access-log line).
+pub fn finished(listener: &str, pool: Option<&str>, status: u16, took: Duration) {
     let mut s = state();
-    match s.listeners.get_mut(listener) {
-        Some(n) => *n += 1,
-        None => {
-            s.listeners.insert(listener.to_owned(), 1);
-        }
+    with_entry(&mut s.listeners, listener, |l| {
+        l.latency.record(took);
+        l.responses.record(status);
+    });
+    if let Some(pool) = pool {
+        with_entry(&mut s.pools, pool, |p| {
+            p.latency.record(took);
+            p.responses.record(status);
+        });
     }
 }
 
 /// A request of `pool` passed its slowlog-timeout.
 pub fn slow(pool: &str) {
-    state().pools.entry(pool.to_owned()).or_default().slow += 1;
+    with_entry(&mut state().pools, pool, |p| p.slow += 1);
 }

@@ -129,6 +129,9 @@ pub struct Manager {
     slots: HashMap<u32, SlotHistory>,
     restarts: VecDeque<RestartRecord>,
     spawns: u64,
+    /// Worker processes gone since the pool started, and those that went unasked.
+    exits: u64,
+    crashes: u64,
     next_round: Instant,
     removing: Option<Instant>,
     stopping: Option<(Stop, Option<oneshot::Sender<()>>)>,
@@ -186,6 +189,8 @@ impl Manager {
             slots: HashMap::new(),
             restarts: VecDeque::new(),
             spawns: 0,
+            exits: 0,
+            crashes: 0,
             next_round: Instant::now() + ROUND,
             removing: None,
             stopping: None,
@@ -276,6 +281,7 @@ impl Manager {
                     self.record_exit(&w, w.exit_reason.clone().unwrap_or_default(), now);
                     return;
                 }
+                self.crashes += 1;
                 self.record_exit(&w, format!("failed to start: {why}"), now);
                 self.start_failed(why, now);
             }
@@ -294,6 +300,7 @@ impl Manager {
                     }
                     None => {
                         tracing::error!(pool = &*self.name, pid = w.pid, slot = w.slot, "worker exited: {status}; replacing it");
+                        self.crashes += 1;
                         self.record_exit(&w, format!("exited unexpectedly: {status}"), now);
                         let young = w.ready_at.is_none_or(|r| now.duration_since(r) < HEALTHY_AFTER);
                         if young {
@@ -322,6 +329,7 @@ impl Manager {
     }
 
     fn record_exit(&mut self, w: &Worker, reason: String, now: Instant) {
+        self.exits += 1;
         let h = self.slots.entry(w.slot).or_default();
         h.last_reason = Some(reason.clone());
         self.restarts.push_back(RestartRecord {
@@ -910,6 +918,8 @@ impl Manager {
             failing: self.failing.clone(),
             next_attempt_in: self.next_spawn_at.map(|t| t.saturating_duration_since(now).as_secs_f64()),
             spawns: self.spawns,
+            exits: self.exits,
+            crashes: self.crashes,
             restarts: self.restarts.iter().cloned().collect(),
             workers,
         };

@@ -112,6 +112,10 @@ pub struct PoolStats {
     pub request_timeouts: u64,
     /// Worker processes started since the pool started.
     pub spawns: u64,
+    /// Worker processes gone since the pool started (any reason).
+    pub worker_exits: u64,
+    /// Of those, the ones that exited unasked or failed to start.
+    pub worker_crashes: u64,
     /// The most recent worker exits, oldest first (at most 50).
     pub restarts: Vec<RestartRecord>,
     pub workers: Vec<WorkerStats>,
@@ -190,6 +194,8 @@ pub struct ManagerView {
     pub failing: Option<String>,
     pub next_attempt_in: Option<f64>,
     pub spawns: u64,
+    pub exits: u64,
+    pub crashes: u64,
     pub restarts: Vec<RestartRecord>,
     pub workers: Vec<WorkerInfo>,
 }
@@ -304,6 +310,8 @@ pub fn pool_snapshot(pool: &PoolRuntime) -> PoolStats {
         rejected_unavailable: c.rejected_unavailable,
         request_timeouts: c.request_timeouts,
         spawns: mv.spawns,
+        worker_exits: mv.exits,
+        worker_crashes: mv.crashes,
         restarts: mv.restarts,
         workers,
     }
