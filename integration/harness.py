@@ -594,3 +594,20 @@ def http_get(nginx, transport, path, pool="flask", **kw):
     headers = dict(kw.pop("headers", {}) or {})
     headers.setdefault("Host", POOL_HOSTS[pool])
     return requests.get(nginx.url(transport, path), headers=headers, timeout=kw.pop("timeout", 60), **kw)
+
+
+def read_until_closed(s, timeout=60.0, after="") -> bytes:
+    """Everything the bridge sends until it closes the connection (fails the test if it
+    keeps it open `timeout` seconds; `after` says after what, for the message)."""
+    s.settimeout(timeout)
+    data = b""
+    try:
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                return data
+            data += chunk
+    except ConnectionResetError:
+        return data
+    except socket.timeout:
+        pytest.fail(f"the bridge kept the connection open {timeout}s{after} (got {data[:200]!r})")

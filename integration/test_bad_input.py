@@ -11,7 +11,7 @@ import pytest
 import requests
 
 import fcgi_client as fc
-from harness import APPS, POOL_HOSTS, make_bridge, pool, wait_until
+from harness import APPS, POOL_HOSTS, make_bridge, pool, read_until_closed, wait_until
 
 # a warning or error line from the bridge itself
 LEVEL = r"(WARN|ERROR)"
@@ -28,18 +28,7 @@ def raw_conn(bridge, listener):
 
 def closed_within(s, timeout=15.0) -> bytes:
     """Everything the bridge sends until it closes the connection (fails if it does not)."""
-    s.settimeout(timeout)
-    data = b""
-    try:
-        while True:
-            chunk = s.recv(65536)
-            if not chunk:
-                return data
-            data += chunk
-    except ConnectionResetError:
-        return data
-    except socket.timeout:
-        pytest.fail(f"the bridge kept the connection open {timeout}s after bad input (got {data[:200]!r})")
+    return read_until_closed(s, timeout, after=" after bad input")
 
 
 class Bystander:

@@ -9,6 +9,7 @@ import requests
 
 import fcgi_client as fc
 import harness
+from harness import read_until_closed
 import respond_servers
 
 THREADS = 2  # the pool's worker threads: as many stalled requests fill it
@@ -51,22 +52,6 @@ def env(tmp_path_factory):
 def connect(bridge, listener):
     s = socket.create_connection(bridge.listener_address(listener), timeout=60)
     return s
-
-
-def read_until_closed(s, timeout=60.0) -> bytes:
-    """What the bridge sends until it closes the connection (fails if it does not)."""
-    s.settimeout(timeout)
-    data = b""
-    try:
-        while True:
-            chunk = s.recv(65536)
-            if not chunk:
-                return data
-            data += chunk
-    except ConnectionResetError:
-        return data
-    except socket.timeout:
-        pytest.fail(f"the bridge kept the connection open {timeout}s (got {data[:200]!r})")
 
 
 def fcgi_stall(bridge, listener, declared, sent=10, mark="stall"):
