@@ -494,18 +494,20 @@ async fn forward<K: ResponseSink>(
                     return RespEnd::WorkerBroken(format!("protocol error from the worker: {e}"));
                 }
             };
-            match ev {
-                ClientEvent::Stdout { data, .. } => {
-                    if on_stdout(st, data, &mut pending, sink, info, pool, pid).await.is_err() {
-                        return RespEnd::FrontGone;
-                    }
+            let passed = match ev {
+                ClientEvent::Stdout { data, .. } => on_stdout(st, data, &mut pending, sink, info, pool, pid).await,
+                ClientEvent::Stderr { data, .. } => {
+                    log_stderr(pool, pid, info, &data);
+                    Ok(())
                 }
-                ClientEvent::Stderr { data, .. } => log_stderr(pool, pid, info, &data),
                 ClientEvent::EndRequest { app_status, protocol_status, .. } => {
                     ended = Some((app_status, protocol_status));
                     break;
                 }
-                _ => {}
+                _ => Ok(()),
+            };
+            if passed.is_err() {
+                return RespEnd::FrontGone;
             }
         }
         if let Some((app_status, protocol_status)) = ended {

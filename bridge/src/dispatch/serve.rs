@@ -377,7 +377,7 @@ impl<'a, S: BodySource, K: ResponseSink> Request<'a, S, K> {
 
     /// Run the request on `slot`, give the slot back, and turn what the exchange says
     /// comes next into the next step.
-    async fn run(&mut self, pool: &'a PoolRuntime, slot: SlotConn, ticket: &Ticket<'_>, declared: Option<u64>) -> Step<'a> {
+    async fn run(&mut self, pool: &'a Arc<PoolRuntime>, slot: SlotConn, ticket: &Ticket<'_>, declared: Option<u64>) -> Step<'a> {
         let Some((slot, outcome)) = self.exchange_on(pool, slot, ticket).await else {
             tracing::error!(pool = %pool.name, request_id = self.request_id, uri = %self.uri, "no worker took the request, answering 502");
             return self.error_page(Some(&pool.config.error_pages), Replaced::bridge(502, None), Some(&pool.name)).await;
@@ -405,7 +405,7 @@ impl<'a, S: BodySource, K: ResponseSink> Request<'a, S, K> {
 
     /// The exchange on `slot`, its first write moved to another slot of the pool when it
     /// never reached the worker. None: no worker took the request (the front has nothing).
-    async fn exchange_on(&mut self, pool: &'a PoolRuntime, mut slot: SlotConn, ticket: &Ticket<'_>) -> Option<(SlotConn, Outcome)> {
+    async fn exchange_on(&mut self, pool: &'a Arc<PoolRuntime>, mut slot: SlotConn, ticket: &Ticket<'_>) -> Option<(SlotConn, Outcome)> {
         // The request fetching an error page gets no page of its own (no recursion).
         let info = RequestInfo {
             id: self.request_id,
@@ -427,15 +427,8 @@ impl<'a, S: BodySource, K: ResponseSink> Request<'a, S, K> {
             // Usually the worker is gone (then reconnecting fails and the slot is dropped;
             // its supervisor starts a replacement); if only this connection was closed,
             // a fresh one restores the slot.
-            let dispatcher = Arc::clone(&pool.dispatcher);
-            tokio::spawn(async move {
-                let mut failed = failed;
-                if failed.reconnect_verified().await {
-                    dispatcher.release(failed);
-                } else {
-                    dispatcher.discard(failed);
-                }
-            });
+            let pool = Arc::clone(pool);
+            tokio::spawn(async move { give_back(&pool, failed, SlotFate::Verify).await });
             first = again;
         }
     }
@@ -503,5 +496,30 @@ fn rejection_kind(e: &AcquireError) -> &'static crate::logging::ratelimit::Kind 
         AcquireError::QueueFull(_) => &rl::QUEUE_FULL,
         AcquireError::Timeout(_) => &rl::QUEUE_TIMEOUT,
         AcquireError::Unavailable(_) => &rl::UNAVAILABLE,
+    }
+}
+
+#[cfg(test)]
+mod error_answer_tests {
+    use super::*;
+    use crate::respond::error_override::PageSource;
+
+    #[test]
+    fn one_decision_for_every_error() {
+        // No pages: the default text, byte for byte the bridge's plain error.
+        let ErrorAnswer::Send { status, reply } = error_answer(overrides(&None, None), Replaced::bridge(502, None)) else { panic!("sent") };
+        assert_eq!((status, &reply[..]), (502, &respond::error_response(502, None)[..]));
+        // A page that is a local path is dispatched, and says what it replaces.
+        let mut pages = ErrorPages::default();
+        pages.insert("503", PageSource::Redirect("/errors/503")).expect("page");
+        let ErrorAnswer::Dispatch { target, replaced } = error_answer(overrides(&None, Some(&pages)), Replaced::bridge(503, Some(1))) else {
+            panic!("dispatched")
+        };
+        assert_eq!((&target[..], replaced.status), (&b"/errors/503"[..], 503));
+        // That page failing: the default text with the original status and headers.
+        let serving = Some(replaced);
+        let ErrorAnswer::Send { status, reply } = error_answer(overrides(&serving, Some(&pages)), Replaced::bridge(502, None)) else { panic!("sent") };
+        assert_eq!(status, 503);
+        assert!(String::from_utf8_lossy(&reply).contains("Retry-After: 1\r\n"));
     }
 }
