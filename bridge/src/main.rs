@@ -7,6 +7,7 @@ mod config;
 mod control;
 mod daemon;
 mod dispatch;
+mod flow;
 mod listen;
 mod logging;
 mod notify;

@@ -5,47 +5,23 @@
 //! The two directions run concurrently in the same task: a worker that answers while the
 //! upload is still arriving (an echo, an early 413) must never deadlock against a bridge
 //! that only reads once it has finished writing.
+//!
+//! The exchange never answers for the bridge: when the front has nothing yet and the
+//! bridge must answer (its own error, an error page, a file, a local redirect), it says so
+//! in [`Next`] and dispatch/serve.rs does it.
 use super::SlotConn;
+use crate::flow::{BodySource, End, FrontGone, ResponseSink};
 use crate::respond;
+use crate::respond::error_override::Replaced;
+use crate::respond::handoff::FileHandoff;
 use bytes::{Bytes, BytesMut};
 use fastcgi_server::cgi::parse_response_head;
 use fastcgi_server::client::{self, ClientEvent};
 use fastcgi_server::{Params, ProtocolStatus, Role};
-use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-/// The web server went away (disconnect or ABORT_REQUEST).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FrontGone;
-
-/// How a response ends toward the web server.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum End {
-    /// The response is complete (FastCGI: END_REQUEST).
-    Complete,
-    /// The response was cut off: the web server must see a truncated response, so the
-    /// connection is closed without ending the request normally.
-    CutOff,
-}
-
-/// Where the request body comes from.
-pub trait BodySource: Send {
-    /// A chunk available without waiting: `Some(Some(chunk))`, `Some(None)` at the end of
-    /// the body, `None` when the next chunk has not arrived yet.
-    fn ready(&mut self) -> Option<Option<Bytes>>;
-    /// The next chunk; `Ok(None)` at the end of the body.
-    fn next_chunk(&mut self) -> impl Future<Output = Result<Option<Bytes>, FrontGone>> + Send;
-    /// Resolves when the web server aborts the request or disconnects. Only called once
-    /// the body has been read to its end (or while no body has been read yet).
-    fn aborted(&mut self) -> impl Future<Output = ()> + Send;
-}
-
-/// Where the response goes: CGI-style bytes (header block, then body).
-pub trait ResponseSink: Send {
-    fn send(&mut self, data: Bytes, end: Option<End>) -> impl Future<Output = Result<(), FrontGone>> + Send;
-}
+use tokio::net::unix::{ReadHalf, WriteHalf};
 
 /// What the log lines of a request name.
 pub struct RequestInfo<'a> {
@@ -72,19 +48,43 @@ pub enum SlotFate {
     Discard,
 }
 
-/// The result of [`exchange`], for the access log and the slot.
+/// What happens to the request once the exchange is over.
+#[derive(Debug, Clone)]
+pub enum Next {
+    /// The response went to the front, complete or cut off.
+    Done,
+    /// The front has nothing yet: the bridge answers with its own error (502, 504).
+    Error(u16),
+    /// A CGI local redirect (respond/redirect.rs): serve the request again at this path.
+    Reroute(Bytes),
+    /// A 4xx/5xx whose body an error page replaces (respond/error_override.rs), or, for
+    /// the request fetching an error page, that page failing.
+    ErrorPage(Replaced),
+    /// A file for the bridge to send (respond/sendfile.rs).
+    File(Box<FileHandoff>),
+    /// The very first write failed: the worker never saw the request (it died while the
+    /// slot was idle). Nothing went to the front; the request can go to another slot with
+    /// this [`First`] after moving this slot's first-write buffer there.
+    Retry(First),
+}
+
+impl From<respond::Handoff> for Next {
+    fn from(h: respond::Handoff) -> Self {
+        match h {
+            respond::Handoff::Local(target) => Next::Reroute(target),
+            respond::Handoff::File(file) => Next::File(file),
+            respond::Handoff::ErrorPage(replaced) => Next::ErrorPage(replaced),
+        }
+    }
+}
+
+/// The result of [`exchange`]: for the access log, the slot, and what comes next.
 #[derive(Debug, Clone)]
 pub struct Outcome {
     pub status: u16,
     pub body_bytes: u64,
     pub fate: SlotFate,
-    /// The very first write failed: the worker never saw the request (it died while the
-    /// slot was idle). Nothing went to the front; the request can go to another slot with
-    /// [`First::Prepared`] after moving this slot's first-write buffer there.
-    pub retry: Option<First>,
-    /// The app handed the request on — a CGI local redirect (respond/redirect.rs) or a file
-    /// for the bridge to send (respond/sendfile.rs): nothing went to the front yet.
-    pub redirect: Option<respond::Handoff>,
+    pub next: Next,
 }
 
 /// How the first write (BEGIN + PARAMS + early body) is made.
@@ -129,17 +129,33 @@ enum RespEnd {
     FrontGone,
 }
 
+/// Where the response toward the front stands.
+#[derive(Debug)]
+enum Front {
+    /// The worker's header block has not arrived whole yet: the front has nothing.
+    Head,
+    /// The head went out; body bytes follow.
+    Body,
+    /// The front has its whole response (an error made by the bridge).
+    Done,
+    /// The app handed the request on: its response is dropped, the caller answers.
+    HandedOn(respond::Handoff),
+}
+
+impl Front {
+    /// Whether the response toward the front is still being written.
+    fn open(&self) -> bool {
+        matches!(self, Front::Head | Front::Body)
+    }
+}
+
 struct RespState {
     head_buf: BytesMut,
-    head_done: bool,
-    /// The front already has its whole response (an error made by the bridge).
-    front_done: bool,
+    front: Front,
     status: u16,
     body_bytes: u64,
     /// The Content-Length the app declared, if any.
     content_length: Option<u64>,
-    /// A hand-off: the response is dropped (`front_done`), the caller answers instead.
-    redirect: Option<respond::Handoff>,
     /// The body bytes the response may carry: its Content-Length, or u64::MAX when it has
     /// none or no body is expected (HEAD, 1xx, 204, 304). Not every program keeps to what
     /// it declared (php-cgi, flup do not check), and a web server trusts it.
@@ -153,6 +169,20 @@ struct RespState {
 }
 
 impl RespState {
+    fn new(head_request: bool) -> Self {
+        RespState {
+            head_buf: BytesMut::new(),
+            front: Front::Head,
+            status: 0,
+            body_bytes: 0,
+            content_length: None,
+            body_limit: u64::MAX,
+            excess: 0,
+            head_request,
+            received: false,
+        }
+    }
+
     /// Arm the Content-Length check once the head has gone out with `st.status`.
     fn arm_body_limit(&mut self) {
         let bodyless = self.head_request || matches!(self.status, 100..=199 | 204 | 304);
@@ -172,6 +202,35 @@ impl RespState {
         }
         self.excess += data.len() as u64 - room;
         data.slice(..room as usize)
+    }
+
+    /// What follows a request the worker ended: a hand-off, or the bridge's 502 for a
+    /// response that never got a complete head.
+    fn next_after_end(&mut self) -> Next {
+        match std::mem::replace(&mut self.front, Front::Done) {
+            Front::HandedOn(h) => h.into(),
+            Front::Head => {
+                self.status = 502;
+                Next::Error(502)
+            }
+            Front::Body | Front::Done => Next::Done,
+        }
+    }
+
+    /// The worker failed mid-request: a response already started is cut off; when the
+    /// front has nothing yet, the bridge answers `status`.
+    async fn worker_failed<K: ResponseSink>(&mut self, sink: &mut K, status: u16) -> Next {
+        match self.front {
+            Front::Body => {
+                let _ = sink.send(Bytes::new(), Some(End::CutOff)).await;
+                Next::Done
+            }
+            Front::Head => {
+                self.status = status;
+                Next::Error(status)
+            }
+            Front::Done | Front::HandedOn(_) => Next::Done,
+        }
     }
 }
 
@@ -196,106 +255,24 @@ pub async fn exchange<S: BodySource, K: ResponseSink>(
 
     let body_done = match first {
         First::Prepared { body_done } => body_done,
-        First::Encode => {
-            wbuf.clear();
-            client::write_begin_request(wbuf, WORKER_REQUEST_ID, info.role, true);
-            client::write_params(
-                wbuf,
-                WORKER_REQUEST_ID,
-                params.iter().chain(std::iter::once((&b"FCGIBRIDGE_REQUEST_ID"[..], info.id.as_bytes()))),
-            );
-            let mut body_done = false;
-            while wbuf.len() < FIRST_WRITE_BODY {
-                match source.ready() {
-                    Some(Some(chunk)) => client::write_stdin(wbuf, WORKER_REQUEST_ID, &chunk),
-                    Some(None) => {
-                        client::write_stdin_end(wbuf, WORKER_REQUEST_ID);
-                        body_done = true;
-                        break;
-                    }
-                    None => break,
-                }
-            }
-            body_done
-        }
+        First::Encode => encode_first_write(wbuf, info, params, source),
     };
-
-    let mut st = RespState {
-        head_buf: BytesMut::new(),
-        head_done: false,
-        front_done: false,
-        status: 0,
-        body_bytes: 0,
-        content_length: None,
-        redirect: None,
-        body_limit: u64::MAX,
-        excess: 0,
-        head_request: params.get(b"REQUEST_METHOD") == Some(b"HEAD"),
-        received: false,
-    };
+    let mut st = RespState::new(params.get(b"REQUEST_METHOD") == Some(b"HEAD"));
 
     if let Err(e) = stream.write_all(wbuf).await {
         // On a unix socket a write fails at once when the worker has closed it, before a
         // single byte reached it: the request is safe to send elsewhere.
         tracing::warn!(pool, pid, request_id = info.id, uri = info.uri, error = %e, "could not send the request to the worker; trying another");
-        return Outcome { status: 0, body_bytes: 0, fate: SlotFate::Discard, retry: Some(First::Prepared { body_done }), redirect: None };
+        return Outcome { status: 0, body_bytes: 0, fate: SlotFate::Discard, next: Next::Retry(First::Prepared { body_done }) };
     }
 
     let body_sent = AtomicBool::new(body_done);
     let (mut rd, mut wr) = stream.split();
+    let resp_end = relay(&mut rd, &mut wr, decoder, source, sink, info, pool, pid, &mut st, &body_sent, body_done).await;
 
-    let resp_end = {
-        let body_sent = &body_sent;
-        let wr = &mut wr;
-        let pump = async move {
-            if !body_done {
-                let mut pbuf = BytesMut::new();
-                loop {
-                    let next = source.next_chunk().await;
-                    tracing::trace!(request_id = info.id, chunk = ?next.as_ref().map(|c| c.as_ref().map(|b| b.len())), "body chunk for the worker");
-                    match next {
-                        Ok(Some(chunk)) => {
-                            pbuf.clear();
-                            client::write_stdin(&mut pbuf, WORKER_REQUEST_ID, &chunk);
-                            if wr.write_all(&pbuf).await.is_err() {
-                                return PumpEnd::WorkerGone;
-                            }
-                        }
-                        Ok(None) => {
-                            pbuf.clear();
-                            client::write_stdin_end(&mut pbuf, WORKER_REQUEST_ID);
-                            if wr.write_all(&pbuf).await.is_err() {
-                                return PumpEnd::WorkerGone;
-                            }
-                            body_sent.store(true, Ordering::Release);
-                            break;
-                        }
-                        Err(FrontGone) => return PumpEnd::FrontGone,
-                    }
-                }
-            }
-            source.aborted().await;
-            PumpEnd::FrontGone
-        };
-        let resp = forward(&mut rd, decoder, &mut *sink, info, pool, pid, &mut st);
-        tokio::pin!(pump, resp);
-        let mut pump_live = true;
-        loop {
-            tokio::select! {
-                biased;
-                r = &mut resp => break r,
-                p = &mut pump, if pump_live => match p {
-                    PumpEnd::FrontGone => break RespEnd::FrontGone,
-                    // The read side will see why; keep forwarding what the worker sent.
-                    PumpEnd::WorkerGone => pump_live = false,
-                },
-            }
-        }
-    };
-
-    if !matches!(resp_end, RespEnd::Ended) && st.redirect.take().is_some() {
-        // The redirecting response was dropped and the front has nothing yet.
-        st.front_done = false;
+    if !matches!(resp_end, RespEnd::Ended) && matches!(st.front, Front::HandedOn(_)) {
+        // The handed-on response was dropped and the front has nothing yet.
+        st.front = Front::Head;
     }
     // The whole request (first write) was in the socket the worker never read: sending it
     // to another worker cannot run it twice. Only for safe methods, as web servers retry
@@ -306,46 +283,37 @@ pub async fn exchange<S: BodySource, K: ResponseSink>(
         }
         other => other,
     };
-    match resp_end {
+    let (fate, next) = match resp_end {
         RespEnd::Ended => {
             let fate = if body_sent.load(Ordering::Acquire) { SlotFate::Reuse } else { SlotFate::Reconnect };
-            Outcome { status: st.status, body_bytes: st.body_bytes, fate, retry: None, redirect: st.redirect.take() }
+            (fate, st.next_after_end())
         }
         RespEnd::WorkerBroken(_) if timed_out.load(Ordering::Acquire) => {
             // request-timeout: the pool manager logged it, dumped the worker's stacks and
             // shut this connection down; the worker is being replaced.
-            if st.front_done {
-            } else if st.head_done {
-                tracing::error!(pool, pid, request_id = info.id, uri = info.uri, "request-timeout after the headers were sent, response cut off");
-                let _ = sink.send(Bytes::new(), Some(End::CutOff)).await;
-            } else {
-                tracing::error!(pool, pid, request_id = info.id, uri = info.uri, "request-timeout: answering 504");
-                st.status = 504;
-                st.redirect = bridge_error(info, sink, 504).await;
+            match st.front {
+                Front::Body => tracing::error!(pool, pid, request_id = info.id, uri = info.uri, "request-timeout after the headers were sent, response cut off"),
+                Front::Head => tracing::error!(pool, pid, request_id = info.id, uri = info.uri, "request-timeout: answering 504"),
+                Front::Done | Front::HandedOn(_) => {}
             }
-            Outcome { status: st.status, body_bytes: st.body_bytes, fate: SlotFate::Discard, retry: None, redirect: st.redirect.take() }
+            (SlotFate::Discard, st.worker_failed(sink, 504).await)
         }
         RespEnd::Unread => {
             tracing::warn!(pool, pid, request_id = info.id, uri = info.uri, "the worker closed its connection with the request unread (it died while idle); trying another");
-            Outcome { status: 0, body_bytes: 0, fate: SlotFate::Discard, retry: Some(First::Prepared { body_done: true }), redirect: None }
+            return Outcome { status: 0, body_bytes: 0, fate: SlotFate::Discard, next: Next::Retry(First::Prepared { body_done: true }) };
         }
         RespEnd::WorkerBroken(why) => {
-            if st.front_done {
-                tracing::error!(pool, pid, request_id = info.id, uri = info.uri, "worker connection failed: {why}");
-            } else if st.head_done {
-                tracing::error!(pool, pid, request_id = info.id, uri = info.uri, "worker connection failed after the headers were sent, response cut off: {why}");
-                let _ = sink.send(Bytes::new(), Some(End::CutOff)).await;
-            } else {
-                tracing::error!(pool, pid, request_id = info.id, uri = info.uri, "worker connection failed before a response, answering 502: {why}");
-                st.status = 502;
-                st.redirect = bridge_error(info, sink, 502).await;
+            match st.front {
+                Front::Body => tracing::error!(pool, pid, request_id = info.id, uri = info.uri, "worker connection failed after the headers were sent, response cut off: {why}"),
+                Front::Head => tracing::error!(pool, pid, request_id = info.id, uri = info.uri, "worker connection failed before a response, answering 502: {why}"),
+                Front::Done | Front::HandedOn(_) => tracing::error!(pool, pid, request_id = info.id, uri = info.uri, "worker connection failed: {why}"),
             }
-            Outcome { status: st.status, body_bytes: st.body_bytes, fate: SlotFate::Verify, retry: None, redirect: st.redirect.take() }
+            (SlotFate::Verify, st.worker_failed(sink, 502).await)
         }
         RespEnd::FrontGone => {
             // End the request toward the front at once (FastCGI ABORT_REQUEST wants an
             // END_REQUEST; a disconnected front ignores this), then let the worker stop.
-            if !st.front_done {
+            if st.front.open() {
                 // The front has given up on this request: a normal end is what ABORT_REQUEST
                 // asks for, and cutting off would close a multiplexed connection's other requests.
                 let _ = sink.send(Bytes::new(), Some(End::Complete)).await;
@@ -356,11 +324,100 @@ pub async fn exchange<S: BodySource, K: ResponseSink>(
                 SlotFate::Reuse if !body_sent.load(Ordering::Acquire) => SlotFate::Reconnect,
                 f => f,
             };
-            Outcome { status: if st.status == 0 { 499 } else { st.status }, body_bytes: st.body_bytes, fate, retry: None, redirect: None }
+            let status = if st.status == 0 { 499 } else { st.status };
+            return Outcome { status, body_bytes: st.body_bytes, fate, next: Next::Done };
+        }
+    };
+    Outcome { status: st.status, body_bytes: st.body_bytes, fate, next }
+}
+
+/// Encode BEGIN + PARAMS and as much of the body as is already here into `wbuf`; true
+/// when that includes the end of the body.
+fn encode_first_write<S: BodySource>(wbuf: &mut BytesMut, info: &RequestInfo<'_>, params: &Params, source: &mut S) -> bool {
+    wbuf.clear();
+    client::write_begin_request(wbuf, WORKER_REQUEST_ID, info.role, true);
+    client::write_params(
+        wbuf,
+        WORKER_REQUEST_ID,
+        params.iter().chain(std::iter::once((&b"FCGIBRIDGE_REQUEST_ID"[..], info.id.as_bytes()))),
+    );
+    while wbuf.len() < FIRST_WRITE_BODY {
+        match source.ready() {
+            Some(Some(chunk)) => client::write_stdin(wbuf, WORKER_REQUEST_ID, &chunk),
+            Some(None) => {
+                client::write_stdin_end(wbuf, WORKER_REQUEST_ID);
+                return true;
+            }
+            None => break,
+        }
+    }
+    false
+}
+
+/// Stream the rest of the body to the worker and its response to the front, together,
+/// until the response ends one way or another.
+#[allow(clippy::too_many_arguments)]
+async fn relay<S: BodySource, K: ResponseSink>(
+    rd: &mut ReadHalf<'_>,
+    wr: &mut WriteHalf<'_>,
+    decoder: &mut client::ClientConnection,
+    source: &mut S,
+    sink: &mut K,
+    info: &RequestInfo<'_>,
+    pool: &str,
+    pid: u32,
+    st: &mut RespState,
+    body_sent: &AtomicBool,
+    body_done: bool,
+) -> RespEnd {
+    let pump = pump_body(source, wr, info, body_sent, body_done);
+    let resp = forward(rd, decoder, sink, info, pool, pid, st);
+    tokio::pin!(pump, resp);
+    let mut pump_live = true;
+    loop {
+        tokio::select! {
+            biased;
+            r = &mut resp => break r,
+            p = &mut pump, if pump_live => match p {
+                PumpEnd::FrontGone => break RespEnd::FrontGone,
+                // The read side will see why; keep forwarding what the worker sent.
+                PumpEnd::WorkerGone => pump_live = false,
+            },
         }
     }
 }
 
+/// Send the body still to come to the worker, then wait for the front to give up.
+async fn pump_body<S: BodySource>(source: &mut S, wr: &mut WriteHalf<'_>, info: &RequestInfo<'_>, body_sent: &AtomicBool, body_done: bool) -> PumpEnd {
+    if !body_done {
+        let mut pbuf = BytesMut::new();
+        loop {
+            let next = source.next_chunk().await;
+            tracing::trace!(request_id = info.id, chunk = ?next.as_ref().map(|c| c.as_ref().map(|b| b.len())), "body chunk for the worker");
+            match next {
+                Ok(Some(chunk)) => {
+                    pbuf.clear();
+                    client::write_stdin(&mut pbuf, WORKER_REQUEST_ID, &chunk);
+                    if wr.write_all(&pbuf).await.is_err() {
+                        return PumpEnd::WorkerGone;
+                    }
+                }
+                Ok(None) => {
+                    pbuf.clear();
+                    client::write_stdin_end(&mut pbuf, WORKER_REQUEST_ID);
+                    if wr.write_all(&pbuf).await.is_err() {
+                        return PumpEnd::WorkerGone;
+                    }
+                    body_sent.store(true, Ordering::Release);
+                    break;
+                }
+                Err(FrontGone) => return PumpEnd::FrontGone,
+            }
+        }
+    }
+    source.aborted().await;
+    PumpEnd::FrontGone
+}
 /// GET, HEAD, OPTIONS and TRACE: a request that may be sent again (RFC 9110, 9.2.1).
 fn is_safe_method(params: &Params) -> bool {
     matches!(params.get(b"REQUEST_METHOD"), Some(b"GET" | b"HEAD" | b"OPTIONS" | b"TRACE"))
@@ -415,7 +472,7 @@ async fn abort_worker(
 
 /// Read the worker's records and pass the response on until END_REQUEST.
 async fn forward<K: ResponseSink>(
-    rd: &mut tokio::net::unix::ReadHalf<'_>,
+    rd: &mut ReadHalf<'_>,
     decoder: &mut client::ClientConnection,
     sink: &mut K,
     info: &RequestInfo<'_>,
@@ -431,127 +488,39 @@ async fn forward<K: ResponseSink>(
                 Ok(Some(ev)) => ev,
                 Ok(None) => break,
                 Err(e) => {
-                    if !pending.is_empty() && !st.front_done {
+                    if !pending.is_empty() && st.front.open() {
                         let _ = sink.send(pending.split().freeze(), None).await;
                     }
                     return RespEnd::WorkerBroken(format!("protocol error from the worker: {e}"));
                 }
             };
-            match ev {
-                ClientEvent::Stdout { data, .. } => {
-                    if st.front_done {
-                        continue;
-                    }
-                    if st.head_done {
-                        let data = st.within_limit(data);
-                        if data.is_empty() {
-                            continue;
-                        }
-                        st.body_bytes += data.len() as u64;
-                        if pending.len() + data.len() <= COALESCE {
-                            pending.extend_from_slice(&data);
-                        } else {
-                            if !pending.is_empty() && sink.send(pending.split().freeze(), None).await.is_err() {
-                                return RespEnd::FrontGone;
-                            }
-                            if sink.send(data, None).await.is_err() {
-                                return RespEnd::FrontGone;
-                            }
-                        }
-                        continue;
-                    }
-                    match take_head(st, data, info, pool, pid) {
-                        Ok(Some((head, rest))) => {
-                            pending = head;
-                            st.arm_body_limit();
-                            let rest = st.within_limit(rest);
-                            st.body_bytes += rest.len() as u64;
-                            if rest.len() <= COALESCE {
-                                pending.extend_from_slice(&rest);
-                            } else {
-                                if sink.send(pending.split().freeze(), None).await.is_err() {
-                                    return RespEnd::FrontGone;
-                                }
-                                if sink.send(rest, None).await.is_err() {
-                                    return RespEnd::FrontGone;
-                                }
-                            }
-                        }
-                        Ok(None) => {}
-                        Err(status) => {
-                            st.status = status;
-                            st.front_done = true;
-                            if sink.send(respond::error_response(status, None).freeze(), Some(End::Complete)).await.is_err() {
-                                return RespEnd::FrontGone;
-                            }
-                        }
-                    }
+            let passed = match ev {
+                ClientEvent::Stdout { data, .. } => on_stdout(st, data, &mut pending, sink, info, pool, pid).await,
+                ClientEvent::Stderr { data, .. } => {
+                    log_stderr(pool, pid, info, &data);
+                    Ok(())
                 }
-                ClientEvent::Stderr { data, .. } => log_stderr(pool, pid, info, &data),
                 ClientEvent::EndRequest { app_status, protocol_status, .. } => {
                     ended = Some((app_status, protocol_status));
                     break;
                 }
-                _ => {}
+                _ => Ok(()),
+            };
+            if passed.is_err() {
+                return RespEnd::FrontGone;
             }
         }
         if let Some((app_status, protocol_status)) = ended {
-            if st.front_done {
-                return RespEnd::Ended;
-            }
-            if protocol_status != ProtocolStatus::RequestComplete {
-                tracing::error!(pool, pid, request_id = info.id, uri = info.uri, "worker refused the request: {protocol_status:?}");
-            }
-            let end = if !st.head_done {
-                if protocol_status == ProtocolStatus::RequestComplete {
-                    tracing::error!(pool, pid, request_id = info.id, uri = info.uri, "worker ended the request without a complete header block, answering 502");
-                }
-                st.status = 502;
-                match respond::error_override::bridge_reply(info.error_pages, 502, None) {
-                    respond::error_override::Reply::Send(reply) => pending = reply,
-                    respond::error_override::Reply::Handoff(h) => {
-                        // An error page to dispatch: the caller answers.
-                        st.redirect = Some(h);
-                        st.front_done = true;
-                        return RespEnd::Ended;
-                    }
-                }
-                End::Complete
-            } else if app_status != 0 {
-                tracing::error!(pool, pid, request_id = info.id, uri = info.uri, app_status, "the app failed after sending headers, response cut off");
-                End::CutOff
-            } else if st.body_bytes < st.body_limit && st.body_limit != u64::MAX {
-                // A short body that ends normally would look complete to a web server
-                // that does not count (and to its cache).
-                tracing::error!(
-                    pool, pid, request_id = info.id, uri = info.uri, declared = st.body_limit, sent = st.body_bytes,
-                    "the program ended the response before the body its Content-Length declared, response cut off"
-                );
-                End::CutOff
-            } else {
-                End::Complete
-            };
-            if st.excess > 0 {
-                tracing::error!(
-                    pool, pid, request_id = info.id, uri = info.uri, declared = st.body_limit, sent = st.body_bytes + st.excess,
-                    "the program sent more body than its Content-Length declared; the {} bytes past it were dropped", st.excess
-                );
-            }
-            st.front_done = true;
-            if sink.send(pending.split().freeze(), Some(end)).await.is_err() {
-                // The worker's side is complete: the slot is clean even so.
-                return RespEnd::Ended;
-            }
-            return RespEnd::Ended;
+            return on_end_request(st, &mut pending, sink, info, pool, pid, app_status, protocol_status).await;
         }
         // The whole declared body is here: what follows is END_REQUEST, typically one
         // write later (the app's close() runs in between). Holding the last bytes for it
         // lets head, body and END_REQUEST reach the web server in one write instead of two
         // — without delaying a streamed response, whose length is unknown or not reached.
         let hold = !pending.is_empty()
-            && !st.front_done
+            && st.front.open()
             && st.content_length.is_some_and(|len| st.body_bytes >= len);
-        if !hold && !pending.is_empty() && !st.front_done && sink.send(pending.split().freeze(), None).await.is_err() {
+        if !hold && !pending.is_empty() && st.front.open() && sink.send(pending.split().freeze(), None).await.is_err() {
             return RespEnd::FrontGone;
         }
         let buf = decoder.buffer_mut();
@@ -579,6 +548,112 @@ async fn forward<K: ResponseSink>(
     }
 }
 
+/// One STDOUT record: the header block until it is whole, then body bytes, coalesced
+/// in `pending` up to [`COALESCE`].
+async fn on_stdout<K: ResponseSink>(
+    st: &mut RespState,
+    data: Bytes,
+    pending: &mut BytesMut,
+    sink: &mut K,
+    info: &RequestInfo<'_>,
+    pool: &str,
+    pid: u32,
+) -> Result<(), FrontGone> {
+    match st.front {
+        Front::Done | Front::HandedOn(_) => Ok(()),
+        Front::Body => {
+            let data = st.within_limit(data);
+            if data.is_empty() {
+                return Ok(());
+            }
+            st.body_bytes += data.len() as u64;
+            if pending.len() + data.len() <= COALESCE {
+                pending.extend_from_slice(&data);
+            } else {
+                if !pending.is_empty() {
+                    sink.send(pending.split().freeze(), None).await?;
+                }
+                sink.send(data, None).await?;
+            }
+            Ok(())
+        }
+        Front::Head => match take_head(st, data, info, pool, pid) {
+            Ok(Some((head, rest))) => {
+                *pending = head;
+                st.arm_body_limit();
+                let rest = st.within_limit(rest);
+                st.body_bytes += rest.len() as u64;
+                if rest.len() <= COALESCE {
+                    pending.extend_from_slice(&rest);
+                } else {
+                    sink.send(pending.split().freeze(), None).await?;
+                    sink.send(rest, None).await?;
+                }
+                Ok(())
+            }
+            Ok(None) => Ok(()),
+            Err(status) => {
+                // Answered at once, while the worker may still be writing: a head that
+                // cannot be passed on gets the bridge's plain error, never an error page.
+                st.status = status;
+                st.front = Front::Done;
+                sink.send(respond::error_response(status, None).freeze(), Some(End::Complete)).await
+            }
+        },
+    }
+}
+
+/// END_REQUEST: end the response toward the front — complete, or cut off when the app
+/// failed or sent less than it declared. A response without a complete head is left to
+/// the bridge ([`RespState::next_after_end`]).
+#[allow(clippy::too_many_arguments)]
+async fn on_end_request<K: ResponseSink>(
+    st: &mut RespState,
+    pending: &mut BytesMut,
+    sink: &mut K,
+    info: &RequestInfo<'_>,
+    pool: &str,
+    pid: u32,
+    app_status: u32,
+    protocol_status: ProtocolStatus,
+) -> RespEnd {
+    if !st.front.open() {
+        return RespEnd::Ended;
+    }
+    if protocol_status != ProtocolStatus::RequestComplete {
+        tracing::error!(pool, pid, request_id = info.id, uri = info.uri, "worker refused the request: {protocol_status:?}");
+    }
+    let end = if matches!(st.front, Front::Head) {
+        if protocol_status == ProtocolStatus::RequestComplete {
+            tracing::error!(pool, pid, request_id = info.id, uri = info.uri, "worker ended the request without a complete header block, answering 502");
+        }
+        return RespEnd::Ended;
+    } else if app_status != 0 {
+        tracing::error!(pool, pid, request_id = info.id, uri = info.uri, app_status, "the app failed after sending headers, response cut off");
+        End::CutOff
+    } else if st.body_bytes < st.body_limit && st.body_limit != u64::MAX {
+        // A short body that ends normally would look complete to a web server
+        // that does not count (and to its cache).
+        tracing::error!(
+            pool, pid, request_id = info.id, uri = info.uri, declared = st.body_limit, sent = st.body_bytes,
+            "the program ended the response before the body its Content-Length declared, response cut off"
+        );
+        End::CutOff
+    } else {
+        End::Complete
+    };
+    if st.excess > 0 {
+        tracing::error!(
+            pool, pid, request_id = info.id, uri = info.uri, declared = st.body_limit, sent = st.body_bytes + st.excess,
+            "the program sent more body than its Content-Length declared; the {} bytes past it were dropped", st.excess
+        );
+    }
+    st.front = Front::Done;
+    // Even when the front is gone by now, the worker's side is complete: the slot is clean.
+    let _ = sink.send(pending.split().freeze(), Some(end)).await;
+    RespEnd::Ended
+}
+
 /// Accumulate the CGI header block. `Ok(Some((encoded head, body bytes after it)))` once
 /// complete; `Err(status)` when it cannot be passed on.
 fn take_head(st: &mut RespState, data: Bytes, info: &RequestInfo<'_>, pool: &str, pid: u32) -> Result<Option<(BytesMut, Bytes)>, u16> {
@@ -604,21 +679,16 @@ fn take_head(st: &mut RespState, data: Bytes, info: &RequestInfo<'_>, pool: &str
         }
     };
     let Some((mut head, rest)) = parsed else { return Ok(None) };
-    st.head_done = true;
     st.content_length = head.content_length;
     if head.location.is_some() {
         if let Some(target) = respond::redirect::local_target(&head) {
-            st.redirect = Some(respond::Handoff::Local(target));
-            st.head_done = false;
-            st.front_done = true;
+            st.front = Front::HandedOn(respond::Handoff::Local(target));
             return Ok(None);
         }
     }
     if let Some(ov) = info.error_pages {
         if let Some(replaced) = respond::error_override::on_head(ov, &mut head) {
-            st.redirect = Some(replaced);
-            st.head_done = false;
-            st.front_done = true;
+            st.front = Front::HandedOn(replaced);
             return Ok(None);
         }
     }
@@ -626,9 +696,7 @@ fn take_head(st: &mut RespState, data: Bytes, info: &RequestInfo<'_>, pool: &str
         match files.decide(&mut head, pid) {
             respond::handoff::Decision::Forward => {}
             respond::handoff::Decision::Serve(file) => {
-                st.redirect = Some(respond::Handoff::File(file));
-                st.head_done = false;
-                st.front_done = true;
+                st.front = Front::HandedOn(respond::Handoff::File(file));
                 return Ok(None);
             }
             respond::handoff::Decision::Refuse { header, why } => {
@@ -642,6 +710,7 @@ fn take_head(st: &mut RespState, data: Bytes, info: &RequestInfo<'_>, pool: &str
     match respond::encode_head(&head, extra) {
         Ok((status, buf)) => {
             st.status = status;
+            st.front = Front::Body;
             Ok(Some((buf, rest)))
         }
         Err(e) => {
@@ -657,17 +726,6 @@ fn bad_head(info: &RequestInfo<'_>, pool: &str, pid: u32, why: &fastcgi_server::
     let status = if matches!(why, fastcgi_server::Error::CgiBadHeaderValue { .. }) { 500 } else { 502 };
     tracing::error!(pool, pid, request_id = info.id, uri = info.uri, "invalid response header block from the worker, answering {status}: {why}");
     status
-}
-
-/// The bridge's own error for this request: sent now, or the error page to dispatch.
-async fn bridge_error<K: ResponseSink>(info: &RequestInfo<'_>, sink: &mut K, status: u16) -> Option<respond::Handoff> {
-    match respond::error_override::bridge_reply(info.error_pages, status, None) {
-        respond::error_override::Reply::Send(reply) => {
-            let _ = sink.send(reply.freeze(), Some(End::Complete)).await;
-            None
-        }
-        respond::error_override::Reply::Handoff(h) => Some(h),
-    }
 }
 
 /// A worker's STDERR record (wsgi.errors, tracebacks): one log line per line.
@@ -686,19 +744,7 @@ mod length_tests {
     use super::*;
 
     fn state(status: u16, content_length: Option<u64>, head_request: bool) -> RespState {
-        let mut st = RespState {
-            head_buf: BytesMut::new(),
-            head_done: true,
-            front_done: false,
-            status,
-            body_bytes: 0,
-            content_length,
-            redirect: None,
-            body_limit: u64::MAX,
-            excess: 0,
-            head_request,
-            received: false,
-        };
+        let mut st = RespState { front: Front::Body, status, content_length, ..RespState::new(head_request) };
         st.arm_body_limit();
         st
     }
@@ -783,15 +829,16 @@ mod unread_tests {
     #[tokio::test]
     async fn a_safe_request_left_unread_by_a_dying_worker_goes_to_another() {
         let (outcome, sent) = outcome_of_unread("GET").await;
-        assert!(outcome.retry.is_some(), "status {}", outcome.status);
+        assert!(matches!(outcome.next, Next::Retry(_)), "status {}", outcome.status);
         assert!(sent.is_empty(), "nothing may reach the web server before the retry");
     }
 
     #[tokio::test]
     async fn an_unsafe_request_left_unread_is_answered_502() {
         let (outcome, sent) = outcome_of_unread("POST").await;
-        assert!(outcome.retry.is_none());
+        // The bridge's 502 (or error page) is answered by dispatch/serve.rs.
+        assert!(matches!(outcome.next, Next::Error(502)), "{:?}", outcome.next);
         assert_eq!(outcome.status, 502);
-        assert!(String::from_utf8_lossy(&sent).starts_with("Status: 502"), "{}", String::from_utf8_lossy(&sent));
+        assert!(sent.is_empty(), "{}", String::from_utf8_lossy(&sent));
     }
 }

@@ -1,13 +1,24 @@
 //! The life of one request once a listener has decoded it: route it to a pool, wait for
 //! a free worker slot, run the exchange, give the slot back, write the access line.
-use crate::backend::exchange::{exchange, BodySource, End, First, RequestInfo, ResponseSink, SlotFate, FIRST_WRITE_BODY};
+//!
+//! [`serve`] drives a small loop of [`Step`]s: route the request and run it on a worker,
+//! serve it again at another path (a CGI local redirect, an error page that is a local
+//! path), or finish. The exchange says what comes after it ([`Next`]); [`error_answer`] is
+//! the one place that decides how an error is answered.
+use crate::backend::exchange::{exchange, First, Next, Outcome, RequestInfo, SlotFate, FIRST_WRITE_BODY};
+use crate::backend::SlotConn;
 use crate::dispatch::{AcquireError, Ticket};
+use crate::flow::{BodySource, End, ResponseSink};
 use crate::listen::ListenerCtx;
 use crate::logging::{AccessLog, AccessRecord};
 use crate::respond;
-use crate::respond::body_limit::Tripped;
+use crate::respond::body_limit::{BodyWatch, Limited, LimitedSink, Tripped};
+use crate::respond::error_override::{ErrorPages, Override, Replaced};
+use crate::supervise::PoolRuntime;
+use bytes::{Bytes, BytesMut};
 use fastcgi_server::{Params, Role};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::Notify;
 
@@ -71,6 +82,71 @@ const MAX_ATTEMPTS: u32 = 3;
 /// Seconds a client is told to wait after a 503 for a full or slow queue.
 const RETRY_AFTER_SECS: u32 = 1;
 
+/// What the request does next.
+enum Step<'p> {
+    /// Route the request to a pool and run it on a worker.
+    Route,
+    /// Serve the request again at this local path: a CGI local redirect, or an error page.
+    Reroute(Bytes),
+    /// Answered: the status and body bytes for the access log, and the pool that served it.
+    Done(u16, u64, Option<&'p Arc<str>>),
+}
+
+/// How an error is answered (see [`error_answer`]).
+enum ErrorAnswer {
+    /// Send this complete response; `status` is what the access log shows.
+    Send { status: u16, reply: BytesMut },
+    /// Dispatch the request to the page at `target`, which replaces `replaced`.
+    Dispatch { target: Bytes, replaced: Replaced },
+}
+
+/// How an error response is answered under `ov` (respond/error_override.rs): the pool's
+/// page for its status, or the bridge's default text. A request fetching an error page
+/// gets no page of its own: the page failing means the default text with the status of
+/// the response the page was to replace. Every error page is decided here.
+fn error_answer(ov: Option<Override<'_>>, replaced: Replaced) -> ErrorAnswer {
+    use respond::error_override::{default_response, next, Next as PageNext};
+    match ov {
+        Some(Override::Serving(orig)) => ErrorAnswer::Send { status: orig.status, reply: default_response(orig) },
+        Some(Override::Pages(pages)) => {
+            let mut chosen = None;
+            match next(Some(pages), &mut chosen, replaced) {
+                PageNext::Send { status, reply } => ErrorAnswer::Send { status, reply },
+                PageNext::Dispatch(target) => match chosen {
+                    Some(replaced) => ErrorAnswer::Dispatch { target, replaced },
+                    None => unreachable!("error_override::next keeps the response a dispatched page replaces"),
+                },
+            }
+        }
+        None => ErrorAnswer::Send { status: replaced.status, reply: default_response(&replaced) },
+    }
+}
+
+/// What error override does for a request of a pool with `pages`: serve the pages, or,
+/// while the request fetches a page, answer for the response it replaces.
+fn overrides<'x>(serving: &'x Option<Replaced>, pages: Option<&'x ErrorPages>) -> Option<Override<'x>> {
+    match serving {
+        Some(replaced) => Some(Override::Serving(replaced)),
+        None => pages.filter(|p| !p.is_empty()).map(Override::Pages),
+    }
+}
+
+/// Give a slot back after a request: to the pool as it is, over a fresh connection, or
+/// not at all (its supervisor starts a replacement).
+async fn give_back(pool: &PoolRuntime, mut slot: SlotConn, fate: SlotFate) {
+    let keep = match fate {
+        SlotFate::Reuse => true,
+        SlotFate::Reconnect => slot.reconnect().await,
+        SlotFate::Verify => slot.reconnect_verified().await,
+        SlotFate::Discard => false,
+    };
+    if keep {
+        pool.dispatcher.release(slot);
+    } else {
+        pool.dispatcher.discard(slot);
+    }
+}
+
 /// Serve one decoded request; the response (or an error page) goes to `sink`.
 pub async fn serve<S: BodySource, K: ResponseSink>(
     lst: &ListenerCtx,
@@ -79,12 +155,8 @@ pub async fn serve<S: BodySource, K: ResponseSink>(
     source: &mut S,
     sink: &mut K,
 ) {
-    // `max-body` and `body-timeout` (respond/body_limit.rs): the wrappers cost one flag load
-    // per body chunk and per response write, so every request goes through them.
     let started = Instant::now();
-    let body_watch = respond::body_limit::BodyWatch::new(started);
-    let source = &mut respond::body_limit::Limited::new(source, u64::MAX, &body_watch, lst.body_timeout);
-    let sink = &mut respond::body_limit::LimitedSink::new(sink, &body_watch);
+    let body_watch = BodyWatch::new(started);
     let shared = &*lst.shared;
     let _in_flight = InFlight::enter(shared);
     let mut idbuf = itoa::Buffer::new();
@@ -93,257 +165,39 @@ pub async fn serve<S: BodySource, K: ResponseSink>(
     // Shares the received buffer: no copy, and `params` stays free to be rewritten.
     let uri_bytes = params.get_bytes(b"REQUEST_URI").or_else(|| params.get_bytes(b"SCRIPT_NAME")).unwrap_or_default();
     let uri = String::from_utf8_lossy(&uri_bytes);
-
-    // A CGI local redirect from the app (respond/redirect.rs) serves the request again.
-    let mut redirect_to: Option<bytes::Bytes> = None;
-    let mut redirects = 0u32;
-    // Set while the request fetches an error page that is a local path: the response the
-    // page replaces (respond/error_override.rs). REDIRECT_STATUS is its status.
-    let mut serving: Option<respond::error_override::Replaced> = None;
-    // Hand a response to error override: send the page (or the default text), or dispatch
-    // the request to the page's path.
-    macro_rules! error_page {
-        ($done:lifetime, $pages:expr, $replaced:expr, $pool:expr) => {
-            match respond::error_override::next($pages, &mut serving, $replaced) {
-                respond::error_override::Next::Send { status, reply } => {
-                    let _ = sink.send(reply.freeze(), Some(End::Complete)).await;
-                    break $done (status, 0, $pool);
-                }
-                respond::error_override::Next::Dispatch(target) => {
-                    respond::error_override::page_request(&mut params);
-                    redirect_to = Some(target);
-                    continue $done;
-                }
-            }
-        };
-    }
     if let Some(trust) = &lst.trusted_proxies {
         trust.apply(&mut params);
     }
-    let (status, bytes, pool_name) = 'done: loop {
-        if let Some(target) = redirect_to.take() {
-            let shown = String::from_utf8_lossy(&target);
-            let redirect_status = serving.as_ref().map_or(200, |r| r.status);
-            if let Err(e) = respond::redirect::apply(&mut params, &target, &mut redirects, lst.max_redirects, redirect_status) {
-                tracing::error!(listener = %lst.name, request_id, uri = %uri, target = %shown, "internal redirect refused, answering 500: {e}");
-                let _ = sink.send(respond::error_response(500, None).freeze(), Some(End::Complete)).await;
-                break 'done (500, 0, None);
-            }
-            tracing::info!(listener = %lst.name, request_id, uri = %uri, target = %shown, "internal redirect");
-            source.end_body();
-            let routed = lst.router.route(&params).is_some();
-            if !routed && serving.is_some() {
-                tracing::warn!(listener = %lst.name, request_id, uri = %uri, target = %shown, "no route serves the error page, answering the default page");
-                error_page!('done, None, respond::error_override::Replaced::bridge(404, None), None);
-            }
-            if !routed {
-                // Not ours to serve: the web server may (nginx: X-Accel-Redirect).
-                let reply = respond::redirect::unrouted(lst.dialect, lst.unrouted_redirect, &target);
-                let status = if reply.is_some() { 200 } else { 404 };
-                tracing::info!(listener = %lst.name, request_id, uri = %uri, target = %shown, "no route serves the internal redirect target, answering {status}");
-                let reply = reply.unwrap_or_else(|| respond::error_response(404, None));
-                let _ = sink.send(reply.freeze(), Some(End::Complete)).await;
-                break 'done (status, 0, None);
-            }
-        }
-        crate::status::track::accepted(&lst.name);
-        if let Some(reply) = crate::status::front::intercept(&lst.name, &params) {
-            let _ = sink.send(reply, Some(End::Complete)).await;
-            break 'done (200, 0, None);
-        }
-        let Some((pool, prefix)) = lst.router.route(&params) else {
-            if crate::logging::ratelimit::allow(&crate::logging::ratelimit::NO_ROUTE, &lst.name) {
-                tracing::info!(listener = %lst.name, request_id, uri = %uri, "no route matches, answering 404");
-            }
-            let _ = sink.send(respond::error_response(404, None).freeze(), Some(End::Complete)).await;
-            break 'done (404, 0, None);
+    let mut req = Request {
+        lst,
+        params,
+        role,
+        request_id,
+        request_num,
+        uri: &uri,
+        uri_bytes: &uri_bytes,
+        started,
+        body_watch: &body_watch,
+        // `max-body` and `body-timeout` (respond/body_limit.rs): the wrappers cost one flag
+        // load per body chunk and per response write, so every request goes through them.
+        source: Limited::new(source, u64::MAX, &body_watch, lst.body_timeout),
+        sink: LimitedSink::new(sink, &body_watch),
+        serving: None,
+        redirects: 0,
+    };
+    let mut step = Step::Route;
+    let (status, bytes, pool_name) = loop {
+        step = match step {
+            Step::Route => req.route().await,
+            Step::Reroute(target) => req.reroute(&target).await,
+            Step::Done(status, bytes, pool) => break (status, bytes, pool),
         };
-        if !lst.keep_path_info {
-            crate::route::mount(&mut params, prefix.or(lst.mount.as_deref()));
-        }
-        // Where a wsgi.file_wrapper file may come back from as X-Sendfile: the bridge's
-        // word only, never the web server's (docs/worker-contract.md).
-        respond::handoff::set_worker_roots(&mut params, lst.files.as_deref());
-        if let Some(limit) = pool.config.max_body {
-            if respond::body_limit::too_large(&params, limit) {
-                if crate::logging::ratelimit::allow(&crate::logging::ratelimit::TOO_LARGE, &pool.name) {
-                    tracing::warn!(pool = %pool.name, request_id, uri = %uri, limit, "request body is larger than max-body, answering 413");
-                }
-                let _ = sink.send(respond::error_response(413, None).freeze(), Some(End::Complete)).await;
-                break 'done (413, 0, Some(&pool.name));
-            }
-            source.set_limit(limit);
-        }
-        // A small body is read whole before a worker is taken: a slow client then holds a
-        // connection, never a worker thread.
-        let declared = respond::body_limit::declared_length(&params).ok().flatten(); // checked by the listener (400)
-        if let Some(n) = declared.filter(|n| (1..=FIRST_WRITE_BODY as u64).contains(n)) {
-            if source.prefetch(n).await.is_err() {
-                if body_watch.tripped() == Some(Tripped::Stalled) {
-                    if crate::logging::ratelimit::allow(&crate::logging::ratelimit::BODY_STALLED, &pool.name) {
-                        tracing::warn!(
-                            listener = %lst.name, pool = %pool.name, request_id, uri = %uri, received = source.received(), declared = n,
-                            "request body stalled: no byte from the web server within body-timeout ({:?}) before a worker was taken, answering 408",
-                            lst.body_timeout
-                        );
-                    }
-                    let _ = sink.send(respond::error_response(408, None).freeze(), Some(End::Complete)).await;
-                    break 'done (408, 0, Some(&pool.name));
-                }
-                // Gone while its body arrived (an ABORT_REQUEST wants END_REQUEST).
-                let _ = sink.send(bytes::Bytes::new(), Some(End::Complete)).await;
-                break 'done (499, 0, Some(&pool.name));
-            }
-        }
-        // What the status page shows while the request runs (copied, not allocated).
-        let ticket = Ticket {
-            method: params.get(b"REQUEST_METHOD").unwrap_or(b""),
-            uri: &uri_bytes,
-            request_id: request_num,
-            started,
-        };
-        let acquired = tokio::select! {
-            biased;
-            r = pool.dispatcher.acquire(&ticket) => Some(r),
-            () = source.aborted() => None,
-        };
-        let mut slot = match acquired {
-            Some(Ok(slot)) => slot,
-            Some(Err(e)) => {
-                if crate::logging::ratelimit::allow(rejection_kind(&e), &pool.name) {
-                    tracing::warn!(pool = %pool.name, request_id, uri = %uri, "answering 503: {e}");
-                }
-                let retry = match e {
-                    AcquireError::QueueFull(_) | AcquireError::Timeout(_) | AcquireError::Unavailable(_) => Some(RETRY_AFTER_SECS),
-                };
-                error_page!('done, Some(&pool.config.error_pages), respond::error_override::Replaced::bridge(503, retry), Some(&pool.name));
-            }
-            None => {
-                // Gone while queued: end it toward the front (an ABORT_REQUEST wants END_REQUEST).
-                let _ = sink.send(bytes::Bytes::new(), Some(End::Complete)).await;
-                break 'done (499, 0, Some(&pool.name));
-            }
-        };
-        // The request fetching an error page gets no page of its own (no recursion).
-        let pages = match &serving {
-            Some(replaced) => Some(respond::error_override::Override::Serving(replaced)),
-            None => Some(&pool.config.error_pages).filter(|p| !p.is_empty()).map(respond::error_override::Override::Pages),
-        };
-        let info = RequestInfo { id: request_id, uri: &uri, role, error_pages: pages, files: lst.files.as_deref() };
-        let mut first = First::Encode;
-        let mut attempts = 0;
-        let outcome = loop {
-            let outcome = exchange(&mut slot, &info, &params, source, sink, first).await;
-            let Some(again) = outcome.retry else { break outcome };
-            attempts += 1;
-            let next = if attempts < MAX_ATTEMPTS { pool.dispatcher.acquire(&ticket).await.ok() } else { None };
-            let Some(mut next) = next else {
-                tracing::error!(pool = %pool.name, request_id, uri = %uri, "no worker took the request, answering 502");
-                error_page!('done, Some(&pool.config.error_pages), respond::error_override::Replaced::bridge(502, None), Some(&pool.name));
-            };
-            next.take_first_write(&mut slot);
-            let failed = std::mem::replace(&mut slot, next);
-            // Usually the worker is gone (then reconnecting fails and the slot is dropped;
-            // its supervisor starts a replacement); if only this connection was closed,
-            // a fresh one restores the slot.
-            let pool2 = pool.clone();
-            tokio::spawn(async move {
-                let mut failed = failed;
-                if failed.reconnect_verified().await {
-                    pool2.dispatcher.release(failed);
-                } else {
-                    pool2.dispatcher.discard(failed);
-                }
-            });
-            first = again;
-        };
-        let pid = slot.worker.pid;
-        match outcome.fate {
-            SlotFate::Reuse => pool.dispatcher.release(slot),
-            SlotFate::Reconnect => {
-                if slot.reconnect().await {
-                    pool.dispatcher.release(slot);
-                } else {
-                    pool.dispatcher.discard(slot);
-                }
-            }
-            SlotFate::Verify => {
-                if slot.reconnect_verified().await {
-                    pool.dispatcher.release(slot);
-                } else {
-                    pool.dispatcher.discard(slot);
-                }
-            }
-            SlotFate::Discard => pool.dispatcher.discard(slot),
-        }
-        match body_watch.tripped() {
-            Some(Tripped::TooLarge) => {
-                if crate::logging::ratelimit::allow(&crate::logging::ratelimit::BODY_CUT_OFF, &pool.name) {
-                    tracing::warn!(pool = %pool.name, request_id, uri = %uri, limit = pool.config.max_body.unwrap_or(0), "streamed request body passed max-body, cut off with 413");
-                }
-                break 'done (413, outcome.body_bytes, Some(&pool.name));
-            }
-            Some(Tripped::Stalled) => {
-                let cut = sink.cut_off();
-                let declared = declared.map_or_else(|| "unknown".to_owned(), |n| n.to_string());
-                if crate::logging::ratelimit::allow(&crate::logging::ratelimit::BODY_STALLED, &pool.name) {
-                    tracing::warn!(
-                        listener = %lst.name, pool = %pool.name, pid, request_id, uri = %uri, received = source.received(), declared,
-                        "request body stalled: no byte from the web server within body-timeout ({:?}), request aborted in the worker, {}",
-                        lst.body_timeout, if cut { "response cut off" } else { "answering 408" }
-                    );
-                }
-                break 'done (if cut { outcome.status } else { 408 }, outcome.body_bytes, Some(&pool.name));
-            }
-            None => {}
-        }
-        match outcome.redirect {
-            Some(respond::Handoff::Local(target)) => {
-                redirect_to = Some(target);
-                continue 'done;
-            }
-            Some(respond::Handoff::ErrorPage(replaced)) => {
-                // The app's error body is replaced; its status stays.
-                if let Some(orig) = &serving {
-                    tracing::warn!(pool = %pool.name, request_id, uri = %uri, "the error page for {} answered {}, answering the default page", orig.status, replaced.status);
-                }
-                error_page!('done, Some(&pool.config.error_pages), replaced, Some(&pool.name));
-            }
-            Some(respond::Handoff::File(file)) => {
-                let roots = lst.files.as_ref().map_or(&[][..], |f| &f.roots[..]);
-                let max_ranges = lst.files.as_ref().map_or(0, |f| f.max_ranges);
-                let header = file.kind.name();
-                let (status, sent) = match respond::sendfile::serve(roots, max_ranges, &params, &file, sink).await {
-                    Ok(served) => {
-                        if let Some(why) = served.ranges_ignored {
-                            let peer = String::from_utf8_lossy(params.get(b"REMOTE_ADDR").unwrap_or(b""));
-                            if crate::logging::ratelimit::allow(&crate::logging::ratelimit::RANGE_IGNORED, &pool.name) {
-                                tracing::info!(listener = %lst.name, pool = %pool.name, pid = file.pid, request_id, uri = %uri, peer = %peer, "Range ignored, answering 200 with the whole file: {why}");
-                            }
-                        }
-                        (served.status, served.sent)
-                    }
-                    Err(respond::sendfile::SendfileError::CutOff { path, err, status, sent }) => {
-                        tracing::error!(pool = %pool.name, pid = file.pid, request_id, uri = %uri, "{header}: reading {path:?} failed after the headers were sent, response cut off: {err}");
-                        (status, sent)
-                    }
-                    Err(e) => {
-                        tracing::warn!(pool = %pool.name, pid = file.pid, request_id, uri = %uri, "{header} refused, answering {}: {e}", e.status());
-                        let _ = sink.send(respond::error_response(e.status(), None).freeze(), Some(End::Complete)).await;
-                        (e.status(), 0)
-                    }
-                };
-                break 'done (status, sent, Some(&pool.name));
-            }
-            None => {}
-        }
-        break 'done (outcome.status, outcome.body_bytes, Some(&pool.name));
     };
 
     let took = started.elapsed();
     crate::status::track::finished(&lst.name, pool_name.map(|p| &**p), status, took);
     if let Some(log) = &shared.access_log {
-        let s = |name: &[u8]| String::from_utf8_lossy(params.get(name).unwrap_or(b"")).into_owned();
+        let s = |name: &[u8]| String::from_utf8_lossy(req.params.get(name).unwrap_or(b"")).into_owned();
         log.record(&AccessRecord {
             remote: &s(b"REMOTE_ADDR"),
             method: &s(b"REQUEST_METHOD"),
@@ -357,6 +211,284 @@ pub async fn serve<S: BodySource, K: ResponseSink>(
     }
 }
 
+/// One request while it is served: what its steps read and update.
+struct Request<'a, S, K> {
+    lst: &'a ListenerCtx,
+    params: Params,
+    role: Role,
+    request_id: &'a str,
+    request_num: u64,
+    uri: &'a str,
+    uri_bytes: &'a Bytes,
+    started: Instant,
+    body_watch: &'a BodyWatch,
+    source: Limited<'a, S>,
+    sink: LimitedSink<'a, K>,
+    /// Set while the request fetches an error page that is a local path: the response the
+    /// page replaces (respond/error_override.rs). REDIRECT_STATUS is its status.
+    serving: Option<Replaced>,
+    /// Internal redirects so far (respond/redirect.rs).
+    redirects: u32,
+}
+
+impl<'a, S: BodySource, K: ResponseSink> Request<'a, S, K> {
+    /// Send a complete response the bridge made, and finish with `status`.
+    async fn answer(&mut self, reply: Bytes, status: u16, pool: Option<&'a Arc<str>>) -> Step<'a> {
+        let _ = self.sink.send(reply, Some(End::Complete)).await;
+        Step::Done(status, 0, pool)
+    }
+
+    /// End the request toward the front with nothing more: it went away (an
+    /// ABORT_REQUEST still wants END_REQUEST).
+    async fn gone(&mut self, pool: &'a PoolRuntime) -> Step<'a> {
+        self.answer(Bytes::new(), 499, Some(&pool.name)).await
+    }
+
+    /// Answer with an error page in place of `replaced` (`pages`: the pool's): send it, or
+    /// dispatch the request to the page's path.
+    async fn error_page(&mut self, pages: Option<&'a ErrorPages>, replaced: Replaced, pool: Option<&'a Arc<str>>) -> Step<'a> {
+        match error_answer(overrides(&self.serving, pages), replaced) {
+            ErrorAnswer::Send { status, reply } => self.answer(reply.freeze(), status, pool).await,
+            ErrorAnswer::Dispatch { target, replaced } => {
+                self.serving = Some(replaced);
+                respond::error_override::page_request(&mut self.params);
+                Step::Reroute(target)
+            }
+        }
+    }
+
+    /// An error page replaces `replaced`, a response of `pool`'s worker or the bridge's
+    /// own error for it.
+    async fn replace(&mut self, pool: &'a PoolRuntime, replaced: Replaced) -> Step<'a> {
+        // The app's error body is replaced; its status stays.
+        if let Some(orig) = &self.serving {
+            tracing::warn!(pool = %pool.name, request_id = self.request_id, uri = %self.uri, "the error page for {} answered {}, answering the default page", orig.status, replaced.status);
+        }
+        self.error_page(Some(&pool.config.error_pages), replaced, Some(&pool.name)).await
+    }
+
+    /// Serve the request again at `target` (respond/redirect.rs): `Route` when a pool
+    /// serves it, else answered here.
+    async fn reroute(&mut self, target: &[u8]) -> Step<'a> {
+        let (lst, request_id, uri) = (self.lst, self.request_id, self.uri);
+        let shown = String::from_utf8_lossy(target);
+        let redirect_status = self.serving.as_ref().map_or(200, |r| r.status);
+        if let Err(e) = respond::redirect::apply(&mut self.params, target, &mut self.redirects, lst.max_redirects, redirect_status) {
+            tracing::error!(listener = %lst.name, request_id, uri = %uri, target = %shown, "internal redirect refused, answering 500: {e}");
+            return self.answer(respond::error_response(500, None).freeze(), 500, None).await;
+        }
+        tracing::info!(listener = %lst.name, request_id, uri = %uri, target = %shown, "internal redirect");
+        self.source.end_body();
+        if lst.router.route(&self.params).is_some() {
+            return Step::Route;
+        }
+        if self.serving.is_some() {
+            tracing::warn!(listener = %lst.name, request_id, uri = %uri, target = %shown, "no route serves the error page, answering the default page");
+            return self.error_page(None, Replaced::bridge(404, None), None).await;
+        }
+        // Not ours to serve: the web server may (nginx: X-Accel-Redirect).
+        let reply = respond::redirect::unrouted(lst.dialect, lst.unrouted_redirect, target);
+        let status = if reply.is_some() { 200 } else { 404 };
+        tracing::info!(listener = %lst.name, request_id, uri = %uri, target = %shown, "no route serves the internal redirect target, answering {status}");
+        let reply = reply.unwrap_or_else(|| respond::error_response(404, None));
+        self.answer(reply.freeze(), status, None).await
+    }
+
+    /// Route the request to a pool, wait for a worker, and run it there.
+    async fn route(&mut self) -> Step<'a> {
+        let (lst, request_id, uri) = (self.lst, self.request_id, self.uri);
+        crate::status::track::accepted(&lst.name);
+        if let Some(reply) = crate::status::front::intercept(&lst.name, &self.params) {
+            return self.answer(reply, 200, None).await;
+        }
+        let Some((pool, prefix)) = lst.router.route(&self.params) else {
+            if crate::logging::ratelimit::allow(&crate::logging::ratelimit::NO_ROUTE, &lst.name) {
+                tracing::info!(listener = %lst.name, request_id, uri = %uri, "no route matches, answering 404");
+            }
+            return self.answer(respond::error_response(404, None).freeze(), 404, None).await;
+        };
+        if !lst.keep_path_info {
+            crate::route::mount(&mut self.params, prefix.or(lst.mount.as_deref()));
+        }
+        // Where a wsgi.file_wrapper file may come back from as X-Sendfile: the bridge's
+        // word only, never the web server's (docs/worker-contract.md).
+        respond::handoff::set_worker_roots(&mut self.params, lst.files.as_deref());
+        let declared = match self.admit(pool).await {
+            Ok(declared) => declared,
+            Err(step) => return step,
+        };
+        // What the status page shows while the request runs (shared, not allocated).
+        let method = self.params.get_bytes(b"REQUEST_METHOD").unwrap_or_default();
+        let ticket = Ticket { method: &method, uri: self.uri_bytes, request_id: self.request_num, started: self.started };
+        let acquired = tokio::select! {
+            biased;
+            r = pool.dispatcher.acquire(&ticket) => Some(r),
+            () = self.source.aborted() => None,
+        };
+        match acquired {
+            Some(Ok(slot)) => self.run(pool, slot, &ticket, declared).await,
+            Some(Err(e)) => {
+                if crate::logging::ratelimit::allow(rejection_kind(&e), &pool.name) {
+                    tracing::warn!(pool = %pool.name, request_id, uri = %uri, "answering 503: {e}");
+                }
+                let retry = match e {
+                    AcquireError::QueueFull(_) | AcquireError::Timeout(_) | AcquireError::Unavailable(_) => Some(RETRY_AFTER_SECS),
+                };
+                self.error_page(Some(&pool.config.error_pages), Replaced::bridge(503, retry), Some(&pool.name)).await
+            }
+            // Gone while queued.
+            None => self.gone(pool).await,
+        }
+    }
+
+    /// Before a worker is taken: `max-body` on the declared length, and a small body read
+    /// whole, so that a slow client holds a connection, never a worker thread. The
+    /// declared length, or the step that answered the request.
+    async fn admit(&mut self, pool: &'a PoolRuntime) -> Result<Option<u64>, Step<'a>> {
+        let (lst, request_id, uri) = (self.lst, self.request_id, self.uri);
+        if let Some(limit) = pool.config.max_body {
+            if respond::body_limit::too_large(&self.params, limit) {
+                if crate::logging::ratelimit::allow(&crate::logging::ratelimit::TOO_LARGE, &pool.name) {
+                    tracing::warn!(pool = %pool.name, request_id, uri = %uri, limit, "request body is larger than max-body, answering 413");
+                }
+                return Err(self.answer(respond::error_response(413, None).freeze(), 413, Some(&pool.name)).await);
+            }
+            self.source.set_limit(limit);
+        }
+        let declared = respond::body_limit::declared_length(&self.params).ok().flatten(); // checked by the listener (400)
+        if let Some(n) = declared.filter(|n| (1..=FIRST_WRITE_BODY as u64).contains(n)) {
+            if self.source.prefetch(n).await.is_err() {
+                if self.body_watch.tripped() == Some(Tripped::Stalled) {
+                    if crate::logging::ratelimit::allow(&crate::logging::ratelimit::BODY_STALLED, &pool.name) {
+                        tracing::warn!(
+                            listener = %lst.name, pool = %pool.name, request_id, uri = %uri, received = self.source.received(), declared = n,
+                            "request body stalled: no byte from the web server within body-timeout ({:?}) before a worker was taken, answering 408",
+                            lst.body_timeout
+                        );
+                    }
+                    return Err(self.answer(respond::error_response(408, None).freeze(), 408, Some(&pool.name)).await);
+                }
+                // Gone while its body arrived.
+                return Err(self.gone(pool).await);
+            }
+        }
+        Ok(declared)
+    }
+
+    /// Run the request on `slot`, give the slot back, and turn what the exchange says
+    /// comes next into the next step.
+    async fn run(&mut self, pool: &'a Arc<PoolRuntime>, slot: SlotConn, ticket: &Ticket<'_>, declared: Option<u64>) -> Step<'a> {
+        let Some((slot, outcome)) = self.exchange_on(pool, slot, ticket).await else {
+            tracing::error!(pool = %pool.name, request_id = self.request_id, uri = %self.uri, "no worker took the request, answering 502");
+            return self.error_page(Some(&pool.config.error_pages), Replaced::bridge(502, None), Some(&pool.name)).await;
+        };
+        let Outcome { status, body_bytes, fate, next } = outcome;
+        let pid = slot.worker.pid;
+        // The bridge's own error goes out before the slot is given back (that may wait
+        // for a worker's answer); an error page to dispatch waits for it.
+        let answered = match next {
+            Next::Error(code) => Err(self.replace(pool, Replaced::bridge(code, None)).await),
+            next => Ok(next),
+        };
+        give_back(pool, slot, fate).await;
+        if let Some(step) = self.tripped(pool, pid, status, body_bytes, declared) {
+            return step;
+        }
+        match answered {
+            Err(step) => step,
+            Ok(Next::Done | Next::Error(_) | Next::Retry(_)) => Step::Done(status, body_bytes, Some(&pool.name)),
+            Ok(Next::Reroute(target)) => Step::Reroute(target),
+            Ok(Next::ErrorPage(replaced)) => self.replace(pool, replaced).await,
+            Ok(Next::File(file)) => self.send_file(pool, &file).await,
+        }
+    }
+
+    /// The exchange on `slot`, its first write moved to another slot of the pool when it
+    /// never reached the worker. None: no worker took the request (the front has nothing).
+    async fn exchange_on(&mut self, pool: &'a Arc<PoolRuntime>, mut slot: SlotConn, ticket: &Ticket<'_>) -> Option<(SlotConn, Outcome)> {
+        // The request fetching an error page gets no page of its own (no recursion).
+        let info = RequestInfo {
+            id: self.request_id,
+            uri: self.uri,
+            role: self.role,
+            error_pages: overrides(&self.serving, Some(&pool.config.error_pages)),
+            files: self.lst.files.as_deref(),
+        };
+        let mut first = First::Encode;
+        let mut attempts = 0;
+        loop {
+            let outcome = exchange(&mut slot, &info, &self.params, &mut self.source, &mut self.sink, first).await;
+            let Next::Retry(again) = outcome.next else { return Some((slot, outcome)) };
+            attempts += 1;
+            let next = if attempts < MAX_ATTEMPTS { pool.dispatcher.acquire(ticket).await.ok() } else { None };
+            let mut next = next?;
+            next.take_first_write(&mut slot);
+            let failed = std::mem::replace(&mut slot, next);
+            // Usually the worker is gone (then reconnecting fails and the slot is dropped;
+            // its supervisor starts a replacement); if only this connection was closed,
+            // a fresh one restores the slot.
+            let pool = Arc::clone(pool);
+            tokio::spawn(async move { give_back(&pool, failed, SlotFate::Verify).await });
+            first = again;
+        }
+    }
+
+    /// A tripped `max-body` or `body-timeout` (respond/body_limit.rs) decides the status
+    /// of a request that ran: logged here, whatever the exchange said comes next.
+    fn tripped(&self, pool: &'a PoolRuntime, pid: u32, status: u16, body_bytes: u64, declared: Option<u64>) -> Option<Step<'a>> {
+        let (lst, request_id, uri) = (self.lst, self.request_id, self.uri);
+        match self.body_watch.tripped()? {
+            Tripped::TooLarge => {
+                if crate::logging::ratelimit::allow(&crate::logging::ratelimit::BODY_CUT_OFF, &pool.name) {
+                    tracing::warn!(pool = %pool.name, request_id, uri = %uri, limit = pool.config.max_body.unwrap_or(0), "streamed request body passed max-body, cut off with 413");
+                }
+                Some(Step::Done(413, body_bytes, Some(&pool.name)))
+            }
+            Tripped::Stalled => {
+                let cut = self.sink.cut_off();
+                let declared = declared.map_or_else(|| "unknown".to_owned(), |n| n.to_string());
+                if crate::logging::ratelimit::allow(&crate::logging::ratelimit::BODY_STALLED, &pool.name) {
+                    tracing::warn!(
+                        listener = %lst.name, pool = %pool.name, pid, request_id, uri = %uri, received = self.source.received(), declared,
+                        "request body stalled: no byte from the web server within body-timeout ({:?}), request aborted in the worker, {}",
+                        lst.body_timeout, if cut { "response cut off" } else { "answering 408" }
+                    );
+                }
+                Some(Step::Done(if cut { status } else { 408 }, body_bytes, Some(&pool.name)))
+            }
+        }
+    }
+
+    /// Send the file the app handed on (respond/sendfile.rs).
+    async fn send_file(&mut self, pool: &'a PoolRuntime, file: &respond::handoff::FileHandoff) -> Step<'a> {
+        let (lst, request_id, uri) = (self.lst, self.request_id, self.uri);
+        let roots = lst.files.as_ref().map_or(&[][..], |f| &f.roots[..]);
+        let max_ranges = lst.files.as_ref().map_or(0, |f| f.max_ranges);
+        let header = file.kind.name();
+        let (status, sent) = match respond::sendfile::serve(roots, max_ranges, &self.params, file, &mut self.sink).await {
+            Ok(served) => {
+                if let Some(why) = served.ranges_ignored {
+                    let peer = String::from_utf8_lossy(self.params.get(b"REMOTE_ADDR").unwrap_or(b""));
+                    if crate::logging::ratelimit::allow(&crate::logging::ratelimit::RANGE_IGNORED, &pool.name) {
+                        tracing::info!(listener = %lst.name, pool = %pool.name, pid = file.pid, request_id, uri = %uri, peer = %peer, "Range ignored, answering 200 with the whole file: {why}");
+                    }
+                }
+                (served.status, served.sent)
+            }
+            Err(respond::sendfile::SendfileError::CutOff { path, err, status, sent }) => {
+                tracing::error!(pool = %pool.name, pid = file.pid, request_id, uri = %uri, "{header}: reading {path:?} failed after the headers were sent, response cut off: {err}");
+                (status, sent)
+            }
+            Err(e) => {
+                tracing::warn!(pool = %pool.name, pid = file.pid, request_id, uri = %uri, "{header} refused, answering {}: {e}", e.status());
+                let _ = self.sink.send(respond::error_response(e.status(), None).freeze(), Some(End::Complete)).await;
+                (e.status(), 0)
+            }
+        };
+        Step::Done(status, sent, Some(&pool.name))
+    }
+}
+
 /// The rate-limited log line of a 503 (logging/ratelimit.rs): one kind per reason.
 fn rejection_kind(e: &AcquireError) -> &'static crate::logging::ratelimit::Kind {
     use crate::logging::ratelimit as rl;
@@ -364,5 +496,30 @@ fn rejection_kind(e: &AcquireError) -> &'static crate::logging::ratelimit::Kind 
         AcquireError::QueueFull(_) => &rl::QUEUE_FULL,
         AcquireError::Timeout(_) => &rl::QUEUE_TIMEOUT,
         AcquireError::Unavailable(_) => &rl::UNAVAILABLE,
+    }
+}
+
+#[cfg(test)]
+mod error_answer_tests {
+    use super::*;
+    use crate::respond::error_override::PageSource;
+
+    #[test]
+    fn one_decision_for_every_error() {
+        // No pages: the default text, byte for byte the bridge's plain error.
+        let ErrorAnswer::Send { status, reply } = error_answer(overrides(&None, None), Replaced::bridge(502, None)) else { panic!("sent") };
+        assert_eq!((status, &reply[..]), (502, &respond::error_response(502, None)[..]));
+        // A page that is a local path is dispatched, and says what it replaces.
+        let mut pages = ErrorPages::default();
+        pages.insert("503", PageSource::Redirect("/errors/503")).expect("page");
+        let ErrorAnswer::Dispatch { target, replaced } = error_answer(overrides(&None, Some(&pages)), Replaced::bridge(503, Some(1))) else {
+            panic!("dispatched")
+        };
+        assert_eq!((&target[..], replaced.status), (&b"/errors/503"[..], 503));
+        // That page failing: the default text with the original status and headers.
+        let serving = Some(replaced);
+        let ErrorAnswer::Send { status, reply } = error_answer(overrides(&serving, Some(&pages)), Replaced::bridge(502, None)) else { panic!("sent") };
+        assert_eq!(status, 503);
+        assert!(String::from_utf8_lossy(&reply).contains("Retry-After: 1\r\n"));
     }
 }

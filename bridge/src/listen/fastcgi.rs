@@ -14,7 +14,7 @@
 //! multiplex, so in practice only the failed request is affected.
 use super::limits::HeaderCharge;
 use super::ListenerCtx;
-use crate::backend::exchange::{BodySource, End, FrontGone, ResponseSink};
+use crate::flow::{BodySource, End, FrontGone, ResponseSink};
 use crate::dispatch::serve::serve;
 use bytes::{Bytes, BytesMut};
 use fastcgi_server::content_length::ContentLengthError;

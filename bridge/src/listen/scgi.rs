@@ -5,7 +5,7 @@
 //! The request runs in the connection's own task: the body is read from the socket while
 //! the response is written to it, both through the exchange's concurrent pump.
 use super::ListenerCtx;
-use crate::backend::exchange::{BodySource, End, FrontGone, ResponseSink};
+use crate::flow::{BodySource, End, FrontGone, ResponseSink};
 use crate::dispatch::serve::serve;
 use bytes::{Bytes, BytesMut};
 use fastcgi_server::scgi::{ScgiDecoder, ScgiEvent};

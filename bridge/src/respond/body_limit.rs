@@ -10,7 +10,7 @@
 //! within it, or the request ends the same way with 408. A worker sending its response is
 //! not idle, so the clock also restarts with every response write. A small body of known
 //! length is read whole before the request takes a worker ([`Limited::prefetch`]).
-use crate::backend::exchange::{BodySource, End, FrontGone, ResponseSink};
+use crate::flow::{BodySource, End, FrontGone, ResponseSink};
 use bytes::Bytes;
 use fastcgi_server::content_length::ContentLengthError;
 use fastcgi_server::Params;

@@ -173,29 +173,6 @@ pub fn on_head(ov: Override<'_>, head: &mut ResponseHead) -> Option<Handoff> {
     }
 }
 
-/// What the bridge does for one of its own errors.
-pub enum Reply {
-    /// Send this complete response now.
-    Send(BytesMut),
-    /// The response is a page to dispatch (or the error page's request failed).
-    Handoff(Handoff),
-}
-
-/// The bridge's own error response (502, 503, 504) for a request under `ov`.
-pub fn bridge_reply(ov: Option<Override<'_>>, status: u16, retry_after: Option<u32>) -> Reply {
-    match ov {
-        None => Reply::Send(super::error_response(status, retry_after)),
-        Some(Override::Pages(pages)) => match pages.get(status) {
-            None => Reply::Send(super::error_response(status, retry_after)),
-            Some(ErrorPage::File { body, content_type, .. }) => {
-                Reply::Send(response(status, content_type, body, &Replaced::bridge(status, retry_after).keep))
-            }
-            Some(ErrorPage::Redirect(_)) => Reply::Handoff(Handoff::ErrorPage(Replaced::bridge(status, retry_after))),
-        },
-        Some(Override::Serving(_)) => Reply::Handoff(Handoff::ErrorPage(Replaced::bridge(status, retry_after))),
-    }
-}
-
 /// What comes after a response a page replaces.
 #[derive(Debug)]
 pub enum Next {
@@ -290,10 +267,10 @@ mod tests {
         std::fs::write(&f, "<h1>down</h1>").expect("write");
         let mut pages = ErrorPages::default();
         pages.insert("502", PageSource::File(&f)).expect("load");
-        let Reply::Send(r) = bridge_reply(Some(Override::Pages(&pages)), 502, None) else { panic!("a file page is sent") };
+        let Next::Send { reply: r, .. } = next(Some(&pages), &mut None, Replaced::bridge(502, None)) else { panic!("a file page is sent") };
         assert_eq!(text(&r), "Status: 502 Bad Gateway\r\nContent-Type: text/html; charset=utf-8\r\nContent-Length: 13\r\n\r\n<h1>down</h1>");
-        let Reply::Send(r) = bridge_reply(Some(Override::Pages(&pages)), 503, Some(1)) else { panic!("no page: default") };
-        assert!(text(&r).starts_with("Status: 503 Service Unavailable\r\nContent-Type: text/plain"));
+        let Next::Send { reply: r, .. } = next(Some(&pages), &mut None, Replaced::bridge(503, Some(1))) else { panic!("no page: default") };
+        assert!(text(&r).starts_with("Status: 503 Service Unavailable\r\nRetry-After: 1\r\nContent-Type: text/plain"));
         assert!(matches!(pages.insert("200", PageSource::File(&f)), Err(ErrorPageError::NotAnError(_))));
         assert!(matches!(pages.insert("404", PageSource::File(&dir.join("missing"))), Err(ErrorPageError::Read { .. })));
         let _ = std::fs::remove_dir_all(&dir);
@@ -367,13 +344,12 @@ mod tests {
         let mut pages = ErrorPages::default();
         pages.insert("503", PageSource::Redirect("/errors/503")).expect("page");
         let mut serving = None;
-        let Reply::Handoff(Handoff::ErrorPage(r)) = bridge_reply(Some(Override::Pages(&pages)), 503, Some(1)) else { panic!("dispatched") };
+        let r = Replaced::bridge(503, Some(1));
         let Next::Dispatch(target) = next(Some(&pages), &mut serving, r) else { panic!("dispatch") };
         assert_eq!(&target[..], b"/errors/503");
         assert_eq!(serving.as_ref().map(|s| (s.status, s.keep.len())), Some((503, 1)));
         // the error page's pool is down too: the default 503, Retry-After kept
-        let Some(orig) = serving.clone() else { panic!("serving") };
-        let Reply::Handoff(Handoff::ErrorPage(again)) = bridge_reply(Some(Override::Serving(&orig)), 502, None) else { panic!("handed back") };
+        let again = Replaced::bridge(502, None);
         let Next::Send { status, reply } = next(Some(&pages), &mut serving, again) else { panic!("sent") };
         assert_eq!(status, 503);
         assert!(text(&reply).contains("Retry-After: 1\r\n"));

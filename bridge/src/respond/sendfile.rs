@@ -8,7 +8,7 @@
 //! X-Sendfile2 sends the app's ranges one after another with the app's status. The app's
 //! headers that do not describe the body are kept.
 use super::handoff::{FileHandoff, FileSpec, Piece};
-use crate::backend::exchange::{End, ResponseSink};
+use crate::flow::{End, ResponseSink};
 use bytes::{BufMut, Bytes, BytesMut};
 use fastcgi_server::Params;
 use std::os::unix::ffi::OsStrExt;
