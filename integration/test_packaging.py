@@ -1,0 +1,106 @@
+"""The systemd packaging as shipped: `dist/install` into a staging root, then the unit's
+ExecStart= and ExecReload= command lines exactly as written in the installed
+fcgibridge.service — only the install paths moved into that root — with the configuration
+docs/systemd.md shows. The daemon must find its worker module in the installed layout
+(FCGIBRIDGE_WORKER_LIB is removed from its environment), and README, the guides and the
+socket unit must agree on one socket path."""
+from __future__ import annotations
+
+import configparser
+import os
+import re
+import shlex
+import signal
+import subprocess
+from pathlib import Path
+
+import fcgi_client as fc
+from harness import APPS, REPO, LogFile, bridge_binary, stop_process, wait_until
+
+SOCKET = "/run/fcgibridge/app.sock"
+
+
+def unit(path: Path) -> dict:
+    """A unit file's keys (a repeated key keeps its last value, as systemd's do for these)."""
+    parser = configparser.ConfigParser(strict=False, interpolation=None, comment_prefixes=("#", ";"))
+    parser.optionxform = str
+    parser.read_string(path.read_text())
+    return {f"{s}.{k}": v for s in parser.sections() for k, v in parser[s].items()}
+
+
+def systemd_yaml() -> str:
+    text = (REPO / "docs" / "systemd.md").read_text()
+    m = re.search(r"`/etc/fcgibridge/conf\.d/50-app\.yaml`:\n\n```yaml\n(.*?)```", text, re.S)
+    assert m, "docs/systemd.md lost its example configuration"
+    return m.group(1)
+
+
+def test_one_socket_path_across_readme_guides_and_socket_unit():
+    sock = unit(REPO / "dist" / "systemd" / "fcgibridge.socket")
+    assert sock["Socket.ListenStream"] == SOCKET
+    for doc in ("README.md", "docs/operator-guide.md", "docs/systemd.md"):
+        text = (REPO / doc).read_text()
+        paths = set(re.findall(r"/run/fcgibridge[/.][\w.]*sock", text))
+        assert paths == {SOCKET}, (doc, paths)
+
+
+def test_installed_layout_runs_the_units_commands_as_written(tmp_path):
+    binary = bridge_binary()
+    build = binary.parent
+    assert (build / "libfcgibridge_worker.so").exists(), f"build the worker module into {build}"
+    root = tmp_path / "root"
+    r = subprocess.run([str(REPO / "dist" / "install")], capture_output=True, text=True, timeout=120,
+                       env=dict(os.environ, DESTDIR=str(root), BUILD=str(build)))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert (root / "usr/local/lib/fcgibridge/libfcgibridge_worker.so").is_file()
+    assert os.readlink(root / "usr/local/bin/fcgibridge") == "../lib/fcgibridge/fcgibridge"
+    assert (root / "etc/logrotate.d/fcgibridge").is_file() and (root / "etc/fcgibridge/conf.d").is_dir()
+
+    svc = unit(root / "etc/systemd/system/fcgibridge.service")
+    assert "Unit.Requires" not in svc and "Unit.Wants" not in svc
+    assert svc["Service.RuntimeDirectory"] == "fcgibridge" and svc["Service.LogsDirectory"] == "fcgibridge"
+    assert svc["Service.RuntimeDirectoryPreserve"] == "yes"
+
+    def moved(text: str) -> str:
+        for p in ("/usr/local/", "/etc/fcgibridge/", "/run/fcgibridge", "/var/log/fcgibridge"):
+            text = text.replace(p, f"{root}{p}")
+        return text
+
+    # What RuntimeDirectory= and LogsDirectory= create before ExecStart=.
+    (root / "run/fcgibridge").mkdir(parents=True, mode=0o750)
+    (root / "var/log/fcgibridge").mkdir(parents=True, mode=0o750)
+    conf = moved(systemd_yaml()).replace("/srv/app/wsgi.py", str(APPS / "edge_app.py"))
+    if os.geteuid() == 0:
+        conf = conf.replace("    app: " + str(APPS / "edge_app.py"),
+                            "    app: " + str(APPS / "edge_app.py") + "\n    allow-root: true")
+    (root / "etc/fcgibridge/conf.d/50-app.yaml").write_text(conf)
+
+    env = {k: v for k, v in os.environ.items() if k not in ("FCGIBRIDGE_WORKER_LIB", "FCGIBRIDGE_BIN")}
+    start = shlex.split(moved(svc["Service.ExecStart"]))
+    assert start[0] == f"{root}/usr/local/bin/fcgibridge", start
+    out = open(tmp_path / "stdout.log", "ab")
+    proc = subprocess.Popen(start, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                            start_new_session=True, cwd="/")
+    out.close()
+    log = LogFile(root / "var/log/fcgibridge/fcgibridge.log")
+    sock = f"{root}{SOCKET}"
+    try:
+        def answered():
+            assert proc.poll() is None, (tmp_path / "stdout.log").read_text() + log.text()
+            with fc.FcgiConnection(sock, timeout=10) as c:
+                return c.request("/health").status == 200
+        wait_until(answered, 120, 0.25, what="200 through the installed daemon's socket")
+        log.wait_for(r"fcgibridge .* running", timeout=30)
+
+        reload_cmd = shlex.split(svc["Service.ExecReload"].replace("$MAINPID", str(proc.pid)))
+        mark = log.mark()
+        assert subprocess.run(reload_cmd, timeout=30).returncode == 0
+        log.wait_for(r"SIGHUP: reloading", since=mark, timeout=60)
+        wait_until(answered, 60, 0.25, what="200 after ExecReload")
+        access = LogFile(root / "var/log/fcgibridge/access.log")
+        wait_until(lambda: "/health" in access.text(), 30, what="the access log in LogsDirectory")
+
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+    finally:
+        stop_process(proc)
