@@ -10,6 +10,7 @@ import configparser
 import os
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 from pathlib import Path
@@ -61,6 +62,17 @@ def test_installed_layout_runs_the_units_commands_as_written(tmp_path):
     assert svc["Service.RuntimeDirectory"] == "fcgibridge" and svc["Service.LogsDirectory"] == "fcgibridge"
     assert svc["Service.RuntimeDirectoryPreserve"] == "yes"
 
+    analyze = shutil.which("systemd-analyze")
+    if analyze:  # systemd's own parser: no unknown key, no missing executable
+        check = tmp_path / "units"
+        check.mkdir()
+        for name in ("fcgibridge.service", "fcgibridge.socket"):
+            text = (root / "etc/systemd/system" / name).read_text()
+            (check / name).write_text(text.replace("/usr/local/", f"{root}/usr/local/"))
+        r = subprocess.run([analyze, "verify", "--man=no", str(check / "fcgibridge.service"),
+                            str(check / "fcgibridge.socket")], capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0 and not r.stderr.strip(), r.stderr
+
     def moved(text: str) -> str:
         for p in ("/usr/local/", "/etc/fcgibridge/", "/run/fcgibridge", "/var/log/fcgibridge"):
             text = text.replace(p, f"{root}{p}")
@@ -99,6 +111,24 @@ def test_installed_layout_runs_the_units_commands_as_written(tmp_path):
         wait_until(answered, 60, 0.25, what="200 after ExecReload")
         access = LogFile(root / "var/log/fcgibridge/access.log")
         wait_until(lambda: "/health" in access.text(), 30, what="the access log in LogsDirectory")
+
+        # The logrotate file's postrotate script as written, with a stand-in `systemctl`
+        # that accepts exactly that command and signals the daemon as systemd would.
+        rotate = (root / "etc/logrotate.d/fcgibridge").read_text()
+        script = re.search(r"postrotate\n(.*?)\n\s*endscript", rotate, re.S).group(1).strip()
+        shim = tmp_path / "shim"
+        shim.mkdir()
+        (shim / "systemctl").write_text(
+            "#!/bin/sh\n"
+            '[ "$*" = "kill --kill-whom=main -s USR1 fcgibridge.service" ] || { echo "unexpected: $*" >&2; exit 2; }\n'
+            f"exec kill -USR1 {proc.pid}\n")
+        (shim / "systemctl").chmod(0o755)
+        os.rename(log.path, log.path.with_suffix(".log.1"))
+        r = subprocess.run(["sh", "-c", script], capture_output=True, text=True, timeout=30,
+                           env=dict(os.environ, PATH=f"{shim}:{os.environ['PATH']}"))
+        assert r.returncode == 0, r.stderr
+        wait_until(lambda: log.path.exists() and "reopening log files" in log.text(), 30,
+                   what="a new log file after the postrotate script")
 
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(60) == 0
