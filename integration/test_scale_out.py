@@ -152,7 +152,7 @@ def test_drain_replace_and_kill_behind_one_front_end(tmp_path, front):
             # HAProxy's check saw the 503 of the ping path while the listener was still open.
             front_log_line = wait_until(lambda: [ln for ln in front_log.text().splitlines()
                                                  if "app1 is DOWN" in ln], 30, 0.1, what="app1 DOWN in haproxy's log")
-            assert "503" in front_log_line[0], front_log_line
+            assert "wrong status, code: 503" in front_log_line[0], front_log_line
             assert can_connect((HOSTS[0], bports[0])), "the drain period ended before HAProxy noticed"
         first.log.wait_for(r"drain period over", since=mark, timeout=60)
         assert first.proc.wait(60) == 0
