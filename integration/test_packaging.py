@@ -13,10 +13,13 @@ import shlex
 import shutil
 import signal
 import subprocess
+import urllib.request
 from pathlib import Path
 
+import pytest
+
 import fcgi_client as fc
-from harness import APPS, REPO, LogFile, bridge_binary, stop_process, wait_until
+from harness import APPS, REPO, LogFile, bridge_binary, free_ports, stop_process, wait_until
 
 SOCKET = "/run/fcgibridge/app.sock"
 
@@ -130,6 +133,66 @@ def test_installed_layout_runs_the_units_commands_as_written(tmp_path):
         wait_until(lambda: log.path.exists() and "reopening log files" in log.text(), 30,
                    what="a new log file after the postrotate script")
 
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+    finally:
+        stop_process(proc)
+
+
+def test_debian_package_starts_the_demo_from_its_unit(tmp_path):
+    """scripts/build-deb from this build; the package's files unpacked into a root (not
+    installed on this machine); its unit's ExecStart= as written runs the packaged demo
+    (ports moved to free ones)."""
+    if not shutil.which("dpkg-deb"):
+        pytest.skip("dpkg-deb is not installed")
+    build = bridge_binary().parent
+    r = subprocess.run([str(REPO / "scripts" / "build-deb")], capture_output=True, text=True, timeout=600,
+                       env=dict(os.environ, BUILD=str(build), OUT=str(tmp_path / "out")))
+    assert r.returncode == 0, r.stdout + r.stderr
+    deb = Path(r.stdout.strip().splitlines()[-1])
+    fields = subprocess.run(["dpkg-deb", "-f", str(deb), "Package", "Depends"], capture_output=True, text=True,
+                            check=True).stdout
+    assert "Package: fcgibridge" in fields and "python3" in fields, fields
+    root = tmp_path / "root"
+    subprocess.run(["dpkg-deb", "-x", str(deb), str(root)], check=True, timeout=120)
+    conffiles = subprocess.run(["dpkg-deb", "--ctrl-tarfile", str(deb)], capture_output=True, check=True).stdout
+    assert b"conffiles" in conffiles and b"postinst" in conffiles
+
+    svc = unit(root / "lib/systemd/system/fcgibridge.service")
+    assert svc["Service.ExecStart"] == "/usr/bin/fcgibridge run --config /etc/fcgibridge/conf.d"
+    (root / "run/fcgibridge").mkdir(parents=True)
+    (root / "var/log/fcgibridge").mkdir(parents=True)
+
+    def moved(text: str) -> str:
+        for p in ("/usr/", "/etc/fcgibridge/", "/run/fcgibridge", "/var/log/fcgibridge"):
+            text = text.replace(p, f"{root}{p}")
+        return text
+
+    demo = root / "etc/fcgibridge/conf.d/10-demo.yaml"
+    fport, sport, hport = free_ports(3)
+    conf = moved(demo.read_text())
+    for old, new in (("127.0.0.1:9000", fport), ("127.0.0.1:9001", sport), ("127.0.0.1:9002", hport)):
+        assert old in conf
+        conf = conf.replace(old, f"127.0.0.1:{new}")
+    if os.geteuid() == 0:  # the unit runs it as www-data; here the test's own user does
+        conf = conf.replace("    threads: 4\n", "    threads: 4\n    allow-root: true\n")
+    demo.write_text(conf)
+
+    env = {k: v for k, v in os.environ.items() if k not in ("FCGIBRIDGE_WORKER_LIB", "FCGIBRIDGE_BIN")}
+    out = open(tmp_path / "stdout.log", "ab")
+    proc = subprocess.Popen(shlex.split(moved(svc["Service.ExecStart"])), env=env, stdin=subprocess.DEVNULL,
+                            stdout=out, stderr=subprocess.STDOUT, start_new_session=True, cwd="/")
+    out.close()
+    try:
+        def answered():
+            assert proc.poll() is None, (tmp_path / "stdout.log").read_text()
+            with fc.FcgiConnection(("127.0.0.1", fport), timeout=10) as c:
+                resp = c.request("/")
+                return resp.status == 200 and b"Hello from fcgibridge" in resp.body
+        wait_until(answered, 120, 0.25, what="the packaged demo answering")
+        with urllib.request.urlopen(f"http://127.0.0.1:{hport}/status?json", timeout=30) as page:
+            assert page.status == 200
+        assert "running" in (root / "var/log/fcgibridge/fcgibridge.log").read_text()  # log-file in LogsDirectory
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(60) == 0
     finally:
