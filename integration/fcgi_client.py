@@ -205,12 +205,15 @@ class ProtocolError(Exception):
 class FcgiConnection:
     """One connection to a FastCGI server; records are read into per-id Responses."""
 
-    def __init__(self, address, timeout: float = 60.0):
+    def __init__(self, address, timeout: float = 60.0, source: str | None = None):
+        """source: the local IP to connect from (e.g. 127.0.0.2: any of loopback's /8 on Linux)."""
         if isinstance(address, str):
             self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         else:
             self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.settimeout(timeout)
+        if source is not None:
+            self.sock.bind((source, 0))
         self.sock.connect(address)
         self.buf = bytearray()
         self.responses: dict[int, Response] = {}

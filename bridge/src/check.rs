@@ -60,6 +60,7 @@ pub fn render(config: &Config, dir: &str) -> String {
         None => out.push_str("  # access-log: not set: no access log\n"),
     }
     field(&mut out, 2, "shutdown-timeout", &DurationDisplay(g.shutdown_timeout).to_string());
+    field(&mut out, 2, "drain-period", &DurationDisplay(g.drain_period).to_string());
     field(&mut out, 2, "header-memory", &SizeDisplay(g.header_memory).to_string());
     field(&mut out, 2, "log-rate-limit", if g.log_rate_limit { "true" } else { "false" });
     crate::status::render_check(&mut out, g);
@@ -165,6 +166,9 @@ fn render_listener(out: &mut String, l: &Listener) {
     if let Some(t) = &l.trusted_proxies {
         field(out, 4, "trusted-proxies", &list(t.proxies.iter().map(|c| c.to_string())));
         field(out, 4, "trusted-proxy-headers", &list(t.headers.iter().map(|h| h.name())));
+    }
+    if let Some(c) = &l.allowed_clients {
+        field(out, 4, "allowed-clients", &list(c.iter().map(|c| c.to_string())));
     }
     field(out, 4, "file-handoff", l.file_handoff.name());
     if !l.file_roots.is_empty() {
@@ -278,6 +282,7 @@ mod tests {
                 access_log: Some(PathBuf::from("-")),
                 log_file: None,
                 shutdown_timeout: Duration::from_millis(90_500),
+                drain_period: Duration::from_millis(2_500),
                 access_log_format: None,
                 status: None,
                 control_socket: None,
@@ -301,6 +306,7 @@ mod tests {
                     max_redirects: 10,
                     unrouted_redirect: Default::default(),
                     trusted_proxies: None,
+                    allowed_clients: Some(vec![Cidr::parse("127.0.0.1").unwrap(), Cidr::parse("fd00::/8").unwrap()]),
                     file_handoff: Default::default(),
                     file_roots: Vec::new(),
                     file_map: Vec::new(),
@@ -333,6 +339,7 @@ mod tests {
                         proxies: vec![Cidr::parse("10.0.0.0/8").unwrap(), Cidr::parse("::1").unwrap()],
                         headers: vec![ProxyHeader::XForwardedFor, ProxyHeader::XRealIp],
                     }),
+                    allowed_clients: None,
                     file_handoff: crate::config::FileHandoff::Translate,
                     file_roots: vec![dir.join("files")],
                     file_map: vec![("/srv/files".into(), "/protected".into())],

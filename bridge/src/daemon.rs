@@ -1,8 +1,9 @@
 //! `fcgibridge run`: load the configuration, start the pools, then the listeners; stop
 //! on a signal.
 //!
-//! SIGTERM is a graceful stop: stop accepting, let in-flight requests finish within
-//! `shutdown-timeout`, stop the workers, remove the unix socket files, exit 0.
+//! SIGTERM is a graceful stop: ping paths fail for `drain-period` while requests are still
+//! served, then stop accepting, let in-flight requests finish within `shutdown-timeout`,
+//! stop the workers, remove the unix socket files, exit 0.
 //! SIGINT and SIGQUIT stop at once (workers get a second to exit).
 use crate::dispatch::serve::Shared;
 use crate::listen;
@@ -13,7 +14,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
-use tokio::signal::unix::{signal, SignalKind};
+use tokio::signal::unix::{signal, Signal, SignalKind};
 
 /// Runtime threads by default: half the cores (the web server and the Python workers need
 /// the rest), at most 4. FCGIBRIDGE_RUNTIME_THREADS overrides. Measured on 2 cores behind
@@ -235,6 +236,12 @@ async fn run(mut config: crate::config::Config, notifier: Arc<Notifier>, config_
     };
 
     notifier.stopping();
+    let how = match how {
+        Stop::Graceful if !config.global.drain_period.is_zero() => {
+            drain(config.global.drain_period, &mut sigterm, &mut sigint, &mut sigquit).await
+        }
+        other => other,
+    };
     // Stop accepting.
     let _ = stop_tx.send(true);
     listeners.stop_accepting();
@@ -257,6 +264,27 @@ async fn run(mut config: crate::config::Config, notifier: Arc<Notifier>, config_
     drop(rt_dir);
     tracing::info!("stopped");
     ExitCode::SUCCESS
+}
+
+/// The drain period: ping paths fail while everything else is still served, so that the
+/// front end's health checks take this bridge out before its listeners close. A second
+/// SIGTERM ends it early; SIGINT or SIGQUIT make the stop a fast one.
+async fn drain(period: std::time::Duration, sigterm: &mut Signal, sigint: &mut Signal, sigquit: &mut Signal) -> Stop {
+    crate::status::http::start_draining();
+    let shown = crate::config::units::DurationDisplay(period);
+    tracing::info!("stopping: draining for {shown}: ping paths answer 503, requests are still served");
+    tokio::select! {
+        _ = tokio::time::sleep(period) => {
+            tracing::info!("drain period over: closing the listeners");
+            Stop::Graceful
+        }
+        _ = sigterm.recv() => {
+            tracing::info!("second SIGTERM: drain period cut short, closing the listeners");
+            Stop::Graceful
+        }
+        _ = sigint.recv() => Stop::Fast,
+        _ = sigquit.recv() => Stop::Fast,
+    }
 }
 
 /// Front connections, worker connections and pipes all count: use the hard limit.

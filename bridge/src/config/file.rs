@@ -30,6 +30,8 @@ pub struct RawBridge {
     /// The daemon's log file (default: stderr); reopened on SIGUSR1.
     pub log_file: Option<String>,
     pub shutdown_timeout: Option<HumanDuration>,
+    /// After SIGTERM, how long ping paths answer 503 while everything else is still served.
+    pub drain_period: Option<HumanDuration>,
     /// `$remote_addr "$method $uri" $status …`: the access log line (docs/configuration.md).
     pub access_log_format: Option<String>,
     /// The status listener: `{listen: 127.0.0.1:9180 | unix:/path, path: /status}`.
@@ -128,6 +130,8 @@ pub struct RawListener {
     pub dialect: Option<String>,
     pub max_redirects: Option<u32>,
     pub unrouted_redirect: Option<String>,
+    /// TCP peers allowed to connect (addresses, CIDR blocks); others are closed at accept.
+    pub allowed_clients: Option<Vec<String>>,
     pub trusted_proxies: Option<Vec<String>>,
     pub trusted_proxy_headers: Option<Vec<String>>,
     pub file_handoff: Option<String>,

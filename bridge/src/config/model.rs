@@ -28,6 +28,9 @@ pub struct Global {
     pub log_file: Option<PathBuf>,
     /// How long SIGTERM waits for in-flight requests.
     pub shutdown_timeout: Duration,
+    /// After SIGTERM, how long ping paths fail (503) while requests are still served,
+    /// before the listeners close (`drain-period`; 0: close at once).
+    pub drain_period: Duration,
     /// Access log line template with $variables; None: the built-in format.
     pub access_log_format: Option<String>,
     /// The HTTP status listener, if configured.
@@ -99,6 +102,8 @@ pub struct Listener {
     /// `trusted-proxies` / `trusted-proxy-headers`; None: no proxy is trusted and the
     /// params are not looked at.
     pub trusted_proxies: Option<crate::listen::proxy::TrustedProxies>,
+    /// `allowed-clients`: the only TCP peers whose connections are kept; None: everyone.
+    pub allowed_clients: Option<Vec<crate::listen::proxy::Cidr>>,
     /// What X-Sendfile from an app becomes (`file-handoff`).
     pub file_handoff: FileHandoff,
     /// Directories `file-handoff: serve` may send files from (`file-roots`).

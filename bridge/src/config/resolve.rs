@@ -348,6 +348,7 @@ pub fn listener(src: &Source, dir: &Path, name: &str, mut raw: RawListener) -> R
     };
     let max_redirects = raw.max_redirects.unwrap_or(DEFAULT_MAX_REDIRECTS);
     let trusted_proxies = note(&mut errs, trusted_proxies(src, &here, raw.trusted_proxies, raw.trusted_proxy_headers)).flatten();
+    let allowed_clients = note(&mut errs, allowed_clients(src, &here, address.as_ref(), raw.allowed_clients)).flatten();
     let (file_roots, file_map) = file_handoff_paths(src, &here, dir, file_handoff, raw.file_roots, raw.file_map, &mut errs);
     let mount = match raw.mount.as_deref().map(|m| m.trim().trim_end_matches('/')) {
         None | Some("") => None,
@@ -382,6 +383,7 @@ pub fn listener(src: &Source, dir: &Path, name: &str, mut raw: RawListener) -> R
             max_redirects,
             unrouted_redirect,
             trusted_proxies,
+            allowed_clients,
             file_handoff,
             file_roots,
             file_map,
@@ -503,6 +505,29 @@ fn file_handoff_paths(
         }
     }
     (file_roots, file_map)
+}
+
+/// `allowed-clients` (addresses, CIDR blocks): TCP listeners only — a unix socket's file
+/// permissions guard it, and its peers have no address to compare.
+fn allowed_clients(
+    src: &Source,
+    here: &KeyPath,
+    address: Option<&ListenAddress>,
+    clients: Option<Vec<String>>,
+) -> Result<Option<Vec<crate::listen::proxy::Cidr>>, ConfigError> {
+    let Some(clients) = clients else { return Ok(None) };
+    let key = here.key("allowed-clients");
+    if let Some(ListenAddress::Unix(_)) = address {
+        return Err(src.invalid(&key, "applies to TCP listeners only; guard a unix socket with socket-mode / socket-group"));
+    }
+    if clients.is_empty() {
+        return Err(src.invalid(&key, "is empty: nobody could connect; leave the key out to allow every peer"));
+    }
+    let list = clients
+        .iter()
+        .map(|c| crate::listen::proxy::Cidr::parse(c).map_err(|e| src.invalid(&key, e.to_string())))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Some(list))
 }
 
 /// `trusted-proxies` (addresses, CIDR blocks) and `trusted-proxy-headers` (default: all).

@@ -90,6 +90,7 @@ fn a_pool_needs_only_its_app_and_everything_else_defaults() {
             access_log: None,
             log_file: None,
             shutdown_timeout: Duration::from_secs(30),
+            drain_period: Duration::ZERO,
             access_log_format: None,
             status: None,
             control_socket: None,

@@ -203,6 +203,7 @@ struct GlobalBuilder {
     access_log: Option<PathBuf>,
     log_file: Option<PathBuf>,
     shutdown_timeout: Option<Duration>,
+    drain_period: Option<Duration>,
     access_log_format: Option<String>,
     status: Option<super::model::StatusListen>,
     control_socket: Option<PathBuf>,
@@ -280,6 +281,13 @@ impl GlobalBuilder {
                 Ok(())
             })());
         }
+        if let Some(period) = raw.drain_period {
+            key((|| {
+                self.claim(source, "drain-period")?;
+                self.drain_period = Some(period.0);
+                Ok(())
+            })());
+        }
         if let Some(file) = raw.log_file {
             key((|| {
                 let path = self.claim(source, "log-file")?;
@@ -343,6 +351,7 @@ impl GlobalBuilder {
             access_log: self.access_log,
             log_file: self.log_file,
             shutdown_timeout: self.shutdown_timeout.unwrap_or(DEFAULT_SHUTDOWN_TIMEOUT),
+            drain_period: self.drain_period.unwrap_or(Duration::ZERO),
             access_log_format: self.access_log_format,
             status: self.status,
             control_socket: self.control_socket,

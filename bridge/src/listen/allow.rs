@@ -1,8 +1,13 @@
-//! FCGI_WEB_SERVER_ADDRS (FastCGI 1.0, section 3.2): when the variable is set, a TCP
-//! listener accepts connections only from the addresses it lists (comma-separated; the
-//! spec names IPv4, IPv6 literals are accepted too). Web servers that spawn FastCGI
-//! programs may set it; an operator can set it for a bridge started by hand. Unix-socket
-//! listeners are not affected (file permissions guard them).
+//! Which TCP peers a listener keeps. Two lists, both must admit a peer:
+//! - FCGI_WEB_SERVER_ADDRS (FastCGI 1.0, section 3.2): when the variable is set, every TCP
+//!   listener accepts connections only from the addresses it lists (comma-separated; the
+//!   spec names IPv4, IPv6 literals are accepted too). Web servers that spawn FastCGI
+//!   programs may set it; an operator can set it for a bridge started by hand.
+//! - a listener's `allowed-clients` (addresses and CIDR blocks, like PHP-FPM's
+//!   `listen.allowed_clients`): the front ends of a bridge on a network.
+//!
+//! Unix-socket listeners are not affected (file permissions guard them).
+use super::proxy::Cidr;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::OnceLock;
 
@@ -44,19 +49,25 @@ pub fn permits(list: &[IpAddr], peer: SocketAddr) -> bool {
     list.contains(&ip)
 }
 
-/// Whether a just-accepted TCP connection may stay; logs the refusal.
-pub fn admit(stream: &tokio::net::TcpStream, listener: &str) -> bool {
-    let Some(list) = allowed() else { return true };
-    match stream.peer_addr() {
-        Ok(peer) if permits(list, peer) => true,
-        Ok(peer) => {
-            if crate::logging::ratelimit::allow(&crate::logging::ratelimit::PEER_REFUSED, listener) {
-                tracing::warn!(listener, %peer, "connection refused: peer not in {VAR}");
-            }
-            false
-        }
-        Err(_) => false,
+/// Whether a just-accepted TCP connection may stay (FCGI_WEB_SERVER_ADDRS and the
+/// listener's `allowed-clients`); logs the refusal, rate-limited per listener.
+pub fn admit(stream: &tokio::net::TcpStream, listener: &str, clients: Option<&[Cidr]>) -> bool {
+    let env = allowed().as_deref();
+    if env.is_none() && clients.is_none() {
+        return true;
     }
+    let Ok(peer) = stream.peer_addr() else { return false };
+    let why = if env.is_some_and(|list| !permits(list, peer)) {
+        VAR
+    } else if clients.is_some_and(|list| !list.iter().any(|c| c.contains(peer.ip()))) {
+        "allowed-clients"
+    } else {
+        return true;
+    };
+    if crate::logging::ratelimit::allow(&crate::logging::ratelimit::PEER_REFUSED, listener) {
+        tracing::warn!(listener, %peer, "connection refused: peer not in {why}");
+    }
+    false
 }
 
 #[cfg(test)]

@@ -68,6 +68,8 @@ pub struct ListenerCtx {
     pub unrouted_redirect: crate::config::UnroutedRedirect,
     /// Proxies whose forwarding headers are believed (listen/proxy.rs); None: no scan.
     pub trusted_proxies: Option<proxy::TrustedProxies>,
+    /// `allowed-clients`: TCP peers outside it are closed at accept (listen/allow.rs).
+    pub allowed_clients: Option<Vec<proxy::Cidr>>,
     /// `file-handoff: serve | translate` (respond/handoff.rs); None (`pass`): headers pass untouched.
     pub files: Option<Arc<crate::respond::handoff::Files>>,
     /// `mount`: SCRIPT_NAME for requests no prefix route mounted.
@@ -172,6 +174,7 @@ pub fn make_ctx(
         max_redirects: cfg.max_redirects,
         unrouted_redirect: cfg.unrouted_redirect,
         trusted_proxies: cfg.trusted_proxies.clone(),
+        allowed_clients: cfg.allowed_clients.clone(),
         files: {
             use crate::respond::handoff::{Files, Mode};
             let mode = match cfg.file_handoff {
@@ -387,7 +390,7 @@ async fn accept_loop(bound: Bound, mut ctx: Arc<ListenerCtx>, mut stop: watch::R
             }
         };
         if let Conn::Tcp(s) = &conn {
-            if !allow::admit(s, &ctx.name) {
+            if !allow::admit(s, &ctx.name, ctx.allowed_clients.as_deref()) {
                 continue;
             }
         }

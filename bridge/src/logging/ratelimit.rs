@@ -68,7 +68,7 @@ pub static FASTCGI_PROTOCOL: Kind = Kind { scope: Scope::Listener, what: "connec
 /// An SCGI connection closed for a protocol error.
 pub static SCGI_PROTOCOL: Kind = Kind { scope: Scope::Listener, what: "connections closed", reason: "SCGI protocol error", level: Level::Warn, burst: CLIENT_BURST };
 /// A TCP connection from a peer FCGI_WEB_SERVER_ADDRS does not list.
-pub static PEER_REFUSED: Kind = Kind { scope: Scope::Listener, what: "connections refused", reason: "peer not in FCGI_WEB_SERVER_ADDRS", level: Level::Warn, burst: CLIENT_BURST };
+pub static PEER_REFUSED: Kind = Kind { scope: Scope::Listener, what: "connections refused", reason: "peer not allowed (allowed-clients or FCGI_WEB_SERVER_ADDRS)", level: Level::Warn, burst: CLIENT_BURST };
 
 /// 400: a CONTENT_LENGTH that is not plain decimal digits within 64 bits.
 pub static BAD_REQUEST: Kind = Kind { scope: Scope::Listener, what: "requests answered 400", reason: "invalid CONTENT_LENGTH", level: Level::Warn, burst: CLIENT_BURST };

@@ -108,8 +108,21 @@ pub fn status_reply(query: &str, accept: &str) -> Reply {
     }
 }
 
-/// The ping answer (for load balancers and health checks).
+/// Set once SIGTERM starts the drain period: from then on every ping path fails, so that
+/// a load balancer's health check takes this bridge out before its listeners close.
+static DRAINING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Make every ping path answer 503 "draining" from now on (there is no way back: the
+/// daemon is stopping).
+pub fn start_draining() {
+    DRAINING.store(true, std::sync::atomic::Ordering::Release);
+}
+
+/// The ping answer (for load balancers and health checks): 503 while draining.
 pub fn ping_reply() -> Reply {
+    if DRAINING.load(std::sync::atomic::Ordering::Acquire) {
+        return Reply { code: 503, content_type: "text/plain; charset=utf-8", body: "draining\n".into() };
+    }
     Reply { code: 200, content_type: "text/plain; charset=utf-8", body: "pong\n".into() }
 }
 

@@ -1,0 +1,126 @@
+"""Taking a bridge out of a load balancer: on SIGTERM the ping paths fail for
+`drain-period` while every other request is still served, then the listeners close and
+in-flight requests finish. And `allowed-clients`: which TCP peers a listener keeps."""
+import signal
+import socket
+import threading
+import urllib.error
+import urllib.request
+import uuid
+
+import pytest
+
+import fcgi_client as fc
+from harness import APPS, can_connect, free_ports, make_bridge, pool, wait_until
+
+
+def _status_get(port: int, path: str):
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=30) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def test_sigterm_fails_ping_then_closes_listeners_and_finishes_in_flight(tmp_path):
+    port, sport = free_ports(2)
+    b = make_bridge(tmp_path, {"p": pool(str(APPS / "edge_app.py"), processes=1, threads=4)},
+                    {"fcgi-tcp": {"fastcgi": f"127.0.0.1:{port}", "pool": "p", "ping-path": "/ping"}},
+                    bridge_extra={"drain-period": "15s", "shutdown-timeout": "60s",
+                                  "status": {"listen": f"127.0.0.1:{sport}", "path": "/status"}})
+    try:
+        b.start().wait_ready([("fcgi-tcp", "/health", "x")])
+        ping = b.request("/ping")
+        assert (ping.status, ping.body) == (200, b"pong\n")
+        assert _status_get(sport, "/ping") == (200, "pong\n")
+
+        tag = "inflight-" + uuid.uuid4().hex[:8]
+        out = {}
+        t = threading.Thread(target=lambda: out.update(r=b.request("/hold", query=f"tag={tag}")))
+        t.start()
+        wait_until(lambda: (tmp_path / f"{tag}.pid").exists(), 60, what="the held request in a worker")
+
+        mark = b.log.mark()
+        b.proc.send_signal(signal.SIGTERM)
+        b.log.wait_for(r"stopping: draining for 15s: ping paths answer 503", since=mark, timeout=30)
+        # The drain period: ping fails on both paths, everything else is served.
+        ping = b.request("/ping")
+        assert (ping.status, ping.body) == (503, b"draining\n")
+        assert _status_get(sport, "/ping") == (503, "draining\n")
+        assert b.request("/health").status == 200
+        assert b.proc.poll() is None and can_connect(("127.0.0.1", port))
+
+        b.log.wait_for(r"drain period over: closing the listeners", since=mark, timeout=90)
+        wait_until(lambda: not can_connect(("127.0.0.1", port)), 30, what="the listener closed")
+        assert t.is_alive(), "the held request ended before it was released"
+        (tmp_path / f"{tag}.release").touch()
+        t.join(60)
+        assert out["r"].status == 200, "the in-flight request was cut by the stop"
+        assert b.proc.wait(60) == 0
+    finally:
+        (tmp_path / "never.release").touch()
+        b.stop()
+
+
+def test_drain_period_defaults_to_none(tmp_path):
+    port = free_ports(1)[0]
+    b = make_bridge(tmp_path, {"p": pool(str(APPS / "edge_app.py"), processes=1, threads=2)},
+                    {"fcgi-tcp": {"fastcgi": f"127.0.0.1:{port}", "pool": "p", "ping-path": "/ping"}})
+    try:
+        b.start().wait_ready([("fcgi-tcp", "/health", "x")])
+        mark = b.log.mark()
+        b.proc.send_signal(signal.SIGTERM)
+        assert b.proc.wait(60) == 0
+        assert "draining for" not in b.log.text(mark)
+    finally:
+        b.stop()
+
+
+def test_allowed_clients_keeps_listed_peers_and_refuses_others_with_a_log_line(tmp_path):
+    port, open_port = free_ports(2)
+    b = make_bridge(tmp_path, {"p": pool(str(APPS / "edge_app.py"), processes=1, threads=2)},
+                    {"fcgi-tcp": {"fastcgi": f"127.0.0.1:{port}", "pool": "p",
+                                  "allowed-clients": ["127.0.0.2", "10.0.0.0/8", "fd00::/8"]},
+                     "open": {"fastcgi": f"127.0.0.1:{open_port}", "pool": "p"}})
+    try:
+        b.start()
+        wait_until(lambda: b.assert_running() or can_connect(("127.0.0.1", open_port)), 120, what="listening")
+        # From the listed address: served.
+        def listed():
+            with fc.FcgiConnection(("127.0.0.1", port), timeout=30, source="127.0.0.2") as c:
+                return c.request("/health").status == 200
+        wait_until(listed, 120, 0.25, what="200 from 127.0.0.2")
+        # From 127.0.0.1: the connection is closed before any answer, and logged.
+        mark = b.log.mark()
+        for _ in range(3):
+            with fc.FcgiConnection(("127.0.0.1", port), timeout=30) as c:
+                try:
+                    c.begin(1, fc.cgi_params("/health"))
+                except OSError:
+                    pass
+                assert c.read_until_closed(30) == b""
+        lines = b.log.wait_for([r"connection refused: peer not in allowed-clients", r"listener\W+fcgi-tcp",
+                                r"127\.0\.0\.1:\d+"], since=mark)
+        assert len(lines) == 3
+        # Another listener without the key is not affected.
+        assert fc.fcgi_request(("127.0.0.1", open_port), "/health").status == 200
+        # check prints the key back.
+        import subprocess
+        r = subprocess.run([str(b.binary), "check", "--config", str(b.confdir)], capture_output=True, text=True, timeout=60)
+        assert 'allowed-clients: ["127.0.0.2/32", "10.0.0.0/8", fd00::/8]' in r.stdout, r.stdout + r.stderr
+    finally:
+        b.stop()
+
+
+def test_allowed_clients_on_a_unix_socket_or_empty_is_refused(tmp_path):
+    import subprocess
+    from harness import bridge_binary
+    for listener, why in [({"fastcgi": f"unix:{tmp_path}/a.sock", "pool": "p", "allowed-clients": ["127.0.0.1"]},
+                           "applies to TCP listeners only"),
+                          ({"fastcgi": "127.0.0.1:9000", "pool": "p", "allowed-clients": []}, "is empty"),
+                          ({"fastcgi": "127.0.0.1:9000", "pool": "p", "allowed-clients": ["10.0.0.0/40"]},
+                           "prefix length")]:
+        b = make_bridge(tmp_path, {"p": pool(str(APPS / "edge_app.py"))}, {"l": listener})
+        r = subprocess.run([str(bridge_binary()), "check", "--config", str(b.confdir)],
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode != 0 and "allowed-clients" in r.stderr and why in r.stderr, r.stderr
