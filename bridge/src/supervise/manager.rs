@@ -7,7 +7,10 @@
 //! removal, stop) and to a tick (request-timeout, draining deadlines) with a one-second
 //! round (RSS and CPU sampling, restart-interval, dynamic sizing, spawn rate).
 //!
-//! Rules, in the order `reconcile` applies them (docs/supervision.md tells operators):
+//! This file is the event loop; the decisions are plain functions in supervise/policy.rs,
+//! which `reconcile`, `round`, `scale_up`, `scale_down` and `progress_draining` call with
+//! a snapshot of what the manager knows. Rules, in the order `reconcile` applies them
+//! (docs/supervision.md tells operators):
 //! - A worker to be replaced (max-requests, restart-interval, memory-limit,
 //!   cpu-time-limit, request-timeout, reload) keeps serving until a replacement is READY —
 //!   unless it is urgent (memory, CPU, request-timeout) and another worker is serving, in
