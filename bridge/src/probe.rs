@@ -143,8 +143,7 @@ fn run_probe(mut cmd: Command, exe: &Path, timeout: Duration) -> Result<Found, P
     let output = match rx.recv_timeout(timeout) {
         Ok(out) => out.map_err(ProbeError::Spawn)?,
         Err(_) => {
-            // SAFETY: kill(2) of the probe's own process group.
-            unsafe { libc::kill(-pid, libc::SIGKILL) };
+            let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
             return Err(ProbeError::Timeout(timeout));
         }
     };
@@ -224,8 +223,8 @@ mod tests {
         assert!(started.elapsed() < Duration::from_secs(10));
         let pgid: libc::pid_t = std::fs::read_to_string(&pid_file).unwrap().trim().parse().unwrap();
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        // SAFETY: kill with signal 0 only asks whether the group has members.
-        while unsafe { libc::kill(-pgid, 0) } == 0 {
+        // No signal: only asks whether the group has members.
+        while nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pgid), None).is_ok() {
             assert!(std::time::Instant::now() < deadline, "the probe's process group outlived its timeout");
             std::thread::sleep(Duration::from_millis(20));
         }

@@ -405,7 +405,7 @@ fn status_and_headers(head: &ResponseHead) -> Vec<u8> {
     let status = head.status.unwrap_or(if head.location.is_some() { 302 } else { 200 });
     let reason = match &head.reason {
         Some(r) if !r.is_empty() => String::from_utf8_lossy(r).into_owned(),
-        _ => reason_phrase(status).to_owned(),
+        _ => fastcgi_server::cgi::reason_phrase(status).unwrap_or("").to_owned(),
     };
     let mut text = format!("HTTP/1.1 {status} {reason}\r\n").into_bytes();
     for (name, value) in &head.headers {
@@ -416,44 +416,6 @@ fn status_and_headers(head: &ResponseHead) -> Vec<u8> {
     }
     text.extend_from_slice(b"\r\n");
     text
-}
-
-fn reason_phrase(status: u16) -> &'static str {
-    match status {
-        100 => "Continue",
-        101 => "Switching Protocols",
-        200 => "OK",
-        201 => "Created",
-        202 => "Accepted",
-        204 => "No Content",
-        206 => "Partial Content",
-        301 => "Moved Permanently",
-        302 => "Found",
-        303 => "See Other",
-        304 => "Not Modified",
-        307 => "Temporary Redirect",
-        308 => "Permanent Redirect",
-        400 => "Bad Request",
-        401 => "Unauthorized",
-        403 => "Forbidden",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        408 => "Request Timeout",
-        409 => "Conflict",
-        410 => "Gone",
-        411 => "Length Required",
-        413 => "Content Too Large",
-        414 => "URI Too Long",
-        415 => "Unsupported Media Type",
-        422 => "Unprocessable Content",
-        429 => "Too Many Requests",
-        500 => "Internal Server Error",
-        501 => "Not Implemented",
-        502 => "Bad Gateway",
-        503 => "Service Unavailable",
-        504 => "Gateway Timeout",
-        _ => "",
-    }
 }
 
 fn read_fastcgi(

@@ -96,7 +96,7 @@ fn header_line(
         .position(|&c| c == b':')
         .ok_or(Error::CgiMissingColon { line })?;
     let name = &text[..colon];
-    if name.is_empty() || !name.iter().all(|&c| is_tchar(c)) {
+    if !is_token(name) {
         return Err(Error::CgiBadHeaderName { line });
     }
     let mut vs = colon + 1;
@@ -182,6 +182,84 @@ fn parse_u64(b: &[u8]) -> Option<u64> {
         } else {
             None
         }
+    })
+}
+
+/// Whether `name` can be a header name: a non-empty RFC 9110 token.
+pub fn is_token(name: &[u8]) -> bool {
+    !name.is_empty() && name.iter().all(|&c| is_tchar(c))
+}
+
+/// Headers that describe one hop, not the response (RFC 9110 section 7.6.1 and the
+/// de facto `keep-alive` and `proxy-connection`): a gateway never passes them on.
+pub const HOP_BY_HOP: &[&[u8]] = &[
+    b"connection",
+    b"keep-alive",
+    b"proxy-connection",
+    b"te",
+    b"trailer",
+    b"transfer-encoding",
+    b"upgrade",
+];
+
+/// Whether the header `name` (any case) is hop-by-hop.
+pub fn is_hop_by_hop(name: &[u8]) -> bool {
+    HOP_BY_HOP.iter().any(|h| name.eq_ignore_ascii_case(h))
+}
+
+/// The standard reason phrase of an HTTP status (`None` for codes without one).
+pub fn reason_phrase(status: u16) -> Option<&'static str> {
+    Some(match status {
+        100 => "Continue",
+        101 => "Switching Protocols",
+        103 => "Early Hints",
+        200 => "OK",
+        201 => "Created",
+        202 => "Accepted",
+        203 => "Non-Authoritative Information",
+        204 => "No Content",
+        205 => "Reset Content",
+        206 => "Partial Content",
+        207 => "Multi-Status",
+        300 => "Multiple Choices",
+        301 => "Moved Permanently",
+        302 => "Found",
+        303 => "See Other",
+        304 => "Not Modified",
+        307 => "Temporary Redirect",
+        308 => "Permanent Redirect",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        402 => "Payment Required",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        406 => "Not Acceptable",
+        408 => "Request Timeout",
+        409 => "Conflict",
+        410 => "Gone",
+        411 => "Length Required",
+        412 => "Precondition Failed",
+        413 => "Content Too Large",
+        414 => "URI Too Long",
+        415 => "Unsupported Media Type",
+        416 => "Range Not Satisfiable",
+        417 => "Expectation Failed",
+        421 => "Misdirected Request",
+        422 => "Unprocessable Content",
+        425 => "Too Early",
+        426 => "Upgrade Required",
+        428 => "Precondition Required",
+        429 => "Too Many Requests",
+        431 => "Request Header Fields Too Large",
+        451 => "Unavailable For Legal Reasons",
+        500 => "Internal Server Error",
+        501 => "Not Implemented",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        504 => "Gateway Timeout",
+        505 => "HTTP Version Not Supported",
+        _ => return None,
     })
 }
 
@@ -379,5 +457,19 @@ mod tests {
             Err(Error::CgiHeadTooLarge { limit: 14 })
         );
         assert!(parse_response_head(raw, 15).expect("ok").is_some());
+    }
+
+    #[test]
+    fn http_facts() {
+        assert!(is_token(b"X-Custom_1"));
+        assert!(!is_token(b""));
+        assert!(!is_token(b"Bad Name"));
+        assert!(!is_token(b"a:b"));
+        assert!(is_hop_by_hop(b"Transfer-Encoding"));
+        assert!(is_hop_by_hop(b"KEEP-ALIVE"));
+        assert!(!is_hop_by_hop(b"Content-Length"));
+        assert_eq!(reason_phrase(404), Some("Not Found"));
+        assert_eq!(reason_phrase(413), Some("Content Too Large"));
+        assert_eq!(reason_phrase(299), None);
     }
 }

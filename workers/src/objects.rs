@@ -341,20 +341,6 @@ fn latin1_bytes(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<Vec<u8>> {
     }
 }
 
-fn is_token_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
-}
-
-const HOP_BY_HOP: [&[u8]; 7] = [
-    b"connection",
-    b"keep-alive",
-    b"proxy-connection",
-    b"te",
-    b"trailer",
-    b"transfer-encoding",
-    b"upgrade",
-];
-
 struct Head {
     head: Vec<u8>,
     status_code: u16,
@@ -398,7 +384,7 @@ fn build_head(status: &Bound<'_, PyAny>, headers: &Bound<'_, PyAny>) -> PyResult
         };
         let name = latin1_bytes(&pair.get_item(0)?, "header name")?;
         let value = latin1_bytes(&pair.get_item(1)?, "header value")?;
-        if name.is_empty() || !name.iter().all(|&b| is_token_byte(b)) {
+        if !fastcgi_server::cgi::is_token(&name) {
             return Err(PyValueError::new_err(format!(
                 "invalid header name {:?}",
                 String::from_utf8_lossy(&name)
@@ -411,7 +397,7 @@ fn build_head(status: &Bound<'_, PyAny>, headers: &Bound<'_, PyAny>) -> PyResult
             )));
         }
         let lower = name.to_ascii_lowercase();
-        if HOP_BY_HOP.contains(&&lower[..]) || lower == b"status" {
+        if fastcgi_server::cgi::is_hop_by_hop(&lower) || lower == b"status" {
             // Hop-by-hop headers belong to the web server's connection (PEP 3333);
             // a second Status line would confuse the CGI header block.
             continue;

@@ -131,10 +131,7 @@ impl Drop for SlotConn {
 }
 
 fn shutdown(stream: &UnixStream) {
-    // SAFETY: a valid socket descriptor owned by `stream`.
-    unsafe {
-        libc::shutdown(stream.as_raw_fd(), libc::SHUT_RDWR);
-    }
+    let _ = nix::sys::socket::shutdown(stream.as_raw_fd(), nix::sys::socket::Shutdown::Both);
 }
 
 fn canceller_for(stream: &UnixStream) -> std::io::Result<(Arc<AtomicBool>, Canceller)> {

@@ -71,10 +71,7 @@ pub struct Canceller {
 impl Canceller {
     fn cancel(&self) {
         self.flag.store(true, Ordering::Release);
-        // SAFETY: `fd` is a socket descriptor owned by this struct.
-        unsafe {
-            libc::shutdown(self.fd.as_raw_fd(), libc::SHUT_RDWR);
-        }
+        let _ = nix::sys::socket::shutdown(self.fd.as_raw_fd(), nix::sys::socket::Shutdown::Both);
     }
 }
 

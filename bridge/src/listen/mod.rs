@@ -699,6 +699,8 @@ fn lookup_group(listener: &str, g: &str) -> Result<nix::unistd::Gid, ListenError
 fn bind_fd(name: &str, fd: i32) -> Result<Bound, ListenError> {
     use nix::sys::socket::{getsockname, getsockopt, sockopt, AddressFamily, SockaddrLike, SockaddrStorage};
     let bad = || ListenError::BadFd { name: name.to_owned(), fd };
+    // SAFETY: the configuration names this descriptor as ours; it stays open for the call
+    // (a closed one only makes getsockopt fail with EBADF).
     let listening = getsockopt(&unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) }, sockopt::AcceptConn).map_err(|_| bad())?;
     if !listening {
         return Err(bad());

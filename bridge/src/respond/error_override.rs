@@ -151,7 +151,7 @@ pub fn on_head(ov: Override<'_>, head: &mut ResponseHead) -> Option<Handoff> {
             let keep = head
                 .headers
                 .iter()
-                .filter(|(n, _)| !BODY_HEADERS.iter().chain(super::HOP_BY_HOP).any(|h| n.eq_ignore_ascii_case(h)))
+                .filter(|(n, _)| !BODY_HEADERS.iter().chain(fastcgi_server::cgi::HOP_BY_HOP).any(|h| n.eq_ignore_ascii_case(h)))
                 .cloned()
                 .collect();
             Some(Handoff::ErrorPage(Replaced { status, keep }))

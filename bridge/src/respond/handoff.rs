@@ -468,14 +468,14 @@ type Headers = Vec<(Bytes, Bytes)>;
 fn kept_headers(head: &ResponseHead) -> Result<(Headers, Option<Bytes>), String> {
     let mut kept = Vec::new();
     for (n, v) in &head.headers {
-        if n.is_empty() || !n.iter().all(|&b| super::is_token(b)) {
+        if !fastcgi_server::cgi::is_token(n) {
             return Err(format!("header name {:?} is not a valid token", String::from_utf8_lossy(n)));
         }
         if super::has_ctl(v) {
             return Err(format!("header {:?} has a CR, LF or NUL in its value", String::from_utf8_lossy(n)));
         }
         let body = BODY_HEADERS.iter().any(|h| n.eq_ignore_ascii_case(h));
-        let hop = super::HOP_BY_HOP.iter().any(|h| n.eq_ignore_ascii_case(h)) || n.eq_ignore_ascii_case(b"status");
+        let hop = fastcgi_server::cgi::is_hop_by_hop(n) || n.eq_ignore_ascii_case(b"status");
         if !body && !hop {
             kept.push((n.clone(), v.clone()));
         }

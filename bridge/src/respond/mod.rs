@@ -7,7 +7,7 @@
 //! response, so it turns the response into a 500. Internal redirects (redirect.rs), file
 //! hand-offs (handoff.rs decides, sendfile.rs streams) and error pages are decided here too.
 use bytes::{BufMut, BytesMut};
-use fastcgi_server::cgi::ResponseHead;
+use fastcgi_server::cgi::{self, ResponseHead};
 
 pub mod body_limit;
 pub mod error_override;
@@ -39,17 +39,6 @@ pub enum HeadError {
     #[error("Status reason has a CR, LF or NUL")]
     ControlInReason,
 }
-
-/// Headers that describe one hop, not the response: never forwarded.
-const HOP_BY_HOP: &[&[u8]] = &[
-    b"connection",
-    b"keep-alive",
-    b"proxy-connection",
-    b"te",
-    b"trailer",
-    b"transfer-encoding",
-    b"upgrade",
-];
 
 /// The status the front should see.
 pub fn effective_status(head: &ResponseHead) -> u16 {
@@ -89,13 +78,13 @@ pub fn encode_head(head: &ResponseHead, extra: usize) -> Result<(u16, BytesMut),
     out.put_slice(b"\r\n");
     let mut content_length_sent = false;
     for (name, value) in &head.headers {
-        if name.is_empty() || !name.iter().all(|&b| is_token(b)) {
+        if !cgi::is_token(name) {
             return Err(HeadError::InvalidName(String::from_utf8_lossy(name).into_owned()));
         }
         if has_ctl(value) {
             return Err(HeadError::ControlInValue(String::from_utf8_lossy(name).into_owned()));
         }
-        if HOP_BY_HOP.iter().any(|h| name.eq_ignore_ascii_case(h)) || name.eq_ignore_ascii_case(b"status") {
+        if cgi::is_hop_by_hop(name) || name.eq_ignore_ascii_case(b"status") {
             continue;
         }
         if name.eq_ignore_ascii_case(b"content-length") {
@@ -152,10 +141,6 @@ fn has_ctl(v: &[u8]) -> bool {
     v.iter().any(|&b| b == b'\r' || b == b'\n' || b == 0)
 }
 
-fn is_token(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
-}
-
 fn put_u16(out: &mut BytesMut, n: u16) {
     put_u64(out, u64::from(n));
 }
@@ -167,58 +152,7 @@ fn put_u64(out: &mut BytesMut, n: u64) {
 
 /// The standard reason phrase; "Unknown" for codes without one.
 pub fn reason_phrase(status: u16) -> &'static str {
-    match status {
-        100 => "Continue",
-        101 => "Switching Protocols",
-        103 => "Early Hints",
-        200 => "OK",
-        201 => "Created",
-        202 => "Accepted",
-        203 => "Non-Authoritative Information",
-        204 => "No Content",
-        205 => "Reset Content",
-        206 => "Partial Content",
-        207 => "Multi-Status",
-        300 => "Multiple Choices",
-        301 => "Moved Permanently",
-        302 => "Found",
-        303 => "See Other",
-        304 => "Not Modified",
-        307 => "Temporary Redirect",
-        308 => "Permanent Redirect",
-        400 => "Bad Request",
-        401 => "Unauthorized",
-        402 => "Payment Required",
-        403 => "Forbidden",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        406 => "Not Acceptable",
-        408 => "Request Timeout",
-        409 => "Conflict",
-        410 => "Gone",
-        411 => "Length Required",
-        412 => "Precondition Failed",
-        413 => "Content Too Large",
-        414 => "URI Too Long",
-        415 => "Unsupported Media Type",
-        416 => "Range Not Satisfiable",
-        417 => "Expectation Failed",
-        421 => "Misdirected Request",
-        422 => "Unprocessable Content",
-        425 => "Too Early",
-        426 => "Upgrade Required",
-        428 => "Precondition Required",
-        429 => "Too Many Requests",
-        431 => "Request Header Fields Too Large",
-        451 => "Unavailable For Legal Reasons",
-        500 => "Internal Server Error",
-        501 => "Not Implemented",
-        502 => "Bad Gateway",
-        503 => "Service Unavailable",
-        504 => "Gateway Timeout",
-        505 => "HTTP Version Not Supported",
-        _ => "Unknown",
-    }
+    cgi::reason_phrase(status).unwrap_or("Unknown")
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use fastcgi_server::Params;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 /// Bytes read from the file per write to the web server.
@@ -522,62 +522,20 @@ fn content_type(path: &Path) -> &'static str {
     }
 }
 
-const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
-const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+/// The last second httpdate formats (it panics past 9999-12-31): a file's mtime is
+/// whatever the filesystem holds, so later ones are clamped.
+const LAST_HTTP_DATE: u64 = 253_402_300_799;
 
 /// IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`) of seconds since the epoch.
 fn http_date(secs: u64) -> String {
-    let days = secs / 86400;
-    let rem = secs % 86400;
-    let (y, m, d) = civil_from_days(days as i64);
-    format!(
-        "{}, {:02} {} {} {:02}:{:02}:{:02} GMT",
-        DAYS[(days % 7) as usize],
-        d,
-        MONTHS[(m - 1) as usize],
-        y,
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_secs(secs.min(LAST_HTTP_DATE)))
 }
 
-/// Seconds since the epoch of an IMF-fixdate; other date forms are not understood.
+/// Seconds since the epoch of an HTTP date (IMF-fixdate, or the obsolete RFC 850 and
+/// asctime forms recipients must accept); `None` for anything else.
 fn parse_http_date(v: &[u8]) -> Option<u64> {
-    let s = std::str::from_utf8(v).ok()?.trim();
-    let mut it = s.split_whitespace().skip(1);
-    let d: u64 = it.next()?.parse().ok()?;
-    let month = it.next()?;
-    let m = MONTHS.iter().position(|&x| x == month)? as u64 + 1;
-    let y: i64 = it.next()?.parse().ok()?;
-    let mut hms = it.next()?.split(':').map(|x| x.parse::<u64>().ok());
-    let (h, mi, se) = (hms.next()??, hms.next()??, hms.next()??);
-    let days = days_from_civil(y, m, d);
-    Some(u64::try_from(days).ok()? * 86400 + h * 3600 + mi * 60 + se)
-}
-
-// Howard Hinnant's civil-calendar algorithms (public domain descriptions).
-fn civil_from_days(z: i64) -> (i64, u64, u64) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097) as u64;
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
-    let y = yoe as i64 + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    (if m <= 2 { y + 1 } else { y }, m, d)
-}
-
-fn days_from_civil(y: i64, m: u64, d: u64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y.rem_euclid(400) as u64;
-    let mp = if m > 2 { m - 3 } else { m + 9 };
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe as i64 - 719_468
+    let t = httpdate::parse_http_date(std::str::from_utf8(v).ok()?.trim()).ok()?;
+    t.duration_since(UNIX_EPOCH).ok().map(|d| d.as_secs())
 }
 
 /// Now, in seconds since the epoch.
@@ -595,6 +553,10 @@ mod tests {
         assert_eq!(parse_http_date(b"Sun, 06 Nov 1994 08:49:37 GMT"), Some(784_111_777));
         let now = now_secs();
         assert_eq!(parse_http_date(http_date(now).as_bytes()), Some(now));
+        assert_eq!(parse_http_date(b"Sunday, 06-Nov-94 08:49:37 GMT"), Some(784_111_777));
+        assert_eq!(parse_http_date(b"yesterday"), None);
+        // A filesystem can hold an mtime past what an HTTP date can say: no panic.
+        assert_eq!(http_date(u64::MAX), "Fri, 31 Dec 9999 23:59:59 GMT");
     }
 
     #[test]

@@ -167,22 +167,11 @@ fn plain(code: u16, body: &str) -> Reply {
     Reply { code, content_type: "text/plain; charset=utf-8", body: body.to_owned() }
 }
 
-fn reason(code: u16) -> &'static str {
-    match code {
-        200 => "OK",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        431 => "Request Header Fields Too Large",
-        503 => "Service Unavailable",
-        _ => "",
-    }
-}
-
 async fn write_reply(conn: &mut Box<dyn Conn>, method: &str, r: &Reply) -> std::io::Result<()> {
     let head = format!(
         "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n",
         r.code,
-        reason(r.code),
+        fastcgi_server::cgi::reason_phrase(r.code).unwrap_or(""),
         r.content_type,
         r.body.len()
     );

@@ -11,6 +11,8 @@
 //! and the working directory inside it, then groups, gid and uid last (after setuid nothing
 //! privileged is possible any more). The parent-death signal is set by spawn.rs *after* this
 //! hook, because the kernel clears it when the credentials change.
+use nix::sys::resource::Resource;
+use nix::unistd::Gid;
 use crate::config::Pool;
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
@@ -44,12 +46,12 @@ pub enum IsolateError {
 pub struct Prepared {
     uid: Option<libc::uid_t>,
     gid: Option<libc::gid_t>,
-    groups: Option<Vec<libc::gid_t>>,
+    groups: Option<Vec<Gid>>,
     chroot: Option<CString>,
     /// The working directory, seen from inside the chroot (or re-entered after setuid).
     workdir: Option<CString>,
     umask: Option<libc::mode_t>,
-    rlimits: Vec<(libc::__rlimit_resource_t, libc::rlim_t)>,
+    rlimits: Vec<(Resource, libc::rlim_t)>,
     nice: Option<libc::c_int>,
     python: PathBuf,
     python_path: PathBuf,
@@ -73,20 +75,20 @@ impl Prepared {
         let uid = (worker_uid != bridge_uid).then_some(worker_uid);
         let gid = (worker_gid != bridge_gid || uid.is_some()).then_some(worker_gid);
         let groups = match (&iso.groups, &iso.user) {
-            (Some(list), _) => Some(list.iter().map(|g| g.id).collect::<Vec<_>>()),
+            (Some(list), _) => Some(list.iter().map(|g| Gid::from_raw(g.id)).collect::<Vec<_>>()),
             // Like login: the user's own groups, never root's.
-            (None, Some(u)) if uid.is_some() => Some(u.member_of.clone()),
+            (None, Some(u)) if uid.is_some() => Some(u.member_of.iter().map(|&g| Gid::from_raw(g)).collect()),
             (None, _) if uid.is_some() || gid.is_some() => Some(Vec::new()),
             _ => None,
         };
 
         let mut rlimits = Vec::new();
         if let Some(n) = iso.rlimit_nofile {
-            rlimits.push((libc::RLIMIT_NOFILE, n as libc::rlim_t));
+            rlimits.push((Resource::RLIMIT_NOFILE, n as libc::rlim_t));
         }
         if let Some(n) = iso.rlimit_core {
             let v = if n == crate::config::isolation::UNLIMITED { libc::RLIM_INFINITY } else { n as libc::rlim_t };
-            rlimits.push((libc::RLIMIT_CORE, v));
+            rlimits.push((Resource::RLIMIT_CORE, v));
         }
 
         let (chroot, workdir, python, worker_python_path) = match &iso.chroot {
@@ -101,7 +103,7 @@ impl Prepared {
             }
             None => {
                 if uid.is_some() {
-                    let gids: Vec<u32> = groups.clone().unwrap_or_default().into_iter().chain([worker_gid]).collect();
+                    let gids: Vec<u32> = groups.iter().flatten().map(|g| g.as_raw()).chain([worker_gid]).collect();
                     reachable(&python_path.join("fcgibridge_worker").join("main.py"), worker_uid, &gids)?;
                 }
                 // After setuid the working directory is entered again, so a directory the
@@ -174,8 +176,9 @@ impl Prepared {
             return;
         }
         // SAFETY: the closure only makes async-signal-safe system calls (setrlimit,
-        // setpriority, umask, chroot, chdir, setgroups, setgid, setuid) on data prepared
-        // before the fork; it neither allocates nor takes locks.
+        // setpriority, umask, chroot, chdir, setgroups, setgid, setuid; nix's wrappers of
+        // them pass C strings and slices straight through) on data prepared before the
+        // fork; it neither allocates nor takes locks.
         unsafe {
             cmd.pre_exec(move || self.apply());
         }
@@ -193,40 +196,36 @@ impl Prepared {
 
     /// Runs in the forked child.
     fn apply(&self) -> std::io::Result<()> {
-        let check = |r: libc::c_int| if r == -1 { Err(std::io::Error::last_os_error()) } else { Ok(()) };
+        use nix::unistd::{chdir, chroot, setgroups, setresgid, setresuid, Uid};
         for &(resource, value) in &self.rlimits {
-            let lim = libc::rlimit { rlim_cur: value, rlim_max: value };
-            // SAFETY: a plain system call on a stack value.
-            check(unsafe { libc::setrlimit(resource, &lim) })?;
+            nix::sys::resource::setrlimit(resource, value, value)?;
         }
         if let Some(n) = self.nice {
-            // SAFETY: a plain system call.
-            check(unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, n) })?;
+            // SAFETY: a plain system call (nix has no setpriority).
+            if unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, n) } == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
         }
         if let Some(m) = self.umask {
-            // SAFETY: a plain system call; it cannot fail.
-            unsafe { libc::umask(m) };
+            nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(m));
         }
         if let Some(root) = &self.chroot {
-            // SAFETY: system calls on NUL-terminated strings made before the fork.
-            check(unsafe { libc::chroot(root.as_ptr()) })?;
-            check(unsafe { libc::chdir(c"/".as_ptr()) })?;
+            chroot(root.as_c_str())?;
+            chdir(c"/")?;
         }
         if let Some(groups) = &self.groups {
-            // SAFETY: the vector was filled before the fork and is only read here.
-            check(unsafe { libc::setgroups(groups.len(), groups.as_ptr()) })?;
+            setgroups(groups)?;
         }
         if let Some(gid) = self.gid {
-            // SAFETY: a plain system call.
-            check(unsafe { libc::setresgid(gid, gid, gid) })?;
+            let gid = Gid::from_raw(gid);
+            setresgid(gid, gid, gid)?;
         }
         if let Some(uid) = self.uid {
-            // SAFETY: a plain system call.
-            check(unsafe { libc::setresuid(uid, uid, uid) })?;
+            let uid = Uid::from_raw(uid);
+            setresuid(uid, uid, uid)?;
         }
         if let Some(dir) = &self.workdir {
-            // SAFETY: a system call on a string made before the fork.
-            check(unsafe { libc::chdir(dir.as_ptr()) })?;
+            chdir(dir.as_c_str())?;
         }
         Ok(())
     }

@@ -7,7 +7,10 @@
 //! removal, stop) and to a tick (request-timeout, draining deadlines) with a one-second
 //! round (RSS and CPU sampling, restart-interval, dynamic sizing, spawn rate).
 //!
-//! Rules, in the order `reconcile` applies them (docs/supervision.md tells operators):
+//! This file is the event loop; the decisions are plain functions in supervise/policy.rs,
+//! which `reconcile`, `round`, `scale_up`, `scale_down` and `progress_draining` call with
+//! a snapshot of what the manager knows. Rules, in the order `reconcile` applies them
+//! (docs/supervision.md tells operators):
 //! - A worker to be replaced (max-requests, restart-interval, memory-limit,
 //!   cpu-time-limit, request-timeout, reload) keeps serving until a replacement is READY —
 //!   unless it is urgent (memory, CPU, request-timeout) and another worker is serving, in
@@ -18,6 +21,7 @@
 //!   logged and it is killed.
 //! - Start-up failures back off exponentially (0.5 s doubling to 30 s); while no worker
 //!   is ready, one attempt at a time, and the dispatcher answers 503 at once.
+use super::policy::{self, Action, DrainStep, Member, Mib, Recycle, Roster, Sampled, Sizing, Spread, State, Verdict, ROUND};
 use super::stats::{ManagerView, RestartRecord, WorkerInfo};
 use super::worker::{self, Event, WorkerCtl, WorkerTask};
 use super::{PoolControl, Stop};
@@ -31,13 +35,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
-const BACKOFF_START: Duration = Duration::from_millis(500);
-const BACKOFF_MAX: Duration = Duration::from_secs(30);
-/// A worker that was ready and lived this long resets the backoff; one dying faster
-/// (crashing on every request) backs off like one that never became ready.
-const HEALTHY_AFTER: Duration = Duration::from_secs(1);
-/// Sampling, sizing and spawn-rate round.
-const ROUND: Duration = Duration::from_secs(1);
 /// SIGTERM to SIGKILL for a worker with no request left, on a graceful stop.
 const TERM_GRACE: Duration = Duration::from_secs(10);
 const FAST_GRACE: Duration = Duration::from_secs(1);
@@ -53,21 +50,6 @@ pub enum ManagerCmd {
     Remove { within: Duration },
     /// The daemon stops: stop every worker, then answer.
     Stop { how: Stop, done: oneshot::Sender<()> },
-}
-
-struct Recycle {
-    reason: String,
-    urgent: bool,
-    /// SIGKILL instead of SIGTERM once drained (request-timeout: a thread is stuck).
-    hard: bool,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum State {
-    Starting,
-    Ready,
-    Draining { deadline: Instant, dumped: bool },
-    Stopping,
 }
 
 struct Worker {
@@ -135,7 +117,7 @@ pub struct Manager {
     next_round: Instant,
     removing: Option<Instant>,
     stopping: Option<(Stop, Option<oneshot::Sender<()>>)>,
-    rng: u64,
+    spread: Spread,
     page_size: u64,
     clock_ticks: u64,
 }
@@ -163,8 +145,7 @@ impl Manager {
             .unwrap_or(0)
             ^ (u64::from(std::process::id()) << 32)
             ^ (Arc::as_ptr(&control) as u64);
-        // SAFETY: sysconf has no preconditions.
-        let (page, ticks) = unsafe { (libc::sysconf(libc::_SC_PAGESIZE), libc::sysconf(libc::_SC_CLK_TCK)) };
+        let conf = |v| nix::unistd::sysconf(v).ok().flatten().and_then(|n| u64::try_from(n).ok()).filter(|&n| n > 0);
         let mut m = Manager {
             name,
             cfg,
@@ -194,9 +175,9 @@ impl Manager {
             next_round: Instant::now() + ROUND,
             removing: None,
             stopping: None,
-            rng: seed | 1,
-            page_size: u64::try_from(page).ok().filter(|&p| p > 0).unwrap_or(4096),
-            clock_ticks: u64::try_from(ticks).ok().filter(|&t| t > 0).unwrap_or(100),
+            spread: Spread::new(seed),
+            page_size: conf(nix::unistd::SysconfVar::PAGE_SIZE).unwrap_or(4096),
+            clock_ticks: conf(nix::unistd::SysconfVar::CLK_TCK).unwrap_or(100),
         };
         m.target = m.initial_target();
         (m, events_rx)
@@ -207,45 +188,19 @@ impl Manager {
     }
 
     fn initial_target(&self) -> u32 {
-        let s = self.sup();
-        match s.mode {
-            Mode::Static => self.cfg.processes,
-            Mode::Dynamic => s.min_processes.max(s.spare_processes).min(self.cfg.processes),
-            Mode::OnDemand => 0,
-        }
+        policy::initial_target(self.sup(), self.cfg.processes)
     }
 
     fn want(&self) -> u32 {
-        let s = self.sup();
-        match s.mode {
-            Mode::Static => self.cfg.processes,
-            _ => self.target.clamp(s.min_processes, self.cfg.processes),
-        }
+        policy::want(self.sup(), self.cfg.processes, self.target)
     }
 
     fn native(&self) -> bool {
         !matches!(self.cfg.app, App::Command(_))
     }
 
-    fn random(&mut self, upto: u64) -> u64 {
-        // xorshift64*: plenty for spreading recycles.
-        let mut x = self.rng;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.rng = x;
-        if upto == 0 {
-            0
-        } else {
-            x.wrapping_mul(0x2545_F491_4F6C_DD1D) % (upto + 1)
-        }
-    }
-
     fn tick_period(&self) -> Duration {
-        match self.sup().request_timeout {
-            Some(t) => (t / 4).clamp(Duration::from_millis(100), ROUND),
-            None => ROUND,
-        }
+        policy::tick_period(self.sup().request_timeout)
     }
 
     // ------------------------------------------------------------------ events
@@ -261,12 +216,10 @@ impl Manager {
             Event::Ready { id, took } => {
                 let Some(i) = self.index(id) else { return };
                 tracing::debug!(pool = &*self.name, pid = self.workers[i].pid, "ready {took:?} after the spawn");
-                let interval = self.sup().restart_interval;
-                let jitter = self.sup().restart_interval_jitter;
-                let extra = Duration::from_millis(self.random(jitter.as_millis() as u64));
+                let end = policy::lifetime_end(&self.cfg.supervision, now, &mut self.spread);
                 let w = &mut self.workers[i];
                 w.ready_at = Some(now);
-                w.lifetime_end = interval.map(|d| now + d + extra);
+                w.lifetime_end = end;
                 if w.state == State::Starting {
                     w.state = State::Ready;
                 }
@@ -302,9 +255,8 @@ impl Manager {
                         tracing::error!(pool = &*self.name, pid = w.pid, slot = w.slot, "worker exited: {status}; replacing it");
                         self.crashes += 1;
                         self.record_exit(&w, format!("exited unexpectedly: {status}"), now);
-                        let young = w.ready_at.is_none_or(|r| now.duration_since(r) < HEALTHY_AFTER);
-                        if young {
-                            self.backoff = next_backoff(self.backoff);
+                        if let Some(backoff) = policy::backoff_after_crash(self.backoff, w.ready_at, now) {
+                            self.backoff = backoff;
                             self.next_spawn_at = Some(now + self.backoff);
                             tracing::info!(pool = &*self.name, slot = w.slot, "restarting the worker in {:?}", self.backoff);
                         }
@@ -315,7 +267,7 @@ impl Manager {
     }
 
     fn start_failed(&mut self, why: String, now: Instant) {
-        self.backoff = next_backoff(self.backoff);
+        self.backoff = policy::next_backoff(self.backoff);
         self.next_spawn_at = Some(now + self.backoff);
         self.failing = Some(why);
         if self.sup().mode == Mode::OnDemand && self.active() == 0 {
@@ -454,9 +406,7 @@ impl Manager {
 
     /// Once a second: sample memory and CPU, apply the lifetime limits, size the pool.
     fn round(&mut self, now: Instant) {
-        // Spawn rate (PHP-FPM's max_spawn_rate): doubles each round the pool was short.
-        let max_rate = self.sup().max_spawn_rate.max(1);
-        self.spawn_rate = if self.rate_limited { (self.spawn_rate * 2).min(max_rate) } else { 1 };
+        self.spawn_rate = policy::next_spawn_rate(self.spawn_rate, self.rate_limited, self.sup().max_spawn_rate);
         self.spawn_budget = self.spawn_rate;
         self.rate_limited = false;
 
@@ -472,48 +422,28 @@ impl Manager {
                 w.rss = Some(rss);
                 w.cpu = Some(cpu);
             }
-            if w.ready_at.is_some_and(|r| now.duration_since(r) >= HEALTHY_AFTER) {
-                any_healthy = true;
-            }
+            any_healthy |= policy::healthy(w.ready_at, now);
             if w.state != State::Ready || w.recycle.is_some() {
                 continue;
             }
-            let lived = w.ready_at.map(|r| now.duration_since(r)).unwrap_or_default();
-            let old_enough = lived >= s.min_lifetime;
-            if let (Some(limit), Some(rss)) = (s.memory_limit, w.rss) {
-                if rss > limit {
-                    if old_enough {
-                        w.recycle = Some(Recycle {
-                            reason: format!("memory-limit (RSS {} > {})", Mib(rss), Mib(limit)),
-                            urgent: true,
-                            hard: false,
-                        });
-                        tracing::warn!(pool = &*self.name, pid = w.pid, rss, limit, "worker's resident memory {} is over memory-limit {}: recycling it", Mib(rss), Mib(limit));
-                    } else if !w.memory_warned {
-                        w.memory_warned = true;
-                        tracing::warn!(pool = &*self.name, pid = w.pid, rss, limit, "worker's resident memory {} is over memory-limit {}; recycled once it has lived min-lifetime ({})", Mib(rss), Mib(limit), DurationText(s.min_lifetime));
-                    }
-                    continue;
+            let sampled = Sampled { ready_at: w.ready_at, rss: w.rss, cpu: w.cpu, lifetime_end: w.lifetime_end, memory_warned: w.memory_warned };
+            let verdict = policy::round_verdict(&s, &sampled, now);
+            match verdict {
+                Verdict::Memory { rss, limit } => {
+                    tracing::warn!(pool = &*self.name, pid = w.pid, rss, limit, "worker's resident memory {} is over memory-limit {}: recycling it", Mib(rss), Mib(limit));
                 }
-            }
-            if let (Some(limit), Some(cpu)) = (s.cpu_time_limit, w.cpu) {
-                if cpu >= limit {
-                    w.recycle = Some(Recycle {
-                        reason: format!("cpu-time-limit ({}s of CPU)", cpu.as_secs()),
-                        urgent: true,
-                        hard: false,
-                    });
-                    tracing::warn!(pool = &*self.name, pid = w.pid, "worker used {:.1}s of CPU time, cpu-time-limit is {}: recycling it", cpu.as_secs_f64(), DurationText(limit));
-                    continue;
+                Verdict::MemoryLater { rss, limit } => {
+                    w.memory_warned = true;
+                    tracing::warn!(pool = &*self.name, pid = w.pid, rss, limit, "worker's resident memory {} is over memory-limit {}; recycled once it has lived min-lifetime ({})", Mib(rss), Mib(limit), DurationText(s.min_lifetime));
                 }
+                Verdict::Cpu { used, limit } => {
+                    tracing::warn!(pool = &*self.name, pid = w.pid, "worker used {:.1}s of CPU time, cpu-time-limit is {}: recycling it", used.as_secs_f64(), DurationText(limit));
+                }
+                Verdict::Interval { .. } | Verdict::Keep => {}
             }
-            if w.lifetime_end.is_some_and(|end| now >= end) && old_enough {
-                w.recycle = Some(Recycle { reason: format!("restart-interval (ready for {:.0?})", lived), urgent: false, hard: false });
-            }
+            w.recycle = verdict.recycle();
         }
-        if any_healthy && !self.backoff.is_zero() {
-            self.backoff = Duration::ZERO;
-        }
+        self.backoff = policy::backoff_after_round(self.backoff, any_healthy);
 
         if s.mode != Mode::Static && self.removing.is_none() {
             self.scale_down(now);
@@ -525,7 +455,7 @@ impl Manager {
     /// in dynamic mode, spare-processes worth of free threads.
     fn scale_down(&mut self, now: Instant) {
         let s = self.sup().clone();
-        let threads = self.cfg.threads as usize;
+        let threads = self.cfg.threads;
         for i in 0..self.workers.len() {
             let w = &mut self.workers[i];
             if w.state != State::Ready || w.recycle.is_some() {
@@ -533,30 +463,24 @@ impl Manager {
                 continue;
             }
             let Some(v) = self.dispatcher.worker_view(w.key, false) else { continue };
-            if v.busy > 0 || v.served != w.last_served {
+            if policy::still_idle(v.busy, v.served, w.last_served) {
+                w.idle_since.get_or_insert(now);
+            } else {
                 w.last_served = v.served;
                 w.idle_since = None;
-            } else {
-                w.idle_since.get_or_insert(now);
             }
         }
-        let mut candidates: Vec<(Instant, u64)> = self
+        let idle: Vec<(u64, Option<Instant>)> = self
             .workers
             .iter()
             .filter(|w| w.state == State::Ready && w.recycle.is_none())
-            .filter_map(|w| w.idle_since.filter(|&since| now.duration_since(since) >= s.idle_timeout).map(|since| (since, w.id)))
+            .map(|w| (w.id, w.idle_since))
             .collect();
-        candidates.sort();
-        for (since, id) in candidates {
-            let good = self.good_total();
-            if good <= s.min_processes {
+        for (since, id) in policy::idle_candidates(&idle, s.idle_timeout, now) {
+            // Asked again for each: retiring one takes its free threads from the pool.
+            let idle_slots = if s.mode == Mode::Dynamic { self.dispatcher.view().idle_slots } else { 0 };
+            if !policy::may_retire_idle(&s, self.good_total(), idle_slots, threads) {
                 break;
-            }
-            if s.mode == Mode::Dynamic {
-                let idle = self.dispatcher.view().idle_slots;
-                if idle < threads + (s.spare_processes as usize) * threads {
-                    break;
-                }
             }
             let Some(i) = self.index(id) else { continue };
             self.target = self.target.saturating_sub(1).max(s.min_processes);
@@ -572,35 +496,31 @@ impl Manager {
         let s = self.sup().clone();
         let view = self.dispatcher.view();
         if s.mode == Mode::OnDemand && self.failing.is_some() {
-            if view.counters.rejected_unavailable > self.rejected_seen {
+            if policy::demand_after_failure(view.counters.rejected_unavailable, self.rejected_seen) {
                 // Requests came for a pool that cannot start: that is demand to try again.
                 self.rejected_seen = view.counters.rejected_unavailable;
                 self.target = self.target.max(1);
             }
             return;
         }
-        let threads = self.cfg.threads.max(1) as usize;
-        let starting = self.workers.iter().filter(|w| w.state == State::Starting).count();
-        let starting_slots = starting * threads;
-        let spare_short = ((s.spare_processes as usize) * threads).saturating_sub(view.idle_slots + starting_slots);
-        let queue_short = view.queue_now.saturating_sub(starting_slots);
-        let short = spare_short.max(queue_short);
-        if short == 0 {
-            return;
-        }
-        let procs = short.div_ceil(threads) as u32;
-        let current = self.total() as u32;
-        let room = self.cfg.processes.saturating_sub(current);
-        let wanted = procs.min(room);
-        let n = wanted.min(self.spawn_budget);
-        if n < wanted {
-            self.rate_limited = true;
-        }
+        let sizing = Sizing {
+            threads: self.cfg.threads,
+            processes: self.cfg.processes,
+            idle_slots: view.idle_slots,
+            queue_now: view.queue_now,
+            starting: self.workers.iter().filter(|w| w.state == State::Starting).count(),
+            total: self.total(),
+            good_total: self.good_total(),
+            budget: self.spawn_budget,
+        };
+        let grow = policy::grow(&s, &sizing);
+        self.rate_limited |= grow.rate_limited;
+        let n = grow.start;
         if n == 0 {
             return;
         }
         self.spawn_budget -= n;
-        self.target = (self.good_total() + n).min(self.cfg.processes);
+        self.target = grow.target;
         tracing::debug!(pool = &*self.name, waiting = view.queue_now, idle = view.idle_slots, round, "starting {n} more worker(s)");
     }
 
@@ -644,74 +564,55 @@ impl Manager {
             if w.state != State::Ready || w.recycle.is_some() {
                 continue;
             }
-            if w.cfg_gen < self.cfg_gen {
-                w.recycle = Some(Recycle { reason: "reload (configuration changed)".into(), urgent: false, hard: false });
-                continue;
-            }
-            if w.max_requests > 0 {
-                if let Some(v) = self.dispatcher.worker_view(w.key, false) {
-                    let lived = w.ready_at.map(|r| now.duration_since(r)).unwrap_or_default();
-                    if v.max_requests_reached && lived >= s.min_lifetime {
-                        w.recycle = Some(Recycle { reason: format!("max-requests ({} served)", v.served), urgent: false, hard: false });
-                    }
-                }
-            }
+            let outdated = w.cfg_gen < self.cfg_gen;
+            let reached = if outdated || w.max_requests == 0 {
+                None
+            } else {
+                self.dispatcher.worker_view(w.key, false).filter(|v| v.max_requests_reached).map(|v| v.served)
+            };
+            w.recycle = policy::flagged(&s, outdated, reached, w.ready_at, now);
         }
 
         let want = self.want() as usize;
-        // Retire the workers waiting for a replacement: urgent ones first, then the oldest.
-        let mut pending: Vec<(bool, Instant, u64)> = self
-            .workers
-            .iter()
-            .filter(|w| w.state == State::Ready)
-            .filter_map(|w| w.recycle.as_ref().map(|r| (!r.urgent, w.spawned_at, w.id)))
-            .collect();
-        pending.sort();
-        let mut active = self.active();
-        for (not_urgent, _, id) in pending {
-            let go = if not_urgent { active > want } else { active >= 2 || (want == 0 && active >= 1) };
-            if !go {
-                continue;
-            }
-            let Some(i) = self.index(id) else { continue };
-            let Some(r) = self.workers[i].recycle.take() else { continue };
-            self.drain(i, r.reason, r.hard);
-            active -= 1;
-        }
-        // More workers than wanted (fewer processes after a reload): retire the idlest.
-        if s.mode == Mode::Static && active > want {
-            let mut extra: Vec<(u32, u64)> = self
+        // Per-worker load is read only when a static pool has more workers than wanted.
+        let shrinking = s.mode == Mode::Static && self.active() > want;
+        let roster = Roster {
+            mode: s.mode,
+            want,
+            failing: self.failing.is_some(),
+            next_spawn_at: self.next_spawn_at,
+            members: self
                 .workers
                 .iter()
-                .filter(|w| w.state == State::Ready)
-                .map(|w| (self.dispatcher.worker_view(w.key, false).map(|v| v.busy).unwrap_or(0), w.id))
-                .collect();
-            extra.sort();
-            for (_, id) in extra.into_iter().take(active - want) {
-                if let Some(i) = self.index(id) {
-                    self.drain(i, format!("the pool runs {want} processes now"), false);
+                .map(|w| Member {
+                    id: w.id,
+                    state: w.state,
+                    spawned_at: w.spawned_at,
+                    recycle_urgent: w.recycle.as_ref().map(|r| r.urgent),
+                    busy: match w.state {
+                        State::Ready if shrinking => self.dispatcher.worker_view(w.key, false).map(|v| v.busy).unwrap_or(0),
+                        _ => 0,
+                    },
+                })
+                .collect(),
+        };
+        for action in policy::plan(&roster, now) {
+            match action {
+                Action::Retire(id) => {
+                    let Some(i) = self.index(id) else { continue };
+                    let Some(r) = self.workers[i].recycle.take() else { continue };
+                    self.drain(i, r.reason, r.hard);
                 }
-            }
-        }
-
-        // Start workers: up to the wanted number at once, replacements a few at a time.
-        let active = self.active();
-        let pending = self.workers.iter().filter(|w| w.state == State::Ready && w.recycle.is_some()).count();
-        let starting = self.workers.iter().filter(|w| w.state == State::Starting).count();
-        let capacity_short = want.saturating_sub(active + starting);
-        let good_short = want.saturating_sub(active - pending + starting);
-        let surge = (want / 4).max(1);
-        let mut to_spawn = capacity_short.max(good_short.min(surge.saturating_sub(starting)));
-        if self.failing.is_some() {
-            // One attempt at a time until one succeeds.
-            to_spawn = to_spawn.min(usize::from(starting == 0));
-        }
-        if self.next_spawn_at.is_some_and(|t| now < t) {
-            to_spawn = 0;
-        }
-        for _ in 0..to_spawn {
-            if !self.spawn(now) {
-                break;
+                Action::Shrink { id, want } => {
+                    if let Some(i) = self.index(id) {
+                        self.drain(i, format!("the pool runs {want} processes now"), false);
+                    }
+                }
+                Action::Spawn(n) => {
+                    for _ in 0..n {
+                        self.spawn(now);
+                    }
+                }
             }
         }
 
@@ -762,36 +663,34 @@ impl Manager {
             let State::Draining { deadline, dumped } = w.state else { continue };
             let view = self.dispatcher.worker_view(w.key, true);
             let open = view.as_ref().map(|v| v.open).unwrap_or(0);
-            if open == 0 {
-                finish(w);
-                continue;
-            }
-            if now < deadline {
-                continue;
-            }
-            if native && !dumped {
-                let current: Vec<String> = view
-                    .map(|v| v.current.iter().map(|c| format!("{} {} ({:.0?})", c.method, c.uri, now.duration_since(c.since))).collect())
-                    .unwrap_or_default();
-                tracing::warn!(
-                    pool = &*self.name, pid = w.pid,
-                    "worker did not finish {open} request(s) within graceful-timeout: {}; its Python stacks follow, then it is killed",
-                    current.join(", ")
-                );
-                let _ = w.ctl.send(WorkerCtl::DumpStacks);
-                w.state = State::Draining { deadline: now + worker::DUMP_GRACE, dumped: true };
-            } else {
-                if !native {
-                    tracing::warn!(pool = &*self.name, pid = w.pid, "worker did not finish {open} request(s) within graceful-timeout; killing it");
+            match policy::drain_step(open, deadline, dumped, native, now) {
+                DrainStep::Wait => {}
+                DrainStep::Finish => finish(w),
+                DrainStep::DumpStacks { until } => {
+                    let current: Vec<String> = view
+                        .map(|v| v.current.iter().map(|c| format!("{} {} ({:.0?})", c.method, c.uri, now.duration_since(c.since))).collect())
+                        .unwrap_or_default();
+                    tracing::warn!(
+                        pool = &*self.name, pid = w.pid,
+                        "worker did not finish {open} request(s) within graceful-timeout: {}; its Python stacks follow, then it is killed",
+                        current.join(", ")
+                    );
+                    let _ = w.ctl.send(WorkerCtl::DumpStacks);
+                    w.state = State::Draining { deadline: until, dumped: true };
                 }
-                w.hard = true;
-                finish(w);
+                DrainStep::Kill => {
+                    if !native {
+                        tracing::warn!(pool = &*self.name, pid = w.pid, "worker did not finish {open} request(s) within graceful-timeout; killing it");
+                    }
+                    w.hard = true;
+                    finish(w);
+                }
             }
         }
     }
 
     /// Start one worker (its task spawns it, or forks it from the pool's template).
-    fn spawn(&mut self, now: Instant) -> bool {
+    fn spawn(&mut self, now: Instant) {
         // A replacement takes the slot number of the worker it replaces.
         let slot = match self
             .workers
@@ -810,11 +709,7 @@ impl Manager {
         static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         let id = NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let socket = self.socket_dir.join(format!("{slot}-{id}.sock"));
-        let s = self.sup().clone();
-        let max_requests = match s.max_requests {
-            Some(n) => n + self.random(s.max_requests_jitter),
-            None => 0,
-        };
+        let max_requests = policy::max_requests_for(&self.cfg.supervision, &mut self.spread);
         let key = self.dispatcher.add_worker(max_requests);
         let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
         self.spawns += 1;
@@ -859,7 +754,6 @@ impl Manager {
             memory_warned: false,
             stacks_dumped: false,
         });
-        true
     }
 
     /// The numbers the status page shows (supervise/stats.rs).
@@ -988,14 +882,6 @@ pub async fn run(mut m: Manager, mut events: mpsc::UnboundedReceiver<Event>, mut
     tracing::debug!(pool = &*m.name, "pool manager stopped");
 }
 
-fn next_backoff(current: Duration) -> Duration {
-    if current.is_zero() {
-        BACKOFF_START
-    } else {
-        (current * 2).min(BACKOFF_MAX)
-    }
-}
-
 /// Whether a new configuration changes what a worker process is (its command line,
 /// environment, identity, threads, preload): then the pool restarts its workers. Sizes,
 /// queue, timeouts, recycling limits and the bridge-side keys (slowlog-timeout, max-body,
@@ -1040,15 +926,6 @@ fn parse_stat(text: &str, page_size: u64, clock_ticks: u64) -> Option<(u64, Dura
     let rss_pages: u64 = fields.get(21)?.parse().ok()?;
     let cpu = Duration::from_millis((utime + stime) * 1000 / clock_ticks.max(1));
     Some((rss_pages * page_size, cpu))
-}
-
-/// A byte count in MiB, for log lines.
-struct Mib(u64);
-
-impl std::fmt::Display for Mib {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{:.0}MiB", self.0 as f64 / (1u64 << 20) as f64)
-    }
 }
 
 /// A duration as the configuration writes it.
@@ -1116,18 +993,5 @@ mod tests {
         }));
         assert!(with(&|p| p.supervision.cpu_time_limit = Some(Duration::from_secs(9))));
         assert!(with(&|p| p.app = App::Module { module: "y".into(), callable: "application".into() }));
-    }
-
-    #[test]
-    fn backoff_doubles_to_a_cap() {
-        let mut b = Duration::ZERO;
-        let mut seen = Vec::new();
-        for _ in 0..10 {
-            b = next_backoff(b);
-            seen.push(b);
-        }
-        assert_eq!(seen[0], BACKOFF_START);
-        assert_eq!(seen[1], BACKOFF_START * 2);
-        assert_eq!(*seen.last().expect("some"), BACKOFF_MAX);
     }
 }

@@ -1,6 +1,7 @@
 //! Process supervision: the bridge starts, watches and replaces the worker processes of
 //! every pool (see docs/worker-contract.md for what a worker is given).
 mod isolate;
+mod policy;
 pub mod manager;
 pub mod program;
 pub mod runtime_dir;

@@ -161,18 +161,13 @@ pub fn ignore_operator_signals() -> std::io::Result<()> {
 /// exits at once and the pool is left dead but not gone. flup takes SIGHUP as "stop
 /// accepting". Blocking spares them both; their own subprocesses inherit the mask.
 fn block_operator_signals() -> std::io::Result<()> {
-    // SAFETY: sigemptyset/sigaddset fill a local set; sigprocmask is async-signal-safe.
-    let rc = unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        for sig in OPERATOR_SIGNALS {
-            libc::sigaddset(&mut set, sig);
-        }
-        libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut())
-    };
-    if rc == -1 {
-        return Err(std::io::Error::last_os_error());
+    use nix::sys::signal::{sigprocmask, SigSet, SigmaskHow, Signal};
+    // No allocation: a sigset_t on the stack, then sigprocmask (async-signal-safe).
+    let mut set = SigSet::empty();
+    for sig in OPERATOR_SIGNALS {
+        set.add(Signal::try_from(sig)?);
     }
+    sigprocmask(SigmaskHow::SIG_BLOCK, Some(&set), None)?;
     Ok(())
 }
 

@@ -273,35 +273,11 @@ impl Template {
     }
 }
 
-/// One message with descriptors attached (SCM_RIGHTS). nix's sendmsg needs its "uio"
-/// feature; this is the one place that needs it, so libc is used directly.
+/// One message with descriptors attached (SCM_RIGHTS).
 fn send_with_fds(sock: i32, data: &[u8], fds: &[i32; 4]) -> std::io::Result<()> {
-    const FDS_LEN: u32 = (4 * std::mem::size_of::<i32>()) as u32;
-    // SAFETY: CMSG_SPACE is a pure size computation.
-    let space = unsafe { libc::CMSG_SPACE(FDS_LEN) } as usize;
-    // u64 storage keeps the buffer aligned for cmsghdr.
-    let mut control = vec![0u64; space.div_ceil(8)];
-    let mut iov = libc::iovec { iov_base: data.as_ptr() as *mut libc::c_void, iov_len: data.len() };
-    // SAFETY: msghdr is plain data; every pointer set below outlives the sendmsg call.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.as_mut_ptr() as *mut libc::c_void;
-    msg.msg_controllen = space as _;
-    // SAFETY: msg_control points at `space` zeroed, aligned bytes, enough for one header and four fds.
-    unsafe {
-        let cmsg = libc::CMSG_FIRSTHDR(&msg);
-        if cmsg.is_null() {
-            return Err(std::io::Error::other("no room for the control message"));
-        }
-        (*cmsg).cmsg_level = libc::SOL_SOCKET;
-        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
-        (*cmsg).cmsg_len = libc::CMSG_LEN(FDS_LEN) as _;
-        std::ptr::copy_nonoverlapping(fds.as_ptr() as *const u8, libc::CMSG_DATA(cmsg), FDS_LEN as usize);
-        if libc::sendmsg(sock, &msg, libc::MSG_NOSIGNAL) == -1 {
-            return Err(std::io::Error::last_os_error());
-        }
-    }
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags, UnixAddr};
+    let iov = [std::io::IoSlice::new(data)];
+    sendmsg::<UnixAddr>(sock, &iov, &[ControlMessage::ScmRights(fds)], MsgFlags::MSG_NOSIGNAL, None)?;
     Ok(())
 }
 

@@ -1,0 +1,295 @@
+//! The manager's decisions on made-up instants: no process, no dispatcher, no clock.
+use super::*;
+
+fn sup(f: impl FnOnce(&mut Supervision)) -> Supervision {
+    let mut s = Supervision::default();
+    f(&mut s);
+    s
+}
+
+fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
+}
+
+fn sizing(f: impl FnOnce(&mut Sizing)) -> Sizing {
+    let mut z = Sizing { threads: 4, processes: 8, budget: 32, ..Default::default() };
+    f(&mut z);
+    z
+}
+
+fn ready(id: u64, t0: Instant, recycle_urgent: Option<bool>) -> Member {
+    Member { id, state: State::Ready, spawned_at: t0 + secs(id), recycle_urgent, busy: 0 }
+}
+
+fn roster(mode: Mode, want: usize, members: Vec<Member>) -> Roster {
+    Roster { mode, want, failing: false, next_spawn_at: None, members }
+}
+
+#[test]
+fn backoff_doubles_to_its_cap() {
+    let mut b = Duration::ZERO;
+    let seen: Vec<Duration> = (0..10)
+        .map(|_| {
+            b = next_backoff(b);
+            b
+        })
+        .collect();
+    assert_eq!(&seen[..3], &[BACKOFF_START, BACKOFF_START * 2, BACKOFF_START * 4]);
+    assert_eq!(seen[9], BACKOFF_MAX);
+    assert!(seen.windows(2).all(|w| w[1] >= w[0]));
+}
+
+#[test]
+fn backoff_resets_after_a_healthy_run_only() {
+    let t0 = Instant::now();
+    let b = secs(4);
+    // Crashed before becoming ready, or soon after: the backoff grows.
+    assert_eq!(backoff_after_crash(b, None, t0), Some(secs(8)));
+    assert_eq!(backoff_after_crash(b, Some(t0), t0 + Duration::from_millis(999)), Some(secs(8)));
+    // Ran healthily first: replaced at once, the backoff is left alone.
+    assert_eq!(backoff_after_crash(b, Some(t0), t0 + HEALTHY_AFTER), None);
+    // A round with a healthy worker clears it; one without keeps it.
+    assert!(healthy(Some(t0), t0 + HEALTHY_AFTER));
+    assert_eq!(backoff_after_round(b, true), Duration::ZERO);
+    assert_eq!(backoff_after_round(b, false), b);
+}
+
+#[test]
+fn crash_loop_starts_one_at_a_time_and_waits_out_the_backoff() {
+    let t0 = Instant::now();
+    let mut r = roster(Mode::Static, 4, vec![]);
+    assert_eq!(plan(&r, t0), vec![Action::Spawn(4)]);
+    r.failing = true;
+    assert_eq!(plan(&r, t0), vec![Action::Spawn(1)]);
+    r.members.push(Member { state: State::Starting, ..ready(1, t0, None) });
+    assert_eq!(plan(&r, t0), vec![], "one attempt at a time while failing");
+    r.members.clear();
+    r.next_spawn_at = Some(t0 + BACKOFF_START);
+    assert_eq!(plan(&r, t0), vec![]);
+    assert_eq!(plan(&r, t0 + BACKOFF_START), vec![Action::Spawn(1)]);
+}
+
+#[test]
+fn dynamic_grows_for_spare_threads_and_the_queue() {
+    let s = sup(|s| {
+        s.mode = Mode::Dynamic;
+        s.spare_processes = 2;
+    });
+    // 2 spare processes of 4 threads = 8 free threads wanted; 3 free: 2 more workers.
+    let g = grow(&s, &sizing(|z| {
+        z.idle_slots = 3;
+        z.total = 2;
+        z.good_total = 2;
+    }));
+    assert_eq!(g, Grow { start: 2, rate_limited: false, target: 4 });
+    // Enough free threads, counting those of workers still starting: nothing.
+    assert_eq!(grow(&s, &sizing(|z| {
+        z.idle_slots = 4;
+        z.starting = 1;
+        z.total = 3;
+    })).start, 0);
+    // A queue of 9 waiting with no spare wanted: 3 workers of 4 threads, capped by processes.
+    let ondemand = sup(|s| s.mode = Mode::OnDemand);
+    assert_eq!(grow(&ondemand, &sizing(|z| z.queue_now = 9)).start, 3);
+    assert_eq!(grow(&ondemand, &sizing(|z| {
+        z.queue_now = 90;
+        z.total = 6;
+    })).start, 2);
+}
+
+#[test]
+fn spawn_budget_limits_growth_and_the_rate_doubles_to_its_cap() {
+    let s = sup(|s| s.mode = Mode::OnDemand);
+    let g = grow(&s, &sizing(|z| {
+        z.queue_now = 20;
+        z.budget = 1;
+    }));
+    assert_eq!(g, Grow { start: 1, rate_limited: true, target: 1 });
+    let mut rate = 1;
+    let rates: Vec<u32> = (0..5)
+        .map(|_| {
+            rate = next_spawn_rate(rate, true, 8);
+            rate
+        })
+        .collect();
+    assert_eq!(rates, vec![2, 4, 8, 8, 8]);
+    assert_eq!(next_spawn_rate(8, false, 8), 1);
+}
+
+#[test]
+fn dynamic_shrinks_idle_workers_but_keeps_spare_and_min() {
+    let s = sup(|s| {
+        s.mode = Mode::Dynamic;
+        s.min_processes = 1;
+        s.spare_processes = 1;
+    });
+    // Retiring a 4-thread worker must leave 4 free threads: 8 free allows it, 7 does not.
+    assert!(may_retire_idle(&s, 3, 8, 4));
+    assert!(!may_retire_idle(&s, 3, 7, 4));
+    assert!(!may_retire_idle(&s, 1, 100, 4), "min-processes stay");
+}
+
+#[test]
+fn ondemand_stops_workers_idle_for_idle_timeout() {
+    let t0 = Instant::now();
+    let s = sup(|s| {
+        s.mode = Mode::OnDemand;
+        s.idle_timeout = secs(10);
+    });
+    let idle = [(1, Some(t0 + secs(2))), (2, Some(t0)), (3, None), (4, Some(t0 + secs(5)))];
+    assert_eq!(idle_candidates(&idle, s.idle_timeout, t0 + secs(9)), vec![]);
+    // Longest idle first; one that served since is not idle.
+    assert_eq!(idle_candidates(&idle, s.idle_timeout, t0 + secs(12)), vec![(t0, 2), (t0 + secs(2), 1)]);
+    assert!(may_retire_idle(&s, 1, 0, 4), "ondemand goes down to zero, no spare");
+    assert!(still_idle(0, 7, 7));
+    assert!(!still_idle(1, 7, 7));
+    assert!(!still_idle(0, 8, 7));
+}
+
+#[test]
+fn max_requests_jitter_spreads_over_its_range() {
+    let s = sup(|s| {
+        s.max_requests = Some(100);
+        s.max_requests_jitter = 10;
+    });
+    let mut spread = Spread::new(42);
+    let drawn: std::collections::BTreeSet<u64> = (0..500).map(|_| max_requests_for(&s, &mut spread)).collect();
+    assert_eq!(drawn.first(), Some(&100));
+    assert_eq!(drawn.last(), Some(&110));
+    assert!(drawn.len() >= 9, "spread: {drawn:?}");
+    assert_eq!(max_requests_for(&Supervision::default(), &mut spread), 0);
+    assert_eq!(max_requests_for(&sup(|s| s.max_requests = Some(5)), &mut spread), 5);
+}
+
+#[test]
+fn max_requests_waits_for_min_lifetime() {
+    let t0 = Instant::now();
+    let s = sup(|s| s.min_lifetime = secs(30));
+    assert_eq!(flagged(&s, false, Some(9), Some(t0), t0 + secs(29)), None);
+    let r = flagged(&s, false, Some(9), Some(t0), t0 + secs(30)).expect("recycled");
+    assert_eq!((r.reason.as_str(), r.urgent, r.hard), ("max-requests (9 served)", false, false));
+    assert_eq!(flagged(&s, false, None, Some(t0), t0 + secs(99)), None);
+    assert!(flagged(&s, true, None, Some(t0), t0).is_some_and(|r| r.reason.starts_with("reload")));
+}
+
+#[test]
+fn restart_interval_with_jitter_and_min_lifetime() {
+    let t0 = Instant::now();
+    let s = sup(|s| {
+        s.restart_interval = Some(secs(60));
+        s.restart_interval_jitter = secs(5);
+    });
+    let mut spread = Spread::new(7);
+    for _ in 0..50 {
+        let end = lifetime_end(&s, t0, &mut spread).expect("an end");
+        assert!(end >= t0 + secs(60) && end <= t0 + secs(65));
+    }
+    assert_eq!(lifetime_end(&Supervision::default(), t0, &mut spread), None);
+    let w = Sampled { ready_at: Some(t0), lifetime_end: Some(t0 + secs(60)), ..Default::default() };
+    assert_eq!(round_verdict(&s, &w, t0 + secs(59)), Verdict::Keep);
+    let v = round_verdict(&s, &w, t0 + secs(60));
+    assert_eq!(v, Verdict::Interval { lived: secs(60) });
+    assert!(v.recycle().is_some_and(|r| !r.urgent));
+    // min-lifetime longer than the interval holds it back.
+    let held = sup(|x| {
+        *x = s.clone();
+        x.min_lifetime = secs(90);
+    });
+    assert_eq!(round_verdict(&held, &w, t0 + secs(60)), Verdict::Keep);
+    assert!(matches!(round_verdict(&held, &w, t0 + secs(90)), Verdict::Interval { .. }));
+}
+
+#[test]
+fn memory_limit_recycles_urgently_after_min_lifetime() {
+    let t0 = Instant::now();
+    let s = sup(|s| {
+        s.memory_limit = Some(100 << 20);
+        s.min_lifetime = secs(10);
+    });
+    let mut w = Sampled { ready_at: Some(t0), rss: Some(101 << 20), ..Default::default() };
+    assert_eq!(round_verdict(&s, &w, t0 + secs(1)), Verdict::MemoryLater { rss: 101 << 20, limit: 100 << 20 });
+    w.memory_warned = true;
+    assert_eq!(round_verdict(&s, &w, t0 + secs(2)), Verdict::Keep, "warned once");
+    let v = round_verdict(&s, &w, t0 + secs(10));
+    assert_eq!(v, Verdict::Memory { rss: 101 << 20, limit: 100 << 20 });
+    let r = v.recycle().expect("recycled");
+    assert!(r.urgent && !r.hard);
+    assert_eq!(r.reason, "memory-limit (RSS 101MiB > 100MiB)");
+    w.rss = Some(100 << 20);
+    assert_eq!(round_verdict(&s, &w, t0 + secs(10)), Verdict::Keep, "at the limit is within it");
+}
+
+#[test]
+fn cpu_time_limit_recycles_regardless_of_min_lifetime() {
+    let t0 = Instant::now();
+    let s = sup(|s| {
+        s.cpu_time_limit = Some(secs(60));
+        s.min_lifetime = secs(3600);
+    });
+    let w = Sampled { ready_at: Some(t0), cpu: Some(secs(59)), ..Default::default() };
+    assert_eq!(round_verdict(&s, &w, t0 + secs(1)), Verdict::Keep);
+    let w = Sampled { cpu: Some(secs(60)), ..w };
+    let v = round_verdict(&s, &w, t0 + secs(1));
+    assert_eq!(v, Verdict::Cpu { used: secs(60), limit: secs(60) });
+    assert!(v.recycle().is_some_and(|r| r.urgent && r.reason == "cpu-time-limit (60s of CPU)"));
+}
+
+#[test]
+fn replacements_roll_and_the_last_worker_keeps_serving() {
+    let t0 = Instant::now();
+    // 4 workers all due for a calm recycle: start one replacement (max(1, 4/4)), retire none yet.
+    let due: Vec<Member> = (0..4).map(|i| ready(i, t0, Some(false))).collect();
+    assert_eq!(plan(&roster(Mode::Static, 4, due.clone()), t0), vec![Action::Spawn(1)]);
+    // Once a fifth is ready, the oldest due goes, and the next replacement starts.
+    let mut five = due.clone();
+    five.push(ready(9, t0, None));
+    assert_eq!(plan(&roster(Mode::Static, 4, five), t0), vec![Action::Retire(0), Action::Spawn(1)]);
+    // An urgent one goes at once while another serves, before the older calm ones.
+    let mut mixed = due;
+    mixed[2].recycle_urgent = Some(true);
+    assert_eq!(plan(&roster(Mode::Static, 4, mixed), t0), vec![Action::Retire(2), Action::Spawn(1)]);
+    // The only worker, urgent: it keeps serving until its replacement is ready.
+    let alone = vec![ready(0, t0, Some(true))];
+    assert_eq!(plan(&roster(Mode::Static, 1, alone), t0), vec![Action::Spawn(1)]);
+}
+
+#[test]
+fn a_smaller_static_pool_retires_its_idlest_workers() {
+    let t0 = Instant::now();
+    let members: Vec<Member> = (0..4).map(|i| Member { busy: [3, 0, 2, 1][i as usize], ..ready(i, t0, None) }).collect();
+    assert_eq!(
+        plan(&roster(Mode::Static, 2, members.clone()), t0),
+        vec![Action::Shrink { id: 1, want: 2 }, Action::Shrink { id: 3, want: 2 }]
+    );
+    assert_eq!(plan(&roster(Mode::Dynamic, 2, members), t0), vec![], "dynamic pools shrink by idle-timeout");
+}
+
+#[test]
+fn draining_workers_finish_dump_their_stacks_then_die() {
+    let t0 = Instant::now();
+    let deadline = t0 + secs(30);
+    assert_eq!(drain_step(0, deadline, false, true, t0), DrainStep::Finish);
+    assert_eq!(drain_step(2, deadline, false, true, t0 + secs(29)), DrainStep::Wait);
+    assert!(matches!(drain_step(2, deadline, false, true, deadline), DrainStep::DumpStacks { until } if until > deadline));
+    assert_eq!(drain_step(2, deadline, true, true, deadline), DrainStep::Kill);
+    assert_eq!(drain_step(2, deadline, false, false, deadline), DrainStep::Kill, "no stacks from a command worker");
+}
+
+#[test]
+fn sizing_targets_by_mode() {
+    let dynamic = sup(|s| {
+        s.mode = Mode::Dynamic;
+        s.min_processes = 1;
+        s.spare_processes = 3;
+    });
+    assert_eq!(initial_target(&dynamic, 8), 3);
+    assert_eq!(initial_target(&dynamic, 2), 2);
+    assert_eq!(initial_target(&sup(|s| s.mode = Mode::OnDemand), 8), 0);
+    assert_eq!(initial_target(&Supervision::default(), 8), 8);
+    assert_eq!(want(&dynamic, 8, 0), 1);
+    assert_eq!(want(&dynamic, 8, 20), 8);
+    assert_eq!(want(&Supervision::default(), 8, 0), 8);
+    assert_eq!(tick_period(None), ROUND);
+    assert_eq!(tick_period(Some(secs(2))), Duration::from_millis(500));
+    assert_eq!(tick_period(Some(Duration::from_millis(100))), Duration::from_millis(100));
+}
