@@ -12,12 +12,9 @@ fn main() {
     println!("cargo:rerun-if-changed={}", list.display());
 
     let names: Vec<String> = match std::fs::read_to_string(&list) {
-        Ok(text) => text
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty() && !l.starts_with('#'))
-            .map(str::to_owned)
-            .collect(),
+        Ok(text) => {
+            text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(str::to_owned).collect()
+        }
         Err(_) => python_files(&dir),
     };
 

@@ -20,7 +20,9 @@ pub enum ControlError {
     Io { path: String, what: &'static str, source: std::io::Error },
     #[error("control socket {path}: {source}")]
     Listen { path: String, source: crate::listen::ListenError },
-    #[error("no control socket: set bridge.control-socket or bridge.runtime-dir in the configuration, or pass --socket")]
+    #[error(
+        "no control socket: set bridge.control-socket or bridge.runtime-dir in the configuration, or pass --socket"
+    )]
     NotConfigured,
     #[error("cannot reach the daemon at {path}: {source} (is `fcgibridge run` running with this configuration?)")]
     Connect { path: String, source: std::io::Error },
@@ -34,14 +36,22 @@ pub fn socket_path(global: &crate::config::Global) -> Option<PathBuf> {
 /// Bind the control socket (owner-only).
 pub fn bind(path: &Path) -> Result<UnixListener, ControlError> {
     let p = path.display().to_string();
-    crate::listen::clear_stale_socket("control", path).map_err(|e| ControlError::Listen { path: p.clone(), source: e })?;
+    crate::listen::clear_stale_socket("control", path)
+        .map_err(|e| ControlError::Listen { path: p.clone(), source: e })?;
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| ControlError::Io { path: p.clone(), what: "create directory", source: e })?;
+        std::fs::create_dir_all(dir).map_err(|e| ControlError::Io {
+            path: p.clone(),
+            what: "create directory",
+            source: e,
+        })?;
     }
     let l = UnixListener::bind(path).map_err(|e| ControlError::Io { path: p.clone(), what: "bind", source: e })?;
     use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-        .map_err(|e| ControlError::Io { path: p, what: "chmod", source: e })?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(|e| ControlError::Io {
+        path: p,
+        what: "chmod",
+        source: e,
+    })?;
     Ok(l)
 }
 
@@ -126,7 +136,8 @@ async fn answer(mut conn: tokio::net::UnixStream, requests: tokio::sync::mpsc::S
 /// Client side: send `command`, return the daemon's answer text.
 pub fn call(path: &Path, command: &str) -> Result<Result<String, String>, ControlError> {
     let p = path.display().to_string();
-    let mut s = std::os::unix::net::UnixStream::connect(path).map_err(|e| ControlError::Connect { path: p.clone(), source: e })?;
+    let mut s = std::os::unix::net::UnixStream::connect(path)
+        .map_err(|e| ControlError::Connect { path: p.clone(), source: e })?;
     let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
     s.write_all(format!("{command}\n").as_bytes()).map_err(|e| ControlError::Connect { path: p.clone(), source: e })?;
     let mut out = String::new();

@@ -83,19 +83,16 @@ pub fn main(config_dir: &Path) -> ExitCode {
 async fn run(mut config: crate::config::Config, notifier: Arc<Notifier>, config_dir: std::path::PathBuf) -> ExitCode {
     // Signals first, so a SIGTERM during start-up is not lost.
     // SIGUSR1 too: its default action would end a daemon that a log rotation finds starting.
-    let (mut sigterm, mut sigint, mut sigquit, mut sighup, mut sigusr2, mut sigusr1) = match (
+    let (Ok(mut sigterm), Ok(mut sigint), Ok(mut sigquit), Ok(mut sighup), Ok(mut sigusr2), Ok(mut sigusr1)) = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
         signal(SignalKind::quit()),
         signal(SignalKind::hangup()),
         signal(SignalKind::user_defined2()),
         signal(SignalKind::user_defined1()),
-    ) {
-        (Ok(a), Ok(b), Ok(c), Ok(d), Ok(e), Ok(f)) => (a, b, c, d, e, f),
-        _ => {
-            tracing::error!("cannot install signal handlers");
-            return ExitCode::FAILURE;
-        }
+    ) else {
+        tracing::error!("cannot install signal handlers");
+        return ExitCode::FAILURE;
     };
 
     // Bind before spawning workers: a port in use is an immediate, clear error.

@@ -23,7 +23,11 @@ pub fn init(global: &Global) {
     let (writer, ansi, file_error) = match &global.log_file {
         Some(path) => match file::LogFile::open(path.clone()) {
             Ok(f) => (BoxMakeWriter::new(f), false, None),
-            Err(e) => (BoxMakeWriter::new(std::io::stderr), false, Some(format!("cannot open log-file {}: {e}; logging to stderr", path.display()))),
+            Err(e) => (
+                BoxMakeWriter::new(std::io::stderr),
+                false,
+                Some(format!("cannot open log-file {}: {e}; logging to stderr", path.display())),
+            ),
         },
         None => (BoxMakeWriter::new(std::io::stderr), std::io::stderr().is_terminal(), None),
     };
@@ -65,9 +69,9 @@ pub enum AccessLog {
 
 impl AccessLog {
     /// Open the configured destination.
-    pub fn open(path: &Path) -> std::io::Result<AccessLog> {
+    pub fn open(path: &Path) -> std::io::Result<Self> {
         if path.as_os_str() == "-" {
-            return Ok(AccessLog::MainLog);
+            return Ok(Self::MainLog);
         }
         let file = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
         let (tx, rx) = std::sync::mpsc::sync_channel::<String>(4096);
@@ -93,12 +97,12 @@ impl AccessLog {
                 let _ = out.flush();
             }
         })?;
-        Ok(AccessLog::File(tx))
+        Ok(Self::File(tx))
     }
 
     pub fn record(&self, r: &AccessRecord<'_>) {
         match self {
-            AccessLog::MainLog => tracing::info!(
+            Self::MainLog => tracing::info!(
                 target: "access",
                 remote = r.remote,
                 method = r.method,
@@ -109,7 +113,7 @@ impl AccessLog {
                 pool = r.pool,
                 request_id = r.request_id,
             ),
-            AccessLog::File(tx) => {
+            Self::File(tx) => {
                 if let Some(f) = access_format::installed() {
                     let _ = tx.try_send(f.render(r));
                     return;

@@ -10,7 +10,9 @@ use std::time::Duration;
 /// Why the notification socket cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum NotifyError {
-    #[error("NOTIFY_SOCKET {0:?} is neither an absolute path nor an abstract name (@name); check the unit's environment")]
+    #[error(
+        "NOTIFY_SOCKET {0:?} is neither an absolute path nor an abstract name (@name); check the unit's environment"
+    )]
     BadAddress(String),
     #[error("cannot create a datagram socket for NOTIFY_SOCKET: {0}")]
     Socket(std::io::Error),
@@ -26,7 +28,7 @@ impl Notifier {
     /// Read NOTIFY_SOCKET, WATCHDOG_USEC and WATCHDOG_PID, then remove them from the
     /// environment so the workers the bridge starts do not talk to systemd in its name.
     /// Call while the process is still single-threaded.
-    pub fn from_env() -> Result<Notifier, NotifyError> {
+    pub fn from_env() -> Result<Self, NotifyError> {
         let socket = std::env::var("NOTIFY_SOCKET").ok().filter(|s| !s.is_empty());
         let watchdog_usec = std::env::var("WATCHDOG_USEC").ok();
         let watchdog_pid = std::env::var("WATCHDOG_PID").ok();
@@ -35,7 +37,7 @@ impl Notifier {
         }
         // WATCHDOG_PID names the process systemd expects pings from; another pid means
         // the variables were inherited from a parent and are not ours.
-        let ours = watchdog_pid.map_or(true, |p| p.trim().parse::<u32>().ok() == Some(std::process::id()));
+        let ours = watchdog_pid.is_none_or(|p| p.trim().parse::<u32>().ok() == Some(std::process::id()));
         let watchdog = watchdog_usec
             .and_then(|u| u.trim().parse::<u64>().ok())
             .filter(|&u| u > 0 && ours)
@@ -49,13 +51,13 @@ impl Notifier {
             }
         };
         let watchdog = if target.is_some() { watchdog } else { None };
-        Ok(Notifier { target, watchdog })
+        Ok(Self { target, watchdog })
     }
 
     /// A notifier that sends nothing (for callers that run without systemd).
     #[allow(dead_code)]
-    pub fn disabled() -> Notifier {
-        Notifier { target: None, watchdog: None }
+    pub fn disabled() -> Self {
+        Self { target: None, watchdog: None }
     }
 
     /// How often to send WATCHDOG=1 (half of WATCHDOG_USEC), if systemd asked for it.
@@ -126,7 +128,10 @@ pub fn spawn_watchdog(notifier: std::sync::Arc<Notifier>) {
 /// systemd's TimeoutStartSec=, which is what an operator wants to see; after the longest
 /// startup-timeout READY=1 is sent anyway, with a status naming the pools not ready,
 /// so the pools that work are served.
-pub async fn ready_when_pools_ready(notifier: std::sync::Arc<Notifier>, pools: Vec<std::sync::Arc<crate::supervise::PoolRuntime>>) {
+pub async fn ready_when_pools_ready(
+    notifier: std::sync::Arc<Notifier>,
+    pools: Vec<std::sync::Arc<crate::supervise::PoolRuntime>>,
+) {
     let longest = pools.iter().map(|p| p.config.startup_timeout).max().unwrap_or_default();
     let deadline = tokio::time::Instant::now() + longest + Duration::from_secs(1);
     let not_ready = |pools: &[std::sync::Arc<crate::supervise::PoolRuntime>]| -> Vec<String> {

@@ -88,7 +88,9 @@ pub fn check_pools(pools: &[Pool]) -> Result<(), Refused> {
 pub fn probe(python: &Path, pool: &Pool) -> Result<Found, ProbeError> {
     let chroot = pool.isolation.chroot.as_deref();
     let (exe, workdir) = match chroot {
-        Some(root) => (crate::supervise::inside_chroot(root, python), crate::supervise::inside_chroot(root, &pool.chdir)),
+        Some(root) => {
+            (crate::supervise::inside_chroot(root, python), crate::supervise::inside_chroot(root, &pool.chdir))
+        }
         None => (python.to_path_buf(), pool.chdir.clone()),
     };
     let mut cmd = Command::new(&exe);
@@ -186,7 +188,13 @@ mod tests {
         let f = parse("fcgibridge-probe 2.7.18 cpython").unwrap();
         assert_eq!(f, Found { version: (2, 7, 18), implementation: "cpython".into() });
         assert_eq!(parse("fcgibridge-probe 3.13.0 pypy\n").unwrap().version, (3, 13, 0));
-        for bad in ["", "Python 3.11.2", "fcgibridge-probe 3.x.1 cpython", "fcgibridge-probe 3.11 cpython", "fcgibridge-probe 3.11.2"] {
+        for bad in [
+            "",
+            "Python 3.11.2",
+            "fcgibridge-probe 3.x.1 cpython",
+            "fcgibridge-probe 3.11 cpython",
+            "fcgibridge-probe 3.11.2",
+        ] {
             assert_eq!(parse(bad), None, "{bad}");
         }
     }

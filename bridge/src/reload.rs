@@ -78,12 +78,16 @@ async fn apply(dir: &Path, live: Live<'_>, restart_all: bool) -> Result<String, 
         .filter_map(|(changed, key)| changed.then_some(key))
         .collect();
         if !later.is_empty() {
-            tracing::warn!("reload: bridge settings {} changed; they take effect when the daemon restarts", later.join(", "));
+            tracing::warn!(
+                "reload: bridge settings {} changed; they take effect when the daemon restarts",
+                later.join(", ")
+            );
             notes.push(format!("restart needed for bridge.{}", later.join(", bridge.")));
         }
     }
 
-    let before: Vec<(String, config::Pool)> = live.supervisor.pools().iter().map(|p| (p.name.to_string(), p.config.clone())).collect();
+    let before: Vec<(String, config::Pool)> =
+        live.supervisor.pools().iter().map(|p| (p.name.to_string(), p.config.clone())).collect();
     let pools = live
         .supervisor
         .reload(&new.pools, live.runtime_dir, restart_all, new.global.shutdown_timeout)
@@ -105,7 +109,8 @@ async fn apply(dir: &Path, live: Live<'_>, restart_all: bool) -> Result<String, 
         }
     }
     let list = |v: &[String]| if v.is_empty() { "none".to_owned() } else { v.join(", ") };
-    let mut summary = format!("pools added: {}; changed: {}; removed: {}; {listeners}", list(&added), list(&changed), list(&removed));
+    let mut summary =
+        format!("pools added: {}; changed: {}; removed: {}; {listeners}", list(&added), list(&changed), list(&removed));
     for n in notes {
         summary.push_str("; ");
         summary.push_str(&n);

@@ -117,8 +117,8 @@ enum Body {
 impl Body {
     fn len(&self) -> u64 {
         match self {
-            Body::Bytes(b) => b.len() as u64,
-            Body::File { len, .. } => *len,
+            Self::Bytes(b) => b.len() as u64,
+            Self::File { len, .. } => *len,
         }
     }
 }
@@ -149,7 +149,8 @@ fn send(stream: &mut Stream, address: &str, head: &[u8], body: Option<Body>, scg
             while left > 0 {
                 let n = file.read(&mut buf).map_err(|source| RequestError::Body { path: path.clone(), source })?;
                 if n == 0 {
-                    let source = io::Error::new(io::ErrorKind::UnexpectedEof, "the file shrank while it was being sent");
+                    let source =
+                        io::Error::new(io::ErrorKind::UnexpectedEof, "the file shrank while it was being sent");
                     return Err(RequestError::Body { path, source });
                 }
                 let n = n.min(usize::try_from(left).unwrap_or(usize::MAX));
@@ -173,9 +174,7 @@ fn read_body(data: Option<&str>) -> Result<Option<Body>, RequestError> {
         None => Ok(Some(Body::Bytes(data.as_bytes().to_vec()))),
         Some("-") => {
             let mut body = Vec::new();
-            io::stdin()
-                .read_to_end(&mut body)
-                .map_err(|source| RequestError::Body { path: "stdin".into(), source })?;
+            io::stdin().read_to_end(&mut body).map_err(|source| RequestError::Body { path: "stdin".into(), source })?;
             Ok(Some(Body::Bytes(body)))
         }
         Some(file) => {
@@ -269,22 +268,22 @@ enum Stream {
 }
 
 impl Stream {
-    fn try_clone(&self) -> io::Result<Stream> {
+    fn try_clone(&self) -> io::Result<Self> {
         Ok(match self {
-            Stream::Tcp(s) => Stream::Tcp(s.try_clone()?),
-            Stream::Unix(s) => Stream::Unix(s.try_clone()?),
+            Self::Tcp(s) => Self::Tcp(s.try_clone()?),
+            Self::Unix(s) => Self::Unix(s.try_clone()?),
         })
     }
     fn local_port(&self) -> Option<u16> {
         match self {
-            Stream::Tcp(s) => s.local_addr().ok().map(|a| a.port()),
-            Stream::Unix(_) => None,
+            Self::Tcp(s) => s.local_addr().ok().map(|a| a.port()),
+            Self::Unix(_) => None,
         }
     }
     fn shutdown_both(&self) {
         let _ = match self {
-            Stream::Tcp(s) => s.shutdown(Shutdown::Both),
-            Stream::Unix(s) => s.shutdown(Shutdown::Both),
+            Self::Tcp(s) => s.shutdown(Shutdown::Both),
+            Self::Unix(s) => s.shutdown(Shutdown::Both),
         };
     }
 }
@@ -292,8 +291,8 @@ impl Stream {
 impl Read for Stream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
-            Stream::Tcp(s) => s.read(buf),
-            Stream::Unix(s) => s.read(buf),
+            Self::Tcp(s) => s.read(buf),
+            Self::Unix(s) => s.read(buf),
         }
     }
 }
@@ -301,14 +300,14 @@ impl Read for Stream {
 impl Write for Stream {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         match self {
-            Stream::Tcp(s) => s.write(buf),
-            Stream::Unix(s) => s.write(buf),
+            Self::Tcp(s) => s.write(buf),
+            Self::Unix(s) => s.write(buf),
         }
     }
     fn flush(&mut self) -> io::Result<()> {
         match self {
-            Stream::Tcp(s) => s.flush(),
-            Stream::Unix(s) => s.flush(),
+            Self::Tcp(s) => s.flush(),
+            Self::Unix(s) => s.flush(),
         }
     }
 }
@@ -323,12 +322,15 @@ fn connect(address: &str, timeout: Duration) -> Result<Stream, RequestError> {
     } else {
         use std::net::ToSocketAddrs;
         let addrs = address.to_socket_addrs().map_err(|_| {
-            RequestError::Usage(format!("{address:?} is not an address; write host:port, [::1]:port, unix:/path or /path"))
+            RequestError::Usage(format!(
+                "{address:?} is not an address; write host:port, [::1]:port, unix:/path or /path"
+            ))
         })?;
         let mut last = io::Error::new(io::ErrorKind::NotFound, "the name resolved to no address");
         let mut connected = None;
         for addr in addrs {
-            let attempt = if timeout.is_zero() { TcpStream::connect(addr) } else { TcpStream::connect_timeout(&addr, timeout) };
+            let attempt =
+                if timeout.is_zero() { TcpStream::connect(addr) } else { TcpStream::connect_timeout(&addr, timeout) };
             match attempt {
                 Ok(s) => {
                     connected = Some(s);
@@ -360,7 +362,7 @@ struct Printer {
 
 impl Printer {
     fn new(address: &str) -> Self {
-        Printer { address: address.to_owned(), head: Vec::new(), head_done: false }
+        Self { address: address.to_owned(), head: Vec::new(), head_done: false }
     }
 
     fn io(&self, source: io::Error) -> RequestError {
@@ -372,10 +374,8 @@ impl Printer {
             return out.write_all(data).map_err(|e| self.io(e));
         }
         self.head.extend_from_slice(data);
-        let parsed = cgi::parse_response_head(&self.head, MAX_HEAD).map_err(|e| RequestError::BadResponse {
-            address: self.address.clone(),
-            detail: e.to_string(),
-        })?;
+        let parsed = cgi::parse_response_head(&self.head, MAX_HEAD)
+            .map_err(|e| RequestError::BadResponse { address: self.address.clone(), detail: e.to_string() })?;
         if let Some((head, used)) = parsed {
             self.head_done = true;
             let rest = self.head.split_off(used);
@@ -427,10 +427,9 @@ fn read_fastcgi(
     let mut conn = ClientConnection::new(Limits::default());
     let mut buf = vec![0u8; 64 << 10];
     loop {
-        while let Some(event) = conn.next_event().map_err(|source| RequestError::Protocol {
-            address: printer.address.clone(),
-            source,
-        })? {
+        while let Some(event) =
+            conn.next_event().map_err(|source| RequestError::Protocol { address: printer.address.clone(), source })?
+        {
             match event {
                 ClientEvent::Stdout { data, .. } => printer.stdout(&data, out)?,
                 ClientEvent::Stderr { data, .. } => {
@@ -500,11 +499,7 @@ mod tests {
     }
 
     fn params_of(args: &Args, body: Option<u64>) -> HashMap<String, String> {
-        build_params(args, body, 4242)
-            .unwrap()
-            .into_iter()
-            .map(|(k, v)| (k, String::from_utf8(v).unwrap()))
-            .collect()
+        build_params(args, body, 4242).unwrap().into_iter().map(|(k, v)| (k, String::from_utf8(v).unwrap())).collect()
     }
 
     #[test]
@@ -571,7 +566,10 @@ mod tests {
     fn status_lines() {
         let head = |text: &[u8]| cgi::parse_response_head(text, MAX_HEAD).unwrap().unwrap().0;
         let line = |h: &ResponseHead| String::from_utf8(status_and_headers(h)).unwrap();
-        assert_eq!(line(&head(b"Content-Type: text/plain\r\n\r\n")), "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\n");
+        assert_eq!(
+            line(&head(b"Content-Type: text/plain\r\n\r\n")),
+            "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\n"
+        );
         assert!(line(&head(b"Location: /x\r\n\r\n")).starts_with("HTTP/1.1 302 Found\r\n"));
         assert!(line(&head(b"Status: 404\r\n\r\n")).starts_with("HTTP/1.1 404 Not Found\r\n"));
         assert!(line(&head(b"Status: 599 Custom\r\n\r\n")).starts_with("HTTP/1.1 599 Custom\r\n"));
@@ -606,7 +604,8 @@ mod tests {
                 }
             }
             let mut out = BytesMut::new();
-            let reply = format!("Status: 201\r\nX-Method: {}\r\n\r\ngot {}", String::from_utf8_lossy(&method), body.len());
+            let reply =
+                format!("Status: 201\r\nX-Method: {}\r\n\r\ngot {}", String::from_utf8_lossy(&method), body.len());
             let pad = fastcgi_server::record::Padding::Align8;
             fastcgi_server::server::write_stdout(&mut out, REQUEST_ID, reply.as_bytes(), pad);
             fastcgi_server::server::write_stderr(&mut out, REQUEST_ID, b"a warning\n", pad);

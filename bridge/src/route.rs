@@ -37,7 +37,7 @@ impl<T> Router<T> {
                 target,
             })
             .collect();
-        Router { routes }
+        Self { routes }
     }
 
     /// Every target, in route order (duplicates possible).
@@ -257,11 +257,7 @@ mod tests {
     #[test]
     fn apache_internal_redirect_uses_script_name() {
         // mod_fcgid / mod_proxy_scgi after `200 + Location: /local`: REQUEST_URI is the first URI.
-        let mut p = params(&[
-            ("REQUEST_URI", "/redirect"),
-            ("REDIRECT_URL", "/redirect"),
-            ("SCRIPT_NAME", "/local"),
-        ]);
+        let mut p = params(&[("REQUEST_URI", "/redirect"), ("REDIRECT_URL", "/redirect"), ("SCRIPT_NAME", "/local")]);
         assert_eq!(&*request_path(&p), b"/local");
         mount(&mut p, None);
         assert_eq!(p.get(b"PATH_INFO"), Some(&b"/local"[..]));

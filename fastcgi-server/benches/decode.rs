@@ -116,10 +116,7 @@ fn bench_encode(c: &mut Criterion) {
     let mut out = Vec::with_capacity(70 << 10);
     let mut g = c.benchmark_group("encode");
     g.throughput(Throughput::Bytes(body.len() as u64));
-    for (name, padding) in [
-        ("response_64k", Padding::None),
-        ("response_64k_align8", Padding::Align8),
-    ] {
+    for (name, padding) in [("response_64k", Padding::None), ("response_64k_align8", Padding::Align8)] {
         g.bench_function(name, |b| {
             b.iter(|| {
                 out.clear();

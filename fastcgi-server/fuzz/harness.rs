@@ -31,11 +31,7 @@ pub fn server(data: &[u8]) {
     let Some((&cut, input)) = data.split_first() else {
         return;
     };
-    let limits = if cut & 0x80 != 0 {
-        small_limits()
-    } else {
-        Limits::default()
-    };
+    let limits = if cut & 0x80 != 0 { small_limits() } else { Limits::default() };
     let mut conn = ServerConnection::new(limits);
     for piece in input.chunks(usize::from(cut & 0x7f).max(1)) {
         conn.feed(piece);
@@ -81,9 +77,7 @@ pub fn scgi(data: &[u8]) {
         d.feed(piece);
         loop {
             match d.next_event() {
-                Ok(Some(ScgiEvent::Headers { content_length, .. })) => {
-                    declared = Some(content_length)
-                }
+                Ok(Some(ScgiEvent::Headers { content_length, .. })) => declared = Some(content_length),
                 Ok(Some(ScgiEvent::Body(b))) => body += b.len() as u64,
                 Ok(Some(ScgiEvent::BodyEnd)) => assert_eq!(Some(body), declared),
                 Ok(None) => break,
@@ -100,10 +94,6 @@ pub fn scgi(data: &[u8]) {
 pub fn cgi(data: &[u8]) {
     let max = data.len().saturating_sub(3).max(1);
     if let Ok(Some((_, used))) = parse_response_head(data, max) {
-        assert!(
-            used <= data.len() && used <= max,
-            "head of {used} bytes from {} (max {max})",
-            data.len()
-        );
+        assert!(used <= data.len() && used <= max, "head of {used} bytes from {} (max {max})", data.len());
     }
 }

@@ -29,19 +29,13 @@ pub struct ResponseHead {
 impl ResponseHead {
     /// The first header named `name` (ASCII case-insensitive).
     pub fn header(&self, name: &[u8]) -> Option<&Bytes> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v)
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v)
     }
 }
 
 /// Parse a header block from the start of `buf`. `Ok(None)`: incomplete (and below `max_len`).
 /// On success also returns how many bytes the block took (including the blank line).
-pub fn parse_response_head(
-    buf: &[u8],
-    max_len: usize,
-) -> Result<Option<(ResponseHead, usize)>, Error> {
+pub fn parse_response_head(buf: &[u8], max_len: usize) -> Result<Option<(ResponseHead, usize)>, Error> {
     // Find the blank line first, so an incomplete block costs one scan and no allocation.
     let mut start = 0;
     let end = loop {
@@ -80,21 +74,12 @@ pub fn parse_response_head(
     Ok(Some((head, end)))
 }
 
-fn header_line(
-    block: &Bytes,
-    start: usize,
-    end: usize,
-    line: usize,
-    head: &mut ResponseHead,
-) -> Result<(), Error> {
+fn header_line(block: &Bytes, start: usize, end: usize, line: usize, head: &mut ResponseHead) -> Result<(), Error> {
     let text = &block[start..end];
     if text[0] == b' ' || text[0] == b'\t' {
         return Err(Error::CgiObsFold { line });
     }
-    let colon = text
-        .iter()
-        .position(|&c| c == b':')
-        .ok_or(Error::CgiMissingColon { line })?;
+    let colon = text.iter().position(|&c| c == b':').ok_or(Error::CgiMissingColon { line })?;
     let name = &text[..colon];
     if !is_token(name) {
         return Err(Error::CgiBadHeaderName { line });
@@ -115,15 +100,9 @@ fn header_line(
 
     if name.eq_ignore_ascii_case(b"status") {
         if head.status.is_some() {
-            return Err(Error::CgiDuplicateHeader {
-                line,
-                name: "Status",
-            });
+            return Err(Error::CgiDuplicateHeader { line, name: "Status" });
         }
-        let bad = || Error::CgiBadStatus {
-            line,
-            value: crate::error::show(value),
-        };
+        let bad = || Error::CgiBadStatus { line, value: crate::error::show(value) };
         let code = value.get(..3).ok_or_else(bad)?;
         if !code.iter().all(u8::is_ascii_digit) || code[0] == b'0' {
             return Err(bad());
@@ -140,35 +119,23 @@ fn header_line(
     }
     if name.eq_ignore_ascii_case(b"content-length") {
         if head.content_length.is_some() {
-            return Err(Error::CgiDuplicateHeader {
-                line,
-                name: "Content-Length",
-            });
+            return Err(Error::CgiDuplicateHeader { line, name: "Content-Length" });
         }
-        let n = parse_u64(value).ok_or_else(|| Error::CgiBadContentLength {
-            line,
-            value: crate::error::show(value),
-        })?;
+        let n =
+            parse_u64(value).ok_or_else(|| Error::CgiBadContentLength { line, value: crate::error::show(value) })?;
         head.content_length = Some(n);
     } else if name.eq_ignore_ascii_case(b"location") {
         if head.location.is_some() {
-            return Err(Error::CgiDuplicateHeader {
-                line,
-                name: "Location",
-            });
+            return Err(Error::CgiDuplicateHeader { line, name: "Location" });
         }
         head.location = Some(value_bytes.clone());
     } else if name.eq_ignore_ascii_case(b"content-type") {
         if head.content_type.is_some() {
-            return Err(Error::CgiDuplicateHeader {
-                line,
-                name: "Content-Type",
-            });
+            return Err(Error::CgiDuplicateHeader { line, name: "Content-Type" });
         }
         head.content_type = Some(value_bytes.clone());
     }
-    head.headers
-        .push((block.slice(start..start + colon), value_bytes));
+    head.headers.push((block.slice(start..start + colon), value_bytes));
     Ok(())
 }
 
@@ -176,13 +143,16 @@ fn parse_u64(b: &[u8]) -> Option<u64> {
     if b.is_empty() || b.len() > 20 {
         return None;
     }
-    b.iter().try_fold(0u64, |n, &c| {
-        if c.is_ascii_digit() {
-            n.checked_mul(10)?.checked_add(u64::from(c - b'0'))
-        } else {
-            None
-        }
-    })
+    b.iter().try_fold(
+        0u64,
+        |n, &c| {
+            if c.is_ascii_digit() {
+                n.checked_mul(10)?.checked_add(u64::from(c - b'0'))
+            } else {
+                None
+            }
+        },
+    )
 }
 
 /// Whether `name` can be a header name: a non-empty RFC 9110 token.
@@ -192,15 +162,8 @@ pub fn is_token(name: &[u8]) -> bool {
 
 /// Headers that describe one hop, not the response (RFC 9110 section 7.6.1 and the
 /// de facto `keep-alive` and `proxy-connection`): a gateway never passes them on.
-pub const HOP_BY_HOP: &[&[u8]] = &[
-    b"connection",
-    b"keep-alive",
-    b"proxy-connection",
-    b"te",
-    b"trailer",
-    b"transfer-encoding",
-    b"upgrade",
-];
+pub const HOP_BY_HOP: &[&[u8]] =
+    &[b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"transfer-encoding", b"upgrade"];
 
 /// Whether the header `name` (any case) is hop-by-hop.
 pub fn is_hop_by_hop(name: &[u8]) -> bool {
@@ -277,20 +240,7 @@ static TCHAR: [bool; 256] = {
         t[c] = b.is_ascii_alphanumeric()
             || matches!(
                 b,
-                b'!' | b'#'
-                    | b'$'
-                    | b'%'
-                    | b'&'
-                    | b'\''
-                    | b'*'
-                    | b'+'
-                    | b'-'
-                    | b'.'
-                    | b'^'
-                    | b'_'
-                    | b'`'
-                    | b'|'
-                    | b'~'
+                b'!' | b'#' | b'$' | b'%' | b'&' | b'\'' | b'*' | b'+' | b'-' | b'.' | b'^' | b'_' | b'`' | b'|' | b'~'
             );
         c += 1;
     }
@@ -312,37 +262,24 @@ mod tests {
         assert_eq!(n, raw.len() - 4);
         assert_eq!(h.status, Some(404));
         assert_eq!(h.reason.as_deref(), Some(&b"Not Found"[..]));
-        assert_eq!(
-            h.content_type.as_deref(),
-            Some(&b"text/html; charset=utf-8"[..])
-        );
+        assert_eq!(h.content_type.as_deref(), Some(&b"text/html; charset=utf-8"[..]));
         assert_eq!(h.content_length, Some(12));
         assert_eq!(h.headers.len(), 3, "everything but Status");
-        assert_eq!(
-            h.headers[1],
-            (Bytes::from_static(b"X-A"), Bytes::from_static(b"b"))
-        );
+        assert_eq!(h.headers[1], (Bytes::from_static(b"X-A"), Bytes::from_static(b"b")));
         assert_eq!(h.header(b"x-a").map(|v| &v[..]), Some(&b"b"[..]));
     }
 
     #[test]
     fn bare_lf_and_case_and_location() {
-        let (h, n) = parse(b"location: /x\nSTATUS: 302\n\n")
-            .expect("ok")
-            .expect("complete");
+        let (h, n) = parse(b"location: /x\nSTATUS: 302\n\n").expect("ok").expect("complete");
         assert_eq!(n, 26);
         assert_eq!(h.status, Some(302));
         assert_eq!(h.reason, None);
         assert_eq!(h.location.as_deref(), Some(&b"/x"[..]));
-        assert_eq!(
-            h.headers,
-            vec![(Bytes::from_static(b"location"), Bytes::from_static(b"/x"))]
-        );
+        assert_eq!(h.headers, vec![(Bytes::from_static(b"location"), Bytes::from_static(b"/x"))]);
         let (h, n) = parse(b"\r\nrest").expect("ok").expect("empty block");
         assert_eq!((h, n), (ResponseHead::default(), 2));
-        let (h, _) = parse(b"Status: 200 \r\nX:\r\n\n")
-            .expect("ok")
-            .expect("complete");
+        let (h, _) = parse(b"Status: 200 \r\nX:\r\n\n").expect("ok").expect("complete");
         assert_eq!(h.reason, None);
         assert_eq!(h.headers[0].1, Bytes::new());
     }
@@ -359,84 +296,24 @@ mod tests {
     fn errors() {
         let cases: Vec<(&[u8], Error)> = vec![
             (b"A: b\r\n c\r\n\r\n", Error::CgiObsFold { line: 2 }),
-            (
-                b"A: b\r\nnocolon\r\n\r\n",
-                Error::CgiMissingColon { line: 2 },
-            ),
+            (b"A: b\r\nnocolon\r\n\r\n", Error::CgiMissingColon { line: 2 }),
             (b"Bad Name: x\n\n", Error::CgiBadHeaderName { line: 1 }),
             (b": x\n\n", Error::CgiBadHeaderName { line: 1 }),
             (b"A: b\rc\n\n", Error::CgiBadHeaderValue { line: 1 }),
             (b"A: b\0\n\n", Error::CgiBadHeaderValue { line: 1 }),
-            (
-                b"Status: 20\n\n",
-                Error::CgiBadStatus {
-                    line: 1,
-                    value: "20".into(),
-                },
-            ),
-            (
-                b"Status: 2000\n\n",
-                Error::CgiBadStatus {
-                    line: 1,
-                    value: "2000".into(),
-                },
-            ),
-            (
-                b"Status: 099 x\n\n",
-                Error::CgiBadStatus {
-                    line: 1,
-                    value: "099 x".into(),
-                },
-            ),
-            (
-                b"Status: abc\n\n",
-                Error::CgiBadStatus {
-                    line: 1,
-                    value: "abc".into(),
-                },
-            ),
-            (
-                b"Status: 200\nStatus: 201\n\n",
-                Error::CgiDuplicateHeader {
-                    line: 2,
-                    name: "Status",
-                },
-            ),
-            (
-                b"Content-Length: 1x\n\n",
-                Error::CgiBadContentLength {
-                    line: 1,
-                    value: "1x".into(),
-                },
-            ),
-            (
-                b"Content-Length: \n\n",
-                Error::CgiBadContentLength {
-                    line: 1,
-                    value: "".into(),
-                },
-            ),
+            (b"Status: 20\n\n", Error::CgiBadStatus { line: 1, value: "20".into() }),
+            (b"Status: 2000\n\n", Error::CgiBadStatus { line: 1, value: "2000".into() }),
+            (b"Status: 099 x\n\n", Error::CgiBadStatus { line: 1, value: "099 x".into() }),
+            (b"Status: abc\n\n", Error::CgiBadStatus { line: 1, value: "abc".into() }),
+            (b"Status: 200\nStatus: 201\n\n", Error::CgiDuplicateHeader { line: 2, name: "Status" }),
+            (b"Content-Length: 1x\n\n", Error::CgiBadContentLength { line: 1, value: "1x".into() }),
+            (b"Content-Length: \n\n", Error::CgiBadContentLength { line: 1, value: "".into() }),
             (
                 b"Content-Length: 1\ncontent-length: 1\n\n",
-                Error::CgiDuplicateHeader {
-                    line: 2,
-                    name: "Content-Length",
-                },
+                Error::CgiDuplicateHeader { line: 2, name: "Content-Length" },
             ),
-            (
-                b"Location: /a\nLocation: /b\n\n",
-                Error::CgiDuplicateHeader {
-                    line: 2,
-                    name: "Location",
-                },
-            ),
-            (
-                b"Content-Type: a\nContent-type: b\n\n",
-                Error::CgiDuplicateHeader {
-                    line: 2,
-                    name: "Content-Type",
-                },
-            ),
+            (b"Location: /a\nLocation: /b\n\n", Error::CgiDuplicateHeader { line: 2, name: "Location" }),
+            (b"Content-Type: a\nContent-type: b\n\n", Error::CgiDuplicateHeader { line: 2, name: "Content-Type" }),
         ];
         for (raw, want) in cases {
             assert_eq!(parse(raw), Err(want), "{}", crate::error::show(raw));
@@ -446,16 +323,10 @@ mod tests {
     #[test]
     fn size_limit() {
         let long = vec![b'a'; 100];
-        assert_eq!(
-            parse_response_head(&long, 100),
-            Err(Error::CgiHeadTooLarge { limit: 100 })
-        );
+        assert_eq!(parse_response_head(&long, 100), Err(Error::CgiHeadTooLarge { limit: 100 }));
         assert_eq!(parse_response_head(&long, 101), Ok(None));
         let raw = b"Status: 200\r\n\r\n";
-        assert_eq!(
-            parse_response_head(raw, 14),
-            Err(Error::CgiHeadTooLarge { limit: 14 })
-        );
+        assert_eq!(parse_response_head(raw, 14), Err(Error::CgiHeadTooLarge { limit: 14 }));
         assert!(parse_response_head(raw, 15).expect("ok").is_some());
     }
 

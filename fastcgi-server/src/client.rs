@@ -6,8 +6,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::params::{decode_pairs, pair_len, write_pair};
 use crate::record::{
-    write_header, write_record, Header, Padding, RecordType, MANAGEMENT_ID,
-    MAX_CONTENT_LEN, RecordReader,
+    write_header, write_record, Header, Padding, RecordReader, RecordType, MANAGEMENT_ID, MAX_CONTENT_LEN,
 };
 use crate::server::write_management_pairs;
 use crate::{params::Params, Error, Limits, ProtocolStatus, Role};
@@ -24,11 +23,7 @@ pub enum ClientEvent {
     /// The empty STDERR record that ends the error stream.
     StderrEnd { id: u16 },
     /// The request is over; nothing more comes for `id`.
-    EndRequest {
-        id: u16,
-        app_status: u32,
-        protocol_status: ProtocolStatus,
-    },
+    EndRequest { id: u16, app_status: u32, protocol_status: ProtocolStatus },
     /// The answer to a GET_VALUES query.
     GetValuesResult { values: Params },
     /// The application did not understand a management record of this type.
@@ -44,10 +39,7 @@ pub struct ClientConnection {
 impl ClientConnection {
     /// A connection with an empty receive buffer.
     pub fn new(limits: Limits) -> Self {
-        ClientConnection {
-            reader: RecordReader::default(),
-            limits,
-        }
+        Self { reader: RecordReader::default(), limits }
     }
     /// Append received bytes.
     pub fn feed(&mut self, data: &[u8]) {
@@ -91,12 +83,10 @@ impl ClientConnection {
                 false => ClientEvent::Stderr { id, data: content },
             },
             RecordType::EndRequest if !management => {
-                let b: &[u8; 8] = content.get(..8).and_then(|s| s.try_into().ok()).ok_or(
-                    Error::BadEndRequestBody {
-                        request_id: id,
-                        len: content.len(),
-                    },
-                )?;
+                let b: &[u8; 8] = content
+                    .get(..8)
+                    .and_then(|s| s.try_into().ok())
+                    .ok_or(Error::BadEndRequestBody { request_id: id, len: content.len() })?;
                 ClientEvent::EndRequest {
                     id,
                     app_status: u32::from_be_bytes([b[0], b[1], b[2], b[3]]),
@@ -129,29 +119,15 @@ impl std::fmt::Debug for ClientConnection {
 /// BEGIN_REQUEST for `id` in `role`; `keep_conn` asks the application to keep the connection open.
 pub fn write_begin_request(out: &mut impl BufMut, id: u16, role: Role, keep_conn: bool) {
     let r = role.as_u16().to_be_bytes();
-    let flags = if keep_conn {
-        crate::record::FCGI_KEEP_CONN
-    } else {
-        0
-    };
-    write_record(
-        out,
-        RecordType::BeginRequest,
-        id,
-        &[r[0], r[1], flags, 0, 0, 0, 0, 0],
-        Padding::None,
-    );
+    let flags = if keep_conn { crate::record::FCGI_KEEP_CONN } else { 0 };
+    write_record(out, RecordType::BeginRequest, id, &[r[0], r[1], flags, 0, 0, 0, 0, 0], Padding::None);
 }
 /// The whole PARAMS stream including its terminating empty record.
 ///
 /// Records are cut on pair boundaries (up to 65535 bytes each), as Apache does: some
 /// application-side parsers (PHP's among them) decode each PARAMS record on its own and break
 /// on a pair split across two. Only a single pair larger than a record has to straddle records.
-pub fn write_params<'a>(
-    out: &mut impl BufMut,
-    id: u16,
-    pairs: impl IntoIterator<Item = (&'a [u8], &'a [u8])>,
-) {
+pub fn write_params<'a>(out: &mut impl BufMut, id: u16, pairs: impl IntoIterator<Item = (&'a [u8], &'a [u8])>) {
     let pairs = pairs.into_iter();
     let mut rec = Vec::with_capacity((pairs.size_hint().0 * 32).min(MAX_CONTENT_LEN));
     fn flush(out: &mut impl BufMut, id: u16, content: &[u8]) {
@@ -205,11 +181,7 @@ pub fn write_abort(out: &mut impl BufMut, id: u16) {
 }
 /// One GET_VALUES record (names with empty values). Names past 65535 bytes are left out.
 pub fn write_get_values<'a>(out: &mut impl BufMut, names: impl IntoIterator<Item = &'a [u8]>) {
-    write_management_pairs(
-        out,
-        RecordType::GetValues,
-        names.into_iter().map(|n| (n, &[][..])),
-    );
+    write_management_pairs(out, RecordType::GetValues, names.into_iter().map(|n| (n, &[][..])));
 }
 
 #[cfg(test)]
@@ -231,34 +203,18 @@ mod tests {
         server::write_stdout(&mut b, 3, b"Status: 200 OK\r\n\r\nhi", Padding::Align8);
         server::write_stderr(&mut b, 3, b"warn", Padding::None);
         write_record(&mut b, RecordType::Stderr, 3, b"", Padding::None);
-        server::write_end_request(
-            &mut b,
-            3,
-            7,
-            ProtocolStatus::RequestComplete,
-            Padding::Align8,
-        );
+        server::write_end_request(&mut b, 3, 7, ProtocolStatus::RequestComplete, Padding::Align8);
         let mut c = ClientConnection::new(Limits::default());
         c.feed(&b);
         let ev = drain(&mut c);
         assert_eq!(
             ev,
             vec![
-                ClientEvent::Stdout {
-                    id: 3,
-                    data: Bytes::from_static(b"Status: 200 OK\r\n\r\nhi")
-                },
-                ClientEvent::Stderr {
-                    id: 3,
-                    data: Bytes::from_static(b"warn")
-                },
+                ClientEvent::Stdout { id: 3, data: Bytes::from_static(b"Status: 200 OK\r\n\r\nhi") },
+                ClientEvent::Stderr { id: 3, data: Bytes::from_static(b"warn") },
                 ClientEvent::StderrEnd { id: 3 },
                 ClientEvent::StdoutEnd { id: 3 },
-                ClientEvent::EndRequest {
-                    id: 3,
-                    app_status: 7,
-                    protocol_status: ProtocolStatus::RequestComplete
-                },
+                ClientEvent::EndRequest { id: 3, app_status: 7, protocol_status: ProtocolStatus::RequestComplete },
             ]
         );
     }
@@ -266,13 +222,7 @@ mod tests {
     #[test]
     fn management_replies() {
         let mut b = Vec::new();
-        server::write_get_values_result(
-            &mut b,
-            [
-                (&b"FCGI_MAX_REQS"[..], &b"10"[..]),
-                (b"FCGI_MPXS_CONNS", b"0"),
-            ],
-        );
+        server::write_get_values_result(&mut b, [(&b"FCGI_MAX_REQS"[..], &b"10"[..]), (b"FCGI_MPXS_CONNS", b"0")]);
         server::write_unknown_type(&mut b, 200);
         write_record(&mut b, RecordType::Other(99), 0, b"skip me", Padding::None);
         let mut c = ClientConnection::new(Limits::default());
@@ -291,21 +241,12 @@ mod tests {
     #[test]
     fn errors() {
         let cases: Vec<(Vec<u8>, Error)> = vec![
-            (
-                b"\x00\x06\x00\x01\x00\x00\x00\x00".to_vec(),
-                Error::BadVersion(0),
-            ),
+            (b"\x00\x06\x00\x01\x00\x00\x00\x00".to_vec(), Error::BadVersion(0)),
             (
                 b"\x01\x03\x00\x01\x00\x04\x00\x00\x00\x00\x00\x00".to_vec(),
-                Error::BadEndRequestBody {
-                    request_id: 1,
-                    len: 4,
-                },
+                Error::BadEndRequestBody { request_id: 1, len: 4 },
             ),
-            (
-                b"\x01\x0b\x00\x00\x00\x01\x00\x00\x05".to_vec(),
-                Error::BadUnknownTypeBody { len: 1 },
-            ),
+            (b"\x01\x0b\x00\x00\x00\x01\x00\x00\x05".to_vec(), Error::BadUnknownTypeBody { len: 1 }),
             (
                 b"\x01\x01\x00\x01\x00\x00\x00\x00".to_vec(),
                 Error::UnexpectedRecord {
@@ -317,20 +258,11 @@ mod tests {
             ),
             (
                 b"\x01\x06\x00\x00\x00\x00\x00\x00".to_vec(),
-                Error::UnexpectedRecord {
-                    request_id: 0,
-                    record_type: 6,
-                    name: "FCGI_STDOUT",
-                    peer: "application",
-                },
+                Error::UnexpectedRecord { request_id: 0, record_type: 6, name: "FCGI_STDOUT", peer: "application" },
             ),
             (
                 b"\x01\x0a\x00\x00\x00\x02\x00\x00\x05\x00".to_vec(),
-                Error::TruncatedPair {
-                    request_id: 0,
-                    record_type: "FCGI_GET_VALUES_RESULT",
-                    pending: 2,
-                },
+                Error::TruncatedPair { request_id: 0, record_type: "FCGI_GET_VALUES_RESULT", pending: 2 },
             ),
         ];
         for (bytes, want) in cases {
@@ -344,10 +276,7 @@ mod tests {
     fn request_encoders_round_trip() {
         let mut b = Vec::new();
         write_begin_request(&mut b, 1, Role::Filter, false);
-        assert_eq!(
-            &b[..],
-            b"\x01\x01\x00\x01\x00\x08\x00\x00\x00\x03\x00\x00\x00\x00\x00\x00"
-        );
+        assert_eq!(&b[..], b"\x01\x01\x00\x01\x00\x08\x00\x00\x00\x03\x00\x00\x00\x00\x00\x00");
         let big = vec![b'x'; 100_000];
         write_params(&mut b, 1, [(&b"BIG"[..], &big[..]), (b"A", b"b")]);
         write_stdin(&mut b, 1, &big);
@@ -382,17 +311,7 @@ mod tests {
         let v = vec![b'v'; 30000];
         let big = vec![b'w'; 140_000];
         let mut b = Vec::new();
-        write_params(
-            &mut b,
-            1,
-            [
-                (&b"A"[..], &v[..]),
-                (b"B", &v),
-                (b"C", &v),
-                (b"D", &big),
-                (b"E", b"e"),
-            ],
-        );
+        write_params(&mut b, 1, [(&b"A"[..], &v[..]), (b"B", &v), (b"C", &v), (b"D", &big), (b"E", b"e")]);
         let mut lens = Vec::new();
         let mut pos = 0;
         while let Some(h) = Header::peek(&b[pos..]) {
@@ -403,10 +322,7 @@ mod tests {
         // its tail shares the last record with E; then the empty terminator.
         let pair = 1 + 4 + 1 + 30000;
         let d = 1 + 4 + 1 + 140_000;
-        assert_eq!(
-            lens,
-            vec![2 * pair, pair, 65535, 65535, d - 2 * 65535 + 4, 0]
-        );
+        assert_eq!(lens, vec![2 * pair, pair, 65535, 65535, d - 2 * 65535 + 4, 0]);
         let mut s = ServerConnection::new(Limits::default());
         s.feed(&b"\x01\x01\x00\x01\x00\x08\x00\x00\x00\x01\x00\x00\x00\x00\x00\x00"[..]);
         s.feed(&b);

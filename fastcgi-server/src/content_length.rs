@@ -41,33 +41,20 @@ mod tests {
         assert_eq!(parse(b"18446744073709551615"), Ok(u64::MAX));
         assert_eq!(parse(b"000000000000000000000000000005"), Ok(5));
         for bad in [&b""[..], b"abc", b"+5", b" 5", b"5 ", b"0x10", b"-1", b"1e3", b"5\0", b"\xff"] {
-            assert!(
-                matches!(parse(bad), Err(ContentLengthError::NotDecimal { .. })),
-                "{bad:?}"
-            );
+            assert!(matches!(parse(bad), Err(ContentLengthError::NotDecimal { .. })), "{bad:?}");
         }
     }
 
     #[test]
     fn too_large_is_its_own_error() {
         let two_to_70 = b"1180591620717411303424";
-        assert_eq!(
-            parse(two_to_70),
-            Err(ContentLengthError::TooLarge {
-                value: "1180591620717411303424".into()
-            })
-        );
+        assert_eq!(parse(two_to_70), Err(ContentLengthError::TooLarge { value: "1180591620717411303424".into() }));
         assert_eq!(
             parse(b"18446744073709551616"),
-            Err(ContentLengthError::TooLarge {
-                value: "18446744073709551616".into()
-            })
+            Err(ContentLengthError::TooLarge { value: "18446744073709551616".into() })
         );
         let msg = parse(b"99999999999999999999").unwrap_err().to_string();
-        assert_eq!(
-            msg,
-            "CONTENT_LENGTH 99999999999999999999 exceeds 18446744073709551615, the largest body length"
-        );
+        assert_eq!(msg, "CONTENT_LENGTH 99999999999999999999 exceeds 18446744073709551615, the largest body length");
         let msg = parse(b"+5").unwrap_err().to_string();
         assert_eq!(msg, "CONTENT_LENGTH \"+5\" is not a decimal number");
     }

@@ -8,42 +8,28 @@
 pub enum Error {
     #[error("unsupported FastCGI version {0} (only 1 exists)")]
     BadVersion(u8),
-    #[error(
-        "request {request_id}: PARAMS exceed the limit of {limit} bytes (Limits::max_params_bytes)"
-    )]
+    #[error("request {request_id}: PARAMS exceed the limit of {limit} bytes (Limits::max_params_bytes)")]
     ParamsTooLarge { request_id: u16, limit: usize },
     #[error("request {request_id}: PARAMS of the requests open on this connection reach {held} bytes, above the limit of {limit} (Limits::max_params_bytes_per_connection)")]
-    ConnectionParamsTooLarge {
-        request_id: u16,
-        held: usize,
-        limit: usize,
-    },
+    ConnectionParamsTooLarge { request_id: u16, held: usize, limit: usize },
     /// Kept for callers that report their own framing problems; the decoders here use the
     /// precise variants below.
     #[error("malformed: {0}")]
     Malformed(&'static str),
 
     // ---- FastCGI name-value pairs ----
-    #[error("request {request_id}: a parameter name of {len} bytes exceeds the limit of {limit} (Limits::max_name_len)")]
-    NameTooLong {
-        request_id: u16,
-        len: usize,
-        limit: usize,
-    },
-    #[error("request {request_id}: a parameter value of {len} bytes exceeds the limit of {limit} (Limits::max_value_len)")]
-    ValueTooLong {
-        request_id: u16,
-        len: usize,
-        limit: usize,
-    },
+    #[error(
+        "request {request_id}: a parameter name of {len} bytes exceeds the limit of {limit} (Limits::max_name_len)"
+    )]
+    NameTooLong { request_id: u16, len: usize, limit: usize },
+    #[error(
+        "request {request_id}: a parameter value of {len} bytes exceeds the limit of {limit} (Limits::max_value_len)"
+    )]
+    ValueTooLong { request_id: u16, len: usize, limit: usize },
     #[error("request {request_id}: more than {limit} PARAMS records (Limits::max_params_records)")]
     TooManyParamsRecords { request_id: u16, limit: usize },
     #[error("request {request_id}: {record_type} ends inside a name-value pair ({pending} bytes of an incomplete pair left)")]
-    TruncatedPair {
-        request_id: u16,
-        record_type: &'static str,
-        pending: usize,
-    },
+    TruncatedPair { request_id: u16, record_type: &'static str, pending: usize },
 
     // ---- FastCGI records ----
     #[error("request {request_id}: FCGI_BEGIN_REQUEST body is {len} bytes, expected 8")]
@@ -57,12 +43,7 @@ pub enum Error {
     #[error("request {request_id}: refused, {limit} requests are already active on this connection (Limits::max_concurrent_requests)")]
     TooManyRequests { request_id: u16, limit: usize },
     #[error("request {request_id}: unexpected {name} record (type {record_type}) from the {peer}")]
-    UnexpectedRecord {
-        request_id: u16,
-        record_type: u8,
-        name: &'static str,
-        peer: &'static str,
-    },
+    UnexpectedRecord { request_id: u16, record_type: u8, name: &'static str, peer: &'static str },
     #[error("request {request_id}: {name} record after that stream's empty end record")]
     RecordAfterStreamEnd { request_id: u16, name: &'static str },
     /// Never-begun ids are told apart from ended ones, whose late records the spec says to skip.
@@ -72,9 +53,7 @@ pub enum Error {
     UnknownRecordType { request_id: u16, record_type: u8 },
 
     // ---- SCGI ----
-    #[error(
-        "SCGI: netstring length is not a decimal number (byte {byte:#04x} at offset {offset})"
-    )]
+    #[error("SCGI: netstring length is not a decimal number (byte {byte:#04x} at offset {offset})")]
     ScgiBadLength { byte: u8, offset: usize },
     #[error("SCGI: header netstring of {len} bytes exceeds the limit of {limit} (Limits::max_params_bytes)")]
     ScgiHeadersTooLarge { len: u64, limit: usize },
@@ -82,9 +61,7 @@ pub enum Error {
     ScgiMissingComma { found: u8 },
     #[error("SCGI: header netstring does not end with a NUL-terminated string")]
     ScgiUnterminatedString,
-    #[error(
-        "SCGI: header netstring holds an odd number of strings ({count}); a name lacks its value"
-    )]
+    #[error("SCGI: header netstring holds an odd number of strings ({count}); a name lacks its value")]
     ScgiOddStrings { count: usize },
     #[error("SCGI: the first header is not CONTENT_LENGTH")]
     ScgiMissingContentLength,
@@ -94,19 +71,13 @@ pub enum Error {
     ScgiContentLengthTooLarge { value: String },
     #[error("SCGI: CONTENT_LENGTH appears more than once")]
     ScgiDuplicateContentLength,
-    #[error(
-        "SCGI: a header name of {len} bytes exceeds the limit of {limit} (Limits::max_name_len)"
-    )]
+    #[error("SCGI: a header name of {len} bytes exceeds the limit of {limit} (Limits::max_name_len)")]
     ScgiNameTooLong { len: usize, limit: usize },
-    #[error(
-        "SCGI: a header value of {len} bytes exceeds the limit of {limit} (Limits::max_value_len)"
-    )]
+    #[error("SCGI: a header value of {len} bytes exceeds the limit of {limit} (Limits::max_value_len)")]
     ScgiValueTooLong { len: usize, limit: usize },
 
     // ---- CGI response head ----
-    #[error(
-        "CGI response: no end of the header block within {limit} bytes (Limits::max_header_block)"
-    )]
+    #[error("CGI response: no end of the header block within {limit} bytes (Limits::max_header_block)")]
     CgiHeadTooLarge { limit: usize },
     #[error("CGI response: header line {line} has no ':'")]
     CgiMissingColon { line: usize },
@@ -129,26 +100,26 @@ impl Error {
     /// peer broke the protocol. Non-fatal errors concern one request, which the caller can end
     /// (for example with END_REQUEST and `OVERLOADED`) while the connection carries on.
     pub fn is_fatal(&self) -> bool {
-        !matches!(self, Error::TooManyRequests { .. })
+        !matches!(self, Self::TooManyRequests { .. })
     }
 
     /// The FastCGI request the error concerns, if any.
     pub fn request_id(&self) -> Option<u16> {
         match *self {
-            Error::ParamsTooLarge { request_id, .. }
-            | Error::ConnectionParamsTooLarge { request_id, .. }
-            | Error::NameTooLong { request_id, .. }
-            | Error::ValueTooLong { request_id, .. }
-            | Error::TooManyParamsRecords { request_id, .. }
-            | Error::TruncatedPair { request_id, .. }
-            | Error::BadBeginRequestBody { request_id, .. }
-            | Error::BadEndRequestBody { request_id, .. }
-            | Error::DuplicateRequestId { request_id }
-            | Error::TooManyRequests { request_id, .. }
-            | Error::UnexpectedRecord { request_id, .. }
-            | Error::RecordAfterStreamEnd { request_id, .. }
-            | Error::RecordWithoutBegin { request_id, .. }
-            | Error::UnknownRecordType { request_id, .. } => Some(request_id),
+            Self::ParamsTooLarge { request_id, .. }
+            | Self::ConnectionParamsTooLarge { request_id, .. }
+            | Self::NameTooLong { request_id, .. }
+            | Self::ValueTooLong { request_id, .. }
+            | Self::TooManyParamsRecords { request_id, .. }
+            | Self::TruncatedPair { request_id, .. }
+            | Self::BadBeginRequestBody { request_id, .. }
+            | Self::BadEndRequestBody { request_id, .. }
+            | Self::DuplicateRequestId { request_id }
+            | Self::TooManyRequests { request_id, .. }
+            | Self::UnexpectedRecord { request_id, .. }
+            | Self::RecordAfterStreamEnd { request_id, .. }
+            | Self::RecordWithoutBegin { request_id, .. }
+            | Self::UnknownRecordType { request_id, .. } => Some(request_id),
             _ => None,
         }
     }
@@ -175,167 +146,58 @@ mod tests {
     fn messages_name_request_and_limit() {
         let cases: Vec<(Error, &[&str])> = vec![
             (Error::BadVersion(2), &["version 2"]),
-            (
-                Error::ParamsTooLarge {
-                    request_id: 7,
-                    limit: 10,
-                },
-                &["request 7", "10 bytes", "max_params_bytes"],
-            ),
+            (Error::ParamsTooLarge { request_id: 7, limit: 10 }, &["request 7", "10 bytes", "max_params_bytes"]),
             (Error::Malformed("x"), &["malformed: x"]),
+            (Error::NameTooLong { request_id: 3, len: 5, limit: 4 }, &["request 3", "5 bytes", "max_name_len"]),
+            (Error::ValueTooLong { request_id: 3, len: 9, limit: 8 }, &["request 3", "9 bytes", "max_value_len"]),
+            (Error::TooManyParamsRecords { request_id: 9, limit: 2 }, &["request 9", "2 PARAMS", "max_params_records"]),
             (
-                Error::NameTooLong {
-                    request_id: 3,
-                    len: 5,
-                    limit: 4,
-                },
-                &["request 3", "5 bytes", "max_name_len"],
-            ),
-            (
-                Error::ValueTooLong {
-                    request_id: 3,
-                    len: 9,
-                    limit: 8,
-                },
-                &["request 3", "9 bytes", "max_value_len"],
-            ),
-            (
-                Error::TooManyParamsRecords {
-                    request_id: 9,
-                    limit: 2,
-                },
-                &["request 9", "2 PARAMS", "max_params_records"],
-            ),
-            (
-                Error::TruncatedPair {
-                    request_id: 1,
-                    record_type: "FCGI_PARAMS",
-                    pending: 4,
-                },
+                Error::TruncatedPair { request_id: 1, record_type: "FCGI_PARAMS", pending: 4 },
                 &["request 1", "FCGI_PARAMS", "4 bytes"],
             ),
-            (
-                Error::BadBeginRequestBody {
-                    request_id: 1,
-                    len: 3,
-                },
-                &["request 1", "3 bytes"],
-            ),
-            (
-                Error::BadEndRequestBody {
-                    request_id: 2,
-                    len: 4,
-                },
-                &["request 2", "4 bytes"],
-            ),
+            (Error::BadBeginRequestBody { request_id: 1, len: 3 }, &["request 1", "3 bytes"]),
+            (Error::BadEndRequestBody { request_id: 2, len: 4 }, &["request 2", "4 bytes"]),
             (Error::BadUnknownTypeBody { len: 1 }, &["1 bytes"]),
+            (Error::DuplicateRequestId { request_id: 1 }, &["request 1", "still active"]),
             (
-                Error::DuplicateRequestId { request_id: 1 },
-                &["request 1", "still active"],
-            ),
-            (
-                Error::TooManyRequests {
-                    request_id: 3,
-                    limit: 2,
-                },
+                Error::TooManyRequests { request_id: 3, limit: 2 },
                 &["request 3", "2 requests", "max_concurrent_requests"],
             ),
             (
-                Error::UnexpectedRecord {
-                    request_id: 1,
-                    record_type: 6,
-                    name: "FCGI_STDOUT",
-                    peer: "web server",
-                },
+                Error::UnexpectedRecord { request_id: 1, record_type: 6, name: "FCGI_STDOUT", peer: "web server" },
                 &["request 1", "FCGI_STDOUT", "type 6", "web server"],
             ),
+            (Error::RecordAfterStreamEnd { request_id: 1, name: "FCGI_STDIN" }, &["request 1", "FCGI_STDIN"]),
             (
-                Error::RecordAfterStreamEnd {
-                    request_id: 1,
-                    name: "FCGI_STDIN",
-                },
-                &["request 1", "FCGI_STDIN"],
-            ),
-            (
-                Error::RecordWithoutBegin {
-                    request_id: 5,
-                    name: "FCGI_PARAMS",
-                },
+                Error::RecordWithoutBegin { request_id: 5, name: "FCGI_PARAMS" },
                 &["request 5", "FCGI_PARAMS", "never began"],
             ),
             (
-                Error::UnknownRecordType {
-                    request_id: 1,
-                    record_type: 0,
-                },
+                Error::UnknownRecordType { request_id: 1, record_type: 0 },
                 &["request 1", "record type 0", "not a FastCGI record type"],
             ),
-            (
-                Error::ScgiBadLength {
-                    byte: b'a',
-                    offset: 1,
-                },
-                &["0x61", "offset 1"],
-            ),
-            (
-                Error::ScgiHeadersTooLarge { len: 99, limit: 9 },
-                &["99 bytes", "limit of 9", "max_params_bytes"],
-            ),
+            (Error::ScgiBadLength { byte: b'a', offset: 1 }, &["0x61", "offset 1"]),
+            (Error::ScgiHeadersTooLarge { len: 99, limit: 9 }, &["99 bytes", "limit of 9", "max_params_bytes"]),
             (Error::ScgiMissingComma { found: b';' }, &["','", "0x3b"]),
             (Error::ScgiUnterminatedString, &["NUL"]),
             (Error::ScgiOddStrings { count: 3 }, &["(3)"]),
             (Error::ScgiMissingContentLength, &["CONTENT_LENGTH"]),
+            (Error::ScgiBadContentLength { value: "x".into() }, &["\"x\""]),
             (
-                Error::ScgiBadContentLength { value: "x".into() },
-                &["\"x\""],
-            ),
-            (
-                Error::ScgiContentLengthTooLarge {
-                    value: "99999999999999999999".into(),
-                },
-                &[
-                    "CONTENT_LENGTH 99999999999999999999 exceeds 18446744073709551615",
-                    "largest body length",
-                ],
+                Error::ScgiContentLengthTooLarge { value: "99999999999999999999".into() },
+                &["CONTENT_LENGTH 99999999999999999999 exceeds 18446744073709551615", "largest body length"],
             ),
             (Error::ScgiDuplicateContentLength, &["more than once"]),
-            (
-                Error::ScgiNameTooLong { len: 5, limit: 4 },
-                &["5 bytes", "max_name_len"],
-            ),
-            (
-                Error::ScgiValueTooLong { len: 5, limit: 4 },
-                &["5 bytes", "max_value_len"],
-            ),
-            (
-                Error::CgiHeadTooLarge { limit: 100 },
-                &["100 bytes", "max_header_block"],
-            ),
+            (Error::ScgiNameTooLong { len: 5, limit: 4 }, &["5 bytes", "max_name_len"]),
+            (Error::ScgiValueTooLong { len: 5, limit: 4 }, &["5 bytes", "max_value_len"]),
+            (Error::CgiHeadTooLarge { limit: 100 }, &["100 bytes", "max_header_block"]),
             (Error::CgiMissingColon { line: 2 }, &["line 2", "':'"]),
             (Error::CgiObsFold { line: 2 }, &["line 2", "continuation"]),
             (Error::CgiBadHeaderName { line: 1 }, &["line 1", "name"]),
             (Error::CgiBadHeaderValue { line: 1 }, &["line 1", "control"]),
-            (
-                Error::CgiBadStatus {
-                    line: 1,
-                    value: "20".into(),
-                },
-                &["line 1", "\"20\""],
-            ),
-            (
-                Error::CgiBadContentLength {
-                    line: 1,
-                    value: "1x".into(),
-                },
-                &["line 1", "\"1x\""],
-            ),
-            (
-                Error::CgiDuplicateHeader {
-                    line: 2,
-                    name: "Status",
-                },
-                &["line 2", "Status"],
-            ),
+            (Error::CgiBadStatus { line: 1, value: "20".into() }, &["line 1", "\"20\""]),
+            (Error::CgiBadContentLength { line: 1, value: "1x".into() }, &["line 1", "\"1x\""]),
+            (Error::CgiDuplicateHeader { line: 2, name: "Status" }, &["line 2", "Status"]),
         ];
         for (e, want) in cases {
             let msg = e.to_string();
@@ -344,31 +206,10 @@ mod tests {
             }
             assert_eq!(e.is_fatal(), !matches!(e, Error::TooManyRequests { .. }));
         }
-        assert_eq!(
-            Error::ParamsTooLarge {
-                request_id: 7,
-                limit: 1
-            }
-            .request_id(),
-            Some(7)
-        );
+        assert_eq!(Error::ParamsTooLarge { request_id: 7, limit: 1 }.request_id(), Some(7));
         assert_eq!(Error::ScgiDuplicateContentLength.request_id(), None);
-        assert_eq!(
-            Error::RecordWithoutBegin {
-                request_id: 9,
-                name: "FCGI_STDIN"
-            }
-            .request_id(),
-            Some(9)
-        );
-        assert_eq!(
-            Error::UnknownRecordType {
-                request_id: 4,
-                record_type: 0
-            }
-            .request_id(),
-            Some(4)
-        );
+        assert_eq!(Error::RecordWithoutBegin { request_id: 9, name: "FCGI_STDIN" }.request_id(), Some(9));
+        assert_eq!(Error::UnknownRecordType { request_id: 4, record_type: 0 }.request_id(), Some(4));
     }
 
     #[test]

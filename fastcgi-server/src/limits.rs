@@ -20,7 +20,7 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits {
+        Self {
             max_params_bytes: 1 << 20,
             max_name_len: 64 << 10,
             max_value_len: 1 << 20,

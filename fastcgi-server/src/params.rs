@@ -25,11 +25,7 @@ struct Span {
 }
 
 /// The empty name or value, valid whatever is stored.
-const EMPTY: Span = Span {
-    chunk: 0,
-    start: 0,
-    len: 0,
-};
+const EMPTY: Span = Span { chunk: 0, start: 0, len: 0 };
 
 /// A request's parameters in arrival order; a repeated name keeps its LAST value.
 ///
@@ -48,14 +44,11 @@ pub struct Params {
 impl Params {
     /// An empty set with room for `n` pairs.
     pub fn with_capacity(n: usize) -> Self {
-        Params {
-            entries: Vec::with_capacity(n),
-            ..Params::default()
-        }
+        Self { entries: Vec::with_capacity(n), ..Self::default() }
     }
     /// Build from pairs; a repeated name keeps its last value (at its first position).
     pub fn from_pairs(pairs: Vec<(Bytes, Bytes)>) -> Self {
-        let mut p = Params::with_capacity(pairs.len());
+        let mut p = Self::with_capacity(pairs.len());
         for (n, v) in pairs {
             let n = p.store(n);
             let v = p.store(v);
@@ -67,32 +60,19 @@ impl Params {
     /// The value of `name`.
     pub fn get(&self, name: &[u8]) -> Option<&[u8]> {
         // From the back so that the last value wins even before de-duplication.
-        self.entries
-            .iter()
-            .rev()
-            .find(|(n, _)| self.slice(*n) == name)
-            .map(|(_, v)| self.slice(*v))
+        self.entries.iter().rev().find(|(n, _)| self.slice(*n) == name).map(|(_, v)| self.slice(*v))
     }
     /// The value of `name` as a [`Bytes`] sharing the received buffer.
     pub fn get_bytes(&self, name: &[u8]) -> Option<Bytes> {
-        self.entries
-            .iter()
-            .rev()
-            .find(|(n, _)| self.slice(*n) == name)
-            .map(|(_, v)| self.bytes(*v))
+        self.entries.iter().rev().find(|(n, _)| self.slice(*n) == name).map(|(_, v)| self.bytes(*v))
     }
     /// The pairs in order, each name once.
     pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
-        self.entries
-            .iter()
-            .map(|(n, v)| (self.slice(*n), self.slice(*v)))
+        self.entries.iter().map(|(n, v)| (self.slice(*n), self.slice(*v)))
     }
     /// The pairs as [`Bytes`] sharing the received buffer, names unique, in order.
     pub fn into_pairs(self) -> Vec<(Bytes, Bytes)> {
-        self.entries
-            .iter()
-            .map(|(n, v)| (self.bytes(*n), self.bytes(*v)))
-            .collect()
+        self.entries.iter().map(|(n, v)| (self.bytes(*n), self.bytes(*v))).collect()
     }
     /// How many distinct names.
     pub fn len(&self) -> usize {
@@ -106,11 +86,7 @@ impl Params {
     pub fn insert(&mut self, name: impl Into<Bytes>, value: impl Into<Bytes>) {
         let name = name.into();
         let value = value.into();
-        match self
-            .entries
-            .iter()
-            .position(|(n, _)| self.slice(*n) == &name[..])
-        {
+        match self.entries.iter().position(|(n, _)| self.slice(*n) == &name[..]) {
             Some(i) => {
                 let v = self.store(value);
                 self.entries[i].1 = v;
@@ -124,10 +100,7 @@ impl Params {
     }
     /// Remove `name`, returning its value.
     pub fn remove(&mut self, name: &[u8]) -> Option<Bytes> {
-        let i = self
-            .entries
-            .iter()
-            .position(|(n, _)| self.slice(*n) == name)?;
+        let i = self.entries.iter().position(|(n, _)| self.slice(*n) == name)?;
         let (_, v) = self.entries.remove(i);
         Some(self.bytes(v))
     }
@@ -175,32 +148,16 @@ impl Params {
             return EMPTY;
         }
         let len = b.len();
-        Span {
-            chunk: self.add_chunk(b),
-            start: 0,
-            len,
-        }
+        Span { chunk: self.add_chunk(b), start: 0, len }
     }
 
     /// Params over one received block (SCGI headers): chunk 0 is `block`.
     pub(crate) fn over_block(block: Bytes, capacity: usize) -> Self {
-        Params {
-            entries: Vec::with_capacity(capacity),
-            first: block,
-            more: Vec::new(),
-        }
+        Self { entries: Vec::with_capacity(capacity), first: block, more: Vec::new() }
     }
     /// Append a pair given as ranges of the block of [`Params::over_block`], repeats unresolved.
-    pub(crate) fn push_block_pair(
-        &mut self,
-        name: std::ops::Range<usize>,
-        value: std::ops::Range<usize>,
-    ) {
-        let span = |r: std::ops::Range<usize>| Span {
-            chunk: 0,
-            start: r.start,
-            len: r.end - r.start,
-        };
+    pub(crate) fn push_block_pair(&mut self, name: std::ops::Range<usize>, value: std::ops::Range<usize>) {
+        let span = |r: std::ops::Range<usize>| Span { chunk: 0, start: r.start, len: r.end - r.start };
         debug_assert!(name.end <= self.first.len() && value.end <= self.first.len());
         self.entries.push((span(name), span(value)));
     }
@@ -225,9 +182,7 @@ impl Params {
             let repeat = filter.hits.iter().any(|&i| {
                 let i = i as usize;
                 let name = self.slice(self.entries[i].0);
-                self.entries[..i]
-                    .iter()
-                    .any(|(m, _)| self.slice(*m) == name)
+                self.entries[..i].iter().any(|(m, _)| self.slice(*m) == name)
             });
             if !repeat {
                 return;
@@ -301,21 +256,14 @@ impl Eq for Params {}
 impl fmt::Debug for Params {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_map()
-            .entries(
-                self.iter()
-                    .map(|(n, v)| (n.escape_ascii().to_string(), v.escape_ascii().to_string())),
-            )
+            .entries(self.iter().map(|(n, v)| (n.escape_ascii().to_string(), v.escape_ascii().to_string())))
             .finish()
     }
 }
 
 impl<N: Into<Bytes>, V: Into<Bytes>> FromIterator<(N, V)> for Params {
     fn from_iter<T: IntoIterator<Item = (N, V)>>(iter: T) -> Self {
-        Params::from_pairs(
-            iter.into_iter()
-                .map(|(n, v)| (n.into(), v.into()))
-                .collect(),
-        )
+        Self::from_pairs(iter.into_iter().map(|(n, v)| (n.into(), v.into())).collect())
     }
 }
 
@@ -338,8 +286,7 @@ fn fingerprint(name: &[u8]) -> usize {
     } else {
         tail[..n].copy_from_slice(name);
     }
-    let h =
-        (u64::from_le_bytes(tail) ^ (n as u64).rotate_left(56)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    let h = (u64::from_le_bytes(tail) ^ (n as u64).rotate_left(56)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
     (h >> 53) as usize
 }
 
@@ -393,12 +340,7 @@ fn read_len(b: &[u8], pos: usize) -> Option<(usize, usize)> {
 /// for each; returns where the first incomplete pair begins. Lengths are checked against the
 /// limits as soon as they are readable, before their bytes arrive.
 #[inline(always)]
-fn scan(
-    b: &[u8],
-    limits: &Limits,
-    request_id: u16,
-    mut f: impl FnMut(usize, usize, usize),
-) -> Result<usize, Error> {
+fn scan(b: &[u8], limits: &Limits, request_id: u16, mut f: impl FnMut(usize, usize, usize)) -> Result<usize, Error> {
     let mut pos = 0;
     loop {
         let Some((nl, a)) = read_len(b, pos) else {
@@ -406,27 +348,15 @@ fn scan(
         };
         let Some((vl, c)) = read_len(b, pos + a) else {
             if nl > limits.max_name_len {
-                return Err(Error::NameTooLong {
-                    request_id,
-                    len: nl,
-                    limit: limits.max_name_len,
-                });
+                return Err(Error::NameTooLong { request_id, len: nl, limit: limits.max_name_len });
             }
             return Ok(pos);
         };
         if nl > limits.max_name_len {
-            return Err(Error::NameTooLong {
-                request_id,
-                len: nl,
-                limit: limits.max_name_len,
-            });
+            return Err(Error::NameTooLong { request_id, len: nl, limit: limits.max_name_len });
         }
         if vl > limits.max_value_len {
-            return Err(Error::ValueTooLong {
-                request_id,
-                len: vl,
-                limit: limits.max_value_len,
-            });
+            return Err(Error::ValueTooLong { request_id, len: vl, limit: limits.max_value_len });
         }
         let start = pos + a + c;
         let end = start.saturating_add(nl).saturating_add(vl);
@@ -455,7 +385,7 @@ pub struct ParamsDecoder {
 impl ParamsDecoder {
     /// A decoder at the start of a stream.
     pub fn new() -> Self {
-        ParamsDecoder::default()
+        Self::default()
     }
 
     /// Stream bytes received so far.
@@ -470,17 +400,11 @@ impl ParamsDecoder {
         }
         self.records += 1;
         if self.records > limits.max_params_records {
-            return Err(Error::TooManyParamsRecords {
-                request_id,
-                limit: limits.max_params_records,
-            });
+            return Err(Error::TooManyParamsRecords { request_id, limit: limits.max_params_records });
         }
         self.total = self.total.saturating_add(chunk.len());
         if self.total > limits.max_params_bytes {
-            return Err(Error::ParamsTooLarge {
-                request_id,
-                limit: limits.max_params_bytes,
-            });
+            return Err(Error::ParamsTooLarge { request_id, limit: limits.max_params_bytes });
         }
         let params = &mut self.params;
         if self.pending.is_empty() {
@@ -494,18 +418,7 @@ impl ParamsDecoder {
             let before = entries.len();
             let end = scan(&chunk, limits, request_id, |s, nl, vl| {
                 filter.add(&chunk[s..s + nl]);
-                entries.push((
-                    Span {
-                        chunk: idx,
-                        start: s,
-                        len: nl,
-                    },
-                    Span {
-                        chunk: idx,
-                        start: s + nl,
-                        len: vl,
-                    },
-                ));
+                entries.push((Span { chunk: idx, start: s, len: nl }, Span { chunk: idx, start: s + nl, len: vl }));
             })?;
             if end < chunk.len() {
                 self.pending.extend_from_slice(&chunk[end..]);
@@ -522,18 +435,7 @@ impl ParamsDecoder {
             let joined = &self.pending;
             let end = scan(joined, limits, request_id, |s, nl, vl| {
                 filter.add(&joined[s..s + nl]);
-                entries.push((
-                    Span {
-                        chunk: idx,
-                        start: s,
-                        len: nl,
-                    },
-                    Span {
-                        chunk: idx,
-                        start: s + nl,
-                        len: vl,
-                    },
-                ));
+                entries.push((Span { chunk: idx, start: s, len: nl }, Span { chunk: idx, start: s + nl, len: vl }));
             })?;
             if end > 0 {
                 params.add_chunk(self.pending.split_to(end).freeze());
@@ -545,11 +447,7 @@ impl ParamsDecoder {
     /// The end of the stream: every pair must be complete.
     pub fn finish(self, request_id: u16, record_type: &'static str) -> Result<Params, Error> {
         if !self.pending.is_empty() {
-            return Err(Error::TruncatedPair {
-                request_id,
-                record_type,
-                pending: self.pending.len(),
-            });
+            return Err(Error::TruncatedPair { request_id, record_type, pending: self.pending.len() });
         }
         let mut params = self.params;
         params.resolve_repeats(&self.filter);
@@ -566,10 +464,7 @@ pub fn decode_pairs(
 ) -> Result<Params, Error> {
     let mut d = ParamsDecoder::new();
     // A management record is one record whatever max_params_records says.
-    let one = Limits {
-        max_params_records: usize::MAX,
-        ..limits.clone()
-    };
+    let one = Limits { max_params_records: usize::MAX, ..limits.clone() };
     d.push(block, &one, request_id)?;
     d.finish(request_id, record_type)
 }
@@ -619,23 +514,10 @@ mod tests {
 
     #[test]
     fn last_wins_at_first_position() {
-        let b = enc(&[
-            (b"A", b"1"),
-            (b"B", b"2"),
-            (b"A", b"3"),
-            (b"C", b""),
-            (b"A", b"4"),
-        ]);
+        let b = enc(&[(b"A", b"1"), (b"B", b"2"), (b"A", b"3"), (b"C", b""), (b"A", b"4")]);
         let p = decode_pairs(Bytes::from(b), &Limits::default(), 1, "x").expect("decode");
         let v: Vec<_> = p.iter().collect();
-        assert_eq!(
-            v,
-            vec![
-                (&b"A"[..], &b"4"[..]),
-                (&b"B"[..], &b"2"[..]),
-                (&b"C"[..], &b""[..])
-            ]
-        );
+        assert_eq!(v, vec![(&b"A"[..], &b"4"[..]), (&b"B"[..], &b"2"[..]), (&b"C"[..], &b""[..])]);
     }
 
     #[test]
@@ -665,9 +547,7 @@ mod tests {
         assert_eq!(p.remove(b"A"), None);
         assert_eq!(p.get(b"A"), None);
         assert!(!p.is_empty());
-        let q: Params = vec![(&b"X"[..], &b"1"[..]), (&b"X"[..], &b"2"[..])]
-            .into_iter()
-            .collect();
+        let q: Params = vec![(&b"X"[..], &b"1"[..]), (&b"X"[..], &b"2"[..])].into_iter().collect();
         assert_eq!(q.len(), 1);
         assert_eq!(q.get(b"X"), Some(&b"2"[..]));
     }
@@ -675,34 +555,22 @@ mod tests {
     #[test]
     fn split_at_every_point() {
         let long = vec![b'v'; 200];
-        let b = enc(&[
-            (b"SCRIPT_NAME", b"/x"),
-            (b"HTTP_COOKIE", &long),
-            (b"E", b""),
-        ]);
+        let b = enc(&[(b"SCRIPT_NAME", b"/x"), (b"HTTP_COOKIE", &long), (b"E", b"")]);
         for cut in 0..=b.len() {
             let mut d = ParamsDecoder::new();
-            d.push(Bytes::copy_from_slice(&b[..cut]), &Limits::default(), 1)
-                .expect("a");
-            d.push(Bytes::copy_from_slice(&b[cut..]), &Limits::default(), 1)
-                .expect("b");
+            d.push(Bytes::copy_from_slice(&b[..cut]), &Limits::default(), 1).expect("a");
+            d.push(Bytes::copy_from_slice(&b[cut..]), &Limits::default(), 1).expect("b");
             let p = d.finish(1, "x").expect("finish");
             assert_eq!(p.len(), 3, "cut {cut}");
             assert_eq!(p.get(b"HTTP_COOKIE"), Some(&long[..]));
         }
         // one byte at a time
         let mut d = ParamsDecoder::new();
-        let l = Limits {
-            max_params_records: usize::MAX,
-            ..Limits::default()
-        };
+        let l = Limits { max_params_records: usize::MAX, ..Limits::default() };
         for &c in &b {
             d.push(Bytes::copy_from_slice(&[c]), &l, 1).expect("byte");
         }
-        assert_eq!(
-            d.finish(1, "x").expect("finish").get(b"SCRIPT_NAME"),
-            Some(&b"/x"[..])
-        );
+        assert_eq!(d.finish(1, "x").expect("finish").get(b"SCRIPT_NAME"), Some(&b"/x"[..]));
     }
 
     #[test]
@@ -715,81 +583,29 @@ mod tests {
             ..Limits::default()
         };
         let e = decode_pairs(Bytes::from(enc(&[(b"NAME5", b"")])), &l, 3, "x").unwrap_err();
-        assert_eq!(
-            e,
-            Error::NameTooLong {
-                request_id: 3,
-                len: 5,
-                limit: 4
-            }
-        );
+        assert_eq!(e, Error::NameTooLong { request_id: 3, len: 5, limit: 4 });
         let e = decode_pairs(Bytes::from(enc(&[(b"N", b"123456789")])), &l, 3, "x").unwrap_err();
-        assert_eq!(
-            e,
-            Error::ValueTooLong {
-                request_id: 3,
-                len: 9,
-                limit: 8
-            }
-        );
+        assert_eq!(e, Error::ValueTooLong { request_id: 3, len: 9, limit: 8 });
         // the value length alone is enough to refuse, before the bytes arrive
         let e = decode_pairs(Bytes::from_static(b"\x01\x80\x10\x00\x00N"), &l, 3, "x").unwrap_err();
-        assert!(matches!(
-            e,
-            Error::ValueTooLong {
-                len: 0x0010_0000,
-                ..
-            }
-        ));
+        assert!(matches!(e, Error::ValueTooLong { len: 0x0010_0000, .. }));
         let e = decode_pairs(Bytes::from_static(b"\x80\x10\x00\x00"), &l, 3, "x").unwrap_err();
         assert!(matches!(e, Error::NameTooLong { .. }));
         let e = decode_pairs(Bytes::from(vec![0u8; 33]), &l, 3, "x").unwrap_err();
-        assert_eq!(
-            e,
-            Error::ParamsTooLarge {
-                request_id: 3,
-                limit: 32
-            }
-        );
+        assert_eq!(e, Error::ParamsTooLarge { request_id: 3, limit: 32 });
         let mut d = ParamsDecoder::new();
         d.push(Bytes::from_static(b"\0\0"), &l, 9).expect("1");
         d.push(Bytes::from_static(b"\0\0"), &l, 9).expect("2");
-        d.push(Bytes::new(), &l, 9)
-            .expect("empty pieces are not counted");
+        d.push(Bytes::new(), &l, 9).expect("empty pieces are not counted");
         let e = d.push(Bytes::from_static(b"\0\0"), &l, 9).unwrap_err();
-        assert_eq!(
-            e,
-            Error::TooManyParamsRecords {
-                request_id: 9,
-                limit: 2
-            }
-        );
+        assert_eq!(e, Error::TooManyParamsRecords { request_id: 9, limit: 2 });
     }
 
     #[test]
     fn truncated_pair() {
-        let e = decode_pairs(
-            Bytes::from_static(b"\x04\x01AB"),
-            &Limits::default(),
-            5,
-            "FCGI_PARAMS",
-        )
-        .unwrap_err();
-        assert_eq!(
-            e,
-            Error::TruncatedPair {
-                request_id: 5,
-                record_type: "FCGI_PARAMS",
-                pending: 4
-            }
-        );
-        let e = decode_pairs(
-            Bytes::from_static(b"\x84\x00"),
-            &Limits::default(),
-            5,
-            "FCGI_PARAMS",
-        )
-        .unwrap_err();
+        let e = decode_pairs(Bytes::from_static(b"\x04\x01AB"), &Limits::default(), 5, "FCGI_PARAMS").unwrap_err();
+        assert_eq!(e, Error::TruncatedPair { request_id: 5, record_type: "FCGI_PARAMS", pending: 4 });
+        let e = decode_pairs(Bytes::from_static(b"\x84\x00"), &Limits::default(), 5, "FCGI_PARAMS").unwrap_err();
         assert!(matches!(e, Error::TruncatedPair { pending: 2, .. }));
     }
 

@@ -60,66 +60,66 @@ impl RecordType {
     /// The type for a wire value; values outside 1..=11 become [`RecordType::Other`].
     pub const fn from_u8(n: u8) -> Self {
         match n {
-            1 => RecordType::BeginRequest,
-            2 => RecordType::AbortRequest,
-            3 => RecordType::EndRequest,
-            4 => RecordType::Params,
-            5 => RecordType::Stdin,
-            6 => RecordType::Stdout,
-            7 => RecordType::Stderr,
-            8 => RecordType::Data,
-            9 => RecordType::GetValues,
-            10 => RecordType::GetValuesResult,
-            11 => RecordType::UnknownType,
-            n => RecordType::Other(n),
+            1 => Self::BeginRequest,
+            2 => Self::AbortRequest,
+            3 => Self::EndRequest,
+            4 => Self::Params,
+            5 => Self::Stdin,
+            6 => Self::Stdout,
+            7 => Self::Stderr,
+            8 => Self::Data,
+            9 => Self::GetValues,
+            10 => Self::GetValuesResult,
+            11 => Self::UnknownType,
+            n => Self::Other(n),
         }
     }
 
     /// The wire value.
     pub const fn as_u8(self) -> u8 {
         match self {
-            RecordType::BeginRequest => 1,
-            RecordType::AbortRequest => 2,
-            RecordType::EndRequest => 3,
-            RecordType::Params => 4,
-            RecordType::Stdin => 5,
-            RecordType::Stdout => 6,
-            RecordType::Stderr => 7,
-            RecordType::Data => 8,
-            RecordType::GetValues => 9,
-            RecordType::GetValuesResult => 10,
-            RecordType::UnknownType => 11,
-            RecordType::Other(n) => n,
+            Self::BeginRequest => 1,
+            Self::AbortRequest => 2,
+            Self::EndRequest => 3,
+            Self::Params => 4,
+            Self::Stdin => 5,
+            Self::Stdout => 6,
+            Self::Stderr => 7,
+            Self::Data => 8,
+            Self::GetValues => 9,
+            Self::GetValuesResult => 10,
+            Self::UnknownType => 11,
+            Self::Other(n) => n,
         }
     }
 
     /// The spec's name (`FCGI_STDIN`, ...), for log messages.
     pub const fn name(self) -> &'static str {
         match self {
-            RecordType::BeginRequest => "FCGI_BEGIN_REQUEST",
-            RecordType::AbortRequest => "FCGI_ABORT_REQUEST",
-            RecordType::EndRequest => "FCGI_END_REQUEST",
-            RecordType::Params => "FCGI_PARAMS",
-            RecordType::Stdin => "FCGI_STDIN",
-            RecordType::Stdout => "FCGI_STDOUT",
-            RecordType::Stderr => "FCGI_STDERR",
-            RecordType::Data => "FCGI_DATA",
-            RecordType::GetValues => "FCGI_GET_VALUES",
-            RecordType::GetValuesResult => "FCGI_GET_VALUES_RESULT",
-            RecordType::UnknownType => "FCGI_UNKNOWN_TYPE",
-            RecordType::Other(_) => "unknown record type",
+            Self::BeginRequest => "FCGI_BEGIN_REQUEST",
+            Self::AbortRequest => "FCGI_ABORT_REQUEST",
+            Self::EndRequest => "FCGI_END_REQUEST",
+            Self::Params => "FCGI_PARAMS",
+            Self::Stdin => "FCGI_STDIN",
+            Self::Stdout => "FCGI_STDOUT",
+            Self::Stderr => "FCGI_STDERR",
+            Self::Data => "FCGI_DATA",
+            Self::GetValues => "FCGI_GET_VALUES",
+            Self::GetValuesResult => "FCGI_GET_VALUES_RESULT",
+            Self::UnknownType => "FCGI_UNKNOWN_TYPE",
+            Self::Other(_) => "unknown record type",
         }
     }
 }
 
 impl From<u8> for RecordType {
     fn from(n: u8) -> Self {
-        RecordType::from_u8(n)
+        Self::from_u8(n)
     }
 }
 
 impl From<RecordType> for u8 {
-    fn from(t: RecordType) -> u8 {
+    fn from(t: RecordType) -> Self {
         t.as_u8()
     }
 }
@@ -141,20 +141,20 @@ impl Role {
     /// The role for a wire value; unknown values are kept so the caller can answer UNKNOWN_ROLE.
     pub const fn from_u16(n: u16) -> Self {
         match n {
-            1 => Role::Responder,
-            2 => Role::Authorizer,
-            3 => Role::Filter,
-            n => Role::Unknown(n),
+            1 => Self::Responder,
+            2 => Self::Authorizer,
+            3 => Self::Filter,
+            n => Self::Unknown(n),
         }
     }
 
     /// The wire value.
     pub const fn as_u16(self) -> u16 {
         match self {
-            Role::Responder => 1,
-            Role::Authorizer => 2,
-            Role::Filter => 3,
-            Role::Unknown(n) => n,
+            Self::Responder => 1,
+            Self::Authorizer => 2,
+            Self::Filter => 3,
+            Self::Unknown(n) => n,
         }
     }
 }
@@ -178,22 +178,22 @@ impl ProtocolStatus {
     /// The status for a wire value.
     pub const fn from_u8(n: u8) -> Self {
         match n {
-            0 => ProtocolStatus::RequestComplete,
-            1 => ProtocolStatus::CantMpxConn,
-            2 => ProtocolStatus::Overloaded,
-            3 => ProtocolStatus::UnknownRole,
-            n => ProtocolStatus::Other(n),
+            0 => Self::RequestComplete,
+            1 => Self::CantMpxConn,
+            2 => Self::Overloaded,
+            3 => Self::UnknownRole,
+            n => Self::Other(n),
         }
     }
 
     /// The wire value.
     pub const fn as_u8(self) -> u8 {
         match self {
-            ProtocolStatus::RequestComplete => 0,
-            ProtocolStatus::CantMpxConn => 1,
-            ProtocolStatus::Overloaded => 2,
-            ProtocolStatus::UnknownRole => 3,
-            ProtocolStatus::Other(n) => n,
+            Self::RequestComplete => 0,
+            Self::CantMpxConn => 1,
+            Self::Overloaded => 2,
+            Self::UnknownRole => 3,
+            Self::Other(n) => n,
         }
     }
 }
@@ -212,8 +212,8 @@ impl Padding {
     /// Padding bytes to add after `content_len` bytes of content.
     pub const fn len_for(self, content_len: usize) -> usize {
         match self {
-            Padding::None => 0,
-            Padding::Align8 => (8 - (content_len & 7)) & 7,
+            Self::None => 0,
+            Self::Align8 => (8 - (content_len & 7)) & 7,
         }
     }
 }
@@ -235,8 +235,8 @@ pub struct Header {
 
 impl Header {
     /// Decode the 8 header bytes (the version is not checked here).
-    pub const fn parse(b: &[u8; HEADER_LEN]) -> Header {
-        Header {
+    pub const fn parse(b: &[u8; HEADER_LEN]) -> Self {
+        Self {
             version: b[0],
             record_type: RecordType::from_u8(b[1]),
             request_id: u16::from_be_bytes([b[2], b[3]]),
@@ -246,25 +246,16 @@ impl Header {
     }
 
     /// Decode the header at the start of `buf`, `None` when fewer than 8 bytes are there.
-    pub fn peek(buf: &[u8]) -> Option<Header> {
+    pub fn peek(buf: &[u8]) -> Option<Self> {
         let b: &[u8; HEADER_LEN] = buf.get(..HEADER_LEN)?.try_into().ok()?;
-        Some(Header::parse(b))
+        Some(Self::parse(b))
     }
 
     /// The 8 header bytes.
     pub const fn to_bytes(&self) -> [u8; HEADER_LEN] {
         let id = self.request_id.to_be_bytes();
         let len = self.content_length.to_be_bytes();
-        [
-            self.version,
-            self.record_type.as_u8(),
-            id[0],
-            id[1],
-            len[0],
-            len[1],
-            self.padding_length,
-            0,
-        ]
+        [self.version, self.record_type.as_u8(), id[0], id[1], len[0], len[1], self.padding_length, 0]
     }
 
     /// Header, content and padding together.
@@ -318,13 +309,7 @@ const ZEROS: [u8; 256] = [0; 256];
 ///
 /// Longer content is not truncated: it is written as several records of the same type, which is
 /// what the stream types expect; for the fixed-body types the caller never has that much.
-pub fn write_record(
-    out: &mut impl BufMut,
-    ty: RecordType,
-    id: u16,
-    content: &[u8],
-    padding: Padding,
-) {
+pub fn write_record(out: &mut impl BufMut, ty: RecordType, id: u16, content: &[u8], padding: Padding) {
     if content.len() <= MAX_CONTENT_LEN {
         write_one(out, ty, id, content, padding);
     } else {
@@ -351,13 +336,7 @@ fn write_one(out: &mut impl BufMut, ty: RecordType, id: u16, content: &[u8], pad
 }
 
 /// Write a record header alone (content follows from the caller).
-pub(crate) fn write_header(
-    out: &mut impl BufMut,
-    ty: RecordType,
-    id: u16,
-    content_len: usize,
-    pad: usize,
-) {
+pub(crate) fn write_header(out: &mut impl BufMut, ty: RecordType, id: u16, content_len: usize, pad: usize) {
     let header = Header {
         version: VERSION_1,
         record_type: ty,
@@ -419,13 +398,7 @@ mod tests {
         write_record(&mut out, RecordType::Stdout, 1, b"hello", Padding::Align8);
         assert_eq!(out, b"\x01\x06\x00\x01\x00\x05\x03\x00hello\0\0\0");
         out.clear();
-        write_record(
-            &mut out,
-            RecordType::Stdout,
-            1,
-            b"12345678",
-            Padding::Align8,
-        );
+        write_record(&mut out, RecordType::Stdout, 1, b"12345678", Padding::Align8);
         assert_eq!(out.len(), 16);
         out.clear();
         write_record(&mut out, RecordType::Stdin, 7, b"", Padding::Align8);

@@ -41,11 +41,7 @@ pub struct ScgiDecoder {
 impl ScgiDecoder {
     /// A decoder waiting for the header netstring.
     pub fn new(limits: Limits) -> Self {
-        ScgiDecoder {
-            buf: BytesMut::new(),
-            limits,
-            stage: Stage::Headers,
-        }
+        Self { buf: BytesMut::new(), limits, stage: Stage::Headers }
     }
     /// Append received bytes.
     pub fn feed(&mut self, data: &[u8]) {
@@ -74,13 +70,8 @@ impl ScgiDecoder {
                 let Some((params, content_length)) = self.headers()? else {
                     return Ok(None);
                 };
-                self.stage = Stage::Body {
-                    remaining: content_length,
-                };
-                Ok(Some(ScgiEvent::Headers {
-                    params,
-                    content_length,
-                }))
+                self.stage = Stage::Body { remaining: content_length };
+                Ok(Some(ScgiEvent::Headers { params, content_length }))
             }
             Stage::Body { remaining: 0 } => {
                 self.stage = Stage::Done;
@@ -90,12 +81,8 @@ impl ScgiDecoder {
                 if self.buf.is_empty() {
                     return Ok(None);
                 }
-                let n = usize::try_from(remaining)
-                    .unwrap_or(usize::MAX)
-                    .min(self.buf.len());
-                self.stage = Stage::Body {
-                    remaining: remaining - n as u64,
-                };
+                let n = usize::try_from(remaining).unwrap_or(usize::MAX).min(self.buf.len());
+                self.stage = Stage::Body { remaining: remaining - n as u64 };
                 Ok(Some(ScgiEvent::Body(self.buf.split_to(n).freeze())))
             }
             Stage::Done => Ok(None),
@@ -133,11 +120,7 @@ impl ScgiDecoder {
         if comma != b',' {
             return Err(Error::ScgiMissingComma { found: comma });
         }
-        let block = self
-            .buf
-            .split_to(total)
-            .freeze()
-            .slice(colon + 1..total - 1);
+        let block = self.buf.split_to(total).freeze().slice(colon + 1..total - 1);
         parse_block(block, &self.limits).map(Some)
     }
 }
@@ -145,11 +128,7 @@ impl ScgiDecoder {
 /// The strings of a header netstring, checked, into params and the body length.
 fn parse_block(block: Bytes, limits: &Limits) -> Result<(Params, u64), Error> {
     if block.last() != Some(&0) {
-        return Err(if block.is_empty() {
-            Error::ScgiMissingContentLength
-        } else {
-            Error::ScgiUnterminatedString
-        });
+        return Err(if block.is_empty() { Error::ScgiMissingContentLength } else { Error::ScgiUnterminatedString });
     }
     let mut params = Params::over_block(block.clone(), block.len() / 24 + 1);
     let mut pos = 0;
@@ -159,23 +138,15 @@ fn parse_block(block: Bytes, limits: &Limits) -> Result<(Params, u64), Error> {
         let name_end = pos + find_byte(0, &block[pos..]).unwrap_or(block.len() - pos);
         let value_start = name_end + 1;
         let Some(v) = find_byte(0, &block[value_start..]) else {
-            return Err(Error::ScgiOddStrings {
-                count: params.len() * 2 + 1,
-            });
+            return Err(Error::ScgiOddStrings { count: params.len() * 2 + 1 });
         };
         let value_end = value_start + v;
         let (nl, vl) = (name_end - pos, value_end - value_start);
         if nl > limits.max_name_len {
-            return Err(Error::ScgiNameTooLong {
-                len: nl,
-                limit: limits.max_name_len,
-            });
+            return Err(Error::ScgiNameTooLong { len: nl, limit: limits.max_name_len });
         }
         if vl > limits.max_value_len {
-            return Err(Error::ScgiValueTooLong {
-                len: vl,
-                limit: limits.max_value_len,
-            });
+            return Err(Error::ScgiValueTooLong { len: vl, limit: limits.max_value_len });
         }
         if &block[pos..name_end] == b"CONTENT_LENGTH" {
             if content_length.is_some() {
@@ -184,9 +155,7 @@ fn parse_block(block: Bytes, limits: &Limits) -> Result<(Params, u64), Error> {
             let value = &block[value_start..value_end];
             content_length = Some(content_length::parse(value).map_err(|e| match e {
                 ContentLengthError::NotDecimal { value } => Error::ScgiBadContentLength { value },
-                ContentLengthError::TooLarge { value } => {
-                    Error::ScgiContentLengthTooLarge { value }
-                }
+                ContentLengthError::TooLarge { value } => Error::ScgiContentLengthTooLarge { value },
             })?);
         } else if pos == 0 {
             return Err(Error::ScgiMissingContentLength);
@@ -278,17 +247,11 @@ mod tests {
 
     #[test]
     fn nginx_style_without_scgi_1() {
-        let raw = ns(
-            b"CONTENT_LENGTH\x005\0REQUEST_METHOD\0POST\0",
-            b",helloEXTRA",
-        );
+        let raw = ns(b"CONTENT_LENGTH\x005\0REQUEST_METHOD\0POST\0", b",helloEXTRA");
         let ev = decode_all(&raw, Limits::default()).expect("ok");
         assert_eq!(ev.len(), 3);
         match &ev[0] {
-            ScgiEvent::Headers {
-                params,
-                content_length: 5,
-            } => {
+            ScgiEvent::Headers { params, content_length: 5 } => {
                 assert_eq!(params.get(b"REQUEST_METHOD"), Some(&b"POST"[..]));
                 assert_eq!(params.get(b"CONTENT_LENGTH"), Some(&b"5"[..]));
                 assert_eq!(params.get(b"SCGI"), None);
@@ -302,15 +265,7 @@ mod tests {
     #[test]
     fn zero_length_body_ends_at_once_and_byte_at_a_time() {
         let mut raw = Vec::new();
-        write_request(
-            &mut raw,
-            0,
-            [
-                (&b"A"[..], &b"1"[..]),
-                (b"CONTENT_LENGTH", b"999"),
-                (b"SCGI", b"2"),
-            ],
-        );
+        write_request(&mut raw, 0, [(&b"A"[..], &b"1"[..]), (b"CONTENT_LENGTH", b"999"), (b"SCGI", b"2")]);
         assert_eq!(&raw[..], b"28:CONTENT_LENGTH\x000\0SCGI\x001\0A\x001\0,");
         let mut d = ScgiDecoder::new(Limits::default());
         let mut ev = Vec::new();
@@ -332,25 +287,13 @@ mod tests {
         write_request(&mut raw, 10, []);
         let mut d = ScgiDecoder::new(Limits::default());
         d.feed(&raw);
-        assert!(matches!(
-            d.next_event(),
-            Ok(Some(ScgiEvent::Headers {
-                content_length: 10,
-                ..
-            }))
-        ));
+        assert!(matches!(d.next_event(), Ok(Some(ScgiEvent::Headers { content_length: 10, .. }))));
         assert_eq!(d.next_event(), Ok(None));
         d.feed(b"0123");
-        assert_eq!(
-            d.next_event(),
-            Ok(Some(ScgiEvent::Body(Bytes::from_static(b"0123"))))
-        );
+        assert_eq!(d.next_event(), Ok(Some(ScgiEvent::Body(Bytes::from_static(b"0123")))));
         assert_eq!(d.body_remaining(), Some(6));
         d.feed(b"456789abc");
-        assert_eq!(
-            d.next_event(),
-            Ok(Some(ScgiEvent::Body(Bytes::from_static(b"456789"))))
-        );
+        assert_eq!(d.next_event(), Ok(Some(ScgiEvent::Body(Bytes::from_static(b"456789")))));
         assert_eq!(d.next_event(), Ok(Some(ScgiEvent::BodyEnd)));
         assert_eq!(d.next_event(), Ok(None));
         assert_eq!(&d.buffer_mut()[..], b"abc");
@@ -373,89 +316,29 @@ mod tests {
     fn errors() {
         let l = Limits::default();
         let cases: Vec<(Vec<u8>, Error)> = vec![
-            (
-                b"1a:".to_vec(),
-                Error::ScgiBadLength {
-                    byte: b'a',
-                    offset: 1,
-                },
-            ),
-            (
-                b":".to_vec(),
-                Error::ScgiBadLength {
-                    byte: b':',
-                    offset: 0,
-                },
-            ),
-            (
-                b"-1:".to_vec(),
-                Error::ScgiBadLength {
-                    byte: b'-',
-                    offset: 0,
-                },
-            ),
-            (
-                b"000000000000000000000000".to_vec(),
-                Error::ScgiBadLength {
-                    byte: b'0',
-                    offset: 20,
-                },
-            ),
-            (
-                b"99999999:".to_vec(),
-                Error::ScgiHeadersTooLarge {
-                    len: 9999999,
-                    limit: 1 << 20,
-                },
-            ),
-            (
-                ns(b"CONTENT_LENGTH\x000\0", b";"),
-                Error::ScgiMissingComma { found: b';' },
-            ),
-            (
-                ns(b"CONTENT_LENGTH\x000", b","),
-                Error::ScgiUnterminatedString,
-            ),
-            (
-                ns(b"CONTENT_LENGTH\x000\0X\0", b","),
-                Error::ScgiOddStrings { count: 3 },
-            ),
+            (b"1a:".to_vec(), Error::ScgiBadLength { byte: b'a', offset: 1 }),
+            (b":".to_vec(), Error::ScgiBadLength { byte: b':', offset: 0 }),
+            (b"-1:".to_vec(), Error::ScgiBadLength { byte: b'-', offset: 0 }),
+            (b"000000000000000000000000".to_vec(), Error::ScgiBadLength { byte: b'0', offset: 20 }),
+            (b"99999999:".to_vec(), Error::ScgiHeadersTooLarge { len: 9999999, limit: 1 << 20 }),
+            (ns(b"CONTENT_LENGTH\x000\0", b";"), Error::ScgiMissingComma { found: b';' }),
+            (ns(b"CONTENT_LENGTH\x000", b","), Error::ScgiUnterminatedString),
+            (ns(b"CONTENT_LENGTH\x000\0X\0", b","), Error::ScgiOddStrings { count: 3 }),
             (ns(b"", b","), Error::ScgiMissingContentLength),
             (ns(b"A\x001\0\0\0", b","), Error::ScgiMissingContentLength),
-            (
-                ns(b"CONTENT_LENGTH\x00x\0", b","),
-                Error::ScgiBadContentLength { value: "x".into() },
-            ),
-            (
-                ns(b"CONTENT_LENGTH\x00\0", b","),
-                Error::ScgiBadContentLength { value: "".into() },
-            ),
-            (
-                ns(b"CONTENT_LENGTH\x001\0CONTENT_LENGTH\x002\0", b","),
-                Error::ScgiDuplicateContentLength,
-            ),
+            (ns(b"CONTENT_LENGTH\x00x\0", b","), Error::ScgiBadContentLength { value: "x".into() }),
+            (ns(b"CONTENT_LENGTH\x00\0", b","), Error::ScgiBadContentLength { value: "".into() }),
+            (ns(b"CONTENT_LENGTH\x001\0CONTENT_LENGTH\x002\0", b","), Error::ScgiDuplicateContentLength),
         ];
         for (raw, want) in cases {
-            assert_eq!(
-                decode_all(&raw, l.clone()),
-                Err(want.clone()),
-                "{:?}",
-                show(&raw)
-            );
+            assert_eq!(decode_all(&raw, l.clone()), Err(want.clone()), "{:?}", show(&raw));
         }
-        let small = Limits {
-            max_name_len: 3,
-            max_value_len: 2,
-            ..Limits::default()
-        };
+        let small = Limits { max_name_len: 3, max_value_len: 2, ..Limits::default() };
         assert_eq!(
             decode_all(&ns(b"CONTENT_LENGTH\x000\0ABCD\0\0", b","), small.clone()),
             Err(Error::ScgiNameTooLong { len: 14, limit: 3 })
         );
-        let small = Limits {
-            max_name_len: 100,
-            ..small
-        };
+        let small = Limits { max_name_len: 100, ..small };
         assert_eq!(
             decode_all(&ns(b"CONTENT_LENGTH\x00123\0", b","), small),
             Err(Error::ScgiValueTooLong { len: 3, limit: 2 })
@@ -472,30 +355,15 @@ mod tests {
             c.extend_from_slice(b"\0");
             decode_all(&ns(&c, b","), Limits::default())
         };
-        for big in [
-            &b"18446744073709551616"[..],
-            b"99999999999999999999",
-            b"1180591620717411303424",
-        ] {
+        for big in [&b"18446744073709551616"[..], b"99999999999999999999", b"1180591620717411303424"] {
             let e = with(big).unwrap_err();
-            assert_eq!(
-                e,
-                Error::ScgiContentLengthTooLarge {
-                    value: String::from_utf8_lossy(big).into_owned()
-                }
-            );
+            assert_eq!(e, Error::ScgiContentLengthTooLarge { value: String::from_utf8_lossy(big).into_owned() });
             let msg = e.to_string();
             assert!(msg.contains("exceeds 18446744073709551615"), "{msg}");
             assert!(!msg.contains("decimal"), "{msg}");
         }
         for bad in [&b"abc"[..], b"+5", b" 5", b"0x10", b"-1"] {
-            assert_eq!(
-                with(bad),
-                Err(Error::ScgiBadContentLength {
-                    value: show(bad)
-                }),
-                "{bad:?}"
-            );
+            assert_eq!(with(bad), Err(Error::ScgiBadContentLength { value: show(bad) }), "{bad:?}");
         }
         match &with(b"18446744073709551615").expect("u64::MAX is a length")[0] {
             ScgiEvent::Headers { content_length, .. } => assert_eq!(*content_length, u64::MAX),

@@ -18,11 +18,7 @@ pub(crate) fn find_byte(needle: u8, hay: &[u8]) -> Option<usize> {
         }
         base += 8;
     }
-    chunks
-        .remainder()
-        .iter()
-        .position(|&c| c == needle)
-        .map(|i| base + i)
+    chunks.remainder().iter().position(|&c| c == needle).map(|i| base + i)
 }
 
 #[cfg(test)]
@@ -31,20 +27,8 @@ mod tests {
 
     #[test]
     fn agrees_with_position() {
-        for hay in [
-            &b""[..],
-            b"a",
-            b"abcdefgh",
-            b"abcdefghij\0",
-            b"\0",
-            b"abcdefg\0abc\0",
-            b"\xff\x80\x01\0",
-        ] {
-            assert_eq!(
-                find_byte(0, hay),
-                hay.iter().position(|&c| c == 0),
-                "{hay:?}"
-            );
+        for hay in [&b""[..], b"a", b"abcdefgh", b"abcdefghij\0", b"\0", b"abcdefg\0abc\0", b"\xff\x80\x01\0"] {
+            assert_eq!(find_byte(0, hay), hay.iter().position(|&c| c == 0), "{hay:?}");
             assert_eq!(find_byte(b'\n', hay), None);
         }
         for i in 0..40 {

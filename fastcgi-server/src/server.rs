@@ -26,20 +26,14 @@
 use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::params::{decode_pairs, write_pair, ParamsDecoder};
-use crate::record::{
-    write_record, Header, RecordReader, RecordType, MANAGEMENT_ID, MAX_CONTENT_LEN,
-};
+use crate::record::{write_record, Header, RecordReader, RecordType, MANAGEMENT_ID, MAX_CONTENT_LEN};
 use crate::{params::Params, record::Padding, Error, Limits, ProtocolStatus, Role};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 /// What a web server sent, one event per complete record (PARAMS: per stream).
 pub enum ServerEvent {
     /// A request begins (also for an unknown role, which is not tracked further).
-    BeginRequest {
-        id: u16,
-        role: Role,
-        keep_conn: bool,
-    },
+    BeginRequest { id: u16, role: Role, keep_conn: bool },
     /// The whole PARAMS stream of a request, emitted once when its empty record arrives.
     Params { id: u16, params: Params },
     /// One non-empty STDIN record's content.
@@ -104,9 +98,7 @@ impl BegunIds {
         if id < 64 {
             self.low & (1 << id) != 0
         } else {
-            self.high
-                .as_ref()
-                .is_some_and(|bits| bits[usize::from(id / 64)] & (1 << (id % 64)) != 0)
+            self.high.as_ref().is_some_and(|bits| bits[usize::from(id / 64)] & (1 << (id % 64)) != 0)
         }
     }
 }
@@ -122,12 +114,7 @@ pub struct ServerConnection {
 impl ServerConnection {
     /// A connection with an empty receive buffer.
     pub fn new(limits: Limits) -> Self {
-        ServerConnection {
-            reader: RecordReader::default(),
-            limits,
-            requests: Vec::new(),
-            begun: BegunIds::default(),
-        }
+        Self { reader: RecordReader::default(), limits, requests: Vec::new(), begun: BegunIds::default() }
     }
     /// Append received bytes.
     pub fn feed(&mut self, data: &[u8]) {
@@ -200,9 +187,7 @@ impl ServerConnection {
             return match h.record_type {
                 RecordType::GetValues => {
                     let params = decode_pairs(content, &self.limits, id, "FCGI_GET_VALUES")?;
-                    Ok(Some(ServerEvent::GetValues {
-                        names: params.into_iter().map(|(n, _)| n).collect(),
-                    }))
+                    Ok(Some(ServerEvent::GetValues { names: params.into_iter().map(|(n, _)| n).collect() }))
                 }
                 RecordType::Other(n) => Ok(Some(ServerEvent::UnknownType { record_type: n })),
                 ty => Err(unexpected(ty)),
@@ -212,10 +197,7 @@ impl ServerConnection {
         match h.record_type {
             RecordType::BeginRequest => {
                 if content.len() < 8 {
-                    return Err(Error::BadBeginRequestBody {
-                        request_id: id,
-                        len: content.len(),
-                    });
+                    return Err(Error::BadBeginRequestBody { request_id: id, len: content.len() });
                 }
                 let role = Role::from_u16(u16::from_be_bytes([content[0], content[1]]));
                 let keep_conn = content[2] & crate::record::FCGI_KEEP_CONN != 0;
@@ -243,25 +225,16 @@ impl ServerConnection {
                         input_done: false,
                     });
                 }
-                Ok(Some(ServerEvent::BeginRequest {
-                    id,
-                    role,
-                    keep_conn,
-                }))
+                Ok(Some(ServerEvent::BeginRequest { id, role, keep_conn }))
             }
-            RecordType::AbortRequest => {
-                Ok(self.end_request(id).then_some(ServerEvent::Abort { id }))
-            }
+            RecordType::AbortRequest => Ok(self.end_request(id).then_some(ServerEvent::Abort { id })),
             RecordType::Params => {
                 let Some(i) = self.input_pending(id) else {
                     return self.skip_inactive(id, h.record_type);
                 };
                 let req = &mut self.requests[i];
                 let Some(dec) = req.params.as_mut() else {
-                    return Err(Error::RecordAfterStreamEnd {
-                        request_id: id,
-                        name: "FCGI_PARAMS",
-                    });
+                    return Err(Error::RecordAfterStreamEnd { request_id: id, name: "FCGI_PARAMS" });
                 };
                 if !content.is_empty() {
                     if let Err(e) = dec.push(content, &self.limits, id) {
@@ -272,11 +245,7 @@ impl ServerConnection {
                     let limit = self.limits.max_params_bytes_per_connection;
                     if held > limit {
                         self.requests.swap_remove(i);
-                        return Err(Error::ConnectionParamsTooLarge {
-                            request_id: id,
-                            held,
-                            limit,
-                        });
+                        return Err(Error::ConnectionParamsTooLarge { request_id: id, held, limit });
                     }
                     return Ok(None);
                 }
@@ -298,16 +267,9 @@ impl ServerConnection {
                     return self.skip_inactive(id, h.record_type);
                 };
                 let req = &mut self.requests[i];
-                let done = if stdin {
-                    &mut req.stdin_done
-                } else {
-                    &mut req.data_done
-                };
+                let done = if stdin { &mut req.stdin_done } else { &mut req.data_done };
                 if *done {
-                    return Err(Error::RecordAfterStreamEnd {
-                        request_id: id,
-                        name: h.record_type.name(),
-                    });
+                    return Err(Error::RecordAfterStreamEnd { request_id: id, name: h.record_type.name() });
                 }
                 if !content.is_empty() {
                     return Ok(Some(if stdin {
@@ -318,11 +280,7 @@ impl ServerConnection {
                 }
                 *done = true;
                 self.release_if_complete(i);
-                Ok(Some(if stdin {
-                    ServerEvent::StdinEnd { id }
-                } else {
-                    ServerEvent::DataEnd { id }
-                }))
+                Ok(Some(if stdin { ServerEvent::StdinEnd { id } } else { ServerEvent::DataEnd { id } }))
             }
             // Records an application never receives.
             RecordType::EndRequest
@@ -332,10 +290,7 @@ impl ServerConnection {
             | RecordType::GetValuesResult
             | RecordType::UnknownType => Err(unexpected(h.record_type)),
             // FastCGI 1.0 is the last version: no other type will ever be valid.
-            RecordType::Other(record_type) => Err(Error::UnknownRecordType {
-                request_id: id,
-                record_type,
-            }),
+            RecordType::Other(record_type) => Err(Error::UnknownRecordType { request_id: id, record_type }),
         }
     }
 
@@ -345,10 +300,7 @@ impl ServerConnection {
         if self.begun.contains(id) {
             return Ok(None);
         }
-        Err(Error::RecordWithoutBegin {
-            request_id: id,
-            name: ty.name(),
-        })
+        Err(Error::RecordWithoutBegin { request_id: id, name: ty.name() })
     }
 
     /// Mark the request's input complete; it stays open for a late ABORT_REQUEST.
@@ -361,19 +313,13 @@ impl ServerConnection {
 
     /// The index of `id` if it still expects input.
     fn input_pending(&self, id: u16) -> Option<usize> {
-        self.requests
-            .iter()
-            .position(|r| r.id == id && !r.input_done)
+        self.requests.iter().position(|r| r.id == id && !r.input_done)
     }
 
     /// PARAMS bytes of every request still receiving them, for
     /// `Limits::max_params_bytes_per_connection` and a caller's own memory accounting.
     pub fn params_held(&self) -> usize {
-        self.requests
-            .iter()
-            .filter_map(|r| r.params.as_ref())
-            .map(ParamsDecoder::total_bytes)
-            .sum()
+        self.requests.iter().filter_map(|r| r.params.as_ref()).map(ParamsDecoder::total_bytes).sum()
     }
 }
 
@@ -381,10 +327,7 @@ impl std::fmt::Debug for ServerConnection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ServerConnection")
             .field("buffered", &self.reader.buf.len())
-            .field(
-                "active",
-                &self.requests.iter().map(|r| r.id).collect::<Vec<_>>(),
-            )
+            .field("active", &self.requests.iter().map(|r| r.id).collect::<Vec<_>>())
             .field("broken", &self.reader.broken)
             .finish_non_exhaustive()
     }
@@ -405,35 +348,20 @@ pub fn write_stderr(out: &mut impl BufMut, id: u16, data: &[u8], padding: Paddin
     write_stream(out, RecordType::Stderr, id, data, padding);
 }
 /// The end of a request: empty STDOUT, then END_REQUEST.
-pub fn write_end_request(
-    out: &mut impl BufMut,
-    id: u16,
-    app_status: u32,
-    status: ProtocolStatus,
-    padding: Padding,
-) {
+pub fn write_end_request(out: &mut impl BufMut, id: u16, app_status: u32, status: ProtocolStatus, padding: Padding) {
     write_record(out, RecordType::Stdout, id, &[], padding);
     let s = app_status.to_be_bytes();
     let body = [s[0], s[1], s[2], s[3], status.as_u8(), 0, 0, 0];
     write_record(out, RecordType::EndRequest, id, &body, padding);
 }
 /// One GET_VALUES_RESULT record. Pairs that would push it past 65535 bytes are left out.
-pub fn write_get_values_result<'a>(
-    out: &mut impl BufMut,
-    pairs: impl IntoIterator<Item = (&'a [u8], &'a [u8])>,
-) {
+pub fn write_get_values_result<'a>(out: &mut impl BufMut, pairs: impl IntoIterator<Item = (&'a [u8], &'a [u8])>) {
     write_management_pairs(out, RecordType::GetValuesResult, pairs);
 }
 /// One UNKNOWN_TYPE record naming the management record type we did not understand.
 pub fn write_unknown_type(out: &mut impl BufMut, record_type: u8) {
     let body = [record_type, 0, 0, 0, 0, 0, 0, 0];
-    write_record(
-        out,
-        RecordType::UnknownType,
-        MANAGEMENT_ID,
-        &body,
-        Padding::None,
-    );
+    write_record(out, RecordType::UnknownType, MANAGEMENT_ID, &body, Padding::None);
 }
 
 /// A management record of name-value pairs, which must fit one record.
@@ -471,41 +399,21 @@ mod tests {
 
     fn begin(out: &mut Vec<u8>, id: u16, role: u16, flags: u8) {
         let r = role.to_be_bytes();
-        write_record(
-            out,
-            RecordType::BeginRequest,
-            id,
-            &[r[0], r[1], flags, 0, 0, 0, 0, 0],
-            Padding::None,
-        );
+        write_record(out, RecordType::BeginRequest, id, &[r[0], r[1], flags, 0, 0, 0, 0, 0], Padding::None);
     }
 
     #[test]
     fn responder_request() {
         let mut b = Vec::new();
         client::write_begin_request(&mut b, 1, Role::Responder, true);
-        client::write_params(
-            &mut b,
-            1,
-            [
-                (&b"REQUEST_METHOD"[..], &b"POST"[..]),
-                (b"CONTENT_LENGTH", b"5"),
-            ],
-        );
+        client::write_params(&mut b, 1, [(&b"REQUEST_METHOD"[..], &b"POST"[..]), (b"CONTENT_LENGTH", b"5")]);
         client::write_stdin(&mut b, 1, b"hello");
         client::write_stdin_end(&mut b, 1);
         let mut c = conn();
         c.feed(&b);
         let ev = drain(&mut c);
         assert_eq!(ev.len(), 4);
-        assert_eq!(
-            ev[0],
-            ServerEvent::BeginRequest {
-                id: 1,
-                role: Role::Responder,
-                keep_conn: true
-            }
-        );
+        assert_eq!(ev[0], ServerEvent::BeginRequest { id: 1, role: Role::Responder, keep_conn: true });
         match &ev[1] {
             ServerEvent::Params { id: 1, params } => {
                 assert_eq!(params.get(b"REQUEST_METHOD"), Some(&b"POST"[..]));
@@ -513,13 +421,7 @@ mod tests {
             }
             e => panic!("{e:?}"),
         }
-        assert_eq!(
-            ev[2],
-            ServerEvent::Stdin {
-                id: 1,
-                data: Bytes::from_static(b"hello")
-            }
-        );
+        assert_eq!(ev[2], ServerEvent::Stdin { id: 1, data: Bytes::from_static(b"hello") });
         assert_eq!(ev[3], ServerEvent::StdinEnd { id: 1 });
         assert!(!c.is_active(1));
         assert_eq!(c.buffered(), 0);
@@ -541,13 +443,7 @@ mod tests {
         c.feed(&b);
         let ev = drain(&mut c);
         assert_eq!(ev.len(), 3);
-        assert_eq!(
-            ev[2],
-            ServerEvent::Stdin {
-                id: 2,
-                data: Bytes::from_static(b"xyz")
-            }
-        );
+        assert_eq!(ev[2], ServerEvent::Stdin { id: 2, data: Bytes::from_static(b"xyz") });
     }
 
     #[test]
@@ -569,21 +465,8 @@ mod tests {
         let mut c = conn();
         c.feed(&b);
         let ev = drain(&mut c);
-        assert_eq!(
-            ev[0],
-            ServerEvent::BeginRequest {
-                id: 1,
-                role: Role::Authorizer,
-                keep_conn: false
-            }
-        );
-        assert_eq!(
-            ev[1],
-            ServerEvent::Params {
-                id: 1,
-                params: Params::default()
-            }
-        );
+        assert_eq!(ev[0], ServerEvent::BeginRequest { id: 1, role: Role::Authorizer, keep_conn: false });
+        assert_eq!(ev[1], ServerEvent::Params { id: 1, params: Params::default() });
         assert!(!c.is_active(1), "an authorizer's input ends with PARAMS");
 
         let mut b = Vec::new();
@@ -594,13 +477,7 @@ mod tests {
         write_record(&mut b, RecordType::Data, 3, b"", Padding::None);
         c.feed(&b);
         let ev = drain(&mut c);
-        assert_eq!(
-            ev[3],
-            ServerEvent::Data {
-                id: 3,
-                data: Bytes::from_static(b"file")
-            }
-        );
+        assert_eq!(ev[3], ServerEvent::Data { id: 3, data: Bytes::from_static(b"file") });
         assert_eq!(ev[4], ServerEvent::DataEnd { id: 3 });
         assert!(!c.is_active(3));
 
@@ -609,14 +486,7 @@ mod tests {
         client::write_params(&mut b, 4, [(&b"A"[..], &b"B"[..])]);
         c.feed(&b);
         let ev = drain(&mut c);
-        assert_eq!(
-            ev,
-            vec![ServerEvent::BeginRequest {
-                id: 4,
-                role: Role::Unknown(99),
-                keep_conn: true
-            }]
-        );
+        assert_eq!(ev, vec![ServerEvent::BeginRequest { id: 4, role: Role::Unknown(99), keep_conn: true }]);
     }
 
     #[test]
@@ -676,11 +546,7 @@ mod tests {
 
     #[test]
     fn error_params_held_per_connection() {
-        let l = Limits {
-            max_params_bytes: 100,
-            max_params_bytes_per_connection: 150,
-            ..Limits::default()
-        };
+        let l = Limits { max_params_bytes: 100, max_params_bytes_per_connection: 150, ..Limits::default() };
         let mut pair = Vec::new();
         write_pair(&mut pair, b"NAME", &[b'v'; 60]);
         let mut b = Vec::new();
@@ -694,14 +560,7 @@ mod tests {
             assert!(c.next_event().expect("begin").is_some());
         }
         let e = c.next_event().unwrap_err();
-        assert_eq!(
-            e,
-            Error::ConnectionParamsTooLarge {
-                request_id: 3,
-                held: 3 * pair.len(),
-                limit: 150
-            }
-        );
+        assert_eq!(e, Error::ConnectionParamsTooLarge { request_id: 3, held: 3 * pair.len(), limit: 150 });
         assert_eq!(e.request_id(), Some(3));
         assert!(e.is_fatal());
         assert!(!c.is_open(3) && c.is_active(1) && c.is_active(2));
@@ -719,10 +578,7 @@ mod tests {
             ev,
             vec![
                 ServerEvent::GetValues {
-                    names: vec![
-                        Bytes::from_static(b"FCGI_MAX_CONNS"),
-                        Bytes::from_static(b"FCGI_MPXS_CONNS")
-                    ]
+                    names: vec![Bytes::from_static(b"FCGI_MAX_CONNS"), Bytes::from_static(b"FCGI_MPXS_CONNS")]
                 },
                 ServerEvent::UnknownType { record_type: 42 },
             ]
@@ -774,13 +630,7 @@ mod tests {
                 assert!(c.next_event().expect("begin").is_some());
                 assert!(c.next_event().expect("begin").is_some());
                 let e = c.next_event().unwrap_err();
-                assert_eq!(
-                    e,
-                    Error::RecordWithoutBegin {
-                        request_id: id,
-                        name
-                    }
-                );
+                assert_eq!(e, Error::RecordWithoutBegin { request_id: id, name });
                 assert!(e.is_fatal());
                 assert_eq!(e.request_id(), Some(id));
             }
@@ -797,13 +647,7 @@ mod tests {
             c.feed(&b);
             assert!(c.next_event().expect("begin").is_some());
             let e = c.next_event().unwrap_err();
-            assert_eq!(
-                e,
-                Error::UnknownRecordType {
-                    request_id: id,
-                    record_type: ty
-                }
-            );
+            assert_eq!(e, Error::UnknownRecordType { request_id: id, record_type: ty });
             assert!(e.is_fatal());
         }
         // on the management id an unknown type is answered, as the spec says
@@ -827,21 +671,9 @@ mod tests {
     fn error_short_begin_body() {
         let mut c = conn();
         let mut b = Vec::new();
-        write_record(
-            &mut b,
-            RecordType::BeginRequest,
-            1,
-            &[0, 1, 0],
-            Padding::None,
-        );
+        write_record(&mut b, RecordType::BeginRequest, 1, &[0, 1, 0], Padding::None);
         c.feed(&b);
-        assert_eq!(
-            c.next_event(),
-            Err(Error::BadBeginRequestBody {
-                request_id: 1,
-                len: 3
-            })
-        );
+        assert_eq!(c.next_event(), Err(Error::BadBeginRequestBody { request_id: 1, len: 3 }));
     }
 
     #[test]
@@ -869,57 +701,29 @@ mod tests {
         }
         client::write_params(&mut b, 3, [(&b"A"[..], &b"B"[..])]);
         client::write_params(&mut b, 2, []);
-        let mut c = ServerConnection::new(Limits {
-            max_concurrent_requests: 2,
-            ..Limits::default()
-        });
+        let mut c = ServerConnection::new(Limits { max_concurrent_requests: 2, ..Limits::default() });
         c.feed(&b);
         assert!(c.next_event().expect("1").is_some());
         assert!(c.next_event().expect("2").is_some());
         let e = c.next_event().unwrap_err();
-        assert_eq!(
-            e,
-            Error::TooManyRequests {
-                request_id: 3,
-                limit: 2
-            }
-        );
+        assert_eq!(e, Error::TooManyRequests { request_id: 3, limit: 2 });
         assert!(!e.is_fatal());
         // the refused request's records are skipped; others carry on
-        assert_eq!(
-            c.next_event(),
-            Ok(Some(ServerEvent::Params {
-                id: 2,
-                params: Params::default()
-            }))
-        );
+        assert_eq!(c.next_event(), Ok(Some(ServerEvent::Params { id: 2, params: Params::default() })));
     }
 
     #[test]
     fn error_params_limits_carry_request_id() {
-        let l = Limits {
-            max_params_bytes: 10,
-            ..Limits::default()
-        };
+        let l = Limits { max_params_bytes: 10, ..Limits::default() };
         let mut b = Vec::new();
         client::write_begin_request(&mut b, 7, Role::Responder, false);
         client::write_params(&mut b, 7, [(&b"NAME"[..], &b"0123456789"[..])]);
         let mut c = ServerConnection::new(l);
         c.feed(&b);
         assert!(c.next_event().expect("begin").is_some());
-        assert_eq!(
-            c.next_event(),
-            Err(Error::ParamsTooLarge {
-                request_id: 7,
-                limit: 10
-            })
-        );
+        assert_eq!(c.next_event(), Err(Error::ParamsTooLarge { request_id: 7, limit: 10 }));
         assert!(!c.is_active(7));
-        assert_eq!(
-            c.next_event(),
-            Ok(None),
-            "the terminator of a dropped request is skipped"
-        );
+        assert_eq!(c.next_event(), Ok(None), "the terminator of a dropped request is skipped");
     }
 
     #[test]
@@ -931,14 +735,7 @@ mod tests {
         let mut c = conn();
         c.feed(&b);
         assert!(c.next_event().expect("begin").is_some());
-        assert_eq!(
-            c.next_event(),
-            Err(Error::TruncatedPair {
-                request_id: 1,
-                record_type: "FCGI_PARAMS",
-                pending: 5
-            })
-        );
+        assert_eq!(c.next_event(), Err(Error::TruncatedPair { request_id: 1, record_type: "FCGI_PARAMS", pending: 5 }));
     }
 
     #[test]
@@ -976,26 +773,14 @@ mod tests {
         write_record(&mut b, RecordType::Params, 1, b"\x01\x01AB", Padding::None);
         let mut c = conn();
         c.feed(&b);
-        drain_until_err(
-            &mut c,
-            Error::RecordAfterStreamEnd {
-                request_id: 1,
-                name: "FCGI_PARAMS",
-            },
-        );
+        drain_until_err(&mut c, Error::RecordAfterStreamEnd { request_id: 1, name: "FCGI_PARAMS" });
         let mut b = Vec::new();
         begin(&mut b, 1, 3, 0);
         client::write_stdin_end(&mut b, 1);
         client::write_stdin(&mut b, 1, b"late");
         let mut c = conn();
         c.feed(&b);
-        drain_until_err(
-            &mut c,
-            Error::RecordAfterStreamEnd {
-                request_id: 1,
-                name: "FCGI_STDIN",
-            },
-        );
+        drain_until_err(&mut c, Error::RecordAfterStreamEnd { request_id: 1, name: "FCGI_STDIN" });
     }
 
     fn drain_until_err(c: &mut ServerConnection, want: Error) {
@@ -1020,22 +805,16 @@ mod tests {
         write_stdout(&mut out, 1, &data, Padding::None);
         assert_eq!(out.len(), 16 + 70000);
         assert_eq!(&out[..8], b"\x01\x06\x00\x01\xff\xff\x00\x00");
-        assert_eq!(
-            &out[8 + 65535..8 + 65535 + 8],
-            b"\x01\x06\x00\x01\x11\x71\x00\x00"
-        );
+        assert_eq!(&out[8 + 65535..8 + 65535 + 8], b"\x01\x06\x00\x01\x11\x71\x00\x00");
         out.clear();
         write_stderr(&mut out, 2, b"oops", Padding::Align8);
         assert_eq!(out, b"\x01\x07\x00\x02\x00\x04\x04\x00oops\0\0\0\0");
         out.clear();
-        write_end_request(
-            &mut out,
-            1,
-            0x01020304,
-            ProtocolStatus::Overloaded,
-            Padding::None,
+        write_end_request(&mut out, 1, 0x01020304, ProtocolStatus::Overloaded, Padding::None);
+        assert_eq!(
+            out,
+            b"\x01\x06\x00\x01\x00\x00\x00\x00\x01\x03\x00\x01\x00\x08\x00\x00\x01\x02\x03\x04\x02\x00\x00\x00"
         );
-        assert_eq!(out, b"\x01\x06\x00\x01\x00\x00\x00\x00\x01\x03\x00\x01\x00\x08\x00\x00\x01\x02\x03\x04\x02\x00\x00\x00");
         out.clear();
         write_unknown_type(&mut out, 42);
         assert_eq!(out, b"\x01\x0b\x00\x00\x00\x08\x00\x00\x2a\0\0\0\0\0\0\0");
@@ -1045,14 +824,7 @@ mod tests {
         assert_eq!(&out[8..], b"\x0f\x01FCGI_MPXS_CONNS1");
         out.clear();
         let big = vec![b'v'; 40000];
-        write_get_values_result(
-            &mut out,
-            [
-                (&b"A"[..], &big[..]),
-                (&b"B"[..], &big[..]),
-                (&b"C"[..], &b"1"[..]),
-            ],
-        );
+        write_get_values_result(&mut out, [(&b"A"[..], &big[..]), (&b"B"[..], &big[..]), (&b"C"[..], &b"1"[..])]);
         let h = Header::peek(&out).expect("header");
         assert_eq!(h.record_len(), out.len(), "a single record");
         assert_eq!(h.content_length as usize, 40006 + 4, "B left out, C kept");

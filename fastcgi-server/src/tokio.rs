@@ -30,10 +30,7 @@ macro_rules! read_loop {
             buf.reserve(READ_CHUNK);
             if $io.read_buf(buf).await? == 0 {
                 return if $pending($dec) {
-                    Err(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        "connection closed inside a record",
-                    ))
+                    Err(io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed inside a record"))
                 } else {
                     Ok(None)
                 };
@@ -59,10 +56,7 @@ pub async fn read_client_event<R: AsyncRead + Unpin>(
 }
 
 /// The next SCGI event, reading as needed. EOF is clean only after `BodyEnd`.
-pub async fn read_scgi_event<R: AsyncRead + Unpin>(
-    io: &mut R,
-    dec: &mut ScgiDecoder,
-) -> io::Result<Option<ScgiEvent>> {
+pub async fn read_scgi_event<R: AsyncRead + Unpin>(io: &mut R, dec: &mut ScgiDecoder) -> io::Result<Option<ScgiEvent>> {
     read_loop!(io, dec, |d: &mut ScgiDecoder| !d.is_done())
 }
 
@@ -94,30 +88,19 @@ mod tests {
     #[tokio::test(flavor = "current_thread")]
     async fn eof_and_errors() {
         let mut conn = ServerConnection::new(Limits::default());
-        let e = read_server_event(&mut &b"\x01\x05\x00"[..], &mut conn)
-            .await
-            .unwrap_err();
+        let e = read_server_event(&mut &b"\x01\x05\x00"[..], &mut conn).await.unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof);
         let mut conn = ClientConnection::new(Limits::default());
-        let e = read_client_event(&mut &b"\x09\x06\x00\x01\x00\x00\x00\x00"[..], &mut conn)
-            .await
-            .unwrap_err();
+        let e = read_client_event(&mut &b"\x09\x06\x00\x01\x00\x00\x00\x00"[..], &mut conn).await.unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::InvalidData);
-        assert_eq!(
-            e.get_ref().and_then(|e| e.downcast_ref::<Error>()),
-            Some(&Error::BadVersion(9))
-        );
+        assert_eq!(e.get_ref().and_then(|e| e.downcast_ref::<Error>()), Some(&Error::BadVersion(9)));
         let mut wire = Vec::new();
         scgi::write_request(&mut wire, 2, []);
         wire.extend_from_slice(b"hi");
         let mut dec = ScgiDecoder::new(Limits::default());
         let mut r = &wire[..];
         let mut n = 0;
-        while read_scgi_event(&mut r, &mut dec)
-            .await
-            .expect("scgi")
-            .is_some()
-        {
+        while read_scgi_event(&mut r, &mut dec).await.expect("scgi").is_some() {
             n += 1;
         }
         assert_eq!(n, 3);

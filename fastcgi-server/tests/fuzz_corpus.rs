@@ -15,20 +15,13 @@ const MIN_INPUTS: usize = 10;
 /// Every input of one target's corpus through `run`; all panics are collected, then reported
 /// together with the files that caused them.
 fn replay(target: &str, run: fn(&[u8])) {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/corpus")
-        .join(target);
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/corpus").join(target);
     let mut inputs: Vec<PathBuf> = std::fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
         .map(|entry| entry.unwrap().path())
         .collect();
     inputs.sort();
-    assert!(
-        inputs.len() >= MIN_INPUTS,
-        "{}: {} inputs, expected at least {MIN_INPUTS}",
-        dir.display(),
-        inputs.len()
-    );
+    assert!(inputs.len() >= MIN_INPUTS, "{}: {} inputs, expected at least {MIN_INPUTS}", dir.display(), inputs.len());
     let panicked: Vec<String> = inputs
         .iter()
         .filter_map(|path| {

@@ -14,11 +14,8 @@ use fastcgi_server::{Limits, Params, Role};
 const BODY: &[u8] = b"name=widget&colour=blue&q=1";
 
 fn capture(name: &str) -> Vec<u8> {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/golden")
-        .join(name);
-    std::fs::read(&path)
-        .unwrap_or_else(|e| panic!("{}: {e} (run scripts/capture-fastcgi)", path.display()))
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden").join(name);
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e} (run scripts/capture-fastcgi)", path.display()))
 }
 
 fn events(wire: &[u8], piece: usize) -> Vec<ServerEvent> {
@@ -50,30 +47,15 @@ struct Request {
 fn decode(name: &str) -> (Vec<Request>, Vec<Vec<Bytes>>) {
     let wire = capture(name);
     let whole = events(&wire, wire.len());
-    assert_eq!(
-        whole,
-        events(&wire, 1),
-        "{name}: byte-at-a-time decoding differs"
-    );
-    assert_eq!(
-        whole,
-        events(&wire, 7),
-        "{name}: 7-byte pieces decode differently"
-    );
+    assert_eq!(whole, events(&wire, 1), "{name}: byte-at-a-time decoding differs");
+    assert_eq!(whole, events(&wire, 7), "{name}: 7-byte pieces decode differently");
     let mut reqs: Vec<Request> = Vec::new();
     let mut get_values = Vec::new();
     for e in whole {
         match e {
-            ServerEvent::BeginRequest {
-                id,
-                role,
-                keep_conn,
-            } => reqs.push(Request {
-                id,
-                role: Some(role),
-                keep_conn,
-                ..Request::default()
-            }),
+            ServerEvent::BeginRequest { id, role, keep_conn } => {
+                reqs.push(Request { id, role: Some(role), keep_conn, ..Request::default() })
+            }
             ServerEvent::Params { id, params } => {
                 let r = reqs.iter_mut().rev().find(|r| r.id == id).unwrap();
                 r.params = params;
@@ -83,13 +65,7 @@ fn decode(name: &str) -> (Vec<Request>, Vec<Vec<Bytes>>) {
                 r.stdin.extend_from_slice(&data);
                 r.stdin_records += 1;
             }
-            ServerEvent::StdinEnd { id } => {
-                reqs.iter_mut()
-                    .rev()
-                    .find(|r| r.id == id)
-                    .unwrap()
-                    .stdin_end = true
-            }
+            ServerEvent::StdinEnd { id } => reqs.iter_mut().rev().find(|r| r.id == id).unwrap().stdin_end = true,
             ServerEvent::GetValues { names } => get_values.push(names),
             e => panic!("{name}: unexpected {e:?}"),
         }
@@ -122,9 +98,7 @@ fn params_records(name: &str) -> Vec<usize> {
 }
 
 fn param<'a>(r: &'a Request, name: &str) -> Option<&'a str> {
-    r.params
-        .get(name.as_bytes())
-        .map(|v| std::str::from_utf8(v).unwrap())
+    r.params.get(name.as_bytes()).map(|v| std::str::from_utf8(v).unwrap())
 }
 
 fn one(name: &str) -> Request {
@@ -137,10 +111,7 @@ fn one(name: &str) -> Request {
 fn check_get(r: &Request, prefix: &str) {
     assert_eq!(param(r, "REQUEST_METHOD"), Some("GET"));
     assert_eq!(param(r, "QUERY_STRING"), Some("x=1&y=two"));
-    assert_eq!(
-        param(r, "REQUEST_URI"),
-        Some(&*format!("{prefix}/hello/world?x=1&y=two"))
-    );
+    assert_eq!(param(r, "REQUEST_URI"), Some(&*format!("{prefix}/hello/world?x=1&y=two")));
     assert_eq!(param(r, "HTTP_COOKIE"), Some("a=1; b=2"));
     assert_eq!(param(r, "HTTP_ACCEPT_LANGUAGE"), Some("en-GB,en;q=0.5"));
     assert_eq!(param(r, "HTTP_X_DUP"), Some("one"));
@@ -150,21 +121,14 @@ fn check_get(r: &Request, prefix: &str) {
 fn check_post(r: &Request) {
     assert_eq!(param(r, "REQUEST_METHOD"), Some("POST"));
     assert_eq!(param(r, "CONTENT_LENGTH"), Some("27"));
-    assert_eq!(
-        param(r, "CONTENT_TYPE"),
-        Some("application/x-www-form-urlencoded")
-    );
+    assert_eq!(param(r, "CONTENT_TYPE"), Some("application/x-www-form-urlencoded"));
     assert_eq!(r.stdin, BODY);
 }
 
 fn check_big(r: &Request, count: usize) {
     for i in 0..count {
         let want = vec![b'a' + i as u8; 6000];
-        assert_eq!(
-            r.params.get(format!("HTTP_X_BIG_{i}").as_bytes()),
-            Some(&want[..]),
-            "X-Big-{i}"
-        );
+        assert_eq!(r.params.get(format!("HTTP_X_BIG_{i}").as_bytes()), Some(&want[..]), "X-Big-{i}");
     }
 }
 
@@ -215,13 +179,7 @@ fn nginx_unbuffered_chunked_body_has_empty_content_length() {
 fn nginx_overridden_param_last_wins() {
     let r = one("nginx-override-param.bin");
     assert_eq!(param(&r, "SCRIPT_NAME"), Some("/overridden"));
-    assert_eq!(
-        r.params
-            .iter()
-            .filter(|(n, _)| *n == b"SCRIPT_NAME")
-            .count(),
-        1
-    );
+    assert_eq!(r.params.iter().filter(|(n, _)| *n == b"SCRIPT_NAME").count(), 1);
     // the raw stream really carries the name twice
     let wire = capture("nginx-override-param.bin");
     assert_eq!(wire.windows(11).filter(|w| w == b"SCRIPT_NAME").count(), 2);
@@ -234,9 +192,7 @@ fn apache_get() {
     let r = one("apache-get.bin");
     check_get(&r, "/app");
     assert!(!r.keep_conn);
-    assert!(param(&r, "SCRIPT_FILENAME")
-        .unwrap()
-        .starts_with("proxy:fcgi://"));
+    assert!(param(&r, "SCRIPT_FILENAME").unwrap().starts_with("proxy:fcgi://"));
 }
 
 #[test]
@@ -351,9 +307,7 @@ fn haproxy_multiplexes_request_ids() {
     ids.sort_unstable();
     ids.dedup();
     assert_eq!(ids.len(), reqs.len(), "distinct request ids");
-    assert!(reqs
-        .iter()
-        .all(|r| r.keep_conn && param(r, "REQUEST_URI").unwrap().starts_with("/app/par?i=")));
+    assert!(reqs.iter().all(|r| r.keep_conn && param(r, "REQUEST_URI").unwrap().starts_with("/app/par?i=")));
 }
 
 // ---- h2o ----
@@ -364,11 +318,7 @@ fn h2o_get_has_empty_script_name() {
     check_get(&r, "/app");
     assert_eq!(param(&r, "SCRIPT_NAME"), Some(""));
     assert_eq!(param(&r, "PATH_INFO"), Some("/app/hello/world"));
-    assert_eq!(
-        param(&r, "CONTENT_LENGTH"),
-        None,
-        "no body, no CONTENT_LENGTH"
-    );
+    assert_eq!(param(&r, "CONTENT_LENGTH"), None, "no body, no CONTENT_LENGTH");
 }
 
 #[test]
@@ -387,9 +337,7 @@ fn h2o_splits_params_inside_a_pair() {
     let mut pos = 0;
     while let Some(h) = Header::peek(&wire[pos..]) {
         if h.record_type == RecordType::Params {
-            stream.extend_from_slice(
-                &wire[pos + HEADER_LEN..pos + HEADER_LEN + h.content_length as usize],
-            );
+            stream.extend_from_slice(&wire[pos + HEADER_LEN..pos + HEADER_LEN + h.content_length as usize]);
         }
         pos += h.record_len();
     }
@@ -399,12 +347,7 @@ fn h2o_splits_params_inside_a_pair() {
         let mut lens = [0usize; 2];
         for l in &mut lens {
             if stream[i] & 0x80 != 0 {
-                *l = (u32::from_be_bytes([
-                    stream[i] & 0x7f,
-                    stream[i + 1],
-                    stream[i + 2],
-                    stream[i + 3],
-                ])) as usize;
+                *l = (u32::from_be_bytes([stream[i] & 0x7f, stream[i + 1], stream[i + 2], stream[i + 3]])) as usize;
                 i += 4;
             } else {
                 *l = stream[i] as usize;
@@ -414,10 +357,7 @@ fn h2o_splits_params_inside_a_pair() {
         i += lens[0] + lens[1];
         boundaries.push(i);
     }
-    assert!(
-        !boundaries.contains(&65535),
-        "the 65535-byte record ends inside a pair"
-    );
+    assert!(!boundaries.contains(&65535), "the 65535-byte record ends inside a pair");
 }
 
 #[test]
@@ -460,11 +400,8 @@ fn caddy_splits_params_on_pair_boundaries() {
     let mut records = 0;
     while let Some(h) = Header::peek(&wire[pos..]) {
         if h.record_type == RecordType::Params && h.content_length > 0 {
-            let content = Bytes::copy_from_slice(
-                &wire[pos + HEADER_LEN..pos + HEADER_LEN + h.content_length as usize],
-            );
-            fastcgi_server::params::decode_pairs(content, &Limits::default(), 1, "FCGI_PARAMS")
-                .unwrap();
+            let content = Bytes::copy_from_slice(&wire[pos + HEADER_LEN..pos + HEADER_LEN + h.content_length as usize]);
+            fastcgi_server::params::decode_pairs(content, &Limits::default(), 1, "FCGI_PARAMS").unwrap();
             records += 1;
         }
         pos += h.record_len();
@@ -493,10 +430,7 @@ fn scgi(name: &str) -> (Params, u64, Vec<u8>) {
             d.feed(p);
             while let Some(e) = d.next_event().unwrap() {
                 match e {
-                    ScgiEvent::Headers {
-                        params,
-                        content_length,
-                    } => head = Some((params, content_length)),
+                    ScgiEvent::Headers { params, content_length } => head = Some((params, content_length)),
                     ScgiEvent::Body(b) => body.extend_from_slice(&b),
                     ScgiEvent::BodyEnd => {}
                 }
@@ -506,10 +440,7 @@ fn scgi(name: &str) -> (Params, u64, Vec<u8>) {
         let (params, len) = head.unwrap();
         results.push((params, len, body));
     }
-    assert!(
-        results.windows(2).all(|w| w[0] == w[1]),
-        "{name}: piece size changed the result"
-    );
+    assert!(results.windows(2).all(|w| w[0] == w[1]), "{name}: piece size changed the result");
     results.remove(0)
 }
 
@@ -524,23 +455,11 @@ fn scgi_captures() {
         let (p, len, body) = scgi(name);
         assert_eq!(len, 0, "{name}");
         assert!(body.is_empty());
-        assert_eq!(
-            p.get(b"SCGI").is_some(),
-            scgi_1,
-            "{name}: nginx sends SCGI=1 only with scgi_params"
-        );
-        assert_eq!(
-            p.get(b"REQUEST_URI"),
-            Some(format!("{prefix}/hello/world?x=1&y=two").as_bytes()),
-            "{name}"
-        );
+        assert_eq!(p.get(b"SCGI").is_some(), scgi_1, "{name}: nginx sends SCGI=1 only with scgi_params");
+        assert_eq!(p.get(b"REQUEST_URI"), Some(format!("{prefix}/hello/world?x=1&y=two").as_bytes()), "{name}");
         assert_eq!(p.get(b"HTTP_COOKIE"), Some(&b"a=1; b=2"[..]), "{name}");
     }
-    for name in [
-        "nginx-scgi-post.bin",
-        "apache-scgi-post.bin",
-        "lighttpd-scgi-post.bin",
-    ] {
+    for name in ["nginx-scgi-post.bin", "apache-scgi-post.bin", "lighttpd-scgi-post.bin"] {
         let (p, len, body) = scgi(name);
         assert_eq!(len, 27, "{name}");
         assert_eq!(body, BODY, "{name}");

@@ -26,21 +26,17 @@ fn small_limits() -> Limits {
 /// Random bytes, or random record headers (version 1, a plausible type) with random content,
 /// which gets much deeper into the state machines than uniform noise.
 fn fastcgi_input() -> impl Strategy<Value = Vec<u8>> {
-    let record =
-        (0u8..14, 0u16..4, vec(any::<u8>(), 0..40), 0u8..10).prop_map(|(ty, id, content, pad)| {
-            let mut r = vec![1, ty];
-            r.extend_from_slice(&id.to_be_bytes());
-            r.extend_from_slice(&(content.len() as u16).to_be_bytes());
-            r.push(pad);
-            r.push(0);
-            r.extend_from_slice(&content);
-            r.extend(std::iter::repeat_n(0, pad as usize));
-            r
-        });
-    prop_oneof![
-        vec(any::<u8>(), 0..300),
-        vec(record, 0..12).prop_map(|rs| rs.concat()),
-    ]
+    let record = (0u8..14, 0u16..4, vec(any::<u8>(), 0..40), 0u8..10).prop_map(|(ty, id, content, pad)| {
+        let mut r = vec![1, ty];
+        r.extend_from_slice(&id.to_be_bytes());
+        r.extend_from_slice(&(content.len() as u16).to_be_bytes());
+        r.push(pad);
+        r.push(0);
+        r.extend_from_slice(&content);
+        r.extend(std::iter::repeat_n(0, pad as usize));
+        r
+    });
+    prop_oneof![vec(any::<u8>(), 0..300), vec(record, 0..12).prop_map(|rs| rs.concat()),]
 }
 
 /// Drive a decoder to the end of its input, continuing past non-fatal errors.

@@ -47,13 +47,7 @@ fn request() -> impl Strategy<Value = Request> {
         vec(blob(100).prop_filter("non-empty", |b| !b.is_empty()), 0..4),
         vec(blob(100).prop_filter("non-empty", |b| !b.is_empty()), 0..3),
     )
-        .prop_map(|(role, keep_conn, params, stdin, data)| Request {
-            role,
-            keep_conn,
-            params,
-            stdin,
-            data,
-        })
+        .prop_map(|(role, keep_conn, params, stdin, data)| Request { role, keep_conn, params, stdin, data })
 }
 
 /// One encoded step of a request and the events it must produce.
@@ -63,21 +57,11 @@ fn steps(id: u16, r: &Request) -> Vec<Step> {
     let mut out = Vec::new();
     let mut b = Vec::new();
     client::write_begin_request(&mut b, id, r.role, r.keep_conn);
-    out.push((
-        b,
-        vec![ServerEvent::BeginRequest {
-            id,
-            role: r.role,
-            keep_conn: r.keep_conn,
-        }],
-    ));
+    out.push((b, vec![ServerEvent::BeginRequest { id, role: r.role, keep_conn: r.keep_conn }]));
     let mut b = Vec::new();
     client::write_params(&mut b, id, r.params.iter().map(|(n, v)| (&n[..], &v[..])));
     let params = Params::from_pairs(
-        r.params
-            .iter()
-            .map(|(n, v)| (Bytes::copy_from_slice(n), Bytes::copy_from_slice(v)))
-            .collect(),
+        r.params.iter().map(|(n, v)| (Bytes::copy_from_slice(n), Bytes::copy_from_slice(v))).collect(),
     );
     out.push((b, vec![ServerEvent::Params { id, params }]));
     if r.role == Role::Authorizer {
@@ -86,13 +70,8 @@ fn steps(id: u16, r: &Request) -> Vec<Step> {
     for s in &r.stdin {
         let mut b = Vec::new();
         client::write_stdin(&mut b, id, s);
-        let ev = s
-            .chunks(MAX_CONTENT_LEN)
-            .map(|c| ServerEvent::Stdin {
-                id,
-                data: Bytes::copy_from_slice(c),
-            })
-            .collect();
+        let ev =
+            s.chunks(MAX_CONTENT_LEN).map(|c| ServerEvent::Stdin { id, data: Bytes::copy_from_slice(c) }).collect();
         out.push((b, ev));
     }
     let mut b = Vec::new();
@@ -102,13 +81,8 @@ fn steps(id: u16, r: &Request) -> Vec<Step> {
         for s in &r.data {
             let mut b = Vec::new();
             client::write_data(&mut b, id, s);
-            let ev = s
-                .chunks(MAX_CONTENT_LEN)
-                .map(|c| ServerEvent::Data {
-                    id,
-                    data: Bytes::copy_from_slice(c),
-                })
-                .collect();
+            let ev =
+                s.chunks(MAX_CONTENT_LEN).map(|c| ServerEvent::Data { id, data: Bytes::copy_from_slice(c) }).collect();
             out.push((b, ev));
         }
         let mut b = Vec::new();
@@ -123,9 +97,7 @@ fn interleave<T>(mut queues: Vec<std::collections::VecDeque<T>>, picks: &[usize]
     let mut out = Vec::new();
     let mut k = 0;
     loop {
-        let live: Vec<usize> = (0..queues.len())
-            .filter(|&i| !queues[i].is_empty())
-            .collect();
+        let live: Vec<usize> = (0..queues.len()).filter(|&i| !queues[i].is_empty()).collect();
         if live.is_empty() {
             return out;
         }
@@ -143,11 +115,7 @@ fn decode_server(wire: &[u8], cuts: &[usize]) -> Vec<ServerEvent> {
     let mut pos = 0;
     let mut k = 0;
     while pos < wire.len() {
-        let n = if cuts.is_empty() {
-            1
-        } else {
-            cuts[k % cuts.len()].max(1)
-        };
+        let n = if cuts.is_empty() { 1 } else { cuts[k % cuts.len()].max(1) };
         k += 1;
         let end = (pos + n).min(wire.len());
         c.feed(&wire[pos..end]);
@@ -166,11 +134,7 @@ fn decode_client(wire: &[u8], cuts: &[usize]) -> Vec<ClientEvent> {
     let mut pos = 0;
     let mut k = 0;
     while pos < wire.len() {
-        let n = if cuts.is_empty() {
-            1
-        } else {
-            cuts[k % cuts.len()].max(1)
-        };
+        let n = if cuts.is_empty() { 1 } else { cuts[k % cuts.len()].max(1) };
         k += 1;
         let end = (pos + n).min(wire.len());
         c.buffer_mut().extend_from_slice(&wire[pos..end]);

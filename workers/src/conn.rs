@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use fastcgi_server::record::Padding;
 use fastcgi_server::server::{
-    write_end_request, write_get_values_result, write_stderr, write_stdout, write_unknown_type,
-    ServerConnection, ServerEvent,
+    write_end_request, write_get_values_result, write_stderr, write_stdout, write_unknown_type, ServerConnection,
+    ServerEvent,
 };
 use fastcgi_server::{Limits, Params, ProtocolStatus, Role};
 use pyo3::sync::MutexExt;
@@ -49,10 +49,7 @@ pub(crate) struct Shared {
 impl Shared {
     pub(crate) fn new(fd: OwnedFd, threads: usize) -> Self {
         let current = Arc::new(AtomicU64::new(0));
-        Shared {
-            conn: Mutex::new(Conn::new(fd, threads, current.clone())),
-            current,
-        }
+        Self { conn: Mutex::new(Conn::new(fd, threads, current.clone())), current }
     }
     /// Whether request `serial` is over (a cheap check before locking).
     pub(crate) fn is_over(&self, serial: u64) -> bool {
@@ -60,9 +57,7 @@ impl Shared {
     }
     /// Lock while attached to Python (detaches only if it has to wait).
     pub(crate) fn lock_py(&self, py: Python<'_>) -> MutexGuard<'_, Conn> {
-        self.conn
-            .lock_py_attached(py)
-            .unwrap_or_else(|e| e.into_inner())
+        self.conn.lock_py_attached(py).unwrap_or_else(|e| e.into_inner())
     }
     /// Lock while detached from Python.
     pub(crate) fn lock(&self) -> MutexGuard<'_, Conn> {
@@ -143,7 +138,7 @@ pub(crate) struct Req {
 
 impl Req {
     fn new(id: u16, keep_conn: bool, serial: u64) -> Self {
-        Req {
+        Self {
             id,
             serial,
             keep_conn,
@@ -230,7 +225,7 @@ pub(crate) struct Conn {
 
 impl Conn {
     fn new(fd: OwnedFd, threads: usize, current: Arc<AtomicU64>) -> Self {
-        Conn {
+        Self {
             fd: Some(fd),
             dec: ServerConnection::new(Limits::default()),
             out: Vec::with_capacity(16 * 1024),
@@ -341,11 +336,7 @@ impl Conn {
 
     fn on_event(&mut self, ev: ServerEvent) {
         match ev {
-            ServerEvent::BeginRequest {
-                id,
-                role,
-                keep_conn,
-            } => {
+            ServerEvent::BeginRequest { id, role, keep_conn } => {
                 if let Some(r) = &self.req {
                     if r.id == id {
                         eprintln!("fcgibridge worker: request id {id} began twice, closing the connection");
@@ -432,9 +423,7 @@ impl Conn {
                 }
                 write_get_values_result(&mut self.out, pairs);
             }
-            ServerEvent::UnknownType { record_type } => {
-                write_unknown_type(&mut self.out, record_type)
-            }
+            ServerEvent::UnknownType { record_type } => write_unknown_type(&mut self.out, record_type),
         }
     }
 
@@ -614,8 +603,7 @@ impl Conn {
             return;
         }
         r.headers_sent = true;
-        let bodyless =
-            r.is_head || r.status_code < 200 || r.status_code == 204 || r.status_code == 304;
+        let bodyless = r.is_head || r.status_code < 200 || r.status_code == 204 || r.status_code == 304;
         if r.content_length.is_none() && !bodyless {
             if let Some(n) = r.auto_content_length {
                 if r.body_bytes == 0 {
@@ -659,11 +647,7 @@ impl Conn {
             return !full;
         }
         if self.req.as_ref().is_some_and(|r| !r.headers_sent) {
-            let first = if data.len() <= SHARED_RECORD_MAX {
-                data
-            } else {
-                &[][..]
-            };
+            let first = if data.len() <= SHARED_RECORD_MAX { data } else { &[][..] };
             self.push_head_with(serial, first);
             data = &data[first.len()..];
         }
@@ -703,11 +687,7 @@ impl Conn {
         if r.aborted || r.headers_sent {
             return;
         }
-        let body: &[u8] = if r.is_head {
-            b""
-        } else {
-            b"Internal Server Error\n"
-        };
+        let body: &[u8] = if r.is_head { b"" } else { b"Internal Server Error\n" };
         r.head = format!(
             "Status: 500 Internal Server Error\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\n",
             21 + 1
@@ -733,9 +713,7 @@ impl Conn {
     ) -> io::Result<()> {
         use std::os::unix::fs::FileExt;
         // Sized for the file (one extra byte sees EOF at once), at most OUT_HIGH.
-        let block_len = usize::try_from(expect.saturating_add(1))
-            .unwrap_or(OUT_HIGH)
-            .clamp(512, OUT_HIGH);
+        let block_len = usize::try_from(expect.saturating_add(1)).unwrap_or(OUT_HIGH).clamp(512, OUT_HIGH);
         let mut block = vec![0u8; block_len];
         loop {
             match self.cur(serial) {
@@ -762,8 +740,7 @@ impl Conn {
             return false;
         };
         let keep = r.keep_conn;
-        let bodyless =
-            r.is_head || r.status_code < 200 || r.status_code == 204 || r.status_code == 304;
+        let bodyless = r.is_head || r.status_code < 200 || r.status_code == 204 || r.status_code == 304;
         if let Some(n) = r.content_length {
             if !(r.aborted || r.cut_off || r.replaced || bodyless) && r.body_bytes < n {
                 // The client would wait for the missing bytes: end it as cut off.
@@ -802,8 +779,8 @@ impl Conn {
 mod tests {
     use super::*;
     use fastcgi_server::client::{
-        write_abort, write_begin_request, write_get_values, write_params, write_stdin,
-        write_stdin_end, ClientConnection, ClientEvent,
+        write_abort, write_begin_request, write_get_values, write_params, write_stdin, write_stdin_end,
+        ClientConnection, ClientEvent,
     };
     use std::io::{Read, Write};
     use std::os::unix::net::UnixStream;
@@ -811,8 +788,7 @@ mod tests {
     fn pair() -> (Conn, UnixStream) {
         let (a, b) = UnixStream::pair().expect("socketpair");
         let conn = Conn::new(OwnedFd::from(a), 4, Arc::new(AtomicU64::new(0)));
-        b.set_read_timeout(Some(Duration::from_secs(5)))
-            .expect("timeout");
+        b.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
         (conn, b)
     }
 
@@ -886,8 +862,7 @@ mod tests {
     #[test]
     fn serves_body_and_ends_request() {
         let (mut c, mut peer) = pair();
-        peer.write_all(&request(1, Role::Responder, Some(b"hello body")))
-            .expect("send");
+        peer.write_all(&request(1, Role::Responder, Some(b"hello body"))).expect("send");
         assert!(c.wait_request());
         let serial = c.req.as_ref().map(|r| r.serial).expect("request");
         c.fill_stdin(serial, usize::MAX);
@@ -915,11 +890,7 @@ mod tests {
         assert_eq!(stdout, b"Status: 200 OK\r\nContent-Length: 2\r\n\r\nok");
         assert!(matches!(
             ev.last(),
-            Some(ClientEvent::EndRequest {
-                id: 1,
-                app_status: 0,
-                protocol_status: ProtocolStatus::RequestComplete
-            })
+            Some(ClientEvent::EndRequest { id: 1, app_status: 0, protocol_status: ProtocolStatus::RequestComplete })
         ));
     }
 
@@ -949,28 +920,17 @@ mod tests {
         let ends: Vec<_> = ev
             .iter()
             .filter_map(|e| match e {
-                ClientEvent::EndRequest {
-                    id,
-                    protocol_status,
-                    ..
-                } => Some((*id, *protocol_status)),
+                ClientEvent::EndRequest { id, protocol_status, .. } => Some((*id, *protocol_status)),
                 _ => None,
             })
             .collect();
-        assert_eq!(
-            ends,
-            vec![
-                (7, ProtocolStatus::UnknownRole),
-                (2, ProtocolStatus::CantMpxConn)
-            ]
-        );
+        assert_eq!(ends, vec![(7, ProtocolStatus::UnknownRole), (2, ProtocolStatus::CantMpxConn)]);
     }
 
     #[test]
     fn abort_after_complete_input_is_seen() {
         let (mut c, mut peer) = pair();
-        peer.write_all(&request(1, Role::Responder, Some(b"body")))
-            .expect("send");
+        peer.write_all(&request(1, Role::Responder, Some(b"body"))).expect("send");
         assert!(c.wait_request());
         let serial = c.req.as_ref().map(|r| r.serial).expect("request");
         c.fill_stdin(serial, usize::MAX);
@@ -986,14 +946,7 @@ mod tests {
         c.flush();
         let ev = replies(&mut peer, 1);
         assert!(!ev.iter().any(|e| matches!(e, ClientEvent::Stdout { .. })));
-        assert!(matches!(
-            ev.last(),
-            Some(ClientEvent::EndRequest {
-                id: 1,
-                app_status: 1,
-                ..
-            })
-        ));
+        assert!(matches!(ev.last(), Some(ClientEvent::EndRequest { id: 1, app_status: 1, .. })));
     }
 
     #[test]

@@ -68,11 +68,7 @@ fn latin1<'py>(py: Python<'py>, b: &[u8]) -> PyResult<Bound<'py, PyAny>> {
     unsafe {
         Bound::from_owned_ptr_or_err(
             py,
-            ffi::PyUnicode_DecodeLatin1(
-                b.as_ptr().cast(),
-                b.len() as ffi::Py_ssize_t,
-                std::ptr::null(),
-            ),
+            ffi::PyUnicode_DecodeLatin1(b.as_ptr().cast(), b.len() as ffi::Py_ssize_t, std::ptr::null()),
         )
     }
 }
@@ -171,33 +167,11 @@ impl Worker {
         if !seen[2] {
             env.set_item(intern!(py, "QUERY_STRING"), empty)?;
         }
-        let scheme = if https || scheme_https {
-            intern!(py, "https")
-        } else {
-            intern!(py, "http")
-        };
+        let scheme = if https || scheme_https { intern!(py, "https") } else { intern!(py, "http") };
         env.set_item(intern!(py, "wsgi.version"), self.version.bind(py))?;
         env.set_item(intern!(py, "wsgi.url_scheme"), scheme)?;
-        env.set_item(
-            intern!(py, "wsgi.input"),
-            Bound::new(
-                py,
-                Input {
-                    shared: shared.clone(),
-                    serial,
-                },
-            )?,
-        )?;
-        env.set_item(
-            intern!(py, "wsgi.errors"),
-            Bound::new(
-                py,
-                Errors {
-                    shared: shared.clone(),
-                    serial,
-                },
-            )?,
-        )?;
+        env.set_item(intern!(py, "wsgi.input"), Bound::new(py, Input { shared: shared.clone(), serial })?)?;
+        env.set_item(intern!(py, "wsgi.errors"), Bound::new(py, Errors { shared: shared.clone(), serial })?)?;
         env.set_item(intern!(py, "wsgi.multithread"), self.multithread)?;
         env.set_item(intern!(py, "wsgi.multiprocess"), self.multiprocess)?;
         env.set_item(intern!(py, "wsgi.run_once"), false)?;
@@ -221,10 +195,11 @@ fn format_traceback(py: Python<'_>, err: &PyErr) -> String {
             Some(tb) => tb.into_any(),
             None => py.None().into_bound(py),
         };
-        let lines = py
-            .import(intern!(py, "traceback"))?
-            .getattr(intern!(py, "format_exception"))?
-            .call1((err.get_type(py), err.value(py), tb))?;
+        let lines = py.import(intern!(py, "traceback"))?.getattr(intern!(py, "format_exception"))?.call1((
+            err.get_type(py),
+            err.value(py),
+            tb,
+        ))?;
         let text = intern!(py, "").call_method1(intern!(py, "join"), (lines,))?;
         text.extract::<String>()
     })();
@@ -261,10 +236,7 @@ fn bytes_of<'a, 'py>(item: &'a Bound<'py, PyAny>) -> PyResult<&'a Bound<'py, PyB
     item.cast::<PyBytes>().map_err(|_| {
         PyTypeError::new_err(format!(
             "the application yielded {} instead of bytes",
-            item.get_type()
-                .name()
-                .map(|n| n.to_string())
-                .unwrap_or_default()
+            item.get_type().name().map(|n| n.to_string()).unwrap_or_default()
         ))
     })
 }
@@ -275,9 +247,9 @@ fn check_started(py: Python<'_>, shared: &Shared, serial: u64) -> PyResult<bool>
     let mut c = shared.lock_py(py);
     match c.cur(serial) {
         Some(r) if r.aborted => Ok(false),
-        Some(r) if !r.started => Err(PyRuntimeError::new_err(
-            "the application returned body data without calling start_response()",
-        )),
+        Some(r) if !r.started => {
+            Err(PyRuntimeError::new_err("the application returned body data without calling start_response()"))
+        }
         Some(_) => Ok(true),
         None => Ok(false),
     }
@@ -289,12 +261,7 @@ fn is_aborted(py: Python<'_>, shared: &Shared, serial: u64) -> bool {
 
 /// Send a list or tuple result: everything is already produced, so it is
 /// buffered and sent together (with a Content-Length when the app set none).
-fn send_sequence(
-    py: Python<'_>,
-    shared: &Shared,
-    serial: u64,
-    items: &[Bound<'_, PyAny>],
-) -> PyResult<()> {
+fn send_sequence(py: Python<'_>, shared: &Shared, serial: u64, items: &[Bound<'_, PyAny>]) -> PyResult<()> {
     let mut total = 0u64;
     for item in items {
         total += bytes_of(item)?.as_bytes().len() as u64;
@@ -335,10 +302,7 @@ fn send_file(py: Python<'_>, shared: &Shared, serial: u64, fw: &FileWrapper) -> 
     if !f.hasattr(intern!(py, "fileno"))? {
         return Ok(false);
     }
-    let Ok(fd) = f
-        .call_method0(intern!(py, "fileno"))
-        .and_then(|x| x.extract::<i32>())
-    else {
+    let Ok(fd) = f.call_method0(intern!(py, "fileno")).and_then(|x| x.extract::<i32>()) else {
         return Ok(false);
     };
     if fd < 0 {
@@ -351,10 +315,7 @@ fn send_file(py: Python<'_>, shared: &Shared, serial: u64, fw: &FileWrapper) -> 
         _ => return Ok(false),
     };
     // Respect what the app already consumed through the file object.
-    let Ok(offset) = f
-        .call_method0(intern!(py, "tell"))
-        .and_then(|x| x.extract::<u64>())
-    else {
+    let Ok(offset) = f.call_method0(intern!(py, "tell")).and_then(|x| x.extract::<u64>()) else {
         return Ok(false);
     };
     if !check_started(py, shared, serial)? {
@@ -391,9 +352,7 @@ fn hand_off_file(py: Python<'_>, shared: &Shared, serial: u64, file: &File, fd: 
     // Only paths every hand-off reader takes literally (lighttpd and Apache URL-decode
     // X-Sendfile, so no `%`); anything else is streamed.
     let plain = path.iter().all(|&b| (0x20..0x7f).contains(&b) && b != b'%');
-    let under = roots
-        .split(|&b| b == b':')
-        .any(|r| !r.is_empty() && real.starts_with(std::ffi::OsStr::from_bytes(r)));
+    let under = roots.split(|&b| b == b':').any(|r| !r.is_empty() && real.starts_with(std::ffi::OsStr::from_bytes(r)));
     if !same || !plain || !under {
         return false;
     }
@@ -420,12 +379,7 @@ fn hand_off_file(py: Python<'_>, shared: &Shared, serial: u64, file: &File, fd: 
 }
 
 /// Send any other iterable, transmitting each chunk before asking for the next (PEP 3333).
-fn send_iterable(
-    py: Python<'_>,
-    shared: &Shared,
-    serial: u64,
-    result: &Bound<'_, PyAny>,
-) -> PyResult<()> {
+fn send_iterable(py: Python<'_>, shared: &Shared, serial: u64, result: &Bound<'_, PyAny>) -> PyResult<()> {
     for item in result.try_iter()? {
         let item = item?;
         let data = bytes_of(&item)?.as_bytes();
@@ -445,12 +399,7 @@ fn send_iterable(
     Ok(())
 }
 
-fn send_result(
-    py: Python<'_>,
-    shared: &Shared,
-    serial: u64,
-    result: &Bound<'_, PyAny>,
-) -> PyResult<()> {
+fn send_result(py: Python<'_>, shared: &Shared, serial: u64, result: &Bound<'_, PyAny>) -> PyResult<()> {
     if let Ok(list) = result.cast_exact::<PyList>() {
         let items: Vec<Bound<'_, PyAny>> = list.iter().collect();
         return send_sequence(py, shared, serial, &items);
@@ -487,13 +436,7 @@ fn handle_request(py: Python<'_>, w: &mut Worker, shared: &Arc<Shared>) -> PyRes
                     r.is_head = true;
                 }
             }
-            let start_response = Bound::new(
-                py,
-                StartResponse {
-                    shared: shared.clone(),
-                    serial,
-                },
-            )?;
+            let start_response = Bound::new(py, StartResponse { shared: shared.clone(), serial })?;
             match w.app.bind(py).call1((env, start_response)) {
                 Err(e) => report_error(py, shared, serial, e, &mut outcome),
                 Ok(result) => {
@@ -501,8 +444,7 @@ fn handle_request(py: Python<'_>, w: &mut Worker, shared: &Arc<Shared>) -> PyRes
                         report_error(py, shared, serial, e, &mut outcome);
                     }
                     // close() is called whatever happened (PEP 3333).
-                    let plain = result.is_exact_instance_of::<PyList>()
-                        || result.is_exact_instance_of::<PyTuple>();
+                    let plain = result.is_exact_instance_of::<PyList>() || result.is_exact_instance_of::<PyTuple>();
                     if !plain {
                         if let Ok(close) = result.getattr(intern!(py, "close")) {
                             if let Err(e) = close.call0() {
@@ -515,14 +457,9 @@ fn handle_request(py: Python<'_>, w: &mut Worker, shared: &Arc<Shared>) -> PyRes
         }
     }
     if !outcome.errored {
-        let missing = shared
-            .lock_py(py)
-            .cur(serial)
-            .is_some_and(|r| !r.started && !r.aborted);
+        let missing = shared.lock_py(py).cur(serial).is_some_and(|r| !r.started && !r.aborted);
         if missing {
-            let e = PyRuntimeError::new_err(
-                "the application returned without calling start_response()",
-            );
+            let e = PyRuntimeError::new_err("the application returned without calling start_response()");
             report_error(py, shared, serial, e, &mut outcome);
         }
     }

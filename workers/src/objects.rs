@@ -108,11 +108,7 @@ fn size_arg(size: Option<&Bound<'_, PyAny>>) -> PyResult<Option<usize>> {
 impl Input {
     /// read(size=-1): up to `size` bytes (fewer only at the end of the body), all when negative.
     #[pyo3(signature = (size=None))]
-    fn read<'py>(
-        &self,
-        py: Python<'py>,
-        size: Option<&Bound<'py, PyAny>>,
-    ) -> PyResult<Bound<'py, PyBytes>> {
+    fn read<'py>(&self, py: Python<'py>, size: Option<&Bound<'py, PyAny>>) -> PyResult<Bound<'py, PyBytes>> {
         let limit = size_arg(size)?;
         if limit == Some(0) {
             return Ok(Self::empty(py));
@@ -127,31 +123,17 @@ impl Input {
 
     /// read1(size=-1): whatever is buffered (waiting only if nothing is).
     #[pyo3(signature = (size=None))]
-    fn read1<'py>(
-        &self,
-        py: Python<'py>,
-        size: Option<&Bound<'py, PyAny>>,
-    ) -> PyResult<Bound<'py, PyBytes>> {
+    fn read1<'py>(&self, py: Python<'py>, size: Option<&Bound<'py, PyAny>>) -> PyResult<Bound<'py, PyBytes>> {
         let limit = size_arg(size)?.unwrap_or(usize::MAX);
         if limit == 0 {
             return Ok(Self::empty(py));
         }
-        self.read_with(py, |r| {
-            if r.avail > 0 || r.stdin_done {
-                Have::Take(r.avail.min(limit))
-            } else {
-                Have::Need(1)
-            }
-        })
+        self.read_with(py, |r| if r.avail > 0 || r.stdin_done { Have::Take(r.avail.min(limit)) } else { Have::Need(1) })
     }
 
     /// readline(size=-1): up to and including the next b'\n'.
     #[pyo3(signature = (size=None))]
-    fn readline<'py>(
-        &self,
-        py: Python<'py>,
-        size: Option<&Bound<'py, PyAny>>,
-    ) -> PyResult<Bound<'py, PyBytes>> {
+    fn readline<'py>(&self, py: Python<'py>, size: Option<&Bound<'py, PyAny>>) -> PyResult<Bound<'py, PyBytes>> {
         let limit = size_arg(size)?.unwrap_or(usize::MAX);
         if limit == 0 {
             return Ok(Self::empty(py));
@@ -174,11 +156,7 @@ impl Input {
 
     /// readlines(hint=-1): lines until the end, or until `hint` bytes were read.
     #[pyo3(signature = (hint=None))]
-    fn readlines<'py>(
-        &self,
-        py: Python<'py>,
-        hint: Option<&Bound<'py, PyAny>>,
-    ) -> PyResult<Bound<'py, PyList>> {
+    fn readlines<'py>(&self, py: Python<'py>, hint: Option<&Bound<'py, PyAny>>) -> PyResult<Bound<'py, PyList>> {
         let hint = size_arg(hint)?.filter(|&h| h > 0);
         let lines = PyList::empty(py);
         let mut total = 0usize;
@@ -203,11 +181,7 @@ impl Input {
 
     fn __next__<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyBytes>>> {
         let line = self.readline(py, None)?;
-        Ok(if line.as_bytes().is_empty() {
-            None
-        } else {
-            Some(line)
-        })
+        Ok(if line.as_bytes().is_empty() { None } else { Some(line) })
     }
 
     fn readable(&self) -> bool {
@@ -259,10 +233,7 @@ fn text_bytes(obj: &Bound<'_, PyAny>) -> PyResult<Vec<u8>> {
     if let Ok(b) = obj.cast::<PyBytes>() {
         return Ok(b.as_bytes().to_vec());
     }
-    Err(PyTypeError::new_err(format!(
-        "wsgi.errors.write() takes str, not {}",
-        obj.get_type().name()?
-    )))
+    Err(PyTypeError::new_err(format!("wsgi.errors.write() takes str, not {}", obj.get_type().name()?)))
 }
 
 #[pymethods]
@@ -324,20 +295,13 @@ pub(crate) struct StartResponse {
 fn latin1_bytes(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<Vec<u8>> {
     let py = obj.py();
     if !obj.is_instance_of::<PyString>() {
-        return Err(PyTypeError::new_err(format!(
-            "{what} must be str, not {}",
-            obj.get_type().name()?
-        )));
+        return Err(PyTypeError::new_err(format!("{what} must be str, not {}", obj.get_type().name()?)));
     }
     // SAFETY: `obj` is a str; PyUnicode_AsLatin1String returns a new reference or NULL.
-    let encoded = unsafe {
-        Bound::from_owned_ptr_or_err(py, pyo3::ffi::PyUnicode_AsLatin1String(obj.as_ptr()))
-    };
+    let encoded = unsafe { Bound::from_owned_ptr_or_err(py, pyo3::ffi::PyUnicode_AsLatin1String(obj.as_ptr())) };
     match encoded {
         Ok(b) => Ok(b.cast_into::<PyBytes>()?.as_bytes().to_vec()),
-        Err(_) => Err(PyValueError::new_err(format!(
-            "{what} is not encodable as latin-1: {obj:?}"
-        ))),
+        Err(_) => Err(PyValueError::new_err(format!("{what} is not encodable as latin-1: {obj:?}"))),
     }
 }
 
@@ -358,9 +322,8 @@ fn build_head(status: &Bound<'_, PyAny>, headers: &Bound<'_, PyAny>) -> PyResult
             "status must look like '200 OK' (three digits, a space, a reason), got {status:?}"
         )));
     }
-    let status_code = u16::from(status_b[0] - b'0') * 100
-        + u16::from(status_b[1] - b'0') * 10
-        + u16::from(status_b[2] - b'0');
+    let status_code =
+        u16::from(status_b[0] - b'0') * 100 + u16::from(status_b[1] - b'0') * 10 + u16::from(status_b[2] - b'0');
     let mut head = Vec::with_capacity(128);
     head.extend_from_slice(b"Status: ");
     head.extend_from_slice(&status_b);
@@ -385,10 +348,7 @@ fn build_head(status: &Bound<'_, PyAny>, headers: &Bound<'_, PyAny>) -> PyResult
         let name = latin1_bytes(&pair.get_item(0)?, "header name")?;
         let value = latin1_bytes(&pair.get_item(1)?, "header value")?;
         if !fastcgi_server::cgi::is_token(&name) {
-            return Err(PyValueError::new_err(format!(
-                "invalid header name {:?}",
-                String::from_utf8_lossy(&name)
-            )));
+            return Err(PyValueError::new_err(format!("invalid header name {:?}", String::from_utf8_lossy(&name))));
         }
         if value.iter().any(|&b| b == b'\r' || b == b'\n' || b == 0) {
             return Err(PyValueError::new_err(format!(
@@ -404,21 +364,11 @@ fn build_head(status: &Bound<'_, PyAny>, headers: &Bound<'_, PyAny>) -> PyResult
         }
         if lower == b"content-length" {
             let text = String::from_utf8_lossy(&value);
-            let n = text
-                .trim()
-                .parse::<u64>()
-                .ok()
-                .filter(|_| text.trim().bytes().all(|b| b.is_ascii_digit()));
+            let n = text.trim().parse::<u64>().ok().filter(|_| text.trim().bytes().all(|b| b.is_ascii_digit()));
             match (n, content_length) {
-                (None, _) => {
-                    return Err(PyValueError::new_err(format!(
-                        "invalid Content-Length {text:?}"
-                    )))
-                }
+                (None, _) => return Err(PyValueError::new_err(format!("invalid Content-Length {text:?}"))),
                 (Some(n), Some(m)) if n != m => {
-                    return Err(PyValueError::new_err(
-                        "two different Content-Length headers",
-                    ))
+                    return Err(PyValueError::new_err("two different Content-Length headers"))
                 }
                 (Some(_), Some(_)) => continue,
                 (Some(n), None) => content_length = Some(n),
@@ -429,11 +379,7 @@ fn build_head(status: &Bound<'_, PyAny>, headers: &Bound<'_, PyAny>) -> PyResult
         head.extend_from_slice(&value);
         head.extend_from_slice(b"\r\n");
     }
-    Ok(Head {
-        head,
-        status_code,
-        content_length,
-    })
+    Ok(Head { head, status_code, content_length })
 }
 
 #[pymethods]
@@ -448,16 +394,12 @@ impl StartResponse {
     ) -> PyResult<Writer> {
         let exc_info = exc_info.filter(|e| !e.is_none());
         if self.shared.is_over(self.serial) {
-            return Err(PyRuntimeError::new_err(
-                "start_response() called after the request ended",
-            ));
+            return Err(PyRuntimeError::new_err("start_response() called after the request ended"));
         }
         {
             let mut c = self.shared.lock_py(py);
             let Some(r) = c.cur(self.serial) else {
-                return Err(PyRuntimeError::new_err(
-                    "start_response() called after the request ended",
-                ));
+                return Err(PyRuntimeError::new_err("start_response() called after the request ended"));
             };
             match exc_info {
                 Some(info) => {
@@ -472,9 +414,7 @@ impl StartResponse {
                 }
                 None => {
                     if r.started {
-                        return Err(PyRuntimeError::new_err(
-                            "start_response() called a second time without exc_info",
-                        ));
+                        return Err(PyRuntimeError::new_err("start_response() called a second time without exc_info"));
                     }
                 }
             }
@@ -482,18 +422,13 @@ impl StartResponse {
         let h = build_head(status, headers)?;
         let mut c = self.shared.lock_py(py);
         let Some(r) = c.cur(self.serial) else {
-            return Err(PyRuntimeError::new_err(
-                "start_response() called after the request ended",
-            ));
+            return Err(PyRuntimeError::new_err("start_response() called after the request ended"));
         };
         r.started = true;
         r.head = h.head;
         r.status_code = h.status_code;
         r.content_length = h.content_length;
-        Ok(Writer {
-            shared: self.shared.clone(),
-            serial: self.serial,
-        })
+        Ok(Writer { shared: self.shared.clone(), serial: self.serial })
     }
 }
 
@@ -508,29 +443,16 @@ pub(crate) struct Writer {
 impl Writer {
     fn __call__(&self, py: Python<'_>, data: &Bound<'_, PyAny>) -> PyResult<()> {
         let Ok(b) = data.cast::<PyBytes>() else {
-            return Err(PyTypeError::new_err(format!(
-                "write() takes bytes, not {}",
-                data.get_type().name()?
-            )));
+            return Err(PyTypeError::new_err(format!("write() takes bytes, not {}", data.get_type().name()?)));
         };
         if self.shared.is_over(self.serial) {
-            return Err(PyRuntimeError::new_err(
-                "write() called after the request ended",
-            ));
+            return Err(PyRuntimeError::new_err("write() called after the request ended"));
         }
         {
             let mut c = self.shared.lock_py(py);
             match c.cur(self.serial) {
-                None => {
-                    return Err(PyRuntimeError::new_err(
-                        "write() called after the request ended",
-                    ))
-                }
-                Some(r) if !r.started => {
-                    return Err(PyRuntimeError::new_err(
-                        "write() called before start_response()",
-                    ))
-                }
+                None => return Err(PyRuntimeError::new_err("write() called after the request ended")),
+                Some(r) if !r.started => return Err(PyRuntimeError::new_err("write() called before start_response()")),
                 Some(r) if r.aborted => return Ok(()),
                 Some(_) => {}
             }
@@ -555,10 +477,7 @@ impl FileWrapper {
     #[new]
     #[pyo3(signature = (filelike, blksize=8192))]
     fn new(filelike: Py<PyAny>, blksize: i64) -> Self {
-        FileWrapper {
-            filelike,
-            blksize: if blksize > 0 { blksize as usize } else { 8192 },
-        }
+        Self { filelike, blksize: if blksize > 0 { blksize as usize } else { 8192 } }
     }
 
     #[getter]
@@ -576,10 +495,7 @@ impl FileWrapper {
     }
 
     fn __next__<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyAny>>> {
-        let data = self
-            .filelike
-            .bind(py)
-            .call_method1("read", (self.blksize,))?;
+        let data = self.filelike.bind(py).call_method1("read", (self.blksize,))?;
         Ok(if data.is_truthy()? { Some(data) } else { None })
     }
 

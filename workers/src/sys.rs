@@ -39,14 +39,7 @@ const POLLIN: i16 = 0x1;
 pub(crate) fn accept(listen_fd: RawFd) -> io::Result<OwnedFd> {
     loop {
         // SAFETY: null address pointers are allowed by accept4(2).
-        let fd = unsafe {
-            accept4(
-                listen_fd,
-                std::ptr::null_mut(),
-                std::ptr::null_mut(),
-                SOCK_CLOEXEC,
-            )
-        };
+        let fd = unsafe { accept4(listen_fd, std::ptr::null_mut(), std::ptr::null_mut(), SOCK_CLOEXEC) };
         if fd >= 0 {
             // SAFETY: accept4 returned a new descriptor that nothing else owns.
             return Ok(unsafe { OwnedFd::from_raw_fd(fd) });
@@ -72,11 +65,7 @@ pub(crate) enum Recv {
 /// kernel's write-space wake-up does not say what it is for), which is once per
 /// request when the bridge reads END_REQUEST — a wake-up and sleep for nothing.
 /// poll(2) only wakes for input.
-pub(crate) fn recv_into(
-    fd: RawFd,
-    buf: &mut [MaybeUninit<u8>],
-    nonblocking: bool,
-) -> io::Result<Recv> {
+pub(crate) fn recv_into(fd: RawFd, buf: &mut [MaybeUninit<u8>], nonblocking: bool) -> io::Result<Recv> {
     loop {
         // SAFETY: the pointer and length describe writable memory we own.
         let n = unsafe { recv(fd, buf.as_mut_ptr().cast(), buf.len(), MSG_DONTWAIT) };
@@ -98,11 +87,7 @@ pub(crate) fn recv_into(
 
 /// Block until `fd` has input (or EOF, or an error, which the next recv reports).
 pub(crate) fn wait_readable(fd: RawFd) -> io::Result<()> {
-    let mut p = PollFd {
-        fd,
-        events: POLLIN,
-        revents: 0,
-    };
+    let mut p = PollFd { fd, events: POLLIN, revents: 0 };
     loop {
         // SAFETY: one valid pollfd; no timeout.
         let rc = unsafe { poll(&mut p, 1, -1) };
@@ -138,14 +123,7 @@ pub(crate) fn send_all(fd: RawFd, mut data: &[u8]) -> io::Result<()> {
 pub(crate) fn send_nonblocking(fd: RawFd, data: &[u8]) -> io::Result<usize> {
     loop {
         // SAFETY: the pointer and length describe readable memory.
-        let n = unsafe {
-            send(
-                fd,
-                data.as_ptr().cast(),
-                data.len(),
-                MSG_NOSIGNAL | MSG_DONTWAIT,
-            )
-        };
+        let n = unsafe { send(fd, data.as_ptr().cast(), data.len(), MSG_NOSIGNAL | MSG_DONTWAIT) };
         if n >= 0 {
             return Ok(n as usize);
         }

@@ -71,9 +71,9 @@ pub enum Next {
 impl From<respond::Handoff> for Next {
     fn from(h: respond::Handoff) -> Self {
         match h {
-            respond::Handoff::Local(target) => Next::Reroute(target),
-            respond::Handoff::File(file) => Next::File(file),
-            respond::Handoff::ErrorPage(replaced) => Next::ErrorPage(replaced),
+            respond::Handoff::Local(target) => Self::Reroute(target),
+            respond::Handoff::File(file) => Self::File(file),
+            respond::Handoff::ErrorPage(replaced) => Self::ErrorPage(replaced),
         }
     }
 }
@@ -98,7 +98,7 @@ pub enum First {
 
 impl SlotConn {
     /// Hand the encoded first write of a failed attempt to another slot.
-    pub fn take_first_write(&mut self, from: &mut SlotConn) {
+    pub fn take_first_write(&mut self, from: &mut Self) {
         std::mem::swap(&mut self.wbuf, &mut from.wbuf);
     }
 }
@@ -145,7 +145,7 @@ enum Front {
 impl Front {
     /// Whether the response toward the front is still being written.
     fn open(&self) -> bool {
-        matches!(self, Front::Head | Front::Body)
+        matches!(self, Self::Head | Self::Body)
     }
 }
 
@@ -170,7 +170,7 @@ struct RespState {
 
 impl RespState {
     fn new(head_request: bool) -> Self {
-        RespState {
+        Self {
             head_buf: BytesMut::new(),
             front: Front::Head,
             status: 0,
@@ -263,12 +263,18 @@ pub async fn exchange<S: BodySource, K: ResponseSink>(
         // On a unix socket a write fails at once when the worker has closed it, before a
         // single byte reached it: the request is safe to send elsewhere.
         tracing::warn!(pool, pid, request_id = info.id, uri = info.uri, error = %e, "could not send the request to the worker; trying another");
-        return Outcome { status: 0, body_bytes: 0, fate: SlotFate::Discard, next: Next::Retry(First::Prepared { body_done }) };
+        return Outcome {
+            status: 0,
+            body_bytes: 0,
+            fate: SlotFate::Discard,
+            next: Next::Retry(First::Prepared { body_done }),
+        };
     }
 
     let body_sent = AtomicBool::new(body_done);
     let (mut rd, mut wr) = stream.split();
-    let resp_end = relay(&mut rd, &mut wr, decoder, source, sink, info, pool, pid, &mut st, &body_sent, body_done).await;
+    let resp_end =
+        relay(&mut rd, &mut wr, decoder, source, sink, info, pool, pid, &mut st, &body_sent, body_done).await;
 
     if !matches!(resp_end, RespEnd::Ended) && matches!(st.front, Front::HandedOn(_)) {
         // The handed-on response was dropped and the front has nothing yet.
@@ -292,21 +298,54 @@ pub async fn exchange<S: BodySource, K: ResponseSink>(
             // request-timeout: the pool manager logged it, dumped the worker's stacks and
             // shut this connection down; the worker is being replaced.
             match st.front {
-                Front::Body => tracing::error!(pool, pid, request_id = info.id, uri = info.uri, "request-timeout after the headers were sent, response cut off"),
-                Front::Head => tracing::error!(pool, pid, request_id = info.id, uri = info.uri, "request-timeout: answering 504"),
+                Front::Body => tracing::error!(
+                    pool,
+                    pid,
+                    request_id = info.id,
+                    uri = info.uri,
+                    "request-timeout after the headers were sent, response cut off"
+                ),
+                Front::Head => {
+                    tracing::error!(pool, pid, request_id = info.id, uri = info.uri, "request-timeout: answering 504")
+                }
                 Front::Done | Front::HandedOn(_) => {}
             }
             (SlotFate::Discard, st.worker_failed(sink, 504).await)
         }
         RespEnd::Unread => {
-            tracing::warn!(pool, pid, request_id = info.id, uri = info.uri, "the worker closed its connection with the request unread (it died while idle); trying another");
-            return Outcome { status: 0, body_bytes: 0, fate: SlotFate::Discard, next: Next::Retry(First::Prepared { body_done: true }) };
+            tracing::warn!(
+                pool,
+                pid,
+                request_id = info.id,
+                uri = info.uri,
+                "the worker closed its connection with the request unread (it died while idle); trying another"
+            );
+            return Outcome {
+                status: 0,
+                body_bytes: 0,
+                fate: SlotFate::Discard,
+                next: Next::Retry(First::Prepared { body_done: true }),
+            };
         }
         RespEnd::WorkerBroken(why) => {
             match st.front {
-                Front::Body => tracing::error!(pool, pid, request_id = info.id, uri = info.uri, "worker connection failed after the headers were sent, response cut off: {why}"),
-                Front::Head => tracing::error!(pool, pid, request_id = info.id, uri = info.uri, "worker connection failed before a response, answering 502: {why}"),
-                Front::Done | Front::HandedOn(_) => tracing::error!(pool, pid, request_id = info.id, uri = info.uri, "worker connection failed: {why}"),
+                Front::Body => tracing::error!(
+                    pool,
+                    pid,
+                    request_id = info.id,
+                    uri = info.uri,
+                    "worker connection failed after the headers were sent, response cut off: {why}"
+                ),
+                Front::Head => tracing::error!(
+                    pool,
+                    pid,
+                    request_id = info.id,
+                    uri = info.uri,
+                    "worker connection failed before a response, answering 502: {why}"
+                ),
+                Front::Done | Front::HandedOn(_) => {
+                    tracing::error!(pool, pid, request_id = info.id, uri = info.uri, "worker connection failed: {why}")
+                }
             }
             (SlotFate::Verify, st.worker_failed(sink, 502).await)
         }
@@ -318,7 +357,13 @@ pub async fn exchange<S: BodySource, K: ResponseSink>(
                 // asks for, and cutting off would close a multiplexed connection's other requests.
                 let _ = sink.send(Bytes::new(), Some(End::Complete)).await;
             }
-            tracing::info!(pool, pid, request_id = info.id, uri = info.uri, "client went away, aborting the request in the worker");
+            tracing::info!(
+                pool,
+                pid,
+                request_id = info.id,
+                uri = info.uri,
+                "client went away, aborting the request in the worker"
+            );
             let fate = abort_worker(&mut rd, &mut wr, decoder, worker, info).await;
             let fate = match fate {
                 SlotFate::Reuse if !body_sent.load(Ordering::Acquire) => SlotFate::Reconnect,
@@ -333,7 +378,12 @@ pub async fn exchange<S: BodySource, K: ResponseSink>(
 
 /// Encode BEGIN + PARAMS and as much of the body as is already here into `wbuf`; true
 /// when that includes the end of the body.
-fn encode_first_write<S: BodySource>(wbuf: &mut BytesMut, info: &RequestInfo<'_>, params: &Params, source: &mut S) -> bool {
+fn encode_first_write<S: BodySource>(
+    wbuf: &mut BytesMut,
+    info: &RequestInfo<'_>,
+    params: &Params,
+    source: &mut S,
+) -> bool {
     wbuf.clear();
     client::write_begin_request(wbuf, WORKER_REQUEST_ID, info.role, true);
     client::write_params(
@@ -388,7 +438,13 @@ async fn relay<S: BodySource, K: ResponseSink>(
 }
 
 /// Send the body still to come to the worker, then wait for the front to give up.
-async fn pump_body<S: BodySource>(source: &mut S, wr: &mut WriteHalf<'_>, info: &RequestInfo<'_>, body_sent: &AtomicBool, body_done: bool) -> PumpEnd {
+async fn pump_body<S: BodySource>(
+    source: &mut S,
+    wr: &mut WriteHalf<'_>,
+    info: &RequestInfo<'_>,
+    body_sent: &AtomicBool,
+    body_done: bool,
+) -> PumpEnd {
     if !body_done {
         let mut pbuf = BytesMut::new();
         loop {
@@ -517,9 +573,7 @@ async fn forward<K: ResponseSink>(
         // write later (the app's close() runs in between). Holding the last bytes for it
         // lets head, body and END_REQUEST reach the web server in one write instead of two
         // — without delaying a streamed response, whose length is unknown or not reached.
-        let hold = !pending.is_empty()
-            && st.front.open()
-            && st.content_length.is_some_and(|len| st.body_bytes >= len);
+        let hold = !pending.is_empty() && st.front.open() && st.content_length.is_some_and(|len| st.body_bytes >= len);
         if !hold && !pending.is_empty() && st.front.open() && sink.send(pending.split().freeze(), None).await.is_err() {
             return RespEnd::FrontGone;
         }
@@ -621,21 +675,45 @@ async fn on_end_request<K: ResponseSink>(
         return RespEnd::Ended;
     }
     if protocol_status != ProtocolStatus::RequestComplete {
-        tracing::error!(pool, pid, request_id = info.id, uri = info.uri, "worker refused the request: {protocol_status:?}");
+        tracing::error!(
+            pool,
+            pid,
+            request_id = info.id,
+            uri = info.uri,
+            "worker refused the request: {protocol_status:?}"
+        );
     }
     let end = if matches!(st.front, Front::Head) {
         if protocol_status == ProtocolStatus::RequestComplete {
-            tracing::error!(pool, pid, request_id = info.id, uri = info.uri, "worker ended the request without a complete header block, answering 502");
+            tracing::error!(
+                pool,
+                pid,
+                request_id = info.id,
+                uri = info.uri,
+                "worker ended the request without a complete header block, answering 502"
+            );
         }
         return RespEnd::Ended;
     } else if app_status != 0 {
-        tracing::error!(pool, pid, request_id = info.id, uri = info.uri, app_status, "the app failed after sending headers, response cut off");
+        tracing::error!(
+            pool,
+            pid,
+            request_id = info.id,
+            uri = info.uri,
+            app_status,
+            "the app failed after sending headers, response cut off"
+        );
         End::CutOff
     } else if st.body_bytes < st.body_limit && st.body_limit != u64::MAX {
         // A short body that ends normally would look complete to a web server
         // that does not count (and to its cache).
         tracing::error!(
-            pool, pid, request_id = info.id, uri = info.uri, declared = st.body_limit, sent = st.body_bytes,
+            pool,
+            pid,
+            request_id = info.id,
+            uri = info.uri,
+            declared = st.body_limit,
+            sent = st.body_bytes,
             "the program ended the response before the body its Content-Length declared, response cut off"
         );
         End::CutOff
@@ -644,8 +722,14 @@ async fn on_end_request<K: ResponseSink>(
     };
     if st.excess > 0 {
         tracing::error!(
-            pool, pid, request_id = info.id, uri = info.uri, declared = st.body_limit, sent = st.body_bytes + st.excess,
-            "the program sent more body than its Content-Length declared; the {} bytes past it were dropped", st.excess
+            pool,
+            pid,
+            request_id = info.id,
+            uri = info.uri,
+            declared = st.body_limit,
+            sent = st.body_bytes + st.excess,
+            "the program sent more body than its Content-Length declared; the {} bytes past it were dropped",
+            st.excess
         );
     }
     st.front = Front::Done;
@@ -656,7 +740,13 @@ async fn on_end_request<K: ResponseSink>(
 
 /// Accumulate the CGI header block. `Ok(Some((encoded head, body bytes after it)))` once
 /// complete; `Err(status)` when it cannot be passed on.
-fn take_head(st: &mut RespState, data: Bytes, info: &RequestInfo<'_>, pool: &str, pid: u32) -> Result<Option<(BytesMut, Bytes)>, u16> {
+fn take_head(
+    st: &mut RespState,
+    data: Bytes,
+    info: &RequestInfo<'_>,
+    pool: &str,
+    pid: u32,
+) -> Result<Option<(BytesMut, Bytes)>, u16> {
     const MAX_HEAD: usize = 64 << 10;
     let parsed = if st.head_buf.is_empty() {
         match parse_response_head(&data, MAX_HEAD) {
@@ -701,7 +791,14 @@ fn take_head(st: &mut RespState, data: Bytes, info: &RequestInfo<'_>, pool: &str
             }
             respond::handoff::Decision::Refuse { header, why } => {
                 // Passed on, the header would show a filesystem path to the client.
-                tracing::error!(pool, pid, request_id = info.id, uri = info.uri, header, "file hand-off dropped, answering 500: {why}");
+                tracing::error!(
+                    pool,
+                    pid,
+                    request_id = info.id,
+                    uri = info.uri,
+                    header,
+                    "file hand-off dropped, answering 500: {why}"
+                );
                 return Err(500);
             }
         }
@@ -714,7 +811,13 @@ fn take_head(st: &mut RespState, data: Bytes, info: &RequestInfo<'_>, pool: &str
             Ok(Some((buf, rest)))
         }
         Err(e) => {
-            tracing::error!(pool, pid, request_id = info.id, uri = info.uri, "invalid response header from the app, answering 500: {e}");
+            tracing::error!(
+                pool,
+                pid,
+                request_id = info.id,
+                uri = info.uri,
+                "invalid response header from the app, answering 500: {e}"
+            );
             Err(500)
         }
     }
@@ -724,7 +827,13 @@ fn bad_head(info: &RequestInfo<'_>, pool: &str, pid: u32, why: &fastcgi_server::
     // A control character in a value is the app's header (response splitting): 500.
     // Anything else means the worker spoke broken CGI: 502.
     let status = if matches!(why, fastcgi_server::Error::CgiBadHeaderValue { .. }) { 500 } else { 502 };
-    tracing::error!(pool, pid, request_id = info.id, uri = info.uri, "invalid response header block from the worker, answering {status}: {why}");
+    tracing::error!(
+        pool,
+        pid,
+        request_id = info.id,
+        uri = info.uri,
+        "invalid response header block from the worker, answering {status}: {why}"
+    );
     status
 }
 
@@ -766,7 +875,9 @@ mod length_tests {
 
     #[test]
     fn bodyless_responses_and_no_length_are_not_counted() {
-        for st in [state(200, Some(5), true), state(204, Some(5), false), state(304, Some(5), false), state(200, None, false)] {
+        for st in
+            [state(200, Some(5), true), state(204, Some(5), false), state(304, Some(5), false), state(200, None, false)]
+        {
             assert_eq!(st.body_limit, u64::MAX);
         }
         let mut st = state(200, None, false);

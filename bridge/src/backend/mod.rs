@@ -4,11 +4,11 @@
 //! END_REQUEST. [`exchange`] runs that request over it.
 pub mod exchange;
 
+use crate::dispatch::{Canceller, SlotKey};
 use crate::supervise::WorkerHandle;
 use bytes::BytesMut;
 use fastcgi_server::client::ClientConnection;
 use fastcgi_server::Limits;
-use crate::dispatch::{Canceller, SlotKey};
 use std::os::fd::{AsFd, AsRawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -34,10 +34,10 @@ impl SlotConn {
     /// Open a new connection to the worker's listening socket. The [`Canceller`] goes to
     /// the dispatcher with [`Dispatcher::add_conn`](crate::dispatch::Dispatcher::add_conn),
     /// whose key is then given to [`set_key`](Self::set_key).
-    pub async fn connect(worker: Arc<WorkerHandle>) -> std::io::Result<(SlotConn, Canceller)> {
+    pub async fn connect(worker: Arc<WorkerHandle>) -> std::io::Result<(Self, Canceller)> {
         let stream = UnixStream::connect(&worker.socket).await?;
         let (timed_out, canceller) = canceller_for(&stream)?;
-        let slot = SlotConn {
+        let slot = Self {
             worker,
             stream,
             decoder: new_decoder(),
@@ -176,7 +176,10 @@ mod tests {
                     while let Ok(Some(ev)) = dec.next_event() {
                         if let ServerEvent::GetValues { .. } = ev {
                             let mut out = BytesMut::new();
-                            fastcgi_server::server::write_get_values_result(&mut out, [(&b"FCGI_MPXS_CONNS"[..], &b"0"[..])]);
+                            fastcgi_server::server::write_get_values_result(
+                                &mut out,
+                                [(&b"FCGI_MPXS_CONNS"[..], &b"0"[..])],
+                            );
                             let _ = s.write_all(&out).await;
                         }
                     }
@@ -193,7 +196,8 @@ mod tests {
         let path = socket_path("live");
         let listener = tokio::net::UnixListener::bind(&path).expect("bind");
         tokio::spawn(answering(listener));
-        let (mut slot, _) = SlotConn::connect(Arc::new(WorkerHandle::new("p".into(), 0, path.clone()))).await.expect("connect");
+        let (mut slot, _) =
+            SlotConn::connect(Arc::new(WorkerHandle::new("p".into(), 0, path.clone()))).await.expect("connect");
         assert!(slot.reconnect_verified().await);
         let _ = std::fs::remove_file(&path);
     }
@@ -204,7 +208,8 @@ mod tests {
         // but no thread will accept them.
         let path = socket_path("dying");
         let listener = std::os::unix::net::UnixListener::bind(&path).expect("bind");
-        let (mut slot, _) = SlotConn::connect(Arc::new(WorkerHandle::new("p".into(), 0, path.clone()))).await.expect("connect");
+        let (mut slot, _) =
+            SlotConn::connect(Arc::new(WorkerHandle::new("p".into(), 0, path.clone()))).await.expect("connect");
         let started = std::time::Instant::now();
         assert!(!slot.reconnect_verified().await);
         assert!(started.elapsed() >= PROBE_TIMEOUT);

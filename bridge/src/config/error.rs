@@ -1,6 +1,6 @@
 //! Configuration errors, worded for the operator who has to fix the file.
-use super::locate::{KeyIndex, KeyPath, Pos};
 use super::hint;
+use super::locate::{KeyIndex, KeyPath, Pos};
 use std::fmt;
 use std::io;
 
@@ -41,34 +41,34 @@ pub enum ConfigError {
     Invalid { at: At, key: String, message: String },
     /// Several of the above, in file order: one line each, so one `check` names them all.
     #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
-    Several(Vec<ConfigError>),
+    Several(Vec<Self>),
 }
 
 impl ConfigError {
     /// The file or directory the error is about, and where in it.
     fn place(&self) -> (&str, Option<Pos>) {
         match self {
-            ConfigError::ReadDir { dir, .. } | ConfigError::NoFiles { dir } | ConfigError::NoListeners { dir } => (dir, None),
-            ConfigError::ReadFile { file, .. } => (file, None),
-            ConfigError::Syntax { at, .. } | ConfigError::Invalid { at, .. } => (&at.file, at.pos),
-            ConfigError::Several(_) => ("", None),
+            Self::ReadDir { dir, .. } | Self::NoFiles { dir } | Self::NoListeners { dir } => (dir, None),
+            Self::ReadFile { file, .. } => (file, None),
+            Self::Syntax { at, .. } | Self::Invalid { at, .. } => (&at.file, at.pos),
+            Self::Several(_) => ("", None),
         }
     }
 
     /// The one error, or all of them (`errors` is not empty).
-    pub fn several(errors: Vec<ConfigError>) -> ConfigError {
-        match ConfigError::from_all(errors) {
+    pub fn several(errors: Vec<Self>) -> Self {
+        match Self::from_all(errors) {
             Err(e) => e,
-            Ok(()) => ConfigError::Several(Vec::new()),
+            Ok(()) => Self::Several(Vec::new()),
         }
     }
 
     /// Ok, the one error, or all of them.
-    pub fn from_all(errors: Vec<ConfigError>) -> Result<(), ConfigError> {
+    pub fn from_all(errors: Vec<Self>) -> Result<(), Self> {
         let mut flat = Vec::with_capacity(errors.len());
         for e in errors {
             match e {
-                ConfigError::Several(inner) => flat.extend(inner),
+                Self::Several(inner) => flat.extend(inner),
                 e => flat.push(e),
             }
         }
@@ -78,7 +78,7 @@ impl ConfigError {
         match errors.len() {
             0 => Ok(()),
             1 => Err(errors.remove(0)),
-            _ => Err(ConfigError::Several(errors)),
+            _ => Err(Self::Several(errors)),
         }
     }
 }
@@ -125,9 +125,7 @@ impl Source {
         }
         let at = At { file: self.file.clone(), pos };
         let keyed = |message: String, path: Option<&KeyPath>| match path {
-            Some(path) if !path.0.is_empty() => {
-                ConfigError::Invalid { at: at.clone(), key: path.to_string(), message }
-            }
+            Some(path) if !path.0.is_empty() => ConfigError::Invalid { at: at.clone(), key: path.to_string(), message },
             _ => ConfigError::Syntax { at: at.clone(), message },
         };
         let path_here = pos.and_then(|p| self.index.path_at(p));
@@ -140,7 +138,9 @@ impl Source {
                 let hint = hint::suggestion(field, expected);
                 return (keyed(format!("unknown key{hint}"), path_here), fix(true));
             }
-            E::DuplicateMappingKey { .. } => return (keyed("defined twice in this file".to_owned(), path_here), fix(true)),
+            E::DuplicateMappingKey { .. } => {
+                return (keyed("defined twice in this file".to_owned(), path_here), fix(true))
+            }
             E::SerdeMissingField { field, .. } => {
                 let path = pos.and_then(|p| self.index.container_at(p));
                 return (keyed(format!("missing key `{field}`"), path), None);
@@ -194,11 +194,11 @@ pub struct Fix {
 
 impl ConfigError {
     /// This error, saying that the rest of its file was not checked.
-    pub fn stops_the_file(self) -> ConfigError {
+    pub fn stops_the_file(self) -> Self {
         const NOTE: &str = " (the rest of this file is not checked until this is fixed)";
         match self {
-            ConfigError::Syntax { at, message } => ConfigError::Syntax { at, message: message + NOTE },
-            ConfigError::Invalid { at, key, message } => ConfigError::Invalid { at, key, message: message + NOTE },
+            Self::Syntax { at, message } => Self::Syntax { at, message: message + NOTE },
+            Self::Invalid { at, key, message } => Self::Invalid { at, key, message: message + NOTE },
             other => other,
         }
     }

@@ -18,7 +18,6 @@ pub struct RawFile {
     pub listeners: Option<Entries<RawListener>>,
 }
 
-
 /// The `bridge:` section.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
@@ -51,7 +50,6 @@ pub struct RawStatus {
     pub listen: Option<String>,
     pub path: Option<String>,
 }
-
 
 /// One entry under `pools:`.
 #[derive(Debug, Default, Deserialize)]
@@ -108,7 +106,6 @@ pub struct RawPool {
     pub preload: Option<bool>,
 }
 
-
 /// One entry under `listeners:`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
@@ -146,7 +143,6 @@ pub struct RawListener {
     pub body_timeout: Option<HumanDuration>,
     pub max_connections: Option<u32>,
 }
-
 
 /// One `error-pages` entry: a file as a plain string or `{file: path}`, or
 /// `{redirect: /local/path}`. Which of them is required is checked in `resolve.rs`.
@@ -186,7 +182,6 @@ impl<'de> Deserialize<'de> for RawErrorPage {
     }
 }
 
-
 /// One item of a listener's `routes:` list.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
@@ -196,7 +191,6 @@ pub struct RawRoute {
     pub pool: Option<String>,
 }
 
-
 /// A YAML mapping kept in the order it was written (pools and listeners are
 /// reported, started and printed in file order).
 #[derive(Debug)]
@@ -204,7 +198,7 @@ pub struct Entries<T>(pub Vec<(String, T)>);
 
 impl<T> Default for Entries<T> {
     fn default() -> Self {
-        Entries(Vec::new())
+        Self(Vec::new())
     }
 }
 

@@ -130,8 +130,8 @@ pub struct RawIsolation {
 
 impl RawIsolation {
     /// Move the isolation keys out of `raw`.
-    pub fn take(raw: &mut RawPool) -> RawIsolation {
-        RawIsolation {
+    pub fn take(raw: &mut RawPool) -> Self {
+        Self {
             user: raw.user.take(),
             group: raw.group.take(),
             groups: raw.groups.take(),
@@ -228,7 +228,10 @@ pub fn resolve(
         Some(text) => Some(parse_size(text).map_err(|m| bad("rlimit-core", format!("{m}, or \"unlimited\"")))?),
     };
     if raw.rlimit_nofile == Some(0) {
-        return Err(bad("rlimit-nofile", "must be at least 1 (a worker needs descriptors for its socket and pipes)".into()));
+        return Err(bad(
+            "rlimit-nofile",
+            "must be at least 1 (a worker needs descriptors for its socket and pipes)".into(),
+        ));
     }
     if let Some(n) = raw.nice {
         if !(-20..=19).contains(&n) {
@@ -244,7 +247,10 @@ pub fn resolve(
                 return Err(bad("chroot", format!("{} is not a directory", dir.display())));
             }
             if matches!(app, App::Command(_)) {
-                return Err(bad("chroot", "is not supported for command: pools; run the program's own chroot option".into()));
+                return Err(bad(
+                    "chroot",
+                    "is not supported for command: pools; run the program's own chroot option".into(),
+                ));
             }
             if dir == Path::new("/") {
                 return Err(bad("chroot", "is / (no isolation); leave the key out".into()));
@@ -263,7 +269,10 @@ pub fn resolve(
             }
             if let Some(file) = app.file() {
                 if !file.starts_with(&dir) {
-                    return Err(bad("chroot", format!("app file {} is outside the chroot {}", file.display(), dir.display())));
+                    return Err(bad(
+                        "chroot",
+                        format!("app file {} is outside the chroot {}", file.display(), dir.display()),
+                    ));
                 }
             }
             Some(dir)
@@ -286,7 +295,10 @@ pub fn resolve(
         preload: raw.preload.unwrap_or(false),
     };
     if iso.preload && matches!(app, App::Command(_)) {
-        return Err(bad("preload", "applies to WSGI apps only; a command: program cannot be forked from a template".into()));
+        return Err(bad(
+            "preload",
+            "applies to WSGI apps only; a command: program cannot be forked from a template".into(),
+        ));
     }
 
     if let Some((key, msg)) = privilege_problem(&iso, me, current_hard_limits()) {
@@ -295,10 +307,14 @@ pub fn resolve(
         return Err(src.invalid(&at, msg));
     }
     if let Some(file) = app.file() {
-        check_script(&iso, file).map_err(|m| bad(if iso.script_user.is_some() { "script-user" } else { "script-group" }, m))?;
+        check_script(&iso, file)
+            .map_err(|m| bad(if iso.script_user.is_some() { "script-user" } else { "script-group" }, m))?;
     } else if iso.script_user.is_some() || iso.script_group.is_some() {
         let key = if iso.script_user.is_some() { "script-user" } else { "script-group" };
-        return Err(bad(key, "applies to file apps (app: /path/app.wsgi) only; a module app has no single script file".into()));
+        return Err(bad(
+            key,
+            "applies to file apps (app: /path/app.wsgi) only; a module app has no single script file".into(),
+        ));
     }
     Ok(iso)
 }
@@ -306,7 +322,7 @@ pub fn resolve(
 /// The hard limits of the bridge process for NOFILE and CORE (what an unprivileged bridge may grant).
 fn current_hard_limits() -> (u64, u64) {
     use nix::sys::resource::{getrlimit, Resource};
-    let hard = |r| getrlimit(r).map(|(_, h)| h as u64).unwrap_or(UNLIMITED);
+    let hard = |r| getrlimit(r).map(|(_, h)| h).unwrap_or(UNLIMITED);
     (hard(Resource::RLIMIT_NOFILE), hard(Resource::RLIMIT_CORE))
 }
 
@@ -327,7 +343,10 @@ pub fn privilege_problem(iso: &Isolation, me: BridgeIds, hard: (u64, u64)) -> Op
         return None;
     }
     let need_root = |what: &str| {
-        format!("{what} needs the bridge to run as root (it runs as uid {}); remove the key or start fcgibridge as root", me.uid)
+        format!(
+            "{what} needs the bridge to run as root (it runs as uid {}); remove the key or start fcgibridge as root",
+            me.uid
+        )
     };
     if let Some(u) = &iso.user {
         if u.account.id != me.uid {
@@ -348,7 +367,10 @@ pub fn privilege_problem(iso: &Isolation, me: BridgeIds, hard: (u64, u64)) -> Op
         return Some(("nice", need_root(&format!("a negative nice value ({n})"))));
     }
     if let Some(n) = iso.rlimit_nofile.filter(|n| *n > hard.0) {
-        return Some(("rlimit-nofile", need_root(&format!("raising the limit to {n} above the hard limit {}", hard.0))));
+        return Some((
+            "rlimit-nofile",
+            need_root(&format!("raising the limit to {n} above the hard limit {}", hard.0)),
+        ));
     }
     if let Some(n) = iso.rlimit_core.filter(|n| *n > hard.1) {
         return Some(("rlimit-core", need_root(&format!("raising the limit to {n} above the hard limit {}", hard.1))));
@@ -415,7 +437,8 @@ fn lookup_user(text: &str) -> Result<RunAs, String> {
     .map_err(|e| format!("cannot look up user {text:?}: {e}"))?;
     match found {
         Some(u) => {
-            let name = std::ffi::CString::new(u.name.clone()).map_err(|_| format!("user {text:?} has an invalid name"))?;
+            let name =
+                std::ffi::CString::new(u.name.clone()).map_err(|_| format!("user {text:?} has an invalid name"))?;
             let member_of = nix::unistd::getgrouplist(&name, u.gid)
                 .map_err(|e| format!("cannot list the groups of user {text:?}: {e}"))?
                 .into_iter()
@@ -538,7 +561,8 @@ mod tests {
         assert_eq!(check_script(&iso(me.clone()), &file), Ok(()));
         let err = check_script(&iso(other), &file).unwrap_err();
         assert!(err.contains("not by \"other\""), "{err}");
-        let wrong_group = Isolation { script_group: Some(Account { written: "g".into(), id: meta.gid() + 1 }), ..Default::default() };
+        let wrong_group =
+            Isolation { script_group: Some(Account { written: "g".into(), id: meta.gid() + 1 }), ..Default::default() };
         assert!(check_script(&wrong_group, &file).unwrap_err().contains("not to group"));
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
         let err = check_script(&iso(me.clone()), &file).unwrap_err();
@@ -552,7 +576,11 @@ mod tests {
 
     /// A conf.d with one pool (`pool_keys` indented under it) and one listener, loaded as a
     /// bridge with the given ids.
-    fn load_as(ids: BridgeIds, name: &str, pool_keys: &str) -> (std::path::PathBuf, Result<crate::config::Config, ConfigError>) {
+    fn load_as(
+        ids: BridgeIds,
+        name: &str,
+        pool_keys: &str,
+    ) -> (std::path::PathBuf, Result<crate::config::Config, ConfigError>) {
         let dir = crate::config::tests::scratch_dir(name);
         let conf = dir.join("conf.d");
         std::fs::create_dir_all(&conf).unwrap();
@@ -596,7 +624,12 @@ mod tests {
         // An unprivileged bridge cannot switch users: the key is named where it was written.
         let (_, r) = load_as(ALICE, "iso-unpriv", "    user: nobody\n");
         let msg = r.unwrap_err().to_string();
-        assert!(msg.contains("10-a.yaml:5:5: pools.demo.user: switching to user \"nobody\" needs the bridge to run as root"), "{msg}");
+        assert!(
+            msg.contains(
+                "10-a.yaml:5:5: pools.demo.user: switching to user \"nobody\" needs the bridge to run as root"
+            ),
+            "{msg}"
+        );
         let (_, r) = load_as(ROOT, "iso-bad-umask", "    allow-root: true\n    umask: \"0999\"\n");
         assert!(r.unwrap_err().to_string().contains("pools.demo.umask"));
         let (_, r) = load_as(ROOT, "iso-no-user", "    user: no-such-user-xyz\n");

@@ -34,7 +34,7 @@ pub struct KeyPath(pub Vec<Seg>);
 impl KeyPath {
     /// Build from `["pools", "demo"]`-style keys.
     pub fn of(keys: &[&str]) -> Self {
-        KeyPath(keys.iter().map(|k| Seg::Key((*k).to_owned())).collect())
+        Self(keys.iter().map(|k| Seg::Key((*k).to_owned())).collect())
     }
     /// This path with one more key.
     pub fn key(&self, key: &str) -> Self {
@@ -49,7 +49,7 @@ impl KeyPath {
         p
     }
     /// The enclosing path; `None` at the top.
-    pub fn parent(&self) -> Option<KeyPath> {
+    pub fn parent(&self) -> Option<Self> {
         let mut p = self.clone();
         p.0.pop().map(|_| p)
     }
@@ -83,8 +83,14 @@ pub struct KeyIndex {
 }
 
 enum Frame {
-    Map { path: KeyPath, key: Option<String> },
-    Seq { path: KeyPath, next: usize },
+    Map {
+        path: KeyPath,
+        key: Option<String>,
+    },
+    Seq {
+        path: KeyPath,
+        next: usize,
+    },
     /// A mapping or sequence used as a key: nothing inside it is addressable.
     Opaque,
 }
@@ -147,7 +153,7 @@ impl KeyIndex {
                 _ => {}
             }
         }
-        KeyIndex { nodes }
+        Self { nodes }
     }
 
     /// Where the key at `path` is written; for a sequence item, where the item starts.
@@ -155,11 +161,7 @@ impl KeyIndex {
     pub fn find(&self, path: &KeyPath) -> Option<Pos> {
         let mut path = path.clone();
         loop {
-            let exact = self
-                .nodes
-                .iter()
-                .filter(|n| n.path == path)
-                .min_by_key(|n| (!n.is_key, n.pos));
+            let exact = self.nodes.iter().filter(|n| n.path == path).min_by_key(|n| (!n.is_key, n.pos));
             if let Some(node) = exact {
                 return Some(node.pos);
             }

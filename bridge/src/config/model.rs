@@ -142,9 +142,9 @@ pub enum FileHandoff {
 impl FileHandoff {
     pub fn name(self) -> &'static str {
         match self {
-            FileHandoff::Pass => "pass",
-            FileHandoff::Serve => "serve",
-            FileHandoff::Translate => "translate",
+            Self::Pass => "pass",
+            Self::Serve => "serve",
+            Self::Translate => "translate",
         }
     }
 }
@@ -165,13 +165,13 @@ pub enum Dialect {
 impl Dialect {
     pub fn name(self) -> &'static str {
         match self {
-            Dialect::Generic => "generic",
-            Dialect::Nginx => "nginx",
-            Dialect::Lighttpd => "lighttpd",
-            Dialect::Apache => "apache",
-            Dialect::Caddy => "caddy",
-            Dialect::H2o => "h2o",
-            Dialect::Haproxy => "haproxy",
+            Self::Generic => "generic",
+            Self::Nginx => "nginx",
+            Self::Lighttpd => "lighttpd",
+            Self::Apache => "apache",
+            Self::Caddy => "caddy",
+            Self::H2o => "h2o",
+            Self::Haproxy => "haproxy",
         }
     }
 }
@@ -189,8 +189,8 @@ pub enum UnroutedRedirect {
 impl UnroutedRedirect {
     pub fn name(self) -> &'static str {
         match self {
-            UnroutedRedirect::NotFound => "404",
-            UnroutedRedirect::Pass => "pass",
+            Self::NotFound => "404",
+            Self::Pass => "pass",
         }
     }
 }
@@ -252,7 +252,7 @@ pub struct KeyAt {
 }
 
 impl PartialEq for KeyAt {
-    fn eq(&self, _: &KeyAt) -> bool {
+    fn eq(&self, _: &Self) -> bool {
         true
     }
 }
@@ -273,7 +273,7 @@ impl App {
     /// The app file of a file app.
     pub fn file(&self) -> Option<&Path> {
         match self {
-            App::File { path, .. } => Some(path),
+            Self::File { path, .. } => Some(path),
             _ => None,
         }
     }
@@ -283,7 +283,8 @@ impl App {
     /// when the path itself ends in `:name` and would otherwise be split there.
     pub fn spec_for(path: &Path, callable: &str) -> String {
         let shown = path.display().to_string();
-        let splits = shown.rsplit_once(':').is_some_and(|(head, tail)| !head.is_empty() && super::resolve::is_python_name(tail));
+        let splits =
+            shown.rsplit_once(':').is_some_and(|(head, tail)| !head.is_empty() && super::resolve::is_python_name(tail));
         if callable == super::resolve::DEFAULT_CALLABLE && !splits {
             shown
         } else {

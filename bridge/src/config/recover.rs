@@ -141,7 +141,10 @@ fn block_end(lines: &[Vec<char>], row: usize, col: usize) -> usize {
         let n = indent(l);
         let rest: String = l[n..].iter().collect();
         let rest = rest.trim_end();
-        let inside = rest.is_empty() || rest.starts_with('#') || n > col || (n == col && (rest == "-" || rest.starts_with("- ")));
+        let inside = rest.is_empty()
+            || rest.starts_with('#')
+            || n > col
+            || (n == col && (rest == "-" || rest.starts_with("- ")));
         if !inside {
             break;
         }
@@ -182,8 +185,14 @@ mod tests {
     #[test]
     fn a_bad_value_becomes_null_and_keeps_every_column() {
         let text = "pools:\n  x:\n    threads: many\n    env:\n      A: [1]\n      B: b\n    app: x\n";
-        assert_eq!(cut_key(text, at(3, 5), false).unwrap(), "pools:\n  x:\n    threads: ~   \n    env:\n      A: [1]\n      B: b\n    app: x\n");
-        assert_eq!(cut_key(text, at(4, 5), false).unwrap(), "pools:\n  x:\n    threads: many\n    env: ~\n            \n          \n    app: x\n");
+        assert_eq!(
+            cut_key(text, at(3, 5), false).unwrap(),
+            "pools:\n  x:\n    threads: ~   \n    env:\n      A: [1]\n      B: b\n    app: x\n"
+        );
+        assert_eq!(
+            cut_key(text, at(4, 5), false).unwrap(),
+            "pools:\n  x:\n    threads: many\n    env: ~\n            \n          \n    app: x\n"
+        );
     }
 
     #[test]
@@ -214,7 +223,10 @@ mod tests {
         let errors: Vec<String> = r.errors.iter().map(ToString::to_string).collect();
         assert_eq!(errors.len(), 4, "{errors:#?}");
         assert!(errors[0].starts_with("f.yaml:4:14: pools.x.threads: expected a whole number"), "{errors:#?}");
-        assert!(errors[1].starts_with("f.yaml:5:5: pools.x.queue-timout: unknown key; did you mean \"queue-timeout\"?"), "{errors:#?}");
+        assert!(
+            errors[1].starts_with("f.yaml:5:5: pools.x.queue-timout: unknown key; did you mean \"queue-timeout\"?"),
+            "{errors:#?}"
+        );
         assert!(errors[2].starts_with("f.yaml:6:14: pools.x.env.A: "), "{errors:#?}");
         assert!(errors[3].starts_with("f.yaml:7:22: pools.x.startup-timeout: invalid duration"), "{errors:#?}");
         let dropped: Vec<String> = r.dropped.iter().map(ToString::to_string).collect();

@@ -69,32 +69,45 @@ pub fn pool(
     let raw_isolation = super::isolation::RawIsolation::take(&mut raw);
     let raw_supervision = super::supervision::RawSupervision::take(&mut raw);
 
-    let app = match (raw.app, raw.command) {
-        (Some(_), Some(_)) => {
-            errs.push(src.invalid(&here.key("command"), "a pool has either `app` (WSGI) or `command` (a FastCGI program), not both"));
-            None
-        }
-        (None, Some(argv)) => {
-            let r = crate::supervise::program::resolve_command(argv, dir, search_path).map_err(|m| src.invalid(&here.key("command"), m));
-            note(&mut errs, r)
-        }
-        (None, None) => {
-            errs.push(src.invalid(&here, "missing key `app`: name a module (\"package.module:callable\") or a .py/.wsgi file"));
-            None
-        }
-        (Some(app_text), None) => note(&mut errs, parse_app(&app_text, dir).map_err(|m| src.invalid(&here.key("app"), m))),
-    };
+    let app =
+        match (raw.app, raw.command) {
+            (Some(_), Some(_)) => {
+                errs.push(src.invalid(
+                    &here.key("command"),
+                    "a pool has either `app` (WSGI) or `command` (a FastCGI program), not both",
+                ));
+                None
+            }
+            (None, Some(argv)) => {
+                let r = crate::supervise::program::resolve_command(argv, dir, search_path)
+                    .map_err(|m| src.invalid(&here.key("command"), m));
+                note(&mut errs, r)
+            }
+            (None, None) => {
+                errs.push(src.invalid(
+                    &here,
+                    "missing key `app`: name a module (\"package.module:callable\") or a .py/.wsgi file",
+                ));
+                None
+            }
+            (Some(app_text), None) => {
+                note(&mut errs, parse_app(&app_text, dir).map_err(|m| src.invalid(&here.key("app"), m)))
+            }
+        };
 
     let python = paths::find_python(raw.python.as_deref().unwrap_or(DEFAULT_PYTHON), dir, search_path)
         .map_err(|m| src.invalid(&here.key("python"), m));
     let python = note(&mut errs, python);
     let python_key = here.key("python");
-    let python_at = KeyAt { at: src.at(&python_key).to_string(), key: python_key.to_string(), written: raw.python.is_some() };
+    let python_at =
+        KeyAt { at: src.at(&python_key).to_string(), key: python_key.to_string(), written: raw.python.is_some() };
 
     // Without a valid app the default chdir is unknown; a given one is still checked.
     let chdir = match (&raw.chdir, &app) {
         (Some(chdir), _) => Some(paths::resolve(dir, chdir)),
-        (None, Some(App::File { path: file, .. })) => Some(file.parent().map(Path::to_path_buf).unwrap_or_else(|| dir.to_path_buf())),
+        (None, Some(App::File { path: file, .. })) => {
+            Some(file.parent().map(Path::to_path_buf).unwrap_or_else(|| dir.to_path_buf()))
+        }
         (None, Some(App::Module { .. } | App::Command(_))) => Some(dir.to_path_buf()),
         (None, None) => None,
     };
@@ -133,7 +146,10 @@ pub fn pool(
     };
     let slowlog_timeout = match raw.slowlog_timeout {
         Some(d) if d.0.is_zero() => {
-            errs.push(src.invalid(&here.key("slowlog-timeout"), "must be longer than 0s; leave the key out to turn the slowlog off"));
+            errs.push(src.invalid(
+                &here.key("slowlog-timeout"),
+                "must be longer than 0s; leave the key out to turn the slowlog off",
+            ));
             None
         }
         other => other.map(|d| d.0),
@@ -147,24 +163,26 @@ pub fn pool(
     };
 
     match (app, python, chdir, supervision, isolation) {
-        (Some(app), Some(python), Some(chdir), Some((processes, supervision)), Some(isolation)) if errs.is_empty() => Ok(Pool {
-            name: name.to_owned(),
-            python,
-            python_at,
-            app,
-            chdir,
-            env: env.into_iter().collect(),
-            processes,
-            threads,
-            queue_size,
-            queue_timeout: raw.queue_timeout.map(|d| d.0).unwrap_or(DEFAULT_QUEUE_TIMEOUT),
-            startup_timeout,
-            slowlog_timeout,
-            supervision,
-            max_body,
-            error_pages,
-            isolation,
-        }),
+        (Some(app), Some(python), Some(chdir), Some((processes, supervision)), Some(isolation)) if errs.is_empty() => {
+            Ok(Pool {
+                name: name.to_owned(),
+                python,
+                python_at,
+                app,
+                chdir,
+                env: env.into_iter().collect(),
+                processes,
+                threads,
+                queue_size,
+                queue_timeout: raw.queue_timeout.map(|d| d.0).unwrap_or(DEFAULT_QUEUE_TIMEOUT),
+                startup_timeout,
+                slowlog_timeout,
+                supervision,
+                max_body,
+                error_pages,
+                isolation,
+            })
+        }
         _ => Err(ConfigError::several(errs)),
     }
 }
@@ -230,7 +248,9 @@ pub fn parse_app(text: &str, dir: &Path) -> Result<App, String> {
         ));
     }
     if !dotted(callable) {
-        return Err(format!("{callable:?} is not a Python name; write \"{module}:application\" or leave out the colon"));
+        return Err(format!(
+            "{callable:?} is not a Python name; write \"{module}:application\" or leave out the colon"
+        ));
     }
     Ok(App::Module { module: module.to_owned(), callable: callable.to_owned() })
 }
@@ -268,7 +288,9 @@ pub fn listener(src: &Source, dir: &Path, name: &str, mut raw: RawListener) -> R
         (Some(a), None) => (Protocol::FastCgi, "fastcgi", Some(a)),
         (None, Some(a)) => (Protocol::Scgi, "scgi", Some(a)),
         (Some(_), Some(_)) => {
-            errs.push(src.invalid(&here.key("scgi"), "a listener speaks one protocol: set fastcgi: or scgi:, not both"));
+            errs.push(
+                src.invalid(&here.key("scgi"), "a listener speaks one protocol: set fastcgi: or scgi:, not both"),
+            );
             (Protocol::FastCgi, "fastcgi", None)
         }
         (None, None) => {
@@ -276,7 +298,8 @@ pub fn listener(src: &Source, dir: &Path, name: &str, mut raw: RawListener) -> R
             (Protocol::FastCgi, "fastcgi", None)
         }
     };
-    let address = text.and_then(|text| note(&mut errs, parse_address(&text, dir).map_err(|m| src.invalid(&here.key(key), m))));
+    let address =
+        text.and_then(|text| note(&mut errs, parse_address(&text, dir).map_err(|m| src.invalid(&here.key(key), m))));
     let socket_mode = socket_options(src, &here, &raw, address.as_ref(), &mut errs);
 
     let backlog = raw.backlog.unwrap_or(DEFAULT_BACKLOG);
@@ -334,7 +357,9 @@ pub fn listener(src: &Source, dir: &Path, name: &str, mut raw: RawListener) -> R
         Some("serve") => super::model::FileHandoff::Serve,
         Some("translate") => super::model::FileHandoff::Translate,
         Some(other) => {
-            errs.push(src.invalid(&here.key("file-handoff"), format!("{other:?} is not one of `pass`, `translate`, `serve`")));
+            errs.push(
+                src.invalid(&here.key("file-handoff"), format!("{other:?} is not one of `pass`, `translate`, `serve`")),
+            );
             super::model::FileHandoff::Pass
         }
     };
@@ -347,9 +372,11 @@ pub fn listener(src: &Source, dir: &Path, name: &str, mut raw: RawListener) -> R
         }
     };
     let max_redirects = raw.max_redirects.unwrap_or(DEFAULT_MAX_REDIRECTS);
-    let trusted_proxies = note(&mut errs, trusted_proxies(src, &here, raw.trusted_proxies, raw.trusted_proxy_headers)).flatten();
+    let trusted_proxies =
+        note(&mut errs, trusted_proxies(src, &here, raw.trusted_proxies, raw.trusted_proxy_headers)).flatten();
     let allowed_clients = note(&mut errs, allowed_clients(src, &here, address.as_ref(), raw.allowed_clients)).flatten();
-    let (file_roots, file_map) = file_handoff_paths(src, &here, dir, file_handoff, raw.file_roots, raw.file_map, &mut errs);
+    let (file_roots, file_map) =
+        file_handoff_paths(src, &here, dir, file_handoff, raw.file_roots, raw.file_map, &mut errs);
     let mount = match raw.mount.as_deref().map(|m| m.trim().trim_end_matches('/')) {
         None | Some("") => None,
         Some(m) if m.starts_with('/') => Some(m.to_owned()),
@@ -360,7 +387,8 @@ pub fn listener(src: &Source, dir: &Path, name: &str, mut raw: RawListener) -> R
     };
     let mut url_path = |key: &str, value: Option<String>| {
         let value = value?;
-        let checked = super::status_key::check_url_path(&value).map(|()| value).map_err(|m| src.invalid(&here.key(key), m));
+        let checked =
+            super::status_key::check_url_path(&value).map(|()| value).map_err(|m| src.invalid(&here.key(key), m));
         note(&mut errs, checked)
     };
     let status_path = url_path("status-path", raw.status_path);
@@ -400,7 +428,13 @@ pub fn listener(src: &Source, dir: &Path, name: &str, mut raw: RawListener) -> R
 
 /// `socket-mode`, `socket-owner`, `socket-group`: only for a unix socket (not checked
 /// against an address that did not parse).
-fn socket_options(src: &Source, here: &KeyPath, raw: &RawListener, address: Option<&ListenAddress>, errs: &mut Vec<ConfigError>) -> Option<u32> {
+fn socket_options(
+    src: &Source,
+    here: &KeyPath,
+    raw: &RawListener,
+    address: Option<&ListenAddress>,
+    errs: &mut Vec<ConfigError>,
+) -> Option<u32> {
     let is_unix = matches!(address, Some(ListenAddress::Unix(_)));
     for (value, key) in [
         (raw.socket_mode.is_some(), "socket-mode"),
@@ -421,12 +455,20 @@ fn socket_options(src: &Source, here: &KeyPath, raw: &RawListener, address: Opti
 }
 
 /// `pool:` (everything to one pool) or `routes:`; `None` after an error.
-fn routes(src: &Source, here: &KeyPath, pool: Option<String>, routes: Option<Vec<super::file::RawRoute>>, errs: &mut Vec<ConfigError>) -> Option<Vec<Route>> {
+fn routes(
+    src: &Source,
+    here: &KeyPath,
+    pool: Option<String>,
+    routes: Option<Vec<super::file::RawRoute>>,
+    errs: &mut Vec<ConfigError>,
+) -> Option<Vec<Route>> {
     let raw_routes = match (pool, routes) {
         (Some(pool), None) => return Some(vec![Route { host: None, prefix: None, pool }]),
         (None, Some(raw_routes)) => raw_routes,
         (Some(_), Some(_)) => {
-            errs.push(src.invalid(&here.key("routes"), "set either pool: (everything to one pool) or routes:, not both"));
+            errs.push(
+                src.invalid(&here.key("routes"), "set either pool: (everything to one pool) or routes:, not both"),
+            );
             return None;
         }
         (None, None) => {
@@ -482,9 +524,13 @@ fn file_handoff_paths(
     errs: &mut Vec<ConfigError>,
 ) -> (Vec<std::path::PathBuf>, Vec<(String, String)>) {
     use super::model::FileHandoff;
-    let file_roots: Vec<std::path::PathBuf> = roots.unwrap_or_default().iter().map(|r| paths::resolve(dir, r)).collect();
+    let file_roots: Vec<std::path::PathBuf> =
+        roots.unwrap_or_default().iter().map(|r| paths::resolve(dir, r)).collect();
     if mode == FileHandoff::Serve && file_roots.is_empty() {
-        errs.push(src.invalid(&here.key("file-roots"), "file-handoff: serve needs file-roots: the directories X-Sendfile may name"));
+        errs.push(src.invalid(
+            &here.key("file-roots"),
+            "file-handoff: serve needs file-roots: the directories X-Sendfile may name",
+        ));
     }
     let mut file_map: Vec<(String, String)> = map
         .map(|e| e.0)
@@ -493,9 +539,15 @@ fn file_handoff_paths(
         .map(|(fs, uri)| (fs.trim_end_matches('/').to_owned(), uri.trim_end_matches('/').to_owned()))
         .collect();
     if file_map.iter().any(|(fs, uri)| !fs.starts_with('/') || !uri.starts_with('/')) {
-        errs.push(src.invalid(&here.key("file-map"), "entries map an absolute filesystem path to an absolute URI path, e.g. /srv/files: /protected"));
+        errs.push(src.invalid(
+            &here.key("file-map"),
+            "entries map an absolute filesystem path to an absolute URI path, e.g. /srv/files: /protected",
+        ));
     } else if mode == FileHandoff::Translate && file_map.is_empty() {
-        errs.push(src.invalid(&here.key("file-map"), "file-handoff: translate needs file-map: filesystem prefix → internal URI prefix"));
+        errs.push(src.invalid(
+            &here.key("file-map"),
+            "file-handoff: translate needs file-map: filesystem prefix → internal URI prefix",
+        ));
     }
     // Longest prefixes first, so that a nested directory's own mapping wins.
     file_map.sort_by_key(|(fs, _)| std::cmp::Reverse(fs.len()));
@@ -518,7 +570,9 @@ fn allowed_clients(
     let Some(clients) = clients else { return Ok(None) };
     let key = here.key("allowed-clients");
     if let Some(ListenAddress::Unix(_)) = address {
-        return Err(src.invalid(&key, "applies to TCP listeners only; guard a unix socket with socket-mode / socket-group"));
+        return Err(
+            src.invalid(&key, "applies to TCP listeners only; guard a unix socket with socket-mode / socket-group")
+        );
     }
     if clients.is_empty() {
         return Err(src.invalid(&key, "is empty: nobody could connect; leave the key out to allow every peer"));
@@ -540,7 +594,10 @@ fn trusted_proxies(
     use crate::listen::proxy::{Cidr, ProxyHeader, TrustedProxies};
     let Some(proxies) = proxies else {
         if headers.is_some() {
-            return Err(src.invalid(&here.key("trusted-proxy-headers"), "needs trusted-proxies: the addresses these headers are believed from"));
+            return Err(src.invalid(
+                &here.key("trusted-proxy-headers"),
+                "needs trusted-proxies: the addresses these headers are believed from",
+            ));
         }
         return Ok(None);
     };
@@ -703,9 +760,16 @@ mod tests {
         assert!(err.contains("file:v2:application"), "{err}");
         assert!(parse_app("./app.fcgi:not-a-name", &dir).unwrap_err().contains("does not exist"));
         // .wsgi with a callable stays Django's module form unless it is a path.
-        assert_eq!(parse_app("mysite.wsgi:app", &dir), Ok(App::Module { module: "mysite.wsgi".into(), callable: "app".into() }));
+        assert_eq!(
+            parse_app("mysite.wsgi:app", &dir),
+            Ok(App::Module { module: "mysite.wsgi".into(), callable: "app".into() })
+        );
         // What check prints reads back as the same app.
-        for app in [file(&dir.join("app.fcgi"), "application"), file(&dir.join("app.fcgi"), "app"), file(&dir.join("file:v2"), "application")] {
+        for app in [
+            file(&dir.join("app.fcgi"), "application"),
+            file(&dir.join("app.fcgi"), "app"),
+            file(&dir.join("file:v2"), "application"),
+        ] {
             let App::File { path, callable } = &app else { unreachable!() };
             assert_eq!(parse_app(&App::spec_for(path, callable), &dir).as_ref(), Ok(&app));
         }

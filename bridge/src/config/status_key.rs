@@ -11,7 +11,9 @@ pub const DEFAULT_STATUS_PATH: &str = "/status";
 
 /// The status listener, or (sub-key, message) for the error.
 pub fn resolve(raw: RawStatus, dir: &Path) -> Result<StatusListen, (&'static str, String)> {
-    let text = raw.listen.ok_or(("listen", "missing: write e.g. 127.0.0.1:9180 or unix:/run/fcgibridge/status.sock".to_owned()))?;
+    let text = raw
+        .listen
+        .ok_or(("listen", "missing: write e.g. 127.0.0.1:9180 or unix:/run/fcgibridge/status.sock".to_owned()))?;
     let address = parse_address(&text, dir).map_err(|m| ("listen", m))?;
     match &address {
         ListenAddress::Tcp(a) if a.ip().is_loopback() => {}

@@ -33,9 +33,9 @@ pub enum Mode {
 impl Mode {
     pub fn as_str(self) -> &'static str {
         match self {
-            Mode::Static => "static",
-            Mode::Dynamic => "dynamic",
-            Mode::OnDemand => "ondemand",
+            Self::Static => "static",
+            Self::Dynamic => "dynamic",
+            Self::OnDemand => "ondemand",
         }
     }
 }
@@ -77,7 +77,7 @@ pub struct Supervision {
 
 impl Default for Supervision {
     fn default() -> Self {
-        Supervision {
+        Self {
             mode: Mode::Static,
             min_processes: 0,
             spare_processes: 0,
@@ -119,8 +119,8 @@ pub struct RawSupervision {
 
 impl RawSupervision {
     /// Move the supervision keys out of `raw`.
-    pub fn take(raw: &mut RawPool) -> RawSupervision {
-        RawSupervision {
+    pub fn take(raw: &mut RawPool) -> Self {
+        Self {
             mode: raw.mode.take(),
             processes: raw.processes.take(),
             min_processes: raw.min_processes.take(),
@@ -144,7 +144,12 @@ impl RawSupervision {
 /// Resolve the keys of `pools.NAME` (`here`): returns the pool's `processes` (its most
 /// workers at once) and the rest. `queue_size` is the pool's, for the ondemand check.
 /// Every key is checked; all the errors are returned.
-pub fn resolve(src: &Source, here: &KeyPath, raw: RawSupervision, queue_size: usize) -> Result<(u32, Supervision), ConfigError> {
+pub fn resolve(
+    src: &Source,
+    here: &KeyPath,
+    raw: RawSupervision,
+    queue_size: usize,
+) -> Result<(u32, Supervision), ConfigError> {
     let errs = std::cell::RefCell::new(Vec::new());
     let bad = |key: &str, msg: String| errs.borrow_mut().push(src.invalid(&here.key(key), msg));
     let mode = match raw.mode.as_deref() {
@@ -176,7 +181,10 @@ pub fn resolve(src: &Source, here: &KeyPath, raw: RawSupervision, queue_size: us
             }
             let n = raw.processes.unwrap_or(DEFAULT_STATIC_PROCESSES);
             if n == 0 {
-                bad("processes", "must be 1 or more (for no process until a request comes, set `mode: ondemand`)".into());
+                bad(
+                    "processes",
+                    "must be 1 or more (for no process until a request comes, set `mode: ondemand`)".into(),
+                );
             }
             n
         }
@@ -199,7 +207,11 @@ pub fn resolve(src: &Source, here: &KeyPath, raw: RawSupervision, queue_size: us
         }
         Mode::OnDemand => {
             not_in("processes", raw.processes.is_some(), "set max-processes");
-            not_in("min-processes", raw.min_processes.is_some(), "an ondemand pool starts from none (use mode dynamic for a floor)");
+            not_in(
+                "min-processes",
+                raw.min_processes.is_some(),
+                "an ondemand pool starts from none (use mode dynamic for a floor)",
+            );
             not_in("spare-processes", raw.spare_processes.is_some(), "use mode dynamic to keep idle workers");
             let max = raw.max_processes.unwrap_or(DEFAULT_MAX_PROCESSES);
             if max == 0 {
@@ -360,7 +372,11 @@ mod tests {
 
     #[test]
     fn keys_of_another_mode_are_errors() {
-        assert!(error("max-processes: 4").contains("pools.p.max-processes: does not apply to mode static"), "{}", error("max-processes: 4"));
+        assert!(
+            error("max-processes: 4").contains("pools.p.max-processes: does not apply to mode static"),
+            "{}",
+            error("max-processes: 4")
+        );
         assert!(error("mode: dynamic\nprocesses: 4").contains("set min-processes and max-processes"));
         assert!(error("mode: ondemand\nmin-processes: 1").contains("does not apply to mode ondemand"));
         assert!(error("mode: dynamic\nmin-processes: 5\nmax-processes: 2").contains("more than max-processes"));
@@ -380,7 +396,9 @@ mod tests {
         let (_, s) = pool("restart-interval: 1h");
         assert_eq!(s.restart_interval_jitter, Duration::from_secs(360));
         assert!(error("max-requests-jitter: 5").contains("needs max-requests"));
-        let (_, s) = pool("memory-limit: 256MiB\ncpu-time-limit: 5m\nrequest-timeout: 30s\ngraceful-timeout: 10s\nmin-lifetime: 1m");
+        let (_, s) = pool(
+            "memory-limit: 256MiB\ncpu-time-limit: 5m\nrequest-timeout: 30s\ngraceful-timeout: 10s\nmin-lifetime: 1m",
+        );
         assert_eq!(s.memory_limit, Some(256 << 20));
         assert_eq!(s.cpu_time_limit, Some(Duration::from_secs(300)));
         assert_eq!(s.request_timeout, Some(Duration::from_secs(30)));
@@ -393,7 +411,12 @@ mod tests {
 
     #[test]
     fn rendered_keys_load_back() {
-        for keys in ["", "mode: dynamic\nmax-processes: 6", "mode: ondemand", "max-requests: 70\nrestart-interval: 2h\nmemory-limit: 1GiB"] {
+        for keys in [
+            "",
+            "mode: dynamic\nmax-processes: 6",
+            "mode: ondemand",
+            "max-requests: 70\nrestart-interval: 2h\nmemory-limit: 1GiB",
+        ] {
             let (n, s) = pool(keys);
             let text: String = render(&s, n).into_iter().map(|(k, v, _)| format!("{k}: {v}\n")).collect();
             let (n2, s2) = pool(&text);

@@ -22,7 +22,7 @@ struct Tree {
 }
 
 impl Tree {
-    fn new(name: &str) -> Tree {
+    fn new(name: &str) -> Self {
         let root = scratch_dir(name);
         fs::create_dir_all(root.join("conf.d")).unwrap();
         fs::create_dir_all(root.join("app")).unwrap();
@@ -31,10 +31,10 @@ impl Tree {
         let python = root.join("bin/python3");
         fs::write(&python, "#!/bin/sh\n").unwrap();
         fs::set_permissions(&python, fs::Permissions::from_mode(0o755)).unwrap();
-        Tree { root }
+        Self { root }
     }
 
-    fn file(self, name: &str, text: &str) -> Tree {
+    fn file(self, name: &str, text: &str) -> Self {
         fs::write(self.root.join("conf.d").join(name), text).unwrap();
         self
     }
@@ -187,16 +187,16 @@ listeners:
     assert_eq!(l.socket_mode, Some(0o660));
     assert_eq!((l.socket_owner.as_deref(), l.socket_group.as_deref()), (Some("www-data"), Some("www-data")));
     assert_eq!((l.backlog, l.max_params), (64, 64 << 10));
-    assert_eq!((l.header_timeout, l.body_timeout, l.max_connections), (Duration::from_secs(5), Duration::from_secs(120), 100));
+    assert_eq!(
+        (l.header_timeout, l.body_timeout, l.max_connections),
+        (Duration::from_secs(5), Duration::from_secs(120), 100)
+    );
     let route = |host: Option<&str>, prefix: Option<&str>| Route {
         host: host.map(Into::into),
         prefix: prefix.map(Into::into),
         pool: "api".into(),
     };
-    assert_eq!(
-        l.routes,
-        [route(Some("api.example.com"), Some("/v1")), route(None, Some("/admin")), route(None, None)]
-    );
+    assert_eq!(l.routes, [route(Some("api.example.com"), Some("/v1")), route(None, Some("/admin")), route(None, None)]);
 }
 
 #[test]
@@ -212,7 +212,10 @@ fn a_module_app_runs_in_the_config_directory() {
 #[test]
 fn files_merge_in_name_order() {
     let tree = Tree::new("order")
-        .file("30-b.yaml", "pools:\n  b:\n    app: b\n  a:\n    app: a\nlisteners:\n  z:\n    fastcgi: 127.0.0.1:9002\n    pool: a\n")
+        .file(
+            "30-b.yaml",
+            "pools:\n  b:\n    app: b\n  a:\n    app: a\nlisteners:\n  z:\n    fastcgi: 127.0.0.1:9002\n    pool: a\n",
+        )
         .file("10-a.yaml", "pools:\n  c:\n    app: c\nlisteners:\n  y:\n    scgi: 127.0.0.1:9001\n    pool: b\n")
         .file("20-empty.yaml", "# nothing yet\n")
         .file("notes.txt", "not: [yaml")
@@ -231,9 +234,17 @@ fn syntax_errors_give_line_and_column() {
     const STOPS: &str = " (the rest of this file is not checked until this is fixed)";
     assert_eq!(tree.error(), format!("ROOT/conf.d/30-bad.yaml:2:10: unclosed bracket '{{'{STOPS}"));
     let tree = valid("indent").file("30-bad.yaml", "pools:\n  other:\n   app: x\n    threads: 3\n");
-    assert_eq!(tree.error(), format!("ROOT/conf.d/30-bad.yaml:4:12: mapping values are not allowed in this context{STOPS}"));
+    assert_eq!(
+        tree.error(),
+        format!("ROOT/conf.d/30-bad.yaml:4:12: mapping values are not allowed in this context{STOPS}")
+    );
     let tree = valid("two-docs").file("30-bad.yaml", "pools: {}\n---\nlisteners: {}\n");
-    assert_eq!(tree.error(), format!("ROOT/conf.d/30-bad.yaml:3:1: a second YAML document (`---`); put each one in its own *.yaml file{STOPS}"));
+    assert_eq!(
+        tree.error(),
+        format!(
+            "ROOT/conf.d/30-bad.yaml:3:1: a second YAML document (`---`); put each one in its own *.yaml file{STOPS}"
+        )
+    );
 }
 
 #[test]
@@ -241,13 +252,22 @@ fn unknown_keys_are_named_with_a_hint_at_every_level() {
     let cases = [
         ("pool:\n  x: 1\n", "1:1: pool: unknown key; did you mean \"pools\"?"),
         ("bridge:\n  log_level: debug\n", "2:3: bridge.log_level: unknown key; did you mean \"log-level\"?"),
-        ("pools:\n  x:\n    app: x\n    procesess: 2\n", "4:5: pools.x.procesess: unknown key; did you mean \"processes\"?"),
-        ("listeners:\n  l:\n    fastcgi: /tmp/x.sock\n    pool: demo\n    socket-mod: '0600'\n", "5:5: listeners.l.socket-mod: unknown key; did you mean \"socket-mode\"?"),
+        (
+            "pools:\n  x:\n    app: x\n    procesess: 2\n",
+            "4:5: pools.x.procesess: unknown key; did you mean \"processes\"?",
+        ),
+        (
+            "listeners:\n  l:\n    fastcgi: /tmp/x.sock\n    pool: demo\n    socket-mod: '0600'\n",
+            "5:5: listeners.l.socket-mod: unknown key; did you mean \"socket-mode\"?",
+        ),
         (
             "listeners:\n  l:\n    fastcgi: /tmp/x.sock\n    routes:\n      - {pool: demo, prefx: /a}\n",
             "5:22: listeners.l.routes[0].prefx: unknown key; did you mean \"prefix\"?",
         ),
-        ("pools:\n  x:\n    app: x\n    zzz: 1\n", "4:5: pools.x.zzz: unknown key; expected one of \"app\", \"python\""),
+        (
+            "pools:\n  x:\n    app: x\n    zzz: 1\n",
+            "4:5: pools.x.zzz: unknown key; expected one of \"app\", \"python\"",
+        ),
     ];
     for (text, expected) in cases {
         let tree = valid("unknown-key").file("30-extra.yaml", text);
@@ -260,13 +280,22 @@ fn unknown_keys_are_named_with_a_hint_at_every_level() {
 #[test]
 fn wrong_types_name_the_key() {
     let cases = [
-        ("pools:\n  x:\n    app: x\n    processes: many\n", "4:16: pools.x.processes: expected a whole number, 1 or more"),
+        (
+            "pools:\n  x:\n    app: x\n    processes: many\n",
+            "4:16: pools.x.processes: expected a whole number, 1 or more",
+        ),
         ("pools:\n  x:\n    app: x\n    threads: -1\n", "4:14: pools.x.threads: expected a whole number, 1 or more"),
-        ("pools:\n  x:\n    app: x\n    queue-size: -1\n", "4:17: pools.x.queue-size: expected a whole number, 0 or more"),
+        (
+            "pools:\n  x:\n    app: x\n    queue-size: -1\n",
+            "4:17: pools.x.queue-size: expected a whole number, 0 or more",
+        ),
         ("pools:\n  x:\n    app: [a, b]\n", "3:10: pools.x.app: "),
         ("pools:\n  x: just-a-string\n", "2:6: pools.x: "),
         // A bad value reached through an alias is reported where the alias is used.
-        ("pools:\n  x:\n    app: x\n    env: {N: &n many}\n  y:\n    app: y\n    threads: *n\n", "7:14: pools.y.threads: expected a whole number"),
+        (
+            "pools:\n  x:\n    app: x\n    env: {N: &n many}\n  y:\n    app: y\n    threads: *n\n",
+            "7:14: pools.y.threads: expected a whole number",
+        ),
         ("pools:\n  x:\n    app: x\n    env: [A, B]\n", "4:10: pools.x.env: "),
     ];
     for (text, expected) in cases {
@@ -283,8 +312,13 @@ fn bad_durations_and_sizes_say_what_to_write() {
         err.starts_with("ROOT/conf.d/30-x.yaml:4:20: pools.x.queue-timeout: invalid duration \"30 seconds\"; write a number with a unit"),
         "{err}"
     );
-    let err = valid("size").file("30-x.yaml", "listeners:\n  x:\n    fastcgi: /tmp/x.sock\n    pool: demo\n    max-params: 1 megabyte\n").error();
-    assert!(err.starts_with("ROOT/conf.d/30-x.yaml:5:17: listeners.x.max-params: invalid size \"1 megabyte\""), "{err}");
+    let err = valid("size")
+        .file("30-x.yaml", "listeners:\n  x:\n    fastcgi: /tmp/x.sock\n    pool: demo\n    max-params: 1 megabyte\n")
+        .error();
+    assert!(
+        err.starts_with("ROOT/conf.d/30-x.yaml:5:17: listeners.x.max-params: invalid size \"1 megabyte\""),
+        "{err}"
+    );
 }
 
 #[test]
@@ -346,23 +380,35 @@ fn routes_must_name_existing_pools() {
         "30-api.yaml",
         "listeners:\n  api:\n    scgi: 127.0.0.1:9001\n    routes:\n      - {prefix: /v1, pool: demo}\n      - {pool: dmeo}\n",
     );
-    assert_eq!(tree.error(), "ROOT/conf.d/30-api.yaml:6:10: listeners.api.routes[1].pool: unknown pool \"dmeo\"; did you mean \"demo\"?");
-    let tree = Tree::new("unknown-pool-single").file("10-x.yaml", "listeners:\n  l:\n    fastcgi: 127.0.0.1:9000\n    pool: demo\n");
-    assert_eq!(tree.error(), "ROOT/conf.d/10-x.yaml:4:5: listeners.l.pool: unknown pool \"demo\"; no pools are defined");
+    assert_eq!(
+        tree.error(),
+        "ROOT/conf.d/30-api.yaml:6:10: listeners.api.routes[1].pool: unknown pool \"dmeo\"; did you mean \"demo\"?"
+    );
+    let tree = Tree::new("unknown-pool-single")
+        .file("10-x.yaml", "listeners:\n  l:\n    fastcgi: 127.0.0.1:9000\n    pool: demo\n");
+    assert_eq!(
+        tree.error(),
+        "ROOT/conf.d/10-x.yaml:4:5: listeners.l.pool: unknown pool \"demo\"; no pools are defined"
+    );
 }
 
 #[test]
 fn duplicates_across_files_name_both_files() {
     let tree = valid("dup-pool").file("30-again.yaml", "# the same pool again\npools:\n  demo:\n    app: other\n");
-    assert_eq!(tree.error(), "ROOT/conf.d/30-again.yaml:3:3: pools.demo: pool \"demo\" is already defined at ROOT/conf.d/10-pool.yaml:2:3");
+    assert_eq!(
+        tree.error(),
+        "ROOT/conf.d/30-again.yaml:3:3: pools.demo: pool \"demo\" is already defined at ROOT/conf.d/10-pool.yaml:2:3"
+    );
 
-    let tree = valid("dup-listener").file("30-again.yaml", "listeners:\n  demo-fastcgi:\n    scgi: 127.0.0.1:9009\n    pool: demo\n");
+    let tree = valid("dup-listener")
+        .file("30-again.yaml", "listeners:\n  demo-fastcgi:\n    scgi: 127.0.0.1:9009\n    pool: demo\n");
     assert_eq!(
         tree.error(),
         "ROOT/conf.d/30-again.yaml:2:3: listeners.demo-fastcgi: listener \"demo-fastcgi\" is already defined at ROOT/conf.d/20-listen.yaml:2:3"
     );
 
-    let tree = valid("dup-address").file("30-again.yaml", "listeners:\n  other:\n    scgi: 0.0.0.0:9000\n    pool: demo\n");
+    let tree =
+        valid("dup-address").file("30-again.yaml", "listeners:\n  other:\n    scgi: 0.0.0.0:9000\n    pool: demo\n");
     assert_eq!(
         tree.error(),
         "ROOT/conf.d/30-again.yaml:3:5: listeners.other.scgi: address already used by listener \"demo-fastcgi\" at ROOT/conf.d/20-listen.yaml:3:5"
@@ -383,9 +429,13 @@ fn duplicates_across_files_name_both_files() {
 #[test]
 fn an_empty_configuration_is_refused() {
     let tree = Tree::new("no-files");
-    assert!(tree.error().ends_with("conf.d: no *.yaml files found; a configuration needs at least one listener and one pool"));
+    assert!(tree
+        .error()
+        .ends_with("conf.d: no *.yaml files found; a configuration needs at least one listener and one pool"));
     let tree = Tree::new("no-listeners").file("10-pool.yaml", POOL);
-    assert!(tree.error().ends_with("conf.d: no listeners are defined; add a `listeners:` section to one of its *.yaml files"));
+    assert!(tree
+        .error()
+        .ends_with("conf.d: no listeners are defined; add a `listeners:` section to one of its *.yaml files"));
     let missing = load(Path::new("/nonexistent/conf.d")).unwrap_err().to_string();
     assert!(missing.starts_with("/nonexistent/conf.d: cannot read the configuration directory"), "{missing}");
 }
@@ -395,8 +445,14 @@ fn respond_and_proxy_keys_name_file_line_and_key() {
     let l = "listeners:\n  x:\n    fastcgi: /tmp/x.sock\n    pool: demo\n";
     let cases = [
         ("    dialect: varnish\n", "5:5: listeners.x.dialect: unknown web server \"varnish\""),
-        ("    trusted-proxies: [10.0.0.0/40]\n", "5:5: listeners.x.trusted-proxies: \"10.0.0.0/40\": the prefix length"),
-        ("    trusted-proxy-headers: [X-Forwarded-For]\n", "5:5: listeners.x.trusted-proxy-headers: needs trusted-proxies"),
+        (
+            "    trusted-proxies: [10.0.0.0/40]\n",
+            "5:5: listeners.x.trusted-proxies: \"10.0.0.0/40\": the prefix length",
+        ),
+        (
+            "    trusted-proxy-headers: [X-Forwarded-For]\n",
+            "5:5: listeners.x.trusted-proxy-headers: needs trusted-proxies",
+        ),
         ("    file-handoff: serve\n", "listeners.x.file-roots: file-handoff: serve needs file-roots"),
         ("    unrouted-redirect: maybe\n", "5:5: listeners.x.unrouted-redirect: \"maybe\" is neither `pass` nor `404`"),
     ];
@@ -566,14 +622,23 @@ listeners:
 #[test]
 fn whole_number_bounds_are_the_real_ones() {
     let cases = [
-        ("pools:\n  x:\n    app: x\n    threads: 0\n    processes: 0\n", &["4:5: pools.x.threads: must be 1 or more", "5:5: pools.x.processes: must be 1 or more"][..]),
+        (
+            "pools:\n  x:\n    app: x\n    threads: 0\n    processes: 0\n",
+            &["4:5: pools.x.threads: must be 1 or more", "5:5: pools.x.processes: must be 1 or more"][..],
+        ),
         ("pools:\n  x:\n    app: x\n    threads: -4\n", &["4:14: pools.x.threads: expected a whole number, 1 or more"]),
-        ("pools:\n  x:\n    app: x\n    max-requests: -1\n", &["4:19: pools.x.max-requests: expected a whole number, 0 or more"]),
+        (
+            "pools:\n  x:\n    app: x\n    max-requests: -1\n",
+            &["4:19: pools.x.max-requests: expected a whole number, 0 or more"],
+        ),
         (
             "pools:\n  x:\n    app: x\n    mode: dynamic\n    max-processes: 0\n    max-spawn-rate: 0\n",
             &["5:5: pools.x.max-processes: must be 1 or more", "6:5: pools.x.max-spawn-rate: must be 1 or more"],
         ),
-        ("listeners:\n  x:\n    fastcgi: 127.0.0.1:9100\n    pool: demo\n    backlog: -1\n", &["5:14: listeners.x.backlog: expected a whole number, 1 or more"]),
+        (
+            "listeners:\n  x:\n    fastcgi: 127.0.0.1:9100\n    pool: demo\n    backlog: -1\n",
+            &["5:14: listeners.x.backlog: expected a whole number, 1 or more"],
+        ),
     ];
     for (text, want) in cases {
         let lines = error_lines(&valid("bounds").file("30-x.yaml", text));

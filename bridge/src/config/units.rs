@@ -49,11 +49,8 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         let unit_len = rest.bytes().take_while(u8::is_ascii_alphabetic).count();
         let unit = &rest[..unit_len];
         rest = &rest[unit_len..];
-        let scale = DURATION_UNITS
-            .iter()
-            .find(|(name, _)| *name == unit)
-            .map(|(_, scale)| *scale)
-            .ok_or_else(explain)?;
+        let scale =
+            DURATION_UNITS.iter().find(|(name, _)| *name == unit).map(|(_, scale)| *scale).ok_or_else(explain)?;
         nanos = number
             .checked_mul(scale)
             .and_then(|n| nanos.checked_add(n))
@@ -102,7 +99,7 @@ impl fmt::Display for DurationDisplay {
         if nanos == 0 {
             return f.write_str("0s");
         }
-        if nanos % 1_000_000 != 0 {
+        if !nanos.is_multiple_of(1_000_000) {
             // Finer than a millisecond cannot come from a config file; show it exactly anyway.
             return write!(f, "{}ns", nanos);
         }
@@ -123,7 +120,7 @@ impl fmt::Display for SizeDisplay {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let n = self.0;
         for (name, shift) in [("GiB", 30), ("MiB", 20), ("KiB", 10)] {
-            if n != 0 && n % (1 << shift) == 0 {
+            if n != 0 && n.is_multiple_of(1 << shift) {
                 return write!(f, "{}{}", n >> shift, name);
             }
         }

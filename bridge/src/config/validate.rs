@@ -128,14 +128,24 @@ fn follows_from(e: &ConfigError, dropped: &[KeyPath]) -> bool {
     let under = |inner: &str, outer: &str| {
         inner == outer || inner.strip_prefix(outer).is_some_and(|rest| rest.starts_with('.') || rest.starts_with('['))
     };
-    dropped.iter().map(ToString::to_string).any(|d| under(key, &d) || (under(&d, key) && message.starts_with("missing key")))
+    dropped
+        .iter()
+        .map(ToString::to_string)
+        .any(|d| under(key, &d) || (under(&d, key) && message.starts_with("missing key")))
 }
 
-fn check_routes(listeners: &[(Listener, usize)], pools: &[(Pool, At)], broken: &[String], sources: &[Source]) -> Result<(), ConfigError> {
-    let names: Vec<&str> = pools.iter().map(|(p, _)| p.name.as_str()).chain(broken.iter().map(String::as_str)).collect();
+fn check_routes(
+    listeners: &[(Listener, usize)],
+    pools: &[(Pool, At)],
+    broken: &[String],
+    sources: &[Source],
+) -> Result<(), ConfigError> {
+    let names: Vec<&str> =
+        pools.iter().map(|(p, _)| p.name.as_str()).chain(broken.iter().map(String::as_str)).collect();
     for (listener, file_no) in listeners {
         let source = &sources[*file_no];
-        let single = listener.routes.len() == 1 && listener.routes[0].host.is_none() && listener.routes[0].prefix.is_none();
+        let single =
+            listener.routes.len() == 1 && listener.routes[0].host.is_none() && listener.routes[0].prefix.is_none();
         for (i, route) in listener.routes.iter().enumerate() {
             if names.contains(&route.pool.as_str()) {
                 continue;
@@ -215,10 +225,9 @@ impl GlobalBuilder {
     fn claim(&mut self, source: &Source, key: &'static str) -> Result<KeyPath, ConfigError> {
         let path = KeyPath::of(&["bridge", key]);
         if let Some(first) = self.set_by.get(key) {
-            return Err(source.invalid(
-                &path,
-                format!("already set at {first}; each bridge key may be set in one file only"),
-            ));
+            return Err(
+                source.invalid(&path, format!("already set at {first}; each bridge key may be set in one file only"))
+            );
         }
         self.set_by.insert(key, source.at(&path));
         Ok(path)
@@ -243,7 +252,10 @@ impl GlobalBuilder {
             key((|| {
                 let path = self.claim(source, "log-level")?;
                 tracing_subscriber::EnvFilter::try_new(&level).map_err(|e| {
-                    source.invalid(&path, format!("{level:?} is not a log filter ({e}); write e.g. info, debug, or fcgibridge=debug"))
+                    source.invalid(
+                        &path,
+                        format!("{level:?} is not a log filter ({e}); write e.g. info, debug, or fcgibridge=debug"),
+                    )
                 })?;
                 self.log_level = Some(level);
                 Ok(())
@@ -267,7 +279,12 @@ impl GlobalBuilder {
             key((|| {
                 let path = self.claim(source, "access-log")?;
                 self.access_log = Some(match log.as_str() {
-                    "" => return Err(source.invalid(&path, "is empty; write a file path, \"-\" for the main log, or leave the key out")),
+                    "" => {
+                        return Err(source.invalid(
+                            &path,
+                            "is empty; write a file path, \"-\" for the main log, or leave the key out",
+                        ))
+                    }
                     "-" => PathBuf::from("-"),
                     file => paths::resolve(dir, file),
                 });
@@ -309,7 +326,9 @@ impl GlobalBuilder {
         if let Some(status) = raw.status {
             key((|| {
                 let path = self.claim(source, "status")?;
-                self.status = Some(super::status_key::resolve(status, dir).map_err(|(key, m)| source.invalid(&path.key(key), m))?);
+                self.status = Some(
+                    super::status_key::resolve(status, dir).map_err(|(key, m)| source.invalid(&path.key(key), m))?,
+                );
                 Ok(())
             })());
         }
@@ -317,7 +336,10 @@ impl GlobalBuilder {
             key((|| {
                 let path = self.claim(source, "control-socket")?;
                 if sock.is_empty() {
-                    return Err(source.invalid(&path, "is empty; write a socket path or leave the key out for <runtime-dir>/control.sock"));
+                    return Err(source.invalid(
+                        &path,
+                        "is empty; write a socket path or leave the key out for <runtime-dir>/control.sock",
+                    ));
                 }
                 self.control_socket = Some(paths::resolve(dir, &sock));
                 Ok(())

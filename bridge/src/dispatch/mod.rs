@@ -55,7 +55,7 @@ pub struct SlotKey {
 }
 
 impl SlotKey {
-    pub const NONE: SlotKey = SlotKey { worker: WorkerKey { index: u32::MAX, gen: 0 }, conn: 0 };
+    pub const NONE: Self = Self { worker: WorkerKey { index: u32::MAX, gen: 0 }, conn: 0 };
 }
 
 /// Interrupts the request running on a slot (request-timeout): sets the slot's flag and
@@ -111,8 +111,8 @@ const LABEL_BYTES: usize = 240;
 const METHOD_BYTES: usize = 16;
 
 impl Label {
-    fn empty(now: Instant) -> Label {
-        Label { method_len: 0, len: 0, request_id: 0, started: now, buf: [0; LABEL_BYTES] }
+    fn empty(now: Instant) -> Self {
+        Self { method_len: 0, len: 0, request_id: 0, started: now, buf: [0; LABEL_BYTES] }
     }
 
     fn set(&mut self, t: &Ticket<'_>) {
@@ -126,8 +126,8 @@ impl Label {
         self.started = t.started;
     }
 
-    fn of(t: &Ticket<'_>) -> Label {
-        let mut l = Label::empty(t.started);
+    fn of(t: &Ticket<'_>) -> Self {
+        let mut l = Self::empty(t.started);
         l.set(t);
         l
     }
@@ -268,7 +268,7 @@ pub struct PoolView {
 
 impl<S: Slot> Dispatcher<S> {
     pub fn new(queue_size: usize, queue_timeout: Duration) -> Self {
-        Dispatcher {
+        Self {
             inner: Mutex::new(Inner {
                 idle: Vec::new(),
                 waiters: VecDeque::new(),
@@ -499,7 +499,8 @@ impl<S: Slot> Dispatcher<S> {
             return None;
         }
         let now = Instant::now();
-        let conn = ConnEntry { open: true, busy: false, timed_out: false, since: now, label: Label::empty(now), canceller };
+        let conn =
+            ConnEntry { open: true, busy: false, timed_out: false, since: now, label: Label::empty(now), canceller };
         w.s.open += 1;
         let index = match w.conns.iter().position(|c| !c.open) {
             Some(i) => {

@@ -34,7 +34,7 @@ pub struct Shared {
 
 impl Shared {
     pub fn new(access_log: Option<AccessLog>, header_memory: u64) -> Self {
-        Shared {
+        Self {
             access_log,
             header_budget: crate::listen::limits::HeaderBudget::new(header_memory),
             in_flight: AtomicUsize::new(0),
@@ -246,7 +246,12 @@ impl<'a, S: BodySource, K: ResponseSink> Request<'a, S, K> {
 
     /// Answer with an error page in place of `replaced` (`pages`: the pool's): send it, or
     /// dispatch the request to the page's path.
-    async fn error_page(&mut self, pages: Option<&'a ErrorPages>, replaced: Replaced, pool: Option<&'a Arc<str>>) -> Step<'a> {
+    async fn error_page(
+        &mut self,
+        pages: Option<&'a ErrorPages>,
+        replaced: Replaced,
+        pool: Option<&'a Arc<str>>,
+    ) -> Step<'a> {
         match error_answer(overrides(&self.serving, pages), replaced) {
             ErrorAnswer::Send { status, reply } => self.answer(reply.freeze(), status, pool).await,
             ErrorAnswer::Dispatch { target, replaced } => {
@@ -273,7 +278,9 @@ impl<'a, S: BodySource, K: ResponseSink> Request<'a, S, K> {
         let (lst, request_id, uri) = (self.lst, self.request_id, self.uri);
         let shown = String::from_utf8_lossy(target);
         let redirect_status = self.serving.as_ref().map_or(200, |r| r.status);
-        if let Err(e) = respond::redirect::apply(&mut self.params, target, &mut self.redirects, lst.max_redirects, redirect_status) {
+        if let Err(e) =
+            respond::redirect::apply(&mut self.params, target, &mut self.redirects, lst.max_redirects, redirect_status)
+        {
             tracing::error!(listener = %lst.name, request_id, uri = %uri, target = %shown, "internal redirect refused, answering 500: {e}");
             return self.answer(respond::error_response(500, None).freeze(), 500, None).await;
         }
@@ -319,7 +326,8 @@ impl<'a, S: BodySource, K: ResponseSink> Request<'a, S, K> {
         };
         // What the status page shows while the request runs (shared, not allocated).
         let method = self.params.get_bytes(b"REQUEST_METHOD").unwrap_or_default();
-        let ticket = Ticket { method: &method, uri: self.uri_bytes, request_id: self.request_num, started: self.started };
+        let ticket =
+            Ticket { method: &method, uri: self.uri_bytes, request_id: self.request_num, started: self.started };
         let acquired = tokio::select! {
             biased;
             r = pool.dispatcher.acquire(&ticket) => Some(r),
@@ -332,7 +340,9 @@ impl<'a, S: BodySource, K: ResponseSink> Request<'a, S, K> {
                     tracing::warn!(pool = %pool.name, request_id, uri = %uri, "answering 503: {e}");
                 }
                 let retry = match e {
-                    AcquireError::QueueFull(_) | AcquireError::Timeout(_) | AcquireError::Unavailable(_) => Some(RETRY_AFTER_SECS),
+                    AcquireError::QueueFull(_) | AcquireError::Timeout(_) | AcquireError::Unavailable(_) => {
+                        Some(RETRY_AFTER_SECS)
+                    }
                 };
                 self.error_page(Some(&pool.config.error_pages), Replaced::bridge(503, retry), Some(&pool.name)).await
             }
@@ -377,10 +387,18 @@ impl<'a, S: BodySource, K: ResponseSink> Request<'a, S, K> {
 
     /// Run the request on `slot`, give the slot back, and turn what the exchange says
     /// comes next into the next step.
-    async fn run(&mut self, pool: &'a Arc<PoolRuntime>, slot: SlotConn, ticket: &Ticket<'_>, declared: Option<u64>) -> Step<'a> {
+    async fn run(
+        &mut self,
+        pool: &'a Arc<PoolRuntime>,
+        slot: SlotConn,
+        ticket: &Ticket<'_>,
+        declared: Option<u64>,
+    ) -> Step<'a> {
         let Some((slot, outcome)) = self.exchange_on(pool, slot, ticket).await else {
             tracing::error!(pool = %pool.name, request_id = self.request_id, uri = %self.uri, "no worker took the request, answering 502");
-            return self.error_page(Some(&pool.config.error_pages), Replaced::bridge(502, None), Some(&pool.name)).await;
+            return self
+                .error_page(Some(&pool.config.error_pages), Replaced::bridge(502, None), Some(&pool.name))
+                .await;
         };
         let Outcome { status, body_bytes, fate, next } = outcome;
         let pid = slot.worker.pid;
@@ -405,7 +423,12 @@ impl<'a, S: BodySource, K: ResponseSink> Request<'a, S, K> {
 
     /// The exchange on `slot`, its first write moved to another slot of the pool when it
     /// never reached the worker. None: no worker took the request (the front has nothing).
-    async fn exchange_on(&mut self, pool: &'a Arc<PoolRuntime>, mut slot: SlotConn, ticket: &Ticket<'_>) -> Option<(SlotConn, Outcome)> {
+    async fn exchange_on(
+        &mut self,
+        pool: &'a Arc<PoolRuntime>,
+        mut slot: SlotConn,
+        ticket: &Ticket<'_>,
+    ) -> Option<(SlotConn, Outcome)> {
         // The request fetching an error page gets no page of its own (no recursion).
         let info = RequestInfo {
             id: self.request_id,
@@ -435,7 +458,14 @@ impl<'a, S: BodySource, K: ResponseSink> Request<'a, S, K> {
 
     /// A tripped `max-body` or `body-timeout` (respond/body_limit.rs) decides the status
     /// of a request that ran: logged here, whatever the exchange said comes next.
-    fn tripped(&self, pool: &'a PoolRuntime, pid: u32, status: u16, body_bytes: u64, declared: Option<u64>) -> Option<Step<'a>> {
+    fn tripped(
+        &self,
+        pool: &'a PoolRuntime,
+        pid: u32,
+        status: u16,
+        body_bytes: u64,
+        declared: Option<u64>,
+    ) -> Option<Step<'a>> {
         let (lst, request_id, uri) = (self.lst, self.request_id, self.uri);
         match self.body_watch.tripped()? {
             Tripped::TooLarge => {
@@ -465,7 +495,8 @@ impl<'a, S: BodySource, K: ResponseSink> Request<'a, S, K> {
         let roots = lst.files.as_ref().map_or(&[][..], |f| &f.roots[..]);
         let max_ranges = lst.files.as_ref().map_or(0, |f| f.max_ranges);
         let header = file.kind.name();
-        let (status, sent) = match respond::sendfile::serve(roots, max_ranges, &self.params, file, &mut self.sink).await {
+        let (status, sent) = match respond::sendfile::serve(roots, max_ranges, &self.params, file, &mut self.sink).await
+        {
             Ok(served) => {
                 if let Some(why) = served.ranges_ignored {
                     let peer = String::from_utf8_lossy(self.params.get(b"REMOTE_ADDR").unwrap_or(b""));
@@ -507,18 +538,27 @@ mod error_answer_tests {
     #[test]
     fn one_decision_for_every_error() {
         // No pages: the default text, byte for byte the bridge's plain error.
-        let ErrorAnswer::Send { status, reply } = error_answer(overrides(&None, None), Replaced::bridge(502, None)) else { panic!("sent") };
+        let ErrorAnswer::Send { status, reply } = error_answer(overrides(&None, None), Replaced::bridge(502, None))
+        else {
+            panic!("sent")
+        };
         assert_eq!((status, &reply[..]), (502, &respond::error_response(502, None)[..]));
         // A page that is a local path is dispatched, and says what it replaces.
         let mut pages = ErrorPages::default();
         pages.insert("503", PageSource::Redirect("/errors/503")).expect("page");
-        let ErrorAnswer::Dispatch { target, replaced } = error_answer(overrides(&None, Some(&pages)), Replaced::bridge(503, Some(1))) else {
+        let ErrorAnswer::Dispatch { target, replaced } =
+            error_answer(overrides(&None, Some(&pages)), Replaced::bridge(503, Some(1)))
+        else {
             panic!("dispatched")
         };
         assert_eq!((&target[..], replaced.status), (&b"/errors/503"[..], 503));
         // That page failing: the default text with the original status and headers.
         let serving = Some(replaced);
-        let ErrorAnswer::Send { status, reply } = error_answer(overrides(&serving, Some(&pages)), Replaced::bridge(502, None)) else { panic!("sent") };
+        let ErrorAnswer::Send { status, reply } =
+            error_answer(overrides(&serving, Some(&pages)), Replaced::bridge(502, None))
+        else {
+            panic!("sent")
+        };
         assert_eq!(status, 503);
         assert!(String::from_utf8_lossy(&reply).contains("Retry-After: 1\r\n"));
     }

@@ -127,7 +127,10 @@ async fn per_worker_numbers_and_current_request() {
     let v = d.worker_view(w, true).expect("worker");
     assert_eq!((v.busy, v.open, v.served), (1, 2, 0));
     assert_eq!(v.current.len(), 1);
-    assert_eq!((v.current[0].method.as_str(), v.current[0].uri.as_str(), v.current[0].request_id), ("POST", "/upload?x=1", 42));
+    assert_eq!(
+        (v.current[0].method.as_str(), v.current[0].uri.as_str(), v.current[0].request_id),
+        ("POST", "/upload?x=1", 42)
+    );
     d.release(s);
     let v = d.worker_view(w, true).expect("worker");
     assert_eq!((v.busy, v.open, v.served), (0, 2, 1));
@@ -231,7 +234,8 @@ async fn overdue_requests_are_cancelled_once() {
     let flag = Arc::new(AtomicBool::new(false));
     let key = d.add_conn(w, Some(Canceller { fd: OwnedFd::from(a), flag: flag.clone() })).expect("conn");
     d.release(TestSlot(1, Arc::new(AtomicBool::new(true)), key));
-    let old = Ticket { method: b"GET", uri: b"/hang", request_id: 3, started: Instant::now() - Duration::from_secs(10) };
+    let old =
+        Ticket { method: b"GET", uri: b"/hang", request_id: 3, started: Instant::now() - Duration::from_secs(10) };
     let s = d.acquire(&old).await.expect("slot");
     assert!(d.cancel_overdue(Duration::from_secs(60)).is_empty());
     let over = d.cancel_overdue(Duration::from_secs(5));

@@ -14,8 +14,8 @@
 //! multiplex, so in practice only the failed request is affected.
 use super::limits::HeaderCharge;
 use super::ListenerCtx;
-use crate::flow::{BodySource, End, FrontGone, ResponseSink};
 use crate::dispatch::serve::serve;
+use crate::flow::{BodySource, End, FrontGone, ResponseSink};
 use bytes::{Bytes, BytesMut};
 use fastcgi_server::content_length::ContentLengthError;
 use fastcgi_server::record::Padding;
@@ -319,7 +319,13 @@ impl Conn {
             match msg.end {
                 None => {}
                 Some(End::Complete) => {
-                    server::write_end_request(&mut self.wbuf, msg.id, 0, ProtocolStatus::RequestComplete, Padding::None);
+                    server::write_end_request(
+                        &mut self.wbuf,
+                        msg.id,
+                        0,
+                        ProtocolStatus::RequestComplete,
+                        Padding::None,
+                    );
                     self.remove(msg.id);
                     // An early response (before the body ended): later records for this id
                     // are skipped and the id may begin again.
@@ -373,11 +379,20 @@ impl Conn {
                         Role::Responder | Role::Authorizer => {
                             self.remove(id);
                             let begun = self.idle_since.take();
-                            self.reqs.push((id, Req::Starting { role, params: None, prefix: BytesMut::new(), body_done: false, begun }));
+                            self.reqs.push((
+                                id,
+                                Req::Starting { role, params: None, prefix: BytesMut::new(), body_done: false, begun },
+                            ));
                         }
                         _ => {
                             tracing::warn!(listener = %self.ctx.name, peer = %self.peer, request = id, "unsupported FastCGI role {role:?}");
-                            server::write_end_request(&mut self.wbuf, id, 0, ProtocolStatus::UnknownRole, Padding::None);
+                            server::write_end_request(
+                                &mut self.wbuf,
+                                id,
+                                0,
+                                ProtocolStatus::UnknownRole,
+                                Padding::None,
+                            );
                         }
                     }
                 }
@@ -454,7 +469,8 @@ impl Conn {
     /// Bytes of request headers this connection holds while they are unfinished: the PARAMS
     /// of requests not started, and the receive buffer while it holds the start of one.
     fn header_bytes(&self) -> usize {
-        let heading = self.reqs.is_empty() || self.reqs.iter().any(|(_, r)| matches!(r, Req::Starting { params: None, .. }));
+        let heading =
+            self.reqs.is_empty() || self.reqs.iter().any(|(_, r)| matches!(r, Req::Starting { params: None, .. }));
         let params = self.decoder.params_held();
         if heading {
             params + self.decoder.buffered()
@@ -566,7 +582,8 @@ impl Conn {
             let (t, r) = mpsc::channel(BODY_QUEUE);
             (Some(t), Some(r))
         };
-        let mut source = FcgiBody { prefix: (!prefix.is_empty()).then_some(prefix), rx: body_rx, abort: abort_rx, ended: false };
+        let mut source =
+            FcgiBody { prefix: (!prefix.is_empty()).then_some(prefix), rx: body_rx, abort: abort_rx, ended: false };
         let mut sink = FcgiSink { id, tx: out_tx };
         *req = Req::Running { body: body_tx, abort: Some(abort_tx) };
         let fut = Box::pin(async move {

@@ -55,7 +55,10 @@ async fn fake_worker(listener: UnixListener) {
                         ServerEvent::Params { params, .. } => uri = params.get(b"REQUEST_URI").unwrap_or(b"").to_vec(),
                         ServerEvent::Stdin { data, .. } => body += data.len(),
                         ServerEvent::StdinEnd { id } if uri != b"/slow" => {
-                            let text = format!("Status: 200 OK\r\nX-Hop: 1\r\nTransfer-Encoding: chunked\r\n\r\nhello {} {body}", String::from_utf8_lossy(&uri));
+                            let text = format!(
+                                "Status: 200 OK\r\nX-Hop: 1\r\nTransfer-Encoding: chunked\r\n\r\nhello {} {body}",
+                                String::from_utf8_lossy(&uri)
+                            );
                             server::write_stdout(&mut out, id, text.as_bytes(), Padding::None);
                             server::write_end_request(&mut out, id, 0, ProtocolStatus::RequestComplete, Padding::None);
                             dec.end_request(id);
@@ -284,7 +287,11 @@ async fn scgi_request_gets_a_cgi_response_then_close() {
     let (r, w) = theirs.into_split();
     tokio::spawn(scgi::serve_connection(r, w, ctx, "test-peer".to_owned(), sock));
     let mut out = BytesMut::new();
-    fastcgi_server::scgi::write_request(&mut out, 3, [(&b"REQUEST_URI"[..], &b"/s"[..]), (&b"REQUEST_METHOD"[..], &b"POST"[..])]);
+    fastcgi_server::scgi::write_request(
+        &mut out,
+        3,
+        [(&b"REQUEST_URI"[..], &b"/s"[..]), (&b"REQUEST_METHOD"[..], &b"POST"[..])],
+    );
     out.extend_from_slice(b"abc");
     assert!(ours.write_all(&out).await.is_ok());
     let mut resp = Vec::new();

@@ -17,7 +17,7 @@ pub struct HeaderBudget {
 impl HeaderBudget {
     /// A budget of `limit` bytes (`header-memory`).
     pub fn new(limit: u64) -> Arc<Self> {
-        Arc::new(HeaderBudget { limit: usize::try_from(limit).unwrap_or(usize::MAX), used: AtomicUsize::new(0) })
+        Arc::new(Self { limit: usize::try_from(limit).unwrap_or(usize::MAX), used: AtomicUsize::new(0) })
     }
 
     /// Bytes held now, by every connection.
@@ -29,7 +29,9 @@ impl HeaderBudget {
 
 /// A connection would pass `header-memory`.
 #[derive(Debug, thiserror::Error)]
-#[error("header-memory budget of {limit} bytes reached ({others} bytes held by other connections, this one holds {wanted})")]
+#[error(
+    "header-memory budget of {limit} bytes reached ({others} bytes held by other connections, this one holds {wanted})"
+)]
 pub struct OverBudget {
     pub limit: usize,
     pub others: usize,
@@ -45,7 +47,7 @@ pub struct HeaderCharge {
 impl HeaderCharge {
     /// A connection holding nothing yet.
     pub fn new(budget: Arc<HeaderBudget>) -> Self {
-        HeaderCharge { budget, held: 0 }
+        Self { budget, held: 0 }
     }
 
     /// The connection now holds `bytes` of unfinished headers. Refused (the charge stays as

@@ -3,12 +3,12 @@
 //! mode). Each accepted connection gets one task speaking FastCGI or SCGI.
 pub mod allow;
 pub mod fastcgi;
+#[cfg(test)]
+mod front_tests;
 pub mod limits;
 pub mod proxy;
 pub mod scgi;
 pub mod systemd;
-#[cfg(test)]
-mod front_tests;
 
 use crate::config::{self, ListenAddress, Protocol};
 use crate::dispatch::serve::Shared;
@@ -98,7 +98,7 @@ impl ListenerCtx {
     }
 
     /// The newest context of this listener (after reloads).
-    pub fn latest(self: &Arc<Self>) -> Arc<ListenerCtx> {
+    pub fn latest(self: &Arc<Self>) -> Arc<Self> {
         let mut ctx = self.clone();
         while ctx.superseded() {
             let next = ctx.succession.next.lock().unwrap_or_else(|e| e.into_inner()).clone();
@@ -110,7 +110,7 @@ impl ListenerCtx {
         ctx
     }
 
-    fn succeed(&self, next: Arc<ListenerCtx>) {
+    fn succeed(&self, next: Arc<Self>) {
         *self.succession.next.lock().unwrap_or_else(|e| e.into_inner()) = Some(next);
         self.succession.superseded.store(true, Ordering::Release);
     }
@@ -182,7 +182,9 @@ pub fn make_ctx(
                 crate::config::FileHandoff::Serve => Some(Mode::Serve),
                 crate::config::FileHandoff::Translate => Some(Mode::Translate),
             };
-            mode.map(|m| Arc::new(Files::new(m, cfg.dialect, cfg.file_roots.clone(), cfg.file_map.clone(), cfg.max_ranges)))
+            mode.map(|m| {
+                Arc::new(Files::new(m, cfg.dialect, cfg.file_roots.clone(), cfg.file_map.clone(), cfg.max_ranges))
+            })
         },
         mount: cfg.mount.clone(),
         keep_path_info: cfg.keep_path_info,
@@ -220,15 +222,20 @@ impl ListenerSet {
         bound: Vec<Bound>,
         pools: &HashMap<String, Arc<PoolRuntime>>,
         shared: Arc<Shared>,
-    ) -> Result<ListenerSet, ListenError> {
-        let mut set = ListenerSet { live: Vec::new(), shared };
+    ) -> Result<Self, ListenError> {
+        let mut set = Self { live: Vec::new(), shared };
         for (cfg, b) in config.iter().zip(bound) {
             set.launch(cfg, b, pools)?;
         }
         Ok(set)
     }
 
-    fn launch(&mut self, cfg: &config::Listener, b: Bound, pools: &HashMap<String, Arc<PoolRuntime>>) -> Result<(), ListenError> {
+    fn launch(
+        &mut self,
+        cfg: &config::Listener,
+        b: Bound,
+        pools: &HashMap<String, Arc<PoolRuntime>>,
+    ) -> Result<(), ListenError> {
         let (stop, stop_rx) = watch::channel(false);
         let ctx = make_ctx(cfg, pools, &self.shared, &stop_rx)?;
         let socket_file = match &b {
@@ -271,7 +278,12 @@ impl ListenerSet {
 
     /// Second half of a reload: listeners that stay switch to their new settings and
     /// routes (to `pools`), new ones start, removed ones stop. Returns a summary.
-    pub fn apply(&mut self, config: &[config::Listener], fresh: NewSockets, pools: &HashMap<String, Arc<PoolRuntime>>) -> Result<String, ListenError> {
+    pub fn apply(
+        &mut self,
+        config: &[config::Listener],
+        fresh: NewSockets,
+        pools: &HashMap<String, Arc<PoolRuntime>>,
+    ) -> Result<String, ListenError> {
         let fresh = fresh.0;
         // New contexts for the listeners that stay, checked before any is switched.
         let mut kept = Vec::new();
@@ -623,7 +635,12 @@ pub fn clear_stale_socket(name: &str, path: &Path) -> Result<(), ListenError> {
         Ok(m) => m,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
         Err(e) => {
-            return Err(ListenError::Io { name: name.to_owned(), addr: path.display().to_string(), what: "stat", source: e })
+            return Err(ListenError::Io {
+                name: name.to_owned(),
+                addr: path.display().to_string(),
+                what: "stat",
+                source: e,
+            })
         }
     };
     if !meta.file_type().is_socket() {
@@ -701,7 +718,8 @@ fn bind_fd(name: &str, fd: i32) -> Result<Bound, ListenError> {
     let bad = || ListenError::BadFd { name: name.to_owned(), fd };
     // SAFETY: the configuration names this descriptor as ours; it stays open for the call
     // (a closed one only makes getsockopt fail with EBADF).
-    let listening = getsockopt(&unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) }, sockopt::AcceptConn).map_err(|_| bad())?;
+    let listening =
+        getsockopt(&unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) }, sockopt::AcceptConn).map_err(|_| bad())?;
     if !listening {
         return Err(bad());
     }

@@ -31,25 +31,25 @@ pub enum ProxyHeader {
 
 impl ProxyHeader {
     /// Every header, the default set.
-    pub const ALL: [ProxyHeader; 6] = [
-        ProxyHeader::XForwardedFor,
-        ProxyHeader::XForwardedProto,
-        ProxyHeader::XForwardedHost,
-        ProxyHeader::XForwardedPort,
-        ProxyHeader::XRealIp,
-        ProxyHeader::Forwarded,
+    pub const ALL: [Self; 6] = [
+        Self::XForwardedFor,
+        Self::XForwardedProto,
+        Self::XForwardedHost,
+        Self::XForwardedPort,
+        Self::XRealIp,
+        Self::Forwarded,
     ];
 
     /// Parse a header name as an operator writes it.
     pub fn parse(name: &str) -> Result<Self, ProxyConfigError> {
         let n = name.trim().to_ascii_lowercase().replace('_', "-");
         Ok(match n.as_str() {
-            "x-forwarded-for" => ProxyHeader::XForwardedFor,
-            "x-forwarded-proto" | "x-forwarded-scheme" => ProxyHeader::XForwardedProto,
-            "x-forwarded-host" => ProxyHeader::XForwardedHost,
-            "x-forwarded-port" => ProxyHeader::XForwardedPort,
-            "x-real-ip" => ProxyHeader::XRealIp,
-            "forwarded" => ProxyHeader::Forwarded,
+            "x-forwarded-for" => Self::XForwardedFor,
+            "x-forwarded-proto" | "x-forwarded-scheme" => Self::XForwardedProto,
+            "x-forwarded-host" => Self::XForwardedHost,
+            "x-forwarded-port" => Self::XForwardedPort,
+            "x-real-ip" => Self::XRealIp,
+            "forwarded" => Self::Forwarded,
             _ => return Err(ProxyConfigError::UnknownHeader(name.to_owned())),
         })
     }
@@ -57,23 +57,23 @@ impl ProxyHeader {
     /// The header's name as the configuration writes it.
     pub fn name(self) -> &'static str {
         match self {
-            ProxyHeader::XForwardedFor => "X-Forwarded-For",
-            ProxyHeader::XForwardedProto => "X-Forwarded-Proto",
-            ProxyHeader::XForwardedHost => "X-Forwarded-Host",
-            ProxyHeader::XForwardedPort => "X-Forwarded-Port",
-            ProxyHeader::XRealIp => "X-Real-IP",
-            ProxyHeader::Forwarded => "Forwarded",
+            Self::XForwardedFor => "X-Forwarded-For",
+            Self::XForwardedProto => "X-Forwarded-Proto",
+            Self::XForwardedHost => "X-Forwarded-Host",
+            Self::XForwardedPort => "X-Forwarded-Port",
+            Self::XRealIp => "X-Real-IP",
+            Self::Forwarded => "Forwarded",
         }
     }
 
     fn param(self) -> &'static [u8] {
         match self {
-            ProxyHeader::XForwardedFor => b"HTTP_X_FORWARDED_FOR",
-            ProxyHeader::XForwardedProto => b"HTTP_X_FORWARDED_PROTO",
-            ProxyHeader::XForwardedHost => b"HTTP_X_FORWARDED_HOST",
-            ProxyHeader::XForwardedPort => b"HTTP_X_FORWARDED_PORT",
-            ProxyHeader::XRealIp => b"HTTP_X_REAL_IP",
-            ProxyHeader::Forwarded => b"HTTP_FORWARDED",
+            Self::XForwardedFor => b"HTTP_X_FORWARDED_FOR",
+            Self::XForwardedProto => b"HTTP_X_FORWARDED_PROTO",
+            Self::XForwardedHost => b"HTTP_X_FORWARDED_HOST",
+            Self::XForwardedPort => b"HTTP_X_FORWARDED_PORT",
+            Self::XRealIp => b"HTTP_X_REAL_IP",
+            Self::Forwarded => b"HTTP_FORWARDED",
         }
     }
 }
@@ -99,7 +99,7 @@ impl Cidr {
         if bits > max {
             return Err(ProxyConfigError::BadPrefix(text.to_owned()));
         }
-        Ok(Cidr { addr, bits })
+        Ok(Self { addr, bits })
     }
 
     /// Whether `ip` lies in this block (an IPv4-mapped IPv6 address counts as IPv4).
@@ -109,7 +109,9 @@ impl Cidr {
             v4 => v4,
         };
         let (a, b, len) = match (self.addr, ip) {
-            (IpAddr::V4(a), IpAddr::V4(b)) => (u128::from(u32::from(a)) << 96, u128::from(u32::from(b)) << 96, self.bits),
+            (IpAddr::V4(a), IpAddr::V4(b)) => {
+                (u128::from(u32::from(a)) << 96, u128::from(u32::from(b)) << 96, self.bits)
+            }
             (IpAddr::V6(a), IpAddr::V6(b)) => (u128::from(a), u128::from(b), self.bits),
             _ => return false,
         };
@@ -318,7 +320,11 @@ mod tests {
     #[test]
     fn untrusted_peer_loses_the_headers() {
         let t = trust(&["10.0.0.0/8"]);
-        let mut p = params(&[("REMOTE_ADDR", "198.51.100.7"), ("HTTP_X_FORWARDED_FOR", "1.2.3.4"), ("HTTP_X_REAL_IP", "1.2.3.4")]);
+        let mut p = params(&[
+            ("REMOTE_ADDR", "198.51.100.7"),
+            ("HTTP_X_FORWARDED_FOR", "1.2.3.4"),
+            ("HTTP_X_REAL_IP", "1.2.3.4"),
+        ]);
         t.apply(&mut p);
         assert_eq!(get(&p, "REMOTE_ADDR").as_deref(), Some("198.51.100.7"));
         assert_eq!(get(&p, "HTTP_X_FORWARDED_FOR"), None);
@@ -328,7 +334,10 @@ mod tests {
     #[test]
     fn forwarded_header() {
         let t = trust(&["127.0.0.1"]);
-        let mut p = params(&[("REMOTE_ADDR", "127.0.0.1"), ("HTTP_FORWARDED", "for=\"[2001:db8::7]:4711\";proto=https;host=a.example")]);
+        let mut p = params(&[
+            ("REMOTE_ADDR", "127.0.0.1"),
+            ("HTTP_FORWARDED", "for=\"[2001:db8::7]:4711\";proto=https;host=a.example"),
+        ]);
         t.apply(&mut p);
         assert_eq!(get(&p, "REMOTE_ADDR").as_deref(), Some("2001:db8::7"));
         assert_eq!(get(&p, "REQUEST_SCHEME").as_deref(), Some("https"));

@@ -5,8 +5,8 @@
 //! The request runs in the connection's own task: the body is read from the socket while
 //! the response is written to it, both through the exchange's concurrent pump.
 use super::ListenerCtx;
-use crate::flow::{BodySource, End, FrontGone, ResponseSink};
 use crate::dispatch::serve::serve;
+use crate::flow::{BodySource, End, FrontGone, ResponseSink};
 use bytes::{Bytes, BytesMut};
 use fastcgi_server::scgi::{ScgiDecoder, ScgiEvent};
 use fastcgi_server::Role;
@@ -47,7 +47,9 @@ where
                 Ok(0) => {
                     let got = decoder.buffer_mut().len();
                     if got > 0 {
-                        let e = format!("connection closed before the header netstring was complete ({got} bytes received)");
+                        let e = format!(
+                            "connection closed before the header netstring was complete ({got} bytes received)"
+                        );
                         return Err(HeadError::Protocol(e));
                     }
                     return Ok(None);
@@ -113,7 +115,10 @@ fn is_bad_length(e: &fastcgi_server::Error) -> bool {
     use fastcgi_server::Error as E;
     matches!(
         e,
-        E::ScgiBadContentLength { .. } | E::ScgiContentLengthTooLarge { .. } | E::ScgiDuplicateContentLength | E::ScgiMissingContentLength
+        E::ScgiBadContentLength { .. }
+            | E::ScgiContentLengthTooLarge { .. }
+            | E::ScgiDuplicateContentLength
+            | E::ScgiMissingContentLength
     )
 }
 

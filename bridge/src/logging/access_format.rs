@@ -5,18 +5,8 @@ use std::fmt::Write;
 use std::sync::OnceLock;
 
 /// The variables a template may use, in the order the docs list them.
-pub const VARIABLES: &[&str] = &[
-    "remote_addr",
-    "method",
-    "uri",
-    "status",
-    "bytes",
-    "duration",
-    "duration_ms",
-    "pool",
-    "request_id",
-    "time",
-];
+pub const VARIABLES: &[&str] =
+    &["remote_addr", "method", "uri", "status", "bytes", "duration", "duration_ms", "pool", "request_id", "time"];
 
 #[derive(Debug, Clone, PartialEq)]
 enum Piece {
@@ -35,7 +25,7 @@ pub fn check(template: &str) -> Result<(), String> {
 
 impl AccessFormat {
     /// Compile `template`: `$name` or `${name}`; `$$` is a literal dollar.
-    pub fn parse(template: &str) -> Result<AccessFormat, String> {
+    pub fn parse(template: &str) -> Result<Self, String> {
         let mut pieces = Vec::new();
         let mut text = String::new();
         let mut rest = template;
@@ -54,9 +44,10 @@ impl AccessFormat {
                 let end = rest.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(rest.len());
                 (&rest[..end], &rest[end..])
             };
-            let index = VARIABLES.iter().position(|v| *v == name).ok_or_else(|| {
-                format!("unknown variable ${name}; the access log knows ${}", VARIABLES.join(" $"))
-            })?;
+            let index = VARIABLES
+                .iter()
+                .position(|v| *v == name)
+                .ok_or_else(|| format!("unknown variable ${name}; the access log knows ${}", VARIABLES.join(" $")))?;
             if !text.is_empty() {
                 pieces.push(Piece::Text(std::mem::take(&mut text)));
             }
@@ -67,7 +58,7 @@ impl AccessFormat {
         if !text.is_empty() {
             pieces.push(Piece::Text(text));
         }
-        Ok(AccessFormat(pieces))
+        Ok(Self(pieces))
     }
 
     /// One line, newline included. Empty values print as "-".
@@ -136,13 +127,7 @@ fn rfc3339_now() -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
-        sod / 3600,
-        sod % 3600 / 60,
-        sod % 60,
-        now.subsec_millis()
-    )
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z", sod / 3600, sod % 3600 / 60, sod % 60, now.subsec_millis())
 }
 
 #[cfg(test)]
@@ -151,7 +136,8 @@ mod tests {
 
     #[test]
     fn renders_variables() {
-        let f = AccessFormat::parse("$remote_addr \"$method ${uri}\" $status $bytes $$ $pool").unwrap_or(AccessFormat(vec![]));
+        let f = AccessFormat::parse("$remote_addr \"$method ${uri}\" $status $bytes $$ $pool")
+            .unwrap_or(AccessFormat(vec![]));
         let r = AccessRecord {
             remote: "10.0.0.1",
             method: "GET",

@@ -19,9 +19,9 @@ pub struct LogFile {
 
 impl LogFile {
     /// Open (append, create) the file.
-    pub fn open(path: PathBuf) -> std::io::Result<LogFile> {
+    pub fn open(path: PathBuf) -> std::io::Result<Self> {
         let file = OpenOptions::new().create(true).append(true).open(&path)?;
-        Ok(LogFile {
+        Ok(Self {
             path: Arc::new(path),
             inner: Arc::new(Mutex::new(Inner { file, generation: super::reopen::generation() })),
         })
@@ -54,7 +54,7 @@ impl Write for LogFile {
 }
 
 impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogFile {
-    type Writer = LogFile;
+    type Writer = Self;
 
     fn make_writer(&'a self) -> Self::Writer {
         self.clone()

@@ -48,38 +48,112 @@ pub struct Kind {
 }
 
 /// 503: more requests waiting than `queue-size`.
-pub static QUEUE_FULL: Kind = Kind { scope: Scope::Pool, what: "requests answered 503", reason: "queue full", level: Level::Warn, burst: 1 };
+pub static QUEUE_FULL: Kind =
+    Kind { scope: Scope::Pool, what: "requests answered 503", reason: "queue full", level: Level::Warn, burst: 1 };
 /// 503: no worker became free within `queue-timeout`.
-pub static QUEUE_TIMEOUT: Kind = Kind { scope: Scope::Pool, what: "requests answered 503", reason: "queue timeout", level: Level::Warn, burst: 1 };
+pub static QUEUE_TIMEOUT: Kind =
+    Kind { scope: Scope::Pool, what: "requests answered 503", reason: "queue timeout", level: Level::Warn, burst: 1 };
 /// 503: the pool has no worker and cannot start one.
-pub static UNAVAILABLE: Kind = Kind { scope: Scope::Pool, what: "requests answered 503", reason: "pool unavailable", level: Level::Warn, burst: 1 };
+pub static UNAVAILABLE: Kind = Kind {
+    scope: Scope::Pool,
+    what: "requests answered 503",
+    reason: "pool unavailable",
+    level: Level::Warn,
+    burst: 1,
+};
 // A client's own mistakes (a URI, a body, a record) differ from one request to the next:
 // a few are kept in full each second, to see what a misbehaving client sends.
 const CLIENT_BURST: u32 = 5;
 
 /// 413: the declared body is larger than `max-body`.
-pub static TOO_LARGE: Kind = Kind { scope: Scope::Pool, what: "requests answered 413", reason: "body larger than max-body", level: Level::Warn, burst: CLIENT_BURST };
+pub static TOO_LARGE: Kind = Kind {
+    scope: Scope::Pool,
+    what: "requests answered 413",
+    reason: "body larger than max-body",
+    level: Level::Warn,
+    burst: CLIENT_BURST,
+};
 /// 413: a streamed body passed `max-body`.
-pub static BODY_CUT_OFF: Kind = Kind { scope: Scope::Pool, what: "requests cut off with 413", reason: "streamed body passed max-body", level: Level::Warn, burst: CLIENT_BURST };
+pub static BODY_CUT_OFF: Kind = Kind {
+    scope: Scope::Pool,
+    what: "requests cut off with 413",
+    reason: "streamed body passed max-body",
+    level: Level::Warn,
+    burst: CLIENT_BURST,
+};
 /// 404: no route of the listener matches.
-pub static NO_ROUTE: Kind = Kind { scope: Scope::Listener, what: "requests answered 404", reason: "no route matches", level: Level::Info, burst: CLIENT_BURST };
+pub static NO_ROUTE: Kind = Kind {
+    scope: Scope::Listener,
+    what: "requests answered 404",
+    reason: "no route matches",
+    level: Level::Info,
+    burst: CLIENT_BURST,
+};
 /// A FastCGI connection closed for a protocol error.
-pub static FASTCGI_PROTOCOL: Kind = Kind { scope: Scope::Listener, what: "connections closed", reason: "FastCGI protocol error", level: Level::Warn, burst: CLIENT_BURST };
+pub static FASTCGI_PROTOCOL: Kind = Kind {
+    scope: Scope::Listener,
+    what: "connections closed",
+    reason: "FastCGI protocol error",
+    level: Level::Warn,
+    burst: CLIENT_BURST,
+};
 /// An SCGI connection closed for a protocol error.
-pub static SCGI_PROTOCOL: Kind = Kind { scope: Scope::Listener, what: "connections closed", reason: "SCGI protocol error", level: Level::Warn, burst: CLIENT_BURST };
+pub static SCGI_PROTOCOL: Kind = Kind {
+    scope: Scope::Listener,
+    what: "connections closed",
+    reason: "SCGI protocol error",
+    level: Level::Warn,
+    burst: CLIENT_BURST,
+};
 /// A TCP connection from a peer FCGI_WEB_SERVER_ADDRS does not list.
-pub static PEER_REFUSED: Kind = Kind { scope: Scope::Listener, what: "connections refused", reason: "peer not allowed (allowed-clients or FCGI_WEB_SERVER_ADDRS)", level: Level::Warn, burst: CLIENT_BURST };
+pub static PEER_REFUSED: Kind = Kind {
+    scope: Scope::Listener,
+    what: "connections refused",
+    reason: "peer not allowed (allowed-clients or FCGI_WEB_SERVER_ADDRS)",
+    level: Level::Warn,
+    burst: CLIENT_BURST,
+};
 
 /// 400: a CONTENT_LENGTH that is not plain decimal digits within 64 bits.
-pub static BAD_REQUEST: Kind = Kind { scope: Scope::Listener, what: "requests answered 400", reason: "invalid CONTENT_LENGTH", level: Level::Warn, burst: CLIENT_BURST };
+pub static BAD_REQUEST: Kind = Kind {
+    scope: Scope::Listener,
+    what: "requests answered 400",
+    reason: "invalid CONTENT_LENGTH",
+    level: Level::Warn,
+    burst: CLIENT_BURST,
+};
 /// A connection closed because its request headers did not complete within `header-timeout`.
-pub static HEADER_TIMEOUT: Kind = Kind { scope: Scope::Listener, what: "connections closed", reason: "header-timeout", level: Level::Warn, burst: CLIENT_BURST };
+pub static HEADER_TIMEOUT: Kind = Kind {
+    scope: Scope::Listener,
+    what: "connections closed",
+    reason: "header-timeout",
+    level: Level::Warn,
+    burst: CLIENT_BURST,
+};
 /// A connection closed because unfinished headers passed `header-memory`.
-pub static HEADER_MEMORY: Kind = Kind { scope: Scope::Listener, what: "connections closed", reason: "header-memory budget reached", level: Level::Warn, burst: CLIENT_BURST };
+pub static HEADER_MEMORY: Kind = Kind {
+    scope: Scope::Listener,
+    what: "connections closed",
+    reason: "header-memory budget reached",
+    level: Level::Warn,
+    burst: CLIENT_BURST,
+};
 /// 408: a request body stalled for `body-timeout`.
-pub static BODY_STALLED: Kind = Kind { scope: Scope::Pool, what: "requests ended", reason: "request body stalled (body-timeout)", level: Level::Warn, burst: CLIENT_BURST };
+pub static BODY_STALLED: Kind = Kind {
+    scope: Scope::Pool,
+    what: "requests ended",
+    reason: "request body stalled (body-timeout)",
+    level: Level::Warn,
+    burst: CLIENT_BURST,
+};
 /// 200 instead of 206: too many ranges, or ranges larger than the file.
-pub static RANGE_IGNORED: Kind = Kind { scope: Scope::Pool, what: "Range headers ignored", reason: "too many or too large ranges", level: Level::Info, burst: CLIENT_BURST };
+pub static RANGE_IGNORED: Kind = Kind {
+    scope: Scope::Pool,
+    what: "Range headers ignored",
+    reason: "too many or too large ranges",
+    level: Level::Info,
+    burst: CLIENT_BURST,
+};
 
 /// What to do with one occurrence.
 #[derive(Debug, PartialEq, Eq)]
@@ -102,7 +176,7 @@ pub struct Summary {
 }
 
 impl PartialEq for Kind {
-    fn eq(&self, other: &Kind) -> bool {
+    fn eq(&self, other: &Self) -> bool {
         std::ptr::eq(self, other)
     }
 }
@@ -127,8 +201,8 @@ pub struct Limiter {
 }
 
 impl Limiter {
-    pub fn new(window: Duration) -> Limiter {
-        Limiter { window, entries: Vec::new() }
+    pub fn new(window: Duration) -> Self {
+        Self { window, entries: Vec::new() }
     }
 
     /// One occurrence of `kind` for the pool or listener `name` at `now`.
@@ -183,7 +257,12 @@ impl Limiter {
         self.entries
             .drain(..)
             .filter(|e| e.suppressed > 0)
-            .map(|e| Summary { over: now.saturating_duration_since(e.since), kind: e.kind, name: e.name, count: e.suppressed })
+            .map(|e| Summary {
+                over: now.saturating_duration_since(e.since),
+                kind: e.kind,
+                name: e.name,
+                count: e.suppressed,
+            })
             .collect()
     }
 

@@ -59,7 +59,7 @@ pub struct BodyWatch {
 impl BodyWatch {
     /// `started`: when the request arrived.
     pub fn new(started: std::time::Instant) -> Self {
-        BodyWatch {
+        Self {
             tripped: AtomicU8::new(0),
             body_open: AtomicBool::new(true),
             base: Instant::from_std(started),

@@ -49,10 +49,16 @@ pub struct ErrorPages(BTreeMap<u16, ErrorPage>);
 impl ErrorPages {
     /// Add the page for `status` (the key as written).
     pub fn insert(&mut self, status: &str, source: PageSource<'_>) -> Result<(), ErrorPageError> {
-        let code: u16 = status.trim().parse().ok().filter(|c| (400..=599).contains(c)).ok_or_else(|| ErrorPageError::NotAnError(status.to_owned()))?;
+        let code: u16 = status
+            .trim()
+            .parse()
+            .ok()
+            .filter(|c| (400..=599).contains(c))
+            .ok_or_else(|| ErrorPageError::NotAnError(status.to_owned()))?;
         let page = match source {
             PageSource::File(file) => {
-                let body = std::fs::read(file).map_err(|err| ErrorPageError::Read { path: file.display().to_string(), err })?;
+                let body = std::fs::read(file)
+                    .map_err(|err| ErrorPageError::Read { path: file.display().to_string(), err })?;
                 let content_type = match file.extension().and_then(|e| e.to_str()) {
                     Some("html" | "htm") => "text/html; charset=utf-8",
                     Some("json") => "application/json",
@@ -101,8 +107,9 @@ pub struct Replaced {
 impl Replaced {
     /// One of the bridge's own errors (no app headers; a 503 keeps its Retry-After).
     pub fn bridge(status: u16, retry_after: Option<u32>) -> Self {
-        let keep = retry_after.map(|s| (Bytes::from_static(b"Retry-After"), Bytes::from(s.to_string()))).into_iter().collect();
-        Replaced { status, keep }
+        let keep =
+            retry_after.map(|s| (Bytes::from_static(b"Retry-After"), Bytes::from(s.to_string()))).into_iter().collect();
+        Self { status, keep }
     }
 }
 
@@ -151,7 +158,9 @@ pub fn on_head(ov: Override<'_>, head: &mut ResponseHead) -> Option<Handoff> {
             let keep = head
                 .headers
                 .iter()
-                .filter(|(n, _)| !BODY_HEADERS.iter().chain(fastcgi_server::cgi::HOP_BY_HOP).any(|h| n.eq_ignore_ascii_case(h)))
+                .filter(|(n, _)| {
+                    !BODY_HEADERS.iter().chain(fastcgi_server::cgi::HOP_BY_HOP).any(|h| n.eq_ignore_ascii_case(h))
+                })
                 .cloned()
                 .collect();
             Some(Handoff::ErrorPage(Replaced { status, keep }))
@@ -227,7 +236,8 @@ pub fn default_response(r: &Replaced) -> BytesMut {
 
 /// A complete CGI response: `status`, the kept headers, and `body` of `content_type`.
 fn response(status: u16, content_type: &str, body: &[u8], keep: &[(Bytes, Bytes)]) -> BytesMut {
-    let mut out = BytesMut::with_capacity(128 + body.len() + keep.iter().map(|(n, v)| n.len() + v.len() + 4).sum::<usize>());
+    let mut out =
+        BytesMut::with_capacity(128 + body.len() + keep.iter().map(|(n, v)| n.len() + v.len() + 4).sum::<usize>());
     out.put_slice(format!("Status: {status} {}\r\n", super::reason_phrase(status)).as_bytes());
     for (name, value) in keep {
         out.put_slice(name);
@@ -251,7 +261,10 @@ mod tests {
             location: None,
             content_type: None,
             content_length: None,
-            headers: headers.iter().map(|(n, v)| (Bytes::copy_from_slice(n.as_bytes()), Bytes::copy_from_slice(v.as_bytes()))).collect(),
+            headers: headers
+                .iter()
+                .map(|(n, v)| (Bytes::copy_from_slice(n.as_bytes()), Bytes::copy_from_slice(v.as_bytes())))
+                .collect(),
         }
     }
 
@@ -267,12 +280,19 @@ mod tests {
         std::fs::write(&f, "<h1>down</h1>").expect("write");
         let mut pages = ErrorPages::default();
         pages.insert("502", PageSource::File(&f)).expect("load");
-        let Next::Send { reply: r, .. } = next(Some(&pages), &mut None, Replaced::bridge(502, None)) else { panic!("a file page is sent") };
+        let Next::Send { reply: r, .. } = next(Some(&pages), &mut None, Replaced::bridge(502, None)) else {
+            panic!("a file page is sent")
+        };
         assert_eq!(text(&r), "Status: 502 Bad Gateway\r\nContent-Type: text/html; charset=utf-8\r\nContent-Length: 13\r\n\r\n<h1>down</h1>");
-        let Next::Send { reply: r, .. } = next(Some(&pages), &mut None, Replaced::bridge(503, Some(1))) else { panic!("no page: default") };
+        let Next::Send { reply: r, .. } = next(Some(&pages), &mut None, Replaced::bridge(503, Some(1))) else {
+            panic!("no page: default")
+        };
         assert!(text(&r).starts_with("Status: 503 Service Unavailable\r\nRetry-After: 1\r\nContent-Type: text/plain"));
         assert!(matches!(pages.insert("200", PageSource::File(&f)), Err(ErrorPageError::NotAnError(_))));
-        assert!(matches!(pages.insert("404", PageSource::File(&dir.join("missing"))), Err(ErrorPageError::Read { .. })));
+        assert!(matches!(
+            pages.insert("404", PageSource::File(&dir.join("missing"))),
+            Err(ErrorPageError::Read { .. })
+        ));
         let _ = std::fs::remove_dir_all(&dir);
     }
 
@@ -281,7 +301,10 @@ mod tests {
         let mut pages = ErrorPages::default();
         pages.insert("404", PageSource::Redirect("/errors/404?x=1")).expect("local");
         for bad in ["errors/404", "//host/x", "http://h/x", "/a b", "/a\r\nX: 1", ""] {
-            assert!(matches!(pages.insert("404", PageSource::Redirect(bad)), Err(ErrorPageError::BadRedirect(_))), "{bad:?}");
+            assert!(
+                matches!(pages.insert("404", PageSource::Redirect(bad)), Err(ErrorPageError::BadRedirect(_))),
+                "{bad:?}"
+            );
         }
         assert_eq!(pages.get(404), Some(&ErrorPage::Redirect(Bytes::from_static(b"/errors/404?x=1"))));
     }
@@ -307,7 +330,10 @@ mod tests {
         let names: Vec<&str> = r.keep.iter().map(|(n, _)| text(n)).collect();
         assert_eq!(names, ["WWW-Authenticate", "Set-Cookie", "Set-Cookie", "X-Trace"]);
         assert!(on_head(Override::Pages(&pages), &mut head(404, &[])).is_none(), "no page for 404");
-        assert!(on_head(Override::Pages(&pages), &mut head(401, &[("X", "a\r\nb")])).is_none(), "a bad head is not replaced");
+        assert!(
+            on_head(Override::Pages(&pages), &mut head(401, &[("X", "a\r\nb")])).is_none(),
+            "a bad head is not replaced"
+        );
 
         // The page's answer goes out with the original status and the kept headers.
         let mut page = head(200, &[("Content-Type", "text/html"), ("Set-Cookie", "page=1"), ("X-Trace", "page")]);
@@ -320,18 +346,26 @@ mod tests {
              WWW-Authenticate: Basic realm=\"x\"\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\n\r\n"
         );
         // A failing page is handed back; the default text goes out with the first status.
-        let Some(Handoff::ErrorPage(failed)) = on_head(Override::Serving(&r), &mut head(500, &[])) else { panic!("failed") };
+        let Some(Handoff::ErrorPage(failed)) = on_head(Override::Serving(&r), &mut head(500, &[])) else {
+            panic!("failed")
+        };
         let mut serving = Some(r.clone());
         let Next::Send { status, reply } = next(Some(&pages), &mut serving, failed) else { panic!("no recursion") };
         assert_eq!(status, 401);
-        assert!(text(&reply).starts_with("Status: 401 Unauthorized\r\nWWW-Authenticate: Basic realm=\"x\"\r\nSet-Cookie: a=1\r\n"));
+        assert!(text(&reply)
+            .starts_with("Status: 401 Unauthorized\r\nWWW-Authenticate: Basic realm=\"x\"\r\nSet-Cookie: a=1\r\n"));
         assert!(text(&reply).ends_with("\r\n\r\n401 Unauthorized\n"));
     }
 
     #[test]
     fn a_page_request_is_not_conditional() {
         let mut p = fastcgi_server::Params::default();
-        for (n, v) in [("HTTP_IF_NONE_MATCH", "\"x\""), ("HTTP_RANGE", "bytes=0-1"), ("HTTP_IF_MODIFIED_SINCE", "x"), ("HTTP_HOST", "h")] {
+        for (n, v) in [
+            ("HTTP_IF_NONE_MATCH", "\"x\""),
+            ("HTTP_RANGE", "bytes=0-1"),
+            ("HTTP_IF_MODIFIED_SINCE", "x"),
+            ("HTTP_HOST", "h"),
+        ] {
             p.insert(n.as_bytes(), v.as_bytes());
         }
         page_request(&mut p);

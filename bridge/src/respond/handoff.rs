@@ -19,14 +19,16 @@ pub enum Kind {
 impl Kind {
     pub fn name(self) -> &'static str {
         match self {
-            Kind::Sendfile => "X-Sendfile",
-            Kind::Sendfile2 => "X-Sendfile2",
-            Kind::AccelRedirect => "X-Accel-Redirect",
+            Self::Sendfile => "X-Sendfile",
+            Self::Sendfile2 => "X-Sendfile2",
+            Self::AccelRedirect => "X-Accel-Redirect",
         }
     }
 
-    fn of(name: &[u8]) -> Option<Kind> {
-        [Kind::Sendfile, Kind::Sendfile2, Kind::AccelRedirect].into_iter().find(|k| name.eq_ignore_ascii_case(k.name().as_bytes()))
+    fn of(name: &[u8]) -> Option<Self> {
+        [Self::Sendfile, Self::Sendfile2, Self::AccelRedirect]
+            .into_iter()
+            .find(|k| name.eq_ignore_ascii_case(k.name().as_bytes()))
     }
 }
 
@@ -53,8 +55,8 @@ pub enum FileSpec {
 impl FileSpec {
     pub fn paths(&self) -> Vec<&[u8]> {
         match self {
-            FileSpec::Whole(p) => vec![p],
-            FileSpec::Pieces(ps) => ps.iter().map(|p| &p.path[..]).collect(),
+            Self::Whole(p) => vec![p],
+            Self::Pieces(ps) => ps.iter().map(|p| &p.path[..]).collect(),
         }
     }
 }
@@ -254,8 +256,11 @@ fn check_path(value: &[u8], decode: bool, trailing_slash: bool) -> Result<(), Ba
     normal_path(value, trailing_slash).map_err(|flaw| BadPath { value: shown(), decoded: None, flaw })?;
     if decode {
         let d = crate::route::percent_decode(value);
-        normal_path(&d, trailing_slash)
-            .map_err(|flaw| BadPath { value: shown(), decoded: Some(String::from_utf8_lossy(&d).into_owned()), flaw })?;
+        normal_path(&d, trailing_slash).map_err(|flaw| BadPath {
+            value: shown(),
+            decoded: Some(String::from_utf8_lossy(&d).into_owned()),
+            flaw,
+        })?;
     }
     Ok(())
 }
@@ -303,7 +308,13 @@ fn understands_sendfile(d: Dialect) -> bool {
 }
 
 impl Files {
-    pub fn new(mode: Mode, dialect: Dialect, roots: Vec<PathBuf>, mut map: Vec<(String, String)>, max_ranges: u32) -> Files {
+    pub fn new(
+        mode: Mode,
+        dialect: Dialect,
+        roots: Vec<PathBuf>,
+        mut map: Vec<(String, String)>,
+        max_ranges: u32,
+    ) -> Self {
         // A nested directory's own mapping wins.
         map.sort_by_key(|(fs, _)| std::cmp::Reverse(fs.len()));
         let real = |d: PathBuf| std::fs::canonicalize(&d).unwrap_or(d);
@@ -320,7 +331,7 @@ impl Files {
             .filter(|d| !d.contains(':') && !d.is_empty())
             .collect();
         let worker_roots = (!listed.is_empty()).then(|| Bytes::from(listed.join(":")));
-        Files { mode, dialect, roots, map, worker_roots, max_ranges }
+        Self { mode, dialect, roots, map, worker_roots, max_ranges }
     }
 
     /// Decide what the response `head` from worker `pid` becomes.
@@ -492,12 +503,19 @@ mod tests {
             .iter()
             .map(|(n, v)| (Bytes::copy_from_slice(n.as_bytes()), Bytes::copy_from_slice(v.as_bytes())))
             .collect();
-        let content_type = headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(b"content-type")).map(|(_, v)| v.clone());
+        let content_type =
+            headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(b"content-type")).map(|(_, v)| v.clone());
         ResponseHead { status: Some(200), reason: None, location: None, content_type, content_length: None, headers }
     }
 
     fn files(mode: Mode, dialect: Dialect, roots: Vec<PathBuf>) -> Files {
-        Files::new(mode, dialect, roots, vec![("/srv/files".into(), "/protected".into()), ("/srv/files/deep".into(), "/deep".into())], 16)
+        Files::new(
+            mode,
+            dialect,
+            roots,
+            vec![("/srv/files".into(), "/protected".into()), ("/srv/files/deep".into(), "/deep".into())],
+            16,
+        )
     }
 
     fn piece(path: &str, start: u64, end: Option<u64>) -> Piece {
@@ -686,7 +704,10 @@ mod tests {
                 refused(&f, "X-Sendfile", "/srv/files/a\\..\\..\\b");
                 // lighttpd and mod_xsendfile decode X-Sendfile
                 let why = refused(&f, "X-Sendfile", "/srv/files/%2e%2e/secret.txt");
-                assert!(why.ends_with("once percent-decoded (\"/srv/files/../secret.txt\"): it has a `..` segment"), "{why}");
+                assert!(
+                    why.ends_with("once percent-decoded (\"/srv/files/../secret.txt\"): it has a `..` segment"),
+                    "{why}"
+                );
                 refused(&f, "X-Accel-Redirect", "/protected/../secret.txt");
                 refused(&f, "X-Accel-Redirect", "/protected/%2E%2E/secret.txt");
                 refused(&f, "X-Accel-Redirect", "/protected/a%2f..%2f..%2fb");
@@ -724,7 +745,13 @@ mod tests {
 
     #[test]
     fn worker_roots_param() {
-        let f = Files::new(Mode::Translate, Dialect::Nginx, vec![], vec![("/no/such/dir".into(), "/p".into()), ("/a:b".into(), "/q".into())], 16);
+        let f = Files::new(
+            Mode::Translate,
+            Dialect::Nginx,
+            vec![],
+            vec![("/no/such/dir".into(), "/p".into()), ("/a:b".into(), "/q".into())],
+            16,
+        );
         assert_eq!(f.worker_roots.as_deref(), Some(&b"/no/such/dir"[..]));
     }
 }

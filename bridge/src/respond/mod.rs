@@ -165,9 +165,8 @@ mod tests {
             .iter()
             .map(|(n, v)| (Bytes::copy_from_slice(n.as_bytes()), Bytes::copy_from_slice(v.as_bytes())))
             .collect();
-        let find = |name: &str| {
-            headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name.as_bytes())).map(|(_, v)| v.clone())
-        };
+        let find =
+            |name: &str| headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name.as_bytes())).map(|(_, v)| v.clone());
         ResponseHead {
             status,
             reason: None,
@@ -187,7 +186,10 @@ mod tests {
 
     #[test]
     fn default_status_is_200() {
-        assert_eq!(text(&head(None, &[("Content-Type", "text/plain")])), "Status: 200 OK\r\nContent-Type: text/plain\r\n\r\n");
+        assert_eq!(
+            text(&head(None, &[("Content-Type", "text/plain")])),
+            "Status: 200 OK\r\nContent-Type: text/plain\r\n\r\n"
+        );
     }
 
     #[test]

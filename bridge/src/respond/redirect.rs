@@ -165,16 +165,31 @@ mod tests {
         assert_eq!(g(&p, "QUERY_STRING"), "b=2");
         assert_eq!(g(&p, "CONTENT_LENGTH"), "");
         assert_eq!(g(&p, "HTTP_CONTENT_LENGTH"), "-");
-        assert_eq!((g(&p, "REDIRECT_URL"), g(&p, "REDIRECT_QUERY_STRING"), g(&p, "REDIRECT_STATUS")), ("/first".into(), "q=1".into(), "200".into()));
+        assert_eq!(
+            (g(&p, "REDIRECT_URL"), g(&p, "REDIRECT_QUERY_STRING"), g(&p, "REDIRECT_STATUS")),
+            ("/first".into(), "q=1".into(), "200".into())
+        );
         assert_eq!(g(&p, "REDIRECT_REQUEST_METHOD"), "POST");
         apply(&mut p, b"/third", &mut depth, 10, 404).expect("again");
         // As Apache: REDIRECT_* names the previous request, REDIRECT_REDIRECT_* the one before.
-        assert_eq!((g(&p, "REDIRECT_URL"), g(&p, "REDIRECT_QUERY_STRING"), g(&p, "REDIRECT_STATUS")), ("/second%20x".into(), "b=2".into(), "404".into()));
+        assert_eq!(
+            (g(&p, "REDIRECT_URL"), g(&p, "REDIRECT_QUERY_STRING"), g(&p, "REDIRECT_STATUS")),
+            ("/second%20x".into(), "b=2".into(), "404".into())
+        );
         assert_eq!(g(&p, "REDIRECT_REQUEST_METHOD"), "GET");
-        assert_eq!((g(&p, "REDIRECT_REDIRECT_URL"), g(&p, "REDIRECT_REDIRECT_QUERY_STRING")), ("/first".into(), "q=1".into()));
-        assert_eq!((g(&p, "REDIRECT_REDIRECT_STATUS"), g(&p, "REDIRECT_REDIRECT_REQUEST_METHOD")), ("200".into(), "POST".into()));
+        assert_eq!(
+            (g(&p, "REDIRECT_REDIRECT_URL"), g(&p, "REDIRECT_REDIRECT_QUERY_STRING")),
+            ("/first".into(), "q=1".into())
+        );
+        assert_eq!(
+            (g(&p, "REDIRECT_REDIRECT_STATUS"), g(&p, "REDIRECT_REDIRECT_REQUEST_METHOD")),
+            ("200".into(), "POST".into())
+        );
         apply(&mut p, b"/fourth", &mut depth, 10, 200).expect("a third hop");
-        assert_eq!((g(&p, "REDIRECT_URL"), g(&p, "REDIRECT_REDIRECT_URL"), g(&p, "REDIRECT_REDIRECT_REDIRECT_URL")), ("/third".into(), "/second%20x".into(), "/first".into()));
+        assert_eq!(
+            (g(&p, "REDIRECT_URL"), g(&p, "REDIRECT_REDIRECT_URL"), g(&p, "REDIRECT_REDIRECT_REDIRECT_URL")),
+            ("/third".into(), "/second%20x".into(), "/first".into())
+        );
         assert_eq!(g(&p, "REDIRECT_REDIRECT_STATUS"), "404");
         let mut depth = 10;
         assert_eq!(apply(&mut p, b"/x", &mut depth, 10, 200), Err(RedirectError::TooMany(10)));

@@ -43,10 +43,10 @@ impl SendfileError {
     /// The status the client gets.
     pub fn status(&self) -> u16 {
         match self {
-            SendfileError::BadPath(..) | SendfileError::OutsideRoots(_) => 403,
-            SendfileError::NotFound(_) | SendfileError::NotRegular(_) => 404,
-            SendfileError::BeyondEnd { .. } | SendfileError::Io { .. } => 500,
-            SendfileError::CutOff { status, .. } => *status,
+            Self::BadPath(..) | Self::OutsideRoots(_) => 403,
+            Self::NotFound(_) | Self::NotRegular(_) => 404,
+            Self::BeyondEnd { .. } | Self::Io { .. } => 500,
+            Self::CutOff { status, .. } => *status,
         }
     }
 }
@@ -105,8 +105,8 @@ pub struct Served {
 }
 
 impl Served {
-    fn new(status: u16, sent: u64) -> Served {
-        Served { status, sent, ranges_ignored: None }
+    fn new(status: u16, sent: u64) -> Self {
+        Self { status, sent, ranges_ignored: None }
     }
 }
 
@@ -130,7 +130,9 @@ pub async fn serve<K: ResponseSink>(
     }
     match &h.spec {
         FileSpec::Whole(path) => serve_whole(roots, max_ranges, params, h, path, sink).await,
-        FileSpec::Pieces(pieces) => serve_pieces(roots, params, h, pieces, sink).await.map(|(st, sent)| Served::new(st, sent)),
+        FileSpec::Pieces(pieces) => {
+            serve_pieces(roots, params, h, pieces, sink).await.map(|(st, sent)| Served::new(st, sent))
+        }
     }
 }
 
@@ -183,8 +185,13 @@ async fn serve_whole<K: ResponseSink>(
         let _ = sink.send(out.freeze(), Some(End::Complete)).await;
         return Ok(Served::new(304, 0));
     }
-    let multipart = Multipart { boundary: format!("fcgibridge-{mtime:x}{len:x}"), ctype: String::from_utf8_lossy(ctype).into_owned(), len };
-    let mut plan = if plain { plan_ranges(params, len, &etag, mtime, now_secs(), max_ranges) } else { RangePlan::Whole };
+    let multipart = Multipart {
+        boundary: format!("fcgibridge-{mtime:x}{len:x}"),
+        ctype: String::from_utf8_lossy(ctype).into_owned(),
+        len,
+    };
+    let mut plan =
+        if plain { plan_ranges(params, len, &etag, mtime, now_secs(), max_ranges) } else { RangePlan::Whole };
     if let RangePlan::Ranges(rs) = &plan {
         // The whole file costs less than these parts: send that instead (no amplification).
         let bytes = multipart.body_len(rs);
@@ -197,7 +204,9 @@ async fn serve_whole<K: ResponseSink>(
         let _ = sink.send(out.freeze(), Some(End::Complete)).await;
         return Ok(Served::new(416, 0));
     }
-    let mut file = tokio::fs::File::open(&real).await.map_err(|err| SendfileError::Io { path: real.display().to_string(), err })?;
+    let mut file = tokio::fs::File::open(&real)
+        .await
+        .map_err(|err| SendfileError::Io { path: real.display().to_string(), err })?;
     let validators: &[(&str, &str)] = if plain { &[("ETag", &etag), ("Last-Modified", &last_modified)] } else { &[] };
     let send_head = |status: u16, ctype: &[u8], mut own: Vec<(&'static str, String)>| {
         own.extend(validators.iter().map(|&(n, v)| (n, v.to_owned())));
@@ -213,7 +222,10 @@ async fn serve_whole<K: ResponseSink>(
         }
         RangePlan::Ranges(rs) => {
             let (start, end) = rs.first().copied().unwrap_or((0, len.saturating_sub(1)));
-            let own = vec![("Content-Range", format!("bytes {start}-{end}/{len}")), ("Content-Length", (end - start + 1).to_string())];
+            let own = vec![
+                ("Content-Range", format!("bytes {start}-{end}/{len}")),
+                ("Content-Length", (end - start + 1).to_string()),
+            ];
             (206, send_head(206, ctype, own), start, end - start + 1, None)
         }
         RangePlan::Whole | RangePlan::Unsatisfiable | RangePlan::Ignored(_) => {
@@ -244,7 +256,9 @@ fn not_modified(params: &Params, etag: &str, mtime: u64) -> bool {
             let t = t.trim_ascii();
             t == b"*" || t == etag.as_bytes() || t.strip_prefix(b"W/") == Some(etag.as_bytes())
         }),
-        None => params.get(b"HTTP_IF_MODIFIED_SINCE").is_some_and(|ims| parse_http_date(ims).is_some_and(|t| t >= mtime)),
+        None => {
+            params.get(b"HTTP_IF_MODIFIED_SINCE").is_some_and(|ims| parse_http_date(ims).is_some_and(|t| t >= mtime))
+        }
     }
 }
 
@@ -290,7 +304,9 @@ const RANGE_GAP: u64 = 80;
 pub enum RangesIgnored {
     #[error("{count} ranges, more than max-ranges ({max})")]
     TooMany { count: usize, max: u32 },
-    #[error("the {parts} ranges would take {bytes} bytes as multipart/byteranges, more than the whole file ({len} bytes)")]
+    #[error(
+        "the {parts} ranges would take {bytes} bytes as multipart/byteranges, more than the whole file ({len} bytes)"
+    )]
     LargerThanFile { parts: usize, bytes: u64, len: u64 },
 }
 
@@ -333,7 +349,11 @@ fn plan_ranges(params: &Params, len: u64, etag: &str, mtime: u64, now: u64, max_
 /// stand for one version of the file only once that second is over (RFC 9110 §8.8.2.2).
 fn if_range_matches(value: &[u8], etag: &str, mtime: u64, now: u64) -> bool {
     let v = value.trim_ascii();
-    let same = if v.starts_with(b"\"") || v.starts_with(b"W/") { v == etag.as_bytes() } else { parse_http_date(v) == Some(mtime) };
+    let same = if v.starts_with(b"\"") || v.starts_with(b"W/") {
+        v == etag.as_bytes()
+    } else {
+        parse_http_date(v) == Some(mtime)
+    };
     same && now > mtime
 }
 
@@ -364,7 +384,10 @@ impl Multipart {
     }
 
     fn part_head(&self, s: u64, e: u64) -> String {
-        format!("\r\n--{}\r\nContent-Type: {}\r\nContent-Range: bytes {s}-{e}/{}\r\n\r\n", self.boundary, self.ctype, self.len)
+        format!(
+            "\r\n--{}\r\nContent-Type: {}\r\nContent-Range: bytes {s}-{e}/{}\r\n\r\n",
+            self.boundary, self.ctype, self.len
+        )
     }
 
     fn closing(&self) -> String {
@@ -373,7 +396,8 @@ impl Multipart {
 
     /// The body's length: every part with its head, and the closing boundary.
     fn body_len(&self, ranges: &[(u64, u64)]) -> u64 {
-        ranges.iter().map(|&(s, e)| self.part_head(s, e).len() as u64 + e - s + 1).sum::<u64>() + self.closing().len() as u64
+        ranges.iter().map(|&(s, e)| self.part_head(s, e).len() as u64 + e - s + 1).sum::<u64>()
+            + self.closing().len() as u64
     }
 }
 
@@ -436,7 +460,12 @@ async fn serve_pieces<K: ResponseSink>(
 }
 
 /// Stream `n` bytes from `start`, one 64 KiB read per write.
-async fn copy<K: ResponseSink>(file: &mut tokio::fs::File, start: u64, n: u64, sink: &mut K) -> Result<u64, std::io::Error> {
+async fn copy<K: ResponseSink>(
+    file: &mut tokio::fs::File,
+    start: u64,
+    n: u64,
+    sink: &mut K,
+) -> Result<u64, std::io::Error> {
     file.seek(std::io::SeekFrom::Start(start)).await?;
     let mut left = n;
     while left > 0 {
@@ -637,7 +666,8 @@ mod tests {
     fn multipart_length_is_what_is_sent() {
         let m = Multipart { boundary: "b".into(), ctype: "text/plain".into(), len: 380 };
         let ranges = [(0, 0), (100, 100)];
-        let sent: u64 = ranges.iter().map(|&(s, e)| m.part_head(s, e).len() as u64 + e - s + 1).sum::<u64>() + m.closing().len() as u64;
+        let sent: u64 = ranges.iter().map(|&(s, e)| m.part_head(s, e).len() as u64 + e - s + 1).sum::<u64>()
+            + m.closing().len() as u64;
         assert_eq!(m.body_len(&ranges), sent);
         assert_eq!(m.part_head(0, 0), "\r\n--b\r\nContent-Type: text/plain\r\nContent-Range: bytes 0-0/380\r\n\r\n");
     }
@@ -649,4 +679,3 @@ mod tests {
         }
     }
 }
-

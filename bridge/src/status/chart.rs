@@ -126,7 +126,13 @@ fn area_path(pts: &[(f64, Option<f64>)]) -> String {
 }
 
 /// Rectangles for the non-zero values of a bar series, on top of `stack` (raised by them).
-fn bars_path(c: &Chart<'_>, s: &Series<'_>, stack: &mut [f64], x_of: impl Fn(f64) -> f64, y_of: impl Fn(f64) -> f64) -> String {
+fn bars_path(
+    c: &Chart<'_>,
+    s: &Series<'_>,
+    stack: &mut [f64],
+    x_of: impl Fn(f64) -> f64,
+    y_of: impl Fn(f64) -> f64,
+) -> String {
     let mut d = String::new();
     for ((&t, v), base) in c.times.iter().zip(&s.values).zip(stack.iter_mut()) {
         let Some(v) = v.filter(|v| *v > 0.0) else { continue };
@@ -151,7 +157,11 @@ pub fn svg(c: &Chart<'_>) -> String {
     );
     let lines = c.series.iter().filter(|s| s.style != Style::Bars).flat_map(|s| s.values.iter().flatten());
     let stacked = (0..c.times.len()).map(|i| {
-        c.series.iter().filter(|s| s.style == Style::Bars).filter_map(|s| s.values.get(i).copied().flatten()).sum::<f64>()
+        c.series
+            .iter()
+            .filter(|s| s.style == Style::Bars)
+            .filter_map(|s| s.values.get(i).copied().flatten())
+            .sum::<f64>()
     });
     let max = lines.copied().chain(stacked).fold(0.0f64, f64::max);
     let floor = match c.unit {
@@ -181,7 +191,13 @@ pub fn svg(c: &Chart<'_>) -> String {
             s => format!("-{}m", s / 60),
         };
         // The labels at the edges stay inside the drawing.
-        let anchor = if back == 0.0 { " end" } else if c.window - back < 0.1 * c.window { " start" } else { "" };
+        let anchor = if back == 0.0 {
+            " end"
+        } else if c.window - back < 0.1 * c.window {
+            " start"
+        } else {
+            ""
+        };
         let _ = write!(o, "<text class=\"xl{anchor}\" x=\"{x:.1}\" y=\"{:.0}\">{text}</text>", H - 10.0);
         back += step;
     }
@@ -201,11 +217,17 @@ pub fn svg(c: &Chart<'_>) -> String {
         if s.style == Style::Bars {
             let d = bars_path(c, s, &mut stack, x_of, y_of);
             if !d.is_empty() {
-                let _ = write!(o, "<path class=\"bar\" data-series=\"{}\" fill=\"{}\" d=\"{d}\"/>", super::html::esc(s.name), s.color);
+                let _ = write!(
+                    o,
+                    "<path class=\"bar\" data-series=\"{}\" fill=\"{}\" d=\"{d}\"/>",
+                    super::html::esc(s.name),
+                    s.color
+                );
             }
             continue;
         }
-        let pts: Vec<(f64, Option<f64>)> = c.times.iter().zip(&s.values).map(|(&t, v)| (x_of(t), v.map(y_of))).collect();
+        let pts: Vec<(f64, Option<f64>)> =
+            c.times.iter().zip(&s.values).map(|(&t, v)| (x_of(t), v.map(y_of))).collect();
         if s.style == Style::Area {
             let _ = write!(o, "<path class=\"area\" fill=\"{}\" d=\"{}\"/>", s.color, area_path(&pts));
         }
@@ -266,7 +288,12 @@ mod tests {
             now: 1000.0,
             window: 900.0,
             interval: 60.0,
-            series: vec![Series { name: "req/s", color: "#36c", values: vec![Some(5.0), Some(10.0)], style: Style::Area }],
+            series: vec![Series {
+                name: "req/s",
+                color: "#36c",
+                values: vec![Some(5.0), Some(10.0)],
+                style: Style::Area,
+            }],
         };
         let s = svg(&c);
         assert!(s.starts_with("<svg class=\"chart rps\"") && s.ends_with("</svg>"), "{s}");
@@ -303,7 +330,10 @@ mod tests {
         assert!(s.contains("d=\"M199.0,55.2V8.0H354.0V55.2Z\""), "{s}");
         assert!(!s.contains("data-series=\"exits\""), "{s}");
         // x labels every 30 s over 100 s, the oldest anchored at its start.
-        assert!(s.contains(">-30s<") && s.contains(">-1m<") && s.contains(">-90s<") && s.contains("class=\"xl end\""), "{s}");
+        assert!(
+            s.contains(">-30s<") && s.contains(">-1m<") && s.contains(">-90s<") && s.contains("class=\"xl end\""),
+            "{s}"
+        );
         assert!(!s.contains("xl start"), "{s}");
     }
 }

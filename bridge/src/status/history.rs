@@ -27,7 +27,7 @@ pub struct Ring<T> {
 impl<T> Ring<T> {
     /// An empty ring holding at most `cap` items.
     pub fn new(cap: usize) -> Self {
-        Ring { items: VecDeque::with_capacity(cap), cap: cap.max(1) }
+        Self { items: VecDeque::with_capacity(cap), cap: cap.max(1) }
     }
 
     /// Append, dropping the oldest item when full.
@@ -66,7 +66,7 @@ pub struct PoolSample {
 
 impl PoolSample {
     /// How much each counter that an operator watches moved since `then`.
-    pub fn moved_since(&self, then: &PoolSample) -> Moved {
+    pub fn moved_since(&self, then: &Self) -> Moved {
         Moved {
             requests: self.latency.count().saturating_sub(then.latency.count()),
             server_errors: self.responses.server_errors().saturating_sub(then.responses.server_errors()),
@@ -152,7 +152,12 @@ impl History {
 
     /// Store one sample of every pool and listener taken at `now`; a pool's queue is the
     /// longest seen since the previous sample.
-    pub fn record(&mut self, now: Instant, mut pools: Vec<(String, PoolSample)>, listeners: Vec<(String, ListenerSample)>) {
+    pub fn record(
+        &mut self,
+        now: Instant,
+        mut pools: Vec<(String, PoolSample)>,
+        listeners: Vec<(String, ListenerSample)>,
+    ) {
         for (name, sample) in &mut pools {
             if let Some((_, peak)) = self.queue_peaks.iter().find(|(n, _)| n == name) {
                 sample.queue = sample.queue.max(*peak);

@@ -158,7 +158,8 @@ fn charts(o: &mut String, h: &PoolHistory, now: f64, interval: f64, window: f64)
     let some = |v: &[f64]| v.iter().map(|&x| Some(x)).collect::<Vec<_>>();
     let count = |v: &[usize]| v.iter().map(|&x| Some(x as f64)).collect::<Vec<_>>();
     let events = |v: &[u64]| v.iter().map(|&x| Some(x as f64)).collect::<Vec<_>>();
-    let total: Vec<Option<f64>> = h.busy_workers.iter().zip(&h.idle_workers).map(|(b, i)| Some((b + i) as f64)).collect();
+    let total: Vec<Option<f64>> =
+        h.busy_workers.iter().zip(&h.idle_workers).map(|(b, i)| Some((b + i) as f64)).collect();
     let window = shown_window(h, now, interval, window);
     let base = |class, label, unit, series| Chart { class, label, unit, times: &h.time, interval, now, window, series };
     let line = |name, color, values| Series { name, color, values, style: Style::Line };
@@ -201,11 +202,32 @@ fn pool_card(o: &mut String, p: &PoolStatus, h: Option<&PoolHistory>, now: f64, 
     let _ = write!(o, "<section class=\"card pool-card\" data-pool=\"{0}\"><h2>{0} <span class=\"badge{warn}\">{1}</span></h2>\n<div class=\"tiles\">", esc(&p.name), esc(p.state));
     let rps = h.and_then(|h| h.requests_per_second.last().copied());
     let lm = &p.latency_seconds.last_minute;
-    tile(o, "rate", "requests/s", &rps.map_or_else(|| "–".to_owned(), |v| super::chart::format(super::chart::Unit::Rate, v)), &format!("{} in all", p.accepted_requests), "");
+    tile(
+        o,
+        "rate",
+        "requests/s",
+        &rps.map_or_else(|| "–".to_owned(), |v| super::chart::format(super::chart::Unit::Rate, v)),
+        &format!("{} in all", p.accepted_requests),
+        "",
+    );
     tile(o, "p95", "p95 last min", &seconds(lm.p95), &format!("p50 {} · p99 {}", seconds(lm.p50), seconds(lm.p99)), "");
     let queue_class = if p.queue_length > 0 { "recent" } else { "" };
-    tile(o, "queue", "queue", &p.queue_length.to_string(), &format!("size {} · max {}", p.queue_size, p.max_queue_length), queue_class);
-    tile(o, "workers", "busy / idle", &format!("{} / {}", p.busy_workers, p.idle_workers), &format!("{} processes × {} threads", p.total_workers, p.threads), "");
+    tile(
+        o,
+        "queue",
+        "queue",
+        &p.queue_length.to_string(),
+        &format!("size {} · max {}", p.queue_size, p.max_queue_length),
+        queue_class,
+    );
+    tile(
+        o,
+        "workers",
+        "busy / idle",
+        &format!("{} / {}", p.busy_workers, p.idle_workers),
+        &format!("{} processes × {} threads", p.total_workers, p.threads),
+        "",
+    );
     let shown = h.map_or(window, |h| shown_window(h, now, interval, window));
     let window_min = (shown / 60.0).round().max(1.0) as u64;
     let moved = h.map(|h| h.moved).unwrap_or_default();
@@ -275,7 +297,9 @@ fn pool_table(o: &mut String, s: &Status, history: &History) {
     for p in &s.pools {
         let moved = history.pools.iter().find(|h| h.name == p.name).map(|h| h.moved).unwrap_or_default();
         let lm = &p.last_minute;
-        let cell = |total: u64, last: u64, win: u64| format!("<td class=\"n {}\">{total}</td>", moved_class(last, win.max(last)));
+        let cell = |total: u64, last: u64, win: u64| {
+            format!("<td class=\"n {}\">{total}</td>", moved_class(last, win.max(last)))
+        };
         let _ = writeln!(
             o,
             "<tr class=\"pool\" data-pool=\"{0}\"><td>{0}</td><td class=\"n\">{1}</td><td class=\"n{2}\">{3} / {4} / {5}</td>\

@@ -27,8 +27,8 @@ impl StatusBound {
     /// The unix socket file to remove at exit.
     pub fn socket_file(&self) -> Option<std::path::PathBuf> {
         match self {
-            StatusBound::Unix(_, p) => Some(p.clone()),
-            StatusBound::Tcp(_) => None,
+            Self::Unix(_, p) => Some(p.clone()),
+            Self::Tcp(_) => None,
         }
     }
 }
@@ -40,7 +40,8 @@ pub async fn bind(cfg: &StatusListen) -> Result<StatusBound, StatusError> {
     match &cfg.address {
         ListenAddress::Tcp(a) => Ok(StatusBound::Tcp(TcpListener::bind(a).await.map_err(|e| io("bind", e))?)),
         ListenAddress::Unix(p) => {
-            crate::listen::clear_stale_socket("status", p).map_err(|e| StatusError::Listen { addr: addr.clone(), source: e })?;
+            crate::listen::clear_stale_socket("status", p)
+                .map_err(|e| StatusError::Listen { addr: addr.clone(), source: e })?;
             let l = UnixListener::bind(p).map_err(|e| io("bind", e))?;
             // The page lists every URI in flight: owner only, like the control socket.
             use std::os::unix::fs::PermissionsExt;
@@ -102,7 +103,11 @@ pub fn status_reply(query: &str, accept: &str) -> Reply {
     } else if !has("json") && (has("html") || accept.contains("text/html")) {
         Reply { code: 200, content_type: "text/html; charset=utf-8", body: super::html::render(&s, &super::history()) }
     } else if has("history") {
-        Reply { code: 200, content_type: "application/json", body: super::json::render_with_history(&s, &super::history()) }
+        Reply {
+            code: 200,
+            content_type: "application/json",
+            body: super::json::render_with_history(&s, &super::history()),
+        }
     } else {
         Reply { code: 200, content_type: "application/json", body: super::json::render(&s) }
     }

@@ -30,8 +30,10 @@ pub const BOUNDS_NS: [u64; 14] = [
 pub const BUCKETS: usize = BOUNDS_NS.len() + 1;
 
 /// The `le` label of each bucket, as OpenMetrics' canonical numbers write them.
-pub const LE: [&str; BUCKETS] =
-    ["0.001", "0.0025", "0.005", "0.01", "0.025", "0.05", "0.1", "0.25", "0.5", "1.0", "2.5", "5.0", "10.0", "30.0", "+Inf"];
+pub const LE: [&str; BUCKETS] = [
+    "0.001", "0.0025", "0.005", "0.01", "0.025", "0.05", "0.1", "0.25", "0.5", "1.0", "2.5", "5.0", "10.0", "30.0",
+    "+Inf",
+];
 
 /// Observations per bucket (not cumulative) and their sum.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -70,8 +72,8 @@ impl Histogram {
 
     /// What was observed after `earlier` (a snapshot of the same histogram). A bucket that
     /// went down (the pool was removed and added again) counts as empty.
-    pub fn since(&self, earlier: &Histogram) -> Histogram {
-        let mut out = Histogram { counts: [0; BUCKETS], sum_ns: self.sum_ns.saturating_sub(earlier.sum_ns) };
+    pub fn since(&self, earlier: &Self) -> Self {
+        let mut out = Self { counts: [0; BUCKETS], sum_ns: self.sum_ns.saturating_sub(earlier.sum_ns) };
         for (o, (now, then)) in out.counts.iter_mut().zip(self.counts.iter().zip(&earlier.counts)) {
             *o = now.saturating_sub(*then);
         }
@@ -244,6 +246,9 @@ mod tests {
         }
         assert_eq!(c.0, [0, 2, 1, 2, 4]);
         assert_eq!(c.server_errors(), 4);
-        assert_eq!(serde_json::to_value(c).ok(), Some(serde_json::json!({"1xx": 0, "2xx": 2, "3xx": 1, "4xx": 2, "5xx": 4})));
+        assert_eq!(
+            serde_json::to_value(c).ok(),
+            Some(serde_json::json!({"1xx": 0, "2xx": 2, "3xx": 1, "4xx": 2, "5xx": 4}))
+        );
     }
 }

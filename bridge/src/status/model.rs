@@ -167,7 +167,7 @@ pub struct PoolHistory {
 impl PoolHistory {
     /// Empty columns with room for `n` intervals.
     pub fn with_capacity(name: String, n: usize) -> Self {
-        PoolHistory {
+        Self {
             name,
             time: Vec::with_capacity(n),
             requests_per_second: Vec::with_capacity(n),

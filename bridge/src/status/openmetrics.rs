@@ -99,7 +99,11 @@ pub fn render(s: &Status) -> String {
             o.sample(&format!("{name}_total"), &[("pool", &p.name)], f(p));
         }
     }
-    o.family("fcgibridge_pool_responses", "counter", "Finished requests by status class (the bridge's own 502/503/504 included).");
+    o.family(
+        "fcgibridge_pool_responses",
+        "counter",
+        "Finished requests by status class (the bridge's own 502/503/504 included).",
+    );
     for p in &s.pools {
         o.classes("fcgibridge_pool_responses_total", ("pool", &p.name), &p.responses);
     }
@@ -142,7 +146,11 @@ pub fn render(s: &Status) -> String {
     o.family("fcgibridge_worker_cpu_seconds", "counter", "CPU time (user + system) the worker process has used.");
     for p in &s.pools {
         for w in &p.workers {
-            o.sample("fcgibridge_worker_cpu_seconds_total", &[("pool", &p.name), ("pid", &w.pid.to_string())], w.cpu_seconds);
+            o.sample(
+                "fcgibridge_worker_cpu_seconds_total",
+                &[("pool", &p.name), ("pid", &w.pid.to_string())],
+                w.cpu_seconds,
+            );
         }
     }
     o.0.push_str("# EOF\n");

@@ -40,12 +40,21 @@ fn table(out: &mut String, header: &[&str], rows: &[Vec<String>]) {
 pub fn render(v: &Value) -> String {
     let mut out = String::new();
     let uptime = v.get("uptime_seconds").and_then(Value::as_f64).unwrap_or(0.0);
-    let _ = writeln!(out, "fcgibridge {} pid {} up {}\n", s(v, "version"), n(v, "pid"), super::html::human_secs(uptime));
+    let _ =
+        writeln!(out, "fcgibridge {} pid {} up {}\n", s(v, "version"), n(v, "pid"), super::html::human_secs(uptime));
     let empty = Vec::new();
     let listeners = v.get("listeners").and_then(Value::as_array).unwrap_or(&empty);
     let rows: Vec<Vec<String>> = listeners
         .iter()
-        .map(|l| vec![s(l, "name"), s(l, "protocol"), s(l, "address"), n(l, "accepted_requests").to_string(), n(l, "open_connections").to_string()])
+        .map(|l| {
+            vec![
+                s(l, "name"),
+                s(l, "protocol"),
+                s(l, "address"),
+                n(l, "accepted_requests").to_string(),
+                n(l, "open_connections").to_string(),
+            ]
+        })
         .collect();
     table(&mut out, &["LISTENER", "PROTOCOL", "ADDRESS", "REQUESTS", "CONNS"], &rows);
     out.push('\n');
@@ -65,7 +74,11 @@ pub fn render(v: &Value) -> String {
             ]
         })
         .collect();
-    table(&mut out, &["POOL", "REQUESTS", "QUEUE/MAX", "IDLE/BUSY/TOTAL", "MAX-REACHED", "SLOW", "503", "EXITS"], &rows);
+    table(
+        &mut out,
+        &["POOL", "REQUESTS", "QUEUE/MAX", "IDLE/BUSY/TOTAL", "MAX-REACHED", "SLOW", "503", "EXITS"],
+        &rows,
+    );
     out.push('\n');
     let mut rows = Vec::new();
     for p in pools {

@@ -107,7 +107,13 @@ pub fn main(socket: &Path, interval: Duration, count: Option<u64>) -> ExitCode {
         let screen = frame(&now, previous.as_ref().map(|(v, at)| (v, taken.duration_since(*at).as_secs_f64())));
         let mut out = std::io::stdout().lock();
         // On a terminal, redraw in place; into a pipe or file, one screen after another.
-        let lead = if terminal { "\x1b[H\x1b[2J" } else if shown > 0 { "\n" } else { "" };
+        let lead = if terminal {
+            "\x1b[H\x1b[2J"
+        } else if shown > 0 {
+            "\n"
+        } else {
+            ""
+        };
         if write!(out, "{lead}{screen}").and_then(|()| out.flush()).is_err() {
             return ExitCode::SUCCESS; // the reader went away (`top | head`)
         }

@@ -11,9 +11,9 @@
 //! and the working directory inside it, then groups, gid and uid last (after setuid nothing
 //! privileged is possible any more). The parent-death signal is set by spawn.rs *after* this
 //! hook, because the kernel clears it when the credentials change.
+use crate::config::Pool;
 use nix::sys::resource::Resource;
 use nix::unistd::Gid;
-use crate::config::Pool;
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
@@ -62,7 +62,7 @@ pub struct Prepared {
 
 impl Prepared {
     /// Resolve everything a worker of `pool` needs; `python_path` is `<runtime_dir>/python`.
-    pub fn for_pool(pool: &Pool, python_path: &Path) -> Result<Prepared, IsolateError> {
+    pub fn for_pool(pool: &Pool, python_path: &Path) -> Result<Self, IsolateError> {
         let iso = &pool.isolation;
         if let Some(file) = pool.app.file() {
             // Checked at load time too; the file may have changed hands since.
@@ -123,7 +123,7 @@ impl Prepared {
             env.push(("PATH".to_owned(), CLEAN_PATH.to_owned()));
         }
 
-        Ok(Prepared {
+        Ok(Self {
             uid,
             gid,
             groups,
@@ -343,7 +343,8 @@ mod tests {
         std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
         // Someone else (neither owner nor group member) may read it: every level has o+rx.
         let stranger = std::fs::metadata(&file).unwrap().uid() + 12345;
-        let ancestors_ok = file.ancestors().skip(1).all(|d| std::fs::metadata(d).map(|m| m.mode() & 0o001 != 0).unwrap_or(true));
+        let ancestors_ok =
+            file.ancestors().skip(1).all(|d| std::fs::metadata(d).map(|m| m.mode() & 0o001 != 0).unwrap_or(true));
         if ancestors_ok {
             assert!(reachable(&file, stranger, &[]).is_ok());
         }

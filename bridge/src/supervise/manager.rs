@@ -21,7 +21,9 @@
 //!   logged and it is killed.
 //! - Start-up failures back off exponentially (0.5 s doubling to 30 s); while no worker
 //!   is ready, one attempt at a time, and the dispatcher answers 503 at once.
-use super::policy::{self, Action, DrainStep, Member, Mib, Recycle, Roster, Sampled, Sizing, Spread, State, Verdict, ROUND};
+use super::policy::{
+    self, Action, DrainStep, Member, Mib, Recycle, Roster, Sampled, Sizing, Spread, State, Verdict, ROUND,
+};
 use super::stats::{ManagerView, RestartRecord, WorkerInfo};
 use super::worker::{self, Event, WorkerCtl, WorkerTask};
 use super::{PoolControl, Stop};
@@ -137,7 +139,7 @@ impl Manager {
         control: Arc<PoolControl>,
         python_path: Arc<PathBuf>,
         socket_dir: PathBuf,
-    ) -> (Manager, mpsc::UnboundedReceiver<Event>) {
+    ) -> (Self, mpsc::UnboundedReceiver<Event>) {
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         let seed = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -146,7 +148,7 @@ impl Manager {
             ^ (u64::from(std::process::id()) << 32)
             ^ (Arc::as_ptr(&control) as u64);
         let conf = |v| nix::unistd::sysconf(v).ok().flatten().and_then(|n| u64::try_from(n).ok()).filter(|&n| n > 0);
-        let mut m = Manager {
+        let mut m = Self {
             name,
             cfg,
             cfg_gen: 0,
@@ -248,17 +250,32 @@ impl Manager {
                 self.dispatcher.purge();
                 match w.exit_reason.clone() {
                     Some(reason) => {
-                        tracing::info!(pool = &*self.name, pid = w.pid, slot = w.slot, "worker stopped ({reason}): {status}");
+                        tracing::info!(
+                            pool = &*self.name,
+                            pid = w.pid,
+                            slot = w.slot,
+                            "worker stopped ({reason}): {status}"
+                        );
                         self.record_exit(&w, reason, now);
                     }
                     None => {
-                        tracing::error!(pool = &*self.name, pid = w.pid, slot = w.slot, "worker exited: {status}; replacing it");
+                        tracing::error!(
+                            pool = &*self.name,
+                            pid = w.pid,
+                            slot = w.slot,
+                            "worker exited: {status}; replacing it"
+                        );
                         self.crashes += 1;
                         self.record_exit(&w, format!("exited unexpectedly: {status}"), now);
                         if let Some(backoff) = policy::backoff_after_crash(self.backoff, w.ready_at, now) {
                             self.backoff = backoff;
                             self.next_spawn_at = Some(now + self.backoff);
-                            tracing::info!(pool = &*self.name, slot = w.slot, "restarting the worker in {:?}", self.backoff);
+                            tracing::info!(
+                                pool = &*self.name,
+                                slot = w.slot,
+                                "restarting the worker in {:?}",
+                                self.backoff
+                            );
                         }
                     }
                 }
@@ -305,7 +322,10 @@ impl Manager {
         match cmd {
             ManagerCmd::Reconfigure { config, restart } => self.reconfigure(config, restart),
             ManagerCmd::Remove { within } => {
-                tracing::info!(pool = &*self.name, "pool removed from the configuration: finishing its requests, then stopping its workers");
+                tracing::info!(
+                    pool = &*self.name,
+                    "pool removed from the configuration: finishing its requests, then stopping its workers"
+                );
                 self.removing = Some(Instant::now() + within);
             }
             ManagerCmd::Stop { how, done } => self.begin_stop(how, Some(done)),
@@ -326,7 +346,11 @@ impl Manager {
         if roll {
             self.cfg_gen += 1;
             let serving = self.workers.iter().filter(|w| w.state == State::Ready).count();
-            tracing::info!(pool = &*self.name, workers = serving, "reload: configuration changed; rolling restart (each worker is retired once a new one is ready)");
+            tracing::info!(
+                pool = &*self.name,
+                workers = serving,
+                "reload: configuration changed; rolling restart (each worker is retired once a new one is ready)"
+            );
             // Workers still starting with the old configuration are of no use.
             for w in self.workers.iter_mut().filter(|w| w.state == State::Starting) {
                 w.exit_reason = Some("reload (started with the previous configuration)".into());
@@ -379,11 +403,7 @@ impl Manager {
         let graceful = self.sup().graceful_timeout;
         for o in overdue {
             let Some(w) = self.workers.iter_mut().find(|w| w.key == o.worker) else { continue };
-            let dump = if native && !w.stacks_dumped {
-                "Its Python stacks follow; "
-            } else {
-                ""
-            };
+            let dump = if native && !w.stacks_dumped { "Its Python stacks follow; " } else { "" };
             tracing::error!(
                 pool = &*self.name, pid = w.pid, request_id = o.request_id, uri = %o.uri,
                 "request-timeout ({}): {} {} ran {:.1?} in worker {}; answering 504. {dump}the worker is replaced, its other requests get graceful-timeout ({}) to finish",
@@ -426,18 +446,38 @@ impl Manager {
             if w.state != State::Ready || w.recycle.is_some() {
                 continue;
             }
-            let sampled = Sampled { ready_at: w.ready_at, rss: w.rss, cpu: w.cpu, lifetime_end: w.lifetime_end, memory_warned: w.memory_warned };
+            let sampled = Sampled {
+                ready_at: w.ready_at,
+                rss: w.rss,
+                cpu: w.cpu,
+                lifetime_end: w.lifetime_end,
+                memory_warned: w.memory_warned,
+            };
             let verdict = policy::round_verdict(&s, &sampled, now);
             match verdict {
                 Verdict::Memory { rss, limit } => {
-                    tracing::warn!(pool = &*self.name, pid = w.pid, rss, limit, "worker's resident memory {} is over memory-limit {}: recycling it", Mib(rss), Mib(limit));
+                    tracing::warn!(
+                        pool = &*self.name,
+                        pid = w.pid,
+                        rss,
+                        limit,
+                        "worker's resident memory {} is over memory-limit {}: recycling it",
+                        Mib(rss),
+                        Mib(limit)
+                    );
                 }
                 Verdict::MemoryLater { rss, limit } => {
                     w.memory_warned = true;
                     tracing::warn!(pool = &*self.name, pid = w.pid, rss, limit, "worker's resident memory {} is over memory-limit {}; recycled once it has lived min-lifetime ({})", Mib(rss), Mib(limit), DurationText(s.min_lifetime));
                 }
                 Verdict::Cpu { used, limit } => {
-                    tracing::warn!(pool = &*self.name, pid = w.pid, "worker used {:.1}s of CPU time, cpu-time-limit is {}: recycling it", used.as_secs_f64(), DurationText(limit));
+                    tracing::warn!(
+                        pool = &*self.name,
+                        pid = w.pid,
+                        "worker used {:.1}s of CPU time, cpu-time-limit is {}: recycling it",
+                        used.as_secs_f64(),
+                        DurationText(limit)
+                    );
                 }
                 Verdict::Interval { .. } | Verdict::Keep => {}
             }
@@ -521,7 +561,13 @@ impl Manager {
         }
         self.spawn_budget -= n;
         self.target = grow.target;
-        tracing::debug!(pool = &*self.name, waiting = view.queue_now, idle = view.idle_slots, round, "starting {n} more worker(s)");
+        tracing::debug!(
+            pool = &*self.name,
+            waiting = view.queue_now,
+            idle = view.idle_slots,
+            round,
+            "starting {n} more worker(s)"
+        );
     }
 
     // ------------------------------------------------------------------ decisions
@@ -590,7 +636,9 @@ impl Manager {
                     spawned_at: w.spawned_at,
                     recycle_urgent: w.recycle.as_ref().map(|r| r.urgent),
                     busy: match w.state {
-                        State::Ready if shrinking => self.dispatcher.worker_view(w.key, false).map(|v| v.busy).unwrap_or(0),
+                        State::Ready if shrinking => {
+                            self.dispatcher.worker_view(w.key, false).map(|v| v.busy).unwrap_or(0)
+                        }
                         _ => 0,
                     },
                 })
@@ -619,7 +667,9 @@ impl Manager {
         // 503 at once while the app cannot start and nothing serves.
         let active = self.active();
         let why = match &self.failing {
-            Some(f) if active == 0 => Some(Arc::from(format!("pool {} cannot start its app ({f}); retrying with backoff", self.name))),
+            Some(f) if active == 0 => {
+                Some(Arc::from(format!("pool {} cannot start its app ({f}); retrying with backoff", self.name)))
+            }
             _ => None,
         };
         self.set_unavailable(why);
@@ -648,8 +698,12 @@ impl Manager {
         w.state = State::Draining { deadline: Instant::now() + graceful, dumped: false };
         let open = self.dispatcher.drain_worker(w.key);
         tracing::info!(
-            pool = &*self.name, pid = w.pid, slot = w.slot, in_flight = open,
-            "retiring the worker: {reason}; it takes no new requests (graceful-timeout {})", DurationText(graceful)
+            pool = &*self.name,
+            pid = w.pid,
+            slot = w.slot,
+            in_flight = open,
+            "retiring the worker: {reason}; it takes no new requests (graceful-timeout {})",
+            DurationText(graceful)
         );
         w.exit_reason = Some(reason);
         if open == 0 {
@@ -668,7 +722,12 @@ impl Manager {
                 DrainStep::Finish => finish(w),
                 DrainStep::DumpStacks { until } => {
                     let current: Vec<String> = view
-                        .map(|v| v.current.iter().map(|c| format!("{} {} ({:.0?})", c.method, c.uri, now.duration_since(c.since))).collect())
+                        .map(|v| {
+                            v.current
+                                .iter()
+                                .map(|c| format!("{} {} ({:.0?})", c.method, c.uri, now.duration_since(c.since)))
+                                .collect()
+                        })
                         .unwrap_or_default();
                     tracing::warn!(
                         pool = &*self.name, pid = w.pid,
@@ -680,7 +739,11 @@ impl Manager {
                 }
                 DrainStep::Kill => {
                     if !native {
-                        tracing::warn!(pool = &*self.name, pid = w.pid, "worker did not finish {open} request(s) within graceful-timeout; killing it");
+                        tracing::warn!(
+                            pool = &*self.name,
+                            pid = w.pid,
+                            "worker did not finish {open} request(s) within graceful-timeout; killing it"
+                        );
                     }
                     w.hard = true;
                     finish(w);
@@ -702,7 +765,9 @@ impl Manager {
                 w.replaced = true;
                 w.slot
             }
-            None => (0..).find(|n| !self.workers.iter().any(|w| w.slot == *n && w.state != State::Stopping)).unwrap_or(0),
+            None => {
+                (0..).find(|n| !self.workers.iter().any(|w| w.slot == *n && w.state != State::Stopping)).unwrap_or(0)
+            }
         };
         // Unique across pools and reloads: a pool removed and added again by two reloads
         // shares its socket directory with its predecessor's last workers.
@@ -835,7 +900,11 @@ fn finish(w: &mut Worker) {
 }
 
 /// Run the manager until it is stopped (or its pool removed and drained).
-pub async fn run(mut m: Manager, mut events: mpsc::UnboundedReceiver<Event>, mut cmds: mpsc::UnboundedReceiver<ManagerCmd>) {
+pub async fn run(
+    mut m: Manager,
+    mut events: mpsc::UnboundedReceiver<Event>,
+    mut cmds: mpsc::UnboundedReceiver<ManagerCmd>,
+) {
     let dispatcher = m.dispatcher.clone();
     let mut next_tick = Instant::now() + m.tick_period();
     loop {

@@ -1,8 +1,8 @@
 //! Process supervision: the bridge starts, watches and replaces the worker processes of
 //! every pool (see docs/worker-contract.md for what a worker is given).
 mod isolate;
-mod policy;
 pub mod manager;
+mod policy;
 pub mod program;
 pub mod runtime_dir;
 mod spawn;
@@ -22,8 +22,8 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-pub use runtime_dir::RuntimeDir;
 pub use isolate::inside as inside_chroot;
+pub use runtime_dir::RuntimeDir;
 pub use spawn::ignore_operator_signals;
 pub use worker::describe_exit;
 pub use worker::WorkerCtl;
@@ -48,7 +48,7 @@ impl WorkerHandle {
     }
 
     pub fn with_ctl(pool: Arc<str>, pid: u32, socket: PathBuf, ctl: mpsc::UnboundedSender<WorkerCtl>) -> Self {
-        WorkerHandle { pool, pid, socket, alive: AtomicBool::new(true), ctl }
+        Self { pool, pid, socket, alive: AtomicBool::new(true), ctl }
     }
 
     pub fn is_alive(&self) -> bool {
@@ -89,9 +89,9 @@ pub struct PoolRuntime {
 }
 
 impl PoolRuntime {
-    pub fn new(config: config::Pool) -> Arc<PoolRuntime> {
+    pub fn new(config: config::Pool) -> Arc<Self> {
         let (cmd, cmd_rx) = mpsc::unbounded_channel();
-        Arc::new(PoolRuntime {
+        Arc::new(Self {
             name: Arc::from(config.name.as_str()),
             dispatcher: Arc::new(Dispatcher::new(config.queue_size, config.queue_timeout)),
             control: Arc::new(PoolControl { cmd, cmd_rx: Mutex::new(Some(cmd_rx)), view: Mutex::default() }),
@@ -138,8 +138,13 @@ pub struct Supervisor {
 
 impl Supervisor {
     /// Start the manager of every pool; each starts its workers.
-    pub fn start(pools: &[Arc<PoolRuntime>], rt: &RuntimeDir) -> Result<Supervisor, runtime_dir::RuntimeDirError> {
-        let mut s = Supervisor { pools: Vec::new(), retiring: Vec::new(), tasks: Vec::new(), python_path: Arc::new(rt.python_path()) };
+    pub fn start(pools: &[Arc<PoolRuntime>], rt: &RuntimeDir) -> Result<Self, runtime_dir::RuntimeDirError> {
+        let mut s = Self {
+            pools: Vec::new(),
+            retiring: Vec::new(),
+            tasks: Vec::new(),
+            python_path: Arc::new(rt.python_path()),
+        };
         for p in pools {
             s.start_manager(p, rt)?;
         }

@@ -35,7 +35,7 @@ pub(super) struct Recycle {
 
 impl Recycle {
     fn calm(reason: String) -> Self {
-        Recycle { reason, urgent: false, hard: false }
+        Self { reason, urgent: false, hard: false }
     }
 }
 
@@ -109,7 +109,7 @@ pub(super) struct Spread(u64);
 
 impl Spread {
     pub fn new(seed: u64) -> Self {
-        Spread(seed | 1)
+        Self(seed | 1)
     }
 
     /// A number in `0..=upto`.
@@ -156,28 +156,39 @@ pub(super) struct Sampled {
 pub(super) enum Verdict {
     Keep,
     /// Over memory-limit but younger than min-lifetime: say so once, recycle later.
-    MemoryLater { rss: u64, limit: u64 },
-    Memory { rss: u64, limit: u64 },
-    Cpu { used: Duration, limit: Duration },
-    Interval { lived: Duration },
+    MemoryLater {
+        rss: u64,
+        limit: u64,
+    },
+    Memory {
+        rss: u64,
+        limit: u64,
+    },
+    Cpu {
+        used: Duration,
+        limit: Duration,
+    },
+    Interval {
+        lived: Duration,
+    },
 }
 
 impl Verdict {
     /// The replacement this verdict asks for.
     pub fn recycle(&self) -> Option<Recycle> {
         match *self {
-            Verdict::Keep | Verdict::MemoryLater { .. } => None,
-            Verdict::Memory { rss, limit } => Some(Recycle {
+            Self::Keep | Self::MemoryLater { .. } => None,
+            Self::Memory { rss, limit } => Some(Recycle {
                 reason: format!("memory-limit (RSS {} > {})", Mib(rss), Mib(limit)),
                 urgent: true,
                 hard: false,
             }),
-            Verdict::Cpu { used, .. } => Some(Recycle {
+            Self::Cpu { used, .. } => Some(Recycle {
                 reason: format!("cpu-time-limit ({}s of CPU)", used.as_secs()),
                 urgent: true,
                 hard: false,
             }),
-            Verdict::Interval { lived } => Some(Recycle::calm(format!("restart-interval (ready for {:.0?})", lived))),
+            Self::Interval { lived } => Some(Recycle::calm(format!("restart-interval (ready for {:.0?})", lived))),
         }
     }
 }
@@ -282,7 +293,11 @@ pub(super) fn still_idle(busy: u32, served: u64, last_served: u64) -> bool {
 }
 
 /// Workers idle for idle-timeout, longest idle first: `(idle since, id)`.
-pub(super) fn idle_candidates(idle: &[(u64, Option<Instant>)], idle_timeout: Duration, now: Instant) -> Vec<(Instant, u64)> {
+pub(super) fn idle_candidates(
+    idle: &[(u64, Option<Instant>)],
+    idle_timeout: Duration,
+    now: Instant,
+) -> Vec<(Instant, u64)> {
     let mut out: Vec<(Instant, u64)> = idle
         .iter()
         .filter_map(|&(id, since)| since.filter(|&t| now.duration_since(t) >= idle_timeout).map(|t| (t, id)))
@@ -343,10 +358,8 @@ pub(super) enum Action {
 pub(super) fn plan(r: &Roster, now: Instant) -> Vec<Action> {
     let mut out = Vec::new();
     let mut ready: Vec<&Member> = r.members.iter().filter(|m| m.state == State::Ready).collect();
-    let mut pending: Vec<(bool, Instant, u64)> = ready
-        .iter()
-        .filter_map(|m| m.recycle_urgent.map(|urgent| (!urgent, m.spawned_at, m.id)))
-        .collect();
+    let mut pending: Vec<(bool, Instant, u64)> =
+        ready.iter().filter_map(|m| m.recycle_urgent.map(|urgent| (!urgent, m.spawned_at, m.id))).collect();
     pending.sort();
     let want = r.want;
     let mut active = ready.len();
@@ -392,7 +405,9 @@ pub(super) enum DrainStep {
     /// No request left: stop it.
     Finish,
     /// Past graceful-timeout: log its Python stacks, kill it at `until`.
-    DumpStacks { until: Instant },
+    DumpStacks {
+        until: Instant,
+    },
     /// Past the deadline: kill it.
     Kill,
 }

@@ -32,7 +32,7 @@ pub struct RuntimeDir {
 
 impl RuntimeDir {
     /// Create (or reuse the configured) directory and unpack the worker package into it.
-    pub fn prepare(configured: Option<&Path>) -> Result<RuntimeDir, RuntimeDirError> {
+    pub fn prepare(configured: Option<&Path>) -> Result<Self, RuntimeDirError> {
         let (path, remove_on_drop) = match configured {
             Some(p) => {
                 DirBuilder::new()
@@ -44,7 +44,7 @@ impl RuntimeDir {
             }
             None => (fresh_dir()?, true),
         };
-        let dir = RuntimeDir { path, remove_on_drop };
+        let dir = Self { path, remove_on_drop };
         dir.unpack_python()?;
         // Workers of a pool with `user:` must reach python/ (0755) through this directory:
         // traversable (o+x) but not listable. pools/ stays 0700: only the bridge connects.
@@ -111,10 +111,8 @@ fn native_module_source() -> PathBuf {
     if let Some(p) = std::env::var_os("FCGIBRIDGE_WORKER_LIB") {
         return PathBuf::from(p);
     }
-    let exe_dir = std::env::current_exe()
-        .ok()
-        .and_then(|e| e.parent().map(Path::to_owned))
-        .unwrap_or_else(|| PathBuf::from("."));
+    let exe_dir =
+        std::env::current_exe().ok().and_then(|e| e.parent().map(Path::to_owned)).unwrap_or_else(|| PathBuf::from("."));
     exe_dir.join("libfcgibridge_worker.so")
 }
 
@@ -136,10 +134,8 @@ fn fresh_dir() -> Result<PathBuf, RuntimeDirError> {
     let pid = std::process::id();
     let mut last_err = None;
     for attempt in 0..100u32 {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
+        let nanos =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
         let p = base.join(format!("fcgibridge-{pid}-{:x}", nanos.wrapping_add(attempt)));
         match DirBuilder::new().mode(0o700).create(&p) {
             Ok(()) => return Ok(p),

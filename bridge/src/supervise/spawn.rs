@@ -9,8 +9,7 @@ use std::process::Stdio;
 use tokio::process::Command;
 
 /// The worker's entry point; argv[1] is the directory holding the fcgibridge_worker package.
-const BOOT: &str =
-    "import sys; sys.path.insert(0, sys.argv.pop(1)); import fcgibridge_worker.main as m; m.main()";
+const BOOT: &str = "import sys; sys.path.insert(0, sys.argv.pop(1)); import fcgibridge_worker.main as m; m.main()";
 /// The fd a worker writes READY / ERROR to.
 const READY_FD: i32 = 3;
 
@@ -56,7 +55,8 @@ pub async fn spawn_worker(pool: &Pool, python_path: &Path, socket: &Path) -> Res
     let listener = UnixListener::bind(socket).map_err(sock_err)?;
     let listener_fd: OwnedFd = listener.into();
 
-    let (ready_r, ready_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| SpawnError::Pipe(e.into()))?;
+    let (ready_r, ready_w) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| SpawnError::Pipe(e.into()))?;
 
     let app = match &pool.app {
         App::Command(argv) => argv.join(" "),
@@ -72,10 +72,7 @@ pub async fn spawn_worker(pool: &Pool, python_path: &Path, socket: &Path) -> Res
         c
     });
     worker_environment(&mut cmd, pool, &iso, app);
-    cmd.stdin(Stdio::from(listener_fd))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
+    cmd.stdin(Stdio::from(listener_fd)).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
 
     if !give_ready_fd {
         cmd.env_remove("FCGIBRIDGE_READY_FD");

@@ -33,8 +33,7 @@ const CONTROL_FD: i32 = 4;
 const READY_FD: i32 = 3;
 /// How long a template may take to fork and answer with the pid.
 const FORK_REPLY_TIMEOUT: Duration = Duration::from_secs(10);
-const BOOT: &str =
-    "import sys; sys.path.insert(0, sys.argv.pop(1)); import fcgibridge_worker.main as m; m.main()";
+const BOOT: &str = "import sys; sys.path.insert(0, sys.argv.pop(1)); import fcgibridge_worker.main as m; m.main()";
 
 /// Why a worker could not be forked from its pool's template.
 #[derive(Debug, thiserror::Error)]
@@ -166,12 +165,14 @@ fn forget(pool: &str, slot: &Slot) {
 
 async fn start_template(pool: &Pool, python_path: &Path) -> Result<Arc<Template>, TemplateError> {
     let iso = Prepared::for_pool(pool, python_path)?;
-    let (ours, theirs) = socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK)
-        .map_err(|e| TemplateError::Start(e.into()))?;
+    let (ours, theirs) =
+        socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK)
+            .map_err(|e| TemplateError::Start(e.into()))?;
     // The template's end must block (Python reads it with select + recvmsg).
     nix::fcntl::fcntl(&theirs, nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::empty()))
         .map_err(|e| TemplateError::Start(e.into()))?;
-    let (ready_r, ready_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| TemplateError::Start(e.into()))?;
+    let (ready_r, ready_w) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| TemplateError::Start(e.into()))?;
 
     let app = super::spawn::python_app_spec(pool, &iso)
         .ok_or_else(|| TemplateError::Fork("command: pools have no template".into()))?;
@@ -286,7 +287,9 @@ async fn read_control(t: Arc<Template>) {
     let mut buf = [0u8; 256];
     loop {
         let n = match t.ctl.readable().await {
-            Ok(mut guard) => match guard.try_io(|fd| recv(fd.as_raw_fd(), &mut buf, MsgFlags::empty()).map_err(std::io::Error::from)) {
+            Ok(mut guard) => match guard
+                .try_io(|fd| recv(fd.as_raw_fd(), &mut buf, MsgFlags::empty()).map_err(std::io::Error::from))
+            {
                 Ok(Ok(n)) => n,
                 Ok(Err(_)) => 0,
                 Err(_would_block) => continue,
@@ -335,7 +338,9 @@ async fn watch_template(t: Arc<Template>, mut child: tokio::process::Child) {
     let status = child.wait().await;
     t.mark_dead();
     match status {
-        Ok(s) => tracing::warn!(pool = &*t.pool, pid = t.pid, "template exited ({s}); the next worker starts a new one"),
+        Ok(s) => {
+            tracing::warn!(pool = &*t.pool, pid = t.pid, "template exited ({s}); the next worker starts a new one")
+        }
         Err(e) => tracing::warn!(pool = &*t.pool, pid = t.pid, "template lost: {e}"),
     }
 }

@@ -27,7 +27,9 @@ pub enum WorkerCtl {
     /// SIGUSR2: the native worker prints every thread's Python stack to stderr.
     DumpStacks,
     /// SIGTERM, then SIGKILL after `grace`.
-    Term { grace: Duration },
+    Term {
+        grace: Duration,
+    },
     Kill,
 }
 
@@ -35,12 +37,24 @@ pub enum WorkerCtl {
 #[derive(Debug)]
 pub enum Event {
     /// The process exists (or was forked by the pool's template).
-    Spawned { id: u64, pid: u32 },
-    Ready { id: u64, took: Duration },
+    Spawned {
+        id: u64,
+        pid: u32,
+    },
+    Ready {
+        id: u64,
+        took: Duration,
+    },
     /// It never became ready; `why` is one line.
-    Failed { id: u64, why: String },
+    Failed {
+        id: u64,
+        why: String,
+    },
     /// It exited after it was ready.
-    Exited { id: u64, status: String },
+    Exited {
+        id: u64,
+        status: String,
+    },
 }
 
 /// Everything the task needs.
@@ -99,7 +113,14 @@ pub async fn run(t: WorkerTask, mut ctl: mpsc::UnboundedReceiver<WorkerCtl>) {
     let spawned = Instant::now();
     let handle = Arc::new(WorkerHandle::with_ctl(pool.clone(), pid, t.socket.clone(), t.ctl_tx.clone()));
     if t.max_requests > 0 {
-        tracing::info!(pool = &*pool, pid, slot = t.slot, generation = t.id, max_requests = t.max_requests, "worker started");
+        tracing::info!(
+            pool = &*pool,
+            pid,
+            slot = t.slot,
+            generation = t.id,
+            max_requests = t.max_requests,
+            "worker started"
+        );
     } else {
         tracing::info!(pool = &*pool, pid, slot = t.slot, generation = t.id, "worker started");
     }
@@ -187,7 +208,12 @@ pub async fn run(t: WorkerTask, mut ctl: mpsc::UnboundedReceiver<WorkerCtl>) {
                 }
                 None => break, // the manager retired it meanwhile
             },
-            Err(e) => tracing::error!(pool = &*pool, pid, "cannot connect to the worker socket {}: {e}", handle.socket.display()),
+            Err(e) => tracing::error!(
+                pool = &*pool,
+                pid,
+                "cannot connect to the worker socket {}: {e}",
+                handle.socket.display()
+            ),
         }
     }
     if connected == 0 && handle.is_alive() && t.dispatcher.worker_view(t.key, false).is_some_and(|v| !v.draining) {
@@ -260,7 +286,11 @@ fn report_failure(t: &WorkerTask, gate: &LineGate, pid: u32, why: &str) {
     let pool = &*t.pool;
     if repeated {
         gate.suppress();
-        tracing::error!(pool, pid, "worker failed to start again, same error: {why} (its output is not repeated; see the first failure)");
+        tracing::error!(
+            pool,
+            pid,
+            "worker failed to start again, same error: {why} (its output is not repeated; see the first failure)"
+        );
     } else {
         gate.open();
         tracing::error!(pool, pid, "worker failed to start: {why}");
@@ -345,8 +375,8 @@ enum Gate {
 const HOLD_MAX: usize = 400;
 
 impl LineGate {
-    pub fn new(pool: Arc<str>, pid: u32) -> LineGate {
-        LineGate { pool, pid, state: Mutex::new((Gate::Hold, Vec::new())) }
+    pub fn new(pool: Arc<str>, pid: u32) -> Self {
+        Self { pool, pid, state: Mutex::new((Gate::Hold, Vec::new())) }
     }
 
     /// Log what was held, and every line from now on.

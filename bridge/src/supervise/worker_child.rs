@@ -24,20 +24,25 @@ enum Inner {
     /// `pidfd` names this very process: the template reaps it, so once it has exited its
     /// pid may be reused before the EXIT report arrives, and a signal by pid could hit a
     /// stranger. `None` only where pidfd_open(2) is missing (Linux < 5.3).
-    Forked { pid: u32, pidfd: Option<OwnedFd>, exit: Option<oneshot::Receiver<i32>>, status: Option<ExitStatus> },
+    Forked {
+        pid: u32,
+        pidfd: Option<OwnedFd>,
+        exit: Option<oneshot::Receiver<i32>>,
+        status: Option<ExitStatus>,
+    },
 }
 
 impl WorkerChild {
     /// A child the bridge started itself.
-    pub fn direct(mut child: tokio::process::Child) -> WorkerChild {
+    pub fn direct(mut child: tokio::process::Child) -> Self {
         let stdout = child.stdout.take().map(|p| Box::new(p) as OutputPipe);
         let stderr = child.stderr.take().map(|p| Box::new(p) as OutputPipe);
-        WorkerChild { stdout, stderr, inner: Inner::Direct(child) }
+        Self { stdout, stderr, inner: Inner::Direct(child) }
     }
 
     /// A process forked by a template; `exit` delivers its raw wait status.
-    pub fn forked(pid: u32, exit: oneshot::Receiver<i32>, stdout: OutputPipe, stderr: OutputPipe) -> WorkerChild {
-        WorkerChild {
+    pub fn forked(pid: u32, exit: oneshot::Receiver<i32>, stdout: OutputPipe, stderr: OutputPipe) -> Self {
+        Self {
             stdout: Some(stdout),
             stderr: Some(stderr),
             inner: Inner::Forked { pid, pidfd: pidfd_open(pid), exit: Some(exit), status: None },
@@ -104,7 +109,13 @@ impl WorkerChild {
             Inner::Forked { pidfd: Some(fd), status: None, .. } => {
                 // SAFETY: pidfd_send_signal(2) with a valid pidfd, no siginfo, no flags.
                 unsafe {
-                    libc::syscall(libc::SYS_pidfd_send_signal, fd.as_raw_fd(), sig as libc::c_int, std::ptr::null::<libc::siginfo_t>(), 0);
+                    libc::syscall(
+                        libc::SYS_pidfd_send_signal,
+                        fd.as_raw_fd(),
+                        sig as libc::c_int,
+                        std::ptr::null::<libc::siginfo_t>(),
+                        0,
+                    );
                 }
             }
             _ => {

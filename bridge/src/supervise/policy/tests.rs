@@ -76,34 +76,54 @@ fn dynamic_grows_for_spare_threads_and_the_queue() {
         s.spare_processes = 2;
     });
     // 2 spare processes of 4 threads = 8 free threads wanted; 3 free: 2 more workers.
-    let g = grow(&s, &sizing(|z| {
-        z.idle_slots = 3;
-        z.total = 2;
-        z.good_total = 2;
-    }));
+    let g = grow(
+        &s,
+        &sizing(|z| {
+            z.idle_slots = 3;
+            z.total = 2;
+            z.good_total = 2;
+        }),
+    );
     assert_eq!(g, Grow { start: 2, rate_limited: false, target: 4 });
     // Enough free threads, counting those of workers still starting: nothing.
-    assert_eq!(grow(&s, &sizing(|z| {
-        z.idle_slots = 4;
-        z.starting = 1;
-        z.total = 3;
-    })).start, 0);
+    assert_eq!(
+        grow(
+            &s,
+            &sizing(|z| {
+                z.idle_slots = 4;
+                z.starting = 1;
+                z.total = 3;
+            })
+        )
+        .start,
+        0
+    );
     // A queue of 9 waiting with no spare wanted: 3 workers of 4 threads, capped by processes.
     let ondemand = sup(|s| s.mode = Mode::OnDemand);
     assert_eq!(grow(&ondemand, &sizing(|z| z.queue_now = 9)).start, 3);
-    assert_eq!(grow(&ondemand, &sizing(|z| {
-        z.queue_now = 90;
-        z.total = 6;
-    })).start, 2);
+    assert_eq!(
+        grow(
+            &ondemand,
+            &sizing(|z| {
+                z.queue_now = 90;
+                z.total = 6;
+            })
+        )
+        .start,
+        2
+    );
 }
 
 #[test]
 fn spawn_budget_limits_growth_and_the_rate_doubles_to_its_cap() {
     let s = sup(|s| s.mode = Mode::OnDemand);
-    let g = grow(&s, &sizing(|z| {
-        z.queue_now = 20;
-        z.budget = 1;
-    }));
+    let g = grow(
+        &s,
+        &sizing(|z| {
+            z.queue_now = 20;
+            z.budget = 1;
+        }),
+    );
     assert_eq!(g, Grow { start: 1, rate_limited: true, target: 1 });
     let mut rate = 1;
     let rates: Vec<u32> = (0..5)
@@ -256,7 +276,8 @@ fn replacements_roll_and_the_last_worker_keeps_serving() {
 #[test]
 fn a_smaller_static_pool_retires_its_idlest_workers() {
     let t0 = Instant::now();
-    let members: Vec<Member> = (0..4).map(|i| Member { busy: [3, 0, 2, 1][i as usize], ..ready(i, t0, None) }).collect();
+    let members: Vec<Member> =
+        (0..4).map(|i| Member { busy: [3, 0, 2, 1][i as usize], ..ready(i, t0, None) }).collect();
     assert_eq!(
         plan(&roster(Mode::Static, 2, members.clone()), t0),
         vec![Action::Shrink { id: 1, want: 2 }, Action::Shrink { id: 3, want: 2 }]
@@ -270,7 +291,9 @@ fn draining_workers_finish_dump_their_stacks_then_die() {
     let deadline = t0 + secs(30);
     assert_eq!(drain_step(0, deadline, false, true, t0), DrainStep::Finish);
     assert_eq!(drain_step(2, deadline, false, true, t0 + secs(29)), DrainStep::Wait);
-    assert!(matches!(drain_step(2, deadline, false, true, deadline), DrainStep::DumpStacks { until } if until > deadline));
+    assert!(
+        matches!(drain_step(2, deadline, false, true, deadline), DrainStep::DumpStacks { until } if until > deadline)
+    );
     assert_eq!(drain_step(2, deadline, true, true, deadline), DrainStep::Kill);
     assert_eq!(drain_step(2, deadline, false, false, deadline), DrainStep::Kill, "no stacks from a command worker");
 }
