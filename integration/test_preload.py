@@ -135,10 +135,12 @@ def _exited(pid: int) -> bool:
         return True
 
 
-@pytest.mark.parametrize("change", ["pool removed", "preload turned off"])
+@pytest.mark.parametrize("change", ["pool removed", "preload turned off", "restart all (SIGUSR2)"])
 def test_reload_retires_a_template_no_longer_needed(tmp_path, change):
     """A template forks for one pool's settings: when the pool goes away (or stops
-    preloading) on reload, the template exits with its last worker, not with the bridge."""
+    preloading) on reload, the template exits with its last worker, not with the bridge.
+    SIGUSR2 restarts every pool: a preloaded one gets a fresh template (its code re-imported),
+    not new forks of the old one."""
     ports = free_ports(2)
     pools = {
         "keep": {"app": str(APPS / "edge_app.py"), "processes": 1, "threads": 1},
@@ -154,11 +156,11 @@ def test_reload_retires_a_template_no_longer_needed(tmp_path, change):
         if change == "pool removed":
             del b.config["pools"]["edge"]
             b.config["listeners"]["l"]["routes"] = [{"host": "keep.test", "pool": "keep"}]
-        else:
+        elif change == "preload turned off":
             b.config["pools"]["edge"]["preload"] = False
         (b.confdir / "50-test.yaml").write_text(to_yaml(b.config))
         mark = b.log.mark()
-        b.proc.send_signal(signal.SIGHUP)
+        b.proc.send_signal(signal.SIGUSR2 if change.startswith("restart all") else signal.SIGHUP)
         b.log.wait_for(["reload done"], since=mark, timeout=30)
         b.log.wait_for([r"retiring its template", r"\bedge\b"], since=mark, timeout=30)
         wait_until(lambda: _exited(tpl), 30, what=f"the template {tpl} to exit after its pool's {change}")
@@ -167,5 +169,10 @@ def test_reload_retires_a_template_no_longer_needed(tmp_path, change):
             wait_until(lambda: b.request("/health", pool="edge.test", listener="l").status == 200, 30,
                        what="the pool to serve from plain workers")
             assert ppid_of(worker_pid(b)) == b.pid
+        if change.startswith("restart all"):
+            def forked_from_a_new_template():
+                pid = worker_pid(b)
+                return ppid_of(pid) not in (tpl, b.pid)
+            wait_until(forked_from_a_new_template, 60, what="the pool to serve from a fresh template's forks")
     finally:
         b.stop()

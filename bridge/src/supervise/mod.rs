@@ -190,7 +190,9 @@ impl Supervisor {
             match self.pools.iter().find(|p| p.config.name == cfg.name) {
                 Some(old) if old.config == *cfg && !restart_all => next.push(old.clone()),
                 Some(old) => {
-                    if old.config.isolation.preload && !cfg.isolation.preload {
+                    // A restart of every pool re-imports the code: a preloaded pool's new
+                    // workers must fork from a fresh template, not from the old one.
+                    if old.config.isolation.preload && (!cfg.isolation.preload || restart_all) {
                         template::retire_pool(&cfg.name);
                     }
                     let p = Arc::new(PoolRuntime {

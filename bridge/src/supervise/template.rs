@@ -146,12 +146,13 @@ async fn running_template(pool: &Pool, python_path: &Path) -> Result<Arc<Templat
     }
 }
 
-/// Retire the template of a pool that was removed or no longer preloads: it forks no more
-/// and exits after its last worker, instead of idling until the bridge exits.
+/// Retire the template of a pool that was removed, no longer preloads or is restarted
+/// (SIGUSR2): it forks no more and exits after its last worker, instead of idling until
+/// the bridge exits.
 pub fn retire_pool(pool: &str) {
     let slot = lock(&TEMPLATES).remove(pool);
     if let Some(t) = slot.as_ref().and_then(|s| s.get()) {
-        tracing::info!(pool, pid = t.pid, "pool removed or no longer preloaded; retiring its template");
+        tracing::info!(pool, pid = t.pid, "pool removed, no longer preloaded or restarted; retiring its template");
         t.retire();
     }
 }
