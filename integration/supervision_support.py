@@ -51,7 +51,8 @@ def pid_of(resp) -> int:
     return json.loads(resp.body)["pid"]
 
 
-def _stat(pid: int):
+def proc_stat(pid: int):
+    """(state, ppid) of a process from /proc, or None when it is gone."""
     try:
         with open(f"/proc/{pid}/stat") as f:
             text = f.read()
@@ -67,7 +68,7 @@ def worker_pids(b) -> set[int]:
     for name in os.listdir("/proc"):
         if not name.isdigit():
             continue
-        st = _stat(int(name))
+        st = proc_stat(int(name))
         if st is None or st[1] != b.pid or st[0] == "Z":
             continue
         try:
@@ -81,7 +82,7 @@ def worker_pids(b) -> set[int]:
 
 
 def alive(pid: int) -> bool:
-    st = _stat(pid)
+    st = proc_stat(pid)
     return st is not None and st[0] != "Z"
 
 

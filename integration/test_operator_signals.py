@@ -6,7 +6,6 @@ workers must survive them (docs/systemd.md#signals, docs/worker-contract.md)."""
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 import re
 import shutil
@@ -16,19 +15,10 @@ import sys
 import pytest
 
 from harness import APPS, free_ports, make_bridge, wait_until
+from supervision_support import alive, proc_stat
 
 APP = str(APPS / "lifecycle_app.py")
 SIGNALS = {"SIGUSR1": signal.SIGUSR1, "SIGHUP": signal.SIGHUP, "SIGUSR2": signal.SIGUSR2}
-
-
-def _stat(pid: int):
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            text = f.read()
-    except OSError:
-        return None
-    fields = text[text.rfind(")") + 2:].split()
-    return fields[0], int(fields[1])  # state, ppid
 
 
 def descendants(root: int) -> set[int]:
@@ -36,7 +26,7 @@ def descendants(root: int) -> set[int]:
     children: dict[int, list[int]] = {}
     for name in os.listdir("/proc"):
         if name.isdigit():
-            st = _stat(int(name))
+            st = proc_stat(int(name))
             if st is not None and st[0] != "Z":
                 children.setdefault(st[1], []).append(int(name))
     out, todo = set(), [root]
@@ -53,11 +43,6 @@ def cmdline(pid: int) -> bytes:
             return f.read()
     except OSError:
         return b""
-
-
-def alive(pid: int) -> bool:
-    st = _stat(pid)
-    return st is not None and st[0] != "Z"
 
 
 def undelivered(pid: int, sig: int) -> bool:
@@ -223,7 +208,7 @@ def test_sigusr2_to_the_whole_service(signalled):
     b = signalled
     before = stable_workers(b)
     # The preload template stays: it is only replaced when the pool's settings change.
-    templates = {p for p in before["native"] if (_stat(p) or ("", 0))[1] == b.pid and descendants(p)}
+    templates = {p for p in before["native"] if (proc_stat(p) or ("", 0))[1] == b.pid and descendants(p)}
     old = set().union(*before.values()) - templates
     mark = b.log.mark()
     everyone = {b.pid} | set().union(*before.values())

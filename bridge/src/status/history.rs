@@ -42,10 +42,6 @@ impl<T> Ring<T> {
     pub fn iter(&self) -> impl DoubleEndedIterator<Item = &T> + ExactSizeIterator {
         self.items.iter()
     }
-
-    pub fn len(&self) -> usize {
-        self.items.len()
-    }
 }
 
 /// A pool's cumulative counters and its gauges at one instant.
@@ -209,8 +205,7 @@ fn pairs<T>(ring: &Ring<(Instant, T)>) -> impl Iterator<Item = (f64, &(Instant, 
 }
 
 fn pool_series(s: &Series<PoolSample>, unix: &impl Fn(Instant) -> f64) -> PoolHistory {
-    let n = s.ring.len().saturating_sub(1);
-    let mut h = PoolHistory::with_capacity(s.name.clone(), n);
+    let mut h = PoolHistory { name: s.name.clone(), ..Default::default() };
     for (secs, (_, a), (at, b)) in pairs(&s.ring) {
         h.time.push((unix(*at) * 1000.0).round() / 1000.0);
         h.requests_per_second.push(rate(b.latency.count(), a.latency.count(), secs));
@@ -270,7 +265,7 @@ mod tests {
             r.push(i);
         }
         assert_eq!(r.iter().copied().collect::<Vec<_>>(), vec![2, 3, 4]);
-        assert_eq!(r.len(), 3);
+        assert_eq!(r.iter().len(), 3);
     }
 
     #[test]

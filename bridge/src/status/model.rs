@@ -164,29 +164,6 @@ pub struct PoolHistory {
     pub moved: Moved,
 }
 
-impl PoolHistory {
-    /// Empty columns with room for `n` intervals.
-    pub fn with_capacity(name: String, n: usize) -> Self {
-        Self {
-            name,
-            time: Vec::with_capacity(n),
-            requests_per_second: Vec::with_capacity(n),
-            p50_seconds: Vec::with_capacity(n),
-            p95_seconds: Vec::with_capacity(n),
-            p99_seconds: Vec::with_capacity(n),
-            queue_length: Vec::with_capacity(n),
-            busy_workers: Vec::with_capacity(n),
-            idle_workers: Vec::with_capacity(n),
-            server_errors_per_second: Vec::with_capacity(n),
-            rejected_requests: Vec::with_capacity(n),
-            request_timeouts: Vec::with_capacity(n),
-            worker_exits: Vec::with_capacity(n),
-            worker_crashes: Vec::with_capacity(n),
-            moved: Moved::default(),
-        }
-    }
-}
-
 /// One listener's recent past, as columns.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct ListenerHistory {
