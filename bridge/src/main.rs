@@ -1,25 +1,8 @@
-//! fcgibridge: FastCGI/SCGI in front, pools of Python WSGI workers behind.
-//! See docs/architecture.md for the life of a request through these modules.
-
-mod backend;
-mod check;
-mod config;
-mod control;
-mod daemon;
-mod dispatch;
-mod flow;
-mod listen;
-mod logging;
-mod notify;
-mod probe;
-mod reload;
-mod request;
-mod respond;
-mod route;
-mod status;
-mod supervise;
+//! The `fcgibridge` command: its command-line syntax, and a call into the library for each
+//! command (lib.rs; docs/architecture.md maps the modules).
 
 use clap::{Parser, Subcommand};
+use fcgibridge::{cli, config, daemon};
 use std::path::PathBuf;
 
 #[derive(Parser)]
@@ -134,15 +117,15 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Run { config } => config.resolve().map_or_else(|code| code, |dir| daemon::main(&dir)),
-        Command::Check { config } => config.resolve().map_or_else(|code| code, |dir| check::main(&dir)),
+        Command::Check { config } => config.resolve().map_or_else(|code| code, |dir| cli::check::main(&dir)),
         Command::Status { config, socket, json } => control_main(config, socket, "status", json),
         Command::Top { config, socket, interval, count } => {
-            control_socket(config, socket).map_or_else(|code| code, |path| status::top::main(&path, interval, count))
+            control_socket(config, socket).map_or_else(|code| code, |path| cli::top::main(&path, interval, count))
         }
         Command::Reload { config, socket } => control_main(config, socket, "reload", false),
         Command::Stop { config, socket } => control_main(config, socket, "stop", false),
         Command::Request { address, path, method, headers, data, scgi, timeout } => {
-            request::main(request::Args { address, path, method, headers, data, scgi, timeout })
+            cli::request::main(cli::request::Args { address, path, method, headers, data, scgi, timeout })
         }
     }
 }
@@ -150,12 +133,12 @@ fn main() -> std::process::ExitCode {
 /// A control command's socket: the one given, or the one the configuration names.
 fn control_socket(config: ConfigArg, socket: Option<PathBuf>) -> Result<PathBuf, std::process::ExitCode> {
     if socket.is_some() {
-        return control::socket_for(None, socket);
+        return cli::control::socket_for(None, socket);
     }
-    control::socket_for(Some(&config.resolve()?), None)
+    cli::control::socket_for(Some(&config.resolve()?), None)
 }
 
 /// `status`, `reload`, `stop`: one command over the control socket.
 fn control_main(config: ConfigArg, socket: Option<PathBuf>, command: &str, json: bool) -> std::process::ExitCode {
-    control_socket(config, socket).map_or_else(|code| code, |path| control::main(None, Some(path), command, json))
+    control_socket(config, socket).map_or_else(|code| code, |path| cli::control::main(None, Some(path), command, json))
 }

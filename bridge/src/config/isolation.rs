@@ -606,7 +606,7 @@ mod tests {
         assert_eq!(iso.umask, Some(0o027));
         assert_eq!(iso.rlimit_core, Some(UNLIMITED));
         assert!(iso.clear_env && iso.preload && !iso.allow_root);
-        let text = crate::check::render(&config, "conf.d");
+        let text = crate::cli::check::render(&config, "conf.d");
         std::fs::remove_file(conf.join("10-a.yaml")).unwrap();
         std::fs::write(conf.join("00-effective.yaml"), &text).unwrap();
         TEST_BRIDGE_IDS.with(|c| c.set(ROOT));

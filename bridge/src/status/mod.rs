@@ -11,8 +11,6 @@ pub mod latency;
 pub mod model;
 pub mod openmetrics;
 pub mod slowlog;
-pub mod table;
-pub mod top;
 pub mod track;
 
 use crate::config::{self, Global, ListenAddress, Protocol};

@@ -75,7 +75,7 @@ fn frame(now: &Value, before: Option<(&Value, f64)>) -> String {
         rate_lines(&mut out, "LISTENER", &rates(&counts(prev, "listeners"), &counts(now, "listeners"), secs));
         out.push('\n');
     }
-    out.push_str(&super::table::render(now));
+    out.push_str(&super::status_table::render(now));
     out
 }
 
@@ -85,7 +85,7 @@ pub fn main(socket: &Path, interval: Duration, count: Option<u64>) -> ExitCode {
     let mut previous: Option<(Value, Instant)> = None;
     let mut shown = 0u64;
     loop {
-        let text = match super::super::control::call(socket, "status") {
+        let text = match super::control::call(socket, "status") {
             Ok(Ok(text)) => text,
             Ok(Err(msg)) => {
                 eprintln!("fcgibridge: {msg}");

@@ -40,8 +40,13 @@ fn table(out: &mut String, header: &[&str], rows: &[Vec<String>]) {
 pub fn render(v: &Value) -> String {
     let mut out = String::new();
     let uptime = v.get("uptime_seconds").and_then(Value::as_f64).unwrap_or(0.0);
-    let _ =
-        writeln!(out, "fcgibridge {} pid {} up {}\n", s(v, "version"), n(v, "pid"), super::html::human_secs(uptime));
+    let _ = writeln!(
+        out,
+        "fcgibridge {} pid {} up {}\n",
+        s(v, "version"),
+        n(v, "pid"),
+        crate::status::html::human_secs(uptime)
+    );
     let empty = Vec::new();
     let listeners = v.get("listeners").and_then(Value::as_array).unwrap_or(&empty);
     let rows: Vec<Vec<String>> = listeners
@@ -89,11 +94,11 @@ pub fn render(v: &Value) -> String {
                 n(w, "pid").to_string(),
                 s(w, "state"),
                 n(w, "requests").to_string(),
-                super::html::human_bytes(n(w, "rss_bytes")),
-                w.get("cpu_seconds").and_then(Value::as_f64).map_or("-".to_owned(), super::html::human_secs),
+                crate::status::html::human_bytes(n(w, "rss_bytes")),
+                w.get("cpu_seconds").and_then(Value::as_f64).map_or("-".to_owned(), crate::status::html::human_secs),
                 cur.map_or("-".to_owned(), |c| format!("{} {}", s(c, "method"), s(c, "uri"))),
                 cur.and_then(|c| c.get("duration_seconds").and_then(Value::as_f64))
-                    .map_or("-".to_owned(), super::html::human_secs),
+                    .map_or("-".to_owned(), crate::status::html::human_secs),
             ]);
         }
     }

@@ -1,0 +1,86 @@
+//! `fcgibridge status|reload|stop`: the client of the daemon's control socket
+//! (control.rs has the daemon's side and the protocol).
+use crate::control::socket_path;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// Why the control socket cannot be found or reached.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error(
+        "no control socket: set bridge.control-socket or bridge.runtime-dir in the configuration, or pass --socket"
+    )]
+    NotConfigured,
+    #[error("cannot reach the daemon at {path}: {source} (is `fcgibridge run` running with this configuration?)")]
+    Connect { path: String, source: std::io::Error },
+}
+
+/// Client side: send `command`, return the daemon's answer text.
+pub fn call(path: &Path, command: &str) -> Result<Result<String, String>, ClientError> {
+    let p = path.display().to_string();
+    let mut s = std::os::unix::net::UnixStream::connect(path)
+        .map_err(|e| ClientError::Connect { path: p.clone(), source: e })?;
+    let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
+    s.write_all(format!("{command}\n").as_bytes()).map_err(|e| ClientError::Connect { path: p.clone(), source: e })?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).map_err(|e| ClientError::Connect { path: p, source: e })?;
+    Ok(match out.split_once(' ') {
+        Some(("ok", rest)) => Ok(rest.to_owned()),
+        Some(("error", rest)) => Err(rest.trim().to_owned()),
+        _ => Err(format!("unexpected answer {:?}", out.trim())),
+    })
+}
+
+/// The control socket: the one given, else the one the configuration in `config_dir`
+/// names. An error is printed here, and its exit code returned.
+pub fn socket_for(config_dir: Option<&Path>, socket: Option<PathBuf>) -> Result<PathBuf, ExitCode> {
+    let not_configured = || {
+        eprintln!("fcgibridge: {}", ClientError::NotConfigured);
+        ExitCode::from(2)
+    };
+    match (socket, config_dir) {
+        (Some(p), _) => Ok(p),
+        (None, None) => Err(not_configured()),
+        (None, Some(dir)) => match crate::config::load(dir) {
+            Ok(c) => socket_path(&c.global).ok_or_else(not_configured),
+            Err(e) => {
+                eprintln!("fcgibridge: {e}");
+                Err(ExitCode::from(2))
+            }
+        },
+    }
+}
+
+/// `fcgibridge status|reload|stop`: find the socket, send, print.
+pub fn main(config_dir: Option<&Path>, socket: Option<PathBuf>, command: &str, json: bool) -> ExitCode {
+    let path = match socket_for(config_dir, socket) {
+        Ok(p) => p,
+        Err(code) => return code,
+    };
+    match call(&path, command) {
+        Err(e) => {
+            eprintln!("fcgibridge: {e}");
+            ExitCode::FAILURE
+        }
+        Ok(Err(msg)) => {
+            eprintln!("fcgibridge: {msg}");
+            ExitCode::FAILURE
+        }
+        Ok(Ok(text)) if command == "status" && !json => match serde_json::from_str::<serde_json::Value>(&text) {
+            Ok(v) => {
+                print!("{}", super::status_table::render(&v));
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("fcgibridge: the daemon sent a status this client cannot read: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Ok(Ok(text)) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+    }
+}

@@ -1,0 +1,22 @@
+//! fcgibridge: FastCGI/SCGI in front, pools of Python WSGI workers behind.
+//!
+//! The daemon as a library: `main.rs` parses the command line and calls [`daemon::main`]
+//! or one of the commands in [`cli`]. docs/architecture.md follows a request through these
+//! modules and has a map of where things are.
+
+mod backend;
+pub mod cli;
+pub mod config;
+mod control;
+pub mod daemon;
+mod dispatch;
+mod flow;
+mod listen;
+mod logging;
+mod notify;
+mod probe;
+mod reload;
+mod respond;
+mod route;
+mod status;
+mod supervise;
