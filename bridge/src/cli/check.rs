@@ -6,8 +6,8 @@
 //! 1 when not (the error, `file:line:column: key: message`, goes to stderr). Each pool's
 //! interpreter is run once to read its version (probe.rs).
 use crate::config::units::{DurationDisplay, SizeDisplay};
+use crate::config::ErrorPage;
 use crate::config::{self, App, Config, ListenAddress, Listener, LogFormat, Pool, Protocol};
-use crate::respond::error_override::ErrorPage;
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::path::Path;
@@ -242,9 +242,9 @@ fn quote(s: &str) -> String {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use crate::config::{Cidr, ProxyHeader, TrustedProxies};
+    use crate::config::{ErrorPages, PageSource};
     use crate::config::{Global, Route};
-    use crate::listen::proxy::{Cidr, ProxyHeader, TrustedProxies};
-    use crate::respond::error_override::{ErrorPages, PageSource};
     use std::collections::BTreeMap;
     use std::path::PathBuf;
     use std::time::Duration;

@@ -11,14 +11,17 @@
 //! YAML is read by serde-saphyr: maintained, panic-free on any input, and precise about
 //! line and column (serde_yaml is deprecated upstream).
 
+pub mod access_format;
 pub mod discover;
 mod error;
+mod error_pages;
 mod file;
 mod hint;
 pub mod isolation;
 mod locate;
 pub mod model;
 pub(crate) mod paths;
+mod proxies;
 mod recover;
 mod resolve;
 mod status_key;
@@ -27,7 +30,9 @@ pub mod units;
 mod validate;
 
 pub use error::ConfigError;
+pub use error_pages::{ErrorPage, ErrorPageError, ErrorPages, PageSource};
 pub use model::*;
+pub use proxies::{Cidr, ProxyConfigError, ProxyHeader, TrustedProxies};
 
 use error::Source;
 use locate::KeyIndex;

@@ -101,9 +101,9 @@ pub struct Listener {
     pub unrouted_redirect: UnroutedRedirect,
     /// `trusted-proxies` / `trusted-proxy-headers`; None: no proxy is trusted and the
     /// params are not looked at.
-    pub trusted_proxies: Option<crate::listen::proxy::TrustedProxies>,
+    pub trusted_proxies: Option<super::TrustedProxies>,
     /// `allowed-clients`: the only TCP peers whose connections are kept; None: everyone.
-    pub allowed_clients: Option<Vec<crate::listen::proxy::Cidr>>,
+    pub allowed_clients: Option<Vec<super::Cidr>>,
     /// What X-Sendfile from an app becomes (`file-handoff`).
     pub file_handoff: FileHandoff,
     /// Directories `file-handoff: serve` may send files from (`file-roots`).
@@ -233,7 +233,7 @@ pub struct Pool {
     /// The largest request body passed to the app (`max-body`); beyond it: 413. None: no limit.
     pub max_body: Option<u64>,
     /// `error-pages`: replace an app's 4xx/5xx body and the bridge's own 502/503/504.
-    pub error_pages: crate::respond::error_override::ErrorPages,
+    pub error_pages: super::ErrorPages,
     /// user, group, chroot, umask, rlimits, nice, clear-env, script ownership (default: none).
     pub isolation: super::isolation::Isolation,
 }

@@ -69,6 +69,28 @@ pub fn find_python(spec: &str, base: &Path, search_path: Option<&OsStr>) -> Resu
     Err(format!("{spec:?} was not found on PATH; set python: to an interpreter path or a virtualenv directory"))
 }
 
+/// The `command:` list of a pool: argv[0] found on `PATH` (or relative to the config file's
+/// directory when it contains a `/`), the rest passed as written.
+pub fn resolve_command(
+    argv: Vec<String>,
+    dir: &Path,
+    search_path: Option<&std::ffi::OsStr>,
+) -> Result<super::App, String> {
+    let Some(first) = argv.first() else {
+        return Err("is empty; name a FastCGI program, e.g. [php-cgi]".into());
+    };
+    if argv.iter().any(|a| a.contains('\0')) {
+        return Err("an argument contains a NUL byte".into());
+    }
+    let exe = find_python(first, dir, search_path).map_err(|m| {
+        // find_python's wording speaks of interpreters; say what is meant here.
+        m.replace("set python: to an interpreter path or a virtualenv directory", "write the program's path")
+    })?;
+    let mut resolved = vec![exe.display().to_string()];
+    resolved.extend(argv.into_iter().skip(1));
+    Ok(super::App::Command(resolved))
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -100,5 +122,21 @@ mod tests {
         assert!(missing.contains("not found on PATH"), "{missing}");
         let not_venv = find_python(bin.to_str().unwrap(), Path::new("/"), None).unwrap_err();
         assert!(not_venv.contains("not a virtualenv"), "{not_venv}");
+    }
+
+    #[test]
+    fn argv0_is_resolved_on_path() {
+        let path = std::ffi::OsString::from("/bin:/usr/bin");
+        let app = resolve_command(vec!["sh".into(), "-c".into(), "x".into()], Path::new("/"), Some(&path));
+        match app {
+            Ok(crate::config::App::Command(argv)) => {
+                assert!(argv[0].ends_with("/sh"), "{argv:?}");
+                assert_eq!(&argv[1..], ["-c", "x"]);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(resolve_command(vec![], Path::new("/"), Some(&path)).is_err());
+        let err = resolve_command(vec!["no-such-program-xyz".into()], Path::new("/"), Some(&path)).unwrap_err();
+        assert!(err.contains("not found on PATH"), "{err}");
     }
 }

@@ -79,7 +79,7 @@ pub fn pool(
                 None
             }
             (None, Some(argv)) => {
-                let r = crate::supervise::program::resolve_command(argv, dir, search_path)
+                let r = super::paths::resolve_command(argv, dir, search_path)
                     .map_err(|m| src.invalid(&here.key("command"), m));
                 note(&mut errs, r)
             }
@@ -194,8 +194,8 @@ fn error_pages(
     dir: &Path,
     raw: Option<super::file::Entries<super::file::RawErrorPage>>,
     errs: &mut Vec<ConfigError>,
-) -> crate::respond::error_override::ErrorPages {
-    use crate::respond::error_override::{ErrorPageError, ErrorPages, PageSource};
+) -> super::ErrorPages {
+    use super::{ErrorPageError, ErrorPages, PageSource};
     let mut pages = ErrorPages::default();
     for (status, page) in raw.map(|e| e.0).unwrap_or_default() {
         let file = page.file.as_deref().map(|f| paths::resolve(dir, f));
@@ -566,7 +566,7 @@ fn allowed_clients(
     here: &KeyPath,
     address: Option<&ListenAddress>,
     clients: Option<Vec<String>>,
-) -> Result<Option<Vec<crate::listen::proxy::Cidr>>, ConfigError> {
+) -> Result<Option<Vec<super::Cidr>>, ConfigError> {
     let Some(clients) = clients else { return Ok(None) };
     let key = here.key("allowed-clients");
     if let Some(ListenAddress::Unix(_)) = address {
@@ -579,7 +579,7 @@ fn allowed_clients(
     }
     let list = clients
         .iter()
-        .map(|c| crate::listen::proxy::Cidr::parse(c).map_err(|e| src.invalid(&key, e.to_string())))
+        .map(|c| super::Cidr::parse(c).map_err(|e| src.invalid(&key, e.to_string())))
         .collect::<Result<Vec<_>, _>>()?;
     Ok(Some(list))
 }
@@ -590,8 +590,8 @@ fn trusted_proxies(
     here: &KeyPath,
     proxies: Option<Vec<String>>,
     headers: Option<Vec<String>>,
-) -> Result<Option<crate::listen::proxy::TrustedProxies>, ConfigError> {
-    use crate::listen::proxy::{Cidr, ProxyHeader, TrustedProxies};
+) -> Result<Option<super::TrustedProxies>, ConfigError> {
+    use super::{Cidr, ProxyHeader, TrustedProxies};
     let Some(proxies) = proxies else {
         if headers.is_some() {
             return Err(src.invalid(

@@ -476,7 +476,7 @@ fn error_pages_are_files_or_local_redirects() {
     );
     let cfg = ok.config();
     let pages = &cfg.pools.iter().find(|p| p.name == "x").expect("pool x").error_pages;
-    use crate::respond::error_override::ErrorPage;
+    use crate::config::ErrorPage;
     assert!(matches!(pages.get(404), Some(ErrorPage::File { content_type: "text/html; charset=utf-8", .. })));
     assert!(matches!(pages.get(410), Some(ErrorPage::File { .. })));
     assert_eq!(pages.get(503), Some(&ErrorPage::Redirect(bytes::Bytes::from_static(b"/errors/503?x=1"))));

@@ -318,7 +318,7 @@ impl GlobalBuilder {
         if let Some(format) = raw.access_log_format {
             key((|| {
                 let path = self.claim(source, "access-log-format")?;
-                crate::logging::access_format::check(&format).map_err(|m| source.invalid(&path, m))?;
+                super::access_format::check(&format).map_err(|m| source.invalid(&path, m))?;
                 self.access_log_format = Some(format);
                 Ok(())
             })());

@@ -7,13 +7,14 @@
 //! the one place that decides how an error is answered.
 use crate::backend::exchange::{exchange, First, Next, Outcome, RequestInfo, SlotFate, FIRST_WRITE_BODY};
 use crate::backend::SlotConn;
+use crate::config::ErrorPages;
 use crate::dispatch::{AcquireError, Ticket};
 use crate::flow::{BodySource, End, ResponseSink};
 use crate::listen::ListenerCtx;
 use crate::logging::{AccessLog, AccessRecord};
 use crate::respond;
 use crate::respond::body_limit::{BodyWatch, Limited, LimitedSink, Tripped};
-use crate::respond::error_override::{ErrorPages, Override, Replaced};
+use crate::respond::error_override::{Override, Replaced};
 use crate::supervise::PoolRuntime;
 use bytes::{Bytes, BytesMut};
 use fastcgi_server::{Params, Role};
@@ -533,7 +534,7 @@ fn rejection_kind(e: &AcquireError) -> &'static crate::logging::ratelimit::Kind 
 #[cfg(test)]
 mod error_answer_tests {
     use super::*;
-    use crate::respond::error_override::PageSource;
+    use crate::config::PageSource;
 
     #[test]
     fn one_decision_for_every_error() {

@@ -7,7 +7,7 @@
 //!   `listen.allowed_clients`): the front ends of a bridge on a network.
 //!
 //! Unix-socket listeners are not affected (file permissions guard them).
-use super::proxy::Cidr;
+use crate::config::Cidr;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::OnceLock;
 

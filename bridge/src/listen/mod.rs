@@ -67,9 +67,9 @@ pub struct ListenerCtx {
     /// What a local redirect to an unrouted path becomes behind a server other than nginx.
     pub unrouted_redirect: crate::config::UnroutedRedirect,
     /// Proxies whose forwarding headers are believed (listen/proxy.rs); None: no scan.
-    pub trusted_proxies: Option<proxy::TrustedProxies>,
+    pub trusted_proxies: Option<crate::config::TrustedProxies>,
     /// `allowed-clients`: TCP peers outside it are closed at accept (listen/allow.rs).
-    pub allowed_clients: Option<Vec<proxy::Cidr>>,
+    pub allowed_clients: Option<Vec<crate::config::Cidr>>,
     /// `file-handoff: serve | translate` (respond/handoff.rs); None (`pass`): headers pass untouched.
     pub files: Option<Arc<crate::respond::handoff::Files>>,
     /// `mount`: SCRIPT_NAME for requests no prefix route mounted.
