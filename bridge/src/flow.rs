@@ -1,7 +1,7 @@
 //! The two ends of a request as the web server sees it: where its body comes from and
-//! where its response goes. Listeners implement them, `respond/` wraps them, and the
-//! exchange with a worker (backend/exchange.rs) drives them; this module depends on
-//! none of those.
+//! where its response goes. Listeners implement them, dispatch/request_body_limits.rs wraps them,
+//! and the exchange with a worker (backend/exchange.rs) drives them; this module depends
+//! on none of those.
 use bytes::Bytes;
 use std::future::Future;
 

@@ -13,7 +13,7 @@ use super::SlotConn;
 use crate::flow::{BodySource, End, FrontGone, ResponseSink};
 use crate::respond;
 use crate::respond::error_override::Replaced;
-use crate::respond::handoff::FileHandoff;
+use crate::respond::file_handoff::FileHandoff;
 use bytes::{Bytes, BytesMut};
 use fastcgi_server::cgi::parse_response_head;
 use fastcgi_server::client::{self, ClientEvent};
@@ -31,8 +31,8 @@ pub struct RequestInfo<'a> {
     /// The pool's `error-pages` when it has any, or the response this request fetches an
     /// error page for.
     pub error_pages: Option<respond::error_override::Override<'a>>,
-    /// `file-handoff: serve | translate` on the listener (respond/handoff.rs); None: pass.
-    pub files: Option<&'a respond::handoff::Files>,
+    /// `file-handoff: serve | translate` on the listener (respond/file_handoff.rs); None: pass.
+    pub files: Option<&'a respond::file_handoff::Files>,
 }
 
 /// What to do with the worker connection afterwards.
@@ -784,12 +784,12 @@ fn take_head(
     }
     if let Some(files) = info.files {
         match files.decide(&mut head, pid) {
-            respond::handoff::Decision::Forward => {}
-            respond::handoff::Decision::Serve(file) => {
+            respond::file_handoff::Decision::Forward => {}
+            respond::file_handoff::Decision::Serve(file) => {
                 st.front = Front::HandedOn(respond::Handoff::File(file));
                 return Ok(None);
             }
-            respond::handoff::Decision::Refuse { header, why } => {
+            respond::file_handoff::Decision::Refuse { header, why } => {
                 // Passed on, the header would show a filesystem path to the client.
                 tracing::error!(
                     pool,

@@ -15,6 +15,7 @@
 //! The manager marks a worker *draining* (recycling, reload, scale-down): its free slots
 //! are closed at once and its busy ones when their request ends, so it takes no new
 //! request; when its last slot is closed the manager is woken to stop the process.
+pub mod request_body_limits;
 pub mod serve;
 
 use std::collections::VecDeque;

@@ -5,6 +5,7 @@
 //! serve it again at another path (a CGI local redirect, an error page that is a local
 //! path), or finish. The exchange says what comes after it ([`Next`]); [`error_answer`] is
 //! the one place that decides how an error is answered.
+use super::request_body_limits::{BodyWatch, Limited, LimitedSink, Tripped};
 use crate::backend::exchange::{exchange, First, Next, Outcome, RequestInfo, SlotFate, FIRST_WRITE_BODY};
 use crate::backend::SlotConn;
 use crate::config::ErrorPages;
@@ -13,7 +14,6 @@ use crate::flow::{BodySource, End, ResponseSink};
 use crate::listen::ListenerCtx;
 use crate::logging::{AccessLog, AccessRecord};
 use crate::respond;
-use crate::respond::body_limit::{BodyWatch, Limited, LimitedSink, Tripped};
 use crate::respond::error_override::{Override, Replaced};
 use crate::supervise::PoolRuntime;
 use bytes::{Bytes, BytesMut};
@@ -179,7 +179,7 @@ pub async fn serve<S: BodySource, K: ResponseSink>(
         uri_bytes: &uri_bytes,
         started,
         body_watch: &body_watch,
-        // `max-body` and `body-timeout` (respond/body_limit.rs): the wrappers cost one flag
+        // `max-body` and `body-timeout` (dispatch/request_body_limits.rs): the wrappers cost one flag
         // load per body chunk and per response write, so every request goes through them.
         source: Limited::new(source, u64::MAX, &body_watch, lst.body_timeout),
         sink: LimitedSink::new(sink, &body_watch),
@@ -320,7 +320,7 @@ impl<'a, S: BodySource, K: ResponseSink> Request<'a, S, K> {
         }
         // Where a wsgi.file_wrapper file may come back from as X-Sendfile: the bridge's
         // word only, never the web server's (docs/worker-contract.md).
-        respond::handoff::set_worker_roots(&mut self.params, lst.files.as_deref());
+        respond::file_handoff::set_worker_roots(&mut self.params, lst.files.as_deref());
         let declared = match self.admit(pool).await {
             Ok(declared) => declared,
             Err(step) => return step,
@@ -358,7 +358,7 @@ impl<'a, S: BodySource, K: ResponseSink> Request<'a, S, K> {
     async fn admit(&mut self, pool: &'a PoolRuntime) -> Result<Option<u64>, Step<'a>> {
         let (lst, request_id, uri) = (self.lst, self.request_id, self.uri);
         if let Some(limit) = pool.config.max_body {
-            if respond::body_limit::too_large(&self.params, limit) {
+            if super::request_body_limits::too_large(&self.params, limit) {
                 if crate::logging::ratelimit::allow(&crate::logging::ratelimit::TOO_LARGE, &pool.name) {
                     tracing::warn!(pool = %pool.name, request_id, uri = %uri, limit, "request body is larger than max-body, answering 413");
                 }
@@ -366,7 +366,7 @@ impl<'a, S: BodySource, K: ResponseSink> Request<'a, S, K> {
             }
             self.source.set_limit(limit);
         }
-        let declared = respond::body_limit::declared_length(&self.params).ok().flatten(); // checked by the listener (400)
+        let declared = super::request_body_limits::declared_length(&self.params).ok().flatten(); // checked by the listener (400)
         if let Some(n) = declared.filter(|n| (1..=FIRST_WRITE_BODY as u64).contains(n)) {
             if self.source.prefetch(n).await.is_err() {
                 if self.body_watch.tripped() == Some(Tripped::Stalled) {
@@ -457,7 +457,7 @@ impl<'a, S: BodySource, K: ResponseSink> Request<'a, S, K> {
         }
     }
 
-    /// A tripped `max-body` or `body-timeout` (respond/body_limit.rs) decides the status
+    /// A tripped `max-body` or `body-timeout` (dispatch/request_body_limits.rs) decides the status
     /// of a request that ran: logged here, whatever the exchange said comes next.
     fn tripped(
         &self,
@@ -491,7 +491,7 @@ impl<'a, S: BodySource, K: ResponseSink> Request<'a, S, K> {
     }
 
     /// Send the file the app handed on (respond/sendfile.rs).
-    async fn send_file(&mut self, pool: &'a PoolRuntime, file: &respond::handoff::FileHandoff) -> Step<'a> {
+    async fn send_file(&mut self, pool: &'a PoolRuntime, file: &respond::file_handoff::FileHandoff) -> Step<'a> {
         let (lst, request_id, uri) = (self.lst, self.request_id, self.uri);
         let roots = lst.files.as_ref().map_or(&[][..], |f| &f.roots[..]);
         let max_ranges = lst.files.as_ref().map_or(0, |f| f.max_ranges);

@@ -565,7 +565,7 @@ impl Conn {
         let Some(req) = self.find(id) else { return };
         let Req::Starting { role, params, prefix, body_done, .. } = req else { return };
         let Some(params) = params.take() else { return };
-        if let Err(e) = crate::respond::body_limit::declared_length(&params) {
+        if let Err(e) = crate::dispatch::request_body_limits::declared_length(&params) {
             self.refuse_length(id, &e);
             return;
         }

@@ -53,7 +53,7 @@ pub struct ListenerCtx {
     pub max_conns: usize,
     /// `header-timeout`: from a request's first byte until its headers are complete.
     pub header_timeout: std::time::Duration,
-    /// `body-timeout`: the longest wait for the next body byte (respond/body_limit.rs).
+    /// `body-timeout`: the longest wait for the next body byte (dispatch/request_body_limits.rs).
     pub body_timeout: std::time::Duration,
     /// Connections opened through this context (the status page sums a listener's contexts).
     pub open_conns: AtomicUsize,
@@ -70,8 +70,8 @@ pub struct ListenerCtx {
     pub trusted_proxies: Option<crate::config::TrustedProxies>,
     /// `allowed-clients`: TCP peers outside it are closed at accept (listen/allow.rs).
     pub allowed_clients: Option<Vec<crate::config::Cidr>>,
-    /// `file-handoff: serve | translate` (respond/handoff.rs); None (`pass`): headers pass untouched.
-    pub files: Option<Arc<crate::respond::handoff::Files>>,
+    /// `file-handoff: serve | translate` (respond/file_handoff.rs); None (`pass`): headers pass untouched.
+    pub files: Option<Arc<crate::respond::file_handoff::Files>>,
     /// `mount`: SCRIPT_NAME for requests no prefix route mounted.
     pub mount: Option<String>,
     /// `path-info: keep`: leave SCRIPT_NAME / PATH_INFO as the web server sent them.
@@ -176,7 +176,7 @@ pub fn make_ctx(
         trusted_proxies: cfg.trusted_proxies.clone(),
         allowed_clients: cfg.allowed_clients.clone(),
         files: {
-            use crate::respond::handoff::{Files, Mode};
+            use crate::respond::file_handoff::{Files, Mode};
             let mode = match cfg.file_handoff {
                 crate::config::FileHandoff::Pass => None,
                 crate::config::FileHandoff::Serve => Some(Mode::Serve),
@@ -197,7 +197,7 @@ pub fn make_ctx(
 pub struct NewSockets(Vec<(usize, Bound)>);
 
 /// One running listener.
-struct Live {
+struct RunningListener {
     cfg: config::Listener,
     ctx: Arc<ListenerCtx>,
     /// Stops this listener's accept loop (removal by a reload, or the daemon stopping);
@@ -211,7 +211,7 @@ struct Live {
 /// stays (no connection is refused meanwhile), binds the new ones before changing
 /// anything, and stops the removed ones.
 pub struct ListenerSet {
-    live: Vec<Live>,
+    live: Vec<RunningListener>,
     shared: Arc<Shared>,
 }
 
@@ -245,7 +245,7 @@ impl ListenerSet {
         crate::status::track::listener_started(&ctx);
         tracing::info!(listener = %cfg.name, protocol = ?cfg.protocol, address = %describe(&cfg.address), "listening");
         let task = tokio::spawn(accept_loop(b, ctx.clone(), stop_rx));
-        self.live.push(Live { cfg: cfg.clone(), ctx, stop, task, socket_file });
+        self.live.push(RunningListener { cfg: cfg.clone(), ctx, stop, task, socket_file });
         Ok(())
     }
 
@@ -294,7 +294,7 @@ impl ListenerSet {
             }
         }
         let (mut added, mut changed) = (Vec::new(), Vec::new());
-        let mut next: Vec<Option<Live>> = self.live.drain(..).map(Some).collect();
+        let mut next: Vec<Option<RunningListener>> = self.live.drain(..).map(Some).collect();
         let mut live = Vec::new();
         for (i, cfg, ctx) in kept {
             let Some(mut l) = next[i].take() else { continue };
@@ -312,7 +312,7 @@ impl ListenerSet {
             l.cfg = cfg;
             live.push(l);
         }
-        let removed: Vec<Live> = next.into_iter().flatten().collect();
+        let removed: Vec<RunningListener> = next.into_iter().flatten().collect();
         self.live = live;
         for (i, b) in fresh {
             added.push(config[i].name.clone());
@@ -401,7 +401,7 @@ async fn accept_loop(bound: Bound, mut ctx: Arc<ListenerCtx>, mut stop: watch::R
                 continue;
             }
         };
-        if let Conn::Tcp(s) = &conn {
+        if let Accepted::Tcp(s) = &conn {
             if !allow::admit(s, &ctx.name, ctx.allowed_clients.as_deref()) {
                 continue;
             }
@@ -415,12 +415,12 @@ async fn accept_loop(bound: Bound, mut ctx: Arc<ListenerCtx>, mut stop: watch::R
         let guard = ConnGuard { ctx: ctx.clone(), live: live.clone() };
         let ctx = ctx.clone();
         match conn {
-            Conn::Tcp(s) => {
+            Accepted::Tcp(s) => {
                 let sock = Sock { fd: std::os::fd::AsRawFd::as_raw_fd(&s), tcp: true };
                 let (r, w) = s.into_split();
                 spawn_conn(protocol, r, w, ctx, peer, guard, sock);
             }
-            Conn::Unix(s) => {
+            Accepted::Unix(s) => {
                 let sock = Sock { fd: std::os::fd::AsRawFd::as_raw_fd(&s), tcp: false };
                 let (r, w) = s.into_split();
                 spawn_conn(protocol, r, w, ctx, peer, guard, sock);
@@ -560,21 +560,22 @@ pub fn reset_on_close(fd: std::os::fd::RawFd) {
     }
 }
 
-enum Conn {
+/// A connection just accepted, before its protocol is known to the code that serves it.
+enum Accepted {
     Tcp(tokio::net::TcpStream),
     Unix(tokio::net::UnixStream),
 }
 
-async fn accept(b: &Bound) -> std::io::Result<(Conn, String)> {
+async fn accept(b: &Bound) -> std::io::Result<(Accepted, String)> {
     match b {
         Bound::Tcp(l) => {
             let (s, peer) = l.accept().await?;
             let _ = s.set_nodelay(true);
-            Ok((Conn::Tcp(s), peer.to_string()))
+            Ok((Accepted::Tcp(s), peer.to_string()))
         }
         Bound::Unix { listener, .. } => {
             let (s, _) = listener.accept().await?;
-            Ok((Conn::Unix(s), "unix".to_owned()))
+            Ok((Accepted::Unix(s), "unix".to_owned()))
         }
     }
 }

@@ -5,13 +5,12 @@
 //! missing one means), at most one Content-Length, no Transfer-Encoding and no other
 //! hop-by-hop header. A header value carrying CR, LF or NUL would let an app split the
 //! response, so it turns the response into a 500. Internal redirects (redirect.rs), file
-//! hand-offs (handoff.rs decides, sendfile.rs streams) and error pages are decided here too.
+//! hand-offs (file_handoff.rs decides, sendfile.rs streams) and error pages are decided here too.
 use bytes::{BufMut, BytesMut};
 use fastcgi_server::cgi::{self, ResponseHead};
 
-pub mod body_limit;
 pub mod error_override;
-pub mod handoff;
+pub mod file_handoff;
 pub mod redirect;
 pub mod sendfile;
 
@@ -21,7 +20,7 @@ pub enum Handoff {
     /// Status 200 + `Location: /local/path`: serve that path instead.
     Local(bytes::Bytes),
     /// A file the bridge sends itself (X-Sendfile, X-Sendfile2, a mapped X-Accel-Redirect).
-    File(Box<handoff::FileHandoff>),
+    File(Box<file_handoff::FileHandoff>),
     /// A 4xx/5xx whose body the pool's `error-pages` replace (or, for the request fetching
     /// an error page, that page failing).
     ErrorPage(error_override::Replaced),

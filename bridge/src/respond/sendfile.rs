@@ -1,4 +1,4 @@
-//! Sending a handed-off file (respond/handoff.rs decides when): only from the listener's
+//! Sending a handed-off file (respond/file_handoff.rs decides when): only from the listener's
 //! `file-roots`, streamed in 64 KiB reads through the response sink, whose `send` waits
 //! while the web server is slow (back-pressure); a file is never read whole.
 //!
@@ -7,7 +7,7 @@
 //! ranges (206, multipart/byteranges; 416 when none is satisfiable) and HEAD are handled.
 //! X-Sendfile2 sends the app's ranges one after another with the app's status. The app's
 //! headers that do not describe the body are kept.
-use super::handoff::{FileHandoff, FileSpec, Piece};
+use super::file_handoff::{FileHandoff, FileSpec, Piece};
 use crate::flow::{End, ResponseSink};
 use bytes::{BufMut, Bytes, BytesMut};
 use fastcgi_server::Params;
@@ -23,7 +23,7 @@ const CHUNK: usize = 64 << 10;
 #[derive(Debug, thiserror::Error)]
 pub enum SendfileError {
     #[error("{0:?} is not a normal path: {1}")]
-    BadPath(String, super::handoff::PathFlaw),
+    BadPath(String, super::file_handoff::PathFlaw),
     #[error("{0:?} is not under any of the listener's file-roots")]
     OutsideRoots(String),
     #[error("{0:?} does not exist")]
@@ -71,12 +71,12 @@ async fn send_range<K: ResponseSink>(
 }
 
 /// Resolve `path` under one of `roots` (symlinks already resolved, as in
-/// [`Files`](super::handoff::Files)): a normal path (already checked by
-/// [`decide`](super::handoff::Files::decide); again here, as the last step before the
+/// [`Files`](super::file_handoff::Files)): a normal path (already checked by
+/// [`decide`](super::file_handoff::Files::decide); again here, as the last step before the
 /// filesystem), after following symlinks still inside a root; a regular file.
 pub fn resolve(roots: &[PathBuf], path: &[u8]) -> Result<(PathBuf, std::fs::Metadata), SendfileError> {
     let shown = String::from_utf8_lossy(path).into_owned();
-    super::handoff::normal_path(path, false).map_err(|flaw| SendfileError::BadPath(shown.clone(), flaw))?;
+    super::file_handoff::normal_path(path, false).map_err(|flaw| SendfileError::BadPath(shown.clone(), flaw))?;
     let p = Path::new(std::ffi::OsStr::from_bytes(path));
     let real = match std::fs::canonicalize(p) {
         Ok(r) => r,

@@ -35,14 +35,14 @@ pub(crate) static ANY_FRONT_PATHS: std::sync::atomic::AtomicBool = std::sync::at
 /// Make the listeners visible to the status renderers (again after a reload: the start
 /// time is kept).
 pub fn install(listeners: Vec<config::Listener>) {
-    let mut slot = SOURCES.write().unwrap_or_else(|e| e.into_inner());
-    let (start_time, started) = match slot.as_deref() {
+    let mut sources = SOURCES.write().unwrap_or_else(|e| e.into_inner());
+    let (start_time, started) = match sources.as_deref() {
         Some(s) => (s.start_time, s.started),
         None => (track::unix_now(), Instant::now()),
     };
     let any = listeners.iter().any(|l| l.status_path.is_some() || l.ping_path.is_some());
     ANY_FRONT_PATHS.store(any, std::sync::atomic::Ordering::Release);
-    *slot = Some(Arc::new(Sources { listeners, start_time, started }));
+    *sources = Some(Arc::new(Sources { listeners, start_time, started }));
 }
 
 /// The installed sources (None before start-up finished).

@@ -72,9 +72,10 @@ struct Template {
     alive: AtomicBool,
 }
 
-type Slot = Arc<OnceCell<Arc<Template>>>;
+/// A pool's template, started once by whichever worker needs it first.
+type TemplateCell = Arc<OnceCell<Arc<Template>>>;
 /// The template of every pool that has one running (or starting).
-static TEMPLATES: LazyLock<Mutex<HashMap<String, Slot>>> = LazyLock::new(|| Mutex::new(HashMap::new()));
+static TEMPLATES: LazyLock<Mutex<HashMap<String, TemplateCell>>> = LazyLock::new(|| Mutex::new(HashMap::new()));
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -123,8 +124,8 @@ pub async fn spawn_forked(pool: &Pool, python_path: &Path, socket: &Path) -> Res
 /// The pool's template, started (and waited for) when there is none.
 async fn running_template(pool: &Pool, python_path: &Path) -> Result<Arc<Template>, TemplateError> {
     loop {
-        let slot = lock(&TEMPLATES).entry(pool.name.clone()).or_default().clone();
-        let result = slot.get_or_try_init(|| start_template(pool, python_path)).await;
+        let cell = lock(&TEMPLATES).entry(pool.name.clone()).or_default().clone();
+        let result = cell.get_or_try_init(|| start_template(pool, python_path)).await;
         match result {
             Ok(t) if t.alive.load(Ordering::Acquire) && t.config == *pool => return Ok(t.clone()),
             Ok(t) if t.alive.load(Ordering::Acquire) => {
@@ -132,14 +133,14 @@ async fn running_template(pool: &Pool, python_path: &Path) -> Result<Arc<Templat
                 // one lives on until its last worker exits (graceful restarts), see retire().
                 tracing::info!(pool = &*t.pool, pid = t.pid, "pool settings changed; retiring its template");
                 t.retire();
-                forget(&pool.name, &slot);
+                forget(&pool.name, &cell);
             }
             Ok(_) => {
                 // Died since: forget it (unless someone already did) and start another.
-                forget(&pool.name, &slot);
+                forget(&pool.name, &cell);
             }
             Err(e) => {
-                forget(&pool.name, &slot);
+                forget(&pool.name, &cell);
                 return Err(e);
             }
         }
@@ -150,16 +151,16 @@ async fn running_template(pool: &Pool, python_path: &Path) -> Result<Arc<Templat
 /// (SIGUSR2): it forks no more and exits after its last worker, instead of idling until
 /// the bridge exits.
 pub fn retire_pool(pool: &str) {
-    let slot = lock(&TEMPLATES).remove(pool);
-    if let Some(t) = slot.as_ref().and_then(|s| s.get()) {
+    let cell = lock(&TEMPLATES).remove(pool);
+    if let Some(t) = cell.as_ref().and_then(|s| s.get()) {
         tracing::info!(pool, pid = t.pid, "pool removed, no longer preloaded or restarted; retiring its template");
         t.retire();
     }
 }
 
-fn forget(pool: &str, slot: &Slot) {
+fn forget(pool: &str, cell: &TemplateCell) {
     let mut map = lock(&TEMPLATES);
-    if map.get(pool).is_some_and(|s| Arc::ptr_eq(s, slot)) {
+    if map.get(pool).is_some_and(|s| Arc::ptr_eq(s, cell)) {
         map.remove(pool);
     }
 }

@@ -283,8 +283,8 @@ impl<K: ResponseSink> ResponseSink for LimitedSink<'_, K> {
                 self.cut = true;
                 (data, Some(End::CutOff))
             }
-            Some(Tripped::TooLarge) => (super::error_response(413, None).freeze(), end),
-            Some(Tripped::Stalled) => (super::error_response(408, None).freeze(), end),
+            Some(Tripped::TooLarge) => (crate::respond::error_response(413, None).freeze(), end),
+            Some(Tripped::Stalled) => (crate::respond::error_response(408, None).freeze(), end),
             None => (data, end),
         };
         if !data.is_empty() {
