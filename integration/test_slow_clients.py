@@ -376,12 +376,13 @@ def test_connections_beyond_max_connections_are_refused(env):
             assert read_until_closed(s, timeout=30) == b""
         bridge.log.wait_for([r"WARN", rf"max-connections \({CAP}\) reached: refusing a new connection",
                              r"listener=\"?capped", r"peer=\"?127\.0\.0\.1:\d+"], since=mark)
-        # the rest of the burst: summarized (first line + summaries account for every refusal)
+        # the rest of the burst: summarized by the log limiter like the other client-caused
+        # lines (first line + summaries account for every refusal)
         def counted():
             lines = [ln for ln in bridge.log.lines(mark) if "max-connections" in ln]
             total = 0
             for ln in lines:
-                m = re.search(r"(\d+) more connections refused", ln)
+                m = re.search(r"listener capped: (\d+) more connections refused \(max-connections reached\)", ln)
                 total += int(m.group(1)) if m else 1
             return total == len(extra) and lines
         lines = harness.wait_until(counted, 30, what="every refusal accounted for in the log")

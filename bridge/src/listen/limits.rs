@@ -1,10 +1,8 @@
 //! What one client may hold before its request is complete: memory for request headers
 //! still arriving (`header-memory`, shared by every listener of the daemon) and connections
-//! (`max-connections`, per listener, whose refusals are logged without flooding the log).
+//! (`max-connections`, per listener, whose refusals logging/ratelimit.rs summarises).
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
-use tokio::time::Instant;
 
 /// Bytes of request headers (FastCGI PARAMS and partial records, SCGI netstrings) that all
 /// connections of the daemon together hold while those headers are still arriving.
@@ -80,69 +78,6 @@ impl Drop for HeaderCharge {
     }
 }
 
-/// How often at most a listener logs the connections `max-connections` refused.
-const REFUSAL_SUMMARY: Duration = Duration::from_secs(1);
-
-/// The log of one listener's refused connections: a burst's first refusal gets its own
-/// line, the rest of it one summary line with a count per second at most.
-#[derive(Debug, Default)]
-pub struct Refusals {
-    /// When the last line was written.
-    logged: Option<Instant>,
-    /// Refusals since then that no line mentions yet.
-    unlogged: u64,
-}
-
-impl Refusals {
-    /// A connection from `peer` was refused.
-    pub fn refused(&mut self, listener: &str, peer: &str, cap: usize) {
-        self.refused_at(Instant::now(), listener, peer, cap);
-    }
-
-    fn refused_at(&mut self, now: Instant, listener: &str, peer: &str, cap: usize) {
-        match self.logged {
-            Some(at) if now.duration_since(at) < REFUSAL_SUMMARY || self.unlogged > 0 => {
-                self.unlogged += 1;
-                if now.duration_since(at) >= REFUSAL_SUMMARY {
-                    self.summarize(listener, cap, now);
-                }
-            }
-            _ => {
-                tracing::warn!(listener, peer, "max-connections ({cap}) reached: refusing a new connection");
-                self.logged = Some(now);
-            }
-        }
-    }
-
-    /// When the pending summary is due, if one is.
-    pub fn due(&self) -> Option<Instant> {
-        match self.logged {
-            Some(at) if self.unlogged > 0 => Some(at + REFUSAL_SUMMARY),
-            _ => None,
-        }
-    }
-
-    /// Write the pending summary (call at [`due`](Self::due)).
-    pub fn flush(&mut self, listener: &str, cap: usize) {
-        if self.unlogged > 0 {
-            self.summarize(listener, cap, Instant::now());
-        }
-    }
-
-    fn summarize(&mut self, listener: &str, cap: usize, now: Instant) {
-        let since = self.logged.map(|at| now.duration_since(at)).unwrap_or_default();
-        tracing::warn!(
-            listener,
-            refused = self.unlogged,
-            "max-connections ({cap}) reached: {} more connections refused in the last {:.1}s",
-            self.unlogged,
-            since.as_secs_f64()
-        );
-        self.unlogged = 0;
-        self.logged = Some(now);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -164,27 +99,5 @@ mod tests {
         drop(a);
         drop(b);
         assert_eq!(budget.used(), 0);
-    }
-
-    #[test]
-    fn refusals_are_summarized_once_a_second() {
-        let t0 = Instant::now();
-        let at = |ms: u64| t0 + Duration::from_millis(ms);
-        let mut r = Refusals::default();
-        r.refused_at(at(0), "l", "p", 2);
-        assert_eq!(r.due(), None);
-        r.refused_at(at(10), "l", "p", 2);
-        r.refused_at(at(20), "l", "p", 2);
-        assert_eq!((r.due(), r.unlogged), (Some(at(1000)), 2));
-        // Still refusing a second later: the summary goes out with that refusal.
-        r.refused_at(at(1000), "l", "p", 2);
-        assert_eq!((r.due(), r.unlogged), (None, 0));
-        r.refused_at(at(1500), "l", "p", 2);
-        assert_eq!(r.due(), Some(at(2000)));
-        r.summarize("l", 2, at(2000));
-        assert_eq!((r.due(), r.unlogged), (None, 0));
-        // Quiet for a second: the next refusal is a new burst's first, logged at once.
-        r.refused_at(at(3100), "l", "p", 2);
-        assert_eq!((r.due(), r.unlogged), (None, 0));
     }
 }

@@ -376,20 +376,14 @@ impl Drop for ConnGuard {
 
 async fn accept_loop(bound: Bound, mut ctx: Arc<ListenerCtx>, mut stop: watch::Receiver<bool>) {
     let live = Arc::new(AtomicUsize::new(0));
-    let mut refusals = limits::Refusals::default();
     loop {
         if ctx.superseded() {
             ctx = ctx.latest();
         }
         let protocol = ctx.protocol;
-        let summary_due = refusals.due();
         let accepted = tokio::select! {
             biased;
             _ = stop.changed() => return,
-            () = sleep_until(summary_due), if summary_due.is_some() => {
-                refusals.flush(&ctx.name, ctx.max_conns);
-                continue;
-            }
             a = accept(&bound) => a,
         };
         let (conn, peer) = match accepted {
@@ -408,7 +402,9 @@ async fn accept_loop(bound: Bound, mut ctx: Arc<ListenerCtx>, mut stop: watch::R
         }
         if live.fetch_add(1, Ordering::AcqRel) >= ctx.max_conns {
             live.fetch_sub(1, Ordering::AcqRel);
-            refusals.refused(&ctx.name, &peer, ctx.max_conns);
+            if crate::logging::ratelimit::allow(&crate::logging::ratelimit::MAX_CONNECTIONS, &ctx.name) {
+                tracing::warn!(listener = %ctx.name, peer, "max-connections ({}) reached: refusing a new connection", ctx.max_conns);
+            }
             continue;
         }
         ctx.open_conns.fetch_add(1, Ordering::AcqRel);

@@ -114,6 +114,14 @@ pub static PEER_REFUSED: Kind = Kind {
     burst: CLIENT_BURST,
 };
 
+/// A connection closed at once: the listener already holds `max-connections`.
+pub static MAX_CONNECTIONS: Kind = Kind {
+    scope: Scope::Listener,
+    what: "connections refused",
+    reason: "max-connections reached",
+    level: Level::Warn,
+    burst: 1,
+};
 /// 400: a CONTENT_LENGTH that is not plain decimal digits within 64 bits.
 pub static BAD_REQUEST: Kind = Kind {
     scope: Scope::Listener,
