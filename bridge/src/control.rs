@@ -5,7 +5,9 @@
 //! Protocol: the client writes one command line (`status`, `reload`, `stop`), the daemon
 //! answers with `ok <text>` or `error <text>` and closes. `status` answers with the JSON
 //! status document.
+use crate::registry::Registry;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixListener;
@@ -55,7 +57,12 @@ pub enum Request {
 }
 
 /// Answer control connections until `stop`; reload and stop requests go to `requests`.
-pub async fn serve(l: UnixListener, requests: tokio::sync::mpsc::Sender<Request>, mut stop: watch::Receiver<bool>) {
+pub async fn serve(
+    l: UnixListener,
+    requests: tokio::sync::mpsc::Sender<Request>,
+    registry: Arc<Registry>,
+    mut stop: watch::Receiver<bool>,
+) {
     loop {
         let conn = tokio::select! {
             biased;
@@ -69,9 +76,9 @@ pub async fn serve(l: UnixListener, requests: tokio::sync::mpsc::Sender<Request>
                 }
             },
         };
-        let requests = requests.clone();
+        let (requests, registry) = (requests.clone(), registry.clone());
         tokio::spawn(async move {
-            let _ = tokio::time::timeout(Duration::from_secs(10), answer(conn, requests)).await;
+            let _ = tokio::time::timeout(Duration::from_secs(10), answer(conn, requests, &registry)).await;
         });
     }
 }
@@ -87,7 +94,7 @@ fn peer_allowed(conn: &tokio::net::UnixStream) -> Result<u32, String> {
     }
 }
 
-async fn answer(mut conn: tokio::net::UnixStream, requests: tokio::sync::mpsc::Sender<Request>) {
+async fn answer(mut conn: tokio::net::UnixStream, requests: tokio::sync::mpsc::Sender<Request>, registry: &Registry) {
     let uid = match peer_allowed(&conn) {
         Ok(uid) => uid,
         Err(why) => {
@@ -107,10 +114,7 @@ async fn answer(mut conn: tokio::net::UnixStream, requests: tokio::sync::mpsc::S
     let line = String::from_utf8_lossy(&buf);
     let command = line.trim();
     let reply = match command {
-        "status" => match crate::status::snapshot() {
-            Some(s) => format!("ok {}", crate::status::json::render(&s)),
-            None => "error the daemon is still starting\n".to_owned(),
-        },
+        "status" => format!("ok {}", crate::status::json::render(&crate::status::snapshot(registry))),
         "reload" | "stop" => {
             let req = if command == "reload" { Request::Reload } else { Request::Stop };
             tracing::info!(uid, "control socket: {command} requested");

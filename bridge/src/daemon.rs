@@ -5,10 +5,11 @@
 //! served, then stop accepting, let in-flight requests finish within `shutdown-timeout`,
 //! stop the workers, remove the unix socket files, exit 0.
 //! SIGINT and SIGQUIT stop at once (workers get a second to exit).
-use crate::dispatch::serve::Shared;
+use crate::config::access_format::AccessFormat;
 use crate::listen;
 use crate::logging::{self, AccessLog};
 use crate::notify::Notifier;
+use crate::registry::Registry;
 use crate::supervise::{PoolRuntime, RuntimeDir, Stop, Supervisor};
 use std::collections::HashMap;
 use std::path::Path;
@@ -45,7 +46,7 @@ pub fn main(config_dir: &Path) -> ExitCode {
     logging::init(&config.global);
     raise_fd_limit();
     // Before any thread exists: these read and clear environment variables.
-    listen::systemd::init_from_env();
+    let passed = listen::systemd::Passed::from_env();
     let notifier = match Notifier::from_env() {
         Ok(n) => Arc::new(n),
         Err(e) => {
@@ -74,13 +75,18 @@ pub fn main(config_dir: &Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let code = runtime.block_on(run(config, notifier, config_dir.to_path_buf()));
+    let code = runtime.block_on(run(config, notifier, passed, config_dir.to_path_buf()));
     // Worker log readers may still hold pipe reads; do not wait for them.
     runtime.shutdown_timeout(std::time::Duration::from_millis(200));
     code
 }
 
-async fn run(mut config: crate::config::Config, notifier: Arc<Notifier>, config_dir: std::path::PathBuf) -> ExitCode {
+async fn run(
+    mut config: crate::config::Config,
+    notifier: Arc<Notifier>,
+    passed: listen::systemd::Passed,
+    config_dir: std::path::PathBuf,
+) -> ExitCode {
     // Signals first, so a SIGTERM during start-up is not lost.
     // SIGUSR1 too: its default action would end a daemon that a log rotation finds starting.
     let (Ok(mut sigterm), Ok(mut sigint), Ok(mut sigquit), Ok(mut sighup), Ok(mut sigusr2), Ok(mut sigusr1)) = (
@@ -96,7 +102,7 @@ async fn run(mut config: crate::config::Config, notifier: Arc<Notifier>, config_
     };
 
     // Bind before spawning workers: a port in use is an immediate, clear error.
-    let bound = match listen::bind_all(&config.listeners) {
+    let bound = match listen::bind_all(&config.listeners, &passed) {
         Ok(b) => b,
         Err(e) => {
             tracing::error!("{e}");
@@ -124,9 +130,16 @@ async fn run(mut config: crate::config::Config, notifier: Arc<Notifier>, config_
     };
     tracing::debug!("runtime directory {}", rt_dir.path().display());
 
+    let format = match config.global.access_log_format.as_deref().map(AccessFormat::parse).transpose() {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::error!("access-log-format: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let access_log = match &config.global.access_log {
         None => None,
-        Some(p) => match AccessLog::open(p) {
+        Some(p) => match AccessLog::open(p, format) {
             Ok(l) => Some(l),
             Err(e) => {
                 tracing::error!("cannot open access log {}: {e}", p.display());
@@ -134,11 +147,7 @@ async fn run(mut config: crate::config::Config, notifier: Arc<Notifier>, config_
             }
         },
     };
-    if let Err(e) = logging::access_format::install(config.global.access_log_format.as_deref()) {
-        tracing::error!("access-log-format: {e}");
-        return ExitCode::FAILURE;
-    }
-    let shared = Arc::new(Shared::new(access_log, config.global.header_memory));
+    let registry = Arc::new(Registry::new(access_log, config.global.header_memory, config.listeners.clone(), passed));
 
     let pools: Vec<Arc<PoolRuntime>> = config.pools.iter().cloned().map(PoolRuntime::new).collect();
     let by_name: HashMap<String, Arc<PoolRuntime>> = pools.iter().map(|p| (p.name.to_string(), p.clone())).collect();
@@ -149,19 +158,19 @@ async fn run(mut config: crate::config::Config, notifier: Arc<Notifier>, config_
             return ExitCode::FAILURE;
         }
     };
+    registry.board.set_pools(pools.clone());
 
-    for name in listen::systemd::unused() {
+    for name in registry.systemd.unused() {
         tracing::warn!("systemd passed a socket named {name:?} that no listener uses (address systemd:{name})");
     }
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    crate::status::install(config.listeners.clone());
-    crate::status::slowlog::spawn();
+    crate::status::slowlog::spawn(registry.clone());
     tokio::spawn(logging::ratelimit::flusher());
     let status_file = status_bound.as_ref().and_then(|(b, _)| b.socket_file());
     if let Some((b, path)) = status_bound {
         tracing::info!(address = %config.global.status.as_ref().map(|s| crate::status::describe(&s.address)).unwrap_or_default(), path = %path, "status listener");
-        tokio::spawn(crate::status::http::serve(b, path, stop_rx.clone()));
+        tokio::spawn(crate::status::http::serve(b, path, registry.clone(), stop_rx.clone()));
     }
     let (control_tx, mut control_rx) = tokio::sync::mpsc::channel::<crate::control::Request>(4);
     let control_file = crate::control::socket_path(&config.global);
@@ -169,7 +178,7 @@ async fn run(mut config: crate::config::Config, notifier: Arc<Notifier>, config_
         match crate::control::bind(path) {
             Ok(l) => {
                 tracing::debug!("control socket {}", path.display());
-                tokio::spawn(crate::control::serve(l, control_tx, stop_rx.clone()));
+                tokio::spawn(crate::control::serve(l, control_tx, registry.clone(), stop_rx.clone()));
             }
             Err(e) => {
                 tracing::error!("{e}");
@@ -178,7 +187,7 @@ async fn run(mut config: crate::config::Config, notifier: Arc<Notifier>, config_
             }
         }
     }
-    let mut listeners = match listen::ListenerSet::start(&config.listeners, bound, &by_name, shared.clone()) {
+    let mut listeners = match listen::ListenerSet::start(&config.listeners, bound, &by_name, registry.clone()) {
         Ok(r) => r,
         Err(e) => {
             tracing::error!("{e}");
@@ -216,17 +225,15 @@ async fn run(mut config: crate::config::Config, notifier: Arc<Notifier>, config_
             _ = sighup.recv() => {
                 tracing::info!("SIGHUP: reloading {}", config_dir.display());
                 notifier.reloading();
-                let live = crate::reload::Live { config: &mut config, supervisor: &mut supervisor, listeners: &mut listeners, runtime_dir: &rt_dir };
+                let live = crate::reload::Live { config: &mut config, supervisor: &mut supervisor, listeners: &mut listeners, runtime_dir: &rt_dir, registry: &registry };
                 let _ = crate::reload::reload(&config_dir, live, false).await;
-                crate::status::install(config.listeners.clone());
                 notifier.ready(&format!("serving {} pools", supervisor.pools().len()));
             }
             _ = sigusr2.recv() => {
                 tracing::info!("SIGUSR2: reloading {} and restarting every worker", config_dir.display());
                 notifier.reloading();
-                let live = crate::reload::Live { config: &mut config, supervisor: &mut supervisor, listeners: &mut listeners, runtime_dir: &rt_dir };
+                let live = crate::reload::Live { config: &mut config, supervisor: &mut supervisor, listeners: &mut listeners, runtime_dir: &rt_dir, registry: &registry };
                 let _ = crate::reload::reload(&config_dir, live, true).await;
-                crate::status::install(config.listeners.clone());
                 notifier.ready(&format!("serving {} pools", supervisor.pools().len()));
             }
         }
@@ -235,7 +242,7 @@ async fn run(mut config: crate::config::Config, notifier: Arc<Notifier>, config_
     notifier.stopping();
     let how = match how {
         Stop::Graceful if !config.global.drain_period.is_zero() => {
-            drain(config.global.drain_period, &mut sigterm, &mut sigint, &mut sigquit).await
+            drain(&registry, config.global.drain_period, &mut sigterm, &mut sigint, &mut sigquit).await
         }
         other => other,
     };
@@ -249,9 +256,9 @@ async fn run(mut config: crate::config::Config, notifier: Arc<Notifier>, config_
 
     if how == Stop::Graceful {
         let timeout = config.global.shutdown_timeout;
-        tracing::info!(in_flight = shared.in_flight(), "SIGTERM: draining in-flight requests (up to {timeout:?})");
-        if tokio::time::timeout(timeout, shared.drained()).await.is_err() {
-            tracing::warn!(in_flight = shared.in_flight(), "shutdown-timeout reached with requests still in flight");
+        tracing::info!(in_flight = registry.in_flight(), "SIGTERM: draining in-flight requests (up to {timeout:?})");
+        if tokio::time::timeout(timeout, registry.drained()).await.is_err() {
+            tracing::warn!(in_flight = registry.in_flight(), "shutdown-timeout reached with requests still in flight");
         }
     } else {
         tracing::info!("fast stop");
@@ -266,8 +273,14 @@ async fn run(mut config: crate::config::Config, notifier: Arc<Notifier>, config_
 /// The drain period: ping paths fail while everything else is still served, so that the
 /// front end's health checks take this bridge out before its listeners close. A second
 /// SIGTERM ends it early; SIGINT or SIGQUIT make the stop a fast one.
-async fn drain(period: std::time::Duration, sigterm: &mut Signal, sigint: &mut Signal, sigquit: &mut Signal) -> Stop {
-    crate::status::http::start_draining();
+async fn drain(
+    registry: &Registry,
+    period: std::time::Duration,
+    sigterm: &mut Signal,
+    sigint: &mut Signal,
+    sigquit: &mut Signal,
+) -> Stop {
+    registry.start_draining();
     let shown = crate::config::units::DurationDisplay(period);
     tracing::info!("stopping: draining for {shown}: ping paths answer 503, requests are still served");
     tokio::select! {

@@ -15,6 +15,7 @@ mod listen;
 mod logging;
 mod notify;
 mod probe;
+mod registry;
 mod reload;
 mod respond;
 mod route;

@@ -5,6 +5,7 @@ pub mod file;
 pub mod ratelimit;
 pub mod reopen;
 
+use crate::config::access_format::AccessFormat;
 use crate::config::{Global, LogFormat};
 use std::io::Write;
 use std::path::Path;
@@ -63,13 +64,14 @@ pub struct AccessRecord<'a> {
 pub enum AccessLog {
     /// `access-log: "-"`: into the main log, target `access`.
     MainLog,
-    /// A file, written by its own thread so a slow disk never stalls a request.
-    File(std::sync::mpsc::SyncSender<String>),
+    /// A file, written by its own thread so a slow disk never stalls a request; its lines
+    /// follow `access-log-format` when one is set.
+    File { tx: std::sync::mpsc::SyncSender<String>, format: Option<AccessFormat> },
 }
 
 impl AccessLog {
-    /// Open the configured destination.
-    pub fn open(path: &Path) -> std::io::Result<Self> {
+    /// Open the configured destination (`format` applies to a file).
+    pub fn open(path: &Path, format: Option<AccessFormat>) -> std::io::Result<Self> {
         if path.as_os_str() == "-" {
             return Ok(Self::MainLog);
         }
@@ -97,7 +99,7 @@ impl AccessLog {
                 let _ = out.flush();
             }
         })?;
-        Ok(Self::File(tx))
+        Ok(Self::File { tx, format })
     }
 
     pub fn record(&self, r: &AccessRecord<'_>) {
@@ -113,8 +115,8 @@ impl AccessLog {
                 pool = r.pool,
                 request_id = r.request_id,
             ),
-            Self::File(tx) => {
-                if let Some(f) = access_format::installed() {
+            Self::File { tx, format } => {
+                if let Some(f) = format {
                     let _ = tx.try_send(f.render(r));
                     return;
                 }

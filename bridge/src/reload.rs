@@ -17,7 +17,8 @@
 //! control socket reaches it by raising SIGHUP.
 use crate::config::{self, Config};
 use crate::listen::ListenerSet;
-use crate::supervise::{stats, PoolRuntime, RuntimeDir, Supervisor};
+use crate::registry::Registry;
+use crate::supervise::{PoolRuntime, RuntimeDir, Supervisor};
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
@@ -28,23 +29,25 @@ pub struct Live<'a> {
     pub supervisor: &'a mut Supervisor,
     pub listeners: &'a mut ListenerSet,
     pub runtime_dir: &'a RuntimeDir,
+    pub registry: &'a Registry,
 }
 
 /// Re-read `dir` and apply it. `restart_all`: also restart the workers of unchanged pools
 /// (new application code). Ok: a summary; Err: why the running configuration stays.
 pub async fn reload(dir: &Path, live: Live<'_>, restart_all: bool) -> Result<String, String> {
+    let board = &live.registry.board;
     let outcome = apply(dir, live, restart_all).await;
     match &outcome {
         Ok(summary) => {
             tracing::info!("reload done: {summary}");
-            stats::record_reload(true, summary.clone());
+            board.record_reload(true, summary.clone());
         }
         Err(why) => {
             // One line per configuration error (a `check` names them all the same way).
             for line in why.lines() {
                 tracing::error!("reload refused, the running configuration stays: {line}");
             }
-            stats::record_reload(false, why.clone());
+            board.record_reload(false, why.clone());
         }
     }
     outcome
@@ -92,6 +95,7 @@ async fn apply(dir: &Path, live: Live<'_>, restart_all: bool) -> Result<String, 
         .supervisor
         .reload(&new.pools, live.runtime_dir, restart_all, new.global.shutdown_timeout)
         .map_err(|e| e.to_string())?;
+    live.registry.board.set_pools(pools.clone());
     let by_name: HashMap<String, Arc<PoolRuntime>> = pools.iter().map(|p| (p.name.to_string(), p.clone())).collect();
     let listeners = live.listeners.apply(&new.listeners, sockets, &by_name).map_err(|e| e.to_string())?;
 
@@ -116,6 +120,7 @@ async fn apply(dir: &Path, live: Live<'_>, restart_all: bool) -> Result<String, 
         summary.push_str(&n);
     }
     crate::logging::ratelimit::set_enabled(new.global.log_rate_limit);
+    live.registry.set_listeners(new.listeners.clone());
     *live.config = new;
     Ok(summary)
 }

@@ -12,70 +12,14 @@ use crate::config::ErrorPages;
 use crate::dispatch::{AcquireError, Ticket};
 use crate::flow::{BodySource, End, ResponseSink};
 use crate::listen::ListenerCtx;
-use crate::logging::{AccessLog, AccessRecord};
+use crate::logging::AccessRecord;
 use crate::respond;
 use crate::respond::error_override::{Override, Replaced};
 use crate::supervise::PoolRuntime;
 use bytes::{Bytes, BytesMut};
 use fastcgi_server::{Params, Role};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
-use tokio::sync::Notify;
-
-/// Daemon-wide state every request touches.
-pub struct Shared {
-    pub access_log: Option<AccessLog>,
-    /// `header-memory`: what connections may hold in headers still arriving (listen/limits.rs).
-    pub header_budget: std::sync::Arc<crate::listen::limits::HeaderBudget>,
-    in_flight: AtomicUsize,
-    drained: Notify,
-    next_id: AtomicU64,
-}
-
-impl Shared {
-    pub fn new(access_log: Option<AccessLog>, header_memory: u64) -> Self {
-        Self {
-            access_log,
-            header_budget: crate::listen::limits::HeaderBudget::new(header_memory),
-            in_flight: AtomicUsize::new(0),
-            drained: Notify::new(),
-            next_id: AtomicU64::new(1),
-        }
-    }
-
-    /// Wait until no request is in flight.
-    pub async fn drained(&self) {
-        loop {
-            let notified = self.drained.notified();
-            if self.in_flight.load(Ordering::Acquire) == 0 {
-                return;
-            }
-            notified.await;
-        }
-    }
-
-    pub fn in_flight(&self) -> usize {
-        self.in_flight.load(Ordering::Acquire)
-    }
-}
-
-struct InFlight<'a>(&'a Shared);
-
-impl<'a> InFlight<'a> {
-    fn enter(s: &'a Shared) -> Self {
-        s.in_flight.fetch_add(1, Ordering::AcqRel);
-        InFlight(s)
-    }
-}
-
-impl Drop for InFlight<'_> {
-    fn drop(&mut self) {
-        if self.0.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.0.drained.notify_waiters();
-        }
-    }
-}
 
 /// Slots a request is offered to when writing to a worker fails outright.
 const MAX_ATTEMPTS: u32 = 3;
@@ -158,10 +102,10 @@ pub async fn serve<S: BodySource, K: ResponseSink>(
 ) {
     let started = Instant::now();
     let body_watch = BodyWatch::new(started);
-    let shared = &*lst.shared;
-    let _in_flight = InFlight::enter(shared);
+    let registry = &*lst.registry;
+    let _in_flight = registry.enter();
     let mut idbuf = itoa::Buffer::new();
-    let request_num = shared.next_id.fetch_add(1, Ordering::Relaxed);
+    let request_num = registry.next_request_id();
     let request_id = idbuf.format(request_num);
     // Shares the received buffer: no copy, and `params` stays free to be rewritten.
     let uri_bytes = params.get_bytes(b"REQUEST_URI").or_else(|| params.get_bytes(b"SCRIPT_NAME")).unwrap_or_default();
@@ -196,8 +140,8 @@ pub async fn serve<S: BodySource, K: ResponseSink>(
     };
 
     let took = started.elapsed();
-    crate::status::track::finished(&lst.name, pool_name.map(|p| &**p), status, took);
-    if let Some(log) = &shared.access_log {
+    registry.track.finished(&lst.name, pool_name.map(|p| &**p), status, took);
+    if let Some(log) = &registry.access_log {
         let s = |name: &[u8]| String::from_utf8_lossy(req.params.get(name).unwrap_or(b"")).into_owned();
         log.record(&AccessRecord {
             remote: &s(b"REMOTE_ADDR"),
@@ -305,8 +249,9 @@ impl<'a, S: BodySource, K: ResponseSink> Request<'a, S, K> {
     /// Route the request to a pool, wait for a worker, and run it there.
     async fn route(&mut self) -> Step<'a> {
         let (lst, request_id, uri) = (self.lst, self.request_id, self.uri);
-        crate::status::track::accepted(&lst.name);
-        if let Some(reply) = crate::status::front::intercept(&lst.name, &self.params) {
+        lst.registry.track.accepted(&lst.name);
+        let (status_path, ping_path) = (lst.status_path.as_deref(), lst.ping_path.as_deref());
+        if let Some(reply) = crate::status::front::intercept(status_path, ping_path, &lst.registry, &self.params) {
             return self.answer(reply, 200, None).await;
         }
         let Some((pool, prefix)) = lst.router.route(&self.params) else {

@@ -101,7 +101,7 @@ where
     let mut eof = false;
     let mut conn = Conn {
         decoder: ServerConnection::new(ctx.limits.clone()),
-        charge: HeaderCharge::new(ctx.shared.header_budget.clone()),
+        charge: HeaderCharge::new(ctx.registry.header_budget.clone()),
         idle_since: None,
         consumed: false,
         ctx,

@@ -5,7 +5,7 @@
 use super::{fastcgi, scgi, ListenerCtx, Sock};
 use crate::backend::SlotConn;
 use crate::config;
-use crate::dispatch::serve::Shared;
+use crate::registry::Registry;
 use crate::route::Router;
 use crate::supervise::{PoolRuntime, WorkerHandle};
 use bytes::BytesMut;
@@ -162,8 +162,10 @@ async fn setup_ctx(threads: u32) -> (Arc<ListenerCtx>, (UnixStream, UnixStream))
         max_conns: 1024,
         header_timeout: std::time::Duration::from_secs(60),
         body_timeout: std::time::Duration::from_secs(60),
-        open_conns: AtomicUsize::new(0),
-        shared: Arc::new(Shared::new(None, 64 << 20)),
+        open_conns: Arc::new(AtomicUsize::new(0)),
+        registry: Arc::new(Registry::new(None, 64 << 20, Vec::new(), Default::default())),
+        status_path: None,
+        ping_path: None,
         stopping: tokio::sync::watch::channel(false).1,
         dialect: Default::default(),
         max_redirects: 10,

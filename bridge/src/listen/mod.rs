@@ -11,7 +11,7 @@ pub mod scgi;
 pub mod systemd;
 
 use crate::config::{self, ListenAddress, Protocol};
-use crate::dispatch::serve::Shared;
+use crate::registry::Registry;
 use crate::route::Router;
 use crate::supervise::PoolRuntime;
 use fastcgi_server::Limits;
@@ -56,8 +56,12 @@ pub struct ListenerCtx {
     /// `body-timeout`: the longest wait for the next body byte (dispatch/request_body_limits.rs).
     pub body_timeout: std::time::Duration,
     /// Connections opened through this context (the status page sums a listener's contexts).
-    pub open_conns: AtomicUsize,
-    pub shared: Arc<Shared>,
+    pub open_conns: Arc<AtomicUsize>,
+    /// The daemon's process-wide state (registry.rs).
+    pub registry: Arc<Registry>,
+    /// `status-path` and `ping-path`: answered by the bridge itself (status/front.rs).
+    pub status_path: Option<String>,
+    pub ping_path: Option<String>,
     /// Becomes true on SIGTERM: connections close once their requests are done.
     pub stopping: watch::Receiver<bool>,
     /// The web server in front, for internal redirects it must finish (respond/redirect.rs).
@@ -123,15 +127,15 @@ pub enum Bound {
 }
 
 /// Bind every listener (before any worker starts, so a busy port fails fast).
-pub fn bind_all(listeners: &[config::Listener]) -> Result<Vec<Bound>, ListenError> {
-    listeners.iter().map(bind).collect()
+pub fn bind_all(listeners: &[config::Listener], passed: &systemd::Passed) -> Result<Vec<Bound>, ListenError> {
+    listeners.iter().map(|l| bind(l, passed)).collect()
 }
 
 /// The context of one listener: its routes to the running pools, limits and settings.
 pub fn make_ctx(
     cfg: &config::Listener,
     pools: &HashMap<String, Arc<PoolRuntime>>,
-    shared: &Arc<Shared>,
+    registry: &Arc<Registry>,
     stop: &watch::Receiver<bool>,
 ) -> Result<Arc<ListenerCtx>, ListenError> {
     let mut routes = Vec::new();
@@ -167,8 +171,10 @@ pub fn make_ctx(
         max_conns: usize::try_from(cfg.max_connections).unwrap_or(usize::MAX),
         header_timeout: cfg.header_timeout,
         body_timeout: cfg.body_timeout,
-        open_conns: AtomicUsize::new(0),
-        shared: shared.clone(),
+        open_conns: Arc::new(AtomicUsize::new(0)),
+        registry: registry.clone(),
+        status_path: cfg.status_path.clone(),
+        ping_path: cfg.ping_path.clone(),
         stopping: stop.clone(),
         dialect: cfg.dialect,
         max_redirects: cfg.max_redirects,
@@ -212,7 +218,7 @@ struct RunningListener {
 /// anything, and stops the removed ones.
 pub struct ListenerSet {
     live: Vec<RunningListener>,
-    shared: Arc<Shared>,
+    registry: Arc<Registry>,
 }
 
 impl ListenerSet {
@@ -221,9 +227,9 @@ impl ListenerSet {
         config: &[config::Listener],
         bound: Vec<Bound>,
         pools: &HashMap<String, Arc<PoolRuntime>>,
-        shared: Arc<Shared>,
+        registry: Arc<Registry>,
     ) -> Result<Self, ListenError> {
-        let mut set = Self { live: Vec::new(), shared };
+        let mut set = Self { live: Vec::new(), registry };
         for (cfg, b) in config.iter().zip(bound) {
             set.launch(cfg, b, pools)?;
         }
@@ -237,12 +243,12 @@ impl ListenerSet {
         pools: &HashMap<String, Arc<PoolRuntime>>,
     ) -> Result<(), ListenError> {
         let (stop, stop_rx) = watch::channel(false);
-        let ctx = make_ctx(cfg, pools, &self.shared, &stop_rx)?;
+        let ctx = make_ctx(cfg, pools, &self.registry, &stop_rx)?;
         let socket_file = match &b {
             Bound::Unix { path, .. } => path.clone(),
             Bound::Tcp(_) => None,
         };
-        crate::status::track::listener_started(&ctx);
+        self.registry.track.listener_started(&ctx.name, &ctx.open_conns);
         tracing::info!(listener = %cfg.name, protocol = ?cfg.protocol, address = %describe(&cfg.address), "listening");
         let task = tokio::spawn(accept_loop(b, ctx.clone(), stop_rx));
         self.live.push(RunningListener { cfg: cfg.clone(), ctx, stop, task, socket_file });
@@ -261,7 +267,7 @@ impl ListenerSet {
             if self.live.iter().any(|l| l.cfg.address == cfg.address) {
                 continue;
             }
-            match bind(cfg) {
+            match bind(cfg, &self.registry.systemd) {
                 Ok(b) => fresh.push((i, b)),
                 Err(e) => {
                     for (_, b) in fresh {
@@ -289,7 +295,7 @@ impl ListenerSet {
         let mut kept = Vec::new();
         for cfg in config {
             if let Some(i) = self.live.iter().position(|l| l.cfg.address == cfg.address) {
-                let ctx = make_ctx(cfg, pools, &self.shared, &self.live[i].stop.subscribe())?;
+                let ctx = make_ctx(cfg, pools, &self.registry, &self.live[i].stop.subscribe())?;
                 kept.push((i, cfg.clone(), ctx));
             }
         }
@@ -306,7 +312,7 @@ impl ListenerSet {
                     }
                 }
             }
-            crate::status::track::listener_started(&ctx);
+            self.registry.track.listener_started(&ctx.name, &ctx.open_conns);
             l.ctx.succeed(ctx.clone());
             l.ctx = ctx;
             l.cfg = cfg;
@@ -576,7 +582,7 @@ async fn accept(b: &Bound) -> std::io::Result<(Accepted, String)> {
     }
 }
 
-fn bind(cfg: &config::Listener) -> Result<Bound, ListenError> {
+fn bind(cfg: &config::Listener, passed: &systemd::Passed) -> Result<Bound, ListenError> {
     let name = &cfg.name;
     let io = |what: &'static str, source: std::io::Error| ListenError::Io {
         name: name.clone(),
@@ -608,7 +614,7 @@ fn bind(cfg: &config::Listener) -> Result<Bound, ListenError> {
         }
         ListenAddress::Fd(fd) => bind_fd(name, *fd),
         ListenAddress::Systemd(fd_name) => {
-            let fd = systemd::take(fd_name).map_err(|e| ListenError::Systemd { name: name.clone(), source: e })?;
+            let fd = passed.take(fd_name).map_err(|e| ListenError::Systemd { name: name.clone(), source: e })?;
             bind_fd(name, fd)
         }
     }

@@ -30,7 +30,7 @@ where
     let mut decoder = ScgiDecoder::new(ctx.limits.clone());
     // A client that sends no complete header netstring within `header-timeout` is dropped.
     let header_timeout = ctx.header_timeout;
-    let mut charge = super::limits::HeaderCharge::new(ctx.shared.header_budget.clone());
+    let mut charge = super::limits::HeaderCharge::new(ctx.registry.header_budget.clone());
     let read_headers = async {
         loop {
             match decoder.next_event() {

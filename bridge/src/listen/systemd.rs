@@ -21,13 +21,39 @@ pub enum SystemdError {
     NoSuchName { name: String, passed: String },
 }
 
-/// Passed descriptors by name, in order; taken out as listeners bind them.
-static PASSED: Mutex<Option<HashMap<String, Vec<RawFd>>>> = Mutex::new(None);
+/// Passed descriptors by name, in order; taken out as listeners bind them (the daemon's
+/// registry keeps them for the listeners a reload adds). None: not socket-activated.
+#[derive(Debug, Default)]
+pub struct Passed(Mutex<Option<HashMap<String, Vec<RawFd>>>>);
 
-/// Read and remove LISTEN_PID, LISTEN_FDS and LISTEN_FDNAMES, so the workers the bridge
-/// starts do not take the sockets for theirs. Marks the passed descriptors close-on-exec.
-/// Call once, while the process is still single-threaded.
-pub fn init_from_env() {
+impl Passed {
+    /// Read and remove LISTEN_PID, LISTEN_FDS and LISTEN_FDNAMES, so the workers the bridge
+    /// starts do not take the sockets for theirs. Marks the passed descriptors close-on-exec.
+    /// Call once, while the process is still single-threaded.
+    pub fn from_env() -> Self {
+        Self(Mutex::new(from_env()))
+    }
+
+    /// Take the next descriptor passed under `name` (a .socket unit with several
+    /// ListenStream= lines passes several under one name: one listener each, in order).
+    pub fn take(&self, name: &str) -> Result<RawFd, SystemdError> {
+        take(&mut self.0.lock().unwrap_or_else(|e| e.into_inner()), name)
+    }
+
+    /// Names of passed sockets no listener took (worth a warning: a unit and a config that
+    /// disagree).
+    pub fn unused(&self) -> Vec<String> {
+        let guard = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out: Vec<String> = guard
+            .as_ref()
+            .map(|m| m.iter().filter(|(_, v)| !v.is_empty()).map(|(k, _)| k.clone()).collect())
+            .unwrap_or_default();
+        out.sort_unstable();
+        out
+    }
+}
+
+fn from_env() -> Option<HashMap<String, Vec<RawFd>>> {
     let pid = std::env::var("LISTEN_PID").ok();
     let count = std::env::var("LISTEN_FDS").ok();
     let names = std::env::var("LISTEN_FDNAMES").ok();
@@ -45,7 +71,7 @@ pub fn init_from_env() {
             }
         }
     }
-    *PASSED.lock().unwrap_or_else(|e| e.into_inner()) = map;
+    map
 }
 
 /// name → descriptors, or None when the variables are absent or meant for another process.
@@ -64,11 +90,8 @@ fn parse(pid: Option<&str>, count: Option<&str>, names: Option<&str>, me: u32) -
     Some(map)
 }
 
-/// Take the next descriptor passed under `name` (a .socket unit with several
-/// ListenStream= lines passes several under one name: one listener each, in order).
-pub fn take(name: &str) -> Result<RawFd, SystemdError> {
-    let mut guard = PASSED.lock().unwrap_or_else(|e| e.into_inner());
-    let map = guard.as_mut().ok_or_else(|| SystemdError::NotActivated { name: name.to_owned() })?;
+fn take(passed: &mut Option<HashMap<String, Vec<RawFd>>>, name: &str) -> Result<RawFd, SystemdError> {
+    let map = passed.as_mut().ok_or_else(|| SystemdError::NotActivated { name: name.to_owned() })?;
     if let Some(fds) = map.get_mut(name) {
         if !fds.is_empty() {
             return Ok(fds.remove(0));
@@ -80,18 +103,6 @@ pub fn take(name: &str) -> Result<RawFd, SystemdError> {
         name: name.to_owned(),
         passed: if passed.is_empty() { "none".to_owned() } else { passed.join(", ") },
     })
-}
-
-/// Names of passed sockets no listener took (worth a warning: a unit and a config that
-/// disagree).
-pub fn unused() -> Vec<String> {
-    let guard = PASSED.lock().unwrap_or_else(|e| e.into_inner());
-    let mut out: Vec<String> = guard
-        .as_ref()
-        .map(|m| m.iter().filter(|(_, v)| !v.is_empty()).map(|(k, _)| k.clone()).collect())
-        .unwrap_or_default();
-    out.sort_unstable();
-    out
 }
 
 #[cfg(test)]

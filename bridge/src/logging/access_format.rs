@@ -3,7 +3,6 @@
 use super::AccessRecord;
 use crate::config::access_format::{AccessFormat, Piece, VARIABLES};
 use std::fmt::Write;
-use std::sync::OnceLock;
 
 impl AccessFormat {
     /// One line, newline included. Empty values print as "-".
@@ -40,21 +39,6 @@ fn dash(s: &str) -> &str {
     } else {
         s
     }
-}
-
-static INSTALLED: OnceLock<AccessFormat> = OnceLock::new();
-
-/// Use `template` for access log files from now on (called once at start-up).
-pub fn install(template: Option<&str>) -> Result<(), String> {
-    if let Some(t) = template {
-        let _ = INSTALLED.set(AccessFormat::parse(t)?);
-    }
-    Ok(())
-}
-
-/// The configured format, if any.
-pub fn installed() -> Option<&'static AccessFormat> {
-    INSTALLED.get()
 }
 
 /// UTC time as 2026-01-31T12:34:56.789Z.

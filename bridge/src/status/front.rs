@@ -1,27 +1,29 @@
 //! `status-path:` and `ping-path:` on a FastCGI/SCGI listener: the web server forwards
 //! that URL (behind its own access control) and the bridge answers it itself, without a
 //! pool. The format is chosen by the query string as on the status listener.
+use crate::registry::Registry;
 use bytes::{BufMut, Bytes, BytesMut};
 use fastcgi_server::Params;
 
-/// The CGI response for a status or ping request on `listener`, or None to route it.
-pub fn intercept(listener: &str, params: &Params) -> Option<Bytes> {
-    if !super::ANY_FRONT_PATHS.load(std::sync::atomic::Ordering::Acquire) {
-        return None;
-    }
-    let src = super::sources()?;
-    let cfg = src.listeners.iter().find(|l| l.name == listener)?;
-    if cfg.status_path.is_none() && cfg.ping_path.is_none() {
+/// The CGI response for a status or ping request on a listener with these paths, or None
+/// to route it.
+pub fn intercept(
+    status_path: Option<&str>,
+    ping_path: Option<&str>,
+    registry: &Registry,
+    params: &Params,
+) -> Option<Bytes> {
+    if status_path.is_none() && ping_path.is_none() {
         return None;
     }
     let uri = params.get(b"REQUEST_URI").or_else(|| params.get(b"DOCUMENT_URI"))?;
     let uri = String::from_utf8_lossy(uri);
     let (path, query) = uri.split_once('?').unwrap_or((&uri, ""));
-    let reply = if cfg.status_path.as_deref() == Some(path) {
+    let reply = if status_path == Some(path) {
         let accept = String::from_utf8_lossy(params.get(b"HTTP_ACCEPT").unwrap_or(b""));
-        super::http::status_reply(query, &accept)
-    } else if cfg.ping_path.as_deref() == Some(path) {
-        super::http::ping_reply()
+        super::http::status_reply(registry, query, &accept)
+    } else if ping_path == Some(path) {
+        super::http::ping_reply(registry)
     } else {
         return None;
     };

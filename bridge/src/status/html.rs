@@ -354,7 +354,7 @@ fn worker_tables(o: &mut String, s: &Status) {
                 w.requests,
                 human_bytes(w.rss_bytes),
                 human_secs(w.cpu_seconds),
-                human_secs(super::track::unix_now().saturating_sub(w.spawn_time) as f64),
+                human_secs((crate::supervise::stats::unix_now() as u64).saturating_sub(w.spawn_time) as f64),
                 esc(w.retiring_reason.as_deref().unwrap_or("-")),
                 esc(w.last_restart_reason.as_deref().unwrap_or("-"))
             );

@@ -3,6 +3,8 @@
 //! (format by `?json`, `?openmetrics`, `?html` or the Accept header; `?json&history` adds
 //! the charts' data), `/metrics` (OpenMetrics) and `/ping`.
 use crate::config::{ListenAddress, StatusListen};
+use crate::registry::Registry;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, UnixListener};
@@ -53,7 +55,7 @@ pub async fn bind(cfg: &StatusListen) -> Result<StatusBound, StatusError> {
 }
 
 /// Accept and answer until `stop` turns true.
-pub async fn serve(bound: StatusBound, path: String, mut stop: watch::Receiver<bool>) {
+pub async fn serve(bound: StatusBound, path: String, registry: Arc<Registry>, mut stop: watch::Receiver<bool>) {
     let path: std::sync::Arc<str> = path.into();
     loop {
         let conn: Box<dyn Conn> = tokio::select! {
@@ -68,9 +70,9 @@ pub async fn serve(bound: StatusBound, path: String, mut stop: watch::Receiver<b
                 }
             },
         };
-        let path = path.clone();
+        let (path, registry) = (path.clone(), registry.clone());
         tokio::spawn(async move {
-            let _ = tokio::time::timeout(Duration::from_secs(10), answer(conn, &path)).await;
+            let _ = tokio::time::timeout(Duration::from_secs(10), answer(conn, &path, &registry)).await;
         });
     }
 }
@@ -93,45 +95,37 @@ pub struct Reply {
 }
 
 /// The status document for `query` (the part after '?') and an Accept header value.
-pub fn status_reply(query: &str, accept: &str) -> Reply {
-    let Some(s) = super::snapshot() else {
-        return Reply { code: 503, content_type: "text/plain; charset=utf-8", body: "starting\n".into() };
-    };
+pub fn status_reply(registry: &Registry, query: &str, accept: &str) -> Reply {
+    let s = super::snapshot(registry);
     let has = |k: &str| query.split('&').any(|p| p == k || p == format!("format={k}"));
     if has("openmetrics") || has("metrics") {
         Reply { code: 200, content_type: super::openmetrics::CONTENT_TYPE, body: super::openmetrics::render(&s) }
     } else if !has("json") && (has("html") || accept.contains("text/html")) {
-        Reply { code: 200, content_type: "text/html; charset=utf-8", body: super::html::render(&s, &super::history()) }
+        Reply {
+            code: 200,
+            content_type: "text/html; charset=utf-8",
+            body: super::html::render(&s, &super::history(registry)),
+        }
     } else if has("history") {
         Reply {
             code: 200,
             content_type: "application/json",
-            body: super::json::render_with_history(&s, &super::history()),
+            body: super::json::render_with_history(&s, &super::history(registry)),
         }
     } else {
         Reply { code: 200, content_type: "application/json", body: super::json::render(&s) }
     }
 }
 
-/// Set once SIGTERM starts the drain period: from then on every ping path fails, so that
-/// a load balancer's health check takes this bridge out before its listeners close.
-static DRAINING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-/// Make every ping path answer 503 "draining" from now on (there is no way back: the
-/// daemon is stopping).
-pub fn start_draining() {
-    DRAINING.store(true, std::sync::atomic::Ordering::Release);
-}
-
 /// The ping answer (for load balancers and health checks): 503 while draining.
-pub fn ping_reply() -> Reply {
-    if DRAINING.load(std::sync::atomic::Ordering::Acquire) {
+pub fn ping_reply(registry: &Registry) -> Reply {
+    if registry.draining() {
         return Reply { code: 503, content_type: "text/plain; charset=utf-8", body: "draining\n".into() };
     }
     Reply { code: 200, content_type: "text/plain; charset=utf-8", body: "pong\n".into() }
 }
 
-async fn answer(mut conn: Box<dyn Conn>, status_path: &str) {
+async fn answer(mut conn: Box<dyn Conn>, status_path: &str, registry: &Registry) {
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 2048];
     while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
@@ -157,11 +151,11 @@ async fn answer(mut conn: Box<dyn Conn>, status_path: &str) {
     let reply = if method != "GET" && method != "HEAD" {
         plain(405, "only GET and HEAD\n")
     } else if path == status_path {
-        status_reply(query, &accept)
+        status_reply(registry, query, &accept)
     } else if path == "/metrics" {
-        status_reply("openmetrics", "")
+        status_reply(registry, "openmetrics", "")
     } else if path == "/ping" {
-        ping_reply()
+        ping_reply(registry)
     } else {
         plain(404, &format!("not found; the status page is at {status_path}\n"))
     };

@@ -14,41 +14,10 @@ pub mod slowlog;
 pub mod track;
 
 use crate::config::{self, Global, ListenAddress, Protocol};
+use crate::registry::Registry;
 use history::{ListenerSample, PoolSample};
 use model::{CurrentRequest, Latency, ListenerStatus, PoolStatus, Status, WorkerStatus};
-use std::sync::{Arc, RwLock};
 use std::time::Instant;
-
-/// What a snapshot is built from: installed at start-up, replaced after each reload.
-pub struct Sources {
-    pub listeners: Vec<config::Listener>,
-    pub start_time: u64,
-    pub started: Instant,
-}
-
-static SOURCES: RwLock<Option<Arc<Sources>>> = RwLock::new(None);
-
-/// Whether any listener has a status-path or ping-path: without one, requests skip the
-/// lookup entirely (one atomic load per request).
-pub(crate) static ANY_FRONT_PATHS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-/// Make the listeners visible to the status renderers (again after a reload: the start
-/// time is kept).
-pub fn install(listeners: Vec<config::Listener>) {
-    let mut sources = SOURCES.write().unwrap_or_else(|e| e.into_inner());
-    let (start_time, started) = match sources.as_deref() {
-        Some(s) => (s.start_time, s.started),
-        None => (track::unix_now(), Instant::now()),
-    };
-    let any = listeners.iter().any(|l| l.status_path.is_some() || l.ping_path.is_some());
-    ANY_FRONT_PATHS.store(any, std::sync::atomic::Ordering::Release);
-    *sources = Some(Arc::new(Sources { listeners, start_time, started }));
-}
-
-/// The installed sources (None before start-up finished).
-pub fn sources() -> Option<Arc<Sources>> {
-    SOURCES.read().unwrap_or_else(|e| e.into_inner()).clone()
-}
 
 /// A pool's sample for the history: its counters in `track.rs` and the supervisor's.
 fn pool_sample(s: &track::State, p: &crate::supervise::stats::PoolStats) -> PoolSample {
@@ -76,13 +45,13 @@ fn listener_sample(s: &track::State, name: &str) -> ListenerSample {
 
 /// Called by the status ticker (`slowlog.rs`) a few times a second: takes the history's
 /// sample of every pool and listener when one is due.
-pub fn tick(now: Instant) {
-    let Some(src) = sources() else { return };
-    let pools = crate::supervise::stats::pools();
+pub fn tick(registry: &Registry, now: Instant) {
+    let listeners = registry.listeners();
+    let pools = registry.board.pools();
     // One dispatcher lock per pool: a queue that fills and drains between two samples
     // still shows in the charts.
     let queues: Vec<usize> = pools.iter().map(|p| p.dispatcher.waiting()).collect();
-    let due = track::with_state(|s| {
+    let due = registry.track.with_state(|s| {
         for (p, len) in pools.iter().zip(queues) {
             s.history.observe_queue(&p.name, len);
         }
@@ -92,17 +61,17 @@ pub fn tick(now: Instant) {
         return;
     }
     // Outside the status lock: the snapshot locks each pool's dispatcher in turn.
-    let stats = crate::supervise::stats::snapshot();
-    track::with_state(|s| {
+    let stats = registry.board.snapshot();
+    registry.track.with_state(|s| {
         let pools = stats.pools.iter().map(|p| (p.name.clone(), pool_sample(s, p))).collect();
-        let listeners = src.listeners.iter().map(|l| (l.name.clone(), listener_sample(s, &l.name))).collect();
+        let listeners = listeners.iter().map(|l| (l.name.clone(), listener_sample(s, &l.name))).collect();
         s.history.record(now, pools, listeners);
     });
 }
 
 /// The charts' data (`?json&history` and the HTML page).
-pub fn history() -> model::History {
-    track::with_state(|s| model::History {
+pub fn history(registry: &Registry) -> model::History {
+    registry.track.with_state(|s| model::History {
         interval_seconds: history::INTERVAL.as_secs_f64(),
         window_seconds: (history::INTERVAL * history::SAMPLES as u32).as_secs_f64(),
         pools: s.history.pools(crate::supervise::stats::unix_at),
@@ -110,22 +79,25 @@ pub fn history() -> model::History {
     })
 }
 
-/// The status right now (None before `install`). Pools and workers come from the
+/// The status right now. Pools and workers come from the
 /// supervisor's numbers (`supervise/stats.rs`, following reloads); listeners, slow
 /// requests, durations and status classes from `track.rs`.
-pub fn snapshot() -> Option<Status> {
-    let src = sources()?;
-    let stats = crate::supervise::stats::snapshot();
+pub fn snapshot(registry: &Registry) -> Status {
+    let listeners = registry.listeners();
+    let stats = registry.board.snapshot();
+    let (start_time, started) = registry.board.started();
+    // Whole seconds, as the status document has always shown them.
+    let start_time = start_time as u64;
     let now = Instant::now();
-    Some(track::with_state(|s| Status {
+    registry.track.with_state(|s| Status {
         version: env!("CARGO_PKG_VERSION").to_owned(),
         pid: std::process::id(),
-        start_time: src.start_time,
-        uptime_seconds: src.started.elapsed().as_secs_f64(),
+        start_time,
+        uptime_seconds: started.elapsed().as_secs_f64(),
         reloads: stats.reloads,
-        listeners: src.listeners.iter().map(|l| listener_status(s, l, now)).collect(),
-        pools: stats.pools.into_iter().map(|p| pool_status(s, p, src.start_time, now)).collect(),
-    }))
+        listeners: listeners.iter().map(|l| listener_status(s, l, now)).collect(),
+        pools: stats.pools.into_iter().map(|p| pool_status(s, p, start_time, now)).collect(),
+    })
 }
 
 fn listener_status(s: &track::State, l: &config::Listener, now: Instant) -> ListenerStatus {

@@ -7,28 +7,30 @@
 //! snapshot locks each pool's dispatcher for microseconds), only while some pool has a
 //! slowlog-timeout; nothing is added to the request path. The same task is the status
 //! ticker: it takes the charts' samples (`history.rs`) when one is due.
+use crate::registry::Registry;
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// How often running requests are checked against their threshold.
 const TICK: Duration = Duration::from_millis(200);
 
 /// Check running requests and sample the history until the runtime stops.
-pub fn spawn() {
-    tokio::spawn(async {
+pub fn spawn(registry: Arc<Registry>) {
+    tokio::spawn(async move {
         let mut tick = tokio::time::interval(TICK);
         // Request ids already reported (ids are unique for the daemon's life).
         let mut reported: HashSet<u64> = HashSet::new();
         loop {
             tick.tick().await;
-            check(&mut reported);
-            super::tick(std::time::Instant::now());
+            check(&registry, &mut reported);
+            super::tick(&registry, std::time::Instant::now());
         }
     });
 }
 
-fn check(reported: &mut HashSet<u64>) {
-    let pools = crate::supervise::stats::pools();
+fn check(registry: &Registry, reported: &mut HashSet<u64>) {
+    let pools = registry.board.pools();
     if pools.iter().all(|p| p.config.slowlog_timeout.is_none()) {
         return;
     }
@@ -44,7 +46,7 @@ fn check(reported: &mut HashSet<u64>) {
                 if c.duration_seconds < limit.as_secs_f64() || !reported.insert(c.request_id) {
                     continue;
                 }
-                super::track::slow(&stats.name);
+                registry.track.slow(&stats.name);
                 let ran = Duration::from_secs_f64(c.duration_seconds);
                 if python {
                     tracing::warn!(pool = %stats.name, pid = w.pid, request_id = c.request_id, "slow request: {} {} running for {ran:.1?}; its Python stack follows", c.method, c.uri);

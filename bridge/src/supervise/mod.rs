@@ -149,7 +149,6 @@ impl Supervisor {
             s.start_manager(p, rt)?;
         }
         s.pools = pools.to_vec();
-        stats::set_pools(s.pools.clone());
         Ok(s)
     }
 
@@ -223,7 +222,6 @@ impl Supervisor {
             }
         }
         self.pools = next.clone();
-        stats::set_pools(next.clone());
         Ok(next)
     }
 

@@ -317,59 +317,72 @@ pub fn pool_snapshot(pool: &PoolRuntime) -> PoolStats {
     }
 }
 
-struct Registry {
+struct BoardState {
     pools: Vec<Arc<PoolRuntime>>,
-    started: Instant,
-    start_time: f64,
     reloads: u64,
     last_reload: Option<ReloadRecord>,
 }
 
-static REGISTRY: Mutex<Option<Registry>> = Mutex::new(None);
-
-fn registry<T>(f: impl FnOnce(&mut Registry) -> T) -> T {
-    let mut r = REGISTRY.lock().unwrap_or_else(|e| e.into_inner());
-    let reg = r.get_or_insert_with(|| Registry {
-        pools: Vec::new(),
-        started: Instant::now(),
-        start_time: unix_now(),
-        reloads: 0,
-        last_reload: None,
-    });
-    f(reg)
+/// The daemon's pools as the status sees them, and its reloads (held by the daemon's
+/// registry, registry.rs).
+pub struct Board {
+    state: Mutex<BoardState>,
+    started: Instant,
+    start_time: f64,
 }
 
-/// The pools the daemon runs now (set at start and after each reload).
-pub(crate) fn set_pools(pools: Vec<Arc<PoolRuntime>>) {
-    registry(|r| r.pools = pools);
-}
-
-/// The pools the daemon runs now, in configuration order.
-pub fn pools() -> Vec<Arc<PoolRuntime>> {
-    registry(|r| r.pools.clone())
-}
-
-pub(crate) fn record_reload(ok: bool, message: String) {
-    registry(|r| {
-        if ok {
-            r.reloads += 1;
+impl Default for Board {
+    fn default() -> Self {
+        Self {
+            state: Mutex::new(BoardState { pools: Vec::new(), reloads: 0, last_reload: None }),
+            started: Instant::now(),
+            start_time: unix_now(),
         }
-        r.last_reload = Some(ReloadRecord { time: unix_now(), ok, message });
-    });
+    }
 }
 
-/// Every pool of the running daemon now.
-pub fn snapshot() -> BridgeStats {
-    let (pools, started, start_time, reloads, last_reload) =
-        registry(|r| (r.pools.clone(), r.started, r.start_time, r.reloads, r.last_reload.clone()));
-    BridgeStats {
-        version: env!("CARGO_PKG_VERSION"),
-        pid: std::process::id(),
-        start_time,
-        uptime_seconds: started.elapsed().as_secs_f64(),
-        reloads,
-        last_reload,
-        pools: pools.iter().map(|p| pool_snapshot(p)).collect(),
+impl Board {
+    fn with<T>(&self, f: impl FnOnce(&mut BoardState) -> T) -> T {
+        f(&mut self.state.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// The pools the daemon runs now (set at start and after each reload).
+    pub fn set_pools(&self, pools: Vec<Arc<PoolRuntime>>) {
+        self.with(|r| r.pools = pools);
+    }
+
+    /// The pools the daemon runs now, in configuration order.
+    pub fn pools(&self) -> Vec<Arc<PoolRuntime>> {
+        self.with(|r| r.pools.clone())
+    }
+
+    /// A reload was applied (`ok`) or refused, with its summary or reason.
+    pub fn record_reload(&self, ok: bool, message: String) {
+        self.with(|r| {
+            if ok {
+                r.reloads += 1;
+            }
+            r.last_reload = Some(ReloadRecord { time: unix_now(), ok, message });
+        });
+    }
+
+    /// When the daemon started: Unix time, and as an instant.
+    pub fn started(&self) -> (f64, Instant) {
+        (self.start_time, self.started)
+    }
+
+    /// Every pool of the running daemon now.
+    pub fn snapshot(&self) -> BridgeStats {
+        let (pools, reloads, last_reload) = self.with(|r| (r.pools.clone(), r.reloads, r.last_reload.clone()));
+        BridgeStats {
+            version: env!("CARGO_PKG_VERSION"),
+            pid: std::process::id(),
+            start_time: self.start_time,
+            uptime_seconds: self.started.elapsed().as_secs_f64(),
+            reloads,
+            last_reload,
+            pools: pools.iter().map(|p| pool_snapshot(p)).collect(),
+        }
     }
 }
 

@@ -1,0 +1,117 @@
+//! The daemon's process-wide state in one handle, made once in daemon.rs: every listener
+//! context carries it to its requests, and the control socket, the status listener, the
+//! slowlog and a reload are handed it. Nothing here is a global: two registries in one
+//! process (the tests make several) share nothing.
+use crate::config;
+use crate::listen::limits::HeaderBudget;
+use crate::listen::systemd;
+use crate::logging::AccessLog;
+use crate::status::track::Tracker;
+use crate::supervise::stats::Board;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+use tokio::sync::Notify;
+
+/// What every part of the running daemon may need to reach.
+pub struct Registry {
+    /// `access-log`, with its `access-log-format`.
+    pub access_log: Option<AccessLog>,
+    /// `header-memory`: what connections may hold in headers still arriving (listen/limits.rs).
+    pub header_budget: Arc<HeaderBudget>,
+    /// Requests, durations and status classes per listener and pool (status/track.rs).
+    pub track: Tracker,
+    /// The running pools and the reloads (supervise/stats.rs).
+    pub board: Board,
+    /// Sockets systemd passed that no listener has taken yet (a reload may add one).
+    pub systemd: systemd::Passed,
+    /// The listeners the status pages describe; replaced after each reload.
+    listeners: RwLock<Arc<Vec<config::Listener>>>,
+    /// Set once SIGTERM starts the drain period: from then on every ping path fails, so
+    /// that a load balancer's health check takes this bridge out before its listeners close.
+    draining: AtomicBool,
+    in_flight: AtomicUsize,
+    drained: Notify,
+    next_id: AtomicU64,
+}
+
+impl Registry {
+    /// A registry for a daemon with these listeners, no pools yet.
+    pub fn new(
+        access_log: Option<AccessLog>,
+        header_memory: u64,
+        listeners: Vec<config::Listener>,
+        systemd: systemd::Passed,
+    ) -> Self {
+        Self {
+            access_log,
+            header_budget: HeaderBudget::new(header_memory),
+            track: Tracker::default(),
+            board: Board::default(),
+            systemd,
+            listeners: RwLock::new(Arc::new(listeners)),
+            draining: AtomicBool::new(false),
+            in_flight: AtomicUsize::new(0),
+            drained: Notify::new(),
+            next_id: AtomicU64::new(1),
+        }
+    }
+
+    /// The listeners as configured now.
+    pub fn listeners(&self) -> Arc<Vec<config::Listener>> {
+        self.listeners.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The listeners after a reload.
+    pub fn set_listeners(&self, listeners: Vec<config::Listener>) {
+        *self.listeners.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(listeners);
+    }
+
+    /// Make every ping path answer 503 "draining" from now on (there is no way back: the
+    /// daemon is stopping).
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::Release);
+    }
+
+    /// Whether the drain period has started.
+    pub fn draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
+    /// A new request's number (unique for the daemon's life, from 1).
+    pub fn next_request_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// A request is in flight until the guard drops.
+    pub fn enter(&self) -> InFlight<'_> {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        InFlight(self)
+    }
+
+    /// Wait until no request is in flight.
+    pub async fn drained(&self) {
+        loop {
+            let notified = self.drained.notified();
+            if self.in_flight.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Requests in flight now.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Acquire)
+    }
+}
+
+/// One request in flight (see [`Registry::enter`]).
+pub struct InFlight<'a>(&'a Registry);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if self.0.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.drained.notify_waiters();
+        }
+    }
+}
