@@ -112,6 +112,38 @@ def test_allowed_clients_keeps_listed_peers_and_refuses_others_with_a_log_line(t
         b.stop()
 
 
+def test_fcgi_web_server_addrs_applies_to_every_tcp_listener(tmp_path, monkeypatch):
+    """FCGI_WEB_SERVER_ADDRS (read once at start-up): every TCP listener keeps only the
+    listed peers, each refusal logged with the listener and the peer."""
+    port, other_port = free_ports(2)
+    monkeypatch.setenv("FCGI_WEB_SERVER_ADDRS", "127.0.0.2, not-an-ip")
+    b = make_bridge(tmp_path, {"p": pool(str(APPS / "edge_app.py"), processes=1, threads=2)},
+                    {"one": {"fastcgi": f"127.0.0.1:{port}", "pool": "p"},
+                     "two": {"fastcgi": f"127.0.0.1:{other_port}", "pool": "p"}})
+    try:
+        b.start()
+
+        def listed():
+            with fc.FcgiConnection(("127.0.0.1", port), timeout=30, source="127.0.0.2") as c:
+                return c.request("/health").status == 200
+        wait_until(lambda: b.assert_running() or listed(), 120, 0.25, what="200 from 127.0.0.2")
+        b.log.wait_for([r"FCGI_WEB_SERVER_ADDRS: ignoring \"not-an-ip\""])
+        b.log.wait_for([r"FCGI_WEB_SERVER_ADDRS is set: TCP connections only from 127\.0\.0\.2, not-an-ip"])
+        mark = b.log.mark()
+        for p in (port, other_port):
+            with fc.FcgiConnection(("127.0.0.1", p), timeout=30) as c:
+                try:
+                    c.begin(1, fc.cgi_params("/health"))
+                except OSError:
+                    pass
+                assert c.read_until_closed(30) == b""
+        for name in ("one", "two"):
+            b.log.wait_for([r"connection refused: peer not in FCGI_WEB_SERVER_ADDRS", rf"listener\W+{name}",
+                            r"127\.0\.0\.1:\d+"], since=mark)
+    finally:
+        b.stop()
+
+
 def test_allowed_clients_on_a_unix_socket_or_empty_is_refused(tmp_path):
     import subprocess
     from harness import bridge_binary

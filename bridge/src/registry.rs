@@ -24,6 +24,8 @@ pub struct Registry {
     pub board: Board,
     /// Sockets systemd passed that no listener has taken yet (a reload may add one).
     pub systemd: systemd::Passed,
+    /// FCGI_WEB_SERVER_ADDRS: the only TCP peers every listener keeps, when set (listen/allow.rs).
+    pub web_server_addrs: Option<Vec<std::net::IpAddr>>,
     /// The listeners the status pages describe; replaced after each reload.
     listeners: RwLock<Arc<Vec<config::Listener>>>,
     /// Set once SIGTERM starts the drain period: from then on every ping path fails, so
@@ -48,6 +50,7 @@ impl Registry {
             track: Tracker::default(),
             board: Board::default(),
             systemd,
+            web_server_addrs: crate::listen::allow::from_env(),
             listeners: RwLock::new(Arc::new(listeners)),
             draining: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),

@@ -9,22 +9,19 @@
 //! Unix-socket listeners are not affected (file permissions guard them).
 use crate::config::Cidr;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::OnceLock;
 
 const VAR: &str = "FCGI_WEB_SERVER_ADDRS";
 
-/// The allowed peers, `None` when the variable is unset (everyone may connect).
-fn allowed() -> &'static Option<Vec<IpAddr>> {
-    static LIST: OnceLock<Option<Vec<IpAddr>>> = OnceLock::new();
-    LIST.get_or_init(|| {
-        let value = std::env::var(VAR).ok()?;
-        let (list, bad) = parse(&value);
-        for b in bad {
-            tracing::warn!("{VAR}: ignoring {b:?}, not an IP address");
-        }
-        tracing::info!("{VAR} is set: TCP connections only from {}", value.trim());
-        Some(list)
-    })
+/// The allowed peers, `None` when the variable is unset (everyone may connect). Read
+/// once at start-up; the daemon's registry keeps the list.
+pub fn from_env() -> Option<Vec<IpAddr>> {
+    let value = std::env::var(VAR).ok()?;
+    let (list, bad) = parse(&value);
+    for b in bad {
+        tracing::warn!("{VAR}: ignoring {b:?}, not an IP address");
+    }
+    tracing::info!("{VAR} is set: TCP connections only from {}", value.trim());
+    Some(list)
 }
 
 /// The addresses of a FCGI_WEB_SERVER_ADDRS value, and the items that are not addresses.
@@ -49,10 +46,9 @@ pub fn permits(list: &[IpAddr], peer: SocketAddr) -> bool {
     list.contains(&ip)
 }
 
-/// Whether a just-accepted TCP connection may stay (FCGI_WEB_SERVER_ADDRS and the
-/// listener's `allowed-clients`); logs the refusal, rate-limited per listener.
-pub fn admit(stream: &tokio::net::TcpStream, listener: &str, clients: Option<&[Cidr]>) -> bool {
-    let env = allowed().as_deref();
+/// Whether a just-accepted TCP connection may stay (FCGI_WEB_SERVER_ADDRS's list `env`
+/// and the listener's `allowed-clients`); logs the refusal, rate-limited per listener.
+pub fn admit(stream: &tokio::net::TcpStream, listener: &str, env: Option<&[IpAddr]>, clients: Option<&[Cidr]>) -> bool {
     if env.is_none() && clients.is_none() {
         return true;
     }

@@ -402,7 +402,7 @@ async fn accept_loop(bound: Bound, mut ctx: Arc<ListenerCtx>, mut stop: watch::R
             }
         };
         if let Accepted::Tcp(s) = &conn {
-            if !allow::admit(s, &ctx.name, ctx.allowed_clients.as_deref()) {
+            if !allow::admit(s, &ctx.name, ctx.registry.web_server_addrs.as_deref(), ctx.allowed_clients.as_deref()) {
                 continue;
             }
         }
