@@ -11,7 +11,7 @@ use crate::backend::SlotConn;
 use crate::config::ErrorPages;
 use crate::dispatch::{AcquireError, Ticket};
 use crate::flow::{BodySource, End, ResponseSink};
-use crate::listen::ListenerCtx;
+use crate::listen::context::ListenerCtx;
 use crate::logging::AccessRecord;
 use crate::respond;
 use crate::respond::error_override::{Override, Replaced};

@@ -12,8 +12,8 @@
 //! connection without END_REQUEST: on a multiplexed connection that also ends the other
 //! requests on it (HAProxy retries or fails them). Web servers other than HAProxy never
 //! multiplex, so in practice only the failed request is affected.
+use super::context::ListenerCtx;
 use super::limits::HeaderCharge;
-use super::ListenerCtx;
 use crate::dispatch::serve::serve;
 use crate::flow::{BodySource, End, FrontGone, ResponseSink};
 use bytes::{Bytes, BytesMut};

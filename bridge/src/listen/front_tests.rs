@@ -2,7 +2,8 @@
 //! protocol crate's client encoders, the bridge's connection task, and a stand-in worker
 //! (a FastCGI responder written with the protocol crate's server side) behind a real unix
 //! socket. The Python worker and real web servers are covered by integration/.
-use super::{fastcgi, scgi, ListenerCtx, Sock};
+use super::context::ListenerCtx;
+use super::{fastcgi, scgi, Sock};
 use crate::backend::SlotConn;
 use crate::config;
 use crate::registry::Registry;

@@ -4,7 +4,7 @@
 //!
 //! The request runs in the connection's own task: the body is read from the socket while
 //! the response is written to it, both through the exchange's concurrent pump.
-use super::ListenerCtx;
+use super::context::ListenerCtx;
 use crate::dispatch::serve::serve;
 use crate::flow::{BodySource, End, FrontGone, ResponseSink};
 use bytes::{Bytes, BytesMut};

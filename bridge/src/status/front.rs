@@ -21,9 +21,9 @@ pub fn intercept(
     let (path, query) = uri.split_once('?').unwrap_or((&uri, ""));
     let reply = if status_path == Some(path) {
         let accept = String::from_utf8_lossy(params.get(b"HTTP_ACCEPT").unwrap_or(b""));
-        super::http::status_reply(registry, query, &accept)
+        super::reply::status_reply(registry, query, &accept)
     } else if ping_path == Some(path) {
-        super::http::ping_reply(registry)
+        super::reply::ping_reply(registry)
     } else {
         return None;
     };

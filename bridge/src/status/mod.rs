@@ -10,6 +10,7 @@ pub mod json;
 pub mod latency;
 pub mod model;
 pub mod openmetrics;
+pub mod reply;
 pub mod slowlog;
 pub mod track;
 
