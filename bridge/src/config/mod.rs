@@ -23,6 +23,7 @@ mod recover;
 mod resolve;
 mod status_key;
 pub mod supervision;
+pub mod template;
 pub mod units;
 mod validate;
 

@@ -1,0 +1,372 @@
+//! Pool templates: a `pools:` entry with a `template:` block is no pool of its own but the
+//! pattern of pools made on demand, one per key of a request (virtual host, authenticated
+//! user). Its values may hold the placeholders `{host}` and `{user}`; an instance is the
+//! entry again with them filled in, resolved and checked exactly as a written pool is
+//! (supervise/instances.rs makes and runs instances).
+//!
+//! At load time the keys without a placeholder are checked as for a pool; those with one
+//! (and what depends on the app file: chdir, chroot, script owner) are checked per
+//! instance, when its first request comes.
+use super::error::{ConfigError, Source};
+use super::file::RawPool;
+use super::locate::KeyPath;
+use super::model::Pool;
+use super::paths;
+use super::units::{DurationDisplay, HumanDuration};
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// `max-instances` by default: live instances of one template.
+pub const DEFAULT_MAX_INSTANCES: u32 = 64;
+/// `instance-idle-timeout` by default: an instance with no request for this long stops.
+pub const DEFAULT_INSTANCE_IDLE_TIMEOUT: Duration = Duration::from_secs(600);
+/// `spawn-rate` by default: new instances per second, so a scan cannot fork a pool per name.
+pub const DEFAULT_SPAWN_RATE: u32 = 4;
+/// `missing-cache` by default: how long a key whose app is missing is answered 404 untried.
+pub const DEFAULT_MISSING_CACHE: Duration = Duration::from_secs(10);
+/// `min-uid` by default: below it an instance's user is a system account and refused.
+pub const DEFAULT_MIN_UID: u32 = 1000;
+
+/// The placeholders a template may use, and where their values come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Placeholder {
+    /// HTTP_HOST (else SERVER_NAME), lower-cased, port dropped, RFC 1123 labels only.
+    Host,
+    /// REMOTE_USER, as the web server's authentication (or an authorizer) set it.
+    User,
+}
+
+impl Placeholder {
+    pub const ALL: [Placeholder; 2] = [Placeholder::Host, Placeholder::User];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Host => "host",
+            Self::User => "user",
+        }
+    }
+}
+
+/// The `template:` block of a pool entry, as written.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawTemplate {
+    /// A regular expression the whole key must match; others are answered 404.
+    pub allow: Option<String>,
+    pub max_instances: Option<u32>,
+    pub instance_idle_timeout: Option<HumanDuration>,
+    pub spawn_rate: Option<u32>,
+    pub missing_cache: Option<HumanDuration>,
+    pub min_uid: Option<u32>,
+}
+
+/// A resolved template.
+#[derive(Debug, Clone)]
+pub struct Template {
+    pub name: String,
+    /// The directory relative paths resolve against (the file's).
+    pub dir: PathBuf,
+    /// The file that defines it, for the errors of its instances.
+    pub file: String,
+    /// The entry as written, relative paths made absolute, `template:` taken out.
+    pub raw: Arc<RawPool>,
+    /// Placeholders used, in [`Placeholder::ALL`] order: together they are an instance's key.
+    pub keys: Vec<Placeholder>,
+    pub allow: Option<regex::Regex>,
+    pub max_instances: u32,
+    /// None: instances are never reaped for idleness.
+    pub idle_timeout: Option<Duration>,
+    pub spawn_rate: u32,
+    pub missing_cache: Duration,
+    pub min_uid: u32,
+    /// Requests one instance takes without a 503 (its processes × threads + queue), for
+    /// FCGI_MAX_REQS.
+    pub capacity: usize,
+}
+
+impl PartialEq for Template {
+    fn eq(&self, o: &Self) -> bool {
+        // The raw entry compares by its text: it holds no float and prints every field.
+        self.name == o.name
+            && self.dir == o.dir
+            && format!("{:?}", self.raw) == format!("{:?}", o.raw)
+            && self.allow.as_ref().map(regex::Regex::as_str) == o.allow.as_ref().map(regex::Regex::as_str)
+            && (self.max_instances, self.idle_timeout, self.spawn_rate) == (o.max_instances, o.idle_timeout, o.spawn_rate)
+            && (self.missing_cache, self.min_uid) == (o.missing_cache, o.min_uid)
+    }
+}
+
+/// The keys whose values may hold a placeholder.
+const TAKES_PLACEHOLDERS: &[&str] =
+    &["app", "python", "command", "chdir", "env", "user", "group", "groups", "chroot", "script-user", "script-group"];
+
+/// The string values of `raw` with their key names, placeholders possible or not.
+fn strings(raw: &mut RawPool) -> Vec<(String, &mut String)> {
+    let mut out: Vec<(String, &mut String)> = Vec::new();
+    let one = [
+        ("app", &mut raw.app),
+        ("python", &mut raw.python),
+        ("chdir", &mut raw.chdir),
+        ("user", &mut raw.user),
+        ("group", &mut raw.group),
+        ("chroot", &mut raw.chroot),
+        ("script-user", &mut raw.script_user),
+        ("script-group", &mut raw.script_group),
+        ("mode", &mut raw.mode),
+        ("umask", &mut raw.umask),
+        ("rlimit-core", &mut raw.rlimit_core),
+    ];
+    for (k, v) in one {
+        if let Some(v) = v.as_mut() {
+            out.push((k.to_owned(), v));
+        }
+    }
+    for (k, list) in [("command", &mut raw.command), ("groups", &mut raw.groups)] {
+        for (i, v) in list.iter_mut().flatten().enumerate() {
+            out.push((format!("{k}[{i}]"), v));
+        }
+    }
+    for (name, v) in raw.env.iter_mut().flat_map(|e| e.0.iter_mut()) {
+        out.push((format!("env.{name}"), v));
+    }
+    for (status, page) in raw.error_pages.iter_mut().flat_map(|e| e.0.iter_mut()) {
+        for v in page.file.iter_mut().chain(page.redirect.iter_mut()) {
+            out.push((format!("error-pages.{status}"), v));
+        }
+    }
+    out
+}
+
+/// The placeholders in `text`, or why it is not a valid template value.
+fn placeholders_in(text: &str) -> Result<Vec<Placeholder>, String> {
+    let mut found = Vec::new();
+    let mut rest = text;
+    while let Some(open) = rest.find('{') {
+        let after = &rest[open + 1..];
+        let close = after.find('}').ok_or_else(|| format!("{text:?}: a '{{' without its '}}'"))?;
+        let name = &after[..close];
+        let p = Placeholder::ALL.into_iter().find(|p| p.name() == name).ok_or_else(|| {
+            format!("{text:?}: unknown placeholder {{{name}}}; a template knows {{host}} and {{user}}")
+        })?;
+        found.push(p);
+        rest = &after[close + 1..];
+    }
+    if rest.contains('}') {
+        return Err(format!("{text:?}: a '}}' without its '{{'"));
+    }
+    Ok(found)
+}
+
+/// Fill in the placeholders of `text`; `values` follows [`Placeholder::ALL`].
+pub fn fill(text: &str, values: &[(Placeholder, &str)]) -> String {
+    let mut out = text.to_owned();
+    for (p, v) in values {
+        out = out.replace(&format!("{{{}}}", p.name()), v);
+    }
+    out
+}
+
+/// A template from `pools.NAME` with a `template:` block: the block's settings, every
+/// placeholder checked, and the keys without one checked as a pool's are.
+pub fn resolve(
+    src: &Source,
+    dir: &Path,
+    name: &str,
+    mut raw: RawPool,
+    search_path: Option<&std::ffi::OsStr>,
+) -> Result<Template, ConfigError> {
+    let here = KeyPath::of(&["pools", name]);
+    let block = raw.template.take().unwrap_or_default();
+    let mut errs = Vec::new();
+    let mut keys = Vec::new();
+    let mut with_placeholders: Vec<String> = Vec::new();
+    for (key, value) in strings(&mut raw) {
+        let top = key.split(['.', '[']).next().unwrap_or("").to_owned();
+        match placeholders_in(value) {
+            Err(m) => errs.push(src.invalid(&key_path(&here, &key), m)),
+            Ok(found) if found.is_empty() => {}
+            Ok(_) if !TAKES_PLACEHOLDERS.contains(&top.as_str()) => errs.push(src.invalid(
+                &key_path(&here, &key),
+                format!("cannot take a placeholder (they go in {})", TAKES_PLACEHOLDERS.join(", ")),
+            )),
+            Ok(found) => {
+                keys.extend(found);
+                with_placeholders.push(top);
+            }
+        }
+    }
+    keys.sort();
+    keys.dedup();
+    if keys.is_empty() && errs.is_empty() {
+        errs.push(src.invalid(&here.key("template"), "the template uses no placeholder ({host} or {user}); an instance per key needs one, or make it a plain pool"));
+    }
+    absolutize(&mut raw, dir);
+    if raw.mode.is_none() {
+        // Instances start with their first request and shrink to none when idle.
+        raw.mode = Some("ondemand".to_owned());
+    }
+    let t = block_settings(src, &here.key("template"), block, &mut errs);
+    // The keys without a placeholder, checked now on a sample instance; what a placeholder
+    // decides (files, accounts) is checked per instance.
+    let sample = fill_raw(&raw, &Placeholder::ALL.map(|p| (p, "example")));
+    let dependent = ["chdir", "chroot", "script-user", "script-group", "python", "app", "command"];
+    let paths_vary = with_placeholders.iter().any(|k| dependent.contains(&k.as_str()));
+    let capacity = match super::resolve::pool(src, dir, name, sample, search_path) {
+        Ok(p) => capacity_of(&p),
+        Err(e) => {
+            let prefix = here.to_string();
+            for e in flatten(e) {
+                let key = match &e {
+                    ConfigError::Invalid { key, .. } => key.strip_prefix(&prefix).unwrap_or("").trim_start_matches('.'),
+                    _ => "",
+                };
+                let top = key.split(['.', '[']).next().unwrap_or("");
+                let varies = with_placeholders.iter().any(|k| k == top) || (paths_vary && dependent.contains(&top));
+                if !varies {
+                    errs.push(e);
+                }
+            }
+            0
+        }
+    };
+    let Some((allow, max_instances, idle_timeout, spawn_rate, missing_cache, min_uid)) = t else {
+        return Err(ConfigError::several(errs));
+    };
+    if !errs.is_empty() {
+        return Err(ConfigError::several(errs));
+    }
+    Ok(Template {
+        name: name.to_owned(),
+        dir: dir.to_path_buf(),
+        file: src.file.clone(),
+        raw: Arc::new(raw),
+        keys,
+        allow,
+        max_instances,
+        idle_timeout,
+        spawn_rate,
+        missing_cache,
+        min_uid,
+        capacity,
+    })
+}
+
+type Settings = (Option<regex::Regex>, u32, Option<Duration>, u32, Duration, u32);
+
+/// The `template:` block's own keys, with their defaults.
+fn block_settings(src: &Source, here: &KeyPath, b: RawTemplate, errs: &mut Vec<ConfigError>) -> Option<Settings> {
+    let before = errs.len();
+    let allow = match b.allow {
+        None => None,
+        // Anchored: the whole key must match, never a part of it.
+        Some(text) => match regex::Regex::new(&format!("^(?:{text})$")) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                errs.push(src.invalid(&here.key("allow"), format!("{text:?} is not a regular expression: {e}")));
+                None
+            }
+        },
+    };
+    let max_instances = b.max_instances.unwrap_or(DEFAULT_MAX_INSTANCES);
+    if max_instances == 0 {
+        errs.push(src.invalid(&here.key("max-instances"), "must be 1 or more"));
+    }
+    let spawn_rate = b.spawn_rate.unwrap_or(DEFAULT_SPAWN_RATE);
+    if spawn_rate == 0 {
+        errs.push(src.invalid(&here.key("spawn-rate"), "must be 1 or more (new instances per second)"));
+    }
+    let idle = b.instance_idle_timeout.map_or(DEFAULT_INSTANCE_IDLE_TIMEOUT, |d| d.0);
+    let idle_timeout = (!idle.is_zero()).then_some(idle);
+    let missing_cache = b.missing_cache.map_or(DEFAULT_MISSING_CACHE, |d| d.0);
+    let min_uid = b.min_uid.unwrap_or(DEFAULT_MIN_UID);
+    (errs.len() == before).then_some((allow, max_instances, idle_timeout, spawn_rate, missing_cache, min_uid))
+}
+
+fn key_path(here: &KeyPath, dotted: &str) -> KeyPath {
+    let mut path = here.clone();
+    for part in dotted.split('.') {
+        match part.split_once('[') {
+            Some((k, i)) => path = path.key(k).index(i.trim_end_matches(']').parse().unwrap_or(0)),
+            None => path = path.key(part),
+        }
+    }
+    path
+}
+
+fn flatten(e: ConfigError) -> Vec<ConfigError> {
+    match e {
+        ConfigError::Several(all) => all,
+        e => vec![e],
+    }
+}
+
+/// Relative paths made absolute against `dir`, placeholders kept: the entry then means the
+/// same wherever it is printed (`fcgibridge check`) or instantiated.
+fn absolutize(raw: &mut RawPool, dir: &Path) {
+    let abs = |v: &mut String| *v = paths::resolve(dir, v).display().to_string();
+    for v in raw.chdir.iter_mut().chain(raw.chroot.iter_mut()) {
+        abs(v);
+    }
+    // A file app, a python given as a path (a bare name is looked up in PATH), a program path.
+    if let Some(app) = raw.app.as_mut().filter(|a| a.contains('/') || a.ends_with(".py") || a.ends_with(".wsgi")) {
+        abs(app);
+    }
+    if let Some(py) = raw.python.as_mut().filter(|p| p.contains('/')) {
+        abs(py);
+    }
+    if let Some(first) = raw.command.as_mut().and_then(|c| c.first_mut()).filter(|c| c.contains('/')) {
+        abs(first);
+    }
+}
+
+/// `raw` with every placeholder filled in.
+pub fn fill_raw(raw: &RawPool, values: &[(Placeholder, &str)]) -> RawPool {
+    let mut out = raw.clone();
+    for (_, v) in strings(&mut out) {
+        *v = fill(v, values);
+    }
+    out
+}
+
+/// Requests a pool takes at once without a 503.
+pub fn capacity_of(p: &Pool) -> usize {
+    (p.processes as usize) * (p.threads as usize) + p.queue_size
+}
+
+impl Template {
+    /// The `template:` block as `fcgibridge check` prints it, every default written out.
+    pub fn render_block(&self) -> Vec<(&'static str, String)> {
+        let mut out = Vec::new();
+        if let Some(a) = &self.allow {
+            let text = a.as_str().strip_prefix("^(?:").and_then(|s| s.strip_suffix(")$")).unwrap_or(a.as_str());
+            out.push(("allow", format!("{:?}", text)));
+        }
+        out.push(("max-instances", self.max_instances.to_string()));
+        out.push(("instance-idle-timeout", DurationDisplay(self.idle_timeout.unwrap_or_default()).to_string()));
+        out.push(("spawn-rate", self.spawn_rate.to_string()));
+        out.push(("missing-cache", DurationDisplay(self.missing_cache).to_string()));
+        out.push(("min-uid", self.min_uid.to_string()));
+        out
+    }
+
+    /// The pool keys as written (paths absolute), each value as YAML (JSON is YAML).
+    pub fn render_keys(&self) -> Vec<(String, String)> {
+        let Ok(serde_json::Value::Object(map)) = serde_json::to_value(&*self.raw) else { return Vec::new() };
+        map.into_iter()
+            .filter(|(_, v)| !v.is_null())
+            .map(|(k, mut v)| {
+                drop_nulls(&mut v);
+                (k, v.to_string())
+            })
+            .collect()
+    }
+}
+
+fn drop_nulls(v: &mut serde_json::Value) {
+    if let serde_json::Value::Object(m) = v {
+        m.retain(|_, x| !x.is_null());
+        m.values_mut().for_each(drop_nulls);
+    }
+}
