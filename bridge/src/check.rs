@@ -39,8 +39,9 @@ pub fn render(config: &Config, dir: &str) -> String {
     // Writing to a String cannot fail; the results below are ignored for that reason.
     let _ = writeln!(
         out,
-        "# Effective configuration of {dir}: {} pool(s), {} listener(s); every default written out.",
+        "# Effective configuration of {dir}: {} pool(s), {} template(s), {} listener(s); every default written out.",
         config.pools.len(),
+        config.templates.len(),
         config.listeners.len()
     );
     let g = &config.global;

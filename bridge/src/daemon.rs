@@ -178,6 +178,7 @@ async fn run(mut config: crate::config::Config, notifier: Arc<Notifier>, config_
             }
         }
     }
+    crate::supervise::instances::install(&config.templates, rt_dir.path(), rt_dir.python_path());
     let mut listeners = match listen::ListenerSet::start(&config.listeners, bound, &by_name, shared.clone()) {
         Ok(r) => r,
         Err(e) => {
@@ -257,6 +258,7 @@ async fn run(mut config: crate::config::Config, notifier: Arc<Notifier>, config_
         tracing::info!("fast stop");
     }
     supervisor.stop(how).await;
+    crate::supervise::instances::stop_all(how).await;
     logging::ratelimit::flush_all();
     drop(rt_dir);
     tracing::info!("stopped");

@@ -93,6 +93,8 @@ async fn apply(dir: &Path, live: Live<'_>, restart_all: bool) -> Result<String, 
         .reload(&new.pools, live.runtime_dir, restart_all, new.global.shutdown_timeout)
         .map_err(|e| e.to_string())?;
     let by_name: HashMap<String, Arc<PoolRuntime>> = pools.iter().map(|p| (p.name.to_string(), p.clone())).collect();
+    // Before the listeners: their new routes name the new templates.
+    let templates = crate::supervise::instances::reload(&new.templates).await;
     let listeners = live.listeners.apply(&new.listeners, sockets, &by_name).map_err(|e| e.to_string())?;
 
     let (mut added, mut changed, mut removed) = (Vec::new(), Vec::new(), Vec::new());
@@ -109,8 +111,12 @@ async fn apply(dir: &Path, live: Live<'_>, restart_all: bool) -> Result<String, 
         }
     }
     let list = |v: &[String]| if v.is_empty() { "none".to_owned() } else { v.join(", ") };
-    let mut summary =
-        format!("pools added: {}; changed: {}; removed: {}; {listeners}", list(&added), list(&changed), list(&removed));
+    let mut summary = format!(
+        "pools added: {}; changed: {}; removed: {}; {templates}; {listeners}",
+        list(&added),
+        list(&changed),
+        list(&removed)
+    );
     for n in notes {
         summary.push_str("; ");
         summary.push_str(&n);

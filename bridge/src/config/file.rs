@@ -56,9 +56,6 @@ pub struct RawStatus {
 #[derive(Debug, Default, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct RawPool {
-    /// Makes the entry a template of pools made per request (config/template.rs).
-    #[serde(skip_serializing)]
-    pub template: Option<super::template::RawTemplate>,
     pub app: Option<String>,
     pub python: Option<String>,
     /// A generic FastCGI program instead of a WSGI app: `[php-cgi]`, `[./app.fcgi, --x]`.
@@ -108,6 +105,9 @@ pub struct RawPool {
     pub script_user: Option<String>,
     pub script_group: Option<String>,
     pub preload: Option<bool>,
+    /// Makes the entry a template of pools made per request (config/template.rs).
+    #[serde(skip_serializing)]
+    pub template: Option<super::template::RawTemplate>,
 }
 
 /// One entry under `listeners:`.

@@ -28,6 +28,7 @@ pub mod units;
 mod validate;
 
 pub use error::ConfigError;
+pub use file::RawPool;
 pub use model::*;
 
 use error::Source;

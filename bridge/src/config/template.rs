@@ -39,7 +39,7 @@ pub enum Placeholder {
 }
 
 impl Placeholder {
-    pub const ALL: [Placeholder; 2] = [Placeholder::Host, Placeholder::User];
+    pub const ALL: [Self; 2] = [Self::Host, Self::User];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -93,7 +93,8 @@ impl PartialEq for Template {
             && self.dir == o.dir
             && format!("{:?}", self.raw) == format!("{:?}", o.raw)
             && self.allow.as_ref().map(regex::Regex::as_str) == o.allow.as_ref().map(regex::Regex::as_str)
-            && (self.max_instances, self.idle_timeout, self.spawn_rate) == (o.max_instances, o.idle_timeout, o.spawn_rate)
+            && (self.max_instances, self.idle_timeout, self.spawn_rate)
+                == (o.max_instances, o.idle_timeout, o.spawn_rate)
             && (self.missing_cache, self.min_uid) == (o.missing_cache, o.min_uid)
     }
 }
@@ -369,4 +370,11 @@ fn drop_nulls(v: &mut serde_json::Value) {
         m.retain(|_, x| !x.is_null());
         m.values_mut().for_each(drop_nulls);
     }
+}
+
+/// An instance's pool from its filled-in entry, resolved and checked as a written pool
+/// (errors name the template's file and keys).
+pub fn instantiate(t: &Template, raw: RawPool, search_path: Option<&std::ffi::OsStr>) -> Result<Pool, ConfigError> {
+    let src = Source { file: t.file.clone(), index: super::locate::KeyIndex::default() };
+    super::resolve::pool(&src, &t.dir, &t.name, raw, search_path)
 }

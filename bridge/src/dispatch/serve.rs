@@ -14,11 +14,13 @@ use crate::logging::{AccessLog, AccessRecord};
 use crate::respond;
 use crate::respond::body_limit::{BodyWatch, Limited, LimitedSink, Tripped};
 use crate::respond::error_override::{ErrorPages, Override, Replaced};
+use crate::supervise::instances::{Target, TemplateRuntime};
 use crate::supervise::PoolRuntime;
 use bytes::{Bytes, BytesMut};
 use fastcgi_server::{Params, Role};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::sync::OnceLock;
 use std::time::Instant;
 use tokio::sync::Notify;
 
@@ -73,6 +75,28 @@ impl Drop for InFlight<'_> {
         if self.0.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.0.drained.notify_waiters();
         }
+    }
+}
+
+/// The template instances one request was routed to (each route of a redirect may pick
+/// another): held for the request's whole life, as a listener holds its pools.
+#[derive(Default)]
+struct Pins([OnceLock<Arc<PoolRuntime>>; 12]);
+
+impl Pins {
+    /// `p`, kept here; None when the request has gone through too many instances.
+    fn pin(&self, p: Arc<PoolRuntime>) -> Option<&Arc<PoolRuntime>> {
+        for cell in &self.0 {
+            if let Some(q) = cell.get() {
+                if Arc::ptr_eq(q, &p) {
+                    return Some(q);
+                }
+                continue;
+            }
+            let _ = cell.set(p.clone());
+            return cell.get();
+        }
+        None
     }
 }
 
@@ -165,6 +189,7 @@ pub async fn serve<S: BodySource, K: ResponseSink>(
     // Shares the received buffer: no copy, and `params` stays free to be rewritten.
     let uri_bytes = params.get_bytes(b"REQUEST_URI").or_else(|| params.get_bytes(b"SCRIPT_NAME")).unwrap_or_default();
     let uri = String::from_utf8_lossy(&uri_bytes);
+    let pins = Pins::default();
     if let Some(trust) = &lst.trusted_proxies {
         trust.apply(&mut params);
     }
@@ -184,6 +209,7 @@ pub async fn serve<S: BodySource, K: ResponseSink>(
         sink: LimitedSink::new(sink, &body_watch),
         serving: None,
         redirects: 0,
+        pins: &pins,
     };
     let mut step = Step::Route;
     let (status, bytes, pool_name) = loop {
@@ -229,6 +255,8 @@ struct Request<'a, S, K> {
     serving: Option<Replaced>,
     /// Internal redirects so far (respond/redirect.rs).
     redirects: u32,
+    /// The template instances it was routed to.
+    pins: &'a Pins,
 }
 
 impl<'a, S: BodySource, K: ResponseSink> Request<'a, S, K> {
@@ -308,11 +336,18 @@ impl<'a, S: BodySource, K: ResponseSink> Request<'a, S, K> {
         if let Some(reply) = crate::status::front::intercept(&lst.name, &self.params) {
             return self.answer(reply, 200, None).await;
         }
-        let Some((pool, prefix)) = lst.router.route(&self.params) else {
+        let Some((target, prefix)) = lst.router.route(&self.params) else {
             if crate::logging::ratelimit::allow(&crate::logging::ratelimit::NO_ROUTE, &lst.name) {
                 tracing::info!(listener = %lst.name, request_id, uri = %uri, "no route matches, answering 404");
             }
             return self.answer(respond::error_response(404, None).freeze(), 404, None).await;
+        };
+        let pool = match target {
+            Target::Pool(pool) => pool,
+            Target::Template(t) => match self.instance(t).await {
+                Ok(pool) => pool,
+                Err(step) => return step,
+            },
         };
         if !lst.keep_path_info {
             crate::route::mount(&mut self.params, prefix.or(lst.mount.as_deref()));
@@ -349,6 +384,25 @@ impl<'a, S: BodySource, K: ResponseSink> Request<'a, S, K> {
             // Gone while queued.
             None => self.gone(pool).await,
         }
+    }
+
+    /// The instance of template `t` for this request (supervise/instances.rs), or the step
+    /// that answered it (400/403/404/500/503, logged).
+    async fn instance(&mut self, t: &'a TemplateRuntime) -> Result<&'a Arc<PoolRuntime>, Step<'a>> {
+        let refusal = match t.instance(&self.params).await {
+            Ok(pool) => match self.pins.pin(pool) {
+                Some(pool) => return Ok(pool),
+                None => crate::supervise::instances::Refusal::Broken {
+                    key: String::new(),
+                    why: "the request went through too many instances".into(),
+                },
+            },
+            Err(r) => r,
+        };
+        let peer = String::from_utf8_lossy(self.params.get(b"REMOTE_ADDR").unwrap_or(b""));
+        crate::supervise::instances::log_refusal(&refusal, &t.name, &self.lst.name, self.request_id, &peer, self.uri);
+        let (status, retry) = refusal.status();
+        Err(self.error_page(None, Replaced::bridge(status, retry), None).await)
     }
 
     /// Before a worker is taken: `max-body` on the declared length, and a small body read
