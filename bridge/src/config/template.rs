@@ -81,16 +81,16 @@ pub struct Template {
     pub spawn_rate: u32,
     pub missing_cache: Duration,
     pub min_uid: u32,
-    /// Requests one instance takes without a 503 (its processes × threads + queue), for
-    /// FCGI_MAX_REQS.
+    /// Requests its instances take without a 503 (processes × threads + queue, times
+    /// max-instances), for FCGI_MAX_REQS.
     pub capacity: usize,
 }
 
 impl PartialEq for Template {
     fn eq(&self, o: &Self) -> bool {
         // The raw entry compares by its text: it holds no float and prints every field.
+        // `dir` is left out: every path in `raw` is absolute (see `absolutize`).
         self.name == o.name
-            && self.dir == o.dir
             && format!("{:?}", self.raw) == format!("{:?}", o.raw)
             && self.allow.as_ref().map(regex::Regex::as_str) == o.allow.as_ref().map(regex::Regex::as_str)
             && (self.max_instances, self.idle_timeout, self.spawn_rate)
@@ -214,30 +214,27 @@ pub fn resolve(
     let sample = fill_raw(&raw, &Placeholder::ALL.map(|p| (p, "example")));
     let dependent = ["chdir", "chroot", "script-user", "script-group", "python", "app", "command"];
     let paths_vary = with_placeholders.iter().any(|k| dependent.contains(&k.as_str()));
-    let capacity = match super::resolve::pool(src, dir, name, sample, search_path) {
-        Ok(p) => capacity_of(&p),
-        Err(e) => {
-            let prefix = here.to_string();
-            for e in flatten(e) {
-                let key = match &e {
-                    ConfigError::Invalid { key, .. } => key.strip_prefix(&prefix).unwrap_or("").trim_start_matches('.'),
-                    _ => "",
-                };
-                let top = key.split(['.', '[']).next().unwrap_or("");
-                let varies = with_placeholders.iter().any(|k| k == top) || (paths_vary && dependent.contains(&top));
-                if !varies {
-                    errs.push(e);
-                }
+    if let Err(e) = super::resolve::pool(src, dir, name, sample, search_path) {
+        let prefix = here.to_string();
+        for e in flatten(e) {
+            let key = match &e {
+                ConfigError::Invalid { key, .. } => key.strip_prefix(&prefix).unwrap_or("").trim_start_matches('.'),
+                _ => "",
+            };
+            let top = key.split(['.', '[']).next().unwrap_or("");
+            let varies = with_placeholders.iter().any(|k| k == top) || (paths_vary && dependent.contains(&top));
+            if !varies {
+                errs.push(e);
             }
-            0
         }
-    };
+    }
     let Some((allow, max_instances, idle_timeout, spawn_rate, missing_cache, min_uid)) = t else {
         return Err(ConfigError::several(errs));
     };
     if !errs.is_empty() {
         return Err(ConfigError::several(errs));
     }
+    let capacity = capacity_of_raw(&raw).saturating_mul(max_instances as usize);
     Ok(Template {
         name: name.to_owned(),
         dir: dir.to_path_buf(),
@@ -320,6 +317,17 @@ fn absolutize(raw: &mut RawPool, dir: &Path) {
     if let Some(first) = raw.command.as_mut().and_then(|c| c.first_mut()).filter(|c| c.contains('/')) {
         abs(first);
     }
+    for page in raw.error_pages.iter_mut().flat_map(|e| e.0.iter_mut()).map(|(_, p)| p) {
+        page.file.iter_mut().for_each(abs);
+    }
+    // In name order, as a pool's env and error pages are kept (and `check` prints them).
+    raw.env.iter_mut().for_each(|e| e.0.sort_by(|a, b| a.0.cmp(&b.0)));
+    raw.error_pages.iter_mut().for_each(|e| e.0.sort_by(|a, b| a.0.cmp(&b.0)));
+    // A module app or a program runs in the file's directory by default: written out, so
+    // that the entry means the same when `fcgibridge check` prints it elsewhere.
+    if raw.chdir.is_none() && raw.app.as_deref().is_none_or(|a| !a.starts_with('/')) {
+        raw.chdir = Some(dir.display().to_string());
+    }
 }
 
 /// `raw` with every placeholder filled in.
@@ -331,9 +339,13 @@ pub fn fill_raw(raw: &RawPool, values: &[(Placeholder, &str)]) -> RawPool {
     out
 }
 
-/// Requests a pool takes at once without a 503.
-pub fn capacity_of(p: &Pool) -> usize {
-    (p.processes as usize) * (p.threads as usize) + p.queue_size
+/// Requests one instance takes at once without a 503, from the entry as written (its
+/// sample may not resolve: its files exist per instance only).
+fn capacity_of_raw(raw: &RawPool) -> usize {
+    use super::resolve::{DEFAULT_QUEUE_SIZE, DEFAULT_THREADS};
+    let processes = raw.max_processes.or(raw.processes).unwrap_or(super::supervision::DEFAULT_MAX_PROCESSES);
+    let threads = raw.threads.unwrap_or(DEFAULT_THREADS);
+    (processes as usize) * (threads as usize) + raw.queue_size.unwrap_or(DEFAULT_QUEUE_SIZE)
 }
 
 impl Template {
@@ -377,4 +389,80 @@ fn drop_nulls(v: &mut serde_json::Value) {
 pub fn instantiate(t: &Template, raw: RawPool, search_path: Option<&std::ffi::OsStr>) -> Result<Pool, ConfigError> {
     let src = Source { file: t.file.clone(), index: super::locate::KeyIndex::default() };
     super::resolve::pool(&src, &t.dir, &t.name, raw, search_path)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use std::fs;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn placeholders_are_named_and_closed() {
+        assert_eq!(placeholders_in("/srv/{host}/{user}/app.py"), Ok(vec![Placeholder::Host, Placeholder::User]));
+        assert_eq!(placeholders_in("plain"), Ok(vec![]));
+        assert!(placeholders_in("/srv/{hots}").unwrap_err().contains("unknown placeholder {hots}"));
+        assert!(placeholders_in("/srv/{host").unwrap_err().contains("without its '}'"));
+        assert!(placeholders_in("/srv/host}").unwrap_err().contains("without its '{'"));
+        assert_eq!(fill("/srv/{host}/{host}", &[(Placeholder::Host, "a.test")]), "/srv/a.test/a.test");
+    }
+
+    /// A scratch conf.d with `text`, a stand-in python3 on the search path; the load result.
+    fn load(name: &str, text: &str) -> (PathBuf, Result<super::super::Config, ConfigError>) {
+        let root = super::super::tests::scratch_dir(name);
+        fs::create_dir_all(root.join("conf.d")).unwrap();
+        fs::create_dir_all(root.join("bin")).unwrap();
+        let python = root.join("bin/python3");
+        fs::write(&python, "#!/bin/sh\n").unwrap();
+        fs::set_permissions(&python, fs::Permissions::from_mode(0o755)).unwrap();
+        fs::create_dir_all(root.join("errors")).unwrap();
+        fs::write(root.join("errors/404.html"), "gone\n").unwrap();
+        fs::write(root.join("conf.d/10.yaml"), text).unwrap();
+        let bin = root.join("bin");
+        let loaded = super::super::load_with_search_path(&root.join("conf.d"), Some(bin.as_os_str()));
+        (root, loaded)
+    }
+
+    const TEMPLATE: &str = "\
+pools:
+  sites:
+    template: {allow: '[a-z.]+', max-instances: 3, spawn-rate: 2, instance-idle-timeout: 0s}
+    app: ../sites/{host}/app.py
+    env: {SITE: '{host}', OTHER: plain}
+    threads: 2
+    error-pages: {'404': ../errors/404.html}
+listeners:
+  web: {fastcgi: 127.0.0.1:9000, pool: sites}
+";
+
+    #[test]
+    fn a_template_loads_and_its_check_output_loads_back() {
+        let (root, loaded) = load("template-roundtrip", TEMPLATE);
+        let config = loaded.unwrap();
+        let t = &config.templates[0];
+        assert_eq!(
+            (t.keys.clone(), t.max_instances, t.spawn_rate, t.idle_timeout),
+            (vec![Placeholder::Host], 3, 2, None)
+        );
+        assert_eq!(t.raw.app.as_deref(), Some(&*format!("{}/sites/{{host}}/app.py", root.display())));
+        assert!(t.allow.as_ref().unwrap().is_match("a.test") && !t.allow.as_ref().unwrap().is_match("a.test/x"));
+        let text = crate::check::render(&config, "x");
+        let again = super::super::tests::scratch_dir("template-roundtrip-again");
+        fs::write(again.join("00.yaml"), &text).unwrap();
+        let bin = root.join("bin");
+        let reloaded = super::super::load_with_search_path(&again, Some(bin.as_os_str())).unwrap();
+        assert_eq!(reloaded, config, "\n{text}");
+    }
+
+    #[test]
+    fn misplaced_and_unknown_placeholders_are_errors_at_their_key() {
+        let text = TEMPLATE.replace("threads: 2", "threads: 2\n    umask: '{host}'\n    chdir: /x/{nope}");
+        let err = load("template-errors", &text).1.unwrap_err().to_string();
+        assert!(err.contains("10.yaml:7:5: pools.sites.umask: cannot take a placeholder"), "{err}");
+        assert!(err.contains("10.yaml:8:5: pools.sites.chdir: \"/x/{nope}\": unknown placeholder {nope}"), "{err}");
+        let none = TEMPLATE.replace("{host}", "alpha.test");
+        let err = load("template-none", &none).1.unwrap_err().to_string();
+        assert!(err.contains("pools.sites.template: the template uses no placeholder"), "{err}");
+    }
 }
