@@ -195,6 +195,25 @@ def test_nginx_virtual_hosts_get_an_instance_each_with_their_own_python(tmp_path
         b.stop()
 
 
+def test_nginx_per_path_recipe(tmp_path, nginx_front):
+    sites = make_sites(tmp_path, ("alice", "bob"))
+    b = start_bridge(tmp_path, {"userdirs": template(sites, {"allow": "[a-z][a-z0-9-]*"})})
+    try:
+        port = nginx_front(b.listener_address("web")[1], "nginx-per-path")
+        seen = {}
+        for name in ("alice", "bob"):
+            r = requests.get(f"http://127.0.0.1:{port}/~{name}/page", timeout=60)
+            assert r.status_code == 200, r.text
+            seen[name] = r.json()
+            assert seen[name]["app"] == str(sites / name / "app.py")
+            assert (seen[name]["script_name"], seen[name]["path_info"]) == (f"/~{name}", "/page")
+        assert seen["alice"]["pid"] != seen["bob"]["pid"]
+        assert requests.get(f"http://127.0.0.1:{port}/~carol/", timeout=60).status_code == 404
+        assert set(instances(b)) == {"alice", "bob"}
+    finally:
+        b.stop()
+
+
 HOSTILE = [
     (b"../x", 400), (b"a b", 400), (b"a\x00b", 400), (b"x/y", 400),
     (b"a" * 64 + b".test", 400), ((b"a" * 60 + b".") * 5 + b"test", 400), (b"10.0.0.1", 400),

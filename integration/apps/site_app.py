@@ -22,6 +22,8 @@ def application(environ, start_response):
         "uid": os.getuid(),
         "python": "%d.%d" % sys.version_info[:2],
         "version": os.environ.get("SITE_VERSION"),
+        "script_name": environ.get("SCRIPT_NAME"),
+        "path_info": environ.get("PATH_INFO"),
     }).encode()
     start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
     return [body]
