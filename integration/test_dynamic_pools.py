@@ -437,9 +437,10 @@ def test_status_shows_instances_in_json_and_openmetrics(tmp_path):
         assert re.search(r'fcgibridge_instance_idle_seconds\{pool="sites\[alpha.test\]",template="sites",key="alpha.test"\} ', metrics)
         table = subprocess.run([str(b.binary), "status", "--config", str(b.confdir)], capture_output=True,
                                text=True, timeout=60)
-        assert "sites[alpha.test]" in table.stdout
-        html = requests.get(f"http://127.0.0.1:{status_port}/status", timeout=30).text
-        assert "sites[alpha.test]" in html
+        assert re.search(r"^TEMPLATE\s+KEY\s+AGE\s+IDLE\s+WORKERS\n\s*sites\s+alpha\.test\s+\S+\s+\S+\s+1$",
+                         table.stdout, re.M), table.stdout
+        html = requests.get(f"http://127.0.0.1:{status_port}/status?html", timeout=30).text
+        assert re.search(r'<table id="instances">.*<td>sites</td><td>alpha.test</td><td>sites\[alpha.test\]</td>', html, re.S)
     finally:
         b.stop()
 
