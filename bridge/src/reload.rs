@@ -94,7 +94,7 @@ async fn apply(dir: &Path, live: Live<'_>, restart_all: bool) -> Result<String, 
         .map_err(|e| e.to_string())?;
     let by_name: HashMap<String, Arc<PoolRuntime>> = pools.iter().map(|p| (p.name.to_string(), p.clone())).collect();
     // Before the listeners: their new routes name the new templates.
-    let templates = crate::supervise::instances::reload(&new.templates).await;
+    let templates = crate::supervise::instances::reload(&new.templates, restart_all).await;
     let listeners = live.listeners.apply(&new.listeners, sockets, &by_name).map_err(|e| e.to_string())?;
 
     let (mut added, mut changed, mut removed) = (Vec::new(), Vec::new(), Vec::new());

@@ -196,7 +196,7 @@ pub fn install(templates: &[Template], runtime_dir: &Path, python_path: PathBuf)
         r.templates = templates.iter().map(TemplateRuntime::new).collect();
     });
     if !templates.is_empty() {
-        tokio::spawn(reaper());
+        start_reaper();
     }
     for t in templates {
         tracing::info!(template = %t.name, max_instances = t.max_instances, "pool template: an instance per {}", key_names(t));
@@ -241,17 +241,18 @@ pub fn live() -> Vec<(Arc<PoolRuntime>, InstanceStats)> {
 
 /// A reload: unchanged templates keep their instances; a changed one rolls its instances
 /// to the new configuration (each keeps its queue and is restarted worker by worker, as a
-/// changed pool is); a removed one stops its instances. Returns a summary.
-pub async fn reload(new: &[Template]) -> String {
+/// changed pool is); a removed one stops its instances. `restart_all` (SIGUSR2) rolls every
+/// instance with a restart of its workers. Returns a summary.
+pub async fn reload(new: &[Template], restart_all: bool) -> String {
     let old = registry(|r| r.templates.clone());
     let (mut changed, mut removed) = (Vec::new(), Vec::new());
     let mut next = Vec::new();
     for t in new {
         match old.iter().find(|o| *o.name == t.name) {
-            Some(o) if *o.config() == *t => next.push(o.clone()),
+            Some(o) if *o.config() == *t && !restart_all => next.push(o.clone()),
             Some(o) => {
                 changed.push(t.name.clone());
-                o.roll(Arc::new(t.clone())).await;
+                o.roll(Arc::new(t.clone()), restart_all).await;
                 next.push(o.clone());
             }
             None => next.push(TemplateRuntime::new(t)),
@@ -263,11 +264,10 @@ pub async fn reload(new: &[Template]) -> String {
             o.stop_all("its template is gone from the configuration");
         }
     }
-    let start_reaper = old.is_empty() && !next.is_empty();
-    registry(|r| r.templates = next);
-    if start_reaper {
-        tokio::spawn(reaper());
+    if !next.is_empty() {
+        start_reaper();
     }
+    registry(|r| r.templates = next);
     let list = |v: &[String]| if v.is_empty() { "none".to_owned() } else { v.join(", ") };
     format!("templates changed: {}; removed: {}", list(&changed), list(&removed))
 }
@@ -304,7 +304,19 @@ pub async fn stop_all(how: Stop) {
 /// Stop an instance: it serves what it has queued and in flight, then ends.
 fn retire(i: Instance) {
     i.pool.send(ManagerCmd::Remove { within: RETIRE_WITHIN });
+    // A preloaded instance's fork template goes with it (supervise/template.rs).
+    if i.pool.config.isolation.preload {
+        super::template::retire_pool(&i.pool.name);
+    }
     registry(|r| r.retiring.push((i.pool, i.dir)));
+}
+
+/// The reaper, once.
+fn start_reaper() {
+    static STARTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if !STARTED.swap(true, std::sync::atomic::Ordering::AcqRel) {
+        tokio::spawn(reaper());
+    }
 }
 
 /// Every second: stop instances idle for their template's timeout; forget stopped ones.
@@ -316,7 +328,8 @@ async fn reaper() {
             r.retiring.retain(|(p, dir)| {
                 let running = !p.control.cmd.is_closed();
                 if !running {
-                    let _ = std::fs::remove_dir(dir);
+                    // Its own directory (instance-N under the runtime directory).
+                    let _ = std::fs::remove_dir_all(dir);
                 }
                 running
             });
@@ -492,7 +505,7 @@ impl TemplateRuntime {
 
     /// A changed template: every live instance takes its new configuration (a rolling
     /// restart when its workers change); one that the new template refuses stops.
-    async fn roll(&self, new: Arc<Template>) {
+    async fn roll(&self, new: Arc<Template>, restart: bool) {
         *self.config.lock().unwrap_or_else(|e| e.into_inner()) = new.clone();
         let _making = self.making.lock().await;
         let live: Vec<(String, Instance)> = self.lock().live.iter().map(|(k, i)| (k.clone(), i.clone())).collect();
@@ -503,7 +516,10 @@ impl TemplateRuntime {
             let made = tokio::task::spawn_blocking(move || resolve_instance(&t2, name, raw)).await;
             match made {
                 Ok(Ok(cfg)) => {
-                    let restart = false;
+                    // As a changed pool's (Supervisor::reload): new forks from fresh code.
+                    if inst.pool.config.isolation.preload && (!cfg.isolation.preload || restart) {
+                        super::template::retire_pool(&inst.pool.name);
+                    }
                     let p = Arc::new(PoolRuntime {
                         name: inst.pool.name.clone(),
                         config: cfg.clone(),
