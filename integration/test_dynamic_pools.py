@@ -290,6 +290,8 @@ def test_an_idle_instance_is_reaped(tmp_path):
         b.log.wait_for(r"instance idle for instance-idle-timeout \(2s\), stopping.*pool=sites\[alpha\.test\]", timeout=60)
         wait_until(lambda: not instances(b), 60, what="the instance gone from status")
         wait_until(lambda: not pid_alive(pid), 60, what=f"worker {pid} gone")
+        sockets = tmp_path / "run" / "pools" / "instance-1"
+        wait_until(lambda: not sockets.exists(), 60, what="its socket directory removed")
         # The next request makes a new one.
         again = json.loads(get(b, "alpha.test").body)
         assert again["pid"] != pid
