@@ -484,11 +484,11 @@ def test_lighttpd_virtual_hosts(tmp_path):
 
 @pytest.fixture
 def accounts():
-    """Two users with uid >= 1000 and one system account (uid < 1000), removed afterwards."""
+    """Three users with uid >= 1000 and one system account (uid < 1000), removed afterwards."""
     if os.geteuid() != 0:
         pytest.skip("per-user instances need a root bridge (and useradd)")
     made = []
-    names = {"alice": "fbt-alice", "bob": "fbt-bob", "sys": "fbt-sys"}
+    names = {"alice": "fbt-alice", "bob": "fbt-bob", "carol": "fbt-carol", "sys": "fbt-sys"}
     try:
         for role, name in names.items():
             subprocess.run(["userdel", name], capture_output=True)
@@ -567,6 +567,39 @@ def test_apache_basic_auth_picks_a_per_user_instance_running_as_that_user(accoun
             assert set(instances(b)) == {accounts["alice"].pw_name, accounts["bob"].pw_name}
         finally:
             stop_process(proc, timeout=20)
+            b.stop()
+    finally:
+        shutil.rmtree(pub, ignore_errors=True)
+
+
+def test_nginx_virtual_hosts_each_run_as_the_owner_of_their_site(accounts, nginx_front, tmp_path):
+    pub = Path(tempfile.mkdtemp(prefix="fcgibridge-owners-"))
+    pub.chmod(0o755)
+    try:
+        owners = {"alpha.test": "alice", "beta.test": "bob", "gamma.test": "carol", "rooted.test": None}
+        sites = make_sites(pub, owners)
+        for host, role in owners.items():
+            if role:
+                os.chown(sites / host / "app.py", accounts[role].pw_uid, accounts[role].pw_gid)
+        spec = template(sites, python=SYSTEM_PYTHON, user="{owner}")
+        b = start_bridge(pub, {"sites": spec}, extra={"runtime-dir": str(pub / "run")})
+        try:
+            port = nginx_front(b.listener_address("web")[1])
+            pids = set()
+            for host, role in owners.items():
+                r = requests.get(f"http://127.0.0.1:{port}/", headers={"Host": host}, timeout=60)
+                if role is None:
+                    # Owned by root: never run as root, whatever the file says.
+                    assert r.status_code == 403, r.text
+                    b.log.wait_for(r'instance "rooted.test" refused: user root has uid 0, below min-uid 1000, answering 403')
+                    continue
+                assert r.status_code == 200, r.text
+                assert r.json()["uid"] == accounts[role].pw_uid
+                assert r.json()["app"] == str(sites / host / "app.py")
+                pids.add(r.json()["pid"])
+            assert len(pids) == 3
+            assert set(instances(b)) == {"alpha.test", "beta.test", "gamma.test"}
+        finally:
             b.stop()
     finally:
         shutil.rmtree(pub, ignore_errors=True)

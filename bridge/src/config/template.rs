@@ -36,15 +36,19 @@ pub enum Placeholder {
     Host,
     /// REMOTE_USER, as the web server's authentication (or an authorizer) set it.
     User,
+    /// The account that owns the instance's app file (in `user` and `group` only): each
+    /// site runs as its owner. No part of the key: it follows from the other placeholders.
+    Owner,
 }
 
 impl Placeholder {
-    pub const ALL: [Self; 2] = [Self::Host, Self::User];
+    pub const ALL: [Self; 3] = [Self::Host, Self::User, Self::Owner];
 
     pub fn name(self) -> &'static str {
         match self {
             Self::Host => "host",
             Self::User => "user",
+            Self::Owner => "owner",
         }
     }
 }
@@ -74,6 +78,8 @@ pub struct Template {
     pub raw: Arc<RawPool>,
     /// Placeholders used, in [`Placeholder::ALL`] order: together they are an instance's key.
     pub keys: Vec<Placeholder>,
+    /// `{owner}` is used: the app file's owner is looked up per instance.
+    pub by_owner: bool,
     pub allow: Option<regex::Regex>,
     pub max_instances: u32,
     /// None: instances are never reaped for idleness.
@@ -149,7 +155,7 @@ fn placeholders_in(text: &str) -> Result<Vec<Placeholder>, String> {
         let close = after.find('}').ok_or_else(|| format!("{text:?}: a '{{' without its '}}'"))?;
         let name = &after[..close];
         let p = Placeholder::ALL.into_iter().find(|p| p.name() == name).ok_or_else(|| {
-            format!("{text:?}: unknown placeholder {{{name}}}; a template knows {{host}} and {{user}}")
+            format!("{text:?}: unknown placeholder {{{name}}}; a template knows {{host}}, {{user}} and {{owner}}")
         })?;
         found.push(p);
         rest = &after[close + 1..];
@@ -192,14 +198,29 @@ pub fn resolve(
                 &key_path(&here, &key),
                 format!("cannot take a placeholder (they go in {})", TAKES_PLACEHOLDERS.join(", ")),
             )),
+            Ok(found) if found.contains(&Placeholder::Owner) && !["user", "group"].contains(&top.as_str()) => errs
+                .push(
+                    src.invalid(
+                        &key_path(&here, &key),
+                        "{owner} (the app file's owner) goes in `user` or `group` only",
+                    ),
+                ),
             Ok(found) => {
                 keys.extend(found);
                 with_placeholders.push(top);
             }
         }
     }
+    let by_owner = keys.contains(&Placeholder::Owner);
+    keys.retain(|p| *p != Placeholder::Owner);
     keys.sort();
     keys.dedup();
+    if by_owner && raw.app.as_deref().is_none_or(|a| !(a.contains('/') || a.ends_with(".py") || a.ends_with(".wsgi"))) {
+        errs.push(src.invalid(
+            &here.key("user"),
+            "{owner} needs a file app (`app: /srv/sites/{host}/app.py`) to take the owner from",
+        ));
+    }
     if keys.is_empty() && errs.is_empty() {
         errs.push(src.invalid(&here.key("template"), "the template uses no placeholder ({host} or {user}); an instance per key needs one, or make it a plain pool"));
     }
@@ -241,6 +262,7 @@ pub fn resolve(
         file: src.file.clone(),
         raw: Arc::new(raw),
         keys,
+        by_owner,
         allow,
         max_instances,
         idle_timeout,
@@ -461,6 +483,12 @@ listeners:
         let err = load("template-errors", &text).1.unwrap_err().to_string();
         assert!(err.contains("10.yaml:7:5: pools.sites.umask: cannot take a placeholder"), "{err}");
         assert!(err.contains("10.yaml:8:5: pools.sites.chdir: \"/x/{nope}\": unknown placeholder {nope}"), "{err}");
+        let owner = TEMPLATE.replace("OTHER: plain", "OTHER: '{owner}'");
+        let err = load("template-owner", &owner).1.unwrap_err().to_string();
+        assert!(
+            err.contains("pools.sites.env.OTHER: {owner} (the app file's owner) goes in `user` or `group` only"),
+            "{err}"
+        );
         let none = TEMPLATE.replace("{host}", "alpha.test");
         let err = load("template-none", &none).1.unwrap_err().to_string();
         assert!(err.contains("pools.sites.template: the template uses no placeholder"), "{err}");

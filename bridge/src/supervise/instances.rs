@@ -442,14 +442,7 @@ impl TemplateRuntime {
                 None => {}
             }
         }
-        let app_file = raw.app.as_deref().filter(|a| a.starts_with('/')).map(|a| {
-            // `path:callable` names the callable after the last colon.
-            let whole = Path::new(a);
-            if whole.exists() {
-                return whole.to_path_buf();
-            }
-            a.rsplit_once(':').map_or_else(|| whole.to_path_buf(), |(p, _)| PathBuf::from(p))
-        });
+        let app_file = app_file(raw);
         let missing = match (&app_file, raw.chdir.as_deref()) {
             (Some(f), _) if !f.is_file() => Some(format!("app file {} does not exist", f.display())),
             (_, Some(d)) if !Path::new(d).is_dir() => Some(format!("chdir {d} is not a directory")),
@@ -553,19 +546,62 @@ impl TemplateRuntime {
 
 type MakeRefusal = Box<dyn FnOnce(String) -> Refusal + Send>;
 
+/// The app file of a filled-in entry (`path:callable` names the callable after the last colon).
+fn app_file(raw: &crate::config::RawPool) -> Option<PathBuf> {
+    let a = raw.app.as_deref().filter(|a| a.starts_with('/'))?;
+    let whole = Path::new(a);
+    if whole.exists() {
+        return Some(whole.to_path_buf());
+    }
+    Some(a.rsplit_once(':').map_or_else(|| whole.to_path_buf(), |(p, _)| PathBuf::from(p)))
+}
+
+/// `{owner}` filled in: the name of the account owning the app file (its uid when the
+/// account has no name). Root or a system account is then refused by `min-uid`.
+fn fill_owner(raw: crate::config::RawPool) -> Result<crate::config::RawPool, MakeRefusal> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = app_file(&raw).map(std::fs::metadata);
+    let uid = match meta {
+        Some(Ok(m)) => m.uid(),
+        Some(Err(e)) => {
+            let why = format!("cannot read the app file's owner: {e}");
+            return Err(Box::new(move |key| Refusal::Missing { key, why }));
+        }
+        None => return Err(Box::new(|key| Refusal::Broken { key, why: "{owner} needs a file app".into() })),
+    };
+    let user = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)).ok().flatten();
+    let name = user.map_or_else(|| uid.to_string(), |u| u.name);
+    Ok(fill_raw(&raw, &[(Placeholder::Owner, name.as_str())]))
+}
+
 /// An instance's pool from its filled-in entry: resolved and checked as a written pool,
 /// `min-uid`, and the interpreter probed. Blocking (user lookups, files, a process).
 fn resolve_instance(t: &Template, name: String, raw: crate::config::RawPool) -> Result<Pool, MakeRefusal> {
+    let raw = if t.by_owner { fill_owner(raw)? } else { raw };
     let search_path = registry(|r| r.env.as_ref().and_then(|e| e.search_path.clone()));
+    // Before the pool's own checks: a root or system account is refused as such (403),
+    // not as a pool that would need allow-root.
+    if let Some(written) = raw.user.as_deref() {
+        let found = match written.parse::<u32>() {
+            Ok(id) => nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(id)).ok().flatten(),
+            Err(_) => nix::unistd::User::from_name(written).ok().flatten(),
+        };
+        match found {
+            Some(u) if u.uid.as_raw() < t.min_uid => {
+                let why = format!("user {} has uid {}, below min-uid {}", u.name, u.uid, t.min_uid);
+                return Err(Box::new(move |key| Refusal::Account { key, why }));
+            }
+            Some(_) => {}
+            // A key naming nobody is no site.
+            None => {
+                let why = format!("no account {written:?}");
+                return Err(Box::new(move |key| Refusal::Missing { key, why }));
+            }
+        }
+    }
     let mut pool = crate::config::template::instantiate(t, raw, search_path.as_deref())
         .map_err(|e| -> MakeRefusal { Box::new(move |key| Refusal::Broken { key, why: e.to_string() }) })?;
     pool.name = name;
-    if let Some(u) = &pool.isolation.user {
-        if u.account.id < t.min_uid {
-            let why = format!("user {} has uid {}, below min-uid {}", u.account.written, u.account.id, t.min_uid);
-            return Err(Box::new(move |key| Refusal::Account { key, why }));
-        }
-    }
     if let Err(e) = crate::probe::check_pools(std::slice::from_ref(&pool)) {
         let why = e.to_string();
         return Err(Box::new(move |key| Refusal::Broken { key, why }));
@@ -618,6 +654,8 @@ fn key_of(t: &Template, params: &Params) -> Result<Vec<(Placeholder, String)>, R
                 let raw = params.get(b"REMOTE_USER").filter(|u| !u.is_empty()).ok_or(Refusal::NoKey("user"))?;
                 user_key(raw)?
             }
+            // Not from the request: filled in from the app file (`fill_owner`).
+            Placeholder::Owner => continue,
         };
         out.push((*p, v));
     }
