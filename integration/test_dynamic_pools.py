@@ -214,6 +214,32 @@ def test_nginx_per_path_recipe(tmp_path, nginx_front):
         b.stop()
 
 
+def test_a_route_pattern_captures_the_key_from_the_path(tmp_path, nginx_front):
+    sites = make_sites(tmp_path, ("alice", "bob"))
+    spec = {"template": {}, "app": f"{sites}/{{user}}/app.py", "threads": 2, "max-processes": 1}
+    port = free_ports(1)[0]
+    b = make_bridge(tmp_path, {"homes": spec},
+                    {"web": {"fastcgi": f"127.0.0.1:{port}", "routes": [{"prefix": "/~{user}", "pool": "homes"}]}})
+    b.start()
+    try:
+        wait_until(lambda: b.assert_running() or can_connect(("127.0.0.1", port)), 60, what="bridge listening")
+        front = nginx_front(port)
+        seen = {}
+        for name in ("alice", "bob"):
+            r = requests.get(f"http://127.0.0.1:{front}/~{name}/page", timeout=60)
+            assert r.status_code == 200, r.text
+            seen[name] = r.json()
+            assert seen[name]["app"] == str(sites / name / "app.py")
+            assert (seen[name]["script_name"], seen[name]["path_info"]) == (f"/~{name}", "/page")
+        assert seen["alice"]["pid"] != seen["bob"]["pid"]
+        assert requests.get(f"http://127.0.0.1:{front}/~Alice/", timeout=60).status_code == 400
+        assert requests.get(f"http://127.0.0.1:{front}/~carol/", timeout=60).status_code == 404
+        assert requests.get(f"http://127.0.0.1:{front}/other", timeout=60).status_code == 404
+        assert set(instances(b)) == {"alice", "bob"}
+    finally:
+        b.stop()
+
+
 HOSTILE = [
     (b"../x", 400), (b"a b", 400), (b"a\x00b", 400), (b"x/y", 400),
     (b"a" * 64 + b".test", 400), ((b"a" * 60 + b".") * 5 + b"test", 400), (b"10.0.0.1", 400),

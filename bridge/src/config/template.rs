@@ -166,6 +166,24 @@ fn placeholders_in(text: &str) -> Result<Vec<Placeholder>, String> {
     Ok(found)
 }
 
+/// The placeholder a route prefix captures (`/~{user}`), None for a plain prefix; or why
+/// the pattern is refused: one `{host}` or `{user}`, inside one segment.
+pub fn route_capture(prefix: &str) -> Result<Option<Placeholder>, String> {
+    let found = placeholders_in(prefix)?;
+    match found.as_slice() {
+        [] => Ok(None),
+        [p @ (Placeholder::Host | Placeholder::User)] => {
+            let seg = prefix.split('/').find(|s| s.contains('{')).unwrap_or("");
+            if seg.matches('{').count() == 1 {
+                Ok(Some(*p))
+            } else {
+                Err(format!("{prefix:?}: one placeholder per segment"))
+            }
+        }
+        _ => Err(format!("{prefix:?}: a route captures one {{host}} or {{user}}")),
+    }
+}
+
 /// Fill in the placeholders of `text`; `values` follows [`Placeholder::ALL`].
 pub fn fill(text: &str, values: &[(Placeholder, &str)]) -> String {
     let mut out = text.to_owned();
@@ -487,6 +505,18 @@ listeners:
         let err = load("template-owner", &owner).1.unwrap_err().to_string();
         assert!(
             err.contains("pools.sites.env.OTHER: {owner} (the app file's owner) goes in `user` or `group` only"),
+            "{err}"
+        );
+        let routes = TEMPLATE.replace(
+            "web: {fastcgi: 127.0.0.1:9000, pool: sites}",
+            "web:\n    fastcgi: 127.0.0.1:9000\n    routes:\n      - {prefix: '/~{user}', pool: sites}\n      - {prefix: '/x/{nope}', pool: sites}",
+        );
+        let err = load("template-routes", &routes).1.unwrap_err().to_string();
+        assert!(err.contains("listeners.web.routes[1].prefix: \"/x/{nope}\": unknown placeholder {nope}"), "{err}");
+        let routes = routes.replace("      - {prefix: '/x/{nope}', pool: sites}\n", "").replace("/x/{nope}", "");
+        let err = load("template-routes-2", &routes).1.unwrap_err().to_string();
+        assert!(
+            err.contains("listeners.web.routes[0].prefix: captures {user}, but \"sites\" is no template that uses it"),
             "{err}"
         );
         let none = TEMPLATE.replace("{host}", "alpha.test");

@@ -120,6 +120,7 @@ pub fn merge(
         let mut known = broken_pools.clone();
         known.extend(templates.iter().map(|t| t.name.clone()));
         errors.extend(check_routes(&listeners, &pools, &known, &sources).err());
+        errors.extend(check_captures(&listeners, &templates, &sources));
     }
     errors.extend(check_addresses(&listeners, &sources).err());
     ConfigError::from_all(errors)?;
@@ -184,6 +185,28 @@ fn check_routes(
         }
     }
     Ok(())
+}
+
+/// A route prefix that captures a placeholder (`/~{user}`) must lead to a template that
+/// uses it.
+fn check_captures(
+    listeners: &[(Listener, usize)],
+    templates: &[super::template::Template],
+    sources: &[Source],
+) -> Vec<ConfigError> {
+    let mut errs = Vec::new();
+    for (listener, file_no) in listeners {
+        for (i, route) in listener.routes.iter().enumerate() {
+            let Some(Ok(Some(p))) = route.prefix.as_deref().map(super::template::route_capture) else { continue };
+            if templates.iter().any(|t| t.name == route.pool && t.keys.contains(&p)) {
+                continue;
+            }
+            let key = KeyPath::of(&["listeners", &listener.name]).key("routes").index(i).key("prefix");
+            let msg = format!("captures {{{}}}, but {:?} is no template that uses it", p.name(), route.pool);
+            errs.push(sources[*file_no].invalid(&key, msg));
+        }
+    }
+    errs
 }
 
 /// Two listeners conflict on the same address, or on one port when either binds the

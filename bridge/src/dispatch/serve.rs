@@ -336,7 +336,7 @@ impl<'a, S: BodySource, K: ResponseSink> Request<'a, S, K> {
         if let Some(reply) = crate::status::front::intercept(&lst.name, &self.params) {
             return self.answer(reply, 200, None).await;
         }
-        let Some((target, prefix)) = lst.router.route(&self.params) else {
+        let Some(crate::route::Routed { target, mount, capture }) = lst.router.routed(&self.params) else {
             if crate::logging::ratelimit::allow(&crate::logging::ratelimit::NO_ROUTE, &lst.name) {
                 tracing::info!(listener = %lst.name, request_id, uri = %uri, "no route matches, answering 404");
             }
@@ -344,13 +344,13 @@ impl<'a, S: BodySource, K: ResponseSink> Request<'a, S, K> {
         };
         let pool = match target {
             Target::Pool(pool) => pool,
-            Target::Template(t) => match self.instance(t).await {
+            Target::Template(t) => match self.instance(t, capture).await {
                 Ok(pool) => pool,
                 Err(step) => return step,
             },
         };
         if !lst.keep_path_info {
-            crate::route::mount(&mut self.params, prefix.or(lst.mount.as_deref()));
+            crate::route::mount(&mut self.params, mount.as_deref().or(lst.mount.as_deref()));
         }
         // Where a wsgi.file_wrapper file may come back from as X-Sendfile: the bridge's
         // word only, never the web server's (docs/worker-contract.md).
@@ -388,8 +388,12 @@ impl<'a, S: BodySource, K: ResponseSink> Request<'a, S, K> {
 
     /// The instance of template `t` for this request (supervise/instances.rs), or the step
     /// that answered it (400/403/404/500/503, logged).
-    async fn instance(&mut self, t: &'a TemplateRuntime) -> Result<&'a Arc<PoolRuntime>, Step<'a>> {
-        let refusal = match t.instance(&self.params).await {
+    async fn instance(
+        &mut self,
+        t: &'a TemplateRuntime,
+        capture: Option<(&str, Vec<u8>)>,
+    ) -> Result<&'a Arc<PoolRuntime>, Step<'a>> {
+        let refusal = match t.instance(&self.params, capture).await {
             Ok(pool) => match self.pins.pin(pool) {
                 Some(pool) => return Ok(pool),
                 None => crate::supervise::instances::Refusal::Broken {

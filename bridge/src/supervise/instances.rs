@@ -390,9 +390,15 @@ impl TemplateRuntime {
     }
 
     /// The instance serving this request: the live one for its key, or a new one.
-    pub async fn instance(&self, params: &Params) -> Result<Arc<PoolRuntime>, Refusal> {
+    /// `capture`: a route pattern's (placeholder, value), which takes the place of the
+    /// request's own value for that placeholder.
+    pub async fn instance(
+        &self,
+        params: &Params,
+        capture: Option<(&str, Vec<u8>)>,
+    ) -> Result<Arc<PoolRuntime>, Refusal> {
         let t = self.config();
-        let values = key_of(&t, params)?;
+        let values = key_of(&t, params, capture.as_ref().map(|(n, v)| (*n, v.as_slice())))?;
         let key = values.iter().map(|(_, v)| v.as_str()).collect::<Vec<_>>().join(",");
         if let Some(p) = self.touch(&key) {
             return Ok(p);
@@ -642,20 +648,28 @@ fn start(cfg: Pool) -> Result<(Arc<PoolRuntime>, PathBuf), String> {
 }
 
 /// The values of the template's placeholders for this request, each checked.
-fn key_of(t: &Template, params: &Params) -> Result<Vec<(Placeholder, String)>, Refusal> {
+fn key_of(
+    t: &Template,
+    params: &Params,
+    capture: Option<(&str, &[u8])>,
+) -> Result<Vec<(Placeholder, String)>, Refusal> {
     let mut out = Vec::with_capacity(t.keys.len());
     for p in &t.keys {
-        let v = match p {
-            Placeholder::Host => {
-                let raw = params.get(b"HTTP_HOST").filter(|h| !h.is_empty()).or_else(|| params.get(b"SERVER_NAME"));
-                host_key(raw.ok_or(Refusal::NoKey("host"))?)?
-            }
-            Placeholder::User => {
-                let raw = params.get(b"REMOTE_USER").filter(|u| !u.is_empty()).ok_or(Refusal::NoKey("user"))?;
-                user_key(raw)?
-            }
-            // Not from the request: filled in from the app file (`fill_owner`).
-            Placeholder::Owner => continue,
+        let v = match (p, capture) {
+            (Placeholder::Host, Some(("host", v))) => host_key(v)?,
+            (Placeholder::User, Some(("user", v))) => user_key(v)?,
+            _ => match p {
+                Placeholder::Host => {
+                    let raw = params.get(b"HTTP_HOST").filter(|h| !h.is_empty()).or_else(|| params.get(b"SERVER_NAME"));
+                    host_key(raw.ok_or(Refusal::NoKey("host"))?)?
+                }
+                Placeholder::User => {
+                    let raw = params.get(b"REMOTE_USER").filter(|u| !u.is_empty()).ok_or(Refusal::NoKey("user"))?;
+                    user_key(raw)?
+                }
+                // Not from the request: filled in from the app file (`fill_owner`).
+                Placeholder::Owner => continue,
+            },
         };
         out.push((*p, v));
     }
