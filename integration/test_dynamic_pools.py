@@ -463,6 +463,10 @@ def test_status_shows_instances_in_json_and_openmetrics(tmp_path):
         assert inst["template"] == "sites" and inst["age_seconds"] >= inst["idle_seconds"] >= 0
         metrics = requests.get(f"http://127.0.0.1:{status_port}/metrics", timeout=30).text
         assert re.search(r'fcgibridge_instance_idle_seconds\{pool="sites\[alpha.test\]",template="sites",key="alpha.test"\} ', metrics)
+        parser = pytest.importorskip("prometheus_client.openmetrics.parser")
+        families = {f.name: f for f in parser.text_string_to_metric_families(metrics)}
+        ages = families["fcgibridge_instance_age_seconds"].samples
+        assert [(x.labels["template"], x.labels["key"]) for x in ages] == [("sites", "alpha.test")]
         table = subprocess.run([str(b.binary), "status", "--config", str(b.confdir)], capture_output=True,
                                text=True, timeout=60)
         assert re.search(r"^TEMPLATE\s+KEY\s+AGE\s+IDLE\s+WORKERS\n\s*sites\s+alpha\.test\s+\S+\s+\S+\s+1$",
