@@ -336,7 +336,7 @@ def hold(b: Bridge, host: str, release: Path):
 def test_max_instances_evicts_the_least_recently_used_idle_one_else_503(tmp_path):
     hosts = ("alpha.test", "beta.test", "gamma.test")
     sites = make_sites(tmp_path, hosts)
-    b = start_bridge(tmp_path, {"sites": template(sites, {"max-instances": 2}, threads=1)})
+    b = start_bridge(tmp_path, {"sites": template(sites, {"max-instances": 2}, threads=1, **{"slowlog-timeout": "500ms"})})
     try:
         assert get(b, "alpha.test").status == 200
         assert get(b, "beta.test").status == 200
@@ -350,6 +350,8 @@ def test_max_instances_evicts_the_least_recently_used_idle_one_else_503(tmp_path
         held = [hold(b, h, release) for h in ("beta.test", "gamma.test")]
         wait_until(lambda: all(p["active_requests"] == 1 for p in instances(b).values()), 60,
                    what="both instances busy")
+        # An instance's requests are watched by the slowlog like a pool's.
+        b.log.wait_for(r"slow request: GET /hold\?until=.*pool=sites\[beta\.test\]", timeout=60)
         r = get(b, "alpha.test")
         assert r.status == 503 and r.header("Retry-After") == "1", r.stdout[:300]
         b.log.wait_for(r'new instance "alpha.test" refused: max-instances \(2\) live and none idle, answering 503')

@@ -215,6 +215,12 @@ pub fn lookup(name: &str) -> Option<Arc<TemplateRuntime>> {
     registry(|r| r.templates.iter().find(|t| &*t.name == name).cloned())
 }
 
+/// Every live instance's pool.
+pub fn live_pools() -> Vec<Arc<PoolRuntime>> {
+    let templates = registry(|r| r.templates.clone());
+    templates.iter().flat_map(|t| t.lock().live.values().map(|i| i.pool.clone()).collect::<Vec<_>>()).collect()
+}
+
 /// Every live instance, for the status page.
 pub fn live() -> Vec<(Arc<PoolRuntime>, InstanceStats)> {
     let templates = registry(|r| r.templates.clone());

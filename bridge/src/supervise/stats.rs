@@ -348,9 +348,12 @@ pub(crate) fn set_pools(pools: Vec<Arc<PoolRuntime>>) {
     registry(|r| r.pools = pools);
 }
 
-/// The pools the daemon runs now, in configuration order.
+/// The pools the daemon runs now, in configuration order, then the live template
+/// instances (the slowlog and the history sample them too).
 pub fn pools() -> Vec<Arc<PoolRuntime>> {
-    registry(|r| r.pools.clone())
+    let mut all = registry(|r| r.pools.clone());
+    all.extend(super::instances::live_pools());
+    all
 }
 
 pub(crate) fn record_reload(ok: bool, message: String) {
