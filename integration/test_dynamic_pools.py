@@ -189,6 +189,11 @@ def test_nginx_virtual_hosts_get_an_instance_each_with_their_own_python(tmp_path
         r = requests.get(f"http://127.0.0.1:{port}/", headers={"Host": "nosuch.test"}, timeout=60)
         assert r.status_code == 404
         b.log.wait_for(r'no site for key "nosuch.test": app file .* does not exist, answering 404.*listener="web".*request_id=.*peer="127.0.0.1"', mark)
+        # Names nginx passes on but that are no host names: 400 from the bridge; nginx's own
+        # refusals (a '/' in Host) never reach it. Nothing spawned either way.
+        for bad, status in (("bad_name.test", 400), ("a" * 70 + ".test", 400), ("x/y", 400), ("1.2.3.4", 400)):
+            r = requests.get(f"http://127.0.0.1:{port}/", headers={"Host": bad}, timeout=60)
+            assert r.status_code == status, (bad, r.status_code)
         assert set(instances(b)) == set(hosts)
         assert new_instance_lines(b) and len(new_instance_lines(b)) == 3
     finally:
