@@ -439,6 +439,27 @@ def test_reload_rolls_the_instances_of_a_changed_template_without_a_failed_reque
         b.stop()
 
 
+def test_reload_that_changes_the_key_stops_the_old_instances(tmp_path):
+    sites = make_sites(tmp_path, ("alpha.test", "alice"))
+    spec = template(sites)
+    b = start_bridge(tmp_path, {"sites": spec})
+    try:
+        pid = json.loads(get(b, "alpha.test").body)["pid"]
+        spec["app"] = f"{sites}/{{user}}/app.py"
+        (b.confdir / "50-test.yaml").write_text(to_yaml(b.config))
+        mark = b.log.mark()
+        os.kill(b.pid, signal.SIGHUP)
+        b.log.wait_for(r"instance stopping: its template's placeholders changed.*pool=sites\[alpha\.test\]", mark, timeout=60)
+        b.log.wait_for(r"reload done: .*templates changed: sites", mark, timeout=60)
+        wait_until(lambda: not pid_alive(pid), 60, what="the host-keyed instance gone")
+        r = get(b, "ignored.test", extra=[("REMOTE_USER", "alice")])
+        assert r.status == 200 and json.loads(r.body)["app"] == str(sites / "alice" / "app.py")
+        assert set(instances(b)) == {"alice"}
+        assert get(b, "alpha.test").status == 403  # no REMOTE_USER now
+    finally:
+        b.stop()
+
+
 def test_stop_instance_over_the_control_socket(tmp_path):
     sites = make_sites(tmp_path, ("alpha.test", "beta.test"))
     b = start_bridge(tmp_path, {"sites": template(sites)})

@@ -258,7 +258,13 @@ pub async fn reload(new: &[Template], restart_all: bool) -> String {
             Some(o) if *o.config() == *t && !restart_all => next.push(o.clone()),
             Some(o) => {
                 changed.push(t.name.clone());
-                o.roll(Arc::new(t.clone()), restart_all).await;
+                if o.config().keys == t.keys {
+                    o.roll(Arc::new(t.clone()), restart_all).await;
+                } else {
+                    // Keyed otherwise now: no live instance has a key of the new kind.
+                    o.stop_all("its template's placeholders changed");
+                    *o.config.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(t.clone());
+                }
                 next.push(o.clone());
             }
             None => next.push(TemplateRuntime::new(t)),
