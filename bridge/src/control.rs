@@ -123,7 +123,20 @@ async fn answer(mut conn: tokio::net::UnixStream, requests: tokio::sync::mpsc::S
                 Err(_) => "error the daemon is shutting down\n".to_owned(),
             }
         }
-        other => format!("error unknown command {other:?}; known: status, reload, stop\n"),
+        other if other.starts_with("stop-instance ") => {
+            let mut args = other.split_whitespace().skip(1);
+            match (args.next(), args.next(), args.next()) {
+                (Some(t), Some(k), None) => {
+                    tracing::info!(uid, "control socket: {other} requested");
+                    match crate::supervise::instances::stop_instance(t, k) {
+                        Ok(text) => format!("ok {text}"),
+                        Err(why) => format!("error {why}\n"),
+                    }
+                }
+                _ => "error usage: stop-instance TEMPLATE KEY\n".to_owned(),
+            }
+        }
+        other => format!("error unknown command {other:?}; known: status, reload, stop, stop-instance\n"),
     };
     let _ = conn.write_all(reply.as_bytes()).await;
     let _ = conn.shutdown().await;

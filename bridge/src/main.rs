@@ -84,6 +84,16 @@ enum Command {
         #[arg(long)]
         socket: Option<PathBuf>,
     },
+    /// Stop one instance of a pool template (a later request for its key makes a new one).
+    StopInstance {
+        template: String,
+        /// The instance's key: its host or user name (`fcgibridge status` lists them).
+        key: String,
+        #[command(flatten)]
+        config: ConfigArg,
+        #[arg(long)]
+        socket: Option<PathBuf>,
+    },
     /// Validate the configuration and print the effective result.
     Check {
         #[command(flatten)]
@@ -124,6 +134,9 @@ fn main() -> std::process::ExitCode {
         }
         Command::Reload { config, socket } => control_main(config, socket, "reload", false),
         Command::Stop { config, socket } => control_main(config, socket, "stop", false),
+        Command::StopInstance { template, key, config, socket } => {
+            control_main(config, socket, &format!("stop-instance {template} {key}"), false)
+        }
         Command::Request { address, path, method, headers, data, scgi, timeout } => {
             cli::request::main(cli::request::Args { address, path, method, headers, data, scgi, timeout })
         }

@@ -97,6 +97,8 @@ async fn apply(dir: &Path, live: Live<'_>, restart_all: bool) -> Result<String, 
         .map_err(|e| e.to_string())?;
     live.registry.board.set_pools(pools.clone());
     let by_name: HashMap<String, Arc<PoolRuntime>> = pools.iter().map(|p| (p.name.to_string(), p.clone())).collect();
+    // Before the listeners: their new routes name the new templates.
+    let templates = crate::supervise::instances::reload(&new.templates, restart_all).await;
     let listeners = live.listeners.apply(&new.listeners, sockets, &by_name).map_err(|e| e.to_string())?;
 
     let (mut added, mut changed, mut removed) = (Vec::new(), Vec::new(), Vec::new());
@@ -113,8 +115,12 @@ async fn apply(dir: &Path, live: Live<'_>, restart_all: bool) -> Result<String, 
         }
     }
     let list = |v: &[String]| if v.is_empty() { "none".to_owned() } else { v.join(", ") };
-    let mut summary =
-        format!("pools added: {}; changed: {}; removed: {}; {listeners}", list(&added), list(&changed), list(&removed));
+    let mut summary = format!(
+        "pools added: {}; changed: {}; removed: {}; {templates}; {listeners}",
+        list(&added),
+        list(&changed),
+        list(&removed)
+    );
     for n in notes {
         summary.push_str("; ");
         summary.push_str(&n);

@@ -17,7 +17,33 @@ use std::borrow::Cow;
 pub struct Route<T> {
     host: Option<String>,
     prefix: Option<String>,
+    /// A prefix with a `{name}` segment (`/~{user}`), matched segment by segment; its
+    /// capture fills a template's placeholder (supervise/instances.rs).
+    pattern: Option<Vec<PatSeg>>,
     target: T,
+}
+
+/// One segment of a prefix pattern.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum PatSeg {
+    Lit(String),
+    /// `before{name}after`: the segment must start and end so, with something between.
+    Capture {
+        before: String,
+        name: String,
+        after: String,
+    },
+}
+
+/// What a pattern captured: (placeholder name, the segment's captured bytes).
+pub type Capture<'r> = (&'r str, Vec<u8>);
+
+/// A request's route: its target, its mount point, and what a pattern captured.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Routed<'r, T> {
+    pub target: &'r T,
+    pub mount: Option<Cow<'r, str>>,
+    pub capture: Option<Capture<'r>>,
 }
 
 /// A listener's routing table.
@@ -31,10 +57,14 @@ impl<T> Router<T> {
     pub fn new(routes: impl IntoIterator<Item = (Option<String>, Option<String>, T)>) -> Self {
         let routes = routes
             .into_iter()
-            .map(|(host, prefix, target)| Route {
-                host: host.map(|h| strip_port(&h).to_ascii_lowercase()),
-                prefix: prefix.map(|p| normalize_prefix(&p)),
-                target,
+            .map(|(host, prefix, target)| {
+                let pattern = prefix.as_deref().and_then(parse_pattern);
+                Route {
+                    host: host.map(|h| strip_port(&h).to_ascii_lowercase()),
+                    prefix: if pattern.is_some() { None } else { prefix.map(|p| normalize_prefix(&p)) },
+                    pattern,
+                    target,
+                }
             })
             .collect();
         Self { routes }
@@ -46,12 +76,28 @@ impl<T> Router<T> {
     }
 
     /// The target for a request and the matched prefix (`None` for "/" or no prefix), or
-    /// `None` (the caller answers 404).
+    /// `None` (the caller answers 404). A pattern route's mount and capture are in [`Self::routed`].
     pub fn route(&self, params: &Params) -> Option<(&T, Option<&str>)> {
+        self.routed(params).map(|r| {
+            let mount = match r.mount {
+                Some(Cow::Borrowed(m)) => Some(m),
+                _ => None,
+            };
+            (r.target, mount)
+        })
+    }
+
+    /// A route without a pattern.
+    fn plain<'r>(target: &'r T, mount: Option<&'r str>) -> Routed<'r, T> {
+        Routed { target, mount: mount.map(Cow::Borrowed), capture: None }
+    }
+
+    /// The route of a request: target, mount point and a pattern's capture.
+    pub fn routed(&self, params: &Params) -> Option<Routed<'_, T>> {
         // The common single-pool listener needs no look at the request at all.
         if let [only] = self.routes.as_slice() {
-            if only.host.is_none() && only.prefix.is_none() {
-                return Some((&only.target, None));
+            if only.host.is_none() && only.prefix.is_none() && only.pattern.is_none() {
+                return Some(Self::plain(&only.target, None));
             }
         }
         let host = params.get(b"HTTP_HOST").map(strip_port_bytes);
@@ -63,18 +109,68 @@ impl<T> Router<T> {
                     _ => continue,
                 }
             }
+            if let Some(pattern) = &route.pattern {
+                let path = path.get_or_insert_with(|| request_path(params));
+                let Some((mount, capture)) = match_pattern(pattern, path) else { continue };
+                return Some(Routed { target: &route.target, mount: Some(Cow::Owned(mount)), capture });
+            }
             if let Some(prefix) = &route.prefix {
                 let path = path.get_or_insert_with(|| request_path(params));
                 if !prefix_matches(prefix.as_bytes(), path) {
                     continue;
                 }
                 let mount = (prefix != "/").then_some(prefix.as_str());
-                return Some((&route.target, mount));
+                return Some(Self::plain(&route.target, mount));
             }
-            return Some((&route.target, None));
+            return Some(Self::plain(&route.target, None));
         }
         None
     }
+}
+
+/// A prefix with a `{name}` segment as a pattern; None for a plain prefix.
+fn parse_pattern(prefix: &str) -> Option<Vec<PatSeg>> {
+    if !prefix.contains('{') {
+        return None;
+    }
+    let segs = normalize_prefix(prefix)
+        .split('/')
+        .skip(1)
+        .map(|seg| match (seg.find('{'), seg.find('}')) {
+            (Some(open), Some(close)) if open < close => PatSeg::Capture {
+                before: seg[..open].to_owned(),
+                name: seg[open + 1..close].to_owned(),
+                after: seg[close + 1..].to_owned(),
+            },
+            _ => PatSeg::Lit(seg.to_owned()),
+        })
+        .collect();
+    Some(segs)
+}
+
+/// The leading segments of `path` against `pattern`: the mount point they make and the
+/// capture (a non-empty middle of its segment), or None.
+fn match_pattern<'r>(pattern: &'r [PatSeg], path: &[u8]) -> Option<(String, Option<Capture<'r>>)> {
+    let mut segs = path.split(|&b| b == b'/').skip(1);
+    let mut capture = None;
+    let mut mount = Vec::new();
+    for want in pattern {
+        let seg = segs.next()?;
+        match want {
+            PatSeg::Lit(lit) if lit.as_bytes() == seg => {}
+            PatSeg::Lit(_) => return None,
+            PatSeg::Capture { before, name, after } => {
+                let inner = seg.strip_prefix(before.as_bytes())?.strip_suffix(after.as_bytes())?;
+                if inner.is_empty() {
+                    return None;
+                }
+                capture = Some((name.as_str(), inner.to_vec()));
+            }
+        }
+        mount.push(b'/');
+        mount.extend_from_slice(seg);
+    }
+    Some((String::from_utf8_lossy(&mount).into_owned(), capture))
 }
 
 /// The request's path as the web server serves it, decoded, after its rewrites and internal
@@ -414,6 +510,29 @@ mod tests {
         // An empty DOCUMENT_URI (Caddy without split_path) or SCRIPT_NAME "" alone: the next source.
         let empty = params(&[("DOCUMENT_URI", ""), ("SCRIPT_NAME", ""), ("REQUEST_URI", "/api/y")]);
         assert_eq!(&*request_path(&empty), b"/api/y");
+    }
+
+    #[test]
+    fn a_pattern_captures_its_segment_and_mounts_what_it_matched() {
+        let r: Router<&str> = Router::new([
+            (None, Some("/~{user}".to_owned()), "homes"),
+            (None, Some("/sites/{host}/app".to_owned()), "sites"),
+            (None, Some("/".to_owned()), "default"),
+        ]);
+        let got = r.routed(&params(&[("REQUEST_URI", "/~alice/x?q=1")])).unwrap();
+        assert_eq!((got.target, got.mount.as_deref()), (&"homes", Some("/~alice")));
+        assert_eq!(got.capture, Some(("user", b"alice".to_vec())));
+        let got = r.routed(&params(&[("REQUEST_URI", "/sites/a.test/app/y")])).unwrap();
+        assert_eq!((got.target, got.capture), (&"sites", Some(("host", b"a.test".to_vec()))));
+        // No name between the marks, a wrong literal, too short: the next route.
+        for uri in ["/~/x", "/sites/a.test/other", "/sites/a.test", "/alice"] {
+            assert_eq!(r.routed(&params(&[("REQUEST_URI", uri)])).unwrap().target, &"default", "{uri}");
+        }
+        // Resolved before matching: no capture of a dot segment.
+        assert_eq!(
+            r.routed(&params(&[("REQUEST_URI", "/~alice/../~bob/")])).unwrap().capture,
+            Some(("user", b"bob".to_vec()))
+        );
     }
 
     #[test]

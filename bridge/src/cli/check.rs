@@ -39,8 +39,9 @@ pub fn render(config: &Config, dir: &str) -> String {
     // Writing to a String cannot fail; the results below are ignored for that reason.
     let _ = writeln!(
         out,
-        "# Effective configuration of {dir}: {} pool(s), {} listener(s); every default written out.",
+        "# Effective configuration of {dir}: {} pool(s), {} template(s), {} listener(s); every default written out.",
         config.pools.len(),
+        config.templates.len(),
         config.listeners.len()
     );
     let g = &config.global;
@@ -65,9 +66,13 @@ pub fn render(config: &Config, dir: &str) -> String {
     field(&mut out, 2, "log-rate-limit", if g.log_rate_limit { "true" } else { "false" });
     crate::status::render_check(&mut out, g);
 
-    out.push_str(if config.pools.is_empty() { "pools: {}\n" } else { "pools:\n" });
+    let no_pools = config.pools.is_empty() && config.templates.is_empty();
+    out.push_str(if no_pools { "pools: {}\n" } else { "pools:\n" });
     for pool in &config.pools {
         render_pool(&mut out, pool);
+    }
+    for t in &config.templates {
+        render_template(&mut out, t);
     }
     out.push_str("listeners:\n");
     for listener in &config.listeners {
@@ -118,6 +123,19 @@ fn render_pool(out: &mut String, pool: &Pool) {
     }
     for (key, value, is_text) in pool.isolation.render() {
         field(out, 4, key, &if is_text { quote(&value) } else { value });
+    }
+}
+
+/// A template: its `template:` block with every default, its pool keys as written (paths
+/// absolute; the defaults of the others are a pool's).
+fn render_template(out: &mut String, t: &config::template::Template) {
+    let _ = writeln!(out, "  {}:", quote(&t.name));
+    out.push_str("    template:\n");
+    for (key, value) in t.render_block() {
+        field(out, 6, key, &value);
+    }
+    for (key, value) in t.render_keys() {
+        field(out, 4, &key, &value);
     }
 }
 
@@ -389,6 +407,7 @@ mod tests {
                     supervision: Default::default(),
                 },
             ],
+            templates: Vec::new(),
         };
         let text = render(&config, "conf.d");
         let conf_d = dir.join("conf.d");

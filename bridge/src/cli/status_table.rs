@@ -85,6 +85,25 @@ pub fn render(v: &Value) -> String {
         &rows,
     );
     out.push('\n');
+    let secs =
+        |v: &Value, k: &str| v.get(k).and_then(Value::as_f64).map_or("-".to_owned(), crate::status::html::human_secs);
+    let rows: Vec<Vec<String>> = pools
+        .iter()
+        .filter_map(|p| p.get("instance").map(|i| (p, i)))
+        .map(|(p, i)| {
+            vec![
+                s(i, "template"),
+                s(i, "key"),
+                secs(i, "age_seconds"),
+                secs(i, "idle_seconds"),
+                n(p, "total_workers").to_string(),
+            ]
+        })
+        .collect();
+    if !rows.is_empty() {
+        table(&mut out, &["TEMPLATE", "KEY", "AGE", "IDLE", "WORKERS"], &rows);
+        out.push('\n');
+    }
     let mut rows = Vec::new();
     for p in pools {
         for w in p.get("workers").and_then(Value::as_array).unwrap_or(&empty) {

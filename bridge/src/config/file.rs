@@ -51,8 +51,9 @@ pub struct RawStatus {
     pub path: Option<String>,
 }
 
-/// One entry under `pools:`.
-#[derive(Debug, Default, Deserialize)]
+/// One entry under `pools:`. Clone and Serialize serve templates (config/template.rs):
+/// an instance is this entry again with its placeholders filled in.
+#[derive(Debug, Default, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct RawPool {
     pub app: Option<String>,
@@ -104,6 +105,9 @@ pub struct RawPool {
     pub script_user: Option<String>,
     pub script_group: Option<String>,
     pub preload: Option<bool>,
+    /// Makes the entry a template of pools made per request (config/template.rs).
+    #[serde(skip_serializing)]
+    pub template: Option<super::template::RawTemplate>,
 }
 
 /// One entry under `listeners:`.
@@ -146,7 +150,7 @@ pub struct RawListener {
 
 /// One `error-pages` entry: a file as a plain string or `{file: path}`, or
 /// `{redirect: /local/path}`. Which of them is required is checked in `resolve.rs`.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone, serde::Serialize)]
 pub struct RawErrorPage {
     pub file: Option<String>,
     pub redirect: Option<String>,
@@ -193,8 +197,19 @@ pub struct RawRoute {
 
 /// A YAML mapping kept in the order it was written (pools and listeners are
 /// reported, started and printed in file order).
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Entries<T>(pub Vec<(String, T)>);
+
+impl<T: serde::Serialize> serde::Serialize for Entries<T> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = s.serialize_map(Some(self.0.len()))?;
+        for (k, v) in &self.0 {
+            map.serialize_entry(k, v)?;
+        }
+        map.end()
+    }
+}
 
 impl<T> Default for Entries<T> {
     fn default() -> Self {

@@ -26,11 +26,13 @@ mod recover;
 mod resolve;
 mod status_key;
 pub mod supervision;
+pub mod template;
 pub mod units;
 mod validate;
 
 pub use error::ConfigError;
 pub use error_pages::{ErrorPage, ErrorPageError, ErrorPages, PageSource};
+pub use file::RawPool;
 pub use model::*;
 pub use proxies::{Cidr, ProxyConfigError, ProxyHeader, TrustedProxies};
 

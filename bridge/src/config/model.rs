@@ -11,6 +11,8 @@ pub struct Config {
     /// In file order, then the order within each file.
     pub listeners: Vec<Listener>,
     pub pools: Vec<Pool>,
+    /// Pools made per request key (`template:` entries under `pools:`), in file order.
+    pub templates: Vec<super::template::Template>,
 }
 
 /// The `bridge:` section.

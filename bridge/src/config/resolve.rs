@@ -505,6 +505,9 @@ fn routes(
         if let Some(prefix) = raw.prefix.as_deref().filter(|p| !p.starts_with('/')) {
             errs.push(src.invalid(&at.key("prefix"), format!("must start with '/', e.g. \"/{prefix}\"")));
         }
+        if let Some(Err(m)) = raw.prefix.as_deref().map(super::template::route_capture) {
+            errs.push(src.invalid(&at.key("prefix"), m));
+        }
         match raw.pool {
             Some(pool) => routes.push(Route { host, prefix: raw.prefix, pool }),
             None => errs.push(src.invalid(&at, "missing key `pool`")),

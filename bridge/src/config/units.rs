@@ -16,6 +16,19 @@ pub struct HumanDuration(pub Duration);
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ByteSize(pub u64);
 
+// Written back as an operator would write them (`fcgibridge check` prints templates so).
+impl serde::Serialize for HumanDuration {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&DurationDisplay(self.0))
+    }
+}
+
+impl serde::Serialize for ByteSize {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&SizeDisplay(self.0))
+    }
+}
+
 const DURATION_UNITS: &[(&str, u128)] = &[
     ("ms", 1_000_000),
     ("s", 1_000_000_000),

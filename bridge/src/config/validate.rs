@@ -42,6 +42,7 @@ pub fn merge(
     let mut broken_pools: Vec<String> = Vec::new();
     let mut global = GlobalBuilder::default();
     let mut pools: Vec<(Pool, At)> = Vec::new();
+    let mut templates: Vec<super::template::Template> = Vec::new();
     let mut listeners: Vec<(Listener, usize)> = Vec::new();
     let mut listener_at: Vec<At> = Vec::new();
     let mut sources: Vec<Source> = Vec::new();
@@ -67,6 +68,20 @@ pub fn merge(
             let path = KeyPath::of(&["pools", &name]);
             if let Some((_, first)) = pools.iter().find(|(p, _)| p.name == name) {
                 keep(source.invalid(&path, format!("pool {name:?} is already defined at {first}")));
+                continue;
+            }
+            if let Some(t) = templates.iter().find(|t| t.name == name) {
+                keep(source.invalid(&path, format!("pool {name:?} is already defined (a template) in {}", t.file)));
+                continue;
+            }
+            if raw_pool.template.is_some() {
+                match super::template::resolve(&source, &dir, &name, raw_pool, search_path) {
+                    Ok(t) => templates.push(t),
+                    Err(e) => {
+                        keep(e);
+                        broken_pools.push(name);
+                    }
+                }
                 continue;
             }
             match resolve::pool(&source, &dir, &name, raw_pool, search_path) {
@@ -102,7 +117,10 @@ pub fn merge(
     // Routes and addresses are checked among what resolved; a file that could not be read
     // may define the pools its routes name.
     if !files_unreadable {
-        errors.extend(check_routes(&listeners, &pools, &broken_pools, &sources).err());
+        let mut known = broken_pools.clone();
+        known.extend(templates.iter().map(|t| t.name.clone()));
+        errors.extend(check_routes(&listeners, &pools, &known, &sources).err());
+        errors.extend(check_captures(&listeners, &templates, &sources));
     }
     errors.extend(check_addresses(&listeners, &sources).err());
     ConfigError::from_all(errors)?;
@@ -111,6 +129,7 @@ pub fn merge(
         global: global.finish(),
         listeners: listeners.into_iter().map(|(l, _)| l).collect(),
         pools: pools.into_iter().map(|(p, _)| p).collect(),
+        templates,
     })
 }
 
@@ -166,6 +185,28 @@ fn check_routes(
         }
     }
     Ok(())
+}
+
+/// A route prefix that captures a placeholder (`/~{user}`) must lead to a template that
+/// uses it.
+fn check_captures(
+    listeners: &[(Listener, usize)],
+    templates: &[super::template::Template],
+    sources: &[Source],
+) -> Vec<ConfigError> {
+    let mut errs = Vec::new();
+    for (listener, file_no) in listeners {
+        for (i, route) in listener.routes.iter().enumerate() {
+            let Some(Ok(Some(p))) = route.prefix.as_deref().map(super::template::route_capture) else { continue };
+            if templates.iter().any(|t| t.name == route.pool && t.keys.contains(&p)) {
+                continue;
+            }
+            let key = KeyPath::of(&["listeners", &listener.name]).key("routes").index(i).key("prefix");
+            let msg = format!("captures {{{}}}, but {:?} is no template that uses it", p.name(), route.pool);
+            errs.push(sources[*file_no].invalid(&key, msg));
+        }
+    }
+    errs
 }
 
 /// Two listeners conflict on the same address, or on one port when either binds the

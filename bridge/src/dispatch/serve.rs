@@ -15,11 +15,35 @@ use crate::listen::context::ListenerCtx;
 use crate::logging::AccessRecord;
 use crate::respond;
 use crate::respond::error_override::{Override, Replaced};
+use crate::supervise::instances::{Target, TemplateRuntime};
 use crate::supervise::PoolRuntime;
 use bytes::{Bytes, BytesMut};
 use fastcgi_server::{Params, Role};
 use std::sync::Arc;
+use std::sync::OnceLock;
 use std::time::Instant;
+
+/// The template instances one request was routed to (each route of a redirect may pick
+/// another): held for the request's whole life, as a listener holds its pools.
+#[derive(Default)]
+struct Pins([OnceLock<Arc<PoolRuntime>>; 12]);
+
+impl Pins {
+    /// `p`, kept here; None when the request has gone through too many instances.
+    fn pin(&self, p: Arc<PoolRuntime>) -> Option<&Arc<PoolRuntime>> {
+        for cell in &self.0 {
+            if let Some(q) = cell.get() {
+                if Arc::ptr_eq(q, &p) {
+                    return Some(q);
+                }
+                continue;
+            }
+            let _ = cell.set(p.clone());
+            return cell.get();
+        }
+        None
+    }
+}
 
 /// Slots a request is offered to when writing to a worker fails outright.
 const MAX_ATTEMPTS: u32 = 3;
@@ -110,6 +134,7 @@ pub async fn serve<S: BodySource, K: ResponseSink>(
     // Shares the received buffer: no copy, and `params` stays free to be rewritten.
     let uri_bytes = params.get_bytes(b"REQUEST_URI").or_else(|| params.get_bytes(b"SCRIPT_NAME")).unwrap_or_default();
     let uri = String::from_utf8_lossy(&uri_bytes);
+    let pins = Pins::default();
     if let Some(trust) = &lst.trusted_proxies {
         trust.apply(&mut params);
     }
@@ -129,6 +154,7 @@ pub async fn serve<S: BodySource, K: ResponseSink>(
         sink: LimitedSink::new(sink, &body_watch),
         serving: None,
         redirects: 0,
+        pins: &pins,
     };
     let mut step = Step::Route;
     let (status, bytes, pool_name) = loop {
@@ -174,6 +200,8 @@ struct Request<'a, S, K> {
     serving: Option<Replaced>,
     /// Internal redirects so far (respond/redirect.rs).
     redirects: u32,
+    /// The template instances it was routed to.
+    pins: &'a Pins,
 }
 
 impl<'a, S: BodySource, K: ResponseSink> Request<'a, S, K> {
@@ -254,14 +282,21 @@ impl<'a, S: BodySource, K: ResponseSink> Request<'a, S, K> {
         if let Some(reply) = crate::status::front::intercept(status_path, ping_path, &lst.registry, &self.params) {
             return self.answer(reply, 200, None).await;
         }
-        let Some((pool, prefix)) = lst.router.route(&self.params) else {
+        let Some(crate::route::Routed { target, mount, capture }) = lst.router.routed(&self.params) else {
             if crate::logging::ratelimit::allow(&crate::logging::ratelimit::NO_ROUTE, &lst.name) {
                 tracing::info!(listener = %lst.name, request_id, uri = %uri, "no route matches, answering 404");
             }
             return self.answer(respond::error_response(404, None).freeze(), 404, None).await;
         };
+        let pool = match target {
+            Target::Pool(pool) => pool,
+            Target::Template(t) => match self.instance(t, capture).await {
+                Ok(pool) => pool,
+                Err(step) => return step,
+            },
+        };
         if !lst.keep_path_info {
-            crate::route::mount(&mut self.params, prefix.or(lst.mount.as_deref()));
+            crate::route::mount(&mut self.params, mount.as_deref().or(lst.mount.as_deref()));
         }
         // Where a wsgi.file_wrapper file may come back from as X-Sendfile: the bridge's
         // word only, never the web server's (docs/worker-contract.md).
@@ -295,6 +330,29 @@ impl<'a, S: BodySource, K: ResponseSink> Request<'a, S, K> {
             // Gone while queued.
             None => self.gone(pool).await,
         }
+    }
+
+    /// The instance of template `t` for this request (supervise/instances.rs), or the step
+    /// that answered it (400/403/404/500/503, logged).
+    async fn instance(
+        &mut self,
+        t: &'a TemplateRuntime,
+        capture: Option<(&str, Vec<u8>)>,
+    ) -> Result<&'a Arc<PoolRuntime>, Step<'a>> {
+        let refusal = match t.instance(&self.params, capture).await {
+            Ok(pool) => match self.pins.pin(pool) {
+                Some(pool) => return Ok(pool),
+                None => crate::supervise::instances::Refusal::Broken {
+                    key: String::new(),
+                    why: "the request went through too many instances".into(),
+                },
+            },
+            Err(r) => r,
+        };
+        let peer = String::from_utf8_lossy(self.params.get(b"REMOTE_ADDR").unwrap_or(b""));
+        crate::supervise::instances::log_refusal(&refusal, &t.name, &self.lst.name, self.request_id, &peer, self.uri);
+        let (status, retry) = refusal.status();
+        Err(self.error_page(None, Replaced::bridge(status, retry), None).await)
     }
 
     /// Before a worker is taken: `max-body` on the declared length, and a small body read

@@ -3,7 +3,6 @@
 use crate::config::Protocol;
 use crate::registry::Registry;
 use crate::route::Router;
-use crate::supervise::PoolRuntime;
 use fastcgi_server::Limits;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -12,7 +11,7 @@ use tokio::sync::watch;
 /// What every connection of one listener shares.
 pub struct ListenerCtx {
     pub name: String,
-    pub router: Router<Arc<PoolRuntime>>,
+    pub router: Router<crate::supervise::instances::Target>,
     pub limits: Limits,
     /// FCGI_MAX_REQS: requests the pools behind this listener take without a 503.
     pub max_reqs: usize,

@@ -157,7 +157,7 @@ async fn setup_ctx(threads: u32) -> (Arc<ListenerCtx>, (UnixStream, UnixStream))
     }
     let ctx = Arc::new(ListenerCtx {
         name: "test".to_owned(),
-        router: Router::new([(None, None, pool.clone())]),
+        router: Router::new([(None, None, crate::supervise::instances::Target::Pool(pool.clone()))]),
         limits: Limits::default(),
         max_reqs: pool.capacity(),
         max_conns: 1024,
@@ -312,7 +312,9 @@ async fn a_slot_whose_worker_is_gone_is_skipped_not_502() {
     let path = dir.join(format!("dead{}.sock", rand_suffix()));
     let _ = std::fs::remove_file(&path);
     let listener = UnixListener::bind(&path).expect("bind");
-    let pool = ctx.router.targets().next().cloned().expect("pool");
+    let Some(crate::supervise::instances::Target::Pool(pool)) = ctx.router.targets().next().cloned() else {
+        panic!("pool")
+    };
     let (dead, _) = SlotConn::connect(Arc::new(WorkerHandle::new(pool.name.clone(), 0, path))).await.expect("connect");
     drop(listener.accept().await);
     drop(listener);

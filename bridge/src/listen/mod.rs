@@ -63,18 +63,23 @@ pub fn make_ctx(
     stop: &watch::Receiver<bool>,
 ) -> Result<Arc<ListenerCtx>, ListenError> {
     let mut routes = Vec::new();
+    use crate::supervise::instances::{self, Target};
     for r in &cfg.routes {
-        let pool = pools
-            .get(&r.pool)
-            .ok_or_else(|| ListenError::UnknownPool { name: cfg.name.clone(), pool: r.pool.clone() })?;
-        routes.push((r.host.clone(), r.prefix.clone(), pool.clone()));
+        // A route names a pool, or a template (supervise/instances.rs).
+        let target = match pools.get(&r.pool) {
+            Some(pool) => Target::Pool(pool.clone()),
+            None => instances::lookup(&r.pool)
+                .map(Target::Template)
+                .ok_or_else(|| ListenError::UnknownPool { name: cfg.name.clone(), pool: r.pool.clone() })?,
+        };
+        routes.push((r.host.clone(), r.prefix.clone(), target));
     }
     let router = Router::new(routes);
     let mut seen: Vec<&str> = Vec::new();
     let mut max_reqs = 0usize;
     for p in router.targets() {
-        if !seen.contains(&&*p.name) {
-            seen.push(&p.name);
+        if !seen.contains(&p.name()) {
+            seen.push(p.name());
             max_reqs += p.capacity();
         }
     }

@@ -262,6 +262,7 @@ pub fn render(s: &Status, history: &History) -> String {
     }
     listener_table(&mut o, s);
     pool_table(&mut o, s, history);
+    instance_table(&mut o, s);
     worker_tables(&mut o, s);
     o.push_str("</main></body></html>\n");
     o
@@ -325,6 +326,31 @@ fn pool_table(o: &mut String, s: &Status, history: &History) {
             p.spawns,
             cell(p.worker_exits, lm.worker_exits, moved.worker_exits),
             cell(p.worker_crashes, lm.worker_crashes, moved.worker_crashes),
+        );
+    }
+    o.push_str("</table></div>\n");
+}
+
+/// The instances of pool templates (docs/dynamic-pools.md), when there are any.
+fn instance_table(o: &mut String, s: &Status) {
+    let live: Vec<_> = s.pools.iter().filter_map(|p| p.instance.as_ref().map(|i| (p, i))).collect();
+    if live.is_empty() {
+        return;
+    }
+    o.push_str(
+        "<h2>Template instances</h2><div class=\"scroll\"><table id=\"instances\"><tr><th>template</th>\
+<th>key</th><th>pool</th><th>age</th><th>idle</th><th>workers</th></tr>\n",
+    );
+    for (p, i) in live {
+        let _ = writeln!(
+            o,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            esc(&i.template),
+            esc(&i.key),
+            esc(&p.name),
+            human_secs(i.age_seconds),
+            human_secs(i.idle_seconds),
+            p.total_workers
         );
     }
     o.push_str("</table></div>\n");

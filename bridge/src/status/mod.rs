@@ -151,6 +151,7 @@ fn pool_status(s: &track::State, p: crate::supervise::stats::PoolStats, start_ti
         })
         .collect();
     PoolStatus {
+        instance: p.instance,
         name: p.name,
         state: p.state,
         start_time,

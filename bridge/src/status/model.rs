@@ -50,6 +50,9 @@ pub struct Latency {
 #[derive(Debug, Clone, Serialize)]
 pub struct PoolStatus {
     pub name: String,
+    /// An instance of a pool template: its template, key, age and idle time.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub instance: Option<crate::supervise::instances::InstanceStats>,
     /// The supervisor's state of the pool, e.g. "running", "starting", "failing".
     pub state: &'static str,
     pub start_time: u64,

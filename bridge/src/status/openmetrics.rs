@@ -131,6 +131,21 @@ pub fn render(s: &Status) -> String {
         o.sample("fcgibridge_pool_workers", &[("pool", &p.name), ("state", "busy")], p.busy_workers);
     }
 
+    o.family("fcgibridge_instance_idle_seconds", "gauge", "Seconds since the template instance's last request.");
+    for p in &s.pools {
+        if let Some(i) = &p.instance {
+            let labels = [("pool", p.name.as_str()), ("template", i.template.as_str()), ("key", i.key.as_str())];
+            o.sample("fcgibridge_instance_idle_seconds", &labels, i.idle_seconds);
+        }
+    }
+    o.family("fcgibridge_instance_age_seconds", "gauge", "Seconds since the template instance was made.");
+    for p in &s.pools {
+        if let Some(i) = &p.instance {
+            let labels = [("pool", p.name.as_str()), ("template", i.template.as_str()), ("key", i.key.as_str())];
+            o.sample("fcgibridge_instance_age_seconds", &labels, i.age_seconds);
+        }
+    }
+
     o.family("fcgibridge_worker_requests", "counter", "Requests the worker process finished.");
     for p in &s.pools {
         for w in &p.workers {

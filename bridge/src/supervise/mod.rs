@@ -1,5 +1,6 @@
 //! Process supervision: the bridge starts, watches and replaces the worker processes of
 //! every pool (see docs/worker-contract.md for what a worker is given).
+pub mod instances;
 mod isolate;
 pub mod manager;
 mod policy;

@@ -119,6 +119,9 @@ pub struct PoolStats {
     /// The most recent worker exits, oldest first (at most 50).
     pub restarts: Vec<RestartRecord>,
     pub workers: Vec<WorkerStats>,
+    /// Set for an instance of a pool template (supervise/instances.rs).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub instance: Option<super::instances::InstanceStats>,
 }
 
 /// One worker process.
@@ -278,6 +281,7 @@ pub fn pool_snapshot(pool: &PoolRuntime) -> PoolStats {
     workers.sort_by_key(|w| (w.slot, w.spawn_time as u64));
     let c = dv.counters;
     PoolStats {
+        instance: None,
         name: pool.name.to_string(),
         mode: if mv.mode.is_empty() { pool.config.supervision.mode.as_str() } else { mv.mode },
         state: if mv.state.is_empty() { "starting" } else { mv.state },
@@ -351,9 +355,12 @@ impl Board {
         self.with(|r| r.pools = pools);
     }
 
-    /// The pools the daemon runs now, in configuration order.
+    /// The pools the daemon runs now, in configuration order, then the live template
+    /// instances (the slowlog and the history sample them too).
     pub fn pools(&self) -> Vec<Arc<PoolRuntime>> {
-        self.with(|r| r.pools.clone())
+        let mut all = self.with(|r| r.pools.clone());
+        all.extend(super::instances::live_pools());
+        all
     }
 
     /// A reload was applied (`ok`) or refused, with its summary or reason.
@@ -381,7 +388,15 @@ impl Board {
             uptime_seconds: self.started.elapsed().as_secs_f64(),
             reloads,
             last_reload,
-            pools: pools.iter().map(|p| pool_snapshot(p)).collect(),
+            pools: pools
+                .iter()
+                .map(|p| pool_snapshot(p))
+                .chain(
+                    super::instances::live()
+                        .into_iter()
+                        .map(|(p, i)| PoolStats { instance: Some(i), ..pool_snapshot(&p) }),
+                )
+                .collect(),
         }
     }
 }

@@ -1,0 +1,526 @@
+//! Pool templates: a `pools:` entry with a `template:` block is no pool of its own but the
+//! pattern of pools made on demand, one per key of a request (virtual host, authenticated
+//! user). Its values may hold the placeholders `{host}` and `{user}`; an instance is the
+//! entry again with them filled in, resolved and checked exactly as a written pool is
+//! (supervise/instances.rs makes and runs instances).
+//!
+//! At load time the keys without a placeholder are checked as for a pool; those with one
+//! (and what depends on the app file: chdir, chroot, script owner) are checked per
+//! instance, when its first request comes.
+use super::error::{ConfigError, Source};
+use super::file::RawPool;
+use super::locate::KeyPath;
+use super::model::Pool;
+use super::paths;
+use super::units::{DurationDisplay, HumanDuration};
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// `max-instances` by default: live instances of one template.
+pub const DEFAULT_MAX_INSTANCES: u32 = 64;
+/// `instance-idle-timeout` by default: an instance with no request for this long stops.
+pub const DEFAULT_INSTANCE_IDLE_TIMEOUT: Duration = Duration::from_secs(600);
+/// `spawn-rate` by default: new instances per second, so a scan cannot fork a pool per name.
+pub const DEFAULT_SPAWN_RATE: u32 = 4;
+/// `missing-cache` by default: how long a key whose app is missing is answered 404 untried.
+pub const DEFAULT_MISSING_CACHE: Duration = Duration::from_secs(10);
+/// `min-uid` by default: below it an instance's user is a system account and refused.
+pub const DEFAULT_MIN_UID: u32 = 1000;
+
+/// The placeholders a template may use, and where their values come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Placeholder {
+    /// HTTP_HOST (else SERVER_NAME), lower-cased, port dropped, RFC 1123 labels only.
+    Host,
+    /// REMOTE_USER, as the web server's authentication (or an authorizer) set it.
+    User,
+    /// The account that owns the instance's app file (in `user` and `group` only): each
+    /// site runs as its owner. No part of the key: it follows from the other placeholders.
+    Owner,
+}
+
+impl Placeholder {
+    pub const ALL: [Self; 3] = [Self::Host, Self::User, Self::Owner];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Host => "host",
+            Self::User => "user",
+            Self::Owner => "owner",
+        }
+    }
+}
+
+/// The `template:` block of a pool entry, as written.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawTemplate {
+    /// A regular expression the whole key must match; others are answered 404.
+    pub allow: Option<String>,
+    pub max_instances: Option<u32>,
+    pub instance_idle_timeout: Option<HumanDuration>,
+    pub spawn_rate: Option<u32>,
+    pub missing_cache: Option<HumanDuration>,
+    pub min_uid: Option<u32>,
+}
+
+/// A resolved template.
+#[derive(Debug, Clone)]
+pub struct Template {
+    pub name: String,
+    /// The directory relative paths resolve against (the file's).
+    pub dir: PathBuf,
+    /// The file that defines it, for the errors of its instances.
+    pub file: String,
+    /// The entry as written, relative paths made absolute, `template:` taken out.
+    pub raw: Arc<RawPool>,
+    /// Placeholders used, in [`Placeholder::ALL`] order: together they are an instance's key.
+    pub keys: Vec<Placeholder>,
+    /// `{owner}` is used: the app file's owner is looked up per instance.
+    pub by_owner: bool,
+    pub allow: Option<regex::Regex>,
+    pub max_instances: u32,
+    /// None: instances are never reaped for idleness.
+    pub idle_timeout: Option<Duration>,
+    pub spawn_rate: u32,
+    pub missing_cache: Duration,
+    pub min_uid: u32,
+    /// Requests its instances take without a 503 (processes × threads + queue, times
+    /// max-instances), for FCGI_MAX_REQS.
+    pub capacity: usize,
+}
+
+impl PartialEq for Template {
+    fn eq(&self, o: &Self) -> bool {
+        // The raw entry compares by its text: it holds no float and prints every field.
+        // `dir` is left out: every path in `raw` is absolute (see `absolutize`).
+        self.name == o.name
+            && format!("{:?}", self.raw) == format!("{:?}", o.raw)
+            && self.allow.as_ref().map(regex::Regex::as_str) == o.allow.as_ref().map(regex::Regex::as_str)
+            && (self.max_instances, self.idle_timeout, self.spawn_rate)
+                == (o.max_instances, o.idle_timeout, o.spawn_rate)
+            && (self.missing_cache, self.min_uid) == (o.missing_cache, o.min_uid)
+    }
+}
+
+/// The keys whose values may hold a placeholder.
+const TAKES_PLACEHOLDERS: &[&str] =
+    &["app", "python", "command", "chdir", "env", "user", "group", "groups", "chroot", "script-user", "script-group"];
+
+/// The string values of `raw` with their key names, placeholders possible or not.
+fn strings(raw: &mut RawPool) -> Vec<(String, &mut String)> {
+    let mut out: Vec<(String, &mut String)> = Vec::new();
+    let one = [
+        ("app", &mut raw.app),
+        ("python", &mut raw.python),
+        ("chdir", &mut raw.chdir),
+        ("user", &mut raw.user),
+        ("group", &mut raw.group),
+        ("chroot", &mut raw.chroot),
+        ("script-user", &mut raw.script_user),
+        ("script-group", &mut raw.script_group),
+        ("mode", &mut raw.mode),
+        ("umask", &mut raw.umask),
+        ("rlimit-core", &mut raw.rlimit_core),
+    ];
+    for (k, v) in one {
+        if let Some(v) = v.as_mut() {
+            out.push((k.to_owned(), v));
+        }
+    }
+    for (k, list) in [("command", &mut raw.command), ("groups", &mut raw.groups)] {
+        for (i, v) in list.iter_mut().flatten().enumerate() {
+            out.push((format!("{k}[{i}]"), v));
+        }
+    }
+    for (name, v) in raw.env.iter_mut().flat_map(|e| e.0.iter_mut()) {
+        out.push((format!("env.{name}"), v));
+    }
+    for (status, page) in raw.error_pages.iter_mut().flat_map(|e| e.0.iter_mut()) {
+        for v in page.file.iter_mut().chain(page.redirect.iter_mut()) {
+            out.push((format!("error-pages.{status}"), v));
+        }
+    }
+    out
+}
+
+/// The placeholders in `text`, or why it is not a valid template value.
+fn placeholders_in(text: &str) -> Result<Vec<Placeholder>, String> {
+    let mut found = Vec::new();
+    let mut rest = text;
+    while let Some(open) = rest.find('{') {
+        let after = &rest[open + 1..];
+        let close = after.find('}').ok_or_else(|| format!("{text:?}: a '{{' without its '}}'"))?;
+        let name = &after[..close];
+        let p = Placeholder::ALL.into_iter().find(|p| p.name() == name).ok_or_else(|| {
+            format!("{text:?}: unknown placeholder {{{name}}}; a template knows {{host}}, {{user}} and {{owner}}")
+        })?;
+        found.push(p);
+        rest = &after[close + 1..];
+    }
+    if rest.contains('}') {
+        return Err(format!("{text:?}: a '}}' without its '{{'"));
+    }
+    Ok(found)
+}
+
+/// The placeholder a route prefix captures (`/~{user}`), None for a plain prefix; or why
+/// the pattern is refused: one `{host}` or `{user}`, inside one segment.
+pub fn route_capture(prefix: &str) -> Result<Option<Placeholder>, String> {
+    let found = placeholders_in(prefix)?;
+    match found.as_slice() {
+        [] => Ok(None),
+        [p @ (Placeholder::Host | Placeholder::User)] => {
+            let seg = prefix.split('/').find(|s| s.contains('{')).unwrap_or("");
+            if seg.matches('{').count() == 1 {
+                Ok(Some(*p))
+            } else {
+                Err(format!("{prefix:?}: one placeholder per segment"))
+            }
+        }
+        _ => Err(format!("{prefix:?}: a route captures one {{host}} or {{user}}")),
+    }
+}
+
+/// Fill in the placeholders of `text`; `values` follows [`Placeholder::ALL`].
+pub fn fill(text: &str, values: &[(Placeholder, &str)]) -> String {
+    let mut out = text.to_owned();
+    for (p, v) in values {
+        out = out.replace(&format!("{{{}}}", p.name()), v);
+    }
+    out
+}
+
+/// A template from `pools.NAME` with a `template:` block: the block's settings, every
+/// placeholder checked, and the keys without one checked as a pool's are.
+pub fn resolve(
+    src: &Source,
+    dir: &Path,
+    name: &str,
+    mut raw: RawPool,
+    search_path: Option<&std::ffi::OsStr>,
+) -> Result<Template, ConfigError> {
+    let here = KeyPath::of(&["pools", name]);
+    let block = raw.template.take().unwrap_or_default();
+    let mut errs = Vec::new();
+    let mut keys = Vec::new();
+    let mut with_placeholders: Vec<String> = Vec::new();
+    for (key, value) in strings(&mut raw) {
+        let top = key.split(['.', '[']).next().unwrap_or("").to_owned();
+        match placeholders_in(value) {
+            Err(m) => errs.push(src.invalid(&key_path(&here, &key), m)),
+            Ok(found) if found.is_empty() => {}
+            Ok(_) if !TAKES_PLACEHOLDERS.contains(&top.as_str()) => errs.push(src.invalid(
+                &key_path(&here, &key),
+                format!("cannot take a placeholder (they go in {})", TAKES_PLACEHOLDERS.join(", ")),
+            )),
+            Ok(found) if found.contains(&Placeholder::Owner) && !["user", "group"].contains(&top.as_str()) => errs
+                .push(
+                    src.invalid(
+                        &key_path(&here, &key),
+                        "{owner} (the app file's owner) goes in `user` or `group` only",
+                    ),
+                ),
+            Ok(found) => {
+                keys.extend(found);
+                with_placeholders.push(top);
+            }
+        }
+    }
+    let by_owner = keys.contains(&Placeholder::Owner);
+    keys.retain(|p| *p != Placeholder::Owner);
+    keys.sort();
+    keys.dedup();
+    if by_owner && raw.app.as_deref().is_none_or(|a| !(a.contains('/') || a.ends_with(".py") || a.ends_with(".wsgi"))) {
+        errs.push(src.invalid(
+            &here.key("user"),
+            "{owner} needs a file app (`app: /srv/sites/{host}/app.py`) to take the owner from",
+        ));
+    }
+    if keys.is_empty() && errs.is_empty() {
+        errs.push(src.invalid(&here.key("template"), "the template uses no placeholder ({host} or {user}); an instance per key needs one, or make it a plain pool"));
+    }
+    absolutize(&mut raw, dir);
+    if raw.mode.is_none() {
+        // Instances start with their first request and shrink to none when idle.
+        raw.mode = Some("ondemand".to_owned());
+    }
+    let t = block_settings(src, &here.key("template"), block, &mut errs);
+    // The keys without a placeholder, checked now on a sample instance; what a placeholder
+    // decides (files, accounts) is checked per instance.
+    let sample = fill_raw(&raw, &Placeholder::ALL.map(|p| (p, "example")));
+    let dependent = ["chdir", "chroot", "script-user", "script-group", "python", "app", "command"];
+    let paths_vary = with_placeholders.iter().any(|k| dependent.contains(&k.as_str()));
+    if let Err(e) = super::resolve::pool(src, dir, name, sample, search_path) {
+        let prefix = here.to_string();
+        for e in flatten(e) {
+            let key = match &e {
+                ConfigError::Invalid { key, .. } => key.strip_prefix(&prefix).unwrap_or("").trim_start_matches('.'),
+                _ => "",
+            };
+            let top = key.split(['.', '[']).next().unwrap_or("");
+            let varies = with_placeholders.iter().any(|k| k == top) || (paths_vary && dependent.contains(&top));
+            if !varies {
+                errs.push(e);
+            }
+        }
+    }
+    let Some((allow, max_instances, idle_timeout, spawn_rate, missing_cache, min_uid)) = t else {
+        return Err(ConfigError::several(errs));
+    };
+    if !errs.is_empty() {
+        return Err(ConfigError::several(errs));
+    }
+    let capacity = capacity_of_raw(&raw).saturating_mul(max_instances as usize);
+    Ok(Template {
+        name: name.to_owned(),
+        dir: dir.to_path_buf(),
+        file: src.file.clone(),
+        raw: Arc::new(raw),
+        keys,
+        by_owner,
+        allow,
+        max_instances,
+        idle_timeout,
+        spawn_rate,
+        missing_cache,
+        min_uid,
+        capacity,
+    })
+}
+
+type Settings = (Option<regex::Regex>, u32, Option<Duration>, u32, Duration, u32);
+
+/// The `template:` block's own keys, with their defaults.
+fn block_settings(src: &Source, here: &KeyPath, b: RawTemplate, errs: &mut Vec<ConfigError>) -> Option<Settings> {
+    let before = errs.len();
+    let allow = match b.allow {
+        None => None,
+        // Anchored: the whole key must match, never a part of it.
+        Some(text) => match regex::Regex::new(&format!("^(?:{text})$")) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                errs.push(src.invalid(&here.key("allow"), format!("{text:?} is not a regular expression: {e}")));
+                None
+            }
+        },
+    };
+    let max_instances = b.max_instances.unwrap_or(DEFAULT_MAX_INSTANCES);
+    if max_instances == 0 {
+        errs.push(src.invalid(&here.key("max-instances"), "must be 1 or more"));
+    }
+    let spawn_rate = b.spawn_rate.unwrap_or(DEFAULT_SPAWN_RATE);
+    if spawn_rate == 0 {
+        errs.push(src.invalid(&here.key("spawn-rate"), "must be 1 or more (new instances per second)"));
+    }
+    let idle = b.instance_idle_timeout.map_or(DEFAULT_INSTANCE_IDLE_TIMEOUT, |d| d.0);
+    let idle_timeout = (!idle.is_zero()).then_some(idle);
+    let missing_cache = b.missing_cache.map_or(DEFAULT_MISSING_CACHE, |d| d.0);
+    let min_uid = b.min_uid.unwrap_or(DEFAULT_MIN_UID);
+    (errs.len() == before).then_some((allow, max_instances, idle_timeout, spawn_rate, missing_cache, min_uid))
+}
+
+fn key_path(here: &KeyPath, dotted: &str) -> KeyPath {
+    let mut path = here.clone();
+    for part in dotted.split('.') {
+        match part.split_once('[') {
+            Some((k, i)) => path = path.key(k).index(i.trim_end_matches(']').parse().unwrap_or(0)),
+            None => path = path.key(part),
+        }
+    }
+    path
+}
+
+fn flatten(e: ConfigError) -> Vec<ConfigError> {
+    match e {
+        ConfigError::Several(all) => all,
+        e => vec![e],
+    }
+}
+
+/// Relative paths made absolute against `dir`, placeholders kept: the entry then means the
+/// same wherever it is printed (`fcgibridge check`) or instantiated.
+fn absolutize(raw: &mut RawPool, dir: &Path) {
+    let abs = |v: &mut String| *v = paths::resolve(dir, v).display().to_string();
+    for v in raw.chdir.iter_mut().chain(raw.chroot.iter_mut()) {
+        abs(v);
+    }
+    // A file app, a python given as a path (a bare name is looked up in PATH), a program path.
+    if let Some(app) = raw.app.as_mut().filter(|a| a.contains('/') || a.ends_with(".py") || a.ends_with(".wsgi")) {
+        abs(app);
+    }
+    if let Some(py) = raw.python.as_mut().filter(|p| p.contains('/')) {
+        abs(py);
+    }
+    if let Some(first) = raw.command.as_mut().and_then(|c| c.first_mut()).filter(|c| c.contains('/')) {
+        abs(first);
+    }
+    for page in raw.error_pages.iter_mut().flat_map(|e| e.0.iter_mut()).map(|(_, p)| p) {
+        page.file.iter_mut().for_each(abs);
+    }
+    // In name order, as a pool's env and error pages are kept (and `check` prints them).
+    raw.env.iter_mut().for_each(|e| e.0.sort_by(|a, b| a.0.cmp(&b.0)));
+    raw.error_pages.iter_mut().for_each(|e| e.0.sort_by(|a, b| a.0.cmp(&b.0)));
+    // A module app or a program runs in the file's directory by default: written out, so
+    // that the entry means the same when `fcgibridge check` prints it elsewhere.
+    if raw.chdir.is_none() && raw.app.as_deref().is_none_or(|a| !a.starts_with('/')) {
+        raw.chdir = Some(dir.display().to_string());
+    }
+}
+
+/// `raw` with every placeholder filled in.
+pub fn fill_raw(raw: &RawPool, values: &[(Placeholder, &str)]) -> RawPool {
+    let mut out = raw.clone();
+    for (_, v) in strings(&mut out) {
+        *v = fill(v, values);
+    }
+    out
+}
+
+/// Requests one instance takes at once without a 503, from the entry as written (its
+/// sample may not resolve: its files exist per instance only).
+fn capacity_of_raw(raw: &RawPool) -> usize {
+    use super::resolve::{DEFAULT_QUEUE_SIZE, DEFAULT_THREADS};
+    let processes = raw.max_processes.or(raw.processes).unwrap_or(super::supervision::DEFAULT_MAX_PROCESSES);
+    let threads = raw.threads.unwrap_or(DEFAULT_THREADS);
+    (processes as usize) * (threads as usize) + raw.queue_size.unwrap_or(DEFAULT_QUEUE_SIZE)
+}
+
+impl Template {
+    /// The `template:` block as `fcgibridge check` prints it, every default written out.
+    pub fn render_block(&self) -> Vec<(&'static str, String)> {
+        let mut out = Vec::new();
+        if let Some(a) = &self.allow {
+            let text = a.as_str().strip_prefix("^(?:").and_then(|s| s.strip_suffix(")$")).unwrap_or(a.as_str());
+            out.push(("allow", format!("{:?}", text)));
+        }
+        out.push(("max-instances", self.max_instances.to_string()));
+        out.push(("instance-idle-timeout", DurationDisplay(self.idle_timeout.unwrap_or_default()).to_string()));
+        out.push(("spawn-rate", self.spawn_rate.to_string()));
+        out.push(("missing-cache", DurationDisplay(self.missing_cache).to_string()));
+        out.push(("min-uid", self.min_uid.to_string()));
+        out
+    }
+
+    /// The pool keys as written (paths absolute), each value as YAML (JSON is YAML).
+    pub fn render_keys(&self) -> Vec<(String, String)> {
+        let Ok(serde_json::Value::Object(map)) = serde_json::to_value(&*self.raw) else { return Vec::new() };
+        map.into_iter()
+            .filter(|(_, v)| !v.is_null())
+            .map(|(k, mut v)| {
+                drop_nulls(&mut v);
+                (k, v.to_string())
+            })
+            .collect()
+    }
+}
+
+fn drop_nulls(v: &mut serde_json::Value) {
+    if let serde_json::Value::Object(m) = v {
+        m.retain(|_, x| !x.is_null());
+        m.values_mut().for_each(drop_nulls);
+    }
+}
+
+/// An instance's pool from its filled-in entry, resolved and checked as a written pool
+/// (errors name the template's file and keys).
+pub fn instantiate(t: &Template, raw: RawPool, search_path: Option<&std::ffi::OsStr>) -> Result<Pool, ConfigError> {
+    let src = Source { file: t.file.clone(), index: super::locate::KeyIndex::default() };
+    super::resolve::pool(&src, &t.dir, &t.name, raw, search_path)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use std::fs;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn placeholders_are_named_and_closed() {
+        assert_eq!(placeholders_in("/srv/{host}/{user}/app.py"), Ok(vec![Placeholder::Host, Placeholder::User]));
+        assert_eq!(placeholders_in("plain"), Ok(vec![]));
+        assert!(placeholders_in("/srv/{hots}").unwrap_err().contains("unknown placeholder {hots}"));
+        assert!(placeholders_in("/srv/{host").unwrap_err().contains("without its '}'"));
+        assert!(placeholders_in("/srv/host}").unwrap_err().contains("without its '{'"));
+        assert_eq!(fill("/srv/{host}/{host}", &[(Placeholder::Host, "a.test")]), "/srv/a.test/a.test");
+    }
+
+    /// A scratch conf.d with `text`, a stand-in python3 on the search path; the load result.
+    fn load(name: &str, text: &str) -> (PathBuf, Result<super::super::Config, ConfigError>) {
+        let root = super::super::tests::scratch_dir(name);
+        fs::create_dir_all(root.join("conf.d")).unwrap();
+        fs::create_dir_all(root.join("bin")).unwrap();
+        let python = root.join("bin/python3");
+        fs::write(&python, "#!/bin/sh\n").unwrap();
+        fs::set_permissions(&python, fs::Permissions::from_mode(0o755)).unwrap();
+        fs::create_dir_all(root.join("errors")).unwrap();
+        fs::write(root.join("errors/404.html"), "gone\n").unwrap();
+        fs::write(root.join("conf.d/10.yaml"), text).unwrap();
+        let bin = root.join("bin");
+        let loaded = super::super::load_with_search_path(&root.join("conf.d"), Some(bin.as_os_str()));
+        (root, loaded)
+    }
+
+    const TEMPLATE: &str = "\
+pools:
+  sites:
+    template: {allow: '[a-z.]+', max-instances: 3, spawn-rate: 2, instance-idle-timeout: 0s}
+    app: ../sites/{host}/app.py
+    env: {SITE: '{host}', OTHER: plain}
+    threads: 2
+    error-pages: {'404': ../errors/404.html}
+listeners:
+  web: {fastcgi: 127.0.0.1:9000, pool: sites}
+";
+
+    #[test]
+    fn a_template_loads_and_its_check_output_loads_back() {
+        let (root, loaded) = load("template-roundtrip", TEMPLATE);
+        let config = loaded.unwrap();
+        let t = &config.templates[0];
+        assert_eq!(
+            (t.keys.clone(), t.max_instances, t.spawn_rate, t.idle_timeout),
+            (vec![Placeholder::Host], 3, 2, None)
+        );
+        assert_eq!(t.raw.app.as_deref(), Some(&*format!("{}/sites/{{host}}/app.py", root.display())));
+        assert!(t.allow.as_ref().unwrap().is_match("a.test") && !t.allow.as_ref().unwrap().is_match("a.test/x"));
+        let text = crate::check::render(&config, "x");
+        let again = super::super::tests::scratch_dir("template-roundtrip-again");
+        fs::write(again.join("00.yaml"), &text).unwrap();
+        let bin = root.join("bin");
+        let reloaded = super::super::load_with_search_path(&again, Some(bin.as_os_str())).unwrap();
+        assert_eq!(reloaded, config, "\n{text}");
+    }
+
+    #[test]
+    fn misplaced_and_unknown_placeholders_are_errors_at_their_key() {
+        let text = TEMPLATE.replace("threads: 2", "threads: 2\n    umask: '{host}'\n    chdir: /x/{nope}");
+        let err = load("template-errors", &text).1.unwrap_err().to_string();
+        assert!(err.contains("10.yaml:7:5: pools.sites.umask: cannot take a placeholder"), "{err}");
+        assert!(err.contains("10.yaml:8:5: pools.sites.chdir: \"/x/{nope}\": unknown placeholder {nope}"), "{err}");
+        let owner = TEMPLATE.replace("OTHER: plain", "OTHER: '{owner}'");
+        let err = load("template-owner", &owner).1.unwrap_err().to_string();
+        assert!(
+            err.contains("pools.sites.env.OTHER: {owner} (the app file's owner) goes in `user` or `group` only"),
+            "{err}"
+        );
+        let routes = TEMPLATE.replace(
+            "web: {fastcgi: 127.0.0.1:9000, pool: sites}",
+            "web:\n    fastcgi: 127.0.0.1:9000\n    routes:\n      - {prefix: '/~{user}', pool: sites}\n      - {prefix: '/x/{nope}', pool: sites}",
+        );
+        let err = load("template-routes", &routes).1.unwrap_err().to_string();
+        assert!(err.contains("listeners.web.routes[1].prefix: \"/x/{nope}\": unknown placeholder {nope}"), "{err}");
+        let routes = routes.replace("      - {prefix: '/x/{nope}', pool: sites}\n", "").replace("/x/{nope}", "");
+        let err = load("template-routes-2", &routes).1.unwrap_err().to_string();
+        assert!(
+            err.contains("listeners.web.routes[0].prefix: captures {user}, but \"sites\" is no template that uses it"),
+            "{err}"
+        );
+        let none = TEMPLATE.replace("{host}", "alpha.test");
+        let err = load("template-none", &none).1.unwrap_err().to_string();
+        assert!(err.contains("pools.sites.template: the template uses no placeholder"), "{err}");
+    }
+}

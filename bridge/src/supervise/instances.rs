@@ -1,0 +1,776 @@
+//! Instances of pool templates (config/template.rs): a real pool — its own manager,
+//! dispatcher and workers — per key of a request (virtual host, authenticated user),
+//! made by the first request for that key, which then waits in the new pool's queue
+//! while its first worker starts.
+//!
+//! Before anything is made, the key is checked (an RFC 1123 host name, a conservative user
+//! name, the template's `allow:`), and the app file must exist (a missing one is answered
+//! 404 and remembered for `missing-cache`). New instances are limited to `spawn-rate` a
+//! second and `max-instances` live ones: at the cap the least recently used idle instance
+//! is stopped, else the request gets 503 with Retry-After. An instance with no request
+//! for `instance-idle-timeout` is stopped. An instance's configuration is resolved and
+//! checked exactly as a written pool's (user, script owner, chroot, the interpreter
+//! probe), and a `user:` below `min-uid` is refused.
+use super::manager::{self, ManagerCmd};
+use super::{PoolRuntime, Stop};
+use crate::config::template::{fill_raw, Placeholder, Template};
+use crate::config::Pool;
+use crate::logging::ratelimit::{self, Kind, Level, Scope};
+use fastcgi_server::Params;
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// Where a route leads: a pool, or a template whose instance is picked per request.
+#[derive(Clone)]
+pub enum Target {
+    Pool(Arc<PoolRuntime>),
+    Template(Arc<TemplateRuntime>),
+}
+
+impl Target {
+    /// The pool's or the template's name.
+    pub fn name(&self) -> &str {
+        match self {
+            Self::Pool(p) => &p.name,
+            Self::Template(t) => &t.name,
+        }
+    }
+
+    /// Requests taken at once without a 503 (an instance's, for a template).
+    pub fn capacity(&self) -> usize {
+        match self {
+            Self::Pool(p) => p.capacity(),
+            Self::Template(t) => t.config().capacity,
+        }
+    }
+}
+
+/// Why a request gets no instance of a template.
+#[derive(Debug, thiserror::Error)]
+pub enum Refusal {
+    #[error("bad {what} {value}: {why}")]
+    BadKey { what: &'static str, value: String, why: &'static str },
+    #[error("no {0} in the request")]
+    NoKey(&'static str),
+    #[error("key {0:?} does not match the template's allow pattern")]
+    NotAllowed(String),
+    #[error("no site for key {key:?}: {why}")]
+    Missing { key: String, why: String },
+    #[error("instance {key:?} refused: {why}")]
+    Account { key: String, why: String },
+    #[error("instance {key:?} cannot be made: {why}")]
+    Broken { key: String, why: String },
+    #[error("new instance {0:?} refused: spawn-rate reached")]
+    SpawnRate(String),
+    #[error("new instance {key:?} refused: max-instances ({max}) live and none idle")]
+    Full { key: String, max: u32 },
+}
+
+impl Refusal {
+    /// The status the request is answered with, and its Retry-After.
+    pub fn status(&self) -> (u16, Option<u32>) {
+        match self {
+            Self::BadKey { .. } => (400, None),
+            Self::NoKey(what) => (if *what == "user" { 403 } else { 400 }, None),
+            Self::NotAllowed(_) | Self::Missing { .. } => (404, None),
+            Self::Account { .. } => (403, None),
+            Self::Broken { .. } => (500, None),
+            Self::SpawnRate(_) | Self::Full { .. } => (503, Some(1)),
+        }
+    }
+
+    /// The rate-limited log line it belongs to (logging/ratelimit.rs).
+    pub fn kind(&self) -> &'static Kind {
+        match self {
+            Self::BadKey { .. } | Self::NoKey(_) => &BAD_KEY,
+            Self::NotAllowed(_) | Self::Missing { .. } | Self::Account { .. } => &NO_SITE,
+            Self::Broken { .. } => &BROKEN,
+            Self::SpawnRate(_) | Self::Full { .. } => &BUSY,
+        }
+    }
+}
+
+/// 400/403: a key that is no host or user name (a client's own doing).
+pub static BAD_KEY: Kind =
+    Kind { scope: Scope::Pool, what: "requests refused", reason: "bad template key", level: Level::Info, burst: 5 };
+/// 404: no site for the key.
+pub static NO_SITE: Kind = Kind {
+    scope: Scope::Pool,
+    what: "requests answered 404",
+    reason: "no site for the key",
+    level: Level::Info,
+    burst: 5,
+};
+/// 500: the instance's configuration is refused.
+pub static BROKEN: Kind = Kind {
+    scope: Scope::Pool,
+    what: "requests answered 500",
+    reason: "instance refused",
+    level: Level::Warn,
+    burst: 1,
+};
+/// 503: spawn-rate or max-instances.
+pub static BUSY: Kind = Kind {
+    scope: Scope::Pool,
+    what: "requests answered 503",
+    reason: "no new instance now (spawn-rate or max-instances)",
+    level: Level::Warn,
+    burst: 1,
+};
+
+/// Keys remembered as missing at most (a scan of random names cannot grow the cache).
+const MISSING_CACHE_ENTRIES: usize = 4096;
+/// How long a stopped instance gets to finish its requests.
+const RETIRE_WITHIN: Duration = Duration::from_secs(30);
+
+/// A template at run time: its live instances.
+pub struct TemplateRuntime {
+    pub name: Arc<str>,
+    config: Mutex<Arc<Template>>,
+    state: Mutex<State>,
+    /// One instance is made at a time: two first requests for one key make one instance.
+    making: tokio::sync::Mutex<()>,
+}
+
+#[derive(Default)]
+struct State {
+    live: HashMap<String, Instance>,
+    missing: HashMap<String, Instant>,
+    tokens: f64,
+    refilled: Option<Instant>,
+}
+
+/// One live instance.
+#[derive(Clone)]
+struct Instance {
+    pool: Arc<PoolRuntime>,
+    values: Vec<(Placeholder, String)>,
+    created: Instant,
+    last_used: Instant,
+    dir: PathBuf,
+}
+
+/// An instance as the status page shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct InstanceStats {
+    pub template: String,
+    pub key: String,
+    pub age_seconds: f64,
+    pub idle_seconds: f64,
+}
+
+/// What every instance needs from the daemon.
+struct Env {
+    python_path: Arc<PathBuf>,
+    runtime_dir: PathBuf,
+    search_path: Option<OsString>,
+}
+
+#[derive(Default)]
+struct Registry {
+    env: Option<Env>,
+    templates: Vec<Arc<TemplateRuntime>>,
+    /// Stopped instances still finishing their requests, and their socket directories.
+    retiring: Vec<(Arc<PoolRuntime>, PathBuf)>,
+    next_dir: u64,
+}
+
+static REGISTRY: Mutex<Option<Registry>> = Mutex::new(None);
+
+fn registry<T>(f: impl FnOnce(&mut Registry) -> T) -> T {
+    let mut r = REGISTRY.lock().unwrap_or_else(|e| e.into_inner());
+    f(r.get_or_insert_with(Registry::default))
+}
+
+/// At start: the templates of the configuration, and the reaper of idle instances.
+pub fn install(templates: &[Template], runtime_dir: &Path, python_path: PathBuf) {
+    registry(|r| {
+        r.env = Some(Env {
+            python_path: Arc::new(python_path),
+            runtime_dir: runtime_dir.to_path_buf(),
+            search_path: std::env::var_os("PATH"),
+        });
+        r.templates = templates.iter().map(TemplateRuntime::new).collect();
+    });
+    if !templates.is_empty() {
+        start_reaper();
+    }
+    for t in templates {
+        tracing::info!(template = %t.name, max_instances = t.max_instances, "pool template: an instance per {}", key_names(t));
+    }
+    if !nix::unistd::geteuid().is_root() && templates.iter().any(|t| t.keys.contains(&Placeholder::User)) {
+        tracing::warn!("the bridge is not root: instances of a template with {{user}} can only run as the bridge's own user; others are refused");
+    }
+}
+
+fn key_names(t: &Template) -> String {
+    t.keys.iter().map(|p| p.name()).collect::<Vec<_>>().join(" and ")
+}
+
+/// The running template of that name.
+pub fn lookup(name: &str) -> Option<Arc<TemplateRuntime>> {
+    registry(|r| r.templates.iter().find(|t| &*t.name == name).cloned())
+}
+
+/// Every live instance's pool.
+pub fn live_pools() -> Vec<Arc<PoolRuntime>> {
+    let templates = registry(|r| r.templates.clone());
+    templates.iter().flat_map(|t| t.lock().live.values().map(|i| i.pool.clone()).collect::<Vec<_>>()).collect()
+}
+
+/// Every live instance, for the status page.
+pub fn live() -> Vec<(Arc<PoolRuntime>, InstanceStats)> {
+    let templates = registry(|r| r.templates.clone());
+    let now = Instant::now();
+    let mut out = Vec::new();
+    for t in templates {
+        let st = t.lock();
+        let mut rows: Vec<_> = st.live.iter().collect();
+        rows.sort_by(|a, b| a.0.cmp(b.0));
+        for (key, i) in rows {
+            out.push((
+                i.pool.clone(),
+                InstanceStats {
+                    template: t.name.to_string(),
+                    key: key.clone(),
+                    age_seconds: now.duration_since(i.created).as_secs_f64(),
+                    idle_seconds: now.duration_since(i.last_used).as_secs_f64(),
+                },
+            ));
+        }
+    }
+    out
+}
+
+/// A reload: unchanged templates keep their instances; a changed one rolls its instances
+/// to the new configuration (each keeps its queue and is restarted worker by worker, as a
+/// changed pool is); a removed one stops its instances. `restart_all` (SIGUSR2) rolls every
+/// instance with a restart of its workers. Returns a summary.
+pub async fn reload(new: &[Template], restart_all: bool) -> String {
+    let old = registry(|r| r.templates.clone());
+    let (mut changed, mut removed) = (Vec::new(), Vec::new());
+    let mut next = Vec::new();
+    for t in new {
+        match old.iter().find(|o| *o.name == t.name) {
+            Some(o) if *o.config() == *t && !restart_all => next.push(o.clone()),
+            Some(o) => {
+                changed.push(t.name.clone());
+                if o.config().keys == t.keys {
+                    o.roll(Arc::new(t.clone()), restart_all).await;
+                } else {
+                    // Keyed otherwise now: no live instance has a key of the new kind.
+                    o.stop_all("its template's placeholders changed");
+                    *o.config.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(t.clone());
+                }
+                next.push(o.clone());
+            }
+            None => next.push(TemplateRuntime::new(t)),
+        }
+    }
+    for o in &old {
+        if !new.iter().any(|t| *o.name == t.name) {
+            removed.push(o.name.to_string());
+            o.stop_all("its template is gone from the configuration");
+        }
+    }
+    if !next.is_empty() {
+        start_reaper();
+    }
+    registry(|r| r.templates = next);
+    let list = |v: &[String]| if v.is_empty() { "none".to_owned() } else { v.join(", ") };
+    format!("templates changed: {}; removed: {}", list(&changed), list(&removed))
+}
+
+/// `fcgibridge stop-instance TEMPLATE KEY`.
+pub fn stop_instance(template: &str, key: &str) -> Result<String, String> {
+    let t = lookup(template).ok_or_else(|| format!("no template {template:?}"))?;
+    let inst = t.lock().live.remove(key).ok_or_else(|| format!("template {template:?} has no instance {key:?}"))?;
+    tracing::info!(pool = %inst.pool.name, "instance stopped by the control socket");
+    retire(inst);
+    Ok(format!("instance {template}[{key}] stopping\n"))
+}
+
+/// The daemon stops: every instance, and those still finishing, stop.
+pub async fn stop_all(how: Stop) {
+    let pools: Vec<Arc<PoolRuntime>> = registry(|r| {
+        let mut all: Vec<_> = r.retiring.drain(..).map(|(p, _)| p).collect();
+        for t in &r.templates {
+            all.extend(t.lock().live.drain().map(|(_, i)| i.pool));
+        }
+        all
+    });
+    let mut waits = Vec::new();
+    for p in pools {
+        let (done, rx) = tokio::sync::oneshot::channel();
+        p.send(ManagerCmd::Stop { how, done });
+        waits.push(rx);
+    }
+    for w in waits {
+        let _ = w.await;
+    }
+}
+
+/// Stop an instance: it serves what it has queued and in flight, then ends.
+fn retire(i: Instance) {
+    i.pool.send(ManagerCmd::Remove { within: RETIRE_WITHIN });
+    // A preloaded instance's fork template goes with it (supervise/template.rs).
+    if i.pool.config.isolation.preload {
+        super::template::retire_pool(&i.pool.name);
+    }
+    registry(|r| r.retiring.push((i.pool, i.dir)));
+}
+
+/// The reaper, once.
+fn start_reaper() {
+    static STARTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if !STARTED.swap(true, std::sync::atomic::Ordering::AcqRel) {
+        tokio::spawn(reaper());
+    }
+}
+
+/// Every second: stop instances idle for their template's timeout; forget stopped ones.
+async fn reaper() {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let templates = registry(|r| {
+            r.retiring.retain(|(p, dir)| {
+                let running = !p.control.cmd.is_closed();
+                if !running {
+                    // Its own directory (instance-N under the runtime directory).
+                    let _ = std::fs::remove_dir_all(dir);
+                }
+                running
+            });
+            r.templates.clone()
+        });
+        for t in templates {
+            let Some(idle) = t.config().idle_timeout else { continue };
+            let now = Instant::now();
+            let gone: Vec<Instance> = {
+                let mut st = t.lock();
+                let keys: Vec<String> = st
+                    .live
+                    .iter()
+                    .filter(|(_, i)| now.duration_since(i.last_used) >= idle && is_idle(&i.pool))
+                    .map(|(k, _)| k.clone())
+                    .collect();
+                keys.iter().filter_map(|k| st.live.remove(k)).collect()
+            };
+            for i in gone {
+                tracing::info!(pool = %i.pool.name, "instance idle for instance-idle-timeout ({}), stopping", crate::config::units::DurationDisplay(idle));
+                retire(i);
+            }
+        }
+    }
+}
+
+/// No request running or waiting.
+fn is_idle(p: &PoolRuntime) -> bool {
+    let v = p.dispatcher.view();
+    v.busy_slots == 0 && v.queue_now == 0
+}
+
+impl TemplateRuntime {
+    fn new(t: &Template) -> Arc<Self> {
+        Arc::new(Self {
+            name: Arc::from(t.name.as_str()),
+            config: Mutex::new(Arc::new(t.clone())),
+            state: Mutex::default(),
+            making: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// The template as configured now.
+    pub fn config(&self) -> Arc<Template> {
+        self.config.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The live instance for `key`, marked used now.
+    fn touch(&self, key: &str) -> Option<Arc<PoolRuntime>> {
+        let mut st = self.lock();
+        let i = st.live.get_mut(key)?;
+        i.last_used = Instant::now();
+        Some(i.pool.clone())
+    }
+
+    /// The instance serving this request: the live one for its key, or a new one.
+    /// `capture`: a route pattern's (placeholder, value), which takes the place of the
+    /// request's own value for that placeholder.
+    pub async fn instance(
+        &self,
+        params: &Params,
+        capture: Option<(&str, Vec<u8>)>,
+    ) -> Result<Arc<PoolRuntime>, Refusal> {
+        let t = self.config();
+        let values = key_of(&t, params, capture.as_ref().map(|(n, v)| (*n, v.as_slice())))?;
+        let key = values.iter().map(|(_, v)| v.as_str()).collect::<Vec<_>>().join(",");
+        if let Some(p) = self.touch(&key) {
+            return Ok(p);
+        }
+        if t.allow.as_ref().is_some_and(|a| !a.is_match(&key)) {
+            return Err(Refusal::NotAllowed(key));
+        }
+        let filled: Vec<(Placeholder, &str)> = values.iter().map(|(p, v)| (*p, v.as_str())).collect();
+        let raw = fill_raw(&t.raw, &filled);
+        self.check_present(&t, &key, &raw)?;
+        let _making = self.making.lock().await;
+        if let Some(p) = self.touch(&key) {
+            return Ok(p);
+        }
+        self.admit(&t, &key)?;
+        let name = format!("{}[{key}]", t.name);
+        let (t2, name2) = (t.clone(), name.clone());
+        let made = tokio::task::spawn_blocking(move || resolve_instance(&t2, name2, raw)).await;
+        let pool = match made {
+            Ok(Ok(pool)) => pool,
+            Ok(Err(r)) => return Err(r(key)),
+            Err(e) => return Err(Refusal::Broken { key, why: format!("resolving it failed: {e}") }),
+        };
+        let (pool, dir) = start(pool).map_err(|why| Refusal::Broken { key: key.clone(), why })?;
+        // This request is about to queue: the manager looks at the queue at once rather
+        // than at its next tick (a permit, kept until the manager waits).
+        pool.dispatcher.wake.notify_one();
+        tracing::info!(pool = %name, "new instance of template {}", t.name);
+        let now = Instant::now();
+        let inst = Instance { pool: pool.clone(), values, created: now, last_used: now, dir };
+        self.lock().live.insert(key, inst);
+        Ok(pool)
+    }
+
+    /// 404 at once, and remembered, when the app file or the directory is missing.
+    fn check_present(&self, t: &Template, key: &str, raw: &crate::config::RawPool) -> Result<(), Refusal> {
+        let now = Instant::now();
+        {
+            let mut st = self.lock();
+            match st.missing.get(key) {
+                Some(until) if *until > now => {
+                    return Err(Refusal::Missing { key: key.to_owned(), why: "missing (cached)".into() })
+                }
+                Some(_) => {
+                    st.missing.remove(key);
+                }
+                None => {}
+            }
+        }
+        let app_file = app_file(raw);
+        let missing = match (&app_file, raw.chdir.as_deref()) {
+            (Some(f), _) if !f.is_file() => Some(format!("app file {} does not exist", f.display())),
+            (_, Some(d)) if !Path::new(d).is_dir() => Some(format!("chdir {d} is not a directory")),
+            _ => None,
+        };
+        let Some(why) = missing else { return Ok(()) };
+        let mut st = self.lock();
+        if st.missing.len() >= MISSING_CACHE_ENTRIES {
+            st.missing.retain(|_, until| *until > now);
+        }
+        if st.missing.len() < MISSING_CACHE_ENTRIES && !t.missing_cache.is_zero() {
+            st.missing.insert(key.to_owned(), now + t.missing_cache);
+        }
+        Err(Refusal::Missing { key: key.to_owned(), why })
+    }
+
+    /// spawn-rate and max-instances: a token for a new instance, and room for it (the least
+    /// recently used idle instance is stopped at the cap).
+    fn admit(&self, t: &Template, key: &str) -> Result<(), Refusal> {
+        let now = Instant::now();
+        let victim = {
+            let mut st = self.lock();
+            let rate = f64::from(t.spawn_rate);
+            let since = st.refilled.map_or(rate, |at| now.duration_since(at).as_secs_f64() * rate);
+            st.tokens = (st.tokens + since).min(rate);
+            st.refilled = Some(now);
+            if st.tokens < 1.0 {
+                return Err(Refusal::SpawnRate(key.to_owned()));
+            }
+            let victim = if st.live.len() >= t.max_instances as usize {
+                let lru = st
+                    .live
+                    .iter()
+                    .filter(|(_, i)| is_idle(&i.pool))
+                    .min_by_key(|(_, i)| i.last_used)
+                    .map(|(k, _)| k.clone());
+                match lru {
+                    Some(k) => st.live.remove(&k),
+                    None => return Err(Refusal::Full { key: key.to_owned(), max: t.max_instances }),
+                }
+            } else {
+                None
+            };
+            st.tokens -= 1.0;
+            victim
+        };
+        if let Some(v) = victim {
+            tracing::info!(pool = %v.pool.name, "max-instances ({}) reached: stopping the least recently used idle instance", t.max_instances);
+            retire(v);
+        }
+        Ok(())
+    }
+
+    /// A changed template: every live instance takes its new configuration (a rolling
+    /// restart when its workers change); one that the new template refuses stops.
+    async fn roll(&self, new: Arc<Template>, restart: bool) {
+        *self.config.lock().unwrap_or_else(|e| e.into_inner()) = new.clone();
+        let _making = self.making.lock().await;
+        let live: Vec<(String, Instance)> = self.lock().live.iter().map(|(k, i)| (k.clone(), i.clone())).collect();
+        for (key, inst) in live {
+            let filled: Vec<(Placeholder, &str)> = inst.values.iter().map(|(p, v)| (*p, v.as_str())).collect();
+            let raw = fill_raw(&new.raw, &filled);
+            let (t2, name) = (new.clone(), inst.pool.name.to_string());
+            let made = tokio::task::spawn_blocking(move || resolve_instance(&t2, name, raw)).await;
+            match made {
+                Ok(Ok(cfg)) => {
+                    // As a changed pool's (Supervisor::reload): new forks from fresh code.
+                    if inst.pool.config.isolation.preload && (!cfg.isolation.preload || restart) {
+                        super::template::retire_pool(&inst.pool.name);
+                    }
+                    let p = Arc::new(PoolRuntime {
+                        name: inst.pool.name.clone(),
+                        config: cfg.clone(),
+                        dispatcher: inst.pool.dispatcher.clone(),
+                        control: inst.pool.control.clone(),
+                    });
+                    p.send(ManagerCmd::Reconfigure { config: Arc::new(cfg), restart });
+                    if let Some(i) = self.lock().live.get_mut(&key) {
+                        i.pool = p;
+                    }
+                }
+                Ok(Err(r)) => {
+                    tracing::warn!(pool = %inst.pool.name, "reload: {}; the instance stops", r(key.clone()));
+                    if let Some(i) = self.lock().live.remove(&key) {
+                        retire(i);
+                    }
+                }
+                Err(e) => tracing::warn!(pool = %inst.pool.name, "reload: resolving the instance failed: {e}"),
+            }
+        }
+    }
+
+    fn stop_all(&self, why: &str) {
+        let all: Vec<Instance> = self.lock().live.drain().map(|(_, i)| i).collect();
+        for i in all {
+            tracing::info!(pool = %i.pool.name, "instance stopping: {why}");
+            retire(i);
+        }
+    }
+}
+
+type MakeRefusal = Box<dyn FnOnce(String) -> Refusal + Send>;
+
+/// The app file of a filled-in entry (`path:callable` names the callable after the last colon).
+fn app_file(raw: &crate::config::RawPool) -> Option<PathBuf> {
+    let a = raw.app.as_deref().filter(|a| a.starts_with('/'))?;
+    let whole = Path::new(a);
+    if whole.exists() {
+        return Some(whole.to_path_buf());
+    }
+    Some(a.rsplit_once(':').map_or_else(|| whole.to_path_buf(), |(p, _)| PathBuf::from(p)))
+}
+
+/// `{owner}` filled in: the name of the account owning the app file (its uid when the
+/// account has no name). Root or a system account is then refused by `min-uid`.
+fn fill_owner(raw: crate::config::RawPool) -> Result<crate::config::RawPool, MakeRefusal> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = app_file(&raw).map(std::fs::metadata);
+    let uid = match meta {
+        Some(Ok(m)) => m.uid(),
+        Some(Err(e)) => {
+            let why = format!("cannot read the app file's owner: {e}");
+            return Err(Box::new(move |key| Refusal::Missing { key, why }));
+        }
+        None => return Err(Box::new(|key| Refusal::Broken { key, why: "{owner} needs a file app".into() })),
+    };
+    let user = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)).ok().flatten();
+    let name = user.map_or_else(|| uid.to_string(), |u| u.name);
+    Ok(fill_raw(&raw, &[(Placeholder::Owner, name.as_str())]))
+}
+
+/// An instance's pool from its filled-in entry: resolved and checked as a written pool,
+/// `min-uid`, and the interpreter probed. Blocking (user lookups, files, a process).
+fn resolve_instance(t: &Template, name: String, raw: crate::config::RawPool) -> Result<Pool, MakeRefusal> {
+    let raw = if t.by_owner { fill_owner(raw)? } else { raw };
+    let search_path = registry(|r| r.env.as_ref().and_then(|e| e.search_path.clone()));
+    // Before the pool's own checks: a root or system account is refused as such (403),
+    // not as a pool that would need allow-root.
+    if let Some(written) = raw.user.as_deref() {
+        let found = match written.parse::<u32>() {
+            Ok(id) => nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(id)).ok().flatten(),
+            Err(_) => nix::unistd::User::from_name(written).ok().flatten(),
+        };
+        match found {
+            Some(u) if u.uid.as_raw() < t.min_uid => {
+                let why = format!("user {} has uid {}, below min-uid {}", u.name, u.uid, t.min_uid);
+                return Err(Box::new(move |key| Refusal::Account { key, why }));
+            }
+            Some(_) => {}
+            // A key naming nobody is no site.
+            None => {
+                let why = format!("no account {written:?}");
+                return Err(Box::new(move |key| Refusal::Missing { key, why }));
+            }
+        }
+    }
+    let mut pool = crate::config::template::instantiate(t, raw, search_path.as_deref())
+        .map_err(|e| -> MakeRefusal { Box::new(move |key| Refusal::Broken { key, why: e.to_string() }) })?;
+    pool.name = name;
+    if let Err(e) = crate::probe::check_pools(std::slice::from_ref(&pool)) {
+        let why = e.to_string();
+        return Err(Box::new(move |key| Refusal::Broken { key, why }));
+    }
+    // The first request waits in the queue while the first worker starts.
+    pool.queue_timeout = pool.queue_timeout.max(pool.startup_timeout);
+    Ok(pool)
+}
+
+/// Start an instance's manager: its workers start with the first request (ondemand) or now.
+fn start(cfg: Pool) -> Result<(Arc<PoolRuntime>, PathBuf), String> {
+    let (python_path, dir) = registry(|r| {
+        let env = r.env.as_ref()?;
+        r.next_dir += 1;
+        Some((env.python_path.clone(), env.runtime_dir.join("pools").join(format!("instance-{}", r.next_dir))))
+    })
+    .ok_or("the daemon is not running")?;
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    }
+    let p = PoolRuntime::new(cfg);
+    let cmds = p.control.cmd_rx.lock().unwrap_or_else(|e| e.into_inner()).take().ok_or("no manager mailbox")?;
+    let (m, events) = manager::Manager::new(
+        p.name.clone(),
+        Arc::new(p.config.clone()),
+        p.dispatcher.clone(),
+        p.control.clone(),
+        python_path,
+        dir.clone(),
+    );
+    tokio::spawn(manager::run(m, events, cmds));
+    Ok((p, dir))
+}
+
+/// The values of the template's placeholders for this request, each checked.
+fn key_of(
+    t: &Template,
+    params: &Params,
+    capture: Option<(&str, &[u8])>,
+) -> Result<Vec<(Placeholder, String)>, Refusal> {
+    let mut out = Vec::with_capacity(t.keys.len());
+    for p in &t.keys {
+        let v = match (p, capture) {
+            (Placeholder::Host, Some(("host", v))) => host_key(v)?,
+            (Placeholder::User, Some(("user", v))) => user_key(v)?,
+            _ => match p {
+                Placeholder::Host => {
+                    let raw = params.get(b"HTTP_HOST").filter(|h| !h.is_empty()).or_else(|| params.get(b"SERVER_NAME"));
+                    host_key(raw.ok_or(Refusal::NoKey("host"))?)?
+                }
+                Placeholder::User => {
+                    let raw = params.get(b"REMOTE_USER").filter(|u| !u.is_empty()).ok_or(Refusal::NoKey("user"))?;
+                    user_key(raw)?
+                }
+                // Not from the request: filled in from the app file (`fill_owner`).
+                Placeholder::Owner => continue,
+            },
+        };
+        out.push((*p, v));
+    }
+    Ok(out)
+}
+
+/// What a bad key looked like, for the log: escaped, and cut short.
+fn shown(raw: &[u8]) -> String {
+    let s: String = raw.iter().take(80).flat_map(|b| std::ascii::escape_default(*b)).map(char::from).collect();
+    if raw.len() > 80 {
+        format!("\"{s}\"… ({} bytes)", raw.len())
+    } else {
+        format!("\"{s}\"")
+    }
+}
+
+/// A host name: the port dropped, lower-cased, one trailing dot dropped, RFC 1123 labels
+/// (letters, digits, inner hyphens; 1–63 bytes each, 253 in all). No IP literal.
+pub fn host_key(raw: &[u8]) -> Result<String, Refusal> {
+    let bad = |why| Refusal::BadKey { what: "host", value: shown(raw), why };
+    let host = match raw.iter().rposition(|&b| b == b':') {
+        Some(i) if raw[i + 1..].iter().all(u8::is_ascii_digit) => &raw[..i],
+        Some(_) => return Err(bad("not a host name (a ':' that is no port)")),
+        None => raw,
+    };
+    let host = host.strip_suffix(b".").unwrap_or(host);
+    if host.is_empty() || host.len() > 253 {
+        return Err(bad("empty or longer than 253 bytes"));
+    }
+    for label in host.split(|&b| b == b'.') {
+        let ok_bytes = label.iter().all(|b| b.is_ascii_alphanumeric() || *b == b'-');
+        if label.is_empty() || label.len() > 63 || !ok_bytes || label[0] == b'-' || label[label.len() - 1] == b'-' {
+            return Err(bad("not RFC 1123 labels (letters, digits, inner '-', 1-63 bytes, '.' between)"));
+        }
+    }
+    if host.iter().all(|b| b.is_ascii_digit() || *b == b'.') {
+        return Err(bad("an IP address, not a host name"));
+    }
+    Ok(String::from_utf8_lossy(host).to_ascii_lowercase())
+}
+
+/// A user name: a lower-case letter or '_', then up to 31 of letters, digits, '_', '-'.
+pub fn user_key(raw: &[u8]) -> Result<String, Refusal> {
+    let first_ok = raw.first().is_some_and(|b| b.is_ascii_lowercase() || *b == b'_');
+    let rest_ok = raw.iter().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'_' || *b == b'-');
+    if first_ok && rest_ok && raw.len() <= 32 {
+        Ok(String::from_utf8_lossy(raw).into_owned())
+    } else {
+        Err(Refusal::BadKey {
+            what: "user",
+            value: shown(raw),
+            why: "not a user name (a lower-case letter or '_', then letters, digits, '_', '-'; 32 at most)",
+        })
+    }
+}
+
+/// Log a refusal (rate-limited per template, as other client-caused lines).
+pub fn log_refusal(r: &Refusal, template: &str, listener: &str, request_id: &str, peer: &str, uri: &str) {
+    if !ratelimit::allow(r.kind(), template) {
+        return;
+    }
+    match r.status().0 {
+        status @ (500 | 503) => tracing::warn!(listener, template, request_id, peer, uri, "{r}, answering {status}"),
+        status => tracing::info!(listener, template, request_id, peer, uri, "{r}, answering {status}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_keys() {
+        assert_eq!(host_key(b"Alpha.TEST:8080").ok().as_deref(), Some("alpha.test"));
+        assert_eq!(host_key(b"alpha.test.").ok().as_deref(), Some("alpha.test"));
+        for bad in [&b"../x"[..], b"a b", b"a\0b", b"x/y", b"", b"-a.test", b"a..b", b"[::1]", b"10.0.0.1", b"a_b.test"]
+        {
+            assert!(host_key(bad).is_err(), "{bad:?}");
+        }
+        assert!(host_key(&[b'a'; 64]).is_err());
+        let long = vec!["a".repeat(63); 5].join(".");
+        assert!(host_key(long.as_bytes()).is_err());
+    }
+
+    #[test]
+    fn user_keys() {
+        assert_eq!(user_key(b"alice").ok().as_deref(), Some("alice"));
+        for bad in [&b"Alice"[..], b"../x", b"a b", b"", b"root\0", b"1abc", b"a/b"] {
+            assert!(user_key(bad).is_err(), "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,29 @@
+"""One site of a pool template (integration/test_dynamic_pools.py): says which app file,
+host, user, process, account and interpreter serve it. /hold?until=FILE keeps the request
+(and its worker) busy until FILE exists."""
+import json
+import os
+import sys
+import time
+from urllib.parse import parse_qs
+
+
+def application(environ, start_response):
+    if environ.get("PATH_INFO") == "/hold":
+        until = parse_qs(environ.get("QUERY_STRING", "")).get("until", [""])[0]
+        deadline = time.monotonic() + 120
+        while until and not os.path.exists(until) and time.monotonic() < deadline:
+            time.sleep(0.02)
+    body = json.dumps({
+        "app": os.path.abspath(__file__),
+        "host": environ.get("HTTP_HOST"),
+        "user": environ.get("REMOTE_USER"),
+        "pid": os.getpid(),
+        "uid": os.getuid(),
+        "python": "%d.%d" % sys.version_info[:2],
+        "version": os.environ.get("SITE_VERSION"),
+        "script_name": environ.get("SCRIPT_NAME"),
+        "path_info": environ.get("PATH_INFO"),
+    }).encode()
+    start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+    return [body]

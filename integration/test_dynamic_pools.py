@@ -1,0 +1,663 @@
+"""Pool templates (docs/dynamic-pools.md): a pool per virtual host or per user, made by the
+first request for its key, behind real nginx, lighttpd and Apache; hostile keys refused
+with nothing spawned; idle reaping; max-instances with LRU eviction and 503; spawn-rate;
+a burst of random names; two interpreters; per-user accounts; reload and stop-instance.
+
+The front ends run the `test-snippet` blocks of docs/dynamic-pools.md."""
+from __future__ import annotations
+
+import base64
+import glob
+import hashlib
+import json
+import os
+import pwd
+import random
+import re
+import shutil
+import signal
+import string
+import subprocess
+import tempfile
+import threading
+from pathlib import Path
+
+import pytest
+import requests
+
+from harness import (APPS, REPO, Bridge, bridge_binary, can_connect, free_ports, make_bridge, start_nginx,
+                     stop_process, to_yaml, wait_until)
+import fcgi_client
+from servers.frontends import find_binary, substitute
+
+DOC = REPO / "docs" / "dynamic-pools.md"
+SYSTEM_PYTHON = "/usr/bin/python3"
+
+
+def snippet(name: str) -> str:
+    """The fenced block after `<!-- test-snippet: name -->` in docs/dynamic-pools.md."""
+    m = re.search(r"<!-- test-snippet: " + re.escape(name) + r" -->\s*\n```[^\n]*\n(.*?)\n```", DOC.read_text(), re.S)
+    assert m, f"docs/dynamic-pools.md: no test-snippet {name!r}"
+    return m.group(1) + "\n"
+
+
+def make_sites(root: Path, hosts, mode=0o755) -> Path:
+    """root/sites/<host>/app.py for each host (a copy of apps/site_app.py)."""
+    sites = root / "sites"
+    for h in hosts:
+        d = sites / h
+        d.mkdir(parents=True, exist_ok=True)
+        shutil.copy(APPS / "site_app.py", d / "app.py")
+        for p in (root, sites, d):
+            p.chmod(mode)
+        (d / "app.py").chmod(0o644)
+    return sites
+
+
+def template(sites: Path, block=None, **keys) -> dict:
+    spec = {"template": block or {"max-instances": 16}, "app": f"{sites}/{{host}}/app.py",
+            "threads": 2, "max-processes": 1}
+    spec.update(keys)
+    return spec
+
+
+def start_bridge(tmp_path, pools, port=None, extra=None) -> Bridge:
+    port = port or free_ports(1)[0]
+    b = make_bridge(tmp_path, pools, {"web": {"fastcgi": f"127.0.0.1:{port}", "pool": next(iter(pools))}},
+                    bridge_extra=extra)
+    b.start()
+    wait_until(lambda: b.assert_running() or can_connect(("127.0.0.1", port)), 60, what="bridge listening")
+    return b
+
+
+def get(b: Bridge, host: str, path="/", **kw) -> fcgi_client.Response:
+    headers = dict(kw.pop("headers", {}) or {})
+    headers["Host"] = host
+    return fcgi_client.fcgi_request(b.listener_address("web"), path, headers=headers, **kw)
+
+
+def instances(b: Bridge) -> dict:
+    """key -> pool status of every live instance (`fcgibridge status --json`)."""
+    r = subprocess.run([str(b.binary), "status", "--json", "--config", str(b.confdir)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    return {p["instance"]["key"]: p for p in json.loads(r.stdout)["pools"] if p.get("instance")}
+
+
+def new_instance_lines(b: Bridge, since=0) -> list[str]:
+    return [ln for ln in b.log.lines(since) if "new instance of template" in ln]
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+
+
+# ------------------------------------------------------------------ the shipped example
+
+def test_the_shipped_example_runs_as_it_is(tmp_path):
+    confdir = REPO / "examples" / "per-host" / "conf.d"
+    if can_connect(("127.0.0.1", 9100)):
+        pytest.skip("127.0.0.1:9100 (the example's port) is taken")
+    b = Bridge(tmp_path, None, confdir=confdir)
+    b.start()
+    try:
+        addr = ("127.0.0.1", 9100)
+        wait_until(lambda: b.assert_running() or can_connect(addr), 60, what="the example's listener")
+        bodies = {}
+        for host in ("alpha.test", "beta.test"):
+            r = fcgi_client.fcgi_request(addr, "/", headers={"Host": host})
+            assert r.status == 200, r.stdout
+            m = re.fullmatch(rb"host=(\S+) pid=(\d+)", r.body)
+            assert m and m.group(1).decode() == host, r.body
+            bodies[host] = int(m.group(2))
+            assert pid_alive(bodies[host])
+        assert bodies["alpha.test"] != bodies["beta.test"]
+        again = fcgi_client.fcgi_request(addr, "/", headers={"Host": "ALPHA.test:9100"})
+        assert again.body == f"host=alpha.test pid={bodies['alpha.test']}".encode()
+        assert fcgi_client.fcgi_request(addr, "/", headers={"Host": "gamma.test"}).status == 404
+        b.log.wait_for(r"no site for key \"gamma.test\".*answering 404")
+        assert len(new_instance_lines(b)) == 2
+    finally:
+        b.stop()
+
+
+# ------------------------------------------------------------------ per host behind nginx
+
+@pytest.fixture
+def nginx_front(tmp_path):
+    """An nginx running the documented per-host server block; call it with the bridge's port."""
+    started = []
+
+    def start(bridge_port: int, name="nginx") -> int:
+        port = free_ports(1)[0]
+        w = tmp_path / name
+        w.mkdir()
+        server = substitute(snippet(name), {"8080": port, "9100": bridge_port,
+                                            "fastcgi_params": "/etc/nginx/fastcgi_params"})
+        temp = "".join(f"    {k}_temp_path {w}/{k}_temp;\n" for k in ("client_body", "proxy", "fastcgi", "scgi", "uwsgi"))
+        user = "user root;\n" if os.geteuid() == 0 else ""
+        (w / "nginx.conf").write_text(
+            f"{user}worker_processes 1;\npid {w}/nginx.pid;\nevents {{ worker_connections 1024; }}\n"
+            f"http {{\n    access_log {w}/access.log;\n{temp}{server}}}\n")
+        started.append(start_nginx(w, w / "nginx.conf"))
+        wait_until(lambda: can_connect(("127.0.0.1", port)), 60, what="nginx listening")
+        return port
+
+    yield start
+    for p in started:
+        stop_process(p, timeout=20)
+
+
+def pyenv_python(minor: str) -> str | None:
+    found = sorted(glob.glob(os.path.expanduser(f"~/.pyenv/versions/{minor}.*/bin/python{minor}")))
+    return found[-1] if found else None
+
+
+def test_nginx_virtual_hosts_get_an_instance_each_with_their_own_python(tmp_path, nginx_front):
+    py39, py312 = pyenv_python("3.9"), pyenv_python("3.12")
+    if not (py39 and py312):
+        pytest.skip("pyenv's 3.9 and 3.12 are not installed")
+    hosts = ("alpha.test", "beta.test", "gamma.test")
+    sites = make_sites(tmp_path, hosts)
+    # Each site names its interpreter: a link in its directory.
+    for host, py in zip(hosts, (py39, py312, py39)):
+        os.symlink(py, sites / host / "python")
+    b = start_bridge(tmp_path, {"sites": template(sites, python=f"{sites}/{{host}}/python")})
+    try:
+        port = nginx_front(b.listener_address("web")[1])
+        seen = {}
+        for host in hosts:
+            r = requests.get(f"http://127.0.0.1:{port}/x", headers={"Host": host}, timeout=60)
+            assert r.status_code == 200, r.text
+            seen[host] = r.json()
+            assert seen[host]["app"] == str(sites / host / "app.py")
+        assert len({s["pid"] for s in seen.values()}) == 3
+        assert [seen[h]["python"] for h in hosts] == ["3.9", "3.12", "3.9"]
+        # The same host again, upper-cased and with a port: the same instance.
+        r = requests.get(f"http://127.0.0.1:{port}/", headers={"Host": "Beta.TEST:80"}, timeout=60)
+        assert r.json()["pid"] == seen["beta.test"]["pid"]
+        live = instances(b)
+        assert set(live) == set(hosts)
+        assert live["alpha.test"]["name"] == "sites[alpha.test]"
+        assert {w["pid"] for w in live["gamma.test"]["workers"]} == {seen["gamma.test"]["pid"]}
+        # A host with no site: 404, nothing spawned.
+        mark = b.log.mark()
+        r = requests.get(f"http://127.0.0.1:{port}/", headers={"Host": "nosuch.test"}, timeout=60)
+        assert r.status_code == 404
+        b.log.wait_for(r'no site for key "nosuch.test": app file .* does not exist, answering 404.*listener="web".*request_id=.*peer="127.0.0.1"', mark)
+        # Names nginx passes on but that are no host names: 400 from the bridge; nginx's own
+        # refusals (a '/' in Host) never reach it. Nothing spawned either way.
+        for bad, status in (("bad_name.test", 400), ("a" * 70 + ".test", 400), ("x/y", 400), ("1.2.3.4", 400)):
+            r = requests.get(f"http://127.0.0.1:{port}/", headers={"Host": bad}, timeout=60)
+            assert r.status_code == status, (bad, r.status_code)
+        assert set(instances(b)) == set(hosts)
+        assert new_instance_lines(b) and len(new_instance_lines(b)) == 3
+    finally:
+        b.stop()
+
+
+def test_nginx_per_path_recipe(tmp_path, nginx_front):
+    sites = make_sites(tmp_path, ("alice", "bob"))
+    b = start_bridge(tmp_path, {"userdirs": template(sites, {"allow": "[a-z][a-z0-9-]*"})})
+    try:
+        port = nginx_front(b.listener_address("web")[1], "nginx-per-path")
+        seen = {}
+        for name in ("alice", "bob"):
+            r = requests.get(f"http://127.0.0.1:{port}/~{name}/page", timeout=60)
+            assert r.status_code == 200, r.text
+            seen[name] = r.json()
+            assert seen[name]["app"] == str(sites / name / "app.py")
+            assert (seen[name]["script_name"], seen[name]["path_info"]) == (f"/~{name}", "/page")
+        assert seen["alice"]["pid"] != seen["bob"]["pid"]
+        assert requests.get(f"http://127.0.0.1:{port}/~carol/", timeout=60).status_code == 404
+        assert set(instances(b)) == {"alice", "bob"}
+    finally:
+        b.stop()
+
+
+def test_a_route_pattern_captures_the_key_from_the_path(tmp_path, nginx_front):
+    sites = make_sites(tmp_path, ("alice", "bob"))
+    spec = {"template": {}, "app": f"{sites}/{{user}}/app.py", "threads": 2, "max-processes": 1}
+    port = free_ports(1)[0]
+    b = make_bridge(tmp_path, {"homes": spec},
+                    {"web": {"fastcgi": f"127.0.0.1:{port}", "routes": [{"prefix": "/~{user}", "pool": "homes"}]}})
+    b.start()
+    try:
+        wait_until(lambda: b.assert_running() or can_connect(("127.0.0.1", port)), 60, what="bridge listening")
+        front = nginx_front(port)
+        seen = {}
+        for name in ("alice", "bob"):
+            r = requests.get(f"http://127.0.0.1:{front}/~{name}/page", timeout=60)
+            assert r.status_code == 200, r.text
+            seen[name] = r.json()
+            assert seen[name]["app"] == str(sites / name / "app.py")
+            assert (seen[name]["script_name"], seen[name]["path_info"]) == (f"/~{name}", "/page")
+        assert seen["alice"]["pid"] != seen["bob"]["pid"]
+        assert requests.get(f"http://127.0.0.1:{front}/~Alice/", timeout=60).status_code == 400
+        assert requests.get(f"http://127.0.0.1:{front}/~carol/", timeout=60).status_code == 404
+        assert requests.get(f"http://127.0.0.1:{front}/other", timeout=60).status_code == 404
+        assert set(instances(b)) == {"alice", "bob"}
+    finally:
+        b.stop()
+
+
+HOSTILE = [
+    (b"../x", 400), (b"a b", 400), (b"a\x00b", 400), (b"x/y", 400),
+    (b"a" * 64 + b".test", 400), ((b"a" * 60 + b".") * 5 + b"test", 400), (b"10.0.0.1", 400),
+    (b"[::1]:80", 400), (b"alpha.test/../beta.test", 400), (b"nosuch.test", 404),
+]
+
+
+def test_hostile_keys_are_refused_and_spawn_nothing(tmp_path):
+    sites = make_sites(tmp_path, ("alpha.test",))
+    # A directory named like a traversal target next to the sites: never reached.
+    (tmp_path / "x").mkdir()
+    shutil.copy(APPS / "site_app.py", tmp_path / "x" / "app.py")
+    # Every refusal's own line is awaited: none summarised.
+    b = start_bridge(tmp_path, {"sites": template(sites)}, extra={"log-rate-limit": False})
+    try:
+        for raw, status in HOSTILE:
+            mark = b.log.mark()
+            r = get(b, raw.decode("latin-1"))
+            assert r.status == status, (raw, r.stdout[:200])
+            b.log.wait_for(r"answering %d" % status, mark)
+        # Upper case is folded: ALPHA.TEST is alpha.test, one instance.
+        first = json.loads(get(b, "ALPHA.TEST").body)
+        assert json.loads(get(b, "alpha.test.").body)["pid"] == first["pid"]
+        assert set(instances(b)) == {"alpha.test"}
+        assert len(new_instance_lines(b)) == 1
+        # No Host at all: SERVER_NAME is not a site either.
+        r = fcgi_client.fcgi_request(b.listener_address("web"), "/", headers=[("Host", "")])
+        assert r.status == 404
+        b.log.wait_for(r'no site for key "localhost"')
+        assert len(new_instance_lines(b)) == 1
+    finally:
+        b.stop()
+
+
+def test_a_burst_of_random_host_names_spawns_only_the_sites(tmp_path):
+    sites = make_sites(tmp_path, ("alpha.test", "beta.test"))
+    b = start_bridge(tmp_path, {"sites": template(sites, {"allow": r"[a-z0-9.-]+\.test"})},
+                     extra={"log-rate-limit": True})
+    try:
+        assert get(b, "alpha.test").status == 200
+        rss_before = b.status_of(b.pid, "VmRSS")
+        rng = random.Random(12)
+        names = []
+        for i in range(500):
+            kind = i % 5
+            word = "".join(rng.choice(string.ascii_lowercase) for _ in range(rng.randint(3, 40)))
+            names.append({0: f"{word}.test", 1: f"{word}.example", 2: f"{word} /..", 3: word.upper() + ".test",
+                          4: "beta.test" if i % 50 == 4 else f"{word}.{word}.test"}[kind])
+        statuses = {}
+        with fcgi_client.FcgiConnection(b.listener_address("web")) as conn:
+            for n in names:
+                r = conn.request("/", headers={"Host": n})
+                statuses.setdefault(r.status, 0)
+                statuses[r.status] += 1
+        assert set(statuses) <= {200, 400, 404}, statuses
+        assert statuses[200] == names.count("beta.test")
+        assert set(instances(b)) == {"alpha.test", "beta.test"}
+        assert len(new_instance_lines(b)) == 2
+        rss_after = b.status_of(b.pid, "VmRSS")
+        assert rss_after - rss_before < 16 << 20, (rss_before, rss_after)
+        # The log summarises the refusals instead of one line each.
+        b.log.wait_for(r"requests answered 404.*no site for the key|no site for the key.*requests answered 404")
+    finally:
+        b.stop()
+
+
+# ------------------------------------------------------------------ life of instances
+
+def test_an_idle_instance_is_reaped(tmp_path):
+    sites = make_sites(tmp_path, ("alpha.test",))
+    b = start_bridge(tmp_path, {"sites": template(sites, {"instance-idle-timeout": "2s"})})
+    try:
+        pid = json.loads(get(b, "alpha.test").body)["pid"]
+        b.log.wait_for(r"instance idle for instance-idle-timeout \(2s\), stopping.*pool=sites\[alpha\.test\]", timeout=60)
+        wait_until(lambda: not instances(b), 60, what="the instance gone from status")
+        wait_until(lambda: not pid_alive(pid), 60, what=f"worker {pid} gone")
+        sockets = tmp_path / "run" / "pools" / "instance-1"
+        wait_until(lambda: not sockets.exists(), 60, what="its socket directory removed")
+        # The next request makes a new one.
+        again = json.loads(get(b, "alpha.test").body)
+        assert again["pid"] != pid
+    finally:
+        b.stop()
+
+
+def hold(b: Bridge, host: str, release: Path):
+    """A request for `host` kept busy in its worker until `release` exists (a thread)."""
+    out = {}
+    t = threading.Thread(target=lambda: out.update(r=get(b, host, "/hold", query=f"until={release}")))
+    t.start()
+    return t, out
+
+
+def test_max_instances_evicts_the_least_recently_used_idle_one_else_503(tmp_path):
+    hosts = ("alpha.test", "beta.test", "gamma.test")
+    sites = make_sites(tmp_path, hosts)
+    b = start_bridge(tmp_path, {"sites": template(sites, {"max-instances": 2}, threads=1, **{"slowlog-timeout": "500ms"})})
+    try:
+        assert get(b, "alpha.test").status == 200
+        assert get(b, "beta.test").status == 200
+        assert get(b, "beta.test").status == 200  # alpha is now the least recently used
+        mark = b.log.mark()
+        assert get(b, "gamma.test").status == 200
+        b.log.wait_for(r"max-instances \(2\) reached: stopping the least recently used idle instance.*pool=sites\[alpha\.test\]", mark)
+        assert set(instances(b)) == {"beta.test", "gamma.test"}
+        # Both live instances busy: a new key gets 503 with Retry-After, nothing spawned.
+        release = tmp_path / "release"
+        held = [hold(b, h, release) for h in ("beta.test", "gamma.test")]
+        wait_until(lambda: all(p["active_requests"] == 1 for p in instances(b).values()), 60,
+                   what="both instances busy")
+        # An instance's requests are watched by the slowlog like a pool's.
+        b.log.wait_for(r"slow request: GET /hold\?until=.*pool=sites\[beta\.test\]", timeout=60)
+        r = get(b, "alpha.test")
+        assert r.status == 503 and r.header("Retry-After") == "1", r.stdout[:300]
+        b.log.wait_for(r'new instance "alpha.test" refused: max-instances \(2\) live and none idle, answering 503')
+        assert set(instances(b)) == {"beta.test", "gamma.test"}
+        release.touch()
+        for t, out in held:
+            t.join(60)
+            assert out["r"].status == 200
+    finally:
+        b.stop()
+
+
+def test_spawn_rate_limits_new_instances(tmp_path):
+    hosts = [f"s{i}.test" for i in range(6)]
+    sites = make_sites(tmp_path, hosts)
+    b = start_bridge(tmp_path, {"sites": template(sites, {"spawn-rate": 1})})
+    try:
+        results = {}
+        threads = [threading.Thread(target=lambda h=h: results.update({h: get(b, h)})) for h in hosts]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        refused = [h for h, r in results.items() if r.status == 503]
+        assert refused, {h: r.status for h, r in results.items()}
+        assert all(results[h].header("Retry-After") == "1" for h in refused)
+        assert set(instances(b)) == {h for h, r in results.items() if r.status == 200}
+        b.log.wait_for(r"refused: spawn-rate reached, answering 503")
+        # Retried as told, every site gets its instance.
+        for h in refused:
+            wait_until(lambda h=h: get(b, h).status == 200, 60, interval=1.0, what=f"{h} served")
+        assert set(instances(b)) == set(hosts)
+    finally:
+        b.stop()
+
+
+# ------------------------------------------------------------------ operations
+
+def test_reload_rolls_the_instances_of_a_changed_template_without_a_failed_request(tmp_path):
+    hosts = ("alpha.test", "beta.test")
+    sites = make_sites(tmp_path, hosts)
+    spec = template(sites, env={"SITE_VERSION": "v1"})
+    b = start_bridge(tmp_path, {"sites": spec})
+    try:
+        before = {h: json.loads(get(b, h).body) for h in hosts}
+        assert {s["version"] for s in before.values()} == {"v1"}
+        stop = threading.Event()
+        failures, served = [], []
+
+        def load(host):
+            with fcgi_client.FcgiConnection(b.listener_address("web")) as conn:
+                while not stop.is_set():
+                    r = conn.request("/", headers={"Host": host})
+                    if r.status != 200:
+                        failures.append((host, r.status, bytes(r.stdout[:200])))
+                    else:
+                        served.append((host, json.loads(r.body)["version"]))
+
+        workers = [threading.Thread(target=load, args=(h,)) for h in hosts for _ in range(2)]
+        for t in workers:
+            t.start()
+        try:
+            wait_until(lambda: len(served) > 20, 60, what="requests flowing")
+            spec["env"]["SITE_VERSION"] = "v2"
+            (b.confdir / "50-test.yaml").write_text(to_yaml(b.config))
+            mark = b.log.mark()
+            os.kill(b.pid, signal.SIGHUP)
+            b.log.wait_for(r"reload done: .*templates changed: sites", mark, timeout=60)
+            wait_until(lambda: {(h, "v2") for h in hosts} <= set(served[-200:]), 120, what="both on v2")
+        finally:
+            stop.set()
+            for t in workers:
+                t.join(60)
+        assert not failures, failures[:5]
+        after = {h: json.loads(get(b, h).body) for h in hosts}
+        assert all(after[h]["pid"] != before[h]["pid"] for h in hosts)
+        assert set(instances(b)) == set(hosts)
+        assert len(new_instance_lines(b)) == 2  # rolled, not made again
+    finally:
+        b.stop()
+
+
+def test_reload_that_changes_the_key_stops_the_old_instances(tmp_path):
+    sites = make_sites(tmp_path, ("alpha.test", "alice"))
+    spec = template(sites)
+    b = start_bridge(tmp_path, {"sites": spec})
+    try:
+        pid = json.loads(get(b, "alpha.test").body)["pid"]
+        spec["app"] = f"{sites}/{{user}}/app.py"
+        (b.confdir / "50-test.yaml").write_text(to_yaml(b.config))
+        mark = b.log.mark()
+        os.kill(b.pid, signal.SIGHUP)
+        b.log.wait_for(r"instance stopping: its template's placeholders changed.*pool=sites\[alpha\.test\]", mark, timeout=60)
+        b.log.wait_for(r"reload done: .*templates changed: sites", mark, timeout=60)
+        wait_until(lambda: not pid_alive(pid), 60, what="the host-keyed instance gone")
+        r = get(b, "ignored.test", extra=[("REMOTE_USER", "alice")])
+        assert r.status == 200 and json.loads(r.body)["app"] == str(sites / "alice" / "app.py")
+        assert set(instances(b)) == {"alice"}
+        assert get(b, "alpha.test").status == 403  # no REMOTE_USER now
+    finally:
+        b.stop()
+
+
+def test_stop_instance_over_the_control_socket(tmp_path):
+    sites = make_sites(tmp_path, ("alpha.test", "beta.test"))
+    b = start_bridge(tmp_path, {"sites": template(sites)})
+    try:
+        pid = json.loads(get(b, "alpha.test").body)["pid"]
+        assert get(b, "beta.test").status == 200
+        cli = [str(b.binary), "stop-instance", "--config", str(b.confdir)]
+        r = subprocess.run(cli + ["sites", "alpha.test"], capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        assert "sites[alpha.test] stopping" in r.stdout
+        b.log.wait_for(r"instance stopped by the control socket.*pool=sites\[alpha\.test\]")
+        wait_until(lambda: set(instances(b)) == {"beta.test"}, 60, what="alpha gone from status")
+        wait_until(lambda: not pid_alive(pid), 60, what="its worker gone")
+        r = subprocess.run(cli + ["sites", "nosuch.test"], capture_output=True, text=True, timeout=60)
+        assert r.returncode != 0 and 'no instance "nosuch.test"' in r.stderr
+        assert json.loads(get(b, "alpha.test").body)["pid"] != pid
+    finally:
+        b.stop()
+
+
+def test_status_shows_instances_in_json_and_openmetrics(tmp_path):
+    sites = make_sites(tmp_path, ("alpha.test",))
+    status_port = free_ports(1)[0]
+    b = start_bridge(tmp_path, {"sites": template(sites)},
+                     extra={"status": {"listen": f"127.0.0.1:{status_port}", "path": "/status"}})
+    try:
+        assert get(b, "alpha.test").status == 200
+        inst = instances(b)["alpha.test"]["instance"]
+        assert inst["template"] == "sites" and inst["age_seconds"] >= inst["idle_seconds"] >= 0
+        metrics = requests.get(f"http://127.0.0.1:{status_port}/metrics", timeout=30).text
+        assert re.search(r'fcgibridge_instance_idle_seconds\{pool="sites\[alpha.test\]",template="sites",key="alpha.test"\} ', metrics)
+        parser = pytest.importorskip("prometheus_client.openmetrics.parser")
+        families = {f.name: f for f in parser.text_string_to_metric_families(metrics)}
+        ages = families["fcgibridge_instance_age_seconds"].samples
+        assert [(x.labels["template"], x.labels["key"]) for x in ages] == [("sites", "alpha.test")]
+        table = subprocess.run([str(b.binary), "status", "--config", str(b.confdir)], capture_output=True,
+                               text=True, timeout=60)
+        assert re.search(r"^TEMPLATE\s+KEY\s+AGE\s+IDLE\s+WORKERS\n\s*sites\s+alpha\.test\s+\S+\s+\S+\s+1$",
+                         table.stdout, re.M), table.stdout
+        html = requests.get(f"http://127.0.0.1:{status_port}/status?html", timeout=30).text
+        assert re.search(r'<table id="instances">.*<td>sites</td><td>alpha.test</td><td>sites\[alpha.test\]</td>', html, re.S)
+    finally:
+        b.stop()
+
+
+# ------------------------------------------------------------------ lighttpd, per host
+
+def test_lighttpd_virtual_hosts(tmp_path):
+    binary = find_binary("lighttpd")
+    if not binary:
+        pytest.skip("lighttpd is not installed")
+    sites = make_sites(tmp_path, ("alpha.test", "beta.test"))
+    b = start_bridge(tmp_path, {"sites": template(sites)})
+    w = tmp_path / "lighttpd"
+    w.mkdir()
+    w.chmod(0o777)
+    port = free_ports(1)[0]
+    conf = substitute(snippet("lighttpd"), {"8080": port, "9100": b.listener_address("web")[1]})
+    (w / "lighttpd.conf").write_text(
+        f'server.bind = "127.0.0.1"\nserver.port = {port}\nserver.document-root = "{w}"\n'
+        f'server.errorlog = "{w}/error.log"\n' + conf)
+    proc = subprocess.Popen([binary, "-D", "-f", str(w / "lighttpd.conf")], stdin=subprocess.DEVNULL,
+                            stdout=open(w / "stdout.log", "ab"), stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_until(lambda: can_connect(("127.0.0.1", port)), 60, what="lighttpd listening")
+        pids = {}
+        for host in ("alpha.test", "beta.test"):
+            r = requests.get(f"http://127.0.0.1:{port}/page", headers={"Host": host}, timeout=60)
+            assert r.status_code == 200, r.text
+            assert r.json()["app"] == str(sites / host / "app.py")
+            pids[host] = r.json()["pid"]
+        assert pids["alpha.test"] != pids["beta.test"]
+        assert requests.get(f"http://127.0.0.1:{port}/", headers={"Host": "nosuch.test"}, timeout=60).status_code == 404
+    finally:
+        stop_process(proc, signal.SIGINT, timeout=20)
+        b.stop()
+
+
+# ------------------------------------------------------------------ per user, Apache basic auth
+
+@pytest.fixture
+def accounts():
+    """Three users with uid >= 1000 and one system account (uid < 1000), removed afterwards."""
+    if os.geteuid() != 0:
+        pytest.skip("per-user instances need a root bridge (and useradd)")
+    made = []
+    names = {"alice": "fbt-alice", "bob": "fbt-bob", "carol": "fbt-carol", "sys": "fbt-sys"}
+    try:
+        for role, name in names.items():
+            subprocess.run(["userdel", name], capture_output=True)
+            args = ["useradd", "-M", "-N", "-s", "/usr/sbin/nologin"] + (["-r"] if role == "sys" else []) + [name]
+            subprocess.run(args, check=True, capture_output=True)
+            made.append(name)
+        yield {role: pwd.getpwnam(name) for role, name in names.items()}
+    finally:
+        for name in made:
+            subprocess.run(["userdel", name], capture_output=True)
+
+
+def test_apache_basic_auth_picks_a_per_user_instance_running_as_that_user(accounts):
+    apache = find_binary("apache2", "httpd")
+    if not apache:
+        pytest.skip("Apache is not installed")
+    pub = Path(tempfile.mkdtemp(prefix="fcgibridge-homes-"))
+    pub.chmod(0o755)
+    try:
+        for role in ("alice", "bob", "sys"):
+            a = accounts[role]
+            d = pub / "homes" / a.pw_name
+            d.mkdir(parents=True)
+            shutil.copy(APPS / "site_app.py", d / "app.py")
+            os.chown(d / "app.py", a.pw_uid, a.pw_gid)
+            (d / "app.py").chmod(0o644)
+            d.chmod(0o755)
+        (pub / "homes").chmod(0o755)
+        spec = {"template": {"min-uid": 1000}, "app": f"{pub}/homes/{{user}}/app.py", "python": SYSTEM_PYTHON,
+                "user": "{user}", "script-user": "{user}", "threads": 2, "max-processes": 1}
+        b = start_bridge(pub, {"homes": spec}, extra={"runtime-dir": str(pub / "run")})
+        w = pub / "apache"
+        w.mkdir()
+        (w / "run").mkdir()
+        (w / "run").chmod(0o777)
+        passwords = {accounts[r].pw_name: f"pw-{r}" for r in ("alice", "bob", "sys")}
+        (w / "htpasswd").write_text("".join(
+            f"{u}:{{SHA}}{base64.b64encode(hashlib.sha1(p.encode()).digest()).decode()}\n" for u, p in passwords.items()))
+        (w / "htpasswd").chmod(0o644)
+        mods = next(d for d in ("/usr/lib/apache2/modules", "/usr/lib64/httpd/modules", "/usr/lib/httpd/modules")
+                    if os.path.exists(os.path.join(d, "mod_proxy_fcgi.so")))
+        port = free_ports(1)[0]
+        conf = substitute(snippet("apache"), {"8080": port, "9100": b.listener_address("web")[1],
+                                              "/usr/lib/apache2/modules": mods,
+                                              "/etc/apache2/homes.htpasswd": str(w / "htpasswd")})
+        base = "".join(f"LoadModule {m}_module {mods}/mod_{m}.so\n" for m in (
+            "mpm_event", "authz_core", "authz_user", "authn_core", "auth_basic") if os.path.exists(f"{mods}/mod_{m}.so"))
+        (w / "httpd.conf").write_text(
+            f'ServerRoot "{w}"\nServerName localhost\n{base}User nobody\nGroup nogroup\nPidFile {w}/httpd.pid\n'
+            f"ErrorLog {w}/error.log\nLogLevel warn\nDefaultRuntimeDir {w}/run\nMutex file:{w}/run default\n" + conf)
+        proc = subprocess.Popen([apache, "-X", "-f", str(w / "httpd.conf")], stdin=subprocess.DEVNULL,
+                                stdout=open(w / "stdout.log", "ab"), stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            def listening():
+                assert proc.poll() is None, "Apache exited: " + "".join(
+                    f.read_text(errors="replace") for f in (w / "stdout.log", w / "error.log") if f.exists())
+                return can_connect(("127.0.0.1", port))
+            wait_until(listening, 60, what="Apache listening")
+            url = f"http://127.0.0.1:{port}/"
+            assert requests.get(url, timeout=60).status_code == 401
+            seen = {}
+            for role in ("alice", "bob"):
+                a = accounts[role]
+                r = requests.get(url, auth=(a.pw_name, passwords[a.pw_name]), timeout=60)
+                assert r.status_code == 200, r.text
+                seen[role] = r.json()
+                assert seen[role]["uid"] == a.pw_uid and seen[role]["user"] == a.pw_name
+                assert seen[role]["app"] == str(pub / "homes" / a.pw_name / "app.py")
+            assert seen["alice"]["pid"] != seen["bob"]["pid"]
+            assert set(instances(b)) == {accounts["alice"].pw_name, accounts["bob"].pw_name}
+            # A system account (uid < min-uid): refused, nothing spawned.
+            s = accounts["sys"]
+            r = requests.get(url, auth=(s.pw_name, passwords[s.pw_name]), timeout=60)
+            assert r.status_code == 403
+            b.log.wait_for(rf'instance "{s.pw_name}" refused: user {s.pw_name} has uid {s.pw_uid}, below min-uid 1000, answering 403')
+            assert set(instances(b)) == {accounts["alice"].pw_name, accounts["bob"].pw_name}
+        finally:
+            stop_process(proc, timeout=20)
+            b.stop()
+    finally:
+        shutil.rmtree(pub, ignore_errors=True)
+
+
+def test_nginx_virtual_hosts_each_run_as_the_owner_of_their_site(accounts, nginx_front, tmp_path):
+    pub = Path(tempfile.mkdtemp(prefix="fcgibridge-owners-"))
+    pub.chmod(0o755)
+    try:
+        owners = {"alpha.test": "alice", "beta.test": "bob", "gamma.test": "carol", "rooted.test": None}
+        sites = make_sites(pub, owners)
+        for host, role in owners.items():
+            if role:
+                os.chown(sites / host / "app.py", accounts[role].pw_uid, accounts[role].pw_gid)
+        spec = template(sites, python=SYSTEM_PYTHON, user="{owner}")
+        b = start_bridge(pub, {"sites": spec}, extra={"runtime-dir": str(pub / "run")})
+        try:
+            port = nginx_front(b.listener_address("web")[1])
+            pids = set()
+            for host, role in owners.items():
+                r = requests.get(f"http://127.0.0.1:{port}/", headers={"Host": host}, timeout=60)
+                if role is None:
+                    # Owned by root: never run as root, whatever the file says.
+                    assert r.status_code == 403, r.text
+                    b.log.wait_for(r'instance "rooted.test" refused: user root has uid 0, below min-uid 1000, answering 403')
+                    continue
+                assert r.status_code == 200, r.text
+                assert r.json()["uid"] == accounts[role].pw_uid
+                assert r.json()["app"] == str(sites / host / "app.py")
+                pids.add(r.json()["pid"])
+            assert len(pids) == 3
+            assert set(instances(b)) == {"alpha.test", "beta.test", "gamma.test"}
+        finally:
+            b.stop()
+    finally:
+        shutil.rmtree(pub, ignore_errors=True)
