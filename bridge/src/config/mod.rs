@@ -15,6 +15,7 @@ pub mod discover;
 mod error;
 mod file;
 mod hint;
+pub mod interface;
 pub mod isolation;
 mod locate;
 pub mod model;

@@ -495,7 +495,7 @@ impl Manager {
     /// in dynamic mode, spare-processes worth of free threads.
     fn scale_down(&mut self, now: Instant) {
         let s = self.sup().clone();
-        let threads = self.cfg.threads;
+        let threads = self.cfg.interface.slots(self.cfg.threads, false);
         for i in 0..self.workers.len() {
             let w = &mut self.workers[i];
             if w.state != State::Ready || w.recycle.is_some() {
@@ -544,7 +544,7 @@ impl Manager {
             return;
         }
         let sizing = Sizing {
-            threads: self.cfg.threads,
+            threads: self.cfg.interface.slots(self.cfg.threads, false),
             processes: self.cfg.processes,
             idle_slots: view.idle_slots,
             queue_now: view.queue_now,
@@ -870,7 +870,7 @@ impl Manager {
         let view = ManagerView {
             mode: s.mode.as_str(),
             state,
-            threads: self.cfg.threads,
+            threads: self.cfg.interface.slots(self.cfg.threads, false),
             min_processes: s.min_processes,
             max_processes: self.cfg.processes,
             target_processes: self.want(),
@@ -1036,6 +1036,7 @@ mod tests {
             env: Default::default(),
             processes: 2,
             threads: 4,
+            interface: Default::default(),
             queue_size: 10,
             queue_timeout: Duration::from_secs(1),
             startup_timeout: Duration::from_secs(1),

@@ -189,5 +189,8 @@ pub(super) fn worker_environment(cmd: &mut Command, pool: &Pool, iso: &Prepared,
         .env("FCGIBRIDGE_THREADS", pool.threads.to_string())
         .env("FCGIBRIDGE_PROCESSES", pool.processes.to_string())
         .env("FCGIBRIDGE_POOL", &pool.name)
+        .env("FCGIBRIDGE_INTERFACE", pool.interface.kind.as_str())
+        .env("FCGIBRIDGE_CONCURRENCY", pool.interface.concurrency.to_string())
+        .env("FCGIBRIDGE_ASGI_LOOP", pool.interface.asgi_loop.as_str())
         .env("FCGIBRIDGE_READY_FD", READY_FD.to_string());
 }

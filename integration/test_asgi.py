@@ -1,0 +1,276 @@
+"""ASGI pools (`interface: asgi`, docs/asgi.md): FastAPI, Starlette and Django's ASGI handler
+behind nginx and Apache; many requests in flight on one worker; the client's disconnect
+reaching the app; lifespan; internal redirects and file hand-off from an ASGI app; an ASGI
+app given to a WSGI pool (and the reverse) refused at start with the key to set."""
+import concurrent.futures
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+
+import pytest
+import requests
+
+import fcgi_client
+import harness
+import respond_servers
+
+ASGI_APP = str(harness.APPS / "asgi_app.py")
+ROUTES = [{"prefix": "/st", "pool": "starlette"}, {"prefix": "/raw", "pool": "raw"},
+          {"prefix": "/dj", "pool": "django"}, {"pool": "fastapi"}]
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    work = tmp_path_factory.mktemp("asgi")
+    files = work / "files"
+    files.mkdir()
+    (files / "report.txt").write_text("served by nginx\n")
+    (files / "big.bin").write_bytes(bytes(range(256)) * 4096)
+    ports = harness.free_ports(2)
+    pools = {
+        "fastapi": harness.pool(f"{ASGI_APP}:app", interface="asgi", processes=1, concurrency=50),
+        "starlette": harness.pool(f"{ASGI_APP}:starlette_app", interface="auto", processes=1),
+        # one process: the concurrency test needs every request on the same event loop
+        "raw": harness.pool(f"{ASGI_APP}:raw", interface="asgi", processes=1, concurrency=64,
+                            **{"asgi-loop": "asyncio"}),
+        "django": harness.pool("mysite.asgi:application", interface="asgi", processes=1,
+                               chdir=str(harness.APPS / "djproject"),
+                               env={"DJANGO_SETTINGS_MODULE": "mysite.settings"}),
+    }
+    listeners = {
+        "fcgi": {"fastcgi": f"127.0.0.1:{ports[0]}", "routes": ROUTES, "dialect": "nginx"},
+        "fcgi-serve": {"fastcgi": f"127.0.0.1:{ports[1]}", "routes": ROUTES,
+                       "file-handoff": "serve", "file-roots": [str(files)]},
+    }
+    bridge = respond_servers.start_bridge(work, pools, listeners,
+                                          [("fcgi", "/health", "any"), ("fcgi", "/st/health", "any"),
+                                           ("fcgi", "/raw/health", "any"), ("fcgi", "/dj/health/", "any")])
+    nginx = None
+    try:
+        nginx = respond_servers.Nginx(work / "nginx", bridge.listener_address("fcgi"), files).start()
+        yield bridge, nginx, work, files
+    finally:
+        if nginx:
+            nginx.stop()
+        bridge.stop()
+
+
+@pytest.fixture(scope="module")
+def apache(env, tmp_path_factory):
+    """Apache httpd, mod_proxy_fcgi, in front of the same listener."""
+    bridge = env[0]
+    binary = shutil.which("apache2") or shutil.which("httpd") or "/usr/sbin/apache2"
+    mods = "/usr/lib/apache2/modules"
+    if not os.path.exists(binary) or not os.path.exists(f"{mods}/mod_proxy_fcgi.so"):
+        pytest.fail("Apache with mod_proxy_fcgi not found (apt-get install apache2)", pytrace=False)
+    host, bport = bridge.listener_address("fcgi")
+    w = tmp_path_factory.mktemp("apache")
+    (w / "run").mkdir()
+    (port,) = harness.free_ports(1)
+    base = "".join(f"LoadModule {m}_module {mods}/mod_{m}.so\n" for m in ("mpm_event", "authz_core", "proxy", "proxy_fcgi"))
+    user = "User nobody\nGroup nogroup\n" if os.geteuid() == 0 else ""
+    (w / "httpd.conf").write_text(
+        f'ServerRoot "{w}"\nServerName localhost\n{base}{user}PidFile {w}/httpd.pid\n'
+        f"ErrorLog {w}/error.log\nLogLevel warn\nDefaultRuntimeDir {w}/run\nMutex file:{w}/run default\n"
+        f"Timeout 120\nListen 127.0.0.1:{port}\n"
+        f'ProxyPass "/" "fcgi://{host}:{bport}/" enablereuse=on\n')
+    proc = subprocess.Popen([binary, "-X", "-f", str(w / "httpd.conf")], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        def up():
+            if proc.poll() is not None:
+                raise AssertionError("apache exited: " + (w / "error.log").read_text())
+            return harness.can_connect(("127.0.0.1", port))
+        harness.wait_until(up, 60, what="apache")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+@pytest.fixture(params=["nginx", "apache"])
+def front(request, env):
+    """The base URL of a web server in front of the bridge."""
+    if request.param == "nginx":
+        return env[1].url("")
+    return request.getfixturevalue("apache")
+
+
+# ------------------------------------------------------------------ FastAPI
+
+
+def test_fastapi_json_and_path_and_query_params(front):
+    r = requests.get(f"{front}/items/42?q=hello%20world", timeout=60)
+    assert r.status_code == 200, r.text
+    assert r.json() == {"item_id": 42, "q": "hello world"}
+    assert r.headers["content-type"] == "application/json"
+    r = requests.get(f"{front}/items/not-a-number", timeout=60)
+    assert r.status_code == 422
+    r = requests.post(f"{front}/json", json={"b": [1, 2], "a": "x"}, timeout=60)
+    assert r.status_code == 200 and r.json() == {"got": {"b": [1, 2], "a": "x"}, "keys": ["a", "b"]}
+
+
+def test_fastapi_form_and_file_upload(front):
+    data = os.urandom(300_000)
+    r = requests.post(f"{front}/form", data={"name": "Ada"},
+                      files={"upload": ("notes.bin", b"PK\x03\x04" + data, "application/octet-stream")}, timeout=60)
+    assert r.status_code == 200, r.text
+    assert r.json() == {"name": "Ada", "filename": "notes.bin", "size": len(data) + 4, "head": "PK\x03\x04" + data[:4].decode("latin-1")}
+
+
+def test_fastapi_streaming_response(front):
+    with requests.get(f"{front}/chunks?n=20", stream=True, timeout=60) as r:
+        assert r.status_code == 200
+        assert "content-length" not in r.headers
+        body = b"".join(r.iter_content(None))
+    assert body == b"".join(b"chunk %d\n" % i for i in range(20))
+
+
+def test_fastapi_background_task_runs_after_the_response(env, front):
+    work = env[2]
+    token = "bg-%d" % time.monotonic_ns()
+    r = requests.post(f"{front}/background?token={token}", timeout=60)
+    assert r.status_code == 200 and r.json() == {"queued": token}
+    log = work / "background.log"
+    harness.wait_until(lambda: log.exists() and token in log.read_text(), 30, what="the background task")
+
+
+def test_fastapi_app_error_is_a_500_with_the_traceback_logged(env, front):
+    bridge = env[0]
+    mark = bridge.log.mark()
+    r = requests.get(f"{front}/boom", timeout=60)
+    assert r.status_code == 500
+    (line,) = bridge.log.wait_for(r"RuntimeError: boom from the ASGI app", since=mark)
+    assert 'pool="fastapi"' in line and "pid=" in line and 'request_id="' in line, line
+    # the worker goes on serving
+    assert requests.get(f"{front}/items/1", timeout=60).status_code == 200
+
+
+def test_lifespan_startup_ran_before_serving_and_its_state_reaches_requests(env):
+    bridge, nginx, work, _ = env
+    r = requests.get(nginx.url("/state"), timeout=60)
+    assert r.status_code == 200
+    pid = r.json()["pid"]
+    assert r.json()["started_by"] == pid
+    assert f"startup {pid}" in (work / "lifespan.log").read_text()
+
+
+# ------------------------------------------------------------------ Starlette, Django
+
+
+def test_starlette_under_a_prefix_sees_root_path(front):
+    r = requests.get(f"{front}/st/hello", timeout=60)
+    assert r.status_code == 200, r.text
+    assert r.json() == {"framework": "starlette", "path": "/st/hello", "root_path": "/st"}
+
+
+def test_django_async_view_through_the_asgi_handler(front):
+    r = requests.get(f"{front}/dj/async/?q=x", timeout=60)
+    assert r.status_code == 200, r.text
+    assert r.json() == {"async": True, "path": "/dj/async/", "script_name": "/dj", "method": "GET", "q": "x"}
+    r = requests.get(f"{front}/dj/", timeout=60)  # a sync view and a template, under the same handler
+    assert r.status_code == 200 and "<h1>Django behind fcgibridge</h1>" in r.text
+
+
+# ------------------------------------------------------------------ the ASGI contract
+
+
+def test_scope_mirrors_the_wsgi_environ_mapping(env):
+    nginx = env[1]
+    body = b"x" * 200_000
+    r = requests.post(nginx.url("/raw/a%20b/scope?k=v&x=%2F"), data=body, timeout=60,
+                      headers={"Host": "example.test:8080", "X-Custom": "1", "Content-Type": "application/x-test"})
+    assert r.status_code == 200, r.text[:500]
+    s = r.json()
+    assert s["type"] == "http" and s["asgi"]["version"] == "3.0"
+    assert s["method"] == "POST" and s["scheme"] == "http"
+    assert s["root_path"] == "/raw" and s["path"] == "/raw/a b/scope"
+    assert s["raw_path"] == "/raw/a%20b/scope"
+    assert s["query_string"] == "k=v&x=%2F"
+    headers = dict(s["headers"])
+    assert headers["host"] == "example.test:8080" and headers["x-custom"] == "1"
+    assert headers["content-type"] == "application/x-test" and headers["content-length"] == str(len(body))
+    assert s["body_len"] == len(body)
+    assert s["client"][0] and isinstance(s["client"][1], int)
+    assert s["extensions"] == {"http.response.pathsend": {}}
+    assert s["fcgibridge.request_id"]
+
+
+def test_forty_slow_requests_on_one_single_process_worker_run_at_once(env):
+    """The FastAPI pool runs one process; each request awaits 0.5 s: served one after
+    another they would take 20 s."""
+    nginx = env[1]
+    url = nginx.url("/sleep?s=0.5")
+    requests.get(url, timeout=60)  # warm: the connections to the worker are open
+
+    def one(_):
+        return requests.get(url, timeout=60).status_code
+
+    with concurrent.futures.ThreadPoolExecutor(40) as ex:
+        started = time.monotonic()
+        statuses = list(ex.map(one, range(40)))
+        took = time.monotonic() - started
+    assert statuses == [200] * 40
+    assert took < 2.0, f"40 concurrent 0.5 s requests took {took:.2f}s"
+
+
+@pytest.mark.parametrize("how", ["abort-record", "close", "nginx"])
+def test_client_disconnect_reaches_the_app(env, how):
+    """The web server's FCGI_ABORT_REQUEST, or its closed connection, is http.disconnect
+    for the app (which records that it saw it)."""
+    bridge, nginx, work, _ = env
+    token = "%s-%d" % (how, time.monotonic_ns())
+    log = work / "disconnect.log"
+    path = "/raw/wait-disconnect"
+    if how == "nginx":
+        conn = socket.create_connection(("127.0.0.1", nginx.port), timeout=30)
+        conn.sendall(f"GET {path}?{token} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    else:
+        conn = bridge.fcgi("fcgi")
+        conn.begin(1, fcgi_client.cgi_params(path, query=token, headers={"Host": "x"}))
+    harness.wait_until(lambda: log.exists() and f"waiting {token}" in log.read_text(), 30,
+                       what="the app to start waiting")
+    if how == "abort-record":
+        conn.abort(1)
+    else:
+        conn.close()
+    harness.wait_until(lambda: f"disconnected {token}" in log.read_text(), 30,
+                       what="the app to see http.disconnect")
+    if how == "abort-record":
+        assert conn.wait(1).complete  # the request ended toward the web server
+        conn.close()
+    # the slot is free again: the worker serves on
+    assert requests.get(nginx.url("/raw/health"), timeout=60).text == "ok"
+
+
+def test_internal_redirect_from_an_asgi_app(env):
+    r = requests.get(env[1].url("/raw/redirect"), timeout=60)
+    assert r.status_code == 200 and r.text == "target reached via /raw/target"
+
+
+def test_x_accel_redirect_from_an_asgi_app_is_served_by_nginx(env):
+    r = requests.get(env[1].url("/raw/accel"), timeout=60)
+    assert r.status_code == 200 and r.text == "served by nginx\n"
+
+
+def test_pathsend_is_handed_to_the_bridge_or_streamed(env):
+    bridge, _, _, files = env
+    target = files / "big.bin"
+    data = target.read_bytes()
+    # no file-roots on this listener: the worker streams the file itself
+    r = fcgi_client.fcgi_request(bridge.listener_address("fcgi"), "/raw/pathsend", query=str(target),
+                                 headers={"Range": "bytes=0-9"})
+    assert r.status == 200 and r.body == data and r.header("X-Sendfile") is None
+    # file-handoff: serve: X-Sendfile to the bridge, which sends it (and answers the Range itself)
+    r = fcgi_client.fcgi_request(bridge.listener_address("fcgi-serve"), "/raw/pathsend", query=str(target),
+                                 headers={"Range": "bytes=0-9"})
+    assert r.status == 206, bytes(r.stdout)[:300]
+    assert r.body == data[:10]
