@@ -3,7 +3,6 @@ behind nginx and Apache; many requests in flight on one worker; the client's dis
 reaching the app; lifespan; internal redirects and file hand-off from an ASGI app; an ASGI
 app given to a WSGI pool (and the reverse) refused at start with the key to set."""
 import concurrent.futures
-import json
 import os
 import shutil
 import signal
@@ -19,6 +18,7 @@ import harness
 import respond_servers
 
 ASGI_APP = str(harness.APPS / "asgi_app.py")
+RAW_APP = str(harness.APPS / "asgi_raw_app.py")
 ROUTES = [{"prefix": "/st", "pool": "starlette"}, {"prefix": "/raw", "pool": "raw"},
           {"prefix": "/dj", "pool": "django"}, {"pool": "fastapi"}]
 
@@ -35,8 +35,8 @@ def env(tmp_path_factory):
         "fastapi": harness.pool(f"{ASGI_APP}:app", interface="asgi", processes=1, concurrency=50),
         "starlette": harness.pool(f"{ASGI_APP}:starlette_app", interface="auto", processes=1),
         # one process: the concurrency test needs every request on the same event loop
-        "raw": harness.pool(f"{ASGI_APP}:raw", interface="asgi", processes=1, concurrency=64,
-                            **{"asgi-loop": "asyncio"}),
+        "raw": harness.pool(f"{RAW_APP}:app", interface="asgi", processes=1, concurrency=64,
+                            **{"asgi-loop": "asyncio", "slowlog-timeout": "1s"}),
         "django": harness.pool("mysite.asgi:application", interface="asgi", processes=1,
                                chdir=str(harness.APPS / "djproject"),
                                env={"DJANGO_SETTINGS_MODULE": "mysite.settings"}),
@@ -196,7 +196,8 @@ def test_scope_mirrors_the_wsgi_environ_mapping(env):
     assert s["raw_path"] == "/raw/a%20b/scope"
     assert s["query_string"] == "k=v&x=%2F"
     headers = dict(s["headers"])
-    assert headers["host"] == "example.test:8080" and headers["x-custom"] == "1"
+    assert headers["host"].startswith("example.test") and headers["x-custom"] == "1"
+    assert [k for k, _ in s["headers"]].count("content-type") == 1
     assert headers["content-type"] == "application/x-test" and headers["content-length"] == str(len(body))
     assert s["body_len"] == len(body)
     assert s["client"][0] and isinstance(s["client"][1], int)
@@ -274,3 +275,89 @@ def test_pathsend_is_handed_to_the_bridge_or_streamed(env):
                                  headers={"Range": "bytes=0-9"})
     assert r.status == 206, bytes(r.stdout)[:300]
     assert r.body == data[:10]
+
+
+def test_slowlog_logs_the_coroutine_stack_of_a_slow_request(env):
+    bridge, nginx, _, _ = env
+    mark = bridge.log.mark()
+    r = requests.get(nginx.url("/raw/sleep?2.5"), timeout=60)
+    assert r.status_code == 200 and r.text == "slept"
+    lines = bridge.log.wait_for([r"\[stack request_id=\d+ task=", r"asgi_raw_app.py"], since=mark)
+    assert any('pool="raw"' in ln for ln in lines), lines
+
+
+# ------------------------------------------------------------------ bridges of their own
+
+
+def _bridge(tmp_path_factory, name, pools, probes=True):
+    work = tmp_path_factory.mktemp(name)
+    (port,) = harness.free_ports(1)
+    routes = [{"host": p + ".test", "pool": p} for p in pools]
+    bridge = harness.make_bridge(work, pools, {"fcgi": {"fastcgi": f"127.0.0.1:{port}", "routes": routes}})
+    bridge.start()
+    if probes:
+        try:
+            bridge.wait_ready([("fcgi", "/health", p + ".test") for p in pools])
+        except BaseException:
+            bridge.stop()
+            raise
+    return bridge, work
+
+
+def test_an_app_of_the_other_interface_is_refused_at_start_with_the_key_to_set(tmp_path_factory):
+    pools = {"asgi-in-wsgi": harness.pool(f"{RAW_APP}:app", processes=1),
+             "wsgi-in-asgi": harness.pool(f"{RAW_APP}:wsgi_app", interface="asgi", processes=1)}
+    bridge, _ = _bridge(tmp_path_factory, "asgi-wrong", pools, probes=False)
+    try:
+        bridge.log.wait_for([r"asgi-in-wsgi", r"is an ASGI application .* set `interface: asgi` \(or `auto`\)"])
+        bridge.log.wait_for([r"wsgi-in-asgi", r"is a WSGI application .* set `interface: wsgi`"])
+        assert fcgi_client.fcgi_request(bridge.listener_address("fcgi"), "/x",
+                                        headers={"Host": "asgi-in-wsgi.test"}).status == 503
+    finally:
+        bridge.stop()
+
+
+def test_two_python_versions_at_once(tmp_path_factory):
+    from test_pythons import FOUND
+    wanted = [v for v in ("3.9", "3.12") if v in FOUND]
+    if len(wanted) < 2:
+        pytest.skip(f"pyenv's 3.9 and 3.12 are needed; found {sorted(FOUND)}")
+    pools = {"py" + v.replace(".", ""): harness.pool(f"{RAW_APP}:app", python=FOUND[v][0], interface="asgi",
+                                                     processes=1, concurrency=8) for v in wanted}
+    bridge, work = _bridge(tmp_path_factory, "asgi-pythons", pools)
+    try:
+        pids = []
+        for v in wanted:
+            r = fcgi_client.fcgi_request(bridge.listener_address("fcgi"), "/version",
+                                         headers={"Host": "py" + v.replace(".", "") + ".test"})
+            assert r.status == 200
+            version, pid = r.body.decode().split()
+            assert version == FOUND[v][1]
+            pids.append(pid)
+    finally:
+        bridge.stop()
+    # stopping the bridge stops the workers: each ran its lifespan shutdown first
+    log = work / "raw-lifespan.log"
+    for pid in pids:
+        harness.wait_until(lambda: f"shutdown {pid}" in log.read_text(), 30, what=f"lifespan shutdown of {pid}")
+        assert f"startup {pid}" in log.read_text()
+
+
+def test_preloaded_pool_recycles_after_max_requests_with_lifespan_shutdown(tmp_path_factory):
+    pools = {"pre": harness.pool(f"{RAW_APP}:app", interface="asgi", processes=1, concurrency=4,
+                                 preload=True, **{"max-requests": 3})}
+    bridge, work = _bridge(tmp_path_factory, "asgi-preload", pools)
+    log = work / "raw-lifespan.log"
+    try:
+        def pid_of():
+            r = fcgi_client.fcgi_request(bridge.listener_address("fcgi"), "/version", headers={"Host": "pre.test"})
+            assert r.status == 200
+            return r.body.decode().split()[1]
+        first = pid_of()
+        # the worker is replaced after its third request (its health probe counted too)
+        harness.wait_until(lambda: pid_of() != first, 60, 0.1, what="a new worker after max-requests")
+        harness.wait_until(lambda: f"shutdown {first}" in log.read_text(), 30,
+                           what="the recycled worker's lifespan shutdown")
+        assert f"startup {first}" in log.read_text()
+    finally:
+        bridge.stop()

@@ -31,7 +31,8 @@ pub const DEFAULT_MAX_RANGES: u32 = 16;
 pub const DEFAULT_CALLABLE: &str = "application";
 
 /// Whole-number keys whose smallest accepted value is 1 (the others accept 0).
-const AT_LEAST_ONE: &[&str] = &["threads", "concurrency", "processes", "max-processes", "max-spawn-rate", "backlog", "rlimit-nofile"];
+const AT_LEAST_ONE: &[&str] =
+    &["threads", "concurrency", "processes", "max-processes", "max-spawn-rate", "backlog", "rlimit-nofile"];
 
 /// The smallest value the whole-number key at `path` accepts, for its error message.
 pub fn least(path: &KeyPath) -> u64 {

@@ -80,7 +80,9 @@ pub struct WorkerTask {
 
 enum Readiness {
     /// `READY`, or `READY asgi` from a worker serving an ASGI app (`interface: auto`).
-    Ready { asgi: bool },
+    Ready {
+        asgi: bool,
+    },
     Error(String),
     /// The pipe closed without READY or ERROR.
     Silent,

@@ -571,7 +571,7 @@ class Worker:
                 continue
             prefix = "[stack request_id=%s task=%s] " % (req.request_id, id(req.task))
             lines.append(prefix + "coroutine stack, most recent call last:\n")
-            frames = req.task.get_stack()
+            frames = _await_chain(req.task)
             for entry in traceback.StackSummary.extract((f, f.f_lineno) for f in frames).format():
                 for line in entry.rstrip("\n").split("\n"):
                     lines.append(prefix + line + "\n")
@@ -603,6 +603,20 @@ class Worker:
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self.idle.wait(), SHUTDOWN_TIMEOUT)
         await lifespan.shutdown()
+
+
+def _await_chain(task):
+    """The frames of a suspended task from its coroutine down to the awaitable it waits on
+    (Task.get_stack gives only the outermost frame of a suspended coroutine)."""
+    frames = []
+    coro = task.get_coro()
+    while coro is not None and len(frames) < 200:
+        frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None) or getattr(coro, "ag_frame", None)
+        if frame is None:
+            break
+        frames.append(frame)
+        coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None) or getattr(coro, "ag_await", None)
+    return frames
 
 
 def new_loop(choice):
