@@ -96,6 +96,64 @@ def apache(env, tmp_path_factory):
                 proc.kill()
 
 
+DOC_NGINX_SCAFFOLD = """
+{user}
+worker_processes 1;
+pid {tmp}/nginx.pid;
+error_log {tmp}/nginx-error.log info;
+events {{ worker_connections 256; }}
+http {{
+    access_log {tmp}/nginx-access.log;
+    client_body_temp_path {tmp}/client_body;
+    fastcgi_temp_path {tmp}/fastcgi_temp;
+    proxy_temp_path {tmp}/proxy_temp;
+    scgi_temp_path {tmp}/scgi_temp;
+    uwsgi_temp_path {tmp}/uwsgi_temp;
+{example}
+}}
+"""
+
+
+@pytest.fixture(scope="module")
+def doc_nginx(env, tmp_path_factory):
+    """The nginx example of docs/asgi.md, with this test's ports and paths, in front of the bridge."""
+    import re
+    bridge, _, _, files = env
+    text = (harness.REPO / "docs" / "asgi.md").read_text()
+    example = re.search(r"```nginx\n(.*?)```", text, re.S).group(1)
+    host, bport = bridge.listener_address("fcgi")
+    (port,) = harness.free_ports(1)
+    for old, new in (("server 127.0.0.1:9000;", f"server {host}:{bport};"),
+                     ("listen 80;", f"listen 127.0.0.1:{port};"),
+                     ("include fastcgi_params;", f"include {harness.nginx_etc()}/fastcgi_params;"),
+                     ("/srv/api/files/", f"{files}/")):
+        assert old in example, f"docs/asgi.md's nginx example no longer has {old!r}"
+        example = example.replace(old, new)
+    work = tmp_path_factory.mktemp("doc-nginx")
+    conf = work / "nginx.conf"
+    conf.write_text(DOC_NGINX_SCAFFOLD.format(tmp=work, example=example,
+                                              user="user root;" if os.geteuid() == 0 else ""))
+    proc = harness.start_nginx(work, conf)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        def up():
+            if proc.poll() is not None:
+                raise AssertionError("nginx exited: " + (work / "nginx-error.log").read_text())
+            return requests.get(url + "/health", timeout=10).status_code == 200
+        harness.wait_until(up, 60, 0.1, what="the docs' nginx")
+        yield url
+    finally:
+        harness.stop_process(proc, timeout=20)
+
+
+def test_the_docs_nginx_example_serves_fastapi_and_accel_redirects(doc_nginx):
+    r = requests.get(f"{doc_nginx}/items/7?q=doc", timeout=60)
+    assert r.status_code == 200 and r.json() == {"item_id": 7, "q": "doc"}
+    r = requests.get(f"{doc_nginx}/raw/accel", timeout=60)
+    assert r.status_code == 200 and r.text == "served by nginx\n"
+    assert requests.get(f"{doc_nginx}/protected/report.txt", timeout=60).status_code == 404  # internal only
+
+
 @pytest.fixture(params=["nginx", "apache"])
 def front(request, env):
     """The base URL of a web server in front of the bridge."""
@@ -224,15 +282,17 @@ def test_forty_slow_requests_on_one_single_process_worker_run_at_once(env):
 
 
 @pytest.mark.parametrize("how", ["abort-record", "close", "nginx"])
-def test_client_disconnect_reaches_the_app(env, how):
-    """The web server's FCGI_ABORT_REQUEST, or its closed connection, is http.disconnect
-    for the app (which records that it saw it)."""
+def test_client_disconnect_reaches_the_app(env, how, request):
+    """The web server's FCGI_ABORT_REQUEST, or its closed connection (nginx with
+    fastcgi_keep_conn, as docs/asgi.md configures it), is http.disconnect for the app
+    (which records that it saw it)."""
     bridge, nginx, work, _ = env
     token = "%s-%d" % (how, time.monotonic_ns())
     log = work / "disconnect.log"
     path = "/raw/wait-disconnect"
     if how == "nginx":
-        conn = socket.create_connection(("127.0.0.1", nginx.port), timeout=30)
+        doc_port = int(request.getfixturevalue("doc_nginx").rpartition(":")[2])
+        conn = socket.create_connection(("127.0.0.1", doc_port), timeout=30)
         conn.sendall(f"GET {path}?{token} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
     else:
         conn = bridge.fcgi("fcgi")
