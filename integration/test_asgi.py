@@ -3,6 +3,7 @@ behind nginx and Apache; many requests in flight on one worker; the client's dis
 reaching the app; lifespan; internal redirects and file hand-off from an ASGI app; an ASGI
 app given to a WSGI pool (and the reverse) refused at start with the key to set."""
 import concurrent.futures
+import json
 import os
 import shutil
 import signal
@@ -263,6 +264,47 @@ def test_scope_mirrors_the_wsgi_environ_mapping(env):
     assert s["fcgibridge.request_id"]
 
 
+def test_request_body_streams_as_http_request_events_with_more_body(env):
+    """The app gets the first part of a body while the rest has not been sent yet."""
+    bridge = env[0]
+    with bridge.fcgi("fcgi") as conn:
+        conn.begin(1, fcgi_client.cgi_params("/raw/first-chunk", method="POST", content_length=100_000,
+                                             headers={"Host": "x"}), stdin=b"x" * 1000, terminate_stdin=False)
+        r = conn.wait(1)
+    assert r.status == 200, bytes(r.stdout)[:300]
+    got = json.loads(r.body)
+    assert got["more_body"] is True and 0 < got["len"] <= 1000, got
+
+
+def test_a_large_streamed_response_arrives_whole_through_a_slow_reader(env):
+    """320 chunks of 64 KiB (20 MiB), no Content-Length, through nginx: nothing is lost or
+    reordered."""
+    nginx = env[1]
+    n = 320
+    with requests.get(nginx.url(f"/raw/big?{n}"), stream=True, timeout=120) as r:
+        assert r.status_code == 200
+        got = bytearray()
+        for piece in r.iter_content(1 << 16):
+            got += piece
+    assert len(got) == n * 65536
+    assert all(got[i * 65536] == i % 251 and got[i * 65536 + 65535] == i % 251 for i in range(n))
+
+
+def test_send_waits_for_the_socket_instead_of_buffering_the_response(env):
+    """128 MiB sent by an app much faster than the client reads: the worker's peak memory
+    grows by a few socket buffers, not by the response (send() waits on drain)."""
+    bridge = env[0]
+    addr = bridge.listener_address("fcgi")
+    pid = int(fcgi_client.fcgi_request(addr, "/raw/version", headers={"Host": "x"}).body.split()[1])
+    before = bridge.status_of(pid, "VmHWM")
+    n = 2048
+    with fcgi_client.FcgiConnection(addr, timeout=300) as conn:
+        r = conn.request("/raw/big", query=str(n), headers={"Host": "x"})
+    assert r.status == 200 and len(r.body) == n * 65536
+    grown = bridge.status_of(pid, "VmHWM") - before
+    assert grown < 48 << 20, f"the worker's peak RSS grew by {grown >> 20} MiB for a 128 MiB response"
+
+
 def test_forty_slow_requests_on_one_single_process_worker_run_at_once(env):
     """The FastAPI pool runs one process; each request awaits 0.5 s: served one after
     another they would take 20 s."""
@@ -421,3 +463,13 @@ def test_preloaded_pool_recycles_after_max_requests_with_lifespan_shutdown(tmp_p
         assert f"startup {first}" in log.read_text()
     finally:
         bridge.stop()
+
+
+def test_the_bridge_opens_concurrency_slots_to_an_asgi_worker(env):
+    """`interface: asgi` with concurrency 50; `auto` (the Starlette pool) detected ASGI and
+    said so in its READY line: the default concurrency, not `threads`."""
+    bridge = env[0]
+    harness.wait_until(lambda: bridge.pool_status("fastapi")["idle_slots"] == 50, 60, 0.2,
+                       what="50 idle slots in the fastapi pool")
+    harness.wait_until(lambda: bridge.pool_status("starlette")["idle_slots"] == 100, 60, 0.2,
+                       what="100 idle slots in the auto-detected starlette pool")

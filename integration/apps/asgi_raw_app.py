@@ -58,6 +58,18 @@ async def app(scope, receive, send):
     if path.endswith("/sleep"):
         await asyncio.sleep(float(scope["query_string"] or b"0.5"))
         return await _send(send, 200, b"slept", b"text/plain")
+    if path.endswith("/first-chunk"):
+        first = await receive()
+        body = json.dumps({"len": len(first["body"]), "more_body": first["more_body"]}).encode()
+        return await _send(send, 200, body, b"application/json")
+    if path.endswith("/big"):
+        # 64 KiB chunks, each a different byte: a lost or reordered chunk shows
+        n = int(scope["query_string"] or b"1")
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"application/octet-stream")]})
+        for i in range(n):
+            await send({"type": "http.response.body", "body": bytes([i % 251]) * 65536, "more_body": True})
+        return await send({"type": "http.response.body", "body": b""})
     if path.endswith("/redirect"):
         await send({"type": "http.response.start", "status": 200, "headers": [(b"location", b"/raw/target")]})
         return await send({"type": "http.response.body", "body": b""})

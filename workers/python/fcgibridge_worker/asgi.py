@@ -339,6 +339,7 @@ class Request:
         if self.ended:
             return
         self.ended = True
+        self.space.set()  # a reader paused on this request's unread body goes on
         self.conn.write(record(STDOUT, self.rid) + record(END_REQUEST, self.rid, END_BODY.pack(app_status, 0)))
         self.conn.forget(self)
 
@@ -448,7 +449,7 @@ class Connection:
                 self.write(record(UNKNOWN_TYPE, 0, bytes([rtype]) + b"\0" * 7))
             # else: a record for a request that already ended (late STDIN, ABORT): skipped
         elif rtype == PARAMS:
-            if content:
+            if content and req.scope is None:
                 req.params += content
             elif req.scope is None:
                 req.scope, req.request_id, req.file_roots = build_scope(parse_pairs(req.params),
