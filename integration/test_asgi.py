@@ -406,13 +406,25 @@ def _bridge(tmp_path_factory, name, pools, probes=True):
     return bridge, work
 
 
-def test_an_app_of_the_other_interface_is_refused_at_start_with_the_key_to_set(tmp_path_factory):
+def test_an_app_that_cannot_be_served_as_configured_fails_at_start_saying_why(tmp_path_factory):
+    """The other interface (with the key to set), a failed lifespan startup, a missing uvloop."""
     pools = {"asgi-in-wsgi": harness.pool(f"{RAW_APP}:app", processes=1),
-             "wsgi-in-asgi": harness.pool(f"{RAW_APP}:wsgi_app", interface="asgi", processes=1)}
+             "wsgi-in-asgi": harness.pool(f"{RAW_APP}:wsgi_app", interface="asgi", processes=1),
+             "no-startup": harness.pool(f"{RAW_APP}:app", interface="asgi", processes=1,
+                                        env={"FAIL_STARTUP": "no database"})}
+    from test_pythons import FOUND
+    bare = [exe for exe, _ in FOUND.values()
+            if subprocess.run([exe, "-c", "import uvloop"], capture_output=True).returncode != 0]
+    if bare:  # a Python without uvloop (pyenv's builds have none)
+        pools["no-uvloop"] = harness.pool(f"{RAW_APP}:app", python=bare[0], interface="asgi", processes=1,
+                                          **{"asgi-loop": "uvloop"})
     bridge, _ = _bridge(tmp_path_factory, "asgi-wrong", pools, probes=False)
     try:
         bridge.log.wait_for([r"asgi-in-wsgi", r"is an ASGI application .* set `interface: asgi` \(or `auto`\)"])
         bridge.log.wait_for([r"wsgi-in-asgi", r"is a WSGI application .* set `interface: wsgi`"])
+        bridge.log.wait_for([r"no-startup", r"failed to start: lifespan startup failed: no database"])
+        if "no-uvloop" in pools:
+            bridge.log.wait_for([r"no-uvloop", r"asgi-loop: uvloop, but uvloop is not installed"])
         assert fcgi_client.fcgi_request(bridge.listener_address("fcgi"), "/x",
                                         headers={"Host": "asgi-in-wsgi.test"}).status == 503
     finally:
@@ -463,6 +475,16 @@ def test_preloaded_pool_recycles_after_max_requests_with_lifespan_shutdown(tmp_p
         assert f"startup {first}" in log.read_text()
     finally:
         bridge.stop()
+
+
+def test_uvloop_serves_when_installed_and_asked_for_by_auto(env):
+    """asgi-loop: auto (the FastAPI pool) runs on uvloop when the pool's Python has it."""
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        pytest.skip("uvloop is not installed in python3")
+    r = requests.get(env[1].url("/loop"), timeout=60)
+    assert r.status_code == 200 and r.json()["loop"].startswith("uvloop"), r.text
 
 
 def test_the_bridge_opens_concurrency_slots_to_an_asgi_worker(env):

@@ -71,6 +71,11 @@ async def sleep(s: float = 0.5):
     return {"slept": s}
 
 
+@app.get("/loop")
+async def loop_kind():
+    return {"loop": type(asyncio.get_running_loop()).__module__}
+
+
 @app.get("/boom")
 async def boom():
     raise RuntimeError("boom from the ASGI app")

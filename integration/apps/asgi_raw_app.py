@@ -23,6 +23,9 @@ async def app(scope, receive, send):
     if scope["type"] == "lifespan":
         while True:
             message = await receive()
+            if message["type"] == "lifespan.startup" and os.environ.get("FAIL_STARTUP"):
+                await send({"type": "lifespan.startup.failed", "message": os.environ["FAIL_STARTUP"]})
+                return
             if message["type"] == "lifespan.startup":
                 note("raw-lifespan.log", "startup %d" % os.getpid())
                 await send({"type": "lifespan.startup.complete"})
