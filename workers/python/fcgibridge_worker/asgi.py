@@ -274,12 +274,13 @@ class Request:
             self.head_sent = True
         if data and not self.is_head:
             out += data
-        if out:
-            self.conn.write(record(STDOUT, self.rid, out))
+        records = record(STDOUT, self.rid, out) if out else b""
         if not more:
             self.complete = True
             self.wake.set()
-            self.end(0)
+            records += self._end_records(0)  # head, body and end in one write
+        if records:
+            self.conn.write(records)
         await self.conn.drain()
 
     async def _pathsend(self, path):
@@ -336,12 +337,16 @@ class Request:
         sys.stderr.flush()
 
     def end(self, app_status):
+        """End the request toward the bridge (once)."""
+        self.conn.write(self._end_records(app_status))
+
+    def _end_records(self, app_status):
         if self.ended:
-            return
+            return b""
         self.ended = True
         self.space.set()  # a reader paused on this request's unread body goes on
-        self.conn.write(record(STDOUT, self.rid) + record(END_REQUEST, self.rid, END_BODY.pack(app_status, 0)))
         self.conn.forget(self)
+        return record(STDOUT, self.rid) + record(END_REQUEST, self.rid, END_BODY.pack(app_status, 0))
 
     async def run(self, worker):
         """The app's task: the app, then whatever the response still needs."""
