@@ -20,7 +20,7 @@ import respond_servers
 
 ASGI_APP = str(harness.APPS / "asgi_app.py")
 RAW_APP = str(harness.APPS / "asgi_raw_app.py")
-ROUTES = [{"prefix": "/st", "pool": "starlette"}, {"prefix": "/raw", "pool": "raw"},
+ROUTES = [{"prefix": "/aw", "pool": "auto-wsgi"}, {"prefix": "/st", "pool": "starlette"}, {"prefix": "/raw", "pool": "raw"},
           {"prefix": "/dj", "pool": "django"}, {"pool": "fastapi"}]
 
 
@@ -31,13 +31,17 @@ def env(tmp_path_factory):
     files.mkdir()
     (files / "report.txt").write_text("served by nginx\n")
     (files / "big.bin").write_bytes(bytes(range(256)) * 4096)
-    ports = harness.free_ports(2)
+    (work / "404.html").write_text("<h1>the pool's own 404 page</h1>\n")
+    ports = harness.free_ports(3)
     pools = {
         "fastapi": harness.pool(f"{ASGI_APP}:app", interface="asgi", processes=1, concurrency=50),
         "starlette": harness.pool(f"{ASGI_APP}:starlette_app", interface="auto", processes=1),
         # one process: the concurrency test needs every request on the same event loop
         "raw": harness.pool(f"{RAW_APP}:app", interface="asgi", processes=1, concurrency=64,
-                            **{"asgi-loop": "asyncio", "slowlog-timeout": "1s"}),
+                            **{"asgi-loop": "asyncio", "slowlog-timeout": "1s",
+                               "error-pages": {"404": str(work / "404.html")}}),
+        # `auto` given a WSGI app: served by threads as a WSGI pool
+        "auto-wsgi": harness.pool(str(harness.APPS / "edge_app.py"), interface="auto", processes=1, threads=3),
         "django": harness.pool("mysite.asgi:application", interface="asgi", processes=1,
                                chdir=str(harness.APPS / "djproject"),
                                env={"DJANGO_SETTINGS_MODULE": "mysite.settings"}),
@@ -46,6 +50,7 @@ def env(tmp_path_factory):
         "fcgi": {"fastcgi": f"127.0.0.1:{ports[0]}", "routes": ROUTES, "dialect": "nginx"},
         "fcgi-serve": {"fastcgi": f"127.0.0.1:{ports[1]}", "routes": ROUTES,
                        "file-handoff": "serve", "file-roots": [str(files)]},
+        "scgi": {"scgi": f"127.0.0.1:{ports[2]}", "routes": ROUTES},
     }
     bridge = respond_servers.start_bridge(work, pools, listeners,
                                           [("fcgi", "/health", "any"), ("fcgi", "/st/health", "any"),
@@ -356,6 +361,17 @@ def test_client_disconnect_reaches_the_app(env, how, request):
     assert requests.get(nginx.url("/raw/health"), timeout=60).text == "ok"
 
 
+def test_scgi_listener_serves_an_asgi_pool(env):
+    status, _, body = fcgi_client.scgi_request(env[0].listener_address("scgi"), "/items/5", query="q=scgi",
+                                               headers={"Host": "x"})
+    assert status == 200 and json.loads(body) == {"item_id": 5, "q": "scgi"}
+
+
+def test_error_pages_replace_an_asgi_apps_error_body(env):
+    r = requests.get(env[1].url("/raw/no-such-thing"), timeout=60)
+    assert r.status_code == 404 and r.text == "<h1>the pool's own 404 page</h1>\n"
+
+
 def test_internal_redirect_from_an_asgi_app(env):
     r = requests.get(env[1].url("/raw/redirect"), timeout=60)
     assert r.status_code == 200 and r.text == "target reached via /raw/target"
@@ -489,9 +505,14 @@ def test_uvloop_serves_when_installed_and_asked_for_by_auto(env):
 
 def test_the_bridge_opens_concurrency_slots_to_an_asgi_worker(env):
     """`interface: asgi` with concurrency 50; `auto` (the Starlette pool) detected ASGI and
-    said so in its READY line: the default concurrency, not `threads`."""
+    said so in its READY line: the default concurrency, not `threads`; `auto` given a WSGI
+    app: `threads`."""
     bridge = env[0]
     harness.wait_until(lambda: bridge.pool_status("fastapi")["idle_slots"] == 50, 60, 0.2,
                        what="50 idle slots in the fastapi pool")
     harness.wait_until(lambda: bridge.pool_status("starlette")["idle_slots"] == 100, 60, 0.2,
                        what="100 idle slots in the auto-detected starlette pool")
+    harness.wait_until(lambda: bridge.pool_status("auto-wsgi")["idle_slots"] == 3, 60, 0.2,
+                       what="3 idle slots (threads) in the auto pool given a WSGI app")
+    r = fcgi_client.fcgi_request(bridge.listener_address("fcgi"), "/aw/health", headers={"Host": "x"})
+    assert r.status == 200 and r.body == b"ok"
