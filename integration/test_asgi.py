@@ -5,6 +5,7 @@ app given to a WSGI pool (and the reverse) refused at start with the key to set.
 import concurrent.futures
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -20,7 +21,7 @@ import respond_servers
 
 ASGI_APP = str(harness.APPS / "asgi_app.py")
 RAW_APP = str(harness.APPS / "asgi_raw_app.py")
-ROUTES = [{"prefix": "/aw", "pool": "auto-wsgi"}, {"prefix": "/st", "pool": "starlette"}, {"prefix": "/raw", "pool": "raw"},
+ROUTES = [{"prefix": "/aw", "pool": "auto-wsgi"}, {"prefix": "/timed", "pool": "timed"}, {"prefix": "/st", "pool": "starlette"}, {"prefix": "/raw", "pool": "raw"},
           {"prefix": "/dj", "pool": "django"}, {"pool": "fastapi"}]
 
 
@@ -40,6 +41,8 @@ def env(tmp_path_factory):
         "raw": harness.pool(f"{RAW_APP}:app", interface="asgi", processes=1, concurrency=64,
                             **{"asgi-loop": "asyncio", "slowlog-timeout": "1s",
                                "error-pages": {"404": str(work / "404.html")}}),
+        "timed": harness.pool(f"{RAW_APP}:app", interface="asgi", processes=1, concurrency=8,
+                              **{"request-timeout": "2s"}),
         # `auto` given a WSGI app: served by threads as a WSGI pool
         "auto-wsgi": harness.pool(str(harness.APPS / "edge_app.py"), interface="auto", processes=1, threads=3),
         "django": harness.pool("mysite.asgi:application", interface="asgi", processes=1,
@@ -124,7 +127,6 @@ http {{
 @pytest.fixture(scope="module")
 def doc_nginx(env, tmp_path_factory):
     """The nginx example of docs/asgi.md, with this test's ports and paths, in front of the bridge."""
-    import re
     bridge, _, _, files = env
     text = (harness.REPO / "docs" / "asgi.md").read_text()
     example = re.search(r"```nginx\n(.*?)```", text, re.S).group(1)
@@ -404,6 +406,29 @@ def test_slowlog_logs_the_coroutine_stack_of_a_slow_request(env):
     assert r.status_code == 200 and r.text == "slept"
     lines = bridge.log.wait_for([r"\[stack request_id=\d+ task=", r"asgi_raw_app.py"], since=mark)
     assert any('pool="raw"' in ln for ln in lines), lines
+
+
+def test_request_timeout_cancels_the_task_and_logs_its_stack_while_the_worker_serves_on(env):
+    bridge, nginx, work, _ = env
+    addr = bridge.listener_address("fcgi")
+
+    def pid():
+        return fcgi_client.fcgi_request(addr, "/timed/version", headers={"Host": "x"}).body.split()[1]
+    before = pid()
+    mark = bridge.log.mark()
+    with concurrent.futures.ThreadPoolExecutor(2) as ex:
+        stuck = ex.submit(requests.get, nginx.url("/timed/sleep?60"), timeout=120)
+        quick = ex.submit(requests.get, nginx.url("/timed/sleep?1"), timeout=120)
+        assert quick.result().status_code == 200
+        assert stuck.result().status_code == 504
+    (line,) = bridge.log.wait_for(r"request-timeout \(2s\): GET /timed/sleep\?60 ran .* the worker cancels its task",
+                                  since=mark)
+    rid = re.search(r'request_id="?(\d+)', line).group(1)
+    bridge.log.wait_for([rf"\[stack request_id={rid} task=", r"asgi_raw_app.py"], since=mark)
+    log = work / "cancelled.log"
+    harness.wait_until(lambda: log.exists() and f"cancelled {rid}" in log.read_text(), 30,
+                       what="the app's task to be cancelled")
+    assert pid() == before  # the same worker serves on
 
 
 # ------------------------------------------------------------------ bridges of their own

@@ -59,7 +59,11 @@ async def app(scope, receive, send):
     if path.endswith("/version"):
         return await _send(send, 200, ("%s %d" % (sys.version.split()[0], os.getpid())).encode(), b"text/plain")
     if path.endswith("/sleep"):
-        await asyncio.sleep(float(scope["query_string"] or b"0.5"))
+        try:
+            await asyncio.sleep(float(scope["query_string"] or b"0.5"))
+        except asyncio.CancelledError:
+            note("cancelled.log", "cancelled %s" % scope["fcgibridge.request_id"])
+            raise
         return await _send(send, 200, b"slept", b"text/plain")
     if path.endswith("/first-chunk"):
         first = await receive()

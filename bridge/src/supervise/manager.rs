@@ -401,8 +401,20 @@ impl Manager {
         let overdue = self.dispatcher.cancel_overdue(timeout);
         let native = self.native();
         let graceful = self.sup().graceful_timeout;
+        // An ASGI worker serves many requests at once: the overdue one's connection is shut
+        // down (cancel_overdue), which the worker takes as "cancel that task and log its
+        // coroutine stack"; the worker and its other requests go on.
+        let asgi = self.cfg.interface.kind == crate::config::interface::Interface::Asgi;
         for o in overdue {
             let Some(w) = self.workers.iter_mut().find(|w| w.key == o.worker) else { continue };
+            if asgi {
+                tracing::error!(
+                    pool = &*self.name, pid = w.pid, request_id = o.request_id, uri = %o.uri,
+                    "request-timeout ({}): {} {} ran {:.1?} in worker {}; answering 504, the worker cancels its task and logs its coroutine stack",
+                    DurationText(timeout), o.method, o.uri, o.running, w.pid
+                );
+                continue;
+            }
             let dump = if native && !w.stacks_dumped { "Its Python stacks follow; " } else { "" };
             tracing::error!(
                 pool = &*self.name, pid = w.pid, request_id = o.request_id, uri = %o.uri,

@@ -357,7 +357,6 @@ class Request:
             if not self.disconnected:
                 self._failed(sys.exc_info())
         except asyncio.CancelledError:
-            self.stderr("fcgibridge worker: request %s cancelled\n" % self.request_id)
             self.end(1)
             raise
         except Exception:  # noqa: BLE001 - every app error becomes a 500 or a cut-off response
@@ -417,9 +416,18 @@ class Connection:
             del self.requests[req.rid]
 
     def _lost(self):
+        """The connection ended. The bridge closes a connection with a request still running
+        only when it gave up on that request (request-timeout shuts the connection down; a
+        client that left is an ABORT_REQUEST instead): its task is cancelled, its coroutine
+        stack logged first."""
         self.closed = True
         for req in list(self.requests.values()):
+            running = req.task is not None and not req.task.done() and not req.disconnected
             req.abort()
+            if running:
+                self.worker.dump_stacks([req], "the bridge closed the connection of request %s (request-timeout?): "
+                                                "cancelling its task" % req.request_id)
+                req.task.cancel()
 
     async def serve(self):
         try:
@@ -568,11 +576,12 @@ class Worker:
         if not self.running:
             self.idle.set()
 
-    def dump_stacks(self):
-        """SIGUSR2 (slowlog, request-timeout): the coroutine stack of every request's task,
-        each line marked with the request id, as stackdump.py does for threads."""
-        lines = []
-        for req in list(self.running):
+    def dump_stacks(self, requests=None, why=None):
+        """SIGUSR2 (slowlog, startup-timeout): the coroutine stack of every request's task
+        (or of `requests`), each line marked with the request id, as stackdump.py does for
+        threads."""
+        lines = ["fcgibridge worker: %s\n" % why] if why else []
+        for req in list(self.running) if requests is None else requests:
             if req.task is None or req.task.done():
                 continue
             prefix = "[stack request_id=%s task=%s] " % (req.request_id, id(req.task))
