@@ -541,3 +541,29 @@ def test_the_bridge_opens_concurrency_slots_to_an_asgi_worker(env):
                        what="3 idle slots (threads) in the auto pool given a WSGI app")
     r = fcgi_client.fcgi_request(bridge.listener_address("fcgi"), "/aw/health", headers={"Host": "x"})
     assert r.status == 200 and r.body == b"ok"
+
+
+def test_check_prints_the_interface_keys_and_says_which_key_fits(tmp_path):
+    root = "    allow-root: true\n" if os.geteuid() == 0 else ""
+    conf = tmp_path / "conf.d"
+    conf.mkdir()
+    (conf / "10.yaml").write_text(
+        f"pools:\n  api:\n    app: {RAW_APP}:app\n    interface: asgi\n    concurrency: 250\n{root}"
+        f"  site:\n    app: {RAW_APP}:wsgi_app\n{root}"
+        "listeners:\n  web:\n    fastcgi: 127.0.0.1:9411\n    pool: api\n")
+    r = subprocess.run([str(harness.bridge_binary()), "check", "--config", str(conf)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    api = r.stdout[r.stdout.index("  api:"):r.stdout.index("  site:")]
+    site = r.stdout[r.stdout.index("  site:"):r.stdout.index("listeners:")]
+    assert "    interface: asgi\n" in api and "    concurrency: 250\n" in api and "    asgi-loop: auto\n" in api
+    assert "    threads:" not in api
+    assert "    interface: wsgi\n" in site and "    threads: 4\n" in site and "concurrency" not in site
+    (conf / "10.yaml").write_text(
+        f"pools:\n  api:\n    app: {RAW_APP}:app\n    interface: asgi\n    threads: 8\n{root}"
+        "listeners:\n  web:\n    fastcgi: 127.0.0.1:9411\n    pool: api\n")
+    r = subprocess.run([str(harness.bridge_binary()), "check", "--config", str(conf)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1
+    assert "10.yaml:5:5: pools.api.threads: an ASGI pool (`interface: asgi`) runs one event loop per worker: " \
+           "set `concurrency`" in r.stderr, r.stderr
