@@ -21,7 +21,8 @@ import respond_servers
 
 ASGI_APP = str(harness.APPS / "asgi_app.py")
 RAW_APP = str(harness.APPS / "asgi_raw_app.py")
-ROUTES = [{"prefix": "/aw", "pool": "auto-wsgi"}, {"prefix": "/timed", "pool": "timed"}, {"prefix": "/st", "pool": "starlette"}, {"prefix": "/raw", "pool": "raw"},
+ROUTES = [{"prefix": "/aw", "pool": "auto-wsgi"}, {"prefix": "/timed", "pool": "timed"},
+          {"prefix": "/st", "pool": "starlette"}, {"prefix": "/raw", "pool": "raw"},
           {"prefix": "/dj", "pool": "django"}, {"pool": "fastapi"}]
 
 
