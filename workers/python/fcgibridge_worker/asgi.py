@@ -440,6 +440,8 @@ class Connection:
             pass  # the bridge closed the connection: its requests are gone with it
         except ProtocolError as exc:
             sys.stderr.write("fcgibridge worker: bad record from the bridge, connection closed: %s\n" % exc)
+        except Exception:  # noqa: BLE001 - one connection's failure must not reach the loop
+            sys.stderr.write("fcgibridge worker: connection closed after an error:\n" + traceback.format_exc())
         finally:
             self._lost()
             with contextlib.suppress(Exception):
@@ -594,7 +596,7 @@ class Worker:
             sys.stderr.write("".join(lines))
             sys.stderr.flush()
 
-    async def main(self, listen_fd, ready_fd, on_ready):
+    async def main(self, listen_fd, on_ready):
         loop = asyncio.get_running_loop()
         self.idle = asyncio.Event()
         self.idle.set()
@@ -653,9 +655,9 @@ def new_loop(choice):
 def serve(app, listen_fd, ready_fd, concurrency):
     """Run the event loop until SIGTERM; exits the process (never returns)."""
     from . import main as _main
-    from . import stackdump
 
-    stackdump.install()  # replaced by the loop's own SIGUSR2 handler once it serves
+    # SIGUSR2 stays with faulthandler (main._supervision_signals: every thread's stack, for
+    # a lifespan startup that misses startup-timeout) until the loop serves and takes it.
     logging_bridge.install()
     try:
         loop = new_loop(os.environ.get("FCGIBRIDGE_ASGI_LOOP", "auto").strip() or "auto")
@@ -664,15 +666,20 @@ def serve(app, listen_fd, ready_fd, concurrency):
     asyncio.set_event_loop(loop)
     worker = Worker(app, concurrency)
     code = 0
+    ready = []
+
+    def on_ready():
+        ready.append(True)
+        _main._write_ready(ready_fd, "READY asgi\n")
+
     try:
-        loop.run_until_complete(worker.main(listen_fd, ready_fd,
-                                            lambda: _main._write_ready(ready_fd, "READY asgi\n")))
+        loop.run_until_complete(worker.main(listen_fd, on_ready))
     except LifespanFailed as exc:
         _main.report_load_failure(_main.LoadError(str(exc)), ready_fd)
     except KeyboardInterrupt:
         code = 130
     except BaseException as exc:  # noqa: B902 - before READY a failure is a start-up failure
-        if not _ready_written(ready_fd):
+        if not ready:
             _main.report_load_failure(exc, ready_fd)
         traceback.print_exc()
         code = 1
@@ -680,12 +687,3 @@ def serve(app, listen_fd, ready_fd, concurrency):
     sys.stderr.flush()
     os._exit(code)
 
-
-def _ready_written(ready_fd):
-    if ready_fd is None:
-        return True
-    try:
-        os.fstat(ready_fd)
-    except OSError:
-        return True  # _write_ready closed it
-    return False

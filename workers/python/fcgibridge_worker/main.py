@@ -168,11 +168,8 @@ def _looks_like(app):
     (scope, receive, send) is ASGI, of (environ, start_response) WSGI."""
     import inspect
 
-    if inspect.iscoroutinefunction(app):
+    if _is_async(app):
         return "asgi"
-    if not (inspect.isfunction(app) or inspect.ismethod(app) or inspect.isclass(app)):
-        if inspect.iscoroutinefunction(getattr(type(app), "__call__", None)):
-            return "asgi"
     try:
         params = list(inspect.signature(app).parameters.values())
     except (TypeError, ValueError):
@@ -188,6 +185,17 @@ def _looks_like(app):
     return None
 
 
+def _is_async(app):
+    """An ``async def``, or an object whose ``__call__`` is one: certainly not WSGI."""
+    import inspect
+
+    if inspect.iscoroutinefunction(app):
+        return True
+    if inspect.isfunction(app) or inspect.ismethod(app) or inspect.isclass(app):
+        return False
+    return inspect.iscoroutinefunction(getattr(type(app), "__call__", None))
+
+
 def choose_interface(app, spec):
     """The interface the worker serves ``app`` with, from FCGIBRIDGE_INTERFACE; an app
     that is plainly of the other kind is refused at start with the key to set."""
@@ -196,7 +204,9 @@ def choose_interface(app, spec):
     seen = _looks_like(app)
     if wanted == "auto":
         return seen or "wsgi"
-    if wanted == "wsgi" and seen == "asgi":
+    # A WSGI pool refuses only what cannot be WSGI (a plain function of three arguments
+    # might be); an ASGI pool only a callable of exactly (environ, start_response).
+    if wanted == "wsgi" and _is_async(app):
         raise LoadError("%s is an ASGI application (async, called with scope, receive, send) but pool %s "
                         "serves WSGI: set `interface: asgi` (or `auto`) in the pool" % (spec, pool))
     if wanted == "asgi" and seen == "wsgi":
