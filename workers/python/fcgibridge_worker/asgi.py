@@ -32,6 +32,7 @@ KEEP_CONN = 1
 HEADER = struct.Struct(">BBHHBx")
 END_BODY = struct.Struct(">IB3x")
 MAX_CONTENT = 65535
+READ_SIZE = 256 * 1024
 # Body bytes a request may hold unread before its connection stops being read.
 BODY_HIGH = 1 << 20
 # Longest lifespan shutdown: the bridge sends SIGKILL 10 s after SIGTERM.
@@ -64,24 +65,28 @@ def parse_pairs(buf):
     """FastCGI name-value pairs as a list of (name, value) bytes."""
     out = []
     i, n = 0, len(buf)
-    while i < n:
-        lengths = []
-        for _ in range(2):
-            if i >= n:
-                raise ProtocolError("truncated name-value pair")
-            if buf[i] & 0x80:
-                if i + 4 > n:
-                    raise ProtocolError("truncated name-value length")
-                lengths.append(struct.unpack_from(">I", buf, i)[0] & 0x7FFFFFFF)
+    try:
+        while i < n:
+            nlen = buf[i]
+            if nlen & 0x80:
+                nlen = int.from_bytes(buf[i:i + 4], "big") & 0x7FFFFFFF
                 i += 4
             else:
-                lengths.append(buf[i])
                 i += 1
-        nlen, vlen = lengths
-        if i + nlen + vlen > n:
-            raise ProtocolError("name-value pair longer than its record")
-        out.append((bytes(buf[i:i + nlen]), bytes(buf[i + nlen:i + nlen + vlen])))
-        i += nlen + vlen
+            vlen = buf[i]
+            if vlen & 0x80:
+                vlen = int.from_bytes(buf[i:i + 4], "big") & 0x7FFFFFFF
+                i += 4
+            else:
+                i += 1
+            j = i + nlen
+            k = j + vlen
+            if k > n:
+                raise ProtocolError("name-value pair longer than its record")
+            out.append((buf[i:j], buf[j:k]))
+            i = k
+    except IndexError:
+        raise ProtocolError("truncated name-value pair") from None
     return out
 
 
@@ -430,13 +435,26 @@ class Connection:
                 req.task.cancel()
 
     async def serve(self):
+        buf = b""
         try:
             while True:
-                head = await self.reader.readexactly(HEADER.size)
-                _version, rtype, rid, clen, plen = HEADER.unpack(head)
-                content = await self.reader.readexactly(clen + plen) if clen + plen else b""
-                await self._record(rtype, rid, content[:clen])
-        except (asyncio.IncompleteReadError, ConnectionError, OSError):
+                chunk = await self.reader.read(READ_SIZE)
+                if not chunk:
+                    break  # the bridge closed the connection: its requests are gone with it
+                buf = buf + chunk if buf else chunk
+                # Every whole record read at once: one await per read, not two per record.
+                pos, n = 0, len(buf)
+                while n - pos >= HEADER.size:
+                    _version, rtype, rid, clen, plen = HEADER.unpack_from(buf, pos)
+                    end = pos + HEADER.size + clen + plen
+                    if end > n:
+                        break
+                    paused = self._record(rtype, rid, buf[pos + HEADER.size:pos + HEADER.size + clen])
+                    pos = end
+                    if paused is not None:
+                        await paused.space.wait()  # the app has not read what it has: stop reading
+                buf = buf[pos:]
+        except (ConnectionError, OSError):
             pass  # the bridge closed the connection: its requests are gone with it
         except ProtocolError as exc:
             sys.stderr.write("fcgibridge worker: bad record from the bridge, connection closed: %s\n" % exc)
@@ -447,17 +465,19 @@ class Connection:
             with contextlib.suppress(Exception):
                 self.writer.close()
 
-    async def _record(self, rtype, rid, content):
+    def _record(self, rtype, rid, content):
+        """Act on one record; returns the request whose unread body should pause reading."""
         req = self.requests.get(rid)
         if rtype == BEGIN_REQUEST:
             if len(content) < 3:
                 raise ProtocolError("short BEGIN_REQUEST")
-            role, flags = struct.unpack_from(">HB", content)
+            role, _flags = struct.unpack_from(">HB", content)
             if role not in (RESPONDER, AUTHORIZER):
                 self.write(record(END_REQUEST, rid, END_BODY.pack(0, UNKNOWN_ROLE)))
-                return
+                return None
             self.requests[rid] = Request(self, rid, role)
-        elif req is None:
+            return None
+        if req is None:
             if rid == 0 and rtype == GET_VALUES:
                 self._get_values(content)
             elif rid == 0:
@@ -467,7 +487,7 @@ class Connection:
             if content and req.scope is None:
                 req.params += content
             elif req.scope is None:
-                req.scope, req.request_id, req.file_roots = build_scope(parse_pairs(req.params),
+                req.scope, req.request_id, req.file_roots = build_scope(parse_pairs(bytes(req.params)),
                                                                         self.worker.state)
                 req.params = None
                 req.is_head = req.scope["method"] == "HEAD"
@@ -475,9 +495,10 @@ class Connection:
         elif rtype == STDIN:
             req.feed(content)
             if not req.space.is_set():
-                await req.space.wait()  # the app has not read what it has: stop reading
+                return req
         elif rtype == ABORT_REQUEST:
             req.abort()
+        return None
 
     def _get_values(self, content):
         answers = {b"FCGI_MAX_CONNS": str(self.worker.concurrency).encode(),
