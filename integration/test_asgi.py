@@ -364,6 +364,12 @@ def test_client_disconnect_reaches_the_app(env, how, request):
     assert requests.get(nginx.url("/raw/health"), timeout=60).text == "ok"
 
 
+def test_head_gets_the_headers_of_get_without_a_body(env):
+    bridge = env[0]
+    r = fcgi_client.fcgi_request(bridge.listener_address("fcgi"), "/raw/health", method="HEAD", headers={"Host": "x"})
+    assert r.status == 200 and r.body == b"" and r.header("Content-Length") == "2"
+
+
 def test_scgi_listener_serves_an_asgi_pool(env):
     status, _, body = fcgi_client.scgi_request(env[0].listener_address("scgi"), "/items/5", query="q=scgi",
                                                headers={"Host": "x"})
