@@ -101,7 +101,12 @@ fn render_pool(out: &mut String, pool: &Pool) {
     for (key, value, _) in config::supervision::render(&pool.supervision, pool.processes) {
         field(out, 4, key, &value);
     }
-    field(out, 4, "threads", &pool.threads.to_string());
+    for (key, value) in pool.interface.render() {
+        field(out, 4, key, &value);
+    }
+    if pool.interface.shows_threads() {
+        field(out, 4, "threads", &pool.threads.to_string());
+    }
     field(out, 4, "queue-size", &pool.queue_size.to_string());
     field(out, 4, "queue-timeout", &DurationDisplay(pool.queue_timeout).to_string());
     field(out, 4, "startup-timeout", &DurationDisplay(pool.startup_timeout).to_string());
@@ -379,6 +384,7 @@ mod tests {
                     env: BTreeMap::from([("A".into(), "1".into()), ("QUOTED".into(), "x: \"y\"".into())]),
                     processes: 1,
                     threads: 1,
+                    interface: Default::default(),
                     queue_size: 0,
                     queue_timeout: Duration::from_millis(250),
                     startup_timeout: Duration::from_secs(3600),
@@ -396,7 +402,13 @@ mod tests {
                     chdir: PathBuf::from("/"),
                     env: BTreeMap::new(),
                     processes: 2,
+                    // Not printed for an ASGI pool: it loads back as the default.
                     threads: 4,
+                    interface: crate::config::interface::InterfaceConfig {
+                        kind: crate::config::interface::Interface::Asgi,
+                        concurrency: 250,
+                        asgi_loop: crate::config::interface::AsgiLoop::Uvloop,
+                    },
                     queue_size: 1024,
                     queue_timeout: Duration::from_secs(30),
                     startup_timeout: Duration::from_secs(60),

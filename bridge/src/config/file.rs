@@ -64,6 +64,12 @@ pub struct RawPool {
     pub env: Option<Entries<String>>,
     pub processes: Option<u32>,
     pub threads: Option<u32>,
+    /// `wsgi` (default), `asgi` or `auto` (config/interface.rs takes these three out).
+    pub interface: Option<String>,
+    /// Requests in flight per ASGI worker.
+    pub concurrency: Option<u32>,
+    /// `auto`, `asyncio` or `uvloop`.
+    pub asgi_loop: Option<String>,
     pub queue_size: Option<usize>,
     pub queue_timeout: Option<HumanDuration>,
     pub startup_timeout: Option<HumanDuration>,

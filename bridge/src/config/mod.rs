@@ -17,6 +17,7 @@ mod error;
 mod error_pages;
 mod file;
 mod hint;
+pub mod interface;
 pub mod isolation;
 mod locate;
 pub mod model;

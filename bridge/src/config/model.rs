@@ -221,6 +221,8 @@ pub struct Pool {
     pub env: BTreeMap<String, String>,
     pub processes: u32,
     pub threads: u32,
+    /// `interface` (WSGI / ASGI / auto), `concurrency` and `asgi-loop`.
+    pub interface: super::interface::InterfaceConfig,
     /// Requests that may wait for a free worker thread; beyond it: 503 at once.
     pub queue_size: usize,
     /// Longest wait for a free worker thread; then 503 with Retry-After.

@@ -31,7 +31,8 @@ pub const DEFAULT_MAX_RANGES: u32 = 16;
 pub const DEFAULT_CALLABLE: &str = "application";
 
 /// Whole-number keys whose smallest accepted value is 1 (the others accept 0).
-const AT_LEAST_ONE: &[&str] = &["threads", "processes", "max-processes", "max-spawn-rate", "backlog", "rlimit-nofile"];
+const AT_LEAST_ONE: &[&str] =
+    &["threads", "concurrency", "processes", "max-processes", "max-spawn-rate", "backlog", "rlimit-nofile"];
 
 /// The smallest value the whole-number key at `path` accepts, for its error message.
 pub fn least(path: &KeyPath) -> u64 {
@@ -68,6 +69,7 @@ pub fn pool(
     note(&mut errs, check_name(src, &here, "pool", name));
     let raw_isolation = super::isolation::RawIsolation::take(&mut raw);
     let raw_supervision = super::supervision::RawSupervision::take(&mut raw);
+    let raw_interface = super::interface::RawInterface::take(&mut raw);
 
     let app =
         match (raw.app, raw.command) {
@@ -132,6 +134,7 @@ pub fn pool(
     if threads == 0 {
         errs.push(src.invalid(&here.key("threads"), "must be 1 or more"));
     }
+    let interface = super::interface::resolve(src, &here, raw_interface).map_err(|e| errs.extend(e)).ok();
     let startup_timeout = raw.startup_timeout.map(|d| d.0).unwrap_or(DEFAULT_STARTUP_TIMEOUT);
     if startup_timeout.is_zero() {
         errs.push(src.invalid(&here.key("startup-timeout"), "must be longer than 0s"));
@@ -162,8 +165,10 @@ pub fn pool(
         _ => None,
     };
 
-    match (app, python, chdir, supervision, isolation) {
-        (Some(app), Some(python), Some(chdir), Some((processes, supervision)), Some(isolation)) if errs.is_empty() => {
+    match (app, python, chdir, supervision, isolation, interface) {
+        (Some(app), Some(python), Some(chdir), Some((processes, supervision)), Some(isolation), Some(interface))
+            if errs.is_empty() =>
+        {
             Ok(Pool {
                 name: name.to_owned(),
                 python,
@@ -173,6 +178,7 @@ pub fn pool(
                 env: env.into_iter().collect(),
                 processes,
                 threads,
+                interface,
                 queue_size,
                 queue_timeout: raw.queue_timeout.map(|d| d.0).unwrap_or(DEFAULT_QUEUE_TIMEOUT),
                 startup_timeout,

@@ -487,7 +487,7 @@ listeners:
         );
         assert_eq!(t.raw.app.as_deref(), Some(&*format!("{}/sites/{{host}}/app.py", root.display())));
         assert!(t.allow.as_ref().unwrap().is_match("a.test") && !t.allow.as_ref().unwrap().is_match("a.test/x"));
-        let text = crate::check::render(&config, "x");
+        let text = crate::cli::check::render(&config, "x");
         let again = super::super::tests::scratch_dir("template-roundtrip-again");
         fs::write(again.join("00.yaml"), &text).unwrap();
         let bin = root.join("bin");

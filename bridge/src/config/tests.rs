@@ -658,3 +658,47 @@ fn every_bridge_key_is_checked() {
     assert!(lines[1].starts_with("3:3: bridge.access-log: is empty"), "{lines:#?}");
     assert!(lines[2].starts_with("4:3: bridge.log-level: \"fcgibridge=loud\" is not a log filter"), "{lines:#?}");
 }
+
+#[test]
+fn interface_keys_default_to_wsgi_and_asgi_takes_concurrency() {
+    use super::interface::{AsgiLoop, Interface};
+    let config = valid("iface-default").config();
+    let pool = &config.pools[0];
+    assert_eq!((pool.interface.kind, pool.interface.slots(pool.threads, true)), (Interface::Wsgi, pool.threads));
+    let config = valid("iface-asgi")
+        .file(
+            "30-x.yaml",
+            "pools:\n  x:\n    app: x\n    interface: asgi\n    concurrency: 300\n    asgi-loop: uvloop\n",
+        )
+        .config();
+    let pool = config.pools.iter().find(|p| p.name == "x").unwrap();
+    assert_eq!((pool.interface.kind, pool.interface.asgi_loop), (Interface::Asgi, AsgiLoop::Uvloop));
+    assert_eq!(pool.interface.slots(pool.threads, false), 300);
+    let config = valid("iface-auto").file("30-x.yaml", "pools:\n  x:\n    app: x\n    interface: auto\n").config();
+    let pool = config.pools.iter().find(|p| p.name == "x").unwrap();
+    assert_eq!(pool.interface.slots(pool.threads, false), pool.threads);
+    assert_eq!(pool.interface.slots(pool.threads, true), super::interface::DEFAULT_CONCURRENCY);
+}
+
+#[test]
+fn interface_keys_that_do_not_fit_the_pool_say_which_to_set() {
+    let cases = [
+        ("    interface: rsgi\n", "4:5: pools.x.interface: \"rsgi\": expected wsgi, asgi or auto"),
+        (
+            "    interface: asgi\n    threads: 8\n",
+            "5:5: pools.x.threads: an ASGI pool (`interface: asgi`) runs one event loop",
+        ),
+        ("    concurrency: 50\n", "4:5: pools.x.concurrency: applies to ASGI pools only: add `interface: asgi`"),
+        ("    asgi-loop: uvloop\n", "4:5: pools.x.asgi-loop: applies to ASGI pools only"),
+        ("    interface: asgi\n    concurrency: 0\n", "5:5: pools.x.concurrency: must be 1 or more"),
+        (
+            "    interface: asgi\n    asgi-loop: trio\n",
+            "5:5: pools.x.asgi-loop: \"trio\": expected auto, asyncio or uvloop",
+        ),
+    ];
+    for (keys, expected) in cases {
+        let err = valid("iface-bad").file("30-x.yaml", &format!("pools:\n  x:\n    app: x\n{keys}")).error();
+        let expected = format!("ROOT/conf.d/30-x.yaml:{expected}");
+        assert!(err.starts_with(&expected), "got:  {err}\nwant: {expected}");
+    }
+}

@@ -29,6 +29,7 @@ fn pool_config(threads: u32) -> config::Pool {
         env: Default::default(),
         processes: 1,
         threads,
+        interface: Default::default(),
         queue_size: 16,
         queue_timeout: Duration::from_millis(300),
         startup_timeout: Duration::from_secs(5),

@@ -401,8 +401,20 @@ impl Manager {
         let overdue = self.dispatcher.cancel_overdue(timeout);
         let native = self.native();
         let graceful = self.sup().graceful_timeout;
+        // An ASGI worker serves many requests at once: the overdue one's connection is shut
+        // down (cancel_overdue), which the worker takes as "cancel that task and log its
+        // coroutine stack"; the worker and its other requests go on.
+        let asgi = self.cfg.interface.kind == crate::config::interface::Interface::Asgi;
         for o in overdue {
             let Some(w) = self.workers.iter_mut().find(|w| w.key == o.worker) else { continue };
+            if asgi {
+                tracing::error!(
+                    pool = &*self.name, pid = w.pid, request_id = o.request_id, uri = %o.uri,
+                    "request-timeout ({}): {} {} ran {:.1?} in worker {}; answering 504, the worker cancels its task and logs its coroutine stack",
+                    DurationText(timeout), o.method, o.uri, o.running, w.pid
+                );
+                continue;
+            }
             let dump = if native && !w.stacks_dumped { "Its Python stacks follow; " } else { "" };
             tracing::error!(
                 pool = &*self.name, pid = w.pid, request_id = o.request_id, uri = %o.uri,
@@ -495,7 +507,7 @@ impl Manager {
     /// in dynamic mode, spare-processes worth of free threads.
     fn scale_down(&mut self, now: Instant) {
         let s = self.sup().clone();
-        let threads = self.cfg.threads;
+        let threads = self.cfg.interface.slots(self.cfg.threads, false);
         for i in 0..self.workers.len() {
             let w = &mut self.workers[i];
             if w.state != State::Ready || w.recycle.is_some() {
@@ -544,7 +556,7 @@ impl Manager {
             return;
         }
         let sizing = Sizing {
-            threads: self.cfg.threads,
+            threads: self.cfg.interface.slots(self.cfg.threads, false),
             processes: self.cfg.processes,
             idle_slots: view.idle_slots,
             queue_now: view.queue_now,
@@ -870,7 +882,7 @@ impl Manager {
         let view = ManagerView {
             mode: s.mode.as_str(),
             state,
-            threads: self.cfg.threads,
+            threads: self.cfg.interface.slots(self.cfg.threads, false),
             min_processes: s.min_processes,
             max_processes: self.cfg.processes,
             target_processes: self.want(),
@@ -1036,6 +1048,7 @@ mod tests {
             env: Default::default(),
             processes: 2,
             threads: 4,
+            interface: Default::default(),
             queue_size: 10,
             queue_timeout: Duration::from_secs(1),
             startup_timeout: Duration::from_secs(1),

@@ -102,7 +102,8 @@ impl PoolRuntime {
 
     /// Requests this pool takes at once without answering 503: busy slots plus the queue.
     pub fn capacity(&self) -> usize {
-        (self.config.processes as usize) * (self.config.threads as usize) + self.config.queue_size
+        let slots = self.config.interface.slots(self.config.threads, false);
+        (self.config.processes as usize) * (slots as usize) + self.config.queue_size
     }
 
     /// Serving, or able to serve on demand: a free worker connection, or an ondemand pool

@@ -190,4 +190,14 @@ pub(super) fn worker_environment(cmd: &mut Command, pool: &Pool, iso: &Prepared,
         .env("FCGIBRIDGE_PROCESSES", pool.processes.to_string())
         .env("FCGIBRIDGE_POOL", &pool.name)
         .env("FCGIBRIDGE_READY_FD", READY_FD.to_string());
+    // Only for ASGI-capable pools: a WSGI worker's environment stays as it was (absent means wsgi).
+    if pool.interface.kind == crate::config::interface::Interface::Wsgi {
+        for name in ["FCGIBRIDGE_INTERFACE", "FCGIBRIDGE_CONCURRENCY", "FCGIBRIDGE_ASGI_LOOP"] {
+            cmd.env_remove(name);
+        }
+    } else {
+        cmd.env("FCGIBRIDGE_INTERFACE", pool.interface.kind.as_str())
+            .env("FCGIBRIDGE_CONCURRENCY", pool.interface.concurrency.to_string())
+            .env("FCGIBRIDGE_ASGI_LOOP", pool.interface.asgi_loop.as_str());
+    }
 }

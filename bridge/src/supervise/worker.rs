@@ -79,7 +79,10 @@ pub struct WorkerTask {
 }
 
 enum Readiness {
-    Ready,
+    /// `READY`, or `READY asgi` from a worker serving an ASGI app (`interface: auto`).
+    Ready {
+        asgi: bool,
+    },
     Error(String),
     /// The pipe closed without READY or ERROR.
     Silent,
@@ -135,6 +138,7 @@ pub async fn run(t: WorkerTask, mut ctl: mpsc::UnboundedReceiver<WorkerCtl>) {
     let startup_timeout = t.config.startup_timeout;
 
     // Start-up: READY, ERROR, an early exit, startup-timeout, or the manager stopping it.
+    let mut asgi = false;
     let failure = {
         let outcome = tokio::select! {
             r = tokio::time::timeout(startup_timeout, read_readiness(&mut ready)) => Ok(r.ok()),
@@ -161,7 +165,10 @@ pub async fn run(t: WorkerTask, mut ctl: mpsc::UnboundedReceiver<WorkerCtl>) {
                     )),
                 }
             }
-            Ok(Some(Readiness::Ready)) => None,
+            Ok(Some(Readiness::Ready { asgi: said })) => {
+                asgi = said;
+                None
+            }
             Ok(Some(Readiness::Silent)) => {
                 // php-cgi or flup never write to fd 3: alive after a grace period means ready.
                 tokio::select! {
@@ -196,9 +203,9 @@ pub async fn run(t: WorkerTask, mut ctl: mpsc::UnboundedReceiver<WorkerCtl>) {
     gate.open();
     *t.last_failure.lock().unwrap_or_else(|e| e.into_inner()) = None;
 
-    // Ready: one connection per worker thread, each a slot of the pool.
+    // Ready: one connection per worker thread (ASGI: per request in flight), each a slot of the pool.
     let mut connected = 0;
-    for _ in 0..t.config.threads {
+    for _ in 0..t.config.interface.slots(t.config.threads, asgi) {
         match SlotConn::connect(handle.clone()).await {
             Ok((mut slot, canceller)) => match t.dispatcher.add_conn(t.key, Some(canceller)) {
                 Some(key) => {
@@ -344,8 +351,10 @@ async fn read_readiness(pipe: &mut tokio::net::unix::pipe::Receiver) -> Readines
     }
     let line = String::from_utf8_lossy(&buf);
     let line = line.lines().next().unwrap_or("").trim();
-    if line == "READY" {
-        Readiness::Ready
+    if line == "READY" || line == "READY wsgi" {
+        Readiness::Ready { asgi: false }
+    } else if line == "READY asgi" {
+        Readiness::Ready { asgi: true }
     } else if let Some(msg) = line.strip_prefix("ERROR") {
         Readiness::Error(msg.trim().to_owned())
     } else if line.is_empty() {

@@ -5,15 +5,21 @@ marked JSON line, which the bridge parses (bridge/src/logging/app_records.rs).
 Installed only when the app left the root logger without handlers, so an app that
 configures logging itself keeps its own handlers (its lines still reach the bridge's
 log, as plain stderr)."""
+import contextvars
 import json
 import logging
 import sys
 
 MARKER = "\x1ffcgibridge-log "
+# The request id of the ASGI request whose task is running (asgi.py sets it per task).
+REQUEST_ID = contextvars.ContextVar("fcgibridge_request_id", default=None)
 
 
 def _request_id():
-    """The request id of the WSGI environ in this thread's frames, if any."""
+    """The request id of the running ASGI task, or of the WSGI environ in this thread's frames."""
+    rid = REQUEST_ID.get()
+    if rid is not None:
+        return str(rid)
     frame = sys._getframe(2)
     while frame is not None:
         env = frame.f_locals.get("environ")

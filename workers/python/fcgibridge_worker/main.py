@@ -2,7 +2,8 @@
 
 Environment: FCGIBRIDGE_APP (``module:callable``, or a file path with an optional
 ``:callable``; see load_app),
-FCGIBRIDGE_THREADS, FCGIBRIDGE_PROCESSES, FCGIBRIDGE_POOL, FCGIBRIDGE_READY_FD.
+FCGIBRIDGE_THREADS, FCGIBRIDGE_PROCESSES, FCGIBRIDGE_POOL, FCGIBRIDGE_READY_FD,
+FCGIBRIDGE_INTERFACE (wsgi, asgi, auto), FCGIBRIDGE_CONCURRENCY, FCGIBRIDGE_ASGI_LOOP.
 fd 0 is the listening socket the bridge connects to.
 """
 import importlib
@@ -161,6 +162,61 @@ def load_app(spec, handoff=None):
     return app
 
 
+def _looks_like(app):
+    """"asgi" or "wsgi" as far as the callable's own definition tells, else None: an
+    ``async def`` (or an object whose ``__call__`` is one) is ASGI; a plain function of
+    (scope, receive, send) is ASGI, of (environ, start_response) WSGI."""
+    import inspect
+
+    if _is_async(app):
+        return "asgi"
+    try:
+        params = list(inspect.signature(app).parameters.values())
+    except (TypeError, ValueError):
+        return None
+    if any(p.kind == p.VAR_POSITIONAL for p in params):
+        return None
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    required = [p for p in positional if p.default is p.empty]
+    if len(required) == 3:
+        return "asgi"
+    if len(required) == 2 and len(positional) == 2:
+        return "wsgi"
+    return None
+
+
+def _is_async(app):
+    """An ``async def``, or an object whose ``__call__`` is one: certainly not WSGI."""
+    import inspect
+
+    if inspect.iscoroutinefunction(app):
+        return True
+    if inspect.isfunction(app) or inspect.ismethod(app) or inspect.isclass(app):
+        return False
+    return inspect.iscoroutinefunction(getattr(type(app), "__call__", None))
+
+
+def choose_interface(app, spec):
+    """The interface the worker serves ``app`` with, from FCGIBRIDGE_INTERFACE; an app
+    that is plainly of the other kind is refused at start with the key to set."""
+    wanted = os.environ.get("FCGIBRIDGE_INTERFACE", "wsgi").strip() or "wsgi"
+    pool = os.environ.get("FCGIBRIDGE_POOL", "?")
+    seen = _looks_like(app)
+    if wanted == "auto":
+        return seen or "wsgi"
+    # A WSGI pool refuses only what cannot be WSGI (a plain function of three arguments
+    # might be); an ASGI pool only a callable of exactly (environ, start_response).
+    if wanted == "wsgi" and _is_async(app):
+        raise LoadError("%s is an ASGI application (async, called with scope, receive, send) but pool %s "
+                        "serves WSGI: set `interface: asgi` (or `auto`) in the pool" % (spec, pool))
+    if wanted == "asgi" and seen == "wsgi":
+        raise LoadError("%s is a WSGI application (called with environ, start_response) but pool %s "
+                        "serves ASGI: set `interface: wsgi` (or leave `interface` out)" % (spec, pool))
+    if wanted not in ("wsgi", "asgi"):
+        raise LoadError("FCGIBRIDGE_INTERFACE=%r: expected wsgi, asgi or auto" % wanted)
+    return wanted
+
+
 def _write_ready(fd, line):
     if fd is None:
         return
@@ -273,16 +329,23 @@ def main():
         os.close(devnull)
         threads = max(1, _env_int("FCGIBRIDGE_THREADS", 1))
         processes = max(1, _env_int("FCGIBRIDGE_PROCESSES", 1))
-        app = load_app(os.environ.get("FCGIBRIDGE_APP", ""),
-                       handoff=lambda app: serve(app, listen_fd, ready_fd, threads, processes))
+        spec = os.environ.get("FCGIBRIDGE_APP", "")
+        app = load_app(spec, handoff=lambda app: serve(app, listen_fd, ready_fd, threads, processes))
+        choose_interface(app, spec)
     except BaseException as exc:  # noqa: B902 - any failure to load is reported the same way
         report_load_failure(exc, ready_fd)
     serve(app, listen_fd, ready_fd, threads, processes)
 
 
 def serve(app, listen_fd, ready_fd, threads, processes):
-    """Start the serving threads, report READY, wait; exits the process (never returns)."""
+    """Start the serving threads (an ASGI app: the event loop), report READY, wait; exits
+    the process (never returns)."""
     from . import _native
+
+    if choose_interface(app, os.environ.get("FCGIBRIDGE_APP", "")) == "asgi":
+        from . import asgi
+
+        asgi.serve(app, listen_fd, ready_fd, max(1, _env_int("FCGIBRIDGE_CONCURRENCY", 100)))
 
     done = threading.Event()
     exit_code = [0]

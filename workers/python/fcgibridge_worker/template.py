@@ -118,7 +118,9 @@ def run():
                 os._exit(1)
         threads = max(1, _main._env_int("FCGIBRIDGE_THREADS", 1))
         processes = max(1, _main._env_int("FCGIBRIDGE_PROCESSES", 1))
-        app = _main.load_app(os.environ.get("FCGIBRIDGE_APP", ""))
+        spec = os.environ.get("FCGIBRIDGE_APP", "")
+        app = _main.load_app(spec)
+        _main.choose_interface(app, spec)
         ctl = socket.socket(fileno=CONTROL_FD)
     except BaseException as exc:  # noqa: B902 - reported like a worker's load failure
         _main.report_load_failure(exc, ready_fd)

@@ -10,4 +10,5 @@ urlpatterns = [
     path("cookie/", views.cookie, name="cookie"),
     path("upload/", views.upload, name="upload"),
     path("boom/", views.boom, name="boom"),
+    path("async/", views.async_view, name="async"),
 ]

@@ -58,3 +58,12 @@ def upload(request):
 
 def boom(request):
     raise KeyError("view failure " + request.GET.get("tag", ""))
+
+
+async def async_view(request):
+    """An async view (served natively under the ASGI handler): awaits, then answers."""
+    import asyncio
+
+    await asyncio.sleep(0.01)
+    return JsonResponse({"async": True, "path": request.path, "script_name": request.META.get("SCRIPT_NAME", ""),
+                         "method": request.method, "q": request.GET.get("q", "")})

@@ -1,0 +1,576 @@
+"""ASGI pools (`interface: asgi`, docs/asgi.md): FastAPI, Starlette and Django's ASGI handler
+behind nginx and Apache; many requests in flight on one worker; the client's disconnect
+reaching the app; lifespan; internal redirects and file hand-off from an ASGI app; an ASGI
+app given to a WSGI pool (and the reverse) refused at start with the key to set."""
+import concurrent.futures
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import time
+
+import pytest
+import requests
+
+import fcgi_client
+import harness
+import respond_servers
+
+ASGI_APP = str(harness.APPS / "asgi_app.py")
+RAW_APP = str(harness.APPS / "asgi_raw_app.py")
+ROUTES = [{"prefix": "/aw", "pool": "auto-wsgi"}, {"prefix": "/timed", "pool": "timed"},
+          {"prefix": "/st", "pool": "starlette"}, {"prefix": "/raw", "pool": "raw"},
+          {"prefix": "/dj", "pool": "django"}, {"pool": "fastapi"}]
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    work = tmp_path_factory.mktemp("asgi")
+    files = work / "files"
+    files.mkdir()
+    (files / "report.txt").write_text("served by nginx\n")
+    (files / "big.bin").write_bytes(bytes(range(256)) * 4096)
+    (work / "404.html").write_text("<h1>the pool's own 404 page</h1>\n")
+    ports = harness.free_ports(3)
+    pools = {
+        "fastapi": harness.pool(f"{ASGI_APP}:app", interface="asgi", processes=1, concurrency=50),
+        "starlette": harness.pool(f"{ASGI_APP}:starlette_app", interface="auto", processes=1),
+        # one process: the concurrency test needs every request on the same event loop
+        "raw": harness.pool(f"{RAW_APP}:app", interface="asgi", processes=1, concurrency=64,
+                            **{"asgi-loop": "asyncio", "slowlog-timeout": "1s",
+                               "error-pages": {"404": str(work / "404.html")}}),
+        "timed": harness.pool(f"{RAW_APP}:app", interface="asgi", processes=1, concurrency=8,
+                              **{"request-timeout": "2s"}),
+        # `auto` given a WSGI app: served by threads as a WSGI pool
+        "auto-wsgi": harness.pool(str(harness.APPS / "edge_app.py"), interface="auto", processes=1, threads=3),
+        "django": harness.pool("mysite.asgi:application", interface="asgi", processes=1,
+                               chdir=str(harness.APPS / "djproject"),
+                               env={"DJANGO_SETTINGS_MODULE": "mysite.settings"}),
+    }
+    listeners = {
+        "fcgi": {"fastcgi": f"127.0.0.1:{ports[0]}", "routes": ROUTES, "dialect": "nginx"},
+        "fcgi-serve": {"fastcgi": f"127.0.0.1:{ports[1]}", "routes": ROUTES,
+                       "file-handoff": "serve", "file-roots": [str(files)]},
+        "scgi": {"scgi": f"127.0.0.1:{ports[2]}", "routes": ROUTES},
+    }
+    bridge = respond_servers.start_bridge(work, pools, listeners,
+                                          [("fcgi", "/health", "any"), ("fcgi", "/st/health", "any"),
+                                           ("fcgi", "/raw/health", "any"), ("fcgi", "/dj/health/", "any")])
+    nginx = None
+    try:
+        nginx = respond_servers.Nginx(work / "nginx", bridge.listener_address("fcgi"), files).start()
+        yield bridge, nginx, work, files
+    finally:
+        if nginx:
+            nginx.stop()
+        bridge.stop()
+
+
+@pytest.fixture(scope="module")
+def apache(env, tmp_path_factory):
+    """Apache httpd, mod_proxy_fcgi, in front of the same listener."""
+    bridge = env[0]
+    binary = shutil.which("apache2") or shutil.which("httpd") or "/usr/sbin/apache2"
+    mods = "/usr/lib/apache2/modules"
+    if not os.path.exists(binary) or not os.path.exists(f"{mods}/mod_proxy_fcgi.so"):
+        pytest.fail("Apache with mod_proxy_fcgi not found (apt-get install apache2)", pytrace=False)
+    host, bport = bridge.listener_address("fcgi")
+    w = tmp_path_factory.mktemp("apache")
+    (w / "run").mkdir()
+    (port,) = harness.free_ports(1)
+    base = "".join(f"LoadModule {m}_module {mods}/mod_{m}.so\n"
+                   for m in ("mpm_event", "authz_core", "proxy", "proxy_fcgi"))
+    user = "User nobody\nGroup nogroup\n" if os.geteuid() == 0 else ""
+    (w / "httpd.conf").write_text(
+        f'ServerRoot "{w}"\nServerName localhost\n{base}{user}PidFile {w}/httpd.pid\n'
+        f"ErrorLog {w}/error.log\nLogLevel warn\nDefaultRuntimeDir {w}/run\nMutex file:{w}/run default\n"
+        f"Timeout 120\nListen 127.0.0.1:{port}\n"
+        f'ProxyPass "/" "fcgi://{host}:{bport}/" enablereuse=on\n')
+    proc = subprocess.Popen([binary, "-X", "-f", str(w / "httpd.conf")], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        def up():
+            if proc.poll() is not None:
+                raise AssertionError("apache exited: " + (w / "error.log").read_text())
+            return harness.can_connect(("127.0.0.1", port))
+        harness.wait_until(up, 60, what="apache")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+DOC_NGINX_SCAFFOLD = """
+{user}
+worker_processes 1;
+pid {tmp}/nginx.pid;
+error_log {tmp}/nginx-error.log info;
+events {{ worker_connections 256; }}
+http {{
+    access_log {tmp}/nginx-access.log;
+    client_body_temp_path {tmp}/client_body;
+    fastcgi_temp_path {tmp}/fastcgi_temp;
+    proxy_temp_path {tmp}/proxy_temp;
+    scgi_temp_path {tmp}/scgi_temp;
+    uwsgi_temp_path {tmp}/uwsgi_temp;
+{example}
+}}
+"""
+
+
+@pytest.fixture(scope="module")
+def doc_nginx(env, tmp_path_factory):
+    """The nginx example of docs/asgi.md, with this test's ports and paths, in front of the bridge."""
+    bridge, _, _, files = env
+    text = (harness.REPO / "docs" / "asgi.md").read_text()
+    example = re.search(r"```nginx\n(.*?)```", text, re.S).group(1)
+    host, bport = bridge.listener_address("fcgi")
+    (port,) = harness.free_ports(1)
+    for old, new in (("server 127.0.0.1:9000;", f"server {host}:{bport};"),
+                     ("listen 80;", f"listen 127.0.0.1:{port};"),
+                     ("include fastcgi_params;", f"include {harness.nginx_etc()}/fastcgi_params;"),
+                     ("/srv/api/files/", f"{files}/")):
+        assert old in example, f"docs/asgi.md's nginx example no longer has {old!r}"
+        example = example.replace(old, new)
+    work = tmp_path_factory.mktemp("doc-nginx")
+    conf = work / "nginx.conf"
+    conf.write_text(DOC_NGINX_SCAFFOLD.format(tmp=work, example=example,
+                                              user="user root;" if os.geteuid() == 0 else ""))
+    proc = harness.start_nginx(work, conf)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        def up():
+            if proc.poll() is not None:
+                raise AssertionError("nginx exited: " + (work / "nginx-error.log").read_text())
+            return requests.get(url + "/health", timeout=10).status_code == 200
+        harness.wait_until(up, 60, 0.1, what="the docs' nginx")
+        yield url
+    finally:
+        harness.stop_process(proc, timeout=20)
+
+
+def test_the_docs_nginx_example_serves_fastapi_and_accel_redirects(doc_nginx):
+    r = requests.get(f"{doc_nginx}/items/7?q=doc", timeout=60)
+    assert r.status_code == 200 and r.json() == {"item_id": 7, "q": "doc"}
+    r = requests.get(f"{doc_nginx}/raw/accel", timeout=60)
+    assert r.status_code == 200 and r.text == "served by nginx\n"
+    assert requests.get(f"{doc_nginx}/protected/report.txt", timeout=60).status_code == 404  # internal only
+
+
+@pytest.fixture(params=["nginx", "apache"])
+def front(request, env):
+    """The base URL of a web server in front of the bridge."""
+    if request.param == "nginx":
+        return env[1].url("")
+    return request.getfixturevalue("apache")
+
+
+# ------------------------------------------------------------------ FastAPI
+
+
+def test_fastapi_json_and_path_and_query_params(front):
+    r = requests.get(f"{front}/items/42?q=hello%20world", timeout=60)
+    assert r.status_code == 200, r.text
+    assert r.json() == {"item_id": 42, "q": "hello world"}
+    assert r.headers["content-type"] == "application/json"
+    r = requests.get(f"{front}/items/not-a-number", timeout=60)
+    assert r.status_code == 422
+    r = requests.post(f"{front}/json", json={"b": [1, 2], "a": "x"}, timeout=60)
+    assert r.status_code == 200 and r.json() == {"got": {"b": [1, 2], "a": "x"}, "keys": ["a", "b"]}
+
+
+def test_fastapi_form_and_file_upload(front):
+    data = os.urandom(300_000)
+    r = requests.post(f"{front}/form", data={"name": "Ada"},
+                      files={"upload": ("notes.bin", b"PK\x03\x04" + data, "application/octet-stream")}, timeout=60)
+    assert r.status_code == 200, r.text
+    assert r.json() == {"name": "Ada", "filename": "notes.bin", "size": len(data) + 4,
+                        "head": "PK\x03\x04" + data[:4].decode("latin-1")}
+
+
+def test_fastapi_streaming_response(front):
+    with requests.get(f"{front}/chunks?n=20", stream=True, timeout=60) as r:
+        assert r.status_code == 200
+        assert "content-length" not in r.headers
+        body = b"".join(r.iter_content(None))
+    assert body == b"".join(b"chunk %d\n" % i for i in range(20))
+
+
+def test_fastapi_background_task_runs_after_the_response(env, front):
+    work = env[2]
+    token = "bg-%d" % time.monotonic_ns()
+    r = requests.post(f"{front}/background?token={token}", timeout=60)
+    assert r.status_code == 200 and r.json() == {"queued": token}
+    log = work / "background.log"
+    harness.wait_until(lambda: log.exists() and token in log.read_text(), 30, what="the background task")
+
+
+def test_fastapi_app_error_is_a_500_with_the_traceback_logged(env, front):
+    bridge = env[0]
+    mark = bridge.log.mark()
+    r = requests.get(f"{front}/boom", timeout=60)
+    assert r.status_code == 500
+    (line,) = bridge.log.wait_for(r"RuntimeError: boom from the ASGI app", since=mark)
+    assert 'pool="fastapi"' in line and "pid=" in line and 'request_id="' in line, line
+    # the worker goes on serving
+    assert requests.get(f"{front}/items/1", timeout=60).status_code == 200
+
+
+def test_lifespan_startup_ran_before_serving_and_its_state_reaches_requests(env):
+    bridge, nginx, work, _ = env
+    r = requests.get(nginx.url("/state"), timeout=60)
+    assert r.status_code == 200
+    pid = r.json()["pid"]
+    assert r.json()["started_by"] == pid
+    assert f"startup {pid}" in (work / "lifespan.log").read_text()
+
+
+# ------------------------------------------------------------------ Starlette, Django
+
+
+def test_starlette_under_a_prefix_sees_root_path(front):
+    r = requests.get(f"{front}/st/hello", timeout=60)
+    assert r.status_code == 200, r.text
+    assert r.json() == {"framework": "starlette", "path": "/st/hello", "root_path": "/st"}
+
+
+def test_django_async_view_through_the_asgi_handler(front):
+    r = requests.get(f"{front}/dj/async/?q=x", timeout=60)
+    assert r.status_code == 200, r.text
+    assert r.json() == {"async": True, "path": "/dj/async/", "script_name": "/dj", "method": "GET", "q": "x"}
+    r = requests.get(f"{front}/dj/", timeout=60)  # a sync view and a template, under the same handler
+    assert r.status_code == 200 and "<h1>Django behind fcgibridge</h1>" in r.text
+
+
+# ------------------------------------------------------------------ the ASGI contract
+
+
+def test_scope_mirrors_the_wsgi_environ_mapping(env):
+    nginx = env[1]
+    body = b"x" * 200_000
+    r = requests.post(nginx.url("/raw/a%20b/scope?k=v&x=%2F"), data=body, timeout=60,
+                      headers={"Host": "example.test:8080", "X-Custom": "1", "Content-Type": "application/x-test"})
+    assert r.status_code == 200, r.text[:500]
+    s = r.json()
+    assert s["type"] == "http" and s["asgi"]["version"] == "3.0"
+    assert s["method"] == "POST" and s["scheme"] == "http"
+    assert s["root_path"] == "/raw" and s["path"] == "/raw/a b/scope"
+    assert s["raw_path"] == "/raw/a%20b/scope"
+    assert s["query_string"] == "k=v&x=%2F"
+    headers = dict(s["headers"])
+    assert headers["host"].startswith("example.test") and headers["x-custom"] == "1"
+    assert [k for k, _ in s["headers"]].count("content-type") == 1
+    assert headers["content-type"] == "application/x-test" and headers["content-length"] == str(len(body))
+    assert s["body_len"] == len(body)
+    assert s["client"][0] and isinstance(s["client"][1], int)
+    assert s["extensions"] == {"http.response.pathsend": {}}
+    assert s["fcgibridge.request_id"]
+
+
+def test_request_body_streams_as_http_request_events_with_more_body(env):
+    """The app gets the first part of a body while the rest has not been sent yet."""
+    bridge = env[0]
+    with bridge.fcgi("fcgi") as conn:
+        conn.begin(1, fcgi_client.cgi_params("/raw/first-chunk", method="POST", content_length=100_000,
+                                             headers={"Host": "x"}), stdin=b"x" * 1000, terminate_stdin=False)
+        r = conn.wait(1)
+    assert r.status == 200, bytes(r.stdout)[:300]
+    got = json.loads(r.body)
+    assert got["more_body"] is True and 0 < got["len"] <= 1000, got
+
+
+def test_a_large_streamed_response_arrives_whole_through_a_slow_reader(env):
+    """320 chunks of 64 KiB (20 MiB), no Content-Length, through nginx: nothing is lost or
+    reordered."""
+    nginx = env[1]
+    n = 320
+    with requests.get(nginx.url(f"/raw/big?{n}"), stream=True, timeout=120) as r:
+        assert r.status_code == 200
+        got = bytearray()
+        for piece in r.iter_content(1 << 16):
+            got += piece
+    assert len(got) == n * 65536
+    assert all(got[i * 65536] == i % 251 and got[i * 65536 + 65535] == i % 251 for i in range(n))
+
+
+def test_send_waits_for_the_socket_instead_of_buffering_the_response(env):
+    """128 MiB sent by an app much faster than the client reads: the worker's peak memory
+    grows by a few socket buffers, not by the response (send() waits on drain)."""
+    bridge = env[0]
+    addr = bridge.listener_address("fcgi")
+    pid = int(fcgi_client.fcgi_request(addr, "/raw/version", headers={"Host": "x"}).body.split()[1])
+    before = bridge.status_of(pid, "VmHWM")
+    n = 2048
+    with fcgi_client.FcgiConnection(addr, timeout=300) as conn:
+        r = conn.request("/raw/big", query=str(n), headers={"Host": "x"})
+    assert r.status == 200 and len(r.body) == n * 65536
+    grown = bridge.status_of(pid, "VmHWM") - before
+    assert grown < 48 << 20, f"the worker's peak RSS grew by {grown >> 20} MiB for a 128 MiB response"
+
+
+def test_forty_slow_requests_on_one_single_process_worker_run_at_once(env):
+    """The FastAPI pool runs one process; each request awaits 0.5 s: served one after
+    another they would take 20 s."""
+    nginx = env[1]
+    url = nginx.url("/sleep?s=0.5")
+    requests.get(url, timeout=60)  # warm: the connections to the worker are open
+
+    def one(_):
+        return requests.get(url, timeout=60).status_code
+
+    with concurrent.futures.ThreadPoolExecutor(40) as ex:
+        started = time.monotonic()
+        statuses = list(ex.map(one, range(40)))
+        took = time.monotonic() - started
+    assert statuses == [200] * 40
+    assert took < 2.0, f"40 concurrent 0.5 s requests took {took:.2f}s"
+
+
+@pytest.mark.parametrize("how", ["abort-record", "close", "nginx"])
+def test_client_disconnect_reaches_the_app(env, how, request):
+    """The web server's FCGI_ABORT_REQUEST, or its closed connection (nginx with
+    fastcgi_keep_conn, as docs/asgi.md configures it), is http.disconnect for the app
+    (which records that it saw it)."""
+    bridge, nginx, work, _ = env
+    token = "%s-%d" % (how, time.monotonic_ns())
+    log = work / "disconnect.log"
+    path = "/raw/wait-disconnect"
+    if how == "nginx":
+        doc_port = int(request.getfixturevalue("doc_nginx").rpartition(":")[2])
+        conn = socket.create_connection(("127.0.0.1", doc_port), timeout=30)
+        conn.sendall(f"GET {path}?{token} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    else:
+        conn = bridge.fcgi("fcgi")
+        conn.begin(1, fcgi_client.cgi_params(path, query=token, headers={"Host": "x"}))
+    harness.wait_until(lambda: log.exists() and f"waiting {token}" in log.read_text(), 30,
+                       what="the app to start waiting")
+    if how == "abort-record":
+        conn.abort(1)
+    else:
+        conn.close()
+    harness.wait_until(lambda: f"disconnected {token}" in log.read_text(), 30,
+                       what="the app to see http.disconnect")
+    if how == "abort-record":
+        assert conn.wait(1).complete  # the request ended toward the web server
+        conn.close()
+    # the slot is free again: the worker serves on
+    assert requests.get(nginx.url("/raw/health"), timeout=60).text == "ok"
+
+
+def test_head_gets_the_headers_of_get_without_a_body(env):
+    bridge = env[0]
+    r = fcgi_client.fcgi_request(bridge.listener_address("fcgi"), "/raw/health", method="HEAD", headers={"Host": "x"})
+    assert r.status == 200 and r.body == b"" and r.header("Content-Length") == "2"
+
+
+def test_scgi_listener_serves_an_asgi_pool(env):
+    status, _, body = fcgi_client.scgi_request(env[0].listener_address("scgi"), "/items/5", query="q=scgi",
+                                               headers={"Host": "x"})
+    assert status == 200 and json.loads(body) == {"item_id": 5, "q": "scgi"}
+
+
+def test_error_pages_replace_an_asgi_apps_error_body(env):
+    r = requests.get(env[1].url("/raw/no-such-thing"), timeout=60)
+    assert r.status_code == 404 and r.text == "<h1>the pool's own 404 page</h1>\n"
+
+
+def test_internal_redirect_from_an_asgi_app(env):
+    r = requests.get(env[1].url("/raw/redirect"), timeout=60)
+    assert r.status_code == 200 and r.text == "target reached via /raw/target"
+
+
+def test_x_accel_redirect_from_an_asgi_app_is_served_by_nginx(env):
+    r = requests.get(env[1].url("/raw/accel"), timeout=60)
+    assert r.status_code == 200 and r.text == "served by nginx\n"
+
+
+def test_pathsend_is_handed_to_the_bridge_or_streamed(env):
+    bridge, _, _, files = env
+    target = files / "big.bin"
+    data = target.read_bytes()
+    # no file-roots on this listener: the worker streams the file itself
+    r = fcgi_client.fcgi_request(bridge.listener_address("fcgi"), "/raw/pathsend", query=str(target),
+                                 headers={"Range": "bytes=0-9"})
+    assert r.status == 200 and r.body == data and r.header("X-Sendfile") is None
+    # file-handoff: serve: X-Sendfile to the bridge, which sends it (and answers the Range itself)
+    r = fcgi_client.fcgi_request(bridge.listener_address("fcgi-serve"), "/raw/pathsend", query=str(target),
+                                 headers={"Range": "bytes=0-9"})
+    assert r.status == 206, bytes(r.stdout)[:300]
+    assert r.body == data[:10]
+
+
+def test_slowlog_logs_the_coroutine_stack_of_a_slow_request(env):
+    bridge, nginx, _, _ = env
+    mark = bridge.log.mark()
+    r = requests.get(nginx.url("/raw/sleep?2.5"), timeout=60)
+    assert r.status_code == 200 and r.text == "slept"
+    lines = bridge.log.wait_for([r"\[stack request_id=\d+ task=", r"asgi_raw_app.py"], since=mark)
+    assert any('pool="raw"' in ln for ln in lines), lines
+
+
+def test_request_timeout_cancels_the_task_and_logs_its_stack_while_the_worker_serves_on(env):
+    bridge, nginx, work, _ = env
+    addr = bridge.listener_address("fcgi")
+
+    def pid():
+        return fcgi_client.fcgi_request(addr, "/timed/version", headers={"Host": "x"}).body.split()[1]
+    before = pid()
+    mark = bridge.log.mark()
+    with concurrent.futures.ThreadPoolExecutor(2) as ex:
+        stuck = ex.submit(requests.get, nginx.url("/timed/sleep?60"), timeout=120)
+        quick = ex.submit(requests.get, nginx.url("/timed/sleep?1"), timeout=120)
+        assert quick.result().status_code == 200
+        assert stuck.result().status_code == 504
+    (line,) = bridge.log.wait_for(r"request-timeout \(2s\): GET /timed/sleep\?60 ran .* the worker cancels its task",
+                                  since=mark)
+    rid = re.search(r'request_id="?(\d+)', line).group(1)
+    bridge.log.wait_for([rf"\[stack request_id={rid} task=", r"asgi_raw_app.py"], since=mark)
+    log = work / "cancelled.log"
+    harness.wait_until(lambda: log.exists() and f"cancelled {rid}" in log.read_text(), 30,
+                       what="the app's task to be cancelled")
+    assert pid() == before  # the same worker serves on
+
+
+# ------------------------------------------------------------------ bridges of their own
+
+
+def _bridge(tmp_path_factory, name, pools, probes=True):
+    work = tmp_path_factory.mktemp(name)
+    (port,) = harness.free_ports(1)
+    routes = [{"host": p + ".test", "pool": p} for p in pools]
+    bridge = harness.make_bridge(work, pools, {"fcgi": {"fastcgi": f"127.0.0.1:{port}", "routes": routes}})
+    bridge.start()
+    if probes:
+        try:
+            bridge.wait_ready([("fcgi", "/health", p + ".test") for p in pools])
+        except BaseException:
+            bridge.stop()
+            raise
+    return bridge, work
+
+
+def test_an_app_that_cannot_be_served_as_configured_fails_at_start_saying_why(tmp_path_factory):
+    """The other interface (with the key to set), a failed lifespan startup, a missing uvloop."""
+    pools = {"asgi-in-wsgi": harness.pool(f"{RAW_APP}:app", processes=1),
+             "wsgi-in-asgi": harness.pool(f"{RAW_APP}:wsgi_app", interface="asgi", processes=1),
+             "no-startup": harness.pool(f"{RAW_APP}:app", interface="asgi", processes=1,
+                                        env={"FAIL_STARTUP": "no database"})}
+    from test_pythons import FOUND
+    bare = [exe for exe, _ in FOUND.values()
+            if subprocess.run([exe, "-c", "import uvloop"], capture_output=True).returncode != 0]
+    if bare:  # a Python without uvloop (pyenv's builds have none)
+        pools["no-uvloop"] = harness.pool(f"{RAW_APP}:app", python=bare[0], interface="asgi", processes=1,
+                                          **{"asgi-loop": "uvloop"})
+    bridge, _ = _bridge(tmp_path_factory, "asgi-wrong", pools, probes=False)
+    try:
+        bridge.log.wait_for([r"asgi-in-wsgi", r"is an ASGI application .* set `interface: asgi` \(or `auto`\)"])
+        bridge.log.wait_for([r"wsgi-in-asgi", r"is a WSGI application .* set `interface: wsgi`"])
+        bridge.log.wait_for([r"no-startup", r"failed to start: lifespan startup failed: no database"])
+        if "no-uvloop" in pools:
+            bridge.log.wait_for([r"no-uvloop", r"asgi-loop: uvloop, but uvloop is not installed"])
+        assert fcgi_client.fcgi_request(bridge.listener_address("fcgi"), "/x",
+                                        headers={"Host": "asgi-in-wsgi.test"}).status == 503
+    finally:
+        bridge.stop()
+
+
+def test_two_python_versions_at_once(tmp_path_factory):
+    from test_pythons import FOUND
+    wanted = [v for v in ("3.9", "3.12") if v in FOUND]
+    if len(wanted) < 2:
+        pytest.skip(f"pyenv's 3.9 and 3.12 are needed; found {sorted(FOUND)}")
+    pools = {"py" + v.replace(".", ""): harness.pool(f"{RAW_APP}:app", python=FOUND[v][0], interface="asgi",
+                                                     processes=1, concurrency=8) for v in wanted}
+    bridge, work = _bridge(tmp_path_factory, "asgi-pythons", pools)
+    try:
+        pids = []
+        for v in wanted:
+            r = fcgi_client.fcgi_request(bridge.listener_address("fcgi"), "/version",
+                                         headers={"Host": "py" + v.replace(".", "") + ".test"})
+            assert r.status == 200
+            version, pid = r.body.decode().split()
+            assert version == FOUND[v][1]
+            pids.append(pid)
+    finally:
+        bridge.stop()
+    # stopping the bridge stops the workers: each ran its lifespan shutdown first
+    log = work / "raw-lifespan.log"
+    for pid in pids:
+        harness.wait_until(lambda: f"shutdown {pid}" in log.read_text(), 30, what=f"lifespan shutdown of {pid}")
+        assert f"startup {pid}" in log.read_text()
+
+
+def test_preloaded_pool_recycles_after_max_requests_with_lifespan_shutdown(tmp_path_factory):
+    pools = {"pre": harness.pool(f"{RAW_APP}:app", interface="asgi", processes=1, concurrency=4,
+                                 preload=True, **{"max-requests": 3})}
+    bridge, work = _bridge(tmp_path_factory, "asgi-preload", pools)
+    log = work / "raw-lifespan.log"
+    try:
+        def pid_of():
+            r = fcgi_client.fcgi_request(bridge.listener_address("fcgi"), "/version", headers={"Host": "pre.test"})
+            assert r.status == 200
+            return r.body.decode().split()[1]
+        first = pid_of()
+        # the worker is replaced after its third request (its health probe counted too)
+        harness.wait_until(lambda: pid_of() != first, 60, 0.1, what="a new worker after max-requests")
+        harness.wait_until(lambda: f"shutdown {first}" in log.read_text(), 30,
+                           what="the recycled worker's lifespan shutdown")
+        assert f"startup {first}" in log.read_text()
+    finally:
+        bridge.stop()
+
+
+def test_uvloop_serves_when_installed_and_asked_for_by_auto(env):
+    """asgi-loop: auto (the FastAPI pool) runs on uvloop when the pool's Python has it."""
+    if subprocess.run(["python3", "-c", "import uvloop"], capture_output=True).returncode != 0:
+        pytest.skip("uvloop is not installed in python3")
+    r = requests.get(env[1].url("/loop"), timeout=60)
+    assert r.status_code == 200 and r.json()["loop"].startswith("uvloop"), r.text
+
+
+def test_the_bridge_opens_concurrency_slots_to_an_asgi_worker(env):
+    """`interface: asgi` with concurrency 50; `auto` (the Starlette pool) detected ASGI and
+    said so in its READY line: the default concurrency, not `threads`; `auto` given a WSGI
+    app: `threads`."""
+    bridge = env[0]
+    harness.wait_until(lambda: bridge.pool_status("fastapi")["idle_slots"] == 50, 60, 0.2,
+                       what="50 idle slots in the fastapi pool")
+    harness.wait_until(lambda: bridge.pool_status("starlette")["idle_slots"] == 100, 60, 0.2,
+                       what="100 idle slots in the auto-detected starlette pool")
+    harness.wait_until(lambda: bridge.pool_status("auto-wsgi")["idle_slots"] == 3, 60, 0.2,
+                       what="3 idle slots (threads) in the auto pool given a WSGI app")
+    r = fcgi_client.fcgi_request(bridge.listener_address("fcgi"), "/aw/health", headers={"Host": "x"})
+    assert r.status == 200 and r.body == b"ok"
+
+
+def test_check_prints_the_interface_keys_and_says_which_key_fits(tmp_path):
+    root = "    allow-root: true\n" if os.geteuid() == 0 else ""
+    conf = tmp_path / "conf.d"
+    conf.mkdir()
+    (conf / "10.yaml").write_text(
+        f"pools:\n  api:\n    app: {RAW_APP}:app\n    interface: asgi\n    concurrency: 250\n{root}"
+        f"  site:\n    app: {RAW_APP}:wsgi_app\n{root}"
+        "listeners:\n  web:\n    fastcgi: 127.0.0.1:9411\n    pool: api\n")
+    r = subprocess.run([str(harness.bridge_binary()), "check", "--config", str(conf)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    api = r.stdout[r.stdout.index("  api:"):r.stdout.index("  site:")]
+    site = r.stdout[r.stdout.index("  site:"):r.stdout.index("listeners:")]
+    assert "    interface: asgi\n" in api and "    concurrency: 250\n" in api and "    asgi-loop: auto\n" in api
+    assert "    threads:" not in api
+    assert "    interface: wsgi\n" in site and "    threads: 4\n" in site and "concurrency" not in site
+    (conf / "10.yaml").write_text(
+        f"pools:\n  api:\n    app: {RAW_APP}:app\n    interface: asgi\n    threads: 8\n{root}"
+        "listeners:\n  web:\n    fastcgi: 127.0.0.1:9411\n    pool: api\n")
+    r = subprocess.run([str(harness.bridge_binary()), "check", "--config", str(conf)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1
+    assert "10.yaml:5:5: pools.api.threads: an ASGI pool (`interface: asgi`) runs one event loop per worker: " \
+           "set `concurrency`" in r.stderr, r.stderr
