@@ -113,19 +113,33 @@ pub fn status_reply(query: &str, accept: &str) -> Reply {
     }
 }
 
-/// Set once SIGTERM starts the drain period: from then on every ping path fails, so that
-/// a load balancer's health check takes this bridge out before its listeners close.
-static DRAINING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+/// When SIGTERM started the drain period and how long it lasts: from then on every ping
+/// path fails, so that a load balancer's health check takes this bridge out before its
+/// listeners close.
+/// (The Unix time is taken once, so that every view shows the same one.)
+static DRAIN: std::sync::OnceLock<(std::time::Instant, f64, std::time::Duration)> = std::sync::OnceLock::new();
 
 /// Make every ping path answer 503 "draining" from now on (there is no way back: the
-/// daemon is stopping).
-pub fn start_draining() {
-    DRAINING.store(true, std::sync::atomic::Ordering::Release);
+/// daemon is stopping), and the status say so for `period`.
+pub fn start_draining(period: std::time::Duration) {
+    let now = std::time::Instant::now();
+    let _ = DRAIN.set((now, crate::supervise::stats::unix_at(now), period));
+}
+
+/// The drain period in progress, for the status (None before a stop).
+pub fn draining() -> Option<super::model::Draining> {
+    let (since, since_unix, period) = *DRAIN.get()?;
+    let remaining = period.saturating_sub(since.elapsed()).as_secs_f64();
+    Some(super::model::Draining {
+        since: since_unix,
+        until: since_unix + period.as_secs_f64(),
+        remaining_seconds: remaining,
+    })
 }
 
 /// The ping answer (for load balancers and health checks): 503 while draining.
 pub fn ping_reply() -> Reply {
-    if DRAINING.load(std::sync::atomic::Ordering::Acquire) {
+    if DRAIN.get().is_some() {
         return Reply { code: 503, content_type: "text/plain; charset=utf-8", body: "draining\n".into() };
     }
     Reply { code: 200, content_type: "text/plain; charset=utf-8", body: "pong\n".into() }

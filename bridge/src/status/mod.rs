@@ -125,6 +125,7 @@ pub fn snapshot() -> Option<Status> {
         start_time: src.start_time,
         uptime_seconds: src.started.elapsed().as_secs_f64(),
         reloads: stats.reloads,
+        draining: http::draining(),
         listeners: src.listeners.iter().map(|l| listener_status(s, l, now)).collect(),
         pools: stats.pools.into_iter().map(|p| pool_status(s, p, src.start_time, now)).collect(),
     }))
