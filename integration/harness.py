@@ -6,6 +6,8 @@ same pytest run has a conftest.py of its own, and only one module can be `confte
 """
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import json
 import os
 import re
@@ -224,6 +226,25 @@ def stop_process(proc, sig=signal.SIGTERM, timeout: float = 30.0, group_grace: f
         os.killpg(proc.pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+@contextlib.contextmanager
+def in_netns(ns_file: str):
+    """The calling thread (only it: setns is per thread) in the network namespace of
+    `ns_file` (/run/netns/NAME, /proc/PID/ns/net) until the block ends; sockets made
+    meanwhile stay there."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    with open("/proc/thread-self/ns/net") as back, open(ns_file) as there:
+        if libc.setns(there.fileno(), CLONE_NEWNET) != 0:
+            raise OSError(ctypes.get_errno(), f"setns into {ns_file}")
+        try:
+            yield
+        finally:
+            if libc.setns(back.fileno(), CLONE_NEWNET) != 0:
+                raise OSError(ctypes.get_errno(), "setns back")
+
+
+CLONE_NEWNET = 0x40000000
 
 
 def start_nginx(workdir: Path, conf: Path, prefix=()) -> subprocess.Popen:

@@ -9,7 +9,6 @@ the test fails."""
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import shutil
 import signal
@@ -18,10 +17,9 @@ import uuid
 
 import pytest
 
-from harness import fcgi_client, wait_until
+from harness import fcgi_client, in_netns, wait_until
 from scale_out_support import DOC_BRIDGES, drain_replace_and_kill, split, start_bridge
 
-CLONE_NEWNET = 0x40000000
 FRONT = "10.213.0.5"
 PREFIX = 24
 
@@ -87,18 +85,9 @@ class Namespaces:
         # `ip netns exec` execs the command in place: the pid is the command's own.
         return ["ip", "netns", "exec", self.names[where], *argv]
 
-    @contextlib.contextmanager
     def inside(self, where):
-        """The calling thread (only it: setns is per thread) enters the namespace."""
-        libc = ctypes.CDLL(None, use_errno=True)
-        with open("/proc/thread-self/ns/net") as back, open(f"/run/netns/{self.names[where]}") as there:
-            if libc.setns(there.fileno(), CLONE_NEWNET) != 0:
-                raise OSError(ctypes.get_errno(), f"setns into {self.names[where]}")
-            try:
-                yield
-            finally:
-                if libc.setns(back.fileno(), CLONE_NEWNET) != 0:
-                    raise OSError(ctypes.get_errno(), "setns back")
+        """Context manager: the calling thread's sockets are made in `where`'s namespace."""
+        return in_netns(f"/run/netns/{self.names[where]}")
 
 
 @pytest.fixture
