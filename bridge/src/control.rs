@@ -119,6 +119,11 @@ async fn answer(mut conn: tokio::net::UnixStream, requests: tokio::sync::mpsc::S
             Some(s) => format!("ok {}", crate::status::json::render(&s)),
             None => "error the daemon is still starting\n".to_owned(),
         },
+        // Said to the caller, not only logged: the daemon would refuse it (daemon.rs, drain).
+        "reload" if crate::status::http::draining().is_some() => {
+            tracing::warn!(uid, "control socket: reload refused during the drain period, the bridge is stopping");
+            "error the bridge is draining (stopping): not reloading\n".to_owned()
+        }
         "reload" | "stop" => {
             let req = if command == "reload" { Request::Reload } else { Request::Stop };
             tracing::info!(uid, "control socket: {command} requested");
