@@ -228,6 +228,9 @@ def stop_process(proc, sig=signal.SIGTERM, timeout: float = 30.0, group_grace: f
         pass
 
 
+CLONE_NEWNET = 0x40000000
+
+
 @contextlib.contextmanager
 def in_netns(ns_file: str):
     """The calling thread (only it: setns is per thread) in the network namespace of
@@ -242,9 +245,6 @@ def in_netns(ns_file: str):
         finally:
             if libc.setns(back.fileno(), CLONE_NEWNET) != 0:
                 raise OSError(ctypes.get_errno(), "setns back")
-
-
-CLONE_NEWNET = 0x40000000
 
 
 def start_nginx(workdir: Path, conf: Path, prefix=()) -> subprocess.Popen:

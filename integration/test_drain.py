@@ -216,3 +216,32 @@ def test_signals_during_the_drain(tmp_path):
         assert "rotated=1" not in rotated.read_text()
     finally:
         b.stop()
+
+
+def test_sigint_gives_up_on_the_requests_in_flight(tmp_path):
+    """After SIGTERM, while in-flight requests may take up to shutdown-timeout, SIGINT
+    makes the stop a fast one at once."""
+    port, = free_ports(1)
+    b = make_bridge(tmp_path, {"p": pool(str(APPS / "edge_app.py"), processes=1, threads=2)},
+                    {"fcgi-tcp": {"fastcgi": f"127.0.0.1:{port}", "pool": "p"}},
+                    bridge_extra={"shutdown-timeout": "300s"})
+    try:
+        b.start().wait_ready([("fcgi-tcp", "/health", "x")])
+        tag = "held-" + uuid.uuid4().hex[:8]
+        out = {}
+        t = threading.Thread(target=lambda: out.update(r=b.request("/hold", query=f"tag={tag}")), daemon=True)
+        t.start()
+        wait_until(lambda: (tmp_path / f"{tag}.pid").exists(), 60, what="the held request in a worker")
+        mark = b.log.mark()
+        b.proc.send_signal(signal.SIGTERM)
+        b.log.wait_for(r"draining in-flight requests", since=mark, timeout=30)
+        b.proc.send_signal(signal.SIGINT)
+        b.log.wait_for(r"not waiting for the requests in flight", since=mark, timeout=30)
+        b.log.wait_for(r"fast stop", since=mark, timeout=30)
+        # Well before shutdown-timeout.
+        assert b.proc.wait(60) == 0
+        t.join(60)
+        assert "r" not in out or out["r"].status != 200, "the held request was not given up on"
+    finally:
+        (tmp_path / "never.release").touch()
+        b.stop()

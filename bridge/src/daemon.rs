@@ -256,13 +256,15 @@ async fn run(mut config: crate::config::Config, notifier: Arc<Notifier>, config_
     }
     listeners.join().await;
 
-    if how == Stop::Graceful {
-        let timeout = config.global.shutdown_timeout;
-        tracing::info!(in_flight = shared.in_flight(), "SIGTERM: draining in-flight requests (up to {timeout:?})");
-        if tokio::time::timeout(timeout, shared.drained()).await.is_err() {
-            tracing::warn!(in_flight = shared.in_flight(), "shutdown-timeout reached with requests still in flight");
+    let how = match how {
+        Stop::Graceful => {
+            let timeout = config.global.shutdown_timeout;
+            tracing::info!(in_flight = shared.in_flight(), "SIGTERM: draining in-flight requests (up to {timeout:?})");
+            finish_in_flight(timeout, &shared, &mut sigint, &mut sigquit, &mut sigusr1).await
         }
-    } else {
+        other => other,
+    };
+    if how == Stop::Fast {
         tracing::info!("fast stop");
     }
     supervisor.stop(how).await;
@@ -270,6 +272,38 @@ async fn run(mut config: crate::config::Config, notifier: Arc<Notifier>, config_
     drop(rt_dir);
     tracing::info!("stopped");
     ExitCode::SUCCESS
+}
+
+/// Wait up to `timeout` for the requests in flight. SIGINT or SIGQUIT give up on them (a
+/// fast stop, as their table in docs/operator-guide.md says at any time); SIGUSR1 still
+/// reopens the logs.
+async fn finish_in_flight(
+    timeout: std::time::Duration,
+    shared: &Shared,
+    sigint: &mut Signal,
+    sigquit: &mut Signal,
+    sigusr1: &mut Signal,
+) -> Stop {
+    let done = tokio::time::timeout(timeout, shared.drained());
+    tokio::pin!(done);
+    loop {
+        tokio::select! {
+            r = &mut done => {
+                if r.is_err() {
+                    tracing::warn!(in_flight = shared.in_flight(), "shutdown-timeout reached with requests still in flight");
+                }
+                return Stop::Graceful;
+            }
+            _ = sigint.recv() => break,
+            _ = sigquit.recv() => break,
+            _ = sigusr1.recv() => {
+                logging::reopen::request();
+                tracing::info!("SIGUSR1: reopening log files");
+            }
+        }
+    }
+    tracing::info!(in_flight = shared.in_flight(), "not waiting for the requests in flight");
+    Stop::Fast
 }
 
 /// What the drain period still answers to besides its timer.
