@@ -6,6 +6,8 @@ same pytest run has a conftest.py of its own, and only one module can be `confte
 """
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import json
 import os
 import re
@@ -226,10 +228,30 @@ def stop_process(proc, sig=signal.SIGTERM, timeout: float = 30.0, group_grace: f
         pass
 
 
-def start_nginx(workdir: Path, conf: Path) -> subprocess.Popen:
+CLONE_NEWNET = 0x40000000
+
+
+@contextlib.contextmanager
+def in_netns(ns_file: str):
+    """The calling thread (only it: setns is per thread) in the network namespace of
+    `ns_file` (/run/netns/NAME, /proc/PID/ns/net) until the block ends; sockets made
+    meanwhile stay there."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    with open("/proc/thread-self/ns/net") as back, open(ns_file) as there:
+        if libc.setns(there.fileno(), CLONE_NEWNET) != 0:
+            raise OSError(ctypes.get_errno(), f"setns into {ns_file}")
+        try:
+            yield
+        finally:
+            if libc.setns(back.fileno(), CLONE_NEWNET) != 0:
+                raise OSError(ctypes.get_errno(), "setns back")
+
+
+def start_nginx(workdir: Path, conf: Path, prefix=()) -> subprocess.Popen:
     """The Debian nginx on `conf` in the foreground, its prefix and error log in `workdir`;
-    `nginx -t` first, so a bad configuration fails with nginx's own message."""
-    args = [nginx_binary(), "-p", str(workdir), "-e", str(workdir / "nginx-error.log"), "-c", str(conf)]
+    `nginx -t` first, so a bad configuration fails with nginx's own message. `prefix`: a
+    command that runs it (e.g. `ip netns exec NAME`)."""
+    args = [*prefix, nginx_binary(), "-p", str(workdir), "-e", str(workdir / "nginx-error.log"), "-c", str(conf)]
     test = subprocess.run(args + ["-t"], capture_output=True, text=True)
     if test.returncode != 0:
         raise AssertionError(f"nginx -t failed:\n{test.stderr}")
@@ -252,6 +274,9 @@ class Bridge:
         self.log = LogFile(workdir / f"{name}.log")
         self.proc: subprocess.Popen | None = None
         self.binary = bridge_binary()
+        # A command that runs the daemon and execs it in place (e.g. `ip netns exec NAME`),
+        # so that self.pid stays the daemon's.
+        self.command_prefix: list[str] = []
 
     @property
     def pid(self) -> int:
@@ -263,7 +288,7 @@ class Bridge:
         env.setdefault("NO_COLOR", "1")
         env["FCGIBRIDGE_TEST_DIR"] = str(self.workdir)
         logf = open(self.log.path, "ab")
-        self.proc = subprocess.Popen([str(self.binary), "run", "--config", str(self.confdir)],
+        self.proc = subprocess.Popen([*self.command_prefix, str(self.binary), "run", "--config", str(self.confdir)],
                                      stdin=stdin, stdout=logf, stderr=subprocess.STDOUT,
                                      cwd=self.workdir, env=env, start_new_session=True)
         logf.close()

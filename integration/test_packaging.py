@@ -7,7 +7,9 @@ socket unit must agree on one socket path."""
 from __future__ import annotations
 
 import configparser
+import json
 import os
+import pwd
 import re
 import shlex
 import shutil
@@ -19,7 +21,7 @@ from pathlib import Path
 import pytest
 
 import fcgi_client as fc
-from harness import APPS, REPO, LogFile, bridge_binary, free_ports, stop_process, wait_until
+from harness import APPS, REPO, LogFile, bridge_binary, free_ports, in_netns, stop_process, wait_until
 
 SOCKET = "/run/fcgibridge/app.sock"
 
@@ -139,17 +141,22 @@ def test_installed_layout_runs_the_units_commands_as_written(tmp_path):
         stop_process(proc)
 
 
-def test_debian_package_starts_the_demo_from_its_unit(tmp_path):
-    """scripts/build-deb from this build; the package's files unpacked into a root (not
-    installed on this machine); its unit's ExecStart= as written runs the packaged demo
-    (ports moved to free ones)."""
+def build_deb(tmp_path: Path) -> Path:
+    """scripts/build-deb from this build, into tmp_path/out."""
     if not shutil.which("dpkg-deb"):
         pytest.skip("dpkg-deb is not installed")
     build = bridge_binary().parent
     r = subprocess.run([str(REPO / "scripts" / "build-deb")], capture_output=True, text=True, timeout=600,
                        env=dict(os.environ, BUILD=str(build), OUT=str(tmp_path / "out")))
     assert r.returncode == 0, r.stdout + r.stderr
-    deb = Path(r.stdout.strip().splitlines()[-1])
+    return Path(r.stdout.strip().splitlines()[-1])
+
+
+def test_debian_package_starts_the_demo_from_its_unit(tmp_path):
+    """scripts/build-deb from this build; the package's files unpacked into a root (not
+    installed on this machine); its unit's ExecStart= as written runs the packaged demo
+    (ports moved to free ones)."""
+    deb = build_deb(tmp_path)
     fields = subprocess.run(["dpkg-deb", "-f", str(deb), "Package", "Depends"], capture_output=True, text=True,
                             check=True).stdout
     assert "Package: fcgibridge" in fields and "python3" in fields, fields
@@ -193,6 +200,110 @@ def test_debian_package_starts_the_demo_from_its_unit(tmp_path):
         with urllib.request.urlopen(f"http://127.0.0.1:{hport}/status?json", timeout=30) as page:
             assert page.status == 200
         assert "running" in (root / "var/log/fcgibridge/fcgibridge.log").read_text()  # log-file in LogsDirectory
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+    finally:
+        stop_process(proc)
+
+
+# A throwaway root: this machine's / as the read-only lower layer of an overlay whose
+# upper layer is a tmpfs, in private mount and network namespaces. The package's
+# dependencies are this machine's (its dpkg database included); whatever `apt install`
+# writes lands in the tmpfs, which disappears with the last process of the namespaces.
+# Then what systemd does for the unit (RuntimeDirectory=, LogsDirectory=, PrivateTmp=,
+# ProtectSystem=full, User=) and ExecStart= as written, in the root, as www-data.
+THROWAWAY_ROOT = r"""
+set -eu
+W="$1"; DEB="$2"; OUT="$3"; shift 3
+mount -t tmpfs tmpfs "$W"
+mkdir "$W/upper" "$W/work" "$W/root"
+mount -t overlay overlay -o "lowerdir=/,upperdir=$W/upper,workdir=$W/work" "$W/root"
+R="$W/root"
+mount --rbind /dev "$R/dev"
+mount -t proc proc "$R/proc"
+mount -t tmpfs tmpfs "$R/run"
+mount -t tmpfs tmpfs "$R/tmp"
+ip link set lo up
+cp "$DEB" "$R/tmp/"
+chroot "$R" env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin DEBIAN_FRONTEND=noninteractive \
+    sh -c 'cd /tmp && apt install -y ./fcgibridge_*.deb' >"$OUT/apt.log" 2>&1
+chroot "$R" sh -c 'install -d -m 0750 -o www-data -g www-data /run/fcgibridge /var/log/fcgibridge'
+for d in usr etc; do mount --bind "$R/$d" "$R/$d"; mount -o remount,bind,ro "$R/$d"; done
+exec chroot "$R" setpriv --reuid=www-data --regid=www-data --init-groups \
+    env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+    HOME=/var/www USER=www-data LOGNAME=www-data "$@"
+"""
+
+
+def throwaway_root_unavailable() -> str | None:
+    if os.geteuid() != 0:
+        return "a throwaway root needs root (mount and chroot)"
+    for tool in ("unshare", "chroot", "setpriv", "apt", "ip"):
+        if not shutil.which(tool):
+            return f"{tool} is not installed"
+    if "overlay" not in Path("/proc/filesystems").read_text():
+        return "the kernel has no overlayfs"
+    r = subprocess.run(["getent", "passwd", "www-data"], capture_output=True)
+    if r.returncode != 0:
+        return "no www-data user (the unit's User=)"
+    return None
+
+
+def test_apt_install_into_a_throwaway_root_runs_the_demo_as_the_unit_would(tmp_path):
+    """`apt install ./fcgibridge_*.deb` in a throwaway root (not this machine), then the
+    unit's ExecStart= exactly as written, as its User=, with the demo's configuration as
+    packaged (its own network namespace, so its ports are the packaged ones); then
+    `fcgibridge status` as the demo's comment says, ExecReload=, and SIGTERM."""
+    reason = throwaway_root_unavailable()
+    if reason:
+        pytest.skip(reason)
+    deb = build_deb(tmp_path)
+    (tmp_path / "w").mkdir()
+    unpacked = tmp_path / "unpacked"
+    subprocess.run(["dpkg-deb", "-x", str(deb), str(unpacked)], check=True, timeout=120)
+    svc = unit(unpacked / "lib/systemd/system/fcgibridge.service")
+    assert svc["Service.User"] == "www-data" and svc["Service.ProtectSystem"] == "full"
+    start = shlex.split(svc["Service.ExecStart"])
+    out = open(tmp_path / "stdout.log", "ab")
+    proc = subprocess.Popen(["unshare", "-m", "-n", "--propagation", "private", "sh", "-c", THROWAWAY_ROOT, "sh",
+                             str(tmp_path / "w"), str(deb), str(tmp_path), *start],
+                            stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    out.close()
+    root = Path(f"/proc/{proc.pid}/root")
+    log = LogFile(root / "var/log/fcgibridge/fcgibridge.log")
+
+    def alive():
+        if proc.poll() is not None:
+            apt = tmp_path / "apt.log"
+            raise AssertionError((tmp_path / "stdout.log").read_text() + (apt.read_text() if apt.exists() else ""))
+
+    try:
+        def running():
+            alive()
+            with in_netns(f"/proc/{proc.pid}/ns/net"), fc.FcgiConnection(("127.0.0.1", 9000), timeout=10) as c:
+                resp = c.request("/")
+                return resp.status == 200 and b"Hello from fcgibridge" in resp.body
+        wait_until(running, 120, 0.25, what="the installed demo answering on 127.0.0.1:9000")
+        apt_log = (tmp_path / "apt.log").read_text()
+        assert "Setting up fcgibridge" in apt_log, apt_log
+        assert not Path("/usr/bin/fcgibridge").exists() and not Path("/etc/fcgibridge").exists(), \
+            "the package reached this machine"
+        assert os.stat(f"/proc/{proc.pid}").st_uid == pwd.getpwnam("www-data").pw_uid
+        with in_netns(f"/proc/{proc.pid}/ns/net"):
+            with urllib.request.urlopen("http://127.0.0.1:9002/status?json", timeout=30) as page:
+                assert json.loads(page.read())["pools"][0]["name"] == "demo"
+        # As the demo's configuration says: `fcgibridge status`, no --config.
+        status = subprocess.run(["nsenter", "-t", str(proc.pid), "-m", "-n", "-r", "-w", "/usr/bin/fcgibridge",
+                                 "status"], capture_output=True, text=True, timeout=60)
+        assert status.returncode == 0 and "demo" in status.stdout, status.stdout + status.stderr
+        log.wait_for(r"fcgibridge .* running", timeout=30)
+
+        mark = log.mark()
+        reload_cmd = shlex.split(svc["Service.ExecReload"].replace("$MAINPID", str(proc.pid)))
+        assert subprocess.run(reload_cmd, timeout=30).returncode == 0
+        log.wait_for(r"SIGHUP: reloading", since=mark, timeout=60)
+        wait_until(running, 60, 0.25, what="the demo answering after ExecReload")
+
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(60) == 0
     finally:

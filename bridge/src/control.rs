@@ -115,6 +115,11 @@ async fn answer(mut conn: tokio::net::UnixStream, requests: tokio::sync::mpsc::S
     let command = line.trim();
     let reply = match command {
         "status" => format!("ok {}", crate::status::json::render(&crate::status::snapshot(registry))),
+        // Said to the caller, not only logged: the daemon would refuse it (daemon.rs, drain).
+        "reload" if registry.draining() => {
+            tracing::warn!(uid, "control socket: reload refused during the drain period, the bridge is stopping");
+            "error the bridge is draining (stopping): not reloading\n".to_owned()
+        }
         "reload" | "stop" => {
             let req = if command == "reload" { Request::Reload } else { Request::Stop };
             tracing::info!(uid, "control socket: {command} requested");

@@ -243,7 +243,16 @@ async fn run(
     notifier.stopping();
     let how = match how {
         Stop::Graceful if !config.global.drain_period.is_zero() => {
-            drain(&registry, config.global.drain_period, &mut sigterm, &mut sigint, &mut sigquit).await
+            let inputs = DrainInputs {
+                sigterm: &mut sigterm,
+                sigint: &mut sigint,
+                sigquit: &mut sigquit,
+                sighup: &mut sighup,
+                sigusr2: &mut sigusr2,
+                sigusr1: &mut sigusr1,
+                control: &mut control_rx,
+            };
+            drain(&registry, config.global.drain_period, inputs).await
         }
         other => other,
     };
@@ -255,13 +264,18 @@ async fn run(
     }
     listeners.join().await;
 
-    if how == Stop::Graceful {
-        let timeout = config.global.shutdown_timeout;
-        tracing::info!(in_flight = registry.in_flight(), "SIGTERM: draining in-flight requests (up to {timeout:?})");
-        if tokio::time::timeout(timeout, registry.drained()).await.is_err() {
-            tracing::warn!(in_flight = registry.in_flight(), "shutdown-timeout reached with requests still in flight");
+    let how = match how {
+        Stop::Graceful => {
+            let timeout = config.global.shutdown_timeout;
+            tracing::info!(
+                in_flight = registry.in_flight(),
+                "SIGTERM: draining in-flight requests (up to {timeout:?})"
+            );
+            finish_in_flight(timeout, &registry, &mut sigint, &mut sigquit, &mut sigusr1).await
         }
-    } else {
+        other => other,
+    };
+    if how == Stop::Fast {
         tracing::info!("fast stop");
     }
     supervisor.stop(how).await;
@@ -272,30 +286,90 @@ async fn run(
     ExitCode::SUCCESS
 }
 
-/// The drain period: ping paths fail while everything else is still served, so that the
-/// front end's health checks take this bridge out before its listeners close. A second
-/// SIGTERM ends it early; SIGINT or SIGQUIT make the stop a fast one.
-async fn drain(
+/// Wait up to `timeout` for the requests in flight. SIGINT or SIGQUIT give up on them (a
+/// fast stop, as their table in docs/operator-guide.md says at any time); SIGUSR1 still
+/// reopens the logs.
+async fn finish_in_flight(
+    timeout: std::time::Duration,
     registry: &Registry,
-    period: std::time::Duration,
-    sigterm: &mut Signal,
     sigint: &mut Signal,
     sigquit: &mut Signal,
+    sigusr1: &mut Signal,
 ) -> Stop {
-    registry.start_draining();
+    let done = tokio::time::timeout(timeout, registry.drained());
+    tokio::pin!(done);
+    loop {
+        tokio::select! {
+            r = &mut done => {
+                if r.is_err() {
+                    tracing::warn!(in_flight = registry.in_flight(), "shutdown-timeout reached with requests still in flight");
+                }
+                return Stop::Graceful;
+            }
+            _ = sigint.recv() => break,
+            _ = sigquit.recv() => break,
+            _ = sigusr1.recv() => {
+                logging::reopen::request();
+                tracing::info!("SIGUSR1: reopening log files");
+            }
+        }
+    }
+    tracing::info!(in_flight = registry.in_flight(), "not waiting for the requests in flight");
+    Stop::Fast
+}
+
+/// What the drain period still answers to besides its timer.
+struct DrainInputs<'a> {
+    sigterm: &'a mut Signal,
+    sigint: &'a mut Signal,
+    sigquit: &'a mut Signal,
+    sighup: &'a mut Signal,
+    sigusr2: &'a mut Signal,
+    sigusr1: &'a mut Signal,
+    control: &'a mut tokio::sync::mpsc::Receiver<crate::control::Request>,
+}
+
+/// The drain period: ping paths fail while everything else is still served, so that the
+/// front end's health checks take this bridge out before its listeners close. A second
+/// SIGTERM (or `fcgibridge stop`) ends it early; SIGINT or SIGQUIT make the stop a fast
+/// one. A reload is refused: the configuration it would load dies with this process,
+/// and a listener it rebinds would reopen to a front end that is being told to go away.
+/// SIGUSR1 still reopens the logs (a rotation does not wait for a stop to finish).
+async fn drain(registry: &Registry, period: std::time::Duration, i: DrainInputs<'_>) -> Stop {
+    use crate::control::Request;
+    registry.start_draining(period);
     let shown = crate::config::units::DurationDisplay(period);
     tracing::info!("stopping: draining for {shown}: ping paths answer 503, requests are still served");
-    tokio::select! {
-        _ = tokio::time::sleep(period) => {
-            tracing::info!("drain period over: closing the listeners");
-            Stop::Graceful
-        }
-        _ = sigterm.recv() => {
-            tracing::info!("second SIGTERM: drain period cut short, closing the listeners");
-            Stop::Graceful
-        }
-        _ = sigint.recv() => Stop::Fast,
-        _ = sigquit.recv() => Stop::Fast,
+    let over = tokio::time::sleep(period);
+    tokio::pin!(over);
+    loop {
+        let refused = tokio::select! {
+            _ = &mut over => {
+                tracing::info!("drain period over: closing the listeners");
+                return Stop::Graceful;
+            }
+            _ = i.sigterm.recv() => {
+                tracing::info!("second SIGTERM: drain period cut short, closing the listeners");
+                return Stop::Graceful;
+            }
+            Some(req) = i.control.recv() => match req {
+                Request::Stop => {
+                    tracing::info!("stop requested during the drain period: cut short, closing the listeners");
+                    return Stop::Graceful;
+                }
+                Request::Reload => "a reload request",
+            },
+            _ = i.sigint.recv() => return Stop::Fast,
+            _ = i.sigquit.recv() => return Stop::Fast,
+            _ = i.sighup.recv() => "SIGHUP",
+            _ = i.sigusr2.recv() => "SIGUSR2",
+            _ = i.sigusr1.recv() => {
+                logging::reopen::request();
+                tracing::info!("SIGUSR1: reopening log files");
+                continue;
+            }
+        };
+        tracing::warn!("{refused} during the drain period: not reloading, the bridge is stopping");
     }
 }
 

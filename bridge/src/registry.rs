@@ -8,8 +8,9 @@ use crate::listen::systemd;
 use crate::logging::AccessLog;
 use crate::status::track::Tracker;
 use crate::supervise::stats::Board;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock, RwLock};
+use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
 /// What every part of the running daemon may need to reach.
@@ -28,9 +29,10 @@ pub struct Registry {
     pub web_server_addrs: Option<Vec<std::net::IpAddr>>,
     /// The listeners the status pages describe; replaced after each reload.
     listeners: RwLock<Arc<Vec<config::Listener>>>,
-    /// Set once SIGTERM starts the drain period: from then on every ping path fails, so
-    /// that a load balancer's health check takes this bridge out before its listeners close.
-    draining: AtomicBool,
+    /// Set once SIGTERM starts the drain period (when, as an instant and as Unix time, and
+    /// for how long): from then on every ping path fails, so that a load balancer's health
+    /// check takes this bridge out before its listeners close.
+    drain: OnceLock<(Instant, f64, Duration)>,
     in_flight: AtomicUsize,
     drained: Notify,
     next_id: AtomicU64,
@@ -52,7 +54,7 @@ impl Registry {
             systemd,
             web_server_addrs: crate::listen::allow::from_env(),
             listeners: RwLock::new(Arc::new(listeners)),
-            draining: AtomicBool::new(false),
+            drain: OnceLock::new(),
             in_flight: AtomicUsize::new(0),
             drained: Notify::new(),
             next_id: AtomicU64::new(1),
@@ -70,14 +72,25 @@ impl Registry {
     }
 
     /// Make every ping path answer 503 "draining" from now on (there is no way back: the
-    /// daemon is stopping).
-    pub fn start_draining(&self) {
-        self.draining.store(true, Ordering::Release);
+    /// daemon is stopping), and the status say so for `period`.
+    pub fn start_draining(&self, period: Duration) {
+        let now = Instant::now();
+        let _ = self.drain.set((now, crate::supervise::stats::unix_at(now), period));
     }
 
     /// Whether the drain period has started.
     pub fn draining(&self) -> bool {
-        self.draining.load(Ordering::Acquire)
+        self.drain.get().is_some()
+    }
+
+    /// The drain period in progress, for the status (None before a stop).
+    pub fn drain_status(&self) -> Option<crate::status::model::Draining> {
+        let (since, since_unix, period) = *self.drain.get()?;
+        Some(crate::status::model::Draining {
+            since: since_unix,
+            until: since_unix + period.as_secs_f64(),
+            remaining_seconds: period.saturating_sub(since.elapsed()).as_secs_f64(),
+        })
     }
 
     /// A new request's number (unique for the daemon's life, from 1).

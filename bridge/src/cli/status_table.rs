@@ -42,11 +42,23 @@ pub fn render(v: &Value) -> String {
     let uptime = v.get("uptime_seconds").and_then(Value::as_f64).unwrap_or(0.0);
     let _ = writeln!(
         out,
-        "fcgibridge {} pid {} up {}\n",
+        "fcgibridge {} pid {} up {}",
         s(v, "version"),
         n(v, "pid"),
         crate::status::html::human_secs(uptime)
     );
+    if let Some(d) = v.get("draining").filter(|d| !d.is_null()) {
+        let left = d.get("remaining_seconds").and_then(Value::as_f64).unwrap_or(0.0);
+        let since = d.get("since").and_then(Value::as_f64).unwrap_or(0.0);
+        let until = d.get("until").and_then(Value::as_f64).unwrap_or(0.0);
+        let _ = writeln!(
+            out,
+            "DRAINING since {} ago: ping paths answer 503; the listeners close in {}",
+            crate::status::html::human_secs((until - since - left).max(0.0)),
+            crate::status::html::human_secs(left)
+        );
+    }
+    out.push('\n');
     let empty = Vec::new();
     let listeners = v.get("listeners").and_then(Value::as_array).unwrap_or(&empty);
     let rows: Vec<Vec<String>> = listeners

@@ -128,6 +128,17 @@ fn head(o: &mut String, s: &Status) {
         human_secs(s.uptime_seconds),
         s.reloads
     );
+    if let Some(d) = &s.draining {
+        let _ = writeln!(
+            o,
+            "<p class=\"draining warn\" data-since=\"{:.3}\" data-until=\"{:.3}\">Draining since {} ago: ping paths answer 503, \
+requests are still served; the listeners close in {}.</p>",
+            d.since,
+            d.until,
+            human_secs((d.until - d.since - d.remaining_seconds).max(0.0)),
+            human_secs(d.remaining_seconds)
+        );
+    }
 }
 
 /// A figure: caption (label, legend, latest values) and the chart.

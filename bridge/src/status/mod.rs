@@ -96,6 +96,7 @@ pub fn snapshot(registry: &Registry) -> Status {
         start_time,
         uptime_seconds: started.elapsed().as_secs_f64(),
         reloads: stats.reloads,
+        draining: registry.drain_status(),
         listeners: listeners.iter().map(|l| listener_status(s, l, now)).collect(),
         pools: stats.pools.into_iter().map(|p| pool_status(s, p, start_time, now)).collect(),
     })

@@ -15,8 +15,21 @@ pub struct Status {
     pub uptime_seconds: f64,
     /// Successful reloads since start.
     pub reloads: u64,
+    /// The stop's drain period, while it runs (null otherwise).
+    pub draining: Option<Draining>,
     pub listeners: Vec<ListenerStatus>,
     pub pools: Vec<PoolStatus>,
+}
+
+/// A stop's drain period in progress: ping paths answer 503, requests are still served.
+#[derive(Debug, Clone, Serialize)]
+pub struct Draining {
+    /// When SIGTERM (or `fcgibridge stop`) started it (Unix time, seconds).
+    pub since: f64,
+    /// When the listeners close (Unix time, seconds), unless a second SIGTERM comes first.
+    pub until: f64,
+    /// Seconds left until then.
+    pub remaining_seconds: f64,
 }
 
 /// One listener (a web-server-facing socket).

@@ -57,6 +57,16 @@ pub fn render(s: &Status) -> String {
     let mut o = Out(String::with_capacity(4096));
     o.family("fcgibridge_start_time_seconds", "gauge", "Unix time the daemon started.");
     o.sample("fcgibridge_start_time_seconds", &[], s.start_time);
+    o.family("fcgibridge_draining", "gauge", "1 during a stop's drain period (ping paths fail), else 0.");
+    o.sample("fcgibridge_draining", &[], u8::from(s.draining.is_some()));
+    if let Some(d) = &s.draining {
+        o.family(
+            "fcgibridge_drain_end_time_seconds",
+            "gauge",
+            "Unix time the drain period ends and the listeners close.",
+        );
+        o.sample("fcgibridge_drain_end_time_seconds", &[], format!("{:.3}", d.until));
+    }
 
     o.family("fcgibridge_listener_requests", "counter", "Requests decoded on the listener.");
     for l in &s.listeners {
