@@ -12,10 +12,13 @@ use std::time::{Duration, Instant};
 
 use crate::conn::Shared;
 
-/// The longest a complete response waits for its END_REQUEST in the worker.
-pub(crate) const HOLD_MAX: Duration = Duration::from_millis(20);
+/// The longest a complete response waits for its END_REQUEST in the worker. Short: the
+/// bridge may hold the response once more for a worker that sent the body alone (up to
+/// 50 ms, for FastCGI programs that send END_REQUEST one write later), so a slow close()
+/// delays the response by this much more than it did before the worker held anything.
+pub(crate) const HOLD_MAX: Duration = Duration::from_millis(5);
 /// How often held responses are checked while there are any.
-const TICK: Duration = Duration::from_millis(10);
+const TICK: Duration = Duration::from_millis(5);
 /// How long the thread keeps ticking after the last hold before it sleeps.
 const LINGER: Duration = Duration::from_secs(1);
 
