@@ -1115,5 +1115,24 @@ mod tests {
             assert!(held_at.elapsed() >= crate::flusher::HOLD_MAX);
             assert!(!shared.held.load(Ordering::Acquire));
         }
+
+        #[test]
+        fn a_hold_wakes_a_sleeping_flusher() {
+            let (a, mut peer) = UnixStream::pair().expect("socketpair");
+            peer.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+            let shared = Arc::new(Shared::new(OwnedFd::from(a), 1));
+            crate::flusher::register(&shared);
+            // Idle for its linger time, the thread parks; the next hold must wake it.
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while !crate::flusher::parked() {
+                assert!(Instant::now() < deadline, "the idle flusher never went to sleep");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let serial = started(&mut shared.lock(), &mut peer);
+            assert_eq!(shared.lock().push_chunk(serial, b"ok"), (false, true));
+            let mut buf = [0u8; 4096];
+            let n = peer.read(&mut buf).expect("the woken flusher sends the held response");
+            assert!(n > 0);
+        }
     }
 }

@@ -58,6 +58,12 @@ pub(crate) fn wake() {
     }
 }
 
+/// Whether the thread sleeps until the next hold.
+#[cfg(test)]
+pub(crate) fn parked() -> bool {
+    PARKED.load(Ordering::SeqCst)
+}
+
 /// Send the responses held too long; whether any is still held.
 fn scan() -> bool {
     let conns: Vec<Arc<Shared>> =
