@@ -165,6 +165,19 @@ def test_response_streamed_from_generator_through_nginx(stack):
     assert arrivals[0][0] < total - 2.5, arrivals
 
 
+def test_complete_response_is_not_held_by_a_slow_close(stack):
+    """The worker holds a body that reached its Content-Length for the END_REQUEST that
+    follows the iterable's close() (one write instead of two), but a close() that takes
+    long must not hold the response: the body reaches the web server while close() runs."""
+    b, _ = stack
+    with b.fcgi("fcgi-tcp") as conn:
+        resp = conn.request("/slow-close", query="s=3", headers={"Host": "edge.test"})
+    assert (resp.status, resp.body) == (200, b"complete")
+    body_at = next(t for t, n in resp.stdout_times if n > 0)
+    end_at = resp.stdout_times[-1][0]
+    assert end_at - body_at > 1.5, resp.stdout_times
+
+
 def test_response_streamed_direct_fastcgi(stack):
     b, _ = stack
     with b.fcgi("fcgi-tcp") as conn:

@@ -25,6 +25,7 @@ Paths (relative to the app's own PATH_INFO):
   /exc-info            start_response twice, the second time with exc_info: 500
   /print?msg=&err=     a line on the worker's stdout and one on its stderr
   /ticks?marker=&n=    a short Ticker (close() writes to the marker)
+  /slow-close?s=       a complete body with its Content-Length; the iterable's close() takes s seconds
   /head-cl             Content-Length 1000; for HEAD no body (as frameworks do)
   /cl-mismatch?declared=&sent=   a Content-Length that does not match the body
   /bad-header          a header value containing CR LF
@@ -103,6 +104,19 @@ class Ticker:
     def close(self):
         with open(self.marker, "a") as f:
             f.write("closed\n")
+
+
+class SlowClose:
+    """A complete body (with its Content-Length) whose close() takes `s` seconds."""
+
+    def __init__(self, s):
+        self.s = s
+
+    def __iter__(self):
+        yield b"complete"
+
+    def close(self):
+        time.sleep(self.s)
 
 
 def _tag(q):
@@ -286,6 +300,10 @@ def application(environ, start_response):
         print(q.get("msg", "edge stdout line"), flush=True)
         print(q.get("err", "edge stderr line"), file=sys.stderr, flush=True)
         return _text(start_response, "printed")
+
+    if path == "/slow-close":
+        start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "8")])
+        return SlowClose(float(q.get("s", "3")))
 
     if path == "/ticks":
         # a short Ticker: close() must be called after a normal, complete iteration too

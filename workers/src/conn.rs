@@ -6,7 +6,7 @@
 use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -44,12 +44,35 @@ pub(crate) struct Shared {
     /// objects of an ended request (kept by an app thread) must not wait for the
     /// lock, which the serving thread holds while it waits for the next request.
     current: Arc<AtomicU64>,
+    /// A complete response is held for its END_REQUEST ([`Conn::hold`]), readable without
+    /// the lock by the flusher thread.
+    held: Arc<AtomicBool>,
 }
 
 impl Shared {
     pub(crate) fn new(fd: OwnedFd, threads: usize) -> Self {
         let current = Arc::new(AtomicU64::new(0));
-        Self { conn: Mutex::new(Conn::new(fd, threads, current.clone())), current }
+        let mut conn = Conn::new(fd, threads, current.clone());
+        let held = conn.held_flag.clone();
+        conn.may_hold = crate::flusher::running();
+        Self { conn: Mutex::new(conn), current, held }
+    }
+    /// Send a response held longer than `max` (called by the flusher thread). Skipped
+    /// while the serving thread has the lock: then it is sending, or waiting for the next
+    /// request with nothing held.
+    pub(crate) fn flush_overdue(&self, max: Duration) -> bool {
+        if !self.held.load(Ordering::Acquire) {
+            return false;
+        }
+        let mut c = match self.conn.try_lock() {
+            Ok(c) => c,
+            Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return true,
+        };
+        if c.held_at.is_some_and(|t| t.elapsed() >= max) {
+            c.flush();
+        }
+        c.held_at.is_some()
     }
     /// Whether request `serial` is over (a cheap check before locking).
     pub(crate) fn is_over(&self, serial: u64) -> bool {
@@ -75,8 +98,7 @@ impl Shared {
         if data.len() <= NONBLOCKING_CHUNK_MAX {
             let (more, sent) = {
                 let mut c = self.lock_py(py);
-                let more = c.push_body(serial, data, false);
-                let sent = c.try_flush_point();
+                let (more, sent) = c.push_chunk(serial, data);
                 (more && c.cur(serial).is_some_and(|r| !r.aborted), sent)
             };
             if sent {
@@ -221,6 +243,12 @@ pub(crate) struct Conn {
     /// When the socket was last read.
     last_recv: Instant,
     current: Arc<AtomicU64>,
+    /// Since when `out` holds a complete response waiting for its END_REQUEST.
+    held_at: Option<Instant>,
+    /// `held_at.is_some()`, for the flusher thread (see [`Shared::flush_overdue`]).
+    held_flag: Arc<AtomicBool>,
+    /// Holding is allowed: the flusher thread runs, so a hold cannot last.
+    may_hold: bool,
 }
 
 impl Conn {
@@ -236,6 +264,9 @@ impl Conn {
             threads: Bytes::from(threads.to_string()),
             last_recv: Instant::now(),
             current,
+            held_at: None,
+            held_flag: Arc::new(AtomicBool::new(false)),
+            may_hold: false,
         }
     }
 
@@ -252,6 +283,7 @@ impl Conn {
     pub(crate) fn close(&mut self) {
         self.fd = None;
         self.broken = true;
+        self.release_hold();
         if let Some(r) = self.req.as_mut() {
             r.aborted = true;
         }
@@ -524,9 +556,44 @@ impl Conn {
             _ => {}
         }
         self.out.clear();
+        self.release_hold();
         if self.out.capacity() > 4 * OUT_HIGH {
             self.out.shrink_to(OUT_HIGH);
         }
+    }
+
+    fn release_hold(&mut self) {
+        if self.held_at.take().is_some() {
+            self.held_flag.store(false, Ordering::Release);
+        }
+    }
+
+    /// Queue a body chunk of request `serial` and send it without waiting, unless it
+    /// completes the app's Content-Length: then the response is complete but for its
+    /// END_REQUEST, which follows once the app's iterable is closed, and both go out in
+    /// one write — one send here and one wake-up of the bridge fewer per request (the
+    /// bridge would otherwise hold the body for the END_REQUEST, see its exchange). The
+    /// flusher thread sends a response held longer than [`crate::flusher::HOLD_MAX`]
+    /// (a slow `close()`). Returns (produce more, everything was sent or held).
+    pub(crate) fn push_chunk(&mut self, serial: u64, data: &[u8]) -> (bool, bool) {
+        let more = self.push_body(serial, data, false);
+        let complete =
+            self.cur(serial).is_some_and(|r| !r.aborted && r.content_length.is_some_and(|n| r.body_bytes >= n));
+        if complete && self.may_hold && self.out.len() < OUT_HIGH {
+            self.hold();
+            return (more, true);
+        }
+        (more, self.try_flush_point())
+    }
+
+    /// Keep what `out` holds until the next flush (see [`Conn::push_chunk`]).
+    fn hold(&mut self) {
+        if self.out.is_empty() || self.held_at.is_some() {
+            return;
+        }
+        self.held_at = Some(Instant::now());
+        self.held_flag.store(true, Ordering::Release);
+        crate::flusher::wake();
     }
 
     /// Send what is buffered without waiting (callable with the GIL held). Returns
@@ -562,6 +629,7 @@ impl Conn {
             return false;
         }
         self.out.clear();
+        self.release_hold();
         if self.out.capacity() > 4 * OUT_HIGH {
             self.out.shrink_to(OUT_HIGH);
         }
@@ -961,5 +1029,110 @@ mod tests {
         c.fill_stdin(serial, usize::MAX);
         assert!(c.cur(serial).is_some_and(|r| r.aborted && r.avail == 7));
         assert!(!c.finish(serial));
+    }
+
+    mod hold {
+        use super::*;
+
+        /// What the peer can read right now, without waiting.
+        fn try_read(peer: &mut UnixStream) -> Option<Vec<u8>> {
+            peer.set_nonblocking(true).expect("nonblocking");
+            let mut b = [0u8; 4096];
+            let r = peer.read(&mut b);
+            peer.set_nonblocking(false).expect("blocking");
+            match r {
+                Ok(n) if n > 0 => Some(b[..n].to_vec()),
+                _ => None,
+            }
+        }
+
+        /// A request whose app answered 200 with `Content-Length: 2`.
+        fn started(c: &mut Conn, peer: &mut UnixStream) -> u64 {
+            peer.write_all(&request(1, Role::Responder, Some(b""))).expect("send");
+            assert!(c.wait_request());
+            let serial = c.req.as_ref().map(|r| r.serial).expect("request");
+            let r = c.cur(serial).expect("current");
+            r.started = true;
+            r.head = b"Status: 200 OK\r\nContent-Length: 2\r\n".to_vec();
+            r.status_code = 200;
+            r.content_length = Some(2);
+            serial
+        }
+
+        #[test]
+        fn a_complete_body_waits_for_end_request_and_leaves_with_it() {
+            let (mut c, mut peer) = pair();
+            c.may_hold = true;
+            let serial = started(&mut c, &mut peer);
+            let (more, sent) = c.push_chunk(serial, b"o");
+            assert!(more && sent);
+            assert!(try_read(&mut peer).is_some(), "a body short of its Content-Length goes out at once");
+            let (more, sent) = c.push_chunk(serial, b"k");
+            assert!(!more && sent);
+            assert!(try_read(&mut peer).is_none(), "the chunk completing the Content-Length waits for END_REQUEST");
+            assert!(c.finish(serial));
+            c.flush();
+            let mut rest = [0u8; 4096];
+            let n = peer.read(&mut rest).expect("read");
+            let mut dec = fastcgi_server::client::ClientConnection::new(Limits::default());
+            dec.feed(&rest[..n]);
+            let mut kinds = Vec::new();
+            while let Some(ev) = dec.next_event().expect("valid") {
+                kinds.push(match ev {
+                    fastcgi_server::client::ClientEvent::Stdout { data, .. } => {
+                        format!("out:{}", String::from_utf8_lossy(&data))
+                    }
+                    fastcgi_server::client::ClientEvent::EndRequest { .. } => "end".to_owned(),
+                    _ => "other".to_owned(),
+                });
+            }
+            // One read: the last body byte, the empty STDOUT and END_REQUEST came in one write.
+            assert_eq!(kinds.first().map(String::as_str), Some("out:k"));
+            assert_eq!(kinds.last().map(String::as_str), Some("end"));
+        }
+
+        #[test]
+        fn without_the_flusher_nothing_is_held() {
+            let (mut c, mut peer) = pair();
+            let serial = started(&mut c, &mut peer);
+            assert_eq!(c.push_chunk(serial, b"ok"), (false, true));
+            assert!(try_read(&mut peer).is_some());
+        }
+
+        #[test]
+        fn a_held_response_goes_out_when_end_request_is_slow() {
+            let (a, mut peer) = UnixStream::pair().expect("socketpair");
+            peer.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+            let shared = Arc::new(Shared::new(OwnedFd::from(a), 1));
+            crate::flusher::register(&shared);
+            let serial = started(&mut shared.lock(), &mut peer);
+            let held_at = Instant::now();
+            assert_eq!(shared.lock().push_chunk(serial, b"ok"), (false, true));
+            // The app's close() never returns here: the flusher sends the response anyway.
+            let mut buf = [0u8; 4096];
+            let n = peer.read(&mut buf).expect("the flusher sends the held response");
+            assert!(n > 0);
+            assert!(held_at.elapsed() >= crate::flusher::HOLD_MAX);
+            assert!(!shared.held.load(Ordering::Acquire));
+        }
+
+        #[test]
+        fn a_hold_wakes_a_sleeping_flusher() {
+            let (a, mut peer) = UnixStream::pair().expect("socketpair");
+            peer.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+            let shared = Arc::new(Shared::new(OwnedFd::from(a), 1));
+            crate::flusher::register(&shared);
+            // Idle for its linger time, the thread parks; the next hold must wake it.
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while !crate::flusher::parked() {
+                assert!(Instant::now() < deadline, "the idle flusher never went to sleep");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let serial = started(&mut shared.lock(), &mut peer);
+            assert_eq!(shared.lock().push_chunk(serial, b"ok"), (false, true));
+            let mut buf = [0u8; 4096];
+            let n = peer.read(&mut buf).expect("the woken flusher sends the held response");
+            assert!(n > 0);
+        }
     }
 }

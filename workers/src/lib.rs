@@ -18,6 +18,7 @@ use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple, PyType};
 use pyo3::{ffi, intern};
 
 mod conn;
+mod flusher;
 mod objects;
 mod sys;
 
@@ -504,6 +505,7 @@ fn serve(
         let shared = py.detach(|| -> std::io::Result<(Arc<Shared>, bool)> {
             let fd = sys::accept(listen_fd)?;
             let shared = Arc::new(Shared::new(fd, threads));
+            flusher::register(&shared);
             let ready = shared.lock().wait_request();
             Ok((shared, ready))
         });
