@@ -1,0 +1,65 @@
+"""scripts/bench runs end to end: every kind of row it reports starts, measures and comes
+out in its JSON (throughput against a peer, fairness, memory per backend, the bridge's
+memory, the ratios), and an ASGI row this build cannot serve is reported, not a crash.
+No figure is asserted beyond "the answers were 2xx": timings belong to the bench itself,
+run on a quiet machine, never to a test."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from harness import REPO, bridge_binary
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("wrk") is None or importlib.util.find_spec("granian") is None
+    or importlib.util.find_spec("fastapi") is None,
+    reason="wrk, granian or fastapi missing (scripts/install-test-deps installs them)")
+
+
+def test_quick_bench_reports_every_row(tmp_path):
+    out = tmp_path / "bench.json"
+    md = tmp_path / "bench.md"
+    cmd = [sys.executable, str(REPO / "scripts" / "bench"), "--quick", "--pool", "1x1",
+           "--backends", "fcgibridge,granian", "--apps", "hello,fastapi", "--connections", "8",
+           "--duration", "1", "--fairness-duration", "2", "--idle-connections", "100",
+           "--no-static", "--settle", "0.2", "--fcgibridge", str(bridge_binary()),
+           "--json", str(out), "--markdown", str(md)]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=150,
+                       env=dict(os.environ, RUST_LOG="warn"))
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    report = json.loads(out.read_text())
+
+    rows = {(x["backend"], x["app"], x["pool"]): x for x in report["results"]}
+    for key in [("fcgibridge", "hello", "1x1"), ("granian", "hello", "1x1"),
+                ("granian", "fastapi", "1xasync")]:
+        row = rows[key]
+        assert "failed" not in row, row
+        assert row["ok_rps"] > 0 and row["non2xx"] == 0 and row["errors"] == 0, row
+    asgi = rows[("fcgibridge", "fastapi", "1xasync")]
+    if "failed" in asgi:
+        assert asgi["failed"].startswith("not supported by this build"), asgi
+    else:
+        assert asgi["ok_rps"] > 0 and asgi["non2xx"] == 0, asgi
+
+    fair = {f["backend"]: f for f in report["fairness"]}
+    assert set(fair) == {"fcgibridge", "granian"}
+    for f in fair.values():
+        assert "failed" not in f, f
+        assert f["fast"] > 0 and f["slow"] > 0 and f["non2xx"] == 0 and f["errors"] == 0, f
+
+    memory = {(m["backend"], m["app"]) for m in report["memory"]}
+    assert {("fcgibridge", "hello"), ("granian", "hello")} <= memory
+    states = [row["state"] for row in report["bridge_memory"]["rows"]]
+    assert len(states) == 4 and all(row["rss_kb"] for row in report["bridge_memory"]["rows"])
+    direct = report["bridge_memory"]["rows"][1]
+    assert direct["connections"] >= 100, direct
+
+    assert any(x[0] == "hello" and x[3] == "granian" for x in report["ratios"])
+    text = md.read_text()
+    assert text.index("### Throughput and latency") < text.index("### Ratios")
