@@ -19,7 +19,7 @@ fn main() {
     };
 
     let mut out = String::from("/// The worker's Python package: (path inside the package, contents).\n");
-    out.push_str("pub static FILES: &[(&str, &[u8])] = &[\n");
+    out.push_str("pub(super) static FILES: &[(&str, &[u8])] = &[\n");
     for name in &names {
         let path = dir.join(name);
         if !path.is_file() {

@@ -15,7 +15,7 @@ use tokio::sync::watch;
 
 /// Why the control socket cannot be served.
 #[derive(Debug, thiserror::Error)]
-pub enum ControlError {
+pub(crate) enum ControlError {
     #[error("control socket {path}: {what}: {source}; change bridge.control-socket or remove the file")]
     Io { path: String, what: &'static str, source: std::io::Error },
     #[error("control socket {path}: {source}")]
@@ -23,12 +23,12 @@ pub enum ControlError {
 }
 
 /// Where the control socket is: `control-socket`, else `<runtime-dir>/control.sock`.
-pub fn socket_path(global: &crate::config::Global) -> Option<PathBuf> {
+pub(crate) fn socket_path(global: &crate::config::Global) -> Option<PathBuf> {
     global.control_socket.clone().or_else(|| global.runtime_dir.as_ref().map(|d| d.join("control.sock")))
 }
 
 /// Bind the control socket (owner-only).
-pub fn bind(path: &Path) -> Result<UnixListener, ControlError> {
+pub(crate) fn bind(path: &Path) -> Result<UnixListener, ControlError> {
     let p = path.display().to_string();
     crate::listen::clear_stale_socket("control", path)
         .map_err(|e| ControlError::Listen { path: p.clone(), source: e })?;
@@ -51,13 +51,13 @@ pub fn bind(path: &Path) -> Result<UnixListener, ControlError> {
 
 /// What a control command asks the daemon's main loop to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Request {
+pub(crate) enum Request {
     Reload,
     Stop,
 }
 
 /// Answer control connections until `stop`; reload and stop requests go to `requests`.
-pub async fn serve(
+pub(crate) async fn serve(
     l: UnixListener,
     requests: tokio::sync::mpsc::Sender<Request>,
     registry: Arc<Registry>,

@@ -7,11 +7,11 @@ use std::future::Future;
 
 /// The web server went away (disconnect or ABORT_REQUEST).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FrontGone;
+pub(crate) struct FrontGone;
 
 /// How a response ends toward the web server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum End {
+pub(crate) enum End {
     /// The response is complete (FastCGI: END_REQUEST).
     Complete,
     /// The response was cut off: the web server must see a truncated response, so the
@@ -20,7 +20,7 @@ pub enum End {
 }
 
 /// Where the request body comes from.
-pub trait BodySource: Send {
+pub(crate) trait BodySource: Send {
     /// A chunk available without waiting: `Some(Some(chunk))`, `Some(None)` at the end of
     /// the body, `None` when the next chunk has not arrived yet.
     fn ready(&mut self) -> Option<Option<Bytes>>;
@@ -32,6 +32,6 @@ pub trait BodySource: Send {
 }
 
 /// Where the response goes: CGI-style bytes (header block, then body).
-pub trait ResponseSink: Send {
+pub(crate) trait ResponseSink: Send {
     fn send(&mut self, data: Bytes, end: Option<End>) -> impl Future<Output = Result<(), FrontGone>> + Send;
 }

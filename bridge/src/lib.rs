@@ -3,6 +3,7 @@
 //! The daemon as a library: `main.rs` parses the command line and calls [`daemon::main`]
 //! or one of the commands in [`cli`]. docs/architecture.md follows a request through these
 //! modules and has a map of where things are.
+#![warn(unreachable_pub)]
 
 mod backend;
 pub mod cli;

@@ -1,9 +1,9 @@
 //! The daemon's log (tracing, text or JSON, on stderr) and the optional access log.
-pub mod access_format;
-pub mod app_records;
-pub mod file;
-pub mod ratelimit;
-pub mod reopen;
+pub(crate) mod access_format;
+pub(crate) mod app_records;
+pub(crate) mod file;
+pub(crate) mod ratelimit;
+pub(crate) mod reopen;
 
 use crate::config::access_format::AccessFormat;
 use crate::config::{Global, LogFormat};
@@ -12,7 +12,7 @@ use std::path::Path;
 use tracing_subscriber::EnvFilter;
 
 /// Install the global subscriber. An invalid filter falls back to "info" with a warning.
-pub fn init(global: &Global) {
+pub(crate) fn init(global: &Global) {
     ratelimit::set_enabled(global.log_rate_limit);
     let (filter, bad) = match EnvFilter::try_new(&global.log_level) {
         Ok(f) => (f, None),
@@ -61,7 +61,7 @@ pub struct AccessRecord<'a> {
 }
 
 /// Where access lines go.
-pub enum AccessLog {
+pub(crate) enum AccessLog {
     /// `access-log: "-"`: into the main log, target `access`.
     MainLog,
     /// A file, written by its own thread so a slow disk never stalls a request; its lines
@@ -71,7 +71,7 @@ pub enum AccessLog {
 
 impl AccessLog {
     /// Open the configured destination (`format` applies to a file).
-    pub fn open(path: &Path, format: Option<AccessFormat>) -> std::io::Result<Self> {
+    pub(crate) fn open(path: &Path, format: Option<AccessFormat>) -> std::io::Result<Self> {
         if path.as_os_str() == "-" {
             return Ok(Self::MainLog);
         }
@@ -102,7 +102,7 @@ impl AccessLog {
         Ok(Self::File { tx, format })
     }
 
-    pub fn record(&self, r: &AccessRecord<'_>) {
+    pub(crate) fn record(&self, r: &AccessRecord<'_>) {
         match self {
             Self::MainLog => tracing::info!(
                 target: "access",

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 /// Why the notification socket cannot be used.
 #[derive(Debug, thiserror::Error)]
-pub enum NotifyError {
+pub(crate) enum NotifyError {
     #[error(
         "NOTIFY_SOCKET {0:?} is neither an absolute path nor an abstract name (@name); check the unit's environment"
     )]
@@ -19,7 +19,7 @@ pub enum NotifyError {
 }
 
 /// Where systemd listens for our state changes, taken from the environment at start-up.
-pub struct Notifier {
+pub(crate) struct Notifier {
     target: Option<(UnixDatagram, SocketAddr)>,
     watchdog: Option<Duration>,
 }
@@ -28,7 +28,7 @@ impl Notifier {
     /// Read NOTIFY_SOCKET, WATCHDOG_USEC and WATCHDOG_PID, then remove them from the
     /// environment so the workers the bridge starts do not talk to systemd in its name.
     /// Call while the process is still single-threaded.
-    pub fn from_env() -> Result<Self, NotifyError> {
+    pub(crate) fn from_env() -> Result<Self, NotifyError> {
         let socket = std::env::var("NOTIFY_SOCKET").ok().filter(|s| !s.is_empty());
         let watchdog_usec = std::env::var("WATCHDOG_USEC").ok();
         let watchdog_pid = std::env::var("WATCHDOG_PID").ok();
@@ -56,18 +56,18 @@ impl Notifier {
 
     /// A notifier that sends nothing (for callers that run without systemd).
     #[allow(dead_code)]
-    pub fn disabled() -> Self {
+    pub(crate) fn disabled() -> Self {
         Self { target: None, watchdog: None }
     }
 
     /// How often to send WATCHDOG=1 (half of WATCHDOG_USEC), if systemd asked for it.
-    pub fn watchdog_interval(&self) -> Option<Duration> {
+    pub(crate) fn watchdog_interval(&self) -> Option<Duration> {
         self.watchdog
     }
 
     /// Send one notification, e.g. "READY=1\nSTATUS=running". A failure is logged, never
     /// fatal: systemd may be restarting, and the service must keep serving.
-    pub fn send(&self, state: &str) {
+    pub(crate) fn send(&self, state: &str) {
         if let Some((sock, addr)) = &self.target {
             if let Err(e) = sock.send_to_addr(state.as_bytes(), addr) {
                 tracing::warn!("cannot notify systemd ({}): {e}", state.lines().next().unwrap_or(""));
@@ -76,17 +76,17 @@ impl Notifier {
     }
 
     /// READY=1 with a status line `systemctl status` shows.
-    pub fn ready(&self, status: &str) {
+    pub(crate) fn ready(&self, status: &str) {
         self.send(&format!("READY=1\nSTATUS={status}\nMAINPID={}", std::process::id()));
     }
 
     /// RELOADING=1 with the monotonic timestamp systemd ≥ 253 wants for Type=notify-reload.
-    pub fn reloading(&self) {
+    pub(crate) fn reloading(&self) {
         self.send(&format!("RELOADING=1\nMONOTONIC_USEC={}", monotonic_usec()));
     }
 
     /// STOPPING=1.
-    pub fn stopping(&self) {
+    pub(crate) fn stopping(&self) {
         self.send("STOPPING=1\nSTATUS=stopping");
     }
 }
@@ -110,7 +110,7 @@ fn monotonic_usec() -> u64 {
 }
 
 /// Send WATCHDOG=1 every `interval` until the runtime stops.
-pub fn spawn_watchdog(notifier: std::sync::Arc<Notifier>) {
+pub(crate) fn spawn_watchdog(notifier: std::sync::Arc<Notifier>) {
     if let Some(interval) = notifier.watchdog_interval() {
         tracing::info!("systemd watchdog: pinging every {interval:?}");
         tokio::spawn(async move {
@@ -128,7 +128,7 @@ pub fn spawn_watchdog(notifier: std::sync::Arc<Notifier>) {
 /// systemd's TimeoutStartSec=, which is what an operator wants to see; after the longest
 /// startup-timeout READY=1 is sent anyway, with a status naming the pools not ready,
 /// so the pools that work are served.
-pub async fn ready_when_pools_ready(
+pub(crate) async fn ready_when_pools_ready(
     notifier: std::sync::Arc<Notifier>,
     pools: Vec<std::sync::Arc<crate::supervise::PoolRuntime>>,
 ) {

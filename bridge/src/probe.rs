@@ -14,7 +14,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 /// The oldest Python the worker supports (pyo3's abi3-py39; pyproject's requires-python).
-pub const MIN_PYTHON: (u32, u32) = (3, 9);
+pub(crate) const MIN_PYTHON: (u32, u32) = (3, 9);
 /// How long an interpreter may take to print its version (a cold start on a busy machine).
 const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 /// What the probe prints first, so that other output (a sitecustomize, a wrapper script)
@@ -28,7 +28,7 @@ const SCRIPT: &str = "import sys; i = getattr(sys, 'implementation', None); \
 
 /// An interpreter's answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Found {
+pub(crate) struct Found {
     pub version: (u32, u32, u32),
     /// `cpython`, `pypy`…
     pub implementation: String,
@@ -36,7 +36,7 @@ pub struct Found {
 
 /// Why an interpreter was refused.
 #[derive(Debug, thiserror::Error)]
-pub enum ProbeError {
+pub(crate) enum ProbeError {
     #[error("cannot run it: {0}")]
     Spawn(std::io::Error),
     #[error("did not print its version within {0:?}")]
@@ -51,12 +51,12 @@ pub enum ProbeError {
 /// Every pool's interpreter refused, as lines `file:line:column: pools.NAME.python: why`.
 #[derive(Debug, thiserror::Error)]
 #[error("{}", .0.join("\n"))]
-pub struct Refused(pub Vec<String>);
+pub(crate) struct Refused(pub Vec<String>);
 
 /// Probe the interpreter of every pool that runs Python (not `command:` pools), each
 /// distinct one once. Blocks for as long as the interpreters take (at most
 /// [`PROBE_TIMEOUT`] each); from async code call it through `spawn_blocking`.
-pub fn check_pools(pools: &[Pool]) -> Result<(), Refused> {
+pub(crate) fn check_pools(pools: &[Pool]) -> Result<(), Refused> {
     let mut seen: HashMap<(Option<PathBuf>, PathBuf), Result<Found, ProbeError>> = HashMap::new();
     let mut lines = Vec::new();
     for pool in pools {
@@ -85,7 +85,7 @@ pub fn check_pools(pools: &[Pool]) -> Result<(), Refused> {
 
 /// Run `python` as a worker of `pool` would start it (its chroot, directory and `env`)
 /// with the version script.
-pub fn probe(python: &Path, pool: &Pool) -> Result<Found, ProbeError> {
+pub(crate) fn probe(python: &Path, pool: &Pool) -> Result<Found, ProbeError> {
     let chroot = pool.isolation.chroot.as_deref();
     let (exe, workdir) = match chroot {
         Some(root) => {

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
 /// What every part of the running daemon may need to reach.
-pub struct Registry {
+pub(crate) struct Registry {
     /// `access-log`, with its `access-log-format`.
     pub access_log: Option<AccessLog>,
     /// `header-memory`: what connections may hold in headers still arriving (listen/limits.rs).
@@ -40,7 +40,7 @@ pub struct Registry {
 
 impl Registry {
     /// A registry for a daemon with these listeners, no pools yet.
-    pub fn new(
+    pub(crate) fn new(
         access_log: Option<AccessLog>,
         header_memory: u64,
         listeners: Vec<config::Listener>,
@@ -62,29 +62,29 @@ impl Registry {
     }
 
     /// The listeners as configured now.
-    pub fn listeners(&self) -> Arc<Vec<config::Listener>> {
+    pub(crate) fn listeners(&self) -> Arc<Vec<config::Listener>> {
         self.listeners.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// The listeners after a reload.
-    pub fn set_listeners(&self, listeners: Vec<config::Listener>) {
+    pub(crate) fn set_listeners(&self, listeners: Vec<config::Listener>) {
         *self.listeners.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(listeners);
     }
 
     /// Make every ping path answer 503 "draining" from now on (there is no way back: the
     /// daemon is stopping), and the status say so for `period`.
-    pub fn start_draining(&self, period: Duration) {
+    pub(crate) fn start_draining(&self, period: Duration) {
         let now = Instant::now();
         let _ = self.drain.set((now, crate::supervise::stats::unix_at(now), period));
     }
 
     /// Whether the drain period has started.
-    pub fn draining(&self) -> bool {
+    pub(crate) fn draining(&self) -> bool {
         self.drain.get().is_some()
     }
 
     /// The drain period in progress, for the status (None before a stop).
-    pub fn drain_status(&self) -> Option<crate::status::model::Draining> {
+    pub(crate) fn drain_status(&self) -> Option<crate::status::model::Draining> {
         let (since, since_unix, period) = *self.drain.get()?;
         Some(crate::status::model::Draining {
             since: since_unix,
@@ -94,18 +94,18 @@ impl Registry {
     }
 
     /// A new request's number (unique for the daemon's life, from 1).
-    pub fn next_request_id(&self) -> u64 {
+    pub(crate) fn next_request_id(&self) -> u64 {
         self.next_id.fetch_add(1, Ordering::Relaxed)
     }
 
     /// A request is in flight until the guard drops.
-    pub fn enter(&self) -> InFlight<'_> {
+    pub(crate) fn enter(&self) -> InFlight<'_> {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         InFlight(self)
     }
 
     /// Wait until no request is in flight.
-    pub async fn drained(&self) {
+    pub(crate) async fn drained(&self) {
         loop {
             let notified = self.drained.notified();
             if self.in_flight.load(Ordering::Acquire) == 0 {
@@ -116,13 +116,13 @@ impl Registry {
     }
 
     /// Requests in flight now.
-    pub fn in_flight(&self) -> usize {
+    pub(crate) fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::Acquire)
     }
 }
 
 /// One request in flight (see [`Registry::enter`]).
-pub struct InFlight<'a>(&'a Registry);
+pub(crate) struct InFlight<'a>(&'a Registry);
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {

@@ -24,7 +24,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 /// What a reload changes: the daemon's running state.
-pub struct Live<'a> {
+pub(crate) struct Live<'a> {
     pub config: &'a mut Config,
     pub supervisor: &'a mut Supervisor,
     pub listeners: &'a mut ListenerSet,
@@ -34,7 +34,7 @@ pub struct Live<'a> {
 
 /// Re-read `dir` and apply it. `restart_all`: also restart the workers of unchanged pools
 /// (new application code). Ok: a summary; Err: why the running configuration stays.
-pub async fn reload(dir: &Path, live: Live<'_>, restart_all: bool) -> Result<String, String> {
+pub(crate) async fn reload(dir: &Path, live: Live<'_>, restart_all: bool) -> Result<String, String> {
     let board = &live.registry.board;
     let outcome = apply(dir, live, restart_all).await;
     match &outcome {

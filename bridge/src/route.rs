@@ -14,7 +14,7 @@ use std::borrow::Cow;
 
 /// One compiled route; `target` is whatever the caller maps a pool to (an index, an Arc).
 #[derive(Debug, Clone)]
-pub struct Route<T> {
+pub(crate) struct Route<T> {
     host: Option<String>,
     prefix: Option<String>,
     /// A prefix with a `{name}` segment (`/~{user}`), matched segment by segment; its
@@ -36,11 +36,11 @@ enum PatSeg {
 }
 
 /// What a pattern captured: (placeholder name, the segment's captured bytes).
-pub type Capture<'r> = (&'r str, Vec<u8>);
+pub(crate) type Capture<'r> = (&'r str, Vec<u8>);
 
 /// A request's route: its target, its mount point, and what a pattern captured.
 #[derive(Debug, PartialEq, Eq)]
-pub struct Routed<'r, T> {
+pub(crate) struct Routed<'r, T> {
     pub target: &'r T,
     pub mount: Option<Cow<'r, str>>,
     pub capture: Option<Capture<'r>>,
@@ -48,13 +48,13 @@ pub struct Routed<'r, T> {
 
 /// A listener's routing table.
 #[derive(Debug, Clone)]
-pub struct Router<T> {
+pub(crate) struct Router<T> {
     routes: Vec<Route<T>>,
 }
 
 impl<T> Router<T> {
     /// Routes in priority order: (host, prefix, target).
-    pub fn new(routes: impl IntoIterator<Item = (Option<String>, Option<String>, T)>) -> Self {
+    pub(crate) fn new(routes: impl IntoIterator<Item = (Option<String>, Option<String>, T)>) -> Self {
         let routes = routes
             .into_iter()
             .map(|(host, prefix, target)| {
@@ -71,13 +71,13 @@ impl<T> Router<T> {
     }
 
     /// Every target, in route order (duplicates possible).
-    pub fn targets(&self) -> impl Iterator<Item = &T> {
+    pub(crate) fn targets(&self) -> impl Iterator<Item = &T> {
         self.routes.iter().map(|r| &r.target)
     }
 
     /// The target for a request and the matched prefix (`None` for "/" or no prefix), or
     /// `None` (the caller answers 404). A pattern route's mount and capture are in [`Self::routed`].
-    pub fn route(&self, params: &Params) -> Option<(&T, Option<&str>)> {
+    pub(crate) fn route(&self, params: &Params) -> Option<(&T, Option<&str>)> {
         self.routed(params).map(|r| {
             let mount = match r.mount {
                 Some(Cow::Borrowed(m)) => Some(m),
@@ -93,7 +93,7 @@ impl<T> Router<T> {
     }
 
     /// The route of a request: target, mount point and a pattern's capture.
-    pub fn routed(&self, params: &Params) -> Option<Routed<'_, T>> {
+    pub(crate) fn routed(&self, params: &Params) -> Option<Routed<'_, T>> {
         // The common single-pool listener needs no look at the request at all.
         if let [only] = self.routes.as_slice() {
             if only.host.is_none() && only.prefix.is_none() && only.pattern.is_none() {
@@ -181,7 +181,7 @@ fn match_pattern<'r>(pattern: &'r [PatSeg], path: &[u8]) -> Option<(String, Opti
 /// 2. SCRIPT_NAME + PATH_INFO when either is non-empty (lighttpd, Apache, h2o, HAProxy;
 ///    also the bridge's own internal redirects).
 /// 3. REQUEST_URI before `?`, percent-decoded.
-pub fn request_path(params: &Params) -> Cow<'_, [u8]> {
+pub(crate) fn request_path(params: &Params) -> Cow<'_, [u8]> {
     let path_info = params.get(b"PATH_INFO").unwrap_or(b"");
     if let Some(doc) = params.get(b"DOCUMENT_URI").filter(|d| d.first() == Some(&b'/')) {
         if path_info.is_empty() || doc.ends_with(path_info) {
@@ -221,7 +221,7 @@ fn resolve_dots(path: Cow<'_, [u8]>) -> Cow<'_, [u8]> {
 /// Set SCRIPT_NAME and PATH_INFO for the app: mounted at `mount` when a prefix route
 /// matched; otherwise left as the web server sent them, unless it sent no PATH_INFO, in
 /// which case the whole path becomes PATH_INFO under an empty SCRIPT_NAME.
-pub fn mount(params: &mut Params, mount: Option<&str>) {
+pub(crate) fn mount(params: &mut Params, mount: Option<&str>) {
     let has_path_info = params.get(b"PATH_INFO").is_some_and(|p| !p.is_empty());
     if mount.is_none() && has_path_info {
         return;

@@ -24,7 +24,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::{ReadHalf, WriteHalf};
 
 /// What the log lines of a request name.
-pub struct RequestInfo<'a> {
+pub(crate) struct RequestInfo<'a> {
     pub id: &'a str,
     pub uri: &'a str,
     pub role: Role,
@@ -37,7 +37,7 @@ pub struct RequestInfo<'a> {
 
 /// What to do with the worker connection afterwards.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SlotFate {
+pub(crate) enum SlotFate {
     /// Clean: back to the pool.
     Reuse,
     /// The request was cut short mid-stream: open a fresh connection to the same worker.
@@ -50,7 +50,7 @@ pub enum SlotFate {
 
 /// What happens to the request once the exchange is over.
 #[derive(Debug, Clone)]
-pub enum Next {
+pub(crate) enum Next {
     /// The response went to the front, complete or cut off.
     Done,
     /// The front has nothing yet: the bridge answers with its own error (502, 504).
@@ -80,7 +80,7 @@ impl From<respond::Handoff> for Next {
 
 /// The result of [`exchange`]: for the access log, the slot, and what comes next.
 #[derive(Debug, Clone)]
-pub struct Outcome {
+pub(crate) struct Outcome {
     pub status: u16,
     pub body_bytes: u64,
     pub fate: SlotFate,
@@ -89,7 +89,7 @@ pub struct Outcome {
 
 /// How the first write (BEGIN + PARAMS + early body) is made.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum First {
+pub(crate) enum First {
     /// Encode it into the slot's buffer.
     Encode,
     /// The slot's buffer already holds it; `body_done`: it includes the end of STDIN.
@@ -98,14 +98,14 @@ pub enum First {
 
 impl SlotConn {
     /// Hand the encoded first write of a failed attempt to another slot.
-    pub fn take_first_write(&mut self, from: &mut Self) {
+    pub(crate) fn take_first_write(&mut self, from: &mut Self) {
         std::mem::swap(&mut self.wbuf, &mut from.wbuf);
     }
 }
 
 /// Body bytes sent along with PARAMS in the first write at most; a body of a known length
 /// up to this is read whole before the request takes a worker (dispatch/serve.rs).
-pub const FIRST_WRITE_BODY: usize = 64 << 10;
+pub(crate) const FIRST_WRITE_BODY: usize = 64 << 10;
 /// Small pieces of a response are coalesced up to this size before going to the front.
 const COALESCE: usize = 32 << 10;
 /// How long a worker gets to end a request after FCGI_ABORT_REQUEST before it is killed.
@@ -239,7 +239,7 @@ impl RespState {
 const HOLD_FOR_END: Duration = Duration::from_millis(50);
 
 /// Run one request over `slot`.
-pub async fn exchange<S: BodySource, K: ResponseSink>(
+pub(crate) async fn exchange<S: BodySource, K: ResponseSink>(
     slot: &mut SlotConn,
     info: &RequestInfo<'_>,
     params: &Params,

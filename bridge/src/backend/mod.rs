@@ -2,7 +2,7 @@
 //!
 //! A [`SlotConn`] is taken from the pool's dispatcher for one request and returned at
 //! END_REQUEST. [`exchange`] runs that request over it.
-pub mod exchange;
+pub(crate) mod exchange;
 
 use crate::dispatch::{Canceller, SlotKey};
 use crate::supervise::WorkerHandle;
@@ -16,7 +16,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 
 /// One FastCGI connection to one worker thread.
-pub struct SlotConn {
+pub(crate) struct SlotConn {
     pub worker: Arc<WorkerHandle>,
     stream: UnixStream,
     decoder: ClientConnection,
@@ -34,7 +34,7 @@ impl SlotConn {
     /// Open a new connection to the worker's listening socket. The [`Canceller`] goes to
     /// the dispatcher with [`Dispatcher::add_conn`](crate::dispatch::Dispatcher::add_conn),
     /// whose key is then given to [`set_key`](Self::set_key).
-    pub async fn connect(worker: Arc<WorkerHandle>) -> std::io::Result<(Self, Canceller)> {
+    pub(crate) async fn connect(worker: Arc<WorkerHandle>) -> std::io::Result<(Self, Canceller)> {
         let stream = UnixStream::connect(&worker.socket).await?;
         let (timed_out, canceller) = canceller_for(&stream)?;
         let slot = Self {
@@ -49,18 +49,18 @@ impl SlotConn {
         Ok((slot, canceller))
     }
 
-    pub fn set_key(&mut self, key: SlotKey) {
+    pub(crate) fn set_key(&mut self, key: SlotKey) {
         self.key = key;
     }
 
     /// request-timeout interrupted this slot's request.
-    pub fn timed_out(&self) -> bool {
+    pub(crate) fn timed_out(&self) -> bool {
         self.timed_out.load(Ordering::Acquire)
     }
 
     /// Replace a connection whose state is unknown (a request was cut short) with a fresh
     /// one to the same worker. False when the worker is gone (then discard the slot).
-    pub async fn reconnect(&mut self) -> bool {
+    pub(crate) async fn reconnect(&mut self) -> bool {
         // Close first: the worker thread serving the old connection sees EOF and goes
         // back to accept(), where it picks up the new one.
         shutdown(&self.stream);
@@ -86,7 +86,7 @@ impl SlotConn {
     /// for the answer: after a worker broke a connection it is usually dying, and a dying
     /// worker's listening socket can still take a connection that nobody will ever accept
     /// (the next request on it would fail). False: discard the slot.
-    pub async fn reconnect_verified(&mut self) -> bool {
+    pub(crate) async fn reconnect_verified(&mut self) -> bool {
         if !self.reconnect().await {
             return false;
         }

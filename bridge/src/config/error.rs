@@ -85,7 +85,7 @@ impl ConfigError {
 
 /// The value of `r`, or `None` with its error added to `errors`: one bad key of a pool or
 /// listener does not keep its other keys from being checked.
-pub fn note<T>(errors: &mut Vec<ConfigError>, r: Result<T, ConfigError>) -> Option<T> {
+pub(super) fn note<T>(errors: &mut Vec<ConfigError>, r: Result<T, ConfigError>) -> Option<T> {
     r.map_err(|e| errors.push(e)).ok()
 }
 

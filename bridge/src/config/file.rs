@@ -12,7 +12,7 @@ use std::marker::PhantomData;
 /// Top level of a file: any of the three sections.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
-pub struct RawFile {
+pub(super) struct RawFile {
     pub bridge: Option<RawBridge>,
     pub pools: Option<Entries<RawPool>>,
     pub listeners: Option<Entries<RawListener>>,
@@ -21,7 +21,7 @@ pub struct RawFile {
 /// The `bridge:` section.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
-pub struct RawBridge {
+pub(super) struct RawBridge {
     pub runtime_dir: Option<String>,
     pub log_level: Option<String>,
     pub log_format: Option<String>,
@@ -46,7 +46,7 @@ pub struct RawBridge {
 /// `bridge: status:`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
-pub struct RawStatus {
+pub(super) struct RawStatus {
     pub listen: Option<String>,
     pub path: Option<String>,
 }
@@ -119,7 +119,7 @@ pub struct RawPool {
 /// One entry under `listeners:`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
-pub struct RawListener {
+pub(super) struct RawListener {
     pub fastcgi: Option<String>,
     pub scgi: Option<String>,
     pub pool: Option<String>,
@@ -195,7 +195,7 @@ impl<'de> Deserialize<'de> for RawErrorPage {
 /// One item of a listener's `routes:` list.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
-pub struct RawRoute {
+pub(super) struct RawRoute {
     pub host: Option<String>,
     pub prefix: Option<String>,
     pub pool: Option<String>,

@@ -1,7 +1,7 @@
 //! "Did you mean …?" for misspelled keys and values.
 
 /// The expected name closest to `given`, if one is close enough to be a plausible typo.
-pub fn did_you_mean<'a>(given: &str, expected: &[&'a str]) -> Option<&'a str> {
+pub(super) fn did_you_mean<'a>(given: &str, expected: &[&'a str]) -> Option<&'a str> {
     let given_lower = given.to_ascii_lowercase();
     expected
         .iter()
@@ -14,7 +14,7 @@ pub fn did_you_mean<'a>(given: &str, expected: &[&'a str]) -> Option<&'a str> {
 }
 
 /// `; did you mean "x"?`, or the list of accepted names when nothing is close.
-pub fn suggestion(given: &str, expected: &[&str]) -> String {
+pub(super) fn suggestion(given: &str, expected: &[&str]) -> String {
     if let Some(best) = did_you_mean(&given.replace('_', "-"), expected) {
         format!("; did you mean {best:?}?")
     } else if expected.is_empty() {

@@ -6,7 +6,7 @@ use std::path::{Component, Path, PathBuf};
 /// `path` made absolute against `base` and cleaned of `.` and `..` without touching the
 /// file system (a virtualenv's `bin/python` symlink must stay as written: following it
 /// would lose the virtualenv).
-pub fn resolve(base: &Path, path: &str) -> PathBuf {
+pub(crate) fn resolve(base: &Path, path: &str) -> PathBuf {
     let joined = base.join(path);
     let mut out = PathBuf::new();
     for component in joined.components() {
@@ -25,7 +25,7 @@ pub fn resolve(base: &Path, path: &str) -> PathBuf {
 }
 
 /// The directory `dir` made absolute against the current directory.
-pub fn absolute_dir(dir: &Path) -> std::io::Result<PathBuf> {
+pub(crate) fn absolute_dir(dir: &Path) -> std::io::Result<PathBuf> {
     let abs = std::path::absolute(dir)?;
     Ok(resolve(&abs, "."))
 }
@@ -36,7 +36,7 @@ fn is_executable_file(path: &Path) -> bool {
 
 /// The interpreter a pool names: a command on PATH, a path, or a virtualenv directory.
 /// Returns the absolute path to run, or what the operator should change.
-pub fn find_python(spec: &str, base: &Path, search_path: Option<&OsStr>) -> Result<PathBuf, String> {
+pub(crate) fn find_python(spec: &str, base: &Path, search_path: Option<&OsStr>) -> Result<PathBuf, String> {
     if spec.is_empty() {
         return Err("is empty; name an interpreter such as python3, a path, or a virtualenv directory".into());
     }
@@ -71,7 +71,7 @@ pub fn find_python(spec: &str, base: &Path, search_path: Option<&OsStr>) -> Resu
 
 /// The `command:` list of a pool: argv[0] found on `PATH` (or relative to the config file's
 /// directory when it contains a `/`), the rest passed as written.
-pub fn resolve_command(
+pub(crate) fn resolve_command(
     argv: Vec<String>,
     dir: &Path,
     search_path: Option<&std::ffi::OsStr>,

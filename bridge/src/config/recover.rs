@@ -16,7 +16,7 @@ use super::locate::{KeyIndex, KeyPath, Pos};
 const MAX_ERRORS: usize = 50;
 
 /// One file, read as far as its errors allow.
-pub struct Recovered {
+pub(super) struct Recovered {
     /// The file without its bad keys; `None` when it could not be read to its end.
     pub raw: Option<RawFile>,
     pub errors: Vec<ConfigError>,
@@ -25,7 +25,7 @@ pub struct Recovered {
 }
 
 /// Parse `text` (the file `source` names), collecting every error on a single key.
-pub fn parse(source: &Source, text: &str) -> Recovered {
+pub(super) fn parse(source: &Source, text: &str) -> Recovered {
     let mut text = text.to_owned();
     let mut errors = Vec::new();
     let mut dropped = Vec::new();

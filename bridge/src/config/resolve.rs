@@ -10,32 +10,32 @@ use std::path::Path;
 use std::time::Duration;
 
 // Defaults; docs/configuration.md lists the same values.
-pub const DEFAULT_PYTHON: &str = "python3";
-pub const DEFAULT_THREADS: u32 = 4;
-pub const DEFAULT_QUEUE_SIZE: usize = 1024;
-pub const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::from_secs(30);
-pub const DEFAULT_STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
-pub const DEFAULT_BACKLOG: u32 = 1024;
-pub const DEFAULT_MAX_PARAMS: usize = 1 << 20;
+pub(super) const DEFAULT_PYTHON: &str = "python3";
+pub(super) const DEFAULT_THREADS: u32 = 4;
+pub(super) const DEFAULT_QUEUE_SIZE: usize = 1024;
+pub(super) const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::from_secs(30);
+pub(super) const DEFAULT_STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
+pub(super) const DEFAULT_BACKLOG: u32 = 1024;
+pub(super) const DEFAULT_MAX_PARAMS: usize = 1 << 20;
 /// `header-timeout`: SCGI's limit since the start, now FastCGI's too.
-pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(60);
+pub(super) const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(60);
 /// `body-timeout`: as nginx's `client_body_timeout`.
-pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(60);
+pub(super) const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(60);
 /// `max-connections`: nginx's default `worker_connections` is 512 per worker process.
-pub const DEFAULT_MAX_CONNECTIONS: u32 = 1024;
+pub(super) const DEFAULT_MAX_CONNECTIONS: u32 = 1024;
 /// Internal redirects one request may take (`max-redirects`).
-pub const DEFAULT_MAX_REDIRECTS: u32 = 10;
+pub(super) const DEFAULT_MAX_REDIRECTS: u32 = 10;
 /// Ranges one request may ask of a file the bridge serves (`max-ranges`).
-pub const DEFAULT_MAX_RANGES: u32 = 16;
+pub(super) const DEFAULT_MAX_RANGES: u32 = 16;
 /// The callable looked up when an app names only a module (PEP 3333 convention).
-pub const DEFAULT_CALLABLE: &str = "application";
+pub(super) const DEFAULT_CALLABLE: &str = "application";
 
 /// Whole-number keys whose smallest accepted value is 1 (the others accept 0).
 const AT_LEAST_ONE: &[&str] =
     &["threads", "concurrency", "processes", "max-processes", "max-spawn-rate", "backlog", "rlimit-nofile"];
 
 /// The smallest value the whole-number key at `path` accepts, for its error message.
-pub fn least(path: &KeyPath) -> u64 {
+pub(super) fn least(path: &KeyPath) -> u64 {
     match path.0.last() {
         Some(Seg::Key(k)) if AT_LEAST_ONE.contains(&k.as_str()) => 1,
         _ => 0,
@@ -46,7 +46,7 @@ pub fn least(path: &KeyPath) -> u64 {
 const MAX_UNIX_PATH: usize = 107;
 
 /// Pool and listener names become log fields, socket names and status page keys.
-pub fn check_name(src: &Source, path: &KeyPath, kind: &str, name: &str) -> Result<(), ConfigError> {
+pub(super) fn check_name(src: &Source, path: &KeyPath, kind: &str, name: &str) -> Result<(), ConfigError> {
     let ok = !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
     if ok {
         Ok(())
@@ -57,7 +57,7 @@ pub fn check_name(src: &Source, path: &KeyPath, kind: &str, name: &str) -> Resul
 
 /// A pool from `pools.NAME` in a file whose directory is `dir`. Every key is checked,
 /// and every error returned (one bad key does not hide the others).
-pub fn pool(
+pub(super) fn pool(
     src: &Source,
     dir: &Path,
     name: &str,
@@ -219,7 +219,7 @@ fn error_pages(
 }
 
 /// A dotted Python name: `application`, `make.app`.
-pub fn is_python_name(s: &str) -> bool {
+pub(super) fn is_python_name(s: &str) -> bool {
     !s.is_empty()
         && s.split('.').all(|part| {
             part.chars().next().is_some_and(|c| c.is_alphabetic() || c == '_')
@@ -231,7 +231,7 @@ pub fn is_python_name(s: &str) -> bool {
 /// existing .wsgi file) with an optional `:callable`: the text after the **last** `:` is
 /// the callable when it is a Python name, so `/srv/a:b/app.fcgi` is a file and
 /// `/srv/app.fcgi:app` names `app` in it.
-pub fn parse_app(text: &str, dir: &Path) -> Result<App, String> {
+pub(super) fn parse_app(text: &str, dir: &Path) -> Result<App, String> {
     let text = text.trim();
     let (target, callable) = match text.rsplit_once(':') {
         Some((head, tail)) if !head.is_empty() && is_python_name(tail) => (head, Some(tail)),
@@ -285,7 +285,7 @@ fn parse_file_app(target: &str, callable: Option<&str>, text: &str, dir: &Path) 
 
 /// A listener from `listeners.NAME`. Route targets are checked once all pools are known.
 /// Every key is checked, and every error returned (one bad key does not hide the others).
-pub fn listener(src: &Source, dir: &Path, name: &str, mut raw: RawListener) -> Result<Listener, ConfigError> {
+pub(super) fn listener(src: &Source, dir: &Path, name: &str, mut raw: RawListener) -> Result<Listener, ConfigError> {
     let here = KeyPath::of(&["listeners", name]);
     let mut errs = Vec::new();
     note(&mut errs, check_name(src, &here, "listener", name));
@@ -625,7 +625,7 @@ fn trusted_proxies(
 }
 
 /// `host:port`, `[::1]:port`, `*:port`, `unix:/path`, `/abs/path`, `fd:N`.
-pub fn parse_address(text: &str, dir: &Path) -> Result<ListenAddress, String> {
+pub(super) fn parse_address(text: &str, dir: &Path) -> Result<ListenAddress, String> {
     let text = text.trim();
     let unix = text.strip_prefix("unix:").or(if text.starts_with('/') { Some(text) } else { None });
     if let Some(path) = unix {
@@ -682,7 +682,7 @@ pub fn parse_address(text: &str, dir: &Path) -> Result<ListenAddress, String> {
 }
 
 /// An octal file mode such as "0660", "660" or "0o660".
-pub fn parse_mode(text: &str) -> Result<u32, String> {
+pub(super) fn parse_mode(text: &str) -> Result<u32, String> {
     let digits = text.trim().trim_start_matches("0o");
     u32::from_str_radix(digits, 8)
         .ok()

@@ -7,10 +7,10 @@ use super::resolve::parse_address;
 use std::path::Path;
 
 /// Default URL path of the status page.
-pub const DEFAULT_STATUS_PATH: &str = "/status";
+pub(super) const DEFAULT_STATUS_PATH: &str = "/status";
 
 /// The status listener, or (sub-key, message) for the error.
-pub fn resolve(raw: RawStatus, dir: &Path) -> Result<StatusListen, (&'static str, String)> {
+pub(super) fn resolve(raw: RawStatus, dir: &Path) -> Result<StatusListen, (&'static str, String)> {
     let text = raw
         .listen
         .ok_or(("listen", "missing: write e.g. 127.0.0.1:9180 or unix:/run/fcgibridge/status.sock".to_owned()))?;
@@ -32,7 +32,7 @@ pub fn resolve(raw: RawStatus, dir: &Path) -> Result<StatusListen, (&'static str
 }
 
 /// A URL path for status-path, ping-path and status.path: absolute, no query.
-pub fn check_url_path(path: &str) -> Result<(), String> {
+pub(super) fn check_url_path(path: &str) -> Result<(), String> {
     if !path.starts_with('/') || path.contains('?') || path.contains(char::is_whitespace) {
         return Err(format!("{path:?} is not a URL path; write e.g. \"/status\""));
     }

@@ -11,13 +11,13 @@ use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub const DEFAULT_LOG_LEVEL: &str = "info";
-pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
+pub(super) const DEFAULT_LOG_LEVEL: &str = "info";
+pub(super) const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 /// `header-memory`: 64 connections' worth of the largest (1 MiB) header block.
-pub const DEFAULT_HEADER_MEMORY: u64 = 64 << 20;
+pub(super) const DEFAULT_HEADER_MEMORY: u64 = 64 << 20;
 
 /// One parsed file, ready to merge.
-pub struct Parsed {
+pub(super) struct Parsed {
     pub source: Source,
     /// Absolute directory of the file: relative paths inside it resolve here.
     pub dir: PathBuf,
@@ -29,7 +29,7 @@ pub struct Parsed {
 /// Combine parsed files (in name order) into the effective configuration. `errors` holds
 /// those found while reading the files, `incomplete` says a file could not be read to its
 /// end; every pool and listener is still checked, and all the errors are returned together.
-pub fn merge(
+pub(super) fn merge(
     dir_shown: &str,
     files: Vec<Parsed>,
     search_path: Option<&OsStr>,

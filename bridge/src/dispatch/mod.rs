@@ -15,8 +15,8 @@
 //! The manager marks a worker *draining* (recycling, reload, scale-down): its free slots
 //! are closed at once and its busy ones when their request ends, so it takes no new
 //! request; when its last slot is closed the manager is woken to stop the process.
-pub mod request_body_limits;
-pub mod serve;
+pub(crate) mod request_body_limits;
+pub(crate) mod serve;
 
 use std::collections::VecDeque;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{oneshot, Notify};
 
 /// What the dispatcher needs to know about a slot.
-pub trait Slot: Send + 'static {
+pub(crate) trait Slot: Send + 'static {
     /// False once the worker behind it is gone: such a slot is dropped instead of handed out.
     fn usable(&self) -> bool;
     /// Which worker and which of its connections (see [`Dispatcher::add_conn`]);
@@ -43,27 +43,27 @@ pub trait Slot: Send + 'static {
 /// A worker process as the dispatcher knows it (an index and a generation, so a key of a
 /// removed worker never names its successor).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct WorkerKey {
+pub(crate) struct WorkerKey {
     index: u32,
     gen: u32,
 }
 
 /// One connection of one worker process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SlotKey {
+pub(crate) struct SlotKey {
     pub worker: WorkerKey,
     pub conn: u32,
 }
 
 impl SlotKey {
-    pub const NONE: Self = Self { worker: WorkerKey { index: u32::MAX, gen: 0 }, conn: 0 };
+    pub(crate) const NONE: Self = Self { worker: WorkerKey { index: u32::MAX, gen: 0 }, conn: 0 };
 }
 
 /// Interrupts the request running on a slot (request-timeout): sets the slot's flag and
 /// shuts its socket down, so the request's exchange sees the worker connection end and,
 /// reading the flag, answers 504 instead of 502.
 #[derive(Debug)]
-pub struct Canceller {
+pub(crate) struct Canceller {
     /// A duplicate of the connection's descriptor: shutdown(2) acts on the socket.
     pub fd: OwnedFd,
     pub flag: Arc<AtomicBool>,
@@ -78,7 +78,7 @@ impl Canceller {
 
 /// Why no slot was handed out.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum AcquireError {
+pub(crate) enum AcquireError {
     #[error("queue full ({0} requests waiting)")]
     QueueFull(usize),
     #[error("no worker became free within {0:?}")]
@@ -89,7 +89,7 @@ pub enum AcquireError {
 }
 
 /// What the status page shows of a request in progress; also its place in the log.
-pub struct Ticket<'a> {
+pub(crate) struct Ticket<'a> {
     pub method: &'a [u8],
     pub uri: &'a [u8],
     pub request_id: u64,
@@ -100,7 +100,7 @@ pub struct Ticket<'a> {
 /// Method and URI of a request, truncated to a fixed buffer (PHP-FPM keeps 128 bytes of
 /// the URI in its scoreboard for the same reason: no allocation per request).
 #[derive(Clone)]
-pub struct Label {
+pub(crate) struct Label {
     method_len: u8,
     len: u16,
     pub request_id: u64,
@@ -133,17 +133,17 @@ impl Label {
         l
     }
 
-    pub fn method(&self) -> String {
+    pub(crate) fn method(&self) -> String {
         String::from_utf8_lossy(&self.buf[..self.method_len as usize]).into_owned()
     }
 
-    pub fn uri(&self) -> String {
+    pub(crate) fn uri(&self) -> String {
         String::from_utf8_lossy(&self.buf[self.method_len as usize..self.len as usize]).into_owned()
     }
 }
 
 /// The free slots and the waiting requests of one pool, and its numbers.
-pub struct Dispatcher<S> {
+pub(crate) struct Dispatcher<S> {
     inner: Mutex<Inner<S>>,
     /// Wakes the pool manager: a request had to queue while the pool may grow, a worker
     /// reached max-requests, a draining worker closed its last slot.
@@ -174,7 +174,7 @@ struct Waiter<S> {
 
 /// Pool-wide counters since the pool started.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct Counters {
+pub(crate) struct Counters {
     /// Requests that reached the pool (PHP-FPM's "accepted conn").
     pub accepted: u64,
     /// Requests a worker finished (successfully or not).
@@ -221,7 +221,7 @@ struct ConnEntry {
 
 /// One worker's numbers, for the manager and the status page.
 #[derive(Debug, Clone)]
-pub struct WorkerView {
+pub(crate) struct WorkerView {
     pub served: u64,
     pub busy: u32,
     /// Connections open (busy + free).
@@ -234,7 +234,7 @@ pub struct WorkerView {
 /// A request on one worker connection now.
 #[derive(Debug, Clone)]
 #[allow(dead_code)] // read by supervise/stats.rs for the status renderers
-pub struct CurrentRequest {
+pub(crate) struct CurrentRequest {
     pub request_id: u64,
     pub method: String,
     pub uri: String,
@@ -246,7 +246,7 @@ pub struct CurrentRequest {
 
 /// A request that ran past request-timeout and was interrupted.
 #[derive(Debug, Clone)]
-pub struct Overdue {
+pub(crate) struct Overdue {
     pub worker: WorkerKey,
     pub request_id: u64,
     pub method: String,
@@ -257,7 +257,7 @@ pub struct Overdue {
 /// The pool-wide view at one instant.
 #[derive(Debug, Clone, Default)]
 #[allow(dead_code)] // read by supervise/stats.rs for the status renderers
-pub struct PoolView {
+pub(crate) struct PoolView {
     pub counters: Counters,
     pub queue_now: usize,
     pub queue_size: usize,
@@ -268,7 +268,7 @@ pub struct PoolView {
 }
 
 impl<S: Slot> Dispatcher<S> {
-    pub fn new(queue_size: usize, queue_timeout: Duration) -> Self {
+    pub(crate) fn new(queue_size: usize, queue_timeout: Duration) -> Self {
         Self {
             inner: Mutex::new(Inner {
                 idle: Vec::new(),
@@ -293,7 +293,7 @@ impl<S: Slot> Dispatcher<S> {
     }
 
     /// A free slot, waiting in FIFO order if none is free.
-    pub async fn acquire(&self, ticket: &Ticket<'_>) -> Result<S, AcquireError> {
+    pub(crate) async fn acquire(&self, ticket: &Ticket<'_>) -> Result<S, AcquireError> {
         let (mut rx, timeout) = {
             let mut inner = self.lock();
             inner.counters.accepted += 1;
@@ -371,7 +371,7 @@ impl<S: Slot> Dispatcher<S> {
 
     /// Give a slot back: to the oldest waiter, else to the idle list. Dead slots, and the
     /// slots of a draining worker, are closed. Also how a new connection joins the pool.
-    pub fn release(&self, slot: S) {
+    pub(crate) fn release(&self, slot: S) {
         let mut slot = slot;
         let canceller = slot.take_canceller();
         let key = slot.key();
@@ -423,7 +423,7 @@ impl<S: Slot> Dispatcher<S> {
 
     /// A slot that will not come back (its worker died, it was cut short and could not
     /// reconnect, its request timed out): count its request and forget it.
-    pub fn discard(&self, slot: S) {
+    pub(crate) fn discard(&self, slot: S) {
         let key = slot.key();
         let mut inner = self.lock();
         let inner = &mut *inner;
@@ -440,7 +440,7 @@ impl<S: Slot> Dispatcher<S> {
     }
 
     /// Drop idle slots whose worker is gone.
-    pub fn purge(&self) {
+    pub(crate) fn purge(&self) {
         let mut inner = self.lock();
         let inner = &mut *inner;
         let mut i = 0;
@@ -456,7 +456,7 @@ impl<S: Slot> Dispatcher<S> {
 
     /// Requests waiting right now.
     #[allow(dead_code)]
-    pub fn waiting(&self) -> usize {
+    pub(crate) fn waiting(&self) -> usize {
         let mut inner = self.lock();
         inner.waiters.retain(|w| !w.tx.is_closed());
         inner.waiters.len()
@@ -464,14 +464,14 @@ impl<S: Slot> Dispatcher<S> {
 
     /// Free slots right now.
     #[allow(dead_code)]
-    pub fn idle(&self) -> usize {
+    pub(crate) fn idle(&self) -> usize {
         self.lock().idle.len()
     }
 
     // ---------------------------------------------------------------- for the manager
 
     /// A new worker process; `max_requests` 0 = no limit.
-    pub fn add_worker(&self, max_requests: u64) -> WorkerKey {
+    pub(crate) fn add_worker(&self, max_requests: u64) -> WorkerKey {
         let mut inner = self.lock();
         let entry = |gen| WorkerEntry {
             gen,
@@ -493,7 +493,7 @@ impl<S: Slot> Dispatcher<S> {
 
     /// A new connection to worker `worker`; `None` when the worker was removed meanwhile.
     /// The slot then joins the pool through [`release`](Self::release).
-    pub fn add_conn(&self, worker: WorkerKey, canceller: Option<Canceller>) -> Option<SlotKey> {
+    pub(crate) fn add_conn(&self, worker: WorkerKey, canceller: Option<Canceller>) -> Option<SlotKey> {
         let mut inner = self.lock();
         let w = inner.worker_mut(worker)?;
         if w.s.draining {
@@ -518,7 +518,7 @@ impl<S: Slot> Dispatcher<S> {
 
     /// Take no new request to this worker: close its free slots now, the busy ones when
     /// their request ends. Returns the connections still open.
-    pub fn drain_worker(&self, worker: WorkerKey) -> u32 {
+    pub(crate) fn drain_worker(&self, worker: WorkerKey) -> u32 {
         let mut inner = self.lock();
         let inner = &mut *inner;
         let Some(w) = inner.worker_mut(worker) else { return 0 };
@@ -537,7 +537,7 @@ impl<S: Slot> Dispatcher<S> {
     }
 
     /// The worker process is gone: forget it and its slots.
-    pub fn remove_worker(&self, worker: WorkerKey) {
+    pub(crate) fn remove_worker(&self, worker: WorkerKey) {
         let mut inner = self.lock();
         let inner = &mut *inner;
         inner.idle.retain(|s| s.key().worker != worker);
@@ -549,7 +549,7 @@ impl<S: Slot> Dispatcher<S> {
     }
 
     /// One worker's numbers (`None` once removed).
-    pub fn worker_view(&self, worker: WorkerKey, with_current: bool) -> Option<WorkerView> {
+    pub(crate) fn worker_view(&self, worker: WorkerKey, with_current: bool) -> Option<WorkerView> {
         let mut inner = self.lock();
         let w = inner.worker_mut(worker)?;
         let current = if with_current {
@@ -579,7 +579,7 @@ impl<S: Slot> Dispatcher<S> {
 
     /// Interrupt every request that has had its slot longer than `timeout` (request-timeout):
     /// each gets 504 from its own exchange; the caller replaces their workers.
-    pub fn cancel_overdue(&self, timeout: Duration) -> Vec<Overdue> {
+    pub(crate) fn cancel_overdue(&self, timeout: Duration) -> Vec<Overdue> {
         let now = Instant::now();
         let mut inner = self.lock();
         let inner = &mut *inner;
@@ -615,7 +615,7 @@ impl<S: Slot> Dispatcher<S> {
 
     /// While `Some`, a request that finds no free slot gets 503 at once with this reason
     /// (and those waiting get it now).
-    pub fn set_unavailable(&self, why: Option<Arc<str>>) {
+    pub(crate) fn set_unavailable(&self, why: Option<Arc<str>>) {
         let dropped: Vec<Waiter<S>> = {
             let mut inner = self.lock();
             let changed = inner.unavailable.is_some() != why.is_some();
@@ -632,21 +632,21 @@ impl<S: Slot> Dispatcher<S> {
 
     /// `at_max`: the pool runs its most workers; `wake_on_queue`: wake the manager when a
     /// request has to wait (the pool may start another worker).
-    pub fn set_sizing(&self, at_max: bool, wake_on_queue: bool) {
+    pub(crate) fn set_sizing(&self, at_max: bool, wake_on_queue: bool) {
         let mut inner = self.lock();
         inner.at_max = at_max;
         inner.wake_on_queue = wake_on_queue;
     }
 
     /// queue-size and queue-timeout after a reload.
-    pub fn set_queue(&self, size: usize, timeout: Duration) {
+    pub(crate) fn set_queue(&self, size: usize, timeout: Duration) {
         let mut inner = self.lock();
         inner.queue_size = size;
         inner.queue_timeout = timeout;
     }
 
     /// The pool-wide numbers now.
-    pub fn view(&self) -> PoolView {
+    pub(crate) fn view(&self) -> PoolView {
         let mut inner = self.lock();
         inner.waiters.retain(|w| !w.tx.is_closed());
         let busy = inner.workers.iter().filter(|w| w.live).map(|w| w.s.busy as usize).sum();

@@ -23,7 +23,7 @@ use tokio::time::Instant;
 /// The body length the web server declared: `None` when it is absent, empty (nginx,
 /// unbuffered chunked upload) or `-1` (Caddy 2.6, chunked upload), i.e. unknown. Any other
 /// value must be plain decimal digits (the listeners answer 400 otherwise, before routing).
-pub fn declared_length(params: &Params) -> Result<Option<u64>, ContentLengthError> {
+pub(crate) fn declared_length(params: &Params) -> Result<Option<u64>, ContentLengthError> {
     match params.get(b"CONTENT_LENGTH") {
         None | Some(b"" | b"-1") => Ok(None),
         Some(v) => fastcgi_server::content_length::parse(v).map(Some),
@@ -31,13 +31,13 @@ pub fn declared_length(params: &Params) -> Result<Option<u64>, ContentLengthErro
 }
 
 /// Whether the declared length is already above `limit`.
-pub fn too_large(params: &Params, limit: u64) -> bool {
+pub(crate) fn too_large(params: &Params, limit: u64) -> bool {
     declared_length(params).ok().flatten().is_some_and(|n| n > limit)
 }
 
 /// Why a body was cut short.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Tripped {
+pub(crate) enum Tripped {
     /// It passed `max-body`: 413.
     TooLarge,
     /// No byte came within `body-timeout`: 408.
@@ -45,7 +45,7 @@ pub enum Tripped {
 }
 
 /// What the body and the response side of one request share.
-pub struct BodyWatch {
+pub(crate) struct BodyWatch {
     /// 0: not tripped; else a [`Tripped`] + 1.
     tripped: AtomicU8,
     /// The body is still expected: only then do response writes move the idle clock.
@@ -58,7 +58,7 @@ pub struct BodyWatch {
 
 impl BodyWatch {
     /// `started`: when the request arrived.
-    pub fn new(started: std::time::Instant) -> Self {
+    pub(crate) fn new(started: std::time::Instant) -> Self {
         Self {
             tripped: AtomicU8::new(0),
             body_open: AtomicBool::new(true),
@@ -68,7 +68,7 @@ impl BodyWatch {
     }
 
     /// Why the body was cut short, if it was.
-    pub fn tripped(&self) -> Option<Tripped> {
+    pub(crate) fn tripped(&self) -> Option<Tripped> {
         match self.tripped.load(Ordering::Acquire) {
             1 => Some(Tripped::TooLarge),
             2 => Some(Tripped::Stalled),
@@ -103,7 +103,7 @@ impl BodyWatch {
 /// A body source that stops at `limit` bytes, or when the web server sends nothing for
 /// `timeout`: the request then looks aborted to the exchange, and the [`BodyWatch`] says
 /// why, so that the response becomes a 413 or a 408.
-pub struct Limited<'a, S> {
+pub(crate) struct Limited<'a, S> {
     inner: &'a mut S,
     limit: u64,
     seen: u64,
@@ -119,19 +119,19 @@ pub struct Limited<'a, S> {
 
 impl<'a, S: BodySource> Limited<'a, S> {
     /// Wrap `inner`; `watch` trips once the body passes `limit` or stalls for `timeout`.
-    pub fn new(inner: &'a mut S, limit: u64, watch: &'a BodyWatch, timeout: Duration) -> Self {
+    pub(crate) fn new(inner: &'a mut S, limit: u64, watch: &'a BodyWatch, timeout: Duration) -> Self {
         Limited { inner, limit, seen: 0, watch, timeout, early: VecDeque::new(), early_end: false, no_body: None }
     }
 
     /// Body bytes received from the web server so far.
-    pub fn received(&self) -> u64 {
+    pub(crate) fn received(&self) -> u64 {
         self.early.iter().fold(self.seen, |n, c| n.saturating_add(c.len() as u64))
     }
 
     /// Read the body ahead — until its end or `upto` bytes — so that the worker gets it
     /// whole with the request: a client slow to send a small body then never holds a
     /// worker. Err: the web server went away, or the body stalled (see the watch).
-    pub async fn prefetch(&mut self, upto: u64) -> Result<(), FrontGone> {
+    pub(crate) async fn prefetch(&mut self, upto: u64) -> Result<(), FrontGone> {
         let mut got = 0u64;
         while got < upto && !self.early_end && self.no_body.is_none() {
             match self.paced().await? {
@@ -170,12 +170,12 @@ impl<'a, S: BodySource> Limited<'a, S> {
 
     /// From now on the body is empty (an internal redirect is a GET); an abort of the
     /// request is still reported.
-    pub fn end_body(&mut self) {
+    pub(crate) fn end_body(&mut self) {
         self.no_body = Some(false);
     }
 
     /// Apply `limit` from now on (the pool is known only after routing).
-    pub fn set_limit(&mut self, limit: u64) {
+    pub(crate) fn set_limit(&mut self, limit: u64) {
         self.limit = limit;
     }
 
@@ -254,7 +254,7 @@ impl<S: BodySource> BodySource for Limited<'_, S> {
 /// The response side of a limited request: once the body passed the limit or stalled, the
 /// normal end the exchange sends for an aborted request becomes a 413 or a 408 (nothing
 /// sent yet) or a cut-off (the app had started its response).
-pub struct LimitedSink<'a, K> {
+pub(crate) struct LimitedSink<'a, K> {
     inner: &'a mut K,
     watch: &'a BodyWatch,
     started: bool,
@@ -264,13 +264,13 @@ pub struct LimitedSink<'a, K> {
 
 impl<'a, K: ResponseSink> LimitedSink<'a, K> {
     /// Wrap `inner`, with the `watch` of its request's body.
-    pub fn new(inner: &'a mut K, watch: &'a BodyWatch) -> Self {
+    pub(crate) fn new(inner: &'a mut K, watch: &'a BodyWatch) -> Self {
         LimitedSink { inner, watch, started: false, cut: false }
     }
 
     /// Whether a tripped limit cut off a response already started (rather than answering
     /// 413 or 408).
-    pub fn cut_off(&self) -> bool {
+    pub(crate) fn cut_off(&self) -> bool {
         self.cut
     }
 }

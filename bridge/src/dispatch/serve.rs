@@ -117,7 +117,7 @@ async fn give_back(pool: &PoolRuntime, mut slot: SlotConn, fate: SlotFate) {
 }
 
 /// Serve one decoded request; the response (or an error page) goes to `sink`.
-pub async fn serve<S: BodySource, K: ResponseSink>(
+pub(crate) async fn serve<S: BodySource, K: ResponseSink>(
     lst: &ListenerCtx,
     mut params: Params,
     role: Role,

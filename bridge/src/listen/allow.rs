@@ -14,7 +14,7 @@ const VAR: &str = "FCGI_WEB_SERVER_ADDRS";
 
 /// The allowed peers, `None` when the variable is unset (everyone may connect). Read
 /// once at start-up; the daemon's registry keeps the list.
-pub fn from_env() -> Option<Vec<IpAddr>> {
+pub(crate) fn from_env() -> Option<Vec<IpAddr>> {
     let value = std::env::var(VAR).ok()?;
     let (list, bad) = parse(&value);
     for b in bad {
@@ -25,7 +25,7 @@ pub fn from_env() -> Option<Vec<IpAddr>> {
 }
 
 /// The addresses of a FCGI_WEB_SERVER_ADDRS value, and the items that are not addresses.
-pub fn parse(value: &str) -> (Vec<IpAddr>, Vec<String>) {
+pub(crate) fn parse(value: &str) -> (Vec<IpAddr>, Vec<String>) {
     let mut ok = Vec::new();
     let mut bad = Vec::new();
     for item in value.split(',').map(str::trim).filter(|s| !s.is_empty()) {
@@ -38,7 +38,7 @@ pub fn parse(value: &str) -> (Vec<IpAddr>, Vec<String>) {
 }
 
 /// Whether `peer` is in `list` (an IPv4 peer seen as an IPv4-mapped IPv6 address counts).
-pub fn permits(list: &[IpAddr], peer: SocketAddr) -> bool {
+pub(crate) fn permits(list: &[IpAddr], peer: SocketAddr) -> bool {
     let ip = match peer.ip() {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(IpAddr::V6(v6)),
         v4 => v4,
@@ -48,7 +48,12 @@ pub fn permits(list: &[IpAddr], peer: SocketAddr) -> bool {
 
 /// Whether a just-accepted TCP connection may stay (FCGI_WEB_SERVER_ADDRS's list `env`
 /// and the listener's `allowed-clients`); logs the refusal, rate-limited per listener.
-pub fn admit(stream: &tokio::net::TcpStream, listener: &str, env: Option<&[IpAddr]>, clients: Option<&[Cidr]>) -> bool {
+pub(crate) fn admit(
+    stream: &tokio::net::TcpStream,
+    listener: &str,
+    env: Option<&[IpAddr]>,
+    clients: Option<&[Cidr]>,
+) -> bool {
     if env.is_none() && clients.is_none() {
         return true;
     }

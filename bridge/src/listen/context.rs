@@ -9,7 +9,7 @@ use std::sync::Arc;
 use tokio::sync::watch;
 
 /// What every connection of one listener shares.
-pub struct ListenerCtx {
+pub(crate) struct ListenerCtx {
     pub name: String,
     pub router: Router<crate::supervise::instances::Target>,
     pub limits: Limits,
@@ -55,7 +55,7 @@ pub struct ListenerCtx {
 /// points to the new one, and connections switch at their next request (one relaxed load
 /// per request, no lock).
 #[derive(Default)]
-pub struct Succession {
+pub(crate) struct Succession {
     superseded: std::sync::atomic::AtomicBool,
     next: std::sync::Mutex<Option<Arc<ListenerCtx>>>,
 }
@@ -63,12 +63,12 @@ pub struct Succession {
 impl ListenerCtx {
     /// True when a reload has replaced this context.
     #[inline]
-    pub fn superseded(&self) -> bool {
+    pub(crate) fn superseded(&self) -> bool {
         self.succession.superseded.load(Ordering::Relaxed)
     }
 
     /// The newest context of this listener (after reloads).
-    pub fn latest(self: &Arc<Self>) -> Arc<Self> {
+    pub(crate) fn latest(self: &Arc<Self>) -> Arc<Self> {
         let mut ctx = self.clone();
         while ctx.superseded() {
             let next = ctx.succession.next.lock().unwrap_or_else(|e| e.into_inner()).clone();

@@ -89,7 +89,7 @@ impl Drop for Conn {
 }
 
 /// Serve one FastCGI connection until the web server closes it.
-pub async fn serve_connection<R, W>(mut rd: R, mut wr: W, ctx: Arc<ListenerCtx>, peer: String, sock: super::Sock)
+pub(crate) async fn serve_connection<R, W>(mut rd: R, mut wr: W, ctx: Arc<ListenerCtx>, peer: String, sock: super::Sock)
 where
     R: AsyncRead + Unpin + Send + 'static,
     W: super::WriteHalf,

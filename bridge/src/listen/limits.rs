@@ -7,20 +7,20 @@ use std::sync::Arc;
 /// Bytes of request headers (FastCGI PARAMS and partial records, SCGI netstrings) that all
 /// connections of the daemon together hold while those headers are still arriving.
 #[derive(Debug)]
-pub struct HeaderBudget {
+pub(crate) struct HeaderBudget {
     limit: usize,
     used: AtomicUsize,
 }
 
 impl HeaderBudget {
     /// A budget of `limit` bytes (`header-memory`).
-    pub fn new(limit: u64) -> Arc<Self> {
+    pub(crate) fn new(limit: u64) -> Arc<Self> {
         Arc::new(Self { limit: usize::try_from(limit).unwrap_or(usize::MAX), used: AtomicUsize::new(0) })
     }
 
     /// Bytes held now, by every connection.
     #[cfg(test)]
-    pub fn used(&self) -> usize {
+    pub(crate) fn used(&self) -> usize {
         self.used.load(Ordering::Relaxed)
     }
 }
@@ -30,28 +30,28 @@ impl HeaderBudget {
 #[error(
     "header-memory budget of {limit} bytes reached ({others} bytes held by other connections, this one holds {wanted})"
 )]
-pub struct OverBudget {
+pub(crate) struct OverBudget {
     pub limit: usize,
     pub others: usize,
     pub wanted: usize,
 }
 
 /// What one connection holds against the [`HeaderBudget`]; given back when it drops.
-pub struct HeaderCharge {
+pub(crate) struct HeaderCharge {
     budget: Arc<HeaderBudget>,
     held: usize,
 }
 
 impl HeaderCharge {
     /// A connection holding nothing yet.
-    pub fn new(budget: Arc<HeaderBudget>) -> Self {
+    pub(crate) fn new(budget: Arc<HeaderBudget>) -> Self {
         Self { budget, held: 0 }
     }
 
     /// The connection now holds `bytes` of unfinished headers. Refused (the charge stays as
     /// it was) when that would take the daemon past its budget.
     #[inline]
-    pub fn set(&mut self, bytes: usize) -> Result<(), OverBudget> {
+    pub(crate) fn set(&mut self, bytes: usize) -> Result<(), OverBudget> {
         if bytes <= self.held {
             if bytes < self.held {
                 self.budget.used.fetch_sub(self.held - bytes, Ordering::AcqRel);

@@ -1,15 +1,15 @@
 //! Listeners: where web servers connect. TCP, unix sockets (with mode/owner/group and
 //! safe replacement of stale socket files) and inherited descriptors (fd 0 in spawned
 //! mode). Each accepted connection gets one task speaking FastCGI or SCGI.
-pub mod allow;
-pub mod context;
-pub mod fastcgi;
+pub(crate) mod allow;
+pub(crate) mod context;
+pub(crate) mod fastcgi;
 #[cfg(test)]
 mod front_tests;
-pub mod limits;
-pub mod proxy;
-pub mod scgi;
-pub mod systemd;
+pub(crate) mod limits;
+pub(crate) mod proxy;
+pub(crate) mod scgi;
+pub(crate) mod systemd;
 
 use crate::config::{self, ListenAddress, Protocol};
 use crate::registry::Registry;
@@ -27,7 +27,7 @@ use tokio::sync::watch;
 
 /// Why a listener could not be set up.
 #[derive(Debug, thiserror::Error)]
-pub enum ListenError {
+pub(crate) enum ListenError {
     #[error("listener {name}: {addr}: address in use by a running process")]
     InUse { name: String, addr: String },
     #[error("listener {name}: {addr}: {what}: {source}")]
@@ -45,18 +45,18 @@ pub enum ListenError {
 }
 
 /// A bound listening socket.
-pub enum Bound {
+pub(crate) enum Bound {
     Tcp(TcpListener),
     Unix { listener: UnixListener, path: Option<PathBuf> },
 }
 
 /// Bind every listener (before any worker starts, so a busy port fails fast).
-pub fn bind_all(listeners: &[config::Listener], passed: &systemd::Passed) -> Result<Vec<Bound>, ListenError> {
+pub(crate) fn bind_all(listeners: &[config::Listener], passed: &systemd::Passed) -> Result<Vec<Bound>, ListenError> {
     listeners.iter().map(|l| bind(l, passed)).collect()
 }
 
 /// The context of one listener: its routes to the running pools, limits and settings.
-pub fn make_ctx(
+pub(crate) fn make_ctx(
     cfg: &config::Listener,
     pools: &HashMap<String, Arc<PoolRuntime>>,
     registry: &Arc<Registry>,
@@ -129,7 +129,7 @@ pub fn make_ctx(
 }
 
 /// Sockets bound for the new listeners of a reload.
-pub struct NewSockets(Vec<(usize, Bound)>);
+pub(crate) struct NewSockets(Vec<(usize, Bound)>);
 
 /// One running listener.
 struct RunningListener {
@@ -145,14 +145,14 @@ struct RunningListener {
 /// The daemon's listeners. A reload keeps the socket of every listener whose address
 /// stays (no connection is refused meanwhile), binds the new ones before changing
 /// anything, and stops the removed ones.
-pub struct ListenerSet {
+pub(crate) struct ListenerSet {
     live: Vec<RunningListener>,
     registry: Arc<Registry>,
 }
 
 impl ListenerSet {
     /// Start accepting on every bound listener.
-    pub fn start(
+    pub(crate) fn start(
         config: &[config::Listener],
         bound: Vec<Bound>,
         pools: &HashMap<String, Arc<PoolRuntime>>,
@@ -184,13 +184,13 @@ impl ListenerSet {
         Ok(())
     }
 
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.live.len()
     }
 
     /// First half of a reload: bind the addresses that are new (a busy port refuses the
     /// reload before anything changes). Give the result to [`apply`](Self::apply).
-    pub fn bind_new(&self, config: &[config::Listener]) -> Result<NewSockets, ListenError> {
+    pub(crate) fn bind_new(&self, config: &[config::Listener]) -> Result<NewSockets, ListenError> {
         let mut fresh: Vec<(usize, Bound)> = Vec::new();
         for (i, cfg) in config.iter().enumerate() {
             if self.live.iter().any(|l| l.cfg.address == cfg.address) {
@@ -213,7 +213,7 @@ impl ListenerSet {
 
     /// Second half of a reload: listeners that stay switch to their new settings and
     /// routes (to `pools`), new ones start, removed ones stop. Returns a summary.
-    pub fn apply(
+    pub(crate) fn apply(
         &mut self,
         config: &[config::Listener],
         fresh: NewSockets,
@@ -269,7 +269,7 @@ impl ListenerSet {
     }
 
     /// Stop accepting everywhere and remove the unix socket files; connections close once idle.
-    pub fn stop_accepting(&self) {
+    pub(crate) fn stop_accepting(&self) {
         for l in &self.live {
             let _ = l.stop.send(true);
             if let Some(path) = &l.socket_file {
@@ -279,7 +279,7 @@ impl ListenerSet {
     }
 
     /// Wait for the accept loops to end (after [`stop_accepting`](Self::stop_accepting)).
-    pub async fn join(self) {
+    pub(crate) async fn join(self) {
         for l in self.live {
             let _ = l.task.await;
         }
@@ -381,7 +381,7 @@ fn spawn_conn<R, W: WriteHalf>(
 }
 
 /// Sleep until `at`; never wakes without one (for a `select!` branch that may be off).
-pub async fn sleep_until(at: Option<tokio::time::Instant>) {
+pub(crate) async fn sleep_until(at: Option<tokio::time::Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
@@ -395,7 +395,7 @@ const LINGER: std::time::Duration = std::time::Duration::from_secs(30);
 /// Close a connection whose response is complete: stop sending (the web server sees the
 /// end), then read and discard until it closes its side. Closing at once while it still
 /// sends would make it see a reset before it reads the response, and answer 502.
-pub async fn lingering_close<R, W>(rd: &mut R, wr: &mut W)
+pub(crate) async fn lingering_close<R, W>(rd: &mut R, wr: &mut W)
 where
     R: tokio::io::AsyncRead + Unpin,
     W: tokio::io::AsyncWrite + Unpin,
@@ -415,7 +415,7 @@ where
 }
 
 /// The write half of an accepted connection.
-pub trait WriteHalf: tokio::io::AsyncWrite + Unpin + Send + 'static {
+pub(crate) trait WriteHalf: tokio::io::AsyncWrite + Unpin + Send + 'static {
     /// Drop without the shutdown(SHUT_WR) tokio does on drop, so that a reset armed by
     /// [`reset_on_close`] is not preceded by a FIN (which web servers read as a normal end).
     fn drop_without_fin(self);
@@ -436,7 +436,7 @@ impl WriteHalf for tokio::net::unix::OwnedWriteHalf {
 /// The socket under a connection's halves, for the few things tokio does not offer.
 /// Valid while either half lives.
 #[derive(Debug, Clone, Copy)]
-pub struct Sock {
+pub(crate) struct Sock {
     pub fd: std::os::fd::RawFd,
     pub tcp: bool,
 }
@@ -446,7 +446,7 @@ impl Sock {
     /// already written, since a reset or an invalid record arriving in the same read makes
     /// it drop the response before its headers reach the client. On a unix socket the
     /// unread byte count is observable; over TCP it is not, so wait briefly.
-    pub async fn wait_until_read(self) {
+    pub(crate) async fn wait_until_read(self) {
         if self.tcp {
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
             return;
@@ -466,7 +466,7 @@ impl Sock {
     /// sending side (shutdown(SHUT_WR), which expects an answer). A unix socket tells the two
     /// apart (POLLHUP); over TCP both are a FIN, and a peer that is gone shows up at the first
     /// write instead.
-    pub fn peer_closed(self) -> bool {
+    pub(crate) fn peer_closed(self) -> bool {
         let mut p = libc::pollfd { fd: self.fd, events: libc::POLLIN | libc::POLLRDHUP, revents: 0 };
         // SAFETY: one pollfd on the stack; a zero timeout never blocks.
         let rc = unsafe { libc::poll(std::ptr::addr_of_mut!(p), 1, 0) };
@@ -476,7 +476,7 @@ impl Sock {
 
 /// Make the next close of a TCP connection send a reset, which web servers take as a
 /// failed response (a plain FIN can look like a complete one).
-pub fn reset_on_close(fd: std::os::fd::RawFd) {
+pub(crate) fn reset_on_close(fd: std::os::fd::RawFd) {
     let linger = libc::linger { l_onoff: 1, l_linger: 0 };
     // SAFETY: `fd` is a socket owned by the caller's live connection; SO_LINGER takes a
     // `struct linger` of exactly this size.
@@ -561,7 +561,7 @@ fn bind_unix(path: &Path, backlog: u32) -> std::io::Result<std::os::unix::net::U
 
 /// A socket file left by a bridge that died is replaced; one that a live process still
 /// accepts on never is. Only ECONNREFUSED proves the file is stale.
-pub fn clear_stale_socket(name: &str, path: &Path) -> Result<(), ListenError> {
+pub(crate) fn clear_stale_socket(name: &str, path: &Path) -> Result<(), ListenError> {
     use std::os::unix::fs::FileTypeExt;
     let meta = match std::fs::symlink_metadata(path) {
         Ok(m) => m,

@@ -22,7 +22,7 @@ enum HeadError {
 }
 
 /// Serve one SCGI connection.
-pub async fn serve_connection<R, W>(mut rd: R, wr: W, ctx: Arc<ListenerCtx>, peer: String, sock: super::Sock)
+pub(crate) async fn serve_connection<R, W>(mut rd: R, wr: W, ctx: Arc<ListenerCtx>, peer: String, sock: super::Sock)
 where
     R: AsyncRead + Unpin + Send + 'static,
     W: super::WriteHalf,

@@ -14,7 +14,7 @@ const FIRST_FD: RawFd = 3;
 
 /// Why a `systemd:NAME` listener has no socket.
 #[derive(Debug, thiserror::Error)]
-pub enum SystemdError {
+pub(crate) enum SystemdError {
     #[error("systemd:{name}: not started by systemd socket activation (no LISTEN_FDS for this process); start the .socket unit, or listen on an address instead")]
     NotActivated { name: String },
     #[error("systemd:{name}: systemd passed no socket of that name (passed: {passed}); set FileDescriptorName={name} in the .socket unit or change the address")]
@@ -24,25 +24,25 @@ pub enum SystemdError {
 /// Passed descriptors by name, in order; taken out as listeners bind them (the daemon's
 /// registry keeps them for the listeners a reload adds). None: not socket-activated.
 #[derive(Debug, Default)]
-pub struct Passed(Mutex<Option<HashMap<String, Vec<RawFd>>>>);
+pub(crate) struct Passed(Mutex<Option<HashMap<String, Vec<RawFd>>>>);
 
 impl Passed {
     /// Read and remove LISTEN_PID, LISTEN_FDS and LISTEN_FDNAMES, so the workers the bridge
     /// starts do not take the sockets for theirs. Marks the passed descriptors close-on-exec.
     /// Call once, while the process is still single-threaded.
-    pub fn from_env() -> Self {
+    pub(crate) fn from_env() -> Self {
         Self(Mutex::new(from_env()))
     }
 
     /// Take the next descriptor passed under `name` (a .socket unit with several
     /// ListenStream= lines passes several under one name: one listener each, in order).
-    pub fn take(&self, name: &str) -> Result<RawFd, SystemdError> {
+    pub(crate) fn take(&self, name: &str) -> Result<RawFd, SystemdError> {
         take(&mut self.0.lock().unwrap_or_else(|e| e.into_inner()), name)
     }
 
     /// Names of passed sockets no listener took (worth a warning: a unit and a config that
     /// disagree).
-    pub fn unused(&self) -> Vec<String> {
+    pub(crate) fn unused(&self) -> Vec<String> {
         let guard = self.0.lock().unwrap_or_else(|e| e.into_inner());
         let mut out: Vec<String> = guard
             .as_ref()

@@ -5,7 +5,7 @@
 use serde::Deserialize;
 
 /// Starts every structured record line (an ASCII unit separator, then a tag no app prints).
-pub const MARKER: &str = "\u{1f}fcgibridge-log ";
+pub(crate) const MARKER: &str = "\u{1f}fcgibridge-log ";
 
 #[derive(Deserialize)]
 struct Record {
@@ -16,7 +16,7 @@ struct Record {
 }
 
 /// Log `line` if it is a structured record; false for any other line.
-pub fn emit(pool: &str, pid: u32, line: &str) -> bool {
+pub(crate) fn emit(pool: &str, pid: u32, line: &str) -> bool {
     let Some(json) = line.strip_prefix(MARKER) else { return false };
     let Ok(r) = serde_json::from_str::<Record>(json) else { return false };
     let request_id = r.request_id.as_deref().unwrap_or("-");

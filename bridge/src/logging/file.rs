@@ -12,14 +12,14 @@ struct Inner {
 
 /// A log file shared by every writer tracing hands out.
 #[derive(Clone)]
-pub struct LogFile {
+pub(crate) struct LogFile {
     path: Arc<PathBuf>,
     inner: Arc<Mutex<Inner>>,
 }
 
 impl LogFile {
     /// Open (append, create) the file.
-    pub fn open(path: PathBuf) -> std::io::Result<Self> {
+    pub(crate) fn open(path: PathBuf) -> std::io::Result<Self> {
         let file = OpenOptions::new().create(true).append(true).open(&path)?;
         Ok(Self {
             path: Arc::new(path),

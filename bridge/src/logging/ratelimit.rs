@@ -18,25 +18,25 @@ use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
 /// At most one summary line per kind and pool (or listener) in this time.
-pub const WINDOW: Duration = Duration::from_secs(1);
+pub(crate) const WINDOW: Duration = Duration::from_secs(1);
 
 /// What a rate-limited line is about (the summary's field name).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Scope {
+pub(crate) enum Scope {
     Pool,
     Listener,
 }
 
 /// The level of the full line, and of its summaries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Level {
+pub(crate) enum Level {
     Info,
     Warn,
 }
 
 /// One kind of rate-limited line (compared by address: use the statics below).
 #[derive(Debug)]
-pub struct Kind {
+pub(crate) struct Kind {
     pub scope: Scope,
     /// What happened, plural, as the summary says it: "requests answered 503".
     pub what: &'static str,
@@ -48,13 +48,13 @@ pub struct Kind {
 }
 
 /// 503: more requests waiting than `queue-size`.
-pub static QUEUE_FULL: Kind =
+pub(crate) static QUEUE_FULL: Kind =
     Kind { scope: Scope::Pool, what: "requests answered 503", reason: "queue full", level: Level::Warn, burst: 1 };
 /// 503: no worker became free within `queue-timeout`.
-pub static QUEUE_TIMEOUT: Kind =
+pub(crate) static QUEUE_TIMEOUT: Kind =
     Kind { scope: Scope::Pool, what: "requests answered 503", reason: "queue timeout", level: Level::Warn, burst: 1 };
 /// 503: the pool has no worker and cannot start one.
-pub static UNAVAILABLE: Kind = Kind {
+pub(crate) static UNAVAILABLE: Kind = Kind {
     scope: Scope::Pool,
     what: "requests answered 503",
     reason: "pool unavailable",
@@ -66,7 +66,7 @@ pub static UNAVAILABLE: Kind = Kind {
 const CLIENT_BURST: u32 = 5;
 
 /// 413: the declared body is larger than `max-body`.
-pub static TOO_LARGE: Kind = Kind {
+pub(crate) static TOO_LARGE: Kind = Kind {
     scope: Scope::Pool,
     what: "requests answered 413",
     reason: "body larger than max-body",
@@ -74,7 +74,7 @@ pub static TOO_LARGE: Kind = Kind {
     burst: CLIENT_BURST,
 };
 /// 413: a streamed body passed `max-body`.
-pub static BODY_CUT_OFF: Kind = Kind {
+pub(crate) static BODY_CUT_OFF: Kind = Kind {
     scope: Scope::Pool,
     what: "requests cut off with 413",
     reason: "streamed body passed max-body",
@@ -82,7 +82,7 @@ pub static BODY_CUT_OFF: Kind = Kind {
     burst: CLIENT_BURST,
 };
 /// 404: no route of the listener matches.
-pub static NO_ROUTE: Kind = Kind {
+pub(crate) static NO_ROUTE: Kind = Kind {
     scope: Scope::Listener,
     what: "requests answered 404",
     reason: "no route matches",
@@ -90,7 +90,7 @@ pub static NO_ROUTE: Kind = Kind {
     burst: CLIENT_BURST,
 };
 /// A FastCGI connection closed for a protocol error.
-pub static FASTCGI_PROTOCOL: Kind = Kind {
+pub(crate) static FASTCGI_PROTOCOL: Kind = Kind {
     scope: Scope::Listener,
     what: "connections closed",
     reason: "FastCGI protocol error",
@@ -98,7 +98,7 @@ pub static FASTCGI_PROTOCOL: Kind = Kind {
     burst: CLIENT_BURST,
 };
 /// An SCGI connection closed for a protocol error.
-pub static SCGI_PROTOCOL: Kind = Kind {
+pub(crate) static SCGI_PROTOCOL: Kind = Kind {
     scope: Scope::Listener,
     what: "connections closed",
     reason: "SCGI protocol error",
@@ -106,7 +106,7 @@ pub static SCGI_PROTOCOL: Kind = Kind {
     burst: CLIENT_BURST,
 };
 /// A TCP connection from a peer FCGI_WEB_SERVER_ADDRS does not list.
-pub static PEER_REFUSED: Kind = Kind {
+pub(crate) static PEER_REFUSED: Kind = Kind {
     scope: Scope::Listener,
     what: "connections refused",
     reason: "peer not allowed (allowed-clients or FCGI_WEB_SERVER_ADDRS)",
@@ -115,7 +115,7 @@ pub static PEER_REFUSED: Kind = Kind {
 };
 
 /// A connection closed at once: the listener already holds `max-connections`.
-pub static MAX_CONNECTIONS: Kind = Kind {
+pub(crate) static MAX_CONNECTIONS: Kind = Kind {
     scope: Scope::Listener,
     what: "connections refused",
     reason: "max-connections reached",
@@ -123,7 +123,7 @@ pub static MAX_CONNECTIONS: Kind = Kind {
     burst: 1,
 };
 /// 400: a CONTENT_LENGTH that is not plain decimal digits within 64 bits.
-pub static BAD_REQUEST: Kind = Kind {
+pub(crate) static BAD_REQUEST: Kind = Kind {
     scope: Scope::Listener,
     what: "requests answered 400",
     reason: "invalid CONTENT_LENGTH",
@@ -131,7 +131,7 @@ pub static BAD_REQUEST: Kind = Kind {
     burst: CLIENT_BURST,
 };
 /// A connection closed because its request headers did not complete within `header-timeout`.
-pub static HEADER_TIMEOUT: Kind = Kind {
+pub(crate) static HEADER_TIMEOUT: Kind = Kind {
     scope: Scope::Listener,
     what: "connections closed",
     reason: "header-timeout",
@@ -139,7 +139,7 @@ pub static HEADER_TIMEOUT: Kind = Kind {
     burst: CLIENT_BURST,
 };
 /// A connection closed because unfinished headers passed `header-memory`.
-pub static HEADER_MEMORY: Kind = Kind {
+pub(crate) static HEADER_MEMORY: Kind = Kind {
     scope: Scope::Listener,
     what: "connections closed",
     reason: "header-memory budget reached",
@@ -147,7 +147,7 @@ pub static HEADER_MEMORY: Kind = Kind {
     burst: CLIENT_BURST,
 };
 /// 408: a request body stalled for `body-timeout`.
-pub static BODY_STALLED: Kind = Kind {
+pub(crate) static BODY_STALLED: Kind = Kind {
     scope: Scope::Pool,
     what: "requests ended",
     reason: "request body stalled (body-timeout)",
@@ -155,7 +155,7 @@ pub static BODY_STALLED: Kind = Kind {
     burst: CLIENT_BURST,
 };
 /// 200 instead of 206: too many ranges, or ranges larger than the file.
-pub static RANGE_IGNORED: Kind = Kind {
+pub(crate) static RANGE_IGNORED: Kind = Kind {
     scope: Scope::Pool,
     what: "Range headers ignored",
     reason: "too many or too large ranges",
@@ -165,7 +165,7 @@ pub static RANGE_IGNORED: Kind = Kind {
 
 /// What to do with one occurrence.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Hit {
+pub(crate) enum Hit {
     /// Log it in full.
     Log,
     /// Counted for the next summary; write nothing.
@@ -176,7 +176,7 @@ pub enum Hit {
 
 /// `count` occurrences of a kind that were not logged in full, over `over`.
 #[derive(Debug, PartialEq, Eq)]
-pub struct Summary {
+pub(crate) struct Summary {
     pub kind: &'static Kind,
     pub name: Box<str>,
     pub count: u64,
@@ -202,19 +202,19 @@ struct Entry {
 }
 
 /// The rate limiter itself, with time passed in (the unit tests use a fake clock).
-pub struct Limiter {
+pub(crate) struct Limiter {
     window: Duration,
     /// Few entries (active kinds × pools or listeners): a list beats a map here.
     entries: Vec<Entry>,
 }
 
 impl Limiter {
-    pub fn new(window: Duration) -> Self {
+    pub(crate) fn new(window: Duration) -> Self {
         Self { window, entries: Vec::new() }
     }
 
     /// One occurrence of `kind` for the pool or listener `name` at `now`.
-    pub fn hit(&mut self, kind: &'static Kind, name: &str, now: Instant) -> Hit {
+    pub(crate) fn hit(&mut self, kind: &'static Kind, name: &str, now: Instant) -> Hit {
         let Some(e) = self.entries.iter_mut().find(|e| std::ptr::eq(e.kind, kind) && &*e.name == name) else {
             self.entries.push(Entry { kind, name: name.into(), since: now, logged: 1, suppressed: 0 });
             return Hit::Log;
@@ -240,7 +240,7 @@ impl Limiter {
 
     /// The summaries due at `now`, and when the next one may be due (`None`: nothing
     /// pending). A kind quiet for a whole window is forgotten.
-    pub fn flush(&mut self, now: Instant) -> (Vec<Summary>, Option<Instant>) {
+    pub(crate) fn flush(&mut self, now: Instant) -> (Vec<Summary>, Option<Instant>) {
         let mut out = Vec::new();
         let window = self.window;
         self.entries.retain_mut(|e| {
@@ -261,7 +261,7 @@ impl Limiter {
     }
 
     /// Every pending count, due or not (shutdown); forgets everything.
-    pub fn drain(&mut self, now: Instant) -> Vec<Summary> {
+    pub(crate) fn drain(&mut self, now: Instant) -> Vec<Summary> {
         self.entries
             .drain(..)
             .filter(|e| e.suppressed > 0)
@@ -283,7 +283,7 @@ static LIMITER: LazyLock<Mutex<Limiter>> = LazyLock::new(|| Mutex::new(Limiter::
 static ENABLED: AtomicBool = AtomicBool::new(true);
 
 /// `log-rate-limit`: false logs every occurrence in full.
-pub fn set_enabled(on: bool) {
+pub(crate) fn set_enabled(on: bool) {
     ENABLED.store(on, Ordering::Relaxed);
 }
 /// Wakes the flusher when the first entry appears (it sleeps while there is none).
@@ -296,7 +296,7 @@ fn limiter() -> std::sync::MutexGuard<'static, Limiter> {
 
 /// Whether to write the full line of this occurrence of `kind` for `name` (a pool or
 /// listener); when not, it is counted, and a due summary is written here.
-pub fn allow(kind: &'static Kind, name: &str) -> bool {
+pub(crate) fn allow(kind: &'static Kind, name: &str) -> bool {
     if !ENABLED.load(Ordering::Relaxed) {
         return true;
     }
@@ -322,7 +322,7 @@ pub fn allow(kind: &'static Kind, name: &str) -> bool {
 }
 
 /// Write the summaries of bursts that stopped; runs for the daemon's life.
-pub async fn flusher() {
+pub(crate) async fn flusher() {
     loop {
         let (due, next) = limiter().flush(Instant::now());
         for s in &due {
@@ -337,7 +337,7 @@ pub async fn flusher() {
 }
 
 /// Write every count still pending (at shutdown).
-pub fn flush_all() {
+pub(crate) fn flush_all() {
     let left = limiter().drain(Instant::now());
     for s in &left {
         emit(s);

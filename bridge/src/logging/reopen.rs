@@ -6,11 +6,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 static GENERATION: AtomicU64 = AtomicU64::new(0);
 
 /// Ask every log file writer to reopen its file before its next line.
-pub fn request() {
+pub(crate) fn request() {
     GENERATION.fetch_add(1, Ordering::AcqRel);
 }
 
 /// The current generation; a writer that saw another one reopens.
-pub fn generation() -> u64 {
+pub(crate) fn generation() -> u64 {
     GENERATION.load(Ordering::Acquire)
 }

@@ -12,7 +12,7 @@ use fastcgi_server::cgi::ResponseHead;
 
 /// A response whose body a page replaces: its status and the headers kept from it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Replaced {
+pub(crate) struct Replaced {
     pub status: u16,
     /// The app's headers that do not describe its body, in order.
     pub keep: Vec<(Bytes, Bytes)>,
@@ -20,7 +20,7 @@ pub struct Replaced {
 
 impl Replaced {
     /// One of the bridge's own errors (no app headers; a 503 keeps its Retry-After).
-    pub fn bridge(status: u16, retry_after: Option<u32>) -> Self {
+    pub(crate) fn bridge(status: u16, retry_after: Option<u32>) -> Self {
         let keep =
             retry_after.map(|s| (Bytes::from_static(b"Retry-After"), Bytes::from(s.to_string()))).into_iter().collect();
         Self { status, keep }
@@ -29,7 +29,7 @@ impl Replaced {
 
 /// What error override does for one request's response.
 #[derive(Debug, Clone, Copy)]
-pub enum Override<'a> {
+pub(crate) enum Override<'a> {
     /// The pool's pages replace the responses they name.
     Pages(&'a ErrorPages),
     /// This request fetches the page for an earlier response: its 2xx answer goes out with
@@ -57,7 +57,7 @@ const BODY_HEADERS: &[&[u8]] = &[
 /// Look at an app's response head: `Some(hand-off)` when a page replaces it (or, for an
 /// error page's own request, when the page failed); `None` to pass it on — after giving an
 /// error page's answer the original status and headers.
-pub fn on_head(ov: Override<'_>, head: &mut ResponseHead) -> Option<Handoff> {
+pub(crate) fn on_head(ov: Override<'_>, head: &mut ResponseHead) -> Option<Handoff> {
     let status = super::effective_status(head);
     match ov {
         Override::Pages(pages) => {
@@ -98,7 +98,7 @@ pub fn on_head(ov: Override<'_>, head: &mut ResponseHead) -> Option<Handoff> {
 
 /// What comes after a response a page replaces.
 #[derive(Debug)]
-pub enum Next {
+pub(crate) enum Next {
     /// Send this complete response with this status.
     Send { status: u16, reply: BytesMut },
     /// Dispatch the request to this local path; `serving` now holds what it replaces.
@@ -108,7 +108,7 @@ pub enum Next {
 /// Decide what replaces `replaced`, a response of a pool with `pages`. `serving` is set
 /// while the request fetches an error page: then `replaced` is that page failing, and the
 /// default text goes out with the original status.
-pub fn next(pages: Option<&ErrorPages>, serving: &mut Option<Replaced>, replaced: Replaced) -> Next {
+pub(crate) fn next(pages: Option<&ErrorPages>, serving: &mut Option<Replaced>, replaced: Replaced) -> Next {
     if let Some(orig) = serving.as_ref() {
         return Next::Send { status: orig.status, reply: default_response(orig) };
     }
@@ -129,7 +129,7 @@ pub fn next(pages: Option<&ErrorPages>, serving: &mut Option<Replaced>, replaced
 /// are dropped, since they describe what the client has of the page it asked for, not of
 /// this one; a 304 or 206 would not be the page (Apache sets `no_local_copy` for the same
 /// reason).
-pub fn page_request(params: &mut fastcgi_server::Params) {
+pub(crate) fn page_request(params: &mut fastcgi_server::Params) {
     for name in [
         &b"HTTP_IF_NONE_MATCH"[..],
         b"HTTP_IF_MODIFIED_SINCE",
@@ -143,7 +143,7 @@ pub fn page_request(params: &mut fastcgi_server::Params) {
 }
 
 /// The bridge's default text page for `r`'s status, with its kept headers.
-pub fn default_response(r: &Replaced) -> BytesMut {
+pub(crate) fn default_response(r: &Replaced) -> BytesMut {
     let text = format!("{} {}\n", r.status, super::reason_phrase(r.status));
     response(r.status, "text/plain; charset=utf-8", text.as_bytes(), &r.keep)
 }

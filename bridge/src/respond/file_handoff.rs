@@ -10,14 +10,14 @@ use std::path::PathBuf;
 
 /// The hand-off headers an app may send.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
+pub(crate) enum Kind {
     Sendfile,
     Sendfile2,
     AccelRedirect,
 }
 
 impl Kind {
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Self::Sendfile => "X-Sendfile",
             Self::Sendfile2 => "X-Sendfile2",
@@ -34,7 +34,7 @@ impl Kind {
 
 /// One entry of an `X-Sendfile2` value: a file and an inclusive byte range.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Piece {
+pub(crate) struct Piece {
     /// Percent-decoded filesystem path.
     pub path: Vec<u8>,
     pub start: u64,
@@ -44,7 +44,7 @@ pub struct Piece {
 
 /// What the bridge sends.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum FileSpec {
+pub(crate) enum FileSpec {
     /// One whole file (X-Sendfile, a mapped X-Accel-Redirect): the client's ranges and
     /// conditional requests apply.
     Whole(Vec<u8>),
@@ -53,7 +53,7 @@ pub enum FileSpec {
 }
 
 impl FileSpec {
-    pub fn paths(&self) -> Vec<&[u8]> {
+    pub(crate) fn paths(&self) -> Vec<&[u8]> {
         match self {
             Self::Whole(p) => vec![p],
             Self::Pieces(ps) => ps.iter().map(|p| &p.path[..]).collect(),
@@ -63,7 +63,7 @@ impl FileSpec {
 
 /// A hand-off the bridge serves itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FileHandoff {
+pub(crate) struct FileHandoff {
     pub kind: Kind,
     pub spec: FileSpec,
     /// The app's status.
@@ -78,14 +78,14 @@ pub struct FileHandoff {
 
 /// `file-handoff:` of a listener (`pass` has no [`Files`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
+pub(crate) enum Mode {
     Serve,
     Translate,
 }
 
 /// A listener's file hand-off settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Files {
+pub(crate) struct Files {
     pub mode: Mode,
     pub dialect: Dialect,
     /// `file-roots`: the only directories the bridge sends files from, with symlinks
@@ -101,10 +101,10 @@ pub struct Files {
 }
 
 /// The param that tells the worker where wsgi.file_wrapper files may be handed off from.
-pub const WORKER_ROOTS_PARAM: &[u8] = b"FCGIBRIDGE_FILE_ROOTS";
+pub(crate) const WORKER_ROOTS_PARAM: &[u8] = b"FCGIBRIDGE_FILE_ROOTS";
 
 /// Strip a `FCGIBRIDGE_FILE_ROOTS` the web server sent and set the listener's own.
-pub fn set_worker_roots(params: &mut fastcgi_server::Params, files: Option<&Files>) {
+pub(crate) fn set_worker_roots(params: &mut fastcgi_server::Params, files: Option<&Files>) {
     match files.and_then(|f| f.worker_roots.clone()) {
         Some(v) => params.insert(Bytes::from_static(WORKER_ROOTS_PARAM), v),
         None => {
@@ -115,7 +115,7 @@ pub fn set_worker_roots(params: &mut fastcgi_server::Params, files: Option<&File
 
 /// What happens to a response.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Decision {
+pub(crate) enum Decision {
     /// No hand-off header, or one the web server understands (possibly rewritten in place).
     Forward,
     /// The bridge sends the file(s).
@@ -126,7 +126,7 @@ pub enum Decision {
 
 /// Why an `X-Sendfile2` value cannot be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum Sendfile2Error {
+pub(crate) enum Sendfile2Error {
     #[error("X-Sendfile2 is empty; write `<url-encoded path> <start>-<end>[, ...]`")]
     Empty,
     #[error("X-Sendfile2 entry {0} is empty (two commas in a row?)")]
@@ -143,7 +143,7 @@ pub enum Sendfile2Error {
 
 /// Parse lighttpd's `X-Sendfile2`: comma-separated `<url-encoded path> <start>-<end>`
 /// entries, `start-` meaning to the end of the file; spaces around entries are ignored.
-pub fn parse_sendfile2(value: &[u8]) -> Result<Vec<Piece>, Sendfile2Error> {
+pub(crate) fn parse_sendfile2(value: &[u8]) -> Result<Vec<Piece>, Sendfile2Error> {
     if value.trim_ascii().is_empty() {
         return Err(Sendfile2Error::Empty);
     }
@@ -187,7 +187,7 @@ pub fn parse_sendfile2(value: &[u8]) -> Result<Vec<Piece>, Sendfile2Error> {
 
 /// How a hand-off path falls short of a normal absolute path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum PathFlaw {
+pub(crate) enum PathFlaw {
     #[error("it is not absolute")]
     Relative,
     #[error("it has a `..` segment")]
@@ -208,7 +208,7 @@ pub enum PathFlaw {
 /// form that has the flaw when only that one has it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{value:?} is not a normal path{}: {flaw}", decoded.as_ref().map(|d| format!(" once percent-decoded ({d:?})")).unwrap_or_default())]
-pub struct BadPath {
+pub(crate) struct BadPath {
     pub value: String,
     pub decoded: Option<String>,
     pub flaw: PathFlaw,
@@ -219,7 +219,7 @@ pub struct BadPath {
 /// merges `//` and refuses `..`, lighttpd simplifies, the kernel follows `..`), so only
 /// a path all of them read alike is handed on. `trailing_slash`: a final `/` is allowed
 /// (an nginx location URI, never a file).
-pub fn normal_path(p: &[u8], trailing_slash: bool) -> Result<(), PathFlaw> {
+pub(crate) fn normal_path(p: &[u8], trailing_slash: bool) -> Result<(), PathFlaw> {
     let Some(rest) = p.strip_prefix(b"/") else { return Err(PathFlaw::Relative) };
     if rest.is_empty() {
         // `/` alone: an nginx location, never a file.
@@ -308,7 +308,7 @@ fn understands_sendfile(d: Dialect) -> bool {
 }
 
 impl Files {
-    pub fn new(
+    pub(crate) fn new(
         mode: Mode,
         dialect: Dialect,
         roots: Vec<PathBuf>,
@@ -335,7 +335,7 @@ impl Files {
     }
 
     /// Decide what the response `head` from worker `pid` becomes.
-    pub fn decide(&self, head: &mut ResponseHead, pid: u32) -> Decision {
+    pub(crate) fn decide(&self, head: &mut ResponseHead, pid: u32) -> Decision {
         let status = super::effective_status(head);
         let Some(i) = head.headers.iter().position(|(n, _)| Kind::of(n).is_some()) else { return Decision::Forward };
         let kind = Kind::of(&head.headers[i].0).unwrap_or(Kind::Sendfile);
@@ -423,7 +423,7 @@ impl Files {
     }
 
     /// `/fs/prefix/rest` → `/uri/prefix/rest`, percent-encoded (nginx decodes X-Accel-Redirect).
-    pub fn fs_to_uri(&self, path: &[u8]) -> Option<String> {
+    pub(crate) fn fs_to_uri(&self, path: &[u8]) -> Option<String> {
         self.map.iter().find_map(|(fs, uri)| {
             let rest = strip_dir_prefix(path, fs.as_bytes())?;
             Some(format!("{uri}{}", percent_encode(rest)))
@@ -432,7 +432,7 @@ impl Files {
 
     /// An X-Accel-Redirect URI → filesystem path, as nginx reads it: the query dropped,
     /// percent-decoded, NUL refused; then the longest `file-map` URI prefix.
-    pub fn uri_to_fs(&self, uri: &[u8]) -> Option<Vec<u8>> {
+    pub(crate) fn uri_to_fs(&self, uri: &[u8]) -> Option<Vec<u8>> {
         let path = uri.split(|&b| b == b'?').next().unwrap_or_default();
         let decoded = crate::route::percent_decode(path);
         if decoded.contains(&0) || !decoded.starts_with(b"/") {

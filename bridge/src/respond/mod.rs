@@ -9,14 +9,14 @@
 use bytes::{BufMut, BytesMut};
 use fastcgi_server::cgi::{self, ResponseHead};
 
-pub mod error_override;
-pub mod file_handoff;
-pub mod redirect;
-pub mod sendfile;
+pub(crate) mod error_override;
+pub(crate) mod file_handoff;
+pub(crate) mod redirect;
+pub(crate) mod sendfile;
 
 /// How an app handed its request on instead of answering it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Handoff {
+pub(crate) enum Handoff {
     /// Status 200 + `Location: /local/path`: serve that path instead.
     Local(bytes::Bytes),
     /// A file the bridge sends itself (X-Sendfile, X-Sendfile2, a mapped X-Accel-Redirect).
@@ -28,7 +28,7 @@ pub enum Handoff {
 
 /// Why a worker's header block cannot be passed on.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum HeadError {
+pub(crate) enum HeadError {
     #[error("header {0:?} has a CR, LF or NUL in its value")]
     ControlInValue(String),
     #[error("header name {0:?} is not a valid token")]
@@ -40,7 +40,7 @@ pub enum HeadError {
 }
 
 /// The status the front should see.
-pub fn effective_status(head: &ResponseHead) -> u16 {
+pub(crate) fn effective_status(head: &ResponseHead) -> u16 {
     match head.status {
         // 200 with an absolute Location redirects nobody: a redirect was meant (mod_fcgid).
         Some(200) if head.location.as_ref().is_some_and(|l| redirect::is_absolute(l)) => 302,
@@ -52,7 +52,7 @@ pub fn effective_status(head: &ResponseHead) -> u16 {
 
 /// Encode `head` as the CGI header block sent to the web server, into `out`.
 /// `extra` is a capacity hint for body bytes the caller will append.
-pub fn encode_head(head: &ResponseHead, extra: usize) -> Result<(u16, BytesMut), HeadError> {
+pub(crate) fn encode_head(head: &ResponseHead, extra: usize) -> Result<(u16, BytesMut), HeadError> {
     let status = effective_status(head);
     if !(100..=999).contains(&status) {
         return Err(HeadError::StatusOutOfRange(status));
@@ -109,7 +109,7 @@ pub fn encode_head(head: &ResponseHead, extra: usize) -> Result<(u16, BytesMut),
 }
 
 /// A complete response made by the bridge itself (404, 502, 503 …) in CGI form.
-pub fn error_response(status: u16, retry_after: Option<u32>) -> BytesMut {
+pub(crate) fn error_response(status: u16, retry_after: Option<u32>) -> BytesMut {
     let reason = reason_phrase(status);
     let mut out = BytesMut::with_capacity(160);
     out.put_slice(b"Status: ");
@@ -150,7 +150,7 @@ fn put_u64(out: &mut BytesMut, n: u64) {
 }
 
 /// The standard reason phrase; "Unknown" for codes without one.
-pub fn reason_phrase(status: u16) -> &'static str {
+pub(crate) fn reason_phrase(status: u16) -> &'static str {
     cgi::reason_phrase(status).unwrap_or("Unknown")
 }
 

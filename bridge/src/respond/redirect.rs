@@ -13,7 +13,7 @@ use fastcgi_server::Params;
 
 /// Why a local redirect cannot be followed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum RedirectError {
+pub(crate) enum RedirectError {
     #[error("more than {0} internal redirects (a loop?); raise the listener's max-redirects if the chain is intended")]
     TooMany(u32),
 }
@@ -21,7 +21,7 @@ pub enum RedirectError {
 /// The local path a response redirects to internally: status 200 (or no Status, CGI's
 /// local-redirect form) and a Location starting with one `/`. The common response has no
 /// Location and costs one `Option` check.
-pub fn local_target(head: &ResponseHead) -> Option<Bytes> {
+pub(crate) fn local_target(head: &ResponseHead) -> Option<Bytes> {
     let loc = head.location.as_ref()?;
     if !matches!(head.status, None | Some(200)) {
         return None;
@@ -32,7 +32,7 @@ pub fn local_target(head: &ResponseHead) -> Option<Bytes> {
 
 /// Whether a Location is absolute (has a scheme): with status 200 it becomes a 302, as
 /// mod_fcgid does, since a 200 with an absolute Location redirects nobody.
-pub fn is_absolute(loc: &[u8]) -> bool {
+pub(crate) fn is_absolute(loc: &[u8]) -> bool {
     match loc.iter().position(|&b| b == b':') {
         Some(i) if i > 0 => loc[..i].iter().all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(b)),
         _ => false,
@@ -42,7 +42,13 @@ pub fn is_absolute(loc: &[u8]) -> bool {
 /// Rewrite `params` for the redirected request to `target`; `depth` counts the redirects
 /// of this request so far, `status` is the status of the response that redirected (200 for
 /// a CGI local redirect, the error status for an error page).
-pub fn apply(params: &mut Params, target: &[u8], depth: &mut u32, max: u32, status: u16) -> Result<(), RedirectError> {
+pub(crate) fn apply(
+    params: &mut Params,
+    target: &[u8],
+    depth: &mut u32,
+    max: u32,
+    status: u16,
+) -> Result<(), RedirectError> {
     *depth += 1;
     if *depth > max {
         return Err(RedirectError::TooMany(max));
@@ -101,7 +107,7 @@ pub fn apply(params: &mut Params, target: &[u8], depth: &mut u32, max: u32, stat
 
 /// What the web server gets for a local redirect no route of the bridge serves, or `None`
 /// for a 404.
-pub fn unrouted(dialect: Dialect, policy: UnroutedRedirect, target: &[u8]) -> Option<BytesMut> {
+pub(crate) fn unrouted(dialect: Dialect, policy: UnroutedRedirect, target: &[u8]) -> Option<BytesMut> {
     let header: &[u8] = match (dialect, policy) {
         // nginx serves it from a location (an `internal` one, typically).
         (Dialect::Nginx, _) => b"X-Accel-Redirect: ",

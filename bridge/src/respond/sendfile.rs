@@ -21,7 +21,7 @@ const CHUNK: usize = 64 << 10;
 
 /// Why a hand-off is refused.
 #[derive(Debug, thiserror::Error)]
-pub enum SendfileError {
+pub(crate) enum SendfileError {
     #[error("{0:?} is not a normal path: {1}")]
     BadPath(String, super::file_handoff::PathFlaw),
     #[error("{0:?} is not under any of the listener's file-roots")]
@@ -41,7 +41,7 @@ pub enum SendfileError {
 
 impl SendfileError {
     /// The status the client gets.
-    pub fn status(&self) -> u16 {
+    pub(crate) fn status(&self) -> u16 {
         match self {
             Self::BadPath(..) | Self::OutsideRoots(_) => 403,
             Self::NotFound(_) | Self::NotRegular(_) => 404,
@@ -74,7 +74,7 @@ async fn send_range<K: ResponseSink>(
 /// [`Files`](super::file_handoff::Files)): a normal path (already checked by
 /// [`decide`](super::file_handoff::Files::decide); again here, as the last step before the
 /// filesystem), after following symlinks still inside a root; a regular file.
-pub fn resolve(roots: &[PathBuf], path: &[u8]) -> Result<(PathBuf, std::fs::Metadata), SendfileError> {
+pub(crate) fn resolve(roots: &[PathBuf], path: &[u8]) -> Result<(PathBuf, std::fs::Metadata), SendfileError> {
     let shown = String::from_utf8_lossy(path).into_owned();
     super::file_handoff::normal_path(path, false).map_err(|flaw| SendfileError::BadPath(shown.clone(), flaw))?;
     let p = Path::new(std::ffi::OsStr::from_bytes(path));
@@ -96,7 +96,7 @@ pub fn resolve(roots: &[PathBuf], path: &[u8]) -> Result<(PathBuf, std::fs::Meta
 
 /// What [`serve`] sent, for the access log and the log line of an ignored Range.
 #[derive(Debug, PartialEq, Eq)]
-pub struct Served {
+pub(crate) struct Served {
     pub status: u16,
     /// Body bytes sent.
     pub sent: u64,
@@ -112,7 +112,7 @@ impl Served {
 
 /// Send the hand-off `h` to `sink`; `max_ranges` is the listener's `max-ranges`. Nothing
 /// has been sent when this fails.
-pub async fn serve<K: ResponseSink>(
+pub(crate) async fn serve<K: ResponseSink>(
     roots: &[PathBuf],
     max_ranges: u32,
     params: &Params,
@@ -301,7 +301,7 @@ const RANGE_GAP: u64 = 80;
 
 /// Why the client's Range header was ignored and the whole file sent with 200.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum RangesIgnored {
+pub(crate) enum RangesIgnored {
     #[error("{count} ranges, more than max-ranges ({max})")]
     TooMany { count: usize, max: u32 },
     #[error(

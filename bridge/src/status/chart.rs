@@ -15,7 +15,7 @@ const BOTTOM: f64 = 126.0;
 
 /// How values are written on the y axis.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Unit {
+pub(crate) enum Unit {
     /// Per second ("12/s").
     Rate,
     /// Durations in seconds ("25ms", "1.5s").
@@ -26,7 +26,7 @@ pub enum Unit {
 
 /// How a series is drawn.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Style {
+pub(crate) enum Style {
     Line,
     /// A line with the area below it filled (series are drawn in order: put the larger of
     /// two areas first).
@@ -36,7 +36,7 @@ pub enum Style {
 }
 
 /// One series: a value per point (None: a gap).
-pub struct Series<'a> {
+pub(crate) struct Series<'a> {
     pub name: &'a str,
     pub color: &'a str,
     pub values: Vec<Option<f64>>,
@@ -44,7 +44,7 @@ pub struct Series<'a> {
 }
 
 /// A chart over a time window that ends now.
-pub struct Chart<'a> {
+pub(crate) struct Chart<'a> {
     /// CSS class of the svg element (the page's tests look for it).
     pub class: &'a str,
     pub label: &'a str,
@@ -59,7 +59,7 @@ pub struct Chart<'a> {
 }
 
 /// The smallest "nice" number (1, 2, 2.5 or 5 times a power of ten) at or above `v`.
-pub fn nice_ceiling(v: f64) -> f64 {
+pub(crate) fn nice_ceiling(v: f64) -> f64 {
     if v.is_nan() || v <= 0.0 || v.is_infinite() {
         return 1.0;
     }
@@ -73,7 +73,7 @@ pub fn nice_ceiling(v: f64) -> f64 {
 }
 
 /// A value as the axis and captions write it.
-pub fn format(unit: Unit, v: f64) -> String {
+pub(crate) fn format(unit: Unit, v: f64) -> String {
     let trim = |s: String| if s.contains('.') { s.trim_end_matches('0').trim_end_matches('.').to_owned() } else { s };
     match unit {
         Unit::Seconds if v == 0.0 => "0".to_owned(),
@@ -147,7 +147,7 @@ fn bars_path(
 }
 
 /// The chart as an `<svg>` element.
-pub fn svg(c: &Chart<'_>) -> String {
+pub(crate) fn svg(c: &Chart<'_>) -> String {
     let mut o = String::with_capacity(4096);
     let _ = write!(
         o,

@@ -7,7 +7,7 @@ use fastcgi_server::Params;
 
 /// The CGI response for a status or ping request on a listener with these paths, or None
 /// to route it.
-pub fn intercept(
+pub(crate) fn intercept(
     status_path: Option<&str>,
     ping_path: Option<&str>,
     registry: &Registry,

@@ -9,29 +9,29 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 /// Time between two samples.
-pub const INTERVAL: Duration = Duration::from_secs(5);
+pub(crate) const INTERVAL: Duration = Duration::from_secs(5);
 
 /// Samples kept per pool and listener: 15 minutes.
-pub const SAMPLES: usize = 180;
+pub(crate) const SAMPLES: usize = 180;
 
 /// The span of the "last minute" numbers.
-pub const RECENT: Duration = Duration::from_secs(60);
+pub(crate) const RECENT: Duration = Duration::from_secs(60);
 
 /// A bounded FIFO: pushing onto a full ring drops its oldest item.
 #[derive(Debug)]
-pub struct Ring<T> {
+pub(crate) struct Ring<T> {
     items: VecDeque<T>,
     cap: usize,
 }
 
 impl<T> Ring<T> {
     /// An empty ring holding at most `cap` items.
-    pub fn new(cap: usize) -> Self {
+    pub(crate) fn new(cap: usize) -> Self {
         Self { items: VecDeque::with_capacity(cap), cap: cap.max(1) }
     }
 
     /// Append, dropping the oldest item when full.
-    pub fn push(&mut self, item: T) {
+    pub(crate) fn push(&mut self, item: T) {
         if self.items.len() == self.cap {
             self.items.pop_front();
         }
@@ -39,14 +39,14 @@ impl<T> Ring<T> {
     }
 
     /// Oldest first.
-    pub fn iter(&self) -> impl DoubleEndedIterator<Item = &T> + ExactSizeIterator {
+    pub(crate) fn iter(&self) -> impl DoubleEndedIterator<Item = &T> + ExactSizeIterator {
         self.items.iter()
     }
 }
 
 /// A pool's cumulative counters and its gauges at one instant.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct PoolSample {
+pub(crate) struct PoolSample {
     pub latency: Histogram,
     pub responses: Classes,
     /// 503s (queue full, queue-timeout, no worker).
@@ -62,7 +62,7 @@ pub struct PoolSample {
 
 impl PoolSample {
     /// How much each counter that an operator watches moved since `then`.
-    pub fn moved_since(&self, then: &Self) -> Moved {
+    pub(crate) fn moved_since(&self, then: &Self) -> Moved {
         Moved {
             requests: self.latency.count().saturating_sub(then.latency.count()),
             server_errors: self.responses.server_errors().saturating_sub(then.responses.server_errors()),
@@ -76,7 +76,7 @@ impl PoolSample {
 
 /// What moved over some span (the counters whose movement an operator must see).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
-pub struct Moved {
+pub(crate) struct Moved {
     pub requests: u64,
     pub server_errors: u64,
     pub rejected_requests: u64,
@@ -87,7 +87,7 @@ pub struct Moved {
 
 /// A listener's cumulative counters at one instant.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct ListenerSample {
+pub(crate) struct ListenerSample {
     pub latency: Histogram,
     pub responses: Classes,
 }
@@ -100,7 +100,7 @@ struct Series<T> {
 
 /// The rings of every pool and listener, and when the next sample is due.
 #[derive(Debug, Default)]
-pub struct History {
+pub(crate) struct History {
     pools: Vec<Series<PoolSample>>,
     listeners: Vec<Series<ListenerSample>>,
     next: Option<Instant>,
@@ -133,12 +133,12 @@ fn base<'a, T>(series: &'a [Series<T>], name: &str, now: Instant, span: Duration
 
 impl History {
     /// Whether a sample is due at `now`.
-    pub fn due(&self, now: Instant) -> bool {
+    pub(crate) fn due(&self, now: Instant) -> bool {
         self.next.is_none_or(|n| now >= n)
     }
 
     /// The ticker saw `len` requests waiting in `pool`'s queue.
-    pub fn observe_queue(&mut self, pool: &str, len: usize) {
+    pub(crate) fn observe_queue(&mut self, pool: &str, len: usize) {
         match self.queue_peaks.iter_mut().find(|(n, _)| n == pool) {
             Some((_, peak)) => *peak = (*peak).max(len),
             None if len > 0 => self.queue_peaks.push((pool.to_owned(), len)),
@@ -148,7 +148,7 @@ impl History {
 
     /// Store one sample of every pool and listener taken at `now`; a pool's queue is the
     /// longest seen since the previous sample.
-    pub fn record(
+    pub(crate) fn record(
         &mut self,
         now: Instant,
         mut pools: Vec<(String, PoolSample)>,
@@ -171,22 +171,22 @@ impl History {
 
     /// The pool's sample about a minute old, or None when the pool is younger (then the
     /// last minute is its whole life: compare with zero).
-    pub fn pool_minute_ago(&self, name: &str, now: Instant) -> Option<&PoolSample> {
+    pub(crate) fn pool_minute_ago(&self, name: &str, now: Instant) -> Option<&PoolSample> {
         base(&self.pools, name, now, RECENT)
     }
 
     /// The same for a listener.
-    pub fn listener_minute_ago(&self, name: &str, now: Instant) -> Option<&ListenerSample> {
+    pub(crate) fn listener_minute_ago(&self, name: &str, now: Instant) -> Option<&ListenerSample> {
         base(&self.listeners, name, now, RECENT)
     }
 
     /// The charts' data of every pool, oldest first; times are Unix seconds.
-    pub fn pools(&self, unix: impl Fn(Instant) -> f64) -> Vec<PoolHistory> {
+    pub(crate) fn pools(&self, unix: impl Fn(Instant) -> f64) -> Vec<PoolHistory> {
         self.pools.iter().map(|s| pool_series(s, &unix)).collect()
     }
 
     /// The same for the listeners.
-    pub fn listeners(&self, unix: impl Fn(Instant) -> f64) -> Vec<ListenerHistory> {
+    pub(crate) fn listeners(&self, unix: impl Fn(Instant) -> f64) -> Vec<ListenerHistory> {
         self.listeners.iter().map(|s| listener_series(s, &unix)).collect()
     }
 }

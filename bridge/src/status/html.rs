@@ -6,7 +6,7 @@ use super::model::{History, PoolHistory, PoolStatus, Status};
 use std::fmt::Write;
 
 /// Seconds between reloads of the page.
-pub const REFRESH_SECS: u32 = 2;
+pub(crate) const REFRESH_SECS: u32 = 2;
 
 /// Text for HTML content and attribute values.
 pub(crate) fn esc(s: &str) -> String {
@@ -25,7 +25,7 @@ pub(crate) fn esc(s: &str) -> String {
 }
 
 /// Bytes as KiB/MiB/GiB with one decimal.
-pub fn human_bytes(n: u64) -> String {
+pub(crate) fn human_bytes(n: u64) -> String {
     let units = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut v = n as f64;
     let mut i = 0;
@@ -41,7 +41,7 @@ pub fn human_bytes(n: u64) -> String {
 }
 
 /// A duration in seconds as "1.234s", "2m05s", "3h02m".
-pub fn human_secs(s: f64) -> String {
+pub(crate) fn human_secs(s: f64) -> String {
     if s < 60.0 {
         format!("{s:.3}s")
     } else if s < 3600.0 {
@@ -263,7 +263,7 @@ fn pool_card(o: &mut String, p: &PoolStatus, h: Option<&PoolHistory>, now: f64, 
 }
 
 /// The whole page: a card with charts per pool, then the tables.
-pub fn render(s: &Status, history: &History) -> String {
+pub(crate) fn render(s: &Status, history: &History) -> String {
     let mut o = String::with_capacity(16384 + 24576 * s.pools.len());
     head(&mut o, s);
     let now = crate::supervise::stats::unix_now();

@@ -13,7 +13,7 @@ use tokio::sync::watch;
 
 /// Why the status listener could not start.
 #[derive(Debug, thiserror::Error)]
-pub enum StatusError {
+pub(crate) enum StatusError {
     #[error("status listener {addr}: {what}: {source}; change bridge.status.listen")]
     Io { addr: String, what: &'static str, source: std::io::Error },
     #[error("status listener {addr}: {source}")]
@@ -21,14 +21,14 @@ pub enum StatusError {
 }
 
 /// A bound status socket.
-pub enum StatusBound {
+pub(crate) enum StatusBound {
     Tcp(TcpListener),
     Unix(UnixListener, std::path::PathBuf),
 }
 
 impl StatusBound {
     /// The unix socket file to remove at exit.
-    pub fn socket_file(&self) -> Option<std::path::PathBuf> {
+    pub(crate) fn socket_file(&self) -> Option<std::path::PathBuf> {
         match self {
             Self::Unix(_, p) => Some(p.clone()),
             Self::Tcp(_) => None,
@@ -37,7 +37,7 @@ impl StatusBound {
 }
 
 /// Bind the status listener (before the workers start, like every listener).
-pub async fn bind(cfg: &StatusListen) -> Result<StatusBound, StatusError> {
+pub(crate) async fn bind(cfg: &StatusListen) -> Result<StatusBound, StatusError> {
     let addr = super::describe(&cfg.address);
     let io = |what, source| StatusError::Io { addr: addr.clone(), what, source };
     match &cfg.address {
@@ -56,7 +56,7 @@ pub async fn bind(cfg: &StatusListen) -> Result<StatusBound, StatusError> {
 }
 
 /// Accept and answer until `stop` turns true.
-pub async fn serve(bound: StatusBound, path: String, registry: Arc<Registry>, mut stop: watch::Receiver<bool>) {
+pub(crate) async fn serve(bound: StatusBound, path: String, registry: Arc<Registry>, mut stop: watch::Receiver<bool>) {
     let path: std::sync::Arc<str> = path.into();
     loop {
         let conn: Box<dyn Conn> = tokio::select! {

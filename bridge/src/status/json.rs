@@ -2,7 +2,7 @@
 use super::model::{History, Status};
 
 /// Pretty-printed JSON, newline-terminated.
-pub fn render(s: &Status) -> String {
+pub(crate) fn render(s: &Status) -> String {
     let mut out = serde_json::to_string_pretty(s).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"));
     out.push('\n');
     out
@@ -10,7 +10,7 @@ pub fn render(s: &Status) -> String {
 
 /// The status document with the charts' data under `history`, compact (the columns are
 /// long; pretty-printed they would put every number on a line of its own).
-pub fn render_with_history(s: &Status, h: &History) -> String {
+pub(crate) fn render_with_history(s: &Status, h: &History) -> String {
     #[derive(serde::Serialize)]
     struct WithHistory<'a> {
         #[serde(flatten)]

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 /// Upper bounds of the finite buckets, nanoseconds (an observation equal to a bound
 /// belongs to that bucket, as Prometheus' `le` says).
-pub const BOUNDS_NS: [u64; 14] = [
+pub(crate) const BOUNDS_NS: [u64; 14] = [
     1_000_000,
     2_500_000,
     5_000_000,
@@ -27,24 +27,24 @@ pub const BOUNDS_NS: [u64; 14] = [
 ];
 
 /// Buckets, the last one (+Inf) included.
-pub const BUCKETS: usize = BOUNDS_NS.len() + 1;
+pub(crate) const BUCKETS: usize = BOUNDS_NS.len() + 1;
 
 /// The `le` label of each bucket, as OpenMetrics' canonical numbers write them.
-pub const LE: [&str; BUCKETS] = [
+pub(crate) const LE: [&str; BUCKETS] = [
     "0.001", "0.0025", "0.005", "0.01", "0.025", "0.05", "0.1", "0.25", "0.5", "1.0", "2.5", "5.0", "10.0", "30.0",
     "+Inf",
 ];
 
 /// Observations per bucket (not cumulative) and their sum.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Histogram {
+pub(crate) struct Histogram {
     counts: [u64; BUCKETS],
     sum_ns: u64,
 }
 
 impl Histogram {
     /// Count one request that took `d`.
-    pub fn record(&mut self, d: Duration) {
+    pub(crate) fn record(&mut self, d: Duration) {
         let ns = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
         let i = BOUNDS_NS.iter().position(|&b| ns <= b).unwrap_or(BOUNDS_NS.len());
         self.counts[i] += 1;
@@ -52,17 +52,17 @@ impl Histogram {
     }
 
     /// Observations in all.
-    pub fn count(&self) -> u64 {
+    pub(crate) fn count(&self) -> u64 {
         self.counts.iter().sum()
     }
 
     /// Their total duration, seconds.
-    pub fn sum_seconds(&self) -> f64 {
+    pub(crate) fn sum_seconds(&self) -> f64 {
         self.sum_ns as f64 / 1e9
     }
 
     /// Observations at or below each bound (the `_bucket` series), +Inf last.
-    pub fn cumulative(&self) -> [u64; BUCKETS] {
+    pub(crate) fn cumulative(&self) -> [u64; BUCKETS] {
         let mut out = self.counts;
         for i in 1..BUCKETS {
             out[i] += out[i - 1];
@@ -72,7 +72,7 @@ impl Histogram {
 
     /// What was observed after `earlier` (a snapshot of the same histogram). A bucket that
     /// went down (the pool was removed and added again) counts as empty.
-    pub fn since(&self, earlier: &Self) -> Self {
+    pub(crate) fn since(&self, earlier: &Self) -> Self {
         let mut out = Self { counts: [0; BUCKETS], sum_ns: self.sum_ns.saturating_sub(earlier.sum_ns) };
         for (o, (now, then)) in out.counts.iter_mut().zip(self.counts.iter().zip(&earlier.counts)) {
             *o = now.saturating_sub(*then);
@@ -83,7 +83,7 @@ impl Histogram {
     /// The `q`-quantile (0 < q < 1) in seconds, interpolated linearly inside its bucket as
     /// Prometheus' `histogram_quantile` does; one in the +Inf bucket is reported as the
     /// highest finite bound. None without observations.
-    pub fn quantile(&self, q: f64) -> Option<f64> {
+    pub(crate) fn quantile(&self, q: f64) -> Option<f64> {
         let total = self.count();
         if total == 0 {
             return None;
@@ -103,7 +103,7 @@ impl Histogram {
     }
 
     /// Count and the usual percentiles.
-    pub fn summary(&self) -> Percentiles {
+    pub(crate) fn summary(&self) -> Percentiles {
         Percentiles {
             count: self.count(),
             p50: self.quantile(0.5).map(round_us),
@@ -120,7 +120,7 @@ fn round_us(s: f64) -> f64 {
 
 /// Request count and estimated percentiles (seconds) over some span.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
-pub struct Percentiles {
+pub(crate) struct Percentiles {
     pub count: u64,
     pub p50: Option<f64>,
     pub p95: Option<f64>,
@@ -129,21 +129,21 @@ pub struct Percentiles {
 
 /// Responses by status class: 1xx … 5xx (index 0 … 4).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Classes(pub [u64; 5]);
+pub(crate) struct Classes(pub [u64; 5]);
 
 impl Classes {
     /// The labels of the classes, in index order.
-    pub const NAMES: [&'static str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+    pub(crate) const NAMES: [&'static str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
     /// Count one response with `status` (outside 100-599: not counted).
-    pub fn record(&mut self, status: u16) {
+    pub(crate) fn record(&mut self, status: u16) {
         if let Some(n) = (status / 100).checked_sub(1).and_then(|i| self.0.get_mut(usize::from(i))) {
             *n += 1;
         }
     }
 
     /// 5xx responses.
-    pub fn server_errors(&self) -> u64 {
+    pub(crate) fn server_errors(&self) -> u64 {
         self.0[4]
     }
 }

@@ -1,18 +1,18 @@
 //! Status: what the daemon, its listeners, pools and workers are doing, as JSON,
 //! OpenMetrics and a self-refreshing HTML page — on the status listener (`http.rs`),
 //! through a FastCGI listener's `status-path` (`front.rs`) and over the control socket.
-pub mod chart;
-pub mod front;
-pub mod history;
-pub mod html;
-pub mod http;
-pub mod json;
-pub mod latency;
-pub mod model;
-pub mod openmetrics;
-pub mod reply;
-pub mod slowlog;
-pub mod track;
+pub(crate) mod chart;
+pub(crate) mod front;
+pub(crate) mod history;
+pub(crate) mod html;
+pub(crate) mod http;
+pub(crate) mod json;
+pub(crate) mod latency;
+pub(crate) mod model;
+pub(crate) mod openmetrics;
+pub(crate) mod reply;
+pub(crate) mod slowlog;
+pub(crate) mod track;
 
 use crate::config::{self, Global, ListenAddress, Protocol};
 use crate::registry::Registry;
@@ -46,7 +46,7 @@ fn listener_sample(s: &track::State, name: &str) -> ListenerSample {
 
 /// Called by the status ticker (`slowlog.rs`) a few times a second: takes the history's
 /// sample of every pool and listener when one is due.
-pub fn tick(registry: &Registry, now: Instant) {
+pub(crate) fn tick(registry: &Registry, now: Instant) {
     let listeners = registry.listeners();
     let pools = registry.board.pools();
     // One dispatcher lock per pool: a queue that fills and drains between two samples
@@ -71,7 +71,7 @@ pub fn tick(registry: &Registry, now: Instant) {
 }
 
 /// The charts' data (`?json&history` and the HTML page).
-pub fn history(registry: &Registry) -> model::History {
+pub(crate) fn history(registry: &Registry) -> model::History {
     registry.track.with_state(|s| model::History {
         interval_seconds: history::INTERVAL.as_secs_f64(),
         window_seconds: (history::INTERVAL * history::SAMPLES as u32).as_secs_f64(),
@@ -83,7 +83,7 @@ pub fn history(registry: &Registry) -> model::History {
 /// The status right now. Pools and workers come from the
 /// supervisor's numbers (`supervise/stats.rs`, following reloads); listeners, slow
 /// requests, durations and status classes from `track.rs`.
-pub fn snapshot(registry: &Registry) -> Status {
+pub(crate) fn snapshot(registry: &Registry) -> Status {
     let listeners = registry.listeners();
     let stats = registry.board.snapshot();
     let (start_time, started) = registry.board.started();
@@ -186,7 +186,7 @@ fn pool_status(s: &track::State, p: crate::supervise::stats::PoolStats, start_ti
 }
 
 /// An address as the configuration writes it.
-pub fn describe(a: &ListenAddress) -> String {
+pub(crate) fn describe(a: &ListenAddress) -> String {
     match a {
         ListenAddress::Tcp(s) => s.to_string(),
         ListenAddress::Unix(p) => format!("unix:{}", p.display()),
@@ -196,7 +196,7 @@ pub fn describe(a: &ListenAddress) -> String {
 }
 
 /// The `bridge:` keys of this module as `fcgibridge check` prints them.
-pub fn render_check(out: &mut String, g: &Global) {
+pub(crate) fn render_check(out: &mut String, g: &Global) {
     use std::fmt::Write;
     match &g.log_file {
         Some(p) => {

@@ -7,7 +7,7 @@ use serde::Serialize;
 
 /// The whole daemon at one instant.
 #[derive(Debug, Clone, Serialize)]
-pub struct Status {
+pub(crate) struct Status {
     pub version: String,
     pub pid: u32,
     /// Unix time, seconds.
@@ -23,7 +23,7 @@ pub struct Status {
 
 /// A stop's drain period in progress: ping paths answer 503, requests are still served.
 #[derive(Debug, Clone, Serialize)]
-pub struct Draining {
+pub(crate) struct Draining {
     /// When SIGTERM (or `fcgibridge stop`) started it (Unix time, seconds).
     pub since: f64,
     /// When the listeners close (Unix time, seconds), unless a second SIGTERM comes first.
@@ -34,7 +34,7 @@ pub struct Draining {
 
 /// One listener (a web-server-facing socket).
 #[derive(Debug, Clone, Serialize)]
-pub struct ListenerStatus {
+pub(crate) struct ListenerStatus {
     pub name: String,
     pub protocol: String,
     pub address: String,
@@ -53,7 +53,7 @@ pub struct ListenerStatus {
 /// Request duration percentiles (seconds, estimated from the histogram's buckets) and
 /// request counts, over the last minute and since start.
 #[derive(Debug, Clone, Copy, Default, Serialize)]
-pub struct Latency {
+pub(crate) struct Latency {
     /// Between 60 and 65 seconds (the history's sample about a minute old, and now).
     pub last_minute: Percentiles,
     pub since_start: Percentiles,
@@ -61,7 +61,7 @@ pub struct Latency {
 
 /// One pool of workers.
 #[derive(Debug, Clone, Serialize)]
-pub struct PoolStatus {
+pub(crate) struct PoolStatus {
     pub name: String,
     /// An instance of a pool template: its template, key, age and idle time.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -115,7 +115,7 @@ pub struct PoolStatus {
 
 /// One worker process.
 #[derive(Debug, Clone, Serialize)]
-pub struct WorkerStatus {
+pub(crate) struct WorkerStatus {
     pub pid: u32,
     /// "starting", "idle", "busy" or "draining".
     pub state: &'static str,
@@ -138,7 +138,7 @@ pub struct WorkerStatus {
 
 /// A request in progress.
 #[derive(Debug, Clone, Serialize)]
-pub struct CurrentRequest {
+pub(crate) struct CurrentRequest {
     pub request_id: u64,
     pub method: String,
     pub uri: String,
@@ -149,7 +149,7 @@ pub struct CurrentRequest {
 /// (`?json&history`). Rates and percentiles are over the interval that ends at `time[i]`;
 /// gauges are their value at `time[i]`.
 #[derive(Debug, Clone, Default, Serialize)]
-pub struct History {
+pub(crate) struct History {
     pub interval_seconds: f64,
     pub window_seconds: f64,
     pub pools: Vec<PoolHistory>,
@@ -158,7 +158,7 @@ pub struct History {
 
 /// One pool's recent past, as columns.
 #[derive(Debug, Clone, Default, Serialize)]
-pub struct PoolHistory {
+pub(crate) struct PoolHistory {
     pub name: String,
     /// Unix seconds at the end of each interval.
     pub time: Vec<f64>,
@@ -182,7 +182,7 @@ pub struct PoolHistory {
 
 /// One listener's recent past, as columns.
 #[derive(Debug, Clone, Default, Serialize)]
-pub struct ListenerHistory {
+pub(crate) struct ListenerHistory {
     pub name: String,
     pub time: Vec<f64>,
     pub requests_per_second: Vec<f64>,

@@ -6,7 +6,7 @@ use super::model::Status;
 use std::fmt::Write;
 
 /// The Content-Type of this format.
-pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+pub(crate) const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// Label values escape backslash, double quote and newline.
 fn esc(v: &str) -> String {
@@ -53,7 +53,7 @@ impl Out {
 const DURATION_HELP: &str = "Time from the request's arrival at the bridge to the end of its response.";
 
 /// The whole exposition.
-pub fn render(s: &Status) -> String {
+pub(crate) fn render(s: &Status) -> String {
     let mut o = Out(String::with_capacity(4096));
     o.family("fcgibridge_start_time_seconds", "gauge", "Unix time the daemon started.");
     o.sample("fcgibridge_start_time_seconds", &[], s.start_time);

@@ -3,14 +3,14 @@
 use crate::registry::Registry;
 
 /// A response: status code, content type, body.
-pub struct Reply {
+pub(crate) struct Reply {
     pub code: u16,
     pub content_type: &'static str,
     pub body: String,
 }
 
 /// The status document for `query` (the part after '?') and an Accept header value.
-pub fn status_reply(registry: &Registry, query: &str, accept: &str) -> Reply {
+pub(crate) fn status_reply(registry: &Registry, query: &str, accept: &str) -> Reply {
     let s = super::snapshot(registry);
     let has = |k: &str| query.split('&').any(|p| p == k || p == format!("format={k}"));
     if has("openmetrics") || has("metrics") {
@@ -33,7 +33,7 @@ pub fn status_reply(registry: &Registry, query: &str, accept: &str) -> Reply {
 }
 
 /// The ping answer (for load balancers and health checks): 503 while draining.
-pub fn ping_reply(registry: &Registry) -> Reply {
+pub(crate) fn ping_reply(registry: &Registry) -> Reply {
     if registry.draining() {
         return Reply { code: 503, content_type: "text/plain; charset=utf-8", body: "draining\n".into() };
     }

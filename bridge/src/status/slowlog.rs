@@ -16,7 +16,7 @@ use std::time::Duration;
 const TICK: Duration = Duration::from_millis(200);
 
 /// Check running requests and sample the history until the runtime stops.
-pub fn spawn(registry: Arc<Registry>) {
+pub(crate) fn spawn(registry: Arc<Registry>) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(TICK);
         // Request ids already reported (ids are unique for the daemon's life).

@@ -43,7 +43,7 @@ fn with_entry<T: Default>(map: &mut HashMap<String, T>, key: &str, f: impl FnOnc
 
 /// The counters, behind the one mutex (held by the daemon's registry).
 #[derive(Default)]
-pub struct Tracker(Mutex<State>);
+pub(crate) struct Tracker(Mutex<State>);
 
 impl Tracker {
     fn state(&self) -> MutexGuard<'_, State> {
@@ -57,7 +57,7 @@ impl Tracker {
     }
 
     /// A listener context started accepting; `open` counts its open connections.
-    pub fn listener_started(&self, listener: &str, open: &Arc<AtomicUsize>) {
+    pub(crate) fn listener_started(&self, listener: &str, open: &Arc<AtomicUsize>) {
         let mut s = self.state();
         s.listeners.entry(listener.to_owned()).or_default();
         s.listener_conns.retain(|(_, w)| w.strong_count() > 0);
@@ -65,13 +65,13 @@ impl Tracker {
     }
 
     /// A request was decoded on `listener` (the pool side is counted by the dispatcher).
-    pub fn accepted(&self, listener: &str) {
+    pub(crate) fn accepted(&self, listener: &str) {
         with_entry(&mut self.state().listeners, listener, |l| l.accepted += 1);
     }
 
     /// A request on `listener` (served by `pool` when one was chosen) ended with `status`
     /// after `took` (the duration of its access-log line).
-    pub fn finished(&self, listener: &str, pool: Option<&str>, status: u16, took: Duration) {
+    pub(crate) fn finished(&self, listener: &str, pool: Option<&str>, status: u16, took: Duration) {
         let mut s = self.state();
         with_entry(&mut s.listeners, listener, |l| {
             l.latency.record(took);
@@ -86,7 +86,7 @@ impl Tracker {
     }
 
     /// A request of `pool` passed its slowlog-timeout.
-    pub fn slow(&self, pool: &str) {
+    pub(crate) fn slow(&self, pool: &str) {
         with_entry(&mut self.state().pools, pool, |p| p.slow += 1);
     }
 }

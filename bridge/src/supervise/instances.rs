@@ -25,14 +25,14 @@ use std::time::{Duration, Instant};
 
 /// Where a route leads: a pool, or a template whose instance is picked per request.
 #[derive(Clone)]
-pub enum Target {
+pub(crate) enum Target {
     Pool(Arc<PoolRuntime>),
     Template(Arc<TemplateRuntime>),
 }
 
 impl Target {
     /// The pool's or the template's name.
-    pub fn name(&self) -> &str {
+    pub(crate) fn name(&self) -> &str {
         match self {
             Self::Pool(p) => &p.name,
             Self::Template(t) => &t.name,
@@ -40,7 +40,7 @@ impl Target {
     }
 
     /// Requests taken at once without a 503 (an instance's, for a template).
-    pub fn capacity(&self) -> usize {
+    pub(crate) fn capacity(&self) -> usize {
         match self {
             Self::Pool(p) => p.capacity(),
             Self::Template(t) => t.config().capacity,
@@ -50,7 +50,7 @@ impl Target {
 
 /// Why a request gets no instance of a template.
 #[derive(Debug, thiserror::Error)]
-pub enum Refusal {
+pub(crate) enum Refusal {
     #[error("bad {what} {value}: {why}")]
     BadKey { what: &'static str, value: String, why: &'static str },
     #[error("no {0} in the request")]
@@ -71,7 +71,7 @@ pub enum Refusal {
 
 impl Refusal {
     /// The status the request is answered with, and its Retry-After.
-    pub fn status(&self) -> (u16, Option<u32>) {
+    pub(crate) fn status(&self) -> (u16, Option<u32>) {
         match self {
             Self::BadKey { .. } => (400, None),
             Self::NoKey(what) => (if *what == "user" { 403 } else { 400 }, None),
@@ -83,7 +83,7 @@ impl Refusal {
     }
 
     /// The rate-limited log line it belongs to (logging/ratelimit.rs).
-    pub fn kind(&self) -> &'static Kind {
+    pub(crate) fn kind(&self) -> &'static Kind {
         match self {
             Self::BadKey { .. } | Self::NoKey(_) => &BAD_KEY,
             Self::NotAllowed(_) | Self::Missing { .. } | Self::Account { .. } => &NO_SITE,
@@ -94,10 +94,10 @@ impl Refusal {
 }
 
 /// 400/403: a key that is no host or user name (a client's own doing).
-pub static BAD_KEY: Kind =
+pub(crate) static BAD_KEY: Kind =
     Kind { scope: Scope::Pool, what: "requests refused", reason: "bad template key", level: Level::Info, burst: 5 };
 /// 404: no site for the key.
-pub static NO_SITE: Kind = Kind {
+pub(crate) static NO_SITE: Kind = Kind {
     scope: Scope::Pool,
     what: "requests answered 404",
     reason: "no site for the key",
@@ -105,7 +105,7 @@ pub static NO_SITE: Kind = Kind {
     burst: 5,
 };
 /// 500: the instance's configuration is refused.
-pub static BROKEN: Kind = Kind {
+pub(crate) static BROKEN: Kind = Kind {
     scope: Scope::Pool,
     what: "requests answered 500",
     reason: "instance refused",
@@ -113,7 +113,7 @@ pub static BROKEN: Kind = Kind {
     burst: 1,
 };
 /// 503: spawn-rate or max-instances.
-pub static BUSY: Kind = Kind {
+pub(crate) static BUSY: Kind = Kind {
     scope: Scope::Pool,
     what: "requests answered 503",
     reason: "no new instance now (spawn-rate or max-instances)",
@@ -127,7 +127,7 @@ const MISSING_CACHE_ENTRIES: usize = 4096;
 const RETIRE_WITHIN: Duration = Duration::from_secs(30);
 
 /// A template at run time: its live instances.
-pub struct TemplateRuntime {
+pub(crate) struct TemplateRuntime {
     pub name: Arc<str>,
     config: Mutex<Arc<Template>>,
     state: Mutex<State>,
@@ -155,7 +155,7 @@ struct Instance {
 
 /// An instance as the status page shows it.
 #[derive(Debug, Clone, serde::Serialize)]
-pub struct InstanceStats {
+pub(crate) struct InstanceStats {
     pub template: String,
     pub key: String,
     pub age_seconds: f64,
@@ -186,7 +186,7 @@ fn registry<T>(f: impl FnOnce(&mut Registry) -> T) -> T {
 }
 
 /// At start: the templates of the configuration, and the reaper of idle instances.
-pub fn install(templates: &[Template], runtime_dir: &Path, python_path: PathBuf) {
+pub(crate) fn install(templates: &[Template], runtime_dir: &Path, python_path: PathBuf) {
     registry(|r| {
         r.env = Some(Env {
             python_path: Arc::new(python_path),
@@ -211,18 +211,18 @@ fn key_names(t: &Template) -> String {
 }
 
 /// The running template of that name.
-pub fn lookup(name: &str) -> Option<Arc<TemplateRuntime>> {
+pub(crate) fn lookup(name: &str) -> Option<Arc<TemplateRuntime>> {
     registry(|r| r.templates.iter().find(|t| &*t.name == name).cloned())
 }
 
 /// Every live instance's pool.
-pub fn live_pools() -> Vec<Arc<PoolRuntime>> {
+pub(crate) fn live_pools() -> Vec<Arc<PoolRuntime>> {
     let templates = registry(|r| r.templates.clone());
     templates.iter().flat_map(|t| t.lock().live.values().map(|i| i.pool.clone()).collect::<Vec<_>>()).collect()
 }
 
 /// Every live instance, for the status page.
-pub fn live() -> Vec<(Arc<PoolRuntime>, InstanceStats)> {
+pub(crate) fn live() -> Vec<(Arc<PoolRuntime>, InstanceStats)> {
     let templates = registry(|r| r.templates.clone());
     let now = Instant::now();
     let mut out = Vec::new();
@@ -249,7 +249,7 @@ pub fn live() -> Vec<(Arc<PoolRuntime>, InstanceStats)> {
 /// to the new configuration (each keeps its queue and is restarted worker by worker, as a
 /// changed pool is); a removed one stops its instances. `restart_all` (SIGUSR2) rolls every
 /// instance with a restart of its workers. Returns a summary.
-pub async fn reload(new: &[Template], restart_all: bool) -> String {
+pub(crate) async fn reload(new: &[Template], restart_all: bool) -> String {
     let old = registry(|r| r.templates.clone());
     let (mut changed, mut removed) = (Vec::new(), Vec::new());
     let mut next = Vec::new();
@@ -285,7 +285,7 @@ pub async fn reload(new: &[Template], restart_all: bool) -> String {
 }
 
 /// `fcgibridge stop-instance TEMPLATE KEY`.
-pub fn stop_instance(template: &str, key: &str) -> Result<String, String> {
+pub(crate) fn stop_instance(template: &str, key: &str) -> Result<String, String> {
     let t = lookup(template).ok_or_else(|| format!("no template {template:?}"))?;
     let inst = t.lock().live.remove(key).ok_or_else(|| format!("template {template:?} has no instance {key:?}"))?;
     tracing::info!(pool = %inst.pool.name, "instance stopped by the control socket");
@@ -294,7 +294,7 @@ pub fn stop_instance(template: &str, key: &str) -> Result<String, String> {
 }
 
 /// The daemon stops: every instance, and those still finishing, stop.
-pub async fn stop_all(how: Stop) {
+pub(crate) async fn stop_all(how: Stop) {
     let pools: Vec<Arc<PoolRuntime>> = registry(|r| {
         let mut all: Vec<_> = r.retiring.drain(..).map(|(p, _)| p).collect();
         for t in &r.templates {
@@ -385,7 +385,7 @@ impl TemplateRuntime {
     }
 
     /// The template as configured now.
-    pub fn config(&self) -> Arc<Template> {
+    pub(crate) fn config(&self) -> Arc<Template> {
         self.config.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
@@ -404,7 +404,7 @@ impl TemplateRuntime {
     /// The instance serving this request: the live one for its key, or a new one.
     /// `capture`: a route pattern's (placeholder, value), which takes the place of the
     /// request's own value for that placeholder.
-    pub async fn instance(
+    pub(crate) async fn instance(
         &self,
         params: &Params,
         capture: Option<(&str, Vec<u8>)>,
@@ -700,7 +700,7 @@ fn shown(raw: &[u8]) -> String {
 
 /// A host name: the port dropped, lower-cased, one trailing dot dropped, RFC 1123 labels
 /// (letters, digits, inner hyphens; 1–63 bytes each, 253 in all). No IP literal.
-pub fn host_key(raw: &[u8]) -> Result<String, Refusal> {
+pub(crate) fn host_key(raw: &[u8]) -> Result<String, Refusal> {
     let bad = |why| Refusal::BadKey { what: "host", value: shown(raw), why };
     let host = match raw.iter().rposition(|&b| b == b':') {
         Some(i) if raw[i + 1..].iter().all(u8::is_ascii_digit) => &raw[..i],
@@ -724,7 +724,7 @@ pub fn host_key(raw: &[u8]) -> Result<String, Refusal> {
 }
 
 /// A user name: a lower-case letter or '_', then up to 31 of letters, digits, '_', '-'.
-pub fn user_key(raw: &[u8]) -> Result<String, Refusal> {
+pub(crate) fn user_key(raw: &[u8]) -> Result<String, Refusal> {
     let first_ok = raw.first().is_some_and(|b| b.is_ascii_lowercase() || *b == b'_');
     let rest_ok = raw.iter().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'_' || *b == b'-');
     if first_ok && rest_ok && raw.len() <= 32 {
@@ -739,7 +739,7 @@ pub fn user_key(raw: &[u8]) -> Result<String, Refusal> {
 }
 
 /// Log a refusal (rate-limited per template, as other client-caused lines).
-pub fn log_refusal(r: &Refusal, template: &str, listener: &str, request_id: &str, peer: &str, uri: &str) {
+pub(crate) fn log_refusal(r: &Refusal, template: &str, listener: &str, request_id: &str, peer: &str, uri: &str) {
     if !ratelimit::allow(r.kind(), template) {
         return;
     }

@@ -21,13 +21,13 @@ use std::path::{Path, PathBuf};
 use tokio::process::Command;
 
 /// Where a chroot gets its copy of the worker package (`<chroot>/.fcgibridge/python`).
-pub const CHROOT_PACKAGE_DIR: &str = ".fcgibridge/python";
+pub(super) const CHROOT_PACKAGE_DIR: &str = ".fcgibridge/python";
 /// PATH of a `clear-env: true` worker unless the pool's env sets one.
 const CLEAN_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 
 /// Why a worker's isolation could not be prepared.
 #[derive(Debug, thiserror::Error)]
-pub enum IsolateError {
+pub(super) enum IsolateError {
     #[error("{0}")]
     Script(String),
     #[error(
@@ -43,7 +43,7 @@ pub enum IsolateError {
 
 /// The isolation of one worker, ready to be applied after fork without allocating.
 #[derive(Debug)]
-pub struct Prepared {
+pub(super) struct Prepared {
     uid: Option<libc::uid_t>,
     gid: Option<libc::gid_t>,
     groups: Option<Vec<Gid>>,
@@ -62,7 +62,7 @@ pub struct Prepared {
 
 impl Prepared {
     /// Resolve everything a worker of `pool` needs; `python_path` is `<runtime_dir>/python`.
-    pub fn for_pool(pool: &Pool, python_path: &Path) -> Result<Self, IsolateError> {
+    pub(super) fn for_pool(pool: &Pool, python_path: &Path) -> Result<Self, IsolateError> {
         let iso = &pool.isolation;
         if let Some(file) = pool.app.file() {
             // Checked at load time too; the file may have changed hands since.
@@ -141,17 +141,17 @@ impl Prepared {
     }
 
     /// The interpreter to exec (inside the chroot when there is one).
-    pub fn python(&self) -> &Path {
+    pub(super) fn python(&self) -> &Path {
         &self.python
     }
 
     /// The directory holding the worker package, as the worker sees it.
-    pub fn python_path(&self) -> &Path {
+    pub(super) fn python_path(&self) -> &Path {
         &self.python_path
     }
 
     /// A path of the bridge's file system as the worker sees it.
-    pub fn worker_path(&self, path: &Path) -> PathBuf {
+    pub(super) fn worker_path(&self, path: &Path) -> PathBuf {
         match &self.chroot_dir {
             Some(root) => inside(root, path),
             None => path.to_owned(),
@@ -160,7 +160,7 @@ impl Prepared {
 
     /// Environment: cleared for `clear-env: true`; HOME, USER, LOGNAME of `user:`. Call
     /// before the pool's own `env:` is added, so that the pool's values win.
-    pub fn configure_env(&self, cmd: &mut Command) {
+    pub(super) fn configure_env(&self, cmd: &mut Command) {
         if self.clear_env {
             cmd.env_clear();
         }
@@ -171,7 +171,7 @@ impl Prepared {
 
     /// Register the pre-exec hook. Register it before any hook that must run with the
     /// final credentials (PR_SET_PDEATHSIG).
-    pub fn install(self, cmd: &mut Command) {
+    pub(super) fn install(self, cmd: &mut Command) {
         if !self.needs_hook() {
             return;
         }
@@ -236,7 +236,7 @@ fn cstring(path: &Path) -> Result<CString, IsolateError> {
 }
 
 /// `path` (under `root`, as the configuration checked) seen from inside the chroot.
-pub fn inside(root: &Path, path: &Path) -> PathBuf {
+pub(crate) fn inside(root: &Path, path: &Path) -> PathBuf {
     match path.strip_prefix(root) {
         Ok(rest) => Path::new("/").join(rest),
         Err(_) => path.to_owned(),
@@ -245,7 +245,7 @@ pub fn inside(root: &Path, path: &Path) -> PathBuf {
 
 /// Whether a process with `uid` and groups `gids` may traverse every directory above `file`
 /// and read it; the first directory or file in the way is the error.
-pub fn reachable(file: &Path, uid: u32, gids: &[u32]) -> Result<(), IsolateError> {
+pub(super) fn reachable(file: &Path, uid: u32, gids: &[u32]) -> Result<(), IsolateError> {
     if uid == 0 {
         return Ok(());
     }
@@ -289,7 +289,7 @@ pub fn reachable(file: &Path, uid: u32, gids: &[u32]) -> Result<(), IsolateError
 
 /// Copy the worker package into `<root>/.fcgibridge/python/fcgibridge_worker/` (world-readable),
 /// skipping files that are already identical. Returns that `python` directory.
-pub fn stage_package(python_path: &Path, root: &Path) -> Result<PathBuf, IsolateError> {
+pub(super) fn stage_package(python_path: &Path, root: &Path) -> Result<PathBuf, IsolateError> {
     let target = root.join(CHROOT_PACKAGE_DIR);
     let pkg_src = python_path.join("fcgibridge_worker");
     let pkg_dst = target.join("fcgibridge_worker");

@@ -44,7 +44,7 @@ const FAST_GRACE: Duration = Duration::from_secs(1);
 const RESTARTS_KEPT: usize = 50;
 
 /// What the rest of the daemon asks of a pool manager.
-pub enum ManagerCmd {
+pub(crate) enum ManagerCmd {
     /// A reload: the pool's new configuration; `restart` forces a rolling restart.
     Reconfigure { config: Arc<config::Pool>, restart: bool },
     /// The pool is gone from the configuration: serve what is queued and in flight (at
@@ -87,7 +87,7 @@ struct SlotHistory {
     last_reason: Option<String>,
 }
 
-pub struct Manager {
+pub(crate) struct Manager {
     name: Arc<str>,
     cfg: Arc<config::Pool>,
     cfg_gen: u64,
@@ -132,7 +132,7 @@ enum Wake {
 }
 
 impl Manager {
-    pub fn new(
+    pub(crate) fn new(
         name: Arc<str>,
         cfg: Arc<config::Pool>,
         dispatcher: Arc<Dispatcher<SlotConn>>,
@@ -912,7 +912,7 @@ fn finish(w: &mut Worker) {
 }
 
 /// Run the manager until it is stopped (or its pool removed and drained).
-pub async fn run(
+pub(crate) async fn run(
     mut m: Manager,
     mut events: mpsc::UnboundedReceiver<Event>,
     mut cmds: mpsc::UnboundedReceiver<ManagerCmd>,
@@ -967,7 +967,7 @@ pub async fn run(
 /// environment, identity, threads, preload): then the pool restarts its workers. Sizes,
 /// queue, timeouts, recycling limits and the bridge-side keys (slowlog-timeout, max-body,
 /// error-pages) apply without a restart.
-pub fn needs_restart(old: &config::Pool, new: &config::Pool) -> bool {
+pub(crate) fn needs_restart(old: &config::Pool, new: &config::Pool) -> bool {
     let neutral = |p: &config::Pool| {
         let mut p = p.clone();
         // Workers only see whether there are several processes (wsgi.multiprocess).
@@ -992,7 +992,7 @@ pub fn needs_restart(old: &config::Pool, new: &config::Pool) -> bool {
 }
 
 /// Resident memory (bytes) and CPU time (user + system) of a process, from /proc.
-pub fn sample(pid: u32, page_size: u64, clock_ticks: u64) -> Option<(u64, Duration)> {
+pub(crate) fn sample(pid: u32, page_size: u64, clock_ticks: u64) -> Option<(u64, Duration)> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     parse_stat(&text, page_size, clock_ticks)
 }

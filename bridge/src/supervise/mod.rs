@@ -1,13 +1,13 @@
 //! Process supervision: the bridge starts, watches and replaces the worker processes of
 //! every pool (see docs/worker-contract.md for what a worker is given).
-pub mod instances;
+pub(crate) mod instances;
 mod isolate;
-pub mod manager;
+pub(crate) mod manager;
 mod policy;
-pub mod program;
-pub mod runtime_dir;
+pub(crate) mod program;
+pub(crate) mod runtime_dir;
 mod spawn;
-pub mod stats;
+pub(crate) mod stats;
 mod template;
 mod worker;
 mod worker_child;
@@ -23,15 +23,15 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-pub use isolate::inside as inside_chroot;
-pub use runtime_dir::RuntimeDir;
-pub use spawn::ignore_operator_signals;
-pub use worker::describe_exit;
-pub use worker::WorkerCtl;
+pub(crate) use isolate::inside as inside_chroot;
+pub(crate) use runtime_dir::RuntimeDir;
+pub(crate) use spawn::ignore_operator_signals;
+pub(crate) use worker::describe_exit;
+pub(crate) use worker::WorkerCtl;
 
 /// One running worker process, as the slots connected to it know it.
 #[derive(Debug)]
-pub struct WorkerHandle {
+pub(crate) struct WorkerHandle {
     pub pool: Arc<str>,
     pub pid: u32,
     /// Its listening socket (fd 0 in the worker).
@@ -44,24 +44,24 @@ pub struct WorkerHandle {
 impl WorkerHandle {
     /// A handle with nobody behind it (tests, fake workers): `kill` only marks it dead.
     #[allow(dead_code)]
-    pub fn new(pool: Arc<str>, pid: u32, socket: PathBuf) -> Self {
+    pub(crate) fn new(pool: Arc<str>, pid: u32, socket: PathBuf) -> Self {
         Self::with_ctl(pool, pid, socket, mpsc::unbounded_channel().0)
     }
 
-    pub fn with_ctl(pool: Arc<str>, pid: u32, socket: PathBuf, ctl: mpsc::UnboundedSender<WorkerCtl>) -> Self {
+    pub(crate) fn with_ctl(pool: Arc<str>, pid: u32, socket: PathBuf, ctl: mpsc::UnboundedSender<WorkerCtl>) -> Self {
         Self { pool, pid, socket, alive: AtomicBool::new(true), ctl }
     }
 
-    pub fn is_alive(&self) -> bool {
+    pub(crate) fn is_alive(&self) -> bool {
         self.alive.load(Ordering::Acquire)
     }
 
-    pub fn mark_dead(&self) {
+    pub(crate) fn mark_dead(&self) {
         self.alive.store(false, Ordering::Release);
     }
 
     /// SIGKILL a worker that no longer responds; its manager reaps and replaces it.
-    pub fn kill(&self) {
+    pub(crate) fn kill(&self) {
         if !self.is_alive() {
             return;
         }
@@ -71,7 +71,7 @@ impl WorkerHandle {
 }
 
 /// The pool manager's mailbox and what it publishes for the status page.
-pub struct PoolControl {
+pub(crate) struct PoolControl {
     cmd: mpsc::UnboundedSender<ManagerCmd>,
     cmd_rx: Mutex<Option<mpsc::UnboundedReceiver<ManagerCmd>>>,
     pub(crate) view: Mutex<stats::ManagerView>,
@@ -82,7 +82,7 @@ pub struct PoolControl {
 /// A reload that changes a pool's configuration makes a new `PoolRuntime` with the new
 /// `config` and the *same* dispatcher and manager (the listeners switch to it; requests in
 /// flight keep the old one), so the pool's queue, numbers and workers carry over.
-pub struct PoolRuntime {
+pub(crate) struct PoolRuntime {
     pub name: Arc<str>,
     pub config: config::Pool,
     pub dispatcher: Arc<Dispatcher<SlotConn>>,
@@ -90,7 +90,7 @@ pub struct PoolRuntime {
 }
 
 impl PoolRuntime {
-    pub fn new(config: config::Pool) -> Arc<Self> {
+    pub(crate) fn new(config: config::Pool) -> Arc<Self> {
         let (cmd, cmd_rx) = mpsc::unbounded_channel();
         Arc::new(Self {
             name: Arc::from(config.name.as_str()),
@@ -101,14 +101,14 @@ impl PoolRuntime {
     }
 
     /// Requests this pool takes at once without answering 503: busy slots plus the queue.
-    pub fn capacity(&self) -> usize {
+    pub(crate) fn capacity(&self) -> usize {
         let slots = self.config.interface.slots(self.config.threads, false);
         (self.config.processes as usize) * (slots as usize) + self.config.queue_size
     }
 
     /// Serving, or able to serve on demand: a free worker connection, or an ondemand pool
     /// (which has none until a request comes) that is not failing.
-    pub fn serving(&self) -> bool {
+    pub(crate) fn serving(&self) -> bool {
         let v = self.dispatcher.view();
         v.idle_slots > 0
             || v.busy_slots > 0
@@ -122,7 +122,7 @@ impl PoolRuntime {
 
 /// How the supervisor is asked to stop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Stop {
+pub(crate) enum Stop {
     /// SIGTERM the workers, give them time to exit.
     Graceful,
     /// SIGINT/SIGQUIT: stop them now.
@@ -130,7 +130,7 @@ pub enum Stop {
 }
 
 /// The pool managers of the daemon.
-pub struct Supervisor {
+pub(crate) struct Supervisor {
     pools: Vec<Arc<PoolRuntime>>,
     /// Managers of removed pools still finishing their requests.
     retiring: Vec<Arc<PoolRuntime>>,
@@ -140,7 +140,7 @@ pub struct Supervisor {
 
 impl Supervisor {
     /// Start the manager of every pool; each starts its workers.
-    pub fn start(pools: &[Arc<PoolRuntime>], rt: &RuntimeDir) -> Result<Self, runtime_dir::RuntimeDirError> {
+    pub(crate) fn start(pools: &[Arc<PoolRuntime>], rt: &RuntimeDir) -> Result<Self, runtime_dir::RuntimeDirError> {
         let mut s = Self {
             pools: Vec::new(),
             retiring: Vec::new(),
@@ -170,7 +170,7 @@ impl Supervisor {
     }
 
     /// The running pools, in configuration order.
-    pub fn pools(&self) -> &[Arc<PoolRuntime>] {
+    pub(crate) fn pools(&self) -> &[Arc<PoolRuntime>] {
         &self.pools
     }
 
@@ -178,7 +178,7 @@ impl Supervisor {
     /// ones get their new settings (and a rolling restart when the workers themselves
     /// change; `restart_all` forces one everywhere), new ones start, removed ones finish
     /// their requests (at most `drain_within`) and stop. Returns the pools now running.
-    pub fn reload(
+    pub(crate) fn reload(
         &mut self,
         new: &[config::Pool],
         rt: &RuntimeDir,
@@ -228,7 +228,7 @@ impl Supervisor {
     }
 
     /// Stop every worker and wait until they are reaped.
-    pub async fn stop(self, how: Stop) {
+    pub(crate) async fn stop(self, how: Stop) {
         let mut waits = Vec::new();
         for p in self.pools.iter().chain(self.retiring.iter()) {
             let (done, rx) = oneshot::channel();

@@ -108,12 +108,12 @@ pub(super) fn next_spawn_rate(rate: u32, rate_limited: bool, max_rate: u32) -> u
 pub(super) struct Spread(u64);
 
 impl Spread {
-    pub fn new(seed: u64) -> Self {
+    pub(super) fn new(seed: u64) -> Self {
         Self(seed | 1)
     }
 
     /// A number in `0..=upto`.
-    pub fn upto(&mut self, upto: u64) -> u64 {
+    pub(super) fn upto(&mut self, upto: u64) -> u64 {
         let mut x = self.0;
         x ^= x >> 12;
         x ^= x << 25;
@@ -175,7 +175,7 @@ pub(super) enum Verdict {
 
 impl Verdict {
     /// The replacement this verdict asks for.
-    pub fn recycle(&self) -> Option<Recycle> {
+    pub(super) fn recycle(&self) -> Option<Recycle> {
         match *self {
             Self::Keep | Self::MemoryLater { .. } => None,
             Self::Memory { rss, limit } => Some(Recycle {

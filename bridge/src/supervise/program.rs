@@ -13,7 +13,7 @@ use tokio::process::Command;
 /// connection at a time, and the bridge keeps `threads` connections open to each worker,
 /// so all but one would wait in the backlog. Other programs ignore the variable; the
 /// pool's `env` (applied afterwards) overrides it.
-pub fn program_command(pool: &Pool) -> Option<Command> {
+pub(crate) fn program_command(pool: &Pool) -> Option<Command> {
     let App::Command(argv) = &pool.app else { return None };
     let mut cmd = Command::new(&argv[0]);
     cmd.args(&argv[1..]);

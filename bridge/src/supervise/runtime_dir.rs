@@ -11,7 +11,7 @@ mod embedded {
 
 /// Why the runtime directory could not be prepared.
 #[derive(Debug, thiserror::Error)]
-pub enum RuntimeDirError {
+pub(crate) enum RuntimeDirError {
     #[error("cannot create runtime directory {path}: {source}")]
     Create { path: PathBuf, source: std::io::Error },
     #[error("cannot write {path}: {source}")]
@@ -25,14 +25,14 @@ pub enum RuntimeDirError {
 }
 
 /// A prepared runtime directory; removed on drop when the bridge created it.
-pub struct RuntimeDir {
+pub(crate) struct RuntimeDir {
     path: PathBuf,
     remove_on_drop: bool,
 }
 
 impl RuntimeDir {
     /// Create (or reuse the configured) directory and unpack the worker package into it.
-    pub fn prepare(configured: Option<&Path>) -> Result<Self, RuntimeDirError> {
+    pub(crate) fn prepare(configured: Option<&Path>) -> Result<Self, RuntimeDirError> {
         let (path, remove_on_drop) = match configured {
             Some(p) => {
                 DirBuilder::new()
@@ -54,17 +54,17 @@ impl RuntimeDir {
         Ok(dir)
     }
 
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.path
     }
 
     /// `<runtime_dir>/python`: the directory put first on the worker's sys.path.
-    pub fn python_path(&self) -> PathBuf {
+    pub(crate) fn python_path(&self) -> PathBuf {
         self.path.join("python")
     }
 
     /// `<runtime_dir>/pools/<pool>`, created 0700 (only the bridge connects to workers).
-    pub fn pool_dir(&self, pool: &str) -> Result<PathBuf, RuntimeDirError> {
+    pub(crate) fn pool_dir(&self, pool: &str) -> Result<PathBuf, RuntimeDirError> {
         let p = self.path.join("pools").join(pool);
         DirBuilder::new()
             .recursive(true)

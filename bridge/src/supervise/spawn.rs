@@ -14,7 +14,7 @@ const BOOT: &str = "import sys; sys.path.insert(0, sys.argv.pop(1)); import fcgi
 const READY_FD: i32 = 3;
 
 /// A started worker process.
-pub struct Spawned {
+pub(super) struct Spawned {
     /// The bridge's own child, or a fork of the pool's template (`preload: true`).
     pub child: super::worker_child::WorkerChild,
     pub pid: u32,
@@ -24,7 +24,7 @@ pub struct Spawned {
 
 /// Why a worker could not be started.
 #[derive(Debug, thiserror::Error)]
-pub enum SpawnError {
+pub(super) enum SpawnError {
     #[error("cannot create the worker socket {path}: {source}")]
     Socket { path: String, source: std::io::Error },
     #[error("cannot create the readiness pipe: {0}")]
@@ -38,7 +38,7 @@ pub enum SpawnError {
 }
 
 /// Bind `socket`, then start the pool's interpreter with it as fd 0.
-pub async fn spawn_worker(pool: &Pool, python_path: &Path, socket: &Path) -> Result<Spawned, SpawnError> {
+pub(super) async fn spawn_worker(pool: &Pool, python_path: &Path, socket: &Path) -> Result<Spawned, SpawnError> {
     if pool.isolation.preload {
         return Ok(super::template::spawn_forked(pool, python_path, socket).await?);
     }
@@ -135,7 +135,7 @@ const OPERATOR_SIGNALS: [libc::c_int; 3] = [libc::SIGHUP, libc::SIGUSR1, libc::S
 /// the bridge. A program may still install handlers of its own: the native worker does
 /// (docs/worker-contract.md); for the others see [`block_operator_signals`]. Only
 /// sigaction is called: async-signal-safe.
-pub fn ignore_operator_signals() -> std::io::Result<()> {
+pub(crate) fn ignore_operator_signals() -> std::io::Result<()> {
     for sig in OPERATOR_SIGNALS {
         // SAFETY: a zeroed sigaction with SIG_IGN and an empty mask is a valid argument.
         let rc = unsafe {

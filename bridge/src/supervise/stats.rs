@@ -43,7 +43,7 @@ use std::time::{Instant, SystemTime};
 
 /// The daemon and all its pools.
 #[derive(Debug, Clone, Serialize)]
-pub struct BridgeStats {
+pub(crate) struct BridgeStats {
     pub version: &'static str,
     pub pid: u32,
     pub start_time: f64,
@@ -56,7 +56,7 @@ pub struct BridgeStats {
 
 /// The outcome of the last reload (SIGHUP / `fcgibridge reload`).
 #[derive(Debug, Clone, Serialize)]
-pub struct ReloadRecord {
+pub(crate) struct ReloadRecord {
     pub time: f64,
     pub ok: bool,
     /// What changed, or why the new configuration was refused.
@@ -65,7 +65,7 @@ pub struct ReloadRecord {
 
 /// One pool.
 #[derive(Debug, Clone, Serialize)]
-pub struct PoolStats {
+pub(crate) struct PoolStats {
     pub name: String,
     /// "static", "dynamic" or "ondemand".
     pub mode: &'static str,
@@ -126,7 +126,7 @@ pub struct PoolStats {
 
 /// One worker process.
 #[derive(Debug, Clone, Serialize)]
-pub struct WorkerStats {
+pub(crate) struct WorkerStats {
     pub pid: u32,
     /// Its place in the pool (a replacement takes the number of the worker it replaces).
     pub slot: u32,
@@ -159,7 +159,7 @@ pub struct WorkerStats {
 
 /// A request being served.
 #[derive(Debug, Clone, Serialize)]
-pub struct CurrentRequestStats {
+pub(crate) struct CurrentRequestStats {
     pub request_id: u64,
     pub method: String,
     pub uri: String,
@@ -172,7 +172,7 @@ pub struct CurrentRequestStats {
 
 /// A worker process that went.
 #[derive(Debug, Clone, Serialize)]
-pub struct RestartRecord {
+pub(crate) struct RestartRecord {
     pub time: f64,
     pub slot: u32,
     pub pid: u32,
@@ -187,7 +187,7 @@ pub struct RestartRecord {
 
 /// What a pool manager publishes (read by [`pool_snapshot`]).
 #[derive(Debug, Clone, Default)]
-pub struct ManagerView {
+pub(crate) struct ManagerView {
     pub mode: &'static str,
     pub state: &'static str,
     pub threads: u32,
@@ -205,7 +205,7 @@ pub struct ManagerView {
 
 /// A worker as its manager knows it.
 #[derive(Debug, Clone)]
-pub struct WorkerInfo {
+pub(crate) struct WorkerInfo {
     pub slot: u32,
     pub pid: u32,
     pub key: WorkerKey,
@@ -224,7 +224,7 @@ pub struct WorkerInfo {
 }
 
 /// One pool now.
-pub fn pool_snapshot(pool: &PoolRuntime) -> PoolStats {
+pub(crate) fn pool_snapshot(pool: &PoolRuntime) -> PoolStats {
     let mv = pool.control.view.lock().unwrap_or_else(|e| e.into_inner()).clone();
     let dv = pool.dispatcher.view();
     let now = Instant::now();
@@ -329,7 +329,7 @@ struct BoardState {
 
 /// The daemon's pools as the status sees them, and its reloads (held by the daemon's
 /// registry, registry.rs).
-pub struct Board {
+pub(crate) struct Board {
     state: Mutex<BoardState>,
     started: Instant,
     start_time: f64,
@@ -351,20 +351,20 @@ impl Board {
     }
 
     /// The pools the daemon runs now (set at start and after each reload).
-    pub fn set_pools(&self, pools: Vec<Arc<PoolRuntime>>) {
+    pub(crate) fn set_pools(&self, pools: Vec<Arc<PoolRuntime>>) {
         self.with(|r| r.pools = pools);
     }
 
     /// The pools the daemon runs now, in configuration order, then the live template
     /// instances (the slowlog and the history sample them too).
-    pub fn pools(&self) -> Vec<Arc<PoolRuntime>> {
+    pub(crate) fn pools(&self) -> Vec<Arc<PoolRuntime>> {
         let mut all = self.with(|r| r.pools.clone());
         all.extend(super::instances::live_pools());
         all
     }
 
     /// A reload was applied (`ok`) or refused, with its summary or reason.
-    pub fn record_reload(&self, ok: bool, message: String) {
+    pub(crate) fn record_reload(&self, ok: bool, message: String) {
         self.with(|r| {
             if ok {
                 r.reloads += 1;
@@ -374,12 +374,12 @@ impl Board {
     }
 
     /// When the daemon started: Unix time, and as an instant.
-    pub fn started(&self) -> (f64, Instant) {
+    pub(crate) fn started(&self) -> (f64, Instant) {
         (self.start_time, self.started)
     }
 
     /// Every pool of the running daemon now.
-    pub fn snapshot(&self) -> BridgeStats {
+    pub(crate) fn snapshot(&self) -> BridgeStats {
         let (pools, reloads, last_reload) = self.with(|r| (r.pools.clone(), r.reloads, r.last_reload.clone()));
         BridgeStats {
             version: env!("CARGO_PKG_VERSION"),
@@ -402,12 +402,12 @@ impl Board {
 }
 
 /// Unix time now, seconds.
-pub fn unix_now() -> f64 {
+pub(crate) fn unix_now() -> f64 {
     SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
 }
 
 /// The Unix time of a past (or future) instant.
-pub fn unix_at(t: Instant) -> f64 {
+pub(crate) fn unix_at(t: Instant) -> f64 {
     let now = Instant::now();
     if t <= now {
         unix_now() - now.duration_since(t).as_secs_f64()

@@ -37,7 +37,7 @@ const BOOT: &str = "import sys; sys.path.insert(0, sys.argv.pop(1)); import fcgi
 
 /// Why a worker could not be forked from its pool's template.
 #[derive(Debug, thiserror::Error)]
-pub enum TemplateError {
+pub(super) enum TemplateError {
     #[error("cannot start the pool's template: {0}")]
     Start(std::io::Error),
     #[error("the template failed to import the app: {0}")]
@@ -82,7 +82,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// Start a worker of `pool` by forking its template (starting the template first if needed).
-pub async fn spawn_forked(pool: &Pool, python_path: &Path, socket: &Path) -> Result<Spawned, TemplateError> {
+pub(super) async fn spawn_forked(pool: &Pool, python_path: &Path, socket: &Path) -> Result<Spawned, TemplateError> {
     let template = running_template(pool, python_path).await?;
 
     let sock_err = |source| TemplateError::Socket { path: socket.display().to_string(), source };
@@ -150,7 +150,7 @@ async fn running_template(pool: &Pool, python_path: &Path) -> Result<Arc<Templat
 /// Retire the template of a pool that was removed, no longer preloads or is restarted
 /// (SIGUSR2): it forks no more and exits after its last worker, instead of idling until
 /// the bridge exits.
-pub fn retire_pool(pool: &str) {
+pub(super) fn retire_pool(pool: &str) {
     let cell = lock(&TEMPLATES).remove(pool);
     if let Some(t) = cell.as_ref().and_then(|s| s.get()) {
         tracing::info!(pool, pid = t.pid, "pool removed, no longer preloaded or restarted; retiring its template");

@@ -19,11 +19,11 @@ use tokio::sync::mpsc;
 /// How long a worker that closed its readiness pipe without a word gets before it is taken as ready.
 const SILENT_READY_GRACE: Duration = Duration::from_secs(1);
 /// Time for a stack dump (SIGUSR2) to reach the log before the process is killed.
-pub const DUMP_GRACE: Duration = Duration::from_millis(300);
+pub(super) const DUMP_GRACE: Duration = Duration::from_millis(300);
 
 /// What the manager asks of a worker process.
 #[derive(Debug, Clone, Copy)]
-pub enum WorkerCtl {
+pub(crate) enum WorkerCtl {
     /// SIGUSR2: the native worker prints every thread's Python stack to stderr.
     DumpStacks,
     /// SIGTERM, then SIGKILL after `grace`.
@@ -35,7 +35,7 @@ pub enum WorkerCtl {
 
 /// What happened to a worker, for the manager.
 #[derive(Debug)]
-pub enum Event {
+pub(crate) enum Event {
     /// The process exists (or was forked by the pool's template).
     Spawned {
         id: u64,
@@ -58,7 +58,7 @@ pub enum Event {
 }
 
 /// Everything the task needs.
-pub struct WorkerTask {
+pub(super) struct WorkerTask {
     pub id: u64,
     pub pool: Arc<str>,
     pub config: Arc<crate::config::Pool>,
@@ -88,7 +88,7 @@ enum Readiness {
     Silent,
 }
 
-pub async fn run(t: WorkerTask, mut ctl: mpsc::UnboundedReceiver<WorkerCtl>) {
+pub(super) async fn run(t: WorkerTask, mut ctl: mpsc::UnboundedReceiver<WorkerCtl>) {
     let pool = t.pool.clone();
     let started = tokio::select! {
         r = super::spawn::spawn_worker(&t.config, &t.python_path, &t.socket) => r,
@@ -323,7 +323,7 @@ fn remove_socket(path: &std::path::Path) {
     let _ = std::fs::remove_file(path);
 }
 
-pub fn describe_exit(status: std::process::ExitStatus) -> String {
+pub(crate) fn describe_exit(status: std::process::ExitStatus) -> String {
     if let Some(code) = status.code() {
         format!("exit status {code}")
     } else if let Some(sig) = status.signal() {
@@ -367,7 +367,7 @@ async fn read_readiness(pipe: &mut tokio::net::unix::pipe::Receiver) -> Readines
 /// Holds a starting worker's output until its start-up is decided: then it is logged, or,
 /// when the start failed with the same error as the previous attempt, kept at debug level
 /// so a crash loop does not print the same traceback every few seconds.
-pub struct LineGate {
+pub(super) struct LineGate {
     pool: Arc<str>,
     pid: u32,
     state: Mutex<(Gate, Vec<(bool, String)>)>,
@@ -384,17 +384,17 @@ enum Gate {
 const HOLD_MAX: usize = 400;
 
 impl LineGate {
-    pub fn new(pool: Arc<str>, pid: u32) -> Self {
+    pub(super) fn new(pool: Arc<str>, pid: u32) -> Self {
         Self { pool, pid, state: Mutex::new((Gate::Hold, Vec::new())) }
     }
 
     /// Log what was held, and every line from now on.
-    pub fn open(&self) {
+    pub(super) fn open(&self) {
         self.decide(Gate::Pass);
     }
 
     /// Keep what was held, and every line from now on, at debug level.
-    pub fn suppress(&self) {
+    pub(super) fn suppress(&self) {
         self.decide(Gate::Quiet);
     }
 

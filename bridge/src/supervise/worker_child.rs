@@ -10,10 +10,10 @@ use tokio::io::AsyncRead;
 use tokio::sync::oneshot;
 
 /// A pipe carrying a worker's stdout or stderr.
-pub type OutputPipe = Box<dyn AsyncRead + Unpin + Send>;
+pub(super) type OutputPipe = Box<dyn AsyncRead + Unpin + Send>;
 
 /// One worker process: wait for it, signal it, read its output.
-pub struct WorkerChild {
+pub(super) struct WorkerChild {
     pub stdout: Option<OutputPipe>,
     pub stderr: Option<OutputPipe>,
     inner: Inner,
@@ -34,14 +34,14 @@ enum Inner {
 
 impl WorkerChild {
     /// A child the bridge started itself.
-    pub fn direct(mut child: tokio::process::Child) -> Self {
+    pub(super) fn direct(mut child: tokio::process::Child) -> Self {
         let stdout = child.stdout.take().map(|p| Box::new(p) as OutputPipe);
         let stderr = child.stderr.take().map(|p| Box::new(p) as OutputPipe);
         Self { stdout, stderr, inner: Inner::Direct(child) }
     }
 
     /// A process forked by a template; `exit` delivers its raw wait status.
-    pub fn forked(pid: u32, exit: oneshot::Receiver<i32>, stdout: OutputPipe, stderr: OutputPipe) -> Self {
+    pub(super) fn forked(pid: u32, exit: oneshot::Receiver<i32>, stdout: OutputPipe, stderr: OutputPipe) -> Self {
         Self {
             stdout: Some(stdout),
             stderr: Some(stderr),
@@ -50,7 +50,7 @@ impl WorkerChild {
     }
 
     /// The pid, while the process may still run.
-    pub fn id(&self) -> Option<u32> {
+    pub(super) fn id(&self) -> Option<u32> {
         match &self.inner {
             Inner::Direct(c) => c.id(),
             Inner::Forked { pid, status: None, .. } => Some(*pid),
@@ -59,7 +59,7 @@ impl WorkerChild {
     }
 
     /// Wait for the process to exit (cancel-safe).
-    pub async fn wait(&mut self) -> io::Result<ExitStatus> {
+    pub(super) async fn wait(&mut self) -> io::Result<ExitStatus> {
         match &mut self.inner {
             Inner::Direct(c) => c.wait().await,
             Inner::Forked { status: Some(s), .. } => Ok(*s),
@@ -87,7 +87,7 @@ impl WorkerChild {
     }
 
     /// SIGKILL, then wait.
-    pub async fn kill(&mut self) -> io::Result<()> {
+    pub(super) async fn kill(&mut self) -> io::Result<()> {
         match &mut self.inner {
             Inner::Direct(c) => c.kill().await,
             Inner::Forked { .. } => {
@@ -104,7 +104,7 @@ impl WorkerChild {
     }
 
     /// Send `sig` while the process may still run; never to a reaped (possibly reused) pid.
-    pub fn signal(&self, sig: Signal) {
+    pub(super) fn signal(&self, sig: Signal) {
         match &self.inner {
             Inner::Forked { pidfd: Some(fd), status: None, .. } => {
                 // SAFETY: pidfd_send_signal(2) with a valid pidfd, no siginfo, no flags.
