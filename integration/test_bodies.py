@@ -188,42 +188,8 @@ def test_body_longer_than_its_content_length_is_cut_at_it(env):
 @pytest.fixture(scope="module")
 def apache(env, tmp_path_factory):
     """Apache httpd with mod_proxy_fcgi in front of the same bridge listener."""
-    import os
-    import shutil
-    import signal
-    import subprocess
-    binary = shutil.which("apache2") or shutil.which("httpd") or "/usr/sbin/apache2"
-    mods = "/usr/lib/apache2/modules"
-    if not os.path.exists(binary) or not os.path.exists(f"{mods}/mod_proxy_fcgi.so"):
-        pytest.fail("Apache with mod_proxy_fcgi not found (apt-get install apache2)", pytrace=False)
-    bridge, _, _ = env
-    host, bport = bridge.listener_address("fcgi-tcp")
-    w = tmp_path_factory.mktemp("apache")
-    (w / "run").mkdir()
-    (port,) = harness.free_ports(1)
-    base = "".join(f"LoadModule {m}_module {mods}/mod_{m}.so\n" for m in ("mpm_event", "authz_core", "proxy", "proxy_fcgi"))
-    user = "User nobody\nGroup nogroup\n" if os.geteuid() == 0 else ""
-    (w / "httpd.conf").write_text(
-        f'ServerRoot "{w}"\nServerName localhost\n{base}{user}PidFile {w}/httpd.pid\n'
-        f"ErrorLog {w}/error.log\nLogLevel warn\nDefaultRuntimeDir {w}/run\nMutex file:{w}/run default\n"
-        f"Timeout 120\nListen 127.0.0.1:{port}\n"
-        f'ProxyPass "/" "fcgi://{host}:{bport}/" enablereuse=on\n')
-    proc = subprocess.Popen([binary, "-X", "-f", str(w / "httpd.conf")], stdin=subprocess.DEVNULL,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        def up():
-            if proc.poll() is not None:
-                raise AssertionError("apache exited: " + (w / "error.log").read_text())
-            return harness.can_connect(("127.0.0.1", port))
-        harness.wait_until(up, 60, what="apache")
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+    with harness.apache_fcgi_front(tmp_path_factory.mktemp("apache"), env[0].listener_address("fcgi-tcp")) as url:
+        yield url
 
 
 def test_apache_mod_proxy_fcgi_streams_a_chunked_upload(apache):
