@@ -7,7 +7,6 @@ The front ends run the `test-snippet` blocks of docs/dynamic-pools.md."""
 from __future__ import annotations
 
 import base64
-import glob
 import hashlib
 import json
 import os
@@ -25,7 +24,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from harness import (APPS, REPO, Bridge, bridge_binary, can_connect, free_ports, make_bridge, start_nginx,
+from harness import (APPS, REPO, Bridge, can_connect, free_ports, make_bridge, start_nginx,
                      stop_process, to_yaml, wait_until)
 import fcgi_client
 from servers.frontends import find_binary, substitute
@@ -153,8 +152,9 @@ def nginx_front(tmp_path):
 
 
 def pyenv_python(minor: str) -> str | None:
-    found = sorted(glob.glob(os.path.expanduser(f"~/.pyenv/versions/{minor}.*/bin/python{minor}")))
-    return found[-1] if found else None
+    """Python `minor` (pyenv's, else on PATH), as test_pythons discovers it; None when absent."""
+    from test_pythons import FOUND
+    return FOUND[minor][0] if minor in FOUND else None
 
 
 def test_nginx_virtual_hosts_get_an_instance_each_with_their_own_python(tmp_path, nginx_front):
