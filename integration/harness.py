@@ -247,6 +247,19 @@ def in_netns(ns_file: str):
                 raise OSError(ctypes.get_errno(), "setns back")
 
 
+def nginx_conf(workdir: Path, http: str, connections: int = 1024) -> str:
+    """A whole nginx.conf for a test: the main context (pid, error log and the temp paths
+    under `workdir`; as root, workers run as root, or they could not reach sockets inside
+    pytest's private 0700 temporary directory) around `http`, the http block's own lines."""
+    temps = "".join(f"    {k}_temp_path {workdir}/{k}_temp;\n"
+                    for k in ("client_body", "proxy", "fastcgi", "scgi", "uwsgi"))
+    user = "user root;\n" if os.geteuid() == 0 else ""
+    return (f"{user}worker_processes 1;\npid {workdir}/nginx.pid;\n"
+            f"error_log {workdir}/nginx-error.log info;\n"
+            f"events {{ worker_connections {connections}; }}\n"
+            f"http {{\n    access_log {workdir}/nginx-access.log;\n{temps}{http}\n}}\n")
+
+
 def start_nginx(workdir: Path, conf: Path, prefix=()) -> subprocess.Popen:
     """The Debian nginx on `conf` in the foreground, its prefix and error log in `workdir`;
     `nginx -t` first, so a bad configuration fails with nginx's own message. `prefix`: a
@@ -407,19 +420,7 @@ def make_bridge(workdir: Path, pools: dict, listeners: dict, bridge_extra=None, 
 
 # ------------------------------------------------------------------ nginx
 
-NGINX_CONF = """
-{user}
-worker_processes 1;
-pid {tmp}/nginx.pid;
-error_log {tmp}/nginx-error.log info;
-events {{ worker_connections 2048; }}
-http {{
-    access_log {tmp}/nginx-access.log;
-    client_body_temp_path {tmp}/client_body;
-    fastcgi_temp_path {tmp}/fastcgi_temp;
-    scgi_temp_path {tmp}/scgi_temp;
-    proxy_temp_path {tmp}/proxy_temp;
-    uwsgi_temp_path {tmp}/uwsgi_temp;
+NGINX_HTTP = """
     client_max_body_size 200m;
     fastcgi_read_timeout 300s;
     fastcgi_send_timeout 300s;
@@ -497,7 +498,6 @@ http {{
             scgi_pass {scgi_tcp};
         }}
     }}
-}}
 """
 
 # The classic recipe for WSGI apps behind nginx: the app is mounted at /, the path is PATH_INFO.
@@ -532,17 +532,14 @@ class Nginx:
         self.ports = dict(zip(self.TRANSPORTS + self.STOCK, ports))
         fcgi_tcp = bridge.listener_address("fcgi-tcp")
         scgi_tcp = bridge.listener_address("scgi-tcp")
-        conf = NGINX_CONF.format(
-            tmp=workdir, etc=nginx_etc(),
+        conf = nginx_conf(workdir, NGINX_HTTP.format(
+            etc=nginx_etc(),
             fcgi_unix=bridge.listener_address("fcgi-unix"),
             fcgi_tcp=f"{fcgi_tcp[0]}:{fcgi_tcp[1]}", scgi_tcp=f"{scgi_tcp[0]}:{scgi_tcp[1]}",
             port_unix=self.ports["fcgi-unix"], port_tcp=self.ports["fcgi-tcp"],
             port_scgi=self.ports["scgi"], port_stream=self.ports["fcgi-stream"],
             port_fcgi_stock=self.ports["fcgi-stock"], port_scgi_stock=self.ports["scgi-stock"],
-            fcgi_path=FCGI_PATH_RECIPE, scgi_path=SCGI_PATH_RECIPE,
-            # as root, nginx's workers would run as "nobody" and could not reach the
-            # sockets inside pytest's private (0700) temporary directory
-            user="user root;" if os.geteuid() == 0 else "")
+            fcgi_path=FCGI_PATH_RECIPE, scgi_path=SCGI_PATH_RECIPE), connections=2048)
         self.conf = workdir / "nginx.conf"
         self.conf.write_text(conf)
         self.error_log = LogFile(workdir / "nginx-error.log")

@@ -3,26 +3,13 @@ respond_app pool(s) and an nginx with the locations these tests need (an unbuffe
 upload location, an `internal` location for X-Accel-Redirect)."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import harness
 
 RESPOND_APP = str(harness.APPS / "respond_app.py")
 
-NGINX_CONF = """
-{user}
-worker_processes 1;
-pid {tmp}/nginx.pid;
-error_log {tmp}/nginx-error.log info;
-events {{ worker_connections 256; }}
-http {{
-    access_log {tmp}/nginx-access.log;
-    client_body_temp_path {tmp}/client_body;
-    fastcgi_temp_path {tmp}/fastcgi_temp;
-    scgi_temp_path {tmp}/scgi_temp;
-    proxy_temp_path {tmp}/proxy_temp;
-    uwsgi_temp_path {tmp}/uwsgi_temp;
+NGINX_HTTP = """
     client_max_body_size 200m;
     server {{
         listen 127.0.0.1:{port};
@@ -50,7 +37,6 @@ http {{
             alias {files}/;
         }}
     }}
-}}
 """
 
 
@@ -66,9 +52,8 @@ class Nginx:
         else:
             fcgi = f"unix:{fcgi_address}"
         self.conf = workdir / "nginx.conf"
-        self.conf.write_text(NGINX_CONF.format(
-            tmp=workdir, etc=harness.nginx_etc(), port=self.port, fcgi=fcgi, files=files,
-            user="user root;" if os.geteuid() == 0 else ""))
+        self.conf.write_text(harness.nginx_conf(workdir, NGINX_HTTP.format(
+            etc=harness.nginx_etc(), port=self.port, fcgi=fcgi, files=files), connections=256))
         self.error_log = harness.LogFile(workdir / "nginx-error.log")
         self.proc = None
 

@@ -22,7 +22,7 @@ import pytest
 import requests
 import yaml
 
-from harness import (APPS, REPO, LogFile, can_connect, free_ports, is_access_line, make_bridge, nginx_etc,
+from harness import (APPS, REPO, LogFile, can_connect, free_ports, is_access_line, make_bridge, nginx_conf, nginx_etc,
                      pool, start_nginx, stop_process, wait_until)
 
 THREADS = 3
@@ -157,12 +157,7 @@ def nginx_front(workdir: Path, net):
     if net.front != "0.0.0.0:80":
         conf = conf.replace("listen 80;", f"listen {net.front};")
     conf = conf.replace("include fastcgi_params;", f"include {nginx_etc()}/fastcgi_params;")
-    user = "user root;" if os.geteuid() == 0 else ""
-    full = (f"{user}\nworker_processes 1;\npid {workdir}/nginx.pid;\nerror_log {workdir}/nginx-error.log info;\n"
-            f"events {{ worker_connections 1024; }}\nhttp {{\n    access_log {workdir}/nginx-access.log;\n"
-            + "".join(f"    {k}_temp_path {workdir}/{k}_temp;\n" for k in ("client_body", "fastcgi", "scgi", "proxy", "uwsgi"))
-            + conf + "}\n")
-    (workdir / "nginx.conf").write_text(full)
+    (workdir / "nginx.conf").write_text(nginx_conf(workdir, conf))
     return start_nginx(workdir, workdir / "nginx.conf", prefix=net.argv("front", [])), None
 
 

@@ -5,15 +5,12 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import time
 import threading
 import urllib.error
 import urllib.request
 import uuid
-
-import pytest
 
 import fcgi_client as fc
 from harness import APPS, LogFile, can_connect, free_ports, make_bridge, pool, wait_until

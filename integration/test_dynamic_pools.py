@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from harness import (APPS, REPO, Bridge, can_connect, free_ports, make_bridge, start_nginx,
+from harness import (APPS, REPO, Bridge, can_connect, free_ports, make_bridge, nginx_conf, start_nginx,
                      stop_process, to_yaml, wait_until)
 import fcgi_client
 from servers.frontends import find_binary, substitute
@@ -137,11 +137,7 @@ def nginx_front(tmp_path):
         w.mkdir()
         server = substitute(snippet(name), {"8080": port, "9100": bridge_port,
                                             "fastcgi_params": "/etc/nginx/fastcgi_params"})
-        temp = "".join(f"    {k}_temp_path {w}/{k}_temp;\n" for k in ("client_body", "proxy", "fastcgi", "scgi", "uwsgi"))
-        user = "user root;\n" if os.geteuid() == 0 else ""
-        (w / "nginx.conf").write_text(
-            f"{user}worker_processes 1;\npid {w}/nginx.pid;\nevents {{ worker_connections 1024; }}\n"
-            f"http {{\n    access_log {w}/access.log;\n{temp}{server}}}\n")
+        (w / "nginx.conf").write_text(nginx_conf(w, server))
         started.append(start_nginx(w, w / "nginx.conf"))
         wait_until(lambda: can_connect(("127.0.0.1", port)), 60, what="nginx listening")
         return port

@@ -170,19 +170,7 @@ def addr(bridge, listener):
     return f"{host}:{port}"
 
 
-NGINX_CONF = """
-{user}
-worker_processes 1;
-pid {tmp}/nginx.pid;
-error_log {tmp}/nginx-error.log info;
-events {{ worker_connections 256; }}
-http {{
-    access_log {tmp}/nginx-access.log;
-    client_body_temp_path {tmp}/client_body;
-    fastcgi_temp_path {tmp}/fastcgi_temp;
-    scgi_temp_path {tmp}/scgi_temp;
-    proxy_temp_path {tmp}/proxy_temp;
-    uwsgi_temp_path {tmp}/uwsgi_temp;
+NGINX_HTTP = """
     upstream flup {{ server 127.0.0.1:{flup}; }}
     upstream fcgibridge {{ server {diff}; }}
     map $http_user_agent $backend {{ flup flup; default fcgibridge; }}
@@ -249,7 +237,6 @@ http {{
             fastcgi_pass {classic};
         }}
     }}
-}}
 """
 
 
@@ -258,10 +245,9 @@ def nginx(bridge, flup_ref, tmp_path_factory):
     work = tmp_path_factory.mktemp("flup-nginx")
     port, classic_port = free_ports(2)
     conf = work / "nginx.conf"
-    conf.write_text(NGINX_CONF.format(
-        tmp=work, etc=harness.nginx_etc(), flup=flup_ref, diff=addr(bridge, "diff"), routed=addr(bridge, "routed"),
-        classic=addr(bridge, "classic"), port=port, classic_port=classic_port,
-        user="user root;" if os.geteuid() == 0 else ""))
+    conf.write_text(harness.nginx_conf(work, NGINX_HTTP.format(
+        etc=harness.nginx_etc(), flup=flup_ref, diff=addr(bridge, "diff"), routed=addr(bridge, "routed"),
+        classic=addr(bridge, "classic"), port=port, classic_port=classic_port), connections=256))
     proc = harness.start_nginx(work, conf)
     try:
         wait_tcp(port, proc, "nginx")
@@ -566,10 +552,7 @@ def test_migration_guide_works_as_written(tmp_path):
     import shutil
     shutil.copy(harness.nginx_etc() / "fastcgi_params", nginx_dir)
     (nginx_dir / "nginx.conf").write_text(
-        ("user root;\n" if os.geteuid() == 0 else "") + f"worker_processes 1;\npid {nginx_dir}/nginx.pid;\n"
-        f"events {{ worker_connections 64; }}\nhttp {{\n    access_log {nginx_dir}/access.log;\n"
-        + "".join(f"    {k}_temp_path {nginx_dir}/{k}_temp;\n" for k in ("client_body", "proxy", "fastcgi", "scgi", "uwsgi"))
-        + fill(guide_snippet("flup-nginx")) + "}\n")
+        harness.nginx_conf(nginx_dir, fill(guide_snippet("flup-nginx")), connections=64))
     url = f"http://127.0.0.1:{http_port}/hello"
 
     # before: spawn-fcgi's part, a listening socket on fd 0 of the unmodified script

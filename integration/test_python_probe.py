@@ -15,7 +15,7 @@ import subprocess
 
 import pytest
 
-from harness import APPS, bridge_binary, free_ports, make_bridge, to_yaml, wait_until
+from harness import APPS, bridge_binary, free_ports, make_bridge, to_yaml
 
 OLD = ["2.7", "3.6", "3.7", "3.8"]
 SUPPORTED = ["3.9", "3.10", "3.11", "3.12", "3.13"]

@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from harness import free_ports, nginx_binary, nginx_etc, to_yaml, wait_until
+from harness import free_ports, nginx_conf, nginx_etc, start_nginx, to_yaml, wait_until
 from supervision_support import Background, Hammer, get, lc_pool, pid_of, start, worker_pids
 
 
@@ -204,16 +204,7 @@ def test_fcgibridge_reload_command(tmp_path):
 
 # ---------------------------------------------------------------- under load, through nginx
 
-NGINX = """
-{user}
-worker_processes 1;
-pid {tmp}/nginx.pid;
-error_log {tmp}/nginx-error.log info;
-events {{ worker_connections 1024; }}
-http {{
-    access_log off;
-    client_body_temp_path {tmp}/cb; fastcgi_temp_path {tmp}/ft; scgi_temp_path {tmp}/st;
-    proxy_temp_path {tmp}/pt; uwsgi_temp_path {tmp}/ut;
+NGINX_HTTP = """
     upstream reloaded {{ server {tcp}; keepalive 8; }}
     server {{
         listen 127.0.0.1:{port_a};
@@ -232,7 +223,6 @@ http {{
             fastcgi_pass unix:{unix};
         }}
     }}
-}}
 """
 
 
@@ -260,11 +250,9 @@ def test_under_load_through_nginx_five_reloads_and_max_requests_50_fail_nothing(
         ndir = tmp_path / "nginx"
         ndir.mkdir()
         conf = ndir / "nginx.conf"
-        conf.write_text(NGINX.format(user="user root;" if os.geteuid() == 0 else "", tmp=ndir, etc=nginx_etc(),
-                                     tcp=f"127.0.0.1:{tcp_port}", unix=unix, port_a=http_a, port_b=http_b))
-        nginx = subprocess.Popen([nginx_binary(), "-p", str(ndir), "-e", str(ndir / "nginx-error.log"), "-c", str(conf),
-                                  "-g", "daemon off;"], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
-                                 start_new_session=True)
+        conf.write_text(nginx_conf(ndir, NGINX_HTTP.format(
+            etc=nginx_etc(), tcp=f"127.0.0.1:{tcp_port}", unix=unix, port_a=http_a, port_b=http_b)))
+        nginx = start_nginx(ndir, conf)
         import requests
         wait_until(lambda: requests.get(f"http://127.0.0.1:{http_a}/health", timeout=5).status_code == 200, 30)
         wait_until(lambda: requests.get(f"http://127.0.0.1:{http_b}/health", timeout=5).status_code == 200, 30)

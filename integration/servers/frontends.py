@@ -23,7 +23,7 @@ REPO = HERE.parent.parent
 DOCS = REPO / "docs" / "servers"
 sys.path.insert(0, str(HERE.parent))
 
-from harness import free_ports, bridge_binary, stop_process  # noqa: E402
+from harness import free_ports, bridge_binary, nginx_conf, stop_process  # noqa: E402
 
 APP = HERE / "conformance_app.py"
 STARTUP = 90.0
@@ -255,13 +255,8 @@ class Nginx(Server):
         w = self.workdir
         for f in ("fastcgi_params", "scgi_params"):
             shutil.copy(os.path.join(self.nginx_conf_dir(), f), w)
-        temp = "".join(f"    {k}_temp_path {w}/{k}_temp;\n" for k in ("client_body", "proxy", "fastcgi", "scgi", "uwsgi"))
         http = substitute(snippet("nginx.md", "http"), self.subst())
-        http += self.extra_http()
-        user = "user root;\n" if os.geteuid() == 0 else ""
-        (w / "nginx.conf").write_text(
-            f"{user}worker_processes 1;\npid {w}/nginx.pid;\nerror_log {w}/error.log info;\n"
-            f"events {{ worker_connections 1024; }}\nhttp {{\n    access_log {w}/access.log;\n{temp}\n{http}}}\n")
+        (w / "nginx.conf").write_text(nginx_conf(w, http + self.extra_http()))
         return [self.binary, "-p", str(w), "-c", str(w / "nginx.conf"), "-g", "daemon off;"]
 
     def extra_http(self) -> str:
