@@ -34,7 +34,9 @@ pub fn main(config_dir: &Path) -> ExitCode {
         eprintln!("fcgibridge: cannot ignore SIGHUP/SIGUSR1/SIGUSR2 during start-up: {e}");
     }
     let loaded = crate::config::load(config_dir).map_err(|e| e.to_string());
-    let config = match loaded.and_then(|c| crate::probe::check_pools(&c.pools).map(|()| c).map_err(|e| e.to_string())) {
+    let config = match loaded
+        .and_then(|c| crate::supervise::probe::check_pools(&c.pools).map(|()| c).map_err(|e| e.to_string()))
+    {
         Ok(c) => c,
         Err(e) => {
             for line in e.lines() {

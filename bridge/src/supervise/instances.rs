@@ -620,7 +620,7 @@ fn resolve_instance(t: &Template, name: String, raw: crate::config::RawPool) -> 
     let mut pool = crate::config::template::instantiate(t, raw, search_path.as_deref())
         .map_err(|e| -> MakeRefusal { Box::new(move |key| Refusal::Broken { key, why: e.to_string() }) })?;
     pool.name = name;
-    if let Err(e) = crate::probe::check_pools(std::slice::from_ref(&pool)) {
+    if let Err(e) = super::probe::check_pools(std::slice::from_ref(&pool)) {
         let why = e.to_string();
         return Err(Box::new(move |key| Refusal::Broken { key, why }));
     }

@@ -25,12 +25,13 @@ use super::policy::{
     self, Action, DrainStep, Member, Mib, Recycle, Roster, Sampled, Sizing, Spread, State, Verdict, ROUND,
 };
 use super::stats::{ManagerView, RestartRecord, WorkerInfo};
-use super::worker::{self, Event, WorkerCtl, WorkerTask};
+use super::worker::{self, Event, WorkerTask};
 use super::{PoolControl, Stop};
 use crate::backend::SlotConn;
 use crate::config::supervision::Mode;
 use crate::config::{self, App};
 use crate::dispatch::{Dispatcher, WorkerKey};
+use crate::worker_handle::WorkerCtl;
 use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};

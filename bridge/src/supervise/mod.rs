@@ -4,6 +4,7 @@ pub(crate) mod instances;
 mod isolate;
 pub(crate) mod manager;
 mod policy;
+pub(crate) mod probe;
 pub(crate) mod program;
 pub(crate) mod runtime_dir;
 mod spawn;
@@ -17,7 +18,6 @@ use crate::config;
 use crate::dispatch::Dispatcher;
 use manager::ManagerCmd;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
@@ -27,48 +27,6 @@ pub(crate) use isolate::inside as inside_chroot;
 pub(crate) use runtime_dir::RuntimeDir;
 pub(crate) use spawn::ignore_operator_signals;
 pub(crate) use worker::describe_exit;
-pub(crate) use worker::WorkerCtl;
-
-/// One running worker process, as the slots connected to it know it.
-#[derive(Debug)]
-pub(crate) struct WorkerHandle {
-    pub pool: Arc<str>,
-    pub pid: u32,
-    /// Its listening socket (fd 0 in the worker).
-    pub socket: PathBuf,
-    alive: AtomicBool,
-    /// To the task that owns the process (it alone signals it: no reused pid is hit).
-    ctl: mpsc::UnboundedSender<WorkerCtl>,
-}
-
-impl WorkerHandle {
-    /// A handle with nobody behind it (tests, fake workers): `kill` only marks it dead.
-    #[allow(dead_code)]
-    pub(crate) fn new(pool: Arc<str>, pid: u32, socket: PathBuf) -> Self {
-        Self::with_ctl(pool, pid, socket, mpsc::unbounded_channel().0)
-    }
-
-    pub(crate) fn with_ctl(pool: Arc<str>, pid: u32, socket: PathBuf, ctl: mpsc::UnboundedSender<WorkerCtl>) -> Self {
-        Self { pool, pid, socket, alive: AtomicBool::new(true), ctl }
-    }
-
-    pub(crate) fn is_alive(&self) -> bool {
-        self.alive.load(Ordering::Acquire)
-    }
-
-    pub(crate) fn mark_dead(&self) {
-        self.alive.store(false, Ordering::Release);
-    }
-
-    /// SIGKILL a worker that no longer responds; its manager reaps and replaces it.
-    pub(crate) fn kill(&self) {
-        if !self.is_alive() {
-            return;
-        }
-        self.mark_dead();
-        let _ = self.ctl.send(WorkerCtl::Kill);
-    }
-}
 
 /// The pool manager's mailbox and what it publishes for the status page.
 pub(crate) struct PoolControl {

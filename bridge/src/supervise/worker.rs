@@ -7,9 +7,9 @@
 //! pid that was already reaped and reused.
 use super::spawn::Spawned;
 use super::worker_child::WorkerChild;
-use super::WorkerHandle;
 use crate::backend::SlotConn;
 use crate::dispatch::{Dispatcher, WorkerKey};
+use crate::worker_handle::{WorkerCtl, WorkerHandle};
 use std::os::unix::process::ExitStatusExt;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -20,18 +20,6 @@ use tokio::sync::mpsc;
 const SILENT_READY_GRACE: Duration = Duration::from_secs(1);
 /// Time for a stack dump (SIGUSR2) to reach the log before the process is killed.
 pub(super) const DUMP_GRACE: Duration = Duration::from_millis(300);
-
-/// What the manager asks of a worker process.
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum WorkerCtl {
-    /// SIGUSR2: the native worker prints every thread's Python stack to stderr.
-    DumpStacks,
-    /// SIGTERM, then SIGKILL after `grace`.
-    Term {
-        grace: Duration,
-    },
-    Kill,
-}
 
 /// What happened to a worker, for the manager.
 #[derive(Debug)]
