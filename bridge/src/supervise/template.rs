@@ -4,11 +4,11 @@
 //! measurements in docs/preload.md.
 //!
 //! The template is the bridge's child; the workers it forks are the template's children.
-//! The template reaps them and reports each exit status on the control socket, so a slot
-//! waits for a forked worker as for any other (supervise/worker_child.rs). Workers carry a
+//! The template reaps them and reports each exit status on the control socket, so a worker's
+//! task waits for a forked worker as for any other (supervise/worker_child.rs). Workers carry a
 //! parent-death signal relative to the template, and the template one relative to the
 //! bridge: a dying bridge takes the template and its workers along, and a dying template
-//! takes its workers along (their slots see them exit and ask for new ones, which starts a
+//! takes its workers along (their tasks see them exit and ask for new ones, which starts a
 //! new template).
 use super::isolate::Prepared;
 use super::spawn::Spawned;
@@ -270,7 +270,7 @@ impl Template {
 
     fn mark_dead(&self) {
         self.alive.store(false, Ordering::Release);
-        // Dropping the senders tells every waiting slot that its worker is gone with the template.
+        // Dropping the senders tells every waiting worker task that its worker is gone with the template.
         lock(&self.exits).clear();
         lock(&self.pending).take();
     }

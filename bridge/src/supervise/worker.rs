@@ -53,7 +53,8 @@ pub(super) struct WorkerTask {
     pub python_path: Arc<std::path::PathBuf>,
     pub socket: std::path::PathBuf,
     pub key: WorkerKey,
-    pub slot: u32,
+    /// Its number in the pool (the socket's and the log's `index`).
+    pub index: u32,
     /// Its max-requests threshold, jitter included (0: none), for the log.
     pub max_requests: u64,
     pub dispatcher: Arc<Dispatcher<SlotConn>>,
@@ -107,13 +108,13 @@ pub(super) async fn run(t: WorkerTask, mut ctl: mpsc::UnboundedReceiver<WorkerCt
         tracing::info!(
             pool = &*pool,
             pid,
-            slot = t.slot,
+            index = t.index,
             generation = t.id,
             max_requests = t.max_requests,
             "worker started"
         );
     } else {
-        tracing::info!(pool = &*pool, pid, slot = t.slot, generation = t.id, "worker started");
+        tracing::info!(pool = &*pool, pid, index = t.index, generation = t.id, "worker started");
     }
     let _ = t.events.send(Event::Spawned { id: t.id, pid });
     let gate = Arc::new(LineGate::new(pool.clone(), pid));
