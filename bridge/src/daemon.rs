@@ -189,7 +189,7 @@ async fn run(
             }
         }
     }
-    crate::supervise::instances::install(&config.templates, rt_dir.path(), rt_dir.python_path());
+    crate::supervise::instances::install(&config.templates, rt_dir.path(), supervisor.spawner());
     let mut listeners = match listen::ListenerSet::start(&config.listeners, bound, &by_name, registry.clone()) {
         Ok(r) => r,
         Err(e) => {

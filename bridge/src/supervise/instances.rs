@@ -12,7 +12,7 @@
 //! checked exactly as a written pool's (user, script owner, chroot, the interpreter
 //! probe), and a `user:` below `min-uid` is refused.
 use super::manager::{self, ManagerCmd};
-use super::{PoolRuntime, Stop};
+use super::{PoolRuntime, Spawner, Stop};
 use crate::config::template::{fill_raw, Placeholder, Template};
 use crate::config::Pool;
 use crate::logging::ratelimit::{self, Kind, Level, Scope};
@@ -164,7 +164,7 @@ pub(crate) struct InstanceStats {
 
 /// What every instance needs from the daemon.
 struct Env {
-    python_path: Arc<PathBuf>,
+    spawner: Arc<Spawner>,
     runtime_dir: PathBuf,
     search_path: Option<OsString>,
 }
@@ -186,13 +186,9 @@ fn registry<T>(f: impl FnOnce(&mut Registry) -> T) -> T {
 }
 
 /// At start: the templates of the configuration, and the reaper of idle instances.
-pub(crate) fn install(templates: &[Template], runtime_dir: &Path, python_path: PathBuf) {
+pub(crate) fn install(templates: &[Template], runtime_dir: &Path, spawner: Arc<Spawner>) {
     registry(|r| {
-        r.env = Some(Env {
-            python_path: Arc::new(python_path),
-            runtime_dir: runtime_dir.to_path_buf(),
-            search_path: std::env::var_os("PATH"),
-        });
+        r.env = Some(Env { spawner, runtime_dir: runtime_dir.to_path_buf(), search_path: std::env::var_os("PATH") });
         r.templates = templates.iter().map(TemplateRuntime::new).collect();
     });
     if !templates.is_empty() {
@@ -317,10 +313,15 @@ pub(crate) async fn stop_all(how: Stop) {
 fn retire(i: Instance) {
     i.pool.send(ManagerCmd::Remove { within: RETIRE_WITHIN });
     // A preloaded instance's fork template goes with it (supervise/template.rs).
-    if i.pool.config.isolation.preload {
-        super::template::retire_pool(&i.pool.name);
+    let preload = i.pool.config.isolation.preload;
+    let spawner = registry(|r| {
+        let spawner = r.env.as_ref().map(|e| e.spawner.clone());
+        r.retiring.push((i.pool.clone(), i.dir));
+        spawner
+    });
+    if let Some(s) = spawner.filter(|_| preload) {
+        s.retire_template(&i.pool.name);
     }
-    registry(|r| r.retiring.push((i.pool, i.dir)));
 }
 
 /// The reaper, once.
@@ -529,7 +530,9 @@ impl TemplateRuntime {
                 Ok(Ok(cfg)) => {
                     // As a changed pool's (Supervisor::reload): new forks from fresh code.
                     if inst.pool.config.isolation.preload && (!cfg.isolation.preload || restart) {
-                        super::template::retire_pool(&inst.pool.name);
+                        if let Some(s) = registry(|r| r.env.as_ref().map(|e| e.spawner.clone())) {
+                            s.retire_template(&inst.pool.name);
+                        }
                     }
                     let p = Arc::new(PoolRuntime {
                         name: inst.pool.name.clone(),
@@ -631,10 +634,10 @@ fn resolve_instance(t: &Template, name: String, raw: crate::config::RawPool) -> 
 
 /// Start an instance's manager: its workers start with the first request (ondemand) or now.
 fn start(cfg: Pool) -> Result<(Arc<PoolRuntime>, PathBuf), String> {
-    let (python_path, dir) = registry(|r| {
+    let (spawner, dir) = registry(|r| {
         let env = r.env.as_ref()?;
         r.next_dir += 1;
-        Some((env.python_path.clone(), env.runtime_dir.join("pools").join(format!("instance-{}", r.next_dir))))
+        Some((env.spawner.clone(), env.runtime_dir.join("pools").join(format!("instance-{}", r.next_dir))))
     })
     .ok_or("the daemon is not running")?;
     {
@@ -652,7 +655,7 @@ fn start(cfg: Pool) -> Result<(Arc<PoolRuntime>, PathBuf), String> {
         Arc::new(p.config.clone()),
         p.dispatcher.clone(),
         p.control.clone(),
-        python_path,
+        spawner,
         dir.clone(),
     );
     tokio::spawn(manager::run(m, events, cmds));

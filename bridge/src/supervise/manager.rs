@@ -26,7 +26,7 @@ use super::policy::{
 };
 use super::stats::{ManagerView, RestartRecord, WorkerInfo};
 use super::worker::{self, Event, WorkerTask};
-use super::{PoolControl, Stop};
+use super::{PoolControl, Spawner, Stop};
 use crate::backend::SlotConn;
 use crate::config::supervision::Mode;
 use crate::config::{self, App};
@@ -95,7 +95,7 @@ pub(crate) struct Manager {
     cfg_gen: u64,
     dispatcher: Arc<Dispatcher<SlotConn>>,
     control: Arc<PoolControl>,
-    python_path: Arc<PathBuf>,
+    spawner: Arc<Spawner>,
     socket_dir: PathBuf,
     workers: Vec<Worker>,
     events_tx: mpsc::UnboundedSender<Event>,
@@ -140,7 +140,7 @@ impl Manager {
         cfg: Arc<config::Pool>,
         dispatcher: Arc<Dispatcher<SlotConn>>,
         control: Arc<PoolControl>,
-        python_path: Arc<PathBuf>,
+        spawner: Arc<Spawner>,
         socket_dir: PathBuf,
     ) -> (Self, mpsc::UnboundedReceiver<Event>) {
         let (events_tx, events_rx) = mpsc::unbounded_channel();
@@ -157,7 +157,7 @@ impl Manager {
             cfg_gen: 0,
             dispatcher,
             control,
-            python_path,
+            spawner,
             socket_dir,
             workers: Vec::new(),
             events_tx,
@@ -784,10 +784,7 @@ impl Manager {
                 (0..).find(|n| !self.workers.iter().any(|w| w.index == *n && w.state != State::Stopping)).unwrap_or(0)
             }
         };
-        // Unique across pools and reloads: a pool removed and added again by two reloads
-        // shares its socket directory with its predecessor's last workers.
-        static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
-        let id = NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let id = self.spawner.next_worker_id();
         let socket = self.socket_dir.join(format!("{index}-{id}.sock"));
         let max_requests = policy::max_requests_for(&self.cfg.supervision, &mut self.spread);
         let key = self.dispatcher.add_worker(max_requests);
@@ -798,7 +795,7 @@ impl Manager {
             id,
             pool: self.name.clone(),
             config: self.cfg.clone(),
-            python_path: self.python_path.clone(),
+            spawner: self.spawner.clone(),
             socket,
             key,
             index,

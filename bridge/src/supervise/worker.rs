@@ -50,7 +50,8 @@ pub(super) struct WorkerTask {
     pub id: u64,
     pub pool: Arc<str>,
     pub config: Arc<crate::config::Pool>,
-    pub python_path: Arc<std::path::PathBuf>,
+    /// What the daemon's managers share to start workers.
+    pub spawner: Arc<super::Spawner>,
     pub socket: std::path::PathBuf,
     pub key: WorkerKey,
     /// Its number in the pool (the socket's and the log's `index`).
@@ -80,7 +81,7 @@ enum Readiness {
 pub(super) async fn run(t: WorkerTask, mut ctl: mpsc::UnboundedReceiver<WorkerCtl>) {
     let pool = t.pool.clone();
     let started = tokio::select! {
-        r = super::spawn::spawn_worker(&t.config, &t.python_path, &t.socket) => r,
+        r = super::spawn::spawn_worker(&t.config, &t.spawner, &t.socket) => r,
         _ = ctl.recv() => {
             let _ = t.events.send(Event::Failed { id: t.id, why: "stopped before it was started".into() });
             return;
