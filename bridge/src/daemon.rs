@@ -192,7 +192,7 @@ async fn run(
             }
         }
     }
-    crate::supervise::instances::install(&config.templates, rt_dir.path(), supervisor.spawner());
+    registry.board.instances.install(&config.templates, rt_dir.path(), supervisor.spawner());
     let mut listeners = match listen::ListenerSet::start(&config.listeners, bound, &by_name, registry.clone()) {
         Ok(r) => r,
         Err(e) => {
@@ -284,7 +284,7 @@ async fn run(
         tracing::info!("fast stop");
     }
     supervisor.stop(how).await;
-    crate::supervise::instances::stop_all(how).await;
+    registry.board.instances.stop_all(how).await;
     logging::ratelimit::flush_all();
     drop(rt_dir);
     tracing::info!("stopped");

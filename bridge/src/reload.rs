@@ -98,7 +98,7 @@ async fn apply(dir: &Path, live: Live<'_>, restart_all: bool) -> Result<String, 
     live.registry.board.set_pools(pools.clone());
     let by_name: HashMap<String, Arc<PoolRuntime>> = pools.iter().map(|p| (p.name.to_string(), p.clone())).collect();
     // Before the listeners: their new routes name the new templates.
-    let templates = crate::supervise::instances::reload(&new.templates, restart_all).await;
+    let templates = live.registry.board.instances.reload(&new.templates, restart_all).await;
     let listeners = live.listeners.apply(&new.listeners, sockets, &by_name).map_err(|e| e.to_string())?;
 
     let (mut added, mut changed, mut removed) = (Vec::new(), Vec::new(), Vec::new());

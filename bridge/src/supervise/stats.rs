@@ -333,6 +333,8 @@ struct BoardState {
 /// registry, registry.rs).
 pub(crate) struct Board {
     state: Mutex<BoardState>,
+    /// The pool templates and their live instances (supervise/instances.rs).
+    pub instances: super::instances::Instances,
     started: Instant,
     start_time: f64,
 }
@@ -341,6 +343,7 @@ impl Default for Board {
     fn default() -> Self {
         Self {
             state: Mutex::new(BoardState { pools: Vec::new(), reloads: 0, last_reload: None }),
+            instances: super::instances::Instances::default(),
             started: Instant::now(),
             start_time: unix_now(),
         }
@@ -361,7 +364,7 @@ impl Board {
     /// instances (the slowlog and the history sample them too).
     pub(crate) fn pools(&self) -> Vec<Arc<PoolRuntime>> {
         let mut all = self.with(|r| r.pools.clone());
-        all.extend(super::instances::live_pools());
+        all.extend(self.instances.live_pools());
         all
     }
 
@@ -394,7 +397,8 @@ impl Board {
                 .iter()
                 .map(|p| pool_snapshot(p))
                 .chain(
-                    super::instances::live()
+                    self.instances
+                        .live()
                         .into_iter()
                         .map(|(p, i)| PoolStats { instance: Some(i), ..pool_snapshot(&p) }),
                 )
