@@ -71,31 +71,7 @@ pub(super) fn pool(
     let raw_supervision = super::supervision::RawSupervision::take(&mut raw);
     let raw_interface = super::interface::RawInterface::take(&mut raw);
 
-    let app =
-        match (raw.app, raw.command) {
-            (Some(_), Some(_)) => {
-                errs.push(src.invalid(
-                    &here.key("command"),
-                    "a pool has either `app` (WSGI) or `command` (a FastCGI program), not both",
-                ));
-                None
-            }
-            (None, Some(argv)) => {
-                let r = super::paths::resolve_command(argv, dir, search_path)
-                    .map_err(|m| src.invalid(&here.key("command"), m));
-                note(&mut errs, r)
-            }
-            (None, None) => {
-                errs.push(src.invalid(
-                    &here,
-                    "missing key `app`: name a module (\"package.module:callable\") or a .py/.wsgi file",
-                ));
-                None
-            }
-            (Some(app_text), None) => {
-                note(&mut errs, parse_app(&app_text, dir).map_err(|m| src.invalid(&here.key("app"), m)))
-            }
-        };
+    let app = pool_app(src, &here, dir, (raw.app.take(), raw.command.take()), search_path, &mut errs);
 
     let python = paths::find_python(raw.python.as_deref().unwrap_or(DEFAULT_PYTHON), dir, search_path)
         .map_err(|m| src.invalid(&here.key("python"), m));
@@ -104,22 +80,7 @@ pub(super) fn pool(
     let python_at =
         KeyAt { at: src.at(&python_key).to_string(), key: python_key.to_string(), written: raw.python.is_some() };
 
-    // Without a valid app the default chdir is unknown; a given one is still checked.
-    let chdir = match (&raw.chdir, &app) {
-        (Some(chdir), _) => Some(paths::resolve(dir, chdir)),
-        (None, Some(App::File { path: file, .. })) => {
-            Some(file.parent().map(Path::to_path_buf).unwrap_or_else(|| dir.to_path_buf()))
-        }
-        (None, Some(App::Module { .. } | App::Command(_))) => Some(dir.to_path_buf()),
-        (None, None) => None,
-    };
-    let chdir = chdir.filter(|chdir| {
-        let ok = chdir.is_dir();
-        if !ok {
-            errs.push(src.invalid(&here.key("chdir"), format!("{} is not a directory", chdir.display())));
-        }
-        ok
-    });
+    let chdir = pool_chdir(src, &here, dir, raw.chdir.as_deref(), app.as_ref(), &mut errs);
 
     let env = raw.env.map(|e| e.0).unwrap_or_default();
     for (key, _) in &env {
@@ -139,24 +100,8 @@ pub(super) fn pool(
     if startup_timeout.is_zero() {
         errs.push(src.invalid(&here.key("startup-timeout"), "must be longer than 0s"));
     }
+    let (max_body, slowlog_timeout) = optional_limits(src, &here, (raw.max_body, raw.slowlog_timeout), &mut errs);
     let error_pages = error_pages(src, &here, dir, raw.error_pages, &mut errs);
-    let max_body = match raw.max_body {
-        Some(size) if size.0 == 0 => {
-            errs.push(src.invalid(&here.key("max-body"), "must be more than 0 bytes (leave it out for no limit)"));
-            None
-        }
-        other => other.map(|size| size.0),
-    };
-    let slowlog_timeout = match raw.slowlog_timeout {
-        Some(d) if d.0.is_zero() => {
-            errs.push(src.invalid(
-                &here.key("slowlog-timeout"),
-                "must be longer than 0s; leave the key out to turn the slowlog off",
-            ));
-            None
-        }
-        other => other.map(|d| d.0),
-    };
     // The isolation checks need the app, its directory and the interpreter (a chroot must hold them).
     let isolation = match (&app, &chdir, &python) {
         (Some(app), Some(chdir), Some(python)) => {
@@ -191,6 +136,92 @@ pub(super) fn pool(
         }
         _ => Err(ConfigError::several(errs)),
     }
+}
+
+/// `app` or `command`: exactly one of them, resolved.
+fn pool_app(
+    src: &Source,
+    here: &KeyPath,
+    dir: &Path,
+    written: (Option<String>, Option<Vec<String>>),
+    search_path: Option<&std::ffi::OsStr>,
+    errs: &mut Vec<ConfigError>,
+) -> Option<App> {
+    match written {
+        (Some(_), Some(_)) => {
+            errs.push(src.invalid(
+                &here.key("command"),
+                "a pool has either `app` (WSGI) or `command` (a FastCGI program), not both",
+            ));
+            None
+        }
+        (None, Some(argv)) => {
+            let r =
+                super::paths::resolve_command(argv, dir, search_path).map_err(|m| src.invalid(&here.key("command"), m));
+            note(errs, r)
+        }
+        (None, None) => {
+            errs.push(
+                src.invalid(here, "missing key `app`: name a module (\"package.module:callable\") or a .py/.wsgi file"),
+            );
+            None
+        }
+        (Some(app_text), None) => note(errs, parse_app(&app_text, dir).map_err(|m| src.invalid(&here.key("app"), m))),
+    }
+}
+
+/// `chdir`, or the app file's directory (the configuration's for a module or a program).
+/// Without a valid app the default is unknown; a given one is still checked.
+fn pool_chdir(
+    src: &Source,
+    here: &KeyPath,
+    dir: &Path,
+    written: Option<&str>,
+    app: Option<&App>,
+    errs: &mut Vec<ConfigError>,
+) -> Option<std::path::PathBuf> {
+    let chdir = match (written, app) {
+        (Some(chdir), _) => Some(paths::resolve(dir, chdir)),
+        (None, Some(App::File { path: file, .. })) => {
+            Some(file.parent().map(Path::to_path_buf).unwrap_or_else(|| dir.to_path_buf()))
+        }
+        (None, Some(App::Module { .. } | App::Command(_))) => Some(dir.to_path_buf()),
+        (None, None) => None,
+    };
+    chdir.filter(|chdir| {
+        let ok = chdir.is_dir();
+        if !ok {
+            errs.push(src.invalid(&here.key("chdir"), format!("{} is not a directory", chdir.display())));
+        }
+        ok
+    })
+}
+
+/// `max-body` and `slowlog-timeout`: absent means none, zero is refused.
+fn optional_limits(
+    src: &Source,
+    here: &KeyPath,
+    (max_body, slowlog_timeout): (Option<super::units::ByteSize>, Option<super::units::HumanDuration>),
+    errs: &mut Vec<ConfigError>,
+) -> (Option<u64>, Option<std::time::Duration>) {
+    let max_body = match max_body {
+        Some(size) if size.0 == 0 => {
+            errs.push(src.invalid(&here.key("max-body"), "must be more than 0 bytes (leave it out for no limit)"));
+            None
+        }
+        other => other.map(|size| size.0),
+    };
+    let slowlog_timeout = match slowlog_timeout {
+        Some(d) if d.0.is_zero() => {
+            errs.push(src.invalid(
+                &here.key("slowlog-timeout"),
+                "must be longer than 0s; leave the key out to turn the slowlog off",
+            ));
+            None
+        }
+        other => other.map(|d| d.0),
+    };
+    (max_body, slowlog_timeout)
 }
 
 /// `error-pages`: each entry checked, errors added to `errs`.
