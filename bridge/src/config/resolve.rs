@@ -365,71 +365,20 @@ pub(super) fn listener(src: &Source, dir: &Path, name: &str, mut raw: RawListene
         errs.push(src.invalid(&here.key("max-connections"), "must be 1 or more"));
     }
     let routes = routes(src, &here, raw.pool, raw.routes, &mut errs);
-    let dialect = match raw.dialect.as_deref().map(str::trim) {
-        None | Some("generic") => Dialect::Generic,
-        Some("nginx") => Dialect::Nginx,
-        Some("lighttpd") => Dialect::Lighttpd,
-        Some("apache") => Dialect::Apache,
-        Some("caddy") => Dialect::Caddy,
-        Some("h2o") => Dialect::H2o,
-        Some("haproxy") => Dialect::Haproxy,
-        Some(other) => {
-            errs.push(src.invalid(
-                &here.key("dialect"),
-                format!("unknown web server {other:?}; one of nginx, lighttpd, apache, caddy, h2o, haproxy, generic"),
-            ));
-            Dialect::Generic
-        }
-    };
-    let unrouted_redirect = match raw.unrouted_redirect.as_deref().map(str::trim) {
-        None | Some("404") => UnroutedRedirect::NotFound,
-        Some("pass") => UnroutedRedirect::Pass,
-        Some(other) => {
-            errs.push(src.invalid(&here.key("unrouted-redirect"), format!("{other:?} is neither `pass` nor `404`")));
-            UnroutedRedirect::NotFound
-        }
-    };
-    let file_handoff = match raw.file_handoff.as_deref().map(str::trim) {
-        None | Some("pass") => super::model::FileHandoff::Pass,
-        Some("serve") => super::model::FileHandoff::Serve,
-        Some("translate") => super::model::FileHandoff::Translate,
-        Some(other) => {
-            errs.push(
-                src.invalid(&here.key("file-handoff"), format!("{other:?} is not one of `pass`, `translate`, `serve`")),
-            );
-            super::model::FileHandoff::Pass
-        }
-    };
-    let keep_path_info = match raw.path_info.as_deref().map(str::trim) {
-        None | Some("derive") => false,
-        Some("keep") => true,
-        Some(other) => {
-            errs.push(src.invalid(&here.key("path-info"), format!("{other:?} is neither `derive` nor `keep`")));
-            false
-        }
-    };
+    let (dialect, unrouted_redirect, file_handoff, keep_path_info) = listener_words(
+        src,
+        &here,
+        [&raw.dialect, &raw.unrouted_redirect, &raw.file_handoff, &raw.path_info].map(|w| w.as_deref().map(str::trim)),
+        &mut errs,
+    );
     let max_redirects = raw.max_redirects.unwrap_or(DEFAULT_MAX_REDIRECTS);
     let trusted_proxies =
         note(&mut errs, trusted_proxies(src, &here, raw.trusted_proxies, raw.trusted_proxy_headers)).flatten();
     let allowed_clients = note(&mut errs, allowed_clients(src, &here, address.as_ref(), raw.allowed_clients)).flatten();
     let (file_roots, file_map) =
         file_handoff_paths(src, &here, dir, file_handoff, raw.file_roots, raw.file_map, &mut errs);
-    let mount = match raw.mount.as_deref().map(|m| m.trim().trim_end_matches('/')) {
-        None | Some("") => None,
-        Some(m) if m.starts_with('/') => Some(m.to_owned()),
-        Some(m) => {
-            errs.push(src.invalid(&here.key("mount"), format!("{m:?} must be a path starting with /, e.g. /app")));
-            None
-        }
-    };
-    let mut url_path = |key: &str, value: Option<String>| {
-        let value = value?;
-        let checked =
-            super::status_key::check_url_path(&value).map(|()| value).map_err(|m| src.invalid(&here.key(key), m));
-        note(&mut errs, checked)
-    };
-    let status_path = url_path("status-path", raw.status_path);
-    let ping_path = url_path("ping-path", raw.ping_path);
+    let (mount, status_path, ping_path) =
+        listener_paths(src, &here, (raw.mount, raw.status_path, raw.ping_path), &mut errs);
 
     match (address, routes) {
         (Some(address), Some(routes)) if errs.is_empty() => Ok(Listener {
@@ -461,6 +410,86 @@ pub(super) fn listener(src: &Source, dir: &Path, name: &str, mut raw: RawListene
         }),
         _ => Err(ConfigError::several(errs)),
     }
+}
+
+/// `mount` (a path prefix without its trailing slash), `status-path` and `ping-path`.
+fn listener_paths(
+    src: &Source,
+    here: &KeyPath,
+    (mount, status_path, ping_path): (Option<String>, Option<String>, Option<String>),
+    errs: &mut Vec<ConfigError>,
+) -> (Option<String>, Option<String>, Option<String>) {
+    let mount = match mount.as_deref().map(|m| m.trim().trim_end_matches('/')) {
+        None | Some("") => None,
+        Some(m) if m.starts_with('/') => Some(m.to_owned()),
+        Some(m) => {
+            errs.push(src.invalid(&here.key("mount"), format!("{m:?} must be a path starting with /, e.g. /app")));
+            None
+        }
+    };
+    let mut url_path = |key: &str, value: Option<String>| {
+        let value = value?;
+        let checked =
+            super::status_key::check_url_path(&value).map(|()| value).map_err(|m| src.invalid(&here.key(key), m));
+        note(errs, checked)
+    };
+    let status_path = url_path("status-path", status_path);
+    let ping_path = url_path("ping-path", ping_path);
+    (mount, status_path, ping_path)
+}
+
+/// The listener's keys that take one of a few words: `dialect`, `unrouted-redirect`,
+/// `file-handoff`, `path-info` (whether PATH_INFO is kept).
+fn listener_words(
+    src: &Source,
+    here: &KeyPath,
+    [dialect, unrouted_redirect, file_handoff, path_info]: [Option<&str>; 4],
+    errs: &mut Vec<ConfigError>,
+) -> (Dialect, UnroutedRedirect, super::model::FileHandoff, bool) {
+    let dialect = match dialect {
+        None | Some("generic") => Dialect::Generic,
+        Some("nginx") => Dialect::Nginx,
+        Some("lighttpd") => Dialect::Lighttpd,
+        Some("apache") => Dialect::Apache,
+        Some("caddy") => Dialect::Caddy,
+        Some("h2o") => Dialect::H2o,
+        Some("haproxy") => Dialect::Haproxy,
+        Some(other) => {
+            errs.push(src.invalid(
+                &here.key("dialect"),
+                format!("unknown web server {other:?}; one of nginx, lighttpd, apache, caddy, h2o, haproxy, generic"),
+            ));
+            Dialect::Generic
+        }
+    };
+    let unrouted_redirect = match unrouted_redirect {
+        None | Some("404") => UnroutedRedirect::NotFound,
+        Some("pass") => UnroutedRedirect::Pass,
+        Some(other) => {
+            errs.push(src.invalid(&here.key("unrouted-redirect"), format!("{other:?} is neither `pass` nor `404`")));
+            UnroutedRedirect::NotFound
+        }
+    };
+    let file_handoff = match file_handoff {
+        None | Some("pass") => super::model::FileHandoff::Pass,
+        Some("serve") => super::model::FileHandoff::Serve,
+        Some("translate") => super::model::FileHandoff::Translate,
+        Some(other) => {
+            errs.push(
+                src.invalid(&here.key("file-handoff"), format!("{other:?} is not one of `pass`, `translate`, `serve`")),
+            );
+            super::model::FileHandoff::Pass
+        }
+    };
+    let keep_path_info = match path_info {
+        None | Some("derive") => false,
+        Some("keep") => true,
+        Some(other) => {
+            errs.push(src.invalid(&here.key("path-info"), format!("{other:?} is neither `derive` nor `keep`")));
+            false
+        }
+    };
+    (dialect, unrouted_redirect, file_handoff, keep_path_info)
 }
 
 /// `socket-mode`, `socket-owner`, `socket-group`: only for a unix socket (not checked
