@@ -617,7 +617,10 @@ impl TemplateRuntime {
                 }
                 Ok(Err(r)) => {
                     tracing::warn!(pool = %inst.pool.name, "reload: {}; the instance stops", r(key.clone()));
-                    if let Some(i) = self.lock().live.remove(&key) {
+                    // Not under the state lock: retiring takes the shelf's (stop_all takes
+                    // the two the other way round).
+                    let gone = self.lock().live.remove(&key);
+                    if let Some(i) = gone {
                         self.retire(i);
                     }
                 }
