@@ -31,7 +31,7 @@ pub(crate) use worker::describe_exit;
 
 /// What every pool manager of the daemon (template instances' too) shares to start workers.
 pub(crate) struct Spawner {
-    /// Where the worker package is (`PYTHONPATH` of every worker).
+    /// Where the worker package is (the boot line puts it on every worker's `sys.path`).
     python_path: PathBuf,
     next_id: AtomicU64,
     /// The preloaded pools' fork templates (supervise/template.rs).
