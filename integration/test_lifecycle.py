@@ -2,7 +2,9 @@
 restart-interval, min-lifetime, request-timeout (504, stacks in the log, graceful-timeout
 for the other requests), memory-limit, cpu-time-limit, startup-timeout, an app that cannot
 be imported (one traceback, backoff, 503 at once while other pools serve), os._exit."""
+import os
 import re
+import signal
 import time
 
 from harness import wait_until
@@ -221,5 +223,36 @@ def test_os_exit_mid_request_is_502_and_a_new_worker_serves(tmp_path):
         assert r.status == 502
         b.log.wait_for([r"worker exited: exit status 1; replacing it", f"pid={before}"])
         assert wait_for_new_pid(b, "p", {before}) != before
+    finally:
+        b.stop()
+
+
+def _started(b, since=0) -> dict[int, int]:
+    """pid -> index of the `worker started` lines."""
+    out = {}
+    for ln in b.log.lines(since):
+        m = re.search(r"worker started.*\bpid=(\d+).*\bindex=(\d+)", ln)
+        if m:
+            out[int(m.group(1))] = int(m.group(2))
+    return out
+
+
+def test_a_replacement_takes_the_index_of_the_worker_it_replaces(tmp_path):
+    """A worker's number in its pool is logged as `index=` ("slot" names only a connection
+    to a worker); the process that replaces a dead worker takes its index."""
+    b = start(tmp_path, {"p": lc_pool(processes=2, threads=1)})
+    try:
+        wait_until(lambda: len(_started(b)) >= 2, 30, what="two `worker started … index=` lines")
+        first = _started(b)
+        # killed while serving, not while starting (that is a failed start, logged otherwise)
+        wait_until(lambda: len(b.log.wait_for(r"worker ready in")) >= 2, 60, what="both workers ready")
+        assert sorted(first.values()) == [0, 1], first
+        victim = next(pid for pid, index in first.items() if index == 1)
+        mark = b.log.mark()
+        os.kill(victim, signal.SIGKILL)
+        b.log.wait_for([r"worker exited: killed by signal 9", f"pid={victim}", r"\bindex=1\b"], since=mark)
+        wait_until(lambda: _started(b, mark), 30, what="a replacement's `worker started` line")
+        assert list(_started(b, mark).values()) == [1], b.log.text(mark)
+        assert not any("slot=" in ln for ln in b.log.lines()), "the worker index is logged as index=, not slot="
     finally:
         b.stop()

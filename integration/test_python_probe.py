@@ -1,5 +1,5 @@
 """Each pool's interpreter is run once (`python -S -c <version script>`) by `check`, `run`
-and a reload, and refused when it is not Python or older than 3.9 (bridge/src/probe.rs).
+and a reload, and refused when it is not Python or older than 3.9 (bridge/src/supervise/probe.rs).
 Before, such a pool passed `check`, then answered 503 for ever behind the start backoff.
 
 Old interpreters are pyenv's 2.7 and 3.6-3.8 where installed (a test is skipped for each

@@ -133,7 +133,7 @@ async fn answer(mut conn: tokio::net::UnixStream, requests: tokio::sync::mpsc::S
             match (args.next(), args.next(), args.next()) {
                 (Some(t), Some(k), None) => {
                     tracing::info!(uid, "control socket: {other} requested");
-                    match crate::supervise::instances::stop_instance(t, k) {
+                    match registry.board.instances.stop_instance(t, k) {
                         Ok(text) => format!("ok {text}"),
                         Err(why) => format!("error {why}\n"),
                     }

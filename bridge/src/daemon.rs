@@ -34,7 +34,9 @@ pub fn main(config_dir: &Path) -> ExitCode {
         eprintln!("fcgibridge: cannot ignore SIGHUP/SIGUSR1/SIGUSR2 during start-up: {e}");
     }
     let loaded = crate::config::load(config_dir).map_err(|e| e.to_string());
-    let config = match loaded.and_then(|c| crate::probe::check_pools(&c.pools).map(|()| c).map_err(|e| e.to_string())) {
+    let config = match loaded
+        .and_then(|c| crate::supervise::probe::check_pools(&c.pools).map(|()| c).map_err(|e| e.to_string()))
+    {
         Ok(c) => c,
         Err(e) => {
             for line in e.lines() {
@@ -43,7 +45,7 @@ pub fn main(config_dir: &Path) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    logging::init(&config.global);
+    let reopen = logging::init(&config.global);
     raise_fd_limit();
     // Before any thread exists: these read and clear environment variables.
     let passed = listen::systemd::Passed::from_env();
@@ -75,7 +77,7 @@ pub fn main(config_dir: &Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let code = runtime.block_on(run(config, notifier, passed, config_dir.to_path_buf()));
+    let code = runtime.block_on(run(config, notifier, passed, config_dir.to_path_buf(), reopen));
     // Worker log readers may still hold pipe reads; do not wait for them.
     runtime.shutdown_timeout(std::time::Duration::from_millis(200));
     code
@@ -86,6 +88,7 @@ async fn run(
     notifier: Arc<Notifier>,
     passed: listen::systemd::Passed,
     config_dir: std::path::PathBuf,
+    reopen: logging::reopen::Reopen,
 ) -> ExitCode {
     // Signals first, so a SIGTERM during start-up is not lost.
     // SIGUSR1 too: its default action would end a daemon that a log rotation finds starting.
@@ -139,7 +142,7 @@ async fn run(
     };
     let access_log = match &config.global.access_log {
         None => None,
-        Some(p) => match AccessLog::open(p, format) {
+        Some(p) => match AccessLog::open(p, format, reopen.clone()) {
             Ok(l) => Some(l),
             Err(e) => {
                 tracing::error!("cannot open access log {}: {e}", p.display());
@@ -147,7 +150,9 @@ async fn run(
             }
         },
     };
-    let registry = Arc::new(Registry::new(access_log, config.global.header_memory, config.listeners.clone(), passed));
+    let registry = Arc::new(
+        Registry::new(access_log, config.global.header_memory, config.listeners.clone(), passed).with_reopen(reopen),
+    );
 
     let pools: Vec<Arc<PoolRuntime>> = config.pools.iter().cloned().map(PoolRuntime::new).collect();
     let by_name: HashMap<String, Arc<PoolRuntime>> = pools.iter().map(|p| (p.name.to_string(), p.clone())).collect();
@@ -187,7 +192,7 @@ async fn run(
             }
         }
     }
-    crate::supervise::instances::install(&config.templates, rt_dir.path(), rt_dir.python_path());
+    registry.board.instances.install(&config.templates, rt_dir.path(), supervisor.spawner());
     let mut listeners = match listen::ListenerSet::start(&config.listeners, bound, &by_name, registry.clone()) {
         Ok(r) => r,
         Err(e) => {
@@ -210,7 +215,7 @@ async fn run(
         tokio::select! {
             _ = sigusr1.recv() => {
                 // Reopen first: this line starts the new log file.
-                logging::reopen::request();
+                registry.reopen.request();
                 tracing::info!("SIGUSR1: reopening log files");
             }
             _ = sigterm.recv() => break Stop::Graceful,
@@ -279,7 +284,7 @@ async fn run(
         tracing::info!("fast stop");
     }
     supervisor.stop(how).await;
-    crate::supervise::instances::stop_all(how).await;
+    registry.board.instances.stop_all(how).await;
     logging::ratelimit::flush_all();
     drop(rt_dir);
     tracing::info!("stopped");
@@ -309,7 +314,7 @@ async fn finish_in_flight(
             _ = sigint.recv() => break,
             _ = sigquit.recv() => break,
             _ = sigusr1.recv() => {
-                logging::reopen::request();
+                registry.reopen.request();
                 tracing::info!("SIGUSR1: reopening log files");
             }
         }
@@ -364,7 +369,7 @@ async fn drain(registry: &Registry, period: std::time::Duration, i: DrainInputs<
             _ = i.sighup.recv() => "SIGHUP",
             _ = i.sigusr2.recv() => "SIGUSR2",
             _ = i.sigusr1.recv() => {
-                logging::reopen::request();
+                registry.reopen.request();
                 tracing::info!("SIGUSR1: reopening log files");
                 continue;
             }

@@ -12,7 +12,9 @@ use std::path::Path;
 use tracing_subscriber::EnvFilter;
 
 /// Install the global subscriber. An invalid filter falls back to "info" with a warning.
-pub(crate) fn init(global: &Global) {
+/// Returns the reopen generation of the daemon's log files (SIGUSR1).
+pub(crate) fn init(global: &Global) -> reopen::Reopen {
+    let reopen = reopen::Reopen::default();
     ratelimit::set_enabled(global.log_rate_limit);
     let (filter, bad) = match EnvFilter::try_new(&global.log_level) {
         Ok(f) => (f, None),
@@ -22,7 +24,7 @@ pub(crate) fn init(global: &Global) {
     use tracing_subscriber::fmt::writer::BoxMakeWriter;
     // `log-file:` instead of stderr; if it cannot be opened, stderr and an error line.
     let (writer, ansi, file_error) = match &global.log_file {
-        Some(path) => match file::LogFile::open(path.clone()) {
+        Some(path) => match file::LogFile::open(path.clone(), reopen.clone()) {
             Ok(f) => (BoxMakeWriter::new(f), false, None),
             Err(e) => (
                 BoxMakeWriter::new(std::io::stderr),
@@ -46,6 +48,7 @@ pub(crate) fn init(global: &Global) {
     if let Some(e) = bad {
         tracing::warn!("log-level {:?} is not a valid filter ({e}); using \"info\"", global.log_level);
     }
+    reopen
 }
 
 /// One finished request, as the access log records it.
@@ -70,8 +73,8 @@ pub(crate) enum AccessLog {
 }
 
 impl AccessLog {
-    /// Open the configured destination (`format` applies to a file).
-    pub(crate) fn open(path: &Path, format: Option<AccessFormat>) -> std::io::Result<Self> {
+    /// Open the configured destination (`format` applies to a file; `reopen` opens it again).
+    pub(crate) fn open(path: &Path, format: Option<AccessFormat>, reopen: reopen::Reopen) -> std::io::Result<Self> {
         if path.as_os_str() == "-" {
             return Ok(Self::MainLog);
         }
@@ -80,11 +83,11 @@ impl AccessLog {
         let path = path.to_path_buf();
         std::thread::Builder::new().name("access-log".to_owned()).spawn(move || {
             let mut out = std::io::BufWriter::new(file);
-            let mut generation = reopen::generation();
+            let mut generation = reopen.generation();
             while let Ok(line) = rx.recv() {
                 // SIGUSR1 (log rotation): the next line goes to a freshly opened file.
-                if reopen::generation() != generation {
-                    generation = reopen::generation();
+                if reopen.generation() != generation {
+                    generation = reopen.generation();
                     let _ = out.flush();
                     match std::fs::OpenOptions::new().create(true).append(true).open(&path) {
                         Ok(f) => out = std::io::BufWriter::new(f),

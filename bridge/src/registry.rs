@@ -5,6 +5,7 @@
 use crate::config;
 use crate::listen::limits::HeaderBudget;
 use crate::listen::systemd;
+use crate::logging::reopen::Reopen;
 use crate::logging::AccessLog;
 use crate::status::track::Tracker;
 use crate::supervise::stats::Board;
@@ -25,6 +26,8 @@ pub(crate) struct Registry {
     pub board: Board,
     /// Sockets systemd passed that no listener has taken yet (a reload may add one).
     pub systemd: systemd::Passed,
+    /// SIGUSR1: the log files' reopen generation (logging/reopen.rs).
+    pub reopen: Reopen,
     /// FCGI_WEB_SERVER_ADDRS: the only TCP peers every listener keeps, when set (listen/allow.rs).
     pub web_server_addrs: Option<Vec<std::net::IpAddr>>,
     /// The listeners the status pages describe; replaced after each reload.
@@ -52,6 +55,7 @@ impl Registry {
             track: Tracker::default(),
             board: Board::default(),
             systemd,
+            reopen: Reopen::default(),
             web_server_addrs: crate::listen::allow::from_env(),
             listeners: RwLock::new(Arc::new(listeners)),
             drain: OnceLock::new(),
@@ -59,6 +63,11 @@ impl Registry {
             drained: Notify::new(),
             next_id: AtomicU64::new(1),
         }
+    }
+
+    /// The registry with the reopen generation that the daemon's log files follow.
+    pub(crate) fn with_reopen(self, reopen: Reopen) -> Self {
+        Self { reopen, ..self }
     }
 
     /// The listeners as configured now.

@@ -1,6 +1,6 @@
 //! Reloading the configuration in the running daemon (SIGHUP, `fcgibridge reload`).
 //!
-//! 1. conf.d is read and validated again, and the pools' interpreters probed (probe.rs);
+//! 1. conf.d is read and validated again, and the pools' interpreters probed (supervise/probe.rs);
 //!    an invalid configuration is refused with the same message `fcgibridge check`
 //!    prints, and the running one stays.
 //! 2. New listener addresses are bound; a busy address refuses the reload (nothing changed).
@@ -58,7 +58,7 @@ async fn apply(dir: &Path, live: Live<'_>, restart_all: bool) -> Result<String, 
     // The interpreters run on a blocking thread: with one runtime thread, requests would
     // otherwise wait for them.
     let pools = new.pools.clone();
-    match tokio::task::spawn_blocking(move || crate::probe::check_pools(&pools)).await {
+    match tokio::task::spawn_blocking(move || crate::supervise::probe::check_pools(&pools)).await {
         Ok(probed) => probed.map_err(|e| e.to_string())?,
         Err(e) => return Err(format!("the interpreter probe failed: {e}")),
     }
@@ -98,7 +98,7 @@ async fn apply(dir: &Path, live: Live<'_>, restart_all: bool) -> Result<String, 
     live.registry.board.set_pools(pools.clone());
     let by_name: HashMap<String, Arc<PoolRuntime>> = pools.iter().map(|p| (p.name.to_string(), p.clone())).collect();
     // Before the listeners: their new routes name the new templates.
-    let templates = crate::supervise::instances::reload(&new.templates, restart_all).await;
+    let templates = live.registry.board.instances.reload(&new.templates, restart_all).await;
     let listeners = live.listeners.apply(&new.listeners, sockets, &by_name).map_err(|e| e.to_string())?;
 
     let (mut added, mut changed, mut removed) = (Vec::new(), Vec::new(), Vec::new());

@@ -1,53 +1,27 @@
-//! The few system calls the worker makes itself (Linux).
-//!
-//! Declared here rather than through the `libc` crate to keep the worker's
-//! dependency set (and the workspace lock file) as small as the skeleton's.
+//! The few system calls the worker makes itself (Linux), through `nix` (the bridge's
+//! own dependency, so the lock file gains nothing), and `libc` for the one receive into
+//! uninitialised memory that `nix` has no form for.
 //! Every blocking call is made with the GIL released by the caller; the
 //! non-blocking ones (MSG_DONTWAIT) may be made with it held.
+use nix::errno::Errno;
+use nix::poll::{PollFd, PollFlags, PollTimeout};
+use nix::sys::socket::{MsgFlags, SockFlag};
 use std::io;
 use std::mem::MaybeUninit;
-use std::os::fd::{FromRawFd, OwnedFd, RawFd};
-use std::os::raw::{c_int, c_ulong, c_void};
+use std::os::fd::{BorrowedFd, OwnedFd, RawFd};
 
 #[cfg(not(target_os = "linux"))]
 compile_error!("fcgibridge-worker uses Linux system call constants");
 
-const MSG_DONTWAIT: c_int = 0x40;
-const MSG_NOSIGNAL: c_int = 0x4000;
-const SOCK_CLOEXEC: c_int = 0o2_000_000;
-const PR_SET_PDEATHSIG: c_int = 1;
-const SIGKILL: c_ulong = 9;
-
-extern "C" {
-    fn accept4(fd: c_int, addr: *mut c_void, len: *mut u32, flags: c_int) -> c_int;
-    fn recv(fd: c_int, buf: *mut c_void, len: usize, flags: c_int) -> isize;
-    fn send(fd: c_int, buf: *const c_void, len: usize, flags: c_int) -> isize;
-    fn prctl(option: c_int, ...) -> c_int;
-    fn poll(fds: *mut PollFd, nfds: c_ulong, timeout: c_int) -> c_int;
-}
-
-#[repr(C)]
-struct PollFd {
-    fd: c_int,
-    events: i16,
-    revents: i16,
-}
-
-const POLLIN: i16 = 0x1;
-
 /// Accept one connection (close-on-exec), retrying EINTR and aborted handshakes.
 pub(crate) fn accept(listen_fd: RawFd) -> io::Result<OwnedFd> {
+    // SAFETY: the caller's listening socket (fd 0) stays open for the worker's life.
+    let listener = unsafe { BorrowedFd::borrow_raw(listen_fd) };
     loop {
-        // SAFETY: null address pointers are allowed by accept4(2).
-        let fd = unsafe { accept4(listen_fd, std::ptr::null_mut(), std::ptr::null_mut(), SOCK_CLOEXEC) };
-        if fd >= 0 {
-            // SAFETY: accept4 returned a new descriptor that nothing else owns.
-            return Ok(unsafe { OwnedFd::from_raw_fd(fd) });
-        }
-        let err = io::Error::last_os_error();
-        match err.raw_os_error() {
-            Some(4) /* EINTR */ | Some(103) /* ECONNABORTED */ | Some(71) /* EPROTO */ => continue,
-            _ => return Err(err),
+        match nix::sys::socket::accept4(listener, SockFlag::SOCK_CLOEXEC) {
+            Ok(fd) => return Ok(fd),
+            Err(Errno::EINTR | Errno::ECONNABORTED | Errno::EPROTO) => continue,
+            Err(e) => return Err(e.into()),
         }
     }
 }
@@ -67,36 +41,36 @@ pub(crate) enum Recv {
 /// poll(2) only wakes for input.
 pub(crate) fn recv_into(fd: RawFd, buf: &mut [MaybeUninit<u8>], nonblocking: bool) -> io::Result<Recv> {
     loop {
-        // SAFETY: the pointer and length describe writable memory we own.
-        let n = unsafe { recv(fd, buf.as_mut_ptr().cast(), buf.len(), MSG_DONTWAIT) };
+        // libc, not nix: nix's recv wants an initialised buffer, and zeroing the spare
+        // capacity before every read would cost what the uninitialised buffer saves.
+        // SAFETY: the pointer and length describe writable memory we own; recv(2) only
+        // writes to it.
+        let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
         if n > 0 {
             return Ok(Recv::Data(n as usize));
         }
         if n == 0 {
             return Ok(Recv::Eof);
         }
-        let err = io::Error::last_os_error();
-        match err.raw_os_error() {
-            Some(4) => continue,
-            Some(11) if nonblocking => return Ok(Recv::WouldBlock),
-            Some(11) => wait_readable(fd)?,
-            _ => return Err(err),
+        match Errno::last() {
+            Errno::EINTR => continue,
+            Errno::EAGAIN if nonblocking => return Ok(Recv::WouldBlock),
+            Errno::EAGAIN => wait_readable(fd)?,
+            e => return Err(e.into()),
         }
     }
 }
 
 /// Block until `fd` has input (or EOF, or an error, which the next recv reports).
 pub(crate) fn wait_readable(fd: RawFd) -> io::Result<()> {
-    let mut p = PollFd { fd, events: POLLIN, revents: 0 };
+    // SAFETY: the caller's connection stays open across this call.
+    let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+    let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
     loop {
-        // SAFETY: one valid pollfd; no timeout.
-        let rc = unsafe { poll(&mut p, 1, -1) };
-        if rc >= 0 {
-            return Ok(());
-        }
-        let err = io::Error::last_os_error();
-        if err.raw_os_error() != Some(4) {
-            return Err(err);
+        match nix::poll::poll(&mut fds, PollTimeout::NONE) {
+            Ok(_) => return Ok(()),
+            Err(Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
         }
     }
 }
@@ -104,16 +78,11 @@ pub(crate) fn wait_readable(fd: RawFd) -> io::Result<()> {
 /// Send all of `data` (blocking; no SIGPIPE).
 pub(crate) fn send_all(fd: RawFd, mut data: &[u8]) -> io::Result<()> {
     while !data.is_empty() {
-        // SAFETY: the pointer and length describe readable memory.
-        let n = unsafe { send(fd, data.as_ptr().cast(), data.len(), MSG_NOSIGNAL) };
-        if n < 0 {
-            let err = io::Error::last_os_error();
-            if err.raw_os_error() == Some(4) {
-                continue;
-            }
-            return Err(err);
+        match nix::sys::socket::send(fd, data, MsgFlags::MSG_NOSIGNAL) {
+            Ok(n) => data = &data[n..],
+            Err(Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
         }
-        data = &data[n as usize..];
     }
     Ok(())
 }
@@ -122,27 +91,16 @@ pub(crate) fn send_all(fd: RawFd, mut data: &[u8]) -> io::Result<()> {
 /// `Ok(0)` when it would block. Made with the GIL held, so it must never wait.
 pub(crate) fn send_nonblocking(fd: RawFd, data: &[u8]) -> io::Result<usize> {
     loop {
-        // SAFETY: the pointer and length describe readable memory.
-        let n = unsafe { send(fd, data.as_ptr().cast(), data.len(), MSG_NOSIGNAL | MSG_DONTWAIT) };
-        if n >= 0 {
-            return Ok(n as usize);
-        }
-        let err = io::Error::last_os_error();
-        match err.raw_os_error() {
-            Some(4) => continue,
-            Some(11) => return Ok(0),
-            _ => return Err(err),
+        match nix::sys::socket::send(fd, data, MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT) {
+            Ok(n) => return Ok(n),
+            Err(Errno::EINTR) => continue,
+            Err(Errno::EAGAIN) => return Ok(0),
+            Err(e) => return Err(e.into()),
         }
     }
 }
 
 /// Ask the kernel to SIGKILL this process when the thread that forked it exits.
 pub(crate) fn set_parent_death_signal() -> io::Result<()> {
-    // SAFETY: PR_SET_PDEATHSIG takes one unsigned long argument.
-    let rc = unsafe { prctl(PR_SET_PDEATHSIG, SIGKILL) };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL).map_err(io::Error::from)
 }

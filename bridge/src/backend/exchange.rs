@@ -485,7 +485,7 @@ async fn abort_worker(
     rd: &mut tokio::net::unix::ReadHalf<'_>,
     wr: &mut tokio::net::unix::WriteHalf<'_>,
     decoder: &mut client::ClientConnection,
-    worker: &crate::supervise::WorkerHandle,
+    worker: &crate::worker_handle::WorkerHandle,
     info: &RequestInfo<'_>,
 ) -> SlotFate {
     let mut buf = BytesMut::with_capacity(16);
@@ -889,7 +889,7 @@ mod length_tests {
 #[cfg(test)]
 mod unread_tests {
     use super::*;
-    use crate::supervise::WorkerHandle;
+    use crate::worker_handle::WorkerHandle;
     use std::sync::Arc;
 
     struct NoBody;

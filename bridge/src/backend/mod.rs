@@ -5,7 +5,7 @@
 pub(crate) mod exchange;
 
 use crate::dispatch::{Canceller, SlotKey};
-use crate::supervise::WorkerHandle;
+use crate::worker_handle::WorkerHandle;
 use bytes::BytesMut;
 use fastcgi_server::client::ClientConnection;
 use fastcgi_server::Limits;

@@ -4,7 +4,7 @@
 //! default written out and every path absolute, so it answers "what will the daemon
 //! actually do?" and can be diffed between deployments. Exit status: 0 when valid,
 //! 1 when not (the error, `file:line:column: key: message`, goes to stderr). Each pool's
-//! interpreter is run once to read its version (probe.rs).
+//! interpreter is run once to read its version (supervise/probe.rs).
 use crate::config::units::{DurationDisplay, SizeDisplay};
 use crate::config::ErrorPage;
 use crate::config::{self, App, Config, ListenAddress, Listener, LogFormat, Pool, Protocol};
@@ -17,7 +17,7 @@ use std::process::ExitCode;
 pub fn main(config_dir: &Path) -> ExitCode {
     // The interpreters are run only once the files are valid: their errors come after.
     let loaded = config::load(config_dir).map_err(|e| e.to_string());
-    match loaded.and_then(|c| crate::probe::check_pools(&c.pools).map(|()| c).map_err(|e| e.to_string())) {
+    match loaded.and_then(|c| crate::supervise::probe::check_pools(&c.pools).map(|()| c).map_err(|e| e.to_string())) {
         Ok(config) => {
             let text = render(&config, &config_dir.display().to_string());
             let mut out = std::io::stdout().lock();

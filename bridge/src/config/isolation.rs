@@ -249,46 +249,7 @@ pub fn resolve(
             return Err(bad("nice", format!("{n} is outside -20..19")));
         }
     }
-    let chroot = match raw.chroot.as_deref() {
-        None => None,
-        Some("") => return Err(bad("chroot", "is empty; name a directory or leave the key out".into())),
-        Some(text) => {
-            let dir = super::paths::resolve(dir, text);
-            if !dir.is_dir() {
-                return Err(bad("chroot", format!("{} is not a directory", dir.display())));
-            }
-            if matches!(app, App::Command(_)) {
-                return Err(bad(
-                    "chroot",
-                    "is not supported for command: pools; run the program's own chroot option".into(),
-                ));
-            }
-            if dir == Path::new("/") {
-                return Err(bad("chroot", "is / (no isolation); leave the key out".into()));
-            }
-            for (what, path) in [("python", python), ("chdir", chdir)] {
-                if !path.starts_with(&dir) {
-                    return Err(bad(
-                        "chroot",
-                        format!(
-                            "{what} {} is outside the chroot {}; paths are written as the bridge sees them and must lie inside it",
-                            path.display(),
-                            dir.display()
-                        ),
-                    ));
-                }
-            }
-            if let Some(file) = app.file() {
-                if !file.starts_with(&dir) {
-                    return Err(bad(
-                        "chroot",
-                        format!("app file {} is outside the chroot {}", file.display(), dir.display()),
-                    ));
-                }
-            }
-            Some(dir)
-        }
-    };
+    let chroot = chroot(dir, raw.chroot.as_deref(), app, chdir, python).map_err(|m| bad("chroot", m))?;
 
     let iso = Isolation {
         user,
@@ -305,6 +266,14 @@ pub fn resolve(
         script_group,
         preload: raw.preload.unwrap_or(false),
     };
+    checks(src, here, &iso, app, me)?;
+    Ok(iso)
+}
+
+/// What the resolved isolation of a pool must satisfy as a whole: `preload` only for WSGI
+/// apps, the privileges the bridge can grant, and the script's owner for file apps.
+fn checks(src: &Source, here: &KeyPath, iso: &Isolation, app: &App, me: BridgeIds) -> Result<(), ConfigError> {
+    let bad = |key: &str, msg: String| src.invalid(&here.key(key), msg);
     if iso.preload && matches!(app, App::Command(_)) {
         return Err(bad(
             "preload",
@@ -313,13 +282,13 @@ pub fn resolve(
     }
 
     let checked = !CLIENT_ONLY.load(std::sync::atomic::Ordering::Relaxed);
-    if let Some((key, msg)) = privilege_problem(&iso, me, current_hard_limits()).filter(|_| checked) {
+    if let Some((key, msg)) = privilege_problem(iso, me, current_hard_limits()).filter(|_| checked) {
         // Root workers without a user: point at the pool, since allow-root is usually not written.
         let at = if key == "allow-root" { here.clone() } else { here.key(key) };
         return Err(src.invalid(&at, msg));
     }
     if let Some(file) = app.file() {
-        check_script(&iso, file)
+        check_script(iso, file)
             .map_err(|m| bad(if iso.script_user.is_some() { "script-user" } else { "script-group" }, m))?;
     } else if iso.script_user.is_some() || iso.script_group.is_some() {
         let key = if iso.script_user.is_some() { "script-user" } else { "script-group" };
@@ -328,7 +297,50 @@ pub fn resolve(
             "applies to file apps (app: /path/app.wsgi) only; a module app has no single script file".into(),
         ));
     }
-    Ok(iso)
+    Ok(())
+}
+
+/// `chroot`: a directory other than / that holds the interpreter, the chdir and the app
+/// file (paths as the bridge sees them); not for `command:` programs.
+fn chroot(
+    dir: &Path,
+    written: Option<&str>,
+    app: &App,
+    chdir: &Path,
+    python: &Path,
+) -> Result<Option<PathBuf>, String> {
+    let chroot = match written {
+        None => None,
+        Some("") => return Err("is empty; name a directory or leave the key out".into()),
+        Some(text) => {
+            let dir = super::paths::resolve(dir, text);
+            if !dir.is_dir() {
+                return Err(format!("{} is not a directory", dir.display()));
+            }
+            if matches!(app, App::Command(_)) {
+                return Err("is not supported for command: pools; run the program's own chroot option".into());
+            }
+            if dir == Path::new("/") {
+                return Err("is / (no isolation); leave the key out".into());
+            }
+            for (what, path) in [("python", python), ("chdir", chdir)] {
+                if !path.starts_with(&dir) {
+                    return Err(format!(
+                        "{what} {} is outside the chroot {}; paths are written as the bridge sees them and must lie inside it",
+                        path.display(),
+                        dir.display()
+                    ));
+                }
+            }
+            if let Some(file) = app.file() {
+                if !file.starts_with(&dir) {
+                    return Err(format!("app file {} is outside the chroot {}", file.display(), dir.display()));
+                }
+            }
+            Some(dir)
+        }
+    };
+    Ok(chroot)
 }
 
 /// The hard limits of the bridge process for NOFILE and CORE (what an unprivileged bridge may grant).

@@ -71,31 +71,7 @@ pub(super) fn pool(
     let raw_supervision = super::supervision::RawSupervision::take(&mut raw);
     let raw_interface = super::interface::RawInterface::take(&mut raw);
 
-    let app =
-        match (raw.app, raw.command) {
-            (Some(_), Some(_)) => {
-                errs.push(src.invalid(
-                    &here.key("command"),
-                    "a pool has either `app` (WSGI) or `command` (a FastCGI program), not both",
-                ));
-                None
-            }
-            (None, Some(argv)) => {
-                let r = super::paths::resolve_command(argv, dir, search_path)
-                    .map_err(|m| src.invalid(&here.key("command"), m));
-                note(&mut errs, r)
-            }
-            (None, None) => {
-                errs.push(src.invalid(
-                    &here,
-                    "missing key `app`: name a module (\"package.module:callable\") or a .py/.wsgi file",
-                ));
-                None
-            }
-            (Some(app_text), None) => {
-                note(&mut errs, parse_app(&app_text, dir).map_err(|m| src.invalid(&here.key("app"), m)))
-            }
-        };
+    let app = pool_app(src, &here, dir, (raw.app.take(), raw.command.take()), search_path, &mut errs);
 
     let python = paths::find_python(raw.python.as_deref().unwrap_or(DEFAULT_PYTHON), dir, search_path)
         .map_err(|m| src.invalid(&here.key("python"), m));
@@ -104,22 +80,7 @@ pub(super) fn pool(
     let python_at =
         KeyAt { at: src.at(&python_key).to_string(), key: python_key.to_string(), written: raw.python.is_some() };
 
-    // Without a valid app the default chdir is unknown; a given one is still checked.
-    let chdir = match (&raw.chdir, &app) {
-        (Some(chdir), _) => Some(paths::resolve(dir, chdir)),
-        (None, Some(App::File { path: file, .. })) => {
-            Some(file.parent().map(Path::to_path_buf).unwrap_or_else(|| dir.to_path_buf()))
-        }
-        (None, Some(App::Module { .. } | App::Command(_))) => Some(dir.to_path_buf()),
-        (None, None) => None,
-    };
-    let chdir = chdir.filter(|chdir| {
-        let ok = chdir.is_dir();
-        if !ok {
-            errs.push(src.invalid(&here.key("chdir"), format!("{} is not a directory", chdir.display())));
-        }
-        ok
-    });
+    let chdir = pool_chdir(src, &here, dir, raw.chdir.as_deref(), app.as_ref(), &mut errs);
 
     let env = raw.env.map(|e| e.0).unwrap_or_default();
     for (key, _) in &env {
@@ -139,24 +100,8 @@ pub(super) fn pool(
     if startup_timeout.is_zero() {
         errs.push(src.invalid(&here.key("startup-timeout"), "must be longer than 0s"));
     }
+    let (max_body, slowlog_timeout) = optional_limits(src, &here, (raw.max_body, raw.slowlog_timeout), &mut errs);
     let error_pages = error_pages(src, &here, dir, raw.error_pages, &mut errs);
-    let max_body = match raw.max_body {
-        Some(size) if size.0 == 0 => {
-            errs.push(src.invalid(&here.key("max-body"), "must be more than 0 bytes (leave it out for no limit)"));
-            None
-        }
-        other => other.map(|size| size.0),
-    };
-    let slowlog_timeout = match raw.slowlog_timeout {
-        Some(d) if d.0.is_zero() => {
-            errs.push(src.invalid(
-                &here.key("slowlog-timeout"),
-                "must be longer than 0s; leave the key out to turn the slowlog off",
-            ));
-            None
-        }
-        other => other.map(|d| d.0),
-    };
     // The isolation checks need the app, its directory and the interpreter (a chroot must hold them).
     let isolation = match (&app, &chdir, &python) {
         (Some(app), Some(chdir), Some(python)) => {
@@ -191,6 +136,92 @@ pub(super) fn pool(
         }
         _ => Err(ConfigError::several(errs)),
     }
+}
+
+/// `app` or `command`: exactly one of them, resolved.
+fn pool_app(
+    src: &Source,
+    here: &KeyPath,
+    dir: &Path,
+    written: (Option<String>, Option<Vec<String>>),
+    search_path: Option<&std::ffi::OsStr>,
+    errs: &mut Vec<ConfigError>,
+) -> Option<App> {
+    match written {
+        (Some(_), Some(_)) => {
+            errs.push(src.invalid(
+                &here.key("command"),
+                "a pool has either `app` (WSGI) or `command` (a FastCGI program), not both",
+            ));
+            None
+        }
+        (None, Some(argv)) => {
+            let r =
+                super::paths::resolve_command(argv, dir, search_path).map_err(|m| src.invalid(&here.key("command"), m));
+            note(errs, r)
+        }
+        (None, None) => {
+            errs.push(
+                src.invalid(here, "missing key `app`: name a module (\"package.module:callable\") or a .py/.wsgi file"),
+            );
+            None
+        }
+        (Some(app_text), None) => note(errs, parse_app(&app_text, dir).map_err(|m| src.invalid(&here.key("app"), m))),
+    }
+}
+
+/// `chdir`, or the app file's directory (the configuration's for a module or a program).
+/// Without a valid app the default is unknown; a given one is still checked.
+fn pool_chdir(
+    src: &Source,
+    here: &KeyPath,
+    dir: &Path,
+    written: Option<&str>,
+    app: Option<&App>,
+    errs: &mut Vec<ConfigError>,
+) -> Option<std::path::PathBuf> {
+    let chdir = match (written, app) {
+        (Some(chdir), _) => Some(paths::resolve(dir, chdir)),
+        (None, Some(App::File { path: file, .. })) => {
+            Some(file.parent().map(Path::to_path_buf).unwrap_or_else(|| dir.to_path_buf()))
+        }
+        (None, Some(App::Module { .. } | App::Command(_))) => Some(dir.to_path_buf()),
+        (None, None) => None,
+    };
+    chdir.filter(|chdir| {
+        let ok = chdir.is_dir();
+        if !ok {
+            errs.push(src.invalid(&here.key("chdir"), format!("{} is not a directory", chdir.display())));
+        }
+        ok
+    })
+}
+
+/// `max-body` and `slowlog-timeout`: absent means none, zero is refused.
+fn optional_limits(
+    src: &Source,
+    here: &KeyPath,
+    (max_body, slowlog_timeout): (Option<super::units::ByteSize>, Option<super::units::HumanDuration>),
+    errs: &mut Vec<ConfigError>,
+) -> (Option<u64>, Option<std::time::Duration>) {
+    let max_body = match max_body {
+        Some(size) if size.0 == 0 => {
+            errs.push(src.invalid(&here.key("max-body"), "must be more than 0 bytes (leave it out for no limit)"));
+            None
+        }
+        other => other.map(|size| size.0),
+    };
+    let slowlog_timeout = match slowlog_timeout {
+        Some(d) if d.0.is_zero() => {
+            errs.push(src.invalid(
+                &here.key("slowlog-timeout"),
+                "must be longer than 0s; leave the key out to turn the slowlog off",
+            ));
+            None
+        }
+        other => other.map(|d| d.0),
+    };
+    (max_body, slowlog_timeout)
 }
 
 /// `error-pages`: each entry checked, errors added to `errs`.
@@ -334,71 +365,20 @@ pub(super) fn listener(src: &Source, dir: &Path, name: &str, mut raw: RawListene
         errs.push(src.invalid(&here.key("max-connections"), "must be 1 or more"));
     }
     let routes = routes(src, &here, raw.pool, raw.routes, &mut errs);
-    let dialect = match raw.dialect.as_deref().map(str::trim) {
-        None | Some("generic") => Dialect::Generic,
-        Some("nginx") => Dialect::Nginx,
-        Some("lighttpd") => Dialect::Lighttpd,
-        Some("apache") => Dialect::Apache,
-        Some("caddy") => Dialect::Caddy,
-        Some("h2o") => Dialect::H2o,
-        Some("haproxy") => Dialect::Haproxy,
-        Some(other) => {
-            errs.push(src.invalid(
-                &here.key("dialect"),
-                format!("unknown web server {other:?}; one of nginx, lighttpd, apache, caddy, h2o, haproxy, generic"),
-            ));
-            Dialect::Generic
-        }
-    };
-    let unrouted_redirect = match raw.unrouted_redirect.as_deref().map(str::trim) {
-        None | Some("404") => UnroutedRedirect::NotFound,
-        Some("pass") => UnroutedRedirect::Pass,
-        Some(other) => {
-            errs.push(src.invalid(&here.key("unrouted-redirect"), format!("{other:?} is neither `pass` nor `404`")));
-            UnroutedRedirect::NotFound
-        }
-    };
-    let file_handoff = match raw.file_handoff.as_deref().map(str::trim) {
-        None | Some("pass") => super::model::FileHandoff::Pass,
-        Some("serve") => super::model::FileHandoff::Serve,
-        Some("translate") => super::model::FileHandoff::Translate,
-        Some(other) => {
-            errs.push(
-                src.invalid(&here.key("file-handoff"), format!("{other:?} is not one of `pass`, `translate`, `serve`")),
-            );
-            super::model::FileHandoff::Pass
-        }
-    };
-    let keep_path_info = match raw.path_info.as_deref().map(str::trim) {
-        None | Some("derive") => false,
-        Some("keep") => true,
-        Some(other) => {
-            errs.push(src.invalid(&here.key("path-info"), format!("{other:?} is neither `derive` nor `keep`")));
-            false
-        }
-    };
+    let (dialect, unrouted_redirect, file_handoff, keep_path_info) = listener_words(
+        src,
+        &here,
+        [&raw.dialect, &raw.unrouted_redirect, &raw.file_handoff, &raw.path_info].map(|w| w.as_deref().map(str::trim)),
+        &mut errs,
+    );
     let max_redirects = raw.max_redirects.unwrap_or(DEFAULT_MAX_REDIRECTS);
     let trusted_proxies =
         note(&mut errs, trusted_proxies(src, &here, raw.trusted_proxies, raw.trusted_proxy_headers)).flatten();
     let allowed_clients = note(&mut errs, allowed_clients(src, &here, address.as_ref(), raw.allowed_clients)).flatten();
     let (file_roots, file_map) =
         file_handoff_paths(src, &here, dir, file_handoff, raw.file_roots, raw.file_map, &mut errs);
-    let mount = match raw.mount.as_deref().map(|m| m.trim().trim_end_matches('/')) {
-        None | Some("") => None,
-        Some(m) if m.starts_with('/') => Some(m.to_owned()),
-        Some(m) => {
-            errs.push(src.invalid(&here.key("mount"), format!("{m:?} must be a path starting with /, e.g. /app")));
-            None
-        }
-    };
-    let mut url_path = |key: &str, value: Option<String>| {
-        let value = value?;
-        let checked =
-            super::status_key::check_url_path(&value).map(|()| value).map_err(|m| src.invalid(&here.key(key), m));
-        note(&mut errs, checked)
-    };
-    let status_path = url_path("status-path", raw.status_path);
-    let ping_path = url_path("ping-path", raw.ping_path);
+    let (mount, status_path, ping_path) =
+        listener_paths(src, &here, (raw.mount, raw.status_path, raw.ping_path), &mut errs);
 
     match (address, routes) {
         (Some(address), Some(routes)) if errs.is_empty() => Ok(Listener {
@@ -430,6 +410,86 @@ pub(super) fn listener(src: &Source, dir: &Path, name: &str, mut raw: RawListene
         }),
         _ => Err(ConfigError::several(errs)),
     }
+}
+
+/// `mount` (a path prefix without its trailing slash), `status-path` and `ping-path`.
+fn listener_paths(
+    src: &Source,
+    here: &KeyPath,
+    (mount, status_path, ping_path): (Option<String>, Option<String>, Option<String>),
+    errs: &mut Vec<ConfigError>,
+) -> (Option<String>, Option<String>, Option<String>) {
+    let mount = match mount.as_deref().map(|m| m.trim().trim_end_matches('/')) {
+        None | Some("") => None,
+        Some(m) if m.starts_with('/') => Some(m.to_owned()),
+        Some(m) => {
+            errs.push(src.invalid(&here.key("mount"), format!("{m:?} must be a path starting with /, e.g. /app")));
+            None
+        }
+    };
+    let mut url_path = |key: &str, value: Option<String>| {
+        let value = value?;
+        let checked =
+            super::status_key::check_url_path(&value).map(|()| value).map_err(|m| src.invalid(&here.key(key), m));
+        note(errs, checked)
+    };
+    let status_path = url_path("status-path", status_path);
+    let ping_path = url_path("ping-path", ping_path);
+    (mount, status_path, ping_path)
+}
+
+/// The listener's keys that take one of a few words: `dialect`, `unrouted-redirect`,
+/// `file-handoff`, `path-info` (whether PATH_INFO is kept).
+fn listener_words(
+    src: &Source,
+    here: &KeyPath,
+    [dialect, unrouted_redirect, file_handoff, path_info]: [Option<&str>; 4],
+    errs: &mut Vec<ConfigError>,
+) -> (Dialect, UnroutedRedirect, super::model::FileHandoff, bool) {
+    let dialect = match dialect {
+        None | Some("generic") => Dialect::Generic,
+        Some("nginx") => Dialect::Nginx,
+        Some("lighttpd") => Dialect::Lighttpd,
+        Some("apache") => Dialect::Apache,
+        Some("caddy") => Dialect::Caddy,
+        Some("h2o") => Dialect::H2o,
+        Some("haproxy") => Dialect::Haproxy,
+        Some(other) => {
+            errs.push(src.invalid(
+                &here.key("dialect"),
+                format!("unknown web server {other:?}; one of nginx, lighttpd, apache, caddy, h2o, haproxy, generic"),
+            ));
+            Dialect::Generic
+        }
+    };
+    let unrouted_redirect = match unrouted_redirect {
+        None | Some("404") => UnroutedRedirect::NotFound,
+        Some("pass") => UnroutedRedirect::Pass,
+        Some(other) => {
+            errs.push(src.invalid(&here.key("unrouted-redirect"), format!("{other:?} is neither `pass` nor `404`")));
+            UnroutedRedirect::NotFound
+        }
+    };
+    let file_handoff = match file_handoff {
+        None | Some("pass") => super::model::FileHandoff::Pass,
+        Some("serve") => super::model::FileHandoff::Serve,
+        Some("translate") => super::model::FileHandoff::Translate,
+        Some(other) => {
+            errs.push(
+                src.invalid(&here.key("file-handoff"), format!("{other:?} is not one of `pass`, `translate`, `serve`")),
+            );
+            super::model::FileHandoff::Pass
+        }
+    };
+    let keep_path_info = match path_info {
+        None | Some("derive") => false,
+        Some("keep") => true,
+        Some(other) => {
+            errs.push(src.invalid(&here.key("path-info"), format!("{other:?} is neither `derive` nor `keep`")));
+            false
+        }
+    };
+    (dialect, unrouted_redirect, file_handoff, keep_path_info)
 }
 
 /// `socket-mode`, `socket-owner`, `socket-group`: only for a unix socket (not checked

@@ -237,6 +237,14 @@ pub fn resolve(
         s.idle_timeout = t.0;
     }
 
+    recycling(&mut s, &raw, &bad);
+    ConfigError::from_all(errs.into_inner())?;
+    Ok((processes, s))
+}
+
+/// The recycling and limit keys (max-requests … cpu-time-limit) into `s`; `bad` records
+/// an error of a key.
+fn recycling(s: &mut Supervision, raw: &RawSupervision, bad: &dyn Fn(&str, String)) {
     // 0 means "off" for the limits, like leaving the key out.
     s.max_requests = raw.max_requests.filter(|&n| n > 0);
     s.max_requests_jitter = match (raw.max_requests_jitter, s.max_requests) {
@@ -281,8 +289,6 @@ pub fn resolve(
             bad("cpu-time-limit", "is counted in whole seconds (RLIMIT_CPU); write e.g. \"90s\"".into());
         }
     }
-    ConfigError::from_all(errs.into_inner())?;
-    Ok((processes, s))
 }
 
 /// The keys as `fcgibridge check` prints them: (key, value, value is text to quote).

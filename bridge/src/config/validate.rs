@@ -51,14 +51,9 @@ pub(super) fn merge(
         let Parsed { source, dir, raw, dropped } = parsed;
         // What a key taken out after a parse error held is not reported missing again.
         let mut keep = |e: ConfigError| errors.extend(flatten(e).into_iter().filter(|e| !follows_from(e, &dropped)));
-        for d in &dropped {
-            match &d.0[..] {
-                [Seg::Key(s)] if s == "pools" => files_unreadable = true,
-                [Seg::Key(s), Seg::Key(name)] if s == "pools" => broken_pools.push(name.clone()),
-                [Seg::Key(s), ..] if s == "listeners" => listeners_written += 1,
-                _ => {}
-            }
-        }
+        let (pools_lost, listeners_lost) = note_dropped(&dropped, &mut broken_pools);
+        files_unreadable |= pools_lost;
+        listeners_written += listeners_lost;
         if let Some(bridge) = raw.bridge {
             if let Err(e) = global.add(&source, &dir, bridge) {
                 keep(e);
@@ -131,6 +126,21 @@ pub(super) fn merge(
         pools: pools.into_iter().map(|(p, _)| p).collect(),
         templates,
     })
+}
+
+/// Keys a parse error took out of a file: whether they were all its pools, and how many
+/// listeners they were; pools taken out one by one are added to `broken_pools`.
+fn note_dropped(dropped: &[KeyPath], broken_pools: &mut Vec<String>) -> (bool, usize) {
+    let (mut pools_lost, mut listeners_lost) = (false, 0);
+    for d in dropped {
+        match &d.0[..] {
+            [Seg::Key(s)] if s == "pools" => pools_lost = true,
+            [Seg::Key(s), Seg::Key(name)] if s == "pools" => broken_pools.push(name.clone()),
+            [Seg::Key(s), ..] if s == "listeners" => listeners_lost += 1,
+            _ => {}
+        }
+    }
+    (pools_lost, listeners_lost)
 }
 
 fn flatten(e: ConfigError) -> Vec<ConfigError> {
@@ -275,11 +285,18 @@ impl GlobalBuilder {
     }
 
     /// Every key of one file's `bridge:` section; all the errors are returned.
-    fn add(&mut self, source: &Source, dir: &Path, raw: RawBridge) -> Result<(), ConfigError> {
+    fn add(&mut self, source: &Source, dir: &Path, mut raw: RawBridge) -> Result<(), ConfigError> {
         let mut errs = Vec::new();
+        self.add_places_and_logs(source, dir, &mut raw, &mut errs);
+        self.add_files_and_limits(source, dir, &mut raw, &mut errs);
+        ConfigError::from_all(errs)
+    }
+
+    /// runtime-dir, log-level, log-format, access-log, shutdown-timeout, drain-period.
+    fn add_places_and_logs(&mut self, source: &Source, dir: &Path, raw: &mut RawBridge, errs: &mut Vec<ConfigError>) {
         // One closure per key: its first error ends that key only.
         let mut key = |r: Result<(), ConfigError>| errs.extend(r.err());
-        if let Some(dir_text) = raw.runtime_dir {
+        if let Some(dir_text) = raw.runtime_dir.take() {
             key((|| {
                 let path = self.claim(source, "runtime-dir")?;
                 if dir_text.is_empty() {
@@ -289,7 +306,7 @@ impl GlobalBuilder {
                 Ok(())
             })());
         }
-        if let Some(level) = raw.log_level {
+        if let Some(level) = raw.log_level.take() {
             key((|| {
                 let path = self.claim(source, "log-level")?;
                 tracing_subscriber::EnvFilter::try_new(&level).map_err(|e| {
@@ -302,7 +319,7 @@ impl GlobalBuilder {
                 Ok(())
             })());
         }
-        if let Some(format) = raw.log_format {
+        if let Some(format) = raw.log_format.take() {
             key((|| {
                 let path = self.claim(source, "log-format")?;
                 self.log_format = Some(match format.as_str() {
@@ -316,7 +333,7 @@ impl GlobalBuilder {
                 Ok(())
             })());
         }
-        if let Some(log) = raw.access_log {
+        if let Some(log) = raw.access_log.take() {
             key((|| {
                 let path = self.claim(source, "access-log")?;
                 self.access_log = Some(match log.as_str() {
@@ -332,21 +349,26 @@ impl GlobalBuilder {
                 Ok(())
             })());
         }
-        if let Some(timeout) = raw.shutdown_timeout {
+        if let Some(timeout) = raw.shutdown_timeout.take() {
             key((|| {
                 self.claim(source, "shutdown-timeout")?;
                 self.shutdown_timeout = Some(timeout.0);
                 Ok(())
             })());
         }
-        if let Some(period) = raw.drain_period {
+        if let Some(period) = raw.drain_period.take() {
             key((|| {
                 self.claim(source, "drain-period")?;
                 self.drain_period = Some(period.0);
                 Ok(())
             })());
         }
-        if let Some(file) = raw.log_file {
+    }
+
+    /// log-file, access-log-format, status, control-socket, header-memory, log-rate-limit.
+    fn add_files_and_limits(&mut self, source: &Source, dir: &Path, raw: &mut RawBridge, errs: &mut Vec<ConfigError>) {
+        let mut key = |r: Result<(), ConfigError>| errs.extend(r.err());
+        if let Some(file) = raw.log_file.take() {
             key((|| {
                 let path = self.claim(source, "log-file")?;
                 if file.is_empty() || file == "-" {
@@ -356,7 +378,7 @@ impl GlobalBuilder {
                 Ok(())
             })());
         }
-        if let Some(format) = raw.access_log_format {
+        if let Some(format) = raw.access_log_format.take() {
             key((|| {
                 let path = self.claim(source, "access-log-format")?;
                 super::access_format::check(&format).map_err(|m| source.invalid(&path, m))?;
@@ -364,7 +386,7 @@ impl GlobalBuilder {
                 Ok(())
             })());
         }
-        if let Some(status) = raw.status {
+        if let Some(status) = raw.status.take() {
             key((|| {
                 let path = self.claim(source, "status")?;
                 self.status = Some(
@@ -373,7 +395,7 @@ impl GlobalBuilder {
                 Ok(())
             })());
         }
-        if let Some(sock) = raw.control_socket {
+        if let Some(sock) = raw.control_socket.take() {
             key((|| {
                 let path = self.claim(source, "control-socket")?;
                 if sock.is_empty() {
@@ -386,7 +408,7 @@ impl GlobalBuilder {
                 Ok(())
             })());
         }
-        if let Some(size) = raw.header_memory {
+        if let Some(size) = raw.header_memory.take() {
             key((|| {
                 let path = self.claim(source, "header-memory")?;
                 if size.0 == 0 {
@@ -396,14 +418,13 @@ impl GlobalBuilder {
                 Ok(())
             })());
         }
-        if let Some(on) = raw.log_rate_limit {
+        if let Some(on) = raw.log_rate_limit.take() {
             key((|| {
                 self.claim(source, "log-rate-limit")?;
                 self.log_rate_limit = Some(on);
                 Ok(())
             })());
         }
-        ConfigError::from_all(errs)
     }
 
     fn finish(self) -> Global {

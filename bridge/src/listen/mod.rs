@@ -63,12 +63,15 @@ pub(crate) fn make_ctx(
     stop: &watch::Receiver<bool>,
 ) -> Result<Arc<ListenerCtx>, ListenError> {
     let mut routes = Vec::new();
-    use crate::supervise::instances::{self, Target};
+    use crate::supervise::instances::Target;
     for r in &cfg.routes {
         // A route names a pool, or a template (supervise/instances.rs).
         let target = match pools.get(&r.pool) {
             Some(pool) => Target::Pool(pool.clone()),
-            None => instances::lookup(&r.pool)
+            None => registry
+                .board
+                .instances
+                .lookup(&r.pool)
                 .map(Target::Template)
                 .ok_or_else(|| ListenError::UnknownPool { name: cfg.name.clone(), pool: r.pool.clone() })?,
         };

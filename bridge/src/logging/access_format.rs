@@ -43,20 +43,19 @@ fn dash(s: &str) -> &str {
 
 /// UTC time as 2026-01-31T12:34:56.789Z.
 fn rfc3339_now() -> String {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-    let secs = now.as_secs() as i64;
-    let (days, sod) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z", sod / 3600, sod % 3600 / 60, sod % 60, now.subsec_millis())
+    rfc3339(std::time::SystemTime::now())
+}
+
+/// `t` as RFC 3339 with milliseconds. The calendar is httpdate's (the one the file
+/// hand-off's Last-Modified uses), so the crate has one civil-date routine: its IMF-fixdate
+/// (`Sun, 06 Nov 1994 08:49:37 GMT`) is rearranged, not recomputed.
+fn rfc3339(t: std::time::SystemTime) -> String {
+    const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+    let millis = t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default().subsec_millis();
+    let imf = httpdate::fmt_http_date(t);
+    let field = |range: std::ops::Range<usize>| imf.get(range).unwrap_or("");
+    let month = MONTHS.iter().position(|m| *m == field(8..11)).map_or(0, |i| i + 1);
+    format!("{}-{month:02}-{}T{}.{millis:03}Z", field(12..16), field(5..7), field(17..25))
 }
 
 #[cfg(test)]
@@ -92,5 +91,14 @@ mod tests {
         let t = rfc3339_now();
         assert_eq!(t.len(), 24, "{t}");
         assert!(t.ends_with('Z') && t.as_bytes()[10] == b'T', "{t}");
+    }
+
+    #[test]
+    fn rfc3339_dates() {
+        use std::time::{Duration, UNIX_EPOCH};
+        assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
+        // 2000-02-29 (a leap day of a century leap year), 23:59:59.5
+        assert_eq!(rfc3339(UNIX_EPOCH + Duration::from_millis(951_868_799_500)), "2000-02-29T23:59:59.500Z");
+        assert_eq!(rfc3339(UNIX_EPOCH + Duration::from_secs(1_796_083_200)), "2026-12-01T00:00:00.000Z");
     }
 }

@@ -5,6 +5,8 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
+use super::reopen::Reopen;
+
 struct Inner {
     file: File,
     generation: u64,
@@ -14,16 +16,18 @@ struct Inner {
 #[derive(Clone)]
 pub(crate) struct LogFile {
     path: Arc<PathBuf>,
+    reopen: Reopen,
     inner: Arc<Mutex<Inner>>,
 }
 
 impl LogFile {
-    /// Open (append, create) the file.
-    pub(crate) fn open(path: PathBuf) -> std::io::Result<Self> {
+    /// Open (append, create) the file; it is opened again after each `reopen` request.
+    pub(crate) fn open(path: PathBuf, reopen: Reopen) -> std::io::Result<Self> {
         let file = OpenOptions::new().create(true).append(true).open(&path)?;
         Ok(Self {
             path: Arc::new(path),
-            inner: Arc::new(Mutex::new(Inner { file, generation: super::reopen::generation() })),
+            inner: Arc::new(Mutex::new(Inner { file, generation: reopen.generation() })),
+            reopen,
         })
     }
 }
@@ -31,7 +35,7 @@ impl LogFile {
 impl Write for LogFile {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        let now = super::reopen::generation();
+        let now = self.reopen.generation();
         if inner.generation != now {
             inner.generation = now;
             // Keep writing to the old file when the new one cannot be opened: losing the
@@ -58,5 +62,29 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogFile {
 
     fn make_writer(&'a self) -> Self::Writer {
         self.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reopens_after_its_own_generation_moves() {
+        let dir = std::env::temp_dir().join(format!("fcgibridge-logfile-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("bridge.log");
+        let (reopen, other) = (Reopen::default(), Reopen::default());
+        let mut f = LogFile::open(path.clone(), reopen.clone()).expect("open");
+        f.write_all(b"one\n").expect("write");
+        std::fs::rename(&path, dir.join("bridge.log.1")).expect("rotate");
+        // Another daemon's (or test's) generation is not this file's.
+        other.request();
+        f.write_all(b"two\n").expect("write");
+        reopen.request();
+        f.write_all(b"three\n").expect("write");
+        assert_eq!(std::fs::read_to_string(dir.join("bridge.log.1")).expect("old"), "one\ntwo\n");
+        assert_eq!(std::fs::read_to_string(&path).expect("new"), "three\n");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -96,7 +96,39 @@ pub(crate) fn on_head(ov: Override<'_>, head: &mut ResponseHead) -> Option<Hando
     }
 }
 
-/// What comes after a response a page replaces.
+/// How a response that a page replaces is answered (see [`decide`]).
+#[derive(Debug)]
+pub(crate) enum PageAnswer {
+    /// Send this complete response; `status` is what the access log shows.
+    Send { status: u16, reply: BytesMut },
+    /// Dispatch the request to the page at local path `target`; it replaces `replaced`
+    /// (the caller serves it under [`Override::Serving`] of `replaced`).
+    Dispatch { target: Bytes, replaced: Replaced },
+}
+
+/// Decide how `replaced` is answered under `ov`: the pool's file page for its status, a
+/// dispatch to its page path, or the bridge's default text. A request fetching an error
+/// page gets no page of its own: the page failing means the default text with the status
+/// of the response the page was to replace. Every error page is decided here.
+pub(crate) fn decide(ov: Option<Override<'_>>, replaced: Replaced) -> PageAnswer {
+    let pages = match ov {
+        Some(Override::Serving(orig)) => {
+            return PageAnswer::Send { status: orig.status, reply: default_response(orig) }
+        }
+        Some(Override::Pages(pages)) => pages.get(replaced.status),
+        None => None,
+    };
+    match pages {
+        Some(ErrorPage::File { body, content_type, .. }) => PageAnswer::Send {
+            status: replaced.status,
+            reply: response(replaced.status, content_type, body, &replaced.keep),
+        },
+        Some(ErrorPage::Redirect(target)) => PageAnswer::Dispatch { target: target.clone(), replaced },
+        None => PageAnswer::Send { status: replaced.status, reply: default_response(&replaced) },
+    }
+}
+
+/// What comes after a response a page replaces ([`next`]'s answer).
 #[derive(Debug)]
 pub(crate) enum Next {
     /// Send this complete response with this status.
@@ -105,23 +137,20 @@ pub(crate) enum Next {
     Dispatch(Bytes),
 }
 
-/// Decide what replaces `replaced`, a response of a pool with `pages`. `serving` is set
-/// while the request fetches an error page: then `replaced` is that page failing, and the
-/// default text goes out with the original status.
+/// [`decide`] in the form dispatch/serve.rs still calls: `serving` (set while the request
+/// fetches an error page) stands for [`Override::Serving`], and takes the replaced response
+/// when the answer is a dispatch. A thin wrapper until its caller uses `decide`.
 pub(crate) fn next(pages: Option<&ErrorPages>, serving: &mut Option<Replaced>, replaced: Replaced) -> Next {
-    if let Some(orig) = serving.as_ref() {
-        return Next::Send { status: orig.status, reply: default_response(orig) };
-    }
-    match pages.and_then(|p| p.get(replaced.status)) {
-        Some(ErrorPage::File { body, content_type, .. }) => {
-            Next::Send { status: replaced.status, reply: response(replaced.status, content_type, body, &replaced.keep) }
-        }
-        Some(ErrorPage::Redirect(target)) => {
-            let target = target.clone();
+    let ov = match serving.as_ref() {
+        Some(orig) => Some(Override::Serving(orig)),
+        None => pages.map(Override::Pages),
+    };
+    match decide(ov, replaced) {
+        PageAnswer::Send { status, reply } => Next::Send { status, reply },
+        PageAnswer::Dispatch { target, replaced } => {
             *serving = Some(replaced);
             Next::Dispatch(target)
         }
-        None => Next::Send { status: replaced.status, reply: default_response(&replaced) },
     }
 }
 
@@ -195,11 +224,13 @@ mod tests {
         std::fs::write(&f, "<h1>down</h1>").expect("write");
         let mut pages = ErrorPages::default();
         pages.insert("502", PageSource::File(&f)).expect("load");
-        let Next::Send { reply: r, .. } = next(Some(&pages), &mut None, Replaced::bridge(502, None)) else {
+        let PageAnswer::Send { reply: r, .. } = decide(Some(Override::Pages(&pages)), Replaced::bridge(502, None))
+        else {
             panic!("a file page is sent")
         };
         assert_eq!(text(&r), "Status: 502 Bad Gateway\r\nContent-Type: text/html; charset=utf-8\r\nContent-Length: 13\r\n\r\n<h1>down</h1>");
-        let Next::Send { reply: r, .. } = next(Some(&pages), &mut None, Replaced::bridge(503, Some(1))) else {
+        let PageAnswer::Send { reply: r, .. } = decide(Some(Override::Pages(&pages)), Replaced::bridge(503, Some(1)))
+        else {
             panic!("no page: default")
         };
         assert!(text(&r).starts_with("Status: 503 Service Unavailable\r\nRetry-After: 1\r\nContent-Type: text/plain"));
@@ -264,8 +295,9 @@ mod tests {
         let Some(Handoff::ErrorPage(failed)) = on_head(Override::Serving(&r), &mut head(500, &[])) else {
             panic!("failed")
         };
-        let mut serving = Some(r.clone());
-        let Next::Send { status, reply } = next(Some(&pages), &mut serving, failed) else { panic!("no recursion") };
+        let PageAnswer::Send { status, reply } = decide(Some(Override::Serving(&r)), failed) else {
+            panic!("no recursion")
+        };
         assert_eq!(status, 401);
         assert!(text(&reply)
             .starts_with("Status: 401 Unauthorized\r\nWWW-Authenticate: Basic realm=\"x\"\r\nSet-Cookie: a=1\r\n"));
@@ -286,6 +318,29 @@ mod tests {
         page_request(&mut p);
         let names: Vec<&[u8]> = p.iter().map(|(n, _)| n).collect();
         assert_eq!(names, [&b"HTTP_HOST"[..]]);
+    }
+
+    #[test]
+    fn a_redirect_page_is_dispatched_with_what_it_replaces() {
+        let mut pages = ErrorPages::default();
+        pages.insert("503", PageSource::Redirect("/errors/503")).expect("page");
+        let PageAnswer::Dispatch { target, replaced } =
+            decide(Some(Override::Pages(&pages)), Replaced::bridge(503, Some(1)))
+        else {
+            panic!("dispatch")
+        };
+        assert_eq!((&target[..], replaced.status, replaced.keep.len()), (&b"/errors/503"[..], 503, 1));
+        // the error page's pool is down too: the default 503, Retry-After kept
+        let PageAnswer::Send { status, reply } =
+            decide(Some(Override::Serving(&replaced)), Replaced::bridge(502, None))
+        else {
+            panic!("sent")
+        };
+        assert_eq!(status, 503);
+        assert!(text(&reply).contains("Retry-After: 1\r\n"));
+        // no pages: the default text with the response's own status
+        let PageAnswer::Send { status, .. } = decide(None, Replaced::bridge(504, None)) else { panic!("sent") };
+        assert_eq!(status, 504);
     }
 
     #[test]

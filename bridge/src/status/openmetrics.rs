@@ -55,6 +55,15 @@ const DURATION_HELP: &str = "Time from the request's arrival at the bridge to th
 /// The whole exposition.
 pub(crate) fn render(s: &Status) -> String {
     let mut o = Out(String::with_capacity(4096));
+    daemon_and_listeners(&mut o, s);
+    pools(&mut o, s);
+    instances_and_workers(&mut o, s);
+    o.0.push_str("# EOF\n");
+    o.0
+}
+
+/// The daemon's own families and the listeners'.
+fn daemon_and_listeners(o: &mut Out, s: &Status) {
     o.family("fcgibridge_start_time_seconds", "gauge", "Unix time the daemon started.");
     o.sample("fcgibridge_start_time_seconds", &[], s.start_time);
     o.family("fcgibridge_draining", "gauge", "1 during a stop's drain period (ping paths fail), else 0.");
@@ -85,7 +94,10 @@ pub(crate) fn render(s: &Status) -> String {
     for l in &s.listeners {
         o.histogram("fcgibridge_listener_request_duration_seconds", ("listener", &l.name), &l.latency);
     }
+}
 
+/// The pools' counters, histograms and gauges.
+fn pools(o: &mut Out, s: &Status) {
     type PoolField = fn(&super::model::PoolStatus) -> u64;
     let counters: [(&str, &str, PoolField); 8] = [
         ("fcgibridge_pool_requests", "Requests routed to the pool.", |p| p.accepted_requests),
@@ -140,7 +152,10 @@ pub(crate) fn render(s: &Status) -> String {
         o.sample("fcgibridge_pool_workers", &[("pool", &p.name), ("state", "idle")], p.idle_workers);
         o.sample("fcgibridge_pool_workers", &[("pool", &p.name), ("state", "busy")], p.busy_workers);
     }
+}
 
+/// Template instances (labelled with their template and key) and worker processes.
+fn instances_and_workers(o: &mut Out, s: &Status) {
     o.family("fcgibridge_instance_idle_seconds", "gauge", "Seconds since the template instance's last request.");
     for p in &s.pools {
         if let Some(i) = &p.instance {
@@ -178,6 +193,4 @@ pub(crate) fn render(s: &Status) -> String {
             );
         }
     }
-    o.0.push_str("# EOF\n");
-    o.0
 }

@@ -12,7 +12,7 @@
 //! checked exactly as a written pool's (user, script owner, chroot, the interpreter
 //! probe), and a `user:` below `min-uid` is refused.
 use super::manager::{self, ManagerCmd};
-use super::{PoolRuntime, Stop};
+use super::{PoolRuntime, Spawner, Stop};
 use crate::config::template::{fill_raw, Placeholder, Template};
 use crate::config::Pool;
 use crate::logging::ratelimit::{self, Kind, Level, Scope};
@@ -20,6 +20,7 @@ use fastcgi_server::Params;
 use std::collections::HashMap;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -133,6 +134,8 @@ pub(crate) struct TemplateRuntime {
     state: Mutex<State>,
     /// One instance is made at a time: two first requests for one key make one instance.
     making: tokio::sync::Mutex<()>,
+    /// The daemon's instances it belongs to (gone once the daemon is).
+    shelf: std::sync::Weak<Shelf>,
 }
 
 #[derive(Default)]
@@ -164,13 +167,13 @@ pub(crate) struct InstanceStats {
 
 /// What every instance needs from the daemon.
 struct Env {
-    python_path: Arc<PathBuf>,
+    spawner: Arc<Spawner>,
     runtime_dir: PathBuf,
     search_path: Option<OsString>,
 }
 
 #[derive(Default)]
-struct Registry {
+struct Book {
     env: Option<Env>,
     templates: Vec<Arc<TemplateRuntime>>,
     /// Stopped instances still finishing their requests, and their socket directories.
@@ -178,31 +181,199 @@ struct Registry {
     next_dir: u64,
 }
 
-static REGISTRY: Mutex<Option<Registry>> = Mutex::new(None);
+/// The daemon's pool templates and their live instances: one per daemon, held by the
+/// registry's board (supervise/stats.rs), so two daemons in one process share nothing.
+#[derive(Default)]
+pub(crate) struct Instances(Arc<Shelf>);
 
-fn registry<T>(f: impl FnOnce(&mut Registry) -> T) -> T {
-    let mut r = REGISTRY.lock().unwrap_or_else(|e| e.into_inner());
-    f(r.get_or_insert_with(Registry::default))
+/// What the templates reach back to (weakly: the shelf holds them).
+#[derive(Default)]
+struct Shelf {
+    book: Mutex<Book>,
+    reaper_started: AtomicBool,
 }
 
-/// At start: the templates of the configuration, and the reaper of idle instances.
-pub(crate) fn install(templates: &[Template], runtime_dir: &Path, python_path: PathBuf) {
-    registry(|r| {
-        r.env = Some(Env {
-            python_path: Arc::new(python_path),
-            runtime_dir: runtime_dir.to_path_buf(),
-            search_path: std::env::var_os("PATH"),
+impl Shelf {
+    fn with<T>(&self, f: impl FnOnce(&mut Book) -> T) -> T {
+        f(&mut self.book.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    fn spawner(&self) -> Option<Arc<Spawner>> {
+        self.with(|b| b.env.as_ref().map(|e| e.spawner.clone()))
+    }
+
+    /// Stop an instance: it serves what it has queued and in flight, then ends.
+    fn retire(&self, i: Instance) {
+        i.pool.send(ManagerCmd::Remove { within: RETIRE_WITHIN });
+        // A preloaded instance's fork template goes with it (supervise/template.rs).
+        if i.pool.config.isolation.preload {
+            if let Some(s) = self.spawner() {
+                s.retire_template(&i.pool.name);
+            }
+        }
+        self.with(|b| b.retiring.push((i.pool, i.dir)));
+    }
+
+    /// The reaper, once.
+    fn start_reaper(self: &Arc<Self>) {
+        if !self.reaper_started.swap(true, Ordering::AcqRel) {
+            tokio::spawn(reaper(Arc::downgrade(self)));
+        }
+    }
+
+    /// Start an instance's manager: its workers start with the first request (ondemand) or now.
+    fn start(&self, cfg: Pool) -> Result<(Arc<PoolRuntime>, PathBuf), String> {
+        let (spawner, dir) = self
+            .with(|b| {
+                let env = b.env.as_ref()?;
+                b.next_dir += 1;
+                Some((env.spawner.clone(), env.runtime_dir.join("pools").join(format!("instance-{}", b.next_dir))))
+            })
+            .ok_or("the daemon is not running")?;
+        {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&dir)
+                .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        }
+        let p = PoolRuntime::new(cfg);
+        let cmds = p.control.cmd_rx.lock().unwrap_or_else(|e| e.into_inner()).take().ok_or("no manager mailbox")?;
+        let (m, events) = manager::Manager::new(
+            p.name.clone(),
+            Arc::new(p.config.clone()),
+            p.dispatcher.clone(),
+            p.control.clone(),
+            spawner,
+            dir.clone(),
+        );
+        tokio::spawn(manager::run(m, events, cmds));
+        Ok((p, dir))
+    }
+}
+
+impl Instances {
+    /// At start: the templates of the configuration, and the reaper of idle instances.
+    pub(crate) fn install(&self, templates: &[Template], runtime_dir: &Path, spawner: Arc<Spawner>) {
+        let made = templates.iter().map(|t| TemplateRuntime::new(t, &self.0)).collect();
+        self.0.with(|b| {
+            b.env =
+                Some(Env { spawner, runtime_dir: runtime_dir.to_path_buf(), search_path: std::env::var_os("PATH") });
+            b.templates = made;
         });
-        r.templates = templates.iter().map(TemplateRuntime::new).collect();
-    });
-    if !templates.is_empty() {
-        start_reaper();
+        if !templates.is_empty() {
+            self.0.start_reaper();
+        }
+        for t in templates {
+            tracing::info!(template = %t.name, max_instances = t.max_instances, "pool template: an instance per {}", key_names(t));
+        }
+        if !nix::unistd::geteuid().is_root() && templates.iter().any(|t| t.keys.contains(&Placeholder::User)) {
+            tracing::warn!("the bridge is not root: instances of a template with {{user}} can only run as the bridge's own user; others are refused");
+        }
     }
-    for t in templates {
-        tracing::info!(template = %t.name, max_instances = t.max_instances, "pool template: an instance per {}", key_names(t));
+
+    /// The running template of that name.
+    pub(crate) fn lookup(&self, name: &str) -> Option<Arc<TemplateRuntime>> {
+        self.0.with(|b| b.templates.iter().find(|t| &*t.name == name).cloned())
     }
-    if !nix::unistd::geteuid().is_root() && templates.iter().any(|t| t.keys.contains(&Placeholder::User)) {
-        tracing::warn!("the bridge is not root: instances of a template with {{user}} can only run as the bridge's own user; others are refused");
+
+    /// Every live instance's pool.
+    pub(crate) fn live_pools(&self) -> Vec<Arc<PoolRuntime>> {
+        let templates = self.0.with(|b| b.templates.clone());
+        templates.iter().flat_map(|t| t.lock().live.values().map(|i| i.pool.clone()).collect::<Vec<_>>()).collect()
+    }
+
+    /// Every live instance, for the status page.
+    pub(crate) fn live(&self) -> Vec<(Arc<PoolRuntime>, InstanceStats)> {
+        let templates = self.0.with(|b| b.templates.clone());
+        let now = Instant::now();
+        let mut out = Vec::new();
+        for t in templates {
+            let st = t.lock();
+            let mut rows: Vec<_> = st.live.iter().collect();
+            rows.sort_by(|a, b| a.0.cmp(b.0));
+            for (key, i) in rows {
+                out.push((
+                    i.pool.clone(),
+                    InstanceStats {
+                        template: t.name.to_string(),
+                        key: key.clone(),
+                        age_seconds: now.duration_since(i.created).as_secs_f64(),
+                        idle_seconds: now.duration_since(i.last_used).as_secs_f64(),
+                    },
+                ));
+            }
+        }
+        out
+    }
+
+    /// A reload: unchanged templates keep their instances; a changed one rolls its instances
+    /// to the new configuration (each keeps its queue and is restarted worker by worker, as a
+    /// changed pool is); a removed one stops its instances. `restart_all` (SIGUSR2) rolls every
+    /// instance with a restart of its workers. Returns a summary.
+    pub(crate) async fn reload(&self, new: &[Template], restart_all: bool) -> String {
+        let old = self.0.with(|b| b.templates.clone());
+        let (mut changed, mut removed) = (Vec::new(), Vec::new());
+        let mut next = Vec::new();
+        for t in new {
+            match old.iter().find(|o| *o.name == t.name) {
+                Some(o) if *o.config() == *t && !restart_all => next.push(o.clone()),
+                Some(o) => {
+                    changed.push(t.name.clone());
+                    if o.config().keys == t.keys {
+                        o.roll(Arc::new(t.clone()), restart_all).await;
+                    } else {
+                        // Keyed otherwise now: no live instance has a key of the new kind.
+                        o.stop_all("its template's placeholders changed");
+                        *o.config.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(t.clone());
+                    }
+                    next.push(o.clone());
+                }
+                None => next.push(TemplateRuntime::new(t, &self.0)),
+            }
+        }
+        for o in &old {
+            if !new.iter().any(|t| *o.name == t.name) {
+                removed.push(o.name.to_string());
+                o.stop_all("its template is gone from the configuration");
+            }
+        }
+        if !next.is_empty() {
+            self.0.start_reaper();
+        }
+        self.0.with(|b| b.templates = next);
+        let list = |v: &[String]| if v.is_empty() { "none".to_owned() } else { v.join(", ") };
+        format!("templates changed: {}; removed: {}", list(&changed), list(&removed))
+    }
+
+    /// `fcgibridge stop-instance TEMPLATE KEY`.
+    pub(crate) fn stop_instance(&self, template: &str, key: &str) -> Result<String, String> {
+        let t = self.lookup(template).ok_or_else(|| format!("no template {template:?}"))?;
+        let inst = t.lock().live.remove(key).ok_or_else(|| format!("template {template:?} has no instance {key:?}"))?;
+        tracing::info!(pool = %inst.pool.name, "instance stopped by the control socket");
+        self.0.retire(inst);
+        Ok(format!("instance {template}[{key}] stopping\n"))
+    }
+
+    /// The daemon stops: every instance, and those still finishing, stop.
+    pub(crate) async fn stop_all(&self, how: Stop) {
+        let pools: Vec<Arc<PoolRuntime>> = self.0.with(|b| {
+            let mut all: Vec<_> = b.retiring.drain(..).map(|(p, _)| p).collect();
+            for t in &b.templates {
+                all.extend(t.lock().live.drain().map(|(_, i)| i.pool));
+            }
+            all
+        });
+        let mut waits = Vec::new();
+        for p in pools {
+            let (done, rx) = tokio::sync::oneshot::channel();
+            p.send(ManagerCmd::Stop { how, done });
+            waits.push(rx);
+        }
+        for w in waits {
+            let _ = w.await;
+        }
     }
 }
 
@@ -210,134 +381,15 @@ fn key_names(t: &Template) -> String {
     t.keys.iter().map(|p| p.name()).collect::<Vec<_>>().join(" and ")
 }
 
-/// The running template of that name.
-pub(crate) fn lookup(name: &str) -> Option<Arc<TemplateRuntime>> {
-    registry(|r| r.templates.iter().find(|t| &*t.name == name).cloned())
-}
-
-/// Every live instance's pool.
-pub(crate) fn live_pools() -> Vec<Arc<PoolRuntime>> {
-    let templates = registry(|r| r.templates.clone());
-    templates.iter().flat_map(|t| t.lock().live.values().map(|i| i.pool.clone()).collect::<Vec<_>>()).collect()
-}
-
-/// Every live instance, for the status page.
-pub(crate) fn live() -> Vec<(Arc<PoolRuntime>, InstanceStats)> {
-    let templates = registry(|r| r.templates.clone());
-    let now = Instant::now();
-    let mut out = Vec::new();
-    for t in templates {
-        let st = t.lock();
-        let mut rows: Vec<_> = st.live.iter().collect();
-        rows.sort_by(|a, b| a.0.cmp(b.0));
-        for (key, i) in rows {
-            out.push((
-                i.pool.clone(),
-                InstanceStats {
-                    template: t.name.to_string(),
-                    key: key.clone(),
-                    age_seconds: now.duration_since(i.created).as_secs_f64(),
-                    idle_seconds: now.duration_since(i.last_used).as_secs_f64(),
-                },
-            ));
-        }
-    }
-    out
-}
-
-/// A reload: unchanged templates keep their instances; a changed one rolls its instances
-/// to the new configuration (each keeps its queue and is restarted worker by worker, as a
-/// changed pool is); a removed one stops its instances. `restart_all` (SIGUSR2) rolls every
-/// instance with a restart of its workers. Returns a summary.
-pub(crate) async fn reload(new: &[Template], restart_all: bool) -> String {
-    let old = registry(|r| r.templates.clone());
-    let (mut changed, mut removed) = (Vec::new(), Vec::new());
-    let mut next = Vec::new();
-    for t in new {
-        match old.iter().find(|o| *o.name == t.name) {
-            Some(o) if *o.config() == *t && !restart_all => next.push(o.clone()),
-            Some(o) => {
-                changed.push(t.name.clone());
-                if o.config().keys == t.keys {
-                    o.roll(Arc::new(t.clone()), restart_all).await;
-                } else {
-                    // Keyed otherwise now: no live instance has a key of the new kind.
-                    o.stop_all("its template's placeholders changed");
-                    *o.config.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(t.clone());
-                }
-                next.push(o.clone());
-            }
-            None => next.push(TemplateRuntime::new(t)),
-        }
-    }
-    for o in &old {
-        if !new.iter().any(|t| *o.name == t.name) {
-            removed.push(o.name.to_string());
-            o.stop_all("its template is gone from the configuration");
-        }
-    }
-    if !next.is_empty() {
-        start_reaper();
-    }
-    registry(|r| r.templates = next);
-    let list = |v: &[String]| if v.is_empty() { "none".to_owned() } else { v.join(", ") };
-    format!("templates changed: {}; removed: {}", list(&changed), list(&removed))
-}
-
-/// `fcgibridge stop-instance TEMPLATE KEY`.
-pub(crate) fn stop_instance(template: &str, key: &str) -> Result<String, String> {
-    let t = lookup(template).ok_or_else(|| format!("no template {template:?}"))?;
-    let inst = t.lock().live.remove(key).ok_or_else(|| format!("template {template:?} has no instance {key:?}"))?;
-    tracing::info!(pool = %inst.pool.name, "instance stopped by the control socket");
-    retire(inst);
-    Ok(format!("instance {template}[{key}] stopping\n"))
-}
-
-/// The daemon stops: every instance, and those still finishing, stop.
-pub(crate) async fn stop_all(how: Stop) {
-    let pools: Vec<Arc<PoolRuntime>> = registry(|r| {
-        let mut all: Vec<_> = r.retiring.drain(..).map(|(p, _)| p).collect();
-        for t in &r.templates {
-            all.extend(t.lock().live.drain().map(|(_, i)| i.pool));
-        }
-        all
-    });
-    let mut waits = Vec::new();
-    for p in pools {
-        let (done, rx) = tokio::sync::oneshot::channel();
-        p.send(ManagerCmd::Stop { how, done });
-        waits.push(rx);
-    }
-    for w in waits {
-        let _ = w.await;
-    }
-}
-
-/// Stop an instance: it serves what it has queued and in flight, then ends.
-fn retire(i: Instance) {
-    i.pool.send(ManagerCmd::Remove { within: RETIRE_WITHIN });
-    // A preloaded instance's fork template goes with it (supervise/template.rs).
-    if i.pool.config.isolation.preload {
-        super::template::retire_pool(&i.pool.name);
-    }
-    registry(|r| r.retiring.push((i.pool, i.dir)));
-}
-
-/// The reaper, once.
-fn start_reaper() {
-    static STARTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-    if !STARTED.swap(true, std::sync::atomic::Ordering::AcqRel) {
-        tokio::spawn(reaper());
-    }
-}
-
 /// Every second: stop instances idle for their template's timeout; forget stopped ones.
-async fn reaper() {
+/// Ends with the daemon's [`Instances`].
+async fn reaper(shelf: std::sync::Weak<Shelf>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tick.tick().await;
-        let templates = registry(|r| {
-            r.retiring.retain(|(p, dir)| {
+        let Some(shelf) = shelf.upgrade() else { return };
+        let templates = shelf.with(|b| {
+            b.retiring.retain(|(p, dir)| {
                 let running = !p.control.cmd.is_closed();
                 if !running {
                     // Its own directory (instance-N under the runtime directory).
@@ -345,7 +397,7 @@ async fn reaper() {
                 }
                 running
             });
-            r.templates.clone()
+            b.templates.clone()
         });
         for t in templates {
             let Some(idle) = t.config().idle_timeout else { continue };
@@ -362,7 +414,7 @@ async fn reaper() {
             };
             for i in gone {
                 tracing::info!(pool = %i.pool.name, "instance idle for instance-idle-timeout ({}), stopping", crate::config::units::DurationDisplay(idle));
-                retire(i);
+                shelf.retire(i);
             }
         }
     }
@@ -375,13 +427,26 @@ fn is_idle(p: &PoolRuntime) -> bool {
 }
 
 impl TemplateRuntime {
-    fn new(t: &Template) -> Arc<Self> {
+    fn new(t: &Template, shelf: &Arc<Shelf>) -> Arc<Self> {
         Arc::new(Self {
             name: Arc::from(t.name.as_str()),
             config: Mutex::new(Arc::new(t.clone())),
             state: Mutex::default(),
             making: tokio::sync::Mutex::new(()),
+            shelf: Arc::downgrade(shelf),
         })
+    }
+
+    /// Stop an instance (nothing to do once the daemon's instances are gone).
+    fn retire(&self, i: Instance) {
+        if let Some(shelf) = self.shelf.upgrade() {
+            shelf.retire(i);
+        }
+    }
+
+    /// `PATH` as the daemon started with it (for a pool's `python:` without a slash).
+    fn search_path(&self) -> Option<OsString> {
+        self.shelf.upgrade()?.with(|b| b.env.as_ref().and_then(|e| e.search_path.clone()))
     }
 
     /// The template as configured now.
@@ -428,13 +493,18 @@ impl TemplateRuntime {
         self.admit(&t, &key)?;
         let name = format!("{}[{key}]", t.name);
         let (t2, name2) = (t.clone(), name.clone());
-        let made = tokio::task::spawn_blocking(move || resolve_instance(&t2, name2, raw)).await;
+        let search_path = self.search_path();
+        let made = tokio::task::spawn_blocking(move || resolve_instance(&t2, name2, raw, search_path)).await;
         let pool = match made {
             Ok(Ok(pool)) => pool,
             Ok(Err(r)) => return Err(r(key)),
             Err(e) => return Err(Refusal::Broken { key, why: format!("resolving it failed: {e}") }),
         };
-        let (pool, dir) = start(pool).map_err(|why| Refusal::Broken { key: key.clone(), why })?;
+        let shelf = self
+            .shelf
+            .upgrade()
+            .ok_or_else(|| Refusal::Broken { key: key.clone(), why: "the daemon is stopping".into() })?;
+        let (pool, dir) = shelf.start(pool).map_err(|why| Refusal::Broken { key: key.clone(), why })?;
         // This request is about to queue: the manager looks at the queue at once rather
         // than at its next tick (a permit, kept until the manager waits).
         pool.dispatcher.wake.notify_one();
@@ -509,7 +579,7 @@ impl TemplateRuntime {
         };
         if let Some(v) = victim {
             tracing::info!(pool = %v.pool.name, "max-instances ({}) reached: stopping the least recently used idle instance", t.max_instances);
-            retire(v);
+            self.retire(v);
         }
         Ok(())
     }
@@ -524,12 +594,15 @@ impl TemplateRuntime {
             let filled: Vec<(Placeholder, &str)> = inst.values.iter().map(|(p, v)| (*p, v.as_str())).collect();
             let raw = fill_raw(&new.raw, &filled);
             let (t2, name) = (new.clone(), inst.pool.name.to_string());
-            let made = tokio::task::spawn_blocking(move || resolve_instance(&t2, name, raw)).await;
+            let search_path = self.search_path();
+            let made = tokio::task::spawn_blocking(move || resolve_instance(&t2, name, raw, search_path)).await;
             match made {
                 Ok(Ok(cfg)) => {
                     // As a changed pool's (Supervisor::reload): new forks from fresh code.
                     if inst.pool.config.isolation.preload && (!cfg.isolation.preload || restart) {
-                        super::template::retire_pool(&inst.pool.name);
+                        if let Some(s) = self.shelf.upgrade().and_then(|shelf| shelf.spawner()) {
+                            s.retire_template(&inst.pool.name);
+                        }
                     }
                     let p = Arc::new(PoolRuntime {
                         name: inst.pool.name.clone(),
@@ -544,8 +617,11 @@ impl TemplateRuntime {
                 }
                 Ok(Err(r)) => {
                     tracing::warn!(pool = %inst.pool.name, "reload: {}; the instance stops", r(key.clone()));
-                    if let Some(i) = self.lock().live.remove(&key) {
-                        retire(i);
+                    // Not under the state lock: retiring takes the shelf's (stop_all takes
+                    // the two the other way round).
+                    let gone = self.lock().live.remove(&key);
+                    if let Some(i) = gone {
+                        self.retire(i);
                     }
                 }
                 Err(e) => tracing::warn!(pool = %inst.pool.name, "reload: resolving the instance failed: {e}"),
@@ -557,7 +633,7 @@ impl TemplateRuntime {
         let all: Vec<Instance> = self.lock().live.drain().map(|(_, i)| i).collect();
         for i in all {
             tracing::info!(pool = %i.pool.name, "instance stopping: {why}");
-            retire(i);
+            self.retire(i);
         }
     }
 }
@@ -594,9 +670,13 @@ fn fill_owner(raw: crate::config::RawPool) -> Result<crate::config::RawPool, Mak
 
 /// An instance's pool from its filled-in entry: resolved and checked as a written pool,
 /// `min-uid`, and the interpreter probed. Blocking (user lookups, files, a process).
-fn resolve_instance(t: &Template, name: String, raw: crate::config::RawPool) -> Result<Pool, MakeRefusal> {
+fn resolve_instance(
+    t: &Template,
+    name: String,
+    raw: crate::config::RawPool,
+    search_path: Option<OsString>,
+) -> Result<Pool, MakeRefusal> {
     let raw = if t.by_owner { fill_owner(raw)? } else { raw };
-    let search_path = registry(|r| r.env.as_ref().and_then(|e| e.search_path.clone()));
     // Before the pool's own checks: a root or system account is refused as such (403),
     // not as a pool that would need allow-root.
     if let Some(written) = raw.user.as_deref() {
@@ -620,43 +700,13 @@ fn resolve_instance(t: &Template, name: String, raw: crate::config::RawPool) -> 
     let mut pool = crate::config::template::instantiate(t, raw, search_path.as_deref())
         .map_err(|e| -> MakeRefusal { Box::new(move |key| Refusal::Broken { key, why: e.to_string() }) })?;
     pool.name = name;
-    if let Err(e) = crate::probe::check_pools(std::slice::from_ref(&pool)) {
+    if let Err(e) = super::probe::check_pools(std::slice::from_ref(&pool)) {
         let why = e.to_string();
         return Err(Box::new(move |key| Refusal::Broken { key, why }));
     }
     // The first request waits in the queue while the first worker starts.
     pool.queue_timeout = pool.queue_timeout.max(pool.startup_timeout);
     Ok(pool)
-}
-
-/// Start an instance's manager: its workers start with the first request (ondemand) or now.
-fn start(cfg: Pool) -> Result<(Arc<PoolRuntime>, PathBuf), String> {
-    let (python_path, dir) = registry(|r| {
-        let env = r.env.as_ref()?;
-        r.next_dir += 1;
-        Some((env.python_path.clone(), env.runtime_dir.join("pools").join(format!("instance-{}", r.next_dir))))
-    })
-    .ok_or("the daemon is not running")?;
-    {
-        use std::os::unix::fs::DirBuilderExt;
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&dir)
-            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-    }
-    let p = PoolRuntime::new(cfg);
-    let cmds = p.control.cmd_rx.lock().unwrap_or_else(|e| e.into_inner()).take().ok_or("no manager mailbox")?;
-    let (m, events) = manager::Manager::new(
-        p.name.clone(),
-        Arc::new(p.config.clone()),
-        p.dispatcher.clone(),
-        p.control.clone(),
-        python_path,
-        dir.clone(),
-    );
-    tokio::spawn(manager::run(m, events, cmds));
-    Ok((p, dir))
 }
 
 /// The values of the template's placeholders for this request, each checked.

@@ -25,12 +25,13 @@ use super::policy::{
     self, Action, DrainStep, Member, Mib, Recycle, Roster, Sampled, Sizing, Spread, State, Verdict, ROUND,
 };
 use super::stats::{ManagerView, RestartRecord, WorkerInfo};
-use super::worker::{self, Event, WorkerCtl, WorkerTask};
-use super::{PoolControl, Stop};
+use super::worker::{self, Event, WorkerTask};
+use super::{PoolControl, Spawner, Stop};
 use crate::backend::SlotConn;
 use crate::config::supervision::Mode;
 use crate::config::{self, App};
 use crate::dispatch::{Dispatcher, WorkerKey};
+use crate::worker_handle::WorkerCtl;
 use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -56,7 +57,8 @@ pub(crate) enum ManagerCmd {
 
 struct Worker {
     id: u64,
-    slot: u32,
+    /// Its number in the pool (a replacement takes the number of the worker it replaces).
+    index: u32,
     pid: u32,
     key: WorkerKey,
     ctl: mpsc::UnboundedSender<WorkerCtl>,
@@ -82,7 +84,7 @@ struct Worker {
 }
 
 #[derive(Default, Clone)]
-struct SlotHistory {
+struct IndexHistory {
     spawns: u64,
     last_reason: Option<String>,
 }
@@ -93,7 +95,7 @@ pub(crate) struct Manager {
     cfg_gen: u64,
     dispatcher: Arc<Dispatcher<SlotConn>>,
     control: Arc<PoolControl>,
-    python_path: Arc<PathBuf>,
+    spawner: Arc<Spawner>,
     socket_dir: PathBuf,
     workers: Vec<Worker>,
     events_tx: mpsc::UnboundedSender<Event>,
@@ -110,7 +112,8 @@ pub(crate) struct Manager {
     unavailable_set: Option<Arc<str>>,
     sizing_set: Option<(bool, bool)>,
     rejected_seen: u64,
-    slots: HashMap<u32, SlotHistory>,
+    /// What happened at each worker index: processes started there, why the last one went.
+    history: HashMap<u32, IndexHistory>,
     restarts: VecDeque<RestartRecord>,
     spawns: u64,
     /// Worker processes gone since the pool started, and those that went unasked.
@@ -137,7 +140,7 @@ impl Manager {
         cfg: Arc<config::Pool>,
         dispatcher: Arc<Dispatcher<SlotConn>>,
         control: Arc<PoolControl>,
-        python_path: Arc<PathBuf>,
+        spawner: Arc<Spawner>,
         socket_dir: PathBuf,
     ) -> (Self, mpsc::UnboundedReceiver<Event>) {
         let (events_tx, events_rx) = mpsc::unbounded_channel();
@@ -154,7 +157,7 @@ impl Manager {
             cfg_gen: 0,
             dispatcher,
             control,
-            python_path,
+            spawner,
             socket_dir,
             workers: Vec::new(),
             events_tx,
@@ -169,7 +172,7 @@ impl Manager {
             unavailable_set: None,
             sizing_set: None,
             rejected_seen: 0,
-            slots: HashMap::new(),
+            history: HashMap::new(),
             restarts: VecDeque::new(),
             spawns: 0,
             exits: 0,
@@ -253,7 +256,7 @@ impl Manager {
                         tracing::info!(
                             pool = &*self.name,
                             pid = w.pid,
-                            slot = w.slot,
+                            index = w.index,
                             "worker stopped ({reason}): {status}"
                         );
                         self.record_exit(&w, reason, now);
@@ -262,7 +265,7 @@ impl Manager {
                         tracing::error!(
                             pool = &*self.name,
                             pid = w.pid,
-                            slot = w.slot,
+                            index = w.index,
                             "worker exited: {status}; replacing it"
                         );
                         self.crashes += 1;
@@ -272,7 +275,7 @@ impl Manager {
                             self.next_spawn_at = Some(now + self.backoff);
                             tracing::info!(
                                 pool = &*self.name,
-                                slot = w.slot,
+                                index = w.index,
                                 "restarting the worker in {:?}",
                                 self.backoff
                             );
@@ -299,11 +302,11 @@ impl Manager {
 
     fn record_exit(&mut self, w: &Worker, reason: String, now: Instant) {
         self.exits += 1;
-        let h = self.slots.entry(w.slot).or_default();
+        let h = self.history.entry(w.index).or_default();
         h.last_reason = Some(reason.clone());
         self.restarts.push_back(RestartRecord {
             time: super::stats::unix_at(now),
-            slot: w.slot,
+            index: w.index,
             pid: w.pid,
             reason,
             requests: w.served,
@@ -712,7 +715,7 @@ impl Manager {
         tracing::info!(
             pool = &*self.name,
             pid = w.pid,
-            slot = w.slot,
+            index = w.index,
             in_flight = open,
             "retiring the worker: {reason}; it takes no new requests (graceful-timeout {})",
             DurationText(graceful)
@@ -766,8 +769,8 @@ impl Manager {
 
     /// Start one worker (its task spawns it, or forks it from the pool's template).
     fn spawn(&mut self, now: Instant) {
-        // A replacement takes the slot number of the worker it replaces.
-        let slot = match self
+        // A replacement takes the index of the worker it replaces.
+        let index = match self
             .workers
             .iter_mut()
             .filter(|w| w.state == State::Ready && w.recycle.is_some() && !w.replaced)
@@ -775,30 +778,27 @@ impl Manager {
         {
             Some(w) => {
                 w.replaced = true;
-                w.slot
+                w.index
             }
             None => {
-                (0..).find(|n| !self.workers.iter().any(|w| w.slot == *n && w.state != State::Stopping)).unwrap_or(0)
+                (0..).find(|n| !self.workers.iter().any(|w| w.index == *n && w.state != State::Stopping)).unwrap_or(0)
             }
         };
-        // Unique across pools and reloads: a pool removed and added again by two reloads
-        // shares its socket directory with its predecessor's last workers.
-        static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
-        let id = NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let socket = self.socket_dir.join(format!("{slot}-{id}.sock"));
+        let id = self.spawner.next_worker_id();
+        let socket = self.socket_dir.join(format!("{index}-{id}.sock"));
         let max_requests = policy::max_requests_for(&self.cfg.supervision, &mut self.spread);
         let key = self.dispatcher.add_worker(max_requests);
         let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
         self.spawns += 1;
-        self.slots.entry(slot).or_default().spawns += 1;
+        self.history.entry(index).or_default().spawns += 1;
         let task = WorkerTask {
             id,
             pool: self.name.clone(),
             config: self.cfg.clone(),
-            python_path: self.python_path.clone(),
+            spawner: self.spawner.clone(),
             socket,
             key,
-            slot,
+            index,
             max_requests,
             dispatcher: self.dispatcher.clone(),
             native: self.native(),
@@ -809,7 +809,7 @@ impl Manager {
         tokio::spawn(worker::run(task, ctl_rx));
         self.workers.push(Worker {
             id,
-            slot,
+            index,
             pid: 0,
             key,
             ctl: ctl_tx,
@@ -854,9 +854,9 @@ impl Manager {
             .workers
             .iter()
             .map(|w| {
-                let h = self.slots.get(&w.slot).cloned().unwrap_or_default();
+                let h = self.history.get(&w.index).cloned().unwrap_or_default();
                 WorkerInfo {
-                    slot: w.slot,
+                    index: w.index,
                     pid: w.pid,
                     key: w.key,
                     state: match w.state {
@@ -873,7 +873,7 @@ impl Manager {
                     recycle_time: w.lifetime_end.map(super::stats::unix_at),
                     recycle_pending: w.recycle.as_ref().map(|r| r.reason.clone()),
                     retiring_reason: w.exit_reason.clone(),
-                    slot_spawns: h.spawns,
+                    processes_at_index: h.spawns,
                     last_restart_reason: h.last_reason,
                     outdated: w.cfg_gen < self.cfg_gen,
                 }

@@ -4,6 +4,7 @@ pub(crate) mod instances;
 mod isolate;
 pub(crate) mod manager;
 mod policy;
+pub(crate) mod probe;
 pub(crate) mod program;
 pub(crate) mod runtime_dir;
 mod spawn;
@@ -17,7 +18,7 @@ use crate::config;
 use crate::dispatch::Dispatcher;
 use manager::ManagerCmd;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
@@ -27,46 +28,31 @@ pub(crate) use isolate::inside as inside_chroot;
 pub(crate) use runtime_dir::RuntimeDir;
 pub(crate) use spawn::ignore_operator_signals;
 pub(crate) use worker::describe_exit;
-pub(crate) use worker::WorkerCtl;
 
-/// One running worker process, as the slots connected to it know it.
-#[derive(Debug)]
-pub(crate) struct WorkerHandle {
-    pub pool: Arc<str>,
-    pub pid: u32,
-    /// Its listening socket (fd 0 in the worker).
-    pub socket: PathBuf,
-    alive: AtomicBool,
-    /// To the task that owns the process (it alone signals it: no reused pid is hit).
-    ctl: mpsc::UnboundedSender<WorkerCtl>,
+/// What every pool manager of the daemon (template instances' too) shares to start workers.
+pub(crate) struct Spawner {
+    /// Where the worker package is (the boot line puts it on every worker's `sys.path`).
+    python_path: PathBuf,
+    next_id: AtomicU64,
+    /// The preloaded pools' fork templates (supervise/template.rs).
+    templates: template::Templates,
 }
 
-impl WorkerHandle {
-    /// A handle with nobody behind it (tests, fake workers): `kill` only marks it dead.
-    #[allow(dead_code)]
-    pub(crate) fn new(pool: Arc<str>, pid: u32, socket: PathBuf) -> Self {
-        Self::with_ctl(pool, pid, socket, mpsc::unbounded_channel().0)
+impl Spawner {
+    /// A spawner for workers whose package lives at `python_path`.
+    pub(crate) fn new(python_path: PathBuf) -> Arc<Self> {
+        Arc::new(Self { python_path, next_id: AtomicU64::new(1), templates: template::Templates::default() })
     }
 
-    pub(crate) fn with_ctl(pool: Arc<str>, pid: u32, socket: PathBuf, ctl: mpsc::UnboundedSender<WorkerCtl>) -> Self {
-        Self { pool, pid, socket, alive: AtomicBool::new(true), ctl }
+    /// A new worker's generation. Unique across pools and reloads: a pool removed and added
+    /// again by two reloads shares its socket directory with its predecessor's last workers.
+    fn next_worker_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
     }
 
-    pub(crate) fn is_alive(&self) -> bool {
-        self.alive.load(Ordering::Acquire)
-    }
-
-    pub(crate) fn mark_dead(&self) {
-        self.alive.store(false, Ordering::Release);
-    }
-
-    /// SIGKILL a worker that no longer responds; its manager reaps and replaces it.
-    pub(crate) fn kill(&self) {
-        if !self.is_alive() {
-            return;
-        }
-        self.mark_dead();
-        let _ = self.ctl.send(WorkerCtl::Kill);
+    /// Retire the fork template of a pool that is removed, no longer preloads or restarts.
+    fn retire_template(&self, pool: &str) {
+        self.templates.retire_pool(pool);
     }
 }
 
@@ -135,7 +121,7 @@ pub(crate) struct Supervisor {
     /// Managers of removed pools still finishing their requests.
     retiring: Vec<Arc<PoolRuntime>>,
     tasks: Vec<JoinHandle<()>>,
-    python_path: Arc<PathBuf>,
+    spawner: Arc<Spawner>,
 }
 
 impl Supervisor {
@@ -145,7 +131,7 @@ impl Supervisor {
             pools: Vec::new(),
             retiring: Vec::new(),
             tasks: Vec::new(),
-            python_path: Arc::new(rt.python_path()),
+            spawner: Spawner::new(rt.python_path()),
         };
         for p in pools {
             s.start_manager(p, rt)?;
@@ -162,11 +148,16 @@ impl Supervisor {
             Arc::new(p.config.clone()),
             p.dispatcher.clone(),
             p.control.clone(),
-            self.python_path.clone(),
+            self.spawner.clone(),
             dir,
         );
         self.tasks.push(tokio::spawn(manager::run(m, events, cmds)));
         Ok(())
+    }
+
+    /// What its managers share to start workers (template instances use it too).
+    pub(crate) fn spawner(&self) -> Arc<Spawner> {
+        self.spawner.clone()
     }
 
     /// The running pools, in configuration order.
@@ -194,7 +185,7 @@ impl Supervisor {
                     // A restart of every pool re-imports the code: a preloaded pool's new
                     // workers must fork from a fresh template, not from the old one.
                     if old.config.isolation.preload && (!cfg.isolation.preload || restart_all) {
-                        template::retire_pool(&cfg.name);
+                        self.spawner.retire_template(&cfg.name);
                     }
                     let p = Arc::new(PoolRuntime {
                         name: old.name.clone(),
@@ -219,7 +210,7 @@ impl Supervisor {
         for old in &self.pools {
             if !new.iter().any(|c| c.name == old.config.name) {
                 old.send(ManagerCmd::Remove { within: drain_within });
-                template::retire_pool(&old.config.name);
+                self.spawner.retire_template(&old.config.name);
                 self.retiring.push(old.clone());
             }
         }

@@ -2,7 +2,7 @@
 //! flup `.fcgi` script, or any program that follows the FastCGI spec's start-up contract —
 //! a listening socket on fd 0 (FCGI_LISTENSOCK_FILENO), accept and serve. Such a program is
 //! a pool member like the native worker, minus the readiness pipe: it gets no fd 3, so the
-//! pipe closes at exec and the slot takes the program as ready once it is still alive after
+//! pipe closes at exec and the worker's task takes the program as ready once it is still alive after
 //! a short grace period (see docs/worker-contract.md).
 use crate::config::{App, Pool};
 use tokio::process::Command;

@@ -38,9 +38,10 @@ pub(super) enum SpawnError {
 }
 
 /// Bind `socket`, then start the pool's interpreter with it as fd 0.
-pub(super) async fn spawn_worker(pool: &Pool, python_path: &Path, socket: &Path) -> Result<Spawned, SpawnError> {
+pub(super) async fn spawn_worker(pool: &Pool, spawner: &super::Spawner, socket: &Path) -> Result<Spawned, SpawnError> {
+    let python_path = spawner.python_path.as_path();
     if pool.isolation.preload {
-        return Ok(super::template::spawn_forked(pool, python_path, socket).await?);
+        return Ok(super::template::spawn_forked(&spawner.templates, pool, python_path, socket).await?);
     }
     // user/group/chroot/limits of the pool (supervise/isolate.rs), resolved before the fork.
     let iso = super::isolate::Prepared::for_pool(pool, python_path)?;

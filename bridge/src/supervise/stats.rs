@@ -30,7 +30,7 @@
 //! | `workers[].requests` | requests (per process) | workers[].requests |
 //! | `workers[].rss_bytes` | — | workers[].rss |
 //! | `workers[].current[]` | request URI, request method, request duration | — |
-//! | `spawns` / `workers[].slot_spawns` | — | respawn_count |
+//! | `spawns` / `workers[].processes_at_index` | — | respawn_count |
 //! | `request_timeouts` | — | harakiri_count |
 // The renderers (status/) are the readers; some fields are for them only.
 #![allow(dead_code)]
@@ -129,7 +129,7 @@ pub(crate) struct PoolStats {
 pub(crate) struct WorkerStats {
     pub pid: u32,
     /// Its place in the pool (a replacement takes the number of the worker it replaces).
-    pub slot: u32,
+    pub index: u32,
     /// "starting", "idle", "busy", "draining", "stopping".
     pub state: &'static str,
     /// Requests it finished.
@@ -141,9 +141,9 @@ pub(crate) struct WorkerStats {
     pub cpu_seconds: Option<f64>,
     pub spawn_time: f64,
     pub ready_time: Option<f64>,
-    /// Processes this slot has had (this one included).
-    pub spawns: u64,
-    /// Why the previous process of this slot went.
+    /// Processes started at its index (this one included).
+    pub processes_at_index: u64,
+    /// Why the previous process at its index went.
     pub last_restart_reason: Option<String>,
     /// Why it is draining or stopping.
     pub retiring_reason: Option<String>,
@@ -174,7 +174,8 @@ pub(crate) struct CurrentRequestStats {
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct RestartRecord {
     pub time: f64,
-    pub slot: u32,
+    /// The index of the worker that went.
+    pub index: u32,
     pub pid: u32,
     /// e.g. "max-requests (50 served)", "memory-limit (RSS 300MiB > 256MiB)",
     /// "request-timeout (GET /slow ran 30s)", "reload (configuration changed)",
@@ -206,7 +207,7 @@ pub(crate) struct ManagerView {
 /// A worker as its manager knows it.
 #[derive(Debug, Clone)]
 pub(crate) struct WorkerInfo {
-    pub slot: u32,
+    pub index: u32,
     pub pid: u32,
     pub key: WorkerKey,
     pub state: &'static str,
@@ -218,7 +219,8 @@ pub(crate) struct WorkerInfo {
     pub recycle_time: Option<f64>,
     pub recycle_pending: Option<String>,
     pub retiring_reason: Option<String>,
-    pub slot_spawns: u64,
+    /// Processes started at its index (this one included).
+    pub processes_at_index: u64,
     pub last_restart_reason: Option<String>,
     pub outdated: bool,
 }
@@ -249,7 +251,7 @@ pub(crate) fn pool_snapshot(pool: &PoolRuntime) -> PoolStats {
         }
         workers.push(WorkerStats {
             pid: w.pid,
-            slot: w.slot,
+            index: w.index,
             state,
             requests: served,
             busy_slots: busy,
@@ -269,7 +271,7 @@ pub(crate) fn pool_snapshot(pool: &PoolRuntime) -> PoolStats {
             cpu_seconds: w.cpu_seconds,
             spawn_time: w.spawn_time,
             ready_time: w.ready_time,
-            spawns: w.slot_spawns,
+            processes_at_index: w.processes_at_index,
             last_restart_reason: w.last_restart_reason.clone(),
             retiring_reason: w.retiring_reason.clone(),
             recycle_pending: w.recycle_pending.clone(),
@@ -278,7 +280,7 @@ pub(crate) fn pool_snapshot(pool: &PoolRuntime) -> PoolStats {
             outdated: w.outdated,
         });
     }
-    workers.sort_by_key(|w| (w.slot, w.spawn_time as u64));
+    workers.sort_by_key(|w| (w.index, w.spawn_time as u64));
     let c = dv.counters;
     PoolStats {
         instance: None,
@@ -331,6 +333,8 @@ struct BoardState {
 /// registry, registry.rs).
 pub(crate) struct Board {
     state: Mutex<BoardState>,
+    /// The pool templates and their live instances (supervise/instances.rs).
+    pub instances: super::instances::Instances,
     started: Instant,
     start_time: f64,
 }
@@ -339,6 +343,7 @@ impl Default for Board {
     fn default() -> Self {
         Self {
             state: Mutex::new(BoardState { pools: Vec::new(), reloads: 0, last_reload: None }),
+            instances: super::instances::Instances::default(),
             started: Instant::now(),
             start_time: unix_now(),
         }
@@ -359,7 +364,7 @@ impl Board {
     /// instances (the slowlog and the history sample them too).
     pub(crate) fn pools(&self) -> Vec<Arc<PoolRuntime>> {
         let mut all = self.with(|r| r.pools.clone());
-        all.extend(super::instances::live_pools());
+        all.extend(self.instances.live_pools());
         all
     }
 
@@ -392,7 +397,8 @@ impl Board {
                 .iter()
                 .map(|p| pool_snapshot(p))
                 .chain(
-                    super::instances::live()
+                    self.instances
+                        .live()
                         .into_iter()
                         .map(|(p, i)| PoolStats { instance: Some(i), ..pool_snapshot(&p) }),
                 )

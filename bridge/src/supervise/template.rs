@@ -4,11 +4,11 @@
 //! measurements in docs/preload.md.
 //!
 //! The template is the bridge's child; the workers it forks are the template's children.
-//! The template reaps them and reports each exit status on the control socket, so a slot
-//! waits for a forked worker as for any other (supervise/worker_child.rs). Workers carry a
+//! The template reaps them and reports each exit status on the control socket, so a worker's
+//! task waits for a forked worker as for any other (supervise/worker_child.rs). Workers carry a
 //! parent-death signal relative to the template, and the template one relative to the
 //! bridge: a dying bridge takes the template and its workers along, and a dying template
-//! takes its workers along (their slots see them exit and ask for new ones, which starts a
+//! takes its workers along (their tasks see them exit and ask for new ones, which starts a
 //! new template).
 use super::isolate::Prepared;
 use super::spawn::Spawned;
@@ -21,7 +21,7 @@ use std::os::unix::net::UnixListener;
 use std::path::Path;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
@@ -74,16 +74,23 @@ struct Template {
 
 /// A pool's template, started once by whichever worker needs it first.
 type TemplateCell = Arc<OnceCell<Arc<Template>>>;
-/// The template of every pool that has one running (or starting).
-static TEMPLATES: LazyLock<Mutex<HashMap<String, TemplateCell>>> = LazyLock::new(|| Mutex::new(HashMap::new()));
+/// The template of every pool that has one running (or starting); one per daemon, in its
+/// [`super::Spawner`].
+#[derive(Default)]
+pub(crate) struct Templates(Mutex<HashMap<String, TemplateCell>>);
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Start a worker of `pool` by forking its template (starting the template first if needed).
-pub(super) async fn spawn_forked(pool: &Pool, python_path: &Path, socket: &Path) -> Result<Spawned, TemplateError> {
-    let template = running_template(pool, python_path).await?;
+pub(super) async fn spawn_forked(
+    templates: &Templates,
+    pool: &Pool,
+    python_path: &Path,
+    socket: &Path,
+) -> Result<Spawned, TemplateError> {
+    let template = templates.running(pool, python_path).await?;
 
     let sock_err = |source| TemplateError::Socket { path: socket.display().to_string(), source };
     match std::fs::remove_file(socket) {
@@ -121,47 +128,49 @@ pub(super) async fn spawn_forked(pool: &Pool, python_path: &Path, socket: &Path)
     Ok(Spawned { child, pid, ready })
 }
 
-/// The pool's template, started (and waited for) when there is none.
-async fn running_template(pool: &Pool, python_path: &Path) -> Result<Arc<Template>, TemplateError> {
-    loop {
-        let cell = lock(&TEMPLATES).entry(pool.name.clone()).or_default().clone();
-        let result = cell.get_or_try_init(|| start_template(pool, python_path)).await;
-        match result {
-            Ok(t) if t.alive.load(Ordering::Acquire) && t.config == *pool => return Ok(t.clone()),
-            Ok(t) if t.alive.load(Ordering::Acquire) => {
-                // The pool was reloaded with other settings: fork from a new template. The old
-                // one lives on until its last worker exits (graceful restarts), see retire().
-                tracing::info!(pool = &*t.pool, pid = t.pid, "pool settings changed; retiring its template");
-                t.retire();
-                forget(&pool.name, &cell);
-            }
-            Ok(_) => {
-                // Died since: forget it (unless someone already did) and start another.
-                forget(&pool.name, &cell);
-            }
-            Err(e) => {
-                forget(&pool.name, &cell);
-                return Err(e);
+impl Templates {
+    /// The pool's template, started (and waited for) when there is none.
+    async fn running(&self, pool: &Pool, python_path: &Path) -> Result<Arc<Template>, TemplateError> {
+        loop {
+            let cell = lock(&self.0).entry(pool.name.clone()).or_default().clone();
+            let result = cell.get_or_try_init(|| start_template(pool, python_path)).await;
+            match result {
+                Ok(t) if t.alive.load(Ordering::Acquire) && t.config == *pool => return Ok(t.clone()),
+                Ok(t) if t.alive.load(Ordering::Acquire) => {
+                    // The pool was reloaded with other settings: fork from a new template. The old
+                    // one lives on until its last worker exits (graceful restarts), see retire().
+                    tracing::info!(pool = &*t.pool, pid = t.pid, "pool settings changed; retiring its template");
+                    t.retire();
+                    self.forget(&pool.name, &cell);
+                }
+                Ok(_) => {
+                    // Died since: forget it (unless someone already did) and start another.
+                    self.forget(&pool.name, &cell);
+                }
+                Err(e) => {
+                    self.forget(&pool.name, &cell);
+                    return Err(e);
+                }
             }
         }
     }
-}
 
-/// Retire the template of a pool that was removed, no longer preloads or is restarted
-/// (SIGUSR2): it forks no more and exits after its last worker, instead of idling until
-/// the bridge exits.
-pub(super) fn retire_pool(pool: &str) {
-    let cell = lock(&TEMPLATES).remove(pool);
-    if let Some(t) = cell.as_ref().and_then(|s| s.get()) {
-        tracing::info!(pool, pid = t.pid, "pool removed, no longer preloaded or restarted; retiring its template");
-        t.retire();
+    /// Retire the template of a pool that was removed, no longer preloads or is restarted
+    /// (SIGUSR2): it forks no more and exits after its last worker, instead of idling until
+    /// the bridge exits.
+    pub(super) fn retire_pool(&self, pool: &str) {
+        let cell = lock(&self.0).remove(pool);
+        if let Some(t) = cell.as_ref().and_then(|s| s.get()) {
+            tracing::info!(pool, pid = t.pid, "pool removed, no longer preloaded or restarted; retiring its template");
+            t.retire();
+        }
     }
-}
 
-fn forget(pool: &str, cell: &TemplateCell) {
-    let mut map = lock(&TEMPLATES);
-    if map.get(pool).is_some_and(|s| Arc::ptr_eq(s, cell)) {
-        map.remove(pool);
+    fn forget(&self, pool: &str, cell: &TemplateCell) {
+        let mut map = lock(&self.0);
+        if map.get(pool).is_some_and(|s| Arc::ptr_eq(s, cell)) {
+            map.remove(pool);
+        }
     }
 }
 
@@ -270,7 +279,7 @@ impl Template {
 
     fn mark_dead(&self) {
         self.alive.store(false, Ordering::Release);
-        // Dropping the senders tells every waiting slot that its worker is gone with the template.
+        // Dropping the senders tells every waiting worker task that its worker is gone with the template.
         lock(&self.exits).clear();
         lock(&self.pending).take();
     }

@@ -7,9 +7,9 @@
 //! pid that was already reaped and reused.
 use super::spawn::Spawned;
 use super::worker_child::WorkerChild;
-use super::WorkerHandle;
 use crate::backend::SlotConn;
 use crate::dispatch::{Dispatcher, WorkerKey};
+use crate::worker_handle::{WorkerCtl, WorkerHandle};
 use std::os::unix::process::ExitStatusExt;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -20,18 +20,6 @@ use tokio::sync::mpsc;
 const SILENT_READY_GRACE: Duration = Duration::from_secs(1);
 /// Time for a stack dump (SIGUSR2) to reach the log before the process is killed.
 pub(super) const DUMP_GRACE: Duration = Duration::from_millis(300);
-
-/// What the manager asks of a worker process.
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum WorkerCtl {
-    /// SIGUSR2: the native worker prints every thread's Python stack to stderr.
-    DumpStacks,
-    /// SIGTERM, then SIGKILL after `grace`.
-    Term {
-        grace: Duration,
-    },
-    Kill,
-}
 
 /// What happened to a worker, for the manager.
 #[derive(Debug)]
@@ -62,10 +50,12 @@ pub(super) struct WorkerTask {
     pub id: u64,
     pub pool: Arc<str>,
     pub config: Arc<crate::config::Pool>,
-    pub python_path: Arc<std::path::PathBuf>,
+    /// What the daemon's managers share to start workers.
+    pub spawner: Arc<super::Spawner>,
     pub socket: std::path::PathBuf,
     pub key: WorkerKey,
-    pub slot: u32,
+    /// Its number in the pool (the socket's and the log's `index`).
+    pub index: u32,
     /// Its max-requests threshold, jitter included (0: none), for the log.
     pub max_requests: u64,
     pub dispatcher: Arc<Dispatcher<SlotConn>>,
@@ -91,7 +81,7 @@ enum Readiness {
 pub(super) async fn run(t: WorkerTask, mut ctl: mpsc::UnboundedReceiver<WorkerCtl>) {
     let pool = t.pool.clone();
     let started = tokio::select! {
-        r = super::spawn::spawn_worker(&t.config, &t.python_path, &t.socket) => r,
+        r = super::spawn::spawn_worker(&t.config, &t.spawner, &t.socket) => r,
         _ = ctl.recv() => {
             let _ = t.events.send(Event::Failed { id: t.id, why: "stopped before it was started".into() });
             return;
@@ -119,13 +109,13 @@ pub(super) async fn run(t: WorkerTask, mut ctl: mpsc::UnboundedReceiver<WorkerCt
         tracing::info!(
             pool = &*pool,
             pid,
-            slot = t.slot,
+            index = t.index,
             generation = t.id,
             max_requests = t.max_requests,
             "worker started"
         );
     } else {
-        tracing::info!(pool = &*pool, pid, slot = t.slot, generation = t.id, "worker started");
+        tracing::info!(pool = &*pool, pid, index = t.index, generation = t.id, "worker started");
     }
     let _ = t.events.send(Event::Spawned { id: t.id, pid });
     let gate = Arc::new(LineGate::new(pool.clone(), pid));

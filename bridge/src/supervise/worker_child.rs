@@ -1,4 +1,4 @@
-//! A worker process as its slot sees it: either the bridge's own child (started with
+//! A worker process as its task (supervise/worker.rs) sees it: either the bridge's own child (started with
 //! exec), or a process forked from the pool's preloaded template (supervise/template.rs),
 //! which is the template's child — its exit status then arrives from the template.
 use nix::sys::signal::Signal;
@@ -140,7 +140,7 @@ fn pidfd_open(pid: u32) -> Option<OwnedFd> {
 }
 
 impl Drop for WorkerChild {
-    /// Like `kill_on_drop` for the bridge's own children: a slot that lets go of its worker
+    /// Like `kill_on_drop` for the bridge's own children: a task that lets go of its worker
     /// never leaves it running.
     fn drop(&mut self) {
         self.signal_kill();

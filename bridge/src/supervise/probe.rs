@@ -88,9 +88,7 @@ pub(crate) fn check_pools(pools: &[Pool]) -> Result<(), Refused> {
 pub(crate) fn probe(python: &Path, pool: &Pool) -> Result<Found, ProbeError> {
     let chroot = pool.isolation.chroot.as_deref();
     let (exe, workdir) = match chroot {
-        Some(root) => {
-            (crate::supervise::inside_chroot(root, python), crate::supervise::inside_chroot(root, &pool.chdir))
-        }
+        Some(root) => (super::inside_chroot(root, python), super::inside_chroot(root, &pool.chdir)),
         None => (python.to_path_buf(), pool.chdir.clone()),
     };
     let mut cmd = Command::new(&exe);
@@ -133,7 +131,7 @@ fn run_probe(mut cmd: Command, exe: &Path, timeout: Duration) -> Result<Found, P
                 return Err(std::io::Error::last_os_error());
             }
             // A reload signal sent to the whole service must not fail the probe.
-            crate::supervise::ignore_operator_signals()
+            super::ignore_operator_signals()
         });
     }
     let child = cmd.spawn().map_err(ProbeError::Spawn)?;
@@ -156,7 +154,7 @@ fn run_probe(mut cmd: Command, exe: &Path, timeout: Duration) -> Result<Found, P
             return if (major, minor) >= MIN_PYTHON { Ok(found) } else { Err(ProbeError::TooOld(found)) };
         }
     }
-    let how = crate::supervise::describe_exit(output.status);
+    let how = super::describe_exit(output.status);
     let stderr = String::from_utf8_lossy(&output.stderr);
     let said = stderr.lines().chain(stdout.lines()).map(str::trim).find(|l| !l.is_empty());
     let said = match said {

@@ -1,0 +1,65 @@
+//! A running worker process as the connections to it know it: its pool, pid and socket,
+//! whether it is alive, and the mailbox of the task that owns it. The supervisor makes
+//! these and the backend holds them; this module depends on neither, so that the two do
+//! not import each other.
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// What the manager asks of a worker process.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum WorkerCtl {
+    /// SIGUSR2: the native worker prints every thread's Python stack to stderr.
+    DumpStacks,
+    /// SIGTERM, then SIGKILL after `grace`.
+    Term {
+        grace: Duration,
+    },
+    Kill,
+}
+
+/// One running worker process, as the slots connected to it know it.
+#[derive(Debug)]
+pub(crate) struct WorkerHandle {
+    pub pool: Arc<str>,
+    pub pid: u32,
+    /// Its listening socket (fd 0 in the worker).
+    pub socket: PathBuf,
+    alive: AtomicBool,
+    /// To the task that owns the process (it alone signals it: no reused pid is hit).
+    ctl: mpsc::UnboundedSender<WorkerCtl>,
+}
+
+impl WorkerHandle {
+    /// A handle with nobody behind it (tests, fake workers): `kill` only marks it dead.
+    #[allow(dead_code)]
+    pub(crate) fn new(pool: Arc<str>, pid: u32, socket: PathBuf) -> Self {
+        Self::with_ctl(pool, pid, socket, mpsc::unbounded_channel().0)
+    }
+
+    /// A handle whose `kill` goes to the task that owns the process.
+    pub(crate) fn with_ctl(pool: Arc<str>, pid: u32, socket: PathBuf, ctl: mpsc::UnboundedSender<WorkerCtl>) -> Self {
+        Self { pool, pid, socket, alive: AtomicBool::new(true), ctl }
+    }
+
+    /// False once the worker was killed or found dead.
+    pub(crate) fn is_alive(&self) -> bool {
+        self.alive.load(Ordering::Acquire)
+    }
+
+    /// Take the worker as dead (its connections are not reused).
+    pub(crate) fn mark_dead(&self) {
+        self.alive.store(false, Ordering::Release);
+    }
+
+    /// SIGKILL a worker that no longer responds; its manager reaps and replaces it.
+    pub(crate) fn kill(&self) {
+        if !self.is_alive() {
+            return;
+        }
+        self.mark_dead();
+        let _ = self.ctl.send(WorkerCtl::Kill);
+    }
+}
