@@ -57,7 +57,9 @@ struct FrontConn {
     peer: String,
     reqs: Vec<(u16, Req)>,
     decoder: ServerConnection,
-    out_tx: mpsc::Sender<Out>,
+    /// The request tasks' way to this connection's writer, made at the first request: a
+    /// connection that never sends one holds no channel.
+    out: Option<(mpsc::Sender<Out>, mpsc::Receiver<Out>)>,
     /// Records for the web server; empty and unallocated while the connection is idle.
     wbuf: BytesMut,
     /// The last BEGIN_REQUEST asked to keep the connection.
@@ -96,7 +98,6 @@ where
     R: super::ReadHalf,
     W: super::WriteHalf,
 {
-    let (out_tx, mut out_rx) = mpsc::channel::<Out>(OUT_QUEUE);
     let mut stopping = ctx.stopping.clone();
     let mut watch_stop = true;
     // The web server shut down its sending side after complete requests: answer them, read no more.
@@ -109,7 +110,7 @@ where
         ctx,
         peer,
         reqs: Vec::new(),
-        out_tx,
+        out: None,
         wbuf: BytesMut::new(),
         keep_conn: true,
         pending: None,
@@ -154,10 +155,10 @@ where
         let header_deadline = conn.header_deadline().filter(|_| conn.pending.is_none());
         tokio::select! {
             biased;
-            msg = out_rx.recv() => {
+            msg = recv_out(&mut conn.out) => {
                 // Never None: `conn` holds a sender.
                 let Some(msg) = msg else { return };
-                match conn.write_out(msg, &mut out_rx) {
+                match conn.write_out(msg) {
                     WriteNext::Continue => {}
                     WriteNext::Close => {
                         let _ = wr.write_all(&conn.wbuf).await;
@@ -245,6 +246,13 @@ where
 /// version 0, which no FastCGI client accepts.
 const CUT_OFF_MARKER: [u8; 8] = [0, 6, 0, 0, 0, 0, 0, 0];
 
+async fn recv_out(out: &mut Option<(mpsc::Sender<Out>, mpsc::Receiver<Out>)>) -> Option<Out> {
+    match out {
+        Some((_, rx)) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
 async fn poll_inline(f: &mut Option<RequestFuture>) {
     match f {
         Some(f) => f.await,
@@ -266,11 +274,15 @@ enum WriteNext {
 
 impl FrontConn {
     /// The write buffer went out. While requests run it is kept for their next records;
-    /// once none does it is freed, so that a kept-alive connection waiting for its next
-    /// request holds no buffer (a large response's would otherwise stay until it closes).
+    /// once none does it is freed, with the response channel and the request list, so that
+    /// a kept-alive connection waiting for its next request holds none of them (a large
+    /// response's buffer would otherwise stay until the connection closes). Every request
+    /// that could still send has its entry in `reqs` until its END_REQUEST is written.
     fn written(&mut self) {
         if self.reqs.is_empty() {
             self.wbuf = BytesMut::new();
+            self.out = None;
+            self.reqs = Vec::new();
         } else {
             self.wbuf.clear();
         }
@@ -316,7 +328,7 @@ impl FrontConn {
     }
 
     /// Encode `first` and whatever else is already queued into the write buffer.
-    fn write_out(&mut self, first: Out, rx: &mut mpsc::Receiver<Out>) -> WriteNext {
+    fn write_out(&mut self, first: Out) -> WriteNext {
         let mut msg = first;
         loop {
             if !msg.data.is_empty() {
@@ -345,9 +357,9 @@ impl FrontConn {
             if self.wbuf.len() >= WRITE_BATCH {
                 return WriteNext::Continue;
             }
-            match rx.try_recv() {
-                Ok(m) => msg = m,
-                Err(_) => return WriteNext::Continue,
+            match self.out.as_mut().map(|(_, rx)| rx.try_recv()) {
+                Some(Ok(m)) => msg = m,
+                _ => return WriteNext::Continue,
             }
         }
     }
@@ -566,7 +578,7 @@ impl FrontConn {
             // A reload changed this listener: new requests follow its new routes.
             self.ctx = self.ctx.latest();
         }
-        let out_tx = self.out_tx.clone();
+        let out_tx = self.out.get_or_insert_with(|| mpsc::channel(OUT_QUEUE)).0.clone();
         let ctx = self.ctx.clone();
         let Some(req) = self.find(id) else { return };
         let Req::Starting { role, params, prefix, body_done, .. } = req else { return };
