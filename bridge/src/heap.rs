@@ -5,14 +5,19 @@
 //! freed below one still in use stay resident, so the daemon's RSS would stay near its
 //! peak for good. Once a second [`trim_task`] compares the daemon's anonymous resident
 //! memory with what malloc has in use; when the difference — resident but free — has grown
-//! by [`SLACK`] since the last trim, `malloc_trim(0)` hands those pages back.
+//! by [`SLACK`] since the last trim, or by [`QUIET_SLACK`] and has stopped changing (the
+//! daemon is quiet again), `malloc_trim(0)` hands those pages back.
 //! With another C library this does nothing.
 use std::time::Duration;
 
 /// How often the heap is looked at: the manager's round already wakes the daemon as often.
 const CHECK_EVERY: Duration = Duration::from_secs(1);
-/// Free resident memory worth a trim (and the growth of it that is worth another).
+/// Growth of the free resident memory worth a trim at once, also under load.
 const SLACK: u64 = 4 << 20;
+/// Growth worth a trim once it holds still between two looks: after a burst, not during one.
+const QUIET_SLACK: u64 = 1 << 20;
+/// Less change than this between two looks is holding still.
+const QUIET_DELTA: u64 = 128 << 10;
 
 /// Trim the heap whenever enough of it is resident but free; runs until the runtime ends.
 pub(crate) async fn trim_task() {
@@ -40,6 +45,8 @@ struct Trimmer {
     /// The slack a trim could not give back (pages partly in use): only growth beyond it
     /// calls for another trim, so a fragmented heap is not trimmed in vain every second.
     floor: u64,
+    /// The slack at the previous look.
+    last: Option<u64>,
 }
 
 impl Trimmer {
@@ -47,12 +54,15 @@ impl Trimmer {
     fn due(&mut self, slack: u64) -> bool {
         // What was left has since been reused: measure growth from here.
         self.floor = self.floor.min(slack);
-        slack >= self.floor + SLACK
+        let quiet = self.last.is_some_and(|last| last.abs_diff(slack) < QUIET_DELTA);
+        self.last = Some(slack);
+        slack >= self.floor + SLACK || (quiet && slack >= self.floor + QUIET_SLACK)
     }
 
     /// A trim left `after` bytes of slack.
     fn trimmed(&mut self, after: u64) {
         self.floor = after;
+        self.last = Some(after);
     }
 }
 
@@ -101,7 +111,7 @@ mod tests {
     #[test]
     fn trims_when_free_memory_grew_and_not_again_in_vain() {
         let mut t = Trimmer::default();
-        assert!(!t.due(1 << 20));
+        assert!(!t.due(1 << 19));
         assert!(t.due(40 << 20));
         // The trim left 6 MiB it could not give back: no trim every second for those.
         t.trimmed(6 << 20);
@@ -112,5 +122,20 @@ mod tests {
         t.trimmed(6 << 20);
         assert!(!t.due(2 << 20));
         assert!(t.due(6 << 20));
+    }
+
+    #[test]
+    fn a_smaller_growth_is_trimmed_once_it_holds_still() {
+        let mut t = Trimmer::default();
+        t.trimmed(1 << 20);
+        // 2 MiB more, still moving (a burst going on): not yet.
+        assert!(!t.due(3 << 20));
+        assert!(!t.due(4 << 20));
+        // The same a second later: the burst is over.
+        assert!(t.due(4 << 20));
+        t.trimmed(1 << 20);
+        // Holding still, but less than QUIET_SLACK above what a trim leaves: nothing to gain.
+        assert!(!t.due((1 << 20) + (512 << 10)));
+        assert!(!t.due((1 << 20) + (512 << 10)));
     }
 }
