@@ -172,6 +172,7 @@ async fn run(
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     crate::status::slowlog::spawn(registry.clone());
     tokio::spawn(logging::ratelimit::flusher());
+    tokio::spawn(crate::heap::trim_task());
     let status_file = status_bound.as_ref().and_then(|(b, _)| b.socket_file());
     if let Some((b, path)) = status_bound {
         tracing::info!(address = %config.global.status.as_ref().map(|s| crate::status::describe(&s.address)).unwrap_or_default(), path = %path, "status listener");

@@ -12,6 +12,7 @@ mod control;
 pub mod daemon;
 mod dispatch;
 mod flow;
+mod heap;
 mod listen;
 mod logging;
 mod notify;

@@ -23,7 +23,7 @@ use fastcgi_server::server::{self, ServerConnection, ServerEvent};
 use fastcgi_server::{Params, ProtocolStatus, Role};
 use std::future::Future;
 use std::sync::Arc;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
@@ -51,23 +51,27 @@ enum Req {
     Running { body: Option<mpsc::Sender<Bytes>>, abort: Option<oneshot::Sender<()>> },
 }
 
-struct Conn {
+/// The state of one web-server connection: its decoder, its requests and its write buffer.
+struct FrontConn {
     ctx: Arc<ListenerCtx>,
     peer: String,
     reqs: Vec<(u16, Req)>,
     decoder: ServerConnection,
-    out_tx: mpsc::Sender<Out>,
+    /// The request tasks' way to this connection's writer, made at the first request: a
+    /// connection that never sends one holds no channel.
+    out: Option<(mpsc::Sender<Out>, mpsc::Receiver<Out>)>,
+    /// Records for the web server; empty and unallocated while the connection is idle.
     wbuf: BytesMut,
     /// The last BEGIN_REQUEST asked to keep the connection.
     keep_conn: bool,
     /// A body chunk waiting for room in its request's channel.
     pending: Option<(mpsc::Sender<Bytes>, Bytes)>,
-    /// One request is polled inside this connection's own task (see [`Conn::launch`]).
+    /// One request is polled inside this connection's own task (see [`FrontConn::launch`]).
     inline: Option<RequestFuture>,
     /// When the bytes of a record arrived on a connection with no request, for
     /// `header-timeout`: the request they begin inherits it.
     idle_since: Option<Instant>,
-    /// The last [`Conn::process`] consumed received bytes.
+    /// The last [`FrontConn::process`] consumed received bytes.
     consumed: bool,
     /// Unfinished headers held against the daemon's `header-memory`.
     charge: HeaderCharge,
@@ -75,7 +79,7 @@ struct Conn {
 
 type RequestFuture = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
 
-impl Drop for Conn {
+impl Drop for FrontConn {
     fn drop(&mut self) {
         // The connection is going away with a request still running in it: let that
         // request finish on its own task, so it aborts its worker properly and hands the
@@ -91,15 +95,14 @@ impl Drop for Conn {
 /// Serve one FastCGI connection until the web server closes it.
 pub(crate) async fn serve_connection<R, W>(mut rd: R, mut wr: W, ctx: Arc<ListenerCtx>, peer: String, sock: super::Sock)
 where
-    R: AsyncRead + Unpin + Send + 'static,
+    R: super::ReadHalf,
     W: super::WriteHalf,
 {
-    let (out_tx, mut out_rx) = mpsc::channel::<Out>(OUT_QUEUE);
     let mut stopping = ctx.stopping.clone();
     let mut watch_stop = true;
     // The web server shut down its sending side after complete requests: answer them, read no more.
     let mut eof = false;
-    let mut conn = Conn {
+    let mut conn = FrontConn {
         decoder: ServerConnection::new(ctx.limits.clone()),
         charge: HeaderCharge::new(ctx.registry.header_budget.clone()),
         idle_since: None,
@@ -107,8 +110,8 @@ where
         ctx,
         peer,
         reqs: Vec::new(),
-        out_tx,
-        wbuf: BytesMut::with_capacity(8192),
+        out: None,
+        wbuf: BytesMut::new(),
         keep_conn: true,
         pending: None,
         inline: None,
@@ -137,7 +140,7 @@ where
             if wr.write_all(&conn.wbuf).await.is_err() {
                 return;
             }
-            conn.wbuf.clear();
+            conn.written();
             if !conn.keep_conn && conn.reqs.is_empty() {
                 break;
             }
@@ -152,10 +155,10 @@ where
         let header_deadline = conn.header_deadline().filter(|_| conn.pending.is_none());
         tokio::select! {
             biased;
-            msg = out_rx.recv() => {
+            msg = recv_out(&mut conn.out) => {
                 // Never None: `conn` holds a sender.
                 let Some(msg) = msg else { return };
-                match conn.write_out(msg, &mut out_rx) {
+                match conn.write_out(msg) {
                     WriteNext::Continue => {}
                     WriteNext::Close => {
                         let _ = wr.write_all(&conn.wbuf).await;
@@ -180,7 +183,7 @@ where
                 if wr.write_all(&conn.wbuf).await.is_err() {
                     return;
                 }
-                conn.wbuf.clear();
+                conn.written();
                 if !conn.keep_conn && conn.reqs.is_empty() {
                     break;
                 }
@@ -213,7 +216,7 @@ where
                     break;
                 }
             }
-            n = rd.read_buf(reserve_buf(conn.decoder.buffer_mut())), if conn.pending.is_none() && !eof => {
+            n = super::read_some(&rd, conn.decoder.buffer_mut()), if conn.pending.is_none() && !eof => {
                 match n {
                     Ok(0) if conn.answer_after_eof(sock) => {
                         tracing::debug!(listener = %conn.ctx.name, peer = %conn.peer, "the web server shut down its sending side after complete requests; answering them");
@@ -243,11 +246,11 @@ where
 /// version 0, which no FastCGI client accepts.
 const CUT_OFF_MARKER: [u8; 8] = [0, 6, 0, 0, 0, 0, 0, 0];
 
-fn reserve_buf(b: &mut BytesMut) -> &mut BytesMut {
-    if b.capacity() - b.len() < 4096 {
-        b.reserve(16 << 10);
+async fn recv_out(out: &mut Option<(mpsc::Sender<Out>, mpsc::Receiver<Out>)>) -> Option<Out> {
+    match out {
+        Some((_, rx)) => rx.recv().await,
+        None => std::future::pending().await,
     }
-    b
 }
 
 async fn poll_inline(f: &mut Option<RequestFuture>) {
@@ -269,7 +272,22 @@ enum WriteNext {
     Close,
 }
 
-impl Conn {
+impl FrontConn {
+    /// The write buffer went out. While requests run it is kept for their next records;
+    /// once none does it is freed, with the response channel and the request list, so that
+    /// a kept-alive connection waiting for its next request holds none of them (a large
+    /// response's buffer would otherwise stay until the connection closes). Every request
+    /// that could still send has its entry in `reqs` until its END_REQUEST is written.
+    fn written(&mut self) {
+        if self.reqs.is_empty() {
+            self.wbuf = BytesMut::new();
+            self.out = None;
+            self.reqs = Vec::new();
+        } else {
+            self.wbuf.clear();
+        }
+    }
+
     fn find(&mut self, id: u16) -> Option<&mut Req> {
         self.reqs.iter_mut().find(|(i, _)| *i == id).map(|(_, r)| r)
     }
@@ -310,7 +328,7 @@ impl Conn {
     }
 
     /// Encode `first` and whatever else is already queued into the write buffer.
-    fn write_out(&mut self, first: Out, rx: &mut mpsc::Receiver<Out>) -> WriteNext {
+    fn write_out(&mut self, first: Out) -> WriteNext {
         let mut msg = first;
         loop {
             if !msg.data.is_empty() {
@@ -339,9 +357,9 @@ impl Conn {
             if self.wbuf.len() >= WRITE_BATCH {
                 return WriteNext::Continue;
             }
-            match rx.try_recv() {
-                Ok(m) => msg = m,
-                Err(_) => return WriteNext::Continue,
+            match self.out.as_mut().map(|(_, rx)| rx.try_recv()) {
+                Some(Ok(m)) => msg = m,
+                _ => return WriteNext::Continue,
             }
         }
     }
@@ -560,7 +578,7 @@ impl Conn {
             // A reload changed this listener: new requests follow its new routes.
             self.ctx = self.ctx.latest();
         }
-        let out_tx = self.out_tx.clone();
+        let out_tx = self.out.get_or_insert_with(|| mpsc::channel(OUT_QUEUE)).0.clone();
         let ctx = self.ctx.clone();
         let Some(req) = self.find(id) else { return };
         let Req::Starting { role, params, prefix, body_done, .. } = req else { return };

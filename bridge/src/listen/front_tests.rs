@@ -333,3 +333,18 @@ async fn a_slot_whose_worker_is_gone_is_skipped_not_502() {
     let (text, _) = f.response(1).await.expect("response");
     assert!(text.ends_with("hello /retried 2"), "{text}");
 }
+
+/// A connection's task holds its future from accept to close, also while idle: no buffer
+/// may sit in it (an 8 KiB one inline made a thousand idle connections cost 9 MB).
+#[tokio::test]
+async fn connection_futures_stay_small() {
+    let (ctx, (_ours, theirs)) = setup_ctx(1).await;
+    let sock = Sock { fd: std::os::fd::AsRawFd::as_raw_fd(&theirs), tcp: false };
+    let (r, w) = theirs.into_split();
+    let fcgi = fastcgi::serve_connection(r, w, ctx.clone(), "test-peer".to_owned(), sock);
+    assert!(std::mem::size_of_val(&fcgi) <= 2048, "FastCGI connection future: {} bytes", std::mem::size_of_val(&fcgi));
+    let (_ours, theirs) = UnixStream::pair().expect("socketpair");
+    let (r, w) = theirs.into_split();
+    let scgi = scgi::serve_connection(r, w, ctx, "test-peer".to_owned(), sock);
+    assert!(std::mem::size_of_val(&scgi) <= 2048, "SCGI connection future: {} bytes", std::mem::size_of_val(&scgi));
+}

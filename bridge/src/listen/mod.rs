@@ -363,7 +363,7 @@ async fn accept_loop(bound: Bound, mut ctx: Arc<ListenerCtx>, mut stop: watch::R
     }
 }
 
-fn spawn_conn<R, W: WriteHalf>(
+fn spawn_conn<R: ReadHalf, W: WriteHalf>(
     protocol: Protocol,
     r: R,
     w: W,
@@ -371,9 +371,7 @@ fn spawn_conn<R, W: WriteHalf>(
     peer: String,
     guard: ConnGuard,
     sock: Sock,
-) where
-    R: tokio::io::AsyncRead + Unpin + Send + 'static,
-{
+) {
     tokio::spawn(async move {
         match protocol {
             Protocol::FastCgi => fastcgi::serve_connection(r, w, ctx, peer, sock).await,
@@ -406,15 +404,73 @@ where
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let _ = wr.shutdown().await;
     let drain = async {
-        let mut buf = [0u8; 8192];
+        // On the heap, and only now: a buffer in the future itself would be part of every
+        // connection's task, also of the idle ones that never get here.
+        let mut buf = bytes::BytesMut::with_capacity(LINGER_READ);
         loop {
-            match rd.read(&mut buf).await {
+            buf.clear();
+            match rd.read_buf(&mut buf).await {
                 Ok(0) | Err(_) => return,
                 Ok(_) => {}
             }
         }
     };
     let _ = tokio::time::timeout(LINGER, drain).await;
+}
+
+/// The read half of an accepted connection: tokio's readiness API, so that a connection
+/// waits for bytes without holding a buffer to read them into.
+pub(crate) trait ReadHalf: tokio::io::AsyncRead + Unpin + Send + Sync + 'static {
+    /// Wait until the socket is (probably) readable.
+    fn readable(&self) -> impl std::future::Future<Output = std::io::Result<()>> + Send;
+    /// Read what the socket has without waiting (`WouldBlock` when it has nothing).
+    fn try_read_buf(&self, buf: &mut bytes::BytesMut) -> std::io::Result<usize>;
+}
+
+impl ReadHalf for tokio::net::tcp::OwnedReadHalf {
+    fn readable(&self) -> impl std::future::Future<Output = std::io::Result<()>> + Send {
+        Self::readable(self)
+    }
+    fn try_read_buf(&self, buf: &mut bytes::BytesMut) -> std::io::Result<usize> {
+        Self::try_read_buf(self, buf)
+    }
+}
+
+impl ReadHalf for tokio::net::unix::OwnedReadHalf {
+    fn readable(&self) -> impl std::future::Future<Output = std::io::Result<()>> + Send {
+        Self::readable(self)
+    }
+    fn try_read_buf(&self, buf: &mut bytes::BytesMut) -> std::io::Result<usize> {
+        Self::try_read_buf(self, buf)
+    }
+}
+
+/// Room made in a receive buffer before a read: most requests' headers and small bodies
+/// arrive in one read.
+const READ_CHUNK: usize = 16 << 10;
+/// Below this much room, the next read gets a fresh [`READ_CHUNK`].
+const READ_MIN_ROOM: usize = 4096;
+/// The buffer [`lingering_close`] discards into.
+const LINGER_READ: usize = 8192;
+
+/// Read from `rd` into `buf`. An empty buffer is freed before waiting and the room is
+/// made only once the socket is readable: an idle connection (a kept-alive one between
+/// requests, one that has sent nothing yet) then holds no receive buffer, which is most of
+/// what a thousand of them would cost. When bytes are waiting already this is one read.
+pub(crate) async fn read_some<R: ReadHalf>(rd: &R, buf: &mut bytes::BytesMut) -> std::io::Result<usize> {
+    loop {
+        if buf.is_empty() && buf.capacity() > 0 {
+            *buf = bytes::BytesMut::new();
+        }
+        rd.readable().await?;
+        if buf.capacity() - buf.len() < READ_MIN_ROOM {
+            buf.reserve(READ_CHUNK);
+        }
+        match rd.try_read_buf(buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            r => return r,
+        }
+    }
 }
 
 /// The write half of an accepted connection.

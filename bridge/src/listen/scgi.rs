@@ -24,7 +24,7 @@ enum HeadError {
 /// Serve one SCGI connection.
 pub(crate) async fn serve_connection<R, W>(mut rd: R, wr: W, ctx: Arc<ListenerCtx>, peer: String, sock: super::Sock)
 where
-    R: AsyncRead + Unpin + Send + 'static,
+    R: super::ReadHalf,
     W: super::WriteHalf,
 {
     let mut decoder = ScgiDecoder::new(ctx.limits.clone());
@@ -41,9 +41,7 @@ where
                 Err(e) => return Err(HeadError::Protocol(e.to_string())),
             }
             charge.set(decoder.buffer_mut().len()).map_err(HeadError::Budget)?;
-            let buf = decoder.buffer_mut();
-            buf.reserve(8192);
-            match rd.read_buf(buf).await {
+            match super::read_some(&rd, decoder.buffer_mut()).await {
                 Ok(0) => {
                     let got = decoder.buffer_mut().len();
                     if got > 0 {
@@ -96,7 +94,9 @@ where
     drop(charge);
     let mut source = ScgiBody { decoder, rd, ended: false, listener: ctx.name.clone(), peer, sock };
     let mut sink = ScgiSink { wr, cut_off: false };
-    serve(&ctx, params, Role::Responder, &mut source, &mut sink).await;
+    // Boxed: inline, the request's future would size every connection's task, also while
+    // it only waits for its headers.
+    Box::pin(serve(&ctx, params, Role::Responder, &mut source, &mut sink)).await;
     if sink.cut_off {
         // SCGI has no end marker: only a reset tells the web server the response failed.
         // (Over a unix socket there is no reset; the web server sees a short response.)
