@@ -2,6 +2,7 @@
 //!
 //! A [`SlotConn`] is taken from the pool's dispatcher for one request and returned at
 //! END_REQUEST. [`exchange`] runs that request over it.
+pub(crate) mod claim;
 pub(crate) mod exchange;
 
 use crate::dispatch::{Canceller, SlotKey};
@@ -28,6 +29,11 @@ pub(crate) struct SlotConn {
     timed_out: Arc<AtomicBool>,
     /// A canceller for a fresh connection, handed to the dispatcher at the next release.
     new_canceller: Option<Canceller>,
+    /// The FastCGI request id of the connection's current request (1 or 2: a request
+    /// piped behind it takes the other, exchange.rs).
+    req_id: u16,
+    /// The id the request piped behind the current one was written with.
+    piped_id: u16,
 }
 
 impl SlotConn {
@@ -45,6 +51,8 @@ impl SlotConn {
             key: SlotKey::NONE,
             timed_out,
             new_canceller: None,
+            req_id: 1,
+            piped_id: 2,
         };
         Ok((slot, canceller))
     }
@@ -77,6 +85,7 @@ impl SlotConn {
         let Ok((flag, canceller)) = canceller_for(&fresh) else { return false };
         self.stream = fresh;
         self.decoder = new_decoder();
+        self.req_id = 1;
         self.timed_out = flag;
         self.new_canceller = Some(canceller);
         true

@@ -39,6 +39,8 @@ pub(crate) struct WorkerHandle {
     alive: AtomicBool,
     /// To the task that owns the process (it alone signals it: no reused pid is hit).
     ctl: mpsc::UnboundedSender<WorkerCtl>,
+    /// The page deciding piped requests (backend/claim.rs); None: nothing is piped to it.
+    pub claims: Option<Arc<crate::backend::claim::ClaimPage>>,
 }
 
 impl WorkerHandle {
@@ -49,7 +51,13 @@ impl WorkerHandle {
     }
 
     pub(crate) fn with_ctl(pool: Arc<str>, pid: u32, socket: PathBuf, ctl: mpsc::UnboundedSender<WorkerCtl>) -> Self {
-        Self { pool, pid, socket, alive: AtomicBool::new(true), ctl }
+        Self { pool, pid, socket, alive: AtomicBool::new(true), ctl, claims: None }
+    }
+
+    /// The same, with the claim page the worker inherited.
+    pub(crate) fn with_claims(mut self, claims: Option<Arc<crate::backend::claim::ClaimPage>>) -> Self {
+        self.claims = claims;
+        self
     }
 
     pub(crate) fn is_alive(&self) -> bool {
