@@ -397,11 +397,14 @@ impl Conn {
             self.queued = None;
             self.end_id(id, 0, ProtocolStatus::CantMpxConn);
         }
+        self.settle();
     }
 
     fn on_event(&mut self, ev: ServerEvent) {
         match ev {
             ServerEvent::BeginRequest { id, role, keep_conn } => {
+                // A queued request comes before any that begins after it.
+                self.settle();
                 if self.by_id(id).is_some() {
                     eprintln!("fcgibridge worker: request id {id} began twice, closing the connection");
                     self.rd_eof = true;
@@ -477,7 +480,7 @@ impl Conn {
     pub(crate) fn wait_request(&mut self) -> bool {
         loop {
             self.process();
-            self.promote();
+            self.settle();
             if let Some(r) = &self.req {
                 if r.aborted {
                     // Aborted before the app was called: nothing to run.
@@ -488,19 +491,7 @@ impl Conn {
                     continue;
                 }
                 if r.params.is_some() {
-                    match r.claim {
-                        Some(claim) if self.rd_eof || !claim.start() => {
-                            // The bridge took it back and sent it elsewhere (or left: it
-                            // withdraws before closing): never answered; the decoder skips
-                            // whatever of it is still to come.
-                            let id = r.id;
-                            self.req = None;
-                            self.current.store(0, Ordering::Release);
-                            self.dec.end_request(id);
-                            continue;
-                        }
-                        _ => return true,
-                    }
+                    return true;
                 }
             }
             self.flush();
@@ -520,13 +511,28 @@ impl Conn {
         }
     }
 
-    /// The queued request becomes the current one once the current one has ended.
-    fn promote(&mut self) {
-        if self.req.is_none() {
-            if let Some(q) = self.queued.take() {
+    /// The queued request becomes the current one once the current one has ended, and a
+    /// current request the bridge piped is claimed as soon as its PARAMS are here — before
+    /// any later record is looked at, so that ids and order stay the bridge's. One the
+    /// bridge took back (or left: it withdraws before closing) is dropped unanswered; the
+    /// decoder skips whatever of it is still to come.
+    fn settle(&mut self) {
+        loop {
+            if self.req.is_none() {
+                let Some(q) = self.queued.take() else { return };
                 self.current.store(q.serial, Ordering::Release);
                 self.req = Some(q);
             }
+            let Some(r) = self.req.as_mut() else { return };
+            let Some(claim) = r.claim.filter(|_| r.params.is_some()) else { return };
+            r.claim = None;
+            if !self.rd_eof && claim.start() {
+                return;
+            }
+            let id = r.id;
+            self.req = None;
+            self.current.store(0, Ordering::Release);
+            self.dec.end_request(id);
         }
     }
 
@@ -876,6 +882,7 @@ impl Conn {
             return false;
         };
         self.end_id(r.id, status, ProtocolStatus::RequestComplete);
+        self.settle();
         keep && !self.rd_eof && self.usable()
     }
 }
