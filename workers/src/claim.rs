@@ -1,4 +1,4 @@
-//! The claim page: one atomic word per connection, shared with the bridge, that decides
+//! The claim page: one atomic word per connection and request id, shared with the bridge, that decides
 //! whether a request the bridge piped behind the current one is run here or taken back.
 //!
 //! The bridge writes `tag << 2 | QUEUED` into the connection's cell before it writes the

@@ -1,4 +1,4 @@
-//! The claim page shared with one worker process: one atomic word per worker connection
+//! The claim page shared with one worker process: one atomic word per worker connection and request id
 //! that decides, without a message, whether a request piped behind the current one
 //! (dispatch/mod.rs) is run by the worker or taken back by the bridge.
 //!

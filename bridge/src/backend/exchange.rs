@@ -318,8 +318,11 @@ fn prepare<S: BodySource>(
     let (Some(d), Some(page), true) = (pipe, slot.worker.claims.as_ref(), body_done) else {
         return (body_done, None, start);
     };
-    let Some((kept, cell, tag)) = d.pipe_onto(slot.key, page) else { return (body_done, None, start) };
     let other = 3 - slot.req_id;
+    // A cell per connection and request id: the request handed over a moment ago may not
+    // be claimed yet when the next one is piped behind it.
+    let cell = slot.key.conn * 2 + u32::from(other - 1);
+    let Some((kept, tag)) = d.pipe_onto(slot.key, page, cell) else { return (body_done, None, start) };
     slot.wbuf.extend_from_slice(&kept);
     retarget(&mut slot.wbuf[start..], other, Some((cell, tag)));
     slot.piped_id = other;
@@ -340,13 +343,15 @@ pub(crate) async fn exchange<S: BodySource, K: ResponseSink>(
     let timed_out = slot.timed_out.clone();
     let (body_done, piped, own_len) = prepare(slot, info, params, source, first, pipe);
     let id = slot.req_id;
+    let slot_conn = slot.key.conn;
+    tracing::debug!(request_id = info.id, id, conn = slot_conn, ?first, "exchange");
     let SlotConn { worker, stream, decoder, wbuf, .. } = slot;
     let worker = &**worker;
     let pid = worker.pid;
     let pool = &*worker.pool;
     let mut st = RespState::new(params.get(b"REQUEST_METHOD") == Some(b"HEAD"));
     if piped.is_some() {
-        tracing::debug!(pool, pid, request_id = info.id, "a waiting request was piped behind this one");
+        tracing::debug!(pool, pid, request_id = info.id, id, claim = ?piped, conn = slot_conn, "a waiting request was piped behind this one");
     }
 
     if let Err(e) = stream.write_all(wbuf).await {

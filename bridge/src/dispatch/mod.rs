@@ -213,13 +213,14 @@ struct Waiter<S> {
 struct Piped<S> {
     key: SlotKey,
     waiter: Waiter<S>,
+    cell: u32,
     tag: u32,
     page: Arc<ClaimPage>,
 }
 
 impl<S> Piped<S> {
     fn withdraw(&self) -> bool {
-        self.page.withdraw(self.key.conn, self.tag)
+        self.page.withdraw(self.cell, self.tag)
     }
 }
 
@@ -497,13 +498,14 @@ impl<S: Slot> Dispatcher<S> {
     }
 
     /// Pipe the oldest waiting request whose first write holds the whole request onto
-    /// `key`'s connection, whose current request has been sent whole. Returns that first
-    /// write and the claim (cell, tag) to put in it; the caller writes it now. Never onto
-    /// a draining worker or one that its max-requests would stop before the piped request.
-    pub(crate) fn pipe_onto(&self, key: SlotKey, page: &Arc<ClaimPage>) -> Option<(Bytes, u32, u32)> {
+    /// `key`'s connection, whose current request has been sent whole, under claim `cell`.
+    /// Returns that first write and the claim's tag to put in it; the caller writes it
+    /// now. Never onto a draining worker or one that its max-requests would stop before
+    /// the piped request.
+    pub(crate) fn pipe_onto(&self, key: SlotKey, page: &Arc<ClaimPage>, cell: u32) -> Option<(Bytes, u32)> {
         let mut inner = self.lock();
         let inner = &mut *inner;
-        if key.conn >= claim::CELLS || inner.waiters.is_empty() || inner.piped.iter().any(|p| p.key == key) {
+        if cell >= claim::CELLS || inner.waiters.is_empty() || inner.piped.iter().any(|p| p.key == key) {
             return None;
         }
         let (w, _) = conn_mut(&mut inner.workers, key)?;
@@ -514,10 +516,10 @@ impl<S: Slot> Dispatcher<S> {
         let waiter = inner.waiters.remove(i)?;
         let first = waiter.kept.clone()?;
         let tag = claim::next_tag(&mut inner.tag);
-        page.queue(key.conn, tag);
-        inner.piped.push(Piped { key, waiter, tag, page: page.clone() });
+        page.queue(cell, tag);
+        inner.piped.push(Piped { key, waiter, cell, tag, page: page.clone() });
         inner.counters.piped += 1;
-        Some((first, key.conn, tag))
+        Some((first, tag))
     }
 
     /// The request piped onto `key`'s connection, whose current request failed or was cut
@@ -844,13 +846,13 @@ impl<S: Slot> Inner<S> {
     /// is gone; the slot comes back with whether its piped request was withdrawn.
     fn hand_over(&mut self, slot: S, p: Piped<S>) -> Result<(), (S, bool)> {
         let key = slot.key();
-        let Piped { waiter, tag, page, .. } = p;
+        let Piped { waiter, cell, tag, page, .. } = p;
         self.mark_busy(key, &waiter.label);
-        match waiter.tx.send(Grant::Slot(Granted { slot, sent: Some((key.conn, tag)) })) {
+        match waiter.tx.send(Grant::Slot(Granted { slot, sent: Some((cell, tag)) })) {
             Ok(()) => Ok(()),
             Err(Grant::Slot(g)) => {
                 self.mark_free(key);
-                Err((g.slot, page.withdraw(key.conn, tag)))
+                Err((g.slot, page.withdraw(cell, tag)))
             }
             Err(Grant::Lost) => unreachable!("a slot was sent"),
         }
