@@ -116,6 +116,11 @@ enum Grant<S> {
 /// behind it is taken back for a slot that frees up: a fast request is not worth a
 /// withdraw and a resend; a slow one must not hold the piped one hostage.
 pub(crate) const TAKE_BACK_AFTER: Duration = Duration::from_millis(3);
+/// The same when no slot is free but one is handed to the request piped onto it: a
+/// request piped behind one that has run this long goes back to the front of the queue,
+/// to be piped behind the request just handed over. Longer than [`TAKE_BACK_AFTER`]: it
+/// trades one wait for another, so only a clearly slow request is undercut.
+pub(crate) const TAKE_BACK_BEHIND_BUSY: Duration = Duration::from_millis(50);
 
 /// What the status page shows of a request in progress; also its place in the log.
 pub(crate) struct Ticket<'a> {
@@ -572,7 +577,10 @@ impl<S: Slot> Dispatcher<S> {
                     let _ = p.waiter.tx.send(Grant::Lost);
                 }
                 _ => match inner.hand_over(slot, p) {
-                    Ok(()) => return,
+                    Ok(()) => {
+                        inner.requeue_slow_piped(key);
+                        return;
+                    }
                     // Its request is gone: the slot is free if the worker never started it.
                     Err((back, true)) => slot = back,
                     Err((back, false)) => {
@@ -916,6 +924,34 @@ impl<S: Slot> Inner<S> {
                 Some(g.slot)
             }
             Err(Grant::Lost) => unreachable!("a slot was sent"),
+        }
+    }
+
+    /// After a hand-over on `handed`: requests piped behind a request that has run
+    /// [`TAKE_BACK_BEHIND_BUSY`] or longer elsewhere go back to the front of the queue (in
+    /// their order), when the worker has not started them.
+    fn requeue_slow_piped(&mut self, handed: SlotKey) {
+        if self.piped.len() < 2 {
+            return;
+        }
+        let now = Instant::now();
+        let mut i = 0;
+        let mut back = Vec::new();
+        while i < self.piped.len() {
+            let p = &self.piped[i];
+            let slow = p.key != handed
+                && conn_mut(&mut self.workers, p.key)
+                    .is_some_and(|(_, c)| now.saturating_duration_since(c.since) >= TAKE_BACK_BEHIND_BUSY);
+            if slow && p.withdraw() {
+                back.push(self.piped.swap_remove(i));
+            } else {
+                i += 1;
+            }
+        }
+        back.sort_by_key(|p| std::cmp::Reverse(p.waiter.label.started));
+        for p in back {
+            self.counters.withdrawn += 1;
+            self.waiters.push_front(p.waiter);
         }
     }
 
