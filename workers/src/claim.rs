@@ -51,6 +51,25 @@ pub(crate) fn init() {
     });
 }
 
+/// A page in this process's memory instead of the bridge's (unit tests of conn.rs).
+#[cfg(test)]
+pub(crate) fn test_cells() -> &'static [AtomicU32] {
+    let page = PAGE.get_or_init(|| {
+        let cells: Vec<AtomicU32> = (0..PAGE_BYTES / 4).map(|_| AtomicU32::new(0)).collect();
+        Some(Page(Box::leak(cells.into_boxed_slice())))
+    });
+    match page {
+        Some(p) => p.0,
+        None => &[],
+    }
+}
+
+/// What the bridge writes before it pipes a request (tests).
+#[cfg(test)]
+pub(crate) fn queued(tag: u32) -> u32 {
+    (tag << 2) | QUEUED
+}
+
 /// A request's claim: its cell and tag, from `FCGIBRIDGE_CLAIM` (`cell.tag`, decimal).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Claim {

@@ -1039,6 +1039,73 @@ mod tests {
         assert_eq!(ends, vec![(7, ProtocolStatus::UnknownRole), (2, ProtocolStatus::CantMpxConn)]);
     }
 
+    /// A request with the bridge's claim param, as it pipes one (cell, tag).
+    fn piped(id: u16, query: &str, claim: &str) -> Vec<u8> {
+        let mut out = Vec::new();
+        write_begin_request(&mut out, id, Role::Responder, true);
+        let params: [(&[u8], &[u8]); 3] =
+            [(b"FCGIBRIDGE_CLAIM", claim.as_bytes()), (b"REQUEST_METHOD", b"GET"), (b"QUERY_STRING", query.as_bytes())];
+        write_params(&mut out, id, params);
+        write_stdin_end(&mut out, id);
+        out
+    }
+
+    fn end_current(c: &mut Conn) {
+        let serial = c.req.as_ref().map(|r| r.serial).expect("request");
+        let r = c.cur(serial).expect("current");
+        r.started = true;
+        r.head = b"Status: 200 OK\r\n".to_vec();
+        r.status_code = 200;
+        assert!(c.finish(serial));
+        c.flush();
+    }
+
+    fn query(c: &Conn) -> Vec<u8> {
+        let p = c.req.as_ref().and_then(|r| r.params.as_ref()).expect("params");
+        assert_eq!(p.get(b"FCGIBRIDGE_CLAIM"), None, "the claim never reaches the app");
+        p.get(b"QUERY_STRING").unwrap_or_default().to_vec()
+    }
+
+    #[test]
+    fn a_piped_request_runs_next_without_waiting_and_a_withdrawn_one_never() {
+        let cells = crate::claim::test_cells();
+        cells[10].store(crate::claim::queued(5), Ordering::Release);
+        cells[11].store(crate::claim::queued(6), Ordering::Release);
+        let (mut c, mut peer) = pair();
+        let mut out = request(1, Role::Responder, Some(b""));
+        out.extend(piped(2, "piped", "0010.0000000005"));
+        peer.write_all(&out).expect("send");
+        assert!(c.wait_request());
+        assert_eq!(c.req.as_ref().map(|r| r.id), Some(1));
+        c.poll();
+        assert_eq!(c.queued.as_ref().map(|q| q.id), Some(2), "queued behind the current request");
+        end_current(&mut c);
+        // Promoted at the end of the current one: the next request is here, no recv.
+        assert_eq!(c.req.as_ref().map(|r| r.id), Some(2));
+        assert!(c.wait_request());
+        assert_eq!(query(&c), b"piped");
+        assert_eq!(cells[10].load(Ordering::Acquire), (5 << 2) | 2, "claimed: STARTED");
+        // The next one piped behind it is withdrawn by the bridge before it starts.
+        peer.write_all(&piped(1, "withdrawn", "0011.0000000006")).expect("send");
+        c.poll();
+        cells[11].store((6 << 2) | 3, Ordering::Release);
+        end_current(&mut c);
+        assert!(c.req.is_none(), "a withdrawn request is dropped");
+        // Then a request on the free connection, with the withdrawn one's id.
+        peer.write_all(&request(1, Role::Responder, Some(b""))).expect("send");
+        assert!(c.wait_request());
+        assert_eq!(c.req.as_ref().map(|r| r.id), Some(1));
+        end_current(&mut c);
+        let ends: Vec<u16> = replies(&mut peer, 3)
+            .iter()
+            .filter_map(|e| match e {
+                ClientEvent::EndRequest { id, .. } => Some(*id),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(ends, vec![1, 2, 1], "the withdrawn request is never answered");
+    }
+
     #[test]
     fn abort_after_complete_input_is_seen() {
         let (mut c, mut peer) = pair();

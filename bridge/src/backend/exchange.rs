@@ -1073,10 +1073,40 @@ mod unread_tests {
         params.insert(&b"REQUEST_METHOD"[..], method.as_bytes().to_vec());
         let info = RequestInfo { id: "r1", uri: "/", role: Role::Responder, error_pages: None, files: None };
         let mut sink = Collect::default();
-        let outcome = exchange(&mut slot, &info, &params, &mut NoBody, &mut sink, First::Encode).await;
+        let outcome = exchange(&mut slot, &info, &params, &mut NoBody, &mut sink, First::Encode, None).await;
         dies.await.expect("worker task");
         let _ = std::fs::remove_file(&path);
         (outcome, sink.0)
+    }
+
+    #[test]
+    fn a_kept_first_write_is_retargeted_with_its_claim() {
+        use fastcgi_server::server::{ServerConnection, ServerEvent};
+        let mut params = Params::default();
+        params.insert(&b"REQUEST_METHOD"[..], &b"GET"[..]);
+        let info = RequestInfo { id: "9", uri: "/", role: Role::Responder, error_pages: None, files: None };
+        let kept = encode_kept(&info, &params, &mut NoBody).expect("the whole request");
+        let mut buf = BytesMut::from(&kept[..]);
+        retarget(&mut buf, 2, Some((3, 7)));
+        let mut dec = ServerConnection::new(fastcgi_server::Limits::default());
+        dec.buffer_mut().extend_from_slice(&buf);
+        let mut seen = Vec::new();
+        while let Some(ev) = dec.next_event().expect("valid records") {
+            match ev {
+                ServerEvent::BeginRequest { id, .. } => seen.push(format!("begin {id}")),
+                ServerEvent::Params { id, params } => {
+                    let claim =
+                        String::from_utf8_lossy(params.get(b"FCGIBRIDGE_CLAIM").unwrap_or_default()).into_owned();
+                    seen.push(format!("params {id} {claim}"));
+                }
+                ServerEvent::StdinEnd { id } => seen.push(format!("stdin-end {id}")),
+                _ => {}
+            }
+        }
+        assert_eq!(seen, ["begin 2", "params 2 0003.0000000007", "stdin-end 2"]);
+        // Sent on a free connection instead: no claim.
+        retarget(&mut buf, 1, None);
+        assert_eq!(&buf[CLAIM_AT..CLAIM_AT + NO_CLAIM.len()], NO_CLAIM);
     }
 
     #[tokio::test]

@@ -1056,7 +1056,6 @@ mod tests {
             supervision: Default::default(),
             max_body: None,
             pipeline: true,
-            pipeline: true,
             error_pages: Default::default(),
             isolation: Default::default(),
         };
