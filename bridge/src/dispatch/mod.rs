@@ -388,10 +388,7 @@ impl<S: Slot> Dispatcher<S> {
         };
         let received = tokio::select! {
             biased;
-            r = tokio::time::timeout(timeout, &mut rx) => match r {
-                Ok(r) => Some(r),
-                Err(_) => None,
-            },
+            r = tokio::time::timeout(timeout, &mut rx) => r.ok(),
             () = aborted => {
                 return match self.leave(ticket.request_id) {
                     Left::Gone => Err(AcquireError::Gone),
