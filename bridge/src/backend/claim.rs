@@ -122,6 +122,16 @@ impl Drop for ClaimPage {
     }
 }
 
+/// Whether requests are piped to `pool`'s workers: `pipeline` on, and the bridge's own
+/// WSGI worker started directly (a preloaded one is forked by its template, which has no
+/// page; `command:` programs and the ASGI worker serve one request per connection).
+pub(crate) fn pipelines(pool: &crate::config::Pool) -> bool {
+    pool.pipeline
+        && !matches!(pool.app, crate::config::App::Command(_))
+        && !pool.isolation.preload
+        && pool.interface.kind == crate::config::interface::Interface::Wsgi
+}
+
 /// The next tag for a piped request (never 0: tag 0 means "no claim").
 pub(crate) fn next_tag(counter: &mut u32) -> u32 {
     *counter = (counter.wrapping_add(1)) & TAG_MASK;

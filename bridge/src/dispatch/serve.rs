@@ -340,7 +340,7 @@ impl<'a, S: BodySource, K: ResponseSink> Request<'a, S, K> {
     /// pipelines, has no free slot, and the whole request fits in that write: it may then
     /// be piped onto a busy worker connection (dispatch/mod.rs). None otherwise.
     fn kept(&mut self, pool: &'a PoolRuntime, declared: Option<u64>) -> Option<Bytes> {
-        if !pool.config.pipeline || declared.is_some_and(|n| n > FIRST_WRITE_BODY as u64) {
+        if !crate::backend::claim::pipelines(&pool.config) || declared.is_some_and(|n| n > FIRST_WRITE_BODY as u64) {
             return None;
         }
         if pool.dispatcher.idle() > 0 || !self.source.whole() {
@@ -470,7 +470,7 @@ impl<'a, S: BodySource, K: ResponseSink> Request<'a, S, K> {
             }
             (None, None) => First::Encode,
         };
-        let pipe = pool.config.pipeline.then_some(&*pool.dispatcher);
+        let pipe = crate::backend::claim::pipelines(&pool.config).then_some(&*pool.dispatcher);
         let mut attempts = 0;
         loop {
             let outcome = exchange(&mut slot, &info, &self.params, &mut self.source, &mut self.sink, first, pipe).await;

@@ -88,16 +88,10 @@ enum Readiness {
     Silent,
 }
 
-/// The claim page for a worker the bridge may pipe requests to: the native WSGI worker
-/// started directly (a preloaded one is forked by its template, which gets no page), with
-/// `pipeline` on. None: requests go to it one at a time.
+/// The claim page for a worker the bridge may pipe requests to
+/// ([`crate::backend::claim::pipelines`]). None: requests go to it one at a time.
 fn claim_page(t: &WorkerTask) -> Option<Arc<crate::backend::claim::ClaimPage>> {
-    let c = &t.config;
-    if !(t.native
-        && c.pipeline
-        && !c.isolation.preload
-        && c.interface.kind == crate::config::interface::Interface::Wsgi)
-    {
+    if !(t.native && crate::backend::claim::pipelines(&t.config)) {
         return None;
     }
     match crate::backend::claim::ClaimPage::new() {
