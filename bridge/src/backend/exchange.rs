@@ -123,6 +123,17 @@ const NO_CLAIM: &[u8] = b"0000.0000000000";
 /// and the pair's two length bytes and name, as the first pair.
 const CLAIM_AT: usize = 16 + 8 + 2 + CLAIM_PARAM.len();
 
+/// How a request goes to another slot when its connection failed before the worker read
+/// it; None for a piped request the worker has started (it cannot be sent twice).
+fn send_again(first: First, worker: &crate::supervise::WorkerHandle, body_done: bool) -> Option<First> {
+    match first {
+        First::Sent { cell, tag } => {
+            worker.claims.as_ref().is_some_and(|p| p.withdraw(cell, tag)).then_some(First::Resend)
+        }
+        _ => Some(First::Prepared { body_done }),
+    }
+}
+
 /// Encode a waiting request's first write to be kept (it may be piped onto a busy
 /// connection, or sent on a free one later). None when the body is not all here: only a
 /// request whose first write holds all of it is ever piped.
@@ -343,27 +354,20 @@ pub(crate) async fn exchange<S: BodySource, K: ResponseSink>(
     let timed_out = slot.timed_out.clone();
     let (body_done, piped, own_len) = prepare(slot, info, params, source, first, pipe);
     let id = slot.req_id;
-    let slot_conn = slot.key.conn;
-    tracing::debug!(request_id = info.id, id, conn = slot_conn, ?first, "exchange");
     let SlotConn { worker, stream, decoder, wbuf, .. } = slot;
     let worker = &**worker;
     let pid = worker.pid;
     let pool = &*worker.pool;
     let mut st = RespState::new(params.get(b"REQUEST_METHOD") == Some(b"HEAD"));
-    if piped.is_some() {
-        tracing::debug!(pool, pid, request_id = info.id, id, claim = ?piped, conn = slot_conn, "a waiting request was piped behind this one");
+    if let Some((cell, tag)) = piped {
+        tracing::debug!(pool, pid, request_id = info.id, cell, tag, "a waiting request was piped behind this one");
     }
 
     if let Err(e) = stream.write_all(wbuf).await {
         // On a unix socket a write fails at once when the worker has closed it, before a
         // single byte reached it: the request is safe to send elsewhere.
         tracing::warn!(pool, pid, request_id = info.id, uri = info.uri, error = %e, "could not send the request to the worker; trying another");
-        let again = match first {
-            First::Sent { cell, tag } if !worker.claims.as_ref().is_some_and(|p| p.withdraw(cell, tag)) => None,
-            First::Sent { .. } => Some(First::Resend),
-            _ => Some(First::Prepared { body_done }),
-        };
-        if let Some(again) = again {
+        if let Some(again) = send_again(first, worker, body_done) {
             // The piped request's bytes were in the same write; it is taken back with the
             // slot (dispatch/serve.rs `give_back`).
             wbuf.truncate(own_len);
@@ -377,10 +381,8 @@ pub(crate) async fn exchange<S: BodySource, K: ResponseSink>(
         relay(&mut rd, &mut wr, decoder, source, sink, info, (pool, pid, id), &mut st, &body_sent, body_done).await;
     // A piped request the worker never started (it exited after the previous one) goes
     // elsewhere: its claim says so.
-    if let (First::Sent { cell, tag }, RespEnd::WorkerBroken(_) | RespEnd::Unread, false) =
-        (first, &resp_end, st.received)
-    {
-        if worker.claims.as_ref().is_some_and(|p| p.withdraw(cell, tag)) {
+    if let (First::Sent { .. }, RespEnd::WorkerBroken(_) | RespEnd::Unread, false) = (first, &resp_end, st.received) {
+        if let Some(again) = send_again(first, worker, body_done) {
             tracing::warn!(
                 pool,
                 pid,
@@ -388,7 +390,7 @@ pub(crate) async fn exchange<S: BodySource, K: ResponseSink>(
                 uri = info.uri,
                 "the worker closed its connection before it started the piped request; trying another"
             );
-            return Outcome { status: 0, body_bytes: 0, fate: SlotFate::Verify, next: Next::Retry(First::Resend) };
+            return Outcome { status: 0, body_bytes: 0, fate: SlotFate::Verify, next: Next::Retry(again) };
         }
     }
 
