@@ -157,11 +157,12 @@ def test_a_slow_request_does_not_hold_the_fast_ones_piped_behind_it(stack):
     pid_a, release_a = hold(b, "two")
     pid_b, release_b = hold(b, "two")
     assert pid_a != pid_b
-    slow = queued(b, "two", lambda: direct(b, "two", "/sleep", query="s=1.5&tag=slow-" + uuid.uuid4().hex[:6]), 0)
+    tag_s = "slow-" + uuid.uuid4().hex[:6]
+    slow = queued(b, "two", lambda: direct(b, "two", "/sleep", query=f"s=1.5&tag={tag_s}"), 0)
     fast = [queued(b, "two", lambda i=i: direct(b, "two", "/environ", query=f"i={i}"), 1 + i) for i in range(10)]
     release_a()
     # The slow request runs on the freed thread with the first fast one piped behind it.
-    wait_until(lambda: b.pool_status("two")["queue_length"] <= 9, 60, what="the slow request started")
+    wait_until(lambda: (b.workdir / f"{tag_s}.pid").exists(), 60, what="the slow request started")
     release_b()
     for i, f in enumerate(fast):
         r = f.result()

@@ -634,12 +634,12 @@ impl<S: Slot> Dispatcher<S> {
         }
     }
 
-    /// Requests waiting right now.
+    /// Requests waiting right now (a piped request waits for its thread too).
     #[allow(dead_code)]
     pub(crate) fn waiting(&self) -> usize {
         let mut inner = self.lock();
         inner.waiters.retain(|w| !w.tx.is_closed());
-        inner.waiters.len()
+        inner.waiters.len() + inner.piped.len()
     }
 
     /// Free slots right now.
@@ -836,7 +836,9 @@ impl<S: Slot> Dispatcher<S> {
         let busy = inner.workers.iter().filter(|w| w.live).map(|w| w.s.busy as usize).sum();
         PoolView {
             counters: inner.counters,
-            queue_now: inner.waiters.len(),
+            // A piped request has no thread yet: it is demand (the manager sizes dynamic
+            // pools with this) and waits like a queued one.
+            queue_now: inner.waiters.len() + inner.piped.len(),
             queue_size: inner.queue_size,
             queue_timeout: inner.queue_timeout,
             idle_slots: inner.idle.len(),
