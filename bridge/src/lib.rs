@@ -6,6 +6,7 @@
 #![warn(unreachable_pub)]
 
 mod backend;
+mod claim;
 pub mod cli;
 pub mod config;
 mod control;

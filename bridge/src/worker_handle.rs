@@ -1,5 +1,5 @@
 //! A running worker process as the connections to it know it: its pool, pid and socket,
-//! whether it is alive, and the mailbox of the task that owns it. The supervisor makes
+//! whether it is alive, the mailbox of the task that owns it, and its claim page. The supervisor makes
 //! these and the backend holds them; this module depends on neither, so that the two do
 //! not import each other.
 use std::path::PathBuf;
@@ -30,6 +30,8 @@ pub(crate) struct WorkerHandle {
     alive: AtomicBool,
     /// To the task that owns the process (it alone signals it: no reused pid is hit).
     ctl: mpsc::UnboundedSender<WorkerCtl>,
+    /// The page deciding piped requests (claim.rs); None: nothing is piped to it.
+    pub claims: Option<Arc<crate::claim::ClaimPage>>,
 }
 
 impl WorkerHandle {
@@ -41,7 +43,13 @@ impl WorkerHandle {
 
     /// A handle whose `kill` goes to the task that owns the process.
     pub(crate) fn with_ctl(pool: Arc<str>, pid: u32, socket: PathBuf, ctl: mpsc::UnboundedSender<WorkerCtl>) -> Self {
-        Self { pool, pid, socket, alive: AtomicBool::new(true), ctl }
+        Self { pool, pid, socket, alive: AtomicBool::new(true), ctl, claims: None }
+    }
+
+    /// The same, with the claim page the worker inherited.
+    pub(crate) fn with_claims(mut self, claims: Option<Arc<crate::claim::ClaimPage>>) -> Self {
+        self.claims = claims;
+        self
     }
 
     /// False once the worker was killed or found dead.

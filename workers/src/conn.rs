@@ -20,6 +20,7 @@ use fastcgi_server::{Limits, Params, ProtocolStatus, Role};
 use pyo3::sync::MutexExt;
 use pyo3::Python;
 
+use crate::claim::Claim;
 use crate::sys::{self, Recv};
 
 /// Output is sent once this much is buffered (and at every flush point).
@@ -156,6 +157,9 @@ pub(crate) struct Req {
     pub replaced: bool,
     /// FCGI_AUTHORIZER role: no body, FCGI_ROLE=AUTHORIZER in the environ (docs/authorizer.md).
     pub authorizer: bool,
+    /// The bridge piped it behind another request (`FCGIBRIDGE_CLAIM`): it runs only if
+    /// its claim is won ([`crate::claim`]).
+    claim: Option<Claim>,
 }
 
 impl Req {
@@ -183,6 +187,7 @@ impl Req {
             cut_off: false,
             replaced: false,
             authorizer: false,
+            claim: None,
         }
     }
 
@@ -238,6 +243,9 @@ pub(crate) struct Conn {
     /// Writing failed: the connection is unusable.
     broken: bool,
     pub req: Option<Req>,
+    /// A request the bridge piped behind `req` (one deep): its input is kept until `req`
+    /// ends, then it becomes `req` without waiting for the socket.
+    queued: Option<Req>,
     next_serial: u64,
     threads: Bytes,
     /// When the socket was last read.
@@ -260,6 +268,7 @@ impl Conn {
             rd_eof: false,
             broken: false,
             req: None,
+            queued: None,
             next_serial: 0,
             threads: Bytes::from(threads.to_string()),
             last_recv: Instant::now(),
@@ -290,8 +299,9 @@ impl Conn {
     }
 
     fn lost(&mut self) {
-        if let Some(r) = self.req.as_mut() {
-            if !r.stdin_done || self.broken {
+        let broken = self.broken;
+        for r in [self.req.as_mut(), self.queued.as_mut()].into_iter().flatten() {
+            if !r.stdin_done || broken {
                 r.aborted = true;
             }
         }
@@ -359,87 +369,94 @@ impl Conn {
         }
     }
 
-    fn current_id(&self, id: u16) -> Option<usize> {
-        match &self.req {
-            Some(r) if r.id == id => Some(0),
+    /// The current or the queued request with FastCGI id `id`.
+    fn by_id(&mut self, id: u16) -> Option<&mut Req> {
+        match (&mut self.req, &mut self.queued) {
+            (Some(r), _) if r.id == id => Some(r),
+            (_, Some(q)) if q.id == id => Some(q),
             _ => None,
         }
+    }
+
+    /// PARAMS of request `id` are complete. A queued request without a claim is one the
+    /// bridge did not pipe (a client multiplexing): refused as before, CANT_MPX_CONN.
+    fn on_params(&mut self, id: u16, mut params: Params) {
+        let claim = params.remove(b"FCGIBRIDGE_CLAIM").and_then(|v| Claim::parse(&v));
+        let Some(r) = self.by_id(id) else { return };
+        if r.params.is_some() {
+            return;
+        }
+        if r.authorizer && params.get(b"FCGI_ROLE").is_none() {
+            params.insert(&b"FCGI_ROLE"[..], &b"AUTHORIZER"[..]);
+        }
+        r.body_declared =
+            params.get(b"CONTENT_LENGTH").and_then(|v| std::str::from_utf8(v).ok()).and_then(|v| v.parse::<u64>().ok());
+        r.params = Some(params);
+        r.claim = claim;
+        if claim.is_none() && self.queued.as_ref().is_some_and(|q| q.id == id) {
+            self.queued = None;
+            self.end_id(id, 0, ProtocolStatus::CantMpxConn);
+        }
+        self.settle();
     }
 
     fn on_event(&mut self, ev: ServerEvent) {
         match ev {
             ServerEvent::BeginRequest { id, role, keep_conn } => {
-                if let Some(r) = &self.req {
-                    if r.id == id {
-                        eprintln!("fcgibridge worker: request id {id} began twice, closing the connection");
-                        self.rd_eof = true;
-                        self.broken = true;
-                        self.lost();
-                    } else {
-                        self.end_id(id, 0, ProtocolStatus::CantMpxConn);
-                    }
+                // A queued request comes before any that begins after it.
+                self.settle();
+                if self.by_id(id).is_some() {
+                    eprintln!("fcgibridge worker: request id {id} began twice, closing the connection");
+                    self.rd_eof = true;
+                    self.broken = true;
+                    self.lost();
                 } else if role != Role::Responder && role != Role::Authorizer {
                     self.end_id(id, 0, ProtocolStatus::UnknownRole);
+                } else if self.req.is_some() && self.queued.is_some() {
+                    self.end_id(id, 0, ProtocolStatus::CantMpxConn);
                 } else {
                     self.next_serial += 1;
                     let mut req = Req::new(id, keep_conn, self.next_serial);
                     // An authorizer's input is complete with its PARAMS: it has no body.
                     req.authorizer = role == Role::Authorizer;
                     req.stdin_done = req.authorizer;
-                    self.req = Some(req);
-                    self.current.store(self.next_serial, Ordering::Release);
-                }
-            }
-            ServerEvent::Params { id, params } => {
-                if self.current_id(id).is_some() {
-                    if let Some(r) = self.req.as_mut() {
-                        if r.params.is_none() {
-                            let mut params = params;
-                            if r.authorizer && params.get(b"FCGI_ROLE").is_none() {
-                                params.insert(&b"FCGI_ROLE"[..], &b"AUTHORIZER"[..]);
-                            }
-                            r.body_declared = params
-                                .get(b"CONTENT_LENGTH")
-                                .and_then(|v| std::str::from_utf8(v).ok())
-                                .and_then(|v| v.parse::<u64>().ok());
-                            r.params = Some(params);
-                        }
+                    if self.req.is_some() {
+                        // Kept until its PARAMS say whether the bridge piped it.
+                        self.queued = Some(req);
+                    } else {
+                        self.req = Some(req);
+                        self.current.store(self.next_serial, Ordering::Release);
                     }
                 }
             }
+            ServerEvent::Params { id, params } => self.on_params(id, params),
             ServerEvent::Stdin { id, data } => {
-                if self.current_id(id).is_some() {
-                    if let Some(r) = self.req.as_mut() {
-                        let mut data = data;
-                        if let Some(declared) = r.body_declared {
-                            // Bytes beyond the declared length are dropped, never read.
-                            let room = declared.saturating_sub(r.body_received);
-                            if (data.len() as u64) > room {
-                                data.truncate(room as usize);
-                            }
+                if let Some(r) = self.by_id(id) {
+                    let mut data = data;
+                    if let Some(declared) = r.body_declared {
+                        // Bytes beyond the declared length are dropped, never read.
+                        let room = declared.saturating_sub(r.body_received);
+                        if (data.len() as u64) > room {
+                            data.truncate(room as usize);
                         }
-                        r.body_received += data.len() as u64;
-                        if !r.stdin_done && !r.aborted && !data.is_empty() {
-                            r.avail += data.len();
-                            r.stdin.push_back(data);
-                        }
+                    }
+                    r.body_received += data.len() as u64;
+                    if !r.stdin_done && !r.aborted && !data.is_empty() {
+                        r.avail += data.len();
+                        r.stdin.push_back(data);
                     }
                 }
             }
             ServerEvent::StdinEnd { id } => {
-                if self.current_id(id).is_some() {
-                    if let Some(r) = self.req.as_mut() {
-                        r.stdin_done = true;
-                        r.body_short = r.body_declared.is_some_and(|n| r.body_received < n);
-                    }
+                if let Some(r) = self.by_id(id) {
+                    r.stdin_done = true;
+                    r.body_short = r.body_declared.is_some_and(|n| r.body_received < n);
                 }
             }
             ServerEvent::Data { .. } | ServerEvent::DataEnd { .. } => {}
             ServerEvent::Abort { id } => {
-                if self.current_id(id).is_some() {
-                    if let Some(r) = self.req.as_mut() {
-                        r.aborted = true;
-                    }
+                if let Some(r) = self.by_id(id) {
+                    r.aborted = true;
                 }
             }
             ServerEvent::GetValues { names } => {
@@ -463,6 +480,7 @@ impl Conn {
     pub(crate) fn wait_request(&mut self) -> bool {
         loop {
             self.process();
+            self.settle();
             if let Some(r) = &self.req {
                 if r.aborted {
                     // Aborted before the app was called: nothing to run.
@@ -490,6 +508,31 @@ impl Conn {
             if let Recv::Eof = self.recv(false) {
                 self.lost();
             }
+        }
+    }
+
+    /// The queued request becomes the current one once the current one has ended, and a
+    /// current request the bridge piped is claimed as soon as its PARAMS are here — before
+    /// any later record is looked at, so that ids and order stay the bridge's. One the
+    /// bridge took back (or left: it withdraws before closing) is dropped unanswered; the
+    /// decoder skips whatever of it is still to come.
+    fn settle(&mut self) {
+        loop {
+            if self.req.is_none() {
+                let Some(q) = self.queued.take() else { return };
+                self.current.store(q.serial, Ordering::Release);
+                self.req = Some(q);
+            }
+            let Some(r) = self.req.as_mut() else { return };
+            let Some(claim) = r.claim.filter(|_| r.params.is_some()) else { return };
+            r.claim = None;
+            if !self.rd_eof && claim.start() {
+                return;
+            }
+            let id = r.id;
+            self.req = None;
+            self.current.store(0, Ordering::Release);
+            self.dec.end_request(id);
         }
     }
 
@@ -839,6 +882,7 @@ impl Conn {
             return false;
         };
         self.end_id(r.id, status, ProtocolStatus::RequestComplete);
+        self.settle();
         keep && !self.rd_eof && self.usable()
     }
 }
@@ -993,6 +1037,73 @@ mod tests {
             })
             .collect();
         assert_eq!(ends, vec![(7, ProtocolStatus::UnknownRole), (2, ProtocolStatus::CantMpxConn)]);
+    }
+
+    /// A request with the bridge's claim param, as it pipes one (cell, tag).
+    fn piped(id: u16, query: &str, claim: &str) -> Vec<u8> {
+        let mut out = Vec::new();
+        write_begin_request(&mut out, id, Role::Responder, true);
+        let params: [(&[u8], &[u8]); 3] =
+            [(b"FCGIBRIDGE_CLAIM", claim.as_bytes()), (b"REQUEST_METHOD", b"GET"), (b"QUERY_STRING", query.as_bytes())];
+        write_params(&mut out, id, params);
+        write_stdin_end(&mut out, id);
+        out
+    }
+
+    fn end_current(c: &mut Conn) {
+        let serial = c.req.as_ref().map(|r| r.serial).expect("request");
+        let r = c.cur(serial).expect("current");
+        r.started = true;
+        r.head = b"Status: 200 OK\r\n".to_vec();
+        r.status_code = 200;
+        assert!(c.finish(serial));
+        c.flush();
+    }
+
+    fn query(c: &Conn) -> Vec<u8> {
+        let p = c.req.as_ref().and_then(|r| r.params.as_ref()).expect("params");
+        assert_eq!(p.get(b"FCGIBRIDGE_CLAIM"), None, "the claim never reaches the app");
+        p.get(b"QUERY_STRING").unwrap_or_default().to_vec()
+    }
+
+    #[test]
+    fn a_piped_request_runs_next_without_waiting_and_a_withdrawn_one_never() {
+        let cells = crate::claim::test_cells();
+        cells[10].store(crate::claim::queued(5), Ordering::Release);
+        cells[11].store(crate::claim::queued(6), Ordering::Release);
+        let (mut c, mut peer) = pair();
+        let mut out = request(1, Role::Responder, Some(b""));
+        out.extend(piped(2, "piped", "0010.0000000005"));
+        peer.write_all(&out).expect("send");
+        assert!(c.wait_request());
+        assert_eq!(c.req.as_ref().map(|r| r.id), Some(1));
+        c.poll();
+        assert_eq!(c.queued.as_ref().map(|q| q.id), Some(2), "queued behind the current request");
+        end_current(&mut c);
+        // Promoted at the end of the current one: the next request is here, no recv.
+        assert_eq!(c.req.as_ref().map(|r| r.id), Some(2));
+        assert!(c.wait_request());
+        assert_eq!(query(&c), b"piped");
+        assert_eq!(cells[10].load(Ordering::Acquire), (5 << 2) | 2, "claimed: STARTED");
+        // The next one piped behind it is withdrawn by the bridge before it starts.
+        peer.write_all(&piped(1, "withdrawn", "0011.0000000006")).expect("send");
+        c.poll();
+        cells[11].store((6 << 2) | 3, Ordering::Release);
+        end_current(&mut c);
+        assert!(c.req.is_none(), "a withdrawn request is dropped");
+        // Then a request on the free connection, with the withdrawn one's id.
+        peer.write_all(&request(1, Role::Responder, Some(b""))).expect("send");
+        assert!(c.wait_request());
+        assert_eq!(c.req.as_ref().map(|r| r.id), Some(1));
+        end_current(&mut c);
+        let ends: Vec<u16> = replies(&mut peer, 3)
+            .iter()
+            .filter_map(|e| match e {
+                ClientEvent::EndRequest { id, .. } => Some(*id),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(ends, vec![1, 2, 1], "the withdrawn request is never answered");
     }
 
     #[test]

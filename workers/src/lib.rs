@@ -17,6 +17,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple, PyType};
 use pyo3::{ffi, intern};
 
+mod claim;
 mod conn;
 mod flusher;
 mod objects;
@@ -491,6 +492,7 @@ fn serve(
     client_disconnected: Bound<'_, PyType>,
 ) -> PyResult<()> {
     let _ = objects::CLIENT_DISCONNECTED.set(py, client_disconnected.unbind());
+    claim::init();
     let mut w = Worker {
         app,
         threads: threads.max(1),

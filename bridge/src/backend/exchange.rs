@@ -94,12 +94,75 @@ pub(crate) enum First {
     Encode,
     /// The slot's buffer already holds it; `body_done`: it includes the end of STDIN.
     Prepared { body_done: bool },
+    /// It is already in the worker's socket, piped behind the previous request on this
+    /// connection under this claim (cell, tag): nothing to write.
+    Sent { cell: u32, tag: u32 },
+    /// It was [`Sent`](Self::Sent), and taken back before the worker started it: send the
+    /// request's kept first write (dispatch/serve.rs) on another slot.
+    Resend,
 }
 
 impl SlotConn {
     /// Hand the encoded first write of a failed attempt to another slot.
     pub(crate) fn take_first_write(&mut self, from: &mut Self) {
         std::mem::swap(&mut self.wbuf, &mut from.wbuf);
+    }
+
+    /// Use a request's kept first write ([`encode_kept`]) as this slot's next one.
+    pub(crate) fn load_first_write(&mut self, kept: &[u8]) {
+        self.wbuf.clear();
+        self.wbuf.extend_from_slice(kept);
+    }
+}
+
+/// The private param that carries a piped request's claim (`cell.tag`, fixed width so
+/// that it is filled in place; tag 0: not piped). The worker strips it from the environ.
+const CLAIM_PARAM: &[u8] = b"FCGIBRIDGE_CLAIM";
+const NO_CLAIM: &[u8] = b"0000.0000000000";
+/// Where its value sits in a first write: after BEGIN (16 bytes), the PARAMS header (8)
+/// and the pair's two length bytes and name, as the first pair.
+const CLAIM_AT: usize = 16 + 8 + 2 + CLAIM_PARAM.len();
+
+/// How a request goes to another slot when its connection failed before the worker read
+/// it; None for a piped request the worker has started (it cannot be sent twice).
+fn send_again(first: First, worker: &crate::worker_handle::WorkerHandle, body_done: bool) -> Option<First> {
+    match first {
+        First::Sent { cell, tag } => {
+            worker.claims.as_ref().is_some_and(|p| p.withdraw(cell, tag)).then_some(First::Resend)
+        }
+        _ => Some(First::Prepared { body_done }),
+    }
+}
+
+/// Encode a waiting request's first write to be kept (it may be piped onto a busy
+/// connection, or sent on a free one later). None when the body is not all here: only a
+/// request whose first write holds all of it is ever piped.
+pub(crate) fn encode_kept<S: BodySource>(info: &RequestInfo<'_>, params: &Params, source: &mut S) -> Option<Bytes> {
+    let mut buf = BytesMut::new();
+    encode_first_write(&mut buf, WORKER_REQUEST_ID, info, params, source, true).then(|| buf.freeze())
+}
+
+/// Set every record of the encoded request in `buf` to request id `id` and fill in its
+/// claim (None: not piped).
+fn retarget(buf: &mut [u8], id: u16, claim: Option<(u32, u32)>) {
+    let mut at = 0;
+    while at + 8 <= buf.len() {
+        buf[at + 2..at + 4].copy_from_slice(&id.to_be_bytes());
+        let content = u16::from_be_bytes([buf[at + 4], buf[at + 5]]) as usize;
+        at += 8 + content + buf[at + 6] as usize;
+    }
+    if buf.get(CLAIM_AT - CLAIM_PARAM.len()..CLAIM_AT) == Some(CLAIM_PARAM) {
+        if let Some(value) = buf.get_mut(CLAIM_AT..CLAIM_AT + NO_CLAIM.len()) {
+            match claim {
+                Some((cell, tag)) => {
+                    let text = format!("{cell:04}.{tag:010}");
+                    if text.len() == value.len() {
+                        value.copy_from_slice(text.as_bytes());
+                    }
+                }
+                None => value.copy_from_slice(NO_CLAIM),
+            }
+        }
     }
 }
 
@@ -238,7 +301,47 @@ impl RespState {
 /// should follow it (see `forward`).
 const HOLD_FOR_END: Duration = Duration::from_millis(50);
 
-/// Run one request over `slot`.
+/// The first write of the request on `slot` into its buffer, and the waiting request
+/// piped behind it when the whole request is in it (`pipe`: the pool's dispatcher, when
+/// the pool pipelines). Returns whether the body is complete and the piped claim.
+fn prepare<S: BodySource>(
+    slot: &mut SlotConn,
+    info: &RequestInfo<'_>,
+    params: &Params,
+    source: &mut S,
+    first: First,
+    pipe: Option<&crate::dispatch::Dispatcher<SlotConn>>,
+) -> (bool, Option<(u32, u32)>, usize) {
+    let body_done = match first {
+        First::Prepared { body_done } => {
+            retarget(&mut slot.wbuf, slot.req_id, None);
+            body_done
+        }
+        First::Encode => encode_first_write(&mut slot.wbuf, slot.req_id, info, params, source, false),
+        First::Sent { .. } => {
+            slot.wbuf.clear();
+            slot.req_id = slot.piped_id;
+            true
+        }
+        First::Resend => unreachable!("dispatch/serve.rs turns Resend into Prepared"),
+    };
+    let start = slot.wbuf.len();
+    let (Some(d), Some(page), true) = (pipe, slot.worker.claims.as_ref(), body_done) else {
+        return (body_done, None, start);
+    };
+    let other = 3 - slot.req_id;
+    // A cell per connection and request id: the request handed over a moment ago may not
+    // be claimed yet when the next one is piped behind it.
+    let cell = slot.key.conn * 2 + u32::from(other - 1);
+    let Some((kept, tag)) = d.pipe_onto(slot.key, page, cell) else { return (body_done, None, start) };
+    slot.wbuf.extend_from_slice(&kept);
+    retarget(&mut slot.wbuf[start..], other, Some((cell, tag)));
+    slot.piped_id = other;
+    (body_done, Some((cell, tag)), start)
+}
+
+/// Run one request over `slot`; `pipe`: the pool's dispatcher when it pipelines (a
+/// waiting request may then be written behind this one).
 pub(crate) async fn exchange<S: BodySource, K: ResponseSink>(
     slot: &mut SlotConn,
     info: &RequestInfo<'_>,
@@ -246,35 +349,50 @@ pub(crate) async fn exchange<S: BodySource, K: ResponseSink>(
     source: &mut S,
     sink: &mut K,
     first: First,
+    pipe: Option<&crate::dispatch::Dispatcher<SlotConn>>,
 ) -> Outcome {
     let timed_out = slot.timed_out.clone();
+    let (body_done, piped, own_len) = prepare(slot, info, params, source, first, pipe);
+    let id = slot.req_id;
     let SlotConn { worker, stream, decoder, wbuf, .. } = slot;
     let worker = &**worker;
     let pid = worker.pid;
     let pool = &*worker.pool;
-
-    let body_done = match first {
-        First::Prepared { body_done } => body_done,
-        First::Encode => encode_first_write(wbuf, info, params, source),
-    };
     let mut st = RespState::new(params.get(b"REQUEST_METHOD") == Some(b"HEAD"));
+    if let Some((cell, tag)) = piped {
+        tracing::debug!(pool, pid, request_id = info.id, cell, tag, "a waiting request was piped behind this one");
+    }
 
     if let Err(e) = stream.write_all(wbuf).await {
         // On a unix socket a write fails at once when the worker has closed it, before a
         // single byte reached it: the request is safe to send elsewhere.
         tracing::warn!(pool, pid, request_id = info.id, uri = info.uri, error = %e, "could not send the request to the worker; trying another");
-        return Outcome {
-            status: 0,
-            body_bytes: 0,
-            fate: SlotFate::Discard,
-            next: Next::Retry(First::Prepared { body_done }),
-        };
+        if let Some(again) = send_again(first, worker, body_done) {
+            // The piped request's bytes were in the same write; it is taken back with the
+            // slot (dispatch/serve.rs `give_back`).
+            wbuf.truncate(own_len);
+            return Outcome { status: 0, body_bytes: 0, fate: SlotFate::Discard, next: Next::Retry(again) };
+        }
     }
 
     let body_sent = AtomicBool::new(body_done);
     let (mut rd, mut wr) = stream.split();
     let resp_end =
-        relay(&mut rd, &mut wr, decoder, source, sink, info, pool, pid, &mut st, &body_sent, body_done).await;
+        relay(&mut rd, &mut wr, decoder, source, sink, info, (pool, pid, id), &mut st, &body_sent, body_done).await;
+    // A piped request the worker never started (it exited after the previous one) goes
+    // elsewhere: its claim says so.
+    if let (First::Sent { .. }, RespEnd::WorkerBroken(_) | RespEnd::Unread, false) = (first, &resp_end, st.received) {
+        if let Some(again) = send_again(first, worker, body_done) {
+            tracing::warn!(
+                pool,
+                pid,
+                request_id = info.id,
+                uri = info.uri,
+                "the worker closed its connection before it started the piped request; trying another"
+            );
+            return Outcome { status: 0, body_bytes: 0, fate: SlotFate::Verify, next: Next::Retry(again) };
+        }
+    }
 
     if !matches!(resp_end, RespEnd::Ended) && matches!(st.front, Front::HandedOn(_)) {
         // The handed-on response was dropped and the front has nothing yet.
@@ -284,7 +402,12 @@ pub(crate) async fn exchange<S: BodySource, K: ResponseSink>(
     // to another worker cannot run it twice. Only for safe methods, as web servers retry
     // only those on another upstream; anything else is answered 502 like any broken worker.
     let resp_end = match resp_end {
-        RespEnd::Unread if !body_done || !is_safe_method(params) || timed_out.load(Ordering::Acquire) => {
+        RespEnd::Unread
+            if !body_done
+                || !is_safe_method(params)
+                || timed_out.load(Ordering::Acquire)
+                || matches!(first, First::Sent { .. }) =>
+        {
             RespEnd::WorkerBroken("the worker closed its connection with the request unread (did it exit?)".to_owned())
         }
         other => other,
@@ -364,7 +487,7 @@ pub(crate) async fn exchange<S: BodySource, K: ResponseSink>(
                 uri = info.uri,
                 "client went away, aborting the request in the worker"
             );
-            let fate = abort_worker(&mut rd, &mut wr, decoder, worker, info).await;
+            let fate = abort_worker(&mut rd, &mut wr, decoder, worker, info, id).await;
             let fate = match fate {
                 SlotFate::Reuse if !body_sent.load(Ordering::Acquire) => SlotFate::Reconnect,
                 f => f,
@@ -378,24 +501,31 @@ pub(crate) async fn exchange<S: BodySource, K: ResponseSink>(
 
 /// Encode BEGIN + PARAMS and as much of the body as is already here into `wbuf`; true
 /// when that includes the end of the body.
+/// `claim`: with the [`CLAIM_PARAM`] placeholder first (a request that may be piped).
 fn encode_first_write<S: BodySource>(
     wbuf: &mut BytesMut,
+    id: u16,
     info: &RequestInfo<'_>,
     params: &Params,
     source: &mut S,
+    claim: bool,
 ) -> bool {
     wbuf.clear();
-    client::write_begin_request(wbuf, WORKER_REQUEST_ID, info.role, true);
+    client::write_begin_request(wbuf, id, info.role, true);
+    let placeholder = claim.then_some((CLAIM_PARAM, NO_CLAIM));
     client::write_params(
         wbuf,
-        WORKER_REQUEST_ID,
-        params.iter().chain(std::iter::once((&b"FCGIBRIDGE_REQUEST_ID"[..], info.id.as_bytes()))),
+        id,
+        placeholder
+            .into_iter()
+            .chain(params.iter())
+            .chain(std::iter::once((&b"FCGIBRIDGE_REQUEST_ID"[..], info.id.as_bytes()))),
     );
     while wbuf.len() < FIRST_WRITE_BODY {
         match source.ready() {
-            Some(Some(chunk)) => client::write_stdin(wbuf, WORKER_REQUEST_ID, &chunk),
+            Some(Some(chunk)) => client::write_stdin(wbuf, id, &chunk),
             Some(None) => {
-                client::write_stdin_end(wbuf, WORKER_REQUEST_ID);
+                client::write_stdin_end(wbuf, id);
                 return true;
             }
             None => break,
@@ -414,14 +544,13 @@ async fn relay<S: BodySource, K: ResponseSink>(
     source: &mut S,
     sink: &mut K,
     info: &RequestInfo<'_>,
-    pool: &str,
-    pid: u32,
+    (pool, pid, id): (&str, u32, u16),
     st: &mut RespState,
     body_sent: &AtomicBool,
     body_done: bool,
 ) -> RespEnd {
-    let pump = pump_body(source, wr, info, body_sent, body_done);
-    let resp = forward(rd, decoder, sink, info, pool, pid, st);
+    let pump = pump_body(source, wr, info, body_sent, body_done, id);
+    let resp = forward(rd, decoder, sink, info, (pool, pid, id), st);
     tokio::pin!(pump, resp);
     let mut pump_live = true;
     loop {
@@ -444,6 +573,7 @@ async fn pump_body<S: BodySource>(
     info: &RequestInfo<'_>,
     body_sent: &AtomicBool,
     body_done: bool,
+    id: u16,
 ) -> PumpEnd {
     if !body_done {
         let mut pbuf = BytesMut::new();
@@ -453,14 +583,14 @@ async fn pump_body<S: BodySource>(
             match next {
                 Ok(Some(chunk)) => {
                     pbuf.clear();
-                    client::write_stdin(&mut pbuf, WORKER_REQUEST_ID, &chunk);
+                    client::write_stdin(&mut pbuf, id, &chunk);
                     if wr.write_all(&pbuf).await.is_err() {
                         return PumpEnd::WorkerGone;
                     }
                 }
                 Ok(None) => {
                     pbuf.clear();
-                    client::write_stdin_end(&mut pbuf, WORKER_REQUEST_ID);
+                    client::write_stdin_end(&mut pbuf, id);
                     if wr.write_all(&pbuf).await.is_err() {
                         return PumpEnd::WorkerGone;
                     }
@@ -487,9 +617,10 @@ async fn abort_worker(
     decoder: &mut client::ClientConnection,
     worker: &crate::worker_handle::WorkerHandle,
     info: &RequestInfo<'_>,
+    id: u16,
 ) -> SlotFate {
     let mut buf = BytesMut::with_capacity(16);
-    client::write_abort(&mut buf, WORKER_REQUEST_ID);
+    client::write_abort(&mut buf, id);
     if wr.write_all(&buf).await.is_err() {
         return SlotFate::Reconnect;
     }
@@ -497,7 +628,7 @@ async fn abort_worker(
         loop {
             loop {
                 match decoder.next_event() {
-                    Ok(Some(ClientEvent::EndRequest { .. })) => return true,
+                    Ok(Some(ClientEvent::EndRequest { id: ended, .. })) if ended == id => return true,
                     Ok(Some(ClientEvent::Stderr { data, .. })) => log_stderr(&worker.pool, worker.pid, info, &data),
                     Ok(Some(_)) => {}
                     Ok(None) => break,
@@ -532,8 +663,7 @@ async fn forward<K: ResponseSink>(
     decoder: &mut client::ClientConnection,
     sink: &mut K,
     info: &RequestInfo<'_>,
-    pool: &str,
-    pid: u32,
+    (pool, pid, id): (&str, u32, u16),
     st: &mut RespState,
 ) -> RespEnd {
     let mut pending = BytesMut::new();
@@ -551,6 +681,20 @@ async fn forward<K: ResponseSink>(
                 }
             };
             let passed = match ev {
+                ClientEvent::Stdout { id: other, .. }
+                | ClientEvent::Stderr { id: other, .. }
+                | ClientEvent::EndRequest { id: other, .. }
+                    if other != id =>
+                {
+                    // Only the current request is answered: a piped one starts after it.
+                    tracing::warn!(
+                        pool,
+                        pid,
+                        request_id = info.id,
+                        "worker sent a record for request id {other} during request id {id}; ignored"
+                    );
+                    Ok(())
+                }
                 ClientEvent::Stdout { data, .. } => on_stdout(st, data, &mut pending, sink, info, pool, pid).await,
                 ClientEvent::Stderr { data, .. } => {
                     log_stderr(pool, pid, info, &data);
@@ -931,10 +1075,40 @@ mod unread_tests {
         params.insert(&b"REQUEST_METHOD"[..], method.as_bytes().to_vec());
         let info = RequestInfo { id: "r1", uri: "/", role: Role::Responder, error_pages: None, files: None };
         let mut sink = Collect::default();
-        let outcome = exchange(&mut slot, &info, &params, &mut NoBody, &mut sink, First::Encode).await;
+        let outcome = exchange(&mut slot, &info, &params, &mut NoBody, &mut sink, First::Encode, None).await;
         dies.await.expect("worker task");
         let _ = std::fs::remove_file(&path);
         (outcome, sink.0)
+    }
+
+    #[test]
+    fn a_kept_first_write_is_retargeted_with_its_claim() {
+        use fastcgi_server::server::{ServerConnection, ServerEvent};
+        let mut params = Params::default();
+        params.insert(&b"REQUEST_METHOD"[..], &b"GET"[..]);
+        let info = RequestInfo { id: "9", uri: "/", role: Role::Responder, error_pages: None, files: None };
+        let kept = encode_kept(&info, &params, &mut NoBody).expect("the whole request");
+        let mut buf = BytesMut::from(&kept[..]);
+        retarget(&mut buf, 2, Some((3, 7)));
+        let mut dec = ServerConnection::new(fastcgi_server::Limits::default());
+        dec.buffer_mut().extend_from_slice(&buf);
+        let mut seen = Vec::new();
+        while let Some(ev) = dec.next_event().expect("valid records") {
+            match ev {
+                ServerEvent::BeginRequest { id, .. } => seen.push(format!("begin {id}")),
+                ServerEvent::Params { id, params } => {
+                    let claim =
+                        String::from_utf8_lossy(params.get(b"FCGIBRIDGE_CLAIM").unwrap_or_default()).into_owned();
+                    seen.push(format!("params {id} {claim}"));
+                }
+                ServerEvent::StdinEnd { id } => seen.push(format!("stdin-end {id}")),
+                _ => {}
+            }
+        }
+        assert_eq!(seen, ["begin 2", "params 2 0003.0000000007", "stdin-end 2"]);
+        // Sent on a free connection instead: no claim.
+        retarget(&mut buf, 1, None);
+        assert_eq!(&buf[CLAIM_AT..CLAIM_AT + NO_CLAIM.len()], NO_CLAIM);
     }
 
     #[tokio::test]

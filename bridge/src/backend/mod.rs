@@ -28,6 +28,11 @@ pub(crate) struct SlotConn {
     timed_out: Arc<AtomicBool>,
     /// A canceller for a fresh connection, handed to the dispatcher at the next release.
     new_canceller: Option<Canceller>,
+    /// The FastCGI request id of the connection's current request (1 or 2: a request
+    /// piped behind it takes the other, exchange.rs).
+    req_id: u16,
+    /// The id the request piped behind the current one was written with.
+    piped_id: u16,
 }
 
 impl SlotConn {
@@ -45,6 +50,8 @@ impl SlotConn {
             key: SlotKey::NONE,
             timed_out,
             new_canceller: None,
+            req_id: 1,
+            piped_id: 2,
         };
         Ok((slot, canceller))
     }
@@ -77,6 +84,7 @@ impl SlotConn {
         let Ok((flag, canceller)) = canceller_for(&fresh) else { return false };
         self.stream = fresh;
         self.decoder = new_decoder();
+        self.req_id = 1;
         self.timed_out = flag;
         self.new_canceller = Some(canceller);
         true

@@ -116,6 +116,7 @@ fn render_pool(out: &mut String, pool: &Pool) {
     if let Some(limit) = pool.max_body {
         field(out, 4, "max-body", &SizeDisplay(limit).to_string());
     }
+    field(out, 4, "pipeline", if pool.pipeline { "true" } else { "false" });
     if !pool.error_pages.is_empty() {
         out.push_str("    error-pages:\n");
         for (status, page) in pool.error_pages.iter() {
@@ -390,6 +391,7 @@ mod tests {
                     startup_timeout: Duration::from_secs(3600),
                     slowlog_timeout: None,
                     max_body: None,
+                    pipeline: true,
                     error_pages: Default::default(),
                     isolation: Default::default(),
                     supervision: Default::default(),
@@ -414,6 +416,7 @@ mod tests {
                     startup_timeout: Duration::from_secs(60),
                     slowlog_timeout: None,
                     max_body: Some(5 << 20),
+                    pipeline: true,
                     error_pages,
                     isolation: Default::default(),
                     supervision: Default::default(),

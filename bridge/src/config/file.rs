@@ -92,6 +92,7 @@ pub struct RawPool {
     pub memory_limit: Option<ByteSize>,
     pub cpu_time_limit: Option<HumanDuration>,
     pub max_body: Option<ByteSize>,
+    pub pipeline: Option<bool>,
     /// `<status>: file | {file: path} | {redirect: /local/path}` — pages replacing an app's
     /// error bodies and the bridge's own errors.
     pub error_pages: Option<Entries<RawErrorPage>>,

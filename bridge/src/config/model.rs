@@ -236,6 +236,9 @@ pub struct Pool {
     pub supervision: super::supervision::Supervision,
     /// The largest request body passed to the app (`max-body`); beyond it: 413. None: no limit.
     pub max_body: Option<u64>,
+    /// `pipeline`: a waiting request may be written to a busy worker connection behind its
+    /// current request (dispatch/mod.rs). Default true.
+    pub pipeline: bool,
     /// `error-pages`: replace an app's 4xx/5xx body and the bridge's own 502/503/504.
     pub error_pages: super::ErrorPages,
     /// user, group, chroot, umask, rlimits, nice, clear-env, script ownership (default: none).

@@ -130,6 +130,7 @@ pub(super) fn pool(
                 slowlog_timeout,
                 supervision,
                 max_body,
+                pipeline: raw.pipeline.unwrap_or(true),
                 error_pages,
                 isolation,
             })

@@ -18,6 +18,8 @@
 pub(crate) mod request_body_limits;
 pub(crate) mod serve;
 
+use crate::claim::{self, ClaimPage};
+use bytes::Bytes;
 use std::collections::VecDeque;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -86,7 +88,39 @@ pub(crate) enum AcquireError {
     /// The pool has no worker and cannot start one (an import error, …), or it is gone.
     #[error("{0}")]
     Unavailable(Arc<str>),
+    /// The request was piped onto a worker connection, the worker had started it, and the
+    /// connection failed (502, as for any request whose worker died).
+    #[error("the worker failed after it had started the request")]
+    Lost,
+    /// The client went away while the request waited.
+    #[error("the client went away")]
+    Gone,
 }
+
+/// A slot handed to a request.
+#[derive(Debug)]
+pub(crate) struct Granted<S> {
+    pub slot: S,
+    /// The request is already in the worker's socket, piped behind the slot's previous
+    /// request: its claim cell and tag (`claim.rs`). None: send it.
+    pub sent: Option<(u32, u32)>,
+}
+
+/// What a waiting request receives.
+enum Grant<S> {
+    Slot(Granted<S>),
+    Lost,
+}
+
+/// How long a connection's current request must have run before the request piped
+/// behind it is taken back for a slot that frees up: a fast request is not worth a
+/// withdraw and a resend; a slow one must not hold the piped one hostage.
+pub(crate) const TAKE_BACK_AFTER: Duration = Duration::from_millis(3);
+/// The same when no slot is free but one is handed to the request piped onto it: a
+/// request piped behind one that has run this long goes back to the front of the queue,
+/// to be piped behind the request just handed over. Longer than [`TAKE_BACK_AFTER`]: it
+/// trades one wait for another, so only a clearly slow request is undercut.
+pub(crate) const TAKE_BACK_BEHIND_BUSY: Duration = Duration::from_millis(50);
 
 /// What the status page shows of a request in progress; also its place in the log.
 pub(crate) struct Ticket<'a> {
@@ -165,11 +199,44 @@ struct Inner<S> {
     /// The manager wants a wake when a request has to queue (the pool may grow).
     wake_on_queue: bool,
     counters: Counters,
+    /// Requests written into a worker's socket behind its current request.
+    piped: Vec<Piped<S>>,
+    /// The last claim tag handed out.
+    tag: u32,
 }
 
 struct Waiter<S> {
-    tx: oneshot::Sender<S>,
+    tx: oneshot::Sender<Grant<S>>,
     label: Label,
+    /// The request's number, to find it again when it leaves.
+    id: u64,
+    /// Its encoded first write, when the whole request is in it: it may be piped.
+    kept: Option<Bytes>,
+}
+
+/// A waiter piped onto connection `key`: it gets that slot at its current request's end.
+struct Piped<S> {
+    key: SlotKey,
+    waiter: Waiter<S>,
+    cell: u32,
+    tag: u32,
+    page: Arc<ClaimPage>,
+}
+
+impl<S> Piped<S> {
+    fn withdraw(&self) -> bool {
+        self.page.withdraw(self.cell, self.tag)
+    }
+}
+
+/// Where a request that leaves the queue stood.
+enum Left {
+    /// It was waiting (or was taken back): gone without a trace.
+    Gone,
+    /// It was piped and the worker has started it: its slot comes at the hand-over.
+    Started,
+    /// A slot is already on its way.
+    Granted,
 }
 
 /// Pool-wide counters since the pool started.
@@ -189,6 +256,11 @@ pub(crate) struct Counters {
     pub rejected_unavailable: u64,
     /// Requests answered 504 by request-timeout.
     pub request_timeouts: u64,
+    /// Requests written to a worker connection behind its current request.
+    pub piped: u64,
+    /// Piped requests taken back before the worker started them (to a slot that freed up,
+    /// or after their connection failed).
+    pub withdrawn: u64,
 }
 
 struct WorkerEntry {
@@ -281,6 +353,8 @@ impl<S: Slot> Dispatcher<S> {
                 at_max: true,
                 wake_on_queue: false,
                 counters: Counters::default(),
+                piped: Vec::new(),
+                tag: 0,
             }),
             wake: Notify::new(),
         }
@@ -294,53 +368,39 @@ impl<S: Slot> Dispatcher<S> {
 
     /// A free slot, waiting in FIFO order if none is free.
     pub(crate) async fn acquire(&self, ticket: &Ticket<'_>) -> Result<S, AcquireError> {
-        let (mut rx, timeout) = {
-            let mut inner = self.lock();
-            inner.counters.accepted += 1;
-            while let Some(slot) = inner.idle.pop() {
-                if slot.usable() {
-                    let key = slot.key();
-                    if let Some((w, c)) = conn_mut(&mut inner.workers, key) {
-                        w.busy += 1;
-                        c.busy = true;
-                        c.since = ticket.started;
-                        c.label.set(ticket);
-                    }
-                    return Ok(slot);
-                }
-                inner.close_conn(slot.key(), &self.wake);
-            }
-            if let Some(why) = &inner.unavailable {
-                let why = why.clone();
-                inner.counters.rejected_unavailable += 1;
-                if inner.wake_on_queue {
-                    // An ondemand pool whose last start failed: this is demand to retry.
-                    self.wake.notify_one();
-                }
-                return Err(AcquireError::Unavailable(why));
-            }
-            inner.waiters.retain(|w| !w.tx.is_closed());
-            if inner.waiters.len() >= inner.queue_size {
-                inner.counters.rejected_queue_full += 1;
-                return Err(AcquireError::QueueFull(inner.waiters.len()));
-            }
-            let (tx, rx) = oneshot::channel();
-            inner.waiters.push_back(Waiter { tx, label: Label::of(ticket) });
-            let queued = inner.waiters.len();
-            if queued == 1 && inner.at_max {
-                inner.counters.max_reached += 1;
-            }
-            inner.counters.max_queue = inner.counters.max_queue.max(queued);
-            if inner.wake_on_queue {
-                self.wake.notify_one();
-            }
-            (rx, inner.queue_timeout)
+        self.acquire_piped(ticket, None, std::future::pending()).await.map(|g| g.slot)
+    }
+
+    /// A slot for the request: a free one, or the one it is piped onto (`kept`: its encoded
+    /// first write when that holds the whole request, so it may be piped). Ends with
+    /// [`AcquireError::Gone`] when `aborted` completes first — unless the worker has
+    /// started the piped request, which then gets its slot to abort it there.
+    pub(crate) async fn acquire_piped(
+        &self,
+        ticket: &Ticket<'_>,
+        kept: Option<Bytes>,
+        aborted: impl std::future::Future<Output = ()>,
+    ) -> Result<Granted<S>, AcquireError> {
+        let (mut rx, timeout) = match self.try_acquire(ticket, kept) {
+            Ok(slot) => return Ok(Granted { slot, sent: None }),
+            Err(Ok(waiting)) => waiting,
+            Err(Err(e)) => return Err(e),
         };
-        match tokio::time::timeout(timeout, &mut rx).await {
-            Ok(Ok(slot)) => Ok(slot),
+        let received = tokio::select! {
+            biased;
+            r = tokio::time::timeout(timeout, &mut rx) => r.ok(),
+            () = aborted => {
+                return match self.leave(ticket.request_id) {
+                    Left::Gone => Err(AcquireError::Gone),
+                    Left::Started | Left::Granted => self.granted(rx.await.ok()),
+                };
+            }
+        };
+        match received {
+            Some(Ok(grant)) => self.granted(Some(grant)),
             // The sender was dropped without a slot: the pool became unavailable (or the
             // waiter was cleared some other way; report it as a timeout then).
-            Ok(Err(_)) => {
+            Some(Err(_)) => {
                 let mut inner = self.lock();
                 match &inner.unavailable {
                     Some(why) => {
@@ -354,22 +414,129 @@ impl<S: Slot> Dispatcher<S> {
                     }
                 }
             }
-            Err(_) => {
-                // A slot may have been sent in the instant the timer fired: take it rather
-                // than lose it.
-                rx.close();
-                match rx.try_recv() {
-                    Ok(slot) => Ok(slot),
-                    Err(_) => {
-                        self.lock().counters.rejected_queue_timeout += 1;
-                        Err(AcquireError::Timeout(timeout))
-                    }
+            None => match self.leave(ticket.request_id) {
+                Left::Gone => {
+                    self.lock().counters.rejected_queue_timeout += 1;
+                    Err(AcquireError::Timeout(timeout))
                 }
-            }
+                // Started on a worker, or a slot sent in the instant the timer fired.
+                Left::Started | Left::Granted => self.granted(rx.await.ok()),
+            },
         }
     }
 
-    /// Give a slot back: to the oldest waiter, else to the idle list. Dead slots, and the
+    fn granted(&self, grant: Option<Grant<S>>) -> Result<Granted<S>, AcquireError> {
+        match grant {
+            Some(Grant::Slot(g)) => Ok(g),
+            Some(Grant::Lost) | None => Err(AcquireError::Lost),
+        }
+    }
+
+    /// A free slot now, or the queue's receiver and timeout (`Err(Ok)`), or a refusal.
+    #[allow(clippy::type_complexity)]
+    fn try_acquire(
+        &self,
+        ticket: &Ticket<'_>,
+        kept: Option<Bytes>,
+    ) -> Result<S, Result<(oneshot::Receiver<Grant<S>>, Duration), AcquireError>> {
+        let mut inner = self.lock();
+        inner.counters.accepted += 1;
+        while let Some(slot) = inner.idle.pop() {
+            if slot.usable() {
+                let key = slot.key();
+                if let Some((w, c)) = conn_mut(&mut inner.workers, key) {
+                    w.busy += 1;
+                    c.busy = true;
+                    c.since = ticket.started;
+                    c.label.set(ticket);
+                }
+                return Ok(slot);
+            }
+            inner.close_conn(slot.key(), &self.wake);
+        }
+        if let Some(why) = &inner.unavailable {
+            let why = why.clone();
+            inner.counters.rejected_unavailable += 1;
+            if inner.wake_on_queue {
+                // An ondemand pool whose last start failed: this is demand to retry.
+                self.wake.notify_one();
+            }
+            return Err(Err(AcquireError::Unavailable(why)));
+        }
+        inner.waiters.retain(|w| !w.tx.is_closed());
+        if inner.waiters.len() >= inner.queue_size {
+            inner.counters.rejected_queue_full += 1;
+            return Err(Err(AcquireError::QueueFull(inner.waiters.len())));
+        }
+        let (tx, rx) = oneshot::channel();
+        inner.waiters.push_back(Waiter { tx, label: Label::of(ticket), id: ticket.request_id, kept });
+        let queued = inner.waiters.len();
+        if queued == 1 && inner.at_max {
+            inner.counters.max_reached += 1;
+        }
+        inner.counters.max_queue = inner.counters.max_queue.max(queued);
+        if inner.wake_on_queue {
+            self.wake.notify_one();
+        }
+        Err(Ok((rx, inner.queue_timeout)))
+    }
+
+    /// Request `id` stops waiting (timeout, client gone): out of the queue, or taken back
+    /// from the connection it was piped onto if the worker has not started it.
+    fn leave(&self, id: u64) -> Left {
+        let mut inner = self.lock();
+        if let Some(i) = inner.waiters.iter().position(|w| w.id == id) {
+            inner.waiters.remove(i);
+            return Left::Gone;
+        }
+        let Some(i) = inner.piped.iter().position(|p| p.waiter.id == id) else { return Left::Granted };
+        if inner.piped[i].withdraw() {
+            inner.piped.swap_remove(i);
+            inner.counters.withdrawn += 1;
+            Left::Gone
+        } else {
+            Left::Started
+        }
+    }
+
+    /// Pipe the oldest waiting request whose first write holds the whole request onto
+    /// `key`'s connection, whose current request has been sent whole, under claim `cell`.
+    /// Returns that first write and the claim's tag to put in it; the caller writes it
+    /// now. Never onto a draining worker or one that its max-requests would stop before
+    /// the piped request.
+    pub(crate) fn pipe_onto(&self, key: SlotKey, page: &Arc<ClaimPage>, cell: u32) -> Option<(Bytes, u32)> {
+        let mut inner = self.lock();
+        let inner = &mut *inner;
+        if cell >= claim::CELLS || inner.waiters.is_empty() || inner.piped.iter().any(|p| p.key == key) {
+            return None;
+        }
+        let (w, _) = conn_mut(&mut inner.workers, key)?;
+        if w.draining || w.recycle_flagged || (w.max_requests != 0 && w.served + u64::from(w.busy) >= w.max_requests) {
+            return None;
+        }
+        let i = inner.waiters.iter().position(|w| w.kept.is_some() && !w.tx.is_closed())?;
+        let waiter = inner.waiters.remove(i)?;
+        let first = waiter.kept.clone()?;
+        let tag = claim::next_tag(&mut inner.tag);
+        page.queue(cell, tag);
+        inner.piped.push(Piped { key, waiter, cell, tag, page: page.clone() });
+        inner.counters.piped += 1;
+        Some((first, tag))
+    }
+
+    /// The request piped onto `key`'s connection, whose current request failed or was cut
+    /// short (the connection is about to close): taken back to the front of the queue if
+    /// the worker has not started it, else answered 502 (its worker failed under it).
+    pub(crate) fn unpipe(&self, key: SlotKey) {
+        let mut inner = self.lock();
+        let inner = &mut *inner;
+        let Some(i) = inner.piped.iter().position(|p| p.key == key) else { return };
+        let p = inner.piped.swap_remove(i);
+        inner.requeue_or_lose(p);
+    }
+
+    /// Give a slot back: to the request piped onto it, to a request piped behind a slow
+    /// one elsewhere, to the oldest waiter, else to the idle list. Dead slots, and the
     /// slots of a draining worker, are closed. Also how a new connection joins the pool.
     pub(crate) fn release(&self, slot: S) {
         let mut slot = slot;
@@ -378,6 +545,7 @@ impl<S: Slot> Dispatcher<S> {
         let mut inner = self.lock();
         let inner = &mut *inner;
         let mut keep = slot.usable();
+        let mut draining = false;
         if let Some((w, c)) = conn_mut(&mut inner.workers, key) {
             if let Some(new) = canceller {
                 c.canceller = Some(new);
@@ -393,32 +561,40 @@ impl<S: Slot> Dispatcher<S> {
                     self.wake.notify_one();
                 }
             }
-            keep &= !w.draining && !c.timed_out;
+            draining = w.draining;
+            keep &= !c.timed_out;
         }
-        if !keep {
+        if let Some(i) = inner.piped.iter().position(|p| p.key == key) {
+            let p = inner.piped.swap_remove(i);
+            // A draining worker still serves a piped request it has started.
+            let withdrawn = (!keep || draining).then(|| p.withdraw());
+            match withdrawn {
+                Some(true) => inner.requeue(p.waiter),
+                Some(false) if !keep => {
+                    let _ = p.waiter.tx.send(Grant::Lost);
+                }
+                _ => match inner.hand_over(slot, p) {
+                    Ok(()) => {
+                        inner.requeue_slow_piped(key);
+                        return;
+                    }
+                    // Its request is gone: the slot is free if the worker never started it.
+                    Err((back, true)) => slot = back,
+                    Err((back, false)) => {
+                        inner.close_conn(key, &self.wake);
+                        drop(back);
+                        return;
+                    }
+                },
+            }
+        }
+        if !keep || draining {
             inner.close_conn(key, &self.wake);
             return;
         }
-        while let Some(waiter) = inner.waiters.pop_front() {
-            let now = Instant::now();
-            if let Some((w, c)) = conn_mut(&mut inner.workers, key) {
-                w.busy += 1;
-                c.busy = true;
-                c.since = now;
-                c.label = waiter.label;
-            }
-            match waiter.tx.send(slot) {
-                Ok(()) => return,
-                Err(back) => {
-                    slot = back;
-                    if let Some((w, c)) = conn_mut(&mut inner.workers, key) {
-                        w.busy -= 1;
-                        c.busy = false;
-                    }
-                }
-            }
+        if let Some(back) = inner.take_back_for(slot) {
+            inner.give_to_waiters(back);
         }
-        inner.idle.push(slot);
     }
 
     /// A slot that will not come back (its worker died, it was cut short and could not
@@ -434,6 +610,10 @@ impl<S: Slot> Dispatcher<S> {
                 w.served += 1;
                 inner.counters.served += 1;
             }
+        }
+        if let Some(i) = inner.piped.iter().position(|p| p.key == key) {
+            let p = inner.piped.swap_remove(i);
+            inner.requeue_or_lose(p);
         }
         inner.close_conn(key, &self.wake);
         drop(slot);
@@ -454,12 +634,12 @@ impl<S: Slot> Dispatcher<S> {
         }
     }
 
-    /// Requests waiting right now.
+    /// Requests waiting right now (a piped request waits for its thread too).
     #[allow(dead_code)]
     pub(crate) fn waiting(&self) -> usize {
         let mut inner = self.lock();
         inner.waiters.retain(|w| !w.tx.is_closed());
-        inner.waiters.len()
+        inner.waiters.len() + inner.piped.len()
     }
 
     /// Free slots right now.
@@ -541,6 +721,10 @@ impl<S: Slot> Dispatcher<S> {
         let mut inner = self.lock();
         let inner = &mut *inner;
         inner.idle.retain(|s| s.key().worker != worker);
+        while let Some(i) = inner.piped.iter().position(|p| p.key.worker == worker) {
+            let p = inner.piped.swap_remove(i);
+            inner.requeue_or_lose(p);
+        }
         if let Some(w) = inner.worker_mut(worker) {
             w.live = false;
             w.conns.clear();
@@ -652,12 +836,155 @@ impl<S: Slot> Dispatcher<S> {
         let busy = inner.workers.iter().filter(|w| w.live).map(|w| w.s.busy as usize).sum();
         PoolView {
             counters: inner.counters,
-            queue_now: inner.waiters.len(),
+            // A piped request has no thread yet: it is demand (the manager sizes dynamic
+            // pools with this) and waits like a queued one.
+            queue_now: inner.waiters.len() + inner.piped.len(),
             queue_size: inner.queue_size,
             queue_timeout: inner.queue_timeout,
             idle_slots: inner.idle.len(),
             busy_slots: busy,
             unavailable: inner.unavailable.clone(),
+        }
+    }
+}
+
+impl<S: Slot> Inner<S> {
+    /// Give `slot` to the request piped onto it (already in the worker). Err: that request
+    /// is gone; the slot comes back with whether its piped request was withdrawn.
+    fn hand_over(&mut self, slot: S, p: Piped<S>) -> Result<(), (S, bool)> {
+        let key = slot.key();
+        let Piped { waiter, cell, tag, page, .. } = p;
+        self.mark_busy(key, &waiter.label);
+        match waiter.tx.send(Grant::Slot(Granted { slot, sent: Some((cell, tag)) })) {
+            Ok(()) => Ok(()),
+            Err(Grant::Slot(g)) => {
+                self.mark_free(key);
+                Err((g.slot, page.withdraw(cell, tag)))
+            }
+            Err(Grant::Lost) => unreachable!("a slot was sent"),
+        }
+    }
+
+    /// A withdrawn request goes back to the front of the queue (it waited longest), and
+    /// takes a free slot if one is idle.
+    fn requeue(&mut self, waiter: Waiter<S>) {
+        self.counters.withdrawn += 1;
+        self.waiters.push_front(waiter);
+        while let Some(slot) = self.idle.pop() {
+            if slot.usable() {
+                self.give_to_waiters(slot);
+                return;
+            }
+        }
+    }
+
+    /// The connection under a piped request failed: requeue it if the worker had not
+    /// started it, else it is lost with its worker.
+    fn requeue_or_lose(&mut self, p: Piped<S>) {
+        if p.withdraw() {
+            self.requeue(p.waiter);
+        } else {
+            let _ = p.waiter.tx.send(Grant::Lost);
+        }
+    }
+
+    /// A free `slot`: taken by the oldest request piped behind a current request that has
+    /// run [`TAKE_BACK_AFTER`] or longer, when the worker has not started it yet. Returns
+    /// the slot when nobody took it.
+    fn take_back_for(&mut self, slot: S) -> Option<S> {
+        if self.piped.is_empty() {
+            return Some(slot);
+        }
+        let now = Instant::now();
+        let workers = &mut self.workers;
+        let slow = self
+            .piped
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| !p.waiter.tx.is_closed())
+            .filter(|(_, p)| {
+                conn_mut(workers, p.key).is_some_and(|(_, c)| now.saturating_duration_since(c.since) >= TAKE_BACK_AFTER)
+            })
+            .min_by_key(|(_, p)| p.waiter.label.started)
+            .map(|(i, _)| i);
+        let Some(i) = slow else { return Some(slot) };
+        if !self.piped[i].withdraw() {
+            // Started: its current request has just ended in the worker; the hand-over comes.
+            return Some(slot);
+        }
+        let p = self.piped.swap_remove(i);
+        self.counters.withdrawn += 1;
+        let key = slot.key();
+        self.mark_busy(key, &p.waiter.label);
+        match p.waiter.tx.send(Grant::Slot(Granted { slot, sent: None })) {
+            Ok(()) => None,
+            Err(Grant::Slot(g)) => {
+                self.mark_free(key);
+                Some(g.slot)
+            }
+            Err(Grant::Lost) => unreachable!("a slot was sent"),
+        }
+    }
+
+    /// After a hand-over on `handed`: requests piped behind a request that has run
+    /// [`TAKE_BACK_BEHIND_BUSY`] or longer elsewhere go back to the front of the queue (in
+    /// their order), when the worker has not started them.
+    fn requeue_slow_piped(&mut self, handed: SlotKey) {
+        if self.piped.len() < 2 {
+            return;
+        }
+        let now = Instant::now();
+        let mut i = 0;
+        let mut back = Vec::new();
+        while i < self.piped.len() {
+            let p = &self.piped[i];
+            let slow = p.key != handed
+                && conn_mut(&mut self.workers, p.key)
+                    .is_some_and(|(_, c)| now.saturating_duration_since(c.since) >= TAKE_BACK_BEHIND_BUSY);
+            if slow && p.withdraw() {
+                back.push(self.piped.swap_remove(i));
+            } else {
+                i += 1;
+            }
+        }
+        back.sort_by_key(|p| std::cmp::Reverse(p.waiter.label.started));
+        for p in back {
+            self.counters.withdrawn += 1;
+            self.waiters.push_front(p.waiter);
+        }
+    }
+
+    /// A free slot to the oldest waiter, else to the idle list.
+    fn give_to_waiters(&mut self, slot: S) {
+        let mut slot = slot;
+        let key = slot.key();
+        while let Some(waiter) = self.waiters.pop_front() {
+            self.mark_busy(key, &waiter.label);
+            match waiter.tx.send(Grant::Slot(Granted { slot, sent: None })) {
+                Ok(()) => return,
+                Err(Grant::Slot(g)) => {
+                    slot = g.slot;
+                    self.mark_free(key);
+                }
+                Err(Grant::Lost) => unreachable!("a slot was sent"),
+            }
+        }
+        self.idle.push(slot);
+    }
+
+    fn mark_busy(&mut self, key: SlotKey, label: &Label) {
+        if let Some((w, c)) = conn_mut(&mut self.workers, key) {
+            w.busy += 1;
+            c.busy = true;
+            c.since = Instant::now();
+            c.label = label.clone();
+        }
+    }
+
+    fn mark_free(&mut self, key: SlotKey) {
+        if let Some((w, c)) = conn_mut(&mut self.workers, key) {
+            w.busy -= 1;
+            c.busy = false;
         }
     }
 }

@@ -168,6 +168,24 @@ impl<'a, S: BodySource> Limited<'a, S> {
         }
     }
 
+    /// Whether the whole body is here (read ahead, its end seen), taking what the source
+    /// has without waiting: only such a request may be piped (dispatch/mod.rs).
+    pub(crate) fn whole(&mut self) -> bool {
+        if self.no_body.is_some() || self.early_end {
+            return true;
+        }
+        loop {
+            match self.inner.ready() {
+                Some(Some(chunk)) => self.early.push_back(chunk),
+                Some(None) => {
+                    self.early_end = true;
+                    return true;
+                }
+                None => return false,
+            }
+        }
+    }
+
     /// From now on the body is empty (an internal redirect is a GET); an abort of the
     /// request is still reported.
     pub(crate) fn end_body(&mut self) {

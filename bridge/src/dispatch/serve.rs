@@ -6,10 +6,10 @@
 //! path), or finish. The exchange says what comes after it ([`Next`]); [`error_answer`] is
 //! the one place that decides how an error is answered.
 use super::request_body_limits::{BodyWatch, Limited, LimitedSink, Tripped};
-use crate::backend::exchange::{exchange, First, Next, Outcome, RequestInfo, SlotFate, FIRST_WRITE_BODY};
+use crate::backend::exchange::{encode_kept, exchange, First, Next, Outcome, RequestInfo, SlotFate, FIRST_WRITE_BODY};
 use crate::backend::SlotConn;
 use crate::config::ErrorPages;
-use crate::dispatch::{AcquireError, Ticket};
+use crate::dispatch::{AcquireError, Granted, Slot, Ticket};
 use crate::flow::{BodySource, End, ResponseSink};
 use crate::listen::context::ListenerCtx;
 use crate::logging::AccessRecord;
@@ -103,6 +103,10 @@ fn overrides<'x>(serving: &'x Option<Replaced>, pages: Option<&'x ErrorPages>) -
 /// Give a slot back after a request: to the pool as it is, over a fresh connection, or
 /// not at all (its supervisor starts a replacement).
 async fn give_back(pool: &PoolRuntime, mut slot: SlotConn, fate: SlotFate) {
+    if matches!(fate, SlotFate::Reconnect | SlotFate::Verify) {
+        // The request piped behind this one is taken back before the connection closes.
+        pool.dispatcher.unpipe(slot.key());
+    }
     let keep = match fate {
         SlotFate::Reuse => true,
         SlotFate::Reconnect => slot.reconnect().await,
@@ -309,27 +313,41 @@ impl<'a, S: BodySource, K: ResponseSink> Request<'a, S, K> {
         let method = self.params.get_bytes(b"REQUEST_METHOD").unwrap_or_default();
         let ticket =
             Ticket { method: &method, uri: self.uri_bytes, request_id: self.request_num, started: self.started };
-        let acquired = tokio::select! {
-            biased;
-            r = pool.dispatcher.acquire(&ticket) => Some(r),
-            () = self.source.aborted() => None,
-        };
+        let kept = self.kept(pool, declared);
+        let acquired = pool.dispatcher.acquire_piped(&ticket, kept.clone(), self.source.aborted()).await;
         match acquired {
-            Some(Ok(slot)) => self.run(pool, slot, &ticket, declared).await,
-            Some(Err(e)) => {
+            Ok(granted) => self.run(pool, granted, &ticket, declared, kept).await,
+            Err(AcquireError::Gone) => self.gone(pool).await,
+            Err(AcquireError::Lost) => {
+                tracing::error!(pool = %pool.name, request_id, uri = %uri, "the worker failed after it had started the piped request, answering 502");
+                self.error_page(Some(&pool.config.error_pages), Replaced::bridge(502, None), Some(&pool.name)).await
+            }
+            Err(e) => {
                 if crate::logging::ratelimit::allow(rejection_kind(&e), &pool.name) {
                     tracing::warn!(pool = %pool.name, request_id, uri = %uri, "answering 503: {e}");
                 }
-                let retry = match e {
-                    AcquireError::QueueFull(_) | AcquireError::Timeout(_) | AcquireError::Unavailable(_) => {
-                        Some(RETRY_AFTER_SECS)
-                    }
-                };
-                self.error_page(Some(&pool.config.error_pages), Replaced::bridge(503, retry), Some(&pool.name)).await
+                self.error_page(
+                    Some(&pool.config.error_pages),
+                    Replaced::bridge(503, Some(RETRY_AFTER_SECS)),
+                    Some(&pool.name),
+                )
+                .await
             }
-            // Gone while queued.
-            None => self.gone(pool).await,
         }
+    }
+
+    /// The request's first write, encoded now to wait in the queue with it, when the pool
+    /// pipelines, has no free slot, and the whole request fits in that write: it may then
+    /// be piped onto a busy worker connection (dispatch/mod.rs). None otherwise.
+    fn kept(&mut self, pool: &'a PoolRuntime, declared: Option<u64>) -> Option<Bytes> {
+        if !crate::claim::pipelines(&pool.config) || declared.is_some_and(|n| n > FIRST_WRITE_BODY as u64) {
+            return None;
+        }
+        if pool.dispatcher.idle() > 0 || !self.source.whole() {
+            return None;
+        }
+        let info = RequestInfo { id: self.request_id, uri: self.uri, role: self.role, error_pages: None, files: None };
+        encode_kept(&info, &self.params, &mut self.source)
     }
 
     /// The instance of template `t` for this request (supervise/instances.rs), or the step
@@ -394,11 +412,12 @@ impl<'a, S: BodySource, K: ResponseSink> Request<'a, S, K> {
     async fn run(
         &mut self,
         pool: &'a Arc<PoolRuntime>,
-        slot: SlotConn,
+        granted: Granted<SlotConn>,
         ticket: &Ticket<'_>,
         declared: Option<u64>,
+        kept: Option<Bytes>,
     ) -> Step<'a> {
-        let Some((slot, outcome)) = self.exchange_on(pool, slot, ticket).await else {
+        let Some((slot, outcome)) = self.exchange_on(pool, granted, ticket, kept).await else {
             tracing::error!(pool = %pool.name, request_id = self.request_id, uri = %self.uri, "no worker took the request, answering 502");
             return self
                 .error_page(Some(&pool.config.error_pages), Replaced::bridge(502, None), Some(&pool.name))
@@ -430,8 +449,9 @@ impl<'a, S: BodySource, K: ResponseSink> Request<'a, S, K> {
     async fn exchange_on(
         &mut self,
         pool: &'a Arc<PoolRuntime>,
-        mut slot: SlotConn,
+        granted: Granted<SlotConn>,
         ticket: &Ticket<'_>,
+        kept: Option<Bytes>,
     ) -> Option<(SlotConn, Outcome)> {
         // The request fetching an error page gets no page of its own (no recursion).
         let info = RequestInfo {
@@ -441,15 +461,34 @@ impl<'a, S: BodySource, K: ResponseSink> Request<'a, S, K> {
             error_pages: overrides(&self.serving, Some(&pool.config.error_pages)),
             files: self.lst.files.as_deref(),
         };
-        let mut first = First::Encode;
+        let Granted { mut slot, sent } = granted;
+        let mut first = match (sent, &kept) {
+            (Some((cell, tag)), _) => First::Sent { cell, tag },
+            (None, Some(kept)) => {
+                slot.load_first_write(kept);
+                First::Prepared { body_done: true }
+            }
+            (None, None) => First::Encode,
+        };
+        let pipe = crate::claim::pipelines(&pool.config).then_some(&*pool.dispatcher);
         let mut attempts = 0;
         loop {
-            let outcome = exchange(&mut slot, &info, &self.params, &mut self.source, &mut self.sink, first).await;
+            let outcome = exchange(&mut slot, &info, &self.params, &mut self.source, &mut self.sink, first, pipe).await;
             let Next::Retry(again) = outcome.next else { return Some((slot, outcome)) };
             attempts += 1;
             let next = if attempts < MAX_ATTEMPTS { pool.dispatcher.acquire(ticket).await.ok() } else { None };
             let mut next = next?;
-            next.take_first_write(&mut slot);
+            let again = match (again, &kept) {
+                (First::Resend, Some(kept)) => {
+                    next.load_first_write(kept);
+                    First::Prepared { body_done: true }
+                }
+                (First::Resend, None) => return None,
+                (again, _) => {
+                    next.take_first_write(&mut slot);
+                    again
+                }
+            };
             let failed = std::mem::replace(&mut slot, next);
             // Usually the worker is gone (then reconnecting fails and the slot is dropped;
             // its supervisor starts a replacement); if only this connection was closed,
@@ -530,7 +569,7 @@ fn rejection_kind(e: &AcquireError) -> &'static crate::logging::ratelimit::Kind 
     match e {
         AcquireError::QueueFull(_) => &rl::QUEUE_FULL,
         AcquireError::Timeout(_) => &rl::QUEUE_TIMEOUT,
-        AcquireError::Unavailable(_) => &rl::UNAVAILABLE,
+        AcquireError::Unavailable(_) | AcquireError::Lost | AcquireError::Gone => &rl::UNAVAILABLE,
     }
 }
 

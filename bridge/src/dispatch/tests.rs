@@ -251,3 +251,90 @@ async fn overdue_requests_are_cancelled_once() {
     d.release(s);
     assert_eq!(d.idle(), 0);
 }
+
+mod pipeline {
+    use super::*;
+    use crate::claim::ClaimPage;
+
+    fn ticket_n(n: u64) -> Ticket<'static> {
+        Ticket { method: b"GET", uri: b"/", request_id: n, started: Instant::now() }
+    }
+
+    /// A pool of one worker with two connections, both busy; two requests waiting, each with
+    /// its whole first write kept.
+    async fn busy_pool() -> (Arc<Dispatcher<TestSlot>>, [TestSlot; 2], Vec<tokio::task::JoinHandle<Granted<TestSlot>>>)
+    {
+        let d = Arc::new(Dispatcher::<TestSlot>::new(8, Duration::from_secs(30)));
+        let w = d.add_worker(0);
+        d.release(registered(&d, w, 1));
+        d.release(registered(&d, w, 2));
+        let s1 = d.acquire(&ticket_n(1)).await.expect("a");
+        let s2 = d.acquire(&ticket_n(2)).await.expect("b");
+        let (a, b) = if s1.0 == 1 { (s1, s2) } else { (s2, s1) };
+        let mut waiting = Vec::new();
+        for n in [3u64, 4] {
+            let d2 = d.clone();
+            waiting.push(tokio::spawn(async move {
+                let kept = Some(Bytes::from_static(b"first write"));
+                d2.acquire_piped(&ticket_n(n), kept, std::future::pending()).await.expect("granted")
+            }));
+            while d.waiting() < n as usize - 2 {
+                tokio::task::yield_now().await;
+            }
+        }
+        (d, [a, b], waiting)
+    }
+
+    #[tokio::test]
+    async fn a_piped_request_gets_its_connection_at_the_hand_over() {
+        let page = Arc::new(ClaimPage::new().expect("page"));
+        let (d, [a, b], mut waiting) = busy_pool().await;
+        let (first, tag) = d.pipe_onto(a.key(), &page, 0).expect("the oldest waiter is piped");
+        assert_eq!(&first[..], b"first write");
+        assert!(d.pipe_onto(a.key(), &page, 1).is_none(), "one deep");
+        assert!(page.start(0, tag), "the worker claims it");
+        d.release(a);
+        let g = waiting.remove(0).await.expect("task");
+        assert_eq!((g.slot.0, g.sent), (1, Some((0, tag))), "handed over, already sent");
+        assert_eq!(d.view().counters.piped, 1);
+        d.release(b);
+        assert_eq!(waiting.remove(0).await.expect("task").slot.0, 2);
+    }
+
+    #[tokio::test]
+    async fn a_free_slot_takes_back_a_request_piped_behind_a_slow_one() {
+        let page = Arc::new(ClaimPage::new().expect("page"));
+        let (d, [a, b], mut waiting) = busy_pool().await;
+        let (_, tag) = d.pipe_onto(a.key(), &page, 0).expect("piped");
+        tokio::time::sleep(TAKE_BACK_AFTER * 2).await;
+        d.release(b);
+        let g = waiting.remove(0).await.expect("task");
+        assert_eq!((g.slot.0, g.sent), (2, None), "moved to the free slot, to be sent again");
+        assert!(!page.start(0, tag), "the worker finds it withdrawn");
+        assert_eq!(d.view().counters.withdrawn, 1);
+        d.release(a);
+        assert_eq!(waiting.remove(0).await.expect("task").slot.0, 1);
+    }
+
+    #[tokio::test]
+    async fn a_started_request_is_not_taken_back_and_a_failed_connection_requeues_one_that_was_not() {
+        let page = Arc::new(ClaimPage::new().expect("page"));
+        let (d, [a, b], mut waiting) = busy_pool().await;
+        let (_, tag) = d.pipe_onto(a.key(), &page, 0).expect("piped");
+        assert!(page.start(0, tag), "the worker won the race");
+        tokio::time::sleep(TAKE_BACK_AFTER * 2).await;
+        d.release(b);
+        // The free slot went to the other waiter; the started one waits for its hand-over.
+        assert_eq!(waiting.remove(1).await.expect("task").slot.0, 2);
+        d.release(a);
+        assert_eq!(waiting.remove(0).await.expect("task").sent, Some((0, tag)));
+        // Now piped again behind a request whose connection fails before it started.
+        let (d, [a, b], mut waiting) = busy_pool().await;
+        d.pipe_onto(a.key(), &page, 0).expect("piped");
+        d.unpipe(a.key());
+        d.discard(a);
+        d.release(b);
+        let g = waiting.remove(0).await.expect("task");
+        assert_eq!((g.slot.0, g.sent), (2, None), "back at the front of the queue");
+    }
+}

@@ -36,6 +36,7 @@ fn pool_config(threads: u32) -> config::Pool {
         startup_timeout: Duration::from_secs(5),
         slowlog_timeout: None,
         max_body: None,
+        pipeline: true,
         error_pages: Default::default(),
         isolation: Default::default(),
         supervision: Default::default(),

@@ -164,6 +164,8 @@ fn pool_status(s: &track::State, p: crate::supervise::stats::PoolStats, start_ti
         slow_requests: slow,
         rejected_requests: p.rejected_queue_full + p.rejected_queue_timeout + p.rejected_unavailable,
         request_timeouts: p.request_timeouts,
+        piped_requests: p.piped_requests,
+        withdrawn_requests: p.withdrawn_requests,
         processes: p.max_processes,
         threads: p.threads_per_process,
         idle_workers: p.idle_workers,

@@ -85,6 +85,10 @@ pub(crate) struct PoolStatus {
     pub rejected_requests: u64,
     /// Requests answered 504 by request-timeout.
     pub request_timeouts: u64,
+    /// Requests written to a busy worker connection behind its current request (`pipeline`).
+    pub piped_requests: u64,
+    /// Piped requests taken back before the worker started them.
+    pub withdrawn_requests: u64,
     pub processes: u32,
     pub threads: u32,
     /// Worker processes serving no request now.

@@ -99,7 +99,7 @@ fn daemon_and_listeners(o: &mut Out, s: &Status) {
 /// The pools' counters, histograms and gauges.
 fn pools(o: &mut Out, s: &Status) {
     type PoolField = fn(&super::model::PoolStatus) -> u64;
-    let counters: [(&str, &str, PoolField); 8] = [
+    let counters: [(&str, &str, PoolField); 10] = [
         ("fcgibridge_pool_requests", "Requests routed to the pool.", |p| p.accepted_requests),
         ("fcgibridge_pool_max_children_reached", "Requests that found every worker thread busy and queued.", |p| {
             p.max_children_reached
@@ -114,6 +114,12 @@ fn pools(o: &mut Out, s: &Status) {
             p.worker_crashes
         }),
         ("fcgibridge_pool_spawns", "Worker processes started.", |p| p.spawns),
+        ("fcgibridge_pool_piped_requests", "Requests piped behind a worker connection's current request.", |p| {
+            p.piped_requests
+        }),
+        ("fcgibridge_pool_withdrawn_requests", "Piped requests taken back before the worker started them.", |p| {
+            p.withdrawn_requests
+        }),
     ];
     for (name, help, f) in counters {
         o.family(name, "counter", help);

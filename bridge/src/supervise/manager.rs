@@ -1055,6 +1055,7 @@ mod tests {
             slowlog_timeout: None,
             supervision: Default::default(),
             max_body: None,
+            pipeline: true,
             error_pages: Default::default(),
             isolation: Default::default(),
         };

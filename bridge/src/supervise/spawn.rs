@@ -2,7 +2,7 @@
 //! the readiness pipe on fd 3, the pool's environment and working directory.
 use super::isolate::Prepared;
 use crate::config::{App, Pool};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixListener;
 use std::path::Path;
 use std::process::Stdio;
@@ -12,6 +12,8 @@ use tokio::process::Command;
 const BOOT: &str = "import sys; sys.path.insert(0, sys.argv.pop(1)); import fcgibridge_worker.main as m; m.main()";
 /// The fd a worker writes READY / ERROR to.
 const READY_FD: i32 = 3;
+/// The claim page in a native worker (`FCGIBRIDGE_CLAIM_FD`).
+const CLAIM_FD: i32 = 4;
 
 /// A started worker process.
 pub(super) struct Spawned {
@@ -37,8 +39,14 @@ pub(super) enum SpawnError {
     Template(#[from] super::template::TemplateError),
 }
 
-/// Bind `socket`, then start the pool's interpreter with it as fd 0.
-pub(super) async fn spawn_worker(pool: &Pool, spawner: &super::Spawner, socket: &Path) -> Result<Spawned, SpawnError> {
+/// Bind `socket`, then start the pool's interpreter with it as fd 0 (and `claims`, the
+/// claim page's descriptor, as fd 4: claim.rs).
+pub(super) async fn spawn_worker(
+    pool: &Pool,
+    spawner: &super::Spawner,
+    socket: &Path,
+    claims: Option<RawFd>,
+) -> Result<Spawned, SpawnError> {
     let python_path = spawner.python_path.as_path();
     if pool.isolation.preload {
         return Ok(super::template::spawn_forked(&spawner.templates, pool, python_path, socket).await?);
@@ -78,6 +86,10 @@ pub(super) async fn spawn_worker(pool: &Pool, spawner: &super::Spawner, socket: 
     if !give_ready_fd {
         cmd.env_remove("FCGIBRIDGE_READY_FD");
     }
+    match claims {
+        Some(_) => cmd.env("FCGIBRIDGE_CLAIM_FD", CLAIM_FD.to_string()),
+        None => cmd.env_remove("FCGIBRIDGE_CLAIM_FD"),
+    };
     let ready_w_raw = ready_w.as_raw_fd();
     // Credentials change first: the kernel clears PR_SET_PDEATHSIG (set below) on setuid.
     iso.install(&mut cmd);
@@ -94,6 +106,12 @@ pub(super) async fn spawn_worker(pool: &Pool, spawner: &super::Spawner, socket: 
                 }
             } else if libc::dup2(ready_w_raw, READY_FD) == -1 {
                 return Err(std::io::Error::last_os_error());
+            }
+            // The page's descriptor is 10 or above (ClaimPage::new): never one placed here.
+            if let Some(fd) = claims {
+                if libc::dup2(fd, CLAIM_FD) == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
             }
             // A worker must never outlive the bridge, even after a SIGKILL of the bridge.
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) == -1 {

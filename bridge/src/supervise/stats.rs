@@ -110,6 +110,9 @@ pub(crate) struct PoolStats {
     pub rejected_queue_timeout: u64,
     pub rejected_unavailable: u64,
     pub request_timeouts: u64,
+    /// Requests piped behind a worker connection's current request / taken back from it.
+    pub piped_requests: u64,
+    pub withdrawn_requests: u64,
     /// Worker processes started since the pool started.
     pub spawns: u64,
     /// Worker processes gone since the pool started (any reason).
@@ -315,6 +318,8 @@ pub(crate) fn pool_snapshot(pool: &PoolRuntime) -> PoolStats {
         rejected_queue_timeout: c.rejected_queue_timeout,
         rejected_unavailable: c.rejected_unavailable,
         request_timeouts: c.request_timeouts,
+        piped_requests: c.piped,
+        withdrawn_requests: c.withdrawn,
         spawns: mv.spawns,
         worker_exits: mv.exits,
         worker_crashes: mv.crashes,

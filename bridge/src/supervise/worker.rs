@@ -78,10 +78,27 @@ enum Readiness {
     Silent,
 }
 
+/// The claim page for a worker the bridge may pipe requests to
+/// ([`crate::claim::pipelines`]). None: requests go to it one at a time.
+fn claim_page(t: &WorkerTask) -> Option<Arc<crate::claim::ClaimPage>> {
+    if !(t.native && crate::claim::pipelines(&t.config)) {
+        return None;
+    }
+    match crate::claim::ClaimPage::new() {
+        Ok(page) => Some(Arc::new(page)),
+        Err(e) => {
+            tracing::warn!(pool = &*t.pool, "no claim page for a new worker, it gets one request at a time: {e}");
+            None
+        }
+    }
+}
+
 pub(super) async fn run(t: WorkerTask, mut ctl: mpsc::UnboundedReceiver<WorkerCtl>) {
     let pool = t.pool.clone();
+    let claims = claim_page(&t);
+    let claim_fd = claims.as_ref().map(|p| p.raw_fd());
     let started = tokio::select! {
-        r = super::spawn::spawn_worker(&t.config, &t.spawner, &t.socket) => r,
+        r = super::spawn::spawn_worker(&t.config, &t.spawner, &t.socket, claim_fd) => r,
         _ = ctl.recv() => {
             let _ = t.events.send(Event::Failed { id: t.id, why: "stopped before it was started".into() });
             return;
@@ -104,7 +121,8 @@ pub(super) async fn run(t: WorkerTask, mut ctl: mpsc::UnboundedReceiver<WorkerCt
     // "ready in" counts from the process's start (a preloaded pool's template start-up,
     // waited for above, is logged by the template itself).
     let spawned = Instant::now();
-    let handle = Arc::new(WorkerHandle::with_ctl(pool.clone(), pid, t.socket.clone(), t.ctl_tx.clone()));
+    let handle =
+        Arc::new(WorkerHandle::with_ctl(pool.clone(), pid, t.socket.clone(), t.ctl_tx.clone()).with_claims(claims));
     if t.max_requests > 0 {
         tracing::info!(
             pool = &*pool,

@@ -1,0 +1,169 @@
+//! The claim page shared with one worker process: one atomic word per worker connection and request id
+//! that decides, without a message, whether a request piped behind the current one
+//! (dispatch/mod.rs) is run by the worker or taken back by the bridge.
+//!
+//! A cell holds `tag << 2 | state`. The bridge stores QUEUED with a fresh tag before it
+//! writes the piped request (whose `FCGIBRIDGE_CLAIM` param names the cell and the tag);
+//! the worker swaps QUEUED for STARTED before its app runs the request
+//! (workers/src/claim.rs); the bridge swaps QUEUED for WITHDRAWN to take it back. The
+//! first swap decides; a stale tag never matches.
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+const QUEUED: u32 = 1;
+const WITHDRAWN: u32 = 3;
+/// Bytes of the page (the worker maps the same size).
+const PAGE_BYTES: usize = 4096;
+/// Cells in a page: connections beyond it are never piped onto.
+pub(crate) const CELLS: u32 = (PAGE_BYTES / 4) as u32;
+/// Tags use the bits above the state.
+const TAG_MASK: u32 = u32::MAX >> 2;
+
+/// Why no claim page could be made (the pool then runs without the pipeline).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ClaimError {
+    #[error("memfd_create: {0}")]
+    Create(std::io::Error),
+    #[error("ftruncate: {0}")]
+    Size(std::io::Error),
+    #[error("mmap: {0}")]
+    Map(std::io::Error),
+}
+
+/// One worker's page, mapped shared; the descriptor is what the worker inherits.
+#[derive(Debug)]
+pub(crate) struct ClaimPage {
+    fd: OwnedFd,
+    cells: *const AtomicU32,
+}
+
+// SAFETY: the mapping is only ever accessed through atomics, and lives as long as the value.
+unsafe impl Send for ClaimPage {}
+// SAFETY: as above.
+unsafe impl Sync for ClaimPage {}
+
+impl ClaimPage {
+    /// A zeroed page in a memfd (close-on-exec; the spawn dups it onto the worker's fd).
+    pub(crate) fn new() -> Result<Self, ClaimError> {
+        // SAFETY: a NUL-terminated name and valid flags.
+        let raw = unsafe { libc::memfd_create(c"fcgibridge-claims".as_ptr(), libc::MFD_CLOEXEC) };
+        if raw < 0 {
+            return Err(ClaimError::Create(std::io::Error::last_os_error()));
+        }
+        // SAFETY: memfd_create returned a descriptor nothing else owns.
+        let low = unsafe { OwnedFd::from_raw_fd(raw) };
+        // Above the descriptors a spawn places (0–4), so dup2 onto them never clobbers it.
+        // SAFETY: F_DUPFD_CLOEXEC on a valid descriptor.
+        let high = unsafe { libc::fcntl(low.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 10) };
+        if high < 0 {
+            return Err(ClaimError::Create(std::io::Error::last_os_error()));
+        }
+        drop(low);
+        // SAFETY: fcntl returned a new descriptor nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(high) };
+        // SAFETY: a valid descriptor and length.
+        if unsafe { libc::ftruncate(fd.as_raw_fd(), PAGE_BYTES as libc::off_t) } != 0 {
+            return Err(ClaimError::Size(std::io::Error::last_os_error()));
+        }
+        // SAFETY: a fresh shared mapping of the whole (zeroed) file, checked below.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                PAGE_BYTES,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(ClaimError::Map(std::io::Error::last_os_error()));
+        }
+        Ok(Self { fd, cells: p.cast::<AtomicU32>() })
+    }
+
+    /// The descriptor the worker inherits (as `FCGIBRIDGE_CLAIM_FD`).
+    pub(crate) fn raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+
+    fn cell(&self, cell: u32) -> Option<&AtomicU32> {
+        // SAFETY: `cells` points at CELLS atomics that live as long as `self`.
+        (cell < CELLS).then(|| unsafe { &*self.cells.add(cell as usize) })
+    }
+
+    /// Mark `cell` queued under `tag` (before the request is written).
+    pub(crate) fn queue(&self, cell: u32, tag: u32) {
+        if let Some(c) = self.cell(cell) {
+            c.store(((tag & TAG_MASK) << 2) | QUEUED, Ordering::Release);
+        }
+    }
+
+    /// Take the request back: true when the worker had not started it (it never will).
+    pub(crate) fn withdraw(&self, cell: u32, tag: u32) -> bool {
+        let Some(c) = self.cell(cell) else { return false };
+        let tag = (tag & TAG_MASK) << 2;
+        c.compare_exchange(tag | QUEUED, tag | WITHDRAWN, Ordering::AcqRel, Ordering::Acquire).is_ok()
+    }
+
+    /// What the worker does (workers/src/claim.rs), for tests of the race.
+    #[cfg(test)]
+    pub(crate) fn start(&self, cell: u32, tag: u32) -> bool {
+        let Some(c) = self.cell(cell) else { return false };
+        let tag = (tag & TAG_MASK) << 2;
+        c.compare_exchange(tag | QUEUED, tag | 2, Ordering::AcqRel, Ordering::Acquire).is_ok()
+    }
+}
+
+impl Drop for ClaimPage {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `new`, unmapped once.
+        unsafe { libc::munmap(self.cells as *mut libc::c_void, PAGE_BYTES) };
+    }
+}
+
+/// Whether requests are piped to `pool`'s workers: `pipeline` on, and the bridge's own
+/// WSGI worker started directly (a preloaded one is forked by its template, which has no
+/// page; `command:` programs and the ASGI worker serve one request per connection).
+pub(crate) fn pipelines(pool: &crate::config::Pool) -> bool {
+    pool.pipeline
+        && !matches!(pool.app, crate::config::App::Command(_))
+        && !pool.isolation.preload
+        && pool.interface.kind == crate::config::interface::Interface::Wsgi
+}
+
+/// The next tag for a piped request (never 0: tag 0 means "no claim").
+pub(crate) fn next_tag(counter: &mut u32) -> u32 {
+    *counter = (counter.wrapping_add(1)) & TAG_MASK;
+    if *counter == 0 {
+        *counter = 1;
+    }
+    *counter
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[test]
+    fn exactly_one_side_wins_the_race() {
+        let page = Arc::new(ClaimPage::new().expect("page"));
+        for tag in 1..200u32 {
+            page.queue(3, tag);
+            let p = page.clone();
+            let worker = std::thread::spawn(move || p.start(3, tag));
+            let bridge = page.withdraw(3, tag);
+            let started = worker.join().expect("thread");
+            assert!(bridge != started, "tag {tag}: withdrawn {bridge}, started {started}");
+        }
+        assert!(!page.withdraw(CELLS, 1));
+    }
+
+    #[test]
+    fn tags_skip_zero() {
+        let mut c = TAG_MASK - 1;
+        assert_eq!(next_tag(&mut c), TAG_MASK);
+        assert_eq!(next_tag(&mut c), 1);
+    }
+}
