@@ -347,10 +347,17 @@ fn encode_response<'py>(
             &owned
         }
     };
-    let mut content = match status_line {
-        Some(line) => head(line, headers, status, (!more).then_some(body.len()))?,
-        None => Vec::new(),
+    let head = match status_line {
+        Some(line) => Some(head(line, headers, status, (!more).then_some(body.len()))?),
+        None => None,
     };
+    Ok(PyBytes::new(py, &response_records(rid, head, body, more, is_head)))
+}
+
+/// STDOUT records of `head` and `body` (left out for HEAD), then the end of the request
+/// unless `more` follows.
+fn response_records(rid: u16, head: Option<Vec<u8>>, body: &[u8], more: bool, is_head: bool) -> Vec<u8> {
+    let mut content = head.unwrap_or_default();
     if !is_head {
         content.extend_from_slice(body);
     }
@@ -359,7 +366,7 @@ fn encode_response<'py>(
     if !more {
         server::write_end_request(&mut out, rid, 0, ProtocolStatus::RequestComplete, Padding::None);
     }
-    Ok(PyBytes::new(py, &out))
+    out
 }
 
 /// Register the ASGI codec in the `_native` module.
@@ -396,5 +403,28 @@ mod tests {
         assert_eq!(port(Some(b"x1")), 0);
         assert_eq!(port(None), 0);
         assert_eq!(header_name(b"HTTP_X_FORWARDED_FOR"), b"x-forwarded-for");
+    }
+
+    #[test]
+    fn a_response_is_its_head_and_body_in_stdout_records_then_the_end() {
+        let out = response_records(3, Some(b"Status: 200 OK\r\n\r\n".to_vec()), &[b'x'; 70_000], false, false);
+        let mut dec = fastcgi_server::client::ClientConnection::new(Limits::default());
+        dec.feed(&out);
+        let mut stdout = Vec::new();
+        let mut ended = false;
+        while let Some(ev) = dec.next_event().expect("valid records") {
+            match ev {
+                fastcgi_server::client::ClientEvent::Stdout { id: 3, data } => stdout.extend_from_slice(&data),
+                fastcgi_server::client::ClientEvent::EndRequest { id: 3, app_status: 0, .. } => ended = true,
+                _ => {}
+            }
+        }
+        assert!(ended);
+        assert_eq!(stdout.len(), 18 + 70_000);
+        assert!(stdout.starts_with(b"Status: 200 OK\r\n\r\nxx"));
+        // HEAD: the head only; more to come: no end
+        let head_only = response_records(3, Some(b"H".to_vec()), b"body", true, true);
+        assert_eq!(head_only, [1, 6, 0, 3, 0, 1, 0, 0, b'H']);
+        assert!(response_records(3, None, b"", true, false).is_empty());
     }
 }

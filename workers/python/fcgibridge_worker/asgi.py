@@ -87,7 +87,7 @@ class Request:
         self.body_bytes = 0
         self.body_done = role == AUTHORIZER
         self.body_given = False
-        self.wake = asyncio.Event()
+        self.waiter = None  # the future receive() waits on, only while it waits
         self.disconnected = False
         self.start = None
         self.head_sent = False
@@ -108,14 +108,19 @@ class Request:
                 self.conn.hold(self)
         else:
             self.body_done = True
-        self.wake.set()
+        self._wake()
 
     def abort(self):
         """FCGI_ABORT_REQUEST or a closed connection: the app sees http.disconnect, its
         sends raise ClientDisconnected, and the request ends toward the bridge at once."""
         self.disconnected = True
-        self.wake.set()
+        self._wake()
         self.end(0)
+
+    def _wake(self):
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     # -- the ASGI callables
 
@@ -131,8 +136,11 @@ class Request:
                 more = not self.body_done
                 self.body_given = not more
                 return {"type": "http.request", "body": data, "more_body": more}
-            self.wake.clear()
-            await self.wake.wait()
+            self.waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self.waiter
+            finally:
+                self.waiter = None
 
     async def send(self, message):
         kind = message["type"]
@@ -165,7 +173,7 @@ class Request:
         if not more:
             # head, body and end in one write
             self.complete = True
-            self.wake.set()
+            self._wake()
             self._ended()
         if out:
             self.conn.write(out)
@@ -482,12 +490,11 @@ class Worker:
     def start(self, req):
         req.task = asyncio.ensure_future(req.run(self))
         self.running.add(req)
-        self.idle.clear()
 
     def done(self, req):
         self.running.discard(req)
-        if not self.running:
-            self.idle.set()
+        if not self.running and self.idle is not None and not self.idle.done():
+            self.idle.set_result(None)
 
     def dump_stacks(self, requests=None, why=None):
         """SIGUSR2 (slowlog, startup-timeout): the coroutine stack of every request's task
@@ -509,8 +516,6 @@ class Worker:
 
     async def main(self, listen_fd, on_ready):
         loop = asyncio.get_running_loop()
-        self.idle = asyncio.Event()
-        self.idle.set()
         self.stop = asyncio.Event()
         lifespan = Lifespan(self.app, self.state)
         await lifespan.startup()
@@ -525,8 +530,10 @@ class Worker:
         # The bridge sends SIGTERM once this worker has nothing in flight; a request that
         # is still running (an operator's kill) gets the shutdown timeout to finish.
         server.close()
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self.idle.wait(), SHUTDOWN_TIMEOUT)
+        if self.running:
+            self.idle = loop.create_future()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.idle, SHUTDOWN_TIMEOUT)
         await lifespan.shutdown()
 
 
