@@ -312,9 +312,11 @@ class Connection(asyncio.Protocol):
         except _native.AsgiProtocolError as exc:
             sys.stderr.write("fcgibridge worker: bad record from the bridge, connection closed: %s\n" % exc)
             self.transport.abort()
+            self._lost()
         except Exception:  # noqa: BLE001 - one connection's failure must not reach the loop
             sys.stderr.write("fcgibridge worker: connection closed after an error:\n" + traceback.format_exc())
             self.transport.abort()
+            self._lost()
 
     def eof_received(self):
         return False  # the bridge closed the connection: its requests are gone with it
