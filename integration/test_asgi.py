@@ -8,6 +8,8 @@ import os
 import re
 import socket
 import subprocess
+import sys
+import threading
 import time
 
 import pytest
@@ -329,6 +331,118 @@ def test_client_disconnect_reaches_the_app(env, how, request):
         conn.close()
     # the slot is free again: the worker serves on
     assert requests.get(nginx.url("/raw/health"), timeout=60).text == "ok"
+
+
+def _native(env):
+    """The worker's native module, as the bridge installed it in its runtime directory."""
+    path = str(env[2] / "run" / "python")
+    if path not in sys.path:
+        sys.path.insert(0, path)
+    import fcgibridge_worker._native as native  # noqa: PLC0415 - only there once the bridge runs
+    return native
+
+
+def _request_records(rid, path, body=b"", query="k=v&x=%2F"):
+    """BEGIN, a PARAMS stream cut in the middle of a pair into two records, and the body."""
+    fc = fcgi_client
+    pairs = fc.encode_pairs(fc.cgi_params(path, method="POST", query=query, content_length=len(body),
+                                          headers={"Host": "example.test", "X-Long": "v" * 300},
+                                          extra=[("REQUEST_URI", path.replace(" ", "%20") + "?" + query)]))
+    half = len(pairs) // 2
+    return (fc.record(fc.BEGIN_REQUEST, rid, fc.begin_body())
+            + fc.record(fc.PARAMS, rid, pairs[:half]) + fc.record(fc.PARAMS, rid, pairs[half:])
+            + fc.record(fc.PARAMS, rid) + (fc.record(fc.STDIN, rid, body) if body else b"")
+            + fc.record(fc.STDIN, rid))
+
+
+def _decoded(native, pieces):
+    conn = native.AsgiConnection(8)
+    events = []
+    for piece in pieces:
+        events += conn.feed(piece, {})
+    # consecutive body pieces joined: how the body is cut follows how the bytes arrived
+    joined = []
+    for kind, rid, payload in events:
+        if joined and kind == 5 and payload and joined[-1][0] == 5 and joined[-1][2]:
+            joined[-1] = (5, rid, joined[-1][2] + payload)
+        else:
+            joined.append((kind, rid, payload))
+    return joined
+
+
+def test_native_codec_decodes_records_split_at_every_byte_boundary(env):
+    """The worker's decoder gives the same events (and scope) however the bytes arrive."""
+    native = _native(env)
+    data = _request_records(1, "/raw/a b/scope", b"hello world")
+    whole = _decoded(native, [data])
+    assert [(k, rid) for k, rid, _ in whole] == [(1, 1), (4, 1), (5, 1), (5, 1)]
+    scope, request_id, roots, is_head = whole[1][2]
+    assert scope["path"] == "/raw/a b/scope" and scope["raw_path"] == b"/raw/a%20b/scope"
+    assert scope["query_string"] == b"k=v&x=%2F" and scope["method"] == "POST" and not is_head
+    assert (b"x-long", b"v" * 300) in scope["headers"] and (b"content-length", b"11") in scope["headers"]
+    assert scope["client"] == ["127.0.0.1", 40000] and scope["server"] == ["localhost", 80]
+    assert request_id is None and roots is None and scope["state"] == {}
+    assert whole[2][2] == b"hello world" and whole[3][2] == b""
+    for k in range(1, len(data)):
+        assert _decoded(native, [data[:k], data[k:]]) == whole, f"split at byte {k}"
+    assert _decoded(native, [data[i:i + 1] for i in range(len(data))]) == whole
+
+
+def test_a_malformed_record_closes_that_worker_connection_with_a_precise_log_line(env):
+    """Straight to the worker's socket: a request whose bytes arrive one at a time is served;
+    a record type FastCGI does not have is logged (pool, pid, request id) and closes that
+    connection only."""
+    bridge, nginx, work, _ = env
+    native = _native(env)
+    with pytest.raises(native.AsgiProtocolError, match=r"request 7: record type 42 is not a FastCGI record type"):
+        native.AsgiConnection(8).feed(fcgi_client.record(fcgi_client.BEGIN_REQUEST, 7, fcgi_client.begin_body())
+                                      + fcgi_client.record(42, 7, b"x"), {})
+    (sock,) = sorted((work / "run" / "pools" / "raw").glob("*.sock"))[-1:]
+    with fcgi_client.FcgiConnection(str(sock), timeout=60) as conn:
+        conn.responses[3] = fcgi_client.Response(3)
+        for byte in _request_records(3, "/raw/scope", b"x" * 5000):
+            conn.send(bytes([byte]))
+        r = conn.wait(3)
+        assert r.status == 200, bytes(r.stdout)[:300]
+        assert json.loads(r.body)["body_len"] == 5000
+        mark = bridge.log.mark()
+        conn.send(fcgi_client.record(fcgi_client.BEGIN_REQUEST, 7, fcgi_client.begin_body())
+                  + fcgi_client.record(42, 7, b"x"))
+        conn.read_until_closed(60)
+    (line,) = bridge.log.wait_for(r"bad record from the bridge, connection closed: request 7: record type 42 is "
+                                  r"not a FastCGI record type", since=mark)
+    assert 'pool="raw"' in line or "pool=raw" in line, line
+    assert re.search(r"pid=\d+", line), line
+    assert requests.get(nginx.url("/raw/health"), timeout=60).text == "ok"
+
+
+def test_an_unread_body_pauses_reading_that_connection_until_the_request_ends(env):
+    """64 MiB sent to an app that sleeps without reading it: the worker stops reading that
+    connection instead of buffering the upload, reads on (skipping the rest of that body)
+    once the request ended, and serves the next request on the connection."""
+    bridge, work = env[0], env[2]
+    (sock,) = sorted((work / "run" / "pools" / "raw").glob("*.sock"))[-1:]
+    fc = fcgi_client
+    size = 64 << 20
+    upload = fc.stream(fc.STDIN, 1, b"u" * size)
+    with fc.FcgiConnection(str(sock), timeout=120) as conn:
+        pid = int(conn.request("/raw/version", headers={"Host": "x"}, request_id=2).body.split()[1])
+        before = bridge.status_of(pid, "VmHWM")
+        conn.begin(1, fc.cgi_params("/raw/sleep", method="POST", query="1", content_length=size,
+                                    headers={"Host": "x"}), stdin=None)
+        sent = threading.Event()
+
+        def send_body():
+            conn.send(upload)
+            sent.set()
+
+        threading.Thread(target=send_body, daemon=True).start()
+        r = conn.wait(1)
+        assert r.status == 200 and r.body == b"slept", bytes(r.stdout)[:300]
+        assert sent.wait(120), "the worker did not read on after the request ended"
+        assert conn.request("/raw/health", headers={"Host": "x"}, request_id=2).body == b"ok"
+    grown = bridge.status_of(pid, "VmHWM") - before
+    assert grown < 24 << 20, f"the worker's peak RSS grew by {grown >> 20} MiB for an unread 64 MiB body"
 
 
 def test_head_gets_the_headers_of_get_without_a_body(env):

@@ -17,6 +17,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple, PyType};
 use pyo3::{ffi, intern};
 
+mod asgi_codec;
 mod claim;
 mod conn;
 mod flusher;
@@ -551,6 +552,7 @@ fn native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Input>()?;
     m.add_class::<Errors>()?;
     m.add_class::<StartResponse>()?;
+    asgi_codec::register(m)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

@@ -3,9 +3,11 @@
 One event loop per process. The bridge opens ``concurrency`` FastCGI connections to the
 listening socket on fd 0 and sends one request at a time on each; every request runs as
 a task of its own, so a worker holds as many requests in flight as it has connections.
-The FastCGI records are read and written here, in Python, with asyncio streams: a full
-socket buffer toward the bridge pauses the app's ``send`` (back-pressure), and a request
-body that the app does not read pauses reading that connection.
+Each connection is an ``asyncio.Protocol``; its records are decoded and the scope built by
+the native module (``_native.AsgiConnection``), and a response's head, body and end are
+encoded there into one write. A full socket buffer toward the bridge pauses the app's
+``send`` (back-pressure), and a request body that the app does not read pauses reading
+that connection.
 """
 import asyncio
 import collections
@@ -18,21 +20,19 @@ import socket
 import struct
 import sys
 import traceback
-import urllib.parse
 
 from . import ClientDisconnected
+from . import _native
 from . import logging_bridge
 
 # FastCGI 1.0 record types, roles and protocol statuses.
-BEGIN_REQUEST, ABORT_REQUEST, END_REQUEST, PARAMS, STDIN, STDOUT, STDERR = 1, 2, 3, 4, 5, 6, 7
-GET_VALUES, GET_VALUES_RESULT, UNKNOWN_TYPE = 9, 10, 11
+END_REQUEST, STDOUT, STDERR = 3, 6, 7
 RESPONDER, AUTHORIZER = 1, 2
-REQUEST_COMPLETE, UNKNOWN_ROLE = 0, 3
-KEEP_CONN = 1
 HEADER = struct.Struct(">BBHHBx")
 END_BODY = struct.Struct(">IB3x")
 MAX_CONTENT = 65535
-READ_SIZE = 256 * 1024
+# What _native.AsgiConnection.feed reports, as (kind, request id, payload).
+EV_BEGIN, EV_ABORT, EV_PARAMS, EV_STDIN, EV_REPLY = 1, 2, 4, 5, 10
 # Body bytes a request may hold unread before its connection stops being read.
 BODY_HIGH = 1 << 20
 # Longest lifespan shutdown: the bridge sends SIGKILL 10 s after SIGTERM.
@@ -41,11 +41,7 @@ FILE_CHUNK = 256 * 1024
 ASGI_VERSION = {"version": "3.0", "spec_version": "2.4"}
 ERROR_PAGE = (b"Status: 500 Internal Server Error\r\nContent-Type: text/plain; charset=utf-8\r\n"
               b"Content-Length: 22\r\n\r\nInternal Server Error\n")
-NO_BODY_STATUSES = (204, 304)
-
-
-class ProtocolError(Exception):
-    """The bridge sent something that is not FastCGI."""
+encode_response = _native.encode_response
 
 
 def record(rtype, rid, data=b""):
@@ -61,129 +57,20 @@ def record(rtype, rid, data=b""):
     return b"".join(parts)
 
 
-def parse_pairs(buf):
-    """FastCGI name-value pairs as a list of (name, value) bytes."""
-    out = []
-    i, n = 0, len(buf)
-    try:
-        while i < n:
-            nlen = buf[i]
-            if nlen & 0x80:
-                nlen = int.from_bytes(buf[i:i + 4], "big") & 0x7FFFFFFF
-                i += 4
-            else:
-                i += 1
-            vlen = buf[i]
-            if vlen & 0x80:
-                vlen = int.from_bytes(buf[i:i + 4], "big") & 0x7FFFFFFF
-                i += 4
-            else:
-                i += 1
-            j = i + nlen
-            k = j + vlen
-            if k > n:
-                raise ProtocolError("name-value pair longer than its record")
-            out.append((buf[i:j], buf[j:k]))
-            i = k
-    except IndexError:
-        raise ProtocolError("truncated name-value pair") from None
-    return out
-
-
-def encode_pairs(pairs):
-    out = bytearray()
-    for name, value in pairs:
-        for b in (name, value):
-            out += bytes([len(b)]) if len(b) < 128 else struct.pack(">I", len(b) | 0x80000000)
-        out += name + value
-    return bytes(out)
-
-
-def _decode(b):
-    return b.decode("utf-8", "replace")
-
-
-def _http_version(protocol):
-    version = protocol.partition(b"/")[2].decode("latin-1") or "1.1"
-    return {"2.0": "2", "3.0": "3"}.get(version, version)
-
-
-def _host_port(host, port):
-    if not host:
-        return None
-    try:
-        return [host.decode("latin-1"), int(port or b"0")]
-    except ValueError:
-        return [host.decode("latin-1"), 0]
-
-
-def build_scope(params, state):
-    """The HTTP scope of a request from its CGI params, mapped as the WSGI environ is.
-    Returns (scope, request id, file roots or None)."""
-    env = dict(params)
-    script, path_info = env.get(b"SCRIPT_NAME", b""), env.get(b"PATH_INFO", b"")
-    full = script + path_info
-    # REQUEST_URI is what the client asked for, before the web server's rewrites: it is the
-    # raw path only when it still decodes to the path the app is given.
-    uri_path = env.get(b"REQUEST_URI", b"").partition(b"?")[0]
-    if not uri_path or urllib.parse.unquote_to_bytes(uri_path) != full:
-        uri_path = urllib.parse.quote_from_bytes(full, safe="/:@!$&'()*+,;=~").encode("ascii")
-    headers = []
-    for name, value in params:
-        if name.startswith(b"HTTP_"):
-            if name in (b"HTTP_CONTENT_TYPE", b"HTTP_CONTENT_LENGTH") and name[5:] in env:
-                continue  # CGI's own CONTENT_TYPE / CONTENT_LENGTH win, as in the environ
-            headers.append((name[5:].lower().replace(b"_", b"-"), value))
-    if env.get(b"CONTENT_TYPE"):
-        headers.append((b"content-type", env[b"CONTENT_TYPE"]))
-    if env.get(b"CONTENT_LENGTH", b"").isdigit():
-        headers.append((b"content-length", env[b"CONTENT_LENGTH"]))
-    https = env.get(b"HTTPS", b"").lower() in (b"on", b"1") or env.get(b"REQUEST_SCHEME", b"").lower() == b"https"
-    rid = env.get(b"FCGIBRIDGE_REQUEST_ID", b"").decode("latin-1") or None
-    scope = {
-        "type": "http",
-        "asgi": dict(ASGI_VERSION),
-        "http_version": _http_version(env.get(b"SERVER_PROTOCOL", b"HTTP/1.1")),
-        "method": env.get(b"REQUEST_METHOD", b"GET").decode("latin-1"),
-        "scheme": "https" if https else "http",
-        "path": _decode(full),
-        "raw_path": uri_path,
-        "query_string": env.get(b"QUERY_STRING", b""),
-        "root_path": _decode(script),
-        "headers": headers,
-        "client": _host_port(env.get(b"REMOTE_ADDR"), env.get(b"REMOTE_PORT")),
-        "server": _host_port(env.get(b"SERVER_NAME") or env.get(b"SERVER_ADDR"), env.get(b"SERVER_PORT")),
-        "extensions": {"http.response.pathsend": {}},
-        "fcgibridge.request_id": rid,
-    }
-    if state is not None:
-        scope["state"] = dict(state)
-    return scope, rid, env.get(b"FCGIBRIDGE_FILE_ROOTS")
+_STATUS_LINES = {}
 
 
 def _status_line(status):
-    try:
-        reason = http.HTTPStatus(status).phrase
-    except ValueError:
-        reason = "Unknown"
-    return b"Status: %d %s\r\n" % (status, reason.encode("latin-1"))
-
-
-def _head(status, headers, content_length):
-    """The CGI header block; Content-Length added when the whole body is known."""
-    lines = [_status_line(status)]
-    has_length = False
-    for name, value in headers:
-        name, value = bytes(name), bytes(value)
-        if b"\n" in name or b"\r" in name or b":" in name or b"\n" in value or b"\r" in value:
-            raise RuntimeError("response header %r has a line break or colon in it" % (name,))
-        if name.lower() == b"content-length":
-            has_length = True
-        lines.append(name + b": " + value + b"\r\n")
-    if content_length is not None and not has_length and status not in NO_BODY_STATUSES and status >= 200:
-        lines.append(b"Content-Length: %d\r\n" % content_length)
-    lines.append(b"\r\n")
-    return b"".join(lines)
+    line = _STATUS_LINES.get(status)
+    if line is None:
+        try:
+            reason = http.HTTPStatus(status).phrase
+        except ValueError:
+            reason = "Unknown"
+        line = b"Status: %d %s\r\n" % (status, reason.encode("latin-1"))
+        if len(_STATUS_LINES) < 1000:
+            _STATUS_LINES[status] = line
+    return line
 
 
 class Request:
@@ -193,7 +80,6 @@ class Request:
         self.conn = conn
         self.rid = rid
         self.role = role
-        self.params = bytearray()
         self.scope = None
         self.request_id = None
         self.file_roots = None
@@ -201,9 +87,7 @@ class Request:
         self.body_bytes = 0
         self.body_done = role == AUTHORIZER
         self.body_given = False
-        self.wake = asyncio.Event()
-        self.space = asyncio.Event()
-        self.space.set()
+        self.waiter = None  # the future receive() waits on, only while it waits
         self.disconnected = False
         self.start = None
         self.head_sent = False
@@ -212,7 +96,7 @@ class Request:
         self.is_head = False
         self.task = None
 
-    # -- from the connection reader
+    # -- from the connection
 
     def feed(self, data):
         if self.complete or self.ended:
@@ -221,18 +105,22 @@ class Request:
             self.body.append(data)
             self.body_bytes += len(data)
             if self.body_bytes >= BODY_HIGH:
-                self.space.clear()
+                self.conn.hold(self)
         else:
             self.body_done = True
-        self.wake.set()
+        self._wake()
 
     def abort(self):
         """FCGI_ABORT_REQUEST or a closed connection: the app sees http.disconnect, its
         sends raise ClientDisconnected, and the request ends toward the bridge at once."""
         self.disconnected = True
-        self.wake.set()
-        self.space.set()
+        self._wake()
         self.end(0)
+
+    def _wake(self):
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     # -- the ASGI callables
 
@@ -241,15 +129,18 @@ class Request:
             if self.disconnected or self.complete:
                 return {"type": "http.disconnect"}
             if self.body or (self.body_done and not self.body_given):
-                data = b"".join(self.body)
+                data = b"".join(self.body) if len(self.body) != 1 else self.body[0]
                 self.body.clear()
                 self.body_bytes = 0
-                self.space.set()
+                self.conn.release(self)
                 more = not self.body_done
                 self.body_given = not more
                 return {"type": "http.request", "body": data, "more_body": more}
-            self.wake.clear()
-            await self.wake.wait()
+            self.waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self.waiter
+            finally:
+                self.waiter = None
 
     async def send(self, message):
         kind = message["type"]
@@ -257,39 +148,41 @@ class Request:
             raise ClientDisconnected("the client went away (request %s)" % self.request_id)
         if self.complete:
             raise RuntimeError("%s sent after the response was complete" % kind)
-        if kind == "http.response.start":
+        if kind == "http.response.body":
+            if self.start is None:
+                raise RuntimeError("%s sent before http.response.start" % kind)
+            await self._body(message.get("body", b""), bool(message.get("more_body", False)))
+        elif kind == "http.response.start":
             if self.start is not None:
                 raise RuntimeError("http.response.start sent twice")
-            self.start = (int(message["status"]), list(message.get("headers", ())))
-            return
-        if self.start is None:
+            self.start = (int(message["status"]), message.get("headers", ()))
+        elif self.start is None:
             raise RuntimeError("%s sent before http.response.start" % kind)
-        if kind == "http.response.body":
-            await self._body(bytes(message.get("body", b"")), bool(message.get("more_body", False)))
         elif kind == "http.response.pathsend":
             await self._pathsend(message["path"])
         else:
             raise RuntimeError("unknown ASGI message type %r" % kind)
 
     async def _body(self, data, more):
-        out = b""
-        if not self.head_sent:
+        if self.head_sent:
+            out = encode_response(self.rid, None, (), 0, data, more, self.is_head)
+        else:
             status, headers = self.start
-            out = _head(status, headers, None if more else len(data))
+            out = encode_response(self.rid, _status_line(status), headers, status, data, more, self.is_head)
             self.head_sent = True
-        if data and not self.is_head:
-            out += data
-        records = record(STDOUT, self.rid, out) if out else b""
         if not more:
+            # head, body and end in one write
             self.complete = True
-            self.wake.set()
-            records += self._end_records(0)  # head, body and end in one write
-        if records:
-            self.conn.write(records)
-        await self.conn.drain()
+            self._wake()
+            self._ended()
+        if out:
+            self.conn.write(out)
+        if self.conn.paused:
+            await self.conn.drain()
 
     async def _pathsend(self, path):
         status, headers = self.start
+        headers = list(headers)
         real = os.path.realpath(path)
         size = os.stat(real).st_size
         if not self.head_sent and self._may_hand_off(real, status, headers, size):
@@ -343,15 +236,14 @@ class Request:
 
     def end(self, app_status):
         """End the request toward the bridge (once)."""
-        self.conn.write(self._end_records(app_status))
+        if not self.ended:
+            self._ended()
+            self.conn.write(record(STDOUT, self.rid) + record(END_REQUEST, self.rid, END_BODY.pack(app_status, 0)))
 
-    def _end_records(self, app_status):
-        if self.ended:
-            return b""
+    def _ended(self):
         self.ended = True
-        self.space.set()  # a reader paused on this request's unread body goes on
+        self.conn.release(self)  # a reader paused on this request's unread body goes on
         self.conn.forget(self)
-        return record(STDOUT, self.rid) + record(END_REQUEST, self.rid, END_BODY.pack(app_status, 0))
 
     async def run(self, worker):
         """The app's task: the app, then whatever the response still needs."""
@@ -393,39 +285,121 @@ class Request:
             self.end(1)  # non-zero: the bridge cuts the response off toward the web server
 
 
-class Connection:
+class Connection(asyncio.Protocol):
     """One FastCGI connection from the bridge (one request at a time from the bridge; more
     are served too, each by its own task)."""
 
-    def __init__(self, worker, reader, writer):
+    def __init__(self, worker):
         self.worker = worker
-        self.reader = reader
-        self.writer = writer
+        self.codec = _native.AsgiConnection(worker.concurrency)
+        self.transport = None
         self.requests = {}
         self.closed = False
+        self.paused = False
+        self.drain_waiters = []
+        self.holding = set()
+
+    # -- asyncio.Protocol
+
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def data_received(self, data):
+        try:
+            events = self.codec.feed(data, self.worker.state)
+            for kind, rid, payload in events:
+                self._event(kind, rid, payload)
+        except _native.AsgiProtocolError as exc:
+            sys.stderr.write("fcgibridge worker: bad record from the bridge, connection closed: %s\n" % exc)
+            self.transport.abort()
+            self._lost()
+        except Exception:  # noqa: BLE001 - one connection's failure must not reach the loop
+            sys.stderr.write("fcgibridge worker: connection closed after an error:\n" + traceback.format_exc())
+            self.transport.abort()
+            self._lost()
+
+    def eof_received(self):
+        return False  # the bridge closed the connection: its requests are gone with it
+
+    def connection_lost(self, exc):
+        self._lost()
+
+    def pause_writing(self):
+        self.paused = True
+
+    def resume_writing(self):
+        self.paused = False
+        self._wake_drainers()
+
+    # -- for the requests
 
     def write(self, data):
         if not self.closed:
-            self.writer.write(data)
+            self.transport.write(data)
 
     async def drain(self):
-        if self.closed:
+        """Wait until the socket toward the bridge takes more (or the connection is gone)."""
+        if self.closed or not self.paused:
             return
+        waiter = asyncio.get_running_loop().create_future()
+        self.drain_waiters.append(waiter)
         try:
-            await self.writer.drain()
-        except (ConnectionError, OSError):
-            self._lost()
+            await waiter
+        finally:
+            with contextlib.suppress(ValueError):
+                self.drain_waiters.remove(waiter)
+
+    def _wake_drainers(self):
+        for waiter in self.drain_waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def hold(self, req):
+        """``req`` has too much unread body: stop reading until its app reads or it ends."""
+        if not self.holding and not self.closed:
+            self.transport.pause_reading()
+        self.holding.add(req)
+
+    def release(self, req):
+        if req in self.holding:
+            self.holding.discard(req)
+            if not self.holding and not self.closed:
+                self.transport.resume_reading()
 
     def forget(self, req):
         if self.requests.get(req.rid) is req:
             del self.requests[req.rid]
+            self.codec.end_request(req.rid)
+
+    def _event(self, kind, rid, payload):
+        if kind == EV_STDIN:
+            req = self.requests.get(rid)
+            if req is not None:
+                req.feed(payload)
+        elif kind == EV_PARAMS:
+            req = self.requests.get(rid)
+            if req is not None and req.scope is None:
+                req.scope, req.request_id, req.file_roots, req.is_head = payload
+                self.worker.start(req)
+        elif kind == EV_BEGIN:
+            self.requests[rid] = Request(self, rid, AUTHORIZER if payload else RESPONDER)
+        elif kind == EV_ABORT:
+            req = self.requests.get(rid)
+            if req is not None:
+                req.abort()
+        else:  # EV_REPLY: management answers, UNKNOWN_ROLE
+            self.write(payload)
 
     def _lost(self):
         """The connection ended. The bridge closes a connection with a request still running
         only when it gave up on that request (request-timeout shuts the connection down; a
         client that left is an ABORT_REQUEST instead): its task is cancelled, its coroutine
         stack logged first."""
+        if self.closed:
+            return
         self.closed = True
+        self._wake_drainers()
+        self.holding.clear()
         for req in list(self.requests.values()):
             running = req.task is not None and not req.task.done() and not req.disconnected
             req.abort()
@@ -433,80 +407,6 @@ class Connection:
                 self.worker.dump_stacks([req], "the bridge closed the connection of request %s (request-timeout?): "
                                                 "cancelling its task" % req.request_id)
                 req.task.cancel()
-
-    async def serve(self):
-        buf = b""
-        try:
-            while True:
-                chunk = await self.reader.read(READ_SIZE)
-                if not chunk:
-                    break  # the bridge closed the connection: its requests are gone with it
-                buf = buf + chunk if buf else chunk
-                # Every whole record read at once: one await per read, not two per record.
-                pos, n = 0, len(buf)
-                while n - pos >= HEADER.size:
-                    _version, rtype, rid, clen, plen = HEADER.unpack_from(buf, pos)
-                    end = pos + HEADER.size + clen + plen
-                    if end > n:
-                        break
-                    paused = self._record(rtype, rid, buf[pos + HEADER.size:pos + HEADER.size + clen])
-                    pos = end
-                    if paused is not None:
-                        await paused.space.wait()  # the app has not read what it has: stop reading
-                buf = buf[pos:]
-        except (ConnectionError, OSError):
-            pass  # the bridge closed the connection: its requests are gone with it
-        except ProtocolError as exc:
-            sys.stderr.write("fcgibridge worker: bad record from the bridge, connection closed: %s\n" % exc)
-        except Exception:  # noqa: BLE001 - one connection's failure must not reach the loop
-            sys.stderr.write("fcgibridge worker: connection closed after an error:\n" + traceback.format_exc())
-        finally:
-            self._lost()
-            with contextlib.suppress(Exception):
-                self.writer.close()
-
-    def _record(self, rtype, rid, content):
-        """Act on one record; returns the request whose unread body should pause reading."""
-        req = self.requests.get(rid)
-        if rtype == BEGIN_REQUEST:
-            if len(content) < 3:
-                raise ProtocolError("short BEGIN_REQUEST")
-            role, _flags = struct.unpack_from(">HB", content)
-            if role not in (RESPONDER, AUTHORIZER):
-                self.write(record(END_REQUEST, rid, END_BODY.pack(0, UNKNOWN_ROLE)))
-                return None
-            self.requests[rid] = Request(self, rid, role)
-            return None
-        if req is None:
-            if rid == 0 and rtype == GET_VALUES:
-                self._get_values(content)
-            elif rid == 0:
-                self.write(record(UNKNOWN_TYPE, 0, bytes([rtype]) + b"\0" * 7))
-            # else: a record for a request that already ended (late STDIN, ABORT): skipped
-        elif rtype == PARAMS:
-            if content and req.scope is None:
-                req.params += content
-            elif req.scope is None:
-                req.scope, req.request_id, req.file_roots = build_scope(parse_pairs(bytes(req.params)),
-                                                                        self.worker.state)
-                req.params = None
-                req.is_head = req.scope["method"] == "HEAD"
-                self.worker.start(req)
-        elif rtype == STDIN:
-            req.feed(content)
-            if not req.space.is_set():
-                return req
-        elif rtype == ABORT_REQUEST:
-            req.abort()
-        return None
-
-    def _get_values(self, content):
-        answers = {b"FCGI_MAX_CONNS": str(self.worker.concurrency).encode(),
-                   b"FCGI_MAX_REQS": str(self.worker.concurrency).encode(),
-                   b"FCGI_MPXS_CONNS": b"1"}
-        asked = [name for name, _ in parse_pairs(content)]
-        pairs = [(name, answers[name]) for name in asked if name in answers]
-        self.write(record(GET_VALUES_RESULT, 0, encode_pairs(pairs)))
 
 
 class LifespanFailed(Exception):
@@ -592,12 +492,11 @@ class Worker:
     def start(self, req):
         req.task = asyncio.ensure_future(req.run(self))
         self.running.add(req)
-        self.idle.clear()
 
     def done(self, req):
         self.running.discard(req)
-        if not self.running:
-            self.idle.set()
+        if not self.running and self.idle is not None and not self.idle.done():
+            self.idle.set_result(None)
 
     def dump_stacks(self, requests=None, why=None):
         """SIGUSR2 (slowlog, startup-timeout): the coroutine stack of every request's task
@@ -619,18 +518,13 @@ class Worker:
 
     async def main(self, listen_fd, on_ready):
         loop = asyncio.get_running_loop()
-        self.idle = asyncio.Event()
-        self.idle.set()
         self.stop = asyncio.Event()
         lifespan = Lifespan(self.app, self.state)
         await lifespan.startup()
         sock = socket.socket(fileno=listen_fd)
         sock.setblocking(False)
 
-        async def accepted(reader, writer):
-            await Connection(self, reader, writer).serve()
-
-        server = await asyncio.start_unix_server(accepted, sock=sock)
+        server = await loop.create_unix_server(lambda: Connection(self), sock=sock)
         loop.add_signal_handler(signal.SIGTERM, self.stop.set)
         loop.add_signal_handler(signal.SIGUSR2, self.dump_stacks)
         on_ready()
@@ -638,8 +532,10 @@ class Worker:
         # The bridge sends SIGTERM once this worker has nothing in flight; a request that
         # is still running (an operator's kill) gets the shutdown timeout to finish.
         server.close()
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self.idle.wait(), SHUTDOWN_TIMEOUT)
+        if self.running:
+            self.idle = loop.create_future()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.idle, SHUTDOWN_TIMEOUT)
         await lifespan.shutdown()
 
 

@@ -1,0 +1,430 @@
+//! The FastCGI half of the ASGI worker (`fcgibridge_worker/asgi.py`): records from the bridge
+//! decoded with `fastcgi_server`'s sans-IO [`ServerConnection`] and PARAMS turned into the
+//! HTTP scope here, and a response's head, STDOUT records and END_REQUEST encoded into one
+//! buffer, so the event loop runs no per-byte or per-header Python for either direction.
+use fastcgi_server::record::Padding;
+use fastcgi_server::server::{self, ServerConnection, ServerEvent};
+use fastcgi_server::{Limits, Params, ProtocolStatus, Role};
+use pyo3::exceptions::{PyException, PyRuntimeError};
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
+use pyo3::{intern, IntoPyObjectExt};
+
+pyo3::create_exception!(
+    fcgibridge_worker,
+    AsgiProtocolError,
+    PyException,
+    "The bridge sent something that is not FastCGI."
+);
+
+/// Event kinds `AsgiConnection.feed` returns, as `(kind, request id, payload)` tuples.
+const EV_BEGIN: u8 = 1;
+const EV_ABORT: u8 = 2;
+const EV_PARAMS: u8 = 4;
+const EV_STDIN: u8 = 5;
+/// Bytes to write back at once (GET_VALUES_RESULT, UNKNOWN_TYPE, END_REQUEST UNKNOWN_ROLE).
+const EV_REPLY: u8 = 10;
+
+/// Characters `urllib.parse.quote` leaves alone with the worker's `safe` set, besides ASCII
+/// letters and digits: what a raw path built from a decoded path keeps literally.
+const QUOTE_SAFE: &[u8] = b"_.-~/:@!$&'()*+,;=";
+
+/// `%XX` decoded (a `%` not followed by two hex digits stays as is), as `unquote_to_bytes`.
+fn percent_decode(s: &[u8]) -> Vec<u8> {
+    let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
+    let mut out = Vec::with_capacity(s.len());
+    let mut i = 0;
+    while i < s.len() {
+        if s[i] == b'%' && i + 2 < s.len() {
+            if let (Some(h), Some(l)) = (hex(s[i + 1]), hex(s[i + 2])) {
+                out.push(h << 4 | l);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(s[i]);
+        i += 1;
+    }
+    out
+}
+
+/// `quote_from_bytes(path, safe=...)`: every byte outside [`QUOTE_SAFE`] and ASCII
+/// alphanumerics as `%XX`.
+fn quote(path: &[u8]) -> Vec<u8> {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    let mut out = Vec::with_capacity(path.len() + 8);
+    for &b in path {
+        if b.is_ascii_alphanumeric() || QUOTE_SAFE.contains(&b) {
+            out.push(b);
+        } else {
+            out.extend_from_slice(&[b'%', HEX[usize::from(b >> 4)], HEX[usize::from(b & 15)]]);
+        }
+    }
+    out
+}
+
+/// The scope's `raw_path`: REQUEST_URI's path is what the client asked for, before the web
+/// server's rewrites, so it is used only while it still decodes to the path the app is given.
+fn raw_path(request_uri: &[u8], full: &[u8]) -> Vec<u8> {
+    let uri_path = request_uri.split(|&b| b == b'?').next().unwrap_or_default();
+    if !uri_path.is_empty() && percent_decode(uri_path) == full {
+        return uri_path.to_vec();
+    }
+    quote(full)
+}
+
+/// `SERVER_PROTOCOL` as the scope's `http_version` ("1.1", "2", "3").
+fn http_version(protocol: &[u8]) -> &[u8] {
+    let version = match protocol.iter().position(|&b| b == b'/') {
+        Some(i) if i + 1 < protocol.len() => &protocol[i + 1..],
+        _ => b"1.1",
+    };
+    match version {
+        b"2.0" => b"2",
+        b"3.0" => b"3",
+        v => v,
+    }
+}
+
+/// A request header as the scope has it, from an `HTTP_*` param name.
+fn header_name(param: &[u8]) -> Vec<u8> {
+    param[5..].iter().map(|&b| if b == b'_' { b'-' } else { b.to_ascii_lowercase() }).collect()
+}
+
+/// A port as `int()` reads it; 0 for what is not a number.
+fn port(value: Option<&[u8]>) -> u32 {
+    let text = value.map(|v| v.trim_ascii()).unwrap_or_default();
+    if text.is_empty() || !text.iter().all(u8::is_ascii_digit) {
+        return 0;
+    }
+    std::str::from_utf8(text).ok().and_then(|t| t.parse().ok()).unwrap_or(0)
+}
+
+fn latin1<'py>(py: Python<'py>, b: &[u8]) -> PyResult<Bound<'py, PyAny>> {
+    crate::latin1(py, b)
+}
+
+fn host_port<'py>(py: Python<'py>, host: Option<&[u8]>, p: Option<&[u8]>) -> PyResult<Bound<'py, PyAny>> {
+    match host {
+        Some(h) if !h.is_empty() => Ok(PyList::new(py, [latin1(py, h)?, port(p).into_bound_py_any(py)?])?.into_any()),
+        _ => Ok(py.None().into_bound(py)),
+    }
+}
+
+fn nonempty<'a>(p: &'a Params, name: &[u8]) -> Option<&'a [u8]> {
+    p.get(name).filter(|v| !v.is_empty())
+}
+
+/// The HTTP scope of a request from its CGI params, mapped as the WSGI environ is
+/// (docs/asgi.md), and what the worker keeps beside it:
+/// `(scope, request id or None, file roots or None, is HEAD)`.
+fn build_scope<'py>(py: Python<'py>, p: &Params, state: Option<&Bound<'py, PyDict>>) -> PyResult<Bound<'py, PyTuple>> {
+    let script = p.get(b"SCRIPT_NAME").unwrap_or_default();
+    let full = [script, p.get(b"PATH_INFO").unwrap_or_default()].concat();
+    let headers = PyList::empty(py);
+    for (name, value) in p.iter() {
+        if !name.starts_with(b"HTTP_") {
+            continue;
+        }
+        // CGI's own CONTENT_TYPE / CONTENT_LENGTH win, as in the environ.
+        if (name == b"HTTP_CONTENT_TYPE" || name == b"HTTP_CONTENT_LENGTH") && p.get(&name[5..]).is_some() {
+            continue;
+        }
+        headers.append((PyBytes::new(py, &header_name(name)), PyBytes::new(py, value)))?;
+    }
+    if let Some(v) = nonempty(p, b"CONTENT_TYPE") {
+        headers.append((PyBytes::new(py, b"content-type"), PyBytes::new(py, v)))?;
+    }
+    if let Some(v) = nonempty(p, b"CONTENT_LENGTH").filter(|v| v.iter().all(u8::is_ascii_digit)) {
+        headers.append((PyBytes::new(py, b"content-length"), PyBytes::new(py, v)))?;
+    }
+    let https = p.get(b"HTTPS").is_some_and(|v| v.eq_ignore_ascii_case(b"on") || v == b"1")
+        || p.get(b"REQUEST_SCHEME").is_some_and(|v| v.eq_ignore_ascii_case(b"https"));
+    let method = p.get(b"REQUEST_METHOD").unwrap_or(b"GET");
+    let rid = match nonempty(p, b"FCGIBRIDGE_REQUEST_ID") {
+        Some(v) => latin1(py, v)?,
+        None => py.None().into_bound(py),
+    };
+    let asgi = PyDict::new(py);
+    asgi.set_item(intern!(py, "version"), intern!(py, "3.0"))?;
+    asgi.set_item(intern!(py, "spec_version"), intern!(py, "2.4"))?;
+    let extensions = PyDict::new(py);
+    extensions.set_item(intern!(py, "http.response.pathsend"), PyDict::new(py))?;
+    let scope = PyDict::new(py);
+    scope.set_item(intern!(py, "type"), intern!(py, "http"))?;
+    scope.set_item(intern!(py, "asgi"), asgi)?;
+    let version = http_version(p.get(b"SERVER_PROTOCOL").unwrap_or(b"HTTP/1.1"));
+    scope.set_item(intern!(py, "http_version"), latin1(py, version)?)?;
+    scope.set_item(intern!(py, "method"), latin1(py, method)?)?;
+    scope.set_item(intern!(py, "scheme"), if https { intern!(py, "https") } else { intern!(py, "http") })?;
+    scope.set_item(intern!(py, "path"), PyString::new(py, &String::from_utf8_lossy(&full)))?;
+    let raw = raw_path(p.get(b"REQUEST_URI").unwrap_or_default(), &full);
+    scope.set_item(intern!(py, "raw_path"), PyBytes::new(py, &raw))?;
+    scope.set_item(intern!(py, "query_string"), PyBytes::new(py, p.get(b"QUERY_STRING").unwrap_or_default()))?;
+    scope.set_item(intern!(py, "root_path"), PyString::new(py, &String::from_utf8_lossy(script)))?;
+    scope.set_item(intern!(py, "headers"), headers)?;
+    scope.set_item(intern!(py, "client"), host_port(py, p.get(b"REMOTE_ADDR"), p.get(b"REMOTE_PORT"))?)?;
+    let server_host = nonempty(p, b"SERVER_NAME").or_else(|| p.get(b"SERVER_ADDR"));
+    scope.set_item(intern!(py, "server"), host_port(py, server_host, p.get(b"SERVER_PORT"))?)?;
+    scope.set_item(intern!(py, "extensions"), extensions)?;
+    scope.set_item(intern!(py, "fcgibridge.request_id"), &rid)?;
+    if let Some(state) = state {
+        scope.set_item(intern!(py, "state"), state.copy()?)?;
+    }
+    let roots = match p.get(b"FCGIBRIDGE_FILE_ROOTS") {
+        Some(v) => PyBytes::new(py, v).into_any(),
+        None => py.None().into_bound(py),
+    };
+    PyTuple::new(py, [scope.into_any(), rid, roots, (method == b"HEAD").into_bound_py_any(py)?])
+}
+
+/// One FastCGI connection from the bridge, decoded.
+#[pyclass(module = "fcgibridge_worker", unsendable)]
+pub(crate) struct AsgiConnection {
+    conn: ServerConnection,
+    /// What GET_VALUES answers for FCGI_MAX_CONNS and FCGI_MAX_REQS.
+    concurrency: Vec<u8>,
+}
+
+fn event<'py>(py: Python<'py>, kind: u8, id: u16, payload: Bound<'py, PyAny>) -> PyResult<Bound<'py, PyTuple>> {
+    PyTuple::new(py, [kind.into_bound_py_any(py)?, id.into_bound_py_any(py)?, payload])
+}
+
+impl AsgiConnection {
+    fn get_values(&self, names: &[bytes::Bytes]) -> Vec<u8> {
+        let answer = |n: &[u8]| -> Option<&[u8]> {
+            match n {
+                b"FCGI_MAX_CONNS" | b"FCGI_MAX_REQS" => Some(&self.concurrency),
+                b"FCGI_MPXS_CONNS" => Some(b"1"),
+                _ => None,
+            }
+        };
+        let mut out = Vec::new();
+        let pairs: Vec<(&[u8], &[u8])> = names.iter().filter_map(|n| answer(n).map(|v| (&n[..], v))).collect();
+        server::write_get_values_result(&mut out, pairs);
+        out
+    }
+}
+
+#[pymethods]
+impl AsgiConnection {
+    #[new]
+    fn new(concurrency: usize) -> Self {
+        Self { conn: ServerConnection::new(Limits::default()), concurrency: concurrency.to_string().into_bytes() }
+    }
+
+    /// The events of the whole records in `data` (and what came before), as
+    /// `(kind, request id, payload)`: BEGIN (role), PARAMS (scope, request id, file roots,
+    /// is HEAD), STDIN (bytes; b"" at its end), ABORT (None), REPLY (bytes to write).
+    /// Raises AsgiProtocolError on what is not FastCGI (the connection is then unusable).
+    fn feed<'py>(
+        &mut self,
+        py: Python<'py>,
+        data: &[u8],
+        state: Option<&Bound<'py, PyDict>>,
+    ) -> PyResult<Bound<'py, PyList>> {
+        self.conn.feed(data);
+        let out = PyList::empty(py);
+        loop {
+            let ev = match self.conn.next_event() {
+                Ok(Some(ev)) => ev,
+                Ok(None) => break,
+                Err(e) => return Err(AsgiProtocolError::new_err(e.to_string())),
+            };
+            let item = match ev {
+                ServerEvent::BeginRequest { id, role: role @ (Role::Responder | Role::Authorizer), .. } => {
+                    event(py, EV_BEGIN, id, u16::from(role == Role::Authorizer).into_bound_py_any(py)?)?
+                }
+                ServerEvent::BeginRequest { id, .. } => {
+                    let mut b = Vec::new();
+                    server::write_end_request(&mut b, id, 0, ProtocolStatus::UnknownRole, Padding::None);
+                    // The empty STDOUT before it is harmless; only END_REQUEST is required.
+                    event(py, EV_REPLY, id, PyBytes::new(py, &b).into_any())?
+                }
+                ServerEvent::Params { id, params } => {
+                    event(py, EV_PARAMS, id, build_scope(py, &params, state)?.into_any())?
+                }
+                ServerEvent::Stdin { id, data } => event(py, EV_STDIN, id, PyBytes::new(py, &data).into_any())?,
+                ServerEvent::StdinEnd { id } => event(py, EV_STDIN, id, PyBytes::new(py, b"").into_any())?,
+                ServerEvent::Abort { id } => event(py, EV_ABORT, id, py.None().into_bound(py))?,
+                ServerEvent::GetValues { names } => {
+                    event(py, EV_REPLY, 0, PyBytes::new(py, &self.get_values(&names)).into_any())?
+                }
+                ServerEvent::UnknownType { record_type } => {
+                    let mut b = Vec::new();
+                    server::write_unknown_type(&mut b, record_type);
+                    event(py, EV_REPLY, 0, PyBytes::new(py, &b).into_any())?
+                }
+                // The FILTER role is refused at BEGIN_REQUEST: no DATA is expected or used.
+                ServerEvent::Data { .. } | ServerEvent::DataEnd { .. } => continue,
+            };
+            out.append(item)?;
+        }
+        Ok(out)
+    }
+
+    /// Forget request `id` once its END_REQUEST is written: later records for it are skipped.
+    fn end_request(&mut self, id: u16) {
+        self.conn.end_request(id);
+    }
+
+    /// Bytes of a partial record held (a partial record at EOF means the bridge hung up mid-record).
+    fn buffered(&self) -> usize {
+        self.conn.buffered()
+    }
+}
+
+/// A response header name or value, or a body, as bytes (ASGI says bytes; bytearray and
+/// memoryview pass too).
+fn header_bytes(obj: &Bound<'_, PyAny>) -> PyResult<Vec<u8>> {
+    if let Ok(b) = obj.cast::<PyBytes>() {
+        return Ok(b.as_bytes().to_vec());
+    }
+    let py = obj.py();
+    let b = py.get_type::<PyBytes>().call1((obj,))?;
+    Ok(b.cast_into::<PyBytes>()?.as_bytes().to_vec())
+}
+
+/// The CGI header block of an ASGI response; Content-Length is added when the whole body is
+/// known (`content_length`) and the app set none.
+fn head(
+    status_line: &[u8],
+    headers: &Bound<'_, PyAny>,
+    status: u16,
+    content_length: Option<usize>,
+) -> PyResult<Vec<u8>> {
+    let mut out = Vec::with_capacity(256);
+    out.extend_from_slice(status_line);
+    let mut has_length = false;
+    for item in headers.try_iter()? {
+        let item = item?;
+        let name = header_bytes(&item.get_item(0)?)?;
+        let value = header_bytes(&item.get_item(1)?)?;
+        if name.iter().any(|&b| b == b'\n' || b == b'\r' || b == b':')
+            || value.iter().any(|&b| b == b'\n' || b == b'\r')
+        {
+            return Err(PyRuntimeError::new_err(format!(
+                "response header {:?} has a line break or colon in it",
+                PyBytes::new(headers.py(), &name)
+            )));
+        }
+        has_length |= name.eq_ignore_ascii_case(b"content-length");
+        out.extend_from_slice(&name);
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(&value);
+        out.extend_from_slice(b"\r\n");
+    }
+    if let Some(n) = content_length.filter(|_| !has_length && status >= 200 && status != 204 && status != 304) {
+        out.extend_from_slice(format!("Content-Length: {n}\r\n").as_bytes());
+    }
+    out.extend_from_slice(b"\r\n");
+    Ok(out)
+}
+
+/// encode_response(rid, status_line, headers, status, body, more, is_head) -> bytes
+///
+/// One write's worth of a response: the head when `status_line` is given (headers checked,
+/// Content-Length added when this is the whole body), the body (left out for HEAD) as STDOUT
+/// records, and when `more` is false the end of the request (empty STDOUT, END_REQUEST 0).
+#[pyfunction]
+#[pyo3(signature = (rid, status_line, headers, status, body, more, is_head))]
+#[allow(clippy::too_many_arguments)]
+fn encode_response<'py>(
+    py: Python<'py>,
+    rid: u16,
+    status_line: Option<&[u8]>,
+    headers: &Bound<'py, PyAny>,
+    status: u16,
+    body: &Bound<'py, PyAny>,
+    more: bool,
+    is_head: bool,
+) -> PyResult<Bound<'py, PyBytes>> {
+    let owned;
+    let body: &[u8] = match body.cast::<PyBytes>() {
+        Ok(b) => b.as_bytes(),
+        Err(_) => {
+            owned = header_bytes(body)?;
+            &owned
+        }
+    };
+    let head = match status_line {
+        Some(line) => Some(head(line, headers, status, (!more).then_some(body.len()))?),
+        None => None,
+    };
+    Ok(PyBytes::new(py, &response_records(rid, head, body, more, is_head)))
+}
+
+/// STDOUT records of `head` and `body` (left out for HEAD), then the end of the request
+/// unless `more` follows.
+fn response_records(rid: u16, head: Option<Vec<u8>>, body: &[u8], more: bool, is_head: bool) -> Vec<u8> {
+    let mut content = head.unwrap_or_default();
+    if !is_head {
+        content.extend_from_slice(body);
+    }
+    let mut out = Vec::with_capacity(content.len() + 40);
+    server::write_stdout(&mut out, rid, &content, Padding::None);
+    if !more {
+        server::write_end_request(&mut out, rid, 0, ProtocolStatus::RequestComplete, Padding::None);
+    }
+    out
+}
+
+/// Register the ASGI codec in the `_native` module.
+pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<AsgiConnection>()?;
+    m.add_function(wrap_pyfunction!(encode_response, m)?)?;
+    m.add("AsgiProtocolError", m.py().get_type::<AsgiProtocolError>())?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn raw_path_keeps_the_request_uri_while_it_decodes_to_the_path() {
+        assert_eq!(raw_path(b"/a%20b?x=1", b"/a b"), b"/a%20b");
+        assert_eq!(raw_path(b"/a%2Fb", b"/a/b"), b"/a%2Fb");
+        // rewritten by the web server: built from the path instead
+        assert_eq!(raw_path(b"/old", b"/new path"), b"/new%20path");
+        assert_eq!(raw_path(b"", b"/caf\xc3\xa9"), b"/caf%C3%A9");
+        assert_eq!(raw_path(b"/x%zz", b"/x%zz"), b"/x%zz");
+        assert_eq!(raw_path(b"/x%4", b"/x%4"), b"/x%4");
+    }
+
+    #[test]
+    fn http_version_and_port_read_as_python_does() {
+        assert_eq!(http_version(b"HTTP/1.0"), b"1.0");
+        assert_eq!(http_version(b"HTTP/2.0"), b"2");
+        assert_eq!(http_version(b"HTTP/3.0"), b"3");
+        assert_eq!(http_version(b"HTTP"), b"1.1");
+        assert_eq!(port(Some(b"8080")), 8080);
+        assert_eq!(port(Some(b"")), 0);
+        assert_eq!(port(Some(b"x1")), 0);
+        assert_eq!(port(None), 0);
+        assert_eq!(header_name(b"HTTP_X_FORWARDED_FOR"), b"x-forwarded-for");
+    }
+
+    #[test]
+    fn a_response_is_its_head_and_body_in_stdout_records_then_the_end() {
+        let out = response_records(3, Some(b"Status: 200 OK\r\n\r\n".to_vec()), &[b'x'; 70_000], false, false);
+        let mut dec = fastcgi_server::client::ClientConnection::new(Limits::default());
+        dec.feed(&out);
+        let mut stdout = Vec::new();
+        let mut ended = false;
+        while let Some(ev) = dec.next_event().expect("valid records") {
+            match ev {
+                fastcgi_server::client::ClientEvent::Stdout { id: 3, data } => stdout.extend_from_slice(&data),
+                fastcgi_server::client::ClientEvent::EndRequest { id: 3, app_status: 0, .. } => ended = true,
+                _ => {}
+            }
+        }
+        assert!(ended);
+        assert_eq!(stdout.len(), 18 + 70_000);
+        assert!(stdout.starts_with(b"Status: 200 OK\r\n\r\nxx"));
+        // HEAD: the head only; more to come: no end
+        let head_only = response_records(3, Some(b"H".to_vec()), b"body", true, true);
+        assert_eq!(head_only, [1, 6, 0, 3, 0, 1, 0, 0, b'H']);
+        assert!(response_records(3, None, b"", true, false).is_empty());
+    }
+}
