@@ -441,7 +441,7 @@ impl<S: Slot> Dispatcher<S> {
     ) -> Result<S, Result<(oneshot::Receiver<Grant<S>>, Duration), AcquireError>> {
         let mut inner = self.lock();
         inner.counters.accepted += 1;
-        while let Some(slot) = inner.idle.pop() {
+        while let Some(slot) = inner.pop_idle() {
             if slot.usable() {
                 let key = slot.key();
                 if let Some((w, c)) = conn_mut(&mut inner.workers, key) {
@@ -863,6 +863,30 @@ impl<S: Slot> Inner<S> {
             }
             Err(Grant::Lost) => unreachable!("a slot was sent"),
         }
+    }
+
+    /// The free slot of the least busy worker, the most recently used among its slots.
+    /// Plain LIFO would put every request on the worker whose slot was freed last as long as
+    /// it has a free one: for a worker with many slots (threads, ASGI) that is all of them,
+    /// while another process sits idle behind its own GIL or event loop.
+    fn pop_idle(&mut self) -> Option<S> {
+        let busy = |workers: &[WorkerEntry], key: SlotKey| {
+            let w = workers.get(key.worker.index as usize).filter(|w| w.live && w.gen == key.worker.gen);
+            w.map_or(0, |w| w.s.busy)
+        };
+        let mut best = self.idle.len().checked_sub(1)?;
+        let mut least = busy(&self.workers, self.idle[best].key());
+        for i in (0..best).rev() {
+            if least == 0 {
+                break;
+            }
+            let b = busy(&self.workers, self.idle[i].key());
+            if b < least {
+                best = i;
+                least = b;
+            }
+        }
+        Some(self.idle.remove(best))
     }
 
     /// A withdrawn request goes back to the front of the queue (it waited longest), and

@@ -139,6 +139,29 @@ async fn per_worker_numbers_and_current_request() {
     assert_eq!((p.idle_slots, p.busy_slots, p.counters.served), (2, 0, 1));
 }
 
+#[tokio::test]
+async fn requests_spread_over_workers_before_doubling_up() {
+    // Two workers of three slots each, all free, the second worker's slots freed last:
+    // plain LIFO would hand all three requests to worker b.
+    let d = Dispatcher::<TestSlot>::new(4, Duration::from_secs(1));
+    let (a, b) = (d.add_worker(0), d.add_worker(0));
+    for (w, first) in [(a, 10), (b, 20)] {
+        for n in first..first + 3 {
+            d.release(registered(&d, w, n));
+        }
+    }
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        held.push(d.acquire(&ticket("/")).await.expect("slot"));
+    }
+    let busy = |w| d.worker_view(w, false).expect("worker").busy;
+    assert_eq!((busy(a), busy(b)), (2, 2));
+    // Within a worker the most recently freed slot goes first (its buffers are warm).
+    let mut got: Vec<u32> = held.iter().map(|s| s.0).collect();
+    got.sort_unstable();
+    assert_eq!(got, vec![11, 12, 21, 22]);
+}
+
 #[test]
 fn long_uris_are_truncated_not_refused() {
     let long = "/x".repeat(400);
