@@ -76,24 +76,6 @@ def apache(env, tmp_path_factory):
         yield url
 
 
-DOC_NGINX_SCAFFOLD = """
-{user}
-worker_processes 1;
-pid {tmp}/nginx.pid;
-error_log {tmp}/nginx-error.log info;
-events {{ worker_connections 256; }}
-http {{
-    access_log {tmp}/nginx-access.log;
-    client_body_temp_path {tmp}/client_body;
-    fastcgi_temp_path {tmp}/fastcgi_temp;
-    proxy_temp_path {tmp}/proxy_temp;
-    scgi_temp_path {tmp}/scgi_temp;
-    uwsgi_temp_path {tmp}/uwsgi_temp;
-{example}
-}}
-"""
-
-
 @pytest.fixture(scope="module")
 def doc_nginx(env, tmp_path_factory):
     """The nginx example of docs/asgi.md, with this test's ports and paths, in front of the bridge."""
@@ -110,8 +92,7 @@ def doc_nginx(env, tmp_path_factory):
         example = example.replace(old, new)
     work = tmp_path_factory.mktemp("doc-nginx")
     conf = work / "nginx.conf"
-    conf.write_text(DOC_NGINX_SCAFFOLD.format(tmp=work, example=example,
-                                              user="user root;" if os.geteuid() == 0 else ""))
+    conf.write_text(harness.nginx_conf(work, example, connections=256))
     proc = harness.start_nginx(work, conf)
     url = f"http://127.0.0.1:{port}"
     try:
