@@ -916,6 +916,11 @@ impl<S: Slot> Inner<S> {
     /// run [`TAKE_BACK_AFTER`] or longer, when the worker has not started it yet. Returns
     /// the slot when nobody took it.
     fn take_back_for(&mut self, slot: S) -> Option<S> {
+        self.take_back_behind(slot, TAKE_BACK_AFTER)
+    }
+
+    /// The same for a request piped behind one that has run `min` or longer.
+    fn take_back_behind(&mut self, slot: S, min: Duration) -> Option<S> {
         if self.piped.is_empty() {
             return Some(slot);
         }
@@ -927,7 +932,7 @@ impl<S: Slot> Inner<S> {
             .enumerate()
             .filter(|(_, p)| !p.waiter.tx.is_closed())
             .filter(|(_, p)| {
-                conn_mut(workers, p.key).is_some_and(|(_, c)| now.saturating_duration_since(c.since) >= TAKE_BACK_AFTER)
+                conn_mut(workers, p.key).is_some_and(|(_, c)| now.saturating_duration_since(c.since) >= min)
             })
             .min_by_key(|(_, p)| p.waiter.label.started)
             .map(|(i, _)| i);
@@ -978,7 +983,9 @@ impl<S: Slot> Inner<S> {
         }
     }
 
-    /// A free slot to the oldest waiter, else to the idle list.
+    /// A free slot to the oldest waiter, else to a request still piped behind another
+    /// (however briefly that one has run: nothing else would free it from a request in
+    /// front that turns out slow), else to the idle list.
     fn give_to_waiters(&mut self, slot: S) {
         let mut slot = slot;
         let key = slot.key();
@@ -993,7 +1000,9 @@ impl<S: Slot> Inner<S> {
                 Err(Grant::Lost) => unreachable!("a slot was sent"),
             }
         }
-        self.idle.push(slot);
+        if let Some(slot) = self.take_back_behind(slot, Duration::ZERO) {
+            self.idle.push(slot);
+        }
     }
 
     fn mark_busy(&mut self, key: SlotKey, label: &Label) {

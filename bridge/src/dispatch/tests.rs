@@ -340,6 +340,26 @@ mod pipeline {
     }
 
     #[tokio::test]
+    async fn a_slot_that_would_go_idle_takes_back_a_piped_request_at_once() {
+        // The request in front has run for less than TAKE_BACK_AFTER when a slot frees up
+        // and nobody waits: were the slot left idle, nothing later would take the piped
+        // request from behind a request in front that turns out slow.
+        let page = Arc::new(ClaimPage::new().expect("page"));
+        let (d, [a, b], mut waiting) = busy_pool().await;
+        d.release(b);
+        let b = waiting.remove(0).await.expect("task").slot;
+        let (_, tag) = d.pipe_onto(b.key(), &page, 1).expect("piped");
+        d.release(a);
+        let g = tokio::time::timeout(Duration::from_secs(10), waiting.remove(0))
+            .await
+            .expect("the piped request took the free slot")
+            .expect("task");
+        assert_eq!((g.slot.0, g.sent), (1, None), "moved to the free slot, to be sent again");
+        assert!(!page.start(1, tag), "the worker finds it withdrawn");
+        assert_eq!(d.idle(), 0);
+    }
+
+    #[tokio::test]
     async fn a_started_request_is_not_taken_back_and_a_failed_connection_requeues_one_that_was_not() {
         let page = Arc::new(ClaimPage::new().expect("page"));
         let (d, [a, b], mut waiting) = busy_pool().await;
