@@ -3,6 +3,7 @@ a bridge whose pools run apps/lifecycle_app.py, one FastCGI TCP listener per poo
 look at its worker processes through /proc."""
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import threading
@@ -86,8 +87,13 @@ def alive(pid: int) -> bool:
     return st is not None and st[0] != "Z"
 
 
+# Completion order of Background calls (itertools.count's next() is atomic under the GIL).
+_FINISHED = itertools.count(1)
+
+
 class Background:
-    """Run `fn` in a thread; `.result()` joins and returns (or raises) its outcome."""
+    """Run `fn` in a thread; `.result()` joins and returns (or raises) its outcome.
+    `out["done_at"]` is its place in the order in which Background calls finished."""
 
     def __init__(self, fn):
         self.out = {}
@@ -97,6 +103,7 @@ class Background:
                 self.out["value"] = fn()
             except BaseException as e:  # noqa: BLE001
                 self.out["error"] = e
+            self.out["done_at"] = next(_FINISHED)
 
         self.t = threading.Thread(target=run, daemon=True)
         self.t.start()

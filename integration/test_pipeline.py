@@ -7,7 +7,6 @@ import hashlib
 import json
 import os
 import signal
-import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
@@ -16,6 +15,7 @@ import requests
 
 import fcgi_client
 from harness import APPS, Nginx, free_ports, main_listeners, make_bridge, pool, wait_until
+from supervision_support import Background
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -52,43 +52,6 @@ def direct(b, pool_name, path, **kw):
     headers = {"Host": HOSTS[pool_name]}
     with fcgi_client.FcgiConnection(b.listener_address("fcgi-tcp"), timeout=120) as c:
         return c.request(path, headers=headers, **kw)
-
-
-class Background:
-    """A request running in a thread; `result()` waits for its answer."""
-
-    def __init__(self, fn):
-        self.out = {}
-
-        def run():
-            try:
-                self.out["value"] = fn()
-            except Exception as e:  # noqa: BLE001
-                self.out["error"] = repr(e)
-            self.out["done_at"] = next(_ORDER)
-
-        self.t = threading.Thread(target=run, daemon=True)
-        self.t.start()
-
-    def result(self, timeout=120):
-        self.t.join(timeout)
-        assert not self.t.is_alive(), "request still running"
-        assert "error" not in self.out, self.out["error"]
-        return self.out["value"]
-
-
-class _Counter:
-    def __init__(self):
-        self.n = 0
-        self.lock = threading.Lock()
-
-    def __next__(self):
-        with self.lock:
-            self.n += 1
-            return self.n
-
-
-_ORDER = _Counter()
 
 
 def hold(b, pool_name):

@@ -26,9 +26,18 @@ pub(crate) async fn trim_task() {
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         every.tick().await;
-        let Some(slack) = glibc::slack() else { return };
-        if trimmer.due(slack) {
-            let after = glibc::trim().unwrap_or(slack);
+        // mallinfo2 and malloc_trim walk the heap under malloc's locks (milliseconds for a
+        // large fragmented one): off the runtime's thread, so requests do not wait on them.
+        // slack None: not measurable this time (e.g. no descriptor left for /proc).
+        let mut t = trimmer;
+        let look = tokio::task::spawn_blocking(move || {
+            let trimmed =
+                glibc::slack().filter(|&slack| t.due(slack)).map(|slack| (slack, glibc::trim().unwrap_or(slack)));
+            (t, trimmed)
+        });
+        let Ok((t, trimmed)) = look.await else { continue };
+        trimmer = t;
+        if let Some((slack, after)) = trimmed {
             tracing::debug!(
                 "returned {} KiB of freed heap to the system (malloc_trim): {} KiB resident but free left",
                 slack.saturating_sub(after) >> 10,
@@ -40,7 +49,7 @@ pub(crate) async fn trim_task() {
 }
 
 /// When to trim, from the resident-but-free bytes ("slack") seen once a second.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone, Copy)]
 struct Trimmer {
     /// The slack a trim could not give back (pages partly in use): only growth beyond it
     /// calls for another trim, so a fragmented heap is not trimmed in vain every second.
@@ -68,7 +77,7 @@ impl Trimmer {
 
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 mod glibc {
-    /// Anonymous resident bytes not in use by malloc (None: not measurable, stop looking).
+    /// Anonymous resident bytes not in use by malloc (None: not measurable).
     pub(super) fn slack() -> Option<u64> {
         let anon = anon_resident()?;
         // SAFETY: mallinfo2 only reads malloc's own bookkeeping (under its locks).

@@ -135,8 +135,10 @@ fn send_again(first: First, worker: &crate::worker_handle::WorkerHandle, body_do
 }
 
 /// Encode a waiting request's first write to be kept (it may be piped onto a busy
-/// connection, or sent on a free one later). None when the body is not all here: only a
-/// request whose first write holds all of it is ever piped.
+/// connection, or sent on a free one later). The caller has seen the whole body arrive
+/// (`whole()`), so every chunk goes in, past [`FIRST_WRITE_BODY`] too: a chunk taken from
+/// the source and then dropped would be lost to the request. None if the body was not all
+/// here after all.
 pub(crate) fn encode_kept<S: BodySource>(info: &RequestInfo<'_>, params: &Params, source: &mut S) -> Option<Bytes> {
     let mut buf = BytesMut::new();
     encode_first_write(&mut buf, WORKER_REQUEST_ID, info, params, source, true).then(|| buf.freeze())
@@ -443,6 +445,9 @@ pub(crate) async fn exchange<S: BodySource, K: ResponseSink>(
                 uri = info.uri,
                 "the worker closed its connection with the request unread (it died while idle); trying another"
             );
+            // Only this request goes again: one piped behind it is taken back with the
+            // slot (dispatch/serve.rs `give_back`).
+            wbuf.truncate(own_len);
             return Outcome {
                 status: 0,
                 body_bytes: 0,
@@ -518,10 +523,13 @@ fn encode_first_write<S: BodySource>(
         id,
         placeholder
             .into_iter()
-            .chain(params.iter())
+            // The claim is the bridge's to give: one the web server passed is dropped.
+            .chain(params.iter().filter(|(name, _)| *name != CLAIM_PARAM))
             .chain(std::iter::once((&b"FCGIBRIDGE_REQUEST_ID"[..], info.id.as_bytes()))),
     );
-    while wbuf.len() < FIRST_WRITE_BODY {
+    // A kept write (`claim`) takes the whole body, which is here (`encode_kept`).
+    let limit = if claim { usize::MAX } else { FIRST_WRITE_BODY };
+    while wbuf.len() < limit {
         match source.ready() {
             Some(Some(chunk)) => client::write_stdin(wbuf, id, &chunk),
             Some(None) => {
@@ -1086,6 +1094,8 @@ mod unread_tests {
         use fastcgi_server::server::{ServerConnection, ServerEvent};
         let mut params = Params::default();
         params.insert(&b"REQUEST_METHOD"[..], &b"GET"[..]);
+        // One the web server sent is not the bridge's claim: dropped.
+        params.insert(&b"FCGIBRIDGE_CLAIM"[..], &b"0001.0000000001"[..]);
         let info = RequestInfo { id: "9", uri: "/", role: Role::Responder, error_pages: None, files: None };
         let kept = encode_kept(&info, &params, &mut NoBody).expect("the whole request");
         let mut buf = BytesMut::from(&kept[..]);
@@ -1116,6 +1126,123 @@ mod unread_tests {
         let (outcome, sent) = outcome_of_unread("GET").await;
         assert!(matches!(outcome.next, Next::Retry(_)), "status {}", outcome.status);
         assert!(sent.is_empty(), "nothing may reach the web server before the retry");
+    }
+
+    #[tokio::test]
+    async fn a_retry_after_an_unread_request_carries_only_that_request_not_the_one_piped_behind() {
+        use crate::dispatch::{Dispatcher, Ticket};
+        use fastcgi_server::server::{ServerConnection, ServerEvent};
+        let path = std::env::temp_dir().join(format!("fcgibridge-unread-piped-{}.sock", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let listener = tokio::net::UnixListener::bind(&path).expect("bind");
+        // It exits once both requests are in its socket, unread.
+        let dies = tokio::spawn(async move {
+            let (s, _) = listener.accept().await.expect("accept");
+            let mut buf = vec![0u8; 1 << 16];
+            loop {
+                let n = peek(&s, &mut buf).await;
+                if begin_records(&buf[..n]) >= 2 {
+                    break;
+                }
+                tokio::task::yield_now().await;
+            }
+            drop(s);
+        });
+        let page = Arc::new(crate::claim::ClaimPage::new().expect("page"));
+        let worker = Arc::new(WorkerHandle::new("p".into(), 1, path.clone()).with_claims(Some(page)));
+        let d = Arc::new(Dispatcher::<crate::backend::SlotConn>::new(8, Duration::from_secs(30)));
+        let key = d.add_conn(d.add_worker(0), None).expect("conn");
+        let (mut slot, _) = crate::backend::SlotConn::connect(worker).await.expect("connect");
+        slot.set_key(key);
+        let mut params = Params::default();
+        params.insert(&b"REQUEST_METHOD"[..], &b"GET"[..]);
+        let info = RequestInfo { id: "r1", uri: "/", role: Role::Responder, error_pages: None, files: None };
+        let kept = encode_kept(&info, &params, &mut NoBody).expect("kept");
+        let d2 = d.clone();
+        let waiter = tokio::spawn(async move {
+            let t = Ticket { method: b"GET", uri: b"/p", request_id: 99, started: std::time::Instant::now() };
+            d2.acquire_piped(&t, Some(kept), std::future::pending()).await.map(|g| g.sent)
+        });
+        while d.waiting() < 1 {
+            tokio::task::yield_now().await;
+        }
+        let outcome =
+            exchange(&mut slot, &info, &params, &mut NoBody, &mut Collect::default(), First::Encode, Some(&*d)).await;
+        dies.await.expect("worker task");
+        let _ = std::fs::remove_file(&path);
+        waiter.abort();
+        assert_eq!(d.view().counters.piped, 1, "a request was piped behind");
+        assert!(matches!(outcome.next, Next::Retry(_)));
+        let mut dec = ServerConnection::new(fastcgi_server::Limits::default());
+        dec.buffer_mut().extend_from_slice(&slot.wbuf);
+        let mut begins = 0;
+        while let Ok(Some(ev)) = dec.next_event() {
+            begins += usize::from(matches!(ev, ServerEvent::BeginRequest { .. }));
+        }
+        assert_eq!(begins, 1, "the retry's first write is its own request alone");
+    }
+
+    /// What is in `s`'s receive queue, left there, once there is something new.
+    async fn peek(s: &tokio::net::UnixStream, buf: &mut [u8]) -> usize {
+        use nix::sys::socket::{recv, MsgFlags};
+        use std::os::fd::AsRawFd;
+        loop {
+            s.readable().await.expect("readable");
+            match s.try_io(tokio::io::Interest::READABLE, || {
+                recv(s.as_raw_fd(), buf, MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT).map_err(std::io::Error::from)
+            }) {
+                Ok(n) => return n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(e) => panic!("peek: {e}"),
+            }
+        }
+    }
+
+    /// BEGIN_REQUEST records in whole records at the start of `buf`.
+    fn begin_records(buf: &[u8]) -> usize {
+        let (mut at, mut n) = (0, 0);
+        while at + 8 <= buf.len() {
+            n += usize::from(buf[at + 1] == 1);
+            at += 8 + usize::from(u16::from_be_bytes([buf[at + 4], buf[at + 5]])) + usize::from(buf[at + 6]);
+        }
+        n
+    }
+
+    /// A body given in chunks, then its end.
+    struct Chunks(std::collections::VecDeque<Option<Bytes>>);
+    impl BodySource for Chunks {
+        fn ready(&mut self) -> Option<Option<Bytes>> {
+            self.0.pop_front()
+        }
+        async fn next_chunk(&mut self) -> Result<Option<Bytes>, FrontGone> {
+            Ok(self.0.pop_front().flatten())
+        }
+        async fn aborted(&mut self) {
+            std::future::pending::<()>().await;
+        }
+    }
+
+    #[test]
+    fn a_kept_write_holds_a_whole_body_that_with_its_params_passes_the_first_write_limit() {
+        let mut params = Params::default();
+        params.insert(&b"REQUEST_METHOD"[..], &b"POST"[..]);
+        params.insert(&b"CONTENT_LENGTH"[..], &b"64512"[..]);
+        params.insert(&b"HTTP_COOKIE"[..], vec![b'c'; 1000]);
+        let info = RequestInfo { id: "9", uri: "/", role: Role::Responder, error_pages: None, files: None };
+        let mut src = Chunks([Some(Bytes::from(vec![b'x'; 64512])), None].into_iter().collect());
+        let kept = encode_kept(&info, &params, &mut src).expect("the whole request is kept");
+        assert_eq!(src.ready(), None, "everything was taken");
+        let mut dec = fastcgi_server::server::ServerConnection::new(fastcgi_server::Limits::default());
+        dec.buffer_mut().extend_from_slice(&kept);
+        let (mut body, mut ended) = (0, false);
+        while let Ok(Some(ev)) = dec.next_event() {
+            match ev {
+                fastcgi_server::server::ServerEvent::StdinEnd { .. } => ended = true,
+                fastcgi_server::server::ServerEvent::Stdin { data, .. } => body += data.len(),
+                _ => {}
+            }
+        }
+        assert_eq!((body, ended), (64512, true));
     }
 
     #[tokio::test]

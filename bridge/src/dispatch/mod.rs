@@ -464,9 +464,12 @@ impl<S: Slot> Dispatcher<S> {
             return Err(Err(AcquireError::Unavailable(why)));
         }
         inner.waiters.retain(|w| !w.tx.is_closed());
-        if inner.waiters.len() >= inner.queue_size {
+        // A piped request still waits for its thread: it counts against the queue as it
+        // would without the pipeline.
+        let queued = inner.waiters.len() + inner.piped.len();
+        if queued >= inner.queue_size {
             inner.counters.rejected_queue_full += 1;
-            return Err(Err(AcquireError::QueueFull(inner.waiters.len())));
+            return Err(Err(AcquireError::QueueFull(queued)));
         }
         let (tx, rx) = oneshot::channel();
         inner.waiters.push_back(Waiter { tx, label: Label::of(ticket), id: ticket.request_id, kept });
@@ -532,7 +535,7 @@ impl<S: Slot> Dispatcher<S> {
         let inner = &mut *inner;
         let Some(i) = inner.piped.iter().position(|p| p.key == key) else { return };
         let p = inner.piped.swap_remove(i);
-        inner.requeue_or_lose(p);
+        inner.requeue_or_lose(p, &self.wake);
     }
 
     /// Give a slot back: to the request piped onto it, to a request piped behind a slow
@@ -569,7 +572,7 @@ impl<S: Slot> Dispatcher<S> {
             // A draining worker still serves a piped request it has started.
             let withdrawn = (!keep || draining).then(|| p.withdraw());
             match withdrawn {
-                Some(true) => inner.requeue(p.waiter),
+                Some(true) => inner.requeue(p.waiter, &self.wake),
                 Some(false) if !keep => {
                     let _ = p.waiter.tx.send(Grant::Lost);
                 }
@@ -613,7 +616,7 @@ impl<S: Slot> Dispatcher<S> {
         }
         if let Some(i) = inner.piped.iter().position(|p| p.key == key) {
             let p = inner.piped.swap_remove(i);
-            inner.requeue_or_lose(p);
+            inner.requeue_or_lose(p, &self.wake);
         }
         inner.close_conn(key, &self.wake);
         drop(slot);
@@ -723,7 +726,7 @@ impl<S: Slot> Dispatcher<S> {
         inner.idle.retain(|s| s.key().worker != worker);
         while let Some(i) = inner.piped.iter().position(|p| p.key.worker == worker) {
             let p = inner.piped.swap_remove(i);
-            inner.requeue_or_lose(p);
+            inner.requeue_or_lose(p, &self.wake);
         }
         if let Some(w) = inner.worker_mut(worker) {
             w.live = false;
@@ -891,22 +894,23 @@ impl<S: Slot> Inner<S> {
 
     /// A withdrawn request goes back to the front of the queue (it waited longest), and
     /// takes a free slot if one is idle.
-    fn requeue(&mut self, waiter: Waiter<S>) {
+    fn requeue(&mut self, waiter: Waiter<S>, wake: &Notify) {
         self.counters.withdrawn += 1;
         self.waiters.push_front(waiter);
-        while let Some(slot) = self.idle.pop() {
+        while let Some(slot) = self.pop_idle() {
             if slot.usable() {
                 self.give_to_waiters(slot);
                 return;
             }
+            self.close_conn(slot.key(), wake);
         }
     }
 
     /// The connection under a piped request failed: requeue it if the worker had not
     /// started it, else it is lost with its worker.
-    fn requeue_or_lose(&mut self, p: Piped<S>) {
+    fn requeue_or_lose(&mut self, p: Piped<S>, wake: &Notify) {
         if p.withdraw() {
-            self.requeue(p.waiter);
+            self.requeue(p.waiter, wake);
         } else {
             let _ = p.waiter.tx.send(Grant::Lost);
         }
