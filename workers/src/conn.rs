@@ -526,7 +526,7 @@ impl Conn {
             let Some(r) = self.req.as_mut() else { return };
             let Some(claim) = r.claim.filter(|_| r.params.is_some()) else { return };
             r.claim = None;
-            if !self.rd_eof && claim.start() {
+            if !self.rd_eof && !self.broken && claim.start() {
                 return;
             }
             let id = r.id;
@@ -882,7 +882,9 @@ impl Conn {
             return false;
         };
         self.end_id(r.id, status, ProtocolStatus::RequestComplete);
-        self.settle();
+        // A request queued behind this one is claimed by `wait_request`, not here: the
+        // thread may stop after this request (SystemExit, max-requests), and one it never
+        // claimed the bridge can still send elsewhere.
         keep && !self.rd_eof && self.usable()
     }
 }
@@ -1080,9 +1082,12 @@ mod tests {
         c.poll();
         assert_eq!(c.queued.as_ref().map(|q| q.id), Some(2), "queued behind the current request");
         end_current(&mut c);
-        // Promoted at the end of the current one: the next request is here, no recv.
-        assert_eq!(c.req.as_ref().map(|r| r.id), Some(2));
+        // Not claimed at the end of the current one (the thread may stop there)...
+        assert_eq!(c.queued.as_ref().map(|q| q.id), Some(2));
+        assert_eq!(cells[10].load(Ordering::Acquire), crate::claim::queued(5), "still the bridge's to take back");
+        // ...but as soon as the thread asks for its next request: here, without a recv.
         assert!(c.wait_request());
+        assert_eq!(c.req.as_ref().map(|r| r.id), Some(2));
         assert_eq!(query(&c), b"piped");
         assert_eq!(cells[10].load(Ordering::Acquire), (5 << 2) | 2, "claimed: STARTED");
         // The next one piped behind it is withdrawn by the bridge before it starts.

@@ -493,7 +493,6 @@ fn serve(
     client_disconnected: Bound<'_, PyType>,
 ) -> PyResult<()> {
     let _ = objects::CLIENT_DISCONNECTED.set(py, client_disconnected.unbind());
-    claim::init();
     let mut w = Worker {
         app,
         threads: threads.max(1),
@@ -548,6 +547,9 @@ fn set_parent_death_signal() -> PyResult<()> {
 fn native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(serve, m)?)?;
     m.add_function(wrap_pyfunction!(set_parent_death_signal, m)?)?;
+    // Map the claim page (and close its descriptor) before the app is imported: app code
+    // then cannot resize or close it under the bridge.
+    claim::init();
     m.add_class::<FileWrapper>()?;
     m.add_class::<Input>()?;
     m.add_class::<Errors>()?;

@@ -314,8 +314,9 @@ def main():
     ready_fd = ready_fd_from_env()
     ppid = os.getppid()
     try:
-        from . import _native
+        from . import _native  # maps the claim page (FCGIBRIDGE_CLAIM_FD) and closes its fd
 
+        os.environ.pop("FCGIBRIDGE_CLAIM_FD", None)  # not for the app's subprocesses
         if os.environ.get("FCGIBRIDGE_PDEATHSIG", "1") != "0":
             _native.set_parent_death_signal()
             if os.getppid() != ppid:  # the bridge died before prctl took effect
