@@ -153,6 +153,7 @@ async fn run(
     let registry = Arc::new(
         Registry::new(access_log, config.global.header_memory, config.listeners.clone(), passed).with_reopen(reopen),
     );
+    registry.rate_limits.set_enabled(config.global.log_rate_limit);
 
     let pools: Vec<Arc<PoolRuntime>> = config.pools.iter().cloned().map(PoolRuntime::new).collect();
     let by_name: HashMap<String, Arc<PoolRuntime>> = pools.iter().map(|p| (p.name.to_string(), p.clone())).collect();
@@ -171,7 +172,7 @@ async fn run(
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     crate::status::slowlog::spawn(registry.clone());
-    tokio::spawn(logging::ratelimit::flusher());
+    tokio::spawn(registry.rate_limits.clone().flusher());
     tokio::spawn(crate::heap::trim_task());
     let status_file = status_bound.as_ref().and_then(|(b, _)| b.socket_file());
     if let Some((b, path)) = status_bound {
@@ -286,7 +287,7 @@ async fn run(
     }
     supervisor.stop(how).await;
     registry.board.instances.stop_all(how).await;
-    logging::ratelimit::flush_all();
+    registry.rate_limits.flush_all();
     drop(rt_dir);
     tracing::info!("stopped");
     ExitCode::SUCCESS

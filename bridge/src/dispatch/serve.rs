@@ -287,7 +287,7 @@ impl<'a, S: BodySource, K: ResponseSink> Request<'a, S, K> {
             return self.answer(reply, 200, None).await;
         }
         let Some(crate::route::Routed { target, mount, capture }) = lst.router.routed(&self.params) else {
-            if crate::logging::ratelimit::allow(&crate::logging::ratelimit::NO_ROUTE, &lst.name) {
+            if self.lst.registry.rate_limits.allow(&crate::logging::ratelimit::NO_ROUTE, &lst.name) {
                 tracing::info!(listener = %lst.name, request_id, uri = %uri, "no route matches, answering 404");
             }
             return self.answer(respond::error_response(404, None).freeze(), 404, None).await;
@@ -323,7 +323,7 @@ impl<'a, S: BodySource, K: ResponseSink> Request<'a, S, K> {
                 self.error_page(Some(&pool.config.error_pages), Replaced::bridge(502, None), Some(&pool.name)).await
             }
             Err(e) => {
-                if crate::logging::ratelimit::allow(rejection_kind(&e), &pool.name) {
+                if self.lst.registry.rate_limits.allow(rejection_kind(&e), &pool.name) {
                     tracing::warn!(pool = %pool.name, request_id, uri = %uri, "answering 503: {e}");
                 }
                 self.error_page(
@@ -368,7 +368,15 @@ impl<'a, S: BodySource, K: ResponseSink> Request<'a, S, K> {
             Err(r) => r,
         };
         let peer = String::from_utf8_lossy(self.params.get(b"REMOTE_ADDR").unwrap_or(b""));
-        crate::supervise::instances::log_refusal(&refusal, &t.name, &self.lst.name, self.request_id, &peer, self.uri);
+        crate::supervise::instances::log_refusal(
+            &self.lst.registry.rate_limits,
+            &refusal,
+            &t.name,
+            &self.lst.name,
+            self.request_id,
+            &peer,
+            self.uri,
+        );
         let (status, retry) = refusal.status();
         Err(self.error_page(None, Replaced::bridge(status, retry), None).await)
     }
@@ -380,7 +388,7 @@ impl<'a, S: BodySource, K: ResponseSink> Request<'a, S, K> {
         let (lst, request_id, uri) = (self.lst, self.request_id, self.uri);
         if let Some(limit) = pool.config.max_body {
             if super::request_body_limits::too_large(&self.params, limit) {
-                if crate::logging::ratelimit::allow(&crate::logging::ratelimit::TOO_LARGE, &pool.name) {
+                if self.lst.registry.rate_limits.allow(&crate::logging::ratelimit::TOO_LARGE, &pool.name) {
                     tracing::warn!(pool = %pool.name, request_id, uri = %uri, limit, "request body is larger than max-body, answering 413");
                 }
                 return Err(self.answer(respond::error_response(413, None).freeze(), 413, Some(&pool.name)).await);
@@ -391,7 +399,7 @@ impl<'a, S: BodySource, K: ResponseSink> Request<'a, S, K> {
         if let Some(n) = declared.filter(|n| (1..=FIRST_WRITE_BODY as u64).contains(n)) {
             if self.source.prefetch(n).await.is_err() {
                 if self.body_watch.tripped() == Some(Tripped::Stalled) {
-                    if crate::logging::ratelimit::allow(&crate::logging::ratelimit::BODY_STALLED, &pool.name) {
+                    if self.lst.registry.rate_limits.allow(&crate::logging::ratelimit::BODY_STALLED, &pool.name) {
                         tracing::warn!(
                             listener = %lst.name, pool = %pool.name, request_id, uri = %uri, received = self.source.received(), declared = n,
                             "request body stalled: no byte from the web server within body-timeout ({:?}) before a worker was taken, answering 408",
@@ -512,7 +520,7 @@ impl<'a, S: BodySource, K: ResponseSink> Request<'a, S, K> {
         let (lst, request_id, uri) = (self.lst, self.request_id, self.uri);
         match self.body_watch.tripped()? {
             Tripped::TooLarge => {
-                if crate::logging::ratelimit::allow(&crate::logging::ratelimit::BODY_CUT_OFF, &pool.name) {
+                if self.lst.registry.rate_limits.allow(&crate::logging::ratelimit::BODY_CUT_OFF, &pool.name) {
                     tracing::warn!(pool = %pool.name, request_id, uri = %uri, limit = pool.config.max_body.unwrap_or(0), "streamed request body passed max-body, cut off with 413");
                 }
                 Some(Step::Done(413, body_bytes, Some(&pool.name)))
@@ -520,7 +528,7 @@ impl<'a, S: BodySource, K: ResponseSink> Request<'a, S, K> {
             Tripped::Stalled => {
                 let cut = self.sink.cut_off();
                 let declared = declared.map_or_else(|| "unknown".to_owned(), |n| n.to_string());
-                if crate::logging::ratelimit::allow(&crate::logging::ratelimit::BODY_STALLED, &pool.name) {
+                if self.lst.registry.rate_limits.allow(&crate::logging::ratelimit::BODY_STALLED, &pool.name) {
                     tracing::warn!(
                         listener = %lst.name, pool = %pool.name, pid, request_id, uri = %uri, received = self.source.received(), declared,
                         "request body stalled: no byte from the web server within body-timeout ({:?}), request aborted in the worker, {}",
@@ -543,7 +551,7 @@ impl<'a, S: BodySource, K: ResponseSink> Request<'a, S, K> {
             Ok(served) => {
                 if let Some(why) = served.ranges_ignored {
                     let peer = String::from_utf8_lossy(self.params.get(b"REMOTE_ADDR").unwrap_or(b""));
-                    if crate::logging::ratelimit::allow(&crate::logging::ratelimit::RANGE_IGNORED, &pool.name) {
+                    if self.lst.registry.rate_limits.allow(&crate::logging::ratelimit::RANGE_IGNORED, &pool.name) {
                         tracing::info!(listener = %lst.name, pool = %pool.name, pid = file.pid, request_id, uri = %uri, peer = %peer, "Range ignored, answering 200 with the whole file: {why}");
                     }
                 }

@@ -121,7 +121,7 @@ where
             if let Err(e) = conn.process() {
                 // Whatever is queued for the web server still goes out; then this
                 // connection (only) closes, abandoning its requests.
-                if crate::logging::ratelimit::allow(&crate::logging::ratelimit::FASTCGI_PROTOCOL, &conn.ctx.name) {
+                if conn.ctx.registry.rate_limits.allow(&crate::logging::ratelimit::FASTCGI_PROTOCOL, &conn.ctx.name) {
                     tracing::warn!(listener = %conn.ctx.name, peer = %conn.peer, request = e.request_id(), "FastCGI protocol error, closing the connection: {e}");
                 }
                 let _ = wr.write_all(&conn.wbuf).await;
@@ -130,7 +130,7 @@ where
         }
         if let Err(e) = conn.charge_headers() {
             // This connection only: the others keep their headers and go on.
-            if crate::logging::ratelimit::allow(&crate::logging::ratelimit::HEADER_MEMORY, &conn.ctx.name) {
+            if conn.ctx.registry.rate_limits.allow(&crate::logging::ratelimit::HEADER_MEMORY, &conn.ctx.name) {
                 tracing::warn!(listener = %conn.ctx.name, peer = %conn.peer, "{e}; closing the connection");
             }
             let _ = wr.write_all(&conn.wbuf).await;
@@ -200,7 +200,7 @@ where
                 watch_stop = changed.is_ok();
             }
             () = super::sleep_until(header_deadline), if header_deadline.is_some() => {
-                if crate::logging::ratelimit::allow(&crate::logging::ratelimit::HEADER_TIMEOUT, &conn.ctx.name) {
+                if conn.ctx.registry.rate_limits.allow(&crate::logging::ratelimit::HEADER_TIMEOUT, &conn.ctx.name) {
                     tracing::warn!(
                         listener = %conn.ctx.name, peer = %conn.peer,
                         "no complete FastCGI request headers within header-timeout ({:?}; {} bytes held), closing the connection",
@@ -562,7 +562,7 @@ impl FrontConn {
     /// before any worker is taken. A web server in front may have framed the body by another
     /// reading of it, and an app given it would guess.
     fn refuse_length(&mut self, id: u16, e: &ContentLengthError) {
-        if crate::logging::ratelimit::allow(&crate::logging::ratelimit::BAD_REQUEST, &self.ctx.name) {
+        if self.ctx.registry.rate_limits.allow(&crate::logging::ratelimit::BAD_REQUEST, &self.ctx.name) {
             tracing::warn!(listener = %self.ctx.name, peer = %self.peer, request = id, "invalid request, answering 400: {e}");
         }
         self.remove(id);
