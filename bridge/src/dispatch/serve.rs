@@ -3,8 +3,8 @@
 //!
 //! [`serve`] drives a small loop of [`Step`]s: route the request and run it on a worker,
 //! serve it again at another path (a CGI local redirect, an error page that is a local
-//! path), or finish. The exchange says what comes after it ([`Next`]); [`error_answer`] is
-//! the one place that decides how an error is answered.
+//! path), or finish. The exchange says what comes after it ([`Next`]);
+//! `respond::error_override::decide` is the one place that decides how an error is answered.
 use super::request_body_limits::{BodyWatch, Limited, LimitedSink, Tripped};
 use crate::backend::exchange::{encode_kept, exchange, First, Next, Outcome, RequestInfo, SlotFate, FIRST_WRITE_BODY};
 use crate::backend::SlotConn;
@@ -14,10 +14,10 @@ use crate::flow::{BodySource, End, ResponseSink};
 use crate::listen::context::ListenerCtx;
 use crate::logging::AccessRecord;
 use crate::respond;
-use crate::respond::error_override::{Override, Replaced};
+use crate::respond::error_override::{decide, Override, PageAnswer, Replaced};
 use crate::supervise::instances::{Target, TemplateRuntime};
 use crate::supervise::PoolRuntime;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use fastcgi_server::{Params, Role};
 use std::sync::Arc;
 use std::sync::OnceLock;
@@ -59,36 +59,6 @@ enum Step<'p> {
     Reroute(Bytes),
     /// Answered: the status and body bytes for the access log, and the pool that served it.
     Done(u16, u64, Option<&'p Arc<str>>),
-}
-
-/// How an error is answered (see [`error_answer`]).
-enum ErrorAnswer {
-    /// Send this complete response; `status` is what the access log shows.
-    Send { status: u16, reply: BytesMut },
-    /// Dispatch the request to the page at `target`, which replaces `replaced`.
-    Dispatch { target: Bytes, replaced: Replaced },
-}
-
-/// How an error response is answered under `ov` (respond/error_override.rs): the pool's
-/// page for its status, or the bridge's default text. A request fetching an error page
-/// gets no page of its own: the page failing means the default text with the status of
-/// the response the page was to replace. Every error page is decided here.
-fn error_answer(ov: Option<Override<'_>>, replaced: Replaced) -> ErrorAnswer {
-    use respond::error_override::{default_response, next, Next as PageNext};
-    match ov {
-        Some(Override::Serving(orig)) => ErrorAnswer::Send { status: orig.status, reply: default_response(orig) },
-        Some(Override::Pages(pages)) => {
-            let mut chosen = None;
-            match next(Some(pages), &mut chosen, replaced) {
-                PageNext::Send { status, reply } => ErrorAnswer::Send { status, reply },
-                PageNext::Dispatch(target) => match chosen {
-                    Some(replaced) => ErrorAnswer::Dispatch { target, replaced },
-                    None => unreachable!("error_override::next keeps the response a dispatched page replaces"),
-                },
-            }
-        }
-        None => ErrorAnswer::Send { status: replaced.status, reply: default_response(&replaced) },
-    }
 }
 
 /// What error override does for a request of a pool with `pages`: serve the pages, or,
@@ -229,9 +199,9 @@ impl<'a, S: BodySource, K: ResponseSink> Request<'a, S, K> {
         replaced: Replaced,
         pool: Option<&'a Arc<str>>,
     ) -> Step<'a> {
-        match error_answer(overrides(&self.serving, pages), replaced) {
-            ErrorAnswer::Send { status, reply } => self.answer(reply.freeze(), status, pool).await,
-            ErrorAnswer::Dispatch { target, replaced } => {
+        match decide(overrides(&self.serving, pages), replaced) {
+            PageAnswer::Send { status, reply } => self.answer(reply.freeze(), status, pool).await,
+            PageAnswer::Dispatch { target, replaced } => {
                 self.serving = Some(replaced);
                 respond::error_override::page_request(&mut self.params);
                 Step::Reroute(target)
@@ -582,31 +552,29 @@ fn rejection_kind(e: &AcquireError) -> &'static crate::logging::ratelimit::Kind 
 }
 
 #[cfg(test)]
-mod error_answer_tests {
+mod error_page_tests {
     use super::*;
     use crate::config::PageSource;
 
     #[test]
     fn one_decision_for_every_error() {
         // No pages: the default text, byte for byte the bridge's plain error.
-        let ErrorAnswer::Send { status, reply } = error_answer(overrides(&None, None), Replaced::bridge(502, None))
-        else {
+        let PageAnswer::Send { status, reply } = decide(overrides(&None, None), Replaced::bridge(502, None)) else {
             panic!("sent")
         };
         assert_eq!((status, &reply[..]), (502, &respond::error_response(502, None)[..]));
         // A page that is a local path is dispatched, and says what it replaces.
         let mut pages = ErrorPages::default();
         pages.insert("503", PageSource::Redirect("/errors/503")).expect("page");
-        let ErrorAnswer::Dispatch { target, replaced } =
-            error_answer(overrides(&None, Some(&pages)), Replaced::bridge(503, Some(1)))
+        let PageAnswer::Dispatch { target, replaced } =
+            decide(overrides(&None, Some(&pages)), Replaced::bridge(503, Some(1)))
         else {
             panic!("dispatched")
         };
         assert_eq!((&target[..], replaced.status), (&b"/errors/503"[..], 503));
         // That page failing: the default text with the original status and headers.
         let serving = Some(replaced);
-        let ErrorAnswer::Send { status, reply } =
-            error_answer(overrides(&serving, Some(&pages)), Replaced::bridge(502, None))
+        let PageAnswer::Send { status, reply } = decide(overrides(&serving, Some(&pages)), Replaced::bridge(502, None))
         else {
             panic!("sent")
         };
