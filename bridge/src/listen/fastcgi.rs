@@ -124,7 +124,12 @@ where
                 let Some(msg) = msg else { return };
                 match conn.write_out(msg) {
                     WriteNext::Continue => conn.send(&mut wr).await,
-                    WriteNext::Close => return cut_off(conn, wr, sock).await,
+                    WriteNext::Close => {
+                        if cut_off(&conn.wbuf, conn.keep_conn, &mut wr, sock).await {
+                            wr.drop_without_fin();
+                        }
+                        return;
+                    }
                 }
             }
             permit = reserve(pending_tx), if conn.pending.is_some() => {
@@ -190,14 +195,14 @@ enum Turn {
 }
 
 /// A response was cut off (it ended without END_REQUEST): send what is queued, then end
-/// the connection the way this web server reads as a failed response.
-async fn cut_off<W: super::WriteHalf>(conn: FrontConn, mut wr: W, sock: super::Sock) {
-    let _ = wr.write_all(&conn.wbuf).await;
-    if conn.keep_conn {
+/// the connection the way this web server reads as a failed response. True: a reset is
+/// armed, and the write half must be dropped without a FIN.
+async fn cut_off<W: super::WriteHalf>(wbuf: &[u8], keep_conn: bool, wr: &mut W, sock: super::Sock) -> bool {
+    let _ = wr.write_all(wbuf).await;
+    if keep_conn {
         // EOF without END_REQUEST on a kept connection: the web server passes on what it
         // has and ends the response as failed.
-        drop(conn);
-        return;
+        return false;
     }
     // Without keep-conn nginx takes EOF as the normal end. Over TCP a reset says
     // "failed"; on a unix socket there is no reset, and only an invalid record does
@@ -205,11 +210,10 @@ async fn cut_off<W: super::WriteHalf>(conn: FrontConn, mut wr: W, sock: super::S
     sock.wait_until_read().await;
     if sock.tcp {
         super::reset_on_close(sock.fd);
-        wr.drop_without_fin();
-    } else {
-        let _ = wr.write_all(&CUT_OFF_MARKER).await;
+        return true;
     }
-    drop(conn);
+    let _ = wr.write_all(&CUT_OFF_MARKER).await;
+    false
 }
 
 /// Sent before closing a connection on which a response was cut off: a record header with
