@@ -7,13 +7,19 @@
 //! the worker swaps QUEUED for STARTED before its app runs the request
 //! (workers/src/claim.rs); the bridge swaps QUEUED for WITHDRAWN to take it back. The
 //! first swap decides; a stale tag never matches.
+use std::num::NonZeroUsize;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 const QUEUED: u32 = 1;
 const WITHDRAWN: u32 = 3;
 /// Bytes of the page (the worker maps the same size).
 const PAGE_BYTES: usize = 4096;
+const PAGE_LEN: NonZeroUsize = match NonZeroUsize::new(PAGE_BYTES) {
+    Some(n) => n,
+    None => panic!("the page has a size"),
+};
 /// Cells in a page: connections beyond it are never piped onto.
 pub(crate) const CELLS: u32 = (PAGE_BYTES / 4) as u32;
 /// Tags use the bits above the state.
@@ -34,7 +40,8 @@ pub(crate) enum ClaimError {
 #[derive(Debug)]
 pub(crate) struct ClaimPage {
     fd: OwnedFd,
-    cells: *const AtomicU32,
+    /// The start of the mapping: [`CELLS`] atomics.
+    cells: NonNull<AtomicU32>,
 }
 
 // SAFETY: the mapping is only ever accessed through atomics, and lives as long as the value.
@@ -45,40 +52,21 @@ unsafe impl Sync for ClaimPage {}
 impl ClaimPage {
     /// A zeroed page in a memfd (close-on-exec; the spawn dups it onto the worker's fd).
     pub(crate) fn new() -> Result<Self, ClaimError> {
-        // SAFETY: a NUL-terminated name and valid flags.
-        let raw = unsafe { libc::memfd_create(c"fcgibridge-claims".as_ptr(), libc::MFD_CLOEXEC) };
-        if raw < 0 {
-            return Err(ClaimError::Create(std::io::Error::last_os_error()));
-        }
-        // SAFETY: memfd_create returned a descriptor nothing else owns.
-        let low = unsafe { OwnedFd::from_raw_fd(raw) };
+        use nix::fcntl::{fcntl, FcntlArg};
+        use nix::sys::mman::{mmap, MapFlags, ProtFlags};
+        let low = nix::sys::memfd::memfd_create(c"fcgibridge-claims", nix::sys::memfd::MFdFlags::MFD_CLOEXEC)
+            .map_err(|e| ClaimError::Create(e.into()))?;
         // Above the descriptors a spawn places (0–4), so dup2 onto them never clobbers it.
-        // SAFETY: F_DUPFD_CLOEXEC on a valid descriptor.
-        let high = unsafe { libc::fcntl(low.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 10) };
-        if high < 0 {
-            return Err(ClaimError::Create(std::io::Error::last_os_error()));
-        }
+        let high = fcntl(&low, FcntlArg::F_DUPFD_CLOEXEC(10)).map_err(|e| ClaimError::Create(e.into()))?;
         drop(low);
         // SAFETY: fcntl returned a new descriptor nothing else owns.
         let fd = unsafe { OwnedFd::from_raw_fd(high) };
-        // SAFETY: a valid descriptor and length.
-        if unsafe { libc::ftruncate(fd.as_raw_fd(), PAGE_BYTES as libc::off_t) } != 0 {
-            return Err(ClaimError::Size(std::io::Error::last_os_error()));
-        }
-        // SAFETY: a fresh shared mapping of the whole (zeroed) file, checked below.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                PAGE_BYTES,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                fd.as_raw_fd(),
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return Err(ClaimError::Map(std::io::Error::last_os_error()));
-        }
+        nix::unistd::ftruncate(&fd, PAGE_BYTES as libc::off_t).map_err(|e| ClaimError::Size(e.into()))?;
+        // SAFETY: a fresh shared mapping of the whole (zeroed) file at an address the
+        // kernel picks, so no existing memory is affected.
+        let p =
+            unsafe { mmap(None, PAGE_LEN, ProtFlags::PROT_READ | ProtFlags::PROT_WRITE, MapFlags::MAP_SHARED, &fd, 0) }
+                .map_err(|e| ClaimError::Map(e.into()))?;
         Ok(Self { fd, cells: p.cast::<AtomicU32>() })
     }
 
@@ -89,7 +77,7 @@ impl ClaimPage {
 
     fn cell(&self, cell: u32) -> Option<&AtomicU32> {
         // SAFETY: `cells` points at CELLS atomics that live as long as `self`.
-        (cell < CELLS).then(|| unsafe { &*self.cells.add(cell as usize) })
+        (cell < CELLS).then(|| unsafe { &*self.cells.as_ptr().add(cell as usize) })
     }
 
     /// Mark `cell` queued under `tag` (before the request is written).
@@ -117,8 +105,9 @@ impl ClaimPage {
 
 impl Drop for ClaimPage {
     fn drop(&mut self) {
-        // SAFETY: the mapping made in `new`, unmapped once.
-        unsafe { libc::munmap(self.cells as *mut libc::c_void, PAGE_BYTES) };
+        // SAFETY: the mapping made in `new`, unmapped once; no reference to a cell
+        // outlives `self`.
+        let _ = unsafe { nix::sys::mman::munmap(self.cells.cast(), PAGE_BYTES) };
     }
 }
 

@@ -91,115 +91,125 @@ async fn run(
     reopen: logging::reopen::Reopen,
 ) -> ExitCode {
     // Signals first, so a SIGTERM during start-up is not lost.
-    // SIGUSR1 too: its default action would end a daemon that a log rotation finds starting.
-    let (Ok(mut sigterm), Ok(mut sigint), Ok(mut sigquit), Ok(mut sighup), Ok(mut sigusr2), Ok(mut sigusr1)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::quit()),
-        signal(SignalKind::hangup()),
-        signal(SignalKind::user_defined2()),
-        signal(SignalKind::user_defined1()),
-    ) else {
+    let Ok(mut signals) = Signals::install() else {
         tracing::error!("cannot install signal handlers");
         return ExitCode::FAILURE;
     };
-
-    // Bind before spawning workers: a port in use is an immediate, clear error.
-    let bound = match listen::bind_all(&config.listeners, &passed) {
-        Ok(b) => b,
-        Err(e) => {
-            tracing::error!("{e}");
-            return ExitCode::FAILURE;
-        }
+    let mut running = match start(&config, passed, reopen, &notifier).await {
+        Ok(r) => r,
+        Err(code) => return code,
     };
+    let how = serve(&mut running, &mut config, &mut signals, &notifier, &config_dir).await;
+    notifier.stopping();
+    stop(running, &config, &mut signals, how).await;
+    tracing::info!("stopped");
+    ExitCode::SUCCESS
+}
 
+/// The signals the daemon answers to, installed once for its life.
+struct Signals {
+    term: Signal,
+    int: Signal,
+    quit: Signal,
+    hup: Signal,
+    usr2: Signal,
+    /// Installed too because its default action would end a daemon that a log rotation
+    /// finds starting.
+    usr1: Signal,
+}
+
+impl Signals {
+    fn install() -> std::io::Result<Self> {
+        Ok(Self {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            quit: signal(SignalKind::quit())?,
+            hup: signal(SignalKind::hangup())?,
+            usr2: signal(SignalKind::user_defined2())?,
+            usr1: signal(SignalKind::user_defined1())?,
+        })
+    }
+}
+
+/// What `run` started and `stop` takes down again.
+struct Running {
+    registry: Arc<Registry>,
+    supervisor: Supervisor,
+    listeners: listen::ListenerSet,
+    rt_dir: RuntimeDir,
+    control_rx: tokio::sync::mpsc::Receiver<crate::control::Request>,
+    /// Tells the status listener and the control socket to stop accepting.
+    stop_tx: tokio::sync::watch::Sender<bool>,
+    /// The status and control socket files, removed once they stop accepting.
+    socket_files: Vec<std::path::PathBuf>,
+}
+
+/// Log a start-up error; the daemon exits with failure.
+fn failed(e: impl std::fmt::Display) -> ExitCode {
+    tracing::error!("{e}");
+    ExitCode::FAILURE
+}
+
+/// Start-up: bind every socket before any worker starts (a port in use is an immediate,
+/// clear error), then the pools, the background tasks, the control socket and the listeners.
+async fn start(
+    config: &crate::config::Config,
+    passed: listen::systemd::Passed,
+    reopen: logging::reopen::Reopen,
+    notifier: &Arc<Notifier>,
+) -> Result<Running, ExitCode> {
+    let bound = listen::bind_all(&config.listeners, &passed).map_err(failed)?;
     let status_bound = match &config.global.status {
         None => None,
-        Some(s) => match crate::status::http::bind(s).await {
-            Ok(b) => Some((b, s.path.clone())),
-            Err(e) => {
-                tracing::error!("{e}");
-                return ExitCode::FAILURE;
-            }
-        },
+        Some(s) => Some((crate::status::http::bind(s).await.map_err(failed)?, s.path.clone())),
     };
-
-    let rt_dir = match RuntimeDir::prepare(config.global.runtime_dir.as_deref()) {
-        Ok(d) => d,
-        Err(e) => {
-            tracing::error!("{e}");
-            return ExitCode::FAILURE;
-        }
-    };
+    let rt_dir = RuntimeDir::prepare(config.global.runtime_dir.as_deref()).map_err(failed)?;
     tracing::debug!("runtime directory {}", rt_dir.path().display());
-
-    let format = match config.global.access_log_format.as_deref().map(AccessFormat::parse).transpose() {
-        Ok(f) => f,
-        Err(e) => {
-            tracing::error!("access-log-format: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let access_log = match &config.global.access_log {
-        None => None,
-        Some(p) => match AccessLog::open(p, format, reopen.clone()) {
-            Ok(l) => Some(l),
-            Err(e) => {
-                tracing::error!("cannot open access log {}: {e}", p.display());
-                return ExitCode::FAILURE;
-            }
-        },
-    };
+    let access_log = open_access_log(&config.global, &reopen)?;
     let registry = Arc::new(
         Registry::new(access_log, config.global.header_memory, config.listeners.clone(), passed).with_reopen(reopen),
     );
+    registry.rate_limits.set_enabled(config.global.log_rate_limit);
 
     let pools: Vec<Arc<PoolRuntime>> = config.pools.iter().cloned().map(PoolRuntime::new).collect();
     let by_name: HashMap<String, Arc<PoolRuntime>> = pools.iter().map(|p| (p.name.to_string(), p.clone())).collect();
-    let mut supervisor = match Supervisor::start(&pools, &rt_dir) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!("{e}");
-            return ExitCode::FAILURE;
-        }
-    };
+    let supervisor = Supervisor::start(&pools, &rt_dir).map_err(failed)?;
     registry.board.set_pools(pools.clone());
-
     for name in registry.systemd.unused() {
         tracing::warn!("systemd passed a socket named {name:?} that no listener uses (address systemd:{name})");
     }
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     crate::status::slowlog::spawn(registry.clone());
-    tokio::spawn(logging::ratelimit::flusher());
+    tokio::spawn(registry.rate_limits.clone().flusher());
     tokio::spawn(crate::heap::trim_task());
-    let status_file = status_bound.as_ref().and_then(|(b, _)| b.socket_file());
+    let mut socket_files: Vec<_> = status_bound.as_ref().and_then(|(b, _)| b.socket_file()).into_iter().collect();
     if let Some((b, path)) = status_bound {
         tracing::info!(address = %config.global.status.as_ref().map(|s| crate::status::describe(&s.address)).unwrap_or_default(), path = %path, "status listener");
         tokio::spawn(crate::status::http::serve(b, path, registry.clone(), stop_rx.clone()));
     }
-    let (control_tx, mut control_rx) = tokio::sync::mpsc::channel::<crate::control::Request>(4);
-    let control_file = crate::control::socket_path(&config.global);
-    if let Some(path) = &control_file {
-        match crate::control::bind(path) {
+    let (control_tx, control_rx) = tokio::sync::mpsc::channel::<crate::control::Request>(4);
+    if let Some(path) = crate::control::socket_path(&config.global) {
+        match crate::control::bind(&path) {
             Ok(l) => {
                 tracing::debug!("control socket {}", path.display());
-                tokio::spawn(crate::control::serve(l, control_tx, registry.clone(), stop_rx.clone()));
+                tokio::spawn(crate::control::serve(l, control_tx, registry.clone(), stop_rx));
             }
             Err(e) => {
                 tracing::error!("{e}");
                 supervisor.stop(Stop::Fast).await;
-                return ExitCode::FAILURE;
+                return Err(ExitCode::FAILURE);
             }
         }
+        socket_files.push(path);
     }
     registry.board.instances.install(&config.templates, rt_dir.path(), supervisor.spawner());
-    let mut listeners = match listen::ListenerSet::start(&config.listeners, bound, &by_name, registry.clone()) {
+    let listeners = match listen::ListenerSet::start(&config.listeners, bound, &by_name, registry.clone()) {
         Ok(r) => r,
         Err(e) => {
             tracing::error!("{e}");
             supervisor.stop(Stop::Fast).await;
-            return ExitCode::FAILURE;
+            return Err(ExitCode::FAILURE);
         }
     };
     tracing::info!(
@@ -210,98 +220,118 @@ async fn run(
         std::process::id()
     );
     crate::notify::spawn_watchdog(notifier.clone());
-    tokio::spawn(crate::notify::ready_when_pools_ready(notifier.clone(), pools.clone()));
+    tokio::spawn(crate::notify::ready_when_pools_ready(notifier.clone(), pools));
+    Ok(Running { registry, supervisor, listeners, rt_dir, control_rx, stop_tx, socket_files })
+}
 
-    let how = loop {
-        tokio::select! {
-            _ = sigusr1.recv() => {
+/// `access-log`, with its `access-log-format` (None when not configured).
+fn open_access_log(
+    global: &crate::config::Global,
+    reopen: &logging::reopen::Reopen,
+) -> Result<Option<AccessLog>, ExitCode> {
+    let format = global
+        .access_log_format
+        .as_deref()
+        .map(AccessFormat::parse)
+        .transpose()
+        .map_err(|e| failed(format_args!("access-log-format: {e}")))?;
+    let Some(p) = &global.access_log else { return Ok(None) };
+    AccessLog::open(p, format, reopen.clone())
+        .map(Some)
+        .map_err(|e| failed(format_args!("cannot open access log {}: {e}", p.display())))
+}
+
+/// Serve until told to stop: SIGUSR1 reopens the logs, SIGHUP and SIGUSR2 reload (and so
+/// does the control socket's reload, which raises SIGHUP). Returns how to stop.
+async fn serve(
+    r: &mut Running,
+    config: &mut crate::config::Config,
+    s: &mut Signals,
+    notifier: &Notifier,
+    config_dir: &Path,
+) -> Stop {
+    loop {
+        let restart_all = tokio::select! {
+            _ = s.usr1.recv() => {
                 // Reopen first: this line starts the new log file.
-                registry.reopen.request();
+                r.registry.reopen.request();
                 tracing::info!("SIGUSR1: reopening log files");
+                continue;
             }
-            _ = sigterm.recv() => break Stop::Graceful,
-            Some(req) = control_rx.recv() => match req {
-                crate::control::Request::Stop => break Stop::Graceful,
+            _ = s.term.recv() => return Stop::Graceful,
+            Some(req) = r.control_rx.recv() => match req {
+                crate::control::Request::Stop => return Stop::Graceful,
                 // One reload path for both: `fcgibridge reload` raises SIGHUP.
                 crate::control::Request::Reload => {
                     let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGHUP);
+                    continue;
                 }
             },
-            _ = sigint.recv() => break Stop::Fast,
-            _ = sigquit.recv() => break Stop::Fast,
-            _ = sighup.recv() => {
+            _ = s.int.recv() => return Stop::Fast,
+            _ = s.quit.recv() => return Stop::Fast,
+            _ = s.hup.recv() => {
                 tracing::info!("SIGHUP: reloading {}", config_dir.display());
-                notifier.reloading();
-                let live = crate::reload::Live { config: &mut config, supervisor: &mut supervisor, listeners: &mut listeners, runtime_dir: &rt_dir, registry: &registry };
-                let _ = crate::reload::reload(&config_dir, live, false).await;
-                notifier.ready(&format!("serving {} pools", supervisor.pools().len()));
+                false
             }
-            _ = sigusr2.recv() => {
+            _ = s.usr2.recv() => {
                 tracing::info!("SIGUSR2: reloading {} and restarting every worker", config_dir.display());
-                notifier.reloading();
-                let live = crate::reload::Live { config: &mut config, supervisor: &mut supervisor, listeners: &mut listeners, runtime_dir: &rt_dir, registry: &registry };
-                let _ = crate::reload::reload(&config_dir, live, true).await;
-                notifier.ready(&format!("serving {} pools", supervisor.pools().len()));
+                true
             }
-        }
-    };
+        };
+        notifier.reloading();
+        let live = crate::reload::Live {
+            config: &mut *config,
+            supervisor: &mut r.supervisor,
+            listeners: &mut r.listeners,
+            runtime_dir: &r.rt_dir,
+            registry: &r.registry,
+        };
+        let _ = crate::reload::reload(config_dir, live, restart_all).await;
+        notifier.ready(&format!("serving {} pools", r.supervisor.pools().len()));
+    }
+}
 
-    notifier.stopping();
+/// The stop: the drain period (graceful, when configured), the listeners closed, the
+/// requests in flight finished (graceful), then the workers and the template instances.
+async fn stop(mut r: Running, config: &crate::config::Config, s: &mut Signals, how: Stop) {
     let how = match how {
         Stop::Graceful if !config.global.drain_period.is_zero() => {
-            let inputs = DrainInputs {
-                sigterm: &mut sigterm,
-                sigint: &mut sigint,
-                sigquit: &mut sigquit,
-                sighup: &mut sighup,
-                sigusr2: &mut sigusr2,
-                sigusr1: &mut sigusr1,
-                control: &mut control_rx,
-            };
-            drain(&registry, config.global.drain_period, inputs).await
+            drain(&r.registry, config.global.drain_period, s, &mut r.control_rx).await
         }
         other => other,
     };
     // Stop accepting.
-    let _ = stop_tx.send(true);
-    listeners.stop_accepting();
-    for p in status_file.iter().chain(control_file.iter()) {
+    let _ = r.stop_tx.send(true);
+    r.listeners.stop_accepting();
+    for p in &r.socket_files {
         let _ = std::fs::remove_file(p);
     }
-    listeners.join().await;
+    r.listeners.join().await;
 
     let how = match how {
         Stop::Graceful => {
             let timeout = config.global.shutdown_timeout;
             tracing::info!(
-                in_flight = registry.in_flight(),
+                in_flight = r.registry.in_flight(),
                 "SIGTERM: draining in-flight requests (up to {timeout:?})"
             );
-            finish_in_flight(timeout, &registry, &mut sigint, &mut sigquit, &mut sigusr1).await
+            finish_in_flight(timeout, &r.registry, s).await
         }
         other => other,
     };
     if how == Stop::Fast {
         tracing::info!("fast stop");
     }
-    supervisor.stop(how).await;
-    registry.board.instances.stop_all(how).await;
-    logging::ratelimit::flush_all();
-    drop(rt_dir);
-    tracing::info!("stopped");
-    ExitCode::SUCCESS
+    r.supervisor.stop(how).await;
+    r.registry.board.instances.stop_all(how).await;
+    r.registry.rate_limits.flush_all();
+    drop(r.rt_dir);
 }
 
 /// Wait up to `timeout` for the requests in flight. SIGINT or SIGQUIT give up on them (a
 /// fast stop, as their table in docs/operator-guide.md says at any time); SIGUSR1 still
 /// reopens the logs.
-async fn finish_in_flight(
-    timeout: std::time::Duration,
-    registry: &Registry,
-    sigint: &mut Signal,
-    sigquit: &mut Signal,
-    sigusr1: &mut Signal,
-) -> Stop {
+async fn finish_in_flight(timeout: std::time::Duration, registry: &Registry, s: &mut Signals) -> Stop {
     let done = tokio::time::timeout(timeout, registry.drained());
     tokio::pin!(done);
     loop {
@@ -312,9 +342,9 @@ async fn finish_in_flight(
                 }
                 return Stop::Graceful;
             }
-            _ = sigint.recv() => break,
-            _ = sigquit.recv() => break,
-            _ = sigusr1.recv() => {
+            _ = s.int.recv() => break,
+            _ = s.quit.recv() => break,
+            _ = s.usr1.recv() => {
                 registry.reopen.request();
                 tracing::info!("SIGUSR1: reopening log files");
             }
@@ -324,24 +354,18 @@ async fn finish_in_flight(
     Stop::Fast
 }
 
-/// What the drain period still answers to besides its timer.
-struct DrainInputs<'a> {
-    sigterm: &'a mut Signal,
-    sigint: &'a mut Signal,
-    sigquit: &'a mut Signal,
-    sighup: &'a mut Signal,
-    sigusr2: &'a mut Signal,
-    sigusr1: &'a mut Signal,
-    control: &'a mut tokio::sync::mpsc::Receiver<crate::control::Request>,
-}
-
 /// The drain period: ping paths fail while everything else is still served, so that the
 /// front end's health checks take this bridge out before its listeners close. A second
 /// SIGTERM (or `fcgibridge stop`) ends it early; SIGINT or SIGQUIT make the stop a fast
 /// one. A reload is refused: the configuration it would load dies with this process,
 /// and a listener it rebinds would reopen to a front end that is being told to go away.
 /// SIGUSR1 still reopens the logs (a rotation does not wait for a stop to finish).
-async fn drain(registry: &Registry, period: std::time::Duration, i: DrainInputs<'_>) -> Stop {
+async fn drain(
+    registry: &Registry,
+    period: std::time::Duration,
+    s: &mut Signals,
+    control: &mut tokio::sync::mpsc::Receiver<crate::control::Request>,
+) -> Stop {
     use crate::control::Request;
     registry.start_draining(period);
     let shown = crate::config::units::DurationDisplay(period);
@@ -354,22 +378,22 @@ async fn drain(registry: &Registry, period: std::time::Duration, i: DrainInputs<
                 tracing::info!("drain period over: closing the listeners");
                 return Stop::Graceful;
             }
-            _ = i.sigterm.recv() => {
+            _ = s.term.recv() => {
                 tracing::info!("second SIGTERM: drain period cut short, closing the listeners");
                 return Stop::Graceful;
             }
-            Some(req) = i.control.recv() => match req {
+            Some(req) = control.recv() => match req {
                 Request::Stop => {
                     tracing::info!("stop requested during the drain period: cut short, closing the listeners");
                     return Stop::Graceful;
                 }
                 Request::Reload => "a reload request",
             },
-            _ = i.sigint.recv() => return Stop::Fast,
-            _ = i.sigquit.recv() => return Stop::Fast,
-            _ = i.sighup.recv() => "SIGHUP",
-            _ = i.sigusr2.recv() => "SIGUSR2",
-            _ = i.sigusr1.recv() => {
+            _ = s.int.recv() => return Stop::Fast,
+            _ = s.quit.recv() => return Stop::Fast,
+            _ = s.hup.recv() => "SIGHUP",
+            _ = s.usr2.recv() => "SIGUSR2",
+            _ = s.usr1.recv() => {
                 registry.reopen.request();
                 tracing::info!("SIGUSR1: reopening log files");
                 continue;

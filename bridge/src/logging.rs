@@ -15,7 +15,6 @@ use tracing_subscriber::EnvFilter;
 /// Returns the reopen generation of the daemon's log files (SIGUSR1).
 pub(crate) fn init(global: &Global) -> reopen::Reopen {
     let reopen = reopen::Reopen::default();
-    ratelimit::set_enabled(global.log_rate_limit);
     let (filter, bad) = match EnvFilter::try_new(&global.log_level) {
         Ok(f) => (f, None),
         Err(e) => (EnvFilter::new("info"), Some(e)),

@@ -5,6 +5,7 @@
 use crate::config;
 use crate::listen::limits::HeaderBudget;
 use crate::listen::systemd;
+use crate::logging::ratelimit::RateLimits;
 use crate::logging::reopen::Reopen;
 use crate::logging::AccessLog;
 use crate::status::track::Tracker;
@@ -28,6 +29,9 @@ pub(crate) struct Registry {
     pub systemd: systemd::Passed,
     /// SIGUSR1: the log files' reopen generation (logging/reopen.rs).
     pub reopen: Reopen,
+    /// The rate limiter of client-caused log lines (logging/ratelimit.rs); its flusher task
+    /// holds a clone.
+    pub rate_limits: Arc<RateLimits>,
     /// FCGI_WEB_SERVER_ADDRS: the only TCP peers every listener keeps, when set (listen/allow.rs).
     pub web_server_addrs: Option<Vec<std::net::IpAddr>>,
     /// The listeners the status pages describe; replaced after each reload.
@@ -56,6 +60,7 @@ impl Registry {
             board: Board::default(),
             systemd,
             reopen: Reopen::default(),
+            rate_limits: Arc::default(),
             web_server_addrs: crate::listen::allow::from_env(),
             listeners: RwLock::new(Arc::new(listeners)),
             drain: OnceLock::new(),

@@ -125,7 +125,7 @@ async fn apply(dir: &Path, live: Live<'_>, restart_all: bool) -> Result<String, 
         summary.push_str("; ");
         summary.push_str(&n);
     }
-    crate::logging::ratelimit::set_enabled(new.global.log_rate_limit);
+    live.registry.rate_limits.set_enabled(new.global.log_rate_limit);
     live.registry.set_listeners(new.listeners.clone());
     *live.config = new;
     Ok(summary)

@@ -175,123 +175,125 @@ impl ServerConnection {
     /// Consume the complete record at the front of the buffer and interpret it.
     fn record(&mut self, h: Header, content: Bytes) -> Result<Option<ServerEvent>, Error> {
         let id = h.request_id;
-
-        let unexpected = |ty: RecordType| Error::UnexpectedRecord {
-            request_id: id,
-            record_type: ty.as_u8(),
-            name: ty.name(),
-            peer: "web server",
-        };
-
         if id == MANAGEMENT_ID {
-            return match h.record_type {
-                RecordType::GetValues => {
-                    let params = decode_pairs(content, &self.limits, id, "FCGI_GET_VALUES")?;
-                    Ok(Some(ServerEvent::GetValues { names: params.into_iter().map(|(n, _)| n).collect() }))
-                }
-                RecordType::Other(n) => Ok(Some(ServerEvent::UnknownType { record_type: n })),
-                ty => Err(unexpected(ty)),
-            };
+            return self.management(h.record_type, content);
         }
-
         match h.record_type {
-            RecordType::BeginRequest => {
-                if content.len() < 8 {
-                    return Err(Error::BadBeginRequestBody { request_id: id, len: content.len() });
-                }
-                let role = Role::from_u16(u16::from_be_bytes([content[0], content[1]]));
-                let keep_conn = content[2] & crate::record::FCGI_KEEP_CONN != 0;
-                // Also a refused or unknown-role request: its later records are skipped.
-                self.begun.insert(id);
-                if self.is_active(id) {
-                    return Err(Error::DuplicateRequestId { request_id: id });
-                }
-                // An open request whose input was complete: the caller answered it without
-                // calling `end_request`; the id begins again.
-                self.end_request(id);
-                if !matches!(role, Role::Unknown(_)) {
-                    if self.active_requests() >= self.limits.max_concurrent_requests {
-                        return Err(Error::TooManyRequests {
-                            request_id: id,
-                            limit: self.limits.max_concurrent_requests,
-                        });
-                    }
-                    self.requests.push(RequestState {
-                        id,
-                        role,
-                        params: Some(ParamsDecoder::new()),
-                        stdin_done: false,
-                        data_done: false,
-                        input_done: false,
-                    });
-                }
-                Ok(Some(ServerEvent::BeginRequest { id, role, keep_conn }))
-            }
+            RecordType::BeginRequest => self.begin_request(id, &content),
             RecordType::AbortRequest => Ok(self.end_request(id).then_some(ServerEvent::Abort { id })),
-            RecordType::Params => {
-                let Some(i) = self.input_pending(id) else {
-                    return self.skip_inactive(id, h.record_type);
-                };
-                let req = &mut self.requests[i];
-                let Some(dec) = req.params.as_mut() else {
-                    return Err(Error::RecordAfterStreamEnd { request_id: id, name: "FCGI_PARAMS" });
-                };
-                if !content.is_empty() {
-                    if let Err(e) = dec.push(content, &self.limits, id) {
-                        self.requests.swap_remove(i);
-                        return Err(e);
-                    }
-                    let held = self.params_held();
-                    let limit = self.limits.max_params_bytes_per_connection;
-                    if held > limit {
-                        self.requests.swap_remove(i);
-                        return Err(Error::ConnectionParamsTooLarge { request_id: id, held, limit });
-                    }
-                    return Ok(None);
-                }
-                let dec = req.params.take().unwrap_or_default();
-                match dec.finish(id, "FCGI_PARAMS") {
-                    Ok(params) => {
-                        self.release_if_complete(i);
-                        Ok(Some(ServerEvent::Params { id, params }))
-                    }
-                    Err(e) => {
-                        self.requests.swap_remove(i);
-                        Err(e)
-                    }
-                }
-            }
-            RecordType::Stdin | RecordType::Data => {
-                let stdin = h.record_type == RecordType::Stdin;
-                let Some(i) = self.input_pending(id) else {
-                    return self.skip_inactive(id, h.record_type);
-                };
-                let req = &mut self.requests[i];
-                let done = if stdin { &mut req.stdin_done } else { &mut req.data_done };
-                if *done {
-                    return Err(Error::RecordAfterStreamEnd { request_id: id, name: h.record_type.name() });
-                }
-                if !content.is_empty() {
-                    return Ok(Some(if stdin {
-                        ServerEvent::Stdin { id, data: content }
-                    } else {
-                        ServerEvent::Data { id, data: content }
-                    }));
-                }
-                *done = true;
-                self.release_if_complete(i);
-                Ok(Some(if stdin { ServerEvent::StdinEnd { id } } else { ServerEvent::DataEnd { id } }))
-            }
+            RecordType::Params => self.params(id, content),
+            ty @ (RecordType::Stdin | RecordType::Data) => self.input(id, ty, content),
             // Records an application never receives.
-            RecordType::EndRequest
+            ty @ (RecordType::EndRequest
             | RecordType::Stdout
             | RecordType::Stderr
             | RecordType::GetValues
             | RecordType::GetValuesResult
-            | RecordType::UnknownType => Err(unexpected(h.record_type)),
+            | RecordType::UnknownType) => Err(unexpected(id, ty)),
             // FastCGI 1.0 is the last version: no other type will ever be valid.
             RecordType::Other(record_type) => Err(Error::UnknownRecordType { request_id: id, record_type }),
         }
+    }
+
+    /// A management record (request id 0): GET_VALUES, or a type this side does not know.
+    fn management(&self, ty: RecordType, content: Bytes) -> Result<Option<ServerEvent>, Error> {
+        match ty {
+            RecordType::GetValues => {
+                let params = decode_pairs(content, &self.limits, MANAGEMENT_ID, "FCGI_GET_VALUES")?;
+                Ok(Some(ServerEvent::GetValues { names: params.into_iter().map(|(n, _)| n).collect() }))
+            }
+            RecordType::Other(n) => Ok(Some(ServerEvent::UnknownType { record_type: n })),
+            ty => Err(unexpected(MANAGEMENT_ID, ty)),
+        }
+    }
+
+    /// BEGIN_REQUEST: a new request, unless its id is still active or there are too many.
+    fn begin_request(&mut self, id: u16, content: &[u8]) -> Result<Option<ServerEvent>, Error> {
+        if content.len() < 8 {
+            return Err(Error::BadBeginRequestBody { request_id: id, len: content.len() });
+        }
+        let role = Role::from_u16(u16::from_be_bytes([content[0], content[1]]));
+        let keep_conn = content[2] & crate::record::FCGI_KEEP_CONN != 0;
+        // Also a refused or unknown-role request: its later records are skipped.
+        self.begun.insert(id);
+        if self.is_active(id) {
+            return Err(Error::DuplicateRequestId { request_id: id });
+        }
+        // An open request whose input was complete: the caller answered it without
+        // calling `end_request`; the id begins again.
+        self.end_request(id);
+        if !matches!(role, Role::Unknown(_)) {
+            if self.active_requests() >= self.limits.max_concurrent_requests {
+                return Err(Error::TooManyRequests { request_id: id, limit: self.limits.max_concurrent_requests });
+            }
+            self.requests.push(RequestState {
+                id,
+                role,
+                params: Some(ParamsDecoder::new()),
+                stdin_done: false,
+                data_done: false,
+                input_done: false,
+            });
+        }
+        Ok(Some(ServerEvent::BeginRequest { id, role, keep_conn }))
+    }
+
+    /// PARAMS: collected within the limits until the empty record that ends them.
+    fn params(&mut self, id: u16, content: Bytes) -> Result<Option<ServerEvent>, Error> {
+        let Some(i) = self.input_pending(id) else {
+            return self.skip_inactive(id, RecordType::Params);
+        };
+        let req = &mut self.requests[i];
+        let Some(dec) = req.params.as_mut() else {
+            return Err(Error::RecordAfterStreamEnd { request_id: id, name: "FCGI_PARAMS" });
+        };
+        if !content.is_empty() {
+            if let Err(e) = dec.push(content, &self.limits, id) {
+                self.requests.swap_remove(i);
+                return Err(e);
+            }
+            let held = self.params_held();
+            let limit = self.limits.max_params_bytes_per_connection;
+            if held > limit {
+                self.requests.swap_remove(i);
+                return Err(Error::ConnectionParamsTooLarge { request_id: id, held, limit });
+            }
+            return Ok(None);
+        }
+        let dec = req.params.take().unwrap_or_default();
+        match dec.finish(id, "FCGI_PARAMS") {
+            Ok(params) => {
+                self.release_if_complete(i);
+                Ok(Some(ServerEvent::Params { id, params }))
+            }
+            Err(e) => {
+                self.requests.swap_remove(i);
+                Err(e)
+            }
+        }
+    }
+
+    /// STDIN or DATA (`ty`): a chunk, or the empty record that ends the stream.
+    fn input(&mut self, id: u16, ty: RecordType, content: Bytes) -> Result<Option<ServerEvent>, Error> {
+        let stdin = ty == RecordType::Stdin;
+        let Some(i) = self.input_pending(id) else {
+            return self.skip_inactive(id, ty);
+        };
+        let req = &mut self.requests[i];
+        let done = if stdin { &mut req.stdin_done } else { &mut req.data_done };
+        if *done {
+            return Err(Error::RecordAfterStreamEnd { request_id: id, name: ty.name() });
+        }
+        if !content.is_empty() {
+            return Ok(Some(if stdin {
+                ServerEvent::Stdin { id, data: content }
+            } else {
+                ServerEvent::Data { id, data: content }
+            }));
+        }
+        *done = true;
+        self.release_if_complete(i);
+        Ok(Some(if stdin { ServerEvent::StdinEnd { id } } else { ServerEvent::DataEnd { id } }))
     }
 
     /// A PARAMS, STDIN or DATA record for an id that is not active: skipped if the id began
@@ -378,6 +380,11 @@ pub(crate) fn write_management_pairs<'a>(
         write_pair(&mut body, n, v);
     }
     write_record(out, ty, MANAGEMENT_ID, &body, Padding::None);
+}
+
+/// A record of a type the web server never sends on this id.
+fn unexpected(id: u16, ty: RecordType) -> Error {
+    Error::UnexpectedRecord { request_id: id, record_type: ty.as_u8(), name: ty.name(), peer: "web server" }
 }
 
 #[cfg(test)]

@@ -87,6 +87,13 @@ pub(crate) struct Outcome {
     pub next: Next,
 }
 
+impl Outcome {
+    /// Nothing reached the front: the request goes to another slot with `first`.
+    fn retry(fate: SlotFate, first: First) -> Self {
+        Self { status: 0, body_bytes: 0, fate, next: Next::Retry(first) }
+    }
+}
+
 /// How the first write (BEGIN + PARAMS + early body) is made.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum First {
@@ -373,7 +380,7 @@ pub(crate) async fn exchange<S: BodySource, K: ResponseSink>(
             // The piped request's bytes were in the same write; it is taken back with the
             // slot (dispatch/serve.rs `give_back`).
             wbuf.truncate(own_len);
-            return Outcome { status: 0, body_bytes: 0, fate: SlotFate::Discard, next: Next::Retry(again) };
+            return Outcome::retry(SlotFate::Discard, again);
         }
     }
 
@@ -381,19 +388,8 @@ pub(crate) async fn exchange<S: BodySource, K: ResponseSink>(
     let (mut rd, mut wr) = stream.split();
     let resp_end =
         relay(&mut rd, &mut wr, decoder, source, sink, info, (pool, pid, id), &mut st, &body_sent, body_done).await;
-    // A piped request the worker never started (it exited after the previous one) goes
-    // elsewhere: its claim says so.
-    if let (First::Sent { .. }, RespEnd::WorkerBroken(_) | RespEnd::Unread, false) = (first, &resp_end, st.received) {
-        if let Some(again) = send_again(first, worker, body_done) {
-            tracing::warn!(
-                pool,
-                pid,
-                request_id = info.id,
-                uri = info.uri,
-                "the worker closed its connection before it started the piped request; trying another"
-            );
-            return Outcome { status: 0, body_bytes: 0, fate: SlotFate::Verify, next: Next::Retry(again) };
-        }
+    if let Some(again) = piped_not_started(first, &resp_end, &st, worker, body_done, info) {
+        return Outcome::retry(SlotFate::Verify, again);
     }
 
     if !matches!(resp_end, RespEnd::Ended) && matches!(st.front, Front::HandedOn(_)) {
@@ -419,23 +415,13 @@ pub(crate) async fn exchange<S: BodySource, K: ResponseSink>(
             let fate = if body_sent.load(Ordering::Acquire) { SlotFate::Reuse } else { SlotFate::Reconnect };
             (fate, st.next_after_end())
         }
-        RespEnd::WorkerBroken(_) if timed_out.load(Ordering::Acquire) => {
+        RespEnd::WorkerBroken(why) => {
+            let timed_out = timed_out.load(Ordering::Acquire);
+            log_worker_failure(&st.front, &why, timed_out, (pool, pid), info);
             // request-timeout: the pool manager logged it, dumped the worker's stacks and
             // shut this connection down; the worker is being replaced.
-            match st.front {
-                Front::Body => tracing::error!(
-                    pool,
-                    pid,
-                    request_id = info.id,
-                    uri = info.uri,
-                    "request-timeout after the headers were sent, response cut off"
-                ),
-                Front::Head => {
-                    tracing::error!(pool, pid, request_id = info.id, uri = info.uri, "request-timeout: answering 504")
-                }
-                Front::Done | Front::HandedOn(_) => {}
-            }
-            (SlotFate::Discard, st.worker_failed(sink, 504).await)
+            let (fate, status) = if timed_out { (SlotFate::Discard, 504) } else { (SlotFate::Verify, 502) };
+            (fate, st.worker_failed(sink, status).await)
         }
         RespEnd::Unread => {
             tracing::warn!(
@@ -448,52 +434,11 @@ pub(crate) async fn exchange<S: BodySource, K: ResponseSink>(
             // Only this request goes again: one piped behind it is taken back with the
             // slot (dispatch/serve.rs `give_back`).
             wbuf.truncate(own_len);
-            return Outcome {
-                status: 0,
-                body_bytes: 0,
-                fate: SlotFate::Discard,
-                next: Next::Retry(First::Prepared { body_done: true }),
-            };
-        }
-        RespEnd::WorkerBroken(why) => {
-            match st.front {
-                Front::Body => tracing::error!(
-                    pool,
-                    pid,
-                    request_id = info.id,
-                    uri = info.uri,
-                    "worker connection failed after the headers were sent, response cut off: {why}"
-                ),
-                Front::Head => tracing::error!(
-                    pool,
-                    pid,
-                    request_id = info.id,
-                    uri = info.uri,
-                    "worker connection failed before a response, answering 502: {why}"
-                ),
-                Front::Done | Front::HandedOn(_) => {
-                    tracing::error!(pool, pid, request_id = info.id, uri = info.uri, "worker connection failed: {why}")
-                }
-            }
-            (SlotFate::Verify, st.worker_failed(sink, 502).await)
+            return Outcome::retry(SlotFate::Discard, First::Prepared { body_done: true });
         }
         RespEnd::FrontGone => {
-            // End the request toward the front at once (FastCGI ABORT_REQUEST wants an
-            // END_REQUEST; a disconnected front ignores this), then let the worker stop.
-            if st.front.open() {
-                // The front has given up on this request: a normal end is what ABORT_REQUEST
-                // asks for, and cutting off would close a multiplexed connection's other requests.
-                let _ = sink.send(Bytes::new(), Some(End::Complete)).await;
-            }
-            tracing::info!(
-                pool,
-                pid,
-                request_id = info.id,
-                uri = info.uri,
-                "client went away, aborting the request in the worker"
-            );
-            let fate = abort_worker(&mut rd, &mut wr, decoder, worker, info, id).await;
-            let fate = match fate {
+            end_for_gone_client(&st, sink, (pool, pid), info).await;
+            let fate = match abort_worker(&mut rd, &mut wr, decoder, worker, info, id).await {
                 SlotFate::Reuse if !body_sent.load(Ordering::Acquire) => SlotFate::Reconnect,
                 f => f,
             };
@@ -502,6 +447,85 @@ pub(crate) async fn exchange<S: BodySource, K: ResponseSink>(
         }
     };
     Outcome { status: st.status, body_bytes: st.body_bytes, fate, next }
+}
+
+/// A piped request the worker never started (it exited after the previous one) goes
+/// elsewhere, when its claim says so: how to send it again.
+fn piped_not_started(
+    first: First,
+    resp_end: &RespEnd,
+    st: &RespState,
+    worker: &crate::worker_handle::WorkerHandle,
+    body_done: bool,
+    info: &RequestInfo<'_>,
+) -> Option<First> {
+    let (First::Sent { .. }, RespEnd::WorkerBroken(_) | RespEnd::Unread, false) = (first, resp_end, st.received) else {
+        return None;
+    };
+    let again = send_again(first, worker, body_done)?;
+    tracing::warn!(
+        pool = &*worker.pool,
+        pid = worker.pid,
+        request_id = info.id,
+        uri = info.uri,
+        "the worker closed its connection before it started the piped request; trying another"
+    );
+    Some(again)
+}
+
+/// The error line of a worker connection that failed (`timed_out`: by request-timeout,
+/// which the pool manager has logged with the reason), by how far the response got.
+fn log_worker_failure(front: &Front, why: &str, timed_out: bool, (pool, pid): (&str, u32), info: &RequestInfo<'_>) {
+    let (request_id, uri) = (info.id, info.uri);
+    match (front, timed_out) {
+        (Front::Body, true) => {
+            tracing::error!(pool, pid, request_id, uri, "request-timeout after the headers were sent, response cut off")
+        }
+        (Front::Head, true) => tracing::error!(pool, pid, request_id, uri, "request-timeout: answering 504"),
+        (Front::Done | Front::HandedOn(_), true) => {}
+        (Front::Body, false) => tracing::error!(
+            pool,
+            pid,
+            request_id,
+            uri,
+            "worker connection failed after the headers were sent, response cut off: {why}"
+        ),
+        (Front::Head, false) => {
+            tracing::error!(
+                pool,
+                pid,
+                request_id,
+                uri,
+                "worker connection failed before a response, answering 502: {why}"
+            )
+        }
+        (Front::Done | Front::HandedOn(_), false) => {
+            tracing::error!(pool, pid, request_id, uri, "worker connection failed: {why}")
+        }
+    }
+}
+
+/// The client went away: end the request toward the front at once (FastCGI
+/// ABORT_REQUEST wants an END_REQUEST; a disconnected front ignores this) before the
+/// worker is told to stop.
+async fn end_for_gone_client<K: ResponseSink>(
+    st: &RespState,
+    sink: &mut K,
+    (pool, pid): (&str, u32),
+    info: &RequestInfo<'_>,
+) {
+    if st.front.open() {
+        // The front has given up on this request: a normal end is what ABORT_REQUEST
+        // asks for, and cutting off would close a multiplexed connection's other requests.
+        let _ = sink.send(Bytes::new(), Some(End::Complete)).await;
+    }
+    tracing::info!(
+        pool,
+        pid,
+        request_id = info.id,
+        uri = info.uri,
+        "client went away, aborting the request in the worker"
+    );
 }
 
 /// Encode BEGIN + PARAMS and as much of the body as is already here into `wbuf`; true

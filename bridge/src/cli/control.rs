@@ -46,8 +46,7 @@ pub fn socket_for(config_dir: Option<&Path>, socket: Option<PathBuf>) -> Result<
         (None, Some(dir)) => {
             // Only the socket is wanted: whether the workers could run as this user is
             // `check`'s and `run`'s question, not a client's.
-            crate::config::isolation::skip_privilege_checks();
-            match crate::config::load(dir) {
+            match crate::config::load_for_client(dir) {
                 Ok(c) => socket_path(&c.global).ok_or_else(not_configured),
                 Err(e) => {
                     eprintln!("fcgibridge: {e}");

@@ -7,6 +7,7 @@ use super::file::RawPool;
 use super::locate::KeyPath;
 use super::model::App;
 use super::units::parse_size;
+use super::Privileges;
 use std::path::{Path, PathBuf};
 
 /// RLIM_INFINITY as written in the configuration.
@@ -173,29 +174,26 @@ fn bridge_ids() -> BridgeIds {
     TEST_BRIDGE_IDS.with(|c| c.get())
 }
 
-/// Set by the control client (`status`, `reload`, `stop`, `top`), which reads the
-/// configuration only to find the control socket: its own privileges are not the
-/// daemon's, so `sudo fcgibridge status` must not fail on pools that the daemon, as the
-/// unit's User=, runs without root.
-static CLIENT_ONLY: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-/// Leave out the checks of what this process's privileges allow (for the control client).
-pub fn skip_privilege_checks() {
-    CLIENT_ONLY.store(true, std::sync::atomic::Ordering::Relaxed);
+/// What a pool's worker runs, already resolved: its app, the directory it starts in and its
+/// interpreter (a chroot must contain them).
+pub struct Runs<'a> {
+    pub app: &'a App,
+    pub chdir: &'a Path,
+    pub python: &'a Path,
 }
 
-/// Resolve and check the isolation keys of pool `here`. `chdir` and `python` are already
-/// resolved (a chroot must contain them).
+/// Resolve and check the isolation keys of pool `here`; with [`Privileges::Skip`], what
+/// this process's privileges allow is not checked.
 pub fn resolve(
     src: &Source,
     here: &KeyPath,
     dir: &Path,
     raw: RawIsolation,
-    app: &App,
-    chdir: &Path,
-    python: &Path,
+    runs: Runs<'_>,
+    privileges: Privileges,
 ) -> Result<Isolation, ConfigError> {
-    let me = bridge_ids();
+    let Runs { app, chdir, python } = runs;
+    let me = (privileges == Privileges::Check).then(bridge_ids);
     let bad = |key: &str, msg: String| src.invalid(&here.key(key), msg);
 
     let user = match raw.user.as_deref() {
@@ -272,7 +270,8 @@ pub fn resolve(
 
 /// What the resolved isolation of a pool must satisfy as a whole: `preload` only for WSGI
 /// apps, the privileges the bridge can grant, and the script's owner for file apps.
-fn checks(src: &Source, here: &KeyPath, iso: &Isolation, app: &App, me: BridgeIds) -> Result<(), ConfigError> {
+/// `me`: the bridge's ids, None when privileges are not checked (the control client).
+fn checks(src: &Source, here: &KeyPath, iso: &Isolation, app: &App, me: Option<BridgeIds>) -> Result<(), ConfigError> {
     let bad = |key: &str, msg: String| src.invalid(&here.key(key), msg);
     if iso.preload && matches!(app, App::Command(_)) {
         return Err(bad(
@@ -281,8 +280,7 @@ fn checks(src: &Source, here: &KeyPath, iso: &Isolation, app: &App, me: BridgeId
         ));
     }
 
-    let checked = !CLIENT_ONLY.load(std::sync::atomic::Ordering::Relaxed);
-    if let Some((key, msg)) = privilege_problem(iso, me, current_hard_limits()).filter(|_| checked) {
+    if let Some((key, msg)) = me.and_then(|me| privilege_problem(iso, me, current_hard_limits())) {
         // Root workers without a user: point at the pool, since allow-root is usually not written.
         let at = if key == "allow-root" { here.clone() } else { here.key(key) };
         return Err(src.invalid(&at, msg));
@@ -658,6 +656,18 @@ mod tests {
         assert!(r.unwrap_err().to_string().contains("pools.demo.umask"));
         let (_, r) = load_as(ROOT, "iso-no-user", "    user: no-such-user-xyz\n");
         assert!(r.unwrap_err().to_string().contains("no such user"));
+    }
+
+    #[test]
+    fn the_control_client_loads_without_privilege_checks() {
+        // An unprivileged bridge cannot switch users: refused for the daemon and `check`...
+        let (conf, r) = load_as(ALICE, "iso-client", "    user: nobody\n");
+        assert!(r.unwrap_err().to_string().contains("needs the bridge to run as root"));
+        // ...but a client only looking for the control socket reads it, and that leaves
+        // nothing behind: the next daemon-side load checks again.
+        let client = crate::config::load_for_client(&conf).unwrap();
+        assert_eq!(client.pools[0].isolation.user.as_ref().map(|u| u.login.as_str()), Some("nobody"));
+        assert!(crate::config::load_with_search_path(&conf, None).is_err());
     }
 
     #[test]

@@ -49,8 +49,40 @@ pub fn load(dir: &Path) -> Result<Config, ConfigError> {
     load_with_search_path(dir, search_path.as_deref())
 }
 
+/// [`load`] for the control client (`status`, `reload`, `stop`, `top`), which reads the
+/// configuration only to find the control socket: its own privileges are not the daemon's,
+/// so `sudo fcgibridge status` must not fail on pools that the daemon, as the unit's
+/// User=, runs without root.
+pub fn load_for_client(dir: &Path) -> Result<Config, ConfigError> {
+    let search_path = std::env::var_os("PATH");
+    load_with(dir, LoadOptions { search_path: search_path.as_deref(), privileges: Privileges::Skip })
+}
+
 /// [`load`] with an explicit PATH for finding interpreters.
 pub fn load_with_search_path(dir: &Path, search_path: Option<&OsStr>) -> Result<Config, ConfigError> {
+    load_with(dir, LoadOptions { search_path, privileges: Privileges::Check })
+}
+
+/// How a configuration is read.
+#[derive(Debug, Clone, Copy)]
+pub struct LoadOptions<'a> {
+    /// The PATH interpreters are looked for in.
+    pub search_path: Option<&'a OsStr>,
+    /// Whether what the pools ask of this process's privileges is checked.
+    pub privileges: Privileges,
+}
+
+/// Whether loading checks the pools' isolation against this process's privileges.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Privileges {
+    /// The daemon, `check`, a reload: the workers must be startable by this process.
+    Check,
+    /// The control client: its privileges are not the daemon's.
+    Skip,
+}
+
+/// One loading of `dir` with these options.
+pub fn load_with(dir: &Path, opts: LoadOptions<'_>) -> Result<Config, ConfigError> {
     let shown = dir.display().to_string();
     let files = yaml_files(dir).map_err(|source| ConfigError::ReadDir { dir: shown.clone(), source })?;
     if files.is_empty() {
@@ -80,7 +112,7 @@ pub fn load_with_search_path(dir: &Path, search_path: Option<&OsStr>) -> Result<
             None => incomplete = true,
         }
     }
-    validate::merge(&shown, parsed, search_path, errors, incomplete)
+    validate::merge(&shown, parsed, opts, errors, incomplete)
 }
 
 /// The `*.yaml` names in `dir`, sorted; hidden files are skipped (editor leftovers).

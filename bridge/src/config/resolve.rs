@@ -5,6 +5,7 @@ use super::file::{RawListener, RawPool};
 use super::locate::{KeyPath, Seg};
 use super::model::{App, Dialect, KeyAt, ListenAddress, Listener, Pool, Protocol, Route, UnroutedRedirect};
 use super::paths;
+use super::LoadOptions;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::time::Duration;
@@ -62,8 +63,9 @@ pub(super) fn pool(
     dir: &Path,
     name: &str,
     mut raw: RawPool,
-    search_path: Option<&std::ffi::OsStr>,
+    opts: LoadOptions<'_>,
 ) -> Result<Pool, ConfigError> {
+    let LoadOptions { search_path, privileges } = opts;
     let here = KeyPath::of(&["pools", name]);
     let mut errs = Vec::new();
     note(&mut errs, check_name(src, &here, "pool", name));
@@ -105,7 +107,8 @@ pub(super) fn pool(
     // The isolation checks need the app, its directory and the interpreter (a chroot must hold them).
     let isolation = match (&app, &chdir, &python) {
         (Some(app), Some(chdir), Some(python)) => {
-            note(&mut errs, super::isolation::resolve(src, &here, dir, raw_isolation, app, chdir, python))
+            let runs = super::isolation::Runs { app, chdir, python };
+            note(&mut errs, super::isolation::resolve(src, &here, dir, raw_isolation, runs, privileges))
         }
         _ => None,
     };

@@ -200,7 +200,7 @@ pub fn resolve(
     dir: &Path,
     name: &str,
     mut raw: RawPool,
-    search_path: Option<&std::ffi::OsStr>,
+    opts: super::LoadOptions<'_>,
 ) -> Result<Template, ConfigError> {
     let here = KeyPath::of(&["pools", name]);
     let block = raw.template.take().unwrap_or_default();
@@ -253,7 +253,7 @@ pub fn resolve(
     let sample = fill_raw(&raw, &Placeholder::ALL.map(|p| (p, "example")));
     let dependent = ["chdir", "chroot", "script-user", "script-group", "python", "app", "command"];
     let paths_vary = with_placeholders.iter().any(|k| dependent.contains(&k.as_str()));
-    if let Err(e) = super::resolve::pool(src, dir, name, sample, search_path) {
+    if let Err(e) = super::resolve::pool(src, dir, name, sample, opts) {
         let prefix = here.to_string();
         for e in flatten(e) {
             let key = match &e {
@@ -428,7 +428,8 @@ fn drop_nulls(v: &mut serde_json::Value) {
 /// (errors name the template's file and keys).
 pub fn instantiate(t: &Template, raw: RawPool, search_path: Option<&std::ffi::OsStr>) -> Result<Pool, ConfigError> {
     let src = Source { file: t.file.clone(), index: super::locate::KeyIndex::default() };
-    super::resolve::pool(&src, &t.dir, &t.name, raw, search_path)
+    let opts = super::LoadOptions { search_path, privileges: super::Privileges::Check };
+    super::resolve::pool(&src, &t.dir, &t.name, raw, opts)
 }
 
 #[cfg(test)]

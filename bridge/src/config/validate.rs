@@ -7,7 +7,6 @@ use super::locate::{KeyPath, Seg};
 use super::model::{Config, Global, ListenAddress, Listener, LogFormat, Pool};
 use super::{paths, resolve};
 use std::collections::HashMap;
-use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -32,7 +31,7 @@ pub(super) struct Parsed {
 pub(super) fn merge(
     dir_shown: &str,
     files: Vec<Parsed>,
-    search_path: Option<&OsStr>,
+    opts: super::LoadOptions<'_>,
     mut errors: Vec<ConfigError>,
     incomplete: bool,
 ) -> Result<Config, ConfigError> {
@@ -70,7 +69,7 @@ pub(super) fn merge(
                 continue;
             }
             if raw_pool.template.is_some() {
-                match super::template::resolve(&source, &dir, &name, raw_pool, search_path) {
+                match super::template::resolve(&source, &dir, &name, raw_pool, opts) {
                     Ok(t) => templates.push(t),
                     Err(e) => {
                         keep(e);
@@ -79,7 +78,7 @@ pub(super) fn merge(
                 }
                 continue;
             }
-            match resolve::pool(&source, &dir, &name, raw_pool, search_path) {
+            match resolve::pool(&source, &dir, &name, raw_pool, opts) {
                 Ok(pool) => pools.push((pool, source.at(&path))),
                 Err(e) => {
                     keep(e);

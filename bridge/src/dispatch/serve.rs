@@ -3,8 +3,8 @@
 //!
 //! [`serve`] drives a small loop of [`Step`]s: route the request and run it on a worker,
 //! serve it again at another path (a CGI local redirect, an error page that is a local
-//! path), or finish. The exchange says what comes after it ([`Next`]); [`error_answer`] is
-//! the one place that decides how an error is answered.
+//! path), or finish. The exchange says what comes after it ([`Next`]);
+//! `respond::error_override::decide` is the one place that decides how an error is answered.
 use super::request_body_limits::{BodyWatch, Limited, LimitedSink, Tripped};
 use crate::backend::exchange::{encode_kept, exchange, First, Next, Outcome, RequestInfo, SlotFate, FIRST_WRITE_BODY};
 use crate::backend::SlotConn;
@@ -14,10 +14,10 @@ use crate::flow::{BodySource, End, ResponseSink};
 use crate::listen::context::ListenerCtx;
 use crate::logging::AccessRecord;
 use crate::respond;
-use crate::respond::error_override::{Override, Replaced};
+use crate::respond::error_override::{decide, Override, PageAnswer, Replaced};
 use crate::supervise::instances::{Target, TemplateRuntime};
 use crate::supervise::PoolRuntime;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use fastcgi_server::{Params, Role};
 use std::sync::Arc;
 use std::sync::OnceLock;
@@ -59,36 +59,6 @@ enum Step<'p> {
     Reroute(Bytes),
     /// Answered: the status and body bytes for the access log, and the pool that served it.
     Done(u16, u64, Option<&'p Arc<str>>),
-}
-
-/// How an error is answered (see [`error_answer`]).
-enum ErrorAnswer {
-    /// Send this complete response; `status` is what the access log shows.
-    Send { status: u16, reply: BytesMut },
-    /// Dispatch the request to the page at `target`, which replaces `replaced`.
-    Dispatch { target: Bytes, replaced: Replaced },
-}
-
-/// How an error response is answered under `ov` (respond/error_override.rs): the pool's
-/// page for its status, or the bridge's default text. A request fetching an error page
-/// gets no page of its own: the page failing means the default text with the status of
-/// the response the page was to replace. Every error page is decided here.
-fn error_answer(ov: Option<Override<'_>>, replaced: Replaced) -> ErrorAnswer {
-    use respond::error_override::{default_response, next, Next as PageNext};
-    match ov {
-        Some(Override::Serving(orig)) => ErrorAnswer::Send { status: orig.status, reply: default_response(orig) },
-        Some(Override::Pages(pages)) => {
-            let mut chosen = None;
-            match next(Some(pages), &mut chosen, replaced) {
-                PageNext::Send { status, reply } => ErrorAnswer::Send { status, reply },
-                PageNext::Dispatch(target) => match chosen {
-                    Some(replaced) => ErrorAnswer::Dispatch { target, replaced },
-                    None => unreachable!("error_override::next keeps the response a dispatched page replaces"),
-                },
-            }
-        }
-        None => ErrorAnswer::Send { status: replaced.status, reply: default_response(&replaced) },
-    }
 }
 
 /// What error override does for a request of a pool with `pages`: serve the pages, or,
@@ -229,9 +199,9 @@ impl<'a, S: BodySource, K: ResponseSink> Request<'a, S, K> {
         replaced: Replaced,
         pool: Option<&'a Arc<str>>,
     ) -> Step<'a> {
-        match error_answer(overrides(&self.serving, pages), replaced) {
-            ErrorAnswer::Send { status, reply } => self.answer(reply.freeze(), status, pool).await,
-            ErrorAnswer::Dispatch { target, replaced } => {
+        match decide(overrides(&self.serving, pages), replaced) {
+            PageAnswer::Send { status, reply } => self.answer(reply.freeze(), status, pool).await,
+            PageAnswer::Dispatch { target, replaced } => {
                 self.serving = Some(replaced);
                 respond::error_override::page_request(&mut self.params);
                 Step::Reroute(target)
@@ -287,7 +257,7 @@ impl<'a, S: BodySource, K: ResponseSink> Request<'a, S, K> {
             return self.answer(reply, 200, None).await;
         }
         let Some(crate::route::Routed { target, mount, capture }) = lst.router.routed(&self.params) else {
-            if crate::logging::ratelimit::allow(&crate::logging::ratelimit::NO_ROUTE, &lst.name) {
+            if self.lst.registry.rate_limits.allow(&crate::logging::ratelimit::NO_ROUTE, &lst.name) {
                 tracing::info!(listener = %lst.name, request_id, uri = %uri, "no route matches, answering 404");
             }
             return self.answer(respond::error_response(404, None).freeze(), 404, None).await;
@@ -323,7 +293,7 @@ impl<'a, S: BodySource, K: ResponseSink> Request<'a, S, K> {
                 self.error_page(Some(&pool.config.error_pages), Replaced::bridge(502, None), Some(&pool.name)).await
             }
             Err(e) => {
-                if crate::logging::ratelimit::allow(rejection_kind(&e), &pool.name) {
+                if self.lst.registry.rate_limits.allow(rejection_kind(&e), &pool.name) {
                     tracing::warn!(pool = %pool.name, request_id, uri = %uri, "answering 503: {e}");
                 }
                 self.error_page(
@@ -368,7 +338,15 @@ impl<'a, S: BodySource, K: ResponseSink> Request<'a, S, K> {
             Err(r) => r,
         };
         let peer = String::from_utf8_lossy(self.params.get(b"REMOTE_ADDR").unwrap_or(b""));
-        crate::supervise::instances::log_refusal(&refusal, &t.name, &self.lst.name, self.request_id, &peer, self.uri);
+        crate::supervise::instances::log_refusal(
+            &self.lst.registry.rate_limits,
+            &refusal,
+            &t.name,
+            &self.lst.name,
+            self.request_id,
+            &peer,
+            self.uri,
+        );
         let (status, retry) = refusal.status();
         Err(self.error_page(None, Replaced::bridge(status, retry), None).await)
     }
@@ -380,7 +358,7 @@ impl<'a, S: BodySource, K: ResponseSink> Request<'a, S, K> {
         let (lst, request_id, uri) = (self.lst, self.request_id, self.uri);
         if let Some(limit) = pool.config.max_body {
             if super::request_body_limits::too_large(&self.params, limit) {
-                if crate::logging::ratelimit::allow(&crate::logging::ratelimit::TOO_LARGE, &pool.name) {
+                if self.lst.registry.rate_limits.allow(&crate::logging::ratelimit::TOO_LARGE, &pool.name) {
                     tracing::warn!(pool = %pool.name, request_id, uri = %uri, limit, "request body is larger than max-body, answering 413");
                 }
                 return Err(self.answer(respond::error_response(413, None).freeze(), 413, Some(&pool.name)).await);
@@ -391,7 +369,7 @@ impl<'a, S: BodySource, K: ResponseSink> Request<'a, S, K> {
         if let Some(n) = declared.filter(|n| (1..=FIRST_WRITE_BODY as u64).contains(n)) {
             if self.source.prefetch(n).await.is_err() {
                 if self.body_watch.tripped() == Some(Tripped::Stalled) {
-                    if crate::logging::ratelimit::allow(&crate::logging::ratelimit::BODY_STALLED, &pool.name) {
+                    if self.lst.registry.rate_limits.allow(&crate::logging::ratelimit::BODY_STALLED, &pool.name) {
                         tracing::warn!(
                             listener = %lst.name, pool = %pool.name, request_id, uri = %uri, received = self.source.received(), declared = n,
                             "request body stalled: no byte from the web server within body-timeout ({:?}) before a worker was taken, answering 408",
@@ -512,7 +490,7 @@ impl<'a, S: BodySource, K: ResponseSink> Request<'a, S, K> {
         let (lst, request_id, uri) = (self.lst, self.request_id, self.uri);
         match self.body_watch.tripped()? {
             Tripped::TooLarge => {
-                if crate::logging::ratelimit::allow(&crate::logging::ratelimit::BODY_CUT_OFF, &pool.name) {
+                if self.lst.registry.rate_limits.allow(&crate::logging::ratelimit::BODY_CUT_OFF, &pool.name) {
                     tracing::warn!(pool = %pool.name, request_id, uri = %uri, limit = pool.config.max_body.unwrap_or(0), "streamed request body passed max-body, cut off with 413");
                 }
                 Some(Step::Done(413, body_bytes, Some(&pool.name)))
@@ -520,7 +498,7 @@ impl<'a, S: BodySource, K: ResponseSink> Request<'a, S, K> {
             Tripped::Stalled => {
                 let cut = self.sink.cut_off();
                 let declared = declared.map_or_else(|| "unknown".to_owned(), |n| n.to_string());
-                if crate::logging::ratelimit::allow(&crate::logging::ratelimit::BODY_STALLED, &pool.name) {
+                if self.lst.registry.rate_limits.allow(&crate::logging::ratelimit::BODY_STALLED, &pool.name) {
                     tracing::warn!(
                         listener = %lst.name, pool = %pool.name, pid, request_id, uri = %uri, received = self.source.received(), declared,
                         "request body stalled: no byte from the web server within body-timeout ({:?}), request aborted in the worker, {}",
@@ -543,7 +521,7 @@ impl<'a, S: BodySource, K: ResponseSink> Request<'a, S, K> {
             Ok(served) => {
                 if let Some(why) = served.ranges_ignored {
                     let peer = String::from_utf8_lossy(self.params.get(b"REMOTE_ADDR").unwrap_or(b""));
-                    if crate::logging::ratelimit::allow(&crate::logging::ratelimit::RANGE_IGNORED, &pool.name) {
+                    if self.lst.registry.rate_limits.allow(&crate::logging::ratelimit::RANGE_IGNORED, &pool.name) {
                         tracing::info!(listener = %lst.name, pool = %pool.name, pid = file.pid, request_id, uri = %uri, peer = %peer, "Range ignored, answering 200 with the whole file: {why}");
                     }
                 }
@@ -574,31 +552,29 @@ fn rejection_kind(e: &AcquireError) -> &'static crate::logging::ratelimit::Kind 
 }
 
 #[cfg(test)]
-mod error_answer_tests {
+mod error_page_tests {
     use super::*;
     use crate::config::PageSource;
 
     #[test]
     fn one_decision_for_every_error() {
         // No pages: the default text, byte for byte the bridge's plain error.
-        let ErrorAnswer::Send { status, reply } = error_answer(overrides(&None, None), Replaced::bridge(502, None))
-        else {
+        let PageAnswer::Send { status, reply } = decide(overrides(&None, None), Replaced::bridge(502, None)) else {
             panic!("sent")
         };
         assert_eq!((status, &reply[..]), (502, &respond::error_response(502, None)[..]));
         // A page that is a local path is dispatched, and says what it replaces.
         let mut pages = ErrorPages::default();
         pages.insert("503", PageSource::Redirect("/errors/503")).expect("page");
-        let ErrorAnswer::Dispatch { target, replaced } =
-            error_answer(overrides(&None, Some(&pages)), Replaced::bridge(503, Some(1)))
+        let PageAnswer::Dispatch { target, replaced } =
+            decide(overrides(&None, Some(&pages)), Replaced::bridge(503, Some(1)))
         else {
             panic!("dispatched")
         };
         assert_eq!((&target[..], replaced.status), (&b"/errors/503"[..], 503));
         // That page failing: the default text with the original status and headers.
         let serving = Some(replaced);
-        let ErrorAnswer::Send { status, reply } =
-            error_answer(overrides(&serving, Some(&pages)), Replaced::bridge(502, None))
+        let PageAnswer::Send { status, reply } = decide(overrides(&serving, Some(&pages)), Replaced::bridge(502, None))
         else {
             panic!("sent")
         };

@@ -8,6 +8,7 @@
 //!
 //! Unix-socket listeners are not affected (file permissions guard them).
 use crate::config::Cidr;
+use crate::logging::ratelimit::RateLimits;
 use std::net::{IpAddr, SocketAddr};
 
 const VAR: &str = "FCGI_WEB_SERVER_ADDRS";
@@ -53,6 +54,7 @@ pub(crate) fn admit(
     listener: &str,
     env: Option<&[IpAddr]>,
     clients: Option<&[Cidr]>,
+    limits: &RateLimits,
 ) -> bool {
     if env.is_none() && clients.is_none() {
         return true;
@@ -65,7 +67,7 @@ pub(crate) fn admit(
     } else {
         return true;
     };
-    if crate::logging::ratelimit::allow(&crate::logging::ratelimit::PEER_REFUSED, listener) {
+    if limits.allow(&crate::logging::ratelimit::PEER_REFUSED, listener) {
         tracing::warn!(listener, %peer, "connection refused: peer not in {why}");
     }
     false

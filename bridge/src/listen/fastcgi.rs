@@ -102,48 +102,12 @@ where
     let mut watch_stop = true;
     // The web server shut down its sending side after complete requests: answer them, read no more.
     let mut eof = false;
-    let mut conn = FrontConn {
-        decoder: ServerConnection::new(ctx.limits.clone()),
-        charge: HeaderCharge::new(ctx.registry.header_budget.clone()),
-        idle_since: None,
-        consumed: false,
-        ctx,
-        peer,
-        reqs: Vec::new(),
-        out: None,
-        wbuf: BytesMut::new(),
-        keep_conn: true,
-        pending: None,
-        inline: None,
-    };
+    let mut conn = FrontConn::new(ctx, peer);
     loop {
-        if conn.pending.is_none() {
-            if let Err(e) = conn.process() {
-                // Whatever is queued for the web server still goes out; then this
-                // connection (only) closes, abandoning its requests.
-                if crate::logging::ratelimit::allow(&crate::logging::ratelimit::FASTCGI_PROTOCOL, &conn.ctx.name) {
-                    tracing::warn!(listener = %conn.ctx.name, peer = %conn.peer, request = e.request_id(), "FastCGI protocol error, closing the connection: {e}");
-                }
-                let _ = wr.write_all(&conn.wbuf).await;
-                return;
-            }
-        }
-        if let Err(e) = conn.charge_headers() {
-            // This connection only: the others keep their headers and go on.
-            if crate::logging::ratelimit::allow(&crate::logging::ratelimit::HEADER_MEMORY, &conn.ctx.name) {
-                tracing::warn!(listener = %conn.ctx.name, peer = %conn.peer, "{e}; closing the connection");
-            }
-            let _ = wr.write_all(&conn.wbuf).await;
-            return;
-        }
-        if !conn.wbuf.is_empty() {
-            if wr.write_all(&conn.wbuf).await.is_err() {
-                return;
-            }
-            conn.written();
-            if !conn.keep_conn && conn.reqs.is_empty() {
-                break;
-            }
+        match conn.decode_and_send(&mut wr).await {
+            Turn::Wait => {}
+            Turn::Close => break,
+            Turn::Leave => return,
         }
         // Shutting down: a kept connection closes as soon as it is idle, so that draining
         // is not kept busy by new requests on old connections.
@@ -153,39 +117,19 @@ where
         let pending_tx = conn.pending.as_ref().map(|(tx, _)| tx.clone());
         // Not while reading is paused for a full body channel: then the wait is ours.
         let header_deadline = conn.header_deadline().filter(|_| conn.pending.is_none());
-        tokio::select! {
+        let turn = tokio::select! {
             biased;
             msg = recv_out(&mut conn.out) => {
                 // Never None: `conn` holds a sender.
                 let Some(msg) = msg else { return };
                 match conn.write_out(msg) {
-                    WriteNext::Continue => {}
+                    WriteNext::Continue => conn.send(&mut wr).await,
                     WriteNext::Close => {
-                        let _ = wr.write_all(&conn.wbuf).await;
-                        if conn.keep_conn {
-                            // EOF without END_REQUEST on a kept connection: the web server
-                            // passes on what it has and ends the response as failed.
-                            return;
-                        }
-                        // Without keep-conn nginx takes EOF as the normal end. Over TCP a
-                        // reset says "failed"; on a unix socket there is no reset, and only
-                        // an invalid record does (nginx then drops the partial response).
-                        sock.wait_until_read().await;
-                        if sock.tcp {
-                            super::reset_on_close(sock.fd);
+                        if cut_off(&conn.wbuf, conn.keep_conn, &mut wr, sock).await {
                             wr.drop_without_fin();
-                        } else {
-                            let _ = wr.write_all(&CUT_OFF_MARKER).await;
                         }
                         return;
                     }
-                }
-                if wr.write_all(&conn.wbuf).await.is_err() {
-                    return;
-                }
-                conn.written();
-                if !conn.keep_conn && conn.reqs.is_empty() {
-                    break;
                 }
             }
             permit = reserve(pending_tx), if conn.pending.is_some() => {
@@ -194,43 +138,41 @@ where
                 }
                 // A closed channel: the request no longer reads its body; drop the chunk.
                 conn.pending = None;
+                Turn::Wait
             }
             changed = stopping.changed(), if watch_stop && !*stopping.borrow() => {
                 // No sender: nobody will ask this connection to stop.
                 watch_stop = changed.is_ok();
+                Turn::Wait
             }
             () = super::sleep_until(header_deadline), if header_deadline.is_some() => {
-                if crate::logging::ratelimit::allow(&crate::logging::ratelimit::HEADER_TIMEOUT, &conn.ctx.name) {
-                    tracing::warn!(
-                        listener = %conn.ctx.name, peer = %conn.peer,
-                        "no complete FastCGI request headers within header-timeout ({:?}; {} bytes held), closing the connection",
-                        conn.ctx.header_timeout, conn.header_bytes()
-                    );
-                }
+                conn.log_header_timeout();
                 let _ = wr.write_all(&conn.wbuf).await;
-                return;
+                Turn::Leave
             }
             () = poll_inline(&mut conn.inline), if conn.inline.is_some() => {
                 conn.inline = None;
-                if !conn.keep_conn && conn.reqs.is_empty() {
-                    break;
-                }
+                conn.answered()
             }
-            n = super::read_some(&rd, conn.decoder.buffer_mut()), if conn.pending.is_none() && !eof => {
-                match n {
-                    Ok(0) if conn.answer_after_eof(sock) => {
-                        tracing::debug!(listener = %conn.ctx.name, peer = %conn.peer, "the web server shut down its sending side after complete requests; answering them");
-                        eof = true;
-                    }
-                    Ok(0) | Err(_) => {
-                        // The web server closed (or reset) the connection: every request
-                        // on it is abandoned. Dropping `conn` drops their abort senders.
-                        conn.log_abandoned();
-                        return;
-                    }
-                    Ok(_) => {}
+            n = super::read_some(&rd, conn.decoder.buffer_mut()), if conn.pending.is_none() && !eof => match n {
+                Ok(0) if conn.answer_after_eof(sock) => {
+                    tracing::debug!(listener = %conn.ctx.name, peer = %conn.peer, "the web server shut down its sending side after complete requests; answering them");
+                    eof = true;
+                    Turn::Wait
                 }
-            }
+                Ok(0) | Err(_) => {
+                    // The web server closed (or reset) the connection: every request
+                    // on it is abandoned. Dropping `conn` drops their abort senders.
+                    conn.log_abandoned();
+                    Turn::Leave
+                }
+                Ok(_) => Turn::Wait,
+            },
+        };
+        match turn {
+            Turn::Wait => {}
+            Turn::Close => break,
+            Turn::Leave => return,
         }
     }
     // Not kept: the last request has its END_REQUEST. A request still finishing with its
@@ -240,6 +182,38 @@ where
     }
     drop(conn);
     super::lingering_close(&mut rd, &mut wr).await;
+}
+
+/// Where the connection loop goes after a step.
+enum Turn {
+    /// On to the next event.
+    Wait,
+    /// The last request of a connection not kept is answered: close it gently.
+    Close,
+    /// Leave at once: an error, the web server gone, a response cut off.
+    Leave,
+}
+
+/// A response was cut off (it ended without END_REQUEST): send what is queued, then end
+/// the connection the way this web server reads as a failed response. True: a reset is
+/// armed, and the write half must be dropped without a FIN.
+async fn cut_off<W: super::WriteHalf>(wbuf: &[u8], keep_conn: bool, wr: &mut W, sock: super::Sock) -> bool {
+    let _ = wr.write_all(wbuf).await;
+    if keep_conn {
+        // EOF without END_REQUEST on a kept connection: the web server passes on what it
+        // has and ends the response as failed.
+        return false;
+    }
+    // Without keep-conn nginx takes EOF as the normal end. Over TCP a reset says
+    // "failed"; on a unix socket there is no reset, and only an invalid record does
+    // (nginx then drops the partial response).
+    sock.wait_until_read().await;
+    if sock.tcp {
+        super::reset_on_close(sock.fd);
+        return true;
+    }
+    let _ = wr.write_all(&CUT_OFF_MARKER).await;
+    false
 }
 
 /// Sent before closing a connection on which a response was cut off: a record header with
@@ -273,6 +247,78 @@ enum WriteNext {
 }
 
 impl FrontConn {
+    fn new(ctx: Arc<ListenerCtx>, peer: String) -> Self {
+        Self {
+            decoder: ServerConnection::new(ctx.limits.clone()),
+            charge: HeaderCharge::new(ctx.registry.header_budget.clone()),
+            idle_since: None,
+            consumed: false,
+            ctx,
+            peer,
+            reqs: Vec::new(),
+            out: None,
+            wbuf: BytesMut::new(),
+            keep_conn: true,
+            pending: None,
+            inline: None,
+        }
+    }
+
+    /// Handle the records received (unless reading is paused for a full body channel),
+    /// charge the unfinished headers, and send what that queued. A protocol error or too
+    /// much header memory closes this connection only, after what is queued goes out.
+    async fn decode_and_send<W: super::WriteHalf>(&mut self, wr: &mut W) -> Turn {
+        if self.pending.is_none() {
+            if let Err(e) = self.process() {
+                if self.ctx.registry.rate_limits.allow(&crate::logging::ratelimit::FASTCGI_PROTOCOL, &self.ctx.name) {
+                    tracing::warn!(listener = %self.ctx.name, peer = %self.peer, request = e.request_id(), "FastCGI protocol error, closing the connection: {e}");
+                }
+                let _ = wr.write_all(&self.wbuf).await;
+                return Turn::Leave;
+            }
+        }
+        if let Err(e) = self.charge_headers() {
+            // This connection only: the others keep their headers and go on.
+            if self.ctx.registry.rate_limits.allow(&crate::logging::ratelimit::HEADER_MEMORY, &self.ctx.name) {
+                tracing::warn!(listener = %self.ctx.name, peer = %self.peer, "{e}; closing the connection");
+            }
+            let _ = wr.write_all(&self.wbuf).await;
+            return Turn::Leave;
+        }
+        if self.wbuf.is_empty() {
+            return Turn::Wait;
+        }
+        self.send(wr).await
+    }
+
+    /// Write the write buffer out.
+    async fn send<W: super::WriteHalf>(&mut self, wr: &mut W) -> Turn {
+        if wr.write_all(&self.wbuf).await.is_err() {
+            return Turn::Leave;
+        }
+        self.written();
+        self.answered()
+    }
+
+    /// Close once the last request of a connection not kept is answered.
+    fn answered(&self) -> Turn {
+        if !self.keep_conn && self.reqs.is_empty() {
+            Turn::Close
+        } else {
+            Turn::Wait
+        }
+    }
+
+    fn log_header_timeout(&self) {
+        if self.ctx.registry.rate_limits.allow(&crate::logging::ratelimit::HEADER_TIMEOUT, &self.ctx.name) {
+            tracing::warn!(
+                listener = %self.ctx.name, peer = %self.peer,
+                "no complete FastCGI request headers within header-timeout ({:?}; {} bytes held), closing the connection",
+                self.ctx.header_timeout, self.header_bytes()
+            );
+        }
+    }
+
     /// The write buffer went out. While requests run it is kept for their next records;
     /// once none does it is freed, with the response channel and the request list, so that
     /// a kept-alive connection waiting for its next request holds none of them (a large
@@ -374,10 +420,10 @@ impl FrontConn {
 
     fn process_records(&mut self) -> Result<(), fastcgi_server::Error> {
         while self.pending.is_none() {
-            let ev = match self.decoder.next_event() {
+            match self.decoder.next_event() {
                 Ok(Some(ev)) => {
                     tracing::trace!(event = ?DebugEvent(&ev), buffered = self.decoder.buffered(), "front event");
-                    ev
+                    self.on_event(ev);
                 }
                 Ok(None) => break,
                 Err(e) if !e.is_fatal() => {
@@ -386,90 +432,109 @@ impl FrontConn {
                     if let Some(id) = e.request_id() {
                         server::write_end_request(&mut self.wbuf, id, 0, ProtocolStatus::Overloaded, Padding::None);
                     }
-                    continue;
                 }
                 Err(e) => return Err(e),
-            };
-            match ev {
-                ServerEvent::BeginRequest { id, role, keep_conn } => {
-                    self.keep_conn = keep_conn;
-                    match role {
-                        Role::Responder | Role::Authorizer => {
-                            self.remove(id);
-                            let begun = self.idle_since.take();
-                            self.reqs.push((
-                                id,
-                                Req::Starting { role, params: None, prefix: BytesMut::new(), body_done: false, begun },
-                            ));
-                        }
-                        _ => {
-                            tracing::warn!(listener = %self.ctx.name, peer = %self.peer, request = id, "unsupported FastCGI role {role:?}");
-                            server::write_end_request(
-                                &mut self.wbuf,
-                                id,
-                                0,
-                                ProtocolStatus::UnknownRole,
-                                Padding::None,
-                            );
-                        }
-                    }
-                }
-                ServerEvent::Params { id, params } => {
-                    if let Some(Req::Starting { params: p, .. }) = self.find(id) {
-                        *p = Some(params);
-                    }
-                }
-                ServerEvent::Stdin { id, data } => match self.find(id) {
-                    Some(Req::Starting { prefix, params, .. }) => {
-                        if prefix.len() + data.len() <= BODY_PREFIX || params.is_none() {
-                            prefix.extend_from_slice(&data);
-                        } else {
-                            self.launch(id);
-                            self.send_body(id, data);
-                        }
-                    }
-                    Some(Req::Running { .. }) => self.send_body(id, data),
-                    None => {}
-                },
-                ServerEvent::StdinEnd { id } => match self.find(id) {
-                    Some(Req::Starting { body_done, .. }) => {
-                        *body_done = true;
-                        self.launch(id);
-                    }
-                    Some(Req::Running { .. }) => {
-                        // An empty chunk marks the end; then the channel closes.
-                        self.send_body(id, Bytes::new());
-                        if let Some(Req::Running { body, .. }) = self.find(id) {
-                            *body = None;
-                        }
-                    }
-                    None => {}
-                },
-                ServerEvent::Data { .. } | ServerEvent::DataEnd { .. } => {}
-                ServerEvent::Abort { id } => self.abort(id),
-                ServerEvent::GetValues { names } => {
-                    let max_conns = self.ctx.max_conns.to_string();
-                    let max_reqs = self.ctx.max_reqs.to_string();
-                    let pairs: Vec<(&[u8], &[u8])> = names
-                        .iter()
-                        .filter_map(|n| match &n[..] {
-                            b"FCGI_MAX_CONNS" => Some((&b"FCGI_MAX_CONNS"[..], max_conns.as_bytes())),
-                            b"FCGI_MAX_REQS" => Some((&b"FCGI_MAX_REQS"[..], max_reqs.as_bytes())),
-                            b"FCGI_MPXS_CONNS" => Some((&b"FCGI_MPXS_CONNS"[..], &b"1"[..])),
-                            _ => None,
-                        })
-                        .collect();
-                    server::write_get_values_result(&mut self.wbuf, pairs);
-                }
-                ServerEvent::UnknownType { record_type } => {
-                    tracing::warn!(listener = %self.ctx.name, peer = %self.peer, record_type, "unknown FastCGI management record type {record_type}, answered FCGI_UNKNOWN_TYPE");
-                    server::write_unknown_type(&mut self.wbuf, record_type);
-                }
             }
         }
-        // Requests whose PARAMS are complete start now, with the body bytes already here:
-        // nginx sends BEGIN, PARAMS and a small body in one packet, which then reaches the
-        // worker in one write.
+        self.launch_started();
+        Ok(())
+    }
+
+    /// One record's event.
+    fn on_event(&mut self, ev: ServerEvent) {
+        match ev {
+            ServerEvent::BeginRequest { id, role, keep_conn } => self.begin(id, role, keep_conn),
+            ServerEvent::Params { id, params } => {
+                if let Some(Req::Starting { params: p, .. }) = self.find(id) {
+                    *p = Some(params);
+                }
+            }
+            ServerEvent::Stdin { id, data } => self.stdin(id, data),
+            ServerEvent::StdinEnd { id } => self.stdin_end(id),
+            ServerEvent::Data { .. } | ServerEvent::DataEnd { .. } => {}
+            ServerEvent::Abort { id } => self.abort(id),
+            ServerEvent::GetValues { names } => self.get_values(&names),
+            ServerEvent::UnknownType { record_type } => {
+                tracing::warn!(listener = %self.ctx.name, peer = %self.peer, record_type, "unknown FastCGI management record type {record_type}, answered FCGI_UNKNOWN_TYPE");
+                server::write_unknown_type(&mut self.wbuf, record_type);
+            }
+        }
+    }
+
+    /// BEGIN_REQUEST: a responder or authorizer starts collecting its PARAMS; another role
+    /// is refused with UNKNOWN_ROLE.
+    fn begin(&mut self, id: u16, role: Role, keep_conn: bool) {
+        self.keep_conn = keep_conn;
+        match role {
+            Role::Responder | Role::Authorizer => {
+                self.remove(id);
+                let begun = self.idle_since.take();
+                self.reqs
+                    .push((id, Req::Starting { role, params: None, prefix: BytesMut::new(), body_done: false, begun }));
+            }
+            _ => {
+                tracing::warn!(listener = %self.ctx.name, peer = %self.peer, request = id, "unsupported FastCGI role {role:?}");
+                server::write_end_request(&mut self.wbuf, id, 0, ProtocolStatus::UnknownRole, Padding::None);
+            }
+        }
+    }
+
+    /// Body bytes: collected until the request starts (up to [`BODY_PREFIX`] once its
+    /// PARAMS are here), then streamed to its task.
+    fn stdin(&mut self, id: u16, data: Bytes) {
+        match self.find(id) {
+            Some(Req::Starting { prefix, params, .. }) => {
+                if prefix.len() + data.len() <= BODY_PREFIX || params.is_none() {
+                    prefix.extend_from_slice(&data);
+                } else {
+                    self.launch(id);
+                    self.send_body(id, data);
+                }
+            }
+            Some(Req::Running { .. }) => self.send_body(id, data),
+            None => {}
+        }
+    }
+
+    /// The end of the body: a request not started starts with all of it.
+    fn stdin_end(&mut self, id: u16) {
+        match self.find(id) {
+            Some(Req::Starting { body_done, .. }) => {
+                *body_done = true;
+                self.launch(id);
+            }
+            Some(Req::Running { .. }) => {
+                // An empty chunk marks the end; then the channel closes.
+                self.send_body(id, Bytes::new());
+                if let Some(Req::Running { body, .. }) = self.find(id) {
+                    *body = None;
+                }
+            }
+            None => {}
+        }
+    }
+
+    /// FCGI_GET_VALUES: what the pools behind this listener take, and that requests may be
+    /// multiplexed.
+    fn get_values(&mut self, names: &[Bytes]) {
+        let max_conns = self.ctx.max_conns.to_string();
+        let max_reqs = self.ctx.max_reqs.to_string();
+        let pairs: Vec<(&[u8], &[u8])> = names
+            .iter()
+            .filter_map(|n| match &n[..] {
+                b"FCGI_MAX_CONNS" => Some((&b"FCGI_MAX_CONNS"[..], max_conns.as_bytes())),
+                b"FCGI_MAX_REQS" => Some((&b"FCGI_MAX_REQS"[..], max_reqs.as_bytes())),
+                b"FCGI_MPXS_CONNS" => Some((&b"FCGI_MPXS_CONNS"[..], &b"1"[..])),
+                _ => None,
+            })
+            .collect();
+        server::write_get_values_result(&mut self.wbuf, pairs);
+    }
+
+    /// Requests whose PARAMS are complete start now, with the body bytes already here:
+    /// nginx sends BEGIN, PARAMS and a small body in one packet, which then reaches the
+    /// worker in one write.
+    fn launch_started(&mut self) {
         let mut i = 0;
         while let Some(&(id, ref req)) = self.reqs.get(i) {
             if matches!(req, Req::Starting { params: Some(_), .. }) {
@@ -481,7 +546,6 @@ impl FrontConn {
             }
             i += 1;
         }
-        Ok(())
     }
 
     /// Bytes of request headers this connection holds while they are unfinished: the PARAMS
@@ -562,7 +626,7 @@ impl FrontConn {
     /// before any worker is taken. A web server in front may have framed the body by another
     /// reading of it, and an app given it would guess.
     fn refuse_length(&mut self, id: u16, e: &ContentLengthError) {
-        if crate::logging::ratelimit::allow(&crate::logging::ratelimit::BAD_REQUEST, &self.ctx.name) {
+        if self.ctx.registry.rate_limits.allow(&crate::logging::ratelimit::BAD_REQUEST, &self.ctx.name) {
             tracing::warn!(listener = %self.ctx.name, peer = %self.peer, request = id, "invalid request, answering 400: {e}");
         }
         self.remove(id);

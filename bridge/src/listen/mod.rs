@@ -334,13 +334,19 @@ async fn accept_loop(bound: Bound, mut ctx: Arc<ListenerCtx>, mut stop: watch::R
             }
         };
         if let Accepted::Tcp(s) = &conn {
-            if !allow::admit(s, &ctx.name, ctx.registry.web_server_addrs.as_deref(), ctx.allowed_clients.as_deref()) {
+            if !allow::admit(
+                s,
+                &ctx.name,
+                ctx.registry.web_server_addrs.as_deref(),
+                ctx.allowed_clients.as_deref(),
+                &ctx.registry.rate_limits,
+            ) {
                 continue;
             }
         }
         if live.fetch_add(1, Ordering::AcqRel) >= ctx.max_conns {
             live.fetch_sub(1, Ordering::AcqRel);
-            if crate::logging::ratelimit::allow(&crate::logging::ratelimit::MAX_CONNECTIONS, &ctx.name) {
+            if ctx.registry.rate_limits.allow(&crate::logging::ratelimit::MAX_CONNECTIONS, &ctx.name) {
                 tracing::warn!(listener = %ctx.name, peer, "max-connections ({}) reached: refusing a new connection", ctx.max_conns);
             }
             continue;

@@ -62,7 +62,7 @@ where
         Ok(Ok(None)) => return,
         Ok(Err(HeadError::BadLength(e))) => {
             // A well-framed request with an unusable CONTENT_LENGTH: say so, like FastCGI.
-            if crate::logging::ratelimit::allow(&crate::logging::ratelimit::BAD_REQUEST, &ctx.name) {
+            if ctx.registry.rate_limits.allow(&crate::logging::ratelimit::BAD_REQUEST, &ctx.name) {
                 tracing::warn!(listener = %ctx.name, peer, "invalid SCGI request, answering 400: {e}");
             }
             let mut wr = wr;
@@ -72,20 +72,20 @@ where
             return;
         }
         Ok(Err(HeadError::Protocol(e))) => {
-            if crate::logging::ratelimit::allow(&crate::logging::ratelimit::SCGI_PROTOCOL, &ctx.name) {
+            if ctx.registry.rate_limits.allow(&crate::logging::ratelimit::SCGI_PROTOCOL, &ctx.name) {
                 tracing::warn!(listener = %ctx.name, peer, "SCGI protocol error, closing the connection: {e}");
             }
             return;
         }
         Ok(Err(HeadError::Budget(e))) => {
-            if crate::logging::ratelimit::allow(&crate::logging::ratelimit::HEADER_MEMORY, &ctx.name) {
+            if ctx.registry.rate_limits.allow(&crate::logging::ratelimit::HEADER_MEMORY, &ctx.name) {
                 tracing::warn!(listener = %ctx.name, peer, "{e}; closing the connection");
             }
             return;
         }
         Err(_) => {
             let held = decoder.buffer_mut().len();
-            if crate::logging::ratelimit::allow(&crate::logging::ratelimit::HEADER_TIMEOUT, &ctx.name) {
+            if ctx.registry.rate_limits.allow(&crate::logging::ratelimit::HEADER_TIMEOUT, &ctx.name) {
                 tracing::warn!(listener = %ctx.name, peer, "no complete SCGI request headers within header-timeout ({header_timeout:?}; {held} bytes held), closing the connection");
             }
             return;

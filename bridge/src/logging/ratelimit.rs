@@ -6,14 +6,15 @@
 //! the others within the next second are only counted, and one summary line per second
 //! gives their number ("pool app: 1234 more requests answered 503 (queue full) in the last
 //! 1.0s"). The summary is written by the next occurrence after the second, or by the
-//! flusher task ([`flusher`]) when none comes, so the count of a burst that stops is never
-//! lost; at shutdown [`flush_all`] writes what is left. A kind that stayed quiet for a
+//! flusher task ([`RateLimits::flusher`]) when none comes, so the count of a burst that stops is never
+//! lost; at shutdown [`RateLimits::flush_all`] writes what is left. A kind that stayed quiet for a
 //! whole second starts over: its next occurrence is logged in full again.
 //!
-//! The state is one small list under one mutex, taken only on these (error) paths.
+//! The state ([`RateLimits`], one per daemon, in its registry) is one small list under one
+//! mutex, taken only on these (error) paths.
 //! `log-rate-limit: false` (bridge section) writes every line in full instead.
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{LazyLock, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
@@ -279,68 +280,81 @@ impl Limiter {
     }
 }
 
-static LIMITER: LazyLock<Mutex<Limiter>> = LazyLock::new(|| Mutex::new(Limiter::new(WINDOW)));
-static ENABLED: AtomicBool = AtomicBool::new(true);
-
-/// `log-rate-limit`: false logs every occurrence in full.
-pub(crate) fn set_enabled(on: bool) {
-    ENABLED.store(on, Ordering::Relaxed);
-}
-/// Wakes the flusher when the first entry appears (it sleeps while there is none).
-static WAKE: LazyLock<Notify> = LazyLock::new(Notify::new);
-
-fn limiter() -> std::sync::MutexGuard<'static, Limiter> {
-    // Every critical section leaves the list consistent: a poisoned lock is still usable.
-    LIMITER.lock().unwrap_or_else(|e| e.into_inner())
+/// The daemon's rate limiter: one per registry (registry.rs), so two daemons' worth of
+/// state in one process (the tests) never mix.
+pub(crate) struct RateLimits {
+    limiter: Mutex<Limiter>,
+    /// `log-rate-limit`: false logs every occurrence in full.
+    enabled: AtomicBool,
+    /// Wakes the flusher when the first entry appears (it sleeps while there is none).
+    wake: Notify,
 }
 
-/// Whether to write the full line of this occurrence of `kind` for `name` (a pool or
-/// listener); when not, it is counted, and a due summary is written here.
-pub(crate) fn allow(kind: &'static Kind, name: &str) -> bool {
-    if !ENABLED.load(Ordering::Relaxed) {
-        return true;
+impl Default for RateLimits {
+    fn default() -> Self {
+        Self { limiter: Mutex::new(Limiter::new(WINDOW)), enabled: AtomicBool::new(true), wake: Notify::new() }
     }
-    let now = Instant::now();
-    let (hit, was_empty) = {
-        let mut l = limiter();
-        let was_empty = l.is_empty();
-        (l.hit(kind, name, now), was_empty)
-    };
-    match hit {
-        Hit::Log => {
-            if was_empty {
-                WAKE.notify_one();
+}
+
+impl RateLimits {
+    /// `log-rate-limit` (at start-up and after each reload).
+    pub(crate) fn set_enabled(&self, on: bool) {
+        self.enabled.store(on, Ordering::Relaxed);
+    }
+
+    fn limiter(&self) -> std::sync::MutexGuard<'_, Limiter> {
+        // Every critical section leaves the list consistent: a poisoned lock is still usable.
+        self.limiter.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether to write the full line of this occurrence of `kind` for `name` (a pool or
+    /// listener); when not, it is counted, and a due summary is written here.
+    pub(crate) fn allow(&self, kind: &'static Kind, name: &str) -> bool {
+        if !self.enabled.load(Ordering::Relaxed) {
+            return true;
+        }
+        let now = Instant::now();
+        let (hit, was_empty) = {
+            let mut l = self.limiter();
+            let was_empty = l.is_empty();
+            (l.hit(kind, name, now), was_empty)
+        };
+        match hit {
+            Hit::Log => {
+                if was_empty {
+                    self.wake.notify_one();
+                }
+                true
             }
-            true
-        }
-        Hit::Counted => false,
-        Hit::Summary(s) => {
-            emit(&s);
-            false
+            Hit::Counted => false,
+            Hit::Summary(s) => {
+                emit(&s);
+                false
+            }
         }
     }
-}
 
-/// Write the summaries of bursts that stopped; runs for the daemon's life.
-pub(crate) async fn flusher() {
-    loop {
-        let (due, next) = limiter().flush(Instant::now());
-        for s in &due {
+    /// Write the summaries of bursts that stopped; runs for the daemon's life.
+    pub(crate) async fn flusher(self: Arc<Self>) {
+        loop {
+            let (due, next) = self.limiter().flush(Instant::now());
+            for s in &due {
+                emit(s);
+            }
+            match next {
+                Some(at) => tokio::time::sleep_until(at.into()).await,
+                // A permit stored by `notify_one` before this wait is not lost.
+                None => self.wake.notified().await,
+            }
+        }
+    }
+
+    /// Write every count still pending (at shutdown).
+    pub(crate) fn flush_all(&self) {
+        let left = self.limiter().drain(Instant::now());
+        for s in &left {
             emit(s);
         }
-        match next {
-            Some(at) => tokio::time::sleep_until(at.into()).await,
-            // A permit stored by `notify_one` before this wait is not lost.
-            None => WAKE.notified().await,
-        }
-    }
-}
-
-/// Write every count still pending (at shutdown).
-pub(crate) fn flush_all() {
-    let left = limiter().drain(Instant::now());
-    for s in &left {
-        emit(s);
     }
 }
 
@@ -486,5 +500,18 @@ mod tests {
         assert_eq!(full + summed, (0..10_000).step_by(3).count() as u64);
         assert_eq!(full, 1);
         assert!(lines <= 11, "{lines} summary lines for ten windows");
+    }
+
+    #[test]
+    fn two_rate_limits_share_nothing() {
+        let (a, b) = (RateLimits::default(), RateLimits::default());
+        assert!(a.allow(&QUEUE_FULL, "app"));
+        assert!(!a.allow(&QUEUE_FULL, "app"));
+        // The other value has seen nothing: its first occurrence is logged in full.
+        assert!(b.allow(&QUEUE_FULL, "app"));
+        // Turning one off leaves the other limiting.
+        a.set_enabled(false);
+        assert!(a.allow(&QUEUE_FULL, "app"));
+        assert!(!b.allow(&QUEUE_FULL, "app"));
     }
 }

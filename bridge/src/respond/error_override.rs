@@ -128,32 +128,6 @@ pub(crate) fn decide(ov: Option<Override<'_>>, replaced: Replaced) -> PageAnswer
     }
 }
 
-/// What comes after a response a page replaces ([`next`]'s answer).
-#[derive(Debug)]
-pub(crate) enum Next {
-    /// Send this complete response with this status.
-    Send { status: u16, reply: BytesMut },
-    /// Dispatch the request to this local path; `serving` now holds what it replaces.
-    Dispatch(Bytes),
-}
-
-/// [`decide`] in the form dispatch/serve.rs still calls: `serving` (set while the request
-/// fetches an error page) stands for [`Override::Serving`], and takes the replaced response
-/// when the answer is a dispatch. A thin wrapper until its caller uses `decide`.
-pub(crate) fn next(pages: Option<&ErrorPages>, serving: &mut Option<Replaced>, replaced: Replaced) -> Next {
-    let ov = match serving.as_ref() {
-        Some(orig) => Some(Override::Serving(orig)),
-        None => pages.map(Override::Pages),
-    };
-    match decide(ov, replaced) {
-        PageAnswer::Send { status, reply } => Next::Send { status, reply },
-        PageAnswer::Dispatch { target, replaced } => {
-            *serving = Some(replaced);
-            Next::Dispatch(target)
-        }
-    }
-}
-
 /// Prepare the request fetching an error page: the client's conditional and range headers
 /// are dropped, since they describe what the client has of the page it asked for, not of
 /// this one; a 304 or 206 would not be the page (Apache sets `no_local_copy` for the same
@@ -341,21 +315,5 @@ mod tests {
         // no pages: the default text with the response's own status
         let PageAnswer::Send { status, .. } = decide(None, Replaced::bridge(504, None)) else { panic!("sent") };
         assert_eq!(status, 504);
-    }
-
-    #[test]
-    fn next_dispatches_a_redirect_page_once() {
-        let mut pages = ErrorPages::default();
-        pages.insert("503", PageSource::Redirect("/errors/503")).expect("page");
-        let mut serving = None;
-        let r = Replaced::bridge(503, Some(1));
-        let Next::Dispatch(target) = next(Some(&pages), &mut serving, r) else { panic!("dispatch") };
-        assert_eq!(&target[..], b"/errors/503");
-        assert_eq!(serving.as_ref().map(|s| (s.status, s.keep.len())), Some((503, 1)));
-        // the error page's pool is down too: the default 503, Retry-After kept
-        let again = Replaced::bridge(502, None);
-        let Next::Send { status, reply } = next(Some(&pages), &mut serving, again) else { panic!("sent") };
-        assert_eq!(status, 503);
-        assert!(text(&reply).contains("Retry-After: 1\r\n"));
     }
 }

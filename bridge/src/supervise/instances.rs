@@ -15,7 +15,7 @@ use super::manager::{self, ManagerCmd};
 use super::{PoolRuntime, Spawner, Stop};
 use crate::config::template::{fill_raw, Placeholder, Template};
 use crate::config::Pool;
-use crate::logging::ratelimit::{self, Kind, Level, Scope};
+use crate::logging::ratelimit::{Kind, Level, RateLimits, Scope};
 use fastcgi_server::Params;
 use std::collections::HashMap;
 use std::ffi::OsString;
@@ -789,8 +789,16 @@ pub(crate) fn user_key(raw: &[u8]) -> Result<String, Refusal> {
 }
 
 /// Log a refusal (rate-limited per template, as other client-caused lines).
-pub(crate) fn log_refusal(r: &Refusal, template: &str, listener: &str, request_id: &str, peer: &str, uri: &str) {
-    if !ratelimit::allow(r.kind(), template) {
+pub(crate) fn log_refusal(
+    limits: &RateLimits,
+    r: &Refusal,
+    template: &str,
+    listener: &str,
+    request_id: &str,
+    peer: &str,
+    uri: &str,
+) {
+    if !limits.allow(r.kind(), template) {
         return;
     }
     match r.status().0 {

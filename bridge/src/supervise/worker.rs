@@ -97,24 +97,7 @@ pub(super) async fn run(t: WorkerTask, mut ctl: mpsc::UnboundedReceiver<WorkerCt
     let pool = t.pool.clone();
     let claims = claim_page(&t);
     let claim_fd = claims.as_ref().map(|p| p.raw_fd());
-    let started = tokio::select! {
-        r = super::spawn::spawn_worker(&t.config, &t.spawner, &t.socket, claim_fd) => r,
-        _ = ctl.recv() => {
-            let _ = t.events.send(Event::Failed { id: t.id, why: "stopped before it was started".into() });
-            return;
-        }
-    };
-    let Spawned { mut child, pid, mut ready } = match started {
-        Ok(s) => s,
-        Err(e) => {
-            let why = format!("cannot start a worker: {e}");
-            let gate = LineGate::new(pool.clone(), 0);
-            report_failure(&t, &gate, 0, &why);
-            remove_socket(&t.socket);
-            let _ = t.events.send(Event::Failed { id: t.id, why });
-            return;
-        }
-    };
+    let Some(Spawned { mut child, pid, mut ready }) = start_process(&t, &mut ctl, claim_fd).await else { return };
     if let Some(limit) = t.config.supervision.cpu_time_limit {
         set_cpu_limit(&pool, pid, limit, t.config.supervision.graceful_timeout, t.native);
     }
@@ -123,18 +106,7 @@ pub(super) async fn run(t: WorkerTask, mut ctl: mpsc::UnboundedReceiver<WorkerCt
     let spawned = Instant::now();
     let handle =
         Arc::new(WorkerHandle::with_ctl(pool.clone(), pid, t.socket.clone(), t.ctl_tx.clone()).with_claims(claims));
-    if t.max_requests > 0 {
-        tracing::info!(
-            pool = &*pool,
-            pid,
-            index = t.index,
-            generation = t.id,
-            max_requests = t.max_requests,
-            "worker started"
-        );
-    } else {
-        tracing::info!(pool = &*pool, pid, index = t.index, generation = t.id, "worker started");
-    }
+    log_started(&t, pid);
     let _ = t.events.send(Event::Spawned { id: t.id, pid });
     let gate = Arc::new(LineGate::new(pool.clone(), pid));
     if let Some(out) = child.stdout.take() {
@@ -143,75 +115,155 @@ pub(super) async fn run(t: WorkerTask, mut ctl: mpsc::UnboundedReceiver<WorkerCt
     if let Some(err) = child.stderr.take() {
         tokio::spawn(log_lines(err, true, gate.clone()));
     }
-    let startup_timeout = t.config.startup_timeout;
 
-    // Start-up: READY, ERROR, an early exit, startup-timeout, or the manager stopping it.
-    let mut asgi = false;
-    let failure = {
-        let outcome = tokio::select! {
-            r = tokio::time::timeout(startup_timeout, read_readiness(&mut ready)) => Ok(r.ok()),
-            status = child.wait() => Err(status),
-            c = ctl.recv() => {
-                // Stopped before it was ready (a reload, the daemon stopping).
-                gate.open();
-                handle.mark_dead();
-                let grace = match c { Some(WorkerCtl::Term { grace }) => grace, _ => Duration::ZERO };
-                let status = terminate(&mut child, grace).await;
-                remove_socket(&handle.socket);
-                let _ = t.events.send(Event::Failed { id: t.id, why: format!("stopped before it was ready ({status})") });
-                return;
-            }
-        };
-        match outcome {
-            Err(status) => {
-                // An import error writes ERROR, then exits: the exit may be seen first.
-                match tokio::time::timeout(Duration::from_millis(200), read_readiness(&mut ready)).await {
-                    Ok(Readiness::Error(msg)) => Some(msg),
-                    _ => Some(format!(
-                        "exited before it was ready: {}",
-                        status.map(describe_exit).unwrap_or_else(|e| format!("wait failed: {e}"))
-                    )),
-                }
-            }
-            Ok(Some(Readiness::Ready { asgi: said })) => {
-                asgi = said;
-                None
-            }
-            Ok(Some(Readiness::Silent)) => {
-                // php-cgi or flup never write to fd 3: alive after a grace period means ready.
-                tokio::select! {
-                    _ = tokio::time::sleep(SILENT_READY_GRACE) => None,
-                    status = child.wait() => Some(format!(
-                        "exited before it was ready: {}",
-                        status.map(describe_exit).unwrap_or_else(|e| format!("wait failed: {e}"))
-                    )),
-                }
-            }
-            Ok(Some(Readiness::Error(msg))) => Some(msg),
-            Ok(None) => {
-                let what = format!("not ready within startup-timeout {:?}", startup_timeout);
-                if t.native {
-                    gate.open();
-                    tracing::error!(pool = &*pool, pid, "worker {what}; its Python stacks follow, then it is killed");
-                    child.signal(nix::sys::signal::Signal::SIGUSR2);
-                    tokio::time::sleep(DUMP_GRACE).await;
-                }
-                Some(what)
-            }
+    let asgi = match wait_ready(&t, &mut child, &mut ready, &gate, &mut ctl, pid).await {
+        Startup::Ready { asgi } => asgi,
+        Startup::Stopped { grace } => {
+            // Stopped before it was ready (a reload, the daemon stopping).
+            gate.open();
+            handle.mark_dead();
+            let status = terminate(&mut child, grace).await;
+            remove_socket(&handle.socket);
+            let _ = t.events.send(Event::Failed { id: t.id, why: format!("stopped before it was ready ({status})") });
+            return;
+        }
+        Startup::Failed(why) => {
+            report_failure(&t, &gate, pid, &why);
+            return fail(&t, &handle, &mut child, why).await;
         }
     };
-    if let Some(why) = failure {
-        report_failure(&t, &gate, pid, &why);
-        handle.mark_dead();
-        terminate(&mut child, Duration::from_secs(1)).await;
-        remove_socket(&handle.socket);
-        let _ = t.events.send(Event::Failed { id: t.id, why });
-        return;
-    }
     gate.open();
     *t.last_failure.lock().unwrap_or_else(|e| e.into_inner()) = None;
 
-    // Ready: one connection per worker thread (ASGI: per request in flight), each a slot of the pool.
+    let connected = connect_slots(&t, &handle, asgi).await;
+    if connected == 0 && handle.is_alive() && t.dispatcher.worker_view(t.key, false).is_some_and(|v| !v.draining) {
+        let why = "no connection to its socket could be opened".to_owned();
+        tracing::error!(pool = &*pool, pid, "worker failed to start: {why}");
+        return fail(&t, &handle, &mut child, why).await;
+    }
+    let took = spawned.elapsed();
+    tracing::info!(pool = &*pool, pid, connections = connected, "worker ready in {took:.0?}");
+    let _ = t.events.send(Event::Ready { id: t.id, took });
+
+    let status = serve_until_exit(&mut child, &mut ctl, &handle).await;
+    handle.mark_dead();
+    remove_socket(&handle.socket);
+    let _ = t.events.send(Event::Exited { id: t.id, status });
+}
+
+/// Start the process, unless the manager stops the task first. None: it did not start
+/// (the manager has been told).
+async fn start_process(
+    t: &WorkerTask,
+    ctl: &mut mpsc::UnboundedReceiver<WorkerCtl>,
+    claim_fd: Option<std::os::fd::RawFd>,
+) -> Option<Spawned> {
+    let started = tokio::select! {
+        r = super::spawn::spawn_worker(&t.config, &t.spawner, &t.socket, claim_fd) => r,
+        _ = ctl.recv() => {
+            let _ = t.events.send(Event::Failed { id: t.id, why: "stopped before it was started".into() });
+            return None;
+        }
+    };
+    match started {
+        Ok(s) => Some(s),
+        Err(e) => {
+            let why = format!("cannot start a worker: {e}");
+            let gate = LineGate::new(t.pool.clone(), 0);
+            report_failure(t, &gate, 0, &why);
+            remove_socket(&t.socket);
+            let _ = t.events.send(Event::Failed { id: t.id, why });
+            None
+        }
+    }
+}
+
+/// "worker started", with its max-requests threshold when it has one.
+fn log_started(t: &WorkerTask, pid: u32) {
+    let (pool, index, generation) = (&*t.pool, t.index, t.id);
+    if t.max_requests > 0 {
+        tracing::info!(pool, pid, index, generation, max_requests = t.max_requests, "worker started");
+    } else {
+        tracing::info!(pool, pid, index, generation, "worker started");
+    }
+}
+
+/// How a worker's start-up ended.
+enum Startup {
+    Ready {
+        asgi: bool,
+    },
+    /// It never became ready: one line saying why.
+    Failed(String),
+    /// The manager stopped it first, with this grace period.
+    Stopped {
+        grace: Duration,
+    },
+}
+
+/// Start-up: READY, ERROR, an early exit, startup-timeout, or the manager stopping it.
+async fn wait_ready(
+    t: &WorkerTask,
+    child: &mut WorkerChild,
+    ready: &mut tokio::net::unix::pipe::Receiver,
+    gate: &LineGate,
+    ctl: &mut mpsc::UnboundedReceiver<WorkerCtl>,
+    pid: u32,
+) -> Startup {
+    let startup_timeout = t.config.startup_timeout;
+    let exited = |status: std::io::Result<std::process::ExitStatus>| {
+        format!(
+            "exited before it was ready: {}",
+            status.map(describe_exit).unwrap_or_else(|e| format!("wait failed: {e}"))
+        )
+    };
+    let outcome = tokio::select! {
+        r = tokio::time::timeout(startup_timeout, read_readiness(ready)) => Ok(r.ok()),
+        status = child.wait() => Err(status),
+        c = ctl.recv() => {
+            let grace = match c { Some(WorkerCtl::Term { grace }) => grace, _ => Duration::ZERO };
+            return Startup::Stopped { grace };
+        }
+    };
+    match outcome {
+        // An import error writes ERROR, then exits: the exit may be seen first.
+        Err(status) => match tokio::time::timeout(Duration::from_millis(200), read_readiness(ready)).await {
+            Ok(Readiness::Error(msg)) => Startup::Failed(msg),
+            _ => Startup::Failed(exited(status)),
+        },
+        Ok(Some(Readiness::Ready { asgi })) => Startup::Ready { asgi },
+        Ok(Some(Readiness::Silent)) => {
+            // php-cgi or flup never write to fd 3: alive after a grace period means ready.
+            tokio::select! {
+                _ = tokio::time::sleep(SILENT_READY_GRACE) => Startup::Ready { asgi: false },
+                status = child.wait() => Startup::Failed(exited(status)),
+            }
+        }
+        Ok(Some(Readiness::Error(msg))) => Startup::Failed(msg),
+        Ok(None) => {
+            let what = format!("not ready within startup-timeout {:?}", startup_timeout);
+            if t.native {
+                gate.open();
+                tracing::error!(pool = &*t.pool, pid, "worker {what}; its Python stacks follow, then it is killed");
+                child.signal(nix::sys::signal::Signal::SIGUSR2);
+                tokio::time::sleep(DUMP_GRACE).await;
+            }
+            Startup::Failed(what)
+        }
+    }
+}
+
+/// A worker that failed to start: stopped, its socket removed, the manager told why.
+async fn fail(t: &WorkerTask, handle: &WorkerHandle, child: &mut WorkerChild, why: String) {
+    handle.mark_dead();
+    terminate(child, Duration::from_secs(1)).await;
+    remove_socket(&handle.socket);
+    let _ = t.events.send(Event::Failed { id: t.id, why });
+}
+
+/// Ready: one connection per worker thread (ASGI: per request in flight), each a slot of
+/// the pool. Returns how many were opened.
+async fn connect_slots(t: &WorkerTask, handle: &Arc<WorkerHandle>, asgi: bool) -> usize {
     let mut connected = 0;
     for _ in 0..t.config.interface.slots(t.config.threads, asgi) {
         match SlotConn::connect(handle.clone()).await {
@@ -224,53 +276,45 @@ pub(super) async fn run(t: WorkerTask, mut ctl: mpsc::UnboundedReceiver<WorkerCt
                 None => break, // the manager retired it meanwhile
             },
             Err(e) => tracing::error!(
-                pool = &*pool,
-                pid,
+                pool = &*t.pool,
+                pid = handle.pid,
                 "cannot connect to the worker socket {}: {e}",
                 handle.socket.display()
             ),
         }
     }
-    if connected == 0 && handle.is_alive() && t.dispatcher.worker_view(t.key, false).is_some_and(|v| !v.draining) {
-        let why = "no connection to its socket could be opened".to_owned();
-        tracing::error!(pool = &*pool, pid, "worker failed to start: {why}");
-        handle.mark_dead();
-        terminate(&mut child, Duration::from_secs(1)).await;
-        remove_socket(&handle.socket);
-        let _ = t.events.send(Event::Failed { id: t.id, why });
-        return;
-    }
-    let took = spawned.elapsed();
-    tracing::info!(pool = &*pool, pid, connections = connected, "worker ready in {took:.0?}");
-    let _ = t.events.send(Event::Ready { id: t.id, took });
+    connected
+}
 
-    // Serving, until it exits or is stopped.
-    let status = loop {
+/// Serving, until it exits or the manager stops it; returns how it ended.
+async fn serve_until_exit(
+    child: &mut WorkerChild,
+    ctl: &mut mpsc::UnboundedReceiver<WorkerCtl>,
+    handle: &WorkerHandle,
+) -> String {
+    loop {
         tokio::select! {
             status = child.wait() => {
-                break status.map(describe_exit).unwrap_or_else(|e| format!("wait failed: {e}"));
+                return status.map(describe_exit).unwrap_or_else(|e| format!("wait failed: {e}"));
             }
             c = ctl.recv() => match c {
                 Some(WorkerCtl::DumpStacks) => child.signal(nix::sys::signal::Signal::SIGUSR2),
                 Some(WorkerCtl::Term { grace }) => {
                     handle.mark_dead();
-                    break terminate(&mut child, grace).await;
+                    return terminate(child, grace).await;
                 }
                 Some(WorkerCtl::Kill) => {
                     handle.mark_dead();
-                    break terminate(&mut child, Duration::ZERO).await;
+                    return terminate(child, Duration::ZERO).await;
                 }
                 // The manager is gone (the runtime is shutting down): stop it.
                 None => {
                     handle.mark_dead();
-                    break terminate(&mut child, Duration::from_secs(1)).await;
+                    return terminate(child, Duration::from_secs(1)).await;
                 }
             },
         }
-    };
-    handle.mark_dead();
-    remove_socket(&handle.socket);
-    let _ = t.events.send(Event::Exited { id: t.id, status });
+    }
 }
 
 /// cpu-time-limit: RLIMIT_CPU on the new process (prlimit(2) works for a forked template
