@@ -53,15 +53,21 @@ impl ClaimPage {
     /// A zeroed page in a memfd (close-on-exec; the spawn dups it onto the worker's fd).
     pub(crate) fn new() -> Result<Self, ClaimError> {
         use nix::fcntl::{fcntl, FcntlArg};
+        use nix::sys::memfd::{memfd_create, MFdFlags};
         use nix::sys::mman::{mmap, MapFlags, ProtFlags};
-        let low = nix::sys::memfd::memfd_create(c"fcgibridge-claims", nix::sys::memfd::MFdFlags::MFD_CLOEXEC)
-            .map_err(|e| ClaimError::Create(e.into()))?;
+        let flags = MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING;
+        let low = memfd_create(c"fcgibridge-claims", flags).map_err(|e| ClaimError::Create(e.into()))?;
         // Above the descriptors a spawn places (0–4), so dup2 onto them never clobbers it.
         let high = fcntl(&low, FcntlArg::F_DUPFD_CLOEXEC(10)).map_err(|e| ClaimError::Create(e.into()))?;
         drop(low);
         // SAFETY: fcntl returned a new descriptor nothing else owns.
         let fd = unsafe { OwnedFd::from_raw_fd(high) };
         nix::unistd::ftruncate(&fd, PAGE_BYTES as libc::off_t).map_err(|e| ClaimError::Size(e.into()))?;
+        // Sealed at its size: a worker (or the app in it) that shrank the shared file would
+        // make the bridge's next touch of the page a SIGBUS that kills the daemon.
+        let seals =
+            nix::fcntl::SealFlag::F_SEAL_SHRINK | nix::fcntl::SealFlag::F_SEAL_GROW | nix::fcntl::SealFlag::F_SEAL_SEAL;
+        fcntl(&fd, FcntlArg::F_ADD_SEALS(seals)).map_err(|e| ClaimError::Size(e.into()))?;
         // SAFETY: a fresh shared mapping of the whole (zeroed) file at an address the
         // kernel picks, so no existing memory is affected.
         let p =
@@ -134,6 +140,17 @@ pub(crate) fn next_tag(counter: &mut u32) -> u32 {
 mod tests {
     use super::*;
     use std::sync::Arc;
+
+    #[test]
+    fn the_page_cannot_be_resized_by_whoever_holds_its_descriptor() {
+        let page = ClaimPage::new().expect("page");
+        for len in [0, 2 * PAGE_BYTES as libc::off_t] {
+            let err = nix::unistd::ftruncate(&page.fd, len).expect_err("sealed");
+            assert_eq!(err, nix::errno::Errno::EPERM);
+        }
+        page.queue(CELLS - 1, 1);
+        assert!(page.withdraw(CELLS - 1, 1), "still mapped whole");
+    }
 
     #[test]
     fn exactly_one_side_wins_the_race() {

@@ -90,6 +90,15 @@ async fn give_back(pool: &PoolRuntime, mut slot: SlotConn, fate: SlotFate) {
     }
 }
 
+/// Give back a slot whose connection failed under a request. Usually the worker is gone
+/// (reconnecting fails, the slot is dropped, its supervisor starts a replacement); if only
+/// this connection was closed, a fresh one restores the slot. Either way the dispatcher
+/// forgets it as busy and takes back a request piped onto it.
+fn give_back_failed(pool: &Arc<PoolRuntime>, failed: SlotConn) {
+    let pool = Arc::clone(pool);
+    tokio::spawn(async move { give_back(&pool, failed, SlotFate::Verify).await });
+}
+
 /// Serve one decoded request; the response (or an error page) goes to `sink`.
 pub(crate) async fn serve<S: BodySource, K: ResponseSink>(
     lst: &ListenerCtx,
@@ -454,26 +463,28 @@ impl<'a, S: BodySource, K: ResponseSink> Request<'a, S, K> {
             let outcome = exchange(&mut slot, &info, &self.params, &mut self.source, &mut self.sink, first, pipe).await;
             let Next::Retry(again) = outcome.next else { return Some((slot, outcome)) };
             attempts += 1;
-            let next = if attempts < MAX_ATTEMPTS { pool.dispatcher.acquire(ticket).await.ok() } else { None };
-            let mut next = next?;
-            let again = match (again, &kept) {
-                (First::Resend, Some(kept)) => {
-                    next.load_first_write(kept);
-                    First::Prepared { body_done: true }
-                }
-                (First::Resend, None) => return None,
-                (again, _) => {
-                    next.take_first_write(&mut slot);
-                    again
-                }
+            // A piped request is sent again from the copy it kept; it always has one.
+            let resend = matches!(again, First::Resend);
+            let next = if attempts < MAX_ATTEMPTS && (!resend || kept.is_some()) {
+                pool.dispatcher.acquire(ticket).await.ok()
+            } else {
+                None
             };
-            let failed = std::mem::replace(&mut slot, next);
-            // Usually the worker is gone (then reconnecting fails and the slot is dropped;
-            // its supervisor starts a replacement); if only this connection was closed,
-            // a fresh one restores the slot.
-            let pool = Arc::clone(pool);
-            tokio::spawn(async move { give_back(&pool, failed, SlotFate::Verify).await });
-            first = again;
+            let Some(mut next) = next else {
+                give_back_failed(pool, slot);
+                return None;
+            };
+            match &kept {
+                Some(kept) if resend => {
+                    next.load_first_write(kept);
+                    first = First::Prepared { body_done: true };
+                }
+                _ => {
+                    next.take_first_write(&mut slot);
+                    first = again;
+                }
+            }
+            give_back_failed(pool, std::mem::replace(&mut slot, next));
         }
     }
 
