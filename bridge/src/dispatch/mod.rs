@@ -176,6 +176,15 @@ impl Label {
     }
 }
 
+/// How a request comes to the queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Entry {
+    /// Just admitted: counted, refused when the queue is full, waits at the back.
+    New,
+    /// Admitted before, its connection failed unread: waits at the front.
+    Again,
+}
+
 /// The free slots and the waiting requests of one pool, and its numbers.
 pub(crate) struct Dispatcher<S> {
     inner: Mutex<Inner<S>>,
@@ -366,7 +375,9 @@ impl<S: Slot> Dispatcher<S> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// A free slot, waiting in FIFO order if none is free.
+    /// A free slot, waiting in FIFO order if none is free (the tests' shorthand for
+    /// [`Self::acquire_piped`] without a kept write).
+    #[cfg(test)]
     pub(crate) async fn acquire(&self, ticket: &Ticket<'_>) -> Result<S, AcquireError> {
         self.acquire_piped(ticket, None, std::future::pending()).await.map(|g| g.slot)
     }
@@ -381,7 +392,24 @@ impl<S: Slot> Dispatcher<S> {
         kept: Option<Bytes>,
         aborted: impl std::future::Future<Output = ()>,
     ) -> Result<Granted<S>, AcquireError> {
-        let (mut rx, timeout) = match self.try_acquire(ticket, kept) {
+        self.wait_for_slot(ticket, kept, Entry::New, aborted).await
+    }
+
+    /// A slot for a request already admitted whose worker connection failed before the
+    /// worker read it: a free one, or the front of the queue (it has waited longest). It
+    /// is not counted as accepted again nor refused for a full queue.
+    pub(crate) async fn acquire_again(&self, ticket: &Ticket<'_>) -> Result<S, AcquireError> {
+        self.wait_for_slot(ticket, None, Entry::Again, std::future::pending()).await.map(|g| g.slot)
+    }
+
+    async fn wait_for_slot(
+        &self,
+        ticket: &Ticket<'_>,
+        kept: Option<Bytes>,
+        entry: Entry,
+        aborted: impl std::future::Future<Output = ()>,
+    ) -> Result<Granted<S>, AcquireError> {
+        let (mut rx, timeout) = match self.try_acquire(ticket, kept, entry) {
             Ok(slot) => return Ok(Granted { slot, sent: None }),
             Err(Ok(waiting)) => waiting,
             Err(Err(e)) => return Err(e),
@@ -438,9 +466,12 @@ impl<S: Slot> Dispatcher<S> {
         &self,
         ticket: &Ticket<'_>,
         kept: Option<Bytes>,
+        entry: Entry,
     ) -> Result<S, Result<(oneshot::Receiver<Grant<S>>, Duration), AcquireError>> {
         let mut inner = self.lock();
-        inner.counters.accepted += 1;
+        if entry == Entry::New {
+            inner.counters.accepted += 1;
+        }
         while let Some(slot) = inner.pop_idle() {
             if slot.usable() {
                 let key = slot.key();
@@ -467,12 +498,16 @@ impl<S: Slot> Dispatcher<S> {
         // A piped request still waits for its thread: it counts against the queue as it
         // would without the pipeline.
         let queued = inner.waiters.len() + inner.piped.len();
-        if queued >= inner.queue_size {
+        if entry == Entry::New && queued >= inner.queue_size {
             inner.counters.rejected_queue_full += 1;
             return Err(Err(AcquireError::QueueFull(queued)));
         }
         let (tx, rx) = oneshot::channel();
-        inner.waiters.push_back(Waiter { tx, label: Label::of(ticket), id: ticket.request_id, kept });
+        let waiter = Waiter { tx, label: Label::of(ticket), id: ticket.request_id, kept };
+        match entry {
+            Entry::New => inner.waiters.push_back(waiter),
+            Entry::Again => inner.waiters.push_front(waiter),
+        }
         let queued = inner.waiters.len();
         if queued == 1 && inner.at_max {
             inner.counters.max_reached += 1;

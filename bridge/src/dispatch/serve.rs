@@ -466,7 +466,7 @@ impl<'a, S: BodySource, K: ResponseSink> Request<'a, S, K> {
             // A piped request is sent again from the copy it kept; it always has one.
             let resend = matches!(again, First::Resend);
             let next = if attempts < MAX_ATTEMPTS && (!resend || kept.is_some()) {
-                pool.dispatcher.acquire(ticket).await.ok()
+                pool.dispatcher.acquire_again(ticket).await.ok()
             } else {
                 None
             };

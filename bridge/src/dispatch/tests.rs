@@ -162,6 +162,28 @@ async fn requests_spread_over_workers_before_doubling_up() {
     assert_eq!(got, vec![11, 12, 21, 22]);
 }
 
+#[tokio::test]
+async fn a_request_sent_again_waits_at_the_front_and_is_not_counted_twice() {
+    let d = Arc::new(Dispatcher::<TestSlot>::new(1, Duration::from_secs(30)));
+    let d2 = d.clone();
+    let first = tokio::spawn(async move { d2.acquire(&ticket("/first")).await.map(|s| s.0) });
+    while d.waiting() < 1 {
+        tokio::task::yield_now().await;
+    }
+    // The queue (size 1) is full, but a request admitted before still gets in, in front.
+    let d3 = d.clone();
+    let again = tokio::spawn(async move { d3.acquire_again(&ticket("/again")).await.map(|s| s.0) });
+    while d.waiting() < 2 {
+        tokio::task::yield_now().await;
+    }
+    d.release(slot(1));
+    assert_eq!(again.await.expect("task"), Ok(1), "the request sent again went first");
+    d.release(slot(2));
+    assert_eq!(first.await.expect("task"), Ok(2));
+    let c = d.view().counters;
+    assert_eq!((c.accepted, c.rejected_queue_full), (1, 0));
+}
+
 #[test]
 fn long_uris_are_truncated_not_refused() {
     let long = "/x".repeat(400);
