@@ -431,6 +431,10 @@ pub(crate) trait ReadHalf: tokio::io::AsyncRead + Unpin + Send + Sync + 'static 
     fn readable(&self) -> impl std::future::Future<Output = std::io::Result<()>> + Send;
     /// Read what the socket has without waiting (`WouldBlock` when it has nothing).
     fn try_read_buf(&self, buf: &mut bytes::BytesMut) -> std::io::Result<usize>;
+    /// A read came back short, so it emptied the socket: forget the readiness it left
+    /// set, as tokio's own `poll_read` does, and the next wait sleeps instead of trying a
+    /// recv(2) that fails. No system call; bytes that arrive meanwhile raise a new edge.
+    fn drained(&self);
 }
 
 impl ReadHalf for tokio::net::tcp::OwnedReadHalf {
@@ -440,6 +444,10 @@ impl ReadHalf for tokio::net::tcp::OwnedReadHalf {
     fn try_read_buf(&self, buf: &mut bytes::BytesMut) -> std::io::Result<usize> {
         Self::try_read_buf(self, buf)
     }
+    fn drained(&self) {
+        let stream: &tokio::net::TcpStream = self.as_ref();
+        let _ = stream.try_io(tokio::io::Interest::READABLE, || Err::<(), _>(std::io::ErrorKind::WouldBlock.into()));
+    }
 }
 
 impl ReadHalf for tokio::net::unix::OwnedReadHalf {
@@ -448,6 +456,10 @@ impl ReadHalf for tokio::net::unix::OwnedReadHalf {
     }
     fn try_read_buf(&self, buf: &mut bytes::BytesMut) -> std::io::Result<usize> {
         Self::try_read_buf(self, buf)
+    }
+    fn drained(&self) {
+        let stream: &tokio::net::UnixStream = self.as_ref();
+        let _ = stream.try_io(tokio::io::Interest::READABLE, || Err::<(), _>(std::io::ErrorKind::WouldBlock.into()));
     }
 }
 
@@ -462,7 +474,8 @@ const LINGER_READ: usize = 8192;
 /// Read from `rd` into `buf`. An empty buffer is freed before waiting and the room is
 /// made only once the socket is readable: an idle connection (a kept-alive one between
 /// requests, one that has sent nothing yet) then holds no receive buffer, which is most of
-/// what a thousand of them would cost. When bytes are waiting already this is one read.
+/// what a thousand of them would cost. When bytes are waiting already this is one read, and
+/// a short one is the last until the socket is readable again.
 pub(crate) async fn read_some<R: ReadHalf>(rd: &R, buf: &mut bytes::BytesMut) -> std::io::Result<usize> {
     loop {
         if buf.is_empty() && buf.capacity() > 0 {
@@ -472,8 +485,13 @@ pub(crate) async fn read_some<R: ReadHalf>(rd: &R, buf: &mut bytes::BytesMut) ->
         if buf.capacity() - buf.len() < READ_MIN_ROOM {
             buf.reserve(READ_CHUNK);
         }
+        let room = buf.capacity() - buf.len();
         match rd.try_read_buf(buf) {
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Ok(n) if n > 0 && n < room => {
+                rd.drained();
+                return Ok(n);
+            }
             r => return r,
         }
     }
@@ -784,5 +802,49 @@ mod tests {
     #[test]
     fn missing_file_is_fine() {
         assert!(clear_stale_socket("t", &tmp("none.sock")).is_ok());
+    }
+
+    /// Whether tokio would let a read through now, without making one: try_io calls its
+    /// closure only while the socket is marked readable.
+    fn marked_readable(rd: &tokio::net::unix::OwnedReadHalf) -> bool {
+        let stream: &tokio::net::UnixStream = rd.as_ref();
+        let mut asked = false;
+        let _ = stream.try_io(tokio::io::Interest::READABLE, || {
+            asked = true;
+            Err::<(), _>(std::io::ErrorKind::WouldBlock.into())
+        });
+        asked
+    }
+
+    #[tokio::test]
+    async fn a_short_read_leaves_the_socket_waiting_not_marked_readable() {
+        use tokio::io::AsyncWriteExt;
+        let (a, mut b) = tokio::net::UnixStream::pair().unwrap();
+        let (rd, _wr) = a.into_split();
+        let mut buf = bytes::BytesMut::new();
+        b.write_all(b"one request").await.unwrap();
+        assert_eq!(read_some(&rd, &mut buf).await.unwrap(), 11);
+        // Without `drained`, the next wait would return at once and its recv(2) fail.
+        assert!(!marked_readable(&rd), "a short read emptied the socket");
+        b.write_all(b" and the next").await.unwrap();
+        let n =
+            tokio::time::timeout(std::time::Duration::from_secs(10), read_some(&rd, &mut buf)).await.unwrap().unwrap();
+        assert_eq!((n, &buf[..]), (13, &b"one request and the next"[..]));
+    }
+
+    #[tokio::test]
+    async fn the_end_behind_a_short_read_is_still_seen() {
+        use tokio::io::AsyncWriteExt;
+        let (a, mut b) = tokio::net::UnixStream::pair().unwrap();
+        let (rd, _wr) = a.into_split();
+        b.write_all(b"last words").await.unwrap();
+        b.shutdown().await.unwrap();
+        drop(b);
+        // Let the runtime see the data and the close as one readiness before reading.
+        rd.readable().await.unwrap();
+        let mut buf = bytes::BytesMut::new();
+        assert_eq!(read_some(&rd, &mut buf).await.unwrap(), 10);
+        let end = tokio::time::timeout(std::time::Duration::from_secs(10), read_some(&rd, &mut buf)).await;
+        assert_eq!(end.expect("the close is not lost").unwrap(), 0);
     }
 }
