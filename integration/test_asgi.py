@@ -21,6 +21,17 @@ import respond_servers
 
 ASGI_APP = str(harness.APPS / "asgi_app.py")
 RAW_APP = str(harness.APPS / "asgi_raw_app.py")
+
+
+def _eager_python():
+    """A Python >= 3.12 for the bare app's pool, where a request's task starts eagerly
+    (asgi.py, new_task); the frameworks' pools stay on python3 (3.11 in CI), where it
+    starts from the loop. None when pyenv has neither."""
+    from test_pythons import FOUND
+    return next((FOUND[v][0] for v in ("3.13", "3.12") if v in FOUND), None)
+
+
+EAGER_PYTHON = _eager_python()
 ROUTES = [{"prefix": "/aw", "pool": "auto-wsgi"}, {"prefix": "/timed", "pool": "timed"},
           {"prefix": "/st", "pool": "starlette"}, {"prefix": "/raw", "pool": "raw"},
           {"prefix": "/dj", "pool": "django"}, {"pool": "fastapi"}]
@@ -40,6 +51,7 @@ def env(tmp_path_factory):
         "starlette": harness.pool(f"{ASGI_APP}:starlette_app", interface="auto", processes=1),
         # one process: the concurrency test needs every request on the same event loop
         "raw": harness.pool(f"{RAW_APP}:app", interface="asgi", processes=1, concurrency=64,
+                            **({"python": EAGER_PYTHON} if EAGER_PYTHON else {}),
                             **{"asgi-loop": "asyncio", "slowlog-timeout": "1s",
                                "error-pages": {"404": str(work / "404.html")}}),
         "timed": harness.pool(f"{RAW_APP}:app", interface="asgi", processes=1, concurrency=8,
@@ -222,6 +234,15 @@ def test_scope_mirrors_the_wsgi_environ_mapping(env):
     assert s["client"][0] and isinstance(s["client"][1], int)
     assert s["extensions"] == {"http.response.pathsend": {}}
     assert s["fcgibridge.request_id"]
+
+
+def test_the_bare_app_runs_where_request_tasks_start_eagerly(env):
+    """The contract tests below then cover eager tasks, the framework tests the loop's."""
+    if EAGER_PYTHON is None:
+        pytest.skip("no Python >= 3.12 found (pyenv): the bare app runs on python3")
+    r = fcgi_client.fcgi_request(env[0].listener_address("fcgi"), "/raw/version", headers={"Host": "x"})
+    major, minor = map(int, r.body.split()[0].decode().split(".")[:2])
+    assert (major, minor) >= (3, 12), r.body
 
 
 def test_request_body_streams_as_http_request_events_with_more_body(env):

@@ -307,8 +307,15 @@ class Connection(asyncio.Protocol):
     def data_received(self, data):
         try:
             events = self.codec.feed(data, self.worker.state)
+            ready = []
             for kind, rid, payload in events:
-                self._event(kind, rid, payload)
+                if self._event(kind, rid, payload):
+                    ready.append(self.requests[rid])
+            # Started once the whole read is applied: a body that came with the params is
+            # there when the app first asks for it, and one aborted meanwhile never starts.
+            for req in ready:
+                if not req.disconnected:
+                    self.worker.start(req)
         except _native.AsgiProtocolError as exc:
             sys.stderr.write("fcgibridge worker: bad record from the bridge, connection closed: %s\n" % exc)
             self.transport.abort()
@@ -372,6 +379,7 @@ class Connection(asyncio.Protocol):
             self.codec.end_request(req.rid)
 
     def _event(self, kind, rid, payload):
+        """Apply one decoded event; true when it makes request ``rid`` ready to start."""
         if kind == EV_STDIN:
             req = self.requests.get(rid)
             if req is not None:
@@ -380,7 +388,7 @@ class Connection(asyncio.Protocol):
             req = self.requests.get(rid)
             if req is not None and req.scope is None:
                 req.scope, req.request_id, req.file_roots, req.is_head = payload
-                self.worker.start(req)
+                return True
         elif kind == EV_BEGIN:
             self.requests[rid] = Request(self, rid, AUTHORIZER if payload else RESPONDER)
         elif kind == EV_ABORT:
@@ -490,8 +498,9 @@ class Worker:
         self.stop = None
 
     def start(self, req):
-        req.task = asyncio.ensure_future(req.run(self))
+        # First: an eager task can end before Task() returns, and done() must find it.
         self.running.add(req)
+        req.task = new_task(req.run(self))
 
     def done(self, req):
         self.running.discard(req)
@@ -537,6 +546,16 @@ class Worker:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self.idle, SHUTDOWN_TIMEOUT)
         await lifespan.shutdown()
+
+
+if sys.version_info >= (3, 12):
+    def new_task(coro):
+        """A request's task, run eagerly up to its first real wait: most requests never
+        wait (the body came with the params, the app answers at once) and then end
+        inside this call, without a trip through the loop's ready queue."""
+        return asyncio.Task(coro, loop=asyncio.get_running_loop(), eager_start=True)
+else:
+    new_task = asyncio.ensure_future
 
 
 def _await_chain(task):
