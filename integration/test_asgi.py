@@ -32,9 +32,15 @@ def _eager_python():
 
 
 EAGER_PYTHON = _eager_python()
+# FastAPI and Django in a virtualenv of that Python (scripts/install-test-deps makes it).
+EAGER_VENV = harness.REPO / "integration" / ".venv-eager" / "bin" / "python"
+HAS_EAGER_VENV = EAGER_VENV.exists()
 ROUTES = [{"prefix": "/aw", "pool": "auto-wsgi"}, {"prefix": "/timed", "pool": "timed"},
           {"prefix": "/st", "pool": "starlette"}, {"prefix": "/raw", "pool": "raw"},
-          {"prefix": "/dj", "pool": "django"}, {"pool": "fastapi"}]
+          {"prefix": "/dj", "pool": "django"}]
+if HAS_EAGER_VENV:
+    ROUTES += [{"prefix": "/eager/dj", "pool": "django-eager"}, {"prefix": "/eager", "pool": "fastapi-eager"}]
+ROUTES.append({"pool": "fastapi"})
 
 
 @pytest.fixture(scope="module")
@@ -62,15 +68,20 @@ def env(tmp_path_factory):
                                chdir=str(harness.APPS / "djproject"),
                                env={"DJANGO_SETTINGS_MODULE": "mysite.settings"}),
     }
+    if HAS_EAGER_VENV:
+        pools["fastapi-eager"] = dict(pools["fastapi"], python=str(EAGER_VENV))
+        pools["django-eager"] = dict(pools["django"], python=str(EAGER_VENV))
     listeners = {
         "fcgi": {"fastcgi": f"127.0.0.1:{ports[0]}", "routes": ROUTES, "dialect": "nginx"},
         "fcgi-serve": {"fastcgi": f"127.0.0.1:{ports[1]}", "routes": ROUTES,
                        "file-handoff": "serve", "file-roots": [str(files)]},
         "scgi": {"scgi": f"127.0.0.1:{ports[2]}", "routes": ROUTES},
     }
-    bridge = respond_servers.start_bridge(work, pools, listeners,
-                                          [("fcgi", "/health", "any"), ("fcgi", "/st/health", "any"),
-                                           ("fcgi", "/raw/health", "any"), ("fcgi", "/dj/health/", "any")])
+    probes = [("fcgi", "/health", "any"), ("fcgi", "/st/health", "any"),
+              ("fcgi", "/raw/health", "any"), ("fcgi", "/dj/health/", "any")]
+    if HAS_EAGER_VENV:
+        probes += [("fcgi", "/eager/health", "any"), ("fcgi", "/eager/dj/health/", "any")]
+    bridge = respond_servers.start_bridge(work, pools, listeners, probes)
     nginx = None
     try:
         nginx = respond_servers.Nginx(work / "nginx", bridge.listener_address("fcgi"), files).start()
@@ -134,55 +145,68 @@ def front(request, env):
     return request.getfixturevalue("apache")
 
 
+@pytest.fixture(params=["nginx", "apache", "nginx-eager"])
+def fastapi_front(request, env):
+    """Where the FastAPI app answers: through nginx or Apache on python3, and through nginx
+    from the Python >= 3.12 virtualenv, where its request tasks start eagerly."""
+    if request.param == "nginx":
+        return env[1].url("")
+    if request.param == "apache":
+        return request.getfixturevalue("apache")
+    if not HAS_EAGER_VENV:
+        pytest.skip(f"no {EAGER_VENV.parent.parent.name} (scripts/install-test-deps makes it when pyenv has 3.12+)")
+    return env[1].url("/eager")
+
+
 # ------------------------------------------------------------------ FastAPI
 
 
-def test_fastapi_json_and_path_and_query_params(front):
-    r = requests.get(f"{front}/items/42?q=hello%20world", timeout=60)
+def test_fastapi_json_and_path_and_query_params(fastapi_front):
+    r = requests.get(f"{fastapi_front}/items/42?q=hello%20world", timeout=60)
     assert r.status_code == 200, r.text
     assert r.json() == {"item_id": 42, "q": "hello world"}
     assert r.headers["content-type"] == "application/json"
-    r = requests.get(f"{front}/items/not-a-number", timeout=60)
+    r = requests.get(f"{fastapi_front}/items/not-a-number", timeout=60)
     assert r.status_code == 422
-    r = requests.post(f"{front}/json", json={"b": [1, 2], "a": "x"}, timeout=60)
+    r = requests.post(f"{fastapi_front}/json", json={"b": [1, 2], "a": "x"}, timeout=60)
     assert r.status_code == 200 and r.json() == {"got": {"b": [1, 2], "a": "x"}, "keys": ["a", "b"]}
 
 
-def test_fastapi_form_and_file_upload(front):
+def test_fastapi_form_and_file_upload(fastapi_front):
     data = os.urandom(300_000)
-    r = requests.post(f"{front}/form", data={"name": "Ada"},
+    r = requests.post(f"{fastapi_front}/form", data={"name": "Ada"},
                       files={"upload": ("notes.bin", b"PK\x03\x04" + data, "application/octet-stream")}, timeout=60)
     assert r.status_code == 200, r.text
     assert r.json() == {"name": "Ada", "filename": "notes.bin", "size": len(data) + 4,
                         "head": "PK\x03\x04" + data[:4].decode("latin-1")}
 
 
-def test_fastapi_streaming_response(front):
-    with requests.get(f"{front}/chunks?n=20", stream=True, timeout=60) as r:
+def test_fastapi_streaming_response(fastapi_front):
+    with requests.get(f"{fastapi_front}/chunks?n=20", stream=True, timeout=60) as r:
         assert r.status_code == 200
         assert "content-length" not in r.headers
         body = b"".join(r.iter_content(None))
     assert body == b"".join(b"chunk %d\n" % i for i in range(20))
 
 
-def test_fastapi_background_task_runs_after_the_response(env, front):
+def test_fastapi_background_task_runs_after_the_response(env, fastapi_front):
     work = env[2]
     token = "bg-%d" % time.monotonic_ns()
-    r = requests.post(f"{front}/background?token={token}", timeout=60)
+    r = requests.post(f"{fastapi_front}/background?token={token}", timeout=60)
     assert r.status_code == 200 and r.json() == {"queued": token}
     log = work / "background.log"
     harness.wait_until(lambda: log.exists() and token in log.read_text(), 30, what="the background task")
 
 
-def test_fastapi_app_error_is_a_500_with_the_traceback_logged(env, front):
+def test_fastapi_app_error_is_a_500_with_the_traceback_logged(env, fastapi_front):
     bridge = env[0]
     mark = bridge.log.mark()
-    r = requests.get(f"{front}/boom", timeout=60)
+    r = requests.get(f"{fastapi_front}/boom", timeout=60)
     assert r.status_code == 500
     (line,) = bridge.log.wait_for(r"RuntimeError: boom from the ASGI app", since=mark)
-    assert 'pool="fastapi"' in line and "pid=" in line and 'request_id="' in line, line
+    assert 'pool="fastapi' in line and "pid=" in line and 'request_id="' in line, line
     # the worker goes on serving
-    assert requests.get(f"{front}/items/1", timeout=60).status_code == 200
+    assert requests.get(f"{fastapi_front}/items/1", timeout=60).status_code == 200
 
 
 def test_lifespan_startup_ran_before_serving_and_its_state_reaches_requests(env):
@@ -209,6 +233,15 @@ def test_django_async_view_through_the_asgi_handler(front):
     assert r.json() == {"async": True, "path": "/dj/async/", "script_name": "/dj", "method": "GET", "q": "x"}
     r = requests.get(f"{front}/dj/", timeout=60)  # a sync view and a template, under the same handler
     assert r.status_code == 200 and "<h1>Django behind fcgibridge</h1>" in r.text
+
+
+def test_django_async_view_from_a_python_with_eager_tasks(env):
+    if not HAS_EAGER_VENV:
+        pytest.skip(f"no {EAGER_VENV.parent.parent.name} (scripts/install-test-deps makes it when pyenv has 3.12+)")
+    r = requests.get(env[1].url("/eager/dj/async/?q=y"), timeout=60)
+    assert r.status_code == 200, r.text
+    assert r.json() == {"async": True, "path": "/eager/dj/async/", "script_name": "/eager/dj", "method": "GET",
+                        "q": "y"}
 
 
 # ------------------------------------------------------------------ the ASGI contract
