@@ -35,6 +35,7 @@ EAGER_PYTHON = _eager_python()
 # FastAPI and Django in a virtualenv of that Python (scripts/install-test-deps makes it).
 EAGER_VENV = harness.REPO / "integration" / ".venv-eager" / "bin" / "python"
 HAS_EAGER_VENV = EAGER_VENV.exists()
+NO_EAGER_VENV = "no integration/.venv-eager (scripts/install-test-deps makes it when pyenv has 3.12+)"
 ROUTES = [{"prefix": "/aw", "pool": "auto-wsgi"}, {"prefix": "/timed", "pool": "timed"},
           {"prefix": "/st", "pool": "starlette"}, {"prefix": "/raw", "pool": "raw"},
           {"prefix": "/dj", "pool": "django"}]
@@ -154,7 +155,7 @@ def fastapi_front(request, env):
     if request.param == "apache":
         return request.getfixturevalue("apache")
     if not HAS_EAGER_VENV:
-        pytest.skip(f"no {EAGER_VENV.parent.parent.name} (scripts/install-test-deps makes it when pyenv has 3.12+)")
+        pytest.skip(NO_EAGER_VENV)
     return env[1].url("/eager")
 
 
@@ -237,7 +238,7 @@ def test_django_async_view_through_the_asgi_handler(front):
 
 def test_django_async_view_from_a_python_with_eager_tasks(env):
     if not HAS_EAGER_VENV:
-        pytest.skip(f"no {EAGER_VENV.parent.parent.name} (scripts/install-test-deps makes it when pyenv has 3.12+)")
+        pytest.skip(NO_EAGER_VENV)
     r = requests.get(env[1].url("/eager/dj/async/?q=y"), timeout=60)
     assert r.status_code == 200, r.text
     assert r.json() == {"async": True, "path": "/eager/dj/async/", "script_name": "/eager/dj", "method": "GET",
