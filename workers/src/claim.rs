@@ -6,7 +6,9 @@
 //! runs the request, the worker moves the cell from QUEUED to STARTED; the bridge, to take
 //! it back, from QUEUED to WITHDRAWN. Whoever wins the compare-and-swap decides, so no
 //! message is needed while the serving thread is inside the app (docs/architecture.md).
-use std::os::raw::{c_int, c_long, c_void};
+use nix::sys::mman::{mmap, MapFlags, ProtFlags};
+use std::num::NonZeroUsize;
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
 
@@ -15,15 +17,6 @@ const QUEUED: u32 = 1;
 const STARTED: u32 = 2;
 /// Bytes of the page the bridge maps (a multiple of 4).
 const PAGE_BYTES: usize = 4096;
-
-const PROT_READ: c_int = 1;
-const PROT_WRITE: c_int = 2;
-const MAP_SHARED: c_int = 1;
-
-extern "C" {
-    fn mmap(addr: *mut c_void, len: usize, prot: c_int, flags: c_int, fd: c_int, off: c_long) -> *mut c_void;
-    fn close(fd: c_int) -> c_int;
-}
 
 /// The mapped page (its address), once mapped.
 struct Page(&'static [AtomicU32]);
@@ -34,19 +27,24 @@ static PAGE: OnceLock<Option<Page>> = OnceLock::new();
 /// Without it (a preloaded worker, an old bridge) no request carries a claim.
 pub(crate) fn init() {
     PAGE.get_or_init(|| {
-        let fd: c_int = std::env::var("FCGIBRIDGE_CLAIM_FD").ok()?.trim().parse().ok()?;
-        // SAFETY: a fresh shared mapping of a descriptor the bridge made for us; the result
-        // is checked against MAP_FAILED before use.
-        let p = unsafe { mmap(std::ptr::null_mut(), PAGE_BYTES, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0) };
-        // SAFETY: the descriptor is ours (inherited) and the mapping keeps the memory.
-        unsafe { close(fd) };
-        if p as isize == -1 || p.is_null() {
-            eprintln!("fcgibridge worker: cannot map the claim page: {}", std::io::Error::last_os_error());
-            return None;
-        }
+        let fd: RawFd = std::env::var("FCGIBRIDGE_CLAIM_FD").ok()?.trim().parse().ok()?;
+        // SAFETY: the descriptor is ours, inherited for this and used by nothing else;
+        // dropping it after mapping closes it (the mapping keeps the memory).
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let len = NonZeroUsize::new(PAGE_BYTES).expect("a page is not empty");
+        // SAFETY: a fresh shared mapping of the bridge's page, not aliased by any Rust object.
+        let mapped =
+            unsafe { mmap(None, len, ProtFlags::PROT_READ | ProtFlags::PROT_WRITE, MapFlags::MAP_SHARED, &fd, 0) };
+        let p = match mapped {
+            Ok(p) => p,
+            Err(e) => {
+                eprintln!("fcgibridge worker: cannot map the claim page: {e}");
+                return None;
+            }
+        };
         // SAFETY: PAGE_BYTES of shared memory, never unmapped, aligned to a page; AtomicU32
         // has the layout of u32 and the bridge only touches it atomically too.
-        let cells = unsafe { std::slice::from_raw_parts(p.cast::<AtomicU32>(), PAGE_BYTES / 4) };
+        let cells = unsafe { std::slice::from_raw_parts(p.as_ptr().cast::<AtomicU32>(), PAGE_BYTES / 4) };
         Some(Page(cells))
     });
 }
