@@ -568,9 +568,9 @@ impl<S: Slot> Dispatcher<S> {
     pub(crate) fn unpipe(&self, key: SlotKey) {
         let mut inner = self.lock();
         let inner = &mut *inner;
-        let Some(i) = inner.piped.iter().position(|p| p.key == key) else { return };
-        let p = inner.piped.swap_remove(i);
-        inner.requeue_or_lose(p, &self.wake);
+        if let Some(p) = inner.take_piped(key) {
+            inner.requeue_or_lose(p, &self.wake);
+        }
     }
 
     /// Give a slot back: to the request piped onto it, to a request piped behind a slow
@@ -602,8 +602,7 @@ impl<S: Slot> Dispatcher<S> {
             draining = w.draining;
             keep &= !c.timed_out;
         }
-        if let Some(i) = inner.piped.iter().position(|p| p.key == key) {
-            let p = inner.piped.swap_remove(i);
+        if let Some(p) = inner.take_piped(key) {
             // A draining worker still serves a piped request it has started.
             let withdrawn = (!keep || draining).then(|| p.withdraw());
             match withdrawn {
@@ -649,8 +648,7 @@ impl<S: Slot> Dispatcher<S> {
                 inner.counters.served += 1;
             }
         }
-        if let Some(i) = inner.piped.iter().position(|p| p.key == key) {
-            let p = inner.piped.swap_remove(i);
+        if let Some(p) = inner.take_piped(key) {
             inner.requeue_or_lose(p, &self.wake);
         }
         inner.close_conn(key, &self.wake);
@@ -673,7 +671,6 @@ impl<S: Slot> Dispatcher<S> {
     }
 
     /// Requests waiting right now (a piped request waits for its thread too).
-    #[allow(dead_code)]
     pub(crate) fn waiting(&self) -> usize {
         let mut inner = self.lock();
         inner.waiters.retain(|w| !w.tx.is_closed());
@@ -939,6 +936,12 @@ impl<S: Slot> Inner<S> {
             }
             self.close_conn(slot.key(), wake);
         }
+    }
+
+    /// The request piped onto `key`'s connection, out of the piped list.
+    fn take_piped(&mut self, key: SlotKey) -> Option<Piped<S>> {
+        let i = self.piped.iter().position(|p| p.key == key)?;
+        Some(self.piped.swap_remove(i))
     }
 
     /// The connection under a piped request failed: requeue it if the worker had not
