@@ -498,8 +498,10 @@ impl Conn {
             if !self.usable() || self.rd_eof {
                 return false;
             }
-            // Between requests the next one is almost never here yet (the bridge has
-            // not read END_REQUEST): wait first rather than try a recv that fails.
+            // Between requests the next one is almost never here yet: a piped one usually
+            // came in the read of the current one and is settled above, and the bridge
+            // sends any other only once it has read END_REQUEST. Wait first rather than
+            // try a recv that fails.
             if let Some(fd) = self.fd.as_ref() {
                 if let Err(e) = sys::wait_readable(fd.as_raw_fd()) {
                     eprintln!("fcgibridge worker: waiting for the bridge failed: {e}");
