@@ -70,6 +70,8 @@ struct Template {
     pending: Mutex<Option<PidReply>>,
     exits: Mutex<HashMap<u32, oneshot::Sender<i32>>>,
     alive: AtomicBool,
+    /// Told to fork no more and to exit after its last worker (see `retire`).
+    retired: AtomicBool,
 }
 
 /// A pool's template, started once by whichever worker needs it first.
@@ -254,6 +256,7 @@ async fn start_template(pool: &Pool, python_path: &Path) -> Result<Arc<Template>
         pending: Mutex::new(None),
         exits: Mutex::new(HashMap::new()),
         alive: AtomicBool::new(true),
+        retired: AtomicBool::new(false),
     });
     tokio::spawn(read_control(template.clone()));
     tokio::spawn(watch_template(template.clone(), child));
@@ -274,6 +277,7 @@ impl Template {
     /// No more forks: the template sees EOF on its control socket, keeps reaping (and
     /// reporting) its remaining workers, and exits after the last one.
     fn retire(&self) {
+        self.retired.store(true, Ordering::Release);
         let _ = nix::sys::socket::shutdown(self.ctl.get_ref().as_raw_fd(), nix::sys::socket::Shutdown::Write);
     }
 
@@ -349,6 +353,10 @@ async fn watch_template(t: Arc<Template>, mut child: tokio::process::Child) {
     let status = child.wait().await;
     t.mark_dead();
     match status {
+        // A retired template ends once its last worker has: its replacement is running.
+        Ok(s) if s.success() && t.retired.load(Ordering::Acquire) => {
+            tracing::info!(pool = &*t.pool, pid = t.pid, "retired template ended after its last worker")
+        }
         Ok(s) => {
             tracing::warn!(pool = &*t.pool, pid = t.pid, "template exited ({s}); the next worker starts a new one")
         }
