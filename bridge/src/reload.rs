@@ -76,6 +76,7 @@ async fn apply(dir: &Path, live: Live<'_>, restart_all: bool) -> Result<String, 
             (old_g.status != new_g.status, "status"),
             (old_g.control_socket != new_g.control_socket, "control-socket"),
             (old_g.header_memory != new_g.header_memory, "header-memory"),
+            (old_g.log_file != new_g.log_file, "log-file"),
         ]
         .into_iter()
         .filter_map(|(changed, key)| changed.then_some(key))

@@ -151,9 +151,9 @@ impl Source {
             E::SerdeInvalidValue { unexpected, expected, .. } => {
                 keyed(format!("invalid value {unexpected}; expected {expected}"), path_here)
             }
-            E::InvalidScalar { ty, .. } if ty.starts_with('u') => {
+            E::InvalidScalar { ty, .. } => {
                 let least = path_here.map_or(0, super::resolve::least);
-                keyed(format!("expected a whole number, {least} or more"), path_here)
+                keyed(scalar_wanted(ty, least), path_here)
             }
             E::Unexpected { expected, .. } => {
                 let wanted = match *expected {
@@ -165,7 +165,7 @@ impl Source {
                 keyed(format!("expected {wanted}"), path_here)
             }
             E::NullIntoString { .. } => keyed("has no value; write one, or leave the key out".to_owned(), path_here),
-            E::Message { .. } | E::InvalidScalar { .. } => {
+            E::Message { .. } => {
                 let message = DefaultMessageFormatter.format_message(err).into_owned();
                 keyed(message, path_here)
             }
@@ -180,6 +180,25 @@ impl Source {
         };
         // A bad value: the key stays, without its value.
         (error, fix(false))
+    }
+}
+
+/// What a key of Rust type `ty` takes, said for the operator (`least`: an unsigned key's
+/// smallest accepted value).
+fn scalar_wanted(ty: &str, least: u64) -> String {
+    let most = match ty {
+        "u8" => Some(u64::from(u8::MAX)),
+        "u16" => Some(u64::from(u16::MAX)),
+        "u32" => Some(u64::from(u32::MAX)),
+        "u64" | "usize" => return format!("expected a whole number, {least} or more"),
+        _ => None,
+    };
+    match (most, ty) {
+        (Some(most), _) => format!("expected a whole number from {least} to {most}"),
+        (None, t) if t.starts_with('i') => "expected a whole number (e.g. -5 or 10)".to_owned(),
+        (None, t) if t.starts_with('f') => "expected a number".to_owned(),
+        (None, "bool" | "boolean") => "expected true or false".to_owned(),
+        (None, other) => format!("expected a value of type {other}"),
     }
 }
 

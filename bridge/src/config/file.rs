@@ -9,13 +9,46 @@ use serde::Deserialize;
 use std::fmt;
 use std::marker::PhantomData;
 
-/// Top level of a file: any of the three sections.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+/// Top level of a file: any of the three sections, and `x-…` keys, which are ignored: a
+/// place for YAML anchors that pools or listeners share (`x-common: &common {...}`).
+#[derive(Debug, Default)]
 pub(super) struct RawFile {
     pub bridge: Option<RawBridge>,
     pub pools: Option<Entries<RawPool>>,
     pub listeners: Option<Entries<RawListener>>,
+}
+
+impl<'de> Deserialize<'de> for RawFile {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        const SECTIONS: &[&str] = &["bridge", "pools", "listeners"];
+        struct FileVisitor;
+
+        impl<'de> Visitor<'de> for FileVisitor {
+            type Value = RawFile;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a mapping of bridge, pools and listeners")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut file = RawFile::default();
+                while let Some(key) = map.next_key::<String>()? {
+                    match key.as_str() {
+                        "bridge" if file.bridge.is_none() => file.bridge = map.next_value()?,
+                        "pools" if file.pools.is_none() => file.pools = map.next_value()?,
+                        "listeners" if file.listeners.is_none() => file.listeners = map.next_value()?,
+                        k if SECTIONS.contains(&k) => return Err(de::Error::duplicate_field(SECTIONS[0])),
+                        k if k.starts_with("x-") => {
+                            map.next_value::<de::IgnoredAny>()?;
+                        }
+                        k => return Err(de::Error::unknown_field(k, SECTIONS)),
+                    }
+                }
+                Ok(file)
+            }
+        }
+        deserializer.deserialize_map(FileVisitor)
+    }
 }
 
 /// The `bridge:` section.
@@ -112,9 +145,19 @@ pub struct RawPool {
     pub script_user: Option<String>,
     pub script_group: Option<String>,
     pub preload: Option<bool>,
-    /// Makes the entry a template of pools made per request (config/template.rs).
-    #[serde(skip_serializing)]
+    /// Makes the entry a template of pools made per request (config/template.rs). Written
+    /// with no value (`template:`), it is a template with every default.
+    #[serde(skip_serializing, default, deserialize_with = "present")]
     pub template: Option<super::template::RawTemplate>,
+}
+
+/// A key that is there, even with no value: null reads as the default.
+fn present<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de> + Default,
+{
+    Ok(Some(Option::<T>::deserialize(d)?.unwrap_or_default()))
 }
 
 /// One entry under `listeners:`.

@@ -194,60 +194,41 @@ pub fn resolve(
 ) -> Result<Isolation, ConfigError> {
     let Runs { app, chdir, python } = runs;
     let me = (privileges == Privileges::Check).then(bridge_ids);
-    let bad = |key: &str, msg: String| src.invalid(&here.key(key), msg);
+    // Every key is checked, so that one run of `check` names each mistake.
+    let mut errs = Vec::new();
+    let mut bad = |key: KeyPath, msg: String| errs.push(src.invalid(&key, msg));
+    let key = |name: &str| here.key(name);
 
-    let user = match raw.user.as_deref() {
-        None => None,
-        Some(text) => Some(lookup_user(text).map_err(|m| bad("user", m))?),
-    };
-    let group = match raw.group.as_deref() {
-        None => None,
-        Some(text) => Some(lookup_group(text).map_err(|m| bad("group", m))?),
-    };
-    let groups = match raw.groups {
-        None => None,
-        Some(list) => {
-            let mut out = Vec::with_capacity(list.len());
-            for (i, text) in list.iter().enumerate() {
-                out.push(lookup_group(text).map_err(|m| src.invalid(&here.key("groups").index(i), m))?);
-            }
-            Some(out)
-        }
-    };
-    let script_user = match raw.script_user.as_deref() {
-        None => None,
-        Some(text) => Some(lookup_user(text).map_err(|m| bad("script-user", m))?.account),
-    };
-    let script_group = match raw.script_group.as_deref() {
-        None => None,
-        Some(text) => Some(lookup_group(text).map_err(|m| bad("script-group", m))?),
-    };
-    let umask = match raw.umask.as_deref() {
-        None => None,
-        Some(text) => Some(
-            super::resolve::parse_mode(text)
-                .ok()
-                .filter(|m| *m <= 0o777)
-                .ok_or_else(|| bad("umask", format!("{text:?} is not an octal umask; write e.g. \"0027\"")))?,
-        ),
-    };
+    let user = raw.user.as_deref().and_then(|text| lookup_user(text).map_err(|m| bad(key("user"), m)).ok());
+    let group = raw.group.as_deref().and_then(|text| lookup_group(text).map_err(|m| bad(key("group"), m)).ok());
+    let groups = raw.groups.map(|list| {
+        let found = list.iter().enumerate().map(|(i, text)| lookup_group(text).map_err(|m| (i, m)));
+        found.filter_map(|r| r.map_err(|(i, m)| bad(key("groups").index(i), m)).ok()).collect::<Vec<_>>()
+    });
+    let script_user = raw
+        .script_user
+        .as_deref()
+        .and_then(|text| lookup_user(text).map(|u| u.account).map_err(|m| bad(key("script-user"), m)).ok());
+    let script_group =
+        raw.script_group.as_deref().and_then(|text| lookup_group(text).map_err(|m| bad(key("script-group"), m)).ok());
+    let umask = raw.umask.as_deref().and_then(|text| {
+        let mode = super::resolve::parse_mode(text).ok().filter(|m| *m <= 0o777);
+        mode.ok_or_else(|| bad(key("umask"), format!("{text:?} is not an octal umask; write e.g. \"0027\""))).ok()
+    });
     let rlimit_core = match raw.rlimit_core.as_deref() {
         None => None,
         Some("unlimited") | Some("infinity") => Some(UNLIMITED),
-        Some(text) => Some(parse_size(text).map_err(|m| bad("rlimit-core", format!("{m}, or \"unlimited\"")))?),
+        Some(text) => parse_size(text).map_err(|m| bad(key("rlimit-core"), format!("{m}, or \"unlimited\""))).ok(),
     };
     if raw.rlimit_nofile == Some(0) {
-        return Err(bad(
-            "rlimit-nofile",
-            "must be at least 1 (a worker needs descriptors for its socket and pipes)".into(),
-        ));
+        bad(key("rlimit-nofile"), "must be at least 1 (a worker needs descriptors for its socket and pipes)".into());
     }
-    if let Some(n) = raw.nice {
-        if !(-20..=19).contains(&n) {
-            return Err(bad("nice", format!("{n} is outside -20..19")));
-        }
+    if let Some(n) = raw.nice.filter(|n| !(-20..=19).contains(n)) {
+        bad(key("nice"), format!("{n} is outside -20..19"));
     }
-    let chroot = chroot(dir, raw.chroot.as_deref(), app, chdir, python).map_err(|m| bad("chroot", m))?;
+    let chroot =
+        chroot(dir, raw.chroot.as_deref(), app, chdir, python).map_err(|m| bad(key("chroot"), m)).ok().flatten();
+    ConfigError::from_all(errs)?;
 
     let iso = Isolation {
         user,

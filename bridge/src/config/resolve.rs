@@ -32,8 +32,18 @@ pub(super) const DEFAULT_MAX_RANGES: u32 = 16;
 pub(super) const DEFAULT_CALLABLE: &str = "application";
 
 /// Whole-number keys whose smallest accepted value is 1 (the others accept 0).
-const AT_LEAST_ONE: &[&str] =
-    &["threads", "concurrency", "processes", "max-processes", "max-spawn-rate", "backlog", "rlimit-nofile"];
+const AT_LEAST_ONE: &[&str] = &[
+    "threads",
+    "concurrency",
+    "processes",
+    "max-processes",
+    "max-spawn-rate",
+    "backlog",
+    "rlimit-nofile",
+    "max-connections",
+    "max-instances",
+    "spawn-rate",
+];
 
 /// The smallest value the whole-number key at `path` accepts, for its error message.
 pub(super) fn least(path: &KeyPath) -> u64 {
@@ -516,12 +526,27 @@ fn socket_options(
         }
     }
     for (value, key) in [(&raw.socket_owner, "socket-owner"), (&raw.socket_group, "socket-group")] {
-        if value.as_deref().is_some_and(str::is_empty) {
+        let Some(name) = value.as_deref() else { continue };
+        if name.is_empty() {
             errs.push(src.invalid(&here.key(key), "is empty; name a user or group, or leave the key out"));
+        } else if name.parse::<u32>().is_err() && !account_exists(key == "socket-owner", name) {
+            let what = if key == "socket-owner" { "user" } else { "group" };
+            errs.push(src.invalid(&here.key(key), format!("no such {what} {name:?} on this system")));
         }
     }
     let mode = raw.socket_mode.as_deref()?;
     note(errs, parse_mode(mode).map_err(|m| src.invalid(&here.key("socket-mode"), m)))
+}
+
+/// Whether the user (or group) `name` exists here; a failed lookup counts as existing, so
+/// that only a definite "no such account" refuses the file.
+fn account_exists(user: bool, name: &str) -> bool {
+    let found = if user {
+        nix::unistd::User::from_name(name).map(|u| u.is_some())
+    } else {
+        nix::unistd::Group::from_name(name).map(|g| g.is_some())
+    };
+    found.unwrap_or(true)
 }
 
 /// `pool:` (everything to one pool) or `routes:`; `None` after an error.

@@ -158,8 +158,12 @@ pub fn resolve(
         Some("ondemand") | Some("on-demand") => Mode::OnDemand,
         Some(other) => {
             let hint = super::hint::suggestion(other, &["static", "dynamic", "ondemand"]);
-            // The other keys are not checked against a mode that is not known.
-            return Err(src.invalid(&here.key("mode"), format!("unknown mode {other:?}{hint}")));
+            bad("mode", format!("unknown mode {other:?}{hint}"));
+            // The keys that depend on the mode are not checked against an unknown one; the
+            // rest still are.
+            let mut s = Supervision::default();
+            recycling(&mut s, &raw, &bad);
+            return Err(ConfigError::several(errs.into_inner()));
         }
     };
     let not_in = |key: &str, given: bool, what: &str| {

@@ -255,7 +255,9 @@ pub fn resolve(
     let paths_vary = with_placeholders.iter().any(|k| dependent.contains(&k.as_str()));
     if let Err(e) = super::resolve::pool(src, dir, name, sample, opts) {
         let prefix = here.to_string();
-        for e in flatten(e) {
+        // A key already refused for its placeholder is not reported again for its value.
+        let refused: Vec<String> = errs.iter().filter_map(error_key).map(str::to_owned).collect();
+        for e in flatten(e).into_iter().filter(|e| error_key(e).is_none_or(|k| !refused.iter().any(|r| r == k))) {
             let key = match &e {
                 ConfigError::Invalid { key, .. } => key.strip_prefix(&prefix).unwrap_or("").trim_start_matches('.'),
                 _ => "",
@@ -293,6 +295,14 @@ pub fn resolve(
 
 type Settings = (Option<regex::Regex>, u32, Option<Duration>, u32, Duration, u32);
 
+/// The key an error is about, as written (`pools.x.max-body`).
+fn error_key(e: &ConfigError) -> Option<&str> {
+    match e {
+        ConfigError::Invalid { key, .. } => Some(key),
+        _ => None,
+    }
+}
+
 /// The `template:` block's own keys, with their defaults.
 fn block_settings(src: &Source, here: &KeyPath, b: RawTemplate, errs: &mut Vec<ConfigError>) -> Option<Settings> {
     let before = errs.len();
@@ -302,7 +312,11 @@ fn block_settings(src: &Source, here: &KeyPath, b: RawTemplate, errs: &mut Vec<C
         Some(text) => match regex::Regex::new(&format!("^(?:{text})$")) {
             Ok(r) => Some(r),
             Err(e) => {
-                errs.push(src.invalid(&here.key("allow"), format!("{text:?} is not a regular expression: {e}")));
+                // The parser's message draws the (anchored) pattern over several lines; its
+                // last line says what is wrong.
+                let e = e.to_string();
+                let why = e.lines().last().unwrap_or_default().trim_start_matches("error: ");
+                errs.push(src.invalid(&here.key("allow"), format!("{text:?} is not a regular expression: {why}")));
                 None
             }
         },

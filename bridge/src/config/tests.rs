@@ -282,9 +282,12 @@ fn wrong_types_name_the_key() {
     let cases = [
         (
             "pools:\n  x:\n    app: x\n    processes: many\n",
-            "4:16: pools.x.processes: expected a whole number, 1 or more",
+            "4:16: pools.x.processes: expected a whole number from 1 to 4294967295",
         ),
-        ("pools:\n  x:\n    app: x\n    threads: -1\n", "4:14: pools.x.threads: expected a whole number, 1 or more"),
+        (
+            "pools:\n  x:\n    app: x\n    threads: -1\n",
+            "4:14: pools.x.threads: expected a whole number from 1 to 4294967295",
+        ),
         (
             "pools:\n  x:\n    app: x\n    queue-size: -1\n",
             "4:17: pools.x.queue-size: expected a whole number, 0 or more",
@@ -552,10 +555,10 @@ listeners:
     let lines = error_lines(&valid("four-mistakes").file("30-x.yaml", text));
     let want = [
         "4:5: pools.x.threads: must be 1 or more",
-        "5:16: pools.x.processes: expected a whole number, 1 or more",
+        "5:16: pools.x.processes: expected a whole number from 1 to 4294967295",
         "6:5: pools.x.queue-timout: unknown key; did you mean \"queue-timeout\"?",
         "7:22: pools.x.startup-timeout: invalid duration \"soon\"",
-        "12:14: listeners.l.backlog: expected a whole number, 1 or more",
+        "12:14: listeners.l.backlog: expected a whole number from 1 to 4294967295",
         "13:5: listeners.l.dialect: unknown web server \"klingon\"",
     ];
     assert_eq!(lines.len(), want.len(), "{lines:#?}");
@@ -626,7 +629,10 @@ fn whole_number_bounds_are_the_real_ones() {
             "pools:\n  x:\n    app: x\n    threads: 0\n    processes: 0\n",
             &["4:5: pools.x.threads: must be 1 or more", "5:5: pools.x.processes: must be 1 or more"][..],
         ),
-        ("pools:\n  x:\n    app: x\n    threads: -4\n", &["4:14: pools.x.threads: expected a whole number, 1 or more"]),
+        (
+            "pools:\n  x:\n    app: x\n    threads: -4\n",
+            &["4:14: pools.x.threads: expected a whole number from 1 to 4294967295"],
+        ),
         (
             "pools:\n  x:\n    app: x\n    max-requests: -1\n",
             &["4:19: pools.x.max-requests: expected a whole number, 0 or more"],
@@ -637,7 +643,7 @@ fn whole_number_bounds_are_the_real_ones() {
         ),
         (
             "listeners:\n  x:\n    fastcgi: 127.0.0.1:9100\n    pool: demo\n    backlog: -1\n",
-            &["5:14: listeners.x.backlog: expected a whole number, 1 or more"],
+            &["5:14: listeners.x.backlog: expected a whole number from 1 to 4294967295"],
         ),
     ];
     for (text, want) in cases {
@@ -701,4 +707,99 @@ fn interface_keys_that_do_not_fit_the_pool_say_which_to_set() {
         let expected = format!("ROOT/conf.d/30-x.yaml:{expected}");
         assert!(err.starts_with(&expected), "got:  {err}\nwant: {expected}");
     }
+}
+
+#[test]
+fn checks_across_pools_and_listeners_name_every_mistake() {
+    // Every unknown pool and every address conflict, not the first of each.
+    let text = "\
+listeners:
+  a: {fastcgi: 127.0.0.1:9100, pool: dmeo}
+  b: {fastcgi: 127.0.0.1:9101, pool: other}
+  c: {fastcgi: 127.0.0.1:9100, pool: demo}
+  d: {fastcgi: 127.0.0.1:9101, pool: demo}
+";
+    let lines = error_lines(&valid("across").file("30-x.yaml", text));
+    let want = [
+        "2:32: listeners.a.pool: unknown pool \"dmeo\"; did you mean \"demo\"?",
+        "3:32: listeners.b.pool: unknown pool \"other\"",
+        "4:7: listeners.c.fastcgi: address already used by listener \"a\"",
+        "5:7: listeners.d.fastcgi: address already used by listener \"b\"",
+    ];
+    assert_eq!(lines.len(), want.len(), "{lines:#?}");
+    for (line, want) in lines.iter().zip(want) {
+        assert!(line.starts_with(want), "got:  {line}\nwant: {want}");
+    }
+}
+
+#[test]
+fn socket_owner_and_group_must_exist() {
+    let text = "listeners:\n  u:\n    fastcgi: /tmp/x.sock\n    pool: demo\n    socket-owner: no-such-user-here\n    socket-group: no-such-group-here\n";
+    let lines = error_lines(&valid("socket-owner").file("30-x.yaml", text));
+    assert_eq!(
+        lines,
+        [
+            "5:5: listeners.u.socket-owner: no such user \"no-such-user-here\" on this system",
+            "6:5: listeners.u.socket-group: no such group \"no-such-group-here\" on this system",
+        ]
+    );
+    let ok =
+        "listeners:\n  u:\n    fastcgi: /tmp/x.sock\n    pool: demo\n    socket-owner: root\n    socket-group: '0'\n";
+    valid("socket-owner-ok").file("30-x.yaml", ok).config();
+}
+
+#[test]
+fn isolation_and_an_unknown_mode_hide_no_other_mistake() {
+    let text = "\
+pools:
+  x:
+    app: x
+    user: no-such-user-here
+    umask: '0999'
+    rlimit-nofile: 0
+    nice: 30
+    mode: dinamic
+    cpu-time-limit: 1500ms
+    pipeline: maybe
+";
+    let lines = error_lines(&valid("iso-all").file("30-x.yaml", text));
+    let want = [
+        "4:5: pools.x.user: no such user \"no-such-user-here\"",
+        "5:5: pools.x.umask: \"0999\" is not an octal umask",
+        "6:5: pools.x.rlimit-nofile: must be at least 1",
+        "7:5: pools.x.nice: 30 is outside -20..19",
+        "8:5: pools.x.mode: unknown mode \"dinamic\"; did you mean \"dynamic\"?",
+        "9:5: pools.x.cpu-time-limit: is counted in whole seconds",
+        "10:15: pools.x.pipeline: expected true or false",
+    ];
+    assert_eq!(lines.len(), want.len(), "{lines:#?}");
+    for (line, want) in lines.iter().zip(want) {
+        assert!(line.starts_with(want), "got:  {line}\nwant: {want}");
+    }
+}
+
+#[test]
+fn a_template_key_with_no_value_is_a_template_with_its_defaults() {
+    let text = "pools:\n  sites:\n    app: /srv/{host}/app.py\n    template:\n";
+    let config = valid("template-null").file("30-x.yaml", text).config();
+    let t = config.templates.iter().find(|t| t.name == "sites").expect("a template, not a pool");
+    assert_eq!(t.max_instances, super::template::DEFAULT_MAX_INSTANCES);
+    // A mistake inside the block does not turn the template into a pool either.
+    let text = "pools:\n  sites:\n    app: /srv/{host}/app.py\n    template:\n      alow: x\n";
+    let lines = error_lines(&valid("template-typo").file("30-x.yaml", text));
+    assert_eq!(lines, ["5:7: pools.sites.template.alow: unknown key; did you mean \"allow\"?"], "{lines:#?}");
+    // A bad pattern is one line that says what is wrong with it.
+    let text = "pools:\n  sites:\n    app: /srv/{host}/app.py\n    template:\n      allow: '('\n";
+    let lines = error_lines(&valid("template-regex").file("30-x.yaml", text));
+    assert_eq!(lines, ["5:7: pools.sites.template.allow: \"(\" is not a regular expression: unclosed group"]);
+}
+
+#[test]
+fn x_keys_hold_shared_anchors_and_other_top_level_keys_are_refused() {
+    let text = "x-common: &common\n  threads: 3\npools:\n  x:\n    <<: *common\n    app: x\n";
+    let config = valid("x-keys").file("30-x.yaml", text).config();
+    assert_eq!(config.pools.iter().find(|p| p.name == "x").map(|p| p.threads), Some(3));
+    let lines = error_lines(&valid("x-typo").file("30-x.yaml", "pols:\n  x:\n    app: x\n"));
+    assert_eq!(lines.len(), 1, "{lines:#?}");
+    assert!(lines[0].starts_with("1:1: pols: unknown key; did you mean \"pools\"?"), "{lines:#?}");
 }

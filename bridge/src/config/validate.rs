@@ -113,10 +113,10 @@ pub(super) fn merge(
     if !files_unreadable {
         let mut known = broken_pools.clone();
         known.extend(templates.iter().map(|t| t.name.clone()));
-        errors.extend(check_routes(&listeners, &pools, &known, &sources).err());
+        errors.extend(check_routes(&listeners, &pools, &known, &sources));
         errors.extend(check_captures(&listeners, &templates, &sources));
     }
-    errors.extend(check_addresses(&listeners, &sources).err());
+    errors.extend(check_addresses(&listeners, &sources));
     ConfigError::from_all(errors)?;
 
     Ok(Config {
@@ -167,7 +167,8 @@ fn check_routes(
     pools: &[(Pool, At)],
     broken: &[String],
     sources: &[Source],
-) -> Result<(), ConfigError> {
+) -> Vec<ConfigError> {
+    let mut errs = Vec::new();
     let names: Vec<&str> =
         pools.iter().map(|(p, _)| p.name.as_str()).chain(broken.iter().map(String::as_str)).collect();
     for (listener, file_no) in listeners {
@@ -190,10 +191,10 @@ fn check_routes(
             } else {
                 hint::suggestion(&route.pool, &names)
             };
-            return Err(source.invalid(&key, format!("unknown pool {:?}{known}", route.pool)));
+            errs.push(source.invalid(&key, format!("unknown pool {:?}{known}", route.pool)));
         }
     }
-    Ok(())
+    errs
 }
 
 /// A route prefix that captures a placeholder (`/~{user}`) must lead to a template that
@@ -231,26 +232,25 @@ fn conflicts(a: &ListenAddress, b: &ListenAddress) -> bool {
     }
 }
 
-fn check_addresses(listeners: &[(Listener, usize)], sources: &[Source]) -> Result<(), ConfigError> {
+/// Each listener whose address an earlier one already holds (one error per listener).
+fn check_addresses(listeners: &[(Listener, usize)], sources: &[Source]) -> Vec<ConfigError> {
+    let key = |l: &Listener| {
+        let proto = match l.protocol {
+            super::model::Protocol::FastCgi => "fastcgi",
+            super::model::Protocol::Scgi => "scgi",
+        };
+        KeyPath::of(&["listeners", &l.name, proto])
+    };
+    let mut errs = Vec::new();
     for (i, (listener, file_no)) in listeners.iter().enumerate() {
-        for (earlier, earlier_file) in &listeners[..i] {
-            if conflicts(&earlier.address, &listener.address) {
-                let key = |l: &Listener| {
-                    let proto = match l.protocol {
-                        super::model::Protocol::FastCgi => "fastcgi",
-                        super::model::Protocol::Scgi => "scgi",
-                    };
-                    KeyPath::of(&["listeners", &l.name, proto])
-                };
-                let first_at = sources[*earlier_file].at(&key(earlier));
-                return Err(sources[*file_no].invalid(
-                    &key(listener),
-                    format!("address already used by listener {:?} at {first_at}", earlier.name),
-                ));
-            }
+        let earlier = listeners[..i].iter().find(|(earlier, _)| conflicts(&earlier.address, &listener.address));
+        if let Some((earlier, earlier_file)) = earlier {
+            let first_at = sources[*earlier_file].at(&key(earlier));
+            let msg = format!("address already used by listener {:?} at {first_at}", earlier.name);
+            errs.push(sources[*file_no].invalid(&key(listener), msg));
         }
     }
-    Ok(())
+    errs
 }
 
 /// The `bridge:` keys gathered across files, remembering who set each.
