@@ -53,12 +53,16 @@ pub enum RequestError {
     Refused { address: String, status: &'static str },
     #[error("{address} sent a malformed CGI response: {detail}")]
     BadResponse { address: String, detail: String },
+    /// Standard output went away (`| head -1`): the reader has what it wanted.
+    #[error("cannot write the response to standard output: {0}")]
+    Output(io::Error),
 }
 
 /// Entry point of the subcommand.
 pub fn main(args: Args) -> ExitCode {
     match run(&args, &mut io::stdout().lock(), &mut io::stderr().lock()) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(RequestError::Output(e)) if e.kind() == io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("fcgibridge request: {err}");
             ExitCode::from(if matches!(err, RequestError::Usage(_)) { 2 } else { 1 })
@@ -371,7 +375,7 @@ impl Printer {
 
     fn stdout(&mut self, data: &[u8], out: &mut impl Write) -> Result<(), RequestError> {
         if self.head_done {
-            return out.write_all(data).map_err(|e| self.io(e));
+            return out.write_all(data).map_err(RequestError::Output);
         }
         self.head.extend_from_slice(data);
         let parsed = cgi::parse_response_head(&self.head, MAX_HEAD)
@@ -379,8 +383,8 @@ impl Printer {
         if let Some((head, used)) = parsed {
             self.head_done = true;
             let rest = self.head.split_off(used);
-            out.write_all(&status_and_headers(&head)).map_err(|e| self.io(e))?;
-            out.write_all(&rest).map_err(|e| self.io(e))?;
+            out.write_all(&status_and_headers(&head)).map_err(RequestError::Output)?;
+            out.write_all(&rest).map_err(RequestError::Output)?;
             self.head = Vec::new();
         }
         Ok(())
@@ -392,7 +396,7 @@ impl Printer {
             return Ok(());
         }
         let detail = if self.head.is_empty() {
-            "the application sent no output at all".to_owned()
+            "nothing came back (the application sent no output, or the listener speaks the other protocol: FastCGI by default, SCGI with --scgi)".to_owned()
         } else {
             format!("the output ended inside the header block ({} bytes, no blank line)", self.head.len())
         };
@@ -651,6 +655,35 @@ mod tests {
         run(&a, &mut out, &mut err).unwrap();
         app.join().unwrap();
         assert_eq!(String::from_utf8(out).unwrap(), "HTTP/1.1 302 Found\r\nLocation: /elsewhere\r\n\r\nfrom /old?x=1");
+    }
+
+    /// A closed standard output is the reader's choice, not a failed connection.
+    #[test]
+    fn a_closed_stdout_is_told_apart_from_the_connection() {
+        struct Closed;
+        impl Write for Closed {
+            fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+                Err(io::ErrorKind::BrokenPipe.into())
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let dir = crate::config::tests::scratch_dir("request-closed-stdout");
+        let sock = dir.join("app.sock");
+        let listener = UnixListener::bind(&sock).unwrap();
+        let app = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf).unwrap();
+            s.write_all(b"Status: 200 OK\r\n\r\nhello").unwrap();
+        });
+        let mut a = args("/");
+        a.address = sock.display().to_string();
+        a.scgi = true;
+        let e = run(&a, &mut Closed, &mut Vec::new()).unwrap_err();
+        app.join().unwrap();
+        assert!(matches!(&e, RequestError::Output(io) if io.kind() == io::ErrorKind::BrokenPipe), "{e}");
     }
 
     #[test]

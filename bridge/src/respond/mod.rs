@@ -66,7 +66,8 @@ pub(crate) fn encode_head(head: &ResponseHead, extra: usize) -> Result<(u16, Byt
     put_u16(&mut out, status);
     out.put_u8(b' ');
     match &head.reason {
-        Some(r) if !r.is_empty() => {
+        // The app's reason belongs to the app's status, not to one the bridge changed.
+        Some(r) if !r.is_empty() && head.status == Some(status) => {
             if has_ctl(r) {
                 return Err(HeadError::ControlInReason);
             }
@@ -189,6 +190,15 @@ mod tests {
             text(&head(None, &[("Content-Type", "text/plain")])),
             "Status: 200 OK\r\nContent-Type: text/plain\r\n\r\n"
         );
+    }
+
+    #[test]
+    fn a_200_with_an_absolute_location_is_302_found_not_302_ok() {
+        let mut h = head(Some(200), &[("Location", "http://x/")]);
+        h.reason = Some(Bytes::from_static(b"OK"));
+        let (status, out) = encode_head(&h, 0).expect("encodes");
+        assert_eq!(status, 302);
+        assert!(out.starts_with(b"Status: 302 Found\r\n"), "{:?}", String::from_utf8_lossy(&out));
     }
 
     #[test]
