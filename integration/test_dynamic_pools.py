@@ -27,6 +27,7 @@ import requests
 from harness import (APPS, REPO, Bridge, can_connect, free_ports, make_bridge, nginx_conf, start_nginx,
                      stop_process, to_yaml, wait_until)
 import fcgi_client
+import harness
 from servers.frontends import find_binary, substitute
 
 DOC = REPO / "docs" / "dynamic-pools.md"
@@ -120,6 +121,11 @@ def test_the_shipped_example_runs_as_it_is(tmp_path):
         assert fcgi_client.fcgi_request(addr, "/", headers={"Host": "gamma.test"}).status == 404
         b.log.wait_for(r"no site for key \"gamma.test\".*answering 404")
         assert len(new_instance_lines(b)) == 2
+        # The example's control socket answers `status --config` as its header says.
+        status = subprocess.run([str(harness.bridge_binary()), "status", "--config", str(confdir)],
+                                capture_output=True, text=True, timeout=60)
+        assert status.returncode == 0, status.stderr
+        assert "sites[alpha.test]" in status.stdout and "sites[beta.test]" in status.stdout, status.stdout
     finally:
         b.stop()
 

@@ -573,8 +573,11 @@ def test_migration_guide_works_as_written(tmp_path):
 
         # after: the conf.d file, check, run
         conf = fill(guide_snippet("flup-conf"))
-        if os.geteuid() == 0:  # the suite runs as root in CI; the bridge refuses root workers without consent
-            conf = conf.replace("    app: ", "    allow-root: true\n    app: ", 1)
+        assert "user: www-data" in conf and "python: /usr/bin/python3" in conf, conf
+        # The workers run as the suite's user (root in CI, with consent): www-data cannot
+        # enter the test's private directory. The test's Python stands in for /usr/bin's.
+        conf = re.sub(r"user: www-data.*", "allow-root: true" if os.geteuid() == 0 else "", conf)
+        conf = conf.replace("python: /usr/bin/python3", f"python: {sys.executable}")
         (confd / "app.yaml").write_text(conf)
         binary = str(harness.bridge_binary())
         check = fill(guide_snippet("flup-check")).split()
