@@ -19,9 +19,10 @@ def test_exception_before_headers_is_500_with_traceback_logged(nginx, transport,
     log.wait_for([f"RuntimeError: failure before headers {tag}"])
     text = log.text()
     assert "Traceback" in text
-    # a warning or error of the bridge's own (not the access log) names the pool and the URI
-    assert any(re.search(r"(WARN|ERROR)", ln) and "edge" in ln and "/raise-before" in ln
-               for ln in log.lines()), text[-3000:]
+    # the traceback is logged at ERROR (where operators alert), each line naming the pool
+    # and the URI
+    tb = [ln for ln in log.lines() if "Traceback (most recent call last)" in ln or tag in ln]
+    assert tb and all("ERROR" in ln and "edge" in ln and "/raise-before" in ln for ln in tb), text[-3000:]
     # and the next request is served normally
     assert http_get(nginx, transport, "/health", pool="edge").text == "ok"
 
@@ -76,6 +77,8 @@ def test_wsgi_errors_reach_the_log(nginx, log):
     r = http_get(nginx, "fcgi-tcp", f"/stderr?msg=errors-line-{tag}", pool="edge")
     assert r.status_code == 200
     lines = log.wait_for([f"errors-line-{tag}"])
+    # not a traceback: a warning
+    assert all("WARN" in ln for ln in lines if f"errors-line-{tag}" in ln), lines
     # the line names pool, worker pid, request id and URI
     assert any("edge" in ln and re.search(r"pid\W+\d+", ln) and re.search(r"request_id\W+\w+", ln)
                and "/stderr" in ln for ln in lines), lines

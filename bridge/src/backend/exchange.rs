@@ -1012,14 +1012,23 @@ fn bad_head(info: &RequestInfo<'_>, pool: &str, pid: u32, why: &fastcgi_server::
     status
 }
 
-/// A worker's STDERR record (wsgi.errors, tracebacks): one log line per line.
+/// A worker's STDERR record (wsgi.errors, tracebacks): one log line per line. A record
+/// that holds a Python traceback (the worker writes one whole, in one record) is logged at
+/// ERROR, where operators alert; anything else the app writes there at WARN.
 fn log_stderr(pool: &str, pid: u32, info: &RequestInfo<'_>, data: &[u8]) {
+    const TRACEBACK: &[u8] = b"Traceback (most recent call last):";
+    let traceback = data.windows(TRACEBACK.len()).any(|w| w == TRACEBACK);
     for line in data.split(|&b| b == b'\n') {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         if line.is_empty() {
             continue;
         }
-        tracing::warn!(pool, pid, request_id = info.id, uri = info.uri, "{}", String::from_utf8_lossy(line));
+        let text = String::from_utf8_lossy(line);
+        if traceback {
+            tracing::error!(pool, pid, request_id = info.id, uri = info.uri, "{text}");
+        } else {
+            tracing::warn!(pool, pid, request_id = info.id, uri = info.uri, "{text}");
+        }
     }
 }
 
