@@ -53,7 +53,8 @@ def test_logging_records_keep_level_logger_and_request_id(lb):
     assert err["level"] == "ERROR" and "ZeroDivisionError" in err["fields"]["message"]
     # The same request id as the access log's line for this request (written by the
     # access log's own thread after the response went out: waited for).
-    line = re.compile(rf'"GET /log" 200 .* id={rid}$', re.M)
+    # The built-in line starts with the client and the time (UTC, RFC 3339).
+    line = re.compile(rf'^127\.0\.0\.1 \[\d{{4}}-\d\d-\d\dT\d\d:\d\d:\d\d[.\d]*Z\] "GET /log" 200 .* id={rid}$', re.M)
     wait_until(lambda: line.search((lb.workdir / "access.log").read_text()), 30, what=f"the access line of request {rid}")
 
 

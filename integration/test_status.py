@@ -168,10 +168,13 @@ def test_status_and_ping_through_the_fastcgi_listener(sb):
     assert r.status == 200
     doc = json.loads(r.body)
     assert {p["name"] for p in doc["pools"]} == {"alpha", "beta"}
-    r = sb.request("/ping", listener="front")
+    r = sb.request("/ping", query="bytes=1", listener="front")
     assert (r.status, r.body) == (200, b"pong\n")
     # Other paths still go to the pools.
     assert sb.request("/health", listener="front").body == b"ok"
+    # A response the bridge made counts its body in the access log, as an app's does.
+    line_re = re.compile(r'^127\.0\.0\.1 "GET /ping\?bytes=1" 200 5 - id=\d+$', re.M)
+    wait_until(lambda: line_re.search(sb.access_path.read_text()), 20, what="the ping's access line")
 
 
 def test_status_and_ping_through_real_nginx(sb, tmp_path):

@@ -123,8 +123,9 @@ impl AccessLog {
                     return;
                 }
                 let line = format!(
-                    "{} \"{} {}\" {} {} {:.3}ms pool={} id={}\n",
+                    "{} [{}] \"{} {}\" {} {} {:.3}ms pool={} id={}\n",
                     or_dash(r.remote),
+                    access_format::rfc3339_now(),
                     r.method,
                     r.uri,
                     r.status,

@@ -190,8 +190,10 @@ struct Request<'a, S, K> {
 impl<'a, S: BodySource, K: ResponseSink> Request<'a, S, K> {
     /// Send a complete response the bridge made, and finish with `status`.
     async fn answer(&mut self, reply: Bytes, status: u16, pool: Option<&'a Arc<str>>) -> Step<'a> {
+        // The access log counts body bytes, as for an app's response.
+        let body = reply.windows(4).position(|w| w == b"\r\n\r\n").map_or(0, |end| reply.len() - end - 4);
         let _ = self.sink.send(reply, Some(End::Complete)).await;
-        Step::Done(status, 0, pool)
+        Step::Done(status, body as u64, pool)
     }
 
     /// End the request toward the front with nothing more: it went away (an

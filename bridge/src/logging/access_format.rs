@@ -42,7 +42,7 @@ fn dash(s: &str) -> &str {
 }
 
 /// UTC time as 2026-01-31T12:34:56.789Z.
-fn rfc3339_now() -> String {
+pub(super) fn rfc3339_now() -> String {
     rfc3339(std::time::SystemTime::now())
 }
 
