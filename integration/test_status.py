@@ -256,7 +256,8 @@ def test_control_socket_status_table_and_json(sb):
     assert sock.exists() and (sock.stat().st_mode & 0o777) == 0o600
     r = run_cli(sb, "status")
     assert r.returncode == 0, r.stderr
-    assert re.search(r"^POOL\s+REQUESTS\s+QUEUE/MAX", r.stdout, re.M), r.stdout
+    assert re.search(r"^POOL\s+STATE\s+REQUESTS\s+QUEUE/PEAK", r.stdout, re.M), r.stdout
+    assert re.search(r"^alpha\s+running\s+\d+", r.stdout, re.M), r.stdout
     assert re.search(r"^alpha\s+\d+", r.stdout, re.M) and re.search(r"^beta\s+\d+", r.stdout, re.M)
     assert re.search(r"^front\s+fastcgi\s+127\.0\.0\.1:\d+", r.stdout, re.M)
     r = run_cli(sb, "status", "--json")

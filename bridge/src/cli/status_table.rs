@@ -81,6 +81,7 @@ pub fn render(v: &Value) -> String {
         .map(|p| {
             vec![
                 s(p, "name"),
+                s(p, "state"),
                 n(p, "accepted_requests").to_string(),
                 format!("{}/{}", n(p, "queue_length"), n(p, "max_queue_length")),
                 format!("{}/{}/{}", n(p, "idle_workers"), n(p, "busy_workers"), n(p, "total_workers")),
@@ -93,7 +94,7 @@ pub fn render(v: &Value) -> String {
         .collect();
     table(
         &mut out,
-        &["POOL", "REQUESTS", "QUEUE/MAX", "IDLE/BUSY/TOTAL", "MAX-REACHED", "SLOW", "503", "EXITS"],
+        &["POOL", "STATE", "REQUESTS", "QUEUE/PEAK", "IDLE/BUSY/TOTAL", "MAX-REACHED", "SLOW", "503", "EXITS"],
         &rows,
     );
     out.push('\n');
