@@ -39,7 +39,7 @@ pub fn render(config: &Config, dir: &str) -> String {
     // Writing to a String cannot fail; the results below are ignored for that reason.
     let _ = writeln!(
         out,
-        "# Effective configuration of {dir}: {} pool(s), {} template(s), {} listener(s); every default written out.",
+        "# Effective configuration of {dir}: {} pool(s), {} template(s), {} listener(s); every default written out, a key that is off as a comment.",
         config.pools.len(),
         config.templates.len(),
         config.listeners.len()
@@ -110,14 +110,18 @@ fn render_pool(out: &mut String, pool: &Pool) {
     field(out, 4, "queue-size", &pool.queue_size.to_string());
     field(out, 4, "queue-timeout", &DurationDisplay(pool.queue_timeout).to_string());
     field(out, 4, "startup-timeout", &DurationDisplay(pool.startup_timeout).to_string());
-    if let Some(t) = pool.slowlog_timeout {
-        field(out, 4, "slowlog-timeout", &DurationDisplay(t).to_string());
+    match pool.slowlog_timeout {
+        Some(t) => field(out, 4, "slowlog-timeout", &DurationDisplay(t).to_string()),
+        None => out.push_str("    # slowlog-timeout: not set: no slowlog\n"),
     }
-    if let Some(limit) = pool.max_body {
-        field(out, 4, "max-body", &SizeDisplay(limit).to_string());
+    match pool.max_body {
+        Some(limit) => field(out, 4, "max-body", &SizeDisplay(limit).to_string()),
+        None => out.push_str("    # max-body: not set: no limit\n"),
     }
     field(out, 4, "pipeline", if pool.pipeline { "true" } else { "false" });
-    if !pool.error_pages.is_empty() {
+    if pool.error_pages.is_empty() {
+        out.push_str("    # error-pages: not set: the bridge's own short pages\n");
+    } else {
         out.push_str("    error-pages:\n");
         for (status, page) in pool.error_pages.iter() {
             let value = match page {
@@ -127,10 +131,29 @@ fn render_pool(out: &mut String, pool: &Pool) {
             field(out, 6, &format!("\"{status}\""), &value);
         }
     }
-    for (key, value, is_text) in pool.isolation.render() {
-        field(out, 4, key, &if is_text { quote(&value) } else { value });
+    let isolation = pool.isolation.render();
+    for (key, value, is_text) in &isolation {
+        field(out, 4, key, &if *is_text { quote(value) } else { value.clone() });
+    }
+    for (key, meaning) in &UNSET_ISOLATION {
+        if !isolation.iter().any(|(k, _, _)| k == key) {
+            let _ = writeln!(out, "    # {key}: not set: {meaning}");
+        }
     }
 }
+
+/// What an isolation key that is not set means, for `check`'s output.
+const UNSET_ISOLATION: [(&str, &str); 9] = [
+    ("user", "the bridge's own user"),
+    ("group", "the user's primary group"),
+    ("groups", "the user's groups"),
+    ("chroot", "none"),
+    ("umask", "the bridge's"),
+    ("rlimit-nofile", "the bridge's"),
+    ("rlimit-core", "the bridge's"),
+    ("nice", "the bridge's"),
+    ("script-user", "the app file's owner is not checked"),
+];
 
 /// A template: its `template:` block with every default, its pool keys as written (paths
 /// absolute; the defaults of the others are a pool's).
