@@ -29,8 +29,8 @@ pub enum ConfigError {
     ReadDir { dir: String, source: io::Error },
     #[error("{file}: cannot read: {source}")]
     ReadFile { file: String, source: io::Error },
-    #[error("{dir}: no *.yaml files found; a configuration needs at least one listener and one pool")]
-    NoFiles { dir: String },
+    #[error("{dir}: no *.yaml files found{hint}; a configuration needs at least one listener and one pool")]
+    NoFiles { dir: String, hint: &'static str },
     #[error("{dir}: no listeners are defined; add a `listeners:` section to one of its *.yaml files")]
     NoListeners { dir: String },
     /// The YAML itself is malformed (no key can be named).
@@ -48,7 +48,7 @@ impl ConfigError {
     /// The file or directory the error is about, and where in it.
     fn place(&self) -> (&str, Option<Pos>) {
         match self {
-            Self::ReadDir { dir, .. } | Self::NoFiles { dir } | Self::NoListeners { dir } => (dir, None),
+            Self::ReadDir { dir, .. } | Self::NoFiles { dir, .. } | Self::NoListeners { dir } => (dir, None),
             Self::ReadFile { file, .. } => (file, None),
             Self::Syntax { at, .. } | Self::Invalid { at, .. } => (&at.file, at.pos),
             Self::Several(_) => ("", None),

@@ -257,7 +257,7 @@ fn checks(src: &Source, here: &KeyPath, iso: &Isolation, app: &App, me: Option<B
     if iso.preload && matches!(app, App::Command(_)) {
         return Err(bad(
             "preload",
-            "applies to WSGI apps only; a command: program cannot be forked from a template".into(),
+            "applies to Python apps (WSGI and ASGI) only; a command: program cannot be forked from a template".into(),
         ));
     }
 

@@ -86,7 +86,11 @@ pub fn load_with(dir: &Path, opts: LoadOptions<'_>) -> Result<Config, ConfigErro
     let shown = dir.display().to_string();
     let files = yaml_files(dir).map_err(|source| ConfigError::ReadDir { dir: shown.clone(), source })?;
     if files.is_empty() {
-        return Err(ConfigError::NoFiles { dir: shown });
+        let yml = std::fs::read_dir(dir)
+            .map(|d| d.flatten().any(|e| e.path().extension().is_some_and(|x| x == "yml")))
+            .unwrap_or(false);
+        let hint = if yml { " (files ending in .yml are not read: rename them to .yaml)" } else { "" };
+        return Err(ConfigError::NoFiles { dir: shown, hint });
     }
     let abs_dir = paths::absolute_dir(dir).map_err(|source| ConfigError::ReadDir { dir: shown.clone(), source })?;
     let mut parsed = Vec::with_capacity(files.len());

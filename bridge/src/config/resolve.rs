@@ -176,7 +176,7 @@ fn pool_app(
         }
         (None, None) => {
             errs.push(
-                src.invalid(here, "missing key `app`: name a module (\"package.module:callable\") or a .py/.wsgi file"),
+                src.invalid(here, "missing key `app`: name a module (\"package.module:callable\") or a .py/.wsgi file (or `command:` for a FastCGI program)"),
             );
             None
         }

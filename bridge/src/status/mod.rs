@@ -222,6 +222,11 @@ pub(crate) fn render_check(out: &mut String, g: &Global) {
         Some(p) => {
             let _ = writeln!(out, "  control-socket: {:?}", p.display().to_string());
         }
-        None => out.push_str("  # control-socket: not set: <runtime-dir>/control.sock\n"),
+        None => match &g.runtime_dir {
+            Some(dir) => {
+                let _ = writeln!(out, "  # control-socket: not set: {}/control.sock", dir.display());
+            }
+            None => out.push_str("  # control-socket: not set: none (`fcgibridge status` needs it or runtime-dir)\n"),
+        },
     }
 }
