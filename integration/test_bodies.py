@@ -198,3 +198,22 @@ def test_apache_mod_proxy_fcgi_streams_a_chunked_upload(apache):
     r = requests.post(f"{apache}/echo", data=iter(pieces), timeout=60)
     assert r.status_code == 200, r.text
     assert r.json() == {"read": sum(map(len, pieces)), "content_length": None}
+
+
+@pytest.mark.parametrize("sent", [10, 120_000])
+def test_a_body_that_ends_before_its_content_length_is_never_passed_off_as_whole(env, sent):
+    """FastCGI: STDIN ends early. Small (read before a worker is taken) and streamed: the
+    app never gets a short body as if complete; the web server gets 400 and the log says why."""
+    bridge, _, _ = env
+    declared = sent * 2
+    mark = bridge.log.mark()
+    with bridge.fcgi() as c:
+        send_in_pieces(c, params_with_length("/echo", str(declared), query=f"short={sent}"), [b"x" * 60_000] * (sent // 60_000) + [b"x" * (sent % 60_000)])
+        r = c.wait(1)
+    assert r.status == 400, r.stdout[:300]
+    assert b'"read"' not in r.body
+    bridge.log.wait_for([r"request body ended before its CONTENT_LENGTH", f"short={sent}|/echo"], since=mark)
+    # A whole body is served as before.
+    with bridge.fcgi() as c:
+        send_in_pieces(c, params_with_length("/echo", "3"), [b"abc"])
+        assert json.loads(c.wait(1).body) == {"read": 3, "content_length": "3"}

@@ -6,6 +6,10 @@
 //! limit — the worker sees an abort (the app's read raises) and the web server gets 413 if
 //! the app had not answered yet, or a cut-off response if it had.
 //!
+//! The declared length: a body that ends before CONTENT_LENGTH bytes came (a FastCGI
+//! STDIN stream closed early) is never passed off as whole: the worker sees an abort and
+//! the web server gets 400.
+//!
 //! A listener's `body-timeout`: while a request still expects body, the next byte must come
 //! within it, or the request ends the same way with 408. A worker sending its response is
 //! not idle, so the clock also restarts with every response write. A small body of known
@@ -42,6 +46,8 @@ pub(crate) enum Tripped {
     TooLarge,
     /// No byte came within `body-timeout`: 408.
     Stalled,
+    /// The body ended before its declared length: 400.
+    Short,
 }
 
 /// What the body and the response side of one request share.
@@ -72,6 +78,7 @@ impl BodyWatch {
         match self.tripped.load(Ordering::Acquire) {
             1 => Some(Tripped::TooLarge),
             2 => Some(Tripped::Stalled),
+            3 => Some(Tripped::Short),
             _ => None,
         }
     }
@@ -80,6 +87,7 @@ impl BodyWatch {
         let code = match why {
             Tripped::TooLarge => 1,
             Tripped::Stalled => 2,
+            Tripped::Short => 3,
         };
         let _ = self.tripped.compare_exchange(0, code, Ordering::AcqRel, Ordering::Acquire);
     }
@@ -107,6 +115,8 @@ pub(crate) struct Limited<'a, S> {
     inner: &'a mut S,
     limit: u64,
     seen: u64,
+    /// The declared length: the body must not end before it.
+    declared: Option<u64>,
     watch: &'a BodyWatch,
     timeout: Duration,
     /// Chunks read ahead by [`prefetch`](Self::prefetch), not yet passed on.
@@ -120,7 +130,8 @@ pub(crate) struct Limited<'a, S> {
 impl<'a, S: BodySource> Limited<'a, S> {
     /// Wrap `inner`; `watch` trips once the body passes `limit` or stalls for `timeout`.
     pub(crate) fn new(inner: &'a mut S, limit: u64, watch: &'a BodyWatch, timeout: Duration) -> Self {
-        Limited { inner, limit, seen: 0, watch, timeout, early: VecDeque::new(), early_end: false, no_body: None }
+        let early = VecDeque::new();
+        Limited { inner, limit, seen: 0, declared: None, watch, timeout, early, early_end: false, no_body: None }
     }
 
     /// Body bytes received from the web server so far.
@@ -192,6 +203,11 @@ impl<'a, S: BodySource> Limited<'a, S> {
         self.no_body = Some(false);
     }
 
+    /// The length the web server declared (checked by the listener).
+    pub(crate) fn set_declared(&mut self, declared: Option<u64>) {
+        self.declared = declared;
+    }
+
     /// Apply `limit` from now on (the pool is known only after routing).
     pub(crate) fn set_limit(&mut self, limit: u64) {
         self.limit = limit;
@@ -224,6 +240,10 @@ impl<'a, S: BodySource> Limited<'a, S> {
         match next {
             Some(chunk) if !self.count(&chunk) => Err(FrontGone),
             Some(chunk) => Ok(Some(chunk)),
+            None if self.declared.is_some_and(|n| self.seen < n) => {
+                self.watch.trip(Tripped::Short);
+                Err(FrontGone)
+            }
             None => {
                 self.watch.body_open.store(false, Ordering::Relaxed);
                 Ok(None)
@@ -303,6 +323,7 @@ impl<K: ResponseSink> ResponseSink for LimitedSink<'_, K> {
             }
             Some(Tripped::TooLarge) => (crate::respond::error_response(413, None).freeze(), end),
             Some(Tripped::Stalled) => (crate::respond::error_response(408, None).freeze(), end),
+            Some(Tripped::Short) => (crate::respond::error_response(400, None).freeze(), end),
             None => (data, end),
         };
         if !data.is_empty() {

@@ -377,6 +377,7 @@ impl<'a, S: BodySource, K: ResponseSink> Request<'a, S, K> {
             self.source.set_limit(limit);
         }
         let declared = super::request_body_limits::declared_length(&self.params).ok().flatten(); // checked by the listener (400)
+        self.source.set_declared(declared);
         if let Some(n) = declared.filter(|n| (1..=FIRST_WRITE_BODY as u64).contains(n)) {
             if self.source.prefetch(n).await.is_err() {
                 if self.body_watch.tripped() == Some(Tripped::Stalled) {
@@ -519,6 +520,17 @@ impl<'a, S: BodySource, K: ResponseSink> Request<'a, S, K> {
                     );
                 }
                 Some(Step::Done(if cut { status } else { 408 }, body_bytes, Some(&pool.name)))
+            }
+            Tripped::Short => {
+                let cut = self.sink.cut_off();
+                if self.lst.registry.rate_limits.allow(&crate::logging::ratelimit::BODY_STALLED, &pool.name) {
+                    tracing::warn!(
+                        listener = %lst.name, pool = %pool.name, pid, request_id, uri = %uri, received = self.source.received(), declared = declared.unwrap_or(0),
+                        "request body ended before its CONTENT_LENGTH: request aborted in the worker, {}",
+                        if cut { "response cut off" } else { "answering 400" }
+                    );
+                }
+                Some(Step::Done(if cut { status } else { 400 }, body_bytes, Some(&pool.name)))
             }
         }
     }
