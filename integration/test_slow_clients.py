@@ -244,6 +244,19 @@ def test_a_trickled_begin_on_an_idle_connection_is_closed_after_header_timeout(e
     bridge.log.wait_for([r"no complete FastCGI request headers within header-timeout", r"5 bytes held"], since=mark)
 
 
+def test_a_new_connection_that_sends_nothing_is_closed_after_header_timeout(env):
+    """Silent connections cannot fill max-connections for good: the clock starts at accept."""
+    bridge, _, _ = env
+    mark = bridge.log.mark()
+    s = connect(bridge, "fast")
+    try:
+        assert read_until_closed(s) == b""
+    finally:
+        s.close()
+    bridge.log.wait_for([r"WARN", r"a new connection sent nothing within header-timeout \(2s\)",
+                         r"listener=\"?fast"], since=mark)
+
+
 def test_an_idle_kept_connection_is_not_a_slow_header(env):
     """Between requests nothing is pending: a kept connection may wait longer than
     header-timeout for its next request."""

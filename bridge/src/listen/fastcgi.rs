@@ -71,6 +71,9 @@ struct FrontConn {
     /// When the bytes of a record arrived on a connection with no request, for
     /// `header-timeout`: the request they begin inherits it.
     idle_since: Option<Instant>,
+    /// When the connection was accepted, until its first byte: a connection that never
+    /// sends one is closed at `header-timeout`, as one that stops inside a record is.
+    silent_since: Option<Instant>,
     /// The last [`FrontConn::process`] consumed received bytes.
     consumed: bool,
     /// Unfinished headers held against the daemon's `header-memory`.
@@ -252,6 +255,7 @@ impl FrontConn {
             decoder: ServerConnection::new(ctx.limits.clone()),
             charge: HeaderCharge::new(ctx.registry.header_budget.clone()),
             idle_since: None,
+            silent_since: Some(Instant::now()),
             consumed: false,
             ctx,
             peer,
@@ -311,6 +315,14 @@ impl FrontConn {
 
     fn log_header_timeout(&self) {
         if self.ctx.registry.rate_limits.allow(&crate::logging::ratelimit::HEADER_TIMEOUT, &self.ctx.name) {
+            if self.silent_since.is_some() {
+                tracing::warn!(
+                    listener = %self.ctx.name, peer = %self.peer,
+                    "a new connection sent nothing within header-timeout ({:?}), closing it",
+                    self.ctx.header_timeout
+                );
+                return;
+            }
             tracing::warn!(
                 listener = %self.ctx.name, peer = %self.peer,
                 "no complete FastCGI request headers within header-timeout ({:?}; {} bytes held), closing the connection",
@@ -564,6 +576,9 @@ impl FrontConn {
     /// After the received records are handled: note when unfinished headers began, and
     /// hold what they take against the daemon's `header-memory`.
     fn charge_headers(&mut self) -> Result<(), super::limits::OverBudget> {
+        if self.consumed || self.decoder.buffered() > 0 || !self.reqs.is_empty() {
+            self.silent_since = None;
+        }
         if self.reqs.is_empty() {
             if self.decoder.buffered() == 0 {
                 self.idle_since = None;
@@ -583,7 +598,7 @@ impl FrontConn {
 
     /// When `header-timeout` ends for the oldest unfinished header on this connection.
     fn header_deadline(&self) -> Option<Instant> {
-        let mut oldest = self.idle_since;
+        let mut oldest = self.idle_since.or(self.silent_since);
         for (_, r) in &self.reqs {
             if let Req::Starting { params: None, begun: Some(at), .. } = r {
                 oldest = Some(oldest.map_or(*at, |o| o.min(*at)));
