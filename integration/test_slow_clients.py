@@ -15,6 +15,7 @@ import respond_servers
 THREADS = 2  # the pool's worker threads: as many stalled requests fill it
 BODY_TIMEOUT = "2s"
 HEADER_TIMEOUT = "2s"
+SEND_TIMEOUT = "2s"
 BUDGET = 3 << 20  # header-memory: three 900 KB header blocks fit, a fourth does not
 STALLED_PARAMS = 900_000
 CAP = 3  # max-connections of the `capped` listener
@@ -24,7 +25,7 @@ CAP = 3  # max-connections of the `capped` listener
 def env(tmp_path_factory):
     work = tmp_path_factory.mktemp("slow")
     ports = harness.free_ports(4)
-    quick = {"body-timeout": BODY_TIMEOUT, "header-timeout": HEADER_TIMEOUT}
+    quick = {"body-timeout": BODY_TIMEOUT, "header-timeout": HEADER_TIMEOUT, "send-timeout": SEND_TIMEOUT}
     listeners = {
         "fast": dict(fastcgi=f"127.0.0.1:{ports[0]}", pool="app", **quick),
         "scgi": dict(scgi=f"127.0.0.1:{ports[1]}", pool="app", **quick),
@@ -201,6 +202,46 @@ def test_stalled_uploads_through_nginx_unbuffered(env, size):
                          rf"uri=\"?/stream/echo\?mark=nginx-{size}", rf"declared=\"?{size}"], since=mark)
     r = requests.post(nginx.url("/stream/echo"), data=b"x" * 5000, timeout=60)
     assert r.status_code == 200 and r.json()["read"] == 5000
+
+
+# ------------------------------------------------------------------ send-timeout
+
+@pytest.mark.parametrize("protocol", ["fastcgi", "scgi"])
+def test_clients_that_stop_reading_free_their_workers_after_send_timeout(env, protocol):
+    """As many clients as the pool has threads ask for a large response and read none of
+    it: each connection is closed at send-timeout, the workers are let go, and the next
+    request is served (before, it waited for a worker until queue-timeout: 503)."""
+    bridge, _, _ = env
+    mark = bridge.log.mark()
+    listener = "fast" if protocol == "fastcgi" else "scgi"
+    readers = []
+    for i in range(THREADS):
+        s = connect(bridge, listener)
+        if protocol == "fastcgi":
+            params = fc.cgi_params("/big", "GET", f"mib=32&n={i}")
+            s.sendall(fc.record(fc.BEGIN_REQUEST, 1, fc.begin_body(fc.RESPONDER, fc.KEEP_CONN))
+                      + fc.stream(fc.PARAMS, 1, fc.encode_pairs(params)) + fc.record(fc.STDIN, 1, b""))
+        else:
+            s.sendall(fc.netstring(fc.scgi_headers("/big", "GET", f"mib=32&n={i}")))
+        readers.append(s)
+    try:
+        def timed_out():
+            lines = [ln for ln in bridge.log.lines(mark)
+                     if re.search(r"WARN.*took no response bytes within send-timeout \(2s\)", ln)
+                     and re.search(rf"listener=\"?{listener}\b", ln)]
+            return len(lines) >= THREADS
+        harness.wait_until(timed_out, 60, what="every reader's connection closed at send-timeout")
+        if protocol == "fastcgi":
+            assert fc.fcgi_request(bridge.listener_address(listener), "/health").status == 200
+        else:
+            status, _, body = fc.scgi_request(bridge.listener_address(listener), "/health")
+            assert status == 200, body
+        for s in readers:
+            got = read_until_closed(s, timeout=60)
+            assert len(got) < 32 << 20, "the whole response went out to a client that read none of it"
+    finally:
+        for s in readers:
+            s.close()
 
 
 # ------------------------------------------------------------------ header-timeout

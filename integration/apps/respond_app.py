@@ -137,6 +137,12 @@ def application(environ, start_response):
         start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "5")])
         return [b"0123456789"]
 
+    if path == "/big":
+        # ?mib=N: N MiB in 64 KiB chunks, for clients that stop reading.
+        mib = int(dict(p.partition("=")[::2] for p in environ.get("QUERY_STRING", "").split("&")).get("mib") or 1)
+        start_response("200 OK", [("Content-Type", "application/octet-stream")])
+        return (b"x" * 65536 for _ in range(mib * 16))
+
     if path == "/loop":
         start_response("200 OK", [("Location", "/loop")])
         return [b""]

@@ -200,6 +200,7 @@ fn render_listener(out: &mut String, l: &Listener) {
     field(out, 4, "max-params", &SizeDisplay(l.max_params as u64).to_string());
     field(out, 4, "header-timeout", &DurationDisplay(l.header_timeout).to_string());
     field(out, 4, "body-timeout", &DurationDisplay(l.body_timeout).to_string());
+    field(out, 4, "send-timeout", &DurationDisplay(l.send_timeout).to_string());
     field(out, 4, "max-connections", &l.max_connections.to_string());
     if let Some(p) = &l.status_path {
         field(out, 4, "status-path", &quote(p));
@@ -362,6 +363,7 @@ mod tests {
                     keep_path_info: false,
                     header_timeout: Duration::from_secs(60),
                     body_timeout: Duration::from_secs(60),
+                    send_timeout: Duration::from_secs(60),
                     max_connections: 1024,
                 },
                 Listener {
@@ -395,6 +397,7 @@ mod tests {
                     keep_path_info: true,
                     header_timeout: Duration::from_millis(1500),
                     body_timeout: Duration::from_secs(300),
+                    send_timeout: Duration::from_secs(60),
                     max_connections: 7,
                 },
             ],

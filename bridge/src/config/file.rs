@@ -195,6 +195,8 @@ pub(super) struct RawListener {
     pub header_timeout: Option<HumanDuration>,
     /// Longest wait for the next request body byte.
     pub body_timeout: Option<HumanDuration>,
+    /// Longest wait for the web server to take response bytes.
+    pub send_timeout: Option<HumanDuration>,
     pub max_connections: Option<u32>,
 }
 

@@ -125,6 +125,9 @@ pub struct Listener {
     /// The longest wait for the next body byte while a request still expects body
     /// (`body-timeout`); then 408, or a cut-off response.
     pub body_timeout: Duration,
+    /// The longest the web server may leave response bytes unread (`send-timeout`); then
+    /// the connection is closed and its requests abandoned.
+    pub send_timeout: Duration,
     /// Connections open at once (`max-connections`); beyond it new ones are closed at once.
     pub max_connections: u32,
 }

@@ -21,6 +21,8 @@ pub(crate) struct ListenerCtx {
     pub header_timeout: std::time::Duration,
     /// `body-timeout`: the longest wait for the next body byte (dispatch/request_body_limits.rs).
     pub body_timeout: std::time::Duration,
+    /// `send-timeout`: the longest a write to the web server may wait for room.
+    pub send_timeout: std::time::Duration,
     /// Connections opened through this context (the status page sums a listener's contexts).
     pub open_conns: Arc<AtomicUsize>,
     /// The daemon's process-wide state (registry.rs).

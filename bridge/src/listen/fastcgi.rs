@@ -23,7 +23,6 @@ use fastcgi_server::server::{self, ServerConnection, ServerEvent};
 use fastcgi_server::{Params, ProtocolStatus, Role};
 use std::future::Future;
 use std::sync::Arc;
-use tokio::io::AsyncWriteExt;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
@@ -128,7 +127,7 @@ where
                 match conn.write_out(msg) {
                     WriteNext::Continue => conn.send(&mut wr).await,
                     WriteNext::Close => {
-                        if cut_off(&conn.wbuf, conn.keep_conn, &mut wr, sock).await {
+                        if cut_off(&conn.wbuf, conn.keep_conn, &mut wr, sock, conn.ctx.send_timeout).await {
                             wr.drop_without_fin();
                         }
                         return;
@@ -150,7 +149,7 @@ where
             }
             () = super::sleep_until(header_deadline), if header_deadline.is_some() => {
                 conn.log_header_timeout();
-                let _ = wr.write_all(&conn.wbuf).await;
+                let _ = super::write_within(&mut wr, &conn.wbuf, conn.ctx.send_timeout).await;
                 Turn::Leave
             }
             () = poll_inline(&mut conn.inline), if conn.inline.is_some() => {
@@ -200,8 +199,14 @@ enum Turn {
 /// A response was cut off (it ended without END_REQUEST): send what is queued, then end
 /// the connection the way this web server reads as a failed response. True: a reset is
 /// armed, and the write half must be dropped without a FIN.
-async fn cut_off<W: super::WriteHalf>(wbuf: &[u8], keep_conn: bool, wr: &mut W, sock: super::Sock) -> bool {
-    let _ = wr.write_all(wbuf).await;
+async fn cut_off<W: super::WriteHalf>(
+    wbuf: &[u8],
+    keep_conn: bool,
+    wr: &mut W,
+    sock: super::Sock,
+    limit: std::time::Duration,
+) -> bool {
+    let _ = super::write_within(wr, wbuf, limit).await;
     if keep_conn {
         // EOF without END_REQUEST on a kept connection: the web server passes on what it
         // has and ends the response as failed.
@@ -215,7 +220,7 @@ async fn cut_off<W: super::WriteHalf>(wbuf: &[u8], keep_conn: bool, wr: &mut W, 
         super::reset_on_close(sock.fd);
         return true;
     }
-    let _ = wr.write_all(&CUT_OFF_MARKER).await;
+    let _ = super::write_within(wr, &CUT_OFF_MARKER, limit).await;
     false
 }
 
@@ -277,7 +282,7 @@ impl FrontConn {
                 if self.ctx.registry.rate_limits.allow(&crate::logging::ratelimit::FASTCGI_PROTOCOL, &self.ctx.name) {
                     tracing::warn!(listener = %self.ctx.name, peer = %self.peer, request = e.request_id(), "FastCGI protocol error, closing the connection: {e}");
                 }
-                let _ = wr.write_all(&self.wbuf).await;
+                let _ = super::write_within(wr, &self.wbuf, self.ctx.send_timeout).await;
                 return Turn::Leave;
             }
         }
@@ -286,7 +291,7 @@ impl FrontConn {
             if self.ctx.registry.rate_limits.allow(&crate::logging::ratelimit::HEADER_MEMORY, &self.ctx.name) {
                 tracing::warn!(listener = %self.ctx.name, peer = %self.peer, "{e}; closing the connection");
             }
-            let _ = wr.write_all(&self.wbuf).await;
+            let _ = super::write_within(wr, &self.wbuf, self.ctx.send_timeout).await;
             return Turn::Leave;
         }
         if self.wbuf.is_empty() {
@@ -297,7 +302,10 @@ impl FrontConn {
 
     /// Write the write buffer out.
     async fn send<W: super::WriteHalf>(&mut self, wr: &mut W) -> Turn {
-        if wr.write_all(&self.wbuf).await.is_err() {
+        if let Err(e) = super::write_within(wr, &self.wbuf, self.ctx.send_timeout).await {
+            if e.kind() == std::io::ErrorKind::TimedOut {
+                self.log_send_timeout();
+            }
             return Turn::Leave;
         }
         self.written();
@@ -310,6 +318,16 @@ impl FrontConn {
             Turn::Close
         } else {
             Turn::Wait
+        }
+    }
+
+    fn log_send_timeout(&self) {
+        if self.ctx.registry.rate_limits.allow(&crate::logging::ratelimit::SEND_TIMEOUT, &self.ctx.name) {
+            tracing::warn!(
+                listener = %self.ctx.name, peer = %self.peer, requests = self.reqs.len(),
+                "the web server took no response bytes within send-timeout ({:?}), closing the connection; its requests are abandoned",
+                self.ctx.send_timeout
+            );
         }
     }
 

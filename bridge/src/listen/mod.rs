@@ -103,6 +103,7 @@ pub(crate) fn make_ctx(
         max_conns: usize::try_from(cfg.max_connections).unwrap_or(usize::MAX),
         header_timeout: cfg.header_timeout,
         body_timeout: cfg.body_timeout,
+        send_timeout: cfg.send_timeout,
         open_conns: Arc::new(AtomicUsize::new(0)),
         registry: registry.clone(),
         status_path: cfg.status_path.clone(),
@@ -514,6 +515,27 @@ impl WriteHalf for tokio::net::unix::OwnedWriteHalf {
     fn drop_without_fin(self) {
         self.forget();
     }
+}
+
+/// Write all of `buf` to the web server, as long as it takes some of it within `limit` of
+/// each write (`send-timeout`, counted as nginx's `send_timeout` is: between writes that
+/// make progress). A peer that reads nothing for that long is an error (`TimedOut`): its
+/// connection is closed, and what was waiting on it is let go.
+pub(crate) async fn write_within<W: tokio::io::AsyncWrite + Unpin>(
+    wr: &mut W,
+    mut buf: &[u8],
+    limit: std::time::Duration,
+) -> std::io::Result<()> {
+    use tokio::io::AsyncWriteExt;
+    while !buf.is_empty() {
+        match tokio::time::timeout(limit, wr.write(buf)).await {
+            Ok(Ok(0)) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(Ok(n)) => buf = &buf[n..],
+            Ok(Err(e)) => return Err(e),
+            Err(_) => return Err(std::io::ErrorKind::TimedOut.into()),
+        }
+    }
+    Ok(())
 }
 
 /// The socket under a connection's halves, for the few things tokio does not offer.

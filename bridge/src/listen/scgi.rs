@@ -11,7 +11,7 @@ use bytes::{Bytes, BytesMut};
 use fastcgi_server::scgi::{ScgiDecoder, ScgiEvent};
 use fastcgi_server::Role;
 use std::sync::Arc;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 
 /// Why the header netstring was not read.
 enum HeadError {
@@ -66,7 +66,8 @@ where
                 tracing::warn!(listener = %ctx.name, peer, "invalid SCGI request, answering 400: {e}");
             }
             let mut wr = wr;
-            if wr.write_all(&crate::respond::error_response(400, None)).await.is_ok() {
+            if super::write_within(&mut wr, &crate::respond::error_response(400, None), ctx.send_timeout).await.is_ok()
+            {
                 super::lingering_close(&mut rd, &mut wr).await;
             }
             return;
@@ -92,8 +93,9 @@ where
         }
     };
     drop(charge);
+    let sink_peer = peer.clone();
     let mut source = ScgiBody { decoder, rd, ended: false, listener: ctx.name.clone(), peer, sock };
-    let mut sink = ScgiSink { wr, cut_off: false };
+    let mut sink = ScgiSink { wr, cut_off: false, ctx: ctx.clone(), peer: sink_peer };
     // Boxed: inline, the request's future would size every connection's task, also while
     // it only waits for its headers.
     Box::pin(serve(&ctx, params, Role::Responder, &mut source, &mut sink)).await;
@@ -205,12 +207,26 @@ impl<R: AsyncRead + Unpin + Send> BodySource for ScgiBody<R> {
 struct ScgiSink<W> {
     wr: W,
     cut_off: bool,
+    /// For `send-timeout` and its log line.
+    ctx: Arc<ListenerCtx>,
+    peer: String,
 }
 
 impl<W: AsyncWrite + Unpin + Send> ResponseSink for ScgiSink<W> {
     async fn send(&mut self, data: Bytes, end: Option<End>) -> Result<(), FrontGone> {
         if !data.is_empty() {
-            self.wr.write_all(&data).await.map_err(|_| FrontGone)?;
+            if let Err(e) = super::write_within(&mut self.wr, &data, self.ctx.send_timeout).await {
+                if e.kind() == std::io::ErrorKind::TimedOut
+                    && self.ctx.registry.rate_limits.allow(&crate::logging::ratelimit::SEND_TIMEOUT, &self.ctx.name)
+                {
+                    tracing::warn!(
+                        listener = %self.ctx.name, peer = %self.peer,
+                        "the client took no response bytes within send-timeout ({:?}), closing the connection; its request is abandoned",
+                        self.ctx.send_timeout
+                    );
+                }
+                return Err(FrontGone);
+            }
         }
         if end == Some(End::CutOff) {
             self.cut_off = true;

@@ -139,6 +139,14 @@ pub(crate) static HEADER_TIMEOUT: Kind = Kind {
     level: Level::Warn,
     burst: CLIENT_BURST,
 };
+/// A connection closed because the web server read none of its response within `send-timeout`.
+pub(crate) static SEND_TIMEOUT: Kind = Kind {
+    scope: Scope::Listener,
+    what: "connections closed",
+    reason: "send-timeout",
+    level: Level::Warn,
+    burst: CLIENT_BURST,
+};
 /// A connection closed because unfinished headers passed `header-memory`.
 pub(crate) static HEADER_MEMORY: Kind = Kind {
     scope: Scope::Listener,
