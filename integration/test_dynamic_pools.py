@@ -475,6 +475,9 @@ def test_stop_instance_over_the_control_socket(tmp_path):
         b.log.wait_for(r"instance stopped by the control socket.*pool=sites\[alpha\.test\]")
         wait_until(lambda: set(instances(b)) == {"beta.test"}, 60, what="alpha gone from status")
         wait_until(lambda: not pid_alive(pid), 60, what="its worker gone")
+        # its worker says why it stopped: the bridge itself keeps running
+        b.log.wait_for([r"worker stopped \(instance removed: stopped through the control socket\)",
+                        rf"pid={pid}\b"])
         r = subprocess.run(cli + ["sites", "nosuch.test"], capture_output=True, text=True, timeout=60)
         assert r.returncode != 0 and 'no instance "nosuch.test"' in r.stderr
         assert json.loads(get(b, "alpha.test").body)["pid"] != pid

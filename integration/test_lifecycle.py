@@ -1,14 +1,21 @@
 """Worker lifecycle with real processes (docs/supervision.md): max-requests (+ jitter),
 restart-interval, min-lifetime, request-timeout (504, stacks in the log, graceful-timeout
 for the other requests), memory-limit, cpu-time-limit, startup-timeout, an app that cannot
-be imported (one traceback, backoff, 503 at once while other pools serve), os._exit."""
+be imported (one traceback, backoff, 503 at once while other pools serve), os._exit, a
+worker that cannot be executed or cannot enter its directory (which step, as whom)."""
 import os
+import pwd
 import re
+import shutil
 import signal
+import tempfile
 import time
+from pathlib import Path
+
+import pytest
 
 from harness import wait_until
-from supervision_support import (Background, Hammer, alive, get, lc_pool, pid_of, start, wait_for_new_pid,
+from supervision_support import (APP, Background, Hammer, alive, get, lc_pool, pid_of, start, wait_for_new_pid,
                                  worker_pids)
 
 
@@ -257,3 +264,93 @@ def test_a_replacement_takes_the_index_of_the_worker_it_replaces(tmp_path):
         assert not any("slot=" in ln for ln in b.log.lines()), "the worker index is logged as index=, not slot="
     finally:
         b.stop()
+
+
+def _kill_and_wait_for_failures(b, pool_name, victim, mark, n=3):
+    """SIGKILL the serving worker; its replacement cannot start: wait for `n` attempts."""
+    os.kill(victim, signal.SIGKILL)
+    b.log.wait_for([r"worker exited: killed by signal 9", f"pid={victim}"], since=mark)
+    wait_until(lambda: len([ln for ln in b.log.lines(mark) if "worker failed to start" in ln
+                            and f'pool="{pool_name}"' in ln]) >= n, 60, what=f"{n} failed starts")
+    return [ln for ln in b.log.lines(mark) if "worker failed to start" in ln]
+
+
+def test_a_python_that_cannot_be_executed_is_named_with_its_symlink_target_and_is_no_crash(tmp_path):
+    """The pool's `python:` is a symlink; repointed after start to a script whose
+    interpreter is missing, the next worker cannot be executed (ENOENT, which a missing
+    working directory gives too). The error names exec and the symlink's target; no process
+    ever started, so the attempts count as neither spawns, worker exits nor crashes."""
+    real = os.path.realpath(shutil.which("python3"))
+    link = tmp_path / "venv-python"
+    link.symlink_to(real)
+    b = start(tmp_path, {"p": lc_pool(processes=1, threads=1, python=str(link))})
+    try:
+        victim = pid_of(get(b, "p", "/pid"))
+        before = b.pool_status("p")
+        target = tmp_path / "no-interpreter"
+        target.write_text("#!/nonexistent/python3\n")
+        target.chmod(0o755)
+        link.unlink()
+        link.symlink_to(target)
+        mark = b.log.mark()
+        failures = _kill_and_wait_for_failures(b, "p", victim, mark)
+        assert f"cannot execute {link} (pool `python:`, a symlink to {target}): No such file or directory" in failures[0], \
+            failures[0]
+        assert "working directory" not in failures[0], failures[0]
+        st = b.pool_status("p")
+        # the SIGKILL is one exit and one crash; the exec failures are no processes
+        assert st["worker_crashes"] == before["worker_crashes"] + 1, (before, st)
+        assert st["worker_exits"] == before["worker_exits"] + 1, (before, st)
+        assert st["spawns"] == before["spawns"], (before, st)
+    finally:
+        b.stop()
+
+
+def test_a_working_directory_that_is_gone_is_named_as_such(tmp_path):
+    wd = tmp_path / "wd"
+    wd.mkdir()
+    b = start(tmp_path, {"p": lc_pool(processes=1, threads=1, chdir=str(wd))})
+    try:
+        victim = pid_of(get(b, "p", "/pid"))
+        wd.rmdir()
+        mark = b.log.mark()
+        failures = _kill_and_wait_for_failures(b, "p", victim, mark)
+        assert f"cannot enter the working directory {wd} (pool `chdir:`): No such file or directory" in failures[0], \
+            failures[0]
+    finally:
+        b.stop()
+
+
+def test_a_working_directory_the_pool_user_cannot_enter_names_the_user(tmp_path):
+    """As root with `user:`: the directory is entered as that user, and the error says so."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    try:
+        user = pwd.getpwnam("fcgibridge-test")
+    except KeyError:
+        pytest.skip("user fcgibridge-test is missing: run scripts/create-test-user")
+    public = Path(tempfile.mkdtemp(prefix="fcgibridge-spawn-"))
+    try:
+        public.chmod(0o755)
+        app = public / "app.py"
+        shutil.copy(APP, app)
+        app.chmod(0o644)
+        wd = public / "wd"
+        wd.mkdir()
+        wd.chmod(0o755)
+        # Debian's interpreter: the default python3 may be a pyenv shim the user cannot run
+        b = start(tmp_path, {"p": {"app": str(app), "python": "/usr/bin/python3", "processes": 1, "threads": 1,
+                                   "user": user.pw_name, "chdir": str(wd)}},
+                  bridge_extra={"runtime-dir": str(public / "run")})
+        try:
+            victim = pid_of(get(b, "p", "/pid"))
+            wd.chmod(0o700)  # root's: the worker user may not enter it any more
+            mark = b.log.mark()
+            failures = _kill_and_wait_for_failures(b, "p", victim, mark)
+            want = (f"cannot enter the working directory {wd} (pool `chdir:`) as user {user.pw_name} "
+                    f"(uid {user.pw_uid}, gid {user.pw_gid}): Permission denied")
+            assert want in failures[0], failures[0]
+        finally:
+            b.stop()
+    finally:
+        shutil.rmtree(public, ignore_errors=True)

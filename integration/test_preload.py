@@ -180,3 +180,61 @@ def test_reload_retires_a_template_no_longer_needed(tmp_path, change):
             wait_until(forked_from_a_new_template, 60, what="the pool to serve from a fresh template's forks")
     finally:
         b.stop()
+
+
+# A stack dump that takes 0.3 s to make: the worker's dump looks through every frame's
+# locals for the request's environ, and this local answers `in` slowly. A preloaded pool's
+# replacement is ready within milliseconds, so a SIGKILL that did not wait for the stacks
+# would always come first.
+SLOW_DUMP_APP = """import json, os, time
+
+
+class SlowToSearch(dict):
+    def __contains__(self, key):
+        time.sleep(0.3)
+        return False
+
+
+def hang_here():
+    slow = SlowToSearch()
+    while slow is not None:
+        time.sleep(0.5)
+
+
+def application(environ, start_response):
+    if environ.get("PATH_INFO") == "/hang":
+        hang_here()
+    body = json.dumps({"pid": os.getpid()}).encode()
+    start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+    return [body]
+"""
+
+
+def test_request_timeout_in_a_forked_worker_logs_its_stacks_before_the_kill(tmp_path):
+    """request-timeout: the worker is asked for its Python stacks, then killed once its
+    replacement is ready, which a preloaded pool forks in milliseconds: the kill waits (up to
+    a second) for the stacks to be logged. Three timeouts in a row, each in another worker."""
+    from supervision_support import Background, get, pid_of, start
+    app = tmp_path / "slow_dump_app.py"
+    app.write_text(SLOW_DUMP_APP)
+    b = start(tmp_path, {"p": {"app": str(app), "processes": 1, "threads": 2, "preload": True,
+                               "request-timeout": "2s", "graceful-timeout": "20s"}})
+    try:
+        seen = set()
+        for round_ in range(3):
+            before = wait_until(lambda: (lambda p: p if p not in seen else None)(pid_of(get(b, "p", "/pid"))),
+                                60, 0.1, what="a worker that has not timed out yet")
+            seen.add(before)
+            mark = b.log.mark()
+            hung = Background(lambda: get(b, "p", "/hang"))
+            assert hung.result().status == 504
+            b.log.wait_for([r"request-timeout \(2s\): GET /hang", f"pid={before}"], since=mark, timeout=30)
+            b.log.wait_for([r"worker stopped \(request-timeout", "SIGKILL", f"pid={before}"], since=mark, timeout=60)
+            lines = b.log.lines(mark)
+            stopped = next(i for i, ln in enumerate(lines) if "worker stopped (request-timeout" in ln
+                           and f"pid={before}" in ln)
+            stack = [ln for ln in lines[:stopped] if "hang_here" in ln and f"pid={before}" in ln]
+            assert stack, f"round {round_}: no stack of worker {before} before its SIGKILL:\n" + \
+                "\n".join(lines[-40:])
+    finally:
+        b.stop()

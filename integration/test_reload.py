@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from harness import free_ports, nginx_conf, nginx_etc, start_nginx, to_yaml, wait_until
+from harness import free_ports, nginx_conf, nginx_etc, pool, start_nginx, to_yaml, wait_until
 from supervision_support import Background, Hammer, get, lc_pool, pid_of, start, worker_pids
 
 
@@ -138,7 +138,10 @@ def test_listeners_keep_their_sockets_and_listeners_and_pools_come_and_go(tmp_pa
         wait_until(lambda: tag_of(b, "new") == "new", 30, what="the new pool through the new listener")
         # the removed listener no longer accepts
         wait_until(lambda: not _connects(gone_addr), 10, what="the removed listener closed")
-        b.log.wait_for([r"pool removed from the configuration"])
+        # the removed pool's workers say why they stop: the bridge itself keeps running
+        b.log.wait_for([r"pool removed by reload: finishing its requests", 'pool="gone"'])
+        stopped = b.log.wait_for([r"worker stopped \(", 'pool="gone"'])
+        assert all("worker stopped (pool removed by reload)" in ln for ln in stopped), stopped
         after = connected[0]
         wait_until(lambda: connected[0] >= after + 50, 60, what="connections to l-a after the reload")
         stop.set()
@@ -181,9 +184,54 @@ def test_sigusr2_restarts_every_pool_and_a_reload_fixes_a_broken_pool(tmp_path):
         assert get(b, "broken", "/pid").status == 503
         before = worker_pids(b)
         rewrite(b, lambda c: c["pools"]["broken"]["env"].pop("LIFECYCLE_BROKEN"))
+        mark = b.log.mark()
         reload(b, sig=signal.SIGUSR2)
         wait_until(lambda: get(b, "broken", "/pid").status == 200, 30, what="the fixed pool serving")
         wait_until(lambda: not (worker_pids(b) & before), 30, what="every worker restarted")
+        # pool a's configuration did not change: its workers go for the restart asked for
+        retired = b.log.wait_for([r"retiring the worker: ", 'pool="a"'], since=mark)
+        assert all("retiring the worker: restart requested (SIGUSR2);" in ln for ln in retired), retired
+    finally:
+        b.stop()
+
+
+ROLLOUT_APP = """import json, os
+
+
+def application(environ, start_response):
+    body = json.dumps({"pid": os.getpid()}).encode()
+    start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+    return [body]
+"""
+
+
+def test_a_restart_whose_new_code_cannot_be_imported_backs_off_and_the_status_says_so(tmp_path):
+    app = tmp_path / "rollout_app.py"
+    app.write_text(ROLLOUT_APP)
+    b = start(tmp_path, {"r": pool(str(app), processes=1, threads=1)})
+    try:
+        old = pid_of(get(b, "r", "/"))
+        # a deploy of code that cannot be imported, then SIGUSR2 (the configuration is as it was)
+        app.write_text("raise ImportError('rollout-test: the new code cannot be imported')\n")
+        mark = b.log.mark()
+        reload(b, sig=signal.SIGUSR2)
+        # the new workers' failures back off 0.5 s, 1 s, 2 s, 4 s…: the old worker, healthy
+        # and serving, does not reset the backoff (it used to, every second: a retry every
+        # 0.5-1 s for ever)
+        b.log.wait_for([r"restarting the worker in 4s", 'pool="r"'], since=mark, timeout=60)
+        failures = [ln for ln in b.log.lines(mark) if "worker failed to start" in ln and 'pool="r"' in ln]
+        assert 3 <= len(failures) <= 6, failures
+        # the old worker serves on, and the status says the rollout fails
+        assert pid_of(get(b, "r", "/")) == old
+        st = b.pool_status("r")
+        assert st["state"] == "rollout-failing", st
+        # fixed code and SIGUSR2 again: the rollout completes, the old worker goes as asked
+        app.write_text(ROLLOUT_APP)
+        mark = b.log.mark()
+        reload(b, sig=signal.SIGUSR2)
+        wait_until(lambda: pid_of(get(b, "r", "/")) != old, 90, what="a worker of the fixed code serving")
+        b.log.wait_for([r"retiring the worker: restart requested \(SIGUSR2\)", f"pid={old}"], since=mark)
+        wait_until(lambda: b.pool_status("r")["state"] == "running", 30, what="the pool running again")
     finally:
         b.stop()
 

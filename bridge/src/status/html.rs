@@ -209,7 +209,7 @@ fn tile(o: &mut String, name: &str, key: &str, value: &str, note: &str, class: &
 
 /// A pool's card: its state, the numbers that matter now, the counters that moved, charts.
 fn pool_card(o: &mut String, p: &PoolStatus, h: Option<&PoolHistory>, now: f64, interval: f64, window: f64) {
-    let warn = if p.state == "failing" { " warn" } else { "" };
+    let warn = if matches!(p.state, "failing" | "rollout-failing") { " warn" } else { "" };
     let _ = write!(o, "<section class=\"card pool-card\" data-pool=\"{0}\"><h2>{0} <span class=\"badge{warn}\">{1}</span></h2>\n<div class=\"tiles\">", esc(&p.name), esc(p.state));
     let rps = h.and_then(|h| h.requests_per_second.last().copied());
     let lm = &p.latency_seconds.last_minute;
@@ -323,7 +323,7 @@ fn pool_table(o: &mut String, s: &Status, history: &History) {
             p.queue_length,
             p.max_queue_length,
             p.queue_size,
-            if p.state == "failing" { "warn" } else { "" },
+            if matches!(p.state, "failing" | "rollout-failing") { "warn" } else { "" },
             esc(p.state),
             p.idle_workers,
             p.busy_workers,

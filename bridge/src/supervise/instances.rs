@@ -202,9 +202,10 @@ impl Shelf {
         self.with(|b| b.env.as_ref().map(|e| e.spawner.clone()))
     }
 
-    /// Stop an instance: it serves what it has queued and in flight, then ends.
-    fn retire(&self, i: Instance) {
-        i.pool.send(ManagerCmd::Remove { within: RETIRE_WITHIN });
+    /// Stop an instance: it serves what it has queued and in flight, then ends. `why` ends
+    /// "instance removed: …", the reason its workers' stop lines give.
+    fn retire(&self, i: Instance, why: &str) {
+        i.pool.send(ManagerCmd::Remove { within: RETIRE_WITHIN, why: format!("instance removed: {why}") });
         // A preloaded instance's fork template goes with it (supervise/template.rs).
         if i.pool.config.isolation.preload {
             if let Some(s) = self.spawner() {
@@ -352,7 +353,7 @@ impl Instances {
         let t = self.lookup(template).ok_or_else(|| format!("no template {template:?}"))?;
         let inst = t.lock().live.remove(key).ok_or_else(|| format!("template {template:?} has no instance {key:?}"))?;
         tracing::info!(pool = %inst.pool.name, "instance stopped by the control socket");
-        self.0.retire(inst);
+        self.0.retire(inst, "stopped through the control socket");
         Ok(format!("instance {template}[{key}] stopping\n"))
     }
 
@@ -414,7 +415,7 @@ async fn reaper(shelf: std::sync::Weak<Shelf>) {
             };
             for i in gone {
                 tracing::info!(pool = %i.pool.name, "instance idle for instance-idle-timeout ({}), stopping", crate::config::units::DurationDisplay(idle));
-                shelf.retire(i);
+                shelf.retire(i, "idle for instance-idle-timeout");
             }
         }
     }
@@ -438,9 +439,9 @@ impl TemplateRuntime {
     }
 
     /// Stop an instance (nothing to do once the daemon's instances are gone).
-    fn retire(&self, i: Instance) {
+    fn retire(&self, i: Instance, why: &str) {
         if let Some(shelf) = self.shelf.upgrade() {
-            shelf.retire(i);
+            shelf.retire(i, why);
         }
     }
 
@@ -579,7 +580,7 @@ impl TemplateRuntime {
         };
         if let Some(v) = victim {
             tracing::info!(pool = %v.pool.name, "max-instances ({}) reached: stopping the least recently used idle instance", t.max_instances);
-            self.retire(v);
+            self.retire(v, "max-instances reached, it was the least recently used idle one");
         }
         Ok(())
     }
@@ -621,7 +622,7 @@ impl TemplateRuntime {
                     // the two the other way round).
                     let gone = self.lock().live.remove(&key);
                     if let Some(i) = gone {
-                        self.retire(i);
+                        self.retire(i, "its template's new configuration refuses it");
                     }
                 }
                 Err(e) => tracing::warn!(pool = %inst.pool.name, "reload: resolving the instance failed: {e}"),
@@ -633,7 +634,7 @@ impl TemplateRuntime {
         let all: Vec<Instance> = self.lock().live.drain().map(|(_, i)| i).collect();
         for i in all {
             tracing::info!(pool = %i.pool.name, "instance stopping: {why}");
-            self.retire(i);
+            self.retire(i, why);
         }
     }
 }

@@ -48,8 +48,9 @@ pub(super) struct Prepared {
     gid: Option<libc::gid_t>,
     groups: Option<Vec<Gid>>,
     chroot: Option<CString>,
-    /// The working directory, seen from inside the chroot (or re-entered after setuid).
-    workdir: Option<CString>,
+    /// The working directory (seen from inside the chroot), entered last, as the worker's
+    /// user: a directory that user may not enter fails the spawn instead of confusing Python.
+    workdir: CString,
     umask: Option<libc::mode_t>,
     rlimits: Vec<(Resource, libc::rlim_t)>,
     nice: Option<libc::c_int>,
@@ -58,6 +59,8 @@ pub(super) struct Prepared {
     chroot_dir: Option<PathBuf>,
     env: Vec<(String, String)>,
     clear_env: bool,
+    /// "user www (uid 33, gid 33)" when the pool sets `user:`, for error messages.
+    run_as: Option<String>,
 }
 
 impl Prepared {
@@ -96,7 +99,7 @@ impl Prepared {
                 stage_package(python_path, root)?;
                 (
                     Some(cstring(root)?),
-                    Some(cstring(&inside(root, &pool.chdir))?),
+                    cstring(&inside(root, &pool.chdir))?,
                     inside(root, &pool.python),
                     PathBuf::from("/").join(CHROOT_PACKAGE_DIR),
                 )
@@ -106,10 +109,7 @@ impl Prepared {
                     let gids: Vec<u32> = groups.iter().flatten().map(|g| g.as_raw()).chain([worker_gid]).collect();
                     reachable(&python_path.join("fcgibridge_worker").join("main.py"), worker_uid, &gids)?;
                 }
-                // After setuid the working directory is entered again, so a directory the
-                // worker user may not enter fails the spawn instead of confusing Python.
-                let workdir = if uid.is_some() { Some(cstring(&pool.chdir)?) } else { None };
-                (None, workdir, pool.python.clone(), python_path.to_owned())
+                (None, cstring(&pool.chdir)?, pool.python.clone(), python_path.to_owned())
             }
         };
 
@@ -137,7 +137,13 @@ impl Prepared {
             chroot_dir: iso.chroot.clone(),
             env,
             clear_env: iso.clear_env,
+            run_as: iso.user.as_ref().map(|u| format!("user {} (uid {worker_uid}, gid {worker_gid})", u.login)),
         })
+    }
+
+    /// "user www (uid 33, gid 33)" when the pool sets `user:`.
+    pub(super) fn run_as(&self) -> Option<&str> {
+        self.run_as.as_deref()
     }
 
     /// The interpreter to exec (inside the chroot when there is one).
@@ -169,34 +175,24 @@ impl Prepared {
         }
     }
 
-    /// Register the pre-exec hook. Register it before any hook that must run with the
-    /// final credentials (PR_SET_PDEATHSIG).
-    pub(super) fn install(self, cmd: &mut Command) {
-        if !self.needs_hook() {
-            return;
-        }
+    /// Register the pre-exec hook, which also enters the working directory (the command
+    /// gets no `current_dir`). Register it before any hook that must run with the final
+    /// credentials (PR_SET_PDEATHSIG). `steps` learns which step failed (spawn.rs).
+    pub(super) fn install(self, cmd: &mut Command, steps: super::spawn::StepMarker) {
         // SAFETY: the closure only makes async-signal-safe system calls (setrlimit,
-        // setpriority, umask, chroot, chdir, setgroups, setgid, setuid; nix's wrappers of
-        // them pass C strings and slices straight through) on data prepared before the
-        // fork; it neither allocates nor takes locks.
+        // setpriority, umask, chroot, chdir, setgroups, setgid, setuid, write; nix's
+        // wrappers of them pass C strings and slices straight through) on data prepared
+        // before the fork; it neither allocates nor takes locks.
         unsafe {
-            cmd.pre_exec(move || self.apply());
+            cmd.pre_exec(move || self.apply(steps));
         }
-    }
-
-    fn needs_hook(&self) -> bool {
-        self.uid.is_some()
-            || self.gid.is_some()
-            || self.groups.is_some()
-            || self.chroot.is_some()
-            || self.umask.is_some()
-            || !self.rlimits.is_empty()
-            || self.nice.is_some()
     }
 
     /// Runs in the forked child.
-    fn apply(&self) -> std::io::Result<()> {
+    fn apply(&self, steps: super::spawn::StepMarker) -> std::io::Result<()> {
+        use super::spawn::Step;
         use nix::unistd::{chdir, chroot, setgroups, setresgid, setresuid, Uid};
+        steps.mark(Step::Limits);
         for &(resource, value) in &self.rlimits {
             nix::sys::resource::setrlimit(resource, value, value)?;
         }
@@ -210,9 +206,11 @@ impl Prepared {
             nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(m));
         }
         if let Some(root) = &self.chroot {
+            steps.mark(Step::Chroot);
             chroot(root.as_c_str())?;
             chdir(c"/")?;
         }
+        steps.mark(Step::Credentials);
         if let Some(groups) = &self.groups {
             setgroups(groups)?;
         }
@@ -224,9 +222,8 @@ impl Prepared {
             let uid = Uid::from_raw(uid);
             setresuid(uid, uid, uid)?;
         }
-        if let Some(dir) = &self.workdir {
-            chdir(dir.as_c_str())?;
-        }
+        steps.mark(Step::Chdir);
+        chdir(self.workdir.as_c_str())?;
         Ok(())
     }
 }

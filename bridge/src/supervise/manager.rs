@@ -22,7 +22,8 @@
 //! - Start-up failures back off exponentially (0.5 s doubling to 30 s); while no worker
 //!   is ready, one attempt at a time, and the dispatcher answers 503 at once.
 use super::policy::{
-    self, Action, DrainStep, Member, Mib, Recycle, Roster, Sampled, Sizing, Spread, State, Verdict, ROUND,
+    self, Action, DrainStep, Member, Mib, PoolState, Recycle, RolloutCause, Roster, Sampled, Sizing, Spread, State,
+    Verdict, ROUND,
 };
 use super::stats::{ManagerView, RestartRecord, WorkerInfo};
 use super::worker::{self, Event, WorkerTask};
@@ -48,9 +49,10 @@ const RESTARTS_KEPT: usize = 50;
 pub(crate) enum ManagerCmd {
     /// A reload: the pool's new configuration; `restart` forces a rolling restart.
     Reconfigure { config: Arc<config::Pool>, restart: bool },
-    /// The pool is gone from the configuration: serve what is queued and in flight (at
-    /// most `within`), then stop.
-    Remove { within: Duration },
+    /// The pool is gone (removed by a reload, or an instance of a template stopped): serve
+    /// what is queued and in flight (at most `within`), then stop. `why` is the reason its
+    /// workers' log lines and restart records give.
+    Remove { within: Duration, why: String },
     /// The daemon stops: stop every worker, then answer.
     Stop { how: Stop, done: oneshot::Sender<()> },
 }
@@ -93,6 +95,8 @@ pub(crate) struct Manager {
     name: Arc<str>,
     cfg: Arc<config::Pool>,
     cfg_gen: u64,
+    /// Why the workers of older generations are being replaced.
+    rollout: RolloutCause,
     dispatcher: Arc<Dispatcher<SlotConn>>,
     control: Arc<PoolControl>,
     spawner: Arc<Spawner>,
@@ -121,6 +125,8 @@ pub(crate) struct Manager {
     crashes: u64,
     next_round: Instant,
     removing: Option<Instant>,
+    /// Why the pool is removed (its workers' stop reason).
+    removed_why: String,
     stopping: Option<(Stop, Option<oneshot::Sender<()>>)>,
     spread: Spread,
     page_size: u64,
@@ -155,6 +161,7 @@ impl Manager {
             name,
             cfg,
             cfg_gen: 0,
+            rollout: RolloutCause::Changed,
             dispatcher,
             control,
             spawner,
@@ -179,6 +186,7 @@ impl Manager {
             crashes: 0,
             next_round: Instant::now() + ROUND,
             removing: None,
+            removed_why: String::new(),
             stopping: None,
             spread: Spread::new(seed),
             page_size: conf(nix::unistd::SysconfVar::PAGE_SIZE).unwrap_or(4096),
@@ -190,6 +198,17 @@ impl Manager {
 
     fn sup(&self) -> &config::supervision::Supervision {
         &self.cfg.supervision
+    }
+
+    /// SIGTERM to SIGKILL for a worker with no request left. An ASGI worker may still run
+    /// tasks past its last response (a background task): it gets graceful-timeout for
+    /// them (`FCGIBRIDGE_GRACEFUL_TIMEOUT`, spawn.rs), then its lifespan shutdown.
+    fn term_grace(&self) -> Duration {
+        if self.cfg.interface.kind == config::interface::Interface::Wsgi {
+            TERM_GRACE
+        } else {
+            self.sup().graceful_timeout + TERM_GRACE
+        }
     }
 
     fn initial_target(&self) -> u32 {
@@ -216,6 +235,9 @@ impl Manager {
             Event::Spawned { id, pid } => {
                 if let Some(i) = self.index(id) {
                     self.workers[i].pid = pid;
+                    // Counted once a process exists: a spawn that failed before is no process.
+                    self.spawns += 1;
+                    self.history.entry(self.workers[i].index).or_default().spawns += 1;
                 }
             }
             Event::Ready { id, took } => {
@@ -230,10 +252,20 @@ impl Manager {
                 }
                 self.failing = None;
             }
-            Event::Failed { id, why } => {
+            Event::Failed { id, why, started } => {
                 let Some(i) = self.index(id) else { return };
                 let w = self.workers.swap_remove(i);
                 self.dispatcher.remove_worker(w.key);
+                if !started {
+                    // No process ever existed (the spawn itself failed, or it was stopped
+                    // first): neither an exit nor a crash, only the reason at its index.
+                    let reason = w.exit_reason.clone().unwrap_or_else(|| format!("failed to start: {why}"));
+                    self.history.entry(w.index).or_default().last_reason = Some(reason);
+                    if w.exit_reason.is_none() {
+                        self.start_failed(why, now);
+                    }
+                    return;
+                }
                 if w.exit_reason.is_some() {
                     // Stopped on purpose before it was ready (reload, stop).
                     self.record_exit(&w, w.exit_reason.clone().unwrap_or_default(), now);
@@ -324,21 +356,20 @@ impl Manager {
     fn on_cmd(&mut self, cmd: ManagerCmd) {
         match cmd {
             ManagerCmd::Reconfigure { config, restart } => self.reconfigure(config, restart),
-            ManagerCmd::Remove { within } => {
-                tracing::info!(
-                    pool = &*self.name,
-                    "pool removed from the configuration: finishing its requests, then stopping its workers"
-                );
+            ManagerCmd::Remove { within, why } => {
+                tracing::info!(pool = &*self.name, "{why}: finishing its requests, then stopping its workers");
                 self.removing = Some(Instant::now() + within);
+                self.removed_why = why;
             }
-            ManagerCmd::Stop { how, done } => self.begin_stop(how, Some(done)),
+            ManagerCmd::Stop { how, done } => self.begin_stop(how, Some(done), "the bridge is stopping"),
         }
     }
 
     fn reconfigure(&mut self, new: Arc<config::Pool>, restart: bool) {
         let old = std::mem::replace(&mut self.cfg, new);
         self.dispatcher.set_queue(self.cfg.queue_size, self.cfg.queue_timeout);
-        let roll = restart || needs_restart(&old, &self.cfg);
+        let changed = needs_restart(&old, &self.cfg);
+        let roll = restart || changed;
         if old.supervision.mode != self.sup().mode {
             self.target = self.initial_target();
         }
@@ -348,15 +379,26 @@ impl Manager {
         *self.last_failure.lock().unwrap_or_else(|e| e.into_inner()) = None;
         if roll {
             self.cfg_gen += 1;
+            self.rollout = match (restart, changed) {
+                (false, _) => RolloutCause::Changed,
+                (true, false) => RolloutCause::Restart,
+                (true, true) => RolloutCause::RestartChanged,
+            };
             let serving = self.workers.iter().filter(|w| w.state == State::Ready).count();
+            let what = match self.rollout {
+                RolloutCause::Changed => "reload: configuration changed",
+                RolloutCause::Restart => "SIGUSR2: restart requested",
+                RolloutCause::RestartChanged => "SIGUSR2: restart requested, configuration changed",
+            };
             tracing::info!(
                 pool = &*self.name,
                 workers = serving,
-                "reload: configuration changed; rolling restart (each worker is retired once a new one is ready)"
+                "{what}; rolling restart (each worker is retired once a new one is ready)"
             );
-            // Workers still starting with the old configuration are of no use.
+            // Workers still starting with the old configuration (or code) are of no use.
+            let reason = self.rollout.starting_reason();
             for w in self.workers.iter_mut().filter(|w| w.state == State::Starting) {
-                w.exit_reason = Some("reload (started with the previous configuration)".into());
+                w.exit_reason = Some(reason.into());
                 w.state = State::Stopping;
                 let _ = w.ctl.send(WorkerCtl::Term { grace: FAST_GRACE });
             }
@@ -365,12 +407,13 @@ impl Manager {
         }
     }
 
-    fn begin_stop(&mut self, how: Stop, done: Option<oneshot::Sender<()>>) {
-        let grace = if how == Stop::Fast { FAST_GRACE } else { TERM_GRACE };
+    /// Stop every worker; `why` is their stop reason (the bridge stopping, the pool removed).
+    fn begin_stop(&mut self, how: Stop, done: Option<oneshot::Sender<()>>, why: &str) {
+        let grace = if how == Stop::Fast { FAST_GRACE } else { self.term_grace() };
         self.set_unavailable(Some(Arc::from(format!("pool {} is stopping", self.name))));
         for w in &mut self.workers {
             if w.state != State::Stopping {
-                w.exit_reason.get_or_insert_with(|| "the bridge is stopping".into());
+                w.exit_reason.get_or_insert_with(|| why.to_owned());
                 self.dispatcher.drain_worker(w.key);
                 w.state = State::Stopping;
                 let _ = w.ctl.send(WorkerCtl::Term { grace });
@@ -449,6 +492,7 @@ impl Manager {
         let page = self.page_size;
         let ticks = self.clock_ticks;
         let mut any_healthy = false;
+        let current_gen = self.cfg_gen;
         for w in &mut self.workers {
             if !matches!(w.state, State::Ready | State::Draining { .. }) {
                 continue;
@@ -457,7 +501,7 @@ impl Manager {
                 w.rss = Some(rss);
                 w.cpu = Some(cpu);
             }
-            any_healthy |= policy::healthy(w.ready_at, now);
+            any_healthy |= policy::resets_backoff(w.cfg_gen, current_gen, w.ready_at, now);
             if w.state != State::Ready || w.recycle.is_some() {
                 continue;
             }
@@ -614,7 +658,8 @@ impl Manager {
         if let Some(deadline) = self.removing {
             let v = self.dispatcher.view();
             if (v.busy_slots == 0 && v.queue_now == 0) || now >= deadline {
-                self.begin_stop(Stop::Graceful, None);
+                let why = std::mem::take(&mut self.removed_why);
+                self.begin_stop(Stop::Graceful, None, &why);
             }
             return;
         }
@@ -625,8 +670,8 @@ impl Manager {
             if w.state != State::Ready || w.recycle.is_some() {
                 continue;
             }
-            let outdated = w.cfg_gen < self.cfg_gen;
-            let reached = if outdated || w.max_requests == 0 {
+            let outdated = (w.cfg_gen < self.cfg_gen).then_some(self.rollout);
+            let reached = if outdated.is_some() || w.max_requests == 0 {
                 None
             } else {
                 self.dispatcher.worker_view(w.key, false).filter(|v| v.max_requests_reached).map(|v| v.served)
@@ -707,6 +752,7 @@ impl Manager {
     /// Take no new requests to worker `i`; stop it once its in-flight requests are done.
     fn drain(&mut self, i: usize, reason: String, hard: bool) {
         let graceful = self.sup().graceful_timeout;
+        let grace = self.term_grace();
         let w = &mut self.workers[i];
         w.recycle = None;
         w.hard |= hard;
@@ -722,19 +768,20 @@ impl Manager {
         );
         w.exit_reason = Some(reason);
         if open == 0 {
-            finish(w);
+            finish(w, grace);
         }
     }
 
     fn progress_draining(&mut self, now: Instant) {
         let native = self.native();
+        let grace = self.term_grace();
         for w in &mut self.workers {
             let State::Draining { deadline, dumped } = w.state else { continue };
             let view = self.dispatcher.worker_view(w.key, true);
             let open = view.as_ref().map(|v| v.open).unwrap_or(0);
             match policy::drain_step(open, deadline, dumped, native, now) {
                 DrainStep::Wait => {}
-                DrainStep::Finish => finish(w),
+                DrainStep::Finish => finish(w, grace),
                 DrainStep::DumpStacks { until } => {
                     let current: Vec<String> = view
                         .map(|v| {
@@ -761,7 +808,7 @@ impl Manager {
                         );
                     }
                     w.hard = true;
-                    finish(w);
+                    finish(w, grace);
                 }
             }
         }
@@ -789,8 +836,6 @@ impl Manager {
         let max_requests = policy::max_requests_for(&self.cfg.supervision, &mut self.spread);
         let key = self.dispatcher.add_worker(max_requests);
         let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
-        self.spawns += 1;
-        self.history.entry(index).or_default().spawns += 1;
         let task = WorkerTask {
             id,
             pool: self.name.clone(),
@@ -837,19 +882,15 @@ impl Manager {
     fn publish(&self) {
         let now = Instant::now();
         let s = self.sup();
-        let state = if self.stopping.is_some() {
-            "stopping"
-        } else if self.removing.is_some() {
-            "removing"
-        } else if self.failing.is_some() && self.active() == 0 {
-            "failing"
-        } else if self.active() > 0 {
-            "running"
-        } else if s.mode == Mode::OnDemand && self.total() == 0 {
-            "idle"
-        } else {
-            "starting"
-        };
+        let state = policy::pool_state(&PoolState {
+            stopping: self.stopping.is_some(),
+            removing: self.removing.is_some(),
+            failing: self.failing.is_some(),
+            active: self.active(),
+            outdated: self.workers.iter().filter(|w| w.cfg_gen < self.cfg_gen).count(),
+            total: self.total(),
+            ondemand: s.mode == Mode::OnDemand,
+        });
         let workers = self
             .workers
             .iter()
@@ -902,13 +943,14 @@ impl Manager {
     }
 }
 
-/// The worker has no request left: SIGTERM it (SIGKILL after a request-timeout).
-fn finish(w: &mut Worker) {
+/// The worker has no request left: SIGTERM it, SIGKILL after `grace` (at once after a
+/// request-timeout).
+fn finish(w: &mut Worker, grace: Duration) {
     if w.state == State::Stopping {
         return;
     }
     w.state = State::Stopping;
-    let _ = w.ctl.send(if w.hard { WorkerCtl::Kill } else { WorkerCtl::Term { grace: TERM_GRACE } });
+    let _ = w.ctl.send(if w.hard { WorkerCtl::Kill } else { WorkerCtl::Term { grace } });
 }
 
 /// Run the manager until it is stopped (or its pool removed and drained).
@@ -942,7 +984,7 @@ pub(crate) async fn run(
             Wake::Cmd(Some(cmd)) => m.on_cmd(cmd),
             Wake::Cmd(None) => {
                 if m.stopping.is_none() {
-                    m.begin_stop(Stop::Fast, None);
+                    m.begin_stop(Stop::Fast, None, "the bridge is stopping");
                 }
             }
             Wake::Dispatcher => m.on_wake(),

@@ -209,7 +209,7 @@ impl Supervisor {
         }
         for old in &self.pools {
             if !new.iter().any(|c| c.name == old.config.name) {
-                old.send(ManagerCmd::Remove { within: drain_within });
+                old.send(ManagerCmd::Remove { within: drain_within, why: "pool removed by reload".into() });
                 self.spawner.retire_template(&old.config.name);
                 self.retiring.push(old.clone());
             }

@@ -59,13 +59,58 @@ pub(super) fn backoff_after_crash(backoff: Duration, ready_at: Option<Instant>, 
     (!healthy(ready_at, now)).then(|| next_backoff(backoff))
 }
 
-/// The backoff once a round saw whether some worker runs healthily (which resets it).
+/// Whether a worker resets the start-up backoff at a round: healthy, and started with the
+/// pool's current configuration. During a rolling restart the old generation keeps
+/// serving (healthily) while the new one may fail to start: only the new one's health
+/// says the new code starts.
+pub(super) fn resets_backoff(worker_gen: u64, current_gen: u64, ready_at: Option<Instant>, now: Instant) -> bool {
+    worker_gen == current_gen && healthy(ready_at, now)
+}
+
+/// The backoff once a round saw whether some worker of the current configuration runs
+/// healthily (which resets it: [`resets_backoff`]).
 pub(super) fn backoff_after_round(backoff: Duration, any_healthy: bool) -> Duration {
     if any_healthy {
         Duration::ZERO
     } else {
         backoff
     }
+}
+
+/// The pool's state as the status page names it. `rollout-failing`: a rolling restart
+/// (reload, SIGUSR2) whose new workers fail to start while the previous generation serves.
+pub(super) fn pool_state(p: &PoolState) -> &'static str {
+    if p.stopping {
+        "stopping"
+    } else if p.removing {
+        "removing"
+    } else if p.failing && p.active == 0 {
+        "failing"
+    } else if p.failing && p.outdated > 0 {
+        "rollout-failing"
+    } else if p.active > 0 {
+        "running"
+    } else if p.ondemand && p.total == 0 {
+        "idle"
+    } else {
+        "starting"
+    }
+}
+
+/// What [`pool_state`] looks at.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct PoolState {
+    pub stopping: bool,
+    pub removing: bool,
+    /// A start failed and no worker has become ready since.
+    pub failing: bool,
+    /// Ready workers taking requests.
+    pub active: usize,
+    /// Workers started with a previous configuration, still there.
+    pub outdated: usize,
+    /// Ready or starting.
+    pub total: usize,
+    pub ondemand: bool,
 }
 
 /// The worker count a pool starts with.
@@ -222,19 +267,50 @@ pub(super) fn round_verdict(s: &Supervision, w: &Sampled, now: Instant) -> Verdi
 
 /// A ready worker's replacement asked for between rounds: it runs an outdated
 /// configuration, or the dispatcher flagged max-requests (held back by min-lifetime).
+/// `outdated`: why the worker's configuration generation was replaced ([`RolloutCause`]).
 pub(super) fn flagged(
     s: &Supervision,
-    outdated: bool,
+    outdated: Option<RolloutCause>,
     max_requests_reached: Option<u64>,
     ready_at: Option<Instant>,
     now: Instant,
 ) -> Option<Recycle> {
-    if outdated {
-        return Some(Recycle::calm("reload (configuration changed)".into()));
+    if let Some(cause) = outdated {
+        return Some(Recycle::calm(cause.reason().into()));
     }
     let served = max_requests_reached?;
     let lived = ready_at.map(|r| now.duration_since(r)).unwrap_or_default();
     (lived >= s.min_lifetime).then(|| Recycle::calm(format!("max-requests ({served} served)")))
+}
+
+/// Why a pool rolls its workers to a new configuration generation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum RolloutCause {
+    /// A reload changed what a worker is (app, python, env, threads, isolation…).
+    Changed,
+    /// SIGUSR2 asked to restart every worker; the pool's configuration is as it was.
+    Restart,
+    /// SIGUSR2 with a changed configuration.
+    RestartChanged,
+}
+
+impl RolloutCause {
+    /// The restart reason of the workers it retires (log and status page).
+    pub(super) fn reason(self) -> &'static str {
+        match self {
+            Self::Changed => "reload (configuration changed)",
+            Self::Restart => "restart requested (SIGUSR2)",
+            Self::RestartChanged => "restart requested (SIGUSR2; configuration changed)",
+        }
+    }
+
+    /// The stop reason of a worker that was still starting when the rollout began.
+    pub(super) fn starting_reason(self) -> &'static str {
+        match self {
+            Self::Changed => "reload (started with the previous configuration)",
+            Self::Restart | Self::RestartChanged => "restart requested (SIGUSR2) while it was starting",
+        }
+    }
 }
 
 /// What the sizing decisions know of the pool.

@@ -31,12 +31,170 @@ pub(super) enum SpawnError {
     Socket { path: String, source: std::io::Error },
     #[error("cannot create the readiness pipe: {0}")]
     Pipe(std::io::Error),
-    #[error("cannot start {python} (pool `python:`) in {chdir}: {source}")]
-    Exec { python: String, chdir: String, source: std::io::Error },
+    #[error("{0}")]
+    Start(Box<StartFailure>),
     #[error(transparent)]
     Isolation(#[from] super::isolate::IsolateError),
     #[error(transparent)]
     Template(#[from] super::template::TemplateError),
+}
+
+/// A step of a worker's (or template's) start in the forked child, in order. Each is marked
+/// on a pipe before it runs ([`StepLog`]), so a failed spawn says which one failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Step {
+    /// rlimits, nice, umask.
+    Limits,
+    Chroot,
+    /// Supplementary groups, gid, uid.
+    Credentials,
+    /// Entering the pool's `chdir`, as the worker's user.
+    Chdir,
+    /// Descriptors, parent-death signal, process group, signal dispositions.
+    Setup,
+    /// Everything done: the program is executed.
+    Exec,
+}
+
+impl Step {
+    const ALL: [Self; 6] = [Self::Limits, Self::Chroot, Self::Credentials, Self::Chdir, Self::Setup, Self::Exec];
+
+    fn code(self) -> u8 {
+        b'a' + self as u8
+    }
+
+    fn from_code(c: u8) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.code() == c)
+    }
+}
+
+/// The parent's side of the step pipe: after a failed spawn, the last step the child
+/// reached is the one that failed.
+pub(super) struct StepLog {
+    read: std::os::fd::OwnedFd,
+    write: std::os::fd::OwnedFd,
+}
+
+/// The child's side: marks a step (one byte; a single write(2) is async-signal-safe).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct StepMarker(RawFd);
+
+impl StepMarker {
+    pub(super) fn mark(self, step: Step) {
+        let b = step.code();
+        // SAFETY: write(2) of one byte from a live stack variable; the pipe is the
+        // parent's, open (and close-on-exec) until the spawn returned.
+        unsafe {
+            libc::write(self.0, (&b as *const u8).cast(), 1);
+        }
+    }
+}
+
+impl StepLog {
+    pub(super) fn new() -> std::io::Result<Self> {
+        use nix::fcntl::OFlag;
+        let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)?;
+        // 10 or above, like the claim page's: never a number the child dup2()s a descriptor
+        // onto (0 to 4) before its last mark.
+        let write = nix::fcntl::fcntl(&write, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(10))?;
+        // SAFETY: fcntl just made this descriptor; nobody else owns it.
+        let write = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(write) };
+        Ok(Self { read, write })
+    }
+
+    pub(super) fn marker(&self) -> StepMarker {
+        StepMarker(self.write.as_raw_fd())
+    }
+
+    /// After the spawn failed: the step the child was at (None: it failed before the first,
+    /// e.g. fork itself).
+    pub(super) fn failed_at(self) -> Option<Step> {
+        drop(self.write);
+        let mut buf = [0u8; 64];
+        let mut last = None;
+        while let Ok(n @ 1..) = nix::unistd::read(&self.read, &mut buf) {
+            last = buf[..n].last().copied();
+        }
+        last.and_then(Step::from_code)
+    }
+}
+
+/// A worker (or template) that could not be started: which step failed, for whom.
+#[derive(Debug)]
+pub(crate) struct StartFailure {
+    step: Option<Step>,
+    /// What is executed, as configured; for a `command:` pool its program.
+    program: String,
+    /// `python` or `command`: the key naming the program.
+    key: &'static str,
+    /// Where `program` leads when it is a symlink.
+    resolved: Option<String>,
+    chdir: String,
+    chroot: Option<String>,
+    run_as: Option<String>,
+    source: std::io::Error,
+}
+
+impl StartFailure {
+    pub(super) fn new(pool: &Pool, run_as: Option<&str>, step: Option<Step>, source: std::io::Error) -> Self {
+        let (program, key) = match &pool.app {
+            App::Command(argv) => (std::path::PathBuf::from(&argv[0]), "command"),
+            _ => (pool.python.clone(), "python"),
+        };
+        let resolved = std::fs::symlink_metadata(&program).is_ok_and(|m| m.file_type().is_symlink()).then(|| {
+            match std::fs::canonicalize(&program) {
+                Ok(p) => p.display().to_string(),
+                Err(_) => match std::fs::read_link(&program) {
+                    Ok(p) => format!("{} (which does not resolve)", p.display()),
+                    Err(e) => format!("? ({e})"),
+                },
+            }
+        });
+        Self {
+            step,
+            program: program.display().to_string(),
+            key,
+            resolved,
+            chdir: pool.chdir.display().to_string(),
+            chroot: pool.isolation.chroot.as_ref().map(|c| c.display().to_string()),
+            run_as: run_as.map(str::to_owned),
+            source,
+        }
+    }
+}
+
+impl std::fmt::Display for StartFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let who = match &self.run_as {
+            Some(u) => format!(" as {u}"),
+            None => String::new(),
+        };
+        let (program, key, source) = (&self.program, self.key, &self.source);
+        let target = match &self.resolved {
+            Some(t) => format!(", a symlink to {t}"),
+            None => String::new(),
+        };
+        match self.step {
+            Some(Step::Exec) => write!(f, "cannot execute {program} (pool `{key}:`{target}){who}: {source}"),
+            Some(Step::Chdir) => {
+                write!(f, "cannot enter the working directory {} (pool `chdir:`){who}: {source}", self.chdir)
+            }
+            Some(Step::Credentials) => match &self.run_as {
+                Some(u) => write!(f, "cannot switch to {u} (groups, gid, uid): {source}"),
+                None => write!(f, "cannot set the worker's groups or gid: {source}"),
+            },
+            Some(Step::Chroot) => {
+                write!(f, "cannot chroot to {} (pool `chroot:`): {source}", self.chroot.as_deref().unwrap_or("?"))
+            }
+            Some(Step::Limits) => {
+                write!(f, "cannot apply the pool's rlimit-nofile / rlimit-core / nice / umask: {source}")
+            }
+            Some(Step::Setup) => {
+                write!(f, "cannot set up the descriptors and signals of {program} before exec: {source}")
+            }
+            None => write!(f, "cannot start a process for {program} (pool `{key}:`): {source}"),
+        }
+    }
 }
 
 /// Bind `socket`, then start the pool's interpreter with it as fd 0 (and `claims`, the
@@ -53,6 +211,7 @@ pub(super) async fn spawn_worker(
     }
     // user/group/chroot/limits of the pool (supervise/isolate.rs), resolved before the fork.
     let iso = super::isolate::Prepared::for_pool(pool, python_path)?;
+    let run_as = iso.run_as().map(str::to_owned);
     let sock_err = |source| SpawnError::Socket { path: socket.display().to_string(), source };
     // The file is ours (a private directory, a name with a fresh generation): any leftover
     // is from a previous bridge and can go.
@@ -91,12 +250,15 @@ pub(super) async fn spawn_worker(
         None => cmd.env_remove("FCGIBRIDGE_CLAIM_FD"),
     };
     let ready_w_raw = ready_w.as_raw_fd();
+    let steps = StepLog::new().map_err(SpawnError::Pipe)?;
+    let step = steps.marker();
     // Credentials change first: the kernel clears PR_SET_PDEATHSIG (set below) on setuid.
-    iso.install(&mut cmd);
+    iso.install(&mut cmd, step);
     // SAFETY: the closure runs in the forked child before exec and only makes
     // async-signal-safe system calls (dup2, fcntl, prctl, setpgid, sigaction, sigprocmask).
     unsafe {
         cmd.pre_exec(move || {
+            step.mark(Step::Setup);
             if !give_ready_fd {
                 // The pipe's write end is close-on-exec: it closes when the program starts.
             } else if ready_w_raw == READY_FD {
@@ -126,16 +288,20 @@ pub(super) async fn spawn_worker(
             if !give_ready_fd {
                 block_operator_signals()?;
             }
+            step.mark(Step::Exec);
             Ok(())
         });
     }
 
-    let child = cmd.spawn().map_err(|source| SpawnError::Exec {
-        python: pool.python.display().to_string(),
-        chdir: pool.chdir.display().to_string(),
-        source,
-    })?;
+    let child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(source) => {
+            let at = steps.failed_at();
+            return Err(SpawnError::Start(Box::new(StartFailure::new(pool, run_as.as_deref(), at, source))));
+        }
+    };
     drop(cmd);
+    drop(steps);
     drop(ready_w);
     let pid = child.id().unwrap_or(0);
     let ready = tokio::net::unix::pipe::Receiver::from_owned_fd(ready_r).map_err(SpawnError::Pipe)?;
@@ -201,9 +367,10 @@ pub(super) fn python_app_spec(pool: &Pool, iso: &Prepared) -> Option<String> {
 /// What every pool member starts with (docs/worker-contract.md): the pool's directory and
 /// environment, then the FCGIBRIDGE_* variables, which the pool's `env` cannot override.
 pub(super) fn worker_environment(cmd: &mut Command, pool: &Pool, iso: &Prepared, app: String) {
+    // The working directory is entered by the pre-exec hook (isolate.rs), after the
+    // credentials changed, so that a failure there is told apart from exec's.
     iso.configure_env(cmd);
-    cmd.current_dir(&pool.chdir)
-        .envs(&pool.env)
+    cmd.envs(&pool.env)
         .env("FCGIBRIDGE_APP", app)
         .env("FCGIBRIDGE_THREADS", pool.threads.to_string())
         .env("FCGIBRIDGE_PROCESSES", pool.processes.to_string())
@@ -211,12 +378,94 @@ pub(super) fn worker_environment(cmd: &mut Command, pool: &Pool, iso: &Prepared,
         .env("FCGIBRIDGE_READY_FD", READY_FD.to_string());
     // Only for ASGI-capable pools: a WSGI worker's environment stays as it was (absent means wsgi).
     if pool.interface.kind == crate::config::interface::Interface::Wsgi {
-        for name in ["FCGIBRIDGE_INTERFACE", "FCGIBRIDGE_CONCURRENCY", "FCGIBRIDGE_ASGI_LOOP"] {
+        for name in
+            ["FCGIBRIDGE_INTERFACE", "FCGIBRIDGE_CONCURRENCY", "FCGIBRIDGE_ASGI_LOOP", "FCGIBRIDGE_GRACEFUL_TIMEOUT"]
+        {
             cmd.env_remove(name);
         }
     } else {
+        // How long tasks still running at SIGTERM may take (asgi.py); the manager waits that
+        // much longer before its SIGKILL.
+        let graceful = pool.supervision.graceful_timeout.as_secs_f64().to_string();
         cmd.env("FCGIBRIDGE_INTERFACE", pool.interface.kind.as_str())
             .env("FCGIBRIDGE_CONCURRENCY", pool.interface.concurrency.to_string())
-            .env("FCGIBRIDGE_ASGI_LOOP", pool.interface.asgi_loop.as_str());
+            .env("FCGIBRIDGE_ASGI_LOOP", pool.interface.asgi_loop.as_str())
+            .env("FCGIBRIDGE_GRACEFUL_TIMEOUT", graceful);
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    fn pool(python: PathBuf, chdir: PathBuf) -> Pool {
+        Pool {
+            name: "p".into(),
+            python,
+            python_at: Default::default(),
+            app: App::Module { module: "x".into(), callable: "application".into() },
+            chdir,
+            env: Default::default(),
+            processes: 1,
+            threads: 1,
+            interface: Default::default(),
+            queue_size: 0,
+            queue_timeout: std::time::Duration::from_secs(1),
+            startup_timeout: std::time::Duration::from_secs(1),
+            slowlog_timeout: None,
+            supervision: Default::default(),
+            max_body: None,
+            pipeline: true,
+            error_pages: Default::default(),
+            isolation: Default::default(),
+        }
+    }
+
+    /// Start `pool`'s python as spawn_worker does (isolation hook, then exec); the failure.
+    fn start(pool: &Pool) -> StartFailure {
+        let iso = Prepared::for_pool(pool, Path::new("/nonexistent")).unwrap();
+        let run_as = iso.run_as().map(str::to_owned);
+        let mut cmd = Command::new(iso.python());
+        worker_environment(&mut cmd, pool, &iso, String::new());
+        let steps = StepLog::new().unwrap();
+        let step = steps.marker();
+        iso.install(&mut cmd, step);
+        // SAFETY: only write(2) runs in the child.
+        unsafe {
+            cmd.pre_exec(move || {
+                step.mark(Step::Exec);
+                Ok(())
+            });
+        }
+        let err = cmd.spawn().map(|_| ()).expect_err("the spawn fails");
+        StartFailure::new(pool, run_as.as_deref(), steps.failed_at(), err)
+    }
+
+    #[tokio::test]
+    async fn a_failed_start_says_whether_chdir_or_exec_failed() {
+        let dir = crate::config::tests::scratch_dir("spawn-steps");
+        let python = dir.join("python");
+        std::os::unix::fs::symlink(dir.join("missing-interpreter"), &python).unwrap();
+        // exec: ENOENT through a dangling symlink, which is named
+        let e = start(&pool(python.clone(), dir.clone()));
+        assert_eq!(e.step, Some(Step::Exec));
+        let text = e.to_string();
+        assert!(
+            text.starts_with(&format!("cannot execute {} (pool `python:`, a symlink to ", python.display())),
+            "{text}"
+        );
+        assert!(text.contains("missing-interpreter (which does not resolve)"), "{text}");
+        // chdir: ENOENT too, and said so (the interpreter is never reached)
+        let gone = dir.join("gone");
+        let e = start(&pool(PathBuf::from("/bin/true"), gone.clone()));
+        assert_eq!(e.step, Some(Step::Chdir));
+        let text = e.to_string();
+        assert!(
+            text.starts_with(&format!("cannot enter the working directory {} (pool `chdir:`): ", gone.display())),
+            "{text}"
+        );
+        assert!(!text.contains("as user"), "no `user:`, no user named: {text}");
     }
 }

@@ -70,8 +70,9 @@ pub(crate) struct PoolStats {
     /// "static", "dynamic" or "ondemand".
     pub mode: &'static str,
     /// "starting", "running", "idle" (ondemand, no process), "failing" (the app cannot
-    /// start; requests get 503 at once), "removing" (gone from the configuration, finishing
-    /// its requests), "stopping".
+    /// start; requests get 503 at once), "rollout-failing" (a rolling restart's new workers
+    /// cannot start; the previous ones keep serving), "removing" (gone from the
+    /// configuration, finishing its requests), "stopping".
     pub state: &'static str,
     /// While the pool answers 503 at once: why.
     pub unavailable_reason: Option<String>,

@@ -40,6 +40,8 @@ const BOOT: &str = "import sys; sys.path.insert(0, sys.argv.pop(1)); import fcgi
 pub(super) enum TemplateError {
     #[error("cannot start the pool's template: {0}")]
     Start(std::io::Error),
+    #[error("cannot start the pool's template: {0}")]
+    Exec(Box<super::spawn::StartFailure>),
     #[error("the template failed to import the app: {0}")]
     Load(String),
     #[error("the template did not import the app within startup-timeout {0:?}")]
@@ -178,6 +180,7 @@ impl Templates {
 
 async fn start_template(pool: &Pool, python_path: &Path) -> Result<Arc<Template>, TemplateError> {
     let iso = Prepared::for_pool(pool, python_path)?;
+    let run_as = iso.run_as().map(str::to_owned);
     let (ours, theirs) =
         socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK)
             .map_err(|e| TemplateError::Start(e.into()))?;
@@ -197,11 +200,14 @@ async fn start_template(pool: &Pool, python_path: &Path) -> Result<Arc<Template>
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
-    iso.install(&mut cmd);
+    let steps = super::spawn::StepLog::new().map_err(TemplateError::Start)?;
+    let step = steps.marker();
+    iso.install(&mut cmd, step);
     let (ready_raw, ctl_raw) = (ready_w.as_raw_fd(), theirs.as_raw_fd());
     // SAFETY: only fcntl, dup2, close, prctl, setpgid and sigaction run in the child, on fds made before the fork.
     unsafe {
         cmd.pre_exec(move || {
+            step.mark(super::spawn::Step::Setup);
             let check = |r: libc::c_int| if r == -1 { Err(std::io::Error::last_os_error()) } else { Ok(r) };
             // Move both above the target numbers first: either may already sit on 3 or 4.
             let ready_hi = check(libc::fcntl(ready_raw, libc::F_DUPFD_CLOEXEC, 10))?;
@@ -211,11 +217,25 @@ async fn start_template(pool: &Pool, python_path: &Path) -> Result<Arc<Template>
             check(libc::dup2(ctl_hi, CONTROL_FD))?;
             check(libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0))?;
             check(libc::setpgid(0, 0))?;
-            super::spawn::ignore_operator_signals()
+            super::spawn::ignore_operator_signals()?;
+            step.mark(super::spawn::Step::Exec);
+            Ok(())
         });
     }
-    let mut child = cmd.spawn().map_err(TemplateError::Start)?;
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(source) => {
+            let at = steps.failed_at();
+            return Err(TemplateError::Exec(Box::new(super::spawn::StartFailure::new(
+                pool,
+                run_as.as_deref(),
+                at,
+                source,
+            ))));
+        }
+    };
     drop(cmd);
+    drop(steps);
     drop((ready_w, theirs));
     let pid = child.id().unwrap_or(0);
     let name: Arc<str> = Arc::from(pool.name.as_str());

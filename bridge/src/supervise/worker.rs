@@ -20,6 +20,15 @@ use tokio::sync::mpsc;
 const SILENT_READY_GRACE: Duration = Duration::from_secs(1);
 /// Time for a stack dump (SIGUSR2) to reach the log before the process is killed.
 pub(super) const DUMP_GRACE: Duration = Duration::from_millis(300);
+/// A worker to be killed (SIGKILL) less than this after it was asked for its stacks gets
+/// until then to write them (request-timeout: the manager asks for the stacks, then kills
+/// the worker as soon as its replacement is ready, which a preloaded pool forks in
+/// milliseconds). The wait ends early once its stack lines have been logged.
+pub(super) const STACKS_WAIT: Duration = Duration::from_secs(1);
+/// The stack lines have all been read once none came for this long (a dump is one write).
+const STACKS_QUIET: Duration = Duration::from_millis(50);
+/// The prefix of every line of a worker's stack dump (stackdump.py, asgi.py).
+const STACK_LINE: &str = "[stack ";
 
 /// What happened to a worker, for the manager.
 #[derive(Debug)]
@@ -33,10 +42,12 @@ pub(crate) enum Event {
         id: u64,
         took: Duration,
     },
-    /// It never became ready; `why` is one line.
+    /// It never became ready; `why` is one line. `started`: a process existed (false when
+    /// the spawn itself failed or the manager stopped the task first).
     Failed {
         id: u64,
         why: String,
+        started: bool,
     },
     /// It exited after it was ready.
     Exited {
@@ -124,7 +135,11 @@ pub(super) async fn run(t: WorkerTask, mut ctl: mpsc::UnboundedReceiver<WorkerCt
             handle.mark_dead();
             let status = terminate(&mut child, grace).await;
             remove_socket(&handle.socket);
-            let _ = t.events.send(Event::Failed { id: t.id, why: format!("stopped before it was ready ({status})") });
+            let _ = t.events.send(Event::Failed {
+                id: t.id,
+                why: format!("stopped before it was ready ({status})"),
+                started: true,
+            });
             return;
         }
         Startup::Failed(why) => {
@@ -145,7 +160,7 @@ pub(super) async fn run(t: WorkerTask, mut ctl: mpsc::UnboundedReceiver<WorkerCt
     tracing::info!(pool = &*pool, pid, connections = connected, "worker ready in {took:.0?}");
     let _ = t.events.send(Event::Ready { id: t.id, took });
 
-    let status = serve_until_exit(&mut child, &mut ctl, &handle).await;
+    let status = serve_until_exit(&mut child, &mut ctl, &handle, &gate).await;
     handle.mark_dead();
     remove_socket(&handle.socket);
     let _ = t.events.send(Event::Exited { id: t.id, status });
@@ -161,7 +176,7 @@ async fn start_process(
     let started = tokio::select! {
         r = super::spawn::spawn_worker(&t.config, &t.spawner, &t.socket, claim_fd) => r,
         _ = ctl.recv() => {
-            let _ = t.events.send(Event::Failed { id: t.id, why: "stopped before it was started".into() });
+            let _ = t.events.send(Event::Failed { id: t.id, why: "stopped before it was started".into(), started: false });
             return None;
         }
     };
@@ -172,7 +187,7 @@ async fn start_process(
             let gate = LineGate::new(t.pool.clone(), 0);
             report_failure(t, &gate, 0, &why);
             remove_socket(&t.socket);
-            let _ = t.events.send(Event::Failed { id: t.id, why });
+            let _ = t.events.send(Event::Failed { id: t.id, why, started: false });
             None
         }
     }
@@ -258,7 +273,7 @@ async fn fail(t: &WorkerTask, handle: &WorkerHandle, child: &mut WorkerChild, wh
     handle.mark_dead();
     terminate(child, Duration::from_secs(1)).await;
     remove_socket(&handle.socket);
-    let _ = t.events.send(Event::Failed { id: t.id, why });
+    let _ = t.events.send(Event::Failed { id: t.id, why, started: true });
 }
 
 /// Ready: one connection per worker thread (ASGI: per request in flight), each a slot of
@@ -291,20 +306,31 @@ async fn serve_until_exit(
     child: &mut WorkerChild,
     ctl: &mut mpsc::UnboundedReceiver<WorkerCtl>,
     handle: &WorkerHandle,
+    gate: &LineGate,
 ) -> String {
+    // The last stack dump asked for: when, and how many stack lines had been logged then.
+    let mut dumped: Option<(Instant, u64)> = None;
     loop {
         tokio::select! {
             status = child.wait() => {
                 return status.map(describe_exit).unwrap_or_else(|e| format!("wait failed: {e}"));
             }
             c = ctl.recv() => match c {
-                Some(WorkerCtl::DumpStacks) => child.signal(nix::sys::signal::Signal::SIGUSR2),
+                Some(WorkerCtl::DumpStacks) => {
+                    dumped = Some((Instant::now(), gate.stack_lines()));
+                    child.signal(nix::sys::signal::Signal::SIGUSR2);
+                }
                 Some(WorkerCtl::Term { grace }) => {
                     handle.mark_dead();
                     return terminate(child, grace).await;
                 }
                 Some(WorkerCtl::Kill) => {
                     handle.mark_dead();
+                    if let Some((asked, before)) = dumped {
+                        if let Some(status) = await_stacks(child, gate, asked, before).await {
+                            return status;
+                        }
+                    }
                     return terminate(child, Duration::ZERO).await;
                 }
                 // The manager is gone (the runtime is shutting down): stop it.
@@ -315,6 +341,30 @@ async fn serve_until_exit(
             },
         }
     }
+}
+
+/// Before a SIGKILL that follows a stack dump closely: give the worker until
+/// [`STACKS_WAIT`] after the dump was asked for to write its stacks, and stop waiting once
+/// they have been logged (stack lines came, then none for [`STACKS_QUIET`]). Some(status):
+/// it exited meanwhile.
+async fn await_stacks(child: &mut WorkerChild, gate: &LineGate, asked: Instant, before: u64) -> Option<String> {
+    let until = asked + STACKS_WAIT;
+    let mut seen = gate.stack_lines();
+    while Instant::now() < until {
+        let nap = STACKS_QUIET.min(until.saturating_duration_since(Instant::now()));
+        tokio::select! {
+            status = child.wait() => {
+                return Some(status.map(describe_exit).unwrap_or_else(|e| format!("wait failed: {e}")));
+            }
+            _ = tokio::time::sleep(nap) => {}
+        }
+        let now = gate.stack_lines();
+        if now > before && now == seen {
+            break;
+        }
+        seen = now;
+    }
+    None
 }
 
 /// cpu-time-limit: RLIMIT_CPU on the new process (prlimit(2) works for a forked template
@@ -423,6 +473,8 @@ pub(super) struct LineGate {
     pool: Arc<str>,
     pid: u32,
     state: Mutex<(Gate, Vec<(bool, String)>)>,
+    /// Stack-dump lines passed on so far (see [`await_stacks`]).
+    stack_lines: std::sync::atomic::AtomicU64,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -437,7 +489,12 @@ const HOLD_MAX: usize = 400;
 
 impl LineGate {
     pub(super) fn new(pool: Arc<str>, pid: u32) -> Self {
-        Self { pool, pid, state: Mutex::new((Gate::Hold, Vec::new())) }
+        Self { pool, pid, state: Mutex::new((Gate::Hold, Vec::new())), stack_lines: Default::default() }
+    }
+
+    /// How many stack-dump lines the worker wrote to stderr so far.
+    fn stack_lines(&self) -> u64 {
+        self.stack_lines.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Log what was held, and every line from now on.
@@ -462,12 +519,17 @@ impl LineGate {
     }
 
     fn line(&self, is_stderr: bool, text: String) {
+        let stack = is_stderr && text.starts_with(STACK_LINE);
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         match st.0 {
             Gate::Pass => self.emit(&text, is_stderr, false),
             Gate::Quiet => self.emit(&text, is_stderr, true),
             Gate::Hold if st.1.len() < HOLD_MAX => st.1.push((is_stderr, text)),
             Gate::Hold => self.emit(&text, is_stderr, false),
+        }
+        if stack {
+            // Counted once logged (or held, before READY: then no dump was asked for).
+            self.stack_lines.fetch_add(1, std::sync::atomic::Ordering::Release);
         }
     }
 

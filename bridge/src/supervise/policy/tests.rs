@@ -55,6 +55,40 @@ fn backoff_resets_after_a_healthy_run_only() {
 }
 
 #[test]
+fn only_the_current_generation_resets_the_backoff() {
+    let t0 = Instant::now();
+    let later = t0 + HEALTHY_AFTER;
+    // A rolling restart whose new code fails to import: the previous generation serves
+    // healthily, which must not reset the new generation's backoff.
+    assert!(!resets_backoff(1, 2, Some(t0), later));
+    assert!(resets_backoff(2, 2, Some(t0), later));
+    assert!(!resets_backoff(2, 2, Some(t0), t0 + Duration::from_millis(999)));
+    assert!(!resets_backoff(2, 2, None, later));
+    // So the failures back off 0.5 s, 1 s, 2 s… although old workers are healthy every round.
+    let mut b = Duration::ZERO;
+    for _ in 0..4 {
+        b = next_backoff(b);
+        b = backoff_after_round(b, resets_backoff(1, 2, Some(t0), later));
+    }
+    assert_eq!(b, BACKOFF_START * 8);
+}
+
+#[test]
+fn a_failing_rollout_is_its_own_state() {
+    let running = PoolState { active: 2, total: 2, ..Default::default() };
+    assert_eq!(pool_state(&running), "running");
+    let rollout = PoolState { failing: true, outdated: 2, ..running };
+    assert_eq!(pool_state(&rollout), "rollout-failing");
+    // Failing with nothing serving is plain failing, old workers or not.
+    assert_eq!(pool_state(&PoolState { active: 0, ..rollout }), "failing");
+    // One worker failing among current ones is not a rollout.
+    assert_eq!(pool_state(&PoolState { outdated: 0, ..rollout }), "running");
+    assert_eq!(pool_state(&PoolState { removing: true, ..rollout }), "removing");
+    assert_eq!(pool_state(&PoolState { ondemand: true, ..Default::default() }), "idle");
+    assert_eq!(pool_state(&PoolState::default()), "starting");
+}
+
+#[test]
 fn crash_loop_starts_one_at_a_time_and_waits_out_the_backoff() {
     let t0 = Instant::now();
     let mut r = roster(Mode::Static, 4, vec![]);
@@ -185,11 +219,14 @@ fn max_requests_jitter_spreads_over_its_range() {
 fn max_requests_waits_for_min_lifetime() {
     let t0 = Instant::now();
     let s = sup(|s| s.min_lifetime = secs(30));
-    assert_eq!(flagged(&s, false, Some(9), Some(t0), t0 + secs(29)), None);
-    let r = flagged(&s, false, Some(9), Some(t0), t0 + secs(30)).expect("recycled");
+    assert_eq!(flagged(&s, None, Some(9), Some(t0), t0 + secs(29)), None);
+    let r = flagged(&s, None, Some(9), Some(t0), t0 + secs(30)).expect("recycled");
     assert_eq!((r.reason.as_str(), r.urgent, r.hard), ("max-requests (9 served)", false, false));
-    assert_eq!(flagged(&s, false, None, Some(t0), t0 + secs(99)), None);
-    assert!(flagged(&s, true, None, Some(t0), t0).is_some_and(|r| r.reason.starts_with("reload")));
+    assert_eq!(flagged(&s, None, None, Some(t0), t0 + secs(99)), None);
+    assert!(flagged(&s, Some(RolloutCause::Changed), None, Some(t0), t0)
+        .is_some_and(|r| r.reason == "reload (configuration changed)"));
+    assert!(flagged(&s, Some(RolloutCause::Restart), None, Some(t0), t0)
+        .is_some_and(|r| r.reason == "restart requested (SIGUSR2)"));
 }
 
 #[test]
