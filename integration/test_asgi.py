@@ -21,6 +21,7 @@ import respond_servers
 
 ASGI_APP = str(harness.APPS / "asgi_app.py")
 RAW_APP = str(harness.APPS / "asgi_raw_app.py")
+EDGE_APP = str(harness.APPS / "asgi_edge_app.py")
 
 
 def _eager_python():
@@ -38,7 +39,8 @@ HAS_EAGER_VENV = EAGER_VENV.exists()
 NO_EAGER_VENV = "no integration/.venv-eager (scripts/install-test-deps makes it when pyenv has 3.12+)"
 ROUTES = [{"prefix": "/aw", "pool": "auto-wsgi"}, {"prefix": "/timed", "pool": "timed"},
           {"prefix": "/st", "pool": "starlette"}, {"prefix": "/raw", "pool": "raw"},
-          {"prefix": "/dj", "pool": "django"}]
+          {"prefix": "/dj", "pool": "django"}, {"prefix": "/rvw", "pool": "edge-wsgi"},
+          {"prefix": "/rv", "pool": "edge"}]
 if HAS_EAGER_VENV:
     ROUTES += [{"prefix": "/eager/dj", "pool": "django-eager"}, {"prefix": "/eager", "pool": "fastapi-eager"}]
 ROUTES.append({"pool": "fastapi"})
@@ -68,6 +70,9 @@ def env(tmp_path_factory):
         "django": harness.pool("mysite.asgi:application", interface="asgi", processes=1,
                                chdir=str(harness.APPS / "djproject"),
                                env={"DJANGO_SETTINGS_MODULE": "mysite.settings"}),
+        # one process: a request that exits must leave the same worker serving
+        "edge": harness.pool(f"{EDGE_APP}:app", interface="asgi", processes=1, concurrency=16),
+        "edge-wsgi": harness.pool(f"{EDGE_APP}:wsgi_app", processes=1, threads=2),
     }
     if HAS_EAGER_VENV:
         pools["fastapi-eager"] = dict(pools["fastapi"], python=str(EAGER_VENV))
@@ -79,7 +84,8 @@ def env(tmp_path_factory):
         "scgi": {"scgi": f"127.0.0.1:{ports[2]}", "routes": ROUTES},
     }
     probes = [("fcgi", "/health", "any"), ("fcgi", "/st/health", "any"),
-              ("fcgi", "/raw/health", "any"), ("fcgi", "/dj/health/", "any")]
+              ("fcgi", "/raw/health", "any"), ("fcgi", "/dj/health/", "any"),
+              ("fcgi", "/rv/health", "any"), ("fcgi", "/rvw/health", "any")]
     if HAS_EAGER_VENV:
         probes += [("fcgi", "/eager/health", "any"), ("fcgi", "/eager/dj/health/", "any")]
     bridge = respond_servers.start_bridge(work, pools, listeners, probes)
@@ -555,6 +561,110 @@ def test_request_timeout_cancels_the_task_and_logs_its_stack_while_the_worker_se
     assert pid() == before  # the same worker serves on
 
 
+def _edge(env, path, **kw):
+    return fcgi_client.fcgi_request(env[0].listener_address("fcgi"), path, headers={"Host": "x"}, **kw)
+
+
+def test_the_http_scope_says_spec_version_2_3_and_the_lifespan_scope_2_0(env):
+    """2.3 as uvicorn (at 2.4 Starlette stops listening for http.disconnect while it
+    streams); the lifespan scope carries the lifespan spec's version."""
+    r = _edge(env, "/rv/asgi-versions")
+    assert r.status == 200, bytes(r.stdout)[:300]
+    assert json.loads(r.body) == {"http": {"version": "3.0", "spec_version": "2.3"},
+                                  "lifespan": {"version": "3.0", "spec_version": "2.0"}}
+
+
+def test_a_starlette_stream_ends_as_soon_as_its_client_goes_away(env):
+    """The generator sleeps 120 s between its chunks: it must be stopped when the client
+    leaves (Starlette listens for http.disconnect), not when it next yields, and an
+    abandoned stream is no application error."""
+    bridge, _, work, _ = env
+    token = "st-%d" % time.monotonic_ns()
+    log = work / "edge.log"
+    mark = bridge.log.mark()
+    with bridge.fcgi("fcgi") as conn:
+        conn.begin(1, fcgi_client.cgi_params("/rv/st/stream", query=f"token={token}", headers={"Host": "x"}))
+        harness.wait_until(lambda: log.exists() and f"stream-started {token}" in log.read_text(), 30,
+                           what="the stream's first chunk")
+        conn.abort(1)
+        assert conn.wait(1).complete
+    harness.wait_until(lambda: f"stream-ended {token}" in log.read_text(), 60,
+                       what="the generator to end after the client left (not after its 120 s sleep)")
+    assert _edge(env, "/rv/health").body == b"ok"
+    edge = [ln for ln in bridge.log.text(mark).splitlines() if 'pool="edge"' in ln]
+    assert not [ln for ln in edge if "Traceback" in ln or "ClientDisconnect" in ln or " ERROR " in ln], edge
+
+
+def test_an_exception_raised_after_the_client_left_is_an_info_line_not_an_app_error(env):
+    """The app turns send()'s OSError into an exception of its own (as Starlette does at
+    spec 2.4): one INFO line, no traceback."""
+    bridge, _, work, _ = env
+    token = "gone-%d" % time.monotonic_ns()
+    log = work / "edge.log"
+    mark = bridge.log.mark()
+    with bridge.fcgi("fcgi") as conn:
+        conn.begin(1, fcgi_client.cgi_params("/rv/raise-after-disconnect", query=token, headers={"Host": "x"}))
+        harness.wait_until(lambda: log.exists() and f"streaming {token}" in log.read_text(), 30,
+                           what="the app to stream")
+        conn.abort(1)
+        assert conn.wait(1).complete
+    (line,) = bridge.log.wait_for(r"the client went away; the app then ended with RuntimeError: gave up: "
+                                  r"the client is gone", since=mark)
+    assert "INFO" in line and 'pool="edge"' in line and re.search(r"pid=\d+", line), line
+    assert re.search(r'request_id="?\d+', line), line
+    edge = [ln for ln in bridge.log.text(mark).splitlines() if 'pool="edge"' in ln]
+    assert not [ln for ln in edge if "Traceback" in ln or " ERROR " in ln], edge
+
+
+@pytest.mark.parametrize("what", ["sysexit", "kbint"])
+def test_sys_exit_or_keyboard_interrupt_in_a_request_is_its_500_and_the_worker_serves_on(env, what):
+    """SystemExit (and KeyboardInterrupt) raised by the app are that request's error, as
+    any exception: the other request in flight and the worker go on."""
+    bridge = env[0]
+    pid = _edge(env, "/rv/version").body
+    mark = bridge.log.mark()
+    with concurrent.futures.ThreadPoolExecutor(1) as ex:
+        slow = ex.submit(_edge, env, "/rv/sleep", query="3")
+        harness.wait_until(lambda: bridge.pool_status("edge")["idle_slots"] < 16, 30, 0.1,
+                           what="the slow request in flight")
+        r = _edge(env, f"/rv/{what}")
+        assert r.status == 500, bytes(r.stdout)[:300]
+        other = slow.result()
+    assert other.status == 200 and other.body == b"slept", bytes(other.stdout)[:300]
+    assert _edge(env, "/rv/version").body == pid  # the same worker serves on
+    exc = "SystemExit: 3" if what == "sysexit" else "KeyboardInterrupt"
+    (line,) = bridge.log.wait_for(rf": {exc} pool=", since=mark)  # the traceback's last line
+    assert 'pool="edge"' in line and re.search(r'request_id="?\d+', line), line
+
+
+@pytest.mark.parametrize("pool", ["edge", "edge-wsgi"])
+def test_a_status_response_header_is_dropped_with_a_warning(env, pool):
+    """CGI's Status is the status line: an app's own `Status` header cannot pass through
+    FastCGI (the bridge would answer 502). ASGI and WSGI both drop it and log a warning
+    naming the request."""
+    bridge = env[0]
+    prefix = "/rv" if pool == "edge" else "/rvw"
+    mark = bridge.log.mark()
+    r = _edge(env, f"{prefix}/status-header")
+    assert r.status == 200 and r.body == b"fine", bytes(r.stdout)[:300]
+    assert r.header("Content-Type") == "text/plain"
+    (line,) = bridge.log.wait_for(r"response header `status: healthy` dropped: a header named Status cannot pass",
+                                  since=mark)
+    assert "WARN" in line and f'pool="{pool}"' in line and re.search(r'request_id="?\d+', line), line
+    assert f"{prefix}/status-header" in line, line
+
+
+def test_head_with_an_empty_body_gets_no_content_length_of_zero(env):
+    """An app that sends no body for HEAD: the worker does not make up Content-Length: 0
+    (GET's is 5); an app that sends GET's body for HEAD still gets its length
+    (test_head_gets_the_headers_of_get_without_a_body)."""
+    r = _edge(env, "/rv/head-empty")
+    assert r.status == 200 and r.body == b"hello" and r.header("Content-Length") == "5"
+    r = _edge(env, "/rv/head-empty", method="HEAD")
+    assert r.status == 200 and r.body == b"", bytes(r.stdout)[:300]
+    assert r.header("Content-Length") is None, bytes(r.stdout)[:300]
+
+
 # ------------------------------------------------------------------ bridges of their own
 
 
@@ -691,3 +801,27 @@ def test_check_prints_the_interface_keys_and_says_which_key_fits(tmp_path):
     assert r.returncode == 1
     assert "10.yaml:5:5: pools.api.threads: an ASGI pool (`interface: asgi`) runs one event loop per worker: " \
            "set `concurrency`" in r.stderr, r.stderr
+
+
+def test_a_task_still_running_when_a_recycled_worker_stops_is_cancelled_with_a_warning(tmp_path_factory):
+    """max-requests retires the worker once its response is complete, while the app's task
+    still runs (a background task): the worker waits for it the pool's graceful-timeout,
+    then cancels it and logs a warning naming the request, with pool and pid."""
+    pools = {"linger": harness.pool(f"{EDGE_APP}:app", interface="asgi", processes=1, concurrency=4,
+                                    **{"max-requests": 1, "graceful-timeout": "3s"})}
+    bridge, work = _bridge(tmp_path_factory, "asgi-linger", pools)
+    log = work / "edge.log"
+    token = "linger-%d" % time.monotonic_ns()
+    try:
+        mark = bridge.log.mark()
+        r = fcgi_client.fcgi_request(bridge.listener_address("fcgi"), "/linger", query=token,
+                                     headers={"Host": "linger.test"})
+        assert r.status == 200 and r.body == b"queued", bytes(r.stdout)[:300]
+        (line,) = bridge.log.wait_for(r"stopping: request \d+ \(GET /linger\) still runs 3s after SIGTERM .*"
+                                      r"cancelling it", since=mark, timeout=60)
+        assert "WARN" in line and 'pool="linger"' in line and re.search(r"pid=\d+", line), line
+        assert re.search(r'request_id="?\d+', line), line
+        harness.wait_until(lambda: f"linger-cancelled {token}" in log.read_text(), 30,
+                           what="the task to see its cancellation")
+    finally:
+        bridge.stop()

@@ -147,7 +147,10 @@ fn build_scope<'py>(py: Python<'py>, p: &Params, state: Option<&Bound<'py, PyDic
     };
     let asgi = PyDict::new(py);
     asgi.set_item(intern!(py, "version"), intern!(py, "3.0"))?;
-    asgi.set_item(intern!(py, "spec_version"), intern!(py, "2.4"))?;
+    // 2.3, as uvicorn: at 2.4 Starlette stops listening for http.disconnect while it streams
+    // a response and waits for send() to raise, so a generator that sleeps between chunks
+    // would run on after its client left.
+    asgi.set_item(intern!(py, "spec_version"), intern!(py, "2.3"))?;
     let extensions = PyDict::new(py);
     extensions.set_item(intern!(py, "http.response.pathsend"), PyDict::new(py))?;
     let scope = PyDict::new(py);
@@ -285,15 +288,19 @@ fn header_bytes(obj: &Bound<'_, PyAny>) -> PyResult<Vec<u8>> {
     Ok(b.cast_into::<PyBytes>()?.as_bytes().to_vec())
 }
 
-/// The CGI header block of an ASGI response; Content-Length is added when the whole body is
-/// known (`content_length`) and the app set none.
+/// The CGI header block of an ASGI response, and the warning for the request's STDERR when
+/// a header had to be dropped (`Status`: [`crate::is_cgi_status`]). Content-Length is added
+/// when the whole body is known (`content_length`) and the app set none — for HEAD only
+/// when the app sent GET's body (an empty body says nothing about the length of GET's).
 fn head(
     status_line: &[u8],
     headers: &Bound<'_, PyAny>,
     status: u16,
     content_length: Option<usize>,
-) -> PyResult<Vec<u8>> {
+    is_head: bool,
+) -> PyResult<(Vec<u8>, Vec<u8>)> {
     let mut out = Vec::with_capacity(256);
+    let mut warnings = Vec::new();
     out.extend_from_slice(status_line);
     let mut has_length = false;
     for item in headers.try_iter()? {
@@ -308,24 +315,32 @@ fn head(
                 PyBytes::new(headers.py(), &name)
             )));
         }
+        if crate::is_cgi_status(&name) {
+            warnings.extend_from_slice(
+                crate::dropped_status_warning(&name, &value, "the status is http.response.start's `status`").as_bytes(),
+            );
+            continue;
+        }
         has_length |= name.eq_ignore_ascii_case(b"content-length");
         out.extend_from_slice(&name);
         out.extend_from_slice(b": ");
         out.extend_from_slice(&value);
         out.extend_from_slice(b"\r\n");
     }
+    let content_length = content_length.filter(|&n| !(is_head && n == 0));
     if let Some(n) = content_length.filter(|_| !has_length && status >= 200 && status != 204 && status != 304) {
         out.extend_from_slice(format!("Content-Length: {n}\r\n").as_bytes());
     }
     out.extend_from_slice(b"\r\n");
-    Ok(out)
+    Ok((out, warnings))
 }
 
 /// encode_response(rid, status_line, headers, status, body, more, is_head) -> bytes
 ///
 /// One write's worth of a response: the head when `status_line` is given (headers checked,
-/// Content-Length added when this is the whole body), the body (left out for HEAD) as STDOUT
-/// records, and when `more` is false the end of the request (empty STDOUT, END_REQUEST 0).
+/// Content-Length added when this is the whole body; a dropped `Status` header is a warning
+/// in a STDERR record before it), the body (left out for HEAD) as STDOUT records, and when
+/// `more` is false the end of the request (empty STDOUT, END_REQUEST 0).
 #[pyfunction]
 #[pyo3(signature = (rid, status_line, headers, status, body, more, is_head))]
 #[allow(clippy::too_many_arguments)]
@@ -347,11 +362,21 @@ fn encode_response<'py>(
             &owned
         }
     };
-    let head = match status_line {
-        Some(line) => Some(head(line, headers, status, (!more).then_some(body.len()))?),
-        None => None,
+    let (head, warnings) = match status_line {
+        Some(line) => {
+            let (h, w) = head(line, headers, status, (!more).then_some(body.len()), is_head)?;
+            (Some(h), w)
+        }
+        None => (None, Vec::new()),
     };
-    Ok(PyBytes::new(py, &response_records(rid, head, body, more, is_head)))
+    let records = response_records(rid, head, body, more, is_head);
+    if warnings.is_empty() {
+        return Ok(PyBytes::new(py, &records));
+    }
+    let mut out = Vec::with_capacity(warnings.len() + 8 + records.len());
+    server::write_stderr(&mut out, rid, &warnings, Padding::None);
+    out.extend_from_slice(&records);
+    Ok(PyBytes::new(py, &out))
 }
 
 /// STDOUT records of `head` and `body` (left out for HEAD), then the end of the request

@@ -66,6 +66,25 @@ impl std::hash::Hasher for Fnv {
 
 const MAX_CACHED_KEYS: usize = 512;
 
+/// A response header named `Status`: in the CGI header block the worker writes, `Status`
+/// is the response's status line, so an app's own header of that name cannot pass through
+/// (the bridge would refuse a second Status header with a 502). Both the WSGI and the ASGI
+/// worker drop it and say so in the request's log.
+fn is_cgi_status(name: &[u8]) -> bool {
+    name.eq_ignore_ascii_case(b"status")
+}
+
+/// The warning line (for the request's STDERR) about a dropped `Status` header; `hint` says
+/// where the app sets the status.
+fn dropped_status_warning(name: &[u8], value: &[u8], hint: &str) -> String {
+    format!(
+        "fcgibridge worker: response header `{}: {}` dropped: a header named Status cannot pass through \
+         CGI/FastCGI, where Status is the response's status line ({hint})\n",
+        String::from_utf8_lossy(name),
+        String::from_utf8_lossy(value)
+    )
+}
+
 fn latin1<'py>(py: Python<'py>, b: &[u8]) -> PyResult<Bound<'py, PyAny>> {
     // SAFETY: valid pointer/length; PyUnicode_DecodeLatin1 returns a new reference or NULL.
     unsafe {

@@ -309,6 +309,8 @@ struct Head {
     head: Vec<u8>,
     status_code: u16,
     content_length: Option<u64>,
+    /// Warnings for the request's STDERR (a dropped `Status` header).
+    warnings: String,
 }
 
 fn build_head(status: &Bound<'_, PyAny>, headers: &Bound<'_, PyAny>) -> PyResult<Head> {
@@ -329,6 +331,7 @@ fn build_head(status: &Bound<'_, PyAny>, headers: &Bound<'_, PyAny>) -> PyResult
     head.extend_from_slice(&status_b);
     head.extend_from_slice(b"\r\n");
     let mut content_length: Option<u64> = None;
+    let mut warnings = String::new();
     if !(headers.is_instance_of::<PyList>() || headers.is_instance_of::<PyTuple>()) {
         return Err(PyTypeError::new_err(format!(
             "response headers must be a list of (name, value) tuples, not {}",
@@ -357,9 +360,16 @@ fn build_head(status: &Bound<'_, PyAny>, headers: &Bound<'_, PyAny>) -> PyResult
             )));
         }
         let lower = name.to_ascii_lowercase();
-        if fastcgi_server::cgi::is_hop_by_hop(&lower) || lower == b"status" {
-            // Hop-by-hop headers belong to the web server's connection (PEP 3333);
-            // a second Status line would confuse the CGI header block.
+        if crate::is_cgi_status(&lower) {
+            warnings.push_str(&crate::dropped_status_warning(
+                &name,
+                &value,
+                "the status is start_response's first argument",
+            ));
+            continue;
+        }
+        if fastcgi_server::cgi::is_hop_by_hop(&lower) {
+            // Hop-by-hop headers belong to the web server's connection (PEP 3333).
             continue;
         }
         if lower == b"content-length" {
@@ -379,7 +389,7 @@ fn build_head(status: &Bound<'_, PyAny>, headers: &Bound<'_, PyAny>) -> PyResult
         head.extend_from_slice(&value);
         head.extend_from_slice(b"\r\n");
     }
-    Ok(Head { head, status_code, content_length })
+    Ok(Head { head, status_code, content_length, warnings })
 }
 
 #[pymethods]
@@ -428,6 +438,9 @@ impl StartResponse {
         r.head = h.head;
         r.status_code = h.status_code;
         r.content_length = h.content_length;
+        if !h.warnings.is_empty() {
+            c.push_stderr(self.serial, h.warnings.as_bytes());
+        }
         Ok(Writer { shared: self.shared.clone(), serial: self.serial })
     }
 }

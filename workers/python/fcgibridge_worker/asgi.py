@@ -37,8 +37,14 @@ EV_BEGIN, EV_ABORT, EV_PARAMS, EV_STDIN, EV_REPLY = 1, 2, 4, 5, 10
 BODY_HIGH = 1 << 20
 # Longest lifespan shutdown: the bridge sends SIGKILL 10 s after SIGTERM.
 SHUTDOWN_TIMEOUT = 8.0
+# Longest wait at SIGTERM for tasks still running (a response's background task): the pool's
+# graceful-timeout when the bridge passes it (FCGIBRIDGE_GRACEFUL_TIMEOUT, seconds), else
+# what fits before the bridge's SIGKILL 10 s after SIGTERM.
+TASKS_TIMEOUT = 8.0
 FILE_CHUNK = 256 * 1024
-ASGI_VERSION = {"version": "3.0", "spec_version": "2.4"}
+# The lifespan scope's spec_version is the lifespan spec's (2.0); the HTTP scope's is built in
+# asgi_codec.rs ("2.3", as uvicorn says).
+LIFESPAN_ASGI = {"version": "3.0", "spec_version": "2.0"}
 ERROR_PAGE = (b"Status: 500 Internal Server Error\r\nContent-Type: text/plain; charset=utf-8\r\n"
               b"Content-Length: 22\r\n\r\nInternal Server Error\n")
 encode_response = _native.encode_response
@@ -222,17 +228,15 @@ class Request:
 
     # -- toward the bridge
 
-    def stderr(self, text):
+    def stderr(self, text, level="ERROR"):
         """Text for the bridge's log with pool, pid and request id: a STDERR record while
         the request is open; once it ended (an app that raises after its response was
-        complete, as Starlette re-raises after its 500 page) a marked line on stderr."""
-        if not self.ended:
+        complete, as Starlette re-raises after its 500 page), or for a `level` other than
+        ERROR, a marked line on stderr at `level`."""
+        if not self.ended and level == "ERROR":
             self.conn.write(record(STDERR, self.rid, text.encode("utf-8", "replace")))
             return
-        line = json.dumps({"level": "ERROR", "logger": "fcgibridge.asgi", "msg": text.rstrip("\n"),
-                           "request_id": self.request_id})
-        sys.stderr.write(logging_bridge.MARKER + line + "\n")
-        sys.stderr.flush()
+        log_line(level, text, self.request_id)
 
     def end(self, app_status):
         """End the request toward the bridge (once)."""
@@ -250,14 +254,17 @@ class Request:
         token = logging_bridge.REQUEST_ID.set(self.request_id)
         try:
             await worker.app(self.scope, self.receive, self.send)
-        except ClientDisconnected:
-            if not self.disconnected:
-                self._failed(sys.exc_info())
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, GeneratorExit):
             self.end(1)
             raise
-        except Exception:  # noqa: BLE001 - every app error becomes a 500 or a cut-off response
-            self._failed(sys.exc_info())
+        except BaseException as exc:  # noqa: B902 - every app error (SystemExit too) is this request's 500
+            if not self.disconnected:
+                self._failed(sys.exc_info())
+            elif not isinstance(exc, ClientDisconnected):
+                # The client left first: what the app raised on its way out (Starlette's
+                # ClientDisconnect) is not an application error.
+                self.stderr("request %s: the client went away; the app then ended with %s: %s"
+                            % (self.request_id, type(exc).__name__, exc), "INFO")
         else:
             if not self.complete and not self.disconnected:
                 if self.start is None:
@@ -438,7 +445,7 @@ class Lifespan:
             self.answer.set_result(message)
 
     async def _run(self):
-        scope = {"type": "lifespan", "asgi": dict(ASGI_VERSION), "state": self.state}
+        scope = {"type": "lifespan", "asgi": dict(LIFESPAN_ASGI), "state": self.state}
         try:
             await self.app(scope, self.inbox.get, self._send)
         except BaseException as exc:  # noqa: B902 - reported through the answer
@@ -536,16 +543,64 @@ class Worker:
         server = await loop.create_unix_server(lambda: Connection(self), sock=sock)
         loop.add_signal_handler(signal.SIGTERM, self.stop.set)
         loop.add_signal_handler(signal.SIGUSR2, self.dump_stacks)
+        # SIGINT (the whole process group): out of the loop, exit 130, as before the loop
+        # serves; never a KeyboardInterrupt inside a request's task, where it would be that
+        # request's 500 (Request.run).
+        loop.add_signal_handler(signal.SIGINT, _interrupt)
         on_ready()
         await self.stop.wait()
-        # The bridge sends SIGTERM once this worker has nothing in flight; a request that
-        # is still running (an operator's kill) gets the shutdown timeout to finish.
         server.close()
-        if self.running:
-            self.idle = loop.create_future()
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self.idle, SHUTDOWN_TIMEOUT)
+        await self._finish_tasks(loop)
         await lifespan.shutdown()
+
+    async def _finish_tasks(self, loop):
+        """The bridge sends SIGTERM once this worker has no request in flight, but an app's
+        task may still run after its response was complete (a FastAPI/Starlette background
+        task), or a request may still run (an operator's kill): they get the pool's
+        graceful-timeout (TASKS_TIMEOUT without it); each still running then is cancelled,
+        with a warning line."""
+        if not self.running:
+            return
+        timeout = _env_seconds("FCGIBRIDGE_GRACEFUL_TIMEOUT", TASKS_TIMEOUT)
+        self.idle = loop.create_future()
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self.idle, timeout)
+        tasks = []
+        for req in list(self.running):
+            if req.task is None or req.task.done():
+                continue
+            scope = req.scope or {}
+            what = "its response was complete" if req.ended else "its response was not complete"
+            log_line("WARNING", "fcgibridge worker: stopping: request %s (%s %s) still runs %.0fs after SIGTERM "
+                                "(%s; a background task?): cancelling it"
+                     % (req.request_id, scope.get("method", "?"), scope.get("path", "?"), timeout, what),
+                     req.request_id)
+            req.task.cancel()
+            tasks.append(req.task)
+        if tasks:
+            # Let their `finally` blocks run; a task that swallows the cancellation is left.
+            await asyncio.wait(tasks, timeout=1.0)
+
+
+def log_line(level, text, request_id=None):
+    """One line for the bridge's log at `level`, with pool, pid and `request_id` (a marked
+    line on stderr, logging_bridge.py)."""
+    line = json.dumps({"level": level, "logger": "fcgibridge.asgi", "msg": text.rstrip("\n"),
+                       "request_id": request_id})
+    sys.stderr.write(logging_bridge.MARKER + line + "\n")
+    sys.stderr.flush()
+
+
+def _env_seconds(name, default):
+    try:
+        value = float(os.environ.get(name, "").strip() or default)
+    except ValueError:
+        return default
+    return value if value > 0 else default
+
+
+def _interrupt():
+    raise KeyboardInterrupt
 
 
 if sys.version_info >= (3, 12):
