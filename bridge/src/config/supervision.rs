@@ -228,6 +228,14 @@ pub fn resolve(
             max
         }
     };
+    scaling(&mut s, &raw, &bad);
+    recycling(&mut s, &raw, &bad);
+    ConfigError::from_all(errs.into_inner())?;
+    Ok((processes, s))
+}
+
+/// The pace of a pool that grows and shrinks (max-spawn-rate, idle-timeout) into `s`.
+fn scaling(s: &mut Supervision, raw: &RawSupervision, bad: &dyn Fn(&str, String)) {
     if let Some(rate) = raw.max_spawn_rate {
         if rate == 0 {
             bad("max-spawn-rate", "must be 1 or more".into());
@@ -240,10 +248,6 @@ pub fn resolve(
         }
         s.idle_timeout = t.0;
     }
-
-    recycling(&mut s, &raw, &bad);
-    ConfigError::from_all(errs.into_inner())?;
-    Ok((processes, s))
 }
 
 /// The recycling and limit keys (max-requests … cpu-time-limit) into `s`; `bad` records

@@ -212,16 +212,7 @@ pub(super) async fn spawn_worker(
     // user/group/chroot/limits of the pool (supervise/isolate.rs), resolved before the fork.
     let iso = super::isolate::Prepared::for_pool(pool, python_path)?;
     let run_as = iso.run_as().map(str::to_owned);
-    let sock_err = |source| SpawnError::Socket { path: socket.display().to_string(), source };
-    // The file is ours (a private directory, a name with a fresh generation): any leftover
-    // is from a previous bridge and can go.
-    match std::fs::remove_file(socket) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(sock_err(e)),
-    }
-    let listener = UnixListener::bind(socket).map_err(sock_err)?;
-    let listener_fd: OwnedFd = listener.into();
+    let listener_fd = bind_worker_socket(socket)?;
 
     let (ready_r, ready_w) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| SpawnError::Pipe(e.into()))?;
@@ -254,21 +245,59 @@ pub(super) async fn spawn_worker(
     let step = steps.marker();
     // Credentials change first: the kernel clears PR_SET_PDEATHSIG (set below) on setuid.
     iso.install(&mut cmd, step);
+    child_setup(&mut cmd, step, give_ready_fd.then_some(ready_w_raw), claims);
+
+    let child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(source) => {
+            let at = steps.failed_at();
+            return Err(SpawnError::Start(Box::new(StartFailure::new(pool, run_as.as_deref(), at, source))));
+        }
+    };
+    drop(cmd);
+    drop(steps);
+    drop(ready_w);
+    let pid = child.id().unwrap_or(0);
+    let ready = tokio::net::unix::pipe::Receiver::from_owned_fd(ready_r).map_err(SpawnError::Pipe)?;
+    Ok(Spawned { child: super::worker_child::WorkerChild::direct(child), pid, ready })
+}
+
+/// The worker's socket at `socket`, bound, as the descriptor that becomes its fd 0.
+fn bind_worker_socket(socket: &Path) -> Result<OwnedFd, SpawnError> {
+    let sock_err = |source| SpawnError::Socket { path: socket.display().to_string(), source };
+    // The file is ours (a private directory, a name with a fresh generation): any leftover
+    // is from a previous bridge and can go.
+    match std::fs::remove_file(socket) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(sock_err(e)),
+    }
+    let listener = UnixListener::bind(socket).map_err(sock_err)?;
+    Ok(listener.into())
+}
+
+/// What the forked child does before exec: the readiness pipe's write end as
+/// [`READY_FD`] (`ready_w`; None for a `command:` program, which gets none), the claim
+/// page as [`CLAIM_FD`], death with the bridge, its own process group, and the operator's
+/// signals ignored (blocked too for a program without readiness pipe).
+fn child_setup(cmd: &mut Command, step: StepMarker, ready_w: Option<RawFd>, claims: Option<RawFd>) {
     // SAFETY: the closure runs in the forked child before exec and only makes
     // async-signal-safe system calls (dup2, fcntl, prctl, setpgid, sigaction, sigprocmask).
     unsafe {
         cmd.pre_exec(move || {
             step.mark(Step::Setup);
-            if !give_ready_fd {
-                // The pipe's write end is close-on-exec: it closes when the program starts.
-            } else if ready_w_raw == READY_FD {
-                // dup2 onto itself would keep FD_CLOEXEC set.
-                if libc::fcntl(READY_FD, libc::F_SETFD, 0) == -1 {
+            if let Some(ready_w_raw) = ready_w {
+                if ready_w_raw == READY_FD {
+                    // dup2 onto itself would keep FD_CLOEXEC set.
+                    if libc::fcntl(READY_FD, libc::F_SETFD, 0) == -1 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                } else if libc::dup2(ready_w_raw, READY_FD) == -1 {
                     return Err(std::io::Error::last_os_error());
                 }
-            } else if libc::dup2(ready_w_raw, READY_FD) == -1 {
-                return Err(std::io::Error::last_os_error());
             }
+            // Without a readiness pipe (a `command:` program) its write end is close-on-exec:
+            // it closes when the program starts.
             // The page's descriptor is 10 or above (ClaimPage::new): never one placed here.
             if let Some(fd) = claims {
                 if libc::dup2(fd, CLAIM_FD) == -1 {
@@ -285,27 +314,13 @@ pub(super) async fn spawn_worker(
                 return Err(std::io::Error::last_os_error());
             }
             ignore_operator_signals()?;
-            if !give_ready_fd {
+            if ready_w.is_none() {
                 block_operator_signals()?;
             }
             step.mark(Step::Exec);
             Ok(())
         });
     }
-
-    let child = match cmd.spawn() {
-        Ok(c) => c,
-        Err(source) => {
-            let at = steps.failed_at();
-            return Err(SpawnError::Start(Box::new(StartFailure::new(pool, run_as.as_deref(), at, source))));
-        }
-    };
-    drop(cmd);
-    drop(steps);
-    drop(ready_w);
-    let pid = child.id().unwrap_or(0);
-    let ready = tokio::net::unix::pipe::Receiver::from_owned_fd(ready_r).map_err(SpawnError::Pipe)?;
-    Ok(Spawned { child: super::worker_child::WorkerChild::direct(child), pid, ready })
 }
 
 /// The signals an operator means for the daemon but may send to the whole service

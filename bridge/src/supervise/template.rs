@@ -178,6 +178,35 @@ impl Templates {
     }
 }
 
+/// What the template's forked child does before exec: the readiness pipe as
+/// [`READY_FD`] and its control socket as [`CONTROL_FD`], death with the bridge, its own
+/// process group, the operator's signals ignored.
+fn child_setup(
+    cmd: &mut Command,
+    step: super::spawn::StepMarker,
+    ready_raw: std::os::fd::RawFd,
+    ctl_raw: std::os::fd::RawFd,
+) {
+    // SAFETY: only fcntl, dup2, close, prctl, setpgid and sigaction run in the child, on fds made before the fork.
+    unsafe {
+        cmd.pre_exec(move || {
+            step.mark(super::spawn::Step::Setup);
+            let check = |r: libc::c_int| if r == -1 { Err(std::io::Error::last_os_error()) } else { Ok(r) };
+            // Move both above the target numbers first: either may already sit on 3 or 4.
+            let ready_hi = check(libc::fcntl(ready_raw, libc::F_DUPFD_CLOEXEC, 10))?;
+            let ctl_hi = check(libc::fcntl(ctl_raw, libc::F_DUPFD_CLOEXEC, 10))?;
+            // dup2 clears close-on-exec on the new descriptor.
+            check(libc::dup2(ready_hi, READY_FD))?;
+            check(libc::dup2(ctl_hi, CONTROL_FD))?;
+            check(libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0))?;
+            check(libc::setpgid(0, 0))?;
+            super::spawn::ignore_operator_signals()?;
+            step.mark(super::spawn::Step::Exec);
+            Ok(())
+        });
+    }
+}
+
 async fn start_template(pool: &Pool, python_path: &Path) -> Result<Arc<Template>, TemplateError> {
     let iso = Prepared::for_pool(pool, python_path)?;
     let run_as = iso.run_as().map(str::to_owned);
@@ -203,25 +232,7 @@ async fn start_template(pool: &Pool, python_path: &Path) -> Result<Arc<Template>
     let steps = super::spawn::StepLog::new().map_err(TemplateError::Start)?;
     let step = steps.marker();
     iso.install(&mut cmd, step);
-    let (ready_raw, ctl_raw) = (ready_w.as_raw_fd(), theirs.as_raw_fd());
-    // SAFETY: only fcntl, dup2, close, prctl, setpgid and sigaction run in the child, on fds made before the fork.
-    unsafe {
-        cmd.pre_exec(move || {
-            step.mark(super::spawn::Step::Setup);
-            let check = |r: libc::c_int| if r == -1 { Err(std::io::Error::last_os_error()) } else { Ok(r) };
-            // Move both above the target numbers first: either may already sit on 3 or 4.
-            let ready_hi = check(libc::fcntl(ready_raw, libc::F_DUPFD_CLOEXEC, 10))?;
-            let ctl_hi = check(libc::fcntl(ctl_raw, libc::F_DUPFD_CLOEXEC, 10))?;
-            // dup2 clears close-on-exec on the new descriptor.
-            check(libc::dup2(ready_hi, READY_FD))?;
-            check(libc::dup2(ctl_hi, CONTROL_FD))?;
-            check(libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0))?;
-            check(libc::setpgid(0, 0))?;
-            super::spawn::ignore_operator_signals()?;
-            step.mark(super::spawn::Step::Exec);
-            Ok(())
-        });
-    }
+    child_setup(&mut cmd, step, ready_w.as_raw_fd(), theirs.as_raw_fd());
     let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(source) => {
