@@ -150,7 +150,10 @@ def test_record_with_huge_padding_and_bogus_request_id(bridge, bystander):
     (fc.record(fc.STDIN, 300, b""), r"request 300: FCGI_STDIN record for a request that never began"),
     (fc.record(0, 1, b""), r"request 1: record type 0 is not a FastCGI record type"),
     (fc.record(200, 1, b"x"), r"request 1: record type 200 is not a FastCGI record type"),
-], ids=["params", "stdin", "stdin-id300", "type0", "type200"])
+    (fc.record(fc.BEGIN_REQUEST, 1, fc.begin_body()) + fc.record(fc.PARAMS, 1, fc.encode_pairs([("A", "b")]))
+     + fc.record(fc.STDIN, 1, b"early body"),
+     r"request 1: FCGI_STDIN record before the end of its FCGI_PARAMS"),
+], ids=["params", "stdin", "stdin-id300", "type0", "type200", "stdin-before-params-end"])
 def test_records_without_begin_request_and_bad_types_are_logged(bridge, bystander, log, payload, what):
     """A record for an id that had no BEGIN_REQUEST, or of a type FastCGI does not have, was
     skipped without a word: now the connection closes with a line naming the listener, the

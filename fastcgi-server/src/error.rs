@@ -46,6 +46,8 @@ pub enum Error {
     UnexpectedRecord { request_id: u16, record_type: u8, name: &'static str, peer: &'static str },
     #[error("request {request_id}: {name} record after that stream's empty end record")]
     RecordAfterStreamEnd { request_id: u16, name: &'static str },
+    #[error("request {request_id}: {name} record before the end of its FCGI_PARAMS (the empty PARAMS record)")]
+    InputBeforeParams { request_id: u16, name: &'static str },
     /// Never-begun ids are told apart from ended ones, whose late records the spec says to skip.
     #[error("request {request_id}: {name} record for a request that never began (no FCGI_BEGIN_REQUEST for this id on this connection)")]
     RecordWithoutBegin { request_id: u16, name: &'static str },
@@ -118,6 +120,7 @@ impl Error {
             | Self::TooManyRequests { request_id, .. }
             | Self::UnexpectedRecord { request_id, .. }
             | Self::RecordAfterStreamEnd { request_id, .. }
+            | Self::InputBeforeParams { request_id, .. }
             | Self::RecordWithoutBegin { request_id, .. }
             | Self::UnknownRecordType { request_id, .. } => Some(request_id),
             _ => None,

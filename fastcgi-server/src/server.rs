@@ -280,6 +280,11 @@ impl ServerConnection {
             return self.skip_inactive(id, ty);
         };
         let req = &mut self.requests[i];
+        if req.params.is_some() {
+            // A request's environment comes whole before its input (spec 6.2, 6.4): a body
+            // byte sent earlier would be read by nobody until the headers time out.
+            return Err(Error::InputBeforeParams { request_id: id, name: ty.name() });
+        }
         let done = if stdin { &mut req.stdin_done } else { &mut req.data_done };
         if *done {
             return Err(Error::RecordAfterStreamEnd { request_id: id, name: ty.name() });
@@ -783,11 +788,20 @@ mod tests {
         drain_until_err(&mut c, Error::RecordAfterStreamEnd { request_id: 1, name: "FCGI_PARAMS" });
         let mut b = Vec::new();
         begin(&mut b, 1, 3, 0);
+        client::write_params(&mut b, 1, []);
         client::write_stdin_end(&mut b, 1);
         client::write_stdin(&mut b, 1, b"late");
         let mut c = conn();
         c.feed(&b);
         drain_until_err(&mut c, Error::RecordAfterStreamEnd { request_id: 1, name: "FCGI_STDIN" });
+        // Input before the PARAMS stream ended.
+        let mut b = Vec::new();
+        begin(&mut b, 1, 3, 0);
+        write_record(&mut b, RecordType::Params, 1, b"\x01\x01AB", Padding::None);
+        client::write_stdin(&mut b, 1, b"early");
+        let mut c = conn();
+        c.feed(&b);
+        drain_until_err(&mut c, Error::InputBeforeParams { request_id: 1, name: "FCGI_STDIN" });
     }
 
     fn drain_until_err(c: &mut ServerConnection, want: Error) {
