@@ -183,6 +183,30 @@ def test_body_longer_than_its_content_length_is_cut_at_it(env):
     assert head.count(b"content-length:") == 1 and r.body == b"01234"
     r = requests.get(nginx.url("/too-long"), timeout=30)
     assert r.status_code == 200 and r.content == b"01234"
+    # and the request's log says so
+    bridge.log.wait_for([r"the app wrote more body than its Content-Length \(5\); 5 bytes past it were dropped",
+                         r"/too-long"])
+
+
+@pytest.mark.parametrize("code", ["204", "304"])
+def test_a_bodyless_status_goes_out_without_the_body_the_app_sent(env, code):
+    """204 and 304 never have a body: one passed on would be read as the start of the next
+    response on a kept HTTP connection. Dropped, with a line in the log."""
+    bridge, nginx, _ = env
+    mark = bridge.log.mark()
+    r = fcgi_client.fcgi_request(bridge.listener_address("fcgi-tcp"), "/status", query=f"code={code}")
+    assert r.status == int(code) and r.body == b"", bytes(r.stdout)[:300]
+    bridge.log.wait_for([rf"a {code} response has no body; the 24 bytes the program sent with it were dropped"],
+                        since=mark)
+
+
+@pytest.mark.parametrize("code", ["100", "101", "999"])
+def test_an_interim_or_unknown_final_status_is_refused(env, code):
+    bridge, _, _ = env
+    mark = bridge.log.mark()
+    r = fcgi_client.fcgi_request(bridge.listener_address("fcgi-tcp"), "/status", query=f"code={code}")
+    assert r.status >= 500, bytes(r.stdout)[:300]
+    bridge.log.wait_for([rf"Status {code} is not a final HTTP status \(200 to 599\)"], since=mark)
 
 
 @pytest.fixture(scope="module")

@@ -746,15 +746,26 @@ impl Conn {
         }
         let mut data = data;
         let mut full = false;
+        let mut dropped = None;
         if let Some(r) = self.cur(serial) {
             if let Some(limit) = r.content_length {
                 // PEP 3333: never more than the app's Content-Length; stop there.
                 let left = limit.saturating_sub(r.body_bytes);
                 if data.len() as u64 >= left {
+                    let extra = data.len() as u64 - left;
                     data = &data[..left as usize];
                     full = true;
+                    dropped = (extra > 0).then_some((limit, extra));
                 }
             }
+        }
+        if let Some((limit, extra)) = dropped {
+            // Said in the request's log (the bridge logs its STDERR with pool, pid and id).
+            let note = format!(
+                "fcgibridge worker: the app wrote more body than its Content-Length ({limit}); \
+                 {extra} bytes past it were dropped\n"
+            );
+            self.push_stderr(serial, note.as_bytes());
         }
         if data.is_empty() {
             return !full;

@@ -258,6 +258,9 @@ impl RespState {
     fn arm_body_limit(&mut self) {
         let bodyless = self.head_request || matches!(self.status, 100..=199 | 204 | 304);
         self.body_limit = match self.content_length {
+            // 204 and 304 never have a body (RFC 9110 15.3.5, 15.4.5): one passed on would
+            // be read as the start of the next response on a kept HTTP connection.
+            _ if !self.head_request && matches!(self.status, 204 | 304) => 0,
             Some(len) if !bodyless => len,
             _ => u64::MAX,
         };
@@ -895,7 +898,17 @@ async fn on_end_request<K: ResponseSink>(
     } else {
         End::Complete
     };
-    if st.excess > 0 {
+    if st.excess > 0 && st.body_limit == 0 && matches!(st.status, 204 | 304) {
+        tracing::warn!(
+            pool,
+            pid,
+            request_id = info.id,
+            uri = info.uri,
+            "a {} response has no body; the {} bytes the program sent with it were dropped",
+            st.status,
+            st.excess
+        );
+    } else if st.excess > 0 {
         tracing::error!(
             pool,
             pid,
@@ -1059,10 +1072,12 @@ mod length_tests {
 
     #[test]
     fn bodyless_responses_and_no_length_are_not_counted() {
-        for st in
-            [state(200, Some(5), true), state(204, Some(5), false), state(304, Some(5), false), state(200, None, false)]
-        {
+        for st in [state(200, Some(5), true), state(204, Some(5), true), state(200, None, false)] {
             assert_eq!(st.body_limit, u64::MAX);
+        }
+        // 204 and 304 never carry a body, whatever the app sends or declares.
+        for st in [state(204, Some(5), false), state(304, None, false)] {
+            assert_eq!(st.body_limit, 0);
         }
         let mut st = state(200, None, false);
         assert_eq!(relay(&mut st, b"0123456789").len(), 10);

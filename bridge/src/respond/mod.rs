@@ -33,7 +33,8 @@ pub(crate) enum HeadError {
     ControlInValue(String),
     #[error("header name {0:?} is not a valid token")]
     InvalidName(String),
-    #[error("Status {0} is outside 100..=999")]
+    /// 1xx is an interim status, never a CGI response's own; above 599 none exists.
+    #[error("Status {0} is not a final HTTP status (200 to 599)")]
     StatusOutOfRange(u16),
     #[error("Status reason has a CR, LF or NUL")]
     ControlInReason,
@@ -54,7 +55,7 @@ pub(crate) fn effective_status(head: &ResponseHead) -> u16 {
 /// `extra` is a capacity hint for body bytes the caller will append.
 pub(crate) fn encode_head(head: &ResponseHead, extra: usize) -> Result<(u16, BytesMut), HeadError> {
     let status = effective_status(head);
-    if !(100..=999).contains(&status) {
+    if !(200..=599).contains(&status) {
         return Err(HeadError::StatusOutOfRange(status));
     }
     let mut size = 32 + extra;
@@ -199,6 +200,17 @@ mod tests {
         let (status, out) = encode_head(&h, 0).expect("encodes");
         assert_eq!(status, 302);
         assert!(out.starts_with(b"Status: 302 Found\r\n"), "{:?}", String::from_utf8_lossy(&out));
+    }
+
+    #[test]
+    fn interim_and_unknown_statuses_are_refused() {
+        for status in [100, 101, 103, 199, 600, 999] {
+            let h = head(Some(status), &[("Content-Type", "text/plain")]);
+            assert_eq!(encode_head(&h, 0).err(), Some(HeadError::StatusOutOfRange(status)), "{status}");
+        }
+        for status in [200, 204, 599] {
+            assert!(encode_head(&head(Some(status), &[]), 0).is_ok(), "{status}");
+        }
     }
 
     #[test]
