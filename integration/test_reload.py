@@ -246,6 +246,14 @@ def test_fcgibridge_reload_command(tmp_path):
         assert out.returncode == 0, out.stderr
         b.log.wait_for(["reload done"], since=mark)
         wait_until(lambda: tag_of(b, "a") == "v2", 30, what="reloaded through `fcgibridge reload`")
+        # --restart-workers: the configuration is as it was, every worker is replaced (SIGUSR2).
+        old = pid_of(get(b, "a", "/pid"))
+        mark = b.log.mark()
+        out = subprocess.run([str(b.binary), "reload", "--restart-workers", "--config", str(b.confdir)],
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0 and "restart requested" in out.stdout, (out.stdout, out.stderr)
+        b.log.wait_for([r"retiring the worker: restart requested \(SIGUSR2\)", f"pid={old}"], since=mark)
+        wait_until(lambda: pid_of(get(b, "a", "/pid")) != old, 60, what="a new worker after --restart-workers")
     finally:
         b.stop()
 

@@ -53,6 +53,8 @@ pub(crate) fn bind(path: &Path) -> Result<UnixListener, ControlError> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Request {
     Reload,
+    /// A reload that also restarts every pool's workers (as SIGUSR2): new application code.
+    Restart,
     Stop,
 }
 
@@ -116,12 +118,16 @@ async fn answer(mut conn: tokio::net::UnixStream, requests: tokio::sync::mpsc::S
     let reply = match command {
         "status" => format!("ok {}", crate::status::json::render(&crate::status::snapshot(registry))),
         // Said to the caller, not only logged: the daemon would refuse it (daemon.rs, drain).
-        "reload" if registry.draining() => {
-            tracing::warn!(uid, "control socket: reload refused during the drain period, the bridge is stopping");
+        "reload" | "restart" if registry.draining() => {
+            tracing::warn!(uid, "control socket: {command} refused during the drain period, the bridge is stopping");
             "error the bridge is draining (stopping): not reloading\n".to_owned()
         }
-        "reload" | "stop" => {
-            let req = if command == "reload" { Request::Reload } else { Request::Stop };
+        "reload" | "restart" | "stop" => {
+            let req = match command {
+                "reload" => Request::Reload,
+                "restart" => Request::Restart,
+                _ => Request::Stop,
+            };
             tracing::info!(uid, "control socket: {command} requested");
             match requests.send(req).await {
                 Ok(()) => format!("ok {command} requested\n"),

@@ -261,9 +261,14 @@ async fn serve(
             _ = s.term.recv() => return Stop::Graceful,
             Some(req) = r.control_rx.recv() => match req {
                 crate::control::Request::Stop => return Stop::Graceful,
-                // One reload path for both: `fcgibridge reload` raises SIGHUP.
+                // One reload path for both: `fcgibridge reload` raises SIGHUP, and with
+                // --restart-workers SIGUSR2.
                 crate::control::Request::Reload => {
                     let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGHUP);
+                    continue;
+                }
+                crate::control::Request::Restart => {
+                    let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGUSR2);
                     continue;
                 }
             },
@@ -388,6 +393,7 @@ async fn drain(
                     return Stop::Graceful;
                 }
                 Request::Reload => "a reload request",
+                Request::Restart => "a restart request",
             },
             _ = s.int.recv() => return Stop::Fast,
             _ = s.quit.recv() => return Stop::Fast,

@@ -76,6 +76,10 @@ enum Command {
         config: ConfigArg,
         #[arg(long)]
         socket: Option<PathBuf>,
+        /// Also restart every pool's workers, rolling, as SIGUSR2 does: how new application
+        /// code is loaded when the configuration did not change.
+        #[arg(long)]
+        restart_workers: bool,
     },
     /// Ask the running daemon to stop gracefully (as SIGTERM does).
     Stop {
@@ -132,7 +136,9 @@ fn main() -> std::process::ExitCode {
         Command::Top { config, socket, interval, count } => {
             control_socket(config, socket).map_or_else(|code| code, |path| cli::top::main(&path, interval, count))
         }
-        Command::Reload { config, socket } => control_main(config, socket, "reload", false),
+        Command::Reload { config, socket, restart_workers } => {
+            control_main(config, socket, if restart_workers { "restart" } else { "reload" }, false)
+        }
         Command::Stop { config, socket } => control_main(config, socket, "stop", false),
         Command::StopInstance { template, key, config, socket } => {
             control_main(config, socket, &format!("stop-instance {template} {key}"), false)
