@@ -526,13 +526,26 @@ pub(crate) async fn write_within<W: tokio::io::AsyncWrite + Unpin>(
     mut buf: &[u8],
     limit: std::time::Duration,
 ) -> std::io::Result<()> {
+    use std::task::Poll;
     use tokio::io::AsyncWriteExt;
     while !buf.is_empty() {
-        match tokio::time::timeout(limit, wr.write(buf)).await {
-            Ok(Ok(0)) => return Err(std::io::ErrorKind::WriteZero.into()),
-            Ok(Ok(n)) => buf = &buf[n..],
-            Ok(Err(e)) => return Err(e),
-            Err(_) => return Err(std::io::ErrorKind::TimedOut.into()),
+        // A write the socket takes at once arms no timer (the common case, on the request
+        // path); only one that has to wait for room does.
+        let now = std::future::poll_fn(|cx| match std::pin::Pin::new(&mut *wr).poll_write(cx, buf) {
+            Poll::Pending => Poll::Ready(None),
+            Poll::Ready(r) => Poll::Ready(Some(r)),
+        })
+        .await;
+        let written = match now {
+            Some(r) => r,
+            None => tokio::time::timeout(limit, wr.write(buf))
+                .await
+                .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into())),
+        };
+        match written {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => buf = &buf[n..],
+            Err(e) => return Err(e),
         }
     }
     Ok(())
