@@ -237,6 +237,13 @@ def test_a_body_that_ends_before_its_content_length_is_never_passed_off_as_whole
     assert r.status == 400, r.stdout[:300]
     assert b'"read"' not in r.body
     bridge.log.wait_for([r"request body ended before its CONTENT_LENGTH", f"short={sent}|/echo"], since=mark)
+    # A body that is absent altogether (nginx: an error_page redirect, an auth_request
+    # subrequest) is no short body: the request reaches the app, which answers when it
+    # does not read the body.
+    with bridge.fcgi() as c:
+        send_in_pieces(c, params_with_length("/health", str(declared)), [])
+        r = c.wait(1)
+        assert r.status == 200 and r.body == b"ok", r.stdout[:300]
     # A whole body is served as before.
     with bridge.fcgi() as c:
         send_in_pieces(c, params_with_length("/echo", "3"), [b"abc"])

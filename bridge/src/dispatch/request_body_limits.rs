@@ -6,9 +6,13 @@
 //! limit — the worker sees an abort (the app's read raises) and the web server gets 413 if
 //! the app had not answered yet, or a cut-off response if it had.
 //!
-//! The declared length: a body that ends before CONTENT_LENGTH bytes came (a FastCGI
-//! STDIN stream closed early) is never passed off as whole: the worker sees an abort and
-//! the web server gets 400.
+//! The declared length: a body that ends part-way, before CONTENT_LENGTH bytes came (a
+//! FastCGI STDIN stream closed early), is never passed off as whole: the worker sees an
+//! abort and the web server gets 400. A body that is absent altogether is not that: nginx
+//! keeps the client's CONTENT_LENGTH on requests it sends without their body (an
+//! `error_page` redirect, an `auth_request` subrequest, `fastcgi_pass_request_body off`),
+//! such a request still reaches the app, which answers it if it does not read the body
+//! (an error page) and gets the worker's "body ended before CONTENT_LENGTH" error if it does.
 //!
 //! A listener's `body-timeout`: while a request still expects body, the next byte must come
 //! within it, or the request ends the same way with 408. A worker sending its response is
@@ -179,6 +183,13 @@ impl<'a, S: BodySource> Limited<'a, S> {
         }
     }
 
+    /// Whether what was read ahead ended part-way, before the declared length (see the
+    /// module's notes): the request is refused before it takes a worker.
+    pub(crate) fn ended_short(&self) -> bool {
+        let received = self.received();
+        self.early_end && received > 0 && self.declared.is_some_and(|n| received < n)
+    }
+
     /// Whether the whole body is here (read ahead, its end seen), taking what the source
     /// has without waiting: only such a request may be piped (dispatch/mod.rs).
     pub(crate) fn whole(&mut self) -> bool {
@@ -240,7 +251,7 @@ impl<'a, S: BodySource> Limited<'a, S> {
         match next {
             Some(chunk) if !self.count(&chunk) => Err(FrontGone),
             Some(chunk) => Ok(Some(chunk)),
-            None if self.declared.is_some_and(|n| self.seen < n) => {
+            None if self.seen > 0 && self.declared.is_some_and(|n| self.seen < n) => {
                 self.watch.trip(Tripped::Short);
                 Err(FrontGone)
             }

@@ -393,6 +393,15 @@ impl<'a, S: BodySource, K: ResponseSink> Request<'a, S, K> {
                 // Gone while its body arrived.
                 return Err(self.gone(pool).await);
             }
+            if self.source.ended_short() {
+                if self.lst.registry.rate_limits.allow(&crate::logging::ratelimit::BODY_SHORT, &pool.name) {
+                    tracing::warn!(
+                        listener = %lst.name, pool = %pool.name, request_id, uri = %uri, received = self.source.received(), declared = n,
+                        "request body ended before its CONTENT_LENGTH, answering 400 (no worker taken)"
+                    );
+                }
+                return Err(self.answer(respond::error_response(400, None).freeze(), 400, Some(&pool.name)).await);
+            }
         }
         Ok(declared)
     }
@@ -523,7 +532,7 @@ impl<'a, S: BodySource, K: ResponseSink> Request<'a, S, K> {
             }
             Tripped::Short => {
                 let cut = self.sink.cut_off();
-                if self.lst.registry.rate_limits.allow(&crate::logging::ratelimit::BODY_STALLED, &pool.name) {
+                if self.lst.registry.rate_limits.allow(&crate::logging::ratelimit::BODY_SHORT, &pool.name) {
                     tracing::warn!(
                         listener = %lst.name, pool = %pool.name, pid, request_id, uri = %uri, received = self.source.received(), declared = declared.unwrap_or(0),
                         "request body ended before its CONTENT_LENGTH: request aborted in the worker, {}",

@@ -163,6 +163,14 @@ pub(crate) static BODY_STALLED: Kind = Kind {
     level: Level::Warn,
     burst: CLIENT_BURST,
 };
+/// A request body that ended before its CONTENT_LENGTH.
+pub(crate) static BODY_SHORT: Kind = Kind {
+    scope: Scope::Pool,
+    what: "requests ended",
+    reason: "request body shorter than its CONTENT_LENGTH",
+    level: Level::Warn,
+    burst: CLIENT_BURST,
+};
 /// 200 instead of 206: too many ranges, or ranges larger than the file.
 pub(crate) static RANGE_IGNORED: Kind = Kind {
     scope: Scope::Pool,
