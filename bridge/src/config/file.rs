@@ -32,12 +32,17 @@ impl<'de> Deserialize<'de> for RawFile {
 
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
                 let mut file = RawFile::default();
+                let mut seen = [false; 3];
                 while let Some(key) = map.next_key::<String>()? {
+                    if let Some(i) = SECTIONS.iter().position(|s| *s == key) {
+                        if std::mem::replace(&mut seen[i], true) {
+                            return Err(de::Error::duplicate_field(SECTIONS[i]));
+                        }
+                    }
                     match key.as_str() {
-                        "bridge" if file.bridge.is_none() => file.bridge = map.next_value()?,
-                        "pools" if file.pools.is_none() => file.pools = map.next_value()?,
-                        "listeners" if file.listeners.is_none() => file.listeners = map.next_value()?,
-                        k if SECTIONS.contains(&k) => return Err(de::Error::duplicate_field(SECTIONS[0])),
+                        "bridge" => file.bridge = map.next_value()?,
+                        "pools" => file.pools = map.next_value()?,
+                        "listeners" => file.listeners = map.next_value()?,
                         k if k.starts_with("x-") => {
                             map.next_value::<de::IgnoredAny>()?;
                         }

@@ -1024,8 +1024,10 @@ pub(crate) fn needs_restart(old: &config::Pool, new: &config::Pool) -> bool {
         let cpu = p.supervision.cpu_time_limit;
         let graceful = p.supervision.graceful_timeout;
         p.supervision = config::supervision::Supervision { cpu_time_limit: cpu, ..Default::default() };
-        // Only the CPU limit is applied at spawn (RLIMIT_CPU, with graceful-timeout in the hard limit).
-        if cpu.is_some() {
+        // Applied at spawn: the CPU limit (RLIMIT_CPU, with graceful-timeout in the hard
+        // limit), and an ASGI worker's wait for its tasks at stop (FCGIBRIDGE_GRACEFUL_TIMEOUT).
+        let asgi = p.interface.kind != config::interface::Interface::Wsgi;
+        if cpu.is_some() || asgi {
             p.supervision.graceful_timeout = graceful;
         }
         p
