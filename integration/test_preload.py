@@ -166,7 +166,7 @@ def test_reload_retires_a_template_no_longer_needed(tmp_path, change):
         mark = b.log.mark()
         b.proc.send_signal(signal.SIGUSR2 if change.startswith("restart all") else signal.SIGHUP)
         b.log.wait_for(["reload done"], since=mark, timeout=30)
-        b.log.wait_for([r"retiring its template", r"\bedge\b"], since=mark, timeout=30)
+        b.log.wait_for([r"retiring the template \(", r"\bedge\b"], since=mark, timeout=30)
         wait_until(lambda: _exited(tpl), 30, what=f"the template {tpl} to exit after its pool's {change}")
         assert b.request("/health", pool="keep.test", listener="l").status == 200
         if change == "preload turned off":

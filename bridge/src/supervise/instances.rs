@@ -209,7 +209,7 @@ impl Shelf {
         // A preloaded instance's fork template goes with it (supervise/template.rs).
         if i.pool.config.isolation.preload {
             if let Some(s) = self.spawner() {
-                s.retire_template(&i.pool.name);
+                s.retire_template(&i.pool.name, "instance removed");
             }
         }
         self.with(|b| b.retiring.push((i.pool, i.dir)));
@@ -602,7 +602,7 @@ impl TemplateRuntime {
                     // As a changed pool's (Supervisor::reload): new forks from fresh code.
                     if inst.pool.config.isolation.preload && (!cfg.isolation.preload || restart) {
                         if let Some(s) = self.shelf.upgrade().and_then(|shelf| shelf.spawner()) {
-                            s.retire_template(&inst.pool.name);
+                            s.retire_template(&inst.pool.name, super::retire_why(restart));
                         }
                     }
                     let p = Arc::new(PoolRuntime {

@@ -50,9 +50,20 @@ impl Spawner {
         self.next_id.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Retire the fork template of a pool that is removed, no longer preloads or restarts.
-    fn retire_template(&self, pool: &str) {
-        self.templates.retire_pool(pool);
+    /// Retire the fork template of a pool that is removed, no longer preloads or restarts
+    /// (`why`, for the log).
+    fn retire_template(&self, pool: &str, why: &str) {
+        self.templates.retire_pool(pool, why);
+    }
+}
+
+/// Why a changed preloaded pool's template goes: every worker restarts (SIGUSR2), or the
+/// pool no longer preloads.
+fn retire_why(restart_all: bool) -> &'static str {
+    if restart_all {
+        "restart requested (SIGUSR2): new workers fork from freshly imported code"
+    } else {
+        "preload turned off"
     }
 }
 
@@ -185,7 +196,7 @@ impl Supervisor {
                     // A restart of every pool re-imports the code: a preloaded pool's new
                     // workers must fork from a fresh template, not from the old one.
                     if old.config.isolation.preload && (!cfg.isolation.preload || restart_all) {
-                        self.spawner.retire_template(&cfg.name);
+                        self.spawner.retire_template(&cfg.name, retire_why(restart_all));
                     }
                     let p = Arc::new(PoolRuntime {
                         name: old.name.clone(),
@@ -210,7 +221,7 @@ impl Supervisor {
         for old in &self.pools {
             if !new.iter().any(|c| c.name == old.config.name) {
                 old.send(ManagerCmd::Remove { within: drain_within, why: "pool removed by reload".into() });
-                self.spawner.retire_template(&old.config.name);
+                self.spawner.retire_template(&old.config.name, "pool removed");
                 self.retiring.push(old.clone());
             }
         }

@@ -162,10 +162,14 @@ impl Templates {
     /// Retire the template of a pool that was removed, no longer preloads or is restarted
     /// (SIGUSR2): it forks no more and exits after its last worker, instead of idling until
     /// the bridge exits.
-    pub(super) fn retire_pool(&self, pool: &str) {
+    pub(super) fn retire_pool(&self, pool: &str, why: &str) {
         let cell = lock(&self.0).remove(pool);
         if let Some(t) = cell.as_ref().and_then(|s| s.get()) {
-            tracing::info!(pool, pid = t.pid, "pool removed, no longer preloaded or restarted; retiring its template");
+            tracing::info!(
+                pool,
+                pid = t.pid,
+                "retiring the template ({why}): it forks no more and ends after its last worker"
+            );
             t.retire();
         }
     }
