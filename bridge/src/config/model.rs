@@ -248,6 +248,34 @@ pub struct Pool {
     pub isolation: super::isolation::Isolation,
 }
 
+#[cfg(test)]
+impl Pool {
+    /// A pool named `p` of one single-threaded worker for the module `x:application`,
+    /// every other key plain: a test sets what it looks at (`Pool { threads: 4, ..for_tests() }`).
+    pub(crate) fn for_tests() -> Self {
+        Self {
+            name: "p".into(),
+            python: "python3".into(),
+            python_at: Default::default(),
+            app: App::Module { module: "x".into(), callable: "application".into() },
+            chdir: "/".into(),
+            env: Default::default(),
+            processes: 1,
+            threads: 1,
+            interface: Default::default(),
+            queue_size: 0,
+            queue_timeout: Duration::from_secs(1),
+            startup_timeout: Duration::from_secs(1),
+            slowlog_timeout: None,
+            supervision: Default::default(),
+            max_body: None,
+            pipeline: true,
+            error_pages: Default::default(),
+            isolation: Default::default(),
+        }
+    }
+}
+
 /// Where a key was written: `file:line:column` and its key path, for errors found after
 /// loading (the interpreter probe runs programs, so it is no part of `config`). Every two
 /// compare equal: moving a pool's lines within its file changes nothing a reload acts on.

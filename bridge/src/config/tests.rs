@@ -528,6 +528,14 @@ fn every_error_of_every_file_is_named_at_once() {
     assert!(text.contains("pools.b.app") && text.contains("listeners.l.pool: unknown pool \"bb\""), "{text}");
 }
 
+/// `lines` are as many as `want`, each starting with its counterpart.
+fn assert_lines_start_with(lines: &[String], want: &[&str]) {
+    assert_eq!(lines.len(), want.len(), "{lines:#?}");
+    for (line, want) in lines.iter().zip(want) {
+        assert!(line.starts_with(want), "got:  {line}\nwant: {want}");
+    }
+}
+
 /// The error lines of `tree`, `ROOT/conf.d/30-x.yaml:` taken off.
 fn error_lines(tree: &Tree) -> Vec<String> {
     tree.error().lines().map(|l| l.strip_prefix("ROOT/conf.d/30-x.yaml:").unwrap_or(l).to_owned()).collect()
@@ -561,10 +569,7 @@ listeners:
         "12:14: listeners.l.backlog: expected a whole number from 1 to 4294967295",
         "13:5: listeners.l.dialect: unknown web server \"klingon\"",
     ];
-    assert_eq!(lines.len(), want.len(), "{lines:#?}");
-    for (line, want) in lines.iter().zip(want) {
-        assert!(line.starts_with(want), "got:  {line}\nwant: {want}");
-    }
+    assert_lines_start_with(&lines, &want);
 }
 
 #[test]
@@ -609,10 +614,7 @@ listeners:
         "12:5: listeners.l.status-path: ",
         "13:5: listeners.l.routes: set either pool:",
     ];
-    assert_eq!(lines.len(), want.len(), "{lines:#?}");
-    for (line, want) in lines.iter().zip(want) {
-        assert!(line.starts_with(want), "got:  {line}\nwant: {want}");
-    }
+    assert_lines_start_with(&lines, &want);
     // Within routes, every route is checked too.
     let text = "listeners:\n  l:\n    fastcgi: 127.0.0.1:9100\n    routes:\n      - {host: 'a:80', pool: demo}\n      - {prefix: api, pool: demo}\n      - {prefix: /b}\n";
     let lines = error_lines(&valid("route-keys").file("30-x.yaml", text));
@@ -648,10 +650,7 @@ fn whole_number_bounds_are_the_real_ones() {
     ];
     for (text, want) in cases {
         let lines = error_lines(&valid("bounds").file("30-x.yaml", text));
-        assert_eq!(lines.len(), want.len(), "{lines:#?}");
-        for (line, want) in lines.iter().zip(want) {
-            assert!(line.starts_with(want), "got:  {line}\nwant: {want}");
-        }
+        assert_lines_start_with(&lines, want);
     }
 }
 
@@ -726,10 +725,7 @@ listeners:
         "4:7: listeners.c.fastcgi: address already used by listener \"a\"",
         "5:7: listeners.d.fastcgi: address already used by listener \"b\"",
     ];
-    assert_eq!(lines.len(), want.len(), "{lines:#?}");
-    for (line, want) in lines.iter().zip(want) {
-        assert!(line.starts_with(want), "got:  {line}\nwant: {want}");
-    }
+    assert_lines_start_with(&lines, &want);
 }
 
 #[test]
@@ -772,10 +768,7 @@ pools:
         "9:5: pools.x.cpu-time-limit: is counted in whole seconds",
         "10:15: pools.x.pipeline: expected true or false",
     ];
-    assert_eq!(lines.len(), want.len(), "{lines:#?}");
-    for (line, want) in lines.iter().zip(want) {
-        assert!(line.starts_with(want), "got:  {line}\nwant: {want}");
-    }
+    assert_lines_start_with(&lines, &want);
 }
 
 #[test]

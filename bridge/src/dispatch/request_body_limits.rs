@@ -186,8 +186,13 @@ impl<'a, S: BodySource> Limited<'a, S> {
     /// Whether what was read ahead ended part-way, before the declared length (see the
     /// module's notes): the request is refused before it takes a worker.
     pub(crate) fn ended_short(&self) -> bool {
-        let received = self.received();
-        self.early_end && received > 0 && self.declared.is_some_and(|n| received < n)
+        self.early_end && self.cut_short(self.received())
+    }
+
+    /// Whether a body that ended after `received` bytes ended part-way (some, not all of
+    /// the declared length).
+    fn cut_short(&self, received: u64) -> bool {
+        received > 0 && self.declared.is_some_and(|n| received < n)
     }
 
     /// Whether the whole body is here (read ahead, its end seen), taking what the source
@@ -251,7 +256,7 @@ impl<'a, S: BodySource> Limited<'a, S> {
         match next {
             Some(chunk) if !self.count(&chunk) => Err(FrontGone),
             Some(chunk) => Ok(Some(chunk)),
-            None if self.seen > 0 && self.declared.is_some_and(|n| self.seen < n) => {
+            None if self.cut_short(self.seen) => {
                 self.watch.trip(Tripped::Short);
                 Err(FrontGone)
             }

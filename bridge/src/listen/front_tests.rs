@@ -23,23 +23,12 @@ use tokio::net::{UnixListener, UnixStream};
 fn pool_config(threads: u32) -> config::Pool {
     config::Pool {
         name: "test".to_owned(),
-        python: "python3".into(),
-        python_at: Default::default(),
-        app: config::App::Module { module: "x".to_owned(), callable: "application".to_owned() },
         chdir: std::env::temp_dir(),
-        env: Default::default(),
-        processes: 1,
         threads,
-        interface: Default::default(),
         queue_size: 16,
         queue_timeout: Duration::from_millis(300),
         startup_timeout: Duration::from_secs(5),
-        slowlog_timeout: None,
-        max_body: None,
-        pipeline: true,
-        error_pages: Default::default(),
-        isolation: Default::default(),
-        supervision: Default::default(),
+        ..config::Pool::for_tests()
     }
 }
 

@@ -1083,26 +1083,7 @@ mod tests {
 
     #[test]
     fn what_restarts_workers_on_reload() {
-        let base = config::Pool {
-            name: "p".into(),
-            python: "python3".into(),
-            python_at: Default::default(),
-            app: App::Module { module: "x".into(), callable: "application".into() },
-            chdir: "/".into(),
-            env: Default::default(),
-            processes: 2,
-            threads: 4,
-            interface: Default::default(),
-            queue_size: 10,
-            queue_timeout: Duration::from_secs(1),
-            startup_timeout: Duration::from_secs(1),
-            slowlog_timeout: None,
-            supervision: Default::default(),
-            max_body: None,
-            pipeline: true,
-            error_pages: Default::default(),
-            isolation: Default::default(),
-        };
+        let base = config::Pool { processes: 2, threads: 4, queue_size: 10, ..config::Pool::for_tests() };
         let with = |f: &dyn Fn(&mut config::Pool)| {
             let mut p = base.clone();
             f(&mut p);

@@ -416,26 +416,7 @@ mod tests {
     use std::path::PathBuf;
 
     fn pool(python: PathBuf, chdir: PathBuf) -> Pool {
-        Pool {
-            name: "p".into(),
-            python,
-            python_at: Default::default(),
-            app: App::Module { module: "x".into(), callable: "application".into() },
-            chdir,
-            env: Default::default(),
-            processes: 1,
-            threads: 1,
-            interface: Default::default(),
-            queue_size: 0,
-            queue_timeout: std::time::Duration::from_secs(1),
-            startup_timeout: std::time::Duration::from_secs(1),
-            slowlog_timeout: None,
-            supervision: Default::default(),
-            max_body: None,
-            pipeline: true,
-            error_pages: Default::default(),
-            isolation: Default::default(),
-        }
+        Pool { python, chdir, ..Pool::for_tests() }
     }
 
     /// Start `pool`'s python as spawn_worker does (isolation hook, then exec); the failure.
