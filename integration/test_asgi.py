@@ -561,6 +561,23 @@ def test_request_timeout_cancels_the_task_and_logs_its_stack_while_the_worker_se
     assert pid() == before  # the same worker serves on
 
 
+def test_request_timeout_cancels_a_task_whose_unread_body_paused_its_connection(env):
+    """4 MiB sent to an app that sleeps without reading it: the worker stops reading that
+    connection (more than 1 MiB unread), so it cannot read the bridge's shutdown either.
+    request-timeout must still reach the task."""
+    bridge, nginx, work, _ = env
+    mark = bridge.log.mark()
+    r = requests.post(nginx.url("/timed/sleep?60"), data=b"u" * (4 << 20), timeout=120)
+    assert r.status_code == 504
+    (line,) = bridge.log.wait_for(r"request-timeout \(2s\): POST /timed/sleep\?60 ran", since=mark)
+    rid = re.search(r'request_id="?(\d+)', line).group(1)
+    log = work / "cancelled.log"
+    harness.wait_until(lambda: log.exists() and f"cancelled {rid}" in log.read_text(), 30,
+                       what="the app's task to be cancelled")
+    bridge.log.wait_for([rf"\[stack request_id={rid} task=", r"asgi_raw_app.py"], since=mark)
+    assert requests.get(nginx.url("/timed/sleep?0"), timeout=60).status_code == 200
+
+
 def _edge(env, path, **kw):
     return fcgi_client.fcgi_request(env[0].listener_address("fcgi"), path, headers={"Host": "x"}, **kw)
 

@@ -15,6 +15,7 @@ import contextlib
 import http
 import json
 import os
+import select
 import signal
 import socket
 import struct
@@ -35,6 +36,10 @@ MAX_CONTENT = 65535
 EV_BEGIN, EV_ABORT, EV_PARAMS, EV_STDIN, EV_REPLY = 1, 2, 4, 5, 10
 # Body bytes a request may hold unread before its connection stops being read.
 BODY_HIGH = 1 << 20
+# While a connection is not read, how often it is polled for the bridge's hang-up (the
+# bridge's request-timeout shuts the connection down, which an unread socket never shows).
+HANGUP_POLL = 0.5
+HANGUP = select.POLLHUP | select.POLLERR | getattr(select, "POLLRDHUP", 0x2000)
 # Longest lifespan shutdown: the bridge sends SIGKILL 10 s after SIGTERM.
 SHUTDOWN_TIMEOUT = 8.0
 # Longest wait at SIGTERM for tasks still running (a response's background task): the pool's
@@ -305,6 +310,7 @@ class Connection(asyncio.Protocol):
         self.paused = False
         self.drain_waiters = []
         self.holding = set()
+        self.hangup_poll = None  # the timer of _poll_hangup while reading is paused
 
     # -- asyncio.Protocol
 
@@ -372,12 +378,26 @@ class Connection(asyncio.Protocol):
         """``req`` has too much unread body: stop reading until its app reads or it ends."""
         if not self.holding and not self.closed:
             self.transport.pause_reading()
+            self.hangup_poll = asyncio.get_running_loop().call_later(HANGUP_POLL, self._poll_hangup)
         self.holding.add(req)
+
+    def _poll_hangup(self):
+        """While reading is paused, see whether the bridge shut the connection down."""
+        if self.closed or not self.holding:
+            return
+        poller = select.poll()
+        poller.register(self.transport.get_extra_info("socket").fileno(), HANGUP)
+        if poller.poll(0):
+            self.transport.abort()
+            self._lost()
+        else:
+            self.hangup_poll = asyncio.get_running_loop().call_later(HANGUP_POLL, self._poll_hangup)
 
     def release(self, req):
         if req in self.holding:
             self.holding.discard(req)
             if not self.holding and not self.closed:
+                self.hangup_poll.cancel()
                 self.transport.resume_reading()
 
     def forget(self, req):
