@@ -1,8 +1,9 @@
 """Clients that start a request and stall, or open connections and hold them: the limits
-`body-timeout`, `header-timeout`, `header-memory` and `max-connections` (docs/configuration.md),
+`body-timeout`, `header-timeout`, `keepalive-timeout`, `header-memory` and `max-connections` (docs/configuration.md),
 against the real daemon and through a real nginx with `fastcgi_request_buffering off`."""
 import re
 import socket
+import time
 
 import pytest
 import requests
@@ -16,6 +17,7 @@ THREADS = 2  # the pool's worker threads: as many stalled requests fill it
 BODY_TIMEOUT = "2s"
 HEADER_TIMEOUT = "2s"
 SEND_TIMEOUT = "2s"
+KEEPALIVE_TIMEOUT = 6  # seconds: longer than the 4 s test_an_idle_kept_connection_is_not_a_slow_header waits
 BUDGET = 3 << 20  # header-memory: three 900 KB header blocks fit, a fourth does not
 STALLED_PARAMS = 900_000
 CAP = 3  # max-connections of the `capped` listener
@@ -27,7 +29,8 @@ def env(tmp_path_factory):
     ports = harness.free_ports(4)
     quick = {"body-timeout": BODY_TIMEOUT, "header-timeout": HEADER_TIMEOUT, "send-timeout": SEND_TIMEOUT}
     listeners = {
-        "fast": dict(fastcgi=f"127.0.0.1:{ports[0]}", pool="app", **quick),
+        "fast": dict(fastcgi=f"127.0.0.1:{ports[0]}", pool="app", **quick,
+                     **{"keepalive-timeout": f"{KEEPALIVE_TIMEOUT}s"}),
         "scgi": dict(scgi=f"127.0.0.1:{ports[1]}", pool="app", **quick),
         # headers may take their time here: the budget, not the timeout, stops them
         "patient": {"fastcgi": f"127.0.0.1:{ports[2]}", "pool": "app", "header-timeout": "10m"},
@@ -311,6 +314,21 @@ def test_an_idle_kept_connection_is_not_a_slow_header(env):
         c.responses.clear()
         assert c.request("/health", request_id=2).status == 200
     assert "no complete FastCGI request headers" not in bridge.log.text(mark)
+
+
+def test_a_kept_connection_with_no_request_is_closed_after_keepalive_timeout(env):
+    """A request that runs longer than keepalive-timeout is not cut; the clock starts when
+    the connection has nothing left to do, and then the bridge closes it."""
+    bridge, _, _ = env
+    with bridge.fcgi("fast") as c:
+        r = c.request("/sleep", query=f"s={KEEPALIVE_TIMEOUT + 1}")
+        assert r.status == 200 and r.body == b"slept", r.stdout[:200]
+        c.responses.clear()
+        c.sock.settimeout(60)
+        assert c.request("/health", request_id=2).status == 200  # still open after the long request
+        idle_from = time.monotonic()
+        assert c.read_until_closed(60) == b""
+        assert time.monotonic() - idle_from >= KEEPALIVE_TIMEOUT - 0.5
 
 
 def test_a_body_sent_after_an_early_response_is_not_a_slow_header(env):

@@ -201,6 +201,9 @@ fn render_listener(out: &mut String, l: &Listener) {
     field(out, 4, "header-timeout", &DurationDisplay(l.header_timeout).to_string());
     field(out, 4, "body-timeout", &DurationDisplay(l.body_timeout).to_string());
     field(out, 4, "send-timeout", &DurationDisplay(l.send_timeout).to_string());
+    if l.protocol == Protocol::FastCgi {
+        field(out, 4, "keepalive-timeout", &DurationDisplay(l.keepalive_timeout).to_string());
+    }
     field(out, 4, "max-connections", &l.max_connections.to_string());
     if let Some(p) = &l.status_path {
         field(out, 4, "status-path", &quote(p));
@@ -364,6 +367,7 @@ mod tests {
                     header_timeout: Duration::from_secs(60),
                     body_timeout: Duration::from_secs(60),
                     send_timeout: Duration::from_secs(60),
+                    keepalive_timeout: Duration::from_secs(300),
                     max_connections: 1024,
                 },
                 Listener {
@@ -398,6 +402,7 @@ mod tests {
                     header_timeout: Duration::from_millis(1500),
                     body_timeout: Duration::from_secs(300),
                     send_timeout: Duration::from_secs(60),
+                    keepalive_timeout: Duration::from_secs(300),
                     max_connections: 7,
                 },
             ],

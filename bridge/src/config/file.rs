@@ -202,6 +202,8 @@ pub(super) struct RawListener {
     pub body_timeout: Option<HumanDuration>,
     /// Longest wait for the web server to take response bytes.
     pub send_timeout: Option<HumanDuration>,
+    /// Longest a kept FastCGI connection may sit with no request.
+    pub keepalive_timeout: Option<HumanDuration>,
     pub max_connections: Option<u32>,
 }
 

@@ -128,6 +128,9 @@ pub struct Listener {
     /// The longest the web server may leave response bytes unread (`send-timeout`); then
     /// the connection is closed and its requests abandoned.
     pub send_timeout: Duration,
+    /// The longest a kept FastCGI connection may sit between requests (`keepalive-timeout`);
+    /// then the bridge closes it.
+    pub keepalive_timeout: Duration,
     /// Connections open at once (`max-connections`); beyond it new ones are closed at once.
     pub max_connections: u32,
 }

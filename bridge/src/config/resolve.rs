@@ -24,6 +24,9 @@ pub(super) const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(60);
 pub(super) const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(60);
 /// `send-timeout`: as nginx's `send_timeout`.
 pub(super) const DEFAULT_SEND_TIMEOUT: Duration = Duration::from_secs(60);
+/// `keepalive-timeout`: longer than a web server's own idle limit for the connections it
+/// keeps (nginx's upstream `keepalive_timeout` is 60 s), so that the web server closes first.
+pub(super) const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(300);
 /// `max-connections`: nginx's default `worker_connections` is 512 per worker process.
 pub(super) const DEFAULT_MAX_CONNECTIONS: u32 = 1024;
 /// Internal redirects one request may take (`max-redirects`).
@@ -377,6 +380,7 @@ pub(super) fn listener(src: &Source, dir: &Path, name: &str, mut raw: RawListene
     let header_timeout = positive(raw.header_timeout, "header-timeout", DEFAULT_HEADER_TIMEOUT);
     let body_timeout = positive(raw.body_timeout, "body-timeout", DEFAULT_BODY_TIMEOUT);
     let send_timeout = positive(raw.send_timeout, "send-timeout", DEFAULT_SEND_TIMEOUT);
+    let keepalive_timeout = positive(raw.keepalive_timeout, "keepalive-timeout", DEFAULT_KEEPALIVE_TIMEOUT);
     let max_connections = raw.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS);
     if max_connections == 0 {
         errs.push(src.invalid(&here.key("max-connections"), "must be 1 or more"));
@@ -424,6 +428,7 @@ pub(super) fn listener(src: &Source, dir: &Path, name: &str, mut raw: RawListene
             header_timeout,
             body_timeout,
             send_timeout,
+            keepalive_timeout,
             max_connections,
         }),
         _ => Err(ConfigError::several(errs)),

@@ -23,6 +23,8 @@ pub(crate) struct ListenerCtx {
     pub body_timeout: std::time::Duration,
     /// `send-timeout`: the longest a write to the web server may wait for room.
     pub send_timeout: std::time::Duration,
+    /// `keepalive-timeout`: the longest a kept FastCGI connection may sit with no request.
+    pub keepalive_timeout: std::time::Duration,
     /// Connections opened through this context (the status page sums a listener's contexts).
     pub open_conns: Arc<AtomicUsize>,
     /// The daemon's process-wide state (registry.rs).

@@ -73,6 +73,9 @@ struct FrontConn {
     /// When the connection was accepted, until its first byte: a connection that never
     /// sends one is closed at `header-timeout`, as one that stops inside a record is.
     silent_since: Option<Instant>,
+    /// Since when a kept connection has had no request and no bytes of one, for
+    /// `keepalive-timeout`.
+    kept_since: Option<Instant>,
     /// The last [`FrontConn::process`] consumed received bytes.
     consumed: bool,
     /// Unfinished headers held against the daemon's `header-memory`.
@@ -119,6 +122,7 @@ where
         let pending_tx = conn.pending.as_ref().map(|(tx, _)| tx.clone());
         // Not while reading is paused for a full body channel: then the wait is ours.
         let header_deadline = conn.header_deadline().filter(|_| conn.pending.is_none());
+        let keepalive_deadline = conn.keepalive_deadline();
         let turn = tokio::select! {
             biased;
             msg = recv_out(&mut conn.out) => {
@@ -151,6 +155,11 @@ where
                 conn.log_header_timeout();
                 let _ = super::write_within(&mut wr, &conn.wbuf, conn.ctx.send_timeout).await;
                 Turn::Leave
+            }
+            () = super::sleep_until(keepalive_deadline), if keepalive_deadline.is_some() => {
+                tracing::debug!(listener = %conn.ctx.name, peer = %conn.peer,
+                    "no request on a kept connection within keepalive-timeout ({:?}), closing it", conn.ctx.keepalive_timeout);
+                Turn::Close
             }
             () = poll_inline(&mut conn.inline), if conn.inline.is_some() => {
                 conn.inline = None;
@@ -261,6 +270,7 @@ impl FrontConn {
             charge: HeaderCharge::new(ctx.registry.header_budget.clone()),
             idle_since: None,
             silent_since: Some(Instant::now()),
+            kept_since: None,
             consumed: false,
             ctx,
             peer,
@@ -623,6 +633,22 @@ impl FrontConn {
             }
         }
         oldest.map(|at| at + self.ctx.header_timeout)
+    }
+
+    /// When `keepalive-timeout` ends for a connection that waits for its next request
+    /// (none while a request runs, its bytes arrive, or its answer goes out).
+    fn keepalive_deadline(&mut self) -> Option<Instant> {
+        let waiting = self.reqs.is_empty()
+            && self.inline.is_none()
+            && self.pending.is_none()
+            && self.silent_since.is_none()
+            && self.decoder.buffered() == 0
+            && self.wbuf.is_empty();
+        if !waiting {
+            self.kept_since = None;
+            return None;
+        }
+        Some(*self.kept_since.get_or_insert_with(Instant::now) + self.ctx.keepalive_timeout)
     }
 
     /// FCGI_ABORT_REQUEST: a request not started yet ends at once; a running one is told

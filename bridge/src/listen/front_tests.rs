@@ -156,6 +156,7 @@ async fn setup_ctx(threads: u32) -> (Arc<ListenerCtx>, (UnixStream, UnixStream))
         header_timeout: std::time::Duration::from_secs(60),
         body_timeout: std::time::Duration::from_secs(60),
         send_timeout: std::time::Duration::from_secs(60),
+        keepalive_timeout: std::time::Duration::from_secs(300),
         open_conns: Arc::new(AtomicUsize::new(0)),
         registry: Arc::new(Registry::new(None, 64 << 20, Vec::new(), Default::default())),
         status_path: None,

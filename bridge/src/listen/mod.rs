@@ -104,6 +104,7 @@ pub(crate) fn make_ctx(
         header_timeout: cfg.header_timeout,
         body_timeout: cfg.body_timeout,
         send_timeout: cfg.send_timeout,
+        keepalive_timeout: cfg.keepalive_timeout,
         open_conns: Arc::new(AtomicUsize::new(0)),
         registry: registry.clone(),
         status_path: cfg.status_path.clone(),
