@@ -134,6 +134,33 @@ def test_a_program_that_is_not_python_is_refused(tmp_path, exe, said):
     assert code == 2 and "pools.notpy.python" in err, err
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="switching to the pool's user needs root")
+def test_an_interpreter_the_pools_user_may_not_run_is_refused_by_check(tmp_path):
+    """The probe runs as the pool's `user:`, as its workers will: a Python under a
+    directory only root may enter passes as root and would fail every worker's start."""
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    python = private / "python"
+    python.write_text('#!/bin/sh\nexec python3 "$@"\n')
+    python.chmod(0o755)
+    app = tmp_path / "app.py"
+    shutil.copy(APP, app)
+    d = tmp_path / "conf.d"
+    d.mkdir()
+    (d / "50-test.yaml").write_text(to_yaml({
+        "pools": {"p": {"app": str(app), "python": str(python), "user": "nobody"}},
+        "listeners": {"l": {"fastcgi": f"127.0.0.1:{free_ports(1)[0]}", "pool": "p"}}}))
+    r = check(d)
+    assert r.returncode == 1, r.stdout
+    assert re.search(rf":4:\d+: pools\.p\.python: {re.escape(str(python))} cannot be run as user nobody "
+                     rf"\(uid \d+, gid \d+\): Permission denied", r.stderr), r.stderr
+    if os.access("/usr/bin/python3", os.X_OK):  # the system's, which every user may run
+        conf_file = d / "50-test.yaml"
+        conf_file.write_text(conf_file.read_text().replace(str(python), "/usr/bin/python3"))
+        r = check(d)
+        assert r.returncode == 0, r.stderr
+
+
 def test_supported_pythons_are_accepted_and_serve(tmp_path):
     found = {v: find_python(v) for v in SUPPORTED}
     found = {v: f for v, f in found.items() if f}

@@ -41,36 +41,21 @@ pub(super) enum IsolateError {
     Nul(PathBuf),
 }
 
-/// The isolation of one worker, ready to be applied after fork without allocating.
+/// The account a pool's processes take (groups, gid, uid), each `None` where it stays the
+/// bridge's: what a worker and the interpreter probe (probe.rs) apply after fork.
 #[derive(Debug)]
-pub(super) struct Prepared {
+pub(crate) struct Credentials {
     uid: Option<libc::uid_t>,
     gid: Option<libc::gid_t>,
     groups: Option<Vec<Gid>>,
-    chroot: Option<CString>,
-    /// The working directory (seen from inside the chroot), entered last, as the worker's
-    /// user: a directory that user may not enter fails the spawn instead of confusing Python.
-    workdir: CString,
-    umask: Option<libc::mode_t>,
-    rlimits: Vec<(Resource, libc::rlim_t)>,
-    nice: Option<libc::c_int>,
-    python: PathBuf,
-    python_path: PathBuf,
-    chroot_dir: Option<PathBuf>,
-    env: Vec<(String, String)>,
-    clear_env: bool,
+    worker_uid: u32,
+    worker_gid: u32,
     /// "user www (uid 33, gid 33)" when the pool sets `user:`, for error messages.
     run_as: Option<String>,
 }
 
-impl Prepared {
-    /// Resolve everything a worker of `pool` needs; `python_path` is `<runtime_dir>/python`.
-    pub(super) fn for_pool(pool: &Pool, python_path: &Path) -> Result<Self, IsolateError> {
-        let iso = &pool.isolation;
-        if let Some(file) = pool.app.file() {
-            // Checked at load time too; the file may have changed hands since.
-            crate::config::isolation::check_script(iso, file).map_err(IsolateError::Script)?;
-        }
+impl Credentials {
+    pub(crate) fn of(iso: &crate::config::isolation::Isolation) -> Self {
         let bridge_uid = nix::unistd::geteuid().as_raw();
         let bridge_gid = nix::unistd::getegid().as_raw();
         let worker_uid = iso.worker_uid(bridge_uid);
@@ -84,6 +69,60 @@ impl Prepared {
             (None, _) if uid.is_some() || gid.is_some() => Some(Vec::new()),
             _ => None,
         };
+        let run_as = iso.user.as_ref().map(|u| format!("user {} (uid {worker_uid}, gid {worker_gid})", u.login));
+        Self { uid, gid, groups, worker_uid, worker_gid, run_as }
+    }
+
+    /// "user www (uid 33, gid 33)" when the pool sets `user:`.
+    pub(crate) fn run_as(&self) -> Option<&str> {
+        self.run_as.as_deref()
+    }
+
+    /// In the forked child: supplementary groups, gid, then uid (async-signal-safe).
+    pub(crate) fn apply(&self) -> nix::Result<()> {
+        use nix::unistd::{setgroups, setresgid, setresuid, Uid};
+        if let Some(groups) = &self.groups {
+            setgroups(groups)?;
+        }
+        if let Some(gid) = self.gid {
+            let gid = Gid::from_raw(gid);
+            setresgid(gid, gid, gid)?;
+        }
+        if let Some(uid) = self.uid {
+            let uid = Uid::from_raw(uid);
+            setresuid(uid, uid, uid)?;
+        }
+        Ok(())
+    }
+}
+
+/// The isolation of one worker, ready to be applied after fork without allocating.
+#[derive(Debug)]
+pub(super) struct Prepared {
+    creds: Credentials,
+    chroot: Option<CString>,
+    /// The working directory (seen from inside the chroot), entered last, as the worker's
+    /// user: a directory that user may not enter fails the spawn instead of confusing Python.
+    workdir: CString,
+    umask: Option<libc::mode_t>,
+    rlimits: Vec<(Resource, libc::rlim_t)>,
+    nice: Option<libc::c_int>,
+    python: PathBuf,
+    python_path: PathBuf,
+    chroot_dir: Option<PathBuf>,
+    env: Vec<(String, String)>,
+    clear_env: bool,
+}
+
+impl Prepared {
+    /// Resolve everything a worker of `pool` needs; `python_path` is `<runtime_dir>/python`.
+    pub(super) fn for_pool(pool: &Pool, python_path: &Path) -> Result<Self, IsolateError> {
+        let iso = &pool.isolation;
+        if let Some(file) = pool.app.file() {
+            // Checked at load time too; the file may have changed hands since.
+            crate::config::isolation::check_script(iso, file).map_err(IsolateError::Script)?;
+        }
+        let creds = Credentials::of(iso);
 
         let mut rlimits = Vec::new();
         if let Some(n) = iso.rlimit_nofile {
@@ -105,9 +144,10 @@ impl Prepared {
                 )
             }
             None => {
-                if uid.is_some() {
-                    let gids: Vec<u32> = groups.iter().flatten().map(|g| g.as_raw()).chain([worker_gid]).collect();
-                    reachable(&python_path.join("fcgibridge_worker").join("main.py"), worker_uid, &gids)?;
+                if creds.uid.is_some() {
+                    let gids: Vec<u32> =
+                        creds.groups.iter().flatten().map(|g| g.as_raw()).chain([creds.worker_gid]).collect();
+                    reachable(&python_path.join("fcgibridge_worker").join("main.py"), creds.worker_uid, &gids)?;
                 }
                 (None, cstring(&pool.chdir)?, pool.python.clone(), python_path.to_owned())
             }
@@ -124,9 +164,7 @@ impl Prepared {
         }
 
         Ok(Self {
-            uid,
-            gid,
-            groups,
+            creds,
             chroot,
             workdir,
             umask: iso.umask.map(|m| m as libc::mode_t),
@@ -137,13 +175,12 @@ impl Prepared {
             chroot_dir: iso.chroot.clone(),
             env,
             clear_env: iso.clear_env,
-            run_as: iso.user.as_ref().map(|u| format!("user {} (uid {worker_uid}, gid {worker_gid})", u.login)),
         })
     }
 
     /// "user www (uid 33, gid 33)" when the pool sets `user:`.
     pub(super) fn run_as(&self) -> Option<&str> {
-        self.run_as.as_deref()
+        self.creds.run_as()
     }
 
     /// The interpreter to exec (inside the chroot when there is one).
@@ -191,7 +228,7 @@ impl Prepared {
     /// Runs in the forked child.
     fn apply(&self, steps: super::spawn::StepMarker) -> std::io::Result<()> {
         use super::spawn::Step;
-        use nix::unistd::{chdir, chroot, setgroups, setresgid, setresuid, Uid};
+        use nix::unistd::{chdir, chroot};
         steps.mark(Step::Limits);
         for &(resource, value) in &self.rlimits {
             nix::sys::resource::setrlimit(resource, value, value)?;
@@ -211,17 +248,7 @@ impl Prepared {
             chdir(c"/")?;
         }
         steps.mark(Step::Credentials);
-        if let Some(groups) = &self.groups {
-            setgroups(groups)?;
-        }
-        if let Some(gid) = self.gid {
-            let gid = Gid::from_raw(gid);
-            setresgid(gid, gid, gid)?;
-        }
-        if let Some(uid) = self.uid {
-            let uid = Uid::from_raw(uid);
-            setresuid(uid, uid, uid)?;
-        }
+        self.creds.apply()?;
         steps.mark(Step::Chdir);
         chdir(self.workdir.as_c_str())?;
         Ok(())

@@ -37,8 +37,8 @@ pub(crate) struct Found {
 /// Why an interpreter was refused.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum ProbeError {
-    #[error("cannot run it: {0}")]
-    Spawn(std::io::Error),
+    #[error("cannot be run{}: {source}", .run_as.as_ref().map(|u| format!(" as {u}")).unwrap_or_default())]
+    Spawn { source: std::io::Error, run_as: Option<String> },
     #[error("did not print its version within {0:?}")]
     Timeout(Duration),
     #[error("is not a Python interpreter (or cannot start): `{shown} -S -c <version probe>` ended ({how}){said}")]
@@ -53,18 +53,24 @@ pub(crate) enum ProbeError {
 #[error("{}", .0.join("\n"))]
 pub(crate) struct Refused(pub Vec<String>);
 
+/// What makes two pools' probes the same: chroot, interpreter, uid and gid.
+type ProbeKey = (Option<PathBuf>, PathBuf, u32, u32);
+
 /// Probe the interpreter of every pool that runs Python (not `command:` pools), each
 /// distinct one once. Blocks for as long as the interpreters take (at most
 /// [`PROBE_TIMEOUT`] each); from async code call it through `spawn_blocking`.
 pub(crate) fn check_pools(pools: &[Pool]) -> Result<(), Refused> {
-    let mut seen: HashMap<(Option<PathBuf>, PathBuf), Result<Found, ProbeError>> = HashMap::new();
+    let mut seen: HashMap<ProbeKey, Result<Found, ProbeError>> = HashMap::new();
+    let (euid, egid) = (nix::unistd::geteuid().as_raw(), nix::unistd::getegid().as_raw());
     let mut lines = Vec::new();
     for pool in pools {
         if matches!(pool.app, App::Command(_)) {
             continue;
         }
-        // Keyed by the interpreter alone: the first pool that names it is the one probed.
-        let key = (pool.isolation.chroot.clone(), pool.python.clone());
+        // Keyed by the interpreter and the account that runs it: the first pool that names
+        // both is the one probed.
+        let iso = &pool.isolation;
+        let key = (iso.chroot.clone(), pool.python.clone(), iso.worker_uid(euid), iso.worker_gid(egid));
         let outcome = seen.entry(key).or_insert_with(|| probe(&pool.python, pool));
         if let Err(e) = outcome {
             let at = &pool.python_at;
@@ -83,8 +89,9 @@ pub(crate) fn check_pools(pools: &[Pool]) -> Result<(), Refused> {
     }
 }
 
-/// Run `python` as a worker of `pool` would start it (its chroot, directory and `env`)
-/// with the version script.
+/// Run `python` as a worker of `pool` would start it (its chroot, directory, `env` and
+/// account: an interpreter the pool's user may not run is refused here, not at the first
+/// spawn) with the version script.
 pub(crate) fn probe(python: &Path, pool: &Pool) -> Result<Found, ProbeError> {
     let chroot = pool.isolation.chroot.as_deref();
     let (exe, workdir) = match chroot {
@@ -94,7 +101,12 @@ pub(crate) fn probe(python: &Path, pool: &Pool) -> Result<Found, ProbeError> {
     let mut cmd = Command::new(&exe);
     // -S: no site import, so the answer depends on the interpreter alone (and comes fast).
     cmd.arg("-S").arg("-c").arg(SCRIPT).envs(&pool.env);
-    let cstr = |p: &Path| std::ffi::CString::new(p.as_os_str().as_bytes()).map_err(|e| ProbeError::Spawn(e.into()));
+    let creds = super::isolate::Credentials::of(&pool.isolation);
+    let run_as = creds.run_as().map(str::to_owned);
+    let cstr = |p: &Path| {
+        std::ffi::CString::new(p.as_os_str().as_bytes())
+            .map_err(|e| ProbeError::Spawn { source: e.into(), run_as: None })
+    };
     let root = match chroot {
         Some(r) => Some((cstr(r)?, cstr(&workdir)?)),
         None => {
@@ -102,7 +114,8 @@ pub(crate) fn probe(python: &Path, pool: &Pool) -> Result<Found, ProbeError> {
             None
         }
     };
-    // SAFETY: only chroot and chdir run in the child here (and run_probe's calls).
+    // SAFETY: only chroot, chdir, setgroups, setresgid and setresuid run in the child here
+    // (and run_probe's calls), on data made before the fork.
     unsafe {
         use std::os::unix::process::CommandExt;
         cmd.pre_exec(move || {
@@ -111,10 +124,14 @@ pub(crate) fn probe(python: &Path, pool: &Pool) -> Result<Found, ProbeError> {
                     return Err(std::io::Error::last_os_error());
                 }
             }
+            creds.apply()?;
             Ok(())
         });
     }
-    run_probe(cmd, &exe, PROBE_TIMEOUT)
+    run_probe(cmd, &exe, PROBE_TIMEOUT).map_err(|e| match e {
+        ProbeError::Spawn { source, .. } => ProbeError::Spawn { source, run_as },
+        e => e,
+    })
 }
 
 /// Start `cmd`, wait for it at most `timeout`, and read its answer.
@@ -134,14 +151,14 @@ fn run_probe(mut cmd: Command, exe: &Path, timeout: Duration) -> Result<Found, P
             super::ignore_operator_signals()
         });
     }
-    let child = cmd.spawn().map_err(ProbeError::Spawn)?;
+    let child = cmd.spawn().map_err(|source| ProbeError::Spawn { source, run_as: None })?;
     let pid = child.id() as libc::pid_t;
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let _ = tx.send(child.wait_with_output());
     });
     let output = match rx.recv_timeout(timeout) {
-        Ok(out) => out.map_err(ProbeError::Spawn)?,
+        Ok(out) => out.map_err(|source| ProbeError::Spawn { source, run_as: None })?,
         Err(_) => {
             let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
             return Err(ProbeError::Timeout(timeout));
