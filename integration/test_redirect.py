@@ -30,7 +30,8 @@ def env(tmp_path_factory):
         "fcgi-nginx": {"fastcgi": f"127.0.0.1:{ports[0]}", "routes": routes, "dialect": "nginx"},
         "fcgi-pass": {"fastcgi": f"127.0.0.1:{ports[1]}", "routes": routes, "unrouted-redirect": "pass",
                       "max-redirects": 3},
-        "fcgi-404": {"fastcgi": f"127.0.0.1:{ports[2]}", "routes": routes},
+        "fcgi-404": {"fastcgi": f"127.0.0.1:{ports[2]}", "routes": routes,
+                     "status-path": "/fcgibridge-status", "ping-path": "/ping"},
         "scgi": {"scgi": f"127.0.0.1:{ports[3]}", "routes": routes},
     }
     bridge = respond_servers.start_bridge(work, pools, listeners,
@@ -66,6 +67,20 @@ def test_redirect_to_another_pool_is_a_get_with_redirect_vars(env):
     assert "CONTENT_LENGTH" not in e
     # the redirected request reached the other pool: its workers are not the first pool's
     assert r.header("Content-Length") is None or int(r.header("Content-Length")) == len(r.body)
+
+
+def test_an_internal_redirect_never_reaches_the_status_page(env):
+    """The web server guards status-path with its own access control; an app's redirect
+    to it (or to ping-path) is routed like any other path, never answered by the bridge."""
+    bridge, _ = env
+    addr = bridge.listener_address("fcgi-404")
+    direct = fcgi_client.fcgi_request(addr, "/fcgibridge-status", query="json")
+    assert direct.status == 200 and b'"pools"' in direct.body
+    assert direct.header("Status") == "200 OK"
+    for target in ("/fcgibridge-status%3Fjson", "/ping"):
+        r = fcgi_client.fcgi_request(addr, "/redirect", query=f"to={target}")
+        assert r.status == 404, bytes(r.stdout)[:300]
+        assert b'"pools"' not in r.body and b"pong" not in r.body
 
 
 def test_head_stays_head(env):

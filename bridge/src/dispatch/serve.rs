@@ -263,8 +263,14 @@ impl<'a, S: BodySource, K: ResponseSink> Request<'a, S, K> {
     async fn route(&mut self) -> Step<'a> {
         let (lst, request_id, uri) = (self.lst, self.request_id, self.uri);
         lst.registry.track.accepted(&lst.name);
+        // Only the request as the web server sent it: an app's internal redirect (or an
+        // error page) to status-path would pass the web server's access control for it.
         let (status_path, ping_path) = (lst.status_path.as_deref(), lst.ping_path.as_deref());
-        if let Some(reply) = crate::status::front::intercept(status_path, ping_path, &lst.registry, &self.params) {
+        let first = self.redirects == 0 && self.serving.is_none();
+        if let Some(reply) = first
+            .then(|| crate::status::front::intercept(status_path, ping_path, &lst.registry, &self.params))
+            .flatten()
+        {
             return self.answer(reply, 200, None).await;
         }
         let Some(crate::route::Routed { target, mount, capture }) = lst.router.routed(&self.params) else {

@@ -30,8 +30,9 @@ pub(crate) fn intercept(
     let mut out = BytesMut::with_capacity(reply.body.len() + 128);
     out.put_slice(
         format!(
-            "Status: {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nCache-Control: no-store\r\n\r\n",
+            "Status: {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nCache-Control: no-store\r\n\r\n",
             reply.code,
+            crate::respond::reason_phrase(reply.code),
             reply.content_type,
             reply.body.len()
         )
