@@ -295,15 +295,16 @@ class Bridge:
     def pid(self) -> int:
         return self.proc.pid
 
-    def start(self, stdin=subprocess.DEVNULL):
-        """stdin: what the daemon gets as fd 0 (a listening socket for an `fd:0` listener)."""
+    def start(self, stdin=subprocess.DEVNULL, pass_fds=()):
+        """stdin: what the daemon gets as fd 0 (a listening socket for an `fd:0` listener);
+        pass_fds: more descriptors it inherits, as from a careless parent."""
         env = dict(os.environ)
         env.setdefault("NO_COLOR", "1")
         env["FCGIBRIDGE_TEST_DIR"] = str(self.workdir)
         logf = open(self.log.path, "ab")
         self.proc = subprocess.Popen([*self.command_prefix, str(self.binary), "run", "--config", str(self.confdir)],
                                      stdin=stdin, stdout=logf, stderr=subprocess.STDOUT,
-                                     cwd=self.workdir, env=env, start_new_session=True)
+                                     cwd=self.workdir, env=env, start_new_session=True, pass_fds=pass_fds)
         logf.close()
         return self
 

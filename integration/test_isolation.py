@@ -83,11 +83,11 @@ def whoami(b: Bridge):
     return json.loads(resp.body)
 
 
-def started(tmp_path, public_dir, pool_spec, extra=None):
+def started(tmp_path, public_dir, pool_spec, extra=None, pass_fds=()):
     port = free_ports(1)[0]
     b = make_bridge(tmp_path, {"iso": pool_spec}, {"l": {"fastcgi": f"127.0.0.1:{port}", "pool": "iso"}},
                     bridge_extra=dict({"runtime-dir": str(public_dir / "run")}, **(extra or {})))
-    b.start()
+    b.start(pass_fds=pass_fds)
     return b
 
 
@@ -134,6 +134,27 @@ def test_worker_runs_as_the_pool_user_with_its_limits(tmp_path, public_dir):
     wait_until(lambda: not os.path.exists(f"/proc/{pid}") or "zombie" in Path(f"/proc/{pid}/status").read_text(),
                30, what="the worker to die with the bridge")
     b.stop()
+
+
+def test_descriptors_the_bridge_inherited_never_reach_a_worker(tmp_path, public_dir):
+    """A root-only file left open by whatever started the bridge (a wrapper script, sudo)
+    must not be readable by the pool's user through the descriptor."""
+    need_test_user()
+    secret = tmp_path / "secret.key"
+    secret.write_text("root only\n")
+    secret.chmod(0o600)
+    with open(secret) as held:
+        fd = held.fileno()
+        b = started(tmp_path, public_dir, {"app": str(public_app(public_dir)), "python": SYSTEM_PYTHON,
+                                           "processes": 1, "threads": 1, "user": TEST_USER}, pass_fds=(fd,))
+        try:
+            b.wait_ready([("l", "/", "iso")], timeout=60)
+            assert os.readlink(f"/proc/{b.pid}/fd/{fd}") == str(secret)  # the bridge got it
+            pid = whoami(b)["pid"]
+            held_by_worker = [os.readlink(f"/proc/{pid}/fd/{n}") for n in os.listdir(f"/proc/{pid}/fd")]
+            assert str(secret) not in held_by_worker, held_by_worker
+        finally:
+            b.stop()
 
 
 def test_runtime_dir_the_worker_user_cannot_reach_is_a_clear_error(tmp_path, public_dir):

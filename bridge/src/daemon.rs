@@ -27,6 +27,7 @@ fn default_runtime_threads() -> usize {
 }
 
 pub fn main(config_dir: &Path) -> ExitCode {
+    crate::supervise::keep_inherited_descriptors_from_children();
     // Until run() installs their handlers, a reload or a log rotation aimed at a daemon
     // that is starting must not end it (their default action); the configuration and the
     // log files being opened now are the newest anyway.

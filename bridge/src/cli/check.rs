@@ -15,6 +15,7 @@ use std::process::ExitCode;
 
 /// Entry point of the subcommand.
 pub fn main(config_dir: &Path) -> ExitCode {
+    crate::supervise::keep_inherited_descriptors_from_children();
     // The interpreters are run only once the files are valid: their errors come after.
     let loaded = config::load(config_dir).map_err(|e| e.to_string());
     match loaded.and_then(|c| crate::supervise::probe::check_pools(&c.pools).map(|()| c).map_err(|e| e.to_string())) {
