@@ -640,11 +640,19 @@ def test_nginx_virtual_hosts_each_run_as_the_owner_of_their_site(accounts, nginx
     pub.chmod(0o755)
     try:
         owners = {"alpha.test": "alice", "beta.test": "bob", "gamma.test": "carol", "rooted.test": None}
-        sites = make_sites(pub, owners)
+        sites = make_sites(pub, [*owners, "linked.test", "planted.test"])
         for host, role in owners.items():
             if role:
                 os.chown(sites / host / "app.py", accounts[role].pw_uid, accounts[role].pw_gid)
-        spec = template(sites, python=SYSTEM_PYTHON, user="{owner}")
+        # alice's own directories, whose app.py is bob's file: a symbolic link to it, and a
+        # hard link (her modules would be imported first, running as bob).
+        alice = accounts["alice"]
+        for host in ("linked.test", "planted.test"):
+            os.chown(sites / host, alice.pw_uid, alice.pw_gid)
+            (sites / host / "app.py").unlink()
+        (sites / "linked.test" / "app.py").symlink_to(sites / "beta.test" / "app.py")
+        os.link(sites / "beta.test" / "app.py", sites / "planted.test" / "app.py")
+        spec = template(sites, {"max-instances": 16, "spawn-rate": 50}, python=SYSTEM_PYTHON, user="{owner}")
         b = start_bridge(pub, {"sites": spec}, extra={"runtime-dir": str(pub / "run")})
         try:
             port = nginx_front(b.listener_address("web")[1])
@@ -661,6 +669,10 @@ def test_nginx_virtual_hosts_each_run_as_the_owner_of_their_site(accounts, nginx
                 assert r.json()["app"] == str(sites / host / "app.py")
                 pids.add(r.json()["pid"])
             assert len(pids) == 3
+            for host, why in (("linked.test", "is a symbolic link"), ("planted.test", "but its directory")):
+                r = requests.get(f"http://127.0.0.1:{port}/", headers={"Host": host}, timeout=60)
+                assert r.status_code == 403, b.log.text()[-2000:]
+                b.log.wait_for(rf'instance "{re.escape(host)}" refused: .*app\.py .*{why}')
             assert set(instances(b)) == {"alpha.test", "beta.test", "gamma.test"}
         finally:
             b.stop()

@@ -641,6 +641,9 @@ impl TemplateRuntime {
 
 type MakeRefusal = Box<dyn FnOnce(String) -> Refusal + Send>;
 
+/// `nobody`: refused as an instance's account whatever `min-uid` says.
+const NOBODY_UID: u32 = 65534;
+
 /// The app file of a filled-in entry (`path:callable` names the callable after the last colon).
 fn app_file(raw: &crate::config::RawPool) -> Option<PathBuf> {
     let a = raw.app.as_deref().filter(|a| a.starts_with('/'))?;
@@ -653,20 +656,56 @@ fn app_file(raw: &crate::config::RawPool) -> Option<PathBuf> {
 
 /// `{owner}` filled in: the name of the account owning the app file (its uid when the
 /// account has no name). Root or a system account is then refused by `min-uid`.
+///
+/// As suEXEC: the file itself, never a symbolic link's target, and its directory (first
+/// on the worker's `sys.path`) must have the same owner — else one tenant could link or
+/// hard-link another's file into her directory and run her modules as that tenant.
 fn fill_owner(raw: crate::config::RawPool) -> Result<crate::config::RawPool, MakeRefusal> {
-    use std::os::unix::fs::MetadataExt;
-    let meta = app_file(&raw).map(std::fs::metadata);
-    let uid = match meta {
-        Some(Ok(m)) => m.uid(),
-        Some(Err(e)) => {
+    let Some(file) = app_file(&raw) else {
+        return Err(Box::new(|key| Refusal::Broken { key, why: "{owner} needs a file app".into() }));
+    };
+    let uid = match owner_of_app(&file) {
+        Ok(uid) => uid,
+        Err(OwnerError::Unreadable(e)) => {
             let why = format!("cannot read the app file's owner: {e}");
             return Err(Box::new(move |key| Refusal::Missing { key, why }));
         }
-        None => return Err(Box::new(|key| Refusal::Broken { key, why: "{owner} needs a file app".into() })),
+        Err(OwnerError::Refused(why)) => return Err(Box::new(move |key| Refusal::Account { key, why })),
     };
     let user = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)).ok().flatten();
     let name = user.map_or_else(|| uid.to_string(), |u| u.name);
     Ok(fill_raw(&raw, &[(Placeholder::Owner, name.as_str())]))
+}
+
+enum OwnerError {
+    Unreadable(std::io::Error),
+    Refused(String),
+}
+
+/// The uid that owns `file` and its directory, for `{owner}`.
+fn owner_of_app(file: &Path) -> Result<u32, OwnerError> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::symlink_metadata(file).map_err(OwnerError::Unreadable)?;
+    if meta.file_type().is_symlink() {
+        return Err(OwnerError::Refused(format!(
+            "{} is a symbolic link: {{owner}} takes the owner of the file itself, not of a link's target",
+            file.display()
+        )));
+    }
+    let dir = file.parent().unwrap_or(Path::new("/"));
+    let dir_meta = std::fs::metadata(dir).map_err(OwnerError::Unreadable)?;
+    // A directory of root's that nobody else may write is as safe as the owner's own.
+    let roots_alone = dir_meta.uid() == 0 && dir_meta.mode() & 0o022 == 0;
+    if dir_meta.uid() != meta.uid() && !roots_alone {
+        return Err(OwnerError::Refused(format!(
+            "{} is owned by uid {} but its directory {} by uid {}: {{owner}} needs both owned by the site's account",
+            file.display(),
+            meta.uid(),
+            dir.display(),
+            dir_meta.uid()
+        )));
+    }
+    Ok(meta.uid())
 }
 
 /// An instance's pool from its filled-in entry: resolved and checked as a written pool,
@@ -688,6 +727,12 @@ fn resolve_instance(
         match found {
             Some(u) if u.uid.as_raw() < t.min_uid => {
                 let why = format!("user {} has uid {}, below min-uid {}", u.name, u.uid, t.min_uid);
+                return Err(Box::new(move |key| Refusal::Account { key, why }));
+            }
+            // The kernel's overflow id: the account of many daemons and of NFS squashing.
+            Some(u) if u.uid.as_raw() == NOBODY_UID => {
+                let why =
+                    format!("user {} (uid {NOBODY_UID}) is the unprivileged catch-all account, no site's", u.name);
                 return Err(Box::new(move |key| Refusal::Account { key, why }));
             }
             Some(_) => {}

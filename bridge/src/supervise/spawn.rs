@@ -409,6 +409,32 @@ pub(super) fn worker_environment(cmd: &mut Command, pool: &Pool, iso: &Prepared,
     }
 }
 
+/// Mark every descriptor above stderr close-on-exec. Whatever started the bridge (a
+/// wrapper script, sudo, a terminal multiplexer) may have left descriptors open — a
+/// secret file, a pipe — and every worker, probe and program would inherit them, under
+/// each tenant's account. The bridge's own descriptors are close-on-exec already; what a
+/// child needs is placed with dup2, which clears the flag on the copy.
+pub(crate) fn keep_inherited_descriptors_from_children() {
+    // SAFETY: plain system calls on descriptor numbers; nothing is closed.
+    let done = unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC) } == 0;
+    if done {
+        return;
+    }
+    // Kernels before 5.11: one by one.
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else { return };
+    for fd in dir.flatten().filter_map(|e| e.file_name().to_str()?.parse::<libc::c_int>().ok()) {
+        if fd > 2 {
+            // SAFETY: as above; a descriptor that is gone (the directory's own) fails harmlessly.
+            unsafe {
+                let flags = libc::fcntl(fd, libc::F_GETFD);
+                if flags >= 0 {
+                    libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC);
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -463,31 +489,5 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains("as user"), "no `user:`, no user named: {text}");
-    }
-}
-
-/// Mark every descriptor above stderr close-on-exec. Whatever started the bridge (a
-/// wrapper script, sudo, a terminal multiplexer) may have left descriptors open — a
-/// secret file, a pipe — and every worker, probe and program would inherit them, under
-/// each tenant's account. The bridge's own descriptors are close-on-exec already; what a
-/// child needs is placed with dup2, which clears the flag on the copy.
-pub(crate) fn keep_inherited_descriptors_from_children() {
-    // SAFETY: plain system calls on descriptor numbers; nothing is closed.
-    let done = unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC) } == 0;
-    if done {
-        return;
-    }
-    // Kernels before 5.11: one by one.
-    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else { return };
-    for fd in dir.flatten().filter_map(|e| e.file_name().to_str()?.parse::<libc::c_int>().ok()) {
-        if fd > 2 {
-            // SAFETY: as above; a descriptor that is gone (the directory's own) fails harmlessly.
-            unsafe {
-                let flags = libc::fcntl(fd, libc::F_GETFD);
-                if flags >= 0 {
-                    libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC);
-                }
-            }
-        }
     }
 }
