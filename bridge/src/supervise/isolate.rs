@@ -12,12 +12,17 @@
 //! privileged is possible any more). The parent-death signal is set by spawn.rs *after* this
 //! hook, because the kernel clears it when the credentials change.
 use crate::config::Pool;
+use nix::errno::Errno;
+use nix::fcntl::OFlag;
 use nix::sys::resource::Resource;
-use nix::unistd::Gid;
-use std::ffi::CString;
+use nix::sys::stat::Mode;
+use nix::unistd::{Gid, UnlinkatFlags};
+use std::ffi::{CString, OsStr, OsString};
+use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::process::Command;
 
 /// Where a chroot gets its copy of the worker package (`<chroot>/.fcgibridge/python`).
@@ -37,6 +42,11 @@ pub(super) enum IsolateError {
     Unreachable { uid: u32, path: PathBuf, dir: PathBuf, mode: u32, owner: u32 },
     #[error("cannot copy the worker package into the chroot at {path}: {source}")]
     Stage { path: PathBuf, source: std::io::Error },
+    #[error(
+        "refusing to copy the worker package into the chroot: {path} {problem}; \
+         remove it and let the bridge create it"
+    )]
+    Unsafe { path: PathBuf, problem: String },
     #[error("{0} contains a NUL byte")]
     Nul(PathBuf),
 }
@@ -313,33 +323,93 @@ pub(super) fn reachable(file: &Path, uid: u32, gids: &[u32]) -> Result<(), Isola
 
 /// Copy the worker package into `<root>/.fcgibridge/python/fcgibridge_worker/` (world-readable),
 /// skipping files that are already identical. Returns that `python` directory.
+///
+/// This runs as root, and the tenant may own `root` itself (a jail per user), so no name below
+/// it is trusted: each directory is opened through its parent's fd without following symlinks
+/// and must be the bridge's and writable by nobody else, and each file is written under a fresh
+/// temporary name (O_EXCL|O_NOFOLLOW) and renamed into place within that directory. Once the
+/// fds are held, swapping `.fcgibridge` in `root` only detaches the tree being written.
 pub(super) fn stage_package(python_path: &Path, root: &Path) -> Result<PathBuf, IsolateError> {
-    let target = root.join(CHROOT_PACKAGE_DIR);
     let pkg_src = python_path.join("fcgibridge_worker");
-    let pkg_dst = target.join("fcgibridge_worker");
     let err = |path: &Path| {
         let path = path.to_owned();
-        move |source| IsolateError::Stage { path, source }
+        move |source: std::io::Error| IsolateError::Stage { path, source }
     };
-    std::fs::DirBuilder::new().recursive(true).mode(0o755).create(&pkg_dst).map_err(err(&pkg_dst))?;
+    // The chroot itself is the operator's path (a symlink to it is the operator's choice).
+    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
+    let mut dir = nix::fcntl::open(root, flags, Mode::empty()).map_err(|e| err(root)(e.into()))?;
+    let mut pkg_dst = root.to_owned();
+    for name in [".fcgibridge", "python", "fcgibridge_worker"] {
+        pkg_dst.push(name);
+        dir = own_subdir(&dir, name, &pkg_dst)?;
+    }
     for entry in std::fs::read_dir(&pkg_src).map_err(err(&pkg_src))? {
         let entry = entry.map_err(err(&pkg_src))?;
         let src = entry.path();
         if !src.is_file() {
             continue;
         }
-        let dst = pkg_dst.join(entry.file_name());
         let data = std::fs::read(&src).map_err(err(&src))?;
-        if std::fs::read(&dst).is_ok_and(|old| old == data) {
-            continue;
-        }
-        let tmp = dst.with_extension(format!("tmp{}", std::process::id()));
-        std::fs::write(&tmp, &data)
-            .and_then(|()| std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o644)))
-            .and_then(|()| std::fs::rename(&tmp, &dst))
-            .map_err(err(&dst))?;
+        replace_file(&dir, &entry.file_name(), &data).map_err(err(&pkg_dst.join(entry.file_name())))?;
     }
-    Ok(target)
+    Ok(root.join(CHROOT_PACKAGE_DIR))
+}
+
+/// Create (0755) or open the directory `name` under `parent` without following a symlink, and
+/// insist that it belongs to the bridge's euid and is not group- or world-writable.
+fn own_subdir(parent: &OwnedFd, name: &str, path: &Path) -> Result<OwnedFd, IsolateError> {
+    let stage = |e: Errno| IsolateError::Stage { path: path.to_owned(), source: e.into() };
+    let refuse = |problem: String| IsolateError::Unsafe { path: path.to_owned(), problem };
+    match nix::sys::stat::mkdirat(parent, name, Mode::from_bits_truncate(0o755)) {
+        Ok(()) | Err(Errno::EEXIST) => {}
+        Err(e) => return Err(stage(e)),
+    }
+    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    let dir = match nix::fcntl::openat(parent, name, flags, Mode::empty()) {
+        Ok(fd) => fd,
+        Err(Errno::ELOOP | Errno::ENOTDIR) => return Err(refuse("is a symlink or not a directory".to_owned())),
+        Err(e) => return Err(stage(e)),
+    };
+    let st = nix::sys::stat::fstat(&dir).map_err(stage)?;
+    let euid = nix::unistd::geteuid().as_raw();
+    if st.st_uid != euid {
+        return Err(refuse(format!("is owned by uid {}, not the bridge's uid {euid}", st.st_uid)));
+    }
+    if st.st_mode & 0o022 != 0 {
+        return Err(refuse(format!("is group- or world-writable (mode {:04o})", st.st_mode & 0o7777)));
+    }
+    Ok(dir)
+}
+
+/// Make `name` in `dir` hold `data` with mode 0644, unless it already does: write a fresh
+/// temporary file (never an existing name, never through a symlink) and rename it over `name`.
+fn replace_file(dir: &OwnedFd, name: &OsStr, data: &[u8]) -> std::io::Result<()> {
+    use std::io::{Read, Write};
+    let read = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC;
+    if let Ok(fd) = nix::fcntl::openat(dir, name, read, Mode::empty()) {
+        let mut old = Vec::new();
+        if std::fs::File::from(fd).read_to_end(&mut old).is_ok() && old == data {
+            return Ok(());
+        }
+    }
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let mut tmp = OsString::from(".");
+    tmp.push(name);
+    tmp.push(format!(".tmp{}.{n}", std::process::id()));
+    // A leftover of an earlier bridge with the same pid: unlink never follows a symlink.
+    let _ = nix::unistd::unlinkat(dir, tmp.as_os_str(), UnlinkatFlags::NoRemoveDir);
+    let create = OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    let mut file =
+        std::fs::File::from(nix::fcntl::openat(dir, tmp.as_os_str(), create, Mode::from_bits_truncate(0o644))?);
+    let written = file
+        .write_all(data)
+        .and_then(|()| Ok(nix::sys::stat::fchmod(&file, Mode::from_bits_truncate(0o644))?))
+        .and_then(|()| Ok(nix::fcntl::renameat(dir, tmp.as_os_str(), dir, name)?));
+    if written.is_err() {
+        let _ = nix::unistd::unlinkat(dir, tmp.as_os_str(), UnlinkatFlags::NoRemoveDir);
+    }
+    written
 }
 
 #[cfg(test)]
@@ -406,5 +476,93 @@ mod tests {
         std::fs::write(src.join("main.py"), "print(2)\n").unwrap();
         stage_package(&dir.join("run/python"), &jail).unwrap();
         assert_eq!(std::fs::read_to_string(&copy).unwrap(), "print(2)\n");
+    }
+
+    fn is_root() -> bool {
+        nix::unistd::geteuid().is_root()
+    }
+
+    /// `<dir>/run/python/fcgibridge_worker/main.py` and an empty `<dir>/jail` (mode 0755).
+    fn package_and_jail(name: &str) -> (PathBuf, PathBuf) {
+        let dir = crate::config::tests::scratch_dir(name);
+        let src = dir.join("run/python/fcgibridge_worker");
+        std::fs::create_dir_all(&src).unwrap();
+        std::fs::write(src.join("main.py"), "print(1)\n").unwrap();
+        let jail = dir.join("jail");
+        std::fs::create_dir_all(&jail).unwrap();
+        std::fs::set_permissions(&jail, std::fs::Permissions::from_mode(0o755)).unwrap();
+        (dir.join("run/python"), jail)
+    }
+
+    #[test]
+    fn staging_creates_world_readable_files_in_a_fresh_chroot() {
+        let (python, jail) = package_and_jail("stage-fresh");
+        let staged = stage_package(&python, &jail).unwrap();
+        let file = staged.join("fcgibridge_worker/main.py");
+        assert_eq!(std::fs::metadata(&file).unwrap().mode() & 0o7777, 0o644);
+        for d in [".fcgibridge", ".fcgibridge/python", ".fcgibridge/python/fcgibridge_worker"] {
+            let meta = std::fs::symlink_metadata(jail.join(d)).unwrap();
+            assert!(meta.is_dir());
+            assert_eq!(meta.uid(), nix::unistd::geteuid().as_raw());
+            assert_eq!(meta.mode() & 0o022, 0, "{d}");
+        }
+        // Only the package's files are left behind (no temporary ones).
+        let names: Vec<_> =
+            std::fs::read_dir(staged.join("fcgibridge_worker")).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names, ["main.py"]);
+    }
+
+    #[test]
+    fn staging_refuses_a_symlinked_fcgibridge_directory() {
+        let (python, jail) = package_and_jail("stage-symlink");
+        let elsewhere = jail.parent().unwrap().join("elsewhere");
+        std::fs::create_dir(&elsewhere).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, jail.join(".fcgibridge")).unwrap();
+        let err = stage_package(&python, &jail).unwrap_err();
+        assert!(matches!(err, IsolateError::Unsafe { ref path, .. } if *path == jail.join(".fcgibridge")), "{err:?}");
+        assert!(err.to_string().contains("symlink"), "{err}");
+        assert_eq!(std::fs::read_dir(&elsewhere).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn staging_never_writes_through_a_planted_temporary_name() {
+        let (python, jail) = package_and_jail("stage-tmp");
+        let staged = stage_package(&python, &jail).unwrap().join("fcgibridge_worker");
+        let victim = jail.parent().unwrap().join("victim");
+        std::fs::write(&victim, "secret\n").unwrap();
+        std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o600)).unwrap();
+        // The old and the current temporary names, for this process and a few calls ahead.
+        let pid = std::process::id();
+        let mut names = vec![format!("main.tmp{pid}"), format!("main.py.tmp{pid}")];
+        names.extend((0..64).map(|n| format!(".main.py.tmp{pid}.{n}")));
+        for name in &names {
+            std::os::unix::fs::symlink(&victim, staged.join(name)).unwrap();
+        }
+        std::fs::write(python.join("fcgibridge_worker/main.py"), "print(2)\n").unwrap();
+        if stage_package(&python, &jail).is_ok() {
+            assert_eq!(std::fs::read_to_string(staged.join("main.py")).unwrap(), "print(2)\n");
+        }
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "secret\n");
+        assert_eq!(std::fs::metadata(&victim).unwrap().mode() & 0o7777, 0o600);
+    }
+
+    #[test]
+    fn staging_refuses_directories_of_someone_else() {
+        if !is_root() {
+            return;
+        }
+        let (python, jail) = package_and_jail("stage-owner");
+        let tenant = jail.join(".fcgibridge");
+        std::fs::create_dir(&tenant).unwrap();
+        std::os::unix::fs::chown(&tenant, Some(12345), Some(12345)).unwrap();
+        let err = stage_package(&python, &jail).unwrap_err();
+        assert!(matches!(err, IsolateError::Unsafe { ref path, .. } if *path == tenant), "{err:?}");
+        assert!(err.to_string().contains("owned by uid 12345"), "{err}");
+        assert!(!tenant.join("python").exists());
+        // Root's own directory, but writable by others: refused as well.
+        std::os::unix::fs::chown(&tenant, Some(0), Some(0)).unwrap();
+        std::fs::set_permissions(&tenant, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let err = stage_package(&python, &jail).unwrap_err();
+        assert!(err.to_string().contains("writable (mode 0777)"), "{err}");
     }
 }
