@@ -2,6 +2,7 @@
 same pool or another one, as GET (HEAD stays HEAD), loops ended with 500, a target no
 route serves handed to nginx as X-Accel-Redirect. See docs/internal-redirects.md."""
 import json
+import urllib.parse
 
 import pytest
 import requests
@@ -132,6 +133,20 @@ def test_nginx_serves_an_unrouted_target_from_an_internal_location(env):
     assert r.text == "served by nginx\n"
     # the internal location is not reachable directly
     assert requests.get(nginx.url("/protected/report.txt"), timeout=30).status_code == 404
+
+
+@pytest.mark.parametrize("target", ["/protected/../secret.key", "/protected/./report.txt",
+                                    "/protected//report.txt", "/protected/%2e%2e/secret.key"])
+def test_an_unrouted_target_that_is_no_normal_path_never_becomes_x_accel_redirect(env, target):
+    """The same check as an app's own X-Accel-Redirect: nginx would follow `.`, `//` and
+    the encoded forms (it refuses a plain `..` itself)."""
+    bridge, _ = env
+    mark = bridge.log.mark()
+    r = fcgi_client.fcgi_request(bridge.listener_address("fcgi-nginx"), "/redirect",
+                                 query="to=" + urllib.parse.quote(target, safe=""))
+    assert r.status == 500 and r.header("X-Accel-Redirect") is None, bytes(r.stdout)[:300]
+    bridge.log.wait_for([r"internal redirect refused, answering 500: no route serves it", r"is not a normal path"],
+                        since=mark)
 
 
 def test_nginx_in_front_of_a_pool_redirect(env):

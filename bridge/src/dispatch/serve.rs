@@ -252,6 +252,12 @@ impl<'a, S: BodySource, K: ResponseSink> Request<'a, S, K> {
             return self.error_page(None, Replaced::bridge(404, None), None).await;
         }
         // Not ours to serve: the web server may (nginx: X-Accel-Redirect).
+        if lst.dialect == crate::config::Dialect::Nginx {
+            if let Err(e) = respond::file_handoff::check_redirect_for_nginx(target) {
+                tracing::error!(listener = %lst.name, request_id, uri = %uri, target = %shown, "internal redirect refused, answering 500: no route serves it, and as X-Accel-Redirect {e}");
+                return self.answer(respond::error_response(500, None).freeze(), 500, None).await;
+            }
+        }
         let reply = respond::redirect::unrouted(lst.dialect, lst.unrouted_redirect, target);
         let status = if reply.is_some() { 200 } else { 404 };
         tracing::info!(listener = %lst.name, request_id, uri = %uri, target = %shown, "no route serves the internal redirect target, answering {status}");

@@ -280,6 +280,13 @@ fn check_accel(uri: &[u8], nginx: bool, twice: bool) -> Result<(), BadPath> {
     Ok(())
 }
 
+/// A local redirect no route serves, about to go to nginx as X-Accel-Redirect: the same
+/// check as an app's own X-Accel-Redirect (nginx refuses `..` itself; `.`, `//` and
+/// encoded forms it would follow).
+pub(crate) fn check_redirect_for_nginx(target: &[u8]) -> Result<(), BadPath> {
+    check_accel(target, true, false)
+}
+
 /// An X-Sendfile2 value the bridge cannot parse, passed to lighttpd as it is: every word
 /// with a `/` in it is taken for a path and checked as lighttpd would decode it.
 fn check_sendfile2_words(value: &[u8]) -> Result<(), BadPath> {
