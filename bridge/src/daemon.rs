@@ -17,6 +17,20 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
+/// Pools and templates whose workers run as root (`allow-root: true` on a root bridge):
+/// allowed, but never silently — a template's instances run other people's code.
+fn warn_of_root_workers(config: &crate::config::Config) {
+    if !nix::unistd::geteuid().is_root() {
+        return;
+    }
+    for p in config.pools.iter().filter(|p| p.isolation.allow_root && p.isolation.worker_uid(0) == 0) {
+        tracing::warn!(pool = %p.name, "the pool's workers run as root (allow-root: true)");
+    }
+    for t in config.templates.iter().filter(|t| t.raw.allow_root == Some(true) && t.raw.user.is_none()) {
+        tracing::warn!(template = %t.name, "every instance of this template runs as root (allow-root: true, no user:); name a user: for sites of other people");
+    }
+}
+
 /// Runtime threads by default: half the cores (the web server and the Python workers need
 /// the rest), at most 4. FCGIBRIDGE_RUNTIME_THREADS overrides. Measured on 2 cores behind
 /// nginx (hello world, wrk -c32): one thread costs the daemon 19 µs of CPU per request,
@@ -47,6 +61,7 @@ pub fn main(config_dir: &Path) -> ExitCode {
         }
     };
     let reopen = logging::init(&config.global);
+    warn_of_root_workers(&config);
     raise_fd_limit();
     // Before any thread exists: these read and clear environment variables.
     let passed = listen::systemd::Passed::from_env();
