@@ -673,3 +673,62 @@ def test_apache_proxy_scgi_internal_redirect(apache_scgi_env):
     status, _, body = get(base, "/app/local?to=/static.txt")
     assert (status, body) == (200, b"apache's own static file\n"), (status, body)
     bridge.log.wait_for("no route serves the internal redirect target, answering 200", since=mark)
+
+
+def test_a_pool_user_gets_only_the_files_it_could_read(tmp_path):
+    """The bridge reads files as root: for a pool with `user: nobody` it serves only what
+    nobody could read itself (every directory above searchable, the file readable), else
+    403 with a log line naming the pool's uid; a root-owned 0644 file is served."""
+    import fcgi_client
+    import pwd
+    import shutil
+    if os.geteuid() != 0:
+        pytest.skip("needs root: the pool's workers run as nobody")
+    nobody = pwd.getpwnam("nobody")
+    # Every directory above the files searchable by nobody (pytest's own are 0700).
+    pub = Path(tempfile.mkdtemp(prefix="fcgibridge-sendfile-"))
+    pub.chmod(0o755)
+    try:
+        root = pub / "files"
+        (root / "closed").mkdir(parents=True)
+        root.chmod(0o755)
+        (root / "closed").chmod(0o700)
+        for name, mode in [("public.txt", 0o644), ("private.txt", 0o600), ("closed/inner.txt", 0o644)]:
+            (root / name).write_text(f"{name}\n")
+            (root / name).chmod(mode)
+        os.symlink(root / "private.txt", root / "via-link.txt")
+        app = pub / "app" / "respond_app.py"
+        app.parent.mkdir()
+        app.parent.chmod(0o755)
+        shutil.copy(respond_servers.RESPOND_APP, app)
+        app.chmod(0o644)
+        (port,) = harness.free_ports(1)
+        # Debian's interpreter: the default python3 may be a pyenv shim nobody cannot run.
+        pools = {"app": harness.pool(str(app), python="/usr/bin/python3", processes=1, threads=2, user="nobody")}
+        listeners = {"fcgi": {"fastcgi": f"127.0.0.1:{port}", "pool": "app", "file-handoff": "serve",
+                              "file-roots": [str(root)]}}
+        bridge = harness.make_bridge(tmp_path, pools, listeners, bridge_extra={"runtime-dir": str(pub / "run")})
+        bridge.start()
+        try:
+            bridge.wait_ready([("fcgi", "/health", "any")])
+
+            def sendfile(name):
+                return fcgi_client.fcgi_request(bridge.listener_address("fcgi"), "/sendfile",
+                                                query=f"path={quote(str(root / name))}")
+            r = sendfile("public.txt")
+            assert (r.status, r.body) == (200, b"public.txt\n")
+            for name, blocked in [("private.txt", "private.txt has mode 0600"),
+                                  ("via-link.txt", "private.txt has mode 0600"),
+                                  ("closed/inner.txt", "closed has mode 0700")]:
+                mark = bridge.log.mark()
+                r = sendfile(name)
+                assert r.status == 403, name
+                assert name.encode() not in r.body and b"not the file" not in r.body
+                line = "\n".join(bridge.log.wait_for(
+                    rf"X-Sendfile refused, answering 403: .*the pool's user \(uid {nobody.pw_uid}\) may not read it",
+                    since=mark))
+                assert "pool" in line and "request_id" in line and str(root / name) in line and blocked in line
+        finally:
+            bridge.stop()
+    finally:
+        shutil.rmtree(pub, ignore_errors=True)

@@ -562,7 +562,15 @@ impl<'a, S: BodySource, K: ResponseSink> Request<'a, S, K> {
         let roots = lst.files.as_ref().map_or(&[][..], |f| &f.roots[..]);
         let max_ranges = lst.files.as_ref().map_or(0, |f| f.max_ranges);
         let header = file.kind.name();
-        let (status, sent) = match respond::sendfile::serve(roots, max_ranges, &self.params, file, &mut self.sink).await
+        let (status, sent) = match respond::sendfile::serve(
+            roots,
+            pool.reader.as_ref(),
+            max_ranges,
+            &self.params,
+            file,
+            &mut self.sink,
+        )
+        .await
         {
             Ok(served) => {
                 if let Some(why) = served.ranges_ignored {

@@ -7,11 +7,20 @@
 //! ranges (206, multipart/byteranges; 416 when none is satisfiable) and HEAD are handled.
 //! X-Sendfile2 sends the app's ranges one after another with the app's status. The app's
 //! headers that do not describe the body are kept.
+//!
+//! A file is opened before it is checked, and what was opened is checked (its real path as
+//! the kernel names the open file, its fstat), then read through that descriptor: a path
+//! whose directories change meanwhile cannot lead out of the roots. For a pool whose workers
+//! run as another account ([`Reader`]) only a file that account could read itself is sent.
 use super::file_handoff::{FileHandoff, FileSpec, Piece};
 use crate::flow::{End, ResponseSink};
+use crate::supervise::access::Reader;
 use bytes::{BufMut, Bytes, BytesMut};
 use fastcgi_server::Params;
+use std::collections::HashMap;
+use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
@@ -30,6 +39,8 @@ pub(crate) enum SendfileError {
     NotFound(String),
     #[error("{0:?} is not a regular file")]
     NotRegular(String),
+    #[error("{path:?}: the pool's user (uid {uid}) may not read it ({why})")]
+    Unreadable { path: String, uid: u32, why: String },
     #[error("range {start}-{end} of {path:?} lies beyond its end ({len} bytes): the app asked for bytes the file does not have")]
     BeyondEnd { path: String, start: u64, end: String, len: u64 },
     #[error("{path:?}: {err}")]
@@ -43,7 +54,7 @@ impl SendfileError {
     /// The status the client gets.
     pub(crate) fn status(&self) -> u16 {
         match self {
-            Self::BadPath(..) | Self::OutsideRoots(_) => 403,
+            Self::BadPath(..) | Self::OutsideRoots(_) | Self::Unreadable { .. } => 403,
             Self::NotFound(_) | Self::NotRegular(_) => 404,
             Self::BeyondEnd { .. } | Self::Io { .. } => 500,
             Self::CutOff { status, .. } => *status,
@@ -70,28 +81,59 @@ async fn send_range<K: ResponseSink>(
     }
 }
 
-/// Resolve `path` under one of `roots` (symlinks already resolved, as in
+/// A file opened to be sent, with what was checked of it.
+#[derive(Debug)]
+pub(crate) struct Opened {
+    pub file: std::fs::File,
+    /// Where the kernel says the opened file is (symlinks resolved).
+    pub real: PathBuf,
+    /// Its fstat.
+    pub meta: std::fs::Metadata,
+}
+
+/// Open `path` to send it from one of `roots` (symlinks already resolved, as in
 /// [`Files`](super::file_handoff::Files)): a normal path (already checked by
 /// [`decide`](super::file_handoff::Files::decide); again here, as the last step before the
-/// filesystem), after following symlinks still inside a root; a regular file.
-pub(crate) fn resolve(roots: &[PathBuf], path: &[u8]) -> Result<(PathBuf, std::fs::Metadata), SendfileError> {
+/// filesystem); then, on the file opened, its real path under a root (a symlink inside a
+/// root may lead elsewhere inside one) and a regular file.
+pub(crate) fn resolve(roots: &[PathBuf], path: &[u8]) -> Result<Opened, SendfileError> {
     let shown = String::from_utf8_lossy(path).into_owned();
     super::file_handoff::normal_path(path, false).map_err(|flaw| SendfileError::BadPath(shown.clone(), flaw))?;
     let p = Path::new(std::ffi::OsStr::from_bytes(path));
-    let real = match std::fs::canonicalize(p) {
-        Ok(r) => r,
+    // O_PATH: nothing is read, and no device or FIFO really opened, before the file is
+    // known to be a regular file under a root.
+    let handle = match std::fs::OpenOptions::new().read(true).custom_flags(libc::O_PATH).open(p) {
+        Ok(h) => h,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(SendfileError::NotFound(shown)),
         Err(err) => return Err(SendfileError::Io { path: shown, err }),
     };
+    let fd_path = PathBuf::from(format!("/proc/self/fd/{}", handle.as_raw_fd()));
+    let real = std::fs::read_link(&fd_path).map_err(|err| SendfileError::Io { path: shown.clone(), err })?;
     // A symlink inside a root that leads out of it is refused like a path outside.
     if !roots.iter().any(|r| real.starts_with(r)) {
         return Err(SendfileError::OutsideRoots(shown));
     }
-    let meta = std::fs::metadata(&real).map_err(|err| SendfileError::Io { path: shown.clone(), err })?;
+    let meta = handle.metadata().map_err(|err| SendfileError::Io { path: shown.clone(), err })?;
     if !meta.is_file() {
         return Err(SendfileError::NotRegular(shown));
     }
-    Ok((real, meta))
+    // The very file checked, now for reading.
+    let file = std::fs::File::open(&fd_path).map_err(|err| SendfileError::Io { path: shown, err })?;
+    Ok(Opened { file, real, meta })
+}
+
+/// [`resolve`], and for a pool whose workers run as another account (`reader`), only a
+/// file that account could read itself.
+fn open(roots: &[PathBuf], reader: Option<&Reader>, path: &[u8]) -> Result<Opened, SendfileError> {
+    let opened = resolve(roots, path)?;
+    if let Some(r) = reader {
+        r.may_read(&opened.real, &opened.meta).map_err(|why| SendfileError::Unreadable {
+            path: String::from_utf8_lossy(path).into_owned(),
+            uid: r.uid,
+            why,
+        })?;
+    }
+    Ok(opened)
 }
 
 /// What [`serve`] sent, for the access log and the log line of an ignored Range.
@@ -110,10 +152,12 @@ impl Served {
     }
 }
 
-/// Send the hand-off `h` to `sink`; `max_ranges` is the listener's `max-ranges`. Nothing
-/// has been sent when this fails.
+/// Send the hand-off `h` to `sink`; `max_ranges` is the listener's `max-ranges`, `reader`
+/// the answering pool's ([`PoolRuntime`](crate::supervise::PoolRuntime)). Nothing has been
+/// sent when this fails.
 pub(crate) async fn serve<K: ResponseSink>(
     roots: &[PathBuf],
+    reader: Option<&Reader>,
     max_ranges: u32,
     params: &Params,
     h: &FileHandoff,
@@ -123,15 +167,15 @@ pub(crate) async fn serve<K: ResponseSink>(
         // A status without a body (an app that checked the client's validators itself):
         // the file is only checked, never sent.
         for p in h.spec.paths() {
-            resolve(roots, p)?;
+            open(roots, reader, p)?;
         }
         let _ = sink.send(head(h.status, h, None, &[]).freeze(), Some(End::Complete)).await;
         return Ok(Served::new(h.status, 0));
     }
     match &h.spec {
-        FileSpec::Whole(path) => serve_whole(roots, max_ranges, params, h, path, sink).await,
+        FileSpec::Whole(path) => serve_whole(open(roots, reader, path)?, max_ranges, params, h, sink).await,
         FileSpec::Pieces(pieces) => {
-            serve_pieces(roots, params, h, pieces, sink).await.map(|(st, sent)| Served::new(st, sent))
+            serve_pieces(roots, reader, params, h, pieces, sink).await.map(|(st, sent)| Served::new(st, sent))
         }
     }
 }
@@ -163,14 +207,13 @@ fn head(status: u16, h: &FileHandoff, ctype: Option<&[u8]>, own: &[(&str, &str)]
 }
 
 async fn serve_whole<K: ResponseSink>(
-    roots: &[PathBuf],
+    opened: Opened,
     max_ranges: u32,
     params: &Params,
     h: &FileHandoff,
-    path: &[u8],
     sink: &mut K,
 ) -> Result<Served, SendfileError> {
-    let (real, meta) = resolve(roots, path)?;
+    let Opened { file, real, meta } = opened;
     let len = meta.len();
     let mtime = meta.modified().ok().and_then(|t| t.duration_since(UNIX_EPOCH).ok()).map_or(0, |d| d.as_secs());
     let etag = format!("\"{mtime:x}-{len:x}\"");
@@ -204,9 +247,7 @@ async fn serve_whole<K: ResponseSink>(
         let _ = sink.send(out.freeze(), Some(End::Complete)).await;
         return Ok(Served::new(416, 0));
     }
-    let mut file = tokio::fs::File::open(&real)
-        .await
-        .map_err(|err| SendfileError::Io { path: real.display().to_string(), err })?;
+    let mut file = tokio::fs::File::from_std(file);
     let validators: &[(&str, &str)] = if plain { &[("ETag", &etag), ("Last-Modified", &last_modified)] } else { &[] };
     let send_head = |status: u16, ctype: &[u8], mut own: Vec<(&'static str, String)>| {
         own.extend(validators.iter().map(|&(n, v)| (n, v.to_owned())));
@@ -401,20 +442,33 @@ impl Multipart {
     }
 }
 
-/// X-Sendfile2: every piece is checked (roots, existence, range within the file) before
-/// the head goes out, so a refusal is still a clean error response.
+/// X-Sendfile2: every piece is opened and checked (roots, existence, range within the
+/// file) before the head goes out, so a refusal is still a clean error response; a file
+/// named by several pieces is opened once.
 async fn serve_pieces<K: ResponseSink>(
     roots: &[PathBuf],
+    reader: Option<&Reader>,
     params: &Params,
     h: &FileHandoff,
     pieces: &[Piece],
     sink: &mut K,
 ) -> Result<(u16, u64), SendfileError> {
+    // The files opened (descriptor, real path, length), and each piece's (file, start, bytes).
+    let mut files: Vec<(tokio::fs::File, PathBuf, u64)> = Vec::new();
+    let mut index: HashMap<&[u8], usize> = HashMap::new();
     let mut plan = Vec::with_capacity(pieces.len());
     let mut total = 0u64;
     for p in pieces {
-        let (real, meta) = resolve(roots, &p.path)?;
-        let len = meta.len();
+        let i = match index.get(&p.path[..]) {
+            Some(&i) => i,
+            None => {
+                let Opened { file, real, meta } = open(roots, reader, &p.path)?;
+                files.push((tokio::fs::File::from_std(file), real, meta.len()));
+                index.insert(&p.path, files.len() - 1);
+                files.len() - 1
+            }
+        };
+        let len = files[i].2;
         let end = p.end.map_or(len, |e| e.saturating_add(1)); // exclusive
         if p.start > len || end > len {
             return Err(SendfileError::BeyondEnd {
@@ -426,11 +480,11 @@ async fn serve_pieces<K: ResponseSink>(
         }
         let n = end.saturating_sub(p.start);
         total += n;
-        plan.push((real, p.start, n));
+        plan.push((i, p.start, n));
     }
-    let ctype: Vec<u8> = match (&h.content_type, plan.first()) {
+    let ctype: Vec<u8> = match (&h.content_type, files.first()) {
         (Some(t), _) => t.to_vec(),
-        (None, Some((real, _, _))) => content_type(real).as_bytes().to_vec(),
+        (None, Some((_, real, _))) => content_type(real).as_bytes().to_vec(),
         (None, None) => b"application/octet-stream".to_vec(),
     };
     let out = head(h.status, h, Some(&ctype), &[("Content-Length", &total.to_string())]);
@@ -442,18 +496,12 @@ async fn serve_pieces<K: ResponseSink>(
         return Ok((499, 0));
     }
     let mut sent = 0;
-    for (real, start, n) in plan {
+    for (i, start, n) in plan {
         if n == 0 {
             continue;
         }
-        let mut file = match tokio::fs::File::open(&real).await {
-            Ok(f) => f,
-            Err(err) => {
-                let _ = sink.send(Bytes::new(), Some(End::CutOff)).await;
-                return Err(SendfileError::CutOff { path: real.display().to_string(), err, status: h.status, sent });
-            }
-        };
-        sent += send_range(&mut file, &real, start, n, sink, h.status, sent).await?;
+        let (file, real, _) = &mut files[i];
+        sent += send_range(file, real, start, n, sink, h.status, sent).await?;
     }
     let _ = sink.send(Bytes::new(), Some(End::Complete)).await;
     Ok((h.status, sent))
@@ -575,6 +623,8 @@ fn now_secs() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs::Permissions;
+    use std::os::unix::fs::{chown, PermissionsExt};
 
     #[test]
     fn dates_round_trip() {
@@ -677,5 +727,140 @@ mod tests {
         for p in [&b"relative/a"[..], b"/a/../b", b"/a/./b", b"/a//b", b"/a/", b"/a\0b", b"/a\\..\\b"] {
             assert!(matches!(resolve(&[PathBuf::from("/")], p), Err(SendfileError::BadPath(..))), "{p:?}");
         }
+    }
+    fn bytes(p: &Path) -> &[u8] {
+        p.as_os_str().as_bytes()
+    }
+
+    fn read(mut f: &std::fs::File) -> String {
+        use std::io::Read;
+        let mut s = String::new();
+        f.read_to_string(&mut s).unwrap();
+        s
+    }
+
+    /// A scratch root with `root/dir/a.txt`, and `secret.txt` beside the root.
+    fn tree(name: &str) -> (PathBuf, PathBuf) {
+        let base = crate::config::tests::scratch_dir(name);
+        let root = base.join("root");
+        std::fs::create_dir_all(root.join("dir")).unwrap();
+        std::fs::write(root.join("dir/a.txt"), "inside\n").unwrap();
+        std::fs::write(base.join("secret.txt"), "secret\n").unwrap();
+        (base, root)
+    }
+
+    #[test]
+    fn what_is_opened_is_what_is_checked() {
+        let (base, root) = tree("opened");
+        let roots = [root.clone()];
+        let file = root.join("dir/a.txt");
+        let opened = resolve(&roots, bytes(&file)).unwrap();
+        assert_eq!((opened.real.as_path(), opened.meta.len()), (file.as_path(), 7));
+        // The directory is swapped for a symlink out of the root after the check: the
+        // descriptor still reads the file that was checked.
+        std::fs::rename(root.join("dir"), root.join("old")).unwrap();
+        std::os::unix::fs::symlink(&base, root.join("dir")).unwrap();
+        assert_eq!(read(&opened.file), "inside\n");
+        // Opened now, the same path is the file beside the root: refused, never read.
+        std::fs::write(base.join("a.txt"), "outside\n").unwrap();
+        assert!(matches!(resolve(&roots, bytes(&file)), Err(SendfileError::OutsideRoots(_))));
+        // A symlink that stays inside a root is served as its target.
+        std::os::unix::fs::symlink(root.join("old/a.txt"), root.join("link.txt")).unwrap();
+        assert_eq!(resolve(&roots, bytes(&root.join("link.txt"))).unwrap().real, root.join("old/a.txt"));
+        assert!(matches!(resolve(&roots, bytes(&root.join("old"))), Err(SendfileError::NotRegular(_))));
+        assert!(matches!(resolve(&roots, bytes(&root.join("none"))), Err(SendfileError::NotFound(_))));
+        // A FIFO is refused without being opened for reading (that would wait for a writer).
+        nix::unistd::mkfifo(&root.join("fifo"), nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+        assert!(matches!(resolve(&roots, bytes(&root.join("fifo"))), Err(SendfileError::NotRegular(_))));
+    }
+
+    /// Root to chown; every directory above the scratch dir searchable by others.
+    fn can_test_readers(base: &Path) -> bool {
+        nix::unistd::geteuid().is_root()
+            && base.ancestors().all(|d| std::fs::metadata(d).is_ok_and(|m| m.permissions().mode() & 0o001 != 0))
+    }
+
+    #[test]
+    fn a_pool_user_gets_only_what_it_could_read() {
+        let (base, root) = tree("readers");
+        if !can_test_readers(&base) {
+            return;
+        }
+        let roots = [root.clone()];
+        let tenant = Reader { uid: 4101, gids: vec![4101, 4200] };
+        let mode = |p: &Path, m: u32| std::fs::set_permissions(p, Permissions::from_mode(m)).unwrap();
+        let open_as = |p: &Path| open(&roots, Some(&tenant), bytes(p));
+        std::fs::write(root.join("public.txt"), "public\n").unwrap();
+        mode(&root.join("public.txt"), 0o644);
+        std::fs::write(root.join("private.txt"), "private\n").unwrap();
+        mode(&root.join("private.txt"), 0o600);
+        assert_eq!(read(&open_as(&root.join("public.txt")).unwrap().file), "public\n");
+        match open_as(&root.join("private.txt")) {
+            Err(e @ SendfileError::Unreadable { uid: 4101, .. }) => {
+                assert_eq!(e.status(), 403);
+                let text = e.to_string();
+                assert!(text.contains("the pool's user (uid 4101) may not read it"), "{text}");
+                assert!(text.contains("has mode 0600 and owner uid 0"), "{text}");
+            }
+            other => panic!("{other:?}"),
+        }
+        // The bridge itself (no reader) and root read everything.
+        assert!(open(&roots, None, bytes(&root.join("private.txt"))).is_ok());
+        assert!(open(&roots, Some(&Reader { uid: 0, gids: vec![] }), bytes(&root.join("private.txt"))).is_ok());
+        // Its own file, a file of one of its groups.
+        chown(root.join("private.txt"), Some(4101), None).unwrap();
+        assert!(open_as(&root.join("private.txt")).is_ok());
+        chown(root.join("private.txt"), Some(4102), Some(4200)).unwrap();
+        mode(&root.join("private.txt"), 0o640);
+        assert!(open_as(&root.join("private.txt")).is_ok());
+        // A readable file in a directory it may not search; decided on the real path, so a
+        // symlink from a searchable directory does not help.
+        mode(&root.join("dir"), 0o700);
+        assert!(matches!(open_as(&root.join("dir/a.txt")), Err(SendfileError::Unreadable { .. })));
+        std::os::unix::fs::symlink(root.join("dir/a.txt"), root.join("via.txt")).unwrap();
+        let why = open_as(&root.join("via.txt")).unwrap_err().to_string();
+        assert!(why.contains(&format!("{} has mode 0700", root.join("dir").display())), "{why}");
+    }
+
+    #[derive(Default)]
+    struct Collect(Vec<u8>);
+    impl ResponseSink for Collect {
+        async fn send(&mut self, data: Bytes, _end: Option<End>) -> Result<(), crate::flow::FrontGone> {
+            self.0.extend_from_slice(&data);
+            Ok(())
+        }
+    }
+
+    fn handoff(spec: FileSpec) -> FileHandoff {
+        let kind = super::super::file_handoff::Kind::Sendfile2;
+        FileHandoff { kind, spec, status: 200, headers: Vec::new(), content_type: None, pid: 1 }
+    }
+
+    #[tokio::test]
+    async fn x_sendfile2_pieces_are_checked_before_anything_is_sent() {
+        let (base, root) = tree("pieces");
+        let roots = [root.clone()];
+        let a = root.join("dir/a.txt");
+        let piece = |p: &Path, start, end| Piece { path: bytes(p).to_vec(), start, end };
+        let h = handoff(FileSpec::Pieces(vec![piece(&a, 0, Some(1)), piece(&a, 4, None), piece(&a, 2, Some(3))]));
+        let mut sink = Collect::default();
+        let served = serve(&roots, None, 16, &Params::default(), &h, &mut sink).await.unwrap();
+        assert_eq!((served.status, served.sent), (200, 7));
+        assert!(sink.0.ends_with(b"\r\n\r\ninde\nsi"), "{:?}", String::from_utf8_lossy(&sink.0));
+        if !can_test_readers(&base) {
+            return;
+        }
+        let private = root.join("private.txt");
+        std::fs::write(&private, "private\n").unwrap();
+        std::fs::set_permissions(&private, Permissions::from_mode(0o600)).unwrap();
+        let h = handoff(FileSpec::Pieces(vec![piece(&a, 0, None), piece(&private, 0, None)]));
+        let mut sink = Collect::default();
+        let tenant = Reader { uid: 4101, gids: vec![4101] };
+        let err = serve(&roots, Some(&tenant), 16, &Params::default(), &h, &mut sink).await.unwrap_err();
+        assert!(matches!(err, SendfileError::Unreadable { uid: 4101, .. }), "{err:?}");
+        assert!(sink.0.is_empty());
+        let h = handoff(FileSpec::Whole(bytes(&private).to_vec()));
+        let err = serve(&roots, Some(&tenant), 16, &Params::default(), &h, &mut sink).await.unwrap_err();
+        assert_eq!((err.status(), sink.0.len()), (403, 0));
     }
 }

@@ -610,6 +610,7 @@ impl TemplateRuntime {
                         config: cfg.clone(),
                         dispatcher: inst.pool.dispatcher.clone(),
                         control: inst.pool.control.clone(),
+                        reader: super::access::Reader::of(&cfg.isolation),
                     });
                     p.send(ManagerCmd::Reconfigure { config: Arc::new(cfg), restart });
                     if let Some(i) = self.lock().live.get_mut(&key) {

@@ -11,6 +11,7 @@
 //! and the working directory inside it, then groups, gid and uid last (after setuid nothing
 //! privileged is possible any more). The parent-death signal is set by spawn.rs *after* this
 //! hook, because the kernel clears it when the credentials change.
+use super::access::reachable;
 use crate::config::Pool;
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
@@ -20,7 +21,6 @@ use nix::unistd::{Gid, UnlinkatFlags};
 use std::ffi::{CString, OsStr, OsString};
 use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::process::Command;
@@ -55,11 +55,11 @@ pub(super) enum IsolateError {
 /// bridge's: what a worker and the interpreter probe (probe.rs) apply after fork.
 #[derive(Debug)]
 pub(crate) struct Credentials {
-    uid: Option<libc::uid_t>,
+    pub(super) uid: Option<libc::uid_t>,
     gid: Option<libc::gid_t>,
-    groups: Option<Vec<Gid>>,
+    pub(super) groups: Option<Vec<Gid>>,
     worker_uid: u32,
-    worker_gid: u32,
+    pub(super) worker_gid: u32,
     /// "user www (uid 33, gid 33)" when the pool sets `user:`, for error messages.
     run_as: Option<String>,
 }
@@ -277,50 +277,6 @@ pub(crate) fn inside(root: &Path, path: &Path) -> PathBuf {
     }
 }
 
-/// Whether a process with `uid` and groups `gids` may traverse every directory above `file`
-/// and read it; the first directory or file in the way is the error.
-pub(super) fn reachable(file: &Path, uid: u32, gids: &[u32]) -> Result<(), IsolateError> {
-    if uid == 0 {
-        return Ok(());
-    }
-    let allowed = |meta: &std::fs::Metadata, bit: u32| {
-        let mode = meta.permissions().mode();
-        if meta.uid() == uid {
-            mode & (bit << 6) != 0
-        } else if gids.contains(&meta.gid()) {
-            mode & (bit << 3) != 0
-        } else {
-            mode & bit != 0
-        }
-    };
-    let mut dirs: Vec<&Path> = file.ancestors().skip(1).collect();
-    dirs.reverse();
-    for dir in dirs {
-        let Ok(meta) = std::fs::metadata(dir) else { continue };
-        if !allowed(&meta, 0o1) {
-            return Err(IsolateError::Unreachable {
-                uid,
-                path: file.to_owned(),
-                dir: dir.to_owned(),
-                mode: meta.permissions().mode() & 0o7777,
-                owner: meta.uid(),
-            });
-        }
-    }
-    if let Ok(meta) = std::fs::metadata(file) {
-        if !allowed(&meta, 0o4) {
-            return Err(IsolateError::Unreachable {
-                uid,
-                path: file.to_owned(),
-                dir: file.to_owned(),
-                mode: meta.permissions().mode() & 0o7777,
-                owner: meta.uid(),
-            });
-        }
-    }
-    Ok(())
-}
-
 /// Copy the worker package into `<root>/.fcgibridge/python/fcgibridge_worker/` (world-readable),
 /// skipping files that are already identical. Returns that `python` directory.
 ///
@@ -416,6 +372,7 @@ fn replace_file(dir: &OwnedFd, name: &OsStr, data: &[u8]) -> std::io::Result<()>
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
     #[test]
     fn paths_inside_the_chroot() {

@@ -1,5 +1,6 @@
 //! Process supervision: the bridge starts, watches and replaces the worker processes of
 //! every pool (see docs/worker-contract.md for what a worker is given).
+pub(crate) mod access;
 pub(crate) mod instances;
 mod isolate;
 pub(crate) mod manager;
@@ -84,6 +85,9 @@ pub(crate) struct PoolRuntime {
     pub config: config::Pool,
     pub dispatcher: Arc<Dispatcher<SlotConn>>,
     pub control: Arc<PoolControl>,
+    /// The workers' account when it is not the bridge's: the bridge serves a file the app
+    /// hands off (respond/sendfile.rs) only if this account could read it.
+    pub reader: Option<access::Reader>,
 }
 
 impl PoolRuntime {
@@ -93,6 +97,7 @@ impl PoolRuntime {
             name: Arc::from(config.name.as_str()),
             dispatcher: Arc::new(Dispatcher::new(config.queue_size, config.queue_timeout)),
             control: Arc::new(PoolControl { cmd, cmd_rx: Mutex::new(Some(cmd_rx)), view: Mutex::default() }),
+            reader: access::Reader::of(&config.isolation),
             config,
         })
     }
@@ -203,6 +208,7 @@ impl Supervisor {
                         config: cfg.clone(),
                         dispatcher: old.dispatcher.clone(),
                         control: old.control.clone(),
+                        reader: access::Reader::of(&cfg.isolation),
                     });
                     p.send(ManagerCmd::Reconfigure { config: Arc::new(cfg.clone()), restart: restart_all });
                     next.push(p);

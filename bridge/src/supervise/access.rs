@@ -1,0 +1,189 @@
+//! What a pool's account may do with a file, by the mode bits, as the kernel decides for a
+//! process without capabilities (ACLs are not consulted): whether a worker's user reaches
+//! the worker package (isolate.rs), and whether it could read a file the bridge serves on
+//! its behalf (respond/sendfile.rs).
+use super::isolate::{Credentials, IsolateError};
+use std::fs::Metadata;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+
+/// The read bit of a mode's owner, group or other triple.
+pub(crate) const READ: u32 = 0o4;
+/// The execute bit: search, for a directory.
+pub(crate) const SEARCH: u32 = 0o1;
+
+/// Whether `uid` with groups `gids` has `bit` ([`READ`], [`SEARCH`]) on a file with `meta`:
+/// the owner's bits for its owner, the group's for a member, the others' for the rest.
+/// Root may read and search everything.
+pub(crate) fn allowed(meta: &Metadata, uid: u32, gids: &[u32], bit: u32) -> bool {
+    if uid == 0 {
+        return true;
+    }
+    let mode = meta.mode();
+    if meta.uid() == uid {
+        mode & (bit << 6) != 0
+    } else if gids.contains(&meta.gid()) {
+        mode & (bit << 3) != 0
+    } else {
+        mode & bit != 0
+    }
+}
+
+/// The account a pool's workers run as when it is not the bridge's: the files the bridge
+/// serves for that pool are the ones this account could read itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Reader {
+    pub uid: u32,
+    /// Every group of the workers: supplementary and primary.
+    pub gids: Vec<u32>,
+}
+
+impl Reader {
+    /// The workers' account of a pool with `iso`, as [`Credentials::of`] sets it; None when
+    /// they keep the bridge's uid (they read what the bridge reads).
+    pub(crate) fn of(iso: &crate::config::isolation::Isolation) -> Option<Self> {
+        let creds = Credentials::of(iso);
+        let uid = creds.uid?;
+        let gids = creds.groups.iter().flatten().map(|g| g.as_raw()).chain([creds.worker_gid]).collect();
+        Some(Self { uid, gids })
+    }
+
+    /// Ok when this account could open the file at `real` (a real path: no symlink in it)
+    /// whose own metadata is `meta` for reading: it may read the file and search every
+    /// directory above it. Otherwise what is in the way; a directory that cannot be
+    /// examined is in the way too.
+    pub(crate) fn may_read(&self, real: &Path, meta: &Metadata) -> Result<(), String> {
+        let denied = |what: &Path, m: &Metadata| {
+            format!("{} has mode {:04o} and owner uid {}", what.display(), m.mode() & 0o7777, m.uid())
+        };
+        if !allowed(meta, self.uid, &self.gids, READ) {
+            return Err(denied(real, meta));
+        }
+        let mut dirs: Vec<&Path> = real.ancestors().skip(1).collect();
+        dirs.reverse();
+        for dir in dirs {
+            // stat, not lstat: were a directory swapped for a symlink since, what it leads to counts.
+            let m = std::fs::metadata(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+            if !allowed(&m, self.uid, &self.gids, SEARCH) {
+                return Err(denied(dir, &m));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whether a process with `uid` and groups `gids` may traverse every directory above `file`
+/// and read it; the first directory or file in the way is the error.
+pub(super) fn reachable(file: &Path, uid: u32, gids: &[u32]) -> Result<(), IsolateError> {
+    if uid == 0 {
+        return Ok(());
+    }
+    let mut dirs: Vec<&Path> = file.ancestors().skip(1).collect();
+    dirs.reverse();
+    for dir in dirs {
+        let Ok(meta) = std::fs::metadata(dir) else { continue };
+        if !allowed(&meta, uid, gids, SEARCH) {
+            return Err(IsolateError::Unreachable {
+                uid,
+                path: file.to_owned(),
+                dir: dir.to_owned(),
+                mode: meta.permissions().mode() & 0o7777,
+                owner: meta.uid(),
+            });
+        }
+    }
+    if let Ok(meta) = std::fs::metadata(file) {
+        if !allowed(&meta, uid, gids, READ) {
+            return Err(IsolateError::Unreachable {
+                uid,
+                path: file.to_owned(),
+                dir: file.to_owned(),
+                mode: meta.permissions().mode() & 0o7777,
+                owner: meta.uid(),
+            });
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use std::fs::Permissions;
+    use std::os::unix::fs::chown;
+
+    #[test]
+    fn owner_group_and_others_have_their_own_bits() {
+        if !nix::unistd::geteuid().is_root() {
+            return; // chown
+        }
+        let dir = crate::config::tests::scratch_dir("allowed");
+        let f = dir.join("f");
+        std::fs::write(&f, "").unwrap();
+        chown(&f, Some(4001), Some(4002)).unwrap();
+        std::fs::set_permissions(&f, Permissions::from_mode(0o604)).unwrap();
+        let m = std::fs::metadata(&f).unwrap();
+        assert!(allowed(&m, 4001, &[], READ)); // owner: rw-
+        assert!(!allowed(&m, 4003, &[4002], READ)); // group: --- even though others may
+        assert!(allowed(&m, 4003, &[4005], READ)); // others: r--
+        assert!(!allowed(&m, 4003, &[4005], SEARCH));
+        assert!(allowed(&m, 0, &[], READ));
+    }
+
+    #[test]
+    fn a_reader_needs_every_directory_above_searchable() {
+        let dir = crate::config::tests::scratch_dir("may-read");
+        let inner = dir.join("a/b");
+        std::fs::create_dir_all(&inner).unwrap();
+        let f = inner.join("f");
+        std::fs::write(&f, "").unwrap();
+        for d in [&dir, &dir.join("a"), &inner] {
+            std::fs::set_permissions(d, Permissions::from_mode(0o755)).unwrap();
+        }
+        // Root to chown; every directory above the scratch dir searchable by others.
+        let open_above = nix::unistd::geteuid().is_root()
+            && dir.ancestors().skip(1).all(|d| std::fs::metadata(d).is_ok_and(|m| m.mode() & 0o001 != 0));
+        if !open_above {
+            return;
+        }
+        let stranger = Reader { uid: 4001, gids: vec![4001] };
+        let m = std::fs::metadata(&f).unwrap();
+        assert_eq!(stranger.may_read(&f, &m), Ok(()));
+        std::fs::set_permissions(dir.join("a"), Permissions::from_mode(0o750)).unwrap();
+        let why = stranger.may_read(&f, &m).unwrap_err();
+        assert_eq!(why, format!("{} has mode 0750 and owner uid 0", dir.join("a").display()));
+        // a member of the directory's group may pass
+        chown(dir.join("a"), None, Some(4001)).unwrap();
+        assert_eq!(stranger.may_read(&f, &m), Ok(()));
+        // the file's own bits: not readable by others
+        std::fs::set_permissions(&f, Permissions::from_mode(0o640)).unwrap();
+        let m = std::fs::metadata(&f).unwrap();
+        assert_eq!(stranger.may_read(&f, &m), Err(format!("{} has mode 0640 and owner uid 0", f.display())));
+        std::fs::set_permissions(&f, Permissions::from_mode(0o644)).unwrap();
+        let m = std::fs::metadata(&f).unwrap();
+        // a directory that is gone is in the way
+        let gone = dir.join("gone/f");
+        assert!(stranger.may_read(&gone, &m).unwrap_err().contains("gone"));
+    }
+
+    #[test]
+    fn a_reader_is_the_pool_user_with_its_groups() {
+        use crate::config::isolation::{Account, Isolation, RunAs};
+        assert_eq!(Reader::of(&Isolation::default()), None);
+        let account = |id: u32| Account { written: id.to_string(), id };
+        let user = RunAs {
+            account: account(4001),
+            primary_gid: 4002,
+            member_of: vec![4002, 4003],
+            home: "/".into(),
+            login: "t".into(),
+        };
+        let mut iso = Isolation { user: Some(user), ..Isolation::default() };
+        assert_eq!(Reader::of(&iso), Some(Reader { uid: 4001, gids: vec![4002, 4003, 4002] }));
+        // `groups:` replaces the user's own, `group:` the primary one.
+        iso.groups = Some(vec![account(4004)]);
+        iso.group = Some(account(4005));
+        assert_eq!(Reader::of(&iso), Some(Reader { uid: 4001, gids: vec![4004, 4005] }));
+    }
+}
