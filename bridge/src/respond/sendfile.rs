@@ -27,6 +27,9 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 /// Bytes read from the file per write to the web server.
 const CHUNK: usize = 64 << 10;
+/// Distinct files one X-Sendfile2 may name: each stays open until the response is sent,
+/// and the bridge's descriptors are shared by every listener and pool.
+pub(crate) const MAX_SENDFILE2_FILES: usize = 64;
 
 /// Why a hand-off is refused.
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +48,8 @@ pub(crate) enum SendfileError {
     BeyondEnd { path: String, start: u64, end: String, len: u64 },
     #[error("{path:?}: {err}")]
     Io { path: String, err: std::io::Error },
+    #[error("it names more than {MAX_SENDFILE2_FILES} distinct files")]
+    TooManyFiles,
     /// Reading failed after the head went out: the response was cut off (nothing more to send).
     #[error("{path:?} failed after the headers were sent, response cut off: {err}")]
     CutOff { path: String, err: std::io::Error, status: u16, sent: u64 },
@@ -56,7 +61,7 @@ impl SendfileError {
         match self {
             Self::BadPath(..) | Self::OutsideRoots(_) | Self::Unreadable { .. } => 403,
             Self::NotFound(_) | Self::NotRegular(_) => 404,
-            Self::BeyondEnd { .. } | Self::Io { .. } => 500,
+            Self::BeyondEnd { .. } | Self::Io { .. } | Self::TooManyFiles => 500,
             Self::CutOff { status, .. } => *status,
         }
     }
@@ -461,6 +466,7 @@ async fn serve_pieces<K: ResponseSink>(
     for p in pieces {
         let i = match index.get(&p.path[..]) {
             Some(&i) => i,
+            None if files.len() == MAX_SENDFILE2_FILES => return Err(SendfileError::TooManyFiles),
             None => {
                 let Opened { file, real, meta } = open(roots, reader, &p.path)?;
                 files.push((tokio::fs::File::from_std(file), real, meta.len()));
@@ -847,6 +853,21 @@ mod tests {
         let served = serve(&roots, None, 16, &Params::default(), &h, &mut sink).await.unwrap();
         assert_eq!((served.status, served.sent), (200, 7));
         assert!(sink.0.ends_with(b"\r\n\r\ninde\nsi"), "{:?}", String::from_utf8_lossy(&sink.0));
+        // Files stay open until the response is sent: a cap on how many one header names.
+        let many: Vec<Piece> = (0..=MAX_SENDFILE2_FILES)
+            .map(|i| {
+                let f = root.join(format!("dir/f{i}"));
+                std::fs::write(&f, "x").unwrap();
+                piece(&f, 0, None)
+            })
+            .collect();
+        let mut sink = Collect::default();
+        let h = handoff(FileSpec::Pieces(many[..MAX_SENDFILE2_FILES].to_vec()));
+        assert!(serve(&roots, None, 16, &Params::default(), &h, &mut sink).await.is_ok());
+        let mut sink = Collect::default();
+        let h = handoff(FileSpec::Pieces(many));
+        let err = serve(&roots, None, 16, &Params::default(), &h, &mut sink).await.unwrap_err();
+        assert!(matches!(err, SendfileError::TooManyFiles) && sink.0.is_empty(), "{err:?}");
         if !can_test_readers(&base) {
             return;
         }
