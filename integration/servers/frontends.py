@@ -131,6 +131,10 @@ def write_spawned_config(workdir: Path, name: str, files_dir: Path) -> Path:
         "/srv/app/wsgi.py": str(APP), "/usr/bin/python3": system_python(),
         "/srv/app/media": str(files_dir),
     })
+    # The workers keep the account the web server starts the bridge as: the tests' servers
+    # run as nobody (Apache, h2o) or as root (lighttpd), not as www-data, and the files
+    # under pytest's private temporary directory are readable by them only.
+    conf = re.sub(r"\n    user: www-data[^\n]*\n", "\n", conf, count=1)
     # the pool's environment: where /x-sendfile points
     extra = f"    env:\n      CONFORMANCE_FILES_DIR: \"{files_dir}\"\n"
     if os.geteuid() == 0:
