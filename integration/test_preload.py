@@ -6,6 +6,7 @@ import json
 import os
 import re
 import signal
+import subprocess
 
 import pytest
 
@@ -238,3 +239,48 @@ def test_request_timeout_in_a_forked_worker_logs_its_stacks_before_the_kill(tmp_
                 "\n".join(lines[-40:])
     finally:
         b.stop()
+
+
+LYING_APP = '''
+import os
+
+if os.environ.get("FCGIBRIDGE_TEMPLATE") == "1":
+    _fork = os.fork
+
+    def _lying_fork():
+        pid = _fork()
+        return pid if pid == 0 else int(os.environ["DECOY_PID"])  # names a stranger as its worker
+    os.fork = _lying_fork
+
+
+def application(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"ok"]
+'''
+
+
+def test_a_template_that_names_a_stranger_as_its_worker_is_killed_and_the_stranger_spared(tmp_path):
+    """The template runs the app's code: the pid it reports for a fork must be its own
+    child, or the bridge would sample, signal and at last SIGKILL whatever it named."""
+    decoy = subprocess.Popen(["sleep", "600"])
+    try:
+        app = tmp_path / "lying_app.py"
+        app.write_text(LYING_APP)
+        port = free_ports(1)[0]
+        pools = {"liar": {"app": str(app), "processes": 1, "threads": 1, "preload": True,
+                          "env": {"DECOY_PID": str(decoy.pid)}}}
+        b = make_bridge(tmp_path, pools, {"l": {"fastcgi": f"127.0.0.1:{port}", "pool": "liar"}})
+        try:
+            b.start()
+            lines = b.log.wait_for(rf"the template named pid {decoy.pid} as its worker, whose parent is pid "
+                                   rf"{os.getpid()}; killing the template", timeout=120)
+            assert 'pool="liar"' in lines[-1] or "pool=liar" in lines[-1], lines[-1]
+            b.stop()
+        finally:
+            if b.proc and b.proc.poll() is None:
+                b.stop()
+        assert decoy.poll() is None, "the bridge signalled the process the template named"
+        assert not re.search(rf"worker (started|ready).*pid={decoy.pid}\b", b.log.text())
+    finally:
+        decoy.kill()
+        decoy.wait()

@@ -126,7 +126,18 @@ pub(super) async fn spawn_forked(
     let reader = |fd: OwnedFd| -> Result<OutputPipe, TemplateError> {
         Ok(Box::new(tokio::net::unix::pipe::Receiver::from_owned_fd(fd).map_err(TemplateError::Control)?))
     };
-    let child = WorkerChild::forked(pid, exit, reader(out_r)?, reader(err_r)?);
+    let child = match WorkerChild::forked(pid, template.pid, exit, reader(out_r)?, reader(err_r)?) {
+        Ok(child) => child,
+        Err(why) => {
+            // The template's code lied about its fork: it is trusted with nothing more.
+            lock(&template.exits).remove(&pid);
+            tracing::error!(pool = &*template.pool, template = template.pid, "{why}; killing the template");
+            if let Ok(tpid) = i32::try_from(template.pid) {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(tpid), nix::sys::signal::Signal::SIGKILL);
+            }
+            return Err(TemplateError::Fork(why));
+        }
+    };
     let ready = tokio::net::unix::pipe::Receiver::from_owned_fd(ready_r).map_err(TemplateError::Control)?;
     tracing::debug!(pool = &*template.pool, pid, template = template.pid, "worker forked from the template");
     Ok(Spawned { child, pid, ready })

@@ -40,13 +40,29 @@ impl WorkerChild {
         Self { stdout, stderr, inner: Inner::Direct(child) }
     }
 
-    /// A process forked by a template; `exit` delivers its raw wait status.
-    pub(super) fn forked(pid: u32, exit: oneshot::Receiver<i32>, stdout: OutputPipe, stderr: OutputPipe) -> Self {
-        Self {
+    /// A process forked by the template `parent`; `exit` delivers its raw wait status.
+    ///
+    /// The template runs the app's code, so the pid it names is checked: pinned by a pidfd
+    /// first, it must be the template's own child — else the bridge would sample, signal and
+    /// at last SIGKILL whatever process the app named (another tenant's, the web server).
+    pub(super) fn forked(
+        pid: u32,
+        parent: u32,
+        exit: oneshot::Receiver<i32>,
+        stdout: OutputPipe,
+        stderr: OutputPipe,
+    ) -> Result<Self, String> {
+        let pidfd = pidfd_open(pid);
+        match parent_of(pid) {
+            Some(p) if p == parent => {}
+            Some(p) => return Err(format!("the template named pid {pid} as its worker, whose parent is pid {p}")),
+            None => return Err(format!("the template named pid {pid} as its worker, which does not exist")),
+        }
+        Ok(Self {
             stdout: Some(stdout),
             stderr: Some(stderr),
-            inner: Inner::Forked { pid, pidfd: pidfd_open(pid), exit: Some(exit), status: None },
-        }
+            inner: Inner::Forked { pid, pidfd, exit: Some(exit), status: None },
+        })
     }
 
     /// The pid, while the process may still run.
@@ -127,6 +143,12 @@ impl WorkerChild {
             }
         }
     }
+}
+
+/// The parent pid of `pid`, from /proc/PID/stat (the field after the command's `)`).
+fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat[stat.rfind(')')? + 1..].split_whitespace().nth(1)?.parse().ok()
 }
 
 /// A pidfd for `pid`, taken as soon as the template names its fork.
