@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import urllib.parse
 
 import pytest
 
@@ -50,7 +51,10 @@ def test_logging_records_keep_level_logger_and_request_id(lb):
     assert rid.isdigit()
     assert by_msg["stock low for widget"]["level"] == "WARN"
     err = by_msg["could not compute"]
-    assert err["level"] == "ERROR" and "ZeroDivisionError" in err["fields"]["message"]
+    assert err["level"] == "ERROR"
+    # The traceback's lines follow as lines of their own, each with the record's fields.
+    tb = [e for e in recs if "ZeroDivisionError" in e["fields"]["message"]]
+    assert tb and all(e["level"] == "ERROR" and e["fields"]["request_id"] == err["fields"]["request_id"] for e in tb)
     # The same request id as the access log's line for this request (written by the
     # access log's own thread after the response went out: waited for).
     # The built-in line starts with the client and the time (UTC, RFC 3339).
@@ -64,3 +68,56 @@ def test_wsgi_errors_carry_the_request_id(lb):
     lines = lb.log.wait_for("note via wsgi.errors", since=mark)
     e = json.loads(lines[0])
     assert e["fields"]["pool"] == "shop" and e["fields"].get("request_id") not in (None, "", "-")
+
+
+@pytest.fixture(scope="module")
+def text_log(tmp_path_factory):
+    """The same app, the default text log format (the one an app's text could forge)."""
+    workdir = tmp_path_factory.mktemp("applog-text")
+    port, = free_ports(1)
+    b = make_bridge(workdir, {"shop": {"app": str(APPS / "logging_app.py"), "processes": 1, "threads": 2},
+                              "other": {"app": str(APPS / "logging_app.py"), "processes": 1, "threads": 1}},
+                    {"front": {"fastcgi": f"127.0.0.1:{port}", "routes": [{"host": "other", "pool": "other"},
+                                                                          {"pool": "shop"}]}})
+    try:
+        b.start()
+        b.wait_ready([("front", "/", "x"), ("front", "/", "other")])
+        yield b
+    finally:
+        b.stop()
+
+
+TIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d")
+
+
+def test_an_apps_text_never_starts_a_log_line_of_its_own(text_log):
+    b = text_log
+    fake = '2001-01-01T00:00:00.000000Z ERROR fcgibridge::supervise::worker: forged pool="victim"'
+    mark = b.log.mark()
+    r = b.request("/forge", listener="front", query=urllib.parse.quote(fake), headers={"Host": "x"})
+    assert r.status == 200
+    lines = b.log.wait_for("nul", since=mark)
+    assert "carriage\\rreturn\\x00nul\\x1b[2Jesc" in lines[-1] and 'pool="shop"' in lines[-1], lines[-1]
+    text = b.log.text(mark)
+    assert "\r" not in text and "\x00" not in text and "\x1b" not in text
+    for line in text.splitlines():
+        assert TIME.match(line) and not line.startswith("2001-"), line
+    (forged,) = [ln for ln in text.splitlines() if " app: " in ln and "forged" in ln]
+    assert 'pool="shop"' in forged and 'logger="shop.views"' in forged
+
+
+def test_an_app_that_floods_its_log_is_held_to_a_budget(text_log):
+    """A worker logs at most a burst of 5000 lines, then 200 a second; what is held back
+    is counted in a line of its own. Other pools log as usual."""
+    b = text_log
+    mark = b.log.mark()
+    assert b.request("/flood", listener="front", query="20000", headers={"Host": "x"}).status == 200
+    assert b.request("/errors", listener="front", headers={"Host": "other"}).status == 200
+    b.log.wait_for('note via wsgi.errors.*pool="other"', since=mark)
+    # Each STDERR line takes its turn; the held-back count is logged with the next line
+    # the budget lets through.
+    wait_until(lambda: b.request("/errors", listener="front", headers={"Host": "x"}).status == 200
+               and re.search(r"\d+ lines of the app's output not logged \(more than 200 a second\)", b.log.text(mark)),
+               30, what="the count of the lines held back")
+    logged = len(re.findall(r"flood line \d+", b.log.text(mark)))
+    assert 5000 <= logged < 20000, logged

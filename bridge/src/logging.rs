@@ -1,5 +1,6 @@
 //! The daemon's log (tracing, text or JSON, on stderr) and the optional access log.
 pub(crate) mod access_format;
+pub(crate) mod app_lines;
 pub(crate) mod app_records;
 pub(crate) mod file;
 pub(crate) mod ratelimit;

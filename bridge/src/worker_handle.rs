@@ -32,6 +32,8 @@ pub(crate) struct WorkerHandle {
     ctl: mpsc::UnboundedSender<WorkerCtl>,
     /// The page deciding piped requests (claim.rs); None: nothing is piped to it.
     pub claims: Option<Arc<crate::claim::ClaimPage>>,
+    /// Its budget of log lines (logging/app_lines.rs), shared with its output pipes.
+    pub app_lines: Arc<crate::logging::app_lines::LineBudget>,
 }
 
 impl WorkerHandle {
@@ -43,7 +45,7 @@ impl WorkerHandle {
 
     /// A handle whose `kill` goes to the task that owns the process.
     pub(crate) fn with_ctl(pool: Arc<str>, pid: u32, socket: PathBuf, ctl: mpsc::UnboundedSender<WorkerCtl>) -> Self {
-        Self { pool, pid, socket, alive: AtomicBool::new(true), ctl, claims: None }
+        Self { pool, pid, socket, alive: AtomicBool::new(true), ctl, claims: None, app_lines: Arc::default() }
     }
 
     /// The same, with the claim page the worker inherited.

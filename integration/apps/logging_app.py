@@ -1,5 +1,6 @@
 """Logs through Python's logging and wsgi.errors (integration/test_app_logging.py)."""
 import logging
+import urllib.parse
 
 log = logging.getLogger("shop.views")
 
@@ -13,6 +14,17 @@ def application(environ, start_response):
             1 / 0
         except ZeroDivisionError:
             log.exception("could not compute")
+    elif path == "/forge":
+        # What a hostile (or careless) app may write: a message with a forged log line in it.
+        fake = urllib.parse.unquote(environ.get("QUERY_STRING", ""))
+        log.warning("first line\n" + fake)
+        environ["wsgi.errors"].write("carriage\rreturn\x00nul\x1b[2Jesc " + fake + "\n")
+        environ["wsgi.errors"].flush()
+    elif path == "/flood":
+        n = int(environ.get("QUERY_STRING") or "1")
+        for i in range(n):
+            environ["wsgi.errors"].write("flood line %d\n" % i)
+        environ["wsgi.errors"].flush()
     elif path == "/errors":
         environ["wsgi.errors"].write("note via wsgi.errors\n")
         environ["wsgi.errors"].flush()

@@ -389,7 +389,7 @@ pub(crate) async fn exchange<S: BodySource, K: ResponseSink>(
     let body_sent = AtomicBool::new(body_done);
     let (mut rd, mut wr) = stream.split();
     let resp_end =
-        relay(&mut rd, &mut wr, decoder, source, sink, info, (pool, pid, id), &mut st, &body_sent, body_done).await;
+        relay(&mut rd, &mut wr, decoder, source, sink, info, (worker, id), &mut st, &body_sent, body_done).await;
     if let Some(again) = piped_not_started(first, &resp_end, &st, worker, body_done, info) {
         return Outcome::retry(SlotFate::Verify, again);
     }
@@ -473,6 +473,20 @@ fn piped_not_started(
         "the worker closed its connection before it started the piped request; trying another"
     );
     Some(again)
+}
+
+/// Whether the worker's budget of log lines takes one more (logging/app_lines.rs); a line
+/// saying how many were held back goes first when some were.
+fn app_line(worker: &crate::worker_handle::WorkerHandle) -> bool {
+    use crate::logging::app_lines::{log_dropped, Take};
+    match worker.app_lines.take() {
+        Take::Log => true,
+        Take::LogAfterDropped(n) => {
+            log_dropped(&worker.pool, worker.pid, n);
+            true
+        }
+        Take::Drop => false,
+    }
 }
 
 /// The error line of a worker connection that failed (`timed_out`: by request-timeout,
@@ -578,13 +592,13 @@ async fn relay<S: BodySource, K: ResponseSink>(
     source: &mut S,
     sink: &mut K,
     info: &RequestInfo<'_>,
-    (pool, pid, id): (&str, u32, u16),
+    (worker, id): (&crate::worker_handle::WorkerHandle, u16),
     st: &mut RespState,
     body_sent: &AtomicBool,
     body_done: bool,
 ) -> RespEnd {
     let pump = pump_body(source, wr, info, body_sent, body_done, id);
-    let resp = forward(rd, decoder, sink, info, (pool, pid, id), st);
+    let resp = forward(rd, decoder, sink, info, (worker, id), st);
     tokio::pin!(pump, resp);
     let mut pump_live = true;
     loop {
@@ -663,7 +677,7 @@ async fn abort_worker(
             loop {
                 match decoder.next_event() {
                     Ok(Some(ClientEvent::EndRequest { id: ended, .. })) if ended == id => return true,
-                    Ok(Some(ClientEvent::Stderr { data, .. })) => log_stderr(&worker.pool, worker.pid, info, &data),
+                    Ok(Some(ClientEvent::Stderr { data, .. })) => log_stderr(worker, info, &data),
                     Ok(Some(_)) => {}
                     Ok(None) => break,
                     Err(_) => return false,
@@ -697,9 +711,10 @@ async fn forward<K: ResponseSink>(
     decoder: &mut client::ClientConnection,
     sink: &mut K,
     info: &RequestInfo<'_>,
-    (pool, pid, id): (&str, u32, u16),
+    (worker, id): (&crate::worker_handle::WorkerHandle, u16),
     st: &mut RespState,
 ) -> RespEnd {
+    let (pool, pid) = (&*worker.pool, worker.pid);
     let mut pending = BytesMut::new();
     loop {
         let mut ended: Option<(u32, ProtocolStatus)> = None;
@@ -721,17 +736,19 @@ async fn forward<K: ResponseSink>(
                     if other != id =>
                 {
                     // Only the current request is answered: a piped one starts after it.
-                    tracing::warn!(
-                        pool,
-                        pid,
-                        request_id = info.id,
-                        "worker sent a record for request id {other} during request id {id}; ignored"
-                    );
+                    if app_line(worker) {
+                        tracing::warn!(
+                            pool,
+                            pid,
+                            request_id = info.id,
+                            "worker sent a record for request id {other} during request id {id}; ignored"
+                        );
+                    }
                     Ok(())
                 }
                 ClientEvent::Stdout { data, .. } => on_stdout(st, data, &mut pending, sink, info, pool, pid).await,
                 ClientEvent::Stderr { data, .. } => {
-                    log_stderr(pool, pid, info, &data);
+                    log_stderr(worker, info, &data);
                     Ok(())
                 }
                 ClientEvent::EndRequest { app_status, protocol_status, .. } => {
@@ -1028,19 +1045,23 @@ fn bad_head(info: &RequestInfo<'_>, pool: &str, pid: u32, why: &fastcgi_server::
 /// A worker's STDERR record (wsgi.errors, tracebacks): one log line per line. A record
 /// that holds a Python traceback (the worker writes one whole, in one record) is logged at
 /// ERROR, where operators alert; anything else the app writes there at WARN.
-fn log_stderr(pool: &str, pid: u32, info: &RequestInfo<'_>, data: &[u8]) {
+fn log_stderr(worker: &crate::worker_handle::WorkerHandle, info: &RequestInfo<'_>, data: &[u8]) {
     const TRACEBACK: &[u8] = b"Traceback (most recent call last):";
+    let (pool, pid) = (&*worker.pool, worker.pid);
     let traceback = data.windows(TRACEBACK.len()).any(|w| w == TRACEBACK);
+    // Every line repeats the URI: its start is enough to find the request.
+    let uri = &*crate::logging::app_lines::prefix(info.uri, 256);
     for line in data.split(|&b| b == b'\n') {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
-        if line.is_empty() {
+        if line.is_empty() || !app_line(worker) {
             continue;
         }
         let text = String::from_utf8_lossy(line);
+        let text = crate::logging::app_lines::clean(&text);
         if traceback {
-            tracing::error!(pool, pid, request_id = info.id, uri = info.uri, "{text}");
+            tracing::error!(pool, pid, request_id = info.id, uri, "{text}");
         } else {
-            tracing::warn!(pool, pid, request_id = info.id, uri = info.uri, "{text}");
+            tracing::warn!(pool, pid, request_id = info.id, uri, "{text}");
         }
     }
 }

@@ -20,12 +20,17 @@ pub(crate) fn emit(pool: &str, pid: u32, line: &str) -> bool {
     let Some(json) = line.strip_prefix(MARKER) else { return false };
     let Ok(r) = serde_json::from_str::<Record>(json) else { return false };
     let request_id = r.request_id.as_deref().unwrap_or("-");
-    let (logger, msg) = (r.logger.as_str(), r.msg.as_str());
-    match r.level.as_str() {
-        "CRITICAL" | "ERROR" => tracing::error!(target: "app", pool, pid, logger, request_id, "{msg}"),
-        "WARNING" => tracing::warn!(target: "app", pool, pid, logger, request_id, "{msg}"),
-        "INFO" => tracing::info!(target: "app", pool, pid, logger, request_id, "{msg}"),
-        _ => tracing::debug!(target: "app", pool, pid, logger, request_id, "{msg}"),
+    let logger = r.logger.as_str();
+    // A message of several lines (a traceback) is several log lines, each with the fields:
+    // no text of the app's starts a line of its own.
+    for line in r.msg.lines().filter(|l| !l.trim().is_empty()) {
+        let msg = super::app_lines::clean(line);
+        match r.level.as_str() {
+            "CRITICAL" | "ERROR" => tracing::error!(target: "app", pool, pid, logger, request_id, "{msg}"),
+            "WARNING" => tracing::warn!(target: "app", pool, pid, logger, request_id, "{msg}"),
+            "INFO" => tracing::info!(target: "app", pool, pid, logger, request_id, "{msg}"),
+            _ => tracing::debug!(target: "app", pool, pid, logger, request_id, "{msg}"),
+        }
     }
     true
 }

@@ -9,6 +9,7 @@ use super::spawn::Spawned;
 use super::worker_child::WorkerChild;
 use crate::backend::SlotConn;
 use crate::dispatch::{Dispatcher, WorkerKey};
+use crate::logging::app_lines::{LineBudget, Take};
 use crate::worker_handle::{WorkerCtl, WorkerHandle};
 use std::os::unix::process::ExitStatusExt;
 use std::sync::{Arc, Mutex};
@@ -119,7 +120,7 @@ pub(super) async fn run(t: WorkerTask, mut ctl: mpsc::UnboundedReceiver<WorkerCt
         Arc::new(WorkerHandle::with_ctl(pool.clone(), pid, t.socket.clone(), t.ctl_tx.clone()).with_claims(claims));
     log_started(&t, pid);
     let _ = t.events.send(Event::Spawned { id: t.id, pid });
-    let gate = Arc::new(LineGate::new(pool.clone(), pid));
+    let gate = Arc::new(LineGate::new(pool.clone(), pid, handle.app_lines.clone()));
     if let Some(out) = child.stdout.take() {
         tokio::spawn(log_lines(out, false, gate.clone()));
     }
@@ -184,7 +185,7 @@ async fn start_process(
         Ok(s) => Some(s),
         Err(e) => {
             let why = format!("cannot start a worker: {e}");
-            let gate = LineGate::new(t.pool.clone(), 0);
+            let gate = LineGate::new(t.pool.clone(), 0, Arc::default());
             report_failure(t, &gate, 0, &why);
             remove_socket(&t.socket);
             let _ = t.events.send(Event::Failed { id: t.id, why, started: false });
@@ -472,6 +473,8 @@ async fn read_readiness(pipe: &mut tokio::net::unix::pipe::Receiver) -> Readines
 pub(super) struct LineGate {
     pool: Arc<str>,
     pid: u32,
+    /// The worker's budget of log lines (shared with its request's STDERR records).
+    lines: Arc<LineBudget>,
     state: Mutex<(Gate, Vec<(bool, String)>)>,
     /// Stack-dump lines passed on so far (see [`await_stacks`]).
     stack_lines: std::sync::atomic::AtomicU64,
@@ -488,8 +491,8 @@ enum Gate {
 const HOLD_MAX: usize = 400;
 
 impl LineGate {
-    pub(super) fn new(pool: Arc<str>, pid: u32) -> Self {
-        Self { pool, pid, state: Mutex::new((Gate::Hold, Vec::new())), stack_lines: Default::default() }
+    pub(super) fn new(pool: Arc<str>, pid: u32, lines: Arc<LineBudget>) -> Self {
+        Self { pool, pid, lines, state: Mutex::new((Gate::Hold, Vec::new())), stack_lines: Default::default() }
     }
 
     /// How many stack-dump lines the worker wrote to stderr so far.
@@ -535,10 +538,17 @@ impl LineGate {
 
     fn emit(&self, text: &str, is_stderr: bool, quiet: bool) {
         let (pool, pid) = (&*self.pool, self.pid);
+        match self.lines.take() {
+            Take::Drop => return,
+            Take::LogAfterDropped(n) => crate::logging::app_lines::log_dropped(pool, pid, n),
+            Take::Log => {}
+        }
+        if !quiet && is_stderr && crate::logging::app_records::emit(pool, pid, text) {
+            return; // the app's logging record, logged at its own level (logging/app_records.rs)
+        }
+        let text = &*crate::logging::app_lines::clean(text);
         if quiet {
             tracing::debug!(pool, pid, "{text}");
-        } else if is_stderr && crate::logging::app_records::emit(pool, pid, text) {
-            // The app's logging record, logged at its own level (logging/app_records.rs).
         } else if is_stderr {
             tracing::warn!(pool, pid, "{text}");
         } else {
@@ -550,6 +560,9 @@ impl LineGate {
 impl Drop for LineGate {
     fn drop(&mut self) {
         self.open();
+        if let n @ 1.. = self.lines.dropped() {
+            crate::logging::app_lines::log_dropped(&self.pool, self.pid, n);
+        }
     }
 }
 

@@ -1,0 +1,139 @@
+//! What an app writes to the log — its stderr and stdout lines, STDERR records, `logging`
+//! records — is the app's text, and on a shared box the app may be hostile: each worker has
+//! a budget of lines a second ([`LineBudget`]), and control characters are escaped
+//! ([`clean`]) so that no text of the app's can start a line of its own or rewrite one
+//! on a terminal. A traceback (a few dozen lines at once) fits the burst; a flood is
+//! counted, and the count is logged with the next line that fits.
+use std::borrow::Cow;
+use std::sync::Mutex;
+use std::time::Instant;
+
+/// Lines a second one worker may log, and the burst it may log at once.
+const RATE: f64 = 200.0;
+/// Room for the stack dumps the bridge asks for (slowlog, request-timeout) of a worker with
+/// many threads or tasks.
+const BURST: f64 = 5000.0;
+
+/// One worker's budget of log lines (see the module).
+#[derive(Debug)]
+pub(crate) struct LineBudget {
+    state: Mutex<Bucket>,
+}
+
+#[derive(Debug)]
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+    dropped: u64,
+}
+
+/// What to do with the next line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Take {
+    Log,
+    /// Log it, after a line saying how many were not logged before it.
+    LogAfterDropped(u64),
+    Drop,
+}
+
+impl Default for LineBudget {
+    fn default() -> Self {
+        Self { state: Mutex::new(Bucket { tokens: BURST, at: Instant::now(), dropped: 0 }) }
+    }
+}
+
+impl LineBudget {
+    pub(crate) fn take(&self) -> Take {
+        self.take_at(Instant::now())
+    }
+
+    fn take_at(&self, now: Instant) -> Take {
+        let mut b = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let elapsed = now.saturating_duration_since(b.at).as_secs_f64();
+        b.tokens = (b.tokens + elapsed * RATE).min(BURST);
+        b.at = now;
+        if b.tokens < 1.0 {
+            b.dropped += 1;
+            return Take::Drop;
+        }
+        b.tokens -= 1.0;
+        match std::mem::take(&mut b.dropped) {
+            0 => Take::Log,
+            n => Take::LogAfterDropped(n),
+        }
+    }
+
+    /// Lines not logged since the last one that was (for the worker's end).
+    pub(crate) fn dropped(&self) -> u64 {
+        std::mem::take(&mut self.state.lock().unwrap_or_else(|e| e.into_inner()).dropped)
+    }
+}
+
+/// The line saying how many lines a worker's budget held back.
+pub(crate) fn log_dropped(pool: &str, pid: u32, n: u64) {
+    tracing::warn!(pool, pid, "{n} lines of the app's output not logged (more than {RATE} a second)");
+}
+
+/// `text` with every control character but tab escaped (`\n`, `\r`, `\x1b`, …): one line
+/// of the log, whatever the app wrote.
+pub(crate) fn clean(text: &str) -> Cow<'_, str> {
+    if !text.chars().any(is_escaped) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            c if is_escaped(c) => out.push_str(&format!("\\x{:02x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// At most `max` bytes of `text`, cut at a character boundary, with `…` when cut.
+pub(crate) fn prefix(text: &str, max: usize) -> Cow<'_, str> {
+    if text.len() <= max {
+        return Cow::Borrowed(text);
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    Cow::Owned(format!("{}…", &text[..end]))
+}
+
+fn is_escaped(c: char) -> bool {
+    (c.is_control() && c != '\t') || c == '\u{2028}' || c == '\u{2029}'
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn controls_are_escaped_and_plain_text_is_borrowed() {
+        assert!(matches!(clean("plain\ttext é"), Cow::Borrowed(_)));
+        assert_eq!(clean("a\nb\rc\0d\x1b[31m\u{85}"), "a\\nb\\rc\\x00d\\x1b[31m\\x85");
+        assert_eq!(prefix("/é/x", 2), "/…");
+        assert_eq!(prefix("/a", 2), "/a");
+    }
+
+    #[test]
+    fn a_burst_fits_and_a_flood_is_counted() {
+        let budget = LineBudget::default();
+        let t0 = Instant::now();
+        assert!((0..5000).all(|_| budget.take_at(t0) == Take::Log));
+        assert_eq!(budget.take_at(t0), Take::Drop);
+        assert_eq!(budget.take_at(t0), Take::Drop);
+        // 10 ms later two lines' worth came back: the first says what was dropped.
+        let later = t0 + Duration::from_millis(10);
+        assert_eq!(budget.take_at(later), Take::LogAfterDropped(2));
+        assert_eq!(budget.take_at(later), Take::Log);
+        assert_eq!(budget.take_at(later), Take::Drop);
+        assert_eq!(budget.dropped(), 1);
+        assert_eq!(budget.dropped(), 0);
+    }
+}
