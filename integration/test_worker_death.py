@@ -113,6 +113,26 @@ def test_worker_os_exit(stack):
     check_death(b, n, kill, "os._exit")
 
 
+def test_a_worker_that_dies_leaving_a_child_holding_its_sockets(stack):
+    """The child keeps the connection open, so the bridge sees no end on it: the worker's
+    exit itself ends the request (502, not a hang), and what it left in its process group
+    is killed."""
+    b, n = stack
+
+    def kill(tag):
+        r = requests.get(n.url("fcgi-tcp", f"/die/orphan?tag={tag}"), timeout=120)
+        child_file = b.workdir / f"{tag}.child"
+        child = int(wait_until(lambda: child_file.exists() and child_file.read_text(), 30, what="the child's pid"))
+        wait_until(lambda: not os.path.exists(f"/proc/{child}")
+                   or "Z" in open(f"/proc/{child}/stat").read().rsplit(")", 1)[1].split()[:1], 60,
+                   what="the worker's child to be killed")
+        return {"status": r.status_code, "pid": pid_file(b, tag)}
+
+    since = b.log.mark()
+    check_death(b, n, kill, "exit with a child left behind")
+    b.log.wait_for(r"the worker left processes behind in its process group; killed them", since=since)
+
+
 def test_worker_segfault(stack):
     b, n = stack
 

@@ -19,6 +19,8 @@ Paths (relative to the app's own PATH_INFO):
   /tick?marker=FILE&n= yields every 0.1 s; close() writes "closed" to FILE
   /die/exit            os._exit(1) mid-request
   /die/segv            a segfault mid-request
+  /die/orphan?tag=     forks a child that sleeps (its pid in $FCGIBRIDGE_TEST_DIR/<tag>.child) and
+                       keeps the worker's sockets, then os._exit(1) mid-request
   /headers?n=          n response headers plus two Set-Cookie and a repeated header
   /mem                 VmRSS / VmHWM of this process
   /file?path=          the file through wsgi.file_wrapper
@@ -262,6 +264,16 @@ def application(environ, start_response):
 
     if path == "/die/exit":
         _tag(q)
+        os._exit(1)
+
+    if path == "/die/orphan":
+        tag = _tag(q)
+        child = os.fork()
+        if child == 0:
+            time.sleep(300)
+            os._exit(0)
+        with open(os.path.join(os.environ["FCGIBRIDGE_TEST_DIR"], f"{tag}.child"), "w") as f:
+            f.write(str(child))
         os._exit(1)
 
     if path == "/die/segv":

@@ -74,6 +74,11 @@ pub(crate) struct Canceller {
 impl Canceller {
     fn cancel(&self) {
         self.flag.store(true, Ordering::Release);
+        self.hang_up();
+    }
+
+    /// The worker is gone: end the connection without the request-timeout flag (502).
+    fn hang_up(&self) {
         let _ = nix::sys::socket::shutdown(self.fd.as_raw_fd(), nix::sys::socket::Shutdown::Both);
     }
 }
@@ -751,7 +756,9 @@ impl<S: Slot> Dispatcher<S> {
         inner.worker_mut(worker).map(|w| w.s.open).unwrap_or(0)
     }
 
-    /// The worker process is gone: forget it and its slots.
+    /// The worker process is gone: forget it and its slots. Their connections are shut
+    /// down: a process the worker left behind (a child of the app's) may still hold them,
+    /// and a request in flight would otherwise wait for an end that never comes.
     pub(crate) fn remove_worker(&self, worker: WorkerKey) {
         let mut inner = self.lock();
         let inner = &mut *inner;
@@ -762,6 +769,11 @@ impl<S: Slot> Dispatcher<S> {
         }
         if let Some(w) = inner.worker_mut(worker) {
             w.live = false;
+            for c in w.conns.iter().filter(|c| c.open) {
+                if let Some(canceller) = &c.canceller {
+                    canceller.hang_up();
+                }
+            }
             w.conns.clear();
             inner.free.push(worker.index);
         }

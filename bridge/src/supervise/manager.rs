@@ -283,6 +283,7 @@ impl Manager {
                 }
                 self.dispatcher.remove_worker(w.key);
                 self.dispatcher.purge();
+                end_left_behind(&self.name, w.pid);
                 match w.exit_reason.clone() {
                     Some(reason) => {
                         tracing::info!(
@@ -1059,6 +1060,18 @@ struct DurationText(Duration);
 impl std::fmt::Display for DurationText {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         crate::config::units::DurationDisplay(self.0).fmt(f)
+    }
+}
+
+/// SIGKILL what a worker left behind in its process group (every worker leads one): the
+/// app's children would otherwise run on outside every limit and recycling, holding the
+/// worker's sockets. The group's id stays reserved while it has members, so no stranger is
+/// hit; one that called setsid() has left the group and is out of reach (a cgroup per
+/// pool catches those: docs/supervision-isolation.md).
+fn end_left_behind(pool: &str, pid: u32) {
+    let Some(pgid) = i32::try_from(pid).ok().filter(|&p| p > 1) else { return };
+    if nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pgid), nix::sys::signal::Signal::SIGKILL).is_ok() {
+        tracing::warn!(pool, pid, "the worker left processes behind in its process group; killed them");
     }
 }
 
