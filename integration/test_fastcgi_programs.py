@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from harness import APPS, free_ports, make_bridge
+from harness import APPS, free_ports, make_bridge, wait_until
 
 
 @pytest.fixture(scope="module")
@@ -152,3 +152,24 @@ def test_program_pool_check_output(tmp_path):
     r = subprocess.run([str(bridge_binary()), "check", "--config", str(d)], capture_output=True, text=True)
     assert r.returncode != 0
     assert "10.yaml:" in r.stderr and "not both" in r.stderr, r.stderr
+
+
+def test_a_response_the_worker_sent_unasked_is_not_the_next_requests(tmp_path):
+    """A program that writes a second response on an idle connection: before, the next
+    request on that connection got it (and every later one the answer before its own)."""
+    port = free_ports(1)[0]
+    pools = {"double": {"command": [sys.executable, str(APPS / "double_answer.fcgi")], "processes": 1,
+                        "threads": 1}}
+    b = make_bridge(tmp_path, pools, {"l": {"fastcgi": f"127.0.0.1:{port}", "pool": "double"}})
+    try:
+        b.start()
+        first = wait_until(lambda: b.request("/", listener="l").body, 60, what="the program's first answer")
+        assert first == b"answer 1"
+        mark = b.log.mark()
+        wait_until(lambda: (tmp_path / "forged.sent").exists(), 60, what="the unasked-for response")
+        assert b.request("/", listener="l").body == b"answer 2"
+        line = b.log.wait_for(r"the worker sent \d+ bytes on an idle connection .*; connection replaced", since=mark)[-1]
+        assert 'pool="double"' in line, line
+        assert [b.request("/", listener="l").body for _ in range(3)] == [b"answer 3", b"answer 4", b"answer 5"]
+    finally:
+        b.stop()

@@ -362,6 +362,19 @@ pub(crate) async fn exchange<S: BodySource, K: ResponseSink>(
     first: First,
     pipe: Option<&crate::dispatch::Dispatcher<SlotConn>>,
 ) -> Outcome {
+    if matches!(first, First::Encode | First::Prepared { .. }) {
+        if let Some(n) = slot.unsolicited() {
+            tracing::warn!(
+                pool = &*slot.worker.pool,
+                pid = slot.worker.pid,
+                request_id = info.id,
+                "the worker sent {n} bytes on an idle connection (no request was running on it); connection replaced"
+            );
+            // Nothing is written yet: the request goes on a fresh connection to the worker
+            // (or fails on this one when the worker is gone).
+            slot.reconnect().await;
+        }
+    }
     let timed_out = slot.timed_out.clone();
     let (body_done, piped, own_len) = prepare(slot, info, params, source, first, pipe);
     let id = slot.req_id;

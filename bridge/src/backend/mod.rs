@@ -65,6 +65,17 @@ impl SlotConn {
         self.timed_out.load(Ordering::Acquire)
     }
 
+    /// Bytes the worker sent on this connection while it had no request (a worker that
+    /// answered twice, or after END_REQUEST): they would be taken for the next request's
+    /// response, and every response after it would be one late. `None`: nothing (the
+    /// usual case, decided without a system call when the socket is known to be empty).
+    pub(crate) fn unsolicited(&mut self) -> Option<usize> {
+        // An end of file or an error is not this: the write that follows fails, and the
+        // request is sent to another worker (exchange.rs).
+        let _ = self.stream.try_read_buf(self.decoder.buffer_mut());
+        Some(self.decoder.buffered()).filter(|&n| n > 0)
+    }
+
     /// Replace a connection whose state is unknown (a request was cut short) with a fresh
     /// one to the same worker. False when the worker is gone (then discard the slot).
     pub(crate) async fn reconnect(&mut self) -> bool {
