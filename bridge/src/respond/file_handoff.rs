@@ -26,11 +26,17 @@ impl Kind {
     }
 
     fn of(name: &[u8]) -> Option<Self> {
+        if name.eq_ignore_ascii_case(LIGHTTPD_SENDFILE) {
+            return Some(Self::Sendfile);
+        }
         [Self::Sendfile, Self::Sendfile2, Self::AccelRedirect]
             .into_iter()
             .find(|k| name.eq_ignore_ascii_case(k.name().as_bytes()))
     }
 }
+
+/// lighttpd's older name of `X-Sendfile`, which it still follows: taken as `X-Sendfile`.
+const LIGHTTPD_SENDFILE: &[u8] = b"x-lighttpd-send-file";
 
 /// One entry of an `X-Sendfile2` value: a file and an inclusive byte range.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -307,6 +313,7 @@ const BODY_HEADERS: &[&[u8]] = &[
     b"x-sendfile",
     b"x-sendfile2",
     b"x-accel-redirect",
+    LIGHTTPD_SENDFILE,
 ];
 
 /// Web servers that serve `X-Sendfile` themselves when asked to (`translate` leaves it).
@@ -346,6 +353,10 @@ impl Files {
         let status = super::effective_status(head);
         let Some(i) = head.headers.iter().position(|(n, _)| Kind::of(n).is_some()) else { return Decision::Forward };
         let kind = Kind::of(&head.headers[i].0).unwrap_or(Kind::Sendfile);
+        // One name from here on: the older lighttpd one is checked and passed as X-Sendfile.
+        if head.headers[i].0.eq_ignore_ascii_case(LIGHTTPD_SENDFILE) {
+            head.headers[i].0 = Bytes::from_static(b"X-Sendfile");
+        }
         let value = head.headers[i].1.clone();
         let shown = format!("{}: {}", kind.name(), String::from_utf8_lossy(&value));
         let refuse = |why: String| Decision::Refuse { header: shown.clone(), why };
@@ -612,6 +623,14 @@ mod tests {
         let caddy = files(Mode::Translate, Dialect::Caddy, vec![]);
         let mut h = head(&[("X-Sendfile", "/srv/files/a")]);
         assert!(matches!(caddy.decide(&mut h, 1), Decision::Refuse { .. }));
+        // lighttpd's older name is X-Sendfile too: checked, and passed on under that name.
+        let mut h = head(&[("X-LIGHTTPD-send-file", "/etc/passwd")]);
+        assert!(matches!(nginx.decide(&mut h, 1), Decision::Refuse { .. }));
+        let mut h = head(&[("X-LIGHTTPD-send-file", "/srv/files/../secret")]);
+        assert!(matches!(lighttpd.decide(&mut h, 1), Decision::Refuse { .. }));
+        let mut h = head(&[("X-LIGHTTPD-send-file", "/srv/files/a")]);
+        assert_eq!(lighttpd.decide(&mut h, 1), Decision::Forward);
+        assert_eq!(h.headers[0].0, Bytes::from_static(b"X-Sendfile"));
     }
 
     #[test]
