@@ -351,6 +351,22 @@ fn prepare<S: BodySource>(
     (body_done, Some((cell, tag)), start)
 }
 
+/// A connection with no request on it where the worker sent bytes anyway is replaced
+/// before this request is written ([`SlotConn::unsolicited`]).
+async fn replace_if_unsolicited(slot: &mut SlotConn, info: &RequestInfo<'_>) {
+    if let Some(n) = slot.unsolicited() {
+        tracing::warn!(
+            pool = &*slot.worker.pool,
+            pid = slot.worker.pid,
+            request_id = info.id,
+            "the worker sent {n} bytes on an idle connection (no request was running on it); connection replaced"
+        );
+        // Nothing is written yet: the request goes on a fresh connection to the worker (or
+        // fails on this one when the worker is gone).
+        slot.reconnect().await;
+    }
+}
+
 /// Run one request over `slot`; `pipe`: the pool's dispatcher when it pipelines (a
 /// waiting request may then be written behind this one).
 pub(crate) async fn exchange<S: BodySource, K: ResponseSink>(
@@ -363,17 +379,7 @@ pub(crate) async fn exchange<S: BodySource, K: ResponseSink>(
     pipe: Option<&crate::dispatch::Dispatcher<SlotConn>>,
 ) -> Outcome {
     if matches!(first, First::Encode | First::Prepared { .. }) {
-        if let Some(n) = slot.unsolicited() {
-            tracing::warn!(
-                pool = &*slot.worker.pool,
-                pid = slot.worker.pid,
-                request_id = info.id,
-                "the worker sent {n} bytes on an idle connection (no request was running on it); connection replaced"
-            );
-            // Nothing is written yet: the request goes on a fresh connection to the worker
-            // (or fails on this one when the worker is gone).
-            slot.reconnect().await;
-        }
+        replace_if_unsolicited(slot, info).await;
     }
     let timed_out = slot.timed_out.clone();
     let (body_done, piped, own_len) = prepare(slot, info, params, source, first, pipe);
