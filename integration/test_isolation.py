@@ -97,7 +97,7 @@ def test_worker_runs_as_the_pool_user_with_its_limits(tmp_path, public_dir):
     spec = {
         "app": str(app), "python": SYSTEM_PYTHON, "processes": 1, "threads": 1,
         "user": TEST_USER, "groups": [TEST_USER, "nogroup"], "umask": "0027",
-        "rlimit-nofile": 512, "rlimit-core": 0, "nice": 7, "clear-env": True,
+        "rlimit-nofile": 512, "rlimit-core": 0, "rlimit-nproc": 300, "nice": 7, "clear-env": True,
         "env": {"ONLY_THIS": "yes"},
     }
     os.environ["FCGIBRIDGE_ISO_LEAK"] = "bridge-only"
@@ -114,6 +114,7 @@ def test_worker_runs_as_the_pool_user_with_its_limits(tmp_path, public_dir):
         assert me["umask"] == 0o027
         assert me["nofile"] == [512, 512]
         assert me["core"] == [0, 0]
+        assert me["nproc"] == [300, 300]
         assert me["nice"] == 7
         env = me["environ"]
         assert env["ONLY_THIS"] == "yes"

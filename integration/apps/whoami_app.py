@@ -15,6 +15,7 @@ def application(environ, start_response):
         "umask": mask,
         "nofile": resource.getrlimit(resource.RLIMIT_NOFILE),
         "core": resource.getrlimit(resource.RLIMIT_CORE),
+        "nproc": resource.getrlimit(resource.RLIMIT_NPROC),
         "nice": os.getpriority(os.PRIO_PROCESS, 0),
         "cwd": os.getcwd(),
         "environ": dict(os.environ),

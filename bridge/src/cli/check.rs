@@ -144,13 +144,14 @@ fn render_pool(out: &mut String, pool: &Pool) {
 }
 
 /// What an isolation key that is not set means, for `check`'s output.
-const UNSET_ISOLATION: [(&str, &str); 9] = [
+const UNSET_ISOLATION: [(&str, &str); 10] = [
     ("user", "the bridge's own user"),
     ("group", "the user's primary group"),
     ("groups", "the user's groups"),
     ("chroot", "none"),
     ("umask", "the bridge's"),
     ("rlimit-nofile", "the bridge's"),
+    ("rlimit-nproc", "the bridge's"),
     ("rlimit-core", "the bridge's"),
     ("nice", "the bridge's"),
     ("script-user", "the app file's owner is not checked"),

@@ -143,6 +143,8 @@ pub struct RawPool {
     pub umask: Option<String>,
     pub clear_env: Option<bool>,
     pub rlimit_nofile: Option<u64>,
+    /// Processes (and threads) of the workers' user, all counted together.
+    pub rlimit_nproc: Option<u64>,
     /// A size or "unlimited".
     pub rlimit_core: Option<String>,
     pub nice: Option<i32>,

@@ -44,6 +44,8 @@ pub struct Isolation {
     /// Start workers with only the pool's `env:` (plus what the worker needs).
     pub clear_env: bool,
     pub rlimit_nofile: Option<u64>,
+    /// Processes and threads of the workers' real user (RLIMIT_NPROC).
+    pub rlimit_nproc: Option<u64>,
     /// Bytes; [`UNLIMITED`] for no limit.
     pub rlimit_core: Option<u64>,
     pub nice: Option<i32>,
@@ -93,6 +95,9 @@ impl Isolation {
         if let Some(n) = self.rlimit_nofile {
             out.push(("rlimit-nofile", n.to_string(), false));
         }
+        if let Some(n) = self.rlimit_nproc {
+            out.push(("rlimit-nproc", n.to_string(), false));
+        }
         if let Some(c) = self.rlimit_core {
             out.push(("rlimit-core", if c == UNLIMITED { "unlimited".into() } else { c.to_string() }, false));
         }
@@ -121,6 +126,7 @@ pub struct RawIsolation {
     umask: Option<String>,
     clear_env: Option<bool>,
     rlimit_nofile: Option<u64>,
+    rlimit_nproc: Option<u64>,
     rlimit_core: Option<String>,
     nice: Option<i32>,
     allow_root: Option<bool>,
@@ -140,6 +146,7 @@ impl RawIsolation {
             umask: raw.umask.take(),
             clear_env: raw.clear_env.take(),
             rlimit_nofile: raw.rlimit_nofile.take(),
+            rlimit_nproc: raw.rlimit_nproc.take(),
             rlimit_core: raw.rlimit_core.take(),
             nice: raw.nice.take(),
             allow_root: raw.allow_root.take(),
@@ -223,6 +230,9 @@ pub fn resolve(
     if raw.rlimit_nofile == Some(0) {
         bad(key("rlimit-nofile"), "must be at least 1 (a worker needs descriptors for its socket and pipes)".into());
     }
+    if raw.rlimit_nproc == Some(0) {
+        bad(key("rlimit-nproc"), "must be at least 1 (it counts the worker itself and its threads)".into());
+    }
     if let Some(n) = raw.nice.filter(|n| !(-20..=19).contains(n)) {
         bad(key("nice"), format!("{n} is outside -20..19"));
     }
@@ -238,6 +248,7 @@ pub fn resolve(
         umask,
         clear_env: raw.clear_env.unwrap_or(false),
         rlimit_nofile: raw.rlimit_nofile,
+        rlimit_nproc: raw.rlimit_nproc,
         rlimit_core,
         nice: raw.nice,
         allow_root: raw.allow_root.unwrap_or(false),
@@ -322,16 +333,17 @@ fn chroot(
     Ok(chroot)
 }
 
-/// The hard limits of the bridge process for NOFILE and CORE (what an unprivileged bridge may grant).
-fn current_hard_limits() -> (u64, u64) {
+/// The hard limits of the bridge process for NOFILE, CORE and NPROC (what an unprivileged
+/// bridge may grant).
+fn current_hard_limits() -> (u64, u64, u64) {
     use nix::sys::resource::{getrlimit, Resource};
     let hard = |r| getrlimit(r).map(|(_, h)| h).unwrap_or(UNLIMITED);
-    (hard(Resource::RLIMIT_NOFILE), hard(Resource::RLIMIT_CORE))
+    (hard(Resource::RLIMIT_NOFILE), hard(Resource::RLIMIT_CORE), hard(Resource::RLIMIT_NPROC))
 }
 
 /// What keeps this bridge (`me`) from applying `iso`: workers as root without `allow-root`,
 /// or settings that need root when the bridge is not root. Returns the key to blame.
-pub fn privilege_problem(iso: &Isolation, me: BridgeIds, hard: (u64, u64)) -> Option<(&'static str, String)> {
+pub fn privilege_problem(iso: &Isolation, me: BridgeIds, hard: (u64, u64, u64)) -> Option<(&'static str, String)> {
     let worker_uid = iso.worker_uid(me.uid);
     if worker_uid == 0 && !iso.allow_root {
         let key = if iso.user.is_some() { "user" } else { "allow-root" };
@@ -374,6 +386,9 @@ pub fn privilege_problem(iso: &Isolation, me: BridgeIds, hard: (u64, u64)) -> Op
             "rlimit-nofile",
             need_root(&format!("raising the limit to {n} above the hard limit {}", hard.0)),
         ));
+    }
+    if let Some(n) = iso.rlimit_nproc.filter(|n| *n > hard.2) {
+        return Some(("rlimit-nproc", need_root(&format!("raising the limit to {n} above the hard limit {}", hard.2))));
     }
     if let Some(n) = iso.rlimit_core.filter(|n| *n > hard.1) {
         return Some(("rlimit-core", need_root(&format!("raising the limit to {n} above the hard limit {}", hard.1))));
@@ -501,7 +516,7 @@ mod tests {
 
     const ROOT: BridgeIds = BridgeIds { uid: 0, gid: 0 };
     const ALICE: BridgeIds = BridgeIds { uid: 1000, gid: 1000 };
-    const HARD: (u64, u64) = (4096, 0);
+    const HARD: (u64, u64, u64) = (4096, 0, 1 << 20);
 
     #[test]
     fn root_workers_need_allow_root() {
@@ -529,6 +544,7 @@ mod tests {
             (Isolation { nice: Some(-5), ..Default::default() }, "nice"),
             (Isolation { rlimit_nofile: Some(100_000), ..Default::default() }, "rlimit-nofile"),
             (Isolation { rlimit_core: Some(UNLIMITED), ..Default::default() }, "rlimit-core"),
+            (Isolation { rlimit_nproc: Some(1 << 40), ..Default::default() }, "rlimit-nproc"),
         ];
         for (iso, want) in cases {
             let (key, msg) = privilege_problem(&iso, ALICE, HARD).unwrap();

@@ -45,6 +45,7 @@ const AT_LEAST_ONE: &[&str] = &[
     "max-spawn-rate",
     "backlog",
     "rlimit-nofile",
+    "rlimit-nproc",
     "max-connections",
     "max-instances",
     "spawn-rate",

@@ -138,6 +138,9 @@ impl Prepared {
         if let Some(n) = iso.rlimit_nofile {
             rlimits.push((Resource::RLIMIT_NOFILE, n as libc::rlim_t));
         }
+        if let Some(n) = iso.rlimit_nproc {
+            rlimits.push((Resource::RLIMIT_NPROC, n as libc::rlim_t));
+        }
         if let Some(n) = iso.rlimit_core {
             let v = if n == crate::config::isolation::UNLIMITED { libc::RLIM_INFINITY } else { n as libc::rlim_t };
             rlimits.push((Resource::RLIMIT_CORE, v));
