@@ -578,6 +578,20 @@ def test_request_timeout_cancels_a_task_whose_unread_body_paused_its_connection(
     assert requests.get(nginx.url("/timed/sleep?0"), timeout=60).status_code == 200
 
 
+def test_a_request_that_blocks_the_event_loop_is_logged_with_the_blocking_stack(env):
+    """A synchronous call in an async view stops every request of that worker: after 5 s
+    the worker names the requests in flight and logs where the loop thread is."""
+    bridge = env[0]
+    mark = bridge.log.mark()
+    r = fcgi_client.fcgi_request(bridge.listener_address("fcgi"), "/raw/block", query="7", headers={"Host": "x"})
+    assert r.status == 200 and r.body == b"blocked", bytes(r.stdout)[:300]
+    (line,) = bridge.log.wait_for(r"the event loop has run nothing else for \d+ s \(requests in flight: \d+\)",
+                                  since=mark)
+    assert 'pool="raw"' in line, line
+    bridge.log.wait_for([r"asgi_raw_app\.py", r'pool="raw"'], since=mark)
+    bridge.log.wait_for(r"time\.sleep\(float", since=mark)
+
+
 def _edge(env, path, **kw):
     return fcgi_client.fcgi_request(env[0].listener_address("fcgi"), path, headers={"Host": "x"}, **kw)
 

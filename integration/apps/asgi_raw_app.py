@@ -5,6 +5,7 @@ import asyncio
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 TEST_DIR = Path(os.environ.get("FCGIBRIDGE_TEST_DIR", "/tmp"))
@@ -65,6 +66,10 @@ async def app(scope, receive, send):
             note("cancelled.log", "cancelled %s" % scope["fcgibridge.request_id"])
             raise
         return await _send(send, 200, b"slept", b"text/plain")
+    if path.endswith("/block"):
+        # A sync call in an async view: the whole event loop waits (what the worker's watch logs).
+        time.sleep(float(scope["query_string"] or b"1"))
+        return await _send(send, 200, b"blocked", b"text/plain")
     if path.endswith("/first-chunk"):
         first = await receive()
         body = json.dumps({"len": len(first["body"]), "more_body": first["more_body"]}).encode()

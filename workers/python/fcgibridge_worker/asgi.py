@@ -20,6 +20,8 @@ import signal
 import socket
 import struct
 import sys
+import threading
+import time
 import traceback
 
 from . import ClientDisconnected
@@ -40,6 +42,9 @@ BODY_HIGH = 1 << 20
 # bridge's request-timeout shuts the connection down, which an unread socket never shows).
 HANGUP_POLL = 0.5
 HANGUP = select.POLLHUP | select.POLLERR | getattr(select, "POLLRDHUP", 0x2000)
+# A loop that has run no callback for this long is blocked by a request (a synchronous call
+# in an async view): the loop thread's stack is logged, once per stretch (watch_loop).
+LOOP_BLOCKED = 5.0
 # Longest lifespan shutdown: the bridge sends SIGKILL 10 s after SIGTERM.
 SHUTDOWN_TIMEOUT = 8.0
 # Longest wait at SIGTERM for tasks still running (a response's background task): the pool's
@@ -663,6 +668,41 @@ def new_loop(choice):
     return asyncio.new_event_loop()
 
 
+def watch_loop(loop, worker):
+    """From the loop's thread: a daemon thread that asks the loop for a heartbeat every
+    second and, when none came for LOOP_BLOCKED seconds, writes the loop thread's stack
+    (every request of the worker waits meanwhile; request-timeout ends it, if set)."""
+    loop_thread = threading.get_ident()
+    last = [time.monotonic()]
+
+    def beat():
+        last[0] = time.monotonic()
+
+    def run():
+        reported = False
+        while True:
+            time.sleep(1.0)
+            try:
+                loop.call_soon_threadsafe(beat)
+            except RuntimeError:  # the loop is closed: the worker is ending
+                return
+            stalled = time.monotonic() - last[0]
+            if stalled < LOOP_BLOCKED:
+                reported = False
+            elif not reported:
+                reported = True
+                ids = ", ".join(str(r.request_id) for r in list(worker.running)) or "none"
+                lines = ["fcgibridge worker: the event loop has run nothing else for %.0f s (requests in "
+                         "flight: %s); what blocks it, most recent call last:\n" % (stalled, ids)]
+                frame = sys._current_frames().get(loop_thread)
+                if frame is not None:
+                    lines += traceback.format_stack(frame)
+                sys.stderr.write("".join(lines))
+                sys.stderr.flush()
+
+    threading.Thread(target=run, name="fcgibridge-loop-watch", daemon=True).start()
+
+
 def serve(app, listen_fd, ready_fd, concurrency):
     """Run the event loop until SIGTERM; exits the process (never returns)."""
     from . import main as _main
@@ -682,6 +722,7 @@ def serve(app, listen_fd, ready_fd, concurrency):
     def on_ready():
         ready.append(True)
         _main._write_ready(ready_fd, "READY asgi\n")
+        watch_loop(loop, worker)
 
     try:
         loop.run_until_complete(worker.main(listen_fd, on_ready))
