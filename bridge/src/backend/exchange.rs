@@ -554,6 +554,18 @@ async fn end_for_gone_client<K: ResponseSink>(
         // asks for, and cutting off would close a multiplexed connection's other requests.
         let _ = sink.send(Bytes::new(), Some(End::Complete)).await;
     }
+    if matches!(st.front, Front::Done) {
+        // Not the client: the bridge answered this request itself (a bad response head).
+        tracing::info!(
+            pool,
+            pid,
+            request_id = info.id,
+            uri = info.uri,
+            "aborting the request in the worker after answering {}",
+            st.status
+        );
+        return;
+    }
     tracing::info!(
         pool,
         pid,
