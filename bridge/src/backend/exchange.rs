@@ -726,11 +726,14 @@ async fn abort_worker(
         Ok(true) => SlotFate::Reuse,
         Ok(false) => SlotFate::Reconnect,
         Err(_) => {
-            tracing::warn!(
-                pool = %worker.pool, pid = worker.pid, request_id = info.id, uri = info.uri,
-                "worker did not end an aborted request within {ABORT_GRACE:?}; killing it"
-            );
-            worker.kill();
+            // A worker already gone (a child of it held the connection) needs no kill.
+            if worker.is_alive() {
+                tracing::warn!(
+                    pool = %worker.pool, pid = worker.pid, request_id = info.id, uri = info.uri,
+                    "worker did not end an aborted request within {ABORT_GRACE:?}; killing it"
+                );
+                worker.kill();
+            }
             SlotFate::Discard
         }
     }
