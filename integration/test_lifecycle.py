@@ -266,6 +266,24 @@ def test_a_replacement_takes_the_index_of_the_worker_it_replaces(tmp_path):
         b.stop()
 
 
+def test_a_worker_retired_by_request_timeout_is_replaced_at_its_index(tmp_path):
+    """Retired (draining) before its replacement starts, the timed-out worker still hands
+    its index on: the status page's last_restart_reason of that index names the timeout."""
+    b = start(tmp_path, {"p": lc_pool(processes=2, threads=1, **{"request-timeout": "3s"})})
+    try:
+        wait_until(lambda: len(b.log.wait_for(r"worker ready in")) >= 2, 60, what="both workers ready")
+        indices = _started(b)
+        mark = b.log.mark()
+        hung = Background(lambda: get(b, "p", "/hang", "mark=hung"))
+        assert hung.result().status == 504
+        (line,) = b.log.wait_for(r"request-timeout \(3s\): GET /hang", since=mark)
+        victim = int(re.search(r"in worker (\d+)", line).group(1))
+        wait_until(lambda: _started(b, mark), 60, what="the replacement's `worker started` line")
+        assert list(_started(b, mark).values()) == [indices[victim]], b.log.text(mark)
+    finally:
+        b.stop()
+
+
 def _kill_and_wait_for_failures(b, pool_name, victim, mark, n=3):
     """SIGKILL the serving worker; its replacement cannot start: wait for `n` attempts."""
     os.kill(victim, signal.SIGKILL)

@@ -461,6 +461,11 @@ mod tests {
         let mut p = params(&[("REQUEST_URI", "/app/x"), ("SCRIPT_NAME", "/app"), ("PATH_INFO", "/x")]);
         mount(&mut p, None);
         assert_eq!((get(&p, "SCRIPT_NAME"), get(&p, "PATH_INFO")), ("/app".into(), "/x".into()));
+        // `mount: /` (kept as ""): the app is at the root whatever split the server made
+        // (mod_fcgid at `<Location />` takes the first segment for the script).
+        let mut p = params(&[("REQUEST_URI", "/a/b/c"), ("SCRIPT_NAME", "/a"), ("PATH_INFO", "/b/c")]);
+        mount(&mut p, Some(""));
+        assert_eq!((get(&p, "SCRIPT_NAME"), get(&p, "PATH_INFO")), ("".into(), "/a/b/c".into()));
     }
 
     #[test]

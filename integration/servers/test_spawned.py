@@ -53,6 +53,11 @@ def test_started_by_the_server_and_stopped_with_it(variant, sbridge, www):
         assert pids, "no spawned fcgibridge process found"
         bridge_env = r.json()
         assert bridge_env["QUERY_STRING"] == "spawned=1"
+        # The app is at the root whatever split the server made of a longer path
+        # (mod_fcgid at `<Location />` takes the first segment for the script: `mount: /`).
+        deep = requests.get(f"http://127.0.0.1:{port}/private/a/b", timeout=60)
+        assert deep.status_code == 200, deep.text[:300]
+        assert (deep.json()["SCRIPT_NAME"], deep.json()["PATH_INFO"]) == ("", "/private/a/b"), deep.text[:300]
     finally:
         srv.stop()
     try:

@@ -233,7 +233,7 @@ fn render_listener(out: &mut String, l: &Listener) {
     }
     field(out, 4, "max-ranges", &l.max_ranges.to_string());
     if let Some(m) = &l.mount {
-        field(out, 4, "mount", &quote(m));
+        field(out, 4, "mount", &quote(if m.is_empty() { "/" } else { m }));
     }
     if l.keep_path_info {
         field(out, 4, "path-info", "keep");

@@ -443,9 +443,12 @@ fn listener_paths(
     (mount, status_path, ping_path): (Option<String>, Option<String>, Option<String>),
     errs: &mut Vec<ConfigError>,
 ) -> (Option<String>, Option<String>, Option<String>) {
-    let mount = match mount.as_deref().map(|m| m.trim().trim_end_matches('/')) {
+    let mount = match mount.as_deref().map(str::trim) {
         None | Some("") => None,
-        Some(m) if m.starts_with('/') => Some(m.to_owned()),
+        // `/`: mounted at the root — SCRIPT_NAME "" and the whole path as PATH_INFO, even
+        // where the web server split the path itself (mod_fcgid at `<Location />`).
+        Some(m) if m.trim_start_matches('/').is_empty() => Some(String::new()),
+        Some(m) if m.starts_with('/') => Some(m.trim_end_matches('/').to_owned()),
         Some(m) => {
             errs.push(src.invalid(&here.key("mount"), format!("{m:?} must be a path starting with /, e.g. /app")));
             None

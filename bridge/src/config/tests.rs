@@ -796,3 +796,13 @@ fn x_keys_hold_shared_anchors_and_other_top_level_keys_are_refused() {
     assert_eq!(lines.len(), 1, "{lines:#?}");
     assert!(lines[0].starts_with("1:1: pols: unknown key; did you mean \"pools\"?"), "{lines:#?}");
 }
+
+#[test]
+fn mount_at_the_root_is_kept_as_the_empty_prefix() {
+    for (written, want) in [("/", Some("")), ("//", Some("")), ("/app/", Some("/app")), ("''", None)] {
+        let text = format!("listeners:\n  l:\n    fastcgi: 127.0.0.1:9100\n    pool: demo\n    mount: {written}\n");
+        let config = valid(&format!("mount-{}", written.len())).file("30-x.yaml", &text).config();
+        let l = config.listeners.iter().find(|l| l.name == "l").expect("listener l");
+        assert_eq!(l.mount.as_deref(), want, "mount: {written}");
+    }
+}

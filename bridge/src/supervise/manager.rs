@@ -71,6 +71,8 @@ struct Worker {
     recycle: Option<Recycle>,
     /// A replacement was started for it.
     replaced: bool,
+    /// Retired by a recycle (not to shrink the pool): its replacement takes its index.
+    recycled: bool,
     /// Why the manager is retiring it (None: it was not asked to go).
     exit_reason: Option<String>,
     hard: bool,
@@ -710,6 +712,7 @@ impl Manager {
                 Action::Retire(id) => {
                     let Some(i) = self.index(id) else { continue };
                     let Some(r) = self.workers[i].recycle.take() else { continue };
+                    self.workers[i].recycled = true;
                     self.drain(i, r.reason, r.hard);
                 }
                 Action::Shrink { id, want } => {
@@ -821,7 +824,7 @@ impl Manager {
         let index = match self
             .workers
             .iter_mut()
-            .filter(|w| w.state == State::Ready && w.recycle.is_some() && !w.replaced)
+            .filter(|w| !w.replaced && (w.recycled || w.state == State::Ready && w.recycle.is_some()))
             .min_by_key(|w| (w.recycle.as_ref().is_some_and(|r| !r.urgent), w.spawned_at))
         {
             Some(w) => {
@@ -865,6 +868,7 @@ impl Manager {
             ready_at: None,
             recycle: None,
             replaced: false,
+            recycled: false,
             exit_reason: None,
             hard: false,
             max_requests,
