@@ -494,20 +494,6 @@ fn piped_not_started(
     Some(again)
 }
 
-/// Whether the worker's budget of log lines takes one more (logging/app_lines.rs); a line
-/// saying how many were held back goes first when some were.
-fn app_line(worker: &crate::worker_handle::WorkerHandle) -> bool {
-    use crate::logging::app_lines::{log_dropped, Take};
-    match worker.app_lines.take() {
-        Take::Log => true,
-        Take::LogAfterDropped(n) => {
-            log_dropped(&worker.pool, worker.pid, n);
-            true
-        }
-        Take::Drop => false,
-    }
-}
-
 /// The error line of a worker connection that failed (`timed_out`: by request-timeout,
 /// which the pool manager has logged with the reason), by how far the response got.
 fn log_worker_failure(front: &Front, why: &str, timed_out: bool, (pool, pid): (&str, u32), info: &RequestInfo<'_>) {
@@ -770,7 +756,7 @@ async fn forward<K: ResponseSink>(
                     if other != id =>
                 {
                     // Only the current request is answered: a piped one starts after it.
-                    if app_line(worker) {
+                    if worker.app_lines.admit(pool, pid) {
                         tracing::warn!(
                             pool,
                             pid,
@@ -1087,7 +1073,7 @@ fn log_stderr(worker: &crate::worker_handle::WorkerHandle, info: &RequestInfo<'_
     let uri = &*crate::logging::app_lines::prefix(info.uri, 256);
     for line in data.split(|&b| b == b'\n') {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
-        if line.is_empty() || !app_line(worker) {
+        if line.is_empty() || !worker.app_lines.admit(pool, pid) {
             continue;
         }
         let text = String::from_utf8_lossy(line);

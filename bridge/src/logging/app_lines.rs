@@ -63,6 +63,19 @@ impl LineBudget {
         }
     }
 
+    /// Whether worker `pool`/`pid` may log one more line; the count of the lines held back
+    /// before it is logged first.
+    pub(crate) fn admit(&self, pool: &str, pid: u32) -> bool {
+        match self.take() {
+            Take::Log => true,
+            Take::LogAfterDropped(n) => {
+                log_dropped(pool, pid, n);
+                true
+            }
+            Take::Drop => false,
+        }
+    }
+
     /// Lines not logged since the last one that was (for the worker's end).
     pub(crate) fn dropped(&self) -> u64 {
         std::mem::take(&mut self.state.lock().unwrap_or_else(|e| e.into_inner()).dropped)

@@ -80,24 +80,14 @@ pub(super) fn reachable(file: &Path, uid: u32, gids: &[u32]) -> Result<(), Isola
     }
     let mut dirs: Vec<&Path> = file.ancestors().skip(1).collect();
     dirs.reverse();
-    for dir in dirs {
-        let Ok(meta) = std::fs::metadata(dir) else { continue };
-        if !allowed(&meta, uid, gids, SEARCH) {
+    // Every directory searched, then the file read; one that cannot be examined is skipped.
+    for (at, bit) in dirs.into_iter().map(|d| (d, SEARCH)).chain([(file, READ)]) {
+        let Ok(meta) = std::fs::metadata(at) else { continue };
+        if !allowed(&meta, uid, gids, bit) {
             return Err(IsolateError::Unreachable {
                 uid,
                 path: file.to_owned(),
-                dir: dir.to_owned(),
-                mode: meta.permissions().mode() & 0o7777,
-                owner: meta.uid(),
-            });
-        }
-    }
-    if let Ok(meta) = std::fs::metadata(file) {
-        if !allowed(&meta, uid, gids, READ) {
-            return Err(IsolateError::Unreachable {
-                uid,
-                path: file.to_owned(),
-                dir: file.to_owned(),
+                dir: at.to_owned(),
                 mode: meta.permissions().mode() & 0o7777,
                 owner: meta.uid(),
             });

@@ -9,7 +9,7 @@ use super::spawn::Spawned;
 use super::worker_child::WorkerChild;
 use crate::backend::SlotConn;
 use crate::dispatch::{Dispatcher, WorkerKey};
-use crate::logging::app_lines::{LineBudget, Take};
+use crate::logging::app_lines::LineBudget;
 use crate::worker_handle::{WorkerCtl, WorkerHandle};
 use std::os::unix::process::ExitStatusExt;
 use std::sync::{Arc, Mutex};
@@ -538,10 +538,8 @@ impl LineGate {
 
     fn emit(&self, text: &str, is_stderr: bool, quiet: bool) {
         let (pool, pid) = (&*self.pool, self.pid);
-        match self.lines.take() {
-            Take::Drop => return,
-            Take::LogAfterDropped(n) => crate::logging::app_lines::log_dropped(pool, pid, n),
-            Take::Log => {}
+        if !self.lines.admit(pool, pid) {
+            return;
         }
         if !quiet && is_stderr && crate::logging::app_records::emit(pool, pid, text) {
             return; // the app's logging record, logged at its own level (logging/app_records.rs)
