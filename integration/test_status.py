@@ -128,8 +128,9 @@ def test_queue_and_max_children_reached(sb):
         for t in threads:
             t.join(60)
     beta = pool_of(status_json(sb), "beta")
-    # Counted once per episode of waiting (supervise/stats.rs), as PHP-FPM does.
-    assert beta["max_children_reached"] >= before["max_children_reached"] + 1
+    # Each request that had to wait counts: the counter keeps moving while a pool stays
+    # saturated, so an alert on its rate fires (docs/status.md).
+    assert beta["max_children_reached"] >= before["max_children_reached"] + 2
     assert beta["max_queue_length"] >= 2
     assert beta["queue_length"] == 0
 

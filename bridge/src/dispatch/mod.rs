@@ -262,8 +262,9 @@ pub(crate) struct Counters {
     pub served: u64,
     /// The most requests that waited at once ("max listen queue").
     pub max_queue: usize,
-    /// Times a request found every slot busy while the pool ran its most workers, counted
-    /// once per episode of waiting ("max children reached").
+    /// Requests that found every slot busy while the pool ran its most workers and had to
+    /// wait ("max children reached"). Each such request counts, so that the counter keeps
+    /// moving while a pool stays saturated (a count of episodes would stand still then).
     pub max_reached: u64,
     pub rejected_queue_full: u64,
     pub rejected_queue_timeout: u64,
@@ -514,7 +515,7 @@ impl<S: Slot> Dispatcher<S> {
             Entry::Again => inner.waiters.push_front(waiter),
         }
         let queued = inner.waiters.len();
-        if queued == 1 && inner.at_max {
+        if entry == Entry::New && inner.at_max {
             inner.counters.max_reached += 1;
         }
         inner.counters.max_queue = inner.counters.max_queue.max(queued);

@@ -55,8 +55,10 @@ const RETRY_AFTER_SECS: u32 = 1;
 enum Step<'p> {
     /// Route the request to a pool and run it on a worker.
     Route,
-    /// Serve the request again at this local path: a CGI local redirect, or an error page.
-    Reroute(Bytes),
+    /// Serve the request again at this local path: a CGI local redirect, or an error page;
+    /// and the pool whose answer sent it there (named in the access log if the bridge
+    /// answers the redirect itself).
+    Reroute(Bytes, Option<&'p Arc<str>>),
     /// Answered: the status and body bytes for the access log, and the pool that served it.
     Done(u16, u64, Option<&'p Arc<str>>),
 }
@@ -143,7 +145,7 @@ pub(crate) async fn serve<S: BodySource, K: ResponseSink>(
     let (status, bytes, pool_name) = loop {
         step = match step {
             Step::Route => req.route().await,
-            Step::Reroute(target) => req.reroute(&target).await,
+            Step::Reroute(target, from) => req.reroute(&target, from).await,
             Step::Done(status, bytes, pool) => break (status, bytes, pool),
         };
     };
@@ -215,7 +217,7 @@ impl<'a, S: BodySource, K: ResponseSink> Request<'a, S, K> {
             PageAnswer::Dispatch { target, replaced } => {
                 self.serving = Some(replaced);
                 respond::error_override::page_request(&mut self.params);
-                Step::Reroute(target)
+                Step::Reroute(target, pool)
             }
         }
     }
@@ -231,38 +233,39 @@ impl<'a, S: BodySource, K: ResponseSink> Request<'a, S, K> {
     }
 
     /// Serve the request again at `target` (respond/redirect.rs): `Route` when a pool
-    /// serves it, else answered here.
-    async fn reroute(&mut self, target: &[u8]) -> Step<'a> {
+    /// serves it, else answered here, in the name of `from`, the pool that redirected.
+    async fn reroute(&mut self, target: &[u8], from: Option<&'a Arc<str>>) -> Step<'a> {
         let (lst, request_id, uri) = (self.lst, self.request_id, self.uri);
         let shown = String::from_utf8_lossy(target);
+        let by = from.map_or("-", |p| &**p);
         let redirect_status = self.serving.as_ref().map_or(200, |r| r.status);
         if let Err(e) =
             respond::redirect::apply(&mut self.params, target, &mut self.redirects, lst.max_redirects, redirect_status)
         {
-            tracing::error!(listener = %lst.name, request_id, uri = %uri, target = %shown, "internal redirect refused, answering 500: {e}");
-            return self.answer(respond::error_response(500, None).freeze(), 500, None).await;
+            tracing::error!(listener = %lst.name, pool = %by, request_id, uri = %uri, target = %shown, "internal redirect refused, answering 500: {e}");
+            return self.answer(respond::error_response(500, None).freeze(), 500, from).await;
         }
-        tracing::info!(listener = %lst.name, request_id, uri = %uri, target = %shown, "internal redirect");
+        tracing::info!(listener = %lst.name, pool = %by, request_id, uri = %uri, target = %shown, "internal redirect");
         self.source.end_body();
         if lst.router.route(&self.params).is_some() {
             return Step::Route;
         }
         if self.serving.is_some() {
-            tracing::warn!(listener = %lst.name, request_id, uri = %uri, target = %shown, "no route serves the error page, answering the default page");
-            return self.error_page(None, Replaced::bridge(404, None), None).await;
+            tracing::warn!(listener = %lst.name, pool = %by, request_id, uri = %uri, target = %shown, "no route serves the error page, answering the default page");
+            return self.error_page(None, Replaced::bridge(404, None), from).await;
         }
         // Not ours to serve: the web server may (nginx: X-Accel-Redirect).
         if lst.dialect == crate::config::Dialect::Nginx {
             if let Err(e) = respond::file_handoff::check_redirect_for_nginx(target) {
-                tracing::error!(listener = %lst.name, request_id, uri = %uri, target = %shown, "internal redirect refused, answering 500: no route serves it, and as X-Accel-Redirect {e}");
-                return self.answer(respond::error_response(500, None).freeze(), 500, None).await;
+                tracing::error!(listener = %lst.name, pool = %by, request_id, uri = %uri, target = %shown, "internal redirect refused, answering 500: no route serves it, and as X-Accel-Redirect {e}");
+                return self.answer(respond::error_response(500, None).freeze(), 500, from).await;
             }
         }
         let reply = respond::redirect::unrouted(lst.dialect, lst.unrouted_redirect, target);
         let status = if reply.is_some() { 200 } else { 404 };
-        tracing::info!(listener = %lst.name, request_id, uri = %uri, target = %shown, "no route serves the internal redirect target, answering {status}");
+        tracing::info!(listener = %lst.name, pool = %by, request_id, uri = %uri, target = %shown, "no route serves the internal redirect target, answering {status}");
         let reply = reply.unwrap_or_else(|| respond::error_response(404, None));
-        self.answer(reply.freeze(), status, None).await
+        self.answer(reply.freeze(), status, from).await
     }
 
     /// Route the request to a pool, wait for a worker, and run it there.
@@ -449,7 +452,7 @@ impl<'a, S: BodySource, K: ResponseSink> Request<'a, S, K> {
         match answered {
             Err(step) => step,
             Ok(Next::Done | Next::Error(_) | Next::Retry(_)) => Step::Done(status, body_bytes, Some(&pool.name)),
-            Ok(Next::Reroute(target)) => Step::Reroute(target),
+            Ok(Next::Reroute(target)) => Step::Reroute(target, Some(&pool.name)),
             Ok(Next::ErrorPage(replaced)) => self.replace(pool, replaced).await,
             Ok(Next::File(file)) => self.send_file(pool, &file).await,
         }

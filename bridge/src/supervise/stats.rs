@@ -104,8 +104,7 @@ pub(crate) struct PoolStats {
     pub accepted_requests: u64,
     /// Requests a worker finished (any status).
     pub served_requests: u64,
-    /// Times a request had to wait while the pool ran its most processes (once per
-    /// episode of waiting).
+    /// Requests that had to wait while the pool ran its most processes.
     pub max_children_reached: u64,
     pub rejected_queue_full: u64,
     pub rejected_queue_timeout: u64,
