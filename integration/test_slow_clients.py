@@ -3,6 +3,7 @@
 against the real daemon and through a real nginx with `fastcgi_request_buffering off`."""
 import re
 import socket
+import threading
 import time
 
 import pytest
@@ -161,6 +162,45 @@ def test_stalled_small_bodies_never_take_a_worker(env, protocol):
                          r"received=10", r"declared=1000"], since=mark)
     for m in marks:
         assert not (work / f"{m}.started.mark").exists(), f"{m}: the app ran for a body that never came"
+
+
+def test_a_body_dripped_inside_body_timeout_is_ended_by_body_min_rate(env):
+    """A byte every 1.5 s never trips the 2 s body-timeout; once the bridge has waited the
+    body-timeout in all, body-min-rate (500 bytes/s by default) ends it with 408, the app's
+    read raises and its thread serves again."""
+    bridge, _, work = env
+    mark = bridge.log.mark()
+    done = threading.Event()
+    c = fc.FcgiConnection(bridge.listener_address("fast"), timeout=60)
+
+    def drip():
+        while not done.wait(1.5):
+            try:
+                c.send(fc.record(fc.STDIN, 1, b"d"))
+            except OSError:
+                return
+
+    dripper = threading.Thread(target=drip)
+    try:
+        c.begin(1, fc.cgi_params("/echo", "POST", "mark=dripped", content_length=200_000), b"b" * 10,
+                terminate_stdin=False)
+        harness.wait_until(lambda: (work / "dripped.started.mark").exists(), 60, what="the app reading the body")
+        dripper.start()
+        assert c.wait(1).status == 408
+    finally:
+        done.set()
+        if dripper.is_alive():
+            dripper.join(30)
+        c.close()
+    bridge.log.wait_for([r"WARN", r"request body too slow: \d+ bytes in \d+s, below body-min-rate \(500 bytes/s",
+                         r"request aborted in the worker, answering 408", r"pool=\"?app",
+                         r"uri=\"?/echo\?mark=dripped"], since=mark)
+    kind, is_oserror, _ = harness.wait_until(
+        lambda: (work / "dripped.mark").exists() and (work / "dripped.mark").read_text().split(), 60,
+        what="the app's read ended")
+    assert kind != "complete" and is_oserror == "True"
+    resp = fc.fcgi_request(bridge.listener_address("fast"), "/health")
+    assert (resp.status, resp.body) == (200, b"ok")
 
 
 def test_a_small_body_in_pieces_is_served_whole(env):

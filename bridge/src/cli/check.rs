@@ -202,6 +202,7 @@ fn render_listener(out: &mut String, l: &Listener) {
     field(out, 4, "max-params", &SizeDisplay(l.max_params as u64).to_string());
     field(out, 4, "header-timeout", &DurationDisplay(l.header_timeout).to_string());
     field(out, 4, "body-timeout", &DurationDisplay(l.body_timeout).to_string());
+    field(out, 4, "body-min-rate", &l.body_min_rate.to_string());
     field(out, 4, "send-timeout", &DurationDisplay(l.send_timeout).to_string());
     if l.protocol == Protocol::FastCgi {
         field(out, 4, "keepalive-timeout", &DurationDisplay(l.keepalive_timeout).to_string());
@@ -368,6 +369,7 @@ mod tests {
                     keep_path_info: false,
                     header_timeout: Duration::from_secs(60),
                     body_timeout: Duration::from_secs(60),
+                    body_min_rate: 500,
                     send_timeout: Duration::from_secs(60),
                     keepalive_timeout: Duration::from_secs(300),
                     max_connections: 1024,
@@ -403,6 +405,7 @@ mod tests {
                     keep_path_info: true,
                     header_timeout: Duration::from_millis(1500),
                     body_timeout: Duration::from_secs(300),
+                    body_min_rate: 0,
                     send_timeout: Duration::from_secs(60),
                     keepalive_timeout: Duration::from_secs(300),
                     max_connections: 7,

@@ -202,6 +202,8 @@ pub(super) struct RawListener {
     pub header_timeout: Option<HumanDuration>,
     /// Longest wait for the next request body byte.
     pub body_timeout: Option<HumanDuration>,
+    /// Least average rate of a request body once body-timeout has passed (bytes a second).
+    pub body_min_rate: Option<ByteSize>,
     /// Longest wait for the web server to take response bytes.
     pub send_timeout: Option<HumanDuration>,
     /// Longest a kept FastCGI connection may sit with no request.

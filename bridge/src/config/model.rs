@@ -125,6 +125,9 @@ pub struct Listener {
     /// The longest wait for the next body byte while a request still expects body
     /// (`body-timeout`); then 408, or a cut-off response.
     pub body_timeout: Duration,
+    /// Bytes a second a request body must average once `body-timeout` has passed since the
+    /// request arrived (`body-min-rate`, 0: any rate); then 408, or a cut-off response.
+    pub body_min_rate: u64,
     /// The longest the web server may leave response bytes unread (`send-timeout`); then
     /// the connection is closed and its requests abandoned.
     pub send_timeout: Duration,

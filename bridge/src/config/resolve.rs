@@ -22,6 +22,10 @@ pub(super) const DEFAULT_MAX_PARAMS: usize = 1 << 20;
 pub(super) const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(60);
 /// `body-timeout`: as nginx's `client_body_timeout`.
 pub(super) const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(60);
+/// `body-min-rate`: as Apache's mod_reqtimeout `MinRate` in Debian's default (500 bytes a
+/// second, about 4 kbit/s: a slow mobile link passes, a client dripping a byte per timeout
+/// does not).
+pub(super) const DEFAULT_BODY_MIN_RATE: u64 = 500;
 /// `send-timeout`: as nginx's `send_timeout`.
 pub(super) const DEFAULT_SEND_TIMEOUT: Duration = Duration::from_secs(60);
 /// `keepalive-timeout`: longer than a web server's own idle limit for the connections it
@@ -428,6 +432,7 @@ pub(super) fn listener(src: &Source, dir: &Path, name: &str, mut raw: RawListene
             keep_path_info,
             header_timeout,
             body_timeout,
+            body_min_rate: raw.body_min_rate.map_or(DEFAULT_BODY_MIN_RATE, |r| r.0),
             send_timeout,
             keepalive_timeout,
             max_connections,

@@ -50,6 +50,8 @@ pub(crate) enum Tripped {
     TooLarge,
     /// No byte came within `body-timeout`: 408.
     Stalled,
+    /// Bytes came, but slower than `body-min-rate` on average: 408.
+    TooSlow,
     /// The body ended before its declared length: 400.
     Short,
 }
@@ -83,6 +85,7 @@ impl BodyWatch {
             1 => Some(Tripped::TooLarge),
             2 => Some(Tripped::Stalled),
             3 => Some(Tripped::Short),
+            4 => Some(Tripped::TooSlow),
             _ => None,
         }
     }
@@ -92,6 +95,7 @@ impl BodyWatch {
             Tripped::TooLarge => 1,
             Tripped::Stalled => 2,
             Tripped::Short => 3,
+            Tripped::TooSlow => 4,
         };
         let _ = self.tripped.compare_exchange(0, code, Ordering::AcqRel, Ordering::Acquire);
     }
@@ -110,11 +114,29 @@ impl BodyWatch {
     fn last_out(&self) -> Instant {
         self.base + Duration::from_millis(self.last_out.load(Ordering::Relaxed))
     }
+
+    /// Whether the response has started while the body was open: the app then talks back
+    /// as it reads, and the body's pace is its business.
+    fn responding(&self) -> bool {
+        self.last_out.load(Ordering::Relaxed) != 0
+    }
 }
 
-/// A body source that stops at `limit` bytes, or when the web server sends nothing for
-/// `timeout`: the request then looks aborted to the exchange, and the [`BodyWatch`] says
-/// why, so that the response becomes a 413 or a 408.
+/// How fast a body must come: a byte within `idle` of asking for it (`body-timeout`), and,
+/// once the bridge has spent `idle` in all waiting for body bytes, `min_rate` bytes a second
+/// on average over the waiting beyond that (`body-min-rate`, 0: any rate). The rate is what
+/// stops a client that sends a byte just before each timeout and so holds a worker thread
+/// for as long as the body lasts. Only time spent waiting counts: a request that queued for
+/// a worker, or an app that reads slowly, is not the client's fault.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Pace {
+    pub idle: Duration,
+    pub min_rate: u64,
+}
+
+/// A body source that stops at `limit` bytes, or when the web server sends it slower than
+/// `pace`: the request then looks aborted to the exchange, and the [`BodyWatch`] says why,
+/// so that the response becomes a 413 or a 408.
 pub(crate) struct Limited<'a, S> {
     inner: &'a mut S,
     limit: u64,
@@ -122,7 +144,9 @@ pub(crate) struct Limited<'a, S> {
     /// The declared length: the body must not end before it.
     declared: Option<u64>,
     watch: &'a BodyWatch,
-    timeout: Duration,
+    pace: Pace,
+    /// Time spent waiting for body bytes that had not arrived yet.
+    waited: Duration,
     /// Chunks read ahead by [`prefetch`](Self::prefetch), not yet passed on.
     early: VecDeque<Bytes>,
     /// [`prefetch`](Self::prefetch) reached the end of the body (after `early`).
@@ -132,10 +156,11 @@ pub(crate) struct Limited<'a, S> {
 }
 
 impl<'a, S: BodySource> Limited<'a, S> {
-    /// Wrap `inner`; `watch` trips once the body passes `limit` or stalls for `timeout`.
-    pub(crate) fn new(inner: &'a mut S, limit: u64, watch: &'a BodyWatch, timeout: Duration) -> Self {
+    /// Wrap `inner`; `watch` trips once the body passes `limit` or comes slower than `pace`.
+    pub(crate) fn new(inner: &'a mut S, limit: u64, watch: &'a BodyWatch, pace: Pace) -> Self {
         let early = VecDeque::new();
-        Limited { inner, limit, seen: 0, declared: None, watch, timeout, early, early_end: false, no_body: None }
+        let waited = Duration::ZERO;
+        Limited { inner, limit, seen: 0, declared: None, watch, pace, waited, early, early_end: false, no_body: None }
     }
 
     /// Body bytes received from the web server so far.
@@ -160,15 +185,24 @@ impl<'a, S: BodySource> Limited<'a, S> {
         Ok(())
     }
 
-    /// The inner source's next chunk, within `timeout` of asking for it or of the last
-    /// response write.
+    /// The inner source's next chunk, within `pace.idle` of asking for it or of the last
+    /// response write; a chunk that had to be waited for is also held to `pace.min_rate`.
     async fn paced(&mut self) -> Result<Option<Bytes>, FrontGone> {
         if let Some(next) = self.inner.ready() {
             return Ok(next);
         }
-        let mut since = Instant::now();
+        let asked = Instant::now();
+        let mut since = asked;
         loop {
-            match tokio::time::timeout_at(since + self.timeout, self.inner.next_chunk()).await {
+            let next = tokio::time::timeout_at(since + self.pace.idle, self.inner.next_chunk()).await;
+            if next.is_ok() {
+                self.waited += asked.elapsed();
+            }
+            match next {
+                Ok(Ok(Some(chunk))) if self.too_slow(chunk.len() as u64) => {
+                    self.watch.trip(Tripped::TooSlow);
+                    return Err(FrontGone);
+                }
                 Ok(next) => return next,
                 Err(_) => {
                     let out = self.watch.last_out();
@@ -181,6 +215,17 @@ impl<'a, S: BodySource> Limited<'a, S> {
                 }
             }
         }
+    }
+
+    /// Whether the body, with `more` bytes just come, is behind `pace.min_rate` (see
+    /// [`Pace`]); never once the response has started.
+    fn too_slow(&self, more: u64) -> bool {
+        if self.pace.min_rate == 0 || self.watch.responding() {
+            return false;
+        }
+        let Some(beyond) = self.waited.checked_sub(self.pace.idle) else { return false };
+        let due = beyond.as_secs_f64() * self.pace.min_rate as f64;
+        (self.received().saturating_add(more) as f64) < due
     }
 
     /// Whether what was read ahead ended part-way, before the declared length (see the
@@ -338,7 +383,7 @@ impl<K: ResponseSink> ResponseSink for LimitedSink<'_, K> {
                 (data, Some(End::CutOff))
             }
             Some(Tripped::TooLarge) => (crate::respond::error_response(413, None).freeze(), end),
-            Some(Tripped::Stalled) => (crate::respond::error_response(408, None).freeze(), end),
+            Some(Tripped::Stalled | Tripped::TooSlow) => (crate::respond::error_response(408, None).freeze(), end),
             Some(Tripped::Short) => (crate::respond::error_response(400, None).freeze(), end),
             None => (data, end),
         };
@@ -370,5 +415,80 @@ mod tests {
         p.insert(&b"CONTENT_LENGTH"[..], &b"101"[..]);
         assert!(too_large(&p, 100));
         assert!(!too_large(&p, 101));
+    }
+
+    /// `n` chunks of `size` bytes, one every `gap`, then the end.
+    struct Drip {
+        gap: Duration,
+        size: usize,
+        left: usize,
+    }
+
+    impl BodySource for Drip {
+        fn ready(&mut self) -> Option<Option<Bytes>> {
+            None
+        }
+        async fn next_chunk(&mut self) -> Result<Option<Bytes>, FrontGone> {
+            if self.left == 0 {
+                return Ok(None);
+            }
+            tokio::time::sleep(self.gap).await;
+            self.left -= 1;
+            Ok(Some(Bytes::from(vec![b'b'; self.size])))
+        }
+        async fn aborted(&mut self) {
+            std::future::pending().await
+        }
+    }
+
+    /// Read `drip` through the pace rules; what tripped, if anything.
+    async fn read_all(mut drip: Drip, pace: Pace, responding: bool) -> Option<Tripped> {
+        let watch = BodyWatch::new(std::time::Instant::now());
+        if responding {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            watch.wrote();
+        }
+        let mut body = Limited::new(&mut drip, u64::MAX, &watch, pace);
+        while let Ok(Some(_)) = body.next_chunk().await {}
+        watch.tripped()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_dripped_just_inside_the_idle_timeout_is_too_slow() {
+        let pace = Pace { idle: Duration::from_secs(10), min_rate: 100 };
+        // a byte every 9 s never trips body-timeout alone
+        let drip = || Drip { gap: Duration::from_secs(9), size: 1, left: 1000 };
+        assert_eq!(read_all(drip(), Pace { min_rate: 0, ..pace }, false).await, None);
+        let started = tokio::time::Instant::now();
+        assert_eq!(read_all(drip(), pace, false).await, Some(Tripped::TooSlow));
+        // at the second byte (18 s): 2 bytes where 800 were due
+        assert_eq!(started.elapsed(), Duration::from_secs(18));
+        // the app answering as it reads sets its own pace
+        assert_eq!(read_all(drip(), pace, true).await, None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_link_above_the_rate_and_a_silent_client_are_told_apart() {
+        let pace = Pace { idle: Duration::from_secs(10), min_rate: 100 };
+        // 150 bytes a second for 100 s
+        let link = Drip { gap: Duration::from_secs(1), size: 150, left: 100 };
+        assert_eq!(read_all(link, pace, false).await, None);
+        let silent = Drip { gap: Duration::from_secs(11), size: 1, left: 1 };
+        assert_eq!(read_all(silent, pace, false).await, Some(Tripped::Stalled));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn time_the_client_was_not_asked_is_not_counted() {
+        let pace = Pace { idle: Duration::from_secs(10), min_rate: 100 };
+        let watch = BodyWatch::new(std::time::Instant::now());
+        // queued for a worker a minute, then an app that reads 10 bytes a second but gets
+        // each at once
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        let mut drip = Drip { gap: Duration::from_millis(1), size: 10, left: 100 };
+        let mut body = Limited::new(&mut drip, u64::MAX, &watch, pace);
+        while let Ok(Some(_)) = body.next_chunk().await {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        assert_eq!(watch.tripped(), None);
     }
 }

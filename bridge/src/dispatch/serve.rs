@@ -5,7 +5,7 @@
 //! serve it again at another path (a CGI local redirect, an error page that is a local
 //! path), or finish. The exchange says what comes after it ([`Next`]);
 //! `respond::error_override::decide` is the one place that decides how an error is answered.
-use super::request_body_limits::{BodyWatch, Limited, LimitedSink, Tripped};
+use super::request_body_limits::{BodyWatch, Limited, LimitedSink, Pace, Tripped};
 use crate::backend::exchange::{encode_kept, exchange, First, Next, Outcome, RequestInfo, SlotFate, FIRST_WRITE_BODY};
 use crate::backend::SlotConn;
 use crate::config::ErrorPages;
@@ -133,9 +133,15 @@ pub(crate) async fn serve<S: BodySource, K: ResponseSink>(
         uri_bytes: &uri_bytes,
         started,
         body_watch: &body_watch,
-        // `max-body` and `body-timeout` (dispatch/request_body_limits.rs): the wrappers cost one flag
-        // load per body chunk and per response write, so every request goes through them.
-        source: Limited::new(source, u64::MAX, &body_watch, lst.body_timeout),
+        // `max-body`, `body-timeout` and `body-min-rate` (dispatch/request_body_limits.rs): the
+        // wrappers cost one flag load per body chunk and per response write, so every request
+        // goes through them.
+        source: Limited::new(
+            source,
+            u64::MAX,
+            &body_watch,
+            Pace { idle: lst.body_timeout, min_rate: lst.body_min_rate },
+        ),
         sink: LimitedSink::new(sink, &body_watch),
         serving: None,
         redirects: 0,
@@ -395,12 +401,11 @@ impl<'a, S: BodySource, K: ResponseSink> Request<'a, S, K> {
         self.source.set_declared(declared);
         if let Some(n) = declared.filter(|n| (1..=FIRST_WRITE_BODY as u64).contains(n)) {
             if self.source.prefetch(n).await.is_err() {
-                if self.body_watch.tripped() == Some(Tripped::Stalled) {
+                if let Some(why @ (Tripped::Stalled | Tripped::TooSlow)) = self.body_watch.tripped() {
                     if self.lst.registry.rate_limits.allow(&crate::logging::ratelimit::BODY_STALLED, &pool.name) {
                         tracing::warn!(
                             listener = %lst.name, pool = %pool.name, request_id, uri = %uri, received = self.source.received(), declared = n,
-                            "request body stalled: no byte from the web server within body-timeout ({:?}) before a worker was taken, answering 408",
-                            lst.body_timeout
+                            "{} before a worker was taken, answering 408", self.too_slow(why)
                         );
                     }
                     return Err(self.answer(respond::error_response(408, None).freeze(), 408, Some(&pool.name)).await);
@@ -533,14 +538,14 @@ impl<'a, S: BodySource, K: ResponseSink> Request<'a, S, K> {
                 }
                 Some(Step::Done(413, body_bytes, Some(&pool.name)))
             }
-            Tripped::Stalled => {
+            why @ (Tripped::Stalled | Tripped::TooSlow) => {
                 let cut = self.sink.cut_off();
                 let declared = declared.map_or_else(|| "unknown".to_owned(), |n| n.to_string());
                 if self.lst.registry.rate_limits.allow(&crate::logging::ratelimit::BODY_STALLED, &pool.name) {
                     tracing::warn!(
                         listener = %lst.name, pool = %pool.name, pid, request_id, uri = %uri, received = self.source.received(), declared,
-                        "request body stalled: no byte from the web server within body-timeout ({:?}), request aborted in the worker, {}",
-                        lst.body_timeout, if cut { "response cut off" } else { "answering 408" }
+                        "{}, request aborted in the worker, {}",
+                        self.too_slow(why), if cut { "response cut off" } else { "answering 408" }
                     );
                 }
                 Some(Step::Done(if cut { status } else { 408 }, body_bytes, Some(&pool.name)))
@@ -556,6 +561,22 @@ impl<'a, S: BodySource, K: ResponseSink> Request<'a, S, K> {
                 }
                 Some(Step::Done(if cut { status } else { 400 }, body_bytes, Some(&pool.name)))
             }
+        }
+    }
+
+    /// What was wrong with a body that came too slowly (`why`: Stalled or TooSlow), for the log.
+    fn too_slow(&self, why: Tripped) -> String {
+        let lst = self.lst;
+        if why == Tripped::TooSlow {
+            let secs = self.started.elapsed().as_secs();
+            format!(
+                "request body too slow: {} bytes in {secs}s, below body-min-rate ({} bytes/s after body-timeout, {:?})",
+                self.source.received(),
+                lst.body_min_rate,
+                lst.body_timeout
+            )
+        } else {
+            format!("request body stalled: no byte from the web server within body-timeout ({:?})", lst.body_timeout)
         }
     }
 

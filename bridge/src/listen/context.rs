@@ -21,6 +21,8 @@ pub(crate) struct ListenerCtx {
     pub header_timeout: std::time::Duration,
     /// `body-timeout`: the longest wait for the next body byte (dispatch/request_body_limits.rs).
     pub body_timeout: std::time::Duration,
+    /// `body-min-rate`: bytes a second a body must average once `body-timeout` has passed.
+    pub body_min_rate: u64,
     /// `send-timeout`: the longest a write to the web server may wait for room.
     pub send_timeout: std::time::Duration,
     /// `keepalive-timeout`: the longest a kept FastCGI connection may sit with no request.

@@ -155,6 +155,7 @@ async fn setup_ctx(threads: u32) -> (Arc<ListenerCtx>, (UnixStream, UnixStream))
         max_conns: 1024,
         header_timeout: std::time::Duration::from_secs(60),
         body_timeout: std::time::Duration::from_secs(60),
+        body_min_rate: 500,
         send_timeout: std::time::Duration::from_secs(60),
         keepalive_timeout: std::time::Duration::from_secs(300),
         open_conns: Arc::new(AtomicUsize::new(0)),

@@ -103,6 +103,7 @@ pub(crate) fn make_ctx(
         max_conns: usize::try_from(cfg.max_connections).unwrap_or(usize::MAX),
         header_timeout: cfg.header_timeout,
         body_timeout: cfg.body_timeout,
+        body_min_rate: cfg.body_min_rate,
         send_timeout: cfg.send_timeout,
         keepalive_timeout: cfg.keepalive_timeout,
         open_conns: Arc::new(AtomicUsize::new(0)),
