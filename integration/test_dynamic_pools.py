@@ -395,6 +395,58 @@ def test_spawn_rate_limits_new_instances(tmp_path):
         b.stop()
 
 
+def test_a_refused_name_spends_no_spawn_rate(tmp_path):
+    sites = make_sites(tmp_path, ("good.test", "bad.test"))
+    (sites / "bad.test" / "app.py").unlink()
+    (sites / "bad.test" / "app.py").symlink_to(sites / "good.test" / "app.py")
+    # Each site runs as its owner (the test's own account; root is allowed here).
+    spec = template(sites, {"spawn-rate": 1, "min-uid": 0}, user="{owner}", **{"allow-root": True})
+    b = start_bridge(tmp_path, {"sites": spec}, extra={"log-rate-limit": False})
+    try:
+        # A tenant hammering its bad name gets its 403 every time, looked at once...
+        for i in range(10):
+            r = get(b, "bad.test")
+            assert r.status == 403, (i, r.status, r.stdout[:200])
+        b.log.wait_for(r'instance "bad\.test" refused: .*app\.py is a symbolic link.*answering 403')
+        b.log.wait_for(r'instance "bad\.test" refused: .*\(remembered for missing-cache\), answering 403')
+        # ...and the one new instance a second is still there for a real site.
+        r = get(b, "good.test")
+        assert r.status == 200, r.stdout[:300]
+        assert set(instances(b)) == {"good.test"}
+    finally:
+        b.stop()
+
+
+def test_one_slow_site_queues_its_share_not_every_connection_of_the_listener(tmp_path):
+    sites = make_sites(tmp_path, ("slow.test", "other.test"))
+    port = free_ports(1)[0]
+    # 24 connections for at most 2 instances: 12 waiting for each by default.
+    b = make_bridge(tmp_path, {"sites": template(sites, {"max-instances": 2}, threads=1)},
+                    {"web": {"fastcgi": f"127.0.0.1:{port}", "pool": "sites", "max-connections": 24}},
+                    bridge_extra={"log-rate-limit": False})
+    b.start()
+    wait_until(lambda: b.assert_running() or can_connect(("127.0.0.1", port)), 60, what="bridge listening")
+    release = tmp_path / "release"
+    held = []
+    try:
+        assert get(b, "slow.test").status == 200
+        assert instances(b)["slow.test"]["queue_size"] == 12
+        # One running, 12 waiting; the 7 past the queue are answered 503 at once.
+        held = [hold(b, "slow.test", release) for _ in range(20)]
+        wait_until(lambda: sum("r" in out for _, out in held) == 7, 60, what="the requests past the queue answered")
+        assert [out["r"].status for _, out in held if "r" in out] == [503] * 7
+        b.log.wait_for(r"queue full.*pool=sites\[slow\.test\]")
+        # The listener has connections left for the other site.
+        r = get(b, "other.test")
+        assert r.status == 200, r.stdout[:300]
+    finally:
+        release.touch()
+        for t, _ in held:
+            t.join(60)
+        b.stop()
+    assert sum(out.get("r") is not None and out["r"].status == 200 for _, out in held) == 13
+
+
 # ------------------------------------------------------------------ operations
 
 def test_reload_rolls_the_instances_of_a_changed_template_without_a_failed_request(tmp_path):

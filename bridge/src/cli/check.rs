@@ -20,6 +20,11 @@ pub fn main(config_dir: &Path) -> ExitCode {
     let loaded = config::load(config_dir).map_err(|e| e.to_string());
     match loaded.and_then(|c| crate::supervise::probe::check_pools(&c.pools).map(|()| c).map_err(|e| e.to_string())) {
         Ok(config) => {
+            // Valid, but worth a look (`file:line:column: warning: …`): on stderr, so that
+            // the output stays a configuration.
+            for w in config.templates.iter().flat_map(|t| &t.warnings) {
+                eprintln!("{w}");
+            }
             let text = render(&config, &config_dir.display().to_string());
             let mut out = std::io::stdout().lock();
             // A closed pipe (`fcgibridge check | head`) is not a configuration error.

@@ -7,7 +7,7 @@
 //! At load time the keys without a placeholder are checked as for a pool; those with one
 //! (and what depends on the app file: chdir, chroot, script owner) are checked per
 //! instance, when its first request comes.
-use super::error::{ConfigError, Source};
+use super::error::{At, ConfigError, Source};
 use super::file::RawPool;
 use super::locate::KeyPath;
 use super::model::Pool;
@@ -28,6 +28,9 @@ pub const DEFAULT_SPAWN_RATE: u32 = 4;
 pub const DEFAULT_MISSING_CACHE: Duration = Duration::from_secs(10);
 /// `min-uid` by default: below it an instance's user is a system account and refused.
 pub const DEFAULT_MIN_UID: u32 = 1000;
+/// The least `queue-size` an instance gets by default, however many instances share the
+/// listener: enough for a burst while its first worker starts.
+pub const INSTANCE_QUEUE_FLOOR: usize = 16;
 
 /// The placeholders a template may use, and where their values come from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -87,9 +90,17 @@ pub struct Template {
     pub spawn_rate: u32,
     pub missing_cache: Duration,
     pub min_uid: u32,
+    /// An instance's `queue-size`: as written, else its fair share of the listeners that
+    /// lead to the template ([`fit_to_listeners`]).
+    pub queue_size: usize,
+    /// Where `queue-size` is written, when it is.
+    pub queue_size_at: Option<At>,
     /// Requests its instances take without a 503 (processes × threads + queue, times
     /// max-instances), for FCGI_MAX_REQS.
     pub capacity: usize,
+    /// What `check` and the daemon warn of (a written queue-size that lets one instance hold
+    /// a listener's every connection): `file:line:column: warning: key: message`.
+    pub warnings: Vec<String>,
 }
 
 impl PartialEq for Template {
@@ -101,7 +112,7 @@ impl PartialEq for Template {
             && self.allow.as_ref().map(regex::Regex::as_str) == o.allow.as_ref().map(regex::Regex::as_str)
             && (self.max_instances, self.idle_timeout, self.spawn_rate)
                 == (o.max_instances, o.idle_timeout, o.spawn_rate)
-            && (self.missing_cache, self.min_uid) == (o.missing_cache, o.min_uid)
+            && (self.missing_cache, self.min_uid, self.queue_size) == (o.missing_cache, o.min_uid, o.queue_size)
     }
 }
 
@@ -275,7 +286,7 @@ pub fn resolve(
     if !errs.is_empty() {
         return Err(ConfigError::several(errs));
     }
-    let capacity = capacity_of_raw(&raw).saturating_mul(max_instances as usize);
+    let (queue_size, queue_size_at, capacity) = queue_of(src, &here, &raw, max_instances);
     Ok(Template {
         name: name.to_owned(),
         dir: dir.to_path_buf(),
@@ -289,8 +300,65 @@ pub fn resolve(
         spawn_rate,
         missing_cache,
         min_uid,
+        queue_size,
+        queue_size_at,
         capacity,
+        warnings: Vec::new(),
     })
+}
+
+/// An instance's `queue-size`, where it is written, and the template's capacity: before
+/// [`fit_to_listeners`] knows the listeners, as behind one of the default max-connections.
+fn queue_of(src: &Source, here: &KeyPath, raw: &RawPool, max_instances: u32) -> (usize, Option<At>, usize) {
+    let at = raw.queue_size.is_some().then(|| src.at(&here.key("queue-size")));
+    let queue = raw.queue_size.unwrap_or_else(|| fair_queue(super::resolve::DEFAULT_MAX_CONNECTIONS, max_instances));
+    (queue, at, capacity_of_raw(raw, queue).saturating_mul(max_instances as usize))
+}
+
+/// An instance's default `queue-size` behind a listener of `max_connections`: its share
+/// among `max_instances`, but at least [`INSTANCE_QUEUE_FLOOR`] — or half the listener's
+/// connections when that is less — and at least one. One slow site then fills its own queue, not
+/// the listener: its next requests get 503 (queue full) while the other sites are served.
+pub fn fair_queue(max_connections: u32, max_instances: u32) -> usize {
+    let connections = max_connections as usize;
+    let share = connections / (max_instances.max(1) as usize);
+    share.max(INSTANCE_QUEUE_FLOOR.min(connections / 2)).max(1)
+}
+
+/// Size each template's instances for the listeners that lead to it (by `pool:` or a route):
+/// a `queue-size` not written becomes the fair share of the smallest of their
+/// `max-connections`; a written one that lets one instance hold every connection of one of
+/// them is kept, with a warning.
+pub(super) fn fit_to_listeners(templates: &mut [Template], listeners: &[&super::model::Listener]) {
+    for t in templates {
+        let reaching: Vec<&super::model::Listener> =
+            listeners.iter().copied().filter(|l| l.routes.iter().any(|r| r.pool == t.name)).collect();
+        let Some(narrowest) = reaching.iter().map(|l| l.max_connections).min() else { continue };
+        let running = capacity_of_raw(&t.raw, 0);
+        match &t.queue_size_at {
+            None => t.queue_size = fair_queue(narrowest, t.max_instances),
+            // One instance is all there is: it holds no other site's connections.
+            Some(_) if t.max_instances == 1 => {}
+            Some(at) => {
+                for l in &reaching {
+                    let connections = l.max_connections as usize;
+                    // Only where a smaller queue-size helps (else processes × threads is the matter).
+                    if running + t.queue_size < connections || running + 1 >= connections {
+                        continue;
+                    }
+                    t.warnings.push(format!(
+                        "{at}: warning: pools.{}.queue-size: {} waiting plus {running} running lets one instance hold all {connections} connections of listener {:?} (max-connections), so one slow site starves the others; leave queue-size out for a fair share ({}) or write at most {}",
+                        t.name,
+                        t.queue_size,
+                        l.name,
+                        fair_queue(l.max_connections, t.max_instances),
+                        connections - running - 1,
+                    ));
+                }
+            }
+        }
+        t.capacity = (running + t.queue_size).saturating_mul(t.max_instances as usize);
+    }
 }
 
 type Settings = (Option<regex::Regex>, u32, Option<Duration>, u32, Duration, u32);
@@ -393,13 +461,13 @@ pub fn fill_raw(raw: &RawPool, values: &[(Placeholder, &str)]) -> RawPool {
     out
 }
 
-/// Requests one instance takes at once without a 503, from the entry as written (its
-/// sample may not resolve: its files exist per instance only).
-fn capacity_of_raw(raw: &RawPool) -> usize {
-    use super::resolve::{DEFAULT_QUEUE_SIZE, DEFAULT_THREADS};
+/// Requests one instance takes at once without a 503 — its threads and `queue` — from the
+/// entry as written (its sample may not resolve: its files exist per instance only).
+fn capacity_of_raw(raw: &RawPool, queue: usize) -> usize {
+    use super::resolve::DEFAULT_THREADS;
     let processes = raw.max_processes.or(raw.processes).unwrap_or(super::supervision::DEFAULT_MAX_PROCESSES);
     let threads = raw.threads.unwrap_or(DEFAULT_THREADS);
-    (processes as usize) * (threads as usize) + raw.queue_size.unwrap_or(DEFAULT_QUEUE_SIZE)
+    (processes as usize) * (threads as usize) + queue
 }
 
 impl Template {
@@ -440,7 +508,8 @@ fn drop_nulls(v: &mut serde_json::Value) {
 
 /// An instance's pool from its filled-in entry, resolved and checked as a written pool
 /// (errors name the template's file and keys).
-pub fn instantiate(t: &Template, raw: RawPool, search_path: Option<&std::ffi::OsStr>) -> Result<Pool, ConfigError> {
+pub fn instantiate(t: &Template, mut raw: RawPool, search_path: Option<&std::ffi::OsStr>) -> Result<Pool, ConfigError> {
+    raw.queue_size.get_or_insert(t.queue_size);
     let src = Source { file: t.file.clone(), index: super::locate::KeyIndex::default() };
     let opts = super::LoadOptions { search_path, privileges: super::Privileges::Check };
     super::resolve::pool(&src, &t.dir, &t.name, raw, opts)
@@ -508,6 +577,55 @@ listeners:
         let bin = root.join("bin");
         let reloaded = super::super::load_with_search_path(&again, Some(bin.as_os_str())).unwrap();
         assert_eq!(reloaded, config, "\n{text}");
+    }
+
+    #[test]
+    fn the_fair_share_of_a_listener() {
+        assert_eq!(fair_queue(1024, DEFAULT_MAX_INSTANCES), 16);
+        assert_eq!(fair_queue(1024, 4), 256);
+        assert_eq!(fair_queue(1024, 1000), INSTANCE_QUEUE_FLOOR);
+        // A small listener: the floor is no more than half of it.
+        assert_eq!((fair_queue(20, 64), fair_queue(1, 64)), (10, 1));
+    }
+
+    #[test]
+    fn an_instance_queues_its_share_of_the_listeners_connections_by_default() {
+        let (root, loaded) = load("template-queue", TEMPLATE);
+        let t = &loaded.unwrap().templates[0];
+        // Three instances behind a listener of the default 1024 connections.
+        assert_eq!((t.queue_size, &t.warnings), (341, &Vec::<String>::new()));
+        assert_eq!(t.capacity, 3 * (4 * 2 + 341));
+        fs::create_dir_all(root.join("sites/alpha.test")).unwrap();
+        fs::write(root.join("sites/alpha.test/app.py"), "application = None\n").unwrap();
+        let raw = fill_raw(&t.raw, &[(Placeholder::Host, "alpha.test")]);
+        assert_eq!(instantiate(t, raw, Some(root.join("bin").as_os_str())).unwrap().queue_size, 341);
+        // The narrowest listener that leads to it decides (60 / 3); a listener that leads
+        // elsewhere does not.
+        let listeners = concat!(
+            "  small:\n",
+            "    fastcgi: 127.0.0.1:9001\n",
+            "    max-connections: 60\n",
+            "    routes: [{host: a.test, pool: sites}, {pool: plain}]\n",
+            "  other: {fastcgi: 127.0.0.1:9002, pool: plain, max-connections: 3}\n",
+            "  web:",
+        );
+        let text =
+            TEMPLATE.replace("  web:", listeners).replace("listeners:", "  plain: {app: ../bin/python3}\nlisteners:");
+        let t = load("template-queue-two", &text).1.unwrap().templates.remove(0);
+        assert_eq!(t.queue_size, 20);
+    }
+
+    #[test]
+    fn a_written_queue_size_that_holds_a_whole_listener_is_kept_with_a_warning() {
+        let text = TEMPLATE.replace("threads: 2", "threads: 2\n    queue-size: 1024");
+        let t = load("template-queue-written", &text).1.unwrap().templates.remove(0);
+        assert_eq!(t.queue_size, 1024);
+        assert_eq!(t.warnings.len(), 1, "{:?}", t.warnings);
+        let want = "10.yaml:7:5: warning: pools.sites.queue-size: 1024 waiting plus 8 running lets one instance hold all 1024 connections of listener \"web\" (max-connections), so one slow site starves the others; leave queue-size out for a fair share (341) or write at most 1015";
+        assert!(t.warnings[0].ends_with(want), "{}", t.warnings[0]);
+        // Below the listener's connections: no warning.
+        let text = TEMPLATE.replace("threads: 2", "threads: 2\n    queue-size: 1015");
+        assert_eq!(load("template-queue-fits", &text).1.unwrap().templates[0].warnings, Vec::<String>::new());
     }
 
     #[test]

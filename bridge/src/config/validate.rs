@@ -118,6 +118,7 @@ pub(super) fn merge(
     }
     errors.extend(check_addresses(&listeners, &sources));
     ConfigError::from_all(errors)?;
+    super::template::fit_to_listeners(&mut templates, &listeners.iter().map(|(l, _)| l).collect::<Vec<_>>());
 
     Ok(Config {
         global: global.finish(),

@@ -7,7 +7,9 @@
 //! name, the template's `allow:`), and the app file must exist (a missing one is answered
 //! 404 and remembered for `missing-cache`). New instances are limited to `spawn-rate` a
 //! second and `max-instances` live ones: at the cap the least recently used idle instance
-//! is stopped, else the request gets 503 with Retry-After. An instance with no request
+//! is stopped, else the request gets 503 with Retry-After. An instance refused before it
+//! starts (its account, its configuration) is remembered for `missing-cache` too, and pays
+//! from a budget of its own, not from `spawn-rate`. An instance with no request
 //! for `instance-idle-timeout` is stopped. An instance's configuration is resolved and
 //! checked exactly as a written pool's (user, script owner, chroot, the interpreter
 //! probe), and a `user:` below `min-uid` is refused.
@@ -50,7 +52,7 @@ impl Target {
 }
 
 /// Why a request gets no instance of a template.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub(crate) enum Refusal {
     #[error("bad {what} {value}: {why}")]
     BadKey { what: &'static str, value: String, why: &'static str },
@@ -71,6 +73,25 @@ pub(crate) enum Refusal {
 }
 
 impl Refusal {
+    /// The key of a refusal made for one key (and so remembered for it).
+    fn key(&self) -> Option<&str> {
+        match self {
+            Self::Missing { key, .. } | Self::Account { key, .. } | Self::Broken { key, .. } => Some(key),
+            _ => None,
+        }
+    }
+
+    /// The same refusal given again from the cache: its line says so.
+    fn cached(self) -> Self {
+        let note = |why: String| format!("{why} (remembered for missing-cache)");
+        match self {
+            Self::Missing { key, why } => Self::Missing { key, why: note(why) },
+            Self::Account { key, why } => Self::Account { key, why: note(why) },
+            Self::Broken { key, why } => Self::Broken { key, why: note(why) },
+            other => other,
+        }
+    }
+
     /// The status the request is answered with, and its Retry-After.
     pub(crate) fn status(&self) -> (u16, Option<u32>) {
         match self {
@@ -141,9 +162,42 @@ pub(crate) struct TemplateRuntime {
 #[derive(Default)]
 struct State {
     live: HashMap<String, Instance>,
-    missing: HashMap<String, Instant>,
+    /// Keys refused before anything was made (app missing, account refused, a broken
+    /// instance), answered so again without looking until the instant given.
+    refused: HashMap<String, (Instant, Refusal)>,
+    /// `spawn-rate`: spent by the instances that start.
+    spawns: Bucket,
+    /// Spent by instances refused before they start, so that a tenant hammering a bad name
+    /// leaves `spawns` to the sites; past it a refusal spends from `spawns` again, which
+    /// keeps the work of looking keys up (an interpreter probe each) at twice spawn-rate.
+    refusals: Bucket,
+}
+
+/// A token bucket of `rate` tokens, refilled at `rate` a second; full at first.
+#[derive(Default)]
+struct Bucket {
     tokens: f64,
     refilled: Option<Instant>,
+}
+
+impl Bucket {
+    /// Whether a token is there now (refilled up to `now`).
+    fn has(&mut self, rate: u32, now: Instant) -> bool {
+        let rate = f64::from(rate);
+        let since = self.refilled.map_or(rate, |at| now.duration_since(at).as_secs_f64() * rate);
+        self.tokens = (self.tokens + since).min(rate);
+        self.refilled = Some(now);
+        self.tokens >= 1.0
+    }
+
+    /// Take a token if there is one.
+    fn take(&mut self, rate: u32, now: Instant) -> bool {
+        let ok = self.has(rate, now);
+        if ok {
+            self.tokens -= 1.0;
+        }
+        ok
+    }
 }
 
 /// One live instance.
@@ -267,8 +321,9 @@ impl Instances {
             self.0.start_reaper();
         }
         for t in templates {
-            tracing::info!(template = %t.name, max_instances = t.max_instances, "pool template: an instance per {}", key_names(t));
+            tracing::info!(template = %t.name, max_instances = t.max_instances, queue_size = t.queue_size, "pool template: an instance per {}", key_names(t));
         }
+        warn_of(templates);
         if !nix::unistd::geteuid().is_root() && templates.iter().any(|t| t.keys.contains(&Placeholder::User)) {
             tracing::warn!("the bridge is not root: instances of a template with {{user}} can only run as the bridge's own user; others are refused");
         }
@@ -322,6 +377,8 @@ impl Instances {
                 Some(o) if *o.config() == *t && !restart_all => next.push(o.clone()),
                 Some(o) => {
                     changed.push(t.name.clone());
+                    // What it refused, the new settings may take.
+                    o.lock().refused.clear();
                     if o.config().keys == t.keys {
                         o.roll(Arc::new(t.clone()), restart_all).await;
                     } else {
@@ -343,6 +400,7 @@ impl Instances {
         if !next.is_empty() {
             self.0.start_reaper();
         }
+        warn_of(new);
         self.0.with(|b| b.templates = next);
         let list = |v: &[String]| if v.is_empty() { "none".to_owned() } else { v.join(", ") };
         format!("templates changed: {}; removed: {}", list(&changed), list(&removed))
@@ -375,6 +433,13 @@ impl Instances {
         for w in waits {
             let _ = w.await;
         }
+    }
+}
+
+/// The configuration's warnings about templates (as `fcgibridge check` prints them).
+fn warn_of(templates: &[Template]) {
+    for (t, w) in templates.iter().flat_map(|t| t.warnings.iter().map(move |w| (t, w))) {
+        tracing::warn!(template = %t.name, "{w}");
     }
 }
 
@@ -491,16 +556,19 @@ impl TemplateRuntime {
         if let Some(p) = self.touch(&key) {
             return Ok(p);
         }
-        self.admit(&t, &key)?;
+        // Nothing is looked up while no instance could start; the token is spent (and an
+        // idle instance stopped for room) only once this one is sure to.
+        self.may_admit(&t, &key)?;
         let name = format!("{}[{key}]", t.name);
         let (t2, name2) = (t.clone(), name.clone());
         let search_path = self.search_path();
         let made = tokio::task::spawn_blocking(move || resolve_instance(&t2, name2, raw, search_path)).await;
         let pool = match made {
             Ok(Ok(pool)) => pool,
-            Ok(Err(r)) => return Err(r(key)),
+            Ok(Err(r)) => return Err(self.refuse(&t, r(key))),
             Err(e) => return Err(Refusal::Broken { key, why: format!("resolving it failed: {e}") }),
         };
+        self.admit(&t, &key)?;
         let shelf = self
             .shelf
             .upgrade()
@@ -516,17 +584,16 @@ impl TemplateRuntime {
         Ok(pool)
     }
 
-    /// 404 at once, and remembered, when the app file or the directory is missing.
+    /// 404 at once, and remembered, when the app file or the directory is missing; a key
+    /// refused before (for `missing-cache`) gets its answer again without a look.
     fn check_present(&self, t: &Template, key: &str, raw: &crate::config::RawPool) -> Result<(), Refusal> {
         let now = Instant::now();
         {
             let mut st = self.lock();
-            match st.missing.get(key) {
-                Some(until) if *until > now => {
-                    return Err(Refusal::Missing { key: key.to_owned(), why: "missing (cached)".into() })
-                }
+            match st.refused.get(key) {
+                Some((until, r)) if *until > now => return Err(r.clone()),
                 Some(_) => {
-                    st.missing.remove(key);
+                    st.refused.remove(key);
                 }
                 None => {}
             }
@@ -538,14 +605,47 @@ impl TemplateRuntime {
             _ => None,
         };
         let Some(why) = missing else { return Ok(()) };
+        Err(self.remember(t, Refusal::Missing { key: key.to_owned(), why }, now))
+    }
+
+    /// Keep `r` for `missing-cache` (within [`MISSING_CACHE_ENTRIES`]); the answer, which
+    /// says it was remembered when it is given again.
+    fn remember(&self, t: &Template, r: Refusal, now: Instant) -> Refusal {
         let mut st = self.lock();
-        if st.missing.len() >= MISSING_CACHE_ENTRIES {
-            st.missing.retain(|_, until| *until > now);
+        if st.refused.len() >= MISSING_CACHE_ENTRIES {
+            st.refused.retain(|_, (until, _)| *until > now);
         }
-        if st.missing.len() < MISSING_CACHE_ENTRIES && !t.missing_cache.is_zero() {
-            st.missing.insert(key.to_owned(), now + t.missing_cache);
+        if st.refused.len() < MISSING_CACHE_ENTRIES && !t.missing_cache.is_zero() {
+            if let Some(key) = r.key() {
+                st.refused.insert(key.to_owned(), (now + t.missing_cache, r.clone().cached()));
+            }
         }
-        Err(Refusal::Missing { key: key.to_owned(), why })
+        r
+    }
+
+    /// An instance refused before it started: remembered, and paid for from the refusals'
+    /// own budget (from spawn-rate only when that is spent).
+    fn refuse(&self, t: &Template, r: Refusal) -> Refusal {
+        let now = Instant::now();
+        {
+            let mut st = self.lock();
+            if !st.refusals.take(t.spawn_rate, now) {
+                st.spawns.take(t.spawn_rate, now);
+            }
+        }
+        self.remember(t, r, now)
+    }
+
+    /// Whether a new instance could start now (spawn-rate, max-instances), spending nothing.
+    fn may_admit(&self, t: &Template, key: &str) -> Result<(), Refusal> {
+        let mut st = self.lock();
+        if !st.spawns.has(t.spawn_rate, Instant::now()) {
+            return Err(Refusal::SpawnRate(key.to_owned()));
+        }
+        if st.live.len() >= t.max_instances as usize && !st.live.values().any(|i| is_idle(&i.pool)) {
+            return Err(Refusal::Full { key: key.to_owned(), max: t.max_instances });
+        }
+        Ok(())
     }
 
     /// spawn-rate and max-instances: a token for a new instance, and room for it (the least
@@ -554,11 +654,7 @@ impl TemplateRuntime {
         let now = Instant::now();
         let victim = {
             let mut st = self.lock();
-            let rate = f64::from(t.spawn_rate);
-            let since = st.refilled.map_or(rate, |at| now.duration_since(at).as_secs_f64() * rate);
-            st.tokens = (st.tokens + since).min(rate);
-            st.refilled = Some(now);
-            if st.tokens < 1.0 {
+            if !st.spawns.has(t.spawn_rate, now) {
                 return Err(Refusal::SpawnRate(key.to_owned()));
             }
             let victim = if st.live.len() >= t.max_instances as usize {
@@ -575,7 +671,7 @@ impl TemplateRuntime {
             } else {
                 None
             };
-            st.tokens -= 1.0;
+            st.spawns.take(t.spawn_rate, now);
             victim
         };
         if let Some(v) = victim {
@@ -855,8 +951,61 @@ pub(crate) fn log_refusal(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    /// A template of `user: "{owner}"` over `root/sites/{host}/app.py` where every site's
+    /// app.py is a symbolic link (refused before anything starts), and its runtime.
+    fn symlinked_sites(name: &str, spawn_rate: u32, hosts: &[&str]) -> (Arc<Template>, Arc<TemplateRuntime>) {
+        let root = crate::config::tests::scratch_dir(name);
+        std::fs::write(root.join("real.py"), "application = None\n").unwrap();
+        for h in hosts {
+            std::fs::create_dir_all(root.join("sites").join(h)).unwrap();
+            std::os::unix::fs::symlink(root.join("real.py"), root.join("sites").join(h).join("app.py")).unwrap();
+        }
+        std::fs::create_dir_all(root.join("conf.d")).unwrap();
+        let text = format!(
+            "pools:\n  sites:\n    template: {{spawn-rate: {spawn_rate}}}\n    app: {}/sites/{{host}}/app.py\n    user: '{{owner}}'\nlisteners:\n  web: {{fastcgi: 127.0.0.1:9000, pool: sites}}\n",
+            root.display()
+        );
+        std::fs::write(root.join("conf.d/10.yaml"), text).unwrap();
+        let config = crate::config::load_with_search_path(&root.join("conf.d"), None).unwrap();
+        let t = Arc::new(config.templates[0].clone());
+        (t.clone(), TemplateRuntime::new(&t, &Arc::new(Shelf::default())))
+    }
+
+    async fn ask(rt: &TemplateRuntime, host: &str) -> Refusal {
+        match rt.instance(&Params::default(), Some(("host", host.as_bytes().to_vec()))).await {
+            Err(r) => r,
+            Ok(p) => panic!("{host}: an instance {} was made", p.name),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_refused_instance_leaves_spawn_rate_to_the_sites_and_is_remembered() {
+        let (t, rt) = symlinked_sites("refusals-spend-no-spawn-rate", 2, &["bad.test", "worse.test"]);
+        // A tenant hammering its bad name: every answer is its own 403, never a 503.
+        for i in 0..10 {
+            let r = ask(&rt, "bad.test").await;
+            assert!(matches!(r, Refusal::Account { .. }), "request {i}: {r}");
+            assert!(r.to_string().contains("is a symbolic link"), "{r}");
+            assert_eq!(r.to_string().contains("(remembered for missing-cache)"), i > 0, "{r}");
+        }
+        // spawn-rate is whole: two new sites could start this second.
+        {
+            let (mut st, now) = (rt.lock(), Instant::now());
+            assert!(st.spawns.take(t.spawn_rate, now) && st.spawns.take(t.spawn_rate, now));
+        }
+        // Past the refusals' own budget, a refusal spends spawn-rate again: looking keys up
+        // stays bounded.
+        rt.lock().refusals = Bucket { tokens: 0.0, refilled: Some(Instant::now()) };
+        rt.lock().spawns = Bucket::default();
+        let r = ask(&rt, "worse.test").await;
+        assert!(matches!(r, Refusal::Account { .. }), "{r}");
+        let left = rt.lock().spawns.tokens;
+        assert!((left - 1.0).abs() < 0.5, "one of 2 spent: {left}");
+    }
 
     #[test]
     fn host_keys() {
