@@ -1,9 +1,11 @@
 """Per-pool isolation (docs/supervision-isolation.md): workers run as an unprivileged user
 with the pool's groups, umask, limits, nice and environment; root workers are refused
 without allow-root; settings that need root fail at check time for an unprivileged bridge;
-script-user / script-group refuse an app file with the wrong owner; chroot.
+script-user / script-group refuse an app file with the wrong owner; chroot; rlimit-as caps a
+worker's address space (MemoryError for the request, or a worker that dies and is replaced).
 
-The privilege tests need root and the account made by scripts/create-test-user."""
+The privilege tests need root and the account made by scripts/create-test-user; the rlimit-as
+tests run as any user (lowering a limit needs no privilege)."""
 from __future__ import annotations
 
 import grp
@@ -17,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+import fcgi_client as fc
 from harness import APPS, Bridge, bridge_binary, free_ports, make_bridge, to_yaml, wait_until
 
 TEST_USER = "fcgibridge-test"
@@ -55,12 +58,12 @@ def public_dir():
         shutil.rmtree(d, ignore_errors=True)
 
 
-def public_app(d: Path, name="app.py") -> Path:
+def public_app(d: Path, name="app.py", source="whoami_app.py") -> Path:
     app_dir = d / "app"
     app_dir.mkdir(exist_ok=True)
     app_dir.chmod(0o755)
     target = app_dir / name
-    shutil.copy(APPS / "whoami_app.py", target)
+    shutil.copy(APPS / source, target)
     target.chmod(0o644)
     return target
 
@@ -325,5 +328,122 @@ def test_preloaded_template_runs_as_the_pool_user(tmp_path, public_dir):
         with open(f"/proc/{ppid}/status") as f:
             assert f"Uid:\t{user.pw_uid}\t" in f.read(), "the template should run as the pool user too"
         assert ppid != b.pid
+    finally:
+        b.stop()
+
+
+AS_CAP = 256 << 20
+
+
+def address_space_limit(pid: int) -> tuple[int, int]:
+    """(soft, hard) RLIMIT_AS of a process as the kernel reports it."""
+    with open(f"/proc/{pid}/limits") as f:
+        for line in f:
+            if line.startswith("Max address space"):
+                soft, hard = line.split()[3:5]
+                return int(soft), int(hard)
+    raise AssertionError(f"no address-space line in /proc/{pid}/limits")
+
+
+def parent_of(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[1])
+
+
+def hog_pool(public_dir: Path, **keys) -> tuple[dict, Path]:
+    """A pool of apps/memory_hog_app.py capped at 256M, and the directory where its /hold
+    requests signal (writable by any worker user)."""
+    signals = public_dir / "signals"
+    signals.mkdir()
+    signals.chmod(0o777)
+    spec = {"app": str(public_app(public_dir, "hog.py", "memory_hog_app.py")), "rlimit-as": "256M",
+            "env": {"FCGIBRIDGE_TEST_DIR": str(signals)}, "queue-timeout": "60s"}
+    spec.update(keys)
+    return spec, signals
+
+
+def hog_info(b: Bridge) -> dict:
+    resp = b.request("/", pool="iso", listener="l")
+    assert resp.status == 200, resp.stdout[:500]
+    return json.loads(resp.body)
+
+
+def hold(b: Bridge, signals: Path) -> fc.FcgiConnection:
+    """A /hold request in flight, once the app has it."""
+    conn = b.fcgi("l")
+    conn.begin(1, fc.cgi_params("/hold", headers={"Host": "iso"}))
+    wait_until(lambda: (signals / "holding").exists(), 60, what="the /hold request to reach the app")
+    return conn
+
+
+def finish(conn: fc.FcgiConnection, signals: Path):
+    (signals / "release").touch()
+    try:
+        resp = conn.wait(1)
+    finally:
+        conn.close()
+    assert resp.status == 200, resp.stdout[:500]
+
+
+@pytest.mark.parametrize("variant", ["plain", "pool-user", "preload"])
+def test_rlimit_as_turns_a_runaway_allocation_into_one_500(tmp_path, public_dir, variant):
+    """Under rlimit-as: 256M a request allocating 400 MB gets MemoryError: 500 for it, a log
+    line with pool, pid and request; the request on the worker's other thread and the next
+    one on the same worker are served. The cap is on the worker (and on a preload template,
+    whose forks inherit it), as the pool's user too."""
+    keys = {"processes": 1, "threads": 2}
+    if variant == "pool-user":
+        need_test_user()
+        keys.update(user=TEST_USER, python=SYSTEM_PYTHON)
+    if variant == "preload":
+        keys["preload"] = True
+    spec, signals = hog_pool(public_dir, **keys)
+    b = started(tmp_path, public_dir, spec)
+    try:
+        b.wait_ready([("l", "/", "iso")], timeout=60)
+        me = hog_info(b)
+        pid = me["pid"]
+        assert me["as"] == [AS_CAP, AS_CAP]
+        assert address_space_limit(pid) == (AS_CAP, AS_CAP)
+        if variant == "preload":
+            template = parent_of(pid)
+            assert template != b.pid
+            assert address_space_limit(template) == (AS_CAP, AS_CAP)
+        if variant == "pool-user":
+            assert os.stat(f"/proc/{pid}").st_uid == pwd.getpwnam(TEST_USER).pw_uid
+
+        held = hold(b, signals)
+        mark = b.log.mark()
+        resp = b.request("/hog", pool="iso", listener="l")
+        assert resp.status == 500, resp.stdout[:500]
+        line = b.log.wait_for([r"MemoryError", r'pool="?iso\b', rf"pid={pid}\b", r"request_id=", r'uri="?/hog'],
+                              since=mark)[0]
+        assert "worker exited" not in b.log.text(mark), line
+        finish(held, signals)
+        assert hog_info(b)["pid"] == pid, "the worker should have survived its MemoryError"
+    finally:
+        b.stop()
+
+
+def test_rlimit_as_a_worker_that_dies_of_it_is_replaced(tmp_path, public_dir):
+    """An allocation that fails inside the native worker (here: buffering a 300 MB body for
+    wsgi.input.read()) aborts the worker: 502 for that request, the exit logged, a new worker
+    started; the request in flight on the pool's other worker carries on."""
+    spec, signals = hog_pool(public_dir, processes=2, threads=1)
+    b = started(tmp_path, public_dir, spec)
+    try:
+        b.wait_ready([("l", "/", "iso")], timeout=60)
+        held = hold(b, signals)
+        mark = b.log.mark()
+        resp = b.request("/upload", pool="iso", listener="l", method="POST", body=b"x" * (300 << 20))
+        assert resp.status in (500, 502), resp.stdout[:500]
+        if resp.status == 502:
+            b.log.wait_for([r"worker exited", r'pool="?iso\b', r"replacing it"], since=mark)
+            b.log.wait_for([r"worker ready", r'pool="?iso\b'], since=mark, timeout=60)
+        else:  # the native worker learned to report it: the same as the app's MemoryError
+            b.log.wait_for([r"MemoryError", r'uri="?/upload'], since=mark)
+        finish(held, signals)
+        wait_until(lambda: b.request("/", pool="iso", listener="l").status == 200, 60,
+                   what="the pool to serve after the failed upload")
     finally:
         b.stop()

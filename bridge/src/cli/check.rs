@@ -149,7 +149,7 @@ fn render_pool(out: &mut String, pool: &Pool) {
 }
 
 /// What an isolation key that is not set means, for `check`'s output.
-const UNSET_ISOLATION: [(&str, &str); 10] = [
+const UNSET_ISOLATION: [(&str, &str); 11] = [
     ("user", "the bridge's own user"),
     ("group", "the user's primary group"),
     ("groups", "the user's groups"),
@@ -158,6 +158,7 @@ const UNSET_ISOLATION: [(&str, &str); 10] = [
     ("rlimit-nofile", "the bridge's"),
     ("rlimit-nproc", "the bridge's"),
     ("rlimit-core", "the bridge's"),
+    ("rlimit-as", "the bridge's"),
     ("nice", "the bridge's"),
     ("script-user", "the app file's owner is not checked"),
 ];

@@ -147,6 +147,8 @@ pub struct RawPool {
     pub rlimit_nproc: Option<u64>,
     /// A size or "unlimited".
     pub rlimit_core: Option<String>,
+    /// Address space (RLIMIT_AS), a size.
+    pub rlimit_as: Option<ByteSize>,
     pub nice: Option<i32>,
     pub allow_root: Option<bool>,
     pub script_user: Option<String>,

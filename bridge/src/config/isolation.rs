@@ -13,6 +13,14 @@ use std::path::{Path, PathBuf};
 /// RLIM_INFINITY as written in the configuration.
 pub const UNLIMITED: u64 = u64::MAX;
 
+/// The smallest `rlimit-as` accepted. RLIMIT_AS counts address space, not memory in use: a
+/// bare CPython maps 16MiB before it runs a line, and a worker with its native module and
+/// one thread 31MiB even when capped (glibc then forgoes its 64MiB per-thread malloc arenas);
+/// every further thread adds its stack (8MiB by default). Below this nothing is left for an
+/// app and its requests, and a value this small is nearly always a unit mistake
+/// (`rlimit-as: 512` is 512 bytes).
+pub const MIN_RLIMIT_AS: u64 = 64 << 20;
+
 /// A user or group as the operator wrote it (a name or a number), with its id.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Account {
@@ -48,6 +56,8 @@ pub struct Isolation {
     pub rlimit_nproc: Option<u64>,
     /// Bytes; [`UNLIMITED`] for no limit.
     pub rlimit_core: Option<u64>,
+    /// Bytes of address space (RLIMIT_AS): a hard cap on what one worker can map.
+    pub rlimit_as: Option<u64>,
     pub nice: Option<i32>,
     pub allow_root: bool,
     pub script_user: Option<Account>,
@@ -101,6 +111,9 @@ impl Isolation {
         if let Some(c) = self.rlimit_core {
             out.push(("rlimit-core", if c == UNLIMITED { "unlimited".into() } else { c.to_string() }, false));
         }
+        if let Some(n) = self.rlimit_as {
+            out.push(("rlimit-as", super::units::SizeDisplay(n).to_string(), false));
+        }
         if let Some(n) = self.nice {
             out.push(("nice", n.to_string(), false));
         }
@@ -128,6 +141,7 @@ pub struct RawIsolation {
     rlimit_nofile: Option<u64>,
     rlimit_nproc: Option<u64>,
     rlimit_core: Option<String>,
+    rlimit_as: Option<super::units::ByteSize>,
     nice: Option<i32>,
     allow_root: Option<bool>,
     script_user: Option<String>,
@@ -148,6 +162,7 @@ impl RawIsolation {
             rlimit_nofile: raw.rlimit_nofile.take(),
             rlimit_nproc: raw.rlimit_nproc.take(),
             rlimit_core: raw.rlimit_core.take(),
+            rlimit_as: raw.rlimit_as.take(),
             nice: raw.nice.take(),
             allow_root: raw.allow_root.take(),
             script_user: raw.script_user.take(),
@@ -233,6 +248,10 @@ pub fn resolve(
     if raw.rlimit_nproc == Some(0) {
         bad(key("rlimit-nproc"), "must be at least 1 (it counts the worker itself and its threads)".into());
     }
+    let rlimit_as = raw.rlimit_as.map(|b| b.0);
+    if let Some(n) = rlimit_as.filter(|n| *n < MIN_RLIMIT_AS) {
+        bad(key("rlimit-as"), rlimit_as_too_small(n));
+    }
     if let Some(n) = raw.nice.filter(|n| !(-20..=19).contains(n)) {
         bad(key("nice"), format!("{n} is outside -20..19"));
     }
@@ -250,6 +269,7 @@ pub fn resolve(
         rlimit_nofile: raw.rlimit_nofile,
         rlimit_nproc: raw.rlimit_nproc,
         rlimit_core,
+        rlimit_as,
         nice: raw.nice,
         allow_root: raw.allow_root.unwrap_or(false),
         script_user,
@@ -333,17 +353,46 @@ fn chroot(
     Ok(chroot)
 }
 
-/// The hard limits of the bridge process for NOFILE, CORE and NPROC (what an unprivileged
-/// bridge may grant).
-fn current_hard_limits() -> (u64, u64, u64) {
+/// Why an `rlimit-as` below [`MIN_RLIMIT_AS`] is refused, and what to write instead.
+fn rlimit_as_too_small(n: u64) -> String {
+    use super::units::SizeDisplay;
+    let shown = match SizeDisplay(n).to_string() {
+        bytes if bytes.bytes().all(|b| b.is_ascii_digit()) => format!("{bytes} bytes"),
+        size => size,
+    };
+    // Under 1MiB the unit was most likely left out.
+    let unit = if n < 1 << 20 { " (a bare number is bytes; uWSGI's limit-as counts megabytes)" } else { "" };
+    format!(
+        "{shown} is below {}: too little address space for a Python worker and its app; RLIMIT_AS counts \
+         virtual memory (VmSize in /proc/<pid>/status), far above RSS: set it well above a \
+         running worker's VmSize, e.g. \"1G\"{unit}",
+        SizeDisplay(MIN_RLIMIT_AS)
+    )
+}
+
+/// The bridge's own hard limits: what an unprivileged bridge may grant its workers.
+#[derive(Debug, Clone, Copy)]
+pub struct HardLimits {
+    pub nofile: u64,
+    pub core: u64,
+    pub nproc: u64,
+    pub address_space: u64,
+}
+
+fn current_hard_limits() -> HardLimits {
     use nix::sys::resource::{getrlimit, Resource};
     let hard = |r| getrlimit(r).map(|(_, h)| h).unwrap_or(UNLIMITED);
-    (hard(Resource::RLIMIT_NOFILE), hard(Resource::RLIMIT_CORE), hard(Resource::RLIMIT_NPROC))
+    HardLimits {
+        nofile: hard(Resource::RLIMIT_NOFILE),
+        core: hard(Resource::RLIMIT_CORE),
+        nproc: hard(Resource::RLIMIT_NPROC),
+        address_space: hard(Resource::RLIMIT_AS),
+    }
 }
 
 /// What keeps this bridge (`me`) from applying `iso`: workers as root without `allow-root`,
 /// or settings that need root when the bridge is not root. Returns the key to blame.
-pub fn privilege_problem(iso: &Isolation, me: BridgeIds, hard: (u64, u64, u64)) -> Option<(&'static str, String)> {
+pub fn privilege_problem(iso: &Isolation, me: BridgeIds, hard: HardLimits) -> Option<(&'static str, String)> {
     let worker_uid = iso.worker_uid(me.uid);
     if worker_uid == 0 && !iso.allow_root {
         let key = if iso.user.is_some() { "user" } else { "allow-root" };
@@ -381,17 +430,18 @@ pub fn privilege_problem(iso: &Isolation, me: BridgeIds, hard: (u64, u64, u64)) 
     if let Some(n) = iso.nice.filter(|n| *n < 0) {
         return Some(("nice", need_root(&format!("a negative nice value ({n})"))));
     }
-    if let Some(n) = iso.rlimit_nofile.filter(|n| *n > hard.0) {
-        return Some((
-            "rlimit-nofile",
-            need_root(&format!("raising the limit to {n} above the hard limit {}", hard.0)),
-        ));
+    let raising = |n: u64, hard: u64| need_root(&format!("raising the limit to {n} above the hard limit {hard}"));
+    if let Some(n) = iso.rlimit_nofile.filter(|n| *n > hard.nofile) {
+        return Some(("rlimit-nofile", raising(n, hard.nofile)));
     }
-    if let Some(n) = iso.rlimit_nproc.filter(|n| *n > hard.2) {
-        return Some(("rlimit-nproc", need_root(&format!("raising the limit to {n} above the hard limit {}", hard.2))));
+    if let Some(n) = iso.rlimit_nproc.filter(|n| *n > hard.nproc) {
+        return Some(("rlimit-nproc", raising(n, hard.nproc)));
     }
-    if let Some(n) = iso.rlimit_core.filter(|n| *n > hard.1) {
-        return Some(("rlimit-core", need_root(&format!("raising the limit to {n} above the hard limit {}", hard.1))));
+    if let Some(n) = iso.rlimit_core.filter(|n| *n > hard.core) {
+        return Some(("rlimit-core", raising(n, hard.core)));
+    }
+    if let Some(n) = iso.rlimit_as.filter(|n| *n > hard.address_space) {
+        return Some(("rlimit-as", raising(n, hard.address_space)));
     }
     None
 }
@@ -516,7 +566,7 @@ mod tests {
 
     const ROOT: BridgeIds = BridgeIds { uid: 0, gid: 0 };
     const ALICE: BridgeIds = BridgeIds { uid: 1000, gid: 1000 };
-    const HARD: (u64, u64, u64) = (4096, 0, 1 << 20);
+    const HARD: HardLimits = HardLimits { nofile: 4096, core: 0, nproc: 1 << 20, address_space: 8 << 30 };
 
     #[test]
     fn root_workers_need_allow_root() {
@@ -545,6 +595,7 @@ mod tests {
             (Isolation { rlimit_nofile: Some(100_000), ..Default::default() }, "rlimit-nofile"),
             (Isolation { rlimit_core: Some(UNLIMITED), ..Default::default() }, "rlimit-core"),
             (Isolation { rlimit_nproc: Some(1 << 40), ..Default::default() }, "rlimit-nproc"),
+            (Isolation { rlimit_as: Some(16 << 30), ..Default::default() }, "rlimit-as"),
         ];
         for (iso, want) in cases {
             let (key, msg) = privilege_problem(&iso, ALICE, HARD).unwrap();
@@ -558,6 +609,7 @@ mod tests {
             nice: Some(10),
             rlimit_nofile: Some(1024),
             rlimit_core: Some(0),
+            rlimit_as: Some(1 << 30),
             umask: Some(0o027),
             clear_env: true,
             ..Default::default()
@@ -617,13 +669,14 @@ mod tests {
     #[test]
     fn every_key_loads_and_check_output_loads_back() {
         let keys = "    user: nobody\n    group: nogroup\n    groups: [nogroup]\n    umask: \"0027\"\n    clear-env: true\n    \
-                    rlimit-nofile: 1024\n    rlimit-core: unlimited\n    nice: 5\n    preload: true\n";
+                    rlimit-nofile: 1024\n    rlimit-core: unlimited\n    rlimit-as: 1536M\n    nice: 5\n    preload: true\n";
         let (conf, r) = load_as(ROOT, "iso-all-keys", keys);
         let config = r.unwrap();
         let iso = &config.pools[0].isolation;
         assert_eq!(iso.user.as_ref().map(|u| u.login.as_str()), Some("nobody"));
         assert_eq!(iso.umask, Some(0o027));
         assert_eq!(iso.rlimit_core, Some(UNLIMITED));
+        assert_eq!(iso.rlimit_as, Some(1536 << 20));
         assert!(iso.clear_env && iso.preload && !iso.allow_root);
         let text = crate::cli::check::render(&config, "conf.d");
         std::fs::remove_file(conf.join("10-a.yaml")).unwrap();
@@ -653,6 +706,29 @@ mod tests {
         assert!(r.unwrap_err().to_string().contains("pools.demo.umask"));
         let (_, r) = load_as(ROOT, "iso-no-user", "    user: no-such-user-xyz\n");
         assert!(r.unwrap_err().to_string().contains("no such user"));
+    }
+
+    #[test]
+    fn rlimit_as_takes_a_size_of_at_least_the_floor() {
+        let load = |name: &str, value: &str| load_as(ALICE, name, &format!("    rlimit-as: {value}\n")).1;
+        for (value, bytes) in [("512M", 512 << 20), ("2GiB", 2 << 30), ("64MiB", MIN_RLIMIT_AS), ("67108864", 64 << 20)]
+        {
+            let config = load(&format!("iso-as-{bytes}"), value).unwrap();
+            assert_eq!(config.pools[0].isolation.rlimit_as, Some(bytes), "{value}");
+        }
+        // A bare number is bytes: uWSGI's `limit-as = 512` (megabytes) copied as is.
+        let msg = load("iso-as-bare", "512").unwrap_err().to_string();
+        assert!(msg.contains("10-a.yaml:5:5: pools.demo.rlimit-as: 512 bytes is below 64MiB"), "{msg}");
+        assert!(msg.contains("uWSGI's limit-as counts megabytes") && msg.contains("VmSize"), "{msg}");
+        let msg = load("iso-as-small", "63M").unwrap_err().to_string();
+        assert!(msg.contains("10-a.yaml:5:5: pools.demo.rlimit-as: 63MiB is below 64MiB"), "{msg}");
+        let msg = load("iso-as-zero", "0").unwrap_err().to_string();
+        assert!(msg.contains("pools.demo.rlimit-as: 0 bytes is below"), "{msg}");
+        let msg = load("iso-as-word", "lots").unwrap_err().to_string();
+        assert!(msg.contains("10-a.yaml:5") && msg.contains("rlimit-as") && msg.contains("invalid size"), "{msg}");
+        // Left out: the bridge's own limit is inherited.
+        let (_, r) = load_as(ALICE, "iso-as-none", "");
+        assert_eq!(r.unwrap().pools[0].isolation.rlimit_as, None);
     }
 
     #[test]

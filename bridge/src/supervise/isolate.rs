@@ -145,6 +145,10 @@ impl Prepared {
             let v = if n == crate::config::isolation::UNLIMITED { libc::RLIM_INFINITY } else { n as libc::rlim_t };
             rlimits.push((Resource::RLIMIT_CORE, v));
         }
+        // Inherited by a preload template's forks, so they need nothing of their own.
+        if let Some(n) = iso.rlimit_as {
+            rlimits.push((Resource::RLIMIT_AS, n as libc::rlim_t));
+        }
 
         let (chroot, workdir, python, worker_python_path) = match &iso.chroot {
             Some(root) => {

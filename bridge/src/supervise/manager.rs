@@ -1117,6 +1117,7 @@ mod tests {
             p.env.insert("A".into(), "1".into());
         }));
         assert!(with(&|p| p.supervision.cpu_time_limit = Some(Duration::from_secs(9))));
+        assert!(with(&|p| p.isolation.rlimit_as = Some(1 << 30)), "set before exec");
         assert!(with(&|p| p.app = App::Module { module: "y".into(), callable: "application".into() }));
     }
 }

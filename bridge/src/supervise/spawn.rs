@@ -187,7 +187,7 @@ impl std::fmt::Display for StartFailure {
                 write!(f, "cannot chroot to {} (pool `chroot:`): {source}", self.chroot.as_deref().unwrap_or("?"))
             }
             Some(Step::Limits) => {
-                write!(f, "cannot apply the pool's rlimit-nofile / rlimit-nproc / rlimit-core / nice / umask: {source}")
+                write!(f, "cannot apply the pool's rlimit-nofile / rlimit-nproc / rlimit-core / rlimit-as / nice / umask: {source}")
             }
             Some(Step::Setup) => {
                 write!(f, "cannot set up the descriptors and signals of {program} before exec: {source}")
