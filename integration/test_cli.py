@@ -27,7 +27,8 @@ def write_conf(tmp_path, files: dict) -> Path:
 ROOT_OK = "    allow-root: true\n" if os.geteuid() == 0 else ""
 
 GOOD = {
-    "10-bridge.yaml": "bridge:\n  log-level: info\n  access-log: \"-\"\n",
+    # The unix listener's directory is the runtime-dir: `run` creates it, `check` needs it not.
+    "10-bridge.yaml": "bridge:\n  log-level: info\n  access-log: \"-\"\n  runtime-dir: /tmp/fcgibridge-check-test\n",
     "20-pools.yaml": (
         "pools:\n"
         "  flask:\n"

@@ -13,7 +13,7 @@ import uuid
 import pytest
 
 import fcgi_client as fc
-from harness import APPS, free_ports, make_bridge, pool, wait_until
+from harness import APPS, can_connect, free_ports, make_bridge, pool, wait_until
 
 
 def edge_pool(**kw):
@@ -147,6 +147,53 @@ def test_a_live_socket_is_never_taken_over(tmp_path):
         assert resp.body == b"ok"
     finally:
         first.stop()
+
+
+def test_unix_socket_directory_check_and_run_agree(tmp_path):
+    """A listener's socket in the runtime-dir, which does not exist yet: `check` accepts it
+    and `run` creates the directory before the listeners bind. In any other directory that
+    does not exist: `check` and `run` both refuse the configuration with the same line,
+    naming file, line, column, key and the directory."""
+    run_dir = tmp_path / "run"  # make_bridge's runtime-dir
+    b = make_bridge(tmp_path, {"p": edge_pool(processes=1, threads=1)},
+                    {"front": {"fastcgi": f"unix:{run_dir / 'front.sock'}", "pool": "p"}})
+    assert not run_dir.exists()
+    r = subprocess.run([str(b.binary), "check", "--config", str(b.confdir)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    sock = str(run_dir / "front.sock")
+    try:
+        b.start()
+        # Listening, or gone (a bind error ends it at once).
+        wait_until(lambda: b.proc.poll() is not None or can_connect(sock), 120, what="the listener or an exit")
+        b.assert_running()
+        b.wait_ready([("front", "/health", "x")])
+        assert fc.fcgi_request(sock, "/health").body == b"ok"
+    finally:
+        b.stop()
+
+    missing = tmp_path / "missing"
+    other = make_bridge(tmp_path / "other", {"p": edge_pool(processes=1, threads=1)},
+                        {"front": {"fastcgi": f"unix:{missing / 'front.sock'}", "pool": "p"}}, name="other")
+    conf = other.confdir / "50-test.yaml"
+    line_no, line = next((n, ln) for n, ln in enumerate(conf.read_text().splitlines(), 1) if "front.sock" in ln)
+    want = (f"{conf}:{line_no}:{line.index('fastcgi') + 1}: listeners.front.fastcgi: "
+            f"directory {missing} does not exist: create it before the bridge starts")
+    r = subprocess.run([str(other.binary), "check", "--config", str(other.confdir)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1, r.stdout
+    assert r.stderr.startswith(want), r.stderr
+    assert "runtime-dir" in r.stderr, r.stderr
+    other.start()
+    try:
+        rc = other.proc.wait(60)
+    except subprocess.TimeoutExpired:
+        pytest.fail("run started with a listener socket in a directory that does not exist")
+    finally:
+        other.stop()
+    assert rc != 0
+    assert want in other.log.text(), other.log.text()
+    assert not missing.exists()
 
 
 def test_tcp_port_in_use_fails_clearly(tmp_path):

@@ -174,6 +174,12 @@ async fn start(
     reopen: logging::reopen::Reopen,
     notifier: &Arc<Notifier>,
 ) -> Result<Running, ExitCode> {
+    // A listener's unix socket may be in the runtime directory (`check` accepts that), so it
+    // exists before they bind; it is filled only after, so that a bridge whose address is
+    // taken leaves the files of the one holding it alone.
+    if let Some(dir) = &config.global.runtime_dir {
+        RuntimeDir::create(dir).map_err(failed)?;
+    }
     let bound = listen::bind_all(&config.listeners, &passed).map_err(failed)?;
     let status_bound = match &config.global.status {
         None => None,

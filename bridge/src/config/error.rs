@@ -135,7 +135,7 @@ impl Source {
         };
         let error = match err {
             E::SerdeUnknownField { field, expected, .. } => {
-                let hint = hint::suggestion(field, expected);
+                let hint = hint::unknown_key(field, expected);
                 return (keyed(format!("unknown key{hint}"), path_here), fix(true));
             }
             E::DuplicateMappingKey { .. } => {

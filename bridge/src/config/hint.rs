@@ -13,6 +13,222 @@ pub(super) fn did_you_mean<'a>(given: &str, expected: &[&'a str]) -> Option<&'a 
         .map(|(candidate, _)| candidate)
 }
 
+/// What follows "unknown key" for `given` where `expected` are the keys accepted: the
+/// bridge's name for another server's option (an operator pasting from uWSGI or PHP-FPM),
+/// else [`suggestion`].
+pub(super) fn unknown_key(given: &str, expected: &[&str]) -> String {
+    let name = given.to_ascii_lowercase().replace('_', "-");
+    // `max_requests` in a pool is a spelling of a key of this very mapping.
+    if !expected.contains(&name.as_str()) {
+        if let Some((_, says)) = PEERS.iter().find(|(names, _)| names.contains(&name.as_str())) {
+            return format!("; {says}");
+        }
+        if let Some(var) = given.strip_prefix("env[").and_then(|v| v.strip_suffix(']')) {
+            return format!("; PHP-FPM's env[{var}] is written in the pool's env: {{{var}: value}}");
+        }
+    }
+    suggestion(given, expected)
+}
+
+/// An option of another server: its spellings, in lower case with `-` for `_` (as they are
+/// compared), and the rest of the error, after "unknown key; ".
+type Peer = (&'static [&'static str], &'static str);
+
+/// uWSGI, PHP-FPM and mod_wsgi daemon options as operators paste them, and the bridge's keys
+/// (docs/migration.md has the same map, with the web server's side).
+const PEERS: &[Peer] = &[
+    // Where the web server connects.
+    (
+        &["socket", "uwsgi-socket"],
+        "uWSGI's socket is a listener here: `listeners: NAME: {fastcgi: ADDRESS, pool: POOL}` (FastCGI or SCGI, not \
+         the uwsgi protocol: nginx's uwsgi_pass becomes fastcgi_pass)",
+    ),
+    (
+        &["fastcgi-socket"],
+        "uWSGI's fastcgi-socket is a listener here: `listeners: NAME: {fastcgi: ADDRESS, pool: POOL}`",
+    ),
+    (
+        &["http-socket", "http"],
+        "uWSGI's http-socket has no equivalent: the bridge speaks FastCGI and SCGI; a web server in front connects to \
+         a listener (`listeners: NAME: {fastcgi: ADDRESS, pool: POOL}`)",
+    ),
+    (
+        &["listen"],
+        "listen is, in uWSGI, the listener key backlog; in PHP-FPM, a listener's address: `listeners: NAME: {fastcgi: \
+         ADDRESS, pool: POOL}`",
+    ),
+    (
+        &["listen.backlog", "listen-backlog"],
+        "PHP-FPM's listen.backlog (mod_wsgi's listen-backlog) is the listener key backlog",
+    ),
+    (
+        &["listen.owner", "chown-socket"],
+        "PHP-FPM's listen.owner (uWSGI's chown-socket) is the listener key socket-owner (and socket-group)",
+    ),
+    (&["listen.group"], "PHP-FPM's listen.group is the listener key socket-group"),
+    (
+        &["listen.mode", "chmod-socket"],
+        "PHP-FPM's listen.mode (uWSGI's chmod-socket) is the listener key socket-mode, quoted: \"0660\"",
+    ),
+    (
+        &["listen.allowed-clients"],
+        "PHP-FPM's listen.allowed_clients is the listener key allowed-clients, a list: [127.0.0.1]",
+    ),
+    (&["buffer-size"], "uWSGI's buffer-size is the listener key max-params (1MiB unless set)"),
+    (&["pm.status-path"], "PHP-FPM's pm.status_path is the listener key status-path"),
+    (&["ping.path"], "PHP-FPM's ping.path is the listener key ping-path"),
+    // The app and its Python.
+    (&["module", "wsgi"], "uWSGI's module is the pool key app: `app: package.module:callable`"),
+    (
+        &["wsgi-file"],
+        "uWSGI's wsgi-file is the pool key app: `app: /path/to/app.py` (`:callable` after it when that is not \
+         application)",
+    ),
+    (&["callable"], "uWSGI's callable goes into the pool key app, after a colon: `app: package.module:callable`"),
+    (
+        &["virtualenv", "venv", "pyhome", "python-home"],
+        "uWSGI's virtualenv (mod_wsgi's python-home) is the pool key python: `python: /path/to/venv`",
+    ),
+    (
+        &["home"],
+        "home is uWSGI's virtualenv, here the pool key python (`python: /path/to/venv`); mod_wsgi's home= (the working \
+         directory) is the pool key chdir",
+    ),
+    (
+        &["pythonpath", "python-path"],
+        "uWSGI's pythonpath (mod_wsgi's python-path) goes into the pool key env: `env: {PYTHONPATH: /dir}`",
+    ),
+    (
+        &["lang", "locale"],
+        "mod_wsgi's lang= and locale= go into the pool key env: `env: {LANG: C.UTF-8, LC_ALL: C.UTF-8}`",
+    ),
+    (&["chdir"], "chdir is a pool key: `pools: NAME: chdir: /dir`"),
+    (&["uid"], "uWSGI's uid is the pool key user"),
+    (&["gid"], "uWSGI's gid is the pool key group"),
+    (
+        &["mount", "manage-script-name"],
+        "uWSGI's mount is the listener key mount (or a route's prefix), which sets SCRIPT_NAME; the app goes in the \
+         pool key app",
+    ),
+    (
+        &["lazy-apps"],
+        "uWSGI's lazy-apps = true is how the bridge runs anyway; for lazy-apps = false (uWSGI's default), write the \
+         pool key `preload: true`",
+    ),
+    // How many workers.
+    (&["processes", "workers"], "processes (uWSGI's workers) is a pool key: `pools: NAME: processes: N`"),
+    (&["threads"], "threads is a pool key: `pools: NAME: threads: N`"),
+    (
+        &["enable-threads"],
+        "uWSGI's enable-threads has no equivalent: the pool key threads sets the threads of each worker",
+    ),
+    (&["master"], "uWSGI's master has no equivalent: the bridge always supervises its workers"),
+    (&["cheaper"], "uWSGI's cheaper is the pool key `mode: dynamic` with min-processes"),
+    (&["pm"], "PHP-FPM's pm is the pool key mode: static, dynamic or ondemand"),
+    (
+        &["pm.max-children", "max-children"],
+        "PHP-FPM's pm.max_children is the pool key processes (mode: static) or max-processes (mode: dynamic or \
+         ondemand); each process serves `threads` requests at once",
+    ),
+    (
+        &["pm.start-servers", "start-servers"],
+        "PHP-FPM's pm.start_servers has no equivalent: a dynamic pool starts the larger of min-processes and \
+         spare-processes",
+    ),
+    (
+        &["pm.min-spare-servers", "pm.max-spare-servers", "min-spare-servers", "max-spare-servers"],
+        "PHP-FPM's pm.min_spare_servers and pm.max_spare_servers come closest to the pool key spare-processes (free \
+         threads' worth of processes); idle processes beyond them stop after idle-timeout",
+    ),
+    (
+        &["pm.process-idle-timeout", "process-idle-timeout"],
+        "PHP-FPM's pm.process_idle_timeout is the pool key idle-timeout",
+    ),
+    (
+        &["inactivity-timeout"],
+        "mod_wsgi's inactivity-timeout comes closest to the pool key idle-timeout (mode: dynamic or ondemand: an idle \
+         process stops); a static pool has no equivalent",
+    ),
+    // Recycling and time limits.
+    (&["max-requests"], "max-requests is a pool key: `pools: NAME: max-requests: N`"),
+    (
+        &["pm.max-requests", "maximum-requests"],
+        "PHP-FPM's pm.max_requests (mod_wsgi's maximum-requests) is the pool key max-requests",
+    ),
+    (&["max-requests-delta"], "uWSGI's max-requests-delta is the pool key max-requests-jitter"),
+    (&["max-worker-lifetime"], "uWSGI's max-worker-lifetime is the pool key restart-interval, a duration such as 1h"),
+    (&["min-worker-lifetime"], "uWSGI's min-worker-lifetime is the pool key min-lifetime"),
+    (
+        &["reload-on-rss", "evil-reload-on-rss"],
+        "uWSGI's reload-on-rss is the pool key memory-limit, with a unit: reload-on-rss = 150 is `memory-limit: \
+         150MiB`",
+    ),
+    (
+        &["limit-as"],
+        "uWSGI's limit-as (a hard address-space cap) has no equivalent: the pool key memory-limit recycles a worker \
+         gracefully above an RSS; for a hard cap, set MemoryMax= on the systemd unit",
+    ),
+    (
+        &["harakiri", "request-terminate-timeout"],
+        "uWSGI's harakiri (PHP-FPM's request_terminate_timeout) is the pool key request-timeout, a duration such as \
+         30s",
+    ),
+    (
+        &["harakiri-verbose"],
+        "uWSGI's harakiri-verbose has no equivalent: request-timeout always logs the stuck worker's Python stacks",
+    ),
+    (
+        &["worker-reload-mercy", "process-control-timeout"],
+        "uWSGI's worker-reload-mercy (PHP-FPM's process_control_timeout) is the pool key graceful-timeout",
+    ),
+    (&["request-slowlog-timeout"], "PHP-FPM's request_slowlog_timeout is the pool key slowlog-timeout"),
+    (
+        &["slowlog"],
+        "PHP-FPM's slowlog has no equivalent: the stacks of slow requests (pool key slowlog-timeout) go to the \
+         bridge's log",
+    ),
+    (&["limit-post"], "uWSGI's limit-post is the pool key max-body"),
+    (&["max-fd", "rlimit-files"], "uWSGI's max-fd (PHP-FPM's rlimit_files) is the pool key rlimit-nofile"),
+    (&["process.priority"], "PHP-FPM's process.priority is the pool key nice"),
+    (
+        &["forkbomb-delay", "emergency-restart-threshold"],
+        "uWSGI's forkbomb-delay (PHP-FPM's emergency_restart_threshold) has no equivalent: a worker that keeps failing \
+         is restarted with a growing delay anyway",
+    ),
+    (
+        &["deadlock-timeout"],
+        "mod_wsgi's deadlock-timeout has no equivalent: the pool key request-timeout replaces a worker whose request \
+         runs too long",
+    ),
+    (
+        &["shutdown-timeout"],
+        "shutdown-timeout is a bridge key, how long SIGTERM waits for the requests in flight; a retiring worker's wait \
+         is the pool key graceful-timeout",
+    ),
+    (
+        &["touch-reload"],
+        "uWSGI's touch-reload has no equivalent: nothing watches files; deploy with `fcgibridge reload \
+         --restart-workers`",
+    ),
+    // Logs and status.
+    (&["logto"], "uWSGI's logto is the bridge key log-file: `bridge: log-file: /path`"),
+    (
+        &["log-format"],
+        "log-format is a bridge key, text or json; uWSGI's log-format is the bridge key access-log-format",
+    ),
+    (
+        &["disable-logging"],
+        "uWSGI's disable-logging has no equivalent: there is no access log unless the bridge key access-log is set",
+    ),
+    (&["access.log"], "PHP-FPM's access.log is the bridge key access-log"),
+    (&["access.format"], "PHP-FPM's access.format is the bridge key access-log-format"),
+    (
+        &["catch-workers-output"],
+        "PHP-FPM's catch_workers_output has no equivalent: the workers' output always goes to the bridge's log",
+    ),
+    (&["stats"], "uWSGI's stats is the bridge key status: `bridge: status: {listen: 127.0.0.1:9180}`"),
+];
+
 /// `; did you mean "x"?`, or the list of accepted names when nothing is close.
 pub(super) fn suggestion(given: &str, expected: &[&str]) -> String {
     if let Some(best) = did_you_mean(&given.replace('_', "-"), expected) {
@@ -37,6 +253,55 @@ mod tests {
         assert_eq!(did_you_mean("thread", POOL_KEYS), Some("threads"));
         assert_eq!(did_you_mean("Python", POOL_KEYS), Some("python"));
         assert_eq!(suggestion("queue_size", POOL_KEYS), "; did you mean \"queue-size\"?");
+    }
+
+    #[test]
+    fn another_servers_option_names_the_key_to_write() {
+        let pool = POOL_KEYS;
+        assert_eq!(
+            unknown_key("harakiri", pool),
+            "; uWSGI's harakiri (PHP-FPM's request_terminate_timeout) is the pool key request-timeout, a duration such as 30s"
+        );
+        assert!(unknown_key("request_terminate_timeout", pool).contains("pool key request-timeout"));
+        assert!(unknown_key("pm.max_children", pool).contains("max-processes"));
+        assert!(unknown_key("max_children", pool).contains("pm.max_children"));
+        assert!(unknown_key("Listen.Owner", pool).contains("listener key socket-owner"));
+        assert!(unknown_key("limit-as", pool).contains("no equivalent"));
+        assert!(unknown_key("wsgi-file", pool).contains("pool key app"));
+        assert_eq!(unknown_key("env[PATH]", pool), "; PHP-FPM's env[PATH] is written in the pool's env: {PATH: value}");
+        // A key of this mapping in another spelling stays a typo of it.
+        assert_eq!(unknown_key("queue_size", pool), "; did you mean \"queue-size\"?");
+        // The bridge's own pool keys, written where a pool's keys do not go.
+        assert!(unknown_key("processes", &["fastcgi", "scgi", "pool"])
+            .starts_with("; processes (uWSGI's workers) is a pool key"));
+        assert!(unknown_key("max-requests", &["fastcgi"]).contains("pool key"));
+        // Not another server's name: as before.
+        assert_eq!(unknown_key("procesess", pool), "; did you mean \"processes\"?");
+    }
+
+    #[test]
+    fn every_key_the_table_names_is_a_key() {
+        let sections = [
+            ("pool key ", "pools:\n  x:\n    KEY: ~\n"),
+            ("listener key ", "listeners:\n  x:\n    KEY: ~\n"),
+            ("bridge key ", "bridge:\n  KEY: ~\n"),
+        ];
+        let mut checked = 0;
+        for (names, says) in PEERS {
+            for name in *names {
+                assert_eq!(*name, name.to_ascii_lowercase().replace('_', "-"), "{name} is never matched");
+            }
+            for (section, yaml) in sections {
+                for (i, _) in says.match_indices(section) {
+                    let rest = says[i + section.len()..].trim_start_matches('`');
+                    let key: String = rest.chars().take_while(|c| c.is_ascii_lowercase() || *c == '-').collect();
+                    let parsed = serde_saphyr::from_str::<super::super::file::RawFile>(&yaml.replace("KEY", &key));
+                    assert!(parsed.is_ok(), "{names:?}: {key:?} is no {section}");
+                    checked += 1;
+                }
+            }
+        }
+        assert!(checked > 40, "{checked}");
     }
 
     #[test]

@@ -4,10 +4,11 @@
 //! a wrong type, a bad duration or size), the key is taken out of the text and the file is
 //! parsed again: a bad value becomes `~` (every key is optional in `file.rs`), an unknown or
 //! repeated key goes altogether. Characters are overwritten with spaces, never removed, so
-//! every other key keeps the line and column the operator wrote it at. Only a key in block
-//! style can be cut out on its own; for one inside a flow collection (`{a: 1, b: 2}`) the
-//! nearest enclosing block-style key loses its value. A YAML syntax error stops the file:
-//! what follows it is not checked, and the error says so.
+//! every other key keeps the line and column the operator wrote it at. A key of a flow
+//! mapping (`{a: 1, b: 2}`) goes with its comma, so its neighbours are still checked; an item
+//! of a list (`- x`, `[x, y]`) cannot go on its own without renumbering the items after it:
+//! the key holding the list loses its value. A YAML syntax error stops the file: what follows
+//! it is not checked, and the error says so.
 use super::error::{ConfigError, Fix, Source};
 use super::file::RawFile;
 use super::locate::{KeyIndex, KeyPath, Pos};
@@ -77,7 +78,8 @@ fn cut(text: &str, index: &KeyIndex, fix: &Fix) -> Option<(KeyPath, String)> {
     let mut remove = fix.remove;
     loop {
         if let Some(pos) = index.key_before(&path, fix.at) {
-            if let Some(next) = cut_key(text, pos, remove) {
+            // Flow first: a flow mapping's continuation line looks like block style.
+            if let Some(next) = cut_flow_key(text, pos, remove).or_else(|| cut_key(text, pos, remove)) {
                 if next != text {
                     return Some((path, next));
                 }
@@ -89,7 +91,8 @@ fn cut(text: &str, index: &KeyIndex, fix: &Fix) -> Option<(KeyPath, String)> {
                 return None;
             }
         }
-        // A sequence item, or a key inside a flow collection: its enclosing key's value goes.
+        // A sequence item (or a key that is neither block nor flow style, such as `? k`):
+        // its enclosing key's value goes.
         path = path.parent().filter(|p| !p.0.is_empty())?;
         remove = false;
     }
@@ -132,6 +135,157 @@ fn cut_key(text: &str, pos: Pos, remove: bool) -> Option<String> {
     Some(rebuilt.join("\n"))
 }
 
+/// Blank the flow-mapping key at `pos` with its value and its comma (`remove`), or only its
+/// value, which becomes `~`. `None` when `pos` is no key of a flow mapping.
+fn cut_flow_key(text: &str, pos: Pos, remove: bool) -> Option<String> {
+    let entry = flow_entry(text, pos)?;
+    let mut chars: Vec<char> = text.chars().collect();
+    if !remove {
+        // A key written without a value is null already: the same text makes the caller
+        // remove the key instead.
+        let Some((start, end)) = entry.value else { return Some(text.to_owned()) };
+        blank(chars.get_mut(start..end)?);
+        chars[start] = '~';
+        return Some(chars.into_iter().collect());
+    }
+    let after = entry.value.map_or(entry.key_end, |(_, end)| end);
+    let (stop, comma) = entry_end(&chars, after, entry.value.is_none())?;
+    blank(chars.get_mut(entry.key..stop)?);
+    if comma {
+        chars[stop] = ' ';
+    } else if let Some(c) = entry.prev_end.and_then(|prev| comma_between(&chars, prev, entry.key)) {
+        // The last entry: the comma before it goes instead (`{a: 1, b: 2}` → `{a: 1      }`).
+        chars[c] = ' ';
+    }
+    Some(chars.into_iter().collect())
+}
+
+/// One `key: value` of a flow mapping, as character offsets into the text.
+#[derive(Debug)]
+struct FlowEntry {
+    key: usize,
+    key_end: usize,
+    /// Where the value starts and ends; `None` for a key written without one (`{a, b: 1}`).
+    value: Option<(usize, usize)>,
+    /// Where the entry before it in the same mapping ends.
+    prev_end: Option<usize>,
+}
+
+/// The entry of a flow mapping whose key starts at `pos`, found from the parser's events
+/// (quotes, nested brackets and comments are the parser's business, not a scan's).
+fn flow_entry(text: &str, pos: Pos) -> Option<FlowEntry> {
+    use serde_saphyr::granit_parser::{Event, Parser, StructureStyle};
+    /// An open collection: a flow mapping or not, whether its next node is a key, and
+    /// where its last complete entry ended.
+    struct Open {
+        flow_map: bool,
+        key_next: bool,
+        last_end: Option<usize>,
+    }
+    // A node ending at `end` inside `parent`: a key, or a value that completes an entry.
+    let node_done = |parent: Option<&mut Open>, end: usize| {
+        if let Some(open) = parent {
+            if !open.key_next {
+                open.last_end = Some(end);
+            }
+            open.key_next = !open.key_next;
+        }
+    };
+    let mut events = Parser::new_from_str(text);
+    let mut stack: Vec<Open> = Vec::new();
+    loop {
+        let (event, span) = events.next()?.ok()?;
+        let (start, end) = (span.start.index(), span.end.index());
+        match event {
+            Event::MappingStart(style, ..) => {
+                stack.push(Open { flow_map: style == StructureStyle::Flow, key_next: true, last_end: None })
+            }
+            // In a sequence, `key_next` and `last_end` are kept but mean nothing.
+            Event::SequenceStart(..) => stack.push(Open { flow_map: false, key_next: false, last_end: None }),
+            Event::MappingEnd | Event::SequenceEnd => {
+                stack.pop();
+                node_done(stack.last_mut(), end);
+            }
+            Event::Scalar(..) | Event::Alias(..) => {
+                let at = Pos { line: span.start.line(), column: span.start.col() + 1 };
+                match stack.last() {
+                    Some(open) if open.flow_map && open.key_next && at == pos => {
+                        let prev_end = open.last_end;
+                        let value = flow_value(&mut events)?;
+                        return Some(FlowEntry { key: start, key_end: end, value, prev_end });
+                    }
+                    _ => node_done(stack.last_mut(), end),
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Where the next node of `events` (a value) starts and ends; `Some(None)` when it is
+/// empty, `None` when the events end first.
+fn flow_value<'a>(
+    events: &mut serde_saphyr::granit_parser::Parser<'a, serde_saphyr::granit_parser::StrInput<'a>>,
+) -> Option<Option<(usize, usize)>> {
+    use serde_saphyr::granit_parser::Event;
+    let mut depth = 0usize;
+    let mut start = None;
+    loop {
+        let (event, span) = events.next()?.ok()?;
+        let (s, e) = (span.start.index(), span.end.index());
+        match event {
+            Event::MappingStart(..) | Event::SequenceStart(..) => {
+                start.get_or_insert(s);
+                depth += 1;
+            }
+            Event::MappingEnd | Event::SequenceEnd => {
+                depth = depth.checked_sub(1)?;
+                if depth == 0 {
+                    return Some(Some((start?, e)));
+                }
+            }
+            Event::Scalar(..) | Event::Alias(..) if depth == 0 => return Some((s < e).then_some((s, e))),
+            _ => {}
+        }
+    }
+}
+
+/// From `from` (just past an entry), what ends the entry: its `,` (true) or the closing
+/// bracket of its mapping (false). `colon`: the entry has no value, its `:` may come first.
+fn entry_end(chars: &[char], from: usize, mut colon: bool) -> Option<(usize, bool)> {
+    let mut i = from;
+    loop {
+        match *chars.get(i)? {
+            ',' => return Some((i, true)),
+            '}' | ']' => return Some((i, false)),
+            '#' => i = comment_end(chars, i),
+            ':' if colon => colon = false,
+            c if c.is_whitespace() => {}
+            _ => return None,
+        }
+        i += 1;
+    }
+}
+
+/// The `,` between two entries of a flow mapping (`from` ends one, `to` starts the next).
+fn comma_between(chars: &[char], from: usize, to: usize) -> Option<usize> {
+    let mut i = from;
+    while i < to {
+        match chars[i] {
+            ',' => return Some(i),
+            '#' => i = comment_end(chars, i),
+            _ => {}
+        }
+        i += 1;
+    }
+    None
+}
+
+/// The end of the line of the comment starting at `i`.
+fn comment_end(chars: &[char], i: usize) -> usize {
+    chars[i..].iter().position(|&c| c == '\n').map_or(chars.len(), |n| i + n)
+}
+
 /// The first line after `row` that is not part of the value of the key at column `col`:
 /// deeper lines, a block sequence at the key's own indentation, blank lines and comments
 /// belong to it.
@@ -166,9 +320,9 @@ fn indent(line: &[char]) -> usize {
     line.iter().take_while(|&&c| c == ' ').count()
 }
 
-/// Overwrite with spaces (a CR of a CRLF line ending stays).
+/// Overwrite with spaces (line endings stay).
 fn blank(chars: &mut [char]) {
-    for c in chars.iter_mut().filter(|c| **c != '\r') {
+    for c in chars.iter_mut().filter(|c| **c != '\r' && **c != '\n') {
         *c = ' ';
     }
 }
@@ -216,6 +370,44 @@ mod tests {
     }
 
     #[test]
+    fn a_flow_key_goes_with_its_comma_and_keeps_every_column() {
+        let text = "l: {a: 1, b: 2, c: 3}\n";
+        assert_eq!(cut_flow_key(text, at(1, 11), true).unwrap(), "l: {a: 1,       c: 3}\n");
+        // The last key: the comma before it goes.
+        assert_eq!(cut_flow_key(text, at(1, 17), true).unwrap(), "l: {a: 1, b: 2      }\n");
+        assert_eq!(cut_flow_key("l: {a: 1}\n", at(1, 5), true).unwrap(), "l: {    }\n");
+        assert_eq!(cut_flow_key(text, at(1, 11), false).unwrap(), "l: {a: 1, b: ~, c: 3}\n");
+        // Nested collections, quotes and commas inside them are one value.
+        let nested = "l: {a: [1, {x: y}], \"b,c\": 'x, }', d: 1}\n";
+        assert_eq!(cut_flow_key(nested, at(1, 5), false).unwrap(), "l: {a: ~          , \"b,c\": 'x, }', d: 1}\n");
+        assert_eq!(cut_flow_key(nested, at(1, 21), true).unwrap(), "l: {a: [1, {x: y}],                d: 1}\n");
+        // Inside a block list item.
+        let item = "routes:\n  - {prefx: /a, pool: p}\n";
+        assert_eq!(cut_flow_key(item, at(2, 6), true).unwrap(), "routes:\n  - {           pool: p}\n");
+    }
+
+    #[test]
+    fn a_flow_key_without_a_value_and_one_over_several_lines() {
+        // No value: null already (the text stays, so the caller removes the key).
+        assert_eq!(cut_flow_key("l: {a, b: 1}\n", at(1, 5), false).unwrap(), "l: {a, b: 1}\n");
+        assert_eq!(cut_flow_key("l: {a, b: 1}\n", at(1, 5), true).unwrap(), "l: {   b: 1}\n");
+        assert_eq!(cut_flow_key("l: {a: , b: 1}\n", at(1, 5), true).unwrap(), "l: {     b: 1}\n");
+        // Comments (with commas) and CRLF line endings stay where they were.
+        let text = "l: {\r\n  a: 1, # one, two\r\n  b: [x,\r\n   y]\r\n}\r\n";
+        assert_eq!(
+            cut_flow_key(text, at(3, 3), true).unwrap(),
+            "l: {\r\n  a: 1  # one, two\r\n        \r\n     \r\n}\r\n"
+        );
+        assert_eq!(
+            cut_flow_key(text, at(3, 3), false).unwrap(),
+            "l: {\r\n  a: 1, # one, two\r\n  b: ~  \r\n     \r\n}\r\n"
+        );
+        // Not a key of a flow mapping.
+        assert_eq!(cut_flow_key("a:\n  b: 1\n", at(2, 3), true), None);
+        assert_eq!(cut_flow_key("a: [b, c]\n", at(1, 5), true), None);
+    }
+
+    #[test]
     fn every_error_of_a_file_and_what_went() {
         let text = "pools:\n  x:\n    app: x\n    threads: many\n    queue-timout: 5s\n    env: {A: [1], B: b}\n    startup-timeout: soon\n";
         let source = Source { file: "f.yaml".to_owned(), index: KeyIndex::build(text) };
@@ -230,9 +422,38 @@ mod tests {
         assert!(errors[2].starts_with("f.yaml:6:14: pools.x.env.A: "), "{errors:#?}");
         assert!(errors[3].starts_with("f.yaml:7:22: pools.x.startup-timeout: invalid duration"), "{errors:#?}");
         let dropped: Vec<String> = r.dropped.iter().map(ToString::to_string).collect();
-        // The flow mapping goes as a whole.
-        assert_eq!(dropped, ["pools.x.threads", "pools.x.queue-timout", "pools.x.env", "pools.x.startup-timeout"]);
-        assert!(r.raw.is_some());
+        // Only the bad key of the flow mapping goes: env keeps B.
+        assert_eq!(dropped, ["pools.x.threads", "pools.x.queue-timout", "pools.x.env.A", "pools.x.startup-timeout"]);
+        let raw = r.raw.unwrap();
+        let pool = &raw.pools.as_ref().unwrap().0[0].1;
+        let env: Vec<&str> = pool.env.as_ref().unwrap().0.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(env, ["B"]);
+    }
+
+    #[test]
+    fn every_key_of_a_flow_mapping_is_checked() {
+        let text = "pools:\n  x: {app: x, procesess: 2, threads: many,\n      queue-timout: 5s, queue-size: 3}\nlisteners:\n  l: {fastcgi: a, routes: [{prefx: /a, pool: x}, {pool: 3, hst: h}]}\n";
+        let source = Source { file: "f.yaml".to_owned(), index: KeyIndex::build(text) };
+        let r = parse(&source, text);
+        let errors: Vec<String> = r.errors.iter().map(ToString::to_string).collect();
+        let want = [
+            "f.yaml:2:15: pools.x.procesess: unknown key",
+            "f.yaml:2:38: pools.x.threads: expected a whole number",
+            "f.yaml:3:7: pools.x.queue-timout: unknown key",
+            "f.yaml:5:29: listeners.l.routes[0].prefx: unknown key",
+            "f.yaml:5:60: listeners.l.routes[1].hst: unknown key",
+        ];
+        assert_eq!(errors.len(), want.len(), "{errors:#?}");
+        for (e, w) in errors.iter().zip(want) {
+            assert!(e.starts_with(w), "got:  {e}\nwant: {w}");
+        }
+        // What was right in those entries is kept.
+        let raw = r.raw.unwrap();
+        let pool = &raw.pools.as_ref().unwrap().0[0].1;
+        assert_eq!((pool.app.as_deref(), pool.queue_size, pool.threads), (Some("x"), Some(3), None));
+        let l = &raw.listeners.as_ref().unwrap().0[0].1;
+        let routes = l.routes.as_ref().unwrap();
+        assert_eq!(routes.iter().map(|r| r.pool.as_deref()).collect::<Vec<_>>(), [Some("x"), Some("3")]);
     }
 
     #[test]

@@ -573,9 +573,109 @@ listeners:
 }
 
 #[test]
+fn every_key_of_an_entry_in_flow_style_is_checked() {
+    // A bad key of a flow mapping goes on its own: the entry's other keys are still read
+    // and checked, as in block style.
+    let text = "\
+pools:
+  x: {app: x, procesess: 2, threads: many, queue-timout: 5s}
+listeners:
+  l: {fastcgi: 127.0.0.1:9100, pool: x, backlg: 3, dialect: klingon, mount: app}
+";
+    let lines = error_lines(&valid("flow-keys").file("30-x.yaml", text));
+    let want = [
+        "2:15: pools.x.procesess: unknown key; did you mean \"processes\"?",
+        "2:38: pools.x.threads: expected a whole number",
+        "2:44: pools.x.queue-timout: unknown key; did you mean \"queue-timeout\"?",
+        "4:41: listeners.l.backlg: unknown key; did you mean \"backlog\"?",
+        "4:52: listeners.l.dialect: unknown web server \"klingon\"",
+        "4:70: listeners.l.mount: \"app\" must be a path starting with /",
+    ];
+    assert_lines_start_with(&lines, &want);
+}
+
+#[test]
+fn option_names_pasted_from_other_servers_name_the_key_to_write() {
+    let text = "\
+bridge:
+  processes: 4
+pools:
+  x:
+    app: x
+    harakiri: 30
+    pm.max_children: 5
+    max_requests: 100
+    limit-as: 512
+    listen.owner: www-data
+listeners:
+  l: {fastcgi: 127.0.0.1:9100, pool: x, buffer-size: 32768}
+";
+    let lines = error_lines(&valid("peer-names").file("30-x.yaml", text));
+    let want = [
+        "2:3: bridge.processes: unknown key; processes (uWSGI's workers) is a pool key",
+        "6:5: pools.x.harakiri: unknown key; uWSGI's harakiri (PHP-FPM's request_terminate_timeout) is the pool key request-timeout",
+        "7:5: pools.x.pm.max_children: unknown key; PHP-FPM's pm.max_children is the pool key processes (mode: static) or max-processes",
+        "8:5: pools.x.max_requests: unknown key; did you mean \"max-requests\"?",
+        "9:5: pools.x.limit-as: unknown key; uWSGI's limit-as (a hard address-space cap) has no equivalent",
+        "10:5: pools.x.listen.owner: unknown key; PHP-FPM's listen.owner (uWSGI's chown-socket) is the listener key socket-owner",
+        "12:41: listeners.l.buffer-size: unknown key; uWSGI's buffer-size is the listener key max-params",
+    ];
+    assert_lines_start_with(&lines, &want);
+}
+
+#[test]
+fn a_unix_socket_goes_in_a_directory_that_exists_or_in_the_runtime_dir() {
+    // The runtime-dir does not exist yet, but `run` creates it before binding.
+    let in_runtime_dir =
+        "bridge:\n  runtime-dir: ../run\nlisteners:\n  u:\n    scgi: unix:../run/u.sock\n    pool: demo\n";
+    let tree = valid("socket-in-runtime-dir").file("30-x.yaml", in_runtime_dir);
+    assert!(!tree.root.join("run").exists());
+    assert_eq!(tree.config().listeners[1].address, ListenAddress::Unix(tree.root.join("run/u.sock")));
+
+    let text = "\
+bridge:
+  runtime-dir: ../run
+  status: {listen: unix:../gone/status.sock}
+listeners:
+  u: {scgi: unix:../missing/u.sock, pool: demo}
+  v:
+    fastcgi: unix:../app/app.py/v.sock
+    pool: demo
+";
+    let tree = valid("socket-dirs").file("30-x.yaml", text);
+    let lines = error_lines(&tree);
+    let missing = |dir: &str| {
+        format!(
+            "directory ROOT/{dir} does not exist: create it before the bridge starts (systemd: RuntimeDirectory=), \
+             or put the socket in the runtime-dir ROOT/run, which the bridge creates"
+        )
+    };
+    let want = [
+        format!("3:12: bridge.status.listen: {}", missing("gone")),
+        format!("5:7: listeners.u.scgi: {}", missing("missing")),
+        "7:5: listeners.v.fastcgi: ROOT/app/app.py is not a directory: the socket file cannot be created in it".into(),
+    ];
+    assert_eq!(lines, want);
+    // The control client reads the files only to find its socket: it does not look.
+    let bin = tree.root.join("bin");
+    let opts = LoadOptions { search_path: Some(bin.as_os_str()), privileges: Privileges::Skip };
+    assert!(load_with(&tree.root.join("conf.d"), opts).is_ok());
+
+    // Without a runtime-dir, the error offers to make the directory one.
+    let tree = valid("socket-dir-no-runtime-dir")
+        .file("30-x.yaml", "listeners:\n  u: {scgi: unix:../run/u.sock, pool: demo}\n");
+    let lines = error_lines(&tree);
+    assert_eq!(lines.len(), 1, "{lines:#?}");
+    assert!(
+        lines[0].ends_with("or make it the runtime-dir (bridge: runtime-dir: ROOT/run), which the bridge creates"),
+        "{lines:#?}"
+    );
+}
+
+#[test]
 fn a_key_taken_out_after_its_error_is_not_reported_missing() {
-    // `app` of the wrong type is taken out: no "missing key `app`" follows; a route in a flow
-    // list with a misspelt key takes its list out: no "missing key `routes`" follows.
+    // `app` of the wrong type is taken out: no "missing key `app`" follows; a misspelt key of
+    // a route in a flow list goes on its own, and the route keeps its pool.
     let text = "pools:\n  x:\n    app: [a, b]\nlisteners:\n  l:\n    fastcgi: 127.0.0.1:9100\n    routes: [{prefx: /a, pool: x}]\n";
     let lines = error_lines(&valid("follow-on").file("30-x.yaml", text));
     assert_eq!(lines.len(), 2, "{lines:#?}");

@@ -117,6 +117,7 @@ pub(super) fn merge(
         errors.extend(check_captures(&listeners, &templates, &sources));
     }
     errors.extend(check_addresses(&listeners, &sources));
+    errors.extend(check_socket_dirs(&listeners, &sources, &global, opts.privileges));
     ConfigError::from_all(errors)?;
     super::template::fit_to_listeners(&mut templates, &listeners.iter().map(|(l, _)| l).collect::<Vec<_>>());
 
@@ -233,25 +234,85 @@ fn conflicts(a: &ListenAddress, b: &ListenAddress) -> bool {
     }
 }
 
+/// `listeners.NAME.fastcgi` or `.scgi`: the key that holds a listener's address.
+fn address_key(l: &Listener) -> KeyPath {
+    let proto = match l.protocol {
+        super::model::Protocol::FastCgi => "fastcgi",
+        super::model::Protocol::Scgi => "scgi",
+    };
+    KeyPath::of(&["listeners", &l.name, proto])
+}
+
 /// Each listener whose address an earlier one already holds (one error per listener).
 fn check_addresses(listeners: &[(Listener, usize)], sources: &[Source]) -> Vec<ConfigError> {
-    let key = |l: &Listener| {
-        let proto = match l.protocol {
-            super::model::Protocol::FastCgi => "fastcgi",
-            super::model::Protocol::Scgi => "scgi",
-        };
-        KeyPath::of(&["listeners", &l.name, proto])
-    };
     let mut errs = Vec::new();
     for (i, (listener, file_no)) in listeners.iter().enumerate() {
         let earlier = listeners[..i].iter().find(|(earlier, _)| conflicts(&earlier.address, &listener.address));
         if let Some((earlier, earlier_file)) = earlier {
-            let first_at = sources[*earlier_file].at(&key(earlier));
+            let first_at = sources[*earlier_file].at(&address_key(earlier));
             let msg = format!("address already used by listener {:?} at {first_at}", earlier.name);
-            errs.push(sources[*file_no].invalid(&key(listener), msg));
+            errs.push(sources[*file_no].invalid(&address_key(listener), msg));
         }
     }
     errs
+}
+
+/// Unix sockets (listeners, the status listener) whose directory is missing: `run` would
+/// fail at bind. The runtime-dir is the exception, as `run` creates it before binding.
+fn check_socket_dirs(
+    listeners: &[(Listener, usize)],
+    sources: &[Source],
+    global: &GlobalBuilder,
+    privileges: super::Privileges,
+) -> Vec<ConfigError> {
+    let mut errs = Vec::new();
+    // Whether a directory exists is this host's state: the control client, which reads the
+    // files only to find its socket, does not ask.
+    if privileges == super::Privileges::Skip {
+        return errs;
+    }
+    let runtime_dir = global.runtime_dir.as_deref();
+    for (l, file_no) in listeners {
+        if let ListenAddress::Unix(path) = &l.address {
+            if let Some(m) = socket_dir_problem(path, runtime_dir) {
+                errs.push(sources[*file_no].invalid(&address_key(l), m));
+            }
+        }
+    }
+    if let (Some(ListenAddress::Unix(path)), Some(at)) =
+        (global.status.as_ref().map(|s| &s.address), &global.status_listen_at)
+    {
+        if let Some(message) = socket_dir_problem(path, runtime_dir) {
+            errs.push(ConfigError::Invalid { at: at.clone(), key: "bridge.status.listen".to_owned(), message });
+        }
+    }
+    errs
+}
+
+/// What keeps a unix socket from being created at `path`, said for the operator; `None`
+/// when its directory exists, is the runtime-dir, or cannot be looked at by this user (the
+/// bridge may run as another).
+fn socket_dir_problem(path: &Path, runtime_dir: Option<&Path>) -> Option<String> {
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty())?;
+    if runtime_dir == Some(dir) {
+        return None;
+    }
+    let shown = dir.display();
+    match std::fs::metadata(dir) {
+        Ok(m) if m.is_dir() => None,
+        Ok(_) => Some(format!("{shown} is not a directory: the socket file cannot be created in it")),
+        Err(e) if matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory) => {
+            let instead = match runtime_dir {
+                Some(r) => format!("or put the socket in the runtime-dir {}", r.display()),
+                None => format!("or make it the runtime-dir (bridge: runtime-dir: {shown})"),
+            };
+            Some(format!(
+                "directory {shown} does not exist: create it before the bridge starts (systemd: \
+                 RuntimeDirectory=), {instead}, which the bridge creates"
+            ))
+        }
+        Err(_) => None,
+    }
 }
 
 /// The `bridge:` keys gathered across files, remembering who set each.
@@ -267,6 +328,8 @@ struct GlobalBuilder {
     drain_period: Option<Duration>,
     access_log_format: Option<String>,
     status: Option<super::model::StatusListen>,
+    /// Where `bridge.status.listen` was written, for an error about its socket's directory.
+    status_listen_at: Option<At>,
     control_socket: Option<PathBuf>,
     header_memory: Option<u64>,
     log_rate_limit: Option<bool>,
@@ -392,6 +455,7 @@ impl GlobalBuilder {
                 self.status = Some(
                     super::status_key::resolve(status, dir).map_err(|(key, m)| source.invalid(&path.key(key), m))?,
                 );
+                self.status_listen_at = Some(source.at(&path.key("listen")));
                 Ok(())
             })());
         }

@@ -35,11 +35,7 @@ impl RuntimeDir {
     pub(crate) fn prepare(configured: Option<&Path>) -> Result<Self, RuntimeDirError> {
         let (path, remove_on_drop) = match configured {
             Some(p) => {
-                DirBuilder::new()
-                    .recursive(true)
-                    .mode(0o700)
-                    .create(p)
-                    .map_err(|source| RuntimeDirError::Create { path: p.to_owned(), source })?;
+                Self::create(p)?;
                 (p.to_owned(), false)
             }
             None => (fresh_dir()?, true),
@@ -52,6 +48,16 @@ impl RuntimeDir {
         std::fs::set_permissions(&dir.path, std::fs::Permissions::from_mode(0o711))
             .map_err(|source| RuntimeDirError::Create { path: dir.path.clone(), source })?;
         Ok(dir)
+    }
+
+    /// The configured directory (and its parents) when missing, owner-only until `prepare`
+    /// makes it traversable.
+    pub(crate) fn create(p: &Path) -> Result<(), RuntimeDirError> {
+        DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(p)
+            .map_err(|source| RuntimeDirError::Create { path: p.to_owned(), source })
     }
 
     pub(crate) fn path(&self) -> &Path {
