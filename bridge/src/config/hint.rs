@@ -164,9 +164,9 @@ const PEERS: &[Peer] = &[
          150MiB`",
     ),
     (
-        &["limit-as"],
-        "uWSGI's limit-as (a hard address-space cap) has no equivalent: the pool key memory-limit recycles a worker \
-         gracefully above an RSS; for a hard cap, set MemoryMax= on the systemd unit",
+        &["limit-as", "virtual-memory-limit"],
+        "uWSGI's limit-as (mod_wsgi's virtual-memory-limit) is the pool key rlimit-as, with a unit: limit-as = 512 is \
+         `rlimit-as: 512MiB`",
     ),
     (
         &["harakiri", "request-terminate-timeout"],
@@ -266,7 +266,7 @@ mod tests {
         assert!(unknown_key("pm.max_children", pool).contains("max-processes"));
         assert!(unknown_key("max_children", pool).contains("pm.max_children"));
         assert!(unknown_key("Listen.Owner", pool).contains("listener key socket-owner"));
-        assert!(unknown_key("limit-as", pool).contains("no equivalent"));
+        assert!(unknown_key("limit-as", pool).contains("pool key rlimit-as"));
         assert!(unknown_key("wsgi-file", pool).contains("pool key app"));
         assert_eq!(unknown_key("env[PATH]", pool), "; PHP-FPM's env[PATH] is written in the pool's env: {PATH: value}");
         // A key of this mapping in another spelling stays a typo of it.
