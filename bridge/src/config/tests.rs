@@ -616,7 +616,7 @@ listeners:
         "6:5: pools.x.harakiri: unknown key; uWSGI's harakiri (PHP-FPM's request_terminate_timeout) is the pool key request-timeout",
         "7:5: pools.x.pm.max_children: unknown key; PHP-FPM's pm.max_children is the pool key processes (mode: static) or max-processes",
         "8:5: pools.x.max_requests: unknown key; did you mean \"max-requests\"?",
-        "9:5: pools.x.limit-as: unknown key; uWSGI's limit-as (a hard address-space cap) has no equivalent",
+        "9:5: pools.x.limit-as: unknown key; uWSGI's limit-as (mod_wsgi's virtual-memory-limit) is the pool key rlimit-as",
         "10:5: pools.x.listen.owner: unknown key; PHP-FPM's listen.owner (uWSGI's chown-socket) is the listener key socket-owner",
         "12:41: listeners.l.buffer-size: unknown key; uWSGI's buffer-size is the listener key max-params",
     ];
