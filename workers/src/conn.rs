@@ -39,6 +39,23 @@ const RECV_CHUNK: usize = 64 * 1024 + 64;
 /// in the socket until the app reads them.
 const MAX_READAHEAD: usize = 1 << 20;
 
+/// Room in `buf` for one more receive of [`RECV_CHUNK`] bytes. Unlike `BytesMut::reserve`,
+/// which aborts the whole process when the allocation fails, a failure here is false: under
+/// the pool's `rlimit-as` a body read whole must cost its request a MemoryError (500), not
+/// every request of the worker a 502.
+fn make_room(buf: &mut bytes::BytesMut) -> bool {
+    if buf.capacity() - buf.len() >= RECV_CHUNK || buf.try_reclaim(RECV_CHUNK) {
+        return true;
+    }
+    let mut grown = Vec::new();
+    if grown.try_reserve_exact(buf.len() + RECV_CHUNK).is_err() {
+        return false;
+    }
+    grown.extend_from_slice(buf);
+    *buf = bytes::BytesMut::from(bytes::Bytes::from(grown));
+    true
+}
+
 pub(crate) struct Shared {
     conn: Mutex<Conn>,
     /// Serial of the request being served (0: none), readable without the lock:
@@ -318,7 +335,9 @@ impl Conn {
             return Recv::Eof;
         }
         let buf = self.dec.buffer_mut();
-        buf.reserve(RECV_CHUNK);
+        if !make_room(buf) {
+            return Recv::NoMemory;
+        }
         let len = buf.len();
         let res = sys::recv_into(fd, buf.spare_capacity_mut(), nonblocking);
         self.last_recv = Instant::now();
@@ -329,6 +348,7 @@ impl Conn {
                 Recv::Data(n)
             }
             Ok(Recv::WouldBlock) => Recv::WouldBlock,
+            Ok(Recv::NoMemory) => Recv::NoMemory,
             Ok(Recv::Eof) => {
                 self.rd_eof = true;
                 Recv::Eof
@@ -507,7 +527,9 @@ impl Conn {
                     eprintln!("fcgibridge worker: waiting for the bridge failed: {e}");
                 }
             }
-            if let Recv::Eof = self.recv(false) {
+            // Out of memory between requests: the connection goes (the bridge opens another)
+            // rather than spin on bytes it cannot take.
+            if let Recv::Eof | Recv::NoMemory = self.recv(false) {
                 self.lost();
             }
         }
@@ -538,22 +560,28 @@ impl Conn {
         }
     }
 
-    /// Block until `want` body bytes are buffered, the body ended, or the request was aborted.
-    pub(crate) fn fill_stdin(&mut self, serial: u64, want: usize) {
+    /// Block until `want` body bytes are buffered, the body ended, or the request was
+    /// aborted. False when there was no memory for more of the body: the app's read raises
+    /// MemoryError, as for any allocation past the pool's `rlimit-as`.
+    pub(crate) fn fill_stdin(&mut self, serial: u64, want: usize) -> bool {
         loop {
             self.process();
             match self.cur(serial) {
                 Some(r) if r.avail < want && !r.stdin_done && !r.aborted => {}
-                _ => return,
+                _ => return true,
             }
             self.flush();
             if !self.usable() {
                 self.lost();
-                return;
+                return true;
             }
-            if let Recv::Eof = self.recv(false) {
-                self.process();
-                self.lost();
+            match self.recv(false) {
+                Recv::Eof => {
+                    self.process();
+                    self.lost();
+                }
+                Recv::NoMemory => return false,
+                Recv::Data(_) | Recv::WouldBlock => {}
             }
         }
     }
@@ -571,7 +599,8 @@ impl Conn {
                         return;
                     }
                 }
-                Recv::WouldBlock => return,
+                // The body waits in the socket until the app reads it.
+                Recv::WouldBlock | Recv::NoMemory => return,
                 Recv::Eof => {
                     self.process();
                     self.lost();
@@ -917,6 +946,19 @@ mod tests {
         let conn = Conn::new(OwnedFd::from(a), 4, Arc::new(AtomicU64::new(0)));
         b.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
         (conn, b)
+    }
+
+    #[test]
+    fn room_for_a_receive_keeps_the_bytes_and_the_held_chunks() {
+        let mut buf = bytes::BytesMut::new();
+        assert!(make_room(&mut buf));
+        assert!(buf.capacity() - buf.len() >= RECV_CHUNK);
+        buf.extend_from_slice(&vec![7u8; RECV_CHUNK]);
+        // a body chunk the app still holds shares the buffer: a new one is made
+        let held = buf.split_to(RECV_CHUNK - 3).freeze();
+        assert!(make_room(&mut buf));
+        assert!(buf.capacity() - buf.len() >= RECV_CHUNK, "{} of {}", buf.len(), buf.capacity());
+        assert_eq!((&buf[..], held.len()), (&[7u8, 7, 7][..], RECV_CHUNK - 3));
     }
 
     fn request(id: u16, role: Role, body: Option<&[u8]>) -> Vec<u8> {

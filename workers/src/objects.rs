@@ -86,7 +86,11 @@ impl Input {
                     drop(c);
                     let shared = &self.shared;
                     let serial = self.serial;
-                    py.detach(|| shared.lock().fill_stdin(serial, want));
+                    if !py.detach(|| shared.lock().fill_stdin(serial, want)) {
+                        return Err(pyo3::exceptions::PyMemoryError::new_err(
+                            "no memory left for the request body (the pool's rlimit-as)",
+                        ));
+                    }
                 }
             }
         }

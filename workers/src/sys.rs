@@ -30,6 +30,8 @@ pub(crate) enum Recv {
     Data(usize),
     Eof,
     WouldBlock,
+    /// No memory for the receive buffer (an address-space cap, `rlimit-as`): nothing read.
+    NoMemory,
 }
 
 /// One recv(2) into `buf`; `nonblocking` returns `WouldBlock` instead of waiting.
