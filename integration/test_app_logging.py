@@ -52,14 +52,27 @@ def test_logging_records_keep_level_logger_and_request_id(lb):
     assert by_msg["stock low for widget"]["level"] == "WARN"
     err = by_msg["could not compute"]
     assert err["level"] == "ERROR"
-    # The traceback's lines follow as lines of their own, each with the record's fields.
-    tb = [e for e in recs if "ZeroDivisionError" in e["fields"]["message"]]
-    assert tb and all(e["level"] == "ERROR" and e["fields"]["request_id"] == err["fields"]["request_id"] for e in tb)
+    # JSON escapes newlines: the traceback stays in the record's message, one event.
+    assert err["fields"]["message"].startswith("could not compute\nTraceback (most recent call last):\n"), err
+    assert err["fields"]["message"].endswith("ZeroDivisionError: division by zero"), err
+    assert [e for e in recs if "ZeroDivisionError" in e["fields"]["message"]] == [err]
     # The same request id as the access log's line for this request (written by the
     # access log's own thread after the response went out: waited for).
     # The built-in line starts with the client and the time (UTC, RFC 3339).
     line = re.compile(rf'^127\.0\.0\.1 \[\d{{4}}-\d\d-\d\dT\d\d:\d\d:\d\d[.\d]*Z\] "GET /log" 200 .* id={rid}$', re.M)
     wait_until(lambda: line.search((lb.workdir / "access.log").read_text()), 30, what=f"the access line of request {rid}")
+
+
+def test_a_failed_requests_traceback_is_one_json_event(lb):
+    mark = lb.log.mark()
+    assert lb.request("/boom", listener="front").status == 500
+    lb.log.wait_for("ZeroDivisionError: division by zero", since=mark)
+    tb = [e for e in events(lb, mark) if "ZeroDivisionError" in e["fields"].get("message", "")]
+    assert len(tb) == 1, tb
+    (e,) = tb
+    assert e["level"] == "ERROR" and e["fields"]["uri"] == "/boom" and e["fields"]["request_id"].isdigit(), e
+    msg = e["fields"]["message"]
+    assert msg.startswith("Traceback (most recent call last):\n") and 'return {"x": 1 / 0}' in msg, msg
 
 
 def test_wsgi_errors_carry_the_request_id(lb):
@@ -97,6 +110,9 @@ def test_an_apps_text_never_starts_a_log_line_of_its_own(text_log):
     r = b.request("/forge", listener="front", query=urllib.parse.quote(fake), headers={"Host": "x"})
     assert r.status == 200
     lines = b.log.wait_for("nul", since=mark)
+    # The logging record comes over the worker's stderr pipe, wsgi.errors over FastCGI:
+    # either may be logged first.
+    b.log.wait_for([" app: ", "forged"], since=mark)
     assert "carriage\\rreturn\\x00nul\\x1b[2Jesc" in lines[-1] and 'pool="shop"' in lines[-1], lines[-1]
     text = b.log.text(mark)
     assert "\r" not in text and "\x00" not in text and "\x1b" not in text
@@ -104,6 +120,16 @@ def test_an_apps_text_never_starts_a_log_line_of_its_own(text_log):
         assert TIME.match(line) and not line.startswith("2001-"), line
     (forged,) = [ln for ln in text.splitlines() if " app: " in ln and "forged" in ln]
     assert 'pool="shop"' in forged and 'logger="shop.views"' in forged
+
+
+def test_a_traceback_in_the_text_log_is_a_line_per_line(text_log):
+    b = text_log
+    mark = b.log.mark()
+    assert b.request("/boom", listener="front", headers={"Host": "x"}).status == 500
+    lines = b.log.wait_for("ZeroDivisionError: division by zero", since=mark)
+    assert TIME.match(lines[-1]) and "ERROR" in lines[-1] and 'uri="/boom"' in lines[-1], lines[-1]
+    first = [ln for ln in b.log.text(mark).splitlines() if "Traceback (most recent call last):" in ln]
+    assert len(first) == 1 and TIME.match(first[0]) and 'uri="/boom"' in first[0], first
 
 
 def test_an_app_that_floods_its_log_is_held_to_a_budget(text_log):
@@ -121,3 +147,24 @@ def test_an_app_that_floods_its_log_is_held_to_a_budget(text_log):
                30, what="the count of the lines held back")
     logged = len(re.findall(r"flood line \d+", b.log.text(mark)))
     assert 5000 <= logged < 20000, logged
+
+
+def test_json_access_events_say_where_the_time_went(tmp_path):
+    """`access-log: "-"` with the JSON log: the access event's times are milliseconds to
+    the microsecond (no float noise), with the queue, the worker and the web server's id."""
+    port, = free_ports(1)
+    b = make_bridge(tmp_path, {"shop": {"app": str(APPS / "logging_app.py"), "processes": 1, "threads": 1}},
+                    {"front": {"fastcgi": f"127.0.0.1:{port}", "pool": "shop"}},
+                    bridge_extra={"log-format": "json", "access-log": "-"})
+    try:
+        b.start()
+        b.wait_ready([("front", "/", "x")])
+        mark = b.log.mark()
+        assert b.request("/errors", query="timed=1", listener="front", extra=[("REQUEST_ID", "abc-123")]).status == 200
+        (line,) = b.log.wait_for(r"/errors\?timed=1", since=mark, access=True)
+        for key in ("duration_ms", "queue_ms", "app_ms"):
+            assert re.search(rf'"{key}":\d+(\.\d{{1,3}})?[,}}]', line), (key, line)
+        f = json.loads(line)["fields"]
+        assert f["web_request_id"] == "abc-123" and f["pid"] > 0 and f["app_ms"] <= f["duration_ms"], f
+    finally:
+        b.stop()

@@ -856,3 +856,14 @@ def test_a_task_still_running_when_a_recycled_worker_stops_is_cancelled_with_a_w
                            what="the task to see its cancellation")
     finally:
         bridge.stop()
+
+
+def test_status_counts_an_asgi_pools_requests_in_flight_not_threads(env):
+    bridge = env[0]
+    fastapi = bridge.pool_status("fastapi")
+    assert fastapi["concurrency"] == 50 and "threads" not in fastapi, fastapi
+    wsgi = bridge.pool_status("edge-wsgi")
+    assert wsgi["threads"] == 2 and "concurrency" not in wsgi, wsgi
+    # `auto`: each worker says which it is, so both are shown.
+    auto = bridge.pool_status("auto-wsgi")
+    assert auto["threads"] == 3 and auto["concurrency"] == 100, auto

@@ -342,3 +342,11 @@ def test_shipped_demo_serves_over_fastcgi_and_scgi(tmp_path):
         assert r.stdout.count("POOL") >= 3 and "REQ/S" in r.stdout, r.stdout
     finally:
         b.stop()
+
+
+@pytest.mark.parametrize("command", [["status"], ["top"], ["reload"], ["stop"], ["stop-instance", "t", "k"]])
+def test_every_control_command_says_what_socket_means(command):
+    r = run(*command, "--help")
+    assert r.returncode == 0, r.stderr
+    line = next((ln for ln in r.stdout.splitlines() if "--socket" in ln), "")
+    assert "control socket" in line, r.stdout

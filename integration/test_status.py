@@ -20,7 +20,10 @@ import pytest
 from harness import APPS, free_ports, make_bridge, wait_until
 import fcgi_client
 
-ACCESS_FORMAT = '$remote_addr "$method $uri" $status $bytes $pool id=$request_id'
+ACCESS_FORMAT = ('$remote_addr "$method $uri" $status $bytes $pool id=$request_id '
+                 'q=$queue_ms app=$app_ms pid=$pid web=$web_request_id')
+ACCESS_LINE = re.compile(r'^\S+ "GET (?P<uri>\S+)" (?P<status>\d+) \d+ \S+ id=(?P<id>\d+) '
+                         r'q=(?P<q>[\d.]+|-) app=(?P<app>[\d.]+|-) pid=(?P<pid>\d+|-) web=(?P<web>\S+)$', re.M)
 
 
 @pytest.fixture(scope="module")
@@ -174,7 +177,7 @@ def test_status_and_ping_through_the_fastcgi_listener(sb):
     # Other paths still go to the pools.
     assert sb.request("/health", listener="front").body == b"ok"
     # A response the bridge made counts its body in the access log, as an app's does.
-    line_re = re.compile(r'^127\.0\.0\.1 "GET /ping\?bytes=1" 200 5 - id=\d+$', re.M)
+    line_re = re.compile(r'^127\.0\.0\.1 "GET /ping\?bytes=1" 200 5 - id=\d+ q=- app=- pid=- web=-$', re.M)
     wait_until(lambda: line_re.search(sb.access_path.read_text()), 20, what="the ping's access line")
 
 
@@ -212,7 +215,7 @@ def test_status_listener_answers_404_and_405(sb):
 def test_access_log_format_and_sigusr1_reopen(sb):
     r = sb.request("/health", query="fmt=1", listener="front")
     assert r.status == 200
-    line_re = re.compile(r'^127\.0\.0\.1 "GET /health\?fmt=1" 200 2 alpha id=\d+$', re.M)
+    line_re = re.compile(r'^127\.0\.0\.1 "GET /health\?fmt=1" 200 2 alpha id=\d+ q=[\d.]+ app=[\d.]+ pid=\d+ web=-$', re.M)
     wait_until(lambda: line_re.search(sb.access_path.read_text()), 20, what="formatted access line")
     # logrotate: move the file away, SIGUSR1, the next line lands in a new file.
     rotated = sb.access_path.with_suffix(".log.1")
@@ -224,6 +227,57 @@ def test_access_log_format_and_sigusr1_reopen(sb):
     wait_until(lambda: sb.access_path.exists() and "/health?after=1" in sb.access_path.read_text(), 20,
                what="the access log reopened at its path")
     assert "/health?after=1" not in rotated.read_text()
+
+
+def access_line(sb, uri):
+    """The access log's fields for the request to `uri` (waited for)."""
+    def found():
+        return next((m.groupdict() for m in ACCESS_LINE.finditer(sb.access_path.read_text()) if m["uri"] == uri), None)
+    return wait_until(found, 30, what=f"the access line of {uri}")
+
+
+def test_access_log_tells_queueing_from_the_app_and_names_the_worker(sb):
+    """beta has one thread: a request held there makes the next one queue. Each line says
+    how long it waited and ran, on which worker, with the web server's request id."""
+    tag = f"beta-q-{os.getpid()}-{time.monotonic_ns()}"
+    held = threading.Thread(target=lambda: sb.request("/beta/hold", query=f"tag={tag}", listener="front",
+                                                      extra=[("REQUEST_ID", "0af3c9d2e1b4")]))
+    queued = threading.Thread(target=lambda: sb.request("/beta/health", query=f"after={tag}", listener="front",
+                                                        headers={"X-Request-Id": "client-7"}))
+    held.start()
+    since_queued = time.monotonic()
+    try:
+        wait_until(lambda: (sb.workdir / f"{tag}.pid").exists(), 60, what="beta's only thread held")
+        pid = (sb.workdir / f"{tag}.pid").read_text()
+        queued.start()
+        wait_until(lambda: pool_of(status_json(sb), "beta")["queue_length"] == 1, 60, what="a request queued")
+        since_queued = time.monotonic()
+    finally:
+        (sb.workdir / f"{tag}.release").write_text("")
+        waited_ms = (time.monotonic() - since_queued) * 1000
+        held.join(60)
+        queued.join(60)
+    first = access_line(sb, f"/beta/hold?tag={tag}")
+    second = access_line(sb, f"/beta/health?after={tag}")
+    assert (first["pid"], first["web"]) == (pid, "0af3c9d2e1b4"), first
+    assert (second["pid"], second["web"]) == (pid, "client-7"), second
+    # The second waited (at least from when the test saw it queued until the release);
+    # the first was on the worker all that time.
+    assert float(second["q"]) >= waited_ms and float(first["app"]) > float(second["q"]), (first, second, waited_ms)
+    # Ids count from the daemon's start time: a restarted daemon does not reuse them.
+    assert abs(int(first["id"]) // 1_000_000 - status_json(sb)["start_time"]) <= 2, first
+    assert int(second["id"]) > int(first["id"])
+
+
+def test_access_log_leaves_out_what_a_request_did_not_have(sb):
+    # A web server's id that is not plain (a space, or too long) is not logged.
+    sb.request("/health", query="badid=1", listener="front",
+               extra=[("REQUEST_ID", "bad id")], headers={"X-Request-Id": "x" * 65})
+    assert access_line(sb, "/health?badid=1")["web"] == "-"
+    # The ping path is answered by the bridge: no queue, no worker.
+    assert sb.request("/ping", query="fields=1", listener="front").status == 200
+    ping = access_line(sb, "/ping?fields=1")
+    assert (ping["q"], ping["app"], ping["pid"]) == ("-", "-", "-"), ping
 
 
 def test_slowlog_writes_the_python_stack_while_the_request_runs(sb):

@@ -10,7 +10,18 @@ use crate::config::access_format::AccessFormat;
 use crate::config::{Global, LogFormat};
 use std::io::Write;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use tracing_subscriber::EnvFilter;
+
+/// Set when the main log is JSON (`log-format: json`), which escapes newlines.
+static JSON: AtomicBool = AtomicBool::new(false);
+
+/// Whether a message of several lines (a traceback) may be one log event: in JSON its
+/// newlines are escaped, so no line of the app's text can pass for a log line of its own.
+/// In text, every line is an event with the fields (logging/app_records.rs).
+pub(crate) fn keeps_lines_together() -> bool {
+    JSON.load(Ordering::Relaxed)
+}
 
 /// Install the global subscriber. An invalid filter falls back to "info" with a warning.
 /// Returns the reopen generation of the daemon's log files (SIGUSR1).
@@ -36,7 +47,7 @@ pub(crate) fn init(global: &Global) -> reopen::Reopen {
     };
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(writer);
     let result = match global.log_format {
-        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Json => builder.json().try_init().inspect(|()| JSON.store(true, Ordering::Relaxed)),
         LogFormat::Text => builder.try_init(),
     };
     if let Err(e) = result {
@@ -61,6 +72,34 @@ pub struct AccessRecord<'a> {
     pub duration: std::time::Duration,
     pub pool: &'a str,
     pub request_id: &'a str,
+    /// The web server's id for the request, when it sent a plain one (see [`web_request_id`]).
+    pub web_request_id: Option<&'a str>,
+    /// Time spent waiting for a worker (None: the request never asked for one).
+    pub queue: Option<std::time::Duration>,
+    /// Time on a worker: from taking it to the end of the worker's response.
+    pub app: Option<std::time::Duration>,
+    /// The worker process that served the request (the last, after an internal redirect).
+    pub pid: Option<u32>,
+}
+
+/// The web server's id of a request: the `REQUEST_ID` param (nginx: `fastcgi_param
+/// REQUEST_ID $request_id;`), Apache's `UNIQUE_ID` (mod_unique_id), else an `X-Request-Id`
+/// header; the first that is 1 to 64 bytes of letters, digits and `-_.:+/=@` (anything
+/// else is not logged: the access log stays one line per request).
+pub(crate) fn web_request_id(params: &fastcgi_server::Params) -> Option<&str> {
+    let plain = |v: &&[u8]| {
+        (1..=64).contains(&v.len()) && v.iter().all(|b| b.is_ascii_alphanumeric() || b"-_.:+/=@".contains(b))
+    };
+    [&b"REQUEST_ID"[..], b"UNIQUE_ID", b"HTTP_X_REQUEST_ID"]
+        .into_iter()
+        .filter_map(|name| params.get(name))
+        .find(plain)
+        .and_then(|v| std::str::from_utf8(v).ok())
+}
+
+/// Milliseconds, rounded to the microsecond (no float noise in JSON).
+pub(crate) fn millis(d: std::time::Duration) -> f64 {
+    d.as_micros() as f64 / 1000.0
 }
 
 /// Where access lines go.
@@ -114,9 +153,13 @@ impl AccessLog {
                 uri = r.uri,
                 status = r.status,
                 bytes = r.bytes,
-                duration_ms = r.duration.as_secs_f64() * 1000.0,
+                duration_ms = millis(r.duration),
                 pool = r.pool,
                 request_id = r.request_id,
+                web_request_id = r.web_request_id,
+                queue_ms = r.queue.map(millis),
+                app_ms = r.app.map(millis),
+                pid = r.pid,
             ),
             Self::File { tx, format } => {
                 if let Some(f) = format {
@@ -147,5 +190,32 @@ fn or_dash(s: &str) -> &str {
         "-"
     } else {
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(pairs: &[(&str, &str)]) -> fastcgi_server::Params {
+        let mut p = fastcgi_server::Params::with_capacity(pairs.len());
+        for (k, v) in pairs {
+            p.insert(k.as_bytes().to_vec(), v.as_bytes().to_vec());
+        }
+        p
+    }
+
+    #[test]
+    fn the_web_servers_id_is_taken_when_plain() {
+        let id = |pairs: &[(&str, &str)]| web_request_id(&params(pairs)).map(str::to_owned);
+        assert_eq!(id(&[("REQUEST_ID", "0af3c9d2"), ("HTTP_X_REQUEST_ID", "client")]), Some("0af3c9d2".into()));
+        assert_eq!(id(&[("UNIQUE_ID", "ZdP4wKwQAAEAAB@x-7")]), Some("ZdP4wKwQAAEAAB@x-7".into()));
+        // Not plain: the next source, or none.
+        assert_eq!(id(&[("REQUEST_ID", "a b"), ("HTTP_X_REQUEST_ID", "c-1")]), Some("c-1".into()));
+        assert_eq!(id(&[("HTTP_X_REQUEST_ID", "x\n2001-01-01 forged")]), None);
+        assert_eq!(id(&[("HTTP_X_REQUEST_ID", &"x".repeat(65))]), None);
+        assert_eq!(id(&[("REQUEST_ID", "")]), None);
+        // The review saw `1001.3329090000001`.
+        assert_eq!(millis(std::time::Duration::from_nanos(1_001_332_909)).to_string(), "1001.332");
     }
 }

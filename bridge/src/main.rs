@@ -61,6 +61,7 @@ enum Command {
     Top {
         #[command(flatten)]
         config: ConfigArg,
+        /// The control socket (default: bridge.control-socket, else <runtime-dir>/control.sock).
         #[arg(long)]
         socket: Option<PathBuf>,
         /// Time between refreshes.
@@ -74,6 +75,7 @@ enum Command {
     Reload {
         #[command(flatten)]
         config: ConfigArg,
+        /// The control socket (default: bridge.control-socket, else <runtime-dir>/control.sock).
         #[arg(long)]
         socket: Option<PathBuf>,
         /// Also restart every pool's workers, rolling, as SIGUSR2 does: how new application
@@ -85,6 +87,7 @@ enum Command {
     Stop {
         #[command(flatten)]
         config: ConfigArg,
+        /// The control socket (default: bridge.control-socket, else <runtime-dir>/control.sock).
         #[arg(long)]
         socket: Option<PathBuf>,
     },
@@ -95,6 +98,7 @@ enum Command {
         key: String,
         #[command(flatten)]
         config: ConfigArg,
+        /// The control socket (default: bridge.control-socket, else <runtime-dir>/control.sock).
         #[arg(long)]
         socket: Option<PathBuf>,
     },

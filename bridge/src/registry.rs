@@ -45,6 +45,16 @@ pub(crate) struct Registry {
     next_id: AtomicU64,
 }
 
+/// The first request id of a daemon started at `now`: its start time in milliseconds
+/// (Unix), times 1000, plus one. Ids of two daemons meet only if the first averaged more
+/// than a million requests a second before the second one started, so an id found in
+/// weeks of rotated logs names one request. Below 2^53 until the year 2255: exact as JSON
+/// numbers.
+fn first_request_id(now: std::time::SystemTime) -> u64 {
+    let millis = now.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+    millis * 1000 + 1
+}
+
 impl Registry {
     /// A registry for a daemon with these listeners, no pools yet.
     pub(crate) fn new(
@@ -66,7 +76,7 @@ impl Registry {
             drain: OnceLock::new(),
             in_flight: AtomicUsize::new(0),
             drained: Notify::new(),
-            next_id: AtomicU64::new(1),
+            next_id: AtomicU64::new(first_request_id(std::time::SystemTime::now())),
         }
     }
 
@@ -107,7 +117,8 @@ impl Registry {
         })
     }
 
-    /// A new request's number (unique for the daemon's life, from 1).
+    /// A new request's number: unique for the daemon's life, and across restarts (see
+    /// [`first_request_id`]).
     pub(crate) fn next_request_id(&self) -> u64 {
         self.next_id.fetch_add(1, Ordering::Relaxed)
     }
@@ -143,5 +154,20 @@ impl Drop for InFlight<'_> {
         if self.0.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.0.drained.notify_waiters();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::first_request_id;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    #[test]
+    fn request_ids_start_from_the_start_time() {
+        let at = UNIX_EPOCH + Duration::from_millis(1_767_225_600_123);
+        assert_eq!(first_request_id(at), 1_767_225_600_123_001);
+        // A daemon restarted 100 ms later starts 100,000 ids further on.
+        assert_eq!(first_request_id(at + Duration::from_millis(100)) - first_request_id(at), 100_000);
+        assert!(first_request_id(UNIX_EPOCH + Duration::from_secs(9_000_000_000)) < 1 << 53);
     }
 }

@@ -25,6 +25,8 @@ def application(environ, start_response):
         for i in range(n):
             environ["wsgi.errors"].write("flood line %d\n" % i)
         environ["wsgi.errors"].flush()
+    elif path == "/boom":
+        return {"x": 1 / 0}  # the worker logs the traceback and answers 500
     elif path == "/errors":
         environ["wsgi.errors"].write("note via wsgi.errors\n")
         environ["wsgi.errors"].flush()

@@ -1062,27 +1062,33 @@ fn bad_head(info: &RequestInfo<'_>, pool: &str, pid: u32, why: &fastcgi_server::
     status
 }
 
-/// A worker's STDERR record (wsgi.errors, tracebacks): one log line per line. A record
-/// that holds a Python traceback (the worker writes one whole, in one record) is logged at
-/// ERROR, where operators alert; anything else the app writes there at WARN.
+/// A worker's STDERR record (wsgi.errors, tracebacks): one log line per line, or in JSON
+/// one event for the record (`logging::keeps_lines_together`). A record that holds a
+/// Python traceback (the worker writes one whole, in one record) is logged at ERROR, where
+/// operators alert; anything else the app writes there at WARN.
 fn log_stderr(worker: &crate::worker_handle::WorkerHandle, info: &RequestInfo<'_>, data: &[u8]) {
     const TRACEBACK: &[u8] = b"Traceback (most recent call last):";
     let (pool, pid) = (&*worker.pool, worker.pid);
     let traceback = data.windows(TRACEBACK.len()).any(|w| w == TRACEBACK);
     // Every line repeats the URI: its start is enough to find the request.
     let uri = &*crate::logging::app_lines::prefix(info.uri, 256);
-    for line in data.split(|&b| b == b'\n') {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        if line.is_empty() || !worker.app_lines.admit(pool, pid) {
-            continue;
-        }
-        let text = String::from_utf8_lossy(line);
-        let text = crate::logging::app_lines::clean(&text);
+    let log = |text: &str| {
         if traceback {
             tracing::error!(pool, pid, request_id = info.id, uri, "{text}");
         } else {
             tracing::warn!(pool, pid, request_id = info.id, uri, "{text}");
         }
+    };
+    let text = String::from_utf8_lossy(data);
+    // Each line counts against the worker's budget, also when the record is one event.
+    let lines = text.lines().filter(|l| !l.is_empty() && worker.app_lines.admit(pool, pid));
+    if crate::logging::keeps_lines_together() {
+        let text = crate::logging::app_lines::clean_lines(lines);
+        if !text.is_empty() {
+            log(&text);
+        }
+    } else {
+        lines.for_each(|line| log(&crate::logging::app_lines::clean(line)));
     }
 }
 

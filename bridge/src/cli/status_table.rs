@@ -87,14 +87,30 @@ pub fn render(v: &Value) -> String {
                 format!("{}/{}/{}", n(p, "idle_workers"), n(p, "busy_workers"), n(p, "total_workers")),
                 n(p, "max_children_reached").to_string(),
                 n(p, "slow_requests").to_string(),
+                p.get("responses").map_or(0, |r| n(r, "5xx")).to_string(),
                 n(p, "rejected_requests").to_string(),
+                n(p, "request_timeouts").to_string(),
                 n(p, "worker_exits").to_string(),
+                n(p, "worker_crashes").to_string(),
             ]
         })
         .collect();
     table(
         &mut out,
-        &["POOL", "STATE", "REQUESTS", "QUEUE/PEAK", "IDLE/BUSY/TOTAL", "MAX-REACHED", "SLOW", "503", "EXITS"],
+        &[
+            "POOL",
+            "STATE",
+            "REQUESTS",
+            "QUEUE/PEAK",
+            "IDLE/BUSY/TOTAL",
+            "MAX-REACHED",
+            "SLOW",
+            "5XX",
+            "503",
+            "504",
+            "EXITS",
+            "CRASHES",
+        ],
         &rows,
     );
     out.push('\n');
@@ -117,23 +133,103 @@ pub fn render(v: &Value) -> String {
         table(&mut out, &["TEMPLATE", "KEY", "AGE", "IDLE", "WORKERS"], &rows);
         out.push('\n');
     }
+    table(&mut out, &["POOL", "PID", "STATE", "REQUESTS", "RSS", "CPU", "CURRENT", "FOR"], &worker_rows(pools));
+    out
+}
+
+/// A row per worker, and under it a row for each other request it serves.
+fn worker_rows(pools: &[Value]) -> Vec<Vec<String>> {
     let mut rows = Vec::new();
     for p in pools {
-        for w in p.get("workers").and_then(Value::as_array).unwrap_or(&empty) {
-            let cur = w.get("current").and_then(Value::as_array).and_then(|c| c.first());
-            rows.push(vec![
+        for w in p.get("workers").and_then(Value::as_array).map_or(&[][..], Vec::as_slice) {
+            let mut row = vec![
                 s(p, "name"),
                 n(w, "pid").to_string(),
                 s(w, "state"),
                 n(w, "requests").to_string(),
                 crate::status::html::human_bytes(n(w, "rss_bytes")),
                 w.get("cpu_seconds").and_then(Value::as_f64).map_or("-".to_owned(), crate::status::html::human_secs),
-                cur.map_or("-".to_owned(), |c| format!("{} {}", s(c, "method"), s(c, "uri"))),
-                cur.and_then(|c| c.get("duration_seconds").and_then(Value::as_f64))
-                    .map_or("-".to_owned(), crate::status::html::human_secs),
-            ]);
+            ];
+            let worker_cells = row.len();
+            let mut lines = current_requests(w).into_iter();
+            row.extend(lines.next().unwrap_or_else(|| ["-".to_owned(), "-".to_owned()]));
+            rows.push(row);
+            for line in lines {
+                let mut row = vec![String::new(); worker_cells];
+                row.extend(line);
+                rows.push(row);
+            }
         }
     }
-    table(&mut out, &["POOL", "PID", "STATE", "REQUESTS", "RSS", "CPU", "CURRENT", "FOR"], &rows);
-    out
+    rows
+}
+
+/// Rows of one worker's table at most, for the requests it serves (`--json` lists them all).
+const CURRENT_SHOWN: usize = 10;
+
+/// A worker's requests in flight as (request, running for) cells, the longest running first;
+/// beyond [`CURRENT_SHOWN`], a last line says how many more there are.
+fn current_requests(w: &Value) -> Vec<[String; 2]> {
+    let mut current: Vec<&Value> =
+        w.get("current").and_then(Value::as_array).map(|c| c.iter().collect()).unwrap_or_default();
+    let secs = |c: &Value| c.get("duration_seconds").and_then(Value::as_f64).unwrap_or(0.0);
+    current.sort_by(|a, b| secs(b).total_cmp(&secs(a)));
+    let more = current.len().saturating_sub(CURRENT_SHOWN);
+    let mut lines: Vec<[String; 2]> = current
+        .iter()
+        .take(if more > 0 { CURRENT_SHOWN - 1 } else { CURRENT_SHOWN })
+        .map(|c| [format!("{} {}", s(c, "method"), s(c, "uri")), crate::status::html::human_secs(secs(c))])
+        .collect();
+    if more > 0 {
+        lines.push([format!("… {} more", more + 1), String::new()]);
+    }
+    lines
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn doc(current: usize) -> Value {
+        let current: Vec<Value> = (0..current)
+            .map(|i| serde_json::json!({"method": "GET", "uri": format!("/slow?n={i}"), "duration_seconds": i as f64}))
+            .collect();
+        serde_json::json!({
+            "version": "x", "pid": 1, "listeners": [],
+            "pools": [{"name": "app", "state": "running", "responses": {"5xx": 7}, "rejected_requests": 3,
+                       "request_timeouts": 2, "worker_exits": 9, "worker_crashes": 1,
+                       "workers": [{"pid": 4242, "state": "busy", "current": current}]}]
+        })
+    }
+
+    #[test]
+    fn every_request_of_a_worker_has_a_row_longest_first() {
+        let out = render(&doc(3));
+        let rows: Vec<&str> = out.lines().skip_while(|l| !l.contains("CURRENT")).skip(1).collect();
+        assert_eq!(rows.len(), 3, "{out}");
+        assert!(rows[0].starts_with("app") && rows[0].contains("4242") && rows[0].contains("GET /slow?n=2"), "{out}");
+        assert!(rows[1].trim_start().starts_with("GET /slow?n=1") && rows[2].contains("GET /slow?n=0"), "{out}");
+    }
+
+    #[test]
+    fn a_busy_asgi_worker_shows_its_longest_requests_and_a_count() {
+        let out = render(&doc(50));
+        assert!(out.contains("GET /slow?n=49") && !out.contains("GET /slow?n=40 "), "{out}");
+        assert!(out.contains("… 41 more"), "{out}");
+    }
+
+    #[test]
+    fn the_pool_table_counts_failures() {
+        let out = render(&doc(0));
+        let header = out.lines().find(|l| l.starts_with("POOL  ")).unwrap_or_default();
+        let cells: Vec<&str> = header.split_whitespace().collect();
+        let row: Vec<&str> =
+            out.lines().find(|l| l.starts_with("app  ")).unwrap_or_default().split_whitespace().collect();
+        let at = |name: &str| cells.iter().position(|c| *c == name).and_then(|i| row.get(i).copied());
+        assert_eq!(
+            (at("5XX"), at("503"), at("504"), at("EXITS"), at("CRASHES")),
+            (Some("7"), Some("3"), Some("2"), Some("9"), Some("1")),
+            "{out}"
+        );
+    }
 }

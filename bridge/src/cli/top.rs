@@ -1,5 +1,5 @@
-//! `fcgibridge top`: the status tables, refreshed in place, with the rates a single
-//! snapshot cannot show (requests and 503s per second, per pool and listener).
+//! `fcgibridge top`: the status tables, refreshed in place, headed by the rates a single
+//! snapshot cannot show (requests, 5xx and 503s per second, per pool and listener).
 //!
 //! It is a client of the control socket like `fcgibridge status`: the daemon keeps no
 //! state for it, and the rates are differences between two of its snapshots.
@@ -15,7 +15,16 @@ use std::time::{Duration, Instant};
 struct Counts {
     name: String,
     requests: u64,
+    server_errors: u64,
     rejected: u64,
+}
+
+/// Per-second rates of one pool or listener.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Rates {
+    requests: f64,
+    server_errors: f64,
+    rejected: f64,
 }
 
 fn counts(v: &Value, section: &str) -> Vec<Counts> {
@@ -28,6 +37,7 @@ fn counts(v: &Value, section: &str) -> Vec<Counts> {
                 .map(|e| Counts {
                     name: e.get("name").and_then(Value::as_str).unwrap_or("-").to_owned(),
                     requests: field(e, "accepted_requests"),
+                    server_errors: e.get("responses").map_or(0, |r| field(r, "5xx")),
                     rejected: field(e, "rejected_requests"),
                 })
                 .collect()
@@ -38,41 +48,49 @@ fn counts(v: &Value, section: &str) -> Vec<Counts> {
 /// Per-second rates between two snapshots, by name; a name new in `now` (a reload added
 /// it) or a counter that went down (the daemon restarted) shows no rate rather than a
 /// wrong one.
-fn rates(before: &[Counts], now: &[Counts], secs: f64) -> Vec<(String, Option<(f64, f64)>)> {
+fn rates(before: &[Counts], now: &[Counts], secs: f64) -> Vec<(String, Option<Rates>)> {
     now.iter()
         .map(|n| {
-            let rate = before.iter().find(|b| b.name == n.name).and_then(|b| {
-                let req = n.requests.checked_sub(b.requests)?;
-                let rej = n.rejected.checked_sub(b.rejected)?;
-                (secs > 0.0).then(|| (req as f64 / secs, rej as f64 / secs))
+            let rate = before.iter().find(|b| b.name == n.name).filter(|_| secs > 0.0).and_then(|b| {
+                let per_sec = |now: u64, then: u64| Some(now.checked_sub(then)? as f64 / secs);
+                Some(Rates {
+                    requests: per_sec(n.requests, b.requests)?,
+                    server_errors: per_sec(n.server_errors, b.server_errors)?,
+                    rejected: per_sec(n.rejected, b.rejected)?,
+                })
             });
             (n.name.clone(), rate)
         })
         .collect()
 }
 
-fn rate_lines(out: &mut String, title: &str, rates: &[(String, Option<(f64, f64)>)]) {
+fn rate_lines(out: &mut String, title: &str, rates: &[(String, Option<Rates>)]) {
     let width = rates.iter().map(|(n, _)| n.len()).max().unwrap_or(0).max(title.len());
-    let _ = writeln!(out, "{title:<width$}  REQ/S     503/S");
+    let _ = writeln!(out, "{title:<width$}  REQ/S     5XX/S     503/S");
     for (name, rate) in rates {
         match rate {
-            Some((req, rej)) => {
-                let _ = writeln!(out, "{name:<width$}  {req:<8.1}  {rej:.1}");
+            Some(r) => {
+                let _ =
+                    writeln!(out, "{name:<width$}  {:<8.1}  {:<8.1}  {:.1}", r.requests, r.server_errors, r.rejected);
             }
             None => {
-                let _ = writeln!(out, "{name:<width$}  -         -");
+                let _ = writeln!(out, "{name:<width$}  -         -         -");
             }
         }
     }
 }
 
-/// One screen: the rates, then `fcgibridge status`'s tables.
+/// One screen: the rates (dashes on the first, which has nothing to compare with), then
+/// `fcgibridge status`'s tables.
 fn frame(now: &Value, before: Option<(&Value, f64)>) -> String {
     let mut out = String::new();
-    if let Some((prev, secs)) = before {
-        rate_lines(&mut out, "POOL", &rates(&counts(prev, "pools"), &counts(now, "pools"), secs));
-        out.push('\n');
-        rate_lines(&mut out, "LISTENER", &rates(&counts(prev, "listeners"), &counts(now, "listeners"), secs));
+    for (title, section) in [("POOL", "pools"), ("LISTENER", "listeners")] {
+        let now = counts(now, section);
+        let rates = match before {
+            Some((prev, secs)) => rates(&counts(prev, section), &now, secs),
+            None => now.into_iter().map(|c| (c.name, None)).collect(),
+        };
+        rate_lines(&mut out, title, &rates);
         out.push('\n');
     }
     out.push_str(&super::status_table::render(now));
@@ -132,13 +150,13 @@ mod tests {
     use super::*;
 
     fn c(name: &str, requests: u64, rejected: u64) -> Counts {
-        Counts { name: name.to_owned(), requests, rejected }
+        Counts { name: name.to_owned(), requests, server_errors: rejected, rejected }
     }
 
     #[test]
     fn rates_are_differences_per_second() {
         let r = rates(&[c("a", 100, 4)], &[c("a", 300, 10)], 2.0);
-        assert_eq!(r, vec![("a".to_owned(), Some((100.0, 3.0)))]);
+        assert_eq!(r, vec![("a".to_owned(), Some(Rates { requests: 100.0, server_errors: 3.0, rejected: 3.0 }))]);
     }
 
     #[test]
@@ -148,12 +166,14 @@ mod tests {
     }
 
     #[test]
-    fn first_frame_has_only_the_tables() {
+    fn every_frame_is_headed_by_the_rates() {
         let v: Value = serde_json::json!({"version": "x", "pid": 1, "pools": [{"name": "p", "accepted_requests": 5}], "listeners": []});
         let f = frame(&v, None);
-        assert!(!f.contains("REQ/S") && f.contains("POOL"), "{f}");
-        let later: Value = serde_json::json!({"version": "x", "pid": 1, "pools": [{"name": "p", "accepted_requests": 15}], "listeners": []});
+        // The first has nothing to compare with: dashes, in the same place.
+        assert!(f.starts_with("POOL  REQ/S     5XX/S     503/S\np     -"), "{f}");
+        let later: Value = serde_json::json!({"version": "x", "pid": 1, "listeners": [],
+            "pools": [{"name": "p", "accepted_requests": 15, "responses": {"5xx": 2}}]});
         let f = frame(&later, Some((&v, 1.0)));
-        assert!(f.contains("10.0"), "{f}");
+        assert!(f.starts_with("POOL  REQ/S     5XX/S     503/S\np     10.0      2.0       0.0\n"), "{f}");
     }
 }

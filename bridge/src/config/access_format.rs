@@ -3,8 +3,22 @@
 //! (logging/access_format.rs writes the lines).
 
 /// The variables a template may use, in the order the docs list them.
-pub const VARIABLES: &[&str] =
-    &["remote_addr", "method", "uri", "status", "bytes", "duration", "duration_ms", "pool", "request_id", "time"];
+pub const VARIABLES: &[&str] = &[
+    "remote_addr",
+    "method",
+    "uri",
+    "status",
+    "bytes",
+    "duration",
+    "duration_ms",
+    "queue_ms",
+    "app_ms",
+    "pool",
+    "pid",
+    "request_id",
+    "web_request_id",
+    "time",
+];
 
 /// Literal text, or the index of a variable in [`VARIABLES`].
 #[derive(Debug, Clone, PartialEq)]

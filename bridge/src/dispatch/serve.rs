@@ -146,6 +146,7 @@ pub(crate) async fn serve<S: BodySource, K: ResponseSink>(
         serving: None,
         redirects: 0,
         pins: &pins,
+        times: WorkerTimes::default(),
     };
     let mut step = Step::Route;
     let (status, bytes, pool_name) = loop {
@@ -169,6 +170,10 @@ pub(crate) async fn serve<S: BodySource, K: ResponseSink>(
             duration: took,
             pool: pool_name.map(|p| &**p).unwrap_or(""),
             request_id,
+            web_request_id: crate::logging::web_request_id(&req.params),
+            queue: req.times.queue,
+            app: req.times.app,
+            pid: req.times.pid,
         });
     }
 }
@@ -193,6 +198,23 @@ struct Request<'a, S, K> {
     redirects: u32,
     /// The template instances it was routed to.
     pins: &'a Pins,
+    times: WorkerTimes,
+}
+
+/// Where a request's time went, for the access log (summed over internal redirects).
+#[derive(Default)]
+struct WorkerTimes {
+    /// Waiting for a worker.
+    queue: Option<std::time::Duration>,
+    /// On a worker, from taking it to the end of its response.
+    app: Option<std::time::Duration>,
+    /// The worker that served it last.
+    pid: Option<u32>,
+}
+
+/// `d` added to what `total` holds so far.
+fn add(total: &mut Option<std::time::Duration>, d: std::time::Duration) {
+    *total = Some(total.unwrap_or_default() + d);
 }
 
 impl<'a, S: BodySource, K: ResponseSink> Request<'a, S, K> {
@@ -316,7 +338,9 @@ impl<'a, S: BodySource, K: ResponseSink> Request<'a, S, K> {
         let ticket =
             Ticket { method: &method, uri: self.uri_bytes, request_id: self.request_num, started: self.started };
         let kept = self.kept(pool, declared);
+        let asked = Instant::now();
         let acquired = pool.dispatcher.acquire_piped(&ticket, kept.clone(), self.source.aborted()).await;
+        add(&mut self.times.queue, asked.elapsed());
         match acquired {
             Ok(granted) => self.run(pool, granted, &ticket, declared, kept).await,
             Err(AcquireError::Gone) => self.gone(pool).await,
@@ -436,7 +460,10 @@ impl<'a, S: BodySource, K: ResponseSink> Request<'a, S, K> {
         declared: Option<u64>,
         kept: Option<Bytes>,
     ) -> Step<'a> {
-        let Some((slot, outcome)) = self.exchange_on(pool, granted, ticket, kept).await else {
+        let taken = Instant::now();
+        let exchanged = self.exchange_on(pool, granted, ticket, kept).await;
+        add(&mut self.times.app, taken.elapsed());
+        let Some((slot, outcome)) = exchanged else {
             tracing::error!(pool = %pool.name, request_id = self.request_id, uri = %self.uri, "no worker took the request, answering 502");
             return self
                 .error_page(Some(&pool.config.error_pages), Replaced::bridge(502, None), Some(&pool.name))
@@ -444,6 +471,7 @@ impl<'a, S: BodySource, K: ResponseSink> Request<'a, S, K> {
         };
         let Outcome { status, body_bytes, fate, next } = outcome;
         let pid = slot.worker.pid;
+        self.times.pid = Some(pid);
         // The bridge's own error goes out before the slot is given back (that may wait
         // for a worker's answer); an error page to dispatch waits for it.
         let answered = match next {

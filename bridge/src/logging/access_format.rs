@@ -22,6 +22,13 @@ impl AccessFormat {
                         "duration_ms" => write!(out, "{:.3}", r.duration.as_secs_f64() * 1000.0),
                         "pool" => write!(out, "{}", dash(r.pool)),
                         "request_id" => write!(out, "{}", dash(r.request_id)),
+                        "web_request_id" => write!(out, "{}", r.web_request_id.unwrap_or("-")),
+                        "queue_ms" => ms(&mut out, r.queue),
+                        "app_ms" => ms(&mut out, r.app),
+                        "pid" => match r.pid {
+                            Some(pid) => write!(out, "{pid}"),
+                            None => write!(out, "-"),
+                        },
                         "time" => write!(out, "{}", rfc3339_now()),
                         _ => Ok(()),
                     };
@@ -30,6 +37,14 @@ impl AccessFormat {
         }
         out.push('\n');
         out
+    }
+}
+
+/// Milliseconds with three decimals, or "-" when there is no such time.
+fn ms(out: &mut String, d: Option<std::time::Duration>) -> std::fmt::Result {
+    match d {
+        Some(d) => write!(out, "{:.3}", d.as_secs_f64() * 1000.0),
+        None => write!(out, "-"),
     }
 }
 
@@ -75,8 +90,14 @@ mod tests {
             duration: std::time::Duration::from_millis(5),
             pool: "",
             request_id: "7",
+            web_request_id: None,
+            queue: Some(std::time::Duration::from_micros(1500)),
+            app: None,
+            pid: Some(42),
         };
         assert_eq!(f.render(&r), "10.0.0.1 \"GET /x?y\" 200 12 $ -\n");
+        let f = AccessFormat::parse("$queue_ms $app_ms $pid $web_request_id").expect("format");
+        assert_eq!(f.render(&r), "1.500 - 42 -\n");
     }
 
     #[test]

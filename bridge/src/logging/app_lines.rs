@@ -105,6 +105,19 @@ pub(crate) fn clean(text: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
+/// `lines`, each escaped as [`clean`] escapes it, joined by newlines: one event's message
+/// where the log format escapes newlines ([`super::keeps_lines_together`]).
+pub(crate) fn clean_lines<'a>(lines: impl Iterator<Item = &'a str>) -> String {
+    let mut out = String::new();
+    for line in lines {
+        if !out.is_empty() {
+            out.push('\n');
+        }
+        out.push_str(&clean(line));
+    }
+    out
+}
+
 /// At most `max` bytes of `text`, cut at a character boundary, with `…` when cut.
 pub(crate) fn prefix(text: &str, max: usize) -> Cow<'_, str> {
     if text.len() <= max {
@@ -132,6 +145,7 @@ mod tests {
         assert_eq!(clean("a\nb\rc\0d\x1b[31m\u{85}"), "a\\nb\\rc\\x00d\\x1b[31m\\x85");
         assert_eq!(prefix("/é/x", 2), "/…");
         assert_eq!(prefix("/a", 2), "/a");
+        assert_eq!(clean_lines("Traceback:\n  x\x1b\r\n".lines()), "Traceback:\n  x\\x1b");
     }
 
     #[test]

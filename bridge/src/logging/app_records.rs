@@ -21,18 +21,30 @@ pub(crate) fn emit(pool: &str, pid: u32, line: &str) -> bool {
     let Ok(r) = serde_json::from_str::<Record>(json) else { return false };
     let request_id = r.request_id.as_deref().unwrap_or("-");
     let logger = r.logger.as_str();
-    // A message of several lines (a traceback) is several log lines, each with the fields:
-    // no text of the app's starts a line of its own.
-    for line in r.msg.lines().filter(|l| !l.trim().is_empty()) {
-        let msg = super::app_lines::clean(line);
-        match r.level.as_str() {
-            "CRITICAL" | "ERROR" => tracing::error!(target: "app", pool, pid, logger, request_id, "{msg}"),
-            "WARNING" => tracing::warn!(target: "app", pool, pid, logger, request_id, "{msg}"),
-            "INFO" => tracing::info!(target: "app", pool, pid, logger, request_id, "{msg}"),
-            _ => tracing::debug!(target: "app", pool, pid, logger, request_id, "{msg}"),
+    let lines = r.msg.lines().filter(|l| !l.trim().is_empty());
+    if super::keeps_lines_together() {
+        // JSON: a traceback stays in its record's message, one event.
+        let msg = super::app_lines::clean_lines(lines);
+        if !msg.is_empty() {
+            log_at(&r.level, pool, pid, logger, request_id, &msg);
+        }
+    } else {
+        // Text: each line of the message is a log line with the fields, so no text of the
+        // app's starts a line of its own.
+        for line in lines {
+            log_at(&r.level, pool, pid, logger, request_id, &super::app_lines::clean(line));
         }
     }
     true
+}
+
+fn log_at(level: &str, pool: &str, pid: u32, logger: &str, request_id: &str, msg: &str) {
+    match level {
+        "CRITICAL" | "ERROR" => tracing::error!(target: "app", pool, pid, logger, request_id, "{msg}"),
+        "WARNING" => tracing::warn!(target: "app", pool, pid, logger, request_id, "{msg}"),
+        "INFO" => tracing::info!(target: "app", pool, pid, logger, request_id, "{msg}"),
+        _ => tracing::debug!(target: "app", pool, pid, logger, request_id, "{msg}"),
+    }
 }
 
 #[cfg(test)]

@@ -111,6 +111,42 @@ fn moved_note(last_minute: u64, window: u64, window_min: u64) -> String {
     }
 }
 
+/// The worker exits tile and cell: planned exits (recycling, a reload, scale-down) make
+/// them "recent" at most, so a deploy does not look like a crash; a crash in the last
+/// minute makes them stand out. `exits` and `crashes`: (last minute, window).
+fn exits_class(exits: (u64, u64), crashes: (u64, u64)) -> &'static str {
+    if crashes.0 > 0 {
+        "moved"
+    } else if exits.1 > 0 {
+        "recent"
+    } else {
+        ""
+    }
+}
+
+/// The exits tile's note: how many went, and how many of those were planned.
+fn exits_note(exits: (u64, u64), crashes: (u64, u64), window_min: u64) -> String {
+    let note = moved_note(exits.0, exits.1, window_min);
+    // The span the note speaks of.
+    let (went, crashed) = if exits.0 > 0 { (exits.0, crashes.0) } else { (exits.1, crashes.1) };
+    match went {
+        0 => note,
+        _ if crashed == 0 => format!("{note}, planned"),
+        _ if crashed >= went => format!("{note}, crashed"),
+        _ => format!("{note}, {} planned", went - crashed),
+    }
+}
+
+/// What each worker process of a pool serves at once: "4 threads", "100 in flight" (ASGI).
+fn per_process(threads: Option<u32>, concurrency: Option<u32>) -> String {
+    match (threads, concurrency) {
+        (Some(t), None) => format!("{t} threads"),
+        (None, Some(c)) => format!("{c} in flight"),
+        (Some(t), Some(c)) => format!("{t} threads or {c} in flight"),
+        (None, None) => "?".to_owned(),
+    }
+}
+
 fn seconds(v: Option<f64>) -> String {
     v.map_or_else(|| "–".to_owned(), |v| super::chart::format(super::chart::Unit::Seconds, v))
 }
@@ -236,7 +272,7 @@ fn pool_card(o: &mut String, p: &PoolStatus, h: Option<&PoolHistory>, now: f64, 
         "workers",
         "busy / idle",
         &format!("{} / {}", p.busy_workers, p.idle_workers),
-        &format!("{} processes × {} threads", p.total_workers, p.threads),
+        &format!("{} processes × {}", p.total_workers, per_process(p.threads, p.concurrency)),
         "",
     );
     let shown = h.map_or(window, |h| shown_window(h, now, interval, window));
@@ -252,6 +288,12 @@ fn pool_card(o: &mut String, p: &PoolStatus, h: Option<&PoolHistory>, now: f64, 
     ];
     for (name, key, total, last, win) in counters {
         let win = win.max(last);
+        if name == "worker_exits" {
+            let crashes = (lmv.worker_crashes, moved.worker_crashes.max(lmv.worker_crashes));
+            let note = exits_note((last, win), crashes, window_min);
+            tile(o, name, key, &total.to_string(), &note, exits_class((last, win), crashes));
+            continue;
+        }
         tile(o, name, key, &total.to_string(), &moved_note(last, win, window_min), moved_class(last, win));
     }
     o.push_str("</div>\n");
@@ -312,6 +354,9 @@ fn pool_table(o: &mut String, s: &Status, history: &History) {
         let cell = |total: u64, last: u64, win: u64| {
             format!("<td class=\"n {}\">{total}</td>", moved_class(last, win.max(last)))
         };
+        let crashes = (lm.worker_crashes, moved.worker_crashes.max(lm.worker_crashes));
+        let exits = (lm.worker_exits, moved.worker_exits.max(lm.worker_exits));
+        let exits = format!("<td class=\"n {}\">{}</td>", exits_class(exits, crashes), p.worker_exits);
         let _ = writeln!(
             o,
             "<tr class=\"pool\" data-pool=\"{0}\"><td>{0}</td><td class=\"n\">{1}</td><td class=\"n{2}\">{3} / {4} / {5}</td>\
@@ -335,7 +380,7 @@ fn pool_table(o: &mut String, s: &Status, history: &History) {
             cell(p.rejected_requests, lm.rejected_requests, moved.rejected_requests),
             cell(p.request_timeouts, lm.request_timeouts, moved.request_timeouts),
             p.spawns,
-            cell(p.worker_exits, lm.worker_exits, moved.worker_exits),
+            exits,
             cell(p.worker_crashes, lm.worker_crashes, moved.worker_crashes),
         );
     }
@@ -376,15 +421,11 @@ fn worker_tables(o: &mut String, s: &Status) {
             esc(&p.name)
         );
         for w in &p.workers {
-            let (req, dur) = match w.current.first() {
-                Some(c) => (format!("{} {}", esc(&c.method), esc(&c.uri)), human_secs(c.duration_seconds)),
-                None => ("-".to_owned(), "-".to_owned()),
-            };
-            let more = if w.current.len() > 1 { format!(" (+{} more)", w.current.len() - 1) } else { String::new() };
+            let (req, dur) = current_cells(&w.current);
             let _ = writeln!(
                 o,
                 "<tr class=\"{}\"><td class=\"n\">{}</td><td>{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td>{} ago</td>\
-<td>{req}{more}</td><td class=\"n\">{dur}</td><td>{}</td><td>{}</td></tr>",
+<td>{req}</td><td class=\"n\">{dur}</td><td>{}</td><td>{}</td></tr>",
                 w.state,
                 w.pid,
                 w.state,
@@ -400,6 +441,30 @@ fn worker_tables(o: &mut String, s: &Status) {
     }
 }
 
+/// Requests a worker's row lists at most (the JSON has them all).
+const CURRENT_SHOWN: usize = 10;
+
+/// A worker's requests in flight, the longest running first, one per line: the "current
+/// request" and "running for" cells.
+fn current_cells(current: &[super::model::CurrentRequest]) -> (String, String) {
+    if current.is_empty() {
+        return ("-".to_owned(), "-".to_owned());
+    }
+    let mut longest: Vec<_> = current.iter().collect();
+    longest.sort_by(|a, b| b.duration_seconds.total_cmp(&a.duration_seconds));
+    let more = longest.len().saturating_sub(CURRENT_SHOWN);
+    let shown = if more > 0 { CURRENT_SHOWN - 1 } else { CURRENT_SHOWN };
+    let (mut req, mut dur) = (Vec::new(), Vec::new());
+    for c in longest.iter().take(shown) {
+        req.push(format!("{} {}", esc(&c.method), esc(&c.uri)));
+        dur.push(human_secs(c.duration_seconds));
+    }
+    if more > 0 {
+        req.push(format!("… {} more", more + 1));
+    }
+    (req.join("<br>"), dur.join("<br>"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -409,5 +474,40 @@ mod tests {
         assert_eq!(esc("<a href='x'>&</a>"), "&lt;a href=&#39;x&#39;&gt;&amp;&lt;/a&gt;");
         assert_eq!(human_bytes(3 * 1024 * 1024), "3.0 MiB");
         assert_eq!(human_secs(125.0), "2m05s");
+    }
+
+    #[test]
+    fn planned_worker_exits_do_not_look_like_crashes() {
+        // A deploy: 8 workers replaced in the last minute, no crash.
+        assert_eq!(exits_class((8, 8), (0, 0)), "recent");
+        assert_eq!(exits_note((8, 8), (0, 0), 15), "+8 last min, planned");
+        // One of three crashed.
+        assert_eq!(exits_class((3, 3), (1, 1)), "moved");
+        assert_eq!(exits_note((3, 3), (1, 1), 15), "+3 last min, 2 planned");
+        assert_eq!(exits_note((0, 2), (0, 2), 15), "+2 in 15 min, crashed");
+        assert_eq!((exits_class((0, 0), (0, 0)), exits_note((0, 0), (0, 0), 15).as_str()), ("", "none in 15 min"));
+    }
+
+    #[test]
+    fn an_asgi_pool_counts_requests_in_flight_not_threads() {
+        assert_eq!(per_process(Some(4), None), "4 threads");
+        assert_eq!(per_process(None, Some(50)), "50 in flight");
+        assert_eq!(per_process(Some(4), Some(100)), "4 threads or 100 in flight");
+    }
+
+    #[test]
+    fn every_request_of_a_worker_is_listed_longest_first() {
+        use super::super::model::CurrentRequest;
+        let req = |uri: &str, secs| CurrentRequest {
+            request_id: 1,
+            method: "GET".to_owned(),
+            uri: uri.to_owned(),
+            duration_seconds: secs,
+        };
+        let (r, d) = current_cells(&[req("/a", 1.0), req("/b<", 3.0), req("/c", 2.0)]);
+        assert_eq!(r, "GET /b&lt;<br>GET /c<br>GET /a");
+        assert_eq!(d, "3.000s<br>2.000s<br>1.000s");
+        let many: Vec<_> = (0..12).map(|i| req("/x", f64::from(i))).collect();
+        assert!(current_cells(&many).0.ends_with("<br>… 3 more"));
     }
 }

@@ -168,6 +168,7 @@ fn pool_status(s: &track::State, p: crate::supervise::stats::PoolStats, start_ti
         withdrawn_requests: p.withdrawn_requests,
         processes: p.max_processes,
         threads: p.threads_per_process,
+        concurrency: p.concurrency,
         idle_workers: p.idle_workers,
         busy_workers: p.busy_workers,
         total_workers: p.total_workers,

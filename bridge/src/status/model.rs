@@ -90,7 +90,12 @@ pub(crate) struct PoolStatus {
     /// Piped requests taken back before the worker started them.
     pub withdrawn_requests: u64,
     pub processes: u32,
-    pub threads: u32,
+    /// Threads per WSGI worker (absent for an ASGI pool).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub threads: Option<u32>,
+    /// Requests in flight per ASGI worker (absent for a WSGI pool).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<u32>,
     /// Worker processes serving no request now.
     pub idle_workers: usize,
     /// Worker processes serving at least one request now.

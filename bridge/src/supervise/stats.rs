@@ -80,7 +80,11 @@ pub(crate) struct PoolStats {
     pub start_error: Option<String>,
     /// Seconds until the next start attempt (backoff), when one is scheduled.
     pub next_start_in_seconds: Option<f64>,
-    pub threads_per_process: u32,
+    /// Threads of a WSGI worker (None for an ASGI pool).
+    pub threads_per_process: Option<u32>,
+    /// Requests in flight per ASGI worker (`concurrency`; None for a WSGI pool, both for
+    /// `interface: auto`, where each worker reports which it serves).
+    pub concurrency: Option<u32>,
     pub min_processes: u32,
     pub max_processes: u32,
     /// How many the manager wants now (static: processes; dynamic/ondemand: moves).
@@ -293,7 +297,9 @@ pub(crate) fn pool_snapshot(pool: &PoolRuntime) -> PoolStats {
         unavailable_reason: dv.unavailable.map(|r| r.to_string()),
         start_error: mv.failing,
         next_start_in_seconds: mv.next_attempt_in,
-        threads_per_process: pool.config.threads,
+        threads_per_process: pool.config.interface.shows_threads().then_some(pool.config.threads),
+        concurrency: (pool.config.interface.kind != crate::config::interface::Interface::Wsgi)
+            .then_some(pool.config.interface.concurrency),
         min_processes: match pool.config.supervision.mode {
             crate::config::supervision::Mode::Static => pool.config.processes,
             _ => pool.config.supervision.min_processes,
