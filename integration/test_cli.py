@@ -130,6 +130,32 @@ def test_check_bad_duration_and_yaml_syntax(tmp_path):
     assert "40-bad.yaml:" in r.stderr, r.stderr
 
 
+def test_check_refuses_what_run_could_not_open_or_bind(tmp_path):
+    """An access log or log file in a missing directory, and a listener on the status
+    listener's address, passed `check` and then failed `run` (or its log went to stderr)."""
+    files = dict(GOOD)
+    files["10-bridge.yaml"] = (
+        "bridge:\n"
+        f"  access-log: {tmp_path}/no-logs/access.log\n"
+        f"  log-file: {tmp_path}/no-logs/bridge.log\n"
+        "  status: {listen: 127.0.0.1:9411}\n"
+        "  runtime-dir: /tmp/fcgibridge-check-test\n"
+    )
+    d = write_conf(tmp_path, files)
+    r = run("check", "--config", str(d))
+    assert r.returncode == 1, r.stdout
+    missing = f"directory {tmp_path}/no-logs does not exist; create it before the bridge starts (systemd: LogsDirectory=)"
+    assert r.stderr.splitlines() == [
+        f"{d}/10-bridge.yaml:2:3: bridge.access-log: cannot open access log {tmp_path}/no-logs/access.log: {missing}",
+        f"{d}/10-bridge.yaml:3:3: bridge.log-file: cannot open log-file {tmp_path}/no-logs/bridge.log: {missing}",
+        f"{d}/30-listeners.yaml:6:5: listeners.front-fcgi-tcp.fastcgi: address already used by the status "
+        f"listener (bridge.status.listen at {d}/10-bridge.yaml:4:12)",
+    ], r.stderr
+    # run refuses it the same way, before binding anything
+    r = run("run", "--config", str(d))
+    assert r.returncode == 2 and f"fcgibridge: {d}/10-bridge.yaml:2:3: bridge.access-log: " in r.stderr, r.stderr
+
+
 def test_check_names_every_error_of_every_file(tmp_path):
     files = dict(GOOD)
     files["40-bad.yaml"] = "pools:\n  slow:\n    app: mysite.wsgi:application\n    queue-timeout: 30 parsecs\n" + ROOT_OK

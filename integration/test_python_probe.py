@@ -8,10 +8,13 @@ stand-in: a shell script named python that answers the probe as Python 2.7.18 do
 from __future__ import annotations
 
 import os
+import pwd
 import re
 import shutil
 import signal
 import subprocess
+import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -134,31 +137,81 @@ def test_a_program_that_is_not_python_is_refused(tmp_path, exe, said):
     assert code == 2 and "pools.notpy.python" in err, err
 
 
+@pytest.fixture
+def public_dir():
+    """A directory every user may traverse (pytest's temporary directories are 0700): the
+    pools' app and working directory go here, so that only what a test locks is locked."""
+    d = Path(tempfile.mkdtemp(prefix="fcgibridge-probe-"))
+    d.chmod(0o755)
+    try:
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def user_conf(d: Path, pool: dict) -> Path:
+    """conf.d/50-test.yaml in `d` with pool `p` (the app file of the suite, copied) and one listener."""
+    app = d / "app.py"
+    shutil.copy(APP, app)
+    app.chmod(0o644)
+    conf = d / "conf.d"
+    conf.mkdir()
+    (conf / "50-test.yaml").write_text(to_yaml({
+        "pools": {"p": dict({"app": str(app)}, **pool)},
+        "listeners": {"l": {"fastcgi": f"127.0.0.1:{free_ports(1)[0]}", "pool": "p"}}}))
+    return conf
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="switching to the pool's user needs root")
-def test_an_interpreter_the_pools_user_may_not_run_is_refused_by_check(tmp_path):
+def test_an_interpreter_the_pools_user_may_not_run_is_refused_by_check(public_dir):
     """The probe runs as the pool's `user:`, as its workers will: a Python under a
-    directory only root may enter passes as root and would fail every worker's start."""
-    private = tmp_path / "private"
+    directory only root may enter passes as root and would fail every worker's start. The
+    error names where a symlinked `python:` leads and the directory in the user's way."""
+    private = public_dir / "private"
     private.mkdir(mode=0o700)
     python = private / "python"
     python.write_text('#!/bin/sh\nexec python3 "$@"\n')
     python.chmod(0o755)
-    app = tmp_path / "app.py"
-    shutil.copy(APP, app)
-    d = tmp_path / "conf.d"
-    d.mkdir()
-    (d / "50-test.yaml").write_text(to_yaml({
-        "pools": {"p": {"app": str(app), "python": str(python), "user": "nobody"}},
-        "listeners": {"l": {"fastcgi": f"127.0.0.1:{free_ports(1)[0]}", "pool": "p"}}}))
+    link = public_dir / "venv-python"
+    link.symlink_to(python)
+    d = user_conf(public_dir, {"python": str(link), "user": "nobody"})
     r = check(d)
     assert r.returncode == 1, r.stdout
-    assert re.search(rf":4:\d+: pools\.p\.python: {re.escape(str(python))} cannot be run as user nobody "
-                     rf"\(uid \d+, gid \d+\): Permission denied", r.stderr), r.stderr
+    assert re.search(rf":4:\d+: pools\.p\.python: {re.escape(str(link))} cannot be run as user nobody "
+                     rf"\(uid \d+, gid \d+\): Permission denied \(os error 13\); it is a symlink to "
+                     rf"{re.escape(str(python))}, and {re.escape(str(private))} has mode 0700 and owner uid 0$",
+                     r.stderr, re.M), r.stderr
     if os.access("/usr/bin/python3", os.X_OK):  # the system's, which every user may run
         conf_file = d / "50-test.yaml"
-        conf_file.write_text(conf_file.read_text().replace(str(python), "/usr/bin/python3"))
+        conf_file.write_text(conf_file.read_text().replace(str(link), "/usr/bin/python3"))
         r = check(d)
         assert r.returncode == 0, r.stderr
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="switching to the pool's user needs root")
+def test_a_working_directory_the_pools_user_cannot_enter_is_refused_by_check(public_dir):
+    """The probe enters the pool's `chdir` as the pool's user (as a worker's start does),
+    not as root: a directory only root may enter is a check error at `chdir:`, not a pool
+    whose every worker fails to start."""
+    try:
+        user = pwd.getpwnam("fcgibridge-test")
+    except KeyError:
+        pytest.skip("user fcgibridge-test is missing: run scripts/create-test-user")
+    wd = public_dir / "wd"
+    wd.mkdir(mode=0o700)
+    d = user_conf(public_dir, {"python": "/usr/bin/python3", "user": user.pw_name, "chdir": str(wd)})
+    text = (d / "50-test.yaml").read_text()
+    n = next(i for i, ln in enumerate(text.splitlines(), 1) if ln.strip().startswith("chdir:"))
+    r = check(d)
+    assert r.returncode == 1, r.stdout
+    want = (f"{d / '50-test.yaml'}:{n}:5: pools.p.chdir: cannot enter the working directory {wd} (pool `chdir:`) "
+            f"as user {user.pw_name} (uid {user.pw_uid}, gid {user.pw_gid}): Permission denied (os error 13)")
+    assert r.stderr.strip() == want, r.stderr
+    code, err = run_daemon(d)
+    assert code == 2 and f"fcgibridge: {want}" in err, err
+    wd.chmod(0o755)
+    r = check(d)
+    assert r.returncode == 0, r.stderr
 
 
 def test_supported_pythons_are_accepted_and_serve(tmp_path):

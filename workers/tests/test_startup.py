@@ -122,3 +122,60 @@ os._exit(0)  # without waiting for, or killing, the worker
     else:
         os.kill(pid, 9)
         raise AssertionError("the worker outlived its parent")
+
+
+def test_factory_after_the_colon_is_called(spawn):
+    w = spawn(app="factory_app:create_app()")
+    assert w.get("/").body == b"hello"
+
+
+def test_a_missing_callable_names_the_app_looking_ones(spawn):
+    w = spawn(app="factory_app:application", wait_ready=False)
+    assert w.proc.wait(10) == 3
+    assert ("ERROR module factory_app has no attribute 'application'; did you mean one of "
+            '"factory_app:create_app()", "factory_app:hello", "factory_app:thing"? (python=') in w.ready_line, \
+        w.ready_line
+    # a file app: the file's path in the suggestion; a module with nothing app-like says so
+    path = str(APPS / "factory_app.py")
+    w = spawn(app=path + ":app", cwd="/", wait_ready=False)
+    assert w.proc.wait(10) == 3
+    assert f'did you mean one of "{path}:create_app()", "{path}:hello", "{path}:thing"?' in w.ready_line
+    w = spawn(app="string:application", wait_ready=False)
+    assert w.proc.wait(10) == 3
+    assert "module string has no attribute 'application'; it has no WSGI or ASGI callable at its top level (" \
+        in w.ready_line, w.ready_line
+
+
+def test_flask_app_named_application_suggests_app(spawn):
+    from conftest import worker_python
+    if subprocess.run([worker_python(), "-c", "import flask"], capture_output=True).returncode:
+        pytest.skip("flask is not installed for %s" % worker_python())
+    w = spawn(app="flask_app:application", wait_ready=False)
+    assert w.proc.wait(10) == 3
+    assert "module flask_app has no attribute 'application'; did you mean \"flask_app:app\"?" in w.ready_line, \
+        w.ready_line
+
+
+def test_a_load_failure_names_the_interpreter_and_working_directory(spawn, tmp_path):
+    from conftest import worker_python
+    python = worker_python()
+    version = subprocess.run([python, "-c", "import platform; print(platform.python_version())"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+    w = spawn(app="no_such_module_xyz:app", wait_ready=False, cwd=tmp_path)
+    assert w.proc.wait(10) == 3
+    assert w.ready_line == (f"ERROR ModuleNotFoundError: No module named 'no_such_module_xyz' "
+                            f"(python={python} ({version}) chdir={tmp_path})\n"), w.ready_line
+
+
+def test_the_start_up_traceback_begins_in_the_app(spawn):
+    """The worker's own frames (main(), load_app) and importlib's are left out."""
+    w = spawn(app="broken_app:application", wait_ready=False)
+    assert w.proc.wait(10) == 3
+    lines = w.stderr.splitlines()
+    start = lines.index("Traceback (most recent call last):")
+    assert lines[start + 1].startswith('  File "%s", line 3, in <module>' % (APPS / "broken_app.py")), w.stderr
+    assert "fcgibridge_worker" not in w.stderr and "importlib" not in w.stderr, w.stderr
+    # nothing of the app's own: only the error itself
+    w = spawn(app="no_such_module_xyz:app", wait_ready=False)
+    assert w.proc.wait(10) == 3
+    assert w.stderr.strip() == "ModuleNotFoundError: No module named 'no_such_module_xyz'", w.stderr

@@ -424,6 +424,7 @@ mod tests {
                     python_at: Default::default(),
                     app: App::File { path: app.clone(), callable: "app".into() },
                     chdir: dir.clone(),
+                    chdir_at: Default::default(),
                     env: BTreeMap::from([("A".into(), "1".into()), ("QUOTED".into(), "x: \"y\"".into())]),
                     processes: 1,
                     threads: 1,
@@ -444,6 +445,7 @@ mod tests {
                     python_at: Default::default(),
                     app: App::Module { module: "mysite.wsgi".into(), callable: "application".into() },
                     chdir: PathBuf::from("/"),
+                    chdir_at: Default::default(),
                     env: BTreeMap::new(),
                     processes: 2,
                     // Not printed for an ASGI pool: it loads back as the default.

@@ -226,6 +226,8 @@ pub struct Pool {
     pub app: App,
     /// Working directory of the workers (default: the directory of the config file).
     pub chdir: PathBuf,
+    /// Where `chdir` was written (or, by default, the pool), for the interpreter probe's errors.
+    pub chdir_at: KeyAt,
     /// Added to the bridge's own environment.
     pub env: BTreeMap<String, String>,
     pub processes: u32,
@@ -265,6 +267,7 @@ impl Pool {
             python_at: Default::default(),
             app: App::Module { module: "x".into(), callable: "application".into() },
             chdir: "/".into(),
+            chdir_at: Default::default(),
             env: Default::default(),
             processes: 1,
             threads: 1,
@@ -303,7 +306,8 @@ impl PartialEq for KeyAt {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum App {
-    /// `module:callable` (callable defaults to `application`).
+    /// `module:callable` (callable defaults to `application`; `name()` is a factory the
+    /// worker calls without arguments).
     Module { module: String, callable: String },
     /// A file (any name; run as a script unless it ends in .py or .wsgi) and the callable
     /// it exposes (`application` unless `app:` names one after the last `:`).
@@ -327,8 +331,9 @@ impl App {
     /// when the path itself ends in `:name` and would otherwise be split there.
     pub fn spec_for(path: &Path, callable: &str) -> String {
         let shown = path.display().to_string();
-        let splits =
-            shown.rsplit_once(':').is_some_and(|(head, tail)| !head.is_empty() && super::resolve::is_python_name(tail));
+        let splits = shown
+            .rsplit_once(':')
+            .is_some_and(|(head, tail)| !head.is_empty() && super::resolve::is_callable_spec(tail));
         if callable == super::resolve::DEFAULT_CALLABLE && !splits {
             shown
         } else {

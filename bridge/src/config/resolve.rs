@@ -103,6 +103,9 @@ pub(super) fn pool(
         KeyAt { at: src.at(&python_key).to_string(), key: python_key.to_string(), written: raw.python.is_some() };
 
     let chdir = pool_chdir(src, &here, dir, raw.chdir.as_deref(), app.as_ref(), &mut errs);
+    let chdir_key = here.key("chdir");
+    let chdir_at =
+        KeyAt { at: src.at(&chdir_key).to_string(), key: chdir_key.to_string(), written: raw.chdir.is_some() };
 
     let env = raw.env.map(|e| e.0).unwrap_or_default();
     for (key, _) in &env {
@@ -143,6 +146,7 @@ pub(super) fn pool(
                 python_at,
                 app,
                 chdir,
+                chdir_at,
                 env: env.into_iter().collect(),
                 processes,
                 threads,
@@ -282,38 +286,59 @@ pub(super) fn is_python_name(s: &str) -> bool {
         })
 }
 
+/// What may follow an app's last `:`: a dotted Python name, or one followed by `()`, a
+/// factory the worker calls without arguments (`create_app()`).
+pub(super) fn is_callable_spec(s: &str) -> bool {
+    is_python_name(s.strip_suffix("()").unwrap_or(s))
+}
+
 /// `package.module[:callable]`, or a file path (contains '/', ends in .py, or names an
 /// existing .wsgi file) with an optional `:callable`: the text after the **last** `:` is
-/// the callable when it is a Python name, so `/srv/a:b/app.fcgi` is a file and
-/// `/srv/app.fcgi:app` names `app` in it.
+/// the callable when it is a Python name or a factory call (`name()`), so
+/// `/srv/a:b/app.fcgi` is a file and `/srv/app.fcgi:app` names `app` in it.
 pub(super) fn parse_app(text: &str, dir: &Path) -> Result<App, String> {
     let text = text.trim();
     let (target, callable) = match text.rsplit_once(':') {
-        Some((head, tail)) if !head.is_empty() && is_python_name(tail) => (head, Some(tail)),
+        Some((head, tail)) if !head.is_empty() && is_callable_spec(tail) => (head, Some(tail)),
         _ => (text, None),
     };
     // Django names its WSGI module `project.wsgi`, so a bare `x.wsgi` is a file only
     // when that file exists; `./x.wsgi` always means the file.
     let wsgi_file = target.ends_with(".wsgi") && callable.is_none() && paths::resolve(dir, target).is_file();
-    if target.ends_with(".py") || target.contains('/') || wsgi_file {
+    // `app.py:create_app(1)`: a file followed by something that is no callable.
+    let py_file_then_junk = callable.is_none() && text.rsplit_once(':').is_some_and(|(head, _)| head.ends_with(".py"));
+    if target.ends_with(".py") || target.contains('/') || wsgi_file || py_file_then_junk {
         return parse_file_app(target, callable, text, dir);
     }
     let (module, callable) = match text.split_once(':') {
         Some((module, callable)) => (module, callable),
         None => (text, DEFAULT_CALLABLE),
     };
-    let dotted = is_python_name;
-    if !dotted(module) {
+    if !is_python_name(module) {
         return Err(format!(
             "{text:?} is neither a Python module (\"package.module:callable\") nor a file path (*.py, *.wsgi)"
         ));
     }
-    if !dotted(callable) {
-        return Err(format!(
-            "{callable:?} is not a Python name; write \"{module}:application\" or leave out the colon"
-        ));
+    if !is_callable_spec(callable) {
+        return Err(format!("{callable:?} {}", not_a_callable(module, callable)));
     }
     Ok(App::Module { module: module.to_owned(), callable: callable.to_owned() })
+}
+
+/// Why `callable`, written after `target:`, names nothing the worker can load, and what to
+/// write instead.
+fn not_a_callable(target: &str, callable: &str) -> String {
+    match callable.split_once('(') {
+        Some((name, _)) if is_python_name(name) => format!(
+            "calls a factory with arguments, which the worker cannot: write \"{target}:{name}()\" (called \
+             without arguments), or a module that does `application = {callable}` and name that module"
+        ),
+        _ => format!(
+            "is not a Python name: after the colon write the app object's name in {target} (\"{target}:app\"), \
+             or a factory to call without arguments (\"{target}:create_app()\"); without a colon the name \
+             is \"application\""
+        ),
+    }
 }
 
 fn parse_file_app(target: &str, callable: Option<&str>, text: &str, dir: &Path) -> Result<App, String> {
@@ -334,6 +359,13 @@ fn parse_file_app(target: &str, callable: Option<&str>, text: &str, dir: &Path) 
             whole.display(),
             text
         ));
+    }
+    // `app.py:create_app(debug=True)`: the file exists, what follows its last ':' is no callable.
+    if let Some((head, tail)) = text.rsplit_once(':').filter(|_| callable.is_none()) {
+        let file = paths::resolve(dir, head);
+        if file.is_file() {
+            return Err(format!("{tail:?} after the app file {} {}", file.display(), not_a_callable(head, tail)));
+        }
     }
     Err(format!("app file {} does not exist", file.display()))
 }
@@ -845,6 +877,17 @@ mod tests {
         assert_eq!(parse_app("hello:app", dir), Ok(module("hello", "app")));
         assert_eq!(parse_app("pkg.sub:make.app", dir), Ok(module("pkg.sub", "make.app")));
         assert!(parse_app("hello:", dir).is_err());
+        // An app factory, called by the worker without arguments (Flask's create_app).
+        assert_eq!(parse_app("app:create_app()", dir), Ok(module("app", "create_app()")));
+        assert_eq!(parse_app("pkg.web:factories.make()", dir), Ok(module("pkg.web", "factories.make()")));
+        let err = parse_app("app:create_app(debug=True)", dir).unwrap_err();
+        assert!(err.starts_with("\"create_app(debug=True)\" calls a factory with arguments"), "{err}");
+        assert!(err.contains("write \"app:create_app()\""), "{err}");
+        for bad in ["app:create_app(", "app:()", "app:create-app", "app:create_app()()"] {
+            let err = parse_app(bad, dir).unwrap_err();
+            assert!(!err.contains("app:application"), "a Flask app is no `application`: {err}");
+            assert!(err.contains("\"app:app\"") || err.contains("calls a factory"), "{bad}: {err}");
+        }
         assert!(parse_app("1abc", dir).is_err());
         assert!(parse_app("my-site", dir).is_err());
         // A file path, not a module, because of the extension: and it does not exist.
@@ -874,7 +917,21 @@ mod tests {
         assert_eq!(parse_app("./file:v2:application", &dir), Ok(file(&dir.join("file:v2"), "application")));
         let err = parse_app("./file:v2", &dir).unwrap_err();
         assert!(err.contains("file:v2:application"), "{err}");
-        assert!(parse_app("./app.fcgi:not-a-name", &dir).unwrap_err().contains("does not exist"));
+        assert!(parse_app("./app.fcgi:not-a-name", &dir).unwrap_err().contains("is not a Python name"));
+        // A factory after the file, in either form of path.
+        assert_eq!(parse_app("app.py:create_app()", &dir), Ok(file(&dir.join("app.py"), "create_app()")));
+        let abs = format!("{}:create_app()", dir.join("app.py").display());
+        assert_eq!(parse_app(&abs, Path::new("/")), Ok(file(&dir.join("app.py"), "create_app()")));
+        let err = parse_app("app.py:create_app(1)", &dir).unwrap_err();
+        assert!(
+            err.starts_with(&format!(
+                "\"create_app(1)\" after the app file {} calls a factory",
+                dir.join("app.py").display()
+            )),
+            "{err}"
+        );
+        assert!(err.contains("write \"app.py:create_app()\""), "{err}");
+        assert!(parse_app("./gone.py:create_app()", &dir).unwrap_err().contains("gone.py does not exist"));
         // .wsgi with a callable stays Django's module form unless it is a path.
         assert_eq!(
             parse_app("mysite.wsgi:app", &dir),
@@ -885,6 +942,8 @@ mod tests {
             file(&dir.join("app.fcgi"), "application"),
             file(&dir.join("app.fcgi"), "app"),
             file(&dir.join("file:v2"), "application"),
+            file(&dir.join("app.py"), "create_app()"),
+            file(&dir.join("file:v2"), "create_app()"),
         ] {
             let App::File { path, callable } = &app else { unreachable!() };
             assert_eq!(parse_app(&App::spec_for(path, callable), &dir).as_ref(), Ok(&app));

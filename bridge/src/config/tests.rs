@@ -161,6 +161,7 @@ listeners:
       - {pool: api}
 ",
     );
+    fs::create_dir_all(tree.root.join("log")).unwrap();
     let config = tree.config();
     let r = &tree.root;
     assert_eq!(config.global.runtime_dir, Some(r.join("run")));
@@ -207,6 +208,27 @@ fn a_module_app_runs_in_the_config_directory() {
     let pool = &tree.config().pools[0];
     assert_eq!(pool.app, App::Module { module: "hello".into(), callable: "application".into() });
     assert_eq!(pool.chdir, tree.root.join("conf.d"));
+}
+
+#[test]
+fn an_app_factory_is_called_without_arguments_in_both_forms() {
+    let tree = Tree::new("factory")
+        .file(
+            "10-pool.yaml",
+            "pools:\n  m:\n    app: \"app:create_app()\"\n    chdir: ../app\n  f:\n    app: ../app/app.py:create_app()\n",
+        )
+        .file("20-listen.yaml", "listeners:\n  l:\n    fastcgi: 127.0.0.1:9000\n    pool: m\n");
+    let config = tree.config();
+    assert_eq!(config.pools[0].app, App::Module { module: "app".into(), callable: "create_app()".into() });
+    assert_eq!(config.pools[1].app, App::File { path: tree.root.join("app/app.py"), callable: "create_app()".into() });
+    // Arguments are refused, with the form that works.
+    let tree = valid("factory-args").file("30-x.yaml", "pools:\n  x:\n    app: \"app:create_app(debug=True)\"\n");
+    assert_eq!(
+        tree.error(),
+        "ROOT/conf.d/30-x.yaml:3:5: pools.x.app: \"create_app(debug=True)\" calls a factory with arguments, which the \
+         worker cannot: write \"app:create_app()\" (called without arguments), or a module that does \
+         `application = create_app(debug=True)` and name that module"
+    );
 }
 
 #[test]
@@ -670,6 +692,54 @@ listeners:
         lines[0].ends_with("or make it the runtime-dir (bridge: runtime-dir: ROOT/run), which the bridge creates"),
         "{lines:#?}"
     );
+}
+
+#[test]
+fn log_files_go_in_a_directory_that_exists() {
+    let text = "\
+bridge:
+  runtime-dir: ../run
+  access-log: ../gone/access.log
+  log-file: ../missing/bridge.log
+";
+    let tree = valid("log-dirs").file("30-x.yaml", text);
+    let missing = |dir: &str| {
+        format!("directory ROOT/{dir} does not exist; create it before the bridge starts (systemd: LogsDirectory=)")
+    };
+    let want = [
+        format!("3:3: bridge.access-log: cannot open access log ROOT/gone/access.log: {}", missing("gone")),
+        format!("4:3: bridge.log-file: cannot open log-file ROOT/missing/bridge.log: {}", missing("missing")),
+    ];
+    assert_eq!(error_lines(&tree), want);
+    // The control client does not look.
+    let bin = tree.root.join("bin");
+    let opts = LoadOptions { search_path: Some(bin.as_os_str()), privileges: Privileges::Skip };
+    assert!(load_with(&tree.root.join("conf.d"), opts).is_ok());
+    // `run` creates the runtime-dir before it opens the access log (not before the log file);
+    // "-" is the main log, and a directory is no file.
+    let text = "bridge:\n  runtime-dir: ../run\n  access-log: ../run/access.log\n  log-file: ../run/bridge.log\n";
+    let lines = error_lines(&valid("log-in-runtime-dir").file("30-x.yaml", text));
+    assert_eq!(lines, [format!("4:3: bridge.log-file: cannot open log-file ROOT/run/bridge.log: {}", missing("run"))]);
+    assert!(valid("access-log-dash").file("30-x.yaml", "bridge:\n  access-log: '-'\n").load().is_ok());
+    let lines = error_lines(&valid("log-is-dir").file("30-x.yaml", "bridge:\n  log-file: ../app\n"));
+    assert_eq!(lines, ["2:3: bridge.log-file: cannot open log-file ROOT/app: it is a directory; name a file in it"]);
+}
+
+#[test]
+fn a_listener_cannot_share_the_status_listeners_address() {
+    let text = "\
+bridge:
+  status: {listen: 127.0.0.1:9400}
+listeners:
+  l: {fastcgi: 0.0.0.0:9400, pool: demo}
+";
+    let lines = error_lines(&valid("status-address").file("30-x.yaml", text));
+    assert_eq!(
+        lines,
+        ["4:7: listeners.l.fastcgi: address already used by the status listener (bridge.status.listen at ROOT/conf.d/30-x.yaml:2:12)"]
+    );
+    let text = "bridge:\n  status: {listen: 127.0.0.1:9401}\nlisteners:\n  l: {fastcgi: 127.0.0.1:9400, pool: demo}\n";
+    assert!(valid("status-address-ok").file("30-x.yaml", text).load().is_ok());
 }
 
 #[test]

@@ -116,8 +116,8 @@ pub(super) fn merge(
         errors.extend(check_routes(&listeners, &pools, &known, &sources));
         errors.extend(check_captures(&listeners, &templates, &sources));
     }
-    errors.extend(check_addresses(&listeners, &sources));
-    errors.extend(check_socket_dirs(&listeners, &sources, &global, opts.privileges));
+    errors.extend(check_addresses(&listeners, &sources, &global));
+    errors.extend(check_dirs(&listeners, &sources, &global, opts.privileges));
     ConfigError::from_all(errors)?;
     super::template::fit_to_listeners(&mut templates, &listeners.iter().map(|(l, _)| l).collect::<Vec<_>>());
 
@@ -243,23 +243,30 @@ fn address_key(l: &Listener) -> KeyPath {
     KeyPath::of(&["listeners", &l.name, proto])
 }
 
-/// Each listener whose address an earlier one already holds (one error per listener).
-fn check_addresses(listeners: &[(Listener, usize)], sources: &[Source]) -> Vec<ConfigError> {
+/// Each listener whose address the status listener or an earlier listener already holds
+/// (one error per listener).
+fn check_addresses(listeners: &[(Listener, usize)], sources: &[Source], global: &GlobalBuilder) -> Vec<ConfigError> {
+    let status = global.status.as_ref().map(|s| &s.address).zip(global.status_listen_at.as_ref());
     let mut errs = Vec::new();
     for (i, (listener, file_no)) in listeners.iter().enumerate() {
         let earlier = listeners[..i].iter().find(|(earlier, _)| conflicts(&earlier.address, &listener.address));
-        if let Some((earlier, earlier_file)) = earlier {
+        let msg = if let Some((_, at)) = status.filter(|(address, _)| conflicts(address, &listener.address)) {
+            format!("address already used by the status listener (bridge.status.listen at {at})")
+        } else if let Some((earlier, earlier_file)) = earlier {
             let first_at = sources[*earlier_file].at(&address_key(earlier));
-            let msg = format!("address already used by listener {:?} at {first_at}", earlier.name);
-            errs.push(sources[*file_no].invalid(&address_key(listener), msg));
-        }
+            format!("address already used by listener {:?} at {first_at}", earlier.name)
+        } else {
+            continue;
+        };
+        errs.push(sources[*file_no].invalid(&address_key(listener), msg));
     }
     errs
 }
 
-/// Unix sockets (listeners, the status listener) whose directory is missing: `run` would
-/// fail at bind. The runtime-dir is the exception, as `run` creates it before binding.
-fn check_socket_dirs(
+/// Unix sockets (listeners, the status listener) and log files whose directory is
+/// missing: `run` would fail at bind. The runtime-dir is the exception, as `run` creates it
+/// before binding.
+fn check_dirs(
     listeners: &[(Listener, usize)],
     sources: &[Source],
     global: &GlobalBuilder,
@@ -286,6 +293,7 @@ fn check_socket_dirs(
             errs.push(ConfigError::Invalid { at: at.clone(), key: "bridge.status.listen".to_owned(), message });
         }
     }
+    errs.extend(check_log_dirs(global));
     errs
 }
 
@@ -311,6 +319,47 @@ fn socket_dir_problem(path: &Path, runtime_dir: Option<&Path>) -> Option<String>
                  RuntimeDirectory=), {instead}, which the bridge creates"
             ))
         }
+        Err(_) => None,
+    }
+}
+
+/// `access-log` and `log-file` in a directory that does not exist: `run` would exit (the
+/// access log) or log to stderr instead (log-file). The runtime-dir is created before the
+/// access log is opened, but after the log file.
+fn check_log_dirs(global: &GlobalBuilder) -> Vec<ConfigError> {
+    let logs = [
+        ("access-log", "access log", global.access_log.as_deref().filter(|p| *p != Path::new("-")), true),
+        ("log-file", "log-file", global.log_file.as_deref(), false),
+    ];
+    let mut errs = Vec::new();
+    for (key, what, path, after_runtime_dir) in logs {
+        let (Some(path), Some(at)) = (path, global.set_by.get(key)) else { continue };
+        let runtime_dir = global.runtime_dir.as_deref().filter(|_| after_runtime_dir);
+        if let Some(why) = log_dir_problem(path, runtime_dir) {
+            let message = format!("cannot open {what} {}: {why}", path.display());
+            errs.push(ConfigError::Invalid { at: at.clone(), key: format!("bridge.{key}"), message });
+        }
+    }
+    errs
+}
+
+/// What keeps a log file from being opened at `path`, said for the operator; `None` when
+/// it can be, or when this user cannot tell (the bridge may run as another).
+fn log_dir_problem(path: &Path, runtime_dir: Option<&Path>) -> Option<String> {
+    if path.is_dir() {
+        return Some("it is a directory; name a file in it".to_owned());
+    }
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty())?;
+    if runtime_dir == Some(dir) {
+        return None;
+    }
+    let shown = dir.display();
+    match std::fs::metadata(dir) {
+        Ok(m) if m.is_dir() => None,
+        Ok(_) => Some(format!("{shown} is not a directory")),
+        Err(e) if matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory) => Some(
+            format!("directory {shown} does not exist; create it before the bridge starts (systemd: LogsDirectory=)"),
+        ),
         Err(_) => None,
     }
 }

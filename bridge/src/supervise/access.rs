@@ -5,12 +5,14 @@
 use super::isolate::{Credentials, IsolateError};
 use std::fs::Metadata;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// The read bit of a mode's owner, group or other triple.
 pub(crate) const READ: u32 = 0o4;
 /// The execute bit: search, for a directory.
 pub(crate) const SEARCH: u32 = 0o1;
+/// The execute bit of a file.
+const EXECUTE: u32 = 0o1;
 
 /// Whether `uid` with groups `gids` has `bit` ([`READ`], [`SEARCH`]) on a file with `meta`:
 /// the owner's bits for its owner, the group's for a member, the others' for the rest.
@@ -53,9 +55,6 @@ impl Reader {
     /// directory above it. Otherwise what is in the way; a directory that cannot be
     /// examined is in the way too.
     pub(crate) fn may_read(&self, real: &Path, meta: &Metadata) -> Result<(), String> {
-        let denied = |what: &Path, m: &Metadata| {
-            format!("{} has mode {:04o} and owner uid {}", what.display(), m.mode() & 0o7777, m.uid())
-        };
         if !allowed(meta, self.uid, &self.gids, READ) {
             return Err(denied(real, meta));
         }
@@ -70,6 +69,35 @@ impl Reader {
         }
         Ok(())
     }
+
+    /// What keeps this account from executing `program`, by the mode bits: the first
+    /// directory it may not search on the way, first along the path as written, then along
+    /// where its symlinks lead, or the file itself without an execute bit for it. None when
+    /// nothing does (or nothing could be examined).
+    pub(crate) fn execute_blocker(&self, program: &Path) -> Option<String> {
+        let real = std::fs::canonicalize(program).ok();
+        let along = |p: &Path| -> Vec<PathBuf> {
+            let mut dirs: Vec<PathBuf> = p.ancestors().skip(1).map(Path::to_path_buf).collect();
+            dirs.reverse();
+            dirs
+        };
+        let mut dirs = along(program);
+        dirs.extend(real.as_deref().map(along).unwrap_or_default());
+        for dir in dirs {
+            let Ok(m) = std::fs::metadata(&dir) else { continue };
+            if !allowed(&m, self.uid, &self.gids, SEARCH) {
+                return Some(denied(&dir, &m));
+            }
+        }
+        let file = real.as_deref().unwrap_or(program);
+        let m = std::fs::metadata(file).ok()?;
+        (!allowed(&m, self.uid, &self.gids, EXECUTE)).then(|| denied(file, &m))
+    }
+}
+
+/// "/root has mode 0700 and owner uid 0": why an account was refused `what`.
+fn denied(what: &Path, m: &Metadata) -> String {
+    format!("{} has mode {:04o} and owner uid {}", what.display(), m.mode() & 0o7777, m.uid())
 }
 
 /// Whether a process with `uid` and groups `gids` may traverse every directory above `file`

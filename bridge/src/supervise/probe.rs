@@ -37,8 +37,14 @@ pub(crate) struct Found {
 /// Why an interpreter was refused.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum ProbeError {
-    #[error("cannot be run{}: {source}", .run_as.as_ref().map(|u| format!(" as {u}")).unwrap_or_default())]
-    Spawn { source: std::io::Error, run_as: Option<String> },
+    /// `detail`: where a symlink leads and what denies the pool's user, for the operator who
+    /// looks at a link that everyone may read.
+    #[error("cannot be run{}: {source}{detail}", .run_as.as_ref().map(|u| format!(" as {u}")).unwrap_or_default())]
+    Spawn { source: std::io::Error, run_as: Option<String>, detail: String },
+    /// The pool's working directory, entered as its user (as a worker's start does).
+    #[error("cannot enter the working directory {} ({origin}){}: {source}", .dir.display(),
+        .run_as.as_ref().map(|u| format!(" as {u}")).unwrap_or_default())]
+    Chdir { dir: PathBuf, origin: &'static str, source: std::io::Error, run_as: Option<String> },
     #[error("did not print its version within {0:?}")]
     Timeout(Duration),
     #[error("is not a Python interpreter (or cannot start): `{shown} -S -c <version probe>` ended ({how}){said}")]
@@ -53,8 +59,8 @@ pub(crate) enum ProbeError {
 #[error("{}", .0.join("\n"))]
 pub(crate) struct Refused(pub Vec<String>);
 
-/// What makes two pools' probes the same: chroot, interpreter, uid and gid.
-type ProbeKey = (Option<PathBuf>, PathBuf, u32, u32);
+/// What makes two pools' probes the same: chroot, interpreter, working directory, uid and gid.
+type ProbeKey = (Option<PathBuf>, PathBuf, PathBuf, u32, u32);
 
 /// Probe the interpreter of every pool that runs Python (not `command:` pools), each
 /// distinct one once. Blocks for as long as the interpreters take (at most
@@ -67,19 +73,26 @@ pub(crate) fn check_pools(pools: &[Pool]) -> Result<(), Refused> {
         if matches!(pool.app, App::Command(_)) {
             continue;
         }
-        // Keyed by the interpreter and the account that runs it: the first pool that names
-        // both is the one probed.
+        // Keyed by the interpreter, its directory and the account that runs it: the first
+        // pool that names them is the one probed.
         let iso = &pool.isolation;
-        let key = (iso.chroot.clone(), pool.python.clone(), iso.worker_uid(euid), iso.worker_gid(egid));
+        let key =
+            (iso.chroot.clone(), pool.python.clone(), pool.chdir.clone(), iso.worker_uid(euid), iso.worker_gid(egid));
         let outcome = seen.entry(key).or_insert_with(|| probe(&pool.python, pool));
-        if let Err(e) = outcome {
-            let at = &pool.python_at;
-            let what = if at.written {
-                pool.python.display().to_string()
-            } else {
-                format!("{} (the default python3)", pool.python.display())
-            };
-            lines.push(format!("{}: {}: {what} {e}", at.at, at.key));
+        match outcome {
+            Ok(_) => {}
+            Err(e @ ProbeError::Chdir { .. }) => {
+                lines.push(format!("{}: {}: {e}", pool.chdir_at.at, pool.chdir_at.key))
+            }
+            Err(e) => {
+                let at = &pool.python_at;
+                let what = if at.written {
+                    pool.python.display().to_string()
+                } else {
+                    format!("{} (the default python3)", pool.python.display())
+                };
+                lines.push(format!("{}: {}: {what} {e}", at.at, at.key));
+            }
         }
     }
     if lines.is_empty() {
@@ -89,10 +102,11 @@ pub(crate) fn check_pools(pools: &[Pool]) -> Result<(), Refused> {
     }
 }
 
-/// Run `python` as a worker of `pool` would start it (its chroot, directory, `env` and
-/// account: an interpreter the pool's user may not run is refused here, not at the first
-/// spawn) with the version script.
+/// Run `python` as a worker of `pool` would start it (its chroot, `env` and account, then
+/// its working directory entered as that account: an interpreter or a directory the pool's
+/// user may not use is refused here, not at the first spawn) with the version script.
 pub(crate) fn probe(python: &Path, pool: &Pool) -> Result<Found, ProbeError> {
+    use super::spawn::{Step, StepLog};
     let chroot = pool.isolation.chroot.as_deref();
     let (exe, workdir) = match chroot {
         Some(root) => (super::inside_chroot(root, python), super::inside_chroot(root, &pool.chdir)),
@@ -103,35 +117,69 @@ pub(crate) fn probe(python: &Path, pool: &Pool) -> Result<Found, ProbeError> {
     cmd.arg("-S").arg("-c").arg(SCRIPT).envs(&pool.env);
     let creds = super::isolate::Credentials::of(&pool.isolation);
     let run_as = creds.run_as().map(str::to_owned);
-    let cstr = |p: &Path| {
-        std::ffi::CString::new(p.as_os_str().as_bytes())
-            .map_err(|e| ProbeError::Spawn { source: e.into(), run_as: None })
-    };
-    let root = match chroot {
-        Some(r) => Some((cstr(r)?, cstr(&workdir)?)),
-        None => {
-            cmd.current_dir(&workdir);
-            None
-        }
-    };
-    // SAFETY: only chroot, chdir, setgroups, setresgid and setresuid run in the child here
-    // (and run_probe's calls), on data made before the fork.
+    let spawn_error = |source: std::io::Error| ProbeError::Spawn { source, run_as: None, detail: String::new() };
+    let cstr = |p: &Path| std::ffi::CString::new(p.as_os_str().as_bytes()).map_err(|e| spawn_error(e.into()));
+    let root = chroot.map(cstr).transpose()?;
+    let dir = cstr(&workdir)?;
+    let steps = StepLog::new().map_err(spawn_error)?;
+    let step = steps.marker();
+    // SAFETY: only chroot, chdir, setgroups, setresgid, setresuid and write run in the child
+    // here (and run_probe's calls), on data made before the fork.
     unsafe {
         use std::os::unix::process::CommandExt;
         cmd.pre_exec(move || {
-            if let Some((root, dir)) = &root {
-                if libc::chroot(root.as_ptr()) == -1 || libc::chdir(dir.as_ptr()) == -1 {
+            if let Some(root) = &root {
+                step.mark(Step::Chroot);
+                if libc::chroot(root.as_ptr()) == -1 || libc::chdir(c"/".as_ptr()) == -1 {
                     return Err(std::io::Error::last_os_error());
                 }
             }
+            step.mark(Step::Credentials);
             creds.apply()?;
+            // After the credentials, as a worker's start does (isolate.rs): not as root.
+            step.mark(Step::Chdir);
+            if libc::chdir(dir.as_ptr()) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            step.mark(Step::Exec);
             Ok(())
         });
     }
-    run_probe(cmd, &exe, PROBE_TIMEOUT).map_err(|e| match e {
-        ProbeError::Spawn { source, .. } => ProbeError::Spawn { source, run_as },
-        e => e,
-    })
+    match run_probe(cmd, &exe, PROBE_TIMEOUT) {
+        Err(ProbeError::Spawn { source, .. }) if steps.failed_at() == Some(Step::Chdir) => {
+            Err(ProbeError::Chdir { dir: workdir, origin: chdir_origin(pool), source, run_as })
+        }
+        Err(ProbeError::Spawn { source, .. }) => {
+            let detail = if chroot.is_none() { why_not_run(python, pool, &source) } else { String::new() };
+            Err(ProbeError::Spawn { source, run_as, detail })
+        }
+        other => other,
+    }
+}
+
+/// Where the pool's working directory comes from, for an error about it.
+fn chdir_origin(pool: &Pool) -> &'static str {
+    match &pool.app {
+        _ if pool.chdir_at.written => "pool `chdir:`",
+        App::File { .. } => "the pool's default `chdir:`, the app file's directory",
+        _ => "the pool's default `chdir:`, the configuration file's directory",
+    }
+}
+
+/// What an interpreter that could not be run leads to when it is a symlink and, when the
+/// pool's user was denied, the first directory (or the file) in that user's way.
+fn why_not_run(python: &Path, pool: &Pool, source: &std::io::Error) -> String {
+    let target = super::spawn::symlink_target(python).map(|t| format!("it is a symlink to {t}"));
+    let blocker = match super::access::Reader::of(&pool.isolation) {
+        Some(reader) if source.kind() == std::io::ErrorKind::PermissionDenied => reader.execute_blocker(python),
+        _ => None,
+    };
+    match (target, blocker) {
+        (Some(t), Some(b)) => format!("; {t}, and {b}"),
+        (Some(t), None) => format!("; {t}"),
+        (None, Some(b)) => format!("; {b}"),
+        (None, None) => String::new(),
+    }
 }
 
 /// Start `cmd`, wait for it at most `timeout`, and read its answer.
@@ -151,14 +199,15 @@ fn run_probe(mut cmd: Command, exe: &Path, timeout: Duration) -> Result<Found, P
             super::ignore_operator_signals()
         });
     }
-    let child = cmd.spawn().map_err(|source| ProbeError::Spawn { source, run_as: None })?;
+    let spawn_error = |source| ProbeError::Spawn { source, run_as: None, detail: String::new() };
+    let child = cmd.spawn().map_err(spawn_error)?;
     let pid = child.id() as libc::pid_t;
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let _ = tx.send(child.wait_with_output());
     });
     let output = match rx.recv_timeout(timeout) {
-        Ok(out) => out.map_err(|source| ProbeError::Spawn { source, run_as: None })?,
+        Ok(out) => out.map_err(spawn_error)?,
         Err(_) => {
             let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
             return Err(ProbeError::Timeout(timeout));
@@ -232,6 +281,89 @@ mod tests {
         assert!(failed.ends_with("ended (exit status 1): broken"), "{failed}");
         let silent = sh("true", long).unwrap_err().to_string();
         assert!(silent.ends_with("ended (exit status 0) and printed nothing"), "{silent}");
+    }
+
+    /// A pool whose workers run as uid 4001 (no account needed: the ids are set directly),
+    /// when this test runs as root and every directory above the scratch directory may be
+    /// searched by others; None otherwise.
+    fn stranger_pool(dir: &Path) -> Option<Pool> {
+        use crate::config::isolation::{Account, Isolation, RunAs};
+        use std::os::unix::fs::MetadataExt;
+        let open_above = dir.ancestors().all(|d| std::fs::metadata(d).is_ok_and(|m| m.mode() & 0o001 != 0));
+        if !nix::unistd::geteuid().is_root() || !open_above {
+            return None;
+        }
+        let user = RunAs {
+            account: Account { written: "4001".into(), id: 4001 },
+            primary_gid: 4001,
+            member_of: vec![4001],
+            home: "/".into(),
+            login: "stranger".into(),
+        };
+        let isolation = Isolation { user: Some(user), ..Isolation::default() };
+        Some(Pool { isolation, chdir: dir.to_owned(), ..Pool::for_tests() })
+    }
+
+    #[test]
+    fn the_working_directory_is_entered_as_the_pools_user() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = crate::config::tests::scratch_dir("probe-chdir");
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let Some(mut pool) = stranger_pool(&dir) else { return };
+        let private = dir.join("private");
+        std::fs::create_dir(&private).unwrap();
+        std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700)).unwrap();
+        // /bin/true is no Python: a directory the user may enter gets as far as the interpreter.
+        let err = probe(Path::new("/bin/true"), &pool).unwrap_err();
+        assert!(matches!(err, ProbeError::NotPython { .. }), "{err}");
+        pool.chdir = private.clone();
+        pool.chdir_at.written = true;
+        let err = probe(Path::new("/bin/true"), &pool).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            format!(
+                "cannot enter the working directory {} (pool `chdir:`) as user stranger (uid 4001, gid 4001): \
+                 Permission denied (os error 13)",
+                private.display()
+            )
+        );
+        // Reported at `chdir:`, not at `python:`.
+        pool.chdir_at =
+            crate::config::KeyAt { at: "conf.d/x.yaml:7:5".into(), key: "pools.p.chdir".into(), written: true };
+        let Err(Refused(lines)) = check_pools(&[Pool { python: "/bin/true".into(), ..pool }]) else { panic!() };
+        assert_eq!(lines.len(), 1);
+        assert!(
+            lines[0].starts_with("conf.d/x.yaml:7:5: pools.p.chdir: cannot enter the working directory "),
+            "{lines:?}"
+        );
+    }
+
+    #[test]
+    fn an_interpreter_the_user_may_not_run_names_its_symlink_target_and_what_denies_it() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = crate::config::tests::scratch_dir("probe-denied");
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let Some(pool) = stranger_pool(&dir) else { return };
+        let private = dir.join("private");
+        std::fs::create_dir(&private).unwrap();
+        std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let real = private.join("python3");
+        std::fs::copy("/bin/true", &real).unwrap();
+        let link = dir.join("python");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        let err = probe(&link, &pool).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            format!(
+                "cannot be run as user stranger (uid 4001, gid 4001): Permission denied (os error 13); \
+                 it is a symlink to {}, and {} has mode 0700 and owner uid 0",
+                real.display(),
+                private.display()
+            )
+        );
+        // Not a symlink: the directory alone.
+        let err = probe(&real, &pool).unwrap_err().to_string();
+        assert!(err.ends_with(&format!("(os error 13); {} has mode 0700 and owner uid 0", private.display())), "{err}");
     }
 
     #[test]

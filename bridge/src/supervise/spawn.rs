@@ -141,15 +141,7 @@ impl StartFailure {
             App::Command(argv) => (std::path::PathBuf::from(&argv[0]), "command"),
             _ => (pool.python.clone(), "python"),
         };
-        let resolved = std::fs::symlink_metadata(&program).is_ok_and(|m| m.file_type().is_symlink()).then(|| {
-            match std::fs::canonicalize(&program) {
-                Ok(p) => p.display().to_string(),
-                Err(_) => match std::fs::read_link(&program) {
-                    Ok(p) => format!("{} (which does not resolve)", p.display()),
-                    Err(e) => format!("? ({e})"),
-                },
-            }
-        });
+        let resolved = symlink_target(&program);
         Self {
             step,
             program: program.display().to_string(),
@@ -161,6 +153,19 @@ impl StartFailure {
             source,
         }
     }
+}
+
+/// Where `program` leads when it is a symlink (the operator looks at a readable link and
+/// must be told that its target is what counts); None when it is no symlink.
+pub(super) fn symlink_target(program: &Path) -> Option<String> {
+    let link = std::fs::symlink_metadata(program).is_ok_and(|m| m.file_type().is_symlink());
+    link.then(|| match std::fs::canonicalize(program) {
+        Ok(p) => p.display().to_string(),
+        Err(_) => match std::fs::read_link(program) {
+            Ok(p) => format!("{} (which does not resolve)", p.display()),
+            Err(e) => format!("? ({e})"),
+        },
+    })
 }
 
 impl std::fmt::Display for StartFailure {

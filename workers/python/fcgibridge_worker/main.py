@@ -33,20 +33,69 @@ def _env_int(name, default):
         raise LoadError("%s=%r is not an integer" % (name, value))
 
 
-def _resolve(obj, attr, where):
+def _resolve(obj, attr, where, target):
+    """``attr`` of ``obj`` (the module or file ``target``, ``where`` for errors); a
+    trailing ``()`` calls it."""
     call = attr.endswith("()")
     if call:
         attr = attr[:-2]
+    found = obj
     for part in attr.split("."):
         if not part.isidentifier():
             raise LoadError("%r is not a valid attribute name in %s" % (attr, where))
         try:
-            obj = getattr(obj, part)
+            found = getattr(found, part)
         except AttributeError:
-            raise LoadError("%s has no attribute %r" % (where, attr))
+            raise LoadError("%s has no attribute %r%s" % (where, attr, _did_you_mean(obj, target)))
     if call:
-        obj = obj()
-    return obj
+        found = found()
+    return found
+
+
+def _app_names(module):
+    """The names in ``module`` that look like an app to serve: app objects, functions it
+    defines that take WSGI's or ASGI's arguments (an imported function of two arguments is
+    too often something else), and app factories it defines, shown as ``name()``."""
+    import inspect
+
+    names = []
+    for name, value in sorted(vars(module).items()):
+        try:
+            if name.startswith("_") or inspect.isclass(value) or inspect.ismodule(value) or not callable(value):
+                continue
+            function = inspect.isfunction(value) and value.__module__ == module.__name__
+            if inspect.isroutine(value) and not function:
+                continue
+            if _looks_like(value):
+                names.append(name)
+            elif function and "app" in name.lower() and _required_args(value) == 0:
+                names.append(name + "()")
+        except Exception:  # noqa: B902 - a proxy object that cannot be looked at is no app
+            continue
+    return names
+
+
+def _required_args(func):
+    import inspect
+
+    try:
+        params = inspect.signature(func).parameters.values()
+    except (TypeError, ValueError):
+        return None
+    return sum(1 for p in params if p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD))
+
+
+def _did_you_mean(module, target):
+    """``; did you mean "target:app"?`` for the app-looking callables of ``module`` (an
+    object that fails to be looked at only costs the hint)."""
+    try:
+        names = _app_names(module)
+    except Exception:  # noqa: B902 - the hint must never hide the error it is added to
+        return ""
+    if not names:
+        return "; it has no WSGI or ASGI callable at its top level"
+    specs = ", ".join('"%s:%s"' % (target, name) for name in names[:5])
+    return "; did you mean %s%s?" % ("one of " if len(names) > 1 else "", specs)
 
 
 def _is_callable_name(text):
@@ -133,7 +182,7 @@ def _load_file(path, attr, handoff=None):
     if attr == "__main__":
         raise LoadError("%s ran as the main script but never called WSGIServer(app).run() (flup, flipflop); "
                         "name its WSGI callable instead (%s:NAME)" % (path, path))
-    return _resolve(module, attr, path)
+    return _resolve(module, attr, path, path)
 
 
 def load_app(spec, handoff=None):
@@ -156,7 +205,7 @@ def load_app(spec, handoff=None):
         app = _load_file(target, attr, handoff)
     else:
         module = importlib.import_module(target)
-        app = _resolve(module, attr, "module " + target)
+        app = _resolve(module, attr, "module " + target, target)
     if not callable(app):
         raise LoadError("%s is not callable (%r)" % (spec, type(app).__name__))
     return app
@@ -241,14 +290,40 @@ def ready_fd_from_env():
     return int(ready_fd) if ready_fd and ready_fd.isdigit() else None
 
 
+def _where():
+    """``python=/srv/venv/bin/python (3.11.2) chdir=/srv/app``: which interpreter looked
+    for the app's modules, and from where (a wrong ``python:`` or ``chdir:`` is the usual
+    cause of an import error)."""
+    import platform
+
+    try:
+        cwd = os.getcwd()
+    except OSError as e:
+        cwd = "? (%s)" % e.strerror
+    return "python=%s (%s) chdir=%s" % (sys.executable or "?", platform.python_version(), cwd)
+
+
+def _app_frames(tb):
+    """``tb`` without its leading frames of this package and of importlib, which only
+    say how the app was imported: the first frame shown is the app's own code."""
+    package = os.path.dirname(os.path.abspath(__file__)) + os.sep
+    while tb is not None:
+        filename = tb.tb_frame.f_code.co_filename
+        if not (filename.startswith(package) or filename.startswith("<frozen importlib")
+                or filename == getattr(importlib, "__file__", None)):
+            break
+        tb = tb.tb_next
+    return tb
+
+
 def report_load_failure(exc, ready_fd):
     """Traceback (or reason) to stderr, ERROR to the readiness fd, exit 3."""
     if isinstance(exc, LoadError):
         sys.stderr.write("fcgibridge worker: cannot load the app: %s\n" % exc)
     else:
-        traceback.print_exc()
+        traceback.print_exception(type(exc), exc, _app_frames(exc.__traceback__))
     sys.stderr.flush()
-    _write_ready(ready_fd, "ERROR %s\n" % _summary(exc))
+    _write_ready(ready_fd, "ERROR %s (%s)\n" % (_summary(exc), _where()))
     os._exit(EXIT_LOAD_FAILED)
 
 
