@@ -552,7 +552,7 @@ def test_fastcgi_half_close_before_stdin_ends_is_an_abort(bridge, log):
 
 @pytest.fixture(scope="module")
 def sleepers(tmp_path_factory):
-    """A bridge of its own: a worker whose app sleeps through an abort is killed after 5 s,
+    """A bridge of its own: a worker whose app sleeps through an abort is replaced after 5 s,
     which must not hit the requests of other tests on the main bridge."""
     workdir = tmp_path_factory.mktemp("sleepers")
     b = make_bridge(workdir, {"edge": pool(str(APPS / "edge_app.py"), processes=1, threads=2)},

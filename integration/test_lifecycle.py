@@ -9,11 +9,13 @@ import re
 import shutil
 import signal
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
+import fcgi_client as fc
 from harness import wait_until
 from supervision_support import (APP, Background, Hammer, alive, get, lc_pool, pid_of, start, wait_for_new_pid,
                                  worker_pids)
@@ -231,6 +233,91 @@ def test_os_exit_mid_request_is_502_and_a_new_worker_serves(tmp_path):
         assert r.status == 502
         b.log.wait_for([r"worker exited: exit status 1; replacing it", f"pid={before}"])
         assert wait_for_new_pid(b, "p", {before}) != before
+    finally:
+        b.stop()
+
+
+def test_a_url_that_kills_its_worker_hit_in_a_burst_costs_502s_not_an_outage(tmp_path):
+    """A view that kills its worker (os._exit here; a segfault, the OOM killer), hit many
+    times at once: each fresh worker is handed the next of those requests and dies within
+    milliseconds of READY. That is no start-up crash: each such worker is replaced at once,
+    so healthy requests meanwhile wait seconds, not a backoff that grows to 30 s (with the
+    pool left without a worker and every URL answered 503 after queue-timeout)."""
+    n, hits = 3, 15
+    # One thread per process and no pipelining: a healthy request never shares a worker
+    # with a crashing one (which would cost it a 502 as well).
+    b = start(tmp_path, {"p": lc_pool(processes=n, threads=1, pipeline=False, **{"queue-timeout": "120s"})})
+    try:
+        wait_until(lambda: len(b.log.wait_for(r"worker ready in")) >= n, 60, what="all workers ready")
+        mark = b.log.mark()
+        stop = threading.Event()
+        healthy = []
+
+        def keep_asking():
+            while not stop.is_set():
+                t0 = time.monotonic()
+                r = get(b, "p", "/pid", timeout=150)
+                healthy.append((r.status, time.monotonic() - t0))
+
+        askers = [threading.Thread(target=keep_asking, daemon=True) for _ in range(2)]
+        for t in askers:
+            t.start()
+        crashes = [Background(lambda: get(b, "p", "/exit", timeout=150)) for _ in range(hits)]
+        statuses = [c.result(200).status for c in crashes]
+        stop.set()
+        for t in askers:
+            t.join(200)
+        assert statuses == [502] * hits, statuses
+        assert healthy and all(s == 200 for s, _ in healthy), healthy
+        slowest = max(took for _, took in healthy)
+        # Far below queue-timeout: a few worker start-ups, not a backoff of 0.5+1+2+4+8+16 s.
+        assert slowest < 25, f"a healthy request waited {slowest:.1f}s: {healthy}"
+        wait_until(lambda: b.pool_status("p")["idle_workers"] == n, 30, what=f"the pool back to {n} workers")
+        text = b.log.text(mark)
+        assert "restarting the worker in" not in text, text
+        b.log.wait_for([r"worker exited: exit status 1; replacing it at once \(it died serving GET /exit "
+                        r"\(request \d+\)\)", r"pid=\d+"], since=mark)
+    finally:
+        b.stop()
+
+
+def test_a_request_whose_client_left_and_that_the_app_does_not_end_retires_its_worker_gracefully(tmp_path):
+    """A client gives up on a slow view that never looks for the disconnect. After the
+    abort grace (5 s) the worker is replaced as for request-timeout: a new one starts, the
+    other requests on it finish (graceful-timeout), then it is killed. It is no crash."""
+    b = start(tmp_path, {"p": lc_pool(processes=1, threads=4, **{"graceful-timeout": "60s"})})
+    try:
+        before = pid_of(get(b, "p", "/pid"))
+        st0 = b.pool_status("p")
+        mark = b.log.mark()
+        patient = Background(lambda: get(b, "p", "/hold", "mark=patient"))
+        wait_until((tmp_path / "patient.started").exists, 60, what="the patient request running")
+        with fc.FcgiConnection(b.listener_address("l-p")) as conn:
+            conn.begin(1, fc.cgi_params("/sleep", query="s=120&mark=left"), b"")
+            wait_until((tmp_path / "left.started").exists, 60, what="the request its client leaves running")
+            conn.abort(1)
+            assert conn.wait(1).complete, "the web server gets its END_REQUEST at once"
+        b.log.wait_for([r"WARN", r"worker did not end an aborted request within 5s: GET /sleep\?s=120&mark=left ran",
+                        r"its 1 other request\(s\) get graceful-timeout \(1m\) to finish, then it is killed",
+                        f"pid={before}", r"request_id=\d+", r"uri=/sleep\?s=120"], since=mark, timeout=60)
+        # Once its replacement is ready it drains; the status page says why.
+        b.log.wait_for([r"retiring the worker: aborted request not ended \(GET /sleep\?s=120&mark=left ran \d+s\)",
+                        f"pid={before}"], since=mark, timeout=60)
+        draining = [w for w in b.pool_status("p")["workers"] if w["pid"] == before]
+        assert draining and draining[0]["retiring_reason"].startswith("aborted request not ended (GET /sleep"), draining
+        assert alive(before), "the patient request is still running on it"
+        (tmp_path / "patient.release").touch()
+        r = patient.result()
+        assert r.status == 200 and pid_of(r) == before, r.stdout[:300]
+        b.log.wait_for([r"worker stopped \(aborted request not ended", r"killed by signal 9 \(SIGKILL\)",
+                        f"pid={before}"], since=mark, timeout=30)
+        st = b.pool_status("p")
+        assert st["worker_crashes"] == st0["worker_crashes"], "retired on purpose: no crash"
+        assert st["worker_exits"] == st0["worker_exits"] + 1
+        (replacement,) = st["workers"]
+        assert replacement["last_restart_reason"].startswith("aborted request not ended (GET /sleep"), replacement
+        assert "worker exited" not in b.log.text(mark)
+        assert pid_of(get(b, "p", "/pid")) != before
     finally:
         b.stop()
 

@@ -1,12 +1,10 @@
 //! A running worker process as the connections to it know it: its pool, pid and socket,
-//! whether it is alive, the mailbox of the task that owns it, and its claim page. The supervisor makes
-//! these and the backend holds them; this module depends on neither, so that the two do
-//! not import each other.
+//! whether it is alive, and its claim page. The supervisor makes these and the backend
+//! holds them; this module depends on neither, so that the two do not import each other.
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::mpsc;
 
 /// What the manager asks of a worker process.
 #[derive(Debug, Clone, Copy)]
@@ -28,8 +26,6 @@ pub(crate) struct WorkerHandle {
     /// Its listening socket (fd 0 in the worker).
     pub socket: PathBuf,
     alive: AtomicBool,
-    /// To the task that owns the process (it alone signals it: no reused pid is hit).
-    ctl: mpsc::UnboundedSender<WorkerCtl>,
     /// The page deciding piped requests (claim.rs); None: nothing is piped to it.
     pub claims: Option<Arc<crate::claim::ClaimPage>>,
     /// Its budget of log lines (logging/app_lines.rs), shared with its output pipes.
@@ -37,15 +33,10 @@ pub(crate) struct WorkerHandle {
 }
 
 impl WorkerHandle {
-    /// A handle with nobody behind it (tests, fake workers): `kill` only marks it dead.
-    #[allow(dead_code)]
+    /// A handle on a worker; only the task that owns the process signals it (no reused pid
+    /// is hit), asked by the pool manager ([`WorkerCtl`]).
     pub(crate) fn new(pool: Arc<str>, pid: u32, socket: PathBuf) -> Self {
-        Self::with_ctl(pool, pid, socket, mpsc::unbounded_channel().0)
-    }
-
-    /// A handle whose `kill` goes to the task that owns the process.
-    pub(crate) fn with_ctl(pool: Arc<str>, pid: u32, socket: PathBuf, ctl: mpsc::UnboundedSender<WorkerCtl>) -> Self {
-        Self { pool, pid, socket, alive: AtomicBool::new(true), ctl, claims: None, app_lines: Arc::default() }
+        Self { pool, pid, socket, alive: AtomicBool::new(true), claims: None, app_lines: Arc::default() }
     }
 
     /// The same, with the claim page the worker inherited.
@@ -62,14 +53,5 @@ impl WorkerHandle {
     /// Take the worker as dead (its connections are not reused).
     pub(crate) fn mark_dead(&self) {
         self.alive.store(false, Ordering::Release);
-    }
-
-    /// SIGKILL a worker that no longer responds; its manager reaps and replaces it.
-    pub(crate) fn kill(&self) {
-        if !self.is_alive() {
-            return;
-        }
-        self.mark_dead();
-        let _ = self.ctl.send(WorkerCtl::Kill);
     }
 }

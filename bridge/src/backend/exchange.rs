@@ -46,6 +46,9 @@ pub(crate) enum SlotFate {
     Verify,
     /// The worker was killed or is gone.
     Discard,
+    /// ABORT_REQUEST went to the worker and its END_REQUEST is still to come: the request
+    /// is over for the front, the slot comes back through [`SlotConn::finish_abort`].
+    Aborted,
 }
 
 /// What happens to the request once the exchange is over.
@@ -179,8 +182,9 @@ fn retarget(buf: &mut [u8], id: u16, claim: Option<(u32, u32)>) {
 pub(crate) const FIRST_WRITE_BODY: usize = 64 << 10;
 /// Small pieces of a response are coalesced up to this size before going to the front.
 const COALESCE: usize = 32 << 10;
-/// How long a worker gets to end a request after FCGI_ABORT_REQUEST before it is killed.
-const ABORT_GRACE: Duration = Duration::from_secs(5);
+/// How long a worker gets to end a request after FCGI_ABORT_REQUEST; past it the request is
+/// abandoned and the pool manager replaces the worker (docs/supervision.md).
+pub(crate) const ABORT_GRACE: Duration = Duration::from_secs(5);
 const WORKER_REQUEST_ID: u16 = 1;
 
 enum PumpEnd {
@@ -459,10 +463,9 @@ pub(crate) async fn exchange<S: BodySource, K: ResponseSink>(
         }
         RespEnd::FrontGone => {
             end_for_gone_client(&st, sink, (pool, pid), info).await;
-            let fate = match abort_worker(&mut rd, &mut wr, decoder, worker, info, id).await {
-                SlotFate::Reuse if !body_sent.load(Ordering::Acquire) => SlotFate::Reconnect,
-                f => f,
-            };
+            slot.aborting = send_abort(&mut wr, id, info, body_sent.load(Ordering::Acquire)).await;
+            // The worker's END_REQUEST is awaited apart; a connection that failed is replaced.
+            let fate = if slot.aborting.is_some() { SlotFate::Aborted } else { SlotFate::Reconnect };
             let status = if st.status == 0 { 499 } else { st.status };
             return Outcome { status, body_bytes: st.body_bytes, fate, next: Next::Done };
         }
@@ -674,53 +677,71 @@ fn is_safe_method(params: &Params) -> bool {
     matches!(params.get(b"REQUEST_METHOD"), Some(b"GET" | b"HEAD" | b"OPTIONS" | b"TRACE"))
 }
 
-/// Send FCGI_ABORT_REQUEST and discard the worker's output until its END_REQUEST; a
-/// worker that does not end the request in time is killed (its slot is then replaced).
-async fn abort_worker(
-    rd: &mut tokio::net::unix::ReadHalf<'_>,
-    wr: &mut tokio::net::unix::WriteHalf<'_>,
-    decoder: &mut client::ClientConnection,
-    worker: &crate::worker_handle::WorkerHandle,
-    info: &RequestInfo<'_>,
-    id: u16,
-) -> SlotFate {
-    let mut buf = BytesMut::with_capacity(16);
-    client::write_abort(&mut buf, id);
-    if wr.write_all(&buf).await.is_err() {
-        return SlotFate::Reconnect;
+/// Send FCGI_ABORT_REQUEST for request `id`; None when the connection failed.
+async fn send_abort(wr: &mut WriteHalf<'_>, id: u16, info: &RequestInfo<'_>, body_sent: bool) -> Option<Aborting> {
+    let mut abort = BytesMut::with_capacity(16);
+    client::write_abort(&mut abort, id);
+    wr.write_all(&abort).await.ok()?;
+    Some(Aborting { request_id: info.id.into(), uri: info.uri.into(), body_sent })
+}
+
+/// A request the worker was told to abort, on the slot until its END_REQUEST comes.
+#[derive(Debug)]
+pub(crate) struct Aborting {
+    request_id: Box<str>,
+    uri: Box<str>,
+    /// The whole body had gone to the worker (else the connection is replaced after).
+    body_sent: bool,
+}
+
+impl SlotConn {
+    /// After [`SlotFate::Aborted`]: discard the worker's output until it ends the aborted
+    /// request, and say what to do with the slot then. The slot stays busy meanwhile (a
+    /// thread of the worker still runs the request). One not ended within [`ABORT_GRACE`]
+    /// is abandoned (`Dispatcher::abandon`): the pool manager replaces the worker, whose
+    /// other requests get graceful-timeout, and this waits on until the request ends or
+    /// the worker is gone.
+    pub(crate) async fn finish_abort(&mut self, dispatcher: &crate::dispatch::Dispatcher<Self>) -> SlotFate {
+        let Some(aborting) = self.aborting.take() else { return SlotFate::Reconnect };
+        let ended = match tokio::time::timeout(ABORT_GRACE, self.drain_aborted(&aborting)).await {
+            Ok(ended) => ended,
+            Err(_) => {
+                // The manager logs it, with what happens to the worker.
+                dispatcher.abandon(self.key);
+                self.drain_aborted(&aborting).await
+            }
+        };
+        if ended && aborting.body_sent {
+            SlotFate::Reuse
+        } else {
+            // Cut short or broken: a fresh connection, if the worker is still there.
+            SlotFate::Reconnect
+        }
     }
-    let drain = async {
+
+    /// Read and drop the worker's records until the END_REQUEST of the aborted request
+    /// (true) or the connection's end (false). Cancel-safe: what was read stays in the
+    /// decoder.
+    async fn drain_aborted(&mut self, a: &Aborting) -> bool {
+        let id = self.req_id;
         loop {
             loop {
-                match decoder.next_event() {
+                match self.decoder.next_event() {
                     Ok(Some(ClientEvent::EndRequest { id: ended, .. })) if ended == id => return true,
-                    Ok(Some(ClientEvent::Stderr { data, .. })) => log_stderr(worker, info, &data),
+                    Ok(Some(ClientEvent::Stderr { data, .. })) => {
+                        log_stderr(&self.worker, &a.request_id, &a.uri, &data)
+                    }
                     Ok(Some(_)) => {}
                     Ok(None) => break,
                     Err(_) => return false,
                 }
             }
-            let b = decoder.buffer_mut();
+            let b = self.decoder.buffer_mut();
             b.reserve(16 << 10);
-            match rd.read_buf(b).await {
+            match self.stream.read_buf(b).await {
                 Ok(0) | Err(_) => return false,
                 Ok(_) => {}
             }
-        }
-    };
-    match tokio::time::timeout(ABORT_GRACE, drain).await {
-        Ok(true) => SlotFate::Reuse,
-        Ok(false) => SlotFate::Reconnect,
-        Err(_) => {
-            // A worker already gone (a child of it held the connection) needs no kill.
-            if worker.is_alive() {
-                tracing::warn!(
-                    pool = %worker.pool, pid = worker.pid, request_id = info.id, uri = info.uri,
-                    "worker did not end an aborted request within {ABORT_GRACE:?}; killing it"
-                );
-                worker.kill();
-            }
-            SlotFate::Discard
         }
     }
 }
@@ -768,7 +789,7 @@ async fn forward<K: ResponseSink>(
                 }
                 ClientEvent::Stdout { data, .. } => on_stdout(st, data, &mut pending, sink, info, pool, pid).await,
                 ClientEvent::Stderr { data, .. } => {
-                    log_stderr(worker, info, &data);
+                    log_stderr(worker, info.id, info.uri, &data);
                     Ok(())
                 }
                 ClientEvent::EndRequest { app_status, protocol_status, .. } => {
@@ -1066,17 +1087,17 @@ fn bad_head(info: &RequestInfo<'_>, pool: &str, pid: u32, why: &fastcgi_server::
 /// one event for the record (`logging::keeps_lines_together`). A record that holds a
 /// Python traceback (the worker writes one whole, in one record) is logged at ERROR, where
 /// operators alert; anything else the app writes there at WARN.
-fn log_stderr(worker: &crate::worker_handle::WorkerHandle, info: &RequestInfo<'_>, data: &[u8]) {
+fn log_stderr(worker: &crate::worker_handle::WorkerHandle, request_id: &str, uri: &str, data: &[u8]) {
     const TRACEBACK: &[u8] = b"Traceback (most recent call last):";
     let (pool, pid) = (&*worker.pool, worker.pid);
     let traceback = data.windows(TRACEBACK.len()).any(|w| w == TRACEBACK);
     // Every line repeats the URI: its start is enough to find the request.
-    let uri = &*crate::logging::app_lines::prefix(info.uri, 256);
+    let uri = &*crate::logging::app_lines::prefix(uri, 256);
     let log = |text: &str| {
         if traceback {
-            tracing::error!(pool, pid, request_id = info.id, uri, "{text}");
+            tracing::error!(pool, pid, request_id, uri, "{text}");
         } else {
-            tracing::warn!(pool, pid, request_id = info.id, uri, "{text}");
+            tracing::warn!(pool, pid, request_id, uri, "{text}");
         }
     };
     let text = String::from_utf8_lossy(data);
@@ -1337,6 +1358,81 @@ mod unread_tests {
             }
         }
         assert_eq!((body, ended), (64512, true));
+    }
+
+    /// A front that is gone as soon as the request is under way.
+    struct Gone;
+    impl BodySource for Gone {
+        fn ready(&mut self) -> Option<Option<Bytes>> {
+            Some(None)
+        }
+        async fn next_chunk(&mut self) -> Result<Option<Bytes>, FrontGone> {
+            Ok(None)
+        }
+        async fn aborted(&mut self) {}
+    }
+
+    /// A worker that reads the request and its ABORT_REQUEST, and ends the request only
+    /// when `end` fires (a sync view that never looks for a disconnect).
+    async fn sleeps_through_the_abort(listener: tokio::net::UnixListener, end: tokio::sync::oneshot::Receiver<()>) {
+        use fastcgi_server::server::{write_end_request, ServerConnection, ServerEvent};
+        let (mut s, _) = listener.accept().await.expect("accept");
+        let mut dec = ServerConnection::new(fastcgi_server::Limits::default());
+        'read: loop {
+            while let Ok(Some(ev)) = dec.next_event() {
+                if let ServerEvent::Abort { .. } = ev {
+                    break 'read;
+                }
+            }
+            assert!(s.read_buf(dec.buffer_mut()).await.expect("read") > 0, "the bridge hung up");
+        }
+        let _ = end.await;
+        let mut out = BytesMut::new();
+        write_end_request(&mut out, WORKER_REQUEST_ID, 0, ProtocolStatus::RequestComplete, Default::default());
+        s.write_all(&out).await.expect("write");
+        std::future::pending::<()>().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_abort_the_worker_does_not_end_in_time_is_abandoned_and_keeps_its_slot_busy() {
+        use crate::dispatch::{Dispatcher, Ticket};
+        let path = std::env::temp_dir().join(format!("fcgibridge-abandon-{}.sock", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let listener = tokio::net::UnixListener::bind(&path).expect("bind");
+        let (end_tx, end_rx) = tokio::sync::oneshot::channel();
+        let app = tokio::spawn(sleeps_through_the_abort(listener, end_rx));
+        let d = Arc::new(Dispatcher::<crate::backend::SlotConn>::new(8, Duration::from_secs(30)));
+        let w = d.add_worker(0);
+        let worker = Arc::new(WorkerHandle::new("p".into(), 1, path.clone()));
+        let (mut slot, _) = crate::backend::SlotConn::connect(worker).await.expect("connect");
+        slot.set_key(d.add_conn(w, None).expect("conn"));
+        d.release(slot);
+        let t = Ticket { method: b"GET", uri: b"/slow", request_id: 4, started: std::time::Instant::now() };
+        let mut slot = d.acquire(&t).await.expect("slot");
+        let mut params = Params::default();
+        params.insert(&b"REQUEST_METHOD"[..], &b"GET"[..]);
+        let info = RequestInfo { id: "4", uri: "/slow", role: Role::Responder, error_pages: None, files: None };
+        let outcome =
+            exchange(&mut slot, &info, &params, &mut Gone, &mut Collect::default(), First::Encode, None).await;
+        // The request is over for the front at once; the worker's end of it comes later.
+        assert_eq!((outcome.status, outcome.fate), (499, SlotFate::Aborted));
+        let d2 = d.clone();
+        let finishing = tokio::spawn(async move { (slot.finish_abort(&d2).await, slot) });
+        tokio::time::sleep(ABORT_GRACE - Duration::from_secs(1)).await;
+        assert!(d.take_abandoned().is_empty(), "within the grace");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let told = d.take_abandoned();
+        assert_eq!(told.iter().map(|a| (a.request_id, a.uri.as_str())).collect::<Vec<_>>(), [(4, "/slow")]);
+        // Its thread still runs the request: the slot stays busy, nobody kills the worker.
+        assert_eq!(d.worker_view(w, false).map(|v| (v.busy, v.abandoned)), Some((1, 1)));
+        assert!(!finishing.is_finished());
+        end_tx.send(()).expect("the app waits");
+        let (fate, slot) = finishing.await.expect("task");
+        assert_eq!(fate, SlotFate::Reuse, "ended cleanly: the connection serves on");
+        d.release(slot);
+        assert_eq!(d.worker_view(w, false).map(|v| (v.busy, v.abandoned, v.served)), Some((0, 0, 1)));
+        app.abort();
+        let _ = std::fs::remove_file(&path);
     }
 
     #[tokio::test]

@@ -33,6 +33,9 @@ pub(crate) struct SlotConn {
     req_id: u16,
     /// The id the request piped behind the current one was written with.
     piped_id: u16,
+    /// The request the worker was told to abort, whose END_REQUEST is still to come
+    /// ([`exchange::SlotFate::Aborted`]).
+    aborting: Option<exchange::Aborting>,
 }
 
 impl SlotConn {
@@ -52,6 +55,7 @@ impl SlotConn {
             new_canceller: None,
             req_id: 1,
             piped_id: 2,
+            aborting: None,
         };
         Ok((slot, canceller))
     }
@@ -96,6 +100,7 @@ impl SlotConn {
         self.stream = fresh;
         self.decoder = new_decoder();
         self.req_id = 1;
+        self.aborting = None;
         self.timed_out = flag;
         self.new_canceller = Some(canceller);
         true

@@ -15,6 +15,11 @@
 //! The manager marks a worker *draining* (recycling, reload, scale-down): its free slots
 //! are closed at once and its busy ones when their request ends, so it takes no new
 //! request; when its last slot is closed the manager is woken to stop the process.
+//!
+//! A request whose client went away and that its worker did not end within the abort
+//! grace is *abandoned* (exchange.rs): its slot stays busy (a thread of the worker still
+//! runs it) but the manager is told, retires that worker, and counts the slot as nothing
+//! left to finish when it drains.
 pub(crate) mod request_body_limits;
 pub(crate) mod serve;
 
@@ -217,6 +222,8 @@ struct Inner<S> {
     piped: Vec<Piped<S>>,
     /// The last claim tag handed out.
     tag: u32,
+    /// Requests abandoned since the manager last looked ([`Dispatcher::take_abandoned`]).
+    abandoned: Vec<Overdue>,
 }
 
 struct Waiter<S> {
@@ -294,12 +301,19 @@ struct WorkerNumbers {
     served: u64,
     busy: u32,
     open: u32,
+    /// Busy connections whose request was abandoned (counted in `busy` and `open` too).
+    abandoned: u32,
 }
 
 struct ConnEntry {
     open: bool,
     busy: bool,
     timed_out: bool,
+    /// Its request was aborted and the worker did not end it in time.
+    abandoned: bool,
+    /// Its request ended with the connection broken and went nowhere else: the worker
+    /// failed under it (kept after the connection closed, for [`Dispatcher::lost_requests`]).
+    lost: bool,
     /// When the current request got this slot.
     since: Instant,
     label: Label,
@@ -313,6 +327,8 @@ pub(crate) struct WorkerView {
     pub busy: u32,
     /// Connections open (busy + free).
     pub open: u32,
+    /// Busy connections whose request was abandoned: nothing a drain waits for.
+    pub abandoned: u32,
     pub draining: bool,
     pub max_requests_reached: bool,
     pub current: Vec<CurrentRequest>,
@@ -329,9 +345,11 @@ pub(crate) struct CurrentRequest {
     pub since: Instant,
     /// Timed out (answered 504), waiting for its worker to go.
     pub timed_out: bool,
+    /// Its client went away and the worker did not end it: waiting for its worker to go.
+    pub abandoned: bool,
 }
 
-/// A request that ran past request-timeout and was interrupted.
+/// A request that ran past request-timeout and was interrupted, or that was abandoned.
 #[derive(Debug, Clone)]
 pub(crate) struct Overdue {
     pub worker: WorkerKey,
@@ -351,6 +369,8 @@ pub(crate) struct PoolView {
     pub queue_timeout: Duration,
     pub idle_slots: usize,
     pub busy_slots: usize,
+    /// Busy slots whose request was abandoned (their workers are being replaced).
+    pub abandoned_slots: usize,
     pub unavailable: Option<Arc<str>>,
 }
 
@@ -370,6 +390,7 @@ impl<S: Slot> Dispatcher<S> {
                 counters: Counters::default(),
                 piped: Vec::new(),
                 tag: 0,
+                abandoned: Vec::new(),
             }),
             wake: Notify::new(),
         }
@@ -596,8 +617,7 @@ impl<S: Slot> Dispatcher<S> {
                 c.timed_out = false;
             }
             if c.busy {
-                c.busy = false;
-                w.busy -= 1;
+                end_request(w, c);
                 w.served += 1;
                 inner.counters.served += 1;
                 if w.max_requests != 0 && w.served >= w.max_requests && !w.recycle_flagged {
@@ -646,10 +666,12 @@ impl<S: Slot> Dispatcher<S> {
         let key = slot.key();
         let mut inner = self.lock();
         let inner = &mut *inner;
+        // A request sent again elsewhere (its first write failed here) is not lost.
+        let went_on = inner.went_elsewhere(key);
         if let Some((w, c)) = conn_mut(&mut inner.workers, key) {
             if c.busy {
-                c.busy = false;
-                w.busy -= 1;
+                c.lost = !went_on;
+                end_request(w, c);
                 w.served += 1;
                 inner.counters.served += 1;
             }
@@ -697,7 +719,15 @@ impl<S: Slot> Dispatcher<S> {
         let entry = |gen| WorkerEntry {
             gen,
             live: true,
-            s: WorkerNumbers { draining: false, max_requests, recycle_flagged: false, served: 0, busy: 0, open: 0 },
+            s: WorkerNumbers {
+                draining: false,
+                max_requests,
+                recycle_flagged: false,
+                served: 0,
+                busy: 0,
+                open: 0,
+                abandoned: 0,
+            },
             conns: Vec::new(),
         };
         if let Some(index) = inner.free.pop() {
@@ -721,8 +751,16 @@ impl<S: Slot> Dispatcher<S> {
             return None;
         }
         let now = Instant::now();
-        let conn =
-            ConnEntry { open: true, busy: false, timed_out: false, since: now, label: Label::empty(now), canceller };
+        let conn = ConnEntry {
+            open: true,
+            busy: false,
+            timed_out: false,
+            abandoned: false,
+            lost: false,
+            since: now,
+            label: Label::empty(now),
+            canceller,
+        };
         w.s.open += 1;
         let index = match w.conns.iter().position(|c| !c.open) {
             Some(i) => {
@@ -738,7 +776,7 @@ impl<S: Slot> Dispatcher<S> {
     }
 
     /// Take no new request to this worker: close its free slots now, the busy ones when
-    /// their request ends. Returns the connections still open.
+    /// their request ends. Returns the connections still open, abandoned ones left out.
     pub(crate) fn drain_worker(&self, worker: WorkerKey) -> u32 {
         let mut inner = self.lock();
         let inner = &mut *inner;
@@ -754,7 +792,72 @@ impl<S: Slot> Dispatcher<S> {
                 i += 1;
             }
         }
-        inner.worker_mut(worker).map(|w| w.s.open).unwrap_or(0)
+        inner.worker_mut(worker).map(|w| w.s.open - w.s.abandoned).unwrap_or(0)
+    }
+
+    /// The request on `key`'s connection was aborted and its worker has not ended it within
+    /// the abort grace: its slot stays busy (a thread still runs it), the request piped
+    /// behind it goes back to the queue (if the worker has not started it), and the
+    /// manager is woken to replace the worker. False when the connection is gone.
+    pub(crate) fn abandon(&self, key: SlotKey) -> bool {
+        let now = Instant::now();
+        let mut inner = self.lock();
+        let inner = &mut *inner;
+        let Some((w, c)) = conn_mut(&mut inner.workers, key) else { return false };
+        if !c.busy || c.abandoned {
+            return false;
+        }
+        c.abandoned = true;
+        w.abandoned += 1;
+        let note = Overdue {
+            worker: key.worker,
+            request_id: c.label.request_id,
+            method: c.label.method(),
+            uri: c.label.uri(),
+            running: now.saturating_duration_since(c.since),
+        };
+        inner.abandoned.push(note);
+        if let Some(p) = inner.take_piped(key) {
+            if p.withdraw() {
+                inner.requeue(p.waiter, &self.wake);
+            } else {
+                inner.piped.push(p);
+            }
+        }
+        self.wake.notify_one();
+        true
+    }
+
+    /// The requests abandoned since the last call.
+    pub(crate) fn take_abandoned(&self) -> Vec<Overdue> {
+        std::mem::take(&mut self.lock().abandoned)
+    }
+
+    /// The requests a worker that died was serving: those still busy on it, and those
+    /// whose connection broke under them (given back already), less those sent again to
+    /// another slot (the worker never read them). Asked before [`Self::remove_worker`].
+    pub(crate) fn lost_requests(&self, worker: WorkerKey) -> Vec<CurrentRequest> {
+        let mut inner = self.lock();
+        let inner = &mut *inner;
+        let conns = inner.worker_mut(worker).map_or(0, |w| w.conns.len() as u32);
+        let resent: Vec<u32> = (0..conns).filter(|&conn| inner.went_elsewhere(SlotKey { worker, conn })).collect();
+        let Some(w) = inner.worker_mut(worker) else { return Vec::new() };
+        let mut lost: Vec<CurrentRequest> = w
+            .conns
+            .iter()
+            .enumerate()
+            .filter(|&(i, c)| ((c.open && c.busy) || c.lost) && !resent.contains(&(i as u32)))
+            .map(|(_, c)| CurrentRequest {
+                request_id: c.label.request_id,
+                method: c.label.method(),
+                uri: c.label.uri(),
+                since: c.since,
+                timed_out: c.timed_out,
+                abandoned: c.abandoned,
+            })
+            .collect();
+        lost.sort_by_key(|r| r.request_id);
+        lost
     }
 
     /// The worker process is gone: forget it and its slots. Their connections are shut
@@ -794,6 +897,7 @@ impl<S: Slot> Dispatcher<S> {
                     uri: c.label.uri(),
                     since: c.since,
                     timed_out: c.timed_out,
+                    abandoned: c.abandoned,
                 })
                 .collect()
         } else {
@@ -803,6 +907,7 @@ impl<S: Slot> Dispatcher<S> {
             served: w.s.served,
             busy: w.s.busy,
             open: w.s.open,
+            abandoned: w.s.abandoned,
             draining: w.s.draining,
             max_requests_reached: w.s.recycle_flagged,
             current,
@@ -821,7 +926,8 @@ impl<S: Slot> Dispatcher<S> {
                 continue;
             }
             for c in w.conns.iter_mut() {
-                if !(c.open && c.busy) || c.timed_out {
+                // An abandoned request's worker is being replaced already; its client is gone.
+                if !(c.open && c.busy) || c.timed_out || c.abandoned {
                     continue;
                 }
                 let running = now.saturating_duration_since(c.since);
@@ -882,6 +988,7 @@ impl<S: Slot> Dispatcher<S> {
         let mut inner = self.lock();
         inner.waiters.retain(|w| !w.tx.is_closed());
         let busy = inner.workers.iter().filter(|w| w.live).map(|w| w.s.busy as usize).sum();
+        let abandoned = inner.workers.iter().filter(|w| w.live).map(|w| w.s.abandoned as usize).sum();
         PoolView {
             counters: inner.counters,
             // A piped request has no thread yet: it is demand (the manager sizes dynamic
@@ -891,6 +998,7 @@ impl<S: Slot> Dispatcher<S> {
             queue_timeout: inner.queue_timeout,
             idle_slots: inner.idle.len(),
             busy_slots: busy,
+            abandoned_slots: abandoned,
             unavailable: inner.unavailable.clone(),
         }
     }
@@ -1089,13 +1197,42 @@ impl<S> Inner<S> {
         c.open = false;
         c.canceller = None;
         if c.busy {
-            c.busy = false;
-            w.busy -= 1;
+            end_request(w, c);
         }
         w.open -= 1;
-        if w.open == 0 && w.draining {
+        // Abandoned requests are nothing a drain waits for.
+        if w.open == w.abandoned && w.draining {
             wake.notify_one();
         }
+    }
+
+    /// Whether the request on `key`'s connection was sent again to another slot (its first
+    /// write failed there): it waits in the queue, or is busy on another connection.
+    fn went_elsewhere(&mut self, key: SlotKey) -> bool {
+        let Some(id) = conn_mut(&mut self.workers, key).filter(|(_, c)| c.busy).map(|(_, c)| c.label.request_id) else {
+            return false;
+        };
+        self.waiters.iter().any(|w| w.id == id)
+            || self.piped.iter().any(|p| p.waiter.id == id)
+            || self.workers.iter().enumerate().filter(|(_, w)| w.live).any(|(index, w)| {
+                w.conns.iter().enumerate().any(|(conn, c)| {
+                    c.open
+                        && c.busy
+                        && c.label.request_id == id
+                        && SlotKey { worker: WorkerKey { index: index as u32, gen: w.gen }, conn: conn as u32 } != key
+                })
+            })
+    }
+}
+
+/// The connection's request is over (ended, failed or cut off): it is free, and no longer
+/// abandoned.
+fn end_request(w: &mut WorkerNumbers, c: &mut ConnEntry) {
+    c.busy = false;
+    w.busy -= 1;
+    if c.abandoned {
+        c.abandoned = false;
+        w.abandoned -= 1;
     }
 }
 

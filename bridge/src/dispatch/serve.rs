@@ -75,6 +75,10 @@ fn overrides<'x>(serving: &'x Option<Replaced>, pages: Option<&'x ErrorPages>) -
 /// Give a slot back after a request: to the pool as it is, over a fresh connection, or
 /// not at all (its supervisor starts a replacement).
 async fn give_back(pool: &PoolRuntime, mut slot: SlotConn, fate: SlotFate) {
+    let fate = match fate {
+        SlotFate::Aborted => slot.finish_abort(&pool.dispatcher).await,
+        fate => fate,
+    };
     if matches!(fate, SlotFate::Reconnect | SlotFate::Verify) {
         // The request piped behind this one is taken back before the connection closes.
         pool.dispatcher.unpipe(slot.key());
@@ -83,7 +87,7 @@ async fn give_back(pool: &PoolRuntime, mut slot: SlotConn, fate: SlotFate) {
         SlotFate::Reuse => true,
         SlotFate::Reconnect => slot.reconnect().await,
         SlotFate::Verify => slot.reconnect_verified().await,
-        SlotFate::Discard => false,
+        SlotFate::Discard | SlotFate::Aborted => false,
     };
     if keep {
         pool.dispatcher.release(slot);
@@ -478,7 +482,13 @@ impl<'a, S: BodySource, K: ResponseSink> Request<'a, S, K> {
             Next::Error(code) => Err(self.replace(pool, Replaced::bridge(code, None)).await),
             next => Ok(next),
         };
-        give_back(pool, slot, fate).await;
+        if fate == SlotFate::Aborted {
+            // The request is over; the worker's end of it is awaited apart.
+            let pool = Arc::clone(pool);
+            tokio::spawn(async move { give_back(&pool, slot, fate).await });
+        } else {
+            give_back(pool, slot, fate).await;
+        }
         if let Some(step) = self.tripped(pool, pid, status, body_bytes, declared) {
             return step;
         }

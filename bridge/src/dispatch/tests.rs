@@ -298,6 +298,65 @@ async fn overdue_requests_are_cancelled_once() {
     assert_eq!(d.idle(), 0);
 }
 
+fn req(uri: &str, request_id: u64) -> Ticket<'_> {
+    Ticket { method: b"GET", uri: uri.as_bytes(), request_id, started: Instant::now() }
+}
+
+#[tokio::test]
+async fn an_abandoned_request_keeps_its_slot_busy_and_is_not_waited_for_by_a_drain() {
+    let d = Dispatcher::<TestSlot>::new(4, Duration::from_secs(1));
+    let w = d.add_worker(0);
+    d.release(registered(&d, w, 1));
+    d.release(registered(&d, w, 2));
+    let slow = d.acquire(&req("/slow", 5)).await.expect("slot");
+    let other = d.acquire(&req("/other", 6)).await.expect("slot");
+    assert!(d.abandon(slow.key()));
+    assert!(!d.abandon(slow.key()), "told once");
+    let told = d.take_abandoned();
+    assert_eq!(told.len(), 1);
+    assert_eq!((told[0].worker, told[0].request_id, told[0].uri.as_str()), (w, 5, "/slow"));
+    assert!(d.take_abandoned().is_empty());
+    tokio::time::timeout(Duration::from_millis(100), d.wake.notified()).await.expect("the manager woken");
+    // Its thread still runs it: the slot stays busy.
+    let v = d.worker_view(w, false).expect("worker");
+    assert_eq!((v.busy, v.open, v.abandoned), (2, 2, 1));
+    assert_eq!((d.view().busy_slots, d.view().abandoned_slots), (2, 1));
+    // No request-timeout for it: its client is gone and its worker is being replaced.
+    assert!(d.cancel_overdue(Duration::ZERO).iter().all(|o| o.request_id != 5));
+    // A drain waits for the other request only, and is told when that one is done.
+    assert_eq!(d.drain_worker(w), 1);
+    d.release(other);
+    tokio::time::timeout(Duration::from_millis(100), d.wake.notified()).await.expect("woken: nothing left to wait for");
+    assert_eq!(d.worker_view(w, false).map(|v| (v.open, v.abandoned)), Some((1, 1)));
+    // The worker ends it after all (or dies): nothing abandoned is left.
+    d.discard(slow);
+    assert_eq!(d.worker_view(w, false).map(|v| (v.open, v.busy, v.abandoned)), Some((0, 0, 0)));
+}
+
+#[tokio::test]
+async fn a_dead_workers_lost_requests_leave_out_those_sent_again_elsewhere() {
+    let d = Arc::new(Dispatcher::<TestSlot>::new(4, Duration::from_secs(30)));
+    let w = d.add_worker(0);
+    for n in 1..=3 {
+        d.release(registered(&d, w, n));
+    }
+    let crash = d.acquire(&req("/crash", 1)).await.expect("slot");
+    let _busy = d.acquire(&req("/busy", 2)).await.expect("slot");
+    let _resent = d.acquire(&req("/resent", 3)).await.expect("slot");
+    // The request that killed it: its connection broke and was given up before the
+    // manager heard of the exit.
+    d.discard(crash);
+    // Its first write failed on a dead connection: the request waits for another slot.
+    let d2 = d.clone();
+    let again = tokio::spawn(async move { d2.acquire_again(&req("/resent", 3)).await.map(|s| s.0) });
+    while d.waiting() < 1 {
+        tokio::task::yield_now().await;
+    }
+    let lost: Vec<String> = d.lost_requests(w).iter().map(|r| format!("{} {}", r.request_id, r.uri)).collect();
+    assert_eq!(lost, ["1 /crash", "2 /busy"]);
+    again.abort();
+}
+
 mod pipeline {
     use super::*;
     use crate::claim::ClaimPage;
@@ -380,6 +439,18 @@ mod pipeline {
         assert_eq!((g.slot.0, g.sent), (1, None), "moved to the free slot, to be sent again");
         assert!(!page.start(1, tag), "the worker finds it withdrawn");
         assert_eq!(d.idle(), 0);
+    }
+
+    #[tokio::test]
+    async fn the_request_piped_behind_an_abandoned_one_goes_back_to_the_queue() {
+        let page = Arc::new(ClaimPage::new().expect("page"));
+        let (d, [a, b], mut waiting) = busy_pool().await;
+        let (_, tag) = d.pipe_onto(a.key(), &page, 0).expect("piped");
+        assert!(d.abandon(a.key()));
+        d.release(b);
+        let g = waiting.remove(0).await.expect("task");
+        assert_eq!((g.slot.0, g.sent), (2, None), "moved to the next free slot, to be sent again");
+        assert!(!page.start(0, tag), "the worker finds it withdrawn");
     }
 
     #[tokio::test]

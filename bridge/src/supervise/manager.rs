@@ -12,15 +12,18 @@
 //! a snapshot of what the manager knows. Rules, in the order `reconcile` applies them
 //! (docs/supervision.md tells operators):
 //! - A worker to be replaced (max-requests, restart-interval, memory-limit,
-//!   cpu-time-limit, request-timeout, reload) keeps serving until a replacement is READY —
-//!   unless it is urgent (memory, CPU, request-timeout) and another worker is serving, in
-//!   which case it stops taking requests at once. Either way the pool never drops to zero.
+//!   cpu-time-limit, request-timeout, a request its client left that it did not end within
+//!   the abort grace, reload) keeps serving until a replacement is READY — unless it is
+//!   urgent (memory, CPU, request-timeout, abandoned request) and another worker is
+//!   serving, in which case it stops taking requests at once. Either way the pool never
+//!   drops to zero.
 //! - Replacements start at most max(1, processes/4) at a time (a rolling restart).
-//! - A draining worker finishes its in-flight requests within graceful-timeout, then gets
-//!   SIGTERM (SIGKILL for a request-timeout); past the deadline its Python stacks are
-//!   logged and it is killed.
+//! - A draining worker finishes its in-flight requests (abandoned ones aside) within
+//!   graceful-timeout, then gets SIGTERM (SIGKILL for a request-timeout or an abandoned
+//!   request); past the deadline its Python stacks are logged and it is killed.
 //! - Start-up failures back off exponentially (0.5 s doubling to 30 s); while no worker
-//!   is ready, one attempt at a time, and the dispatcher answers 503 at once.
+//!   is ready, one attempt at a time, and the dispatcher answers 503 at once. A worker
+//!   that dies serving a request is replaced at once, however young.
 use super::policy::{
     self, Action, DrainStep, Member, Mib, PoolState, Recycle, RolloutCause, Roster, Sampled, Sizing, Spread, State,
     Verdict, ROUND,
@@ -28,10 +31,11 @@ use super::policy::{
 use super::stats::{ManagerView, RestartRecord, WorkerInfo};
 use super::worker::{self, Event, WorkerTask};
 use super::{PoolControl, Spawner, Stop};
+use crate::backend::exchange::ABORT_GRACE;
 use crate::backend::SlotConn;
 use crate::config::supervision::Mode;
 use crate::config::{self, App};
-use crate::dispatch::{Dispatcher, WorkerKey};
+use crate::dispatch::{CurrentRequest, Dispatcher, WorkerKey};
 use crate::worker_handle::WorkerCtl;
 use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
@@ -283,6 +287,7 @@ impl Manager {
                 if let Some(v) = self.dispatcher.worker_view(w.key, false) {
                     w.served = v.served;
                 }
+                let lost = if w.exit_reason.is_none() { self.dispatcher.lost_requests(w.key) } else { Vec::new() };
                 self.dispatcher.remove_worker(w.key);
                 self.dispatcher.purge();
                 end_left_behind(&self.name, w.pid);
@@ -296,27 +301,36 @@ impl Manager {
                         );
                         self.record_exit(&w, reason, now);
                     }
-                    None => {
-                        tracing::error!(
-                            pool = &*self.name,
-                            pid = w.pid,
-                            index = w.index,
-                            "worker exited: {status}; replacing it"
-                        );
-                        self.crashes += 1;
-                        self.record_exit(&w, format!("exited unexpectedly: {status}"), now);
-                        if let Some(backoff) = policy::backoff_after_crash(self.backoff, w.ready_at, now) {
-                            self.backoff = backoff;
-                            self.next_spawn_at = Some(now + self.backoff);
-                            tracing::info!(
-                                pool = &*self.name,
-                                index = w.index,
-                                "restarting the worker in {:?}",
-                                self.backoff
-                            );
-                        }
-                    }
+                    None => self.crashed(&w, &status, &lost, now),
                 }
+            }
+        }
+    }
+
+    /// A worker exited unasked: counted as a crash, replaced at once or after the backoff.
+    /// `lost`: the requests it was serving.
+    fn crashed(&mut self, w: &Worker, status: &str, lost: &[CurrentRequest], now: Instant) {
+        self.crashes += 1;
+        self.record_exit(w, format!("exited unexpectedly: {status}"), now);
+        let (pool, pid, index) = (&*self.name, w.pid, w.index);
+        match policy::backoff_after_crash(self.backoff, w.ready_at, !lost.is_empty(), now) {
+            Some(backoff) => {
+                tracing::error!(pool, pid, index, "worker exited: {status}; replacing it");
+                self.backoff = backoff;
+                self.next_spawn_at = Some(now + backoff);
+                tracing::info!(pool, index, "restarting the worker in {backoff:?}");
+            }
+            None if lost.is_empty() => tracing::error!(pool, pid, index, "worker exited: {status}; replacing it"),
+            None => {
+                let serving: Vec<String> =
+                    lost.iter().map(|r| format!("{} {} (request {})", r.method, r.uri, r.request_id)).collect();
+                tracing::error!(
+                    pool,
+                    pid,
+                    index,
+                    "worker exited: {status}; replacing it at once (it died serving {})",
+                    serving.join(", ")
+                );
             }
         }
     }
@@ -479,6 +493,44 @@ impl Manager {
                 State::Ready => {
                     w.recycle = Some(Recycle { reason, urgent: true, hard: true });
                 }
+                State::Draining { .. } => w.hard = true,
+                _ => {}
+            }
+        }
+    }
+
+    /// Requests whose client went away and that their worker did not end within the abort
+    /// grace (exchange.rs): each such worker is replaced as for a request-timeout, as a
+    /// retirement, not a crash (docs/supervision.md).
+    fn replace_abandoning(&mut self) {
+        let abandoned = self.dispatcher.take_abandoned();
+        if abandoned.is_empty() {
+            return;
+        }
+        let graceful = DurationText(self.sup().graceful_timeout);
+        let alone = self.active() <= 1;
+        for a in abandoned {
+            let Some(w) = self.workers.iter_mut().find(|w| w.key == a.worker) else { continue };
+            let others = self.dispatcher.worker_view(w.key, false).map_or(0, |v| v.busy - v.abandoned);
+            let when = if alone { " once the new one is ready" } else { "" };
+            let next = match (w.state, others) {
+                (State::Ready, 0) => format!("replacing the worker: a new one starts now, and this one is killed{when}"),
+                (State::Ready, n) => format!(
+                    "replacing the worker: a new one starts now, this one takes no new requests{when}, its {n} other request(s) get graceful-timeout ({graceful}) to finish, then it is killed"
+                ),
+                (State::Draining { .. }, n) => {
+                    format!("the worker was retiring already: it is killed once its {n} other request(s) are done")
+                }
+                _ => "the worker is stopping already".to_owned(),
+            };
+            tracing::warn!(
+                pool = &*self.name, pid = w.pid, request_id = a.request_id, uri = %a.uri,
+                "worker did not end an aborted request within {}: {} {} ran {:.1?}; {next}",
+                DurationText(ABORT_GRACE), a.method, a.uri, a.running
+            );
+            let reason = format!("aborted request not ended ({} {} ran {:.0?})", a.method, a.uri, a.running);
+            match w.state {
+                State::Ready => w.recycle = Some(Recycle::after_abandoned(w.recycle.as_ref(), reason)),
                 State::Draining { .. } => w.hard = true,
                 _ => {}
             }
@@ -660,13 +712,15 @@ impl Manager {
         }
         if let Some(deadline) = self.removing {
             let v = self.dispatcher.view();
-            if (v.busy_slots == 0 && v.queue_now == 0) || now >= deadline {
+            // An abandoned request's worker is not waited for: it is killed with the others.
+            if (v.busy_slots <= v.abandoned_slots && v.queue_now == 0) || now >= deadline {
                 let why = std::mem::take(&mut self.removed_why);
                 self.begin_stop(Stop::Graceful, None, &why);
             }
             return;
         }
         let s = self.sup().clone();
+        self.replace_abandoning();
 
         // Flags from the dispatcher, and outdated workers after a reload.
         for w in &mut self.workers {
@@ -782,7 +836,8 @@ impl Manager {
         for w in &mut self.workers {
             let State::Draining { deadline, dumped } = w.state else { continue };
             let view = self.dispatcher.worker_view(w.key, true);
-            let open = view.as_ref().map(|v| v.open).unwrap_or(0);
+            // An abandoned request (its client gone) is not waited for.
+            let open = view.as_ref().map(|v| v.open - v.abandoned).unwrap_or(0);
             match policy::drain_step(open, deadline, dumped, native, now) {
                 DrainStep::Wait => {}
                 DrainStep::Finish => finish(w, grace),
@@ -791,6 +846,7 @@ impl Manager {
                         .map(|v| {
                             v.current
                                 .iter()
+                                .filter(|c| !c.abandoned)
                                 .map(|c| format!("{} {} ({:.0?})", c.method, c.uri, now.duration_since(c.since)))
                                 .collect()
                         })
@@ -853,7 +909,6 @@ impl Manager {
             native: self.native(),
             last_failure: self.last_failure.clone(),
             events: self.events_tx.clone(),
-            ctl_tx: ctl_tx.clone(),
         };
         tokio::spawn(worker::run(task, ctl_rx));
         self.workers.push(Worker {

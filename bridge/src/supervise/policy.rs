@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 pub(super) const BACKOFF_START: Duration = Duration::from_millis(500);
 pub(super) const BACKOFF_MAX: Duration = Duration::from_secs(30);
-/// A worker that was ready and lived this long resets the backoff; one dying faster
-/// (crashing on every request) backs off like one that never became ready.
+/// A worker that was ready and lived this long resets the backoff; one dying faster, and
+/// serving no request as it died, backs off like one that never became ready.
 pub(super) const HEALTHY_AFTER: Duration = Duration::from_secs(1);
 /// Sampling, sizing and spawn-rate round.
 pub(super) const ROUND: Duration = Duration::from_secs(1);
@@ -37,6 +37,18 @@ impl Recycle {
     fn calm(reason: String) -> Self {
         Self { reason, urgent: false, hard: false }
     }
+
+    /// A ready worker with a request that its client left and that it did not end within
+    /// the abort grace (the bridge's own): replaced like one past request-timeout — it
+    /// takes no new requests while another worker serves, its other requests get
+    /// graceful-timeout, then it is killed (a thread of it still runs the request). A
+    /// replacement already that hard (a request-timeout) stays.
+    pub(super) fn after_abandoned(pending: Option<&Self>, reason: String) -> Self {
+        match pending {
+            Some(r) if r.urgent && r.hard => r.clone(),
+            _ => Self { reason, urgent: true, hard: true },
+        }
+    }
 }
 
 /// The backoff after one more start-up failure: 0.5 s doubling to 30 s.
@@ -54,9 +66,18 @@ pub(super) fn healthy(ready_at: Option<Instant>, now: Instant) -> bool {
 }
 
 /// After a worker exited unasked: the longer backoff before the next spawn, or `None`
-/// when it had run healthily (replaced at once).
-pub(super) fn backoff_after_crash(backoff: Duration, ready_at: Option<Instant>, now: Instant) -> Option<Duration> {
-    (!healthy(ready_at, now)).then(|| next_backoff(backoff))
+/// when it is replaced at once — it had run healthily, or it died serving a request
+/// (`serving`). A request that kills its worker (a segfault, `os._exit`, the OOM killer)
+/// says nothing about whether the app starts: backing off for it would let a few hits on
+/// one bad URL (each fresh worker handed the next of them) empty the whole pool. The
+/// backoff is left as it was then, for start-up failures to go on from.
+pub(super) fn backoff_after_crash(
+    backoff: Duration,
+    ready_at: Option<Instant>,
+    serving: bool,
+    now: Instant,
+) -> Option<Duration> {
+    (!serving && !healthy(ready_at, now)).then(|| next_backoff(backoff))
 }
 
 /// Whether a worker resets the start-up backoff at a round: healthy, and started with the

@@ -76,8 +76,6 @@ pub(super) struct WorkerTask {
     /// The pool's last start-up error: the same error again is logged without its traceback.
     pub last_failure: Arc<Mutex<Option<String>>>,
     pub events: mpsc::UnboundedSender<Event>,
-    /// The sending side of `ctl`, for the worker's handle (exchange.rs kills through it).
-    pub ctl_tx: mpsc::UnboundedSender<WorkerCtl>,
 }
 
 enum Readiness {
@@ -116,8 +114,7 @@ pub(super) async fn run(t: WorkerTask, mut ctl: mpsc::UnboundedReceiver<WorkerCt
     // "ready in" counts from the process's start (a preloaded pool's template start-up,
     // waited for above, is logged by the template itself).
     let spawned = Instant::now();
-    let handle =
-        Arc::new(WorkerHandle::with_ctl(pool.clone(), pid, t.socket.clone(), t.ctl_tx.clone()).with_claims(claims));
+    let handle = Arc::new(WorkerHandle::new(pool.clone(), pid, t.socket.clone()).with_claims(claims));
     log_started(&t, pid);
     let _ = t.events.send(Event::Spawned { id: t.id, pid });
     let gate = Arc::new(LineGate::new(pool.clone(), pid, handle.app_lines.clone()));

@@ -44,14 +44,57 @@ fn backoff_resets_after_a_healthy_run_only() {
     let t0 = Instant::now();
     let b = secs(4);
     // Crashed before becoming ready, or soon after: the backoff grows.
-    assert_eq!(backoff_after_crash(b, None, t0), Some(secs(8)));
-    assert_eq!(backoff_after_crash(b, Some(t0), t0 + Duration::from_millis(999)), Some(secs(8)));
+    assert_eq!(backoff_after_crash(b, None, false, t0), Some(secs(8)));
+    assert_eq!(backoff_after_crash(b, Some(t0), false, t0 + Duration::from_millis(999)), Some(secs(8)));
     // Ran healthily first: replaced at once, the backoff is left alone.
-    assert_eq!(backoff_after_crash(b, Some(t0), t0 + HEALTHY_AFTER), None);
+    assert_eq!(backoff_after_crash(b, Some(t0), false, t0 + HEALTHY_AFTER), None);
     // A round with a healthy worker clears it; one without keeps it.
     assert!(healthy(Some(t0), t0 + HEALTHY_AFTER));
     assert_eq!(backoff_after_round(b, true), Duration::ZERO);
     assert_eq!(backoff_after_round(b, false), b);
+}
+
+#[test]
+fn a_worker_that_dies_serving_a_request_is_replaced_at_once_however_young() {
+    let t0 = Instant::now();
+    // A bad URL (os._exit, a segfault) hit again and again: each fresh worker is handed
+    // the next of those requests and dies within milliseconds of READY. No backoff: one
+    // 502 per hit, not a pool left without workers for minutes.
+    let mut backoff = Duration::ZERO;
+    let mut r = roster(Mode::Static, 4, (0..3).map(|i| ready(i, t0, None)).collect());
+    for hit in 0..40 {
+        // As the manager does: a backoff, when there is one, holds every spawn back.
+        let died = t0 + Duration::from_millis(10 * hit);
+        if let Some(b) = backoff_after_crash(backoff, Some(died - Duration::from_millis(5)), true, died) {
+            backoff = b;
+            r.next_spawn_at = Some(died + b);
+        }
+        assert_eq!(plan(&r, died), vec![Action::Spawn(1)], "hit {hit}: replaced at once");
+    }
+    assert_eq!(backoff, Duration::ZERO);
+    // The start-up backoff is left as it was, for start-up failures to go on from.
+    assert_eq!(backoff_after_crash(secs(4), Some(t0), true, t0), None);
+    // Dying young while serving nothing is still a start-up crash.
+    assert_eq!(backoff_after_crash(secs(4), Some(t0), false, t0 + Duration::from_millis(10)), Some(secs(8)));
+}
+
+#[test]
+fn an_abandoned_request_replaces_its_worker_like_a_request_timeout() {
+    let r = Recycle::after_abandoned(None, "aborted request not ended (GET /slow ran 5s)".into());
+    assert_eq!((r.urgent, r.hard), (true, true), "no new requests, killed once drained");
+    assert_eq!(r.reason, "aborted request not ended (GET /slow ran 5s)");
+    // Over a calm recycle that was waiting for its replacement.
+    let calm = Recycle::calm("max-requests (9 served)".into());
+    assert_eq!(Recycle::after_abandoned(Some(&calm), "aborted".into()).reason, "aborted");
+    // A request-timeout already replacing it keeps its reason.
+    let timeout = Recycle { reason: "request-timeout (GET /x ran 30s)".into(), urgent: true, hard: true };
+    assert_eq!(Recycle::after_abandoned(Some(&timeout), "aborted".into()), timeout);
+    // It stops taking requests at once while another worker serves, and a replacement
+    // starts; the only worker keeps serving until its replacement is ready.
+    let t0 = Instant::now();
+    let two = vec![ready(0, t0, Some(true)), ready(1, t0, None)];
+    assert_eq!(plan(&roster(Mode::Static, 2, two), t0), vec![Action::Retire(0), Action::Spawn(1)]);
+    assert_eq!(plan(&roster(Mode::Static, 1, vec![ready(0, t0, Some(true))]), t0), vec![Action::Spawn(1)]);
 }
 
 #[test]
