@@ -514,6 +514,34 @@ def test_reload_that_changes_the_key_stops_the_old_instances(tmp_path):
         b.stop()
 
 
+def test_restart_workers_of_a_template_restarts_its_instances_only(tmp_path):
+    hosts = ("alpha.test", "beta.test")
+    sites = make_sites(tmp_path, hosts)
+    b = start_bridge(tmp_path, {"sites": template(sites),
+                                "other": {"app": str(APPS / "lifecycle_app.py"), "processes": 1}})
+    try:
+        before = {h: json.loads(get(b, h).body)["pid"] for h in hosts}
+
+        def other_pids():
+            r = subprocess.run([str(b.binary), "status", "--json", "--config", str(b.confdir)],
+                               capture_output=True, text=True, timeout=60)
+            pools = {p["name"]: p for p in json.loads(r.stdout)["pools"]}
+            return {w["pid"] for w in pools["other"]["workers"] if w["state"] in ("idle", "busy")}
+        other = wait_until(other_pids, 60, what="pool other ready")
+        r = subprocess.run([str(b.binary), "reload", "--restart-workers", "sites", "--wait", "--config",
+                            str(b.confdir)], capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert "templates changed: sites;" in r.stdout and "changed: none;" in r.stdout, r.stdout
+        assert r.stdout.endswith(
+            "\nrollout done: sites[alpha.test] (1 worker ready), sites[beta.test] (1 worker ready)\n"), r.stdout
+        after = {h: json.loads(get(b, h).body)["pid"] for h in hosts}
+        assert all(after[h] != before[h] for h in hosts), (before, after)
+        assert other_pids() == other
+        assert set(instances(b)) == set(hosts)
+    finally:
+        b.stop()
+
+
 def test_stop_instance_over_the_control_socket(tmp_path):
     sites = make_sites(tmp_path, ("alpha.test", "beta.test"))
     b = start_bridge(tmp_path, {"sites": template(sites)})

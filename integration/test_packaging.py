@@ -14,6 +14,7 @@ import re
 import shlex
 import shutil
 import signal
+import socket
 import subprocess
 import urllib.request
 from pathlib import Path
@@ -109,11 +110,27 @@ def test_installed_layout_runs_the_units_commands_as_written(tmp_path):
         wait_until(answered, 120, 0.25, what="200 through the installed daemon's socket")
         log.wait_for(r"fcgibridge .* running", timeout=30)
 
-        reload_cmd = shlex.split(svc["Service.ExecReload"].replace("$MAINPID", str(proc.pid)))
+        reload_cmd = shlex.split(moved(svc["Service.ExecReload"]))
+        assert reload_cmd[:2] == [f"{root}/usr/local/bin/fcgibridge", "reload"], reload_cmd
         mark = log.mark()
-        assert subprocess.run(reload_cmd, timeout=30).returncode == 0
-        log.wait_for(r"SIGHUP: reloading", since=mark, timeout=60)
+        r = subprocess.run(reload_cmd, capture_output=True, text=True, timeout=60, env=env)
+        assert r.returncode == 0 and r.stdout.startswith("reload done: "), r.stdout + r.stderr
+        log.wait_for(r"fcgibridge reload: reloading", since=mark, timeout=60)
         wait_until(answered, 60, 0.25, what="200 after ExecReload")
+        # A reload the bridge refuses fails ExecReload= (so `systemctl reload`), with the reason.
+        held = socket.socket()
+        try:
+            held.bind(("127.0.0.1", 0))
+            held.listen(1)
+            busy = root / "etc/fcgibridge/conf.d/60-busy.yaml"
+            busy.write_text(f"listeners:\n  busy: {{fastcgi: 127.0.0.1:{held.getsockname()[1]}, pool: app}}\n")
+            r = subprocess.run(reload_cmd, capture_output=True, text=True, timeout=60, env=env)
+            assert r.returncode == 1 and "reload refused, the running configuration stays: listener busy: " in r.stderr, \
+                r.stdout + r.stderr
+            busy.unlink()
+        finally:
+            held.close()
+        wait_until(answered, 60, 0.25, what="200 after the refused reload")
         access = LogFile(root / "var/log/fcgibridge/access.log")
         wait_until(lambda: "/health" in access.text(), 30, what="the access log in LogsDirectory")
 
@@ -299,9 +316,13 @@ def test_apt_install_into_a_throwaway_root_runs_the_demo_as_the_unit_would(tmp_p
         log.wait_for(r"fcgibridge .* running", timeout=30)
 
         mark = log.mark()
-        reload_cmd = shlex.split(svc["Service.ExecReload"].replace("$MAINPID", str(proc.pid)))
-        assert subprocess.run(reload_cmd, timeout=30).returncode == 0
-        log.wait_for(r"SIGHUP: reloading", since=mark, timeout=60)
+        # ExecReload= as written, in the throwaway root (`fcgibridge reload` finds the
+        # control socket through the configuration there).
+        reload_cmd = ["nsenter", "-t", str(proc.pid), "-m", "-n", "-r", "-w",
+                      *shlex.split(svc["Service.ExecReload"])]
+        r = subprocess.run(reload_cmd, capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0 and r.stdout.startswith("reload done: "), r.stdout + r.stderr
+        log.wait_for(r"fcgibridge reload: reloading", since=mark, timeout=60)
         wait_until(running, 60, 0.25, what="the demo answering after ExecReload")
 
         proc.send_signal(signal.SIGTERM)

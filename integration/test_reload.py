@@ -243,7 +243,9 @@ def test_fcgibridge_reload_command(tmp_path):
         mark = b.log.mark()
         out = subprocess.run([str(b.binary), "reload", "--config", str(b.confdir)], capture_output=True, text=True,
                              timeout=60)
-        assert out.returncode == 0, out.stderr
+        # answered with the outcome, once the reload is applied
+        assert out.returncode == 0 and out.stdout.startswith("reload done: pools added: none; changed: a;"), \
+            (out.stdout, out.stderr)
         b.log.wait_for(["reload done"], since=mark)
         wait_until(lambda: tag_of(b, "a") == "v2", 30, what="reloaded through `fcgibridge reload`")
         # --restart-workers: the configuration is as it was, every worker is replaced (SIGUSR2).
@@ -251,9 +253,109 @@ def test_fcgibridge_reload_command(tmp_path):
         mark = b.log.mark()
         out = subprocess.run([str(b.binary), "reload", "--restart-workers", "--config", str(b.confdir)],
                              capture_output=True, text=True, timeout=60)
-        assert out.returncode == 0 and "restart requested" in out.stdout, (out.stdout, out.stderr)
+        assert out.returncode == 0 and out.stdout.startswith("reload done: pools added: none; changed: a;"), \
+            (out.stdout, out.stderr)
         b.log.wait_for([r"retiring the worker: restart requested \(SIGUSR2\)", f"pid={old}"], since=mark)
         wait_until(lambda: pid_of(get(b, "a", "/pid")) != old, 60, what="a new worker after --restart-workers")
+    finally:
+        b.stop()
+
+
+def cli_reload(b, *args, timeout=300):
+    return subprocess.run([str(b.binary), "reload", *args, "--config", str(b.confdir)], capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_fcgibridge_reload_fails_when_the_daemon_refuses_the_reload(tmp_path):
+    b = start(tmp_path, {"a": lc_pool(processes=1, threads=1), "b": lc_pool(processes=1, threads=1)})
+    held = socket.socket()
+    try:
+        before = worker_pids(b)
+        # A listener on an address another process holds: the daemon refuses the reload.
+        held.bind(("127.0.0.1", 0))
+        held.listen(1)
+        port = held.getsockname()[1]
+        rewrite(b, lambda c: c["listeners"].update({"extra": {"fastcgi": f"127.0.0.1:{port}", "pool": "a"}}))
+        out = cli_reload(b)
+        assert out.returncode == 1, (out.stdout, out.stderr)
+        assert out.stdout == ""
+        assert out.stderr.startswith("fcgibridge: reload refused, the running configuration stays: listener extra: "
+                                     f"127.0.0.1:{port}: "), out.stderr
+        # --restart-workers with a name that is no pool: refused, the pools listed, nothing restarted
+        rewrite(b, lambda c: c["listeners"].pop("extra"))
+        out = cli_reload(b, "--restart-workers", "a", "shop")
+        assert out.returncode == 1, (out.stdout, out.stderr)
+        assert 'no pool or template named "shop"; pools: a, b' in out.stderr, out.stderr
+        assert worker_pids(b) == before
+    finally:
+        held.close()
+        b.stop()
+
+
+def test_reload_wait_reports_a_broken_deploy_and_returns_once_a_good_one_serves(tmp_path):
+    app = tmp_path / "rollout_app.py"
+    app.write_text(ROLLOUT_APP)
+    b = start(tmp_path, {"r": pool(str(app), processes=2, threads=1)})
+    try:
+        wait_until(lambda: b.pool_status("r")["idle_workers"] == 2, 60, what="both workers ready")
+        old = worker_pids(b)
+        assert len(old) == 2
+        # A deploy of code with a syntax error: the wait ends at the first failed start.
+        app.write_text(ROLLOUT_APP + "\ndef broken(:\n")
+        out = cli_reload(b, "--restart-workers", "--wait")
+        assert out.returncode == 1, (out.stdout, out.stderr)
+        assert out.stderr.count("\n") >= 3, out.stderr
+        first, rest = out.stderr.split("\n", 2)[1:]
+        assert first.startswith("fcgibridge: reload done: pools added: none; changed: r;"), out.stderr
+        assert rest.startswith("pool r: rollout-failing: its new workers cannot start, the previous ones serve on"), \
+            out.stderr
+        assert "worker failed to start: " in rest and "SyntaxError" in rest, out.stderr
+        # the error the log has, and `fcgibridge status` shows it too
+        failed = [ln for ln in b.log.lines() if "worker failed to start: " in ln and 'pool="r"' in ln]
+        assert failed and "SyntaxError" in failed[-1], failed
+        st = subprocess.run([str(b.binary), "status", "--config", str(b.confdir)], capture_output=True, text=True,
+                            timeout=60)
+        assert "pool r (rollout-failing): worker failed to start: " in st.stdout, st.stdout
+        # The old workers serve on; one that exits is not replaced (its successor would run
+        # the new code, which cannot start): the pool shrinks.
+        assert pid_of(get(b, "r", "/")) in old
+        victim = min(old)
+        mark = b.log.mark()
+        os.kill(victim, signal.SIGKILL)
+        b.log.wait_for([r"worker exited: killed by signal 9", f"pid={victim}"], since=mark, timeout=60)
+        b.log.wait_for([r"worker failed to start", 'pool="r"'], since=mark, timeout=90)
+        st = b.pool_status("r")
+        assert st["state"] == "rollout-failing", st
+        assert [w["pid"] for w in st["workers"] if w["state"] in ("idle", "busy")] == [max(old)], st["workers"]
+        # Fixed code: --wait returns 0 once every worker that takes requests is new.
+        app.write_text(ROLLOUT_APP)
+        out = cli_reload(b, "--restart-workers", "--wait=3m")
+        assert out.returncode == 0, (out.stdout, out.stderr)
+        assert out.stdout.startswith("reload done: pools added: none; changed: r;"), out.stdout
+        assert out.stdout.endswith("\nrollout done: r (2 workers ready)\n"), out.stdout
+        served = {pid_of(get(b, "r", "/")) for _ in range(10)}
+        assert not served & old, (served, old)
+        assert b.pool_status("r")["state"] == "running"
+    finally:
+        b.stop()
+
+
+def test_restart_workers_of_one_pool_leaves_the_others_alone(tmp_path):
+    b = start(tmp_path, {"a": lc_pool(processes=2, threads=1), "b": lc_pool(processes=2, threads=1)})
+    try:
+        def pids(name):
+            return {w["pid"] for w in b.pool_status(name)["workers"]}
+        wait_until(lambda: all(b.pool_status(p)["idle_workers"] == 2 for p in "ab"), 60, what="every worker ready")
+        a_old, b_old = pids("a"), pids("b")
+        mark = b.log.mark()
+        out = cli_reload(b, "--restart-workers", "a", "--wait")
+        assert out.returncode == 0, (out.stdout, out.stderr)
+        assert out.stdout.startswith("reload done: pools added: none; changed: a;"), out.stdout
+        assert out.stdout.endswith("\nrollout done: a (2 workers ready)\n"), out.stdout
+        wait_until(lambda: not pids("a") & a_old, 60, what="pool a's old workers gone")
+        assert pids("b") == b_old
+        assert not [ln for ln in b.log.lines(mark) if 'pool="b"' in ln and "retiring the worker" in ln]
+        assert pid_of(get(b, "b", "/pid")) in b_old
     finally:
         b.stop()
 

@@ -263,8 +263,9 @@ fn open_access_log(
         .map_err(|e| failed(format_args!("cannot open access log {}: {e}", p.display())))
 }
 
-/// Serve until told to stop: SIGUSR1 reopens the logs, SIGHUP and SIGUSR2 reload (and so
-/// does the control socket's reload, which raises SIGHUP). Returns how to stop.
+/// Serve until told to stop: SIGUSR1 reopens the logs; SIGHUP, SIGUSR2 and the control
+/// socket's reload reload (a signal can only log the outcome, `fcgibridge reload` is
+/// answered with it). Returns how to stop.
 async fn serve(
     r: &mut Running,
     config: &mut crate::config::Config,
@@ -272,8 +273,9 @@ async fn serve(
     notifier: &Notifier,
     config_dir: &Path,
 ) -> Stop {
+    use crate::reload::Restart;
     loop {
-        let restart_all = tokio::select! {
+        let (restart, reply) = tokio::select! {
             _ = s.usr1.recv() => {
                 // Reopen first: this line starts the new log file.
                 r.registry.reopen.request();
@@ -283,26 +285,25 @@ async fn serve(
             _ = s.term.recv() => return Stop::Graceful,
             Some(req) = r.control_rx.recv() => match req {
                 crate::control::Request::Stop => return Stop::Graceful,
-                // One reload path for both: `fcgibridge reload` raises SIGHUP, and with
-                // --restart-workers SIGUSR2.
-                crate::control::Request::Reload => {
-                    let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGHUP);
-                    continue;
-                }
-                crate::control::Request::Restart => {
-                    let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGUSR2);
-                    continue;
+                crate::control::Request::Reload { restart, reply } => {
+                    let workers = match &restart {
+                        Restart::Changed => String::new(),
+                        Restart::All => " and restarting every worker".to_owned(),
+                        Restart::Only(names) => format!(" and restarting the workers of {}", names.join(", ")),
+                    };
+                    tracing::info!("fcgibridge reload: reloading {}{workers}", config_dir.display());
+                    (restart, Some(reply))
                 }
             },
             _ = s.int.recv() => return Stop::Fast,
             _ = s.quit.recv() => return Stop::Fast,
             _ = s.hup.recv() => {
                 tracing::info!("SIGHUP: reloading {}", config_dir.display());
-                false
+                (Restart::Changed, None)
             }
             _ = s.usr2.recv() => {
                 tracing::info!("SIGUSR2: reloading {} and restarting every worker", config_dir.display());
-                true
+                (Restart::All, None)
             }
         };
         notifier.reloading();
@@ -313,8 +314,11 @@ async fn serve(
             runtime_dir: &r.rt_dir,
             registry: &r.registry,
         };
-        let _ = crate::reload::reload(config_dir, live, restart_all).await;
+        let outcome = crate::reload::reload(config_dir, live, &restart).await;
         notifier.ready(&format!("serving {} pools", r.supervisor.pools().len()));
+        if let Some(reply) = reply {
+            let _ = reply.send(outcome.map_err(|why| crate::control::refusal(&why)));
+        }
     }
 }
 
@@ -414,8 +418,10 @@ async fn drain(
                     tracing::info!("stop requested during the drain period: cut short, closing the listeners");
                     return Stop::Graceful;
                 }
-                Request::Reload => "a reload request",
-                Request::Restart => "a restart request",
+                Request::Reload { reply, .. } => {
+                    let _ = reply.send(Err(crate::control::DRAINING.to_owned()));
+                    "a reload request"
+                }
             },
             _ = s.int.recv() => return Stop::Fast,
             _ = s.quit.recv() => return Stop::Fast,

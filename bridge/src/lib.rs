@@ -20,6 +20,7 @@ mod notify;
 mod registry;
 mod reload;
 mod respond;
+mod rollout;
 mod route;
 mod status;
 mod supervise;

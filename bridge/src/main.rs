@@ -71,17 +71,29 @@ enum Command {
         #[arg(long)]
         count: Option<u64>,
     },
-    /// Ask the running daemon to reload (as SIGHUP does).
+    /// Have the running daemon reload (as SIGHUP does) and print the outcome: what changed
+    /// (exit 0), or why the running configuration stays (exit 1).
     Reload {
         #[command(flatten)]
         config: ConfigArg,
         /// The control socket (default: bridge.control-socket, else <runtime-dir>/control.sock).
         #[arg(long)]
         socket: Option<PathBuf>,
-        /// Also restart every pool's workers, rolling, as SIGUSR2 does: how new application
-        /// code is loaded when the configuration did not change.
+        /// Also restart workers whose configuration did not change, rolling: how new
+        /// application code is loaded. Every pool's (as SIGUSR2 does), or only those of
+        /// the POOLs named.
         #[arg(long)]
         restart_workers: bool,
+        /// With --restart-workers: the pools whose workers restart (a template's name
+        /// restarts all its instances). Default: every pool.
+        #[arg(value_name = "POOL", requires = "restart_workers")]
+        pools: Vec<String>,
+        /// Then wait until the rolling restarts are over (every worker taking requests runs
+        /// the new code or configuration); exit 1 with the start error if a pool's new
+        /// workers cannot start. At most DURATION (default: each pool's startup-timeout per
+        /// round of replacements plus its graceful-timeout, at least 2m).
+        #[arg(long, value_name = "DURATION", num_args = 0..=1, require_equals = true, value_parser = config::units::parse_duration)]
+        wait: Option<Option<std::time::Duration>>,
     },
     /// Ask the running daemon to stop gracefully (as SIGTERM does).
     Stop {
@@ -140,8 +152,18 @@ fn main() -> std::process::ExitCode {
         Command::Top { config, socket, interval, count } => {
             control_socket(config, socket).map_or_else(|code| code, |path| cli::top::main(&path, interval, count))
         }
-        Command::Reload { config, socket, restart_workers } => {
-            control_main(config, socket, if restart_workers { "restart" } else { "reload" }, false)
+        Command::Reload { config, socket, restart_workers, pools, wait } => {
+            let command = match cli::control::reload_command(restart_workers, &pools, wait) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("fcgibridge: {e}");
+                    return std::process::ExitCode::from(2);
+                }
+            };
+            if wait.is_some() {
+                eprintln!("fcgibridge: reloading, then waiting for the rolling restarts to finish");
+            }
+            control_main(config, socket, &command, false)
         }
         Command::Stop { config, socket } => control_main(config, socket, "stop", false),
         Command::StopInstance { template, key, config, socket } => {

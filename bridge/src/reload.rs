@@ -13,11 +13,14 @@
 //!    their next request; new ones start; removed ones stop accepting.
 //!
 //! `bridge:` settings other than shutdown-timeout take effect at the next restart (a log
-//! line says which). Call [`reload`] from anywhere that owns the daemon's state; the
-//! control socket reaches it by raising SIGHUP.
+//! line says which). Call [`reload`] from anywhere that owns the daemon's state: the
+//! daemon's main loop does, for SIGHUP and SIGUSR2 (which can only log the outcome) and
+//! for `fcgibridge reload` (which is answered with it; `--wait` then follows the rolling
+//! restarts the reload started, rollout.rs).
 use crate::config::{self, Config};
 use crate::listen::ListenerSet;
 use crate::registry::Registry;
+use crate::rollout::Watched;
 use crate::supervise::{PoolRuntime, RuntimeDir, Supervisor};
 use std::collections::HashMap;
 use std::path::Path;
@@ -32,15 +35,73 @@ pub(crate) struct Live<'a> {
     pub registry: &'a Registry,
 }
 
-/// Re-read `dir` and apply it. `restart_all`: also restart the workers of unchanged pools
-/// (new application code). Ok: a summary; Err: why the running configuration stays.
-pub(crate) async fn reload(dir: &Path, live: Live<'_>, restart_all: bool) -> Result<String, String> {
+/// Whose workers a reload restarts although their configuration did not change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Restart {
+    /// Only pools whose workers change roll (SIGHUP, `fcgibridge reload`).
+    Changed,
+    /// Every pool and template (SIGUSR2, `fcgibridge reload --restart-workers`).
+    All,
+    /// These pools and templates (a template's name: all its instances), for
+    /// `fcgibridge reload --restart-workers NAME…`: deploying one app restarts that app only.
+    Only(Vec<String>),
+}
+
+impl Restart {
+    /// Whether the workers of the pool or template `name` restart.
+    pub(crate) fn includes(&self, name: &str) -> bool {
+        match self {
+            Self::Changed => false,
+            Self::All => true,
+            Self::Only(names) => names.iter().any(|n| n == name),
+        }
+    }
+
+    /// Refuse names that are neither a pool nor a template of `config`, listing those there are.
+    fn check(&self, config: &Config) -> Result<(), String> {
+        let pools: Vec<&str> = config.pools.iter().map(|p| p.name.as_str()).collect();
+        let templates: Vec<&str> = config.templates.iter().map(|t| t.name.as_str()).collect();
+        self.check_names(&pools, &templates)
+    }
+
+    fn check_names(&self, pools: &[&str], templates: &[&str]) -> Result<(), String> {
+        let Self::Only(names) = self else { return Ok(()) };
+        let unknown: Vec<String> = names
+            .iter()
+            .filter(|n| !pools.contains(&n.as_str()) && !templates.contains(&n.as_str()))
+            .map(|n| format!("{n:?}"))
+            .collect();
+        if unknown.is_empty() {
+            return Ok(());
+        }
+        let list = |v: &[&str]| if v.is_empty() { "none".to_owned() } else { v.join(", ") };
+        let mut why =
+            format!("--restart-workers: no pool or template named {}; pools: {}", unknown.join(", "), list(pools));
+        if !templates.is_empty() {
+            why.push_str(&format!("; templates (all their instances restart): {}", list(templates)));
+        }
+        Err(why)
+    }
+}
+
+/// A reload that was applied: its one-line summary, and the pools it reconfigured or
+/// started (what `fcgibridge reload --wait` follows).
+pub(crate) struct Reloaded {
+    pub summary: String,
+    pub watched: Vec<Watched>,
+}
+
+/// Re-read `dir` and apply it; `restart`: whose workers restart although unchanged (new
+/// application code). Err: why the running configuration stays.
+pub(crate) async fn reload(dir: &Path, live: Live<'_>, restart: &Restart) -> Result<Reloaded, String> {
     let board = &live.registry.board;
-    let outcome = apply(dir, live, restart_all).await;
-    match &outcome {
-        Ok(summary) => {
+    let before = crate::rollout::sent(live.supervisor.pools().iter().cloned().chain(board.instances.live_pools()));
+    match apply(dir, live, restart).await {
+        Ok((summary, pools)) => {
             tracing::info!("reload done: {summary}");
             board.record_reload(true, summary.clone());
+            let watched = crate::rollout::reconfigured(&before, &pools, board.instances.live_pools());
+            Ok(Reloaded { summary, watched })
         }
         Err(why) => {
             // One line per configuration error (a `check` names them all the same way).
@@ -48,13 +109,15 @@ pub(crate) async fn reload(dir: &Path, live: Live<'_>, restart_all: bool) -> Res
                 tracing::error!("reload refused, the running configuration stays: {line}");
             }
             board.record_reload(false, why.clone());
+            Err(why)
         }
     }
-    outcome
 }
 
-async fn apply(dir: &Path, live: Live<'_>, restart_all: bool) -> Result<String, String> {
+/// Ok: the summary and the pools now running.
+async fn apply(dir: &Path, live: Live<'_>, restart: &Restart) -> Result<(String, Vec<Arc<PoolRuntime>>), String> {
     let new = config::load(dir).map_err(|e| e.to_string())?;
+    restart.check(&new)?;
     // The interpreters run on a blocking thread: with one runtime thread, requests would
     // otherwise wait for them.
     let pools = new.pools.clone();
@@ -94,19 +157,19 @@ async fn apply(dir: &Path, live: Live<'_>, restart_all: bool) -> Result<String, 
         live.supervisor.pools().iter().map(|p| (p.name.to_string(), p.config.clone())).collect();
     let pools = live
         .supervisor
-        .reload(&new.pools, live.runtime_dir, restart_all, new.global.shutdown_timeout)
+        .reload(&new.pools, live.runtime_dir, restart, new.global.shutdown_timeout)
         .map_err(|e| e.to_string())?;
     live.registry.board.set_pools(pools.clone());
     let by_name: HashMap<String, Arc<PoolRuntime>> = pools.iter().map(|p| (p.name.to_string(), p.clone())).collect();
     // Before the listeners: their new routes name the new templates.
-    let templates = live.registry.board.instances.reload(&new.templates, restart_all).await;
+    let templates = live.registry.board.instances.reload(&new.templates, restart).await;
     let listeners = live.listeners.apply(&new.listeners, sockets, &by_name).map_err(|e| e.to_string())?;
 
     let (mut added, mut changed, mut removed) = (Vec::new(), Vec::new(), Vec::new());
     for p in &new.pools {
         match before.iter().find(|(n, _)| *n == p.name) {
             None => added.push(p.name.clone()),
-            Some((_, old)) if old != p || restart_all => changed.push(p.name.clone()),
+            Some((_, old)) if old != p || restart.includes(&p.name) => changed.push(p.name.clone()),
             Some(_) => {}
         }
     }
@@ -129,5 +192,28 @@ async fn apply(dir: &Path, live: Live<'_>, restart_all: bool) -> Result<String, 
     live.registry.rate_limits.set_enabled(new.global.log_rate_limit);
     live.registry.set_listeners(new.listeners.clone());
     *live.config = new;
-    Ok(summary)
+    Ok((summary, pools))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Restart;
+
+    #[test]
+    fn a_restart_names_pools_and_templates_of_the_configuration() {
+        let only = |names: &[&str]| Restart::Only(names.iter().map(|n| n.to_string()).collect());
+        assert!(only(&["a"]).includes("a") && !only(&["a"]).includes("b"));
+        assert!(Restart::All.includes("b") && !Restart::Changed.includes("b"));
+        assert_eq!(only(&["a", "sites"]).check_names(&["a", "b"], &["sites"]), Ok(()));
+        assert_eq!(Restart::All.check_names(&[], &[]), Ok(()));
+        assert_eq!(
+            only(&["a", "shop", "blog"]).check_names(&["a", "b"], &[]),
+            Err(r#"--restart-workers: no pool or template named "shop", "blog"; pools: a, b"#.to_owned())
+        );
+        assert_eq!(
+            only(&["x"]).check_names(&["a"], &["sites"]),
+            Err(r#"--restart-workers: no pool or template named "x"; pools: a; templates (all their instances restart): sites"#
+                .to_owned())
+        );
+    }
 }

@@ -17,12 +17,39 @@ pub enum ClientError {
     Connect { path: String, source: std::io::Error },
 }
 
+/// The control command of `fcgibridge reload [--restart-workers [POOL…]] [--wait[=D]]`;
+/// Err: a POOL that cannot be a name (the daemon lists the pools there are).
+pub fn reload_command(
+    restart_workers: bool,
+    pools: &[String],
+    wait: Option<Option<Duration>>,
+) -> Result<String, String> {
+    let mut command = if restart_workers { "restart".to_owned() } else { "reload".to_owned() };
+    if let Some(bad) =
+        pools.iter().find(|n| n.is_empty() || n.contains(|c: char| c.is_whitespace() || ",=".contains(c)))
+    {
+        return Err(format!("{bad:?} is not a pool name"));
+    }
+    if restart_workers && !pools.is_empty() {
+        command.push_str(&format!(" pools={}", pools.join(",")));
+    }
+    match wait {
+        None => {}
+        Some(None) => command.push_str(" wait"),
+        Some(Some(d)) => command.push_str(&format!(" wait={}", d.as_secs_f64())),
+    }
+    Ok(command)
+}
+
 /// Client side: send `command`, return the daemon's answer text.
 pub fn call(path: &Path, command: &str) -> Result<Result<String, String>, ClientError> {
     let p = path.display().to_string();
     let mut s = std::os::unix::net::UnixStream::connect(path)
         .map_err(|e| ClientError::Connect { path: p.clone(), source: e })?;
-    let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
+    // A reload answers when it is done (interpreters probed, with --wait the rollouts over,
+    // which the daemon bounds); the other commands at once.
+    let reloading = command.starts_with("reload") || command.starts_with("restart");
+    let _ = s.set_read_timeout((!reloading).then_some(Duration::from_secs(30)));
     s.write_all(format!("{command}\n").as_bytes()).map_err(|e| ClientError::Connect { path: p.clone(), source: e })?;
     let mut out = String::new();
     s.read_to_string(&mut out).map_err(|e| ClientError::Connect { path: p, source: e })?;
@@ -86,5 +113,23 @@ pub fn main(config_dir: Option<&Path>, socket: Option<PathBuf>, command: &str, j
             print!("{text}");
             ExitCode::SUCCESS
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::reload_command;
+    use std::time::Duration;
+
+    #[test]
+    fn reload_arguments_become_one_command_line() {
+        assert_eq!(reload_command(false, &[], None).as_deref(), Ok("reload"));
+        assert_eq!(reload_command(true, &[], Some(None)).as_deref(), Ok("restart wait"));
+        let pools = ["shop".to_owned(), "blog".to_owned()];
+        assert_eq!(
+            reload_command(true, &pools, Some(Some(Duration::from_secs(120)))).as_deref(),
+            Ok("restart pools=shop,blog wait=120")
+        );
+        assert_eq!(reload_command(true, &["a b".to_owned()], None), Err(r#""a b" is not a pool name"#.to_owned()));
     }
 }

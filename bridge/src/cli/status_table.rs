@@ -36,6 +36,16 @@ fn table(out: &mut String, header: &[&str], rows: &[Vec<String>]) {
     }
 }
 
+/// Under the pool table: why a `failing` or `rollout-failing` pool's workers cannot start
+/// (a line each), then the blank line.
+fn end_pool_table(out: &mut String, pools: &[Value]) {
+    for p in pools.iter().filter(|p| p.get("start_error").is_some_and(|e| !e.is_null())) {
+        let _ =
+            writeln!(out, "pool {} ({}): worker failed to start: {}", s(p, "name"), s(p, "state"), s(p, "start_error"));
+    }
+    out.push('\n');
+}
+
 /// The whole report.
 pub fn render(v: &Value) -> String {
     let mut out = String::new();
@@ -113,7 +123,7 @@ pub fn render(v: &Value) -> String {
         ],
         &rows,
     );
-    out.push('\n');
+    end_pool_table(&mut out, pools);
     let secs =
         |v: &Value, k: &str| v.get(k).and_then(Value::as_f64).map_or("-".to_owned(), crate::status::html::human_secs);
     let rows: Vec<Vec<String>> = pools

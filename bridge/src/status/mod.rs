@@ -155,6 +155,7 @@ fn pool_status(s: &track::State, p: crate::supervise::stats::PoolStats, start_ti
         instance: p.instance,
         name: p.name,
         state: p.state,
+        start_error: p.start_error,
         start_time,
         accepted_requests: p.accepted_requests,
         queue_length: p.queue_length,

@@ -68,6 +68,8 @@ pub(crate) struct PoolStatus {
     pub instance: Option<crate::supervise::instances::InstanceStats>,
     /// The supervisor's state of the pool, e.g. "running", "starting", "failing".
     pub state: &'static str,
+    /// Why a `failing` or `rollout-failing` pool's workers cannot start (the last error).
+    pub start_error: Option<String>,
     pub start_time: u64,
     /// Requests routed to this pool since start (PHP-FPM's "accepted conn").
     pub accepted_requests: u64,

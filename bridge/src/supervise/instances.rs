@@ -366,21 +366,22 @@ impl Instances {
 
     /// A reload: unchanged templates keep their instances; a changed one rolls its instances
     /// to the new configuration (each keeps its queue and is restarted worker by worker, as a
-    /// changed pool is); a removed one stops its instances. `restart_all` (SIGUSR2) rolls every
-    /// instance with a restart of its workers. Returns a summary.
-    pub(crate) async fn reload(&self, new: &[Template], restart_all: bool) -> String {
+    /// changed pool is); a removed one stops its instances. A template that `restart` names
+    /// (SIGUSR2: all) rolls every instance with a restart of its workers. Returns a summary.
+    pub(crate) async fn reload(&self, new: &[Template], restart: &crate::reload::Restart) -> String {
         let old = self.0.with(|b| b.templates.clone());
         let (mut changed, mut removed) = (Vec::new(), Vec::new());
         let mut next = Vec::new();
         for t in new {
+            let restart = restart.includes(&t.name);
             match old.iter().find(|o| *o.name == t.name) {
-                Some(o) if *o.config() == *t && !restart_all => next.push(o.clone()),
+                Some(o) if *o.config() == *t && !restart => next.push(o.clone()),
                 Some(o) => {
                     changed.push(t.name.clone());
                     // What it refused, the new settings may take.
                     o.lock().refused.clear();
                     if o.config().keys == t.keys {
-                        o.roll(Arc::new(t.clone()), restart_all).await;
+                        o.roll(Arc::new(t.clone()), restart).await;
                     } else {
                         // Keyed otherwise now: no live instance has a key of the new kind.
                         o.stop_all("its template's placeholders changed");

@@ -103,6 +103,8 @@ pub(crate) struct Manager {
     cfg_gen: u64,
     /// Why the workers of older generations are being replaced.
     rollout: RolloutCause,
+    /// Reconfigure commands taken in (published: `fcgibridge reload --wait` waits for its own).
+    reconfigures: u64,
     dispatcher: Arc<Dispatcher<SlotConn>>,
     control: Arc<PoolControl>,
     spawner: Arc<Spawner>,
@@ -168,6 +170,7 @@ impl Manager {
             cfg,
             cfg_gen: 0,
             rollout: RolloutCause::Changed,
+            reconfigures: 0,
             dispatcher,
             control,
             spawner,
@@ -372,7 +375,10 @@ impl Manager {
 
     fn on_cmd(&mut self, cmd: ManagerCmd) {
         match cmd {
-            ManagerCmd::Reconfigure { config, restart } => self.reconfigure(config, restart),
+            ManagerCmd::Reconfigure { config, restart } => {
+                self.reconfigures += 1;
+                self.reconfigure(config, restart);
+            }
             ManagerCmd::Remove { within, why } => {
                 tracing::info!(pool = &*self.name, "{why}: finishing its requests, then stopping its workers");
                 self.removing = Some(Instant::now() + within);
@@ -396,6 +402,9 @@ impl Manager {
         *self.last_failure.lock().unwrap_or_else(|e| e.into_inner()) = None;
         if roll {
             self.cfg_gen += 1;
+            // The failure was the previous code's or configuration's: until the new one
+            // fails in turn, the pool is not `rollout-failing` (`reload --wait` reads it).
+            self.failing = None;
             self.rollout = match (restart, changed) {
                 (false, _) => RolloutCause::Changed,
                 (true, false) => RolloutCause::Restart,
@@ -988,6 +997,7 @@ impl Manager {
             max_processes: self.cfg.processes,
             target_processes: self.want(),
             failing: self.failing.clone(),
+            reconfigures: self.reconfigures,
             next_attempt_in: self.next_spawn_at.map(|t| t.saturating_duration_since(now).as_secs_f64()),
             spawns: self.spawns,
             exits: self.exits,

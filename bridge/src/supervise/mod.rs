@@ -17,6 +17,7 @@ mod worker_child;
 use crate::backend::SlotConn;
 use crate::config;
 use crate::dispatch::Dispatcher;
+use crate::reload::Restart;
 use manager::ManagerCmd;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -58,10 +59,10 @@ impl Spawner {
     }
 }
 
-/// Why a changed preloaded pool's template goes: every worker restarts (SIGUSR2), or the
-/// pool no longer preloads.
-fn retire_why(restart_all: bool) -> &'static str {
-    if restart_all {
+/// Why a changed preloaded pool's template goes: its workers restart (SIGUSR2, `fcgibridge
+/// reload --restart-workers`), or the pool no longer preloads.
+fn retire_why(restart: bool) -> &'static str {
+    if restart {
         "restart requested (SIGUSR2): new workers fork from freshly imported code"
     } else {
         "preload turned off"
@@ -73,6 +74,9 @@ pub(crate) struct PoolControl {
     cmd: mpsc::UnboundedSender<ManagerCmd>,
     cmd_rx: Mutex<Option<mpsc::UnboundedReceiver<ManagerCmd>>>,
     pub(crate) view: Mutex<stats::ManagerView>,
+    /// Reconfigurations sent to the manager: its view reflects one once its `reconfigures`
+    /// reaches this count (how `fcgibridge reload --wait` knows its reload arrived).
+    pub(crate) reconfigures_sent: AtomicU64,
 }
 
 /// A pool at run time: its configuration, its dispatcher and its manager.
@@ -96,7 +100,12 @@ impl PoolRuntime {
         Arc::new(Self {
             name: Arc::from(config.name.as_str()),
             dispatcher: Arc::new(Dispatcher::new(config.queue_size, config.queue_timeout)),
-            control: Arc::new(PoolControl { cmd, cmd_rx: Mutex::new(Some(cmd_rx)), view: Mutex::default() }),
+            control: Arc::new(PoolControl {
+                cmd,
+                cmd_rx: Mutex::new(Some(cmd_rx)),
+                view: Mutex::default(),
+                reconfigures_sent: AtomicU64::new(0),
+            }),
             reader: access::Reader::of(&config.isolation),
             config,
         })
@@ -118,6 +127,9 @@ impl PoolRuntime {
     }
 
     fn send(&self, cmd: ManagerCmd) {
+        if matches!(cmd, ManagerCmd::Reconfigure { .. }) {
+            self.control.reconfigures_sent.fetch_add(1, Ordering::Relaxed);
+        }
         let _ = self.control.cmd.send(cmd);
     }
 }
@@ -183,25 +195,26 @@ impl Supervisor {
 
     /// Apply a reloaded configuration's pools: unchanged pools stay as they are, changed
     /// ones get their new settings (and a rolling restart when the workers themselves
-    /// change; `restart_all` forces one everywhere), new ones start, removed ones finish
-    /// their requests (at most `drain_within`) and stop. Returns the pools now running.
+    /// change; `restart` forces one in the pools it names), new ones start, removed ones
+    /// finish their requests (at most `drain_within`) and stop. Returns the pools now running.
     pub(crate) fn reload(
         &mut self,
         new: &[config::Pool],
         rt: &RuntimeDir,
-        restart_all: bool,
+        restart: &Restart,
         drain_within: Duration,
     ) -> Result<Vec<Arc<PoolRuntime>>, runtime_dir::RuntimeDirError> {
         let mut next = Vec::with_capacity(new.len());
         let mut added = Vec::new();
         for cfg in new {
+            let restart = restart.includes(&cfg.name);
             match self.pools.iter().find(|p| p.config.name == cfg.name) {
-                Some(old) if old.config == *cfg && !restart_all => next.push(old.clone()),
+                Some(old) if old.config == *cfg && !restart => next.push(old.clone()),
                 Some(old) => {
-                    // A restart of every pool re-imports the code: a preloaded pool's new
-                    // workers must fork from a fresh template, not from the old one.
-                    if old.config.isolation.preload && (!cfg.isolation.preload || restart_all) {
-                        self.spawner.retire_template(&cfg.name, retire_why(restart_all));
+                    // A restart re-imports the code: a preloaded pool's new workers must
+                    // fork from a fresh template, not from the old one.
+                    if old.config.isolation.preload && (!cfg.isolation.preload || restart) {
+                        self.spawner.retire_template(&cfg.name, retire_why(restart));
                     }
                     let p = Arc::new(PoolRuntime {
                         name: old.name.clone(),
@@ -210,7 +223,7 @@ impl Supervisor {
                         control: old.control.clone(),
                         reader: access::Reader::of(&cfg.isolation),
                     });
-                    p.send(ManagerCmd::Reconfigure { config: Arc::new(cfg.clone()), restart: restart_all });
+                    p.send(ManagerCmd::Reconfigure { config: Arc::new(cfg.clone()), restart });
                     next.push(p);
                 }
                 None => {

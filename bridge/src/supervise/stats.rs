@@ -203,6 +203,8 @@ pub(crate) struct ManagerView {
     pub max_processes: u32,
     pub target_processes: u32,
     pub failing: Option<String>,
+    /// Reconfigure commands the manager has taken in (see `PoolControl::reconfigures_sent`).
+    pub reconfigures: u64,
     pub next_attempt_in: Option<f64>,
     pub spawns: u64,
     pub exits: u64,
