@@ -217,7 +217,7 @@ def test_sigusr2_to_the_whole_service(signalled):
     wait_delivered(everyone, signal.SIGUSR2, "the daemon and its workers")
     b.log.wait_for(r"reload done: pools added: none; changed: .*plain", since=mark, timeout=60)
     serve_all(b)
-    # None died of the signal (a retirement's reason, `restart requested (SIGUSR2)`, is
+    # None died of the signal (a retirement's reason, `restart requested (reload --restart-workers or SIGUSR2)`, is
     # the restart itself).
     assert not [ln for ln in b.log.lines(mark) if "signal 12 (SIGUSR2)" in ln or "exited" in ln], b.log.lines(mark)
 

@@ -214,6 +214,31 @@ def test_a_working_directory_the_pools_user_cannot_enter_is_refused_by_check(pub
     assert r.returncode == 0, r.stderr
 
 
+def test_a_second_pool_of_the_same_interpreter_and_user_has_its_directory_checked(public_dir):
+    """The interpreter runs once per account (a reload probes every pool); a second pool of
+    it in a directory the user cannot enter is still refused at its own `chdir:`."""
+    try:
+        user = pwd.getpwnam("fcgibridge-test")
+    except KeyError:
+        pytest.skip("user fcgibridge-test is missing: run scripts/create-test-user")
+    ok, locked = public_dir / "ok", public_dir / "locked"
+    ok.mkdir(mode=0o755)
+    locked.mkdir(mode=0o700)
+    d = user_conf(public_dir, {"python": "/usr/bin/python3", "user": user.pw_name, "chdir": str(ok)})
+    config = (d / "50-test.yaml").read_text()
+    second = ("\n  q:\n    app: %s\n    python: /usr/bin/python3\n    user: %s\n    chdir: %s\n"
+              % (public_dir / "app.py", user.pw_name, locked))
+    config = config.replace("\nlisteners:", second + "listeners:", 1)
+    (d / "50-test.yaml").write_text(config)
+    r = check(d)
+    assert r.returncode == 1, r.stdout
+    assert re.search(rf"pools\.q\.chdir: cannot enter the working directory {re.escape(str(locked))} "
+                     rf"\(pool `chdir:`\) as user {user.pw_name} .*Permission denied", r.stderr), r.stderr
+    assert "pools.p." not in r.stderr, r.stderr
+    locked.chmod(0o755)
+    assert check(d).returncode == 0
+
+
 def test_supported_pythons_are_accepted_and_serve(tmp_path):
     found = {v: find_python(v) for v in SUPPORTED}
     found = {v: f for v, f in found.items() if f}

@@ -190,7 +190,7 @@ def test_sigusr2_restarts_every_pool_and_a_reload_fixes_a_broken_pool(tmp_path):
         wait_until(lambda: not (worker_pids(b) & before), 30, what="every worker restarted")
         # pool a's configuration did not change: its workers go for the restart asked for
         retired = b.log.wait_for([r"retiring the worker: ", 'pool="a"'], since=mark)
-        assert all("retiring the worker: restart requested (SIGUSR2);" in ln for ln in retired), retired
+        assert all("retiring the worker: restart requested (reload --restart-workers or SIGUSR2);" in ln for ln in retired), retired
     finally:
         b.stop()
 
@@ -230,7 +230,7 @@ def test_a_restart_whose_new_code_cannot_be_imported_backs_off_and_the_status_sa
         mark = b.log.mark()
         reload(b, sig=signal.SIGUSR2)
         wait_until(lambda: pid_of(get(b, "r", "/")) != old, 90, what="a worker of the fixed code serving")
-        b.log.wait_for([r"retiring the worker: restart requested \(SIGUSR2\)", f"pid={old}"], since=mark)
+        b.log.wait_for([r"retiring the worker: restart requested \(reload --restart-workers or SIGUSR2\)", f"pid={old}"], since=mark)
         wait_until(lambda: b.pool_status("r")["state"] == "running", 30, what="the pool running again")
     finally:
         b.stop()
@@ -255,8 +255,31 @@ def test_fcgibridge_reload_command(tmp_path):
                              capture_output=True, text=True, timeout=60)
         assert out.returncode == 0 and out.stdout.startswith("reload done: pools added: none; changed: a;"), \
             (out.stdout, out.stderr)
-        b.log.wait_for([r"retiring the worker: restart requested \(SIGUSR2\)", f"pid={old}"], since=mark)
+        b.log.wait_for([r"retiring the worker: restart requested \(reload --restart-workers or SIGUSR2\)", f"pid={old}"], since=mark)
         wait_until(lambda: pid_of(get(b, "a", "/pid")) != old, 60, what="a new worker after --restart-workers")
+    finally:
+        b.stop()
+
+
+def test_under_systemd_a_reload_whose_control_socket_moved_falls_back_to_sighup(tmp_path):
+    """`ExecReload=fcgibridge reload`: the edit being reloaded moves the runtime-dir (it
+    applies only at a restart), so the client finds no daemon at the new socket; with
+    systemd's $MAINPID it sends SIGHUP instead, as the unit did before, and says so."""
+    b = start(tmp_path, {"a": lc_pool(processes=1, threads=1, env={"LIFECYCLE_TAG": "v1"})})
+    try:
+        def edit(c):
+            c["pools"]["a"]["env"].update(LIFECYCLE_TAG="v2")
+            c["bridge"]["runtime-dir"] = str(tmp_path / "moved")
+        rewrite(b, edit)
+        # without $MAINPID nothing is reachable: a failure, nothing reloaded
+        out = cli_reload(b, timeout=60)
+        assert out.returncode == 1 and "cannot reach the daemon at" in out.stderr, (out.stdout, out.stderr)
+        assert tag_of(b, "a") == "v1"
+        out = subprocess.run([str(b.binary), "reload", "--config", str(b.confdir)], capture_output=True, text=True,
+                             timeout=60, env={**os.environ, "MAINPID": str(b.pid)})
+        assert out.returncode == 0, (out.stdout, out.stderr)
+        assert f"sent SIGHUP to the bridge (pid {b.pid}, $MAINPID) instead" in out.stderr, out.stderr
+        wait_until(lambda: tag_of(b, "a") == "v2", 60, what="the pool reloaded by the SIGHUP")
     finally:
         b.stop()
 

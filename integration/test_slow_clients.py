@@ -192,7 +192,7 @@ def test_a_body_dripped_inside_body_timeout_is_ended_by_body_min_rate(env):
         if dripper.is_alive():
             dripper.join(30)
         c.close()
-    bridge.log.wait_for([r"WARN", r"request body too slow: \d+ bytes in \d+s, below body-min-rate \(500 bytes/s",
+    bridge.log.wait_for([r"WARN", r"request body too slow: \d+ bytes while the bridge waited \d+s for them, below body-min-rate \(500 bytes/s",
                          r"request aborted in the worker, answering 408", r"pool=\"?app",
                          r"uri=\"?/echo\?mark=dripped"], since=mark)
     kind, is_oserror, _ = harness.wait_until(

@@ -97,7 +97,8 @@ fn parse_reload(line: &str) -> Option<Result<ReloadCommand, String>> {
         match word.split_once('=').unwrap_or((word, "")) {
             ("wait", "") => wait = Some(None),
             ("wait", secs) => match secs.parse::<f64>().ok().and_then(|s| Duration::try_from_secs_f64(s).ok()) {
-                Some(d) => wait = Some(Some(d)),
+                // A day at most: a deadline is an instant, which cannot be any later.
+                Some(d) => wait = Some(Some(d.min(Duration::from_secs(24 * 3600)))),
                 None => return Some(Err(format!("wait={secs}: not a number of seconds"))),
             },
             ("pools", names) if restart == Restart::All && !names.is_empty() => {
@@ -270,6 +271,7 @@ mod tests {
         assert!(parse_reload("status").is_none() && parse_reload("stop").is_none());
         assert!(parsed("reload wait=soon").unwrap_err().starts_with("wait=soon: not a number of seconds"));
         assert!(parsed("reload wait=-1").is_err());
+        assert_eq!(parsed("reload wait=1e19").map(|c| c.wait), Ok(Some(Some(Duration::from_secs(24 * 3600)))));
         // Pools are for a restart only; a stray word is refused, not ignored.
         assert!(parsed("reload pools=shop").unwrap_err().starts_with("unexpected \"pools=shop\"; usage: "));
         assert!(parsed("restart shop").is_err());

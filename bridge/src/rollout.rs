@@ -23,6 +23,8 @@ const POLL: Duration = Duration::from_millis(100);
 pub(crate) struct Watched {
     pool: Arc<PoolRuntime>,
     reconfigures: u64,
+    /// A template's instance: it may go away during the wait ([`Progress::Gone`]).
+    instance: bool,
 }
 
 /// Reconfigurations sent so far to each pool, by name (taken before a reload).
@@ -38,13 +40,13 @@ pub(crate) fn reconfigured(
     pools: &[Arc<PoolRuntime>],
     mut instances: Vec<Arc<PoolRuntime>>,
 ) -> Vec<Watched> {
-    let touched = |p: &Arc<PoolRuntime>, added: bool| {
+    let touched = |p: &Arc<PoolRuntime>, instance: bool| {
         let sent = p.control.reconfigures_sent.load(Ordering::Relaxed);
-        let touched = before.get(&p.name).map_or(added, |&b| sent > b);
-        touched.then(|| Watched { pool: p.clone(), reconfigures: sent })
+        let touched = before.get(&p.name).map_or(!instance, |&b| sent > b);
+        touched.then(|| Watched { pool: p.clone(), reconfigures: sent, instance })
     };
     instances.sort_by(|a, b| a.name.cmp(&b.name));
-    pools.iter().filter_map(|p| touched(p, true)).chain(instances.iter().filter_map(|p| touched(p, false))).collect()
+    pools.iter().filter_map(|p| touched(p, false)).chain(instances.iter().filter_map(|p| touched(p, true))).collect()
 }
 
 /// How long `--wait` waits when not told: each pool's startup-timeout for every round of
@@ -70,6 +72,10 @@ pub(crate) enum Progress {
     Rolling { outdated: usize, ready: usize, wanted: u32, error: Option<String> },
     /// Every worker that takes requests is of the new generation, as many as the pool wants.
     Done { ready: usize },
+    /// A template's instance that went away meanwhile (instance-idle-timeout, evicted for
+    /// max-instances, stop-instance): done too, a request makes it afresh from the new
+    /// configuration.
+    Gone,
     /// The new workers cannot start (the pool's state and the last start error), or the
     /// pool went away.
     Failed(String),
@@ -107,6 +113,16 @@ pub(crate) fn progress(v: &ManagerView, reconfigures: u64) -> Progress {
     }
 }
 
+/// A watched pool's rollout: [`progress`], but an `instance` that is being removed, or
+/// whose manager is gone (`manager_gone`: it ended, the reload's command may be unread),
+/// is [`Progress::Gone`]. A pool the daemon stops fails the wait all the same.
+fn watched_progress(v: &ManagerView, reconfigures: u64, instance: bool, manager_gone: bool) -> Progress {
+    if instance && (v.state == "removing" || (manager_gone && v.state != "stopping")) {
+        return Progress::Gone;
+    }
+    progress(v, reconfigures)
+}
+
 /// Wait up to `within` for the rollouts of `watched`. Ok: one line of what is ready; Err:
 /// a line per pool whose new workers cannot start, or what is still rolling at the deadline.
 pub(crate) async fn wait(watched: &[Watched], within: Duration) -> Result<String, String> {
@@ -116,7 +132,8 @@ pub(crate) async fn wait(watched: &[Watched], within: Duration) -> Result<String
             .iter()
             .map(|w| {
                 let view = w.pool.control.view.lock().unwrap_or_else(|e| e.into_inner()).clone();
-                (&*w.pool.name, progress(&view, w.reconfigures))
+                let gone = w.pool.control.manager_gone();
+                (&*w.pool.name, watched_progress(&view, w.reconfigures, w.instance, gone))
             })
             .collect();
         let failed: Vec<String> = now
@@ -129,7 +146,7 @@ pub(crate) async fn wait(watched: &[Watched], within: Duration) -> Result<String
         if !failed.is_empty() {
             return Err(failed.join("\n"));
         }
-        if now.iter().all(|(_, p)| matches!(p, Progress::Done { .. })) {
+        if now.iter().all(|(_, p)| matches!(p, Progress::Done { .. } | Progress::Gone)) {
             return Ok(done_line(&now));
         }
         if Instant::now() >= deadline {
@@ -151,6 +168,7 @@ fn done_line(now: &[(&str, Progress)]) -> String {
         .iter()
         .map(|(name, p)| match p {
             Progress::Done { ready } => format!("{name} ({} ready)", workers(*ready)),
+            Progress::Gone => format!("{name} (removed meanwhile)"),
             _ => name.to_string(),
         })
         .collect();
@@ -244,6 +262,26 @@ mod tests {
         v.state = "failing";
         let Progress::Failed(why) = progress(&v, 1) else { panic!() };
         assert!(why.contains("requests get 503"), "{why}");
+    }
+
+    #[test]
+    fn an_instance_that_goes_away_meanwhile_is_done_a_written_pool_fails() {
+        // Retired during the wait (instance-idle-timeout, max-instances, stop-instance).
+        let removing = view("removing", 1, vec![worker("draining", true)]);
+        assert_eq!(watched_progress(&removing, 1, true, false), Progress::Gone);
+        // Its manager ended before it took the reload in: its view is from before.
+        assert_eq!(watched_progress(&removing, 2, true, true), Progress::Gone);
+        let running = view("running", 0, vec![worker("ready", true)]);
+        assert_eq!(watched_progress(&running, 1, true, true), Progress::Gone);
+        assert!(matches!(watched_progress(&running, 1, true, false), Progress::Rolling { .. }));
+        // A written pool removed by another reload, or the daemon stopping: the wait fails.
+        let Progress::Failed(why) = watched_progress(&removing, 1, false, true) else { panic!() };
+        assert_eq!(why, "removing: it is going away");
+        let stopping = view("stopping", 1, vec![]);
+        assert!(matches!(watched_progress(&stopping, 1, true, true), Progress::Failed(_)));
+        assert!(matches!(watched_progress(&stopping, 1, false, false), Progress::Failed(_)));
+        let now = [("sites[a.test]", Progress::Gone), ("sites[b.test]", Progress::Done { ready: 1 })];
+        assert_eq!(done_line(&now), "rollout done: sites[a.test] (removed meanwhile), sites[b.test] (1 worker ready)");
     }
 
     #[test]

@@ -167,6 +167,16 @@ def test_a_load_failure_names_the_interpreter_and_working_directory(spawn, tmp_p
                             f"(python={python} ({version}) chdir={tmp_path})\n"), w.ready_line
 
 
+def test_an_apps_own_platform_module_does_not_break_the_failure_report(spawn, tmp_path):
+    """The report is written with the app's directory first on sys.path: a platform.py of
+    the app's (one that fails, here) must not replace the reason with its own error."""
+    (tmp_path / "platform.py").write_text("raise RuntimeError('the app has its own platform module')\n")
+    w = spawn(app="no_such_module_xyz:app", wait_ready=False, cwd=tmp_path)
+    assert w.proc.wait(10) == 3
+    assert w.ready_line.startswith("ERROR ModuleNotFoundError: No module named 'no_such_module_xyz' (python="), \
+        w.ready_line
+
+
 def test_the_start_up_traceback_begins_in_the_app(spawn):
     """The worker's own frames (main(), load_app) and importlib's are left out."""
     w = spawn(app="broken_app:application", wait_ready=False)

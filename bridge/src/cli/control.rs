@@ -88,12 +88,12 @@ pub fn socket_for(config_dir: Option<&Path>, socket: Option<PathBuf>) -> Result<
 pub fn main(config_dir: Option<&Path>, socket: Option<PathBuf>, command: &str, json: bool) -> ExitCode {
     let path = match socket_for(config_dir, socket) {
         Ok(p) => p,
-        Err(code) => return code,
+        Err(code) => return signal_instead(command).unwrap_or(code),
     };
     match call(&path, command) {
         Err(e) => {
             eprintln!("fcgibridge: {e}");
-            ExitCode::FAILURE
+            signal_instead(command).unwrap_or(ExitCode::FAILURE)
         }
         Ok(Err(msg)) => {
             eprintln!("fcgibridge: {msg}");
@@ -112,6 +112,32 @@ pub fn main(config_dir: Option<&Path>, socket: Option<PathBuf>, command: &str, j
         Ok(Ok(text)) => {
             print!("{text}");
             ExitCode::SUCCESS
+        }
+    }
+}
+
+/// Under systemd (`ExecReload=`, whose `$MAINPID` names the bridge) a plain reload whose
+/// control socket is not configured or not reachable (an edit that moves it applies only
+/// at restart) is asked for with the daemon's signal instead, as before the control socket
+/// answered: SIGHUP, or SIGUSR2 for `--restart-workers`. Its outcome is then in the log only.
+fn signal_instead(command: &str) -> Option<ExitCode> {
+    use nix::sys::signal::{kill, Signal};
+    let signal = match command {
+        "reload" => Signal::SIGHUP,
+        "restart" => Signal::SIGUSR2,
+        _ => return None,
+    };
+    let pid = std::env::var("MAINPID").ok()?.parse::<i32>().ok().filter(|&p| p > 1)?;
+    match kill(nix::unistd::Pid::from_raw(pid), signal) {
+        Ok(()) => {
+            eprintln!(
+                "fcgibridge: sent {signal} to the bridge (pid {pid}, $MAINPID) instead; only its log tells whether the reload was taken"
+            );
+            Some(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("fcgibridge: cannot signal the bridge (pid {pid}, $MAINPID): {e}");
+            None
         }
     }
 }

@@ -163,6 +163,12 @@ impl<'a, S: BodySource> Limited<'a, S> {
         Limited { inner, limit, seen: 0, declared: None, watch, pace, waited, early, early_end: false, no_body: None }
     }
 
+    /// Time spent waiting for body bytes that had not arrived yet (what `body-min-rate`
+    /// measures).
+    pub(crate) fn waited(&self) -> Duration {
+        self.waited
+    }
+
     /// Body bytes received from the web server so far.
     pub(crate) fn received(&self) -> u64 {
         self.early.iter().fold(self.seen, |n, c| n.saturating_add(c.len() as u64))

@@ -606,9 +606,9 @@ impl<'a, S: BodySource, K: ResponseSink> Request<'a, S, K> {
     fn too_slow(&self, why: Tripped) -> String {
         let lst = self.lst;
         if why == Tripped::TooSlow {
-            let secs = self.started.elapsed().as_secs();
+            let waited = self.source.waited().as_secs();
             format!(
-                "request body too slow: {} bytes in {secs}s, below body-min-rate ({} bytes/s after body-timeout, {:?})",
+                "request body too slow: {} bytes while the bridge waited {waited}s for them, below body-min-rate ({} bytes/s beyond body-timeout, {:?})",
                 self.source.received(),
                 lst.body_min_rate,
                 lst.body_timeout

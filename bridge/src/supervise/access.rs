@@ -70,6 +70,17 @@ impl Reader {
         Ok(())
     }
 
+    /// The first directory of `dir` and those above it that this account may not search
+    /// (and so not enter `dir`), by the mode bits; None when it may.
+    pub(crate) fn search_blocker(&self, dir: &Path) -> Option<String> {
+        let mut dirs: Vec<&Path> = dir.ancestors().collect();
+        dirs.reverse();
+        dirs.into_iter().find_map(|d| {
+            let m = std::fs::metadata(d).ok()?;
+            (!allowed(&m, self.uid, &self.gids, SEARCH)).then(|| denied(d, &m))
+        })
+    }
+
     /// What keeps this account from executing `program`, by the mode bits: the first
     /// directory it may not search on the way, first along the path as written, then along
     /// where its symlinks lead, or the file itself without an execute bit for it. None when

@@ -73,10 +73,11 @@ pub(crate) enum Refusal {
 }
 
 impl Refusal {
-    /// The key of a refusal made for one key (and so remembered for it).
+    /// The key of a refusal made for one key and remembered for it. Not a broken instance:
+    /// what broke it may pass (an interpreter probe that timed out under load).
     fn key(&self) -> Option<&str> {
         match self {
-            Self::Missing { key, .. } | Self::Account { key, .. } | Self::Broken { key, .. } => Some(key),
+            Self::Missing { key, .. } | Self::Account { key, .. } => Some(key),
             _ => None,
         }
     }

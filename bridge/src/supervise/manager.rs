@@ -23,7 +23,8 @@
 //!   request); past the deadline its Python stacks are logged and it is killed.
 //! - Start-up failures back off exponentially (0.5 s doubling to 30 s); while no worker
 //!   is ready, one attempt at a time, and the dispatcher answers 503 at once. A worker
-//!   that dies serving a request is replaced at once, however young.
+//!   that dies serving a request is replaced at once, however young — but after a short
+//!   delay (at most 2 s) once several fresh workers in a row died so.
 use super::policy::{
     self, Action, DrainStep, Member, Mib, PoolState, Recycle, RolloutCause, Roster, Sampled, Sizing, Spread, State,
     Verdict, ROUND,
@@ -118,6 +119,8 @@ pub(crate) struct Manager {
     rate_limited: bool,
     backoff: Duration,
     next_spawn_at: Option<Instant>,
+    /// Young workers that died serving a request, in a row (their replacement's brake).
+    serving_deaths: policy::ServingDeaths,
     /// The last start-up failure, while no worker has become ready since.
     failing: Option<String>,
     last_failure: Arc<Mutex<Option<String>>>,
@@ -183,6 +186,7 @@ impl Manager {
             rate_limited: false,
             backoff: Duration::ZERO,
             next_spawn_at: None,
+            serving_deaths: policy::ServingDeaths::default(),
             failing: None,
             last_failure: Arc::new(Mutex::new(None)),
             unavailable_set: None,
@@ -316,25 +320,37 @@ impl Manager {
         self.crashes += 1;
         self.record_exit(w, format!("exited unexpectedly: {status}"), now);
         let (pool, pid, index) = (&*self.name, w.pid, w.index);
-        match policy::backoff_after_crash(self.backoff, w.ready_at, !lost.is_empty(), now) {
+        if !lost.is_empty() {
+            let serving = requests_line(lost);
+            match self.serving_deaths.after_death(w.ready_at, w.served, now) {
+                None => tracing::error!(
+                    pool,
+                    pid,
+                    index,
+                    "worker exited: {status}; replacing it at once (it died serving {serving})"
+                ),
+                Some(delay) => {
+                    let at = now + delay;
+                    self.next_spawn_at = Some(self.next_spawn_at.map_or(at, |t| t.max(at)));
+                    tracing::error!(
+                        pool,
+                        pid,
+                        index,
+                        "worker exited: {status}; replacing it in {delay:?}, as {} young workers in a row died serving a request (it died serving {serving})",
+                        self.serving_deaths.count()
+                    );
+                }
+            }
+            return;
+        }
+        match policy::backoff_after_crash(self.backoff, w.ready_at, now) {
             Some(backoff) => {
                 tracing::error!(pool, pid, index, "worker exited: {status}; replacing it");
                 self.backoff = backoff;
                 self.next_spawn_at = Some(now + backoff);
                 tracing::info!(pool, index, "restarting the worker in {backoff:?}");
             }
-            None if lost.is_empty() => tracing::error!(pool, pid, index, "worker exited: {status}; replacing it"),
-            None => {
-                let serving: Vec<String> =
-                    lost.iter().map(|r| format!("{} {} (request {})", r.method, r.uri, r.request_id)).collect();
-                tracing::error!(
-                    pool,
-                    pid,
-                    index,
-                    "worker exited: {status}; replacing it at once (it died serving {})",
-                    serving.join(", ")
-                );
-            }
+            None => tracing::error!(pool, pid, index, "worker exited: {status}; replacing it"),
         }
     }
 
@@ -413,8 +429,10 @@ impl Manager {
             let serving = self.workers.iter().filter(|w| w.state == State::Ready).count();
             let what = match self.rollout {
                 RolloutCause::Changed => "reload: configuration changed",
-                RolloutCause::Restart => "SIGUSR2: restart requested",
-                RolloutCause::RestartChanged => "SIGUSR2: restart requested, configuration changed",
+                RolloutCause::Restart => "restart requested (reload --restart-workers or SIGUSR2)",
+                RolloutCause::RestartChanged => {
+                    "restart requested (reload --restart-workers or SIGUSR2), configuration changed"
+                }
             };
             tracing::info!(
                 pool = &*self.name,
@@ -1011,6 +1029,13 @@ impl Manager {
     fn finished(&self) -> bool {
         self.stopping.is_some() && self.workers.is_empty()
     }
+}
+
+/// The requests a dead worker was serving, for its exit line: the first few only (an
+/// ASGI worker may hold hundreds).
+fn requests_line(lost: &[CurrentRequest]) -> String {
+    let each = lost.iter().map(|r| format!("{} {} (request {})", r.method, r.uri, r.request_id));
+    policy::list_at_most(each, lost.len(), policy::LISTED_REQUESTS)
 }
 
 /// The worker has no request left: SIGTERM it, SIGKILL after `grace` (at once after a

@@ -63,7 +63,7 @@ impl Spawner {
 /// reload --restart-workers`), or the pool no longer preloads.
 fn retire_why(restart: bool) -> &'static str {
     if restart {
-        "restart requested (SIGUSR2): new workers fork from freshly imported code"
+        "restart requested (reload --restart-workers or SIGUSR2): new workers fork from freshly imported code"
     } else {
         "preload turned off"
     }
@@ -77,6 +77,13 @@ pub(crate) struct PoolControl {
     /// Reconfigurations sent to the manager: its view reflects one once its `reconfigures`
     /// reaches this count (how `fcgibridge reload --wait` knows its reload arrived).
     pub(crate) reconfigures_sent: AtomicU64,
+}
+
+impl PoolControl {
+    /// The manager has ended: it takes no command in any more.
+    pub(crate) fn manager_gone(&self) -> bool {
+        self.cmd.is_closed()
+    }
 }
 
 /// A pool at run time: its configuration, its dispatcher and its manager.
@@ -127,10 +134,12 @@ impl PoolRuntime {
     }
 
     fn send(&self, cmd: ManagerCmd) {
-        if matches!(cmd, ManagerCmd::Reconfigure { .. }) {
+        let reconfigure = matches!(cmd, ManagerCmd::Reconfigure { .. });
+        // A manager that has ended (an instance retired meanwhile) takes nothing in: a
+        // reconfiguration counted then would hold `reload --wait` up to its deadline.
+        if self.control.cmd.send(cmd).is_ok() && reconfigure {
             self.control.reconfigures_sent.fetch_add(1, Ordering::Relaxed);
         }
-        let _ = self.control.cmd.send(cmd);
     }
 }
 
@@ -262,5 +271,26 @@ impl Supervisor {
         for t in self.tasks {
             let _ = t.await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reconfiguration_counts_only_once_its_manager_has_it() {
+        let p = PoolRuntime::new(config::Pool::for_tests());
+        let sent = || p.control.reconfigures_sent.load(Ordering::Relaxed);
+        let reconfigure = || ManagerCmd::Reconfigure { config: Arc::new(p.config.clone()), restart: true };
+        p.send(reconfigure());
+        assert_eq!(sent(), 1);
+        assert!(!p.control.manager_gone());
+        // The manager ended (an instance retired before the reload reached it): nothing
+        // will take the command in, so `reload --wait` must not wait for it.
+        drop(p.control.cmd_rx.lock().unwrap().take());
+        assert!(p.control.manager_gone());
+        p.send(reconfigure());
+        assert_eq!(sent(), 1);
     }
 }

@@ -65,19 +65,75 @@ pub(super) fn healthy(ready_at: Option<Instant>, now: Instant) -> bool {
     ready_at.is_some_and(|r| now.duration_since(r) >= HEALTHY_AFTER)
 }
 
-/// After a worker exited unasked: the longer backoff before the next spawn, or `None`
-/// when it is replaced at once — it had run healthily, or it died serving a request
-/// (`serving`). A request that kills its worker (a segfault, `os._exit`, the OOM killer)
-/// says nothing about whether the app starts: backing off for it would let a few hits on
-/// one bad URL (each fresh worker handed the next of them) empty the whole pool. The
-/// backoff is left as it was then, for start-up failures to go on from.
-pub(super) fn backoff_after_crash(
-    backoff: Duration,
-    ready_at: Option<Instant>,
-    serving: bool,
-    now: Instant,
-) -> Option<Duration> {
-    (!serving && !healthy(ready_at, now)).then(|| next_backoff(backoff))
+/// After a worker that served no request as it died exited unasked: the longer backoff
+/// before the next spawn, or `None` when it is replaced at once (it had run healthily).
+/// A worker that dies serving a request goes by [`ServingDeaths`] instead: such a request
+/// (a segfault, `os._exit`, the OOM killer) says nothing about whether the app starts, and
+/// backing off for it would let a few hits on one bad URL (each fresh worker handed the
+/// next of them) empty the whole pool. The backoff is left as it was then, for start-up
+/// failures to go on from.
+pub(super) fn backoff_after_crash(backoff: Duration, ready_at: Option<Instant>, now: Instant) -> Option<Duration> {
+    (!healthy(ready_at, now)).then(|| next_backoff(backoff))
+}
+
+/// Young workers that died serving a request, one after the other: the first
+/// [`SERVING_DEATHS_FREE`] are replaced at once, later ones after a short delay.
+pub(super) const SERVING_DEATHS_FREE: u32 = 3;
+/// A worker that served a request, or was ready this long, ends a streak of deaths while
+/// serving; so does this long without one.
+pub(super) const SERVING_DEATH_WINDOW: Duration = Duration::from_secs(10);
+/// The longest delay before replacing a worker that died serving: a bound on how often a
+/// request that kills every worker makes the host import the app, yet no outage.
+pub(super) const SERVING_DEATH_DELAY_MAX: Duration = Duration::from_secs(2);
+
+/// A streak of young workers dying while serving a request ([`Self::after_death`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(super) struct ServingDeaths {
+    count: u32,
+    last: Option<Instant>,
+    delay: Duration,
+}
+
+impl ServingDeaths {
+    /// A worker ready since `ready_at`, having finished `served` requests, died serving
+    /// one: `None` to replace it at once, or the delay before its replacement once
+    /// [`SERVING_DEATHS_FREE`] young workers in a row died so (every request crashing the
+    /// app would otherwise have the host re-import it without pause). The delay grows as
+    /// the start-up backoff does, capped at [`SERVING_DEATH_DELAY_MAX`].
+    pub(super) fn after_death(&mut self, ready_at: Option<Instant>, served: u64, now: Instant) -> Option<Duration> {
+        let young = served == 0 && ready_at.is_none_or(|r| now.duration_since(r) < SERVING_DEATH_WINDOW);
+        let recent = self.last.is_some_and(|t| now.duration_since(t) < SERVING_DEATH_WINDOW);
+        if !young || !recent {
+            *self = Self::default();
+        }
+        self.last = Some(now);
+        if !young {
+            return None;
+        }
+        self.count += 1;
+        if self.count <= SERVING_DEATHS_FREE {
+            return None;
+        }
+        self.delay = next_backoff(self.delay).min(SERVING_DEATH_DELAY_MAX);
+        Some(self.delay)
+    }
+
+    /// How many young workers in a row died serving (for the log line).
+    pub(super) fn count(&self) -> u32 {
+        self.count
+    }
+}
+
+/// The requests an exit line names at most.
+pub(super) const LISTED_REQUESTS: usize = 5;
+
+/// The first `at_most` of `total` items, comma-separated, then how many more there are.
+pub(super) fn list_at_most(items: impl Iterator<Item = String>, total: usize, at_most: usize) -> String {
+    let mut line = items.take(at_most).collect::<Vec<_>>().join(", ");
+    if total > at_most {
+        line += &format!(" … and {} more", total - at_most);
+    }
+    line
 }
 
 /// Whether a worker resets the start-up backoff at a round: healthy, and started with the
@@ -309,9 +365,9 @@ pub(super) fn flagged(
 pub(super) enum RolloutCause {
     /// A reload changed what a worker is (app, python, env, threads, isolation…).
     Changed,
-    /// SIGUSR2 asked to restart every worker; the pool's configuration is as it was.
+    /// SIGUSR2 or `fcgibridge reload --restart-workers` asked to restart the workers; the pool's configuration is as it was.
     Restart,
-    /// SIGUSR2 with a changed configuration.
+    /// The same with a changed configuration.
     RestartChanged,
 }
 
@@ -320,8 +376,8 @@ impl RolloutCause {
     pub(super) fn reason(self) -> &'static str {
         match self {
             Self::Changed => "reload (configuration changed)",
-            Self::Restart => "restart requested (SIGUSR2)",
-            Self::RestartChanged => "restart requested (SIGUSR2; configuration changed)",
+            Self::Restart => "restart requested (reload --restart-workers or SIGUSR2)",
+            Self::RestartChanged => "restart requested (reload --restart-workers or SIGUSR2; configuration changed)",
         }
     }
 
@@ -329,7 +385,9 @@ impl RolloutCause {
     pub(super) fn starting_reason(self) -> &'static str {
         match self {
             Self::Changed => "reload (started with the previous configuration)",
-            Self::Restart | Self::RestartChanged => "restart requested (SIGUSR2) while it was starting",
+            Self::Restart | Self::RestartChanged => {
+                "restart requested (reload --restart-workers or SIGUSR2) while it was starting"
+            }
         }
     }
 }

@@ -62,11 +62,18 @@ pub(crate) struct Refused(pub Vec<String>);
 /// What makes two pools' probes the same: chroot, interpreter, working directory, uid and gid.
 type ProbeKey = (Option<PathBuf>, PathBuf, PathBuf, u32, u32);
 
+/// A probe's key without the working directory: an interpreter that ran for one pool of an
+/// account runs for the others (only their directories are new).
+fn interpreter_of(key: &ProbeKey) -> (Option<PathBuf>, PathBuf, u32, u32) {
+    (key.0.clone(), key.1.clone(), key.3, key.4)
+}
+
 /// Probe the interpreter of every pool that runs Python (not `command:` pools), each
 /// distinct one once. Blocks for as long as the interpreters take (at most
 /// [`PROBE_TIMEOUT`] each); from async code call it through `spawn_blocking`.
 pub(crate) fn check_pools(pools: &[Pool]) -> Result<(), Refused> {
-    let mut seen: HashMap<ProbeKey, Result<Found, ProbeError>> = HashMap::new();
+    let mut seen: HashMap<ProbeKey, Result<(), ProbeError>> = HashMap::new();
+    let mut ran = std::collections::HashSet::new();
     let (euid, egid) = (nix::unistd::geteuid().as_raw(), nix::unistd::getegid().as_raw());
     let mut lines = Vec::new();
     for pool in pools {
@@ -78,7 +85,19 @@ pub(crate) fn check_pools(pools: &[Pool]) -> Result<(), Refused> {
         let iso = &pool.isolation;
         let key =
             (iso.chroot.clone(), pool.python.clone(), pool.chdir.clone(), iso.worker_uid(euid), iso.worker_gid(egid));
-        let outcome = seen.entry(key).or_insert_with(|| probe(&pool.python, pool));
+        let interpreter = interpreter_of(&key);
+        let outcome = seen.entry(key).or_insert_with(|| {
+            // A process per interpreter and account, not per pool (a reload probes them all):
+            // another directory of an interpreter that ran is looked at by its mode bits.
+            if pool.isolation.chroot.is_none() && ran.contains(&interpreter) {
+                return may_enter(pool);
+            }
+            let outcome = probe(&pool.python, pool).map(drop);
+            if outcome.is_ok() {
+                ran.insert(interpreter);
+            }
+            outcome
+        });
         match outcome {
             Ok(_) => {}
             Err(e @ ProbeError::Chdir { .. }) => {
@@ -154,6 +173,30 @@ pub(crate) fn probe(python: &Path, pool: &Pool) -> Result<Found, ProbeError> {
             Err(ProbeError::Spawn { source, run_as, detail })
         }
         other => other,
+    }
+}
+
+/// Whether the pool's workers may enter its working directory, by the mode bits of every
+/// directory on the way (as `access.rs` decides; the bridge's own account asks the kernel).
+fn may_enter(pool: &Pool) -> Result<(), ProbeError> {
+    let chdir_error = |source: std::io::Error, run_as: Option<String>| ProbeError::Chdir {
+        dir: pool.chdir.clone(),
+        origin: chdir_origin(pool),
+        source,
+        run_as,
+    };
+    let Some(reader) = super::access::Reader::of(&pool.isolation) else {
+        return nix::unistd::access(&pool.chdir, nix::unistd::AccessFlags::X_OK)
+            .map_err(|e| chdir_error(std::io::Error::from(e), None));
+    };
+    let run_as = super::isolate::Credentials::of(&pool.isolation).run_as().map(str::to_owned);
+    match std::fs::metadata(&pool.chdir) {
+        Err(e) => Err(chdir_error(e, run_as)),
+        Ok(m) if !m.is_dir() => Err(chdir_error(std::io::Error::from_raw_os_error(libc::ENOTDIR), run_as)),
+        Ok(_) => match reader.search_blocker(&pool.chdir) {
+            None => Ok(()),
+            Some(_) => Err(chdir_error(std::io::Error::from_raw_os_error(libc::EACCES), run_as)),
+        },
     }
 }
 

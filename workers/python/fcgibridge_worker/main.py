@@ -293,14 +293,14 @@ def ready_fd_from_env():
 def _where():
     """``python=/srv/venv/bin/python (3.11.2) chdir=/srv/app``: which interpreter looked
     for the app's modules, and from where (a wrong ``python:`` or ``chdir:`` is the usual
-    cause of an import error)."""
-    import platform
-
+    cause of an import error). Nothing is imported here: the app's directory is first on
+    ``sys.path``, and a ``platform.py`` of its own would break the report it is in."""
     try:
         cwd = os.getcwd()
     except OSError as e:
         cwd = "? (%s)" % e.strerror
-    return "python=%s (%s) chdir=%s" % (sys.executable or "?", platform.python_version(), cwd)
+    version = "%d.%d.%d" % sys.version_info[:3]
+    return "python=%s (%s) chdir=%s" % (sys.executable or "?", version, cwd)
 
 
 def _app_frames(tb):

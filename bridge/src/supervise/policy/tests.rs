@@ -44,10 +44,10 @@ fn backoff_resets_after_a_healthy_run_only() {
     let t0 = Instant::now();
     let b = secs(4);
     // Crashed before becoming ready, or soon after: the backoff grows.
-    assert_eq!(backoff_after_crash(b, None, false, t0), Some(secs(8)));
-    assert_eq!(backoff_after_crash(b, Some(t0), false, t0 + Duration::from_millis(999)), Some(secs(8)));
+    assert_eq!(backoff_after_crash(b, None, t0), Some(secs(8)));
+    assert_eq!(backoff_after_crash(b, Some(t0), t0 + Duration::from_millis(999)), Some(secs(8)));
     // Ran healthily first: replaced at once, the backoff is left alone.
-    assert_eq!(backoff_after_crash(b, Some(t0), false, t0 + HEALTHY_AFTER), None);
+    assert_eq!(backoff_after_crash(b, Some(t0), t0 + HEALTHY_AFTER), None);
     // A round with a healthy worker clears it; one without keeps it.
     assert!(healthy(Some(t0), t0 + HEALTHY_AFTER));
     assert_eq!(backoff_after_round(b, true), Duration::ZERO);
@@ -57,25 +57,54 @@ fn backoff_resets_after_a_healthy_run_only() {
 #[test]
 fn a_worker_that_dies_serving_a_request_is_replaced_at_once_however_young() {
     let t0 = Instant::now();
-    // A bad URL (os._exit, a segfault) hit again and again: each fresh worker is handed
-    // the next of those requests and dies within milliseconds of READY. No backoff: one
-    // 502 per hit, not a pool left without workers for minutes.
-    let mut backoff = Duration::ZERO;
+    // A bad URL (os._exit, a segfault) hit now and then between healthy requests: a
+    // worker that served one is no start-up crash. No delay: one 502 per hit, not a pool
+    // left without workers for minutes.
+    let mut deaths = ServingDeaths::default();
     let mut r = roster(Mode::Static, 4, (0..3).map(|i| ready(i, t0, None)).collect());
     for hit in 0..40 {
-        // As the manager does: a backoff, when there is one, holds every spawn back.
         let died = t0 + Duration::from_millis(10 * hit);
-        if let Some(b) = backoff_after_crash(backoff, Some(died - Duration::from_millis(5)), true, died) {
-            backoff = b;
-            r.next_spawn_at = Some(died + b);
+        if let Some(d) = deaths.after_death(Some(died - Duration::from_millis(5)), 1, died) {
+            r.next_spawn_at = Some(died + d);
         }
         assert_eq!(plan(&r, died), vec![Action::Spawn(1)], "hit {hit}: replaced at once");
     }
-    assert_eq!(backoff, Duration::ZERO);
-    // The start-up backoff is left as it was, for start-up failures to go on from.
-    assert_eq!(backoff_after_crash(secs(4), Some(t0), true, t0), None);
+    // Fresh workers that each die on their first request: the first few are replaced at
+    // once (a burst of hits on one bad URL)…
+    for hit in 0..SERVING_DEATHS_FREE {
+        let died = t0 + Duration::from_millis(10 * u64::from(hit));
+        assert_eq!(deaths.after_death(Some(died), 0, died), None, "hit {hit}");
+    }
+    // …then each replacement waits, the delay growing to its cap.
+    let at = |n: u64| t0 + Duration::from_millis(500 * n);
+    let delays: Vec<_> = (1..7).map(|n| deaths.after_death(Some(at(n)), 0, at(n))).collect();
+    let ms = |n| Some(Duration::from_millis(n));
+    assert_eq!(delays, [ms(500), ms(1000), ms(2000), ms(2000), ms(2000), ms(2000)]);
+    assert_eq!(deaths.count(), SERVING_DEATHS_FREE + 6);
+    // A worker that served a request ends the streak (and is replaced at once); so does a
+    // worker ready for the window, or a window without such a death.
+    let t1 = at(7);
+    assert_eq!(deaths.after_death(Some(t1), 1, t1), None);
+    let streak = |d: &mut ServingDeaths, from: Instant| {
+        (0..=SERVING_DEATHS_FREE).map(|i| d.after_death(None, 0, from + secs(i.into()))).collect::<Vec<_>>()
+    };
+    let braked = |v: &[Option<Duration>]| v.iter().filter(|d| d.is_some()).count();
+    assert_eq!(braked(&streak(&mut deaths, t1)), 1, "counted afresh: only the fourth waits");
+    let t2 = t1 + secs(10);
+    assert_eq!(deaths.after_death(Some(t2 - SERVING_DEATH_WINDOW), 0, t2), None);
+    assert_eq!(braked(&streak(&mut deaths, t2)), 1);
+    let t3 = t2 + secs(10) + SERVING_DEATH_WINDOW;
+    assert_eq!(braked(&streak(&mut deaths, t3)), 1);
     // Dying young while serving nothing is still a start-up crash.
-    assert_eq!(backoff_after_crash(secs(4), Some(t0), false, t0 + Duration::from_millis(10)), Some(secs(8)));
+    assert_eq!(backoff_after_crash(secs(4), Some(t0), t0 + Duration::from_millis(10)), Some(secs(8)));
+}
+
+#[test]
+fn an_exit_line_names_a_few_requests_and_counts_the_rest() {
+    let items = |n: usize| (1..=n).map(|i| format!("GET /{i}"));
+    assert_eq!(list_at_most(items(2), 2, 5), "GET /1, GET /2");
+    assert_eq!(list_at_most(items(5), 5, 5), "GET /1, GET /2, GET /3, GET /4, GET /5");
+    assert_eq!(list_at_most(items(300), 300, 5), "GET /1, GET /2, GET /3, GET /4, GET /5 … and 295 more");
 }
 
 #[test]
@@ -269,7 +298,7 @@ fn max_requests_waits_for_min_lifetime() {
     assert!(flagged(&s, Some(RolloutCause::Changed), None, Some(t0), t0)
         .is_some_and(|r| r.reason == "reload (configuration changed)"));
     assert!(flagged(&s, Some(RolloutCause::Restart), None, Some(t0), t0)
-        .is_some_and(|r| r.reason == "restart requested (SIGUSR2)"));
+        .is_some_and(|r| r.reason == "restart requested (reload --restart-workers or SIGUSR2)"));
 }
 
 #[test]
