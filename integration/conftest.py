@@ -3,7 +3,9 @@
 Every process started here is stopped in fixture teardown (SIGTERM, then SIGKILL for
 whatever is left of its process group).
 """
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -79,3 +81,16 @@ def log(bridge):
 def transport(request):
     """Each nginx → bridge transport."""
     return request.param
+
+
+@pytest.fixture
+def public_dir():
+    """A directory every user may traverse (pytest's own temporary directories are 0700):
+    apps and working directories of pools that run as another user go here, so that only
+    what a test locks is locked."""
+    d = Path(tempfile.mkdtemp(prefix="fcgibridge-public-"))
+    d.chmod(0o755)
+    try:
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)

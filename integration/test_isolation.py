@@ -14,7 +14,6 @@ import os
 import pwd
 import shutil
 import subprocess
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -45,17 +44,6 @@ def check(confdir: Path, as_user=None):
         os.setuid(as_user.pw_uid)
     return subprocess.run([str(bridge_binary()), "check", "--config", str(confdir)], capture_output=True,
                           text=True, timeout=60, preexec_fn=drop if as_user else None)
-
-
-@pytest.fixture
-def public_dir():
-    """A directory every user can traverse (pytest's own temporary directories are 0700)."""
-    d = Path(tempfile.mkdtemp(prefix="fcgibridge-iso-"))
-    d.chmod(0o755)
-    try:
-        yield d
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
 
 
 def public_app(d: Path, name="app.py", source="whoami_app.py") -> Path:

@@ -13,7 +13,6 @@ import re
 import shutil
 import signal
 import subprocess
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -135,18 +134,6 @@ def test_a_program_that_is_not_python_is_refused(tmp_path, exe, said):
         in r.stderr, r.stderr
     code, err = run_daemon(d)
     assert code == 2 and "pools.notpy.python" in err, err
-
-
-@pytest.fixture
-def public_dir():
-    """A directory every user may traverse (pytest's temporary directories are 0700): the
-    pools' app and working directory go here, so that only what a test locks is locked."""
-    d = Path(tempfile.mkdtemp(prefix="fcgibridge-probe-"))
-    d.chmod(0o755)
-    try:
-        yield d
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
 
 
 def user_conf(d: Path, pool: dict) -> Path:

@@ -306,10 +306,9 @@ fn socket_dir_problem(path: &Path, runtime_dir: Option<&Path>) -> Option<String>
         return None;
     }
     let shown = dir.display();
-    match std::fs::metadata(dir) {
-        Ok(m) if m.is_dir() => None,
-        Ok(_) => Some(format!("{shown} is not a directory: the socket file cannot be created in it")),
-        Err(e) if matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory) => {
+    match missing_dir(dir)? {
+        Missing::NotADirectory => Some(format!("{shown} is not a directory: the socket file cannot be created in it")),
+        Missing::Absent => {
             let instead = match runtime_dir {
                 Some(r) => format!("or put the socket in the runtime-dir {}", r.display()),
                 None => format!("or make it the runtime-dir (bridge: runtime-dir: {shown})"),
@@ -318,6 +317,24 @@ fn socket_dir_problem(path: &Path, runtime_dir: Option<&Path>) -> Option<String>
                 "directory {shown} does not exist: create it before the bridge starts (systemd: \
                  RuntimeDirectory=), {instead}, which the bridge creates"
             ))
+        }
+    }
+}
+
+/// What is wrong with a directory a file is to be made in.
+enum Missing {
+    Absent,
+    NotADirectory,
+}
+
+/// `dir` is no directory (None when it is one, or when this user cannot tell: the bridge
+/// may run as another).
+fn missing_dir(dir: &Path) -> Option<Missing> {
+    match std::fs::metadata(dir) {
+        Ok(m) if m.is_dir() => None,
+        Ok(_) => Some(Missing::NotADirectory),
+        Err(e) if matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory) => {
+            Some(Missing::Absent)
         }
         Err(_) => None,
     }
@@ -354,14 +371,12 @@ fn log_dir_problem(path: &Path, runtime_dir: Option<&Path>) -> Option<String> {
         return None;
     }
     let shown = dir.display();
-    match std::fs::metadata(dir) {
-        Ok(m) if m.is_dir() => None,
-        Ok(_) => Some(format!("{shown} is not a directory")),
-        Err(e) if matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory) => Some(
-            format!("directory {shown} does not exist; create it before the bridge starts (systemd: LogsDirectory=)"),
-        ),
-        Err(_) => None,
-    }
+    Some(match missing_dir(dir)? {
+        Missing::NotADirectory => format!("{shown} is not a directory"),
+        Missing::Absent => {
+            format!("directory {shown} does not exist; create it before the bridge starts (systemd: LogsDirectory=)")
+        }
+    })
 }
 
 /// The `bridge:` keys gathered across files, remembering who set each.

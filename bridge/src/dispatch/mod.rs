@@ -320,6 +320,20 @@ struct ConnEntry {
     canceller: Option<Canceller>,
 }
 
+impl ConnEntry {
+    /// The request on this connection, as the status page shows it.
+    fn current(&self) -> CurrentRequest {
+        CurrentRequest {
+            request_id: self.label.request_id,
+            method: self.label.method(),
+            uri: self.label.uri(),
+            since: self.since,
+            timed_out: self.timed_out,
+            abandoned: self.abandoned,
+        }
+    }
+}
+
 /// One worker's numbers, for the manager and the status page.
 #[derive(Debug, Clone)]
 pub(crate) struct WorkerView {
@@ -847,14 +861,7 @@ impl<S: Slot> Dispatcher<S> {
             .iter()
             .enumerate()
             .filter(|&(i, c)| ((c.open && c.busy) || c.lost) && !resent.contains(&(i as u32)))
-            .map(|(_, c)| CurrentRequest {
-                request_id: c.label.request_id,
-                method: c.label.method(),
-                uri: c.label.uri(),
-                since: c.since,
-                timed_out: c.timed_out,
-                abandoned: c.abandoned,
-            })
+            .map(|(_, c)| c.current())
             .collect();
         lost.sort_by_key(|r| r.request_id);
         lost
@@ -888,18 +895,7 @@ impl<S: Slot> Dispatcher<S> {
         let mut inner = self.lock();
         let w = inner.worker_mut(worker)?;
         let current = if with_current {
-            w.conns
-                .iter()
-                .filter(|c| c.open && c.busy)
-                .map(|c| CurrentRequest {
-                    request_id: c.label.request_id,
-                    method: c.label.method(),
-                    uri: c.label.uri(),
-                    since: c.since,
-                    timed_out: c.timed_out,
-                    abandoned: c.abandoned,
-                })
-                .collect()
+            w.conns.iter().filter(|c| c.open && c.busy).map(ConnEntry::current).collect()
         } else {
             Vec::new()
         };
