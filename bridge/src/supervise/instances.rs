@@ -438,6 +438,23 @@ impl Instances {
     }
 }
 
+/// Whether a new instance of `t` may start now: a spawn-rate token is there, and room under
+/// max-instances — with the key of the least recently used idle instance to stop for it
+/// at the cap. Nothing is spent.
+fn room(st: &mut State, t: &Template, key: &str, now: Instant) -> Result<Option<String>, Refusal> {
+    if !st.spawns.has(t.spawn_rate, now) {
+        return Err(Refusal::SpawnRate(key.to_owned()));
+    }
+    if st.live.len() < t.max_instances as usize {
+        return Ok(None);
+    }
+    let lru = st.live.iter().filter(|(_, i)| is_idle(&i.pool)).min_by_key(|(_, i)| i.last_used);
+    match lru {
+        Some((k, _)) => Ok(Some(k.clone())),
+        None => Err(Refusal::Full { key: key.to_owned(), max: t.max_instances }),
+    }
+}
+
 /// The configuration's warnings about templates (as `fcgibridge check` prints them).
 fn warn_of(templates: &[Template]) {
     for (t, w) in templates.iter().flat_map(|t| t.warnings.iter().map(move |w| (t, w))) {
@@ -640,14 +657,7 @@ impl TemplateRuntime {
 
     /// Whether a new instance could start now (spawn-rate, max-instances), spending nothing.
     fn may_admit(&self, t: &Template, key: &str) -> Result<(), Refusal> {
-        let mut st = self.lock();
-        if !st.spawns.has(t.spawn_rate, Instant::now()) {
-            return Err(Refusal::SpawnRate(key.to_owned()));
-        }
-        if st.live.len() >= t.max_instances as usize && !st.live.values().any(|i| is_idle(&i.pool)) {
-            return Err(Refusal::Full { key: key.to_owned(), max: t.max_instances });
-        }
-        Ok(())
+        room(&mut self.lock(), t, key, Instant::now()).map(drop)
     }
 
     /// spawn-rate and max-instances: a token for a new instance, and room for it (the least
@@ -656,23 +666,7 @@ impl TemplateRuntime {
         let now = Instant::now();
         let victim = {
             let mut st = self.lock();
-            if !st.spawns.has(t.spawn_rate, now) {
-                return Err(Refusal::SpawnRate(key.to_owned()));
-            }
-            let victim = if st.live.len() >= t.max_instances as usize {
-                let lru = st
-                    .live
-                    .iter()
-                    .filter(|(_, i)| is_idle(&i.pool))
-                    .min_by_key(|(_, i)| i.last_used)
-                    .map(|(k, _)| k.clone());
-                match lru {
-                    Some(k) => st.live.remove(&k),
-                    None => return Err(Refusal::Full { key: key.to_owned(), max: t.max_instances }),
-                }
-            } else {
-                None
-            };
+            let victim = room(&mut st, t, key, now)?.and_then(|k| st.live.remove(&k));
             st.spawns.take(t.spawn_rate, now);
             victim
         };
