@@ -284,3 +284,55 @@ def test_a_template_that_names_a_stranger_as_its_worker_is_killed_and_the_strang
     finally:
         decoy.kill()
         decoy.wait()
+
+
+FORGING_APP = '''
+import os
+import socket
+
+if os.environ.get("FCGIBRIDGE_TEMPLATE") == "1":
+    _fork = os.fork
+    _forks = []
+
+    def _forging_fork():
+        pid = _fork()
+        if pid:
+            _forks.append(pid)
+            if len(_forks) == 2:
+                # Tell the bridge the first worker exited, while it runs on.
+                ctl = socket.socket(fileno=os.dup(4))
+                ctl.send(b"EXIT %d 0" % _forks[0])
+                ctl.close()
+                with open(os.environ["FORGED_FILE"], "w") as f:
+                    f.write(str(_forks[0]))
+        return pid
+    os.fork = _forging_fork
+
+
+def application(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"ok"]
+'''
+
+
+def test_a_template_that_reports_a_running_worker_as_exited_gets_it_killed(tmp_path):
+    """The template runs the app's code: an EXIT it forges for a worker that still runs
+    must not leave that worker serving on, outside every limit and count."""
+    app = tmp_path / "forging_app.py"
+    app.write_text(FORGING_APP)
+    forged = tmp_path / "forged"
+    port = free_ports(1)[0]
+    pools = {"forger": {"app": str(app), "processes": 2, "threads": 1, "preload": True,
+                        "env": {"FORGED_FILE": str(forged)}}}
+    b = make_bridge(tmp_path, pools, {"l": {"fastcgi": f"127.0.0.1:{port}", "pool": "forger"}})
+    try:
+        b.start()
+        wait_until(lambda: forged.exists() and forged.read_text(), 120, what="the template to forge an EXIT")
+        victim = int(forged.read_text())
+        lines = b.log.wait_for([r"the template reported this worker as exited while it still runs; killing it",
+                                rf"pid={victim}\b"], timeout=60)
+        assert "forger" in lines[-1], lines[-1]
+        wait_until(lambda: _exited(victim), 60, what=f"worker {victim} to be killed")
+        wait_until(lambda: b.request("/", listener="l").status == 200, 60, what="the pool to serve again")
+    finally:
+        b.stop()

@@ -126,7 +126,8 @@ pub(super) async fn spawn_forked(
     let reader = |fd: OwnedFd| -> Result<OutputPipe, TemplateError> {
         Ok(Box::new(tokio::net::unix::pipe::Receiver::from_owned_fd(fd).map_err(TemplateError::Control)?))
     };
-    let child = match WorkerChild::forked(pid, template.pid, exit, reader(out_r)?, reader(err_r)?) {
+    let (stdout, stderr) = (reader(out_r)?, reader(err_r)?);
+    let child = match WorkerChild::forked(template.pool.clone(), pid, template.pid, exit, stdout, stderr) {
         Ok(child) => child,
         Err(why) => {
             // The template's code lied about its fork: it is trusted with nothing more.

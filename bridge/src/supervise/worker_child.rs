@@ -26,6 +26,8 @@ enum Inner {
     /// stranger. `None` only where pidfd_open(2) is missing (Linux < 5.3).
     Forked {
         pid: u32,
+        pool: std::sync::Arc<str>,
+        parent: u32,
         pidfd: Option<OwnedFd>,
         exit: Option<oneshot::Receiver<i32>>,
         status: Option<ExitStatus>,
@@ -46,6 +48,7 @@ impl WorkerChild {
     /// first, it must be the template's own child — else the bridge would sample, signal and
     /// at last SIGKILL whatever process the app named (another tenant's, the web server).
     pub(super) fn forked(
+        pool: std::sync::Arc<str>,
         pid: u32,
         parent: u32,
         exit: oneshot::Receiver<i32>,
@@ -61,7 +64,7 @@ impl WorkerChild {
         Ok(Self {
             stdout: Some(stdout),
             stderr: Some(stderr),
-            inner: Inner::Forked { pid, pidfd, exit: Some(exit), status: None },
+            inner: Inner::Forked { pid, pool, parent, pidfd, exit: Some(exit), status: None },
         })
     }
 
@@ -79,13 +82,26 @@ impl WorkerChild {
         match &mut self.inner {
             Inner::Direct(c) => c.wait().await,
             Inner::Forked { status: Some(s), .. } => Ok(*s),
-            Inner::Forked { exit, status, .. } => {
+            Inner::Forked { exit, status, pidfd, pid, pool, parent } => {
                 let Some(rx) = exit.as_mut() else {
                     return Err(io::Error::other("the template that forked this worker is gone"));
                 };
                 match rx.await {
                     Ok(raw) => {
-                        let s = ExitStatus::from_raw(raw);
+                        let mut s = ExitStatus::from_raw(raw);
+                        if let Some(fd) = pidfd.as_ref().filter(|fd| !has_exited(fd)) {
+                            // The template runs the app's code: an EXIT for a worker that still
+                            // runs would leave it serving outside every limit and count.
+                            tracing::error!(
+                                pool = &**pool,
+                                pid = *pid,
+                                template = *parent,
+                                "the template reported this worker as exited while it still runs; killing it"
+                            );
+                            pidfd_signal(fd, Signal::SIGKILL);
+                            wait_exited(fd).await;
+                            s = ExitStatus::from_raw(libc::SIGKILL);
+                        }
                         *status = Some(s);
                         *exit = None;
                         Ok(s)
@@ -122,18 +138,7 @@ impl WorkerChild {
     /// Send `sig` while the process may still run; never to a reaped (possibly reused) pid.
     pub(super) fn signal(&self, sig: Signal) {
         match &self.inner {
-            Inner::Forked { pidfd: Some(fd), status: None, .. } => {
-                // SAFETY: pidfd_send_signal(2) with a valid pidfd, no siginfo, no flags.
-                unsafe {
-                    libc::syscall(
-                        libc::SYS_pidfd_send_signal,
-                        fd.as_raw_fd(),
-                        sig as libc::c_int,
-                        std::ptr::null::<libc::siginfo_t>(),
-                        0,
-                    );
-                }
-            }
+            Inner::Forked { pidfd: Some(fd), status: None, .. } => pidfd_signal(fd, sig),
             _ => {
                 // The bridge's own child stays unreaped (its pid reserved) until `wait` returns,
                 // after which `id()` is None.
@@ -149,6 +154,37 @@ impl WorkerChild {
 fn parent_of(pid: u32) -> Option<u32> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     stat[stat.rfind(')')? + 1..].split_whitespace().nth(1)?.parse().ok()
+}
+
+fn pidfd_signal(fd: &OwnedFd, sig: Signal) {
+    // SAFETY: pidfd_send_signal(2) with a valid pidfd, no siginfo, no flags.
+    unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            fd.as_raw_fd(),
+            sig as libc::c_int,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        );
+    }
+}
+
+/// A pidfd turns readable once its process has exited (reaped or not).
+fn has_exited(fd: &OwnedFd) -> bool {
+    let mut p = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+    // SAFETY: one valid pollfd, no wait.
+    unsafe { libc::poll(&mut p, 1, 0) == 1 }
+}
+
+/// Until the process behind `fd` has exited.
+async fn wait_exited(fd: &OwnedFd) {
+    let Ok(dup) = fd.try_clone() else { return };
+    // SAFETY: the copy moves into the AsyncFd and stays open as long as it is registered.
+    let Ok(watch) = (unsafe { tokio::io::unix::AsyncFd::register_with_interest(dup, tokio::io::Interest::READABLE) })
+    else {
+        return;
+    };
+    let _ = watch.readable().await;
 }
 
 /// A pidfd for `pid`, taken as soon as the template names its fork.
