@@ -118,6 +118,13 @@ enum Command {
     Check {
         #[command(flatten)]
         config: ConfigArg,
+        /// Then import every pool's app as its workers would — the pool's interpreter, user,
+        /// chroot, chdir, env and interface — and report each, `ok` or its start-up error
+        /// (on stderr; exit 1 if one fails). This runs the apps' code, as the pools' users.
+        /// Nothing is served; an import longer than the pool's startup-timeout is killed.
+        /// Templates are skipped (their instances are made on demand).
+        #[arg(long)]
+        import: bool,
     },
     /// Send one request to a FastCGI or SCGI address and print the response.
     Request {
@@ -147,7 +154,9 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Run { config } => config.resolve().map_or_else(|code| code, |dir| daemon::main(&dir)),
-        Command::Check { config } => config.resolve().map_or_else(|code| code, |dir| cli::check::main(&dir)),
+        Command::Check { config, import } => {
+            config.resolve().map_or_else(|code| code, |dir| cli::check::main(&dir, import))
+        }
         Command::Status { config, socket, json } => control_main(config, socket, "status", json),
         Command::Top { config, socket, interval, count } => {
             control_socket(config, socket).map_or_else(|code| code, |path| cli::top::main(&path, interval, count))

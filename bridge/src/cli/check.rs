@@ -4,17 +4,19 @@
 //! default written out and every path absolute, so it answers "what will the daemon
 //! actually do?" and can be diffed between deployments. Exit status: 0 when valid,
 //! 1 when not (the error, `file:line:column: key: message`, goes to stderr). Each pool's
-//! interpreter is run once to read its version (supervise/probe.rs).
+//! interpreter is run once to read its version (supervise/probe.rs). With `--import`, each
+//! pool's app is then imported as its workers would import it (supervise/app_import.rs).
 use crate::config::units::{DurationDisplay, SizeDisplay};
 use crate::config::ErrorPage;
 use crate::config::{self, App, Config, ListenAddress, Listener, LogFormat, Pool, Protocol};
+use crate::supervise::app_import::Imported;
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::path::Path;
 use std::process::ExitCode;
 
-/// Entry point of the subcommand.
-pub fn main(config_dir: &Path) -> ExitCode {
+/// Entry point of the subcommand; `import`: `--import`.
+pub fn main(config_dir: &Path, import: bool) -> ExitCode {
     crate::supervise::keep_inherited_descriptors_from_children();
     // The interpreters are run only once the files are valid: their errors come after.
     let loaded = config::load(config_dir).map_err(|e| e.to_string());
@@ -29,6 +31,9 @@ pub fn main(config_dir: &Path) -> ExitCode {
             let mut out = std::io::stdout().lock();
             // A closed pipe (`fcgibridge check | head`) is not a configuration error.
             let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
+            if import && !import_apps(&config) {
+                return ExitCode::FAILURE;
+            }
             ExitCode::SUCCESS
         }
         Err(err) => {
@@ -37,6 +42,51 @@ pub fn main(config_dir: &Path) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `--import`: every pool's app imported as its workers would import it, one at a time,
+/// each reported on stderr as `file:line:column: pools.NAME.app: ok (…)` or `… import
+/// failed: <the worker's start-up error>` followed by what the import printed (the
+/// traceback), indented. True when every app imported.
+fn import_apps(config: &Config) -> bool {
+    let package = match crate::supervise::RuntimeDir::for_check(config.global.runtime_dir.as_deref()) {
+        Ok(dir) => dir,
+        Err(e) => {
+            eprintln!("fcgibridge: --import: {e}");
+            return false;
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("fcgibridge: --import: cannot start the runtime that waits for the imports: {e}");
+            return false;
+        }
+    };
+    let mut all_ok = true;
+    for pool in &config.pools {
+        let (at, key) = (&pool.app_at.at, &pool.app_at.key);
+        if let App::Command(_) = pool.app {
+            eprintln!("{at}: {key}: skipped: a FastCGI program, not a Python app");
+            continue;
+        }
+        match runtime.block_on(crate::supervise::app_import::import_app(pool, &package.python_path())) {
+            Imported::Ok { interface, took } => {
+                eprintln!("{at}: {key}: ok ({interface}, imported in {:.2}s)", took.as_secs_f64())
+            }
+            Imported::Failed { why, output } => {
+                all_ok = false;
+                eprintln!("{at}: {key}: import failed: {why}");
+                for line in output.lines() {
+                    eprintln!("    {line}");
+                }
+            }
+        }
+    }
+    for t in &config.templates {
+        eprintln!("{}: pools.{}: skipped: a template, its instances are made on demand", t.file, t.name);
+    }
+    all_ok
 }
 
 /// The effective configuration as YAML that `config::load` would read back unchanged.
@@ -423,6 +473,7 @@ mod tests {
                     python: PathBuf::from("/bin/sh"),
                     python_at: Default::default(),
                     app: App::File { path: app.clone(), callable: "app".into() },
+                    app_at: Default::default(),
                     chdir: dir.clone(),
                     chdir_at: Default::default(),
                     env: BTreeMap::from([("A".into(), "1".into()), ("QUOTED".into(), "x: \"y\"".into())]),
@@ -444,6 +495,7 @@ mod tests {
                     python: PathBuf::from("/bin/sh"),
                     python_at: Default::default(),
                     app: App::Module { module: "mysite.wsgi".into(), callable: "application".into() },
+                    app_at: Default::default(),
                     chdir: PathBuf::from("/"),
                     chdir_at: Default::default(),
                     env: BTreeMap::new(),

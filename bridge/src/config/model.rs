@@ -224,6 +224,8 @@ pub struct Pool {
     pub python_at: KeyAt,
     /// "package.module:callable", or the path of a .wsgi/.py file that defines `application`.
     pub app: App,
+    /// Where `app` (or `command`) was written, for `check --import`'s report.
+    pub app_at: KeyAt,
     /// Working directory of the workers (default: the directory of the config file).
     pub chdir: PathBuf,
     /// Where `chdir` was written (or, by default, the pool), for the interpreter probe's errors.
@@ -266,6 +268,7 @@ impl Pool {
             python: "python3".into(),
             python_at: Default::default(),
             app: App::Module { module: "x".into(), callable: "application".into() },
+            app_at: Default::default(),
             chdir: "/".into(),
             chdir_at: Default::default(),
             env: Default::default(),

@@ -93,6 +93,8 @@ pub(super) fn pool(
     let raw_supervision = super::supervision::RawSupervision::take(&mut raw);
     let raw_interface = super::interface::RawInterface::take(&mut raw);
 
+    let app_key = here.key(if raw.command.is_some() && raw.app.is_none() { "command" } else { "app" });
+    let app_at = KeyAt { at: src.at(&app_key).to_string(), key: app_key.to_string(), written: true };
     let app = pool_app(src, &here, dir, (raw.app.take(), raw.command.take()), search_path, &mut errs);
 
     let python = paths::find_python(raw.python.as_deref().unwrap_or(DEFAULT_PYTHON), dir, search_path)
@@ -145,6 +147,7 @@ pub(super) fn pool(
                 python,
                 python_at,
                 app,
+                app_at,
                 chdir,
                 chdir_at,
                 env: env.into_iter().collect(),

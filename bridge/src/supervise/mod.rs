@@ -1,6 +1,7 @@
 //! Process supervision: the bridge starts, watches and replaces the worker processes of
 //! every pool (see docs/worker-contract.md for what a worker is given).
 pub(crate) mod access;
+pub(crate) mod app_import;
 pub(crate) mod instances;
 mod isolate;
 pub(crate) mod manager;

@@ -38,16 +38,29 @@ impl RuntimeDir {
                 Self::create(p)?;
                 (p.to_owned(), false)
             }
-            None => (fresh_dir()?, true),
+            None => (fresh_dir(&default_base())?, true),
         };
-        let dir = Self { path, remove_on_drop };
-        dir.unpack_python()?;
+        Self { path, remove_on_drop }.unpacked()
+    }
+
+    /// A private copy of the worker package for `fcgibridge check --import`, removed on
+    /// drop: in the configured runtime directory when it exists, else where the daemon
+    /// would make its own — so that the pools' users reach it as they reach the daemon's.
+    /// The daemon's copy is not touched: a running daemon may start workers from it.
+    pub(crate) fn for_check(configured: Option<&Path>) -> Result<Self, RuntimeDirError> {
+        let base = configured.filter(|p| p.is_dir()).map_or_else(default_base, Path::to_owned);
+        Self { path: fresh_dir(&base)?, remove_on_drop: true }.unpacked()
+    }
+
+    /// With the worker package unpacked in it.
+    fn unpacked(self) -> Result<Self, RuntimeDirError> {
+        self.unpack_python()?;
         // Workers of a pool with `user:` must reach python/ (0755) through this directory:
         // traversable (o+x) but not listable. pools/ stays 0700: only the bridge connects.
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&dir.path, std::fs::Permissions::from_mode(0o711))
-            .map_err(|source| RuntimeDirError::Create { path: dir.path.clone(), source })?;
-        Ok(dir)
+        std::fs::set_permissions(&self.path, std::fs::Permissions::from_mode(0o711))
+            .map_err(|source| RuntimeDirError::Create { path: self.path.clone(), source })?;
+        Ok(self)
     }
 
     /// The configured directory (and its parents) when missing, owner-only until `prepare`
@@ -131,12 +144,13 @@ fn write_atomically(target: &Path, contents: &[u8]) -> Result<(), RuntimeDirErro
         .map_err(|source| RuntimeDirError::Write { path: target.to_owned(), source })
 }
 
-/// A new private directory under $XDG_RUNTIME_DIR (or /tmp).
-fn fresh_dir() -> Result<PathBuf, RuntimeDirError> {
-    let base = std::env::var_os("XDG_RUNTIME_DIR")
-        .map(PathBuf::from)
-        .filter(|p| p.is_dir())
-        .unwrap_or_else(std::env::temp_dir);
+/// Where a runtime directory that is not configured is made: $XDG_RUNTIME_DIR, else /tmp.
+fn default_base() -> PathBuf {
+    std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from).filter(|p| p.is_dir()).unwrap_or_else(std::env::temp_dir)
+}
+
+/// A new private directory in `base`.
+fn fresh_dir(base: &Path) -> Result<PathBuf, RuntimeDirError> {
     let pid = std::process::id();
     let mut last_err = None;
     for attempt in 0..100u32 {
@@ -150,7 +164,7 @@ fn fresh_dir() -> Result<PathBuf, RuntimeDirError> {
         }
     }
     Err(RuntimeDirError::Create {
-        path: base,
+        path: base.to_owned(),
         source: last_err.unwrap_or_else(|| std::io::Error::other("no free name")),
     })
 }

@@ -10,6 +10,9 @@ use tokio::process::Command;
 
 /// The worker's entry point; argv[1] is the directory holding the fcgibridge_worker package.
 const BOOT: &str = "import sys; sys.path.insert(0, sys.argv.pop(1)); import fcgibridge_worker.main as m; m.main()";
+/// `fcgibridge check --import`'s: the worker's start up to serving, then exit (main.py's check_import).
+const IMPORT_CHECK_BOOT: &str =
+    "import sys; sys.path.insert(0, sys.argv.pop(1)); import fcgibridge_worker.main as m; m.check_import()";
 /// The fd a worker writes READY / ERROR to.
 const READY_FD: i32 = 3;
 /// The claim page in a native worker (`FCGIBRIDGE_CLAIM_FD`).
@@ -216,7 +219,6 @@ pub(super) async fn spawn_worker(
     }
     // user/group/chroot/limits of the pool (supervise/isolate.rs), resolved before the fork.
     let iso = super::isolate::Prepared::for_pool(pool, python_path)?;
-    let run_as = iso.run_as().map(str::to_owned);
     let listener_fd = bind_worker_socket(socket)?;
 
     let (ready_r, ready_w) =
@@ -245,26 +247,68 @@ pub(super) async fn spawn_worker(
         Some(_) => cmd.env("FCGIBRIDGE_CLAIM_FD", CLAIM_FD.to_string()),
         None => cmd.env_remove("FCGIBRIDGE_CLAIM_FD"),
     };
-    let ready_w_raw = ready_w.as_raw_fd();
-    let steps = StepLog::new().map_err(SpawnError::Pipe)?;
-    let step = steps.marker();
-    // Credentials change first: the kernel clears PR_SET_PDEATHSIG (set below) on setuid.
-    iso.install(&mut cmd, step);
-    child_setup(&mut cmd, step, give_ready_fd.then_some(ready_w_raw), claims);
-
-    let child = match cmd.spawn() {
-        Ok(c) => c,
-        Err(source) => {
-            let at = steps.failed_at();
-            return Err(SpawnError::Start(Box::new(StartFailure::new(pool, run_as.as_deref(), at, source))));
-        }
-    };
-    drop(cmd);
-    drop(steps);
+    let child = launch(cmd, pool, iso, give_ready_fd.then_some(ready_w.as_raw_fd()), claims)?;
     drop(ready_w);
     let pid = child.id().unwrap_or(0);
     let ready = tokio::net::unix::pipe::Receiver::from_owned_fd(ready_r).map_err(SpawnError::Pipe)?;
     Ok(Spawned { child: super::worker_child::WorkerChild::direct(child), pid, ready })
+}
+
+/// Register the pool's isolation and the child's set-up ([`child_setup`]) on `cmd` and
+/// start it; a failure says which step failed. `cmd` goes, with the descriptors it holds
+/// for the child.
+fn launch(
+    mut cmd: Command,
+    pool: &Pool,
+    iso: Prepared,
+    ready_w: Option<RawFd>,
+    claims: Option<RawFd>,
+) -> Result<tokio::process::Child, SpawnError> {
+    let run_as = iso.run_as().map(str::to_owned);
+    let steps = StepLog::new().map_err(SpawnError::Pipe)?;
+    let step = steps.marker();
+    // Credentials change first: the kernel clears PR_SET_PDEATHSIG (set below) on setuid.
+    iso.install(&mut cmd, step);
+    child_setup(&mut cmd, step, ready_w, claims);
+    cmd.spawn().map_err(|source| {
+        let at = steps.failed_at();
+        SpawnError::Start(Box::new(StartFailure::new(pool, run_as.as_deref(), at, source)))
+    })
+}
+
+/// A worker started only to import its app ([`spawn_import_check`]).
+pub(super) struct ImportCheck {
+    pub child: tokio::process::Child,
+    pub pid: u32,
+    /// Read end of the readiness pipe: `READY wsgi|asgi` or `ERROR …`, as from a worker.
+    pub ready: tokio::net::unix::pipe::Receiver,
+    /// Its stdout and stderr, one pipe: what it printed, in order.
+    pub output: tokio::net::unix::pipe::Receiver,
+}
+
+/// Start a worker of `pool` that imports the app and exits without serving (`fcgibridge
+/// check --import`; main.py's `check_import`): as [`spawn_worker`] starts one — the
+/// interpreter, chroot, limits, account, working directory and environment — but with
+/// /dev/null on fd 0 instead of a socket, never from a preloaded template, and with
+/// stdout and stderr on one pipe. `python_path` is `<runtime_dir>/python`.
+pub(super) fn spawn_import_check(pool: &Pool, python_path: &Path) -> Result<ImportCheck, SpawnError> {
+    use nix::fcntl::OFlag;
+    let iso = Prepared::for_pool(pool, python_path)?;
+    let app = python_app_spec(pool, &iso).unwrap_or_default();
+    let (ready_r, ready_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| SpawnError::Pipe(e.into()))?;
+    let (output_r, output_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| SpawnError::Pipe(e.into()))?;
+    let stderr_w = output_w.try_clone().map_err(SpawnError::Pipe)?;
+    let mut cmd = Command::new(iso.python());
+    cmd.arg("-u").arg("-c").arg(IMPORT_CHECK_BOOT).arg(iso.python_path());
+    worker_environment(&mut cmd, pool, &iso, app);
+    cmd.env_remove("FCGIBRIDGE_CLAIM_FD");
+    cmd.stdin(Stdio::null()).stdout(Stdio::from(output_w)).stderr(Stdio::from(stderr_w)).kill_on_drop(true);
+    let child = launch(cmd, pool, iso, Some(ready_w.as_raw_fd()), None)?;
+    drop(ready_w);
+    let pid = child.id().unwrap_or(0);
+    let ready = tokio::net::unix::pipe::Receiver::from_owned_fd(ready_r).map_err(SpawnError::Pipe)?;
+    let output = tokio::net::unix::pipe::Receiver::from_owned_fd(output_r).map_err(SpawnError::Pipe)?;
+    Ok(ImportCheck { child, pid, ready, output })
 }
 
 /// The worker's socket at `socket`, bound, as the descriptor that becomes its fd 0.

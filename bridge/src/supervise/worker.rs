@@ -78,7 +78,7 @@ pub(super) struct WorkerTask {
     pub events: mpsc::UnboundedSender<Event>,
 }
 
-enum Readiness {
+pub(super) enum Readiness {
     /// `READY`, or `READY asgi` from a worker serving an ASGI app (`interface: auto`).
     Ready {
         asgi: bool,
@@ -435,7 +435,7 @@ pub(crate) fn describe_exit(status: std::process::ExitStatus) -> String {
 }
 
 /// The first line written to the readiness pipe.
-async fn read_readiness(pipe: &mut tokio::net::unix::pipe::Receiver) -> Readiness {
+pub(super) async fn read_readiness(pipe: &mut tokio::net::unix::pipe::Receiver) -> Readiness {
     let mut buf = Vec::with_capacity(128);
     let mut chunk = [0u8; 512];
     loop {

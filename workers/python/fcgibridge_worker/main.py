@@ -378,6 +378,39 @@ def _operator_signals(signal):
             pass
 
 
+def load_native(ppid):
+    """The native module, with the parent-death signal set; exits at once when the parent
+    (pid ``ppid``, the bridge) died before prctl took effect."""
+    from . import _native  # maps the claim page (FCGIBRIDGE_CLAIM_FD) and closes its fd
+
+    os.environ.pop("FCGIBRIDGE_CLAIM_FD", None)  # not for the app's subprocesses
+    if os.environ.get("FCGIBRIDGE_PDEATHSIG", "1") != "0":
+        _native.set_parent_death_signal()
+        if os.getppid() != ppid:
+            os._exit(1)
+    return _native
+
+
+def check_import():
+    """``fcgibridge check --import``: what main() does before it serves — the native
+    module, the app loaded, its interface checked — then exit: ``READY <interface>`` on
+    the readiness fd and status 0, or the start-up failure report and status 3. Nothing
+    is served, no socket is used, an ASGI app's lifespan does not run."""
+    _supervision_signals()
+    ready_fd = ready_fd_from_env()
+    ppid = os.getppid()
+    try:
+        load_native(ppid)
+        spec = os.environ.get("FCGIBRIDGE_APP", "")
+        interface = choose_interface(load_app(spec), spec)
+    except BaseException as exc:  # noqa: B902 - reported as a worker's start reports it
+        report_load_failure(exc, ready_fd)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    _write_ready(ready_fd, "READY %s\n" % interface)
+    os._exit(0)  # not the app's atexit handlers, nor a wait for its non-daemon threads
+
+
 def main():
     _supervision_signals()
     if os.environ.get("FCGIBRIDGE_TEMPLATE") == "1":
@@ -389,13 +422,7 @@ def main():
     ready_fd = ready_fd_from_env()
     ppid = os.getppid()
     try:
-        from . import _native  # maps the claim page (FCGIBRIDGE_CLAIM_FD) and closes its fd
-
-        os.environ.pop("FCGIBRIDGE_CLAIM_FD", None)  # not for the app's subprocesses
-        if os.environ.get("FCGIBRIDGE_PDEATHSIG", "1") != "0":
-            _native.set_parent_death_signal()
-            if os.getppid() != ppid:  # the bridge died before prctl took effect
-                os._exit(1)
+        load_native(ppid)
         # Serve from a private close-on-exec copy of the listening socket; fd 0
         # becomes /dev/null before the app is imported, so that subprocesses of the
         # app neither inherit the socket nor read from it.

@@ -110,12 +110,7 @@ def run():
     ready_fd = _main.ready_fd_from_env()
     ppid = os.getppid()
     try:
-        from . import _native
-
-        if os.environ.get("FCGIBRIDGE_PDEATHSIG", "1") != "0":
-            _native.set_parent_death_signal()
-            if os.getppid() != ppid:
-                os._exit(1)
+        _main.load_native(ppid)
         threads = max(1, _main._env_int("FCGIBRIDGE_THREADS", 1))
         processes = max(1, _main._env_int("FCGIBRIDGE_PROCESSES", 1))
         spec = os.environ.get("FCGIBRIDGE_APP", "")
