@@ -281,11 +281,15 @@ def test_a_url_that_kills_its_worker_hit_in_a_burst_costs_502s_not_an_outage(tmp
         b.stop()
 
 
-def test_a_request_whose_client_left_and_that_the_app_does_not_end_retires_its_worker_gracefully(tmp_path):
+@pytest.mark.parametrize("grace", [None, "1s"], ids=["default-5s", "abort-grace-1s"])
+def test_a_request_whose_client_left_and_that_the_app_does_not_end_retires_its_worker_gracefully(tmp_path, grace):
     """A client gives up on a slow view that never looks for the disconnect. After the
-    abort grace (5 s) the worker is replaced as for request-timeout: a new one starts, the
-    other requests on it finish (graceful-timeout), then it is killed. It is no crash."""
-    b = start(tmp_path, {"p": lc_pool(processes=1, threads=4, **{"graceful-timeout": "60s"})})
+    pool's abort-grace (default 5 s) the worker is replaced as for request-timeout: a new
+    one starts, the other requests on it finish (graceful-timeout), then it is killed. It
+    is no crash. A shorter abort-grace replaces it sooner."""
+    keys = {"graceful-timeout": "60s", **({"abort-grace": grace} if grace else {})}
+    seconds = int((grace or "5s").removesuffix("s"))
+    b = start(tmp_path, {"p": lc_pool(processes=1, threads=4, **keys)})
     try:
         before = pid_of(get(b, "p", "/pid"))
         st0 = b.pool_status("p")
@@ -295,16 +299,25 @@ def test_a_request_whose_client_left_and_that_the_app_does_not_end_retires_its_w
         with fc.FcgiConnection(b.listener_address("l-p")) as conn:
             conn.begin(1, fc.cgi_params("/sleep", query="s=120&mark=left"), b"")
             wait_until((tmp_path / "left.started").exists, 60, what="the request its client leaves running")
+            aborted = time.monotonic()
             conn.abort(1)
             assert conn.wait(1).complete, "the web server gets its END_REQUEST at once"
-        b.log.wait_for([r"WARN", r"worker did not end an aborted request within 5s: GET /sleep\?s=120&mark=left ran",
+        b.log.wait_for([r"WARN", rf"worker did not end an aborted request within abort-grace \({seconds}s\): "
+                        r"GET /sleep\?s=120&mark=left ran",
                         r"its 1 other request\(s\) get graceful-timeout \(1m\) to finish, then it is killed",
                         f"pid={before}", r"request_id=\d+", r"uri=/sleep\?s=120"], since=mark, timeout=60)
+        waited = time.monotonic() - aborted
+        assert waited >= seconds, f"replaced {waited:.1f}s after the abort, within its {seconds}s grace"
+        if grace:
+            assert waited < 5, f"abort-grace {grace}: replaced only {waited:.1f}s after the abort, as by the default"
         # Once its replacement is ready it drains; the status page says why.
         b.log.wait_for([r"retiring the worker: aborted request not ended \(GET /sleep\?s=120&mark=left ran \d+s\)",
                         f"pid={before}"], since=mark, timeout=60)
         draining = [w for w in b.pool_status("p")["workers"] if w["pid"] == before]
         assert draining and draining[0]["retiring_reason"].startswith("aborted request not ended (GET /sleep"), draining
+        # The status marks the request nobody waits for (`fcgibridge status`: "(abandoned)").
+        current = {c["uri"].split("mark=")[-1]: c["abandoned"] for c in draining[0]["current"]}
+        assert current == {"left": True, "patient": False}, draining
         assert alive(before), "the patient request is still running on it"
         (tmp_path / "patient.release").touch()
         r = patient.result()

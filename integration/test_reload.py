@@ -261,6 +261,37 @@ def test_fcgibridge_reload_command(tmp_path):
         b.stop()
 
 
+def test_a_log_directory_that_went_is_a_warning_at_a_reload_not_a_refusal(tmp_path):
+    """The access log's directory is removed under the running daemon (a logrotate mishap).
+    `check` and a start refuse that configuration, but log paths take effect only at a
+    restart: a reload warns (file:line: key, and that the next restart fails) and applies
+    its other changes."""
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    b = start(tmp_path, {"a": lc_pool(processes=1, threads=1, env={"LIFECYCLE_TAG": "v1"})},
+              bridge_extra={"access-log": str(logs / "access.log")})
+    try:
+        assert tag_of(b, "a") == "v1"
+        shutil.rmtree(logs)
+        rewrite(b, lambda c: c["pools"]["a"]["env"].update(LIFECYCLE_TAG="v2"))
+        mark = b.log.mark()
+        out = cli_reload(b, timeout=60)
+        conf, gone = re.escape(str(b.confdir)), re.escape(str(logs))
+        warning = (f"{conf}/50-test.yaml:\\d+:\\d+: warning: bridge.access-log: cannot open access log "
+                   f"{gone}/access.log: directory {gone} does not exist; create it before the bridge starts "
+                   r"\(systemd: LogsDirectory=\); the reload goes ahead \(log paths take effect at the next "
+                   r"restart\), but that restart fails until this is fixed")
+        assert out.returncode == 0, (out.stdout, out.stderr)
+        assert re.match(r"reload done: pools added: none; changed: a;.*; " + warning, out.stdout), out.stdout
+        b.log.wait_for([r"WARN", "reload: " + warning], since=mark)
+        wait_until(lambda: tag_of(b, "a") == "v2", 30, what="the reload's other change serving")
+        check = subprocess.run([str(b.binary), "check", "--config", str(b.confdir)], capture_output=True, text=True,
+                               timeout=60)
+        assert check.returncode == 1 and "bridge.access-log: cannot open access log" in check.stderr, check.stderr
+    finally:
+        b.stop()
+
+
 def test_under_systemd_a_reload_whose_control_socket_moved_falls_back_to_sighup(tmp_path):
     """`ExecReload=fcgibridge reload`: the edit being reloaded moves the runtime-dir (it
     applies only at a restart), so the client finds no daemon at the new socket; with

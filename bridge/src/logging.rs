@@ -6,7 +6,7 @@ pub(crate) mod file;
 pub(crate) mod ratelimit;
 pub(crate) mod reopen;
 
-use crate::config::access_format::AccessFormat;
+use crate::config::access_format::{AccessFormat, Needs};
 use crate::config::{Global, LogFormat};
 use std::io::Write;
 use std::path::Path;
@@ -142,6 +142,16 @@ impl AccessLog {
             }
         })?;
         Ok(Self::File { tx, format })
+    }
+
+    /// What its lines need of each request: every field for the main log, none beyond
+    /// the basics for the built-in file format, what a template names.
+    pub(crate) fn needs(&self) -> Needs {
+        match self {
+            Self::MainLog => Needs::ALL,
+            Self::File { format: None, .. } => Needs::default(),
+            Self::File { format: Some(f), .. } => f.needs(),
+        }
     }
 
     pub(crate) fn record(&self, r: &AccessRecord<'_>) {

@@ -3,6 +3,7 @@
 //! slowlog and a reload are handed it. Nothing here is a global: two registries in one
 //! process (the tests make several) share nothing.
 use crate::config;
+use crate::config::access_format::Needs;
 use crate::listen::limits::HeaderBudget;
 use crate::listen::systemd;
 use crate::logging::ratelimit::RateLimits;
@@ -19,6 +20,8 @@ use tokio::sync::Notify;
 pub(crate) struct Registry {
     /// `access-log`, with its `access-log-format`.
     pub access_log: Option<AccessLog>,
+    /// What the access log needs of each request (nothing without one), read by every request.
+    pub access_needs: Needs,
     /// `header-memory`: what connections may hold in headers still arriving (listen/limits.rs).
     pub header_budget: Arc<HeaderBudget>,
     /// Requests, durations and status classes per listener and pool (status/track.rs).
@@ -64,6 +67,7 @@ impl Registry {
         systemd: systemd::Passed,
     ) -> Self {
         Self {
+            access_needs: access_log.as_ref().map_or(Needs::default(), AccessLog::needs),
             access_log,
             header_budget: HeaderBudget::new(header_memory),
             track: Tracker::default(),

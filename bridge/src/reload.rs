@@ -13,7 +13,8 @@
 //!    their next request; new ones start; removed ones stop accepting.
 //!
 //! `bridge:` settings other than shutdown-timeout take effect at the next restart (a log
-//! line says which). Call [`reload`] from anywhere that owns the daemon's state: the
+//! line says which); so a log file whose directory is missing, which a start refuses, is
+//! only warned of. Call [`reload`] from anywhere that owns the daemon's state: the
 //! daemon's main loop does, for SIGHUP and SIGUSR2 (which can only log the outcome) and
 //! for `fcgibridge reload` (which is answered with it; `--wait` then follows the rolling
 //! restarts the reload started, rollout.rs).
@@ -116,7 +117,7 @@ pub(crate) async fn reload(dir: &Path, live: Live<'_>, restart: &Restart) -> Res
 
 /// Ok: the summary and the pools now running.
 async fn apply(dir: &Path, live: Live<'_>, restart: &Restart) -> Result<(String, Vec<Arc<PoolRuntime>>), String> {
-    let new = config::load(dir).map_err(|e| e.to_string())?;
+    let new = config::load_for_reload(dir).map_err(|e| e.to_string())?;
     restart.check(&new)?;
     // The interpreters run on a blocking thread: with one runtime thread, requests would
     // otherwise wait for them.
@@ -185,6 +186,11 @@ async fn apply(dir: &Path, live: Live<'_>, restart: &Restart) -> Result<(String,
         list(&changed),
         list(&removed)
     );
+    // Said once the reload is taken: a refused one names its errors instead.
+    for w in &new.warnings {
+        tracing::warn!("reload: {w}");
+        notes.push(w.clone());
+    }
     for n in notes {
         summary.push_str("; ");
         summary.push_str(&n);

@@ -182,9 +182,6 @@ fn retarget(buf: &mut [u8], id: u16, claim: Option<(u32, u32)>) {
 pub(crate) const FIRST_WRITE_BODY: usize = 64 << 10;
 /// Small pieces of a response are coalesced up to this size before going to the front.
 const COALESCE: usize = 32 << 10;
-/// How long a worker gets to end a request after FCGI_ABORT_REQUEST; past it the request is
-/// abandoned and the pool manager replaces the worker (docs/supervision.md).
-pub(crate) const ABORT_GRACE: Duration = Duration::from_secs(5);
 const WORKER_REQUEST_ID: u16 = 1;
 
 enum PumpEnd {
@@ -697,13 +694,17 @@ pub(crate) struct Aborting {
 impl SlotConn {
     /// After [`SlotFate::Aborted`]: discard the worker's output until it ends the aborted
     /// request, and say what to do with the slot then. The slot stays busy meanwhile (a
-    /// thread of the worker still runs the request). One not ended within [`ABORT_GRACE`]
-    /// is abandoned (`Dispatcher::abandon`): the pool manager replaces the worker, whose
-    /// other requests get graceful-timeout, and this waits on until the request ends or
-    /// the worker is gone.
-    pub(crate) async fn finish_abort(&mut self, dispatcher: &crate::dispatch::Dispatcher<Self>) -> SlotFate {
+    /// thread of the worker still runs the request). One not ended within `grace` (the
+    /// pool's abort-grace) is abandoned (`Dispatcher::abandon`): the pool manager replaces
+    /// the worker, whose other requests get graceful-timeout, and this waits on until the
+    /// request ends or the worker is gone.
+    pub(crate) async fn finish_abort(
+        &mut self,
+        dispatcher: &crate::dispatch::Dispatcher<Self>,
+        grace: Duration,
+    ) -> SlotFate {
         let Some(aborting) = self.aborting.take() else { return SlotFate::Reconnect };
-        let ended = match tokio::time::timeout(ABORT_GRACE, self.drain_aborted(&aborting)).await {
+        let ended = match tokio::time::timeout(grace, self.drain_aborted(&aborting)).await {
             Ok(ended) => ended,
             Err(_) => {
                 // The manager logs it, with what happens to the worker.
@@ -1417,8 +1418,9 @@ mod unread_tests {
         // The request is over for the front at once; the worker's end of it comes later.
         assert_eq!((outcome.status, outcome.fate), (499, SlotFate::Aborted));
         let d2 = d.clone();
-        let finishing = tokio::spawn(async move { (slot.finish_abort(&d2).await, slot) });
-        tokio::time::sleep(ABORT_GRACE - Duration::from_secs(1)).await;
+        let grace = crate::config::supervision::DEFAULT_ABORT_GRACE;
+        let finishing = tokio::spawn(async move { (slot.finish_abort(&d2, grace).await, slot) });
+        tokio::time::sleep(grace - Duration::from_secs(1)).await;
         assert!(d.take_abandoned().is_empty(), "within the grace");
         tokio::time::sleep(Duration::from_secs(2)).await;
         let told = d.take_abandoned();

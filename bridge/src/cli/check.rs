@@ -519,6 +519,7 @@ mod tests {
                 },
             ],
             templates: Vec::new(),
+            warnings: Vec::new(),
         };
         let text = render(&config, "conf.d");
         let conf_d = dir.join("conf.d");

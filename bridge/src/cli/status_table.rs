@@ -188,7 +188,11 @@ fn current_requests(w: &Value) -> Vec<[String; 2]> {
     let mut lines: Vec<[String; 2]> = current
         .iter()
         .take(if more > 0 { CURRENT_SHOWN - 1 } else { CURRENT_SHOWN })
-        .map(|c| [format!("{} {}", s(c, "method"), s(c, "uri")), crate::status::html::human_secs(secs(c))])
+        .map(|c| {
+            let abandoned = c.get("abandoned").and_then(Value::as_bool) == Some(true);
+            let marker = if abandoned { format!(" {}", crate::status::html::ABANDONED) } else { String::new() };
+            [format!("{} {}{marker}", s(c, "method"), s(c, "uri")), crate::status::html::human_secs(secs(c))]
+        })
         .collect();
     if more > 0 {
         lines.push([format!("… {} more", more + 1), String::new()]);
@@ -219,6 +223,17 @@ mod tests {
         assert_eq!(rows.len(), 3, "{out}");
         assert!(rows[0].starts_with("app") && rows[0].contains("4242") && rows[0].contains("GET /slow?n=2"), "{out}");
         assert!(rows[1].trim_start().starts_with("GET /slow?n=1") && rows[2].contains("GET /slow?n=0"), "{out}");
+    }
+
+    #[test]
+    fn an_abandoned_request_is_marked() {
+        let mut v = doc(2);
+        v["pools"][0]["workers"][0]["current"][1]["abandoned"] = Value::Bool(true);
+        v["pools"][0]["workers"][0]["current"][0]["abandoned"] = Value::Bool(false);
+        let out = render(&v);
+        let rows: Vec<&str> = out.lines().skip_while(|l| !l.contains("CURRENT")).skip(1).collect();
+        assert!(rows[0].contains("GET /slow?n=1 (abandoned)  "), "{out}");
+        assert!(rows[1].contains("GET /slow?n=0  ") && !rows[1].contains("abandoned"), "{out}");
     }
 
     #[test]

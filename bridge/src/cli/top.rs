@@ -176,4 +176,13 @@ mod tests {
         let f = frame(&later, Some((&v, 1.0)));
         assert!(f.starts_with("POOL  REQ/S     5XX/S     503/S\np     10.0      2.0       0.0\n"), "{f}");
     }
+
+    #[test]
+    fn an_abandoned_request_is_marked_as_in_status() {
+        let v: Value = serde_json::json!({"version": "x", "pid": 1, "listeners": [], "pools": [{"name": "p",
+            "workers": [{"pid": 7, "state": "busy", "current": [
+                {"method": "GET", "uri": "/left", "duration_seconds": 9.0, "abandoned": true}]}]}]});
+        let f = frame(&v, None);
+        assert!(f.lines().any(|l| l.starts_with("p ") && l.contains("GET /left (abandoned)  9.000s")), "{f}");
+    }
 }

@@ -29,7 +29,25 @@ pub enum Piece {
 
 /// A compiled template.
 #[derive(Debug, Clone, PartialEq)]
-pub struct AccessFormat(Vec<Piece>);
+pub struct AccessFormat {
+    pieces: Vec<Piece>,
+    needs: Needs,
+}
+
+/// What the access line needs of each request beyond what every request has, so that a
+/// request does no work for variables nobody logs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Needs {
+    /// `$queue_ms`, `$app_ms`: clock reads around the wait for a worker and the exchange.
+    pub times: bool,
+    /// `$web_request_id`: a look through the request's params.
+    pub web_request_id: bool,
+}
+
+impl Needs {
+    /// Every field (the main log's access events carry them all).
+    pub const ALL: Self = Self { times: true, web_request_id: true };
+}
 
 /// Check a template (for config validation); the message names the unknown variable.
 pub fn check(template: &str) -> Result<(), String> {
@@ -71,11 +89,18 @@ impl AccessFormat {
         if !text.is_empty() {
             pieces.push(Piece::Text(text));
         }
-        Ok(Self(pieces))
+        let uses = |names: &[&str]| pieces.iter().any(|p| matches!(p, Piece::Var(i) if names.contains(&VARIABLES[*i])));
+        let needs = Needs { times: uses(&["queue_ms", "app_ms"]), web_request_id: uses(&["web_request_id"]) };
+        Ok(Self { pieces, needs })
     }
 
     /// The template's pieces in order.
     pub fn pieces(&self) -> &[Piece] {
-        &self.0
+        &self.pieces
+    }
+
+    /// What its lines need of each request.
+    pub fn needs(&self) -> Needs {
+        self.needs
     }
 }

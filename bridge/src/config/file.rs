@@ -127,6 +127,7 @@ pub struct RawPool {
     pub min_lifetime: Option<HumanDuration>,
     pub request_timeout: Option<HumanDuration>,
     pub graceful_timeout: Option<HumanDuration>,
+    pub abort_grace: Option<HumanDuration>,
     pub memory_limit: Option<ByteSize>,
     pub cpu_time_limit: Option<HumanDuration>,
     pub max_body: Option<ByteSize>,

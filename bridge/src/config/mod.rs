@@ -55,12 +55,25 @@ pub fn load(dir: &Path) -> Result<Config, ConfigError> {
 /// User=, runs without root.
 pub fn load_for_client(dir: &Path) -> Result<Config, ConfigError> {
     let search_path = std::env::var_os("PATH");
-    load_with(dir, LoadOptions { search_path: search_path.as_deref(), privileges: Privileges::Skip })
+    load_with(
+        dir,
+        LoadOptions { search_path: search_path.as_deref(), privileges: Privileges::Skip, moment: Moment::Start },
+    )
+}
+
+/// [`load`] for a reload of the running daemon: a log file whose directory is missing is a
+/// warning ([`Config::warnings`]), not an error, as log paths take effect only at a restart.
+pub fn load_for_reload(dir: &Path) -> Result<Config, ConfigError> {
+    let search_path = std::env::var_os("PATH");
+    load_with(
+        dir,
+        LoadOptions { search_path: search_path.as_deref(), privileges: Privileges::Check, moment: Moment::Reload },
+    )
 }
 
 /// [`load`] with an explicit PATH for finding interpreters.
 pub fn load_with_search_path(dir: &Path, search_path: Option<&OsStr>) -> Result<Config, ConfigError> {
-    load_with(dir, LoadOptions { search_path, privileges: Privileges::Check })
+    load_with(dir, LoadOptions { search_path, privileges: Privileges::Check, moment: Moment::Start })
 }
 
 /// How a configuration is read.
@@ -70,6 +83,8 @@ pub struct LoadOptions<'a> {
     pub search_path: Option<&'a OsStr>,
     /// Whether what the pools ask of this process's privileges is checked.
     pub privileges: Privileges,
+    /// Whether the daemon is starting or reloading.
+    pub moment: Moment,
 }
 
 /// Whether loading checks the pools' isolation against this process's privileges.
@@ -79,6 +94,16 @@ pub enum Privileges {
     Check,
     /// The control client: its privileges are not the daemon's.
     Skip,
+}
+
+/// When a configuration is read: what takes effect only when the daemon starts (its log
+/// files) is refused at a start, and only warned of at a reload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Moment {
+    /// The daemon starting, `fcgibridge check`, the control client.
+    Start,
+    /// The running daemon reloading (SIGHUP, `fcgibridge reload`).
+    Reload,
 }
 
 /// One loading of `dir` with these options.

@@ -13,6 +13,9 @@ pub struct Config {
     pub pools: Vec<Pool>,
     /// Pools made per request key (`template:` entries under `pools:`), in file order.
     pub templates: Vec<super::template::Template>,
+    /// What a reload found that only the next start refuses (a log file whose directory is
+    /// missing), as `file:line:column: warning: key: message`; empty otherwise.
+    pub warnings: Vec<String>,
 }
 
 /// The `bridge:` section.

@@ -85,7 +85,7 @@ pub(super) fn pool(
     mut raw: RawPool,
     opts: LoadOptions<'_>,
 ) -> Result<Pool, ConfigError> {
-    let LoadOptions { search_path, privileges } = opts;
+    let LoadOptions { search_path, privileges, .. } = opts;
     let here = KeyPath::of(&["pools", name]);
     let mut errs = Vec::new();
     note(&mut errs, check_name(src, &here, "pool", name));

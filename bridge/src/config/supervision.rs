@@ -1,7 +1,7 @@
 //! The supervision keys of a pool: how many worker processes (`mode` static / dynamic /
 //! ondemand and their sizes) and when a worker is recycled or replaced (max-requests,
 //! restart-interval, memory and CPU limits, request-timeout, graceful-timeout,
-//! min-lifetime). docs/supervision.md explains each one to operators.
+//! abort-grace, min-lifetime). docs/supervision.md explains each one to operators.
 use super::error::{ConfigError, Source};
 use super::file::RawPool;
 use super::locate::KeyPath;
@@ -18,6 +18,7 @@ pub const DEFAULT_MAX_SPAWN_RATE: u32 = 32;
 /// PHP-FPM's pm.process_idle_timeout default.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_GRACEFUL_TIMEOUT: Duration = Duration::from_secs(30);
+pub const DEFAULT_ABORT_GRACE: Duration = Duration::from_secs(5);
 
 /// How the number of worker processes is decided (PHP-FPM's `pm`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,6 +70,9 @@ pub struct Supervision {
     pub request_timeout: Option<Duration>,
     /// How long a retiring worker may take to finish its in-flight requests.
     pub graceful_timeout: Duration,
+    /// How long a worker gets to end a request the web server aborted; past it the worker
+    /// is replaced as for request-timeout (0: at once).
+    pub abort_grace: Duration,
     /// Recycle a worker whose resident memory exceeds this many bytes (None: no limit).
     pub memory_limit: Option<u64>,
     /// Recycle a worker that used this much CPU time (RLIMIT_CPU; None: no limit).
@@ -90,6 +94,7 @@ impl Default for Supervision {
             min_lifetime: Duration::ZERO,
             request_timeout: None,
             graceful_timeout: DEFAULT_GRACEFUL_TIMEOUT,
+            abort_grace: DEFAULT_ABORT_GRACE,
             memory_limit: None,
             cpu_time_limit: None,
         }
@@ -113,6 +118,7 @@ pub struct RawSupervision {
     pub min_lifetime: Option<HumanDuration>,
     pub request_timeout: Option<HumanDuration>,
     pub graceful_timeout: Option<HumanDuration>,
+    pub abort_grace: Option<HumanDuration>,
     pub memory_limit: Option<ByteSize>,
     pub cpu_time_limit: Option<HumanDuration>,
 }
@@ -135,6 +141,7 @@ impl RawSupervision {
             min_lifetime: raw.min_lifetime.take(),
             request_timeout: raw.request_timeout.take(),
             graceful_timeout: raw.graceful_timeout.take(),
+            abort_grace: raw.abort_grace.take(),
             memory_limit: raw.memory_limit.take(),
             cpu_time_limit: raw.cpu_time_limit.take(),
         }
@@ -250,7 +257,7 @@ fn scaling(s: &mut Supervision, raw: &RawSupervision, bad: &dyn Fn(&str, String)
     }
 }
 
-/// The recycling and limit keys (max-requests … cpu-time-limit) into `s`; `bad` records
+/// The recycling and limit keys (max-requests … cpu-time-limit, abort-grace) into `s`; `bad` records
 /// an error of a key.
 fn recycling(s: &mut Supervision, raw: &RawSupervision, bad: &dyn Fn(&str, String)) {
     // 0 means "off" for the limits, like leaving the key out.
@@ -285,6 +292,9 @@ fn recycling(s: &mut Supervision, raw: &RawSupervision, bad: &dyn Fn(&str, Strin
         }
         s.graceful_timeout = g.0;
     }
+    // 0 is no grace (retire at once), not "off": a worker that runs on an aborted request is
+    // always replaced.
+    s.abort_grace = raw.abort_grace.map_or(DEFAULT_ABORT_GRACE, |d| d.0);
     s.memory_limit = raw.memory_limit.map(|b| b.0).filter(|&b| b > 0);
     if let Some(limit) = s.memory_limit {
         if limit < (1 << 20) {
@@ -327,6 +337,7 @@ pub fn render(s: &Supervision, processes: u32) -> Vec<(&'static str, String, boo
     out.push(("min-lifetime", d(s.min_lifetime), false));
     out.push(("request-timeout", d(s.request_timeout.unwrap_or_default()), false));
     out.push(("graceful-timeout", d(s.graceful_timeout), false));
+    out.push(("abort-grace", d(s.abort_grace), false));
     out.push(("memory-limit", s.memory_limit.map(|b| SizeDisplay(b).to_string()).unwrap_or_else(|| "0".into()), false));
     out.push(("cpu-time-limit", d(s.cpu_time_limit.unwrap_or_default()), false));
     out
@@ -424,12 +435,22 @@ mod tests {
     }
 
     #[test]
+    fn abort_grace_is_a_duration_and_0_gives_none() {
+        assert_eq!(pool("").1.abort_grace, DEFAULT_ABORT_GRACE);
+        assert_eq!(pool("abort-grace: 1500ms").1.abort_grace, Duration::from_millis(1500));
+        assert_eq!(pool("abort-grace: 0").1.abort_grace, Duration::ZERO);
+        let e = error("abort-grace: soon");
+        assert!(e.ends_with("p.yaml:5:18: pools.p.abort-grace: invalid duration \"soon\"; write a number with a unit: ms, s, m, h, d (e.g. \"30s\", \"1h30m\", \"250ms\")"), "{e}");
+    }
+
+    #[test]
     fn rendered_keys_load_back() {
         for keys in [
             "",
             "mode: dynamic\nmax-processes: 6",
             "mode: ondemand",
             "max-requests: 70\nrestart-interval: 2h\nmemory-limit: 1GiB",
+            "abort-grace: 0",
         ] {
             let (n, s) = pool(keys);
             let text: String = render(&s, n).into_iter().map(|(k, v, _)| format!("{k}: {v}\n")).collect();

@@ -511,7 +511,7 @@ fn drop_nulls(v: &mut serde_json::Value) {
 pub fn instantiate(t: &Template, mut raw: RawPool, search_path: Option<&std::ffi::OsStr>) -> Result<Pool, ConfigError> {
     raw.queue_size.get_or_insert(t.queue_size);
     let src = Source { file: t.file.clone(), index: super::locate::KeyIndex::default() };
-    let opts = super::LoadOptions { search_path, privileges: super::Privileges::Check };
+    let opts = super::LoadOptions { search_path, privileges: super::Privileges::Check, moment: super::Moment::Start };
     super::resolve::pool(&src, &t.dir, &t.name, raw, opts)
 }
 

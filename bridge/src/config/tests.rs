@@ -680,7 +680,7 @@ listeners:
     assert_eq!(lines, want);
     // The control client reads the files only to find its socket: it does not look.
     let bin = tree.root.join("bin");
-    let opts = LoadOptions { search_path: Some(bin.as_os_str()), privileges: Privileges::Skip };
+    let opts = LoadOptions { search_path: Some(bin.as_os_str()), privileges: Privileges::Skip, moment: Moment::Start };
     assert!(load_with(&tree.root.join("conf.d"), opts).is_ok());
 
     // Without a runtime-dir, the error offers to make the directory one.
@@ -713,7 +713,7 @@ bridge:
     assert_eq!(error_lines(&tree), want);
     // The control client does not look.
     let bin = tree.root.join("bin");
-    let opts = LoadOptions { search_path: Some(bin.as_os_str()), privileges: Privileges::Skip };
+    let opts = LoadOptions { search_path: Some(bin.as_os_str()), privileges: Privileges::Skip, moment: Moment::Start };
     assert!(load_with(&tree.root.join("conf.d"), opts).is_ok());
     // `run` creates the runtime-dir before it opens the access log (not before the log file);
     // "-" is the main log, and a directory is no file.
@@ -723,6 +723,35 @@ bridge:
     assert!(valid("access-log-dash").file("30-x.yaml", "bridge:\n  access-log: '-'\n").load().is_ok());
     let lines = error_lines(&valid("log-is-dir").file("30-x.yaml", "bridge:\n  log-file: ../app\n"));
     assert_eq!(lines, ["2:3: bridge.log-file: cannot open log-file ROOT/app: it is a directory; name a file in it"]);
+}
+
+#[test]
+fn a_reload_only_warns_of_a_missing_log_directory() {
+    // Log paths take effect at a restart: a running daemon whose log directory went keeps
+    // its open files and must still take other changes.
+    let text = "bridge:\n  access-log: ../gone/access.log\n  log-file: ../missing/bridge.log\n";
+    let tree = valid("log-dirs-reload").file("30-x.yaml", text);
+    let bin = tree.root.join("bin");
+    let opts =
+        LoadOptions { search_path: Some(bin.as_os_str()), privileges: Privileges::Check, moment: Moment::Reload };
+    let config = load_with(&tree.root.join("conf.d"), opts).unwrap();
+    let root = tree.root.display().to_string();
+    let warnings: Vec<String> = config.warnings.iter().map(|w| w.replace(&root, "ROOT")).collect();
+    let then =
+        "the reload goes ahead (log paths take effect at the next restart), but that restart fails until this is fixed";
+    let missing = |dir: &str| {
+        format!("directory ROOT/{dir} does not exist; create it before the bridge starts (systemd: LogsDirectory=)")
+    };
+    assert_eq!(
+        warnings,
+        [
+            format!("ROOT/conf.d/30-x.yaml:2:3: warning: bridge.access-log: cannot open access log ROOT/gone/access.log: {}; {then}", missing("gone")),
+            format!("ROOT/conf.d/30-x.yaml:3:3: warning: bridge.log-file: cannot open log-file ROOT/missing/bridge.log: {}; {then}", missing("missing")),
+        ]
+    );
+    // A start (and `check`) refuses it, and has nothing to warn of otherwise.
+    assert_eq!(error_lines(&tree).len(), 2);
+    assert_eq!(valid("log-dirs-fine").config().warnings, Vec::<String>::new());
 }
 
 #[test]

@@ -117,11 +117,11 @@ pub(super) fn merge(
         errors.extend(check_captures(&listeners, &templates, &sources));
     }
     errors.extend(check_addresses(&listeners, &sources, &global));
-    errors.extend(check_dirs(&listeners, &sources, &global, opts.privileges));
+    errors.extend(check_dirs(&listeners, &sources, &global, opts));
     ConfigError::from_all(errors)?;
     super::template::fit_to_listeners(&mut templates, &listeners.iter().map(|(l, _)| l).collect::<Vec<_>>());
-
     Ok(Config {
+        warnings: log_dir_warnings(&global, opts),
         global: global.finish(),
         listeners: listeners.into_iter().map(|(l, _)| l).collect(),
         pools: pools.into_iter().map(|(p, _)| p).collect(),
@@ -263,19 +263,19 @@ fn check_addresses(listeners: &[(Listener, usize)], sources: &[Source], global: 
     errs
 }
 
-/// Unix sockets (listeners, the status listener) and log files whose directory is
-/// missing: `run` would fail at bind. The runtime-dir is the exception, as `run` creates it
-/// before binding.
+/// Unix sockets (listeners, the status listener) and, at a start, log files whose
+/// directory is missing: `run` would fail at bind. The runtime-dir is the exception, as
+/// `run` creates it before binding.
 fn check_dirs(
     listeners: &[(Listener, usize)],
     sources: &[Source],
     global: &GlobalBuilder,
-    privileges: super::Privileges,
+    opts: super::LoadOptions<'_>,
 ) -> Vec<ConfigError> {
     let mut errs = Vec::new();
     // Whether a directory exists is this host's state: the control client, which reads the
     // files only to find its socket, does not ask.
-    if privileges == super::Privileges::Skip {
+    if opts.privileges == super::Privileges::Skip {
         return errs;
     }
     let runtime_dir = global.runtime_dir.as_deref();
@@ -293,8 +293,27 @@ fn check_dirs(
             errs.push(ConfigError::Invalid { at: at.clone(), key: "bridge.status.listen".to_owned(), message });
         }
     }
-    errs.extend(check_log_dirs(global));
+    if opts.moment == super::Moment::Start {
+        errs.extend(check_log_dirs(global));
+    }
     errs
+}
+
+/// At a reload, the log files whose directory is missing, as warnings: the running daemon
+/// keeps the log files it opened (log paths take effect at a restart), so the reload goes
+/// ahead; the next start refuses the configuration as `check` does.
+fn log_dir_warnings(global: &GlobalBuilder, opts: super::LoadOptions<'_>) -> Vec<String> {
+    if opts.privileges == super::Privileges::Skip || opts.moment == super::Moment::Start {
+        return Vec::new();
+    }
+    let warning = |e| match e {
+        ConfigError::Invalid { at, key, message } => format!(
+            "{at}: warning: {key}: {message}; the reload goes ahead (log paths take effect at the next \
+             restart), but that restart fails until this is fixed"
+        ),
+        other => format!("warning: {other}"),
+    };
+    check_log_dirs(global).into_iter().map(warning).collect()
 }
 
 /// What keeps a unix socket from being created at `path`, said for the operator; `None`

@@ -16,10 +16,10 @@
 //! are closed at once and its busy ones when their request ends, so it takes no new
 //! request; when its last slot is closed the manager is woken to stop the process.
 //!
-//! A request whose client went away and that its worker did not end within the abort
-//! grace is *abandoned* (exchange.rs): its slot stays busy (a thread of the worker still
-//! runs it) but the manager is told, retires that worker, and counts the slot as nothing
-//! left to finish when it drains.
+//! A request whose client went away and that its worker did not end within the pool's
+//! abort-grace is *abandoned* (exchange.rs): its slot stays busy (a thread of the worker
+//! still runs it) but the manager is told, retires that worker, and counts the slot as
+//! nothing left to finish when it drains.
 pub(crate) mod request_body_limits;
 pub(crate) mod serve;
 
@@ -350,7 +350,6 @@ pub(crate) struct WorkerView {
 
 /// A request on one worker connection now.
 #[derive(Debug, Clone)]
-#[allow(dead_code)] // read by supervise/stats.rs for the status renderers
 pub(crate) struct CurrentRequest {
     pub request_id: u64,
     pub method: String,

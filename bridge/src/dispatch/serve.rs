@@ -76,7 +76,7 @@ fn overrides<'x>(serving: &'x Option<Replaced>, pages: Option<&'x ErrorPages>) -
 /// not at all (its supervisor starts a replacement).
 async fn give_back(pool: &PoolRuntime, mut slot: SlotConn, fate: SlotFate) {
     let fate = match fate {
-        SlotFate::Aborted => slot.finish_abort(&pool.dispatcher).await,
+        SlotFate::Aborted => slot.finish_abort(&pool.dispatcher, pool.config.supervision.abort_grace).await,
         fate => fate,
     };
     if matches!(fate, SlotFate::Reconnect | SlotFate::Verify) {
@@ -150,7 +150,7 @@ pub(crate) async fn serve<S: BodySource, K: ResponseSink>(
         serving: None,
         redirects: 0,
         pins: &pins,
-        times: WorkerTimes::default(),
+        times: WorkerTimes { measured: registry.access_needs.times, ..WorkerTimes::default() },
     };
     let mut step = Step::Route;
     let (status, bytes, pool_name) = loop {
@@ -174,7 +174,11 @@ pub(crate) async fn serve<S: BodySource, K: ResponseSink>(
             duration: took,
             pool: pool_name.map(|p| &**p).unwrap_or(""),
             request_id,
-            web_request_id: crate::logging::web_request_id(&req.params),
+            web_request_id: registry
+                .access_needs
+                .web_request_id
+                .then(|| crate::logging::web_request_id(&req.params))
+                .flatten(),
             queue: req.times.queue,
             app: req.times.app,
             pid: req.times.pid,
@@ -208,6 +212,8 @@ struct Request<'a, S, K> {
 /// Where a request's time went, for the access log (summed over internal redirects).
 #[derive(Default)]
 struct WorkerTimes {
+    /// The access log shows `queue` and `app`: without it no clock is read for them.
+    measured: bool,
     /// Waiting for a worker.
     queue: Option<std::time::Duration>,
     /// On a worker, from taking it to the end of its response.
@@ -216,9 +222,18 @@ struct WorkerTimes {
     pid: Option<u32>,
 }
 
-/// `d` added to what `total` holds so far.
-fn add(total: &mut Option<std::time::Duration>, d: std::time::Duration) {
-    *total = Some(total.unwrap_or_default() + d);
+impl WorkerTimes {
+    /// Now, when the times are measured.
+    fn now(&self) -> Option<Instant> {
+        self.measured.then(Instant::now)
+    }
+}
+
+/// The time since `since` (when measured) added to what `total` holds so far.
+fn add(total: &mut Option<std::time::Duration>, since: Option<Instant>) {
+    if let Some(since) = since {
+        *total = Some(total.unwrap_or_default() + since.elapsed());
+    }
 }
 
 impl<'a, S: BodySource, K: ResponseSink> Request<'a, S, K> {
@@ -342,9 +357,9 @@ impl<'a, S: BodySource, K: ResponseSink> Request<'a, S, K> {
         let ticket =
             Ticket { method: &method, uri: self.uri_bytes, request_id: self.request_num, started: self.started };
         let kept = self.kept(pool, declared);
-        let asked = Instant::now();
+        let asked = self.times.now();
         let acquired = pool.dispatcher.acquire_piped(&ticket, kept.clone(), self.source.aborted()).await;
-        add(&mut self.times.queue, asked.elapsed());
+        add(&mut self.times.queue, asked);
         match acquired {
             Ok(granted) => self.run(pool, granted, &ticket, declared, kept).await,
             Err(AcquireError::Gone) => self.gone(pool).await,
@@ -464,9 +479,9 @@ impl<'a, S: BodySource, K: ResponseSink> Request<'a, S, K> {
         declared: Option<u64>,
         kept: Option<Bytes>,
     ) -> Step<'a> {
-        let taken = Instant::now();
+        let taken = self.times.now();
         let exchanged = self.exchange_on(pool, granted, ticket, kept).await;
-        add(&mut self.times.app, taken.elapsed());
+        add(&mut self.times.app, taken);
         let Some((slot, outcome)) = exchanged else {
             tracing::error!(pool = %pool.name, request_id = self.request_id, uri = %self.uri, "no worker took the request, answering 502");
             return self

@@ -101,6 +101,28 @@ mod tests {
     }
 
     #[test]
+    fn a_request_does_only_the_work_its_access_line_needs() {
+        use crate::config::access_format::Needs;
+        use crate::logging::AccessLog;
+        let needs = |t: &str| AccessFormat::parse(t).expect("format").needs();
+        let basics = "$remote_addr \"$method $uri\" $status $bytes $duration $duration_ms $pool $pid $request_id $time";
+        assert_eq!(needs(basics), Needs::default());
+        assert_eq!(needs("$queue_ms"), Needs { times: true, web_request_id: false });
+        assert_eq!(needs("${app_ms}ms"), Needs { times: true, web_request_id: false });
+        assert_eq!(needs("$web_request_id $$queue_ms"), Needs { times: false, web_request_id: true });
+        // The main log's access events carry every field; the built-in file line none of these.
+        let (tx, _rx) = std::sync::mpsc::sync_channel(1);
+        assert_eq!(AccessLog::MainLog.needs(), Needs::ALL);
+        assert_eq!(AccessLog::File { tx: tx.clone(), format: None }.needs(), Needs::default());
+        let format = AccessFormat::parse("$app_ms $web_request_id").ok();
+        assert_eq!(AccessLog::File { tx, format }.needs(), Needs::ALL);
+        // Read by every request from the registry; no access log, no work.
+        let registry = |log| crate::registry::Registry::new(log, 1 << 20, Vec::new(), Default::default());
+        assert_eq!(registry(Some(AccessLog::MainLog)).access_needs, Needs::ALL);
+        assert_eq!(registry(None).access_needs, Needs::default());
+    }
+
+    #[test]
     fn unknown_variable_is_named() {
         let e = check("$remote_addr $referer").err().unwrap_or_default();
         assert!(e.starts_with("unknown variable $referer"), "{e}");

@@ -444,6 +444,15 @@ fn worker_tables(o: &mut String, s: &Status) {
 /// Requests a worker's row lists at most (the JSON has them all).
 const CURRENT_SHOWN: usize = 10;
 
+/// Beside a request in flight whose client went away and that its worker did not end
+/// within abort-grace (`abandoned` in the JSON): the page and `fcgibridge status`/`top`
+/// write it the same way.
+pub(crate) const ABANDONED: &str = "(abandoned)";
+
+/// What an abandoned request's marker says when pointed at.
+const ABANDONED_TITLE: &str =
+    "the web server aborted it and the worker did not end it within abort-grace: the worker is being replaced";
+
 /// A worker's requests in flight, the longest running first, one per line: the "current
 /// request" and "running for" cells.
 fn current_cells(current: &[super::model::CurrentRequest]) -> (String, String) {
@@ -456,7 +465,12 @@ fn current_cells(current: &[super::model::CurrentRequest]) -> (String, String) {
     let shown = if more > 0 { CURRENT_SHOWN - 1 } else { CURRENT_SHOWN };
     let (mut req, mut dur) = (Vec::new(), Vec::new());
     for c in longest.iter().take(shown) {
-        req.push(format!("{} {}", esc(&c.method), esc(&c.uri)));
+        let marker = if c.abandoned {
+            format!(" <span class=\"warn abandoned\" title=\"{ABANDONED_TITLE}\">{ABANDONED}</span>")
+        } else {
+            String::new()
+        };
+        req.push(format!("{} {}{marker}", esc(&c.method), esc(&c.uri)));
         dur.push(human_secs(c.duration_seconds));
     }
     if more > 0 {
@@ -503,11 +517,29 @@ mod tests {
             method: "GET".to_owned(),
             uri: uri.to_owned(),
             duration_seconds: secs,
+            abandoned: false,
         };
         let (r, d) = current_cells(&[req("/a", 1.0), req("/b<", 3.0), req("/c", 2.0)]);
         assert_eq!(r, "GET /b&lt;<br>GET /c<br>GET /a");
         assert_eq!(d, "3.000s<br>2.000s<br>1.000s");
         let many: Vec<_> = (0..12).map(|i| req("/x", f64::from(i))).collect();
         assert!(current_cells(&many).0.ends_with("<br>… 3 more"));
+    }
+
+    #[test]
+    fn an_abandoned_request_is_marked() {
+        use super::super::model::CurrentRequest;
+        let req = |uri: &str, abandoned| CurrentRequest {
+            request_id: 1,
+            method: "GET".to_owned(),
+            uri: uri.to_owned(),
+            duration_seconds: 1.0,
+            abandoned,
+        };
+        let (r, _) = current_cells(&[req("/left", true), req("/served", false)]);
+        let (left, served) = r.split_once("<br>").unwrap_or_default();
+        assert!(left.starts_with("GET /left <span class=\"warn abandoned\" title=\"the web server aborted it"), "{r}");
+        assert!(left.ends_with(">(abandoned)</span>"), "{r}");
+        assert_eq!(served, "GET /served");
     }
 }

@@ -147,6 +147,7 @@ fn pool_status(s: &track::State, p: crate::supervise::stats::PoolStats, start_ti
                     method: c.method,
                     uri: c.uri,
                     duration_seconds: c.duration_seconds,
+                    abandoned: c.abandoned,
                 })
                 .collect(),
         })

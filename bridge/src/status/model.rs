@@ -154,6 +154,9 @@ pub(crate) struct CurrentRequest {
     pub method: String,
     pub uri: String,
     pub duration_seconds: f64,
+    /// The web server aborted it (its client left) and the worker did not end it within
+    /// abort-grace: the worker is being replaced; nobody waits for the answer.
+    pub abandoned: bool,
 }
 
 /// The charts' data: per pool and listener, one value per sampling interval, oldest first

@@ -32,7 +32,6 @@ use super::policy::{
 use super::stats::{ManagerView, RestartRecord, WorkerInfo};
 use super::worker::{self, Event, WorkerTask};
 use super::{PoolControl, Spawner, Stop};
-use crate::backend::exchange::ABORT_GRACE;
 use crate::backend::SlotConn;
 use crate::config::supervision::Mode;
 use crate::config::{self, App};
@@ -526,8 +525,8 @@ impl Manager {
         }
     }
 
-    /// Requests whose client went away and that their worker did not end within the abort
-    /// grace (exchange.rs): each such worker is replaced as for a request-timeout, as a
+    /// Requests whose client went away and that their worker did not end within the pool's
+    /// abort-grace (exchange.rs): each such worker is replaced as for a request-timeout, as a
     /// retirement, not a crash (docs/supervision.md).
     fn replace_abandoning(&mut self) {
         let abandoned = self.dispatcher.take_abandoned();
@@ -535,6 +534,7 @@ impl Manager {
             return;
         }
         let graceful = DurationText(self.sup().graceful_timeout);
+        let grace = DurationText(self.sup().abort_grace);
         let alone = self.active() <= 1;
         for a in abandoned {
             let Some(w) = self.workers.iter_mut().find(|w| w.key == a.worker) else { continue };
@@ -552,8 +552,8 @@ impl Manager {
             };
             tracing::warn!(
                 pool = &*self.name, pid = w.pid, request_id = a.request_id, uri = %a.uri,
-                "worker did not end an aborted request within {}: {} {} ran {:.1?}; {next}",
-                DurationText(ABORT_GRACE), a.method, a.uri, a.running
+                "worker did not end an aborted request within abort-grace ({}): {} {} ran {:.1?}; {next}",
+                grace, a.method, a.uri, a.running
             );
             let reason = format!("aborted request not ended ({} {} ran {:.0?})", a.method, a.uri, a.running);
             match w.state {

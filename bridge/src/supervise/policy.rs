@@ -39,10 +39,10 @@ impl Recycle {
     }
 
     /// A ready worker with a request that its client left and that it did not end within
-    /// the abort grace (the bridge's own): replaced like one past request-timeout — it
-    /// takes no new requests while another worker serves, its other requests get
-    /// graceful-timeout, then it is killed (a thread of it still runs the request). A
-    /// replacement already that hard (a request-timeout) stays.
+    /// the pool's abort-grace: replaced like one past request-timeout — it takes no new
+    /// requests while another worker serves, its other requests get graceful-timeout, then
+    /// it is killed (a thread of it still runs the request). A replacement already that
+    /// hard (a request-timeout) stays.
     pub(super) fn after_abandoned(pending: Option<&Self>, reason: String) -> Self {
         match pending {
             Some(r) if r.urgent && r.hard => r.clone(),

@@ -175,6 +175,24 @@ pub(crate) struct CurrentRequestStats {
     pub duration_seconds: f64,
     /// Answered 504 by request-timeout; its worker is being replaced.
     pub timed_out: bool,
+    /// Its client went away and the worker did not end it within abort-grace; its worker
+    /// is being replaced.
+    pub abandoned: bool,
+}
+
+impl CurrentRequestStats {
+    /// The dispatcher's request `c` as it is at `now`.
+    fn of(c: crate::dispatch::CurrentRequest, now: Instant) -> Self {
+        Self {
+            request_id: c.request_id,
+            method: c.method,
+            uri: c.uri,
+            start_time: unix_at(c.since),
+            duration_seconds: now.saturating_duration_since(c.since).as_secs_f64(),
+            timed_out: c.timed_out,
+            abandoned: c.abandoned,
+        }
+    }
 }
 
 /// A worker process that went.
@@ -265,17 +283,7 @@ pub(crate) fn pool_snapshot(pool: &PoolRuntime) -> PoolStats {
             requests: served,
             busy_slots: busy,
             idle_slots: open.saturating_sub(busy),
-            current: current
-                .into_iter()
-                .map(|c| CurrentRequestStats {
-                    request_id: c.request_id,
-                    method: c.method,
-                    uri: c.uri,
-                    start_time: unix_at(c.since),
-                    duration_seconds: now.saturating_duration_since(c.since).as_secs_f64(),
-                    timed_out: c.timed_out,
-                })
-                .collect(),
+            current: current.into_iter().map(|c| CurrentRequestStats::of(c, now)).collect(),
             rss_bytes: w.rss_bytes,
             cpu_seconds: w.cpu_seconds,
             spawn_time: w.spawn_time,
