@@ -10,11 +10,19 @@ Paths:
   /hang                sleeps forever (in function hang_here, for the stack dump)
   /hold?mark=          holds its thread until the test creates <mark>.release, answers like /pid
   /exit                os._exit(1) mid-request
+  /escape?mark=        starts `python -c "time.sleep(600)"` in a session of its own (setsid),
+                       its pid in NAME.escaped; answers like /pid
+  /double-fork?mark=&setsid=   forks a child that forks a grandchild (its pid in NAME.grandchild)
+                       and exits (after setsid when setsid=1); the grandchild writes "<pid>
+                       <ppid>" to NAME.orphan once its parent is gone, then exits (or, with
+                       setsid=1, sleeps for ever)
 With ?mark=NAME, /sleep, /hang and /hold leave NAME.started in $FCGIBRIDGE_TEST_DIR once
 they run (with the pid): a test waits for that instead of guessing with a sleep.
 """
 import json
 import os
+import subprocess
+import sys
 import threading
 import time
 from urllib.parse import parse_qs
@@ -56,6 +64,40 @@ def _started(q):
         with open(path + ".tmp", "w") as f:
             f.write(str(os.getpid()))
         os.replace(path + ".tmp", path)
+
+
+def _mark_file(q, suffix, text):
+    path = os.path.join(os.environ["FCGIBRIDGE_TEST_DIR"], q["mark"] + suffix)
+    with open(path + ".tmp", "w") as f:
+        f.write(text)
+    os.replace(path + ".tmp", path)
+
+
+def _double_fork(q, setsid):
+    """A child that forks a grandchild (its pid in NAME.grandchild) and exits: the
+    grandchild is an orphan at once."""
+    child = os.fork()
+    if child:
+        os.waitpid(child, 0)
+        return
+    code = 1
+    try:
+        if setsid:
+            os.setsid()
+        parent = os.getpid()
+        grandchild = os.fork()
+        if grandchild:
+            _mark_file(q, ".grandchild", str(grandchild))
+        else:
+            deadline = time.monotonic() + 60
+            while os.getppid() == parent and time.monotonic() < deadline:
+                time.sleep(0.01)
+            _mark_file(q, ".orphan", f"{os.getpid()} {os.getppid()}")
+            while setsid:
+                time.sleep(1)
+        code = 0
+    finally:
+        os._exit(code)
 
 
 def hang_here():
@@ -100,5 +142,12 @@ def application(environ, start_response):
         hang_here()
     if path == "/exit":
         os._exit(1)
+    if path == "/escape":
+        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"], start_new_session=True)
+        _mark_file(q, ".escaped", str(child.pid))
+        return _json(start_response, _who({"escaped": child.pid}))
+    if path == "/double-fork":
+        _double_fork(q, q.get("setsid") == "1")
+        return _json(start_response, _who())
     start_response("404 Not Found", [("Content-Type", "text/plain"), ("Content-Length", "9")])
     return [b"not found"]

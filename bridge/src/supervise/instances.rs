@@ -8,11 +8,13 @@
 //! 404 and remembered for `missing-cache`). New instances are limited to `spawn-rate` a
 //! second and `max-instances` live ones: at the cap the least recently used idle instance
 //! is stopped, else the request gets 503 with Retry-After. An instance refused before it
-//! starts (its account, its configuration) is remembered for `missing-cache` too, and pays
-//! from a budget of its own, not from `spawn-rate`. An instance with no request
-//! for `instance-idle-timeout` is stopped. An instance's configuration is resolved and
-//! checked exactly as a written pool's (user, script owner, chroot, the interpreter
-//! probe), and a `user:` below `min-uid` is refused.
+//! starts (its account, its configuration) is remembered for `missing-cache` too — not
+//! an account that could not be looked up (NSS answered with an error, not with "no such
+//! user"): that is a 503, and the next request looks again — and pays from a budget of its
+//! own, not from `spawn-rate`. An instance with no request for `instance-idle-timeout` is
+//! stopped. An instance's configuration is resolved and checked exactly as a written
+//! pool's (user, script owner, chroot, the interpreter probe), and a `user:` below
+//! `min-uid` is refused.
 use super::manager::{self, ManagerCmd};
 use super::{PoolRuntime, Spawner, Stop};
 use crate::config::template::{fill_raw, Placeholder, Template};
@@ -66,6 +68,9 @@ pub(crate) enum Refusal {
     Account { key: String, why: String },
     #[error("instance {key:?} cannot be made: {why}")]
     Broken { key: String, why: String },
+    /// The account could not be looked up (the directory did not answer): not remembered.
+    #[error("instance {key:?} cannot be made now: {why}")]
+    Lookup { key: String, why: String },
     #[error("new instance {0:?} refused: spawn-rate reached")]
     SpawnRate(String),
     #[error("new instance {key:?} refused: max-instances ({max}) live and none idle")]
@@ -101,6 +106,7 @@ impl Refusal {
             Self::NotAllowed(_) | Self::Missing { .. } => (404, None),
             Self::Account { .. } => (403, None),
             Self::Broken { .. } => (500, None),
+            Self::Lookup { .. } => (503, Some(LOOKUP_RETRY_AFTER)),
             Self::SpawnRate(_) | Self::Full { .. } => (503, Some(1)),
         }
     }
@@ -111,6 +117,7 @@ impl Refusal {
             Self::BadKey { .. } | Self::NoKey(_) => &BAD_KEY,
             Self::NotAllowed(_) | Self::Missing { .. } | Self::Account { .. } => &NO_SITE,
             Self::Broken { .. } => &BROKEN,
+            Self::Lookup { .. } => &LOOKUP,
             Self::SpawnRate(_) | Self::Full { .. } => &BUSY,
         }
     }
@@ -135,6 +142,17 @@ pub(crate) static BROKEN: Kind = Kind {
     level: Level::Warn,
     burst: 1,
 };
+/// 503: the instance's account could not be looked up.
+pub(crate) static LOOKUP: Kind = Kind {
+    scope: Scope::Pool,
+    what: "requests answered 503",
+    reason: "account lookup failed",
+    level: Level::Warn,
+    burst: 1,
+};
+/// Retry-After of a failed account lookup: a directory that did not answer is seldom back
+/// within the second.
+const LOOKUP_RETRY_AFTER: u32 = 5;
 /// 503: spawn-rate or max-instances.
 pub(crate) static BUSY: Kind = Kind {
     scope: Scope::Pool,
@@ -765,8 +783,10 @@ fn fill_owner(raw: crate::config::RawPool) -> Result<crate::config::RawPool, Mak
         }
         Err(OwnerError::Refused(why)) => return Err(Box::new(move |key| Refusal::Account { key, why })),
     };
-    let user = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)).ok().flatten();
-    let name = user.map_or_else(|| uid.to_string(), |u| u.name);
+    let name = match find_account(&uid.to_string()) {
+        Ok(user) => user.map_or_else(|| uid.to_string(), |u| u.name),
+        Err(e) => return Err(lookup_failed(&uid.to_string(), e)),
+    };
     Ok(fill_raw(&raw, &[(Placeholder::Owner, name.as_str())]))
 }
 
@@ -813,28 +833,7 @@ fn resolve_instance(
     // Before the pool's own checks: a root or system account is refused as such (403),
     // not as a pool that would need allow-root.
     if let Some(written) = raw.user.as_deref() {
-        let found = match written.parse::<u32>() {
-            Ok(id) => nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(id)).ok().flatten(),
-            Err(_) => nix::unistd::User::from_name(written).ok().flatten(),
-        };
-        match found {
-            Some(u) if u.uid.as_raw() < t.min_uid => {
-                let why = format!("user {} has uid {}, below min-uid {}", u.name, u.uid, t.min_uid);
-                return Err(Box::new(move |key| Refusal::Account { key, why }));
-            }
-            // The kernel's overflow id: the account of many daemons and of NFS squashing.
-            Some(u) if u.uid.as_raw() == NOBODY_UID => {
-                let why =
-                    format!("user {} (uid {NOBODY_UID}) is the unprivileged catch-all account, no site's", u.name);
-                return Err(Box::new(move |key| Refusal::Account { key, why }));
-            }
-            Some(_) => {}
-            // A key naming nobody is no site.
-            None => {
-                let why = format!("no account {written:?}");
-                return Err(Box::new(move |key| Refusal::Missing { key, why }));
-            }
-        }
+        judge_account(t, written, find_account(written))?;
     }
     let mut pool = crate::config::template::instantiate(t, raw, search_path.as_deref())
         .map_err(|e| -> MakeRefusal { Box::new(move |key| Refusal::Broken { key, why: e.to_string() }) })?;
@@ -846,6 +845,49 @@ fn resolve_instance(
     // The first request waits in the queue while the first worker starts.
     pool.queue_timeout = pool.queue_timeout.max(pool.startup_timeout);
     Ok(pool)
+}
+
+/// The account `written` names (a name, or a uid in digits): `Ok(None)` when there is no
+/// such account, `Err` when the lookup itself failed (NSS could not ask LDAP or SSSD).
+fn find_account(written: &str) -> nix::Result<Option<nix::unistd::User>> {
+    match written.parse::<u32>() {
+        Ok(id) => nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(id)),
+        Err(_) => nix::unistd::User::from_name(written),
+    }
+}
+
+/// Whether the account `written`, as its lookup `found` it, may run an instance of `t`: a
+/// site's account, not root, a system account (`min-uid`) or `nobody`. No account is no
+/// site (404, remembered); a lookup that failed says nothing yet (503, looked up again).
+fn judge_account(
+    t: &Template,
+    written: &str,
+    found: nix::Result<Option<nix::unistd::User>>,
+) -> Result<(), MakeRefusal> {
+    let user = match found {
+        Ok(Some(u)) => u,
+        Ok(None) => {
+            let why = format!("no account {written:?}");
+            return Err(Box::new(move |key| Refusal::Missing { key, why }));
+        }
+        Err(e) => return Err(lookup_failed(written, e)),
+    };
+    let why = if user.uid.as_raw() < t.min_uid {
+        format!("user {} has uid {}, below min-uid {}", user.name, user.uid, t.min_uid)
+    } else if user.uid.as_raw() == NOBODY_UID {
+        // The kernel's overflow id: the account of many daemons and of NFS squashing.
+        format!("user {} (uid {NOBODY_UID}) is the unprivileged catch-all account, no site's", user.name)
+    } else {
+        return Ok(());
+    };
+    Err(Box::new(move |key| Refusal::Account { key, why }))
+}
+
+fn lookup_failed(written: &str, e: nix::errno::Errno) -> MakeRefusal {
+    let why = format!(
+        "cannot look up user {written:?}: {e} (the account database did not answer; check what nsswitch.conf asks: LDAP, SSSD); not remembered, the next request looks again"
+    );
+    Box::new(move |key| Refusal::Lookup { key, why })
 }
 
 /// The values of the template's placeholders for this request, each checked.
@@ -1001,6 +1043,56 @@ mod tests {
         assert!(matches!(r, Refusal::Account { .. }), "{r}");
         let left = rt.lock().spawns.tokens;
         assert!((left - 1.0).abs() < 0.5, "one of 2 spent: {left}");
+    }
+
+    /// A template of `user: "{user}"` (key: REMOTE_USER) and its runtime.
+    fn per_user(name: &str) -> (Arc<Template>, Arc<TemplateRuntime>) {
+        let root = crate::config::tests::scratch_dir(name);
+        std::fs::create_dir_all(root.join("conf.d")).unwrap();
+        let text = format!(
+            "pools:\n  homes:\n    template: {{}}\n    app: {}/{{user}}/app.py\n    user: '{{user}}'\nlisteners:\n  web: {{fastcgi: 127.0.0.1:9000, pool: homes}}\n",
+            root.display()
+        );
+        std::fs::write(root.join("conf.d/10.yaml"), text).unwrap();
+        let config = crate::config::load_with_search_path(&root.join("conf.d"), None).unwrap();
+        let t = Arc::new(config.templates[0].clone());
+        (t.clone(), TemplateRuntime::new(&t, &Arc::new(Shelf::default())))
+    }
+
+    #[test]
+    fn an_account_lookup_that_fails_is_a_503_that_is_not_remembered() {
+        use nix::errno::Errno;
+        use nix::unistd::{Gid, Uid, User};
+        let (t, rt) = per_user("account-lookup-errors");
+        let refusal = |found| match judge_account(&t, "alice", found) {
+            Err(r) => rt.refuse(&t, r("alice".to_owned())),
+            Ok(()) => panic!("alice was taken"),
+        };
+        let user = |uid| User {
+            name: "alice".into(),
+            passwd: Default::default(),
+            uid: Uid::from_raw(uid),
+            gid: Gid::from_raw(uid),
+            gecos: Default::default(),
+            dir: "/home/alice".into(),
+            shell: "/bin/sh".into(),
+        };
+        // The directory did not answer: the web server is told to come back, with why.
+        for e in [Errno::EIO, Errno::ETIMEDOUT] {
+            let r = refusal(Err(e));
+            assert!(matches!(r, Refusal::Lookup { .. }), "{r}");
+            assert_eq!(r.status(), (503, Some(LOOKUP_RETRY_AFTER)));
+            assert!(r.to_string().contains(&format!("cannot look up user \"alice\": {e}")), "{r}");
+            assert!(rt.lock().refused.is_empty(), "a failed lookup is not remembered");
+        }
+        // The directory answered: a site's account is taken, a system one refused.
+        assert!(judge_account(&t, "alice", Ok(Some(user(1001)))).is_ok());
+        let r = refusal(Ok(Some(user(999))));
+        assert_eq!(r.status().0, 403, "{r}");
+        // No such account: no site, remembered.
+        let r = refusal(Ok(None));
+        assert_eq!(r.status().0, 404, "{r}");
+        assert!(rt.lock().refused.contains_key("alice"));
     }
 
     #[test]

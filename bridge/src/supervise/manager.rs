@@ -1157,12 +1157,14 @@ impl std::fmt::Display for DurationText {
     }
 }
 
-/// SIGKILL what a worker left behind in its process group (every worker leads one): the
-/// app's children would otherwise run on outside every limit and recycling, holding the
-/// worker's sockets. The group's id stays reserved while it has members, so no stranger is
-/// hit; one that called setsid() has left the group and is out of reach (a cgroup per
-/// pool catches those: docs/supervision-isolation.md).
+/// SIGKILL what a worker left behind (every worker leads a process group): the app's
+/// children would otherwise run on outside every limit and recycling, holding the worker's
+/// sockets. The group's id stays reserved while it has members, so no stranger is hit.
+/// One that called setsid() has left the group (and its session): the daemon, a child
+/// subreaper, has just adopted it, and the look asked for here kills it
+/// (supervise/orphans.rs); the members killed now are reaped there too.
 fn end_left_behind(pool: &str, pid: u32) {
+    super::orphans::look();
     let Some(pgid) = i32::try_from(pid).ok().filter(|&p| p > 1) else { return };
     if nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pgid), nix::sys::signal::Signal::SIGKILL).is_ok() {
         tracing::warn!(pool, pid, "the worker left processes behind in its process group; killed them");

@@ -5,6 +5,7 @@ pub(crate) mod app_import;
 pub(crate) mod instances;
 mod isolate;
 pub(crate) mod manager;
+pub(crate) mod orphans;
 mod policy;
 pub(crate) mod probe;
 pub(crate) mod program;

@@ -232,7 +232,8 @@ fn run_probe(mut cmd: Command, exe: &Path, timeout: Duration) -> Result<Found, P
     unsafe {
         use std::os::unix::process::CommandExt;
         cmd.pre_exec(|| {
-            // Its own group, so a timeout kills whatever it started too.
+            // Its own group, so a timeout kills whatever it started too (never its own
+            // session: see spawn.rs).
             if libc::setpgid(0, 0) == -1
                 || libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) == -1
             {
@@ -243,7 +244,7 @@ fn run_probe(mut cmd: Command, exe: &Path, timeout: Duration) -> Result<Found, P
         });
     }
     let spawn_error = |source| ProbeError::Spawn { source, run_as: None, detail: String::new() };
-    let child = cmd.spawn().map_err(spawn_error)?;
+    let child = super::orphans::spawn_own(|| cmd.spawn(), |c| Some(c.id())).map_err(spawn_error)?;
     let pid = child.id() as libc::pid_t;
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {

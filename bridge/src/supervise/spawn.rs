@@ -270,7 +270,7 @@ fn launch(
     // Credentials change first: the kernel clears PR_SET_PDEATHSIG (set below) on setuid.
     iso.install(&mut cmd, step);
     child_setup(&mut cmd, step, ready_w, claims);
-    cmd.spawn().map_err(|source| {
+    super::orphans::spawn_own(|| cmd.spawn(), tokio::process::Child::id).map_err(|source| {
         let at = steps.failed_at();
         SpawnError::Start(Box::new(StartFailure::new(pool, run_as.as_deref(), at, source)))
     })
@@ -358,7 +358,9 @@ fn child_setup(cmd: &mut Command, step: StepMarker, ready_w: Option<RawFd>, clai
                 return Err(std::io::Error::last_os_error());
             }
             // Its own process group: a Ctrl-C in the bridge's terminal reaches the bridge,
-            // which stops the workers in order.
+            // which stops the workers in order. Never its own session: the bridge's
+            // children share its session, and a child in another one is taken for an
+            // orphan that left its worker's (orphans.rs) and killed.
             if libc::setpgid(0, 0) == -1 {
                 return Err(std::io::Error::last_os_error());
             }

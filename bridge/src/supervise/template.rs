@@ -215,6 +215,7 @@ fn child_setup(
             check(libc::dup2(ready_hi, READY_FD))?;
             check(libc::dup2(ctl_hi, CONTROL_FD))?;
             check(libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0))?;
+            // Its own process group, never its own session (see spawn.rs).
             check(libc::setpgid(0, 0))?;
             super::spawn::ignore_operator_signals()?;
             step.mark(super::spawn::Step::Exec);
@@ -249,7 +250,7 @@ async fn start_template(pool: &Pool, python_path: &Path) -> Result<Arc<Template>
     let step = steps.marker();
     iso.install(&mut cmd, step);
     child_setup(&mut cmd, step, ready_w.as_raw_fd(), theirs.as_raw_fd());
-    let mut child = match cmd.spawn() {
+    let mut child = match super::orphans::spawn_own(|| cmd.spawn(), tokio::process::Child::id) {
         Ok(c) => c,
         Err(source) => {
             let at = steps.failed_at();
