@@ -159,6 +159,9 @@ def test_memory_limit_recycles_a_leaking_worker_gracefully(tmp_path):
         b.log.wait_for([r"retiring the worker: memory-limit \(RSS \d+MiB > 120MiB\)", f"pid={leaker}"])
         b.log.wait_for([r"worker stopped \(memory-limit", "SIGTERM"])
         assert len(worker_pids(b)) == 2
+        for pid in worker_pids(b):  # ps / pgrep -f tell the pools apart
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                assert b"# fcgibridge pool p\n" in f.read(), pid
     finally:
         b.stop()
 

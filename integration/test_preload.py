@@ -66,6 +66,10 @@ def test_workers_are_forks_of_the_template(preloaded):
     assert pids, "no worker answered"
     for pid in pids:
         assert ppid_of(pid) == tpl, f"worker {pid} is not a child of the template {tpl}"
+    # ps / pgrep -f tell the pools apart: the template's command line (its forks' too) names it.
+    for pid in pids | {tpl}:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            assert b"# fcgibridge pool edge\n" in f.read(), pid
 
 
 def test_django_through_forked_workers(preloaded):

@@ -10,6 +10,16 @@ use tokio::process::Command;
 
 /// The worker's entry point; argv[1] is the directory holding the fcgibridge_worker package.
 const BOOT: &str = "import sys; sys.path.insert(0, sys.argv.pop(1)); import fcgibridge_worker.main as m; m.main()";
+
+/// The `-c` program of a worker (or template) of `pool`: [`BOOT`] after a comment naming
+/// the pool, so that `ps`, `top -c` and `pgrep -f "pool NAME"` tell the pools' workers
+/// apart (characters outside a name's usual set are shown as `_`: the comment must stay
+/// one line).
+pub(super) fn boot_program(pool: &str) -> String {
+    let shown: String =
+        pool.chars().map(|c| if c.is_ascii_alphanumeric() || "._-@+".contains(c) { c } else { '_' }).collect();
+    format!("# fcgibridge pool {shown}\n{BOOT}")
+}
 /// `fcgibridge check --import`'s: the worker's start up to serving, then exit (main.py's check_import).
 const IMPORT_CHECK_BOOT: &str =
     "import sys; sys.path.insert(0, sys.argv.pop(1)); import fcgibridge_worker.main as m; m.check_import()";
@@ -234,7 +244,7 @@ pub(super) async fn spawn_worker(
     let give_ready_fd = program.is_none();
     let mut cmd = program.unwrap_or_else(|| {
         let mut c = Command::new(iso.python());
-        c.arg("-u").arg("-c").arg(BOOT).arg(iso.python_path());
+        c.arg("-u").arg("-c").arg(boot_program(&pool.name)).arg(iso.python_path());
         c
     });
     worker_environment(&mut cmd, pool, &iso, app);
@@ -490,6 +500,14 @@ pub(crate) fn keep_inherited_descriptors_from_children() {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_worker_program_names_its_pool_on_one_comment_line() {
+        assert!(boot_program("shop").starts_with("# fcgibridge pool shop\nimport sys;"));
+        let odd = boot_program("a\nb c\u{e9}.x@y");
+        assert!(odd.starts_with("# fcgibridge pool a_b_c_.x@y\n"), "{odd}");
+        assert_eq!(odd.lines().count(), 2);
+    }
     use std::path::PathBuf;
 
     fn pool(python: PathBuf, chdir: PathBuf) -> Pool {

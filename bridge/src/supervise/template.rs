@@ -33,7 +33,6 @@ const CONTROL_FD: i32 = 4;
 const READY_FD: i32 = 3;
 /// How long a template may take to fork and answer with the pid.
 const FORK_REPLY_TIMEOUT: Duration = Duration::from_secs(10);
-const BOOT: &str = "import sys; sys.path.insert(0, sys.argv.pop(1)); import fcgibridge_worker.main as m; m.main()";
 
 /// Why a worker could not be forked from its pool's template.
 #[derive(Debug, thiserror::Error)]
@@ -239,7 +238,7 @@ async fn start_template(pool: &Pool, python_path: &Path) -> Result<Arc<Template>
     let app = super::spawn::python_app_spec(pool, &iso)
         .ok_or_else(|| TemplateError::Fork("command: pools have no template".into()))?;
     let mut cmd = Command::new(iso.python());
-    cmd.arg("-u").arg("-c").arg(BOOT).arg(iso.python_path());
+    cmd.arg("-u").arg("-c").arg(super::spawn::boot_program(&pool.name)).arg(iso.python_path());
     super::spawn::worker_environment(&mut cmd, pool, &iso, app);
     cmd.env("FCGIBRIDGE_TEMPLATE", "1")
         .stdin(Stdio::null())
