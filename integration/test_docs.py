@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+import textwrap
 
 import pytest
 
@@ -20,9 +21,11 @@ def examples():
     for md in sorted([REPO / "README.md", *(REPO / "docs").rglob("*.md")]):
         text = md.read_text()
         for m in re.finditer(r"```yaml\n(.*?)```", text, re.S):
-            if re.search(r"^(bridge|pools|listeners):", m.group(1), re.M):
+            # A block in a numbered step is indented as deep as its fence.
+            block = textwrap.dedent(m.group(1))
+            if re.search(r"^(bridge|pools|listeners):", block, re.M):
                 line = text[:m.start()].count("\n") + 2
-                yield pytest.param(m.group(1), id=f"{md.relative_to(REPO)}:{line}")
+                yield pytest.param(block, id=f"{md.relative_to(REPO)}:{line}")
 
 
 EXAMPLES = list(examples())

@@ -509,8 +509,9 @@ def test_classic_scripts_arguments_are_logged(bridge, nginx):
     log = bridge.log
     log.wait_for([r"flup argument maxThreads=50 ignored: use the pool's `threads`", r'pool="django"'])
     log.wait_for([r"flup argument bindAddress='/run/wiki/wiki\.sock' ignored", r"unix:/run/wiki/wiki\.sock"])  # moin
-    log.wait_for([r"flup argument umask=7 ignored", r'socket-mode: "0770"'])
-    log.wait_for([r"flup argument scriptName='/py3'"])  # flup-py3 style
+    log.wait_for([r"WARN .*flup argument umask=0o007 ignored", r'socket-mode: "0770"', r"socket-group:"])
+    # what is honoured is logged at INFO, what is ignored at WARN
+    log.wait_for([r"INFO .*flup argument scriptName='/py3'"])  # flup-py3 style
     log.wait_for([r"flup\.server\.fcgi_fork serves one request at a time"])  # flup6 style
     log.wait_for([r"flup argument multiplexed=True ignored"])  # PHP_FCGI_CHILDREN pattern
 

@@ -16,13 +16,12 @@ import shutil
 import signal
 import socket
 import subprocess
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 import fcgi_client as fc
-from harness import APPS, REPO, LogFile, bridge_binary, free_ports, in_netns, stop_process, wait_until
+from harness import APPS, REPO, LogFile, bridge_binary, stop_process, wait_until
 
 SOCKET = "/run/fcgibridge/app.sock"
 
@@ -45,9 +44,13 @@ def systemd_yaml() -> str:
 def test_one_socket_path_across_readme_guides_and_socket_unit():
     sock = unit(REPO / "dist" / "systemd" / "fcgibridge.socket")
     assert sock["Socket.ListenStream"] == SOCKET
+    # The Debian package's demo has sockets of its own there, which systemd.md describes;
+    # none of them may be the app's.
+    demo = set(re.findall(r"/run/fcgibridge/[\w.-]*sock", (REPO / "dist/debian/10-demo.yaml").read_text()))
+    assert demo and SOCKET not in demo, demo
     for doc in ("README.md", "docs/operator-guide.md", "docs/systemd.md"):
         text = (REPO / doc).read_text()
-        paths = set(re.findall(r"/run/fcgibridge[/.][\w.]*sock", text))
+        paths = set(re.findall(r"/run/fcgibridge[/.][\w.]*sock", text)) - demo
         assert paths == {SOCKET}, (doc, paths)
 
 
@@ -169,6 +172,19 @@ def build_deb(tmp_path: Path) -> Path:
     return Path(r.stdout.strip().splitlines()[-1])
 
 
+def unix_http_get(path: Path, target: str) -> tuple[int, bytes]:
+    """GET `target` from an HTTP server on the unix socket `path` (the status listener)."""
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(30)
+        s.connect(str(path))
+        s.sendall(f"GET {target} HTTP/1.0\r\nHost: localhost\r\n\r\n".encode())
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split()[1]), body
+
+
 def test_debian_package_starts_the_demo_from_its_unit(tmp_path):
     """scripts/build-deb from this build; the package's files unpacked into a root (not
     installed on this machine); its unit's ExecStart= as written runs the packaged demo
@@ -193,11 +209,10 @@ def test_debian_package_starts_the_demo_from_its_unit(tmp_path):
         return text
 
     demo = root / "etc/fcgibridge/conf.d/10-demo.yaml"
-    fport, sport, hport = free_ports(3)
     conf = moved(demo.read_text())
-    for old, new in (("127.0.0.1:9000", fport), ("127.0.0.1:9001", sport), ("127.0.0.1:9002", hport)):
-        assert old in conf
-        conf = conf.replace(old, f"127.0.0.1:{new}")
+    # No TCP port: installing the package beside the backend it replaces takes none of its
+    # addresses (127.0.0.1:9000 is spawn-fcgi's, flup's and PHP-FPM's).
+    assert not re.search(r"^[^#]*\d+\.\d+\.\d+\.\d+:\d+", conf, re.M), conf
     if os.geteuid() == 0:  # the unit runs it as www-data; here the test's own user does
         conf = conf.replace("    threads: 4\n", "    threads: 4\n    allow-root: true\n")
     demo.write_text(conf)
@@ -210,12 +225,12 @@ def test_debian_package_starts_the_demo_from_its_unit(tmp_path):
     try:
         def answered():
             assert proc.poll() is None, (tmp_path / "stdout.log").read_text()
-            with fc.FcgiConnection(("127.0.0.1", fport), timeout=10) as c:
+            with fc.FcgiConnection(str(root / "run/fcgibridge/demo.sock"), timeout=10) as c:
                 resp = c.request("/")
                 return resp.status == 200 and b"Hello from fcgibridge" in resp.body
         wait_until(answered, 120, 0.25, what="the packaged demo answering")
-        with urllib.request.urlopen(f"http://127.0.0.1:{hport}/status?json", timeout=30) as page:
-            assert page.status == 200
+        status, page = unix_http_get(root / "run/fcgibridge/status.sock", "/status?json")
+        assert status == 200 and json.loads(page)["pools"][0]["name"] == "demo", page[:300]
         assert "running" in (root / "var/log/fcgibridge/fcgibridge.log").read_text()  # log-file in LogsDirectory
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(60) == 0
@@ -269,8 +284,8 @@ def throwaway_root_unavailable() -> str | None:
 def test_apt_install_into_a_throwaway_root_runs_the_demo_as_the_unit_would(tmp_path):
     """`apt install ./fcgibridge_*.deb` in a throwaway root (not this machine), then the
     unit's ExecStart= exactly as written, as its User=, with the demo's configuration as
-    packaged (its own network namespace, so its ports are the packaged ones); then
-    `fcgibridge status` as the demo's comment says, ExecReload=, and SIGTERM."""
+    packaged (its sockets in the root's /run/fcgibridge); then `fcgibridge status` and
+    `fcgibridge request` as the demo's comment says, ExecReload=, and SIGTERM."""
     reason = throwaway_root_unavailable()
     if reason:
         pytest.skip(reason)
@@ -297,22 +312,24 @@ def test_apt_install_into_a_throwaway_root_runs_the_demo_as_the_unit_would(tmp_p
     try:
         def running():
             alive()
-            with in_netns(f"/proc/{proc.pid}/ns/net"), fc.FcgiConnection(("127.0.0.1", 9000), timeout=10) as c:
+            with fc.FcgiConnection(str(root / "run/fcgibridge/demo.sock"), timeout=10) as c:
                 resp = c.request("/")
                 return resp.status == 200 and b"Hello from fcgibridge" in resp.body
-        wait_until(running, 120, 0.25, what="the installed demo answering on 127.0.0.1:9000")
+        wait_until(running, 120, 0.25, what="the installed demo answering on /run/fcgibridge/demo.sock")
         apt_log = (tmp_path / "apt.log").read_text()
         assert "Setting up fcgibridge" in apt_log, apt_log
         assert not Path("/usr/bin/fcgibridge").exists() and not Path("/etc/fcgibridge").exists(), \
             "the package reached this machine"
         assert os.stat(f"/proc/{proc.pid}").st_uid == pwd.getpwnam("www-data").pw_uid
-        with in_netns(f"/proc/{proc.pid}/ns/net"):
-            with urllib.request.urlopen("http://127.0.0.1:9002/status?json", timeout=30) as page:
-                assert json.loads(page.read())["pools"][0]["name"] == "demo"
-        # As the demo's configuration says: `fcgibridge status`, no --config.
-        status = subprocess.run(["nsenter", "-t", str(proc.pid), "-m", "-n", "-r", "-w", "/usr/bin/fcgibridge",
-                                 "status"], capture_output=True, text=True, timeout=60)
+        code, page = unix_http_get(root / "run/fcgibridge/status.sock", "/status?json")
+        assert code == 200 and json.loads(page)["pools"][0]["name"] == "demo", page[:300]
+        # As the demo's configuration says: `fcgibridge status` (no --config) and `fcgibridge request`.
+        enter = ["nsenter", "-t", str(proc.pid), "-m", "-n", "-r", "-w", "/usr/bin/fcgibridge"]
+        status = subprocess.run([*enter, "status"], capture_output=True, text=True, timeout=60)
         assert status.returncode == 0 and "demo" in status.stdout, status.stdout + status.stderr
+        request = subprocess.run([*enter, "request", "unix:/run/fcgibridge/demo.sock", "/env"], capture_output=True,
+                                 text=True, timeout=60)
+        assert request.returncode == 0 and "SCRIPT_NAME" in request.stdout, request.stdout + request.stderr
         log.wait_for(r"fcgibridge .* running", timeout=30)
 
         mark = log.mark()

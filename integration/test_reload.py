@@ -292,6 +292,60 @@ def test_a_log_directory_that_went_is_a_warning_at_a_reload_not_a_refusal(tmp_pa
         b.stop()
 
 
+NOTHING_CHANGED = ("nothing changed (a reload loads no new application code: restart the workers with fcgibridge "
+                   "reload --restart-workers POOL, or SIGUSR2)")
+
+
+def test_a_reload_that_changes_nothing_says_how_to_load_new_code(tmp_path):
+    """uWSGI's SIGHUP and mod_wsgi's graceful Apache restart loaded new code; the bridge's
+    SIGHUP reloads the configuration only (docs/migration.md). A reload that finds it as it
+    was says so, and what loads new code, on the line a script greps as before."""
+    b = start(tmp_path, {"a": lc_pool(processes=1, threads=1, env={"LIFECYCLE_TAG": "v1"})})
+    try:
+        before = worker_pids(b)
+        line = reload(b)[0]  # SIGHUP
+        assert "reload done: pools added: none; changed: none; removed: none; templates changed: none; removed: " \
+               "none; listeners added: none; changed: none; removed: none; " + NOTHING_CHANGED in line, line
+        out = cli_reload(b, "--wait", timeout=120)
+        assert out.returncode == 0, (out.stdout, out.stderr)
+        assert out.stdout == (f"reload done: pools added: none; changed: none; removed: none; templates changed: none; "
+                              f"removed: none; listeners added: none; changed: none; removed: none; {NOTHING_CHANGED}\n"
+                              "rollout done: no pool changed\n"), out.stdout
+        # said once the daemon was reached
+        assert out.stderr == "fcgibridge: reloading, then waiting for the rolling restarts to finish\n", out.stderr
+        assert worker_pids(b) == before
+        # A change, or new code asked for: no such note.
+        rewrite(b, lambda c: c["pools"]["a"]["env"].update(LIFECYCLE_TAG="v2"))
+        out = cli_reload(b, timeout=120)
+        assert out.stdout.startswith("reload done: pools added: none; changed: a;"), out.stdout
+        assert "nothing changed" not in out.stdout
+        out = cli_reload(b, "--restart-workers", "a", timeout=120)
+        assert out.stdout.startswith("reload done: pools added: none; changed: a;"), out.stdout
+        assert "nothing changed" not in out.stdout
+    finally:
+        b.stop()
+
+
+def test_reload_wait_says_it_waits_only_once_it_reached_the_daemon(tmp_path):
+    """`fcgibridge reload --wait` announces the wait only when there is a daemon to wait for:
+    not for a missing configuration, one without a control socket, or a socket nobody serves."""
+    from harness import APPS, bridge_binary
+    confd = tmp_path / "conf.d"
+    confd.mkdir()
+    (confd / "app.yaml").write_text(f"pools:\n  a:\n    app: {APPS / 'edge_app.py'}\n"
+                                    "listeners:\n  l: {fastcgi: 127.0.0.1:1, pool: a}\n")
+    cases = [
+        (["--config", str(tmp_path / "missing")], 2, "cannot read the configuration directory"),
+        (["--config", str(confd)], 2, "no control socket: set bridge.control-socket or bridge.runtime-dir"),
+        (["--socket", str(tmp_path / "nobody.sock")], 1, "cannot reach the daemon at"),
+    ]
+    for args, code, says in cases:
+        r = subprocess.run([str(bridge_binary()), "reload", "--restart-workers", "--wait", *args],
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == code and says in r.stderr, (args, r.returncode, r.stderr)
+        assert "waiting" not in r.stderr, (args, r.stderr)
+
+
 def test_under_systemd_a_reload_whose_control_socket_moved_falls_back_to_sighup(tmp_path):
     """`ExecReload=fcgibridge reload`: the edit being reloaded moves the runtime-dir (it
     applies only at a restart), so the client finds no daemon at the new socket; with

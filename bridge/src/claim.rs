@@ -118,13 +118,24 @@ impl Drop for ClaimPage {
 }
 
 /// Whether requests are piped to `pool`'s workers: `pipeline` on, and the bridge's own
-/// WSGI worker started directly (a preloaded one is forked by its template, which has no
-/// page; `command:` programs and the ASGI worker serve one request per connection).
+/// WSGI worker started directly ([`never_piped`]).
 pub(crate) fn pipelines(pool: &crate::config::Pool) -> bool {
-    pool.pipeline
-        && !matches!(pool.app, crate::config::App::Command(_))
-        && !pool.isolation.preload
-        && pool.interface.kind == crate::config::interface::Interface::Wsgi
+    pool.pipeline && never_piped(pool).is_none()
+}
+
+/// Why `pool`'s workers are not piped to whatever its `pipeline` says: a preloaded worker is
+/// forked by its template, which has no claim page; `command:` programs and the ASGI
+/// worker serve one request per connection.
+pub(crate) fn never_piped(pool: &crate::config::Pool) -> Option<&'static str> {
+    if matches!(pool.app, crate::config::App::Command(_)) {
+        Some("a command: pool")
+    } else if pool.isolation.preload {
+        Some("a preloaded pool")
+    } else if pool.interface.kind != crate::config::interface::Interface::Wsgi {
+        Some("an ASGI pool")
+    } else {
+        None
+    }
 }
 
 /// The next tag for a piped request (never 0: tag 0 means "no claim").

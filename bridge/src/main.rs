@@ -169,9 +169,6 @@ fn main() -> std::process::ExitCode {
                     return std::process::ExitCode::from(2);
                 }
             };
-            if wait.is_some() {
-                eprintln!("fcgibridge: reloading, then waiting for the rolling restarts to finish");
-            }
             control_main(config, socket, &command, false)
         }
         Command::Stop { config, socket } => control_main(config, socket, "stop", false),

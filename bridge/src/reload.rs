@@ -85,6 +85,10 @@ impl Restart {
     }
 }
 
+/// The end of the summary of a reload that found the configuration as it was.
+pub(crate) const NOTHING_CHANGED: &str = "nothing changed (a reload loads no new application code: restart the \
+                                          workers with fcgibridge reload --restart-workers POOL, or SIGUSR2)";
+
 /// A reload that was applied: its one-line summary, and the pools it reconfigured or
 /// started (what `fcgibridge reload --wait` follows).
 pub(crate) struct Reloaded {
@@ -186,6 +190,11 @@ async fn apply(dir: &Path, live: Live<'_>, restart: &Restart) -> Result<(String,
         list(&changed),
         list(&removed)
     );
+    // SIGHUP loaded new code under uWSGI (and `apachectl graceful` under mod_wsgi): say
+    // that this one did not.
+    if *restart == Restart::Changed && *live.config == new {
+        notes.push(NOTHING_CHANGED.to_owned());
+    }
     // Said once the reload is taken: a refused one names its errors instead.
     for w in &new.warnings {
         tracing::warn!("reload: {w}");

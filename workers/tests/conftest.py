@@ -76,6 +76,10 @@ class Worker:
     def stderr(self):
         return self.err_path.read_text(errors="replace")
 
+    @property
+    def stdout(self):
+        return self.out_path.read_text(errors="replace")
+
     def stop(self):
         if self.proc.poll() is None:
             self.proc.terminate()

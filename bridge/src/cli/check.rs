@@ -174,7 +174,13 @@ fn render_pool(out: &mut String, pool: &Pool) {
         Some(limit) => field(out, 4, "max-body", &SizeDisplay(limit).to_string()),
         None => out.push_str("    # max-body: not set: no limit\n"),
     }
-    field(out, 4, "pipeline", if pool.pipeline { "true" } else { "false" });
+    match crate::claim::never_piped(pool) {
+        // The key as written would load back the same; the comment says it does nothing.
+        Some(why) if pool.pipeline => {
+            out.push_str(&format!("    # pipeline: true has no effect: {why} is never piped to\n"))
+        }
+        _ => field(out, 4, "pipeline", if pool.pipeline { "true" } else { "false" }),
+    }
     if pool.error_pages.is_empty() {
         out.push_str("    # error-pages: not set: the bridge's own short pages\n");
     } else {
@@ -370,6 +376,27 @@ mod tests {
         assert_eq!(quote(""), "\"\"");
         assert_eq!(quote("a b"), "\"a b\"");
         assert_eq!(quote("say \"hi\"\n"), "\"say \\\"hi\\\"\\n\"");
+    }
+
+    #[test]
+    fn pipeline_is_shown_as_it_works() {
+        let shown = |pool: &Pool| {
+            let mut out = String::new();
+            render_pool(&mut out, pool);
+            out.lines().find(|l| l.contains("pipeline")).map(str::to_owned)
+        };
+        let plain = Pool::for_tests();
+        assert_eq!(shown(&plain).as_deref(), Some("    pipeline: true"));
+        assert_eq!(shown(&Pool { pipeline: false, ..Pool::for_tests() }).as_deref(), Some("    pipeline: false"));
+        // docs/configuration.md: a preloaded pool is never piped to, whatever `pipeline` says.
+        let mut preloaded = Pool::for_tests();
+        preloaded.isolation.preload = true;
+        assert_eq!(
+            shown(&preloaded).as_deref(),
+            Some("    # pipeline: true has no effect: a preloaded pool is never piped to")
+        );
+        preloaded.pipeline = false;
+        assert_eq!(shown(&preloaded).as_deref(), Some("    pipeline: false"));
     }
 
     /// What `check` prints must load back to the same configuration.

@@ -43,9 +43,21 @@ pub fn reload_command(
 
 /// Client side: send `command`, return the daemon's answer text.
 pub fn call(path: &Path, command: &str) -> Result<Result<String, String>, ClientError> {
+    exchange(connect(path)?, path, command)
+}
+
+fn connect(path: &Path) -> Result<std::os::unix::net::UnixStream, ClientError> {
+    std::os::unix::net::UnixStream::connect(path)
+        .map_err(|e| ClientError::Connect { path: path.display().to_string(), source: e })
+}
+
+/// Send `command` over `s`, connected to `path`; the daemon's answer text.
+fn exchange(
+    mut s: std::os::unix::net::UnixStream,
+    path: &Path,
+    command: &str,
+) -> Result<Result<String, String>, ClientError> {
     let p = path.display().to_string();
-    let mut s = std::os::unix::net::UnixStream::connect(path)
-        .map_err(|e| ClientError::Connect { path: p.clone(), source: e })?;
     // A reload answers when it is done (interpreters probed, with --wait the rollouts over,
     // which the daemon bounds); the other commands at once.
     let reloading = command.starts_with("reload") || command.starts_with("restart");
@@ -90,7 +102,14 @@ pub fn main(config_dir: Option<&Path>, socket: Option<PathBuf>, command: &str, j
         Ok(p) => p,
         Err(code) => return signal_instead(command).unwrap_or(code),
     };
-    match call(&path, command) {
+    let answer = connect(&path).and_then(|s| {
+        // Said once the daemon is there: a wait can be long, and its output comes at the end.
+        if command.split(' ').any(|word| word == "wait" || word.starts_with("wait=")) {
+            eprintln!("fcgibridge: reloading, then waiting for the rolling restarts to finish");
+        }
+        exchange(s, &path, command)
+    });
+    match answer {
         Err(e) => {
             eprintln!("fcgibridge: {e}");
             signal_instead(command).unwrap_or(ExitCode::FAILURE)

@@ -99,6 +99,7 @@ pub struct RawPool {
     /// A generic FastCGI program instead of a WSGI app: `[php-cgi]`, `[./app.fcgi, --x]`.
     pub command: Option<Vec<String>>,
     pub chdir: Option<String>,
+    #[serde(default, deserialize_with = "env_entries")]
     pub env: Option<Entries<String>>,
     pub processes: Option<u32>,
     pub threads: Option<u32>,
@@ -168,6 +169,42 @@ where
     T: Deserialize<'de> + Default,
 {
     Ok(Some(Option::<T>::deserialize(d)?.unwrap_or_default()))
+}
+
+/// A pool's `env:`, a mapping. uWSGI's `env = NAME=value` lines, pasted as a string or a
+/// list, are refused with the mapping that says the same.
+fn env_entries<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Entries<String>>, D::Error> {
+    struct EnvVisitor;
+
+    impl<'de> Visitor<'de> for EnvVisitor {
+        type Value = Option<Entries<String>>;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a mapping of variable names to values")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+            Entries::deserialize(de::value::MapAccessDeserializer::new(map)).map(Some)
+        }
+        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+            Err(E::custom(super::hint::env_not_a_mapping(&[v])))
+        }
+        fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            let mut items = Vec::new();
+            while let Some(item) = seq.next_element::<String>()? {
+                items.push(item);
+            }
+            let items: Vec<&str> = items.iter().map(String::as_str).collect();
+            Err(de::Error::custom(super::hint::env_not_a_mapping(&items)))
+        }
+    }
+
+    d.deserialize_any(EnvVisitor)
 }
 
 /// One entry under `listeners:`.

@@ -106,9 +106,29 @@ const PEERS: &[Peer] = &[
     (&["uid"], "uWSGI's uid is the pool key user"),
     (&["gid"], "uWSGI's gid is the pool key group"),
     (
-        &["mount", "manage-script-name"],
+        &["mount"],
         "uWSGI's mount is the listener key mount (or a route's prefix), which sets SCRIPT_NAME; the app goes in the \
          pool key app",
+    ),
+    (
+        &["manage-script-name"],
+        "uWSGI's manage-script-name has no equivalent and needs none: the listener key mount (or a route's prefix) \
+         sets SCRIPT_NAME and PATH_INFO; drop it",
+    ),
+    (
+        &["single-interpreter"],
+        "uWSGI's single-interpreter has no equivalent: every worker runs the app in its process's main interpreter \
+         anyway; drop it",
+    ),
+    (
+        &["need-app"],
+        "uWSGI's need-app has no equivalent: a worker whose app fails to import never takes a request (the log names \
+         the error, and it is retried with a growing delay); drop it",
+    ),
+    (
+        &["py-autoreload", "python-autoreload", "py-auto-reload", "python-auto-reload", "touch-reload"],
+        "uWSGI's py-autoreload (touch-reload) has no equivalent: nothing watches files; load new code with \
+         `fcgibridge reload --restart-workers POOL` (a deploy script adds --wait)",
     ),
     (
         &["lazy-apps"],
@@ -123,6 +143,29 @@ const PEERS: &[Peer] = &[
         "uWSGI's enable-threads has no equivalent: the pool key threads sets the threads of each worker",
     ),
     (&["master"], "uWSGI's master has no equivalent: the bridge always supervises its workers"),
+    (
+        &["thunder-lock"],
+        "uWSGI's thunder-lock has no equivalent: the bridge accepts the web server's connections and hands each \
+         request to a free worker itself; drop it",
+    ),
+    (
+        &["procname", "auto-procname", "procname-prefix", "procname-prefix-spaced", "procname-append", "display-name"],
+        "uWSGI's procname and auto-procname (mod_wsgi's display-name) are not needed: a worker's command line names \
+         its pool (`python -u -c # fcgibridge pool NAME …` in ps and top -c), and `fcgibridge status` lists each \
+         pool's workers with their pids",
+    ),
+    (
+        &["spooler", "spooler-processes", "mule", "mules", "cron", "unique-cron", "attach-daemon", "attach-daemon2",
+          "smart-attach-daemon"],
+        "uWSGI's spooler, mules, cron and attach-daemon have no equivalent, nor has its Python module `uwsgi` \
+         (uwsgidecorators' @spool, @cron, @timer): run periodic jobs from systemd timers or cron, background work in \
+         a task queue (Celery, RQ) and other daemons as systemd services",
+    ),
+    (
+        &["cache2", "cache"],
+        "uWSGI's cache2 has no equivalent (nor has the `uwsgi` module's cache_get/cache_set): use the framework's \
+         cache with a cache server such as memcached or Redis",
+    ),
     (&["cheaper"], "uWSGI's cheaper is the pool key `mode: dynamic` with min-processes"),
     (&["pm"], "PHP-FPM's pm is the pool key mode: static, dynamic or ondemand"),
     (
@@ -188,6 +231,48 @@ const PEERS: &[Peer] = &[
          bridge's log",
     ),
     (&["limit-post"], "uWSGI's limit-post is the pool key max-body"),
+    (
+        &["post-buffering"],
+        "uWSGI's post-buffering has no equivalent: a request body streams to the app as it arrives (nginx buffers it \
+         first unless fastcgi_request_buffering is off); the pool key max-body caps it",
+    ),
+    (
+        &["socket-timeout"],
+        "uWSGI's socket-timeout comes closest to the listener key header-timeout (with body-timeout and \
+         send-timeout)",
+    ),
+    (
+        &["vacuum"],
+        "uWSGI's vacuum has no equivalent: the bridge removes its unix sockets when it stops (and replaces a stale one \
+         at start); drop it",
+    ),
+    (
+        &["die-on-term"],
+        "uWSGI's die-on-term has no equivalent: SIGTERM always stops the bridge gracefully (uWSGI 2.0 reloads on it); \
+         drop it",
+    ),
+    (
+        &["strict"],
+        "uWSGI's strict has no equivalent: the bridge is always strict, an unknown key is an error (as this one); drop \
+         it",
+    ),
+    (
+        &["static-map", "static-map2", "check-static", "static-index", "static-expires-uri"],
+        "uWSGI's static-map, static-map2 and check-static have no equivalent: serve them from the web server (nginx: \
+         `location /static/ { alias /srv/app/static/; }`; Apache: `Alias` with a `ProxyPass \"/static\" \"!\"` line \
+         before the app's ProxyPass)",
+    ),
+    (
+        &["offload-threads"],
+        "uWSGI's offload-threads has no equivalent: a file the app hands off (X-Sendfile, X-Accel-Redirect) is sent \
+         by the web server or by the bridge, as the listener key file-handoff says, never by a worker thread",
+    ),
+    (
+        &["route", "route-if", "route-if-not", "route-uri", "route-host", "route-run", "final-route", "error-route",
+          "response-route"],
+        "uWSGI's route has no equivalent: rewrites, redirects and access rules belong in the web server; the listener \
+         key routes picks a pool by host and path prefix",
+    ),
     (&["max-fd", "rlimit-files"], "uWSGI's max-fd (PHP-FPM's rlimit_files) is the pool key rlimit-nofile"),
     (&["process.priority"], "PHP-FPM's process.priority is the pool key nice"),
     (
@@ -204,11 +289,6 @@ const PEERS: &[Peer] = &[
         &["shutdown-timeout"],
         "shutdown-timeout is a bridge key, how long SIGTERM waits for the requests in flight; a retiring worker's wait \
          is the pool key graceful-timeout",
-    ),
-    (
-        &["touch-reload"],
-        "uWSGI's touch-reload has no equivalent: nothing watches files; deploy with `fcgibridge reload \
-         --restart-workers`",
     ),
     // Logs and status.
     (&["logto"], "uWSGI's logto is the bridge key log-file: `bridge: log-file: /path`"),
@@ -227,7 +307,29 @@ const PEERS: &[Peer] = &[
         "PHP-FPM's catch_workers_output has no equivalent: the workers' output always goes to the bridge's log",
     ),
     (&["stats"], "uWSGI's stats is the bridge key status: `bridge: status: {listen: 127.0.0.1:9180}`"),
+    (
+        &["memory-report"],
+        "uWSGI's memory-report has no equivalent: `fcgibridge status` and the status page show each worker's RSS",
+    ),
 ];
+
+/// The error for a pool's `env` written as a string or a list (`items`) instead of a
+/// mapping; uWSGI's `NAME=value` items are shown as the mapping to write.
+pub(super) fn env_not_a_mapping(items: &[&str]) -> String {
+    let pairs: Vec<(&str, &str)> = items.iter().filter_map(|item| item.split_once('=')).collect();
+    if pairs.is_empty() || pairs.len() != items.len() {
+        return "expected a mapping of variable names to values: `env: {NAME: value}`".to_owned();
+    }
+    let plain = |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "._/-".contains(c));
+    let written: Vec<String> = pairs
+        .iter()
+        .map(|(name, value)| if plain(value) { format!("{name}: {value}") } else { format!("{name}: {value:?}") })
+        .collect();
+    format!(
+        "expected a mapping of variable names to values; uWSGI's `env = NAME=value` lines are written `env: {{{}}}`",
+        written.join(", ")
+    )
+}
 
 /// `; did you mean "x"?`, or the list of accepted names when nothing is close.
 pub(super) fn suggestion(given: &str, expected: &[&str]) -> String {
@@ -302,6 +404,63 @@ mod tests {
             }
         }
         assert!(checked > 40, "{checked}");
+    }
+
+    #[test]
+    fn well_known_uwsgi_keys_say_what_to_do_instead() {
+        let pool = POOL_KEYS;
+        for key in ["static-map", "static-map2", "check-static"] {
+            let says = unknown_key(key, pool);
+            assert!(says.contains("no equivalent: serve them from the web server (nginx: `location"), "{key}: {says}");
+        }
+        // Each gets its own answer, not a spelling guess (static-map was "startup-timeout",
+        // procname "processes", memory-report "memory-limit") nor the list of every key.
+        let cases = [
+            ("vacuum", "removes its unix sockets when it stops"),
+            ("die-on-term", "SIGTERM always stops the bridge gracefully"),
+            ("need-app", "never takes a request"),
+            ("single-interpreter", "main interpreter"),
+            ("post-buffering", "streams to the app"),
+            ("thunder-lock", "hands each request to a free worker"),
+            ("socket-timeout", "listener key header-timeout"),
+            ("py-autoreload", "fcgibridge reload --restart-workers POOL"),
+            ("python-autoreload", "nothing watches files"),
+            ("strict", "always strict"),
+            ("auto-procname", "`fcgibridge status` lists each pool's workers"),
+            ("procname", "names its pool"),
+            ("memory-report", "each worker's RSS"),
+            ("spooler", "task queue"),
+            ("mule", "systemd timers"),
+            ("cron", "systemd timers or cron"),
+            ("attach-daemon", "systemd services"),
+            ("cache2", "cache server"),
+            ("route", "belong in the web server"),
+            ("offload-threads", "listener key file-handoff"),
+        ];
+        for (key, part) in cases {
+            let says = unknown_key(key, pool);
+            assert!(says.starts_with("; uWSGI's "), "{key}: {says}");
+            assert!(says.contains(part), "{key}: {says}");
+        }
+        // manage-script-name is not uWSGI's mount.
+        let says = unknown_key("manage-script-name", pool);
+        assert!(says.starts_with("; uWSGI's manage-script-name has no equivalent and needs none"), "{says}");
+        assert!(unknown_key("mount", pool).starts_with("; uWSGI's mount is the listener key mount"));
+    }
+
+    #[test]
+    fn uwsgi_env_lines_are_shown_as_a_mapping() {
+        assert_eq!(
+            env_not_a_mapping(&["APP_MODE=production"]),
+            "expected a mapping of variable names to values; uWSGI's `env = NAME=value` lines are written \
+             `env: {APP_MODE: production}`"
+        );
+        assert!(env_not_a_mapping(&["LANG=C.UTF-8", "DSN=pg://u@h/db?x=1"])
+            .ends_with("`env: {LANG: C.UTF-8, DSN: \"pg://u@h/db?x=1\"}`"));
+        assert_eq!(
+            env_not_a_mapping(&["A", "B"]),
+            "expected a mapping of variable names to values: `env: {NAME: value}`"
+        );
     }
 
     #[test]

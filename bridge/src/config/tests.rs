@@ -322,6 +322,17 @@ fn wrong_types_name_the_key() {
             "7:14: pools.y.threads: expected a whole number",
         ),
         ("pools:\n  x:\n    app: x\n    env: [A, B]\n", "4:10: pools.x.env: "),
+        // uWSGI's `env = K=V`, pasted: the mapping to write instead.
+        (
+            "pools:\n  x:\n    app: x\n    env: APP_MODE=production\n",
+            "4:10: pools.x.env: expected a mapping of variable names to values; uWSGI's `env = NAME=value` lines are \
+             written `env: {APP_MODE: production}`",
+        ),
+        (
+            "pools:\n  x:\n    app: x\n    env:\n      - APP_MODE=production\n      - LANG=C.UTF-8\n",
+            "5:7: pools.x.env: expected a mapping of variable names to values; uWSGI's `env = NAME=value` lines are \
+             written `env: {APP_MODE: production, LANG: C.UTF-8}`",
+        ),
     ];
     for (text, expected) in cases {
         let err = valid("wrong-type").file("30-extra.yaml", text).error();

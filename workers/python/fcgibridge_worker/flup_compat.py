@@ -126,11 +126,32 @@ def _listener_hint(address):
     return repr(address)
 
 
+def _umask_hint(umask, address):
+    """Why `umask` does nothing here, and what gives the listener's socket the permissions
+    flup's had; `address` is the script's bindAddress."""
+    if isinstance(address, str) and isinstance(umask, int):
+        return ("flup applied it to the unix socket it created; the bridge creates the listener's socket, as its own "
+                "user: set the listener's `socket-mode: \"%04o\"`, and `socket-group:` (the web server's group) or "
+                "`socket-owner:` so that the web server can connect" % (0o777 & ~umask))
+    if isinstance(address, str):
+        return ("flup applied it to the unix socket it created; the listener's `socket-mode`, `socket-owner` and "
+                "`socket-group` set the permissions of the bridge's")
+    if address is None:
+        return ("flup applies it only to a unix socket it creates (bindAddress); the listener's `socket-mode`, "
+                "`socket-owner` and `socket-group` set the permissions of a unix listener")
+    return "it applies to unix sockets only, and bindAddress is a TCP address: flup ignored it too"
+
+
+def _shown(name, value):
+    """An argument's value as the script would write it (a umask in octal)."""
+    if name == "umask" and isinstance(value, int) and not isinstance(value, bool):
+        return "0o%03o" % value
+    return repr(value)
+
+
 # Why an argument has no effect here, and the bridge's key that does its job.
 _IGNORED = {
     "bindAddress": lambda v: "the web server connects to the bridge's listener (e.g. `fastcgi: %s`)" % _listener_hint(v),
-    "umask": lambda v: "flup applies it only while creating its own unix socket; set the listener's "
-                       "`socket-mode: \"%04o\"` instead" % (0o777 & ~int(v) if isinstance(v, int) else 0o777),
     "multiplexed": lambda v: "the bridge multiplexes toward the web server itself",
     "multiprocess": lambda v: "wsgi.multiprocess says how the pool runs (`processes`)",
     "debug": lambda v: "tracebacks go to the bridge's log; the client gets a plain 500",
@@ -147,10 +168,13 @@ _IGNORED = {
 }
 
 
-def _say(text):
+def _say(text, honoured=False):
+    """A line for the bridge's log: stdout is logged at INFO, stderr at WARN, so what works
+    as under flup is news, and only what does not is a warning."""
+    stream = sys.stdout if honoured else sys.stderr
     try:
-        sys.stderr.write("fcgibridge worker: %s\n" % text)
-        sys.stderr.flush()
+        stream.write("fcgibridge worker: %s\n" % text)
+        stream.flush()
     except (OSError, ValueError):
         pass
 
@@ -183,7 +207,8 @@ class _Server(object):
         """Nothing to shut down: the worker owns the connections."""
 
     def serving_app(self):
-        """The app as flup would call it, and one line per argument for the log."""
+        """The app as flup would call it, and one line per argument for the log:
+        (honoured, text), honoured being false for what flup did and the worker does not."""
         notes = []
         defaults = _defaults(self._params)
         one_at_a_time = self._one_at_a_time
@@ -194,30 +219,34 @@ class _Server(object):
             if name == "environ":
                 if value:
                     extra = dict((k, v) for k, v in dict(value).items() if k not in _FLUP_SETS)
-                    notes.append("flup argument environ: %d key(s) merged into every request's environ, as flup does"
-                                 % len(extra))
+                    notes.append((True, "flup argument environ: %d key(s) merged into every request's environ, as "
+                                        "flup does" % len(extra)))
             elif name == "multithreaded":
                 if not value and not one_at_a_time:
                     one_at_a_time = True
-                    notes.append("flup argument multithreaded=False: the app is called by one thread at a time in "
-                                 "each worker process, as flup does; `threads: 1` on the pool lets the bridge "
-                                 "queue the requests instead")
+                    notes.append((True, "flup argument multithreaded=False: the app is called by one thread at a "
+                                        "time in each worker process, as flup does; `threads: 1` on the pool lets the "
+                                        "bridge queue the requests instead"))
             elif name == "scriptName":
                 if value is not None and not _is_no_default(value):
                     script_name = str(value)
-                    notes.append("flup argument scriptName=%r: SCRIPT_NAME is %r and PATH_INFO the rest of the path "
-                                 "(a listener `mount` does the same for every app)" % (value, script_name))
+                    notes.append((True, "flup argument scriptName=%r: SCRIPT_NAME is %r and PATH_INFO the rest of "
+                                        "the path (a listener `mount` does the same for every app)"
+                                        % (value, script_name)))
             elif name in defaults and value == defaults[name]:
                 continue
             elif name in ("jobClass", "jobArgs"):
                 continue
             else:
-                why = _IGNORED.get(name, lambda v: "it has no meaning for the worker")
-                notes.append("flup argument %s=%r ignored: %s" % (name, value, why(value)))
+                if name == "umask":
+                    why = _umask_hint(value, self.given.get("bindAddress", defaults["bindAddress"]))
+                else:
+                    why = _IGNORED.get(name, lambda v: "it has no meaning for the worker")(value)
+                notes.append((False, "flup argument %s=%s ignored: %s" % (name, _shown(name, value), why)))
         if one_at_a_time and self._one_at_a_time:
-            notes.append("%s serves one request at a time: the app is called by one thread at a time in each worker "
-                         "process; `threads: 1` and more `processes` on the pool do the same without waiting "
-                         "inside the worker" % self._origin)
+            notes.append((True, "%s serves one request at a time: the app is called by one thread at a time in each "
+                                "worker process; `threads: 1` and more `processes` on the pool do the same without "
+                                "waiting inside the worker" % self._origin))
         return _adapted(self.application, extra, one_at_a_time, script_name), notes
 
 
@@ -435,6 +464,6 @@ class Session(object):
 
     def report(self):
         """The log lines of a hand-off: what was taken over, each argument's fate."""
-        _say("%s: flup's WSGIServer(...).run() handed its app to the worker" % self.path)
-        for note in self.notes:
-            _say(note)
+        _say("%s: flup's WSGIServer(...).run() handed its app to the worker" % self.path, honoured=True)
+        for honoured, text in self.notes:
+            _say(text, honoured)
