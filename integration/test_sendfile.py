@@ -1,9 +1,10 @@
 """File hand-off (docs/file-handoff.md), each mode behind real web servers, checked with curl:
 `serve` (the bridge sends X-Sendfile, X-Sendfile2 and mapped X-Accel-Redirect files itself,
 only from `file-roots`, with ranges, conditional requests and HEAD, keeping the app's own
-headers) behind nginx and Caddy; `translate` behind nginx (a header nginx cannot follow
-never reaches the client); `pass` behind lighttpd and Apache mod_proxy_scgi; and Flask's
-send_file (wsgi.file_wrapper) handed off by the worker instead of streamed."""
+headers) behind nginx and Caddy; `translate` behind nginx and lighttpd (a header the server
+cannot follow never reaches the client, X-Sendfile2 over lighttpd's mod_scgi included);
+`pass` behind lighttpd and Apache mod_proxy_scgi; and Flask's send_file (wsgi.file_wrapper)
+handed off by the worker instead of streamed where the listener's `hand-back` says so."""
 import os
 import subprocess
 import tempfile
@@ -329,7 +330,7 @@ def translate_env(tmp_path_factory):
     pools = {"app": handoff_pool(root, threads=2)}
     listeners = {"fcgi": {"fastcgi": f"127.0.0.1:{port}", "pool": "app", "dialect": "nginx",
                           "file-handoff": "translate", "file-map": {str(root): "/protected"},
-                          "file-roots": [str(extra)]}}
+                          "file-roots": [str(extra)], "hand-back": True}}
     bridge = respond_servers.start_bridge(work, pools, listeners, [("fcgi", "/health", "any")])
     nginx = None
     try:
@@ -404,13 +405,130 @@ def test_translate_serves_an_unmapped_file_under_file_roots(translate_env):
 
 
 def test_translate_file_wrapper_becomes_x_accel_redirect(translate_env):
-    """Flask's send_file under a file-map prefix: the worker hands the file back, the bridge
+    """Flask's send_file under a file-map prefix, `hand-back: true`: the worker hands the file back, the bridge
     turns that into X-Accel-Redirect, and nginx serves it — with ranges, which the app (with
     conditional=False) does not do: a streamed response would be a 200 with the whole file."""
     _, nginx, _, _, _ = translate_env
     status, h, body = curl(nginx, "/download/a.txt", "-r", "3-6")
     assert (status, body, h.get("content-range")) == (206, b"3456", "bytes 3-6/20")
     assert h["content-disposition"] == "attachment; filename=download-a.txt"
+
+
+LIGHTTPD_TRANSLATE_CONF = """
+server.modules += ("mod_fastcgi", "mod_scgi")
+server.document-root = "{work}"
+server.bind = "127.0.0.1"
+server.port = {port}
+server.errorlog = "{work}/lighttpd-error.log"
+server.pid-file = "{work}/lighttpd.pid"
+# written without the x-sendfile keys, as an entry may well be
+fastcgi.server = ("/" => ((
+    "host" => "127.0.0.1", "port" => {fcgi},
+    "check-local" => "disable",
+    "fix-root-scriptname" => "enable",
+)))
+$SERVER["socket"] == "127.0.0.1:{hand_back_port}" {{
+    fastcgi.server = ("/" => ((
+        "host" => "127.0.0.1", "port" => {fcgi_hand_back},
+        "check-local" => "disable",
+        "fix-root-scriptname" => "enable",
+        "x-sendfile" => "enable",
+        "x-sendfile-docroot" => ("{root}"),
+    )))
+}}
+$SERVER["socket"] == "127.0.0.1:{scgi_port}" {{
+    fastcgi.server = ()
+    scgi.server = ("/" => ((
+        "host" => "127.0.0.1", "port" => {scgi},
+        "check-local" => "disable",
+        "fix-root-scriptname" => "enable",
+        "x-sendfile" => "enable",
+        "x-sendfile-docroot" => ("{root}", "{extra}"),
+    )))
+}}
+"""
+
+
+@pytest.fixture(scope="module")
+def lighttpd_translate_env(tmp_path_factory):
+    """`file-handoff: translate` with `dialect: lighttpd`, as docs/servers/lighttpd.md shows
+    it: on 8080 through an entry without `x-sendfile` (listener defaults), on the second
+    port through one with it to a listener with `hand-back: true`, on the third through
+    mod_scgi to an SCGI listener with `file-roots: [EXTRA]`."""
+    import shutil
+    import signal
+    binary = shutil.which("lighttpd") or "/usr/sbin/lighttpd"
+    if not os.path.exists(binary):
+        pytest.fail("lighttpd not found (apt-get install lighttpd)", pytrace=False)
+    work = tmp_path_factory.mktemp("lighttpd-translate")
+    root, extra = work / "files", work / "extra"
+    for d in (root, extra):
+        d.mkdir()
+        (d / "a.txt").write_bytes(b"0123456789abcdefghij")
+        (d / "with space.txt").write_bytes(b"spaced\n")
+    (root / "doc.txt").write_bytes(b"lighttpd sent this\n")
+    fcgi, fcgi_hand_back, scgi, port, hand_back_port, scgi_port = harness.free_ports(6)
+    translate = {"pool": "app", "dialect": "lighttpd", "file-handoff": "translate", "file-map": {str(root): "/protected"}}
+    listeners = {"lt": {"fastcgi": f"127.0.0.1:{fcgi}", **translate},
+                 "lt-hand-back": {"fastcgi": f"127.0.0.1:{fcgi_hand_back}", **translate, "hand-back": True},
+                 "lt-scgi": {"scgi": f"127.0.0.1:{scgi}", **translate, "file-roots": [str(extra)]}}
+    bridge = respond_servers.start_bridge(work, {"app": handoff_pool(root, threads=2)}, listeners,
+                                          [("lt", "/health", "any"), ("lt-scgi", "/health", "any")])
+    conf = work / "lighttpd.conf"
+    conf.write_text(LIGHTTPD_TRANSLATE_CONF.format(
+        work=work, root=root, extra=extra, port=port, hand_back_port=hand_back_port, scgi_port=scgi_port,
+        fcgi=fcgi, fcgi_hand_back=fcgi_hand_back, scgi=scgi))
+    proc = None
+    try:
+        proc = run_server([binary, "-D", "-f", str(conf)], port, work, "lighttpd")
+        for p in (hand_back_port, scgi_port):
+            harness.wait_until(lambda: harness.can_connect(("127.0.0.1", p)), 60, what=f"lighttpd on {p}")
+        bases = {name: f"http://127.0.0.1:{p}" for name, p in
+                 (("plain", port), ("hand-back", hand_back_port), ("scgi", scgi_port))}
+        yield bridge, bases, root, extra
+    finally:
+        if proc:
+            stop_server(proc, signal.SIGINT)
+        bridge.stop()
+
+
+def test_lighttpd_translate_streams_send_file_by_default(lighttpd_translate_env):
+    """Flask's send_file under a file-map directory, through a lighttpd entry without
+    `"x-sendfile" => "enable"`: handed back as X-Sendfile, lighttpd would drop the header
+    silently and send an empty 200. With translate's default `hand-back: false` the
+    worker streams it, and the client gets the file."""
+    _, bases, _, _ = lighttpd_translate_env
+    status, h, body = get(bases["plain"], "/download/a.txt")
+    assert (status, body) == (200, b"0123456789abcdefghij"), (status, h, body)
+    assert h["content-disposition"] == "attachment; filename=download-a.txt"
+    status, _, body = get(bases["scgi"], "/download/a.txt")
+    assert (status, body) == (200, b"0123456789abcdefghij")
+
+
+def test_lighttpd_translate_hands_back_with_hand_back(lighttpd_translate_env):
+    """`hand-back: true`, through an entry with x-sendfile: lighttpd sends the file, and
+    answers the Range request the app (conditional=False) would not."""
+    _, bases, _, _ = lighttpd_translate_env
+    status, h, body = get(bases["hand-back"], "/download/a.txt", "-r", "3-6")
+    assert (status, body, h.get("content-range")) == (206, b"3456", "bytes 3-6/20"), (status, h, body)
+
+
+def test_lighttpd_scgi_follows_x_sendfile_not_x_sendfile2(lighttpd_translate_env):
+    """lighttpd's mod_scgi follows X-Sendfile but ignores X-Sendfile2: passed on, the header
+    (paths and all) would reach the client with an empty body. The bridge sends the pieces
+    itself when file-roots cover them, and answers 500 with its log line otherwise."""
+    bridge, bases, root, extra = lighttpd_translate_env
+    status, h, body = get(bases["scgi"], f"/xs?path={root}/doc.txt")
+    assert (status, body) == (200, b"lighttpd sent this\n") and "x-sendfile" not in h
+    status, h, body = get(bases["scgi"], f"/xs2?v={quote(X2_VALUE.format(root=extra))}")
+    assert (status, body) == (200, X2_BODY) and "x-sendfile2" not in h, (status, h, body)
+    mark = bridge.log.mark()
+    value = X2_VALUE.format(root=root)
+    status, h, body = get(bases["scgi"], f"/xs2?v={quote(value)}")
+    assert status == 500 and "x-sendfile2" not in h and str(root).encode() not in body, (status, h, body)
+    line = "\n".join(bridge.log.wait_for(
+        r"file hand-off dropped, answering 500: lighttpd follows X-Sendfile2 only over FastCGI", since=mark))
+    assert f"X-Sendfile2: {value}" in line and "request_id" in line and "/xs2" in line, line
 
 
 CADDYFILE = """{{

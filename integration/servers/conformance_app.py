@@ -12,7 +12,11 @@ so the system python3 runs it too, also as an unprivileged user in spawned mode)
 /x-accel         X-Accel-Redirect: /protected/hello.txt (nginx)
 /x-sendfile      X-Sendfile: <FILES_DIR>/hello.txt (lighttpd, mod_proxy_scgi, the bridge's
                  `file-handoff: serve`)
+/x-sendfile2     X-Sendfile2: hello.txt in two pieces (lighttpd over FastCGI follows it; over
+                 SCGI the bridge must send it or refuse it, never pass it on)
 /x-reproxy       X-Reproxy-URL: http://<Host>/files/hello.txt (h2o)
+/file-wrapper    hello.txt through wsgi.file_wrapper (what Flask's send_file does): handed back
+                 or streamed, the client must get the file
 /health          "ok"
 
 Called with FCGI_ROLE=AUTHORIZER it is an authorizer (docs/authorizer.md): Basic
@@ -107,6 +111,7 @@ def application(environ, start_response):
         return _json(start_response, {"local": True, "method": environ.get("REQUEST_METHOD"),
                                       "query": environ.get("QUERY_STRING"),
                                       "redirect_url": environ.get("REDIRECT_URL"),
+                                      "script_filename": environ.get("SCRIPT_FILENAME"),
                                       "redirect_status": environ.get("REDIRECT_STATUS")})
     if path == "/x-accel":
         start_response("200 OK", [("X-Accel-Redirect", "/protected/hello.txt"), ("Content-Type", "text/plain")])
@@ -114,6 +119,14 @@ def application(environ, start_response):
     if path == "/x-sendfile":
         start_response("200 OK", [("X-Sendfile", os.path.join(FILES_DIR, "hello.txt")), ("Content-Type", "text/plain")])
         return [b""]
+    if path == "/x-sendfile2":
+        name = os.path.join(FILES_DIR, "hello.txt")
+        start_response("200 OK", [("X-Sendfile2", f"{name} 0-5, {name} 6-"), ("Content-Type", "text/plain")])
+        return [b""]
+    if path == "/file-wrapper":
+        f = open(os.path.join(FILES_DIR, "hello.txt"), "rb")
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return environ["wsgi.file_wrapper"](f)
     if path == "/x-reproxy":
         host = environ.get("HTTP_HOST", "127.0.0.1")
         start_response("200 OK", [("X-Reproxy-URL", f"http://{host}/files/hello.txt"), ("Content-Type", "text/plain")])

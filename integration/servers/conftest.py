@@ -31,25 +31,28 @@ def www():
 @pytest.fixture(scope="session")
 def sbridge(tmp_path_factory, www):
     """The bridge the connect-mode servers use: the conformance app, 2 x 8 threads.
-    `fastcgi` and `scgi` pass hand-off headers on (for nginx, lighttpd, h2o and
-    mod_proxy_scgi, which follow them); the servers that cannot follow one get a
-    `file-handoff: serve` listener each, as their page configures it."""
+    `fastcgi` and `scgi` pass hand-off headers on (for nginx and mod_proxy_scgi, which
+    follow them); the servers whose page shows a listener of their own (lighttpd's in
+    `translate` mode, the others' in `serve` mode) get it, from the page's `listener`
+    test-snippet."""
     workdir = tmp_path_factory.mktemp("servers-bridge")
-    serve = list(frontends.SERVE_LISTENERS)
-    fport, sport, *serve_ports = free_ports(2 + len(serve))
+    own = [(page, doc_port, name) for page, ls in frontends.PAGE_LISTENERS.items() for doc_port, name in ls.items()]
+    fport, sport, *own_ports = free_ports(2 + len(own))
     pools = {"conformance": pool(str(frontends.APP), processes=2, threads=8,
                                  env={"CONFORMANCE_FILES_DIR": str(www / "files")})}
     listeners = {"fastcgi": {"fastcgi": f"127.0.0.1:{fport}", "pool": "conformance"},
                  "scgi": {"scgi": f"127.0.0.1:{sport}", "pool": "conformance"}}
     b = make_bridge(workdir, pools, listeners)
     b.ports = {"fastcgi": fport, "scgi": sport}
-    for i, (name, port) in enumerate(zip(serve, serve_ports)):
-        (b.confdir / f"60-{i}-{name}.yaml").write_text(frontends.listener_config(name, port, "conformance", www))
-        b.config["listeners"][name] = {"fastcgi": f"127.0.0.1:{port}"}  # for wait_ready
+    for (_, doc_port, name), port in zip(own, own_ports):
+        protocol = "scgi" if frontends.SHARED_LISTENERS[doc_port] == "scgi" else "fastcgi"
+        b.config["listeners"][name] = {protocol: f"127.0.0.1:{port}"}  # for wait_ready
         b.ports[name] = port
+    for i, page in enumerate(frontends.PAGE_LISTENERS):
+        (b.confdir / f"60-{i}-{page[:-3]}.yaml").write_text(frontends.listener_config(page, b.ports, "conformance", www))
     try:
         b.start()
-        b.wait_ready([("fastcgi", "/health", "x"), ("scgi", "/health", "x")] + [(n, "/health", "x") for n in serve])
+        b.wait_ready([(n, "/health", "x") for n in b.config["listeners"]])
         yield b
     finally:
         b.stop()

@@ -75,6 +75,8 @@ def make_www() -> Path:
     (www / "files" / "hello.txt").write_text("hello from a file\n")
     (www / "private").mkdir()
     (www / "private" / "secret.txt").write_text("the secret file\n")
+    (www / "static").mkdir()
+    (www / "static" / "s.css").write_text("body { color: teal }\n")
     for p in [www, *www.rglob("*")]:
         p.chmod(0o755 if p.is_dir() else 0o644)
     return www
@@ -165,10 +167,14 @@ class Server:
     binaries: tuple = ()
     variants: dict = {}          # variant name -> port key
     spawned_variants: tuple = ()  # variants whose bridge the server starts
-    # The shared bridge's listener behind the server's FastCGI `9000`. Servers that cannot
-    # follow a hand-off header get one of their own in `file-handoff: serve` mode, built
-    # from the `listener` test-snippet of their page (listener_config()).
-    fastcgi_listener = "fastcgi"
+    # The shared bridge's listeners behind the server's documented ports, `9000` (FastCGI)
+    # and `9001` (SCGI): those of the `listener` test-snippet of the server's page, by name
+    # (listener_config()), else the shared `fastcgi` and `scgi` listeners, which pass
+    # hand-off headers on untouched.
+    own_listeners: dict = {}
+
+    def listener(self, doc_port: str) -> str:
+        return self.own_listeners.get(doc_port) or SHARED_LISTENERS[doc_port]
 
     def __init__(self, bridge_ports: dict, www: Path):
         self.bridge_ports = bridge_ports
@@ -185,11 +191,11 @@ class Server:
 
     def bridge_port(self, variant: str) -> int:
         """The shared bridge's port that `variant` connects to."""
-        return self.bridge_ports["scgi" if "scgi" in variant else self.fastcgi_listener]
+        return self.bridge_ports[self.listener("9001" if "scgi" in variant else "9000")]
 
     def subst(self) -> dict:
-        s = {"9000": self.bridge_ports[self.fastcgi_listener], "9001": self.bridge_ports["scgi"],
-             "/srv/www": str(self.www)}
+        s = {p: self.bridge_ports[self.listener(p)] for p in SHARED_LISTENERS}
+        s["/srv/www"] = str(self.www)
         s.update(self.ports)
         return s
 
@@ -272,6 +278,7 @@ class Lighttpd(Server):
     binaries = ("lighttpd",)
     variants = {"lighttpd-fastcgi": "8080", "lighttpd-scgi": "8081", "lighttpd-spawned": "8082"}
     spawned_variants = ("lighttpd-spawned",)
+    own_listeners = {"9000": "lighttpd", "9001": "lighttpd-scgi"}  # file-handoff: translate
 
     def command(self):
         w = self.workdir
@@ -279,8 +286,10 @@ class Lighttpd(Server):
         s = self.subst()
         s.update({"/run/lighttpd": str(w), "/usr/local/bin/fcgibridge-spawned": str(wrapper)})
         conf = substitute(snippet("lighttpd.md", "conf"), s)
+        # the page leaves server.document-root to lighttpd.conf (Debian's sets one)
         (w / "lighttpd.conf").write_text(
             f'server.bind = "127.0.0.1"\nserver.port = {self.ports["8080"]}\n'
+            f'server.document-root = "{self.www}"\n'
             f'server.errorlog = "{w}/error.log"\nserver.pid-file = "{w}/lighttpd.pid"\n'
             f'$SERVER["socket"] == "127.0.0.1:{self.ports["8081"]}" {{ }}\n'
             f'$SERVER["socket"] == "127.0.0.1:{self.ports["8082"]}" {{ }}\n' + conf)
@@ -295,7 +304,7 @@ class Apache(Server):
     binaries = ("apache2", "httpd")
     variants = {"apache-proxy-fcgi": "8080", "apache-proxy-scgi": "8081", "apache-fcgid": "8082"}
     spawned_variants = ("apache-fcgid",)
-    fastcgi_listener = "apache-fcgi"  # mod_proxy_fcgi (mod_proxy_scgi follows X-Sendfile itself)
+    own_listeners = {"9000": "apache-fcgi"}  # mod_proxy_fcgi (mod_proxy_scgi follows X-Sendfile itself)
 
     def modules_dir(self) -> str:
         for d in ("/usr/lib/apache2/modules", "/usr/lib64/httpd/modules", "/usr/lib/httpd/modules"):
@@ -331,7 +340,7 @@ class Caddy(Server):
     name = "caddy"
     binaries = ("caddy",)
     variants = {"caddy": "8080"}
-    fastcgi_listener = "caddy"
+    own_listeners = {"9000": "caddy"}
 
     def command(self):
         w = self.workdir
@@ -352,6 +361,7 @@ class H2o(Server):
     binaries = ("h2o",)
     variants = {"h2o": "8080", "h2o-spawned": "8081"}
     spawned_variants = ("h2o-spawned",)
+    own_listeners = {"9000": "h2o"}
 
     def command(self):
         w = self.workdir
@@ -368,7 +378,7 @@ class Haproxy(Server):
     name = "haproxy"
     binaries = ("haproxy",)
     variants = {"haproxy": "8080"}
-    fastcgi_listener = "haproxy"
+    own_listeners = {"9000": "haproxy"}
 
     def command(self):
         w = self.workdir
@@ -385,16 +395,22 @@ class Haproxy(Server):
 
 SERVERS = [Nginx, Lighttpd, Apache, Caddy, H2o, Haproxy]
 VARIANTS = {v: cls for cls in SERVERS for v in cls.variants}
-# the serve-mode listeners of the shared bridge: listener name -> the page with its snippet
-SERVE_LISTENERS = {cls.fastcgi_listener: f"{cls.name}.md" for cls in SERVERS if cls.fastcgi_listener != "fastcgi"}
+# documented port -> the shared bridge's listener for servers whose page has none
+SHARED_LISTENERS = {"9000": "fastcgi", "9001": "scgi"}
+# the pages whose `listener` test-snippet the shared bridge loads: page -> {documented port: listener}
+PAGE_LISTENERS = {f"{cls.name}.md": cls.own_listeners for cls in SERVERS if cls.own_listeners}
 
 
-def listener_config(name: str, port: int, pool: str, www: Path) -> str:
+def listener_config(page: str, ports: dict, pool: str, www: Path) -> str:
     """A conf.d file with the `listener` test-snippet of docs/servers/<page>: the page's
-    pool `app` becomes `pool`, its port 9000 `port`, its /srv/www `www`."""
-    text = substitute(snippet(SERVE_LISTENERS[name], "listener"),
-                      {"9000": port, "/srv/www": str(www), "pool: app": f"pool: {pool}"})
-    assert f"\n  {name}:\n" in text, f"the listener snippet must define listener {name!r}:\n{text}"
+    pool `app` becomes `pool`, each documented port (9000, 9001) the port `ports` gives its
+    listener, its /srv/www `www`."""
+    listeners = PAGE_LISTENERS[page]
+    subst = {doc_port: ports[name] for doc_port, name in listeners.items()}
+    subst.update({"/srv/www": str(www), "pool: app": f"pool: {pool}"})
+    text = substitute(snippet(page, "listener"), subst)
+    for name in listeners.values():
+        assert f"\n  {name}:\n" in text, f"the listener snippet must define listener {name!r}:\n{text}"
     return text
 
 

@@ -25,7 +25,7 @@ def setup(tmp_path_factory, www):
                     {"fastcgi": {"fastcgi": f"127.0.0.1:{port}", "pool": "small"}},
                     bridge_extra={"log-level": "info,fcgibridge::listen::fastcgi=trace"})
     # (a pass-mode listener: these tests do not hand files off)
-    b.ports = {"fastcgi": port, "scgi": port, frontends.Haproxy.fastcgi_listener: port}
+    b.ports = {"fastcgi": port, "scgi": port, frontends.Haproxy.own_listeners["9000"]: port}
     srv = frontends.Haproxy(b.ports, www)
     if not srv.binary:
         pytest.skip("haproxy is not installed")

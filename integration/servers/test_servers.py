@@ -189,6 +189,8 @@ def test_internal_redirect(srv, variant, sbridge):
     got = r.json()
     assert got["local"] is True and got["method"] == "GET" and got["query"] == "from=redirect", r.text
     assert got["redirect_url"] == "/redirect", r.text
+    # a SCRIPT_FILENAME the server built from the path names the target, not /redirect
+    assert not (got["script_filename"] or "").endswith("/redirect"), r.text
     by_bridge = any("internal redirect" in ln and "/redirect" in ln and "refused" not in ln
                     for ln in since().splitlines())
     support.record(variant, "internal redirect", "yes",
@@ -230,6 +232,43 @@ def test_file_handoff(srv, variant):
     assert part.headers.get("Content-Range") == f"bytes 6-9/{len(FILE)}", part.headers
     support.record(variant, "file hand-off", "yes",
                    "X-Sendfile served by the bridge (file-handoff: serve), ranges too")
+
+
+def test_file_wrapper(srv, variant):
+    """wsgi.file_wrapper (Flask's send_file): the worker hands the file back where the
+    listener says so (a `serve` listener: the bridge sends it) or streams it; either way
+    the client gets the file and no hand-off header."""
+    r = requests.get(url(srv, variant, "/file-wrapper"), timeout=TIMEOUT)
+    leaked = {h: r.headers[h] for h in HANDOFF_HEADERS if h in r.headers}
+    assert r.status_code == 200 and r.content == FILE and not leaked, \
+        (r.status_code, r.content[:200], leaked, srv.log_text()[-3000:])
+
+
+@pytest.mark.parametrize("variant", ["lighttpd-fastcgi", "lighttpd-scgi"])
+def test_x_sendfile2_behind_lighttpd(servers, variant):
+    """lighttpd follows X-Sendfile2 from mod_fastcgi only. Behind mod_scgi the page's
+    `translate` listener must not pass it on (the client would get the header, paths and
+    all, and an empty body): it sends the pieces itself, from its `file-roots`."""
+    srv = servers.get(variant)
+    r = requests.get(url(srv, variant, "/x-sendfile2"), timeout=TIMEOUT)
+    leaked = {h: r.headers[h] for h in HANDOFF_HEADERS if h in r.headers}
+    assert r.status_code == 200 and r.content == FILE and not leaked, \
+        (r.status_code, r.content[:200], leaked, srv.log_text()[-3000:])
+
+
+# Each page's static-directory line: the server sends the file itself (the app would
+# answer 404).
+STATIC = {"lighttpd-fastcgi": "/static/s.css", "lighttpd-scgi": "/static/s.css", "lighttpd-spawned": "/static/s.css",
+          "caddy": "/static/s.css", "h2o": "/files/hello.txt"}
+
+
+@pytest.mark.parametrize("variant", list(STATIC))
+def test_static_files(servers, variant, www):
+    srv = servers.get(variant)
+    path = STATIC[variant]
+    r = requests.get(url(srv, variant, path), timeout=TIMEOUT)
+    assert r.status_code == 200 and r.content == (www / path.lstrip("/")).read_bytes(), \
+        (r.status_code, r.content[:200])
 
 
 AUTHORIZER = {"lighttpd-fastcgi": "lighttpd mode authorizer", "apache-proxy-fcgi": "mod_authnz_fcgi"}

@@ -295,6 +295,9 @@ fn render_listener(out: &mut String, l: &Listener) {
         field(out, 4, "file-map", &format!("{{{}}}", pairs.join(", ")));
     }
     field(out, 4, "max-ranges", &l.max_ranges.to_string());
+    if l.file_handoff != crate::config::FileHandoff::Pass {
+        field(out, 4, "hand-back", if l.hand_back { "true" } else { "false" });
+    }
     if let Some(m) = &l.mount {
         field(out, 4, "mount", &quote(if m.is_empty() { "/" } else { m }));
     }
@@ -448,6 +451,7 @@ mod tests {
                     file_roots: Vec::new(),
                     file_map: Vec::new(),
                     max_ranges: 16,
+                    hand_back: false,
                     mount: None,
                     keep_path_info: false,
                     header_timeout: Duration::from_secs(60),
@@ -484,6 +488,7 @@ mod tests {
                     file_roots: vec![dir.join("files")],
                     file_map: vec![("/srv/files".into(), "/protected".into())],
                     max_ranges: 0,
+                    hand_back: true,
                     mount: Some("/api".into()),
                     keep_path_info: true,
                     header_timeout: Duration::from_millis(1500),

@@ -380,20 +380,7 @@ pub(super) fn listener(src: &Source, dir: &Path, name: &str, mut raw: RawListene
     let mut errs = Vec::new();
     note(&mut errs, check_name(src, &here, "listener", name));
 
-    let (protocol, key, text) = match (raw.fastcgi.take(), raw.scgi.take()) {
-        (Some(a), None) => (Protocol::FastCgi, "fastcgi", Some(a)),
-        (None, Some(a)) => (Protocol::Scgi, "scgi", Some(a)),
-        (Some(_), Some(_)) => {
-            errs.push(
-                src.invalid(&here.key("scgi"), "a listener speaks one protocol: set fastcgi: or scgi:, not both"),
-            );
-            (Protocol::FastCgi, "fastcgi", None)
-        }
-        (None, None) => {
-            errs.push(src.invalid(&here, "missing key `fastcgi` or `scgi`: the address to listen on"));
-            (Protocol::FastCgi, "fastcgi", None)
-        }
-    };
+    let (protocol, key, text) = protocol(src, &here, raw.fastcgi.take(), raw.scgi.take(), &mut errs);
     let address =
         text.and_then(|text| note(&mut errs, parse_address(&text, dir).map_err(|m| src.invalid(&here.key(key), m))));
     let socket_mode = socket_options(src, &here, &raw, address.as_ref(), &mut errs);
@@ -438,6 +425,7 @@ pub(super) fn listener(src: &Source, dir: &Path, name: &str, mut raw: RawListene
     let allowed_clients = note(&mut errs, allowed_clients(src, &here, address.as_ref(), raw.allowed_clients)).flatten();
     let (file_roots, file_map) =
         file_handoff_paths(src, &here, dir, file_handoff, raw.file_roots, raw.file_map, &mut errs);
+    let hand_back = hand_back(src, &here, file_handoff, raw.hand_back, &mut errs);
     let (mount, status_path, ping_path) =
         listener_paths(src, &here, (raw.mount, raw.status_path, raw.ping_path), &mut errs);
 
@@ -463,6 +451,7 @@ pub(super) fn listener(src: &Source, dir: &Path, name: &str, mut raw: RawListene
             file_roots,
             file_map,
             max_ranges: raw.max_ranges.unwrap_or(DEFAULT_MAX_RANGES),
+            hand_back,
             mount,
             keep_path_info,
             header_timeout,
@@ -503,6 +492,30 @@ fn listener_paths(
     let status_path = url_path("status-path", status_path);
     let ping_path = url_path("ping-path", ping_path);
     (mount, status_path, ping_path)
+}
+
+/// `fastcgi:` or `scgi:` — exactly one of them: the protocol, the key, and the address as written.
+fn protocol(
+    src: &Source,
+    here: &KeyPath,
+    fastcgi: Option<String>,
+    scgi: Option<String>,
+    errs: &mut Vec<ConfigError>,
+) -> (Protocol, &'static str, Option<String>) {
+    match (fastcgi, scgi) {
+        (Some(a), None) => (Protocol::FastCgi, "fastcgi", Some(a)),
+        (None, Some(a)) => (Protocol::Scgi, "scgi", Some(a)),
+        (Some(_), Some(_)) => {
+            errs.push(
+                src.invalid(&here.key("scgi"), "a listener speaks one protocol: set fastcgi: or scgi:, not both"),
+            );
+            (Protocol::FastCgi, "fastcgi", None)
+        }
+        (None, None) => {
+            errs.push(src.invalid(here, "missing key `fastcgi` or `scgi`: the address to listen on"));
+            (Protocol::FastCgi, "fastcgi", None)
+        }
+    }
 }
 
 /// The listener's keys that take one of a few words: `dialect`, `unrouted-redirect`,
@@ -708,6 +721,26 @@ fn file_handoff_paths(
         }
     }
     (file_roots, file_map)
+}
+
+/// `hand-back`: on by default only where the bridge itself sends what is handed back
+/// (`serve`); in `translate` mode the web server would, and only if configured to follow
+/// the header (lighttpd drops an X-Sendfile silently without `"x-sendfile" => "enable"`).
+fn hand_back(
+    src: &Source,
+    here: &KeyPath,
+    mode: super::model::FileHandoff,
+    value: Option<bool>,
+    errs: &mut Vec<ConfigError>,
+) -> bool {
+    use super::model::FileHandoff;
+    if mode == FileHandoff::Pass && value == Some(true) {
+        errs.push(src.invalid(
+            &here.key("hand-back"),
+            "hand-back needs file-handoff: translate or serve (with pass every file is streamed)",
+        ));
+    }
+    value.unwrap_or(mode == FileHandoff::Serve)
 }
 
 /// `allowed-clients` (addresses, CIDR blocks): TCP listeners only — a unix socket's file

@@ -491,6 +491,7 @@ fn respond_and_proxy_keys_name_file_line_and_key() {
         ),
         ("    file-handoff: serve\n", "listeners.x.file-roots: file-handoff: serve needs file-roots"),
         ("    unrouted-redirect: maybe\n", "5:5: listeners.x.unrouted-redirect: \"maybe\" is neither `pass` nor `404`"),
+        ("    hand-back: true\n", "5:5: listeners.x.hand-back: hand-back needs file-handoff: translate or serve"),
     ];
     for (extra, want) in cases {
         let err = valid("respond-keys").file("30-x.yaml", &format!("{l}{extra}")).error();
@@ -499,6 +500,29 @@ fn respond_and_proxy_keys_name_file_line_and_key() {
     }
     let err = valid("max-body").file("30-x.yaml", "pools:\n  x:\n    app: x\n    max-body: 0\n").error();
     assert!(err.contains("pools.x.max-body: must be more than 0 bytes"), "{err}");
+}
+
+/// The worker hands files back by default only where the bridge sends them itself.
+#[test]
+fn hand_back_is_on_for_serve_and_off_for_translate() {
+    let tree = valid("hand-back");
+    fs::create_dir_all(tree.root.join("files")).unwrap();
+    let listener = |name: &str, port: u16, keys: &str| {
+        format!("  {name}:\n    fastcgi: 127.0.0.1:{port}\n    pool: demo\n    file-map: {{/srv/files: /p}}\n{keys}")
+    };
+    let text = [
+        "listeners:\n".to_owned(),
+        listener("serve", 9101, "    file-handoff: serve\n    file-roots: [../files]\n"),
+        listener("translate", 9102, "    file-handoff: translate\n"),
+        listener("translate-on", 9103, "    file-handoff: translate\n    hand-back: true\n"),
+        listener("serve-off", 9104, "    file-handoff: serve\n    file-roots: [../files]\n    hand-back: false\n"),
+        listener("pass", 9105, "    hand-back: false\n"),
+    ]
+    .concat();
+    let cfg = tree.file("30-x.yaml", &text).config();
+    let got: Vec<(&str, bool)> = cfg.listeners.iter().skip(1).map(|l| (l.name.as_str(), l.hand_back)).collect();
+    let want = [("serve", true), ("translate", false), ("translate-on", true), ("serve-off", false), ("pass", false)];
+    assert_eq!(got, want);
 }
 
 #[test]

@@ -116,17 +116,7 @@ pub(crate) fn make_ctx(
         unrouted_redirect: cfg.unrouted_redirect,
         trusted_proxies: cfg.trusted_proxies.clone(),
         allowed_clients: cfg.allowed_clients.clone(),
-        files: {
-            use crate::respond::file_handoff::{Files, Mode};
-            let mode = match cfg.file_handoff {
-                crate::config::FileHandoff::Pass => None,
-                crate::config::FileHandoff::Serve => Some(Mode::Serve),
-                crate::config::FileHandoff::Translate => Some(Mode::Translate),
-            };
-            mode.map(|m| {
-                Arc::new(Files::new(m, cfg.dialect, cfg.file_roots.clone(), cfg.file_map.clone(), cfg.max_ranges))
-            })
-        },
+        files: crate::respond::file_handoff::Files::of(cfg).map(Arc::new),
         mount: cfg.mount.clone(),
         keep_path_info: cfg.keep_path_info,
         protocol: cfg.protocol,

@@ -3,7 +3,7 @@
 //! are passed to the web server, rewritten for it (`translate`), or served by the bridge
 //! (respond/sendfile.rs streams them). A hand-off header never reaches the web server
 //! unless that server understands it: otherwise a filesystem path would reach the client.
-use crate::config::Dialect;
+use crate::config::{Dialect, Protocol};
 use bytes::Bytes;
 use fastcgi_server::cgi::ResponseHead;
 use std::path::PathBuf;
@@ -89,18 +89,43 @@ pub(crate) enum Mode {
     Translate,
 }
 
+/// The web server in front of a listener, as far as hand-off headers go: its `dialect` and,
+/// for lighttpd, the protocol (mod_scgi follows X-Sendfile but not X-Sendfile2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Front {
+    pub dialect: Dialect,
+    pub protocol: Protocol,
+}
+
+impl Front {
+    fn is_nginx(self) -> bool {
+        self.dialect == Dialect::Nginx
+    }
+
+    /// Serves `X-Sendfile` itself when asked to (`translate` leaves it).
+    fn follows_sendfile(self) -> bool {
+        matches!(self.dialect, Dialect::Lighttpd | Dialect::Apache | Dialect::Generic)
+    }
+
+    /// lighttpd reads X-Sendfile2 from FastCGI responses only (http-header-glue.c).
+    fn follows_sendfile2(self) -> bool {
+        self.dialect == Dialect::Lighttpd && self.protocol == Protocol::FastCgi
+    }
+}
+
 /// A listener's file hand-off settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Files {
     pub mode: Mode,
-    pub dialect: Dialect,
+    pub front: Front,
     /// `file-roots`: the only directories the bridge sends files from, with symlinks
     /// resolved once here (a served path is compared with them after its own are).
     pub roots: Vec<PathBuf>,
     /// `file-map`: (filesystem prefix, internal URI prefix), longest filesystem prefix first.
     pub map: Vec<(String, String)>,
     /// `FCGIBRIDGE_FILE_ROOTS` for the worker: the directories a wsgi.file_wrapper file
-    /// may be handed back from as X-Sendfile. None: the worker streams every file.
+    /// may be handed back from as X-Sendfile. None (`hand-back: false`): the worker streams
+    /// every file.
     pub worker_roots: Option<Bytes>,
     /// `max-ranges`: ranges one request may ask of a file the bridge serves.
     pub max_ranges: u32,
@@ -316,18 +341,26 @@ const BODY_HEADERS: &[&[u8]] = &[
     LIGHTTPD_SENDFILE,
 ];
 
-/// Web servers that serve `X-Sendfile` themselves when asked to (`translate` leaves it).
-fn understands_sendfile(d: Dialect) -> bool {
-    matches!(d, Dialect::Lighttpd | Dialect::Apache | Dialect::Generic)
-}
-
 impl Files {
+    /// Listener `cfg`'s settings; None with `file-handoff: pass`, which touches no header.
+    pub(crate) fn of(cfg: &crate::config::Listener) -> Option<Self> {
+        use crate::config::FileHandoff;
+        let mode = match cfg.file_handoff {
+            FileHandoff::Pass => return None,
+            FileHandoff::Serve => Mode::Serve,
+            FileHandoff::Translate => Mode::Translate,
+        };
+        let front = Front { dialect: cfg.dialect, protocol: cfg.protocol };
+        Some(Self::new(mode, front, cfg.file_roots.clone(), cfg.file_map.clone(), cfg.max_ranges, cfg.hand_back))
+    }
+
     pub(crate) fn new(
         mode: Mode,
-        dialect: Dialect,
+        front: Front,
         roots: Vec<PathBuf>,
         mut map: Vec<(String, String)>,
         max_ranges: u32,
+        hand_back: bool,
     ) -> Self {
         // A nested directory's own mapping wins.
         map.sort_by_key(|(fs, _)| std::cmp::Reverse(fs.len()));
@@ -344,8 +377,8 @@ impl Files {
             .filter_map(|d| d.to_str().map(str::to_owned))
             .filter(|d| !d.contains(':') && !d.is_empty())
             .collect();
-        let worker_roots = (!listed.is_empty()).then(|| Bytes::from(listed.join(":")));
-        Self { mode, dialect, roots, map, worker_roots, max_ranges }
+        let worker_roots = (hand_back && !listed.is_empty()).then(|| Bytes::from(listed.join(":")));
+        Self { mode, front, roots, map, worker_roots, max_ranges }
     }
 
     /// Decide what the response `head` from worker `pid` becomes.
@@ -360,7 +393,7 @@ impl Files {
         let value = head.headers[i].1.clone();
         let shown = format!("{}: {}", kind.name(), String::from_utf8_lossy(&value));
         let refuse = |why: String| Decision::Refuse { header: shown.clone(), why };
-        let nginx = self.dialect == Dialect::Nginx;
+        let nginx = self.front.is_nginx();
         let serve = |spec: FileSpec| match kept_headers(head) {
             Ok((headers, content_type)) => {
                 Decision::Serve(Box::new(FileHandoff { kind, spec, status, headers, content_type, pid }))
@@ -383,7 +416,7 @@ impl Files {
                 };
             }
             Kind::AccelRedirect => {
-                if let Err(e) = check_accel(&value, false, translate && understands_sendfile(self.dialect)) {
+                if let Err(e) = check_accel(&value, false, translate && self.front.follows_sendfile()) {
                     return refuse(e.to_string());
                 }
                 match self.uri_to_fs(&value) {
@@ -396,7 +429,7 @@ impl Files {
                     Ok(()) => FileSpec::Pieces(p),
                     Err(e) => return refuse(e.to_string()),
                 },
-                Err(_) if translate && self.dialect == Dialect::Lighttpd => {
+                Err(_) if translate && self.front.follows_sendfile2() => {
                     return match check_sendfile2_words(&value) {
                         Ok(()) => Decision::Forward,
                         Err(e) => refuse(e.to_string()),
@@ -416,17 +449,20 @@ impl Files {
                     return Decision::Forward;
                 }
             }
-            (Kind::Sendfile, _) if understands_sendfile(self.dialect) => return Decision::Forward,
-            (Kind::AccelRedirect, FileSpec::Whole(path)) if understands_sendfile(self.dialect) => {
+            (Kind::Sendfile, _) if self.front.follows_sendfile() => return Decision::Forward,
+            (Kind::AccelRedirect, FileSpec::Whole(path)) if self.front.follows_sendfile() => {
                 head.headers[i] = (Bytes::from_static(b"X-Sendfile"), Bytes::from(path.clone()));
                 return Decision::Forward;
             }
-            (Kind::Sendfile2, _) if self.dialect == Dialect::Lighttpd => return Decision::Forward,
+            (Kind::Sendfile2, _) if self.front.follows_sendfile2() => return Decision::Forward,
             _ => {}
         }
         // Not for the web server: the bridge serves it when every file lies under file-roots.
         let why = match kind {
             Kind::Sendfile if nginx => "no file-map prefix covers it",
+            Kind::Sendfile2 if self.front.dialect == Dialect::Lighttpd => {
+                "lighttpd follows X-Sendfile2 only over FastCGI (mod_scgi does not)"
+            }
             _ => "the web server in front (dialect) does not understand it",
         };
         if self.roots.is_empty() {
@@ -527,13 +563,12 @@ mod tests {
     }
 
     fn files(mode: Mode, dialect: Dialect, roots: Vec<PathBuf>) -> Files {
-        Files::new(
-            mode,
-            dialect,
-            roots,
-            vec![("/srv/files".into(), "/protected".into()), ("/srv/files/deep".into(), "/deep".into())],
-            16,
-        )
+        behind(mode, Front { dialect, protocol: Protocol::FastCgi }, roots)
+    }
+
+    fn behind(mode: Mode, front: Front, roots: Vec<PathBuf>) -> Files {
+        let map = vec![("/srv/files".into(), "/protected".into()), ("/srv/files/deep".into(), "/deep".into())];
+        Files::new(mode, front, roots, map, 16, mode == Mode::Serve)
     }
 
     fn piece(path: &str, start: u64, end: Option<u64>) -> Piece {
@@ -771,13 +806,44 @@ mod tests {
 
     #[test]
     fn worker_roots_param() {
-        let f = Files::new(
-            Mode::Translate,
-            Dialect::Nginx,
-            vec![],
-            vec![("/no/such/dir".into(), "/p".into()), ("/a:b".into(), "/q".into())],
-            16,
-        );
+        let nginx = Front { dialect: Dialect::Nginx, protocol: Protocol::FastCgi };
+        let map = || vec![("/no/such/dir".into(), "/p".into()), ("/a:b".into(), "/q".into())];
+        let f = Files::new(Mode::Translate, nginx, vec![], map(), 16, true);
         assert_eq!(f.worker_roots.as_deref(), Some(&b"/no/such/dir"[..]));
+        let serve = Files::new(Mode::Serve, nginx, vec!["/no/such/root".into()], map(), 16, true);
+        assert_eq!(serve.worker_roots.as_deref(), Some(&b"/no/such/root"[..]));
+        // hand-back: false (translate's default): the worker is told nothing and streams
+        let f = Files::new(Mode::Translate, nginx, vec!["/no/such/root".into()], map(), 16, false);
+        assert_eq!(f.worker_roots, None);
+    }
+
+    #[test]
+    fn lighttpd_over_scgi_never_gets_x_sendfile2() {
+        let scgi = Front { dialect: Dialect::Lighttpd, protocol: Protocol::Scgi };
+        let f = behind(Mode::Translate, scgi, vec![]);
+        let why = refused(&f, "X-Sendfile2", "/srv/files/a 0-1");
+        assert_eq!(
+            why,
+            "lighttpd follows X-Sendfile2 only over FastCGI (mod_scgi does not), and the listener has no file-roots to serve it from"
+        );
+        // a value the bridge cannot parse is not passed on either
+        let why = refused(&f, "X-Sendfile2", "/srv/files/b 0-1 extra");
+        assert!(why.contains("text after its range"), "{why}");
+        // X-Sendfile and a mapped X-Accel-Redirect still go to lighttpd over SCGI
+        let mut h = head(&[("X-Sendfile", "/srv/files/a")]);
+        assert_eq!(f.decide(&mut h, 1), Decision::Forward);
+        let mut h = head(&[("X-Accel-Redirect", "/protected/a")]);
+        assert_eq!(f.decide(&mut h, 1), Decision::Forward);
+        assert_eq!(h.headers[0], (Bytes::from_static(b"X-Sendfile"), Bytes::from_static(b"/srv/files/a")));
+        // served by the bridge when file-roots cover every piece
+        let dir = std::env::temp_dir().join(format!("fcgibridge-handoff-scgi-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap_or_default();
+        std::fs::write(dir.join("f.txt"), b"xyz").unwrap_or_default();
+        let f = behind(Mode::Translate, scgi, vec![dir.clone()]);
+        let mut h = head(&[("X-Sendfile2", &format!("{}/f.txt 0-1", dir.display()))]);
+        assert!(matches!(f.decide(&mut h, 1), Decision::Serve(_)));
+        let why = refused(&f, "X-Sendfile2", "/etc/passwd 0-1");
+        assert!(why.starts_with("lighttpd follows X-Sendfile2 only over FastCGI"), "{why}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -75,6 +75,7 @@ pub(crate) fn apply(
     }
     let prev_uri = params.get(b"REQUEST_URI").unwrap_or(b"");
     let prev_path = prev_uri.split(|&b| b == b'?').next().unwrap_or(b"").to_vec();
+    retarget_script_filename(params, &prev_path, path);
     let prev_query = params.get(b"QUERY_STRING").unwrap_or(b"").to_vec();
     let prev_method = params.get(b"REQUEST_METHOD").unwrap_or(b"GET").to_vec();
     params.insert(&b"REDIRECT_URL"[..], prev_path);
@@ -103,6 +104,24 @@ pub(crate) fn apply(
     }
     params.insert(&b"PATH_INFO"[..], decoded);
     Ok(())
+}
+
+/// A `SCRIPT_FILENAME` the web server built as a directory plus the request's path
+/// (HAProxy's `docroot` + path, mod_proxy_fcgi's `proxy:fcgi://host:port/path`, mod_fcgid's
+/// document root + path) would still name the first request's file: that path, as written
+/// or percent-decoded, becomes the target's in the same form. One that does not end with
+/// the path (lighttpd's and Caddy's, a script split off by nginx) is left as it is.
+fn retarget_script_filename(params: &mut Params, prev_path: &[u8], path: &[u8]) {
+    let Some(old) = params.get(b"SCRIPT_FILENAME") else { return };
+    let decoded_prev = crate::route::percent_decode(prev_path);
+    let new = if !prev_path.is_empty() && old.ends_with(prev_path) {
+        [&old[..old.len() - prev_path.len()], path].concat()
+    } else if !decoded_prev.is_empty() && old.ends_with(&decoded_prev) {
+        [&old[..old.len() - decoded_prev.len()], &crate::route::percent_decode(path)].concat()
+    } else {
+        return;
+    };
+    params.insert(&b"SCRIPT_FILENAME"[..], new);
 }
 
 /// What the web server gets for a local redirect no route of the bridge serves, or `None`
@@ -199,6 +218,32 @@ mod tests {
         assert_eq!(g(&p, "REDIRECT_REDIRECT_STATUS"), "404");
         let mut depth = 10;
         assert_eq!(apply(&mut p, b"/x", &mut depth, 10, 200), Err(RedirectError::TooMany(10)));
+    }
+
+    #[test]
+    fn script_filename_follows_the_target() {
+        let after = |script_filename: &str, uri: &str, target: &[u8]| {
+            let mut p = Params::default();
+            p.insert(&b"REQUEST_URI"[..], uri.as_bytes().to_vec());
+            p.insert(&b"SCRIPT_FILENAME"[..], script_filename.as_bytes().to_vec());
+            apply(&mut p, target, &mut 0, 10, 200).expect("redirect");
+            String::from_utf8_lossy(p.get(b"SCRIPT_FILENAME").unwrap_or_default()).into_owned()
+        };
+        // HAProxy, lighttpd: docroot + path (decoded); Apache: proxy:fcgi://… + path as written
+        assert_eq!(after("/srv/www/status/401", "/status/401?x=1", b"/errorpage/401"), "/srv/www/errorpage/401");
+        assert_eq!(after("/srv/www/a b", "/a%20b", b"/c%20d?q"), "/srv/www/c d");
+        assert_eq!(
+            after("proxy:fcgi://127.0.0.1:9000/a%20b", "/a%20b", b"/c%20d"),
+            "proxy:fcgi://127.0.0.1:9000/c%20d"
+        );
+        assert_eq!(after("/srv/www/", "/", b"/local"), "/srv/www/local");
+        // a script the server split off stays
+        assert_eq!(after("/srv/www/index.php", "/index.php/x", b"/local"), "/srv/www/index.php");
+        // none sent: none made up
+        let mut p = Params::default();
+        p.insert(&b"REQUEST_URI"[..], &b"/a"[..]);
+        apply(&mut p, b"/b", &mut 0, 10, 200).expect("redirect");
+        assert_eq!(p.get(b"SCRIPT_FILENAME"), None);
     }
 
     #[test]
