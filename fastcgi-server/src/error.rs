@@ -1,16 +1,20 @@
 /// Everything that can be wrong with bytes received from a peer.
 ///
-/// Messages name the request id and, for limits, the [`crate::Limits`] field to raise, because
-/// they end up in an operator's log. After an error the offending record (or SCGI header) has
-/// been consumed; [`Error::is_fatal`] tells whether the byte stream can still be trusted.
+/// Messages name the request id and, for limits, the size and the limit's value, because they
+/// end up in an operator's log; they name no Rust item: the variant says which
+/// [`crate::Limits`] field was passed, so that a caller can name its own setting for it. After
+/// an error the offending record (or SCGI header) has been consumed; [`Error::is_fatal`] tells
+/// whether the byte stream can still be trusted.
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Error {
     #[error("unsupported FastCGI version {0} (only 1 exists)")]
     BadVersion(u8),
-    #[error("request {request_id}: PARAMS exceed the limit of {limit} bytes (Limits::max_params_bytes)")]
-    ParamsTooLarge { request_id: u16, limit: usize },
-    #[error("request {request_id}: PARAMS of the requests open on this connection reach {held} bytes, above the limit of {limit} (Limits::max_params_bytes_per_connection)")]
+    /// Past `Limits::max_params_bytes`; `len`: the bytes received so far (more may follow).
+    #[error("request {request_id}: PARAMS of at least {len} bytes exceed the limit of {limit} bytes")]
+    ParamsTooLarge { request_id: u16, len: usize, limit: usize },
+    /// Past `Limits::max_params_bytes_per_connection`.
+    #[error("request {request_id}: PARAMS of the requests open on this connection reach {held} bytes, above the limit of {limit} bytes per connection")]
     ConnectionParamsTooLarge { request_id: u16, held: usize, limit: usize },
     /// Kept for callers that report their own framing problems; the decoders here use the
     /// precise variants below.
@@ -18,15 +22,14 @@ pub enum Error {
     Malformed(&'static str),
 
     // ---- FastCGI name-value pairs ----
-    #[error(
-        "request {request_id}: a parameter name of {len} bytes exceeds the limit of {limit} (Limits::max_name_len)"
-    )]
+    /// Past `Limits::max_name_len`.
+    #[error("request {request_id}: a parameter name of {len} bytes exceeds the limit of {limit} bytes")]
     NameTooLong { request_id: u16, len: usize, limit: usize },
-    #[error(
-        "request {request_id}: a parameter value of {len} bytes exceeds the limit of {limit} (Limits::max_value_len)"
-    )]
+    /// Past `Limits::max_value_len`.
+    #[error("request {request_id}: a parameter value of {len} bytes exceeds the limit of {limit} bytes")]
     ValueTooLong { request_id: u16, len: usize, limit: usize },
-    #[error("request {request_id}: more than {limit} PARAMS records (Limits::max_params_records)")]
+    /// Past `Limits::max_params_records`.
+    #[error("request {request_id}: more than {limit} PARAMS records")]
     TooManyParamsRecords { request_id: u16, limit: usize },
     #[error("request {request_id}: {record_type} ends inside a name-value pair ({pending} bytes of an incomplete pair left)")]
     TruncatedPair { request_id: u16, record_type: &'static str, pending: usize },
@@ -40,7 +43,8 @@ pub enum Error {
     BadUnknownTypeBody { len: usize },
     #[error("request {request_id}: FCGI_BEGIN_REQUEST for a request id that is still active")]
     DuplicateRequestId { request_id: u16 },
-    #[error("request {request_id}: refused, {limit} requests are already active on this connection (Limits::max_concurrent_requests)")]
+    /// Past `Limits::max_concurrent_requests`.
+    #[error("request {request_id}: refused, {limit} requests are already active on this connection")]
     TooManyRequests { request_id: u16, limit: usize },
     #[error("request {request_id}: unexpected {name} record (type {record_type}) from the {peer}")]
     UnexpectedRecord { request_id: u16, record_type: u8, name: &'static str, peer: &'static str },
@@ -57,7 +61,8 @@ pub enum Error {
     // ---- SCGI ----
     #[error("SCGI: netstring length is not a decimal number (byte {byte:#04x} at offset {offset})")]
     ScgiBadLength { byte: u8, offset: usize },
-    #[error("SCGI: header netstring of {len} bytes exceeds the limit of {limit} (Limits::max_params_bytes)")]
+    /// Past `Limits::max_params_bytes`; `len`: the length's digits read so far (more may follow).
+    #[error("SCGI: header netstring of at least {len} bytes exceeds the limit of {limit} bytes")]
     ScgiHeadersTooLarge { len: u64, limit: usize },
     #[error("SCGI: header netstring is not followed by ',' (found byte {found:#04x})")]
     ScgiMissingComma { found: u8 },
@@ -73,13 +78,16 @@ pub enum Error {
     ScgiContentLengthTooLarge { value: String },
     #[error("SCGI: CONTENT_LENGTH appears more than once")]
     ScgiDuplicateContentLength,
-    #[error("SCGI: a header name of {len} bytes exceeds the limit of {limit} (Limits::max_name_len)")]
+    /// Past `Limits::max_name_len`.
+    #[error("SCGI: a header name of {len} bytes exceeds the limit of {limit} bytes")]
     ScgiNameTooLong { len: usize, limit: usize },
-    #[error("SCGI: a header value of {len} bytes exceeds the limit of {limit} (Limits::max_value_len)")]
+    /// Past `Limits::max_value_len`.
+    #[error("SCGI: a header value of {len} bytes exceeds the limit of {limit} bytes")]
     ScgiValueTooLong { len: usize, limit: usize },
 
     // ---- CGI response head ----
-    #[error("CGI response: no end of the header block within {limit} bytes (Limits::max_header_block)")]
+    /// Past `Limits::max_header_block`.
+    #[error("CGI response: no end of the header block within {limit} bytes")]
     CgiHeadTooLarge { limit: usize },
     #[error("CGI response: header line {line} has no ':'")]
     CgiMissingColon { line: usize },
@@ -100,9 +108,23 @@ pub enum Error {
 impl Error {
     /// Whether the connection must be closed: the byte stream can no longer be parsed, or the
     /// peer broke the protocol. Non-fatal errors concern one request, which the caller can end
-    /// (for example with END_REQUEST and `OVERLOADED`) while the connection carries on.
+    /// (for example with END_REQUEST and `OVERLOADED`, or an HTTP error for headers past a
+    /// limit) while the connection carries on: the request's later records are skipped.
     pub fn is_fatal(&self) -> bool {
-        !matches!(self, Self::TooManyRequests { .. })
+        !(matches!(self, Self::TooManyRequests { .. }) || self.is_header_limit())
+    }
+
+    /// Whether one request's headers (FastCGI PARAMS) passed a limit of [`crate::Limits`]:
+    /// `max_params_bytes`, `max_name_len`, `max_value_len` or `max_params_records`. The
+    /// request is dropped; the connection is sound (an HTTP 431 is the usual answer).
+    pub fn is_header_limit(&self) -> bool {
+        matches!(
+            self,
+            Self::ParamsTooLarge { .. }
+                | Self::NameTooLong { .. }
+                | Self::ValueTooLong { .. }
+                | Self::TooManyParamsRecords { .. }
+        )
     }
 
     /// The FastCGI request the error concerns, if any.
@@ -149,11 +171,14 @@ mod tests {
     fn messages_name_request_and_limit() {
         let cases: Vec<(Error, &[&str])> = vec![
             (Error::BadVersion(2), &["version 2"]),
-            (Error::ParamsTooLarge { request_id: 7, limit: 10 }, &["request 7", "10 bytes", "max_params_bytes"]),
+            (
+                Error::ParamsTooLarge { request_id: 7, len: 12, limit: 10 },
+                &["request 7", "at least 12 bytes", "limit of 10 bytes"],
+            ),
             (Error::Malformed("x"), &["malformed: x"]),
-            (Error::NameTooLong { request_id: 3, len: 5, limit: 4 }, &["request 3", "5 bytes", "max_name_len"]),
-            (Error::ValueTooLong { request_id: 3, len: 9, limit: 8 }, &["request 3", "9 bytes", "max_value_len"]),
-            (Error::TooManyParamsRecords { request_id: 9, limit: 2 }, &["request 9", "2 PARAMS", "max_params_records"]),
+            (Error::NameTooLong { request_id: 3, len: 5, limit: 4 }, &["request 3", "5 bytes", "limit of 4 bytes"]),
+            (Error::ValueTooLong { request_id: 3, len: 9, limit: 8 }, &["request 3", "9 bytes", "limit of 8 bytes"]),
+            (Error::TooManyParamsRecords { request_id: 9, limit: 2 }, &["request 9", "2 PARAMS"]),
             (
                 Error::TruncatedPair { request_id: 1, record_type: "FCGI_PARAMS", pending: 4 },
                 &["request 1", "FCGI_PARAMS", "4 bytes"],
@@ -162,10 +187,7 @@ mod tests {
             (Error::BadEndRequestBody { request_id: 2, len: 4 }, &["request 2", "4 bytes"]),
             (Error::BadUnknownTypeBody { len: 1 }, &["1 bytes"]),
             (Error::DuplicateRequestId { request_id: 1 }, &["request 1", "still active"]),
-            (
-                Error::TooManyRequests { request_id: 3, limit: 2 },
-                &["request 3", "2 requests", "max_concurrent_requests"],
-            ),
+            (Error::TooManyRequests { request_id: 3, limit: 2 }, &["request 3", "2 requests"]),
             (
                 Error::UnexpectedRecord { request_id: 1, record_type: 6, name: "FCGI_STDOUT", peer: "web server" },
                 &["request 1", "FCGI_STDOUT", "type 6", "web server"],
@@ -180,7 +202,7 @@ mod tests {
                 &["request 1", "record type 0", "not a FastCGI record type"],
             ),
             (Error::ScgiBadLength { byte: b'a', offset: 1 }, &["0x61", "offset 1"]),
-            (Error::ScgiHeadersTooLarge { len: 99, limit: 9 }, &["99 bytes", "limit of 9", "max_params_bytes"]),
+            (Error::ScgiHeadersTooLarge { len: 99, limit: 9 }, &["at least 99 bytes", "limit of 9 bytes"]),
             (Error::ScgiMissingComma { found: b';' }, &["','", "0x3b"]),
             (Error::ScgiUnterminatedString, &["NUL"]),
             (Error::ScgiOddStrings { count: 3 }, &["(3)"]),
@@ -191,9 +213,9 @@ mod tests {
                 &["CONTENT_LENGTH 99999999999999999999 exceeds 18446744073709551615", "largest body length"],
             ),
             (Error::ScgiDuplicateContentLength, &["more than once"]),
-            (Error::ScgiNameTooLong { len: 5, limit: 4 }, &["5 bytes", "max_name_len"]),
-            (Error::ScgiValueTooLong { len: 5, limit: 4 }, &["5 bytes", "max_value_len"]),
-            (Error::CgiHeadTooLarge { limit: 100 }, &["100 bytes", "max_header_block"]),
+            (Error::ScgiNameTooLong { len: 5, limit: 4 }, &["5 bytes", "limit of 4 bytes"]),
+            (Error::ScgiValueTooLong { len: 5, limit: 4 }, &["5 bytes", "limit of 4 bytes"]),
+            (Error::CgiHeadTooLarge { limit: 100 }, &["100 bytes"]),
             (Error::CgiMissingColon { line: 2 }, &["line 2", "':'"]),
             (Error::CgiObsFold { line: 2 }, &["line 2", "continuation"]),
             (Error::CgiBadHeaderName { line: 1 }, &["line 1", "name"]),
@@ -207,9 +229,19 @@ mod tests {
             for w in want {
                 assert!(msg.contains(w), "{msg:?} lacks {w:?}");
             }
-            assert_eq!(e.is_fatal(), !matches!(e, Error::TooManyRequests { .. }));
+            // An operator reads these: no Rust item names.
+            assert!(!msg.contains("Limits::") && !msg.contains("max_"), "{msg:?}");
+            let per_request = matches!(
+                e,
+                Error::TooManyRequests { .. }
+                    | Error::ParamsTooLarge { .. }
+                    | Error::NameTooLong { .. }
+                    | Error::ValueTooLong { .. }
+                    | Error::TooManyParamsRecords { .. }
+            );
+            assert_eq!(e.is_fatal(), !per_request, "{msg:?}");
         }
-        assert_eq!(Error::ParamsTooLarge { request_id: 7, limit: 1 }.request_id(), Some(7));
+        assert_eq!(Error::ParamsTooLarge { request_id: 7, len: 2, limit: 1 }.request_id(), Some(7));
         assert_eq!(Error::ScgiDuplicateContentLength.request_id(), None);
         assert_eq!(Error::RecordWithoutBegin { request_id: 9, name: "FCGI_STDIN" }.request_id(), Some(9));
         assert_eq!(Error::UnknownRecordType { request_id: 4, record_type: 0 }.request_id(), Some(4));

@@ -404,7 +404,7 @@ impl ParamsDecoder {
         }
         self.total = self.total.saturating_add(chunk.len());
         if self.total > limits.max_params_bytes {
-            return Err(Error::ParamsTooLarge { request_id, limit: limits.max_params_bytes });
+            return Err(Error::ParamsTooLarge { request_id, len: self.total, limit: limits.max_params_bytes });
         }
         let params = &mut self.params;
         if self.pending.is_empty() {
@@ -592,7 +592,7 @@ mod tests {
         let e = decode_pairs(Bytes::from_static(b"\x80\x10\x00\x00"), &l, 3, "x").unwrap_err();
         assert!(matches!(e, Error::NameTooLong { .. }));
         let e = decode_pairs(Bytes::from(vec![0u8; 33]), &l, 3, "x").unwrap_err();
-        assert_eq!(e, Error::ParamsTooLarge { request_id: 3, limit: 32 });
+        assert_eq!(e, Error::ParamsTooLarge { request_id: 3, len: 33, limit: 32 });
         let mut d = ParamsDecoder::new();
         d.push(Bytes::from_static(b"\0\0"), &l, 9).expect("1");
         d.push(Bytes::from_static(b"\0\0"), &l, 9).expect("2");

@@ -733,9 +733,19 @@ mod tests {
         let mut c = ServerConnection::new(l);
         c.feed(&b);
         assert!(c.next_event().expect("begin").is_some());
-        assert_eq!(c.next_event(), Err(Error::ParamsTooLarge { request_id: 7, limit: 10 }));
+        let e = c.next_event().unwrap_err();
+        assert_eq!(e, Error::ParamsTooLarge { request_id: 7, len: 16, limit: 10 });
+        assert!(!e.is_fatal() && e.is_header_limit());
         assert!(!c.is_active(7));
         assert_eq!(c.next_event(), Ok(None), "the terminator of a dropped request is skipped");
+        // Not fatal: its STDIN is skipped, and the connection carries the next request.
+        let mut more = Vec::new();
+        write_record(&mut more, RecordType::Stdin, 7, b"body", Padding::None);
+        client::write_begin_request(&mut more, 7, Role::Responder, false);
+        client::write_params(&mut more, 7, [(&b"A"[..], &b"1"[..])]);
+        c.feed(&more);
+        assert!(matches!(c.next_event(), Ok(Some(ServerEvent::BeginRequest { id: 7, .. }))));
+        assert!(matches!(c.next_event(), Ok(Some(ServerEvent::Params { id: 7, .. }))));
     }
 
     #[test]

@@ -1102,6 +1102,9 @@ fn log_stderr(worker: &crate::worker_handle::WorkerHandle, request_id: &str, uri
         }
     };
     let text = String::from_utf8_lossy(data);
+    if worker.hold(&text) {
+        return; // the worker's ready-check: logged once its start is decided
+    }
     // Each line counts against the worker's budget, also when the record is one event.
     let lines = text.lines().filter(|l| !l.is_empty() && worker.app_lines.admit(pool, pid));
     if crate::logging::keeps_lines_together() {

@@ -166,6 +166,10 @@ fn render_pool(out: &mut String, pool: &Pool) {
     field(out, 4, "queue-size", &pool.queue_size.to_string());
     field(out, 4, "queue-timeout", &DurationDisplay(pool.queue_timeout).to_string());
     field(out, 4, "startup-timeout", &DurationDisplay(pool.startup_timeout).to_string());
+    match &pool.ready_check {
+        Some(check) => field(out, 4, "ready-check", &quote(&check.to_string())),
+        None => out.push_str("    # ready-check: not set: a worker is ready once its app is imported\n"),
+    }
     match pool.slowlog_timeout {
         Some(t) => field(out, 4, "slowlog-timeout", &DurationDisplay(t).to_string()),
         None => out.push_str("    # slowlog-timeout: not set: no slowlog\n"),
@@ -174,6 +178,7 @@ fn render_pool(out: &mut String, pool: &Pool) {
         Some(limit) => field(out, 4, "max-body", &SizeDisplay(limit).to_string()),
         None => out.push_str("    # max-body: not set: no limit\n"),
     }
+    field(out, 4, "unknown-length-body", pool.unknown_length_body.name());
     match crate::claim::never_piped(pool) {
         // The key as written would load back the same; the comment says it does nothing.
         Some(why) if pool.pipeline => {
@@ -515,8 +520,10 @@ mod tests {
                     queue_size: 0,
                     queue_timeout: Duration::from_millis(250),
                     startup_timeout: Duration::from_secs(3600),
+                    ready_check: None,
                     slowlog_timeout: None,
                     max_body: None,
+                    unknown_length_body: crate::config::UnknownLengthBody::Stream,
                     pipeline: true,
                     error_pages: Default::default(),
                     isolation: Default::default(),
@@ -542,8 +549,14 @@ mod tests {
                     queue_size: 1024,
                     queue_timeout: Duration::from_secs(30),
                     startup_timeout: Duration::from_secs(60),
+                    ready_check: Some(crate::config::ReadyCheck {
+                        https: true,
+                        host: Some("shop.example:8443".into()),
+                        uri: "/healthz?deep=1".into(),
+                    }),
                     slowlog_timeout: None,
                     max_body: Some(5 << 20),
+                    unknown_length_body: crate::config::UnknownLengthBody::Buffer,
                     pipeline: true,
                     error_pages,
                     isolation: Default::default(),

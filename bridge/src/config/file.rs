@@ -112,6 +112,8 @@ pub struct RawPool {
     pub queue_size: Option<usize>,
     pub queue_timeout: Option<HumanDuration>,
     pub startup_timeout: Option<HumanDuration>,
+    /// A path (or `http(s)://host/path`) a new worker must answer 2xx/3xx before it is ready.
+    pub ready_check: Option<String>,
     /// Log the Python stack of a request running longer than this.
     pub slowlog_timeout: Option<HumanDuration>,
     // Supervision (config/supervision.rs): taken out by `RawSupervision::take`.
@@ -132,6 +134,8 @@ pub struct RawPool {
     pub memory_limit: Option<ByteSize>,
     pub cpu_time_limit: Option<HumanDuration>,
     pub max_body: Option<ByteSize>,
+    /// `stream` (default), `buffer` or `refuse`: a chunked upload's body.
+    pub unknown_length_body: Option<String>,
     pub pipeline: Option<bool>,
     /// `<status>: file | {file: path} | {redirect: /local/path}` — pages replacing an app's
     /// error bodies and the bridge's own errors.

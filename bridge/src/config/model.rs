@@ -247,8 +247,11 @@ pub struct Pool {
     pub queue_size: usize,
     /// Longest wait for a free worker thread; then 503 with Retry-After.
     pub queue_timeout: Duration,
-    /// How long a worker may take to import the app and become ready.
+    /// How long a worker may take to import the app and become ready (its ready-check
+    /// included).
     pub startup_timeout: Duration,
+    /// `ready-check`: a GET a new worker must answer 2xx/3xx before it counts as ready.
+    pub ready_check: Option<ReadyCheck>,
     /// A request running longer is counted slow and its Python stack logged.
     pub slowlog_timeout: Option<Duration>,
     /// mode (static / dynamic / ondemand) and its sizes, recycling, limits and timeouts;
@@ -256,6 +259,8 @@ pub struct Pool {
     pub supervision: super::supervision::Supervision,
     /// The largest request body passed to the app (`max-body`); beyond it: 413. None: no limit.
     pub max_body: Option<u64>,
+    /// What a body of unknown length (a chunked upload) becomes (`unknown-length-body`).
+    pub unknown_length_body: UnknownLengthBody,
     /// `pipeline`: a waiting request may be written to a busy worker connection behind its
     /// current request (dispatch/mod.rs). Default true.
     pub pipeline: bool,
@@ -285,15 +290,98 @@ impl Pool {
             queue_size: 0,
             queue_timeout: Duration::from_secs(1),
             startup_timeout: Duration::from_secs(1),
+            ready_check: None,
             slowlog_timeout: None,
             supervision: Default::default(),
             max_body: None,
+            unknown_length_body: UnknownLengthBody::Stream,
             pipeline: true,
             error_pages: Default::default(),
             isolation: Default::default(),
         }
     }
 }
+
+/// `ready-check: /path` or `http(s)://host/path`: the request the bridge sends a new
+/// worker, straight to it, before the worker counts as ready (supervise/ready_check.rs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadyCheck {
+    /// Written as `https://…`: the request says HTTPS.
+    pub https: bool,
+    /// Its Host (and port): written in the URL, else the host of the first route naming the
+    /// pool; None: no Host header.
+    pub host: Option<String>,
+    /// Path and query as the request sends them (`/healthz?deep=1`).
+    pub uri: String,
+}
+
+impl ReadyCheck {
+    /// Read a `ready-check` value; Err: what is wrong with it.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let (https, rest) = match text.split_once("://") {
+            Some(("http", rest)) => (false, Some(rest)),
+            Some(("https", rest)) => (true, Some(rest)),
+            _ => (false, None),
+        };
+        let (host, uri) = match rest {
+            Some(rest) => {
+                let (host, uri) = rest.find('/').map_or((rest, "/"), |i| rest.split_at(i));
+                if host.is_empty() || host.contains(['@', '?', '#']) {
+                    return Err(format!("{text:?}: the URL names no host (http://shop.example/healthz)"));
+                }
+                (Some(host.to_owned()), uri)
+            }
+            None if text.starts_with('/') => (None, text),
+            None => {
+                return Err(format!(
+                "{text:?} is neither a path (/healthz) nor a URL naming the Host to send (http://shop.example/healthz)"
+            ))
+            }
+        };
+        if uri.contains('#') || uri.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(format!("{text:?}: the path has a space, a control character or a '#'"));
+        }
+        Ok(Self { https, host, uri: uri.to_owned() })
+    }
+}
+
+impl std::fmt::Display for ReadyCheck {
+    /// As written in the configuration (`check` prints it).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.host {
+            Some(host) => write!(f, "{}://{host}{}", if self.https { "https" } else { "http" }, self.uri),
+            None => f.write_str(&self.uri),
+        }
+    }
+}
+
+/// What a request body of unknown length (a chunked upload: CONTENT_LENGTH absent, empty
+/// or -1) becomes before it reaches the app (`unknown-length-body`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum UnknownLengthBody {
+    /// Streamed as it arrives, without CONTENT_LENGTH (`wsgi.input_terminated`).
+    #[default]
+    Stream,
+    /// Read whole before a worker is taken, up to `max-body` (else
+    /// [`DEFAULT_BUFFERED_BODY`]), and passed on with its CONTENT_LENGTH; larger: 413.
+    Buffer,
+    /// Answered 411 Length Required before a worker is taken.
+    Refuse,
+}
+
+impl UnknownLengthBody {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Stream => "stream",
+            Self::Buffer => "buffer",
+            Self::Refuse => "refuse",
+        }
+    }
+}
+
+/// The largest body of unknown length `unknown-length-body: buffer` reads when the pool sets
+/// no `max-body`.
+pub const DEFAULT_BUFFERED_BODY: u64 = 16 << 20;
 
 /// Where a key was written: `file:line:column` and its key path, for errors found after
 /// loading (the interpreter probe runs programs, so it is no part of `config`). Every two

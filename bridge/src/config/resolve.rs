@@ -109,12 +109,7 @@ pub(super) fn pool(
     let chdir_at =
         KeyAt { at: src.at(&chdir_key).to_string(), key: chdir_key.to_string(), written: raw.chdir.is_some() };
 
-    let env = raw.env.map(|e| e.0).unwrap_or_default();
-    for (key, _) in &env {
-        if key.is_empty() || key.contains('=') || key.contains('\0') {
-            errs.push(src.invalid(&here.key("env").key(key), "not a valid environment variable name"));
-        }
-    }
+    let env = pool_env(src, &here, raw.env, &mut errs);
 
     let queue_size = raw.queue_size.unwrap_or(DEFAULT_QUEUE_SIZE);
     let supervision = note(&mut errs, super::supervision::resolve(src, &here, raw_supervision, queue_size));
@@ -128,6 +123,13 @@ pub(super) fn pool(
         errs.push(src.invalid(&here.key("startup-timeout"), "must be longer than 0s"));
     }
     let (max_body, slowlog_timeout) = optional_limits(src, &here, (raw.max_body, raw.slowlog_timeout), &mut errs);
+    let unknown_length_body = unknown_length_body(src, &here, raw.unknown_length_body.as_deref(), &mut errs);
+    let ready_check = raw.ready_check.as_deref().and_then(|text| {
+        note(
+            &mut errs,
+            super::model::ReadyCheck::parse(text.trim()).map_err(|m| src.invalid(&here.key("ready-check"), m)),
+        )
+    });
     let error_pages = error_pages(src, &here, dir, raw.error_pages, &mut errs);
     // The isolation checks need the app, its directory and the interpreter (a chroot must hold them).
     let isolation = match (&app, &chdir, &python) {
@@ -150,16 +152,18 @@ pub(super) fn pool(
                 app_at,
                 chdir,
                 chdir_at,
-                env: env.into_iter().collect(),
+                env,
                 processes,
                 threads,
                 interface,
                 queue_size,
                 queue_timeout: raw.queue_timeout.map(|d| d.0).unwrap_or(DEFAULT_QUEUE_TIMEOUT),
                 startup_timeout,
+                ready_check,
                 slowlog_timeout,
                 supervision,
                 max_body,
+                unknown_length_body,
                 pipeline: raw.pipeline.unwrap_or(true),
                 error_pages,
                 isolation,
@@ -226,6 +230,44 @@ fn pool_chdir(
         }
         ok
     })
+}
+
+/// `env`: names checked, errors added to `errs`.
+fn pool_env(
+    src: &Source,
+    here: &KeyPath,
+    raw: Option<super::file::Entries<String>>,
+    errs: &mut Vec<ConfigError>,
+) -> std::collections::BTreeMap<String, String> {
+    let env = raw.map(|e| e.0).unwrap_or_default();
+    for (key, _) in &env {
+        if key.is_empty() || key.contains('=') || key.contains('\0') {
+            errs.push(src.invalid(&here.key("env").key(key), "not a valid environment variable name"));
+        }
+    }
+    env.into_iter().collect()
+}
+
+/// `unknown-length-body`: `stream` (default), `buffer` or `refuse`.
+fn unknown_length_body(
+    src: &Source,
+    here: &KeyPath,
+    written: Option<&str>,
+    errs: &mut Vec<ConfigError>,
+) -> super::model::UnknownLengthBody {
+    use super::model::UnknownLengthBody as U;
+    match written.map(str::trim) {
+        None | Some("stream") => U::Stream,
+        Some("buffer") => U::Buffer,
+        Some("refuse") => U::Refuse,
+        Some(other) => {
+            errs.push(src.invalid(
+                &here.key("unknown-length-body"),
+                format!("{other:?} is not one of `stream`, `buffer` (read it whole, up to max-body or 16MiB, and pass CONTENT_LENGTH), `refuse` (411)"),
+            ));
+            U::Stream
+        }
+    }
 }
 
 /// `max-body` and `slowlog-timeout`: absent means none, zero is refused.

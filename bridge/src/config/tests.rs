@@ -526,6 +526,31 @@ fn hand_back_is_on_for_serve_and_off_for_translate() {
 }
 
 #[test]
+fn a_ready_check_without_a_host_gets_its_pools_route_host() {
+    let text = "pools:\n  x:\n    app: ../app/app.py\n    ready-check: /up?deep=1\n  y:\n    app: ../app/app.py\n    ready-check: https://y.example/\n  z:\n    app: ../app/app.py\n    ready-check: /z\nlisteners:\n  l:\n    fastcgi: 127.0.0.1:9100\n    routes:\n      - {prefix: /x, pool: x}\n      - {host: x.example, pool: x}\n      - {host: other.example, pool: y}\n";
+    let config = valid("ready-check").file("30-x.yaml", text).config();
+    let check = |name: &str| config.pools.iter().find(|p| p.name == name).and_then(|p| p.ready_check.clone());
+    assert_eq!(check("x"), Some(ReadyCheck { https: false, host: Some("x.example".into()), uri: "/up?deep=1".into() }));
+    assert_eq!(check("y"), Some(ReadyCheck { https: true, host: Some("y.example".into()), uri: "/".into() }));
+    assert_eq!(check("z").map(|c| c.host), Some(None));
+    assert_eq!(check("demo"), None);
+    let err = valid("ready-check").file("30-x.yaml", "pools:\n  x:\n    app: x\n    ready-check: healthz\n").error();
+    assert!(err.contains("4:5: pools.x.ready-check: \"healthz\" is neither a path (/healthz) nor a URL"), "{err}");
+}
+
+#[test]
+fn unknown_length_body_is_stream_buffer_or_refuse() {
+    let pool = |v: &str| format!("pools:\n  x:\n    app: ../app/app.py\n    unknown-length-body: {v}\n");
+    let how = |v: &str| valid("unknown-length").file("30-x.yaml", &pool(v)).config().pools[1].unknown_length_body;
+    assert_eq!(how("buffer"), UnknownLengthBody::Buffer);
+    assert_eq!(how("refuse"), UnknownLengthBody::Refuse);
+    assert_eq!(how("stream"), UnknownLengthBody::Stream);
+    assert_eq!(valid("unknown-length").config().pools[0].unknown_length_body, UnknownLengthBody::Stream);
+    let err = valid("unknown-length").file("30-x.yaml", &pool("411")).error();
+    assert!(err.contains("4:5: pools.x.unknown-length-body: \"411\" is not one of `stream`, `buffer`"), "{err}");
+}
+
+#[test]
 fn error_pages_are_files_or_local_redirects() {
     let tree = valid("error-pages");
     fs::write(tree.root.join("app/404.html"), "<h1>gone</h1>").unwrap();

@@ -123,10 +123,28 @@ pub(super) fn merge(
     Ok(Config {
         warnings: log_dir_warnings(&global, opts),
         global: global.finish(),
+        pools: with_ready_check_hosts(pools, &listeners),
         listeners: listeners.into_iter().map(|(l, _)| l).collect(),
-        pools: pools.into_iter().map(|(p, _)| p).collect(),
         templates,
     })
+}
+
+/// The pools, a `ready-check` that names no host given the host of the first route naming
+/// its pool, as the web server would send a request that reaches it (apps check Host:
+/// Django's ALLOWED_HOSTS).
+fn with_ready_check_hosts(pools: Vec<(Pool, At)>, listeners: &[(Listener, usize)]) -> Vec<Pool> {
+    let route_host = |pool: &str| {
+        listeners.iter().flat_map(|(l, _)| &l.routes).find_map(|r| r.host.clone().filter(|_| r.pool == pool))
+    };
+    pools
+        .into_iter()
+        .map(|(mut pool, _)| {
+            if let Some(check) = pool.ready_check.as_mut().filter(|c| c.host.is_none()) {
+                check.host = route_host(&pool.name);
+            }
+            pool
+        })
+        .collect()
 }
 
 /// Keys a parse error took out of a file: whether they were all its pools, and how many

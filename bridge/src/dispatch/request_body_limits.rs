@@ -174,11 +174,11 @@ impl<'a, S: BodySource> Limited<'a, S> {
         self.early.iter().fold(self.seen, |n, c| n.saturating_add(c.len() as u64))
     }
 
-    /// Read the body ahead — until its end or `upto` bytes — so that the worker gets it
-    /// whole with the request: a client slow to send a small body then never holds a
-    /// worker. Err: the web server went away, or the body stalled (see the watch).
+    /// Read the body ahead — until its end or until `upto` bytes are here — so that the
+    /// worker gets it whole with the request: a client slow to send a small body then never
+    /// holds a worker. Err: the web server went away, or the body stalled (see the watch).
     pub(crate) async fn prefetch(&mut self, upto: u64) -> Result<(), FrontGone> {
-        let mut got = 0u64;
+        let mut got = self.received();
         while got < upto && !self.early_end && self.no_body.is_none() {
             match self.paced().await? {
                 Some(chunk) => {
@@ -189,6 +189,25 @@ impl<'a, S: BodySource> Limited<'a, S> {
             }
         }
         Ok(())
+    }
+
+    /// Whether the request has body bytes at all: waits for the first of them or the end
+    /// (read ahead). A body of unknown length is told from none this way: web servers send
+    /// GETs with CONTENT_LENGTH empty (nginx) or absent (Apache) too.
+    pub(crate) async fn has_body(&mut self) -> Result<bool, FrontGone> {
+        if self.no_body.is_some() {
+            return Ok(false);
+        }
+        self.prefetch(1).await?;
+        Ok(self.early.iter().any(|c| !c.is_empty()))
+    }
+
+    /// Read the whole body ahead if it is at most `limit` bytes: its length, or None when
+    /// more came (what was read stays here; the request is to be refused).
+    pub(crate) async fn read_whole(&mut self, limit: u64) -> Result<Option<u64>, FrontGone> {
+        self.prefetch(limit.saturating_add(1)).await?;
+        let received = self.received();
+        Ok((self.early_end && received <= limit).then_some(received))
     }
 
     /// The inner source's next chunk, within `pace.idle` of asking for it or of the last
@@ -457,6 +476,32 @@ mod tests {
         let mut body = Limited::new(&mut drip, u64::MAX, &watch, pace);
         while let Ok(Some(_)) = body.next_chunk().await {}
         watch.tripped()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_of_unknown_length_is_read_whole_up_to_a_limit() {
+        let pace = Pace { idle: Duration::from_secs(10), min_rate: 0 };
+        let watch = BodyWatch::new(std::time::Instant::now());
+        let drip = |left| Drip { gap: Duration::from_millis(1), size: 30, left };
+        // no body at all: nothing is read whole, nothing made up
+        let mut none = drip(0);
+        assert_eq!(Limited::new(&mut none, u64::MAX, &watch, pace).has_body().await, Ok(false));
+        for (left, limit, want) in [(3, 90, Some(90)), (3, 100, Some(90)), (4, 90, None), (1, 29, None)] {
+            let mut d = drip(left);
+            let mut body = Limited::new(&mut d, u64::MAX, &watch, pace);
+            assert_eq!(body.has_body().await, Ok(true));
+            assert_eq!(body.read_whole(limit).await, Ok(want), "{left} chunks, limit {limit}");
+            // at most one chunk beyond the limit is held
+            assert!(body.received() <= limit + 30);
+            if want.is_some() {
+                let mut passed = 0;
+                while let Ok(Some(c)) = body.next_chunk().await {
+                    passed += c.len() as u64;
+                }
+                assert_eq!(Some(passed), want);
+            }
+        }
+        assert_eq!(watch.tripped(), None);
     }
 
     #[tokio::test(start_paused = true)]

@@ -8,7 +8,7 @@
 use super::request_body_limits::{BodyWatch, Limited, LimitedSink, Pace, Tripped};
 use crate::backend::exchange::{encode_kept, exchange, First, Next, Outcome, RequestInfo, SlotFate, FIRST_WRITE_BODY};
 use crate::backend::SlotConn;
-use crate::config::ErrorPages;
+use crate::config::{ErrorPages, UnknownLengthBody};
 use crate::dispatch::{AcquireError, Granted, Slot, Ticket};
 use crate::flow::{BodySource, End, ResponseSink};
 use crate::listen::context::ListenerCtx;
@@ -426,9 +426,10 @@ impl<'a, S: BodySource, K: ResponseSink> Request<'a, S, K> {
         Err(self.error_page(None, Replaced::bridge(status, retry), None).await)
     }
 
-    /// Before a worker is taken: `max-body` on the declared length, and a small body read
-    /// whole, so that a slow client holds a connection, never a worker thread. The
-    /// declared length, or the step that answered the request.
+    /// Before a worker is taken: `max-body` on the declared length, a body of unknown length
+    /// as `unknown-length-body` says, and a small body read whole, so that a slow client
+    /// holds a connection, never a worker thread. The body's length, if known, or the step
+    /// that answered the request.
     async fn admit(&mut self, pool: &'a PoolRuntime) -> Result<Option<u64>, Step<'a>> {
         let (lst, request_id, uri) = (self.lst, self.request_id, self.uri);
         if let Some(limit) = pool.config.max_body {
@@ -442,19 +443,13 @@ impl<'a, S: BodySource, K: ResponseSink> Request<'a, S, K> {
         }
         let declared = super::request_body_limits::declared_length(&self.params).ok().flatten(); // checked by the listener (400)
         self.source.set_declared(declared);
+        let declared = match declared {
+            Some(n) => Some(n),
+            None => self.unknown_length(pool).await?,
+        };
         if let Some(n) = declared.filter(|n| (1..=FIRST_WRITE_BODY as u64).contains(n)) {
             if self.source.prefetch(n).await.is_err() {
-                if let Some(why @ (Tripped::Stalled | Tripped::TooSlow)) = self.body_watch.tripped() {
-                    if self.lst.registry.rate_limits.allow(&crate::logging::ratelimit::BODY_STALLED, &pool.name) {
-                        tracing::warn!(
-                            listener = %lst.name, pool = %pool.name, request_id, uri = %uri, received = self.source.received(), declared = n,
-                            "{} before a worker was taken, answering 408", self.too_slow(why)
-                        );
-                    }
-                    return Err(self.answer(respond::error_response(408, None).freeze(), 408, Some(&pool.name)).await);
-                }
-                // Gone while its body arrived.
-                return Err(self.gone(pool).await);
+                return Err(self.read_ahead_failed(pool, declared).await);
             }
             if self.source.ended_short() {
                 if self.lst.registry.rate_limits.allow(&crate::logging::ratelimit::BODY_SHORT, &pool.name) {
@@ -467,6 +462,67 @@ impl<'a, S: BodySource, K: ResponseSink> Request<'a, S, K> {
             }
         }
         Ok(declared)
+    }
+
+    /// A body of unknown length (a chunked upload) under the pool's `unknown-length-body`:
+    /// streamed (None, as a request without a body is), refused with 411, or read whole
+    /// and passed on with its CONTENT_LENGTH (its length), all before a worker is taken.
+    async fn unknown_length(&mut self, pool: &'a PoolRuntime) -> Result<Option<u64>, Step<'a>> {
+        let (request_id, uri) = (self.request_id, self.uri);
+        let how = pool.config.unknown_length_body;
+        if how == UnknownLengthBody::Stream {
+            return Ok(None);
+        }
+        match self.source.has_body().await {
+            Ok(true) => {}
+            Ok(false) => return Ok(None),
+            Err(_) => return Err(self.read_ahead_failed(pool, None).await),
+        }
+        let limits = &self.lst.registry.rate_limits;
+        if how == UnknownLengthBody::Refuse {
+            if limits.allow(&crate::logging::ratelimit::LENGTH_REQUIRED, &pool.name) {
+                tracing::warn!(pool = %pool.name, request_id, uri = %uri, "request body of unknown length (a chunked upload), answering 411 Length Required: the pool's unknown-length-body is refuse");
+            }
+            return Err(self.answer(respond::error_response(411, None).freeze(), 411, Some(&pool.name)).await);
+        }
+        let limit = pool.config.max_body.unwrap_or(crate::config::DEFAULT_BUFFERED_BODY);
+        match self.source.read_whole(limit).await {
+            Ok(Some(n)) => {
+                self.params.insert(&b"CONTENT_LENGTH"[..], Bytes::from(n.to_string()));
+                self.source.set_declared(Some(n));
+                Ok(Some(n))
+            }
+            Ok(None) => {
+                let bound =
+                    if pool.config.max_body.is_some() { "max-body" } else { "the default: set max-body to change it" };
+                if limits.allow(&crate::logging::ratelimit::BUFFER_TOO_LARGE, &pool.name) {
+                    tracing::warn!(
+                        pool = %pool.name, request_id, uri = %uri, limit,
+                        "request body of unknown length passed {} ({bound}) while unknown-length-body: buffer read it, answering 413",
+                        crate::config::units::SizeDisplay(limit)
+                    );
+                }
+                Err(self.answer(respond::error_response(413, None).freeze(), 413, Some(&pool.name)).await)
+            }
+            Err(_) => Err(self.read_ahead_failed(pool, None).await),
+        }
+    }
+
+    /// Reading a body ahead, before a worker was taken, failed: it stalled or came too slowly
+    /// (408, logged), or the web server went away. `declared`: its length, if known.
+    async fn read_ahead_failed(&mut self, pool: &'a PoolRuntime, declared: Option<u64>) -> Step<'a> {
+        let Some(why @ (Tripped::Stalled | Tripped::TooSlow)) = self.body_watch.tripped() else {
+            // Gone while its body arrived.
+            return self.gone(pool).await;
+        };
+        if self.lst.registry.rate_limits.allow(&crate::logging::ratelimit::BODY_STALLED, &pool.name) {
+            let declared = declared.map_or_else(|| "unknown".to_owned(), |n| n.to_string());
+            tracing::warn!(
+                listener = %self.lst.name, pool = %pool.name, request_id = self.request_id, uri = %self.uri, received = self.source.received(), declared = %declared,
+                "{} before a worker was taken, answering 408", self.too_slow(why)
+            );
+        }
+        self.answer(respond::error_response(408, None).freeze(), 408, Some(&pool.name)).await
     }
 
     /// Run the request on `slot`, give the slot back, and turn what the exchange says

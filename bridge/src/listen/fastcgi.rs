@@ -466,17 +466,45 @@ impl FrontConn {
                     self.on_event(ev);
                 }
                 Ok(None) => break,
-                Err(e) if !e.is_fatal() => {
-                    // Too many concurrent requests on this connection: refuse this one only.
-                    tracing::warn!(listener = %self.ctx.name, peer = %self.peer, "{e}");
-                    if let Some(id) = e.request_id() {
-                        server::write_end_request(&mut self.wbuf, id, 0, ProtocolStatus::Overloaded, Padding::None);
-                    }
-                }
+                Err(e) if !e.is_fatal() => self.refuse_request(e)?,
                 Err(e) => return Err(e),
             }
         }
         self.launch_started();
+        Ok(())
+    }
+
+    /// A request the decoder dropped while the connection stays sound: too many at once on
+    /// this connection (END_REQUEST OVERLOADED), or headers past a limit, answered 431 (an
+    /// error about a request this connection does not have closes it after all).
+    fn refuse_request(&mut self, e: fastcgi_server::Error) -> Result<(), fastcgi_server::Error> {
+        use fastcgi_server::Error as E;
+        let Some(id) = e.request_id() else { return Err(e) };
+        if let E::TooManyRequests { .. } = e {
+            tracing::warn!(listener = %self.ctx.name, peer = %self.peer, "{e}");
+            server::write_end_request(&mut self.wbuf, id, 0, ProtocolStatus::Overloaded, Padding::None);
+            return Ok(());
+        }
+        if !e.is_header_limit() || !matches!(self.find(id), Some(Req::Starting { params: None, .. })) {
+            return Err(e);
+        }
+        if self.ctx.registry.rate_limits.allow(&crate::logging::ratelimit::HEADERS_TOO_LARGE, &self.ctx.name) {
+            let (listener, peer) = (&self.ctx.name, &self.peer);
+            match e {
+                // The bridge sets both limits to the listener's max-params.
+                E::ParamsTooLarge { len, limit, .. } | E::ValueTooLong { len, limit, .. } => tracing::warn!(
+                    %listener, %peer, request = id,
+                    "request headers (PARAMS) of at least {len} bytes exceed the listener's max-params ({}), answering 431 Request Header Fields Too Large",
+                    crate::config::units::SizeDisplay(limit as u64)
+                ),
+                e => {
+                    tracing::warn!(%listener, %peer, request = id, "request headers (PARAMS) past a limit, answering 431 Request Header Fields Too Large: {e}")
+                }
+            }
+        }
+        self.remove(id);
+        server::write_stdout(&mut self.wbuf, id, &crate::respond::error_response(431, None), Padding::None);
+        server::write_end_request(&mut self.wbuf, id, 0, ProtocolStatus::RequestComplete, Padding::None);
         Ok(())
     }
 

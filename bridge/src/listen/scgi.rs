@@ -18,11 +18,13 @@ enum HeadError {
     Protocol(String),
     /// Well framed, but its CONTENT_LENGTH is unusable: answered 400.
     BadLength(String),
+    /// Headers past `max-params` (or a name past its limit): answered 431.
+    TooLarge(String),
     Budget(super::limits::OverBudget),
 }
 
 /// Serve one SCGI connection.
-pub(crate) async fn serve_connection<R, W>(mut rd: R, wr: W, ctx: Arc<ListenerCtx>, peer: String, sock: super::Sock)
+pub(crate) async fn serve_connection<R, W>(rd: R, wr: W, ctx: Arc<ListenerCtx>, peer: String, sock: super::Sock)
 where
     R: super::ReadHalf,
     W: super::WriteHalf,
@@ -38,6 +40,7 @@ where
                 Ok(Some(_)) => return Err(HeadError::Protocol("body before headers".to_owned())),
                 Ok(None) => {}
                 Err(e) if is_bad_length(&e) => return Err(HeadError::BadLength(e.to_string())),
+                Err(e) if is_too_large(&e) => return Err(HeadError::TooLarge(too_large_message(&e))),
                 Err(e) => return Err(HeadError::Protocol(e.to_string())),
             }
             charge.set(decoder.buffer_mut().len()).map_err(HeadError::Budget)?;
@@ -65,12 +68,13 @@ where
             if ctx.registry.rate_limits.allow(&crate::logging::ratelimit::BAD_REQUEST, &ctx.name) {
                 tracing::warn!(listener = %ctx.name, peer, "invalid SCGI request, answering 400: {e}");
             }
-            let mut wr = wr;
-            if super::write_within(&mut wr, &crate::respond::error_response(400, None), ctx.send_timeout).await.is_ok()
-            {
-                super::lingering_close(&mut rd, &mut wr).await;
+            return answer_and_close(rd, wr, 400, &ctx).await;
+        }
+        Ok(Err(HeadError::TooLarge(e))) => {
+            if ctx.registry.rate_limits.allow(&crate::logging::ratelimit::HEADERS_TOO_LARGE, &ctx.name) {
+                tracing::warn!(listener = %ctx.name, peer, "{e}, answering 431 Request Header Fields Too Large");
             }
-            return;
+            return answer_and_close(rd, wr, 431, &ctx).await;
         }
         Ok(Err(HeadError::Protocol(e))) => {
             if ctx.registry.rate_limits.allow(&crate::logging::ratelimit::SCGI_PROTOCOL, &ctx.name) {
@@ -110,6 +114,37 @@ where
         return;
     }
     super::lingering_close(&mut source.rd, &mut sink.wr).await;
+}
+
+/// Answer a request refused before it was read with the bridge's page for `status`, then
+/// close, reading what the client still sends for a while (a reset would lose the answer).
+async fn answer_and_close<R: super::ReadHalf, W: super::WriteHalf>(
+    mut rd: R,
+    mut wr: W,
+    status: u16,
+    ctx: &ListenerCtx,
+) {
+    if super::write_within(&mut wr, &crate::respond::error_response(status, None), ctx.send_timeout).await.is_ok() {
+        super::lingering_close(&mut rd, &mut wr).await;
+    }
+}
+
+/// Header errors about their size, answered 431.
+fn is_too_large(e: &fastcgi_server::Error) -> bool {
+    use fastcgi_server::Error as E;
+    matches!(e, E::ScgiHeadersTooLarge { .. } | E::ScgiNameTooLong { .. } | E::ScgiValueTooLong { .. })
+}
+
+/// What the log says of headers past a limit: the listener's key, when it is the one.
+fn too_large_message(e: &fastcgi_server::Error) -> String {
+    match e {
+        // The bridge sets the netstring's limit and a value's to the listener's max-params.
+        fastcgi_server::Error::ScgiHeadersTooLarge { len, limit } => format!(
+            "request headers (SCGI netstring) of at least {len} bytes exceed the listener's max-params ({})",
+            crate::config::units::SizeDisplay(*limit as u64)
+        ),
+        e => format!("request headers past a limit: {e}"),
+    }
 }
 
 /// Header errors about CONTENT_LENGTH, answered 400: the netstring itself was sound.

@@ -38,6 +38,12 @@ pub(crate) fn emit(pool: &str, pid: u32, line: &str) -> bool {
     true
 }
 
+/// The message of `line` if it is a structured record.
+pub(crate) fn message(line: &str) -> Option<String> {
+    let json = line.strip_prefix(MARKER)?;
+    serde_json::from_str::<Record>(json).ok().map(|r| r.msg)
+}
+
 fn log_at(level: &str, pool: &str, pid: u32, logger: &str, request_id: &str, msg: &str) {
     match level {
         "CRITICAL" | "ERROR" => tracing::error!(target: "app", pool, pid, logger, request_id, "{msg}"),
@@ -57,5 +63,7 @@ mod tests {
         assert!(emit("p", 1, &line));
         assert!(!emit("p", 1, "plain stderr text"));
         assert!(!emit("p", 1, &format!("{MARKER}not json")));
+        assert_eq!(message(&line).as_deref(), Some("hi"));
+        assert_eq!(message("plain stderr text"), None);
     }
 }

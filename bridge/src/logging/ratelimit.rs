@@ -82,6 +82,22 @@ pub(crate) static BODY_CUT_OFF: Kind = Kind {
     level: Level::Warn,
     burst: CLIENT_BURST,
 };
+/// 413: a body of unknown length larger than what `unknown-length-body: buffer` reads.
+pub(crate) static BUFFER_TOO_LARGE: Kind = Kind {
+    scope: Scope::Pool,
+    what: "requests answered 413",
+    reason: "body of unknown length larger than the unknown-length-body: buffer bound",
+    level: Level::Warn,
+    burst: CLIENT_BURST,
+};
+/// 411: a body of unknown length refused by `unknown-length-body: refuse`.
+pub(crate) static LENGTH_REQUIRED: Kind = Kind {
+    scope: Scope::Pool,
+    what: "requests answered 411",
+    reason: "body of unknown length (unknown-length-body: refuse)",
+    level: Level::Warn,
+    burst: CLIENT_BURST,
+};
 /// 404: no route of the listener matches.
 pub(crate) static NO_ROUTE: Kind = Kind {
     scope: Scope::Listener,
@@ -95,6 +111,14 @@ pub(crate) static FASTCGI_PROTOCOL: Kind = Kind {
     scope: Scope::Listener,
     what: "connections closed",
     reason: "FastCGI protocol error",
+    level: Level::Warn,
+    burst: CLIENT_BURST,
+};
+/// 431: a request's headers (FastCGI PARAMS, the SCGI netstring) past `max-params`.
+pub(crate) static HEADERS_TOO_LARGE: Kind = Kind {
+    scope: Scope::Listener,
+    what: "requests answered 431",
+    reason: "request headers larger than max-params",
     level: Level::Warn,
     burst: CLIENT_BURST,
 };

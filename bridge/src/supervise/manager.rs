@@ -1103,7 +1103,8 @@ pub(crate) async fn run(
 /// Whether a new configuration changes what a worker process is (its command line,
 /// environment, identity, threads, preload): then the pool restarts its workers. Sizes,
 /// queue, timeouts, recycling limits and the bridge-side keys (slowlog-timeout, max-body,
-/// error-pages) apply without a restart.
+/// unknown-length-body, error-pages) and ready-check (for workers started from then on)
+/// apply without a restart.
 pub(crate) fn needs_restart(old: &config::Pool, new: &config::Pool) -> bool {
     let neutral = |p: &config::Pool| {
         let mut p = p.clone();
@@ -1113,6 +1114,9 @@ pub(crate) fn needs_restart(old: &config::Pool, new: &config::Pool) -> bool {
         // Read by the bridge per request, not by workers.
         p.slowlog_timeout = None;
         p.max_body = None;
+        p.unknown_length_body = config::UnknownLengthBody::Stream;
+        // Asked of workers started from then on.
+        p.ready_check = None;
         p.error_pages = Default::default();
         p.queue_timeout = Duration::ZERO;
         p.startup_timeout = Duration::ZERO;
@@ -1204,6 +1208,8 @@ mod tests {
         assert!(!with(&|p| p.supervision.max_requests = Some(5)));
         assert!(!with(&|p| p.supervision.mode = Mode::Dynamic));
         assert!(!with(&|p| p.max_body = Some(1)));
+        assert!(!with(&|p| p.unknown_length_body = config::UnknownLengthBody::Buffer));
+        assert!(!with(&|p| p.ready_check = config::ReadyCheck::parse("/up").ok()));
         assert!(with(&|p| p.threads = 2));
         assert!(with(&|p| {
             p.env.insert("A".into(), "1".into());

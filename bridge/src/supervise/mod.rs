@@ -9,6 +9,7 @@ pub(crate) mod orphans;
 mod policy;
 pub(crate) mod probe;
 pub(crate) mod program;
+mod ready_check;
 pub(crate) mod runtime_dir;
 mod spawn;
 pub(crate) mod stats;

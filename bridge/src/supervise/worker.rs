@@ -12,6 +12,7 @@ use crate::dispatch::{Dispatcher, WorkerKey};
 use crate::logging::app_lines::LineBudget;
 use crate::worker_handle::{WorkerCtl, WorkerHandle};
 use std::os::unix::process::ExitStatusExt;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
@@ -28,6 +29,8 @@ pub(super) const DUMP_GRACE: Duration = Duration::from_millis(300);
 pub(super) const STACKS_WAIT: Duration = Duration::from_secs(1);
 /// The stack lines have all been read once none came for this long (a dump is one write).
 const STACKS_QUIET: Duration = Duration::from_millis(50);
+/// The longest wait for a failed ready-check's output to be read from the worker's pipes.
+const SETTLE_MAX: Duration = Duration::from_millis(500);
 /// The prefix of every line of a worker's stack dump (stackdump.py, asgi.py).
 const STACK_LINE: &str = "[stack ";
 
@@ -125,7 +128,13 @@ pub(super) async fn run(t: WorkerTask, mut ctl: mpsc::UnboundedReceiver<WorkerCt
         tokio::spawn(log_lines(err, true, gate.clone()));
     }
 
-    let asgi = match wait_ready(&t, &mut child, &mut ready, &gate, &mut ctl, pid).await {
+    let mut startup = wait_ready(&t, &mut child, &mut ready, &gate, &mut ctl, pid).await;
+    if let (Startup::Ready { .. }, Some(check)) = (&startup, &t.config.ready_check) {
+        if let Err(failed) = check_ready(&t, &handle, &gate, (&mut child, &mut ctl), check, spawned).await {
+            startup = failed;
+        }
+    }
+    let asgi = match startup {
         Startup::Ready { asgi } => asgi,
         Startup::Stopped { grace } => {
             // Stopped before it was ready (a reload, the daemon stopping).
@@ -233,10 +242,7 @@ async fn wait_ready(
     let outcome = tokio::select! {
         r = tokio::time::timeout(startup_timeout, read_readiness(ready)) => Ok(r.ok()),
         status = child.wait() => Err(status),
-        c = ctl.recv() => {
-            let grace = match c { Some(WorkerCtl::Term { grace }) => grace, _ => Duration::ZERO };
-            return Startup::Stopped { grace };
-        }
+        c = ctl.recv() => return Startup::Stopped { grace: grace_of(c) },
     };
     match outcome {
         // An import error writes ERROR, then exits: the exit may be seen first.
@@ -263,6 +269,80 @@ async fn wait_ready(
             }
             Startup::Failed(what)
         }
+    }
+}
+
+/// The pool's `ready-check` (supervise/ready_check.rs) on a worker that reported READY
+/// (`spawned`: when it started), its output held meanwhile like the rest of its start-up's.
+/// Err: it failed, with one line for the log and `reload --wait` — the status and what the
+/// app said (the last line it wrote to stderr, a traceback's exception; else the body's
+/// first line) —, or the manager stopped it first.
+async fn check_ready(
+    t: &WorkerTask,
+    handle: &Arc<WorkerHandle>,
+    gate: &LineGate,
+    (child, ctl): (&mut WorkerChild, &mut mpsc::UnboundedReceiver<WorkerCtl>),
+    check: &crate::config::ReadyCheck,
+    spawned: Instant,
+) -> Result<(), Startup> {
+    use super::ready_check::Failure;
+    handle.hold_stderr();
+    let left = t.config.startup_timeout.saturating_sub(spawned.elapsed());
+    let result = tokio::select! {
+        r = super::ready_check::run(check, handle, left) => r,
+        c = ctl.recv() => Err(Failure::Stopped(grace_of(c))),
+    };
+    let what = format!("ready-check GET {}", check.uri);
+    if result == Err(Failure::TimedOut) && t.native {
+        gate.open();
+        tracing::error!(
+            pool = &*t.pool,
+            pid = handle.pid,
+            "worker's {what} got no answer within startup-timeout; its Python stacks follow, then it is killed"
+        );
+        child.signal(nix::sys::signal::Signal::SIGUSR2);
+        tokio::time::sleep(DUMP_GRACE).await;
+    }
+    if matches!(result, Err(Failure::Answered { .. } | Failure::Broken(_))) {
+        settle(gate).await;
+    }
+    for line in handle.release_stderr() {
+        gate.line(true, line);
+    }
+    let why = match result {
+        Ok(()) => return Ok(()),
+        Err(Failure::Stopped(grace)) => return Err(Startup::Stopped { grace }),
+        Err(Failure::Answered { status, body }) => match (gate.stderr_tail(), body) {
+            (Some(said), Some(body)) => format!("{what} answered {status}: {said} (body: {body})"),
+            (Some(line), None) | (None, Some(line)) => format!("{what} answered {status}: {line}"),
+            (None, None) => format!("{what} answered {status}"),
+        },
+        Err(Failure::TimedOut) => format!("{what} got no answer within startup-timeout {:?}", t.config.startup_timeout),
+        Err(Failure::Broken(e)) => format!("{what} failed: {e}"),
+    };
+    Err(Startup::Failed(why))
+}
+
+/// The grace period of the manager's word to a worker that is not serving yet.
+fn grace_of(c: Option<WorkerCtl>) -> Duration {
+    match c {
+        Some(WorkerCtl::Term { grace }) => grace,
+        _ => Duration::ZERO,
+    }
+}
+
+/// Lines a worker wrote before it answered may still be in its pipes: wait until none came
+/// for a moment (at most [`SETTLE_MAX`]).
+async fn settle(gate: &LineGate) {
+    let until = Instant::now() + SETTLE_MAX;
+    let mut seen = gate.lines_seen();
+    while Instant::now() < until {
+        tokio::time::sleep(STACKS_QUIET).await;
+        let now = gate.lines_seen();
+        if now == seen {
+            break;
+        }
+        seen = now;
     }
 }
 
@@ -474,7 +554,9 @@ pub(super) struct LineGate {
     lines: Arc<LineBudget>,
     state: Mutex<(Gate, Vec<(bool, String)>)>,
     /// Stack-dump lines passed on so far (see [`await_stacks`]).
-    stack_lines: std::sync::atomic::AtomicU64,
+    stack_lines: AtomicU64,
+    /// Every line received so far (see [`settle`]).
+    received: AtomicU64,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -489,12 +571,29 @@ const HOLD_MAX: usize = 400;
 
 impl LineGate {
     pub(super) fn new(pool: Arc<str>, pid: u32, lines: Arc<LineBudget>) -> Self {
-        Self { pool, pid, lines, state: Mutex::new((Gate::Hold, Vec::new())), stack_lines: Default::default() }
+        let state = Mutex::new((Gate::Hold, Vec::new()));
+        Self { pool, pid, lines, state, stack_lines: AtomicU64::default(), received: AtomicU64::default() }
     }
 
     /// How many stack-dump lines the worker wrote to stderr so far.
     fn stack_lines(&self) -> u64 {
         self.stack_lines.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// How many lines the worker wrote so far.
+    fn lines_seen(&self) -> u64 {
+        self.received.load(Relaxed)
+    }
+
+    /// The last line held from stderr, of its text (an app's logging record: its message), cut
+    /// to a few hundred bytes: the exception of a traceback.
+    fn stderr_tail(&self) -> Option<String> {
+        let st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        st.1.iter().rev().filter(|(is_stderr, _)| *is_stderr).find_map(|(_, line)| {
+            let text = crate::logging::app_records::message(line).unwrap_or_else(|| line.clone());
+            let last = text.lines().map(str::trim).rfind(|l| !l.is_empty())?;
+            Some(crate::logging::app_lines::prefix(&crate::logging::app_lines::clean(last), 300).into_owned())
+        })
     }
 
     /// Log what was held, and every line from now on.
@@ -519,6 +618,7 @@ impl LineGate {
     }
 
     fn line(&self, is_stderr: bool, text: String) {
+        self.received.fetch_add(1, Relaxed);
         let stack = is_stderr && text.starts_with(STACK_LINE);
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         match st.0 {

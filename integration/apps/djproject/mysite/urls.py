@@ -10,5 +10,6 @@ urlpatterns = [
     path("cookie/", views.cookie, name="cookie"),
     path("upload/", views.upload, name="upload"),
     path("boom/", views.boom, name="boom"),
+    path("body/", views.body, name="body"),
     path("async/", views.async_view, name="async"),
 ]

@@ -5,6 +5,7 @@ import sys
 from django.http import HttpResponse, HttpResponseNotAllowed, JsonResponse
 from django.shortcuts import render
 from django.urls import reverse
+from django.views.decorators.csrf import csrf_exempt
 
 
 def health(request):
@@ -54,6 +55,14 @@ def upload(request):
     return JsonResponse({"name": f.name, "size": size, "sha256": h.hexdigest(),
                          "note": request.POST.get("note", ""),
                          "handler": type(f).__name__})
+
+
+@csrf_exempt
+def body(request):
+    """What Django makes of a request body: request.body is all an app reads."""
+    data = request.body
+    return JsonResponse({"read": len(data), "sha256": hashlib.sha256(data).hexdigest(),
+                         "content_length": request.META.get("CONTENT_LENGTH")})
 
 
 def boom(request):

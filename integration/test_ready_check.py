@@ -1,0 +1,124 @@
+"""A pool's `ready-check`: Django imports its URLconf and views at the first request, so a
+deploy whose views.py is broken starts, reports READY, and would take over from the old
+workers with every request a 500. With `ready-check: /ready/` a new worker counts as ready
+only once it answered that GET (sent by the bridge straight to it) with a 2xx/3xx: the
+broken deploy fails `reload --restart-workers --wait`, and the old workers serve on.
+See docs/operator-guide.md (Deploying new code) and docs/configuration.md."""
+import json
+import shutil
+import subprocess
+
+import pytest
+
+import fcgi_client
+import harness
+
+READY_VIEW = '''
+
+def ready(request):
+    """The ready-check's view: says what it was sent."""
+    import json as _json
+    import os as _os
+    keys = ("FCGIBRIDGE_READY_CHECK", "HTTP_HOST", "REMOTE_ADDR", "HTTP_USER_AGENT", "PATH_INFO", "QUERY_STRING")
+    with open(_os.path.join(_os.environ["FCGIBRIDGE_TEST_DIR"], "checks.log"), "a") as f:
+        f.write(_json.dumps({k: request.META.get(k) for k in keys}) + "\\n")
+    return HttpResponse("ready")
+'''
+
+
+@pytest.fixture(params=["wsgi", "asgi"])
+def site(tmp_path, request):
+    """A copy of the Django project with a /ready/ view, served by a pool of two workers
+    (WSGI, then ASGI) whose ready-check asks for it; the route's host is the check's Host."""
+    project = tmp_path / "djproject"
+    shutil.copytree(harness.APPS / "djproject", project)
+    views = project / "mysite" / "views.py"
+    views.write_text(views.read_text() + READY_VIEW)
+    urls = project / "mysite" / "urls.py"
+    urls.write_text(urls.read_text().replace('urlpatterns = [', 'urlpatterns = [\n    path("ready/", views.ready),'))
+    (port,) = harness.free_ports(1)
+    pools = {"shop": harness.pool(f"mysite.{request.param}:application", interface=request.param, processes=2,
+                                  chdir=str(project),
+                                  env={"DJANGO_SETTINGS_MODULE": "mysite.settings"},
+                                  **{"ready-check": "/ready/?from=bridge", "startup-timeout": "60s"})}
+    listeners = {"fcgi-tcp": {"fastcgi": f"127.0.0.1:{port}", "routes": [{"host": "shop.test", "pool": "shop"}]}}
+    bridge = harness.make_bridge(tmp_path, pools, listeners)
+    bridge.start()
+    try:
+        harness.wait_until(lambda: len(ready_workers(bridge)) == 2, 120, 0.2, what="both workers ready")
+        yield bridge, views
+    finally:
+        bridge.stop()
+
+
+def ready_workers(bridge):
+    bridge.assert_running()
+    try:
+        st = bridge.pool_status("shop")
+    except (AssertionError, StopIteration, json.JSONDecodeError):
+        return []
+    return [w for w in st["workers"] if w["state"] in ("idle", "busy")]
+
+
+def checks(bridge):
+    path = bridge.workdir / "checks.log"
+    return [json.loads(ln) for ln in path.read_text().splitlines()] if path.exists() else []
+
+
+def cli_reload(bridge, *args):
+    return subprocess.run([str(bridge.binary), "reload", *args, "--config", str(bridge.confdir)],
+                          capture_output=True, text=True, timeout=300)
+
+
+def get(bridge, path):
+    return fcgi_client.fcgi_request(bridge.listener_address("fcgi-tcp"), path, headers={"Host": "shop.test"})
+
+
+def test_each_new_worker_answers_the_check_before_it_takes_requests(site):
+    """Sent straight to each new worker, with the route's Host, from 127.0.0.1, marked as
+    the bridge's; not counted as a served request. A healthy deploy rolls out."""
+    bridge, _ = site
+    seen = checks(bridge)
+    assert len(seen) == 2, seen
+    # The environ key is WSGI's (an ASGI scope has no CGI variables; a header would be any
+    # client's to send): an ASGI app tells the check by its User-Agent.
+    marked = "1" if bridge.config["pools"]["shop"]["interface"] == "wsgi" else None
+    assert seen[0] == {"FCGIBRIDGE_READY_CHECK": marked, "HTTP_HOST": "shop.test", "REMOTE_ADDR": "127.0.0.1",
+                       "HTTP_USER_AGENT": "fcgibridge ready-check", "PATH_INFO": "/ready/", "QUERY_STRING": "from=bridge"}
+    assert [w["requests"] for w in ready_workers(bridge)] == [0, 0]
+    out = cli_reload(bridge, "--restart-workers", "shop", "--wait")
+    assert out.returncode == 0, (out.stdout, out.stderr)
+    assert out.stdout.endswith("rollout done: shop (2 workers ready)\n"), out.stdout
+    assert len(checks(bridge)) == 4
+    r = get(bridge, "/health/")
+    assert (r.status, r.body) == (200, b"ok")
+
+
+def test_a_broken_view_module_fails_the_rollout_and_the_old_workers_serve_on(site):
+    bridge, views = site
+    old = {w["pid"] for w in ready_workers(bridge)}
+    good = views.read_text()
+    # views.py no longer compiles: the workers still import (wsgi.py does not import the
+    # URLconf), report READY, and only a request finds the error.
+    views.write_text(good + "\ndef broken(:\n")
+    mark = bridge.log.mark()
+    out = cli_reload(bridge, "--restart-workers", "shop", "--wait")
+    assert out.returncode == 1, (out.stdout, out.stderr)
+    assert "pool shop: rollout-failing: its new workers cannot start, the previous ones serve on" in out.stderr, out.stderr
+    assert "worker failed to start: ready-check GET /ready/?from=bridge answered 500 Internal Server Error: " \
+           "SyntaxError: " in out.stderr, out.stderr
+    bridge.log.wait_for([r"ERROR", r"worker failed to start: ready-check GET /ready/\?from=bridge answered 500",
+                         r"SyntaxError", r'pool="?shop'], since=mark)
+    # Django's traceback is in the log, with the worker's pid.
+    bridge.log.wait_for([r'views\.py", line \d+', r'pool="?shop'], since=mark)
+    # The old workers serve on, with the code they imported.
+    for _ in range(4):
+        r = get(bridge, "/health/")
+        assert (r.status, r.body) == (200, b"ok")
+    assert {w["pid"] for w in ready_workers(bridge)} == old
+    assert bridge.pool_status("shop")["state"] == "rollout-failing"
+    # Fixed: the rollout goes through.
+    views.write_text(good)
+    out = cli_reload(bridge, "--restart-workers", "shop", "--wait=3m")
+    assert out.returncode == 0, (out.stdout, out.stderr)
+    assert not old & {w["pid"] for w in ready_workers(bridge)}
