@@ -196,7 +196,7 @@ async fn start(
     let pools: Vec<Arc<PoolRuntime>> = config.pools.iter().cloned().map(PoolRuntime::new).collect();
     let by_name: HashMap<String, Arc<PoolRuntime>> = pools.iter().map(|p| (p.name.to_string(), p.clone())).collect();
     // Before the first worker: what the apps start and leave behind comes back to the daemon.
-    crate::supervise::orphans::adopt();
+    crate::supervise::orphans::adopt(registry.rate_limits.clone());
     let supervisor = Supervisor::start(&pools, &rt_dir).map_err(failed)?;
     registry.board.set_pools(pools.clone());
     for name in registry.systemd.unused() {
@@ -357,7 +357,7 @@ async fn stop(mut r: Running, config: &crate::config::Config, s: &mut Signals, h
     }
     r.supervisor.stop(how).await;
     r.registry.board.instances.stop_all(how).await;
-    crate::supervise::orphans::last_look().await;
+    crate::supervise::orphans::last_look(r.registry.rate_limits.clone()).await;
     r.registry.rate_limits.flush_all();
     drop(r.rt_dir);
 }

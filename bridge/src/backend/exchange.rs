@@ -695,22 +695,26 @@ impl SlotConn {
     /// After [`SlotFate::Aborted`]: discard the worker's output until it ends the aborted
     /// request, and say what to do with the slot then. The slot stays busy meanwhile (a
     /// thread of the worker still runs the request). One not ended within `grace` (the
-    /// pool's abort-grace) is abandoned (`Dispatcher::abandon`): the pool manager replaces
+    /// pool's abort-grace; None: no limit) is abandoned (`Dispatcher::abandon`): the pool manager replaces
     /// the worker, whose other requests get graceful-timeout, and this waits on until the
     /// request ends or the worker is gone.
     pub(crate) async fn finish_abort(
         &mut self,
         dispatcher: &crate::dispatch::Dispatcher<Self>,
-        grace: Duration,
+        grace: Option<Duration>,
     ) -> SlotFate {
         let Some(aborting) = self.aborting.take() else { return SlotFate::Reconnect };
-        let ended = match tokio::time::timeout(grace, self.drain_aborted(&aborting)).await {
-            Ok(ended) => ended,
-            Err(_) => {
-                // The manager logs it, with what happens to the worker.
-                dispatcher.abandon(self.key);
-                self.drain_aborted(&aborting).await
-            }
+        let ended = match grace {
+            // `abort-grace: 0`: the request runs on until it ends (or request-timeout).
+            None => self.drain_aborted(&aborting).await,
+            Some(grace) => match tokio::time::timeout(grace, self.drain_aborted(&aborting)).await {
+                Ok(ended) => ended,
+                Err(_) => {
+                    // The manager logs it, with what happens to the worker.
+                    dispatcher.abandon(self.key);
+                    self.drain_aborted(&aborting).await
+                }
+            },
         };
         if ended && aborting.body_sent {
             SlotFate::Reuse
@@ -1397,10 +1401,21 @@ mod unread_tests {
         std::future::pending::<()>().await;
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn an_abort_the_worker_does_not_end_in_time_is_abandoned_and_keeps_its_slot_busy() {
+    /// A slot whose request the web server aborted and the worker runs on, and `finish_abort`
+    /// of it with `grace` spawned; the app ends the request when `end` is sent.
+    async fn an_abort_the_worker_runs_on(
+        name: &str,
+        grace: Option<Duration>,
+    ) -> (
+        Arc<crate::dispatch::Dispatcher<crate::backend::SlotConn>>,
+        crate::dispatch::WorkerKey,
+        tokio::task::JoinHandle<(SlotFate, crate::backend::SlotConn)>,
+        tokio::sync::oneshot::Sender<()>,
+        tokio::task::JoinHandle<()>,
+        std::path::PathBuf,
+    ) {
         use crate::dispatch::{Dispatcher, Ticket};
-        let path = std::env::temp_dir().join(format!("fcgibridge-abandon-{}.sock", std::process::id()));
+        let path = std::env::temp_dir().join(format!("fcgibridge-{name}-{}.sock", std::process::id()));
         let _ = std::fs::remove_file(&path);
         let listener = tokio::net::UnixListener::bind(&path).expect("bind");
         let (end_tx, end_rx) = tokio::sync::oneshot::channel();
@@ -1421,8 +1436,14 @@ mod unread_tests {
         // The request is over for the front at once; the worker's end of it comes later.
         assert_eq!((outcome.status, outcome.fate), (499, SlotFate::Aborted));
         let d2 = d.clone();
-        let grace = crate::config::supervision::DEFAULT_ABORT_GRACE;
         let finishing = tokio::spawn(async move { (slot.finish_abort(&d2, grace).await, slot) });
+        (d, w, finishing, end_tx, app, path)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_abort_the_worker_does_not_end_in_time_is_abandoned_and_keeps_its_slot_busy() {
+        let grace = crate::config::supervision::DEFAULT_ABORT_GRACE;
+        let (d, w, finishing, end_tx, app, path) = an_abort_the_worker_runs_on("abandon", Some(grace)).await;
         tokio::time::sleep(grace - Duration::from_secs(1)).await;
         assert!(d.take_abandoned().is_empty(), "within the grace");
         tokio::time::sleep(Duration::from_secs(2)).await;
@@ -1430,6 +1451,22 @@ mod unread_tests {
         assert_eq!(told.iter().map(|a| (a.request_id, a.uri.as_str())).collect::<Vec<_>>(), [(4, "/slow")]);
         // Its thread still runs the request: the slot stays busy, nobody kills the worker.
         assert_eq!(d.worker_view(w, false).map(|v| (v.busy, v.abandoned)), Some((1, 1)));
+        assert!(!finishing.is_finished());
+        end_tx.send(()).expect("the app waits");
+        let (fate, slot) = finishing.await.expect("task");
+        assert_eq!(fate, SlotFate::Reuse, "ended cleanly: the connection serves on");
+        d.release(slot);
+        assert_eq!(d.worker_view(w, false).map(|v| (v.busy, v.abandoned, v.served)), Some((0, 0, 1)));
+        app.abort();
+        let _ = std::fs::remove_file(&path);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn with_abort_grace_off_an_aborted_request_runs_on_and_is_never_abandoned() {
+        let (d, w, finishing, end_tx, app, path) = an_abort_the_worker_runs_on("no-grace", None).await;
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+        assert!(d.take_abandoned().is_empty(), "abort-grace: 0 abandoned it");
+        assert_eq!(d.worker_view(w, false).map(|v| (v.busy, v.abandoned)), Some((1, 0)));
         assert!(!finishing.is_finished());
         end_tx.send(()).expect("the app waits");
         let (fate, slot) = finishing.await.expect("task");

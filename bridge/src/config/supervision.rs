@@ -71,8 +71,9 @@ pub struct Supervision {
     /// How long a retiring worker may take to finish its in-flight requests.
     pub graceful_timeout: Duration,
     /// How long a worker gets to end a request the web server aborted; past it the worker
-    /// is replaced as for request-timeout (0: at once).
-    pub abort_grace: Duration,
+    /// is replaced as for request-timeout (None, written 0: never; the request runs on until
+    /// it ends or request-timeout).
+    pub abort_grace: Option<Duration>,
     /// Recycle a worker whose resident memory exceeds this many bytes (None: no limit).
     pub memory_limit: Option<u64>,
     /// Recycle a worker that used this much CPU time (RLIMIT_CPU; None: no limit).
@@ -94,7 +95,7 @@ impl Default for Supervision {
             min_lifetime: Duration::ZERO,
             request_timeout: None,
             graceful_timeout: DEFAULT_GRACEFUL_TIMEOUT,
-            abort_grace: DEFAULT_ABORT_GRACE,
+            abort_grace: Some(DEFAULT_ABORT_GRACE),
             memory_limit: None,
             cpu_time_limit: None,
         }
@@ -292,9 +293,8 @@ fn recycling(s: &mut Supervision, raw: &RawSupervision, bad: &dyn Fn(&str, Strin
         }
         s.graceful_timeout = g.0;
     }
-    // 0 is no grace (retire at once), not "off": a worker that runs on an aborted request is
-    // always replaced.
-    s.abort_grace = raw.abort_grace.map_or(DEFAULT_ABORT_GRACE, |d| d.0);
+    // 0 means "off", as for the other limits.
+    s.abort_grace = raw.abort_grace.map_or(Some(DEFAULT_ABORT_GRACE), |d| Some(d.0).filter(|d| !d.is_zero()));
     s.memory_limit = raw.memory_limit.map(|b| b.0).filter(|&b| b > 0);
     if let Some(limit) = s.memory_limit {
         if limit < (1 << 20) {
@@ -337,7 +337,7 @@ pub fn render(s: &Supervision, processes: u32) -> Vec<(&'static str, String, boo
     out.push(("min-lifetime", d(s.min_lifetime), false));
     out.push(("request-timeout", d(s.request_timeout.unwrap_or_default()), false));
     out.push(("graceful-timeout", d(s.graceful_timeout), false));
-    out.push(("abort-grace", d(s.abort_grace), false));
+    out.push(("abort-grace", d(s.abort_grace.unwrap_or_default()), false));
     out.push(("memory-limit", s.memory_limit.map(|b| SizeDisplay(b).to_string()).unwrap_or_else(|| "0".into()), false));
     out.push(("cpu-time-limit", d(s.cpu_time_limit.unwrap_or_default()), false));
     out
@@ -435,10 +435,11 @@ mod tests {
     }
 
     #[test]
-    fn abort_grace_is_a_duration_and_0_gives_none() {
-        assert_eq!(pool("").1.abort_grace, DEFAULT_ABORT_GRACE);
-        assert_eq!(pool("abort-grace: 1500ms").1.abort_grace, Duration::from_millis(1500));
-        assert_eq!(pool("abort-grace: 0").1.abort_grace, Duration::ZERO);
+    fn abort_grace_is_a_duration_and_0_turns_it_off() {
+        assert_eq!(pool("").1.abort_grace, Some(DEFAULT_ABORT_GRACE));
+        assert_eq!(pool("abort-grace: 1500ms").1.abort_grace, Some(Duration::from_millis(1500)));
+        assert_eq!(pool("abort-grace: 0").1.abort_grace, None);
+        assert_eq!(pool("abort-grace: 0s").1.abort_grace, None);
         let e = error("abort-grace: soon");
         assert!(e.ends_with("p.yaml:5:18: pools.p.abort-grace: invalid duration \"soon\"; write a number with a unit: ms, s, m, h, d (e.g. \"30s\", \"1h30m\", \"250ms\")"), "{e}");
     }

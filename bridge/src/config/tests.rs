@@ -809,6 +809,9 @@ fn a_reload_only_warns_of_a_missing_log_directory() {
             format!("ROOT/conf.d/30-x.yaml:3:3: warning: bridge.log-file: cannot open log-file ROOT/missing/bridge.log: {}; {then}", missing("missing")),
         ]
     );
+    // Warnings are no part of what runs: the same files reloaded are "nothing changed".
+    let quiet = Config { warnings: Vec::new(), ..config.clone() };
+    assert_eq!(quiet, config);
     // A start (and `check`) refuses it, and has nothing to warn of otherwise.
     assert_eq!(error_lines(&tree).len(), 2);
     assert_eq!(valid("log-dirs-fine").config().warnings, Vec::<String>::new());

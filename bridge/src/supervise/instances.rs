@@ -8,10 +8,11 @@
 //! 404 and remembered for `missing-cache`). New instances are limited to `spawn-rate` a
 //! second and `max-instances` live ones: at the cap the least recently used idle instance
 //! is stopped, else the request gets 503 with Retry-After. An instance refused before it
-//! starts (its account, its configuration) is remembered for `missing-cache` too — not
-//! an account that could not be looked up (NSS answered with an error, not with "no such
-//! user"): that is a 503, and the next request looks again — and pays from a budget of its
-//! own, not from `spawn-rate`. An instance with no request for `instance-idle-timeout` is
+//! starts (its account, its configuration) is remembered for `missing-cache` too — an
+//! account that could not be looked up (NSS answered with an error, not with "no such
+//! user") only for its Retry-After, answered 503 meanwhile, so that a directory that hangs
+//! costs one lookup per key in that time, not one per request — and pays from a budget of
+//! its own, not from `spawn-rate`. An instance with no request for `instance-idle-timeout` is
 //! stopped. An instance's configuration is resolved and checked exactly as a written
 //! pool's (user, script owner, chroot, the interpreter probe), and a `user:` below
 //! `min-uid` is refused.
@@ -68,7 +69,8 @@ pub(crate) enum Refusal {
     Account { key: String, why: String },
     #[error("instance {key:?} cannot be made: {why}")]
     Broken { key: String, why: String },
-    /// The account could not be looked up (the directory did not answer): not remembered.
+    /// The account could not be looked up (the directory did not answer): remembered for
+    /// its Retry-After only.
     #[error("instance {key:?} cannot be made now: {why}")]
     Lookup { key: String, why: String },
     #[error("new instance {0:?} refused: spawn-rate reached")]
@@ -82,7 +84,7 @@ impl Refusal {
     /// what broke it may pass (an interpreter probe that timed out under load).
     fn key(&self) -> Option<&str> {
         match self {
-            Self::Missing { key, .. } | Self::Account { key, .. } => Some(key),
+            Self::Missing { key, .. } | Self::Account { key, .. } | Self::Lookup { key, .. } => Some(key),
             _ => None,
         }
     }
@@ -94,7 +96,18 @@ impl Refusal {
             Self::Missing { key, why } => Self::Missing { key, why: note(why) },
             Self::Account { key, why } => Self::Account { key, why: note(why) },
             Self::Broken { key, why } => Self::Broken { key, why: note(why) },
+            Self::Lookup { key, why } => {
+                Self::Lookup { key, why: format!("{why} (remembered for {LOOKUP_RETRY_AFTER}s)") }
+            }
             other => other,
+        }
+    }
+
+    /// How long it is remembered: `missing-cache`, or a failed lookup's Retry-After.
+    fn kept_for(&self, missing_cache: Duration) -> Duration {
+        match self {
+            Self::Lookup { .. } => Duration::from_secs(LOOKUP_RETRY_AFTER.into()),
+            _ => missing_cache,
         }
     }
 
@@ -150,8 +163,8 @@ pub(crate) static LOOKUP: Kind = Kind {
     level: Level::Warn,
     burst: 1,
 };
-/// Retry-After of a failed account lookup: a directory that did not answer is seldom back
-/// within the second.
+/// Retry-After of a failed account lookup, and how long the failure is remembered for its
+/// key: a directory that did not answer is seldom back within the second.
 const LOOKUP_RETRY_AFTER: u32 = 5;
 /// 503: spawn-rate or max-instances.
 pub(crate) static BUSY: Kind = Kind {
@@ -593,6 +606,8 @@ impl TemplateRuntime {
         if let Some(p) = self.touch(&key) {
             return Ok(p);
         }
+        // Refused while this request waited (a lookup that failed): not looked up again.
+        self.remembered(&key)?;
         // Nothing is looked up while no instance could start; the token is spent (and an
         // idle instance stopped for room) only once this one is sure to.
         self.may_admit(&t, &key)?;
@@ -624,17 +639,8 @@ impl TemplateRuntime {
     /// 404 at once, and remembered, when the app file or the directory is missing; a key
     /// refused before (for `missing-cache`) gets its answer again without a look.
     fn check_present(&self, t: &Template, key: &str, raw: &crate::config::RawPool) -> Result<(), Refusal> {
+        self.remembered(key)?;
         let now = Instant::now();
-        {
-            let mut st = self.lock();
-            match st.refused.get(key) {
-                Some((until, r)) if *until > now => return Err(r.clone()),
-                Some(_) => {
-                    st.refused.remove(key);
-                }
-                None => {}
-            }
-        }
         let app_file = app_file(raw);
         let missing = match (&app_file, raw.chdir.as_deref()) {
             (Some(f), _) if !f.is_file() => Some(format!("app file {} does not exist", f.display())),
@@ -645,6 +651,20 @@ impl TemplateRuntime {
         Err(self.remember(t, Refusal::Missing { key: key.to_owned(), why }, now))
     }
 
+    /// The refusal remembered for `key`, if it still holds.
+    fn remembered(&self, key: &str) -> Result<(), Refusal> {
+        let now = Instant::now();
+        let mut st = self.lock();
+        match st.refused.get(key) {
+            Some((until, r)) if *until > now => return Err(r.clone()),
+            Some(_) => {
+                st.refused.remove(key);
+            }
+            None => {}
+        }
+        Ok(())
+    }
+
     /// Keep `r` for `missing-cache` (within [`MISSING_CACHE_ENTRIES`]); the answer, which
     /// says it was remembered when it is given again.
     fn remember(&self, t: &Template, r: Refusal, now: Instant) -> Refusal {
@@ -652,9 +672,10 @@ impl TemplateRuntime {
         if st.refused.len() >= MISSING_CACHE_ENTRIES {
             st.refused.retain(|_, (until, _)| *until > now);
         }
-        if st.refused.len() < MISSING_CACHE_ENTRIES && !t.missing_cache.is_zero() {
+        let kept_for = r.kept_for(t.missing_cache);
+        if st.refused.len() < MISSING_CACHE_ENTRIES && !kept_for.is_zero() {
             if let Some(key) = r.key() {
-                st.refused.insert(key.to_owned(), (now + t.missing_cache, r.clone().cached()));
+                st.refused.insert(key.to_owned(), (now + kept_for, r.clone().cached()));
             }
         }
         r
@@ -784,8 +805,9 @@ fn fill_owner(raw: crate::config::RawPool) -> Result<crate::config::RawPool, Mak
         Err(OwnerError::Refused(why)) => return Err(Box::new(move |key| Refusal::Account { key, why })),
     };
     let name = match find_account(&uid.to_string()) {
-        Ok(user) => user.map_or_else(|| uid.to_string(), |u| u.name),
-        Err(e) => return Err(lookup_failed(&uid.to_string(), e)),
+        Ok(Some(user)) => user.name,
+        Err(e) if !means_no_account(e) => return Err(lookup_failed(&uid.to_string(), e)),
+        Ok(None) | Err(_) => uid.to_string(),
     };
     Ok(fill_raw(&raw, &[(Placeholder::Owner, name.as_str())]))
 }
@@ -858,7 +880,8 @@ fn find_account(written: &str) -> nix::Result<Option<nix::unistd::User>> {
 
 /// Whether the account `written`, as its lookup `found` it, may run an instance of `t`: a
 /// site's account, not root, a system account (`min-uid`) or `nobody`. No account is no
-/// site (404, remembered); a lookup that failed says nothing yet (503, looked up again).
+/// site (404, remembered for missing-cache); a lookup that failed says nothing yet (503,
+/// remembered for its Retry-After).
 fn judge_account(
     t: &Template,
     written: &str,
@@ -866,11 +889,11 @@ fn judge_account(
 ) -> Result<(), MakeRefusal> {
     let user = match found {
         Ok(Some(u)) => u,
-        Ok(None) => {
+        Err(e) if !means_no_account(e) => return Err(lookup_failed(written, e)),
+        Ok(None) | Err(_) => {
             let why = format!("no account {written:?}");
             return Err(Box::new(move |key| Refusal::Missing { key, why }));
         }
-        Err(e) => return Err(lookup_failed(written, e)),
     };
     let why = if user.uid.as_raw() < t.min_uid {
         format!("user {} has uid {}, below min-uid {}", user.name, user.uid, t.min_uid)
@@ -883,9 +906,16 @@ fn judge_account(
     Err(Box::new(move |key| Refusal::Account { key, why }))
 }
 
+/// getpwnam_r(3): some NSS modules answer "no such user" with one of these instead of no
+/// entry (glibc gives ENOENT for a source that is not there at all, e.g. SSSD's socket).
+fn means_no_account(e: nix::errno::Errno) -> bool {
+    use nix::errno::Errno;
+    matches!(e, Errno::ENOENT | Errno::ESRCH | Errno::EBADF | Errno::EPERM)
+}
+
 fn lookup_failed(written: &str, e: nix::errno::Errno) -> MakeRefusal {
     let why = format!(
-        "cannot look up user {written:?}: {e} (the account database did not answer; check what nsswitch.conf asks: LDAP, SSSD); not remembered, the next request looks again"
+        "cannot look up user {written:?}: {e} (the account database did not answer; check what nsswitch.conf asks: LDAP, SSSD); requests for it are answered 503 for {LOOKUP_RETRY_AFTER}s, then one looks again"
     );
     Box::new(move |key| Refusal::Lookup { key, why })
 }
@@ -1060,7 +1090,7 @@ mod tests {
     }
 
     #[test]
-    fn an_account_lookup_that_fails_is_a_503_that_is_not_remembered() {
+    fn an_account_lookup_that_fails_is_a_503_remembered_for_its_retry_after() {
         use nix::errno::Errno;
         use nix::unistd::{Gid, Uid, User};
         let (t, rt) = per_user("account-lookup-errors");
@@ -1077,19 +1107,37 @@ mod tests {
             dir: "/home/alice".into(),
             shell: "/bin/sh".into(),
         };
-        // The directory did not answer: the web server is told to come back, with why.
-        for e in [Errno::EIO, Errno::ETIMEDOUT] {
+        // The directory did not answer: the web server is told to come back, with why, and
+        // the next requests for the key get that answer until then, without a lookup.
+        for e in [Errno::EIO, Errno::ETIMEDOUT, Errno::EAGAIN] {
+            rt.lock().refused.clear();
+            let asked = Instant::now();
             let r = refusal(Err(e));
             assert!(matches!(r, Refusal::Lookup { .. }), "{r}");
             assert_eq!(r.status(), (503, Some(LOOKUP_RETRY_AFTER)));
             assert!(r.to_string().contains(&format!("cannot look up user \"alice\": {e}")), "{r}");
-            assert!(rt.lock().refused.is_empty(), "a failed lookup is not remembered");
+            let (until, _) = rt.lock().refused["alice"].clone();
+            let kept = until - asked;
+            assert!(kept >= Duration::from_secs(5) && kept < Duration::from_secs(6), "{kept:?}, not its Retry-After");
+            let again = rt.remembered("alice").unwrap_err();
+            assert_eq!(again.status(), (503, Some(LOOKUP_RETRY_AFTER)));
+            assert!(again.to_string().ends_with("(remembered for 5s)"), "{again}");
         }
+        // Some NSS modules say "no such user" so (getpwnam_r(3)): no site, remembered.
+        for e in [Errno::ENOENT, Errno::ESRCH, Errno::EBADF, Errno::EPERM] {
+            rt.lock().refused.clear();
+            let r = refusal(Err(e));
+            assert!(matches!(r, Refusal::Missing { .. }), "{e}: {r}");
+            assert_eq!(r.status(), (404, None), "{e}");
+            assert_eq!(rt.remembered("alice").unwrap_err().status().0, 404);
+        }
+        rt.lock().refused.clear();
         // The directory answered: a site's account is taken, a system one refused.
         assert!(judge_account(&t, "alice", Ok(Some(user(1001)))).is_ok());
         let r = refusal(Ok(Some(user(999))));
         assert_eq!(r.status().0, 403, "{r}");
         // No such account: no site, remembered.
+        rt.lock().refused.clear();
         let r = refusal(Ok(None));
         assert_eq!(r.status().0, 404, "{r}");
         assert!(rt.lock().refused.contains_key("alice"));

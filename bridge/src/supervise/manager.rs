@@ -534,7 +534,7 @@ impl Manager {
             return;
         }
         let graceful = DurationText(self.sup().graceful_timeout);
-        let grace = DurationText(self.sup().abort_grace);
+        let grace = DurationText(self.sup().abort_grace.unwrap_or_default());
         let alone = self.active() <= 1;
         for a in abandoned {
             let Some(w) = self.workers.iter_mut().find(|w| w.key == a.worker) else { continue };

@@ -4,28 +4,39 @@
 //! preload template's fork) that outlives its parent becomes the daemon's child, and is
 //! found here among the children the daemon did not start:
 //!
-//! - one in another session called `setsid()` (a double-forked daemon,
-//!   `subprocess.Popen(..., start_new_session=True)`), which also took it out of its
-//!   worker's process group, out of reach of the group kill at the worker's exit
-//!   (manager.rs `end_left_behind`): it is killed (SIGKILL), logged, and reaped. The
+//! - one in another session that came from a worker called `setsid()` (a double-forked
+//!   daemon, `subprocess.Popen(..., start_new_session=True)`), which also took it out of
+//!   its worker's process group, out of reach of the group kill at the worker's exit
+//!   (manager.rs `end_left_behind`): it is killed (SIGKILL), logged (rate-limited), and
+//!   reaped. "Came from a worker": its environment carries `FCGIBRIDGE_POOL` (inherited
+//!   from its worker), or it runs as another user than the daemon (a pool's account). The
 //!   daemon's own children never leave its session (spawn.rs, template.rs and probe.rs
-//!   only `setpgid`), so a child in another session is never one of them;
-//! - one still in the daemon's session (a double fork without `setsid`, `cmd &` in a
-//!   shell) is still in its worker's process group and goes with it: it is only reaped
-//!   once it has exited, so that no zombie piles up.
+//!   only `setpgid`);
+//! - any other child in another session is none of the workers': the daemon may have it
+//!   from before its exec (a wrapper's `setsid helper &`), or be PID 1 in a container, to
+//!   which everything orphaned in it is reparented (an operator's `docker exec` job). It
+//!   is left alone, and reaped once it has exited;
+//! - one still in the daemon's session (a double fork without `setsid`, `cmd &` in a shell)
+//!   is left alone too: usually still in its worker's process group, it goes with it
+//!   (docs/supervision-isolation.md says what escapes); it is reaped once it has exited, so
+//!   that no zombie piles up.
 //!
 //! The exit statuses of the daemon's own children belong to tokio::process (and to
 //! probe.rs): they are registered as they are started ([`spawn_own`]), and only a pid that
-//! is none of them is waited for — that pid alone, never waitpid(-1).
+//! is none of them is waited for — that pid alone, never waitpid(-1). When the daemon could
+//! not become a subreaper nothing is registered and nothing is looked at.
 //!
 //! A look is taken on SIGCHLD (an adopted process exited), when a worker exits ([`look`]:
 //! what it left was just adopted), every [`LOOK_EVERY`] (a double fork is adopted while
 //! its worker runs, and nothing tells the daemon), and once more when the daemon stops.
+//! Looks never overlap (one lock from the scan to the last kill): another look could reap a
+//! child this one is about to kill, and its pid be reused.
 use crate::logging::app_lines::{clean, prefix};
+use crate::logging::ratelimit::{Kind, Level, RateLimits, Scope};
 use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag};
 use nix::unistd::Pid;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 use tokio::sync::Notify;
 
@@ -36,10 +47,23 @@ const SHOWN_COMMAND: usize = 200;
 
 /// The pids of the children the daemon started itself (workers, templates, probes).
 static OWN: Mutex<Vec<u32>> = Mutex::new(Vec::new());
-/// The orphans killed and not reaped yet: each is killed, and logged, once.
-static KILLED: Mutex<Vec<i32>> = Mutex::new(Vec::new());
+/// Held for a whole look: the orphans killed and not reaped yet (each is killed, and
+/// logged, once).
+static LOOKING: Mutex<Vec<i32>> = Mutex::new(Vec::new());
 /// A worker exited: look now.
 static LOOK: Notify = Notify::const_new();
+/// Whether the daemon became a subreaper (unset before [`adopt`]).
+static WATCHING: OnceLock<bool> = OnceLock::new();
+
+/// The kill line, rate-limited per pool (as its process claims it): an app that detaches a
+/// helper per request would log one line per request.
+static KILLED: Kind = Kind {
+    scope: Scope::Pool,
+    what: "processes killed",
+    reason: "left their worker's session (setsid)",
+    level: Level::Warn,
+    burst: 5,
+};
 
 fn lock<T>(m: &'static Mutex<T>) -> MutexGuard<'static, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -57,7 +81,10 @@ pub(super) fn spawn_own<C>(
 ) -> std::io::Result<C> {
     let mut own = own();
     let child = spawn()?;
-    own.extend(pid(&child));
+    // Without a subreaper nothing looks, and nothing would ever prune the registry.
+    if WATCHING.get() != Some(&false) {
+        own.extend(pid(&child));
+    }
     Ok(child)
 }
 
@@ -68,11 +95,14 @@ pub(super) fn look() {
 
 /// At start: become a child subreaper and watch the children. Without it (an error, which
 /// is logged) a process that left its worker's session runs on under init.
-pub(crate) fn adopt() {
+pub(crate) fn adopt(limits: Arc<RateLimits>) {
     if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
         tracing::warn!("cannot become a child subreaper ({e}): processes the apps start in a session of their own (setsid) will outlive their workers");
+        let _ = WATCHING.set(false);
+        own().clear();
         return;
     }
+    let _ = WATCHING.set(true);
     // Only a runtime without its signal driver cannot: the periodic look would remain.
     let mut chld = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child())
         .map_err(|e| {
@@ -93,18 +123,20 @@ pub(crate) fn adopt() {
                 _ = LOOK.notified() => {}
                 _ = every.tick() => {}
             }
-            look_now().await;
+            look_now(limits.clone()).await;
         }
     });
 }
 
 /// The daemon stops: what its last workers left.
-pub(crate) async fn last_look() {
-    look_now().await;
+pub(crate) async fn last_look(limits: Arc<RateLimits>) {
+    if WATCHING.get() == Some(&true) {
+        look_now(limits).await;
+    }
 }
 
-async fn look_now() {
-    let _ = tokio::task::spawn_blocking(sweep).await;
+async fn look_now(limits: Arc<RateLimits>) {
+    let _ = tokio::task::spawn_blocking(move || sweep(&limits)).await;
 }
 
 /// A child of the daemon, as its /proc/PID/stat shows it.
@@ -115,56 +147,98 @@ struct Child {
     session: i32,
 }
 
+/// What an orphan shows of where it came from (read before it is killed).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Origin {
+    /// `FCGIBRIDGE_POOL` in its environment, which it inherited from its worker.
+    pool: Option<String>,
+    /// Its real uid.
+    uid: Option<u32>,
+}
+
+impl Origin {
+    fn of(pid: i32) -> Self {
+        let read = |what: &str| std::fs::read(format!("/proc/{pid}/{what}")).unwrap_or_default();
+        Self { pool: pool_of(&read("environ")), uid: uid_of(&read("status")) }
+    }
+
+    /// A worker's descendant: it carries a worker's environment, or runs as another user
+    /// than the daemon (a pool's account). Anything else the daemon may have inherited.
+    fn is_a_workers(&self, daemon_uid: u32) -> bool {
+        self.pool.is_some() || self.uid.is_some_and(|uid| uid != daemon_uid)
+    }
+}
+
 /// What a look does with one child of the daemon.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Verdict {
     /// Started by the daemon: its exit status is someone else's.
     Own,
     /// An orphan that has exited: reap it.
     Reap,
-    /// An orphan in a session of its own: kill it (and reap it once it has died).
-    Kill,
-    /// An orphan still in the daemon's session, so in its worker's process group: it goes
-    /// with that worker.
+    /// A worker's orphan in a session of its own: kill it (and reap it once it has died).
+    Kill(Origin),
+    /// An orphan still in the daemon's session (in its worker's process group, mostly), or
+    /// one that did not come from a worker: reaped once it exits.
     Leave,
 }
 
-fn judge(c: &Child, own: bool, session: i32) -> Verdict {
+/// `origin` is read only for a live orphan in another session.
+fn judge(c: &Child, own: bool, session: i32, daemon_uid: u32, origin: impl FnOnce() -> Origin) -> Verdict {
     if own {
         Verdict::Own
     } else if c.state == b'Z' {
         Verdict::Reap
-    } else if c.session != session {
-        Verdict::Kill
-    } else {
+    } else if c.session == session {
         Verdict::Leave
+    } else {
+        let origin = origin();
+        if origin.is_a_workers(daemon_uid) {
+            Verdict::Kill(origin)
+        } else {
+            Verdict::Leave
+        }
     }
 }
 
 /// One look at the daemon's children.
-fn sweep() {
+fn sweep(limits: &RateLimits) {
+    let mut killed = lock(&LOOKING);
     let me = std::process::id() as i32;
     let Ok(session) = nix::unistd::getsid(None) else { return };
+    let daemon_uid = nix::unistd::getuid().as_raw();
+    forget_reaped(me);
     let children = children_of(me);
-    let verdicts: Vec<(Child, Verdict)> = {
-        // After the scan: a child found there and started by the daemon is registered by
-        // now (spawn_own holds the registry from before the fork until it is).
-        let mut own = own();
-        // A registered pid that is no child any more was reaped by its owner.
-        own.retain(|&pid| i32::try_from(pid).ok().and_then(parent_of) == Some(me));
-        let is_own = |c: &Child| u32::try_from(c.pid).is_ok_and(|pid| own.contains(&pid));
-        children.iter().map(|c| (*c, judge(c, is_own(c), session.as_raw()))).collect()
+    // After the scan: a child found there and started by the daemon is registered by now
+    // (spawn_own holds the registry from before the fork until it is).
+    let own: Vec<bool> = {
+        let own = own();
+        children.iter().map(|c| u32::try_from(c.pid).is_ok_and(|pid| own.contains(&pid))).collect()
     };
-    let mut killed = lock(&KILLED);
     killed.retain(|pid| children.iter().any(|c| c.pid == *pid && c.state != b'Z'));
-    for (c, verdict) in verdicts {
-        match verdict {
+    for (c, own) in children.iter().zip(own) {
+        match judge(c, own, session.as_raw(), daemon_uid, || Origin::of(c.pid)) {
             Verdict::Reap => reap(c.pid),
-            Verdict::Kill if !killed.contains(&c.pid) => {
+            Verdict::Kill(origin) if !killed.contains(&c.pid) => {
                 killed.push(c.pid);
-                end(c.pid);
+                end(c.pid, &origin, limits);
             }
             _ => {}
+        }
+    }
+}
+
+/// Drop the registered pids that are no children any more (their owners reaped them). The
+/// /proc reads are made without the registry held: spawns do not wait for them.
+fn forget_reaped(me: i32) {
+    let registered = own().clone();
+    let gone: Vec<u32> =
+        registered.into_iter().filter(|&pid| i32::try_from(pid).ok().and_then(parent_of) != Some(me)).collect();
+    let mut own = own();
+    for pid in gone {
+        // The first entry: a reused pid registered again since comes after it.
+        if let Some(i) = own.iter().position(|&p| p == pid) {
+            own.remove(i);
         }
     }
 }
@@ -172,7 +246,7 @@ fn sweep() {
 /// The processes whose parent is `me`: those its threads' `children` files list, or where
 /// the kernel has none (CONFIG_PROC_CHILDREN), every process's.
 fn children_of(me: i32) -> Vec<Child> {
-    let candidates = listed_children().unwrap_or_else(|| {
+    let candidates = listed_children(std::path::Path::new("/proc/self/task"), me).unwrap_or_else(|| {
         let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
         dir.flatten().filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok()).collect()
     });
@@ -185,11 +259,18 @@ fn children_of(me: i32) -> Vec<Child> {
         .collect()
 }
 
-/// /proc/self/task/TID/children of every thread (an orphan is adopted by one of them).
-fn listed_children() -> Option<Vec<i32>> {
+/// `tasks`/TID/children (/proc/self/task) of every thread: an orphan is adopted by one of
+/// them. None when the kernel has no such files.
+fn listed_children(tasks: &std::path::Path, me: i32) -> Option<Vec<i32>> {
+    // The main thread lives as long as the daemon: without its file, the kernel has none.
+    if !tasks.join(me.to_string()).join("children").exists() {
+        return None;
+    }
     let mut pids = Vec::new();
-    for task in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
-        let text = std::fs::read_to_string(task.path().join("children")).ok()?;
+    for task in std::fs::read_dir(tasks).ok()?.flatten() {
+        // A thread that exited since the listing: its children went to another thread, and
+        // the next look finds them.
+        let text = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
         pids.extend(text.split_whitespace().filter_map(|p| p.parse::<i32>().ok()));
     }
     Some(pids)
@@ -223,17 +304,20 @@ fn reap(pid: i32) {
     }
 }
 
-/// SIGKILL an orphan that left its worker's session; one line names it.
-fn end(pid: i32) {
-    let read = |what: &str| std::fs::read(format!("/proc/{pid}/{what}")).unwrap_or_default();
+/// SIGKILL a worker's orphan that left its worker's session; one line names it (rate-limited).
+fn end(pid: i32, origin: &Origin, limits: &RateLimits) {
     // Read before the kill: a dead process has no command line.
-    let pool = pool_of(&read("environ"));
-    let pool = pool.as_deref().unwrap_or("unknown");
-    let uid = uid_of(&read("status")).map_or_else(|| "unknown".to_owned(), |u| u.to_string());
-    let command = command_line(&read("cmdline"));
+    let command = command_line(&std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default());
+    let result = kill(Pid::from_raw(pid), Signal::SIGKILL);
+    let pool = origin.pool.as_deref().unwrap_or("unknown");
+    if !limits.allow(&KILLED, pool) {
+        return;
+    }
+    let uid = origin.uid.map_or_else(|| "unknown".to_owned(), |u| u.to_string());
     let what = "a process that left its worker's session (setsid) and lost its parent";
-    match kill(Pid::from_raw(pid), Signal::SIGKILL) {
-        Ok(()) => tracing::warn!(pool, pid, "killed {what}, uid {uid}: {command}"),
+    let todo = "the bridge kills what an app detaches from its worker: run a long-lived helper as a service of its own (docs/supervision-isolation.md)";
+    match result {
+        Ok(()) => tracing::warn!(pool, pid, "killed {what}, uid {uid}: {command}; {todo}"),
         Err(e) => tracing::warn!(pool, pid, "cannot kill {what}, uid {uid} ({e}): {command}"),
     }
 }
@@ -277,15 +361,68 @@ mod tests {
     }
 
     #[test]
-    fn orphans_are_killed_only_out_of_the_session_and_reaped_only_when_not_our_own() {
+    fn only_a_workers_orphans_out_of_the_session_are_killed_and_only_others_reaped() {
         let child = |state, session| Child { pid: 7, state, session };
-        assert_eq!(judge(&child(b'S', 99), false, 10), Verdict::Kill, "left the session");
-        assert_eq!(judge(&child(b'S', 10), false, 10), Verdict::Leave, "in its worker's group still");
-        assert_eq!(judge(&child(b'Z', 99), false, 10), Verdict::Reap);
-        assert_eq!(judge(&child(b'Z', 10), false, 10), Verdict::Reap);
+        let daemon_uid = 0;
+        let from = |pool: Option<&str>, uid| Origin { pool: pool.map(str::to_owned), uid: Some(uid) };
+        let judged = |c: Child, own, origin: Origin| judge(&c, own, 10, daemon_uid, || origin);
+        // A worker's: it carries its worker's environment, or runs as a pool's account.
+        let worker = from(Some("shop"), 0);
+        assert_eq!(judged(child(b'S', 99), false, worker.clone()), Verdict::Kill(worker.clone()), "left the session");
+        let tenant = from(None, 1001);
+        assert_eq!(judged(child(b'S', 99), false, tenant.clone()), Verdict::Kill(tenant), "another user's");
+        // The daemon's own user and no worker's environment: inherited across exec, or
+        // reparented to a PID 1 (a `docker exec` job): never killed.
+        assert_eq!(judged(child(b'S', 99), false, from(None, 0)), Verdict::Leave);
+        assert_eq!(judged(child(b'S', 99), false, Origin::default()), Verdict::Leave, "gone meanwhile");
+        assert_eq!(judged(child(b'S', 10), false, worker.clone()), Verdict::Leave, "in its worker's group still");
+        assert_eq!(judged(child(b'Z', 99), false, worker.clone()), Verdict::Reap);
+        assert_eq!(judged(child(b'Z', 10), false, from(None, 0)), Verdict::Reap);
         // A worker, template or probe: tokio::process (or probe.rs) waits for it.
-        assert_eq!(judge(&child(b'Z', 10), true, 10), Verdict::Own);
-        assert_eq!(judge(&child(b'S', 99), true, 10), Verdict::Own);
+        assert_eq!(judged(child(b'Z', 10), true, worker.clone()), Verdict::Own);
+        assert_eq!(judged(child(b'S', 99), true, worker), Verdict::Own);
+        // The origin is read only for a live orphan out of the session.
+        let unread = || -> Origin { panic!("read") };
+        assert_eq!(judge(&child(b'S', 10), false, 10, daemon_uid, unread), Verdict::Leave);
+    }
+
+    #[test]
+    fn an_orphans_origin_is_read_from_proc() {
+        let me = Origin::of(std::process::id() as i32);
+        assert_eq!(me.uid, Some(nix::unistd::getuid().as_raw()));
+        assert_eq!(me.is_a_workers(nix::unistd::getuid().as_raw()), me.pool.is_some());
+        let mut c = std::process::Command::new("sleep").arg("60").env("FCGIBRIDGE_POOL", "p").spawn().expect("sleep");
+        // The environment is read once the exec is done.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let origin = loop {
+            let o = Origin::of(c.id() as i32);
+            if o.pool.is_some() || std::time::Instant::now() > deadline {
+                break o;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        c.kill().expect("kill");
+        c.wait().expect("wait");
+        assert_eq!(origin.pool.as_deref(), Some("p"));
+        assert!(origin.is_a_workers(nix::unistd::getuid().as_raw()));
+    }
+
+    #[test]
+    fn a_thread_that_exits_mid_look_is_no_reason_to_scan_every_process() {
+        let tasks = crate::config::tests::scratch_dir("orphan-tasks");
+        std::fs::create_dir_all(tasks.join("100")).expect("mkdir");
+        std::fs::write(tasks.join("100/children"), "5 6 ").expect("write");
+        // Listed, then gone before its children file was read.
+        std::fs::create_dir_all(tasks.join("101")).expect("mkdir");
+        std::fs::create_dir_all(tasks.join("102")).expect("mkdir");
+        std::fs::write(tasks.join("102/children"), "7").expect("write");
+        let mut found = listed_children(&tasks, 100).expect("the children files are there");
+        found.sort_unstable();
+        assert_eq!(found, [5, 6, 7]);
+        // No file for the main thread: the kernel has none (CONFIG_PROC_CHILDREN).
+        assert_eq!(listed_children(&tasks, 101), None);
+        let me = std::process::id() as i32;
+        assert!(listed_children(std::path::Path::new("/proc/self/task"), me).is_some());
     }
 
     #[test]
@@ -305,9 +442,11 @@ mod tests {
     }
 
     #[test]
-    fn the_daemons_own_children_are_registered_before_anyone_can_look() {
+    fn the_daemons_own_children_are_registered_and_forgotten_once_reaped() {
         let mut child = spawn_own(|| std::process::Command::new("true").spawn(), |c| Some(c.id())).expect("spawn");
         assert!(own().contains(&child.id()));
         child.wait().expect("wait");
+        forget_reaped(std::process::id() as i32);
+        assert!(!own().contains(&child.id()), "a reaped child stays registered");
     }
 }
