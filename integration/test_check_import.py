@@ -193,3 +193,139 @@ def test_the_import_runs_as_the_pools_user_in_its_directory_with_its_env(tmp_pat
     assert r.returncode == 1, r.stderr
     assert (app_at(confdir, text, "who") + f"import failed: RuntimeError: uid={user.pw_uid} cwd={src} "
             "GREETING=hello (python=/usr/bin/python3") in r.stderr, r.stderr
+
+
+def test_the_import_cannot_reach_the_operators_terminal(tmp_path):
+    """Run from a terminal (here a pseudo-terminal, `check` its session's leader), the import
+    has no controlling terminal: /dev/tty does not open (ENXIO), so the app cannot push
+    keystrokes into the operator's shell (TIOCSTI)."""
+    import pty
+    import select
+
+    write(tmp_path / "src" / "tty.py", '''
+        import os
+
+        try:
+            os.open("/dev/tty", os.O_RDWR)
+        except OSError as e:
+            raise RuntimeError("no terminal: errno %d" % e.errno)
+        raise RuntimeError("the terminal opened")
+    ''')
+    confdir, text = conf(tmp_path, {"tty": {"app": "tty:app"}})
+    argv = [str(bridge_binary()), "check", "--import", "--config", str(confdir)]
+    pid, fd = pty.fork()
+    if pid == 0:
+        try:
+            os.execv(argv[0], argv)
+        finally:
+            os._exit(127)
+    out = b""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if not select.select([fd], [], [], 1)[0]:
+            continue
+        try:
+            data = os.read(fd, 65536)
+        except OSError:  # EIO: every process of the terminal is gone
+            break
+        if not data:
+            break
+        out += data
+    os.close(fd)
+    _, status = os.waitpid(pid, 0)
+    text_out = out.decode(errors="replace")
+    assert os.waitstatus_to_exitcode(status) == 1, text_out
+    assert app_at(confdir, text, "tty") + "import failed: RuntimeError: no terminal: errno 6" in text_out, text_out
+
+
+def test_the_import_gets_the_services_environment_not_the_callers(tmp_path):
+    """The operator's shell environment (tokens, PYTHONPATH, ...) does not reach the app;
+    the pool's `env` does, and PATH is systemd's for a service."""
+    write(tmp_path / "src" / "env.py", '''
+        import os
+
+        raise RuntimeError("SECRET=%s PYTHONPATH=%s GREETING=%s PATH=%s" % tuple(
+            os.environ.get(k) for k in ("SECRET", "PYTHONPATH", "GREETING", "PATH")))
+    ''')
+    confdir, text = conf(tmp_path, {"env": {"app": "env:app", "env": {"GREETING": "hello"}}})
+    r = subprocess.run([str(bridge_binary()), "check", "--import", "--config", str(confdir)], capture_output=True,
+                       text=True, timeout=120,
+                       env=dict(os.environ, SECRET="root-token", PYTHONPATH=str(tmp_path / "elsewhere")))
+    assert r.returncode == 1, r.stderr
+    assert (app_at(confdir, text, "env") + "import failed: RuntimeError: SECRET=None PYTHONPATH=None "
+            "GREETING=hello PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin ") in r.stderr, r.stderr
+
+
+def test_the_apps_text_reaches_the_terminal_escaped(tmp_path):
+    """What the app prints and its error text cannot move the cursor or rewrite a line
+    into `ok`: control characters are shown escaped."""
+    write(tmp_path / "src" / "esc.py", '''
+        print("\\r\\x1b[1A\\x1b[2Kpools.other.app: ok")
+        raise RuntimeError("\\x1b]52;c;cm0gLXJmIH4=\\x07hidden")
+    ''')
+    confdir, text = conf(tmp_path, {"esc": {"app": "esc:app"}})
+    r = check(confdir, "--import")
+    assert r.returncode == 1, r.stderr
+    assert "\x1b" not in r.stderr and "\r" not in r.stderr, repr(r.stderr)
+    assert "\\x1b[2Kpools.other.app: ok" in r.stderr, r.stderr
+    assert app_at(confdir, text, "esc") + "import failed: RuntimeError: \\x1b]52;c;" in r.stderr, r.stderr
+
+
+def test_what_an_import_that_dies_started_is_killed(tmp_path):
+    """An import that dies before it reports (a crash in an extension module) does not
+    leave what it started behind: its process group is killed before it is reaped."""
+    write(tmp_path / "src" / "crash.py", '''
+        import os
+        import subprocess
+
+        child = subprocess.Popen(["sleep", "600"])
+        with open(os.path.join(os.path.dirname(__file__), "pids"), "w") as f:
+            f.write("%d" % child.pid)
+        os._exit(3)
+    ''')
+    confdir, text = conf(tmp_path, {"crash": {"app": "crash:app"}})
+    r = check(confdir, "--import")
+    assert r.returncode == 1, r.stderr
+    assert (app_at(confdir, text, "crash") + "import failed: the worker exited before it reported on the import: "
+            "exit status 3") in r.stderr, r.stderr
+    pid = int((tmp_path / "src" / "pids").read_text())
+    wait_until(lambda: _gone(pid), 30, what=f"pid {pid} started by the import killed")
+
+
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_an_interrupted_import_leaves_no_process_or_directory(tmp_path, sig):
+    """Ctrl-C (or SIGTERM) during an import: the import's processes are killed and its copy
+    of the worker package in the runtime directory is removed."""
+    import signal
+
+    write(tmp_path / "src" / "slow.py", '''
+        import os
+        import subprocess
+        import time
+
+        child = subprocess.Popen(["sleep", "600"])
+        with open(os.path.join(os.path.dirname(__file__), "pids"), "w") as f:
+            f.write("%d %d" % (os.getpid(), child.pid))
+        time.sleep(600)
+    ''')
+    confdir, text = conf(tmp_path, {"slow": {"app": "slow:app", "startup-timeout": "600s"}})
+    runtime = tmp_path / "run"
+    runtime.mkdir()
+    with open(confdir / "50-test.yaml", "a") as f:
+        f.write(to_yaml({"bridge": {"runtime-dir": str(runtime)}}))
+    proc = subprocess.Popen([str(bridge_binary()), "check", "--import", "--config", str(confdir)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        pids_file = tmp_path / "src" / "pids"
+        wait_until(lambda: pids_file.exists() and len(pids_file.read_text().split()) == 2, 60,
+                   what="the import started")
+        assert list(runtime.iterdir()), "the import's copy of the worker package is in the runtime directory"
+        proc.send_signal(getattr(signal, sig))
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 1, err
+    assert f"import interrupted ({sig}); its processes are killed" in err, err
+    assert list(runtime.iterdir()) == []
+    for pid in map(int, pids_file.read_text().split()):
+        wait_until(lambda: _gone(pid), 30, what=f"pid {pid} of the import killed")

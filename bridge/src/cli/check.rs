@@ -63,6 +63,10 @@ fn import_apps(config: &Config) -> bool {
             return false;
         }
     };
+    let mut stop = {
+        let _in_runtime = runtime.enter();
+        Interrupts::install()
+    };
     let mut all_ok = true;
     for pool in &config.pools {
         let (at, key) = (&pool.app_at.at, &pool.app_at.key);
@@ -70,23 +74,61 @@ fn import_apps(config: &Config) -> bool {
             eprintln!("{at}: {key}: skipped: a FastCGI program, not a Python app");
             continue;
         }
-        match runtime.block_on(crate::supervise::app_import::import_app(pool, &package.python_path())) {
-            Imported::Ok { interface, took } => {
-                eprintln!("{at}: {key}: ok ({interface}, imported in {:.2}s)", took.as_secs_f64())
-            }
-            Imported::Failed { why, output } => {
-                all_ok = false;
-                eprintln!("{at}: {key}: import failed: {why}");
-                for line in output.lines() {
-                    eprintln!("    {line}");
+        let python_path = package.python_path();
+        let imported = runtime.block_on(async {
+            tokio::select! {
+                imported = crate::supervise::app_import::import_app(pool, &python_path) => Some(imported),
+                signal = stop.next() => {
+                    eprintln!("{at}: {key}: import interrupted ({signal}); its processes are killed");
+                    None
                 }
             }
+        });
+        // The app's text goes to the operator's terminal: its control characters escaped
+        // (an escape sequence could rewrite a line into `ok`).
+        let clean = crate::logging::app_lines::clean;
+        match imported {
+            Some(Imported::Ok { interface, took }) => {
+                eprintln!("{at}: {key}: ok ({interface}, imported in {:.2}s)", took.as_secs_f64())
+            }
+            Some(Imported::Failed { why, output }) => {
+                all_ok = false;
+                eprintln!("{at}: {key}: import failed: {}", clean(&why));
+                for line in output.lines() {
+                    eprintln!("    {}", clean(line));
+                }
+            }
+            // The import's copy of the worker package goes with `package`.
+            None => return false,
         }
     }
     for t in &config.templates {
         eprintln!("{}: pools.{}: skipped: a template, its instances are made on demand", t.file, t.name);
     }
     all_ok
+}
+
+/// Ctrl-C and SIGTERM during `--import`: handled, so that the import's processes and its
+/// copy of the worker package are cleaned up instead of left behind by the default action.
+struct Interrupts(Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>);
+
+impl Interrupts {
+    /// In the runtime's context. Without handlers (None), the default action stays.
+    fn install() -> Self {
+        use tokio::signal::unix::{signal, SignalKind};
+        Self(signal(SignalKind::interrupt()).ok().zip(signal(SignalKind::terminate()).ok()))
+    }
+
+    /// The name of the next one.
+    async fn next(&mut self) -> &'static str {
+        match &mut self.0 {
+            Some((int, term)) => tokio::select! {
+                _ = int.recv() => "SIGINT",
+                _ = term.recv() => "SIGTERM",
+            },
+            None => std::future::pending().await,
+        }
+    }
 }
 
 /// The effective configuration as YAML that `config::load` would read back unchanged.

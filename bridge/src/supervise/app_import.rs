@@ -38,8 +38,9 @@ pub(crate) enum Imported {
 }
 
 /// Import the app of `pool` (not a `command:` pool) with the worker package at
-/// `python_path`, killed with whatever it started when it takes longer than the pool's
-/// `startup-timeout`.
+/// `python_path`. Its process group (what it started, less what it moved into a session of
+/// its own) is killed on every path: when it takes longer than the pool's `startup-timeout`, when it
+/// dies before reporting, when this future is dropped.
 pub(crate) async fn import_app(pool: &Pool, python_path: &Path) -> Imported {
     let started = Instant::now();
     let ImportCheck { mut child, pid, mut ready, output } = match super::spawn::spawn_import_check(pool, python_path) {
@@ -50,6 +51,9 @@ pub(crate) async fn import_app(pool: &Pool, python_path: &Path) -> Imported {
     let Some(group) = libc::pid_t::try_from(pid).ok().filter(|&p| p > 0).map(Pid::from_raw) else {
         return Imported::Failed { why: "the started worker has no process id".into(), output: String::new() };
     };
+    // Whatever the import started in its group ends with it on every path, also when this
+    // future is dropped (Ctrl-C: check.rs); declared after `child`, so dropped before it.
+    let mut group_guard = GroupKill(Some(group));
     let printed = Arc::new(Mutex::new(Vec::new()));
     let reader = tokio::spawn(keep_output(output, printed.clone()));
     let limit = pool.startup_timeout;
@@ -59,8 +63,11 @@ pub(crate) async fn import_app(pool: &Pool, python_path: &Path) -> Imported {
         // The readiness pipe closed without a word: the process died (a crash in an
         // extension module), or the app closed the descriptor and goes on.
         Ok(Readiness::Silent) => {
-            match tokio::time::timeout(limit.saturating_sub(started.elapsed()), child.wait()).await {
-                Ok(status) => {
+            match tokio::time::timeout(limit.saturating_sub(started.elapsed()), leader_exited(pid)).await {
+                Ok(()) => {
+                    // The leader is not reaped yet: the group's id is still its own.
+                    group_guard.kill();
+                    let status = child.wait().await;
                     let how = status.map(super::describe_exit).unwrap_or_else(|e| format!("wait failed: {e}"));
                     let why = format!("the worker exited before it reported on the import: {how}");
                     return Imported::Failed { why, output: finish(reader, &printed).await };
@@ -73,7 +80,7 @@ pub(crate) async fn import_app(pool: &Pool, python_path: &Path) -> Imported {
     // The process ends here (it exits as soon as it has reported) and whatever the import
     // started with it: the group is the worker's own (child_setup), and its leader is not
     // reaped yet, so the id names no other group.
-    let _ = killpg(group, Signal::SIGKILL);
+    group_guard.kill();
     let _ = child.wait().await;
     let output = finish(reader, &printed).await;
     match outcome {
@@ -82,6 +89,31 @@ pub(crate) async fn import_app(pool: &Pool, python_path: &Path) -> Imported {
             let output = without_repeat(&output, &why);
             Imported::Failed { why, output }
         }
+    }
+}
+
+/// SIGKILL to the import's process group, once, while its leader is unreaped.
+struct GroupKill(Option<Pid>);
+
+impl GroupKill {
+    fn kill(&mut self) {
+        if let Some(group) = self.0.take() {
+            let _ = killpg(group, Signal::SIGKILL);
+        }
+    }
+}
+
+impl Drop for GroupKill {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Until the import's process has exited, without reaping it (its pid, and so its group's
+/// id, stays reserved). Where pidfd_open(2) is missing (Linux < 5.3): at once.
+async fn leader_exited(pid: u32) {
+    if let Some(fd) = super::worker_child::pidfd_open(pid) {
+        super::worker_child::wait_exited(&fd).await;
     }
 }
 

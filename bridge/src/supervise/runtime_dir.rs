@@ -46,7 +46,11 @@ impl RuntimeDir {
     /// A private copy of the worker package for `fcgibridge check --import`, removed on
     /// drop: in the configured runtime directory when it exists, else where the daemon
     /// would make its own — so that the pools' users reach it as they reach the daemon's.
-    /// The daemon's copy is not touched: a running daemon may start workers from it.
+    /// The daemon's copy is not touched: a running daemon may start workers from it. Except
+    /// in a pool's chroot: `Prepared::for_pool` stages this binary's package into
+    /// `<chroot>/.fcgibridge/python`, which the daemon's workers there load too (identical
+    /// files are left as they are; after an upgrade they are the new ones). Stopped by
+    /// Ctrl-C or SIGTERM, check.rs still drops this copy.
     pub(crate) fn for_check(configured: Option<&Path>) -> Result<Self, RuntimeDirError> {
         let base = configured.filter(|p| p.is_dir()).map_or_else(default_base, Path::to_owned);
         Self { path: fresh_dir(&base)?, remove_on_drop: true }.unpacked()

@@ -277,6 +277,7 @@ fn launch(
     let run_as = iso.run_as().map(str::to_owned);
     let steps = StepLog::new().map_err(SpawnError::Pipe)?;
     let step = steps.marker();
+    leave_terminal(&mut cmd);
     // Credentials change first: the kernel clears PR_SET_PDEATHSIG (set below) on setuid.
     iso.install(&mut cmd, step);
     child_setup(&mut cmd, step, ready_w, claims);
@@ -301,6 +302,10 @@ pub(super) struct ImportCheck {
 /// interpreter, chroot, limits, account, working directory and environment — but with
 /// /dev/null on fd 0 instead of a socket, never from a preloaded template, and with
 /// stdout and stderr on one pipe. `python_path` is `<runtime_dir>/python`.
+///
+/// Its environment is not the operator's shell's (tokens, SSH_AUTH_SOCK, PYTHONPATH, an
+/// activated virtualenv): it starts from [`service_environment`], what the daemon has under
+/// its systemd unit, then gets what a worker adds to that.
 pub(super) fn spawn_import_check(pool: &Pool, python_path: &Path) -> Result<ImportCheck, SpawnError> {
     use nix::fcntl::OFlag;
     let iso = Prepared::for_pool(pool, python_path)?;
@@ -310,6 +315,7 @@ pub(super) fn spawn_import_check(pool: &Pool, python_path: &Path) -> Result<Impo
     let stderr_w = output_w.try_clone().map_err(SpawnError::Pipe)?;
     let mut cmd = Command::new(iso.python());
     cmd.arg("-u").arg("-c").arg(IMPORT_CHECK_BOOT).arg(iso.python_path());
+    service_environment(&mut cmd);
     worker_environment(&mut cmd, pool, &iso, app);
     cmd.env_remove("FCGIBRIDGE_CLAIM_FD");
     cmd.stdin(Stdio::null()).stdout(Stdio::from(output_w)).stderr(Stdio::from(stderr_w)).kill_on_drop(true);
@@ -384,6 +390,31 @@ fn child_setup(cmd: &mut Command, step: StepMarker, ready_w: Option<RawFd>, clai
     }
 }
 
+/// In the forked child, first: give up the controlling terminal the bridge (`run` or
+/// `check --import` started from a shell) may have. Through /dev/tty the app's code could
+/// otherwise push keystrokes into that shell's input (TIOCSTI), often root's. The child is
+/// no session leader, so TIOCNOTTY detaches it alone and it stays in the bridge's session
+/// (orphans.rs counts on that). Only open, ioctl and close: async-signal-safe. Before a
+/// chroot, where /dev/tty may be missing while the terminal is not.
+pub(super) fn leave_terminal(cmd: &mut Command) {
+    // SAFETY: the closure makes only the three system calls named above.
+    unsafe {
+        cmd.pre_exec(|| {
+            let fd = libc::open(c"/dev/tty".as_ptr(), libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC);
+            // No terminal (ENXIO), the usual case under systemd: nothing to give up.
+            if fd >= 0 {
+                let detached = libc::ioctl(fd, libc::TIOCNOTTY);
+                let err = std::io::Error::last_os_error();
+                libc::close(fd);
+                if detached == -1 {
+                    return Err(err);
+                }
+            }
+            Ok(())
+        });
+    }
+}
+
 /// The signals an operator means for the daemon but may send to the whole service
 /// (`systemctl kill` signals every process of the unit unless told `--kill-whom=main`):
 /// SIGHUP (reload), SIGUSR1 (reopen logs), SIGUSR2 (reload and restart). Their default
@@ -438,6 +469,18 @@ pub(super) fn python_app_spec(pool: &Pool, iso: &Prepared) -> Option<String> {
         App::File { path, callable } => Some(format!("{}:{callable}", iso.worker_path(path).display())),
         App::Command(_) => None,
     }
+}
+
+/// The PATH systemd gives a service (dist/systemd/fcgibridge.service sets no other).
+const SERVICE_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// The environment the daemon's workers inherit under dist/systemd's unit, in place of the
+/// caller's: systemd's PATH and the locale (LANG, LANGUAGE, LC_*), taken from the caller as
+/// the closest to the system's. Nothing else of an interactive shell is passed on.
+fn service_environment(cmd: &mut Command) {
+    cmd.env_clear().env("PATH", SERVICE_PATH);
+    let locale = |name: &str| name == "LANG" || name == "LANGUAGE" || name.starts_with("LC_");
+    cmd.envs(std::env::vars_os().filter(|(k, _)| k.to_str().is_some_and(locale)));
 }
 
 /// What every pool member starts with (docs/worker-contract.md): the pool's directory and

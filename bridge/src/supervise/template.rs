@@ -247,6 +247,7 @@ async fn start_template(pool: &Pool, python_path: &Path) -> Result<Arc<Template>
         .kill_on_drop(true);
     let steps = super::spawn::StepLog::new().map_err(TemplateError::Start)?;
     let step = steps.marker();
+    super::spawn::leave_terminal(&mut cmd);
     iso.install(&mut cmd, step);
     child_setup(&mut cmd, step, ready_w.as_raw_fd(), theirs.as_raw_fd());
     let mut child = match super::orphans::spawn_own(|| cmd.spawn(), tokio::process::Child::id) {

@@ -30,6 +30,9 @@ enum Inner {
         parent: u32,
         pidfd: Option<OwnedFd>,
         exit: Option<oneshot::Receiver<i32>>,
+        /// The status to report, settled as soon as the template's word came (before the
+        /// wait for the process that may follow, which a caller may cancel).
+        settled: Option<ExitStatus>,
         status: Option<ExitStatus>,
     },
 }
@@ -64,7 +67,7 @@ impl WorkerChild {
         Ok(Self {
             stdout: Some(stdout),
             stderr: Some(stderr),
-            inner: Inner::Forked { pid, pool, parent, pidfd, exit: Some(exit), status: None },
+            inner: Inner::Forked { pid, pool, parent, pidfd, exit: Some(exit), settled: None, status: None },
         })
     }
 
@@ -82,38 +85,23 @@ impl WorkerChild {
         match &mut self.inner {
             Inner::Direct(c) => c.wait().await,
             Inner::Forked { status: Some(s), .. } => Ok(*s),
-            Inner::Forked { exit, status, pidfd, pid, pool, parent } => {
-                let Some(rx) = exit.as_mut() else {
+            Inner::Forked { exit, settled, status, pidfd, pid, pool, parent } => {
+                if let Some(rx) = exit.as_mut() {
+                    // Awaiting a receiver that has not yielded yet is cancel-safe; once it has,
+                    // it is never polled again.
+                    let word = rx.await;
+                    *exit = None;
+                    *settled = Some(settle(word.ok(), pidfd.as_ref(), pool, *pid, *parent));
+                }
+                let Some(s) = *settled else {
                     return Err(io::Error::other("the template that forked this worker is gone"));
                 };
-                match rx.await {
-                    Ok(raw) => {
-                        let mut s = ExitStatus::from_raw(raw);
-                        if let Some(fd) = pidfd.as_ref().filter(|fd| !has_exited(fd)) {
-                            // The template runs the app's code: an EXIT for a worker that still
-                            // runs would leave it serving outside every limit and count.
-                            tracing::error!(
-                                pool = &**pool,
-                                pid = *pid,
-                                template = *parent,
-                                "the template reported this worker as exited while it still runs; killing it"
-                            );
-                            pidfd_signal(fd, Signal::SIGKILL);
-                            wait_exited(fd).await;
-                            s = ExitStatus::from_raw(libc::SIGKILL);
-                        }
-                        *status = Some(s);
-                        *exit = None;
-                        Ok(s)
-                    }
-                    Err(_) => {
-                        *exit = None;
-                        // The template died; its workers die with it (their parent-death signal).
-                        let s = ExitStatus::from_raw(libc::SIGKILL);
-                        *status = Some(s);
-                        Ok(s)
-                    }
+                // Returns at once for a process that has exited; else it was just killed.
+                if let Some(fd) = pidfd.as_ref().filter(|fd| !has_exited(fd)) {
+                    wait_exited(fd).await;
                 }
+                *status = Some(s);
+                Ok(s)
             }
         }
     }
@@ -150,6 +138,30 @@ impl WorkerChild {
     }
 }
 
+/// The status of a forked worker once its template said it exited (`reported`: its raw
+/// wait status) or died (None). The template runs the app's code, and so does the worker:
+/// a forged EXIT would leave the worker serving outside every limit and count, and a worker
+/// whose code cleared its parent-death signal outlives its template. So a worker still
+/// running is killed through its pidfd (a template's death may also just not have reached
+/// it yet); the caller then waits for its end.
+fn settle(reported: Option<i32>, pidfd: Option<&OwnedFd>, pool: &str, pid: u32, parent: u32) -> ExitStatus {
+    let killed = ExitStatus::from_raw(libc::SIGKILL);
+    let Some(fd) = pidfd.filter(|fd| !has_exited(fd)) else {
+        // Without a pidfd (Linux < 5.3) the template's word is all there is.
+        return reported.map_or(killed, ExitStatus::from_raw);
+    };
+    if reported.is_some() {
+        tracing::error!(
+            pool,
+            pid,
+            template = parent,
+            "the template reported this worker as exited while it still runs; killing it (the app's code wrote on the template's control socket, fd 4)"
+        );
+    }
+    pidfd_signal(fd, Signal::SIGKILL);
+    killed
+}
+
 /// The parent pid of `pid`, from /proc/PID/stat (the field after the command's `)`).
 fn parent_of(pid: u32) -> Option<u32> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -177,7 +189,7 @@ fn has_exited(fd: &OwnedFd) -> bool {
 }
 
 /// Until the process behind `fd` has exited.
-async fn wait_exited(fd: &OwnedFd) {
+pub(super) async fn wait_exited(fd: &OwnedFd) {
     let Ok(dup) = fd.try_clone() else { return };
     // SAFETY: the copy moves into the AsyncFd and stays open as long as it is registered.
     let Ok(watch) = (unsafe { tokio::io::unix::AsyncFd::register_with_interest(dup, tokio::io::Interest::READABLE) })
@@ -188,7 +200,7 @@ async fn wait_exited(fd: &OwnedFd) {
 }
 
 /// A pidfd for `pid`, taken as soon as the template names its fork.
-fn pidfd_open(pid: u32) -> Option<OwnedFd> {
+pub(super) fn pidfd_open(pid: u32) -> Option<OwnedFd> {
     let pid = libc::pid_t::try_from(pid).ok().filter(|&p| p > 0)?;
     // SAFETY: pidfd_open(2) takes a pid and flags and returns a new descriptor or -1.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, libc::PIDFD_NONBLOCK as libc::c_uint) };
@@ -202,5 +214,48 @@ impl Drop for WorkerChild {
     /// never leaves it running.
     fn drop(&mut self) {
         self.signal_kill();
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// A `sleep` child of this process, presented as the fork of a template (this process).
+    fn sleeper() -> (std::process::Child, WorkerChild, oneshot::Sender<i32>) {
+        let child = std::process::Command::new("sleep").arg("300").spawn().unwrap();
+        let (tx, rx) = oneshot::channel();
+        let empty = || Box::new(tokio::io::empty()) as OutputPipe;
+        let worker = WorkerChild::forked("t".into(), child.id(), std::process::id(), rx, empty(), empty()).unwrap();
+        (child, worker, tx)
+    }
+
+    fn killed(child: &mut std::process::Child) -> bool {
+        child.wait().unwrap().signal() == Some(libc::SIGKILL)
+    }
+
+    #[tokio::test]
+    async fn a_forged_exit_kills_the_worker_and_a_cancelled_wait_can_be_resumed() {
+        let (mut child, mut worker, tx) = sleeper();
+        tx.send(0).unwrap();
+        // One poll: the EXIT is read and the kill sent; the wait for the end (if not over
+        // already) is cut short, as a select! in worker.rs may.
+        let _ = tokio::time::timeout(Duration::ZERO, worker.wait()).await;
+        let status = tokio::time::timeout(Duration::from_secs(30), worker.wait()).await.unwrap().unwrap();
+        assert_eq!(status.signal(), Some(libc::SIGKILL), "the forged status 0 is not believed");
+        assert_eq!(worker.id(), None);
+        assert!(killed(&mut child));
+    }
+
+    #[tokio::test]
+    async fn a_worker_that_outlives_its_template_is_killed() {
+        let (mut child, mut worker, tx) = sleeper();
+        // The template died; the worker (no parent-death signal here) runs on.
+        drop(tx);
+        let status = tokio::time::timeout(Duration::from_secs(30), worker.wait()).await.unwrap().unwrap();
+        assert_eq!(status.signal(), Some(libc::SIGKILL));
+        assert!(killed(&mut child));
     }
 }
