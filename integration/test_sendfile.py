@@ -4,7 +4,7 @@ only from `file-roots`, with ranges, conditional requests and HEAD, keeping the 
 headers) behind nginx and Caddy; `translate` behind nginx and lighttpd (a header the server
 cannot follow never reaches the client, X-Sendfile2 over lighttpd's mod_scgi included);
 `pass` behind lighttpd and Apache mod_proxy_scgi; and Flask's send_file (wsgi.file_wrapper)
-handed off by the worker instead of streamed where the listener's `hand-back` says so."""
+handed off by the worker instead of streamed where the listener's `file-hand-back` says so."""
 import os
 import subprocess
 import tempfile
@@ -330,7 +330,7 @@ def translate_env(tmp_path_factory):
     pools = {"app": handoff_pool(root, threads=2)}
     listeners = {"fcgi": {"fastcgi": f"127.0.0.1:{port}", "pool": "app", "dialect": "nginx",
                           "file-handoff": "translate", "file-map": {str(root): "/protected"},
-                          "file-roots": [str(extra)], "hand-back": True}}
+                          "file-roots": [str(extra)]}}
     bridge = respond_servers.start_bridge(work, pools, listeners, [("fcgi", "/health", "any")])
     nginx = None
     try:
@@ -405,8 +405,8 @@ def test_translate_serves_an_unmapped_file_under_file_roots(translate_env):
 
 
 def test_translate_file_wrapper_becomes_x_accel_redirect(translate_env):
-    """Flask's send_file under a file-map prefix, `hand-back: true`: the worker hands the file back, the bridge
-    turns that into X-Accel-Redirect, and nginx serves it — with ranges, which the app (with
+    """Flask's send_file under a file-map prefix, `file-hand-back` left to its default (on behind
+    nginx): the worker hands the file back, the bridge turns that into X-Accel-Redirect, and nginx serves it — with ranges, which the app (with
     conditional=False) does not do: a streamed response would be a 200 with the whole file."""
     _, nginx, _, _, _ = translate_env
     status, h, body = curl(nginx, "/download/a.txt", "-r", "3-6")
@@ -453,7 +453,7 @@ $SERVER["socket"] == "127.0.0.1:{scgi_port}" {{
 def lighttpd_translate_env(tmp_path_factory):
     """`file-handoff: translate` with `dialect: lighttpd`, as docs/servers/lighttpd.md shows
     it: on 8080 through an entry without `x-sendfile` (listener defaults), on the second
-    port through one with it to a listener with `hand-back: true`, on the third through
+    port through one with it to a listener with `file-hand-back: true`, on the third through
     mod_scgi to an SCGI listener with `file-roots: [EXTRA]`."""
     import shutil
     import signal
@@ -470,7 +470,7 @@ def lighttpd_translate_env(tmp_path_factory):
     fcgi, fcgi_hand_back, scgi, port, hand_back_port, scgi_port = harness.free_ports(6)
     translate = {"pool": "app", "dialect": "lighttpd", "file-handoff": "translate", "file-map": {str(root): "/protected"}}
     listeners = {"lt": {"fastcgi": f"127.0.0.1:{fcgi}", **translate},
-                 "lt-hand-back": {"fastcgi": f"127.0.0.1:{fcgi_hand_back}", **translate, "hand-back": True},
+                 "lt-hand-back": {"fastcgi": f"127.0.0.1:{fcgi_hand_back}", **translate, "file-hand-back": True},
                  "lt-scgi": {"scgi": f"127.0.0.1:{scgi}", **translate, "file-roots": [str(extra)]}}
     bridge = respond_servers.start_bridge(work, {"app": handoff_pool(root, threads=2)}, listeners,
                                           [("lt", "/health", "any"), ("lt-scgi", "/health", "any")])
@@ -484,7 +484,7 @@ def lighttpd_translate_env(tmp_path_factory):
         for p in (hand_back_port, scgi_port):
             harness.wait_until(lambda: harness.can_connect(("127.0.0.1", p)), 60, what=f"lighttpd on {p}")
         bases = {name: f"http://127.0.0.1:{p}" for name, p in
-                 (("plain", port), ("hand-back", hand_back_port), ("scgi", scgi_port))}
+                 (("plain", port), ("file-hand-back", hand_back_port), ("scgi", scgi_port))}
         yield bridge, bases, root, extra
     finally:
         if proc:
@@ -495,7 +495,7 @@ def lighttpd_translate_env(tmp_path_factory):
 def test_lighttpd_translate_streams_send_file_by_default(lighttpd_translate_env):
     """Flask's send_file under a file-map directory, through a lighttpd entry without
     `"x-sendfile" => "enable"`: handed back as X-Sendfile, lighttpd would drop the header
-    silently and send an empty 200. With translate's default `hand-back: false` the
+    silently and send an empty 200. With translate's default behind lighttpd, `file-hand-back: false`, the
     worker streams it, and the client gets the file."""
     _, bases, _, _ = lighttpd_translate_env
     status, h, body = get(bases["plain"], "/download/a.txt")
@@ -506,10 +506,10 @@ def test_lighttpd_translate_streams_send_file_by_default(lighttpd_translate_env)
 
 
 def test_lighttpd_translate_hands_back_with_hand_back(lighttpd_translate_env):
-    """`hand-back: true`, through an entry with x-sendfile: lighttpd sends the file, and
+    """`file-hand-back: true`, through an entry with x-sendfile: lighttpd sends the file, and
     answers the Range request the app (conditional=False) would not."""
     _, bases, _, _ = lighttpd_translate_env
-    status, h, body = get(bases["hand-back"], "/download/a.txt", "-r", "3-6")
+    status, h, body = get(bases["file-hand-back"], "/download/a.txt", "-r", "3-6")
     assert (status, body, h.get("content-range")) == (206, b"3456", "bytes 3-6/20"), (status, h, body)
 
 

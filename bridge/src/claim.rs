@@ -125,16 +125,20 @@ pub(crate) fn pipelines(pool: &crate::config::Pool) -> bool {
 
 /// Why `pool`'s workers are not piped to whatever its `pipeline` says: a preloaded worker is
 /// forked by its template, which has no claim page; `command:` programs and the ASGI
-/// worker serve one request per connection.
+/// worker serve one request per connection; an `interface: auto` worker says which it runs
+/// only once started, after its pool's pipelining is decided.
 pub(crate) fn never_piped(pool: &crate::config::Pool) -> Option<&'static str> {
+    use crate::config::interface::Interface;
     if matches!(pool.app, crate::config::App::Command(_)) {
-        Some("a command: pool")
-    } else if pool.isolation.preload {
-        Some("a preloaded pool")
-    } else if pool.interface.kind != crate::config::interface::Interface::Wsgi {
-        Some("an ASGI pool")
-    } else {
-        None
+        return Some("a command: pool");
+    }
+    if pool.isolation.preload {
+        return Some("a preloaded pool");
+    }
+    match pool.interface.kind {
+        Interface::Wsgi => None,
+        Interface::Asgi => Some("an ASGI pool"),
+        Interface::Auto => Some("an interface: auto pool (WSGI or ASGI is known only once its worker starts)"),
     }
 }
 

@@ -343,7 +343,7 @@ fn render_listener(out: &mut String, l: &Listener) {
     }
     field(out, 4, "max-ranges", &l.max_ranges.to_string());
     if l.file_handoff != crate::config::FileHandoff::Pass {
-        field(out, 4, "hand-back", if l.hand_back { "true" } else { "false" });
+        field(out, 4, "file-hand-back", if l.file_hand_back { "true" } else { "false" });
     }
     if let Some(m) = &l.mount {
         field(out, 4, "mount", &quote(if m.is_empty() { "/" } else { m }));
@@ -447,6 +447,18 @@ mod tests {
         );
         preloaded.pipeline = false;
         assert_eq!(shown(&preloaded).as_deref(), Some("    pipeline: false"));
+        // auto may well run a WSGI app: not called ASGI, but not piped to either.
+        let mut auto = Pool::for_tests();
+        auto.interface.kind = crate::config::interface::Interface::Auto;
+        assert_eq!(
+            shown(&auto).as_deref(),
+            Some(
+                "    # pipeline: true has no effect: an interface: auto pool (WSGI or ASGI is known only once its \
+                 worker starts) is never piped to"
+            )
+        );
+        auto.interface.kind = crate::config::interface::Interface::Asgi;
+        assert_eq!(shown(&auto).as_deref(), Some("    # pipeline: true has no effect: an ASGI pool is never piped to"));
     }
 
     /// What `check` prints must load back to the same configuration.
@@ -498,7 +510,7 @@ mod tests {
                     file_roots: Vec::new(),
                     file_map: Vec::new(),
                     max_ranges: 16,
-                    hand_back: false,
+                    file_hand_back: false,
                     mount: None,
                     keep_path_info: false,
                     header_timeout: Duration::from_secs(60),
@@ -535,7 +547,7 @@ mod tests {
                     file_roots: vec![dir.join("files")],
                     file_map: vec![("/srv/files".into(), "/protected".into())],
                     max_ranges: 0,
-                    hand_back: true,
+                    file_hand_back: true,
                     mount: Some("/api".into()),
                     keep_path_info: true,
                     header_timeout: Duration::from_millis(1500),

@@ -241,7 +241,7 @@ pub(super) struct RawListener {
     pub file_map: Option<Entries<String>>,
     pub max_ranges: Option<u32>,
     /// Whether wsgi.file_wrapper / pathsend files are handed back instead of streamed.
-    pub hand_back: Option<bool>,
+    pub file_hand_back: Option<bool>,
     pub mount: Option<String>,
     pub path_info: Option<String>,
     /// Longest time from a request's first byte to its complete headers.

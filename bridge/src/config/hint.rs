@@ -20,7 +20,7 @@ pub(super) fn unknown_key(given: &str, expected: &[&str]) -> String {
     let name = given.to_ascii_lowercase().replace('_', "-");
     // `max_requests` in a pool is a spelling of a key of this very mapping.
     if !expected.contains(&name.as_str()) {
-        if let Some((_, says)) = PEERS.iter().find(|(names, _)| names.contains(&name.as_str())) {
+        if let Some(says) = peer_hint(&name, expected) {
             return format!("; {says}");
         }
         if let Some(var) = given.strip_prefix("env[").and_then(|v| v.strip_suffix(']')) {
@@ -30,12 +30,50 @@ pub(super) fn unknown_key(given: &str, expected: &[&str]) -> String {
     suggestion(given, expected)
 }
 
+/// What to write instead of `name`, another server's option or a key of another mapping.
+/// Another server's options are pasted into a pool; elsewhere such a name is more likely
+/// a misspelling of the mapping's own key (`route` for a listener's `routes`; `cache` in a
+/// template means `missing-cache`, not uWSGI's cache2), so there the hint applies only when
+/// it names a key of this mapping (`buffer-size` in a listener: `max-params`) and no key
+/// of it is spelt like `name`.
+fn peer_hint(name: &str, expected: &[&str]) -> Option<&'static str> {
+    let find = |table: &[Peer]| table.iter().find(|(names, _)| names.contains(&name)).map(|(_, says)| *says);
+    if let Some(says) = find(MISPLACED) {
+        return Some(says);
+    }
+    let says = find(PEERS)?;
+    let names_own_key = || expected.iter().any(|key| says.contains(&format!("key {key}")));
+    (is_pool(expected) || (names_own_key() && did_you_mean(name, expected).is_none())).then_some(says)
+}
+
+/// Whether `expected`, the keys of the mapping being read, are a pool's.
+fn is_pool(expected: &[&str]) -> bool {
+    expected.contains(&"app") && expected.contains(&"processes")
+}
+
 /// An option of another server: its spellings, in lower case with `-` for `_` (as they are
 /// compared), and the rest of the error, after "unknown key; ".
 type Peer = (&'static [&'static str], &'static str);
 
-/// uWSGI, PHP-FPM and mod_wsgi daemon options as operators paste them, and the bridge's keys
-/// (docs/migration.md has the same map, with the web server's side).
+/// The bridge's own keys written in the wrong mapping: named wherever they appear.
+const MISPLACED: &[Peer] = &[
+    (&["chdir"], "chdir is a pool key: `pools: NAME: chdir: /dir`"),
+    (&["processes", "workers"], "processes (uWSGI's workers) is a pool key: `pools: NAME: processes: N`"),
+    (&["threads"], "threads is a pool key: `pools: NAME: threads: N`"),
+    (&["max-requests"], "max-requests is a pool key: `pools: NAME: max-requests: N`"),
+    (
+        &["shutdown-timeout"],
+        "shutdown-timeout is a bridge key, how long SIGTERM waits for the requests in flight; a retiring worker's wait \
+         is the pool key graceful-timeout",
+    ),
+    (
+        &["log-format"],
+        "log-format is a bridge key, text or json; uWSGI's log-format is the bridge key access-log-format",
+    ),
+];
+
+/// uWSGI, PHP-FPM and mod_wsgi daemon options as operators paste them into a pool, and the
+/// bridge's keys (docs/migration.md has the same map, with the web server's side).
 const PEERS: &[Peer] = &[
     // Where the web server connects.
     (
@@ -102,7 +140,6 @@ const PEERS: &[Peer] = &[
         &["lang", "locale"],
         "mod_wsgi's lang= and locale= go into the pool key env: `env: {LANG: C.UTF-8, LC_ALL: C.UTF-8}`",
     ),
-    (&["chdir"], "chdir is a pool key: `pools: NAME: chdir: /dir`"),
     (&["uid"], "uWSGI's uid is the pool key user"),
     (&["gid"], "uWSGI's gid is the pool key group"),
     (
@@ -136,8 +173,6 @@ const PEERS: &[Peer] = &[
          pool key `preload: true`",
     ),
     // How many workers.
-    (&["processes", "workers"], "processes (uWSGI's workers) is a pool key: `pools: NAME: processes: N`"),
-    (&["threads"], "threads is a pool key: `pools: NAME: threads: N`"),
     (
         &["enable-threads"],
         "uWSGI's enable-threads has no equivalent: the pool key threads sets the threads of each worker",
@@ -193,7 +228,6 @@ const PEERS: &[Peer] = &[
          process stops); a static pool has no equivalent",
     ),
     // Recycling and time limits.
-    (&["max-requests"], "max-requests is a pool key: `pools: NAME: max-requests: N`"),
     (
         &["pm.max-requests", "maximum-requests"],
         "PHP-FPM's pm.max_requests (mod_wsgi's maximum-requests) is the pool key max-requests",
@@ -285,17 +319,8 @@ const PEERS: &[Peer] = &[
         "mod_wsgi's deadlock-timeout has no equivalent: the pool key request-timeout replaces a worker whose request \
          runs too long",
     ),
-    (
-        &["shutdown-timeout"],
-        "shutdown-timeout is a bridge key, how long SIGTERM waits for the requests in flight; a retiring worker's wait \
-         is the pool key graceful-timeout",
-    ),
     // Logs and status.
     (&["logto"], "uWSGI's logto is the bridge key log-file: `bridge: log-file: /path`"),
-    (
-        &["log-format"],
-        "log-format is a bridge key, text or json; uWSGI's log-format is the bridge key access-log-format",
-    ),
     (
         &["disable-logging"],
         "uWSGI's disable-logging has no equivalent: there is no access log unless the bridge key access-log is set",
@@ -382,6 +407,28 @@ mod tests {
     }
 
     #[test]
+    fn other_servers_options_are_named_in_pools_only() {
+        let listener = &["fastcgi", "scgi", "pool", "routes", "dialect", "file-handoff"][..];
+        let template =
+            &["allow", "max-instances", "instance-idle-timeout", "spawn-rate", "missing-cache", "min-uid"][..];
+        // A listener's `route` is its `routes` misspelt, not uWSGI's route option.
+        assert_eq!(unknown_key("route", listener), "; did you mean \"routes\"?");
+        let says = unknown_key("cache", template);
+        assert!(says.starts_with("; expected one of \"allow\"") && says.contains("\"missing-cache\""), "{says}");
+        assert!(unknown_key("static-map", listener).starts_with("; expected one of"));
+        // A hint that names a key of the mapping applies there too.
+        let listener = &["fastcgi", "pool", "routes", "max-params"][..];
+        assert!(
+            unknown_key("buffer-size", listener).starts_with("; uWSGI's buffer-size is the listener key max-params")
+        );
+        // In a pool both still say what to write instead.
+        assert!(unknown_key("route", POOL_KEYS).starts_with("; uWSGI's route has no equivalent"));
+        assert!(unknown_key("cache", POOL_KEYS).starts_with("; uWSGI's cache2 has no equivalent"));
+        // The bridge's own keys written in the wrong mapping are named anywhere.
+        assert!(unknown_key("threads", template).starts_with("; threads is a pool key"));
+    }
+
+    #[test]
     fn every_key_the_table_names_is_a_key() {
         let sections = [
             ("pool key ", "pools:\n  x:\n    KEY: ~\n"),
@@ -389,7 +436,7 @@ mod tests {
             ("bridge key ", "bridge:\n  KEY: ~\n"),
         ];
         let mut checked = 0;
-        for (names, says) in PEERS {
+        for (names, says) in MISPLACED.iter().chain(PEERS) {
             for name in *names {
                 assert_eq!(*name, name.to_ascii_lowercase().replace('_', "-"), "{name} is never matched");
             }

@@ -130,10 +130,10 @@ pub struct Listener {
     /// Ranges one request may ask of a file the bridge serves (`max-ranges`); more: 200
     /// with the whole file. 0: Range is ignored.
     pub max_ranges: u32,
-    /// `hand-back`: the worker hands a `wsgi.file_wrapper` (or ASGI pathsend) file back as
+    /// `file-hand-back`: the worker hands a `wsgi.file_wrapper` (or ASGI pathsend) file back as
     /// X-Sendfile instead of streaming it. Default: on with `serve` (the bridge sends it),
     /// off with `translate` (the web server would, only when configured to follow it).
-    pub hand_back: bool,
+    pub file_hand_back: bool,
     /// `mount`: where the app is mounted when no prefix route matched (SCRIPT_NAME).
     pub mount: Option<String>,
     /// `path-info: keep`: SCRIPT_NAME / PATH_INFO exactly as the web server sent them.

@@ -467,7 +467,7 @@ pub(super) fn listener(src: &Source, dir: &Path, name: &str, mut raw: RawListene
     let allowed_clients = note(&mut errs, allowed_clients(src, &here, address.as_ref(), raw.allowed_clients)).flatten();
     let (file_roots, file_map) =
         file_handoff_paths(src, &here, dir, file_handoff, raw.file_roots, raw.file_map, &mut errs);
-    let hand_back = hand_back(src, &here, file_handoff, raw.hand_back, &mut errs);
+    let file_hand_back = file_hand_back(src, &here, (file_handoff, dialect), raw.file_hand_back, &mut errs);
     let (mount, status_path, ping_path) =
         listener_paths(src, &here, (raw.mount, raw.status_path, raw.ping_path), &mut errs);
 
@@ -493,7 +493,7 @@ pub(super) fn listener(src: &Source, dir: &Path, name: &str, mut raw: RawListene
             file_roots,
             file_map,
             max_ranges: raw.max_ranges.unwrap_or(DEFAULT_MAX_RANGES),
-            hand_back,
+            file_hand_back,
             mount,
             keep_path_info,
             header_timeout,
@@ -765,24 +765,30 @@ fn file_handoff_paths(
     (file_roots, file_map)
 }
 
-/// `hand-back`: on by default only where the bridge itself sends what is handed back
-/// (`serve`); in `translate` mode the web server would, and only if configured to follow
-/// the header (lighttpd drops an X-Sendfile silently without `"x-sendfile" => "enable"`).
-fn hand_back(
+/// `file-hand-back`: on by default where what is handed back is surely followed: by the
+/// bridge itself (`serve`), or by nginx (`translate`: a mapped file becomes an
+/// X-Accel-Redirect to a `file-map` URI, which nginx must already serve for the app's own
+/// hand-offs). Other servers follow it only when configured to (lighttpd drops an
+/// X-Sendfile silently on a `fastcgi.server` entry without `"x-sendfile" => "enable"`).
+fn file_hand_back(
     src: &Source,
     here: &KeyPath,
-    mode: super::model::FileHandoff,
+    (mode, dialect): (super::model::FileHandoff, Dialect),
     value: Option<bool>,
     errs: &mut Vec<ConfigError>,
 ) -> bool {
     use super::model::FileHandoff;
     if mode == FileHandoff::Pass && value == Some(true) {
         errs.push(src.invalid(
-            &here.key("hand-back"),
-            "hand-back needs file-handoff: translate or serve (with pass every file is streamed)",
+            &here.key("file-hand-back"),
+            "file-hand-back needs file-handoff: translate or serve (with pass every file is streamed)",
         ));
     }
-    value.unwrap_or(mode == FileHandoff::Serve)
+    value.unwrap_or(match mode {
+        FileHandoff::Serve => true,
+        FileHandoff::Translate => dialect == Dialect::Nginx,
+        FileHandoff::Pass => false,
+    })
 }
 
 /// `allowed-clients` (addresses, CIDR blocks): TCP listeners only — a unix socket's file

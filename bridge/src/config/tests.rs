@@ -290,6 +290,19 @@ fn unknown_keys_are_named_with_a_hint_at_every_level() {
             "pools:\n  x:\n    app: x\n    zzz: 1\n",
             "4:5: pools.x.zzz: unknown key; expected one of \"app\", \"python\"",
         ),
+        // uWSGI's option names are recognized in a pool, and nowhere else.
+        (
+            "pools:\n  x:\n    app: x\n    route: x\n",
+            "4:5: pools.x.route: unknown key; uWSGI's route has no equivalent",
+        ),
+        (
+            "listeners:\n  l:\n    fastcgi: /tmp/x.sock\n    pool: demo\n    route: x\n",
+            "5:5: listeners.l.route: unknown key; did you mean \"routes\"?",
+        ),
+        (
+            "pools:\n  x:\n    app: /srv/{host}/app.py\n    template:\n      cache: 1s\n",
+            "5:7: pools.x.template.cache: unknown key; expected one of \"allow\"",
+        ),
     ];
     for (text, expected) in cases {
         let tree = valid("unknown-key").file("30-extra.yaml", text);
@@ -491,7 +504,10 @@ fn respond_and_proxy_keys_name_file_line_and_key() {
         ),
         ("    file-handoff: serve\n", "listeners.x.file-roots: file-handoff: serve needs file-roots"),
         ("    unrouted-redirect: maybe\n", "5:5: listeners.x.unrouted-redirect: \"maybe\" is neither `pass` nor `404`"),
-        ("    hand-back: true\n", "5:5: listeners.x.hand-back: hand-back needs file-handoff: translate or serve"),
+        (
+            "    file-hand-back: true\n",
+            "5:5: listeners.x.file-hand-back: file-hand-back needs file-handoff: translate or serve",
+        ),
     ];
     for (extra, want) in cases {
         let err = valid("respond-keys").file("30-x.yaml", &format!("{l}{extra}")).error();
@@ -502,10 +518,11 @@ fn respond_and_proxy_keys_name_file_line_and_key() {
     assert!(err.contains("pools.x.max-body: must be more than 0 bytes"), "{err}");
 }
 
-/// The worker hands files back by default only where the bridge sends them itself.
+/// The worker hands files back by default only where they are surely followed: by the
+/// bridge (serve) or by nginx (translate); lighttpd's entry may lack x-sendfile.
 #[test]
-fn hand_back_is_on_for_serve_and_off_for_translate() {
-    let tree = valid("hand-back");
+fn file_hand_back_defaults_follow_the_mode_and_the_dialect() {
+    let tree = valid("file-hand-back");
     fs::create_dir_all(tree.root.join("files")).unwrap();
     let listener = |name: &str, port: u16, keys: &str| {
         format!("  {name}:\n    fastcgi: 127.0.0.1:{port}\n    pool: demo\n    file-map: {{/srv/files: /p}}\n{keys}")
@@ -514,14 +531,28 @@ fn hand_back_is_on_for_serve_and_off_for_translate() {
         "listeners:\n".to_owned(),
         listener("serve", 9101, "    file-handoff: serve\n    file-roots: [../files]\n"),
         listener("translate", 9102, "    file-handoff: translate\n"),
-        listener("translate-on", 9103, "    file-handoff: translate\n    hand-back: true\n"),
-        listener("serve-off", 9104, "    file-handoff: serve\n    file-roots: [../files]\n    hand-back: false\n"),
-        listener("pass", 9105, "    hand-back: false\n"),
+        listener("translate-on", 9103, "    file-handoff: translate\n    file-hand-back: true\n"),
+        listener("serve-off", 9104, "    file-handoff: serve\n    file-roots: [../files]\n    file-hand-back: false\n"),
+        listener("pass", 9105, "    file-hand-back: false\n"),
+        listener("nginx", 9106, "    file-handoff: translate\n    dialect: nginx\n"),
+        listener("nginx-off", 9107, "    file-handoff: translate\n    dialect: nginx\n    file-hand-back: false\n"),
+        listener("lighttpd", 9108, "    file-handoff: translate\n    dialect: lighttpd\n"),
+        listener("nginx-pass", 9109, "    dialect: nginx\n"),
     ]
     .concat();
     let cfg = tree.file("30-x.yaml", &text).config();
-    let got: Vec<(&str, bool)> = cfg.listeners.iter().skip(1).map(|l| (l.name.as_str(), l.hand_back)).collect();
-    let want = [("serve", true), ("translate", false), ("translate-on", true), ("serve-off", false), ("pass", false)];
+    let got: Vec<(&str, bool)> = cfg.listeners.iter().skip(1).map(|l| (l.name.as_str(), l.file_hand_back)).collect();
+    let want = [
+        ("serve", true),
+        ("translate", false),
+        ("translate-on", true),
+        ("serve-off", false),
+        ("pass", false),
+        ("nginx", true),
+        ("nginx-off", false),
+        ("lighttpd", false),
+        ("nginx-pass", false),
+    ];
     assert_eq!(got, want);
 }
 

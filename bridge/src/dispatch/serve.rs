@@ -286,11 +286,21 @@ impl<'a, S: BodySource, K: ResponseSink> Request<'a, S, K> {
         let shown = String::from_utf8_lossy(target);
         let by = from.map_or("-", |p| &**p);
         let redirect_status = self.serving.as_ref().map_or(200, |r| r.status);
-        if let Err(e) =
-            respond::redirect::apply(&mut self.params, target, &mut self.redirects, lst.max_redirects, redirect_status)
-        {
-            tracing::error!(listener = %lst.name, pool = %by, request_id, uri = %uri, target = %shown, "internal redirect refused, answering 500: {e}");
-            return self.answer(respond::error_response(500, None).freeze(), 500, from).await;
+        match respond::redirect::apply(
+            &mut self.params,
+            target,
+            &mut self.redirects,
+            lst.max_redirects,
+            redirect_status,
+        ) {
+            Ok(respond::redirect::ScriptFilename::Followed) => {}
+            Ok(respond::redirect::ScriptFilename::Dropped) => {
+                tracing::warn!(listener = %lst.name, pool = %by, request_id, uri = %uri, target = %shown, "internal redirect to a path with a '.' or '..' segment, '//', NUL or '\\': SCRIPT_FILENAME left out (the app should redirect to the plain path)");
+            }
+            Err(e) => {
+                tracing::error!(listener = %lst.name, pool = %by, request_id, uri = %uri, target = %shown, "internal redirect refused, answering 500: {e}");
+                return self.answer(respond::error_response(500, None).freeze(), 500, from).await;
+            }
         }
         tracing::info!(listener = %lst.name, pool = %by, request_id, uri = %uri, target = %shown, "internal redirect");
         self.source.end_body();

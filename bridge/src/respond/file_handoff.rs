@@ -124,7 +124,7 @@ pub(crate) struct Files {
     /// `file-map`: (filesystem prefix, internal URI prefix), longest filesystem prefix first.
     pub map: Vec<(String, String)>,
     /// `FCGIBRIDGE_FILE_ROOTS` for the worker: the directories a wsgi.file_wrapper file
-    /// may be handed back from as X-Sendfile. None (`hand-back: false`): the worker streams
+    /// may be handed back from as X-Sendfile. None (`file-hand-back: false`): the worker streams
     /// every file.
     pub worker_roots: Option<Bytes>,
     /// `max-ranges`: ranges one request may ask of a file the bridge serves.
@@ -351,7 +351,7 @@ impl Files {
             FileHandoff::Translate => Mode::Translate,
         };
         let front = Front { dialect: cfg.dialect, protocol: cfg.protocol };
-        Some(Self::new(mode, front, cfg.file_roots.clone(), cfg.file_map.clone(), cfg.max_ranges, cfg.hand_back))
+        Some(Self::new(mode, front, cfg.file_roots.clone(), cfg.file_map.clone(), cfg.max_ranges, cfg.file_hand_back))
     }
 
     pub(crate) fn new(
@@ -360,7 +360,7 @@ impl Files {
         roots: Vec<PathBuf>,
         mut map: Vec<(String, String)>,
         max_ranges: u32,
-        hand_back: bool,
+        file_hand_back: bool,
     ) -> Self {
         // A nested directory's own mapping wins.
         map.sort_by_key(|(fs, _)| std::cmp::Reverse(fs.len()));
@@ -377,7 +377,7 @@ impl Files {
             .filter_map(|d| d.to_str().map(str::to_owned))
             .filter(|d| !d.contains(':') && !d.is_empty())
             .collect();
-        let worker_roots = (hand_back && !listed.is_empty()).then(|| Bytes::from(listed.join(":")));
+        let worker_roots = (file_hand_back && !listed.is_empty()).then(|| Bytes::from(listed.join(":")));
         Self { mode, front, roots, map, worker_roots, max_ranges }
     }
 
@@ -812,7 +812,7 @@ mod tests {
         assert_eq!(f.worker_roots.as_deref(), Some(&b"/no/such/dir"[..]));
         let serve = Files::new(Mode::Serve, nginx, vec!["/no/such/root".into()], map(), 16, true);
         assert_eq!(serve.worker_roots.as_deref(), Some(&b"/no/such/root"[..]));
-        // hand-back: false (translate's default): the worker is told nothing and streams
+        // file-hand-back: false (translate's default but behind nginx): the worker is told nothing and streams
         let f = Files::new(Mode::Translate, nginx, vec!["/no/such/root".into()], map(), 16, false);
         assert_eq!(f.worker_roots, None);
     }

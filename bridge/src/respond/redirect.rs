@@ -39,6 +39,17 @@ pub(crate) fn is_absolute(loc: &[u8]) -> bool {
     }
 }
 
+/// What became of the web server's `SCRIPT_FILENAME` in a redirect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ScriptFilename {
+    /// None sent, retargeted, or one that does not name the request's path (kept as it is).
+    Followed,
+    /// It named the first request's file, and the target's path was not plain (a `.` or
+    /// `..` segment, `//`, NUL or `\`, as written or percent-decoded): left out rather than
+    /// let the app's Location name a file outside the document root.
+    Dropped,
+}
+
 /// Rewrite `params` for the redirected request to `target`; `depth` counts the redirects
 /// of this request so far, `status` is the status of the response that redirected (200 for
 /// a CGI local redirect, the error status for an error page).
@@ -48,7 +59,7 @@ pub(crate) fn apply(
     depth: &mut u32,
     max: u32,
     status: u16,
-) -> Result<(), RedirectError> {
+) -> Result<ScriptFilename, RedirectError> {
     *depth += 1;
     if *depth > max {
         return Err(RedirectError::TooMany(max));
@@ -75,7 +86,7 @@ pub(crate) fn apply(
     }
     let prev_uri = params.get(b"REQUEST_URI").unwrap_or(b"");
     let prev_path = prev_uri.split(|&b| b == b'?').next().unwrap_or(b"").to_vec();
-    retarget_script_filename(params, &prev_path, path);
+    let script_filename = retarget_script_filename(params, &prev_path, path);
     let prev_query = params.get(b"QUERY_STRING").unwrap_or(b"").to_vec();
     let prev_method = params.get(b"REQUEST_METHOD").unwrap_or(b"GET").to_vec();
     params.insert(&b"REDIRECT_URL"[..], prev_path);
@@ -103,25 +114,46 @@ pub(crate) fn apply(
         params.insert(&b"DOCUMENT_URI"[..], decoded.clone());
     }
     params.insert(&b"PATH_INFO"[..], decoded);
-    Ok(())
+    Ok(script_filename)
 }
 
 /// A `SCRIPT_FILENAME` the web server built as a directory plus the request's path
 /// (HAProxy's `docroot` + path, mod_proxy_fcgi's `proxy:fcgi://host:port/path`, mod_fcgid's
 /// document root + path) would still name the first request's file: that path, as written
 /// or percent-decoded, becomes the target's in the same form. One that does not end with
-/// the path (lighttpd's and Caddy's, a script split off by nginx) is left as it is.
-fn retarget_script_filename(params: &mut Params, prev_path: &[u8], path: &[u8]) {
-    let Some(old) = params.get(b"SCRIPT_FILENAME") else { return };
+/// the path (lighttpd's and Caddy's, a script split off by nginx) is left as it is. The path
+/// comes from the app's Location: a `command:` pool (php-cgi) runs the file it names, so a
+/// path that is not plain drops the variable instead.
+fn retarget_script_filename(params: &mut Params, prev_path: &[u8], path: &[u8]) -> ScriptFilename {
+    let Some(old) = params.get(b"SCRIPT_FILENAME") else { return ScriptFilename::Followed };
     let decoded_prev = crate::route::percent_decode(prev_path);
-    let new = if !prev_path.is_empty() && old.ends_with(prev_path) {
-        [&old[..old.len() - prev_path.len()], path].concat()
+    let decoded = crate::route::percent_decode(path);
+    let (base, tail) = if !prev_path.is_empty() && old.ends_with(prev_path) {
+        (&old[..old.len() - prev_path.len()], path)
     } else if !decoded_prev.is_empty() && old.ends_with(&decoded_prev) {
-        [&old[..old.len() - decoded_prev.len()], &crate::route::percent_decode(path)].concat()
+        (&old[..old.len() - decoded_prev.len()], &decoded[..])
     } else {
-        return;
+        return ScriptFilename::Followed;
     };
+    // Decoding only adds separators, so a plain decoded path is plain as written too.
+    if !is_plain_path(&decoded) {
+        params.remove(b"SCRIPT_FILENAME");
+        return ScriptFilename::Dropped;
+    }
+    let new = [base, tail].concat();
     params.insert(&b"SCRIPT_FILENAME"[..], new);
+    ScriptFilename::Followed
+}
+
+/// `/` followed by segments that are neither empty (but the last), `.` nor `..`, without NUL
+/// or `\`: a path that names the same file appended to any directory.
+fn is_plain_path(path: &[u8]) -> bool {
+    let Some(rest) = path.strip_prefix(b"/") else { return false };
+    let segments: Vec<&[u8]> = rest.split(|&b| b == b'/').collect();
+    let last = segments.len() - 1;
+    !path.contains(&0)
+        && !path.contains(&b'\\')
+        && segments.iter().enumerate().all(|(i, s)| !matches!(*s, b"." | b"..") && (!s.is_empty() || i == last))
 }
 
 /// What the web server gets for a local redirect no route of the bridge serves, or `None`
@@ -239,6 +271,25 @@ mod tests {
         assert_eq!(after("/srv/www/", "/", b"/local"), "/srv/www/local");
         // a script the server split off stays
         assert_eq!(after("/srv/www/index.php", "/index.php/x", b"/local"), "/srv/www/index.php");
+        // The app's Location names the file: one that is not plain names none.
+        for target in [
+            &b"/php/../../../home/other/x.php"[..],
+            b"/php/%2e%2e/%2e%2e/home/other/x.php",
+            b"/php/a%2f..%2f..%2fx.php",
+            b"/php/x.php%00.txt",
+            b"/php//x.php",
+            b"/php/./x.php",
+            b"/php/..\\x.php",
+        ] {
+            let mut p = Params::default();
+            p.insert(&b"REQUEST_URI"[..], &b"/php/a.php"[..]);
+            p.insert(&b"SCRIPT_FILENAME"[..], &b"/srv/www/php/a.php"[..]);
+            let shown = String::from_utf8_lossy(target);
+            assert_eq!(apply(&mut p, target, &mut 0, 10, 200), Ok(ScriptFilename::Dropped), "{shown}");
+            assert_eq!(p.get(b"SCRIPT_FILENAME"), None, "{shown}");
+        }
+        assert_eq!(after("/srv/www/php/a.php", "/php/a.php", b"/php/b..c/d.php?x=/../"), "/srv/www/php/b..c/d.php");
+        assert_eq!(after("/srv/www/a/", "/a/", b"/b/"), "/srv/www/b/");
         // none sent: none made up
         let mut p = Params::default();
         p.insert(&b"REQUEST_URI"[..], &b"/a"[..]);

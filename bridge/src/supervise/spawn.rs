@@ -12,9 +12,9 @@ use tokio::process::Command;
 const BOOT: &str = "import sys; sys.path.insert(0, sys.argv.pop(1)); import fcgibridge_worker.main as m; m.main()";
 
 /// The `-c` program of a worker (or template) of `pool`: [`BOOT`] after a comment naming
-/// the pool, so that `ps`, `top -c` and `pgrep -f "pool NAME"` tell the pools' workers
-/// apart (characters outside a name's usual set are shown as `_`: the comment must stay
-/// one line).
+/// the pool, so that `ps`, `top -c` and `pgrep -f 'fcgibridge pool NAME[[:space:]]'` tell
+/// the pools' workers apart (characters outside a name's usual set are shown as `_`: the
+/// comment must stay one line).
 pub(super) fn boot_program(pool: &str) -> String {
     let shown: String =
         pool.chars().map(|c| if c.is_ascii_alphanumeric() || "._-@+".contains(c) { c } else { '_' }).collect();
