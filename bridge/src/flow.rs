@@ -31,6 +31,21 @@ pub(crate) trait BodySource: Send {
     fn aborted(&mut self) -> impl Future<Output = ()> + Send;
 }
 
+/// A request without a body, from nobody who can go away (the bridge's own requests).
+pub(crate) struct NoBody;
+
+impl BodySource for NoBody {
+    fn ready(&mut self) -> Option<Option<Bytes>> {
+        Some(None)
+    }
+    async fn next_chunk(&mut self) -> Result<Option<Bytes>, FrontGone> {
+        Ok(None)
+    }
+    async fn aborted(&mut self) {
+        std::future::pending::<()>().await;
+    }
+}
+
 /// Where the response goes: CGI-style bytes (header block, then body).
 pub(crate) trait ResponseSink: Send {
     fn send(&mut self, data: Bytes, end: Option<End>) -> impl Future<Output = Result<(), FrontGone>> + Send;

@@ -1164,21 +1164,9 @@ mod length_tests {
 #[cfg(test)]
 mod unread_tests {
     use super::*;
+    use crate::flow::NoBody;
     use crate::worker_handle::WorkerHandle;
     use std::sync::Arc;
-
-    struct NoBody;
-    impl BodySource for NoBody {
-        fn ready(&mut self) -> Option<Option<Bytes>> {
-            Some(None)
-        }
-        async fn next_chunk(&mut self) -> Result<Option<Bytes>, FrontGone> {
-            Ok(None)
-        }
-        async fn aborted(&mut self) {
-            std::future::pending::<()>().await;
-        }
-    }
 
     #[derive(Default)]
     struct Collect(Vec<u8>);

@@ -9,7 +9,7 @@
 use crate::backend::exchange::{exchange, First, Next, Outcome, RequestInfo};
 use crate::backend::SlotConn;
 use crate::config::ReadyCheck;
-use crate::flow::{BodySource, End, FrontGone, ResponseSink};
+use crate::flow::{End, FrontGone, NoBody, ResponseSink};
 use crate::worker_handle::WorkerHandle;
 use bytes::{Bytes, BytesMut};
 use fastcgi_server::{Params, Role};
@@ -109,21 +109,6 @@ fn answered(status: u16, response: &[u8]) -> Failure {
         .find(|l| !l.is_empty())
         .map(|l| crate::logging::app_lines::prefix(l, 200).into_owned());
     Failure::Answered { status, body }
-}
-
-/// The check has no body.
-struct NoBody;
-
-impl BodySource for NoBody {
-    fn ready(&mut self) -> Option<Option<Bytes>> {
-        Some(None)
-    }
-    async fn next_chunk(&mut self) -> Result<Option<Bytes>, FrontGone> {
-        Ok(None)
-    }
-    async fn aborted(&mut self) {
-        std::future::pending().await
-    }
 }
 
 /// The response's first [`KEEP`] bytes; the rest is read and dropped.
