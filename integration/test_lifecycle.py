@@ -305,14 +305,19 @@ def test_a_request_whose_client_left_and_that_the_app_does_not_end_retires_its_w
             aborted = time.monotonic()
             conn.abort(1)
             assert conn.wait(1).complete, "the web server gets its END_REQUEST at once"
-        b.log.wait_for([r"WARN", rf"worker did not end an aborted request within abort-grace \({seconds}s\): "
-                        r"GET /sleep\?s=120&mark=left ran",
-                        r"its 1 other request\(s\) get graceful-timeout \(1m\) to finish, then it is killed",
-                        f"pid={before}", r"request_id=\d+", r"uri=/sleep\?s=120"], since=mark, timeout=60)
+        lines = b.log.wait_for([r"WARN", rf"worker did not end an aborted request within abort-grace \({seconds}s\): "
+                                r"GET /sleep\?s=120&mark=left ran",
+                                r"its 1 other request\(s\) get graceful-timeout \(1m\) to finish, then it is killed",
+                                f"pid={before}", r"request_id=\d+", r"uri=/sleep\?s=120"], since=mark, timeout=60)
         waited = time.monotonic() - aborted
         assert waited >= seconds, f"replaced {waited:.1f}s after the abort, within its {seconds}s grace"
         if grace:
-            assert waited < 5, f"abort-grace {grace}: replaced only {waited:.1f}s after the abort, as by the default"
+            # The bridge's own clock (not this test's log polling, slow on a loaded machine):
+            # the request had run about the grace, well short of the default's 5 s.
+            ran = re.search(r"mark=left ran ([\d.]+)(m?s)", lines[-1])
+            assert ran, lines[-1]
+            ran_s = float(ran.group(1)) / (1000 if ran.group(2) == "ms" else 1)
+            assert ran_s < 4, f"abort-grace {grace}: replaced once the request had run {ran_s}s, as by the default"
         # Once its replacement is ready it drains; the status page says why.
         b.log.wait_for([r"retiring the worker: aborted request not ended \(GET /sleep\?s=120&mark=left ran \d+s\)",
                         f"pid={before}"], since=mark, timeout=60)
