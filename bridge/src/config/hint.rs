@@ -315,6 +315,12 @@ const PEERS: &[Peer] = &[
          is restarted with a growing delay anyway",
     ),
     (
+        &["wsgichunkedrequest", "chunked-request"],
+        "bodies of unknown length (chunked uploads; mod_wsgi's WSGIChunkedRequest) follow the \
+         pool key unknown-length-body: stream (the default), buffer (read whole, CONTENT_LENGTH set: for Django) or \
+         refuse (411)",
+    ),
+    (
         &["deadlock-timeout"],
         "mod_wsgi's deadlock-timeout has no equivalent: the pool key request-timeout replaces a worker whose request \
          runs too long",
@@ -489,6 +495,9 @@ mod tests {
             assert!(says.starts_with("; uWSGI's "), "{key}: {says}");
             assert!(says.contains(part), "{key}: {says}");
         }
+        // mod_wsgi's chunked bodies: Django needs them buffered.
+        let says = unknown_key("WSGIChunkedRequest", pool);
+        assert!(says.contains("pool key unknown-length-body") && says.contains("buffer"), "{says}");
         // manage-script-name is not uWSGI's mount.
         let says = unknown_key("manage-script-name", pool);
         assert!(says.starts_with("; uWSGI's manage-script-name has no equivalent and needs none"), "{says}");
