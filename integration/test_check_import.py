@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from harness import bridge_binary, free_ports, to_yaml, wait_until
+from supervision_support import alive
 
 PY = sys.executable
 WSGI = '''
@@ -137,14 +138,6 @@ def test_an_asgi_app_in_a_wsgi_pool_names_the_interface_key(tmp_path):
         in r.stderr, r.stderr
 
 
-def _gone(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except FileNotFoundError:
-        return True
-
-
 def test_a_hanging_import_is_killed_at_the_startup_timeout(tmp_path):
     """The import and what it started (its process group) are killed once the pool's
     startup-timeout has passed, after its Python stacks were asked for (SIGUSR2)."""
@@ -169,7 +162,7 @@ def test_a_hanging_import_is_killed_at_the_startup_timeout(tmp_path):
     assert re.search(r'File "[^"]*hang\.py", line 9 in <module>', r.stderr), r.stderr
     assert took >= 8, took
     for pid in map(int, (tmp_path / "src" / "pids").read_text().split()):
-        wait_until(lambda: _gone(pid), 30, what=f"pid {pid} of the import killed")
+        wait_until(lambda: not alive(pid), 30, what=f"pid {pid} of the import killed")
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="switching to the pool's user needs root")
@@ -289,7 +282,7 @@ def test_what_an_import_that_dies_started_is_killed(tmp_path):
     assert (app_at(confdir, text, "crash") + "import failed: the worker exited before it reported on the import: "
             "exit status 3") in r.stderr, r.stderr
     pid = int((tmp_path / "src" / "pids").read_text())
-    wait_until(lambda: _gone(pid), 30, what=f"pid {pid} started by the import killed")
+    wait_until(lambda: not alive(pid), 30, what=f"pid {pid} started by the import killed")
 
 
 @pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
@@ -328,4 +321,4 @@ def test_an_interrupted_import_leaves_no_process_or_directory(tmp_path, sig):
     assert f"import interrupted ({sig}); its processes are killed" in err, err
     assert list(runtime.iterdir()) == []
     for pid in map(int, pids_file.read_text().split()):
-        wait_until(lambda: _gone(pid), 30, what=f"pid {pid} of the import killed")
+        wait_until(lambda: not alive(pid), 30, what=f"pid {pid} of the import killed")

@@ -11,6 +11,7 @@ import subprocess
 import pytest
 
 from harness import APPS, free_ports, make_bridge, to_yaml, wait_until
+from supervision_support import alive
 
 
 def worker_pid(b) -> int:
@@ -136,14 +137,6 @@ def test_kill9_of_the_bridge_takes_template_and_workers_along(preloaded):
                what="the template and its workers to die with the bridge")
 
 
-def _exited(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except FileNotFoundError:
-        return True
-
-
 @pytest.mark.parametrize("change", ["pool removed", "preload turned off", "restart all (SIGUSR2)"])
 def test_reload_retires_a_template_no_longer_needed(tmp_path, change):
     """A template forks for one pool's settings: when the pool goes away (or stops
@@ -161,7 +154,7 @@ def test_reload_retires_a_template_no_longer_needed(tmp_path, change):
         b.start()
         b.wait_ready([("l", "/health", "edge.test"), ("l", "/health", "keep.test")], timeout=120)
         tpl = template_pid(b, "edge")
-        assert not _exited(tpl)
+        assert alive(tpl)
         if change == "pool removed":
             del b.config["pools"]["edge"]
             b.config["listeners"]["l"]["routes"] = [{"host": "keep.test", "pool": "keep"}]
@@ -172,7 +165,7 @@ def test_reload_retires_a_template_no_longer_needed(tmp_path, change):
         b.proc.send_signal(signal.SIGUSR2 if change.startswith("restart all") else signal.SIGHUP)
         b.log.wait_for(["reload done"], since=mark, timeout=30)
         b.log.wait_for([r"retiring the template \(", r"\bedge\b"], since=mark, timeout=30)
-        wait_until(lambda: _exited(tpl), 30, what=f"the template {tpl} to exit after its pool's {change}")
+        wait_until(lambda: not alive(tpl), 30, what=f"the template {tpl} to exit after its pool's {change}")
         assert b.request("/health", pool="keep.test", listener="l").status == 200
         if change == "preload turned off":
             wait_until(lambda: b.request("/health", pool="edge.test", listener="l").status == 200, 30,
@@ -336,7 +329,7 @@ def test_a_template_that_reports_a_running_worker_as_exited_gets_it_killed(tmp_p
         lines = b.log.wait_for([r"the template reported this worker as exited while it still runs; killing it",
                                 rf"pid={victim}\b"], timeout=60)
         assert "forger" in lines[-1], lines[-1]
-        wait_until(lambda: _exited(victim), 60, what=f"worker {victim} to be killed")
+        wait_until(lambda: not alive(victim), 60, what=f"worker {victim} to be killed")
         wait_until(lambda: b.request("/", listener="l").status == 200, 60, what="the pool to serve again")
     finally:
         b.stop()

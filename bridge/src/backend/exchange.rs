@@ -1391,17 +1391,7 @@ mod unread_tests {
 
     /// A slot whose request the web server aborted and the worker runs on, and `finish_abort`
     /// of it with `grace` spawned; the app ends the request when `end` is sent.
-    async fn an_abort_the_worker_runs_on(
-        name: &str,
-        grace: Option<Duration>,
-    ) -> (
-        Arc<crate::dispatch::Dispatcher<crate::backend::SlotConn>>,
-        crate::dispatch::WorkerKey,
-        tokio::task::JoinHandle<(SlotFate, crate::backend::SlotConn)>,
-        tokio::sync::oneshot::Sender<()>,
-        tokio::task::JoinHandle<()>,
-        std::path::PathBuf,
-    ) {
+    async fn an_abort_the_worker_runs_on(name: &str, grace: Option<Duration>) -> RunsOn {
         use crate::dispatch::{Dispatcher, Ticket};
         let path = std::env::temp_dir().join(format!("fcgibridge-{name}-{}.sock", std::process::id()));
         let _ = std::fs::remove_file(&path);
@@ -1425,13 +1415,39 @@ mod unread_tests {
         assert_eq!((outcome.status, outcome.fate), (499, SlotFate::Aborted));
         let d2 = d.clone();
         let finishing = tokio::spawn(async move { (slot.finish_abort(&d2, grace).await, slot) });
-        (d, w, finishing, end_tx, app, path)
+        RunsOn { d, w, finishing, end_tx, app, path }
+    }
+
+    /// An aborted request its worker runs on ([`an_abort_the_worker_runs_on`]).
+    struct RunsOn {
+        d: Arc<crate::dispatch::Dispatcher<crate::backend::SlotConn>>,
+        w: crate::dispatch::WorkerKey,
+        finishing: tokio::task::JoinHandle<(SlotFate, crate::backend::SlotConn)>,
+        end_tx: tokio::sync::oneshot::Sender<()>,
+        app: tokio::task::JoinHandle<()>,
+        path: std::path::PathBuf,
+    }
+
+    impl RunsOn {
+        /// The app ends the request at last: the slot is free again and its connection serves on.
+        async fn app_ends_it(self) {
+            let Self { d, w, finishing, end_tx, app, path } = self;
+            assert!(!finishing.is_finished());
+            end_tx.send(()).expect("the app waits");
+            let (fate, slot) = finishing.await.expect("task");
+            assert_eq!(fate, SlotFate::Reuse, "ended cleanly: the connection serves on");
+            d.release(slot);
+            assert_eq!(d.worker_view(w, false).map(|v| (v.busy, v.abandoned, v.served)), Some((0, 0, 1)));
+            app.abort();
+            let _ = std::fs::remove_file(&path);
+        }
     }
 
     #[tokio::test(start_paused = true)]
     async fn an_abort_the_worker_does_not_end_in_time_is_abandoned_and_keeps_its_slot_busy() {
         let grace = crate::config::supervision::DEFAULT_ABORT_GRACE;
-        let (d, w, finishing, end_tx, app, path) = an_abort_the_worker_runs_on("abandon", Some(grace)).await;
+        let run = an_abort_the_worker_runs_on("abandon", Some(grace)).await;
+        let (d, w) = (&run.d, run.w);
         tokio::time::sleep(grace - Duration::from_secs(1)).await;
         assert!(d.take_abandoned().is_empty(), "within the grace");
         tokio::time::sleep(Duration::from_secs(2)).await;
@@ -1439,30 +1455,17 @@ mod unread_tests {
         assert_eq!(told.iter().map(|a| (a.request_id, a.uri.as_str())).collect::<Vec<_>>(), [(4, "/slow")]);
         // Its thread still runs the request: the slot stays busy, nobody kills the worker.
         assert_eq!(d.worker_view(w, false).map(|v| (v.busy, v.abandoned)), Some((1, 1)));
-        assert!(!finishing.is_finished());
-        end_tx.send(()).expect("the app waits");
-        let (fate, slot) = finishing.await.expect("task");
-        assert_eq!(fate, SlotFate::Reuse, "ended cleanly: the connection serves on");
-        d.release(slot);
-        assert_eq!(d.worker_view(w, false).map(|v| (v.busy, v.abandoned, v.served)), Some((0, 0, 1)));
-        app.abort();
-        let _ = std::fs::remove_file(&path);
+        run.app_ends_it().await;
     }
 
     #[tokio::test(start_paused = true)]
     async fn with_abort_grace_off_an_aborted_request_runs_on_and_is_never_abandoned() {
-        let (d, w, finishing, end_tx, app, path) = an_abort_the_worker_runs_on("no-grace", None).await;
+        let run = an_abort_the_worker_runs_on("no-grace", None).await;
+        let (d, w) = (&run.d, run.w);
         tokio::time::sleep(Duration::from_secs(3600)).await;
         assert!(d.take_abandoned().is_empty(), "abort-grace: 0 abandoned it");
         assert_eq!(d.worker_view(w, false).map(|v| (v.busy, v.abandoned)), Some((1, 0)));
-        assert!(!finishing.is_finished());
-        end_tx.send(()).expect("the app waits");
-        let (fate, slot) = finishing.await.expect("task");
-        assert_eq!(fate, SlotFate::Reuse, "ended cleanly: the connection serves on");
-        d.release(slot);
-        assert_eq!(d.worker_view(w, false).map(|v| (v.busy, v.abandoned, v.served)), Some((0, 0, 1)));
-        app.abort();
-        let _ = std::fs::remove_file(&path);
+        run.app_ends_it().await;
     }
 
     #[tokio::test]
