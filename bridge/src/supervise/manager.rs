@@ -1136,20 +1136,8 @@ pub(crate) fn needs_restart(old: &config::Pool, new: &config::Pool) -> bool {
 
 /// Resident memory (bytes) and CPU time (user + system) of a process, from /proc.
 pub(crate) fn sample(pid: u32, page_size: u64, clock_ticks: u64) -> Option<(u64, Duration)> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    parse_stat(&text, page_size, clock_ticks)
-}
-
-fn parse_stat(text: &str, page_size: u64, clock_ticks: u64) -> Option<(u64, Duration)> {
-    // The command name may contain spaces and parentheses: fields start after the last ')'.
-    let rest = &text[text.rfind(')')? + 1..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // fields[0] is field 3 (state): utime 14, stime 15, rss 24.
-    let utime: u64 = fields.get(11)?.parse().ok()?;
-    let stime: u64 = fields.get(12)?.parse().ok()?;
-    let rss_pages: u64 = fields.get(21)?.parse().ok()?;
-    let cpu = Duration::from_millis((utime + stime) * 1000 / clock_ticks.max(1));
-    Some((rss_pages * page_size, cpu))
+    let stat = super::proc_stat::ProcStat::of(pid)?;
+    Some((stat.rss_pages * page_size, stat.cpu_time(clock_ticks)))
 }
 
 /// A duration as the configuration writes it.
@@ -1178,15 +1166,6 @@ fn end_left_behind(pool: &str, pid: u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn proc_stat_is_parsed_after_the_last_parenthesis() {
-        let line = "1234 (py (x) y) S 1 1234 1234 0 -1 4194560 5000 0 0 0 250 50 0 0 20 0 5 0 100 500000000 2560 18446744073709551615 1 1 0 0 0 0 0 16781312 16386 0 0 0 17 1 0 0 0 0 0";
-        let (rss, cpu) = parse_stat(line, 4096, 100).expect("parsed");
-        assert_eq!(rss, 2560 * 4096);
-        assert_eq!(cpu, Duration::from_secs(3));
-        assert!(parse_stat("garbage", 4096, 100).is_none());
-    }
 
     #[test]
     fn own_process_can_be_sampled() {

@@ -8,6 +8,7 @@ pub(crate) mod manager;
 pub(crate) mod orphans;
 mod policy;
 pub(crate) mod probe;
+mod proc_stat;
 pub(crate) mod program;
 mod ready_check;
 pub(crate) mod runtime_dir;

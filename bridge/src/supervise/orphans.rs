@@ -282,17 +282,8 @@ fn parent_of(pid: i32) -> Option<i32> {
 
 /// The parent and the child as /proc/PID/stat says (None: the process is gone).
 fn stat(pid: i32) -> Option<(i32, Child)> {
-    parse_stat(pid, &std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
-}
-
-fn parse_stat(pid: i32, text: &str) -> Option<(i32, Child)> {
-    // The command name may hold spaces and parentheses: the fields start after the last ')'.
-    let mut fields = text[text.rfind(')')? + 1..].split_whitespace();
-    let state = *fields.next()?.as_bytes().first()?;
-    let parent = fields.next()?.parse().ok()?;
-    let _group = fields.next()?;
-    let session = fields.next()?.parse().ok()?;
-    Some((parent, Child { pid, state, session }))
+    let stat = super::proc_stat::ProcStat::of(pid)?;
+    Some((stat.parent, Child { pid, state: stat.state, session: stat.session }))
 }
 
 /// Reap an orphan that has exited (that pid only: the daemon's other children are not ours
@@ -349,16 +340,6 @@ fn command_line(raw: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_session_is_read_after_the_last_parenthesis() {
-        let line = "4321 (py (x) y) S 1 4321 4300 0 -1 4194560 5000 0 0 0 250 50 0 0 20 0 5 0 100";
-        assert_eq!(parse_stat(4321, line), Some((1, Child { pid: 4321, state: b'S', session: 4300 })));
-        assert_eq!(parse_stat(1, "garbage"), None);
-        let (me, child) = stat(std::process::id() as i32).expect("/proc/self/stat");
-        assert_eq!(me, nix::unistd::getppid().as_raw());
-        assert_eq!(child.session, nix::unistd::getsid(None).expect("getsid").as_raw());
-    }
 
     #[test]
     fn only_a_workers_orphans_out_of_the_session_are_killed_and_only_others_reaped() {

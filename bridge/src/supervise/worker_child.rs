@@ -162,10 +162,9 @@ fn settle(reported: Option<i32>, pidfd: Option<&OwnedFd>, pool: &str, pid: u32, 
     killed
 }
 
-/// The parent pid of `pid`, from /proc/PID/stat (the field after the command's `)`).
+/// The parent pid of `pid`, from /proc/PID/stat.
 fn parent_of(pid: u32) -> Option<u32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat[stat.rfind(')')? + 1..].split_whitespace().nth(1)?.parse().ok()
+    u32::try_from(super::proc_stat::ProcStat::of(pid)?.parent).ok()
 }
 
 fn pidfd_signal(fd: &OwnedFd, sig: Signal) {
