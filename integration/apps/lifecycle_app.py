@@ -10,12 +10,14 @@ Paths:
   /hang                sleeps forever (in function hang_here, for the stack dump)
   /hold?mark=          holds its thread until the test creates <mark>.release, answers like /pid
   /exit                os._exit(1) mid-request
-  /escape?mark=        starts `python -c "time.sleep(600)"` in a session of its own (setsid),
-                       its pid in NAME.escaped; answers like /pid
-  /double-fork?mark=&setsid=   forks a child that forks a grandchild (its pid in NAME.grandchild)
-                       and exits (after setsid when setsid=1); the grandchild writes "<pid>
-                       <ppid>" to NAME.orphan once its parent is gone, then exits (or, with
-                       setsid=1, sleeps for ever)
+  /escape?mark=&group= starts `python -c "time.sleep(600)"` in a session of its own (setsid),
+                       or with group=1 in a process group of its own (setpgid), its pid in
+                       NAME.escaped; answers like /pid
+  /double-fork?mark=&setsid=&group=   forks a child that forks a grandchild (its pid in
+                       NAME.grandchild) and exits (after setsid when setsid=1, after setpgid
+                       when group=1); the grandchild writes "<pid> <ppid>" to NAME.orphan once
+                       its parent is gone, then exits (or, with setsid=1 or group=1, sleeps
+                       for ever)
 With ?mark=NAME, /sleep, /hang and /hold leave NAME.started in $FCGIBRIDGE_TEST_DIR once
 they run (with the pid): a test waits for that instead of guessing with a sleep.
 """
@@ -73,7 +75,7 @@ def _mark_file(q, suffix, text):
     os.replace(path + ".tmp", path)
 
 
-def _double_fork(q, setsid):
+def _double_fork(q, setsid, group):
     """A child that forks a grandchild (its pid in NAME.grandchild) and exits: the
     grandchild is an orphan at once."""
     child = os.fork()
@@ -84,6 +86,8 @@ def _double_fork(q, setsid):
     try:
         if setsid:
             os.setsid()
+        if group:
+            os.setpgid(0, 0)
         parent = os.getpid()
         grandchild = os.fork()
         if grandchild:
@@ -93,7 +97,7 @@ def _double_fork(q, setsid):
             while os.getppid() == parent and time.monotonic() < deadline:
                 time.sleep(0.01)
             _mark_file(q, ".orphan", f"{os.getpid()} {os.getppid()}")
-            while setsid:
+            while setsid or group:
                 time.sleep(1)
         code = 0
     finally:
@@ -143,11 +147,12 @@ def application(environ, start_response):
     if path == "/exit":
         os._exit(1)
     if path == "/escape":
-        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"], start_new_session=True)
+        own = {"preexec_fn": os.setpgrp} if q.get("group") == "1" else {"start_new_session": True}
+        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"], **own)
         _mark_file(q, ".escaped", str(child.pid))
         return _json(start_response, _who({"escaped": child.pid}))
     if path == "/double-fork":
-        _double_fork(q, q.get("setsid") == "1")
+        _double_fork(q, q.get("setsid") == "1", q.get("group") == "1")
         return _json(start_response, _who())
     start_response("404 Not Found", [("Content-Type", "text/plain"), ("Content-Length", "9")])
     return [b"not found"]

@@ -17,9 +17,11 @@
 //!   which everything orphaned in it is reparented (an operator's `docker exec` job). It
 //!   is left alone, and reaped once it has exited;
 //! - one still in the daemon's session (a double fork without `setsid`, `cmd &` in a shell)
-//!   is left alone too: usually still in its worker's process group, it goes with it
-//!   (docs/supervision-isolation.md says what escapes); it is reaped once it has exited, so
-//!   that no zombie piles up.
+//!   is left alone while it is in the process group of a live worker (every worker leads
+//!   one): it goes with that worker. One from a worker that moved to a group of its own
+//!   (`setpgid`, `Popen(process_group=0)`), or whose worker is gone, is out of reach of the
+//!   group kill: it is killed as one that left the session. Every orphan is reaped once it
+//!   has exited, so that no zombie piles up.
 //!
 //! The exit statuses of the daemon's own children belong to tokio::process (and to
 //! probe.rs): they are registered as they are started ([`spawn_own`]), and only a pid that
@@ -47,6 +49,9 @@ const SHOWN_COMMAND: usize = 200;
 
 /// The pids of the children the daemon started itself (workers, templates, probes).
 static OWN: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+/// The workers preload templates forked (the templates' children, not the daemon's), each
+/// leading a process group of its own, while their tasks hold them.
+static FORKED: Mutex<Vec<u32>> = Mutex::new(Vec::new());
 /// Held for a whole look: the orphans killed and not reaped yet (each is killed, and
 /// logged, once).
 static LOOKING: Mutex<Vec<i32>> = Mutex::new(Vec::new());
@@ -60,7 +65,7 @@ static WATCHING: OnceLock<bool> = OnceLock::new();
 static KILLED: Kind = Kind {
     scope: Scope::Pool,
     what: "processes killed",
-    reason: "left their worker's session (setsid)",
+    reason: "left their worker's process group or session",
     level: Level::Warn,
     burst: 5,
 };
@@ -86,6 +91,27 @@ pub(super) fn spawn_own<C>(
         own.extend(pid(&child));
     }
     Ok(child)
+}
+
+/// A worker a template forked, known as such while this lives: an orphan in its process
+/// group is left to go with it, even once the worker itself is an orphan (its template died,
+/// and worker_child.rs kills it).
+pub(super) struct ForkedWorker(u32);
+
+impl ForkedWorker {
+    pub(super) fn register(pid: u32) -> Self {
+        lock(&FORKED).push(pid);
+        Self(pid)
+    }
+}
+
+impl Drop for ForkedWorker {
+    fn drop(&mut self) {
+        let mut forked = lock(&FORKED);
+        if let Some(i) = forked.iter().position(|&p| p == self.0) {
+            forked.swap_remove(i);
+        }
+    }
 }
 
 /// Look at the daemon's children soon: a worker exited.
@@ -144,6 +170,7 @@ async fn look_now(limits: Arc<RateLimits>) {
 struct Child {
     pid: i32,
     state: u8,
+    group: i32,
     session: i32,
 }
 
@@ -176,28 +203,63 @@ enum Verdict {
     Own,
     /// An orphan that has exited: reap it.
     Reap,
-    /// A worker's orphan in a session of its own: kill it (and reap it once it has died).
-    Kill(Origin),
-    /// An orphan still in the daemon's session (in its worker's process group, mostly), or
-    /// one that did not come from a worker: reaped once it exits.
+    /// A worker's orphan out of reach of its worker's group kill: kill it (and reap it
+    /// once it has died).
+    Kill(Origin, Escape),
+    /// An orphan in a live worker's process group, or one that did not come from a worker:
+    /// reaped once it exits.
     Leave,
 }
 
-/// `origin` is read only for a live orphan in another session.
-fn judge(c: &Child, own: bool, session: i32, daemon_uid: u32, origin: impl FnOnce() -> Origin) -> Verdict {
-    if own {
-        Verdict::Own
-    } else if c.state == b'Z' {
-        Verdict::Reap
-    } else if c.session == session {
-        Verdict::Leave
-    } else {
-        let origin = origin();
-        if origin.is_a_workers(daemon_uid) {
-            Verdict::Kill(origin)
-        } else {
-            Verdict::Leave
+/// How a worker's orphan got out of reach of the kill of its worker's process group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Escape {
+    /// `setsid()`: a session (and group) of its own.
+    Session,
+    /// A process group of its own (`setpgid`), or its worker's group outlived the worker.
+    Group,
+}
+
+impl Escape {
+    fn what(self) -> &'static str {
+        match self {
+            Self::Session => "a process that left its worker's session (setsid) and lost its parent",
+            Self::Group => "a process that left its worker's process group (setpgid) or outlived its worker",
         }
+    }
+}
+
+/// Where the daemon stands, for [`judge`].
+struct Daemon {
+    session: i32,
+    uid: u32,
+}
+
+/// `in_a_workers_group` is asked, and `origin` read, only for a live orphan.
+fn judge(
+    c: &Child,
+    own: bool,
+    daemon: &Daemon,
+    in_a_workers_group: impl FnOnce(i32) -> bool,
+    origin: impl FnOnce() -> Origin,
+) -> Verdict {
+    if own {
+        return Verdict::Own;
+    } else if c.state == b'Z' {
+        return Verdict::Reap;
+    }
+    let escape = if c.session != daemon.session {
+        Escape::Session
+    } else if in_a_workers_group(c.group) {
+        return Verdict::Leave;
+    } else {
+        Escape::Group
+    };
+    let origin = origin();
+    if origin.is_a_workers(daemon.uid) {
+        Verdict::Kill(origin, escape)
+    } else {
+        Verdict::Leave
     }
 }
 
@@ -206,7 +268,7 @@ fn sweep(limits: &RateLimits) {
     let mut killed = lock(&LOOKING);
     let me = std::process::id() as i32;
     let Ok(session) = nix::unistd::getsid(None) else { return };
-    let daemon_uid = nix::unistd::getuid().as_raw();
+    let daemon = Daemon { session: session.as_raw(), uid: nix::unistd::getuid().as_raw() };
     forget_reaped(me);
     let children = children_of(me);
     // After the scan: a child found there and started by the daemon is registered by now
@@ -216,12 +278,14 @@ fn sweep(limits: &RateLimits) {
         children.iter().map(|c| u32::try_from(c.pid).is_ok_and(|pid| own.contains(&pid))).collect()
     };
     killed.retain(|pid| children.iter().any(|c| c.pid == *pid && c.state != b'Z'));
+    let mut worker_groups = None;
     for (c, own) in children.iter().zip(own) {
-        match judge(c, own, session.as_raw(), daemon_uid, || Origin::of(c.pid)) {
+        let in_a_workers_group = |group| worker_groups.get_or_insert_with(live_worker_groups).contains(&group);
+        match judge(c, own, &daemon, in_a_workers_group, || Origin::of(c.pid)) {
             Verdict::Reap => reap(c.pid),
-            Verdict::Kill(origin) if !killed.contains(&c.pid) => {
+            Verdict::Kill(origin, escape) if !killed.contains(&c.pid) => {
                 killed.push(c.pid);
-                end(c.pid, &origin, limits);
+                end(c.pid, &origin, escape, limits);
             }
             _ => {}
         }
@@ -243,18 +307,19 @@ fn forget_reaped(me: i32) {
     }
 }
 
-/// The processes whose parent is `me`: those its threads' `children` files list, or where
-/// the kernel has none (CONFIG_PROC_CHILDREN), every process's.
-fn children_of(me: i32) -> Vec<Child> {
-    let candidates = listed_children(std::path::Path::new("/proc/self/task"), me).unwrap_or_else(|| {
+/// The processes whose parent is `parent`: those its threads' `children` files list, or
+/// where the kernel has none (CONFIG_PROC_CHILDREN), every process's.
+fn children_of(parent: i32) -> Vec<Child> {
+    let tasks = format!("/proc/{parent}/task");
+    let candidates = listed_children(std::path::Path::new(&tasks), parent).unwrap_or_else(|| {
         let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
         dir.flatten().filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok()).collect()
     });
     candidates
         .into_iter()
         .filter_map(|pid| {
-            let (parent, c) = stat(pid)?;
-            (parent == me).then_some(c)
+            let (of, c) = stat(pid)?;
+            (of == parent).then_some(c)
         })
         .collect()
 }
@@ -276,6 +341,15 @@ fn listed_children(tasks: &std::path::Path, me: i32) -> Option<Vec<i32>> {
     Some(pids)
 }
 
+/// The process groups an orphan may stay in: the daemon's own, and those its children
+/// (workers, templates, probes) and the templates' workers lead. Asked only when a live
+/// orphan is in the daemon's session.
+fn live_worker_groups() -> Vec<i32> {
+    let mut groups = vec![nix::unistd::getpgrp().as_raw()];
+    groups.extend(own().iter().chain(lock(&FORKED).iter()).filter_map(|&pid| i32::try_from(pid).ok()));
+    groups
+}
+
 fn parent_of(pid: i32) -> Option<i32> {
     stat(pid).map(|(parent, _)| parent)
 }
@@ -283,7 +357,7 @@ fn parent_of(pid: i32) -> Option<i32> {
 /// The parent and the child as /proc/PID/stat says (None: the process is gone).
 fn stat(pid: i32) -> Option<(i32, Child)> {
     let stat = super::proc_stat::ProcStat::of(pid)?;
-    Some((stat.parent, Child { pid, state: stat.state, session: stat.session }))
+    Some((stat.parent, Child { pid, state: stat.state, group: stat.group, session: stat.session }))
 }
 
 /// Reap an orphan that has exited (that pid only: the daemon's other children are not ours
@@ -295,8 +369,8 @@ fn reap(pid: i32) {
     }
 }
 
-/// SIGKILL a worker's orphan that left its worker's session; one line names it (rate-limited).
-fn end(pid: i32, origin: &Origin, limits: &RateLimits) {
+/// SIGKILL a worker's orphan out of reach of its group kill; one line names it (rate-limited).
+fn end(pid: i32, origin: &Origin, escape: Escape, limits: &RateLimits) {
     // Read before the kill: a dead process has no command line.
     let command = command_line(&std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default());
     let result = kill(Pid::from_raw(pid), Signal::SIGKILL);
@@ -305,7 +379,7 @@ fn end(pid: i32, origin: &Origin, limits: &RateLimits) {
         return;
     }
     let uid = origin.uid.map_or_else(|| "unknown".to_owned(), |u| u.to_string());
-    let what = "a process that left its worker's session (setsid) and lost its parent";
+    let what = escape.what();
     let todo = "the bridge kills what an app detaches from its worker: run a long-lived helper as a service of its own (docs/supervision-isolation.md)";
     match result {
         Ok(()) => tracing::warn!(pool, pid, "killed {what}, uid {uid}: {command}; {todo}"),
@@ -342,29 +416,51 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_a_workers_orphans_out_of_the_session_are_killed_and_only_others_reaped() {
-        let child = |state, session| Child { pid: 7, state, session };
-        let daemon_uid = 0;
+    fn only_a_workers_orphans_out_of_reach_of_its_group_kill_are_killed_and_only_others_reaped() {
+        let child = |state, session| Child { pid: 7, state, group: 7, session };
+        let daemon = Daemon { session: 10, uid: 0 };
         let from = |pool: Option<&str>, uid| Origin { pool: pool.map(str::to_owned), uid: Some(uid) };
-        let judged = |c: Child, own, origin: Origin| judge(&c, own, 10, daemon_uid, || origin);
+        let in_group = |live: bool| move |_| live;
+        let judged =
+            |c: Child, own, live_group, origin: Origin| judge(&c, own, &daemon, in_group(live_group), || origin);
         // A worker's: it carries its worker's environment, or runs as a pool's account.
         let worker = from(Some("shop"), 0);
-        assert_eq!(judged(child(b'S', 99), false, worker.clone()), Verdict::Kill(worker.clone()), "left the session");
+        let killed = |o: &Origin, e| Verdict::Kill(o.clone(), e);
+        assert_eq!(judged(child(b'S', 99), false, false, worker.clone()), killed(&worker, Escape::Session), "setsid");
         let tenant = from(None, 1001);
-        assert_eq!(judged(child(b'S', 99), false, tenant.clone()), Verdict::Kill(tenant), "another user's");
+        assert_eq!(judged(child(b'S', 99), false, false, tenant.clone()), killed(&tenant, Escape::Session));
+        // In the daemon's session: left alone in a live worker's group, else out of reach.
+        assert_eq!(judged(child(b'S', 10), false, true, worker.clone()), Verdict::Leave, "in its worker's group");
+        assert_eq!(judged(child(b'S', 10), false, false, worker.clone()), killed(&worker, Escape::Group), "setpgid");
         // The daemon's own user and no worker's environment: inherited across exec, or
         // reparented to a PID 1 (a `docker exec` job): never killed.
-        assert_eq!(judged(child(b'S', 99), false, from(None, 0)), Verdict::Leave);
-        assert_eq!(judged(child(b'S', 99), false, Origin::default()), Verdict::Leave, "gone meanwhile");
-        assert_eq!(judged(child(b'S', 10), false, worker.clone()), Verdict::Leave, "in its worker's group still");
-        assert_eq!(judged(child(b'Z', 99), false, worker.clone()), Verdict::Reap);
-        assert_eq!(judged(child(b'Z', 10), false, from(None, 0)), Verdict::Reap);
+        assert_eq!(judged(child(b'S', 99), false, false, from(None, 0)), Verdict::Leave);
+        assert_eq!(judged(child(b'S', 10), false, false, from(None, 0)), Verdict::Leave);
+        assert_eq!(judged(child(b'S', 99), false, false, Origin::default()), Verdict::Leave, "gone meanwhile");
+        assert_eq!(judged(child(b'Z', 99), false, false, worker.clone()), Verdict::Reap);
+        assert_eq!(judged(child(b'Z', 10), false, false, from(None, 0)), Verdict::Reap);
         // A worker, template or probe: tokio::process (or probe.rs) waits for it.
-        assert_eq!(judged(child(b'Z', 10), true, worker.clone()), Verdict::Own);
-        assert_eq!(judged(child(b'S', 99), true, worker), Verdict::Own);
-        // The origin is read only for a live orphan out of the session.
+        assert_eq!(judged(child(b'Z', 10), true, false, worker.clone()), Verdict::Own);
+        assert_eq!(judged(child(b'S', 99), true, false, worker), Verdict::Own);
+        // The groups are asked for, and the origin read, only for a live orphan that may be killed.
         let unread = || -> Origin { panic!("read") };
-        assert_eq!(judge(&child(b'S', 10), false, 10, daemon_uid, unread), Verdict::Leave);
+        let unasked = |_| -> bool { panic!("asked") };
+        assert_eq!(judge(&child(b'S', 10), false, &daemon, in_group(true), unread), Verdict::Leave);
+        assert_eq!(judge(&child(b'Z', 10), false, &daemon, unasked, unread), Verdict::Reap);
+        assert!(matches!(judge(&child(b'S', 99), false, &daemon, unasked, worker_origin), Verdict::Kill(..)));
+    }
+
+    fn worker_origin() -> Origin {
+        Origin { pool: Some("p".to_owned()), uid: Some(0) }
+    }
+
+    #[test]
+    fn the_daemons_own_group_and_a_templates_workers_are_groups_an_orphan_may_stay_in() {
+        assert!(live_worker_groups().contains(&nix::unistd::getpgrp().as_raw()));
+        let worker = ForkedWorker::register(4_000_123);
+        assert!(live_worker_groups().contains(&4_000_123));
+        drop(worker);
+        assert!(!live_worker_groups().contains(&4_000_123));
     }
 
     #[test]

@@ -8,6 +8,8 @@ pub(crate) struct ProcStat {
     /// `R`, `S`, `Z`, …
     pub state: u8,
     pub parent: i32,
+    /// The process group.
+    pub group: i32,
     pub session: i32,
     /// User and system time, in clock ticks.
     pub cpu_ticks: u64,
@@ -29,6 +31,7 @@ impl ProcStat {
         Some(Self {
             state: *fields.first()?.as_bytes().first()?,
             parent: pid_field(4)?,
+            group: pid_field(5)?,
             session: pid_field(6)?,
             cpu_ticks: number(14)? + number(15)?,
             rss_pages: number(24)?,
@@ -48,7 +51,10 @@ mod tests {
     fn fields_are_read_after_the_last_parenthesis() {
         let line = "1234 (py (x) y) S 1 1234 1200 0 -1 4194560 5000 0 0 0 250 50 0 0 20 0 5 0 100 500000000 2560 18446744073709551615 1 1 0 0 0 0 0 16781312 16386 0 0 0 17 1 0 0 0 0 0";
         let stat = ProcStat::parse(line).expect("parsed");
-        assert_eq!(stat, ProcStat { state: b'S', parent: 1, session: 1200, cpu_ticks: 300, rss_pages: 2560 });
+        assert_eq!(
+            stat,
+            ProcStat { state: b'S', parent: 1, group: 1234, session: 1200, cpu_ticks: 300, rss_pages: 2560 }
+        );
         assert_eq!(stat.cpu_time(100), Duration::from_secs(3));
         assert_eq!(ProcStat::parse("garbage"), None);
         assert_eq!(ProcStat::parse("1 (short) S 1 1 1"), None);
@@ -58,6 +64,7 @@ mod tests {
     fn the_own_process_is_read() {
         let me = ProcStat::of(std::process::id()).expect("/proc/self/stat");
         assert_eq!(me.parent, nix::unistd::getppid().as_raw());
+        assert_eq!(me.group, nix::unistd::getpgrp().as_raw());
         assert_eq!(me.session, nix::unistd::getsid(None).expect("getsid").as_raw());
         assert!(me.rss_pages > 0);
     }

@@ -29,6 +29,7 @@ enum Inner {
         pool: std::sync::Arc<str>,
         parent: u32,
         pidfd: Option<OwnedFd>,
+        _registered: super::orphans::ForkedWorker,
         exit: Option<oneshot::Receiver<i32>>,
         /// The status to report, settled as soon as the template's word came (before the
         /// wait for the process that may follow, which a caller may cancel).
@@ -67,7 +68,16 @@ impl WorkerChild {
         Ok(Self {
             stdout: Some(stdout),
             stderr: Some(stderr),
-            inner: Inner::Forked { pid, pool, parent, pidfd, exit: Some(exit), settled: None, status: None },
+            inner: Inner::Forked {
+                pid,
+                pool,
+                parent,
+                pidfd,
+                _registered: super::orphans::ForkedWorker::register(pid),
+                exit: Some(exit),
+                settled: None,
+                status: None,
+            },
         })
     }
 
@@ -85,7 +95,7 @@ impl WorkerChild {
         match &mut self.inner {
             Inner::Direct(c) => c.wait().await,
             Inner::Forked { status: Some(s), .. } => Ok(*s),
-            Inner::Forked { exit, settled, status, pidfd, pid, pool, parent } => {
+            Inner::Forked { exit, settled, status, pidfd, pid, pool, parent, .. } => {
                 if let Some(rx) = exit.as_mut() {
                     // Awaiting a receiver that has not yielded yet is cancel-safe; once it has,
                     // it is never polled again.
