@@ -20,8 +20,10 @@ def ready(request):
     import json as _json
     import os as _os
     keys = ("FCGIBRIDGE_READY_CHECK", "HTTP_HOST", "REMOTE_ADDR", "HTTP_USER_AGENT", "PATH_INFO", "QUERY_STRING")
+    seen = {k: request.META.get(k) for k in keys}
+    seen["scope"] = getattr(request, "scope", {}).get("fcgibridge.ready_check")
     with open(_os.path.join(_os.environ["FCGIBRIDGE_TEST_DIR"], "checks.log"), "a") as f:
-        f.write(_json.dumps({k: request.META.get(k) for k in keys}) + "\\n")
+        f.write(_json.dumps(seen) + "\\n")
     return HttpResponse("ready")
 '''
 
@@ -80,11 +82,12 @@ def test_each_new_worker_answers_the_check_before_it_takes_requests(site):
     bridge, _ = site
     seen = checks(bridge)
     assert len(seen) == 2, seen
-    # The environ key is WSGI's (an ASGI scope has no CGI variables; a header would be any
-    # client's to send): an ASGI app tells the check by its User-Agent.
-    marked = "1" if bridge.config["pools"]["shop"]["interface"] == "wsgi" else None
-    assert seen[0] == {"FCGIBRIDGE_READY_CHECK": marked, "HTTP_HOST": "shop.test", "REMOTE_ADDR": "127.0.0.1",
-                       "HTTP_USER_AGENT": "fcgibridge ready-check", "PATH_INFO": "/ready/", "QUERY_STRING": "from=bridge"}
+    # Marked in the environ (WSGI) or the scope (ASGI), never by a header: any client
+    # could send one.
+    wsgi = bridge.config["pools"]["shop"]["interface"] == "wsgi"
+    assert seen[0] == {"FCGIBRIDGE_READY_CHECK": "1" if wsgi else None, "scope": None if wsgi else True,
+                       "HTTP_HOST": "shop.test", "REMOTE_ADDR": "127.0.0.1", "HTTP_USER_AGENT": "fcgibridge ready-check",
+                       "PATH_INFO": "/ready/", "QUERY_STRING": "from=bridge"}
     assert [w["requests"] for w in ready_workers(bridge)] == [0, 0]
     out = cli_reload(bridge, "--restart-workers", "shop", "--wait")
     assert out.returncode == 0, (out.stdout, out.stderr)

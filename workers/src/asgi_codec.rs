@@ -171,6 +171,10 @@ fn build_scope<'py>(py: Python<'py>, p: &Params, state: Option<&Bound<'py, PyDic
     scope.set_item(intern!(py, "server"), host_port(py, server_host, p.get(b"SERVER_PORT"))?)?;
     scope.set_item(intern!(py, "extensions"), extensions)?;
     scope.set_item(intern!(py, "fcgibridge.request_id"), &rid)?;
+    if p.get(b"FCGIBRIDGE_READY_CHECK").is_some() {
+        // The pool's ready-check (the bridge's own request): what an app tells it by.
+        scope.set_item(intern!(py, "fcgibridge.ready_check"), true)?;
+    }
     if let Some(state) = state {
         scope.set_item(intern!(py, "state"), state.copy()?)?;
     }
