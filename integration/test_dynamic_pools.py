@@ -332,6 +332,19 @@ def test_an_idle_instance_is_reaped(tmp_path):
         b.stop()
 
 
+def test_an_instances_ready_check_is_sent_with_its_host(tmp_path):
+    """A site's app that checks its Host (Django's ALLOWED_HOSTS) answers its instance's
+    ready-check: the path is sent with the instance's {host}."""
+    sites = make_sites(tmp_path, ("alpha.test",))
+    b = start_bridge(tmp_path, {"sites": template(sites, **{"ready-check": "/ready"})})
+    try:
+        r = get(b, "alpha.test")
+        assert r.status == 200, (r.status, r.body, b.log.text()[-2000:])
+        assert (tmp_path / "ready.log").read_text() == "alpha.test\n"
+    finally:
+        b.stop()
+
+
 def hold(b: Bridge, host: str, release: Path):
     """A request for `host` kept busy in its worker until `release` exists (a thread)."""
     out = {}

@@ -1,6 +1,7 @@
 """One site of a pool template (integration/test_dynamic_pools.py): says which app file,
 host, user, process, account and interpreter serve it. /hold?until=FILE keeps the request
-(and its worker) busy until FILE exists."""
+(and its worker) busy until FILE exists. /ready answers 200 only to its own site's Host (as
+Django's ALLOWED_HOSTS), else 400, and notes the Host in $FCGIBRIDGE_TEST_DIR/ready.log."""
 import json
 import os
 import sys
@@ -9,6 +10,13 @@ from urllib.parse import parse_qs
 
 
 def application(environ, start_response):
+    if environ.get("PATH_INFO") == "/ready":
+        host = environ.get("HTTP_HOST") or ""
+        with open(os.path.join(os.environ["FCGIBRIDGE_TEST_DIR"], "ready.log"), "a") as f:
+            f.write(host + "\n")
+        mine = host == os.path.basename(os.path.dirname(os.path.abspath(__file__)))
+        start_response("200 OK" if mine else "400 Bad Request", [("Content-Type", "text/plain")])
+        return [b"ready" if mine else b"DisallowedHost"]
     if environ.get("PATH_INFO") == "/hold":
         until = parse_qs(environ.get("QUERY_STRING", "")).get("until", [""])[0]
         deadline = time.monotonic() + 120

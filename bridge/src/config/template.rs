@@ -117,8 +117,20 @@ impl PartialEq for Template {
 }
 
 /// The keys whose values may hold a placeholder.
-const TAKES_PLACEHOLDERS: &[&str] =
-    &["app", "python", "command", "chdir", "env", "user", "group", "groups", "chroot", "script-user", "script-group"];
+const TAKES_PLACEHOLDERS: &[&str] = &[
+    "app",
+    "python",
+    "command",
+    "chdir",
+    "env",
+    "user",
+    "group",
+    "groups",
+    "chroot",
+    "script-user",
+    "script-group",
+    "ready-check",
+];
 
 /// The string values of `raw` with their key names, placeholders possible or not.
 fn strings(raw: &mut RawPool) -> Vec<(String, &mut String)> {
@@ -135,6 +147,7 @@ fn strings(raw: &mut RawPool) -> Vec<(String, &mut String)> {
         ("mode", &mut raw.mode),
         ("umask", &mut raw.umask),
         ("rlimit-core", &mut raw.rlimit_core),
+        ("ready-check", &mut raw.ready_check),
     ];
     for (k, v) in one {
         if let Some(v) = v.as_mut() {
@@ -452,11 +465,19 @@ fn absolutize(raw: &mut RawPool, dir: &Path) {
     }
 }
 
-/// `raw` with every placeholder filled in.
+/// `raw` with every placeholder filled in. A `ready-check` written as a path is sent with
+/// the instance's `{host}`, as the web server sends the requests that made the instance
+/// (a site's app checks Host: Django's ALLOWED_HOSTS).
 pub fn fill_raw(raw: &RawPool, values: &[(Placeholder, &str)]) -> RawPool {
     let mut out = raw.clone();
     for (_, v) in strings(&mut out) {
         *v = fill(v, values);
+    }
+    let host = values.iter().find_map(|(p, v)| (*p == Placeholder::Host).then_some(*v));
+    if let (Some(check), Some(host)) = (out.ready_check.as_mut(), host) {
+        if check.trim_start().starts_with('/') {
+            *check = format!("http://{host}{}", check.trim_start());
+        }
     }
     out
 }
@@ -521,6 +542,18 @@ mod tests {
     use super::*;
     use std::fs;
     use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn an_instances_ready_check_is_sent_with_its_host() {
+        let raw = |check: &str| RawPool { ready_check: Some(check.to_owned()), ..RawPool::default() };
+        let filled = |check: &str, values: &[(Placeholder, &str)]| fill_raw(&raw(check), values).ready_check.unwrap();
+        let host = [(Placeholder::Host, "shop.test")];
+        assert_eq!(filled("/healthz/", &host), "http://shop.test/healthz/");
+        assert_eq!(filled("https://{host}/up", &host), "https://shop.test/up");
+        assert_eq!(filled("http://fixed.test/up", &host), "http://fixed.test/up");
+        // Keyed by user only: no host to send, the route's (or none) as for a plain pool.
+        assert_eq!(filled("/healthz/", &[(Placeholder::User, "ann")]), "/healthz/");
+    }
 
     #[test]
     fn placeholders_are_named_and_closed() {
