@@ -49,6 +49,10 @@ def test_logging_records_keep_level_logger_and_request_id(lb):
     assert info["fields"]["pool"] == "shop" and info["fields"]["pid"] > 0
     rid = info["fields"]["request_id"]
     assert rid.isdigit()
+    assert "app_request_id" not in info["fields"]
+    # An id the app put on its record is kept beside the bridge's, escaped.
+    paid = by_msg["paid"]["fields"]
+    assert (paid["request_id"], paid["app_request_id"]) == (rid, "app-7\\n[fake] line"), paid
     assert by_msg["stock low for widget"]["level"] == "WARN"
     err = by_msg["could not compute"]
     assert err["level"] == "ERROR"

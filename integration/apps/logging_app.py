@@ -9,6 +9,7 @@ def application(environ, start_response):
     path = environ.get("PATH_INFO", "")
     if path == "/log":
         log.info("order %s placed", 42)
+        log.info("paid", extra={"request_id": "app-7\n[fake] line"})
         log.warning("stock low for %s", "widget")
         try:
             1 / 0

@@ -37,8 +37,13 @@ class BridgeHandler(logging.Handler):
             msg = record.getMessage()
             if record.exc_info:
                 msg = msg + "\n" + logging.Formatter().formatException(record.exc_info)
-            line = json.dumps({"level": record.levelname, "logger": record.name, "msg": msg,
-                               "request_id": _request_id()})
+            fields = {"level": record.levelname, "logger": record.name, "msg": msg, "request_id": _request_id()}
+            # An id the app put on the record itself (`extra=`, a logging filter): kept
+            # beside the bridge's, so that the app's own correlation survives.
+            own = getattr(record, "request_id", None)
+            if own is not None and str(own) != fields["request_id"]:
+                fields["app_request_id"] = str(own)[:200]
+            line = json.dumps(fields)
             sys.stderr.write(MARKER + line + "\n")
             sys.stderr.flush()
         except Exception:  # noqa: BLE001 - logging must never break a request
