@@ -344,9 +344,31 @@ def translate_env(tmp_path_factory):
 
 
 def test_translate_x_sendfile_to_x_accel_redirect(translate_env):
-    _, nginx, root, _, _ = translate_env
-    status, _, body = curl(nginx, f"/xs?path={root}/report.txt")
+    bridge, nginx, root, _, _ = translate_env
+    status, h, body = curl(nginx, f"/xs?path={root}/report.txt&nginx-keeps=1")
     assert (status, body) == (200, b"nginx sent this via X-Accel-Redirect\n")
+    assert h["content-disposition"] == 'attachment; filename="report.bin"' and h["set-cookie"] == "seen=1; Path=/"
+    # what nginx got from the bridge: the hand-off, not the file
+    import fcgi_client
+    r = fcgi_client.fcgi_request(bridge.listener_address("fcgi"), "/xs", query=f"path={root}/report.txt&nginx-keeps=1")
+    assert b"X-Accel-Redirect: /protected/report.txt" in bytes(r.stdout) and b"nginx sent this" not in bytes(r.stdout)
+
+
+def test_translate_keeps_headers_nginx_would_drop(translate_env):
+    """nginx passes on only Content-Type, Content-Disposition, Accept-Ranges, Set-Cookie,
+    Cache-Control and Expires with X-Accel-Redirect: a file whose response carries other
+    headers (CORS, CSP) is sent by the bridge, with all of them, ranges included."""
+    import fcgi_client
+    bridge, nginx, root, _, _ = translate_env
+    status, h, body = curl(nginx, f"/xs?path={root}/report.txt")
+    assert (status, body, h["x-app"]) == (200, b"nginx sent this via X-Accel-Redirect\n", "handoff")
+    r = fcgi_client.fcgi_request(bridge.listener_address("fcgi"), "/xs", query=f"path={root}/report.txt")
+    head, _, body = bytes(r.stdout).partition(b"\r\n\r\n")
+    assert b"X-Accel-Redirect" not in head and body == b"nginx sent this via X-Accel-Redirect\n"
+    status, h, body = curl(nginx, "/download-cors/a.txt", "-r", "3-6")
+    assert (status, body, h.get("content-range")) == (206, b"3456", "bytes 3-6/20")
+    assert h["access-control-allow-origin"] == "https://app.example" and h["content-security-policy"] == "sandbox"
+    assert h["content-disposition"] == "attachment; filename=dl-a.txt"
 
 
 @pytest.mark.parametrize("target", ["/etc/passwd", "{work}/secret.txt"])

@@ -15,6 +15,9 @@ OWN = [("Content-Disposition", 'attachment; filename="report.bin"'), ("Cache-Con
 
 def handed_off(header, value):
     headers = [(header, value), ("Content-Length", "12"), ("ETag", '"app-etag"')] + OWN
+    if "nginx-keeps" in request.args:
+        # only headers nginx passes on with X-Accel-Redirect
+        headers = [h for h in headers if h[0] != "X-App"]
     if "ctype" in request.args:
         headers.append(("Content-Type", request.args["ctype"]))
     resp = Response(b"not the file", status=int(request.args.get("status", "200")), headers=headers)
@@ -48,6 +51,15 @@ def download(name):
     # conditional=False: the app itself answers no Range request with 206; only the bridge can.
     return send_file(os.path.join(FILES, name), conditional=False, as_attachment=True,
                      download_name="download-" + name)
+
+
+@app.route("/download-cors/<name>")
+def download_cors(name):
+    # Headers nginx drops when it follows X-Accel-Redirect: the bridge must keep them.
+    resp = send_file(os.path.join(FILES, name), conditional=False, as_attachment=True, download_name="dl-" + name)
+    resp.headers["Access-Control-Allow-Origin"] = "https://app.example"
+    resp.headers["Content-Security-Policy"] = "sandbox"
+    return resp
 
 
 @app.route("/download-seeked/<name>")

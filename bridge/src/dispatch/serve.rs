@@ -702,7 +702,7 @@ impl<'a, S: BodySource, K: ResponseSink> Request<'a, S, K> {
     /// Send the file the app handed on (respond/sendfile.rs).
     async fn send_file(&mut self, pool: &'a PoolRuntime, file: &respond::file_handoff::FileHandoff) -> Step<'a> {
         let (lst, request_id, uri) = (self.lst, self.request_id, self.uri);
-        let roots = lst.files.as_ref().map_or(&[][..], |f| &f.roots[..]);
+        let roots = lst.files.as_ref().map_or(&[][..], |f| &f.serve_roots[..]);
         let max_ranges = lst.files.as_ref().map_or(0, |f| f.max_ranges);
         let header = file.kind.name();
         let (status, sent) = match respond::sendfile::serve(

@@ -1,5 +1,5 @@
-//! What an app's file hand-off header becomes, decided without I/O except for one
-//! fallback check: `X-Sendfile`, `X-Sendfile2` (lighttpd) and `X-Accel-Redirect` (nginx)
+//! What an app's file hand-off header becomes, decided without I/O except for the
+//! fallback checks of a file the bridge serves instead: `X-Sendfile`, `X-Sendfile2` (lighttpd) and `X-Accel-Redirect` (nginx)
 //! are passed to the web server, rewritten for it (`translate`), or served by the bridge
 //! (respond/sendfile.rs streams them). A hand-off header never reaches the web server
 //! unless that server understands it: otherwise a filesystem path would reach the client.
@@ -123,6 +123,10 @@ pub(crate) struct Files {
     pub roots: Vec<PathBuf>,
     /// `file-map`: (filesystem prefix, internal URI prefix), longest filesystem prefix first.
     pub map: Vec<(String, String)>,
+    /// What the bridge may send files from: `roots`, and with `translate` the `file-map`
+    /// directories too (symlinks resolved): a file nginx would serve from there is served by
+    /// the bridge when nginx would drop the app's headers.
+    pub serve_roots: Vec<PathBuf>,
     /// `FCGIBRIDGE_FILE_ROOTS` for the worker: the directories a wsgi.file_wrapper file
     /// may be handed back from as X-Sendfile. None (`file-hand-back: false`): the worker streams
     /// every file.
@@ -378,7 +382,11 @@ impl Files {
             .filter(|d| !d.contains(':') && !d.is_empty())
             .collect();
         let worker_roots = (file_hand_back && !listed.is_empty()).then(|| Bytes::from(listed.join(":")));
-        Self { mode, front, roots, map, worker_roots, max_ranges }
+        let mut serve_roots = roots.clone();
+        if mode == Mode::Translate {
+            serve_roots.extend(map.iter().map(|(fs, _)| real(PathBuf::from(fs))));
+        }
+        Self { mode, front, roots, map, serve_roots, worker_roots, max_ranges }
     }
 
     /// Decide what the response `head` from worker `pid` becomes.
@@ -445,6 +453,12 @@ impl Files {
         match (kind, &spec) {
             (Kind::Sendfile, FileSpec::Whole(path)) if nginx => {
                 if let Some(uri) = self.fs_to_uri(path) {
+                    // With X-Accel-Redirect nginx passes on only a few of the app's headers:
+                    // a response whose other headers matter (CORS, CSP, nosniff, Vary) is
+                    // sent by the bridge, which keeps them all.
+                    if dropped_by_nginx(head) && super::sendfile::resolve(&self.serve_roots, path).is_ok() {
+                        return serve(spec);
+                    }
                     head.headers[i] = (Bytes::from_static(b"X-Accel-Redirect"), Bytes::from(uri));
                     return Decision::Forward;
                 }
@@ -524,6 +538,20 @@ fn percent_encode(s: &[u8]) -> String {
         }
     }
     out
+}
+
+/// The app's headers nginx passes on from a response with X-Accel-Redirect (besides those
+/// it makes from the file: Content-Length, ETag, Last-Modified), and its own `X-Accel-*`.
+const NGINX_KEEPS: &[&[u8]] =
+    &[b"content-type", b"content-disposition", b"accept-ranges", b"set-cookie", b"cache-control", b"expires"];
+
+/// Whether `head` has a header nginx would drop once it follows X-Accel-Redirect.
+fn dropped_by_nginx(head: &ResponseHead) -> bool {
+    head.headers.iter().any(|(n, _)| {
+        let kept = NGINX_KEEPS.iter().chain(BODY_HEADERS).any(|h| n.eq_ignore_ascii_case(h))
+            || n.len() > 8 && n[..8].eq_ignore_ascii_case(b"x-accel-");
+        !kept && !fastcgi_server::cgi::is_hop_by_hop(n) && !n.eq_ignore_ascii_case(b"status")
+    })
 }
 
 /// Header (name, value) pairs.
@@ -620,6 +648,38 @@ mod tests {
         assert_eq!(f.fs_to_uri(b"/srv/files/deep/x y?").as_deref(), Some("/deep/x%20y%3F"));
         assert_eq!(f.fs_to_uri(b"/srv/files/a.pdf").as_deref(), Some("/protected/a.pdf"));
         assert_eq!(f.fs_to_uri(b"/srv/filesX/a"), None);
+    }
+
+    #[test]
+    fn a_file_for_nginx_whose_headers_nginx_would_drop_is_sent_by_the_bridge() {
+        let dir = crate::config::tests::scratch_dir("handoff-nginx-drops");
+        std::fs::write(dir.join("a.csv"), "x\n").unwrap();
+        let map = vec![(dir.display().to_string(), "/protected".to_owned())];
+        let nginx = Front { dialect: Dialect::Nginx, protocol: Protocol::FastCgi };
+        let f = Files::new(Mode::Translate, nginx, vec![], map, 16, true);
+        let file = dir.join("a.csv").display().to_string();
+        // What nginx keeps, or makes from the file: handed to nginx.
+        let kept = [
+            ("Content-Type", "text/csv"),
+            ("Content-Disposition", "attachment"),
+            ("Set-Cookie", "a=1"),
+            ("Cache-Control", "no-store"),
+            ("ETag", "\"1\""),
+            ("Last-Modified", "x"),
+            ("X-Accel-Buffering", "no"),
+        ];
+        let mut h = head(&[&[("X-Sendfile", file.as_str())][..], &kept[..]].concat());
+        assert_eq!(f.decide(&mut h, 1), Decision::Forward);
+        assert_eq!(&h.headers[0].0[..], b"X-Accel-Redirect");
+        // A CORS or CSP header nginx would drop: the bridge sends the file, with it.
+        for extra in [("Access-Control-Allow-Origin", "https://a.example"), ("Content-Security-Policy", "sandbox")] {
+            let mut h = head(&[("X-Sendfile", file.as_str()), extra]);
+            let Decision::Serve(served) = f.decide(&mut h, 1) else { panic!("not served: {extra:?}") };
+            assert_eq!(served.headers, vec![(Bytes::from(extra.0), Bytes::from(extra.1))]);
+        }
+        // A file the bridge cannot open from there: nginx's, as before.
+        let mut h = head(&[("X-Sendfile", &*format!("{}/missing", dir.display())), ("Vary", "Origin")]);
+        assert_eq!(f.decide(&mut h, 1), Decision::Forward);
     }
 
     #[test]
