@@ -867,3 +867,21 @@ def test_status_counts_an_asgi_pools_requests_in_flight_not_threads(env):
     # `auto`: each worker says which it is, so both are shown.
     auto = bridge.pool_status("auto-wsgi")
     assert auto["threads"] == 3 and auto["concurrency"] == 100, auto
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "auto"])
+def test_a_worker_gets_every_connection_of_a_concurrency_above_the_default_backlog(tmp_path, loop):
+    """The bridge opens all `concurrency` connections at once; asyncio's and uvloop's default
+    backlog (100) once replaced the bridge's, and the rest were refused (EAGAIN) and lost."""
+    (port,) = harness.free_ports(1)
+    pools = {"wide": harness.pool(f"{RAW_APP}:app", interface="asgi", processes=1, concurrency=600,
+                                  **{"asgi-loop": loop})}
+    b = harness.make_bridge(tmp_path, pools, {"fcgi": {"fastcgi": f"127.0.0.1:{port}", "pool": "wide"}})
+    b.start()
+    try:
+        line = b.log.wait_for(r"worker ready in .*connections=\d+", timeout=120)
+        assert "connections=600" in line[0], line
+        assert b.pool_status("wide")["idle_slots"] == 600
+        assert "cannot open" not in b.log.text()
+    finally:
+        b.stop()

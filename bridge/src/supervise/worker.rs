@@ -355,28 +355,50 @@ async fn fail(t: &WorkerTask, handle: &WorkerHandle, child: &mut WorkerChild, wh
 }
 
 /// Ready: one connection per worker thread (ASGI: per request in flight), each a slot of
-/// the pool. Returns how many were opened.
+/// the pool. Returns how many were opened; the ones that could not be are one line.
 async fn connect_slots(t: &WorkerTask, handle: &Arc<WorkerHandle>, asgi: bool) -> usize {
-    let mut connected = 0;
-    for _ in 0..t.config.interface.slots(t.config.threads, asgi) {
-        match SlotConn::connect(handle.clone()).await {
+    let wanted = t.config.interface.slots(t.config.threads, asgi);
+    let (mut connected, mut failed) = (0, None);
+    for _ in 0..wanted {
+        match connect_slot(handle).await {
             Ok((mut slot, canceller)) => match t.dispatcher.add_conn(t.key, Some(canceller)) {
                 Some(key) => {
                     slot.set_key(key);
                     t.dispatcher.release(slot);
                     connected += 1;
                 }
-                None => break, // the manager retired it meanwhile
+                None => return connected, // the manager retired it meanwhile
             },
-            Err(e) => tracing::error!(
-                pool = &*t.pool,
-                pid = handle.pid,
-                "cannot connect to the worker socket {}: {e}",
-                handle.socket.display()
-            ),
+            Err(e) => failed = failed.or(Some(e)),
         }
     }
+    if let Some(e) = failed {
+        tracing::error!(
+            pool = &*t.pool,
+            pid = handle.pid,
+            "cannot open {} of the {wanted} connections to the worker socket {}: {e}; it serves with {connected}",
+            wanted as usize - connected,
+            handle.socket.display()
+        );
+    }
     connected
+}
+
+/// How long a connection waits for room in the worker's listen backlog.
+const BACKLOG_WAIT: Duration = Duration::from_secs(5);
+
+/// One connection to the worker. A full listen backlog (EAGAIN: the worker has not yet
+/// accepted the connections before this one, as with hundreds of ASGI slots) is waited out.
+async fn connect_slot(handle: &Arc<WorkerHandle>) -> std::io::Result<(SlotConn, crate::dispatch::Canceller)> {
+    let deadline = Instant::now() + BACKLOG_WAIT;
+    loop {
+        match SlotConn::connect(handle.clone()).await {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            done => return done,
+        }
+    }
 }
 
 /// Serving, until it exits or the manager stops it; returns how it ended.

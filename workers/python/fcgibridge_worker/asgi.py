@@ -565,7 +565,10 @@ class Worker:
         sock = socket.socket(fileno=listen_fd)
         sock.setblocking(False)
 
-        server = await loop.create_unix_server(lambda: Connection(self), sock=sock)
+        # The bridge opens all `concurrency` connections at once: a backlog that holds
+        # them (asyncio's default of 100 would replace the bridge's and refuse the rest).
+        server = await loop.create_unix_server(lambda: Connection(self), sock=sock,
+                                               backlog=max(self.concurrency, 128))
         loop.add_signal_handler(signal.SIGTERM, self.stop.set)
         loop.add_signal_handler(signal.SIGUSR2, self.dump_stacks)
         # SIGINT (the whole process group): out of the loop, exit 130, as before the loop
