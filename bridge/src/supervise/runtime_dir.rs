@@ -17,6 +17,12 @@ pub(crate) enum RuntimeDirError {
     #[error("cannot write {path}: {source}")]
     Write { path: PathBuf, source: std::io::Error },
     #[error(
+        "runtime directory {path}: {why}; workers load their code from there, so it must be the \
+         bridge's alone (owned by uid {uid}, writable by nobody else, no symlink): remove it or \
+         fix it (chown {uid}, chmod go-w), or set runtime-dir elsewhere"
+    )]
+    NotOwn { path: PathBuf, why: String, uid: u32 },
+    #[error(
         "the native worker module was not found at {0} — run `cargo build --release` at the workspace \
          root (it builds libfcgibridge_worker.so next to the fcgibridge binary), or set \
          FCGIBRIDGE_WORKER_LIB to the built library"
@@ -68,13 +74,14 @@ impl RuntimeDir {
     }
 
     /// The configured directory (and its parents) when missing, owner-only until `prepare`
-    /// makes it traversable.
+    /// makes it traversable. One that was there already must be the bridge's own: another
+    /// user who made it first could replace the worker package every pool loads.
     pub(crate) fn create(p: &Path) -> Result<(), RuntimeDirError> {
-        DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(p)
-            .map_err(|source| RuntimeDirError::Create { path: p.to_owned(), source })
+        own_dir(p, 0o700)?;
+        for dir in p.ancestors().skip(1) {
+            check_parent(dir)?;
+        }
+        Ok(())
     }
 
     pub(crate) fn path(&self) -> &Path {
@@ -88,29 +95,21 @@ impl RuntimeDir {
 
     /// `<runtime_dir>/pools/<pool>`, created 0700 (only the bridge connects to workers).
     pub(crate) fn pool_dir(&self, pool: &str) -> Result<PathBuf, RuntimeDirError> {
-        let p = self.path.join("pools").join(pool);
-        DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&p)
-            .map_err(|source| RuntimeDirError::Create { path: p.clone(), source })?;
+        let pools = self.path.join("pools");
+        own_dir(&pools, 0o700)?;
+        let p = pools.join(pool);
+        own_dir(&p, 0o700)?;
         Ok(p)
     }
 
     fn unpack_python(&self) -> Result<(), RuntimeDirError> {
         let pkg = self.python_path().join("fcgibridge_worker");
-        DirBuilder::new()
-            .recursive(true)
-            .mode(0o755)
-            .create(&pkg)
-            .map_err(|source| RuntimeDirError::Create { path: pkg.clone(), source })?;
+        own_dir(&self.python_path(), 0o755)?;
+        own_dir(&pkg, 0o755)?;
         for (name, contents) in embedded::FILES {
             let target = pkg.join(name);
-            if let Some(parent) = target.parent() {
-                DirBuilder::new()
-                    .recursive(true)
-                    .create(parent)
-                    .map_err(|source| RuntimeDirError::Create { path: parent.to_owned(), source })?;
+            if let Some(parent) = target.parent().filter(|d| *d != pkg) {
+                own_dir(parent, 0o755)?;
             }
             write_atomically(&target, contents)?;
         }
@@ -119,6 +118,53 @@ impl RuntimeDir {
         write_atomically(&pkg.join("_native.abi3.so"), &bytes)?;
         Ok(())
     }
+}
+
+/// `dir` created with `mode` when missing (its parents too), or, when it was there, checked
+/// to be the bridge's own: a directory (not a symlink), owned by the bridge's user and
+/// writable by no one else.
+fn own_dir(dir: &Path, mode: u32) -> Result<(), RuntimeDirError> {
+    DirBuilder::new()
+        .recursive(true)
+        .mode(mode)
+        .create(dir)
+        .map_err(|source| RuntimeDirError::Create { path: dir.to_owned(), source })?;
+    let uid = nix::unistd::geteuid().as_raw();
+    let not_own = |why: String| RuntimeDirError::NotOwn { path: dir.to_owned(), why, uid };
+    let meta = std::fs::symlink_metadata(dir).map_err(|e| not_own(format!("cannot be examined ({e})")))?;
+    use std::os::unix::fs::MetadataExt;
+    if !meta.file_type().is_dir() {
+        return Err(not_own("is a symlink or not a directory".into()));
+    }
+    if meta.uid() != uid {
+        return Err(not_own(format!("belongs to uid {}", meta.uid())));
+    }
+    if meta.mode() & 0o022 != 0 {
+        return Err(not_own(format!("is writable by its group or others (mode {:o})", meta.mode() & 0o7777)));
+    }
+    Ok(())
+}
+
+/// A directory above the runtime directory: whoever may rename entries in it could swap
+/// the runtime directory for their own. Root's, the bridge user's, or sticky (`/tmp`).
+fn check_parent(dir: &Path) -> Result<(), RuntimeDirError> {
+    use std::os::unix::fs::MetadataExt;
+    let uid = nix::unistd::geteuid().as_raw();
+    let Ok(meta) = std::fs::metadata(dir) else { return Ok(()) };
+    let sticky = meta.mode() & 0o1000 != 0;
+    let others_write = meta.mode() & 0o022 != 0;
+    if (meta.uid() != 0 && meta.uid() != uid) || (others_write && !sticky) {
+        return Err(RuntimeDirError::NotOwn {
+            path: dir.to_owned(),
+            why: format!(
+                "(a parent of the runtime directory) lets uid {} or other users rename what is in it (mode {:o})",
+                meta.uid(),
+                meta.mode() & 0o7777
+            ),
+            uid,
+        });
+    }
+    Ok(())
 }
 
 impl Drop for RuntimeDir {
@@ -196,6 +242,48 @@ mod tests {
         assert!(dir.is_some());
         assert!(base.join("python/fcgibridge_worker/_native.abi3.so").is_file());
         std::env::remove_var("FCGIBRIDGE_WORKER_LIB");
+        let _ = std::fs::remove_dir_all(&base);
+    }
+
+    #[test]
+    fn a_runtime_directory_someone_else_could_write_is_refused() {
+        let base = crate::config::tests::scratch_dir("rtdir-not-own");
+        let refused = |p: &Path| RuntimeDir::create(p).err().map(|e| e.to_string()).unwrap_or_default();
+        // Made by the bridge, or there already and its own: fine.
+        let fine = base.join("fine/run");
+        assert!(RuntimeDir::create(&fine).is_ok());
+        assert!(RuntimeDir::create(&fine).is_ok());
+        // Writable by others: anyone could swap the worker package.
+        let open = base.join("open");
+        std::fs::create_dir(&open).unwrap();
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let msg = refused(&open);
+        assert!(msg.contains("writable by its group or others (mode 777)") && msg.contains("chmod go-w"), "{msg}");
+        // A symlink to a directory: followed, it could be pointed anywhere.
+        let link = base.join("link");
+        std::os::unix::fs::symlink(&fine, &link).unwrap();
+        assert!(refused(&link).contains("is a symlink"), "{}", refused(&link));
+        // Under a directory others may rename entries in (no sticky bit): refused; sticky: fine.
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let inside = open.join("run");
+        assert!(refused(&inside).contains("(a parent of the runtime directory)"), "{}", refused(&inside));
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o1777)).unwrap();
+        assert!(RuntimeDir::create(&inside).is_ok());
+        // Another user's (only root can make one in a test).
+        if nix::unistd::geteuid().is_root() {
+            let theirs = base.join("theirs");
+            std::fs::create_dir(&theirs).unwrap();
+            std::os::unix::fs::chown(&theirs, Some(65534), None).unwrap();
+            assert!(refused(&theirs).contains("belongs to uid 65534"), "{}", refused(&theirs));
+            // python/ made by someone else inside an otherwise fine directory
+            let pkg = base.join("pkg");
+            RuntimeDir::create(&pkg).unwrap();
+            std::fs::create_dir(pkg.join("python")).unwrap();
+            std::os::unix::fs::chown(pkg.join("python"), Some(65534), None).unwrap();
+            let rt = RuntimeDir { path: pkg.clone(), remove_on_drop: false };
+            let msg = rt.unpack_python().err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(msg.contains("python: belongs to uid 65534"), "{msg}");
+        }
         let _ = std::fs::remove_dir_all(&base);
     }
 }
