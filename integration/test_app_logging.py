@@ -153,6 +153,31 @@ def test_an_app_that_floods_its_log_is_held_to_a_budget(text_log):
     assert 5000 <= logged < 20000, logged
 
 
+def test_a_worker_that_floods_and_crashes_gets_no_fresh_budget(tmp_path):
+    """The budget is the pool's: an app that floods its log and then crashes its worker,
+    again and again, is held to one burst and the rate, not a burst per new worker."""
+    import time
+    port, = free_ports(1)
+    b = make_bridge(tmp_path, {"shop": {"app": str(APPS / "logging_app.py"), "processes": 1, "threads": 1}},
+                    {"front": {"fastcgi": f"127.0.0.1:{port}", "pool": "shop"}})
+    try:
+        b.start()
+        b.wait_ready([("front", "/", "x")])
+        mark, started = b.log.mark(), time.monotonic()
+        for _ in range(3):
+            assert b.request("/flood", listener="front", query="6000").status == 200
+            b.request("/crash", listener="front")
+            wait_until(lambda: b.request("/", listener="front").status == 200, 60, what="a new worker")
+        elapsed = time.monotonic() - started
+        b.log.wait_for("worker exited", since=mark)
+        logged = len(re.findall(r"flood line \d+", b.log.text(mark)))
+        # a fresh burst per worker would be 3 x 5000
+        assert logged <= 5000 + 200 * elapsed + 500, (logged, elapsed)
+        assert elapsed < 40, "too slow to tell one burst from three"
+    finally:
+        b.stop()
+
+
 def test_json_access_events_say_where_the_time_went(tmp_path):
     """`access-log: "-"` with the JSON log: the access event's times are milliseconds to
     the microsecond (no float noise), with the queue, the worker and the web server's id."""

@@ -28,7 +28,7 @@ pub(crate) struct WorkerHandle {
     alive: AtomicBool,
     /// The page deciding piped requests (claim.rs); None: nothing is piped to it.
     pub claims: Option<Arc<crate::claim::ClaimPage>>,
-    /// Its budget of log lines (logging/app_lines.rs), shared with its output pipes.
+    /// Its pool's budget of log lines (logging/app_lines.rs), shared with its output pipes.
     pub app_lines: Arc<crate::logging::app_lines::LineBudget>,
     /// While its ready-check runs, the STDERR lines of its requests are held here until
     /// the start's outcome decides how they are logged (supervise/worker.rs).
@@ -51,6 +51,12 @@ impl WorkerHandle {
             app_lines: Arc::default(),
             held_stderr: Mutex::default(),
         }
+    }
+
+    /// The same, logging within its pool's budget.
+    pub(crate) fn with_app_lines(mut self, budget: Arc<crate::logging::app_lines::LineBudget>) -> Self {
+        self.app_lines = budget;
+        self
     }
 
     /// The same, with the claim page the worker inherited.

@@ -26,6 +26,9 @@ def application(environ, start_response):
         for i in range(n):
             environ["wsgi.errors"].write("flood line %d\n" % i)
         environ["wsgi.errors"].flush()
+    elif path == "/crash":
+        import os
+        os._exit(3)
     elif path == "/boom":
         return {"x": 1 / 0}  # the worker logs the traceback and answers 500
     elif path == "/errors":

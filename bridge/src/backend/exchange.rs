@@ -782,7 +782,7 @@ async fn forward<K: ResponseSink>(
                     if other != id =>
                 {
                     // Only the current request is answered: a piped one starts after it.
-                    if worker.app_lines.admit(pool, pid) {
+                    if worker.app_lines.admit(pool, pid, 0) {
                         tracing::warn!(
                             pool,
                             pid,
@@ -1110,7 +1110,7 @@ fn log_stderr(worker: &crate::worker_handle::WorkerHandle, request_id: &str, uri
         return; // the worker's ready-check: logged once its start is decided
     }
     // Each line counts against the worker's budget, also when the record is one event.
-    let lines = text.lines().filter(|l| !l.is_empty() && worker.app_lines.admit(pool, pid));
+    let lines = text.lines().filter(|l| !l.is_empty() && worker.app_lines.admit(pool, pid, l.len()));
     if crate::logging::keeps_lines_together() {
         let text = crate::logging::app_lines::clean_lines(lines);
         if !text.is_empty() {

@@ -1,6 +1,8 @@
 //! What an app writes to the log — its stderr and stdout lines, STDERR records, `logging`
-//! records — is the app's text, and on a shared box the app may be hostile: each worker has
-//! a budget of lines a second ([`LineBudget`]), and control characters are escaped
+//! records — is the app's text, and on a shared box the app may be hostile: each pool has
+//! a budget of lines a second ([`LineBudget`]) that its workers share (a worker that
+//! crashes gets no fresh one), a long line costing one line per KiB, and control characters
+//! are escaped
 //! ([`clean`]) so that no text of the app's can start a line of its own or rewrite one
 //! on a terminal. A traceback (a few dozen lines at once) fits the burst; a flood is
 //! counted, and the count is logged with the next line that fits.
@@ -8,13 +10,13 @@ use std::borrow::Cow;
 use std::sync::Mutex;
 use std::time::Instant;
 
-/// Lines a second one worker may log, and the burst it may log at once.
+/// Lines a second one pool may log, and the burst it may log at once.
 const RATE: f64 = 200.0;
 /// Room for the stack dumps the bridge asks for (slowlog, request-timeout) of a worker with
 /// many threads or tasks.
 const BURST: f64 = 5000.0;
 
-/// One worker's budget of log lines (see the module).
+/// One pool's budget of log lines (see the module).
 #[derive(Debug)]
 pub(crate) struct LineBudget {
     state: Mutex<Bucket>,
@@ -42,31 +44,37 @@ impl Default for LineBudget {
     }
 }
 
+/// A line costs one more for each KiB it holds: a flood of long lines (a worker cuts
+/// them at 16 KiB) is held to about as many bytes as one of short ones.
+const BYTES_PER_LINE: usize = 1024;
+
 impl LineBudget {
-    pub(crate) fn take(&self) -> Take {
-        self.take_at(Instant::now())
+    /// Take one line of `len` bytes.
+    pub(crate) fn take(&self, len: usize) -> Take {
+        self.take_at(Instant::now(), len)
     }
 
-    fn take_at(&self, now: Instant) -> Take {
+    fn take_at(&self, now: Instant, len: usize) -> Take {
+        let cost = (1 + len / BYTES_PER_LINE) as f64;
         let mut b = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let elapsed = now.saturating_duration_since(b.at).as_secs_f64();
         b.tokens = (b.tokens + elapsed * RATE).min(BURST);
         b.at = now;
-        if b.tokens < 1.0 {
+        if b.tokens < cost {
             b.dropped += 1;
             return Take::Drop;
         }
-        b.tokens -= 1.0;
+        b.tokens -= cost;
         match std::mem::take(&mut b.dropped) {
             0 => Take::Log,
             n => Take::LogAfterDropped(n),
         }
     }
 
-    /// Whether worker `pool`/`pid` may log one more line; the count of the lines held back
-    /// before it is logged first.
-    pub(crate) fn admit(&self, pool: &str, pid: u32) -> bool {
-        match self.take() {
+    /// Whether worker `pool`/`pid` may log one more line of `len` bytes; the count of the
+    /// lines held back before it is logged first.
+    pub(crate) fn admit(&self, pool: &str, pid: u32, len: usize) -> bool {
+        match self.take(len) {
             Take::Log => true,
             Take::LogAfterDropped(n) => {
                 log_dropped(pool, pid, n);
@@ -152,15 +160,26 @@ mod tests {
     fn a_burst_fits_and_a_flood_is_counted() {
         let budget = LineBudget::default();
         let t0 = Instant::now();
-        assert!((0..5000).all(|_| budget.take_at(t0) == Take::Log));
-        assert_eq!(budget.take_at(t0), Take::Drop);
-        assert_eq!(budget.take_at(t0), Take::Drop);
+        assert!((0..5000).all(|_| budget.take_at(t0, 80) == Take::Log));
+        assert_eq!(budget.take_at(t0, 80), Take::Drop);
+        assert_eq!(budget.take_at(t0, 80), Take::Drop);
         // 10 ms later two lines' worth came back: the first says what was dropped.
         let later = t0 + Duration::from_millis(10);
-        assert_eq!(budget.take_at(later), Take::LogAfterDropped(2));
-        assert_eq!(budget.take_at(later), Take::Log);
-        assert_eq!(budget.take_at(later), Take::Drop);
+        assert_eq!(budget.take_at(later, 80), Take::LogAfterDropped(2));
+        assert_eq!(budget.take_at(later, 80), Take::Log);
+        assert_eq!(budget.take_at(later, 80), Take::Drop);
         assert_eq!(budget.dropped(), 1);
         assert_eq!(budget.dropped(), 0);
+    }
+
+    #[test]
+    fn a_long_line_costs_a_line_per_kib() {
+        let budget = LineBudget::default();
+        let t0 = Instant::now();
+        // 16 KiB pieces cost 17 lines each: the burst holds 294 of them, not 5,000.
+        let fit = (0..5000).take_while(|_| budget.take_at(t0, 16 << 10) == Take::Log).count();
+        assert_eq!(fit, 5000 / 17);
+        // Short lines still fit the rest of the burst.
+        assert_eq!(budget.take_at(t0, 10), Take::LogAfterDropped(1));
     }
 }

@@ -123,6 +123,8 @@ pub(crate) struct Manager {
     /// The last start-up failure, while no worker has become ready since.
     failing: Option<String>,
     last_failure: Arc<Mutex<Option<String>>>,
+    /// The log lines its workers may write, shared: a replaced worker starts no fresh budget.
+    app_lines: Arc<crate::logging::app_lines::LineBudget>,
     unavailable_set: Option<Arc<str>>,
     sizing_set: Option<(bool, bool)>,
     rejected_seen: u64,
@@ -188,6 +190,7 @@ impl Manager {
             serving_deaths: policy::ServingDeaths::default(),
             failing: None,
             last_failure: Arc::new(Mutex::new(None)),
+            app_lines: Arc::default(),
             unavailable_set: None,
             sizing_set: None,
             rejected_seen: 0,
@@ -935,6 +938,7 @@ impl Manager {
             dispatcher: self.dispatcher.clone(),
             native: self.native(),
             last_failure: self.last_failure.clone(),
+            app_lines: self.app_lines.clone(),
             events: self.events_tx.clone(),
         };
         tokio::spawn(worker::run(task, ctl_rx));

@@ -78,6 +78,8 @@ pub(super) struct WorkerTask {
     pub native: bool,
     /// The pool's last start-up error: the same error again is logged without its traceback.
     pub last_failure: Arc<Mutex<Option<String>>>,
+    /// The pool's budget of log lines, which its workers share.
+    pub app_lines: Arc<LineBudget>,
     pub events: mpsc::UnboundedSender<Event>,
 }
 
@@ -117,7 +119,9 @@ pub(super) async fn run(t: WorkerTask, mut ctl: mpsc::UnboundedReceiver<WorkerCt
     // "ready in" counts from the process's start (a preloaded pool's template start-up,
     // waited for above, is logged by the template itself).
     let spawned = Instant::now();
-    let handle = Arc::new(WorkerHandle::new(pool.clone(), pid, t.socket.clone()).with_claims(claims));
+    let handle = Arc::new(
+        WorkerHandle::new(pool.clone(), pid, t.socket.clone()).with_claims(claims).with_app_lines(t.app_lines.clone()),
+    );
     log_started(&t, pid);
     let _ = t.events.send(Event::Spawned { id: t.id, pid });
     let gate = Arc::new(LineGate::new(pool.clone(), pid, handle.app_lines.clone()));
@@ -657,7 +661,7 @@ impl LineGate {
 
     fn emit(&self, text: &str, is_stderr: bool, quiet: bool) {
         let (pool, pid) = (&*self.pool, self.pid);
-        if !self.lines.admit(pool, pid) {
+        if !self.lines.admit(pool, pid, text.len()) {
             return;
         }
         if !quiet && is_stderr && crate::logging::app_records::emit(pool, pid, text) {
