@@ -722,6 +722,9 @@ def test_worker_roots_param_is_the_bridges_alone(caddy_env, lighttpd_env):
     bridge, base, _, _, _ = caddy_env
     status, _, body = get(base, "/env-keys")
     assert status == 200 and b"FCGIBRIDGE_REQUEST_ID" in body and b"FCGIBRIDGE_FILE_ROOTS" not in body
+    # the ready-check's mark is the bridge's alone: a client's never reaches the app
+    r = fcgi_client.fcgi_request(bridge.listener_address("fcgi"), "/env-keys", extra=[("FCGIBRIDGE_READY_CHECK", "1")])
+    assert r.status == 200 and r.body == b"FCGIBRIDGE_REQUEST_ID", r.body
     r = fcgi_client.fcgi_request(bridge.listener_address("fcgi"), "/download/a.txt",
                                  extra=[("FCGIBRIDGE_FILE_ROOTS", "/nonexistent")])
     assert r.status == 200 and r.body == b"0123456789abcdefghij" and b"X-Sendfile" not in bytes(r.stdout)

@@ -358,6 +358,9 @@ impl<'a, S: BodySource, K: ResponseSink> Request<'a, S, K> {
         // Where a wsgi.file_wrapper file may come back from as X-Sendfile: the bridge's
         // word only, never the web server's (docs/worker-contract.md).
         respond::file_handoff::set_worker_roots(&mut self.params, lst.files.as_deref());
+        // The ready-check's mark is the bridge's too: a client's (over a bare FastCGI
+        // listener) would let it pass for the check.
+        self.params.remove(crate::supervise::READY_CHECK_PARAM);
         let declared = match self.admit(pool).await {
             Ok(declared) => declared,
             Err(step) => return step,

@@ -11,6 +11,8 @@ pub(crate) mod probe;
 mod proc_stat;
 pub(crate) mod program;
 mod ready_check;
+/// The param that marks a pool's ready-check request (supervise/ready_check.rs).
+pub(crate) const READY_CHECK_PARAM: &[u8] = b"FCGIBRIDGE_READY_CHECK";
 pub(crate) mod runtime_dir;
 mod spawn;
 pub(crate) mod stats;

@@ -82,7 +82,7 @@ fn params(check: &ReadyCheck) -> Params {
         (b"REMOTE_PORT", b"0"),
         (b"HTTP_USER_AGENT", b"fcgibridge ready-check"),
         // What an app can tell the check by (it is not counted as a served request).
-        (b"FCGIBRIDGE_READY_CHECK", b"1"),
+        (super::READY_CHECK_PARAM, b"1"),
     ];
     for (name, value) in pairs {
         p.insert(Bytes::copy_from_slice(name), Bytes::copy_from_slice(value));
@@ -138,7 +138,7 @@ mod tests {
             ("shop.example:8443".into(), "shop.example".into(), "8443".into())
         );
         assert_eq!(
-            (get(b"HTTPS"), get(b"REMOTE_ADDR"), get(b"FCGIBRIDGE_READY_CHECK")),
+            (get(b"HTTPS"), get(b"REMOTE_ADDR"), get(super::READY_CHECK_PARAM)),
             ("on".into(), "127.0.0.1".into(), "1".into())
         );
         let p = params(&ReadyCheck::parse("/up").expect("parses"));
