@@ -138,7 +138,7 @@ mod tests {
             ("shop.example:8443".into(), "shop.example".into(), "8443".into())
         );
         assert_eq!(
-            (get(b"HTTPS"), get(b"REMOTE_ADDR"), get(super::READY_CHECK_PARAM)),
+            (get(b"HTTPS"), get(b"REMOTE_ADDR"), get(crate::supervise::READY_CHECK_PARAM)),
             ("on".into(), "127.0.0.1".into(), "1".into())
         );
         let p = params(&ReadyCheck::parse("/up").expect("parses"));
