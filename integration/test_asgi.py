@@ -272,8 +272,22 @@ def test_scope_mirrors_the_wsgi_environ_mapping(env):
     assert headers["content-type"] == "application/x-test" and headers["content-length"] == str(len(body))
     assert s["body_len"] == len(body)
     assert s["client"][0] and isinstance(s["client"][1], int)
+    assert s["address_types"] == ["tuple", "tuple"], "hashable, as every ASGI server gives them"
     assert s["extensions"] == {"http.response.pathsend": {}}
     assert s["fcgibridge.request_id"]
+
+
+def test_a_chunked_upload_nginx_read_whole_arrives_with_its_length_only(env):
+    """nginx reads a chunked upload whole and passes CONTENT_LENGTH, and the client's
+    Transfer-Encoding too: the app gets the length, not both (Quart took the pair for an
+    unknown length)."""
+    body = b"y" * 300_000
+    r = requests.post(env[1].url("/raw/scope"), data=iter([body[:100_000], body[100_000:]]), timeout=60)
+    assert r.status_code == 200, r.text[:500]
+    s = r.json()
+    names = [k for k, _ in s["headers"]]
+    assert "transfer-encoding" not in names and dict(s["headers"])["content-length"] == str(len(body)), s["headers"]
+    assert s["body_len"] == len(body)
 
 
 def test_the_bare_app_runs_where_request_tasks_start_eagerly(env):

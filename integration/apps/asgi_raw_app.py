@@ -48,6 +48,7 @@ async def app(scope, receive, send):
         shown["query_string"] = scope["query_string"].decode("latin-1")
         shown["body_len"] = len(b"".join(body))
         shown["chunks"] = len(body)
+        shown["address_types"] = [type(scope[k]).__name__ for k in ("client", "server")]
         return await _send(send, 200, json.dumps(shown).encode(), b"application/json")
     if path.endswith("/wait-disconnect"):
         token = scope["query_string"].decode()

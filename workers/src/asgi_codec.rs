@@ -106,7 +106,7 @@ fn latin1<'py>(py: Python<'py>, b: &[u8]) -> PyResult<Bound<'py, PyAny>> {
 
 fn host_port<'py>(py: Python<'py>, host: Option<&[u8]>, p: Option<&[u8]>) -> PyResult<Bound<'py, PyAny>> {
     match host {
-        Some(h) if !h.is_empty() => Ok(PyList::new(py, [latin1(py, h)?, port(p).into_bound_py_any(py)?])?.into_any()),
+        Some(h) if !h.is_empty() => Ok(PyTuple::new(py, [latin1(py, h)?, port(p).into_bound_py_any(py)?])?.into_any()),
         _ => Ok(py.None().into_bound(py)),
     }
 }
@@ -122,6 +122,7 @@ fn build_scope<'py>(py: Python<'py>, p: &Params, state: Option<&Bound<'py, PyDic
     let script = p.get(b"SCRIPT_NAME").unwrap_or_default();
     let full = [script, p.get(b"PATH_INFO").unwrap_or_default()].concat();
     let headers = PyList::empty(py);
+    let length = nonempty(p, b"CONTENT_LENGTH").filter(|v| v.iter().all(u8::is_ascii_digit));
     for (name, value) in p.iter() {
         if !name.starts_with(b"HTTP_") {
             continue;
@@ -130,12 +131,17 @@ fn build_scope<'py>(py: Python<'py>, p: &Params, state: Option<&Bound<'py, PyDic
         if (name == b"HTTP_CONTENT_TYPE" || name == b"HTTP_CONTENT_LENGTH") && p.get(&name[5..]).is_some() {
             continue;
         }
+        // A chunked upload the web server read whole comes with its length: the body the
+        // app gets is no longer chunked, and both headers at once is a message HTTP forbids.
+        if name == b"HTTP_TRANSFER_ENCODING" && length.is_some() {
+            continue;
+        }
         headers.append((PyBytes::new(py, &header_name(name)), PyBytes::new(py, value)))?;
     }
     if let Some(v) = nonempty(p, b"CONTENT_TYPE") {
         headers.append((PyBytes::new(py, b"content-type"), PyBytes::new(py, v)))?;
     }
-    if let Some(v) = nonempty(p, b"CONTENT_LENGTH").filter(|v| v.iter().all(u8::is_ascii_digit)) {
+    if let Some(v) = length {
         headers.append((PyBytes::new(py, b"content-length"), PyBytes::new(py, v)))?;
     }
     let https = p.get(b"HTTPS").is_some_and(|v| v.eq_ignore_ascii_case(b"on") || v == b"1")
