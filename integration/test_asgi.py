@@ -277,6 +277,16 @@ def test_scope_mirrors_the_wsgi_environ_mapping(env):
     assert s["fcgibridge.request_id"]
 
 
+def test_a_header_the_client_repeated_keeps_every_value_behind_nginx_1_22(env):
+    """Debian 12's nginx passes each repeat as its own parameter; the bridge joins them
+    (uvicorn behind the same nginx gets both values)."""
+    out = subprocess.run(["curl", "-s", "-H", "Cookie: a=1", "-H", "Cookie: b=2", "-H", "X-Custom: A",
+                          "-H", "X-Custom: B", env[1].url("/raw/scope")], capture_output=True, timeout=60, check=True)
+    headers = json.loads(out.stdout)["headers"]
+    assert [v for k, v in headers if k == "cookie"] == ["a=1; b=2"], headers
+    assert [v for k, v in headers if k == "x-custom"] == ["A, B"], headers
+
+
 def test_a_chunked_upload_nginx_read_whole_arrives_with_its_length_only(env):
     """nginx reads a chunked upload whole and passes CONTENT_LENGTH, and the client's
     Transfer-Encoding too: the app gets the length, not both (Quart took the pair for an
@@ -436,7 +446,7 @@ def test_native_codec_decodes_records_split_at_every_byte_boundary(env):
     assert scope["path"] == "/raw/a b/scope" and scope["raw_path"] == b"/raw/a%20b/scope"
     assert scope["query_string"] == b"k=v&x=%2F" and scope["method"] == "POST" and not is_head
     assert (b"x-long", b"v" * 300) in scope["headers"] and (b"content-length", b"11") in scope["headers"]
-    assert scope["client"] == ["127.0.0.1", 40000] and scope["server"] == ["localhost", 80]
+    assert scope["client"] == ("127.0.0.1", 40000) and scope["server"] == ("localhost", 80)
     assert request_id is None and roots is None and scope["state"] == {}
     assert whole[2][2] == b"hello world" and whole[3][2] == b""
     for k in range(1, len(data)):

@@ -27,11 +27,16 @@ struct Span {
 /// The empty name or value, valid whatever is stored.
 const EMPTY: Span = Span { chunk: 0, start: 0, len: 0 };
 
-/// A request's parameters in arrival order; a repeated name keeps its LAST value.
+/// A request's parameters in arrival order; a repeated name keeps its LAST value, except a
+/// request header's.
 ///
 /// A repeated name stays at the position of its FIRST occurrence and takes the value of its
 /// last one (nginx repeats a name when a `fastcgi_param` overrides one from `fastcgi_params`;
-/// the override must win). Names are compared byte for byte, case-sensitively.
+/// the override must win). A repeated `HTTP_*` name is a header the client sent more than
+/// once, which nginx before 1.23 passes as one pair each: its values are joined, as HTTP
+/// joins a repeated field (`, `; `; ` for `Cookie`), so that none is lost (nginx never
+/// repeats an `HTTP_*` name a `fastcgi_param` sets: it drops the client's header then).
+/// Names are compared byte for byte, case-sensitively.
 #[derive(Clone, Default)]
 pub struct Params {
     entries: Vec<(Span, Span)>,
@@ -162,6 +167,16 @@ impl Params {
         self.entries.push((span(name), span(value)));
     }
 
+    /// How the values of a repeated name are joined: a request header's by HTTP's rule (RFC 9110
+    /// 5.3; RFC 6265 5.4 for `Cookie`), None for any other name (the last value wins).
+    fn joined_with(name: &[u8]) -> Option<&'static [u8]> {
+        match name {
+            b"HTTP_COOKIE" => Some(b"; "),
+            n if n.starts_with(b"HTTP_") => Some(b", "),
+            _ => None,
+        }
+    }
+
     /// Resolve repeated names: first position, last value.
     pub(crate) fn dedup_last_wins(&mut self) {
         let mut filter = RepeatFilter::default();
@@ -205,7 +220,15 @@ impl Params {
         }
         let mut keep = vec![true; n];
         for &(from, to) in &moves {
-            self.entries[to].1 = self.entries[from].1;
+            let (name, kept, later) = (self.entries[to].0, self.entries[to].1, self.entries[from].1);
+            self.entries[to].1 = match Self::joined_with(self.slice(name)) {
+                Some(sep) if kept.len > 0 && later.len > 0 => {
+                    let joined = [self.slice(kept), sep, self.slice(later)].concat();
+                    self.store(Bytes::from(joined))
+                }
+                Some(_) if later.len == 0 => kept,
+                _ => later,
+            };
             keep[from] = false;
         }
         let mut i = 0;
@@ -518,6 +541,31 @@ mod tests {
         let p = decode_pairs(Bytes::from(b), &Limits::default(), 1, "x").expect("decode");
         let v: Vec<_> = p.iter().collect();
         assert_eq!(v, vec![(&b"A"[..], &b"4"[..]), (&b"B"[..], &b"2"[..]), (&b"C"[..], &b""[..])]);
+    }
+
+    #[test]
+    fn a_repeated_request_header_keeps_every_value() {
+        let b = enc(&[
+            (b"HTTP_COOKIE", b"a=1"),
+            (b"HTTP_X_CUSTOM", b"A"),
+            (b"CONTENT_LENGTH", b"5"),
+            (b"HTTP_COOKIE", b"b=2"),
+            (b"HTTP_X_CUSTOM", b"B"),
+            (b"HTTP_X_CUSTOM", b""),
+            (b"CONTENT_LENGTH", b"7"),
+            (b"HTTP_COOKIE", b"c=3"),
+        ]);
+        let p = decode_pairs(Bytes::from(b), &Limits::default(), 1, "x").expect("decode");
+        let v: Vec<_> = p.iter().collect();
+        assert_eq!(
+            v,
+            vec![
+                (&b"HTTP_COOKIE"[..], &b"a=1; b=2; c=3"[..]),
+                (&b"HTTP_X_CUSTOM"[..], &b"A, B"[..]),
+                // not a header: the last value wins
+                (&b"CONTENT_LENGTH"[..], &b"7"[..]),
+            ]
+        );
     }
 
     #[test]
