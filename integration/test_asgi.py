@@ -743,7 +743,9 @@ def test_an_app_that_cannot_be_served_as_configured_fails_at_start_saying_why(tm
     pools = {"asgi-in-wsgi": harness.pool(f"{RAW_APP}:app", processes=1),
              "wsgi-in-asgi": harness.pool(f"{RAW_APP}:wsgi_app", interface="asgi", processes=1),
              "no-startup": harness.pool(f"{RAW_APP}:app", interface="asgi", processes=1,
-                                        env={"FAIL_STARTUP": "no database"})}
+                                        env={"FAIL_STARTUP": "Traceback (most recent call last):\n"
+                                                             '  File "app.py", line 9, in lifespan\n'
+                                                             "RuntimeError: no database"})}
     from test_pythons import FOUND
     bare = [exe for exe, _ in FOUND.values()
             if subprocess.run([exe, "-c", "import uvloop"], capture_output=True).returncode != 0]
@@ -754,7 +756,9 @@ def test_an_app_that_cannot_be_served_as_configured_fails_at_start_saying_why(tm
     try:
         bridge.log.wait_for([r"asgi-in-wsgi", r"is an ASGI application .* set `interface: asgi` \(or `auto`\)"])
         bridge.log.wait_for([r"wsgi-in-asgi", r"is a WSGI application .* set `interface: wsgi`"])
-        bridge.log.wait_for([r"no-startup", r"failed to start: lifespan startup failed: no database"])
+        # the exception first, the traceback (Starlette's message) after it
+        bridge.log.wait_for([r"no-startup", r"failed to start: lifespan startup failed: RuntimeError: no database "
+                                            r"\(traceback: Traceback \(most recent call last\): \| File"])
         if "no-uvloop" in pools:
             bridge.log.wait_for([r"no-uvloop", r"asgi-loop: uvloop, but uvloop is not installed"])
         assert fcgi_client.fcgi_request(bridge.listener_address("fcgi"), "/x",

@@ -499,7 +499,7 @@ class Lifespan:
             return
         kind = reply and reply.get("type")
         if kind == "lifespan.startup.failed":
-            raise LifespanFailed("lifespan startup failed: %s" % (reply.get("message") or "(no message)"))
+            raise LifespanFailed("lifespan startup failed: %s" % _failure_summary(reply.get("message")))
         if kind != "lifespan.startup.complete":
             self.supported = False
 
@@ -608,6 +608,17 @@ class Worker:
         if tasks:
             # Let their `finally` blocks run; a task that swallows the cancellation is left.
             await asyncio.wait(tasks, timeout=1.0)
+
+
+def _failure_summary(message):
+    """A lifespan failure's message for one log line: Starlette sends the whole traceback,
+    whose last line (the exception) is what an operator needs first."""
+    lines = [ln.strip() for ln in (message or "").strip().splitlines() if ln.strip()]
+    if not lines:
+        return "(no message)"
+    if len(lines) == 1:
+        return lines[0]
+    return "%s (traceback: %s)" % (lines[-1], " | ".join(lines[:-1]))
 
 
 def log_line(level, text, request_id=None):
