@@ -27,16 +27,16 @@ struct Span {
 /// The empty name or value, valid whatever is stored.
 const EMPTY: Span = Span { chunk: 0, start: 0, len: 0 };
 
-/// A request's parameters in arrival order; a repeated name keeps its LAST value, except a
-/// request header's.
+/// A request's parameters in arrival order; a repeated name keeps its LAST value, except
+/// `HTTP_COOKIE`.
 ///
 /// A repeated name stays at the position of its FIRST occurrence and takes the value of its
-/// last one (nginx repeats a name when a `fastcgi_param` overrides one from `fastcgi_params`;
-/// the override must win). A repeated `HTTP_*` name is a header the client sent more than
-/// once, which nginx before 1.23 passes as one pair each: its values are joined, as HTTP
-/// joins a repeated field (`, `; `; ` for `Cookie`), so that none is lost (nginx never
-/// repeats an `HTTP_*` name a `fastcgi_param` sets: it drops the client's header then).
-/// Names are compared byte for byte, case-sensitively.
+/// last one: nginx repeats a name when a `fastcgi_param` overrides one from `fastcgi_params`,
+/// or a client's header (`fastcgi_param HTTP_HOST $2;` comes after the client's `Host`), and
+/// the override must win. A repeated `HTTP_COOKIE` is the client's cookies in several
+/// headers, which nginx before 1.23 passes as one pair each: they are joined with `; ` (as
+/// nginx 1.23 and Apache join them), so that none is lost. Names are compared byte for
+/// byte, case-sensitively.
 #[derive(Clone, Default)]
 pub struct Params {
     entries: Vec<(Span, Span)>,
@@ -167,14 +167,11 @@ impl Params {
         self.entries.push((span(name), span(value)));
     }
 
-    /// How the values of a repeated name are joined: a request header's by HTTP's rule (RFC 9110
-    /// 5.3; RFC 6265 5.4 for `Cookie`), None for any other name (the last value wins).
+    /// How the values of a repeated name are joined (RFC 6265 5.4 for `Cookie`); None: the
+    /// last value wins. Other headers are not joined: a repeated `HTTP_*` name is as often
+    /// an operator's override as a client's repeat, and the two cannot be told apart.
     fn joined_with(name: &[u8]) -> Option<&'static [u8]> {
-        match name {
-            b"HTTP_COOKIE" => Some(b"; "),
-            n if n.starts_with(b"HTTP_") => Some(b", "),
-            _ => None,
-        }
+        (name == b"HTTP_COOKIE").then_some(b"; ")
     }
 
     /// Resolve repeated names: first position, last value.
@@ -226,7 +223,6 @@ impl Params {
                     let joined = [self.slice(kept), sep, self.slice(later)].concat();
                     self.store(Bytes::from(joined))
                 }
-                Some(_) if later.len == 0 => kept,
                 _ => later,
             };
             keep[from] = false;
@@ -544,7 +540,7 @@ mod tests {
     }
 
     #[test]
-    fn a_repeated_request_header_keeps_every_value() {
+    fn repeated_cookies_keep_every_value_and_other_names_the_last() {
         let b = enc(&[
             (b"HTTP_COOKIE", b"a=1"),
             (b"HTTP_X_CUSTOM", b"A"),
@@ -561,8 +557,8 @@ mod tests {
             v,
             vec![
                 (&b"HTTP_COOKIE"[..], &b"a=1; b=2; c=3"[..]),
-                (&b"HTTP_X_CUSTOM"[..], &b"A, B"[..]),
-                // not a header: the last value wins
+                // an override (`fastcgi_param HTTP_HOST $2;`) or a repeat: the last one wins
+                (&b"HTTP_X_CUSTOM"[..], &b""[..]),
                 (&b"CONTENT_LENGTH"[..], &b"7"[..]),
             ]
         );
