@@ -247,6 +247,33 @@ def test_a_route_pattern_captures_the_key_from_the_path(tmp_path, nginx_front):
         b.stop()
 
 
+def test_a_redirect_is_followed_within_an_instance_never_into_another(tmp_path):
+    """`/~{user}` gives each user an instance: alice's app may redirect within her own
+    instance, but not send her visitor into bob's (the web server's access rules for /~bob
+    would not run); bob's instance is not even started."""
+    sites = make_sites(tmp_path, ("alice", "bob"))
+    spec = {"template": {}, "app": f"{sites}/{{user}}/app.py", "threads": 2, "max-processes": 1}
+    port = free_ports(1)[0]
+    b = make_bridge(tmp_path, {"homes": spec},
+                    {"web": {"fastcgi": f"127.0.0.1:{port}", "routes": [{"prefix": "/~{user}", "pool": "homes"}]}})
+    b.start()
+    try:
+        wait_until(lambda: b.assert_running() or can_connect(("127.0.0.1", port)), 60, what="bridge listening")
+        addr = ("127.0.0.1", port)
+        r = fcgi_client.fcgi_request(addr, "/~alice/redirect", query="to=/~alice/page")
+        assert r.status == 200, bytes(r.stdout)[:300]
+        page = json.loads(r.body)
+        assert page["app"] == str(sites / "alice" / "app.py") and page["path_info"] == "/page"
+        mark = b.log.mark()
+        r = fcgi_client.fcgi_request(addr, "/~alice/redirect", query="to=/~bob/page")
+        assert r.status == 500 and b"bob" not in r.body, bytes(r.stdout)[:300]
+        b.log.wait_for([r"internal redirect refused, answering 500: the target is pool homes\[bob\]'s",
+                        r"pool=homes\[alice\]", r"target_pool=homes\[bob\]"], mark)
+        assert set(instances(b)) == {"alice"}
+    finally:
+        b.stop()
+
+
 HOSTILE = [
     (b"../x", 400), (b"a b", 400), (b"a\x00b", 400), (b"x/y", 400),
     (b"a" * 64 + b".test", 400), ((b"a" * 60 + b".") * 5 + b"test", 400), (b"10.0.0.1", 400),

@@ -31,6 +31,7 @@ def env(tmp_path_factory):
         "403": {"redirect": "/pages/errorpage/403?from=app"},  # another pool
         "409": {"redirect": "/errorfail"},                    # a page that fails itself
         "410": {"redirect": "/nowhere/410"},                  # no route on fcgi-prefix
+        "451": {"redirect": "/pages/redirect?to=/plain/env"},  # a page whose app redirects elsewhere
     }
     pools = {
         "app": harness.pool(respond_servers.RESPOND_APP, processes=1, threads=3, **{"error-pages": app_pages}),
@@ -142,6 +143,18 @@ def test_a_failing_error_page_does_not_recurse(env):
     assert r.status_code == 409
     assert r.text == "409 Conflict\n" and r.headers["Content-Type"].startswith("text/plain")
     bridge.log.wait_for(r"the error page for 409 answered 500, answering the default page", since=mark)
+
+
+def test_an_error_page_is_trusted_but_not_its_apps_redirect_into_another_pool(env):
+    """The operator's page path leads into pool "pages" (followed: the configuration wrote
+    it); the app there answers a local redirect into pool "plain", which the bridge does
+    not follow (redirect-pools: same): the page failed, the default text goes out."""
+    bridge, _ = env
+    mark = bridge.log.mark()
+    r = fcgi_client.fcgi_request(bridge.listener_address("fcgi"), "/status", query="code=451")
+    assert r.status == 451 and r.body == b"451 Unavailable For Legal Reasons\n", bytes(r.stdout)[:300]
+    bridge.log.wait_for([r"the error page's internal redirect goes to another pool", r"pool=pages",
+                         r"target=/plain/env", r"target_pool=plain"], since=mark)
 
 
 def test_an_error_page_no_route_serves_gets_the_default_text(env):

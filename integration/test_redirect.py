@@ -1,6 +1,8 @@
 """CGI local redirects (status 200 + `Location: /path`) served by the bridge itself: to the
-same pool or another one, as GET (HEAD stays HEAD), loops ended with 500, a target no
-route serves handed to nginx as X-Accel-Redirect. See docs/internal-redirects.md."""
+same pool or, with `redirect-pools: any`, another one, as GET (HEAD stays HEAD), loops ended
+with 500, a target no route serves handed to nginx as X-Accel-Redirect. By default a redirect
+into another pool is not followed by the bridge: nginx gets it (and its access rules for the
+target run), elsewhere it is refused. See docs/internal-redirects.md."""
 import json
 import urllib.parse
 
@@ -18,7 +20,7 @@ def env(tmp_path_factory):
     files = work / "files"
     files.mkdir()
     (files / "report.txt").write_text("served by nginx\n")
-    ports = harness.free_ports(4)
+    ports = harness.free_ports(7)
     pools = {
         "app": harness.pool(respond_servers.RESPOND_APP, processes=1, threads=4),
         "other": harness.pool(respond_servers.RESPOND_APP, processes=1, threads=2),
@@ -26,25 +28,85 @@ def env(tmp_path_factory):
     routes = [{"prefix": "/other", "pool": "other"}, {"prefix": "/app", "pool": "app"},
               {"prefix": "/redirect", "pool": "app"}, {"prefix": "/loop", "pool": "app"},
               {"prefix": "/env", "pool": "app"}, {"prefix": "/health", "pool": "app"}]
+    # These redirect from pool "app" into pool "other" on purpose.
+    across = {"redirect-pools": "any"}
     listeners = {
         # nginx in front: unrouted targets become X-Accel-Redirect
-        "fcgi-nginx": {"fastcgi": f"127.0.0.1:{ports[0]}", "routes": routes, "dialect": "nginx"},
+        "fcgi-nginx": {"fastcgi": f"127.0.0.1:{ports[0]}", "routes": routes, "dialect": "nginx", **across},
         "fcgi-pass": {"fastcgi": f"127.0.0.1:{ports[1]}", "routes": routes, "unrouted-redirect": "pass",
                       "max-redirects": 3},
         "fcgi-404": {"fastcgi": f"127.0.0.1:{ports[2]}", "routes": routes,
-                     "status-path": "/fcgibridge-status", "ping-path": "/ping"},
-        "scgi": {"scgi": f"127.0.0.1:{ports[3]}", "routes": routes},
+                     "status-path": "/fcgibridge-status", "ping-path": "/ping", **across},
+        "scgi": {"scgi": f"127.0.0.1:{ports[3]}", "routes": routes, **across},
+        # the default, redirect-pools: same
+        "fcgi-same": {"fastcgi": f"127.0.0.1:{ports[4]}", "routes": routes},
+        "nginx-same": {"fastcgi": f"127.0.0.1:{ports[5]}", "routes": routes, "dialect": "nginx"},
+        "nginx-any": {"fastcgi": f"127.0.0.1:{ports[6]}", "routes": routes, "dialect": "nginx", **across},
     }
     bridge = respond_servers.start_bridge(work, pools, listeners,
                                           [("fcgi-nginx", "/health", "any"), ("fcgi-pass", "/other/health", "any")])
-    nginx = None
+    nginx = guarded = None
     try:
         nginx = respond_servers.Nginx(work / "nginx", bridge.listener_address("fcgi-nginx"), files).start()
+        guarded = GuardedNginx(work / "nginx-guarded", bridge).start()
+        bridge.guarded = guarded
         yield bridge, nginx
     finally:
-        if nginx:
-            nginx.stop()
+        for server in (guarded, nginx):
+            if server:
+                server.stop()
         bridge.stop()
+
+
+# Pool "other" is for one office only: nginx denies its prefix to everyone but /other/health.
+GUARDED_SERVER = """
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{
+            include {etc}/fastcgi_params;
+            fastcgi_pass {fcgi};
+        }}
+        location /other/ {{
+            allow 10.99.99.99;
+            deny all;
+            include {etc}/fastcgi_params;
+            fastcgi_pass {fcgi};
+        }}
+        location = /other/health {{
+            include {etc}/fastcgi_params;
+            fastcgi_pass {fcgi};
+        }}
+    }}
+"""
+
+
+class GuardedNginx:
+    """nginx guarding pool "other" with `deny all`, in front of listener nginx-same (the
+    default redirect-pools) and, on a second port, nginx-any (`redirect-pools: any`)."""
+
+    def __init__(self, workdir, bridge):
+        workdir.mkdir()
+        self.workdir, self.ports = workdir, dict(zip(("nginx-same", "nginx-any"), harness.free_ports(2)))
+        servers = "".join(
+            GUARDED_SERVER.format(port=port, etc=harness.nginx_etc(),
+                                  fcgi="{}:{}".format(*bridge.listener_address(listener)))
+            for listener, port in self.ports.items())
+        self.conf = workdir / "nginx.conf"
+        self.conf.write_text(harness.nginx_conf(workdir, servers))
+        self.proc = None
+
+    def url(self, listener, path):
+        return f"http://127.0.0.1:{self.ports[listener]}{path}"
+
+    def start(self):
+        self.proc = harness.start_nginx(self.workdir, self.conf)
+        for listener in self.ports:
+            harness.wait_until(lambda: requests.get(self.url(listener, "/health"), timeout=10).status_code == 200,
+                               60, 0.1, what=f"nginx in front of {listener}")
+        return self
+
+    def stop(self):
+        harness.stop_process(self.proc, timeout=20)
 
 
 def env_of(resp):
@@ -189,3 +251,62 @@ def test_a_chain_of_two_redirects_names_each_hop_as_apache_does(env):
     # nginx's fastcgi_params send REDIRECT_STATUS=200 (for PHP) with the client's request
     assert e["REDIRECT_REDIRECT_REDIRECT_STATUS"] == "200"
     assert "CONTENT_LENGTH" not in e and "HTTP_CONTENT_LENGTH" not in e
+
+
+# ---------------------------------------------------------------- redirect-pools
+
+def test_behind_nginx_a_redirect_into_another_pool_passes_nginxs_access_rules(env):
+    """An app of pool "app" redirects its visitor into pool "other", which nginx denies:
+    the bridge hands the redirect to nginx as X-Accel-Redirect, and nginx's `deny all`
+    answers 403; pool "other" never sees the request."""
+    bridge, _ = env
+    guarded = bridge.guarded
+    assert requests.get(guarded.url("nginx-same", "/other/env"), timeout=30).status_code == 403
+    mark = bridge.log.mark()
+    r = requests.get(guarded.url("nginx-same", "/redirect?to=/other/env%3Fk%3Dv"), timeout=30)
+    # nginx's own 403 page: pool "other" never saw the request
+    assert r.status_code == 403 and "nginx" in r.text, r.text[:300]
+    assert "SCRIPT_NAME" not in r.text and "first body!" not in r.text
+    bridge.log.wait_for([r"internal redirect into another pool handed to the web server", r'listener="?nginx-same',
+                         r'pool="?app"? ', r"target=/other/env\?k=v", r'target_pool="?other"?'], since=mark)
+    # A target nginx allows: nginx routes it back to the bridge, and pool "other" answers.
+    r = requests.get(guarded.url("nginx-same", "/redirect?to=/other/health"), timeout=30)
+    assert r.status_code == 200 and r.text == "ok", r.text[:300]
+    # Within its own pool the bridge follows the redirect itself, as before.
+    r = requests.get(guarded.url("nginx-same", "/redirect?to=/app/env"), timeout=30)
+    assert r.status_code == 200 and r.json()["REDIRECT_URL"] == "/redirect"
+
+
+def test_redirect_pools_any_follows_a_redirect_past_nginxs_access_rules(env):
+    """`redirect-pools: any`, the old behaviour: the bridge serves pool "other"'s page
+    itself, and nginx's `deny all` for it never runs."""
+    bridge, _ = env
+    guarded = bridge.guarded
+    assert requests.get(guarded.url("nginx-any", "/other/env"), timeout=30).status_code == 403
+    r = requests.get(guarded.url("nginx-any", "/redirect?to=/other/env"), timeout=30)
+    assert r.status_code == 200, r.text[:300]
+    assert r.json()["SCRIPT_NAME"] == "/other" and r.json()["REDIRECT_URL"] == "/redirect"
+
+
+def test_without_a_web_server_to_check_it_a_redirect_into_another_pool_is_refused(env):
+    bridge, _ = env
+    addr = bridge.listener_address("fcgi-same")
+    mark = bridge.log.mark()
+    r = fcgi_client.fcgi_request(addr, "/redirect", query="to=/other/env")
+    assert r.status == 500, bytes(r.stdout)[:300]
+    assert b"SCRIPT_NAME" not in r.body and b"first body!" not in r.body
+    bridge.log.wait_for([r"internal redirect refused, answering 500: the target is pool other's",
+                         r"set redirect-pools: any on listener fcgi-same", r'listener="?fcgi-same',
+                         r'pool="?app"? ', r"target=/other/env", r'target_pool="?other"?'], since=mark)
+    bridge.log.wait_for(r'uri="/redirect\?to=/other/env" status=500 .*pool="app"', access=True)
+    # the same pool: followed
+    r = fcgi_client.fcgi_request(addr, "/redirect", query="to=/app/env")
+    assert r.status == 200 and json.loads(r.body)["REDIRECT_URL"] == "/redirect"
+
+
+def test_unrouted_redirect_pass_hands_a_redirect_into_another_pool_to_the_web_server(env):
+    """A web server that follows local redirects itself (mod_fcgid, ProxySCGIInternalRedirect)
+    gets status 200 + Location, and runs its access checks for the target."""
+    bridge, _ = env
+    r = fcgi_client.fcgi_request(bridge.listener_address("fcgi-pass"), "/redirect", query="to=/other/env")
+    assert r.status == 200 and r.header("Location") == "/other/env" and r.body == b"", bytes(r.stdout)[:300]

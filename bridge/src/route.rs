@@ -77,6 +77,7 @@ impl<T> Router<T> {
 
     /// The target for a request and the matched prefix (`None` for "/" or no prefix), or
     /// `None` (the caller answers 404). A pattern route's mount and capture are in [`Self::routed`].
+    #[cfg(test)]
     pub(crate) fn route(&self, params: &Params) -> Option<(&T, Option<&str>)> {
         self.routed(params).map(|r| {
             let mount = match r.mount {

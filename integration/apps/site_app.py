@@ -1,7 +1,8 @@
 """One site of a pool template (integration/test_dynamic_pools.py): says which app file,
 host, user, process, account and interpreter serve it. /hold?until=FILE keeps the request
-(and its worker) busy until FILE exists. /ready answers 200 only to its own site's Host (as
-Django's ALLOWED_HOSTS), else 400, and notes the Host in $FCGIBRIDGE_TEST_DIR/ready.log."""
+(and its worker) busy until FILE exists. /redirect?to=PATH answers a CGI local redirect.
+/ready answers 200 only to its own site's Host (as Django's ALLOWED_HOSTS), else 400, and
+notes the Host in $FCGIBRIDGE_TEST_DIR/ready.log."""
 import json
 import os
 import sys
@@ -17,6 +18,11 @@ def application(environ, start_response):
         mine = host == os.path.basename(os.path.dirname(os.path.abspath(__file__)))
         start_response("200 OK" if mine else "400 Bad Request", [("Content-Type", "text/plain")])
         return [b"ready" if mine else b"DisallowedHost"]
+    if environ.get("PATH_INFO") == "/redirect":
+        # A CGI local redirect to ?to= (test_dynamic_pools.py: into another instance).
+        to = parse_qs(environ.get("QUERY_STRING", "")).get("to", [""])[0]
+        start_response("200 OK", [("Location", to), ("Content-Type", "text/plain")])
+        return [b"first body!"]
     if environ.get("PATH_INFO") == "/hold":
         until = parse_qs(environ.get("QUERY_STRING", "")).get("until", [""])[0]
         deadline = time.monotonic() + 120

@@ -326,6 +326,7 @@ fn render_listener(out: &mut String, l: &Listener) {
     field(out, 4, "dialect", l.dialect.name());
     field(out, 4, "max-redirects", &l.max_redirects.to_string());
     field(out, 4, "unrouted-redirect", &quote(l.unrouted_redirect.name()));
+    field(out, 4, "redirect-pools", l.redirect_pools.name());
     if let Some(t) = &l.trusted_proxies {
         field(out, 4, "trusted-proxies", &list(t.proxies.iter().map(|c| c.to_string())));
         field(out, 4, "trusted-proxy-headers", &list(t.headers.iter().map(|h| h.name())));
@@ -504,6 +505,7 @@ mod tests {
                     dialect: Default::default(),
                     max_redirects: 10,
                     unrouted_redirect: Default::default(),
+                    redirect_pools: Default::default(),
                     trusted_proxies: None,
                     allowed_clients: Some(vec![Cidr::parse("127.0.0.1").unwrap(), Cidr::parse("fd00::/8").unwrap()]),
                     file_handoff: Default::default(),
@@ -538,6 +540,7 @@ mod tests {
                     dialect: crate::config::Dialect::Nginx,
                     max_redirects: 3,
                     unrouted_redirect: crate::config::UnroutedRedirect::Pass,
+                    redirect_pools: crate::config::RedirectPools::Any,
                     trusted_proxies: Some(TrustedProxies {
                         proxies: vec![Cidr::parse("10.0.0.0/8").unwrap(), Cidr::parse("::1").unwrap()],
                         headers: vec![ProxyHeader::XForwardedFor, ProxyHeader::XRealIp],

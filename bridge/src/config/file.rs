@@ -232,6 +232,8 @@ pub(super) struct RawListener {
     pub dialect: Option<String>,
     pub max_redirects: Option<u32>,
     pub unrouted_redirect: Option<String>,
+    /// `same` (default) or `any`: which pools an app's local redirect is followed into.
+    pub redirect_pools: Option<String>,
     /// TCP peers allowed to connect (addresses, CIDR blocks); others are closed at accept.
     pub allowed_clients: Option<Vec<String>>,
     pub trusted_proxies: Option<Vec<String>>,

@@ -116,6 +116,8 @@ pub struct Listener {
     pub max_redirects: u32,
     /// A local redirect to a path no route serves, behind a web server other than nginx.
     pub unrouted_redirect: UnroutedRedirect,
+    /// Which pools an app's local redirect is followed into by the bridge (`redirect-pools`).
+    pub redirect_pools: RedirectPools,
     /// `trusted-proxies` / `trusted-proxy-headers`; None: no proxy is trusted and the
     /// params are not looked at.
     pub trusted_proxies: Option<super::TrustedProxies>,
@@ -221,6 +223,27 @@ impl UnroutedRedirect {
         match self {
             Self::NotFound => "404",
             Self::Pass => "pass",
+        }
+    }
+}
+
+/// Which pools the bridge follows an app's local redirect into (`redirect-pools:`). A
+/// redirect the bridge follows never passes the web server's access rules for its target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RedirectPools {
+    /// Only the pool (the template instance) that answered with it; one into another pool
+    /// goes to the web server, or is refused with 500.
+    #[default]
+    Same,
+    /// Any pool the listener routes the target to.
+    Any,
+}
+
+impl RedirectPools {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Same => "same",
+            Self::Any => "any",
         }
     }
 }

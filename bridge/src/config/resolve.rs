@@ -3,7 +3,9 @@
 use super::error::{note, ConfigError, Source};
 use super::file::{RawListener, RawPool};
 use super::locate::{KeyPath, Seg};
-use super::model::{App, Dialect, KeyAt, ListenAddress, Listener, Pool, Protocol, Route, UnroutedRedirect};
+use super::model::{
+    App, Dialect, KeyAt, ListenAddress, Listener, Pool, Protocol, RedirectPools, Route, UnroutedRedirect,
+};
 use super::paths;
 use super::LoadOptions;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -461,6 +463,7 @@ pub(super) fn listener(src: &Source, dir: &Path, name: &str, mut raw: RawListene
         [&raw.dialect, &raw.unrouted_redirect, &raw.file_handoff, &raw.path_info].map(|w| w.as_deref().map(str::trim)),
         &mut errs,
     );
+    let redirect_pools = redirect_pools(src, &here, raw.redirect_pools.as_deref().map(str::trim), &mut errs);
     let max_redirects = raw.max_redirects.unwrap_or(DEFAULT_MAX_REDIRECTS);
     let trusted_proxies =
         note(&mut errs, trusted_proxies(src, &here, raw.trusted_proxies, raw.trusted_proxy_headers)).flatten();
@@ -487,6 +490,7 @@ pub(super) fn listener(src: &Source, dir: &Path, name: &str, mut raw: RawListene
             dialect,
             max_redirects,
             unrouted_redirect,
+            redirect_pools,
             trusted_proxies,
             allowed_clients,
             file_handoff,
@@ -612,6 +616,23 @@ fn listener_words(
         }
     };
     (dialect, unrouted_redirect, file_handoff, keep_path_info)
+}
+
+/// `redirect-pools`: `same` (default) or `any`.
+fn redirect_pools(src: &Source, here: &KeyPath, word: Option<&str>, errs: &mut Vec<ConfigError>) -> RedirectPools {
+    match word {
+        None | Some("same") => RedirectPools::Same,
+        Some("any") => RedirectPools::Any,
+        Some(other) => {
+            errs.push(src.invalid(
+                &here.key("redirect-pools"),
+                format!(
+                    "{other:?} is neither `same` (follow an app's local redirect only within its own pool) nor `any`"
+                ),
+            ));
+            RedirectPools::Same
+        }
+    }
 }
 
 /// `socket-mode`, `socket-owner`, `socket-group`: only for a unix socket (not checked

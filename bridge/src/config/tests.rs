@@ -504,6 +504,7 @@ fn respond_and_proxy_keys_name_file_line_and_key() {
         ),
         ("    file-handoff: serve\n", "listeners.x.file-roots: file-handoff: serve needs file-roots"),
         ("    unrouted-redirect: maybe\n", "5:5: listeners.x.unrouted-redirect: \"maybe\" is neither `pass` nor `404`"),
+        ("    redirect-pools: listener\n", "5:5: listeners.x.redirect-pools: \"listener\" is neither `same`"),
         (
             "    file-hand-back: true\n",
             "5:5: listeners.x.file-hand-back: file-hand-back needs file-handoff: translate or serve",

@@ -15,10 +15,12 @@ use crate::listen::context::ListenerCtx;
 use crate::logging::AccessRecord;
 use crate::respond;
 use crate::respond::error_override::{decide, Override, PageAnswer, Replaced};
+use crate::respond::redirect::{Author, Follow};
 use crate::supervise::instances::{Target, TemplateRuntime};
 use crate::supervise::PoolRuntime;
 use bytes::Bytes;
 use fastcgi_server::{Params, Role};
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::sync::OnceLock;
 use std::time::Instant;
@@ -55,10 +57,10 @@ const RETRY_AFTER_SECS: u32 = 1;
 enum Step<'p> {
     /// Route the request to a pool and run it on a worker.
     Route,
-    /// Serve the request again at this local path: a CGI local redirect, or an error page;
-    /// and the pool whose answer sent it there (named in the access log if the bridge
-    /// answers the redirect itself).
-    Reroute(Bytes, Option<&'p Arc<str>>),
+    /// Serve the request again at this local path: a CGI local redirect, or an error page
+    /// (who wrote it says which); and the pool whose answer sent it there (named in the
+    /// access log if the bridge answers the redirect itself).
+    Reroute(Bytes, Option<&'p Arc<str>>, Author),
     /// Answered: the status and body bytes for the access log, and the pool that served it.
     Done(u16, u64, Option<&'p Arc<str>>),
 }
@@ -156,7 +158,7 @@ pub(crate) async fn serve<S: BodySource, K: ResponseSink>(
     let (status, bytes, pool_name) = loop {
         step = match step {
             Step::Route => req.route().await,
-            Step::Reroute(target, from) => req.reroute(&target, from).await,
+            Step::Reroute(target, from, author) => req.reroute(&target, from, author).await,
             Step::Done(status, bytes, pool) => break (status, bytes, pool),
         };
     };
@@ -264,7 +266,7 @@ impl<'a, S: BodySource, K: ResponseSink> Request<'a, S, K> {
             PageAnswer::Dispatch { target, replaced } => {
                 self.serving = Some(replaced);
                 respond::error_override::page_request(&mut self.params);
-                Step::Reroute(target, pool)
+                Step::Reroute(target, pool, Author::Operator)
             }
         }
     }
@@ -279,9 +281,10 @@ impl<'a, S: BodySource, K: ResponseSink> Request<'a, S, K> {
         self.error_page(Some(&pool.config.error_pages), replaced, Some(&pool.name)).await
     }
 
-    /// Serve the request again at `target` (respond/redirect.rs): `Route` when a pool
-    /// serves it, else answered here, in the name of `from`, the pool that redirected.
-    async fn reroute(&mut self, target: &[u8], from: Option<&'a Arc<str>>) -> Step<'a> {
+    /// Serve the request again at `target` (respond/redirect.rs), written by `author`:
+    /// `Route` when a pool serves it and the bridge may follow the redirect there, else
+    /// answered here, in the name of `from`, the pool that redirected.
+    async fn reroute(&mut self, target: &[u8], from: Option<&'a Arc<str>>, author: Author) -> Step<'a> {
         let (lst, request_id, uri) = (self.lst, self.request_id, self.uri);
         let shown = String::from_utf8_lossy(target);
         let by = from.map_or("-", |p| &**p);
@@ -302,25 +305,98 @@ impl<'a, S: BodySource, K: ResponseSink> Request<'a, S, K> {
                 return self.answer(respond::error_response(500, None).freeze(), 500, from).await;
             }
         }
-        tracing::info!(listener = %lst.name, pool = %by, request_id, uri = %uri, target = %shown, "internal redirect");
         self.source.end_body();
-        if lst.router.route(&self.params).is_some() {
-            return Step::Route;
+        let Some(to) = self.target_pool() else {
+            tracing::info!(listener = %lst.name, pool = %by, request_id, uri = %uri, target = %shown, "internal redirect");
+            return self.unrouted(target, from).await;
+        };
+        let (pools, dialect, unrouted) = (lst.redirect_pools, lst.dialect, lst.unrouted_redirect);
+        match respond::redirect::follow(author, pools, from.map(|p| &**p), &to, dialect, unrouted) {
+            Follow::Bridge => {
+                tracing::info!(listener = %lst.name, pool = %by, request_id, uri = %uri, target = %shown, "internal redirect");
+                Step::Route
+            }
+            how => self.other_pool(target, from, &to, how).await,
         }
+    }
+
+    /// The pool a route of the listener gives the request now (for a template, the name
+    /// of the instance it would get, `template[key]`), or None when no route serves it.
+    fn target_pool(&self) -> Option<Cow<'a, str>> {
+        let routed = self.lst.router.routed(&self.params)?;
+        Some(match routed.target {
+            Target::Pool(pool) => Cow::Borrowed(&*pool.name),
+            Target::Template(t) => {
+                let capture = routed.capture.as_ref().map(|(name, value)| (*name, value.as_slice()));
+                Cow::Owned(t.instance_name(&self.params, capture))
+            }
+        })
+    }
+
+    /// An app's redirect from pool `from` to `target`, which pool `to` serves, that the
+    /// bridge does not follow (`redirect-pools: same`): `how` says whether the web server
+    /// takes it (and runs its access rules for the target) or it is refused.
+    async fn other_pool(&mut self, target: &[u8], from: Option<&'a Arc<str>>, to: &str, how: Follow) -> Step<'a> {
+        let (lst, request_id, uri) = (self.lst, self.request_id, self.uri);
+        let shown = String::from_utf8_lossy(target);
+        let by = from.map_or("-", |p| &**p);
         if self.serving.is_some() {
+            // The app serving an error page redirected: that page failed.
+            tracing::warn!(listener = %lst.name, pool = %by, request_id, uri = %uri, target = %shown, target_pool = %to, "the error page's internal redirect goes to another pool, which the bridge does not follow (redirect-pools: same), answering the default page");
+            return self.error_page(None, Replaced::bridge(500, None), from).await;
+        }
+        if how == Follow::WebServer {
+            return self.hand_to_web_server(target, from, Some(to)).await;
+        }
+        tracing::error!(
+            listener = %lst.name, pool = %by, request_id, uri = %uri, target = %shown, target_pool = %to,
+            "internal redirect refused, answering 500: the target is pool {to}'s, and the bridge follows an app's redirect only within its own pool (the web server's access rules for the target would not run); set redirect-pools: any on listener {} to follow redirects across pools",
+            lst.name
+        );
+        self.answer(respond::error_response(500, None).freeze(), 500, from).await
+    }
+
+    /// A redirect to `target`, which no route serves.
+    async fn unrouted(&mut self, target: &[u8], from: Option<&'a Arc<str>>) -> Step<'a> {
+        if self.serving.is_some() {
+            let (lst, request_id, uri) = (self.lst, self.request_id, self.uri);
+            let (shown, by) = (String::from_utf8_lossy(target), from.map_or("-", |p| &**p));
             tracing::warn!(listener = %lst.name, pool = %by, request_id, uri = %uri, target = %shown, "no route serves the error page, answering the default page");
             return self.error_page(None, Replaced::bridge(404, None), from).await;
         }
         // Not ours to serve: the web server may (nginx: X-Accel-Redirect).
+        self.hand_to_web_server(target, from, None).await
+    }
+
+    /// Hand the redirect to `target` to the web server, as the listener's `dialect` and
+    /// `unrouted-redirect` allow (nginx: X-Accel-Redirect; `pass`: 200 + `Location`), else
+    /// answer 404. `to`: the pool that would serve it, when the bridge chose not to.
+    async fn hand_to_web_server(&mut self, target: &[u8], from: Option<&'a Arc<str>>, to: Option<&str>) -> Step<'a> {
+        let (lst, request_id, uri) = (self.lst, self.request_id, self.uri);
+        let shown = String::from_utf8_lossy(target);
+        let by = from.map_or("-", |p| &**p);
+        let why = match to {
+            Some(_) => "it goes to another pool",
+            None => "no route serves it",
+        };
         if lst.dialect == crate::config::Dialect::Nginx {
             if let Err(e) = respond::file_handoff::check_redirect_for_nginx(target) {
-                tracing::error!(listener = %lst.name, pool = %by, request_id, uri = %uri, target = %shown, "internal redirect refused, answering 500: no route serves it, and as X-Accel-Redirect {e}");
+                tracing::error!(listener = %lst.name, pool = %by, request_id, uri = %uri, target = %shown, "internal redirect refused, answering 500: {why}, and as X-Accel-Redirect {e}");
                 return self.answer(respond::error_response(500, None).freeze(), 500, from).await;
             }
         }
         let reply = respond::redirect::unrouted(lst.dialect, lst.unrouted_redirect, target);
         let status = if reply.is_some() { 200 } else { 404 };
-        tracing::info!(listener = %lst.name, pool = %by, request_id, uri = %uri, target = %shown, "no route serves the internal redirect target, answering {status}");
+        match to {
+            Some(to) => {
+                let how =
+                    if lst.dialect == crate::config::Dialect::Nginx { "X-Accel-Redirect" } else { "200 + Location" };
+                tracing::info!(listener = %lst.name, pool = %by, request_id, uri = %uri, target = %shown, target_pool = %to, "internal redirect into another pool handed to the web server as {how}, so that its access rules for the target run (redirect-pools: same)");
+            }
+            None => {
+                tracing::info!(listener = %lst.name, pool = %by, request_id, uri = %uri, target = %shown, "no route serves the internal redirect target, answering {status}");
+            }
+        }
         let reply = reply.unwrap_or_else(|| respond::error_response(404, None));
         self.answer(reply.freeze(), status, from).await
     }
@@ -579,7 +655,7 @@ impl<'a, S: BodySource, K: ResponseSink> Request<'a, S, K> {
         match answered {
             Err(step) => step,
             Ok(Next::Done | Next::Error(_) | Next::Retry(_)) => Step::Done(status, body_bytes, Some(&pool.name)),
-            Ok(Next::Reroute(target)) => Step::Reroute(target, Some(&pool.name)),
+            Ok(Next::Reroute(target)) => Step::Reroute(target, Some(&pool.name), Author::App),
             Ok(Next::ErrorPage(replaced)) => self.replace(pool, replaced).await,
             Ok(Next::File(file)) => self.send_file(pool, &file).await,
         }

@@ -42,6 +42,8 @@ pub(crate) struct ListenerCtx {
     pub max_redirects: u32,
     /// What a local redirect to an unrouted path becomes behind a server other than nginx.
     pub unrouted_redirect: crate::config::UnroutedRedirect,
+    /// Which pools an app's local redirect is followed into (`redirect-pools`).
+    pub redirect_pools: crate::config::RedirectPools,
     /// Proxies whose forwarding headers are believed (listen/proxy.rs); None: no scan.
     pub trusted_proxies: Option<crate::config::TrustedProxies>,
     /// `allowed-clients`: TCP peers outside it are closed at accept (listen/allow.rs).

@@ -166,6 +166,7 @@ async fn setup_ctx(threads: u32) -> (Arc<ListenerCtx>, (UnixStream, UnixStream))
         dialect: Default::default(),
         max_redirects: 10,
         unrouted_redirect: Default::default(),
+        redirect_pools: Default::default(),
         trusted_proxies: None,
         allowed_clients: None,
         files: None,

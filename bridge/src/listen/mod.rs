@@ -114,6 +114,7 @@ pub(crate) fn make_ctx(
         dialect: cfg.dialect,
         max_redirects: cfg.max_redirects,
         unrouted_redirect: cfg.unrouted_redirect,
+        redirect_pools: cfg.redirect_pools,
         trusted_proxies: cfg.trusted_proxies.clone(),
         allowed_clients: cfg.allowed_clients.clone(),
         files: crate::respond::file_handoff::Files::of(cfg).map(Arc::new),

@@ -6,7 +6,12 @@
 //! REDIRECT_QUERY_STRING and, along a chain, REDIRECT_REDIRECT_* set as Apache sets them.
 //! Error pages that are local paths (respond/error_override.rs) go the same way. A chain
 //! longer than the listener's `max-redirects` ends with 500.
-use crate::config::{Dialect, UnroutedRedirect};
+//!
+//! A redirect the bridge follows never passes the web server's access rules for its target
+//! (nginx `allow`/`deny`, `auth_basic`, `auth_request`; Apache's `<Location>`): so an app's
+//! redirect is followed only into its own pool (`redirect-pools: same`, see [`follow`]),
+//! and one into another pool goes to the web server, which checks it, or is refused.
+use crate::config::{Dialect, RedirectPools, UnroutedRedirect};
 use bytes::{BufMut, Bytes, BytesMut};
 use fastcgi_server::cgi::ResponseHead;
 use fastcgi_server::Params;
@@ -48,6 +53,50 @@ pub(crate) enum ScriptFilename {
     /// `..` segment, `//`, NUL or `\`, as written or percent-decoded): left out rather than
     /// let the app's Location name a file outside the document root.
     Dropped,
+}
+
+/// Who wrote a local redirect's target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Author {
+    /// An app's `Location`: followed as the listener's `redirect-pools` says.
+    App,
+    /// A pool's `error-pages` entry: the operator's, followed into any pool.
+    Operator,
+}
+
+/// What becomes of a local redirect whose target a route of the listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Follow {
+    /// The bridge serves the target itself.
+    Bridge,
+    /// Handed to the web server, whose access rules for the target then run: nginx gets
+    /// X-Accel-Redirect, a server that follows local redirects itself (`unrouted-redirect:
+    /// pass`) gets status 200 + `Location`.
+    WebServer,
+    /// Answered with 500: no web server in front would check the target.
+    Refuse,
+}
+
+/// Decide how a redirect by `author`, answered by pool `from`, reaches pool `to` (a
+/// template instance's name, `template[key]`, for a template). The bridge follows it only
+/// within one pool, unless the operator wrote it or `redirect-pools: any` says so: the
+/// pools of a listener may belong to different tenants, and the web server's access rules
+/// for another pool's paths would be skipped.
+pub(crate) fn follow(
+    author: Author,
+    pools: RedirectPools,
+    from: Option<&str>,
+    to: &str,
+    dialect: Dialect,
+    unrouted: UnroutedRedirect,
+) -> Follow {
+    if author == Author::Operator || pools == RedirectPools::Any || from == Some(to) {
+        return Follow::Bridge;
+    }
+    match (dialect, unrouted) {
+        (Dialect::Nginx, _) | (_, UnroutedRedirect::Pass) => Follow::WebServer,
+        (_, UnroutedRedirect::NotFound) => Follow::Refuse,
+    }
 }
 
 /// Rewrite `params` for the redirected request to `target`; `depth` counts the redirects
@@ -295,6 +344,29 @@ mod tests {
         p.insert(&b"REQUEST_URI"[..], &b"/a"[..]);
         apply(&mut p, b"/b", &mut 0, 10, 200).expect("redirect");
         assert_eq!(p.get(b"SCRIPT_FILENAME"), None);
+    }
+
+    #[test]
+    fn an_apps_redirect_is_followed_only_within_its_pool() {
+        use Follow::{Bridge, Refuse, WebServer};
+        let (nginx, generic, apache) = (Dialect::Nginx, Dialect::Generic, Dialect::Apache);
+        let (not_found, pass) = (UnroutedRedirect::NotFound, UnroutedRedirect::Pass);
+        let same = RedirectPools::Same;
+        // within its pool, or its template instance
+        assert_eq!(follow(Author::App, same, Some("app"), "app", generic, not_found), Bridge);
+        assert_eq!(follow(Author::App, same, Some("homes[alice]"), "homes[alice]", generic, not_found), Bridge);
+        // into another pool or instance: the web server's access rules must run
+        assert_eq!(follow(Author::App, same, Some("app"), "other", nginx, not_found), WebServer);
+        assert_eq!(follow(Author::App, same, Some("homes[alice]"), "homes[bob]", nginx, pass), WebServer);
+        assert_eq!(follow(Author::App, same, Some("app"), "other", apache, pass), WebServer);
+        assert_eq!(follow(Author::App, same, Some("app"), "other", generic, not_found), Refuse);
+        assert_eq!(follow(Author::App, same, Some("homes[alice]"), "homes", apache, not_found), Refuse);
+        assert_eq!(follow(Author::App, same, None, "other", generic, not_found), Refuse);
+        // the operator opted in, or wrote the target (an error page)
+        assert_eq!(follow(Author::App, RedirectPools::Any, Some("app"), "other", generic, not_found), Bridge);
+        assert_eq!(follow(Author::App, RedirectPools::Any, Some("app"), "other", nginx, not_found), Bridge);
+        assert_eq!(follow(Author::Operator, same, Some("app"), "pages", generic, not_found), Bridge);
+        assert_eq!(follow(Author::Operator, same, Some("app"), "pages", nginx, not_found), Bridge);
     }
 
     #[test]

@@ -582,6 +582,17 @@ impl TemplateRuntime {
         Some(i.pool.clone())
     }
 
+    /// The name of the instance that serves this request (`template[key]`), found from
+    /// the request alone: nothing is looked up or started. The template's own name, which
+    /// no instance has, when the request has no valid key.
+    pub(crate) fn instance_name(&self, params: &Params, capture: Option<(&str, &[u8])>) -> String {
+        let t = self.config();
+        match key_of(&t, params, capture) {
+            Ok(values) => instance_name(&t.name, &joined(&values)),
+            Err(_) => t.name.clone(),
+        }
+    }
+
     /// The instance serving this request: the live one for its key, or a new one.
     /// `capture`: a route pattern's (placeholder, value), which takes the place of the
     /// request's own value for that placeholder.
@@ -592,7 +603,7 @@ impl TemplateRuntime {
     ) -> Result<Arc<PoolRuntime>, Refusal> {
         let t = self.config();
         let values = key_of(&t, params, capture.as_ref().map(|(n, v)| (*n, v.as_slice())))?;
-        let key = values.iter().map(|(_, v)| v.as_str()).collect::<Vec<_>>().join(",");
+        let key = joined(&values);
         if let Some(p) = self.touch(&key) {
             return Ok(p);
         }
@@ -611,7 +622,7 @@ impl TemplateRuntime {
         // Nothing is looked up while no instance could start; the token is spent (and an
         // idle instance stopped for room) only once this one is sure to.
         self.may_admit(&t, &key)?;
-        let name = format!("{}[{key}]", t.name);
+        let name = instance_name(&t.name, &key);
         let (t2, name2) = (t.clone(), name.clone());
         let search_path = self.search_path();
         let made = tokio::task::spawn_blocking(move || resolve_instance(&t2, name2, raw, search_path)).await;
@@ -920,6 +931,16 @@ fn lookup_failed(written: &str, e: nix::errno::Errno) -> MakeRefusal {
     Box::new(move |key| Refusal::Lookup { key, why })
 }
 
+/// An instance's key: its placeholders' values, in the template's order.
+fn joined(values: &[(Placeholder, String)]) -> String {
+    values.iter().map(|(_, v)| v.as_str()).collect::<Vec<_>>().join(",")
+}
+
+/// The pool name of the instance of `template` for `key`.
+fn instance_name(template: &str, key: &str) -> String {
+    format!("{template}[{key}]")
+}
+
 /// The values of the template's placeholders for this request, each checked.
 fn key_of(
     t: &Template,
@@ -1073,6 +1094,21 @@ mod tests {
         assert!(matches!(r, Refusal::Account { .. }), "{r}");
         let left = rt.lock().spawns.tokens;
         assert!((left - 1.0).abs() < 0.5, "one of 2 spent: {left}");
+    }
+
+    #[test]
+    fn an_instance_is_named_from_the_request_alone() {
+        let (_, rt) = symlinked_sites("instance-names", 2, &["alpha.test"]);
+        let mut params = Params::default();
+        params.insert(&b"HTTP_HOST"[..], &b"Alpha.Test.:8080"[..]);
+        assert_eq!(rt.instance_name(&params, None), "sites[alpha.test]");
+        // a route pattern's capture takes the place of the request's own value
+        assert_eq!(rt.instance_name(&params, Some(("host", b"beta.test"))), "sites[beta.test]");
+        // no valid key: the template's name, which no instance has
+        assert_eq!(rt.instance_name(&params, Some(("host", b"../x"))), "sites");
+        assert_eq!(rt.instance_name(&Params::default(), None), "sites");
+        // nothing was looked up or started
+        assert!(rt.lock().live.is_empty());
     }
 
     /// A template of `user: "{user}"` (key: REMOTE_USER) and its runtime.
