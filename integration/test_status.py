@@ -300,6 +300,57 @@ def test_slowlog_writes_the_python_stack_while_the_request_runs(sb):
     assert pool_of(status_json(sb), "alpha")["slow_requests"] >= 1
 
 
+def test_a_clients_control_characters_are_escaped_in_every_line_that_names_them(sb):
+    """A direct FastCGI client (nginx refuses them) sends a URI and a method with a newline
+    and a terminal escape: the daemon's log (the 400 of a short body, the slowlog), the
+    access log and the status page show them escaped, never as a forged line of their own."""
+    tag = f"inject-{os.getpid()}-{time.monotonic_ns()}"
+    forged = f"2026-12-05T03:06:00.000000Z ERROR fcgibridge::daemon: FORGED-{tag}"
+
+    def params(path, query, method="GET", **kw):
+        p = fcgi_client.cgi_params(path, method, query, **kw)
+        return [(k, f"{path}?{query}\n{forged}\x1b[2J" if k == "REQUEST_URI" else v) for k, v in p]
+
+    def shown(path, query):
+        return rf"{path}?{query}\n{forged}\x1b[2J"
+
+    mark = sb.log.mark()
+    # A body shorter than its CONTENT_LENGTH: answered 400 before a worker is taken.
+    with sb.fcgi("front") as conn:
+        conn.begin(1, params("/health", "short=1", "POST\x1b[2J", content_length=100), b"short")
+        assert conn.wait(1).status == 400
+    sb.log.wait_for([r"request body ended before its CONTENT_LENGTH", re.escape(shown("/health", "short=1"))],
+                    since=mark)
+    # A request held past alpha's slowlog-timeout: the slowlog and the status page name it.
+    result = {}
+
+    def held():
+        with sb.fcgi("front") as conn:
+            conn.begin(1, params("/hold", f"tag={tag}"))
+            result["r"] = conn.wait(1)
+
+    t = threading.Thread(target=held)
+    t.start()
+    try:
+        sb.log.wait_for([r"slow request: GET " + re.escape(shown("/hold", f"tag={tag}"))], since=mark, timeout=30)
+        current = [c for w in pool_of(status_json(sb), "alpha")["workers"] for c in w["current"]]
+        assert shown("/hold", f"tag={tag}") in [c["uri"] for c in current], current
+    finally:
+        (sb.workdir / f"{tag}.release").write_text("")
+        t.join(30)
+    assert result["r"].status == 200
+    access = wait_until(lambda: sb.access_path.read_bytes().count(f"FORGED-{tag}".encode()) == 2
+                        and sb.access_path.read_bytes(), 30, what="both access lines")
+    assert rf'"POST\x1b[2J {shown("/health", "short=1")}" 400 '.encode() in access
+    assert rf'"GET {shown("/hold", f"tag={tag}")}" 200 '.encode() in access
+    log = sb.log.path.read_bytes()[mark:]
+    for name, text in (("log", log), ("access log", access)):
+        assert b"\x1b" not in text, f"an escape byte reached the {name}"
+        lines = text.decode("utf-8", "replace").splitlines()
+        assert not [l for l in lines if l.startswith(forged)], f"a forged line in the {name}"
+        assert all(r"\n" + forged in l for l in lines if f"FORGED-{tag}" in l), name
+
+
 def run_cli(sb, *args):
     import subprocess
     return subprocess.run([str(sb.binary), *args, "--config", str(sb.confdir)], capture_output=True,

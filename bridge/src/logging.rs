@@ -2,6 +2,7 @@
 pub(crate) mod access_format;
 pub(crate) mod app_lines;
 pub(crate) mod app_records;
+pub(crate) mod escape;
 pub(crate) mod file;
 pub(crate) mod ratelimit;
 pub(crate) mod reopen;
@@ -48,7 +49,7 @@ pub(crate) fn init(global: &Global) -> reopen::Reopen {
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(writer);
     let result = match global.log_format {
         LogFormat::Json => builder.json().try_init().inspect(|()| JSON.store(true, Ordering::Relaxed)),
-        LogFormat::Text => builder.try_init(),
+        LogFormat::Text => builder.fmt_fields(escape::OneLineFields).try_init(),
     };
     if let Err(e) = result {
         eprintln!("fcgibridge: logging already initialised: {e}");
@@ -172,6 +173,9 @@ impl AccessLog {
                 pid = r.pid,
             ),
             Self::File { tx, format } => {
+                // The client's text, escaped: an access line is one line.
+                let (remote, method, uri) = (escape::clean(r.remote), escape::clean(r.method), escape::clean(r.uri));
+                let r = &AccessRecord { remote: &remote, method: &method, uri: &uri, ..*r };
                 if let Some(f) = format {
                     let _ = tx.try_send(f.render(r));
                     return;
@@ -227,5 +231,32 @@ mod tests {
         assert_eq!(id(&[("REQUEST_ID", "")]), None);
         // The review saw `1001.3329090000001`.
         assert_eq!(millis(std::time::Duration::from_nanos(1_001_332_909)).to_string(), "1001.332");
+    }
+
+    #[test]
+    fn an_access_line_is_one_line_whatever_the_client_sent() {
+        let record = AccessRecord {
+            remote: "10.0.0.1\r",
+            method: "GET\x1b[2J",
+            uri: "/a\n2026-12-05T03:06:00Z ERROR forged",
+            status: 400,
+            bytes: 0,
+            duration: std::time::Duration::ZERO,
+            pool: "app",
+            request_id: "7",
+            web_request_id: None,
+            queue: None,
+            app: None,
+            pid: None,
+        };
+        let format = Some(AccessFormat::parse("$remote_addr \"$method $uri\" $status").expect("format"));
+        for format in [None, format] {
+            let (tx, rx) = std::sync::mpsc::sync_channel(1);
+            AccessLog::File { tx, format }.record(&record);
+            let line = rx.recv().expect("a line");
+            assert!(line.starts_with(r#"10.0.0.1\r "#), "{line}");
+            assert!(line.contains(r#""GET\x1b[2J /a\n2026-12-05T03:06:00Z ERROR forged" 400"#), "{line}");
+            assert_eq!(line.lines().count(), 1, "{line}");
+        }
     }
 }

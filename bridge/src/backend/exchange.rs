@@ -1097,7 +1097,7 @@ fn log_stderr(worker: &crate::worker_handle::WorkerHandle, request_id: &str, uri
     let (pool, pid) = (&*worker.pool, worker.pid);
     let traceback = data.windows(TRACEBACK.len()).any(|w| w == TRACEBACK);
     // Every line repeats the URI: its start is enough to find the request.
-    let uri = &*crate::logging::app_lines::prefix(uri, 256);
+    let uri = &*crate::logging::escape::prefix(uri, 256);
     let log = |text: &str| {
         if traceback {
             tracing::error!(pool, pid, request_id, uri, "{text}");
@@ -1117,7 +1117,7 @@ fn log_stderr(worker: &crate::worker_handle::WorkerHandle, request_id: &str, uri
             log(&text);
         }
     } else {
-        lines.for_each(|line| log(&crate::logging::app_lines::clean(line)));
+        lines.for_each(|line| log(&crate::logging::escape::clean(line)));
     }
 }
 

@@ -86,7 +86,7 @@ fn import_apps(config: &Config) -> bool {
         });
         // The app's text goes to the operator's terminal: its control characters escaped
         // (an escape sequence could rewrite a line into `ok`).
-        let clean = crate::logging::app_lines::clean;
+        let clean = crate::logging::escape::clean;
         match imported {
             Some(Imported::Ok { interface, took }) => {
                 eprintln!("{at}: {key}: ok ({interface}, imported in {:.2}s)", took.as_secs_f64())

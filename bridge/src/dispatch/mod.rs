@@ -177,12 +177,15 @@ impl Label {
         l
     }
 
+    /// The method as the status page, the slowlog and the log show it (the client's text,
+    /// escaped: logging/escape.rs).
     pub(crate) fn method(&self) -> String {
-        String::from_utf8_lossy(&self.buf[..self.method_len as usize]).into_owned()
+        crate::logging::escape::clean_bytes(&self.buf[..self.method_len as usize]).into_owned()
     }
 
+    /// The URI (its first bytes) as the status page, the slowlog and the log show it.
     pub(crate) fn uri(&self) -> String {
-        String::from_utf8_lossy(&self.buf[self.method_len as usize..self.len as usize]).into_owned()
+        crate::logging::escape::clean_bytes(&self.buf[self.method_len as usize..self.len as usize]).into_owned()
     }
 }
 

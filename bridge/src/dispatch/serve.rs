@@ -166,7 +166,7 @@ pub(crate) async fn serve<S: BodySource, K: ResponseSink>(
     let took = started.elapsed();
     registry.track.finished(&lst.name, pool_name.map(|p| &**p), status, took);
     if let Some(log) = &registry.access_log {
-        let s = |name: &[u8]| String::from_utf8_lossy(req.params.get(name).unwrap_or(b"")).into_owned();
+        let s = |name: &[u8]| String::from_utf8_lossy(req.params.get(name).unwrap_or(b""));
         log.record(&AccessRecord {
             remote: &s(b"REMOTE_ADDR"),
             method: &s(b"REQUEST_METHOD"),

@@ -194,6 +194,13 @@ fn long_uris_are_truncated_not_refused() {
     assert!(long.starts_with(&l.uri()));
 }
 
+#[test]
+fn a_label_shows_the_clients_text_escaped() {
+    let t = Ticket { method: b"GE\x1bT", uri: b"/a\nFORGED\x1b[2J", request_id: 1, started: Instant::now() };
+    let l = Label::of(&t);
+    assert_eq!((l.method(), l.uri()), ("GE\\x1bT".to_owned(), "/a\\nFORGED\\x1b[2J".to_owned()));
+}
+
 #[tokio::test]
 async fn a_waiter_handed_a_slot_shows_as_its_request() {
     let d = Arc::new(Dispatcher::<TestSlot>::new(4, Duration::from_secs(5)));

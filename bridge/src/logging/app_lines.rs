@@ -6,7 +6,7 @@
 //! ([`clean`]) so that no text of the app's can start a line of its own or rewrite one
 //! on a terminal. A traceback (a few dozen lines at once) fits the burst; a flood is
 //! counted, and the count is logged with the next line that fits.
-use std::borrow::Cow;
+use super::escape::clean;
 use std::sync::Mutex;
 use std::time::Instant;
 
@@ -95,24 +95,6 @@ pub(crate) fn log_dropped(pool: &str, pid: u32, n: u64) {
     tracing::warn!(pool, pid, "{n} lines of the app's output not logged (more than {RATE} a second)");
 }
 
-/// `text` with every control character but tab escaped (`\n`, `\r`, `\x1b`, …): one line
-/// of the log, whatever the app wrote.
-pub(crate) fn clean(text: &str) -> Cow<'_, str> {
-    if !text.chars().any(is_escaped) {
-        return Cow::Borrowed(text);
-    }
-    let mut out = String::with_capacity(text.len() + 8);
-    for c in text.chars() {
-        match c {
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            c if is_escaped(c) => out.push_str(&format!("\\x{:02x}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    Cow::Owned(out)
-}
-
 /// `lines`, each escaped as [`clean`] escapes it, joined by newlines: one event's message
 /// where the log format escapes newlines ([`super::keeps_lines_together`]).
 pub(crate) fn clean_lines<'a>(lines: impl Iterator<Item = &'a str>) -> String {
@@ -126,33 +108,13 @@ pub(crate) fn clean_lines<'a>(lines: impl Iterator<Item = &'a str>) -> String {
     out
 }
 
-/// At most `max` bytes of `text`, cut at a character boundary, with `…` when cut.
-pub(crate) fn prefix(text: &str, max: usize) -> Cow<'_, str> {
-    if text.len() <= max {
-        return Cow::Borrowed(text);
-    }
-    let mut end = max;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    Cow::Owned(format!("{}…", &text[..end]))
-}
-
-fn is_escaped(c: char) -> bool {
-    (c.is_control() && c != '\t') || c == '\u{2028}' || c == '\u{2029}'
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::time::Duration;
 
     #[test]
-    fn controls_are_escaped_and_plain_text_is_borrowed() {
-        assert!(matches!(clean("plain\ttext é"), Cow::Borrowed(_)));
-        assert_eq!(clean("a\nb\rc\0d\x1b[31m\u{85}"), "a\\nb\\rc\\x00d\\x1b[31m\\x85");
-        assert_eq!(prefix("/é/x", 2), "/…");
-        assert_eq!(prefix("/a", 2), "/a");
+    fn each_line_is_escaped() {
         assert_eq!(clean_lines("Traceback:\n  x\x1b\r\n".lines()), "Traceback:\n  x\\x1b");
     }
 

@@ -28,8 +28,7 @@ struct Ids<'a> {
 pub(crate) fn emit(pool: &str, pid: u32, line: &str) -> bool {
     let Some(json) = line.strip_prefix(MARKER) else { return false };
     let Ok(r) = serde_json::from_str::<Record>(json) else { return false };
-    let app =
-        r.app_request_id.as_deref().map(|id| super::app_lines::prefix(&super::app_lines::clean(id), 200).into_owned());
+    let app = r.app_request_id.as_deref().map(|id| super::escape::prefix(&super::escape::clean(id), 200).into_owned());
     let ids = Ids { bridge: r.request_id.as_deref().unwrap_or("-"), app: app.as_deref() };
     let logger = r.logger.as_str();
     let lines = r.msg.lines().filter(|l| !l.trim().is_empty());
@@ -43,7 +42,7 @@ pub(crate) fn emit(pool: &str, pid: u32, line: &str) -> bool {
         // Text: each line of the message is a log line with the fields, so no text of the
         // app's starts a line of its own.
         for line in lines {
-            log_at(&r.level, pool, pid, logger, &ids, &super::app_lines::clean(line));
+            log_at(&r.level, pool, pid, logger, &ids, &super::escape::clean(line));
         }
     }
     true

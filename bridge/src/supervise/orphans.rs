@@ -33,7 +33,7 @@
 //! its worker runs, and nothing tells the daemon), and once more when the daemon stops.
 //! Looks never overlap (one lock from the scan to the last kill): another look could reap a
 //! child this one is about to kill, and its pid be reused.
-use crate::logging::app_lines::{clean, prefix};
+use crate::logging::escape::{clean, prefix};
 use crate::logging::ratelimit::{Kind, Level, RateLimits, Scope};
 use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag};

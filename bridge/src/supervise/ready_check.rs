@@ -107,7 +107,7 @@ fn answered(status: u16, response: &[u8]) -> Failure {
         .lines()
         .map(str::trim)
         .find(|l| !l.is_empty())
-        .map(|l| crate::logging::app_lines::prefix(l, 200).into_owned());
+        .map(|l| crate::logging::escape::prefix(l, 200).into_owned());
     Failure::Answered { status, body }
 }
 

@@ -618,7 +618,7 @@ impl LineGate {
         st.1.iter().rev().filter(|(is_stderr, _)| *is_stderr).find_map(|(_, line)| {
             let text = crate::logging::app_records::message(line).unwrap_or_else(|| line.clone());
             let last = text.lines().map(str::trim).rfind(|l| !l.is_empty())?;
-            Some(crate::logging::app_lines::prefix(&crate::logging::app_lines::clean(last), 300).into_owned())
+            Some(crate::logging::escape::prefix(&crate::logging::escape::clean(last), 300).into_owned())
         })
     }
 
@@ -667,7 +667,7 @@ impl LineGate {
         if !quiet && is_stderr && crate::logging::app_records::emit(pool, pid, text) {
             return; // the app's logging record, logged at its own level (logging/app_records.rs)
         }
-        let text = &*crate::logging::app_lines::clean(text);
+        let text = &*crate::logging::escape::clean(text);
         if quiet {
             tracing::debug!(pool, pid, "{text}");
         } else if is_stderr {
