@@ -5,6 +5,7 @@ headers) behind nginx and Caddy; `translate` behind nginx and lighttpd (a header
 cannot follow never reaches the client, X-Sendfile2 over lighttpd's mod_scgi included);
 `pass` behind lighttpd and Apache mod_proxy_scgi; and Flask's send_file (wsgi.file_wrapper)
 handed off by the worker instead of streamed where the listener's `file-hand-back` says so."""
+import itertools
 import os
 import subprocess
 import tempfile
@@ -194,6 +195,23 @@ def test_refused_paths(env, name, status, why):
     bridge.log.wait_for(why, since=mark)
 
 
+@pytest.mark.parametrize("target", ["{work}/secret.txt", "{work}/missing.txt", "{root}-evil/x", "/proc/self/environ",
+                                    "/root/no-such-file"])
+def test_nothing_outside_the_roots_is_looked_up(env, target):
+    """The bridge (often root) once opened a path before comparing it with the roots: 403
+    for a file that exists, 404 for one that does not told a tenant what exists where its
+    own user cannot look. Everything outside the roots is 403, decided on the path as
+    written."""
+    bridge, nginx, root, _ = env
+    target = target.format(work=root.parent, root=root)
+    mark = bridge.log.mark()
+    status, _, body = curl(nginx, f"/sendfile?path={quote(target)}")
+    assert status == 403 and b"secret" not in body
+    line = "\n".join(bridge.log.wait_for(r"X-Sendfile refused, answering 403: .* is not under any of the listener's "
+                                         r"file-roots", since=mark))
+    assert target in line and "request_id" in line
+
+
 def test_symlink_inside_the_root_is_served(env):
     _, nginx, root, _ = env
     status, _, body = curl(nginx, sf(root, "inside.txt"))
@@ -326,6 +344,8 @@ def translate_env(tmp_path_factory):
     extra.mkdir()
     (extra / "b.txt").write_bytes(b"the bridge sent this\n")
     (work / "secret.txt").write_text("secret\n")
+    # a tenant's symlink in its file-map directory to a file beside it
+    os.symlink(work / "secret.txt", root / "escape.txt")
     (port,) = harness.free_ports(1)
     pools = {"app": handoff_pool(root, threads=2)}
     listeners = {"fcgi": {"fastcgi": f"127.0.0.1:{port}", "pool": "app", "dialect": "nginx",
@@ -352,6 +372,41 @@ def test_translate_x_sendfile_to_x_accel_redirect(translate_env):
     import fcgi_client
     r = fcgi_client.fcgi_request(bridge.listener_address("fcgi"), "/xs", query=f"path={root}/report.txt&nginx-keeps=1")
     assert b"X-Accel-Redirect: /protected/report.txt" in bytes(r.stdout) and b"nginx sent this" not in bytes(r.stdout)
+
+
+def test_translate_passes_an_apps_own_x_accel_redirect(translate_env):
+    """An X-Accel-Redirect into a file-map directory goes to nginx as the app wrote it, once
+    the bridge has checked the file."""
+    import fcgi_client
+    bridge, nginx, _, _, _ = translate_env
+    status, h, body = curl(nginx, "/accel?uri=/protected/report.txt%3Fv%3D2")
+    assert (status, body) == (200, b"nginx sent this via X-Accel-Redirect\n")
+    assert h["content-disposition"] == 'attachment; filename="report.bin"'
+    r = fcgi_client.fcgi_request(bridge.listener_address("fcgi"), "/accel", query="uri=/protected/report.txt%3Fv%3D2")
+    head = bytes(r.stdout).partition(b"\r\n\r\n")[0]
+    assert b"\r\nX-Accel-Redirect: /protected/report.txt?v=2\r\n" in head and b"not the file" not in bytes(r.stdout)
+
+
+@pytest.mark.parametrize("header,query", [
+    ("X-Sendfile", "xs?path={root}/escape.txt&nginx-keeps=1"),
+    ("X-Accel-Redirect", "accel?uri=/protected/escape.txt"),
+])
+def test_translate_checks_a_file_before_nginx_sends_it(translate_env, header, query):
+    """nginx follows symlinks: a tenant's symlink in its file-map directory once had nginx
+    send any file nginx's user could read. The bridge checks the file as one it sends itself
+    (its real path under the directory, a regular file, the pool's user): 403 and its log
+    line, and nginx gets no hand-off to follow."""
+    import fcgi_client
+    bridge, nginx, root, _, work = translate_env
+    query = query.format(root=root)
+    mark = bridge.log.mark()
+    status, h, body = curl(nginx, "/" + query)
+    assert status == 403 and b"secret" not in body and "x-accel-redirect" not in h
+    line = "\n".join(bridge.log.wait_for(rf"{header} refused, answering 403: .* leads to .*secret\.txt", since=mark))
+    assert "escape.txt" in line and "request_id" in line and str(work / "secret.txt") in line
+    path, _, args = query.partition("?")
+    r = fcgi_client.fcgi_request(bridge.listener_address("fcgi"), "/" + path, query=args)
+    assert r.status == 403 and b"X-Accel-Redirect" not in bytes(r.stdout) and b"X-Sendfile" not in bytes(r.stdout)
 
 
 def test_translate_keeps_headers_nginx_would_drop(translate_env):
@@ -821,7 +876,8 @@ def test_apache_proxy_scgi_internal_redirect(apache_scgi_env):
 def test_a_pool_user_gets_only_the_files_it_could_read(tmp_path):
     """The bridge reads files as root: for a pool with `user: nobody` it serves only what
     nobody could read itself (every directory above searchable, the file readable), else
-    403 with a log line naming the pool's uid; a root-owned 0644 file is served."""
+    403 with a log line naming the pool's uid; a root-owned 0644 file is served. Behind
+    nginx (`translate`), which reads as its own user, the same files only go to nginx."""
     import fcgi_client
     import pwd
     import shutil
@@ -845,28 +901,33 @@ def test_a_pool_user_gets_only_the_files_it_could_read(tmp_path):
         app.parent.chmod(0o755)
         shutil.copy(respond_servers.RESPOND_APP, app)
         app.chmod(0o644)
-        (port,) = harness.free_ports(1)
         # Debian's interpreter: the default python3 may be a pyenv shim nobody cannot run.
         pools = {"app": harness.pool(str(app), python="/usr/bin/python3", processes=1, threads=2, user="nobody")}
+        (port, xlate_port) = harness.free_ports(2)
         listeners = {"fcgi": {"fastcgi": f"127.0.0.1:{port}", "pool": "app", "file-handoff": "serve",
-                              "file-roots": [str(root)]}}
+                              "file-roots": [str(root)]},
+                     # behind nginx, which reads as its own user: the same files only
+                     "xlate": {"fastcgi": f"127.0.0.1:{xlate_port}", "pool": "app", "dialect": "nginx",
+                               "file-handoff": "translate", "file-map": {str(root): "/protected"}}}
         bridge = harness.make_bridge(tmp_path, pools, listeners, bridge_extra={"runtime-dir": str(pub / "run")})
         bridge.start()
         try:
-            bridge.wait_ready([("fcgi", "/health", "any")])
+            bridge.wait_ready([("fcgi", "/health", "any"), ("xlate", "/health", "any")])
 
-            def sendfile(name):
-                return fcgi_client.fcgi_request(bridge.listener_address("fcgi"), "/sendfile",
+            def sendfile(name, listener="fcgi"):
+                return fcgi_client.fcgi_request(bridge.listener_address(listener), "/sendfile",
                                                 query=f"path={quote(str(root / name))}")
             r = sendfile("public.txt")
             assert (r.status, r.body) == (200, b"public.txt\n")
-            for name, blocked in [("private.txt", "private.txt has mode 0600"),
-                                  ("via-link.txt", "private.txt has mode 0600"),
-                                  ("closed/inner.txt", "closed has mode 0700")]:
+            assert b"\r\nX-Accel-Redirect: /protected/public.txt\r\n" in bytes(sendfile("public.txt", "xlate").stdout)
+            for (name, blocked), listener in itertools.product(
+                    [("private.txt", "private.txt has mode 0600"), ("via-link.txt", "private.txt has mode 0600"),
+                     ("closed/inner.txt", "closed has mode 0700")], ["fcgi", "xlate"]):
                 mark = bridge.log.mark()
-                r = sendfile(name)
-                assert r.status == 403, name
+                r = sendfile(name, listener)
+                assert r.status == 403, (name, listener)
                 assert name.encode() not in r.body and b"not the file" not in r.body
+                assert b"X-Accel-Redirect" not in bytes(r.stdout)
                 line = "\n".join(bridge.log.wait_for(
                     rf"X-Sendfile refused, answering 403: .*the pool's user \(uid {nobody.pw_uid}\) may not read it",
                     since=mark))

@@ -1,8 +1,11 @@
 //! What an app's file hand-off header becomes, decided without I/O except for the
-//! fallback checks of a file the bridge serves instead: `X-Sendfile`, `X-Sendfile2` (lighttpd) and `X-Accel-Redirect` (nginx)
-//! are passed to the web server, rewritten for it (`translate`), or served by the bridge
-//! (respond/sendfile.rs streams them). A hand-off header never reaches the web server
-//! unless that server understands it: otherwise a filesystem path would reach the client.
+//! fallback checks of a file the bridge serves instead: `X-Sendfile`, `X-Sendfile2`
+//! (lighttpd) and `X-Accel-Redirect` (nginx) are passed to the web server, rewritten for it
+//! (`translate`), or served by the bridge (respond/sendfile.rs streams them). A hand-off
+//! header never reaches the web server unless that server understands it: otherwise a
+//! filesystem path would reach the client. One into a `file-map` directory reaches nginx
+//! only through respond/sendfile.rs, once the file passes the checks of a file the bridge
+//! sends itself: nginx would follow a tenant's symlink anywhere its own user may read.
 use crate::config::{Dialect, Protocol};
 use bytes::Bytes;
 use fastcgi_server::cgi::ResponseHead;
@@ -80,6 +83,10 @@ pub(crate) struct FileHandoff {
     pub content_type: Option<Bytes>,
     /// The worker that answered, for log lines.
     pub pid: u32,
+    /// Behind nginx in `translate` mode: the app's head with its `X-Accel-Redirect`, which
+    /// goes to nginx (nginx sends the file) once the file passes the checks a file the
+    /// bridge sends passes (respond/sendfile.rs).
+    pub to_nginx: Option<Bytes>,
 }
 
 /// `file-handoff:` of a listener (`pass` has no [`Files`]).
@@ -118,14 +125,15 @@ impl Front {
 pub(crate) struct Files {
     pub mode: Mode,
     pub front: Front,
-    /// `file-roots`: the only directories the bridge sends files from, with symlinks
-    /// resolved once here (a served path is compared with them after its own are).
+    /// `file-roots`: the only directories the bridge sends files from, each as written and
+    /// with symlinks resolved once here: a path is compared with them as written before it
+    /// is looked up, its real path after.
     pub roots: Vec<PathBuf>,
     /// `file-map`: (filesystem prefix, internal URI prefix), longest filesystem prefix first.
     pub map: Vec<(String, String)>,
     /// What the bridge may send files from: `roots`, and with `translate` the `file-map`
-    /// directories too (symlinks resolved): a file nginx would serve from there is served by
-    /// the bridge when nginx would drop the app's headers.
+    /// directories too (in both forms): a file nginx would serve from there is checked as
+    /// one the bridge sends, and sent by the bridge when nginx would drop the app's headers.
     pub serve_roots: Vec<PathBuf>,
     /// `FCGIBRIDGE_FILE_ROOTS` for the worker: the directories a wsgi.file_wrapper file
     /// may be handed back from as X-Sendfile. None (`file-hand-back: false`): the worker streams
@@ -368,24 +376,29 @@ impl Files {
     ) -> Self {
         // A nested directory's own mapping wins.
         map.sort_by_key(|(fs, _)| std::cmp::Reverse(fs.len()));
-        let real = |d: PathBuf| std::fs::canonicalize(&d).unwrap_or(d);
-        let roots: Vec<PathBuf> = roots.into_iter().map(real).collect();
-        // The worker compares real paths too. A root containing `:` cannot be listed (the
+        let real = |d: &PathBuf| std::fs::canonicalize(d).unwrap_or_else(|_| d.clone());
+        let mapped: Vec<PathBuf> =
+            if mode == Mode::Translate { map.iter().map(|(fs, _)| PathBuf::from(fs)).collect() } else { vec![] };
+        // The worker compares real paths. A root containing `:` cannot be listed (the
         // separator); its files are streamed.
-        let mut dirs: Vec<PathBuf> = roots.clone();
-        if mode == Mode::Translate {
-            dirs.extend(map.iter().map(|(fs, _)| real(PathBuf::from(fs))));
-        }
-        let listed: Vec<String> = dirs
-            .into_iter()
-            .filter_map(|d| d.to_str().map(str::to_owned))
+        let listed: Vec<String> = roots
+            .iter()
+            .chain(&mapped)
+            .filter_map(|d| real(d).to_str().map(str::to_owned))
             .filter(|d| !d.contains(':') && !d.is_empty())
             .collect();
         let worker_roots = (file_hand_back && !listed.is_empty()).then(|| Bytes::from(listed.join(":")));
-        let mut serve_roots = roots.clone();
-        if mode == Mode::Translate {
-            serve_roots.extend(map.iter().map(|(fs, _)| real(PathBuf::from(fs))));
-        }
+        let both_forms = |dirs: &[PathBuf]| {
+            let mut out: Vec<PathBuf> = Vec::new();
+            for d in dirs.iter().flat_map(|d| [real(d), d.clone()]) {
+                if !out.contains(&d) {
+                    out.push(d);
+                }
+            }
+            out
+        };
+        let serve_roots = both_forms(&[&roots[..], &mapped[..]].concat());
+        let roots = both_forms(&roots);
         Self { mode, front, roots, map, serve_roots, worker_roots, max_ranges }
     }
 
@@ -402,12 +415,14 @@ impl Files {
         let shown = format!("{}: {}", kind.name(), String::from_utf8_lossy(&value));
         let refuse = |why: String| Decision::Refuse { header: shown.clone(), why };
         let nginx = self.front.is_nginx();
-        let serve = |spec: FileSpec| match kept_headers(head) {
+        // The bridge sends the file, or with `to_nginx` checks it and hands that head on.
+        let hand_off = |head: &ResponseHead, spec: FileSpec, to_nginx: Option<Bytes>| match kept_headers(head) {
             Ok((headers, content_type)) => {
-                Decision::Serve(Box::new(FileHandoff { kind, spec, status, headers, content_type, pid }))
+                Decision::Serve(Box::new(FileHandoff { kind, spec, status, headers, content_type, pid, to_nginx }))
             }
             Err(why) => Decision::Refuse { header: shown.clone(), why },
         };
+        let serve = |head: &ResponseHead, spec: FileSpec| hand_off(head, spec, None);
         // Every path is checked before it is mapped, served or passed on: a mapping works on
         // text, so `ROOT/../x` would otherwise become `/protected/../x` for nginx.
         let translate = self.mode == Mode::Translate;
@@ -416,11 +431,15 @@ impl Files {
                 Ok(()) => FileSpec::Whole(value.to_vec()),
                 Err(e) => return refuse(e.to_string()),
             },
-            // nginx follows its own header (to any location, named ones too).
+            // nginx follows its own header (to any location, named ones too); into a file-map
+            // directory only for a file the bridge has checked.
             Kind::AccelRedirect if translate && nginx => {
-                return match check_accel(&value, true, false) {
-                    Ok(()) => Decision::Forward,
-                    Err(e) => refuse(e.to_string()),
+                if let Err(e) = check_accel(&value, true, false) {
+                    return refuse(e.to_string());
+                }
+                return match self.uri_to_fs(&value) {
+                    Some(path) => checked_for_nginx(head, path, hand_off),
+                    None => Decision::Forward,
                 };
             }
             Kind::AccelRedirect => {
@@ -447,7 +466,7 @@ impl Files {
             },
         };
         if self.mode == Mode::Serve {
-            return serve(spec);
+            return serve(head, spec);
         }
         // translate: what the web server in front understands goes to it.
         match (kind, &spec) {
@@ -456,11 +475,12 @@ impl Files {
                     // With X-Accel-Redirect nginx passes on only a few of the app's headers:
                     // a response whose other headers matter (CORS, CSP, nosniff, Vary) is
                     // sent by the bridge, which keeps them all.
-                    if dropped_by_nginx(head) && super::sendfile::resolve(&self.serve_roots, path).is_ok() {
-                        return serve(spec);
+                    if dropped_by_nginx(head) {
+                        return serve(head, spec);
                     }
+                    let path = path.clone();
                     head.headers[i] = (Bytes::from_static(b"X-Accel-Redirect"), Bytes::from(uri));
-                    return Decision::Forward;
+                    return checked_for_nginx(head, path, hand_off);
                 }
             }
             (Kind::Sendfile, _) if self.front.follows_sendfile() => return Decision::Forward,
@@ -471,23 +491,31 @@ impl Files {
             (Kind::Sendfile2, _) if self.front.follows_sendfile2() => return Decision::Forward,
             _ => {}
         }
-        // Not for the web server: the bridge serves it when every file lies under file-roots.
+        match self.servable(kind, &spec) {
+            Ok(()) => serve(head, spec),
+            Err(why) => refuse(why),
+        }
+    }
+
+    /// A hand-off the web server in front cannot follow: Ok when the bridge may send every
+    /// file it names from `file-roots`, else why not.
+    fn servable(&self, kind: Kind, spec: &FileSpec) -> Result<(), String> {
         let why = match kind {
-            Kind::Sendfile if nginx => "no file-map prefix covers it",
+            Kind::Sendfile if self.front.is_nginx() => "no file-map prefix covers it",
             Kind::Sendfile2 if self.front.dialect == Dialect::Lighttpd => {
                 "lighttpd follows X-Sendfile2 only over FastCGI (mod_scgi does not)"
             }
             _ => "the web server in front (dialect) does not understand it",
         };
         if self.roots.is_empty() {
-            return refuse(format!("{why}, and the listener has no file-roots to serve it from"));
+            return Err(format!("{why}, and the listener has no file-roots to serve it from"));
         }
         for p in spec.paths() {
-            if let Err(e) = super::sendfile::resolve(&self.roots, p) {
-                return refuse(format!("{why}, and the bridge does not serve it: {e}"));
+            if let Err(e) = super::sendfile::locate(&self.roots, p) {
+                return Err(format!("{why}, and the bridge does not serve it: {e}"));
             }
         }
-        serve(spec)
+        Ok(())
     }
 
     /// `/fs/prefix/rest` → `/uri/prefix/rest`, percent-encoded (nginx decodes X-Accel-Redirect).
@@ -517,6 +545,22 @@ impl Files {
             }
         }
         best.map(|(_, p)| p)
+    }
+}
+
+/// nginx follows symlinks and reads as its own user: `head`, with its X-Accel-Redirect, goes
+/// to nginx only through `hand_off`, once the file at `path` passes the checks of a file the
+/// bridge sends itself (respond/sendfile.rs).
+fn checked_for_nginx(
+    head: &mut ResponseHead,
+    path: Vec<u8>,
+    hand_off: impl Fn(&ResponseHead, FileSpec, Option<Bytes>) -> Decision,
+) -> Decision {
+    head.content_length = None; // the app's body is not sent
+    match super::encode_head(head, 0) {
+        Ok((_, out)) => hand_off(head, FileSpec::Whole(path), Some(out.freeze())),
+        // Answered as any head that cannot be passed on.
+        Err(_) => Decision::Forward,
     }
 }
 
@@ -669,28 +713,75 @@ mod tests {
             ("X-Accel-Buffering", "no"),
         ];
         let mut h = head(&[&[("X-Sendfile", file.as_str())][..], &kept[..]].concat());
-        assert_eq!(f.decide(&mut h, 1), Decision::Forward);
-        assert_eq!(&h.headers[0].0[..], b"X-Accel-Redirect");
+        assert!(for_nginx(f.decide(&mut h, 1)).starts_with("Status: 200 OK\r\nX-Accel-Redirect: /protected/a.csv\r\n"));
         // A CORS or CSP header nginx would drop: the bridge sends the file, with it.
         for extra in [("Access-Control-Allow-Origin", "https://a.example"), ("Content-Security-Policy", "sandbox")] {
             let mut h = head(&[("X-Sendfile", file.as_str()), extra]);
             let Decision::Serve(served) = f.decide(&mut h, 1) else { panic!("not served: {extra:?}") };
             assert_eq!(served.headers, vec![(Bytes::from(extra.0), Bytes::from(extra.1))]);
         }
-        // A file the bridge cannot open from there: nginx's, as before.
+        // A missing file too: the bridge answers 404 as for any file it sends.
         let mut h = head(&[("X-Sendfile", &*format!("{}/missing", dir.display())), ("Vary", "Origin")]);
-        assert_eq!(f.decide(&mut h, 1), Decision::Forward);
+        assert!(matches!(f.decide(&mut h, 1), Decision::Serve(s) if s.to_nginx.is_none()));
+    }
+
+    #[test]
+    fn a_directory_named_through_a_symlink_is_one_as_written_too() {
+        // A path is compared with the roots as written before anything is looked up: the
+        // configured form counts, as well as the real one.
+        let dir = crate::config::tests::scratch_dir("handoff-symlinked-root");
+        std::fs::create_dir(dir.join("real")).unwrap();
+        std::fs::write(dir.join("real/f.txt"), "x").unwrap();
+        std::os::unix::fs::symlink(dir.join("real"), dir.join("link")).unwrap();
+        let nginx = Front { dialect: Dialect::Nginx, protocol: Protocol::FastCgi };
+        let f =
+            Files::new(Mode::Translate, nginx, vec![dir.join("link")], vec![("/srv/x".into(), "/p".into())], 16, true);
+        assert_eq!(f.roots, vec![dir.join("real"), dir.join("link")]);
+        for p in [dir.join("link/f.txt"), dir.join("real/f.txt")] {
+            let mut h = head(&[("X-Sendfile", p.to_str().unwrap_or_default())]);
+            assert!(matches!(f.decide(&mut h, 1), Decision::Serve(s) if s.to_nginx.is_none()), "{}", p.display());
+        }
+        let map = vec![(dir.join("link").display().to_string(), "/protected".to_owned())];
+        let f = Files::new(Mode::Translate, nginx, vec![], map, 16, true);
+        assert_eq!(f.serve_roots, vec![dir.join("real"), dir.join("link")]);
+        assert_eq!(f.worker_roots, Some(Bytes::from(dir.join("real").display().to_string())));
+        let found = super::super::sendfile::locate(
+            &f.serve_roots,
+            dir.join("link/f.txt").to_str().unwrap_or_default().as_bytes(),
+        );
+        assert_eq!(found.map(|l| l.real).ok(), Some(dir.join("real/f.txt")));
+    }
+
+    /// The head that goes to nginx once the bridge has checked the file.
+    fn for_nginx(d: Decision) -> String {
+        match d {
+            Decision::Serve(h) if h.to_nginx.is_some() => {
+                String::from_utf8_lossy(&h.to_nginx.unwrap_or_default()).into()
+            }
+            other => panic!("not for nginx: {other:?}"),
+        }
     }
 
     #[test]
     fn translate_rewrites_for_the_server_in_front() {
         let nginx = files(Mode::Translate, Dialect::Nginx, vec![]);
-        let mut h = head(&[("X-Sendfile", "/srv/files/a/b.pdf")]);
-        assert_eq!(nginx.decide(&mut h, 1), Decision::Forward);
-        assert_eq!(h.headers[0], (Bytes::from_static(b"X-Accel-Redirect"), Bytes::from_static(b"/protected/a/b.pdf")));
-        // nginx understands its own header
+        let mut h = head(&[("X-Sendfile", "/srv/files/a/b.pdf"), ("Content-Length", "12")]);
+        h.content_length = Some(12);
+        let Decision::Serve(checked) = nginx.decide(&mut h, 1) else { panic!("not checked") };
+        // nginx sends the file once the bridge has checked it: no Content-Length of the app's body
+        assert_eq!(checked.spec, FileSpec::Whole(b"/srv/files/a/b.pdf".to_vec()));
+        assert_eq!(
+            checked.to_nginx.as_deref(),
+            Some(&b"Status: 200 OK\r\nX-Accel-Redirect: /protected/a/b.pdf\r\n\r\n"[..])
+        );
+        // nginx understands its own header; one into a file-map directory is checked first
         let mut h = head(&[("X-Accel-Redirect", "/anything")]);
         assert_eq!(nginx.decide(&mut h, 1), Decision::Forward);
+        let mut h = head(&[("X-Accel-Redirect", "/deep/a%20b.pdf?v=1"), ("Set-Cookie", "a=1")]);
+        let Decision::Serve(checked) = nginx.decide(&mut h, 1) else { panic!("not checked") };
+        assert_eq!(checked.spec, FileSpec::Whole(b"/srv/files/deep/a b.pdf".to_vec()));
+        let to_nginx = String::from_utf8_lossy(checked.to_nginx.as_deref().unwrap_or_default()).into_owned();
+        assert_eq!(to_nginx, "Status: 200 OK\r\nX-Accel-Redirect: /deep/a%20b.pdf?v=1\r\nSet-Cookie: a=1\r\n\r\n");
         let lighttpd = files(Mode::Translate, Dialect::Lighttpd, vec![]);
         let mut h = head(&[("X-Accel-Redirect", "/protected/a%20b.pdf")]);
         assert_eq!(lighttpd.decide(&mut h, 1), Decision::Forward);
@@ -851,17 +942,20 @@ mod tests {
     #[test]
     fn nginx_follows_a_normal_x_accel_redirect() {
         let nginx = files(Mode::Translate, Dialect::Nginx, vec![]);
-        for ok in ["/protected/a.pdf", "/internal/", "@named", "/protected/a.pdf?path=../x", "/p/a%20b"] {
+        for ok in ["/internal/", "@named", "/p/a%20b"] {
             let mut h = head(&[("X-Accel-Redirect", ok)]);
             assert_eq!(nginx.decide(&mut h, 1), Decision::Forward, "{ok}");
+        }
+        for mapped in ["/protected/a.pdf", "/protected/a.pdf?path=../x", "/protected/"] {
+            let mut h = head(&[("X-Accel-Redirect", mapped)]);
+            assert!(for_nginx(nginx.decide(&mut h, 1)).contains(&format!("\r\nX-Accel-Redirect: {mapped}\r\n")));
         }
         refused(&nginx, "X-Accel-Redirect", "/internal/../admin");
         refused(&nginx, "X-Accel-Redirect", "/internal/%2e%2e/admin?x=1");
         refused(&nginx, "X-Accel-Redirect", "relative");
         // a literal `%2e%2e` directory is not `..` for nginx: X-Sendfile's `%` is encoded
         let mut h = head(&[("X-Sendfile", "/srv/files/100%.txt")]);
-        assert_eq!(nginx.decide(&mut h, 1), Decision::Forward);
-        assert_eq!(h.headers[0].1, Bytes::from_static(b"/protected/100%25.txt"));
+        assert!(for_nginx(nginx.decide(&mut h, 1)).contains("\r\nX-Accel-Redirect: /protected/100%25.txt\r\n"));
     }
 
     #[test]

@@ -8,10 +8,16 @@
 //! X-Sendfile2 sends the app's ranges one after another with the app's status. The app's
 //! headers that do not describe the body are kept.
 //!
-//! A file is opened before it is checked, and what was opened is checked (its real path as
-//! the kernel names the open file, its fstat), then read through that descriptor: a path
-//! whose directories change meanwhile cannot lead out of the roots. For a pool whose workers
-//! run as another account ([`Reader`]) only a file that account could read itself is sent.
+//! A path is first compared, as written, with the roots: nothing outside them is looked up,
+//! so the answer (403) tells nothing of what exists there. A file under them is opened
+//! before it is checked, and what was opened is checked (its real path as the kernel names
+//! the open file, its fstat), then read through that descriptor: a path whose directories
+//! change meanwhile cannot lead out of the roots. For a pool whose workers run as another
+//! account ([`Reader`]) only a file that account could read itself is sent.
+//!
+//! Behind nginx in `translate` mode nginx sends a file under a `file-map` directory; the
+//! bridge makes the same checks first and passes the app's `X-Accel-Redirect` on only for
+//! a file it would have sent itself ([`FileHandoff::to_nginx`]).
 use super::file_handoff::{FileHandoff, FileSpec, Piece};
 use crate::flow::{End, ResponseSink};
 use crate::supervise::access::Reader;
@@ -31,13 +37,19 @@ const CHUNK: usize = 64 << 10;
 /// and the bridge's descriptors are shared by every listener and pool.
 pub(crate) const MAX_SENDFILE2_FILES: usize = 64;
 
+/// With `translate`, the `file-map` directories are roots too.
+const ALSO_MAPPED: &str = " (translate: or file-map directories)";
+
 /// Why a hand-off is refused.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum SendfileError {
     #[error("{0:?} is not a normal path: {1}")]
     BadPath(String, super::file_handoff::PathFlaw),
-    #[error("{0:?} is not under any of the listener's file-roots")]
+    #[error("{0:?} is not under any of the listener's file-roots{ALSO_MAPPED}")]
     OutsideRoots(String),
+    /// Under a root as written, but a symlink on the way leads out of every root.
+    #[error("{path:?} leads to {real:?}, which is not under any of the listener's file-roots{ALSO_MAPPED}")]
+    LeadsOutside { path: String, real: PathBuf },
     #[error("{0:?} does not exist")]
     NotFound(String),
     #[error("{0:?} is not a regular file")]
@@ -59,7 +71,7 @@ impl SendfileError {
     /// The status the client gets.
     pub(crate) fn status(&self) -> u16 {
         match self {
-            Self::BadPath(..) | Self::OutsideRoots(_) | Self::Unreadable { .. } => 403,
+            Self::BadPath(..) | Self::OutsideRoots(_) | Self::LeadsOutside { .. } | Self::Unreadable { .. } => 403,
             Self::NotFound(_) | Self::NotRegular(_) => 404,
             Self::BeyondEnd { .. } | Self::Io { .. } | Self::TooManyFiles => 500,
             Self::CutOff { status, .. } => *status,
@@ -86,25 +98,40 @@ async fn send_range<K: ResponseSink>(
     }
 }
 
-/// A file opened to be sent, with what was checked of it.
+/// A file found under a root, with what was checked of it; nothing read yet.
 #[derive(Debug)]
-pub(crate) struct Opened {
-    pub file: std::fs::File,
+pub(crate) struct Located {
+    /// An `O_PATH` descriptor: it names the file, it cannot read it.
+    handle: std::fs::File,
     /// Where the kernel says the opened file is (symlinks resolved).
     pub real: PathBuf,
     /// Its fstat.
     pub meta: std::fs::Metadata,
 }
 
-/// Open `path` to send it from one of `roots` (symlinks already resolved, as in
+/// A file opened to be sent, with what was checked of it.
+#[derive(Debug)]
+pub(crate) struct Opened {
+    pub file: std::fs::File,
+    /// As in [`Located`].
+    pub real: PathBuf,
+    pub meta: std::fs::Metadata,
+}
+
+/// Find `path` under one of `roots` (each as written and with symlinks resolved, as in
 /// [`Files`](super::file_handoff::Files)): a normal path (already checked by
 /// [`decide`](super::file_handoff::Files::decide); again here, as the last step before the
-/// filesystem); then, on the file opened, its real path under a root (a symlink inside a
-/// root may lead elsewhere inside one) and a regular file.
-pub(crate) fn resolve(roots: &[PathBuf], path: &[u8]) -> Result<Opened, SendfileError> {
+/// filesystem) under a root as written, so that nothing outside them is looked up; then,
+/// on the file opened, its real path under a root (a symlink inside a root may lead
+/// elsewhere inside one) and a regular file.
+pub(crate) fn locate(roots: &[PathBuf], path: &[u8]) -> Result<Located, SendfileError> {
     let shown = String::from_utf8_lossy(path).into_owned();
     super::file_handoff::normal_path(path, false).map_err(|flaw| SendfileError::BadPath(shown.clone(), flaw))?;
     let p = Path::new(std::ffi::OsStr::from_bytes(path));
+    // Whether a file outside the roots exists (403 or 404) is none of the app's business.
+    if !roots.iter().any(|r| p.starts_with(r)) {
+        return Err(SendfileError::OutsideRoots(shown));
+    }
     // O_PATH: nothing is read, and no device or FIFO really opened, before the file is
     // known to be a regular file under a root.
     let handle = match std::fs::OpenOptions::new().read(true).custom_flags(libc::O_PATH).open(p) {
@@ -112,33 +139,47 @@ pub(crate) fn resolve(roots: &[PathBuf], path: &[u8]) -> Result<Opened, Sendfile
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(SendfileError::NotFound(shown)),
         Err(err) => return Err(SendfileError::Io { path: shown, err }),
     };
-    let fd_path = PathBuf::from(format!("/proc/self/fd/{}", handle.as_raw_fd()));
-    let real = std::fs::read_link(&fd_path).map_err(|err| SendfileError::Io { path: shown.clone(), err })?;
+    let real = std::fs::read_link(fd_path(&handle)).map_err(|err| SendfileError::Io { path: shown.clone(), err })?;
     // A symlink inside a root that leads out of it is refused like a path outside.
     if !roots.iter().any(|r| real.starts_with(r)) {
-        return Err(SendfileError::OutsideRoots(shown));
+        return Err(SendfileError::LeadsOutside { path: shown, real });
     }
     let meta = handle.metadata().map_err(|err| SendfileError::Io { path: shown.clone(), err })?;
     if !meta.is_file() {
         return Err(SendfileError::NotRegular(shown));
     }
-    // The very file checked, now for reading.
-    let file = std::fs::File::open(&fd_path).map_err(|err| SendfileError::Io { path: shown, err })?;
-    Ok(Opened { file, real, meta })
+    Ok(Located { handle, real, meta })
 }
 
-/// [`resolve`], and for a pool whose workers run as another account (`reader`), only a
+/// The name under which the kernel reopens the file `f` names.
+fn fd_path(f: &std::fs::File) -> PathBuf {
+    PathBuf::from(format!("/proc/self/fd/{}", f.as_raw_fd()))
+}
+
+/// The very file `found` names, opened for reading.
+fn reopen(found: Located, path: &[u8]) -> Result<Opened, SendfileError> {
+    let file = std::fs::File::open(fd_path(&found.handle))
+        .map_err(|err| SendfileError::Io { path: String::from_utf8_lossy(path).into_owned(), err })?;
+    Ok(Opened { file, real: found.real, meta: found.meta })
+}
+
+/// [`locate`], and for a pool whose workers run as another account (`reader`), only a
 /// file that account could read itself.
-fn open(roots: &[PathBuf], reader: Option<&Reader>, path: &[u8]) -> Result<Opened, SendfileError> {
-    let opened = resolve(roots, path)?;
+fn check(roots: &[PathBuf], reader: Option<&Reader>, path: &[u8]) -> Result<Located, SendfileError> {
+    let found = locate(roots, path)?;
     if let Some(r) = reader {
-        r.may_read(&opened.real, &opened.meta).map_err(|why| SendfileError::Unreadable {
+        r.may_read(&found.real, &found.meta).map_err(|why| SendfileError::Unreadable {
             path: String::from_utf8_lossy(path).into_owned(),
             uid: r.uid,
             why,
         })?;
     }
-    Ok(opened)
+    Ok(found)
+}
+
+/// [`check`], then the very file checked opened for reading.
+fn open(roots: &[PathBuf], reader: Option<&Reader>, path: &[u8]) -> Result<Opened, SendfileError> {
+    reopen(check(roots, reader, path)?, path)
 }
 
 /// What [`serve`] sent, for the access log and the log line of an ignored Range.
@@ -168,11 +209,20 @@ pub(crate) async fn serve<K: ResponseSink>(
     h: &FileHandoff,
     sink: &mut K,
 ) -> Result<Served, SendfileError> {
+    if let Some(to_nginx) = &h.to_nginx {
+        // nginx sends the file, following symlinks and reading as its own user: only one
+        // the bridge would send itself goes to it.
+        for p in h.spec.paths() {
+            check(roots, reader, p)?;
+        }
+        let _ = sink.send(to_nginx.clone(), Some(End::Complete)).await;
+        return Ok(Served::new(h.status, 0));
+    }
     if h.status < 200 || h.status == 204 || h.status == 304 {
         // A status without a body (an app that checked the client's validators itself):
         // the file is only checked, never sent.
         for p in h.spec.paths() {
-            open(roots, reader, p)?;
+            check(roots, reader, p)?;
         }
         let _ = sink.send(head(h.status, h, None, &[]).freeze(), Some(End::Complete)).await;
         return Ok(Served::new(h.status, 0));
@@ -233,11 +283,7 @@ async fn serve_whole<K: ResponseSink>(
         let _ = sink.send(out.freeze(), Some(End::Complete)).await;
         return Ok(Served::new(304, 0));
     }
-    let multipart = Multipart {
-        boundary: format!("fcgibridge-{mtime:x}{len:x}"),
-        ctype: String::from_utf8_lossy(ctype).into_owned(),
-        len,
-    };
+    let multipart = Multipart { boundary: boundary(), ctype: String::from_utf8_lossy(ctype).into_owned(), len };
     let mut plan =
         if plain { plan_ranges(params, len, &etag, mtime, now_secs(), max_ranges) } else { RangePlan::Whole };
     if let RangePlan::Ranges(rs) = &plan {
@@ -379,7 +425,7 @@ fn plan_ranges(params: &Params, len: u64, etag: &str, mtime: u64, now: u64, max_
     if params.get(b"HTTP_IF_RANGE").is_some_and(|v| !if_range_matches(v, etag, mtime, now)) {
         return RangePlan::Whole;
     }
-    let count = range.split(|&b| b == b',').count();
+    let count = range.split(|&b| b == b',').filter(|r| !r.trim_ascii().is_empty()).count();
     if count > max_ranges as usize {
         return RangePlan::Ignored(RangesIgnored::TooMany { count, max: max_ranges });
     }
@@ -445,6 +491,16 @@ impl Multipart {
         ranges.iter().map(|&(s, e)| self.part_head(s, e).len() as u64 + e - s + 1).sum::<u64>()
             + self.closing().len() as u64
     }
+}
+
+/// A multipart boundary no one can foresee: a file that contains it could otherwise end a
+/// part early and forge the parts after it.
+fn boundary() -> String {
+    let n = getrandom::u64().unwrap_or_else(|_| {
+        use std::hash::{BuildHasher, Hasher};
+        std::collections::hash_map::RandomState::new().build_hasher().finish()
+    });
+    format!("fcgibridge-{n:016x}")
 }
 
 /// X-Sendfile2: every piece is opened and checked (roots, existence, range within the
@@ -548,26 +604,35 @@ fn put_header(out: &mut BytesMut, name: &str, value: &str) {
 
 /// `bytes=a-b, c-, -n` → satisfiable inclusive ranges; `Some(empty)` when none is
 /// satisfiable (416); `None` when the header is not a byte-range set (ignored: 200).
+/// RFC 9110 §14.1.1: the unit is case-insensitive, positions are digits, and empty list
+/// elements (`bytes=0-1,,`) are allowed, as long as one range is there.
 fn parse_ranges(value: &[u8], len: u64) -> Option<Vec<(u64, u64)>> {
     let v = std::str::from_utf8(value).ok()?.trim();
-    let set = v.strip_prefix("bytes=")?;
+    let (unit, set) = v.split_once('=')?;
+    if !unit.eq_ignore_ascii_case("bytes") {
+        return None;
+    }
+    let specs: Vec<&str> = set.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
+    if specs.is_empty() {
+        return None;
+    }
     let mut out = Vec::new();
-    for spec in set.split(',') {
-        let (a, b) = spec.trim().split_once('-')?;
-        let (a, b) = (a.trim(), b.trim());
+    for spec in specs {
+        let (a, b) = spec.split_once('-')?;
         let range = if a.is_empty() {
-            let n: u64 = b.parse().ok()?;
+            let n = position(b)?;
             if n == 0 {
                 continue;
             }
             (len.saturating_sub(n), len - 1)
         } else {
-            let s: u64 = a.parse().ok()?;
-            let e: u64 = if b.is_empty() { len - 1 } else { b.parse::<u64>().ok()?.min(len - 1) };
-            if s > e || s >= len {
-                if !b.is_empty() && b.parse::<u64>().ok()? < s {
-                    return None; // syntactically invalid: ignore the header
-                }
+            let s = position(a)?;
+            let last = if b.is_empty() { None } else { Some(position(b)?) };
+            if last.is_some_and(|e| e < s) {
+                return None; // syntactically invalid: ignore the header
+            }
+            let e = last.map_or(len - 1, |e| e.min(len - 1));
+            if s >= len {
                 continue;
             }
             (s, e)
@@ -575,6 +640,14 @@ fn parse_ranges(value: &[u8], len: u64) -> Option<Vec<(u64, u64)>> {
         out.push(range);
     }
     Some(out)
+}
+
+/// A range's first or last position: one or more digits (`+5`, ` 5`, `0x5` are none).
+fn position(s: &str) -> Option<u64> {
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    s.parse().ok()
 }
 
 /// Content-Type by extension: the common static types; anything else is octet-stream.
@@ -655,6 +728,25 @@ mod tests {
         assert_eq!(parse_ranges(b"bytes=5-1", 100), None);
     }
 
+    #[test]
+    fn ranges_as_rfc_9110_writes_them() {
+        // The unit is case-insensitive.
+        assert_eq!(parse_ranges(b"BYTES=0-1", 100), Some(vec![(0, 1)]));
+        assert_eq!(parse_ranges(b"Bytes=-1", 100), Some(vec![(99, 99)]));
+        // Positions are digits: anything else makes the header invalid (ignored: 200).
+        for bad in ["bytes=+5-10", "bytes=5-+10", "bytes=-+5", "bytes=0x10-20", "bytes=1 -2", "bytes=-", "bytes=5"] {
+            assert_eq!(parse_ranges(bad.as_bytes(), 100), None, "{bad}");
+        }
+        // Empty list elements are allowed, not a list of nothing but them.
+        assert_eq!(parse_ranges(b"bytes=0-1,,", 100), Some(vec![(0, 1)]));
+        assert_eq!(parse_ranges(b"bytes=, 0-1 ,, 5-6", 100), Some(vec![(0, 1), (5, 6)]));
+        assert_eq!(parse_ranges(b"bytes=", 100), None);
+        assert_eq!(parse_ranges(b"bytes= , ,", 100), None);
+        // and they are not ranges to count against max-ranges
+        let two = format!("bytes=0-1,{}500-501", ",".repeat(40));
+        assert_eq!(plan(&[("HTTP_RANGE", &two)]), RangePlan::Ranges(vec![(0, 1), (500, 501)]));
+    }
+
     fn params(pairs: &[(&str, &str)]) -> Params {
         let mut p = Params::default();
         for (n, v) in pairs {
@@ -729,11 +821,34 @@ mod tests {
     }
 
     #[test]
-    fn resolve_refuses_non_normal_paths_before_the_filesystem() {
+    fn non_normal_paths_are_refused_before_the_filesystem() {
         for p in [&b"relative/a"[..], b"/a/../b", b"/a/./b", b"/a//b", b"/a/", b"/a\0b", b"/a\\..\\b"] {
-            assert!(matches!(resolve(&[PathBuf::from("/")], p), Err(SendfileError::BadPath(..))), "{p:?}");
+            assert!(matches!(open(&[PathBuf::from("/")], None, p), Err(SendfileError::BadPath(..))), "{p:?}");
         }
     }
+
+    #[test]
+    fn nothing_outside_the_roots_is_looked_up() {
+        let (base, root) = tree("outside");
+        let evil = base.join("root-evil");
+        std::fs::create_dir(&evil).unwrap();
+        std::fs::write(evil.join("x"), "x").unwrap();
+        let roots = [root.clone()];
+        // What exists and what does not, beside the root or anywhere: the same 403, decided
+        // on the path as written, before the filesystem is asked.
+        for p in [base.join("secret.txt"), base.join("missing.txt"), evil.join("x"), evil.join("none")] {
+            match open(&roots, None, bytes(&p)) {
+                Err(e @ SendfileError::OutsideRoots(_)) => assert_eq!(e.status(), 403),
+                other => panic!("{}: {other:?}", p.display()),
+            }
+        }
+        for p in ["/proc/self/environ", "/root/.bashrc", "/root/no-such-file"] {
+            assert!(matches!(open(&roots, None, p.as_bytes()), Err(SendfileError::OutsideRoots(_))), "{p}");
+        }
+        // Under the root, existence is the root's own business.
+        assert!(matches!(open(&roots, None, bytes(&root.join("none"))), Err(SendfileError::NotFound(_))));
+    }
+
     fn bytes(p: &Path) -> &[u8] {
         p.as_os_str().as_bytes()
     }
@@ -760,7 +875,7 @@ mod tests {
         let (base, root) = tree("opened");
         let roots = [root.clone()];
         let file = root.join("dir/a.txt");
-        let opened = resolve(&roots, bytes(&file)).unwrap();
+        let opened = open(&roots, None, bytes(&file)).unwrap();
         assert_eq!((opened.real.as_path(), opened.meta.len()), (file.as_path(), 7));
         // The directory is swapped for a symlink out of the root after the check: the
         // descriptor still reads the file that was checked.
@@ -769,15 +884,21 @@ mod tests {
         assert_eq!(read(&opened.file), "inside\n");
         // Opened now, the same path is the file beside the root: refused, never read.
         std::fs::write(base.join("a.txt"), "outside\n").unwrap();
-        assert!(matches!(resolve(&roots, bytes(&file)), Err(SendfileError::OutsideRoots(_))));
+        match open(&roots, None, bytes(&file)) {
+            Err(e @ SendfileError::LeadsOutside { .. }) => {
+                assert_eq!(e.status(), 403);
+                assert!(e.to_string().contains(&format!("leads to {:?}", base.join("a.txt"))), "{e}");
+            }
+            other => panic!("{other:?}"),
+        }
         // A symlink that stays inside a root is served as its target.
         std::os::unix::fs::symlink(root.join("old/a.txt"), root.join("link.txt")).unwrap();
-        assert_eq!(resolve(&roots, bytes(&root.join("link.txt"))).unwrap().real, root.join("old/a.txt"));
-        assert!(matches!(resolve(&roots, bytes(&root.join("old"))), Err(SendfileError::NotRegular(_))));
-        assert!(matches!(resolve(&roots, bytes(&root.join("none"))), Err(SendfileError::NotFound(_))));
+        assert_eq!(open(&roots, None, bytes(&root.join("link.txt"))).unwrap().real, root.join("old/a.txt"));
+        assert!(matches!(open(&roots, None, bytes(&root.join("old"))), Err(SendfileError::NotRegular(_))));
+        assert!(matches!(open(&roots, None, bytes(&root.join("none"))), Err(SendfileError::NotFound(_))));
         // A FIFO is refused without being opened for reading (that would wait for a writer).
         nix::unistd::mkfifo(&root.join("fifo"), nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
-        assert!(matches!(resolve(&roots, bytes(&root.join("fifo"))), Err(SendfileError::NotRegular(_))));
+        assert!(matches!(open(&roots, None, bytes(&root.join("fifo"))), Err(SendfileError::NotRegular(_))));
     }
 
     /// Root to chown; every directory above the scratch dir searchable by others.
@@ -839,7 +960,78 @@ mod tests {
 
     fn handoff(spec: FileSpec) -> FileHandoff {
         let kind = super::super::file_handoff::Kind::Sendfile2;
-        FileHandoff { kind, spec, status: 200, headers: Vec::new(), content_type: None, pid: 1 }
+        FileHandoff { kind, spec, status: 200, headers: Vec::new(), content_type: None, pid: 1, to_nginx: None }
+    }
+
+    #[tokio::test]
+    async fn the_multipart_boundary_cannot_be_foreseen() {
+        let (_base, root) = tree("boundary");
+        let a = root.join("dir/big.txt");
+        std::fs::write(&a, "x".repeat(10_000)).unwrap();
+        let mut h = handoff(FileSpec::Whole(bytes(&a).to_vec()));
+        h.kind = super::super::file_handoff::Kind::Sendfile;
+        let ranged = params(&[("HTTP_RANGE", "bytes=0-0,5000-5000")]);
+        let mut boundaries = Vec::new();
+        for _ in 0..2 {
+            let mut sink = Collect::default();
+            let served = serve(std::slice::from_ref(&root), None, 16, &ranged, &h, &mut sink).await.unwrap();
+            assert_eq!(served.status, 206);
+            let text = String::from_utf8_lossy(&sink.0).into_owned();
+            let after = |key: &str| text.split(key).nth(1).and_then(|t| t.split("\r\n").next()).unwrap().to_owned();
+            let (b, etag) = (after("boundary="), after("ETag: "));
+            assert!(text.contains(&format!("\r\n--{b}--\r\n")), "{text}");
+            // Not made of the file's ETag (its mtime and length), which the client sees.
+            assert!(!b.contains(&etag.trim_matches('"').replace('-', "")), "{b} {etag}");
+            boundaries.push(b);
+        }
+        assert_ne!(boundaries[0], boundaries[1]);
+    }
+
+    /// A hand-off for nginx: `head` goes out once the file is checked.
+    fn for_nginx(path: &Path, head: &'static [u8]) -> FileHandoff {
+        let mut h = handoff(FileSpec::Whole(bytes(path).to_vec()));
+        h.to_nginx = Some(Bytes::from_static(head));
+        h
+    }
+
+    #[tokio::test]
+    async fn nginx_gets_only_a_file_the_bridge_would_send() {
+        let (base, root) = tree("to-nginx");
+        let roots = [root.clone()];
+        const HEAD: &[u8] = b"Status: 200 OK\r\nX-Accel-Redirect: /protected/x\r\n\r\n";
+        let mut sink = Collect::default();
+        let h = for_nginx(&root.join("dir/a.txt"), HEAD);
+        assert_eq!(serve(&roots, None, 16, &Params::default(), &h, &mut sink).await.unwrap(), Served::new(200, 0));
+        assert_eq!(sink.0, HEAD);
+        // A tenant's symlink out of the directory, to a directory, to nothing: refused as
+        // the bridge refuses a file it would send, and nothing goes to nginx.
+        std::os::unix::fs::symlink(base.join("secret.txt"), root.join("escape")).unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", root.join("passwd")).unwrap();
+        std::os::unix::fs::symlink(root.join("dir"), root.join("dirlink")).unwrap();
+        std::os::unix::fs::symlink(root.join("none"), root.join("dangling")).unwrap();
+        for (name, status) in [("escape", 403), ("passwd", 403), ("dirlink", 404), ("dangling", 404), ("dir", 404)] {
+            let mut sink = Collect::default();
+            let err = serve(&roots, None, 16, &Params::default(), &for_nginx(&root.join(name), HEAD), &mut sink)
+                .await
+                .unwrap_err();
+            assert_eq!((err.status(), sink.0.len()), (status, 0), "{name}: {err}");
+        }
+        if !can_test_readers(&base) {
+            return;
+        }
+        // The pool's user could not read it: nginx does not send it for that pool either.
+        let private = root.join("private.txt");
+        std::fs::write(&private, "private\n").unwrap();
+        std::fs::set_permissions(&private, Permissions::from_mode(0o600)).unwrap();
+        let tenant = Reader { uid: 4101, gids: vec![4101] };
+        let mut sink = Collect::default();
+        let err = serve(&roots, Some(&tenant), 16, &Params::default(), &for_nginx(&private, HEAD), &mut sink)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, SendfileError::Unreadable { uid: 4101, .. }) && sink.0.is_empty(), "{err:?}");
+        let mut sink = Collect::default();
+        serve(&roots, None, 16, &Params::default(), &for_nginx(&private, HEAD), &mut sink).await.unwrap();
+        assert_eq!(sink.0, HEAD);
     }
 
     #[tokio::test]
