@@ -409,6 +409,31 @@ def test_translate_checks_a_file_before_nginx_sends_it(translate_env, header, qu
     assert r.status == 403 and b"X-Accel-Redirect" not in bytes(r.stdout) and b"X-Sendfile" not in bytes(r.stdout)
 
 
+def test_a_local_redirect_into_a_file_map_location_is_refused(tmp_path):
+    """A CGI local redirect no route serves goes to nginx as X-Accel-Redirect: into a
+    file-map location it would skip the file's check (nginx follows symlinks), so it is
+    refused with a line that says how to hand the file off instead; elsewhere it goes on."""
+    import fcgi_client
+    root = tmp_path / "files"
+    root.mkdir()
+    (tmp_path / "secret.txt").write_text("secret\n")
+    os.symlink(tmp_path / "secret.txt", root / "escape.txt")
+    (port,) = harness.free_ports(1)
+    listeners = {"fcgi": {"fastcgi": f"127.0.0.1:{port}", "routes": [{"prefix": "/app", "pool": "app"}],
+                          "dialect": "nginx", "file-handoff": "translate", "file-map": {str(root): "/protected"}}}
+    bridge = respond_servers.start_bridge(tmp_path, {"app": handoff_pool(root, threads=2)}, listeners,
+                                          [("fcgi", "/app/health", "any")])
+    try:
+        mark = bridge.log.mark()
+        r = fcgi_client.fcgi_request(bridge.listener_address("fcgi"), "/app/local", query="to=/protected/escape.txt")
+        assert r.status == 500 and b"X-Accel-Redirect" not in bytes(r.stdout)
+        bridge.log.wait_for(r"internal redirect refused, answering 500: .* names a file-map location", since=mark)
+        r = fcgi_client.fcgi_request(bridge.listener_address("fcgi"), "/app/local", query="to=/elsewhere/page")
+        assert r.status == 200 and b"X-Accel-Redirect: /elsewhere/page" in bytes(r.stdout)
+    finally:
+        bridge.stop()
+
+
 def test_translate_keeps_headers_nginx_would_drop(translate_env):
     """nginx passes on only Content-Type, Content-Disposition, Accept-Ranges, Set-Cookie,
     Cache-Control and Expires with X-Accel-Redirect: a file whose response carries other

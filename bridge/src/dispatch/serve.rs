@@ -384,6 +384,13 @@ impl<'a, S: BodySource, K: ResponseSink> Request<'a, S, K> {
                 tracing::error!(listener = %lst.name, pool = %by, request_id, uri = %uri, target = %shown, "internal redirect refused, answering 500: {why}, and as X-Accel-Redirect {e}");
                 return self.answer(respond::error_response(500, None).freeze(), 500, from).await;
             }
+            // A file-map location: nginx would send the file unchecked (a symlink out of its
+            // directory, a file the pool's user could not read). A file hand-off header is
+            // checked first; a redirect that would bypass that check is refused.
+            if lst.files.as_ref().is_some_and(|f| f.uri_to_fs(target).is_some()) {
+                tracing::error!(listener = %lst.name, pool = %by, request_id, uri = %uri, target = %shown, "internal redirect refused, answering 500: {why}, and it names a file-map location; hand the file off with X-Sendfile or X-Accel-Redirect, which the bridge checks");
+                return self.answer(respond::error_response(500, None).freeze(), 500, from).await;
+            }
         }
         let reply = respond::redirect::unrouted(lst.dialect, lst.unrouted_redirect, target);
         let status = if reply.is_some() { 200 } else { 404 };
