@@ -118,7 +118,7 @@ impl AccessLog {
         if path.as_os_str() == "-" {
             return Ok(Self::MainLog);
         }
-        let file = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
+        let file = file::open_append(path)?;
         let (tx, rx) = std::sync::mpsc::sync_channel::<String>(4096);
         let path = path.to_path_buf();
         std::thread::Builder::new().name("access-log".to_owned()).spawn(move || {
@@ -129,7 +129,7 @@ impl AccessLog {
                 if reopen.generation() != generation {
                     generation = reopen.generation();
                     let _ = out.flush();
-                    match std::fs::OpenOptions::new().create(true).append(true).open(&path) {
+                    match file::open_append(&path) {
                         Ok(f) => out = std::io::BufWriter::new(f),
                         Err(e) => tracing::error!("cannot reopen access log {}: {e}", path.display()),
                     }

@@ -326,12 +326,16 @@ const PEERS: &[Peer] = &[
          runs too long",
     ),
     // Logs and status.
-    (&["logto"], "uWSGI's logto is the bridge key log-file: `bridge: log-file: /path`"),
+    (
+        &["logto"],
+        "uWSGI's logto is the bridge key log-file: `bridge: log-file: /path`, one log for every pool (an app \
+         that needs its own logs a file of its own with Python's logging)",
+    ),
     (
         &["disable-logging"],
         "uWSGI's disable-logging has no equivalent: there is no access log unless the bridge key access-log is set",
     ),
-    (&["access.log"], "PHP-FPM's access.log is the bridge key access-log"),
+    (&["access.log"], "PHP-FPM's access.log is the bridge key access-log, one access log for every pool (its lines name the pool)"),
     (&["access.format"], "PHP-FPM's access.format is the bridge key access-log-format"),
     (
         &["catch-workers-output"],

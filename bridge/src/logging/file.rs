@@ -23,7 +23,7 @@ pub(crate) struct LogFile {
 impl LogFile {
     /// Open (append, create) the file; it is opened again after each `reopen` request.
     pub(crate) fn open(path: PathBuf, reopen: Reopen) -> std::io::Result<Self> {
-        let file = OpenOptions::new().create(true).append(true).open(&path)?;
+        let file = open_append(&path)?;
         Ok(Self {
             path: Arc::new(path),
             inner: Arc::new(Mutex::new(Inner { file, generation: reopen.generation() })),
@@ -40,7 +40,7 @@ impl Write for LogFile {
             inner.generation = now;
             // Keep writing to the old file when the new one cannot be opened: losing the
             // log would be worse than writing to a rotated name.
-            match OpenOptions::new().create(true).append(true).open(&*self.path) {
+            match open_append(&self.path) {
                 Ok(f) => inner.file = f,
                 Err(e) => {
                     let _ = writeln!(inner.file, "fcgibridge: cannot reopen log file {}: {e}", self.path.display());
@@ -65,6 +65,14 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogFile {
     }
 }
 
+/// A log file opened to append, created 0640: it holds every pool's URIs and the apps'
+/// tracebacks, for the operator (and the log's group), not for the tenants whose workers
+/// run on the box.
+pub(crate) fn open_append(path: &std::path::Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    OpenOptions::new().create(true).append(true).mode(0o640).open(path)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -86,5 +94,15 @@ mod tests {
         assert_eq!(std::fs::read_to_string(dir.join("bridge.log.1")).expect("old"), "one\ntwo\n");
         assert_eq!(std::fs::read_to_string(&path).expect("new"), "three\n");
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_new_log_file_is_not_for_every_user_to_read() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = crate::config::tests::scratch_dir("log-file-mode");
+        let path = dir.join("bridge.log");
+        open_append(&path).expect("open");
+        let mode = std::fs::metadata(&path).expect("stat").permissions().mode() & 0o777;
+        assert_eq!(mode & 0o007, 0, "mode {mode:o}");
     }
 }
