@@ -83,8 +83,9 @@ impl Reader {
 
     /// What keeps this account from executing `program`, by the mode bits: the first
     /// directory it may not search on the way, first along the path as written, then along
-    /// where its symlinks lead, or the file itself without an execute bit for it. None when
-    /// nothing does (or nothing could be examined).
+    /// where each of its directories leads (a venv that is a symlink into a private
+    /// directory), then where the program itself leads, or the file itself without an
+    /// execute bit for it. None when nothing does (or nothing could be examined).
     pub(crate) fn execute_blocker(&self, program: &Path) -> Option<String> {
         let real = std::fs::canonicalize(program).ok();
         let along = |p: &Path| -> Vec<PathBuf> {
@@ -93,6 +94,12 @@ impl Reader {
             dirs
         };
         let mut dirs = along(program);
+        for dir in along(program) {
+            // Only where a symlink on the way leads somewhere else: its directories count.
+            if let Some(led) = std::fs::canonicalize(&dir).ok().filter(|r| *r != dir) {
+                dirs.extend(along(&led.join("x")));
+            }
+        }
         dirs.extend(real.as_deref().map(along).unwrap_or_default());
         for dir in dirs {
             let Ok(m) = std::fs::metadata(&dir) else { continue };
@@ -158,6 +165,32 @@ mod tests {
         assert!(allowed(&m, 4003, &[4005], READ)); // others: r--
         assert!(!allowed(&m, 4003, &[4005], SEARCH));
         assert!(allowed(&m, 0, &[], READ));
+    }
+
+    #[test]
+    fn a_private_directory_a_symlink_on_the_way_leads_through_is_named() {
+        // A site's venv links into a 0700 directory; its python links to a system python
+        // everyone may run: the private directory is what is in the way.
+        let dir = crate::config::tests::scratch_dir("exec-via-link");
+        let open_above = nix::unistd::geteuid().is_root()
+            && dir.ancestors().skip(1).all(|d| std::fs::metadata(d).is_ok_and(|m| m.mode() & 0o001 != 0));
+        if !open_above {
+            return;
+        }
+        let private = dir.join("private");
+        std::fs::create_dir_all(private.join("venv/bin")).unwrap();
+        std::os::unix::fs::symlink("/bin/sh", private.join("venv/bin/python")).unwrap();
+        std::fs::create_dir_all(dir.join("site")).unwrap();
+        std::os::unix::fs::symlink(private.join("venv"), dir.join("site/venv")).unwrap();
+        for d in [&dir, &dir.join("site"), &private.join("venv"), &private.join("venv/bin")] {
+            std::fs::set_permissions(d, Permissions::from_mode(0o755)).unwrap();
+        }
+        std::fs::set_permissions(&private, Permissions::from_mode(0o700)).unwrap();
+        let stranger = Reader { uid: 4001, gids: vec![4001] };
+        let why = stranger.execute_blocker(&dir.join("site/venv/bin/python")).expect("blocked");
+        assert_eq!(why, format!("{} has mode 0700 and owner uid 0", private.display()));
+        std::fs::set_permissions(&private, Permissions::from_mode(0o755)).unwrap();
+        assert_eq!(stranger.execute_blocker(&dir.join("site/venv/bin/python")), None);
     }
 
     #[test]
