@@ -221,7 +221,8 @@ def test_nginx_per_path_recipe(tmp_path, nginx_front):
         b.stop()
 
 
-def test_a_route_pattern_captures_the_key_from_the_path(tmp_path, nginx_front):
+def start_userdirs(tmp_path):
+    """alice's and bob's sites behind a `/~{user}` route to a template: (bridge, sites, port)."""
     sites = make_sites(tmp_path, ("alice", "bob"))
     spec = {"template": {}, "app": f"{sites}/{{user}}/app.py", "threads": 2, "max-processes": 1}
     port = free_ports(1)[0]
@@ -230,6 +231,15 @@ def test_a_route_pattern_captures_the_key_from_the_path(tmp_path, nginx_front):
     b.start()
     try:
         wait_until(lambda: b.assert_running() or can_connect(("127.0.0.1", port)), 60, what="bridge listening")
+    except BaseException:
+        b.stop()
+        raise
+    return b, sites, port
+
+
+def test_a_route_pattern_captures_the_key_from_the_path(tmp_path, nginx_front):
+    b, sites, port = start_userdirs(tmp_path)
+    try:
         front = nginx_front(port)
         seen = {}
         for name in ("alice", "bob"):
@@ -251,14 +261,8 @@ def test_a_redirect_is_followed_within_an_instance_never_into_another(tmp_path):
     """`/~{user}` gives each user an instance: alice's app may redirect within her own
     instance, but not send her visitor into bob's (the web server's access rules for /~bob
     would not run); bob's instance is not even started."""
-    sites = make_sites(tmp_path, ("alice", "bob"))
-    spec = {"template": {}, "app": f"{sites}/{{user}}/app.py", "threads": 2, "max-processes": 1}
-    port = free_ports(1)[0]
-    b = make_bridge(tmp_path, {"homes": spec},
-                    {"web": {"fastcgi": f"127.0.0.1:{port}", "routes": [{"prefix": "/~{user}", "pool": "homes"}]}})
-    b.start()
+    b, sites, port = start_userdirs(tmp_path)
     try:
-        wait_until(lambda: b.assert_running() or can_connect(("127.0.0.1", port)), 60, what="bridge listening")
         addr = ("127.0.0.1", port)
         r = fcgi_client.fcgi_request(addr, "/~alice/redirect", query="to=/~alice/page")
         assert r.status == 200, bytes(r.stdout)[:300]
