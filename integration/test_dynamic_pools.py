@@ -1,12 +1,15 @@
 """Pool templates (docs/dynamic-pools.md): a pool per virtual host or per user, made by the
 first request for its key, behind real nginx, lighttpd and Apache; hostile keys refused
 with nothing spawned; idle reaping; max-instances with LRU eviction and 503; spawn-rate;
-a burst of random names; two interpreters; per-user accounts; reload and stop-instance.
+a burst of random names; two interpreters; a key whose interpreter hangs; queue-timeout once
+the first worker serves; per-user accounts, looked up again once the workers have gone and at
+a reload; reload and stop-instance.
 
 The front ends run the `test-snippet` blocks of docs/dynamic-pools.md."""
 from __future__ import annotations
 
 import base64
+import grp
 import hashlib
 import json
 import os
@@ -19,6 +22,7 @@ import string
 import subprocess
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -363,6 +367,41 @@ def test_an_idle_instance_is_reaped(tmp_path):
         b.stop()
 
 
+def test_a_live_instance_whose_site_broke_answers_as_a_new_one(tmp_path):
+    """Under live instances whose workers have gone: a site removed gets the 404 a new
+    instance would get, not a 503 from a worker that cannot start; an interpreter replaced
+    by one that is no Python gets the 500 a new instance would get once its worker failed;
+    an unchanged site is served by its instance as it was."""
+    hosts = ("gone.test", "broken.test", "same.test")
+    sites = make_sites(tmp_path, hosts)
+    for h in hosts:
+        os.symlink(SYSTEM_PYTHON, sites / h / "python")
+    spec = template(sites, python=f"{sites}/{{host}}/python", **{"idle-timeout": "1s"})
+    b = start_bridge(tmp_path, {"sites": spec}, extra={"log-rate-limit": False})
+    try:
+        assert all(get(b, h).status == 200 for h in hosts)
+        wait_until(lambda: not any(p["workers"] for p in instances(b).values()), 60, what="their workers idled out")
+        shutil.rmtree(sites / "gone.test")
+        (sites / "broken.test" / "python").unlink()
+        (sites / "broken.test" / "python").write_text("#!/bin/sh\necho not python >&2\nexit 3\n")
+        (sites / "broken.test" / "python").chmod(0o755)
+        mark = b.log.mark()
+        r = get(b, "gone.test")
+        assert r.status == 404, r.stdout[:300]
+        b.log.wait_for(r'looked at again before a new worker: no site for key "gone\.test": app file .* does not exist; '
+                       r"the instance stops.*pool=sites\[gone\.test\]", mark)
+        assert get(b, "gone.test").status == 404
+        # Its worker cannot start (503); looked at again, it is what a new instance would be.
+        wait_until(lambda: get(b, "broken.test").status == 500, 60, interval=1.0, what="broken.test answered 500")
+        b.log.wait_for(r'looked at again as its workers fail to start: instance "broken\.test" cannot be made: '
+                       r".*is not a Python interpreter.*; the instance stops.*pool=sites\[broken\.test\]", mark)
+        assert set(instances(b)) == {"same.test"}
+        assert get(b, "same.test").status == 200
+        assert not [ln for ln in b.log.lines(mark) if "same.test" in ln and "rolling restart" in ln]
+    finally:
+        b.stop()
+
+
 def test_an_instances_ready_check_is_sent_with_its_host(tmp_path):
     """A site's app that checks its Host (Django's ALLOWED_HOSTS) answers its instance's
     ready-check: the path is sent with the instance's {host}."""
@@ -459,6 +498,72 @@ def test_a_refused_name_spends_no_spawn_rate(tmp_path):
         assert set(instances(b)) == {"good.test"}
     finally:
         b.stop()
+
+
+def test_an_interpreter_that_hangs_holds_up_its_own_key_only(tmp_path):
+    """One site's `python` hangs (a script that sleeps): its requests wait for one probe of
+    10 s, then get the refusal remembered; another site's first request meanwhile is served
+    at once, not behind the probes."""
+    sites = make_sites(tmp_path, ("hang.test", "good.test"))
+    os.symlink(SYSTEM_PYTHON, sites / "good.test" / "python")
+    probing = tmp_path / "probing"
+    hang = sites / "hang.test" / "python"
+    hang.write_text(f"#!/bin/sh\ntouch {probing}\nsleep 30\n")
+    hang.chmod(0o755)
+    spec = template(sites, {"max-instances": 16, "missing-cache": "60s"}, python=f"{sites}/{{host}}/python")
+    b = start_bridge(tmp_path, {"sites": spec}, extra={"log-rate-limit": False})
+    hung = {}
+    threads = [threading.Thread(target=lambda i=i: hung.update({i: get(b, "hang.test")})) for i in range(4)]
+    try:
+        for t in threads:
+            t.start()
+        wait_until(probing.exists, 60, what="the hanging interpreter probed")
+        asked = time.monotonic()
+        r = get(b, "good.test")
+        took = time.monotonic() - asked
+        assert r.status == 200, r.stdout[:300]
+        # Behind one key-wide lock it would wait for four probes of 10 s each.
+        assert took < 15, f"good.test took {took:.1f}s"
+        for t in threads:
+            t.join(120)
+        assert [hung[i].status for i in range(4)] == [500] * 4
+        line = r'instance "hang\.test" cannot be made: .*did not print its version within 10s'
+        b.log.wait_for(line + r".*\(remembered for missing-cache\), answering 500")
+        probes = [ln for ln in b.log.lines() if re.search(line, ln) and "remembered" not in ln]
+        assert len(probes) == 1, probes
+        assert set(instances(b)) == {"good.test"}
+    finally:
+        for t in threads:
+            t.join(120)
+        b.stop()
+
+
+def test_queue_timeout_applies_once_the_first_worker_serves(tmp_path):
+    """The request that makes an instance waits for its first worker up to startup-timeout;
+    once a worker serves, a request waits queue-timeout, as in a written pool."""
+    sites = make_sites(tmp_path, ("slow.test",))
+    app = sites / "slow.test" / "app.py"
+    app.write_text("import time\ntime.sleep(3)  # its first worker takes 3 s to start\n" + app.read_text())
+    spec = template(sites, threads=1, **{"queue-timeout": "1s", "startup-timeout": "40s"})
+    b = start_bridge(tmp_path, {"sites": spec}, extra={"log-rate-limit": False})
+    release = tmp_path / "release"
+    held = []
+    try:
+        r = get(b, "slow.test")
+        assert r.status == 200, r.stdout[:300]
+        held.append(hold(b, "slow.test", release))
+        wait_until(lambda: instances(b)["slow.test"]["active_requests"] == 1, 60, what="the worker busy")
+        asked = time.monotonic()
+        r = get(b, "slow.test")
+        took = time.monotonic() - asked
+        assert r.status == 503 and took < 20, (r.status, took)
+        b.log.wait_for(r"answering 503: no worker became free within 1s.*pool=sites\[slow\.test\]")
+    finally:
+        release.touch()
+        for t, _ in held:
+            t.join(60)
+        b.stop()
+    assert held[0][1]["r"].status == 200
 
 
 def test_one_slow_site_queues_its_share_not_every_connection_of_the_listener(tmp_path):
@@ -756,6 +861,68 @@ def test_apache_basic_auth_picks_a_per_user_instance_running_as_that_user(accoun
             stop_process(proc, timeout=20)
             b.stop()
     finally:
+        shutil.rmtree(pub, ignore_errors=True)
+
+
+def test_a_live_instance_looks_its_account_up_again(accounts):
+    """After userdel, a live instance whose workers have gone stops at its next request: 404,
+    as a new instance gets. After gpasswd -d, its next worker runs without the group. A
+    reload rolls a live instance onto its account as it is now."""
+    alice, bob = accounts["alice"], accounts["bob"]
+    group = "fbt-shared"
+    subprocess.run(["groupdel", group], capture_output=True)
+    subprocess.run(["groupadd", group], check=True, capture_output=True)
+    pub = Path(tempfile.mkdtemp(prefix="fcgibridge-accounts-"))
+    pub.chmod(0o755)
+    try:
+        subprocess.run(["gpasswd", "-a", bob.pw_name, group], check=True, capture_output=True)
+        gid = grp.getgrnam(group).gr_gid
+        for a in (alice, bob):
+            d = pub / "homes" / a.pw_name
+            d.mkdir(parents=True)
+            shutil.copy(APPS / "site_app.py", d / "app.py")
+            os.chown(d / "app.py", a.pw_uid, a.pw_gid)
+            d.chmod(0o755)
+        (pub / "homes").chmod(0o755)
+        spec = {"template": {"min-uid": 1000}, "app": f"{pub}/homes/{{user}}/app.py", "python": SYSTEM_PYTHON,
+                "user": "{user}", "threads": 2, "max-processes": 1, "idle-timeout": "1s"}
+        b = start_bridge(pub, {"homes": spec}, extra={"runtime-dir": str(pub / "run"), "log-rate-limit": False})
+        try:
+            def as_user(a):
+                return get(b, "localhost", extra=[("REMOTE_USER", a.pw_name)])
+
+            seen = {a.pw_name: json.loads(as_user(a).body) for a in (alice, bob)}
+            assert seen[alice.pw_name]["uid"] == alice.pw_uid
+            assert gid in seen[bob.pw_name]["groups"], seen
+            # Their ondemand workers idle out: no process of either account is left.
+            wait_until(lambda: not any(p["workers"] for p in instances(b).values()), 60, what="workers gone")
+            wait_until(lambda: not any(pid_alive(s["pid"]) for s in seen.values()), 60, what="worker processes gone")
+            subprocess.run(["userdel", alice.pw_name], check=True, capture_output=True)
+            subprocess.run(["gpasswd", "-d", bob.pw_name, group], check=True, capture_output=True)
+            mark = b.log.mark()
+            r = as_user(alice)
+            assert r.status == 404, r.stdout[:300]
+            key = re.escape(alice.pw_name)
+            b.log.wait_for(rf'looked at again before a new worker: no site for key "{key}": no account "{key}"; '
+                           rf'the instance stops.*pool=homes\[{key}\]', mark)
+            b.log.wait_for(rf'no site for key "{key}": no account "{key}", answering 404', mark)
+            assert set(instances(b)) == {bob.pw_name}
+            assert as_user(alice).status == 404
+            now = json.loads(as_user(bob).body)
+            assert now["uid"] == bob.pw_uid and gid not in now["groups"], now
+            b.log.wait_for(rf"looked at again before a new worker: the instance's account changed .*"
+                           rf"pool=homes\[{re.escape(bob.pw_name)}\]", mark)
+            # Workers alive: a reload looks the account up and rolls them.
+            subprocess.run(["gpasswd", "-a", bob.pw_name, group], check=True, capture_output=True)
+            out = subprocess.run([str(b.binary), "reload", "--wait", "--config", str(b.confdir)],
+                                 capture_output=True, text=True, timeout=300)
+            assert out.returncode == 0, out.stdout + out.stderr
+            assert f"instances rolled (account or files changed): homes[{bob.pw_name}]" in out.stdout, out.stdout
+            wait_until(lambda: gid in json.loads(as_user(bob).body)["groups"], 60, what="bob's worker in the group")
+        finally:
+            b.stop()
+    finally:
+        subprocess.run(["groupdel", group], capture_output=True)
         shutil.rmtree(pub, ignore_errors=True)
 
 

@@ -167,7 +167,7 @@ async fn apply(dir: &Path, live: Live<'_>, restart: &Restart) -> Result<(String,
     live.registry.board.set_pools(pools.clone());
     let by_name: HashMap<String, Arc<PoolRuntime>> = pools.iter().map(|p| (p.name.to_string(), p.clone())).collect();
     // Before the listeners: their new routes name the new templates.
-    let templates = live.registry.board.instances.reload(&new.templates, restart).await;
+    let (templates, instances_changed) = live.registry.board.instances.reload(&new.templates, restart).await;
     let listeners = live.listeners.apply(&new.listeners, sockets, &by_name).map_err(|e| e.to_string())?;
 
     let (mut added, mut changed, mut removed) = (Vec::new(), Vec::new(), Vec::new());
@@ -192,7 +192,7 @@ async fn apply(dir: &Path, live: Live<'_>, restart: &Restart) -> Result<(String,
     );
     // SIGHUP loaded new code under uWSGI (and `apachectl graceful` under mod_wsgi): say
     // that this one did not.
-    if *restart == Restart::Changed && *live.config == new {
+    if *restart == Restart::Changed && *live.config == new && !instances_changed {
         notes.push(NOTHING_CHANGED.to_owned());
     }
     // Said once the reload is taken: a refused one names its errors instead.

@@ -1,8 +1,8 @@
 """One site of a pool template (integration/test_dynamic_pools.py): says which app file,
-host, user, process, account and interpreter serve it. /hold?until=FILE keeps the request
-(and its worker) busy until FILE exists. /redirect?to=PATH answers a CGI local redirect.
-/ready answers 200 only to its own site's Host (as Django's ALLOWED_HOSTS), else 400, and
-notes the Host in $FCGIBRIDGE_TEST_DIR/ready.log."""
+host, user, process, account (uid, supplementary groups) and interpreter serve it.
+/hold?until=FILE keeps the request (and its worker) busy until FILE exists. /redirect?to=PATH
+answers a CGI local redirect. /ready answers 200 only to its own site's Host (as Django's
+ALLOWED_HOSTS), else 400, and notes the Host in $FCGIBRIDGE_TEST_DIR/ready.log."""
 import json
 import os
 import sys
@@ -34,6 +34,7 @@ def application(environ, start_response):
         "user": environ.get("REMOTE_USER"),
         "pid": os.getpid(),
         "uid": os.getuid(),
+        "groups": sorted(os.getgroups()),
         "python": "%d.%d" % sys.version_info[:2],
         "version": os.environ.get("SITE_VERSION"),
         "script_name": environ.get("SCRIPT_NAME"),

@@ -15,7 +15,11 @@
 //! its own, not from `spawn-rate`. An instance with no request for `instance-idle-timeout` is
 //! stopped. An instance's configuration is resolved and checked exactly as a written
 //! pool's (user, script owner, chroot, the interpreter probe), and a `user:` below
-//! `min-uid` is refused.
+//! `min-uid` is refused. Each key is made under a lock of its own: a key whose resolution
+//! hangs (an account directory, an interpreter) holds up no other key, and its refusal is
+//! remembered. A live instance's key is looked at again (account, files; the interpreter
+//! only when something changed) at every reload and before it starts a worker once its
+//! workers have all gone: a deleted account stops it, a changed one rolls it.
 use super::manager::{self, ManagerCmd};
 use super::{PoolRuntime, Spawner, Stop};
 use crate::config::template::{fill_raw, Placeholder, Template};
@@ -80,11 +84,15 @@ pub(crate) enum Refusal {
 }
 
 impl Refusal {
-    /// The key of a refusal made for one key and remembered for it. Not a broken instance:
-    /// what broke it may pass (an interpreter probe that timed out under load).
+    /// The key of a refusal made for one key and remembered for it. A broken instance too:
+    /// an interpreter that hangs would otherwise cost every request for its key the probe's
+    /// 10 s; remembered for `missing-cache` only, so a fixed one is soon looked at again.
     fn key(&self) -> Option<&str> {
         match self {
-            Self::Missing { key, .. } | Self::Account { key, .. } | Self::Lookup { key, .. } => Some(key),
+            Self::Missing { key, .. }
+            | Self::Account { key, .. }
+            | Self::Lookup { key, .. }
+            | Self::Broken { key, .. } => Some(key),
             _ => None,
         }
     }
@@ -179,14 +187,26 @@ pub(crate) static BUSY: Kind = Kind {
 const MISSING_CACHE_ENTRIES: usize = 4096;
 /// How long a stopped instance gets to finish its requests.
 const RETIRE_WITHIN: Duration = Duration::from_secs(30);
+/// Key locks kept before those nobody holds or waits for are dropped (a request that gave up
+/// waiting leaves its key's behind).
+const KEY_LOCKS_PRUNED_AT: usize = 1024;
+/// How often the key of an instance whose workers fail to start is looked at again (with
+/// the interpreter probe): what broke may be what a new instance would be refused for.
+const LOOK_AGAIN_WHILE_FAILING: Duration = Duration::from_secs(5);
 
 /// A template at run time: its live instances.
 pub(crate) struct TemplateRuntime {
     pub name: Arc<str>,
     config: Mutex<Arc<Template>>,
     state: Mutex<State>,
-    /// One instance is made at a time: two first requests for one key make one instance.
-    making: tokio::sync::Mutex<()>,
+    /// A lock per key being made or looked at again: two first requests for one key make
+    /// one instance, and one key's slow resolution (an account directory or an interpreter
+    /// that hangs) holds up no other key.
+    keys: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// A new instance enters `live` under the read side, after its key resolved; a reload
+    /// takes the write side once it has set the new template, so that it finds every
+    /// instance made with the old one, and one resolved with the old one later is made again.
+    entering: tokio::sync::RwLock<()>,
     /// The daemon's instances it belongs to (gone once the daemon is).
     shelf: std::sync::Weak<Shelf>,
 }
@@ -197,7 +217,7 @@ struct State {
     /// Keys refused before anything was made (app missing, account refused, a broken
     /// instance), answered so again without looking until the instant given.
     refused: HashMap<String, (Instant, Refusal)>,
-    /// `spawn-rate`: spent by the instances that start.
+    /// `spawn-rate`: spent by the instances that start (taken while a key is looked up).
     spawns: Bucket,
     /// Spent by instances refused before they start, so that a tenant hammering a bad name
     /// leaves `spawns` to the sites; past it a refusal spends from `spawns` again, which
@@ -230,6 +250,11 @@ impl Bucket {
         }
         ok
     }
+
+    /// A token taken and not used after all.
+    fn give_back(&mut self, rate: u32) {
+        self.tokens = (self.tokens + 1.0).min(f64::from(rate));
+    }
 }
 
 /// One live instance.
@@ -240,6 +265,10 @@ struct Instance {
     created: Instant,
     last_used: Instant,
     dir: PathBuf,
+    /// Its manager's count of workers started when its key was last looked at (made,
+    /// reloaded, or looked at again once its workers had gone), and when.
+    looked: u64,
+    looked_at: Instant,
 }
 
 /// An instance as the status page shows it.
@@ -326,6 +355,9 @@ impl Shelf {
                 .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         }
         let p = PoolRuntime::new(cfg);
+        // The requests that come while its first worker starts wait for it up to
+        // startup-timeout; once a worker is ready, queue-timeout (its manager sets it back).
+        p.dispatcher.set_queue(p.config.queue_size, p.config.queue_timeout.max(p.config.startup_timeout));
         let cmds = p.control.cmd_rx.lock().unwrap_or_else(|e| e.into_inner()).take().ok_or("no manager mailbox")?;
         let (m, events) = manager::Manager::new(
             p.name.clone(),
@@ -396,29 +428,32 @@ impl Instances {
         out
     }
 
-    /// A reload: unchanged templates keep their instances; a changed one rolls its instances
-    /// to the new configuration (each keeps its queue and is restarted worker by worker, as a
-    /// changed pool is); a removed one stops its instances. A template that `restart` names
-    /// (SIGUSR2: all) rolls every instance with a restart of its workers. Returns a summary.
-    pub(crate) async fn reload(&self, new: &[Template], restart: &crate::reload::Restart) -> String {
+    /// A reload: unchanged templates keep their instances, each looked at again (its
+    /// account, files: a deleted account stops it, a changed one rolls it); a changed one
+    /// rolls its instances to the new configuration (each keeps its queue and is restarted
+    /// worker by worker, as a changed pool is); a removed one stops its instances. A template
+    /// that `restart` names (SIGUSR2: all) rolls every instance with a restart of its
+    /// workers. Returns a summary, and whether an instance of an unchanged template was
+    /// stopped or rolled.
+    pub(crate) async fn reload(&self, new: &[Template], restart: &crate::reload::Restart) -> (String, bool) {
         let old = self.0.with(|b| b.templates.clone());
-        let (mut changed, mut removed) = (Vec::new(), Vec::new());
+        let (mut changed, mut removed, mut stopped, mut rolled) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         let mut next = Vec::new();
         for t in new {
             let restart = restart.includes(&t.name);
             match old.iter().find(|o| *o.name == t.name) {
-                Some(o) if *o.config() == *t && !restart => next.push(o.clone()),
+                Some(o) if *o.config() == *t && !restart => {
+                    let (gone, other) =
+                        o.refresh_all(&o.config(), Again::Reload { probe: false, restart: false }).await;
+                    stopped.extend(gone);
+                    rolled.extend(other);
+                    next.push(o.clone());
+                }
                 Some(o) => {
                     changed.push(t.name.clone());
                     // What it refused, the new settings may take.
                     o.lock().refused.clear();
-                    if o.config().keys == t.keys {
-                        o.roll(Arc::new(t.clone()), restart).await;
-                    } else {
-                        // Keyed otherwise now: no live instance has a key of the new kind.
-                        o.stop_all("its template's placeholders changed");
-                        *o.config.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(t.clone());
-                    }
+                    o.roll(Arc::new(t.clone()), restart).await;
                     next.push(o.clone());
                 }
                 None => next.push(TemplateRuntime::new(t, &self.0)),
@@ -436,7 +471,14 @@ impl Instances {
         warn_of(new);
         self.0.with(|b| b.templates = next);
         let list = |v: &[String]| if v.is_empty() { "none".to_owned() } else { v.join(", ") };
-        format!("templates changed: {}; removed: {}", list(&changed), list(&removed))
+        let mut summary = format!("templates changed: {}; removed: {}", list(&changed), list(&removed));
+        if !stopped.is_empty() {
+            summary.push_str(&format!("; instances refused now and stopped: {}", stopped.join(", ")));
+        }
+        if !rolled.is_empty() {
+            summary.push_str(&format!("; instances rolled (account or files changed): {}", rolled.join(", ")));
+        }
+        (summary, !(stopped.is_empty() && rolled.is_empty()))
     }
 
     /// `fcgibridge stop-instance TEMPLATE KEY`.
@@ -469,13 +511,9 @@ impl Instances {
     }
 }
 
-/// Whether a new instance of `t` may start now: a spawn-rate token is there, and room under
-/// max-instances — with the key of the least recently used idle instance to stop for it
-/// at the cap. Nothing is spent.
-fn room(st: &mut State, t: &Template, key: &str, now: Instant) -> Result<Option<String>, Refusal> {
-    if !st.spawns.has(t.spawn_rate, now) {
-        return Err(Refusal::SpawnRate(key.to_owned()));
-    }
+/// Room for a new instance of `t` under max-instances: none needed, or the key of the least
+/// recently used idle instance to stop for it at the cap. Nothing is stopped.
+fn room(st: &State, t: &Template, key: &str) -> Result<Option<String>, Refusal> {
     if st.live.len() < t.max_instances as usize {
         return Ok(None);
     }
@@ -548,7 +586,8 @@ impl TemplateRuntime {
             name: Arc::from(t.name.as_str()),
             config: Mutex::new(Arc::new(t.clone())),
             state: Mutex::default(),
-            making: tokio::sync::Mutex::new(()),
+            keys: Mutex::default(),
+            entering: tokio::sync::RwLock::new(()),
             shelf: Arc::downgrade(shelf),
         })
     }
@@ -574,12 +613,25 @@ impl TemplateRuntime {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The live instance for `key`, marked used now.
-    fn touch(&self, key: &str) -> Option<Arc<PoolRuntime>> {
+    /// The lock of `key`, once no other request holds it.
+    async fn hold(&self, key: &str) -> KeyHeld<'_> {
+        let lock = {
+            let mut keys = self.keys.lock().unwrap_or_else(|e| e.into_inner());
+            if keys.len() >= KEY_LOCKS_PRUNED_AT {
+                keys.retain(|_, m| Arc::strong_count(m) > 1);
+            }
+            keys.entry(key.to_owned()).or_default().clone()
+        };
+        KeyHeld { rt: self, key: key.to_owned(), _guard: lock.lock_owned().await }
+    }
+
+    /// The live instance for `key`, marked used now, and whether it is due for a look at its
+    /// key before it starts a worker ([`due_for_a_look`]).
+    fn touch(&self, key: &str) -> Option<(Arc<PoolRuntime>, Option<Again>)> {
         let mut st = self.lock();
         let i = st.live.get_mut(key)?;
         i.last_used = Instant::now();
-        Some(i.pool.clone())
+        Some((i.pool.clone(), due_for_a_look(i)))
     }
 
     /// The name of the instance that serves this request (`template[key]`), found from
@@ -601,37 +653,56 @@ impl TemplateRuntime {
         params: &Params,
         capture: Option<(&str, Vec<u8>)>,
     ) -> Result<Arc<PoolRuntime>, Refusal> {
-        let t = self.config();
-        let values = key_of(&t, params, capture.as_ref().map(|(n, v)| (*n, v.as_slice())))?;
+        let capture = capture.as_ref().map(|(n, v)| (*n, v.as_slice()));
+        loop {
+            // None: a reload changed the template while the instance was made, or the live
+            // instance stopped while this request waited to look at it: again, as it is now.
+            if let Some(pool) = self.instance_of(&self.config(), params, capture).await? {
+                return Ok(pool);
+            }
+        }
+    }
+
+    async fn instance_of(
+        &self,
+        t: &Arc<Template>,
+        params: &Params,
+        capture: Option<(&str, &[u8])>,
+    ) -> Result<Option<Arc<PoolRuntime>>, Refusal> {
+        let values = key_of(t, params, capture)?;
         let key = joined(&values);
-        if let Some(p) = self.touch(&key) {
-            return Ok(p);
+        match self.touch(&key) {
+            Some((pool, None)) => return Ok(Some(pool)),
+            Some((_, Some(_))) => return self.look_again(t, &key).await,
+            None => {}
         }
         if t.allow.as_ref().is_some_and(|a| !a.is_match(&key)) {
             return Err(Refusal::NotAllowed(key));
         }
         let filled: Vec<(Placeholder, &str)> = values.iter().map(|(p, v)| (*p, v.as_str())).collect();
         let raw = fill_raw(&t.raw, &filled);
-        self.check_present(&t, &key, &raw)?;
-        let _making = self.making.lock().await;
-        if let Some(p) = self.touch(&key) {
-            return Ok(p);
+        self.check_present(t, &key, &raw)?;
+        let _held = self.hold(&key).await;
+        if let Some((pool, _)) = self.touch(&key) {
+            // Made while this request waited.
+            return Ok(Some(pool));
         }
-        // Refused while this request waited (a lookup that failed): not looked up again.
+        // Refused while this request waited (a lookup that failed, a probe that timed out):
+        // not looked up again.
         self.remembered(&key)?;
-        // Nothing is looked up while no instance could start; the token is spent (and an
-        // idle instance stopped for room) only once this one is sure to.
-        self.may_admit(&t, &key)?;
+        // Nothing is looked up while no instance could start.
+        self.reserve(t, &key)?;
         let name = instance_name(&t.name, &key);
-        let (t2, name2) = (t.clone(), name.clone());
-        let search_path = self.search_path();
-        let made = tokio::task::spawn_blocking(move || resolve_instance(&t2, name2, raw, search_path)).await;
-        let pool = match made {
-            Ok(Ok(pool)) => pool,
-            Ok(Err(r)) => return Err(self.refuse(&t, r(key))),
-            Err(e) => return Err(Refusal::Broken { key, why: format!("resolving it failed: {e}") }),
+        let pool = match self.resolve(t, name.clone(), raw, None).await {
+            Ok(pool) => pool,
+            Err(r) => return Err(self.refuse(t, r(key))),
         };
-        self.admit(&t, &key)?;
+        let _entering = self.entering.read().await;
+        if !Arc::ptr_eq(t, &self.config()) {
+            self.lock().spawns.give_back(t.spawn_rate);
+            return Ok(None);
+        }
+        self.admit(t, &key)?;
         let shelf = self
             .shelf
             .upgrade()
@@ -642,9 +713,155 @@ impl TemplateRuntime {
         pool.dispatcher.wake.notify_one();
         tracing::info!(pool = %name, "new instance of template {}", t.name);
         let now = Instant::now();
-        let inst = Instance { pool: pool.clone(), values, created: now, last_used: now, dir };
+        let inst =
+            Instance { pool: pool.clone(), values, created: now, last_used: now, dir, looked: 0, looked_at: now };
         self.lock().live.insert(key, inst);
-        Ok(pool)
+        Ok(Some(pool))
+    }
+
+    /// `resolve_instance` on a blocking thread. `running`: a live instance's configuration
+    /// (its interpreter is probed only if the key now resolves to another).
+    async fn resolve(
+        &self,
+        t: &Arc<Template>,
+        name: String,
+        raw: crate::config::RawPool,
+        running: Option<Pool>,
+    ) -> Result<Pool, MakeRefusal> {
+        let (t, search_path) = (t.clone(), self.search_path());
+        let resolved =
+            tokio::task::spawn_blocking(move || resolve_instance(&t, name, raw, search_path, running.as_ref())).await;
+        resolved.unwrap_or_else(|e| {
+            let why = format!("resolving it failed: {e}");
+            Err(Box::new(move |key| Refusal::Broken { key, why }))
+        })
+    }
+
+    /// A live instance whose workers have all gone, about to start one again: its key is
+    /// looked at again first, as a new instance's would be, so that a deleted account, a
+    /// removed group or a removed site take effect without a reload. Ok(None): it stopped
+    /// meanwhile.
+    async fn look_again(&self, t: &Arc<Template>, key: &str) -> Result<Option<Arc<PoolRuntime>>, Refusal> {
+        let _held = self.hold(key).await;
+        let Some(inst) = self.lock().live.get(key).cloned() else { return Ok(None) };
+        let Some(again) = due_for_a_look(&inst) else {
+            // Another request looked while this one waited.
+            return Ok(Some(inst.pool));
+        };
+        self.refresh(t, key, inst, again).await.map(Some)
+    }
+
+    /// Every live instance's key resolved again (`again`), one after the other, each under
+    /// its key's lock: the names of the instances stopped, and of those rolled.
+    async fn refresh_all(&self, t: &Arc<Template>, again: Again) -> (Vec<String>, Vec<String>) {
+        let keys: Vec<String> = self.lock().live.keys().cloned().collect();
+        let (mut stopped, mut rolled) = (Vec::new(), Vec::new());
+        for key in keys {
+            let _held = self.hold(&key).await;
+            let Some(inst) = self.lock().live.get(&key).cloned() else { continue };
+            let (name, before) = (inst.pool.name.to_string(), inst.pool.clone());
+            match self.refresh(t, &key, inst, again).await {
+                Err(_) => stopped.push(name),
+                Ok(p) if !Arc::ptr_eq(&p, &before) => rolled.push(name),
+                Ok(_) => {}
+            }
+        }
+        (stopped, rolled)
+    }
+
+    /// Resolve a live instance's key again with `t` and act on it: unchanged, it stays;
+    /// changed (or restarted), it rolls to its new configuration as a changed pool does;
+    /// refused, it stops and the refusal is remembered as a new instance's would be (the
+    /// Err). An account that could not be looked up leaves it as it is. Under `key`'s lock.
+    async fn refresh(
+        &self,
+        t: &Arc<Template>,
+        key: &str,
+        inst: Instance,
+        again: Again,
+    ) -> Result<Arc<PoolRuntime>, Refusal> {
+        let filled: Vec<(Placeholder, &str)> = inst.values.iter().map(|(p, v)| (*p, v.as_str())).collect();
+        let raw = fill_raw(&t.raw, &filled);
+        let (probe, restart) = match again {
+            Again::Look { probe } => (probe, false),
+            Again::Reload { probe, restart } => (probe, restart),
+        };
+        let running = (!probe).then(|| inst.pool.config.clone());
+        let resolved = self.resolve(t, inst.pool.name.to_string(), raw, running).await;
+        let occasion = again.occasion();
+        match resolved {
+            Ok(cfg) if cfg == inst.pool.config && !restart => {
+                self.looked(key, &inst.pool, inst.pool.clone());
+                Ok(inst.pool)
+            }
+            Ok(cfg) => Ok(self.roll_instance(key, &inst, cfg, restart, occasion)),
+            Err(r) => match r(key.to_owned()) {
+                r @ Refusal::Lookup { .. } => {
+                    tracing::warn!(pool = %inst.pool.name, "{occasion}: {r}; the instance keeps running as it was");
+                    self.looked(key, &inst.pool, inst.pool.clone());
+                    Ok(inst.pool)
+                }
+                r => {
+                    tracing::warn!(pool = %inst.pool.name, "{occasion}: {r}; the instance stops");
+                    // Not under the state lock: retiring takes the shelf's (stop_all takes
+                    // the two the other way round).
+                    let gone = {
+                        let mut st = self.lock();
+                        let same = st.live.get(key).is_some_and(|i| same_instance(&i.pool, &inst.pool));
+                        if same {
+                            st.live.remove(key)
+                        } else {
+                            None
+                        }
+                    };
+                    if let Some(i) = gone {
+                        self.retire(i, &r.to_string());
+                    }
+                    Err(self.remember(t, r, Instant::now()))
+                }
+            },
+        }
+    }
+
+    /// A live instance takes its new configuration `cfg`: its workers restart with it (when
+    /// it changes what a worker is, or on `restart`). Returns its new runtime.
+    fn roll_instance(&self, key: &str, inst: &Instance, cfg: Pool, restart: bool, occasion: &str) -> Arc<PoolRuntime> {
+        let old = &inst.pool;
+        if cfg.isolation != old.config.isolation {
+            tracing::info!(
+                pool = %old.name,
+                "{occasion}: the instance's account changed ({} now, was {}); its workers restart as it is now",
+                identity(&cfg.isolation),
+                identity(&old.config.isolation)
+            );
+        }
+        // As a changed pool's (Supervisor::reload): new forks from fresh code.
+        if old.config.isolation.preload && (!cfg.isolation.preload || restart) {
+            if let Some(s) = self.shelf.upgrade().and_then(|shelf| shelf.spawner()) {
+                s.retire_template(&old.name, super::retire_why(restart));
+            }
+        }
+        let p = Arc::new(PoolRuntime {
+            name: old.name.clone(),
+            config: cfg.clone(),
+            dispatcher: old.dispatcher.clone(),
+            control: old.control.clone(),
+            reader: super::access::Reader::of(&cfg.isolation),
+        });
+        p.send(ManagerCmd::Reconfigure { config: Arc::new(cfg), restart });
+        self.looked(key, old, p.clone());
+        p
+    }
+
+    /// The instance at `key` (if still the one `was`) now runs as `now`, its key looked at.
+    fn looked(&self, key: &str, was: &PoolRuntime, now: Arc<PoolRuntime>) {
+        let spawns = was.control.view.lock().unwrap_or_else(|e| e.into_inner()).spawns;
+        let mut st = self.lock();
+        if let Some(i) = st.live.get_mut(key).filter(|i| same_instance(&i.pool, was)) {
+            i.pool = now;
+            i.looked = spawns;
+            i.looked_at = Instant::now();
+        }
     }
 
     /// 404 at once, and remembered, when the app file or the directory is missing; a key
@@ -652,13 +869,7 @@ impl TemplateRuntime {
     fn check_present(&self, t: &Template, key: &str, raw: &crate::config::RawPool) -> Result<(), Refusal> {
         self.remembered(key)?;
         let now = Instant::now();
-        let app_file = app_file(raw);
-        let missing = match (&app_file, raw.chdir.as_deref()) {
-            (Some(f), _) if !f.is_file() => Some(format!("app file {} does not exist", f.display())),
-            (_, Some(d)) if !Path::new(d).is_dir() => Some(format!("chdir {d} is not a directory")),
-            _ => None,
-        };
-        let Some(why) = missing else { return Ok(()) };
+        let Some(why) = missing(raw) else { return Ok(()) };
         Err(self.remember(t, Refusal::Missing { key: key.to_owned(), why }, now))
     }
 
@@ -693,32 +904,43 @@ impl TemplateRuntime {
     }
 
     /// An instance refused before it started: remembered, and paid for from the refusals'
-    /// own budget (from spawn-rate only when that is spent).
+    /// own budget — the spawn-rate token [`Self::reserve`] took is given back — and from
+    /// spawn-rate only when that budget is spent.
     fn refuse(&self, t: &Template, r: Refusal) -> Refusal {
         let now = Instant::now();
         {
             let mut st = self.lock();
-            if !st.refusals.take(t.spawn_rate, now) {
-                st.spawns.take(t.spawn_rate, now);
+            if st.refusals.take(t.spawn_rate, now) {
+                st.spawns.give_back(t.spawn_rate);
             }
         }
         self.remember(t, r, now)
     }
 
-    /// Whether a new instance could start now (spawn-rate, max-instances), spending nothing.
-    fn may_admit(&self, t: &Template, key: &str) -> Result<(), Refusal> {
-        room(&mut self.lock(), t, key, Instant::now()).map(drop)
+    /// Before a new key is looked up: room under max-instances (nothing stopped yet) and a
+    /// spawn-rate token, taken now, so that keys looked up at once stay within spawn-rate.
+    fn reserve(&self, t: &Template, key: &str) -> Result<(), Refusal> {
+        let (mut st, now) = (self.lock(), Instant::now());
+        if !st.spawns.has(t.spawn_rate, now) {
+            return Err(Refusal::SpawnRate(key.to_owned()));
+        }
+        room(&st, t, key)?;
+        st.spawns.take(t.spawn_rate, now);
+        Ok(())
     }
 
-    /// spawn-rate and max-instances: a token for a new instance, and room for it (the least
-    /// recently used idle instance is stopped at the cap).
+    /// max-instances for the new instance, whose token [`Self::reserve`] took: room for it
+    /// (the least recently used idle instance is stopped at the cap), else the token back.
     fn admit(&self, t: &Template, key: &str) -> Result<(), Refusal> {
-        let now = Instant::now();
         let victim = {
             let mut st = self.lock();
-            let victim = room(&mut st, t, key, now)?.and_then(|k| st.live.remove(&k));
-            st.spawns.take(t.spawn_rate, now);
-            victim
+            match room(&st, t, key) {
+                Ok(victim) => victim.and_then(|k| st.live.remove(&k)),
+                Err(r) => {
+                    st.spawns.give_back(t.spawn_rate);
+                    return Err(r);
+                }
+            }
         };
         if let Some(v) = victim {
             tracing::info!(pool = %v.pool.name, "max-instances ({}) reached: stopping the least recently used idle instance", t.max_instances);
@@ -728,49 +950,19 @@ impl TemplateRuntime {
     }
 
     /// A changed template: every live instance takes its new configuration (a rolling
-    /// restart when its workers change); one that the new template refuses stops.
+    /// restart when its workers change); one that the new template refuses stops. A
+    /// template keyed otherwise now stops them all: none has a key of the new kind.
     async fn roll(&self, new: Arc<Template>, restart: bool) {
+        let keys_changed = self.config().keys != new.keys;
         *self.config.lock().unwrap_or_else(|e| e.into_inner()) = new.clone();
-        let _making = self.making.lock().await;
-        let live: Vec<(String, Instance)> = self.lock().live.iter().map(|(k, i)| (k.clone(), i.clone())).collect();
-        for (key, inst) in live {
-            let filled: Vec<(Placeholder, &str)> = inst.values.iter().map(|(p, v)| (*p, v.as_str())).collect();
-            let raw = fill_raw(&new.raw, &filled);
-            let (t2, name) = (new.clone(), inst.pool.name.to_string());
-            let search_path = self.search_path();
-            let made = tokio::task::spawn_blocking(move || resolve_instance(&t2, name, raw, search_path)).await;
-            match made {
-                Ok(Ok(cfg)) => {
-                    // As a changed pool's (Supervisor::reload): new forks from fresh code.
-                    if inst.pool.config.isolation.preload && (!cfg.isolation.preload || restart) {
-                        if let Some(s) = self.shelf.upgrade().and_then(|shelf| shelf.spawner()) {
-                            s.retire_template(&inst.pool.name, super::retire_why(restart));
-                        }
-                    }
-                    let p = Arc::new(PoolRuntime {
-                        name: inst.pool.name.clone(),
-                        config: cfg.clone(),
-                        dispatcher: inst.pool.dispatcher.clone(),
-                        control: inst.pool.control.clone(),
-                        reader: super::access::Reader::of(&cfg.isolation),
-                    });
-                    p.send(ManagerCmd::Reconfigure { config: Arc::new(cfg), restart });
-                    if let Some(i) = self.lock().live.get_mut(&key) {
-                        i.pool = p;
-                    }
-                }
-                Ok(Err(r)) => {
-                    tracing::warn!(pool = %inst.pool.name, "reload: {}; the instance stops", r(key.clone()));
-                    // Not under the state lock: retiring takes the shelf's (stop_all takes
-                    // the two the other way round).
-                    let gone = self.lock().live.remove(&key);
-                    if let Some(i) = gone {
-                        self.retire(i, "its template's new configuration refuses it");
-                    }
-                }
-                Err(e) => tracing::warn!(pool = %inst.pool.name, "reload: resolving the instance failed: {e}"),
-            }
+        // Every instance made with the old template is live now; any later one is made with
+        // the new.
+        drop(self.entering.write().await);
+        if keys_changed {
+            self.stop_all("its template's placeholders changed");
+            return;
         }
+        self.refresh_all(&new, Again::Reload { probe: true, restart }).await;
     }
 
     fn stop_all(&self, why: &str) {
@@ -779,6 +971,83 @@ impl TemplateRuntime {
             tracing::info!(pool = %i.pool.name, "instance stopping: {why}");
             self.retire(i, why);
         }
+    }
+}
+
+/// A key's lock, held; the key is forgotten when nobody else waits for it.
+struct KeyHeld<'a> {
+    rt: &'a TemplateRuntime,
+    key: String,
+    _guard: tokio::sync::OwnedMutexGuard<()>,
+}
+
+impl Drop for KeyHeld<'_> {
+    fn drop(&mut self) {
+        let mut keys = self.rt.keys.lock().unwrap_or_else(|e| e.into_inner());
+        // Held by the map and this guard alone: no request waits for the key.
+        if keys.get(&self.key).is_some_and(|m| Arc::strong_count(m) <= 2) {
+            keys.remove(&self.key);
+        }
+    }
+}
+
+/// Why a live instance's key is resolved again.
+#[derive(Clone, Copy)]
+enum Again {
+    /// Its workers have all gone and a request is about to start one: the account and
+    /// files looked up again, the interpreter probed only if the configuration changed — or
+    /// (`probe`) because its workers fail to start.
+    Look { probe: bool },
+    /// A reload: looked at as [`Again::Look`] (an unchanged template), or resolved as a new
+    /// instance (`probe`: a changed template), its workers restarted on `restart`.
+    Reload { probe: bool, restart: bool },
+}
+
+impl Again {
+    /// What its log lines begin with.
+    fn occasion(self) -> &'static str {
+        match self {
+            Self::Look { probe: false } => "looked at again before a new worker",
+            Self::Look { probe: true } => "looked at again as its workers fail to start",
+            Self::Reload { .. } => "reload",
+        }
+    }
+}
+
+/// An instance whose workers have all gone (idle, ondemand) since its key was last looked
+/// at: its next request starts a worker, which is to run as the account is now. One whose
+/// workers fail to start is looked at (and probed) every [`LOOK_AGAIN_WHILE_FAILING`]: it
+/// gets the answer a new instance would get, a 404 for a site that is gone, not a 503.
+fn due_for_a_look(i: &Instance) -> Option<Again> {
+    let v = i.pool.control.view.lock().unwrap_or_else(|e| e.into_inner());
+    if !v.workers.is_empty() {
+        return None;
+    }
+    if v.failing.is_some() {
+        return (i.looked_at.elapsed() >= LOOK_AGAIN_WHILE_FAILING).then_some(Again::Look { probe: true });
+    }
+    (v.spawns > i.looked).then_some(Again::Look { probe: false })
+}
+
+/// Two runtimes of the same instance (a roll keeps its manager).
+fn same_instance(a: &PoolRuntime, b: &PoolRuntime) -> bool {
+    Arc::ptr_eq(&a.control, &b.control)
+}
+
+/// The account workers run as, for a log line.
+fn identity(iso: &crate::config::isolation::Isolation) -> String {
+    let Some(u) = &iso.user else { return "the bridge's own account".into() };
+    let groups: Vec<u32> =
+        iso.groups.as_ref().map_or_else(|| u.member_of.clone(), |g| g.iter().map(|a| a.id).collect());
+    format!("user {} uid {} gid {} groups {groups:?}", u.login, u.account.id, iso.worker_gid(u.primary_gid))
+}
+
+/// Why the filled-in entry has no site: its app file or its `chdir` is not there.
+fn missing(raw: &crate::config::RawPool) -> Option<String> {
+    match (app_file(raw), raw.chdir.as_deref()) {
+        (Some(f), _) if !f.is_file() => Some(format!("app file {} does not exist", f.display())),
+        (_, Some(d)) if !Path::new(d).is_dir() => Some(format!("chdir {d} is not a directory")),
+        _ => None,
     }
 }
 
@@ -854,14 +1123,20 @@ fn owner_of_app(file: &Path) -> Result<u32, OwnerError> {
     Ok(meta.uid())
 }
 
-/// An instance's pool from its filled-in entry: resolved and checked as a written pool,
-/// `min-uid`, and the interpreter probed. Blocking (user lookups, files, a process).
+/// An instance's pool from its filled-in entry: its app file there, resolved and checked as
+/// a written pool, `min-uid`, and the interpreter probed — unless the entry resolves to
+/// `running`, the configuration of the live instance looked at again (its account and
+/// files are, without running anything). Blocking (user lookups, files, a process).
 fn resolve_instance(
     t: &Template,
     name: String,
     raw: crate::config::RawPool,
     search_path: Option<OsString>,
+    running: Option<&Pool>,
 ) -> Result<Pool, MakeRefusal> {
+    if let Some(why) = missing(&raw) {
+        return Err(Box::new(move |key| Refusal::Missing { key, why }));
+    }
     let raw = if t.by_owner { fill_owner(raw)? } else { raw };
     // Before the pool's own checks: a root or system account is refused as such (403),
     // not as a pool that would need allow-root.
@@ -871,12 +1146,12 @@ fn resolve_instance(
     let mut pool = crate::config::template::instantiate(t, raw, search_path.as_deref())
         .map_err(|e| -> MakeRefusal { Box::new(move |key| Refusal::Broken { key, why: e.to_string() }) })?;
     pool.name = name;
-    if let Err(e) = super::probe::check_pools(std::slice::from_ref(&pool)) {
-        let why = e.to_string();
-        return Err(Box::new(move |key| Refusal::Broken { key, why }));
+    if running != Some(&pool) {
+        if let Err(e) = super::probe::check_pools(std::slice::from_ref(&pool)) {
+            let why = e.to_string();
+            return Err(Box::new(move |key| Refusal::Broken { key, why }));
+        }
     }
-    // The first request waits in the queue while the first worker starts.
-    pool.queue_timeout = pool.queue_timeout.max(pool.startup_timeout);
     Ok(pool)
 }
 
@@ -1094,6 +1369,8 @@ mod tests {
         assert!(matches!(r, Refusal::Account { .. }), "{r}");
         let left = rt.lock().spawns.tokens;
         assert!((left - 1.0).abs() < 0.5, "one of 2 spent: {left}");
+        // No key's lock is kept once nobody holds or waits for it.
+        assert!(rt.keys.lock().unwrap().is_empty());
     }
 
     #[test]

@@ -266,6 +266,9 @@ impl Manager {
                     w.state = State::Ready;
                 }
                 self.failing = None;
+                // A template's instance queues its first requests up to startup-timeout
+                // while its first worker starts (supervise/instances.rs): a worker serves now.
+                self.dispatcher.set_queue(self.cfg.queue_size, self.cfg.queue_timeout);
             }
             Event::Failed { id, why, started } => {
                 let Some(i) = self.index(id) else { return };
@@ -1071,8 +1074,12 @@ pub(crate) async fn run(
             _ => next_tick,
         };
         let what = tokio::select! {
-            ev = events.recv() => Wake::Event(ev),
+            // Commands first: an instance rolled to its account as it is now (instances.rs)
+            // sends its new configuration just before the request that wakes the manager to
+            // start a worker.
+            biased;
             cmd = cmds.recv() => Wake::Cmd(cmd),
+            ev = events.recv() => Wake::Event(ev),
             _ = dispatcher.wake.notified() => Wake::Dispatcher,
             _ = tokio::time::sleep_until(wake_at.into()) => Wake::Timer,
         };
