@@ -236,3 +236,21 @@ def test_request_id_in_environ_matches_the_access_log(bridge, log):
     assert rid
     lines = log.wait_for([re.escape(env["QUERY_STRING"])], access=True)
     assert any(re.search(rf'request_id\W+{re.escape(rid)}\b', ln) for ln in lines), (rid, lines)
+
+
+def test_begin_request_reusing_a_running_id_closes_the_connection(bridge, log):
+    """A BEGIN_REQUEST for the id of a request still running on the connection (its
+    END_REQUEST not sent yet, so the id is still active): a protocol error like the others.
+    The connection closes with a line naming the listener, peer and id; nothing is answered
+    for either request (before, both were dropped without a word and the connection stayed)."""
+    tag = "reuse-" + uuid.uuid4().hex[:8]
+    with bridge.fcgi() as conn:
+        conn.begin(1, params("/sleep", query=f"s=3&tag={tag}"), b"")
+        wait_until((bridge.workdir / f"{tag}.pid").exists, 30, what="the first request on a worker")
+        conn.begin(1, params("/health", query="second=1"), b"")
+        assert conn.read_until_closed(timeout=30) == b""
+    lines = log.wait_for([r"WARN", r"FastCGI protocol error, closing the connection: request 1: "
+                          r"FCGI_BEGIN_REQUEST for a request id that is still active",
+                          r"listener=\"?fcgi-tcp", r"peer=\"?127\.0\.0\.1:\d+", r"request=1\b"])
+    assert len(lines) == 1, lines
+    assert bridge.request("/health").status == 200

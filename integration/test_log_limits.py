@@ -19,6 +19,13 @@ FULL_503 = re.compile(r"WARN .*answering 503: queue full")
 SUMMARY_503 = re.compile(r"pool one: (\d+) more requests answered 503 \(queue full\) in the last \d+\.\ds")
 FULL_PROTOCOL = re.compile(r"WARN .*FastCGI protocol error, closing the connection")
 SUMMARY_PROTOCOL = re.compile(r"listener fcgi: (\d+) more connections closed \(FastCGI protocol error\) in the last \d+\.\ds")
+FULL_ABANDONED = re.compile(r"INFO .*connection closed before its PARAMS was complete; the request is abandoned")
+SUMMARY_ABANDONED = re.compile(
+    r"listener fcgi: (\d+) more requests abandoned \(connection closed before the request was complete\) in the last \d+\.\ds")
+FULL_OVERLOADED = re.compile(r"WARN .*request refused with FCGI_OVERLOADED: the connection already has 1 requests in flight")
+SUMMARY_OVERLOADED = re.compile(
+    r"listener fcgi: (\d+) more requests refused with FCGI_OVERLOADED \(FCGI_MAX_REQS requests in flight on the "
+    r"connection\) in the last \d+\.\ds")
 # Full lines of a client error kept per second before the rest is counted (CLIENT_BURST).
 CLIENT_BURST = 5
 
@@ -135,4 +142,31 @@ def test_a_flood_of_protocol_errors_keeps_a_few_lines_and_counts_the_rest(env):
     # A few in full each second the flood is new, one summary a second while it goes on.
     assert len(full) + len(counts) <= (CLIENT_BURST + 1) * (elapsed + 2), (len(full), counts, elapsed)
     assert len(lines) < total / 5, f"{len(lines)} log lines for {total} bad connections"
+    assert fcgi_client.fcgi_request(addr, "/busy/health").status == 200
+
+
+def test_a_flood_of_abandoned_and_overloaded_requests_keeps_a_few_lines_and_counts_the_rest(env):
+    """A client that begins requests and leaves (one INFO line per request before) and one that
+    begins more than FCGI_MAX_REQS on a connection (here 1: pool one takes one request) are
+    summarised like the other lines a client causes."""
+    bridge, _ = env
+    addr = bridge.listener_address("fcgi")
+    mark = bridge.log.mark()
+    total = 300
+    t0 = time.monotonic()
+    two = b"".join(fcgi_client.record(fcgi_client.BEGIN_REQUEST, rid, fcgi_client.begin_body()) for rid in (1, 2))
+    for _ in range(total):
+        with socket.create_connection(addr, timeout=30) as s:
+            s.sendall(two)
+            s.shutdown(socket.SHUT_WR)
+            got = harness.read_until_closed(s, timeout=30)
+            ends = [(rid, c[4]) for rt, rid, c in fcgi_client.parse_records(got) if rt == fcgi_client.END_REQUEST]
+            assert ends == [(2, fcgi_client.OVERLOADED)], ends
+    elapsed = time.monotonic() - t0
+
+    for full_re, summary_re in ((FULL_ABANDONED, SUMMARY_ABANDONED), (FULL_OVERLOADED, SUMMARY_OVERLOADED)):
+        lines, full, counts = wait_accounted(bridge, mark, full_re, summary_re, total)
+        assert 1 <= len(full) and all("peer=" in ln and re.search(r"request=[12]\b", ln) for ln in full), full
+        assert len(full) + len(counts) <= (CLIENT_BURST + 1) * (elapsed + 2), (len(full), counts, elapsed)
+    assert len(bridge.log.lines(mark)) < total / 5, f"{len(bridge.log.lines(mark))} log lines for {total} connections"
     assert fcgi_client.fcgi_request(addr, "/busy/health").status == 200

@@ -27,7 +27,7 @@ CAP = 3  # max-connections of the `capped` listener
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     work = tmp_path_factory.mktemp("slow")
-    ports = harness.free_ports(4)
+    ports = harness.free_ports(5)
     quick = {"body-timeout": BODY_TIMEOUT, "header-timeout": HEADER_TIMEOUT, "send-timeout": SEND_TIMEOUT}
     listeners = {
         "fast": dict(fastcgi=f"127.0.0.1:{ports[0]}", pool="app", **quick,
@@ -35,6 +35,7 @@ def env(tmp_path_factory):
         "scgi": dict(scgi=f"127.0.0.1:{ports[1]}", pool="app", **quick),
         # headers may take their time here: the budget, not the timeout, stops them
         "patient": {"fastcgi": f"127.0.0.1:{ports[2]}", "pool": "app", "header-timeout": "10m"},
+        "scgi-patient": {"scgi": f"127.0.0.1:{ports[4]}", "pool": "app", "header-timeout": "10m"},
         "capped": {"fastcgi": f"127.0.0.1:{ports[3]}", "pool": "app", "max-connections": CAP},
     }
     # Before the limits existed a stalled request held its thread until queue-timeout
@@ -445,6 +446,80 @@ def test_header_memory_budget(env):
                 assert chunk, "closed before END_REQUEST"
                 got += chunk
             assert b"Status: 200" in got, got[:300]
+    finally:
+        for s in conns:
+            s.close()
+
+
+def test_requests_waiting_for_a_worker_count_against_header_memory(env):
+    """Multiplexed requests whose headers are complete and whose small bodies stall wait
+    before a worker (the body is read ahead, for body-timeout): their headers count against
+    header-memory until a worker takes them. A connection that would pass the budget is
+    closed, as for unfinished headers, so the daemon's memory stays bounded however many
+    such requests are sent (before, 8 connections x 1000 requests of 50 KB held 400 MB);
+    requests within the budget carry on."""
+    bridge, _, _ = env
+    mark = bridge.log.mark()
+    before = bridge.status_of(bridge.pid, "VmRSS")
+    victim = fc.FcgiConnection(bridge.listener_address("patient"), timeout=60)
+    attackers = []
+    try:
+        for rid in (1, 2):
+            victim.begin(rid, fc.cgi_params("/echo", "POST", f"mark=victim-{rid}", content_length=10), b"",
+                         terminate_stdin=False)
+        params = fc.encode_pairs(fc.cgi_params("/echo", "POST", content_length=10, headers={"X-Pad": "a" * 50_000}))
+        for _ in range(8):
+            s = connect(bridge, "patient")
+            attackers.append(s)
+            try:
+                for rid in range(1, 1001):
+                    s.sendall(fc.record(fc.BEGIN_REQUEST, rid, fc.begin_body(fc.RESPONDER, fc.KEEP_CONN))
+                              + fc.stream(fc.PARAMS, rid, params))
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # closed for the budget while sending
+        # VmHWM: the peak, however short
+        grew = bridge.status_of(bridge.pid, "VmHWM") - before
+        assert grew < BUDGET + (100 << 20), f"RSS grew by {grew >> 20} MiB"
+        harness.wait_until(lambda: all(map(is_closed, attackers)), 60, what="every attacking connection closed")
+        bridge.log.wait_for([r"WARN", rf"header-memory budget of {BUDGET} bytes reached", r"closing the connection",
+                             r"listener=\"?patient", r"peer=\"?127\.0\.0\.1:\d+"], since=mark)
+        # the requests that fit carry on once their bodies come
+        victim.send(fc.stream(fc.STDIN, 1, b"0123456789") + fc.stream(fc.STDIN, 2, b"0123456789"))
+        for rid in (1, 2):
+            resp = victim.wait(rid)
+            assert resp.status == 200 and b'"read": 10' in resp.body, resp.stdout[:300]
+    finally:
+        victim.close()
+        for s in attackers:
+            s.close()
+
+
+def test_scgi_requests_waiting_for_their_body_count_against_header_memory(env):
+    """An SCGI netstring that is complete, waiting for its small body before a worker is
+    taken, counts against header-memory as it did while it arrived: the connections that
+    would pass the budget are closed unanswered, the others are served once their body comes."""
+    bridge, _, _ = env
+    mark = bridge.log.mark()
+    head = fc.netstring(fc.scgi_headers("/echo", "POST", "mark=scgi-waits", body=b"b" * 10,
+                                        headers={"X-Big": "p" * STALLED_PARAMS}))
+    conns = []
+    try:
+        for _ in range(5):
+            s = connect(bridge, "scgi-patient")
+            conns.append(s)
+            try:
+                s.sendall(head)
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # closed for the budget while sending
+        # three fit in 3 MiB, a fourth does not: two of the five are closed
+        harness.wait_until(lambda: sum(map(is_closed, conns)) == 2, 60, what="two connections closed")
+        lines = bridge.log.wait_for([r"WARN", rf"header-memory budget of {BUDGET} bytes reached",
+                                     r"closing the connection", r"listener=\"?scgi-patient"], since=mark)
+        assert len(lines) == 2, lines
+        for s in [s for s in conns if not is_closed(s)]:
+            s.setblocking(True)
+            s.sendall(b"b" * 10)
+            assert status_of(read_until_closed(s)) == 200
     finally:
         for s in conns:
             s.close()

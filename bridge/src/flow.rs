@@ -29,6 +29,10 @@ pub(crate) trait BodySource: Send {
     /// Resolves when the web server aborts the request or disconnects. Only called once
     /// the body has been read to its end (or while no body has been read yet).
     fn aborted(&mut self) -> impl Future<Output = ()> + Send;
+    /// The request stops waiting before a worker (one took it): what the listener charged
+    /// against `header-memory` for its headers and read-ahead body is given back
+    /// (listen/limits.rs).
+    fn release_charge(&mut self) {}
 }
 
 /// A request without a body, from nobody who can go away (the bridge's own requests).

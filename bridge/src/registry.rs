@@ -22,7 +22,8 @@ pub(crate) struct Registry {
     pub access_log: Option<AccessLog>,
     /// What the access log needs of each request (nothing without one), read by every request.
     pub access_needs: Needs,
-    /// `header-memory`: what connections may hold in headers still arriving (listen/limits.rs).
+    /// `header-memory`: what connections may hold in headers still arriving and in requests
+    /// waiting for a worker (listen/limits.rs).
     pub header_budget: Arc<HeaderBudget>,
     /// Requests, durations and status classes per listener and pool (status/track.rs).
     pub track: Tracker,

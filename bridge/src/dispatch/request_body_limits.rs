@@ -373,6 +373,10 @@ impl<S: BodySource> BodySource for Limited<'_, S> {
         }
         self.inner.aborted().await
     }
+
+    fn release_charge(&mut self) {
+        self.inner.release_charge();
+    }
 }
 
 /// The response side of a limited request: once the body passed the limit or stalled, the

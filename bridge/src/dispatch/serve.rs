@@ -456,6 +456,8 @@ impl<'a, S: BodySource, K: ResponseSink> Request<'a, S, K> {
         let asked = self.times.now();
         let acquired = pool.dispatcher.acquire_piped(&ticket, kept.clone(), self.source.aborted()).await;
         add(&mut self.times.queue, asked);
+        // A worker has it, or the bridge answers it now: it waits no more.
+        self.source.release_charge();
         match acquired {
             Ok(granted) => self.run(pool, granted, &ticket, declared, kept).await,
             Err(AcquireError::Gone) => self.gone(pool).await,
@@ -582,6 +584,9 @@ impl<'a, S: BodySource, K: ResponseSink> Request<'a, S, K> {
             return Err(self.answer(respond::error_response(411, None).freeze(), 411, Some(&pool.name)).await);
         }
         let limit = pool.config.max_body.unwrap_or(crate::config::DEFAULT_BUFFERED_BODY);
+        // What the operator asked to buffer is bounded by that limit per request, not by
+        // `header-memory`, which is sized for headers: a few such uploads would fill it.
+        self.source.release_charge();
         match self.source.read_whole(limit).await {
             Ok(Some(n)) => {
                 self.params.insert(&b"CONTENT_LENGTH"[..], Bytes::from(n.to_string()));

@@ -13,7 +13,8 @@ pub(crate) struct ListenerCtx {
     pub name: String,
     pub router: Router<crate::supervise::instances::Target>,
     pub limits: Limits,
-    /// FCGI_MAX_REQS: requests the pools behind this listener take without a 503.
+    /// FCGI_MAX_REQS: requests the pools behind this listener take without a 503, and the
+    /// most one FastCGI connection may have in flight (listen/fastcgi.rs).
     pub max_reqs: usize,
     /// `max-connections` (reported as FCGI_MAX_CONNS): beyond it new connections are closed at once.
     pub max_conns: usize,

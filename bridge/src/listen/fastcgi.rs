@@ -13,7 +13,7 @@
 //! requests on it (HAProxy retries or fails them). Web servers other than HAProxy never
 //! multiplex, so in practice only the failed request is affected.
 use super::context::ListenerCtx;
-use super::limits::HeaderCharge;
+use super::limits::{request_cost, HeaderCharge, OverBudget, RequestCharge};
 use crate::dispatch::serve::serve;
 use crate::flow::{BodySource, End, FrontGone, ResponseSink};
 use bytes::{Bytes, BytesMut};
@@ -46,8 +46,9 @@ enum Req {
     /// BEGIN_REQUEST seen; collecting PARAMS and the first body bytes. `begun`: when its
     /// first byte arrived, for `header-timeout` (None until the connection loop notes it).
     Starting { role: Role, params: Option<Params>, prefix: BytesMut, body_done: bool, begun: Option<Instant> },
-    /// Its task is running.
-    Running { body: Option<mpsc::Sender<Bytes>>, abort: Option<oneshot::Sender<()>> },
+    /// Its task is running. `charge`: what it holds against `header-memory` until a worker
+    /// takes it; the body bytes sent to it until then are added.
+    Running { body: Option<mpsc::Sender<Bytes>>, abort: Option<oneshot::Sender<()>>, charge: Arc<RequestCharge> },
 }
 
 /// The state of one web-server connection: its decoder, its requests and its write buffer.
@@ -80,6 +81,9 @@ struct FrontConn {
     consumed: bool,
     /// Unfinished headers held against the daemon's `header-memory`.
     charge: HeaderCharge,
+    /// A request that would have taken the daemon past `header-memory` (its id): the
+    /// connection closes, as for unfinished headers past it.
+    over_budget: Option<(u16, OverBudget)>,
 }
 
 type RequestFuture = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
@@ -268,6 +272,7 @@ impl FrontConn {
         Self {
             decoder: ServerConnection::new(ctx.limits.clone()),
             charge: HeaderCharge::new(ctx.registry.header_budget.clone()),
+            over_budget: None,
             idle_since: None,
             silent_since: Some(Instant::now()),
             kept_since: None,
@@ -296,10 +301,10 @@ impl FrontConn {
                 return Turn::Leave;
             }
         }
-        if let Err(e) = self.charge_headers() {
+        if let Err((request, e)) = self.charge_headers() {
             // This connection only: the others keep their headers and go on.
             if self.ctx.registry.rate_limits.allow(&crate::logging::ratelimit::HEADER_MEMORY, &self.ctx.name) {
-                tracing::warn!(listener = %self.ctx.name, peer = %self.peer, "{e}; closing the connection");
+                tracing::warn!(listener = %self.ctx.name, peer = %self.peer, request, "{e}; closing the connection");
             }
             let _ = super::write_within(wr, &self.wbuf, self.ctx.send_timeout).await;
             return Turn::Leave;
@@ -398,9 +403,13 @@ impl FrontConn {
     }
 
     /// The connection ends under its requests: say which had not even arrived completely.
+    /// A client causes these lines at will (a thousand BEGIN_REQUESTs, then close): a few in
+    /// full a second, then counted (logging/ratelimit.rs).
     fn log_abandoned(&self) {
+        use crate::logging::ratelimit::{ABANDONED, PARTIAL_RECORD};
+        let limits = &self.ctx.registry.rate_limits;
         let partial = self.decoder.buffered();
-        if partial > 0 {
+        if partial > 0 && limits.allow(&PARTIAL_RECORD, &self.ctx.name) {
             tracing::warn!(listener = %self.ctx.name, peer = %self.peer, "connection closed in the middle of a record ({partial} bytes of an incomplete record discarded)");
         }
         for (id, req) in &self.reqs {
@@ -409,7 +418,9 @@ impl FrontConn {
                 Req::Starting { .. } | Req::Running { body: Some(_), .. } => "its body (STDIN)",
                 Req::Running { body: None, .. } => continue,
             };
-            tracing::info!(listener = %self.ctx.name, peer = %self.peer, request = id, "connection closed before {what} was complete; the request is abandoned");
+            if limits.allow(&ABANDONED, &self.ctx.name) {
+                tracing::info!(listener = %self.ctx.name, peer = %self.peer, request = id, "connection closed before {what} was complete; the request is abandoned");
+            }
         }
     }
 
@@ -459,11 +470,11 @@ impl FrontConn {
     }
 
     fn process_records(&mut self) -> Result<(), fastcgi_server::Error> {
-        while self.pending.is_none() {
+        while self.pending.is_none() && self.over_budget.is_none() {
             match self.decoder.next_event() {
                 Ok(Some(ev)) => {
                     tracing::trace!(event = ?DebugEvent(&ev), buffered = self.decoder.buffered(), "front event");
-                    self.on_event(ev);
+                    self.on_event(ev)?;
                 }
                 Ok(None) => break,
                 Err(e) if !e.is_fatal() => self.refuse_request(e)?,
@@ -481,7 +492,9 @@ impl FrontConn {
         use fastcgi_server::Error as E;
         let Some(id) = e.request_id() else { return Err(e) };
         if let E::TooManyRequests { .. } = e {
-            tracing::warn!(listener = %self.ctx.name, peer = %self.peer, "{e}");
+            if self.ctx.registry.rate_limits.allow(&crate::logging::ratelimit::MAX_REQUESTS, &self.ctx.name) {
+                tracing::warn!(listener = %self.ctx.name, peer = %self.peer, request = id, "{e}, answered FCGI_OVERLOADED");
+            }
             server::write_end_request(&mut self.wbuf, id, 0, ProtocolStatus::Overloaded, Padding::None);
             return Ok(());
         }
@@ -508,10 +521,10 @@ impl FrontConn {
         Ok(())
     }
 
-    /// One record's event.
-    fn on_event(&mut self, ev: ServerEvent) {
+    /// One record's event. Err: the web server broke the protocol; the connection closes.
+    fn on_event(&mut self, ev: ServerEvent) -> Result<(), fastcgi_server::Error> {
         match ev {
-            ServerEvent::BeginRequest { id, role, keep_conn } => self.begin(id, role, keep_conn),
+            ServerEvent::BeginRequest { id, role, keep_conn } => return self.begin(id, role, keep_conn),
             ServerEvent::Params { id, params } => {
                 if let Some(Req::Starting { params: p, .. }) = self.find(id) {
                     *p = Some(params);
@@ -527,41 +540,66 @@ impl FrontConn {
                 server::write_unknown_type(&mut self.wbuf, record_type);
             }
         }
+        Ok(())
     }
 
     /// BEGIN_REQUEST: a responder or authorizer starts collecting its PARAMS; another role
-    /// is refused with UNKNOWN_ROLE.
-    fn begin(&mut self, id: u16, role: Role, keep_conn: bool) {
+    /// is refused with UNKNOWN_ROLE, a request past FCGI_MAX_REQS with OVERLOADED.
+    fn begin(&mut self, id: u16, role: Role, keep_conn: bool) -> Result<(), fastcgi_server::Error> {
+        if self.find(id).is_some() {
+            // The id of a request whose END_REQUEST is not sent yet: the spec keeps an id
+            // active until then, and nothing answers this one without ending that one too.
+            // A broken or hostile peer; the connection closes, as for other protocol errors.
+            return Err(fastcgi_server::Error::DuplicateRequestId { request_id: id });
+        }
         self.keep_conn = keep_conn;
         match role {
+            // At most FCGI_MAX_REQS requests in flight on one connection, the number the
+            // listener announces: what its pools take (slots and queues, at most 1024), so
+            // more from one connection would only wait to be answered 503. A multiplexing
+            // web server keeps to it (HAProxy asks for it), and a client that does not
+            // holds at most that many tasks, each charged to `header-memory` while it waits.
+            Role::Responder | Role::Authorizer if self.reqs.len() >= self.ctx.max_reqs => self.refuse_overloaded(id),
             Role::Responder | Role::Authorizer => {
-                self.remove(id);
                 let begun = self.idle_since.take();
                 self.reqs
                     .push((id, Req::Starting { role, params: None, prefix: BytesMut::new(), body_done: false, begun }));
             }
             _ => {
                 tracing::warn!(listener = %self.ctx.name, peer = %self.peer, request = id, "unsupported FastCGI role {role:?}");
+                // Its later records are skipped.
+                self.decoder.end_request(id);
                 server::write_end_request(&mut self.wbuf, id, 0, ProtocolStatus::UnknownRole, Padding::None);
             }
         }
+        Ok(())
+    }
+
+    /// A request past FCGI_MAX_REQS on this connection: FCGI_OVERLOADED, the spec's answer
+    /// for a request the application has no room for. Its later records are skipped.
+    fn refuse_overloaded(&mut self, id: u16) {
+        if self.ctx.registry.rate_limits.allow(&crate::logging::ratelimit::MAX_REQUESTS, &self.ctx.name) {
+            tracing::warn!(
+                listener = %self.ctx.name, peer = %self.peer, request = id,
+                "request refused with FCGI_OVERLOADED: the connection already has {} requests in flight (FCGI_MAX_REQS: what the listener's pools take, slots and queues)",
+                self.reqs.len()
+            );
+        }
+        self.decoder.end_request(id);
+        server::write_end_request(&mut self.wbuf, id, 0, ProtocolStatus::Overloaded, Padding::None);
     }
 
     /// Body bytes: collected until the request starts (up to [`BODY_PREFIX`] once its
     /// PARAMS are here), then streamed to its task.
     fn stdin(&mut self, id: u16, data: Bytes) {
-        match self.find(id) {
-            Some(Req::Starting { prefix, params, .. }) => {
-                if prefix.len() + data.len() <= BODY_PREFIX || params.is_none() {
-                    prefix.extend_from_slice(&data);
-                } else {
-                    self.launch(id);
-                    self.send_body(id, data);
-                }
+        if let Some(Req::Starting { prefix, params, .. }) = self.find(id) {
+            if prefix.len() + data.len() <= BODY_PREFIX || params.is_none() {
+                prefix.extend_from_slice(&data);
+                return;
             }
-            Some(Req::Running { .. }) => self.send_body(id, data),
-            None => {}
+            self.launch(id);
         }
+        self.send_body(id, data);
     }
 
     /// The end of the body: a request not started starts with all of it.
@@ -618,6 +656,7 @@ impl FrontConn {
 
     /// Bytes of request headers this connection holds while they are unfinished: the PARAMS
     /// of requests not started, and the receive buffer while it holds the start of one.
+    /// (Requests whose headers are complete hold a [`RequestCharge`] of their own.)
     fn header_bytes(&self) -> usize {
         let heading =
             self.reqs.is_empty() || self.reqs.iter().any(|(_, r)| matches!(r, Req::Starting { params: None, .. }));
@@ -630,8 +669,12 @@ impl FrontConn {
     }
 
     /// After the received records are handled: note when unfinished headers began, and
-    /// hold what they take against the daemon's `header-memory`.
-    fn charge_headers(&mut self) -> Result<(), super::limits::OverBudget> {
+    /// hold what they take against the daemon's `header-memory`. Err: this connection
+    /// would take the daemon past it (with a waiting request, which one).
+    fn charge_headers(&mut self) -> Result<(), (Option<u16>, OverBudget)> {
+        if let Some((id, e)) = self.over_budget.take() {
+            return Err((Some(id), e));
+        }
         if self.consumed || self.decoder.buffered() > 0 || !self.reqs.is_empty() {
             self.silent_since = None;
         }
@@ -649,7 +692,7 @@ impl FrontConn {
                 *begun = Some(Instant::now());
             }
         }
-        self.charge.set(self.header_bytes())
+        self.charge.set(self.header_bytes()).map_err(|e| (None, e))
     }
 
     /// When `header-timeout` ends for the oldest unfinished header on this connection.
@@ -696,8 +739,14 @@ impl FrontConn {
         }
     }
 
-    /// Queue a body chunk for a running request, parking it if the channel is full.
+    /// Queue a body chunk for a running request, parking it if the channel is full. Until a
+    /// worker takes the request the chunk is charged to it.
     fn send_body(&mut self, id: u16, data: Bytes) {
+        let Some(Req::Running { body: Some(_), charge, .. }) = self.find(id) else { return };
+        if let Err(e) = charge.add(data.len()) {
+            self.over_budget = Some((id, e));
+            return;
+        }
         let Some(Req::Running { body: Some(tx), .. }) = self.find(id) else { return };
         match tx.try_send(data) {
             Ok(()) => {}
@@ -723,38 +772,62 @@ impl FrontConn {
         server::write_end_request(&mut self.wbuf, id, 0, ProtocolStatus::RequestComplete, Padding::None);
     }
 
+    /// A request whose headers are complete now holds them (and `body` bytes read ahead)
+    /// against `header-memory` on its own, until a worker takes it.
+    fn charge_request(&mut self, params: &Params, body: usize) -> Result<Arc<RequestCharge>, OverBudget> {
+        // Its headers left the decoder: lower this connection's charge first, so that they
+        // are not counted twice (lowering never fails).
+        let _ = self.charge.set(self.charge.held().min(self.header_bytes()));
+        RequestCharge::new(self.ctx.registry.header_budget.clone(), request_cost(params) + body).map(Arc::new)
+    }
+
     /// Start the request.
     fn launch(&mut self, id: u16) {
+        if self.over_budget.is_some() {
+            // The connection closes: nothing more starts on it.
+            return;
+        }
         if self.ctx.superseded() {
             // A reload changed this listener: new requests follow its new routes.
             self.ctx = self.ctx.latest();
         }
-        let out_tx = self.out.get_or_insert_with(|| mpsc::channel(OUT_QUEUE)).0.clone();
-        let ctx = self.ctx.clone();
-        let Some(req) = self.find(id) else { return };
-        let Req::Starting { role, params, prefix, body_done, .. } = req else { return };
+        let Some(Req::Starting { role, params, prefix, body_done, .. }) = self.find(id) else { return };
         let Some(params) = params.take() else { return };
+        // An AUTHORIZER request has no body (Apache sends no STDIN at all).
+        let (role, body_done) = (*role, *body_done || *role == Role::Authorizer);
+        let prefix = std::mem::take(prefix).freeze();
         if let Err(e) = crate::dispatch::request_body_limits::declared_length(&params) {
             self.refuse_length(id, &e);
             return;
         }
-        let role = *role;
-        // An AUTHORIZER request has no body (Apache sends no STDIN at all).
-        if role == Role::Authorizer {
-            *body_done = true;
-        }
-        let prefix = std::mem::take(prefix).freeze();
+        let charge = match self.charge_request(&params, prefix.len()) {
+            Ok(charge) => charge,
+            Err(e) => {
+                self.over_budget = Some((id, e));
+                self.remove(id);
+                self.decoder.end_request(id);
+                return;
+            }
+        };
+        let out_tx = self.out.get_or_insert_with(|| mpsc::channel(OUT_QUEUE)).0.clone();
+        let ctx = self.ctx.clone();
         let (abort_tx, abort_rx) = oneshot::channel();
-        let (body_tx, body_rx) = if *body_done {
+        let (body_tx, body_rx) = if body_done {
             (None, None)
         } else {
             let (t, r) = mpsc::channel(BODY_QUEUE);
             (Some(t), Some(r))
         };
-        let mut source =
-            FcgiBody { prefix: (!prefix.is_empty()).then_some(prefix), rx: body_rx, abort: abort_rx, ended: false };
+        let mut source = FcgiBody {
+            prefix: (!prefix.is_empty()).then_some(prefix),
+            rx: body_rx,
+            abort: abort_rx,
+            ended: false,
+            charge: charge.clone(),
+        };
         let mut sink = FcgiSink { id, tx: out_tx };
-        *req = Req::Running { body: body_tx, abort: Some(abort_tx) };
+        let Some(req) = self.find(id) else { return };
+        *req = Req::Running { body: body_tx, abort: Some(abort_tx), charge };
         let fut = Box::pin(async move {
             serve(&ctx, params, role, &mut source, &mut sink).await;
         });
@@ -776,6 +849,14 @@ struct FcgiBody {
     rx: Option<mpsc::Receiver<Bytes>>,
     abort: oneshot::Receiver<()>,
     ended: bool,
+    /// The request's `header-memory` charge, given back when a worker takes it or it ends.
+    charge: Arc<RequestCharge>,
+}
+
+impl Drop for FcgiBody {
+    fn drop(&mut self) {
+        self.charge.release();
+    }
 }
 
 impl BodySource for FcgiBody {
@@ -830,6 +911,10 @@ impl BodySource for FcgiBody {
 
     async fn aborted(&mut self) {
         let _ = (&mut self.abort).await;
+    }
+
+    fn release_charge(&mut self) {
+        self.charge.release();
     }
 }
 

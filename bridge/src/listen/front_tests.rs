@@ -101,6 +101,12 @@ impl Front {
         }
     }
 
+    /// Whether the bridge closes (or resets) the connection within 10 s, sending nothing.
+    async fn closed_unanswered(&mut self) -> bool {
+        let mut buf = [0u8; 256];
+        matches!(tokio::time::timeout(Duration::from_secs(10), self.stream.read(&mut buf)).await, Ok(Ok(0) | Err(_)))
+    }
+
     /// STDOUT of request `id` until its END_REQUEST.
     async fn response(&mut self, id: u16) -> Option<(String, u32)> {
         let mut out = Vec::new();
@@ -135,6 +141,26 @@ async fn setup(threads: u32) -> Front {
 /// The listener context in front of a fake worker, and a connected socket pair (ours,
 /// the bridge's).
 async fn setup_ctx(threads: u32) -> (Arc<ListenerCtx>, (UnixStream, UnixStream)) {
+    setup_ctx_with(threads, 64 << 20).await
+}
+
+/// A bridge connection task in front of a fake worker with `threads` slots, in a daemon
+/// whose `header-memory` is `header_memory`; and the listener's context.
+async fn setup_with(threads: u32, header_memory: u64) -> (Front, Arc<ListenerCtx>) {
+    let (ctx, _) = setup_ctx_with(threads, header_memory).await;
+    (attach(&ctx), ctx)
+}
+
+/// A new connection to the listener of `ctx`.
+fn attach(ctx: &Arc<ListenerCtx>) -> Front {
+    let (ours, theirs) = UnixStream::pair().expect("socketpair");
+    let sock = Sock { fd: std::os::fd::AsRawFd::as_raw_fd(&theirs), tcp: false };
+    let (r, w) = theirs.into_split();
+    tokio::spawn(fastcgi::serve_connection(r, w, ctx.clone(), "test-peer".to_owned(), sock));
+    Front { stream: ours, dec: ClientConnection::new(Limits::default()) }
+}
+
+async fn setup_ctx_with(threads: u32, header_memory: u64) -> (Arc<ListenerCtx>, (UnixStream, UnixStream)) {
     let dir = std::env::temp_dir().join(format!("fcgibridge-front-test-{}-{threads}", std::process::id()));
     let _ = std::fs::create_dir_all(&dir);
     let sock = dir.join(format!("w{}.sock", rand_suffix()));
@@ -159,7 +185,7 @@ async fn setup_ctx(threads: u32) -> (Arc<ListenerCtx>, (UnixStream, UnixStream))
         send_timeout: std::time::Duration::from_secs(60),
         keepalive_timeout: std::time::Duration::from_secs(300),
         open_conns: Arc::new(AtomicUsize::new(0)),
-        registry: Arc::new(Registry::new(None, 64 << 20, Vec::new(), Default::default())),
+        registry: Arc::new(Registry::new(None, header_memory, Vec::new(), Default::default())),
         status_path: None,
         ping_path: None,
         stopping: tokio::sync::watch::channel(false).1,
@@ -326,6 +352,166 @@ async fn a_slot_whose_worker_is_gone_is_skipped_not_502() {
     f.send(&out).await;
     let (text, _) = f.response(1).await.expect("response");
     assert!(text.ends_with("hello /retried 2"), "{text}");
+}
+
+/// A POST declaring a 10-byte body, with a `pad`-byte header, whose body has not come.
+fn waiting(out: &mut BytesMut, id: u16, pad: usize) {
+    client::write_begin_request(out, id, Role::Responder, true);
+    let pad = vec![b'p'; pad];
+    client::write_params(
+        out,
+        id,
+        [
+            (&b"REQUEST_URI"[..], &b"/waits"[..]),
+            (&b"REQUEST_METHOD"[..], &b"POST"[..]),
+            (&b"CONTENT_LENGTH"[..], &b"10"[..]),
+            (&b"HTTP_X_PAD"[..], &pad[..]),
+        ],
+    );
+}
+
+/// Wait until `f` holds, for at most 10 s.
+async fn eventually(what: &str, f: impl Fn() -> bool) {
+    for _ in 0..1000 {
+        if f() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("not within 10s: {what}");
+}
+
+#[tokio::test]
+async fn a_waiting_request_holds_header_memory_until_a_worker_takes_it() {
+    let (mut f, ctx) = setup_with(1, 1 << 20).await;
+    let budget = ctx.registry.header_budget.clone();
+    let mut out = BytesMut::new();
+    // Complete headers, and 4 of its 10 body bytes read ahead before a worker is taken.
+    waiting(&mut out, 1, 100_000);
+    client::write_stdin(&mut out, 1, b"abcd");
+    f.send(&out).await;
+    let cost = 100_000 + crate::listen::limits::REQUEST_OVERHEAD;
+    eventually("the waiting request charged", || budget.used() > cost).await;
+    assert!(budget.used() < cost + 1000, "{} bytes charged", budget.used());
+    // The rest of its body: a worker takes it, and the charge is given back.
+    out.clear();
+    client::write_stdin(&mut out, 1, b"efghij");
+    client::write_stdin_end(&mut out, 1);
+    f.send(&out).await;
+    let (text, _) = f.response(1).await.expect("served");
+    assert!(text.ends_with("hello /waits 10"), "{text}");
+    assert_eq!(budget.used(), 0);
+    // Given back as soon as a worker has the request, not only when it ends: /slow runs
+    // until aborted.
+    out.clear();
+    client::write_begin_request(&mut out, 2, Role::Responder, true);
+    let pad = vec![b'p'; 100_000];
+    client::write_params(&mut out, 2, [(&b"REQUEST_URI"[..], &b"/slow"[..]), (&b"HTTP_X_PAD"[..], &pad[..])]);
+    client::write_stdin_end(&mut out, 2);
+    // Answered once the records before it are handled: the request has started by then.
+    client::write_get_values(&mut out, [&b"FCGI_MPXS_CONNS"[..]]);
+    f.send(&out).await;
+    assert!(matches!(f.next().await, Some(ClientEvent::GetValuesResult { .. })));
+    eventually("the running request's charge given back", || budget.used() == 0).await;
+    out.clear();
+    client::write_abort(&mut out, 2);
+    f.send(&out).await;
+    assert!(f.response(2).await.is_some(), "END_REQUEST after ABORT_REQUEST");
+}
+
+#[tokio::test]
+async fn waiting_requests_past_header_memory_close_their_connection() {
+    let (mut f, ctx) = setup_with(1, 1 << 20).await;
+    let budget = ctx.registry.header_budget.clone();
+    // Before the fix, finished headers were not counted: all ten (2 MB) were held.
+    let mut out = BytesMut::new();
+    for id in 1..=10 {
+        waiting(&mut out, id, 200_000);
+    }
+    // The bridge may close while this is written.
+    let _ = f.stream.write_all(&out).await;
+    // Closed with no END_REQUEST for any of them, as for unfinished headers past the budget.
+    assert!(f.closed_unanswered().await);
+    eventually("every charge given back", || budget.used() == 0).await;
+    // Other connections carry on.
+    let mut g = attach(&ctx);
+    out.clear();
+    request(&mut out, 1, "/next", b"", true);
+    g.send(&out).await;
+    assert!(g.response(1).await.is_some_and(|(text, _)| text.ends_with("hello /next 0")));
+}
+
+#[tokio::test]
+async fn an_scgi_request_waiting_for_its_body_holds_header_memory() {
+    let (ctx, _) = setup_ctx_with(1, 1 << 20).await;
+    let budget = ctx.registry.header_budget.clone();
+    // Two complete 600 KB netstrings declaring 10 body bytes that do not come yet.
+    let scgi = || {
+        let (ours, theirs) = UnixStream::pair().expect("socketpair");
+        let sock = Sock { fd: std::os::fd::AsRawFd::as_raw_fd(&theirs), tcp: false };
+        let (r, w) = theirs.into_split();
+        tokio::spawn(scgi::serve_connection(r, w, ctx.clone(), "test-peer".to_owned(), sock));
+        ours
+    };
+    let mut head = BytesMut::new();
+    let pad = vec![b'p'; 600_000];
+    fastcgi_server::scgi::write_request(
+        &mut head,
+        10,
+        [(&b"REQUEST_URI"[..], &b"/s"[..]), (&b"HTTP_X_PAD"[..], &pad[..])],
+    );
+    let mut first = scgi();
+    assert!(first.write_all(&head).await.is_ok());
+    eventually("the first request charged", || budget.used() > 600_000).await;
+    // The second would pass the budget: closed unanswered, as for unfinished headers.
+    let mut second = Front { stream: scgi(), dec: ClientConnection::new(Limits::default()) };
+    let _ = second.stream.write_all(&head).await;
+    assert!(second.closed_unanswered().await);
+    // The first carries on once its body comes, and gives its charge back.
+    assert!(first.write_all(b"0123456789").await.is_ok());
+    let mut resp = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), first.read_to_end(&mut resp)).await;
+    assert!(matches!(read, Ok(Ok(_))), "the bridge closes after the response");
+    assert!(String::from_utf8_lossy(&resp).ends_with("hello /s 10"));
+    assert_eq!(budget.used(), 0);
+}
+
+#[tokio::test]
+async fn requests_past_fcgi_max_reqs_on_one_connection_are_overloaded() {
+    let (mut f, ctx) = setup_with(1, 64 << 20).await;
+    let max = ctx.max_reqs as u16;
+    let mut out = BytesMut::new();
+    for id in 1..=max + 1 {
+        waiting(&mut out, id, 10);
+    }
+    f.send(&out).await;
+    assert_eq!(f.next().await, Some(ClientEvent::StdoutEnd { id: max + 1 }));
+    assert!(matches!(
+        f.next().await,
+        Some(ClientEvent::EndRequest { protocol_status: ProtocolStatus::Overloaded, id, .. }) if id == max + 1
+    ));
+    // Those within the bound carry on: the first one's body comes, it is answered.
+    out.clear();
+    client::write_stdin(&mut out, 1, b"0123456789");
+    client::write_stdin_end(&mut out, 1);
+    f.send(&out).await;
+    assert!(f.response(1).await.is_some_and(|(text, _)| text.ends_with("hello /waits 10")));
+}
+
+#[tokio::test]
+async fn a_begin_request_for_a_running_id_closes_the_connection() {
+    let mut f = setup(1).await;
+    let mut out = BytesMut::new();
+    // /slow runs until aborted; its id comes again before its END_REQUEST.
+    request(&mut out, 1, "/slow", b"", true);
+    f.send(&out).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    out.clear();
+    request(&mut out, 1, "/again", b"", true);
+    f.send(&out).await;
+    // Before: the running request was dropped and the new one answered in its place (or
+    // neither). Now a protocol error: closed, neither answered.
+    assert!(f.closed_unanswered().await);
 }
 
 /// A connection's task holds its future from accept to close, also while idle: no buffer

@@ -5,11 +5,14 @@
 //! The request runs in the connection's own task: the body is read from the socket while
 //! the response is written to it, both through the exchange's concurrent pump.
 use super::context::ListenerCtx;
+use super::limits::{request_cost, HeaderCharge};
+use crate::backend::exchange::FIRST_WRITE_BODY;
+use crate::dispatch::request_body_limits;
 use crate::dispatch::serve::serve;
 use crate::flow::{BodySource, End, FrontGone, ResponseSink};
 use bytes::{Bytes, BytesMut};
 use fastcgi_server::scgi::{ScgiDecoder, ScgiEvent};
-use fastcgi_server::Role;
+use fastcgi_server::{Params, Role};
 use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 
@@ -32,11 +35,14 @@ where
     let mut decoder = ScgiDecoder::new(ctx.limits.clone());
     // A client that sends no complete header netstring within `header-timeout` is dropped.
     let header_timeout = ctx.header_timeout;
-    let mut charge = super::limits::HeaderCharge::new(ctx.registry.header_budget.clone());
+    let mut charge = HeaderCharge::new(ctx.registry.header_budget.clone());
     let read_headers = async {
         loop {
             match decoder.next_event() {
-                Ok(Some(ScgiEvent::Headers { params, .. })) => return Ok(Some(params)),
+                Ok(Some(ScgiEvent::Headers { params, .. })) => {
+                    charge.set(waiting_cost(&params, decoder.buffer_mut().len())).map_err(HeadError::Budget)?;
+                    return Ok(Some(params));
+                }
                 Ok(Some(_)) => return Err(HeadError::Protocol("body before headers".to_owned())),
                 Ok(None) => {}
                 Err(e) if is_bad_length(&e) => return Err(HeadError::BadLength(e.to_string())),
@@ -96,9 +102,9 @@ where
             return;
         }
     };
-    drop(charge);
     let sink_peer = peer.clone();
-    let mut source = ScgiBody { decoder, rd, ended: false, listener: ctx.name.clone(), peer, sock };
+    let mut source =
+        ScgiBody { decoder, rd, ended: false, listener: ctx.name.clone(), peer, sock, charge: Some(charge) };
     let mut sink = ScgiSink { wr, cut_off: false, ctx: ctx.clone(), peer: sink_peer };
     // Boxed: inline, the request's future would size every connection's task, also while
     // it only waits for its headers.
@@ -114,6 +120,19 @@ where
         return;
     }
     super::lingering_close(&mut source.rd, &mut sink.wr).await;
+}
+
+/// What a request whose headers are `params` holds until a worker takes it: its headers and
+/// the body the bridge reads ahead of a worker (a known length up to 64 KiB; `buffered`
+/// bytes of it are here). Charged whole once the headers are complete, so that a request
+/// that would pass `header-memory` is refused then, as unfinished headers are.
+fn waiting_cost(params: &Params, buffered: usize) -> usize {
+    let ahead = request_body_limits::declared_length(params)
+        .ok()
+        .flatten()
+        .filter(|&n| n <= FIRST_WRITE_BODY as u64)
+        .map_or(0, |n| n as usize);
+    request_cost(params) + buffered.max(ahead)
 }
 
 /// Answer a request refused before it was read with the bridge's page for `status`, then
@@ -166,6 +185,8 @@ struct ScgiBody<R> {
     listener: String,
     peer: String,
     sock: super::Sock,
+    /// The request's `header-memory` charge while it waits for a worker.
+    charge: Option<HeaderCharge>,
 }
 
 impl<R: AsyncRead + Unpin + Send> ScgiBody<R> {
@@ -215,6 +236,10 @@ impl<R: AsyncRead + Unpin + Send> BodySource for ScgiBody<R> {
                 Ok(_) => {}
             }
         }
+    }
+
+    fn release_charge(&mut self) {
+        self.charge = None;
     }
 
     async fn aborted(&mut self) {

@@ -130,6 +130,30 @@ pub(crate) static SCGI_PROTOCOL: Kind = Kind {
     level: Level::Warn,
     burst: CLIENT_BURST,
 };
+/// A FastCGI request refused with FCGI_OVERLOADED: its connection already had FCGI_MAX_REQS.
+pub(crate) static MAX_REQUESTS: Kind = Kind {
+    scope: Scope::Listener,
+    what: "requests refused with FCGI_OVERLOADED",
+    reason: "FCGI_MAX_REQS requests in flight on the connection",
+    level: Level::Warn,
+    burst: CLIENT_BURST,
+};
+/// A FastCGI request whose connection closed before its PARAMS or body were complete.
+pub(crate) static ABANDONED: Kind = Kind {
+    scope: Scope::Listener,
+    what: "requests abandoned",
+    reason: "connection closed before the request was complete",
+    level: Level::Info,
+    burst: CLIENT_BURST,
+};
+/// A FastCGI connection closed in the middle of a record.
+pub(crate) static PARTIAL_RECORD: Kind = Kind {
+    scope: Scope::Listener,
+    what: "connections closed",
+    reason: "in the middle of a FastCGI record",
+    level: Level::Warn,
+    burst: CLIENT_BURST,
+};
 /// A TCP connection from a peer FCGI_WEB_SERVER_ADDRS does not list.
 pub(crate) static PEER_REFUSED: Kind = Kind {
     scope: Scope::Listener,
@@ -171,7 +195,7 @@ pub(crate) static SEND_TIMEOUT: Kind = Kind {
     level: Level::Warn,
     burst: CLIENT_BURST,
 };
-/// A connection closed because unfinished headers passed `header-memory`.
+/// A connection closed because unfinished headers, or a waiting request, passed `header-memory`.
 pub(crate) static HEADER_MEMORY: Kind = Kind {
     scope: Scope::Listener,
     what: "connections closed",
