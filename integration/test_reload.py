@@ -400,6 +400,32 @@ def test_fcgibridge_reload_fails_when_the_daemon_refuses_the_reload(tmp_path):
         b.stop()
 
 
+def test_fcgibridge_reload_of_a_pool_with_an_unknown_user_is_refused_by_the_daemon(tmp_path):
+    """The client cannot load the edited configuration either (no such user); it still finds
+    the control socket, says the configuration has errors, and the daemon's refusal is the
+    outcome: exit 1, the running configuration kept (docs/operator-guide.md)."""
+    b = start(tmp_path, {"a": lc_pool(processes=1, threads=1, env={"LIFECYCLE_TAG": "v1"})})
+    try:
+        before = worker_pids(b)
+
+        def edit(c):
+            c["pools"]["a"]["env"].update(LIFECYCLE_TAG="v2")
+            c["pools"]["ghost"] = lc_pool(processes=1, threads=1, user="ghostuser")
+        rewrite(b, edit)
+        out = cli_reload(b)
+        assert out.returncode == 1, (out.stdout, out.stderr)
+        assert out.stdout == ""
+        warning, refusal = out.stderr.split("\n", 1)
+        assert warning == (f"fcgibridge: the configuration in {b.confdir} has errors (`fcgibridge check` shows them); "
+                           f"using the control socket it names, {b.config['bridge']['runtime-dir']}/control.sock"), out.stderr
+        assert refusal.startswith("fcgibridge: reload refused, the running configuration stays: "), out.stderr
+        assert 'pools.ghost.user: no such user "ghostuser"' in refusal, out.stderr
+        assert tag_of(b, "a") == "v1"
+        assert worker_pids(b) == before
+    finally:
+        b.stop()
+
+
 def test_reload_wait_reports_a_broken_deploy_and_returns_once_a_good_one_serves(tmp_path):
     app = tmp_path / "rollout_app.py"
     app.write_text(ROLLOUT_APP)

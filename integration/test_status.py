@@ -395,6 +395,57 @@ def test_control_unknown_socket_is_a_clear_error(sb, tmp_path):
                        capture_output=True, text=True, timeout=30)
     assert r.returncode == 1
     assert "cannot reach the daemon at" in r.stderr
+    assert "(is `fcgibridge run` running with this configuration?)" in r.stderr, r.stderr
+
+
+def test_control_socket_of_another_user_says_whose_it_is(sb):
+    """A user who may not open the socket (mode 0600, root's here) is told to run the
+    command as root or the daemon's user, not asked whether the daemon runs."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root (to run the client as another uid)")
+    import subprocess
+    binary = sb.binary
+    bin_dir = None
+    if subprocess.run(["test", "-x", str(binary)], user=65534, group=65534, extra_groups=[]).returncode != 0:
+        bin_dir = Path(tempfile.mkdtemp(prefix="fcgibridge-bin-"))  # the build's directory is private
+        bin_dir.chmod(0o755)
+        binary = Path(shutil.copy(binary, bin_dir))
+    try:
+        r = subprocess.run([str(binary), "status", "--socket", str(sb.control_sock)], capture_output=True,
+                           text=True, timeout=30, user=65534, group=65534, extra_groups=[])
+    finally:
+        if bin_dir:
+            shutil.rmtree(bin_dir, ignore_errors=True)
+    assert r.returncode == 1, (r.stdout, r.stderr)
+    assert r.stderr == (f"fcgibridge: cannot reach the daemon at {sb.control_sock}: Permission denied (os error 13); "
+                        "the control socket is the operator's (mode 0600): run this as root or as the daemon's "
+                        "user\n"), r.stderr
+
+
+def test_control_commands_reach_the_daemon_while_another_file_has_errors(sb):
+    """configuration.md: the control commands read the configuration only to find the control
+    socket. A mistake elsewhere (being fixed before a reload) is said in one line; the
+    command still goes to the running daemon."""
+    typo = sb.confdir / "70-typo.yaml"
+    typo.write_text("pools:\n  bogus-key: 3\n")
+    try:
+        warning = (f"fcgibridge: the configuration in {sb.confdir} has errors (`fcgibridge check` shows them); "
+                   f"using the control socket it names, {sb.control_sock}\n")
+        r = run_cli(sb, "status", "--json")
+        assert r.returncode == 0 and r.stderr == warning, (r.returncode, r.stderr)
+        assert json.loads(r.stdout)["pid"] == sb.pid
+        r = run_cli(sb, "top", "--count", "1")
+        assert r.returncode == 0 and r.stderr == warning, (r.returncode, r.stderr)
+        assert re.search(r"^alpha\s+running\s+\d+", r.stdout, re.M), r.stdout
+        # the daemon's answer, not the configuration's errors
+        r = run_cli(sb, "stop-instance", "sites", "alpha.test")
+        assert r.returncode == 1 and r.stderr == warning + 'fcgibridge: no template "sites"\n', r.stderr
+        # `check` names the mistake
+        r = run_cli(sb, "check")
+        assert r.returncode == 1 and "70-typo.yaml:2:14: pools.bogus-key: expected a mapping" in r.stderr, r.stderr
+    finally:
+        typo.unlink()
+    sb.assert_running()
 
 
 def test_control_reload_is_answered_with_the_outcome(sb):

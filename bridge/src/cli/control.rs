@@ -13,8 +13,21 @@ pub enum ClientError {
         "no control socket: set bridge.control-socket or bridge.runtime-dir in the configuration, or pass --socket"
     )]
     NotConfigured,
-    #[error("cannot reach the daemon at {path}: {source} (is `fcgibridge run` running with this configuration?)")]
+    #[error("cannot reach the daemon at {path}: {source}{}", hint(source))]
     Connect { path: String, source: std::io::Error },
+}
+
+/// What to do about a control socket that cannot be reached, by why.
+fn hint(e: &std::io::Error) -> &'static str {
+    match e.kind() {
+        std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => {
+            " (is `fcgibridge run` running with this configuration?)"
+        }
+        std::io::ErrorKind::PermissionDenied => {
+            "; the control socket is the operator's (mode 0600): run this as root or as the daemon's user"
+        }
+        _ => "",
+    }
 }
 
 /// The control command of `fcgibridge reload [--restart-workers [POOL…]] [--wait[=D]]`;
@@ -87,10 +100,22 @@ pub fn socket_for(config_dir: Option<&Path>, socket: Option<PathBuf>) -> Result<
             // `check`'s and `run`'s question, not a client's.
             match crate::config::load_for_client(dir) {
                 Ok(c) => socket_path(&c.global).ok_or_else(not_configured),
-                Err(e) => {
-                    eprintln!("fcgibridge: {e}");
-                    Err(ExitCode::from(2))
-                }
+                // The running daemon is still there while an edit elsewhere is being fixed;
+                // a reload of that edit is the daemon's to refuse, with its errors.
+                Err(e) => match crate::config::load_socket_keys(dir).as_ref().and_then(socket_path) {
+                    Some(path) => {
+                        eprintln!(
+                            "fcgibridge: the configuration in {} has errors (`fcgibridge check` shows them); using the control socket it names, {}",
+                            dir.display(),
+                            path.display()
+                        );
+                        Ok(path)
+                    }
+                    None => {
+                        eprintln!("fcgibridge: {e}");
+                        Err(ExitCode::from(2))
+                    }
+                },
             }
         }
     }

@@ -61,6 +61,26 @@ pub fn load_for_client(dir: &Path) -> Result<Config, ConfigError> {
     )
 }
 
+/// Only the `bridge:` keys that place the control socket (`runtime-dir`, `control-socket`):
+/// how the control client still finds the running daemon when [`load_for_client`] fails
+/// on an error elsewhere (an edit being made). `None` when they cannot be known for sure:
+/// an error on one of them, or a file that could not be read to its end and names one.
+pub fn load_socket_keys(dir: &Path) -> Option<Global> {
+    let abs_dir = paths::absolute_dir(dir).ok()?;
+    let mut parsed = Vec::new();
+    for name in yaml_files(dir).ok()? {
+        let file = dir.join(&name);
+        let text = std::fs::read_to_string(&file).ok()?;
+        match parse(file.display().to_string(), abs_dir.clone(), &text).0 {
+            Some(p) => parsed.push(p),
+            // Stopped by a syntax error: what follows it is unknown, unless no key is named.
+            None if validate::SOCKET_KEYS.iter().any(|k| text.contains(k)) => return None,
+            None => {}
+        }
+    }
+    validate::socket_keys(parsed)
+}
+
 /// [`load`] for a reload of the running daemon: a log file whose directory is missing is a
 /// warning ([`Config::warnings`]), not an error, as log paths take effect only at a restart.
 pub fn load_for_reload(dir: &Path) -> Result<Config, ConfigError> {

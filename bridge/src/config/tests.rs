@@ -1100,3 +1100,27 @@ fn mount_at_the_root_is_kept_as_the_empty_prefix() {
         assert_eq!(l.mount.as_deref(), want, "mount: {written}");
     }
 }
+
+#[test]
+fn the_socket_keys_are_read_past_errors_elsewhere_but_not_past_their_own() {
+    let socket_keys = |t: &Tree| load_socket_keys(&t.root.join("conf.d")).map(|g| (g.runtime_dir, g.control_socket));
+    let run = |t: &Tree| Some((Some(t.root.join("run")), None));
+    // A pool's typo, a syntax error in a file that names neither key: the keys still count.
+    let t = valid("socket-keys").file("00-bridge.yaml", "bridge:\n  runtime-dir: ../run\n  log-levl: x\n");
+    let t = t.file("30-typo.yaml", "pools:\n  bogus-key: 3\n").file("40-syntax.yaml", "pools:\n  a:\n    app: \"x\n");
+    assert!(t.load().is_err());
+    assert_eq!(socket_keys(&t), run(&t));
+    // control-socket as well, relative to its file's directory.
+    let t = t.file("01-ctl.yaml", "bridge:\n  control-socket: ctl.sock\n");
+    assert_eq!(socket_keys(&t), Some((Some(t.root.join("run")), Some(t.root.join("conf.d/ctl.sock")))));
+    // Not known: a file stopped before its end that names a key, a bad value, a key set twice.
+    let t = valid("socket-keys-syntax").file("00-bridge.yaml", "bridge:\n  runtime-dir: /run/x\n   x: 1\n y: 2\n");
+    assert_eq!(socket_keys(&t), None);
+    let t = valid("socket-keys-bad").file("00-bridge.yaml", "bridge:\n  control-socket: [a]\n");
+    assert_eq!(socket_keys(&t), None);
+    let t = valid("socket-keys-twice").file("00-a.yaml", "bridge:\n  runtime-dir: /a\n");
+    let t = t.file("01-b.yaml", "bridge:\n  runtime-dir: /b\n");
+    assert_eq!(socket_keys(&t), None);
+    let t = valid("socket-keys-section").file("00-bridge.yaml", "bridge: 3\n");
+    assert_eq!(socket_keys(&t), None);
+}

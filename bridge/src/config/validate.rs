@@ -25,6 +25,35 @@ pub(super) struct Parsed {
     pub dropped: Vec<KeyPath>,
 }
 
+/// The `bridge:` keys that place the control socket.
+pub(super) const SOCKET_KEYS: [&str; 2] = ["runtime-dir", "control-socket"];
+
+/// Those keys of parsed files alone, the rest of the files unchecked (a [`Global`] with
+/// defaults otherwise); `None` when they cannot be known: an error on one of them, or on
+/// the `bridge:` section holding them.
+pub(super) fn socket_keys(files: Vec<Parsed>) -> Option<Global> {
+    let mut global = GlobalBuilder::default();
+    for Parsed { source, dir, raw, dropped } in files {
+        let lost = dropped.iter().any(|d| match &d.0[..] {
+            [Seg::Key(b)] => b == "bridge",
+            [Seg::Key(b), Seg::Key(k), ..] => b == "bridge" && SOCKET_KEYS.contains(&k.as_str()),
+            _ => false,
+        });
+        if lost {
+            return None;
+        }
+        if let Some(bridge) = raw.bridge {
+            let keys = RawBridge {
+                runtime_dir: bridge.runtime_dir,
+                control_socket: bridge.control_socket,
+                ..RawBridge::default()
+            };
+            global.add(&source, &dir, keys).ok()?;
+        }
+    }
+    Some(global.finish())
+}
+
 /// Combine parsed files (in name order) into the effective configuration. `errors` holds
 /// those found while reading the files, `incomplete` says a file could not be read to its
 /// end; every pool and listener is still checked, and all the errors are returned together.
