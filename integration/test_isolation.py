@@ -338,6 +338,73 @@ def parent_of(pid: int) -> int:
         return int(f.read().rsplit(")", 1)[1].split()[1])
 
 
+def cpu_time_limit(pid: int) -> tuple[str, str]:
+    """(soft, hard) RLIMIT_CPU of a process as the kernel reports it: seconds or "unlimited"."""
+    with open(f"/proc/{pid}/limits") as f:
+        for line in f:
+            if line.startswith("Max cpu time"):
+                soft, hard = line.split()[3:5]
+                return soft, hard
+    raise AssertionError(f"no cpu-time line in /proc/{pid}/limits")
+
+
+def cpu_seconds(pid: int) -> float:
+    """The CPU time (user + system) a process has used, which RLIMIT_CPU counts."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@pytest.mark.parametrize("preload", [False, True], ids=["exec", "preload"])
+def test_cpu_time_limit_is_the_kernels_for_a_worker_of_another_user(tmp_path, public_dir, preload):
+    """cpu-time-limit's RLIMIT_CPU on a worker running as the pool's user: the worker sets
+    it on itself (before exec; a template's fork after the fork), which needs no privilege.
+    prlimit(2) from the bridge needed CAP_SYS_RESOURCE, which root lacks in a container: it
+    warned `cannot set RLIMIT_CPU` and the worker ran without it. A fork's CPU time counts
+    from the fork: its template's, spent here importing the app, is not charged to it."""
+    user = need_test_user()
+    spec = {"app": str(public_app(public_dir)), "python": SYSTEM_PYTHON, "processes": 1, "threads": 1,
+            "user": TEST_USER, "preload": preload, "cpu-time-limit": "1s", "graceful-timeout": "1s"}
+    if preload:
+        spec["env"] = {"WHOAMI_IMPORT_CPU": "1.5"}
+    b = started(tmp_path, public_dir, spec)
+    try:
+        b.wait_ready([("l", "/", "iso")], timeout=60)
+        pid = whoami(b)["pid"]
+        assert os.stat(f"/proc/{pid}").st_uid == user.pw_uid
+        # soft: the limit (the native worker logs its SIGXCPU); hard: graceful-timeout + 1s later
+        assert cpu_time_limit(pid) == ("1", "3")
+        if preload:
+            template = parent_of(pid)
+            assert template != b.pid
+            assert cpu_time_limit(template) == ("unlimited", "unlimited"), "the template must not die of it"
+            assert cpu_seconds(template) >= 1.4 > cpu_seconds(pid)
+            assert whoami(b)["pid"] == pid
+            assert "cpu-time-limit reached" not in b.log.text()
+        assert "cannot set RLIMIT_CPU" not in b.log.text()
+    finally:
+        b.stop()
+
+
+@pytest.mark.parametrize("preload", [False, True], ids=["exec", "preload"])
+def test_cpu_time_limit_stays_under_the_bridges_own_hard_limit(tmp_path, public_dir, preload):
+    """A bridge whose own hard RLIMIT_CPU (systemd LimitCPU=) is below cpu-time-limit's:
+    its workers keep that one, which they would inherit anyway, and start (raising it would
+    need CAP_SYS_RESOURCE). Runs as any user."""
+    port = free_ports(1)[0]
+    spec = {"app": str(public_app(public_dir)), "processes": 1, "threads": 1, "preload": preload,
+            "cpu-time-limit": "200s"}
+    b = make_bridge(tmp_path, {"iso": spec}, {"l": {"fastcgi": f"127.0.0.1:{port}", "pool": "iso"}})
+    b.command_prefix = ["prlimit", "--cpu=100:100"]
+    b.start()
+    try:
+        b.wait_ready([("l", "/", "iso")], timeout=60)
+        assert cpu_time_limit(b.pid) == ("100", "100")
+        assert cpu_time_limit(whoami(b)["pid"]) == ("100", "100")
+    finally:
+        b.stop()
+
+
 def hog_pool(public_dir: Path, **keys) -> tuple[dict, Path]:
     """A pool of apps/memory_hog_app.py capped at 256M, and the directory where its /hold
     requests signal (writable by any worker user)."""

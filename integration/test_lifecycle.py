@@ -166,10 +166,14 @@ def test_memory_limit_recycles_a_leaking_worker_gracefully(tmp_path):
         b.stop()
 
 
-def test_cpu_time_limit_recycles_after_the_request_and_the_hard_limit_kills(tmp_path):
+@pytest.mark.parametrize("preload", [False, True], ids=["exec", "preload"])
+def test_cpu_time_limit_recycles_after_the_request_and_the_hard_limit_kills(tmp_path, preload):
+    """The same for a worker the bridge executes and for one forked from a template, which
+    sets its RLIMIT_CPU itself after the fork (docs/worker-contract.md)."""
     b = start(tmp_path, {
-        "soft": lc_pool(processes=2, threads=1, **{"cpu-time-limit": "2s", "graceful-timeout": "20s"}),
-        "hard": lc_pool(processes=1, threads=1, **{"cpu-time-limit": "1s", "graceful-timeout": "1s"}),
+        "soft": lc_pool(processes=2, threads=1, preload=preload,
+                        **{"cpu-time-limit": "2s", "graceful-timeout": "20s"}),
+        "hard": lc_pool(processes=1, threads=1, preload=preload, **{"cpu-time-limit": "1s", "graceful-timeout": "1s"}),
     })
     try:
         # 3 s of CPU: past the soft limit the worker says so and is retired, but its request finishes

@@ -1,5 +1,6 @@
-//! A pool's isolation applied to one worker: rlimits, nice, umask, chroot, supplementary
-//! groups, group and user, in the forked child just before exec.
+//! A pool's isolation applied to one worker: rlimits (cpu-time-limit's RLIMIT_CPU among
+//! them), nice, umask, chroot, supplementary groups, group and user, in the forked child
+//! just before exec.
 //!
 //! Everything that allocates, looks up a name or touches the file system beyond single
 //! system calls happens in [`Prepared::for_pool`], in the bridge, before the fork: after
@@ -116,6 +117,8 @@ pub(super) struct Prepared {
     workdir: CString,
     umask: Option<libc::mode_t>,
     rlimits: Vec<(Resource, libc::rlim_t)>,
+    /// cpu-time-limit's RLIMIT_CPU ([`cpu_rlimit`]); None for a template.
+    cpu: Option<CpuRlimit>,
     nice: Option<libc::c_int>,
     python: PathBuf,
     python_path: PathBuf,
@@ -186,6 +189,7 @@ impl Prepared {
             workdir,
             umask: iso.umask.map(|m| m as libc::mode_t),
             rlimits,
+            cpu: cpu_rlimit(pool),
             nice: iso.nice,
             python,
             python_path: worker_python_path,
@@ -193,6 +197,13 @@ impl Prepared {
             env,
             clear_env: iso.clear_env,
         })
+    }
+
+    /// As [`Self::for_pool`], for a pool's preload template: without RLIMIT_CPU, which
+    /// counts the template's own CPU time and would end it. Each fork sets its own
+    /// (template.rs's SPAWN), counted from the fork.
+    pub(super) fn for_template(pool: &Pool, python_path: &Path) -> Result<Self, IsolateError> {
+        Ok(Self { cpu: None, ..Self::for_pool(pool, python_path)? })
     }
 
     /// "user www (uid 33, gid 33)" when the pool sets `user:`.
@@ -233,7 +244,7 @@ impl Prepared {
     /// gets no `current_dir`). Register it before any hook that must run with the final
     /// credentials (PR_SET_PDEATHSIG). `steps` learns which step failed (spawn.rs).
     pub(super) fn install(self, cmd: &mut Command, steps: super::spawn::StepMarker) {
-        // SAFETY: the closure only makes async-signal-safe system calls (setrlimit,
+        // SAFETY: the closure only makes async-signal-safe system calls (getrlimit, setrlimit,
         // setpriority, umask, chroot, chdir, setgroups, setgid, setuid, write; nix's
         // wrappers of them pass C strings and slices straight through) on data prepared
         // before the fork; it neither allocates nor takes locks.
@@ -249,6 +260,15 @@ impl Prepared {
         steps.mark(Step::Limits);
         for &(resource, value) in &self.rlimits {
             nix::sys::resource::setrlimit(resource, value, value)?;
+        }
+        // Lowering the process's own limit needs no privilege, unlike prlimit(2) on a
+        // process of another user (CAP_SYS_RESOURCE, which root lacks in a container).
+        // Never above the hard limit it inherits (the bridge's own, systemd's LimitCPU=):
+        // the stricter of the two applies, as it would without cpu-time-limit.
+        if let Some(CpuRlimit { soft, hard }) = self.cpu {
+            let (_, inherited) = nix::sys::resource::getrlimit(Resource::RLIMIT_CPU)?;
+            let hard = hard.min(inherited);
+            nix::sys::resource::setrlimit(Resource::RLIMIT_CPU, soft.min(hard), hard)?;
         }
         if let Some(n) = self.nice {
             // SAFETY: a plain system call (nix has no setpriority).
@@ -270,6 +290,25 @@ impl Prepared {
         chdir(self.workdir.as_c_str())?;
         Ok(())
     }
+}
+
+/// RLIMIT_CPU in seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct CpuRlimit {
+    pub soft: libc::rlim_t,
+    pub hard: libc::rlim_t,
+}
+
+/// cpu-time-limit as RLIMIT_CPU of a worker of `pool`. The bridge retires a worker whose
+/// sampled CPU time reaches the limit; the hard limit, graceful-timeout later, is the
+/// kernel's SIGKILL for one that keeps spinning. The native worker turns the soft limit's
+/// SIGXCPU into a log line; a `command:` program would die of SIGXCPU, so for it soft = hard.
+pub(super) fn cpu_rlimit(pool: &Pool) -> Option<CpuRlimit> {
+    let limit = pool.supervision.cpu_time_limit?.as_secs();
+    let hard = limit + pool.supervision.graceful_timeout.as_secs().max(1) + 1;
+    let native = !matches!(pool.app, crate::config::App::Command(_));
+    let soft = if native { limit.max(1) } else { hard };
+    Some(CpuRlimit { soft: soft as libc::rlim_t, hard: hard as libc::rlim_t })
 }
 
 fn cstring(path: &Path) -> Result<CString, IsolateError> {
@@ -380,6 +419,22 @@ fn replace_file(dir: &OwnedFd, name: &OsStr, data: &[u8]) -> std::io::Result<()>
 mod tests {
     use super::*;
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+    #[test]
+    fn cpu_time_limit_gives_a_python_worker_its_soft_limit_and_a_program_only_the_hard_one() {
+        use std::time::Duration;
+        let mut pool = Pool::for_tests();
+        assert_eq!(cpu_rlimit(&pool), None);
+        pool.supervision.cpu_time_limit = Some(Duration::from_secs(60));
+        pool.supervision.graceful_timeout = Duration::from_secs(10);
+        // the hard limit: graceful-timeout (at least 1 s) and one second of slack later
+        assert_eq!(cpu_rlimit(&pool), Some(CpuRlimit { soft: 60, hard: 71 }));
+        pool.supervision.graceful_timeout = Duration::ZERO;
+        assert_eq!(cpu_rlimit(&pool), Some(CpuRlimit { soft: 60, hard: 62 }));
+        // a `command:` program would die of the soft limit's SIGXCPU
+        pool.app = crate::config::App::Command(vec!["/usr/bin/php-cgi".into()]);
+        assert_eq!(cpu_rlimit(&pool), Some(CpuRlimit { soft: 62, hard: 62 }));
+    }
 
     #[test]
     fn paths_inside_the_chroot() {

@@ -56,7 +56,7 @@ pub(super) enum SpawnError {
 /// on a pipe before it runs ([`StepLog`]), so a failed spawn says which one failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Step {
-    /// rlimits, nice, umask.
+    /// rlimits (cpu-time-limit's too), nice, umask.
     Limits,
     Chroot,
     /// Supplementary groups, gid, uid.

@@ -112,7 +112,7 @@ pub(super) async fn spawn_forked(
         let (tx, rx) = oneshot::channel();
         *lock(&template.pending) = Some(tx);
         let fds = [listener.as_raw_fd(), out_w.as_raw_fd(), err_w.as_raw_fd(), ready_w.as_raw_fd()];
-        template.send_spawn(&fds).await?;
+        template.send_spawn(&spawn_message(pool), &fds).await?;
         match tokio::time::timeout(FORK_REPLY_TIMEOUT, rx).await {
             Ok(Ok(r)) => r.map_err(TemplateError::Fork)?,
             Ok(Err(_)) => return Err(TemplateError::Fork("the template exited".into())),
@@ -224,7 +224,7 @@ fn child_setup(
 }
 
 async fn start_template(pool: &Pool, python_path: &Path) -> Result<Arc<Template>, TemplateError> {
-    let iso = Prepared::for_pool(pool, python_path)?;
+    let iso = Prepared::for_template(pool, python_path)?;
     let run_as = iso.run_as().map(str::to_owned);
     let (ours, theirs) =
         socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK)
@@ -312,10 +312,10 @@ async fn start_template(pool: &Pool, python_path: &Path) -> Result<Arc<Template>
 }
 
 impl Template {
-    async fn send_spawn(&self, fds: &[i32; 4]) -> Result<(), TemplateError> {
+    async fn send_spawn(&self, msg: &str, fds: &[i32; 4]) -> Result<(), TemplateError> {
         loop {
             let mut guard = self.ctl.writable().await.map_err(TemplateError::Control)?;
-            match guard.try_io(|fd| send_with_fds(fd.as_raw_fd(), b"SPAWN", fds)) {
+            match guard.try_io(|fd| send_with_fds(fd.as_raw_fd(), msg.as_bytes(), fds)) {
                 Ok(r) => return r.map(|_| ()).map_err(TemplateError::Control),
                 Err(_would_block) => continue,
             }
@@ -334,6 +334,16 @@ impl Template {
         // Dropping the senders tells every waiting worker task that its worker is gone with the template.
         lock(&self.exits).clear();
         lock(&self.pending).take();
+    }
+}
+
+/// `SPAWN`, plus ` cpu=SOFT,HARD` for a pool with cpu-time-limit: the fork sets that
+/// RLIMIT_CPU on itself (the template has none, see [`Prepared::for_template`]); the fork's
+/// CPU time counts from zero, the template's own is not charged to it.
+fn spawn_message(pool: &Pool) -> String {
+    match super::isolate::cpu_rlimit(pool) {
+        Some(cpu) => format!("SPAWN cpu={},{}", cpu.soft, cpu.hard),
+        None => "SPAWN".to_owned(),
     }
 }
 
@@ -426,6 +436,15 @@ async fn log_output(pipe: impl tokio::io::AsyncRead + Unpin, pool: Arc<str>, pid
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_spawn_names_the_forks_cpu_limit() {
+        let mut pool = Pool::for_tests();
+        assert_eq!(spawn_message(&pool), "SPAWN");
+        pool.supervision.cpu_time_limit = Some(Duration::from_secs(5));
+        pool.supervision.graceful_timeout = Duration::from_secs(2);
+        assert_eq!(spawn_message(&pool), "SPAWN cpu=5,8");
+    }
 
     #[test]
     fn template_errors_say_what_happened() {

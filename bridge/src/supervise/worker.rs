@@ -113,9 +113,6 @@ pub(super) async fn run(t: WorkerTask, mut ctl: mpsc::UnboundedReceiver<WorkerCt
     let claims = claim_page(&t);
     let claim_fd = claims.as_ref().map(|p| p.raw_fd());
     let Some(Spawned { mut child, pid, mut ready }) = start_process(&t, &mut ctl, claim_fd).await else { return };
-    if let Some(limit) = t.config.supervision.cpu_time_limit {
-        set_cpu_limit(&pool, pid, limit, t.config.supervision.graceful_timeout, t.native);
-    }
     // "ready in" counts from the process's start (a preloaded pool's template start-up,
     // waited for above, is logged by the template itself).
     let spawned = Instant::now();
@@ -469,23 +466,6 @@ async fn await_stacks(child: &mut WorkerChild, gate: &LineGate, asked: Instant, 
         seen = now;
     }
     None
-}
-
-/// cpu-time-limit: RLIMIT_CPU on the new process (prlimit(2) works for a forked template
-/// child too). The bridge retires the worker when its sampled CPU time reaches `limit`;
-/// the hard limit, graceful-timeout later, is the kernel's SIGKILL for one that keeps
-/// spinning. The native worker turns the soft limit's SIGXCPU into a log line; other
-/// programs would die of SIGXCPU, so for them soft = hard.
-fn set_cpu_limit(pool: &str, pid: u32, limit: Duration, graceful: Duration, native: bool) {
-    let hard = limit.as_secs() + graceful.as_secs().max(1) + 1;
-    let soft = if native { limit.as_secs().max(1) } else { hard };
-    let rlim = libc::rlimit { rlim_cur: soft as libc::rlim_t, rlim_max: hard as libc::rlim_t };
-    let Ok(pid_t @ 1..) = i32::try_from(pid) else { return };
-    // SAFETY: prlimit reads one rlimit struct and writes none (old_limit is null).
-    let rc = unsafe { libc::prlimit(pid_t, libc::RLIMIT_CPU, &rlim, std::ptr::null_mut()) };
-    if rc != 0 {
-        tracing::warn!(pool, pid, "cannot set RLIMIT_CPU for cpu-time-limit: {}", std::io::Error::last_os_error());
-    }
 }
 
 /// Log a start-up failure; the same error as the previous attempt without its output.

@@ -5,7 +5,8 @@ no listening socket on fd 0, the readiness pipe on fd 3 as usual, and a control
 socket (SOCK_SEQPACKET) on fd 4. The template imports the app once, reports READY,
 then waits. For every ``SPAWN`` message — carrying four descriptors by SCM_RIGHTS:
 the worker's listening socket, its stdout and stderr pipes and its readiness pipe —
-it forks; the child puts them on fds 0 (via a private copy), 1, 2 and 3 and becomes an
+it forks; the child puts them on fds 0 (via a private copy), 1, 2 and 3, sets the
+RLIMIT_CPU that ``SPAWN cpu=SOFT,HARD`` names (cpu-time-limit) and becomes an
 ordinary worker (threads are started only after the fork). The template answers
 ``PID <pid>``, reaps its children and reports ``EXIT <pid> <wait status>`` for each.
 
@@ -14,6 +15,7 @@ held by another thread at that moment would stay locked forever in the child.
 """
 import fcntl
 import os
+import resource
 import select
 import signal
 import socket
@@ -41,7 +43,31 @@ def _reap(ctl):
             os._exit(0)  # the bridge is gone
 
 
-def _become_worker(fds, ctl, wake_fds, app, threads, processes):
+def _cpu_limit(msg):
+    """The RLIMIT_CPU (soft, hard) that ``SPAWN cpu=SOFT,HARD`` asks the fork to set on
+    itself; None for a plain ``SPAWN``. ValueError: no SPAWN request."""
+    words = msg.split()
+    if words == [b"SPAWN"]:
+        return None
+    if len(words) == 2 and words[0] == b"SPAWN" and words[1].startswith(b"cpu="):
+        soft, hard = (int(v) for v in words[1][4:].split(b","))
+        return soft, hard
+    raise ValueError(msg)
+
+
+def _limit_cpu(cpu):
+    """cpu-time-limit, set by the fork on itself: lowering one's own limit needs no
+    privilege, and a fork's CPU time counts from the fork (the template's is not charged to
+    it). Never above the hard limit it inherits (the bridge's own), as before exec
+    (supervise/isolate.rs)."""
+    soft, hard = cpu
+    _, inherited = resource.getrlimit(resource.RLIMIT_CPU)
+    if inherited != resource.RLIM_INFINITY:
+        hard = min(hard, inherited)
+    resource.setrlimit(resource.RLIMIT_CPU, (min(soft, hard), hard))
+
+
+def _become_worker(fds, ctl, wake_fds, app, threads, processes, cpu):
     """In the forked child: take the slot's descriptors and serve. Never returns."""
     code = 1
     try:
@@ -59,6 +85,8 @@ def _become_worker(fds, ctl, wake_fds, app, threads, processes):
         os.dup2(ready, 3)
         for fd in (out, err, ready):
             os.close(fd)
+        if cpu is not None:
+            _limit_cpu(cpu)
         # Its own process group, as the bridge gives every worker it starts itself.
         os.setpgid(0, 0)
         from . import _native
@@ -78,10 +106,10 @@ def _become_worker(fds, ctl, wake_fds, app, threads, processes):
     os._exit(code)
 
 
-def _spawn(fds, ctl, wake_fds, app, threads, processes):
+def _spawn(fds, ctl, wake_fds, app, threads, processes, cpu):
     pid = os.fork()
     if pid == 0:
-        _become_worker(fds, ctl, wake_fds, app, threads, processes)
+        _become_worker(fds, ctl, wake_fds, app, threads, processes, cpu)
     for fd in fds:
         os.close(fd)
     return pid
@@ -151,9 +179,14 @@ def run():
             os._exit(0)
         if not msg:
             _retire(ctl)
-        if msg.strip() == b"SPAWN" and len(fds) == 4:
+        try:
+            cpu = _cpu_limit(msg)
+            well_formed = len(fds) == 4
+        except ValueError:
+            cpu, well_formed = None, False
+        if well_formed:
             try:
-                pid = _spawn(fds, ctl, (wake_r, wake_w), app, threads, processes)
+                pid = _spawn(fds, ctl, (wake_r, wake_w), app, threads, processes, cpu)
                 reply = b"PID %d" % pid
             except OSError as exc:
                 reply = b"ERR fork failed: " + str(exc).encode("utf-8", "replace")
