@@ -216,16 +216,28 @@ impl Params {
             return;
         }
         let mut keep = vec![true; n];
+        // Joined values are built in one buffer per name and stored once: a join per repeat
+        // would copy the value so far each time (thousands of `Cookie:` lines, quadratic).
+        let mut joins: HashMap<usize, Vec<u8>> = HashMap::new();
         for &(from, to) in &moves {
-            let (name, kept, later) = (self.entries[to].0, self.entries[to].1, self.entries[from].1);
-            self.entries[to].1 = match Self::joined_with(self.slice(name)) {
-                Some(sep) if kept.len > 0 && later.len > 0 => {
-                    let joined = [self.slice(kept), sep, self.slice(later)].concat();
-                    self.store(Bytes::from(joined))
-                }
-                _ => later,
-            };
             keep[from] = false;
+            let later = self.entries[from].1;
+            let Some(sep) = Self::joined_with(self.slice(self.entries[to].0)) else {
+                self.entries[to].1 = later;
+                continue;
+            };
+            let joined = joins.entry(to).or_insert_with(|| self.slice(self.entries[to].1).to_vec());
+            let value = self.slice(later);
+            // An empty value (an override that clears it) replaces what came before.
+            if joined.is_empty() || value.is_empty() {
+                joined.clear();
+            } else {
+                joined.extend_from_slice(sep);
+            }
+            joined.extend_from_slice(value);
+        }
+        for (to, joined) in joins {
+            self.entries[to].1 = self.store(Bytes::from(joined));
         }
         let mut i = 0;
         self.entries.retain(|_| {
@@ -562,6 +574,20 @@ mod tests {
                 (&b"CONTENT_LENGTH"[..], &b"7"[..]),
             ]
         );
+    }
+
+    #[test]
+    fn thousands_of_cookie_lines_are_joined_in_one_buffer() {
+        let mut raw = Vec::new();
+        for i in 0..3000 {
+            write_pair(&mut raw, b"HTTP_COOKIE", format!("c{i}=1").as_bytes());
+        }
+        let p = decode_pairs(Bytes::from(raw), &Limits::default(), 1, "x").expect("decode");
+        let value = p.get(b"HTTP_COOKIE").expect("cookie");
+        assert!(value.starts_with(b"c0=1; c1=1; ") && value.ends_with(b"; c2999=1"));
+        // one joined value stored, not one per repeat: the storage stays near the input's size
+        let stored: usize = p.more.iter().map(Bytes::len).sum();
+        assert!(stored < 2 * value.len(), "{stored} bytes stored for a {} byte value", value.len());
     }
 
     #[test]
