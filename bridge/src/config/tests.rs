@@ -94,7 +94,7 @@ fn a_pool_needs_only_its_app_and_everything_else_defaults() {
             access_log_format: None,
             status: None,
             control_socket: None,
-            header_memory: 64 << 20,
+            header_memory: 256 << 20,
             log_rate_limit: true,
         }
     );

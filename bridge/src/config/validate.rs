@@ -12,8 +12,9 @@ use std::time::Duration;
 
 pub(super) const DEFAULT_LOG_LEVEL: &str = "info";
 pub(super) const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
-/// `header-memory`: 64 connections' worth of the largest (1 MiB) header block.
-pub(super) const DEFAULT_HEADER_MEMORY: u64 = 64 << 20;
+/// `header-memory`: room for full queues of several pools (each waiting request holds its headers, up to 64 KiB
+/// of body read ahead and 16 KiB of bookkeeping) while bounding what clients can pin.
+pub(super) const DEFAULT_HEADER_MEMORY: u64 = 256 << 20;
 
 /// One parsed file, ready to merge.
 pub(super) struct Parsed {
