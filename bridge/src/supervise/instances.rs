@@ -193,6 +193,9 @@ const KEY_LOCKS_PRUNED_AT: usize = 1024;
 /// How often the key of an instance whose workers fail to start is looked at again (with
 /// the interpreter probe): what broke may be what a new instance would be refused for.
 const LOOK_AGAIN_WHILE_FAILING: Duration = Duration::from_secs(5);
+/// How long a reload waits for the live instances of unchanged templates to be looked at
+/// again (account lookups) before it goes on and leaves them to finish in the background.
+const RELOOK_WAIT: Duration = Duration::from_secs(5);
 
 /// A template at run time: its live instances.
 pub(crate) struct TemplateRuntime {
@@ -439,14 +442,18 @@ impl Instances {
         let old = self.0.with(|b| b.templates.clone());
         let (mut changed, mut removed, mut stopped, mut rolled) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         let mut next = Vec::new();
+        // The unchanged templates' instances are looked at again side by side, in tasks of
+        // their own: an account lookup that hangs (NSS, LDAP) holds up its template's
+        // instances, never the reload past RELOOK_WAIT.
+        let mut looks = tokio::task::JoinSet::new();
         for t in new {
             let restart = restart.includes(&t.name);
             match old.iter().find(|o| *o.name == t.name) {
                 Some(o) if *o.config() == *t && !restart => {
-                    let (gone, other) =
-                        o.refresh_all(&o.config(), Again::Reload { probe: false, restart: false }).await;
-                    stopped.extend(gone);
-                    rolled.extend(other);
+                    let o2 = o.clone();
+                    looks.spawn(async move {
+                        o2.refresh_all(&o2.config(), Again::Reload { probe: false, restart: false }).await
+                    });
                     next.push(o.clone());
                 }
                 Some(o) => {
@@ -458,6 +465,20 @@ impl Instances {
                 }
                 None => next.push(TemplateRuntime::new(t, &self.0)),
             }
+        }
+        let waited = tokio::time::timeout(RELOOK_WAIT, async {
+            while let Some(done) = looks.join_next().await {
+                if let Ok((gone, other)) = done {
+                    stopped.extend(gone);
+                    rolled.extend(other);
+                }
+            }
+        })
+        .await;
+        if waited.is_err() {
+            // Still looking: they finish in the background, each logging what it does.
+            tracing::warn!("reload: template instances still being looked at again after {RELOOK_WAIT:?} (an account lookup that hangs?); they go on in the background");
+            looks.detach_all();
         }
         for o in &old {
             if !new.iter().any(|t| *o.name == t.name) {
