@@ -360,8 +360,9 @@ async fn fail(t: &WorkerTask, handle: &WorkerHandle, child: &mut WorkerChild, wh
 async fn connect_slots(t: &WorkerTask, handle: &Arc<WorkerHandle>, asgi: bool) -> usize {
     let wanted = t.config.interface.slots(t.config.threads, asgi);
     let (mut connected, mut failed) = (0, None);
+    let deadline = Instant::now() + BACKLOG_WAIT;
     for _ in 0..wanted {
-        match connect_slot(handle).await {
+        match connect_slot(handle, deadline).await {
             Ok((mut slot, canceller)) => match t.dispatcher.add_conn(t.key, Some(canceller)) {
                 Some(key) => {
                     slot.set_key(key);
@@ -385,13 +386,16 @@ async fn connect_slots(t: &WorkerTask, handle: &Arc<WorkerHandle>, asgi: bool) -
     connected
 }
 
-/// How long a connection waits for room in the worker's listen backlog.
+/// How long a worker's connections, all together, wait for room in its listen backlog.
 const BACKLOG_WAIT: Duration = Duration::from_secs(5);
 
 /// One connection to the worker. A full listen backlog (EAGAIN: the worker has not yet
-/// accepted the connections before this one, as with hundreds of ASGI slots) is waited out.
-async fn connect_slot(handle: &Arc<WorkerHandle>) -> std::io::Result<(SlotConn, crate::dispatch::Canceller)> {
-    let deadline = Instant::now() + BACKLOG_WAIT;
+/// accepted the connections before this one, as with hundreds of ASGI slots) is waited out
+/// until `deadline`.
+async fn connect_slot(
+    handle: &Arc<WorkerHandle>,
+    deadline: Instant,
+) -> std::io::Result<(SlotConn, crate::dispatch::Canceller)> {
     loop {
         match SlotConn::connect(handle.clone()).await {
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && Instant::now() < deadline => {
