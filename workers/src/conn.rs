@@ -334,6 +334,11 @@ impl Conn {
         if self.rd_eof {
             return Recv::Eof;
         }
+        // The body chunks this receive may add (one per record) find room in the request's
+        // queue of them first: its growth, too, must fail as a MemoryError, not an abort.
+        if self.req.as_mut().is_some_and(|r| r.stdin.try_reserve(RECV_CHUNK / 4096 + 2).is_err()) {
+            return Recv::NoMemory;
+        }
         let buf = self.dec.buffer_mut();
         if !make_room(buf) {
             return Recv::NoMemory;
