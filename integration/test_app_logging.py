@@ -173,7 +173,6 @@ def test_a_worker_that_floods_and_crashes_gets_no_fresh_budget(tmp_path):
         logged = len(re.findall(r"flood line \d+", b.log.text(mark)))
         # a fresh burst per worker would be 3 x 5000
         assert logged <= 5000 + 200 * elapsed + 500, (logged, elapsed)
-        assert elapsed < 40, "too slow to tell one burst from three"
     finally:
         b.stop()
 

@@ -248,6 +248,10 @@ mod tests {
     #[test]
     fn a_runtime_directory_someone_else_could_write_is_refused() {
         let base = crate::config::tests::scratch_dir("rtdir-not-own");
+        // Under a umask of 002 the scratch directory would be group-writable: a parent refused.
+        for dir in [base.parent().expect("a parent"), &base] {
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
         let refused = |p: &Path| RuntimeDir::create(p).err().map(|e| e.to_string()).unwrap_or_default();
         // Made by the bridge, or there already and its own: fine.
         let fine = base.join("fine/run");
