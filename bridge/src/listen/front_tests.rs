@@ -514,6 +514,22 @@ async fn a_begin_request_for_a_running_id_closes_the_connection() {
     assert!(f.closed_unanswered().await);
 }
 
+#[tokio::test]
+async fn an_id_aborted_before_its_params_ended_may_begin_again() {
+    let mut f = setup(1).await;
+    let mut out = BytesMut::new();
+    client::write_begin_request(&mut out, 1, Role::Responder, true);
+    client::write_abort(&mut out, 1);
+    f.send(&out).await;
+    assert!(f.response(1).await.is_some(), "END_REQUEST after ABORT_REQUEST");
+    // Ended: the id is the web server's to use again, on the same connection.
+    out.clear();
+    request(&mut out, 1, "/again", b"", true);
+    f.send(&out).await;
+    let (text, _) = f.response(1).await.expect("served");
+    assert!(text.ends_with("hello /again 0"), "{text}");
+}
+
 /// A connection's task holds its future from accept to close, also while idle: no buffer
 /// may sit in it (an 8 KiB one inline made a thousand idle connections cost 9 MB).
 #[tokio::test]
