@@ -729,9 +729,6 @@ impl FrontConn {
             Some(Req::Starting { .. }) => {
                 self.remove(id);
                 server::write_end_request(&mut self.wbuf, id, 0, ProtocolStatus::RequestComplete, Padding::None);
-                // Ended: the web server may begin the id again (the decoder held it open,
-                // and a new BEGIN_REQUEST for it closed the connection).
-                self.decoder.end_request(id);
             }
             Some(Req::Running { abort, .. }) => {
                 if let Some(a) = abort.take() {

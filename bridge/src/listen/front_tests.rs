@@ -519,6 +519,10 @@ async fn an_id_aborted_before_its_params_ended_may_begin_again() {
     let mut f = setup(1).await;
     let mut out = BytesMut::new();
     client::write_begin_request(&mut out, 1, Role::Responder, true);
+    // One PARAMS record with a pair, its end never sent: the request is still starting.
+    let mut params = BytesMut::new();
+    client::write_params(&mut params, 1, [(&b"REQUEST_URI"[..], &b"/first"[..])]);
+    out.extend_from_slice(&params[..params.len() - 8]);
     client::write_abort(&mut out, 1);
     f.send(&out).await;
     assert!(f.response(1).await.is_some(), "END_REQUEST after ABORT_REQUEST");
