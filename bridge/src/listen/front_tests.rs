@@ -273,14 +273,21 @@ async fn get_values_unknown_type_and_unknown_role() {
     assert!(saw_end);
 }
 
+/// Request `id` for /slow (it runs until aborted), returned once the connection has
+/// handled it: a GET_VALUES sent after it is answered only then.
+async fn start_slow(f: &mut Front, id: u16) {
+    let mut out = BytesMut::new();
+    request(&mut out, id, "/slow", b"", true);
+    client::write_get_values(&mut out, [&b"FCGI_MPXS_CONNS"[..]]);
+    f.send(&out).await;
+    assert!(matches!(f.next().await, Some(ClientEvent::GetValuesResult { .. })));
+}
+
 #[tokio::test]
 async fn abort_ends_the_request_and_frees_the_slot() {
     let mut f = setup(1).await;
+    start_slow(&mut f, 1).await;
     let mut out = BytesMut::new();
-    request(&mut out, 1, "/slow", b"", true);
-    f.send(&out).await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    out.clear();
     client::write_abort(&mut out, 1);
     f.send(&out).await;
     assert!(f.response(1).await.is_some(), "END_REQUEST after ABORT_REQUEST");
@@ -501,12 +508,9 @@ async fn requests_past_fcgi_max_reqs_on_one_connection_are_overloaded() {
 #[tokio::test]
 async fn a_begin_request_for_a_running_id_closes_the_connection() {
     let mut f = setup(1).await;
-    let mut out = BytesMut::new();
     // /slow runs until aborted; its id comes again before its END_REQUEST.
-    request(&mut out, 1, "/slow", b"", true);
-    f.send(&out).await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    out.clear();
+    start_slow(&mut f, 1).await;
+    let mut out = BytesMut::new();
     request(&mut out, 1, "/again", b"", true);
     f.send(&out).await;
     // Before: the running request was dropped and the new one answered in its place (or
