@@ -842,8 +842,15 @@ mod tests {
                 other => panic!("{}: {other:?}", p.display()),
             }
         }
-        for p in ["/proc/self/environ", "/root/.bashrc", "/root/no-such-file"] {
-            assert!(matches!(open(&roots, None, p.as_bytes()), Err(SendfileError::OutsideRoots(_))), "{p}");
+        // Elsewhere on the box: a process's environment, a file in a private directory, one
+        // that is not there.
+        let private = base.join("private");
+        std::fs::create_dir(&private).unwrap();
+        std::fs::write(private.join(".bashrc"), "x").unwrap();
+        std::fs::set_permissions(&private, Permissions::from_mode(0o700)).unwrap();
+        let elsewhere = [PathBuf::from("/proc/self/environ"), private.join(".bashrc"), private.join("no-such-file")];
+        for p in &elsewhere {
+            assert!(matches!(open(&roots, None, bytes(p)), Err(SendfileError::OutsideRoots(_))), "{}", p.display());
         }
         // Under the root, existence is the root's own business.
         assert!(matches!(open(&roots, None, bytes(&root.join("none"))), Err(SendfileError::NotFound(_))));
