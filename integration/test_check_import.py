@@ -138,10 +138,8 @@ def test_an_asgi_app_in_a_wsgi_pool_names_the_interface_key(tmp_path):
         in r.stderr, r.stderr
 
 
-def test_a_hanging_import_is_killed_at_the_startup_timeout(tmp_path):
-    """The import and what it started (its process group) are killed once the pool's
-    startup-timeout has passed, after its Python stacks were asked for (SIGUSR2)."""
-    write(tmp_path / "src" / "hang.py", '''
+# An app whose import starts a child and never ends: both pids go to `pids` beside it.
+HANGING_IMPORT = '''
         import os
         import subprocess
         import time
@@ -150,7 +148,13 @@ def test_a_hanging_import_is_killed_at_the_startup_timeout(tmp_path):
         with open(os.path.join(os.path.dirname(__file__), "pids"), "w") as f:
             f.write("%d %d" % (os.getpid(), child.pid))
         time.sleep(600)
-    ''')
+    '''
+
+
+def test_a_hanging_import_is_killed_at_the_startup_timeout(tmp_path):
+    """The import and what it started (its process group) are killed once the pool's
+    startup-timeout has passed, after its Python stacks were asked for (SIGUSR2)."""
+    write(tmp_path / "src" / "hang.py", HANGING_IMPORT)
     # long enough for the import to reach its sleep on a loaded machine
     confdir, text = conf(tmp_path, {"hang": {"app": "hang:app", "startup-timeout": "8s"}})
     started = time.monotonic()
@@ -291,16 +295,7 @@ def test_an_interrupted_import_leaves_no_process_or_directory(tmp_path, sig):
     of the worker package in the runtime directory is removed."""
     import signal
 
-    write(tmp_path / "src" / "slow.py", '''
-        import os
-        import subprocess
-        import time
-
-        child = subprocess.Popen(["sleep", "600"])
-        with open(os.path.join(os.path.dirname(__file__), "pids"), "w") as f:
-            f.write("%d %d" % (os.getpid(), child.pid))
-        time.sleep(600)
-    ''')
+    write(tmp_path / "src" / "slow.py", HANGING_IMPORT)
     confdir, text = conf(tmp_path, {"slow": {"app": "slow:app", "startup-timeout": "600s"}})
     runtime = tmp_path / "run"
     runtime.mkdir()
