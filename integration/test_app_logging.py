@@ -8,6 +8,7 @@ import urllib.parse
 
 import pytest
 
+import fcgi_client
 from harness import APPS, free_ports, make_bridge, wait_until
 
 
@@ -77,6 +78,23 @@ def test_a_failed_requests_traceback_is_one_json_event(lb):
     assert e["level"] == "ERROR" and e["fields"]["uri"] == "/boom" and e["fields"]["request_id"].isdigit(), e
     msg = e["fields"]["message"]
     assert msg.startswith("Traceback (most recent call last):\n") and 'return {"x": 1 / 0}' in msg, msg
+
+
+def test_del_c1_and_line_separators_are_escaped_in_the_json_log(lb):
+    """JSON leaves DEL, the C1 controls (\\x9b starts a terminal escape) and U+2028/U+2029
+    raw inside its strings; the log writes them as \\u escapes: same value, no raw byte."""
+    raw = "/boom?x=\x7f\xc2\x9b[2J\xe2\x80\xa8"  # bytes as latin-1: DEL, U+009B, U+2028
+    params = [(k, raw if k == "REQUEST_URI" else v) for k, v in fcgi_client.cgi_params("/boom", "GET", "x=1")]
+    mark = lb.log.mark()
+    with lb.fcgi("front") as conn:
+        conn.begin(1, params)
+        assert conn.wait(1).status == 500
+    lb.log.wait_for("ZeroDivisionError", since=mark)
+    data = lb.log.path.read_bytes()[mark:]
+    for bad in (b"\x7f", b"\xc2\x9b", b"\xe2\x80\xa8"):
+        assert bad not in data, (bad, data[-2000:])
+    uris = [e["fields"]["uri"] for e in events(lb, mark) if "uri" in e.get("fields", {})]
+    assert "/boom?x=\x7f\x9b[2J\u2028" in uris, uris
 
 
 def test_wsgi_errors_carry_the_request_id(lb):

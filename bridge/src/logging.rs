@@ -46,10 +46,14 @@ pub(crate) fn init(global: &Global) -> reopen::Reopen {
         },
         None => (BoxMakeWriter::new(std::io::stderr), std::io::stderr().is_terminal(), None),
     };
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(writer);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi);
     let result = match global.log_format {
-        LogFormat::Json => builder.json().try_init().inspect(|()| JSON.store(true, Ordering::Relaxed)),
-        LogFormat::Text => builder.fmt_fields(escape::OneLineFields).try_init(),
+        LogFormat::Json => builder
+            .with_writer(escape::JsonSafe(writer))
+            .json()
+            .try_init()
+            .inspect(|()| JSON.store(true, Ordering::Relaxed)),
+        LogFormat::Text => builder.with_writer(writer).fmt_fields(escape::OneLineFields).try_init(),
     };
     if let Err(e) = result {
         eprintln!("fcgibridge: logging already initialised: {e}");

@@ -5,7 +5,7 @@
 //!
 //! The daemon's text log escapes every field and message as it writes them
 //! ([`OneLineFields`]), so no log line needs to escape what it names, and the request path
-//! does no work for it. (JSON escapes control characters itself.)
+//! does no work for it. The JSON log escapes what JSON leaves raw ([`JsonSafe`]).
 use std::borrow::Cow;
 use std::fmt::{self, Write};
 use tracing::field::{Field, Visit};
@@ -112,6 +112,63 @@ impl VisitFmt for OneLineVisitor<'_> {
     }
 }
 
+/// The JSON log's writer. JSON escapes only U+0000–U+001F inside its strings; DEL, the C1
+/// controls (U+0080–U+009F: `\u{9b}` starts a terminal escape like ESC `[`) and U+2028/U+2029
+/// (line breaks to JavaScript and some viewers) pass through raw. They are written as
+/// `\uXXXX` here, which keeps the line valid JSON with the same strings: outside its strings
+/// a JSON line is ASCII, so these bytes only occur inside them.
+pub(crate) struct JsonSafe<W>(pub W);
+
+impl<W: std::io::Write> std::io::Write for JsonSafe<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let raw = |i: usize| match buf[i] {
+            0x7f => Some((1, 0x7f)),
+            0xc2 => buf.get(i + 1).filter(|b| (0x80..=0x9f).contains(*b)).map(|&b| (2, u32::from(b))),
+            0xe2 if buf.get(i + 1) == Some(&0x80) => {
+                buf.get(i + 2).filter(|b| matches!(b, 0xa8 | 0xa9)).map(|&b| (3, 0x2000 | (u32::from(b) - 0x80)))
+            }
+            _ => None,
+        };
+        let Some(first) = (0..buf.len()).find(|&i| raw(i).is_some()) else {
+            return self.0.write(buf);
+        };
+        // One write of the whole line, as the formatter made it (a log line is not split).
+        let mut out = Vec::with_capacity(buf.len() + 16);
+        out.extend_from_slice(&buf[..first]);
+        let mut i = first;
+        while i < buf.len() {
+            match raw(i) {
+                Some((len, code)) => {
+                    let _ = std::io::Write::write_fmt(&mut out, format_args!("\\u{code:04x}"));
+                    i += len;
+                }
+                None => {
+                    out.push(buf[i]);
+                    i += 1;
+                }
+            }
+        }
+        self.0.write_all(&out)?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
+    }
+}
+
+impl<'a, M: tracing_subscriber::fmt::MakeWriter<'a>> tracing_subscriber::fmt::MakeWriter<'a> for JsonSafe<M> {
+    type Writer = JsonSafe<M::Writer>;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        JsonSafe(self.0.make_writer())
+    }
+
+    fn make_writer_for(&'a self, meta: &tracing::Metadata<'_>) -> Self::Writer {
+        JsonSafe(self.0.make_writer_for(meta))
+    }
+}
+
 /// A value whose Debug text is escaped.
 struct Escaped<'a>(&'a dyn fmt::Debug);
 
@@ -160,6 +217,22 @@ mod tests {
         tracing::subscriber::with_default(subscriber, log);
         let bytes = out.0.lock().unwrap_or_else(|e| e.into_inner()).clone();
         String::from_utf8_lossy(&bytes).into_owned()
+    }
+
+    #[test]
+    fn the_json_log_escapes_what_json_leaves_raw() {
+        let mut out = Vec::new();
+        let line = "{\"uri\":\"/a\u{7f}b\u{9b}2J\u{85}\u{2028}\u{2029}\u{2027}é\u{a0}\"}\n";
+        let n = std::io::Write::write(&mut JsonSafe(&mut out), line.as_bytes()).unwrap();
+        assert_eq!(n, line.len());
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(text, "{\"uri\":\"/a\\u007fb\\u009b2J\\u0085\\u2028\\u2029\u{2027}é\u{a0}\"}\n");
+        // Still JSON, with the same string.
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["uri"], "/a\u{7f}b\u{9b}2J\u{85}\u{2028}\u{2029}\u{2027}é\u{a0}");
+        let mut plain = Vec::new();
+        std::io::Write::write(&mut JsonSafe(&mut plain), b"{\"a\":1}\n").unwrap();
+        assert_eq!(plain, b"{\"a\":1}\n");
     }
 
     #[test]
