@@ -552,3 +552,32 @@ async fn connection_futures_stay_small() {
     let scgi = scgi::serve_connection(r, w, ctx, "test-peer".to_owned(), sock);
     assert!(std::mem::size_of_val(&scgi) <= 2048, "SCGI connection future: {} bytes", std::mem::size_of_val(&scgi));
 }
+
+#[tokio::test]
+async fn an_scgi_request_answered_without_a_worker_gives_its_charge_back_before_the_lingering_close() {
+    let (mut ctx, _) = setup_ctx_with(1, 64 << 20).await;
+    // The pool is mounted at /app only: /elsewhere is answered 404, no worker taken.
+    let Some(target) = ctx.router.targets().next().cloned() else { panic!("a pool") };
+    let Some(c) = Arc::get_mut(&mut ctx) else { panic!("the only reference") };
+    c.router = Router::new([(None, Some("/app".to_owned()), target)]);
+    let budget = ctx.registry.header_budget.clone();
+    let (mut ours, theirs) = UnixStream::pair().expect("socketpair");
+    let sock = Sock { fd: std::os::fd::AsRawFd::as_raw_fd(&theirs), tcp: false };
+    let (r, w) = theirs.into_split();
+    tokio::spawn(scgi::serve_connection(r, w, ctx.clone(), "test-peer".to_owned(), sock));
+    let mut head = BytesMut::new();
+    let pad = vec![b'p'; 100_000];
+    fastcgi_server::scgi::write_request(
+        &mut head,
+        0,
+        [(&b"REQUEST_URI"[..], &b"/elsewhere"[..]), (&b"HTTP_X_PAD"[..], &pad[..])],
+    );
+    assert!(ours.write_all(&head).await.is_ok());
+    let mut resp = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(10), ours.read(&mut resp)).await;
+    let n = n.expect("answered within 10 s").expect("read");
+    assert!(resp[..n].starts_with(b"Status: 404"), "{}", String::from_utf8_lossy(&resp[..n]));
+    // The client keeps the connection open: the bridge reads what it sends for a while
+    // before it closes, holding nothing of the request's.
+    eventually("the SCGI request's charge given back while its connection lingers", || budget.used() == 0).await;
+}

@@ -109,6 +109,9 @@ where
     // Boxed: inline, the request's future would size every connection's task, also while
     // it only waits for its headers.
     Box::pin(serve(&ctx, params, Role::Responder, &mut source, &mut sink)).await;
+    // A request answered without a worker (a 503, an error page) still held its charge:
+    // the request is over, and the lingering close below may take up to 30 s.
+    source.release_charge();
     if sink.cut_off {
         // SCGI has no end marker: only a reset tells the web server the response failed.
         // (Over a unix socket there is no reset; the web server sees a short response.)
