@@ -663,6 +663,29 @@ def test_reload_that_changes_the_key_stops_the_old_instances(tmp_path):
         b.stop()
 
 
+def test_reload_with_a_narrower_allow_stops_the_instances_it_refuses(tmp_path):
+    """How a tenant is suspended: its key left out of `allow`, then a reload. Its live
+    instance stops at the reload (it used to keep serving until stop-instance); the
+    others carry on."""
+    sites = make_sites(tmp_path, ("alpha.test", "beta.test"))
+    spec = template(sites)
+    b = start_bridge(tmp_path, {"sites": spec})
+    try:
+        pids = {h: json.loads(get(b, h).body)["pid"] for h in ("alpha.test", "beta.test")}
+        spec["template"]["allow"] = r"alpha\.test"
+        (b.confdir / "50-test.yaml").write_text(to_yaml(b.config))
+        mark = b.log.mark()
+        os.kill(b.pid, signal.SIGHUP)
+        b.log.wait_for(r'key "beta\.test" does not match the template.s allow pattern; the instance stops.*'
+                       r"pool=sites\[beta\.test\]", mark, timeout=60)
+        wait_until(lambda: not pid_alive(pids["beta.test"]), 60, what="beta.test's worker gone")
+        assert get(b, "beta.test").status == 404
+        assert set(instances(b)) == {"alpha.test"}
+        assert json.loads(get(b, "alpha.test").body)["pid"] == pids["alpha.test"]
+    finally:
+        b.stop()
+
+
 def test_restart_workers_of_a_template_restarts_its_instances_only(tmp_path):
     hosts = ("alpha.test", "beta.test")
     sites = make_sites(tmp_path, hosts)

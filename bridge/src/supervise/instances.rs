@@ -801,6 +801,11 @@ impl TemplateRuntime {
         inst: Instance,
         again: Again,
     ) -> Result<Arc<PoolRuntime>, Refusal> {
+        let occasion = again.occasion();
+        // A key the (reloaded) template's `allow` no longer takes stops as a new one is refused.
+        if t.allow.as_ref().is_some_and(|a| !a.is_match(key)) {
+            return Err(self.stop_refused(t, key, &inst, Refusal::NotAllowed(key.to_owned()), occasion));
+        }
         let filled: Vec<(Placeholder, &str)> = inst.values.iter().map(|(p, v)| (*p, v.as_str())).collect();
         let raw = fill_raw(&t.raw, &filled);
         let (probe, restart) = match again {
@@ -809,7 +814,6 @@ impl TemplateRuntime {
         };
         let running = (!probe).then(|| inst.pool.config.clone());
         let resolved = self.resolve(t, inst.pool.name.to_string(), raw, running).await;
-        let occasion = again.occasion();
         match resolved {
             Ok(cfg) if cfg == inst.pool.config && !restart => {
                 self.looked(key, &inst.pool, inst.pool.clone());
@@ -822,26 +826,30 @@ impl TemplateRuntime {
                     self.looked(key, &inst.pool, inst.pool.clone());
                     Ok(inst.pool)
                 }
-                r => {
-                    tracing::warn!(pool = %inst.pool.name, "{occasion}: {r}; the instance stops");
-                    // Not under the state lock: retiring takes the shelf's (stop_all takes
-                    // the two the other way round).
-                    let gone = {
-                        let mut st = self.lock();
-                        let same = st.live.get(key).is_some_and(|i| same_instance(&i.pool, &inst.pool));
-                        if same {
-                            st.live.remove(key)
-                        } else {
-                            None
-                        }
-                    };
-                    if let Some(i) = gone {
-                        self.retire(i, &r.to_string());
-                    }
-                    Err(self.remember(t, r, Instant::now()))
-                }
+                r => Err(self.stop_refused(t, key, &inst, r, occasion)),
             },
         }
+    }
+
+    /// A live instance whose key is refused now: it stops, and the refusal is remembered as
+    /// a new instance's would be.
+    fn stop_refused(&self, t: &Template, key: &str, inst: &Instance, r: Refusal, occasion: &str) -> Refusal {
+        tracing::warn!(pool = %inst.pool.name, "{occasion}: {r}; the instance stops");
+        // Not under the state lock: retiring takes the shelf's (stop_all takes the two the
+        // other way round).
+        let gone = {
+            let mut st = self.lock();
+            let same = st.live.get(key).is_some_and(|i| same_instance(&i.pool, &inst.pool));
+            if same {
+                st.live.remove(key)
+            } else {
+                None
+            }
+        };
+        if let Some(i) = gone {
+            self.retire(i, &r.to_string());
+        }
+        self.remember(t, r, Instant::now())
     }
 
     /// A live instance takes its new configuration `cfg`: its workers restart with it (when
