@@ -14,6 +14,8 @@
 //! - [`scgi::ScgiDecoder`] and [`scgi::write_request`]: SCGI.
 //! - [`cgi::parse_response_head`]: the CGI header block at the start of a worker's STDOUT.
 //! - [`content_length::parse`]: CONTENT_LENGTH as a body length, strictly decimal.
+//! - [`path::request_path`] and [`path::mount`]: the request's path and the SCRIPT_NAME /
+//!   PATH_INFO split an app sees.
 //! - [`Limits`]: every bound on what a peer can make us hold; exceeding one is a typed [`Error`].
 //! - With the `tokio` feature, `fastcgi_server::tokio` reads from an `AsyncRead` into a decoder
 //!   until its next event; nothing else depends on a runtime.
@@ -86,6 +88,7 @@ pub mod content_length;
 mod error;
 mod limits;
 pub mod params;
+pub mod path;
 pub mod record;
 pub mod scgi;
 mod search;

@@ -21,6 +21,8 @@ use pyo3::sync::MutexExt;
 use pyo3::Python;
 
 use crate::claim::Claim;
+use crate::direct::{Direct, Tag};
+use crate::scoreboard::DRAIN_CHECK;
 use crate::sys::{self, Recv};
 
 /// Output is sent once this much is buffered (and at every flush point).
@@ -177,6 +179,8 @@ pub(crate) struct Req {
     /// The bridge piped it behind another request (`FCGIBRIDGE_CLAIM`): it runs only if
     /// its claim is won ([`crate::claim`]).
     claim: Option<Claim>,
+    /// A direct worker's id and `METHOD URI` of the request ([`crate::direct`]).
+    pub tag: Option<Tag>,
 }
 
 impl Req {
@@ -205,6 +209,7 @@ impl Req {
             replaced: false,
             authorizer: false,
             claim: None,
+            tag: None,
         }
     }
 
@@ -274,6 +279,8 @@ pub(crate) struct Conn {
     held_flag: Arc<AtomicBool>,
     /// Holding is allowed: the flusher thread runs, so a hold cannot last.
     may_hold: bool,
+    /// Serving a `direct` listener: the peer is the web server, not the bridge.
+    direct: Option<&'static Direct>,
 }
 
 impl Conn {
@@ -293,6 +300,7 @@ impl Conn {
             held_at: None,
             held_flag: Arc::new(AtomicBool::new(false)),
             may_hold: false,
+            direct: crate::direct::config(),
         }
     }
 
@@ -406,11 +414,16 @@ impl Conn {
     /// PARAMS of request `id` are complete. A queued request without a claim is one the
     /// bridge did not pipe (a client multiplexing): refused as before, CANT_MPX_CONN.
     fn on_params(&mut self, id: u16, mut params: Params) {
+        let direct = self.direct;
+        if let Some(d) = direct {
+            d.prepare(&mut params);
+        }
         let claim = params.remove(b"FCGIBRIDGE_CLAIM").and_then(|v| Claim::parse(&v));
         let Some(r) = self.by_id(id) else { return };
         if r.params.is_some() {
             return;
         }
+        r.tag = direct.map(|d| d.tag(&params));
         if r.authorizer && params.get(b"FCGI_ROLE").is_none() {
             params.insert(&b"FCGI_ROLE"[..], &b"AUTHORIZER"[..]);
         }
@@ -527,8 +540,12 @@ impl Conn {
             // came in the read of the current one and is settled above, and the bridge
             // sends any other only once it has read END_REQUEST. Wait first rather than
             // try a recv that fails.
-            if let Some(fd) = self.fd.as_ref() {
-                if let Err(e) = sys::wait_readable(fd.as_raw_fd()) {
+            if let Some(fd) = self.fd.as_ref().map(|f| f.as_raw_fd()) {
+                if self.direct.is_some() {
+                    if !self.wait_unless_draining(fd) {
+                        return false;
+                    }
+                } else if let Err(e) = sys::wait_readable(fd) {
                     eprintln!("fcgibridge worker: waiting for the bridge failed: {e}");
                 }
             }
@@ -536,6 +553,22 @@ impl Conn {
             // rather than spin on bytes it cannot take.
             if let Recv::Eof | Recv::NoMemory = self.recv(false) {
                 self.lost();
+            }
+        }
+    }
+
+    /// A direct worker's wait for input on a kept connection: false when the worker is
+    /// retiring and the web server sent nothing for a [`DRAIN_CHECK`] (the connection closes).
+    fn wait_unless_draining(&mut self, fd: std::os::fd::RawFd) -> bool {
+        loop {
+            match sys::wait_readable_for(fd, DRAIN_CHECK) {
+                Ok(true) => return true,
+                Ok(false) if crate::scoreboard::draining() => return false,
+                Ok(false) => {}
+                Err(e) => {
+                    eprintln!("fcgibridge worker: waiting for the web server failed: {e}");
+                    return true;
+                }
             }
         }
     }
@@ -826,11 +859,17 @@ impl Conn {
         !full && self.cur(serial).is_some_and(|r| !r.aborted)
     }
 
-    /// Queue a STDERR record for request `serial`; false if that request is over.
+    /// Queue a STDERR record for request `serial`; false if that request is over. A direct
+    /// worker writes it to its own stderr instead, the bridge's log (a STDERR record would
+    /// go to the web server's error log).
     pub(crate) fn push_stderr(&mut self, serial: u64, data: &[u8]) -> bool {
         let Some(r) = self.cur(serial) else {
             return false;
         };
+        if let Some(tag) = r.tag.as_mut() {
+            tag.stderr(data);
+            return true;
+        }
         let id = r.id;
         if !self.usable() {
             return true;
@@ -903,11 +942,11 @@ impl Conn {
             if !(r.aborted || r.cut_off || r.replaced || bodyless) && r.body_bytes < n {
                 // The client would wait for the missing bytes: end it as cut off.
                 r.cut_off = true;
-                let (id, sent) = (r.id, r.body_bytes);
+                let sent = r.body_bytes;
                 let msg = format!(
                     "fcgibridge worker: the response is shorter than its Content-Length ({sent} of {n} bytes)\n"
                 );
-                write_stderr(&mut self.out, id, msg.as_bytes(), Padding::None);
+                self.push_stderr(serial, msg.as_bytes());
             }
         }
         let Some(r) = self.cur(serial) else {
@@ -925,9 +964,12 @@ impl Conn {
             0
         };
         self.current.store(0, Ordering::Release);
-        let Some(r) = self.req.take() else {
+        let Some(mut r) = self.req.take() else {
             return false;
         };
+        if let Some(tag) = r.tag.as_mut() {
+            tag.close();
+        }
         self.end_id(r.id, status, ProtocolStatus::RequestComplete);
         // A request queued behind this one is claimed by `wait_request`, not here: the
         // thread may stop after this request (SystemExit, max-requests), and one it never

@@ -20,8 +20,10 @@ use pyo3::{ffi, intern};
 mod asgi_codec;
 mod claim;
 mod conn;
+mod direct;
 mod flusher;
 mod objects;
+mod scoreboard;
 mod sys;
 
 use conn::{Shared, OUT_HIGH};
@@ -37,6 +39,10 @@ struct Worker {
     file_wrapper: Py<PyType>,
     /// Environ keys built from param names, reused across requests.
     keys: HashMap<Box<[u8]>, Py<PyString>, BuildFnv>,
+    /// Serving a `direct` listener (the web server's connections, no bridge between).
+    direct: bool,
+    /// This thread's slot in a direct worker's scoreboard.
+    slot: Option<&'static scoreboard::Slot>,
 }
 
 /// FNV-1a: param names are short and trusted (they come from the bridge), so a
@@ -126,8 +132,12 @@ impl Worker {
         params: &Params,
         shared: &Arc<Shared>,
         serial: u64,
+        request_id: Option<Bound<'py, PyString>>,
     ) -> PyResult<(Bound<'py, PyDict>, ReqInfo)> {
         let env = PyDict::new(py);
+        if let Some(id) = request_id {
+            env.set_item(intern!(py, "fcgibridge.request_id"), id)?;
+        }
         let mut https = false;
         let mut scheme_https = false;
         let mut is_head = false;
@@ -441,15 +451,25 @@ fn send_result(py: Python<'_>, shared: &Shared, serial: u64, result: &Bound<'_, 
 /// Run the app for the request whose params are ready; returns whether another
 /// request is ready on the connection (waited for with the GIL released).
 fn handle_request(py: Python<'_>, w: &mut Worker, shared: &Arc<Shared>) -> PyResult<bool> {
-    let (params, serial) = {
+    let (params, serial, request_id) = {
         let mut c = shared.lock_py(py);
         match c.req.as_mut() {
-            Some(r) => (r.params.take().unwrap_or_default(), r.serial),
+            Some(r) => {
+                // A direct worker's own request id; its scoreboard slot shows the request
+                // from here until its END_REQUEST.
+                let request_id = r.tag.as_ref().map(|tag| {
+                    if let Some(slot) = w.slot {
+                        slot.begin(tag.line(), sys::monotonic_ns());
+                    }
+                    PyString::new(py, tag.request_id())
+                });
+                (r.params.take().unwrap_or_default(), r.serial, request_id)
+            }
             None => return Ok(false),
         }
     };
     let mut outcome = Outcome::default();
-    match w.environ(py, &params, shared, serial) {
+    match w.environ(py, &params, shared, serial, request_id) {
         Err(e) => report_error(py, shared, serial, e, &mut outcome),
         Ok((env, info)) => {
             drop(params);
@@ -486,11 +506,16 @@ fn handle_request(py: Python<'_>, w: &mut Worker, shared: &Arc<Shared>) -> PyRes
         }
     }
     let exiting = outcome.fatal.is_some();
+    let (direct, slot) = (w.direct, w.slot);
     let next = py.detach(|| {
         let mut c = shared.lock();
         let keep = c.finish(serial);
         c.flush();
-        keep && !exiting && c.wait_request()
+        if let Some(slot) = slot {
+            slot.end();
+        }
+        // A retiring direct worker closes a kept connection after its current request.
+        keep && !exiting && !(direct && scoreboard::draining()) && c.wait_request()
     });
     match outcome.fatal {
         Some(e) => Err(e),
@@ -501,7 +526,8 @@ fn handle_request(py: Python<'_>, w: &mut Worker, shared: &Arc<Shared>) -> PyRes
 /// serve(listen_fd, app, threads, processes, client_disconnected)
 ///
 /// Accept connections on `listen_fd` and serve WSGI requests on them, forever.
-/// Returns only by raising (a broken listening socket, or SystemExit from the app).
+/// Returns only by raising (a broken listening socket, or SystemExit from the app), or,
+/// in a direct worker, once its scoreboard says drain and the thread's connection is done.
 #[pyfunction]
 fn serve(
     py: Python<'_>,
@@ -520,18 +546,32 @@ fn serve(
         version: PyTuple::new(py, [1, 0])?.unbind(),
         file_wrapper: py.get_type::<FileWrapper>().unbind(),
         keys: HashMap::with_hasher(BuildFnv),
+        direct: direct::config().is_some(),
+        slot: None,
     };
+    if w.direct {
+        sys::prepare_direct_listener(listen_fd, scoreboard::DRAIN_CHECK)?;
+        w.slot = scoreboard::claim_slot();
+    }
     loop {
-        let threads = w.threads;
-        let shared = py.detach(|| -> std::io::Result<(Arc<Shared>, bool)> {
-            let fd = sys::accept(listen_fd)?;
+        let (threads, direct) = (w.threads, w.direct);
+        let shared = py.detach(|| -> std::io::Result<Option<(Arc<Shared>, bool)>> {
+            let fd = if direct {
+                match accept_unless_draining(listen_fd)? {
+                    Some(fd) => fd,
+                    None => return Ok(None),
+                }
+            } else {
+                sys::accept(listen_fd)?
+            };
             let shared = Arc::new(Shared::new(fd, threads));
             flusher::register(&shared);
             let ready = shared.lock().wait_request();
-            Ok((shared, ready))
+            Ok(Some((shared, ready)))
         });
         let (shared, mut ready) = match shared {
-            Ok(s) => s,
+            Ok(Some(s)) => s,
+            Ok(None) => return Ok(()),
             Err(e) => match e.raw_os_error() {
                 // Out of descriptors or memory: wait a little, the condition may pass.
                 Some(23) | Some(24) | Some(105) | Some(12) => {
@@ -555,6 +595,19 @@ fn serve(
     }
 }
 
+/// A direct worker's accept: the next connection, or `None` once the bridge asked the worker
+/// to retire (looked at whenever accept's timeout passes).
+fn accept_unless_draining(listen_fd: i32) -> std::io::Result<Option<std::os::fd::OwnedFd>> {
+    loop {
+        if scoreboard::draining() {
+            return Ok(None);
+        }
+        if let Some(fd) = sys::accept_or_timeout(listen_fd)? {
+            return Ok(Some(fd));
+        }
+    }
+}
+
 /// Have the kernel SIGKILL this process when its parent (the bridge) goes away.
 #[pyfunction]
 fn set_parent_death_signal() -> PyResult<()> {
@@ -569,6 +622,9 @@ fn native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     // Map the claim page (and close its descriptor) before the app is imported: app code
     // then cannot resize or close it under the bridge.
     claim::init();
+    // Likewise the scoreboard of a direct worker, and its settings from the environment.
+    scoreboard::init();
+    direct::init();
     m.add_class::<FileWrapper>()?;
     m.add_class::<Input>()?;
     m.add_class::<Errors>()?;

@@ -91,7 +91,7 @@ class Worker:
 
 
 def start_worker(runtime_dir, tmp_path, app, threads=1, processes=1, python=None, env=None,
-                 cwd=APPS, wait_ready=True, timeout=60, prefix=()):
+                 cwd=APPS, wait_ready=True, timeout=60, prefix=(), pass_fds=()):
     tmp_path.mkdir(parents=True, exist_ok=True)
     sock_path = tmp_path / ("w%d.sock" % time.monotonic_ns())
     lsock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -113,7 +113,7 @@ def start_worker(runtime_dir, tmp_path, app, threads=1, processes=1, python=None
     with open(out_path, "ab") as out, open(err_path, "ab") as err:
         proc = subprocess.Popen(
             list(prefix) + [python or worker_python(), "-u", "-c", BOOT, str(runtime_dir / "python")],
-            stdin=lsock.fileno(), stdout=out, stderr=err, pass_fds=(ready_w,),
+            stdin=lsock.fileno(), stdout=out, stderr=err, pass_fds=(ready_w,) + tuple(pass_fds),
             cwd=str(cwd), env=full_env,
         )
     lsock.close()

@@ -4,8 +4,10 @@ Environment: FCGIBRIDGE_APP (``module:callable``, or a file path with an optiona
 ``:callable``; see load_app),
 FCGIBRIDGE_THREADS, FCGIBRIDGE_PROCESSES, FCGIBRIDGE_POOL, FCGIBRIDGE_READY_FD,
 FCGIBRIDGE_INTERFACE (wsgi, asgi, auto), FCGIBRIDGE_CONCURRENCY, FCGIBRIDGE_ASGI_LOOP.
-fd 0 is the listening socket the bridge connects to.
+fd 0 is the listening socket the bridge connects to; with FCGIBRIDGE_DIRECT=1 the web
+server's own (FCGIBRIDGE_SCOREBOARD_FD, FCGIBRIDGE_MOUNT, FCGIBRIDGE_KEEP_PATH_INFO).
 """
+import atexit
 import importlib
 import importlib.machinery
 import importlib.util
@@ -381,9 +383,10 @@ def _operator_signals(signal):
 def load_native(ppid):
     """The native module, with the parent-death signal set; exits at once when the parent
     (pid ``ppid``, the bridge) died before prctl took effect."""
-    from . import _native  # maps the claim page (FCGIBRIDGE_CLAIM_FD) and closes its fd
+    from . import _native  # maps the claim page and the scoreboard, and closes their fds
 
-    os.environ.pop("FCGIBRIDGE_CLAIM_FD", None)  # not for the app's subprocesses
+    for name in ("FCGIBRIDGE_CLAIM_FD", "FCGIBRIDGE_SCOREBOARD_FD"):
+        os.environ.pop(name, None)  # not for the app's subprocesses
     if os.environ.get("FCGIBRIDGE_PDEATHSIG", "1") != "0":
         _native.set_parent_death_signal()
         if os.getppid() != ppid:
@@ -452,6 +455,8 @@ def serve(app, listen_fd, ready_fd, threads, processes):
 
     done = threading.Event()
     exit_code = [0]
+    drained = []  # one entry per thread that stopped because a direct worker retires
+    lock = threading.Lock()
 
     def run():
         try:
@@ -462,8 +467,14 @@ def serve(app, listen_fd, ready_fd, threads, processes):
         except BaseException:
             traceback.print_exc()
             exit_code[0] = 1
-        finally:
-            done.set()
+        else:
+            # Only a direct worker's threads return, when the bridge retires it: the
+            # process exits once every one has finished its request.
+            with lock:
+                drained.append(1)
+                if len(drained) < threads:
+                    return
+        done.set()
 
     from . import stackdump
 
@@ -482,6 +493,10 @@ def serve(app, listen_fd, ready_fd, threads, processes):
             pass
     except KeyboardInterrupt:  # SIGINT reaches the whole process group; the bridge decides
         exit_code[0] = 130
+    if len(drained) == threads:
+        # Retired: a clean exit runs the app's atexit handlers (logging's flush among them),
+        # without waiting for threads the app left running.
+        atexit._run_exitfuncs()
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(exit_code[0])

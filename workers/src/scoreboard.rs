@@ -1,0 +1,226 @@
+//! The scoreboard of a worker serving a `direct` listener: shared memory where the bridge,
+//! no longer on the request path, reads what each serving thread does and sets the word
+//! that retires the worker (docs/worker-contract.md, "Direct mode").
+//!
+//! One memfd (`FCGIBRIDGE_SCOREBOARD_FD`), native-endian, every field atomic: a 64-byte
+//! header (`drain`, written by the bridge; `threads`, by the worker), then one 256-byte slot
+//! per serving thread (`served`, `started`, the current request's `METHOD URI`). A thread
+//! writes only its own slot. The line is stored before `started` (Release); a reader that
+//! loads `started` (Acquire), copies the line and finds `started` unchanged and non-zero
+//! has the line of that request.
+use nix::sys::mman::{mmap, MapFlags, ProtFlags};
+use std::num::NonZeroUsize;
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+/// Bytes of the header, then of each thread's slot.
+const HEADER_BYTES: usize = 64;
+const SLOT_BYTES: usize = 256;
+/// How often a direct worker waiting for a connection (blocked in accept, bounded by
+/// SO_RCVTIMEO) or for the next request on a kept one looks at its drain word.
+pub(crate) const DRAIN_CHECK: Duration = Duration::from_secs(1);
+/// The longest `METHOD URI` a slot holds (longer ones are cut).
+pub(crate) const LINE_BYTES: usize = 232;
+
+#[repr(C)]
+struct Header {
+    /// 1: retire (stop accepting, finish what runs, exit 0). The bridge's.
+    drain: AtomicU32,
+    /// How many slots this worker's threads use.
+    threads: AtomicU32,
+    _reserved: [AtomicU64; 7],
+}
+
+/// One serving thread's slot.
+#[repr(C)]
+pub(crate) struct Slot {
+    /// Requests this thread has finished.
+    served: AtomicU64,
+    /// CLOCK_MONOTONIC nanoseconds when the current request began running the app; 0 idle.
+    started: AtomicU64,
+    line_len: AtomicU32,
+    _reserved: AtomicU32,
+    line: [AtomicU64; LINE_BYTES / 8],
+}
+
+const _: () = assert!(size_of::<Header>() == HEADER_BYTES && size_of::<Slot>() == SLOT_BYTES);
+
+struct Board {
+    header: &'static Header,
+    slots: &'static [Slot],
+    /// Slots handed to threads so far.
+    claimed: AtomicUsize,
+}
+
+static BOARD: OnceLock<Option<Board>> = OnceLock::new();
+
+/// Map the scoreboard the bridge passed as `FCGIBRIDGE_SCOREBOARD_FD` (once; later calls
+/// do nothing) and close its descriptor, before the app is imported. Without it (not a
+/// direct worker) every function here does nothing.
+pub(crate) fn init() {
+    BOARD.get_or_init(|| {
+        let fd: RawFd = std::env::var("FCGIBRIDGE_SCOREBOARD_FD").ok()?.trim().parse().ok()?;
+        // SAFETY: the descriptor is ours, inherited for this and used by nothing else;
+        // dropping it after mapping closes it (the mapping keeps the memory).
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let len = match nix::sys::stat::fstat(&fd) {
+            Ok(st) => usize::try_from(st.st_size).unwrap_or(0),
+            Err(e) => {
+                eprintln!("fcgibridge worker: cannot read the scoreboard's size (FCGIBRIDGE_SCOREBOARD_FD): {e}");
+                return None;
+            }
+        };
+        let Some(size) = NonZeroUsize::new(len).filter(|_| len >= HEADER_BYTES + SLOT_BYTES) else {
+            eprintln!("fcgibridge worker: the scoreboard is {len} bytes, too small for one thread's slot");
+            return None;
+        };
+        // SAFETY: a fresh shared mapping of the bridge's memfd, not aliased by any Rust object.
+        let mapped =
+            unsafe { mmap(None, size, ProtFlags::PROT_READ | ProtFlags::PROT_WRITE, MapFlags::MAP_SHARED, &fd, 0) };
+        match mapped {
+            // SAFETY: `len` bytes of shared memory, page-aligned, never unmapped; the bridge
+            // only touches it atomically too.
+            Ok(p) => Some(unsafe { Board::at(p.as_ptr().cast(), len) }),
+            Err(e) => {
+                eprintln!("fcgibridge worker: cannot map the scoreboard: {e}");
+                None
+            }
+        }
+    });
+}
+
+impl Board {
+    /// # Safety
+    /// `base` points to `len` bytes, 8-aligned, valid and only accessed atomically for the
+    /// rest of the process's life.
+    unsafe fn at(base: *mut u8, len: usize) -> Self {
+        let slots = (len - HEADER_BYTES) / SLOT_BYTES;
+        // SAFETY: per the contract; Header and Slot are made of atomics only (repr(C)).
+        unsafe {
+            Self {
+                header: &*base.cast::<Header>(),
+                slots: std::slice::from_raw_parts(base.add(HEADER_BYTES).cast::<Slot>(), slots),
+                claimed: AtomicUsize::new(0),
+            }
+        }
+    }
+
+    fn claim_slot(&self) -> Option<&'static Slot> {
+        let i = self.claimed.fetch_add(1, Ordering::Relaxed);
+        let slot = self.slots.get(i)?;
+        self.header.threads.fetch_max(i as u32 + 1, Ordering::Release);
+        Some(slot)
+    }
+}
+
+/// Whether the bridge asked this worker to retire.
+pub(crate) fn draining() -> bool {
+    matches!(BOARD.get(), Some(Some(b)) if b.header.drain.load(Ordering::Acquire) != 0)
+}
+
+/// A slot for the calling serving thread (each call a new one), counted in `threads`;
+/// `None` without a scoreboard or when it has fewer slots than the worker has threads.
+pub(crate) fn claim_slot() -> Option<&'static Slot> {
+    match BOARD.get() {
+        Some(Some(b)) => b.claim_slot(),
+        _ => None,
+    }
+}
+
+impl Slot {
+    /// The thread starts running the app for the request `line` (`METHOD URI`, cut to
+    /// [`LINE_BYTES`]). A bounded copy into the slot, no allocation.
+    pub(crate) fn begin(&self, line: &[u8], now_ns: u64) {
+        let line = &line[..line.len().min(LINE_BYTES)];
+        for (word, bytes) in self.line.iter().zip(line.chunks(8)) {
+            let mut b = [0u8; 8];
+            b[..bytes.len()].copy_from_slice(bytes);
+            word.store(u64::from_ne_bytes(b), Ordering::Relaxed);
+        }
+        self.line_len.store(line.len() as u32, Ordering::Relaxed);
+        self.started.store(now_ns.max(1), Ordering::Release);
+    }
+
+    /// The request's END_REQUEST is written (or it was otherwise ended).
+    pub(crate) fn end(&self) {
+        self.served.fetch_add(1, Ordering::Relaxed);
+        self.started.store(0, Ordering::Release);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A board in this process's memory, as the bridge lays it out for `threads`.
+    fn board(threads: usize) -> (Board, &'static [AtomicU64]) {
+        let len = (HEADER_BYTES + threads * SLOT_BYTES).next_multiple_of(4096);
+        let words: &'static [AtomicU64] = Box::leak((0..len / 8).map(|_| AtomicU64::new(0)).collect());
+        // SAFETY: leaked (lives forever), 8-aligned, only accessed atomically.
+        (unsafe { Board::at(words.as_ptr().cast_mut().cast(), len) }, words)
+    }
+
+    /// What the bridge reads of slot `i`: (served, started, line when consistent).
+    fn read(words: &[AtomicU64], i: usize) -> (u64, u64, Option<Vec<u8>>) {
+        let base = (HEADER_BYTES + i * SLOT_BYTES) / 8;
+        let started = words[base + 1].load(Ordering::Acquire);
+        let len = (words[base + 2].load(Ordering::Relaxed) as u32).to_ne_bytes();
+        let len = u32::from_ne_bytes(len) as usize;
+        let line: Vec<u8> =
+            (0..LINE_BYTES / 8).flat_map(|w| words[base + 3 + w].load(Ordering::Relaxed).to_ne_bytes()).collect();
+        let again = words[base + 1].load(Ordering::Acquire);
+        let line = (started != 0 && started == again).then(|| line[..len].to_vec());
+        (words[base].load(Ordering::Relaxed), started, line)
+    }
+
+    #[test]
+    fn the_layout_is_the_specs() {
+        let (b, words) = board(3);
+        assert_eq!(b.slots.len(), (4096 - HEADER_BYTES) / SLOT_BYTES, "every whole slot of the rounded size");
+        let slot = b.claim_slot().expect("slot 0");
+        let second = b.claim_slot().expect("slot 1");
+        // threads: the u32 at offset 4 of the header.
+        assert_eq!(words[0].load(Ordering::Relaxed).to_ne_bytes()[4..8], 2u32.to_ne_bytes());
+        slot.begin(b"GET /x?y=1", 5_000);
+        assert_eq!(read(words, 0), (0, 5_000, Some(b"GET /x?y=1".to_vec())));
+        slot.end();
+        assert_eq!(read(words, 0), (1, 0, None));
+        second.begin(b"POST /upload", 0);
+        assert_eq!(read(words, 1).1, 1, "a running request's start is never 0");
+        second.end();
+        slot.begin(b"GET /next", 7);
+        slot.end();
+        assert_eq!((read(words, 0).0, read(words, 1).0), (2, 1), "each thread counts its own");
+    }
+
+    #[test]
+    fn a_long_line_is_cut_and_a_shorter_one_replaces_it() {
+        let (b, words) = board(1);
+        let slot = b.claim_slot().expect("slot");
+        let long = [b"GET /".as_slice(), &[b'a'; 400]].concat();
+        slot.begin(&long, 9);
+        assert_eq!(read(words, 0).2, Some(long[..LINE_BYTES].to_vec()));
+        slot.end();
+        slot.begin(b"GET /b", 10);
+        assert_eq!(read(words, 0).2, Some(b"GET /b".to_vec()));
+    }
+
+    #[test]
+    fn the_bridges_drain_word_and_the_slots_run_out() {
+        let (b, words) = board(1);
+        assert_eq!(b.header.drain.load(Ordering::Acquire), 0);
+        // The bridge stores 1 in the u32 at offset 0.
+        let mut first = words[0].load(Ordering::Relaxed).to_ne_bytes();
+        first[..4].copy_from_slice(&1u32.to_ne_bytes());
+        words[0].store(u64::from_ne_bytes(first), Ordering::Release);
+        assert_eq!(b.header.drain.load(Ordering::Acquire), 1);
+        let n = b.slots.len();
+        for _ in 0..n {
+            assert!(b.claim_slot().is_some());
+        }
+        assert!(b.claim_slot().is_none(), "more threads than slots: the extra ones go without");
+        assert_eq!(b.header.threads.load(Ordering::Acquire), n as u32);
+    }
+}

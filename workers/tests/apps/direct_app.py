@@ -1,0 +1,34 @@
+"""The app of the direct-mode tests (test_direct.py); PATH_INFO picks the behaviour."""
+import atexit
+import json
+import os
+import sys
+import time
+
+
+@atexit.register
+def _exiting():
+    sys.stdout.write("direct_app: atexit ran\n")
+    sys.stdout.flush()
+
+
+def application(environ, start_response):
+    path = environ["PATH_INFO"]
+    if path == "/environ":
+        body = json.dumps({k: v for k, v in environ.items() if isinstance(v, str)})
+    elif path == "/hold":
+        # Runs until the test creates the file named in the query (at most a minute).
+        deadline = time.monotonic() + 60
+        while not os.path.exists(environ["QUERY_STRING"]) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        body = "released"
+    elif path == "/raise":
+        raise RuntimeError("direct app failed")
+    elif path == "/errors":
+        environ["wsgi.errors"].write("first line\nsecond ")
+        environ["wsgi.errors"].write("half\n")
+        body = "logged"
+    else:
+        body = "not found: " + path
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [body.encode()]

@@ -1,0 +1,183 @@
+"""Direct mode (FCGIBRIDGE_DIRECT=1): the worker accepts the web server's connections on
+fd 0 itself, keeps a scoreboard for the bridge and retires when its drain word is set
+(docs/worker-contract.md, "Direct mode"). The worker runs here without a bridge: the test
+is the web server and the bridge's scoreboard reader."""
+import json
+import mmap
+import os
+import struct
+import time
+
+import pytest
+
+HEADER, SLOT = 64, 256
+
+
+class Scoreboard:
+    """The memfd the bridge would give the worker, read and written as the bridge does."""
+
+    def __init__(self, threads):
+        size = -(-(HEADER + threads * SLOT) // 4096) * 4096
+        self.fd = os.memfd_create("scoreboard", 0)
+        os.ftruncate(self.fd, size)
+        self.map = mmap.mmap(self.fd, size)
+
+    def drain(self):
+        struct.pack_into("=I", self.map, 0, 1)
+
+    def threads(self):
+        return struct.unpack_from("=I", self.map, 4)[0]
+
+    def slot(self, i):
+        """(served, started, the running request's line or None)."""
+        base = HEADER + i * SLOT
+        served, started, length = struct.unpack_from("=QQI", self.map, base)
+        line = bytes(self.map[base + 24:base + 24 + length])
+        again = struct.unpack_from("=Q", self.map, base + 8)[0]
+        return served, started, (line if started and started == again else None)
+
+    def served(self):
+        return sum(self.slot(i)[0] for i in range(self.threads()))
+
+    def close(self):
+        self.map.close()
+        os.close(self.fd)
+
+
+def wait_until(cond, what, timeout=30):
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "timed out waiting for " + what
+        time.sleep(0.01)
+
+
+def nginx_params(uri, method="GET", **extra):
+    """nginx's stock fastcgi_params: the path in SCRIPT_NAME and DOCUMENT_URI, no PATH_INFO."""
+    path, _, query = uri.partition("?")
+    params = {
+        "QUERY_STRING": query, "REQUEST_METHOD": method, "CONTENT_TYPE": "", "CONTENT_LENGTH": "",
+        "SCRIPT_NAME": path, "REQUEST_URI": uri, "DOCUMENT_URI": path, "DOCUMENT_ROOT": "/srv/www",
+        "SERVER_PROTOCOL": "HTTP/1.1", "REQUEST_SCHEME": "http", "GATEWAY_INTERFACE": "CGI/1.1",
+        "SERVER_SOFTWARE": "nginx", "REMOTE_ADDR": "127.0.0.1", "REMOTE_PORT": "50000",
+        "SERVER_ADDR": "127.0.0.1", "SERVER_PORT": "80", "SERVER_NAME": "localhost",
+    }
+    params.update(extra)
+    return params
+
+
+def send(c, uri, keep_conn=True, **extra):
+    c.begin(keep_conn=keep_conn)
+    c.params(nginx_params(uri, **extra))
+    c.stdin_end()
+
+
+def request(c, uri, **extra):
+    send(c, uri, **extra)
+    return c.read_response()
+
+
+@pytest.fixture
+def direct(spawn):
+    """Start a direct worker: (worker, scoreboard)."""
+    boards = []
+
+    def _start(threads=1, env=None):
+        board = Scoreboard(threads)
+        boards.append(board)
+        full_env = {"FCGIBRIDGE_DIRECT": "1", "FCGIBRIDGE_SCOREBOARD_FD": str(board.fd),
+                    "FCGIBRIDGE_PDEATHSIG": "0"}
+        full_env.update(env or {})
+        w = spawn(app="direct_app:application", threads=threads, env=full_env, pass_fds=(board.fd,))
+        wait_until(lambda: board.threads() == threads, "every thread's scoreboard slot")
+        return w, board
+
+    yield _start
+    for board in boards:
+        board.close()
+
+
+def test_stock_nginx_params_get_the_bridges_path_split(direct):
+    w, board = direct()
+    with w.client() as c:
+        r = request(c, "/environ?a=1", FCGIBRIDGE_FILE_ROOTS="/", FCGIBRIDGE_REQUEST_ID="from-the-web")
+        env = json.loads(r.body)
+        assert (env["SCRIPT_NAME"], env["PATH_INFO"], env["QUERY_STRING"]) == ("", "/environ", "a=1")
+        # The web server cannot give the worker the bridge's instructions.
+        assert not [k for k in env if k.startswith("FCGIBRIDGE_")], env
+        assert env["fcgibridge.request_id"] == "%d-1" % w.proc.pid
+        assert r.stderr == b""
+        r = request(c, "/a%20b/../environ")
+        env = json.loads(r.body)
+        assert (env["SCRIPT_NAME"], env["PATH_INFO"]) == ("", "/environ")
+        assert env["fcgibridge.request_id"] == "%d-2" % w.proc.pid
+    wait_until(lambda: board.slot(0)[:2] == (2, 0), "two requests served, the thread idle")
+
+
+def test_a_mount_splits_script_name_and_path_info(direct):
+    w, _ = direct(env={"FCGIBRIDGE_MOUNT": "/app"})
+    with w.client() as c:
+        env = json.loads(request(c, "/app/environ").body)
+        assert (env["SCRIPT_NAME"], env["PATH_INFO"]) == ("/app", "/environ")
+        # A path outside the mount point: the whole path is PATH_INFO, as the bridge does.
+        env = json.loads(request(c, "/environ").body)
+        assert (env["SCRIPT_NAME"], env["PATH_INFO"]) == ("", "/environ")
+
+
+def test_keep_path_info_leaves_the_web_servers_split(direct):
+    w, _ = direct(env={"FCGIBRIDGE_MOUNT": "/app", "FCGIBRIDGE_KEEP_PATH_INFO": "1"})
+    with w.client() as c:
+        env = json.loads(request(c, "/app/environ", SCRIPT_NAME="/app/environ", PATH_INFO="/environ").body)
+    assert (env["SCRIPT_NAME"], env["PATH_INFO"]) == ("/app/environ", "/environ")
+
+
+def test_an_idle_worker_exits_0_when_drained(direct):
+    w, board = direct(threads=2)
+    with w.client() as c:
+        assert request(c, "/environ").code == 200
+    board.drain()
+    assert w.proc.wait(30) == 0
+    assert "direct_app: atexit ran" in w.stdout
+
+
+def test_a_busy_worker_finishes_its_request_then_exits(direct, tmp_path):
+    w, board = direct(threads=2)
+    gate = tmp_path / "release"
+    uri = "/hold?%s" % gate
+    tasks = "/proc/%d/task" % w.proc.pid
+    with w.client(timeout=60) as c:
+        send(c, uri, keep_conn=True)
+        running = lambda: [board.slot(i) for i in range(2) if board.slot(i)[2] is not None]  # noqa: E731
+        wait_until(lambda: running(), "the held request on the scoreboard")
+        (served, started, line), = running()
+        assert (served, line) == (0, b"GET " + uri.encode())
+        assert abs(time.clock_gettime_ns(time.CLOCK_MONOTONIC) - started) < 60e9, "CLOCK_MONOTONIC"
+        threads_before = len(os.listdir(tasks))
+        board.drain()
+        # The idle thread stops accepting; the busy one keeps the process alive.
+        wait_until(lambda: len(os.listdir(tasks)) == threads_before - 1, "the idle thread to stop")
+        assert w.proc.poll() is None
+        gate.touch()
+        r = c.read_response()
+        assert (r.code, r.body, r.protocol_status) == (200, b"released", 0)
+        # A kept connection is closed after its current request.
+        assert c.sock.recv(1) == b""
+    assert w.proc.wait(30) == 0
+    assert board.served() == 1
+    assert "direct_app: atexit ran" in w.stdout
+
+
+def test_errors_and_tracebacks_go_to_the_workers_stderr(direct):
+    w, _ = direct()
+    pid = w.proc.pid
+    with w.client() as c:
+        r = request(c, "/raise")
+        assert r.code == 500 and r.stderr == b"", "no FCGI_STDERR: the web server's log is not the bridge's"
+        r = request(c, "/errors")
+        assert r.body == b"logged" and r.stderr == b""
+    tag = "[request_id=%d-1 GET /raise] " % pid
+    wait_until(lambda: tag + "RuntimeError: direct app failed" in w.stderr, "the traceback on stderr")
+    assert tag + "Traceback (most recent call last):" in w.stderr
+    assert not [line for line in w.stderr.splitlines() if "direct_app.py" in line and not line.startswith(tag)]
+    tag = "[request_id=%d-2 GET /errors] " % pid
+    wait_until(lambda: tag + "second half" in w.stderr, "wsgi.errors on stderr")
+    assert tag + "first line" in w.stderr
