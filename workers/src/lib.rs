@@ -608,6 +608,12 @@ fn accept_unless_draining(listen_fd: i32) -> std::io::Result<Option<std::os::fd:
     }
 }
 
+/// A preloaded direct worker's scoreboard, received with its SPAWN: map it (and close `fd`).
+#[pyfunction]
+fn attach_scoreboard(fd: i32) {
+    scoreboard::attach(fd);
+}
+
 /// Have the kernel SIGKILL this process when its parent (the bridge) goes away.
 #[pyfunction]
 fn set_parent_death_signal() -> PyResult<()> {
@@ -619,6 +625,7 @@ fn set_parent_death_signal() -> PyResult<()> {
 fn native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(serve, m)?)?;
     m.add_function(wrap_pyfunction!(set_parent_death_signal, m)?)?;
+    m.add_function(wrap_pyfunction!(attach_scoreboard, m)?)?;
     // Map the claim page (and close its descriptor) before the app is imported: app code
     // then cannot resize or close it under the bridge.
     claim::init();

@@ -60,11 +60,23 @@ static BOARD: OnceLock<Option<Board>> = OnceLock::new();
 /// do nothing) and close its descriptor, before the app is imported. Without it (not a
 /// direct worker) every function here does nothing.
 pub(crate) fn init() {
+    // A preloaded pool's template has no scoreboard of its own (its fd 4 is its control
+    // socket): each fork is given one with its SPAWN ([`attach`]).
+    if std::env::var_os("FCGIBRIDGE_TEMPLATE").is_some_and(|v| v == "1") {
+        return;
+    }
+    let Some(fd) = std::env::var("FCGIBRIDGE_SCOREBOARD_FD").ok().and_then(|v| v.trim().parse::<RawFd>().ok()) else {
+        return;
+    };
+    attach(fd);
+}
+
+/// Map the scoreboard on descriptor `fd` and close it (once; later calls close `fd` only).
+pub(crate) fn attach(fd: RawFd) {
+    // SAFETY: the descriptor is ours, inherited or received for this and used by nothing
+    // else; dropping it after mapping closes it (the mapping keeps the memory).
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
     BOARD.get_or_init(|| {
-        let fd: RawFd = std::env::var("FCGIBRIDGE_SCOREBOARD_FD").ok()?.trim().parse().ok()?;
-        // SAFETY: the descriptor is ours, inherited for this and used by nothing else;
-        // dropping it after mapping closes it (the mapping keeps the memory).
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
         let len = match nix::sys::stat::fstat(&fd) {
             Ok(st) => usize::try_from(st.st_size).unwrap_or(0),
             Err(e) => {
@@ -134,6 +146,9 @@ impl Slot {
     /// [`LINE_BYTES`]). A bounded copy into the slot, no allocation.
     pub(crate) fn begin(&self, line: &[u8], now_ns: u64) {
         let line = &line[..line.len().min(LINE_BYTES)];
+        // The previous request's `started = 0` is seen before any word of this line (a
+        // reader that saw that request's `started` then rejects a line torn by this one).
+        std::sync::atomic::fence(Ordering::Release);
         for (word, bytes) in self.line.iter().zip(line.chunks(8)) {
             let mut b = [0u8; 8];
             b[..bytes.len()].copy_from_slice(bytes);

@@ -4,7 +4,8 @@ Started by the bridge with the worker's command line plus ``FCGIBRIDGE_TEMPLATE=
 no listening socket on fd 0, the readiness pipe on fd 3 as usual, and a control
 socket (SOCK_SEQPACKET) on fd 4. The template imports the app once, reports READY,
 then waits. For every ``SPAWN`` message — carrying four descriptors by SCM_RIGHTS:
-the worker's listening socket, its stdout and stderr pipes and its readiness pipe —
+the worker's listening socket, its stdout and stderr pipes and its readiness pipe, and
+for a pool behind a ``direct`` listener its scoreboard fifth —
 it forks; the child puts them on fds 0 (via a private copy), 1, 2 and 3, sets the
 RLIMIT_CPU that ``SPAWN cpu=SOFT,HARD`` names (cpu-time-limit) and becomes an
 ordinary worker (threads are started only after the fork). The template answers
@@ -79,7 +80,7 @@ def _become_worker(fds, ctl, wake_fds, app, threads, processes, cpu):
         high = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, _HIGH_FD) for fd in fds]
         for fd in fds:
             os.close(fd)
-        listen, out, err, ready = high
+        listen, out, err, ready, *board = high
         os.dup2(out, 1)
         os.dup2(err, 2)
         os.dup2(ready, 3)
@@ -91,6 +92,8 @@ def _become_worker(fds, ctl, wake_fds, app, threads, processes, cpu):
         os.setpgid(0, 0)
         from . import _native
 
+        for fd in board:
+            _native.attach_scoreboard(fd)  # maps it and closes the descriptor
         ppid = os.getppid()
         if os.environ.get("FCGIBRIDGE_PDEATHSIG", "1") != "0":
             # Relative to the template: the template dies with the bridge, its workers with it.
@@ -181,7 +184,7 @@ def run():
             _retire(ctl)
         try:
             cpu = _cpu_limit(msg)
-            well_formed = len(fds) == 4
+            well_formed = len(fds) in (4, 5)
         except ValueError:
             cpu, well_formed = None, False
         if well_formed:
