@@ -180,7 +180,8 @@ async fn start(
     if let Some(dir) = &config.global.runtime_dir {
         RuntimeDir::create(dir).map_err(failed)?;
     }
-    let bound = listen::bind_all(&config.listeners, &passed).map_err(failed)?;
+    let mut bound = listen::bind_all(&config.listeners, &passed).map_err(failed)?;
+    let direct_sockets = listen::take_direct(&config.listeners, &mut bound).map_err(failed)?;
     let status_bound = match &config.global.status {
         None => None,
         Some(s) => Some((crate::status::http::bind(s).await.map_err(failed)?, s.path.clone())),
@@ -197,7 +198,7 @@ async fn start(
     let by_name: HashMap<String, Arc<PoolRuntime>> = pools.iter().map(|p| (p.name.to_string(), p.clone())).collect();
     // Before the first worker: what the apps start and leave behind comes back to the daemon.
     crate::supervise::orphans::adopt(registry.rate_limits.clone());
-    let supervisor = Supervisor::start(&pools, &rt_dir).map_err(failed)?;
+    let supervisor = Supervisor::start(&pools, &rt_dir, direct_sockets).map_err(failed)?;
     registry.board.set_pools(pools.clone());
     for name in registry.systemd.unused() {
         tracing::warn!("systemd passed a socket named {name:?} that no listener uses (address systemd:{name})");

@@ -22,6 +22,7 @@ mod reload;
 mod respond;
 mod rollout;
 mod route;
+mod scoreboard;
 mod status;
 mod supervise;
 mod worker_handle;

@@ -119,6 +119,31 @@ pub(crate) async fn reload(dir: &Path, live: Live<'_>, restart: &Restart) -> Res
     }
 }
 
+/// A `direct` listener's socket belongs to its pool's workers from the bridge's start on
+/// (docs/direct.md): adding one, removing one, or changing one's address, pool or
+/// `direct` takes a restart of the bridge. Its `mount` and `path-info` reload (its
+/// workers restart with them). Err: what the reload would change.
+fn direct_listeners_unchanged(old: &[config::Listener], new: &[config::Listener]) -> Result<(), String> {
+    let shape = |l: &config::Listener| (l.address.clone(), l.direct, l.routes.clone());
+    let changed: Vec<&str> = old
+        .iter()
+        .chain(new)
+        .filter(|l| l.direct)
+        .filter(|l| {
+            let other = if old.iter().any(|o| std::ptr::eq(o, *l)) { new } else { old };
+            other.iter().find(|o| o.name == l.name).is_none_or(|o| shape(o) != shape(l))
+        })
+        .map(|l| l.name.as_str())
+        .collect();
+    match changed.first() {
+        None => Ok(()),
+        Some(name) => Err(format!(
+            "listener {name:?}: a `direct` listener added, removed, or with a new address, pool or `direct` \
+             takes effect at a restart of the bridge (its socket is its workers'); restart fcgibridge, or undo the change"
+        )),
+    }
+}
+
 /// Ok: the summary and the pools now running.
 async fn apply(dir: &Path, live: Live<'_>, restart: &Restart) -> Result<(String, Vec<Arc<PoolRuntime>>), String> {
     let new = config::load_for_reload(dir).map_err(|e| e.to_string())?;
@@ -130,6 +155,7 @@ async fn apply(dir: &Path, live: Live<'_>, restart: &Restart) -> Result<(String,
         Ok(probed) => probed.map_err(|e| e.to_string())?,
         Err(e) => return Err(format!("the interpreter probe failed: {e}")),
     }
+    direct_listeners_unchanged(&live.config.listeners, &new.listeners)?;
     let sockets = live.listeners.bind_new(&new.listeners).map_err(|e| e.to_string())?;
 
     let mut notes = Vec::new();
@@ -212,7 +238,28 @@ async fn apply(dir: &Path, live: Live<'_>, restart: &Restart) -> Result<(String,
 
 #[cfg(test)]
 mod tests {
-    use super::Restart;
+    use super::{direct_listeners_unchanged, Restart};
+
+    #[test]
+    fn a_direct_listener_changes_only_with_a_restart() {
+        use crate::config::Listener;
+        let plain = Listener::for_tests("web", 9000);
+        let direct = Listener { direct: true, ..Listener::for_tests("fast", 9001) };
+        let both = [plain.clone(), direct.clone()];
+        assert_eq!(direct_listeners_unchanged(&both, &both), Ok(()));
+        // Its mount reloads (the workers restart with it); plain listeners come and go.
+        let mounted = Listener { mount: Some("/shop".into()), ..direct.clone() };
+        assert_eq!(direct_listeners_unchanged(&both, std::slice::from_ref(&mounted)), Ok(()));
+        let refused = |old: &[Listener], new: &[Listener]| direct_listeners_unchanged(old, new).unwrap_err();
+        assert!(refused(&both, std::slice::from_ref(&plain))
+            .starts_with("listener \"fast\": a `direct` listener added, removed"));
+        assert!(refused(std::slice::from_ref(&plain), &both).contains("restart fcgibridge"));
+        assert!(refused(&both, &[Listener { direct: false, ..direct.clone() }]).starts_with("listener \"fast\""));
+        assert!(refused(&both, &[Listener { direct: true, ..plain.clone() }, direct.clone()])
+            .starts_with("listener \"web\""));
+        let moved = Listener { address: Listener::for_tests("x", 9002).address, ..direct.clone() };
+        assert!(refused(&both, &[moved]).starts_with("listener \"fast\""));
+    }
 
     #[test]
     fn a_restart_names_pools_and_templates_of_the_configuration() {

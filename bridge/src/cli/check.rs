@@ -352,6 +352,10 @@ fn render_listener(out: &mut String, l: &Listener) {
     if l.keep_path_info {
         field(out, 4, "path-info", "keep");
     }
+    if l.direct {
+        // The keys above that need the bridge on the request path are refused with it.
+        field(out, 4, "direct", "true");
+    }
     match l.routes.as_slice() {
         [only] if only.host.is_none() && only.prefix.is_none() => field(out, 4, "pool", &quote(&only.pool)),
         routes => {
@@ -521,6 +525,7 @@ mod tests {
                     send_timeout: Duration::from_secs(60),
                     keepalive_timeout: Duration::from_secs(300),
                     max_connections: 1024,
+                    direct: false,
                 },
                 Listener {
                     name: "api".into(),
@@ -559,6 +564,7 @@ mod tests {
                     send_timeout: Duration::from_secs(60),
                     keepalive_timeout: Duration::from_secs(300),
                     max_connections: 7,
+                    direct: false,
                 },
             ],
             pools: vec![
@@ -584,6 +590,7 @@ mod tests {
                     pipeline: true,
                     error_pages: Default::default(),
                     isolation: Default::default(),
+                    direct: None,
                     supervision: Default::default(),
                 },
                 Pool {
@@ -617,6 +624,7 @@ mod tests {
                     pipeline: true,
                     error_pages,
                     isolation: Default::default(),
+                    direct: None,
                     supervision: Default::default(),
                 },
             ],

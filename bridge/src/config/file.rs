@@ -257,6 +257,8 @@ pub(super) struct RawListener {
     /// Longest a kept FastCGI connection may sit with no request.
     pub keepalive_timeout: Option<HumanDuration>,
     pub max_connections: Option<u32>,
+    /// The pool's workers accept this socket's connections themselves (docs/direct.md).
+    pub direct: Option<bool>,
 }
 
 /// One `error-pages` entry: a file as a plain string or `{file: path}`, or

@@ -172,6 +172,11 @@ impl KeyIndex {
         }
     }
 
+    /// Whether the key `path` is written (no fallback to the keys around it).
+    pub fn written(&self, path: &KeyPath) -> bool {
+        self.nodes.iter().any(|n| n.is_key && n.path == *path)
+    }
+
     /// Where the key `path` was written, the last time at or before `near` (a key written
     /// twice in one mapping is reported at the second); `None` if `path` is not a key.
     pub fn key_before(&self, path: &KeyPath, near: Pos) -> Option<Pos> {

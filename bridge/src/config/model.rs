@@ -157,6 +157,50 @@ pub struct Listener {
     pub keepalive_timeout: Duration,
     /// Connections open at once (`max-connections`); beyond it new ones are closed at once.
     pub max_connections: u32,
+    /// `direct`: the pool's workers get this socket and accept its connections themselves;
+    /// the bridge runs no accept loop for it (docs/direct.md).
+    pub direct: bool,
+}
+
+#[cfg(test)]
+impl Listener {
+    /// A FastCGI listener `name` on 127.0.0.1:`port` sending everything to pool `p`, every
+    /// other key at its default: a test sets what it looks at.
+    pub(crate) fn for_tests(name: &str, port: u16) -> Self {
+        Self {
+            name: name.into(),
+            protocol: Protocol::FastCgi,
+            address: ListenAddress::Tcp(SocketAddr::from(([127, 0, 0, 1], port))),
+            socket_mode: None,
+            socket_owner: None,
+            socket_group: None,
+            backlog: 1024,
+            routes: vec![Route { host: None, prefix: None, pool: "p".into() }],
+            max_params: 1 << 20,
+            status_path: None,
+            ping_path: None,
+            dialect: Dialect::Generic,
+            max_redirects: 10,
+            unrouted_redirect: UnroutedRedirect::NotFound,
+            redirect_pools: RedirectPools::Same,
+            trusted_proxies: None,
+            allowed_clients: None,
+            file_handoff: FileHandoff::Pass,
+            file_roots: Vec::new(),
+            file_map: Vec::new(),
+            max_ranges: 16,
+            file_hand_back: false,
+            mount: None,
+            keep_path_info: false,
+            header_timeout: Duration::from_secs(60),
+            body_timeout: Duration::from_secs(60),
+            body_min_rate: 500,
+            send_timeout: Duration::from_secs(60),
+            keepalive_timeout: Duration::from_secs(300),
+            max_connections: 1024,
+            direct: false,
+        }
+    }
 }
 
 /// `file-handoff:` of a listener.
@@ -303,6 +347,19 @@ pub struct Pool {
     pub error_pages: super::ErrorPages,
     /// user, group, chroot, umask, rlimits, nice, clear-env, script ownership (default: none).
     pub isolation: super::isolation::Isolation,
+    /// Served by a `direct` listener: its workers accept that listener's connections
+    /// themselves (docs/direct.md). Set when the files are merged.
+    pub direct: Option<DirectServe>,
+}
+
+/// What the workers of a pool behind a `direct` listener are told of the listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirectServe {
+    pub listener: String,
+    /// The listener's `mount` (FCGIBRIDGE_MOUNT).
+    pub mount: Option<String>,
+    /// The listener's `path-info: keep` (FCGIBRIDGE_KEEP_PATH_INFO=1).
+    pub keep_path_info: bool,
 }
 
 #[cfg(test)]
@@ -333,6 +390,7 @@ impl Pool {
             pipeline: true,
             error_pages: Default::default(),
             isolation: Default::default(),
+            direct: None,
         }
     }
 }

@@ -169,6 +169,7 @@ pub(super) fn pool(
                 pipeline: raw.pipeline.unwrap_or(true),
                 error_pages,
                 isolation,
+                direct: None,
             })
         }
         _ => Err(ConfigError::several(errs)),
@@ -424,6 +425,8 @@ pub(super) fn listener(src: &Source, dir: &Path, name: &str, mut raw: RawListene
     let mut errs = Vec::new();
     note(&mut errs, check_name(src, &here, "listener", name));
 
+    // What goes with `direct` is checked with its pool (validate.rs).
+    let direct = raw.direct == Some(true);
     let (protocol, key, text) = protocol(src, &here, raw.fastcgi.take(), raw.scgi.take(), &mut errs);
     let address =
         text.and_then(|text| note(&mut errs, parse_address(&text, dir).map_err(|m| src.invalid(&here.key(key), m))));
@@ -506,6 +509,7 @@ pub(super) fn listener(src: &Source, dir: &Path, name: &str, mut raw: RawListene
             send_timeout,
             keepalive_timeout,
             max_connections,
+            direct,
         }),
         _ => Err(ConfigError::several(errs)),
     }

@@ -1124,3 +1124,128 @@ fn the_socket_keys_are_read_past_errors_elsewhere_but_not_past_their_own() {
     let t = valid("socket-keys-section").file("00-bridge.yaml", "bridge: 3\n");
     assert_eq!(socket_keys(&t), None);
 }
+
+/// A pool `app` behind listener `front` with `direct: true`, each with `pool_keys` /
+/// `listener_keys` added (indented lines).
+fn direct_tree(name: &str, pool_keys: &str, listener_keys: &str) -> Tree {
+    Tree::new(name).file("10-pool.yaml", &format!("pools:\n  app:\n    app: ../app/app.py\n{pool_keys}")).file(
+        "20-listen.yaml",
+        &format!("listeners:\n  front:\n    fastcgi: 127.0.0.1:9000\n    pool: app\n    direct: true\n{listener_keys}"),
+    )
+}
+
+#[test]
+fn a_direct_listener_tells_its_pool_what_its_workers_apply() {
+    let c = direct_tree("direct-ok", "    threads: 8\n", "    mount: /shop\n    path-info: keep\n").config();
+    assert!(c.listeners[0].direct);
+    let direct = c.pools[0].direct.as_ref().expect("the pool is served directly");
+    assert_eq!(
+        (direct.listener.as_str(), direct.mount.as_deref(), direct.keep_path_info),
+        ("front", Some("/shop"), true)
+    );
+    // Without `direct` nothing changes.
+    let c = valid("direct-off").config();
+    assert!(!c.listeners[0].direct && c.pools[0].direct.is_none());
+}
+
+#[test]
+fn direct_refuses_what_needs_the_bridge_on_the_request_path() {
+    let needs =
+        "needs the bridge on the request path; a `direct` listener hands connections to the workers (docs/direct.md)";
+    // (pool keys, listener keys, the error's line in its file, key, what it says)
+    let cases: &[(&str, &str, &str, &str, &str)] = &[
+        ("", "    header-timeout: 10s\n", "20-listen.yaml:6", "listeners.front.header-timeout", needs),
+        (
+            "",
+            "    file-handoff: serve\n    file-roots: [/srv]\n",
+            "20-listen.yaml:6",
+            "listeners.front.file-handoff",
+            needs,
+        ),
+        ("", "    file-roots: [/srv]\n", "20-listen.yaml:6", "listeners.front.file-roots", needs),
+        ("", "    file-map: {/srv: /x}\n", "20-listen.yaml:6", "listeners.front.file-map", needs),
+        ("", "    file-hand-back: false\n", "20-listen.yaml:6", "listeners.front.file-hand-back", needs),
+        ("", "    status-path: /status\n", "20-listen.yaml:6", "listeners.front.status-path", needs),
+        ("", "    ping-path: /ping\n", "20-listen.yaml:6", "listeners.front.ping-path", needs),
+        ("", "    trusted-proxies: [10.0.0.0/8]\n", "20-listen.yaml:6", "listeners.front.trusted-proxies", needs),
+        ("", "    allowed-clients: [127.0.0.1]\n", "20-listen.yaml:6", "listeners.front.allowed-clients", needs),
+        ("", "    redirect-pools: any\n", "20-listen.yaml:6", "listeners.front.redirect-pools", needs),
+        ("", "    unrouted-redirect: pass\n", "20-listen.yaml:6", "listeners.front.unrouted-redirect", needs),
+        ("", "    max-redirects: 3\n", "20-listen.yaml:6", "listeners.front.max-redirects", needs),
+        ("", "    dialect: nginx\n", "20-listen.yaml:6", "listeners.front.dialect", needs),
+        ("", "    max-connections: 10\n", "20-listen.yaml:6", "listeners.front.max-connections", needs),
+        ("", "    body-timeout: 10s\n", "20-listen.yaml:6", "listeners.front.body-timeout", needs),
+        ("", "    body-min-rate: 100\n", "20-listen.yaml:6", "listeners.front.body-min-rate", needs),
+        ("", "    send-timeout: 10s\n", "20-listen.yaml:6", "listeners.front.send-timeout", needs),
+        ("", "    keepalive-timeout: 10s\n", "20-listen.yaml:6", "listeners.front.keepalive-timeout", needs),
+        ("    queue-size: 10\n", "", "10-pool.yaml:4", "pools.app.queue-size", needs),
+        ("    queue-timeout: 5s\n", "", "10-pool.yaml:4", "pools.app.queue-timeout", needs),
+        ("    abort-grace: 1s\n", "", "10-pool.yaml:4", "pools.app.abort-grace", needs),
+        ("    unknown-length-body: buffer\n", "", "10-pool.yaml:4", "pools.app.unknown-length-body", needs),
+        ("    error-pages: {502: ../app/app.py}\n", "", "10-pool.yaml:4", "pools.app.error-pages", needs),
+        ("    interface: asgi\n", "", "10-pool.yaml:4", "pools.app.interface", "direct: WSGI pools only"),
+        ("    interface: auto\n", "", "10-pool.yaml:4", "pools.app.interface", "direct: WSGI pools only"),
+        ("    mode: dynamic\n", "", "10-pool.yaml:4", "pools.app.mode", "`mode: static`"),
+        ("    ready-check: /healthz\n", "", "10-pool.yaml:4", "pools.app.ready-check", "remove it"),
+    ];
+    for (i, (pool_keys, listener_keys, at, key, says)) in cases.iter().enumerate() {
+        let e = direct_tree(&format!("direct-refused-{i}"), pool_keys, listener_keys).error();
+        let line = e.lines().find(|l| l.contains(&format!(": {key}: "))).unwrap_or_else(|| panic!("{key}: {e}"));
+        assert!(line.contains(&format!("conf.d/{at}:")), "{key} at {at}: {line}");
+        assert!(line.contains(says), "{key}: {line}");
+        // Every refusal says how to get a valid file.
+        assert!(line.contains("remove") || line.contains("static"), "{key}: {line}");
+    }
+}
+
+#[test]
+fn direct_refuses_scgi_routes_commands_and_a_shared_pool() {
+    let scgi = Tree::new("direct-scgi")
+        .file("10-pool.yaml", "pools:\n  app:\n    app: ../app/app.py\n")
+        .file("20-listen.yaml", "listeners:\n  front:\n    scgi: 127.0.0.1:9000\n    pool: app\n    direct: true\n")
+        .error();
+    assert!(
+        scgi.contains("conf.d/20-listen.yaml:3:")
+            && scgi.contains("listeners.front.scgi: a `direct` listener speaks FastCGI only"),
+        "{scgi}"
+    );
+
+    let routes = Tree::new("direct-routes")
+        .file("10-pool.yaml", "pools:\n  app:\n    app: ../app/app.py\n")
+        .file("20-listen.yaml", "listeners:\n  front:\n    fastcgi: 127.0.0.1:9000\n    direct: true\n    routes:\n      - {prefix: /a, pool: app}\n")
+        .error();
+    assert!(
+        routes.contains("listeners.front.routes: a `direct` listener serves one pool: name it with `pool:`"),
+        "{routes}"
+    );
+
+    let command = Tree::new("direct-command")
+        .file("10-pool.yaml", "pools:\n  app:\n    command: [/bin/true]\n")
+        .file("20-listen.yaml", "listeners:\n  front:\n    fastcgi: 127.0.0.1:9000\n    pool: app\n    direct: true\n")
+        .error();
+    assert!(
+        command.contains("pools.app.command: a `direct` listener's pool runs the native worker: write `app:`"),
+        "{command}"
+    );
+
+    let template = Tree::new("direct-template")
+        .file("10-pool.yaml", "pools:\n  sites:\n    app: /srv/{host}/app.py\n    template:\n")
+        .file(
+            "20-listen.yaml",
+            "listeners:\n  front:\n    fastcgi: 127.0.0.1:9000\n    pool: sites\n    direct: true\n",
+        )
+        .error();
+    assert!(template.contains("listeners.front.pool: \"sites\" is a template"), "{template}");
+
+    // The listener's refusals do not hide the pool's.
+    let both = direct_tree("direct-both", "    interface: asgi\n", "    header-timeout: 10s\n").error();
+    assert!(both.contains("pools.app.interface: direct: WSGI pools only"), "{both}");
+    assert!(both.contains("listeners.front.header-timeout: header-timeout needs the bridge"), "{both}");
+
+    let shared = direct_tree("direct-shared", "", "  other:\n    fastcgi: 127.0.0.1:9001\n    pool: app\n").error();
+    assert!(
+        shared.contains("conf.d/20-listen.yaml:4:")
+            && shared.contains("listeners.front.pool: pool \"app\" is also a route target of listener other"),
+        "{shared}"
+    );
+}

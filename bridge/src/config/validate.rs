@@ -141,10 +141,7 @@ pub(super) fn merge(
     // Routes and addresses are checked among what resolved; a file that could not be read
     // may define the pools its routes name.
     if !files_unreadable {
-        let mut known = broken_pools.clone();
-        known.extend(templates.iter().map(|t| t.name.clone()));
-        errors.extend(check_routes(&listeners, &pools, &known, &sources));
-        errors.extend(check_captures(&listeners, &templates, &sources));
+        errors.extend(check_targets(&listeners, &mut pools, (&broken_pools, &templates), &sources));
     }
     errors.extend(check_addresses(&listeners, &sources, &global));
     errors.extend(check_dirs(&listeners, &sources, &global, opts));
@@ -243,6 +240,165 @@ fn check_routes(
             };
             errs.push(source.invalid(&key, format!("unknown pool {:?}{known}", route.pool)));
         }
+    }
+    errs
+}
+
+/// Where the listeners' routes lead: to pools and templates that exist, captures to
+/// templates that use them, `direct` listeners to pools fit for them.
+fn check_targets(
+    listeners: &[(Listener, usize)],
+    pools: &mut [(Pool, At)],
+    (broken, templates): (&[String], &[super::template::Template]),
+    sources: &[Source],
+) -> Vec<ConfigError> {
+    let mut known = broken.to_vec();
+    known.extend(templates.iter().map(|t| t.name.clone()));
+    let mut errors = check_routes(listeners, pools, &known, sources);
+    errors.extend(check_captures(listeners, templates, sources));
+    errors.extend(check_direct(listeners, pools, templates, sources));
+    errors
+}
+
+/// A `direct` listener's keys that need the bridge on the request path, or that make it
+/// other than one FastCGI socket to one pool.
+fn direct_listener_refusals(l: &Listener, src: &Source) -> Vec<ConfigError> {
+    let key = |k: &str| KeyPath::of(&["listeners", &l.name, k]);
+    let written = |k: &str| src.index.written(&key(k));
+    let mut errs = Vec::new();
+    if l.protocol == super::model::Protocol::Scgi {
+        errs.push(src.invalid(
+            &key("scgi"),
+            "a `direct` listener speaks FastCGI only (its workers do): write `fastcgi:`, or remove `direct`",
+        ));
+    }
+    if written("routes") {
+        errs.push(src.invalid(
+            &key("routes"),
+            "a `direct` listener serves one pool: name it with `pool:` instead of `routes:`, or remove `direct`",
+        ));
+    }
+    let set = [
+        ("file-handoff", l.file_handoff != super::model::FileHandoff::Pass),
+        ("dialect", l.dialect != super::model::Dialect::Generic),
+    ];
+    let keys = [
+        "file-map",
+        "file-roots",
+        "file-hand-back",
+        "max-ranges",
+        "status-path",
+        "ping-path",
+        "trusted-proxies",
+        "trusted-proxy-headers",
+        "allowed-clients",
+        "redirect-pools",
+        "unrouted-redirect",
+        "max-redirects",
+        "max-params",
+        "max-connections",
+        "header-timeout",
+        "body-timeout",
+        "body-min-rate",
+        "send-timeout",
+        "keepalive-timeout",
+    ];
+    let refused =
+        set.into_iter().filter(|(_, set)| *set).map(|(k, _)| k).chain(keys.into_iter().filter(|k| written(k)));
+    for k in refused {
+        errs.push(src.invalid(&key(k), format!("{k} {DIRECT_NEEDS_BRIDGE}; remove it, or `direct`")));
+    }
+    errs
+}
+
+/// The end of every refusal of a key that needs the bridge next to `direct: true`.
+const DIRECT_NEEDS_BRIDGE: &str =
+    "needs the bridge on the request path; a `direct` listener hands connections to the workers (docs/direct.md)";
+
+/// Each `direct` listener's pool: served by that listener alone, a WSGI app of the native
+/// worker in a static pool, with no key that needs the bridge on the request path. The
+/// pools that pass learn what their workers are told of the listener (`Pool::direct`).
+fn check_direct(
+    listeners: &[(Listener, usize)],
+    pools: &mut [(Pool, At)],
+    templates: &[super::template::Template],
+    sources: &[Source],
+) -> Vec<ConfigError> {
+    use super::interface::Interface;
+    use super::supervision::{Mode, DEFAULT_ABORT_GRACE};
+    let mut errs = Vec::new();
+    for (listener, file_no) in listeners.iter().filter(|(l, _)| l.direct) {
+        errs.extend(direct_listener_refusals(listener, &sources[*file_no]));
+        let at = sources[*file_no].at(&KeyPath::of(&["listeners", &listener.name, "direct"]));
+        let Some(name) = listener.routes.first().map(|r| r.pool.as_str()) else { continue };
+        let others: Vec<&str> = listeners
+            .iter()
+            .filter(|(l, _)| l.name != listener.name && l.routes.iter().any(|r| r.pool == name))
+            .map(|(l, _)| l.name.as_str())
+            .collect();
+        let pool_key = KeyPath::of(&["listeners", &listener.name, "pool"]);
+        if !others.is_empty() {
+            let msg = format!(
+                "pool {name:?} is also a route target of listener {}: a `direct` listener's pool serves only its \
+                 socket; give the other listener its own pool, or remove `direct` (set at {at})",
+                others.join(", ")
+            );
+            errs.push(sources[*file_no].invalid(&pool_key, msg));
+        }
+        if templates.iter().any(|t| t.name == name) {
+            let msg = format!(
+                "{name:?} is a template: a `direct` listener's workers are started with it, so it serves a pool \
+                 (write one under `pools:` without `template:`), or remove `direct` (set at {at})"
+            );
+            errs.push(sources[*file_no].invalid(&pool_key, msg));
+        }
+        // An unknown pool is reported by check_routes.
+        let Some(i) = pools.iter().position(|(p, _)| p.name == name) else { continue };
+        let (pool, pool_at) = &pools[i];
+        let Some(src) = sources.iter().find(|s| s.file == pool_at.file) else { continue };
+        let key = |k: &str| KeyPath::of(&["pools", name, k]);
+        let written = |k: &str| src.index.written(&key(k));
+        let why_not = |k: &str, m: &str| {
+            src.invalid(&key(k), format!("{m}; listener {:?} is `direct` (set at {at})", listener.name))
+        };
+        let mut refused = Vec::new();
+        if matches!(pool.app, super::model::App::Command(_)) {
+            refused.push(why_not(
+                "command",
+                "a `direct` listener's pool runs the native worker: write `app:`, not `command:`",
+            ));
+        }
+        if pool.interface.kind != Interface::Wsgi {
+            refused.push(why_not("interface", "direct: WSGI pools only; remove `interface` (or set it to wsgi)"));
+        }
+        if pool.supervision.mode != Mode::Static {
+            refused.push(why_not(
+                "mode",
+                "a `direct` pool runs `mode: static` (dynamic and ondemand sizing need the bridge to see the requests)",
+            ));
+        }
+        if pool.ready_check.is_some() {
+            refused
+                .push(why_not("ready-check", "ready-check needs the bridge's own connection to a worker; remove it"));
+        }
+        let needs_bridge = [
+            ("error-pages", !pool.error_pages.is_empty()),
+            ("queue-size", written("queue-size")),
+            ("queue-timeout", written("queue-timeout")),
+            ("abort-grace", pool.supervision.abort_grace != Some(DEFAULT_ABORT_GRACE) || written("abort-grace")),
+            ("unknown-length-body", written("unknown-length-body")),
+        ];
+        for (k, _) in needs_bridge.iter().filter(|(_, set)| *set) {
+            refused.push(why_not(k, &format!("{k} {DIRECT_NEEDS_BRIDGE}; remove it")));
+        }
+        if refused.is_empty() && others.is_empty() {
+            pools[i].0.direct = Some(super::model::DirectServe {
+                listener: listener.name.clone(),
+                mount: listener.mount.clone(),
+                keep_path_info: listener.keep_path_info,
+            });
+        }
+        errs.extend(refused);
     }
     errs
 }

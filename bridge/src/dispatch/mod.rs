@@ -20,6 +20,7 @@
 //! abort-grace is *abandoned* (exchange.rs): its slot stays busy (a thread of the worker
 //! still runs it) but the manager is told, retires that worker, and counts the slot as
 //! nothing left to finish when it drains.
+mod direct;
 pub(crate) mod request_body_limits;
 pub(crate) mod serve;
 
@@ -293,6 +294,9 @@ struct WorkerEntry {
     live: bool,
     s: WorkerNumbers,
     conns: Vec<ConnEntry>,
+    /// A direct worker's threads as its scoreboard last showed them (dispatch/direct.rs);
+    /// empty for a worker the bridge connects to.
+    direct: Vec<direct::ThreadSeen>,
 }
 
 struct WorkerNumbers {
@@ -745,6 +749,7 @@ impl<S: Slot> Dispatcher<S> {
                 abandoned: 0,
             },
             conns: Vec::new(),
+            direct: Vec::new(),
         };
         if let Some(index) = inner.free.pop() {
             let w = &mut inner.workers[index as usize];
@@ -986,6 +991,13 @@ impl<S: Slot> Dispatcher<S> {
         let mut inner = self.lock();
         inner.waiters.retain(|w| !w.tx.is_closed());
         let busy = inner.workers.iter().filter(|w| w.live).map(|w| w.s.busy as usize).sum();
+        // A direct worker's idle threads wait in accept(2): free slots the bridge does not hold.
+        let direct_idle: usize = inner
+            .workers
+            .iter()
+            .filter(|w| w.live && !w.s.draining)
+            .map(|w| w.direct.len().saturating_sub(w.s.busy as usize))
+            .sum();
         let abandoned = inner.workers.iter().filter(|w| w.live).map(|w| w.s.abandoned as usize).sum();
         PoolView {
             counters: inner.counters,
@@ -994,7 +1006,7 @@ impl<S: Slot> Dispatcher<S> {
             queue_now: inner.waiters.len() + inner.piped.len(),
             queue_size: inner.queue_size,
             queue_timeout: inner.queue_timeout,
-            idle_slots: inner.idle.len(),
+            idle_slots: inner.idle.len() + direct_idle,
             busy_slots: busy,
             abandoned_slots: abandoned,
             unavailable: inner.unavailable.clone(),

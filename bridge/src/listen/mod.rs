@@ -47,7 +47,52 @@ pub(crate) enum ListenError {
 /// A bound listening socket.
 pub(crate) enum Bound {
     Tcp(TcpListener),
-    Unix { listener: UnixListener, path: Option<PathBuf> },
+    Unix {
+        listener: UnixListener,
+        path: Option<PathBuf>,
+    },
+    /// A `direct` listener's, handed to its pool's workers ([`take_direct`]): the bridge
+    /// accepts nothing on it; `path` is its socket file, removed at the stop.
+    Direct {
+        path: Option<PathBuf>,
+    },
+}
+
+/// Take the sockets of the `direct` listeners out of `bound` (bound as every other, in
+/// `listeners`' order), blocking: their pools' workers accept on them (docs/direct.md).
+/// Returns them by listener name.
+pub(crate) fn take_direct(
+    listeners: &[config::Listener],
+    bound: &mut [Bound],
+) -> Result<HashMap<String, Arc<OwnedFd>>, ListenError> {
+    let mut sockets = HashMap::new();
+    for (cfg, b) in listeners.iter().zip(bound.iter_mut()).filter(|(cfg, _)| cfg.direct) {
+        let path = match b {
+            Bound::Unix { path, .. } => path.clone(),
+            _ => None,
+        };
+        let io = |source| ListenError::Io {
+            name: cfg.name.clone(),
+            addr: describe(&cfg.address),
+            what: "hand over",
+            source,
+        };
+        let fd: OwnedFd = match std::mem::replace(b, Bound::Direct { path }) {
+            Bound::Tcp(l) => {
+                let l = l.into_std().map_err(io)?;
+                l.set_nonblocking(false).map_err(io)?;
+                l.into()
+            }
+            Bound::Unix { listener, .. } => {
+                let l = listener.into_std().map_err(io)?;
+                l.set_nonblocking(false).map_err(io)?;
+                l.into()
+            }
+            Bound::Direct { .. } => continue,
+        };
+        sockets.insert(cfg.name.clone(), Arc::new(fd));
+    }
+    Ok(sockets)
 }
 
 /// Bind every listener (before any worker starts, so a busy port fails fast).
@@ -171,12 +216,18 @@ impl ListenerSet {
         let (stop, stop_rx) = watch::channel(false);
         let ctx = make_ctx(cfg, pools, &self.registry, &stop_rx)?;
         let socket_file = match &b {
-            Bound::Unix { path, .. } => path.clone(),
+            Bound::Unix { path, .. } | Bound::Direct { path } => path.clone(),
             Bound::Tcp(_) => None,
         };
         self.registry.track.listener_started(&ctx.name, &ctx.open_conns);
-        tracing::info!(listener = %cfg.name, protocol = ?cfg.protocol, address = %describe(&cfg.address), "listening");
-        let task = tokio::spawn(accept_loop(b, ctx.clone(), stop_rx));
+        let task = if let Bound::Direct { .. } = b {
+            let pool = cfg.routes.first().map(|r| r.pool.as_str()).unwrap_or_default();
+            tracing::info!(listener = %cfg.name, address = %describe(&cfg.address), pool, "listening, direct: the pool's workers accept its connections");
+            tokio::spawn(async {})
+        } else {
+            tracing::info!(listener = %cfg.name, protocol = ?cfg.protocol, address = %describe(&cfg.address), "listening");
+            tokio::spawn(accept_loop(b, ctx.clone(), stop_rx))
+        };
         self.live.push(RunningListener { cfg: cfg.clone(), ctx, stop, task, socket_file });
         Ok(())
     }
@@ -619,6 +670,8 @@ async fn accept(b: &Bound) -> std::io::Result<(Accepted, String)> {
             let (s, _) = listener.accept().await?;
             Ok((Accepted::Unix(s), "unix".to_owned()))
         }
+        // Its pool's workers accept on it; no accept loop runs for it.
+        Bound::Direct { .. } => std::future::pending().await,
     }
 }
 

@@ -42,8 +42,9 @@ fn check(registry: &Registry, reported: &mut HashSet<u64>) {
         for w in &stats.workers {
             let mut dump = false;
             for c in &w.current {
-                running.insert(c.request_id);
-                if c.duration_seconds < limit.as_secs_f64() || !reported.insert(c.request_id) {
+                let key = report_key(w.pid, c);
+                running.insert(key);
+                if c.duration_seconds < limit.as_secs_f64() || !reported.insert(key) {
                     continue;
                 }
                 registry.track.slow(&stats.name);
@@ -62,6 +63,19 @@ fn check(registry: &Registry, reported: &mut HashSet<u64>) {
     }
     // Forget finished requests.
     reported.retain(|id| running.contains(id));
+}
+
+/// What a slow request is reported once by: its request id, or, for a direct worker's
+/// requests (docs/direct.md), which carry none (0), the worker and the request line.
+fn report_key(pid: u32, c: &crate::supervise::stats::CurrentRequestStats) -> u64 {
+    use std::hash::{Hash, Hasher};
+    if c.request_id != 0 {
+        return c.request_id;
+    }
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (pid, &c.method, &c.uri).hash(&mut h);
+    // Apart from the bridge's own ids, which never reach the top bit.
+    h.finish() | 1 << 63
 }
 
 /// SIGUSR2 asks a fcgibridge worker to write its serving threads' stacks to stderr

@@ -89,6 +89,8 @@ struct Worker {
     cpu: Option<Duration>,
     memory_warned: bool,
     stacks_dumped: bool,
+    /// A direct pool's worker: what it serves, read at every tick (scoreboard.rs).
+    scoreboard: Option<Arc<crate::scoreboard::Scoreboard>>,
 }
 
 #[derive(Default, Clone)]
@@ -296,6 +298,8 @@ impl Manager {
             Event::Exited { id, status } => {
                 let Some(i) = self.index(id) else { return };
                 let mut w = self.workers.swap_remove(i);
+                // Its last numbers, and the requests it was running when it died.
+                observe(&self.dispatcher, &w);
                 if let Some(v) = self.dispatcher.worker_view(w.key, false) {
                     w.served = v.served;
                 }
@@ -464,6 +468,9 @@ impl Manager {
             if w.state != State::Stopping {
                 w.exit_reason.get_or_insert_with(|| why.to_owned());
                 self.dispatcher.drain_worker(w.key);
+                if let Some(board) = &w.scoreboard {
+                    board.set_drain();
+                }
                 w.state = State::Stopping;
                 let _ = w.ctl.send(WorkerCtl::Term { grace });
             }
@@ -484,10 +491,18 @@ impl Manager {
         if self.stopping.is_some() {
             return;
         }
+        self.read_scoreboards();
         self.check_request_timeouts();
         if now >= self.next_round {
             self.next_round = now + ROUND;
             self.round(now);
+        }
+    }
+
+    /// What the direct workers serve, into the dispatcher's numbers (dispatch/direct.rs).
+    fn read_scoreboards(&self) {
+        for w in self.workers.iter().filter(|w| w.ready_at.is_some()) {
+            observe(&self.dispatcher, w);
         }
     }
 
@@ -511,11 +526,20 @@ impl Manager {
                 continue;
             }
             let dump = if native && !w.stacks_dumped { "Its Python stacks follow; " } else { "" };
-            tracing::error!(
-                pool = &*self.name, pid = w.pid, request_id = o.request_id, uri = %o.uri,
-                "request-timeout ({}): {} {} ran {:.1?} in worker {}; answering 504. {dump}the worker is replaced, its other requests get graceful-timeout ({}) to finish",
-                DurationText(timeout), o.method, o.uri, o.running, w.pid, DurationText(graceful)
-            );
+            if w.scoreboard.is_some() {
+                // The worker holds the web server's connection: killing it closes it.
+                tracing::error!(
+                    pool = &*self.name, pid = w.pid, uri = %o.uri,
+                    "request-timeout ({}): {} {} ran {:.1?} in worker {}. {dump}the worker is replaced, its other requests get graceful-timeout ({}) to finish",
+                    DurationText(timeout), o.method, o.uri, o.running, w.pid, DurationText(graceful)
+                );
+            } else {
+                tracing::error!(
+                    pool = &*self.name, pid = w.pid, request_id = o.request_id, uri = %o.uri,
+                    "request-timeout ({}): {} {} ran {:.1?} in worker {}; answering 504. {dump}the worker is replaced, its other requests get graceful-timeout ({}) to finish",
+                    DurationText(timeout), o.method, o.uri, o.running, w.pid, DurationText(graceful)
+                );
+            }
             if native && !w.stacks_dumped {
                 w.stacks_dumped = true;
                 let _ = w.ctl.send(WorkerCtl::DumpStacks);
@@ -849,6 +873,10 @@ impl Manager {
         w.hard |= hard;
         w.state = State::Draining { deadline: Instant::now() + graceful, dumped: false };
         let open = self.dispatcher.drain_worker(w.key);
+        if let Some(board) = &w.scoreboard {
+            // It finishes its requests and exits by itself.
+            board.set_drain();
+        }
         tracing::info!(
             pool = &*self.name,
             pid = w.pid,
@@ -858,7 +886,7 @@ impl Manager {
             DurationText(graceful)
         );
         w.exit_reason = Some(reason);
-        if open == 0 {
+        if open == 0 && w.scoreboard.is_none() {
             finish(w, grace);
         }
     }
@@ -870,8 +898,16 @@ impl Manager {
             let State::Draining { deadline, dumped } = w.state else { continue };
             let view = self.dispatcher.worker_view(w.key, true);
             // An abandoned request (its client gone) is not waited for.
-            let open = view.as_ref().map(|v| v.open - v.abandoned).unwrap_or(0);
-            match policy::drain_step(open, deadline, dumped, native, now) {
+            let mut open = view.as_ref().map(|v| v.open - v.abandoned).unwrap_or(0);
+            if w.scoreboard.is_some() {
+                // Nor a direct worker's timed-out one: its thread is stuck, the process goes.
+                open = view.as_ref().map_or(0, |v| v.current.iter().filter(|c| !c.abandoned && !c.timed_out).count())
+                    as u32;
+            }
+            // A direct worker retired softly exits by itself; a hard retirement kills it
+            // once its other requests are done.
+            let waits_for_exit = w.scoreboard.is_some() && !w.hard;
+            match policy::drain_step((open, waits_for_exit), deadline, dumped, native, now) {
                 DrainStep::Wait => {}
                 DrainStep::Finish => finish(w, grace),
                 DrainStep::DumpStacks { until } => {
@@ -884,11 +920,18 @@ impl Manager {
                                 .collect()
                         })
                         .unwrap_or_default();
-                    tracing::warn!(
-                        pool = &*self.name, pid = w.pid,
-                        "worker did not finish {open} request(s) within graceful-timeout: {}; its Python stacks follow, then it is killed",
-                        current.join(", ")
-                    );
+                    if w.scoreboard.is_some() && open == 0 {
+                        tracing::warn!(
+                            pool = &*self.name, pid = w.pid,
+                            "worker did not exit within graceful-timeout after it was told to drain; its Python stacks follow, then it is killed"
+                        );
+                    } else {
+                        tracing::warn!(
+                            pool = &*self.name, pid = w.pid,
+                            "worker did not finish {open} request(s) within graceful-timeout: {}; its Python stacks follow, then it is killed",
+                            current.join(", ")
+                        );
+                    }
                     let _ = w.ctl.send(WorkerCtl::DumpStacks);
                     w.state = State::Draining { deadline: until, dumped: true };
                 }
@@ -928,6 +971,12 @@ impl Manager {
         let socket = self.socket_dir.join(format!("{index}-{id}.sock"));
         let max_requests = policy::max_requests_for(&self.cfg.supervision, &mut self.spread);
         let key = self.dispatcher.add_worker(max_requests);
+        let scoreboard = self.cfg.direct.as_ref().and_then(|_| {
+            crate::scoreboard::Scoreboard::new(self.cfg.threads)
+                .map_err(|e| tracing::error!(pool = &*self.name, "cannot make a direct worker's scoreboard: {e}"))
+                .ok()
+                .map(Arc::new)
+        });
         let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
         let task = WorkerTask {
             id,
@@ -943,6 +992,7 @@ impl Manager {
             last_failure: self.last_failure.clone(),
             app_lines: self.app_lines.clone(),
             events: self.events_tx.clone(),
+            scoreboard: scoreboard.clone(),
         };
         tokio::spawn(worker::run(task, ctl_rx));
         self.workers.push(Worker {
@@ -969,6 +1019,7 @@ impl Manager {
             cpu: None,
             memory_warned: false,
             stacks_dumped: false,
+            scoreboard,
         });
     }
 
@@ -1041,8 +1092,19 @@ impl Manager {
 /// The requests a dead worker was serving, for its exit line: the first few only (an
 /// ASGI worker may hold hundreds).
 fn requests_line(lost: &[CurrentRequest]) -> String {
-    let each = lost.iter().map(|r| format!("{} {} (request {})", r.method, r.uri, r.request_id));
+    // A direct worker's requests carry no bridge request id (0).
+    let each = lost.iter().map(|r| match r.request_id {
+        0 => format!("{} {}", r.method, r.uri),
+        id => format!("{} {} (request {id})", r.method, r.uri),
+    });
     policy::list_at_most(each, lost.len(), policy::LISTED_REQUESTS)
+}
+
+/// A direct worker's scoreboard now, into the dispatcher's numbers.
+fn observe(dispatcher: &Dispatcher<SlotConn>, w: &Worker) {
+    if let Some(board) = &w.scoreboard {
+        dispatcher.observe_direct(w.key, &board.snapshot(), crate::scoreboard::monotonic_now_ns());
+    }
 }
 
 /// The worker has no request left: SIGTERM it, SIGKILL after `grace` (at once after a

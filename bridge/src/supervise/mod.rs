@@ -25,6 +25,8 @@ use crate::config;
 use crate::dispatch::Dispatcher;
 use crate::reload::Restart;
 use manager::ManagerCmd;
+use std::collections::HashMap;
+use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -44,12 +46,25 @@ pub(crate) struct Spawner {
     next_id: AtomicU64,
     /// The preloaded pools' fork templates (supervise/template.rs).
     templates: template::Templates,
+    /// The sockets of the `direct` listeners, by listener name: their pools' workers get
+    /// them as fd 0 (docs/direct.md). Fixed at the start: a reload does not change them.
+    direct_sockets: HashMap<String, Arc<OwnedFd>>,
 }
 
 impl Spawner {
     /// A spawner for workers whose package lives at `python_path`.
-    pub(crate) fn new(python_path: PathBuf) -> Arc<Self> {
-        Arc::new(Self { python_path, next_id: AtomicU64::new(1), templates: template::Templates::default() })
+    pub(crate) fn new(python_path: PathBuf, direct_sockets: HashMap<String, Arc<OwnedFd>>) -> Arc<Self> {
+        Arc::new(Self {
+            python_path,
+            next_id: AtomicU64::new(1),
+            templates: template::Templates::default(),
+            direct_sockets,
+        })
+    }
+
+    /// The socket of the `direct` listener `listener`.
+    fn direct_socket(&self, listener: &str) -> Option<Arc<OwnedFd>> {
+        self.direct_sockets.get(listener).cloned()
     }
 
     /// A new worker's generation. Unique across pools and reloads: a pool removed and added
@@ -168,13 +183,18 @@ pub(crate) struct Supervisor {
 }
 
 impl Supervisor {
-    /// Start the manager of every pool; each starts its workers.
-    pub(crate) fn start(pools: &[Arc<PoolRuntime>], rt: &RuntimeDir) -> Result<Self, runtime_dir::RuntimeDirError> {
+    /// Start the manager of every pool; each starts its workers. `direct_sockets`: the
+    /// `direct` listeners' sockets, by listener name (listen::take_direct).
+    pub(crate) fn start(
+        pools: &[Arc<PoolRuntime>],
+        rt: &RuntimeDir,
+        direct_sockets: HashMap<String, Arc<OwnedFd>>,
+    ) -> Result<Self, runtime_dir::RuntimeDirError> {
         let mut s = Self {
             pools: Vec::new(),
             retiring: Vec::new(),
             tasks: Vec::new(),
-            spawner: Spawner::new(rt.python_path()),
+            spawner: Spawner::new(rt.python_path(), direct_sockets),
         };
         for p in pools {
             s.start_manager(p, rt)?;

@@ -567,9 +567,17 @@ pub(super) enum DrainStep {
     Kill,
 }
 
-/// What to do with a draining worker holding `open` connections.
-pub(super) fn drain_step(open: u32, deadline: Instant, dumped: bool, native: bool, now: Instant) -> DrainStep {
-    if open == 0 {
+/// What to do with a draining worker holding `open` connections. A `direct` worker
+/// (docs/direct.md) is told to drain by its scoreboard and is done when it exits: it is
+/// never stopped early, idle or not.
+pub(super) fn drain_step(
+    (open, direct): (u32, bool),
+    deadline: Instant,
+    dumped: bool,
+    native: bool,
+    now: Instant,
+) -> DrainStep {
+    if open == 0 && !direct {
         DrainStep::Finish
     } else if now < deadline {
         DrainStep::Wait

@@ -25,8 +25,19 @@ const IMPORT_CHECK_BOOT: &str =
     "import sys; sys.path.insert(0, sys.argv.pop(1)); import fcgibridge_worker.main as m; m.check_import()";
 /// The fd a worker writes READY / ERROR to.
 const READY_FD: i32 = 3;
-/// The claim page in a native worker (`FCGIBRIDGE_CLAIM_FD`).
+/// The claim page in a native worker (`FCGIBRIDGE_CLAIM_FD`), or a direct worker's
+/// scoreboard (`FCGIBRIDGE_SCOREBOARD_FD`).
 const CLAIM_FD: i32 = 4;
+
+/// What a worker of a pool behind a `direct` listener is given instead of its own socket
+/// and claim page (docs/direct.md).
+#[derive(Clone, Copy)]
+pub(super) struct DirectFds<'a> {
+    /// The listener's socket (blocking: the bridge never accepts on it), the worker's fd 0.
+    pub listener: std::os::fd::BorrowedFd<'a>,
+    /// The worker's scoreboard (scoreboard.rs), its fd 4.
+    pub scoreboard: RawFd,
+}
 
 /// A started worker process.
 pub(super) struct Spawned {
@@ -44,6 +55,8 @@ pub(super) enum SpawnError {
     Socket { path: String, source: std::io::Error },
     #[error("cannot create the readiness pipe: {0}")]
     Pipe(std::io::Error),
+    #[error("cannot hand the direct listener's socket to the worker: {0}")]
+    Direct(std::io::Error),
     #[error("{0}")]
     Start(Box<StartFailure>),
     #[error(transparent)]
@@ -216,20 +229,25 @@ impl std::fmt::Display for StartFailure {
 }
 
 /// Bind `socket`, then start the pool's interpreter with it as fd 0 (and `claims`, the
-/// claim page's descriptor, as fd 4: claim.rs).
+/// claim page's descriptor, as fd 4: claim.rs). A direct pool's worker gets `direct`'s
+/// listener and scoreboard there instead, and no socket of its own.
 pub(super) async fn spawn_worker(
     pool: &Pool,
     spawner: &super::Spawner,
     socket: &Path,
     claims: Option<RawFd>,
+    direct: Option<DirectFds<'_>>,
 ) -> Result<Spawned, SpawnError> {
     let python_path = spawner.python_path.as_path();
     if pool.isolation.preload {
-        return Ok(super::template::spawn_forked(&spawner.templates, pool, python_path, socket).await?);
+        return Ok(super::template::spawn_forked(&spawner.templates, pool, python_path, socket, direct).await?);
     }
     // user/group/chroot/limits of the pool (supervise/isolate.rs), resolved before the fork.
     let iso = super::isolate::Prepared::for_pool(pool, python_path)?;
-    let listener_fd = bind_worker_socket(socket)?;
+    let (listener_fd, claims) = match direct {
+        Some(d) => (d.listener.try_clone_to_owned().map_err(SpawnError::Direct)?, Some(d.scoreboard)),
+        None => (bind_worker_socket(socket)?, claims),
+    };
 
     let (ready_r, ready_w) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| SpawnError::Pipe(e.into()))?;
@@ -254,8 +272,8 @@ pub(super) async fn spawn_worker(
         cmd.env_remove("FCGIBRIDGE_READY_FD");
     }
     match claims {
-        Some(_) => cmd.env("FCGIBRIDGE_CLAIM_FD", CLAIM_FD.to_string()),
-        None => cmd.env_remove("FCGIBRIDGE_CLAIM_FD"),
+        Some(_) if direct.is_none() => cmd.env("FCGIBRIDGE_CLAIM_FD", CLAIM_FD.to_string()),
+        _ => cmd.env_remove("FCGIBRIDGE_CLAIM_FD"),
     };
     let child = launch(cmd, pool, iso, give_ready_fd.then_some(ready_w.as_raw_fd()), claims)?;
     drop(ready_w);
@@ -318,6 +336,8 @@ pub(super) fn spawn_import_check(pool: &Pool, python_path: &Path) -> Result<Impo
     service_environment(&mut cmd);
     worker_environment(&mut cmd, pool, &iso, app);
     cmd.env_remove("FCGIBRIDGE_CLAIM_FD");
+    // It serves nothing: no socket, no scoreboard.
+    direct_environment(&mut cmd, None);
     cmd.stdin(Stdio::null()).stdout(Stdio::from(output_w)).stderr(Stdio::from(stderr_w)).kill_on_drop(true);
     let child = launch(cmd, pool, iso, Some(ready_w.as_raw_fd()), None)?;
     drop(ready_w);
@@ -510,6 +530,26 @@ pub(super) fn worker_environment(cmd: &mut Command, pool: &Pool, iso: &Prepared,
             .env("FCGIBRIDGE_CONCURRENCY", pool.interface.concurrency.to_string())
             .env("FCGIBRIDGE_ASGI_LOOP", pool.interface.asgi_loop.as_str())
             .env("FCGIBRIDGE_GRACEFUL_TIMEOUT", graceful);
+    }
+    direct_environment(cmd, pool.direct.as_ref());
+}
+
+/// A direct pool's worker (a preloaded pool's template too, whose forks inherit it): it
+/// accepts on fd 0 itself, keeps its numbers in the scoreboard on fd 4, and applies the
+/// listener's `mount` / `path-info: keep` as the bridge would (docs/direct.md).
+fn direct_environment(cmd: &mut Command, direct: Option<&crate::config::DirectServe>) {
+    const NAMES: [&str; 4] =
+        ["FCGIBRIDGE_DIRECT", "FCGIBRIDGE_SCOREBOARD_FD", "FCGIBRIDGE_MOUNT", "FCGIBRIDGE_KEEP_PATH_INFO"];
+    for name in NAMES {
+        cmd.env_remove(name);
+    }
+    let Some(d) = direct else { return };
+    cmd.env("FCGIBRIDGE_DIRECT", "1").env("FCGIBRIDGE_SCOREBOARD_FD", CLAIM_FD.to_string());
+    if let Some(mount) = &d.mount {
+        cmd.env("FCGIBRIDGE_MOUNT", mount);
+    }
+    if d.keep_path_info {
+        cmd.env("FCGIBRIDGE_KEEP_PATH_INFO", "1");
     }
 }
 

@@ -92,16 +92,23 @@ pub(super) async fn spawn_forked(
     pool: &Pool,
     python_path: &Path,
     socket: &Path,
+    direct: Option<super::spawn::DirectFds<'_>>,
 ) -> Result<Spawned, TemplateError> {
     let template = templates.running(pool, python_path).await?;
 
     let sock_err = |source| TemplateError::Socket { path: socket.display().to_string(), source };
-    match std::fs::remove_file(socket) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(sock_err(e)),
-    }
-    let listener: OwnedFd = UnixListener::bind(socket).map_err(sock_err)?.into();
+    let listener: OwnedFd = match direct {
+        // The direct listener's own socket: the fork accepts on it (docs/direct.md).
+        Some(d) => d.listener.try_clone_to_owned().map_err(sock_err)?,
+        None => {
+            match std::fs::remove_file(socket) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(sock_err(e)),
+            }
+            UnixListener::bind(socket).map_err(sock_err)?.into()
+        }
+    };
     let pipe = || nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| TemplateError::Control(e.into()));
     let (ready_r, ready_w) = pipe()?;
     let (out_r, out_w) = pipe()?;
@@ -111,7 +118,9 @@ pub(super) async fn spawn_forked(
         let _one_at_a_time = template.spawn_lock.lock().await;
         let (tx, rx) = oneshot::channel();
         *lock(&template.pending) = Some(tx);
-        let fds = [listener.as_raw_fd(), out_w.as_raw_fd(), err_w.as_raw_fd(), ready_w.as_raw_fd()];
+        let mut fds = vec![listener.as_raw_fd(), out_w.as_raw_fd(), err_w.as_raw_fd(), ready_w.as_raw_fd()];
+        // A direct worker's scoreboard comes fifth; the fork places it on fd 4.
+        fds.extend(direct.map(|d| d.scoreboard));
         template.send_spawn(&spawn_message(pool), &fds).await?;
         match tokio::time::timeout(FORK_REPLY_TIMEOUT, rx).await {
             Ok(Ok(r)) => r.map_err(TemplateError::Fork)?,
@@ -312,7 +321,7 @@ async fn start_template(pool: &Pool, python_path: &Path) -> Result<Arc<Template>
 }
 
 impl Template {
-    async fn send_spawn(&self, msg: &str, fds: &[i32; 4]) -> Result<(), TemplateError> {
+    async fn send_spawn(&self, msg: &str, fds: &[i32]) -> Result<(), TemplateError> {
         loop {
             let mut guard = self.ctl.writable().await.map_err(TemplateError::Control)?;
             match guard.try_io(|fd| send_with_fds(fd.as_raw_fd(), msg.as_bytes(), fds)) {
@@ -348,7 +357,7 @@ fn spawn_message(pool: &Pool) -> String {
 }
 
 /// One message with descriptors attached (SCM_RIGHTS).
-fn send_with_fds(sock: i32, data: &[u8], fds: &[i32; 4]) -> std::io::Result<()> {
+fn send_with_fds(sock: i32, data: &[u8], fds: &[i32]) -> std::io::Result<()> {
     use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags, UnixAddr};
     let iov = [std::io::IoSlice::new(data)];
     sendmsg::<UnixAddr>(sock, &iov, &[ControlMessage::ScmRights(fds)], MsgFlags::MSG_NOSIGNAL, None)?;

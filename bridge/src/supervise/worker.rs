@@ -81,6 +81,8 @@ pub(super) struct WorkerTask {
     /// The pool's budget of log lines, which its workers share.
     pub app_lines: Arc<LineBudget>,
     pub events: mpsc::UnboundedSender<Event>,
+    /// A direct pool's worker: its scoreboard (the manager reads it).
+    pub scoreboard: Option<Arc<crate::scoreboard::Scoreboard>>,
 }
 
 pub(super) enum Readiness {
@@ -96,7 +98,8 @@ pub(super) enum Readiness {
 /// The claim page for a worker the bridge may pipe requests to
 /// ([`crate::claim::pipelines`]). None: requests go to it one at a time.
 fn claim_page(t: &WorkerTask) -> Option<Arc<crate::claim::ClaimPage>> {
-    if !(t.native && crate::claim::pipelines(&t.config)) {
+    // A direct worker has no connection from the bridge to pipe onto.
+    if !(t.native && crate::claim::pipelines(&t.config)) || t.config.direct.is_some() {
         return None;
     }
     match crate::claim::ClaimPage::new() {
@@ -158,7 +161,14 @@ pub(super) async fn run(t: WorkerTask, mut ctl: mpsc::UnboundedReceiver<WorkerCt
     gate.open();
     *t.last_failure.lock().unwrap_or_else(|e| e.into_inner()) = None;
 
-    let connected = connect_slots(&t, &handle, asgi).await;
+    let connected = match t.config.direct {
+        // Its threads accept the listener's connections: nothing for the bridge to open.
+        Some(_) => {
+            t.dispatcher.add_direct(t.key, t.config.threads);
+            t.config.threads as usize
+        }
+        None => connect_slots(&t, &handle, asgi).await,
+    };
     if connected == 0 && handle.is_alive() && t.dispatcher.worker_view(t.key, false).is_some_and(|v| !v.draining) {
         let why = "no connection to its socket could be opened".to_owned();
         tracing::error!(pool = &*pool, pid, "worker failed to start: {why}");
@@ -181,8 +191,21 @@ async fn start_process(
     ctl: &mut mpsc::UnboundedReceiver<WorkerCtl>,
     claim_fd: Option<std::os::fd::RawFd>,
 ) -> Option<Spawned> {
+    let direct = match direct_fds(t) {
+        Ok(direct) => direct,
+        Err(why) => {
+            let gate = LineGate::new(t.pool.clone(), 0, Arc::default());
+            report_failure(t, &gate, 0, &why);
+            let _ = t.events.send(Event::Failed { id: t.id, why, started: false });
+            return None;
+        }
+    };
+    let fds = direct.as_ref().map(|(socket, board)| super::spawn::DirectFds {
+        listener: std::os::fd::AsFd::as_fd(&**socket),
+        scoreboard: board.raw_fd(),
+    });
     let started = tokio::select! {
-        r = super::spawn::spawn_worker(&t.config, &t.spawner, &t.socket, claim_fd) => r,
+        r = super::spawn::spawn_worker(&t.config, &t.spawner, &t.socket, claim_fd, fds) => r,
         _ = ctl.recv() => {
             let _ = t.events.send(Event::Failed { id: t.id, why: "stopped before it was started".into(), started: false });
             return None;
@@ -199,6 +222,23 @@ async fn start_process(
             None
         }
     }
+}
+
+/// A direct pool's worker's listener socket and scoreboard (None for any other worker).
+/// Err: why it cannot start.
+#[allow(clippy::type_complexity)]
+fn direct_fds(
+    t: &WorkerTask,
+) -> Result<Option<(Arc<std::os::fd::OwnedFd>, Arc<crate::scoreboard::Scoreboard>)>, String> {
+    let Some(d) = &t.config.direct else { return Ok(None) };
+    let socket = t.spawner.direct_socket(&d.listener).ok_or_else(|| {
+        format!(
+            "listener {:?} became `direct` by a reload; its socket goes to the workers at the next start of the bridge",
+            d.listener
+        )
+    })?;
+    let board = t.scoreboard.clone().ok_or("no scoreboard could be made for it (see the error above)")?;
+    Ok(Some((socket, board)))
 }
 
 /// "worker started", with its max-requests threshold when it has one.

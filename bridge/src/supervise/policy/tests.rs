@@ -398,13 +398,28 @@ fn a_smaller_static_pool_retires_its_idlest_workers() {
 fn draining_workers_finish_dump_their_stacks_then_die() {
     let t0 = Instant::now();
     let deadline = t0 + secs(30);
-    assert_eq!(drain_step(0, deadline, false, true, t0), DrainStep::Finish);
-    assert_eq!(drain_step(2, deadline, false, true, t0 + secs(29)), DrainStep::Wait);
+    assert_eq!(drain_step((0, false), deadline, false, true, t0), DrainStep::Finish);
+    assert_eq!(drain_step((2, false), deadline, false, true, t0 + secs(29)), DrainStep::Wait);
     assert!(
-        matches!(drain_step(2, deadline, false, true, deadline), DrainStep::DumpStacks { until } if until > deadline)
+        matches!(drain_step((2, false), deadline, false, true, deadline), DrainStep::DumpStacks { until } if until > deadline)
     );
-    assert_eq!(drain_step(2, deadline, true, true, deadline), DrainStep::Kill);
-    assert_eq!(drain_step(2, deadline, false, false, deadline), DrainStep::Kill, "no stacks from a command worker");
+    assert_eq!(drain_step((2, false), deadline, true, true, deadline), DrainStep::Kill);
+    assert_eq!(
+        drain_step((2, false), deadline, false, false, deadline),
+        DrainStep::Kill,
+        "no stacks from a command worker"
+    );
+}
+
+#[test]
+fn a_draining_direct_worker_is_waited_for_until_it_exits_or_its_deadline() {
+    let t0 = Instant::now();
+    let deadline = t0 + secs(30);
+    // Idle, it exits by itself once it has seen its drain word: no SIGTERM meanwhile.
+    assert_eq!(drain_step((0, true), deadline, false, true, t0), DrainStep::Wait);
+    assert_eq!(drain_step((3, true), deadline, false, true, t0 + secs(29)), DrainStep::Wait);
+    assert!(matches!(drain_step((0, true), deadline, false, true, deadline), DrainStep::DumpStacks { .. }));
+    assert_eq!(drain_step((0, true), deadline, true, true, deadline), DrainStep::Kill);
 }
 
 #[test]

@@ -1,0 +1,166 @@
+//! A direct worker's numbers (docs/direct.md): it accepts the web server's connections
+//! itself, so nothing passes the dispatcher; the manager's tick copies its scoreboard
+//! (scoreboard.rs) in here, one "connection" per worker thread, busy while the thread runs
+//! a request. The status page, max-requests, request-timeout, drains and the crash line
+//! then read a direct worker as any other.
+use super::{ConnEntry, Dispatcher, Label, Slot, Ticket, WorkerKey};
+use crate::scoreboard::ThreadSnapshot;
+use std::time::{Duration, Instant};
+
+/// One thread as the scoreboard showed it last.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct ThreadSeen {
+    served: u64,
+    started: u64,
+}
+
+impl ThreadSeen {
+    /// Requests begun: those finished and the one running.
+    fn began(self) -> u64 {
+        self.served + u64::from(self.started != 0)
+    }
+}
+
+impl<S: Slot> Dispatcher<S> {
+    /// Worker `worker` is a direct worker of `threads` threads, ready: each thread is a slot
+    /// the bridge never holds. False when the worker was removed or retired meanwhile.
+    pub(crate) fn add_direct(&self, worker: WorkerKey, threads: u32) -> bool {
+        let now = Instant::now();
+        let mut inner = self.lock();
+        let Some(w) = inner.worker_mut(worker).filter(|w| !w.s.draining) else { return false };
+        w.direct = vec![ThreadSeen::default(); threads as usize];
+        w.conns = (0..threads).map(|_| closed(now)).collect();
+        true
+    }
+
+    /// Copy a direct worker's scoreboard read at `now_ns` (CLOCK_MONOTONIC) in: requests
+    /// begun and served (the worker's and the pool's numbers), and the request each thread
+    /// runs, from when it began. Wakes the manager when the worker reached max-requests.
+    pub(crate) fn observe_direct(&self, worker: WorkerKey, threads: &[ThreadSnapshot], now_ns: u64) {
+        let now = Instant::now();
+        let mut inner = self.lock();
+        let inner = &mut *inner;
+        let Some(w) = inner.workers.get_mut(worker.index as usize).filter(|w| w.live && w.gen == worker.gen) else {
+            return;
+        };
+        let (mut began, mut served) = (0, 0);
+        for ((seen, c), t) in w.direct.iter_mut().zip(w.conns.iter_mut()).zip(threads) {
+            let new = ThreadSeen { served: t.served, started: t.started };
+            began += new.began().saturating_sub(seen.began());
+            served += new.served.saturating_sub(seen.served);
+            if t.started == 0 {
+                *c = closed(now);
+            } else if !c.busy || t.started != seen.started {
+                let running = Duration::from_nanos(now_ns.saturating_sub(t.started));
+                *c = running_since(now.checked_sub(running).unwrap_or(now), &t.line);
+            } else if c.label.len == 0 && !t.line.is_empty() {
+                // The line was being written at the last read.
+                c.label = running_since(c.since, &t.line).label;
+            }
+            *seen = new;
+        }
+        w.s.served += served;
+        w.s.busy = w.conns.iter().filter(|c| c.busy).count() as u32;
+        w.s.open = w.s.busy;
+        inner.counters.accepted += began;
+        inner.counters.served += served;
+        if w.s.max_requests != 0 && w.s.served >= w.s.max_requests && !w.s.recycle_flagged {
+            w.s.recycle_flagged = true;
+            self.wake.notify_one();
+        }
+    }
+}
+
+/// An idle thread.
+fn closed(now: Instant) -> ConnEntry {
+    ConnEntry {
+        open: false,
+        busy: false,
+        timed_out: false,
+        abandoned: false,
+        lost: false,
+        since: now,
+        label: Label::empty(now),
+        canceller: None,
+    }
+}
+
+/// A thread running the request `line` (`METHOD URI`) since `since`.
+fn running_since(since: Instant, line: &[u8]) -> ConnEntry {
+    let (method, uri) = match line.iter().position(|&b| b == b' ') {
+        Some(i) => (&line[..i], &line[i + 1..]),
+        None => (line, &line[line.len()..]),
+    };
+    let label = Label::of(&Ticket { method, uri, request_id: 0, started: since });
+    ConnEntry { open: true, busy: true, since, label, ..closed(since) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// No slot is ever held for a direct worker.
+    struct Fake;
+    impl Slot for Fake {
+        fn usable(&self) -> bool {
+            true
+        }
+    }
+
+    fn thread(served: u64, started: u64, line: &str) -> ThreadSnapshot {
+        ThreadSnapshot { served, started, line: line.as_bytes().to_vec() }
+    }
+
+    #[test]
+    fn a_direct_worker_s_numbers_come_from_its_scoreboard() {
+        let d: Dispatcher<Fake> = Dispatcher::new(0, Duration::from_secs(1));
+        let w = d.add_worker(0);
+        assert!(d.add_direct(w, 2));
+        assert_eq!(d.view().idle_slots, 2);
+        let now_ns = crate::scoreboard::monotonic_now_ns();
+        d.observe_direct(w, &[thread(3, now_ns - 2_000_000_000, "GET /slow?x=1"), thread(1, 0, "")], now_ns);
+        let v = d.worker_view(w, true).unwrap();
+        assert_eq!((v.served, v.busy, v.open), (4, 1, 1));
+        assert_eq!((v.current[0].method.as_str(), v.current[0].uri.as_str()), ("GET", "/slow?x=1"));
+        assert!(v.current[0].since.elapsed() >= Duration::from_millis(1900), "{:?}", v.current[0].since.elapsed());
+        let pool = d.view();
+        assert_eq!((pool.counters.accepted, pool.counters.served, pool.idle_slots, pool.busy_slots), (5, 4, 1, 1));
+        // The slow request ended and another began: one more accepted, one more served.
+        d.observe_direct(w, &[thread(4, now_ns + 5, "POST /b"), thread(1, 0, "")], now_ns + 10);
+        let pool = d.view();
+        assert_eq!((pool.counters.accepted, pool.counters.served), (6, 5));
+        assert_eq!(d.worker_view(w, true).unwrap().current[0].uri, "/b");
+    }
+
+    #[test]
+    fn max_requests_and_request_timeout_see_direct_workers() {
+        let d: Dispatcher<Fake> = Dispatcher::new(0, Duration::from_secs(1));
+        let w = d.add_worker(10);
+        assert!(d.add_direct(w, 1));
+        let now_ns = crate::scoreboard::monotonic_now_ns();
+        d.observe_direct(w, &[thread(9, now_ns - 3_000_000_000, "GET /hang")], now_ns);
+        assert!(!d.worker_view(w, false).unwrap().max_requests_reached);
+        let overdue = d.cancel_overdue(Duration::from_secs(2));
+        assert_eq!(overdue.len(), 1);
+        assert_eq!((overdue[0].method.as_str(), overdue[0].uri.as_str()), ("GET", "/hang"));
+        // Counted once, not at every tick.
+        assert!(d.cancel_overdue(Duration::from_secs(2)).is_empty());
+        d.observe_direct(w, &[thread(10, 0, "")], now_ns);
+        assert!(d.worker_view(w, false).unwrap().max_requests_reached);
+    }
+
+    #[test]
+    fn a_dead_direct_worker_s_running_requests_are_its_lost_ones() {
+        let d: Dispatcher<Fake> = Dispatcher::new(0, Duration::from_secs(1));
+        let w = d.add_worker(0);
+        assert!(d.add_direct(w, 2));
+        let now_ns = crate::scoreboard::monotonic_now_ns();
+        d.observe_direct(w, &[thread(0, now_ns, "GET /crash"), thread(0, 0, "")], now_ns);
+        let lost = d.lost_requests(w);
+        assert_eq!(lost.len(), 1);
+        assert_eq!(lost[0].uri, "/crash");
+        // Draining: an idle thread is no free slot, a busy one is in flight.
+        assert_eq!(d.drain_worker(w), 1);
+        assert_eq!(d.view().idle_slots, 0);
+    }
+}

@@ -1,0 +1,260 @@
+//! The scoreboard shared with one direct worker (docs/direct.md): the worker accepts the web
+//! server's connections itself, so the bridge learns what it serves from this memfd, which
+//! the worker writes and the bridge reads (the manager's tick, the status page through the
+//! dispatcher). Layout (the worker's side mirrors it, workers/src): a 64-byte header —
+//! `drain: u32` at 0 (the bridge's only word), `threads: u32` at 4 (the worker's) — then one
+//! 256-byte slot per thread: `served: u64`, `started: u64` (CLOCK_MONOTONIC ns, 0 when idle),
+//! `line_len: u32`, a reserved u32, and 232 bytes of `METHOD URI` as 29 u64 words.
+use std::num::NonZeroUsize;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+const HEADER: usize = 64;
+const SLOT: usize = 256;
+const LINE_OFFSET: usize = 24;
+/// Bytes of a slot's `METHOD URI`.
+pub(crate) const LINE_BYTES: usize = SLOT - LINE_OFFSET;
+const LINE_WORDS: usize = LINE_BYTES / 8;
+
+/// Why no scoreboard could be made (the worker is then not started).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ScoreboardError {
+    #[error("memfd_create: {0}")]
+    Create(std::io::Error),
+    #[error("ftruncate: {0}")]
+    Size(std::io::Error),
+    #[error("mmap: {0}")]
+    Map(std::io::Error),
+}
+
+/// One worker's scoreboard, mapped shared; the descriptor is what the worker inherits.
+#[derive(Debug)]
+pub(crate) struct Scoreboard {
+    fd: OwnedFd,
+    base: NonNull<u8>,
+    len: NonZeroUsize,
+    threads: u32,
+}
+
+// SAFETY: the mapping is only ever accessed through atomics, and lives as long as the value.
+unsafe impl Send for Scoreboard {}
+// SAFETY: as above.
+unsafe impl Sync for Scoreboard {}
+
+/// One thread's slot as read at one instant.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct ThreadSnapshot {
+    /// Requests this thread has finished.
+    pub served: u64,
+    /// CLOCK_MONOTONIC nanoseconds at which its current request began; 0: idle.
+    pub started: u64,
+    /// The current request's `METHOD URI` (empty when idle, or when the worker was
+    /// rewriting it while it was read: the next read gets it).
+    pub line: Vec<u8>,
+}
+
+/// The bytes a scoreboard for `threads` threads takes: the header, a slot per thread,
+/// rounded up to whole pages.
+pub(crate) fn size_for(threads: u32) -> usize {
+    (HEADER + threads as usize * SLOT).div_ceil(4096) * 4096
+}
+
+impl Scoreboard {
+    /// A zeroed scoreboard for `threads` threads in a memfd (close-on-exec; the spawn dups
+    /// it onto the worker's fd 4).
+    pub(crate) fn new(threads: u32) -> Result<Self, ScoreboardError> {
+        use nix::fcntl::{fcntl, FcntlArg, SealFlag};
+        use nix::sys::memfd::{memfd_create, MFdFlags};
+        use nix::sys::mman::{mmap, MapFlags, ProtFlags};
+        let flags = MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING;
+        let low = memfd_create(c"fcgibridge-scoreboard", flags).map_err(|e| ScoreboardError::Create(e.into()))?;
+        // Above the descriptors a spawn places (0–4), so dup2 onto them never clobbers it.
+        let high = fcntl(&low, FcntlArg::F_DUPFD_CLOEXEC(10)).map_err(|e| ScoreboardError::Create(e.into()))?;
+        drop(low);
+        // SAFETY: fcntl returned a new descriptor nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(high) };
+        let bytes = size_for(threads);
+        nix::unistd::ftruncate(&fd, bytes as libc::off_t).map_err(|e| ScoreboardError::Size(e.into()))?;
+        // Sealed at its size: a worker that shrank the file would make the bridge's next
+        // read a SIGBUS that kills the daemon.
+        let seals = SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_SEAL;
+        fcntl(&fd, FcntlArg::F_ADD_SEALS(seals)).map_err(|e| ScoreboardError::Size(e.into()))?;
+        let len = NonZeroUsize::new(bytes).ok_or(ScoreboardError::Size(std::io::ErrorKind::InvalidInput.into()))?;
+        // SAFETY: a fresh shared mapping of the whole (zeroed) file at an address the
+        // kernel picks, so no existing memory is affected.
+        let p = unsafe { mmap(None, len, ProtFlags::PROT_READ | ProtFlags::PROT_WRITE, MapFlags::MAP_SHARED, &fd, 0) }
+            .map_err(|e| ScoreboardError::Map(e.into()))?;
+        Ok(Self { fd, base: p.cast::<u8>(), len, threads })
+    }
+
+    /// The descriptor the worker inherits (as `FCGIBRIDGE_SCOREBOARD_FD`).
+    pub(crate) fn raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+
+    fn u32_at(&self, offset: usize) -> &AtomicU32 {
+        debug_assert!(offset + 4 <= self.len.get() && offset.is_multiple_of(4));
+        // SAFETY: in bounds and aligned (the mapping is page-aligned); the memory lives as
+        // long as `self` and is only ever accessed atomically.
+        unsafe { &*self.base.as_ptr().add(offset).cast::<AtomicU32>() }
+    }
+
+    fn u64_at(&self, offset: usize) -> &AtomicU64 {
+        debug_assert!(offset + 8 <= self.len.get() && offset.is_multiple_of(8));
+        // SAFETY: as in `u32_at`.
+        unsafe { &*self.base.as_ptr().add(offset).cast::<AtomicU64>() }
+    }
+
+    /// Retire the worker: it accepts nothing more, finishes what it runs and exits 0.
+    pub(crate) fn set_drain(&self) {
+        self.u32_at(0).store(1, Ordering::Release);
+    }
+
+    /// Every thread's slot now. A line is kept only when `started` read the same, and
+    /// non-zero, before and after it was copied: otherwise it may be half another request's.
+    pub(crate) fn snapshot(&self) -> Vec<ThreadSnapshot> {
+        (0..self.threads as usize).map(|i| self.thread(HEADER + i * SLOT)).collect()
+    }
+
+    fn thread(&self, at: usize) -> ThreadSnapshot {
+        let served = self.u64_at(at).load(Ordering::Acquire);
+        let started = self.u64_at(at + 8).load(Ordering::Acquire);
+        if started == 0 {
+            return ThreadSnapshot { served, started, line: Vec::new() };
+        }
+        let len = (self.u32_at(at + 16).load(Ordering::Relaxed) as usize).min(LINE_BYTES);
+        let mut line = Vec::with_capacity(LINE_WORDS * 8);
+        for w in 0..LINE_WORDS {
+            line.extend_from_slice(&self.u64_at(at + LINE_OFFSET + w * 8).load(Ordering::Relaxed).to_ne_bytes());
+        }
+        line.truncate(len);
+        // The copy is done before `started` is read again (a seqlock's read side).
+        std::sync::atomic::fence(Ordering::Acquire);
+        if self.u64_at(at + 8).load(Ordering::Acquire) != started {
+            line.clear();
+        }
+        ThreadSnapshot { served, started, line }
+    }
+
+    /// What the worker does (workers/src), for tests: thread `i` begins running `line`.
+    #[cfg(test)]
+    pub(crate) fn begin(&self, i: usize, line: &[u8], started: u64) {
+        let at = HEADER + i * SLOT;
+        let mut words = [0u8; LINE_WORDS * 8];
+        let n = line.len().min(LINE_BYTES);
+        words[..n].copy_from_slice(&line[..n]);
+        for (w, chunk) in words.chunks(8).enumerate() {
+            let word = u64::from_ne_bytes(chunk.try_into().unwrap_or_default());
+            self.u64_at(at + LINE_OFFSET + w * 8).store(word, Ordering::Relaxed);
+        }
+        self.u32_at(at + 16).store(n as u32, Ordering::Relaxed);
+        self.u64_at(at + 8).store(started.max(1), Ordering::Release);
+    }
+
+    /// What the worker does, for tests: thread `i` finished its request.
+    #[cfg(test)]
+    pub(crate) fn end(&self, i: usize) {
+        let at = HEADER + i * SLOT;
+        self.u64_at(at).fetch_add(1, Ordering::Release);
+        self.u64_at(at + 8).store(0, Ordering::Release);
+    }
+
+    #[cfg(test)]
+    pub(crate) fn drain_word(&self) -> u32 {
+        self.u32_at(0).load(Ordering::Acquire)
+    }
+}
+
+impl Drop for Scoreboard {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `new`, unmapped once; no reference into it outlives `self`.
+        let _ = unsafe { nix::sys::mman::munmap(self.base.cast(), self.len.get()) };
+    }
+}
+
+/// Now on the clock the worker stamps `started` with (CLOCK_MONOTONIC, as `Instant`).
+pub(crate) fn monotonic_now_ns() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .map(|t| (t.tv_sec() as u64).saturating_mul(1_000_000_000).saturating_add(t.tv_nsec() as u64))
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_round_up_to_pages() {
+        assert_eq!(size_for(1), 4096);
+        assert_eq!(size_for(15), 4096);
+        assert_eq!(size_for(16), 8192);
+    }
+
+    #[test]
+    fn a_snapshot_reads_what_the_worker_wrote() {
+        let board = Scoreboard::new(3).unwrap();
+        assert_eq!(board.snapshot(), vec![ThreadSnapshot::default(); 3]);
+        board.begin(1, b"GET /slow?x=1", 42);
+        board.end(0);
+        board.end(0);
+        let snap = board.snapshot();
+        assert_eq!(snap[0], ThreadSnapshot { served: 2, started: 0, line: Vec::new() });
+        assert_eq!(snap[1], ThreadSnapshot { served: 0, started: 42, line: b"GET /slow?x=1".to_vec() });
+        board.end(1);
+        assert_eq!(board.snapshot()[1], ThreadSnapshot { served: 1, started: 0, line: Vec::new() });
+    }
+
+    #[test]
+    fn a_long_line_is_cut_at_the_slot() {
+        let board = Scoreboard::new(1).unwrap();
+        let long = [b'a'; 500];
+        board.begin(0, &long, 7);
+        assert_eq!(board.snapshot()[0].line, vec![b'a'; LINE_BYTES]);
+    }
+
+    #[test]
+    fn a_line_is_the_request_s_or_nothing_while_the_worker_writes() {
+        // A writer thread switches between two requests as fast as it can; every line read
+        // must be one of them whole, or empty.
+        let board = std::sync::Arc::new(Scoreboard::new(1).unwrap());
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writer = {
+            let (board, stop) = (board.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut n = 1u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let line: &[u8] = if n.is_multiple_of(2) { b"GET /a" } else { b"POST /bbbbbbbbbbbbbbbbbbbb" };
+                    board.begin(0, line, n);
+                    board.end(0);
+                    n += 1;
+                }
+            })
+        };
+        for _ in 0..20_000 {
+            let t = &board.snapshot()[0];
+            if t.line.is_empty() {
+                continue;
+            }
+            let expected: &[u8] = if t.started.is_multiple_of(2) { b"GET /a" } else { b"POST /bbbbbbbbbbbbbbbbbbbb" };
+            assert_eq!(t.line, expected, "line of request {}", t.started);
+        }
+        stop.store(true, Ordering::Relaxed);
+        writer.join().unwrap();
+    }
+
+    #[test]
+    fn drain_is_the_bridge_s_word() {
+        let board = Scoreboard::new(2).unwrap();
+        assert_eq!(board.drain_word(), 0);
+        board.set_drain();
+        assert_eq!(board.drain_word(), 1);
+    }
+
+    #[test]
+    fn the_clock_is_instant_s() {
+        let a = monotonic_now_ns();
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        assert!(monotonic_now_ns() >= a + 5_000_000);
+    }
+}

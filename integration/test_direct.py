@@ -1,0 +1,200 @@
+"""Direct mode (`direct: true` on a FastCGI listener, docs/direct.md): the pool's workers
+accept nginx's connections on the listener's socket themselves; the bridge starts, watches,
+recycles and replaces them and keeps the status page's numbers from each worker's
+scoreboard. nginx talks to the socket without fastcgi_keep_conn, as the docs say."""
+import os
+import re
+import subprocess
+import uuid
+
+import pytest
+import requests
+
+from harness import (APPS, FCGI_PATH_RECIPE, LogFile, bridge_binary, free_ports, make_bridge, nginx_conf, nginx_etc,
+                     pool, start_nginx, stop_process, to_yaml, wait_until)
+from supervision_support import Background
+
+pytestmark = pytest.mark.timeout(300)
+
+EDGE = str(APPS / "edge_app.py")
+
+
+class Front:
+    """nginx on one port, passing everything to the direct listener's unix socket."""
+
+    def __init__(self, workdir, socket):
+        self.port = free_ports(1)[0]
+        http = (f"    server {{\n        listen 127.0.0.1:{self.port};\n        location / {{\n"
+                f"            include {nginx_etc()}/fastcgi_params;\n            {FCGI_PATH_RECIPE}\n"
+                f"            fastcgi_read_timeout 120s;\n            fastcgi_pass unix:{socket};\n"
+                f"        }}\n    }}\n")
+        (workdir / "nginx.conf").write_text(nginx_conf(workdir, http))
+        self.error_log = LogFile(workdir / "nginx-error.log")
+        self.proc = start_nginx(workdir, workdir / "nginx.conf")
+
+    def get(self, path, **kw):
+        return requests.get(f"http://127.0.0.1:{self.port}{path}", timeout=kw.pop("timeout", 60), **kw)
+
+    def stop(self):
+        stop_process(self.proc, timeout=20)
+
+
+def start(tmp_path_factory, name, **pool_keys):
+    """A bridge whose pool `app` (edge_app) is served by the direct listener `front`, and
+    nginx in front of it; both answer /health before this returns."""
+    workdir = tmp_path_factory.mktemp(name)
+    sport = free_ports(1)[0]
+    keys = {"processes": 2, "threads": 2, **pool_keys}
+    socket = workdir / "direct.sock"
+    b = make_bridge(workdir, {"app": pool(EDGE, **keys)},
+                    {"front": {"fastcgi": f"unix:{socket}", "pool": "app", "direct": True}},
+                    bridge_extra={"status": {"listen": f"127.0.0.1:{sport}", "path": "/status"}})
+    b.start()
+    b.wait_ready([("front", "/health", "any")])
+    front = Front(tmp_path_factory.mktemp(name + "-nginx"), socket)
+    wait_until(lambda: ok(front, "/health"), 60, 0.1, what="nginx answering through the direct listener")
+    return b, front
+
+
+def ok(front, path):
+    try:
+        return front.get(path, timeout=10).status_code == 200
+    except requests.RequestException:
+        return False
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    b, front = start(tmp_path_factory, "direct")
+    try:
+        yield b, front
+    finally:
+        front.stop()
+        b.stop()
+
+
+def workers(b):
+    return b.pool_status("app")["workers"]
+
+
+def test_workers_answer_and_the_status_page_counts_what_they_serve(stack):
+    b, front = stack
+    before = b.pool_status("app")["accepted_requests"]
+    for i in range(20):
+        r = front.get("/health")
+        assert (r.status_code, r.text) == (200, "ok"), i
+    # The numbers come from the scoreboards, read at the manager's one-second tick.
+    wait_until(lambda: b.pool_status("app")["accepted_requests"] >= before + 20, 30,
+               what="20 more accepted requests on the status page")
+    assert sum(w["requests"] for w in workers(b)) >= 20
+    # PATH_INFO as the daemon derives it (the worker applies the same rules).
+    env = front.get("/environ/x").json()
+    assert env["PATH_INFO"] == "/environ/x", env
+    assert "FCGIBRIDGE_DIRECT" not in env, "the worker's own variables stay out of the app's environ"
+
+
+def test_the_status_page_shows_the_request_a_worker_runs(stack):
+    b, front = stack
+    tag = "hold-" + uuid.uuid4().hex[:8]
+    held = Background(lambda: front.get(f"/hold?tag={tag}"))
+    try:
+        def shown():
+            return [c for w in workers(b) for c in w["current"] if tag in c["uri"]]
+        current = wait_until(shown, 30, what="the held request on the status page")
+        assert current[0]["method"] == "GET", current
+    finally:
+        (b.workdir / f"{tag}.release").write_text("")
+    assert held.result().status_code == 200
+
+
+def test_max_requests_recycles_without_a_failed_request(tmp_path_factory):
+    b, front = start(tmp_path_factory, "direct-recycle", processes=1, threads=2, **{"max-requests": 5})
+    try:
+        mark = b.log.mark()
+        pids = set()
+        for i in range(40):
+            r = front.get("/pid")
+            assert r.status_code == 200, (i, r.status_code, r.text)
+            pids.add(r.json()["pid"])
+        b.log.wait_for([r"retiring the worker: .*max-requests"], since=mark, timeout=60)
+        wait_until(lambda: len(pids | {front.get("/pid").json()["pid"]}) >= 2, 60,
+                   what="a new worker after max-requests")
+        b.log.wait_for([r"worker stopped \(.*max-requests.*\): exit status 0"], since=mark, timeout=60)
+    finally:
+        front.stop()
+        b.stop()
+
+
+def test_a_preloaded_pools_forks_serve_and_keep_their_scoreboards(tmp_path_factory):
+    """preload: true: the template forks the workers; each fork gets the listener's socket
+    and maps the scoreboard its SPAWN carries (the template maps none), so the status page
+    counts what the forks serve and max-requests retires them."""
+    b, front = start(tmp_path_factory, "direct-preload", processes=1, threads=1, preload=True,
+                     **{"max-requests": 10})
+    try:
+        mark = b.log.mark()
+        first = front.get("/pid").json()["pid"]
+        wait_until(lambda: sum(w["requests"] for w in workers(b)) >= 1, 30, what="the fork's request counted")
+        pids = {first}
+        for i in range(30):
+            r = front.get("/pid")
+            assert r.status_code == 200, (i, r.status_code, r.text)
+            pids.add(r.json()["pid"])
+        b.log.wait_for([r"retiring the worker: .*max-requests"], since=mark, timeout=60)
+        wait_until(lambda: len(pids | {front.get("/pid").json()["pid"]}) >= 2, 60,
+                   what="a new fork after max-requests")
+        assert not [ln for ln in b.log.lines(mark) if "scoreboard" in ln], b.log.text(mark)[-3000:]
+    finally:
+        front.stop()
+        b.stop()
+
+
+def test_request_timeout_kills_and_replaces_the_worker(tmp_path_factory):
+    b, front = start(tmp_path_factory, "direct-timeout", processes=1, threads=2, **{"request-timeout": "2s"})
+    try:
+        mark = b.log.mark()
+        tag = "stuck-" + uuid.uuid4().hex[:8]
+        r = front.get(f"/hold?tag={tag}&max=120")
+        # The killed worker's connection closes under nginx.
+        assert r.status_code == 502, r.text
+        lines = b.log.wait_for([rf"request-timeout \(2s\): GET /hold\?tag={tag}"], since=mark, timeout=60)
+        assert not [ln for ln in lines if "answering 504" in ln], lines
+        stuck = int((b.workdir / f"{tag}.pid").read_text())
+        wait_until(lambda: ok(front, "/health") and all(w["pid"] != stuck for w in workers(b)), 60,
+                   what="a replacement worker")
+    finally:
+        front.stop()
+        b.stop()
+
+
+def test_a_crashing_worker_is_replaced_and_its_request_named(stack):
+    b, front = stack
+    mark = b.log.mark()
+    tag = "die-" + uuid.uuid4().hex[:8]
+    r = front.get(f"/die/exit?tag={tag}")
+    assert r.status_code == 502
+    b.log.wait_for([rf"worker exited: exit status 1; .*it died serving GET /die/exit\?tag={tag}"], since=mark,
+                   timeout=60)
+    dead = int((b.workdir / f"{tag}.pid").read_text())
+    wait_until(lambda: len(workers(b)) == 2 and all(w["pid"] != dead for w in workers(b)), 60,
+               what="the dead worker replaced")
+    assert ok(front, "/health")
+
+
+def test_direct_refuses_keys_that_need_the_bridge(tmp_path):
+    conf = tmp_path / "conf.d"
+    conf.mkdir()
+    (conf / "10.yaml").write_text(to_yaml({
+        "pools": {"app": {"app": EDGE, "interface": "asgi", "queue-size": 10, "allow-root": os.geteuid() == 0}},
+        "listeners": {"front": {"fastcgi": f"unix:{tmp_path / 'x.sock'}", "pool": "app", "direct": True,
+                                "header-timeout": "5s"}},
+    }))
+    r = subprocess.run([str(bridge_binary()), "check", "--config", str(conf)], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode != 0
+    out = r.stdout + r.stderr
+    assert re.search(r"10\.yaml:\d+:\d+: listeners\.front\.header-timeout: header-timeout needs the bridge on "
+                     r"the request path; a `direct` listener hands connections to the workers \(docs/direct\.md\)",
+                     out), out
+    assert re.search(r"10\.yaml:\d+:\d+: pools\.app\.interface: direct: WSGI pools only", out), out
+    assert re.search(r"10\.yaml:\d+:\d+: pools\.app\.queue-size: queue-size needs the bridge", out), out
