@@ -26,17 +26,18 @@ def test_quick_bench_reports_every_row(tmp_path):
     out = tmp_path / "bench.json"
     md = tmp_path / "bench.md"
     cmd = [sys.executable, str(REPO / "scripts" / "bench"), "--quick", "--pool", "1x1",
-           "--backends", "fcgibridge,granian", "--apps", "hello,fastapi", "--connections", "8",
+           "--backends", "fcgibridge,fcgibridge-direct,granian", "--apps", "hello,fastapi", "--connections", "8",
            "--duration", "1", "--fairness-duration", "2", "--idle-connections", "100",
            "--no-static", "--settle", "0.2", "--fcgibridge", str(bridge_binary()),
            "--json", str(out), "--markdown", str(md)]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=150,
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=240,
                        env=dict(os.environ, RUST_LOG="warn"))
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     report = json.loads(out.read_text())
 
     rows = {(x["backend"], x["app"], x["pool"]): x for x in report["results"]}
-    for key in [("fcgibridge", "hello", "1x1"), ("granian", "hello", "1x1"),
+    for key in [("fcgibridge", "hello", "1x1"), ("fcgibridge-direct", "hello", "1x1"),
+                ("granian", "hello", "1x1"),
                 ("granian", "fastapi", "1xasync")]:
         row = rows[key]
         assert "failed" not in row, row
@@ -48,7 +49,7 @@ def test_quick_bench_reports_every_row(tmp_path):
         assert asgi["ok_rps"] > 0 and asgi["non2xx"] == 0, asgi
 
     fair = {f["backend"]: f for f in report["fairness"]}
-    assert set(fair) == {"fcgibridge", "granian"}
+    assert set(fair) == {"fcgibridge", "fcgibridge-direct", "granian"}
     for f in fair.values():
         assert "failed" not in f, f
         assert f["fast"] > 0 and f["slow"] > 0 and f["non2xx"] == 0 and f["errors"] == 0, f
@@ -60,6 +61,7 @@ def test_quick_bench_reports_every_row(tmp_path):
     direct = report["bridge_memory"]["rows"][1]
     assert direct["connections"] >= 100, direct
 
-    assert any(x[0] == "hello" and x[3] == "granian" for x in report["ratios"])
+    for ours in ("fcgibridge", "fcgibridge-direct"):
+        assert any(x[:2] == [ours, "hello"] and x[4] == "granian" for x in report["ratios"])
     text = md.read_text()
     assert text.index("### Throughput and latency") < text.index("### Ratios")
