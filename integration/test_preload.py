@@ -333,3 +333,56 @@ def test_a_template_that_reports_a_running_worker_as_exited_gets_it_killed(tmp_p
         wait_until(lambda: b.request("/", listener="l").status == 200, 60, what="the pool to serve again")
     finally:
         b.stop()
+
+
+QUICK_EXIT_APP = '''
+import os
+import sys
+import time
+
+if os.environ.get("FCGIBRIDGE_TEMPLATE") == "1":
+    _fork = os.fork
+
+    def _fork_that_leaves():
+        pid = _fork()
+        if pid == 0:
+            sys.stderr.write("quick-exit: the fork leaves at once\\n")
+            sys.stderr.flush()
+            os._exit(3)
+        # The template answers PID only once its fork is a zombie: it reaps it (and sends
+        # EXIT) right after, before the bridge had a chance to look at the pid.
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            with open("/proc/%d/stat" % pid) as f:
+                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    break
+        return pid
+    os.fork = _fork_that_leaves
+
+
+def application(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"ok"]
+'''
+
+
+def test_a_fork_that_exits_at_once_is_an_early_exit_not_a_lying_template(tmp_path):
+    """A fork that exits within milliseconds may be reaped by its template before the
+    bridge looks at its pid: that is a worker that failed to start (its output logged),
+    not a template naming a process that does not exist."""
+    app = tmp_path / "quick_exit_app.py"
+    app.write_text(QUICK_EXIT_APP)
+    port = free_ports(1)[0]
+    pools = {"quick": {"app": str(app), "processes": 2, "threads": 1, "preload": True}}
+    b = make_bridge(tmp_path, pools, {"l": {"fastcgi": f"127.0.0.1:{port}", "pool": "quick"}})
+    try:
+        b.start()
+        # Several forks, each gone at once (the pool backs off between them).
+        wait_until(lambda: len(re.findall(r"quick-exit: the fork leaves at once", b.log.text())) >= 4, 120,
+                   what="four forks that left at once")
+        text = b.log.text()
+        assert "killing the template" not in text, text[-3000:]
+        assert "which does not exist" not in text, text[-3000:]
+        assert re.search(r"exit status 3", text), text[-3000:]
+    finally:
+        b.stop()

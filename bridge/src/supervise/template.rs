@@ -12,7 +12,7 @@
 //! new template).
 use super::isolate::Prepared;
 use super::spawn::Spawned;
-use super::worker_child::{OutputPipe, WorkerChild};
+use super::worker_child::{NamedPid, OutputPipe, WorkerChild};
 use crate::config::Pool;
 use nix::sys::socket::{recv, socketpair, AddressFamily, MsgFlags, SockFlag, SockType};
 use std::collections::HashMap;
@@ -33,6 +33,8 @@ const CONTROL_FD: i32 = 4;
 const READY_FD: i32 = 3;
 /// How long a template may take to fork and answer with the pid.
 const FORK_REPLY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the EXIT of a fork that was gone when the bridge looked may take to come.
+const REAPED_EXIT_WAIT: Duration = Duration::from_secs(2);
 
 /// Why a worker could not be forked from its pool's template.
 #[derive(Debug, thiserror::Error)]
@@ -137,19 +139,33 @@ pub(super) async fn spawn_forked(
     let (stdout, stderr) = (reader(out_r)?, reader(err_r)?);
     let child = match WorkerChild::forked(template.pool.clone(), pid, template.pid, exit, stdout, stderr) {
         Ok(child) => child,
-        Err(why) => {
-            // The template's code lied about its fork: it is trusted with nothing more.
-            lock(&template.exits).remove(&pid);
-            tracing::error!(pool = &*template.pool, template = template.pid, "{why}; killing the template");
-            if let Ok(tpid) = i32::try_from(template.pid) {
-                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(tpid), nix::sys::signal::Signal::SIGKILL);
+        Err(NamedPid::Gone { exit, stdout, stderr }) => match tokio::time::timeout(REAPED_EXIT_WAIT, exit).await {
+            // It exited at once and was reaped before it could be looked at: the worker's
+            // task reads what it printed and reports the exit as any early one.
+            Ok(Ok(status)) => WorkerChild::reaped(template.pool.clone(), pid, template.pid, status, stdout, stderr),
+            _ => {
+                return Err(lied(
+                    &template,
+                    pid,
+                    format!("the template named pid {pid} as its worker, which does not exist"),
+                ))
             }
-            return Err(TemplateError::Fork(why));
-        }
+        },
+        Err(NamedPid::Stranger(why)) => return Err(lied(&template, pid, why)),
     };
     let ready = tokio::net::unix::pipe::Receiver::from_owned_fd(ready_r).map_err(TemplateError::Control)?;
     tracing::debug!(pool = &*template.pool, pid, template = template.pid, "worker forked from the template");
     Ok(Spawned { child, pid, ready })
+}
+
+/// The template's code lied about its fork: it is trusted with nothing more.
+fn lied(template: &Template, pid: u32, why: String) -> TemplateError {
+    lock(&template.exits).remove(&pid);
+    tracing::error!(pool = &*template.pool, template = template.pid, "{why}; killing the template");
+    if let Ok(tpid) = i32::try_from(template.pid) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(tpid), nix::sys::signal::Signal::SIGKILL);
+    }
+    TemplateError::Fork(why)
 }
 
 impl Templates {

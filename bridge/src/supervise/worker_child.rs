@@ -58,12 +58,16 @@ impl WorkerChild {
         exit: oneshot::Receiver<i32>,
         stdout: OutputPipe,
         stderr: OutputPipe,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, NamedPid> {
         let pidfd = pidfd_open(pid);
         match parent_of(pid) {
             Some(p) if p == parent => {}
-            Some(p) => return Err(format!("the template named pid {pid} as its worker, whose parent is pid {p}")),
-            None => return Err(format!("the template named pid {pid} as its worker, which does not exist")),
+            Some(p) => {
+                return Err(NamedPid::Stranger(format!(
+                    "the template named pid {pid} as its worker, whose parent is pid {p}"
+                )))
+            }
+            None => return Err(NamedPid::Gone { exit, stdout, stderr }),
         }
         Ok(Self {
             stdout: Some(stdout),
@@ -79,6 +83,32 @@ impl WorkerChild {
                 status: None,
             },
         })
+    }
+
+    /// A fork the template reaped before the bridge could look at it (it exited within
+    /// milliseconds), with the raw wait status the template reported: nothing to signal.
+    pub(super) fn reaped(
+        pool: std::sync::Arc<str>,
+        pid: u32,
+        parent: u32,
+        status: i32,
+        stdout: OutputPipe,
+        stderr: OutputPipe,
+    ) -> Self {
+        Self {
+            stdout: Some(stdout),
+            stderr: Some(stderr),
+            inner: Inner::Forked {
+                pid,
+                pool,
+                parent,
+                pidfd: None,
+                _registered: super::orphans::ForkedWorker::register(pid),
+                exit: None,
+                settled: None,
+                status: Some(ExitStatus::from_raw(status)),
+            },
+        }
     }
 
     /// The pid, while the process may still run.
@@ -146,6 +176,16 @@ impl WorkerChild {
             }
         }
     }
+}
+
+/// Why the pid a template named for its fork is not taken as that worker.
+pub(super) enum NamedPid {
+    /// A process that is not the template's child: the template's code lied.
+    Stranger(String),
+    /// No such process: a fork that already exited and was reaped (its EXIT report follows
+    /// the PID reply) — or a lie; the EXIT tells them apart. What the worker was given
+    /// comes back with it.
+    Gone { exit: oneshot::Receiver<i32>, stdout: OutputPipe, stderr: OutputPipe },
 }
 
 /// The status of a forked worker once its template said it exited (`reported`: its raw
@@ -237,12 +277,32 @@ mod tests {
         let child = std::process::Command::new("sleep").arg("300").spawn().unwrap();
         let (tx, rx) = oneshot::channel();
         let empty = || Box::new(tokio::io::empty()) as OutputPipe;
-        let worker = WorkerChild::forked("t".into(), child.id(), std::process::id(), rx, empty(), empty()).unwrap();
+        let Ok(worker) = WorkerChild::forked("t".into(), child.id(), std::process::id(), rx, empty(), empty()) else {
+            panic!("a child of this process is taken as its fork")
+        };
         (child, worker, tx)
     }
 
     fn killed(child: &mut std::process::Child) -> bool {
         child.wait().unwrap().signal() == Some(libc::SIGKILL)
+    }
+
+    #[tokio::test]
+    async fn a_fork_already_reaped_is_gone_and_its_reported_status_is_its_own() {
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        child.wait().unwrap();
+        let (_tx, rx) = oneshot::channel();
+        let empty = || Box::new(tokio::io::empty()) as OutputPipe;
+        let Err(NamedPid::Gone { stdout, stderr, .. }) =
+            WorkerChild::forked("t".into(), pid, std::process::id(), rx, empty(), empty())
+        else {
+            panic!("a reaped pid is gone, not a stranger nor a worker")
+        };
+        let mut worker = WorkerChild::reaped("t".into(), pid, std::process::id(), 3 << 8, stdout, stderr);
+        assert_eq!(worker.id(), None, "nothing to sample or signal");
+        let status = tokio::time::timeout(Duration::from_secs(5), worker.wait()).await.unwrap().unwrap();
+        assert_eq!(status.code(), Some(3));
     }
 
     #[tokio::test]
