@@ -281,6 +281,10 @@ pub(crate) struct Conn {
     may_hold: bool,
     /// Serving a `direct` listener: the peer is the web server, not the bridge.
     direct: Option<&'static Direct>,
+    /// The FastCGI id of a direct request answered before the web server had sent all its
+    /// input: closing the connection now would fail that sending (Apache's 503), so it is
+    /// closed lingering ([`Conn::close_lingering`]).
+    linger: Option<u16>,
 }
 
 impl Conn {
@@ -301,6 +305,16 @@ impl Conn {
             held_flag: Arc::new(AtomicBool::new(false)),
             may_hold: false,
             direct: crate::direct::config(),
+            linger: None,
+        }
+    }
+
+    /// Who sends this connection's requests, for log lines.
+    fn peer(&self) -> &'static str {
+        if self.direct.is_some() {
+            "the web server"
+        } else {
+            "the bridge"
         }
     }
 
@@ -311,6 +325,25 @@ impl Conn {
 
     pub(crate) fn usable(&self) -> bool {
         self.fd.is_some() && !self.broken
+    }
+
+    /// Whether closing must wait for the web server's end of input ([`Conn::close_lingering`]).
+    pub(crate) fn lingers(&self) -> bool {
+        self.linger.is_some()
+    }
+
+    /// Close after the web server has sent the rest of the input of the request answered
+    /// last (a lingering close, bounded in time and bytes: [`crate::direct::linger`]).
+    /// Blocks: call detached from Python.
+    pub(crate) fn close_lingering(&mut self) {
+        if let (Some(id), Some(fd)) = (self.linger.take(), self.fd.as_ref()) {
+            if !self.rd_eof && !self.broken {
+                // What the decoder holds starts at a record's first byte.
+                let buffered = self.dec.buffer_mut().split();
+                crate::direct::linger(fd.as_raw_fd(), id, &buffered);
+            }
+        }
+        self.close();
     }
 
     /// Close the socket now, even if Python objects still refer to this connection.
@@ -368,7 +401,7 @@ impl Conn {
             }
             Err(e) => {
                 if e.raw_os_error() != Some(104) {
-                    eprintln!("fcgibridge worker: reading from the bridge failed: {e}");
+                    eprintln!("fcgibridge worker: reading from {} failed: {e}", self.peer());
                 }
                 self.rd_eof = true;
                 Recv::Eof
@@ -392,13 +425,28 @@ impl Conn {
                 // request's input is complete (the app is producing the response).
                 Ok(Some(ev)) => self.on_event(ev),
                 Err(e) => {
-                    eprintln!("fcgibridge worker: bad FastCGI input from the bridge, closing the connection: {e}");
+                    self.bad_input(&e);
                     self.rd_eof = true;
                     self.broken = true;
                     self.lost();
                     return;
                 }
             }
+        }
+    }
+
+    /// Say that the peer sent what the protocol forbids (the connection is closed). A direct
+    /// worker's line names the web server and the request when it has one.
+    fn bad_input(&self, e: &fastcgi_server::Error) {
+        let tag = self.req.as_ref().and_then(|r| r.tag.as_ref());
+        match tag {
+            Some(tag) => eprintln!(
+                "fcgibridge worker: bad FastCGI input from {} (request_id={} {}), closing the connection: {e}",
+                self.peer(),
+                tag.request_id(),
+                String::from_utf8_lossy(tag.line())
+            ),
+            None => eprintln!("fcgibridge worker: bad FastCGI input from {}, closing the connection: {e}", self.peer()),
         }
     }
 
@@ -514,8 +562,12 @@ impl Conn {
         }
     }
 
-    /// Block until a request's params are complete (`true`) or the connection ends (`false`).
+    /// Block until a request's params are complete (`true`) or the connection ends (`false`;
+    /// in a direct worker also when they take longer than its header timeout, or it retires).
     pub(crate) fn wait_request(&mut self) -> bool {
+        // Waiting for input: the last request's, if it was missing, has come (or is skipped).
+        self.linger = None;
+        let mut deadline = None;
         loop {
             self.process();
             self.settle();
@@ -541,8 +593,10 @@ impl Conn {
             // sends any other only once it has read END_REQUEST. Wait first rather than
             // try a recv that fails.
             if let Some(fd) = self.fd.as_ref().map(|f| f.as_raw_fd()) {
-                if self.direct.is_some() {
-                    if !self.wait_unless_draining(fd) {
+                if let Some(d) = self.direct {
+                    // From the accept, or the end of the previous request (its flush is above).
+                    let deadline = *deadline.get_or_insert_with(|| Instant::now() + d.header_timeout);
+                    if !self.wait_for_request(fd, deadline, d.header_timeout) {
                         return false;
                     }
                 } else if let Err(e) = sys::wait_readable(fd) {
@@ -557,16 +611,23 @@ impl Conn {
         }
     }
 
-    /// A direct worker's wait for input on a kept connection: false when the worker is
-    /// retiring and the web server sent nothing for a [`DRAIN_CHECK`] (the connection closes).
-    fn wait_unless_draining(&mut self, fd: std::os::fd::RawFd) -> bool {
+    /// A direct worker's wait for a request's input: false (the connection closes) when the
+    /// worker is retiring and the web server sent nothing for a [`DRAIN_CHECK`], or when
+    /// `deadline` (the header timeout, `timeout` after the wait began) passed.
+    fn wait_for_request(&mut self, fd: std::os::fd::RawFd, deadline: Instant, timeout: Duration) -> bool {
         loop {
-            match sys::wait_readable_for(fd, DRAIN_CHECK) {
+            let Some(left) = deadline.checked_duration_since(Instant::now()).filter(|d| !d.is_zero()) else {
+                crate::direct::log_header_timeout(timeout);
+                return false;
+            };
+            // Whole milliseconds, rounded up: poll(2) would return at once for less than one.
+            let wait = DRAIN_CHECK.min(Duration::from_millis(left.as_millis() as u64 + 1));
+            match sys::wait_readable_for(fd, wait) {
                 Ok(true) => return true,
                 Ok(false) if crate::scoreboard::draining() => return false,
                 Ok(false) => {}
                 Err(e) => {
-                    eprintln!("fcgibridge worker: waiting for the web server failed: {e}");
+                    eprintln!("fcgibridge worker: waiting for {} failed: {e}", self.peer());
                     return true;
                 }
             }
@@ -659,7 +720,7 @@ impl Conn {
             Some(fd) if !self.broken => {
                 if let Err(e) = sys::send_all(fd.as_raw_fd(), &self.out) {
                     if !matches!(e.raw_os_error(), Some(32) | Some(104)) {
-                        eprintln!("fcgibridge worker: writing to the bridge failed: {e}");
+                        eprintln!("fcgibridge worker: writing to {} failed: {e}", self.peer());
                     }
                     self.broken = true;
                     self.lost();
@@ -728,7 +789,7 @@ impl Conn {
                 Ok(n) => sent += n,
                 Err(e) => {
                     if !matches!(e.raw_os_error(), Some(32) | Some(104)) {
-                        eprintln!("fcgibridge worker: writing to the bridge failed: {e}");
+                        eprintln!("fcgibridge worker: writing to {} failed: {e}", self.peer());
                     }
                     self.broken = true;
                     self.lost();
@@ -794,6 +855,9 @@ impl Conn {
             }
         }
         r.head.extend_from_slice(b"\r\n");
+        if self.direct.is_some() {
+            crate::scoreboard::count_response(r.status_code);
+        }
         r.head.extend_from_slice(first);
         r.body_bytes += first.len() as u64;
         write_stdout(&mut self.out, r.id, &r.head, Padding::None);
@@ -969,6 +1033,9 @@ impl Conn {
         };
         if let Some(tag) = r.tag.as_mut() {
             tag.close();
+        }
+        if self.direct.is_some() && !r.stdin_done {
+            self.linger = Some(r.id);
         }
         self.end_id(r.id, status, ProtocolStatus::RequestComplete);
         // A request queued behind this one is claimed by `wait_request`, not here: the

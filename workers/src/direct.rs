@@ -5,12 +5,21 @@
 //! function ([`fastcgi_server::path::mount`]), each request gets an id, and what a request
 //! writes to its error stream goes to the process's stderr (the bridge's log), not to the
 //! web server's error log.
+use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
 use fastcgi_server::Params;
 
 use crate::scoreboard::LINE_BYTES;
+
+/// `FCGIBRIDGE_HEADER_TIMEOUT` when the bridge gives none (the listener's default).
+const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(60);
+/// A lingering close waits at most this long for the web server's end of input...
+const LINGER_TIME: Duration = Duration::from_secs(2);
+/// ...and discards at most this many bytes of it.
+const LINGER_BYTES: usize = 1 << 20;
 
 /// A direct worker's settings, from its environment.
 pub(crate) struct Direct {
@@ -18,6 +27,9 @@ pub(crate) struct Direct {
     mount: Option<Box<str>>,
     /// `FCGIBRIDGE_KEEP_PATH_INFO=1`: SCRIPT_NAME and PATH_INFO as the web server sent them.
     keep_path_info: bool,
+    /// `FCGIBRIDGE_HEADER_TIMEOUT`: how long a connection may take to send a request's
+    /// PARAMS, from its accept or the end of its previous request.
+    pub(crate) header_timeout: Duration,
     pid: u32,
 }
 
@@ -33,8 +45,139 @@ pub(crate) fn init() {
         }
         let mount = std::env::var("FCGIBRIDGE_MOUNT").ok().map(|m| m.trim_end_matches('/').into());
         let keep_path_info = std::env::var_os("FCGIBRIDGE_KEEP_PATH_INFO").is_some_and(|v| v == "1");
-        Some(Direct { mount, keep_path_info, pid: std::process::id() })
+        let header_timeout = header_timeout(std::env::var("FCGIBRIDGE_HEADER_TIMEOUT").ok().as_deref());
+        Some(Direct { mount, keep_path_info, header_timeout, pid: std::process::id() })
     });
+}
+
+/// `FCGIBRIDGE_HEADER_TIMEOUT` (seconds, decimal, may have a fraction); a value that is not
+/// a positive number is said on stderr and the default is used.
+fn header_timeout(value: Option<&str>) -> Duration {
+    let Some(value) = value else {
+        return DEFAULT_HEADER_TIMEOUT;
+    };
+    match value.trim().parse::<f64>().ok().and_then(|s| Duration::try_from_secs_f64(s).ok()) {
+        Some(d) if !d.is_zero() => d,
+        _ => {
+            eprintln!(
+                "fcgibridge worker: FCGIBRIDGE_HEADER_TIMEOUT={value:?} is not a positive number of seconds; \
+                 using {}s",
+                DEFAULT_HEADER_TIMEOUT.as_secs()
+            );
+            DEFAULT_HEADER_TIMEOUT
+        }
+    }
+}
+
+/// When the last header-timeout line was logged (seconds of the process's uptime, plus 1;
+/// 0: never): one line per [`TIMEOUT_LOG_EVERY`] at most, however many connections time out.
+static TIMEOUT_LOGGED: AtomicU64 = AtomicU64::new(0);
+const TIMEOUT_LOG_EVERY: u64 = 10;
+
+/// A connection was closed for sending no complete request within `timeout`: say so
+/// (rate-limited), since a web server or local client holding connections open pins threads.
+pub(crate) fn log_header_timeout(timeout: Duration) {
+    static START: OnceLock<Instant> = OnceLock::new();
+    let now = START.get_or_init(Instant::now).elapsed().as_secs() + 1;
+    let last = TIMEOUT_LOGGED.load(Ordering::Relaxed);
+    if last != 0 && now < last + TIMEOUT_LOG_EVERY {
+        return;
+    }
+    if TIMEOUT_LOGGED.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok() {
+        crate::sys::write_stderr(
+            format!(
+                "fcgibridge worker: closed a connection that sent no complete request within header-timeout ({}s)\n",
+                timeout.as_secs_f64()
+            )
+            .as_bytes(),
+        );
+    }
+}
+
+/// Close a connection gently when the web server may still be sending the input of request
+/// `id` (its empty STDIN: Apache's mod_proxy_fcgi writes it separately after the PARAMS, and
+/// a write to a closed socket fails it with a 503): shut down the sending side (the response
+/// is complete), then read and discard until EOF, the end of that input, `max_bytes`
+/// or `max_time`. `buffered`: input received but not yet decoded, from a record's start.
+/// The caller closes the descriptor.
+pub(crate) fn linger(fd: RawFd, id: u16, buffered: &[u8]) {
+    linger_for(fd, id, buffered, LINGER_TIME, LINGER_BYTES);
+}
+
+fn linger_for(fd: RawFd, id: u16, buffered: &[u8], max_time: Duration, max_bytes: usize) {
+    use nix::sys::socket::{recv, shutdown, MsgFlags, Shutdown};
+    let _ = shutdown(fd, Shutdown::Write);
+    let mut scan = StdinEndScan::new(id);
+    if scan.feed(buffered) {
+        return;
+    }
+    let deadline = Instant::now() + max_time;
+    let mut left = max_bytes;
+    let mut buf = [0u8; 16 * 1024];
+    while left > 0 {
+        let now = Instant::now();
+        if now >= deadline {
+            return;
+        }
+        match crate::sys::wait_readable_for(fd, deadline - now) {
+            Ok(true) => {}
+            Ok(false) => continue,
+            Err(_) => return,
+        }
+        let room = buf.len().min(left);
+        match recv(fd, &mut buf[..room], MsgFlags::MSG_DONTWAIT) {
+            Ok(0) => return,
+            Ok(n) => {
+                left -= n;
+                if scan.feed(&buf[..n]) {
+                    return;
+                }
+            }
+            Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => {}
+            Err(_) => return,
+        }
+    }
+}
+
+/// Finds the empty STDIN record of one request in FastCGI input that starts at a record's
+/// first byte, skipping every other record without keeping it.
+struct StdinEndScan {
+    id: u16,
+    /// Bytes of the current record's content and padding still to skip.
+    skip: usize,
+    header: [u8; 8],
+    header_len: usize,
+}
+
+impl StdinEndScan {
+    const STDIN: u8 = 5;
+
+    fn new(id: u16) -> Self {
+        Self { id, skip: 0, header: [0; 8], header_len: 0 }
+    }
+
+    /// Whether `data` (the next bytes of the input) holds the end of the request's STDIN.
+    fn feed(&mut self, mut data: &[u8]) -> bool {
+        loop {
+            let skipped = self.skip.min(data.len());
+            self.skip -= skipped;
+            data = &data[skipped..];
+            let take = (8 - self.header_len).min(data.len());
+            self.header[self.header_len..self.header_len + take].copy_from_slice(&data[..take]);
+            self.header_len += take;
+            data = &data[take..];
+            if self.header_len < 8 {
+                return false;
+            }
+            self.header_len = 0;
+            let h = self.header;
+            let (id, content) = (u16::from_be_bytes([h[2], h[3]]), usize::from(u16::from_be_bytes([h[4], h[5]])));
+            if h[1] == Self::STDIN && id == self.id && content == 0 {
+                return true;
+            }
+            self.skip = content + usize::from(h[6]);
+        }
+    }
 }
 
 /// The settings when this worker serves a direct listener.
@@ -148,7 +291,7 @@ mod tests {
 
     #[test]
     fn the_web_servers_bridge_params_are_dropped_and_the_path_split() {
-        let d = Direct { mount: Some("/app".into()), keep_path_info: false, pid: 1 };
+        let d = Direct { mount: Some("/app".into()), keep_path_info: false, header_timeout: Duration::ZERO, pid: 1 };
         let mut p = params(&[
             ("REQUEST_URI", "/app/x?q=1"),
             ("FCGIBRIDGE_FILE_ROOTS", "/"),
@@ -161,12 +304,12 @@ mod tests {
         assert_eq!(get(&p, "FCGIBRIDGE_CLAIM"), None);
         assert_eq!((get(&p, "SCRIPT_NAME"), get(&p, "PATH_INFO")), (Some("/app".into()), Some("/x".into())));
         // nginx's stock params without a mount: the whole path is PATH_INFO.
-        let d = Direct { mount: None, keep_path_info: false, pid: 1 };
+        let d = Direct { mount: None, keep_path_info: false, header_timeout: Duration::ZERO, pid: 1 };
         let mut p = params(&[("REQUEST_URI", "/a%20b"), ("SCRIPT_NAME", "/a b")]);
         d.prepare(&mut p);
         assert_eq!((get(&p, "SCRIPT_NAME"), get(&p, "PATH_INFO")), (Some("".into()), Some("/a b".into())));
         // keep-path-info: as the web server sent it.
-        let d = Direct { mount: Some("/app".into()), keep_path_info: true, pid: 1 };
+        let d = Direct { mount: Some("/app".into()), keep_path_info: true, header_timeout: Duration::ZERO, pid: 1 };
         let mut p = params(&[("REQUEST_URI", "/app/x"), ("SCRIPT_NAME", "/app/x")]);
         d.prepare(&mut p);
         assert_eq!((get(&p, "SCRIPT_NAME"), get(&p, "PATH_INFO")), (Some("/app/x".into()), None));
@@ -180,5 +323,91 @@ mod tests {
         assert_eq!(t.prefixed(b"c\n\n"), b"c\n[request_id=42-7 GET /x?y] \n", "a write continues the open line");
         let long = Tag::new(1, 1, b"GET", &[b'u'; 500]);
         assert_eq!(long.line().len(), LINE_BYTES);
+    }
+
+    #[test]
+    fn the_header_timeout_is_seconds_with_a_fraction() {
+        assert_eq!(header_timeout(None), DEFAULT_HEADER_TIMEOUT);
+        assert_eq!(header_timeout(Some("2.5")), Duration::from_millis(2500));
+        assert_eq!(header_timeout(Some("30")), Duration::from_secs(30));
+        for bad in ["0", "-1", "5s", "", "nan", "inf"] {
+            assert_eq!(header_timeout(Some(bad)), DEFAULT_HEADER_TIMEOUT, "{bad:?}");
+        }
+    }
+
+    fn input(records: &[(u8, u16, &[u8], u8)]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for &(ty, id, content, padding) in records {
+            out.extend_from_slice(&[1, ty]);
+            out.extend_from_slice(&id.to_be_bytes());
+            out.extend_from_slice(&(content.len() as u16).to_be_bytes());
+            out.extend_from_slice(&[padding, 0]);
+            out.extend_from_slice(content);
+            out.extend(std::iter::repeat_n(0, usize::from(padding)));
+        }
+        out
+    }
+
+    #[test]
+    fn the_scan_finds_only_its_requests_stdin_end_in_any_pieces() {
+        // Body, another id's end, an empty record of another type, then the end: each byte
+        // fed alone finds it at the very last byte, and only there.
+        let bytes = input(&[(5, 1, b"body", 3), (5, 2, b"", 0), (4, 1, b"", 0), (5, 1, &[5; 16], 0), (5, 1, b"", 0)]);
+        let mut scan = StdinEndScan::new(1);
+        let hits: Vec<usize> = (0..bytes.len()).filter(|&i| scan.feed(&bytes[i..=i])).collect();
+        assert_eq!(hits, [bytes.len() - 1]);
+        assert!(StdinEndScan::new(1).feed(&bytes));
+        assert!(!StdinEndScan::new(3).feed(&bytes));
+    }
+
+    mod lingering {
+        use super::*;
+        use std::io::{Read, Write};
+        use std::os::fd::AsRawFd;
+        use std::os::unix::net::UnixStream;
+
+        /// Linger on one end of a pair (for up to a minute) in a thread: (the peer, the
+        /// thread, which returns how long the linger took).
+        fn lingering(buffered: Vec<u8>, max_bytes: usize) -> (UnixStream, std::thread::JoinHandle<Duration>) {
+            let (ours, peer) = UnixStream::pair().expect("socketpair");
+            let t = std::thread::spawn(move || {
+                let start = Instant::now();
+                linger_for(ours.as_raw_fd(), 1, &buffered, Duration::from_secs(60), max_bytes);
+                start.elapsed()
+            });
+            (peer, t)
+        }
+
+        #[test]
+        fn it_ends_when_the_stdin_end_arrives_and_the_peer_sees_the_response_end() {
+            let (mut peer, t) = lingering(input(&[(5, 1, b"a", 0)]), LINGER_BYTES);
+            let mut end = [0u8; 1];
+            assert_eq!(peer.read(&mut end).expect("read"), 0, "the sending side is shut down first");
+            peer.write_all(&input(&[(5, 1, b"rest of the body", 0), (5, 1, b"", 0)])).expect("the input end is taken");
+            let took = t.join().expect("linger");
+            assert!(took < Duration::from_secs(30), "it waited for EOF or its time, not the input end: {took:?}");
+        }
+
+        #[test]
+        fn it_ends_at_eof_or_after_its_bytes() {
+            let (peer, t) = lingering(Vec::new(), LINGER_BYTES);
+            drop(peer);
+            assert!(t.join().expect("linger") < Duration::from_secs(30));
+            let (mut peer, t) = lingering(Vec::new(), 64 * 1024);
+            let other = input(&[(5, 2, &[0; 8192], 0)]);
+            while !t.is_finished() {
+                if peer.write_all(&other).is_err() {
+                    break;
+                }
+            }
+            assert!(t.join().expect("linger") < Duration::from_secs(30), "bounded by bytes, not time");
+        }
+
+        #[test]
+        fn an_input_end_already_received_ends_it_at_once() {
+            let (mut peer, t) = lingering(input(&[(5, 1, b"", 0)]), LINGER_BYTES);
+            assert!(t.join().expect("linger") < Duration::from_secs(30));
+            let _ = peer.write_all(b"x");
+        }
     }
 }

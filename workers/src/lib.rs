@@ -553,6 +553,8 @@ fn serve(
         sys::prepare_direct_listener(listen_fd, scoreboard::DRAIN_CHECK)?;
         w.slot = scoreboard::claim_slot();
     }
+    // A direct worker's thread counts in its scoreboard's `accepting` until it returns.
+    let _accepting = w.direct.then(scoreboard::accepting);
     loop {
         let (threads, direct) = (w.threads, w.direct);
         let shared = py.detach(|| -> std::io::Result<Option<(Arc<Shared>, bool)>> {
@@ -591,8 +593,20 @@ fn serve(
                 }
             };
         }
-        shared.lock_py(py).close();
+        close(py, &shared);
     }
+}
+
+/// Close a served connection: at once, unless a direct worker answered its last request
+/// before the web server had sent all of that request's input (then lingering, detached).
+fn close(py: Python<'_>, shared: &Shared) {
+    let mut c = shared.lock_py(py);
+    if !c.lingers() {
+        c.close();
+        return;
+    }
+    drop(c);
+    py.detach(|| shared.lock().close_lingering());
 }
 
 /// A direct worker's accept: the next connection, or `None` once the bridge asked the worker

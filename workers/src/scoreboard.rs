@@ -3,7 +3,8 @@
 //! that retires the worker (docs/worker-contract.md, "Direct mode").
 //!
 //! One memfd (`FCGIBRIDGE_SCOREBOARD_FD`), native-endian, every field atomic: a 64-byte
-//! header (`drain`, written by the bridge; `threads`, by the worker), then one 256-byte slot
+//! header (`drain`, written by the bridge; `threads`, `accepting` and the responses by
+//! status class, by the worker), then one 256-byte slot
 //! per serving thread (`served`, `started`, the current request's `METHOD URI`). A thread
 //! writes only its own slot. The line is stored before `started` (Release); a reader that
 //! loads `started` (Acquire), copies the line and finds `started` unchanged and non-zero
@@ -30,7 +31,13 @@ struct Header {
     drain: AtomicU32,
     /// How many slots this worker's threads use.
     threads: AtomicU32,
-    _reserved: [AtomicU64; 7],
+    /// How many of the worker's threads may still accept a connection: each counts itself
+    /// from its first accept until it leaves its accept loop for good (drain seen).
+    accepting: AtomicU32,
+    _reserved32: AtomicU32,
+    /// Responses whose header block was sent, by status class: 1xx, 2xx, 3xx, 4xx, 5xx.
+    responses: [AtomicU64; 5],
+    _reserved: AtomicU64,
 }
 
 /// One serving thread's slot.
@@ -125,11 +132,54 @@ impl Board {
         self.header.threads.fetch_max(i as u32 + 1, Ordering::Release);
         Some(slot)
     }
+
+    fn count_response(&self, code: u16) {
+        if let Some(n) = usize::from(code / 100).checked_sub(1).and_then(|i| self.header.responses.get(i)) {
+            n.fetch_add(1, Ordering::Relaxed);
+        }
+    }
 }
 
 /// Whether the bridge asked this worker to retire.
 pub(crate) fn draining() -> bool {
     matches!(BOARD.get(), Some(Some(b)) if b.header.drain.load(Ordering::Acquire) != 0)
+}
+
+/// The calling serving thread may accept connections until the returned guard is dropped
+/// (it left its accept loop for good), counted in the header's `accepting`.
+pub(crate) fn accepting() -> Accepting {
+    let header = match BOARD.get() {
+        Some(Some(b)) => Some(b.header),
+        _ => None,
+    };
+    Accepting::enter(header)
+}
+
+/// One thread counted in `accepting` while it lives.
+pub(crate) struct Accepting(Option<&'static Header>);
+
+impl Accepting {
+    fn enter(header: Option<&'static Header>) -> Self {
+        if let Some(h) = header {
+            h.accepting.fetch_add(1, Ordering::Release);
+        }
+        Self(header)
+    }
+}
+
+impl Drop for Accepting {
+    fn drop(&mut self) {
+        if let Some(h) = self.0 {
+            h.accepting.fetch_sub(1, Ordering::Release);
+        }
+    }
+}
+
+/// A response with status `code` had its header block sent.
+pub(crate) fn count_response(code: u16) {
+    if let Some(Some(b)) = BOARD.get() {
+        b.count_response(code);
+    }
 }
 
 /// A slot for the calling serving thread (each call a new one), counted in `threads`;
@@ -220,6 +270,40 @@ mod tests {
         slot.end();
         slot.begin(b"GET /b", 10);
         assert_eq!(read(words, 0).2, Some(b"GET /b".to_vec()));
+    }
+
+    /// The header's u32 at byte `offset`, as the bridge reads it.
+    fn header_u32(words: &[AtomicU64], offset: usize) -> u32 {
+        let word = words[offset / 8].load(Ordering::Acquire).to_ne_bytes();
+        let at = offset % 8;
+        u32::from_ne_bytes(word[at..at + 4].try_into().expect("4 bytes"))
+    }
+
+    #[test]
+    fn accepting_counts_each_thread_until_it_leaves_for_good() {
+        let (b, words) = board(2);
+        let first = Accepting::enter(Some(b.header));
+        let second = Accepting::enter(Some(b.header));
+        // accepting: the u32 at offset 8; drain and threads untouched.
+        assert_eq!((header_u32(words, 8), header_u32(words, 0), header_u32(words, 4)), (2, 0, 0));
+        drop(first);
+        assert_eq!(header_u32(words, 8), 1);
+        drop(second);
+        assert_eq!(header_u32(words, 8), 0, "every thread left its accept loop");
+        drop(Accepting::enter(None));
+        assert_eq!(header_u32(words, 8), 0, "without a scoreboard nothing is counted");
+    }
+
+    #[test]
+    fn responses_are_counted_by_status_class() {
+        let (b, words) = board(1);
+        for code in [100, 200, 204, 200, 302, 404, 500, 503, 599, 0, 99, 600, 999] {
+            b.count_response(code);
+        }
+        // The u64s at offsets 16, 24, 32, 40, 48; reserved words stay 0.
+        let classes: Vec<u64> = (2..7).map(|w| words[w].load(Ordering::Relaxed)).collect();
+        assert_eq!(classes, [1, 3, 1, 1, 3], "an out-of-range status counts in no class");
+        assert_eq!((words[1].load(Ordering::Relaxed), words[7].load(Ordering::Relaxed)), (0, 0));
     }
 
     #[test]

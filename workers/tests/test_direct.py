@@ -10,7 +10,10 @@ import time
 
 import pytest
 
+from fcgi import PARAMS, STDOUT, record
+
 HEADER, SLOT = 64, 256
+TIMED_OUT = "fcgibridge worker: closed a connection that sent no complete request within header-timeout (%ss)"
 
 
 class Scoreboard:
@@ -27,6 +30,13 @@ class Scoreboard:
 
     def threads(self):
         return struct.unpack_from("=I", self.map, 4)[0]
+
+    def accepting(self):
+        return struct.unpack_from("=I", self.map, 8)[0]
+
+    def responses(self):
+        """Responses sent by status class: {"1xx": n, ..., "5xx": n}."""
+        return dict(zip(("1xx", "2xx", "3xx", "4xx", "5xx"), struct.unpack_from("=5Q", self.map, 16)))
 
     def slot(self, i):
         """(served, started, the running request's line or None)."""
@@ -132,11 +142,23 @@ def test_keep_path_info_leaves_the_web_servers_split(direct):
 
 def test_an_idle_worker_exits_0_when_drained(direct):
     w, board = direct(threads=2)
+    wait_until(lambda: board.accepting() == 2, "both threads accepting")
     with w.client() as c:
         assert request(c, "/environ").code == 200
     board.drain()
     assert w.proc.wait(30) == 0
+    assert board.accepting() == 0, "no thread takes a connection any more"
     assert "direct_app: atexit ran" in w.stdout
+
+
+def test_a_drain_closes_an_idle_kept_connection(direct):
+    # The header timeout (60 s by default) does not delay the drain's one-second look.
+    w, board = direct()
+    with w.client(timeout=60) as c:
+        assert request(c, "/environ").code == 200
+        board.drain()
+        assert c.sock.recv(1) == b"", "the idle kept connection is closed"
+    assert w.proc.wait(30) == 0
 
 
 def test_a_busy_worker_finishes_its_request_then_exits(direct, tmp_path):
@@ -181,3 +203,76 @@ def test_errors_and_tracebacks_go_to_the_workers_stderr(direct):
     tag = "[request_id=%d-2 GET /errors] " % pid
     wait_until(lambda: tag + "second half" in w.stderr, "wsgi.errors on stderr")
     assert tag + "first line" in w.stderr
+
+
+def test_responses_are_counted_by_status_class(direct):
+    w, board = direct()
+    with w.client() as c:
+        assert request(c, "/environ").code == 200
+        assert request(c, "/raise").code == 500
+        assert request(c, "/environ", method="HEAD").code == 200
+    assert board.responses() == {"1xx": 0, "2xx": 2, "3xx": 0, "4xx": 0, "5xx": 1}
+
+
+def test_a_connection_sending_no_complete_request_is_closed_after_the_header_timeout(direct):
+    # One thread: a connection that pins it holds up every other one.
+    w, board = direct(env={"FCGIBRIDGE_HEADER_TIMEOUT": "0.5"})
+    with w.client(timeout=30) as silent, w.client(timeout=30) as other:
+        send(other, "/environ")
+        assert other.read_response().code == 200, "served once the silent connection is closed"
+        assert silent.sock.recv(1) == b""
+    # A partial request: BEGIN and some PARAMS, never their end.
+    with w.client(timeout=30) as partial, w.client(timeout=30) as other:
+        partial.begin(keep_conn=True)
+        partial.send(record(PARAMS, 1, b"\x0e\x03REQUEST_METHODGET"))
+        send(other, "/environ")
+        assert other.read_response().code == 200
+        assert partial.sock.recv(1) == b""
+    # A kept connection idle after its request, while another waits.
+    with w.client(timeout=30) as kept:
+        assert request(kept, "/environ").code == 200
+        with w.client(timeout=30) as other:
+            send(other, "/environ")
+            assert other.read_response().code == 200
+        assert kept.sock.recv(1) == b""
+    assert w.proc.poll() is None
+    assert board.responses()["2xx"] == 4
+    # One line for three closes within seconds (at most one per 10 s).
+    wait_until(lambda: TIMED_OUT % "0.5" in w.stderr, "the header-timeout line")
+    assert 1 <= w.stderr.count(TIMED_OUT % "0.5") <= 2, w.stderr
+
+
+def test_an_answer_before_the_input_end_lets_the_web_server_send_it(direct):
+    # Apache's mod_proxy_fcgi: BEGIN (no FCGI_KEEP_CONN) and PARAMS in one write, the empty
+    # STDIN in another, after the response may already have come.
+    w, board = direct()
+    with w.client(timeout=30) as c:
+        c.begin(keep_conn=False)
+        c.params(nginx_params("/environ"))
+        assert c.read_response().code == 200
+        assert c.sock.recv(1) == b"", "the worker's side is shut down after the response"
+        c.stdin_end()  # BrokenPipeError if the worker had closed the connection
+    # The lingering close ended with the input: the one thread serves the next connection.
+    with w.client(timeout=30) as c:
+        assert request(c, "/environ").code == 200
+    # nginx sends it all at once: nothing to wait for.
+    with w.client(timeout=30) as c:
+        assert request(c, "/environ", keep_conn=False).code == 200
+        assert c.sock.recv(1) == b""
+    assert w.proc.poll() is None
+
+
+def test_bad_input_names_the_web_server_and_the_request(direct):
+    w, _ = direct()
+    with w.client(timeout=30) as c:
+        c.corked = b""
+        c.begin()
+        c.params(nginx_params("/environ"))
+        c.send(record(STDOUT, 1, b"not for a worker"))  # only an application sends it
+        data, c.corked = c.corked, None
+        c.send(data)
+        assert c.sock.recv(4096) == b"", "the connection is closed, the request not run"
+    line = "fcgibridge worker: bad FastCGI input from the web server (request_id=%d-1 GET /environ), " \
+           "closing the connection: request 1: unexpected FCGI_STDOUT" % w.proc.pid
+    wait_until(lambda: line in w.stderr, "the protocol error line")
+    assert "the bridge" not in w.stderr
