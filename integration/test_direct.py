@@ -4,6 +4,7 @@ recycles and replaces them and keeps the status page's numbers from each worker'
 scoreboard. nginx talks to the socket without fastcgi_keep_conn, as the docs say."""
 import os
 import re
+import signal
 import subprocess
 import uuid
 
@@ -187,14 +188,53 @@ def test_direct_refuses_keys_that_need_the_bridge(tmp_path):
     (conf / "10.yaml").write_text(to_yaml({
         "pools": {"app": {"app": EDGE, "interface": "asgi", "queue-size": 10, "allow-root": os.geteuid() == 0}},
         "listeners": {"front": {"fastcgi": f"unix:{tmp_path / 'x.sock'}", "pool": "app", "direct": True,
-                                "header-timeout": "5s"}},
+                                "body-timeout": "5s", "header-timeout": "5s"}},
     }))
     r = subprocess.run([str(bridge_binary()), "check", "--config", str(conf)], capture_output=True, text=True,
                        timeout=60)
     assert r.returncode != 0
     out = r.stdout + r.stderr
-    assert re.search(r"10\.yaml:\d+:\d+: listeners\.front\.header-timeout: header-timeout needs the bridge on "
+    assert re.search(r"10\.yaml:\d+:\d+: listeners\.front\.body-timeout: body-timeout needs the bridge on "
                      r"the request path; a `direct` listener hands connections to the workers \(docs/direct\.md\)",
                      out), out
+    # header-timeout applies in the workers (FCGIBRIDGE_HEADER_TIMEOUT): not refused.
+    assert "header-timeout" not in out, out
     assert re.search(r"10\.yaml:\d+:\d+: pools\.app\.interface: direct: WSGI pools only", out), out
     assert re.search(r"10\.yaml:\d+:\d+: pools\.app\.queue-size: queue-size needs the bridge", out), out
+
+
+def test_a_graceful_stop_lets_direct_workers_finish_their_requests(tmp_path_factory):
+    """SIGTERM: the daemon counts no direct request, so the manager drains the workers
+    through their scoreboards and waits (up to shutdown-timeout) for them to exit by
+    themselves; the request running at the stop is answered, not cut off (nginx 502)."""
+    b, front = start(tmp_path_factory, "direct-stop", processes=1, threads=2)
+    try:
+        tag = "stop-" + uuid.uuid4().hex[:8]
+        held = Background(lambda: front.get(f"/hold?tag={tag}&max=60"))
+        wait_until(lambda: [c for w in workers(b) for c in w["current"] if tag in c["uri"]], 30,
+                   what="the held request on the status page")
+        mark = b.log.mark()
+        b.proc.send_signal(signal.SIGTERM)
+        b.log.wait_for([r"SIGTERM: draining in-flight requests"], since=mark, timeout=30)
+        # Before the fix the worker was SIGTERMed at once ("worker stopped … signal 15").
+        b.log.wait_for([r"draining the worker for the stop|worker stopped"], since=mark, timeout=30)
+        (b.workdir / f"{tag}.release").write_text("")
+        r = held.result()
+        assert r.status_code == 200, (r.status_code, r.text)
+        b.log.wait_for([r"worker stopped \(the bridge is stopping\): exit status 0"], since=mark, timeout=60)
+        assert b.proc.wait(timeout=60) == 0
+    finally:
+        front.stop()
+        if b.proc.poll() is None:
+            b.stop()
+
+
+def test_a_direct_pool_counts_its_responses_by_class(stack):
+    """The 2xx/5xx counts come from the workers' scoreboards (needs the worker's side of
+    direct-spec2: the response counters at header offsets 16..56)."""
+    b, front = stack
+    before = b.pool_status("app")["responses"]
+    for _ in range(3):
+        assert front.get("/health").status_code == 200
+    wait_until(lambda: b.pool_status("app")["responses"]["2xx"] >= before["2xx"] + 3, 30,
+               what="three more 2xx responses on the status page")

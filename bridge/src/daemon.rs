@@ -62,6 +62,9 @@ pub fn main(config_dir: &Path) -> ExitCode {
     };
     let reopen = logging::init(&config.global);
     warn_of_root_workers(&config);
+    for w in &config.warnings {
+        tracing::warn!("{w}");
+    }
     raise_fd_limit();
     // Before any thread exists: these read and clear environment variables.
     let passed = listen::systemd::Passed::from_env();
@@ -222,7 +225,7 @@ async fn start(
             }
             Err(e) => {
                 tracing::error!("{e}");
-                supervisor.stop(Stop::Fast).await;
+                supervisor.stop(Stop::Fast, std::time::Instant::now()).await;
                 return Err(ExitCode::FAILURE);
             }
         }
@@ -233,7 +236,7 @@ async fn start(
         Ok(r) => r,
         Err(e) => {
             tracing::error!("{e}");
-            supervisor.stop(Stop::Fast).await;
+            supervisor.stop(Stop::Fast, std::time::Instant::now()).await;
             return Err(ExitCode::FAILURE);
         }
     };
@@ -342,6 +345,8 @@ async fn stop(mut r: Running, config: &crate::config::Config, s: &mut Signals, h
     }
     r.listeners.join().await;
 
+    // Direct workers' requests (which the registry does not count) get the same deadline.
+    let until = std::time::Instant::now() + config.global.shutdown_timeout;
     let how = match how {
         Stop::Graceful => {
             let timeout = config.global.shutdown_timeout;
@@ -356,7 +361,7 @@ async fn stop(mut r: Running, config: &crate::config::Config, s: &mut Signals, h
     if how == Stop::Fast {
         tracing::info!("fast stop");
     }
-    r.supervisor.stop(how).await;
+    r.supervisor.stop(how, until).await;
     r.registry.board.instances.stop_all(how).await;
     crate::supervise::orphans::last_look(r.registry.rate_limits.clone()).await;
     r.registry.rate_limits.flush_all();

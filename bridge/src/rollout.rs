@@ -7,7 +7,7 @@
 //! published view counts the reconfigurations it has taken in, so a waiter reads a view
 //! only once it is about this reload (`PoolControl::reconfigures_sent`).
 use crate::config::units::DurationDisplay;
-use crate::supervise::stats::ManagerView;
+use crate::supervise::stats::{ManagerView, WorkerInfo};
 use crate::supervise::PoolRuntime;
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -102,8 +102,9 @@ pub(crate) fn progress(v: &ManagerView, reconfigures: u64) -> Progress {
         "stopping" | "removing" => return Progress::Failed(format!("{}: it is going away", v.state)),
         _ => {}
     }
-    let takes_requests = |state: &str| matches!(state, "starting" | "ready");
-    let outdated = v.workers.iter().filter(|w| w.outdated && takes_requests(w.state)).count();
+    // A retired direct worker takes connections until its threads left their accept loop.
+    let takes_requests = |w: &WorkerInfo| matches!(w.state, "starting" | "ready") || w.accepting;
+    let outdated = v.workers.iter().filter(|w| w.outdated && takes_requests(w)).count();
     let ready = v.workers.iter().filter(|w| !w.outdated && w.state == "ready").count();
     // A pool that wants no worker now (ondemand, idle) is done with none.
     if outdated == 0 && ready >= v.target_processes as usize {
@@ -217,6 +218,7 @@ mod tests {
             processes_at_index: 1,
             last_restart_reason: None,
             outdated,
+            accepting: false,
         }
     }
 
@@ -241,6 +243,10 @@ mod tests {
         // A retired old worker finishing its requests does not hold the rollout up.
         let v = view("running", 1, vec![worker("draining", true), worker("ready", false), worker("ready", false)]);
         assert_eq!(progress(&v, 1), Progress::Done { ready: 2 });
+        // A retired direct worker whose threads may still accept is still taking requests.
+        let accepting = WorkerInfo { accepting: true, ..worker("draining", true) };
+        let v = view("running", 1, vec![accepting, worker("ready", false), worker("ready", false)]);
+        assert_eq!(progress(&v, 1), rolling(1, 2));
         // A pool that lost an old worker meanwhile: done once it has its workers again.
         let v = view("running", 1, vec![worker("stopping", true), worker("ready", false), worker("starting", false)]);
         assert_eq!(progress(&v, 1), rolling(0, 1));

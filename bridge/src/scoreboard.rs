@@ -2,7 +2,9 @@
 //! server's connections itself, so the bridge learns what it serves from this memfd, which
 //! the worker writes and the bridge reads (the manager's tick, the status page through the
 //! dispatcher). Layout (the worker's side mirrors it, workers/src): a 64-byte header —
-//! `drain: u32` at 0 (the bridge's only word), `threads: u32` at 4 (the worker's) — then one
+//! `drain: u32` at 0 (the bridge's only word), then the worker's: `threads: u32` at 4,
+//! `accepting: u32` at 8 (threads that may still accept a connection), responses by status
+//! class 1xx..5xx as five u64 at 16..56 — then one
 //! 256-byte slot per thread: `served: u64`, `started: u64` (CLOCK_MONOTONIC ns, 0 when idle),
 //! `line_len: u32`, a reserved u32, and 232 bytes of `METHOD URI` as 29 u64 words.
 use std::num::NonZeroUsize;
@@ -11,6 +13,8 @@ use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 const HEADER: usize = 64;
+const ACCEPTING: usize = 8;
+const RESPONSES: usize = 16;
 const SLOT: usize = 256;
 const LINE_OFFSET: usize = 24;
 /// Bytes of a slot's `METHOD URI`.
@@ -111,6 +115,17 @@ impl Scoreboard {
         self.u32_at(0).store(1, Ordering::Release);
     }
 
+    /// How many of the worker's threads may still accept a connection: after `set_drain`,
+    /// 0 means it takes no new one (it may still finish requests).
+    pub(crate) fn accepting(&self) -> u32 {
+        self.u32_at(ACCEPTING).load(Ordering::Acquire)
+    }
+
+    /// Responses the worker sent, by status class (1xx, 2xx, 3xx, 4xx, 5xx).
+    pub(crate) fn responses(&self) -> [u64; 5] {
+        std::array::from_fn(|i| self.u64_at(RESPONSES + i * 8).load(Ordering::Relaxed))
+    }
+
     /// Every thread's slot now. A line is kept only when `started` read the same, and
     /// non-zero, before and after it was copied: otherwise it may be half another request's.
     pub(crate) fn snapshot(&self) -> Vec<ThreadSnapshot> {
@@ -158,6 +173,20 @@ impl Scoreboard {
         let at = HEADER + i * SLOT;
         self.u64_at(at).fetch_add(1, Ordering::Release);
         self.u64_at(at + 8).store(0, Ordering::Release);
+    }
+
+    /// What the worker does, for tests: `n` threads entered (or, negative, left) their
+    /// accept loop.
+    #[cfg(test)]
+    pub(crate) fn add_accepting(&self, n: i32) {
+        self.u32_at(ACCEPTING).fetch_add(n as u32, Ordering::Release);
+    }
+
+    /// What the worker does, for tests: a response of status `status` went out.
+    #[cfg(test)]
+    pub(crate) fn responded(&self, status: u16) {
+        let class = usize::from(status / 100).clamp(1, 5) - 1;
+        self.u64_at(RESPONSES + class * 8).fetch_add(1, Ordering::Relaxed);
     }
 
     #[cfg(test)]
@@ -249,6 +278,22 @@ mod tests {
         assert_eq!(board.drain_word(), 0);
         board.set_drain();
         assert_eq!(board.drain_word(), 1);
+    }
+
+    #[test]
+    fn the_header_carries_accepting_threads_and_responses_by_class() {
+        let board = Scoreboard::new(2).unwrap();
+        assert_eq!((board.accepting(), board.responses()), (0, [0; 5]));
+        board.add_accepting(2);
+        board.add_accepting(-1);
+        for status in [200, 204, 302, 404, 500, 502, 101] {
+            board.responded(status);
+        }
+        assert_eq!((board.accepting(), board.responses()), (1, [1, 2, 1, 1, 2]));
+        // The slots start past the header: a thread's numbers do not touch it.
+        board.begin(0, b"GET /", 5);
+        board.end(0);
+        assert_eq!(board.responses(), [1, 2, 1, 1, 2]);
     }
 
     #[test]

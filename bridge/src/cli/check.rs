@@ -24,7 +24,7 @@ pub fn main(config_dir: &Path, import: bool) -> ExitCode {
         Ok(config) => {
             // Valid, but worth a look (`file:line:column: warning: …`): on stderr, so that
             // the output stays a configuration.
-            for w in config.templates.iter().flat_map(|t| &t.warnings) {
+            for w in config.warnings.iter().chain(config.templates.iter().flat_map(|t| &t.warnings)) {
                 eprintln!("{w}");
             }
             let text = render(&config, &config_dir.display().to_string());
@@ -167,14 +167,60 @@ pub fn render(config: &Config, dir: &str) -> String {
     let no_pools = config.pools.is_empty() && config.templates.is_empty();
     out.push_str(if no_pools { "pools: {}\n" } else { "pools:\n" });
     for pool in &config.pools {
-        render_pool(&mut out, pool);
+        let mut block = String::new();
+        render_pool(&mut block, pool);
+        out.push_str(&if pool.direct.is_some() { inert_for_direct(&block, &DIRECT_INERT_POOL) } else { block });
     }
     for t in &config.templates {
         render_template(&mut out, t);
     }
     out.push_str("listeners:\n");
     for listener in &config.listeners {
-        render_listener(&mut out, listener);
+        let mut block = String::new();
+        render_listener(&mut block, listener);
+        out.push_str(&if listener.direct { inert_for_direct(&block, &DIRECT_INERT_LISTENER) } else { block });
+    }
+    out
+}
+
+/// A direct pool's keys that do nothing (each is refused when written: docs/direct.md).
+const DIRECT_INERT_POOL: [&str; 5] = ["queue-size", "queue-timeout", "abort-grace", "unknown-length-body", "pipeline"];
+
+/// A direct listener's keys that do nothing (`header-timeout` does: its workers apply it).
+const DIRECT_INERT_LISTENER: [&str; 12] = [
+    "max-params",
+    "body-timeout",
+    "body-min-rate",
+    "send-timeout",
+    "keepalive-timeout",
+    "max-connections",
+    "dialect",
+    "max-redirects",
+    "unrouted-redirect",
+    "redirect-pools",
+    "file-handoff",
+    "max-ranges",
+];
+
+/// `block` (a pool's or listener's rendering) with its top-level lines of `keys` turned
+/// into comments that say they have no effect, as `pipeline` with preload is shown.
+fn inert_for_direct(block: &str, keys: &[&str]) -> String {
+    let mut out = String::with_capacity(block.len());
+    for line in block.lines() {
+        let key = line.strip_prefix("    ").filter(|l| !l.starts_with([' ', '#'])).and_then(|l| l.split_once(':'));
+        match key {
+            Some((k, _)) if keys.contains(&k) => {
+                let _ = writeln!(
+                    out,
+                    "    # {} has no effect: a `direct` listener's workers take its connections",
+                    &line[4..]
+                );
+            }
+            _ => {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
     }
     out
 }

@@ -360,6 +360,9 @@ pub struct DirectServe {
     pub mount: Option<String>,
     /// The listener's `path-info: keep` (FCGIBRIDGE_KEEP_PATH_INFO=1).
     pub keep_path_info: bool,
+    /// The listener's `header-timeout` (FCGIBRIDGE_HEADER_TIMEOUT, seconds): the worker
+    /// closes a connection that sent no complete request's PARAMS within it.
+    pub header_timeout: std::time::Duration,
 }
 
 #[cfg(test)]

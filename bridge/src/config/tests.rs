@@ -1143,6 +1143,25 @@ fn a_direct_listener_tells_its_pool_what_its_workers_apply() {
         (direct.listener.as_str(), direct.mount.as_deref(), direct.keep_path_info),
         ("front", Some("/shop"), true)
     );
+    // Its workers apply the listener's header-timeout (FCGIBRIDGE_HEADER_TIMEOUT).
+    assert_eq!(direct.header_timeout, std::time::Duration::from_secs(60));
+    let c = direct_tree("direct-header-timeout", "", "    header-timeout: 2500ms\n").config();
+    assert_eq!(c.pools[0].direct.as_ref().map(|d| d.header_timeout), Some(std::time::Duration::from_millis(2500)));
+    // On loopback (as here) no warning; on another TCP address allowed-clients cannot apply.
+    assert_eq!(c.warnings, Vec::<String>::new());
+    let open = Tree::new("direct-open")
+        .file("10-pool.yaml", "pools:\n  app:\n    app: ../app/app.py\n")
+        .file("20-listen.yaml", "listeners:\n  front:\n    fastcgi: 0.0.0.0:9000\n    pool: app\n    direct: true\n")
+        .config();
+    assert_eq!(open.warnings.len(), 1, "{:?}", open.warnings);
+    assert!(
+        open.warnings[0].contains("conf.d/20-listen.yaml:3:")
+            && open.warnings[0].contains("warning: listeners.front.fastcgi: 0.0.0.0:9000 is a `direct` listener")
+            && open.warnings[0].contains("allowed-clients cannot apply to it")
+            && open.warnings[0].contains("firewall"),
+        "{}",
+        open.warnings[0]
+    );
     // Without `direct` nothing changes.
     let c = valid("direct-off").config();
     assert!(!c.listeners[0].direct && c.pools[0].direct.is_none());
@@ -1154,7 +1173,6 @@ fn direct_refuses_what_needs_the_bridge_on_the_request_path() {
         "needs the bridge on the request path; a `direct` listener hands connections to the workers (docs/direct.md)";
     // (pool keys, listener keys, the error's line in its file, key, what it says)
     let cases: &[(&str, &str, &str, &str, &str)] = &[
-        ("", "    header-timeout: 10s\n", "20-listen.yaml:6", "listeners.front.header-timeout", needs),
         (
             "",
             "    file-handoff: serve\n    file-roots: [/srv]\n",
@@ -1183,6 +1201,7 @@ fn direct_refuses_what_needs_the_bridge_on_the_request_path() {
         ("    abort-grace: 1s\n", "", "10-pool.yaml:4", "pools.app.abort-grace", needs),
         ("    unknown-length-body: buffer\n", "", "10-pool.yaml:4", "pools.app.unknown-length-body", needs),
         ("    error-pages: {502: ../app/app.py}\n", "", "10-pool.yaml:4", "pools.app.error-pages", needs),
+        ("    max-body: 1MiB\n", "", "10-pool.yaml:4", "pools.app.max-body", needs),
         ("    interface: asgi\n", "", "10-pool.yaml:4", "pools.app.interface", "direct: WSGI pools only"),
         ("    interface: auto\n", "", "10-pool.yaml:4", "pools.app.interface", "direct: WSGI pools only"),
         ("    mode: dynamic\n", "", "10-pool.yaml:4", "pools.app.mode", "`mode: static`"),
@@ -1193,8 +1212,12 @@ fn direct_refuses_what_needs_the_bridge_on_the_request_path() {
         let line = e.lines().find(|l| l.contains(&format!(": {key}: "))).unwrap_or_else(|| panic!("{key}: {e}"));
         assert!(line.contains(&format!("conf.d/{at}:")), "{key} at {at}: {line}");
         assert!(line.contains(says), "{key}: {line}");
-        // Every refusal says how to get a valid file.
+        // Every refusal says how to get a valid file; a key that needs the bridge, in the
+        // same words on the listener and on the pool.
         assert!(line.contains("remove") || line.contains("static"), "{key}: {line}");
+        if *says == needs {
+            assert!(line.contains(&format!("{needs}; remove it, or `direct`")), "{key}: {line}");
+        }
     }
 }
 
@@ -1238,9 +1261,9 @@ fn direct_refuses_scgi_routes_commands_and_a_shared_pool() {
     assert!(template.contains("listeners.front.pool: \"sites\" is a template"), "{template}");
 
     // The listener's refusals do not hide the pool's.
-    let both = direct_tree("direct-both", "    interface: asgi\n", "    header-timeout: 10s\n").error();
+    let both = direct_tree("direct-both", "    interface: asgi\n", "    body-timeout: 10s\n").error();
     assert!(both.contains("pools.app.interface: direct: WSGI pools only"), "{both}");
-    assert!(both.contains("listeners.front.header-timeout: header-timeout needs the bridge"), "{both}");
+    assert!(both.contains("listeners.front.body-timeout: body-timeout needs the bridge"), "{both}");
 
     let shared = direct_tree("direct-shared", "", "  other:\n    fastcgi: 127.0.0.1:9001\n    pool: app\n").error();
     assert!(
@@ -1248,4 +1271,22 @@ fn direct_refuses_scgi_routes_commands_and_a_shared_pool() {
             && shared.contains("listeners.front.pool: pool \"app\" is also a route target of listener other"),
         "{shared}"
     );
+}
+
+#[test]
+fn check_shows_the_keys_a_direct_listener_ignores_as_comments() {
+    let c = direct_tree("direct-check", "", "    header-timeout: 5s\n").config();
+    let out = crate::cli::check::render(&c, "conf.d");
+    for inert in ["queue-size: 1024", "queue-timeout: ", "pipeline: true", "max-connections: ", "body-timeout: "] {
+        let line = out.lines().find(|l| l.contains(inert)).unwrap_or_else(|| panic!("{inert}: {out}"));
+        assert!(
+            line.starts_with("    # ")
+                && line.ends_with("has no effect: a `direct` listener's workers take its connections"),
+            "{line}"
+        );
+    }
+    // What does apply stays a key.
+    for live in ["    header-timeout: 5s", "    max-requests: ", "    backlog: "] {
+        assert!(out.lines().any(|l| l.starts_with(live)), "{live}: {out}");
+    }
 }

@@ -148,7 +148,10 @@ pub(super) fn merge(
     ConfigError::from_all(errors)?;
     super::template::fit_to_listeners(&mut templates, &listeners.iter().map(|(l, _)| l).collect::<Vec<_>>());
     Ok(Config {
-        warnings: log_dir_warnings(&global, opts),
+        warnings: log_dir_warnings(&global, opts)
+            .into_iter()
+            .chain(direct_tcp_warnings(&listeners, &sources))
+            .collect(),
         global: global.finish(),
         pools: with_ready_check_hosts(pools, &listeners),
         listeners: listeners.into_iter().map(|(l, _)| l).collect(),
@@ -297,7 +300,6 @@ fn direct_listener_refusals(l: &Listener, src: &Source) -> Vec<ConfigError> {
         "max-redirects",
         "max-params",
         "max-connections",
-        "header-timeout",
         "body-timeout",
         "body-min-rate",
         "send-timeout",
@@ -307,6 +309,7 @@ fn direct_listener_refusals(l: &Listener, src: &Source) -> Vec<ConfigError> {
         set.into_iter().filter(|(_, set)| *set).map(|(k, _)| k).chain(keys.into_iter().filter(|k| written(k)));
     for k in refused {
         errs.push(src.invalid(&key(k), format!("{k} {DIRECT_NEEDS_BRIDGE}; remove it, or `direct`")));
+        // (The pool's keys are refused in the same words, naming this listener: check_direct.)
     }
     errs
 }
@@ -383,19 +386,26 @@ fn check_direct(
         }
         let needs_bridge = [
             ("error-pages", !pool.error_pages.is_empty()),
+            // Only the dispatcher counts a body (request_body_limits.rs): no worker would.
+            ("max-body", pool.max_body.is_some()),
             ("queue-size", written("queue-size")),
             ("queue-timeout", written("queue-timeout")),
             ("abort-grace", pool.supervision.abort_grace != Some(DEFAULT_ABORT_GRACE) || written("abort-grace")),
             ("unknown-length-body", written("unknown-length-body")),
         ];
         for (k, _) in needs_bridge.iter().filter(|(_, set)| *set) {
-            refused.push(why_not(k, &format!("{k} {DIRECT_NEEDS_BRIDGE}; remove it")));
+            let m = format!(
+                "{k} {DIRECT_NEEDS_BRIDGE}; remove it, or `direct` on listener {:?} (set at {at})",
+                listener.name
+            );
+            refused.push(src.invalid(&key(k), m));
         }
         if refused.is_empty() && others.is_empty() {
             pools[i].0.direct = Some(super::model::DirectServe {
                 listener: listener.name.clone(),
                 mount: listener.mount.clone(),
                 keep_path_info: listener.keep_path_info,
+                header_timeout: listener.header_timeout,
             });
         }
         errs.extend(refused);
@@ -501,6 +511,28 @@ fn check_dirs(
         errs.extend(check_log_dirs(global));
     }
     errs
+}
+
+/// A `direct` listener on a TCP address other than loopback: `allowed-clients` cannot
+/// apply to it (the workers accept its connections), so anyone who can reach the port can
+/// send requests to the app. Said at check, run and reload.
+fn direct_tcp_warnings(listeners: &[(Listener, usize)], sources: &[Source]) -> Vec<String> {
+    listeners
+        .iter()
+        .filter(|(l, _)| l.direct)
+        .filter_map(|(l, file_no)| match &l.address {
+            ListenAddress::Tcp(a) if !a.ip().is_loopback() => {
+                let at = sources[*file_no].at(&KeyPath::of(&["listeners", &l.name, "fastcgi"]));
+                Some(format!(
+                    "{at}: warning: listeners.{}.fastcgi: {a} is a `direct` listener on a TCP address that is not \
+                     loopback: allowed-clients cannot apply to it (its workers accept the connections); \
+                     restrict who reaches the port with a firewall (docs/direct.md)",
+                    l.name
+                ))
+            }
+            _ => None,
+        })
+        .collect()
 }
 
 /// At a reload, the log files whose directory is missing, as warnings: the running daemon

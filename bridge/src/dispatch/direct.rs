@@ -34,9 +34,11 @@ impl<S: Slot> Dispatcher<S> {
     }
 
     /// Copy a direct worker's scoreboard read at `now_ns` (CLOCK_MONOTONIC) in: requests
-    /// begun and served (the worker's and the pool's numbers), and the request each thread
-    /// runs, from when it began. Wakes the manager when the worker reached max-requests.
-    pub(crate) fn observe_direct(&self, worker: WorkerKey, threads: &[ThreadSnapshot], now_ns: u64) {
+    /// begun and served (the worker's and the pool's numbers), responses by status class,
+    /// and the request each thread runs, from when it began. Wakes the manager when the
+    /// worker reached max-requests.
+    pub(crate) fn observe_direct(&self, worker: WorkerKey, board: &Observed, now_ns: u64) {
+        let threads = &board.threads;
         let now = Instant::now();
         let mut inner = self.lock();
         let inner = &mut *inner;
@@ -64,11 +66,23 @@ impl<S: Slot> Dispatcher<S> {
         w.s.open = w.s.busy;
         inner.counters.accepted += began;
         inner.counters.served += served;
+        for (class, (now, seen)) in board.responses.iter().zip(w.direct_responses.iter_mut()).enumerate() {
+            inner.counters.direct_responses.0[class] += now.saturating_sub(*seen);
+            *seen = (*seen).max(*now);
+        }
         if w.s.max_requests != 0 && w.s.served >= w.s.max_requests && !w.s.recycle_flagged {
             w.s.recycle_flagged = true;
             self.wake.notify_one();
         }
     }
+}
+
+/// A direct worker's scoreboard as read at one instant.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Observed {
+    pub threads: Vec<ThreadSnapshot>,
+    /// Responses sent by status class (1xx … 5xx).
+    pub responses: [u64; 5],
 }
 
 /// An idle thread.
@@ -111,6 +125,10 @@ mod tests {
         ThreadSnapshot { served, started, line: line.as_bytes().to_vec() }
     }
 
+    fn seen(threads: Vec<ThreadSnapshot>) -> Observed {
+        Observed { threads, responses: [0; 5] }
+    }
+
     #[test]
     fn a_direct_worker_s_numbers_come_from_its_scoreboard() {
         let d: Dispatcher<Fake> = Dispatcher::new(0, Duration::from_secs(1));
@@ -118,7 +136,7 @@ mod tests {
         assert!(d.add_direct(w, 2));
         assert_eq!(d.view().idle_slots, 2);
         let now_ns = crate::scoreboard::monotonic_now_ns();
-        d.observe_direct(w, &[thread(3, now_ns - 2_000_000_000, "GET /slow?x=1"), thread(1, 0, "")], now_ns);
+        d.observe_direct(w, &seen(vec![thread(3, now_ns - 2_000_000_000, "GET /slow?x=1"), thread(1, 0, "")]), now_ns);
         let v = d.worker_view(w, true).unwrap();
         assert_eq!((v.served, v.busy, v.open), (4, 1, 1));
         assert_eq!((v.current[0].method.as_str(), v.current[0].uri.as_str()), ("GET", "/slow?x=1"));
@@ -126,7 +144,7 @@ mod tests {
         let pool = d.view();
         assert_eq!((pool.counters.accepted, pool.counters.served, pool.idle_slots, pool.busy_slots), (5, 4, 1, 1));
         // The slow request ended and another began: one more accepted, one more served.
-        d.observe_direct(w, &[thread(4, now_ns + 5, "POST /b"), thread(1, 0, "")], now_ns + 10);
+        d.observe_direct(w, &seen(vec![thread(4, now_ns + 5, "POST /b"), thread(1, 0, "")]), now_ns + 10);
         let pool = d.view();
         assert_eq!((pool.counters.accepted, pool.counters.served), (6, 5));
         assert_eq!(d.worker_view(w, true).unwrap().current[0].uri, "/b");
@@ -138,14 +156,14 @@ mod tests {
         let w = d.add_worker(10);
         assert!(d.add_direct(w, 1));
         let now_ns = crate::scoreboard::monotonic_now_ns();
-        d.observe_direct(w, &[thread(9, now_ns - 3_000_000_000, "GET /hang")], now_ns);
+        d.observe_direct(w, &seen(vec![thread(9, now_ns - 3_000_000_000, "GET /hang")]), now_ns);
         assert!(!d.worker_view(w, false).unwrap().max_requests_reached);
         let overdue = d.cancel_overdue(Duration::from_secs(2));
         assert_eq!(overdue.len(), 1);
         assert_eq!((overdue[0].method.as_str(), overdue[0].uri.as_str()), ("GET", "/hang"));
         // Counted once, not at every tick.
         assert!(d.cancel_overdue(Duration::from_secs(2)).is_empty());
-        d.observe_direct(w, &[thread(10, 0, "")], now_ns);
+        d.observe_direct(w, &seen(vec![thread(10, 0, "")]), now_ns);
         assert!(d.worker_view(w, false).unwrap().max_requests_reached);
     }
 
@@ -155,11 +173,52 @@ mod tests {
         let w = d.add_worker(0);
         assert!(d.add_direct(w, 2));
         let now_ns = crate::scoreboard::monotonic_now_ns();
-        d.observe_direct(w, &[thread(0, now_ns, "GET /crash"), thread(0, 0, "")], now_ns);
+        d.observe_direct(w, &seen(vec![thread(0, now_ns, "GET /crash"), thread(0, 0, "")]), now_ns);
         let lost = d.lost_requests(w);
         assert_eq!(lost.len(), 1);
         assert_eq!(lost[0].uri, "/crash");
         // Draining: an idle thread is no free slot, a busy one is in flight.
+        assert_eq!(d.drain_worker(w), 1);
+        assert_eq!(d.view().idle_slots, 0);
+    }
+
+    #[test]
+    fn every_request_a_dead_direct_worker_ran_is_named() {
+        // Direct requests all carry request id 0: one running in another thread or worker
+        // of the pool is no sign that a dead worker's request went elsewhere.
+        let d: Dispatcher<Fake> = Dispatcher::new(0, Duration::from_secs(1));
+        let (w, other) = (d.add_worker(0), d.add_worker(0));
+        assert!(d.add_direct(w, 3) && d.add_direct(other, 1));
+        let now_ns = crate::scoreboard::monotonic_now_ns();
+        d.observe_direct(other, &seen(vec![thread(0, now_ns, "GET /elsewhere")]), now_ns);
+        d.observe_direct(
+            w,
+            &seen(vec![thread(0, now_ns, "GET /crash"), thread(0, now_ns - 5, "GET /sleep"), thread(0, 0, "")]),
+            now_ns,
+        );
+        let lost: Vec<String> = d.lost_requests(w).into_iter().map(|r| r.uri).collect();
+        assert_eq!(lost, ["/crash", "/sleep"]);
+    }
+
+    #[test]
+    fn responses_by_class_are_counted_as_deltas() {
+        let d: Dispatcher<Fake> = Dispatcher::new(0, Duration::from_secs(1));
+        let (a, b) = (d.add_worker(0), d.add_worker(0));
+        assert!(d.add_direct(a, 1) && d.add_direct(b, 1));
+        let idle = vec![thread(0, 0, "")];
+        d.observe_direct(a, &Observed { threads: idle.clone(), responses: [0, 5, 1, 0, 2] }, 1);
+        d.observe_direct(a, &Observed { threads: idle.clone(), responses: [0, 7, 1, 1, 2] }, 2);
+        d.observe_direct(b, &Observed { threads: idle, responses: [0, 3, 0, 0, 1] }, 2);
+        assert_eq!(d.view().counters.direct_responses.0, [0, 10, 1, 1, 3]);
+    }
+
+    #[test]
+    fn draining_is_a_direct_worker_s_drain() {
+        let d: Dispatcher<Fake> = Dispatcher::new(0, Duration::from_secs(1));
+        let w = d.add_worker(0);
+        assert!(d.add_direct(w, 2));
+        let now_ns = crate::scoreboard::monotonic_now_ns();
+        d.observe_direct(w, &seen(vec![thread(0, now_ns, "GET /crash"), thread(0, 0, "")]), now_ns);
         assert_eq!(d.drain_worker(w), 1);
         assert_eq!(d.view().idle_slots, 0);
     }

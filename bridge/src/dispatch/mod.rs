@@ -21,6 +21,7 @@
 //! still runs it) but the manager is told, retires that worker, and counts the slot as
 //! nothing left to finish when it drains.
 mod direct;
+pub(crate) use direct::Observed as DirectObserved;
 pub(crate) mod request_body_limits;
 pub(crate) mod serve;
 
@@ -287,6 +288,9 @@ pub(crate) struct Counters {
     /// Piped requests taken back before the worker started them (to a slot that freed up,
     /// or after their connection failed).
     pub withdrawn: u64,
+    /// Responses by status class that direct workers sent (their scoreboards' counters):
+    /// no direct request passes the status counters of track.rs.
+    pub direct_responses: crate::status::latency::Classes,
 }
 
 struct WorkerEntry {
@@ -297,6 +301,8 @@ struct WorkerEntry {
     /// A direct worker's threads as its scoreboard last showed them (dispatch/direct.rs);
     /// empty for a worker the bridge connects to.
     direct: Vec<direct::ThreadSeen>,
+    /// A direct worker's responses by status class as its scoreboard last showed them.
+    direct_responses: [u64; 5],
 }
 
 struct WorkerNumbers {
@@ -750,6 +756,7 @@ impl<S: Slot> Dispatcher<S> {
             },
             conns: Vec::new(),
             direct: Vec::new(),
+            direct_responses: [0; 5],
         };
         if let Some(index) = inner.free.pop() {
             let w = &mut inner.workers[index as usize];
@@ -1219,7 +1226,12 @@ impl<S> Inner<S> {
     /// Whether the request on `key`'s connection was sent again to another slot (its first
     /// write failed there): it waits in the queue, or is busy on another connection.
     fn went_elsewhere(&mut self, key: SlotKey) -> bool {
-        let Some(id) = conn_mut(&mut self.workers, key).filter(|(_, c)| c.busy).map(|(_, c)| c.label.request_id) else {
+        // A direct worker's requests carry no bridge id (0) and never move: were 0 matched,
+        // every request running elsewhere in the pool would hide a dead worker's.
+        let Some(id) = conn_mut(&mut self.workers, key)
+            .filter(|(_, c)| c.busy && c.label.request_id != 0)
+            .map(|(_, c)| c.label.request_id)
+        else {
             return false;
         };
         self.waiters.iter().any(|w| w.id == id)

@@ -142,6 +142,11 @@ impl Classes {
         }
     }
 
+    /// These and `other`, class by class.
+    pub(crate) fn plus(self, other: Self) -> Self {
+        Self(std::array::from_fn(|i| self.0[i] + other.0[i]))
+    }
+
     /// 5xx responses.
     pub(crate) fn server_errors(&self) -> u64 {
         self.0[4]

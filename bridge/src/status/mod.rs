@@ -16,16 +16,19 @@ pub(crate) mod track;
 
 use crate::config::{self, Global, ListenAddress, Protocol};
 use crate::registry::Registry;
+use crate::supervise::stats::PoolStats;
 use history::{ListenerSample, PoolSample};
+use latency::Classes;
 use model::{CurrentRequest, Latency, ListenerStatus, PoolStatus, Status, WorkerStatus};
 use std::time::Instant;
 
 /// A pool's sample for the history: its counters in `track.rs` and the supervisor's.
-fn pool_sample(s: &track::State, p: &crate::supervise::stats::PoolStats) -> PoolSample {
+fn pool_sample(s: &track::State, p: &PoolStats) -> PoolSample {
     let c = s.pools.get(&p.name);
     PoolSample {
         latency: c.map(|c| c.latency).unwrap_or_default(),
-        responses: c.map(|c| c.responses).unwrap_or_default(),
+        // A direct pool's responses come from its workers' scoreboards.
+        responses: c.map(|c| c.responses).unwrap_or_default().plus(p.direct_responses),
         rejected: p.rejected_queue_full + p.rejected_queue_timeout + p.rejected_unavailable,
         timeouts: p.request_timeouts,
         exits: p.worker_exits,
@@ -36,11 +39,21 @@ fn pool_sample(s: &track::State, p: &crate::supervise::stats::PoolStats) -> Pool
     }
 }
 
-fn listener_sample(s: &track::State, name: &str) -> ListenerSample {
-    let c = s.listeners.get(name);
+/// `pools`: to count a direct listener's responses, which its pool's workers sent
+/// without the bridge (their scoreboards).
+fn listener_sample(s: &track::State, l: &config::Listener, pools: &[PoolStats]) -> ListenerSample {
+    let c = s.listeners.get(&l.name);
+    let direct = match l.routes.first().filter(|_| l.direct) {
+        Some(r) => pools
+            .iter()
+            .filter(|p| p.name == r.pool)
+            .map(|p| p.direct_responses)
+            .fold(Classes::default(), Classes::plus),
+        None => Classes::default(),
+    };
     ListenerSample {
         latency: c.map(|c| c.latency).unwrap_or_default(),
-        responses: c.map(|c| c.responses).unwrap_or_default(),
+        responses: c.map(|c| c.responses).unwrap_or_default().plus(direct),
     }
 }
 
@@ -65,7 +78,7 @@ pub(crate) fn tick(registry: &Registry, now: Instant) {
     let stats = registry.board.snapshot();
     registry.track.with_state(|s| {
         let pools = stats.pools.iter().map(|p| (p.name.clone(), pool_sample(s, p))).collect();
-        let listeners = listeners.iter().map(|l| (l.name.clone(), listener_sample(s, &l.name))).collect();
+        let listeners = listeners.iter().map(|l| (l.name.clone(), listener_sample(s, l, &stats.pools))).collect();
         s.history.record(now, pools, listeners);
     });
 }
@@ -97,13 +110,13 @@ pub(crate) fn snapshot(registry: &Registry) -> Status {
         uptime_seconds: started.elapsed().as_secs_f64(),
         reloads: stats.reloads,
         draining: registry.drain_status(),
-        listeners: listeners.iter().map(|l| listener_status(s, l, now)).collect(),
+        listeners: listeners.iter().map(|l| listener_status(s, l, &stats.pools, now)).collect(),
         pools: stats.pools.into_iter().map(|p| pool_status(s, p, start_time, now)).collect(),
     })
 }
 
-fn listener_status(s: &track::State, l: &config::Listener, now: Instant) -> ListenerStatus {
-    let sample = listener_sample(s, &l.name);
+fn listener_status(s: &track::State, l: &config::Listener, pools: &[PoolStats], now: Instant) -> ListenerStatus {
+    let sample = listener_sample(s, l, pools);
     let ago = s.history.listener_minute_ago(&l.name, now).copied().unwrap_or_default();
     ListenerStatus {
         name: l.name.clone(),
@@ -123,7 +136,7 @@ fn listener_status(s: &track::State, l: &config::Listener, now: Instant) -> List
     }
 }
 
-fn pool_status(s: &track::State, p: crate::supervise::stats::PoolStats, start_time: u64, now: Instant) -> PoolStatus {
+fn pool_status(s: &track::State, p: PoolStats, start_time: u64, now: Instant) -> PoolStatus {
     let slow = s.pools.get(&p.name).map_or(0, |c| c.slow);
     let sample = pool_sample(s, &p);
     let ago = s.history.pool_minute_ago(&p.name, now).copied().unwrap_or_default();

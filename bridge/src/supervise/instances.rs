@@ -523,7 +523,8 @@ impl Instances {
         let mut waits = Vec::new();
         for p in pools {
             let (done, rx) = tokio::sync::oneshot::channel();
-            p.send(ManagerCmd::Stop { how, done });
+            // An instance of a template is never direct: no request is waited for there.
+            p.send(ManagerCmd::Stop { how, done, until: std::time::Instant::now() });
             waits.push(rx);
         }
         for w in waits {

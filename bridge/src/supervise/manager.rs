@@ -57,8 +57,10 @@ pub(crate) enum ManagerCmd {
     /// what is queued and in flight (at most `within`), then stop. `why` is the reason its
     /// workers' log lines and restart records give.
     Remove { within: Duration, why: String },
-    /// The daemon stops: stop every worker, then answer.
-    Stop { how: Stop, done: oneshot::Sender<()> },
+    /// The daemon stops: stop every worker, then answer. On a graceful stop a direct
+    /// worker (which the daemon's in-flight count does not see) is drained and has until
+    /// `until` to finish its requests and exit by itself.
+    Stop { how: Stop, done: oneshot::Sender<()>, until: Instant },
 }
 
 struct Worker {
@@ -91,6 +93,9 @@ struct Worker {
     stacks_dumped: bool,
     /// A direct pool's worker: what it serves, read at every tick (scoreboard.rs).
     scoreboard: Option<Arc<crate::scoreboard::Scoreboard>>,
+    /// Drained by a graceful stop of the bridge: SIGTERMed (not killed) at this deadline,
+    /// which is shutdown-timeout's, not graceful-timeout's.
+    stop_until: Option<Instant>,
 }
 
 #[derive(Default, Clone)]
@@ -409,7 +414,9 @@ impl Manager {
                 self.removing = Some(Instant::now() + within);
                 self.removed_why = why;
             }
-            ManagerCmd::Stop { how, done } => self.begin_stop(how, Some(done), "the bridge is stopping"),
+            ManagerCmd::Stop { how, done, until } => {
+                self.begin_stop(how, Some(done), "the bridge is stopping", until);
+            }
         }
     }
 
@@ -461,19 +468,40 @@ impl Manager {
     }
 
     /// Stop every worker; `why` is their stop reason (the bridge stopping, the pool removed).
-    fn begin_stop(&mut self, how: Stop, done: Option<oneshot::Sender<()>>, why: &str) {
+    /// A graceful stop lets a ready direct worker finish its requests (their count is in its
+    /// scoreboard, not the daemon's): drained, it exits by itself, or is stopped at `until`
+    /// (progress_draining).
+    fn begin_stop(&mut self, how: Stop, done: Option<oneshot::Sender<()>>, why: &str, until: Instant) {
         let grace = if how == Stop::Fast { FAST_GRACE } else { self.term_grace() };
         self.set_unavailable(Some(Arc::from(format!("pool {} is stopping", self.name))));
         for w in &mut self.workers {
-            if w.state != State::Stopping {
-                w.exit_reason.get_or_insert_with(|| why.to_owned());
-                self.dispatcher.drain_worker(w.key);
+            if w.state == State::Stopping {
+                continue;
+            }
+            w.exit_reason.get_or_insert_with(|| why.to_owned());
+            self.dispatcher.drain_worker(w.key);
+            let Some(board) = w.scoreboard.as_ref().filter(|_| how == Stop::Graceful && w.ready_at.is_some()) else {
                 if let Some(board) = &w.scoreboard {
                     board.set_drain();
                 }
                 w.state = State::Stopping;
                 let _ = w.ctl.send(WorkerCtl::Term { grace });
-            }
+                continue;
+            };
+            board.set_drain();
+            w.stop_until = Some(until);
+            tracing::info!(
+                pool = &*self.name,
+                pid = w.pid,
+                index = w.index,
+                "draining the worker for the stop: it finishes its requests and exits (SIGTERM in {:.0?} at the latest)",
+                until.saturating_duration_since(Instant::now())
+            );
+            w.state = match w.state {
+                // Retiring already: the earlier of its own deadline and the stop's.
+                State::Draining { deadline, dumped } => State::Draining { deadline: deadline.min(until), dumped },
+                _ => State::Draining { deadline: until, dumped: false },
+            };
         }
         self.stopping = Some((how, done));
     }
@@ -488,10 +516,11 @@ impl Manager {
 
     fn on_timer(&mut self) {
         let now = Instant::now();
+        // Also while stopping: a direct worker's requests are waited for on its scoreboard.
+        self.read_scoreboards();
         if self.stopping.is_some() {
             return;
         }
-        self.read_scoreboards();
         self.check_request_timeouts();
         if now >= self.next_round {
             self.next_round = now + ROUND;
@@ -772,7 +801,8 @@ impl Manager {
             // An abandoned request's worker is not waited for: it is killed with the others.
             if (v.busy_slots <= v.abandoned_slots && v.queue_now == 0) || now >= deadline {
                 let why = std::mem::take(&mut self.removed_why);
-                self.begin_stop(Stop::Graceful, None, &why);
+                let until = now + self.sup().graceful_timeout;
+                self.begin_stop(Stop::Graceful, None, &why, until);
             }
             return;
         }
@@ -911,6 +941,11 @@ impl Manager {
                 DrainStep::Wait => {}
                 DrainStep::Finish => finish(w, grace),
                 DrainStep::DumpStacks { until } => {
+                    // The bridge's graceful stop, when its deadline is the one that passed.
+                    let (limit, then) = match w.stop_until {
+                        Some(u) if u <= deadline => ("shutdown-timeout", "stopped (SIGTERM, SIGKILL 10s later)"),
+                        _ => ("graceful-timeout", "killed"),
+                    };
                     let current: Vec<String> = view
                         .map(|v| {
                             v.current
@@ -923,12 +958,12 @@ impl Manager {
                     if w.scoreboard.is_some() && open == 0 {
                         tracing::warn!(
                             pool = &*self.name, pid = w.pid,
-                            "worker did not exit within graceful-timeout after it was told to drain; its Python stacks follow, then it is killed"
+                            "worker did not exit within {limit} after it was told to drain; its Python stacks follow, then it is {then}"
                         );
                     } else {
                         tracing::warn!(
                             pool = &*self.name, pid = w.pid,
-                            "worker did not finish {open} request(s) within graceful-timeout: {}; its Python stacks follow, then it is killed",
+                            "worker did not finish {open} request(s) within {limit}: {}; its Python stacks follow, then it is {then}",
                             current.join(", ")
                         );
                     }
@@ -943,7 +978,8 @@ impl Manager {
                             "worker did not finish {open} request(s) within graceful-timeout; killing it"
                         );
                     }
-                    w.hard = true;
+                    // The bridge's stop ends with SIGTERM, as for every other worker.
+                    w.hard |= w.stop_until.is_none();
                     finish(w, grace);
                 }
             }
@@ -1020,6 +1056,7 @@ impl Manager {
             memory_warned: false,
             stacks_dumped: false,
             scoreboard,
+            stop_until: None,
         });
     }
 
@@ -1062,6 +1099,7 @@ impl Manager {
                     processes_at_index: h.spawns,
                     last_restart_reason: h.last_reason,
                     outdated: w.cfg_gen < self.cfg_gen,
+                    accepting: w.scoreboard.as_ref().is_some_and(|b| b.accepting() > 0),
                 }
             })
             .collect();
@@ -1103,7 +1141,8 @@ fn requests_line(lost: &[CurrentRequest]) -> String {
 /// A direct worker's scoreboard now, into the dispatcher's numbers.
 fn observe(dispatcher: &Dispatcher<SlotConn>, w: &Worker) {
     if let Some(board) = &w.scoreboard {
-        dispatcher.observe_direct(w.key, &board.snapshot(), crate::scoreboard::monotonic_now_ns());
+        let seen = crate::dispatch::DirectObserved { threads: board.snapshot(), responses: board.responses() };
+        dispatcher.observe_direct(w.key, &seen, crate::scoreboard::monotonic_now_ns());
     }
 }
 
@@ -1152,7 +1191,7 @@ pub(crate) async fn run(
             Wake::Cmd(Some(cmd)) => m.on_cmd(cmd),
             Wake::Cmd(None) => {
                 if m.stopping.is_none() {
-                    m.begin_stop(Stop::Fast, None, "the bridge is stopping");
+                    m.begin_stop(Stop::Fast, None, "the bridge is stopping", Instant::now());
                 }
             }
             Wake::Dispatcher => m.on_wake(),

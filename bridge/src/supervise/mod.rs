@@ -284,11 +284,13 @@ impl Supervisor {
     }
 
     /// Stop every worker and wait until they are reaped.
-    pub(crate) async fn stop(self, how: Stop) {
+    /// Stop every pool. `until`: when a graceful stop gives up on direct workers' requests
+    /// (the end of shutdown-timeout; the daemon counts only requests that pass it).
+    pub(crate) async fn stop(self, how: Stop, until: std::time::Instant) {
         let mut waits = Vec::new();
         for p in self.pools.iter().chain(self.retiring.iter()) {
             let (done, rx) = oneshot::channel();
-            p.send(ManagerCmd::Stop { how, done });
+            p.send(ManagerCmd::Stop { how, done, until });
             waits.push(rx);
         }
         for w in waits {

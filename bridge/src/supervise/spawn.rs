@@ -538,19 +538,31 @@ pub(super) fn worker_environment(cmd: &mut Command, pool: &Pool, iso: &Prepared,
 /// accepts on fd 0 itself, keeps its numbers in the scoreboard on fd 4, and applies the
 /// listener's `mount` / `path-info: keep` as the bridge would (docs/direct.md).
 fn direct_environment(cmd: &mut Command, direct: Option<&crate::config::DirectServe>) {
-    const NAMES: [&str; 4] =
-        ["FCGIBRIDGE_DIRECT", "FCGIBRIDGE_SCOREBOARD_FD", "FCGIBRIDGE_MOUNT", "FCGIBRIDGE_KEEP_PATH_INFO"];
+    const NAMES: [&str; 5] = [
+        "FCGIBRIDGE_DIRECT",
+        "FCGIBRIDGE_SCOREBOARD_FD",
+        "FCGIBRIDGE_MOUNT",
+        "FCGIBRIDGE_KEEP_PATH_INFO",
+        "FCGIBRIDGE_HEADER_TIMEOUT",
+    ];
     for name in NAMES {
         cmd.env_remove(name);
     }
     let Some(d) = direct else { return };
-    cmd.env("FCGIBRIDGE_DIRECT", "1").env("FCGIBRIDGE_SCOREBOARD_FD", CLAIM_FD.to_string());
+    cmd.env("FCGIBRIDGE_DIRECT", "1")
+        .env("FCGIBRIDGE_SCOREBOARD_FD", CLAIM_FD.to_string())
+        .env("FCGIBRIDGE_HEADER_TIMEOUT", header_timeout_env(d.header_timeout));
     if let Some(mount) = &d.mount {
         cmd.env("FCGIBRIDGE_MOUNT", mount);
     }
     if d.keep_path_info {
         cmd.env("FCGIBRIDGE_KEEP_PATH_INFO", "1");
     }
+}
+
+/// A duration in seconds as FCGIBRIDGE_HEADER_TIMEOUT gives it: "60", "2.5".
+fn header_timeout_env(d: std::time::Duration) -> String {
+    d.as_secs_f64().to_string()
 }
 
 /// Mark every descriptor above stderr close-on-exec. Whatever started the bridge (a
@@ -582,6 +594,13 @@ pub(crate) fn keep_inherited_descriptors_from_children() {
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
+    #[test]
+    fn the_header_timeout_is_given_in_seconds() {
+        use std::time::Duration;
+        assert_eq!(super::header_timeout_env(Duration::from_secs(60)), "60");
+        assert_eq!(super::header_timeout_env(Duration::from_millis(2500)), "2.5");
+    }
+
     use super::*;
 
     #[test]

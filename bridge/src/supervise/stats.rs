@@ -106,6 +106,10 @@ pub(crate) struct PoolStats {
     pub queue_timeout_seconds: f64,
     /// Requests that reached the pool.
     pub accepted_requests: u64,
+    /// Responses by status class its direct workers sent (their scoreboards); the status
+    /// page adds them to what passed the bridge (status/track.rs).
+    #[serde(skip)]
+    pub direct_responses: crate::status::latency::Classes,
     /// Requests a worker finished (any status).
     pub served_requests: u64,
     /// Requests that had to wait while the pool ran its most processes.
@@ -250,6 +254,9 @@ pub(crate) struct WorkerInfo {
     pub processes_at_index: u64,
     pub last_restart_reason: Option<String>,
     pub outdated: bool,
+    /// A direct worker whose threads may still accept a connection (its scoreboard's
+    /// `accepting`): retired or not, it may still serve a new request.
+    pub accepting: bool,
 }
 
 /// One pool now.
@@ -328,6 +335,7 @@ pub(crate) fn pool_snapshot(pool: &PoolRuntime) -> PoolStats {
         queue_size: dv.queue_size,
         queue_timeout_seconds: dv.queue_timeout.as_secs_f64(),
         accepted_requests: c.accepted,
+        direct_responses: c.direct_responses,
         served_requests: c.served,
         max_children_reached: c.max_reached,
         rejected_queue_full: c.rejected_queue_full,
