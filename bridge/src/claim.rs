@@ -7,9 +7,9 @@
 //! the worker swaps QUEUED for STARTED before its app runs the request
 //! (workers/src/claim.rs); the bridge swaps QUEUED for WITHDRAWN to take it back. The
 //! first swap decides; a stale tag never matches.
+use crate::shared_memory::{SharedMemory, SharedMemoryError};
 use std::num::NonZeroUsize;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::ptr::NonNull;
+use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 const QUEUED: u32 = 1;
@@ -25,65 +25,24 @@ pub(crate) const CELLS: u32 = (PAGE_BYTES / 4) as u32;
 /// Tags use the bits above the state.
 const TAG_MASK: u32 = u32::MAX >> 2;
 
-/// Why no claim page could be made (the pool then runs without the pipeline).
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum ClaimError {
-    #[error("memfd_create: {0}")]
-    Create(std::io::Error),
-    #[error("ftruncate: {0}")]
-    Size(std::io::Error),
-    #[error("mmap: {0}")]
-    Map(std::io::Error),
-}
-
 /// One worker's page, mapped shared; the descriptor is what the worker inherits.
 #[derive(Debug)]
-pub(crate) struct ClaimPage {
-    fd: OwnedFd,
-    /// The start of the mapping: [`CELLS`] atomics.
-    cells: NonNull<AtomicU32>,
-}
-
-// SAFETY: the mapping is only ever accessed through atomics, and lives as long as the value.
-unsafe impl Send for ClaimPage {}
-// SAFETY: as above.
-unsafe impl Sync for ClaimPage {}
+pub(crate) struct ClaimPage(SharedMemory);
 
 impl ClaimPage {
-    /// A zeroed page in a memfd (close-on-exec; the spawn dups it onto the worker's fd).
-    pub(crate) fn new() -> Result<Self, ClaimError> {
-        use nix::fcntl::{fcntl, FcntlArg};
-        use nix::sys::memfd::{memfd_create, MFdFlags};
-        use nix::sys::mman::{mmap, MapFlags, ProtFlags};
-        let flags = MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING;
-        let low = memfd_create(c"fcgibridge-claims", flags).map_err(|e| ClaimError::Create(e.into()))?;
-        // Above the descriptors a spawn places (0–4), so dup2 onto them never clobbers it.
-        let high = fcntl(&low, FcntlArg::F_DUPFD_CLOEXEC(10)).map_err(|e| ClaimError::Create(e.into()))?;
-        drop(low);
-        // SAFETY: fcntl returned a new descriptor nothing else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(high) };
-        nix::unistd::ftruncate(&fd, PAGE_BYTES as libc::off_t).map_err(|e| ClaimError::Size(e.into()))?;
-        // Sealed at its size: a worker (or the app in it) that shrank the shared file would
-        // make the bridge's next touch of the page a SIGBUS that kills the daemon.
-        let seals =
-            nix::fcntl::SealFlag::F_SEAL_SHRINK | nix::fcntl::SealFlag::F_SEAL_GROW | nix::fcntl::SealFlag::F_SEAL_SEAL;
-        fcntl(&fd, FcntlArg::F_ADD_SEALS(seals)).map_err(|e| ClaimError::Size(e.into()))?;
-        // SAFETY: a fresh shared mapping of the whole (zeroed) file at an address the
-        // kernel picks, so no existing memory is affected.
-        let p =
-            unsafe { mmap(None, PAGE_LEN, ProtFlags::PROT_READ | ProtFlags::PROT_WRITE, MapFlags::MAP_SHARED, &fd, 0) }
-                .map_err(|e| ClaimError::Map(e.into()))?;
-        Ok(Self { fd, cells: p.cast::<AtomicU32>() })
+    /// A zeroed page the worker inherits.
+    pub(crate) fn new() -> Result<Self, SharedMemoryError> {
+        SharedMemory::new(c"fcgibridge-claims", PAGE_LEN).map(Self)
     }
 
     /// The descriptor the worker inherits (as `FCGIBRIDGE_CLAIM_FD`).
     pub(crate) fn raw_fd(&self) -> RawFd {
-        self.fd.as_raw_fd()
+        self.0.raw_fd()
     }
 
     fn cell(&self, cell: u32) -> Option<&AtomicU32> {
-        // SAFETY: `cells` points at CELLS atomics that live as long as `self`.
-        (cell < CELLS).then(|| unsafe { &*self.cells.as_ptr().add(cell as usize) })
+        // SAFETY: the mapping holds CELLS aligned atomics that live as long as `self`.
+        (cell < CELLS).then(|| unsafe { &*self.0.base().as_ptr().cast::<AtomicU32>().add(cell as usize) })
     }
 
     /// Mark `cell` queued under `tag` (before the request is written).
@@ -106,14 +65,6 @@ impl ClaimPage {
         let Some(c) = self.cell(cell) else { return false };
         let tag = (tag & TAG_MASK) << 2;
         c.compare_exchange(tag | QUEUED, tag | 2, Ordering::AcqRel, Ordering::Acquire).is_ok()
-    }
-}
-
-impl Drop for ClaimPage {
-    fn drop(&mut self) {
-        // SAFETY: the mapping made in `new`, unmapped once; no reference to a cell
-        // outlives `self`.
-        let _ = unsafe { nix::sys::mman::munmap(self.cells.cast(), PAGE_BYTES) };
     }
 }
 
@@ -160,7 +111,9 @@ mod tests {
     fn the_page_cannot_be_resized_by_whoever_holds_its_descriptor() {
         let page = ClaimPage::new().expect("page");
         for len in [0, 2 * PAGE_BYTES as libc::off_t] {
-            let err = nix::unistd::ftruncate(&page.fd, len).expect_err("sealed");
+            // SAFETY: the page's own descriptor, borrowed while `page` lives.
+            let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(page.raw_fd()) };
+            let err = nix::unistd::ftruncate(fd, len).expect_err("sealed");
             assert_eq!(err, nix::errno::Errno::EPERM);
         }
         page.queue(CELLS - 1, 1);

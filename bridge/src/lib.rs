@@ -23,6 +23,7 @@ mod respond;
 mod rollout;
 mod route;
 mod scoreboard;
+mod shared_memory;
 mod status;
 mod supervise;
 mod worker_handle;

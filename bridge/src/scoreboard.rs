@@ -7,9 +7,9 @@
 //! class 1xx..5xx as five u64 at 16..56 — then one
 //! 256-byte slot per thread: `served: u64`, `started: u64` (CLOCK_MONOTONIC ns, 0 when idle),
 //! `line_len: u32`, a reserved u32, and 232 bytes of `METHOD URI` as 29 u64 words.
+use crate::shared_memory::{SharedMemory, SharedMemoryError};
 use std::num::NonZeroUsize;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::ptr::NonNull;
+use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 const HEADER: usize = 64;
@@ -21,30 +21,12 @@ const LINE_OFFSET: usize = 24;
 pub(crate) const LINE_BYTES: usize = SLOT - LINE_OFFSET;
 const LINE_WORDS: usize = LINE_BYTES / 8;
 
-/// Why no scoreboard could be made (the worker is then not started).
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum ScoreboardError {
-    #[error("memfd_create: {0}")]
-    Create(std::io::Error),
-    #[error("ftruncate: {0}")]
-    Size(std::io::Error),
-    #[error("mmap: {0}")]
-    Map(std::io::Error),
-}
-
 /// One worker's scoreboard, mapped shared; the descriptor is what the worker inherits.
 #[derive(Debug)]
 pub(crate) struct Scoreboard {
-    fd: OwnedFd,
-    base: NonNull<u8>,
-    len: NonZeroUsize,
+    mem: SharedMemory,
     threads: u32,
 }
-
-// SAFETY: the mapping is only ever accessed through atomics, and lives as long as the value.
-unsafe impl Send for Scoreboard {}
-// SAFETY: as above.
-unsafe impl Sync for Scoreboard {}
 
 /// One thread's slot as read at one instant.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -65,49 +47,29 @@ pub(crate) fn size_for(threads: u32) -> usize {
 }
 
 impl Scoreboard {
-    /// A zeroed scoreboard for `threads` threads in a memfd (close-on-exec; the spawn dups
-    /// it onto the worker's fd 4).
-    pub(crate) fn new(threads: u32) -> Result<Self, ScoreboardError> {
-        use nix::fcntl::{fcntl, FcntlArg, SealFlag};
-        use nix::sys::memfd::{memfd_create, MFdFlags};
-        use nix::sys::mman::{mmap, MapFlags, ProtFlags};
-        let flags = MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING;
-        let low = memfd_create(c"fcgibridge-scoreboard", flags).map_err(|e| ScoreboardError::Create(e.into()))?;
-        // Above the descriptors a spawn places (0–4), so dup2 onto them never clobbers it.
-        let high = fcntl(&low, FcntlArg::F_DUPFD_CLOEXEC(10)).map_err(|e| ScoreboardError::Create(e.into()))?;
-        drop(low);
-        // SAFETY: fcntl returned a new descriptor nothing else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(high) };
-        let bytes = size_for(threads);
-        nix::unistd::ftruncate(&fd, bytes as libc::off_t).map_err(|e| ScoreboardError::Size(e.into()))?;
-        // Sealed at its size: a worker that shrank the file would make the bridge's next
-        // read a SIGBUS that kills the daemon.
-        let seals = SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_SEAL;
-        fcntl(&fd, FcntlArg::F_ADD_SEALS(seals)).map_err(|e| ScoreboardError::Size(e.into()))?;
-        let len = NonZeroUsize::new(bytes).ok_or(ScoreboardError::Size(std::io::ErrorKind::InvalidInput.into()))?;
-        // SAFETY: a fresh shared mapping of the whole (zeroed) file at an address the
-        // kernel picks, so no existing memory is affected.
-        let p = unsafe { mmap(None, len, ProtFlags::PROT_READ | ProtFlags::PROT_WRITE, MapFlags::MAP_SHARED, &fd, 0) }
-            .map_err(|e| ScoreboardError::Map(e.into()))?;
-        Ok(Self { fd, base: p.cast::<u8>(), len, threads })
+    /// A zeroed scoreboard for `threads` threads (the spawn dups it onto the worker's fd 4).
+    pub(crate) fn new(threads: u32) -> Result<Self, SharedMemoryError> {
+        // Never 0: the header alone rounds up to a page.
+        let len = NonZeroUsize::new(size_for(threads)).unwrap_or(NonZeroUsize::MIN);
+        Ok(Self { mem: SharedMemory::new(c"fcgibridge-scoreboard", len)?, threads })
     }
 
     /// The descriptor the worker inherits (as `FCGIBRIDGE_SCOREBOARD_FD`).
     pub(crate) fn raw_fd(&self) -> RawFd {
-        self.fd.as_raw_fd()
+        self.mem.raw_fd()
     }
 
     fn u32_at(&self, offset: usize) -> &AtomicU32 {
-        debug_assert!(offset + 4 <= self.len.get() && offset.is_multiple_of(4));
+        debug_assert!(offset + 4 <= self.mem.len() && offset.is_multiple_of(4));
         // SAFETY: in bounds and aligned (the mapping is page-aligned); the memory lives as
         // long as `self` and is only ever accessed atomically.
-        unsafe { &*self.base.as_ptr().add(offset).cast::<AtomicU32>() }
+        unsafe { &*self.mem.base().as_ptr().add(offset).cast::<AtomicU32>() }
     }
 
     fn u64_at(&self, offset: usize) -> &AtomicU64 {
-        debug_assert!(offset + 8 <= self.len.get() && offset.is_multiple_of(8));
+        debug_assert!(offset + 8 <= self.mem.len() && offset.is_multiple_of(8));
         // SAFETY: as in `u32_at`.
-        unsafe { &*self.base.as_ptr().add(offset).cast::<AtomicU64>() }
+        unsafe { &*self.mem.base().as_ptr().add(offset).cast::<AtomicU64>() }
     }
 
     /// Retire the worker: it accepts nothing more, finishes what it runs and exits 0.
@@ -192,13 +154,6 @@ impl Scoreboard {
     #[cfg(test)]
     pub(crate) fn drain_word(&self) -> u32 {
         self.u32_at(0).load(Ordering::Acquire)
-    }
-}
-
-impl Drop for Scoreboard {
-    fn drop(&mut self) {
-        // SAFETY: the mapping made in `new`, unmapped once; no reference into it outlives `self`.
-        let _ = unsafe { nix::sys::mman::munmap(self.base.cast(), self.len.get()) };
     }
 }
 

@@ -29,7 +29,7 @@ impl<S: Slot> Dispatcher<S> {
         let mut inner = self.lock();
         let Some(w) = inner.worker_mut(worker).filter(|w| !w.s.draining) else { return false };
         w.direct = vec![ThreadSeen::default(); threads as usize];
-        w.conns = (0..threads).map(|_| closed(now)).collect();
+        w.conns = (0..threads).map(|_| ConnEntry::closed(now)).collect();
         true
     }
 
@@ -51,7 +51,7 @@ impl<S: Slot> Dispatcher<S> {
             began += new.began().saturating_sub(seen.began());
             served += new.served.saturating_sub(seen.served);
             if t.started == 0 {
-                *c = closed(now);
+                *c = ConnEntry::closed(now);
             } else if !c.busy || t.started != seen.started {
                 let running = Duration::from_nanos(now_ns.saturating_sub(t.started));
                 *c = running_since(now.checked_sub(running).unwrap_or(now), &t.line);
@@ -85,20 +85,6 @@ pub(crate) struct Observed {
     pub responses: [u64; 5],
 }
 
-/// An idle thread.
-fn closed(now: Instant) -> ConnEntry {
-    ConnEntry {
-        open: false,
-        busy: false,
-        timed_out: false,
-        abandoned: false,
-        lost: false,
-        since: now,
-        label: Label::empty(now),
-        canceller: None,
-    }
-}
-
 /// A thread running the request `line` (`METHOD URI`) since `since`.
 fn running_since(since: Instant, line: &[u8]) -> ConnEntry {
     let (method, uri) = match line.iter().position(|&b| b == b' ') {
@@ -106,7 +92,7 @@ fn running_since(since: Instant, line: &[u8]) -> ConnEntry {
         None => (line, &line[line.len()..]),
     };
     let label = Label::of(&Ticket { method, uri, request_id: 0, started: since });
-    ConnEntry { open: true, busy: true, since, label, ..closed(since) }
+    ConnEntry { open: true, busy: true, since, label, ..ConnEntry::closed(since) }
 }
 
 #[cfg(test)]

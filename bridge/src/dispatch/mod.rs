@@ -334,6 +334,22 @@ struct ConnEntry {
 }
 
 impl ConnEntry {
+    /// No connection (or a direct worker's idle thread) since `now`.
+    fn closed(now: Instant) -> Self {
+        Self {
+            open: false,
+            busy: false,
+            timed_out: false,
+            abandoned: false,
+            lost: false,
+            since: now,
+            label: Label::empty(now),
+            canceller: None,
+        }
+    }
+}
+
+impl ConnEntry {
     /// The request on this connection, as the status page shows it.
     fn current(&self) -> CurrentRequest {
         CurrentRequest {
@@ -778,17 +794,7 @@ impl<S: Slot> Dispatcher<S> {
         if w.s.draining {
             return None;
         }
-        let now = Instant::now();
-        let conn = ConnEntry {
-            open: true,
-            busy: false,
-            timed_out: false,
-            abandoned: false,
-            lost: false,
-            since: now,
-            label: Label::empty(now),
-            canceller,
-        };
+        let conn = ConnEntry { open: true, canceller, ..ConnEntry::closed(Instant::now()) };
         w.s.open += 1;
         let index = match w.conns.iter().position(|c| !c.open) {
             Some(i) => {
