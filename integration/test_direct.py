@@ -27,7 +27,8 @@ class Front:
         self.port = free_ports(1)[0]
         http = (f"    server {{\n        listen 127.0.0.1:{self.port};\n        location / {{\n"
                 f"            include {nginx_etc()}/fastcgi_params;\n            {FCGI_PATH_RECIPE}\n"
-                f"            fastcgi_read_timeout 120s;\n            fastcgi_pass unix:{socket};\n"
+                f"            fastcgi_read_timeout 120s;\n            client_max_body_size 64m;\n"
+                f"            fastcgi_pass unix:{socket};\n"
                 f"        }}\n    }}\n")
         (workdir / "nginx.conf").write_text(nginx_conf(workdir, http))
         self.error_log = LogFile(workdir / "nginx-error.log")
@@ -227,6 +228,71 @@ def test_a_graceful_stop_lets_direct_workers_finish_their_requests(tmp_path_fact
         front.stop()
         if b.proc.poll() is None:
             b.stop()
+
+
+def backlog(socket) -> int:
+    """Connections waiting in the accept queue of the unix listening socket `socket`."""
+    out = subprocess.run(["ss", "-xlnH"], capture_output=True, text=True, timeout=30).stdout
+    for line in out.splitlines():
+        fields = line.split()
+        if str(socket) in fields:
+            return int(fields[2])
+    return 0
+
+
+def test_a_stop_serves_the_connections_queued_on_the_socket_and_sigint_hastens_it(tmp_path_factory):
+    """Through the daemon, requests queued at a stop are served; a direct worker is their
+    queue's only reader, so a stopping worker first takes what waits on the socket (they
+    were reset: nginx 502). SIGINT during that stop makes it a fast one."""
+    b, front = start(tmp_path_factory, "direct-stop-queue", processes=1, threads=1)
+    try:
+        tag = "q-" + uuid.uuid4().hex[:8]
+        held = Background(lambda: front.get(f"/hold?tag={tag}&max=60"))
+        wait_until(lambda: [c for w in workers(b) for c in w["current"] if tag in c["uri"]], 30,
+                   what="the held request on the status page")
+        queued = [Background(lambda: front.get("/health")) for _ in range(3)]
+        socket = b.workdir / "direct.sock"
+        wait_until(lambda: backlog(socket) >= 3, 30, what="three connections queued on the socket")
+        mark = b.log.mark()
+        b.proc.send_signal(signal.SIGTERM)
+        b.log.wait_for([r"draining the worker for the stop"], since=mark, timeout=30)
+        (b.workdir / f"{tag}.release").write_text("")
+        assert held.result().status_code == 200
+        assert [q.result().status_code for q in queued] == [200, 200, 200]
+        assert b.proc.wait(timeout=60) == 0
+    finally:
+        front.stop()
+        if b.proc.poll() is None:
+            b.stop()
+
+    b, front = start(tmp_path_factory, "direct-stop-int", processes=1, threads=1)
+    try:
+        tag = "int-" + uuid.uuid4().hex[:8]
+        held = Background(lambda: front.get(f"/hold?tag={tag}&max=120"))
+        wait_until(lambda: [c for w in workers(b) for c in w["current"] if tag in c["uri"]], 30,
+                   what="the held request on the status page")
+        mark = b.log.mark()
+        b.proc.send_signal(signal.SIGTERM)
+        b.log.wait_for([r"draining the worker for the stop"], since=mark, timeout=30)
+        b.proc.send_signal(signal.SIGINT)
+        b.log.wait_for([r"fast stop: not waiting for the direct workers' requests"], since=mark, timeout=30)
+        # Well before shutdown-timeout (30 s).
+        b.proc.wait(timeout=20)
+        held.result()
+    finally:
+        front.stop()
+        if b.proc.poll() is None:
+            b.stop()
+
+
+def test_an_unread_large_upload_gets_the_apps_answer_not_a_502(stack):
+    """The app answers without reading a 20 MB body: the worker reads the rest nginx
+    writes before it closes (closed early, nginx's write failed and it answered 502)."""
+    b, front = stack
+    body = os.urandom(20 << 20)
+    for _ in range(3):
+        r = requests.post(f"http://127.0.0.1:{front.port}/health", data=body, timeout=120)
+        assert (r.status_code, r.text) == (200, "ok")
 
 
 def test_a_direct_pool_counts_its_responses_by_class(stack):

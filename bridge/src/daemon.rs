@@ -361,7 +361,24 @@ async fn stop(mut r: Running, config: &crate::config::Config, s: &mut Signals, h
     if how == Stop::Fast {
         tracing::info!("fast stop");
     }
-    r.supervisor.stop(how, until).await;
+    let hastener = r.supervisor.hastener();
+    let stopping = r.supervisor.stop(how, until);
+    tokio::pin!(stopping);
+    // Direct workers finish their requests inside that wait: SIGINT or SIGQUIT still make
+    // it a fast stop, as they do while the daemon's own requests are waited for.
+    let hastened = how == Stop::Graceful
+        && tokio::select! {
+            () = &mut stopping => false,
+            _ = s.int.recv() => true,
+            _ = s.quit.recv() => true,
+        };
+    if hastened {
+        tracing::info!("fast stop: not waiting for the direct workers' requests");
+        hastener.hasten();
+        stopping.await;
+    } else if how != Stop::Graceful {
+        stopping.await;
+    }
     r.registry.board.instances.stop_all(how).await;
     crate::supervise::orphans::last_look(r.registry.rate_limits.clone()).await;
     r.registry.rate_limits.flush_all();

@@ -77,6 +77,12 @@ impl Scoreboard {
         self.u32_at(0).store(1, Ordering::Release);
     }
 
+    /// The bridge stops: as [`Self::set_drain`], but the worker first serves the
+    /// connections already queued on the socket (no other worker will), for 2 s at most.
+    pub(crate) fn set_stop(&self) {
+        self.u32_at(0).store(2, Ordering::Release);
+    }
+
     /// How many of the worker's threads may still accept a connection: after `set_drain`,
     /// 0 means it takes no new one (it may still finish requests).
     pub(crate) fn accepting(&self) -> u32 {

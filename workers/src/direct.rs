@@ -16,10 +16,12 @@ use crate::scoreboard::LINE_BYTES;
 
 /// `FCGIBRIDGE_HEADER_TIMEOUT` when the bridge gives none (the listener's default).
 const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(60);
-/// A lingering close waits at most this long for the web server's end of input...
-const LINGER_TIME: Duration = Duration::from_secs(2);
+/// A lingering close waits at most this long for the web server's end of input (nginx
+/// writes the rest of a large upload the app did not read: closed before it has, its write
+/// fails and the client gets a 502 instead of the app's answer)...
+const LINGER_TIME: Duration = Duration::from_secs(10);
 /// ...and discards at most this many bytes of it.
-const LINGER_BYTES: usize = 1 << 20;
+const LINGER_BYTES: usize = 1 << 30;
 
 /// A direct worker's settings, from its environment.
 pub(crate) struct Direct {

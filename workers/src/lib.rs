@@ -612,9 +612,21 @@ fn close(py: Python<'_>, shared: &Shared) {
 /// A direct worker's accept: the next connection, or `None` once the bridge asked the worker
 /// to retire (looked at whenever accept's timeout passes).
 fn accept_unless_draining(listen_fd: i32) -> std::io::Result<Option<std::os::fd::OwnedFd>> {
+    static STOP_SEEN: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
     loop {
-        if scoreboard::draining() {
-            return Ok(None);
+        match scoreboard::drain_word() {
+            0 => {}
+            scoreboard::STOP => {
+                // The bridge is stopping: serve what is queued on the socket (nothing else
+                // will), within a window, then leave.
+                let seen = *STOP_SEEN.get_or_init(std::time::Instant::now);
+                if seen.elapsed() >= scoreboard::STOP_QUEUE_WINDOW
+                    || !sys::wait_readable_for(listen_fd, std::time::Duration::ZERO)?
+                {
+                    return Ok(None);
+                }
+            }
+            _ => return Ok(None),
         }
         if let Some(fd) = sys::accept_or_timeout(listen_fd)? {
             return Ok(Some(fd));

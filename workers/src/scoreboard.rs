@@ -142,8 +142,24 @@ impl Board {
 
 /// Whether the bridge asked this worker to retire.
 pub(crate) fn draining() -> bool {
-    matches!(BOARD.get(), Some(Some(b)) if b.header.drain.load(Ordering::Acquire) != 0)
+    drain_word() != 0
 }
+
+/// The `drain` word the bridge wrote: 0; 1, retire (a recycle, a reload: it accepts
+/// nothing more, the pool's other workers take what waits on the socket); or [`STOP`].
+pub(crate) fn drain_word() -> u32 {
+    match BOARD.get() {
+        Some(Some(b)) => b.header.drain.load(Ordering::Acquire),
+        _ => 0,
+    }
+}
+
+/// `drain`: the bridge is stopping and no worker takes over: the connections already
+/// queued on the socket are served first (for [`STOP_QUEUE_WINDOW`] at most).
+pub(crate) const STOP: u32 = 2;
+/// How long a stopping worker keeps taking queued connections: what the web server had
+/// sent when the stop began, not a TCP listener's endless new ones.
+pub(crate) const STOP_QUEUE_WINDOW: Duration = Duration::from_secs(2);
 
 /// The calling serving thread may accept connections until the returned guard is dropped
 /// (it left its accept loop for good), counted in the header's `accepting`.

@@ -488,7 +488,7 @@ impl Manager {
                 let _ = w.ctl.send(WorkerCtl::Term { grace });
                 continue;
             };
-            board.set_drain();
+            board.set_stop();
             w.stop_until = Some(until);
             tracing::info!(
                 pool = &*self.name,

@@ -286,6 +286,12 @@ impl Supervisor {
     /// Stop every worker and wait until they are reaped.
     /// Stop every pool. `until`: when a graceful stop gives up on direct workers' requests
     /// (the end of shutdown-timeout; the daemon counts only requests that pass it).
+    /// What turns a graceful stop under way into a fast one (SIGINT or SIGQUIT while direct
+    /// workers are still finishing their requests).
+    pub(crate) fn hastener(&self) -> Hastener {
+        Hastener(self.pools.iter().chain(self.retiring.iter()).cloned().collect())
+    }
+
     pub(crate) async fn stop(self, how: Stop, until: std::time::Instant) {
         let mut waits = Vec::new();
         for p in self.pools.iter().chain(self.retiring.iter()) {
@@ -298,6 +304,20 @@ impl Supervisor {
         }
         for t in self.tasks {
             let _ = t.await;
+        }
+    }
+}
+
+/// Every manager, to be told that the stop is now a fast one.
+pub(crate) struct Hastener(Vec<Arc<PoolRuntime>>);
+
+impl Hastener {
+    /// Stop every worker now (SIGTERM, SIGKILL a second later), whatever it still runs.
+    pub(crate) fn hasten(&self) {
+        for p in &self.0 {
+            // The graceful stop's own waiter is answered when the manager ends.
+            let (done, _) = oneshot::channel();
+            p.send(ManagerCmd::Stop { how: Stop::Fast, done, until: std::time::Instant::now() });
         }
     }
 }
