@@ -549,7 +549,7 @@ impl Manager {
             if asgi {
                 tracing::error!(
                     pool = &*self.name, pid = w.pid, request_id = o.request_id, uri = %o.uri,
-                    "request-timeout ({}): {} {} ran {:.1?} in worker {}; answering 504, the worker cancels its task and logs its coroutine stack",
+                    "request-timeout ({}): {} {} ran {:.1?} in worker {}; answering 504 (its response cut off if it had begun), the worker cancels its task and logs its coroutine stack",
                     DurationText(timeout), o.method, o.uri, o.running, w.pid
                 );
                 continue;
@@ -565,7 +565,7 @@ impl Manager {
             } else {
                 tracing::error!(
                     pool = &*self.name, pid = w.pid, request_id = o.request_id, uri = %o.uri,
-                    "request-timeout ({}): {} {} ran {:.1?} in worker {}; answering 504. {dump}the worker is replaced, its other requests get graceful-timeout ({}) to finish",
+                    "request-timeout ({}): {} {} ran {:.1?} in worker {}; answering 504 (its response cut off if it had begun). {dump}the worker is replaced, its other requests get graceful-timeout ({}) to finish",
                     DurationText(timeout), o.method, o.uri, o.running, w.pid, DurationText(graceful)
                 );
             }
