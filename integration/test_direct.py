@@ -79,6 +79,16 @@ def workers(b):
     return b.pool_status("app")["workers"]
 
 
+def held_request(b, front, prefix, max_s=60):
+    """A /hold request (tag `prefix-…`) running in a worker, once the status page shows it:
+    (tag, its Background). It ends when `<workdir>/<tag>.release` exists, or after `max_s`."""
+    tag = f"{prefix}-{uuid.uuid4().hex[:8]}"
+    held = Background(lambda: front.get(f"/hold?tag={tag}&max={max_s}"))
+    wait_until(lambda: [c for w in workers(b) for c in w["current"] if tag in c["uri"]], 30,
+               what="the held request on the status page")
+    return tag, held
+
+
 def test_workers_answer_and_the_status_page_counts_what_they_serve(stack):
     b, front = stack
     before = b.pool_status("app")["accepted_requests"]
@@ -210,10 +220,7 @@ def test_a_graceful_stop_lets_direct_workers_finish_their_requests(tmp_path_fact
     themselves; the request running at the stop is answered, not cut off (nginx 502)."""
     b, front = start(tmp_path_factory, "direct-stop", processes=1, threads=2)
     try:
-        tag = "stop-" + uuid.uuid4().hex[:8]
-        held = Background(lambda: front.get(f"/hold?tag={tag}&max=60"))
-        wait_until(lambda: [c for w in workers(b) for c in w["current"] if tag in c["uri"]], 30,
-                   what="the held request on the status page")
+        tag, held = held_request(b, front, "stop")
         mark = b.log.mark()
         b.proc.send_signal(signal.SIGTERM)
         b.log.wait_for([r"SIGTERM: draining in-flight requests"], since=mark, timeout=30)
@@ -246,10 +253,7 @@ def test_a_stop_serves_the_connections_queued_on_the_socket_and_sigint_hastens_i
     were reset: nginx 502). SIGINT during that stop makes it a fast one."""
     b, front = start(tmp_path_factory, "direct-stop-queue", processes=1, threads=1)
     try:
-        tag = "q-" + uuid.uuid4().hex[:8]
-        held = Background(lambda: front.get(f"/hold?tag={tag}&max=60"))
-        wait_until(lambda: [c for w in workers(b) for c in w["current"] if tag in c["uri"]], 30,
-                   what="the held request on the status page")
+        tag, held = held_request(b, front, "q")
         queued = [Background(lambda: front.get("/health")) for _ in range(3)]
         socket = b.workdir / "direct.sock"
         wait_until(lambda: backlog(socket) >= 3, 30, what="three connections queued on the socket")
@@ -267,10 +271,7 @@ def test_a_stop_serves_the_connections_queued_on_the_socket_and_sigint_hastens_i
 
     b, front = start(tmp_path_factory, "direct-stop-int", processes=1, threads=1)
     try:
-        tag = "int-" + uuid.uuid4().hex[:8]
-        held = Background(lambda: front.get(f"/hold?tag={tag}&max=120"))
-        wait_until(lambda: [c for w in workers(b) for c in w["current"] if tag in c["uri"]], 30,
-                   what="the held request on the status page")
+        tag, held = held_request(b, front, "int", max_s=120)
         mark = b.log.mark()
         b.proc.send_signal(signal.SIGTERM)
         b.log.wait_for([r"draining the worker for the stop"], since=mark, timeout=30)

@@ -29,25 +29,6 @@ const EV_REPLY: u8 = 10;
 /// letters and digits: what a raw path built from a decoded path keeps literally.
 const QUOTE_SAFE: &[u8] = b"_.-~/:@!$&'()*+,;=";
 
-/// `%XX` decoded (a `%` not followed by two hex digits stays as is), as `unquote_to_bytes`.
-fn percent_decode(s: &[u8]) -> Vec<u8> {
-    let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
-    let mut out = Vec::with_capacity(s.len());
-    let mut i = 0;
-    while i < s.len() {
-        if s[i] == b'%' && i + 2 < s.len() {
-            if let (Some(h), Some(l)) = (hex(s[i + 1]), hex(s[i + 2])) {
-                out.push(h << 4 | l);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(s[i]);
-        i += 1;
-    }
-    out
-}
-
 /// `quote_from_bytes(path, safe=...)`: every byte outside [`QUOTE_SAFE`] and ASCII
 /// alphanumerics as `%XX`.
 fn quote(path: &[u8]) -> Vec<u8> {
@@ -67,7 +48,7 @@ fn quote(path: &[u8]) -> Vec<u8> {
 /// server's rewrites, so it is used only while it still decodes to the path the app is given.
 fn raw_path(request_uri: &[u8], full: &[u8]) -> Vec<u8> {
     let uri_path = request_uri.split(|&b| b == b'?').next().unwrap_or_default();
-    if !uri_path.is_empty() && percent_decode(uri_path) == full {
+    if !uri_path.is_empty() && *fastcgi_server::path::percent_decode(uri_path) == *full {
         return uri_path.to_vec();
     }
     quote(full)

@@ -69,20 +69,7 @@ impl WorkerChild {
             }
             None => return Err(NamedPid::Gone { exit, stdout, stderr }),
         }
-        Ok(Self {
-            stdout: Some(stdout),
-            stderr: Some(stderr),
-            inner: Inner::Forked {
-                pid,
-                pool,
-                parent,
-                pidfd,
-                _registered: super::orphans::ForkedWorker::register(pid),
-                exit: Some(exit),
-                settled: None,
-                status: None,
-            },
-        })
+        Ok(Self::fork(pool, (pid, parent), pidfd, Ok(exit), (stdout, stderr)))
     }
 
     /// A fork the template reaped before the bridge could look at it (it exited within
@@ -95,6 +82,22 @@ impl WorkerChild {
         stdout: OutputPipe,
         stderr: OutputPipe,
     ) -> Self {
+        Self::fork(pool, (pid, parent), None, Err(ExitStatus::from_raw(status)), (stdout, stderr))
+    }
+
+    /// A fork of the template `parent` as the bridge holds it: its exit still to be
+    /// reported by the template (`Ok`), or already known (`Err`).
+    fn fork(
+        pool: std::sync::Arc<str>,
+        (pid, parent): (u32, u32),
+        pidfd: Option<OwnedFd>,
+        exit: Result<oneshot::Receiver<i32>, ExitStatus>,
+        (stdout, stderr): (OutputPipe, OutputPipe),
+    ) -> Self {
+        let (exit, status) = match exit {
+            Ok(rx) => (Some(rx), None),
+            Err(status) => (None, Some(status)),
+        };
         Self {
             stdout: Some(stdout),
             stderr: Some(stderr),
@@ -102,11 +105,11 @@ impl WorkerChild {
                 pid,
                 pool,
                 parent,
-                pidfd: None,
+                pidfd,
                 _registered: super::orphans::ForkedWorker::register(pid),
-                exit: None,
+                exit,
                 settled: None,
-                status: Some(ExitStatus::from_raw(status)),
+                status,
             },
         }
     }
