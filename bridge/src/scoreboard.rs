@@ -3,9 +3,10 @@
 //! the worker writes and the bridge reads (the manager's tick, the status page through the
 //! dispatcher). Layout (the worker's side mirrors it, workers/src): a 64-byte header —
 //! `drain: u32` at 0 (the bridge's only word), then the worker's: `threads: u32` at 4,
-//! `accepting: u32` at 8 (threads that may still accept a connection), responses by status
-//! class 1xx..5xx as five u64 at 16..56 — then one
-//! 256-byte slot per thread: `served: u64`, `started: u64` (CLOCK_MONOTONIC ns, 0 when idle),
+//! `accepting: u32` at 8 (threads that may still accept a connection), `timeouts: u32` at
+//! 12 (requests an ASGI worker ended for request-timeout itself), responses by status
+//! class 1xx..5xx as five u64 at 16..56 — then one 256-byte slot per thread (an ASGI
+//! worker: per request in flight, up to `concurrency`): `served: u64`, `started: u64` (CLOCK_MONOTONIC ns, 0 when idle),
 //! `line_len: u32`, a reserved u32, and 232 bytes of `METHOD URI` as 29 u64 words.
 use crate::shared_memory::{SharedMemory, SharedMemoryError};
 use std::num::NonZeroUsize;
@@ -14,6 +15,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 const HEADER: usize = 64;
 const ACCEPTING: usize = 8;
+const TIMEOUTS: usize = 12;
 const RESPONSES: usize = 16;
 const SLOT: usize = 256;
 const LINE_OFFSET: usize = 24;
@@ -87,6 +89,12 @@ impl Scoreboard {
     /// 0 means it takes no new one (it may still finish requests).
     pub(crate) fn accepting(&self) -> u32 {
         self.u32_at(ACCEPTING).load(Ordering::Acquire)
+    }
+
+    /// Requests the worker ended for request-timeout itself (an ASGI worker cancels the
+    /// request's task and goes on).
+    pub(crate) fn timeouts(&self) -> u32 {
+        self.u32_at(TIMEOUTS).load(Ordering::Relaxed)
     }
 
     /// Responses the worker sent, by status class (1xx, 2xx, 3xx, 4xx, 5xx).

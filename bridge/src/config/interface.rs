@@ -78,6 +78,16 @@ impl InterfaceConfig {
         }
     }
 
+    /// The most slots a worker may have before it said which interface it serves: a direct
+    /// worker's scoreboard is made that large.
+    pub fn most_slots(&self, threads: u32) -> u32 {
+        match self.kind {
+            Interface::Wsgi => threads,
+            Interface::Asgi => self.concurrency,
+            Interface::Auto => threads.max(self.concurrency),
+        }
+    }
+
     /// The pool's keys for `fcgibridge check`, each with its value; `threads` is
     /// printed by the caller, only when it is not an ASGI pool (`shows_threads`).
     pub fn render(&self) -> Vec<(&'static str, String)> {

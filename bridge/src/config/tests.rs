@@ -1143,6 +1143,11 @@ fn a_direct_listener_tells_its_pool_what_its_workers_apply() {
         (direct.listener.as_str(), direct.mount.as_deref(), direct.keep_path_info),
         ("front", Some("/shop"), true)
     );
+    // An ASGI pool (or one that decides at start) may be direct too: its event loop accepts.
+    for interface in ["asgi", "auto"] {
+        let c = direct_tree(&format!("direct-{interface}"), &format!("    interface: {interface}\n"), "").config();
+        assert!(c.pools[0].direct.is_some(), "{interface}");
+    }
     // Its workers apply the listener's header-timeout (FCGIBRIDGE_HEADER_TIMEOUT).
     assert_eq!(direct.header_timeout, std::time::Duration::from_secs(60));
     let c = direct_tree("direct-header-timeout", "", "    header-timeout: 2500ms\n").config();
@@ -1202,8 +1207,6 @@ fn direct_refuses_what_needs_the_bridge_on_the_request_path() {
         ("    unknown-length-body: buffer\n", "", "10-pool.yaml:4", "pools.app.unknown-length-body", needs),
         ("    error-pages: {502: ../app/app.py}\n", "", "10-pool.yaml:4", "pools.app.error-pages", needs),
         ("    max-body: 1MiB\n", "", "10-pool.yaml:4", "pools.app.max-body", needs),
-        ("    interface: asgi\n", "", "10-pool.yaml:4", "pools.app.interface", "direct: WSGI pools only"),
-        ("    interface: auto\n", "", "10-pool.yaml:4", "pools.app.interface", "direct: WSGI pools only"),
         ("    mode: dynamic\n", "", "10-pool.yaml:4", "pools.app.mode", "`mode: static`"),
         ("    ready-check: /healthz\n", "", "10-pool.yaml:4", "pools.app.ready-check", "remove it"),
     ];
@@ -1261,8 +1264,8 @@ fn direct_refuses_scgi_routes_commands_and_a_shared_pool() {
     assert!(template.contains("listeners.front.pool: \"sites\" is a template"), "{template}");
 
     // The listener's refusals do not hide the pool's.
-    let both = direct_tree("direct-both", "    interface: asgi\n", "    body-timeout: 10s\n").error();
-    assert!(both.contains("pools.app.interface: direct: WSGI pools only"), "{both}");
+    let both = direct_tree("direct-both", "    queue-size: 10\n", "    body-timeout: 10s\n").error();
+    assert!(both.contains("pools.app.queue-size: queue-size needs the bridge"), "{both}");
     assert!(both.contains("listeners.front.body-timeout: body-timeout needs the bridge"), "{both}");
 
     let shared = direct_tree("direct-shared", "", "  other:\n    fastcgi: 127.0.0.1:9001\n    pool: app\n").error();

@@ -327,7 +327,6 @@ fn check_direct(
     templates: &[super::template::Template],
     sources: &[Source],
 ) -> Vec<ConfigError> {
-    use super::interface::Interface;
     use super::supervision::{Mode, DEFAULT_ABORT_GRACE};
     let mut errs = Vec::new();
     for (listener, file_no) in listeners.iter().filter(|(l, _)| l.direct) {
@@ -370,9 +369,6 @@ fn check_direct(
                 "command",
                 "a `direct` listener's pool runs the native worker: write `app:`, not `command:`",
             ));
-        }
-        if pool.interface.kind != Interface::Wsgi {
-            refused.push(why_not("interface", "direct: WSGI pools only; remove `interface` (or set it to wsgi)"));
         }
         if pool.supervision.mode != Mode::Static {
             refused.push(why_not(

@@ -1,8 +1,9 @@
 //! A direct worker's numbers (docs/direct.md): it accepts the web server's connections
 //! itself, so nothing passes the dispatcher; the manager's tick copies its scoreboard
-//! (scoreboard.rs) in here, one "connection" per worker thread, busy while the thread runs
-//! a request. The status page, max-requests, request-timeout, drains and the crash line
-//! then read a direct worker as any other.
+//! (scoreboard.rs) in here, one "connection" per slot (a WSGI worker's thread, an ASGI
+//! worker's request in flight), busy while it runs a request. The status page,
+//! max-requests, request-timeout, drains and the crash line then read a direct worker as
+//! any other.
 use super::{ConnEntry, Dispatcher, Label, Slot, Ticket, WorkerKey};
 use crate::scoreboard::ThreadSnapshot;
 use std::time::{Duration, Instant};
@@ -14,6 +15,19 @@ pub(super) struct ThreadSeen {
     started: u64,
 }
 
+/// A direct worker's scoreboard as the dispatcher last copied it.
+#[derive(Debug, Default)]
+pub(super) struct DirectSeen {
+    pub(super) threads: Vec<ThreadSeen>,
+    /// Responses by status class.
+    responses: [u64; 5],
+    /// Requests the worker ended for request-timeout itself.
+    timeouts: u32,
+    /// An ASGI worker: it applies request-timeout to its requests itself (cancelling the
+    /// request's task), so the bridge's own check leaves its slots alone.
+    pub(super) times_out_itself: bool,
+}
+
 impl ThreadSeen {
     /// Requests begun: those finished and the one running.
     fn began(self) -> u64 {
@@ -22,14 +36,19 @@ impl ThreadSeen {
 }
 
 impl<S: Slot> Dispatcher<S> {
-    /// Worker `worker` is a direct worker of `threads` threads, ready: each thread is a slot
-    /// the bridge never holds. False when the worker was removed or retired meanwhile.
-    pub(crate) fn add_direct(&self, worker: WorkerKey, threads: u32) -> bool {
+    /// Worker `worker` is a direct worker of `slots` slots (threads; an ASGI worker's
+    /// `concurrency`), ready: each is a slot the bridge never holds. An `asgi` worker times
+    /// its requests out itself. False when the worker was removed or retired meanwhile.
+    pub(crate) fn add_direct(&self, worker: WorkerKey, slots: u32, asgi: bool) -> bool {
         let now = Instant::now();
         let mut inner = self.lock();
         let Some(w) = inner.worker_mut(worker).filter(|w| !w.s.draining) else { return false };
-        w.direct = vec![ThreadSeen::default(); threads as usize];
-        w.conns = (0..threads).map(|_| ConnEntry::closed(now)).collect();
+        w.direct = DirectSeen {
+            threads: vec![ThreadSeen::default(); slots as usize],
+            times_out_itself: asgi,
+            ..DirectSeen::default()
+        };
+        w.conns = (0..slots).map(|_| ConnEntry::closed(now)).collect();
         true
     }
 
@@ -46,7 +65,7 @@ impl<S: Slot> Dispatcher<S> {
             return;
         };
         let (mut began, mut served) = (0, 0);
-        for ((seen, c), t) in w.direct.iter_mut().zip(w.conns.iter_mut()).zip(threads) {
+        for ((seen, c), t) in w.direct.threads.iter_mut().zip(w.conns.iter_mut()).zip(threads) {
             let new = ThreadSeen { served: t.served, started: t.started };
             began += new.began().saturating_sub(seen.began());
             served += new.served.saturating_sub(seen.served);
@@ -66,10 +85,12 @@ impl<S: Slot> Dispatcher<S> {
         w.s.open = w.s.busy;
         inner.counters.accepted += began;
         inner.counters.served += served;
-        for (class, (now, seen)) in board.responses.iter().zip(w.direct_responses.iter_mut()).enumerate() {
+        for (class, (now, seen)) in board.responses.iter().zip(w.direct.responses.iter_mut()).enumerate() {
             inner.counters.direct_responses.0[class] += now.saturating_sub(*seen);
             *seen = (*seen).max(*now);
         }
+        inner.counters.request_timeouts += u64::from(board.timeouts.saturating_sub(w.direct.timeouts));
+        w.direct.timeouts = w.direct.timeouts.max(board.timeouts);
         if w.s.max_requests != 0 && w.s.served >= w.s.max_requests && !w.s.recycle_flagged {
             w.s.recycle_flagged = true;
             self.wake.notify_one();
@@ -83,6 +104,8 @@ pub(crate) struct Observed {
     pub threads: Vec<ThreadSnapshot>,
     /// Responses sent by status class (1xx … 5xx).
     pub responses: [u64; 5],
+    /// Requests the worker ended for request-timeout itself (an ASGI worker).
+    pub timeouts: u32,
 }
 
 /// A thread running the request `line` (`METHOD URI`) since `since`.
@@ -112,14 +135,14 @@ mod tests {
     }
 
     fn seen(threads: Vec<ThreadSnapshot>) -> Observed {
-        Observed { threads, responses: [0; 5] }
+        Observed { threads, ..Observed::default() }
     }
 
     #[test]
     fn a_direct_worker_s_numbers_come_from_its_scoreboard() {
         let d: Dispatcher<Fake> = Dispatcher::new(0, Duration::from_secs(1));
         let w = d.add_worker(0);
-        assert!(d.add_direct(w, 2));
+        assert!(d.add_direct(w, 2, false));
         assert_eq!(d.view().idle_slots, 2);
         let now_ns = crate::scoreboard::monotonic_now_ns();
         d.observe_direct(w, &seen(vec![thread(3, now_ns - 2_000_000_000, "GET /slow?x=1"), thread(1, 0, "")]), now_ns);
@@ -140,7 +163,7 @@ mod tests {
     fn max_requests_and_request_timeout_see_direct_workers() {
         let d: Dispatcher<Fake> = Dispatcher::new(0, Duration::from_secs(1));
         let w = d.add_worker(10);
-        assert!(d.add_direct(w, 1));
+        assert!(d.add_direct(w, 1, false));
         let now_ns = crate::scoreboard::monotonic_now_ns();
         d.observe_direct(w, &seen(vec![thread(9, now_ns - 3_000_000_000, "GET /hang")]), now_ns);
         assert!(!d.worker_view(w, false).unwrap().max_requests_reached);
@@ -154,10 +177,25 @@ mod tests {
     }
 
     #[test]
+    fn an_asgi_worker_times_its_requests_out_itself_and_they_are_counted() {
+        let d: Dispatcher<Fake> = Dispatcher::new(0, Duration::from_secs(1));
+        let w = d.add_worker(0);
+        assert!(d.add_direct(w, 3, true));
+        let now_ns = crate::scoreboard::monotonic_now_ns();
+        let running = vec![thread(0, now_ns - 3_000_000_000, "GET /hang"), thread(0, 0, ""), thread(0, 0, "")];
+        d.observe_direct(w, &Observed { threads: running.clone(), responses: [0; 5], timeouts: 2 }, now_ns);
+        // Its task is the worker's to cancel: the bridge neither cancels nor counts it again.
+        assert!(d.cancel_overdue(Duration::from_secs(2)).is_empty());
+        assert_eq!(d.view().counters.request_timeouts, 2);
+        d.observe_direct(w, &Observed { threads: running, responses: [0; 5], timeouts: 3 }, now_ns);
+        assert_eq!(d.view().counters.request_timeouts, 3);
+    }
+
+    #[test]
     fn a_dead_direct_worker_s_running_requests_are_its_lost_ones() {
         let d: Dispatcher<Fake> = Dispatcher::new(0, Duration::from_secs(1));
         let w = d.add_worker(0);
-        assert!(d.add_direct(w, 2));
+        assert!(d.add_direct(w, 2, false));
         let now_ns = crate::scoreboard::monotonic_now_ns();
         d.observe_direct(w, &seen(vec![thread(0, now_ns, "GET /crash"), thread(0, 0, "")]), now_ns);
         let lost = d.lost_requests(w);
@@ -174,7 +212,7 @@ mod tests {
         // of the pool is no sign that a dead worker's request went elsewhere.
         let d: Dispatcher<Fake> = Dispatcher::new(0, Duration::from_secs(1));
         let (w, other) = (d.add_worker(0), d.add_worker(0));
-        assert!(d.add_direct(w, 3) && d.add_direct(other, 1));
+        assert!(d.add_direct(w, 3, false) && d.add_direct(other, 1, false));
         let now_ns = crate::scoreboard::monotonic_now_ns();
         d.observe_direct(other, &seen(vec![thread(0, now_ns, "GET /elsewhere")]), now_ns);
         d.observe_direct(
@@ -190,11 +228,11 @@ mod tests {
     fn responses_by_class_are_counted_as_deltas() {
         let d: Dispatcher<Fake> = Dispatcher::new(0, Duration::from_secs(1));
         let (a, b) = (d.add_worker(0), d.add_worker(0));
-        assert!(d.add_direct(a, 1) && d.add_direct(b, 1));
+        assert!(d.add_direct(a, 1, false) && d.add_direct(b, 1, false));
         let idle = vec![thread(0, 0, "")];
-        d.observe_direct(a, &Observed { threads: idle.clone(), responses: [0, 5, 1, 0, 2] }, 1);
-        d.observe_direct(a, &Observed { threads: idle.clone(), responses: [0, 7, 1, 1, 2] }, 2);
-        d.observe_direct(b, &Observed { threads: idle, responses: [0, 3, 0, 0, 1] }, 2);
+        d.observe_direct(a, &Observed { threads: idle.clone(), responses: [0, 5, 1, 0, 2], timeouts: 0 }, 1);
+        d.observe_direct(a, &Observed { threads: idle.clone(), responses: [0, 7, 1, 1, 2], timeouts: 0 }, 2);
+        d.observe_direct(b, &Observed { threads: idle, responses: [0, 3, 0, 0, 1], timeouts: 0 }, 2);
         assert_eq!(d.view().counters.direct_responses.0, [0, 10, 1, 1, 3]);
     }
 
@@ -202,7 +240,7 @@ mod tests {
     fn draining_is_a_direct_worker_s_drain() {
         let d: Dispatcher<Fake> = Dispatcher::new(0, Duration::from_secs(1));
         let w = d.add_worker(0);
-        assert!(d.add_direct(w, 2));
+        assert!(d.add_direct(w, 2, false));
         let now_ns = crate::scoreboard::monotonic_now_ns();
         d.observe_direct(w, &seen(vec![thread(0, now_ns, "GET /crash"), thread(0, 0, "")]), now_ns);
         assert_eq!(d.drain_worker(w), 1);

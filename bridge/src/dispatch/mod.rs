@@ -298,11 +298,9 @@ struct WorkerEntry {
     live: bool,
     s: WorkerNumbers,
     conns: Vec<ConnEntry>,
-    /// A direct worker's threads as its scoreboard last showed them (dispatch/direct.rs);
-    /// empty for a worker the bridge connects to.
-    direct: Vec<direct::ThreadSeen>,
-    /// A direct worker's responses by status class as its scoreboard last showed them.
-    direct_responses: [u64; 5],
+    /// A direct worker's scoreboard as last read (dispatch/direct.rs); empty for a worker
+    /// the bridge connects to.
+    direct: direct::DirectSeen,
 }
 
 struct WorkerNumbers {
@@ -771,8 +769,7 @@ impl<S: Slot> Dispatcher<S> {
                 abandoned: 0,
             },
             conns: Vec::new(),
-            direct: Vec::new(),
-            direct_responses: [0; 5],
+            direct: direct::DirectSeen::default(),
         };
         if let Some(index) = inner.free.pop() {
             let w = &mut inner.workers[index as usize];
@@ -938,7 +935,9 @@ impl<S: Slot> Dispatcher<S> {
         let inner = &mut *inner;
         let mut out = Vec::new();
         for (index, w) in inner.workers.iter_mut().enumerate() {
-            if !w.live {
+            // A direct ASGI worker times its requests out itself (its task is cancelled, the
+            // worker goes on); its scoreboard's count reaches the counters (direct.rs).
+            if !w.live || w.direct.times_out_itself {
                 continue;
             }
             for c in w.conns.iter_mut() {
@@ -1009,7 +1008,7 @@ impl<S: Slot> Dispatcher<S> {
             .workers
             .iter()
             .filter(|w| w.live && !w.s.draining)
-            .map(|w| w.direct.len().saturating_sub(w.s.busy as usize))
+            .map(|w| w.direct.threads.len().saturating_sub(w.s.busy as usize))
             .sum();
         let abandoned = inner.workers.iter().filter(|w| w.live).map(|w| w.s.abandoned as usize).sum();
         PoolView {

@@ -1008,7 +1008,7 @@ impl Manager {
         let max_requests = policy::max_requests_for(&self.cfg.supervision, &mut self.spread);
         let key = self.dispatcher.add_worker(max_requests);
         let scoreboard = self.cfg.direct.as_ref().and_then(|_| {
-            crate::scoreboard::Scoreboard::new(self.cfg.threads)
+            crate::scoreboard::Scoreboard::new(self.cfg.interface.most_slots(self.cfg.threads))
                 .map_err(|e| tracing::error!(pool = &*self.name, "cannot make a direct worker's scoreboard: {e}"))
                 .ok()
                 .map(Arc::new)
@@ -1141,7 +1141,11 @@ fn requests_line(lost: &[CurrentRequest]) -> String {
 /// A direct worker's scoreboard now, into the dispatcher's numbers.
 fn observe(dispatcher: &Dispatcher<SlotConn>, w: &Worker) {
     if let Some(board) = &w.scoreboard {
-        let seen = crate::dispatch::DirectObserved { threads: board.snapshot(), responses: board.responses() };
+        let seen = crate::dispatch::DirectObserved {
+            threads: board.snapshot(),
+            responses: board.responses(),
+            timeouts: board.timeouts(),
+        };
         dispatcher.observe_direct(w.key, &seen, crate::scoreboard::monotonic_now_ns());
     }
 }

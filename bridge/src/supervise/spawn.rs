@@ -337,7 +337,7 @@ pub(super) fn spawn_import_check(pool: &Pool, python_path: &Path) -> Result<Impo
     worker_environment(&mut cmd, pool, &iso, app);
     cmd.env_remove("FCGIBRIDGE_CLAIM_FD");
     // It serves nothing: no socket, no scoreboard.
-    direct_environment(&mut cmd, None);
+    direct_environment(&mut cmd, None, None);
     cmd.stdin(Stdio::null()).stdout(Stdio::from(output_w)).stderr(Stdio::from(stderr_w)).kill_on_drop(true);
     let child = launch(cmd, pool, iso, Some(ready_w.as_raw_fd()), None)?;
     drop(ready_w);
@@ -531,19 +531,26 @@ pub(super) fn worker_environment(cmd: &mut Command, pool: &Pool, iso: &Prepared,
             .env("FCGIBRIDGE_ASGI_LOOP", pool.interface.asgi_loop.as_str())
             .env("FCGIBRIDGE_GRACEFUL_TIMEOUT", graceful);
     }
-    direct_environment(cmd, pool.direct.as_ref());
+    direct_environment(cmd, pool.direct.as_ref(), pool.supervision.request_timeout);
 }
 
 /// A direct pool's worker (a preloaded pool's template too, whose forks inherit it): it
 /// accepts on fd 0 itself, keeps its numbers in the scoreboard on fd 4, and applies the
-/// listener's `mount` / `path-info: keep` as the bridge would (docs/direct.md).
-fn direct_environment(cmd: &mut Command, direct: Option<&crate::config::DirectServe>) {
-    const NAMES: [&str; 5] = [
+/// listener's `mount` / `path-info: keep` as the bridge would (docs/direct.md). An ASGI
+/// worker applies the pool's `request-timeout` itself (the bridge cannot cancel one of its
+/// tasks; a WSGI worker ignores it: the bridge replaces the worker).
+fn direct_environment(
+    cmd: &mut Command,
+    direct: Option<&crate::config::DirectServe>,
+    request_timeout: Option<std::time::Duration>,
+) {
+    const NAMES: [&str; 6] = [
         "FCGIBRIDGE_DIRECT",
         "FCGIBRIDGE_SCOREBOARD_FD",
         "FCGIBRIDGE_MOUNT",
         "FCGIBRIDGE_KEEP_PATH_INFO",
         "FCGIBRIDGE_HEADER_TIMEOUT",
+        "FCGIBRIDGE_REQUEST_TIMEOUT",
     ];
     for name in NAMES {
         cmd.env_remove(name);
@@ -551,7 +558,10 @@ fn direct_environment(cmd: &mut Command, direct: Option<&crate::config::DirectSe
     let Some(d) = direct else { return };
     cmd.env("FCGIBRIDGE_DIRECT", "1")
         .env("FCGIBRIDGE_SCOREBOARD_FD", CLAIM_FD.to_string())
-        .env("FCGIBRIDGE_HEADER_TIMEOUT", header_timeout_env(d.header_timeout));
+        .env("FCGIBRIDGE_HEADER_TIMEOUT", seconds_env(d.header_timeout));
+    if let Some(timeout) = request_timeout {
+        cmd.env("FCGIBRIDGE_REQUEST_TIMEOUT", seconds_env(timeout));
+    }
     if let Some(mount) = &d.mount {
         cmd.env("FCGIBRIDGE_MOUNT", mount);
     }
@@ -560,8 +570,9 @@ fn direct_environment(cmd: &mut Command, direct: Option<&crate::config::DirectSe
     }
 }
 
-/// A duration in seconds as FCGIBRIDGE_HEADER_TIMEOUT gives it: "60", "2.5".
-fn header_timeout_env(d: std::time::Duration) -> String {
+/// A duration in seconds as FCGIBRIDGE_HEADER_TIMEOUT and FCGIBRIDGE_REQUEST_TIMEOUT give
+/// it: "60", "2.5".
+fn seconds_env(d: std::time::Duration) -> String {
     d.as_secs_f64().to_string()
 }
 
@@ -597,8 +608,8 @@ mod tests {
     #[test]
     fn the_header_timeout_is_given_in_seconds() {
         use std::time::Duration;
-        assert_eq!(super::header_timeout_env(Duration::from_secs(60)), "60");
-        assert_eq!(super::header_timeout_env(Duration::from_millis(2500)), "2.5");
+        assert_eq!(super::seconds_env(Duration::from_secs(60)), "60");
+        assert_eq!(super::seconds_env(Duration::from_millis(2500)), "2.5");
     }
 
     use super::*;

@@ -162,10 +162,11 @@ pub(super) async fn run(t: WorkerTask, mut ctl: mpsc::UnboundedReceiver<WorkerCt
     *t.last_failure.lock().unwrap_or_else(|e| e.into_inner()) = None;
 
     let connected = match t.config.direct {
-        // Its threads accept the listener's connections: nothing for the bridge to open.
+        // It accepts the listener's connections itself: nothing for the bridge to open.
         Some(_) => {
-            t.dispatcher.add_direct(t.key, t.config.threads);
-            t.config.threads as usize
+            let slots = t.config.interface.slots(t.config.threads, asgi);
+            t.dispatcher.add_direct(t.key, slots, asgi);
+            slots as usize
         }
         None => connect_slots(&t, &handle, asgi).await,
     };
