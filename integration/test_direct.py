@@ -2,6 +2,7 @@
 accept nginx's connections on the listener's socket themselves; the bridge starts, watches,
 recycles and replaces them and keeps the status page's numbers from each worker's
 scoreboard. nginx talks to the socket without fastcgi_keep_conn, as the docs say."""
+import json
 import os
 import re
 import signal
@@ -99,6 +100,13 @@ def test_workers_answer_and_the_status_page_counts_what_they_serve(stack):
     wait_until(lambda: b.pool_status("app")["accepted_requests"] >= before + 20, 30,
                what="20 more accepted requests on the status page")
     assert sum(w["requests"] for w in workers(b)) >= 20
+    # The listener's and the last minute's counts are its workers' too (the bridge accepted none).
+    status = json.loads(subprocess.run([str(b.binary), "status", "--json", "--config", str(b.confdir)],
+                                       capture_output=True, text=True, check=True, timeout=60).stdout)
+    (listener,) = [x for x in status["listeners"] if x["name"] == "front"]
+    assert listener["accepted_requests"] >= 20, listener
+    wait_until(lambda: b.pool_status("app")["last_minute"]["requests"] >= 20, 30,
+               what="the last minute's requests counted from the scoreboards")
     # PATH_INFO as the daemon derives it (the worker applies the same rules).
     env = front.get("/environ/x").json()
     assert env["PATH_INFO"] == "/environ/x", env

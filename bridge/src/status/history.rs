@@ -49,6 +49,8 @@ impl<T> Ring<T> {
 pub(crate) struct PoolSample {
     pub latency: Histogram,
     pub responses: Classes,
+    /// Requests a direct pool's workers answered (their scoreboards; no durations).
+    pub direct_requests: u64,
     /// 503s (queue full, queue-timeout, no worker).
     pub rejected: u64,
     /// 504s (request-timeout).
@@ -61,10 +63,15 @@ pub(crate) struct PoolSample {
 }
 
 impl PoolSample {
+    /// Requests answered: those the bridge timed and a direct pool's workers' own.
+    pub(crate) fn requests(&self) -> u64 {
+        self.latency.count() + self.direct_requests
+    }
+
     /// How much each counter that an operator watches moved since `then`.
     pub(crate) fn moved_since(&self, then: &Self) -> Moved {
         Moved {
-            requests: self.latency.count().saturating_sub(then.latency.count()),
+            requests: self.requests().saturating_sub(then.requests()),
             server_errors: self.responses.server_errors().saturating_sub(then.responses.server_errors()),
             rejected_requests: self.rejected.saturating_sub(then.rejected),
             request_timeouts: self.timeouts.saturating_sub(then.timeouts),
@@ -90,6 +97,15 @@ pub(crate) struct Moved {
 pub(crate) struct ListenerSample {
     pub latency: Histogram,
     pub responses: Classes,
+    /// Requests a direct listener's workers answered (their scoreboards; no durations).
+    pub direct_requests: u64,
+}
+
+impl ListenerSample {
+    /// Requests answered: those the bridge timed and a direct listener's workers' own.
+    pub(crate) fn requests(&self) -> u64 {
+        self.latency.count() + self.direct_requests
+    }
 }
 
 #[derive(Debug)]
@@ -208,7 +224,7 @@ fn pool_series(s: &Series<PoolSample>, unix: &impl Fn(Instant) -> f64) -> PoolHi
     let mut h = PoolHistory { name: s.name.clone(), ..Default::default() };
     for (secs, (_, a), (at, b)) in pairs(&s.ring) {
         h.time.push((unix(*at) * 1000.0).round() / 1000.0);
-        h.requests_per_second.push(rate(b.latency.count(), a.latency.count(), secs));
+        h.requests_per_second.push(rate(b.requests(), a.requests(), secs));
         let p = b.latency.since(&a.latency).summary();
         h.p50_seconds.push(p.p50);
         h.p95_seconds.push(p.p95);
@@ -233,7 +249,7 @@ fn listener_series(s: &Series<ListenerSample>, unix: &impl Fn(Instant) -> f64) -
     let mut h = ListenerHistory { name: s.name.clone(), ..Default::default() };
     for (secs, (_, a), (at, b)) in pairs(&s.ring) {
         h.time.push((unix(*at) * 1000.0).round() / 1000.0);
-        h.requests_per_second.push(rate(b.latency.count(), a.latency.count(), secs));
+        h.requests_per_second.push(rate(b.requests(), a.requests(), secs));
         let Percentiles { p50, p95, p99, .. } = b.latency.since(&a.latency).summary();
         h.p50_seconds.push(p50);
         h.p95_seconds.push(p95);

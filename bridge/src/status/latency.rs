@@ -151,6 +151,11 @@ impl Classes {
     pub(crate) fn server_errors(&self) -> u64 {
         self.0[4]
     }
+
+    /// Responses of every class.
+    pub(crate) fn total(&self) -> u64 {
+        self.0.iter().sum()
+    }
 }
 
 impl Serialize for Classes {

@@ -29,6 +29,7 @@ fn pool_sample(s: &track::State, p: &PoolStats) -> PoolSample {
         latency: c.map(|c| c.latency).unwrap_or_default(),
         // A direct pool's responses come from its workers' scoreboards.
         responses: c.map(|c| c.responses).unwrap_or_default().plus(p.direct_responses),
+        direct_requests: p.direct_responses.total(),
         rejected: p.rejected_queue_full + p.rejected_queue_timeout + p.rejected_unavailable,
         timeouts: p.request_timeouts,
         exits: p.worker_exits,
@@ -54,7 +55,14 @@ fn listener_sample(s: &track::State, l: &config::Listener, pools: &[PoolStats]) 
     ListenerSample {
         latency: c.map(|c| c.latency).unwrap_or_default(),
         responses: c.map(|c| c.responses).unwrap_or_default().plus(direct),
+        direct_requests: direct.total(),
     }
+}
+
+/// Requests the workers behind a `direct` listener accepted (0 for any other listener).
+fn direct_accepted(l: &config::Listener, pools: &[PoolStats]) -> u64 {
+    let Some(r) = l.routes.first().filter(|_| l.direct) else { return 0 };
+    pools.iter().filter(|p| p.name == r.pool).map(|p| p.accepted_requests).sum()
 }
 
 /// Called by the status ticker (`slowlog.rs`) a few times a second: takes the history's
@@ -125,7 +133,8 @@ fn listener_status(s: &track::State, l: &config::Listener, pools: &[PoolStats], 
             Protocol::Scgi => "scgi".to_owned(),
         },
         address: describe(&l.address),
-        accepted_requests: s.listeners.get(&l.name).map_or(0, |c| c.accepted),
+        // A direct listener's requests are its pool's: the workers accepted them.
+        accepted_requests: s.listeners.get(&l.name).map_or(0, |c| c.accepted) + direct_accepted(l, pools),
         open_connections: track::open_connections(s, &l.name),
         responses: sample.responses,
         latency_seconds: Latency {
