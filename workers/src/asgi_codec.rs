@@ -2,6 +2,10 @@
 //! decoded with `fastcgi_server`'s sans-IO [`ServerConnection`] and PARAMS turned into the
 //! HTTP scope here, and a response's head, STDOUT records and END_REQUEST encoded into one
 //! buffer, so the event loop runs no per-byte or per-header Python for either direction.
+//! In direct mode (the web server's connections) the codec also does what the bridge would
+//! to a request ([`crate::direct`]) and keeps its scoreboard slot ([`crate::scoreboard`]).
+use crate::direct::{Direct, Lingering, Tag};
+use crate::scoreboard::{self, Slot};
 use fastcgi_server::record::Padding;
 use fastcgi_server::server::{self, ServerConnection, ServerEvent};
 use fastcgi_server::{Limits, Params, ProtocolStatus, Role};
@@ -18,12 +22,15 @@ pyo3::create_exception!(
 );
 
 /// Event kinds `AsgiConnection.feed` returns, as `(kind, request id, payload)` tuples.
+/// BEGIN's payload: [`BEGIN_AUTHORIZER`] | [`BEGIN_KEEP_CONN`].
 const EV_BEGIN: u8 = 1;
 const EV_ABORT: u8 = 2;
 const EV_PARAMS: u8 = 4;
 const EV_STDIN: u8 = 5;
 /// Bytes to write back at once (GET_VALUES_RESULT, UNKNOWN_TYPE, END_REQUEST UNKNOWN_ROLE).
 const EV_REPLY: u8 = 10;
+const BEGIN_AUTHORIZER: u8 = 1;
+const BEGIN_KEEP_CONN: u8 = 2;
 
 /// Characters `urllib.parse.quote` leaves alone with the worker's `safe` set, besides ASCII
 /// letters and digits: what a raw path built from a decoded path keeps literally.
@@ -98,8 +105,14 @@ fn nonempty<'a>(p: &'a Params, name: &[u8]) -> Option<&'a [u8]> {
 
 /// The HTTP scope of a request from its CGI params, mapped as the WSGI environ is
 /// (docs/asgi.md), and what the worker keeps beside it:
-/// `(scope, request id or None, file roots or None, is HEAD)`.
-fn build_scope<'py>(py: Python<'py>, p: &Params, state: Option<&Bound<'py, PyDict>>) -> PyResult<Bound<'py, PyTuple>> {
+/// `(scope, request id or None, file roots or None, is HEAD)`. The request id is the
+/// bridge's param, or in direct mode the worker's own (`tag`).
+fn build_scope<'py>(
+    py: Python<'py>,
+    p: &Params,
+    state: Option<&Bound<'py, PyDict>>,
+    tag: Option<&Tag>,
+) -> PyResult<Bound<'py, PyTuple>> {
     let script = p.get(b"SCRIPT_NAME").unwrap_or_default();
     let full = [script, p.get(b"PATH_INFO").unwrap_or_default()].concat();
     let headers = PyList::empty(py);
@@ -128,7 +141,7 @@ fn build_scope<'py>(py: Python<'py>, p: &Params, state: Option<&Bound<'py, PyDic
     let https = p.get(b"HTTPS").is_some_and(|v| v.eq_ignore_ascii_case(b"on") || v == b"1")
         || p.get(b"REQUEST_SCHEME").is_some_and(|v| v.eq_ignore_ascii_case(b"https"));
     let method = p.get(b"REQUEST_METHOD").unwrap_or(b"GET");
-    let rid = match nonempty(p, b"FCGIBRIDGE_REQUEST_ID") {
+    let rid = match tag.map(|t| t.request_id().as_bytes()).or_else(|| nonempty(p, b"FCGIBRIDGE_REQUEST_ID")) {
         Some(v) => latin1(py, v)?,
         None => py.None().into_bound(py),
     };
@@ -172,12 +185,24 @@ fn build_scope<'py>(py: Python<'py>, p: &Params, state: Option<&Bound<'py, PyDic
     PyTuple::new(py, [scope.into_any(), rid, roots, (method == b"HEAD").into_bound_py_any(py)?])
 }
 
-/// One FastCGI connection from the bridge, decoded.
+/// One FastCGI connection from the bridge (or in direct mode the web server), decoded.
 #[pyclass(module = "fcgibridge_worker", unsendable)]
 pub(crate) struct AsgiConnection {
     conn: ServerConnection,
     /// What GET_VALUES answers for FCGI_MAX_CONNS and FCGI_MAX_REQS.
     concurrency: Vec<u8>,
+    direct: Option<&'static Direct>,
+    /// Direct mode: each request from its PARAMS to its end, with the slot it holds.
+    running: Vec<Running>,
+    /// Direct mode: what is read while closing lingering.
+    lingering: Option<Lingering>,
+}
+
+/// A direct request in flight.
+struct Running {
+    id: u16,
+    tag: Tag,
+    slot: Option<&'static Slot>,
 }
 
 fn event<'py>(py: Python<'py>, kind: u8, id: u16, payload: Bound<'py, PyAny>) -> PyResult<Bound<'py, PyTuple>> {
@@ -185,6 +210,26 @@ fn event<'py>(py: Python<'py>, kind: u8, id: u16, payload: Bound<'py, PyAny>) ->
 }
 
 impl AsgiConnection {
+    /// A direct request's params are ready: as the bridge would pass them, with the worker's
+    /// own request id, and its slot showing it from now on.
+    fn begin_direct(&mut self, d: &Direct, id: u16, params: &mut Params) -> &Tag {
+        d.prepare(params);
+        let tag = d.tag(params);
+        self.end_direct(id); // an id begun again (a web server that multiplexes)
+        let slot = scoreboard::lend_slot();
+        if let Some(slot) = slot {
+            slot.begin(tag.line(), crate::sys::monotonic_ns());
+        }
+        self.running.push(Running { id, tag, slot });
+        &self.running.last().expect("just pushed").tag
+    }
+
+    fn end_direct(&mut self, id: u16) {
+        if let Some(i) = self.running.iter().position(|r| r.id == id) {
+            scoreboard::give_back(self.running.swap_remove(i).slot);
+        }
+    }
+
     fn get_values(&self, names: &[bytes::Bytes]) -> Vec<u8> {
         let answer = |n: &[u8]| -> Option<&[u8]> {
             match n {
@@ -204,11 +249,17 @@ impl AsgiConnection {
 impl AsgiConnection {
     #[new]
     fn new(concurrency: usize) -> Self {
-        Self { conn: ServerConnection::new(Limits::default()), concurrency: concurrency.to_string().into_bytes() }
+        Self {
+            conn: ServerConnection::new(Limits::default()),
+            concurrency: concurrency.to_string().into_bytes(),
+            direct: crate::direct::config(),
+            running: Vec::new(),
+            lingering: None,
+        }
     }
 
     /// The events of the whole records in `data` (and what came before), as
-    /// `(kind, request id, payload)`: BEGIN (role), PARAMS (scope, request id, file roots,
+    /// `(kind, request id, payload)`: BEGIN (flags), PARAMS (scope, request id, file roots,
     /// is HEAD), STDIN (bytes; b"" at its end), ABORT (None), REPLY (bytes to write).
     /// Raises AsgiProtocolError on what is not FastCGI (the connection is then unusable).
     fn feed<'py>(
@@ -226,8 +277,10 @@ impl AsgiConnection {
                 Err(e) => return Err(AsgiProtocolError::new_err(e.to_string())),
             };
             let item = match ev {
-                ServerEvent::BeginRequest { id, role: role @ (Role::Responder | Role::Authorizer), .. } => {
-                    event(py, EV_BEGIN, id, u16::from(role == Role::Authorizer).into_bound_py_any(py)?)?
+                ServerEvent::BeginRequest { id, role: role @ (Role::Responder | Role::Authorizer), keep_conn } => {
+                    let flags = if role == Role::Authorizer { BEGIN_AUTHORIZER } else { 0 }
+                        | if keep_conn { BEGIN_KEEP_CONN } else { 0 };
+                    event(py, EV_BEGIN, id, flags.into_bound_py_any(py)?)?
                 }
                 ServerEvent::BeginRequest { id, .. } => {
                     let mut b = Vec::new();
@@ -235,8 +288,9 @@ impl AsgiConnection {
                     // The empty STDOUT before it is harmless; only END_REQUEST is required.
                     event(py, EV_REPLY, id, PyBytes::new(py, &b).into_any())?
                 }
-                ServerEvent::Params { id, params } => {
-                    event(py, EV_PARAMS, id, build_scope(py, &params, state)?.into_any())?
+                ServerEvent::Params { id, mut params } => {
+                    let tag = self.direct.map(|d| self.begin_direct(d, id, &mut params));
+                    event(py, EV_PARAMS, id, build_scope(py, &params, state, tag)?.into_any())?
                 }
                 ServerEvent::Stdin { id, data } => event(py, EV_STDIN, id, PyBytes::new(py, &data).into_any())?,
                 ServerEvent::StdinEnd { id } => event(py, EV_STDIN, id, PyBytes::new(py, b"").into_any())?,
@@ -258,8 +312,33 @@ impl AsgiConnection {
     }
 
     /// Forget request `id` once its END_REQUEST is written: later records for it are skipped.
+    /// A direct request's slot is given back (it counts as served).
     fn end_request(&mut self, id: u16) {
         self.conn.end_request(id);
+        if self.direct.is_some() {
+            self.end_direct(id);
+        }
+    }
+
+    /// Direct mode: a running request's `METHOD URI`, for the log.
+    fn line(&self, py: Python<'_>, id: u16) -> PyResult<Option<Py<PyAny>>> {
+        let running = self.running.iter().find(|r| r.id == id);
+        running.map(|r| latin1(py, r.tag.line()).map(Bound::unbind)).transpose()
+    }
+
+    /// Direct mode: request `id` was answered before the web server sent the end of its
+    /// input, and the connection is to close: from now on the input is only looked through
+    /// for that end ([`AsgiConnection::linger_after`]). True when it is here already.
+    fn linger(&mut self, id: u16) -> bool {
+        // What the decoder holds starts at a record's first byte.
+        let buffered = self.conn.buffer_mut().split();
+        self.lingering.insert(Lingering::new(id)).done_after(&buffered)
+    }
+
+    /// Direct mode, lingering: whether, with `data` read, the connection may close (the
+    /// input's end came, or too much other input).
+    fn linger_after(&mut self, data: &[u8]) -> bool {
+        self.lingering.as_mut().is_none_or(|l| l.done_after(data))
     }
 
     /// Bytes of a partial record held (a partial record at EOF means the bridge hung up mid-record).
@@ -356,12 +435,18 @@ fn encode_response<'py>(
     let (head, warnings) = match status_line {
         Some(line) => {
             let (h, w) = head(line, headers, status, (!more).then_some(body.len()), is_head)?;
+            scoreboard::count_response(status); // direct mode only: no scoreboard otherwise
             (Some(h), w)
         }
         None => (None, Vec::new()),
     };
     let records = response_records(rid, head, body, more, is_head);
     if warnings.is_empty() {
+        return Ok(PyBytes::new(py, &records));
+    }
+    if crate::direct::config().is_some() {
+        // Not to the web server's error log: to the bridge's.
+        crate::sys::write_stderr(&warnings);
         return Ok(PyBytes::new(py, &records));
     }
     let mut out = Vec::with_capacity(warnings.len() + 8 + records.len());
@@ -385,11 +470,63 @@ fn response_records(rid: u16, head: Option<Vec<u8>>, body: &[u8], more: bool, is
     out
 }
 
-/// Register the ASGI codec in the `_native` module.
+/// direct_settings() -> (header_timeout, request_timeout or None) in seconds, or None
+///
+/// Whether this worker serves a `direct` listener (FCGIBRIDGE_DIRECT=1), and its timeouts.
+#[pyfunction]
+fn direct_settings() -> Option<(f64, Option<f64>)> {
+    crate::direct::config().map(|d| (d.header_timeout.as_secs_f64(), d.request_timeout.map(|t| t.as_secs_f64())))
+}
+
+/// scoreboard_serve(concurrency): a direct ASGI worker starts serving: `concurrency` slots
+/// for its requests in flight, and it accepts connections.
+#[pyfunction]
+fn scoreboard_serve(concurrency: usize) {
+    scoreboard::serve_concurrently(concurrency);
+}
+
+/// scoreboard_stop_accepting(): the direct ASGI worker accepts nothing more, for good.
+#[pyfunction]
+fn scoreboard_stop_accepting() {
+    scoreboard::stop_accepting();
+}
+
+/// scoreboard_drain() -> int: the bridge's drain word (0; 1 retire; 2 the bridge stops).
+#[pyfunction]
+fn scoreboard_drain() -> u32 {
+    scoreboard::drain_word()
+}
+
+/// scoreboard_timed_out(): the worker ended a request for request-timeout.
+#[pyfunction]
+fn scoreboard_timed_out() {
+    scoreboard::count_timeout();
+}
+
+/// log_header_timeout(): a connection was closed for header-timeout; the WSGI worker's line,
+/// rate-limited the same way.
+#[pyfunction]
+fn log_header_timeout() {
+    if let Some(d) = crate::direct::config() {
+        crate::direct::log_header_timeout(d.header_timeout);
+    }
+}
+
+/// Register the ASGI codec and its direct mode in the `_native` module.
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<AsgiConnection>()?;
     m.add_function(wrap_pyfunction!(encode_response, m)?)?;
     m.add("AsgiProtocolError", m.py().get_type::<AsgiProtocolError>())?;
+    m.add_function(wrap_pyfunction!(direct_settings, m)?)?;
+    m.add_function(wrap_pyfunction!(scoreboard_serve, m)?)?;
+    m.add_function(wrap_pyfunction!(scoreboard_stop_accepting, m)?)?;
+    m.add_function(wrap_pyfunction!(scoreboard_drain, m)?)?;
+    m.add_function(wrap_pyfunction!(scoreboard_timed_out, m)?)?;
+    m.add_function(wrap_pyfunction!(log_header_timeout, m)?)?;
+    // The WSGI direct worker's periods, for the loop's timers.
+    m.add("DRAIN_CHECK", scoreboard::DRAIN_CHECK.as_secs_f64())?;
+    m.add("STOP_QUEUE_WINDOW", scoreboard::STOP_QUEUE_WINDOW.as_secs_f64())?;
+    m.add("LINGER_TIME", crate::direct::LINGER_TIME.as_secs_f64())?;
     Ok(())
 }
 

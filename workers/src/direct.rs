@@ -6,7 +6,7 @@
 //! writes to its error stream goes to the process's stderr (the bridge's log), not to the
 //! web server's error log.
 use std::os::fd::RawFd;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -19,7 +19,7 @@ const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(60);
 /// A lingering close waits at most this long for the web server's end of input (nginx
 /// writes the rest of a large upload the app did not read: closed before it has, its write
 /// fails and the client gets a 502 instead of the app's answer)...
-const LINGER_TIME: Duration = Duration::from_secs(10);
+pub(crate) const LINGER_TIME: Duration = Duration::from_secs(10);
 /// ...and discards at most this many bytes of it.
 const LINGER_BYTES: usize = 1 << 30;
 
@@ -32,12 +32,16 @@ pub(crate) struct Direct {
     /// `FCGIBRIDGE_HEADER_TIMEOUT`: how long a connection may take to send a request's
     /// PARAMS, from its accept or the end of its previous request.
     pub(crate) header_timeout: Duration,
-    pid: u32,
+    /// `FCGIBRIDGE_REQUEST_TIMEOUT`: the pool's `request-timeout`, which an ASGI worker
+    /// applies itself (a WSGI worker's is the bridge's: it replaces the worker).
+    pub(crate) request_timeout: Option<Duration>,
 }
 
 static DIRECT: OnceLock<Option<Direct>> = OnceLock::new();
 /// The last request id's number in this process.
 static REQUESTS: AtomicU64 = AtomicU64::new(0);
+/// This process's pid, for request ids.
+static PID: AtomicU32 = AtomicU32::new(0);
 
 /// Read the environment once (before the app is imported, which may change it).
 pub(crate) fn init() {
@@ -48,25 +52,39 @@ pub(crate) fn init() {
         let mount = std::env::var("FCGIBRIDGE_MOUNT").ok().map(|m| m.trim_end_matches('/').into());
         let keep_path_info = std::env::var_os("FCGIBRIDGE_KEEP_PATH_INFO").is_some_and(|v| v == "1");
         let header_timeout = header_timeout(std::env::var("FCGIBRIDGE_HEADER_TIMEOUT").ok().as_deref());
-        Some(Direct { mount, keep_path_info, header_timeout, pid: std::process::id() })
+        let request_timeout = request_timeout(std::env::var("FCGIBRIDGE_REQUEST_TIMEOUT").ok().as_deref());
+        PID.store(std::process::id(), Ordering::Relaxed);
+        Some(Direct { mount, keep_path_info, header_timeout, request_timeout })
     });
 }
 
-/// `FCGIBRIDGE_HEADER_TIMEOUT` (seconds, decimal, may have a fraction); a value that is not
-/// a positive number is said on stderr and the default is used.
+/// A preloaded pool's fork, which inherits the template's settings: its request ids carry
+/// its own pid (several forks of one template would otherwise give the same ids).
+pub(crate) fn forked() {
+    PID.store(std::process::id(), Ordering::Relaxed);
+}
+
+/// `FCGIBRIDGE_HEADER_TIMEOUT`; absent or not valid: the default.
 fn header_timeout(value: Option<&str>) -> Duration {
-    let Some(value) = value else {
-        return DEFAULT_HEADER_TIMEOUT;
-    };
+    let default = DEFAULT_HEADER_TIMEOUT;
+    value
+        .and_then(|v| seconds("FCGIBRIDGE_HEADER_TIMEOUT", v, &format!("using {}s", default.as_secs())))
+        .unwrap_or(default)
+}
+
+/// `FCGIBRIDGE_REQUEST_TIMEOUT`; absent or not valid: none.
+fn request_timeout(value: Option<&str>) -> Option<Duration> {
+    value.and_then(|v| seconds("FCGIBRIDGE_REQUEST_TIMEOUT", v, "no request-timeout applies"))
+}
+
+/// A duration the bridge gives in seconds (decimal, may have a fraction); a value that is
+/// not a positive number is said on stderr, with `instead`, and gives `None`.
+fn seconds(name: &str, value: &str, instead: &str) -> Option<Duration> {
     match value.trim().parse::<f64>().ok().and_then(|s| Duration::try_from_secs_f64(s).ok()) {
-        Some(d) if !d.is_zero() => d,
+        Some(d) if !d.is_zero() => Some(d),
         _ => {
-            eprintln!(
-                "fcgibridge worker: FCGIBRIDGE_HEADER_TIMEOUT={value:?} is not a positive number of seconds; \
-                 using {}s",
-                DEFAULT_HEADER_TIMEOUT.as_secs()
-            );
-            DEFAULT_HEADER_TIMEOUT
+            eprintln!("fcgibridge worker: {name}={value:?} is not a positive number of seconds; {instead}");
+            None
         }
     }
 }
@@ -109,14 +127,13 @@ pub(crate) fn linger(fd: RawFd, id: u16, buffered: &[u8]) {
 fn linger_for(fd: RawFd, id: u16, buffered: &[u8], max_time: Duration, max_bytes: usize) {
     use nix::sys::socket::{recv, shutdown, MsgFlags, Shutdown};
     let _ = shutdown(fd, Shutdown::Write);
-    let mut scan = StdinEndScan::new(id);
-    if scan.feed(buffered) {
+    let mut lingering = Lingering { scan: StdinEndScan::new(id), left: max_bytes };
+    if lingering.done_after(buffered) {
         return;
     }
     let deadline = Instant::now() + max_time;
-    let mut left = max_bytes;
     let mut buf = [0u8; 16 * 1024];
-    while left > 0 {
+    loop {
         let now = Instant::now();
         if now >= deadline {
             return;
@@ -126,18 +143,38 @@ fn linger_for(fd: RawFd, id: u16, buffered: &[u8], max_time: Duration, max_bytes
             Ok(false) => continue,
             Err(_) => return,
         }
-        let room = buf.len().min(left);
-        match recv(fd, &mut buf[..room], MsgFlags::MSG_DONTWAIT) {
+        match recv(fd, &mut buf, MsgFlags::MSG_DONTWAIT) {
             Ok(0) => return,
             Ok(n) => {
-                left -= n;
-                if scan.feed(&buf[..n]) {
+                if lingering.done_after(&buf[..n]) {
                     return;
                 }
             }
             Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => {}
             Err(_) => return,
         }
+    }
+}
+
+/// The input a lingering close reads after the response to request `id`, looked through for
+/// the end of that request's input and discarded (the ASGI worker's loop feeds it what
+/// each read brings).
+pub(crate) struct Lingering {
+    scan: StdinEndScan,
+    /// Bytes still to discard before giving up.
+    left: usize,
+}
+
+impl Lingering {
+    pub(crate) fn new(id: u16) -> Self {
+        Self { scan: StdinEndScan::new(id), left: LINGER_BYTES }
+    }
+
+    /// Whether, with `data` (the next bytes of input, from a record's first byte on), the
+    /// connection may close: the end of the request's input came, or too much other input.
+    pub(crate) fn done_after(&mut self, data: &[u8]) -> bool {
+        self.left = self.left.saturating_sub(data.len());
+        self.scan.feed(data) || self.left == 0
     }
 }
 
@@ -209,7 +246,12 @@ impl Direct {
     /// The request's id (`<pid>-<n>`) and its `METHOD URI` for the log and the scoreboard.
     pub(crate) fn tag(&self, params: &Params) -> Tag {
         let n = REQUESTS.fetch_add(1, Ordering::Relaxed) + 1;
-        Tag::new(self.pid, n, params.get(b"REQUEST_METHOD").unwrap_or(b"-"), params.get(b"REQUEST_URI").unwrap_or(b""))
+        Tag::new(
+            PID.load(Ordering::Relaxed),
+            n,
+            params.get(b"REQUEST_METHOD").unwrap_or(b"-"),
+            params.get(b"REQUEST_URI").unwrap_or(b""),
+        )
     }
 }
 
@@ -293,7 +335,12 @@ mod tests {
 
     #[test]
     fn the_web_servers_bridge_params_are_dropped_and_the_path_split() {
-        let d = Direct { mount: Some("/app".into()), keep_path_info: false, header_timeout: Duration::ZERO, pid: 1 };
+        let d = Direct {
+            mount: Some("/app".into()),
+            keep_path_info: false,
+            header_timeout: Duration::ZERO,
+            request_timeout: None,
+        };
         let mut p = params(&[
             ("REQUEST_URI", "/app/x?q=1"),
             ("FCGIBRIDGE_FILE_ROOTS", "/"),
@@ -306,12 +353,17 @@ mod tests {
         assert_eq!(get(&p, "FCGIBRIDGE_CLAIM"), None);
         assert_eq!((get(&p, "SCRIPT_NAME"), get(&p, "PATH_INFO")), (Some("/app".into()), Some("/x".into())));
         // nginx's stock params without a mount: the whole path is PATH_INFO.
-        let d = Direct { mount: None, keep_path_info: false, header_timeout: Duration::ZERO, pid: 1 };
+        let d = Direct { mount: None, keep_path_info: false, header_timeout: Duration::ZERO, request_timeout: None };
         let mut p = params(&[("REQUEST_URI", "/a%20b"), ("SCRIPT_NAME", "/a b")]);
         d.prepare(&mut p);
         assert_eq!((get(&p, "SCRIPT_NAME"), get(&p, "PATH_INFO")), (Some("".into()), Some("/a b".into())));
         // keep-path-info: as the web server sent it.
-        let d = Direct { mount: Some("/app".into()), keep_path_info: true, header_timeout: Duration::ZERO, pid: 1 };
+        let d = Direct {
+            mount: Some("/app".into()),
+            keep_path_info: true,
+            header_timeout: Duration::ZERO,
+            request_timeout: None,
+        };
         let mut p = params(&[("REQUEST_URI", "/app/x"), ("SCRIPT_NAME", "/app/x")]);
         d.prepare(&mut p);
         assert_eq!((get(&p, "SCRIPT_NAME"), get(&p, "PATH_INFO")), (Some("/app/x".into()), None));
@@ -328,13 +380,16 @@ mod tests {
     }
 
     #[test]
-    fn the_header_timeout_is_seconds_with_a_fraction() {
+    fn the_timeouts_are_seconds_with_a_fraction() {
         assert_eq!(header_timeout(None), DEFAULT_HEADER_TIMEOUT);
         assert_eq!(header_timeout(Some("2.5")), Duration::from_millis(2500));
         assert_eq!(header_timeout(Some("30")), Duration::from_secs(30));
         for bad in ["0", "-1", "5s", "", "nan", "inf"] {
             assert_eq!(header_timeout(Some(bad)), DEFAULT_HEADER_TIMEOUT, "{bad:?}");
+            assert_eq!(request_timeout(Some(bad)), None, "{bad:?}");
         }
+        assert_eq!(request_timeout(None), None);
+        assert_eq!(request_timeout(Some("0.5")), Some(Duration::from_millis(500)));
     }
 
     fn input(records: &[(u8, u16, &[u8], u8)]) -> Vec<u8> {
@@ -360,6 +415,15 @@ mod tests {
         assert_eq!(hits, [bytes.len() - 1]);
         assert!(StdinEndScan::new(1).feed(&bytes));
         assert!(!StdinEndScan::new(3).feed(&bytes));
+    }
+
+    #[test]
+    fn lingering_is_done_at_the_input_end_or_after_its_bytes() {
+        let mut l = Lingering::new(1);
+        assert!(!l.done_after(&input(&[(5, 1, b"body", 0), (5, 2, b"", 0)])));
+        assert!(l.done_after(&input(&[(5, 1, b"", 0)])));
+        let mut l = Lingering { scan: StdinEndScan::new(1), left: 100 };
+        assert!(!l.done_after(&[0; 64]) && l.done_after(&[0; 64]), "at most its bytes");
     }
 
     mod lingering {

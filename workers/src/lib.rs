@@ -637,6 +637,7 @@ fn accept_unless_draining(listen_fd: i32) -> std::io::Result<Option<std::os::fd:
 /// A preloaded direct worker's scoreboard, received with its SPAWN: map it (and close `fd`).
 #[pyfunction]
 fn attach_scoreboard(fd: i32) {
+    direct::forked();
     scoreboard::attach(fd);
 }
 

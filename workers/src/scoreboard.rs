@@ -3,17 +3,17 @@
 //! that retires the worker (docs/worker-contract.md, "Direct mode").
 //!
 //! One memfd (`FCGIBRIDGE_SCOREBOARD_FD`), native-endian, every field atomic: a 64-byte
-//! header (`drain`, written by the bridge; `threads`, `accepting` and the responses by
-//! status class, by the worker), then one 256-byte slot
-//! per serving thread (`served`, `started`, the current request's `METHOD URI`). A thread
-//! writes only its own slot. The line is stored before `started` (Release); a reader that
-//! loads `started` (Acquire), copies the line and finds `started` unchanged and non-zero
-//! has the line of that request.
+//! header (`drain`, written by the bridge; `threads`, `accepting`, `timeouts` and the
+//! responses by status class, by the worker), then one 256-byte slot per serving thread
+//! (`served`, `started`, the current request's `METHOD URI`); an ASGI worker lends one to
+//! each request in flight instead. A thread writes only its own slot. The line is stored
+//! before `started` (Release); a reader that loads `started` (Acquire), copies the line and
+//! finds `started` unchanged and non-zero has the line of that request.
 use nix::sys::mman::{mmap, MapFlags, ProtFlags};
 use std::num::NonZeroUsize;
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 /// Bytes of the header, then of each thread's slot.
@@ -34,7 +34,8 @@ struct Header {
     /// How many of the worker's threads may still accept a connection: each counts itself
     /// from its first accept until it leaves its accept loop for good (drain seen).
     accepting: AtomicU32,
-    _reserved32: AtomicU32,
+    /// Requests an ASGI worker ended itself for request-timeout.
+    timeouts: AtomicU32,
     /// Responses whose header block was sent, by status class: 1xx, 2xx, 3xx, 4xx, 5xx.
     responses: [AtomicU64; 5],
     _reserved: AtomicU64,
@@ -191,6 +192,85 @@ impl Drop for Accepting {
     }
 }
 
+/// An ASGI worker's slots, each lent to a request in flight: claimed at once, then taken
+/// from and given back to a free list.
+struct SlotPool {
+    free: Vec<&'static Slot>,
+    /// Where a request that ran without a slot is counted.
+    first: Option<&'static Slot>,
+}
+
+impl SlotPool {
+    const EMPTY: Self = Self { free: Vec::new(), first: None };
+
+    fn claim(&mut self, board: &Board, n: usize) {
+        self.free.extend((0..n).map_while(|_| board.claim_slot()));
+        self.free.reverse(); // lent from the end: slot 0 first
+        self.first = self.free.last().copied();
+    }
+
+    fn lend(&mut self) -> Option<&'static Slot> {
+        self.free.pop()
+    }
+
+    fn give_back(&mut self, slot: Option<&'static Slot>) {
+        match slot {
+            Some(slot) => {
+                slot.end();
+                self.free.push(slot);
+            }
+            None => {
+                if let Some(first) = self.first {
+                    first.served.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+}
+
+/// The ASGI worker's slots (its loop's thread alone uses them: the lock is never contended).
+static POOL: Mutex<SlotPool> = Mutex::new(SlotPool::EMPTY);
+/// The ASGI worker's one count in `accepting`, while it may accept.
+static LOOP_ACCEPTING: Mutex<Option<Accepting>> = Mutex::new(None);
+
+fn pool() -> std::sync::MutexGuard<'static, SlotPool> {
+    POOL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// An ASGI worker serves up to `concurrency` requests at once: as many slots are claimed
+/// (`threads`), each lent to a request in flight ([`lend_slot`]), and the worker counts in
+/// `accepting` until [`stop_accepting`].
+pub(crate) fn serve_concurrently(concurrency: usize) {
+    if let Some(Some(b)) = BOARD.get() {
+        pool().claim(b, concurrency);
+    }
+    *LOOP_ACCEPTING.lock().unwrap_or_else(|e| e.into_inner()) = Some(accepting());
+}
+
+/// The ASGI worker takes no new connection any more.
+pub(crate) fn stop_accepting() {
+    LOOP_ACCEPTING.lock().unwrap_or_else(|e| e.into_inner()).take();
+}
+
+/// A free slot for a request starting; `None` when more requests run than the worker has
+/// slots (more kept connections busy than `concurrency`) or without a scoreboard.
+pub(crate) fn lend_slot() -> Option<&'static Slot> {
+    pool().lend()
+}
+
+/// The request lent `slot` ended: it is counted served and the slot is free again. One that
+/// ran without a slot is counted in slot 0 (the bridge sums every slot's count).
+pub(crate) fn give_back(slot: Option<&'static Slot>) {
+    pool().give_back(slot);
+}
+
+/// An ASGI worker ended a request for request-timeout.
+pub(crate) fn count_timeout() {
+    if let Some(Some(b)) = BOARD.get() {
+        b.header.timeouts.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 /// A response with status `code` had its header block sent.
 pub(crate) fn count_response(code: u16) {
     if let Some(Some(b)) = BOARD.get() {
@@ -320,6 +400,26 @@ mod tests {
         let classes: Vec<u64> = (2..7).map(|w| words[w].load(Ordering::Relaxed)).collect();
         assert_eq!(classes, [1, 3, 1, 1, 3], "an out-of-range status counts in no class");
         assert_eq!((words[1].load(Ordering::Relaxed), words[7].load(Ordering::Relaxed)), (0, 0));
+    }
+
+    #[test]
+    fn an_asgi_worker_lends_a_slot_per_request_in_flight() {
+        let (b, words) = board(3);
+        let mut pool = SlotPool::EMPTY;
+        pool.claim(&b, 3);
+        assert_eq!(header_u32(words, 4), 3, "threads: its concurrency");
+        let (first, second) = (pool.lend(), pool.lend());
+        first.expect("slot 0").begin(b"GET /a", 5);
+        second.expect("slot 1").begin(b"GET /b", 6);
+        assert_eq!((read(words, 0).2, read(words, 1).2), (Some(b"GET /a".to_vec()), Some(b"GET /b".to_vec())));
+        pool.give_back(first);
+        assert_eq!(read(words, 0), (1, 0, None), "served, idle");
+        assert!(std::ptr::eq(pool.lend().expect("slot 0 again"), first.expect("slot 0")));
+        assert!(pool.lend().is_some() && pool.lend().is_none(), "three slots, then none");
+        pool.give_back(None);
+        assert_eq!(read(words, 0).0, 2, "a request without a slot counts in slot 0");
+        b.header.timeouts.fetch_add(1, Ordering::Relaxed);
+        assert_eq!((header_u32(words, 12), header_u32(words, 8)), (1, 0), "timeouts: the u32 at offset 12");
     }
 
     #[test]

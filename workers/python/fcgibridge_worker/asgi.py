@@ -8,6 +8,11 @@ the native module (``_native.AsgiConnection``), and a response's head, body and 
 encoded there into one write. A full socket buffer toward the bridge pauses the app's
 ``send`` (back-pressure), and a request body that the app does not read pauses reading
 that connection.
+
+In direct mode (FCGIBRIDGE_DIRECT=1, docs/worker-contract.md "Direct mode") the loop
+accepts the web server's own connections instead (DirectWorker, DirectConnection,
+DirectRequest): the daemon's classes are left as they are, so their requests pay nothing
+for it.
 """
 import asyncio
 import collections
@@ -34,8 +39,9 @@ RESPONDER, AUTHORIZER = 1, 2
 HEADER = struct.Struct(">BBHHBx")
 END_BODY = struct.Struct(">IB3x")
 MAX_CONTENT = 65535
-# What _native.AsgiConnection.feed reports, as (kind, request id, payload).
+# What _native.AsgiConnection.feed reports, as (kind, request id, payload); BEGIN's flags.
 EV_BEGIN, EV_ABORT, EV_PARAMS, EV_STDIN, EV_REPLY = 1, 2, 4, 5, 10
+BEGIN_AUTHORIZER, BEGIN_KEEP_CONN = 1, 2
 # Body bytes a request may hold unread before its connection stops being read.
 BODY_HIGH = 1 << 20
 # While a connection is not read, how often it is polled for the bridge's hang-up (the
@@ -55,8 +61,13 @@ FILE_CHUNK = 256 * 1024
 # The lifespan scope's spec_version is the lifespan spec's (2.0); the HTTP scope's is built in
 # asgi_codec.rs ("2.3", as uvicorn says).
 LIFESPAN_ASGI = {"version": "3.0", "spec_version": "2.0"}
-ERROR_PAGE = (b"Status: 500 Internal Server Error\r\nContent-Type: text/plain; charset=utf-8\r\n"
-              b"Content-Length: 22\r\n\r\nInternal Server Error\n")
+# The worker's own pages (its 500; a direct worker's 504).
+PAGE_HEADERS = ((b"Content-Type", b"text/plain; charset=utf-8"),)
+# A direct worker's drain word when the bridge stops (no other worker takes over).
+DRAIN_STOP = 2
+# After accept() failed otherwise than for want of a connection (out of descriptors or
+# memory: the condition may pass), the listener is watched again after this.
+ACCEPT_RETRY = 1.0
 encode_response = _native.encode_response
 
 
@@ -92,10 +103,10 @@ def _status_line(status):
 class Request:
     """One request: its app task, its body as it arrives, its response as the app sends it."""
 
-    def __init__(self, conn, rid, role):
+    def __init__(self, conn, rid, flags):
         self.conn = conn
         self.rid = rid
-        self.role = role
+        role = self.role = AUTHORIZER if flags & BEGIN_AUTHORIZER else RESPONDER
         self.scope = None
         self.request_id = None
         self.file_roots = None
@@ -186,13 +197,13 @@ class Request:
             status, headers = self.start
             out = encode_response(self.rid, _status_line(status), headers, status, data, more, self.is_head)
             self.head_sent = True
+        if out:
+            self.conn.write(out)
         if not more:
-            # head, body and end in one write
+            # head, body and end in one write, before _ended (which may close the connection)
             self.complete = True
             self._wake()
             self._ended()
-        if out:
-            self.conn.write(out)
         if self.conn.paused:
             await self.conn.drain()
 
@@ -251,8 +262,15 @@ class Request:
     def end(self, app_status):
         """End the request toward the bridge (once)."""
         if not self.ended:
-            self._ended()
             self.conn.write(record(STDOUT, self.rid) + record(END_REQUEST, self.rid, END_BODY.pack(app_status, 0)))
+            self._ended()
+
+    def _page(self, status, text):
+        """The worker's own response (its 500, a direct worker's 504), which ends the request."""
+        self.head_sent = self.complete = True
+        self.conn.write(encode_response(self.rid, _status_line(status), PAGE_HEADERS, status, text, False,
+                                        self.is_head))
+        self._ended()
 
     def _ended(self):
         self.ended = True
@@ -293,11 +311,7 @@ class Request:
         if self.ended:
             return
         if not self.head_sent:
-            page = ERROR_PAGE[:ERROR_PAGE.index(b"\r\n\r\n") + 4] if self.is_head else ERROR_PAGE
-            self.conn.write(record(STDOUT, self.rid, page))
-            self.head_sent = True
-            self.complete = True
-            self.end(0)
+            self._page(500, b"Internal Server Error\n")
         else:
             self.end(1)  # non-zero: the bridge cuts the response off toward the web server
 
@@ -305,6 +319,9 @@ class Request:
 class Connection(asyncio.Protocol):
     """One FastCGI connection from the bridge (one request at a time from the bridge; more
     are served too, each by its own task)."""
+
+    request_type = Request
+    peer = "the bridge"
 
     def __init__(self, worker):
         self.worker = worker
@@ -335,7 +352,7 @@ class Connection(asyncio.Protocol):
                 if not req.disconnected:
                     self.worker.start(req)
         except _native.AsgiProtocolError as exc:
-            sys.stderr.write("fcgibridge worker: bad record from the bridge, connection closed: %s\n" % exc)
+            sys.stderr.write("fcgibridge worker: bad record from %s, connection closed: %s\n" % (self.peer, exc))
             self.transport.abort()
             self._lost()
         except Exception:  # noqa: BLE001 - one connection's failure must not reach the loop
@@ -422,7 +439,7 @@ class Connection(asyncio.Protocol):
                 req.scope, req.request_id, req.file_roots, req.is_head = payload
                 return True
         elif kind == EV_BEGIN:
-            self.requests[rid] = Request(self, rid, AUTHORIZER if payload else RESPONDER)
+            self.requests[rid] = self.request_type(self, rid, payload)
         elif kind == EV_ABORT:
             req = self.requests.get(rid)
             if req is not None:
@@ -431,10 +448,7 @@ class Connection(asyncio.Protocol):
             self.write(payload)
 
     def _lost(self):
-        """The connection ended. The bridge closes a connection with a request still running
-        only when it gave up on that request (request-timeout shuts the connection down; a
-        client that left is an ABORT_REQUEST instead): its task is cancelled, its coroutine
-        stack logged first."""
+        """The connection ended: its requests see http.disconnect."""
         if self.closed:
             return
         self.closed = True
@@ -444,9 +458,15 @@ class Connection(asyncio.Protocol):
             running = req.task is not None and not req.task.done() and not req.disconnected
             req.abort()
             if running:
-                self.worker.dump_stacks([req], "the bridge closed the connection of request %s (request-timeout?): "
-                                                "cancelling its task" % req.request_id)
-                req.task.cancel()
+                self._given_up(req)
+
+    def _given_up(self, req):
+        """The bridge closes a connection with a request still running only when it gave up
+        on that request (request-timeout shuts the connection down; a client that left is an
+        ABORT_REQUEST instead): its task is cancelled, its coroutine stack logged first."""
+        self.worker.dump_stacks([req], "the bridge closed the connection of request %s (request-timeout?): "
+                                        "cancelling its task" % req.request_id)
+        req.task.cancel()
 
 
 class LifespanFailed(Exception):
@@ -557,18 +577,22 @@ class Worker:
             sys.stderr.write("".join(lines))
             sys.stderr.flush()
 
+    async def listen(self, loop, listen_fd):
+        """Serve the bridge's connections to the listening socket; returns what stops that."""
+        sock = socket.socket(fileno=listen_fd)
+        sock.setblocking(False)
+        # The bridge opens all `concurrency` connections at once: a backlog that holds
+        # them (asyncio's default of 100 would replace the bridge's and refuse the rest).
+        server = await loop.create_unix_server(lambda: Connection(self), sock=sock,
+                                               backlog=max(self.concurrency, 128))
+        return server.close
+
     async def main(self, listen_fd, on_ready):
         loop = asyncio.get_running_loop()
         self.stop = asyncio.Event()
         lifespan = Lifespan(self.app, self.state)
         await lifespan.startup()
-        sock = socket.socket(fileno=listen_fd)
-        sock.setblocking(False)
-
-        # The bridge opens all `concurrency` connections at once: a backlog that holds
-        # them (asyncio's default of 100 would replace the bridge's and refuse the rest).
-        server = await loop.create_unix_server(lambda: Connection(self), sock=sock,
-                                               backlog=max(self.concurrency, 128))
+        stop_serving = await self.listen(loop, listen_fd)
         loop.add_signal_handler(signal.SIGTERM, self.stop.set)
         loop.add_signal_handler(signal.SIGUSR2, self.dump_stacks)
         # SIGINT (the whole process group): out of the loop, exit 130, as before the loop
@@ -577,7 +601,7 @@ class Worker:
         loop.add_signal_handler(signal.SIGINT, _interrupt)
         on_ready()
         await self.stop.wait()
-        server.close()
+        stop_serving()
         await self._finish_tasks(loop)
         await lifespan.shutdown()
 
@@ -608,6 +632,266 @@ class Worker:
         if tasks:
             # Let their `finally` blocks run; a task that swallows the cancellation is left.
             await asyncio.wait(tasks, timeout=1.0)
+
+
+# -- direct mode (docs/worker-contract.md, "Direct mode")
+
+
+class DirectRequest(Request):
+    """A request from the web server itself."""
+
+    def __init__(self, conn, rid, flags):
+        super().__init__(conn, rid, flags)
+        self.keep_conn = flags & BEGIN_KEEP_CONN
+
+    def stderr(self, text, level="ERROR"):
+        # Never a STDERR record: that would go to the web server's error log, not the bridge's.
+        log_line(level, text, self.request_id)
+
+    def _ended(self):
+        Request._ended(self)  # the codec gives its scoreboard slot back
+        self.conn.worker.request_ended(self)
+
+
+class DirectConnection(Connection):
+    """A connection from the web server: closed after a request without FCGI_KEEP_CONN (or
+    once the worker drains), and when it sends no complete request within header-timeout."""
+
+    request_type = DirectRequest
+    peer = "the web server"
+
+    def __init__(self, worker):
+        super().__init__(worker)
+        self.idle_since = None  # loop time since it waits for a request's params; None: one runs
+        self.idle_timer = None
+        self.lingering = None  # the timer of a lingering close
+
+    def connection_made(self, transport):
+        super().connection_made(transport)
+        self.worker.conns.add(self)
+        self.wait()
+
+    def connection_lost(self, exc):
+        super().connection_lost(exc)
+        for timer in (self.idle_timer, self.lingering):
+            if timer is not None:
+                timer.cancel()
+        self.worker.connection_closed(self)
+
+    def data_received(self, data):
+        if self.lingering is None:
+            Connection.data_received(self, data)
+        elif self.codec.linger_after(data):
+            self.transport.close()
+
+    def _given_up(self, req):
+        """The web server closes a connection when its client left: http.disconnect says it
+        (Request.abort); the task is neither cancelled nor a suspect."""
+
+    def wait(self):
+        """Wait for the next request, for header-timeout. The timer is re-armed only when it
+        fires (_idle_check), not for each request."""
+        self.idle_since = self.worker.loop.time()
+        if self.idle_timer is None:
+            self.idle_timer = self.worker.loop.call_at(self.idle_since + self.worker.header_timeout,
+                                                       self._idle_check)
+
+    def idle(self):
+        """Waiting for a request, with nothing of one received or waiting to be read."""
+        if self.idle_since is None or self.requests or self.codec.buffered():
+            return False
+        poller = select.poll()
+        poller.register(self.transport.get_extra_info("socket").fileno(), select.POLLIN)
+        return not poller.poll(0)
+
+    def _idle_check(self):
+        self.idle_timer = None
+        if self.closed or self.idle_since is None:
+            return  # a request runs: its end waits again
+        due = self.idle_since + self.worker.header_timeout
+        if due > self.worker.loop.time():
+            self.idle_timer = self.worker.loop.call_at(due, self._idle_check)
+            return
+        _native.log_header_timeout()
+        self.transport.close()
+
+    def request_ended(self, req):
+        """After a request's end: wait for the next one, or close."""
+        if self.closed or (self.requests and any(r.scope is not None for r in self.requests.values())):
+            return  # another request runs on it: its end decides
+        if req.keep_conn and not self.worker.draining:
+            self.wait()
+        elif req.body_done or req.disconnected or self.codec.linger(req.rid):
+            self.transport.close()
+        else:
+            # Answered before the web server sent the end of the request's input (Apache's
+            # mod_proxy_fcgi sends it apart; nginx, the rest of an upload the app did not
+            # read): a close now would fail its write. The web server sees the response end,
+            # and what it sends is read and discarded until that end, EOF or LINGER_TIME.
+            self.transport.write_eof()
+            self.lingering = self.worker.loop.call_later(_native.LINGER_TIME, self.transport.close)
+
+
+class DirectWorker(Worker):
+    """The loop accepts the web server's connections on the listening socket (shared by the
+    pool's workers) itself, one per wake-up, so that they spread over the processes, while
+    fewer than `concurrency` requests run; a request in flight holds a scoreboard slot. The
+    bridge's drain word retires the worker, request-timeout is applied here."""
+
+    def __init__(self, app, concurrency, header_timeout, request_timeout):
+        super().__init__(app, concurrency)
+        self.header_timeout = header_timeout
+        self.request_timeout = request_timeout
+        self.loop = None
+        self.listener = None
+        self.conns = set()
+        self.opening = 0  # accepted, its connection not made yet
+        self.in_flight = {}  # request: loop time of its start, oldest first
+        self.reading = False  # the listener is watched
+        self.accepting = True  # until drain or SIGTERM
+        self.draining = False
+        self.stop_window = None  # the bridge stops: the timer of the last queued accepts
+        self.timeout_timer = None
+
+    async def listen(self, loop, listen_fd):
+        self.loop = loop
+        # Never listen() on it (asyncio's servers do): the backlog is the operator's.
+        self.listener = socket.socket(fileno=listen_fd)
+        self.listener.setblocking(False)
+        _native.scoreboard_serve(self.concurrency)
+        self._watch(True)
+        loop.call_later(_native.DRAIN_CHECK, self._check_drain)
+        return self._stop_accepting
+
+    def _watch(self, on):
+        if on != self.reading:
+            self.reading = on
+            if on:
+                self.loop.add_reader(self.listener.fileno(), self._accept)
+            else:
+                self.loop.remove_reader(self.listener.fileno())
+
+    def _resume(self):
+        if self.accepting and len(self.in_flight) < self.concurrency:
+            self._watch(True)
+
+    def _accept(self):
+        """One connection per call: the reader is called again while more wait, and the
+        pool's other workers get theirs. While the bridge stops, on until the queue is empty."""
+        if not self.accepting:
+            return
+        try:
+            sock, _ = self.listener.accept()
+        except BlockingIOError:  # none left, or another worker took it
+            if self.stop_window is not None:
+                self._retire()
+            return
+        except ConnectionAbortedError:  # gone before it was accepted
+            sock = None
+        except OSError as exc:
+            sys.stderr.write("fcgibridge worker: accept failed, retrying: %s\n" % exc)
+            self._watch(False)
+            self.loop.call_later(ACCEPT_RETRY, self._resume)
+            return
+        if sock is not None:
+            self.opening += 1
+            new_task(self._open(sock))
+        if self.stop_window is not None:
+            self.loop.call_soon(self._accept)  # between the loop's other callbacks
+
+    async def _open(self, sock):
+        try:
+            await self.loop.connect_accepted_socket(lambda: DirectConnection(self), sock)
+        except Exception as exc:  # noqa: BLE001 - that connection's loss only
+            sys.stderr.write("fcgibridge worker: cannot serve an accepted connection: %s\n" % exc)
+            sock.close()
+        finally:
+            self.opening -= 1
+            self._exit_if_done()
+
+    def start(self, req):
+        # In flight from here to its end toward the web server (DirectRequest._ended).
+        now = self.in_flight[req] = self.loop.time()
+        req.conn.idle_since = None
+        if len(self.in_flight) >= self.concurrency:
+            self._watch(False)
+        if self.request_timeout and self.timeout_timer is None:
+            self.timeout_timer = self.loop.call_at(now + self.request_timeout, self._time_out)
+        Worker.start(self, req)
+
+    def request_ended(self, req):
+        if self.in_flight.pop(req, None) is not None and not self.reading:
+            self._resume()
+        req.conn.request_ended(req)
+
+    def connection_closed(self, conn):
+        self.conns.discard(conn)
+        self._exit_if_done()
+
+    def _time_out(self):
+        """request-timeout, for the requests in flight oldest first; re-armed for the next."""
+        self.timeout_timer = None
+        now = self.loop.time()
+        for req, started in list(self.in_flight.items()):
+            due = started + self.request_timeout
+            if due > now:
+                self.timeout_timer = self.loop.call_at(due, self._time_out)
+                return
+            if req in self.in_flight:
+                self._timed_out(req, now - started)
+
+    def _timed_out(self, req, ran):
+        """The client gets a 504, or a cut response when it had begun; the task is cancelled,
+        its stack logged first; the worker serves on."""
+        line = req.conn.codec.line(req.rid) or "?"
+        answer = "cutting its response off" if req.head_sent else "answering 504"
+        log_line("ERROR", "request-timeout (%gs): %s ran %.1fs: %s, cancelling its task; its coroutine stack follows"
+                 % (self.request_timeout, line, ran, answer), req.request_id)
+        self.dump_stacks([req])
+        _native.scoreboard_timed_out()
+        if req.head_sent:
+            req.conn.transport.abort()
+            req.conn._lost()
+        else:
+            req._page(504, b"Gateway Timeout\n")
+        req.task.cancel()
+
+    def _check_drain(self):
+        """Every DRAIN_CHECK: the bridge's drain word."""
+        word = _native.scoreboard_drain()
+        if word == DRAIN_STOP and self.stop_window is None:
+            # No other worker takes over: first the connections already queued (what the web
+            # server sent before the stop), for STOP_QUEUE_WINDOW at most.
+            self.stop_window = self.loop.call_later(_native.STOP_QUEUE_WINDOW, self._retire)
+            self._accept()
+        elif word and word != DRAIN_STOP:
+            self._retire()
+        if not self.draining:
+            self.loop.call_later(_native.DRAIN_CHECK, self._check_drain)
+
+    def _retire(self):
+        """Accept nothing more, close the idle connections now and the others after their
+        request; once none is left, stop as at SIGTERM."""
+        if self.draining:
+            return
+        self.draining = True
+        self._stop_accepting()
+        for conn in list(self.conns):
+            if conn.idle():
+                conn.transport.close()
+        self._exit_if_done()
+
+    def _stop_accepting(self):
+        if self.accepting:
+            self.accepting = False
+            self._watch(False)
+            _native.scoreboard_stop_accepting()
+        if self.stop_window is not None:
+            self.stop_window.cancel()
+
+    def _exit_if_done(self):
+        if self.draining and not self.conns and not self.opening:
+            self.stop.set()
 
 
 def _failure_summary(message):
@@ -729,7 +1013,8 @@ def serve(app, listen_fd, ready_fd, concurrency):
     except BaseException as exc:  # noqa: B902 - reported as a start-up failure
         _main.report_load_failure(exc, ready_fd)
     asyncio.set_event_loop(loop)
-    worker = Worker(app, concurrency)
+    direct = _native.direct_settings()
+    worker = Worker(app, concurrency) if direct is None else DirectWorker(app, concurrency, *direct)
     code = 0
     ready = []
 

@@ -1,0 +1,231 @@
+"""ASGI pools behind a `direct: true` listener (docs/direct.md, docs/asgi.md): each worker's
+event loop accepts nginx's connections itself and keeps them (`fastcgi_keep_conn on` with
+an upstream keepalive, as the docs configure it), many requests in flight per process; the
+bridge supervises from the scoreboards. FastAPI and a bare ASGI app, through real nginx."""
+import concurrent.futures
+import re
+import signal
+import socket
+import subprocess
+import time
+
+import pytest
+import requests
+
+from harness import (APPS, LogFile, free_ports, make_bridge, nginx_conf, nginx_etc, pool, start_nginx, stop_process,
+                     wait_until)
+from supervision_support import Background
+
+pytestmark = pytest.mark.timeout(300)
+
+FASTAPI = f"{APPS / 'asgi_app.py'}:app"
+RAW = f"{APPS / 'asgi_raw_app.py'}:app"
+
+
+class Front:
+    """nginx on one port: /raw/ to the `raw` listener's socket, the rest to `fast`'s, both
+    with kept connections (`keep`) or a connection per request."""
+
+    def __init__(self, workdir, sockets, keep=True):
+        self.port = free_ports(1)[0]
+        upstreams = "".join(
+            f"    upstream {name} {{\n        server unix:{path};\n        keepalive 32;\n    }}\n"
+            for name, path in sockets.items())
+        keep_line = "fastcgi_keep_conn on;" if keep else ""
+
+        def location(prefix, name):
+            return (f"        location {prefix} {{\n            include {nginx_etc()}/fastcgi_params;\n"
+                    f"            fastcgi_param SCRIPT_NAME \"\";\n            fastcgi_param PATH_INFO $uri;\n"
+                    f"            {keep_line}\n            fastcgi_read_timeout 120s;\n"
+                    f"            fastcgi_pass {name};\n        }}\n")
+        http = (upstreams + f"    server {{\n        listen 127.0.0.1:{self.port};\n"
+                + location("/raw/", "raw") + location("/", "fast") + "    }\n")
+        (workdir / "nginx.conf").write_text(nginx_conf(workdir, http))
+        self.error_log = LogFile(workdir / "nginx-error.log")
+        self.proc = start_nginx(workdir, workdir / "nginx.conf")
+
+    def url(self, path):
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def get(self, path, **kw):
+        return requests.get(self.url(path), timeout=kw.pop("timeout", 60), **kw)
+
+    def stop(self):
+        stop_process(self.proc, timeout=20)
+
+
+def start(tmp_path_factory, name, keep=True, fast=None, raw=None):
+    """A bridge with the FastAPI pool `fast` and the bare pool `raw`, each behind a direct
+    listener on a unix socket, and nginx in front; both answer before this returns."""
+    workdir = tmp_path_factory.mktemp(name)
+    sport = free_ports(1)[0]
+    sockets = {"fast": workdir / "fast.sock", "raw": workdir / "raw.sock"}
+    env = {"FCGIBRIDGE_TEST_DIR": str(workdir)}
+    pools = {
+        "fast": pool(FASTAPI, interface="asgi", processes=1, concurrency=50, env=env, **(fast or {})),
+        "raw": pool(RAW, interface="asgi", processes=1, concurrency=16, env=env,
+                    **{"asgi-loop": "asyncio", **(raw or {})}),
+    }
+    listeners = {n: {"fastcgi": f"unix:{s}", "pool": n, "direct": True} for n, s in sockets.items()}
+    b = make_bridge(workdir, pools, listeners,
+                    bridge_extra={"status": {"listen": f"127.0.0.1:{sport}", "path": "/status"}})
+    b.start()
+    b.wait_ready([("fast", "/health", "any"), ("raw", "/raw/health", "any")])
+    front = Front(tmp_path_factory.mktemp(name + "-nginx"), sockets, keep)
+    wait_until(lambda: ok(front, "/health") and ok(front, "/raw/health"), 60, 0.1,
+               what="nginx answering through both direct listeners")
+    return b, front
+
+
+def ok(front, path):
+    try:
+        return front.get(path, timeout=10).status_code == 200
+    except requests.RequestException:
+        return False
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    b, front = start(tmp_path_factory, "direct-asgi", raw={"request-timeout": "2s"})
+    try:
+        yield b, front
+    finally:
+        front.stop()
+        b.stop()
+
+
+def accepted_connections(sock_path) -> int:
+    """Connections the workers hold on the listener's socket (accepted, not yet closed)."""
+    out = subprocess.run(["ss", "-xH", "state", "connected", "src", str(sock_path)], capture_output=True, text=True,
+                         check=True).stdout
+    return len([ln for ln in out.splitlines() if ln.strip()])
+
+
+def pid_of(b, pool_name):
+    (w,) = b.pool_status(pool_name)["workers"]
+    return w["pid"]
+
+
+def test_fastapi_answers_and_nginx_keeps_its_connections(stack):
+    b, front = stack
+    r = front.get("/items/7?q=x")
+    assert (r.status_code, r.json()) == (200, {"item_id": 7, "q": "x"}), r.text
+    r = requests.post(front.url("/form"), data={"name": "a"}, files={"upload": ("f.txt", b"x" * 50000)}, timeout=60)
+    assert r.status_code == 200 and r.json()["size"] == 50000, r.text
+    r = front.get("/chunks")
+    assert r.status_code == 200 and r.text.count("chunk") >= 3, r.text
+    for i in range(30):
+        assert front.get("/health").status_code == 200, i
+    # Kept: idle connections stay open in the worker after their requests (each request on
+    # its own connection would leave none, as with `direct` WSGI workers).
+    held = accepted_connections(b.workdir / "fast.sock")
+    assert 1 <= held <= 32, held
+
+
+def test_forty_slow_requests_run_at_once_in_one_process(stack):
+    b, front = stack
+    with concurrent.futures.ThreadPoolExecutor(40) as ex:
+        started = time.monotonic()
+        statuses = list(ex.map(lambda _: front.get("/sleep?s=0.5").status_code, range(40)))
+        took = time.monotonic() - started
+    assert statuses == [200] * 40
+    assert took < 2.0, f"40 concurrent 0.5 s requests took {took:.2f}s"
+
+
+def test_the_status_page_shows_requests_in_flight_and_counts_what_was_served(stack):
+    b, front = stack
+    before = b.pool_status("fast")["accepted_requests"]
+    slow = [Background(lambda: front.get("/sleep?s=4")) for _ in range(3)]
+
+    def running():
+        return [c for w in b.pool_status("fast")["workers"] for c in w["current"] if c["uri"] == "/sleep?s=4"]
+    shown = wait_until(lambda: len(running()) == 3 and running(), 30, what="three requests in flight on one worker")
+    assert {c["method"] for c in shown} == {"GET"}
+    assert all(bg.result().status_code == 200 for bg in slow)
+    wait_until(lambda: b.pool_status("fast")["accepted_requests"] >= before + 3 and not running(), 30,
+               what="the three requests counted, none running")
+
+
+def test_request_timeout_cancels_the_task_answers_504_and_the_worker_serves_on(stack):
+    b, front = stack
+    before = pid_of(b, "raw")
+    mark = b.log.mark()
+    with concurrent.futures.ThreadPoolExecutor(2) as ex:
+        stuck = ex.submit(front.get, "/raw/sleep?60", timeout=120)
+        quick = ex.submit(front.get, "/raw/sleep?1", timeout=120)
+        assert quick.result().status_code == 200
+        assert stuck.result().status_code == 504
+    (line,) = b.log.wait_for([r"request-timeout \(2s\): GET /raw/sleep\?60 ran"], since=mark, timeout=30)
+    rid = re.search(r"request_id=\"?(\d+-\d+)", line).group(1)
+    b.log.wait_for([rf"\[stack request_id={rid} task=", r"asgi_raw_app.py"], since=mark, timeout=30)
+    log = b.workdir / "cancelled.log"
+    wait_until(lambda: log.exists() and f"cancelled {rid}" in log.read_text(), 30, what="the app's task cancelled")
+    assert pid_of(b, "raw") == before, "the same worker serves on"
+    assert front.get("/raw/health").text == "ok"
+    wait_until(lambda: b.pool_status("raw")["request_timeouts"] >= 1, 30, what="the timeout on the status page")
+
+
+def test_a_client_that_leaves_is_http_disconnect_for_the_app(stack):
+    b, front = stack
+    token = f"direct-{time.monotonic_ns()}"
+    conn = socket.create_connection(("127.0.0.1", front.port), timeout=30)
+    conn.sendall(f"GET /raw/wait-disconnect?{token} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    log = b.workdir / "disconnect.log"
+    wait_until(lambda: log.exists() and f"waiting {token}" in log.read_text(), 30, what="the app waiting")
+    conn.close()
+    wait_until(lambda: f"disconnected {token}" in log.read_text(), 30, what="the app to see http.disconnect")
+    assert front.get("/raw/health").text == "ok"
+
+
+def test_without_kept_connections_each_request_closes_its_own(tmp_path_factory):
+    b, front = start(tmp_path_factory, "direct-asgi-nokeep", keep=False)
+    try:
+        for i in range(10):
+            r = front.get(f"/items/{i}")
+            assert r.status_code == 200 and r.json()["item_id"] == i, r.text
+        wait_until(lambda: accepted_connections(b.workdir / "fast.sock") == 0, 30,
+                   what="every connection closed by the worker after its request")
+    finally:
+        front.stop()
+        b.stop()
+
+
+def test_max_requests_recycles_with_lifespan_shutdown_and_no_failed_request(tmp_path_factory):
+    b, front = start(tmp_path_factory, "direct-asgi-recycle", raw={"max-requests": 10})
+    try:
+        mark = b.log.mark()
+        first = str(pid_of(b, "raw"))
+        pids = set()
+        for i in range(40):
+            r = front.get("/raw/version")
+            assert r.status_code == 200, (i, r.status_code, r.text)
+            pids.add(r.text.split()[1])
+        b.log.wait_for([r"retiring the worker: .*max-requests"], since=mark, timeout=60)
+        wait_until(lambda: len(pids | {front.get("/raw/version").text.split()[1]}) >= 2, 60,
+                   what="a new worker after max-requests")
+        b.log.wait_for([r"worker stopped \(.*max-requests.*\): exit status 0"], since=mark, timeout=60)
+        # It drained by itself: the app's lifespan shutdown ran in it.
+        lifespan = b.workdir / "raw-lifespan.log"
+        assert f"shutdown {first}" in lifespan.read_text().splitlines(), lifespan.read_text()
+    finally:
+        front.stop()
+        b.stop()
+
+
+def test_a_graceful_stop_lets_a_running_request_finish(tmp_path_factory):
+    b, front = start(tmp_path_factory, "direct-asgi-stop")
+    try:
+        held = Background(lambda: front.get("/raw/sleep?3"))
+        wait_until(lambda: [c for w in b.pool_status("raw")["workers"] for c in w["current"]], 30,
+                   what="the request running")
+        mark = b.log.mark()
+        b.proc.send_signal(signal.SIGTERM)
+        b.log.wait_for([r"SIGTERM: draining in-flight requests"], since=mark, timeout=30)
+        r = held.result()
+        assert (r.status_code, r.text) == (200, "slept")
+        b.log.wait_for([r"worker stopped \(the bridge is stopping\): exit status 0"], since=mark, timeout=60)
+        assert b.proc.wait(timeout=60) == 0
+    finally:
+        front.stop()
+        if b.proc.poll() is None:
+            b.stop()
