@@ -352,6 +352,7 @@ async fn stop(mut r: Running, config: &crate::config::Config, s: &mut Signals, h
             let timeout = config.global.shutdown_timeout;
             tracing::info!(
                 in_flight = r.registry.in_flight(),
+                direct_in_flight = Some(direct_in_flight(&r.registry)).filter(|n| *n > 0),
                 "SIGTERM: draining in-flight requests (up to {timeout:?})"
             );
             finish_in_flight(timeout, &r.registry, s).await
@@ -383,6 +384,12 @@ async fn stop(mut r: Running, config: &crate::config::Config, s: &mut Signals, h
     crate::supervise::orphans::last_look(r.registry.rate_limits.clone()).await;
     r.registry.rate_limits.flush_all();
     drop(r.rt_dir);
+}
+
+/// Requests the workers behind `direct` listeners run (the registry counts only the
+/// daemon's own); 0 without direct pools.
+fn direct_in_flight(registry: &Registry) -> usize {
+    registry.board.pools().iter().map(|p| p.dispatcher.direct_in_flight()).sum()
 }
 
 /// Wait up to `timeout` for the requests in flight. SIGINT or SIGQUIT give up on them (a

@@ -52,6 +52,12 @@ impl<S: Slot> Dispatcher<S> {
         true
     }
 
+    /// Requests the direct workers run now (as their scoreboards showed at the last tick).
+    pub(crate) fn direct_in_flight(&self) -> usize {
+        let inner = self.lock();
+        inner.workers.iter().filter(|w| w.live && !w.direct.threads.is_empty()).map(|w| w.s.busy as usize).sum()
+    }
+
     /// Copy a direct worker's scoreboard read at `now_ns` (CLOCK_MONOTONIC) in: requests
     /// begun and served (the worker's and the pool's numbers), responses by status class,
     /// and the request each thread runs, from when it began. Wakes the manager when the
@@ -189,6 +195,7 @@ mod tests {
         assert_eq!(d.view().counters.request_timeouts, 2);
         d.observe_direct(w, &Observed { threads: running, responses: [0; 5], timeouts: 3 }, now_ns);
         assert_eq!(d.view().counters.request_timeouts, 3);
+        assert_eq!(d.direct_in_flight(), 1);
     }
 
     #[test]
