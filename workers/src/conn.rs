@@ -285,6 +285,8 @@ pub(crate) struct Conn {
     /// input: closing the connection now would fail that sending (Apache's 503), so it is
     /// closed lingering ([`Conn::close_lingering`]).
     linger: Option<u16>,
+    /// The last request ended with the connection kept for another ([`Conn::finish`]).
+    kept: bool,
 }
 
 impl Conn {
@@ -306,6 +308,7 @@ impl Conn {
             may_hold: false,
             direct: crate::direct::config(),
             linger: None,
+            kept: false,
         }
     }
 
@@ -567,22 +570,11 @@ impl Conn {
     pub(crate) fn wait_request(&mut self) -> bool {
         // Waiting for input: the last request's, if it was missing, has come (or is skipped).
         self.linger = None;
+        self.kept = false;
         let mut deadline = None;
         loop {
-            self.process();
-            self.settle();
-            if let Some(r) = &self.req {
-                if r.aborted {
-                    // Aborted before the app was called: nothing to run.
-                    let id = r.id;
-                    self.req = None;
-                    self.current.store(0, Ordering::Release);
-                    self.end_id(id, 1, ProtocolStatus::RequestComplete);
-                    continue;
-                }
-                if r.params.is_some() {
-                    return true;
-                }
+            if self.buffered_request() {
+                return true;
             }
             self.flush();
             if !self.usable() || self.rd_eof {
@@ -609,6 +601,69 @@ impl Conn {
                 self.lost();
             }
         }
+    }
+
+    /// Whether the next request's PARAMS are complete in what was received (settled, and any
+    /// request aborted before the app was called ended). Never waits.
+    fn buffered_request(&mut self) -> bool {
+        loop {
+            self.process();
+            self.settle();
+            let Some(r) = &self.req else { return false };
+            if !r.aborted {
+                return r.params.is_some();
+            }
+            // Aborted before the app was called: nothing to run.
+            let id = r.id;
+            self.req = None;
+            self.current.store(0, Ordering::Release);
+            self.end_id(id, 1, ProtocolStatus::RequestComplete);
+        }
+    }
+
+    /// After a request on a kept connection of a direct worker: whether the next one came
+    /// with it (pipelined) and can run now. If not, the connection is parked rather than
+    /// waited on ([`Conn::parkable`]).
+    pub(crate) fn pipelined_request(&mut self) -> bool {
+        let ready = self.buffered_request();
+        self.flush();
+        ready
+    }
+
+    /// A parked connection has input (or its end): whether a request's PARAMS are complete
+    /// now. Never waits: the rest of a request, or the input of one answered before it
+    /// ended, leaves the connection parked ([`Conn::parkable`]) rather than pin the thread.
+    pub(crate) fn poll_request(&mut self) -> bool {
+        self.linger = None;
+        loop {
+            if self.buffered_request() {
+                return true;
+            }
+            self.flush();
+            if !self.usable() || self.rd_eof {
+                return false;
+            }
+            match self.recv(true) {
+                Recv::Data(_) => {}
+                Recv::WouldBlock => return false,
+                Recv::Eof | Recv::NoMemory => {
+                    self.lost();
+                    return false;
+                }
+            }
+        }
+    }
+
+    /// Whether the connection may wait for its next request in a direct worker's epoll set:
+    /// its last request kept it (FCGI_KEEP_CONN), it is still open both ways and no request
+    /// is ready to run.
+    pub(crate) fn parkable(&self) -> bool {
+        self.kept && self.usable() && !self.rd_eof && self.req.as_ref().is_none_or(|r| r.params.is_none())
+    }
+
+    /// The socket's descriptor, while it is open.
+    pub(crate) fn raw_fd(&self) -> Option<std::os::fd::RawFd> {
+        self.fd.as_ref().map(|f| f.as_raw_fd())
     }
 
     /// A direct worker's wait for a request's input: false (the connection closes) when the
@@ -1041,7 +1096,8 @@ impl Conn {
         // A request queued behind this one is claimed by `wait_request`, not here: the
         // thread may stop after this request (SystemExit, max-requests), and one it never
         // claimed the bridge can still send elsewhere.
-        keep && !self.rd_eof && self.usable()
+        self.kept = keep && !self.rd_eof && self.usable();
+        self.kept
     }
 }
 
@@ -1278,6 +1334,24 @@ mod tests {
             })
             .collect();
         assert_eq!(ends, vec![1, 2, 1], "the withdrawn request is never answered");
+    }
+
+    #[test]
+    fn a_kept_connection_is_parkable_until_a_whole_request_is_here() {
+        let (mut c, mut peer) = pair();
+        peer.write_all(&request(1, Role::Responder, Some(b""))).expect("send");
+        assert!(c.wait_request());
+        end_current(&mut c);
+        assert!(!c.pipelined_request() && c.parkable(), "kept, nothing more: parked");
+        // Half of the next request: still parked, never waited for.
+        let next = request(1, Role::Responder, Some(b""));
+        peer.write_all(&next[..20]).expect("send");
+        assert!(!c.poll_request() && c.parkable());
+        peer.write_all(&next[20..]).expect("send");
+        assert!(c.poll_request() && !c.parkable(), "a request to run");
+        end_current(&mut c);
+        drop(peer);
+        assert!(!c.poll_request() && !c.parkable(), "closed by the web server");
     }
 
     #[test]

@@ -23,6 +23,7 @@ mod conn;
 mod direct;
 mod flusher;
 mod objects;
+mod park;
 mod scoreboard;
 mod sys;
 
@@ -514,8 +515,11 @@ fn handle_request(py: Python<'_>, w: &mut Worker, shared: &Arc<Shared>) -> PyRes
         if let Some(slot) = slot {
             slot.end();
         }
-        // A retiring direct worker closes a kept connection after its current request.
-        keep && !exiting && !(direct && scoreboard::draining()) && c.wait_request()
+        // A retiring direct worker closes a kept connection after its current request; a
+        // direct worker parks it rather than wait on it, unless its next request is here.
+        keep && !exiting
+            && !(direct && scoreboard::draining())
+            && if direct { c.pipelined_request() } else { c.wait_request() }
     });
     match outcome.fatal {
         Some(e) => Err(e),
@@ -550,51 +554,77 @@ fn serve(
         slot: None,
     };
     if w.direct {
-        sys::prepare_direct_listener(listen_fd, scoreboard::DRAIN_CHECK)?;
-        w.slot = scoreboard::claim_slot();
+        return serve_direct(py, &mut w, listen_fd);
     }
-    // A direct worker's thread counts in its scoreboard's `accepting` until it returns.
-    let _accepting = w.direct.then(scoreboard::accepting);
     loop {
-        let (threads, direct) = (w.threads, w.direct);
-        let shared = py.detach(|| -> std::io::Result<Option<(Arc<Shared>, bool)>> {
-            let fd = if direct {
-                match accept_unless_draining(listen_fd)? {
-                    Some(fd) => fd,
-                    None => return Ok(None),
-                }
-            } else {
-                sys::accept(listen_fd)?
-            };
-            let shared = Arc::new(Shared::new(fd, threads));
+        let threads = w.threads;
+        let shared = py.detach(|| -> std::io::Result<(Arc<Shared>, bool)> {
+            let shared = Arc::new(Shared::new(sys::accept(listen_fd)?, threads));
             flusher::register(&shared);
             let ready = shared.lock().wait_request();
-            Ok(Some((shared, ready)))
+            Ok((shared, ready))
         });
-        let (shared, mut ready) = match shared {
-            Ok(Some(s)) => s,
-            Ok(None) => return Ok(()),
-            Err(e) => match e.raw_os_error() {
-                // Out of descriptors or memory: wait a little, the condition may pass.
-                Some(23) | Some(24) | Some(105) | Some(12) => {
-                    eprintln!("fcgibridge worker: accept failed, retrying: {e}");
-                    py.detach(|| std::thread::sleep(std::time::Duration::from_millis(100)));
-                    continue;
-                }
-                _ => return Err(e.into()),
-            },
+        let (shared, ready) = match shared {
+            Ok(s) => s,
+            Err(e) if out_of_resources(&e) => {
+                pause_after(py, &e);
+                continue;
+            }
+            Err(e) => return Err(e.into()),
         };
-        while ready {
-            ready = match handle_request(py, &mut w, &shared) {
-                Ok(r) => r,
-                Err(e) => {
-                    shared.lock_py(py).close();
-                    return Err(e);
-                }
-            };
-        }
+        serve_connection(py, &mut w, &shared, ready)?;
         close(py, &shared);
     }
+}
+
+/// A direct worker's thread: it serves what its process's epoll set gives it, a new
+/// connection or a kept one whose next request came ([`park`]), and parks each kept
+/// connection between its requests rather than wait on it. Returns once the worker retires.
+fn serve_direct(py: Python<'_>, w: &mut Worker, listen_fd: i32) -> PyResult<()> {
+    let park = park::Park::get(listen_fd)?;
+    w.slot = scoreboard::claim_slot();
+    // The thread counts in its scoreboard's `accepting` until it returns.
+    let _accepting = scoreboard::accepting();
+    let mut last: Option<park::Served> = None;
+    loop {
+        let threads = w.threads;
+        let next = match py.detach(|| park.next_connection(last.take(), threads)) {
+            Ok(Some(s)) => s,
+            Ok(None) => return Ok(()),
+            Err(e) if out_of_resources(&e) => {
+                pause_after(py, &e);
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
+        serve_connection(py, w, &next.shared, next.ready)?;
+        last = Some(next);
+    }
+}
+
+/// Run the requests of a connection while the next one is ready.
+fn serve_connection(py: Python<'_>, w: &mut Worker, shared: &Arc<Shared>, mut ready: bool) -> PyResult<()> {
+    while ready {
+        ready = match handle_request(py, w, shared) {
+            Ok(r) => r,
+            Err(e) => {
+                shared.lock_py(py).close();
+                return Err(e);
+            }
+        };
+    }
+    Ok(())
+}
+
+/// Out of descriptors or memory: accepting may work again once the condition passes.
+fn out_of_resources(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ENFILE | libc::EMFILE | libc::ENOBUFS | libc::ENOMEM))
+}
+
+/// Say why accepting failed and wait a little before the next try.
+fn pause_after(py: Python<'_>, e: &std::io::Error) {
+    eprintln!("fcgibridge worker: accept failed, retrying: {e}");
+    py.detach(|| std::thread::sleep(std::time::Duration::from_millis(100)));
 }
 
 /// Close a served connection: at once, unless a direct worker answered its last request
@@ -607,31 +637,6 @@ fn close(py: Python<'_>, shared: &Shared) {
     }
     drop(c);
     py.detach(|| shared.lock().close_lingering());
-}
-
-/// A direct worker's accept: the next connection, or `None` once the bridge asked the worker
-/// to retire (looked at whenever accept's timeout passes).
-fn accept_unless_draining(listen_fd: i32) -> std::io::Result<Option<std::os::fd::OwnedFd>> {
-    static STOP_SEEN: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
-    loop {
-        match scoreboard::drain_word() {
-            0 => {}
-            scoreboard::STOP => {
-                // The bridge is stopping: serve what is queued on the socket (nothing else
-                // will), within a window, then leave.
-                let seen = *STOP_SEEN.get_or_init(std::time::Instant::now);
-                if seen.elapsed() >= scoreboard::STOP_QUEUE_WINDOW
-                    || !sys::wait_readable_for(listen_fd, std::time::Duration::ZERO)?
-                {
-                    return Ok(None);
-                }
-            }
-            _ => return Ok(None),
-        }
-        if let Some(fd) = sys::accept_or_timeout(listen_fd)? {
-            return Ok(Some(fd));
-        }
-    }
 }
 
 /// A preloaded direct worker's scoreboard, received with its SPAWN: map it (and close `fd`).

@@ -1,15 +1,14 @@
 //! The few system calls the worker makes itself (Linux), through `nix` (the bridge's
-//! own dependency, so the lock file gains nothing), and `libc` for the one receive into
-//! uninitialised memory that `nix` has no form for.
+//! own dependency, so the lock file gains nothing), and `libc` for the receive into
+//! uninitialised memory that `nix` has no form for, and for epoll.
 //! Every blocking call is made with the GIL released by the caller; the
 //! non-blocking ones (MSG_DONTWAIT) may be made with it held.
 use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout};
-use nix::sys::socket::{setsockopt, sockopt, MsgFlags, SockFlag};
-use nix::sys::time::TimeVal;
+use nix::sys::socket::{MsgFlags, SockFlag};
 use std::io;
 use std::mem::MaybeUninit;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::time::Duration;
 
 #[cfg(not(target_os = "linux"))]
@@ -79,37 +78,71 @@ pub(crate) fn wait_readable(fd: RawFd) -> io::Result<()> {
     }
 }
 
-/// Make the web server's listening socket (a `direct` listener's, fd 0) fit a blocking
-/// accept that still looks up every second: blocking (the bridge clears O_NONBLOCK; an
-/// inherited flag would turn accept into a busy loop) with SO_RCVTIMEO, which bounds
-/// accept(2). Never poll: a blocked accept gets the kernel's exclusive wake-up, one waiter
-/// per connection across all the pool's processes and threads.
-pub(crate) fn prepare_direct_listener(listen_fd: RawFd, wake_every: Duration) -> io::Result<()> {
+/// Make the web server's listening socket (a `direct` listener's, fd 0) non-blocking: a
+/// WSGI worker's threads accept on it only when their epoll set says a connection waits
+/// ([`crate::park`]), and another process or thread may have taken it by then. The flag
+/// belongs to the socket, which every worker of the pool shares (an ASGI worker sets it too).
+pub(crate) fn set_nonblocking(fd: RawFd) -> io::Result<()> {
     use nix::fcntl::{fcntl, FcntlArg, OFlag};
-    // SAFETY: the caller's listening socket stays open for the worker's life.
-    let listener = unsafe { BorrowedFd::borrow_raw(listen_fd) };
-    let flags = OFlag::from_bits_truncate(fcntl(listener, FcntlArg::F_GETFL)?);
-    if flags.contains(OFlag::O_NONBLOCK) {
-        fcntl(listener, FcntlArg::F_SETFL(flags - OFlag::O_NONBLOCK))?;
+    // SAFETY: the caller's descriptor stays open across this call.
+    let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+    let flags = OFlag::from_bits_truncate(fcntl(fd, FcntlArg::F_GETFL)?);
+    if !flags.contains(OFlag::O_NONBLOCK) {
+        fcntl(fd, FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK))?;
     }
-    let timeout = TimeVal::new(wake_every.as_secs() as _, wake_every.subsec_micros() as _);
-    setsockopt(&listener, sockopt::ReceiveTimeout, &timeout)?;
     Ok(())
 }
 
-/// [`accept`] on a listener with SO_RCVTIMEO: `None` when the timeout passed (or a signal
-/// came) with no connection, so the caller can look at its drain word.
-pub(crate) fn accept_or_timeout(listen_fd: RawFd) -> io::Result<Option<OwnedFd>> {
+/// [`accept`] on a non-blocking listener: `None` when no connection waits (another thread or
+/// process took it).
+pub(crate) fn accept_nonblocking(listen_fd: RawFd) -> io::Result<Option<OwnedFd>> {
     // SAFETY: the caller's listening socket stays open for the worker's life.
     let listener = unsafe { BorrowedFd::borrow_raw(listen_fd) };
     loop {
         match nix::sys::socket::accept4(listener, SockFlag::SOCK_CLOEXEC) {
             Ok(fd) => return Ok(Some(fd)),
-            Err(Errno::ECONNABORTED | Errno::EPROTO) => continue,
-            Err(Errno::EAGAIN | Errno::EINTR) => return Ok(None),
+            Err(Errno::EINTR | Errno::ECONNABORTED | Errno::EPROTO) => continue,
+            Err(Errno::EAGAIN) => return Ok(None),
             Err(e) => return Err(e.into()),
         }
     }
+}
+
+/// A new epoll instance (close-on-exec).
+pub(crate) fn epoll_create() -> io::Result<OwnedFd> {
+    // SAFETY: no pointers; a new descriptor or -1.
+    let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a descriptor just created, owned by nothing else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// epoll_ctl(2): `op` is `libc::EPOLL_CTL_ADD`, `_MOD` or `_DEL`; `data` comes back with the
+/// descriptor's events.
+pub(crate) fn epoll_ctl(epfd: RawFd, op: libc::c_int, fd: RawFd, events: u32, data: u64) -> io::Result<()> {
+    let mut ev = libc::epoll_event { events, u64: data };
+    // SAFETY: `ev` is a valid epoll_event for the call's duration.
+    if unsafe { libc::epoll_ctl(epfd, op, fd, &mut ev) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Wait up to `timeout` for one event of epoll set `epfd`: its data, or `None` when the
+/// time passed (or a signal came).
+pub(crate) fn epoll_wait_one(epfd: RawFd, timeout: Duration) -> io::Result<Option<u64>> {
+    let mut ev = libc::epoll_event { events: 0, u64: 0 };
+    // Whole milliseconds, rounded up: less than one would return at once.
+    let ms = libc::c_int::try_from(timeout.as_micros().div_ceil(1000)).unwrap_or(libc::c_int::MAX);
+    // SAFETY: room for exactly the one event asked for.
+    let n = unsafe { libc::epoll_wait(epfd, &mut ev, 1, ms) };
+    if n < 0 {
+        let e = io::Error::last_os_error();
+        return if e.raw_os_error() == Some(libc::EINTR) { Ok(None) } else { Err(e) };
+    }
+    Ok((n > 0).then_some(ev.u64))
 }
 
 /// Wait up to `timeout` for `fd` to have input: false when the time passed without any.
@@ -123,6 +156,19 @@ pub(crate) fn wait_readable_for(fd: RawFd, timeout: Duration) -> io::Result<bool
         // A signal: the caller looks at its drain word and waits again.
         Err(Errno::EINTR) => Ok(false),
         Err(e) => Err(e.into()),
+    }
+}
+
+/// Read and drop what `fd` has received (up to 1 MiB), without waiting: a socket closed with
+/// unread input resets the connection (the peer's read fails) instead of ending it.
+pub(crate) fn discard_input(fd: RawFd) {
+    let mut buf = [0u8; 16 * 1024];
+    for _ in 0..64 {
+        match nix::sys::socket::recv(fd, &mut buf, MsgFlags::MSG_DONTWAIT) {
+            Ok(n) if n > 0 => {}
+            Err(Errno::EINTR) => {}
+            _ => return,
+        }
     }
 }
 

@@ -276,3 +276,80 @@ def test_bad_input_names_the_web_server_and_the_request(direct):
            "closing the connection: request 1: unexpected FCGI_STDOUT" % w.proc.pid
     wait_until(lambda: line in w.stderr, "the protocol error line")
     assert "the bridge" not in w.stderr
+
+
+def is_open_and_quiet(c):
+    """Neither closed nor sent anything: the worker keeps the connection and waits."""
+    import select
+    return not select.select([c.sock], [], [], 0)[0]
+
+
+def test_one_thread_serves_kept_connections_in_turn(direct):
+    # nginx's fastcgi_keep_conn: a connection idle between its requests holds no thread.
+    w, board = direct()
+    with w.client(timeout=20) as a, w.client(timeout=20) as b:
+        assert request(a, "/environ").code == 200
+        assert request(b, "/environ").code == 200, "served while the first connection stays open"
+        assert request(a, "/environ").code == 200
+        assert request(b, "/environ").code == 200
+        assert is_open_and_quiet(a) and is_open_and_quiet(b)
+        ids = [json.loads(request(c, "/environ").body)["fcgibridge.request_id"] for c in (a, b)]
+        assert ids == ["%d-5" % w.proc.pid, "%d-6" % w.proc.pid]
+        # Input arriving on a parked connection that is not a whole request (here the end of
+        # one already answered, then half of the next) does not hold the thread either.
+        a.begin()
+        a.params(nginx_params("/environ"))
+        assert a.read_response().code == 200
+        a.stdin_end()
+        a.begin()
+        assert request(b, "/environ").code == 200
+        a.params(nginx_params("/environ"))
+        a.stdin_end()
+        assert a.read_response().code == 200
+    wait_until(lambda: board.slot(0)[:2] == (9, 0), "nine requests served by the one thread")
+
+
+def test_a_kept_connection_idle_past_the_header_timeout_is_closed(direct):
+    w, board = direct(env={"FCGIBRIDGE_HEADER_TIMEOUT": "3"})
+    with w.client(timeout=30) as a, w.client(timeout=30) as b:
+        assert request(a, "/environ").code == 200
+        idle_since = time.monotonic()
+        assert request(b, "/environ").code == 200
+        assert is_open_and_quiet(a), "the first connection is kept while the second is served"
+        assert a.sock.recv(1) == b"" and b.sock.recv(1) == b"", "both closed once idle too long"
+        assert time.monotonic() - idle_since >= 2.9, "not before the header timeout"
+    wait_until(lambda: TIMED_OUT % "3" in w.stderr, "the header-timeout line")
+    with w.client(timeout=30) as c:
+        assert request(c, "/environ").code == 200
+    assert w.proc.poll() is None
+
+
+def test_a_drain_closes_every_parked_connection(direct):
+    w, board = direct()
+    with w.client(timeout=20) as a, w.client(timeout=20) as b:
+        assert request(a, "/environ").code == 200
+        assert request(b, "/environ").code == 200
+        board.drain()
+        assert a.sock.recv(1) == b"" and b.sock.recv(1) == b""
+    assert w.proc.wait(30) == 0
+    assert board.accepting() == 0 and board.served() == 2
+
+
+def test_a_stopping_bridge_has_a_queued_connection_served_and_parked_ones_closed(direct, tmp_path):
+    w, board = direct()
+    gate = tmp_path / "release"
+    with w.client(timeout=60) as idle, w.client(timeout=60) as busy:
+        assert request(idle, "/environ").code == 200
+        send(busy, "/hold?%s" % gate)
+        wait_until(lambda: board.slot(0)[2] is not None, "the held request on the scoreboard", timeout=20)
+        with w.client(timeout=60) as queued:
+            send(queued, "/environ")
+            struct.pack_into("=I", board.map, 0, 2)  # the bridge stops
+            gate.touch()
+            assert busy.read_response().body == b"released"
+            assert busy.sock.recv(1) == b"", "a kept connection is closed after its request"
+            assert queued.read_response().code == 200, "the queued connection is still served"
+            assert queued.sock.recv(1) == b""
+        assert idle.sock.recv(1) == b""
+    assert w.proc.wait(30) == 0
+    assert board.served() == 3
