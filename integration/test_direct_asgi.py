@@ -13,7 +13,7 @@ import pytest
 import requests
 
 from harness import (APPS, LogFile, free_ports, make_bridge, nginx_conf, nginx_etc, pool, start_nginx, stop_process,
-                     wait_until)
+                     to_yaml, wait_until)
 from supervision_support import Background
 
 pytestmark = pytest.mark.timeout(300)
@@ -230,3 +230,38 @@ def test_a_graceful_stop_lets_a_running_request_finish(tmp_path_factory):
         front.stop()
         if b.proc.poll() is None:
             b.stop()
+
+
+def test_a_worker_whose_event_loop_is_blocked_past_request_timeout_is_replaced(tmp_path_factory):
+    """A synchronous call in an async view: the worker's own timer cannot fire, so the
+    bridge, seeing the request still running well past request-timeout on the scoreboard,
+    replaces the worker (gunicorn's --timeout does the same to a stuck uvicorn worker)."""
+    b, front = start(tmp_path_factory, "direct-asgi-blocked", raw={"request-timeout": "2s"})
+    try:
+        stuck = pid_of(b, "raw")
+        mark = b.log.mark()
+        r = front.get("/raw/block?60", timeout=120)
+        assert r.status_code == 502, (r.status_code, r.text)  # its connection closed as it was killed
+        b.log.wait_for([r"request-timeout \(2s\): GET /raw/block\?60 ran .* which did not end it: its event loop is "
+                        r"blocked"], since=mark, timeout=30)
+        wait_until(lambda: ok(front, "/raw/health") and pid_of(b, "raw") != stuck, 60,
+                   what="a replacement worker serving")
+    finally:
+        front.stop()
+        b.stop()
+
+
+def test_a_reload_that_changes_request_timeout_restarts_the_workers_that_apply_it(tmp_path_factory):
+    b, front = start(tmp_path_factory, "direct-asgi-reload", raw={"request-timeout": "30s"})
+    try:
+        before = pid_of(b, "raw")
+        b.config["pools"]["raw"]["request-timeout"] = "1s"
+        (b.confdir / "50-test.yaml").write_text(to_yaml(b.config))
+        mark = b.log.mark()
+        b.proc.send_signal(signal.SIGHUP)
+        b.log.wait_for([r"rolling restart.*pool=\"?raw"], since=mark, timeout=30)
+        wait_until(lambda: pid_of(b, "raw") != before, 60, what="the raw pool's worker replaced")
+        assert front.get("/raw/sleep?10", timeout=60).status_code == 504, "the new request-timeout applies"
+    finally:
+        front.stop()
+        b.stop()

@@ -15,6 +15,12 @@ pub(super) struct ThreadSeen {
     started: u64,
 }
 
+/// How long past request-timeout a direct ASGI worker's request may still run before the
+/// bridge takes its event loop for blocked (a synchronous call in an async view: the
+/// worker's own timer cannot fire) and replaces the worker. The scoreboard is read once a
+/// second; the worker's timer fires at the timeout itself.
+pub(crate) const BLOCKED_LOOP_GRACE: Duration = Duration::from_secs(5);
+
 /// A direct worker's scoreboard as the dispatcher last copied it.
 #[derive(Debug, Default)]
 pub(super) struct DirectSeen {
@@ -190,9 +196,17 @@ mod tests {
         let now_ns = crate::scoreboard::monotonic_now_ns();
         let running = vec![thread(0, now_ns - 3_000_000_000, "GET /hang"), thread(0, 0, ""), thread(0, 0, "")];
         d.observe_direct(w, &Observed { threads: running.clone(), responses: [0; 5], timeouts: 2 }, now_ns);
-        // Its task is the worker's to cancel: the bridge neither cancels nor counts it again.
+        // Its task is the worker's to cancel: the bridge neither cancels nor counts it again...
         assert!(d.cancel_overdue(Duration::from_secs(2)).is_empty());
         assert_eq!(d.view().counters.request_timeouts, 2);
+        // ...unless one runs on well past it: the worker's loop is blocked, the worker goes.
+        let past = now_ns - (Duration::from_secs(2) + BLOCKED_LOOP_GRACE).as_nanos() as u64 - 1_000_000_000;
+        let blocked =
+            vec![thread(0, now_ns - 3_000_000_000, "GET /hang"), thread(0, past, "GET /block"), thread(0, 0, "")];
+        d.observe_direct(w, &Observed { threads: blocked, responses: [0; 5], timeouts: 2 }, now_ns);
+        let overdue = d.cancel_overdue(Duration::from_secs(2));
+        assert_eq!(overdue.iter().map(|o| o.uri.as_str()).collect::<Vec<_>>(), ["/block"]);
+        assert_eq!(d.view().counters.request_timeouts, 2, "counted by the worker, not here");
         d.observe_direct(w, &Observed { threads: running, responses: [0; 5], timeouts: 3 }, now_ns);
         assert_eq!(d.view().counters.request_timeouts, 3);
         assert_eq!(d.direct_in_flight(), 1);

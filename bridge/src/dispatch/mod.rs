@@ -935,11 +935,14 @@ impl<S: Slot> Dispatcher<S> {
         let inner = &mut *inner;
         let mut out = Vec::new();
         for (index, w) in inner.workers.iter_mut().enumerate() {
-            // A direct ASGI worker times its requests out itself (its task is cancelled, the
-            // worker goes on); its scoreboard's count reaches the counters (direct.rs).
-            if !w.live || w.direct.times_out_itself {
+            if !w.live {
                 continue;
             }
+            // A direct ASGI worker times its requests out itself (its task is cancelled, the
+            // worker goes on; its scoreboard's count reaches the counters, direct.rs). One
+            // still running well past it means its event loop is blocked: only replacing the
+            // worker ends it.
+            let timeout = if w.direct.times_out_itself { timeout + direct::BLOCKED_LOOP_GRACE } else { timeout };
             for c in w.conns.iter_mut() {
                 // An abandoned request's worker is being replaced already; its client is gone.
                 if !(c.open && c.busy) || c.timed_out || c.abandoned {
@@ -950,7 +953,9 @@ impl<S: Slot> Dispatcher<S> {
                     continue;
                 }
                 c.timed_out = true;
-                inner.counters.request_timeouts += 1;
+                if !w.direct.times_out_itself {
+                    inner.counters.request_timeouts += 1;
+                }
                 if let Some(cancel) = &c.canceller {
                     cancel.cancel();
                 }

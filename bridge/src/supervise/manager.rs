@@ -546,30 +546,45 @@ impl Manager {
         let asgi = self.cfg.interface.kind == crate::config::interface::Interface::Asgi;
         for o in overdue {
             let Some(w) = self.workers.iter_mut().find(|w| w.key == o.worker) else { continue };
-            if asgi {
+            let head = format!(
+                "request-timeout ({}): {} {} ran {:.1?} in worker {}",
+                DurationText(timeout),
+                o.method,
+                o.uri,
+                o.running,
+                w.pid
+            );
+            let direct = w.scoreboard.is_some();
+            if asgi && !direct {
                 tracing::error!(
                     pool = &*self.name, pid = w.pid, request_id = o.request_id, uri = %o.uri,
-                    "request-timeout ({}): {} {} ran {:.1?} in worker {}; answering 504 (its response cut off if it had begun), the worker cancels its task and logs its coroutine stack",
-                    DurationText(timeout), o.method, o.uri, o.running, w.pid
+                    "{head}; answering 504 (its response cut off if it had begun), the worker cancels its task and logs its coroutine stack"
                 );
                 continue;
             }
-            let dump = if native && !w.stacks_dumped { "Its Python stacks follow; " } else { "" };
-            if w.scoreboard.is_some() {
-                // The worker holds the web server's connection: killing it closes it.
+            let dump = if native && !asgi && !w.stacks_dumped { "Its Python stacks follow; " } else { "" };
+            let replaced = format!(
+                "the worker is replaced, its other requests get graceful-timeout ({}) to finish",
+                DurationText(graceful)
+            );
+            if asgi {
+                // A direct ASGI worker cancels its own overdue tasks: one still running well
+                // past the timeout means its event loop is blocked (dispatch/direct.rs), and
+                // the worker's watch already logged what blocks it.
                 tracing::error!(
                     pool = &*self.name, pid = w.pid, uri = %o.uri,
-                    "request-timeout ({}): {} {} ran {:.1?} in worker {}. {dump}the worker is replaced, its other requests get graceful-timeout ({}) to finish",
-                    DurationText(timeout), o.method, o.uri, o.running, w.pid, DurationText(graceful)
+                    "{head}, which did not end it: its event loop is blocked (a synchronous call in an async view?); {replaced}"
                 );
+            } else if direct {
+                // The worker holds the web server's connection: killing it closes it.
+                tracing::error!(pool = &*self.name, pid = w.pid, uri = %o.uri, "{head}. {dump}{replaced}");
             } else {
                 tracing::error!(
                     pool = &*self.name, pid = w.pid, request_id = o.request_id, uri = %o.uri,
-                    "request-timeout ({}): {} {} ran {:.1?} in worker {}; answering 504 (its response cut off if it had begun). {dump}the worker is replaced, its other requests get graceful-timeout ({}) to finish",
-                    DurationText(timeout), o.method, o.uri, o.running, w.pid, DurationText(graceful)
+                    "{head}; answering 504 (its response cut off if it had begun). {dump}{replaced}"
                 );
             }
-            if native && !w.stacks_dumped {
+            if !dump.is_empty() {
                 w.stacks_dumped = true;
                 let _ = w.ctl.send(WorkerCtl::DumpStacks);
             }
@@ -1220,7 +1235,8 @@ pub(crate) async fn run(
 /// environment, identity, threads, preload): then the pool restarts its workers. Sizes,
 /// queue, timeouts, recycling limits and the bridge-side keys (slowlog-timeout, max-body,
 /// unknown-length-body, error-pages) and ready-check (for workers started from then on)
-/// apply without a restart.
+/// apply without a restart; a direct ASGI pool's request-timeout does not (its workers
+/// apply it).
 pub(crate) fn needs_restart(old: &config::Pool, new: &config::Pool) -> bool {
     let neutral = |p: &config::Pool| {
         let mut p = p.clone();
@@ -1238,12 +1254,18 @@ pub(crate) fn needs_restart(old: &config::Pool, new: &config::Pool) -> bool {
         p.startup_timeout = Duration::ZERO;
         let cpu = p.supervision.cpu_time_limit;
         let graceful = p.supervision.graceful_timeout;
+        let request_timeout = p.supervision.request_timeout;
         p.supervision = config::supervision::Supervision { cpu_time_limit: cpu, ..Default::default() };
         // Applied at spawn: the CPU limit (RLIMIT_CPU, with graceful-timeout in the hard
         // limit), and an ASGI worker's wait for its tasks at stop (FCGIBRIDGE_GRACEFUL_TIMEOUT).
         let asgi = p.interface.kind != config::interface::Interface::Wsgi;
         if cpu.is_some() || asgi {
             p.supervision.graceful_timeout = graceful;
+        }
+        // A direct worker is given request-timeout at spawn (FCGIBRIDGE_REQUEST_TIMEOUT: an
+        // ASGI one applies it itself).
+        if p.direct.is_some() && asgi {
+            p.supervision.request_timeout = request_timeout;
         }
         p
     };
@@ -1312,5 +1334,22 @@ mod tests {
         assert!(with(&|p| p.supervision.cpu_time_limit = Some(Duration::from_secs(9))));
         assert!(with(&|p| p.isolation.rlimit_as = Some(1 << 30)), "set before exec");
         assert!(with(&|p| p.app = App::Module { module: "y".into(), callable: "application".into() }));
+        assert!(!with(&|p| p.supervision.request_timeout = Some(Duration::from_secs(9))), "the bridge's");
+        let direct_asgi = config::Pool {
+            interface: config::interface::InterfaceConfig {
+                kind: config::interface::Interface::Asgi,
+                ..Default::default()
+            },
+            direct: Some(config::DirectServe {
+                listener: "l".into(),
+                mount: None,
+                keep_path_info: false,
+                header_timeout: Duration::from_secs(60),
+            }),
+            ..base.clone()
+        };
+        let mut longer = direct_asgi.clone();
+        longer.supervision.request_timeout = Some(Duration::from_secs(9));
+        assert!(needs_restart(&direct_asgi, &longer), "a direct ASGI worker applies it itself");
     }
 }

@@ -176,7 +176,13 @@ pub(super) async fn run(t: WorkerTask, mut ctl: mpsc::UnboundedReceiver<WorkerCt
         return fail(&t, &handle, &mut child, why).await;
     }
     let took = spawned.elapsed();
-    tracing::info!(pool = &*pool, pid, connections = connected, "worker ready in {took:.0?}");
+    if t.config.direct.is_some() {
+        // It holds the web server's connections, not the bridge's: its slots are its
+        // threads (or an ASGI worker's concurrency).
+        tracing::info!(pool = &*pool, pid, slots = connected, "worker ready in {took:.0?}");
+    } else {
+        tracing::info!(pool = &*pool, pid, connections = connected, "worker ready in {took:.0?}");
+    }
     let _ = t.events.send(Event::Ready { id: t.id, took });
 
     let status = serve_until_exit(&mut child, &mut ctl, &handle, &gate).await;
