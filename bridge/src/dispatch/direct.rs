@@ -213,6 +213,19 @@ mod tests {
     }
 
     #[test]
+    fn a_max_requests_set_by_a_reload_applies_to_a_running_worker() {
+        let d: Dispatcher<Fake> = Dispatcher::new(0, Duration::from_secs(1));
+        let w = d.add_worker(0);
+        assert!(d.add_direct(w, 1, false));
+        d.observe_direct(w, &seen(vec![thread(7, 0, "")]), 1);
+        assert!(!d.worker_view(w, false).unwrap().max_requests_reached, "no limit yet");
+        d.set_max_requests(w, 100);
+        assert!(!d.worker_view(w, false).unwrap().max_requests_reached);
+        d.set_max_requests(w, 5);
+        assert!(d.worker_view(w, false).unwrap().max_requests_reached, "7 served: due at once");
+    }
+
+    #[test]
     fn a_dead_direct_worker_s_running_requests_are_its_lost_ones() {
         let d: Dispatcher<Fake> = Dispatcher::new(0, Duration::from_secs(1));
         let w = d.add_worker(0);

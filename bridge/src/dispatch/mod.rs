@@ -753,6 +753,18 @@ impl<S: Slot> Dispatcher<S> {
 
     // ---------------------------------------------------------------- for the manager
 
+    /// A reload changed max-requests: `worker` now recycles after `max_requests` requests
+    /// (0: never); one that served as many already is flagged at once.
+    pub(crate) fn set_max_requests(&self, worker: WorkerKey, max_requests: u64) {
+        let mut inner = self.lock();
+        let Some(w) = inner.worker_mut(worker) else { return };
+        w.s.max_requests = max_requests;
+        if max_requests != 0 && w.s.served >= max_requests && !w.s.recycle_flagged {
+            w.s.recycle_flagged = true;
+            self.wake.notify_one();
+        }
+    }
+
     /// A new worker process; `max_requests` 0 = no limit.
     pub(crate) fn add_worker(&self, max_requests: u64) -> WorkerKey {
         let mut inner = self.lock();

@@ -465,6 +465,14 @@ impl Manager {
         } else if *old != *self.cfg {
             tracing::info!(pool = &*self.name, "reload: settings applied without restarting workers");
         }
+        // The workers that stay take the new max-requests (each drew its jitter at spawn).
+        let (was, now) = (&old.supervision, &self.cfg.supervision);
+        if (was.max_requests, was.max_requests_jitter) != (now.max_requests, now.max_requests_jitter) {
+            for w in self.workers.iter().filter(|w| w.state != State::Stopping) {
+                let limit = policy::max_requests_for(&self.cfg.supervision, &mut self.spread);
+                self.dispatcher.set_max_requests(w.key, limit);
+            }
+        }
     }
 
     /// Stop every worker; `why` is their stop reason (the bridge stopping, the pool removed).
