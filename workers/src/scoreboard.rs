@@ -19,8 +19,8 @@ use std::time::Duration;
 /// Bytes of the header, then of each thread's slot.
 const HEADER_BYTES: usize = 64;
 const SLOT_BYTES: usize = 256;
-/// How often a direct worker waiting for a connection (blocked in accept, bounded by
-/// SO_RCVTIMEO) or for the next request on a kept one looks at its drain word.
+/// How often a direct worker waiting for work (a WSGI thread in its process's epoll set,
+/// park.rs; an ASGI worker's loop) looks at its drain word.
 pub(crate) const DRAIN_CHECK: Duration = Duration::from_secs(1);
 /// The longest `METHOD URI` a slot holds (longer ones are cut).
 pub(crate) const LINE_BYTES: usize = 232;
