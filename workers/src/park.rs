@@ -9,6 +9,12 @@
 //! by the thread its event wakes; EPOLLONESHOT gives each event to one thread. The
 //! listening socket is level-triggered and EPOLLEXCLUSIVE: one process per connection is
 //! woken, and a thread that finds it taken (EAGAIN) waits again.
+//!
+//! A retiring worker keeps serving its parked connections and closes each only once it has
+//! been quiet for [`RETIRE_QUIET`]: nginx's keepalive cache is last-in first-out, so the
+//! connection it got a response on last is the next one it writes a request to, and a
+//! close then meets that request (a reset, a 502 for a POST). One still in use after
+//! [`RETIRE_PATIENCE`] is closed after its next request.
 use std::collections::HashMap;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -23,6 +29,13 @@ use crate::sys;
 const LISTENER: u64 = u64::MAX;
 const PARKED_EVENTS: u32 = (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLONESHOT) as u32;
 const LISTENER_EVENTS: u32 = (libc::EPOLLIN | libc::EPOLLEXCLUSIVE) as u32;
+/// While retiring, how long a parked connection must have received nothing before it is
+/// closed: the web server has stopped reusing it by then.
+const RETIRE_QUIET: Duration = Duration::from_secs(1);
+/// Under steady traffic a kept connection may never be quiet that long: past this much
+/// time retiring, one is closed after its next request (the race above, once per
+/// connection, rather than the bridge's kill at graceful-timeout).
+const RETIRE_PATIENCE: Duration = Duration::from_secs(5);
 
 /// A connection a thread serves: its requests run while `ready` (then it is handed back to
 /// [`Park::next_connection`]).
@@ -65,7 +78,10 @@ struct State {
 
 struct Parked {
     shared: Arc<Shared>,
+    /// Idle since (the end of its last request): the header timeout counts from it.
     since: Instant,
+    /// Parked at, after its last input was read: [`RETIRE_QUIET`] counts from it.
+    quiet: Instant,
     /// The epoll data it was armed with: the park's number, then the descriptor.
     token: u64,
 }
@@ -97,7 +113,17 @@ impl Park {
     /// without keep), or a parked one with input. `None`: the worker retires, the thread
     /// leaves. Blocks: call detached from Python.
     pub(crate) fn next_connection(&self, last: Option<Served>, threads: usize) -> io::Result<Option<Served>> {
-        if let Some(last) = last {
+        if let Some(mut last) = last {
+            // A retiring thread stops at each request's end, without looking for the next
+            // one (lib.rs): one already here is served now rather than parked.
+            if scoreboard::draining() {
+                let mut c = last.shared.lock();
+                if c.parkable() && c.pipelined_request() {
+                    drop(c);
+                    last.ready = true;
+                    return Ok(Some(last));
+                }
+            }
             self.put_back(last.shared, last.idle_since);
         }
         Ok(Some(match self.next()? {
@@ -119,14 +145,17 @@ impl Park {
     fn next(&self) -> io::Result<Next> {
         let wait = DRAIN_CHECK.min(self.header_timeout);
         loop {
-            let word = scoreboard::drain_word();
-            if word != 0 {
-                return self.retiring(word);
+            if scoreboard::draining() {
+                return self.retiring();
             }
             let event = sys::epoll_wait_one(self.epfd.as_raw_fd(), wait)?;
             let (taken, idle) = {
                 let mut st = self.state();
-                let idle = if st.swept.elapsed() >= wait { st.sweep(self.header_timeout) } else { Vec::new() };
+                let idle = if st.swept.elapsed() >= wait {
+                    st.sweep(|_, p| p.since.elapsed() >= self.header_timeout)
+                } else {
+                    Vec::new()
+                };
                 (event.filter(|&e| e != LISTENER).and_then(|token| st.take(token)), idle)
             };
             for p in idle {
@@ -145,12 +174,12 @@ impl Park {
     }
 
     /// A connection whose requests ended: parked until its next request if the web server
-    /// keeps it and the worker is not retiring, else closed. `idle_since`: when its last
-    /// request ended, if not just now.
+    /// keeps it (also while retiring, for [`RETIRE_PATIENCE`]), else closed. `idle_since`:
+    /// when its last request ended, if not just now.
     fn put_back(&self, shared: Arc<Shared>, idle_since: Option<Instant>) {
         let fd = {
             let mut c = shared.lock();
-            match c.raw_fd().filter(|_| c.parkable() && !scoreboard::draining()) {
+            match c.raw_fd().filter(|_| c.parkable() && !out_of_patience()) {
                 Some(fd) => fd,
                 None => {
                     c.close_lingering();
@@ -161,7 +190,8 @@ impl Park {
         let mut st = self.state();
         st.parks = st.parks.wrapping_add(1);
         let token = (u64::from(st.parks) << 32) | u64::from(fd as u32);
-        st.parked.insert(fd, Parked { shared, since: idle_since.unwrap_or_else(Instant::now), token });
+        let now = Instant::now();
+        st.parked.insert(fd, Parked { shared, since: idle_since.unwrap_or(now), quiet: now, token });
         // Armed once in the map: the thread its event wakes finds it there. A connection
         // parked before is still in the set, disarmed by its last event.
         let epfd = self.epfd.as_raw_fd();
@@ -180,28 +210,52 @@ impl Park {
         }
     }
 
-    /// The bridge set the drain word: the listening socket leaves the set and every parked
-    /// connection is closed (a busy one is closed after its request, [`Park::put_back`]).
-    /// When the bridge stops, the connections already queued on the socket are served first,
-    /// within [`STOP_QUEUE_WINDOW`].
-    fn retiring(&self, word: u32) -> io::Result<Next> {
+    /// The bridge set the drain word: the listening socket leaves the set; the parked
+    /// connections are served while the web server sends requests on them, each closed once
+    /// quiet for [`RETIRE_QUIET`] (or past the header timeout); the thread leaves when none
+    /// is parked (one it serves is parked again after its request, [`Park::put_back`]).
+    /// When the bridge stops, the connections already queued on the socket are served
+    /// first, within [`STOP_QUEUE_WINDOW`].
+    fn retiring(&self) -> io::Result<Next> {
         static STOP_SEEN: OnceLock<Instant> = OnceLock::new();
-        let parked: Vec<Parked> = {
+        out_of_patience(); // counting from now
+        {
             let mut st = self.state();
             if std::mem::take(&mut st.listening) {
                 let _ = sys::epoll_ctl(self.epfd.as_raw_fd(), libc::EPOLL_CTL_DEL, self.listen_fd, 0, 0);
             }
-            st.parked.drain().map(|(_, p)| p).collect()
-        };
-        for p in parked {
-            self.close(p);
         }
-        if word == STOP && STOP_SEEN.get_or_init(Instant::now).elapsed() < STOP_QUEUE_WINDOW {
-            if let Some(fd) = sys::accept_nonblocking(self.listen_fd)? {
-                return Ok(Next::New(fd));
+        let quiet_limit = RETIRE_QUIET.min(self.header_timeout);
+        loop {
+            if scoreboard::drain_word() == STOP && STOP_SEEN.get_or_init(Instant::now).elapsed() < STOP_QUEUE_WINDOW {
+                if let Some(fd) = sys::accept_nonblocking(self.listen_fd)? {
+                    return Ok(Next::New(fd));
+                }
+            }
+            let (done, wait) = {
+                let mut st = self.state();
+                // Not one with input waiting: a request written just now wakes a thread.
+                let done = st.sweep(|fd, p| {
+                    (p.since.elapsed() >= self.header_timeout || p.quiet.elapsed() >= quiet_limit)
+                        && !sys::wait_readable_for(fd, Duration::ZERO).unwrap_or(true)
+                });
+                let due = st.parked.values().map(|p| (p.since + self.header_timeout).min(p.quiet + quiet_limit)).min();
+                let wait = |due: Instant| {
+                    due.saturating_duration_since(Instant::now()).clamp(Duration::from_millis(1), DRAIN_CHECK)
+                };
+                (done, due.map(wait))
+            };
+            for p in done {
+                self.close(p);
+            }
+            let Some(wait) = wait else {
+                return Ok(Next::Leave);
+            };
+            let event = sys::epoll_wait_one(self.epfd.as_raw_fd(), wait)?;
+            if let Some(p) = event.filter(|&e| e != LISTENER).and_then(|token| self.state().take(token)) {
+                return Ok(Next::Woken(p.shared, p.since));
             }
         }
-        Ok(Next::Leave)
     }
 
     /// Close a connection taken out of the map while it waited (input that came meanwhile,
@@ -217,6 +271,13 @@ impl Park {
     }
 }
 
+/// Whether the worker has been retiring for [`RETIRE_PATIENCE`] (from when a thread of it
+/// first saw the drain word).
+fn out_of_patience() -> bool {
+    static RETIRING_SINCE: OnceLock<Instant> = OnceLock::new();
+    scoreboard::draining() && RETIRING_SINCE.get_or_init(Instant::now).elapsed() >= RETIRE_PATIENCE
+}
+
 impl State {
     /// The parked connection `token` names, out of the map; `None` when it was closed since.
     fn take(&mut self, token: u64) -> Option<Parked> {
@@ -227,11 +288,10 @@ impl State {
         self.parked.remove(&fd)
     }
 
-    /// The connections idle for `timeout` or longer, out of the map (to be closed).
-    fn sweep(&mut self, timeout: Duration) -> Vec<Parked> {
+    /// The connections `done` says to close, out of the map.
+    fn sweep(&mut self, done: impl Fn(RawFd, &Parked) -> bool) -> Vec<Parked> {
         self.swept = Instant::now();
-        let idle: Vec<RawFd> =
-            self.parked.iter().filter(|(_, p)| p.since.elapsed() >= timeout).map(|(&fd, _)| fd).collect();
+        let idle: Vec<RawFd> = self.parked.iter().filter(|&(&fd, p)| done(fd, p)).map(|(&fd, _)| fd).collect();
         idle.iter().filter_map(|fd| self.parked.remove(fd)).collect()
     }
 }

@@ -5,6 +5,7 @@ is the web server and the bridge's scoreboard reader."""
 import json
 import mmap
 import os
+import select
 import struct
 import time
 
@@ -84,6 +85,33 @@ def send(c, uri, keep_conn=True, **extra):
 def request(c, uri, **extra):
     send(c, uri, **extra)
     return c.read_response()
+
+
+def serve_until_quiet(c, uri, seconds):
+    """Send request after request on `c` for `seconds` (as nginx reusing the connection it
+    got a response on last); then how long the worker took to close it once quiet, and how
+    many were served."""
+    n, until = 0, time.monotonic() + seconds
+    while time.monotonic() < until:
+        r = request(c, uri)
+        assert (r.code, r.protocol_status) == (200, 0), "served while the worker retires"
+        n += 1
+    quiet_from = time.monotonic()
+    assert c.sock.recv(1) == b"", "closed once quiet"
+    return time.monotonic() - quiet_from, n
+
+
+def serve_until_closed(c, uri, timeout=30):
+    """Send a request 0.2 s after each response (never a second's quiet) until the worker
+    closes the connection after one; then how long that took."""
+    started = time.monotonic()
+    while True:
+        assert time.monotonic() - started < timeout, "still open after %ss of requests" % timeout
+        r = request(c, uri)
+        assert (r.code, r.protocol_status) == (200, 0)
+        if select.select([c.sock], [], [], 0.2)[0]:
+            assert c.sock.recv(1) == b"", "closed after a whole response"
+            return time.monotonic() - started
 
 
 @pytest.fixture
@@ -186,6 +214,35 @@ def test_a_busy_worker_finishes_its_request_then_exits(direct, tmp_path):
     assert w.proc.wait(30) == 0
     assert board.served() == 1
     assert "direct_app: atexit ran" in w.stdout
+
+
+def test_a_retiring_worker_serves_a_kept_connection_until_it_is_quiet_for_a_second(direct, tmp_path):
+    # nginx's keepalive cache is last-in first-out: the connection it got a response on last
+    # is the next one it writes a request to; a close then would meet that request.
+    w, board = direct(env={"FCGIBRIDGE_HEADER_TIMEOUT": "300"})  # not what closes it
+    gate = tmp_path / "release"
+    with w.client(timeout=60) as c:
+        send(c, "/hold?%s" % gate)
+        wait_until(lambda: board.slot(0)[2] is not None, "the held request on the scoreboard")
+        board.drain()
+        gate.touch()
+        assert c.read_response().body == b"released"
+        quiet, n = serve_until_quiet(c, "/environ", 3)
+        assert quiet >= 0.5, "closed %.2fs after its last response, not once quiet for a second" % quiet
+    assert w.proc.wait(30) == 0
+    assert board.accepting() == 0 and board.served() == 1 + n
+
+
+def test_a_retiring_worker_closes_a_kept_connection_never_quiet_after_a_response(direct):
+    # Steady traffic: the connection is closed after a response 5 s into the retirement
+    # rather than the worker being killed at graceful-timeout.
+    w, board = direct()
+    with w.client(timeout=60) as c:
+        assert request(c, "/environ").code == 200
+        board.drain()
+        took = serve_until_closed(c, "/environ")
+        assert took >= 3, "closed after %.1fs of requests: not from a second's quiet" % took
+    assert w.proc.wait(30) == 0
 
 
 def test_errors_and_tracebacks_go_to_the_workers_stderr(direct):

@@ -20,7 +20,7 @@ import pytest
 
 from conftest import BOOT, worker_python
 from fcgi import ABORT_REQUEST, PARAMS, STDIN, Client, record
-from test_direct import TIMED_OUT, Scoreboard, nginx_params, request, wait_until
+from test_direct import TIMED_OUT, Scoreboard, nginx_params, request, serve_until_closed, serve_until_quiet, wait_until
 from test_direct import send as send_request
 
 HERE = Path(__file__).resolve().parent
@@ -48,6 +48,14 @@ async def app(scope, receive, send):
     elif route == "hold":
         while not os.path.exists(arg):
             await asyncio.sleep(0.01)
+        body = b"released"
+    elif route == "turn":
+        print("turn %s" % os.path.basename(arg), flush=True)
+        while not os.path.exists(arg):
+            await asyncio.sleep(0.01)
+    elif route == "block":  # the whole loop, as a synchronous call in an async view
+        while not os.path.exists(arg):
+            time.sleep(0.01)
         body = b"released"
     elif route == "status":
         status = int(arg)
@@ -252,8 +260,8 @@ def test_request_timeout_answers_504_cancels_the_task_and_the_worker_serves_on(d
     assert w.proc.poll() is None
 
 
-def test_a_drain_closes_idle_connections_finishes_requests_and_exits_after_the_lifespan(direct, tmp_path):
-    w, board = direct(env={"FCGIBRIDGE_HEADER_TIMEOUT": "300"})  # not what closes the idle one
+def test_a_retiring_worker_serves_its_kept_connections_until_each_is_quiet_for_a_second(direct, tmp_path):
+    w, board = direct(env={"FCGIBRIDGE_HEADER_TIMEOUT": "300"})  # not what closes them
     gate = tmp_path / "release"
     with w.client(timeout=30) as idle, w.client(timeout=60) as busy:
         assert request(idle, "/scope").code == 200
@@ -261,35 +269,97 @@ def test_a_drain_closes_idle_connections_finishes_requests_and_exits_after_the_l
         wait_until(lambda: running(board), "the held request on the scoreboard")
         board.drain()
         wait_until(lambda: board.accepting() == 0, "accepting 0")
-        assert idle.sock.recv(1) == b"", "the idle kept connection is closed"
         assert w.proc.poll() is None, "a request still runs"
         gate.touch()
         r = busy.read_response()
         assert (r.code, r.body) == (200, b"released")
-        assert busy.sock.recv(1) == b"", "a kept connection is closed after its request"
+        # Not closed after its response: nginx writes its next request to it at once.
+        quiet, n = serve_until_quiet(busy, "/scope", 3)
+        assert quiet >= 0.5, "closed %.2fs after its last response, not once quiet for a second" % quiet
+        assert idle.sock.recv(1) == b"", "the idle kept connection is closed too"
     assert w.proc.wait(30) == 0
     assert "lifespan shutdown ran" in w.stdout
-    assert board.served() == 2
+    assert board.served() == 2 + n
+
+
+def test_a_retiring_worker_closes_a_kept_connection_never_quiet_after_a_response(direct):
+    # Steady traffic: the connection is closed after a response 5 s into the retirement
+    # rather than the worker being killed at graceful-timeout.
+    w, board = direct()
+    with w.client(timeout=60) as c:
+        assert request(c, "/scope").code == 200
+        board.drain()
+        took = serve_until_closed(c, "/scope")
+        assert took >= 3, "closed after %.1fs of requests: not from a second's quiet" % took
+    assert w.proc.wait(30) == 0
+    assert "lifespan shutdown ran" in w.stdout
 
 
 def test_a_stopping_bridge_has_the_queued_connections_served_first(direct, tmp_path):
-    # concurrency 1 and one request running: the worker accepts nothing more, and the next
-    # connection waits in the socket's queue until the bridge stops (drain word 2).
-    w, board = direct(concurrency=1)
+    # A request blocks the loop: the next connection waits in the socket's queue, unaccepted,
+    # when the bridge stops (drain word 2).
+    w, board = direct()
     gate = tmp_path / "release"
     with w.client(timeout=60) as busy:
-        send_request(busy, "/hold?%s" % gate)
-        wait_until(lambda: running(board), "the held request on the scoreboard")
+        send_request(busy, "/block?%s" % gate)
+        wait_until(lambda: running(board), "the blocking request on the scoreboard")
         queued = w.client(timeout=60)
-        send_request(queued, "/scope", keep_conn=True)
+        send_request(queued, "/scope", keep_conn=False)
         struct.pack_into("=I", board.map, 0, 2)
-        assert queued.read_response().code == 200
-        assert queued.sock.recv(1) == b"", "closed after its request: the worker stops"
-        queued.close()
-        wait_until(lambda: board.accepting() == 0, "accepting 0")
         gate.touch()
         assert busy.read_response().body == b"released"
+        assert queued.read_response().code == 200
+        assert queued.sock.recv(1) == b"", "closed after its request (no FCGI_KEEP_CONN)"
+        queued.close()
+        wait_until(lambda: board.accepting() == 0, "accepting 0")
+        assert busy.sock.recv(1) == b"", "the kept one closed once quiet"
     assert w.proc.wait(30) == 0
+
+
+def backlog(w):
+    """Connections waiting in the listening socket's queue, not accepted yet (its Recv-Q)."""
+    return int(os.popen("ss -xlH src %s" % w.sock_path).read().split()[2])
+
+
+def turns(w):
+    return [line.split()[1] for line in w.stdout.splitlines() if line.startswith("turn ")]
+
+
+def test_requests_past_concurrency_wait_their_turn_and_new_connections_are_still_accepted(direct, tmp_path):
+    # nginx's kept connections: four each send a request to a worker of concurrency 2.
+    w, board = direct(concurrency=2)
+    gates = [tmp_path / ("held%d" % i) for i in range(4)]
+    kept = [w.client(timeout=60) for _ in gates]
+    try:
+        for c in kept:
+            assert request(c, "/scope").code == 200
+        for i, (c, gate) in enumerate(zip(kept, gates)):
+            send_request(c, "/turn?%s" % gate)
+            if i < 2:
+                wait_until(lambda: len(turns(w)) == i + 1, "held%d running" % i)
+        # Two run, two wait; a new connection is accepted meanwhile, its request after them.
+        with w.client(timeout=60) as new:
+            (tmp_path / "new").touch()
+            send_request(new, "/turn?%s" % (tmp_path / "new"))
+            wait_until(lambda: backlog(w) == 0, "the new connection accepted")
+            gates[0].touch()
+            assert kept[0].read_response().code == 200
+            wait_until(lambda: len(turns(w)) == 3, "a waiting one started")
+            assert turns(w)[:2] == ["held0", "held1"] and turns(w)[2] in ("held2", "held3"), "two at a time"
+            gates[1].touch()
+            assert kept[1].read_response().code == 200
+            wait_until(lambda: len(turns(w)) == 4, "the other waiting one started")
+            assert sorted(turns(w)[2:]) == ["held2", "held3"], "the new connection's request comes after them"
+            gates[2].touch()
+            assert kept[2].read_response().code == 200
+            assert new.read_response().code == 200, "the new connection's request answered in its turn"
+            assert turns(w)[4:] == ["new"]
+        gates[3].touch()
+        assert kept[3].read_response().code == 200
+    finally:
+        for c in kept:
+            c.close()
+    wait_until(lambda: board.served() == 9, "nine served")
 
 
 def test_an_app_error_goes_to_the_workers_stderr_not_to_the_web_server(direct):
@@ -302,7 +372,7 @@ def test_an_app_error_goes_to_the_workers_stderr_not_to_the_web_server(direct):
     wait_until(lambda: any(rec["request_id"] == rid for rec in log_records(w)), "the traceback's line")
     (rec,) = [rec for rec in log_records(w) if rec["request_id"] == rid]
     assert rec["level"] == "ERROR"
-    assert rec["msg"].startswith("Traceback (most recent call last):")
+    assert rec["msg"].startswith("[GET /raise] Traceback (most recent call last):"), "the request line leads"
     assert rec["msg"].endswith("RuntimeError: direct asgi app failed")
 
 

@@ -68,6 +68,14 @@ DRAIN_STOP = 2
 # After accept() failed otherwise than for want of a connection (out of descriptors or
 # memory: the condition may pass), the listener is watched again after this.
 ACCEPT_RETRY = 1.0
+# A retiring direct worker closes a kept connection once it has received nothing for this
+# long: nginx's keepalive cache is last-in first-out, so the connection it got a response on
+# last is the next one it writes a request to, and a close then meets that request.
+RETIRE_QUIET = 1.0
+# Under steady traffic a kept connection may never be quiet that long: past this much time
+# retiring, one is closed after its next response (the race above, once per connection,
+# rather than the bridge's kill at graceful-timeout).
+RETIRE_PATIENCE = 5.0
 encode_response = _native.encode_response
 
 
@@ -513,9 +521,9 @@ class Lifespan:
             reply = await self._ask("lifespan.startup")
         except Exception as exc:  # noqa: BLE001 - an app without lifespan support raises here
             self.supported = False
-            sys.stderr.write("fcgibridge worker: the app does not support the ASGI lifespan protocol "
-                             "(%s: %s); serving it without startup and shutdown events\n"
-                             % (type(exc).__name__, exc))
+            # INFO: every Django app says so at every worker start; nothing for an operator to do.
+            log_line("INFO", "fcgibridge worker: the app does not support the ASGI lifespan protocol "
+                             "(%s: %s); serving it without startup and shutdown events" % (type(exc).__name__, exc))
             return
         kind = reply and reply.get("type")
         if kind == "lifespan.startup.failed":
@@ -643,10 +651,22 @@ class DirectRequest(Request):
     def __init__(self, conn, rid, flags):
         super().__init__(conn, rid, flags)
         self.keep_conn = flags & BEGIN_KEEP_CONN
+        self.admitted = False  # its task started (it took one of the `concurrency` places)
 
     def stderr(self, text, level="ERROR"):
         # Never a STDERR record: that would go to the web server's error log, not the bridge's.
-        log_line(level, text, self.request_id)
+        # The request line leads, as the WSGI worker's prefix: no access log has it here.
+        log_line(level, "[%s] %s" % (self.line(), text), self.request_id)
+
+    def line(self):
+        """`METHOD URI`, the URI as the web server's REQUEST_URI (the scope's raw_path and
+        query string)."""
+        scope = self.scope or {}
+        uri = bytes(scope.get("raw_path") or scope.get("path", "?").encode("utf-8", "replace"))
+        query = scope.get("query_string")
+        if query:
+            uri += b"?" + bytes(query)
+        return "%s %s" % (scope.get("method", "?"), uri.decode("latin-1"))
 
     def _ended(self):
         Request._ended(self)  # the codec gives its scoreboard slot back
@@ -654,8 +674,9 @@ class DirectRequest(Request):
 
 
 class DirectConnection(Connection):
-    """A connection from the web server: closed after a request without FCGI_KEEP_CONN (or
-    once the worker drains), and when it sends no complete request within header-timeout."""
+    """A connection from the web server: closed after a request without FCGI_KEEP_CONN,
+    when it sends no complete request within header-timeout, and once the worker retires,
+    when it has been quiet for RETIRE_QUIET."""
 
     request_type = DirectRequest
     peer = "the web server"
@@ -689,12 +710,23 @@ class DirectConnection(Connection):
         (Request.abort); the task is neither cancelled nor a suspect."""
 
     def wait(self):
-        """Wait for the next request, for header-timeout. The timer is re-armed only when it
-        fires (_idle_check), not for each request."""
+        """Wait for the next request, for header-timeout (RETIRE_QUIET once retiring). The
+        timer is re-armed only when it fires (_idle_check), not for each request."""
         self.idle_since = self.worker.loop.time()
         if self.idle_timer is None:
-            self.idle_timer = self.worker.loop.call_at(self.idle_since + self.worker.header_timeout,
-                                                       self._idle_check)
+            self.idle_timer = self.worker.loop.call_at(self.idle_since + self._idle_limit(), self._idle_check)
+
+    def _idle_limit(self):
+        if self.worker.draining:
+            return min(RETIRE_QUIET, self.worker.header_timeout)
+        return self.worker.header_timeout
+
+    def retiring(self):
+        """The worker retires: its timer, armed for header-timeout, fires by RETIRE_QUIET."""
+        if self.idle_timer is not None:
+            self.idle_timer.cancel()
+            self.idle_timer = None
+            self._idle_check()
 
     def idle(self):
         """Waiting for a request, with nothing of one received or waiting to be read."""
@@ -708,19 +740,26 @@ class DirectConnection(Connection):
         self.idle_timer = None
         if self.closed or self.idle_since is None:
             return  # a request runs: its end waits again
-        due = self.idle_since + self.worker.header_timeout
-        if due > self.worker.loop.time():
-            self.idle_timer = self.worker.loop.call_at(due, self._idle_check)
+        now = self.worker.loop.time()
+        if self.idle_since + self.worker.header_timeout <= now:
+            _native.log_header_timeout()
+            self.transport.close()
             return
-        _native.log_header_timeout()
-        self.transport.close()
+        due = self.idle_since + self._idle_limit()
+        if due <= now:
+            if self.idle():  # retiring, and nothing received: the web server stopped reusing it
+                self.transport.close()
+                return
+            due = now + RETIRE_QUIET  # part of a request came: header-timeout still bounds it
+        self.idle_timer = self.worker.loop.call_at(min(due, self.idle_since + self.worker.header_timeout),
+                                                   self._idle_check)
 
     def request_ended(self, req):
         """After a request's end: wait for the next one, or close."""
         if self.closed or (self.requests and any(r.scope is not None for r in self.requests.values())):
             return  # another request runs on it: its end decides
-        if req.keep_conn and not self.worker.draining:
-            self.wait()
+        if req.keep_conn and not self.worker.out_of_patience():
+            self.wait()  # also while retiring: the web server may be writing its next request
         elif req.body_done or req.disconnected or self.codec.linger(req.rid):
             self.transport.close()
         else:
@@ -734,9 +773,12 @@ class DirectConnection(Connection):
 
 class DirectWorker(Worker):
     """The loop accepts the web server's connections on the listening socket (shared by the
-    pool's workers) itself, one per wake-up, so that they spread over the processes, while
-    fewer than `concurrency` requests run; a request in flight holds a scoreboard slot. The
-    bridge's drain word retires the worker, request-timeout is applied here."""
+    pool's workers) itself, one per wake-up, so that they spread over the processes. At most
+    `concurrency` requests run; one more waits, first come first served, until one of them
+    ends (accepting goes on: a connection that only waited in the socket's backlog would
+    wait behind every request of the connections already held). A request in flight holds
+    a scoreboard slot. The bridge's drain word retires the worker, request-timeout is
+    applied here, counted from the request's arrival."""
 
     def __init__(self, app, concurrency, header_timeout, request_timeout):
         super().__init__(app, concurrency)
@@ -746,10 +788,14 @@ class DirectWorker(Worker):
         self.listener = None
         self.conns = set()
         self.opening = 0  # accepted, its connection not made yet
-        self.in_flight = {}  # request: loop time of its start, oldest first
+        self.in_flight = {}  # request: loop time of its arrival (its PARAMS), oldest first
+        self.active = 0  # requests admitted (their task started) and not ended
+        self.waiting = collections.deque()  # requests to admit, oldest first
+        self.admitting = False  # _admit is scheduled
         self.reading = False  # the listener is watched
         self.accepting = True  # until drain or SIGTERM
         self.draining = False
+        self.retired_at = None  # loop time of the drain
         self.stop_window = None  # the bridge stops: the timer of the last queued accepts
         self.timeout_timer = None
 
@@ -772,7 +818,7 @@ class DirectWorker(Worker):
                 self.loop.remove_reader(self.listener.fileno())
 
     def _resume(self):
-        if self.accepting and len(self.in_flight) < self.concurrency:
+        if self.accepting:
             self._watch(True)
 
     def _accept(self):
@@ -813,15 +859,33 @@ class DirectWorker(Worker):
         # In flight from here to its end toward the web server (DirectRequest._ended).
         now = self.in_flight[req] = self.loop.time()
         req.conn.idle_since = None
-        if len(self.in_flight) >= self.concurrency:
-            self._watch(False)
         if self.request_timeout and self.timeout_timer is None:
             self.timeout_timer = self.loop.call_at(now + self.request_timeout, self._time_out)
+        if self.active < self.concurrency and not self.waiting:
+            self._admit_one(req)
+        else:
+            self.waiting.append(req)
+
+    def _admit_one(self, req):
+        self.active += 1
+        req.admitted = True  # before the task: an eager one may end inside Worker.start
         Worker.start(self, req)
 
+    def _admit(self):
+        """Start the requests waiting, oldest first, while places are free (from the loop,
+        not from the request that ended: eager tasks would nest one inside the other)."""
+        self.admitting = False
+        while self.waiting and self.active < self.concurrency:
+            req = self.waiting.popleft()
+            if not req.ended:  # else timed out or aborted while waiting
+                self._admit_one(req)
+
     def request_ended(self, req):
-        if self.in_flight.pop(req, None) is not None and not self.reading:
-            self._resume()
+        if self.in_flight.pop(req, None) is not None and req.admitted:
+            self.active -= 1
+            if self.waiting and not self.admitting:
+                self.admitting = True
+                self.loop.call_soon(self._admit)
         req.conn.request_ended(req)
 
     def connection_closed(self, conn):
@@ -842,8 +906,16 @@ class DirectWorker(Worker):
 
     def _timed_out(self, req, ran):
         """The client gets a 504, or a cut response when it had begun; the task is cancelled,
-        its stack logged first; the worker serves on."""
+        its stack logged first; the worker serves on. One still waiting for a place gets
+        the 504 (it has no task)."""
         line = req.conn.codec.line(req.rid) or "?"
+        if not req.admitted:
+            log_line("ERROR", "request-timeout (%gs): %s waited %.1fs for one of the worker's %d places "
+                              "(concurrency), never started: answering 504"
+                     % (self.request_timeout, line, ran, self.concurrency), req.request_id)
+            _native.scoreboard_timed_out()
+            req._page(504, b"Gateway Timeout\n")
+            return
         answer = "cutting its response off" if req.head_sent else "answering 504"
         log_line("ERROR", "request-timeout (%gs): %s ran %.1fs: %s, cancelling its task; its coroutine stack follows"
                  % (self.request_timeout, line, ran, answer), req.request_id)
@@ -870,16 +942,21 @@ class DirectWorker(Worker):
             self.loop.call_later(_native.DRAIN_CHECK, self._check_drain)
 
     def _retire(self):
-        """Accept nothing more, close the idle connections now and the others after their
-        request; once none is left, stop as at SIGTERM."""
+        """Accept nothing more; serve what comes on the connections held, closing each once
+        it has been quiet for RETIRE_QUIET (DirectConnection._idle_check) or after a request
+        without FCGI_KEEP_CONN; once none is left, stop as at SIGTERM."""
         if self.draining:
             return
         self.draining = True
+        self.retired_at = self.loop.time()
         self._stop_accepting()
         for conn in list(self.conns):
-            if conn.idle():
-                conn.transport.close()
+            conn.retiring()
         self._exit_if_done()
+
+    def out_of_patience(self):
+        """Retiring for RETIRE_PATIENCE: a kept connection is closed after its response."""
+        return self.draining and self.loop.time() - self.retired_at >= RETIRE_PATIENCE
 
     def _stop_accepting(self):
         if self.accepting:
