@@ -15,7 +15,6 @@ import requests
 from harness import (APPS, LogFile, free_ports, make_bridge, nginx_conf, nginx_etc, pool, start_nginx, stop_process,
                      to_yaml, wait_until)
 from supervision_support import Background
-from test_direct import ok
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -76,6 +75,15 @@ def start(tmp_path_factory, name, keep=True, fast=None, raw=None):
     wait_until(lambda: ok(front, "/health") and ok(front, "/raw/health"), 60, 0.1,
                what="nginx answering through both direct listeners")
     return b, front
+
+
+def ok(front, path):
+    """Whether `path` answers 200 through nginx (a name shared with test_direct.py, whose
+    module name workers/tests/test_direct.py shadows in a whole-suite run)."""
+    try:
+        return front.get(path, timeout=10).status_code == 200
+    except requests.RequestException:
+        return False
 
 
 @pytest.fixture(scope="module")
