@@ -314,3 +314,40 @@ def test_a_direct_pool_counts_its_responses_by_class(stack):
         assert front.get("/health").status_code == 200
     wait_until(lambda: b.pool_status("app")["responses"]["2xx"] >= before["2xx"] + 3, 30,
                what="three more 2xx responses on the status page")
+
+
+@pytest.mark.parametrize("preload", [False, True], ids=["spawned", "preloaded"])
+def test_a_kept_connection_of_a_busy_worker_is_served_by_a_free_one(tmp_path_factory, preload):
+    """nginx keeps its connections (fastcgi_keep_conn): one of a worker whose thread runs a
+    slow request is handed to the other worker through the pool's relay, so a quick request
+    on it does not wait for the slow one (the fairness of a connection per request)."""
+    from fcgi_client import FcgiConnection, cgi_params
+    b, front = start(tmp_path_factory, "direct-relay", processes=2, threads=1, preload=preload)
+    conns = [FcgiConnection(str(b.workdir / "direct.sock")) for _ in range(4)]
+    try:
+        owner = {c: json.loads(c.request("/pid").body)["pid"] for c in conns}
+        # A request that comes as its worker ends the one before may already be handed to
+        # the other worker: which one runs the slow request is read from the status page,
+        # and tried again until another connection is known to be kept by that worker.
+        for _ in range(10):
+            # One of two connections one worker keeps (four connections, two workers).
+            slow = next(c for c in conns if list(owner.values()).count(owner[c]) >= 2)
+            tag = f"relay-{uuid.uuid4().hex[:8]}"
+            slow.begin(1, cgi_params("/hold", query=f"tag={tag}&max=60"))
+            running = lambda: [w["pid"] for w in workers(b) for c in w["current"] if tag in c["uri"]]  # noqa: E731
+            wait_until(running, 30, what="the slow request on the status page")
+            busy_pid = running()[0]
+            quick = next((c for c in conns if c is not slow and owner[c] == busy_pid), None)
+            if quick:
+                break
+            (b.workdir / f"{tag}.release").write_text("")
+            owner[slow] = json.loads(slow.wait(1).body)["pid"]
+        r = quick.request("/pid")
+        assert r.status == 200 and json.loads(r.body)["pid"] != busy_pid, "served by the free worker"
+        (b.workdir / f"{tag}.release").write_text("")
+        assert json.loads(slow.wait(1).body)["pid"] == busy_pid
+    finally:
+        for c in conns:
+            c.close()
+        front.stop()
+        b.stop()

@@ -22,7 +22,6 @@ use pyo3::Python;
 
 use crate::claim::Claim;
 use crate::direct::{Direct, Tag};
-use crate::scoreboard::DRAIN_CHECK;
 use crate::sys::{self, Recv};
 
 /// Output is sent once this much is buffered (and at every flush point).
@@ -76,6 +75,13 @@ impl Shared {
         let held = conn.held_flag.clone();
         conn.may_hold = crate::flusher::running();
         Self { conn: Mutex::new(conn), current, held }
+    }
+    /// A direct worker's connection, new or handed over by another process of the pool
+    /// ([`crate::park`]): parked while no request is here, like one kept after a request.
+    pub(crate) fn parkable(fd: OwnedFd, threads: usize) -> Self {
+        let shared = Self::new(fd, threads);
+        shared.lock().kept = true;
+        shared
     }
     /// Send a response held longer than `max` (called by the flusher thread). Skipped
     /// while the serving thread has the lock: then it is sending, or waiting for the next
@@ -565,13 +571,13 @@ impl Conn {
         }
     }
 
-    /// Block until a request's params are complete (`true`) or the connection ends (`false`;
-    /// in a direct worker also when they take longer than its header timeout, or it retires).
+    /// Block until a request's params are complete (`true`) or the connection ends
+    /// (`false`). The bridge's connections only: a direct worker parks its connections
+    /// between requests ([`crate::park`]).
     pub(crate) fn wait_request(&mut self) -> bool {
         // Waiting for input: the last request's, if it was missing, has come (or is skipped).
         self.linger = None;
         self.kept = false;
-        let mut deadline = None;
         loop {
             if self.buffered_request() {
                 return true;
@@ -585,13 +591,7 @@ impl Conn {
             // sends any other only once it has read END_REQUEST. Wait first rather than
             // try a recv that fails.
             if let Some(fd) = self.fd.as_ref().map(|f| f.as_raw_fd()) {
-                if let Some(d) = self.direct {
-                    // From the accept, or the end of the previous request (its flush is above).
-                    let deadline = *deadline.get_or_insert_with(|| Instant::now() + d.header_timeout);
-                    if !self.wait_for_request(fd, deadline, d.header_timeout) {
-                        return false;
-                    }
-                } else if let Err(e) = sys::wait_readable(fd) {
+                if let Err(e) = sys::wait_readable(fd) {
                     eprintln!("fcgibridge worker: waiting for the bridge failed: {e}");
                 }
             }
@@ -661,32 +661,29 @@ impl Conn {
         self.kept && self.usable() && !self.rd_eof && self.req.as_ref().is_none_or(|r| r.params.is_none())
     }
 
+    /// Whether the connection may be handed to another process of the pool: between two
+    /// requests with nothing of either buffered here (the next one starts at a record's
+    /// first byte on the socket).
+    pub(crate) fn relayable(&self) -> bool {
+        self.parkable()
+            && self.req.is_none()
+            && self.queued.is_none()
+            && self.out.is_empty()
+            && self.held_at.is_none()
+            && self.linger.is_none()
+            && self.dec.buffered() == 0
+            && self.dec.active_requests() == 0
+    }
+
+    /// The socket, out of this connection (handed to another process): it is done here.
+    pub(crate) fn take_fd(&mut self) -> Option<OwnedFd> {
+        self.broken = true;
+        self.fd.take()
+    }
+
     /// The socket's descriptor, while it is open.
     pub(crate) fn raw_fd(&self) -> Option<std::os::fd::RawFd> {
         self.fd.as_ref().map(|f| f.as_raw_fd())
-    }
-
-    /// A direct worker's wait for a request's input: false (the connection closes) when the
-    /// worker is retiring and the web server sent nothing for a [`DRAIN_CHECK`], or when
-    /// `deadline` (the header timeout, `timeout` after the wait began) passed.
-    fn wait_for_request(&mut self, fd: std::os::fd::RawFd, deadline: Instant, timeout: Duration) -> bool {
-        loop {
-            let Some(left) = deadline.checked_duration_since(Instant::now()).filter(|d| !d.is_zero()) else {
-                crate::direct::log_header_timeout(timeout);
-                return false;
-            };
-            // Whole milliseconds, rounded up: poll(2) would return at once for less than one.
-            let wait = DRAIN_CHECK.min(Duration::from_millis(left.as_millis() as u64 + 1));
-            match sys::wait_readable_for(fd, wait) {
-                Ok(true) => return true,
-                Ok(false) if crate::scoreboard::draining() => return false,
-                Ok(false) => {}
-                Err(e) => {
-                    eprintln!("fcgibridge worker: waiting for {} failed: {e}", self.peer());
-                    return true;
-                }
-            }
-        }
     }
 
     /// The queued request becomes the current one once the current one has ended, and a

@@ -10,6 +10,15 @@
 //! listening socket is level-triggered and EPOLLEXCLUSIVE: one process per connection is
 //! woken, and a thread that finds it taken (EAGAIN) waits again.
 //!
+//! A kept connection belongs to the process that accepted it, so a request the web server
+//! sends on it waits for a thread of that process even while another process idles (a
+//! quick request behind slow ones). When every thread of the process has been busy for
+//! [`STUCK_AFTER`], its watcher thread takes the listening socket out of the set and hands
+//! each kept connection that has a request waiting to the pool's relay (a datagram socket
+//! pair the bridge gives every worker of the pool, `FCGIBRIDGE_RELAY_FDS`): whichever
+//! process has a free thread first receives it (SCM_RIGHTS) and serves it — the relay's
+//! receiving end is in every process's set, EPOLLEXCLUSIVE like the listening socket.
+//!
 //! A retiring worker keeps serving its parked connections and closes each only once it has
 //! been quiet for [`RETIRE_QUIET`]: nginx's keepalive cache is last-in first-out, so the
 //! connection it got a response on last is the next one it writes a request to, and a
@@ -18,7 +27,9 @@
 use std::collections::HashMap;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::thread::Thread;
 use std::time::{Duration, Instant};
 
 use crate::conn::Shared;
@@ -27,6 +38,20 @@ use crate::sys;
 
 /// The event data of the listening socket; a parked connection's is its [`Parked::token`].
 const LISTENER: u64 = u64::MAX;
+/// The event data of the relay's receiving end.
+const RELAY: u64 = u64::MAX - 1;
+/// How long every thread of a process must have been busy before the requests waiting on
+/// its kept connections go to the relay: far above a quick view's time (the hand-over costs
+/// a few system calls), far below a slow one's.
+const STUCK_AFTER: Duration = Duration::from_millis(1);
+/// How many looks finding a thread free before the watcher sleeps until a thread is busy.
+const IDLE_LOOKS: u32 = 50;
+/// While the process is stuck, how often its watcher looks whether a thread became free.
+const STUCK_CHECK: Duration = Duration::from_millis(20);
+/// A relayed connection's tag: accepted, its first request not read yet...
+const TAG_NEW: u8 = b'N';
+/// ...or kept between two requests (the next one maybe waiting on it).
+const TAG_KEPT: u8 = b'K';
 const PARKED_EVENTS: u32 = (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLONESHOT) as u32;
 const LISTENER_EVENTS: u32 = (libc::EPOLLIN | libc::EPOLLEXCLUSIVE) as u32;
 /// While retiring, how long a parked connection must have received nothing before it is
@@ -52,6 +77,10 @@ enum Next {
     New(OwnedFd),
     /// A parked connection with input (or its end), idle since the instant.
     Woken(Arc<Shared>, Instant),
+    /// A kept connection another process handed over.
+    Relayed(OwnedFd),
+    /// The connection just served, whose next request is here already.
+    Again(Served),
     /// The worker retires and nothing is left for this thread: it leaves its loop.
     Leave,
 }
@@ -59,9 +88,32 @@ enum Next {
 pub(crate) struct Park {
     epfd: OwnedFd,
     listen_fd: RawFd,
+    /// The pool's relay (`None`: the bridge gave none, as before it had one).
+    relay: Option<Relay>,
     /// The listener's `header-timeout`: how long a parked connection may stay idle.
     header_timeout: Duration,
     state: Mutex<State>,
+    /// Threads waiting in [`Park::next`] for something to serve.
+    waiting: AtomicUsize,
+    /// When a thread last began to wait, in microseconds from `epoch`.
+    last_free: AtomicU64,
+    /// How many times a thread began to wait: the watcher's stand-in ends at the next.
+    frees: AtomicU64,
+    epoch: Instant,
+    /// The listening socket and the relay are out of the set: every thread is busy.
+    paused: AtomicBool,
+    /// The watcher sleeps until a thread becomes busy with none left waiting.
+    watcher_asleep: AtomicBool,
+    /// [`State::held_back`] is not empty.
+    has_held_back: AtomicBool,
+    watcher: OnceLock<Thread>,
+}
+
+/// The pool's datagram socket pair: descriptors sent on `send` arrive on `recv`, in
+/// every process of the pool.
+struct Relay {
+    send: RawFd,
+    recv: RawFd,
 }
 
 struct State {
@@ -70,8 +122,11 @@ struct State {
     /// Parks so far, which makes each one's token unique: an event of a connection closed
     /// meanwhile (its descriptor maybe reused) is not taken for a later one's.
     parks: u32,
-    /// The listening socket is in the set (until the worker retires).
+    /// The listening socket is in the set (until the worker retires), unless paused.
     listening: bool,
+    /// What the watcher could not hand to the relay (its queue full, or part of a request
+    /// read here): served here first, by the next free thread.
+    held_back: Vec<Next>,
     /// When idle parked connections were last looked for.
     swept: Instant,
 }
@@ -97,9 +152,38 @@ impl Park {
         sys::set_nonblocking(listen_fd)?;
         let epfd = sys::epoll_create()?;
         sys::epoll_ctl(epfd.as_raw_fd(), libc::EPOLL_CTL_ADD, listen_fd, LISTENER_EVENTS, LISTENER)?;
+        let relay = Relay::from_env();
+        if let Some(r) = &relay {
+            sys::epoll_ctl(epfd.as_raw_fd(), libc::EPOLL_CTL_ADD, r.recv, LISTENER_EVENTS, RELAY)?;
+        }
         let header_timeout = crate::direct::config().map_or(Duration::from_secs(60), |d| d.header_timeout);
-        let state = State { parked: HashMap::new(), parks: 0, listening: true, swept: Instant::now() };
-        let p: &'static Self = Box::leak(Box::new(Self { epfd, listen_fd, header_timeout, state: Mutex::new(state) }));
+        let state =
+            State { parked: HashMap::new(), parks: 0, listening: true, held_back: Vec::new(), swept: Instant::now() };
+        let p: &'static Self = Box::leak(Box::new(Self {
+            epfd,
+            listen_fd,
+            relay,
+            header_timeout,
+            state: Mutex::new(state),
+            waiting: AtomicUsize::new(0),
+            last_free: AtomicU64::new(0),
+            frees: AtomicU64::new(0),
+            epoch: Instant::now(),
+            paused: AtomicBool::new(false),
+            watcher_asleep: AtomicBool::new(false),
+            has_held_back: AtomicBool::new(false),
+            watcher: OnceLock::new(),
+        }));
+        if p.relay.is_some() {
+            match std::thread::Builder::new().name("fcgibridge-relay".into()).spawn(move || p.watch()) {
+                Ok(h) => {
+                    let _ = p.watcher.set(h.thread().clone());
+                }
+                Err(e) => eprintln!(
+                    "fcgibridge worker: cannot start the relay's watcher thread; a request waits for a thread of the process holding its connection: {e}"
+                ),
+            }
+        }
         *park = Some(p);
         Ok(p)
     }
@@ -113,25 +197,20 @@ impl Park {
     /// without keep), or a parked one with input. `None`: the worker retires, the thread
     /// leaves. Blocks: call detached from Python.
     pub(crate) fn next_connection(&self, last: Option<Served>, threads: usize) -> io::Result<Option<Served>> {
-        if let Some(mut last) = last {
-            // A retiring thread stops at each request's end, without looking for the next
-            // one (lib.rs): one already here is served now rather than parked.
-            if scoreboard::draining() {
-                let mut c = last.shared.lock();
-                if c.parkable() && c.pipelined_request() {
-                    drop(c);
-                    last.ready = true;
-                    return Ok(Some(last));
-                }
-            }
-            self.put_back(last.shared, last.idle_since);
-        }
-        Ok(Some(match self.next()? {
+        // Free from before its connection is parked: the watcher leaves that connection's
+        // next request to this thread.
+        self.begin_wait();
+        let next = self.park_and_wait(last);
+        self.end_wait();
+        Ok(Some(match next? {
             Next::Leave => return Ok(None),
-            Next::New(fd) => {
-                let shared = Arc::new(Shared::new(fd, threads));
+            Next::Again(served) => served,
+            // A new connection whose first request is not here yet is parked like a kept
+            // one between two requests: it holds no thread (header-timeout counts from now).
+            Next::New(fd) | Next::Relayed(fd) => {
+                let shared = Arc::new(Shared::parkable(fd, threads));
                 crate::flusher::register(&shared);
-                let ready = shared.lock().wait_request();
+                let ready = shared.lock().poll_request();
                 Served { shared, ready, idle_since: None }
             }
             Next::Woken(shared, since) => {
@@ -141,12 +220,32 @@ impl Park {
         }))
     }
 
+    fn park_and_wait(&self, last: Option<Served>) -> io::Result<Next> {
+        if let Some(mut last) = last {
+            // A retiring thread stops at each request's end, without looking for the next
+            // one (lib.rs): one already here is served now rather than parked.
+            if scoreboard::draining() {
+                let mut c = last.shared.lock();
+                if c.parkable() && c.pipelined_request() {
+                    drop(c);
+                    last.ready = true;
+                    return Ok(Next::Again(last));
+                }
+            }
+            self.put_back(last.shared, last.idle_since);
+        }
+        self.next()
+    }
+
     /// Wait for the next thing to serve.
     fn next(&self) -> io::Result<Next> {
         let wait = DRAIN_CHECK.min(self.header_timeout);
         loop {
             if scoreboard::draining() {
                 return self.retiring();
+            }
+            if let Some(next) = self.held_back() {
+                return Ok(next);
             }
             let event = sys::epoll_wait_one(self.epfd.as_raw_fd(), wait)?;
             let (taken, idle) = {
@@ -156,7 +255,7 @@ impl Park {
                 } else {
                     Vec::new()
                 };
-                (event.filter(|&e| e != LISTENER).and_then(|token| st.take(token)), idle)
+                (event.filter(|&e| e != LISTENER && e != RELAY).and_then(|token| st.take(token)), idle)
             };
             for p in idle {
                 self.close(p);
@@ -165,12 +264,206 @@ impl Park {
             if let Some(p) = taken {
                 return Ok(Next::Woken(p.shared, p.since));
             }
-            if event == Some(LISTENER) {
-                if let Some(fd) = sys::accept_nonblocking(self.listen_fd)? {
-                    return Ok(Next::New(fd));
-                }
+            let conn = match (event, &self.relay) {
+                (Some(RELAY), Some(r)) => sys::recv_fd(r.recv)?,
+                (Some(LISTENER), _) => sys::accept_nonblocking(self.listen_fd)?.map(|fd| (fd, TAG_NEW)),
+                _ => None,
+            };
+            if let Some((fd, tag)) = conn {
+                return Ok(relayed(fd, tag));
             }
         }
+    }
+
+    /// What the watcher held back, if anything (without a lock when nothing).
+    fn held_back(&self) -> Option<Next> {
+        if !self.has_held_back.load(Ordering::Acquire) {
+            return None;
+        }
+        let mut st = self.state();
+        let next = (!st.held_back.is_empty()).then(|| st.held_back.remove(0));
+        self.has_held_back.store(!st.held_back.is_empty(), Ordering::Release);
+        next
+    }
+
+    fn hold_back(&self, next: Next) {
+        let mut st = self.state();
+        st.held_back.push(next);
+        self.has_held_back.store(true, Ordering::Release);
+    }
+
+    /// A thread is free to serve: the listening socket and the relay come back into the
+    /// set if the watcher took them out.
+    fn begin_wait(&self) {
+        self.waiting.fetch_add(1, Ordering::SeqCst);
+        self.frees.fetch_add(1, Ordering::SeqCst);
+        self.last_free.store(self.epoch.elapsed().as_micros() as u64, Ordering::Relaxed);
+        if self.paused.load(Ordering::SeqCst) {
+            self.resume();
+        }
+    }
+
+    /// The listening socket and the relay back into the set, if the watcher took them out.
+    fn resume(&self) {
+        let mut st = self.state();
+        if self.paused.swap(false, Ordering::SeqCst) && st.listening {
+            self.watch_accepts(&mut st, libc::EPOLL_CTL_ADD);
+        }
+    }
+
+    /// The thread has something to serve: with no other thread left free, the watcher
+    /// looks how long this lasts.
+    fn end_wait(&self) {
+        if self.waiting.fetch_sub(1, Ordering::SeqCst) == 1 && self.watcher_asleep.swap(false, Ordering::SeqCst) {
+            if let Some(t) = self.watcher.get() {
+                t.unpark();
+            }
+        }
+    }
+
+    /// Add (`EPOLL_CTL_ADD`) or remove (`EPOLL_CTL_DEL`) the listening socket and the relay.
+    fn watch_accepts(&self, _st: &mut State, op: libc::c_int) {
+        let epfd = self.epfd.as_raw_fd();
+        let relay = self.relay.as_ref().map(|r| (r.recv, RELAY));
+        for (fd, token) in [(self.listen_fd, LISTENER)].into_iter().chain(relay) {
+            if let Err(e) = sys::epoll_ctl(epfd, op, fd, LISTENER_EVENTS, token) {
+                eprintln!("fcgibridge worker: cannot change what the threads wait for: {e}");
+            }
+        }
+    }
+
+    /// The watcher thread: while every serving thread of the process has been busy for
+    /// [`STUCK_AFTER`], it stands in for them ([`Park::while_stuck`]). Leaves when the
+    /// worker retires.
+    fn watch(&self) {
+        lowest_priority();
+        let mut idle_looks = 0u32;
+        while !scoreboard::draining() {
+            if self.waiting.load(Ordering::SeqCst) > 0 {
+                // A thread is free. Between two requests under load that is brief: look
+                // again in a while rather than be woken by the next request's start (a
+                // wake-up per request); asleep only once the process has been idle a while.
+                idle_looks += 1;
+                if idle_looks < IDLE_LOOKS {
+                    std::thread::park_timeout(STUCK_AFTER);
+                    continue;
+                }
+                self.watcher_asleep.store(true, Ordering::SeqCst);
+                if self.waiting.load(Ordering::SeqCst) > 0 {
+                    // No timer while idle: the process ends without it when it retires.
+                    std::thread::park();
+                }
+                self.watcher_asleep.store(false, Ordering::SeqCst);
+                idle_looks = 0;
+                continue;
+            }
+            idle_looks = 0;
+            let since = Duration::from_micros(self.last_free.load(Ordering::Relaxed));
+            let busy = self.epoch.elapsed().saturating_sub(since);
+            if busy < STUCK_AFTER {
+                std::thread::park_timeout(STUCK_AFTER - busy);
+                continue;
+            }
+            if let Err(e) = self.while_stuck() {
+                eprintln!("fcgibridge worker: the relay's watcher failed; a request waits for a thread of the process holding its connection: {e}");
+                return;
+            }
+        }
+    }
+
+    /// Every thread is busy: no new connection is taken here (the listening socket and the
+    /// relay leave the set), and a kept connection whose next request comes goes to the
+    /// relay, for a free thread of any process. Until a thread begins to wait again.
+    fn while_stuck(&self) -> io::Result<()> {
+        let frees = self.frees.load(Ordering::SeqCst);
+        {
+            let mut st = self.state();
+            if self.waiting.load(Ordering::SeqCst) > 0 || !st.listening || self.paused.load(Ordering::SeqCst) {
+                return Ok(());
+            }
+            self.paused.store(true, Ordering::SeqCst);
+            self.watch_accepts(&mut st, libc::EPOLL_CTL_DEL);
+        }
+        // A thread that began to wait just now may not have seen the pause: put them back
+        // on leaving, whoever sees a thread waiting first.
+        let stuck = self.serve_stuck(frees);
+        self.resume();
+        stuck
+    }
+
+    /// Until a thread becomes free (even one that finds its next request at once: under
+    /// load a busy process is never seen waiting, and this is not for it).
+    fn serve_stuck(&self, frees: u64) -> io::Result<()> {
+        let stuck = || self.frees.load(Ordering::SeqCst) == frees;
+        while stuck() && !scoreboard::draining() {
+            // Either may still come: a thread put them back meanwhile.
+            let handed = match sys::epoll_wait_one(self.epfd.as_raw_fd(), STUCK_CHECK)? {
+                None => continue,
+                Some(LISTENER) => sys::accept_nonblocking(self.listen_fd)?.map(|fd| (fd, TAG_NEW)),
+                Some(RELAY) => self.relay.as_ref().map(|r| sys::recv_fd(r.recv)).transpose()?.flatten(),
+                Some(token) => {
+                    let taken = self.state().take(token);
+                    match taken {
+                        // A thread became free meanwhile: its to serve (armed again, it
+                        // wakes the thread).
+                        Some(p) if !stuck() => self.put_back(p.shared, Some(p.since)),
+                        // The last one handed over is still waiting in the relay: no
+                        // thread of the pool is free (a busy machine rather than slow
+                        // requests here), and this one would only wait there too. The
+                        // next thread free here serves it first.
+                        Some(p) if self.relay.as_ref().is_some_and(|r| sys::has_datagram(r.recv)) => {
+                            self.hold_back(Next::Woken(p.shared, p.since))
+                        }
+                        Some(p) => self.relay_parked(p),
+                        None => {}
+                    }
+                    None
+                }
+            };
+            if let Some((fd, tag)) = handed {
+                self.hand_over(fd, tag);
+            }
+        }
+        Ok(())
+    }
+
+    /// Send a connection to the relay; kept here (served by the next free thread) when the
+    /// relay's queue is full.
+    fn hand_over(&self, fd: OwnedFd, tag: u8) {
+        let sent = self.relay.as_ref().is_some_and(|r| matches!(sys::send_fd(r.send, fd.as_raw_fd(), tag), Ok(true)));
+        if !sent {
+            self.hold_back(relayed(fd, tag));
+        }
+    }
+
+    /// A parked connection with input while every thread is busy: to the relay, unless
+    /// part of a request is buffered here (then the next free thread here serves it).
+    fn relay_parked(&self, p: Parked) {
+        if let Err(p) = self.relay(p) {
+            self.hold_back(Next::Woken(p.shared, p.since));
+        }
+    }
+
+    /// Hand a parked connection to the relay; `Err` (it stays here) when part of a request
+    /// is buffered here or the relay's queue is full.
+    fn relay(&self, p: Parked) -> Result<(), Parked> {
+        let fd = {
+            let mut c = p.shared.lock();
+            let sent = match (&self.relay, c.raw_fd().filter(|_| c.relayable())) {
+                (Some(r), Some(fd)) => matches!(sys::send_fd(r.send, fd, TAG_KEPT), Ok(true)),
+                _ => false,
+            };
+            if !sent {
+                drop(c);
+                return Err(p);
+            }
+            c.take_fd()
+        };
+        if let Some(fd) = fd {
+            // The process's copy closes; the descriptor in flight keeps the connection.
+            let _ = sys::epoll_ctl(self.epfd.as_raw_fd(), libc::EPOLL_CTL_DEL, fd.as_raw_fd(), 0, 0);
+        }
+        Ok(())
     }
 
     /// A connection whose requests ended: parked until its next request if the web server
@@ -221,12 +514,25 @@ impl Park {
         out_of_patience(); // counting from now
         {
             let mut st = self.state();
-            if std::mem::take(&mut st.listening) {
-                let _ = sys::epoll_ctl(self.epfd.as_raw_fd(), libc::EPOLL_CTL_DEL, self.listen_fd, 0, 0);
+            if std::mem::take(&mut st.listening) && !self.paused.load(Ordering::SeqCst) {
+                self.watch_accepts(&mut st, libc::EPOLL_CTL_DEL);
             }
         }
         let quiet_limit = RETIRE_QUIET.min(self.header_timeout);
         loop {
+            if let Some(next) = self.held_back() {
+                return Ok(next);
+            }
+            if self.relay.is_some() && scoreboard::drain_word() != STOP {
+                // Restarted, not stopped: the pool's other workers take the kept
+                // connections, so none is closed under a request the web server sends.
+                let handed = self.state().sweep(|_, p| p.shared.lock().relayable());
+                for p in handed {
+                    if let Err(p) = self.relay(p) {
+                        self.put_back(p.shared, Some(p.since));
+                    }
+                }
+            }
             if scoreboard::drain_word() == STOP && STOP_SEEN.get_or_init(Instant::now).elapsed() < STOP_QUEUE_WINDOW {
                 if let Some(fd) = sys::accept_nonblocking(self.listen_fd)? {
                     return Ok(Next::New(fd));
@@ -293,5 +599,47 @@ impl State {
         self.swept = Instant::now();
         let idle: Vec<RawFd> = self.parked.iter().filter(|&(&fd, p)| done(fd, p)).map(|(&fd, _)| fd).collect();
         idle.iter().filter_map(|fd| self.parked.remove(fd)).collect()
+    }
+}
+
+/// The watcher runs only on a CPU nothing else wants (SCHED_IDLE): it never delays the
+/// serving threads or the web server, and on a machine busy to the last cycle — where no
+/// thread of the pool is free to take a connection anyway — it hands none over.
+fn lowest_priority() {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: pid 0 is the calling thread; `param` is valid for the call.
+    if unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) } != 0 {
+        eprintln!("fcgibridge worker: cannot lower the relay watcher's priority: {}", io::Error::last_os_error());
+    }
+}
+
+/// What a connection the relay gave (or the watcher held back) is to a thread.
+fn relayed(fd: OwnedFd, tag: u8) -> Next {
+    if tag == TAG_NEW {
+        Next::New(fd)
+    } else {
+        Next::Relayed(fd)
+    }
+}
+
+impl Relay {
+    /// `FCGIBRIDGE_RELAY_FDS`: "send,recv", both non-blocking datagram sockets.
+    fn from_env() -> Option<Self> {
+        let value = std::env::var("FCGIBRIDGE_RELAY_FDS").ok()?;
+        let (send, recv) = value.split_once(',')?;
+        match (send.trim().parse(), recv.trim().parse()) {
+            (Ok(send), Ok(recv)) => {
+                // Not for the app's subprocesses.
+                for fd in [send, recv] {
+                    // SAFETY: F_SETFD on a descriptor number; a wrong one fails harmlessly.
+                    unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+                }
+                Some(Self { send, recv })
+            }
+            _ => {
+                eprintln!("fcgibridge worker: FCGIBRIDGE_RELAY_FDS={value:?} is not two descriptors; no relay");
+                None
+            }
+        }
     }
 }

@@ -223,3 +223,63 @@ pub(crate) fn send_nonblocking(fd: RawFd, data: &[u8]) -> io::Result<usize> {
 pub(crate) fn set_parent_death_signal() -> io::Result<()> {
     nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL).map_err(io::Error::from)
 }
+
+/// Send descriptor `fd` with the one byte `tag` over datagram socket `sock` (SCM_RIGHTS),
+/// without waiting: false when the socket's queue is full.
+pub(crate) fn send_fd(sock: RawFd, fd: RawFd, tag: u8) -> io::Result<bool> {
+    use nix::sys::socket::{sendmsg, ControlMessage};
+    let iov = [std::io::IoSlice::new(std::slice::from_ref(&tag))];
+    let fds = [fd];
+    let cmsg = [ControlMessage::ScmRights(&fds)];
+    loop {
+        match sendmsg::<()>(sock, &iov, &cmsg, MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL, None) {
+            Ok(_) => return Ok(true),
+            Err(Errno::EINTR) => continue,
+            Err(Errno::EAGAIN | Errno::ENOBUFS) => return Ok(false),
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Receive one descriptor [`send_fd`] sent on `sock`, with its tag, without waiting:
+/// `None` when none is queued (another thread or process took it).
+pub(crate) fn recv_fd(sock: RawFd) -> io::Result<Option<(OwnedFd, u8)>> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned};
+    let mut space = nix::cmsg_space!([RawFd; 4]);
+    loop {
+        let mut tag = [0u8; 1];
+        let (received, fds) = {
+            let mut iov = [std::io::IoSliceMut::new(&mut tag)];
+            let flags = MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_CMSG_CLOEXEC;
+            let msg = match recvmsg::<()>(sock, &mut iov, Some(&mut space), flags) {
+                Ok(msg) => msg,
+                Err(Errno::EINTR) => continue,
+                Err(Errno::EAGAIN) => return Ok(None),
+                Err(e) => return Err(e.into()),
+            };
+            let mut fds = Vec::new();
+            for c in msg.cmsgs().map_err(io::Error::from)? {
+                if let ControlMessageOwned::ScmRights(received) = c {
+                    // SAFETY: descriptors the kernel just installed in this process, owned
+                    // by nothing else.
+                    fds.extend(received.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
+                }
+            }
+            (msg.bytes, fds)
+        };
+        let mut fds = fds.into_iter();
+        match (received, fds.next()) {
+            // Anything else (more than one descriptor, none) is dropped: closed here.
+            (1, Some(fd)) if fds.len() == 0 => return Ok(Some((fd, tag[0]))),
+            _ => continue,
+        }
+    }
+}
+
+/// Whether a datagram is waiting on socket `sock` (FIONREAD: the first one's length).
+pub(crate) fn has_datagram(sock: RawFd) -> bool {
+    let mut len: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one int to the pointer given.
+    let r = unsafe { libc::ioctl(sock, libc::FIONREAD, &mut len) };
+    r == 0 && len > 0
+}

@@ -91,12 +91,17 @@ class Worker:
 
 
 def start_worker(runtime_dir, tmp_path, app, threads=1, processes=1, python=None, env=None,
-                 cwd=APPS, wait_ready=True, timeout=60, prefix=(), pass_fds=()):
+                 cwd=APPS, wait_ready=True, timeout=60, prefix=(), pass_fds=(), listener=None):
+    """`listener`: (socket, path) of a listening socket several workers share (the caller
+    closes it), else the worker gets one of its own."""
     tmp_path.mkdir(parents=True, exist_ok=True)
-    sock_path = tmp_path / ("w%d.sock" % time.monotonic_ns())
-    lsock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    lsock.bind(str(sock_path))
-    lsock.listen(64)
+    if listener:
+        lsock, sock_path = listener
+    else:
+        sock_path = tmp_path / ("w%d.sock" % time.monotonic_ns())
+        lsock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        lsock.bind(str(sock_path))
+        lsock.listen(64)
     ready_r, ready_w = os.pipe()
     full_env = dict(os.environ)
     full_env.update({
@@ -116,7 +121,8 @@ def start_worker(runtime_dir, tmp_path, app, threads=1, processes=1, python=None
             stdin=lsock.fileno(), stdout=out, stderr=err, pass_fds=(ready_w,) + tuple(pass_fds),
             cwd=str(cwd), env=full_env,
         )
-    lsock.close()
+    if not listener:
+        lsock.close()
     os.close(ready_w)
     line = b""
     deadline = time.monotonic() + timeout

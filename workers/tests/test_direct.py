@@ -107,7 +107,12 @@ def serve_until_closed(c, uri, timeout=30):
     started = time.monotonic()
     while True:
         assert time.monotonic() - started < timeout, "still open after %ss of requests" % timeout
-        r = request(c, uri)
+        try:
+            r = request(c, uri)
+        except (BrokenPipeError, ConnectionResetError):
+            # Closed after the last whole response, later than the look below (a loaded
+            # machine): as good.
+            return time.monotonic() - started
         assert (r.code, r.protocol_status) == (200, 0)
         if select.select([c.sock], [], [], 0.2)[0]:
             assert c.sock.recv(1) == b"", "closed after a whole response"
@@ -410,3 +415,136 @@ def test_a_stopping_bridge_has_a_queued_connection_served_and_parked_ones_closed
         assert idle.sock.recv(1) == b""
     assert w.proc.wait(30) == 0
     assert board.served() == 3
+
+
+@pytest.fixture
+def relayed_pair(spawn, tmp_path):
+    """Two one-thread direct workers sharing one listening socket and one relay, as the
+    bridge starts a pool of two processes: (listening socket's path, [(worker, board)])."""
+    import socket
+    path = str(tmp_path / "pool.sock")
+    lsock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    lsock.bind(path)
+    lsock.listen(64)
+    relay = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    for end in relay:
+        end.setblocking(False)
+    fds = tuple(end.fileno() for end in relay)
+    pair = []
+    for _ in range(2):
+        board = Scoreboard(1)
+        env = {"FCGIBRIDGE_DIRECT": "1", "FCGIBRIDGE_SCOREBOARD_FD": str(board.fd), "FCGIBRIDGE_PDEATHSIG": "0",
+               "FCGIBRIDGE_RELAY_FDS": "%d,%d" % fds}
+        w = spawn(app="direct_app:application", env=env, pass_fds=(board.fd,) + fds, listener=(lsock, path))
+        wait_until(lambda: board.threads() == 1, "the thread's scoreboard slot")
+        pair.append((w, board))
+    yield path, pair
+    lsock.close()
+    for end in relay:
+        end.close()
+    for _, board in pair:
+        board.close()
+
+
+def served_by(c, uri="/environ"):
+    """The pid of the worker that answered a request on kept connection `c`."""
+    r = request(c, uri)
+    assert r.code == 200
+    return int(json.loads(r.body)["fcgibridge.request_id"].split("-")[0])
+
+
+def holder(pair, gate):
+    """The pid of the worker whose thread runs /hold?<gate>, once one does."""
+    line = ("/hold?%s" % gate).encode()
+    busy = lambda: [w.proc.pid for w, board in pair if line in (board.slot(0)[2] or b"")]  # noqa: E731
+    wait_until(busy, "the held request running")
+    return busy()[0]
+
+
+def hold_with_another_kept(path, pair, gate, opened):
+    """Open kept connections (each answered once), then hold a request on one of two kept by
+    the same process: that connection, the other one, and the now busy process's pid. A
+    request that comes as its worker ends the one before may already be handed to the
+    other worker, so which one holds it is read from the scoreboards, and tried again until
+    another connection is known to be kept by that worker."""
+    from fcgi import Client
+    for _ in range(4):
+        opened.append(Client(path, timeout=60))
+    owner = {c: served_by(c) for c in opened}
+    for _ in range(10):
+        pid = next(p for p in owner.values() if list(owner.values()).count(p) >= 2)
+        slow = next(c for c in opened if owner[c] == pid)
+        send(slow, "/hold?%s" % gate)
+        pid = holder(pair, gate)
+        quick = next((c for c in opened if c is not slow and owner[c] == pid), None)
+        if quick:
+            return slow, quick, pid
+        gate.touch()
+        assert slow.read_response().body == b"released"
+        gate.unlink()
+        owner[slow] = served_by(slow)
+    raise AssertionError("no second connection kept by the busy worker")
+
+
+def test_a_request_on_a_kept_connection_of_a_busy_process_is_served_by_a_free_one(relayed_pair, tmp_path):
+    # The fairness a connection per request gives (whichever process waits in accept takes
+    # it), kept with nginx's fastcgi_keep_conn: the busy process hands the connection over.
+    path, pair = relayed_pair
+    gate = tmp_path / "release"
+    opened = []
+    try:
+        slow, quick, busy_pid = hold_with_another_kept(path, pair, gate, opened)
+        other = served_by(quick)
+        assert other != busy_pid, "served by the free process, not after the slow request"
+        assert is_open_and_quiet(slow), "the slow request still runs"
+        assert served_by(quick) == other, "the connection stays with the process it went to"
+        gate.touch()
+        assert slow.read_response().body == b"released"
+    finally:
+        for c in opened:
+            c.close()
+
+
+def test_with_every_process_busy_the_first_to_be_free_serves_the_waiting_request(relayed_pair, tmp_path):
+    from fcgi import Client
+    path, pair = relayed_pair
+    gates = tmp_path / "first", tmp_path / "second"
+    opened = []
+    try:
+        slow, quick, first_pid = hold_with_another_kept(path, pair, gates[0], opened)
+        # The busy process accepts no connection: the other one takes it.
+        other = Client(path, timeout=60)
+        opened.append(other)
+        send(other, "/hold?%s" % gates[1])
+        second_pid = holder(pair, gates[1])
+        assert second_pid != first_pid
+        send(quick, "/environ")
+        gates[1].touch()
+        assert other.read_response().body == b"released"
+        r = quick.read_response()
+        assert int(json.loads(r.body)["fcgibridge.request_id"].split("-")[0]) == second_pid
+        assert is_open_and_quiet(slow), "served before the first process's slow request ended"
+        gates[0].touch()
+        assert slow.read_response().body == b"released"
+    finally:
+        for c in opened:
+            c.close()
+
+
+def test_a_retiring_worker_hands_its_kept_connections_to_the_others(relayed_pair):
+    # A restart (max-requests, a reload) closes no kept connection: nginx may be writing a
+    # request to it that instant (a 502 for a POST); the pool's other worker takes them.
+    from fcgi import Client
+    path, pair = relayed_pair
+    opened = [Client(path, timeout=60) for _ in range(4)]
+    try:
+        owner = {c: served_by(c) for c in opened}
+        retiring, board = next((w, board) for w, board in pair if w.proc.pid in owner.values())
+        other = next(w.proc.pid for w, _ in pair if w is not retiring)
+        board.drain()
+        assert retiring.proc.wait(30) == 0, "it leaves once its connections are handed over"
+        for c in opened:
+            assert served_by(c) == other, "the connection stayed open, served by the other worker"
+    finally:
+        for c in opened:
+            c.close()

@@ -49,22 +49,41 @@ pub(crate) struct Spawner {
     /// The sockets of the `direct` listeners, by listener name: their pools' workers get
     /// them as fd 0 (docs/direct.md). Fixed at the start: a reload does not change them.
     direct_sockets: HashMap<String, Arc<OwnedFd>>,
+    /// Each direct listener's relay (spawn.rs, [`spawn::Relay`]), by listener name; none
+    /// where one could not be made.
+    relays: HashMap<String, Arc<spawn::Relay>>,
 }
 
 impl Spawner {
     /// A spawner for workers whose package lives at `python_path`.
     pub(crate) fn new(python_path: PathBuf, direct_sockets: HashMap<String, Arc<OwnedFd>>) -> Arc<Self> {
+        let relays = direct_sockets
+            .keys()
+            .filter_map(|name| match spawn::Relay::new() {
+                Ok(r) => Some((name.clone(), Arc::new(r))),
+                Err(e) => {
+                    tracing::warn!(listener = &**name, "cannot make the direct listener's relay; a request on a kept connection waits for a thread of the process holding it: {e}");
+                    None
+                }
+            })
+            .collect();
         Arc::new(Self {
             python_path,
             next_id: AtomicU64::new(1),
             templates: template::Templates::default(),
             direct_sockets,
+            relays,
         })
     }
 
     /// The socket of the `direct` listener `listener`.
     fn direct_socket(&self, listener: &str) -> Option<Arc<OwnedFd>> {
         self.direct_sockets.get(listener).cloned()
+    }
+
+    /// The relay of the `direct` listener `listener`.
+    fn relay(&self, listener: &str) -> Option<Arc<spawn::Relay>> {
+        self.relays.get(listener).cloned()
     }
 
     /// A new worker's generation. Unique across pools and reloads: a pool removed and added

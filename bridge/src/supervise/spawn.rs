@@ -28,6 +28,8 @@ const READY_FD: i32 = 3;
 /// The claim page in a native worker (`FCGIBRIDGE_CLAIM_FD`), or a direct worker's
 /// scoreboard (`FCGIBRIDGE_SCOREBOARD_FD`).
 const CLAIM_FD: i32 = 4;
+/// A direct worker's relay, sending and receiving end (`FCGIBRIDGE_RELAY_FDS`).
+pub(super) const RELAY_FDS: [i32; 2] = [5, 6];
 
 /// What a worker of a pool behind a `direct` listener is given instead of its own socket
 /// and claim page (docs/direct.md).
@@ -37,6 +39,36 @@ pub(super) struct DirectFds<'a> {
     pub listener: std::os::fd::BorrowedFd<'a>,
     /// The worker's scoreboard (scoreboard.rs), its fd 4.
     pub scoreboard: RawFd,
+    /// The pool's relay, its fds 5 and 6.
+    pub relay: Option<&'a Relay>,
+}
+
+/// A direct listener's relay: a datagram socket pair every worker of its pool gets, over
+/// which a worker whose threads are all busy hands a kept connection with a request waiting
+/// to whichever worker has a free thread first (workers/src/park.rs). The bridge only
+/// holds it, so that connections in flight outlive the worker that sent them.
+pub(crate) struct Relay {
+    pub send: OwnedFd,
+    pub recv: OwnedFd,
+}
+
+impl Relay {
+    pub(crate) fn new() -> std::io::Result<Self> {
+        use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
+        let flags = SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK;
+        let (send, recv) = socketpair(AddressFamily::Unix, SockType::Datagram, None, flags)?;
+        // Above the descriptors a spawn places (0–6), so dup2 onto them never clobbers either.
+        let high = |fd: OwnedFd| -> std::io::Result<OwnedFd> {
+            let raw = nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(10))?;
+            // SAFETY: fcntl returned a new descriptor nothing else owns.
+            Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) })
+        };
+        Ok(Self { send: high(send)?, recv: high(recv)? })
+    }
+
+    pub(super) fn raw_fds(&self) -> [RawFd; 2] {
+        [self.send.as_raw_fd(), self.recv.as_raw_fd()]
+    }
 }
 
 /// A started worker process.
@@ -248,6 +280,7 @@ pub(super) async fn spawn_worker(
         Some(d) => (d.listener.try_clone_to_owned().map_err(SpawnError::Direct)?, Some(d.scoreboard)),
         None => (bind_worker_socket(socket)?, claims),
     };
+    let relay = direct.and_then(|d| d.relay).map(Relay::raw_fds);
 
     let (ready_r, ready_w) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| SpawnError::Pipe(e.into()))?;
@@ -275,7 +308,10 @@ pub(super) async fn spawn_worker(
         Some(_) if direct.is_none() => cmd.env("FCGIBRIDGE_CLAIM_FD", CLAIM_FD.to_string()),
         _ => cmd.env_remove("FCGIBRIDGE_CLAIM_FD"),
     };
-    let child = launch(cmd, pool, iso, give_ready_fd.then_some(ready_w.as_raw_fd()), claims)?;
+    if relay.is_some() {
+        cmd.env("FCGIBRIDGE_RELAY_FDS", relay_fds_env());
+    }
+    let child = launch(cmd, pool, iso, give_ready_fd.then_some(ready_w.as_raw_fd()), claims, relay)?;
     drop(ready_w);
     let pid = child.id().unwrap_or(0);
     let ready = tokio::net::unix::pipe::Receiver::from_owned_fd(ready_r).map_err(SpawnError::Pipe)?;
@@ -291,6 +327,7 @@ fn launch(
     iso: Prepared,
     ready_w: Option<RawFd>,
     claims: Option<RawFd>,
+    relay: Option<[RawFd; 2]>,
 ) -> Result<tokio::process::Child, SpawnError> {
     let run_as = iso.run_as().map(str::to_owned);
     let steps = StepLog::new().map_err(SpawnError::Pipe)?;
@@ -298,7 +335,7 @@ fn launch(
     leave_terminal(&mut cmd);
     // Credentials change first: the kernel clears PR_SET_PDEATHSIG (set below) on setuid.
     iso.install(&mut cmd, step);
-    child_setup(&mut cmd, step, ready_w, claims);
+    child_setup(&mut cmd, step, ready_w, claims, relay);
     super::orphans::spawn_own(|| cmd.spawn(), tokio::process::Child::id).map_err(|source| {
         let at = steps.failed_at();
         SpawnError::Start(Box::new(StartFailure::new(pool, run_as.as_deref(), at, source)))
@@ -339,7 +376,7 @@ pub(super) fn spawn_import_check(pool: &Pool, python_path: &Path) -> Result<Impo
     // It serves nothing: no socket, no scoreboard.
     direct_environment(&mut cmd, None, None);
     cmd.stdin(Stdio::null()).stdout(Stdio::from(output_w)).stderr(Stdio::from(stderr_w)).kill_on_drop(true);
-    let child = launch(cmd, pool, iso, Some(ready_w.as_raw_fd()), None)?;
+    let child = launch(cmd, pool, iso, Some(ready_w.as_raw_fd()), None, None)?;
     drop(ready_w);
     let pid = child.id().unwrap_or(0);
     let ready = tokio::net::unix::pipe::Receiver::from_owned_fd(ready_r).map_err(SpawnError::Pipe)?;
@@ -363,9 +400,15 @@ fn bind_worker_socket(socket: &Path) -> Result<OwnedFd, SpawnError> {
 
 /// What the forked child does before exec: the readiness pipe's write end as
 /// [`READY_FD`] (`ready_w`; None for a `command:` program, which gets none), the claim
-/// page as [`CLAIM_FD`], death with the bridge, its own process group, and the operator's
+/// page as [`CLAIM_FD`], a direct worker's relay as [`RELAY_FDS`], death with the bridge, its own process group, and the operator's
 /// signals ignored (blocked too for a program without readiness pipe).
-fn child_setup(cmd: &mut Command, step: StepMarker, ready_w: Option<RawFd>, claims: Option<RawFd>) {
+fn child_setup(
+    cmd: &mut Command,
+    step: StepMarker,
+    ready_w: Option<RawFd>,
+    claims: Option<RawFd>,
+    relay: Option<[RawFd; 2]>,
+) {
     // SAFETY: the closure runs in the forked child before exec and only makes
     // async-signal-safe system calls (dup2, fcntl, prctl, setpgid, sigaction, sigprocmask).
     unsafe {
@@ -386,6 +429,12 @@ fn child_setup(cmd: &mut Command, step: StepMarker, ready_w: Option<RawFd>, clai
             // The page's descriptor is 10 or above (ClaimPage::new): never one placed here.
             if let Some(fd) = claims {
                 if libc::dup2(fd, CLAIM_FD) == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            // The relay's descriptors are 10 or above too (Relay::new).
+            for (fd, to) in relay.into_iter().flatten().zip(RELAY_FDS) {
+                if libc::dup2(fd, to) == -1 {
                     return Err(std::io::Error::last_os_error());
                 }
             }
@@ -544,8 +593,9 @@ fn direct_environment(
     direct: Option<&crate::config::DirectServe>,
     request_timeout: Option<std::time::Duration>,
 ) {
-    const NAMES: [&str; 6] = [
+    const NAMES: [&str; 7] = [
         "FCGIBRIDGE_DIRECT",
+        "FCGIBRIDGE_RELAY_FDS",
         "FCGIBRIDGE_SCOREBOARD_FD",
         "FCGIBRIDGE_MOUNT",
         "FCGIBRIDGE_KEEP_PATH_INFO",
@@ -568,6 +618,11 @@ fn direct_environment(
     if d.keep_path_info {
         cmd.env("FCGIBRIDGE_KEEP_PATH_INFO", "1");
     }
+}
+
+/// `FCGIBRIDGE_RELAY_FDS`: where [`child_setup`] (or a template's fork) puts the relay.
+pub(super) fn relay_fds_env() -> String {
+    format!("{},{}", RELAY_FDS[0], RELAY_FDS[1])
 }
 
 /// A duration in seconds as FCGIBRIDGE_HEADER_TIMEOUT and FCGIBRIDGE_REQUEST_TIMEOUT give

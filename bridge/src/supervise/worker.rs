@@ -207,9 +207,11 @@ async fn start_process(
             return None;
         }
     };
+    let relay = t.config.direct.as_ref().and_then(|d| t.spawner.relay(&d.listener));
     let fds = direct.as_ref().map(|(socket, board)| super::spawn::DirectFds {
         listener: std::os::fd::AsFd::as_fd(&**socket),
         scoreboard: board.raw_fd(),
+        relay: relay.as_deref(),
     });
     let started = tokio::select! {
         r = super::spawn::spawn_worker(&t.config, &t.spawner, &t.socket, claim_fd, fds) => r,

@@ -5,7 +5,8 @@ no listening socket on fd 0, the readiness pipe on fd 3 as usual, and a control
 socket (SOCK_SEQPACKET) on fd 4. The template imports the app once, reports READY,
 then waits. For every ``SPAWN`` message — carrying four descriptors by SCM_RIGHTS:
 the worker's listening socket, its stdout and stderr pipes and its readiness pipe, and
-for a pool behind a ``direct`` listener its scoreboard fifth —
+for a pool behind a ``direct`` listener its scoreboard fifth (and its relay's two ends
+sixth and seventh, put on fds 5 and 6) —
 it forks; the child puts them on fds 0 (via a private copy), 1, 2 and 3, sets the
 RLIMIT_CPU that ``SPAWN cpu=SOFT,HARD`` names (cpu-time-limit) and becomes an
 ordinary worker (threads are started only after the fork). The template answers
@@ -28,6 +29,8 @@ from . import main as _main
 CONTROL_FD = 4
 # Received descriptors are moved at or above this number before being put on 0-3.
 _HIGH_FD = 10
+# Where a direct worker's relay goes (FCGIBRIDGE_RELAY_FDS).
+_RELAY_FDS = (5, 6)
 
 
 def _reap(ctl):
@@ -81,11 +84,16 @@ def _become_worker(fds, ctl, wake_fds, app, threads, processes, cpu):
         for fd in fds:
             os.close(fd)
         listen, out, err, ready, *board = high
+        board, relay = board[:1], board[1:]
         os.dup2(out, 1)
         os.dup2(err, 2)
         os.dup2(ready, 3)
-        for fd in (out, err, ready):
+        for fd, to in zip(relay, _RELAY_FDS):
+            os.dup2(fd, to)
+        for fd in (out, err, ready, *relay):
             os.close(fd)
+        if relay:
+            os.environ["FCGIBRIDGE_RELAY_FDS"] = "%d,%d" % _RELAY_FDS
         if cpu is not None:
             _limit_cpu(cpu)
         # Its own process group, as the bridge gives every worker it starts itself.
@@ -184,7 +192,7 @@ def run():
             _retire(ctl)
         try:
             cpu = _cpu_limit(msg)
-            well_formed = len(fds) in (4, 5)
+            well_formed = len(fds) in (4, 5, 7)
         except ValueError:
             cpu, well_formed = None, False
         if well_formed:
