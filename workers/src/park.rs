@@ -11,19 +11,22 @@
 //! woken, and a thread that finds it taken (EAGAIN) waits again.
 //!
 //! A kept connection belongs to the process that accepted it, so a request the web server
-//! sends on it waits for a thread of that process even while another process idles (a
-//! quick request behind slow ones). When every thread of the process has been busy for
+//! sends on it would wait for a thread of that process even while another process idles
+//! (a quick request behind slow ones). When no thread of the process has become free for
 //! [`STUCK_AFTER`], its watcher thread takes the listening socket out of the set and hands
 //! each kept connection that has a request waiting to the pool's relay (a datagram socket
 //! pair the bridge gives every worker of the pool, `FCGIBRIDGE_RELAY_FDS`): whichever
 //! process has a free thread first receives it (SCM_RIGHTS) and serves it — the relay's
 //! receiving end is in every process's set, EPOLLEXCLUSIVE like the listening socket.
+//! While the last connection handed over is still in the relay, no thread of the pool is
+//! free and none more is handed over.
 //!
-//! A retiring worker keeps serving its parked connections and closes each only once it has
-//! been quiet for [`RETIRE_QUIET`]: nginx's keepalive cache is last-in first-out, so the
-//! connection it got a response on last is the next one it writes a request to, and a
-//! close then meets that request (a reset, a 502 for a POST). One still in use after
-//! [`RETIRE_PATIENCE`] is closed after its next request.
+//! A retiring worker hands its parked connections to the relay too (the pool's other or
+//! new workers take them), unless the bridge stops. One it cannot hand over it keeps
+//! serving and closes only once it has been quiet for [`RETIRE_QUIET`]: nginx's keepalive
+//! cache is last-in first-out, so the connection it got a response on last is the next one
+//! it writes a request to, and a close then meets that request (a reset, a 502 for a POST).
+//! One still in use after [`RETIRE_PATIENCE`] is closed after its next request.
 use std::collections::HashMap;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -193,9 +196,9 @@ impl Park {
     }
 
     /// Park or close the connection the thread served `last`, then wait for the next one to
-    /// serve: a new connection (its first request waited for, within the header timeout, as
-    /// without keep), or a parked one with input. `None`: the worker retires, the thread
-    /// leaves. Blocks: call detached from Python.
+    /// serve: a new connection, one another process handed over, or a parked one with input
+    /// (`ready` once a whole request is here; otherwise it is parked when handed back).
+    /// `None`: the worker retires, the thread leaves. Blocks: call detached from Python.
     pub(crate) fn next_connection(&self, last: Option<Served>, threads: usize) -> io::Result<Option<Served>> {
         // Free from before its connection is parked: the watcher leaves that connection's
         // next request to this thread.
