@@ -274,7 +274,13 @@ fn render_pool(out: &mut String, pool: &Pool) {
         }
         _ => field(out, 4, "pipeline", if pool.pipeline { "true" } else { "false" }),
     }
-    if pool.error_pages.is_empty() {
+    if let (true, Some(d)) = (pool.error_pages.is_empty(), &pool.direct) {
+        // The bridge is not on the request path: no page of its own either.
+        let listener = &d.listener;
+        out.push_str(&format!(
+            "    # error-pages: none: served by the direct listener {listener}, whose web server answers errors\n"
+        ));
+    } else if pool.error_pages.is_empty() {
         out.push_str("    # error-pages: not set: the bridge's own short pages\n");
     } else {
         out.push_str("    error-pages:\n");
@@ -510,6 +516,32 @@ mod tests {
         );
         auto.interface.kind = crate::config::interface::Interface::Asgi;
         assert_eq!(shown(&auto).as_deref(), Some("    # pipeline: true has no effect: an ASGI pool is never piped to"));
+    }
+
+    #[test]
+    fn a_direct_pool_is_not_said_to_get_the_bridges_error_pages() {
+        let shown = |pool: &Pool| {
+            let mut out = String::new();
+            render_pool(&mut out, pool);
+            out.lines().find(|l| l.contains("error-pages")).map(str::to_owned)
+        };
+        assert_eq!(
+            shown(&Pool::for_tests()).as_deref(),
+            Some("    # error-pages: not set: the bridge's own short pages")
+        );
+        let direct = Pool {
+            direct: Some(crate::config::DirectServe {
+                listener: "front".into(),
+                mount: None,
+                keep_path_info: false,
+                header_timeout: Duration::from_secs(60),
+            }),
+            ..Pool::for_tests()
+        };
+        assert_eq!(
+            shown(&direct).as_deref(),
+            Some("    # error-pages: none: served by the direct listener front, whose web server answers errors")
+        );
     }
 
     /// What `check` prints must load back to the same configuration.
