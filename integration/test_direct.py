@@ -351,3 +351,33 @@ def test_a_kept_connection_of_a_busy_worker_is_served_by_a_free_one(tmp_path_fac
             c.close()
         front.stop()
         b.stop()
+
+
+def test_a_preloaded_apps_files_opened_at_import_stay_its_own(tmp_path_factory):
+    """The relay's descriptors never take the place of what the app opened while the
+    template imported it (the first free numbers, 5 and 6, among them)."""
+    from fcgi_client import FcgiConnection
+    workdir = tmp_path_factory.mktemp("direct-preload-files")
+    log = workdir / "app.log"
+    app = workdir / "logging_at_import.py"
+    app.write_text(
+        "import os\n"
+        f"LOG = open({str(log)!r}, 'a', buffering=1)\n"
+        f"OTHER = open({str(app)!r})\n"
+        "def application(environ, start_response):\n"
+        "    LOG.write('request %d\\n' % os.getpid())\n"
+        "    start_response('200 OK', [('Content-Type', 'text/plain')])\n"
+        "    return [b'%d' % LOG.fileno()]\n")
+    socket = workdir / "direct.sock"
+    b = make_bridge(workdir, {"app": pool(str(app), processes=2, threads=1, preload=True)},
+                    {"front": {"fastcgi": f"unix:{socket}", "pool": "app", "direct": True}})
+    b.start()
+    try:
+        b.wait_ready([("front", "/", "any")])
+        with FcgiConnection(str(socket)) as c:
+            for _ in range(5):
+                r = c.request("/")
+                assert r.status == 200
+        wait_until(lambda: log.read_text().count("request") >= 5, 30, what="every request's line in the app's file")
+    finally:
+        b.stop()

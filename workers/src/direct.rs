@@ -53,6 +53,7 @@ pub(crate) fn init() {
         let keep_path_info = std::env::var_os("FCGIBRIDGE_KEEP_PATH_INFO").is_some_and(|v| v == "1");
         let header_timeout = header_timeout(std::env::var("FCGIBRIDGE_HEADER_TIMEOUT").ok().as_deref());
         let request_timeout = request_timeout(std::env::var("FCGIBRIDGE_REQUEST_TIMEOUT").ok().as_deref());
+        read_relay();
         PID.store(std::process::id(), Ordering::Relaxed);
         Some(Direct { mount, keep_path_info, header_timeout, request_timeout })
     });
@@ -62,6 +63,21 @@ pub(crate) fn init() {
 /// its own pid (several forks of one template would otherwise give the same ids).
 pub(crate) fn forked() {
     PID.store(std::process::id(), Ordering::Relaxed);
+    // Its relay came with its SPAWN (the template has none).
+    read_relay();
+}
+
+/// `FCGIBRIDGE_RELAY_FDS`: the pool's relay, sending and receiving end ([`crate::park`]).
+static RELAY: std::sync::Mutex<Option<(RawFd, RawFd)>> = std::sync::Mutex::new(None);
+
+fn read_relay() {
+    let found = relay(std::env::var("FCGIBRIDGE_RELAY_FDS").ok().as_deref());
+    *RELAY.lock().unwrap_or_else(|e| e.into_inner()) = found;
+}
+
+/// The pool's relay, if the bridge gave one.
+pub(crate) fn relay_fds() -> Option<(RawFd, RawFd)> {
+    *RELAY.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// `FCGIBRIDGE_HEADER_TIMEOUT`; absent or not valid: the default.
@@ -70,6 +86,22 @@ fn header_timeout(value: Option<&str>) -> Duration {
     value
         .and_then(|v| seconds("FCGIBRIDGE_HEADER_TIMEOUT", v, &format!("using {}s", default.as_secs())))
         .unwrap_or(default)
+}
+
+/// `FCGIBRIDGE_RELAY_FDS` ("send,recv"), made close-on-exec before the app is imported
+/// (not for the app's subprocesses); absent or not valid: no relay.
+fn relay(value: Option<&str>) -> Option<(RawFd, RawFd)> {
+    let value = value?;
+    let parsed = value.split_once(',').and_then(|(s, r)| Some((s.trim().parse().ok()?, r.trim().parse().ok()?)));
+    let Some((send, recv)) = parsed else {
+        eprintln!("fcgibridge worker: FCGIBRIDGE_RELAY_FDS={value:?} is not two descriptors; no relay");
+        return None;
+    };
+    for fd in [send, recv] {
+        // SAFETY: F_SETFD on a descriptor number; a wrong one fails harmlessly.
+        unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+    }
+    Some((send, recv))
 }
 
 /// `FCGIBRIDGE_REQUEST_TIMEOUT`; absent or not valid: none.

@@ -109,6 +109,9 @@ pub(crate) struct Park {
     watcher_asleep: AtomicBool,
     /// [`State::held_back`] is not empty.
     has_held_back: AtomicBool,
+    /// The watcher stands in for the serving threads ([`Park::while_stuck`]): a retiring
+    /// worker's last thread waits for it to give back what it holds.
+    in_stand_in: AtomicBool,
     watcher: OnceLock<Thread>,
 }
 
@@ -155,7 +158,7 @@ impl Park {
         sys::set_nonblocking(listen_fd)?;
         let epfd = sys::epoll_create()?;
         sys::epoll_ctl(epfd.as_raw_fd(), libc::EPOLL_CTL_ADD, listen_fd, LISTENER_EVENTS, LISTENER)?;
-        let relay = Relay::from_env();
+        let relay = crate::direct::relay_fds().map(|(send, recv)| Relay { send, recv });
         if let Some(r) = &relay {
             sys::epoll_ctl(epfd.as_raw_fd(), libc::EPOLL_CTL_ADD, r.recv, LISTENER_EVENTS, RELAY)?;
         }
@@ -175,6 +178,7 @@ impl Park {
             paused: AtomicBool::new(false),
             watcher_asleep: AtomicBool::new(false),
             has_held_back: AtomicBool::new(false),
+            in_stand_in: AtomicBool::new(false),
             watcher: OnceLock::new(),
         }));
         if p.relay.is_some() {
@@ -289,10 +293,31 @@ impl Park {
         next
     }
 
-    fn hold_back(&self, next: Next) {
-        let mut st = self.state();
-        st.held_back.push(next);
-        self.has_held_back.store(true, Ordering::Release);
+    /// Keep `next` for the process's next free thread. `frees`: the watcher's count when
+    /// it found every thread busy; a thread that became free since may already wait in
+    /// epoll_wait, past its look at what is held back: a connection is armed again for it.
+    fn hold_back(&self, next: Next, frees: u64) {
+        {
+            let mut st = self.state();
+            st.held_back.push(next);
+            self.has_held_back.store(true, Ordering::Release);
+        }
+        if self.frees.load(Ordering::SeqCst) != frees {
+            let woken: Vec<(Arc<Shared>, Instant)> = {
+                let mut st = self.state();
+                let (woken, rest): (Vec<Next>, Vec<Next>) =
+                    std::mem::take(&mut st.held_back).into_iter().partition(|n| matches!(n, Next::Woken(..)));
+                st.held_back = rest;
+                self.has_held_back.store(!st.held_back.is_empty(), Ordering::Release);
+                woken
+                    .into_iter()
+                    .filter_map(|n| if let Next::Woken(c, since) = n { Some((c, since)) } else { None })
+                    .collect()
+            };
+            for (shared, since) in woken {
+                self.put_back(shared, Some(since));
+            }
+        }
     }
 
     /// A thread is free to serve: the listening socket and the relay come back into the
@@ -339,7 +364,7 @@ impl Park {
     /// [`STUCK_AFTER`], it stands in for them ([`Park::while_stuck`]). Leaves when the
     /// worker retires.
     fn watch(&self) {
-        lowest_priority();
+        set_priority(Priority::Idle);
         let mut idle_looks = 0u32;
         while !scoreboard::draining() {
             if self.waiting.load(Ordering::SeqCst) > 0 {
@@ -367,9 +392,16 @@ impl Park {
                 std::thread::park_timeout(STUCK_AFTER - busy);
                 continue;
             }
-            if let Err(e) = self.while_stuck() {
-                eprintln!("fcgibridge worker: the relay's watcher failed; a request waits for a thread of the process holding its connection: {e}");
-                return;
+            // It takes the locks the serving threads take: not preempted while it holds one.
+            set_priority(Priority::Normal);
+            self.in_stand_in.store(true, Ordering::SeqCst);
+            let stood_in = self.while_stuck();
+            self.in_stand_in.store(false, Ordering::SeqCst);
+            set_priority(Priority::Idle);
+            if let Err(e) = stood_in {
+                // Out of descriptors, say: the next try is the serving threads' pace.
+                eprintln!("fcgibridge worker: the relay's watcher failed, trying again in a second: {e}");
+                std::thread::sleep(DRAIN_CHECK);
             }
         }
     }
@@ -387,20 +419,36 @@ impl Park {
             self.paused.store(true, Ordering::SeqCst);
             self.watch_accepts(&mut st, libc::EPOLL_CTL_DEL);
         }
+        let mut in_hand = Vec::new();
+        let stuck = self.serve_stuck(frees, &mut in_hand);
+        // Taken while the relay was occupied: armed again, their input wakes the thread
+        // that is free now (or the retiring worker serves them).
+        for p in in_hand {
+            self.put_back(p.shared, Some(p.since));
+        }
         // A thread that began to wait just now may not have seen the pause: put them back
         // on leaving, whoever sees a thread waiting first.
-        let stuck = self.serve_stuck(frees);
         self.resume();
         stuck
     }
 
     /// Until a thread becomes free (even one that finds its next request at once: under
-    /// load a busy process is never seen waiting, and this is not for it).
-    fn serve_stuck(&self, frees: u64) -> io::Result<()> {
+    /// load a busy process is never seen waiting, and this is not for it). `in_hand`: the
+    /// connections with a request taken while the last one handed over was still in the
+    /// relay — no thread of the pool was free (a busy machine rather than slow requests
+    /// here), and they would only have waited there too; each goes once the relay is empty.
+    fn serve_stuck(&self, frees: u64, in_hand: &mut Vec<Parked>) -> io::Result<()> {
         let stuck = || self.frees.load(Ordering::SeqCst) == frees;
+        let relay_busy = || self.relay.as_ref().is_some_and(|r| sys::has_datagram(r.recv));
         while stuck() && !scoreboard::draining() {
+            if !in_hand.is_empty() && !relay_busy() {
+                let p = in_hand.remove(0);
+                self.relay_parked(p, frees);
+                continue;
+            }
+            let wait = if in_hand.is_empty() { STUCK_CHECK } else { STUCK_AFTER };
             // Either may still come: a thread put them back meanwhile.
-            let handed = match sys::epoll_wait_one(self.epfd.as_raw_fd(), STUCK_CHECK)? {
+            let handed = match sys::epoll_wait_one(self.epfd.as_raw_fd(), wait)? {
                 None => continue,
                 Some(LISTENER) => sys::accept_nonblocking(self.listen_fd)?.map(|fd| (fd, TAG_NEW)),
                 Some(RELAY) => self.relay.as_ref().map(|r| sys::recv_fd(r.recv)).transpose()?.flatten(),
@@ -410,21 +458,14 @@ impl Park {
                         // A thread became free meanwhile: its to serve (armed again, it
                         // wakes the thread).
                         Some(p) if !stuck() => self.put_back(p.shared, Some(p.since)),
-                        // The last one handed over is still waiting in the relay: no
-                        // thread of the pool is free (a busy machine rather than slow
-                        // requests here), and this one would only wait there too. The
-                        // next thread free here serves it first.
-                        Some(p) if self.relay.as_ref().is_some_and(|r| sys::has_datagram(r.recv)) => {
-                            self.hold_back(Next::Woken(p.shared, p.since))
-                        }
-                        Some(p) => self.relay_parked(p),
+                        Some(p) => in_hand.push(p),
                         None => {}
                     }
                     None
                 }
             };
             if let Some((fd, tag)) = handed {
-                self.hand_over(fd, tag);
+                self.hand_over(fd, tag, frees);
             }
         }
         Ok(())
@@ -432,18 +473,18 @@ impl Park {
 
     /// Send a connection to the relay; kept here (served by the next free thread) when the
     /// relay's queue is full.
-    fn hand_over(&self, fd: OwnedFd, tag: u8) {
+    fn hand_over(&self, fd: OwnedFd, tag: u8, frees: u64) {
         let sent = self.relay.as_ref().is_some_and(|r| matches!(sys::send_fd(r.send, fd.as_raw_fd(), tag), Ok(true)));
         if !sent {
-            self.hold_back(relayed(fd, tag));
+            self.hold_back(relayed(fd, tag), frees);
         }
     }
 
     /// A parked connection with input while every thread is busy: to the relay, unless
     /// part of a request is buffered here (then the next free thread here serves it).
-    fn relay_parked(&self, p: Parked) {
+    fn relay_parked(&self, p: Parked, frees: u64) {
         if let Err(p) = self.relay(p) {
-            self.hold_back(Next::Woken(p.shared, p.since));
+            self.hold_back(Next::Woken(p.shared, p.since), frees);
         }
     }
 
@@ -536,9 +577,16 @@ impl Park {
                     }
                 }
             }
-            if scoreboard::drain_word() == STOP && STOP_SEEN.get_or_init(Instant::now).elapsed() < STOP_QUEUE_WINDOW {
+            let stop_window =
+                scoreboard::drain_word() == STOP && STOP_SEEN.get_or_init(Instant::now).elapsed() < STOP_QUEUE_WINDOW;
+            if stop_window {
                 if let Some(fd) = sys::accept_nonblocking(self.listen_fd)? {
                     return Ok(Next::New(fd));
+                }
+                // Handed over before the stop, each with a request waiting: served as the
+                // connections queued on the socket are.
+                if let Some((fd, tag)) = self.relay.as_ref().map(|r| sys::recv_fd(r.recv)).transpose()?.flatten() {
+                    return Ok(relayed(fd, tag));
                 }
             }
             let (done, wait) = {
@@ -557,11 +605,13 @@ impl Park {
             for p in done {
                 self.close(p);
             }
+            // Not while the watcher may still give back a connection it took.
+            let wait = wait.or_else(|| self.in_stand_in.load(Ordering::SeqCst).then_some(Duration::from_millis(1)));
             let Some(wait) = wait else {
                 return Ok(Next::Leave);
             };
             let event = sys::epoll_wait_one(self.epfd.as_raw_fd(), wait)?;
-            if let Some(p) = event.filter(|&e| e != LISTENER).and_then(|token| self.state().take(token)) {
+            if let Some(p) = event.filter(|&e| e != LISTENER && e != RELAY).and_then(|token| self.state().take(token)) {
                 return Ok(Next::Woken(p.shared, p.since));
             }
         }
@@ -605,14 +655,24 @@ impl State {
     }
 }
 
-/// The watcher runs only on a CPU nothing else wants (SCHED_IDLE): it never delays the
-/// serving threads or the web server, and on a machine busy to the last cycle — where no
-/// thread of the pool is free to take a connection anyway — it hands none over.
-fn lowest_priority() {
+enum Priority {
+    Idle,
+    Normal,
+}
+
+/// The watcher waits and looks at the lowest priority (SCHED_IDLE): its wake-ups never
+/// delay the serving threads or the web server, and on a machine busy to the last cycle —
+/// where no thread of the pool is free to take a connection anyway — it hands none over.
+/// It stands in for the serving threads at the normal one: it then takes their locks.
+fn set_priority(p: Priority) {
+    let policy = match p {
+        Priority::Idle => libc::SCHED_IDLE,
+        Priority::Normal => libc::SCHED_OTHER,
+    };
     let param = libc::sched_param { sched_priority: 0 };
     // SAFETY: pid 0 is the calling thread; `param` is valid for the call.
-    if unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) } != 0 {
-        eprintln!("fcgibridge worker: cannot lower the relay watcher's priority: {}", io::Error::last_os_error());
+    if unsafe { libc::sched_setscheduler(0, policy, &param) } != 0 {
+        eprintln!("fcgibridge worker: cannot set the relay watcher's priority: {}", io::Error::last_os_error());
     }
 }
 
@@ -622,27 +682,5 @@ fn relayed(fd: OwnedFd, tag: u8) -> Next {
         Next::New(fd)
     } else {
         Next::Relayed(fd)
-    }
-}
-
-impl Relay {
-    /// `FCGIBRIDGE_RELAY_FDS`: "send,recv", both non-blocking datagram sockets.
-    fn from_env() -> Option<Self> {
-        let value = std::env::var("FCGIBRIDGE_RELAY_FDS").ok()?;
-        let (send, recv) = value.split_once(',')?;
-        match (send.trim().parse(), recv.trim().parse()) {
-            (Ok(send), Ok(recv)) => {
-                // Not for the app's subprocesses.
-                for fd in [send, recv] {
-                    // SAFETY: F_SETFD on a descriptor number; a wrong one fails harmlessly.
-                    unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
-                }
-                Some(Self { send, recv })
-            }
-            _ => {
-                eprintln!("fcgibridge worker: FCGIBRIDGE_RELAY_FDS={value:?} is not two descriptors; no relay");
-                None
-            }
-        }
     }
 }

@@ -257,6 +257,13 @@ pub(crate) fn recv_fd(sock: RawFd) -> io::Result<Option<(OwnedFd, u8)>> {
                 Err(Errno::EAGAIN) => return Ok(None),
                 Err(e) => return Err(e.into()),
             };
+            if msg.flags.contains(MsgFlags::MSG_CTRUNC) {
+                // The kernel closed what did not fit: out of descriptors (EMFILE).
+                write_stderr(
+                    b"fcgibridge worker: a connection another worker handed over was lost: no descriptor left to receive it (too many open files)\n",
+                );
+                continue;
+            }
             let mut fds = Vec::new();
             for c in msg.cmsgs().map_err(io::Error::from)? {
                 if let ControlMessageOwned::ScmRights(received) = c {

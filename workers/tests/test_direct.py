@@ -420,7 +420,8 @@ def test_a_stopping_bridge_has_a_queued_connection_served_and_parked_ones_closed
 @pytest.fixture
 def relayed_pair(spawn, tmp_path):
     """Two one-thread direct workers sharing one listening socket and one relay, as the
-    bridge starts a pool of two processes: (listening socket's path, [(worker, board)])."""
+    bridge starts a pool of two processes: (listening socket's path, [(worker, board)],
+    the relay's receiving end)."""
     import socket
     path = str(tmp_path / "pool.sock")
     lsock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -438,7 +439,7 @@ def relayed_pair(spawn, tmp_path):
         w = spawn(app="direct_app:application", env=env, pass_fds=(board.fd,) + fds, listener=(lsock, path))
         wait_until(lambda: board.threads() == 1, "the thread's scoreboard slot")
         pair.append((w, board))
-    yield path, pair
+    yield path, pair, relay[1]
     lsock.close()
     for end in relay:
         end.close()
@@ -461,7 +462,7 @@ def holder(pair, gate):
     return busy()[0]
 
 
-def hold_with_another_kept(path, pair, gate, opened):
+def hold_with_another_kept(path, pair, gate, opened, others=1):
     """Open kept connections (each answered once), then hold a request on one of two kept by
     the same process: that connection, the other one, and the now busy process's pid. A
     request that comes as its worker ends the one before may already be handed to the
@@ -472,13 +473,13 @@ def hold_with_another_kept(path, pair, gate, opened):
         opened.append(Client(path, timeout=60))
     owner = {c: served_by(c) for c in opened}
     for _ in range(10):
-        pid = next(p for p in owner.values() if list(owner.values()).count(p) >= 2)
+        pid = max(owner.values(), key=list(owner.values()).count)
         slow = next(c for c in opened if owner[c] == pid)
         send(slow, "/hold?%s" % gate)
         pid = holder(pair, gate)
-        quick = next((c for c in opened if c is not slow and owner[c] == pid), None)
-        if quick:
-            return slow, quick, pid
+        quick = [c for c in opened if c is not slow and owner[c] == pid]
+        if len(quick) >= others:
+            return (slow, quick[0], pid) if others == 1 else (slow, quick[:others], pid)
         gate.touch()
         assert slow.read_response().body == b"released"
         gate.unlink()
@@ -489,7 +490,7 @@ def hold_with_another_kept(path, pair, gate, opened):
 def test_a_request_on_a_kept_connection_of_a_busy_process_is_served_by_a_free_one(relayed_pair, tmp_path):
     # The fairness a connection per request gives (whichever process waits in accept takes
     # it), kept with nginx's fastcgi_keep_conn: the busy process hands the connection over.
-    path, pair = relayed_pair
+    path, pair, relay = relayed_pair
     gate = tmp_path / "release"
     opened = []
     try:
@@ -507,7 +508,7 @@ def test_a_request_on_a_kept_connection_of_a_busy_process_is_served_by_a_free_on
 
 def test_with_every_process_busy_the_first_to_be_free_serves_the_waiting_request(relayed_pair, tmp_path):
     from fcgi import Client
-    path, pair = relayed_pair
+    path, pair, relay = relayed_pair
     gates = tmp_path / "first", tmp_path / "second"
     opened = []
     try:
@@ -535,7 +536,7 @@ def test_a_retiring_worker_hands_its_kept_connections_to_the_others(relayed_pair
     # A restart (max-requests, a reload) closes no kept connection: nginx may be writing a
     # request to it that instant (a 502 for a POST); the pool's other worker takes them.
     from fcgi import Client
-    path, pair = relayed_pair
+    path, pair, relay = relayed_pair
     opened = [Client(path, timeout=60) for _ in range(4)]
     try:
         owner = {c: served_by(c) for c in opened}
@@ -545,6 +546,67 @@ def test_a_retiring_worker_hands_its_kept_connections_to_the_others(relayed_pair
         assert retiring.proc.wait(30) == 0, "it leaves once its connections are handed over"
         for c in opened:
             assert served_by(c) == other, "the connection stayed open, served by the other worker"
+    finally:
+        for c in opened:
+            c.close()
+
+
+def test_a_request_held_while_the_relay_was_occupied_goes_once_it_is_free(relayed_pair, tmp_path):
+    # Both processes busy: the first quick request waits in the relay, the second in the
+    # busy process's hand; once the other process is free it takes both, one after the
+    # other, while the first process's slow request still runs.
+    from fcgi import Client
+    path, pair, relay = relayed_pair
+    gates = tmp_path / "first", tmp_path / "second"
+    opened = []
+    try:
+        slow, quick, first = hold_with_another_kept(path, pair, gates[0], opened, others=2)
+        other = Client(path, timeout=60)  # the busy process accepts none: the other does
+        opened.append(other)
+        send(other, "/hold?%s" % gates[1])
+        second = holder(pair, gates[1])
+        assert second != first
+        for c in quick:
+            send(c, "/environ")
+        gates[1].touch()
+        assert other.read_response().body == b"released"
+        for c in quick:
+            r = c.read_response()
+            assert int(json.loads(r.body)["fcgibridge.request_id"].split("-")[0]) == second
+        assert is_open_and_quiet(slow), "both served before the first process's slow request ended"
+        gates[0].touch()
+        assert slow.read_response().body == b"released"
+    finally:
+        for c in opened:
+            c.close()
+
+
+def test_a_stop_serves_the_requests_waiting_in_the_relay(relayed_pair, tmp_path):
+    from fcgi import Client
+    path, pair, relay = relayed_pair
+    gates = tmp_path / "first", tmp_path / "second"
+    opened = []
+    try:
+        slow, quick, first = hold_with_another_kept(path, pair, gates[0], opened)
+        other = Client(path, timeout=60)
+        opened.append(other)
+        send(other, "/hold?%s" % gates[1])
+        second = holder(pair, gates[1])
+        send(quick, "/environ")  # to the relay: no thread of the pool is free
+        import fcntl
+        import termios
+        queued = lambda: struct.unpack("=i", fcntl.ioctl(relay, termios.FIONREAD, b"\0" * 4))[0] > 0  # noqa: E731
+        wait_until(queued, "the quick request's connection in the relay")
+        for _, board in pair:
+            struct.pack_into("=I", board.map, 0, 2)  # the bridge stops
+        gates[1].touch()
+        assert other.read_response().body == b"released"
+        r = quick.read_response()
+        assert int(json.loads(r.body)["fcgibridge.request_id"].split("-")[0]) == second, "served within the stop"
+        gates[0].touch()
+        assert slow.read_response().body == b"released"
+        for w, _ in pair:
+            assert w.proc.wait(30) == 0
     finally:
         for c in opened:
             c.close()

@@ -6,7 +6,8 @@ socket (SOCK_SEQPACKET) on fd 4. The template imports the app once, reports READ
 then waits. For every ``SPAWN`` message — carrying four descriptors by SCM_RIGHTS:
 the worker's listening socket, its stdout and stderr pipes and its readiness pipe, and
 for a pool behind a ``direct`` listener its scoreboard fifth (and its relay's two ends
-sixth and seventh, put on fds 5 and 6) —
+sixth and seventh, left where they are and named in FCGIBRIDGE_RELAY_FDS: the app's
+import may hold any low number) —
 it forks; the child puts them on fds 0 (via a private copy), 1, 2 and 3, sets the
 RLIMIT_CPU that ``SPAWN cpu=SOFT,HARD`` names (cpu-time-limit) and becomes an
 ordinary worker (threads are started only after the fork). The template answers
@@ -29,8 +30,6 @@ from . import main as _main
 CONTROL_FD = 4
 # Received descriptors are moved at or above this number before being put on 0-3.
 _HIGH_FD = 10
-# Where a direct worker's relay goes (FCGIBRIDGE_RELAY_FDS).
-_RELAY_FDS = (5, 6)
 
 
 def _reap(ctl):
@@ -88,12 +87,11 @@ def _become_worker(fds, ctl, wake_fds, app, threads, processes, cpu):
         os.dup2(out, 1)
         os.dup2(err, 2)
         os.dup2(ready, 3)
-        for fd, to in zip(relay, _RELAY_FDS):
-            os.dup2(fd, to)
-        for fd in (out, err, ready, *relay):
+        for fd in (out, err, ready):
             os.close(fd)
         if relay:
-            os.environ["FCGIBRIDGE_RELAY_FDS"] = "%d,%d" % _RELAY_FDS
+            # At or above _HIGH_FD and close-on-exec: never one the app's import opened.
+            os.environ["FCGIBRIDGE_RELAY_FDS"] = "%d,%d" % tuple(relay)
         if cpu is not None:
             _limit_cpu(cpu)
         # Its own process group, as the bridge gives every worker it starts itself.
