@@ -506,19 +506,27 @@ def test_a_request_on_a_kept_connection_of_a_busy_process_is_served_by_a_free_on
             c.close()
 
 
-def test_with_every_process_busy_the_first_to_be_free_serves_the_waiting_request(relayed_pair, tmp_path):
+def both_busy(path, pair, gates, opened, others=1):
+    """Hold a request in each worker (`gates`: the first's, the second's): the first holds it
+    on a connection it keeps beside `others` more; the second on a new connection, which
+    the busy first one does not accept. (slow, the first's other connection(s), its pid,
+    the second's connection, its pid)."""
     from fcgi import Client
+    slow, quick, first = hold_with_another_kept(path, pair, gates[0], opened, others)
+    other = Client(path, timeout=60)
+    opened.append(other)
+    send(other, "/hold?%s" % gates[1])
+    second = holder(pair, gates[1])
+    assert second != first
+    return slow, quick, first, other, second
+
+
+def test_with_every_process_busy_the_first_to_be_free_serves_the_waiting_request(relayed_pair, tmp_path):
     path, pair, relay = relayed_pair
     gates = tmp_path / "first", tmp_path / "second"
     opened = []
     try:
-        slow, quick, first_pid = hold_with_another_kept(path, pair, gates[0], opened)
-        # The busy process accepts no connection: the other one takes it.
-        other = Client(path, timeout=60)
-        opened.append(other)
-        send(other, "/hold?%s" % gates[1])
-        second_pid = holder(pair, gates[1])
-        assert second_pid != first_pid
+        slow, quick, first_pid, other, second_pid = both_busy(path, pair, gates, opened)
         send(quick, "/environ")
         gates[1].touch()
         assert other.read_response().body == b"released"
@@ -555,17 +563,11 @@ def test_a_request_held_while_the_relay_was_occupied_goes_once_it_is_free(relaye
     # Both processes busy: the first quick request waits in the relay, the second in the
     # busy process's hand; once the other process is free it takes both, one after the
     # other, while the first process's slow request still runs.
-    from fcgi import Client
     path, pair, relay = relayed_pair
     gates = tmp_path / "first", tmp_path / "second"
     opened = []
     try:
-        slow, quick, first = hold_with_another_kept(path, pair, gates[0], opened, others=2)
-        other = Client(path, timeout=60)  # the busy process accepts none: the other does
-        opened.append(other)
-        send(other, "/hold?%s" % gates[1])
-        second = holder(pair, gates[1])
-        assert second != first
+        slow, quick, first, other, second = both_busy(path, pair, gates, opened, others=2)
         for c in quick:
             send(c, "/environ")
         gates[1].touch()
@@ -582,16 +584,11 @@ def test_a_request_held_while_the_relay_was_occupied_goes_once_it_is_free(relaye
 
 
 def test_a_stop_serves_the_requests_waiting_in_the_relay(relayed_pair, tmp_path):
-    from fcgi import Client
     path, pair, relay = relayed_pair
     gates = tmp_path / "first", tmp_path / "second"
     opened = []
     try:
-        slow, quick, first = hold_with_another_kept(path, pair, gates[0], opened)
-        other = Client(path, timeout=60)
-        opened.append(other)
-        send(other, "/hold?%s" % gates[1])
-        second = holder(pair, gates[1])
+        slow, quick, first, other, second = both_busy(path, pair, gates, opened)
         send(quick, "/environ")  # to the relay: no thread of the pool is free
         import fcntl
         import termios
