@@ -663,8 +663,20 @@ enum Priority {
 /// The watcher waits and looks at the lowest priority (SCHED_IDLE): its wake-ups never
 /// delay the serving threads or the web server, and on a machine busy to the last cycle —
 /// where no thread of the pool is free to take a connection anyway — it hands none over.
-/// It stands in for the serving threads at the normal one: it then takes their locks.
+/// It stands in for the serving threads at the normal one: it then takes their locks. A
+/// thread may leave SCHED_IDLE only with CAP_SYS_NICE or an RLIMIT_NICE of 20 (sched(7)):
+/// without, the watcher stays at the normal priority throughout.
 fn set_priority(p: Priority) {
+    static ALLOWED: OnceLock<bool> = OnceLock::new();
+    let allowed = *ALLOWED.get_or_init(|| {
+        let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        // SAFETY: getrlimit writes the struct given; geteuid has no arguments.
+        let nice_ok = unsafe { libc::getrlimit(libc::RLIMIT_NICE, &mut limit) } == 0 && limit.rlim_cur >= 20;
+        nice_ok || unsafe { libc::geteuid() } == 0
+    });
+    if !allowed {
+        return;
+    }
     let policy = match p {
         Priority::Idle => libc::SCHED_IDLE,
         Priority::Normal => libc::SCHED_OTHER,
@@ -672,7 +684,9 @@ fn set_priority(p: Priority) {
     let param = libc::sched_param { sched_priority: 0 };
     // SAFETY: pid 0 is the calling thread; `param` is valid for the call.
     if unsafe { libc::sched_setscheduler(0, policy, &param) } != 0 {
-        eprintln!("fcgibridge worker: cannot set the relay watcher's priority: {}", io::Error::last_os_error());
+        static SAID: std::sync::Once = std::sync::Once::new();
+        let e = io::Error::last_os_error();
+        SAID.call_once(|| eprintln!("fcgibridge worker: cannot set the relay watcher's priority: {e}"));
     }
 }
 
