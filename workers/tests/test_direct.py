@@ -469,7 +469,8 @@ def hold_with_another_kept(path, pair, gate, opened, others=1):
     other worker, so which one holds it is read from the scoreboards, and tried again until
     another connection is known to be kept by that worker."""
     from fcgi import Client
-    for _ in range(4):
+    # Enough that, however the two workers shared them, one keeps `others` + 1.
+    for _ in range(2 * (others + 1)):
         opened.append(Client(path, timeout=60))
     owner = {c: served_by(c) for c in opened}
     for _ in range(10):
