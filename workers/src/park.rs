@@ -303,19 +303,18 @@ impl Park {
             self.has_held_back.store(true, Ordering::Release);
         }
         if self.frees.load(Ordering::SeqCst) != frees {
-            let woken: Vec<(Arc<Shared>, Instant)> = {
+            let woken: Vec<Next> = {
                 let mut st = self.state();
-                let (woken, rest): (Vec<Next>, Vec<Next>) =
+                let (woken, rest) =
                     std::mem::take(&mut st.held_back).into_iter().partition(|n| matches!(n, Next::Woken(..)));
                 st.held_back = rest;
                 self.has_held_back.store(!st.held_back.is_empty(), Ordering::Release);
                 woken
-                    .into_iter()
-                    .filter_map(|n| if let Next::Woken(c, since) = n { Some((c, since)) } else { None })
-                    .collect()
             };
-            for (shared, since) in woken {
-                self.put_back(shared, Some(since));
+            for next in woken {
+                if let Next::Woken(shared, since) = next {
+                    self.put_back(shared, Some(since));
+                }
             }
         }
     }
