@@ -53,6 +53,7 @@ def start(tmp_path_factory, name, **pool_keys):
                     {"front": {"fastcgi": f"unix:{socket}", "pool": "app", "direct": True}},
                     bridge_extra={"status": {"listen": f"127.0.0.1:{sport}", "path": "/status"}})
     b.start()
+    b.status_port = sport
     b.wait_ready([("front", "/health", "any")])
     front = Front(tmp_path_factory.mktemp(name + "-nginx"), socket)
     wait_until(lambda: ok(front, "/health"), 60, 0.1, what="nginx answering through the direct listener")
@@ -107,6 +108,14 @@ def test_workers_answer_and_the_status_page_counts_what_they_serve(stack):
     assert listener["accepted_requests"] >= 20, listener
     wait_until(lambda: b.pool_status("app")["last_minute"]["requests"] >= 20, 30,
                what="the last minute's requests counted from the scoreboards")
+    # The bridge queues none of its requests: the page says where they wait, without a queue
+    # of the bridge's or its chart.
+    assert b.pool_status("app")["direct"] is True
+    page = requests.get(f"http://127.0.0.1:{b.status_port}/status", headers={"Accept": "text/html"}, timeout=30)
+    assert page.status_code == 200, page.text
+    card = page.text.split('data-pool="app"', 1)[1]
+    assert "direct: in the workers' socket" in card, card[:2000]
+    assert "<b>Queue</b>" not in card and "size 0 · max" not in card, card[:2000]
     # PATH_INFO as the daemon derives it (the worker applies the same rules).
     env = front.get("/environ/x").json()
     assert env["PATH_INFO"] == "/environ/x", env

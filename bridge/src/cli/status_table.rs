@@ -93,7 +93,12 @@ pub fn render(v: &Value) -> String {
                 s(p, "name"),
                 s(p, "state"),
                 n(p, "accepted_requests").to_string(),
-                format!("{}/{}", n(p, "queue_length"), n(p, "max_queue_length")),
+                // A direct pool's requests wait in its workers' socket, unseen by the bridge.
+                if p.get("direct").and_then(Value::as_bool) == Some(true) {
+                    "direct".to_owned()
+                } else {
+                    format!("{}/{}", n(p, "queue_length"), n(p, "max_queue_length"))
+                },
                 format!("{}/{}/{}", n(p, "idle_workers"), n(p, "busy_workers"), n(p, "total_workers")),
                 n(p, "max_children_reached").to_string(),
                 n(p, "slow_requests").to_string(),
@@ -256,5 +261,19 @@ mod tests {
             (Some("7"), Some("3"), Some("2"), Some("9"), Some("1")),
             "{out}"
         );
+        assert_eq!(at("QUEUE/PEAK"), Some("0/0"), "{out}");
+    }
+
+    #[test]
+    fn a_direct_pool_has_no_queue_of_the_bridge() {
+        let mut v = doc(0);
+        v["pools"][0]["direct"] = Value::Bool(true);
+        let out = render(&v);
+        let header: Vec<&str> =
+            out.lines().find(|l| l.starts_with("POOL  ")).unwrap_or_default().split_whitespace().collect();
+        let row: Vec<&str> =
+            out.lines().find(|l| l.starts_with("app  ")).unwrap_or_default().split_whitespace().collect();
+        let at = header.iter().position(|c| *c == "QUEUE/PEAK").and_then(|i| row.get(i).copied());
+        assert_eq!(at, Some("direct"), "{out}");
     }
 }

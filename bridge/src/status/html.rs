@@ -199,8 +199,8 @@ fn shown_window(h: &PoolHistory, now: f64, interval: f64, window: f64) -> f64 {
     h.time.first().map_or(window, |first| (now - first + interval).clamp(60.0, window))
 }
 
-/// The six charts of one pool.
-fn charts(o: &mut String, h: &PoolHistory, now: f64, interval: f64, window: f64) {
+/// The six charts of one pool (five for a `direct` pool, which the bridge queues nothing for).
+fn charts(o: &mut String, h: &PoolHistory, direct: bool, now: f64, interval: f64, window: f64) {
     use super::chart::{Chart, Series, Style, Unit};
     let some = |v: &[f64]| v.iter().map(|&x| Some(x)).collect::<Vec<_>>();
     let count = |v: &[usize]| v.iter().map(|&x| Some(x as f64)).collect::<Vec<_>>();
@@ -220,7 +220,9 @@ fn charts(o: &mut String, h: &PoolHistory, now: f64, interval: f64, window: f64)
         line("p50", GREEN, h.p50_seconds.clone()),
     ];
     figure(o, &base("latency", "Latency", Unit::Seconds, latency));
-    figure(o, &base("queue", "Queue", Unit::Count, vec![area("waiting", PURPLE, count(&h.queue_length))]));
+    if !direct {
+        figure(o, &base("queue", "Queue", Unit::Count, vec![area("waiting", PURPLE, count(&h.queue_length))]));
+    }
     let workers = vec![area("total", SKY, total), area("busy", ORANGE, count(&h.busy_workers))];
     figure(o, &base("workers", "Workers", Unit::Count, workers));
     figure(o, &base("errors", "5xx/s", Unit::Rate, vec![area("5xx", RED, some(&h.server_errors_per_second))]));
@@ -243,6 +245,18 @@ fn tile(o: &mut String, name: &str, key: &str, value: &str, note: &str, class: &
     );
 }
 
+/// The bridge's queue of a pool; a `direct` pool's requests wait where the bridge does not
+/// see them (the listening socket's backlog, the web server's kept connections).
+fn queue_tile(o: &mut String, p: &PoolStatus) {
+    if p.direct {
+        tile(o, "queue", "queue", "–", "direct: in the workers' socket", "");
+        return;
+    }
+    let class = if p.queue_length > 0 { "recent" } else { "" };
+    let note = format!("size {} · max {}", p.queue_size, p.max_queue_length);
+    tile(o, "queue", "queue", &p.queue_length.to_string(), &note, class);
+}
+
 /// A pool's card: its state, the numbers that matter now, the counters that moved, charts.
 fn pool_card(o: &mut String, p: &PoolStatus, h: Option<&PoolHistory>, now: f64, interval: f64, window: f64) {
     let warn = if matches!(p.state, "failing" | "rollout-failing") { " warn" } else { "" };
@@ -258,15 +272,7 @@ fn pool_card(o: &mut String, p: &PoolStatus, h: Option<&PoolHistory>, now: f64, 
         "",
     );
     tile(o, "p95", "p95 last min", &seconds(lm.p95), &format!("p50 {} · p99 {}", seconds(lm.p50), seconds(lm.p99)), "");
-    let queue_class = if p.queue_length > 0 { "recent" } else { "" };
-    tile(
-        o,
-        "queue",
-        "queue",
-        &p.queue_length.to_string(),
-        &format!("size {} · max {}", p.queue_size, p.max_queue_length),
-        queue_class,
-    );
+    queue_tile(o, p);
     tile(
         o,
         "workers",
@@ -298,8 +304,8 @@ fn pool_card(o: &mut String, p: &PoolStatus, h: Option<&PoolHistory>, now: f64, 
     }
     o.push_str("</div>\n");
     match h {
-        Some(h) => charts(o, h, now, interval, window),
-        None => charts(o, &PoolHistory::default(), now, interval, window),
+        Some(h) => charts(o, h, p.direct, now, interval, window),
+        None => charts(o, &PoolHistory::default(), p.direct, now, interval, window),
     }
     o.push_str("</section>\n");
 }

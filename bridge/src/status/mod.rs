@@ -181,6 +181,7 @@ fn pool_status(s: &track::State, p: PoolStats, start_time: u64, now: Instant) ->
         start_error: p.start_error,
         start_time,
         accepted_requests: p.accepted_requests,
+        direct: p.direct,
         queue_length: p.queue_length,
         max_queue_length: p.max_queue_length,
         queue_size: p.queue_size,

@@ -73,6 +73,10 @@ pub(crate) struct PoolStatus {
     pub start_time: u64,
     /// Requests routed to this pool since start (PHP-FPM's "accepted conn").
     pub accepted_requests: u64,
+    /// Its workers accept a `direct` listener's connections: requests wait in the socket
+    /// and on the web server's kept connections, not in the bridge's queue.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub direct: bool,
     /// Requests waiting for a free worker thread now ("listen queue").
     pub queue_length: usize,
     /// The most that ever waited at once ("max listen queue").

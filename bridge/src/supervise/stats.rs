@@ -100,6 +100,9 @@ pub(crate) struct PoolStats {
     /// Worker connections (threads) free / serving a request now.
     pub idle_slots: usize,
     pub busy_slots: usize,
+    /// Its workers accept a `direct` listener's connections: the bridge queues none of
+    /// its requests (the queue fields stay 0).
+    pub direct: bool,
     pub queue_length: usize,
     pub max_queue_length: usize,
     pub queue_size: usize,
@@ -330,6 +333,7 @@ pub(crate) fn pool_snapshot(pool: &PoolRuntime) -> PoolStats {
         draining_workers: draining,
         idle_slots: dv.idle_slots,
         busy_slots: dv.busy_slots,
+        direct: pool.config.direct.is_some(),
         queue_length: dv.queue_now,
         max_queue_length: c.max_queue,
         queue_size: dv.queue_size,
