@@ -553,6 +553,7 @@ fn serve(
         direct: direct::config().is_some(),
         slot: None,
     };
+    sys::no_delay_if_tcp(listen_fd);
     if w.direct {
         return serve_direct(py, &mut w, listen_fd);
     }

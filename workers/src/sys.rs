@@ -93,6 +93,37 @@ pub(crate) fn set_nonblocking(fd: RawFd) -> io::Result<()> {
     Ok(())
 }
 
+/// TCP_NODELAY on a TCP listening socket, which the connections accepted from it inherit
+/// (Linux): a response that leaves in two writes (the flusher sends what a thread has held
+/// too long, the rest follows with END_REQUEST) must not wait for the web server's delayed
+/// ACK, up to 40 ms, behind Nagle's algorithm. A unix socket has neither: left as it is.
+pub(crate) fn no_delay_if_tcp(listen_fd: RawFd) {
+    // SAFETY: zeroed sockaddr_storage is a valid value; getsockname writes at most `len`
+    // bytes into it.
+    let mut addr: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    // SAFETY: pointers to the storage above and its length, valid for the call.
+    let named = unsafe { libc::getsockname(listen_fd, (&raw mut addr).cast(), &mut len) } == 0;
+    if !named || !matches!(i32::from(addr.ss_family), libc::AF_INET | libc::AF_INET6) {
+        return;
+    }
+    let on: libc::c_int = 1;
+    // SAFETY: an int option, its pointer and size valid for the call.
+    let set = unsafe {
+        libc::setsockopt(
+            listen_fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_NODELAY,
+            (&raw const on).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if set != 0 {
+        let e = io::Error::last_os_error();
+        eprintln!("fcgibridge worker: cannot set TCP_NODELAY on the listening socket; responses may wait for delayed ACKs: {e}");
+    }
+}
+
 /// [`accept`] on a non-blocking listener: `None` when no connection waits (another thread or
 /// process took it).
 pub(crate) fn accept_nonblocking(listen_fd: RawFd) -> io::Result<Option<OwnedFd>> {
@@ -289,4 +320,38 @@ pub(crate) fn has_datagram(sock: RawFd) -> bool {
     // SAFETY: FIONREAD writes one int to the pointer given.
     let r = unsafe { libc::ioctl(sock, libc::FIONREAD, &mut len) };
     r == 0 && len > 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsRawFd;
+
+    fn no_delay(fd: RawFd) -> libc::c_int {
+        let mut on: libc::c_int = -1;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: an int option, its pointer and size valid for the call.
+        let r = unsafe { libc::getsockopt(fd, libc::IPPROTO_TCP, libc::TCP_NODELAY, (&raw mut on).cast(), &mut len) };
+        assert_eq!(r, 0, "{}", io::Error::last_os_error());
+        on
+    }
+
+    #[test]
+    fn connections_accepted_on_a_tcp_listener_send_without_delay() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let before = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let first = accept(listener.as_raw_fd()).unwrap();
+        assert_eq!(no_delay(first.as_raw_fd()), 0, "Nagle is on by default");
+        no_delay_if_tcp(listener.as_raw_fd());
+        let _client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let accepted = accept(listener.as_raw_fd()).unwrap();
+        assert_ne!(no_delay(accepted.as_raw_fd()), 0, "inherited from the listening socket");
+        drop(before);
+        // A unix socket is left as it is (it has no such option).
+        let dir = std::env::temp_dir().join(format!("fcgibridge-nodelay-{}", std::process::id()));
+        let _ = std::fs::remove_file(&dir);
+        let unix = std::os::unix::net::UnixListener::bind(&dir).unwrap();
+        no_delay_if_tcp(unix.as_raw_fd());
+        let _ = std::fs::remove_file(&dir);
+    }
 }
