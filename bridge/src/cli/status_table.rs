@@ -93,12 +93,7 @@ pub fn render(v: &Value) -> String {
                 s(p, "name"),
                 s(p, "state"),
                 n(p, "accepted_requests").to_string(),
-                // A direct pool's requests wait in its workers' socket, unseen by the bridge.
-                if p.get("direct").and_then(Value::as_bool) == Some(true) {
-                    "direct".to_owned()
-                } else {
-                    format!("{}/{}", n(p, "queue_length"), n(p, "max_queue_length"))
-                },
+                queue_cell(p),
                 format!("{}/{}/{}", n(p, "idle_workers"), n(p, "busy_workers"), n(p, "total_workers")),
                 n(p, "max_children_reached").to_string(),
                 n(p, "slow_requests").to_string(),
@@ -203,6 +198,15 @@ fn current_requests(w: &Value) -> Vec<[String; 2]> {
         lines.push([format!("… {} more", more + 1), String::new()]);
     }
     lines
+}
+
+/// A pool's QUEUE/PEAK: a direct pool's requests wait in its workers' socket, unseen by
+/// the bridge.
+fn queue_cell(p: &Value) -> String {
+    if p.get("direct").and_then(Value::as_bool) == Some(true) {
+        return "direct".to_owned();
+    }
+    format!("{}/{}", n(p, "queue_length"), n(p, "max_queue_length"))
 }
 
 #[cfg(test)]
