@@ -116,6 +116,8 @@ def test_workers_answer_and_the_status_page_counts_what_they_serve(stack):
     card = page.text.split('data-pool="app"', 1)[1]
     assert "direct: in the workers' socket" in card, card[:2000]
     assert "<b>Queue</b>" not in card and "size 0 · max" not in card, card[:2000]
+    assert re.search(r'<tr class="pool" data-pool="app"><td>app</td><td class="n">\d+</td><td class="n">direct</td>',
+                     page.text), page.text
     # PATH_INFO as the daemon derives it (the worker applies the same rules).
     env = front.get("/environ/x").json()
     assert env["PATH_INFO"] == "/environ/x", env

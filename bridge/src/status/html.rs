@@ -350,6 +350,14 @@ fn listener_table(o: &mut String, s: &Status) {
     o.push_str("</table></div>\n");
 }
 
+/// The pools table's "queue now / max / size" cell.
+fn queue_cell(p: &PoolStatus) -> String {
+    if p.direct {
+        return "direct".to_owned();
+    }
+    format!("{} / {} / {}", p.queue_length, p.max_queue_length, p.queue_size)
+}
+
 fn pool_table(o: &mut String, s: &Status, history: &History) {
     o.push_str("<h2>Pools</h2><div class=\"scroll\"><table id=\"pools\"><tr><th>pool</th><th>requests</th><th>queue now / max / size</th>\
 <th>state</th><th>idle / busy / total workers</th><th>idle threads</th><th>max children reached</th><th>slow</th><th>5xx</th><th>503</th><th>504</th>\
@@ -365,15 +373,13 @@ fn pool_table(o: &mut String, s: &Status, history: &History) {
         let exits = format!("<td class=\"n {}\">{}</td>", exits_class(exits, crashes), p.worker_exits);
         let _ = writeln!(
             o,
-            "<tr class=\"pool\" data-pool=\"{0}\"><td>{0}</td><td class=\"n\">{1}</td><td class=\"n{2}\">{3} / {4} / {5}</td>\
-<td class=\"{6}\">{7}</td><td class=\"n\">{8} / {9} / {10}</td><td class=\"n\">{11}</td><td class=\"n\">{12}</td><td class=\"n\">{13}</td>\
-{14}{15}{16}<td class=\"n\">{17}</td>{18}{19}</tr>",
+            "<tr class=\"pool\" data-pool=\"{0}\"><td>{0}</td><td class=\"n\">{1}</td><td class=\"n{2}\">{3}</td>\
+<td class=\"{4}\">{5}</td><td class=\"n\">{6} / {7} / {8}</td><td class=\"n\">{9}</td><td class=\"n\">{10}</td><td class=\"n\">{11}</td>\
+{12}{13}{14}<td class=\"n\">{15}</td>{16}{17}</tr>",
             esc(&p.name),
             p.accepted_requests,
             if p.queue_length > 0 { " warn" } else { "" },
-            p.queue_length,
-            p.max_queue_length,
-            p.queue_size,
+            queue_cell(p),
             if matches!(p.state, "failing" | "rollout-failing") { "warn" } else { "" },
             esc(p.state),
             p.idle_workers,
