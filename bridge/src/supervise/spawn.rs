@@ -495,8 +495,23 @@ const OPERATOR_SIGNALS: [libc::c_int; 3] = [libc::SIGHUP, libc::SIGUSR1, libc::S
 /// this covers the interpreter's start-up and `command:` programs, which never learn about
 /// the bridge. A program may still install handlers of its own: the native worker does
 /// (docs/worker-contract.md); for the others see [`block_operator_signals`]. Only
-/// sigaction is called: async-signal-safe.
+/// sigprocmask and sigaction are called: async-signal-safe.
 pub(crate) fn ignore_operator_signals() -> std::io::Result<()> {
+    // All three at once: blocked together first, so that one arriving between two of the
+    // sigaction calls waits, and is discarded once ignored (POSIX), instead of ending the
+    // process. Then the mask is as it was (children inherit it).
+    // SAFETY: sigset_t values on the stack, initialised by sigemptyset before use.
+    let old = unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        let mut old: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for sig in OPERATOR_SIGNALS {
+            libc::sigaddset(&mut set, sig);
+        }
+        libc::sigprocmask(libc::SIG_BLOCK, &set, &mut old);
+        old
+    };
+    let mut result = Ok(());
     for sig in OPERATOR_SIGNALS {
         // SAFETY: a zeroed sigaction with SIG_IGN and an empty mask is a valid argument.
         let rc = unsafe {
@@ -506,10 +521,13 @@ pub(crate) fn ignore_operator_signals() -> std::io::Result<()> {
             libc::sigaction(sig, &act, std::ptr::null_mut())
         };
         if rc == -1 {
-            return Err(std::io::Error::last_os_error());
+            result = Err(std::io::Error::last_os_error());
+            break;
         }
     }
-    Ok(())
+    // SAFETY: the mask saved above.
+    unsafe { libc::sigprocmask(libc::SIG_SETMASK, &old, std::ptr::null_mut()) };
+    result
 }
 
 /// In the forked child of a `command:` program: also block [`OPERATOR_SIGNALS`]. The
