@@ -81,6 +81,18 @@ def workers(b):
     return b.pool_status("app")["workers"]
 
 
+def durations(b):
+    """The OpenMetrics duration counts of pool `app` and listener `front`: requests timed,
+    and the pool's at or below 0.25 s."""
+    text = requests.get(f"http://127.0.0.1:{b.status_port}/metrics", timeout=30).text
+    patterns = {"pool": r'fcgibridge_pool_request_duration_seconds_count\{pool="app"\} (\S+)',
+                "pool_le_0.25": r'fcgibridge_pool_request_duration_seconds_bucket\{pool="app",le="0.25"\} (\S+)',
+                "listener": r'fcgibridge_listener_request_duration_seconds_count\{listener="front"\} (\S+)'}
+    found = {k: re.search(p, text) for k, p in patterns.items()}
+    assert all(found.values()), text
+    return {k: float(m.group(1)) for k, m in found.items()}
+
+
 def held_request(b, front, prefix, max_s=60):
     """A /hold request (tag `prefix-…`) running in a worker, once the status page shows it:
     (tag, its Background). It ends when `<workdir>/<tag>.release` exists, or after `max_s`."""
@@ -118,6 +130,17 @@ def test_workers_answer_and_the_status_page_counts_what_they_serve(stack):
     assert "<b>Queue</b>" not in card and "size 0 · max" not in card, card[:2000]
     assert re.search(r'<tr class="pool" data-pool="app"><td>app</td><td class="n">\d+</td><td class="n">direct</td>',
                      page.text), page.text
+    # The workers time their requests: the pool's and the listener's histograms count them
+    # in the bridge's buckets (the first test of the module: no slow request ran before).
+    before = durations(b)
+    assert front.get("/sleep?s=0.3").status_code == 200
+    wait_until(lambda: durations(b)["pool"] > before["pool"], 30, what="the 0.3 s request timed by its worker")
+    after = durations(b)
+    assert after["pool"] - before["pool"] == 1 and after["listener"] - before["listener"] == 1, (before, after)
+    assert after["pool_le_0.25"] == before["pool_le_0.25"], ("0.3 s is above the 0.25 s bucket", before, after)
+    assert before["pool"] >= 20 and before["pool_le_0.25"] >= 20, before
+    since_start = b.pool_status("app")["latency_seconds"]["since_start"]
+    assert since_start["count"] >= 21 and since_start["p50"] is not None, since_start
     # PATH_INFO as the daemon derives it (the worker applies the same rules).
     env = front.get("/environ/x").json()
     assert env["PATH_INFO"] == "/environ/x", env

@@ -7,7 +7,9 @@
 //! 12 (requests an ASGI worker ended for request-timeout itself), responses by status
 //! class 1xx..5xx as five u64 at 16..56 — then one 256-byte slot per thread (an ASGI
 //! worker: per request in flight, up to `concurrency`): `served: u64`, `started: u64` (CLOCK_MONOTONIC ns, 0 when idle),
-//! `line_len: u32`, a reserved u32, and 232 bytes of `METHOD URI` as 29 u64 words.
+//! `line_len: u32`, a reserved u32, and 232 bytes of `METHOD URI` as 29 u64 words. The
+//! last 128 bytes of the mapping: how long the worker's requests ran (the app's start to
+//! END_REQUEST), 15 u64 counts in the buckets of status/latency.rs, then their sum in ns.
 use crate::shared_memory::{SharedMemory, SharedMemoryError};
 use std::num::NonZeroUsize;
 use std::os::fd::RawFd;
@@ -19,6 +21,8 @@ const TIMEOUTS: usize = 12;
 const RESPONSES: usize = 16;
 const SLOT: usize = 256;
 const LINE_OFFSET: usize = 24;
+/// The durations' bytes, at the end of the mapping.
+const DURATIONS: usize = 128;
 /// Bytes of a slot's `METHOD URI`.
 pub(crate) const LINE_BYTES: usize = SLOT - LINE_OFFSET;
 const LINE_WORDS: usize = LINE_BYTES / 8;
@@ -42,10 +46,10 @@ pub(crate) struct ThreadSnapshot {
     pub line: Vec<u8>,
 }
 
-/// The bytes a scoreboard for `threads` threads takes: the header, a slot per thread,
-/// rounded up to whole pages.
+/// The bytes a scoreboard for `threads` threads takes: the header, a slot per thread and
+/// the durations, rounded up to whole pages.
 pub(crate) fn size_for(threads: u32) -> usize {
-    (HEADER + threads as usize * SLOT).div_ceil(4096) * 4096
+    (HEADER + threads as usize * SLOT + DURATIONS).div_ceil(4096) * 4096
 }
 
 impl Scoreboard {
@@ -100,6 +104,14 @@ impl Scoreboard {
     /// Responses the worker sent, by status class (1xx, 2xx, 3xx, 4xx, 5xx).
     pub(crate) fn responses(&self) -> [u64; 5] {
         std::array::from_fn(|i| self.u64_at(RESPONSES + i * 8).load(Ordering::Relaxed))
+    }
+
+    /// How long the worker's requests ran, so far.
+    pub(crate) fn durations(&self) -> crate::status::latency::Histogram {
+        use crate::status::latency::{Histogram, BUCKETS};
+        let at = self.mem.len() - DURATIONS;
+        let counts = std::array::from_fn(|i| self.u64_at(at + i * 8).load(Ordering::Relaxed));
+        Histogram::from_parts(counts, self.u64_at(at + BUCKETS * 8).load(Ordering::Relaxed))
     }
 
     /// Every thread's slot now. A line is kept only when `started` read the same, and
@@ -239,6 +251,25 @@ mod tests {
         }
         stop.store(true, Ordering::Relaxed);
         writer.join().unwrap();
+    }
+
+    #[test]
+    fn the_durations_are_the_mappings_last_128_bytes() {
+        let board = Scoreboard::new(4).unwrap();
+        assert_eq!(board.durations().count(), 0);
+        // As the worker writes them (workers/src/scoreboard.rs): 15 counts, then the sum.
+        let at = board.mem.len() - DURATIONS;
+        for (bucket, n) in [(0, 3), (4, 1), (14, 2)] {
+            board.u64_at(at + bucket * 8).store(n, Ordering::Relaxed);
+        }
+        board.u64_at(at + 15 * 8).store(65_020_000_000, Ordering::Relaxed);
+        let d = board.durations();
+        assert_eq!((d.count(), d.sum_seconds()), (6, 65.02));
+        assert_eq!(d.cumulative()[0..5], [3, 3, 3, 3, 4], "up to 1 ms, then one up to 25 ms");
+        // The slots stop before them, whatever the thread count.
+        for threads in [1, 15, 16, 100] {
+            assert!(HEADER + threads * SLOT + DURATIONS <= size_for(threads as u32), "{threads} threads");
+        }
     }
 
     #[test]

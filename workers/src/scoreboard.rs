@@ -8,7 +8,9 @@
 //! (`served`, `started`, the current request's `METHOD URI`); an ASGI worker lends one to
 //! each request in flight instead. A thread writes only its own slot. The line is stored
 //! before `started` (Release); a reader that loads `started` (Acquire), copies the line and
-//! finds `started` unchanged and non-zero has the line of that request.
+//! finds `started` unchanged and non-zero has the line of that request. The last 128
+//! bytes of the mapping count how long the requests ran (the app's start to END_REQUEST):
+//! 15 u64 counts in the status page's buckets, then their sum in nanoseconds.
 use nix::sys::mman::{mmap, MapFlags, ProtFlags};
 use std::num::NonZeroUsize;
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
@@ -19,6 +21,26 @@ use std::time::Duration;
 /// Bytes of the header, then of each thread's slot.
 const HEADER_BYTES: usize = 64;
 const SLOT_BYTES: usize = 256;
+/// Bytes of [`Durations`], at the end of the mapping.
+const DURATIONS_BYTES: usize = 128;
+/// Upper bounds of the duration buckets, nanoseconds: the bridge's own
+/// (bridge/src/status/latency.rs), the last bucket above them all.
+const BOUNDS_NS: [u64; 14] = [
+    1_000_000,
+    2_500_000,
+    5_000_000,
+    10_000_000,
+    25_000_000,
+    50_000_000,
+    100_000_000,
+    250_000_000,
+    500_000_000,
+    1_000_000_000,
+    2_500_000_000,
+    5_000_000_000,
+    10_000_000_000,
+    30_000_000_000,
+];
 /// How often a direct worker waiting for work (a WSGI thread in its process's epoll set,
 /// park.rs; an ASGI worker's loop) looks at its drain word.
 pub(crate) const DRAIN_CHECK: Duration = Duration::from_secs(1);
@@ -53,11 +75,30 @@ pub(crate) struct Slot {
     line: [AtomicU64; LINE_BYTES / 8],
 }
 
-const _: () = assert!(size_of::<Header>() == HEADER_BYTES && size_of::<Slot>() == SLOT_BYTES);
+/// How long the worker's requests ran: a count per bucket of [`BOUNDS_NS`] (and one above
+/// them), and their sum.
+#[repr(C)]
+struct Durations {
+    counts: [AtomicU64; BOUNDS_NS.len() + 1],
+    sum_ns: AtomicU64,
+}
+
+impl Durations {
+    fn record(&self, ns: u64) {
+        let i = BOUNDS_NS.iter().position(|&b| ns <= b).unwrap_or(BOUNDS_NS.len());
+        self.counts[i].fetch_add(1, Ordering::Relaxed);
+        self.sum_ns.fetch_add(ns, Ordering::Relaxed);
+    }
+}
+
+const _: () = assert!(
+    size_of::<Header>() == HEADER_BYTES && size_of::<Slot>() == SLOT_BYTES && size_of::<Durations>() == DURATIONS_BYTES
+);
 
 struct Board {
     header: &'static Header,
     slots: &'static [Slot],
+    durations: &'static Durations,
     /// Slots handed to threads so far.
     claimed: AtomicUsize,
 }
@@ -92,8 +133,10 @@ pub(crate) fn attach(fd: RawFd) {
                 return None;
             }
         };
-        let Some(size) = NonZeroUsize::new(len).filter(|_| len >= HEADER_BYTES + SLOT_BYTES) else {
-            eprintln!("fcgibridge worker: the scoreboard is {len} bytes, too small for one thread's slot");
+        let Some(size) = NonZeroUsize::new(len).filter(|_| len >= HEADER_BYTES + SLOT_BYTES + DURATIONS_BYTES) else {
+            eprintln!(
+                "fcgibridge worker: the scoreboard is {len} bytes, too small for one thread's slot and the durations"
+            );
             return None;
         };
         // SAFETY: a fresh shared mapping of the bridge's memfd, not aliased by any Rust object.
@@ -116,12 +159,13 @@ impl Board {
     /// `base` points to `len` bytes, 8-aligned, valid and only accessed atomically for the
     /// rest of the process's life.
     unsafe fn at(base: *mut u8, len: usize) -> Self {
-        let slots = (len - HEADER_BYTES) / SLOT_BYTES;
+        let slots = (len - HEADER_BYTES - DURATIONS_BYTES) / SLOT_BYTES;
         // SAFETY: per the contract; Header and Slot are made of atomics only (repr(C)).
         unsafe {
             Self {
                 header: &*base.cast::<Header>(),
                 slots: std::slice::from_raw_parts(base.add(HEADER_BYTES).cast::<Slot>(), slots),
+                durations: &*base.add(len - DURATIONS_BYTES).cast::<Durations>(),
                 claimed: AtomicUsize::new(0),
             }
         }
@@ -304,8 +348,21 @@ impl Slot {
         self.started.store(now_ns.max(1), Ordering::Release);
     }
 
-    /// The request's END_REQUEST is written (or it was otherwise ended).
+    /// The request's END_REQUEST is written (or it was otherwise ended): counted served,
+    /// and how long it ran.
     pub(crate) fn end(&self) {
+        let durations = match BOARD.get() {
+            Some(Some(b)) => Some(b.durations),
+            _ => None,
+        };
+        self.end_at(crate::sys::monotonic_ns(), durations);
+    }
+
+    fn end_at(&self, now_ns: u64, durations: Option<&Durations>) {
+        let started = self.started.load(Ordering::Relaxed);
+        if let (Some(d), 1..) = (durations, started) {
+            d.record(now_ns.saturating_sub(started));
+        }
         self.served.fetch_add(1, Ordering::Relaxed);
         self.started.store(0, Ordering::Release);
     }
@@ -317,7 +374,7 @@ mod tests {
 
     /// A board in this process's memory, as the bridge lays it out for `threads`.
     fn board(threads: usize) -> (Board, &'static [AtomicU64]) {
-        let len = (HEADER_BYTES + threads * SLOT_BYTES).next_multiple_of(4096);
+        let len = (HEADER_BYTES + threads * SLOT_BYTES + DURATIONS_BYTES).next_multiple_of(4096);
         let words: &'static [AtomicU64] = Box::leak((0..len / 8).map(|_| AtomicU64::new(0)).collect());
         // SAFETY: leaked (lives forever), 8-aligned, only accessed atomically.
         (unsafe { Board::at(words.as_ptr().cast_mut().cast(), len) }, words)
@@ -354,6 +411,25 @@ mod tests {
         slot.begin(b"GET /next", 7);
         slot.end();
         assert_eq!((read(words, 0).0, read(words, 1).0), (2, 1), "each thread counts its own");
+    }
+
+    #[test]
+    fn how_long_each_request_ran_is_counted_at_the_end_of_the_mapping() {
+        let (b, words) = board(1);
+        let slot = b.claim_slot().expect("slot");
+        // 0.5 ms, 3 ms and 40 s: the first bucket (up to 1 ms), the third (2.5 to 5 ms),
+        // and the one above 30 s.
+        for (start, ran) in [(1_000, 500_000), (10, 3_000_000), (5, 40_000_000_000)] {
+            slot.begin(b"GET /", start);
+            slot.end_at(start + ran, Some(b.durations));
+        }
+        // Ended without having begun (no app ran): served, not timed.
+        slot.end_at(99, Some(b.durations));
+        let at = words.len() - DURATIONS_BYTES / 8;
+        let counts: Vec<u64> = (0..15).map(|i| words[at + i].load(Ordering::Relaxed)).collect();
+        assert_eq!(counts, [1, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
+        assert_eq!(words[at + 15].load(Ordering::Relaxed), 500_000 + 3_000_000 + 40_000_000_000, "their sum, ns");
+        assert_eq!(read(words, 0).0, 4);
     }
 
     #[test]

@@ -27,6 +27,8 @@ pub(super) struct DirectSeen {
     pub(super) threads: Vec<ThreadSeen>,
     /// Responses by status class.
     responses: [u64; 5],
+    /// How long its requests ran.
+    durations: crate::status::latency::Histogram,
     /// Requests the worker ended for request-timeout itself.
     timeouts: u32,
     /// An ASGI worker: it applies request-timeout to its requests itself (cancelling the
@@ -101,6 +103,8 @@ impl<S: Slot> Dispatcher<S> {
             inner.counters.direct_responses.0[class] += now.saturating_sub(*seen);
             *seen = (*seen).max(*now);
         }
+        inner.counters.direct_latency = inner.counters.direct_latency.plus(board.durations.since(&w.direct.durations));
+        w.direct.durations = board.durations;
         inner.counters.request_timeouts += u64::from(board.timeouts.saturating_sub(w.direct.timeouts));
         w.direct.timeouts = w.direct.timeouts.max(board.timeouts);
         if w.s.max_requests != 0 && w.s.served >= w.s.max_requests && !w.s.recycle_flagged {
@@ -116,6 +120,8 @@ pub(crate) struct Observed {
     pub threads: Vec<ThreadSnapshot>,
     /// Responses sent by status class (1xx … 5xx).
     pub responses: [u64; 5],
+    /// How long its requests ran.
+    pub durations: crate::status::latency::Histogram,
     /// Requests the worker ended for request-timeout itself (an ASGI worker).
     pub timeouts: u32,
 }
@@ -195,7 +201,11 @@ mod tests {
         assert!(d.add_direct(w, 3, true));
         let now_ns = crate::scoreboard::monotonic_now_ns();
         let running = vec![thread(0, now_ns - 3_000_000_000, "GET /hang"), thread(0, 0, ""), thread(0, 0, "")];
-        d.observe_direct(w, &Observed { threads: running.clone(), responses: [0; 5], timeouts: 2 }, now_ns);
+        d.observe_direct(
+            w,
+            &Observed { threads: running.clone(), responses: [0; 5], timeouts: 2, ..Observed::default() },
+            now_ns,
+        );
         // Its task is the worker's to cancel: the bridge neither cancels nor counts it again...
         assert!(d.cancel_overdue(Duration::from_secs(2)).is_empty());
         assert_eq!(d.view().counters.request_timeouts, 2);
@@ -203,11 +213,19 @@ mod tests {
         let past = now_ns - (Duration::from_secs(2) + BLOCKED_LOOP_GRACE).as_nanos() as u64 - 1_000_000_000;
         let blocked =
             vec![thread(0, now_ns - 3_000_000_000, "GET /hang"), thread(0, past, "GET /block"), thread(0, 0, "")];
-        d.observe_direct(w, &Observed { threads: blocked, responses: [0; 5], timeouts: 2 }, now_ns);
+        d.observe_direct(
+            w,
+            &Observed { threads: blocked, responses: [0; 5], timeouts: 2, ..Observed::default() },
+            now_ns,
+        );
         let overdue = d.cancel_overdue(Duration::from_secs(2));
         assert_eq!(overdue.iter().map(|o| o.uri.as_str()).collect::<Vec<_>>(), ["/block"]);
         assert_eq!(d.view().counters.request_timeouts, 2, "counted by the worker, not here");
-        d.observe_direct(w, &Observed { threads: running, responses: [0; 5], timeouts: 3 }, now_ns);
+        d.observe_direct(
+            w,
+            &Observed { threads: running, responses: [0; 5], timeouts: 3, ..Observed::default() },
+            now_ns,
+        );
         assert_eq!(d.view().counters.request_timeouts, 3);
         assert_eq!(d.direct_in_flight(), 1);
     }
@@ -264,9 +282,21 @@ mod tests {
         let (a, b) = (d.add_worker(0), d.add_worker(0));
         assert!(d.add_direct(a, 1, false) && d.add_direct(b, 1, false));
         let idle = vec![thread(0, 0, "")];
-        d.observe_direct(a, &Observed { threads: idle.clone(), responses: [0, 5, 1, 0, 2], timeouts: 0 }, 1);
-        d.observe_direct(a, &Observed { threads: idle.clone(), responses: [0, 7, 1, 1, 2], timeouts: 0 }, 2);
-        d.observe_direct(b, &Observed { threads: idle, responses: [0, 3, 0, 0, 1], timeouts: 0 }, 2);
+        d.observe_direct(
+            a,
+            &Observed { threads: idle.clone(), responses: [0, 5, 1, 0, 2], timeouts: 0, ..Observed::default() },
+            1,
+        );
+        d.observe_direct(
+            a,
+            &Observed { threads: idle.clone(), responses: [0, 7, 1, 1, 2], timeouts: 0, ..Observed::default() },
+            2,
+        );
+        d.observe_direct(
+            b,
+            &Observed { threads: idle, responses: [0, 3, 0, 0, 1], timeouts: 0, ..Observed::default() },
+            2,
+        );
         assert_eq!(d.view().counters.direct_responses.0, [0, 10, 1, 1, 3]);
     }
 

@@ -291,6 +291,8 @@ pub(crate) struct Counters {
     /// Responses by status class that direct workers sent (their scoreboards' counters):
     /// no direct request passes the status counters of track.rs.
     pub direct_responses: crate::status::latency::Classes,
+    /// How long direct workers' requests ran (their scoreboards), for the same reason.
+    pub direct_latency: crate::status::latency::Histogram,
 }
 
 struct WorkerEntry {

@@ -49,7 +49,7 @@ impl<T> Ring<T> {
 pub(crate) struct PoolSample {
     pub latency: Histogram,
     pub responses: Classes,
-    /// Requests a direct pool's workers answered (their scoreboards; no durations).
+    /// Requests a direct pool's workers answered and did not time (their scoreboards).
     pub direct_requests: u64,
     /// 503s (queue full, queue-timeout, no worker).
     pub rejected: u64,
@@ -97,7 +97,7 @@ pub(crate) struct Moved {
 pub(crate) struct ListenerSample {
     pub latency: Histogram,
     pub responses: Classes,
-    /// Requests a direct listener's workers answered (their scoreboards; no durations).
+    /// Requests a direct listener's workers answered and did not time (their scoreboards).
     pub direct_requests: u64,
 }
 

@@ -43,6 +43,20 @@ pub(crate) struct Histogram {
 }
 
 impl Histogram {
+    /// Counts per bucket (+Inf last) and their sum, as a direct worker's scoreboard keeps them.
+    pub(crate) fn from_parts(counts: [u64; BUCKETS], sum_ns: u64) -> Self {
+        Self { counts, sum_ns }
+    }
+
+    /// Both histograms' observations.
+    pub(crate) fn plus(mut self, other: Self) -> Self {
+        for (c, o) in self.counts.iter_mut().zip(other.counts) {
+            *c += o;
+        }
+        self.sum_ns = self.sum_ns.saturating_add(other.sum_ns);
+        self
+    }
+
     /// Count one request that took `d`.
     pub(crate) fn record(&mut self, d: Duration) {
         let ns = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);

@@ -18,7 +18,7 @@ use crate::config::{self, Global, ListenAddress, Protocol};
 use crate::registry::Registry;
 use crate::supervise::stats::PoolStats;
 use history::{ListenerSample, PoolSample};
-use latency::Classes;
+use latency::{Classes, Histogram};
 use model::{CurrentRequest, Latency, ListenerStatus, PoolStatus, Status, WorkerStatus};
 use std::time::Instant;
 
@@ -26,10 +26,10 @@ use std::time::Instant;
 fn pool_sample(s: &track::State, p: &PoolStats) -> PoolSample {
     let c = s.pools.get(&p.name);
     PoolSample {
-        latency: c.map(|c| c.latency).unwrap_or_default(),
-        // A direct pool's responses come from its workers' scoreboards.
+        // A direct pool's durations and responses come from its workers' scoreboards.
+        latency: c.map(|c| c.latency).unwrap_or_default().plus(p.direct_latency),
         responses: c.map(|c| c.responses).unwrap_or_default().plus(p.direct_responses),
-        direct_requests: p.direct_responses.total(),
+        direct_requests: untimed(p.direct_responses, p.direct_latency),
         rejected: p.rejected_queue_full + p.rejected_queue_timeout + p.rejected_unavailable,
         timeouts: p.request_timeouts,
         exits: p.worker_exits,
@@ -44,19 +44,25 @@ fn pool_sample(s: &track::State, p: &PoolStats) -> PoolSample {
 /// without the bridge (their scoreboards).
 fn listener_sample(s: &track::State, l: &config::Listener, pools: &[PoolStats]) -> ListenerSample {
     let c = s.listeners.get(&l.name);
-    let direct = match l.routes.first().filter(|_| l.direct) {
+    let (direct, durations) = match l.routes.first().filter(|_| l.direct) {
         Some(r) => pools
             .iter()
             .filter(|p| p.name == r.pool)
-            .map(|p| p.direct_responses)
-            .fold(Classes::default(), Classes::plus),
-        None => Classes::default(),
+            .map(|p| (p.direct_responses, p.direct_latency))
+            .fold(Default::default(), |(c, h): (Classes, Histogram), (pc, ph)| (c.plus(pc), h.plus(ph))),
+        None => Default::default(),
     };
     ListenerSample {
-        latency: c.map(|c| c.latency).unwrap_or_default(),
+        latency: c.map(|c| c.latency).unwrap_or_default().plus(durations),
         responses: c.map(|c| c.responses).unwrap_or_default().plus(direct),
-        direct_requests: direct.total(),
+        direct_requests: untimed(direct, durations),
     }
+}
+
+/// Of a direct pool's responses, those its workers did not time (one that ran without a
+/// scoreboard slot, or whose END_REQUEST is not written yet): the rates count them too.
+fn untimed(responses: Classes, durations: Histogram) -> u64 {
+    responses.total().saturating_sub(durations.count())
 }
 
 /// Requests the workers behind a `direct` listener accepted (0 for any other listener).

@@ -50,7 +50,8 @@ impl Out {
     }
 }
 
-const DURATION_HELP: &str = "Time from the request's arrival at the bridge to the end of its response.";
+const DURATION_HELP: &str =
+    "Time from the request's arrival at the bridge (a direct pool's: the app's start in its worker) to the end of its response.";
 
 /// The whole exposition.
 pub(crate) fn render(s: &Status) -> String {

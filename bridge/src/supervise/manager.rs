@@ -1167,6 +1167,7 @@ fn observe(dispatcher: &Dispatcher<SlotConn>, w: &Worker) {
         let seen = crate::dispatch::DirectObserved {
             threads: board.snapshot(),
             responses: board.responses(),
+            durations: board.durations(),
             timeouts: board.timeouts(),
         };
         dispatcher.observe_direct(w.key, &seen, crate::scoreboard::monotonic_now_ns());

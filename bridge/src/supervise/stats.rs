@@ -113,6 +113,9 @@ pub(crate) struct PoolStats {
     /// page adds them to what passed the bridge (status/track.rs).
     #[serde(skip)]
     pub direct_responses: crate::status::latency::Classes,
+    /// How long its direct workers' requests ran (their scoreboards), likewise.
+    #[serde(skip)]
+    pub direct_latency: crate::status::latency::Histogram,
     /// Requests a worker finished (any status).
     pub served_requests: u64,
     /// Requests that had to wait while the pool ran its most processes.
@@ -340,6 +343,7 @@ pub(crate) fn pool_snapshot(pool: &PoolRuntime) -> PoolStats {
         queue_timeout_seconds: dv.queue_timeout.as_secs_f64(),
         accepted_requests: c.accepted,
         direct_responses: c.direct_responses,
+        direct_latency: c.direct_latency,
         served_requests: c.served,
         max_children_reached: c.max_reached,
         rejected_queue_full: c.rejected_queue_full,
