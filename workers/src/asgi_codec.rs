@@ -203,6 +203,8 @@ struct Running {
     id: u16,
     tag: Tag,
     slot: Option<&'static Slot>,
+    /// CLOCK_MONOTONIC ns when its params were read: its duration counts from then.
+    began: u64,
 }
 
 fn event<'py>(py: Python<'py>, kind: u8, id: u16, payload: Bound<'py, PyAny>) -> PyResult<Bound<'py, PyTuple>> {
@@ -217,16 +219,18 @@ impl AsgiConnection {
         let tag = d.tag(params);
         self.end_direct(id); // an id begun again (a web server that multiplexes)
         let slot = scoreboard::lend_slot();
+        let began = crate::sys::monotonic_ns();
         if let Some(slot) = slot {
-            slot.begin(tag.line(), crate::sys::monotonic_ns());
+            slot.begin(tag.line(), began);
         }
-        self.running.push(Running { id, tag, slot });
+        self.running.push(Running { id, tag, slot, began });
         &self.running.last().expect("just pushed").tag
     }
 
     fn end_direct(&mut self, id: u16) {
         if let Some(i) = self.running.iter().position(|r| r.id == id) {
-            scoreboard::give_back(self.running.swap_remove(i).slot);
+            let r = self.running.swap_remove(i);
+            scoreboard::give_back(r.slot, r.began);
         }
     }
 

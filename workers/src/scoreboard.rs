@@ -302,9 +302,13 @@ pub(crate) fn lend_slot() -> Option<&'static Slot> {
     pool().lend()
 }
 
-/// The request lent `slot` ended: it is counted served and the slot is free again. One that
-/// ran without a slot is counted in slot 0 (the bridge sums every slot's count).
-pub(crate) fn give_back(slot: Option<&'static Slot>) {
+/// The request lent `slot` ended: it is counted served and timed, and the slot is free
+/// again. One that ran without a slot (more in flight than slots) is counted in slot 0 (the
+/// bridge sums every slot's count) and timed from `began_ns`.
+pub(crate) fn give_back(slot: Option<&'static Slot>, began_ns: u64) {
+    if let (None, Some(Some(b))) = (slot, BOARD.get()) {
+        b.durations.record(crate::sys::monotonic_ns().saturating_sub(began_ns));
+    }
     pool().give_back(slot);
 }
 

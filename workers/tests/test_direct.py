@@ -13,7 +13,7 @@ import pytest
 
 from fcgi import PARAMS, STDOUT, record
 
-HEADER, SLOT = 64, 256
+HEADER, SLOT, DURATIONS = 64, 256, 128
 TIMED_OUT = "fcgibridge worker: closed a connection that sent no complete request within header-timeout (%ss)"
 
 
@@ -21,7 +21,7 @@ class Scoreboard:
     """The memfd the bridge would give the worker, read and written as the bridge does."""
 
     def __init__(self, threads):
-        size = -(-(HEADER + threads * SLOT) // 4096) * 4096
+        size = -(-(HEADER + threads * SLOT + DURATIONS) // 4096) * 4096
         self.fd = os.memfd_create("scoreboard", 0)
         os.ftruncate(self.fd, size)
         self.map = mmap.mmap(self.fd, size)
@@ -49,6 +49,11 @@ class Scoreboard:
 
     def served(self):
         return sum(self.slot(i)[0] for i in range(self.threads()))
+
+    def durations(self):
+        """(requests timed per bucket, +Inf last; their sum in ns): the mapping's last 128 bytes."""
+        *counts, total = struct.unpack_from("=16Q", self.map, len(self.map) - DURATIONS)
+        return counts, total
 
     def close(self):
         self.map.close()
@@ -218,6 +223,9 @@ def test_a_busy_worker_finishes_its_request_then_exits(direct, tmp_path):
         assert c.sock.recv(1) == b""
     assert w.proc.wait(30) == 0
     assert board.served() == 1
+    # Timed too: it ran from before the scoreboard showed it until the release, above 0.
+    counts, total = board.durations()
+    assert sum(counts) == 1 and total > 0, (counts, total)
     assert "direct_app: atexit ran" in w.stdout
 
 

@@ -688,6 +688,9 @@ fn bind(cfg: &config::Listener, passed: &systemd::Passed) -> Result<Bound, Liste
             let sock = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4() } else { tokio::net::TcpSocket::new_v6() }
                 .map_err(|e| io("socket", e))?;
             sock.set_reuseaddr(true).map_err(|e| io("SO_REUSEADDR", e))?;
+            // Before listen(): a connection inherits it at its handshake (Linux), also one a
+            // `direct` listener's workers accept later than that, once their app is imported.
+            sock.set_nodelay(true).map_err(|e| io("TCP_NODELAY", e))?;
             sock.bind(*addr).map_err(|e| {
                 if e.kind() == std::io::ErrorKind::AddrInUse {
                     ListenError::InUse { name: name.clone(), addr: addr.to_string() }
@@ -845,6 +848,22 @@ mod tests {
 
     fn tmp(name: &str) -> PathBuf {
         std::env::temp_dir().join(format!("fcgibridge-listen-{}-{name}", std::process::id()))
+    }
+
+    #[tokio::test]
+    async fn a_tcp_listener_sends_without_delay() {
+        use std::os::fd::AsRawFd;
+        let cfg = config::Listener::for_tests("t", 0);
+        let Ok(Bound::Tcp(l)) = bind(&cfg, &systemd::Passed::from_env()) else { panic!("a TCP listener") };
+        // Connections inherit it at their handshake: a `direct` listener's workers accept
+        // them later, once their app is imported.
+        let mut on: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: an int option, its pointer and size valid for the call.
+        let r = unsafe {
+            libc::getsockopt(l.as_raw_fd(), libc::IPPROTO_TCP, libc::TCP_NODELAY, (&raw mut on).cast(), &mut len)
+        };
+        assert_eq!((r, on != 0), (0, true));
     }
 
     #[test]

@@ -51,7 +51,7 @@ impl Histogram {
     /// Both histograms' observations.
     pub(crate) fn plus(mut self, other: Self) -> Self {
         for (c, o) in self.counts.iter_mut().zip(other.counts) {
-            *c += o;
+            *c = c.saturating_add(o);
         }
         self.sum_ns = self.sum_ns.saturating_add(other.sum_ns);
         self
@@ -67,7 +67,8 @@ impl Histogram {
 
     /// Observations in all.
     pub(crate) fn count(&self) -> u64 {
-        self.counts.iter().sum()
+        // Saturating: a direct worker's counts come from memory its app could write.
+        self.counts.iter().fold(0, |n: u64, &c| n.saturating_add(c))
     }
 
     /// Their total duration, seconds.

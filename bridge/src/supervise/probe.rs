@@ -228,7 +228,7 @@ fn why_not_run(python: &Path, pool: &Pool, source: &std::io::Error) -> String {
 /// Start `cmd`, wait for it at most `timeout`, and read its answer.
 fn run_probe(mut cmd: Command, exe: &Path, timeout: Duration) -> Result<Found, ProbeError> {
     cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
-    // SAFETY: only setpgid, prctl and sigaction run in the child.
+    // SAFETY: only setpgid, prctl, sigprocmask and sigaction run in the child.
     unsafe {
         use std::os::unix::process::CommandExt;
         cmd.pre_exec(|| {
