@@ -186,6 +186,18 @@ impl Serialize for Classes {
 
 #[cfg(test)]
 mod tests {
+    /// Direct workers count their requests' durations in these buckets themselves: the
+    /// worker crate (built alone for the wheel) keeps a copy, which must not drift.
+    #[test]
+    fn direct_workers_count_in_the_same_buckets() {
+        let worker = include_str!("../../../workers/src/scoreboard.rs");
+        let decl = "const BOUNDS_NS: [u64; 14] = [";
+        let list = worker.split_once(decl).and_then(|(_, rest)| rest.split_once("];")).map(|(l, _)| l);
+        let theirs: Vec<u64> =
+            list.unwrap_or_default().split(',').filter_map(|n| n.trim().replace('_', "").parse().ok()).collect();
+        assert_eq!(theirs, super::BOUNDS_NS);
+    }
+
     use super::*;
 
     fn ms(n: u64) -> Duration {
