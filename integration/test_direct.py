@@ -161,6 +161,24 @@ def test_the_status_page_shows_the_request_a_worker_runs(stack):
     assert held.result().status_code == 200
 
 
+def test_a_slow_request_is_logged_with_its_pool_and_pid_and_no_bridge_request_id(tmp_path_factory):
+    b, front = start(tmp_path_factory, "direct-slowlog", processes=1, threads=1, **{"slowlog-timeout": "300ms"})
+    tag = "slow-" + uuid.uuid4().hex[:8]
+    try:
+        mark = b.log.mark()
+        held = Background(lambda: front.get(f"/hold?tag={tag}"))
+        try:
+            lines = b.log.wait_for([r"slow request: GET /hold\?tag=" + tag], since=mark, timeout=60)
+        finally:
+            (b.workdir / f"{tag}.release").write_text("")
+        assert held.result().status_code == 200
+        # The worker's requests carry no id of the bridge's: no `request_id=0` to chase.
+        assert "app" in lines[0] and "pid" in lines[0] and "request_id" not in lines[0], lines[0]
+    finally:
+        front.stop()
+        b.stop()
+
+
 def test_max_requests_recycles_without_a_failed_request(tmp_path_factory):
     b, front = start(tmp_path_factory, "direct-recycle", processes=1, threads=2, **{"max-requests": 5})
     try:

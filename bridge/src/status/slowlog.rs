@@ -43,6 +43,8 @@ fn check(registry: &Registry, reported: &mut HashSet<u64>) {
             let mut dump = false;
             for c in &w.current {
                 let key = report_key(w.pid, c);
+                // A direct worker's requests have no bridge id (0): the field is left out.
+                let request_id = (c.request_id != 0).then_some(c.request_id);
                 running.insert(key);
                 if c.duration_seconds < limit.as_secs_f64() || !reported.insert(key) {
                     continue;
@@ -50,10 +52,10 @@ fn check(registry: &Registry, reported: &mut HashSet<u64>) {
                 registry.track.slow(&stats.name);
                 let ran = Duration::from_secs_f64(c.duration_seconds);
                 if python {
-                    tracing::warn!(pool = %stats.name, pid = w.pid, request_id = c.request_id, "slow request: {} {} running for {ran:.1?}; its Python stack follows", c.method, c.uri);
+                    tracing::warn!(pool = %stats.name, pid = w.pid, request_id, "slow request: {} {} running for {ran:.1?}; its Python stack follows", c.method, c.uri);
                     dump = true;
                 } else {
-                    tracing::warn!(pool = %stats.name, pid = w.pid, request_id = c.request_id, "slow request: {} {} running for {ran:.1?}", c.method, c.uri);
+                    tracing::warn!(pool = %stats.name, pid = w.pid, request_id, "slow request: {} {} running for {ran:.1?}", c.method, c.uri);
                 }
             }
             if dump {
