@@ -553,7 +553,9 @@ fn serve(
         direct: direct::config().is_some(),
         slot: None,
     };
-    sys::no_delay_if_tcp(listen_fd);
+    // Once per process: every serving thread runs this function on the same listener.
+    static NO_DELAY: std::sync::Once = std::sync::Once::new();
+    NO_DELAY.call_once(|| sys::no_delay_if_tcp(listen_fd));
     if w.direct {
         return serve_direct(py, &mut w, listen_fd);
     }

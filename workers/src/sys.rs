@@ -95,9 +95,10 @@ pub(crate) fn set_nonblocking(fd: RawFd) -> io::Result<()> {
 
 /// TCP_NODELAY on a TCP listening socket, which the connections accepted from it inherit
 /// at their handshake (Linux; the bridge sets it on the TCP listeners it binds, this
-/// covers one passed to it by systemd or as fd 0): a response that leaves in two writes (the flusher sends what a thread has held
-/// too long, the rest follows with END_REQUEST) must not wait for the web server's delayed
-/// ACK, up to 40 ms, behind Nagle's algorithm. A unix socket has neither: left as it is.
+/// covers one passed to it by systemd or as fd 0): a response that leaves in two writes
+/// (the flusher sends what a thread has held too long, the rest follows with END_REQUEST)
+/// must not wait for the web server's delayed ACK, up to 40 ms, behind Nagle's algorithm.
+/// A unix socket has neither: left as it is.
 pub(crate) fn no_delay_if_tcp(listen_fd: RawFd) {
     // SAFETY: zeroed sockaddr_storage is a valid value; getsockname writes at most `len`
     // bytes into it.

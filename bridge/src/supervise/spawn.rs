@@ -497,20 +497,12 @@ const OPERATOR_SIGNALS: [libc::c_int; 3] = [libc::SIGHUP, libc::SIGUSR1, libc::S
 /// (docs/worker-contract.md); for the others see [`block_operator_signals`]. Only
 /// sigprocmask and sigaction are called: async-signal-safe.
 pub(crate) fn ignore_operator_signals() -> std::io::Result<()> {
+    use nix::sys::signal::{sigprocmask, SigSet, SigmaskHow};
     // All three at once: blocked together first, so that one arriving between two of the
     // sigaction calls waits, and is discarded once ignored (POSIX), instead of ending the
     // process. Then the mask is as it was (children inherit it).
-    // SAFETY: sigset_t values on the stack, initialised by sigemptyset before use.
-    let old = unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        let mut old: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        for sig in OPERATOR_SIGNALS {
-            libc::sigaddset(&mut set, sig);
-        }
-        libc::sigprocmask(libc::SIG_BLOCK, &set, &mut old);
-        old
-    };
+    let mut old = SigSet::empty();
+    sigprocmask(SigmaskHow::SIG_BLOCK, Some(&operator_set()?), Some(&mut old))?;
     let mut result = Ok(());
     for sig in OPERATOR_SIGNALS {
         // SAFETY: a zeroed sigaction with SIG_IGN and an empty mask is a valid argument.
@@ -525,9 +517,18 @@ pub(crate) fn ignore_operator_signals() -> std::io::Result<()> {
             break;
         }
     }
-    // SAFETY: the mask saved above.
-    unsafe { libc::sigprocmask(libc::SIG_SETMASK, &old, std::ptr::null_mut()) };
+    sigprocmask(SigmaskHow::SIG_SETMASK, Some(&old), None)?;
     result
+}
+
+/// [`OPERATOR_SIGNALS`] as a set. No allocation: a sigset_t on the stack (async-signal-safe).
+fn operator_set() -> std::io::Result<nix::sys::signal::SigSet> {
+    use nix::sys::signal::{SigSet, Signal};
+    let mut set = SigSet::empty();
+    for sig in OPERATOR_SIGNALS {
+        set.add(Signal::try_from(sig)?);
+    }
+    Ok(set)
 }
 
 /// In the forked child of a `command:` program: also block [`OPERATOR_SIGNALS`]. The
@@ -537,13 +538,8 @@ pub(crate) fn ignore_operator_signals() -> std::io::Result<()> {
 /// exits at once and the pool is left dead but not gone. flup takes SIGHUP as "stop
 /// accepting". Blocking spares them both; their own subprocesses inherit the mask.
 fn block_operator_signals() -> std::io::Result<()> {
-    use nix::sys::signal::{sigprocmask, SigSet, SigmaskHow, Signal};
-    // No allocation: a sigset_t on the stack, then sigprocmask (async-signal-safe).
-    let mut set = SigSet::empty();
-    for sig in OPERATOR_SIGNALS {
-        set.add(Signal::try_from(sig)?);
-    }
-    sigprocmask(SigmaskHow::SIG_BLOCK, Some(&set), None)?;
+    use nix::sys::signal::{sigprocmask, SigmaskHow};
+    sigprocmask(SigmaskHow::SIG_BLOCK, Some(&operator_set()?), None)?;
     Ok(())
 }
 
