@@ -185,11 +185,11 @@ mod tests {
         let now_ns = crate::scoreboard::monotonic_now_ns();
         d.observe_direct(w, &seen(vec![thread(9, now_ns - 3_000_000_000, "GET /hang")]), now_ns);
         assert!(!d.worker_view(w, false).unwrap().max_requests_reached);
-        let overdue = d.cancel_overdue(Duration::from_secs(2));
+        let overdue = d.cancel_overdue(Duration::from_secs(2)).due;
         assert_eq!(overdue.len(), 1);
         assert_eq!((overdue[0].method.as_str(), overdue[0].uri.as_str()), ("GET", "/hang"));
         // Counted once, not at every tick.
-        assert!(d.cancel_overdue(Duration::from_secs(2)).is_empty());
+        assert!(d.cancel_overdue(Duration::from_secs(2)).due.is_empty());
         d.observe_direct(w, &seen(vec![thread(10, 0, "")]), now_ns);
         assert!(d.worker_view(w, false).unwrap().max_requests_reached);
     }
@@ -207,7 +207,7 @@ mod tests {
             now_ns,
         );
         // Its task is the worker's to cancel: the bridge neither cancels nor counts it again...
-        assert!(d.cancel_overdue(Duration::from_secs(2)).is_empty());
+        assert!(d.cancel_overdue(Duration::from_secs(2)).due.is_empty());
         assert_eq!(d.view().counters.request_timeouts, 2);
         // ...unless one runs on well past it: the worker's loop is blocked, the worker goes.
         let past = now_ns - (Duration::from_secs(2) + BLOCKED_LOOP_GRACE).as_nanos() as u64 - 1_000_000_000;
@@ -218,7 +218,7 @@ mod tests {
             &Observed { threads: blocked, responses: [0; 5], timeouts: 2, ..Observed::default() },
             now_ns,
         );
-        let overdue = d.cancel_overdue(Duration::from_secs(2));
+        let overdue = d.cancel_overdue(Duration::from_secs(2)).due;
         assert_eq!(overdue.iter().map(|o| o.uri.as_str()).collect::<Vec<_>>(), ["/block"]);
         assert_eq!(d.view().counters.request_timeouts, 2, "counted by the worker, not here");
         d.observe_direct(

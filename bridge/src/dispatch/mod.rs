@@ -401,6 +401,16 @@ pub(crate) struct Overdue {
     pub running: Duration,
 }
 
+/// What [`Dispatcher::cancel_overdue`] found.
+#[derive(Debug, Default)]
+pub(crate) struct Overdues {
+    /// The requests it interrupted just now.
+    pub due: Vec<Overdue>,
+    /// When the next of the requests running now reaches the timeout: the manager looks
+    /// again then, so that a 504 is not late by its tick.
+    pub next_at: Option<Instant>,
+}
+
 /// The pool-wide view at one instant.
 #[derive(Debug, Clone, Default)]
 #[allow(dead_code)] // read by supervise/stats.rs for the status renderers
@@ -943,11 +953,11 @@ impl<S: Slot> Dispatcher<S> {
 
     /// Interrupt every request that has had its slot longer than `timeout` (request-timeout):
     /// each gets 504 from its own exchange; the caller replaces their workers.
-    pub(crate) fn cancel_overdue(&self, timeout: Duration) -> Vec<Overdue> {
+    pub(crate) fn cancel_overdue(&self, timeout: Duration) -> Overdues {
         let now = Instant::now();
         let mut inner = self.lock();
         let inner = &mut *inner;
-        let mut out = Vec::new();
+        let mut out = Overdues::default();
         for (index, w) in inner.workers.iter_mut().enumerate() {
             if !w.live {
                 continue;
@@ -964,6 +974,8 @@ impl<S: Slot> Dispatcher<S> {
                 }
                 let running = now.saturating_duration_since(c.since);
                 if running < timeout {
+                    let at = c.since + timeout;
+                    out.next_at = Some(out.next_at.map_or(at, |t| t.min(at)));
                     continue;
                 }
                 c.timed_out = true;
@@ -973,7 +985,7 @@ impl<S: Slot> Dispatcher<S> {
                 if let Some(cancel) = &c.canceller {
                     cancel.cancel();
                 }
-                out.push(Overdue {
+                out.due.push(Overdue {
                     worker: WorkerKey { index: index as u32, gen: w.gen },
                     request_id: c.label.request_id,
                     method: c.label.method(),

@@ -290,15 +290,20 @@ async fn overdue_requests_are_cancelled_once() {
     let old =
         Ticket { method: b"GET", uri: b"/hang", request_id: 3, started: Instant::now() - Duration::from_secs(10) };
     let s = d.acquire(&old).await.expect("slot");
-    assert!(d.cancel_overdue(Duration::from_secs(60)).is_empty());
-    let over = d.cancel_overdue(Duration::from_secs(5));
+    let later = d.cancel_overdue(Duration::from_secs(60));
+    assert!(later.due.is_empty());
+    // It would be due 60 s after it began: the manager is told when.
+    assert_eq!(later.next_at, Some(old.started + Duration::from_secs(60)));
+    let over = d.cancel_overdue(Duration::from_secs(5)).due;
     assert_eq!(over.len(), 1);
     assert_eq!((over[0].uri.as_str(), over[0].request_id, over[0].worker), ("/hang", 3, w));
     assert!(flag.load(Ordering::Acquire));
     // the socket was shut down: the peer reads EOF
     let mut buf = [0u8; 1];
     assert_eq!(std::io::Read::read(&mut &b, &mut buf).ok(), Some(0));
-    assert!(d.cancel_overdue(Duration::from_secs(5)).is_empty(), "reported once");
+    let again = d.cancel_overdue(Duration::from_secs(5));
+    assert!(again.due.is_empty(), "reported once");
+    assert_eq!(again.next_at, None, "a timed-out request is not due again");
     assert_eq!(d.view().counters.request_timeouts, 1);
     // a timed-out slot never goes back to the pool
     d.release(s);
@@ -329,7 +334,7 @@ async fn an_abandoned_request_keeps_its_slot_busy_and_is_not_waited_for_by_a_dra
     assert_eq!((v.busy, v.open, v.abandoned), (2, 2, 1));
     assert_eq!((d.view().busy_slots, d.view().abandoned_slots), (2, 1));
     // No request-timeout for it: its client is gone and its worker is being replaced.
-    assert!(d.cancel_overdue(Duration::ZERO).iter().all(|o| o.request_id != 5));
+    assert!(d.cancel_overdue(Duration::ZERO).due.iter().all(|o| o.request_id != 5));
     // A drain waits for the other request only, and is told when that one is done.
     assert_eq!(d.drain_worker(w), 1);
     d.release(other);

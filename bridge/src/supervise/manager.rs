@@ -125,6 +125,9 @@ pub(crate) struct Manager {
     rate_limited: bool,
     backoff: Duration,
     next_spawn_at: Option<Instant>,
+    /// When the next running request reaches request-timeout (looked at then, not at the
+    /// next tick).
+    next_timeout_at: Option<Instant>,
     /// Young workers that died serving a request, in a row (their replacement's brake).
     serving_deaths: policy::ServingDeaths,
     /// The last start-up failure, while no worker has become ready since.
@@ -194,6 +197,7 @@ impl Manager {
             rate_limited: false,
             backoff: Duration::ZERO,
             next_spawn_at: None,
+            next_timeout_at: None,
             serving_deaths: policy::ServingDeaths::default(),
             failing: None,
             last_failure: Arc::new(Mutex::new(None)),
@@ -543,9 +547,20 @@ impl Manager {
         }
     }
 
+    /// A running request reached request-timeout between two ticks.
+    fn on_timeout_due(&mut self) {
+        self.next_timeout_at = None;
+        if self.stopping.is_none() {
+            self.read_scoreboards();
+            self.check_request_timeouts();
+        }
+    }
+
     fn check_request_timeouts(&mut self) {
+        self.next_timeout_at = None;
         let Some(timeout) = self.sup().request_timeout else { return };
-        let overdue = self.dispatcher.cancel_overdue(timeout);
+        let crate::dispatch::Overdues { due: overdue, next_at } = self.dispatcher.cancel_overdue(timeout);
+        self.next_timeout_at = next_at;
         let native = self.native();
         let graceful = self.sup().graceful_timeout;
         // An ASGI worker serves many requests at once: the overdue one's connection is shut
@@ -1198,10 +1213,7 @@ pub(crate) async fn run(
         if m.finished() {
             break;
         }
-        let wake_at = match m.next_spawn_at {
-            Some(t) if t < next_tick => t,
-            _ => next_tick,
-        };
+        let wake_at = [m.next_spawn_at, m.next_timeout_at].into_iter().flatten().fold(next_tick, Instant::min);
         let what = tokio::select! {
             // Commands first: an instance rolled to its account as it is now (instances.rs)
             // sends its new configuration just before the request that wakes the manager to
@@ -1227,9 +1239,12 @@ pub(crate) async fn run(
                 if m.next_spawn_at.is_some_and(|t| Instant::now() >= t) {
                     m.next_spawn_at = None;
                 }
-                if Instant::now() >= next_tick {
-                    next_tick = Instant::now() + m.tick_period();
+                let now = Instant::now();
+                if now >= next_tick {
+                    next_tick = now + m.tick_period();
                     m.on_timer();
+                } else if m.next_timeout_at.is_some_and(|t| now >= t) {
+                    m.on_timeout_due();
                 }
             }
         }
