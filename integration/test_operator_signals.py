@@ -70,14 +70,21 @@ def undelivered(pid: int, sig: int) -> bool:
     return False
 
 
-def takes_charge(pid: int, sig: int) -> bool:
-    """Whether `pid` ignores or catches `sig` (its default action is no longer in force)."""
+def signal_masks(pid: int) -> dict[str, int]:
+    """SigBlk (of the main thread), SigIgn and SigCgt of `pid`; empty if it is gone."""
     try:
         with open(f"/proc/{pid}/status") as f:
-            masks = {k: int(v.split()[0], 16) for k, _, v in (ln.partition(":") for ln in f) if k in ("SigIgn", "SigCgt")}
+            return {k: int(v.split()[0], 16) for k, _, v in (ln.partition(":") for ln in f)
+                    if k in ("SigBlk", "SigIgn", "SigCgt")}
     except (OSError, ValueError, IndexError):
-        return False
-    return bool((masks.get("SigIgn", 0) | masks.get("SigCgt", 0)) & (1 << (sig - 1)))
+        return {}
+
+
+def takes_charge(pid: int, sig: int) -> bool:
+    """Whether `pid` blocks, ignores or catches `sig` (its default action is no longer in
+    force)."""
+    masks = signal_masks(pid)
+    return bool((masks.get("SigBlk", 0) | masks.get("SigIgn", 0) | masks.get("SigCgt", 0)) & (1 << (sig - 1)))
 
 
 def wait_delivered(pids, sig: int, what: str):
@@ -257,5 +264,71 @@ def test_signals_while_the_daemon_starts(tmp_path):
         b.wait_ready([("l", "/health", "x")])
         b.log.wait_for(r"SIGUSR1: reopening log files")
         assert not [ln for ln in b.log.lines() if "exited" in ln], b.log.lines()
+    finally:
+        b.stop()
+
+
+def test_a_reload_sent_while_the_daemon_reads_its_configuration_is_applied(tmp_path):
+    """An edit saved while the daemon starts, and the SIGHUP sent for it, reach the daemon
+    before it can act on them: it must reload once it runs, not lose the signal. Made
+    certain here by the pool's interpreter: the daemon's probe of it (while it checks the
+    configuration, before any handler exists) adds a listener and sends the SIGHUP."""
+    port, late_port = free_ports(2)
+    python = shutil.which("python3")
+    wrapper = tmp_path / "python-that-edits"
+    flag = tmp_path / "edited"
+    wrapper.write_text(f"""#!/bin/sh
+if [ "$1" = "-S" ] && [ ! -e {flag} ]; then
+    : > {flag}
+    printf 'listeners:\\n  late:\\n    fastcgi: 127.0.0.1:{late_port}\\n    pool: plain\\n' > {tmp_path}/conf.d/60-late.yaml
+    kill -HUP $PPID
+fi
+exec {python} "$@"
+""")
+    wrapper.chmod(0o755)
+    b = make_bridge(tmp_path, {"plain": {"app": APP, "processes": 1, "threads": 1, "python": str(wrapper)}},
+                    {"l": {"fastcgi": f"127.0.0.1:{port}", "pool": "plain"}})
+    b.start()
+    try:
+        b.wait_ready([("l", "/health", "x")])
+        assert flag.exists(), "the probe ran the wrapper"
+        b.log.wait_for(r"SIGHUP: reloading", timeout=60)
+        b.log.wait_for(r"reload done: .*listeners added: late", timeout=60)
+        b.config["listeners"]["late"] = {"fastcgi": f"127.0.0.1:{late_port}", "pool": "plain"}
+        b.wait_ready([("late", "/health", "x")])
+        assert not [ln for ln in b.log.lines() if "exited" in ln], b.log.lines()
+    finally:
+        b.stop()
+
+
+def test_workers_do_not_inherit_the_daemons_blocked_signals(tmp_path, monkeypatch):
+    """The daemon blocks SIGHUP, SIGUSR1 and SIGUSR2 while it starts, and the runtime
+    threads it starts meanwhile keep them blocked. A worker forked from such a thread
+    must not: it would never get the SIGUSR2 that asks it for its Python stacks
+    (request-timeout, slowlog). Two runtime threads, so that the workers are forked from
+    them."""
+    monkeypatch.setenv("FCGIBRIDGE_RUNTIME_THREADS", "2")
+    port = free_ports(1)[0]
+    b = make_bridge(tmp_path, {"plain": {"app": APP, "processes": 2, "threads": 2}},
+                    {"l": {"fastcgi": f"127.0.0.1:{port}", "pool": "plain"}})
+    b.start()
+    try:
+        b.wait_ready([("l", "/health", "x")])
+        bits = sum(1 << (sig - 1) for sig in SIGNALS.values())
+        threads = [int(t) for t in os.listdir(f"/proc/{b.pid}/task")]
+        assert len(threads) > 2, "the daemon runs more than one thread"
+        workers = wait_until(lambda: (w := [p for p in descendants(b.pid) if b"fcgibridge_worker" in cmdline(p)])
+                             and len(w) == 2 and w, 60, 0.05, what="two workers")
+        for pid in workers:
+            masks = signal_masks(pid)
+            assert masks, f"worker {pid} gone"
+            assert masks["SigBlk"] & bits == 0, f"worker {pid} blocks {masks['SigBlk']:#x}"
+            # The native worker's own handlers are installed (it logs and ignores SIGHUP/SIGUSR1,
+            # dumps stacks on SIGUSR2).
+            assert masks["SigCgt"] & (1 << (signal.SIGUSR2 - 1)), f"worker {pid}: {masks}"
+        # And the daemon acts on them once running.
+        mark = b.log.mark()
+        os.kill(b.pid, signal.SIGUSR1)
+        b.log.wait_for(r"SIGUSR1: reopening log files", since=mark)
     finally:
         b.stop()

@@ -43,10 +43,10 @@ fn default_runtime_threads() -> usize {
 pub fn main(config_dir: &Path) -> ExitCode {
     crate::supervise::keep_inherited_descriptors_from_children();
     // Until run() installs their handlers, a reload or a log rotation aimed at a daemon
-    // that is starting must not end it (their default action); the configuration and the
-    // log files being opened now are the newest anyway.
-    if let Err(e) = crate::supervise::ignore_operator_signals() {
-        eprintln!("fcgibridge: cannot ignore SIGHUP/SIGUSR1/SIGUSR2 during start-up: {e}");
+    // that is starting must not end it (their default action): they wait, blocked (before
+    // any thread exists, so every thread inherits it), and are acted on once it runs.
+    if let Err(e) = crate::supervise::block_operator_signals() {
+        eprintln!("fcgibridge: cannot block SIGHUP/SIGUSR1/SIGUSR2 during start-up: {e}");
     }
     let loaded = crate::config::load(config_dir).map_err(|e| e.to_string());
     let config = match loaded
@@ -114,6 +114,11 @@ async fn run(
         tracing::error!("cannot install signal handlers");
         return ExitCode::FAILURE;
     };
+    // This is main()'s thread (block_on): one held since start-up is taken now.
+    if let Err(e) = crate::supervise::unblock_operator_signals() {
+        tracing::error!("cannot unblock SIGHUP/SIGUSR1/SIGUSR2: {e}");
+        return ExitCode::FAILURE;
+    }
     let mut running = match start(&config, passed, reopen, &notifier).await {
         Ok(r) => r,
         Err(code) => return code,

@@ -36,7 +36,9 @@ use tokio::task::JoinHandle;
 
 pub(crate) use isolate::inside as inside_chroot;
 pub(crate) use runtime_dir::RuntimeDir;
-pub(crate) use spawn::{ignore_operator_signals, keep_inherited_descriptors_from_children};
+pub(crate) use spawn::{
+    block_operator_signals, ignore_operator_signals, keep_inherited_descriptors_from_children, unblock_operator_signals,
+};
 pub(crate) use worker::describe_exit;
 
 /// What every pool manager of the daemon (template instances' too) shares to start workers.

@@ -490,17 +490,18 @@ pub(super) fn leave_terminal(cmd: &mut Command) {
 /// action ends a process, so a worker started with it would die of a log rotation.
 const OPERATOR_SIGNALS: [libc::c_int; 3] = [libc::SIGHUP, libc::SIGUSR1, libc::SIGUSR2];
 
-/// Ignore [`OPERATOR_SIGNALS`]: in a forked child before exec, and in the daemon until its
-/// own handlers are installed. An ignored disposition survives exec (handlers do not), so
-/// this covers the interpreter's start-up and `command:` programs, which never learn about
-/// the bridge. A program may still install handlers of its own: the native worker does
+/// Ignore [`OPERATOR_SIGNALS`] in a forked child before exec. An ignored disposition
+/// survives exec (handlers do not), so this covers the interpreter's start-up and
+/// `command:` programs, which never learn about the bridge. A program may still install handlers of its own: the native worker does
 /// (docs/worker-contract.md); for the others see [`block_operator_signals`]. Only
 /// sigprocmask and sigaction are called: async-signal-safe.
 pub(crate) fn ignore_operator_signals() -> std::io::Result<()> {
-    use nix::sys::signal::{sigprocmask, SigSet, SigmaskHow};
+    use nix::sys::signal::{sigprocmask, SigSet, SigmaskHow, Signal};
     // All three at once: blocked together first, so that one arriving between two of the
     // sigaction calls waits, and is discarded once ignored (POSIX), instead of ending the
-    // process. Then the mask is as it was (children inherit it).
+    // process. Then the mask is as it was but for the three, which end up unblocked: the
+    // daemon's threads that fork may hold them blocked (block_operator_signals), and a
+    // worker's own handlers (the stack dump on SIGUSR2) must receive them.
     let mut old = SigSet::empty();
     sigprocmask(SigmaskHow::SIG_BLOCK, Some(&operator_set()?), Some(&mut old))?;
     let mut result = Ok(());
@@ -516,6 +517,9 @@ pub(crate) fn ignore_operator_signals() -> std::io::Result<()> {
             result = Err(std::io::Error::last_os_error());
             break;
         }
+    }
+    for sig in OPERATOR_SIGNALS {
+        old.remove(Signal::try_from(sig)?);
     }
     sigprocmask(SigmaskHow::SIG_SETMASK, Some(&old), None)?;
     result
@@ -537,9 +541,24 @@ fn operator_set() -> std::io::Result<nix::sys::signal::SigSet> {
 /// process, which gets it too, passes that state to every child it forks afterwards: each
 /// exits at once and the pool is left dead but not gone. flup takes SIGHUP as "stop
 /// accepting". Blocking spares them both; their own subprocesses inherit the mask.
-fn block_operator_signals() -> std::io::Result<()> {
+///
+/// The daemon's main() blocks them too, before any thread exists, until its handlers are
+/// installed ([`unblock_operator_signals`]): one that arrives while it starts waits and is
+/// then acted on (a reload for an edit saved after the configuration was read), instead of
+/// ending it or being lost. The threads started meanwhile keep them blocked, so they reach
+/// the main thread; a child unblocks them in [`ignore_operator_signals`] (a signal mask is
+/// inherited across fork and exec).
+pub(crate) fn block_operator_signals() -> std::io::Result<()> {
     use nix::sys::signal::{sigprocmask, SigmaskHow};
     sigprocmask(SigmaskHow::SIG_BLOCK, Some(&operator_set()?), None)?;
+    Ok(())
+}
+
+/// In the daemon's main thread once its handlers exist: a signal held since start-up is
+/// delivered now.
+pub(crate) fn unblock_operator_signals() -> std::io::Result<()> {
+    use nix::sys::signal::{sigprocmask, SigmaskHow};
+    sigprocmask(SigmaskHow::SIG_UNBLOCK, Some(&operator_set()?), None)?;
     Ok(())
 }
 
