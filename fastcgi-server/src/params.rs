@@ -31,9 +31,10 @@ const EMPTY: Span = Span { chunk: 0, start: 0, len: 0 };
 /// `HTTP_COOKIE`.
 ///
 /// A repeated name stays at the position of its FIRST occurrence and takes the value of its
-/// last one: nginx repeats a name when a `fastcgi_param` overrides one from `fastcgi_params`,
-/// or a client's header (`fastcgi_param HTTP_HOST $2;` comes after the client's `Host`), and
-/// the override must win. A repeated `HTTP_COOKIE` is the client's cookies in several
+/// last one: nginx repeats a name when a `fastcgi_param` overrides one from `fastcgi_params`
+/// (`SCRIPT_FILENAME` set again after the include), HAProxy when a `set-param HTTP_…`
+/// overrides a client's header (it comes after the header; nginx leaves such a header out
+/// instead), and the override must win. A repeated `HTTP_COOKIE` is the client's cookies in several
 /// headers, which nginx before 1.23 passes as one pair each: they are joined with `; ` (as
 /// nginx 1.23 and Apache join them), so that none is lost. Names are compared byte for
 /// byte, case-sensitively.
@@ -168,8 +169,9 @@ impl Params {
     }
 
     /// How the values of a repeated name are joined (RFC 6265 5.4 for `Cookie`); None: the
-    /// last value wins. Other headers are not joined: a repeated `HTTP_*` name is as often
-    /// an operator's override as a client's repeat, and the two cannot be told apart.
+    /// last value wins. Other headers are not joined: a repeated `HTTP_*` name may be an
+    /// operator's override (HAProxy's `set-param`) as well as a client's repeat (nginx before
+    /// 1.23), the two cannot be told apart, and joining would let a client's value through.
     fn joined_with(name: &[u8]) -> Option<&'static [u8]> {
         (name == b"HTTP_COOKIE").then_some(b"; ")
     }
