@@ -357,6 +357,10 @@ class Bridge:
     def stop(self, timeout: float = 30.0):
         # Workers that outlived the bridge are in the process group it was started in.
         stop_process(self.proc, timeout=timeout)
+        # A panic in one of the daemon's tasks ends only that task: the requests around it
+        # may all look right. No test may cause one.
+        panics = [ln for ln in self.log.lines() if "panicked at" in ln]
+        assert not panics, "the bridge panicked:\n" + "\n".join(panics)
 
     def fcgi(self, listener: str = "fcgi-tcp", timeout: float = 60.0) -> fcgi_client.FcgiConnection:
         return fcgi_client.FcgiConnection(self.listener_address(listener), timeout=timeout)

@@ -894,6 +894,9 @@ impl BodySource for FcgiBody {
             self.ended = true;
             return Ok(None);
         };
+        if self.abort.is_terminated() {
+            return Err(FrontGone);
+        }
         tokio::select! {
             biased;
             _ = &mut self.abort => Err(FrontGone),
@@ -910,7 +913,12 @@ impl BodySource for FcgiBody {
     }
 
     async fn aborted(&mut self) {
-        let _ = (&mut self.abort).await;
+        // Once it has fired it stays fired: a oneshot polled again after its value panics,
+        // and a request the web server aborted while it waited for a worker that had
+        // already started it asks again (the exchange's pump).
+        if !self.abort.is_terminated() {
+            let _ = (&mut self.abort).await;
+        }
     }
 
     fn release_charge(&mut self) {
@@ -941,5 +949,34 @@ impl std::fmt::Debug for DebugEvent<'_> {
             ServerEvent::Data { id, data } => write!(f, "Data(id={id}, {} bytes)", data.len()),
             other => write!(f, "{other:?}"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn body(rx: Option<mpsc::Receiver<Bytes>>, abort: oneshot::Receiver<()>) -> FcgiBody {
+        FcgiBody { prefix: None, rx, abort, ended: false, charge: Arc::default() }
+    }
+
+    #[tokio::test]
+    async fn an_abort_once_fired_stays_fired() {
+        let (tx, rx) = oneshot::channel();
+        let (_body_tx, body_rx) = mpsc::channel(1);
+        let mut b = body(Some(body_rx), rx);
+        tx.send(()).expect("send");
+        b.aborted().await;
+        // Asked again (the queue's wait saw it, then the exchange's pump): at once, no panic.
+        tokio::time::timeout(Duration::from_secs(5), b.aborted()).await.expect("resolves again");
+        assert!(matches!(b.next_chunk().await, Err(FrontGone)));
+        // A web server that dropped the request (its sender gone) is an abort as well.
+        let (tx, rx) = oneshot::channel::<()>();
+        let (_body_tx, body_rx) = mpsc::channel(1);
+        let mut b = body(Some(body_rx), rx);
+        drop(tx);
+        assert!(matches!(b.next_chunk().await, Err(FrontGone)));
+        tokio::time::timeout(Duration::from_secs(5), b.aborted()).await.expect("resolves");
     }
 }

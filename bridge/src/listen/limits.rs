@@ -93,6 +93,8 @@ impl HeaderCharge {
 /// worker takes it (or it ends): its headers and the body bytes read for it meanwhile.
 /// Shared by the connection, which charges what it receives for the request, and the
 /// request's task, which [releases](Self::release) it all once a worker has the request.
+/// The default holds nothing.
+#[derive(Default)]
 pub(crate) struct RequestCharge(Mutex<Option<HeaderCharge>>);
 
 impl RequestCharge {
