@@ -34,10 +34,10 @@ const EMPTY: Span = Span { chunk: 0, start: 0, len: 0 };
 /// last one: nginx repeats a name when a `fastcgi_param` overrides one from `fastcgi_params`
 /// (`SCRIPT_FILENAME` set again after the include), HAProxy when a `set-param HTTP_…`
 /// overrides a client's header (it comes after the header; nginx leaves such a header out
-/// instead), and the override must win. A repeated `HTTP_COOKIE` is the client's cookies in several
-/// headers, which nginx before 1.23 passes as one pair each: they are joined with `; ` (as
-/// nginx 1.23 and Apache join them), so that none is lost. Names are compared byte for
-/// byte, case-sensitively.
+/// instead), and the override must win. A repeated `HTTP_COOKIE` is the client's cookies
+/// in several headers, which nginx before 1.23 passes as one pair each: they are joined
+/// with `; ` (as nginx 1.23 and Apache join them), so that none is lost. Names are
+/// compared byte for byte, case-sensitively.
 #[derive(Clone, Default)]
 pub struct Params {
     entries: Vec<(Span, Span)>,

@@ -492,9 +492,10 @@ const OPERATOR_SIGNALS: [libc::c_int; 3] = [libc::SIGHUP, libc::SIGUSR1, libc::S
 
 /// Ignore [`OPERATOR_SIGNALS`] in a forked child before exec. An ignored disposition
 /// survives exec (handlers do not), so this covers the interpreter's start-up and
-/// `command:` programs, which never learn about the bridge. A program may still install handlers of its own: the native worker does
-/// (docs/worker-contract.md); for the others see [`block_operator_signals`]. Only
-/// sigprocmask and sigaction are called: async-signal-safe.
+/// `command:` programs, which never learn about the bridge. A program may still install
+/// handlers of its own: the native worker does (docs/worker-contract.md); for the others
+/// see [`block_operator_signals`]. Only sigprocmask and sigaction are called:
+/// async-signal-safe.
 pub(crate) fn ignore_operator_signals() -> std::io::Result<()> {
     use nix::sys::signal::{sigprocmask, SigSet, SigmaskHow, Signal};
     // All three at once: blocked together first, so that one arriving between two of the
