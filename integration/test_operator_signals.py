@@ -317,8 +317,8 @@ def test_workers_do_not_inherit_the_daemons_blocked_signals(tmp_path, monkeypatc
         bits = sum(1 << (sig - 1) for sig in SIGNALS.values())
         threads = [int(t) for t in os.listdir(f"/proc/{b.pid}/task")]
         assert len(threads) > 2, "the daemon runs more than one thread"
-        workers = wait_until(lambda: (w := [p for p in descendants(b.pid) if b"fcgibridge_worker" in cmdline(p)])
-                             and len(w) == 2 and w, 60, 0.05, what="two workers")
+        workers = wait_until(lambda: (w := workers_by_kind(b)["native"]) and len(w) == 2 and w, 60, 0.05,
+                             what="two workers")
         for pid in workers:
             masks = signal_masks(pid)
             assert masks, f"worker {pid} gone"

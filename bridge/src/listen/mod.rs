@@ -852,18 +852,12 @@ mod tests {
 
     #[tokio::test]
     async fn a_tcp_listener_sends_without_delay() {
-        use std::os::fd::AsRawFd;
+        use nix::sys::socket::{getsockopt, sockopt};
         let cfg = config::Listener::for_tests("t", 0);
         let Ok(Bound::Tcp(l)) = bind(&cfg, &systemd::Passed::from_env()) else { panic!("a TCP listener") };
         // Connections inherit it at their handshake: a `direct` listener's workers accept
         // them later, once their app is imported.
-        let mut on: libc::c_int = 0;
-        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-        // SAFETY: an int option, its pointer and size valid for the call.
-        let r = unsafe {
-            libc::getsockopt(l.as_raw_fd(), libc::IPPROTO_TCP, libc::TCP_NODELAY, (&raw mut on).cast(), &mut len)
-        };
-        assert_eq!((r, on != 0), (0, true));
+        assert_eq!(getsockopt(&l, sockopt::TcpNoDelay).ok(), Some(true));
     }
 
     #[test]
