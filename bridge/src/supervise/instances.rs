@@ -820,7 +820,7 @@ impl TemplateRuntime {
                 self.looked(key, &inst.pool, inst.pool.clone());
                 Ok(inst.pool)
             }
-            Ok(cfg) => Ok(self.roll_instance(key, &inst, cfg, restart, occasion)),
+            Ok(cfg) => Ok(self.roll_instance(key, &inst, cfg, again)),
             Err(r) => match r(key.to_owned()) {
                 r @ Refusal::Lookup { .. } => {
                     tracing::warn!(pool = %inst.pool.name, "{occasion}: {r}; the instance keeps running as it was");
@@ -855,7 +855,8 @@ impl TemplateRuntime {
 
     /// A live instance takes its new configuration `cfg`: its workers restart with it (when
     /// it changes what a worker is, or on `restart`). Returns its new runtime.
-    fn roll_instance(&self, key: &str, inst: &Instance, cfg: Pool, restart: bool, occasion: &str) -> Arc<PoolRuntime> {
+    fn roll_instance(&self, key: &str, inst: &Instance, cfg: Pool, again: Again) -> Arc<PoolRuntime> {
+        let (occasion, restart) = (again.occasion(), matches!(again, Again::Reload { restart: true, .. }));
         let old = &inst.pool;
         if cfg.isolation != old.config.isolation {
             tracing::info!(
@@ -878,7 +879,8 @@ impl TemplateRuntime {
             control: old.control.clone(),
             reader: super::access::Reader::of(&cfg.isolation),
         });
-        p.send(ManagerCmd::Reconfigure { config: Arc::new(cfg), restart });
+        let looked = matches!(again, Again::Look { .. });
+        p.send(ManagerCmd::Reconfigure { config: Arc::new(cfg), restart, looked });
         self.looked(key, old, p.clone());
         p
     }

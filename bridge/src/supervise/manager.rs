@@ -52,7 +52,9 @@ const RESTARTS_KEPT: usize = 50;
 /// What the rest of the daemon asks of a pool manager.
 pub(crate) enum ManagerCmd {
     /// A reload: the pool's new configuration; `restart` forces a rolling restart.
-    Reconfigure { config: Arc<config::Pool>, restart: bool },
+    /// `looked`: not a reload but a template instance looked at again before a new worker,
+    /// whose account or files changed (its log lines must not say "reload").
+    Reconfigure { config: Arc<config::Pool>, restart: bool, looked: bool },
     /// The pool is gone (removed by a reload, or an instance of a template stopped): serve
     /// what is queued and in flight (at most `within`), then stop. `why` is the reason its
     /// workers' log lines and restart records give.
@@ -409,9 +411,9 @@ impl Manager {
 
     fn on_cmd(&mut self, cmd: ManagerCmd) {
         match cmd {
-            ManagerCmd::Reconfigure { config, restart } => {
+            ManagerCmd::Reconfigure { config, restart, looked } => {
                 self.reconfigures += 1;
-                self.reconfigure(config, restart);
+                self.reconfigure(config, restart, looked);
             }
             ManagerCmd::Remove { within, why } => {
                 tracing::info!(pool = &*self.name, "{why}: finishing its requests, then stopping its workers");
@@ -424,7 +426,7 @@ impl Manager {
         }
     }
 
-    fn reconfigure(&mut self, new: Arc<config::Pool>, restart: bool) {
+    fn reconfigure(&mut self, new: Arc<config::Pool>, restart: bool, looked: bool) {
         let old = std::mem::replace(&mut self.cfg, new);
         self.dispatcher.set_queue(self.cfg.queue_size, self.cfg.queue_timeout);
         let changed = needs_restart(&old, &self.cfg);
@@ -442,6 +444,7 @@ impl Manager {
             // fails in turn, the pool is not `rollout-failing` (`reload --wait` reads it).
             self.failing = None;
             self.rollout = match (restart, changed) {
+                (false, _) if looked => RolloutCause::Looked,
                 (false, _) => RolloutCause::Changed,
                 (true, false) => RolloutCause::Restart,
                 (true, true) => RolloutCause::RestartChanged,
@@ -449,16 +452,21 @@ impl Manager {
             let serving = self.workers.iter().filter(|w| w.state == State::Ready).count();
             let what = match self.rollout {
                 RolloutCause::Changed => "reload: configuration changed",
+                RolloutCause::Looked => "looked at again before a new worker: its account or files changed",
                 RolloutCause::Restart => "restart requested (reload --restart-workers or SIGUSR2)",
                 RolloutCause::RestartChanged => {
                     "restart requested (reload --restart-workers or SIGUSR2), configuration changed"
                 }
             };
-            tracing::info!(
-                pool = &*self.name,
-                workers = serving,
-                "{what}; rolling restart (each worker is retired once a new one is ready)"
-            );
+            if serving == 0 {
+                tracing::info!(pool = &*self.name, "{what}; the next worker starts with it");
+            } else {
+                tracing::info!(
+                    pool = &*self.name,
+                    workers = serving,
+                    "{what}; rolling restart (each worker is retired once a new one is ready)"
+                );
+            }
             // Workers still starting with the old configuration (or code) are of no use.
             let reason = self.rollout.starting_reason();
             for w in self.workers.iter_mut().filter(|w| w.state == State::Starting) {

@@ -279,7 +279,7 @@ impl Supervisor {
                         control: old.control.clone(),
                         reader: access::Reader::of(&cfg.isolation),
                     });
-                    p.send(ManagerCmd::Reconfigure { config: Arc::new(cfg.clone()), restart });
+                    p.send(ManagerCmd::Reconfigure { config: Arc::new(cfg.clone()), restart, looked: false });
                     next.push(p);
                 }
                 None => {
@@ -351,7 +351,8 @@ mod tests {
     fn a_reconfiguration_counts_only_once_its_manager_has_it() {
         let p = PoolRuntime::new(config::Pool::for_tests());
         let sent = || p.control.reconfigures_sent.load(Ordering::Relaxed);
-        let reconfigure = || ManagerCmd::Reconfigure { config: Arc::new(p.config.clone()), restart: true };
+        let reconfigure =
+            || ManagerCmd::Reconfigure { config: Arc::new(p.config.clone()), restart: true, looked: false };
         p.send(reconfigure());
         assert_eq!(sent(), 1);
         assert!(!p.control.manager_gone());

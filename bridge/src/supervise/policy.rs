@@ -365,6 +365,9 @@ pub(super) fn flagged(
 pub(super) enum RolloutCause {
     /// A reload changed what a worker is (app, python, env, threads, isolation…).
     Changed,
+    /// A template instance looked at again before a new worker (no reload): its account
+    /// or files changed.
+    Looked,
     /// SIGUSR2 or `fcgibridge reload --restart-workers` asked to restart the workers; the pool's configuration is as it was.
     Restart,
     /// The same with a changed configuration.
@@ -376,6 +379,7 @@ impl RolloutCause {
     pub(super) fn reason(self) -> &'static str {
         match self {
             Self::Changed => "reload (configuration changed)",
+            Self::Looked => "account or files changed (looked at again before a new worker)",
             Self::Restart => "restart requested (reload --restart-workers or SIGUSR2)",
             Self::RestartChanged => "restart requested (reload --restart-workers or SIGUSR2; configuration changed)",
         }
@@ -385,6 +389,7 @@ impl RolloutCause {
     pub(super) fn starting_reason(self) -> &'static str {
         match self {
             Self::Changed => "reload (started with the previous configuration)",
+            Self::Looked => "account or files changed (started as they were)",
             Self::Restart | Self::RestartChanged => {
                 "restart requested (reload --restart-workers or SIGUSR2) while it was starting"
             }
