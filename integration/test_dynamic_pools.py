@@ -954,6 +954,89 @@ def test_a_live_instance_looks_its_account_up_again(accounts):
         shutil.rmtree(pub, ignore_errors=True)
 
 
+# getpwnam_r(3) answering EIO for the one name written in $FBT_NSS_FAIL_FILE (while that
+# file exists), as when NSS cannot reach LDAP or SSSD; every other lookup goes to glibc.
+NSS_FAILING = r"""
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <errno.h>
+#include <pwd.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+int getpwnam_r(const char *name, struct passwd *pwd, char *buf, size_t len, struct passwd **result) {
+    static int (*real)(const char *, struct passwd *, char *, size_t, struct passwd **);
+    if (!real) real = dlsym(RTLD_NEXT, "getpwnam_r");
+    const char *path = getenv("FBT_NSS_FAIL_FILE");
+    FILE *f = path ? fopen(path, "r") : NULL;
+    if (f) {
+        char failing[256] = {0};
+        int hit = fgets(failing, sizeof failing, f) && strcmp(failing, name) == 0;
+        fclose(f);
+        if (hit) {
+            *result = NULL;
+            errno = EIO; /* glibc sets errno to the error it returns */
+            return EIO;
+        }
+    }
+    return real(name, pwd, buf, len, result);
+}
+"""
+
+
+def test_an_account_lookup_that_fails_is_a_503_and_is_looked_up_again(accounts, monkeypatch):
+    """The account directory does not answer for one user: that user's site gets a 503 with
+    Retry-After (not the 404 of a site that does not exist), the other users' sites are served,
+    and once the directory answers again the site is made as it is."""
+    cc = shutil.which("cc") or shutil.which("gcc")
+    assert cc, "a C compiler is needed to build the failing NSS lookup (scripts/install-test-deps)"
+    alice, bob = accounts["alice"], accounts["bob"]
+    pub = Path(tempfile.mkdtemp(prefix="fcgibridge-lookup-"))
+    pub.chmod(0o755)
+    try:
+        (pub / "nss_failing.c").write_text(NSS_FAILING)
+        shim = pub / "nss_failing.so"
+        subprocess.run([cc, "-shared", "-fPIC", "-o", str(shim), str(pub / "nss_failing.c"), "-ldl"],
+                       check=True, capture_output=True)
+        failing = pub / "failing"
+        failing.write_text(alice.pw_name)
+        for a in (alice, bob):
+            d = pub / "homes" / a.pw_name
+            d.mkdir(parents=True)
+            shutil.copy(APPS / "site_app.py", d / "app.py")
+            os.chown(d / "app.py", a.pw_uid, a.pw_gid)
+            d.chmod(0o755)
+        (pub / "homes").chmod(0o755)
+        monkeypatch.setenv("LD_PRELOAD", str(shim))
+        monkeypatch.setenv("FBT_NSS_FAIL_FILE", str(failing))
+        spec = {"template": {"min-uid": 1000}, "app": f"{pub}/homes/{{user}}/app.py", "python": SYSTEM_PYTHON,
+                "user": "{user}", "threads": 2, "max-processes": 1}
+        b = start_bridge(pub, {"homes": spec}, extra={"runtime-dir": str(pub / "run"), "log-rate-limit": False})
+        try:
+            def as_user(a):
+                return get(b, "localhost", extra=[("REMOTE_USER", a.pw_name)])
+
+            r = as_user(alice)
+            assert r.status == 503, r.stdout[:300]
+            assert r.header("Retry-After") == "5", r.split()[1]
+            key = re.escape(alice.pw_name)
+            b.log.wait_for(rf'cannot look up user "{key}": EIO.*the account database did not answer', 0)
+            assert json.loads(as_user(bob).body)["uid"] == bob.pw_uid
+            # Remembered for its Retry-After: asked again at once, the directory is not.
+            assert as_user(alice).status == 503
+            lines = [ln for ln in b.log.lines() if f'cannot look up user "{alice.pw_name}"' in ln]
+            assert len(lines) == 2 and "(remembered for 5s), answering 503" in lines[1], lines
+            failing.unlink()
+            wait_until(lambda: as_user(alice).status == 200, 60, interval=0.5, what="alice's site made")
+            assert json.loads(as_user(alice).body)["uid"] == alice.pw_uid
+            assert set(instances(b)) == {alice.pw_name, bob.pw_name}
+        finally:
+            b.stop()
+    finally:
+        shutil.rmtree(pub, ignore_errors=True)
+
+
 def test_nginx_virtual_hosts_each_run_as_the_owner_of_their_site(accounts, nginx_front, tmp_path):
     pub = Path(tempfile.mkdtemp(prefix="fcgibridge-owners-"))
     pub.chmod(0o755)
