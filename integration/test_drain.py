@@ -114,6 +114,35 @@ def test_allowed_clients_keeps_listed_peers_and_refuses_others_with_a_log_line(t
         b.stop()
 
 
+def test_allowed_clients_added_by_a_reload_applies_to_the_very_next_connection(tmp_path):
+    """The listener waited in accept() with its old settings when the reload came: the
+    connection that ends that wait is judged by the new ones."""
+    from harness import to_yaml
+    port = free_ports(1)[0]
+    b = make_bridge(tmp_path, {"p": pool(str(APPS / "edge_app.py"), processes=1, threads=2)},
+                    {"fcgi-tcp": {"fastcgi": f"127.0.0.1:{port}", "pool": "p"}})
+    try:
+        b.start()
+        wait_until(lambda: b.assert_running() or fc.fcgi_request(("127.0.0.1", port), "/health").status == 200,
+                   120, 0.25, what="200 from 127.0.0.1")
+        b.config["listeners"]["fcgi-tcp"]["allowed-clients"] = ["127.0.0.2"]
+        (b.confdir / "50-test.yaml").write_text(to_yaml(b.config))
+        mark = b.log.mark()
+        b.proc.send_signal(signal.SIGHUP)
+        b.log.wait_for([r"reload done"], since=mark)
+        with fc.FcgiConnection(("127.0.0.1", port), timeout=30) as c:
+            try:
+                c.begin(1, fc.cgi_params("/health"))
+            except OSError:
+                pass
+            assert c.read_until_closed(30) == b""
+        b.log.wait_for([r"connection refused: peer not in allowed-clients", r"listener\W+fcgi-tcp"], since=mark)
+        with fc.FcgiConnection(("127.0.0.1", port), timeout=30, source="127.0.0.2") as c:
+            assert c.request("/health").status == 200
+    finally:
+        b.stop()
+
+
 def test_fcgi_web_server_addrs_applies_to_every_tcp_listener(tmp_path, monkeypatch):
     """FCGI_WEB_SERVER_ADDRS (read once at start-up): every TCP listener keeps only the
     listed peers, each refusal logged with the listener and the peer."""

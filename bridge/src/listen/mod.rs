@@ -360,15 +360,17 @@ impl Drop for ConnGuard {
 async fn accept_loop(bound: Bound, mut ctx: Arc<ListenerCtx>, mut stop: watch::Receiver<bool>) {
     let live = Arc::new(AtomicUsize::new(0));
     loop {
-        if ctx.superseded() {
-            ctx = ctx.latest();
-        }
-        let protocol = ctx.protocol;
         let accepted = tokio::select! {
             biased;
             _ = stop.changed() => return,
             a = accept(&bound) => a,
         };
+        // The settings of the moment the connection came: a reload while this loop waited
+        // in accept() applies to it (allowed-clients, ping-path, keepalive-timeout...).
+        if ctx.superseded() {
+            ctx = ctx.latest();
+        }
+        let protocol = ctx.protocol;
         let (conn, peer) = match accepted {
             Ok(c) => c,
             Err(e) => {
