@@ -93,6 +93,42 @@ def test_a_changed_pool_rolls_without_a_failed_request_and_others_stay(tmp_path)
         b.stop()
 
 
+def listen_backlogs() -> dict:
+    """Local address -> the backlog of every listening TCP and unix socket (`ss`: Send-Q)."""
+    out = subprocess.run(["ss", "-ltxnH"], capture_output=True, text=True, timeout=30).stdout
+    found = {}
+    for line in out.splitlines():
+        fields = line.split()
+        if "LISTEN" in fields:
+            at = fields.index("LISTEN")
+            found[fields[at + 3]] = int(fields[at + 2])
+    return found
+
+
+def test_a_reload_applies_a_changed_backlog_to_the_kept_socket(tmp_path):
+    port = free_ports(1)[0]
+    sock = tmp_path / "u.sock"
+    listeners = {"l-a": {"fastcgi": f"127.0.0.1:{port}", "pool": "a", "backlog": 100},
+                 "l-u": {"fastcgi": f"unix:{sock}", "pool": "a", "backlog": 100}}
+    b = start(tmp_path, {"a": lc_pool(processes=1, threads=1)}, listeners=listeners)
+    try:
+        tcp = f"127.0.0.1:{port}"
+        assert listen_backlogs()[tcp] == 100 and listen_backlogs()[str(sock)] == 100, listen_backlogs()
+        before = b.proc.pid
+
+        def change(c):
+            for name in ("l-a", "l-u"):
+                c["listeners"][name]["backlog"] = 500
+        rewrite(b, change)
+        lines = reload(b)
+        assert listen_backlogs()[tcp] == 500 and listen_backlogs()[str(sock)] == 500, listen_backlogs()
+        b.log.wait_for([r"reload: backlog now 500", r"listener\W+l-a"])
+        assert b.proc.pid == before and lines
+        assert get(b, "a", "/health").status == 200
+    finally:
+        b.stop()
+
+
 def test_listeners_keep_their_sockets_and_listeners_and_pools_come_and_go(tmp_path):
     b = start(tmp_path, {
         "a": lc_pool(processes=1, threads=2),

@@ -455,6 +455,12 @@ pub(super) fn listener(src: &Source, dir: &Path, name: &str, mut raw: RawListene
     let body_timeout = positive(raw.body_timeout, "body-timeout", DEFAULT_BODY_TIMEOUT);
     let send_timeout = positive(raw.send_timeout, "send-timeout", DEFAULT_SEND_TIMEOUT);
     let keepalive_timeout = positive(raw.keepalive_timeout, "keepalive-timeout", DEFAULT_KEEPALIVE_TIMEOUT);
+    if protocol == Protocol::Scgi && raw.keepalive_timeout.is_some() {
+        errs.push(src.invalid(
+            &here.key("keepalive-timeout"),
+            "applies only to FastCGI listeners (an SCGI connection carries one request)",
+        ));
+    }
     let max_connections = raw.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS);
     if max_connections == 0 {
         errs.push(src.invalid(&here.key("max-connections"), "must be 1 or more"));

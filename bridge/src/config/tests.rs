@@ -919,6 +919,13 @@ listeners:
 }
 
 #[test]
+fn keepalive_timeout_on_an_scgi_listener_is_an_error_not_ignored() {
+    let text = "listeners:\n  l:\n    scgi: 127.0.0.1:9100\n    pool: demo\n    keepalive-timeout: 10s\n";
+    let lines = error_lines(&valid("scgi-keepalive").file("30-x.yaml", text));
+    assert_lines_start_with(&lines, &["5:5: listeners.l.keepalive-timeout: applies only to FastCGI listeners"]);
+}
+
+#[test]
 fn whole_number_bounds_are_the_real_ones() {
     let cases = [
         (

@@ -18,7 +18,7 @@ use crate::supervise::PoolRuntime;
 use context::{ListenerCtx, Succession};
 use fastcgi_server::Limits;
 use std::collections::HashMap;
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -182,6 +182,10 @@ struct RunningListener {
     stop: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
     socket_file: Option<PathBuf>,
+    /// The socket the bridge bound and accepts on (open as long as `task` runs), for a
+    /// reload that changes `backlog`; `None` for a passed socket (its owner's backlog)
+    /// and a `direct` listener's.
+    backlog_fd: Option<std::os::fd::RawFd>,
 }
 
 /// The daemon's listeners. A reload keeps the socket of every listener whose address
@@ -219,6 +223,11 @@ impl ListenerSet {
             Bound::Unix { path, .. } | Bound::Direct { path } => path.clone(),
             Bound::Tcp(_) => None,
         };
+        let backlog_fd = match (&cfg.address, &b) {
+            (ListenAddress::Tcp(_), Bound::Tcp(l)) => Some(l.as_raw_fd()),
+            (ListenAddress::Unix(_), Bound::Unix { listener, .. }) => Some(listener.as_raw_fd()),
+            _ => None,
+        };
         self.registry.track.listener_started(&ctx.name, &ctx.open_conns);
         let task = if let Bound::Direct { .. } = b {
             let pool = cfg.routes.first().map(|r| r.pool.as_str()).unwrap_or_default();
@@ -228,7 +237,7 @@ impl ListenerSet {
             tracing::info!(listener = %cfg.name, protocol = ?cfg.protocol, address = %describe(&cfg.address), "listening");
             tokio::spawn(accept_loop(b, ctx.clone(), stop_rx))
         };
-        self.live.push(RunningListener { cfg: cfg.clone(), ctx, stop, task, socket_file });
+        self.live.push(RunningListener { cfg: cfg.clone(), ctx, stop, task, socket_file, backlog_fd });
         Ok(())
     }
 
@@ -287,6 +296,9 @@ impl ListenerSet {
                     if let Err(e) = apply_socket_perms(&cfg, path) {
                         tracing::warn!(listener = %cfg.name, "{e}");
                     }
+                }
+                if cfg.backlog != l.cfg.backlog {
+                    set_backlog(&l, cfg.backlog);
                 }
             }
             self.registry.track.listener_started(&ctx.name, &ctx.open_conns);
@@ -715,6 +727,24 @@ fn bind(cfg: &config::Listener, passed: &systemd::Passed) -> Result<Bound, Liste
             let fd = passed.take(fd_name).map_err(|e| ListenError::Systemd { name: name.clone(), source: e })?;
             bind_fd(name, fd)
         }
+    }
+}
+
+/// A reload changed `backlog`: listen(2) again on the listening socket, which Linux takes
+/// as the new backlog (connections already queued stay).
+fn set_backlog(l: &RunningListener, backlog: u32) {
+    let name = &l.cfg.name;
+    let Some(fd) = l.backlog_fd.filter(|_| !l.task.is_finished()) else {
+        tracing::warn!(listener = %name, "reload: backlog {backlog} not applied: the socket is passed to the bridge (set it where it is made: systemd's Backlog=) or accepted on by the workers (direct); it applies at the next restart");
+        return;
+    };
+    // SAFETY: the accept loop owns this socket and runs (checked above), so it is open.
+    let sock = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    let n = nix::sys::socket::Backlog::new(i32::try_from(backlog).unwrap_or(i32::MAX))
+        .unwrap_or(nix::sys::socket::Backlog::MAXCONN);
+    match nix::sys::socket::listen(&sock, n) {
+        Ok(()) => tracing::info!(listener = %name, "reload: backlog now {backlog}"),
+        Err(e) => tracing::warn!(listener = %name, "reload: backlog {backlog} not applied: listen(2): {e}"),
     }
 }
 
