@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 import fcgi_client as fc
-from harness import wait_until
+from harness import to_yaml, wait_until
 from supervision_support import (APP, Background, Hammer, alive, get, lc_pool, pid_of, start, wait_for_new_pid,
                                  worker_pids)
 
@@ -39,6 +39,25 @@ def test_max_requests_recycles_without_a_failed_request(tmp_path):
             assert pids.count(p) + (i == 0) >= 5, (p, pids)
         b.log.wait_for([r"retiring the worker: max-requests \(\d+ served\)"])
         b.log.wait_for([r"worker stopped \(max-requests"])
+    finally:
+        b.stop()
+
+
+def test_max_requests_added_by_a_reload_applies_to_the_running_worker(tmp_path):
+    """docs/supervision.md: a changed max-requests applies to the running workers too — also
+    to one started without any (its limit was 0)."""
+    b = start(tmp_path, {"p": lc_pool(processes=1, threads=1)})
+    try:
+        first = pid_of(get(b, "p", "/pid"))
+        for _ in range(10):
+            assert pid_of(get(b, "p", "/pid")) == first
+        b.config["pools"]["p"].update({"max-requests": 5, "max-requests-jitter": 0})
+        (b.confdir / "50-test.yaml").write_text(to_yaml(b.config))
+        mark = b.log.mark()
+        b.proc.send_signal(signal.SIGHUP)
+        b.log.wait_for([r"reload done"], since=mark)
+        b.log.wait_for([r"retiring the worker: max-requests \(\d+ served\)", rf"pid\W+{first}\b"], since=mark)
+        wait_until(lambda: pid_of(get(b, "p", "/pid")) != first, 60, what="a new worker serving")
     finally:
         b.stop()
 

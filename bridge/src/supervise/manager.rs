@@ -480,8 +480,10 @@ impl Manager {
         // The workers that stay take the new max-requests (each drew its jitter at spawn).
         let (was, now) = (&old.supervision, &self.cfg.supervision);
         if (was.max_requests, was.max_requests_jitter) != (now.max_requests, now.max_requests_jitter) {
-            for w in self.workers.iter().filter(|w| w.state != State::Stopping) {
+            for w in self.workers.iter_mut().filter(|w| w.state != State::Stopping) {
                 let limit = policy::max_requests_for(&self.cfg.supervision, &mut self.spread);
+                // Both copies: the recycle check skips a worker whose own limit is 0.
+                w.max_requests = limit;
                 self.dispatcher.set_max_requests(w.key, limit);
             }
         }
