@@ -473,6 +473,49 @@ def test_status_follows_a_reload(sb):
         (sb.confdir / "60-extra.yaml").unlink()
 
 
+def test_a_pool_removed_and_added_again_starts_all_its_counters_afresh(sb):
+    """Requests, responses and durations of a pool that a reload removed and a later one
+    added again all start from zero together (not some from zero, some carried over)."""
+    port, = free_ports(1)
+    conf = sb.confdir / "60-gamma.yaml"
+
+    def add():
+        conf.write_text(f"pools:\n  gamma:\n    app: {APPS / 'edge_app.py'}\n    processes: 1\n    threads: 1\n"
+                        + ("    allow-root: true\n" if os.geteuid() == 0 else "")
+                        + f"listeners:\n  gamma:\n    fastcgi: 127.0.0.1:{port}\n    pool: gamma\n")
+        assert run_cli(sb, "reload", "--wait").returncode == 0
+
+    def counts():
+        g = pool_of(status_json(sb), "gamma")
+        return g["accepted_requests"], sum(g["responses"].values()), g["latency_seconds"]["since_start"]["count"]
+
+    def request(path):
+        return fcgi_client.fcgi_request(("127.0.0.1", port), path, headers={"Host": "x"})
+
+    add()
+    try:
+        wait_until(lambda: request("/health").status == 200, 60, what="gamma serving")
+        for _ in range(4):
+            assert request("/health").status == 200
+        wait_until(lambda: counts() == (5, 5, 5), 30, what="five requests counted")
+        conf.unlink()
+        assert run_cli(sb, "reload", "--wait").returncode == 0
+        wait_until(lambda: "gamma" not in [p["name"] for p in status_json(sb)["pools"]], 60, what="gamma gone")
+        # A second later than the daemon's start, so the two start times differ.
+        started = status_json(sb)["start_time"]
+        wait_until(lambda: int(time.time()) > started, 30, what="a second after the daemon's start")
+        made = int(time.time())
+        add()
+        wait_until(lambda: request("/health").status == 200, 60, what="gamma serving again")
+        wait_until(lambda: counts() == (1, 1, 1), 30, what="one request counted")
+        # Its start time is when the reload made it, not the daemon's.
+        doc = status_json(sb)
+        assert pool_of(doc, "gamma")["start_time"] >= made > doc["start_time"], doc
+    finally:
+        conf.unlink(missing_ok=True)
+        run_cli(sb, "reload", "--wait")
+
+
 def test_control_stop_is_a_graceful_stop(sb):
     # Last test of the module: it stops the shared bridge.
     r = run_cli(sb, "stop")

@@ -164,7 +164,7 @@ pub(crate) async fn serve<S: BodySource, K: ResponseSink>(
     };
 
     let took = started.elapsed();
-    registry.track.finished(&lst.name, pool_name.map(|p| &**p), status, took);
+    registry.track.finished(&lst.name, pool_name, status, took);
     if let Some(log) = &registry.access_log {
         let s = |name: &[u8]| String::from_utf8_lossy(req.params.get(name).unwrap_or(b""));
         log.record(&AccessRecord {

@@ -735,7 +735,11 @@ fn bind(cfg: &config::Listener, passed: &systemd::Passed) -> Result<Bound, Liste
 fn set_backlog(l: &RunningListener, backlog: u32) {
     let name = &l.cfg.name;
     let Some(fd) = l.backlog_fd.filter(|_| !l.task.is_finished()) else {
-        tracing::warn!(listener = %name, "reload: backlog {backlog} not applied: the socket is passed to the bridge (set it where it is made: systemd's Backlog=) or accepted on by the workers (direct); it applies at the next restart");
+        if matches!(l.cfg.address, ListenAddress::Fd(_) | ListenAddress::Systemd(_)) {
+            tracing::warn!(listener = %name, "reload: backlog {backlog} not applied: the socket is passed to the bridge, its backlog is set where it is made (systemd's Backlog=)");
+        } else {
+            tracing::warn!(listener = %name, "reload: backlog {backlog} not applied: the workers accept on this socket (direct); it applies at the next restart");
+        }
         return;
     };
     // SAFETY: the accept loop owns this socket and runs (checked above), so it is open.

@@ -288,7 +288,7 @@ fn pool_card(o: &mut String, p: &PoolStatus, h: Option<&PoolHistory>, now: f64, 
     let counters = [
         ("server_errors", "5xx", p.responses.server_errors(), lmv.server_errors, moved.server_errors),
         ("rejected_requests", "503 rejected", p.rejected_requests, lmv.rejected_requests, moved.rejected_requests),
-        ("request_timeouts", "504 timeouts", p.request_timeouts, lmv.request_timeouts, moved.request_timeouts),
+        ("request_timeouts", "request timeouts", p.request_timeouts, lmv.request_timeouts, moved.request_timeouts),
         ("worker_exits", "worker exits", p.worker_exits, lmv.worker_exits, moved.worker_exits),
         ("worker_crashes", "crashes", p.worker_crashes, lmv.worker_crashes, moved.worker_crashes),
     ];

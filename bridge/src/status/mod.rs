@@ -24,7 +24,7 @@ use std::time::Instant;
 
 /// A pool's sample for the history: its counters in `track.rs` and the supervisor's.
 fn pool_sample(s: &track::State, p: &PoolStats) -> PoolSample {
-    let c = s.pools.get(&p.name);
+    let c = track::pool_counters(s, &p.incarnation);
     PoolSample {
         // A direct pool's durations and responses come from its workers' scoreboards.
         latency: c.map(|c| c.latency).unwrap_or_default().plus(p.direct_latency),
@@ -94,6 +94,7 @@ pub(crate) fn tick(registry: &Registry, now: Instant) {
         let pools = stats.pools.iter().map(|p| (p.name.clone(), pool_sample(s, p))).collect();
         let listeners = listeners.iter().map(|l| (l.name.clone(), listener_sample(s, l, &stats.pools))).collect();
         s.history.record(now, pools, listeners);
+        track::forget_gone_pools(s);
     });
 }
 
@@ -125,7 +126,7 @@ pub(crate) fn snapshot(registry: &Registry) -> Status {
         reloads: stats.reloads,
         draining: registry.drain_status(),
         listeners: listeners.iter().map(|l| listener_status(s, l, &stats.pools, now)).collect(),
-        pools: stats.pools.into_iter().map(|p| pool_status(s, p, start_time, now)).collect(),
+        pools: stats.pools.into_iter().map(|p| pool_status(s, p, now)).collect(),
     })
 }
 
@@ -151,8 +152,8 @@ fn listener_status(s: &track::State, l: &config::Listener, pools: &[PoolStats], 
     }
 }
 
-fn pool_status(s: &track::State, p: PoolStats, start_time: u64, now: Instant) -> PoolStatus {
-    let slow = s.pools.get(&p.name).map_or(0, |c| c.slow);
+fn pool_status(s: &track::State, p: PoolStats, now: Instant) -> PoolStatus {
+    let slow = track::pool_counters(s, &p.incarnation).map_or(0, |c| c.slow);
     let sample = pool_sample(s, &p);
     let ago = s.history.pool_minute_ago(&p.name, now).copied().unwrap_or_default();
     let workers: Vec<WorkerStatus> = p
@@ -185,7 +186,7 @@ fn pool_status(s: &track::State, p: PoolStats, start_time: u64, now: Instant) ->
         name: p.name,
         state: p.state,
         start_error: p.start_error,
-        start_time,
+        start_time: p.start_time as u64,
         accepted_requests: p.accepted_requests,
         direct: p.direct,
         queue_length: p.queue_length,

@@ -89,7 +89,7 @@ pub(crate) struct PoolStatus {
     pub slow_requests: u64,
     /// Requests answered 503: queue full, queue-timeout, or no worker could start.
     pub rejected_requests: u64,
-    /// Requests answered 504 by request-timeout.
+    /// Requests ended by request-timeout: a 504, a response cut off, or a direct worker killed.
     pub request_timeouts: u64,
     /// Requests written to a busy worker connection behind its current request (`pipeline`).
     pub piped_requests: u64,

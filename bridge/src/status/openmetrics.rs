@@ -109,7 +109,11 @@ fn pools(o: &mut Out, s: &Status) {
         ("fcgibridge_pool_rejected_requests", "Requests answered 503 (queue full, queue-timeout or no worker).", |p| {
             p.rejected_requests
         }),
-        ("fcgibridge_pool_request_timeouts", "Requests answered 504 by request-timeout.", |p| p.request_timeouts),
+        (
+            "fcgibridge_pool_request_timeouts",
+            "Requests ended by request-timeout (a 504, or a response cut off).",
+            |p| p.request_timeouts,
+        ),
         ("fcgibridge_pool_worker_exits", "Worker processes that exited (any reason).", |p| p.worker_exits),
         ("fcgibridge_pool_worker_crashes", "Worker processes that exited unasked or failed to start.", |p| {
             p.worker_crashes

@@ -49,7 +49,7 @@ fn check(registry: &Registry, reported: &mut HashSet<u64>) {
                 if c.duration_seconds < limit.as_secs_f64() || !reported.insert(key) {
                     continue;
                 }
-                registry.track.slow(&stats.name);
+                registry.track.slow(&pool.name);
                 let ran = Duration::from_secs_f64(c.duration_seconds);
                 if python {
                     tracing::warn!(pool = %stats.name, pid = w.pid, request_id, "slow request: {} {} running for {ran:.1?}; its Python stack follows", c.method, c.uri);

@@ -10,11 +10,20 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
-#[derive(Default)]
 pub(crate) struct PoolCounters {
+    /// The pool these are of: its name's `Arc`, which a reload that changes the pool keeps,
+    /// and a pool removed and made again by reloads (or a template instance stopped and made
+    /// again) does not — it starts from zero, as its supervisor's counters do. Held, the
+    /// `Weak` also keeps the address (the map's key) from going to another pool's name.
+    owner: Weak<str>,
     pub slow: u64,
     pub latency: Histogram,
     pub responses: Classes,
+}
+
+/// A pool's key in [`State::pools`]: the address of its name's `Arc`.
+fn key(pool: &Arc<str>) -> usize {
+    Arc::as_ptr(pool).cast::<u8>() as usize
 }
 
 #[derive(Default)]
@@ -29,8 +38,19 @@ pub(crate) struct State {
     pub listeners: HashMap<String, ListenerCounters>,
     /// The open-connection counter of every listener context, by listener name.
     pub listener_conns: Vec<(String, Weak<AtomicUsize>)>,
-    pub pools: HashMap<String, PoolCounters>,
+    /// By [`key`]: the counters of each pool (incarnation) that served a request.
+    pub pools: HashMap<usize, PoolCounters>,
     pub history: History,
+}
+
+/// The counters of `pool`, created on first use.
+fn pool_entry<'m>(pools: &'m mut HashMap<usize, PoolCounters>, pool: &Arc<str>) -> &'m mut PoolCounters {
+    pools.entry(key(pool)).or_insert_with(|| PoolCounters {
+        owner: Arc::downgrade(pool),
+        slow: 0,
+        latency: Histogram::default(),
+        responses: Classes::default(),
+    })
 }
 
 /// `f` on the entry of `key`, created on first use (the key is copied only then).
@@ -71,24 +91,34 @@ impl Tracker {
 
     /// A request on `listener` (served by `pool` when one was chosen) ended with `status`
     /// after `took` (the duration of its access-log line).
-    pub(crate) fn finished(&self, listener: &str, pool: Option<&str>, status: u16, took: Duration) {
+    pub(crate) fn finished(&self, listener: &str, pool: Option<&Arc<str>>, status: u16, took: Duration) {
         let mut s = self.state();
         with_entry(&mut s.listeners, listener, |l| {
             l.latency.record(took);
             l.responses.record(status);
         });
         if let Some(pool) = pool {
-            with_entry(&mut s.pools, pool, |p| {
-                p.latency.record(took);
-                p.responses.record(status);
-            });
+            let p = pool_entry(&mut s.pools, pool);
+            p.latency.record(took);
+            p.responses.record(status);
         }
     }
 
     /// A request of `pool` passed its slowlog-timeout.
-    pub(crate) fn slow(&self, pool: &str) {
-        with_entry(&mut self.state().pools, pool, |p| p.slow += 1);
+    pub(crate) fn slow(&self, pool: &Arc<str>) {
+        pool_entry(&mut self.state().pools, pool).slow += 1;
     }
+}
+
+/// The counters of `pool` (as its runtime names it), if it has any.
+pub(crate) fn pool_counters<'s>(s: &'s State, pool: &Arc<str>) -> Option<&'s PoolCounters> {
+    s.pools.get(&key(pool))
+}
+
+/// Forget the counters of pools that are gone (removed by a reload, template instances
+/// stopped): nothing reads them any more.
+pub(crate) fn forget_gone_pools(s: &mut State) {
+    s.pools.retain(|_, c| c.owner.strong_count() > 0);
 }
 
 /// Open connections of a listener now.

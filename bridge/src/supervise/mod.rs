@@ -119,6 +119,9 @@ pub(crate) struct PoolControl {
     /// Reconfigurations sent to the manager: its view reflects one once its `reconfigures`
     /// reaches this count (how `fcgibridge reload --wait` knows its reload arrived).
     pub(crate) reconfigures_sent: AtomicU64,
+    /// Unix time the daemon made the pool (at its start, by a reload, or as a template's
+    /// instance); a reload that changes the pool keeps it.
+    pub(crate) start_time: f64,
 }
 
 impl PoolControl {
@@ -154,6 +157,7 @@ impl PoolRuntime {
                 cmd_rx: Mutex::new(Some(cmd_rx)),
                 view: Mutex::default(),
                 reconfigures_sent: AtomicU64::new(0),
+                start_time: stats::unix_now(),
             }),
             reader: access::Reader::of(&config.isolation),
             config,

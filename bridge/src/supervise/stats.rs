@@ -67,6 +67,11 @@ pub(crate) struct ReloadRecord {
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct PoolStats {
     pub name: String,
+    /// The pool's name as its runtime holds it: whose counters in status/track.rs are its.
+    #[serde(skip)]
+    pub incarnation: Arc<str>,
+    /// Unix time the daemon made the pool.
+    pub start_time: f64,
     /// "static", "dynamic" or "ondemand".
     pub mode: &'static str,
     /// "starting", "running", "idle" (ondemand, no process), "failing" (the app cannot
@@ -315,6 +320,8 @@ pub(crate) fn pool_snapshot(pool: &PoolRuntime) -> PoolStats {
     PoolStats {
         instance: None,
         name: pool.name.to_string(),
+        incarnation: pool.name.clone(),
+        start_time: pool.control.start_time,
         mode: if mv.mode.is_empty() { pool.config.supervision.mode.as_str() } else { mv.mode },
         state: if mv.state.is_empty() { "starting" } else { mv.state },
         unavailable_reason: dv.unavailable.map(|r| r.to_string()),
