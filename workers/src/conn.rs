@@ -605,7 +605,7 @@ impl Conn {
 
     /// Whether the next request's PARAMS are complete in what was received (settled, and any
     /// request aborted before the app was called ended). Never waits.
-    fn buffered_request(&mut self) -> bool {
+    pub(crate) fn buffered_request(&mut self) -> bool {
         loop {
             self.process();
             self.settle();
