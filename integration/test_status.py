@@ -516,6 +516,38 @@ def test_a_pool_removed_and_added_again_starts_all_its_counters_afresh(sb):
         run_cli(sb, "reload", "--wait")
 
 
+def test_workers_by_state_add_up_while_one_drains(tmp_path):
+    """A worker retired with a request in flight is `draining` (JSON and OpenMetrics), and
+    the states always add up to every process of the pool."""
+    fport, sport = free_ports(2)
+    b = make_bridge(tmp_path, {"p": {"app": str(APPS / "edge_app.py"), "processes": 1, "threads": 1}},
+                    {"front": {"fastcgi": f"127.0.0.1:{fport}", "pool": "p"}},
+                    bridge_extra={"status": {"listen": f"127.0.0.1:{sport}", "path": "/status"}})
+    b.status_url = f"http://127.0.0.1:{sport}"
+    b.start()
+    tag = f"drain-{os.getpid()}"
+    t = threading.Thread(target=lambda: b.request("/hold", query=f"tag={tag}", listener="front"))
+    try:
+        b.wait_ready([("front", "/health", "x")])
+        t.start()
+        wait_until(lambda: pool_of(status_json(b), "p")["busy_workers"] == 1, 30, what="the held request running")
+        b.proc.send_signal(signal.SIGUSR2)
+
+        def draining():
+            p = pool_of(status_json(b), "p")
+            states = [p[k] for k in ("idle_workers", "busy_workers", "starting_workers", "draining_workers")]
+            assert sum(states) == p["total_workers"], p
+            return p["draining_workers"] == 1 and p
+        wait_until(draining, 30, what="the old worker draining")
+        metrics = http(b.status_url + "/status?openmetrics")[2]
+        assert re.search(r'^fcgibridge_pool_workers\{pool="p",state="draining"\} 1$', metrics, re.M), metrics
+        assert re.search(r'^fcgibridge_pool_workers\{pool="p",state="starting"\} \d+$', metrics, re.M), metrics
+    finally:
+        (tmp_path / f"{tag}.release").write_text("")
+        t.join(30)
+        b.stop()
+
+
 def test_control_stop_is_a_graceful_stop(sb):
     # Last test of the module: it stops the shared bridge.
     r = run_cli(sb, "stop")

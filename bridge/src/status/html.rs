@@ -40,6 +40,15 @@ pub(crate) fn human_bytes(n: u64) -> String {
     }
 }
 
+/// A whole number of seconds (the age of a worker, known to the second) as "26s", "2m05s".
+fn human_age(secs: u64) -> String {
+    if secs < 60 {
+        format!("{secs}s")
+    } else {
+        human_secs(secs as f64)
+    }
+}
+
 /// A duration in seconds as "1.234s", "2m05s", "3h02m".
 pub(crate) fn human_secs(s: f64) -> String {
     if s < 60.0 {
@@ -444,7 +453,7 @@ fn worker_tables(o: &mut String, s: &Status) {
                 w.requests,
                 human_bytes(w.rss_bytes),
                 human_secs(w.cpu_seconds),
-                human_secs((crate::supervise::stats::unix_now() as u64).saturating_sub(w.spawn_time) as f64),
+                human_age((crate::supervise::stats::unix_now() as u64).saturating_sub(w.spawn_time)),
                 esc(w.retiring_reason.as_deref().unwrap_or("-")),
                 esc(w.last_restart_reason.as_deref().unwrap_or("-"))
             );

@@ -203,6 +203,8 @@ fn pool_status(s: &track::State, p: PoolStats, now: Instant) -> PoolStatus {
         concurrency: p.concurrency,
         idle_workers: p.idle_workers,
         busy_workers: p.busy_workers,
+        starting_workers: p.starting_workers,
+        draining_workers: p.draining_workers,
         total_workers: p.total_workers,
         idle_slots: p.idle_slots,
         active_requests: p.busy_slots,

@@ -106,6 +106,10 @@ pub(crate) struct PoolStatus {
     pub idle_workers: usize,
     /// Worker processes serving at least one request now.
     pub busy_workers: usize,
+    /// Worker processes starting (not ready yet).
+    pub starting_workers: usize,
+    /// Worker processes retiring or stopping (taking no new request; may finish some).
+    pub draining_workers: usize,
     pub total_workers: usize,
     /// Free worker connections (threads) now.
     pub idle_slots: usize,

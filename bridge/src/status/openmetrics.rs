@@ -162,6 +162,8 @@ fn pools(o: &mut Out, s: &Status) {
     for p in &s.pools {
         o.sample("fcgibridge_pool_workers", &[("pool", &p.name), ("state", "idle")], p.idle_workers);
         o.sample("fcgibridge_pool_workers", &[("pool", &p.name), ("state", "busy")], p.busy_workers);
+        o.sample("fcgibridge_pool_workers", &[("pool", &p.name), ("state", "starting")], p.starting_workers);
+        o.sample("fcgibridge_pool_workers", &[("pool", &p.name), ("state", "draining")], p.draining_workers);
     }
 }
 
