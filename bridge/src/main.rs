@@ -6,7 +6,11 @@ use fcgibridge::{cli, config, daemon};
 use std::path::PathBuf;
 
 #[derive(Parser)]
-#[command(name = "fcgibridge", version, about = "Serve Python WSGI apps to any web server over FastCGI and SCGI")]
+#[command(
+    name = "fcgibridge",
+    version,
+    about = "Serve Python WSGI and ASGI apps (and FastCGI programs) to any web server over FastCGI and SCGI"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -105,6 +109,7 @@ enum Command {
     },
     /// Stop one instance of a pool template (a later request for its key makes a new one).
     StopInstance {
+        /// The pool template's name (its key under `pools:`).
         template: String,
         /// The instance's key: its host or user name (`fcgibridge status` lists them).
         key: String,
@@ -122,7 +127,8 @@ enum Command {
         /// chroot, chdir, env and interface — and report each, `ok` or its start-up error
         /// (on stderr; exit 1 if one fails). This runs the apps' code, as the pools' users.
         /// Nothing is served; an import longer than the pool's startup-timeout is killed.
-        /// Templates are skipped (their instances are made on demand).
+        /// Templates are skipped (their instances are made on demand), and so are `command:`
+        /// pools (FastCGI programs, not Python apps).
         #[arg(long)]
         import: bool,
     },

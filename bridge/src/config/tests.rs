@@ -926,6 +926,13 @@ fn keepalive_timeout_on_an_scgi_listener_is_an_error_not_ignored() {
 }
 
 #[test]
+fn an_ondemand_pool_with_no_queue_time_is_an_error() {
+    let text = "pools:\n  q:\n    app: x\n    mode: ondemand\n    queue-timeout: 0s\n";
+    let lines = error_lines(&valid("ondemand-queue-timeout").file("30-x.yaml", text));
+    assert_lines_start_with(&lines, &["5:5: pools.q.queue-timeout: an ondemand pool's first request waits"]);
+}
+
+#[test]
 fn whole_number_bounds_are_the_real_ones() {
     let cases = [
         (
