@@ -93,6 +93,15 @@ def durations(b):
     return {k: float(m.group(1)) for k, m in found.items()}
 
 
+def assert_counts_agree(b):
+    """Once the scoreboards' numbers are in (read once a second): pool `app`'s requests,
+    responses and timed requests are the same count."""
+    def agree():
+        p, d = b.pool_status("app"), durations(b)
+        return p["accepted_requests"] == sum(p["responses"].values()) == d["pool"] and (p, d)
+    wait_until(agree, 30, what="requests, responses and durations of pool app agreeing")
+
+
 def held_request(b, front, prefix, max_s=60):
     """A /hold request (tag `prefix-…`) running in a worker, once the status page shows it:
     (tag, its Background). It ends when `<workdir>/<tag>.release` exists, or after `max_s`."""
@@ -225,6 +234,7 @@ def test_request_timeout_kills_and_replaces_the_worker(tmp_path_factory):
     b, front = start(tmp_path_factory, "direct-timeout", processes=1, threads=2, **{"request-timeout": "2s"})
     try:
         mark = b.log.mark()
+        before, timed = b.pool_status("app"), durations(b)
         tag = "stuck-" + uuid.uuid4().hex[:8]
         r = front.get(f"/hold?tag={tag}&max=120")
         # The killed worker's connection closes under nginx.
@@ -232,8 +242,15 @@ def test_request_timeout_kills_and_replaces_the_worker(tmp_path_factory):
         lines = b.log.wait_for([rf"request-timeout \(2s\): GET /hold\?tag={tag}"], since=mark, timeout=60)
         assert not [ln for ln in lines if "answering 504" in ln], lines
         stuck = int((b.workdir / f"{tag}.pid").read_text())
-        wait_until(lambda: ok(front, "/health") and all(w["pid"] != stuck for w in workers(b)), 60,
-                   what="a replacement worker")
+        wait_until(lambda: all(w["pid"] != stuck for w in workers(b)), 60, what="a replacement worker")
+        # The killed request counts as what nginx answered (a 5xx) and is timed (over 2 s).
+        after, now = b.pool_status("app"), durations(b)
+        assert after["responses"]["5xx"] == before["responses"]["5xx"] + 1, (before, after)
+        assert after["request_timeouts"] == before["request_timeouts"] + 1
+        slow = lambda d: d["pool"] - d["pool_le_0.25"]  # noqa: E731 (the quick /health ones may come late)
+        assert slow(now) == slow(timed) + 1, (timed, now)
+        assert_counts_agree(b)
+        wait_until(lambda: ok(front, "/health"), 60, what="served again")
     finally:
         front.stop()
         b.stop()
@@ -242,6 +259,7 @@ def test_request_timeout_kills_and_replaces_the_worker(tmp_path_factory):
 def test_a_crashing_worker_is_replaced_and_its_request_named(stack):
     b, front = stack
     mark = b.log.mark()
+    before = b.pool_status("app")
     tag = "die-" + uuid.uuid4().hex[:8]
     r = front.get(f"/die/exit?tag={tag}")
     assert r.status_code == 502
@@ -250,6 +268,13 @@ def test_a_crashing_worker_is_replaced_and_its_request_named(stack):
     dead = int((b.workdir / f"{tag}.pid").read_text())
     wait_until(lambda: len(workers(b)) == 2 and all(w["pid"] != dead for w in workers(b)), 60,
                what="the dead worker replaced")
+    # Each request a worker died running (nginx may have sent the GET to a second one) is
+    # a 5xx on the status page, and timed: responses, durations and requests agree.
+    after = b.pool_status("app")
+    crashes = after["worker_crashes"] - before["worker_crashes"]
+    assert crashes >= 1
+    assert after["responses"]["5xx"] - before["responses"]["5xx"] == crashes, (before, after)
+    assert_counts_agree(b)
     assert ok(front, "/health")
 
 

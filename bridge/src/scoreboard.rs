@@ -7,7 +7,8 @@
 //! 12 (requests an ASGI worker ended for request-timeout itself), responses by status
 //! class 1xx..5xx as five u64 at 16..56 — then one 256-byte slot per thread (an ASGI
 //! worker: per request in flight, up to `concurrency`): `served: u64`, `started: u64` (CLOCK_MONOTONIC ns, 0 when idle),
-//! `line_len: u32`, a reserved u32, and 232 bytes of `METHOD URI` as 29 u64 words. The
+//! `line_len: u32`, `head: u32` (the current request's response head: 0 not sent, 1-5 its
+//! status class, u32::MAX not told), and 232 bytes of `METHOD URI` as 29 u64 words. The
 //! last 128 bytes of the mapping: how long the worker's requests ran (the app's start to
 //! END_REQUEST), 15 u64 counts in the buckets of status/latency.rs, then their sum in ns.
 use crate::shared_memory::{SharedMemory, SharedMemoryError};
@@ -23,6 +24,9 @@ const SLOT: usize = 256;
 const LINE_OFFSET: usize = 24;
 /// The durations' bytes, at the end of the mapping.
 const DURATIONS: usize = 128;
+/// A slot's `head` when the worker does not say whether the response head went out (an
+/// ASGI worker's requests).
+pub(crate) const HEAD_UNTRACKED: u32 = u32::MAX;
 /// Bytes of a slot's `METHOD URI`.
 pub(crate) const LINE_BYTES: usize = SLOT - LINE_OFFSET;
 const LINE_WORDS: usize = LINE_BYTES / 8;
@@ -120,6 +124,17 @@ impl Scoreboard {
         (0..self.threads as usize).map(|i| self.thread(HEADER + i * SLOT)).collect()
     }
 
+    /// After the worker died: the requests its threads were running then, each as when it
+    /// began (CLOCK_MONOTONIC ns) and its response head (0 not sent, 1-5 its class sent,
+    /// [`HEAD_UNTRACKED`]: the worker did not say).
+    pub(crate) fn unfinished(&self) -> Vec<(u64, u32)> {
+        (0..self.threads as usize)
+            .map(|i| HEADER + i * SLOT)
+            .map(|at| (self.u64_at(at + 8).load(Ordering::Acquire), self.u32_at(at + 20).load(Ordering::Relaxed)))
+            .filter(|&(started, _)| started != 0)
+            .collect()
+    }
+
     fn thread(&self, at: usize) -> ThreadSnapshot {
         let served = self.u64_at(at).load(Ordering::Acquire);
         let started = self.u64_at(at + 8).load(Ordering::Acquire);
@@ -153,6 +168,13 @@ impl Scoreboard {
         }
         self.u32_at(at + 16).store(n as u32, Ordering::Relaxed);
         self.u64_at(at + 8).store(started.max(1), Ordering::Release);
+    }
+
+    /// What the worker does, for tests: thread `i`'s response head, status class `class`
+    /// (0: none yet), went out.
+    #[cfg(test)]
+    pub(crate) fn head(&self, i: usize, class: u32) {
+        self.u32_at(HEADER + i * SLOT + 20).store(class, Ordering::Relaxed);
     }
 
     /// What the worker does, for tests: thread `i` finished its request.
@@ -199,6 +221,17 @@ mod tests {
         assert_eq!(size_for(1), 4096);
         assert_eq!(size_for(15), 4096);
         assert_eq!(size_for(16), 8192);
+    }
+
+    #[test]
+    fn the_unfinished_requests_are_those_running_with_their_head() {
+        let board = Scoreboard::new(3).unwrap();
+        board.begin(0, b"GET /a", 40);
+        board.head(0, 2);
+        board.begin(1, b"GET /b", 41);
+        board.begin(2, b"GET /c", 42);
+        board.end(2);
+        assert_eq!(board.unfinished(), vec![(40, 2), (41, 0)]);
     }
 
     #[test]

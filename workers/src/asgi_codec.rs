@@ -221,7 +221,7 @@ impl AsgiConnection {
         let slot = scoreboard::lend_slot();
         let began = crate::sys::monotonic_ns();
         if let Some(slot) = slot {
-            slot.begin(tag.line(), began);
+            slot.begin(tag.line(), began, false);
         }
         self.running.push(Running { id, tag, slot, began });
         &self.running.last().expect("just pushed").tag

@@ -187,6 +187,8 @@ pub(crate) struct Req {
     claim: Option<Claim>,
     /// A direct worker's id and `METHOD URI` of the request ([`crate::direct`]).
     pub tag: Option<Tag>,
+    /// The serving thread's scoreboard slot (a direct worker), told when the head goes out.
+    pub slot: Option<&'static crate::scoreboard::Slot>,
 }
 
 impl Req {
@@ -216,6 +218,7 @@ impl Req {
             authorizer: false,
             claim: None,
             tag: None,
+            slot: None,
         }
     }
 
@@ -605,7 +608,7 @@ impl Conn {
 
     /// Whether the next request's PARAMS are complete in what was received (settled, and any
     /// request aborted before the app was called ended). Never waits.
-    pub(crate) fn buffered_request(&mut self) -> bool {
+    fn buffered_request(&mut self) -> bool {
         loop {
             self.process();
             self.settle();
@@ -909,6 +912,9 @@ impl Conn {
         r.head.extend_from_slice(b"\r\n");
         if self.direct.is_some() {
             crate::scoreboard::count_response(r.status_code);
+            if let Some(slot) = r.slot {
+                slot.head_sent(r.status_code);
+            }
         }
         r.head.extend_from_slice(first);
         r.body_bytes += first.len() as u64;

@@ -460,10 +460,11 @@ fn handle_request(py: Python<'_>, w: &mut Worker, shared: &Arc<Shared>) -> PyRes
                 // from here until its END_REQUEST.
                 let request_id = r.tag.as_ref().map(|tag| {
                     if let Some(slot) = w.slot {
-                        slot.begin(tag.line(), sys::monotonic_ns());
+                        slot.begin(tag.line(), sys::monotonic_ns(), true);
                     }
                     PyString::new(py, tag.request_id())
                 });
+                r.slot = w.slot;
                 (r.params.take().unwrap_or_default(), r.serial, request_id)
             }
             None => return Ok(false),
@@ -507,45 +508,24 @@ fn handle_request(py: Python<'_>, w: &mut Worker, shared: &Arc<Shared>) -> PyRes
         }
     }
     let exiting = outcome.fatal.is_some();
-    let next = if w.direct {
-        end_direct(py, shared, serial, w.slot, exiting)
-    } else {
-        py.detach(|| {
-            let mut c = shared.lock();
-            let keep = c.finish(serial);
-            c.flush();
-            keep && !exiting && c.wait_request()
-        })
-    };
+    let (direct, slot) = (w.direct, w.slot);
+    let next = py.detach(|| {
+        let mut c = shared.lock();
+        let keep = c.finish(serial);
+        c.flush();
+        if let Some(slot) = slot {
+            slot.end();
+        }
+        // A retiring direct worker closes a kept connection after its current request; a
+        // direct worker parks it rather than wait on it, unless its next request is here.
+        keep && !exiting
+            && !(direct && scoreboard::draining())
+            && if direct { c.pipelined_request() } else { c.wait_request() }
+    });
     match outcome.fatal {
         Some(e) => Err(e),
         None => Ok(next),
     }
-}
-
-/// End a direct worker's request: whether the connection's next request is here already.
-/// Done with the GIL held — the sends do not wait, and the thread releases the GIL once per
-/// request (to wait for its next connection) rather than twice: with several threads, each
-/// release hands the GIL to another thread, which then runs a whole request before this
-/// one gets it back only to release it again. Only a socket that is full (a large response
-/// the web server has not read yet) is waited on, with the GIL released.
-fn end_direct(py: Python<'_>, shared: &Shared, serial: u64, slot: Option<&scoreboard::Slot>, exiting: bool) -> bool {
-    let mut c = shared.lock_py(py);
-    let keep = c.finish(serial);
-    let mut sent = c.try_flush();
-    // A retiring worker closes a kept connection after its current request; otherwise
-    // it is parked rather than waited on, unless its next request is here.
-    let next = keep && !exiting && !scoreboard::draining() && c.buffered_request();
-    sent = sent && c.try_flush();
-    drop(c);
-    if !sent {
-        py.detach(|| shared.lock().flush());
-    }
-    // Timed to its END_REQUEST's write, as before.
-    if let Some(slot) = slot {
-        slot.end();
-    }
-    next
 }
 
 /// serve(listen_fd, app, threads, processes, client_disconnected)

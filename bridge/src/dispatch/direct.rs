@@ -114,6 +114,25 @@ impl<S: Slot> Dispatcher<S> {
     }
 }
 
+impl<S: Slot> Dispatcher<S> {
+    /// A direct worker died (crashed, killed for request-timeout or at graceful-timeout)
+    /// while its threads ran `unfinished` requests (each as when it began, and its response
+    /// head as [`crate::scoreboard::Scoreboard::unfinished`] gives it): each is timed to
+    /// `now_ns`, and one that had sent no head counts as a 5xx — the web server answers it
+    /// 502. So the pool's responses and durations count every request, as a pool's through
+    /// the bridge do.
+    pub(crate) fn direct_died(&self, unfinished: &[(u64, u32)], now_ns: u64) {
+        let mut inner = self.lock();
+        let counters = &mut inner.counters;
+        for &(started, head) in unfinished.iter().filter(|(_, head)| *head != crate::scoreboard::HEAD_UNTRACKED) {
+            counters.direct_latency.record(Duration::from_nanos(now_ns.saturating_sub(started)));
+            if head == 0 {
+                counters.direct_responses.record(502);
+            }
+        }
+    }
+}
+
 /// A direct worker's scoreboard as read at one instant.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Observed {
@@ -175,6 +194,19 @@ mod tests {
         let pool = d.view();
         assert_eq!((pool.counters.accepted, pool.counters.served), (6, 5));
         assert_eq!(d.worker_view(w, true).unwrap().current[0].uri, "/b");
+    }
+
+    #[test]
+    fn the_requests_a_direct_worker_died_running_are_timed_and_the_unanswered_are_5xx() {
+        let d: Dispatcher<Fake> = Dispatcher::new(0, Duration::from_secs(1));
+        let now_ns = crate::scoreboard::monotonic_now_ns();
+        let began = now_ns - 3_000_000_000;
+        // No head sent; a 2xx head sent (a cut-off response); an ASGI request (not told).
+        d.direct_died(&[(began, 0), (began, 2), (began, crate::scoreboard::HEAD_UNTRACKED)], now_ns);
+        let c = d.view().counters;
+        assert_eq!(c.direct_responses.0, [0, 0, 0, 0, 1]);
+        assert_eq!(c.direct_latency.count(), 2);
+        assert!((c.direct_latency.sum_seconds() - 6.0).abs() < 1e-6, "{}", c.direct_latency.sum_seconds());
     }
 
     #[test]

@@ -311,6 +311,9 @@ impl Manager {
                 let mut w = self.workers.swap_remove(i);
                 // Its last numbers, and the requests it was running when it died.
                 observe(&self.dispatcher, &w);
+                if let Some(board) = &w.scoreboard {
+                    self.dispatcher.direct_died(&board.unfinished(), crate::scoreboard::monotonic_now_ns());
+                }
                 if let Some(v) = self.dispatcher.worker_view(w.key, false) {
                     w.served = v.served;
                 }
