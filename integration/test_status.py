@@ -535,10 +535,10 @@ def test_workers_by_state_add_up_while_one_drains(tmp_path):
 
         def draining():
             p = pool_of(status_json(b), "p")
-            states = [p[k] for k in ("idle_workers", "busy_workers", "starting_workers", "draining_workers")]
-            assert sum(states) == p["total_workers"], p
             return p["draining_workers"] == 1 and p
-        wait_until(draining, 30, what="the old worker draining")
+        p = wait_until(draining, 30, what="the old worker draining")
+        states = [p[k] for k in ("idle_workers", "busy_workers", "starting_workers", "draining_workers")]
+        assert sum(states) == p["total_workers"], p
         metrics = http(b.status_url + "/status?openmetrics")[2]
         assert re.search(r'^fcgibridge_pool_workers\{pool="p",state="draining"\} 1$', metrics, re.M), metrics
         assert re.search(r'^fcgibridge_pool_workers\{pool="p",state="starting"\} \d+$', metrics, re.M), metrics

@@ -73,7 +73,7 @@ pub(crate) struct Slot {
     /// CLOCK_MONOTONIC nanoseconds when the current request began running the app; 0 idle.
     started: AtomicU64,
     line_len: AtomicU32,
-    /// The current request's response head: 0 not sent yet, 1-5 its status class (sent),
+    /// The current request's response head: 0 none yet, 1-5 its status class (made, queued),
     /// [`HEAD_UNTRACKED`] not told (an ASGI worker's request). For the bridge, after the
     /// worker died: a request it was running had answered the web server, or had not.
     head: AtomicU32,

@@ -734,7 +734,7 @@ fn bind(cfg: &config::Listener, passed: &systemd::Passed) -> Result<Bound, Liste
 /// as the new backlog (connections already queued stay).
 fn set_backlog(l: &RunningListener, backlog: u32) {
     let name = &l.cfg.name;
-    let Some(fd) = l.backlog_fd.filter(|_| !l.task.is_finished()) else {
+    let Some(fd) = l.backlog_fd else {
         if matches!(l.cfg.address, ListenAddress::Fd(_) | ListenAddress::Systemd(_)) {
             tracing::warn!(listener = %name, "reload: backlog {backlog} not applied: the socket is passed to the bridge, its backlog is set where it is made (systemd's Backlog=)");
         } else {
@@ -742,23 +742,34 @@ fn set_backlog(l: &RunningListener, backlog: u32) {
         }
         return;
     };
-    // SAFETY: the accept loop owns this socket and runs (checked above), so it is open.
-    let sock = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
-    let n = nix::sys::socket::Backlog::new(i32::try_from(backlog).unwrap_or(i32::MAX))
-        .unwrap_or(nix::sys::socket::Backlog::MAXCONN);
-    match nix::sys::socket::listen(&sock, n) {
-        Ok(()) => tracing::info!(listener = %name, "reload: backlog now {backlog}"),
-        Err(e) => tracing::warn!(listener = %name, "reload: backlog {backlog} not applied: listen(2): {e}"),
+    if l.task.is_finished() {
+        return; // the listener stopped accepting (its socket is closed): nothing to set
+    }
+    // The kernel caps the value at net.core.somaxconn, as at the start (nix's Backlog
+    // would cap it at 4096 instead).
+    let n = libc::c_int::try_from(backlog).unwrap_or(libc::c_int::MAX);
+    // SAFETY: listen(2) on a descriptor the accept loop owns and keeps open while it runs
+    // (checked above); a bad descriptor would only make it fail.
+    if unsafe { libc::listen(fd, n) } == 0 {
+        tracing::info!(listener = %name, "reload: backlog now {backlog}");
+    } else {
+        let e = std::io::Error::last_os_error();
+        tracing::warn!(listener = %name, "reload: backlog {backlog} not applied: listen(2): {e}");
     }
 }
 
 fn bind_unix(path: &Path, backlog: u32) -> std::io::Result<std::os::unix::net::UnixListener> {
-    use nix::sys::socket::{bind, listen, socket, AddressFamily, Backlog, SockFlag, SockType, UnixAddr};
+    use nix::sys::socket::{bind, socket, AddressFamily, SockFlag, SockType, UnixAddr};
     let fd = socket(AddressFamily::Unix, SockType::Stream, SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK, None)?;
     let addr = UnixAddr::new(path)?;
-    bind(std::os::fd::AsRawFd::as_raw_fd(&fd), &addr)?;
-    let backlog = Backlog::new(i32::try_from(backlog).unwrap_or(i32::MAX)).unwrap_or(Backlog::MAXCONN);
-    listen(&fd, backlog)?;
+    bind(fd.as_raw_fd(), &addr)?;
+    // libc's, not nix's Backlog (capped at 4096): the kernel caps it at net.core.somaxconn,
+    // as for a TCP listener.
+    let n = libc::c_int::try_from(backlog).unwrap_or(libc::c_int::MAX);
+    // SAFETY: listen(2) on the socket just made, which `fd` owns.
+    if unsafe { libc::listen(fd.as_raw_fd(), n) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
     Ok(std::os::unix::net::UnixListener::from(fd))
 }
 

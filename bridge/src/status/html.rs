@@ -237,7 +237,7 @@ fn charts(o: &mut String, h: &PoolHistory, direct: bool, now: f64, interval: f64
     figure(o, &base("errors", "5xx/s", Unit::Rate, vec![area("5xx", RED, some(&h.server_errors_per_second))]));
     let counted = vec![
         bars("503", AMBER, events(&h.rejected_requests)),
-        bars("504", RED, events(&h.request_timeouts)),
+        bars("timeouts", RED, events(&h.request_timeouts)),
         bars("exits", SLATE, events(&h.worker_exits)),
         bars("crashes", BLACK, events(&h.worker_crashes)),
     ];
@@ -369,7 +369,7 @@ fn queue_cell(p: &PoolStatus) -> String {
 
 fn pool_table(o: &mut String, s: &Status, history: &History) {
     o.push_str("<h2>Pools</h2><div class=\"scroll\"><table id=\"pools\"><tr><th>pool</th><th>requests</th><th>queue now / max / size</th>\
-<th>state</th><th>idle / busy / total workers</th><th>idle threads</th><th>max children reached</th><th>slow</th><th>5xx</th><th>503</th><th>504</th>\
+<th>state</th><th>idle / busy / total workers</th><th>idle threads</th><th>max children reached</th><th>slow</th><th>5xx</th><th>503</th><th>timeouts</th>\
 <th>spawns</th><th>worker exits</th><th>crashes</th></tr>\n");
     for p in &s.pools {
         let moved = history.pools.iter().find(|h| h.name == p.name).map(|h| h.moved).unwrap_or_default();

@@ -111,7 +111,7 @@ fn pools(o: &mut Out, s: &Status) {
         }),
         (
             "fcgibridge_pool_request_timeouts",
-            "Requests ended by request-timeout (a 504, or a response cut off).",
+            "Requests ended by request-timeout (a 504, a response cut off, or a direct worker killed).",
             |p| p.request_timeouts,
         ),
         ("fcgibridge_pool_worker_exits", "Worker processes that exited (any reason).", |p| p.worker_exits),

@@ -52,8 +52,9 @@ const RESTARTS_KEPT: usize = 50;
 /// What the rest of the daemon asks of a pool manager.
 pub(crate) enum ManagerCmd {
     /// A reload: the pool's new configuration; `restart` forces a rolling restart.
-    /// `looked`: not a reload but a template instance looked at again before a new worker,
-    /// whose account or files changed (its log lines must not say "reload").
+    /// `looked`: not a reload but a template instance looked at again (before a new worker,
+    /// or as its workers fail to start) whose configuration changed (its log lines must not
+    /// say "reload").
     Reconfigure { config: Arc<config::Pool>, restart: bool, looked: bool },
     /// The pool is gone (removed by a reload, or an instance of a template stopped): serve
     /// what is queued and in flight (at most `within`), then stop. `why` is the reason its
@@ -455,7 +456,7 @@ impl Manager {
             let serving = self.workers.iter().filter(|w| w.state == State::Ready).count();
             let what = match self.rollout {
                 RolloutCause::Changed => "reload: configuration changed",
-                RolloutCause::Looked => "looked at again before a new worker: its account or files changed",
+                RolloutCause::Looked => "looked at again (no reload): its account, files or interpreter changed",
                 RolloutCause::Restart => "restart requested (reload --restart-workers or SIGUSR2)",
                 RolloutCause::RestartChanged => {
                     "restart requested (reload --restart-workers or SIGUSR2), configuration changed"

@@ -365,8 +365,8 @@ pub(super) fn flagged(
 pub(super) enum RolloutCause {
     /// A reload changed what a worker is (app, python, env, threads, isolation…).
     Changed,
-    /// A template instance looked at again before a new worker (no reload): its account
-    /// or files changed.
+    /// A template instance looked at again (no reload: before a new worker, or as its
+    /// workers fail to start): its account, files or interpreter changed.
     Looked,
     /// SIGUSR2 or `fcgibridge reload --restart-workers` asked to restart the workers; the pool's configuration is as it was.
     Restart,
@@ -379,7 +379,7 @@ impl RolloutCause {
     pub(super) fn reason(self) -> &'static str {
         match self {
             Self::Changed => "reload (configuration changed)",
-            Self::Looked => "account or files changed (looked at again before a new worker)",
+            Self::Looked => "account, files or interpreter changed (looked at again, no reload)",
             Self::Restart => "restart requested (reload --restart-workers or SIGUSR2)",
             Self::RestartChanged => "restart requested (reload --restart-workers or SIGUSR2; configuration changed)",
         }
@@ -389,7 +389,7 @@ impl RolloutCause {
     pub(super) fn starting_reason(self) -> &'static str {
         match self {
             Self::Changed => "reload (started with the previous configuration)",
-            Self::Looked => "account or files changed (started as they were)",
+            Self::Looked => "account, files or interpreter changed (started as they were)",
             Self::Restart | Self::RestartChanged => {
                 "restart requested (reload --restart-workers or SIGUSR2) while it was starting"
             }
