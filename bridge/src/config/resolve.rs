@@ -114,14 +114,8 @@ pub(super) fn pool(
     let env = pool_env(src, &here, raw.env, &mut errs);
 
     let queue_size = raw.queue_size.unwrap_or(DEFAULT_QUEUE_SIZE);
-    let supervision = note(&mut errs, super::supervision::resolve(src, &here, raw_supervision, queue_size));
-    let ondemand = supervision.as_ref().is_some_and(|(_, s)| s.mode == super::supervision::Mode::OnDemand);
-    if ondemand && raw.queue_timeout.is_some_and(|d| d.0.is_zero()) {
-        errs.push(src.invalid(
-            &here.key("queue-timeout"),
-            "an ondemand pool's first request waits in the queue while its worker starts: 0 would answer it 503; give it longer than the app takes to start",
-        ));
-    }
+    let queue = (queue_size, raw.queue_timeout.map(|d| d.0));
+    let supervision = note(&mut errs, super::supervision::resolve(src, &here, raw_supervision, queue));
     let threads = raw.threads.unwrap_or(DEFAULT_THREADS);
     if threads == 0 {
         errs.push(src.invalid(&here.key("threads"), "must be 1 or more"));

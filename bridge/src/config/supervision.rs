@@ -150,13 +150,14 @@ impl RawSupervision {
 }
 
 /// Resolve the keys of `pools.NAME` (`here`): returns the pool's `processes` (its most
-/// workers at once) and the rest. `queue_size` is the pool's, for the ondemand check.
+/// workers at once) and the rest. `queue` is the pool's queue-size and queue-timeout (as
+/// written), for the ondemand checks.
 /// Every key is checked; all the errors are returned.
 pub fn resolve(
     src: &Source,
     here: &KeyPath,
     raw: RawSupervision,
-    queue_size: usize,
+    (queue_size, queue_timeout): (usize, Option<std::time::Duration>),
 ) -> Result<(u32, Supervision), ConfigError> {
     let errs = std::cell::RefCell::new(Vec::new());
     let bad = |key: &str, msg: String| errs.borrow_mut().push(src.invalid(&here.key(key), msg));
@@ -231,6 +232,9 @@ pub fn resolve(
             }
             if queue_size == 0 {
                 bad("mode", "an ondemand pool needs queue-size of 1 or more: the first request waits in the queue while its worker starts".into());
+            }
+            if queue_timeout.is_some_and(|t| t.is_zero()) {
+                bad("queue-timeout", "an ondemand pool's first request waits in the queue while its worker starts: 0 would answer it 503; give it longer than the app takes to start".into());
             }
             s.min_processes = 0;
             max
