@@ -78,6 +78,16 @@ def test_drain_period_defaults_to_none(tmp_path):
         b.stop()
 
 
+def assert_closed_unanswered(address):
+    """A request sent to `address` from 127.0.0.1 gets no answer: the connection is closed."""
+    with fc.FcgiConnection(address, timeout=30) as c:
+        try:
+            c.begin(1, fc.cgi_params("/health"))
+        except OSError:
+            pass
+        assert c.read_until_closed(30) == b""
+
+
 def test_allowed_clients_keeps_listed_peers_and_refuses_others_with_a_log_line(tmp_path):
     port, open_port = free_ports(2)
     b = make_bridge(tmp_path, {"p": pool(str(APPS / "edge_app.py"), processes=1, threads=2)},
@@ -95,12 +105,7 @@ def test_allowed_clients_keeps_listed_peers_and_refuses_others_with_a_log_line(t
         # From 127.0.0.1: the connection is closed before any answer, and logged.
         mark = b.log.mark()
         for _ in range(3):
-            with fc.FcgiConnection(("127.0.0.1", port), timeout=30) as c:
-                try:
-                    c.begin(1, fc.cgi_params("/health"))
-                except OSError:
-                    pass
-                assert c.read_until_closed(30) == b""
+            assert_closed_unanswered(("127.0.0.1", port))
         lines = b.log.wait_for([r"connection refused: peer not in allowed-clients", r"listener\W+fcgi-tcp",
                                 r"127\.0\.0\.1:\d+"], since=mark)
         assert len(lines) == 3
@@ -130,12 +135,7 @@ def test_allowed_clients_added_by_a_reload_applies_to_the_very_next_connection(t
         mark = b.log.mark()
         b.proc.send_signal(signal.SIGHUP)
         b.log.wait_for([r"reload done"], since=mark)
-        with fc.FcgiConnection(("127.0.0.1", port), timeout=30) as c:
-            try:
-                c.begin(1, fc.cgi_params("/health"))
-            except OSError:
-                pass
-            assert c.read_until_closed(30) == b""
+        assert_closed_unanswered(("127.0.0.1", port))
         b.log.wait_for([r"connection refused: peer not in allowed-clients", r"listener\W+fcgi-tcp"], since=mark)
         with fc.FcgiConnection(("127.0.0.1", port), timeout=30, source="127.0.0.2") as c:
             assert c.request("/health").status == 200
@@ -162,12 +162,7 @@ def test_fcgi_web_server_addrs_applies_to_every_tcp_listener(tmp_path, monkeypat
         b.log.wait_for([r"FCGI_WEB_SERVER_ADDRS is set: TCP connections only from 127\.0\.0\.2, not-an-ip"])
         mark = b.log.mark()
         for p in (port, other_port):
-            with fc.FcgiConnection(("127.0.0.1", p), timeout=30) as c:
-                try:
-                    c.begin(1, fc.cgi_params("/health"))
-                except OSError:
-                    pass
-                assert c.read_until_closed(30) == b""
+            assert_closed_unanswered(("127.0.0.1", p))
         for name in ("one", "two"):
             b.log.wait_for([r"connection refused: peer not in FCGI_WEB_SERVER_ADDRS", rf"listener\W+{name}",
                             r"127\.0\.0\.1:\d+"], since=mark)

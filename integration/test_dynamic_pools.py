@@ -817,6 +817,19 @@ def accounts():
             subprocess.run(["userdel", name], capture_output=True)
 
 
+def make_homes(pub: Path, users) -> None:
+    """pub/homes/USER/app.py (the site app) for each of `users` (pwd entries), owned by the
+    user, readable by all."""
+    for a in users:
+        d = pub / "homes" / a.pw_name
+        d.mkdir(parents=True)
+        shutil.copy(APPS / "site_app.py", d / "app.py")
+        os.chown(d / "app.py", a.pw_uid, a.pw_gid)
+        (d / "app.py").chmod(0o644)
+        d.chmod(0o755)
+    (pub / "homes").chmod(0o755)
+
+
 def test_apache_basic_auth_picks_a_per_user_instance_running_as_that_user(accounts):
     apache = find_binary("apache2", "httpd")
     if not apache:
@@ -824,15 +837,7 @@ def test_apache_basic_auth_picks_a_per_user_instance_running_as_that_user(accoun
     pub = Path(tempfile.mkdtemp(prefix="fcgibridge-homes-"))
     pub.chmod(0o755)
     try:
-        for role in ("alice", "bob", "sys"):
-            a = accounts[role]
-            d = pub / "homes" / a.pw_name
-            d.mkdir(parents=True)
-            shutil.copy(APPS / "site_app.py", d / "app.py")
-            os.chown(d / "app.py", a.pw_uid, a.pw_gid)
-            (d / "app.py").chmod(0o644)
-            d.chmod(0o755)
-        (pub / "homes").chmod(0o755)
+        make_homes(pub, (accounts[role] for role in ("alice", "bob", "sys")))
         spec = {"template": {"min-uid": 1000}, "app": f"{pub}/homes/{{user}}/app.py", "python": SYSTEM_PYTHON,
                 "user": "{user}", "script-user": "{user}", "threads": 2, "max-processes": 1}
         b = start_bridge(pub, {"homes": spec}, extra={"runtime-dir": str(pub / "run")})
@@ -901,13 +906,7 @@ def test_a_live_instance_looks_its_account_up_again(accounts):
     try:
         subprocess.run(["gpasswd", "-a", bob.pw_name, group], check=True, capture_output=True)
         gid = grp.getgrnam(group).gr_gid
-        for a in (alice, bob):
-            d = pub / "homes" / a.pw_name
-            d.mkdir(parents=True)
-            shutil.copy(APPS / "site_app.py", d / "app.py")
-            os.chown(d / "app.py", a.pw_uid, a.pw_gid)
-            d.chmod(0o755)
-        (pub / "homes").chmod(0o755)
+        make_homes(pub, (alice, bob))
         spec = {"template": {"min-uid": 1000}, "app": f"{pub}/homes/{{user}}/app.py", "python": SYSTEM_PYTHON,
                 "user": "{user}", "threads": 2, "max-processes": 1, "idle-timeout": "1s"}
         b = start_bridge(pub, {"homes": spec}, extra={"runtime-dir": str(pub / "run"), "log-rate-limit": False})
@@ -1001,13 +1000,7 @@ def test_an_account_lookup_that_fails_is_a_503_and_is_looked_up_again(accounts, 
                        check=True, capture_output=True)
         failing = pub / "failing"
         failing.write_text(alice.pw_name)
-        for a in (alice, bob):
-            d = pub / "homes" / a.pw_name
-            d.mkdir(parents=True)
-            shutil.copy(APPS / "site_app.py", d / "app.py")
-            os.chown(d / "app.py", a.pw_uid, a.pw_gid)
-            d.chmod(0o755)
-        (pub / "homes").chmod(0o755)
+        make_homes(pub, (alice, bob))
         monkeypatch.setenv("LD_PRELOAD", str(shim))
         monkeypatch.setenv("FBT_NSS_FAIL_FILE", str(failing))
         spec = {"template": {"min-uid": 1000}, "app": f"{pub}/homes/{{user}}/app.py", "python": SYSTEM_PYTHON,
