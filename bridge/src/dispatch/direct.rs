@@ -112,13 +112,11 @@ impl<S: Slot> Dispatcher<S> {
             self.wake.notify_one();
         }
     }
-}
 
-impl<S: Slot> Dispatcher<S> {
     /// A direct worker died (crashed, killed for request-timeout or at graceful-timeout)
     /// while its threads ran `unfinished` requests (each as when it began, and its response
     /// head as [`crate::scoreboard::Scoreboard::unfinished`] gives it): each is timed to
-    /// `now_ns`, and one that had sent no head counts as a 5xx — the web server answers it
+    /// `now_ns`, and one with no response head made counts as a 5xx — the web server answers it
     /// 502. So the pool's responses and durations count every request, as a pool's through
     /// the bridge do.
     pub(crate) fn direct_died(&self, unfinished: &[(u64, u32)], now_ns: u64) {
