@@ -20,7 +20,7 @@
 //! remembered. A live instance's key is looked at again (account, files; the interpreter
 //! only when something changed) at every reload and before it starts a worker once its
 //! workers have all gone: a deleted account stops it, a changed one rolls it.
-use super::manager::{self, ManagerCmd};
+use super::manager::{self, ManagerCmd, Reconfig};
 use super::{PoolRuntime, Spawner, Stop};
 use crate::config::template::{fill_raw, Placeholder, Template};
 use crate::config::Pool;
@@ -854,9 +854,15 @@ impl TemplateRuntime {
     }
 
     /// A live instance takes its new configuration `cfg`: its workers restart with it (when
-    /// it changes what a worker is, or on `restart`). Returns its new runtime.
+    /// it changes what a worker is, or on a reload's restart). Returns its new runtime.
     fn roll_instance(&self, key: &str, inst: &Instance, cfg: Pool, again: Again) -> Arc<PoolRuntime> {
-        let (occasion, restart) = (again.occasion(), matches!(again, Again::Reload { restart: true, .. }));
+        let occasion = again.occasion();
+        let why = match again {
+            Again::Look { .. } => Reconfig::Looked,
+            Again::Reload { restart: true, .. } => Reconfig::Restart,
+            Again::Reload { restart: false, .. } => Reconfig::Reload,
+        };
+        let restart = why == Reconfig::Restart;
         let old = &inst.pool;
         if cfg.isolation != old.config.isolation {
             tracing::info!(
@@ -879,8 +885,7 @@ impl TemplateRuntime {
             control: old.control.clone(),
             reader: super::access::Reader::of(&cfg.isolation),
         });
-        let looked = matches!(again, Again::Look { .. });
-        p.send(ManagerCmd::Reconfigure { config: Arc::new(cfg), restart, looked });
+        p.send(ManagerCmd::Reconfigure { config: Arc::new(cfg), why });
         self.looked(key, old, p.clone());
         p
     }

@@ -49,13 +49,24 @@ const FAST_GRACE: Duration = Duration::from_secs(1);
 /// Restart records kept per pool for the status page.
 const RESTARTS_KEPT: usize = 50;
 
+/// Why a pool manager is given a configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Reconfig {
+    /// A reload.
+    Reload,
+    /// A reload that restarts the workers whatever changed (`reload --restart-workers`,
+    /// SIGUSR2).
+    Restart,
+    /// Not a reload: a template instance looked at again (before a new worker, or as its
+    /// workers fail to start) whose configuration changed; its log lines must not say
+    /// "reload".
+    Looked,
+}
+
 /// What the rest of the daemon asks of a pool manager.
 pub(crate) enum ManagerCmd {
-    /// A reload: the pool's new configuration; `restart` forces a rolling restart.
-    /// `looked`: not a reload but a template instance looked at again (before a new worker,
-    /// or as its workers fail to start) whose configuration changed (its log lines must not
-    /// say "reload").
-    Reconfigure { config: Arc<config::Pool>, restart: bool, looked: bool },
+    /// The pool's new configuration, and why it comes.
+    Reconfigure { config: Arc<config::Pool>, why: Reconfig },
     /// The pool is gone (removed by a reload, or an instance of a template stopped): serve
     /// what is queued and in flight (at most `within`), then stop. `why` is the reason its
     /// workers' log lines and restart records give.
@@ -415,9 +426,9 @@ impl Manager {
 
     fn on_cmd(&mut self, cmd: ManagerCmd) {
         match cmd {
-            ManagerCmd::Reconfigure { config, restart, looked } => {
+            ManagerCmd::Reconfigure { config, why } => {
                 self.reconfigures += 1;
-                self.reconfigure(config, restart, looked);
+                self.reconfigure(config, why);
             }
             ManagerCmd::Remove { within, why } => {
                 tracing::info!(pool = &*self.name, "{why}: finishing its requests, then stopping its workers");
@@ -430,11 +441,11 @@ impl Manager {
         }
     }
 
-    fn reconfigure(&mut self, new: Arc<config::Pool>, restart: bool, looked: bool) {
+    fn reconfigure(&mut self, new: Arc<config::Pool>, why: Reconfig) {
         let old = std::mem::replace(&mut self.cfg, new);
         self.dispatcher.set_queue(self.cfg.queue_size, self.cfg.queue_timeout);
         let changed = needs_restart(&old, &self.cfg);
-        let roll = restart || changed;
+        let roll = why == Reconfig::Restart || changed;
         if old.supervision.mode != self.sup().mode {
             self.target = self.initial_target();
         }
@@ -447,11 +458,11 @@ impl Manager {
             // The failure was the previous code's or configuration's: until the new one
             // fails in turn, the pool is not `rollout-failing` (`reload --wait` reads it).
             self.failing = None;
-            self.rollout = match (restart, changed) {
-                (false, _) if looked => RolloutCause::Looked,
-                (false, _) => RolloutCause::Changed,
-                (true, false) => RolloutCause::Restart,
-                (true, true) => RolloutCause::RestartChanged,
+            self.rollout = match (why, changed) {
+                (Reconfig::Looked, _) => RolloutCause::Looked,
+                (Reconfig::Reload, _) => RolloutCause::Changed,
+                (Reconfig::Restart, false) => RolloutCause::Restart,
+                (Reconfig::Restart, true) => RolloutCause::RestartChanged,
             };
             let serving = self.workers.iter().filter(|w| w.state == State::Ready).count();
             let what = match self.rollout {

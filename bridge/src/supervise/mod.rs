@@ -24,7 +24,7 @@ use crate::backend::SlotConn;
 use crate::config;
 use crate::dispatch::Dispatcher;
 use crate::reload::Restart;
-use manager::ManagerCmd;
+use manager::{ManagerCmd, Reconfig};
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
@@ -283,7 +283,8 @@ impl Supervisor {
                         control: old.control.clone(),
                         reader: access::Reader::of(&cfg.isolation),
                     });
-                    p.send(ManagerCmd::Reconfigure { config: Arc::new(cfg.clone()), restart, looked: false });
+                    let why = if restart { Reconfig::Restart } else { Reconfig::Reload };
+                    p.send(ManagerCmd::Reconfigure { config: Arc::new(cfg.clone()), why });
                     next.push(p);
                 }
                 None => {
@@ -355,8 +356,7 @@ mod tests {
     fn a_reconfiguration_counts_only_once_its_manager_has_it() {
         let p = PoolRuntime::new(config::Pool::for_tests());
         let sent = || p.control.reconfigures_sent.load(Ordering::Relaxed);
-        let reconfigure =
-            || ManagerCmd::Reconfigure { config: Arc::new(p.config.clone()), restart: true, looked: false };
+        let reconfigure = || ManagerCmd::Reconfigure { config: Arc::new(p.config.clone()), why: Reconfig::Restart };
         p.send(reconfigure());
         assert_eq!(sent(), 1);
         assert!(!p.control.manager_gone());
