@@ -377,6 +377,15 @@ class Bridge:
         assert r.returncode == 0, r.stderr
         return next(p for p in json.loads(r.stdout)["pools"] if p["name"] == pool)
 
+    def wait_counts_agree(self, pool: str):
+        """Once the numbers are in (a direct pool's are read from its workers once a second):
+        the pool's requests, responses by class and timed requests are one count."""
+        def agree():
+            p = self.pool_status(pool)
+            timed = p["latency_seconds"]["since_start"]["count"]
+            return p["accepted_requests"] == sum(p["responses"].values()) == timed and p
+        return wait_until(agree, 30, what=f"requests, responses and durations of pool {pool} agreeing")
+
     def status_of(self, pid: int, field: str) -> int:
         """A size field of /proc/<pid>/status (e.g. VmHWM), in bytes."""
         with open(f"/proc/{pid}/status") as f:

@@ -6,6 +6,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import uuid
 
@@ -24,11 +25,11 @@ EDGE = str(APPS / "edge_app.py")
 class Front:
     """nginx on one port, passing everything to the direct listener's unix socket."""
 
-    def __init__(self, workdir, socket):
+    def __init__(self, workdir, socket, extra=""):
         self.port = free_ports(1)[0]
         http = (f"    server {{\n        listen 127.0.0.1:{self.port};\n        location / {{\n"
                 f"            include {nginx_etc()}/fastcgi_params;\n            {FCGI_PATH_RECIPE}\n"
-                f"            fastcgi_read_timeout 120s;\n            client_max_body_size 64m;\n"
+                f"            fastcgi_read_timeout 120s;\n            client_max_body_size 64m;\n{extra}"
                 f"            fastcgi_pass unix:{socket};\n"
                 f"        }}\n    }}\n")
         (workdir / "nginx.conf").write_text(nginx_conf(workdir, http))
@@ -42,9 +43,10 @@ class Front:
         stop_process(self.proc, timeout=20)
 
 
-def start(tmp_path_factory, name, **pool_keys):
+def start(tmp_path_factory, name, front_extra="", **pool_keys):
     """A bridge whose pool `app` (edge_app) is served by the direct listener `front`, and
-    nginx in front of it; both answer /health before this returns."""
+    nginx in front of it (`front_extra`: more of its location's lines); both answer /health
+    before this returns."""
     workdir = tmp_path_factory.mktemp(name)
     sport = free_ports(1)[0]
     keys = {"processes": 2, "threads": 2, **pool_keys}
@@ -55,7 +57,7 @@ def start(tmp_path_factory, name, **pool_keys):
     b.start()
     b.status_port = sport
     b.wait_ready([("front", "/health", "any")])
-    front = Front(tmp_path_factory.mktemp(name + "-nginx"), socket)
+    front = Front(tmp_path_factory.mktemp(name + "-nginx"), socket, front_extra)
     wait_until(lambda: ok(front, "/health"), 60, 0.1, what="nginx answering through the direct listener")
     return b, front
 
@@ -92,15 +94,6 @@ def durations(b):
     found = {k: re.search(p, text) for k, p in patterns.items()}
     assert all(found.values()), text
     return {k: float(m.group(1)) for k, m in found.items()}
-
-
-def assert_counts_agree(b):
-    """Once the scoreboards' numbers are in (read once a second): pool `app`'s requests,
-    responses and timed requests are the same count."""
-    def agree():
-        p, d = b.pool_status("app"), durations(b)
-        return p["accepted_requests"] == sum(p["responses"].values()) == d["pool"] and (p, d)
-    wait_until(agree, 30, what="requests, responses and durations of pool app agreeing")
 
 
 def held_request(b, front, prefix, max_s=60):
@@ -251,7 +244,7 @@ def test_request_timeout_kills_and_replaces_the_worker(tmp_path_factory):
         # Timed to the kill (2 s and more); the quick /health ones may be read late.
         slow = lambda d: d["pool"] - d["pool_le_1"]  # noqa: E731
         assert slow(now) == slow(timed) + 1, (timed, now)
-        assert_counts_agree(b)
+        b.wait_counts_agree("app")
         wait_until(lambda: ok(front, "/health"), 60, what="served again")
     finally:
         front.stop()
@@ -285,8 +278,33 @@ def crash_and_count(b, front):
         crashes = after["worker_crashes"] - before["worker_crashes"]
         return crashes >= 1 and after["responses"]["5xx"] - before["responses"]["5xx"] == crashes
     wait_until(counted, 30, what="each crash's request counted a 5xx")
-    assert_counts_agree(b)
+    b.wait_counts_agree("app")
     assert ok(front, "/health")
+
+
+def test_a_request_whose_client_left_before_its_head_counts_as_499(tmp_path_factory):
+    """nginx streams the upload (no request buffering); its client leaves mid-body, nginx
+    closes the worker's connection, the app's read fails and it answers nothing: the pool
+    counts a 4xx (nginx logs 499), and requests, responses and durations still agree."""
+    b, front = start(tmp_path_factory, "direct-abort", front_extra="            fastcgi_request_buffering off;\n")
+    try:
+        before = b.pool_status("app")["responses"]
+        marker = b.workdir / f"abort-{uuid.uuid4().hex[:8]}.log"
+        conn = socket.create_connection(("127.0.0.1", front.port), timeout=30)
+        conn.sendall((f"POST /upload-watch?marker={marker} HTTP/1.1\r\nHost: x\r\n"
+                      f"Content-Length: {10 << 20}\r\n\r\n").encode() + b"x" * 65536)
+        wait_until(lambda: marker.exists() and "reading" in marker.read_text(), 30, what="the app reading the body")
+        conn.close()
+        wait_until(lambda: "outcome" in marker.read_text(), 30, what="the app's read ending")
+        assert "outcome eof" not in marker.read_text()
+        wait_until(lambda: b.pool_status("app")["responses"]["4xx"] == before["4xx"] + 1, 30,
+                   what="the abandoned request counted in 4xx")
+        after = b.wait_counts_agree("app")
+        assert after["responses"]["2xx"] >= before["2xx"] and after["responses"]["5xx"] == before["5xx"], after
+        assert ok(front, "/health")
+    finally:
+        front.stop()
+        b.stop()
 
 
 def test_direct_refuses_keys_that_need_the_bridge(tmp_path):

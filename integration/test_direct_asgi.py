@@ -169,6 +169,7 @@ def test_request_timeout_cancels_the_task_answers_504_and_the_worker_serves_on(s
 
 def test_a_client_that_leaves_is_http_disconnect_for_the_app(stack):
     b, front = stack
+    before = b.wait_counts_agree("raw")["responses"]
     token = f"direct-{time.monotonic_ns()}"
     conn = socket.create_connection(("127.0.0.1", front.port), timeout=30)
     conn.sendall(f"GET /raw/wait-disconnect?{token} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
@@ -177,6 +178,10 @@ def test_a_client_that_leaves_is_http_disconnect_for_the_app(stack):
     conn.close()
     wait_until(lambda: f"disconnected {token}" in log.read_text(), 30, what="the app to see http.disconnect")
     assert front.get("/raw/health").text == "ok"
+    # Counted as nginx logs it (499), as the bridge counts an abort it sees.
+    wait_until(lambda: b.pool_status("raw")["responses"]["4xx"] == before["4xx"] + 1, 30,
+               what="the abandoned request counted in 4xx")
+    assert b.wait_counts_agree("raw")["responses"]["5xx"] == before["5xx"]
 
 
 def test_without_kept_connections_each_request_closes_its_own(tmp_path_factory):
@@ -241,6 +246,7 @@ def test_a_worker_whose_event_loop_is_blocked_past_request_timeout_is_replaced(t
     b, front = start(tmp_path_factory, "direct-asgi-blocked", raw={"request-timeout": "2s"})
     try:
         stuck = pid_of(b, "raw")
+        before = b.pool_status("raw")
         mark = b.log.mark()
         r = front.get("/raw/block?60", timeout=120)
         assert r.status_code == 502, (r.status_code, r.text)  # its connection closed as it was killed
@@ -248,6 +254,13 @@ def test_a_worker_whose_event_loop_is_blocked_past_request_timeout_is_replaced(t
                         r"blocked"], since=mark, timeout=30)
         wait_until(lambda: ok(front, "/raw/health") and pid_of(b, "raw") != stuck, 60,
                    what="a replacement worker serving")
+        # The request each killed worker ran had no head: a 5xx (nginx's 502; nginx may have
+        # sent the GET again on another kept connection, to the replacement), timed to the kill.
+        def counted():
+            kills = len([ln for ln in b.log.lines(mark) if "worker stopped (request-timeout" in ln])
+            return kills >= 1 and b.pool_status("raw")["responses"]["5xx"] - before["responses"]["5xx"] == kills
+        wait_until(counted, 30, what="each killed request counted a 5xx")
+        b.wait_counts_agree("raw")
     finally:
         front.stop()
         b.stop()

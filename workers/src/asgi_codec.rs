@@ -221,7 +221,7 @@ impl AsgiConnection {
         let slot = scoreboard::lend_slot();
         let began = crate::sys::monotonic_ns();
         if let Some(slot) = slot {
-            slot.begin(tag.line(), began, false);
+            slot.begin(tag.line(), began);
         }
         self.running.push(Running { id, tag, slot, began });
         &self.running.last().expect("just pushed").tag
@@ -231,6 +231,15 @@ impl AsgiConnection {
         if let Some(i) = self.running.iter().position(|r| r.id == id) {
             let r = self.running.swap_remove(i);
             scoreboard::give_back(r.slot, r.began);
+        }
+    }
+
+    /// The head of request `rid`'s response, status `status`, is made: counted by class,
+    /// and marked in its slot (the bridge reads it if the worker dies before the end).
+    fn head_made(&self, rid: u16, status: u16) {
+        scoreboard::count_response(status); // direct mode only: no scoreboard otherwise
+        if let Some(slot) = self.running.iter().find(|r| r.id == rid).and_then(|r| r.slot) {
+            slot.head_sent(status);
         }
     }
 
@@ -316,12 +325,67 @@ impl AsgiConnection {
     }
 
     /// Forget request `id` once its END_REQUEST is written: later records for it are skipped.
-    /// A direct request's slot is given back (it counts as served).
-    fn end_request(&mut self, id: u16) {
+    /// A direct request's slot is given back (it counts as served); one the web server
+    /// aborted before its head counts as 499, as the bridge counts an abort it sees.
+    #[pyo3(signature = (id, aborted_headless=false))]
+    fn end_request(&mut self, id: u16, aborted_headless: bool) {
         self.conn.end_request(id);
         if self.direct.is_some() {
+            if aborted_headless {
+                scoreboard::count_response(499);
+            }
             self.end_direct(id);
         }
+    }
+
+    /// encode_response(rid, status_line, headers, status, body, more, is_head) -> bytes
+    ///
+    /// One write's worth of a response: the head when `status_line` is given (headers
+    /// checked, Content-Length added when this is the whole body; a dropped `Status` header
+    /// is a warning in a STDERR record before it), the body (left out for HEAD) as STDOUT
+    /// records, and when `more` is false the end of the request (empty STDOUT, END_REQUEST 0).
+    #[pyo3(signature = (rid, status_line, headers, status, body, more, is_head))]
+    #[allow(clippy::too_many_arguments)]
+    fn encode_response<'py>(
+        &self,
+        py: Python<'py>,
+        rid: u16,
+        status_line: Option<&[u8]>,
+        headers: &Bound<'py, PyAny>,
+        status: u16,
+        body: &Bound<'py, PyAny>,
+        more: bool,
+        is_head: bool,
+    ) -> PyResult<Bound<'py, PyBytes>> {
+        let owned;
+        let body: &[u8] = match body.cast::<PyBytes>() {
+            Ok(b) => b.as_bytes(),
+            Err(_) => {
+                owned = header_bytes(body)?;
+                &owned
+            }
+        };
+        let (head, warnings) = match status_line {
+            Some(line) => {
+                let (h, w) = head(line, headers, status, (!more).then_some(body.len()), is_head)?;
+                self.head_made(rid, status);
+                (Some(h), w)
+            }
+            None => (None, Vec::new()),
+        };
+        let records = response_records(rid, head, body, more, is_head);
+        if warnings.is_empty() {
+            return Ok(PyBytes::new(py, &records));
+        }
+        if self.direct.is_some() {
+            // Not to the web server's error log: to the bridge's.
+            crate::sys::write_stderr(&warnings);
+            return Ok(PyBytes::new(py, &records));
+        }
+        let mut out = Vec::with_capacity(warnings.len() + 8 + records.len());
+        server::write_stderr(&mut out, rid, &warnings, Padding::None);
+        out.extend_from_slice(&records);
+        Ok(PyBytes::new(py, &out))
     }
 
     /// Direct mode: a running request's `METHOD URI`, for the log.
@@ -409,56 +473,6 @@ fn head(
     Ok((out, warnings))
 }
 
-/// encode_response(rid, status_line, headers, status, body, more, is_head) -> bytes
-///
-/// One write's worth of a response: the head when `status_line` is given (headers checked,
-/// Content-Length added when this is the whole body; a dropped `Status` header is a warning
-/// in a STDERR record before it), the body (left out for HEAD) as STDOUT records, and when
-/// `more` is false the end of the request (empty STDOUT, END_REQUEST 0).
-#[pyfunction]
-#[pyo3(signature = (rid, status_line, headers, status, body, more, is_head))]
-#[allow(clippy::too_many_arguments)]
-fn encode_response<'py>(
-    py: Python<'py>,
-    rid: u16,
-    status_line: Option<&[u8]>,
-    headers: &Bound<'py, PyAny>,
-    status: u16,
-    body: &Bound<'py, PyAny>,
-    more: bool,
-    is_head: bool,
-) -> PyResult<Bound<'py, PyBytes>> {
-    let owned;
-    let body: &[u8] = match body.cast::<PyBytes>() {
-        Ok(b) => b.as_bytes(),
-        Err(_) => {
-            owned = header_bytes(body)?;
-            &owned
-        }
-    };
-    let (head, warnings) = match status_line {
-        Some(line) => {
-            let (h, w) = head(line, headers, status, (!more).then_some(body.len()), is_head)?;
-            scoreboard::count_response(status); // direct mode only: no scoreboard otherwise
-            (Some(h), w)
-        }
-        None => (None, Vec::new()),
-    };
-    let records = response_records(rid, head, body, more, is_head);
-    if warnings.is_empty() {
-        return Ok(PyBytes::new(py, &records));
-    }
-    if crate::direct::config().is_some() {
-        // Not to the web server's error log: to the bridge's.
-        crate::sys::write_stderr(&warnings);
-        return Ok(PyBytes::new(py, &records));
-    }
-    let mut out = Vec::with_capacity(warnings.len() + 8 + records.len());
-    server::write_stderr(&mut out, rid, &warnings, Padding::None);
-    out.extend_from_slice(&records);
-    Ok(PyBytes::new(py, &out))
-}
-
 /// STDOUT records of `head` and `body` (left out for HEAD), then the end of the request
 /// unless `more` follows.
 fn response_records(rid: u16, head: Option<Vec<u8>>, body: &[u8], more: bool, is_head: bool) -> Vec<u8> {
@@ -519,7 +533,6 @@ fn log_header_timeout() {
 /// Register the ASGI codec and its direct mode in the `_native` module.
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<AsgiConnection>()?;
-    m.add_function(wrap_pyfunction!(encode_response, m)?)?;
     m.add("AsgiProtocolError", m.py().get_type::<AsgiProtocolError>())?;
     m.add_function(wrap_pyfunction!(direct_settings, m)?)?;
     m.add_function(wrap_pyfunction!(scoreboard_serve, m)?)?;

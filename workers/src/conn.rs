@@ -1075,6 +1075,12 @@ impl Conn {
             return false;
         };
         let status = if r.aborted || r.cut_off {
+            if !r.headers_sent {
+                // Ended without a head (direct mode counts it; no scoreboard otherwise): the
+                // web server's client left (499, as nginx logs it and the bridge counts an
+                // abort it sees), or the web server answers 502.
+                crate::scoreboard::count_response(if r.aborted { 499 } else { 502 });
+            }
             1
         } else {
             if !r.headers_sent {

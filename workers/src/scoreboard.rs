@@ -44,8 +44,6 @@ const BOUNDS_NS: [u64; 14] = [
 /// How often a direct worker waiting for work (a WSGI thread in its process's epoll set,
 /// park.rs; an ASGI worker's loop) looks at its drain word.
 pub(crate) const DRAIN_CHECK: Duration = Duration::from_secs(1);
-/// A slot's `head` when the worker does not say whether the response head went out.
-pub(crate) const HEAD_UNTRACKED: u32 = u32::MAX;
 /// The longest `METHOD URI` a slot holds (longer ones are cut).
 pub(crate) const LINE_BYTES: usize = 232;
 
@@ -73,9 +71,9 @@ pub(crate) struct Slot {
     /// CLOCK_MONOTONIC nanoseconds when the current request began running the app; 0 idle.
     started: AtomicU64,
     line_len: AtomicU32,
-    /// The current request's response head: 0 none yet, 1-5 its status class (made, queued),
-    /// [`HEAD_UNTRACKED`] not told (an ASGI worker's request). For the bridge, after the
-    /// worker died: a request it was running had answered the web server, or had not.
+    /// The current request's response head: 0 none yet, 1-5 its status class (made, queued).
+    /// For the bridge, after the worker died: a request it was running had answered the web
+    /// server, or had not. (`u32::MAX`, "not told", is the contract's; this worker tells.)
     head: AtomicU32,
     line: [AtomicU64; LINE_BYTES / 8],
 }
@@ -343,9 +341,9 @@ pub(crate) fn claim_slot() -> Option<&'static Slot> {
 impl Slot {
     /// The thread starts running the app for the request `line` (`METHOD URI`, cut to
     /// [`LINE_BYTES`]). A bounded copy into the slot, no allocation.
-    pub(crate) fn begin(&self, line: &[u8], now_ns: u64, tracks_head: bool) {
+    pub(crate) fn begin(&self, line: &[u8], now_ns: u64) {
         let line = &line[..line.len().min(LINE_BYTES)];
-        self.head.store(if tracks_head { 0 } else { HEAD_UNTRACKED }, Ordering::Relaxed);
+        self.head.store(0, Ordering::Relaxed);
         // The previous request's `started = 0` is seen before any word of this line (a
         // reader that saw that request's `started` then rejects a line torn by this one).
         std::sync::atomic::fence(Ordering::Release);
@@ -416,14 +414,14 @@ mod tests {
         let second = b.claim_slot().expect("slot 1");
         // threads: the u32 at offset 4 of the header.
         assert_eq!(words[0].load(Ordering::Relaxed).to_ne_bytes()[4..8], 2u32.to_ne_bytes());
-        slot.begin(b"GET /x?y=1", 5_000, true);
+        slot.begin(b"GET /x?y=1", 5_000);
         assert_eq!(read(words, 0), (0, 5_000, Some(b"GET /x?y=1".to_vec())));
         slot.end();
         assert_eq!(read(words, 0), (1, 0, None));
-        second.begin(b"POST /upload", 0, true);
+        second.begin(b"POST /upload", 0);
         assert_eq!(read(words, 1).1, 1, "a running request's start is never 0");
         second.end();
-        slot.begin(b"GET /next", 7, true);
+        slot.begin(b"GET /next", 7);
         slot.end();
         assert_eq!((read(words, 0).0, read(words, 1).0), (2, 1), "each thread counts its own");
     }
@@ -437,15 +435,13 @@ mod tests {
             let word = words[HEADER_BYTES / 8 + 2].load(Ordering::Relaxed).to_ne_bytes();
             u32::from_ne_bytes(word[4..8].try_into().expect("4 bytes"))
         };
-        slot.begin(b"GET /", 1, true);
+        slot.begin(b"GET /", 1);
         assert_eq!(head(), 0);
         slot.head_sent(404);
         assert_eq!(head(), 4);
         slot.end();
-        slot.begin(b"GET /again", 2, true);
+        slot.begin(b"GET /again", 2);
         assert_eq!(head(), 0, "each request starts with no head sent");
-        slot.begin(b"GET /asgi", 3, false);
-        assert_eq!(head(), HEAD_UNTRACKED);
     }
 
     #[test]
@@ -455,7 +451,7 @@ mod tests {
         // 0.5 ms, 3 ms and 40 s: the first bucket (up to 1 ms), the third (2.5 to 5 ms),
         // and the one above 30 s.
         for (start, ran) in [(1_000, 500_000), (10, 3_000_000), (5, 40_000_000_000)] {
-            slot.begin(b"GET /", start, true);
+            slot.begin(b"GET /", start);
             slot.end_at(start + ran, Some(b.durations));
         }
         // Ended without having begun (no app ran): served, not timed.
@@ -472,10 +468,10 @@ mod tests {
         let (b, words) = board(1);
         let slot = b.claim_slot().expect("slot");
         let long = [b"GET /".as_slice(), &[b'a'; 400]].concat();
-        slot.begin(&long, 9, true);
+        slot.begin(&long, 9);
         assert_eq!(read(words, 0).2, Some(long[..LINE_BYTES].to_vec()));
         slot.end();
-        slot.begin(b"GET /b", 10, true);
+        slot.begin(b"GET /b", 10);
         assert_eq!(read(words, 0).2, Some(b"GET /b".to_vec()));
     }
 
@@ -520,8 +516,8 @@ mod tests {
         pool.claim(&b, 3);
         assert_eq!(header_u32(words, 4), 3, "threads: its concurrency");
         let (first, second) = (pool.lend(), pool.lend());
-        first.expect("slot 0").begin(b"GET /a", 5, true);
-        second.expect("slot 1").begin(b"GET /b", 6, true);
+        first.expect("slot 0").begin(b"GET /a", 5);
+        second.expect("slot 1").begin(b"GET /b", 6);
         assert_eq!((read(words, 0).2, read(words, 1).2), (Some(b"GET /a".to_vec()), Some(b"GET /b".to_vec())));
         pool.give_back(first);
         assert_eq!(read(words, 0), (1, 0, None), "served, idle");

@@ -76,7 +76,6 @@ RETIRE_QUIET = 1.0
 # retiring, one is closed after its next response (the race above, once per connection,
 # rather than the bridge's kill at graceful-timeout).
 RETIRE_PATIENCE = 5.0
-encode_response = _native.encode_response
 
 
 def record(rtype, rid, data=b""):
@@ -200,10 +199,11 @@ class Request:
 
     async def _body(self, data, more):
         if self.head_sent:
-            out = encode_response(self.rid, None, (), 0, data, more, self.is_head)
+            out = self.conn.codec.encode_response(self.rid, None, (), 0, data, more, self.is_head)
         else:
             status, headers = self.start
-            out = encode_response(self.rid, _status_line(status), headers, status, data, more, self.is_head)
+            out = self.conn.codec.encode_response(self.rid, _status_line(status), headers, status, data, more,
+                                                  self.is_head)
             self.head_sent = True
         if out:
             self.conn.write(out)
@@ -276,8 +276,8 @@ class Request:
     def _page(self, status, text):
         """The worker's own response (its 500, a direct worker's 504), which ends the request."""
         self.head_sent = self.complete = True
-        self.conn.write(encode_response(self.rid, _status_line(status), PAGE_HEADERS, status, text, False,
-                                        self.is_head))
+        self.conn.write(self.conn.codec.encode_response(self.rid, _status_line(status), PAGE_HEADERS, status, text,
+                                                   False, self.is_head))
         self._ended()
 
     def _ended(self):
@@ -433,7 +433,7 @@ class Connection(asyncio.Protocol):
     def forget(self, req):
         if self.requests.get(req.rid) is req:
             del self.requests[req.rid]
-            self.codec.end_request(req.rid)
+            self.codec.end_request(req.rid, req.disconnected and not req.head_sent)
 
     def _event(self, kind, rid, payload):
         """Apply one decoded event; true when it makes request ``rid`` ready to start."""
