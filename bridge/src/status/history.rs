@@ -60,6 +60,9 @@ pub(crate) struct PoolSample {
     pub queue: usize,
     pub busy_workers: usize,
     pub idle_workers: usize,
+    /// When the daemon made the pool (Unix seconds): a pool removed and made again has
+    /// counters from zero, and a series of its own.
+    pub born: f64,
 }
 
 impl PoolSample {
@@ -176,6 +179,13 @@ impl History {
             }
         }
         self.queue_peaks.clear();
+        // A pool made again since the previous sample (a reload removed and added it, a
+        // template instance was stopped and made again) starts a series of its own: its
+        // counters start from zero, and a rate across the two would read as nothing done.
+        self.pools.retain(|s| {
+            let last = s.ring.iter().next_back().map(|(_, last)| last.born);
+            pools.iter().all(|(name, p)| *name != s.name || last.is_none_or(|born| born == p.born))
+        });
         // Keep the 5 s grid when the ticker is a little late; restart it after a long stall.
         self.next = Some(match self.next {
             Some(n) if now < n + INTERVAL => n + INTERVAL,
@@ -314,6 +324,25 @@ mod tests {
         assert_eq!(series[0].time.len(), SAMPLES - 1);
         h.record(t0 + INTERVAL * 500, vec![("app".to_owned(), PoolSample::default())], vec![]);
         assert_eq!(h.pools(|_| 0.0).iter().map(|p| p.name.as_str()).collect::<Vec<_>>(), vec!["app"]);
+    }
+
+    #[test]
+    fn a_pool_made_again_starts_a_series_of_its_own() {
+        let t0 = Instant::now();
+        let mut h = History::default();
+        let born = |at: f64, requests: u64| PoolSample { born: at, ..sample(requests, 3, 0, 0) };
+        for i in 0..15u32 {
+            h.record(t0 + INTERVAL * i, vec![("app".to_owned(), born(1.0, u64::from(i) * 10))], vec![]);
+        }
+        // Made again with 3 requests served since: not 3 - 140 requests in 5 s, nor a
+        // minute-old base from the pool that was.
+        let now = t0 + INTERVAL * 15;
+        h.record(now, vec![("app".to_owned(), born(2.0, 3))], vec![]);
+        let series = h.pools(|_| 0.0);
+        assert_eq!((series.len(), series[0].time.len(), series[0].moved.requests), (1, 0, 0));
+        assert!(h.pool_minute_ago("app", now + Duration::from_secs(30)).is_none());
+        h.record(now + INTERVAL, vec![("app".to_owned(), born(2.0, 8))], vec![]);
+        assert_eq!(h.pools(|_| 0.0)[0].requests_per_second, vec![1.0]);
     }
 
     #[test]

@@ -37,6 +37,7 @@ fn pool_sample(s: &track::State, p: &PoolStats) -> PoolSample {
         queue: p.queue_length,
         busy_workers: p.busy_workers,
         idle_workers: p.idle_workers,
+        born: p.start_time,
     }
 }
 
