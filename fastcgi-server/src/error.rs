@@ -8,7 +8,7 @@
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Error {
-    #[error("unsupported FastCGI version {0} (only 1 exists)")]
+    #[error("unsupported FastCGI version {0} (only 1 exists){hint}", hint = version_hint(*.0))]
     BadVersion(u8),
     /// Past `Limits::max_params_bytes`; `len`: the bytes received so far (more may follow).
     #[error("request {request_id}: PARAMS of at least {len} bytes exceed the limit of {limit} bytes")]
@@ -105,6 +105,17 @@ pub enum Error {
     CgiDuplicateHeader { line: usize, name: &'static str },
 }
 
+/// What a first byte that is no FastCGI version says about the peer: the protocol it was
+/// set to speak instead (the usual slip when moving from uWSGI or from a proxy).
+fn version_hint(first: u8) -> &'static str {
+    match first {
+        // A uwsgi packet starts with its modifier1, 0 for WSGI requests.
+        0 => "; the peer speaks the uwsgi protocol, not FastCGI (nginx: uwsgi_pass where fastcgi_pass belongs?)",
+        // "GET ", "POST", "HTTP/1.1 200": a request or a response line.
+        b'A'..=b'Z' => "; the peer speaks HTTP, not FastCGI (nginx: proxy_pass where fastcgi_pass belongs?)",
+        _ => "",
+    }
+}
 impl Error {
     /// Whether the connection must be closed: the byte stream can no longer be parsed, or the
     /// peer broke the protocol. Non-fatal errors concern one request, which the caller can end
@@ -171,6 +182,8 @@ mod tests {
     fn messages_name_request_and_limit() {
         let cases: Vec<(Error, &[&str])> = vec![
             (Error::BadVersion(2), &["version 2"]),
+            (Error::BadVersion(0), &["version 0", "uwsgi protocol", "fastcgi_pass"]),
+            (Error::BadVersion(b'G'), &["version 71", "speaks HTTP", "fastcgi_pass"]),
             (
                 Error::ParamsTooLarge { request_id: 7, len: 12, limit: 10 },
                 &["request 7", "at least 12 bytes", "limit of 10 bytes"],

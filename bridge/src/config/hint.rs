@@ -61,6 +61,10 @@ const MISPLACED: &[Peer] = &[
     (&["processes", "workers"], "processes (uWSGI's workers) is a pool key: `pools: NAME: processes: N`"),
     (&["threads"], "threads is a pool key: `pools: NAME: threads: N`"),
     (&["max-requests"], "max-requests is a pool key: `pools: NAME: max-requests: N`"),
+    (&["request-timeout"], "request-timeout is a pool key: `pools: NAME: request-timeout: 30s`"),
+    (&["queue-timeout"], "queue-timeout is a pool key: `pools: NAME: queue-timeout: 5s`"),
+    (&["queue-size"], "queue-size is a pool key: `pools: NAME: queue-size: N`"),
+    (&["max-body"], "max-body is a pool key: `pools: NAME: max-body: 10MiB`"),
     (
         &["shutdown-timeout"],
         "shutdown-timeout is a bridge key, how long SIGTERM waits for the requests in flight; a retiring worker's wait \
@@ -202,6 +206,13 @@ const PEERS: &[Peer] = &[
          cache with a cache server such as memcached or Redis",
     ),
     (&["cheaper"], "uWSGI's cheaper is the pool key `mode: dynamic` with min-processes"),
+    (
+        &["cheaper-initial", "cheaper-step", "cheaper-algo", "cheaper-overload", "cheaper-rss-limit-soft",
+          "cheaper-rss-limit-hard", "cheaper-busyness-min", "cheaper-busyness-max"],
+        "uWSGI's cheaper-* tuning has no equivalent: a pool with `mode: dynamic` starts min-processes (or \
+         spare-processes), adds a process while fewer than spare-processes' worth of threads are free, up to \
+         max-processes, and stops idle ones after idle-timeout",
+    ),
     (&["pm"], "PHP-FPM's pm is the pool key mode: static, dynamic or ondemand"),
     (
         &["pm.max-children", "max-children"],
@@ -266,6 +277,12 @@ const PEERS: &[Peer] = &[
     ),
     (&["limit-post"], "uWSGI's limit-post is the pool key max-body"),
     (
+        &["chunked-input-limit"],
+        "uWSGI's chunked-input-limit is the pool key max-body, which caps chunked bodies too (the pool key \
+         unknown-length-body says how they reach the app)",
+    ),
+    (&["chunked-input-timeout"], "uWSGI's chunked-input-timeout is the listener key body-timeout"),
+    (
         &["post-buffering"],
         "uWSGI's post-buffering has no equivalent: a request body streams to the app as it arrives (nginx buffers it \
          first unless fastcgi_request_buffering is off); the pool key max-body caps it",
@@ -308,7 +325,13 @@ const PEERS: &[Peer] = &[
          key routes picks a pool by host and path prefix",
     ),
     (&["max-fd", "rlimit-files"], "uWSGI's max-fd (PHP-FPM's rlimit_files) is the pool key rlimit-nofile"),
-    (&["process.priority"], "PHP-FPM's process.priority is the pool key nice"),
+    (&["process.priority", "cpu-priority"], "PHP-FPM's process.priority (mod_wsgi's cpu-priority) is the pool key nice"),
+    (&["supplementary-groups"], "mod_wsgi's supplementary-groups is the pool key groups, a list: [ssl-cert, shop]"),
+    (&["socket-user"], "mod_wsgi's socket-user is the listener key socket-owner (and socket-group)"),
+    (
+        &["python-eggs"],
+        "mod_wsgi's python-eggs has no key: set the variable in the pool key env: `env: {PYTHON_EGG_CACHE: /dir}`",
+    ),
     (
         &["forkbomb-delay", "emergency-restart-threshold"],
         "uWSGI's forkbomb-delay (PHP-FPM's emergency_restart_threshold) has no equivalent: a worker that keeps failing \
@@ -436,6 +459,9 @@ mod tests {
         assert!(unknown_key("cache", POOL_KEYS).starts_with("; uWSGI's cache2 has no equivalent"));
         // The bridge's own keys written in the wrong mapping are named anywhere.
         assert!(unknown_key("threads", template).starts_with("; threads is a pool key"));
+        // A pool key under a listener (a flat uWSGI ini split in two): named, not a look-alike.
+        assert!(unknown_key("queue-timeout", listener).starts_with("; queue-timeout is a pool key"));
+        assert!(unknown_key("request_timeout", listener).starts_with("; request-timeout is a pool key"));
     }
 
     #[test]
@@ -493,6 +519,9 @@ mod tests {
             ("cache2", "cache server"),
             ("route", "belong in the web server"),
             ("offload-threads", "listener key file-handoff"),
+            ("chunked-input-limit", "pool key max-body"),
+            ("chunked-input-timeout", "listener key body-timeout"),
+            ("cheaper-step", "spare-processes"),
         ];
         for (key, part) in cases {
             let says = unknown_key(key, pool);
@@ -506,6 +535,10 @@ mod tests {
         let says = unknown_key("manage-script-name", pool);
         assert!(says.starts_with("; uWSGI's manage-script-name has no equivalent and needs none"), "{says}");
         assert!(unknown_key("mount", pool).starts_with("; uWSGI's mount is the listener key mount"));
+        // mod_wsgi's daemon options.
+        assert!(unknown_key("socket-user", pool).contains("listener key socket-owner"));
+        assert!(unknown_key("supplementary-groups", pool).contains("pool key groups"));
+        assert!(unknown_key("cpu-priority", pool).contains("pool key nice"));
     }
 
     #[test]

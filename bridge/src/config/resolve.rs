@@ -522,6 +522,15 @@ pub(super) fn listener(src: &Source, dir: &Path, name: &str, mut raw: RawListene
     }
 }
 
+/// The error for a `mount` or route `prefix` written as uWSGI's `mount = PREFIX=APP`.
+fn uwsgi_mount(key: &str, value: &str) -> String {
+    let prefix = value.split('=').next().unwrap_or_default();
+    format!(
+        "{value:?} is uWSGI's mount (PREFIX=APP); here `{key}` is the path prefix alone, `{key}: {prefix}`, and the \
+         app goes in the pool's `app`"
+    )
+}
+
 /// `mount` (a path prefix without its trailing slash), `status-path` and `ping-path`.
 fn listener_paths(
     src: &Source,
@@ -534,6 +543,10 @@ fn listener_paths(
         // `/`: mounted at the root — SCRIPT_NAME "" and the whole path as PATH_INFO, even
         // where the web server split the path itself (mod_fcgid at `<Location />`).
         Some(m) if m.trim_start_matches('/').is_empty() => Some(String::new()),
+        Some(m) if m.contains('=') => {
+            errs.push(src.invalid(&here.key("mount"), uwsgi_mount("mount", m)));
+            None
+        }
         Some(m) if m.starts_with('/') => Some(m.trim_end_matches('/').to_owned()),
         Some(m) => {
             errs.push(src.invalid(&here.key("mount"), format!("{m:?} must be a path starting with /, e.g. /app")));
@@ -739,6 +752,8 @@ fn routes(
         };
         if let Some(prefix) = raw.prefix.as_deref().filter(|p| !p.starts_with('/')) {
             errs.push(src.invalid(&at.key("prefix"), format!("must start with '/', e.g. \"/{prefix}\"")));
+        } else if let Some(prefix) = raw.prefix.as_deref().filter(|p| p.contains('=')) {
+            errs.push(src.invalid(&at.key("prefix"), uwsgi_mount("prefix", prefix)));
         }
         if let Some(Err(m)) = raw.prefix.as_deref().map(super::template::route_capture) {
             errs.push(src.invalid(&at.key("prefix"), m));

@@ -1116,6 +1116,26 @@ fn mount_at_the_root_is_kept_as_the_empty_prefix() {
 }
 
 #[test]
+fn uwsgis_mount_syntax_says_how_to_write_it_here() {
+    let text = "\
+listeners:
+  l: {fastcgi: 127.0.0.1:9100, pool: demo, mount: /app=/srv/app.py}
+  r:
+    fastcgi: 127.0.0.1:9101
+    routes:
+      - {prefix: /blog=blog.py, pool: demo}
+";
+    let lines = error_lines(&valid("uwsgi-mount").file("30-x.yaml", text));
+    let want = [
+        "2:44: listeners.l.mount: \"/app=/srv/app.py\" is uWSGI's mount (PREFIX=APP); here `mount` is the path prefix \
+         alone, `mount: /app`, and the app goes in the pool's `app`",
+        "6:10: listeners.r.routes[0].prefix: \"/blog=blog.py\" is uWSGI's mount (PREFIX=APP); here `prefix` is the \
+         path prefix alone, `prefix: /blog`",
+    ];
+    assert_lines_start_with(&lines, &want);
+}
+
+#[test]
 fn the_socket_keys_are_read_past_errors_elsewhere_but_not_past_their_own() {
     let socket_keys = |t: &Tree| load_socket_keys(&t.root.join("conf.d")).map(|g| (g.runtime_dir, g.control_socket));
     let run = |t: &Tree| Some((Some(t.root.join("run")), None));
