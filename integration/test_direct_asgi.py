@@ -256,10 +256,14 @@ def test_a_worker_whose_event_loop_is_blocked_past_request_timeout_is_replaced(t
                    what="a replacement worker serving")
         # The request each killed worker ran had no head: a 5xx (nginx's 502; nginx may have
         # sent the GET again on another kept connection, to the replacement), timed to the kill.
+        # Each is a request timeout too (its blocked loop could count none).
         def counted():
             kills = len([ln for ln in b.log.lines(mark) if "worker stopped (request-timeout" in ln])
-            return kills >= 1 and b.pool_status("raw")["responses"]["5xx"] - before["responses"]["5xx"] == kills
-        wait_until(counted, 30, what="each killed request counted a 5xx")
+            after = b.pool_status("raw")
+            moved = (after["responses"]["5xx"] - before["responses"]["5xx"],
+                     after["request_timeouts"] - before["request_timeouts"])
+            return kills >= 1 and moved == (kills, kills)
+        wait_until(counted, 30, what="each killed request counted a 5xx and a request timeout")
         b.wait_counts_agree("raw")
     finally:
         front.stop()

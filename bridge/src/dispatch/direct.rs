@@ -250,13 +250,15 @@ mod tests {
         );
         let overdue = d.cancel_overdue(Duration::from_secs(2)).due;
         assert_eq!(overdue.iter().map(|o| o.uri.as_str()).collect::<Vec<_>>(), ["/block"]);
-        assert_eq!(d.view().counters.request_timeouts, 2, "counted by the worker, not here");
+        // That one its blocked loop could not count: counted here, once.
+        assert_eq!(d.view().counters.request_timeouts, 3);
+        assert!(d.cancel_overdue(Duration::from_secs(2)).due.is_empty());
         d.observe_direct(
             w,
             &Observed { threads: running, responses: [0; 5], timeouts: 3, ..Observed::default() },
             now_ns,
         );
-        assert_eq!(d.view().counters.request_timeouts, 3);
+        assert_eq!(d.view().counters.request_timeouts, 4, "the worker's own third");
         assert_eq!(d.direct_in_flight(), 1);
     }
 

@@ -963,8 +963,9 @@ impl<S: Slot> Dispatcher<S> {
                 continue;
             }
             // A direct ASGI worker times its requests out itself (its task is cancelled, the
-            // worker goes on; its scoreboard's count reaches the counters, direct.rs). One
-            // still running well past it means its event loop is blocked: only replacing the
+            // worker goes on; its scoreboard's count reaches the counters, direct.rs), and
+            // the request leaves its scoreboard as it counts it. One still running well past
+            // it means its event loop is blocked: it counted nothing, and only replacing the
             // worker ends it.
             let timeout = if w.direct.times_out_itself { timeout + direct::BLOCKED_LOOP_GRACE } else { timeout };
             for c in w.conns.iter_mut() {
@@ -979,9 +980,7 @@ impl<S: Slot> Dispatcher<S> {
                     continue;
                 }
                 c.timed_out = true;
-                if !w.direct.times_out_itself {
-                    inner.counters.request_timeouts += 1;
-                }
+                inner.counters.request_timeouts += 1;
                 if let Some(cancel) = &c.canceller {
                     cancel.cancel();
                 }
