@@ -117,7 +117,8 @@ pub fn render(v: &Value) -> String {
             "SLOW",
             "5XX",
             "503",
-            "504",
+            // request_timeouts: 504s, responses cut off, and a direct WSGI pool's kills (502s)
+            "TIMEOUTS",
             "EXITS",
             "CRASHES",
         ],
@@ -261,7 +262,7 @@ mod tests {
             out.lines().find(|l| l.starts_with("app  ")).unwrap_or_default().split_whitespace().collect();
         let at = |name: &str| cells.iter().position(|c| *c == name).and_then(|i| row.get(i).copied());
         assert_eq!(
-            (at("5XX"), at("503"), at("504"), at("EXITS"), at("CRASHES")),
+            (at("5XX"), at("503"), at("TIMEOUTS"), at("EXITS"), at("CRASHES")),
             (Some("7"), Some("3"), Some("2"), Some("9"), Some("1")),
             "{out}"
         );
