@@ -172,6 +172,9 @@ def test_a_slow_request_is_logged_with_its_pool_and_pid_and_no_bridge_request_id
         held = Background(lambda: front.get(f"/hold?tag={tag}"))
         try:
             lines = b.log.wait_for([r"slow request: GET /hold\?tag=" + tag], since=mark, timeout=60)
+            # Its stack names the request too (the worker's request ids are its own).
+            b.log.wait_for([rf"\[stack request_id=\d+-\d+ thread=\S+\] Python stack of GET /hold\?tag={tag}, most"],
+                           since=mark, timeout=60)
         finally:
             (b.workdir / f"{tag}.release").write_text("")
         assert held.result().status_code == 200

@@ -7,6 +7,7 @@ import asyncio
 import fcntl
 import json
 import os
+import re
 import select
 import signal
 import socket
@@ -255,6 +256,7 @@ def test_request_timeout_answers_504_cancels_the_task_and_the_worker_serves_on(d
     assert lines["%d-1" % pid].endswith(": answering 504, cancelling its task; its coroutine stack follows")
     assert lines["%d-2" % pid].endswith(": cutting its response off, cancelling its task; its coroutine stack follows")
     wait_until(lambda: "[stack request_id=%d-1 task=" % pid in w.stderr, "the coroutine stack")
+    assert re.search(r"\[stack request_id=%d-1 task=\d+\] coroutine stack of GET /stuck, most recent" % pid, w.stderr)
     assert any("test_direct_asgi.py" in line for line in w.stderr.splitlines()
                if line.startswith("[stack request_id=%d-1 " % pid))
     assert w.proc.poll() is None

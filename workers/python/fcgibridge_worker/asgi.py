@@ -32,6 +32,7 @@ import traceback
 from . import ClientDisconnected
 from . import _native
 from . import logging_bridge
+from .stackdump import one_line
 
 # FastCGI 1.0 record types, roles and protocol statuses.
 END_REQUEST, STDOUT, STDERR = 3, 6, 7
@@ -150,6 +151,16 @@ class Request:
         self.disconnected = True
         self._wake()
         self.end(0)
+
+    def line(self):
+        """`METHOD URI`, the URI as the web server's REQUEST_URI (the scope's raw_path and
+        query string)."""
+        scope = self.scope or {}
+        uri = bytes(scope.get("raw_path") or scope.get("path", "?").encode("utf-8", "replace"))
+        query = scope.get("query_string")
+        if query:
+            uri += b"?" + bytes(query)
+        return "%s %s" % (scope.get("method", "?"), uri.decode("latin-1"))
 
     def _wake(self):
         waiter = self.waiter
@@ -576,7 +587,7 @@ class Worker:
             if req.task is None or req.task.done():
                 continue
             prefix = "[stack request_id=%s task=%s] " % (req.request_id, id(req.task))
-            lines.append(prefix + "coroutine stack, most recent call last:\n")
+            lines.append(prefix + "coroutine stack of %s, most recent call last:\n" % one_line(req.line()))
             frames = _await_chain(req.task)
             for entry in traceback.StackSummary.extract((f, f.f_lineno) for f in frames).format():
                 for line in entry.rstrip("\n").split("\n"):
@@ -657,16 +668,6 @@ class DirectRequest(Request):
         # Never a STDERR record: that would go to the web server's error log, not the bridge's.
         # The request line leads, as the WSGI worker's prefix: no access log has it here.
         log_line(level, "[%s] %s" % (self.line(), text), self.request_id)
-
-    def line(self):
-        """`METHOD URI`, the URI as the web server's REQUEST_URI (the scope's raw_path and
-        query string)."""
-        scope = self.scope or {}
-        uri = bytes(scope.get("raw_path") or scope.get("path", "?").encode("utf-8", "replace"))
-        query = scope.get("query_string")
-        if query:
-            uri += b"?" + bytes(query)
-        return "%s %s" % (scope.get("method", "?"), uri.decode("latin-1"))
 
     def _ended(self):
         Request._ended(self)  # the codec gives its scoreboard slot back
