@@ -1116,6 +1116,18 @@ fn mount_at_the_root_is_kept_as_the_empty_prefix() {
 }
 
 #[test]
+fn an_access_log_format_without_an_access_log_file_is_a_warning() {
+    let format = "  access-log-format: '$status $uri'\n";
+    for (log, warned) in [("", true), ("  access-log: '-'\n", true), ("  access-log: access.log\n", false)] {
+        let t = valid(&format!("access-format-{}", log.len())).file("00-b.yaml", &format!("bridge:\n{log}{format}"));
+        let warnings = t.config().warnings;
+        let said =
+            warnings.iter().any(|w| w.contains("warning: bridge.access-log-format: it applies to an access log"));
+        assert_eq!(said, warned, "{log:?}: {warnings:?}");
+    }
+}
+
+#[test]
 fn uwsgis_mount_syntax_says_how_to_write_it_here() {
     let text = "\
 listeners:

@@ -151,6 +151,7 @@ pub(super) fn merge(
         warnings: log_dir_warnings(&global, opts)
             .into_iter()
             .chain(direct_tcp_warnings(&listeners, &sources))
+            .chain(access_format_warning(&global))
             .collect(),
         global: global.finish(),
         pools: with_ready_check_hosts(pools, &listeners),
@@ -529,6 +530,21 @@ fn direct_tcp_warnings(listeners: &[(Listener, usize)], sources: &[Source]) -> V
             _ => None,
         })
         .collect()
+}
+
+/// `access-log-format` without an access log file to apply to: the main log's access lines
+/// (`access-log: -`) are its structured ones, and without `access-log` there are none.
+fn access_format_warning(global: &GlobalBuilder) -> Option<String> {
+    let at = global.set_by.get("access-log-format").filter(|_| global.access_log_format.is_some())?;
+    let without = match global.access_log.as_deref() {
+        Some(p) if p != Path::new("-") => return None,
+        Some(_) => "the access lines of `access-log: -` (the main log) are its structured ones",
+        None => "no access log is written without `access-log`",
+    };
+    Some(format!(
+        "{at}: warning: bridge.access-log-format: it applies to an access log file, and {without}; set \
+         `access-log: /var/log/fcgibridge/access.log` (docs/operator-guide.md)"
+    ))
 }
 
 /// At a reload, the log files whose directory is missing, as warnings: the running daemon
