@@ -612,24 +612,26 @@ impl Manager {
             }
             let dump = if native && !asgi && !w.stacks_dumped { "Its Python stacks follow; " } else { "" };
             let replaced = format!(
-                "the worker is replaced, its other requests get graceful-timeout ({}) to finish",
+                "worker is replaced, its other requests get graceful-timeout ({}) to finish",
                 DurationText(graceful)
             );
+            // After a full stop, a sentence of its own.
+            let the = if dump.is_empty() { "The" } else { "the" };
             if asgi {
                 // A direct ASGI worker cancels its own overdue tasks: one still running well
                 // past the timeout means its event loop is blocked (dispatch/direct.rs), and
                 // the worker's watch already logged what blocks it.
                 tracing::error!(
                     pool = &*self.name, pid = w.pid, uri = %o.uri,
-                    "{head}, which did not end it: its event loop is blocked (a synchronous call in an async view?); {replaced}"
+                    "{head}, which did not end it: its event loop is blocked (a synchronous call in an async view?); the {replaced}"
                 );
             } else if direct {
                 // The worker holds the web server's connection: killing it closes it.
-                tracing::error!(pool = &*self.name, pid = w.pid, uri = %o.uri, "{head}. {dump}{replaced}");
+                tracing::error!(pool = &*self.name, pid = w.pid, uri = %o.uri, "{head}. {dump}{the} {replaced}");
             } else {
                 tracing::error!(
                     pool = &*self.name, pid = w.pid, request_id = o.request_id, uri = %o.uri,
-                    "{head}; answering 504 (its response cut off if it had begun). {dump}{replaced}"
+                    "{head}; answering 504 (its response cut off if it had begun). {dump}{the} {replaced}"
                 );
             }
             if !dump.is_empty() {
