@@ -148,11 +148,7 @@ pub(super) fn merge(
     ConfigError::from_all(errors)?;
     super::template::fit_to_listeners(&mut templates, &listeners.iter().map(|(l, _)| l).collect::<Vec<_>>());
     Ok(Config {
-        warnings: log_dir_warnings(&global, opts)
-            .into_iter()
-            .chain(direct_tcp_warnings(&listeners, &sources))
-            .chain(access_format_warning(&global))
-            .collect(),
+        warnings: warnings(&global, &listeners, &sources, opts),
         global: global.finish(),
         pools: with_ready_check_hosts(pools, &listeners),
         listeners: listeners.into_iter().map(|(l, _)| l).collect(),
@@ -508,6 +504,19 @@ fn check_dirs(
         errs.extend(check_log_dirs(global));
     }
     errs
+}
+
+/// What `check`, `run` and `reload` warn of in a configuration they accept.
+fn warnings(
+    global: &GlobalBuilder,
+    listeners: &[(Listener, usize)],
+    sources: &[Source],
+    opts: super::LoadOptions<'_>,
+) -> Vec<String> {
+    let mut all = log_dir_warnings(global, opts);
+    all.extend(direct_tcp_warnings(listeners, sources));
+    all.extend(access_format_warning(global));
+    all
 }
 
 /// A `direct` listener on a TCP address other than loopback: `allowed-clients` cannot
