@@ -438,6 +438,8 @@ impl Files {
                     return refuse(e.to_string());
                 }
                 return match self.uri_to_fs(&value) {
+                    // Headers nginx would drop: the bridge sends the file, as for X-Sendfile.
+                    Some(path) if dropped_by_nginx(head) => serve(head, FileSpec::Whole(path)),
                     Some(path) => checked_for_nginx(head, path, hand_off),
                     None => Decision::Forward,
                 };
@@ -723,6 +725,15 @@ mod tests {
         // A missing file too: the bridge answers 404 as for any file it sends.
         let mut h = head(&[("X-Sendfile", &*format!("{}/missing", dir.display())), ("Vary", "Origin")]);
         assert!(matches!(f.decide(&mut h, 1), Decision::Serve(s) if s.to_nginx.is_none()));
+        // The app's own X-Accel-Redirect into a file-map location: the same.
+        let mut h = head(&[&[("X-Accel-Redirect", "/protected/a.csv")][..], &kept[..]].concat());
+        assert!(for_nginx(f.decide(&mut h, 1)).contains("\r\nX-Accel-Redirect: /protected/a.csv\r\n"));
+        let mut h = head(&[("X-Accel-Redirect", "/protected/a.csv"), ("Vary", "Cookie")]);
+        let Decision::Serve(served) = f.decide(&mut h, 1) else { panic!("not served") };
+        assert_eq!((served.headers, served.to_nginx), (vec![(Bytes::from("Vary"), Bytes::from("Cookie"))], None));
+        // One nginx follows elsewhere (a named location, one no file-map covers) is nginx's.
+        let mut h = head(&[("X-Accel-Redirect", "@files"), ("Vary", "Cookie")]);
+        assert_eq!(f.decide(&mut h, 1), Decision::Forward);
     }
 
     #[test]
