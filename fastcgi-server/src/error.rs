@@ -116,6 +116,7 @@ fn version_hint(first: u8) -> &'static str {
         _ => "",
     }
 }
+
 impl Error {
     /// Whether the connection must be closed: the byte stream can no longer be parsed, or the
     /// peer broke the protocol. Non-fatal errors concern one request, which the caller can end

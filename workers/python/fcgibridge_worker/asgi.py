@@ -287,8 +287,9 @@ class Request:
     def _page(self, status, text):
         """The worker's own response (its 500, a direct worker's 504), which ends the request."""
         self.head_sent = self.complete = True
-        self.conn.write(self.conn.codec.encode_response(self.rid, _status_line(status), PAGE_HEADERS, status, text,
-                                                   False, self.is_head))
+        out = self.conn.codec.encode_response(self.rid, _status_line(status), PAGE_HEADERS, status, text, False,
+                                              self.is_head)
+        self.conn.write(out)
         self._ended()
 
     def _ended(self):
