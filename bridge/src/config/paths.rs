@@ -44,11 +44,18 @@ pub(crate) fn find_python(spec: &str, base: &Path, search_path: Option<&OsStr>) 
         let path = resolve(base, spec);
         if path.is_dir() {
             let python = path.join("bin").join("python");
-            return if is_executable_file(&python) {
-                Ok(python)
+            if is_executable_file(&python) {
+                return Ok(python);
+            }
+            let missing =
+                format!("{} is a directory but not a virtualenv: {} is missing", path.display(), python.display());
+            // mod_wsgi's python-home=/usr: a prefix with its interpreter under another name.
+            let python3 = path.join("bin").join("python3");
+            return Err(if is_executable_file(&python3) {
+                format!("{missing}; name its interpreter instead: `python: {}`", python3.display())
             } else {
-                Err(format!("{} is a directory but not a virtualenv: {} is missing", path.display(), python.display()))
-            };
+                missing
+            });
         }
         return if is_executable_file(&path) {
             Ok(path)

@@ -390,6 +390,17 @@ fn python_must_be_found() {
         tree.error(),
         "ROOT/conf.d/30-x.yaml:4:5: pools.x.python: ROOT/app is a directory but not a virtualenv: ROOT/app/bin/python is missing"
     );
+    // mod_wsgi's python-home=/usr: a prefix whose interpreter is bin/python3.
+    std::fs::create_dir_all(tree.root.join("usr/bin")).expect("usr/bin");
+    let python3 = tree.root.join("usr/bin/python3");
+    std::fs::write(&python3, "#!/bin/sh\n").expect("python3");
+    std::fs::set_permissions(&python3, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+    let tree = tree.file("30-x.yaml", "pools:\n  x:\n    app: x\n    python: ../usr\n");
+    assert_eq!(
+        tree.error(),
+        "ROOT/conf.d/30-x.yaml:4:5: pools.x.python: ROOT/usr is a directory but not a virtualenv: ROOT/usr/bin/python is \
+         missing; name its interpreter instead: `python: ROOT/usr/bin/python3`"
+    );
 }
 
 #[test]
