@@ -544,7 +544,7 @@ fn direct_tcp_warnings(listeners: &[(Listener, usize)], sources: &[Source]) -> V
 /// `access-log-format` without an access log file to apply to: the main log's access lines
 /// (`access-log: -`) are its structured ones, and without `access-log` there are none.
 fn access_format_warning(global: &GlobalBuilder) -> Option<String> {
-    let at = global.set_by.get("access-log-format").filter(|_| global.access_log_format.is_some())?;
+    let at = global.set_by.get("access-log-format")?;
     let without = match global.access_log.as_deref() {
         Some(p) if p != Path::new("-") => return None,
         Some(_) => "the access lines of `access-log: -` (the main log) are its structured ones",

@@ -438,8 +438,6 @@ impl Files {
                     return refuse(e.to_string());
                 }
                 return match self.uri_to_fs(&value) {
-                    // Headers nginx would drop: the bridge sends the file, as for X-Sendfile.
-                    Some(path) if dropped_by_nginx(head) => serve(head, FileSpec::Whole(path)),
                     Some(path) => checked_for_nginx(head, path, hand_off),
                     None => Decision::Forward,
                 };
@@ -474,12 +472,6 @@ impl Files {
         match (kind, &spec) {
             (Kind::Sendfile, FileSpec::Whole(path)) if nginx => {
                 if let Some(uri) = self.fs_to_uri(path) {
-                    // With X-Accel-Redirect nginx passes on only a few of the app's headers:
-                    // a response whose other headers matter (CORS, CSP, nosniff, Vary) is
-                    // sent by the bridge, which keeps them all.
-                    if dropped_by_nginx(head) {
-                        return serve(head, spec);
-                    }
                     let path = path.clone();
                     head.headers[i] = (Bytes::from_static(b"X-Accel-Redirect"), Bytes::from(uri));
                     return checked_for_nginx(head, path, hand_off);
@@ -552,12 +544,19 @@ impl Files {
 
 /// nginx follows symlinks and reads as its own user: `head`, with its X-Accel-Redirect, goes
 /// to nginx only through `hand_off`, once the file at `path` passes the checks of a file the
-/// bridge sends itself (respond/sendfile.rs).
+/// bridge sends itself (respond/sendfile.rs); the bridge sends it instead when nginx would
+/// drop some of its headers.
 fn checked_for_nginx(
     head: &mut ResponseHead,
     path: Vec<u8>,
     hand_off: impl Fn(&ResponseHead, FileSpec, Option<Bytes>) -> Decision,
 ) -> Decision {
+    // With X-Accel-Redirect nginx passes on only a few of the app's headers: a response
+    // whose other headers matter (CORS, CSP, nosniff, Vary) is sent by the bridge, which
+    // keeps them all, whether the app wrote X-Sendfile or X-Accel-Redirect.
+    if dropped_by_nginx(head) {
+        return hand_off(head, FileSpec::Whole(path), None);
+    }
     head.content_length = None; // the app's body is not sent
     match super::encode_head(head, 0) {
         Ok((_, out)) => hand_off(head, FileSpec::Whole(path), Some(out.freeze())),
