@@ -13,7 +13,6 @@ sys.path.insert(0, str(HERE.parent))
 
 import frontends  # noqa: E402
 import support  # noqa: E402
-from harness import free_ports, make_bridge, pool  # noqa: E402
 
 
 def pytest_sessionfinish(session, exitstatus):
@@ -35,21 +34,8 @@ def sbridge(tmp_path_factory, www):
     follow them); the servers whose page shows a listener of their own (lighttpd's in
     `translate` mode, the others' in `serve` mode) get it, from the page's `listener`
     test-snippet."""
-    workdir = tmp_path_factory.mktemp("servers-bridge")
-    own = [(page, doc_port, name) for page, ls in frontends.PAGE_LISTENERS.items() for doc_port, name in ls.items()]
-    fport, sport, *own_ports = free_ports(2 + len(own))
-    pools = {"conformance": pool(str(frontends.APP), processes=2, threads=8,
-                                 env={"CONFORMANCE_FILES_DIR": str(www / "files")})}
-    listeners = {"fastcgi": {"fastcgi": f"127.0.0.1:{fport}", "pool": "conformance"},
-                 "scgi": {"scgi": f"127.0.0.1:{sport}", "pool": "conformance"}}
-    b = make_bridge(workdir, pools, listeners)
-    b.ports = {"fastcgi": fport, "scgi": sport}
-    for (_, doc_port, name), port in zip(own, own_ports):
-        protocol = "scgi" if frontends.SHARED_LISTENERS[doc_port] == "scgi" else "fastcgi"
-        b.config["listeners"][name] = {protocol: f"127.0.0.1:{port}"}  # for wait_ready
-        b.ports[name] = port
-    for i, page in enumerate(frontends.PAGE_LISTENERS):
-        (b.confdir / f"60-{i}-{page[:-3]}.yaml").write_text(frontends.listener_config(page, b.ports, "conformance", www))
+    b = frontends.shared_bridge(tmp_path_factory.mktemp("servers-bridge"), www, frontends.APP, "conformance",
+                                env={"CONFORMANCE_FILES_DIR": str(www / "files")})
     try:
         b.start()
         b.wait_ready([(n, "/health", "x") for n in b.config["listeners"]])

@@ -23,19 +23,26 @@ REPO = HERE.parent.parent
 DOCS = REPO / "docs" / "servers"
 sys.path.insert(0, str(HERE.parent))
 
-from harness import free_ports, bridge_binary, nginx_conf, stop_process  # noqa: E402
+from harness import free_ports, bridge_binary, make_bridge, nginx_conf, pool, stop_process  # noqa: E402
 
 APP = HERE / "conformance_app.py"
 STARTUP = 90.0
 
 
 def snippet(doc: str, name: str) -> str:
-    """The fenced block after `<!-- test-snippet: name -->` in docs/servers/<doc>."""
-    text = (DOCS / doc).read_text()
-    m = re.search(r"<!-- test-snippet: " + re.escape(name) + r" -->\s*\n```[^\n]*\n(.*?)\n```", text, re.S)
+    """The fenced block after `<!-- test-snippet: name -->` in docs/servers/<doc> (`doc` may
+    be `../authorizer.md`). A block indented in a list item comes back without its indent."""
+    path = (DOCS / doc).resolve()
+    m = re.search(r"<!-- test-snippet: " + re.escape(name) + r" -->\s*?\n([ \t]*)```[^\n]*\n(.*?)\n\1```",
+                  path.read_text(), re.S)
     if not m:
-        raise AssertionError(f"docs/servers/{doc}: no test-snippet {name!r}")
-    return m.group(1) + "\n"
+        raise AssertionError(f"{path.relative_to(REPO)}: no test-snippet {name!r}: put "
+                             f"`<!-- test-snippet: {name} -->` on the line before its fenced block")
+    indent = m.group(1)
+    lines = m.group(2).split("\n")
+    if indent:
+        lines = [ln[len(indent):] if ln.startswith(indent) else ln.lstrip() for ln in lines]
+    return "\n".join(lines) + "\n"
 
 
 def substitute(text: str, subst: dict) -> str:
@@ -285,14 +292,19 @@ class Lighttpd(Server):
         wrapper = self.spawned_wrapper()
         s = self.subst()
         s.update({"/run/lighttpd": str(w), "/usr/local/bin/fcgibridge-spawned": str(wrapper)})
-        conf = substitute(snippet("lighttpd.md", "conf"), s)
+        return self.lighttpd(substitute(snippet("lighttpd.md", "conf"), s))
+
+    def lighttpd(self, conf: str) -> list:
+        """Write lighttpd.conf, `conf` after the process boilerplate, listening on the ports
+        of the variants; the command line that runs it."""
+        w = self.workdir
+        others = "".join(f'$SERVER["socket"] == "127.0.0.1:{self.ports[key]}" {{ }}\n'
+                         for key in sorted(set(self.variants.values()) - {"8080"}))
         # the page leaves server.document-root to lighttpd.conf (Debian's sets one)
         (w / "lighttpd.conf").write_text(
             f'server.bind = "127.0.0.1"\nserver.port = {self.ports["8080"]}\n'
             f'server.document-root = "{self.www}"\n'
-            f'server.errorlog = "{w}/error.log"\nserver.pid-file = "{w}/lighttpd.pid"\n'
-            f'$SERVER["socket"] == "127.0.0.1:{self.ports["8081"]}" {{ }}\n'
-            f'$SERVER["socket"] == "127.0.0.1:{self.ports["8082"]}" {{ }}\n' + conf)
+            f'server.errorlog = "{w}/error.log"\nserver.pid-file = "{w}/lighttpd.pid"\n' + others + conf)
         return [self.binary, "-D", "-f", str(w / "lighttpd.conf")]
 
     def stop_signal(self):
@@ -313,15 +325,19 @@ class Apache(Server):
         raise RuntimeError("Apache modules directory not found")
 
     def command(self):
+        wrapper = self.spawned_wrapper()
+        s = self.subst()
+        s.update({"/usr/lib/apache2/modules": self.modules_dir(), "/run/apache2": str(self.workdir / "run"),
+                  "/usr/local/bin/fcgibridge-spawned": str(wrapper)})
+        return self.httpd(substitute(snippet("apache.md", "conf"), s))
+
+    def httpd(self, conf: str) -> list:
+        """Write httpd.conf, `conf` after the process boilerplate and the modules the page
+        leaves to Debian's stock configuration; the command line that runs it."""
         w = self.workdir
         mods = self.modules_dir()
-        wrapper = self.spawned_wrapper()
         (w / "run").mkdir()
         (w / "run").chmod(0o777)
-        s = self.subst()
-        s.update({"/usr/lib/apache2/modules": mods, "/run/apache2": str(w / "run"),
-                  "/usr/local/bin/fcgibridge-spawned": str(wrapper)})
-        conf = substitute(snippet("apache.md", "conf"), s)
         base = "".join(f"LoadModule {m}_module {mods}/mod_{m}.so\n" for m in (
             "mpm_event", "authz_core", "authz_user", "authn_core", "auth_basic", "mime", "alias")
             if os.path.exists(f"{mods}/mod_{m}.so"))
@@ -412,6 +428,28 @@ def listener_config(page: str, ports: dict, pool: str, www: Path) -> str:
     for name in listeners.values():
         assert f"\n  {name}:\n" in text, f"the listener snippet must define listener {name!r}:\n{text}"
     return text
+
+
+def shared_bridge(workdir: Path, www: Path, app: Path, pool_name: str, env: dict | None = None):
+    """The bridge the connect-mode servers use (not started): `app` in pool `pool_name`,
+    2 x 8 threads. `fastcgi` and `scgi` pass hand-off headers on (for nginx and
+    mod_proxy_scgi, which follow them); the servers whose page shows a listener of their own
+    (lighttpd's in `translate` mode, the others' in `serve` mode) get it, from the page's
+    `listener` test-snippet. `.ports` maps each listener's name to its port."""
+    own = [(page, doc_port, name) for page, ls in PAGE_LISTENERS.items() for doc_port, name in ls.items()]
+    fport, sport, *own_ports = free_ports(2 + len(own))
+    pools = {pool_name: pool(str(app), processes=2, threads=8, env=dict(env or {}))}
+    listeners = {"fastcgi": {"fastcgi": f"127.0.0.1:{fport}", "pool": pool_name},
+                 "scgi": {"scgi": f"127.0.0.1:{sport}", "pool": pool_name}}
+    b = make_bridge(workdir, pools, listeners)
+    b.ports = {"fastcgi": fport, "scgi": sport}
+    for (_, doc_port, name), port in zip(own, own_ports):
+        protocol = "scgi" if SHARED_LISTENERS[doc_port] == "scgi" else "fastcgi"
+        b.config["listeners"][name] = {protocol: f"127.0.0.1:{port}"}  # for wait_ready
+        b.ports[name] = port
+    for i, page in enumerate(PAGE_LISTENERS):
+        (b.confdir / f"60-{i}-{page[:-3]}.yaml").write_text(listener_config(page, b.ports, pool_name, www))
+    return b
 
 
 # ------------------------------------------------------------------ connections
