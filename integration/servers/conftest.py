@@ -98,6 +98,8 @@ FEATURE_OF_TEST = {
     "test_basics": "basics", "test_keep_alive": "keep-alive", "test_multiplexing": "multiplexing",
     "test_chunked_upload": "chunked upload", "test_internal_redirect": "internal redirect",
     "test_file_handoff": "file hand-off", "test_authorizer": "authorizer",
+    "test_authorization_header": "Authorization header",
+    "test_authorization_reaches_the_app_only_with_the_documented_setting": "Authorization header",
     "test_spawned_cell": "spawned mode", "test_started_by_the_server_and_stopped_with_it": "spawned mode",
     "test_many_requests_over_few_connections": "multiplexing",
     "test_clients_that_go_away_free_their_slots": "multiplexing",

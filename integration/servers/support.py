@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 FEATURES = ["basics", "keep-alive", "multiplexing", "chunked upload", "internal redirect",
-            "file hand-off", "authorizer", "spawned mode"]
+            "file hand-off", "authorizer", "Authorization header", "spawned mode"]
 # verdicts: yes, no (the server does not do it), n/a (does not apply to this variant),
 # FAIL (something is broken)
 VERDICTS = ("yes", "no", "n/a", "FAIL")

@@ -14,6 +14,7 @@ import pytest
 import requests
 
 import frontends
+import support
 
 TIMEOUT = 60
 BASIC = "Basic dXNlcjpwYXNz"
@@ -21,6 +22,12 @@ BEARER = "Bearer eyJhbGciOiJIUzI1NiJ9.e30.sig-_x"
 PROXY_AUTH = "Basic cHJveHk6cHc="
 PROXIED = ["apache-proxy-fcgi", "apache-proxy-scgi"]
 VARIANTS = PROXIED + ["apache-fcgid"]
+SUPPORT_NOTE = {
+    "apache-proxy-fcgi": "only with `CGIPassAuth On` in a `<Location>`, not a `<Directory>` (docs/servers/apache.md)",
+    "apache-proxy-scgi": "only with `CGIPassAuth On` in a `<Location>`, not a `<Directory>` (docs/servers/apache.md)",
+    "apache-fcgid": "only with `FcgidPassHeader Authorization` (also as `Authorization`) or `CGIPassAuth On` "
+                    "(docs/servers/apache.md)",
+}
 # the trap the page warns of: mod_wsgi users have WSGIPassAuthorization in a <Directory>
 DIRECTORY_BLOCK = '<Directory "/">\n    CGIPassAuth On\n</Directory>\n'
 
@@ -96,6 +103,8 @@ def test_authorization_reaches_the_app_only_with_the_documented_setting(apache, 
     assert got == expected(case, variant, value), (
         f"{variant}, {case}: the app got {got}; docs/servers/apache.md (The `Authorization` header) "
         f"says {expected(case, variant, value)}: fix the page or the bridge")
+    if case == "documented":
+        support.record(variant, "Authorization header", "yes", SUPPORT_NOTE[variant])
 
 
 @pytest.mark.parametrize("variant", VARIANTS)

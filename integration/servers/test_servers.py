@@ -293,6 +293,28 @@ def test_static_files(servers, variant, www):
         (r.status_code, r.content[:200])
 
 
+# The client's Authorization header: every page's configuration passes it as is, but
+# Apache's, which needs a setting per module (test_apache_auth.py runs those and fills
+# Apache's cells).
+AUTH_VALUES = ["Basic YWxpY2U6c2VjcmV0", "Bearer eyJhbGciOiJIUzI1NiJ9.e30.sig-_x"]
+
+
+def test_authorization_header(srv, variant):
+    for value in AUTH_VALUES:
+        env = requests.get(url(srv, variant, "/env"), headers={"Authorization": value}, timeout=TIMEOUT).json()
+        if variant.startswith("apache"):
+            assert "HTTP_AUTHORIZATION" not in env, (
+                f"{variant}: docs/servers/apache.md says its configuration does not pass Authorization, "
+                f"but the app got {env['HTTP_AUTHORIZATION']!r}: fix the page")
+            continue
+        assert env.get("HTTP_AUTHORIZATION") == value, (
+            f"{variant}: sent Authorization: {value}, the app got HTTP_AUTHORIZATION="
+            f"{env.get('HTTP_AUTHORIZATION')!r}; docs/migration.md says this server passes it")
+    if not variant.startswith("apache"):
+        how = "with `pass-header Authorization` (docs/servers/haproxy.md)" if variant == "haproxy" else "as is"
+        support.record(variant, "Authorization header", "yes", f"HTTP_AUTHORIZATION, Basic and Bearer, {how}")
+
+
 AUTHORIZER = {"lighttpd-fastcgi": "lighttpd mode authorizer", "apache-proxy-fcgi": "mod_authnz_fcgi"}
 
 
@@ -317,7 +339,11 @@ def test_authorizer(srv, variant):
     env = ok.json()
     assert env.get("AUTH_USER_NAME") == "alice" and env.get("AUTH_TEAM") == "blue", env
     extra = "; REMOTE_USER=alice" if env.get("REMOTE_USER") == "alice" else ""
-    note = (f"{AUTHORIZER[variant]}: 401 + WWW-Authenticate from the app reach the client; on 200 the "
+    # lighttpd passes the app's refusal on; Apache (an AuthBasicProvider) sends its own 401
+    # (test_authorizer_example.py checks both)
+    refusal = ("Apache's own 401 (realm of the AuthName) reaches the client" if variant.startswith("apache")
+               else "401 + WWW-Authenticate from the app reach the client")
+    note = (f"{AUTHORIZER[variant]}: {refusal}; on 200 the "
             f"request goes on to the responder with Variable-AUTH_USER_NAME/AUTH_TEAM as params{extra}")
     if variant.startswith("apache"):
         note += " (Apache sends the authorizer no STDIN record at all)"
