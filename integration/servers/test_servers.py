@@ -309,7 +309,7 @@ def test_authorization_header(srv, variant):
             continue
         assert env.get("HTTP_AUTHORIZATION") == value, (
             f"{variant}: sent Authorization: {value}, the app got HTTP_AUTHORIZATION="
-            f"{env.get('HTTP_AUTHORIZATION')!r}; docs/migration.md says this server passes it")
+            f"{env.get('HTTP_AUTHORIZATION')!r}; docs/migration.md and the server's page say its configuration passes it")
     if not variant.startswith("apache"):
         how = "with `pass-header Authorization` (docs/servers/haproxy.md)" if variant == "haproxy" else "as is"
         support.record(variant, "Authorization header", "yes", f"HTTP_AUTHORIZATION, Basic and Bearer, {how}")
