@@ -232,6 +232,9 @@ fn render_pool(out: &mut String, pool: &Pool) {
         App::File { path, callable } => field(out, 4, "app", &quote(&App::spec_for(path, callable))),
         App::Command(argv) => field(out, 4, "command", &list(argv)),
     }
+    if let Some(by) = &pool.python_at.chosen_by {
+        let _ = writeln!(out, "    # python: from {} ({by})", pool.python_at.at);
+    }
     field(out, 4, "python", &quote(&pool.python.display().to_string()));
     field(out, 4, "chdir", &quote(&pool.chdir.display().to_string()));
     if pool.env.is_empty() {
@@ -483,6 +486,30 @@ mod tests {
         assert_eq!(quote(""), "\"\"");
         assert_eq!(quote("a b"), "\"a b\"");
         assert_eq!(quote("say \"hi\"\n"), "\"say \\\"hi\\\"\\n\"");
+    }
+
+    #[test]
+    fn a_python_a_shebang_chose_says_so() {
+        let render = |pool: &Pool| {
+            let mut out = String::new();
+            render_pool(&mut out, pool);
+            out.lines().skip_while(|l| !l.contains("python")).take(2).map(str::to_owned).collect::<Vec<_>>()
+        };
+        let python_at = config::KeyAt {
+            at: "/srv/app/app.fcgi:1".into(),
+            key: "pools.p.python".into(),
+            written: false,
+            chosen_by: Some("the app file's shebang, as python: is not set".into()),
+        };
+        let pool = Pool { python: "/srv/venv/bin/python".into(), python_at, ..Pool::for_tests() };
+        assert_eq!(
+            render(&pool),
+            [
+                "    # python: from /srv/app/app.fcgi:1 (the app file's shebang, as python: is not set)",
+                "    python: /srv/venv/bin/python"
+            ]
+        );
+        assert_eq!(render(&Pool::for_tests())[0], "    python: python3");
     }
 
     #[test]

@@ -25,6 +25,7 @@ pub(crate) mod paths;
 mod proxies;
 mod recover;
 mod resolve;
+mod shebang;
 mod status_key;
 pub mod supervision;
 pub mod template;

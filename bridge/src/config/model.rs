@@ -304,9 +304,11 @@ pub struct Route {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Pool {
     pub name: String,
-    /// Interpreter or virtualenv python to run; default "python3" from PATH.
+    /// Interpreter or virtualenv python to run; when not written, the one a script app's
+    /// shebang names (shebang.rs), else "python3" from PATH.
     pub python: PathBuf,
-    /// Where `python` was written (or, by default, the pool), for the interpreter probe's errors.
+    /// Where `python` was written (or the shebang that chose it, or by default the pool), for
+    /// the interpreter probe's errors.
     pub python_at: KeyAt,
     /// "package.module:callable", or the path of a .wsgi/.py file that defines `application`.
     pub app: App,
@@ -490,6 +492,9 @@ pub struct KeyAt {
     pub key: String,
     /// False when the value is the default.
     pub written: bool,
+    /// What chose the value when the key is not written and no plain default did (the app
+    /// file's shebang for `python`); `at` then points there.
+    pub chosen_by: Option<String>,
 }
 
 impl PartialEq for KeyAt {
@@ -516,6 +521,19 @@ impl App {
     pub fn file(&self) -> Option<&Path> {
         match self {
             Self::File { path, .. } => Some(path),
+            _ => None,
+        }
+    }
+
+    /// The app file when the worker runs it as the main script, as a web server ran a flup
+    /// script (the worker's rule: any file not ending in .py or .wsgi, or any with
+    /// `:__main__`); None for a file imported as a module, a module, a program.
+    pub fn script(&self) -> Option<&Path> {
+        match self {
+            Self::File { path, callable } => {
+                let ext = path.extension().and_then(std::ffi::OsStr::to_str);
+                (callable == "__main__" || !matches!(ext, Some("py" | "wsgi"))).then_some(path.as_path())
+            }
             _ => None,
         }
     }

@@ -30,7 +30,7 @@ pub(crate) fn absolute_dir(dir: &Path) -> std::io::Result<PathBuf> {
     Ok(resolve(&abs, "."))
 }
 
-fn is_executable_file(path: &Path) -> bool {
+pub(crate) fn is_executable_file(path: &Path) -> bool {
     path.metadata().map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false)
 }
 

@@ -79,13 +79,15 @@ pub(super) fn check_name(src: &Source, path: &KeyPath, kind: &str, name: &str) -
 }
 
 /// A pool from `pools.NAME` in a file whose directory is `dir`. Every key is checked,
-/// and every error returned (one bad key does not hide the others).
+/// and every error returned (one bad key does not hide the others); what is accepted but
+/// worth a look is added to `warnings` (`file:line: warning: key: message`).
 pub(super) fn pool(
     src: &Source,
     dir: &Path,
     name: &str,
     mut raw: RawPool,
     opts: LoadOptions<'_>,
+    warnings: &mut Vec<String>,
 ) -> Result<Pool, ConfigError> {
     let LoadOptions { search_path, privileges, .. } = opts;
     let here = KeyPath::of(&["pools", name]);
@@ -96,20 +98,20 @@ pub(super) fn pool(
     let raw_interface = super::interface::RawInterface::take(&mut raw);
 
     let app_key = here.key(if raw.command.is_some() && raw.app.is_none() { "command" } else { "app" });
-    let app_at = KeyAt { at: src.at(&app_key).to_string(), key: app_key.to_string(), written: true };
+    let app_at = KeyAt { at: src.at(&app_key).to_string(), key: app_key.to_string(), written: true, chosen_by: None };
     let app = pool_app(src, &here, dir, (raw.app.take(), raw.command.take()), search_path, &mut errs);
 
-    let python = paths::find_python(raw.python.as_deref().unwrap_or(DEFAULT_PYTHON), dir, search_path)
-        .map_err(|m| src.invalid(&here.key("python"), m));
-    let python = note(&mut errs, python);
-    let python_key = here.key("python");
-    let python_at =
-        KeyAt { at: src.at(&python_key).to_string(), key: python_key.to_string(), written: raw.python.is_some() };
+    let (python, python_at) =
+        pool_python(src, (&here, dir), raw.python.as_deref(), app.as_ref(), search_path, (&mut errs, warnings));
 
     let chdir = pool_chdir(src, &here, dir, raw.chdir.as_deref(), app.as_ref(), &mut errs);
     let chdir_key = here.key("chdir");
-    let chdir_at =
-        KeyAt { at: src.at(&chdir_key).to_string(), key: chdir_key.to_string(), written: raw.chdir.is_some() };
+    let chdir_at = KeyAt {
+        at: src.at(&chdir_key).to_string(),
+        key: chdir_key.to_string(),
+        written: raw.chdir.is_some(),
+        chosen_by: None,
+    };
 
     let env = pool_env(src, &here, raw.env, &mut errs);
 
@@ -175,6 +177,47 @@ pub(super) fn pool(
         }
         _ => Err(ConfigError::several(errs)),
     }
+}
+
+/// `python` as written; else, for an app run as the main script (a flup script), the Python
+/// its shebang names, as mod_fcgid and spawn-fcgi ran it; else python3 from PATH. With where
+/// that was decided. A shebang naming a Python that cannot be used is a warning, not an
+/// error: the default runs, as before shebangs were read.
+fn pool_python(
+    src: &Source,
+    (here, dir): (&KeyPath, &Path),
+    written: Option<&str>,
+    app: Option<&App>,
+    search_path: Option<&std::ffi::OsStr>,
+    (errs, warnings): (&mut Vec<ConfigError>, &mut Vec<String>),
+) -> (Option<std::path::PathBuf>, KeyAt) {
+    use super::shebang::{self, Shebang};
+    let key = here.key("python");
+    let mut at =
+        KeyAt { at: src.at(&key).to_string(), key: key.to_string(), written: written.is_some(), chosen_by: None };
+    let script = app.filter(|_| written.is_none()).and_then(App::script);
+    let read = script.map_or(Shebang::Silent, |file| shebang::read(file, search_path));
+    let default = paths::find_python(written.unwrap_or(DEFAULT_PYTHON), dir, search_path);
+    match (read, script) {
+        (Shebang::Python(python), Some(file)) => {
+            at.at = format!("{}:1", file.display());
+            at.chosen_by = Some("the app file's shebang, as python: is not set".to_owned());
+            return (Some(python), at);
+        }
+        (Shebang::Unusable { line, why }, Some(file)) => {
+            let runs = match &default {
+                Ok(p) => format!("{} (python3 from PATH)", p.display()),
+                Err(_) => "python3 from PATH".to_owned(),
+            };
+            warnings.push(format!(
+                "{}:1: warning: {key}: the app file's shebang `{line}` names a Python that cannot be used: {why}; \
+                 the pool runs {runs} instead; set `python:` to the interpreter the script needs",
+                file.display()
+            ));
+        }
+        _ => {}
+    }
+    (note(errs, default.map_err(|m| src.invalid(&key, m))), at)
 }
 
 /// `app` or `command`: exactly one of them, resolved.

@@ -272,27 +272,7 @@ pub fn resolve(
         raw.mode = Some("ondemand".to_owned());
     }
     let t = block_settings(src, &here.key("template"), block, &mut errs);
-    // The keys without a placeholder, checked now on a sample instance; what a placeholder
-    // decides (files, accounts) is checked per instance.
-    let sample = fill_raw(&raw, &Placeholder::ALL.map(|p| (p, "example")));
-    let dependent = ["chdir", "chroot", "script-user", "script-group", "python", "app", "command"];
-    let paths_vary = with_placeholders.iter().any(|k| dependent.contains(&k.as_str()));
-    if let Err(e) = super::resolve::pool(src, dir, name, sample, opts) {
-        let prefix = here.to_string();
-        // A key already refused for its placeholder is not reported again for its value.
-        let refused: Vec<String> = errs.iter().filter_map(error_key).map(str::to_owned).collect();
-        for e in flatten(e).into_iter().filter(|e| error_key(e).is_none_or(|k| !refused.iter().any(|r| r == k))) {
-            let key = match &e {
-                ConfigError::Invalid { key, .. } => key.strip_prefix(&prefix).unwrap_or("").trim_start_matches('.'),
-                _ => "",
-            };
-            let top = key.split(['.', '[']).next().unwrap_or("");
-            let varies = with_placeholders.iter().any(|k| k == top) || (paths_vary && dependent.contains(&top));
-            if !varies {
-                errs.push(e);
-            }
-        }
-    }
+    let warnings = check_sample(src, (&here, dir), name, &raw, opts, &with_placeholders, &mut errs);
     let Some((allow, max_instances, idle_timeout, spawn_rate, missing_cache, min_uid)) = t else {
         return Err(ConfigError::several(errs));
     };
@@ -316,8 +296,44 @@ pub fn resolve(
         queue_size,
         queue_size_at,
         capacity,
-        warnings: Vec::new(),
+        warnings,
     })
+}
+
+/// The keys of a template's entry without a placeholder, checked now on a sample instance
+/// (what a placeholder decides, files and accounts, is checked per instance); the sample's
+/// warnings, which hold for every instance (with a placeholder in `app` the sample's file
+/// does not exist and says nothing).
+fn check_sample(
+    src: &Source,
+    (here, dir): (&KeyPath, &Path),
+    name: &str,
+    raw: &RawPool,
+    opts: super::LoadOptions<'_>,
+    with_placeholders: &[String],
+    errs: &mut Vec<ConfigError>,
+) -> Vec<String> {
+    let sample = fill_raw(raw, &Placeholder::ALL.map(|p| (p, "example")));
+    let dependent = ["chdir", "chroot", "script-user", "script-group", "python", "app", "command"];
+    let paths_vary = with_placeholders.iter().any(|k| dependent.contains(&k.as_str()));
+    let mut warnings = Vec::new();
+    if let Err(e) = super::resolve::pool(src, dir, name, sample, opts, &mut warnings) {
+        let prefix = here.to_string();
+        // A key already refused for its placeholder is not reported again for its value.
+        let refused: Vec<String> = errs.iter().filter_map(error_key).map(str::to_owned).collect();
+        for e in flatten(e).into_iter().filter(|e| error_key(e).is_none_or(|k| !refused.iter().any(|r| r == k))) {
+            let key = match &e {
+                ConfigError::Invalid { key, .. } => key.strip_prefix(&prefix).unwrap_or("").trim_start_matches('.'),
+                _ => "",
+            };
+            let top = key.split(['.', '[']).next().unwrap_or("");
+            let varies = with_placeholders.iter().any(|k| k == top) || (paths_vary && dependent.contains(&top));
+            if !varies {
+                errs.push(e);
+            }
+        }
+    }
+    warnings
 }
 
 /// An instance's `queue-size`, where it is written, and the template's capacity: before
@@ -528,12 +544,18 @@ fn drop_nulls(v: &mut serde_json::Value) {
 }
 
 /// An instance's pool from its filled-in entry, resolved and checked as a written pool
-/// (errors name the template's file and keys).
-pub fn instantiate(t: &Template, mut raw: RawPool, search_path: Option<&std::ffi::OsStr>) -> Result<Pool, ConfigError> {
+/// (errors name the template's file and keys), and what is worth a warning (its app
+/// file's shebang names a Python that cannot be used).
+pub fn instantiate(
+    t: &Template,
+    mut raw: RawPool,
+    search_path: Option<&std::ffi::OsStr>,
+) -> Result<(Pool, Vec<String>), ConfigError> {
     raw.queue_size.get_or_insert(t.queue_size);
     let src = Source { file: t.file.clone(), index: super::locate::KeyIndex::default() };
     let opts = super::LoadOptions { search_path, privileges: super::Privileges::Check, moment: super::Moment::Start };
-    super::resolve::pool(&src, &t.dir, &t.name, raw, opts)
+    let mut warnings = Vec::new();
+    super::resolve::pool(&src, &t.dir, &t.name, raw, opts, &mut warnings).map(|pool| (pool, warnings))
 }
 
 #[cfg(test)]
@@ -631,7 +653,7 @@ listeners:
         fs::create_dir_all(root.join("sites/alpha.test")).unwrap();
         fs::write(root.join("sites/alpha.test/app.py"), "application = None\n").unwrap();
         let raw = fill_raw(&t.raw, &[(Placeholder::Host, "alpha.test")]);
-        assert_eq!(instantiate(t, raw, Some(root.join("bin").as_os_str())).unwrap().queue_size, 341);
+        assert_eq!(instantiate(t, raw, Some(root.join("bin").as_os_str())).unwrap().0.queue_size, 341);
         // The narrowest listener that leads to it decides (60 / 3); a listener that leads
         // elsewhere does not.
         let listeners = concat!(

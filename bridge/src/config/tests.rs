@@ -1350,3 +1350,110 @@ fn check_shows_the_keys_a_direct_listener_ignores_as_comments() {
         assert!(out.lines().any(|l| l.starts_with(live)), "{live}: {out}");
     }
 }
+
+/// A valid tree whose pool runs `app` (from conf.d) with `python` when given, and a script
+/// `app/app.fcgi` that starts with `first_line`.
+fn flup_tree(name: &str, first_line: &str, app: &str, python: Option<&str>) -> Tree {
+    let tree = Tree::new(name).file("20-listen.yaml", LISTENER);
+    let line = first_line.replace("ROOT", &tree.root.display().to_string());
+    let script = format!("{line}\nfrom flup.server.fcgi import WSGIServer\nWSGIServer(app).run()\n");
+    fs::write(tree.root.join("app/app.fcgi"), &script).unwrap();
+    fs::write(tree.root.join("app/main.py"), &script).unwrap();
+    let python = python.map(|p| format!("    python: {p}\n")).unwrap_or_default();
+    tree.file("10-pool.yaml", &format!("pools:\n  demo:\n    app: {app}\n{python}"))
+}
+
+/// An executable stand-in at `root/rel`.
+fn stand_in(tree: &Tree, rel: &str) -> PathBuf {
+    let path = tree.root.join(rel);
+    fs::create_dir_all(path.parent().unwrap()).unwrap();
+    fs::write(&path, "#!/bin/sh\n").unwrap();
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
+/// The one pool's interpreter, where the probe says it came from, and the warnings (the
+/// scratch root shown as `ROOT`).
+fn python_of(tree: &Tree) -> (PathBuf, String, Vec<String>) {
+    let config = tree.config();
+    let root = tree.root.display().to_string();
+    let pool = &config.pools[0];
+    let at = format!("{} {}", pool.python_at.at, pool.python_at.chosen_by.as_deref().unwrap_or("-"));
+    (pool.python.clone(), at.replace(&root, "ROOT"), config.warnings.iter().map(|w| w.replace(&root, "ROOT")).collect())
+}
+
+const BY_SHEBANG: &str = "ROOT/app/app.fcgi:1 the app file's shebang, as python: is not set";
+
+#[test]
+fn a_flup_scripts_shebang_names_the_pools_python_when_python_is_not_written() {
+    // An absolute path: a virtualenv's interpreter, run as the shebang names it.
+    let tree = flup_tree("shebang-abs", "#!ROOT/venv/bin/python3 -u", "../app/app.fcgi", None);
+    let venv = stand_in(&tree, "venv/bin/python3");
+    assert_eq!(python_of(&tree), (venv, BY_SHEBANG.to_owned(), vec![]));
+
+    // `env NAME`: looked up on PATH, as the default python3 is.
+    let tree = flup_tree("shebang-env", "#!/usr/bin/env python3.11", "../app/app.fcgi", None);
+    let on_path = stand_in(&tree, "bin/python3.11");
+    assert_eq!(python_of(&tree), (on_path, BY_SHEBANG.to_owned(), vec![]));
+
+    // `env -S` with arguments after the name, which are not the interpreter's.
+    let tree = flup_tree("shebang-env-args", "#!/usr/bin/env -S python3.11 -u -W ignore", "../app/app.fcgi", None);
+    let on_path = stand_in(&tree, "bin/python3.11");
+    assert_eq!(python_of(&tree), (on_path, BY_SHEBANG.to_owned(), vec![]));
+
+    // A .py file run as the main script (`:__main__`) reads its shebang too.
+    let tree = flup_tree("shebang-main", "#!ROOT/venv/bin/python3", "../app/main.py:__main__", None);
+    let venv = stand_in(&tree, "venv/bin/python3");
+    let at = BY_SHEBANG.replace("app.fcgi", "main.py");
+    assert_eq!(python_of(&tree), (venv, at, vec![]));
+}
+
+#[test]
+fn a_shebang_is_not_read_where_python_is_written_or_the_file_is_imported() {
+    // `python:` written: it is the interpreter, whatever the shebang says (even one missing).
+    let tree = flup_tree("shebang-written", "#!/nonexistent/venv/bin/python3", "../app/app.fcgi", Some("python3"));
+    let python3 = tree.root.join("bin/python3");
+    let at = python_of(&tree).1;
+    assert!(at.starts_with("ROOT/conf.d/10-pool.yaml:4:") && at.ends_with(" -"), "{at}");
+    assert_eq!(python_of(&tree).0, python3);
+    assert_eq!(python_of(&tree).2, Vec::<String>::new());
+
+    // A .py file imported as a module: its shebang never ran it.
+    let tree = flup_tree("shebang-module", "#!/nonexistent/venv/bin/python3", "../app/main.py", None);
+    assert_eq!(python_of(&tree).0, tree.root.join("bin/python3"));
+    assert_eq!(python_of(&tree).2, Vec::<String>::new());
+
+    // A shebang naming no Python: the default, nothing to say.
+    for line in ["#!/bin/sh", "#!/usr/bin/env bash", "# no shebang"] {
+        let tree = flup_tree("shebang-other", line, "../app/app.fcgi", None);
+        let (python, at, warnings) = python_of(&tree);
+        assert_eq!(python, tree.root.join("bin/python3"), "{line}");
+        assert!(at.ends_with(" -"), "{line}: {at}");
+        assert_eq!(warnings, Vec::<String>::new(), "{line}");
+    }
+}
+
+#[test]
+fn a_shebang_naming_a_python_that_cannot_be_used_is_a_warning_and_the_default_runs() {
+    let then = "the pool runs ROOT/bin/python3 (python3 from PATH) instead; set `python:` to the interpreter the \
+                script needs";
+    let cases = [
+        ("#!ROOT/venv/bin/python3", "ROOT/venv/bin/python3 does not exist"),
+        ("#!/usr/bin/env python3.99", "\"python3.99\" was not found on PATH"),
+        (
+            "#!/usr/bin/env python",
+            "ROOT/bin/python may be Python 2 (it is no Python 3 virtualenv's, nor a link to python3.N)",
+        ),
+    ];
+    for (line, why) in cases {
+        let tree = flup_tree("shebang-unusable", line, "../app/app.fcgi", None);
+        stand_in(&tree, "bin/python");
+        let (python, at, warnings) = python_of(&tree);
+        assert_eq!((python, at.ends_with(" -")), (tree.root.join("bin/python3"), true), "{line}");
+        let want = format!(
+            "ROOT/app/app.fcgi:1: warning: pools.demo.python: the app file's shebang `{line}` names a Python that \
+             cannot be used: {why}; {then}"
+        );
+        assert_eq!(warnings, vec![want], "{line}");
+    }
+}

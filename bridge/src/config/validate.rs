@@ -75,6 +75,7 @@ pub(super) fn merge(
     let mut listeners: Vec<(Listener, usize)> = Vec::new();
     let mut listener_at: Vec<At> = Vec::new();
     let mut sources: Vec<Source> = Vec::new();
+    let mut pool_warnings: Vec<String> = Vec::new();
 
     for (file_no, parsed) in files.into_iter().enumerate() {
         let Parsed { source, dir, raw, dropped } = parsed;
@@ -108,7 +109,7 @@ pub(super) fn merge(
                 }
                 continue;
             }
-            match resolve::pool(&source, &dir, &name, raw_pool, opts) {
+            match resolve::pool(&source, &dir, &name, raw_pool, opts, &mut pool_warnings) {
                 Ok(pool) => pools.push((pool, source.at(&path))),
                 Err(e) => {
                     keep(e);
@@ -148,7 +149,7 @@ pub(super) fn merge(
     ConfigError::from_all(errors)?;
     super::template::fit_to_listeners(&mut templates, &listeners.iter().map(|(l, _)| l).collect::<Vec<_>>());
     Ok(Config {
-        warnings: warnings(&global, &listeners, &sources, opts),
+        warnings: pool_warnings.into_iter().chain(warnings(&global, &listeners, &sources, opts)).collect(),
         global: global.finish(),
         pools: with_ready_check_hosts(pools, &listeners),
         listeners: listeners.into_iter().map(|(l, _)| l).collect(),

@@ -1180,10 +1180,13 @@ fn resolve_instance(
     if let Some(written) = raw.user.as_deref() {
         judge_account(t, written, find_account(written))?;
     }
-    let mut pool = crate::config::template::instantiate(t, raw, search_path.as_deref())
+    let (mut pool, warnings) = crate::config::template::instantiate(t, raw, search_path.as_deref())
         .map_err(|e| -> MakeRefusal { Box::new(move |key| Refusal::Broken { key, why: e.to_string() }) })?;
     pool.name = name;
     if running != Some(&pool) {
+        for w in &warnings {
+            tracing::warn!(pool = %pool.name, "{w}");
+        }
         if let Err(e) = super::probe::check_pools(std::slice::from_ref(&pool)) {
             let why = e.to_string();
             return Err(Box::new(move |key| Refusal::Broken { key, why }));

@@ -105,12 +105,15 @@ pub(crate) fn check_pools(pools: &[Pool]) -> Result<(), Refused> {
             }
             Err(e) => {
                 let at = &pool.python_at;
-                let what = if at.written {
-                    pool.python.display().to_string()
-                } else {
-                    format!("{} (the default python3)", pool.python.display())
+                let (what, then) = match &at.chosen_by {
+                    _ if at.written => (pool.python.display().to_string(), ""),
+                    Some(by) => (
+                        format!("{} ({by})", pool.python.display()),
+                        "; set python: to the interpreter the script needs",
+                    ),
+                    None => (format!("{} (the default python3)", pool.python.display()), ""),
                 };
-                lines.push(format!("{}: {}: {what} {e}", at.at, at.key));
+                lines.push(format!("{}: {}: {what} {e}{then}", at.at, at.key));
             }
         }
     }
@@ -372,8 +375,12 @@ mod tests {
             )
         );
         // Reported at `chdir:`, not at `python:`.
-        pool.chdir_at =
-            crate::config::KeyAt { at: "conf.d/x.yaml:7:5".into(), key: "pools.p.chdir".into(), written: true };
+        pool.chdir_at = crate::config::KeyAt {
+            at: "conf.d/x.yaml:7:5".into(),
+            key: "pools.p.chdir".into(),
+            written: true,
+            chosen_by: None,
+        };
         let Err(Refused(lines)) = check_pools(&[Pool { python: "/bin/true".into(), ..pool }]) else { panic!() };
         assert_eq!(lines.len(), 1);
         assert!(
@@ -408,6 +415,39 @@ mod tests {
         // Not a symlink: the directory alone.
         let err = probe(&real, &pool).unwrap_err().to_string();
         assert!(err.ends_with(&format!("(os error 13); {} has mode 0700 and owner uid 0", private.display())), "{err}");
+    }
+
+    #[test]
+    fn an_interpreter_a_shebang_chose_is_refused_at_the_scripts_first_line() {
+        let python_at = |at: &str, written, chosen_by: Option<&str>| crate::config::KeyAt {
+            at: at.into(),
+            key: "pools.p.python".into(),
+            written,
+            chosen_by: chosen_by.map(str::to_owned),
+        };
+        let refused = |python_at| {
+            let pool = Pool { python: "/bin/true".into(), python_at, ..Pool::for_tests() };
+            let Err(Refused(lines)) = check_pools(&[pool]) else { panic!("/bin/true passed the probe") };
+            lines.join("\n")
+        };
+        let why = "is not a Python interpreter (or cannot start): `/bin/true -S -c <version probe>` ended (exit \
+                   status 0) and printed nothing";
+        let by = "the app file's shebang, as python: is not set";
+        assert_eq!(
+            refused(python_at("/srv/app/app.fcgi:1", false, Some(by))),
+            format!(
+                "/srv/app/app.fcgi:1: pools.p.python: /bin/true ({by}) {why}; set python: to the interpreter the \
+                 script needs"
+            )
+        );
+        assert_eq!(
+            refused(python_at("conf.d/x.yaml:4:5", true, None)),
+            format!("conf.d/x.yaml:4:5: pools.p.python: /bin/true {why}")
+        );
+        assert_eq!(
+            refused(python_at("conf.d/x.yaml:2:3", false, None)),
+            format!("conf.d/x.yaml:2:3: pools.p.python: /bin/true (the default python3) {why}")
+        );
     }
 
     #[test]
