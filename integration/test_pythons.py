@@ -1,12 +1,14 @@
-"""One bridge, pools on two (or more) Python versions at once."""
+"""One bridge, pools on two (or more) Python versions at once; a flup script whose
+shebang names its Python (a virtualenv's) runs on it when the pool does not set `python:`."""
 import json
 import os
 import shutil
 import subprocess
+import sys
 
 import pytest
 
-from harness import APPS, free_ports, make_bridge, pool
+from harness import APPS, bridge_binary, free_ports, make_bridge, pool
 
 CANDIDATES = ["3.13", "3.12", "3.10", "3.9"]
 
@@ -91,3 +93,76 @@ def test_two_pythons_through_one_bridge(multi, version):
     for _ in range(3):
         assert _version(multi, "py" + version.replace(".", ""))["info"] == alt["info"]
         assert _version(multi, "py-default")["info"] == default["info"]
+
+
+# A module only the virtualenv has: the default python3 cannot import it.
+VENV_ONLY = "fcgibridge_shebang_venv_only"
+
+FLUP_SCRIPT = """#!{python} -u
+import sys
+
+import {module}
+from flup.server.fcgi import WSGIServer
+
+
+def app(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [("%s|%s|%s" % ({module}.WORD, sys.prefix, sys.executable)).encode()]
+
+
+WSGIServer(app).run()
+"""
+
+
+def _venv_with_module(where):
+    """A virtualenv (no pip) of the Python running the tests, with VENV_ONLY in its
+    site-packages; skips the test when one cannot be made."""
+    venv = where / "venv"
+    made = subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)],
+                          capture_output=True, text=True, timeout=120)
+    python = venv / "bin" / "python"
+    if made.returncode != 0 or not python.exists():
+        pytest.skip(f"cannot make a virtualenv with {sys.executable}: {made.stderr.strip()[-500:]}")
+    purelib = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+                             capture_output=True, text=True, timeout=60)
+    if purelib.returncode != 0:
+        pytest.skip(f"the virtualenv's python does not run: {purelib.stderr.strip()[-500:]}")
+    site = purelib.stdout.strip()
+    with open(os.path.join(site, VENV_ONLY + ".py"), "w") as f:
+        f.write("WORD = 'from-the-venv'\n")
+    return venv, python
+
+
+def test_a_flup_scripts_shebang_chooses_its_pools_python(tmp_path):
+    venv, python = _venv_with_module(tmp_path)
+    default = shutil.which("python3")
+    lacks = subprocess.run([default or "python3", "-c", f"import {VENV_ONLY}"], capture_output=True, timeout=60)
+    if lacks.returncode == 0:
+        pytest.skip(f"the default python3 ({default}) imports {VENV_ONLY} too: nothing to tell apart")
+    app = tmp_path / "site" / "app.fcgi"
+    app.parent.mkdir()
+    app.write_text(FLUP_SCRIPT.format(python=python, module=VENV_ONLY))
+    app.chmod(0o755)
+    port = free_ports(1)[0]
+    # No `python:`: under mod_fcgid or spawn-fcgi the shebang chose the interpreter.
+    b = make_bridge(tmp_path, {"legacy": pool(str(app), processes=1, threads=2)},
+                    {"fcgi-tcp": {"fastcgi": f"127.0.0.1:{port}", "pool": "legacy"}})
+
+    # `check` shows the interpreter that runs, and where it came from.
+    shown = subprocess.run([str(bridge_binary()), "check", "--config", str(b.confdir)],
+                           capture_output=True, text=True, timeout=120)
+    assert shown.returncode == 0, shown.stderr
+    lines = shown.stdout.splitlines()
+    at = lines.index(f"    python: {python}")
+    assert lines[at - 1] == f"    # python: from {app}:1 (the app file's shebang, as python: is not set)", lines
+    assert "warning" not in shown.stderr, shown.stderr
+
+    try:
+        b.start()
+        b.wait_ready([("fcgi-tcp", "/", "legacy.test")], timeout=60)
+        resp = b.request("/", pool="legacy.test")
+        assert resp.status == 200, resp.stdout[:2000]
+        word, prefix, executable = resp.body.decode().split("|")
+        assert (word, prefix, executable) == ("from-the-venv", str(venv), str(python))
+    finally:
+        b.stop()

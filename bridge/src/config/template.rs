@@ -644,6 +644,31 @@ listeners:
     }
 
     #[test]
+    fn an_instance_reads_its_own_scripts_shebang() {
+        let text = TEMPLATE.replace("../sites/{host}/app.py", "../sites/{host}/app.fcgi");
+        let (root, loaded) = load("template-shebang", &text);
+        let t = &loaded.unwrap().templates[0];
+        assert_eq!(t.warnings, Vec::<String>::new());
+        let bin = root.join("bin");
+        let venv_python = root.join("venvs/alpha/bin/python3");
+        fs::create_dir_all(venv_python.parent().unwrap()).unwrap();
+        fs::write(&venv_python, "#!/bin/sh\n").unwrap();
+        fs::set_permissions(&venv_python, fs::Permissions::from_mode(0o755)).unwrap();
+        let site = |host: &str, first_line: &str| {
+            fs::create_dir_all(root.join("sites").join(host)).unwrap();
+            fs::write(root.join("sites").join(host).join("app.fcgi"), format!("{first_line}\n")).unwrap();
+            instantiate(t, fill_raw(&t.raw, &[(Placeholder::Host, host)]), Some(bin.as_os_str())).unwrap()
+        };
+        let (alpha, warnings) = site("alpha.test", &format!("#!{}", venv_python.display()));
+        assert_eq!((alpha.python, warnings), (venv_python, vec![]));
+        // Another site's script names a Python that is not there: the default, and a warning.
+        let (beta, warnings) = site("beta.test", "#!/nonexistent/bin/python3");
+        assert_eq!(beta.python, bin.join("python3"));
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(warnings[0].contains("beta.test/app.fcgi:1: warning: pools.sites.python:"), "{}", warnings[0]);
+    }
+
+    #[test]
     fn an_instance_queues_its_share_of_the_listeners_connections_by_default() {
         let (root, loaded) = load("template-queue", TEMPLATE);
         let t = &loaded.unwrap().templates[0];
