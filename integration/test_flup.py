@@ -147,6 +147,9 @@ def bridge(tmp_path_factory, flup_ref):
             continue
         pools[name] = {"app": str(app), "processes": 1, "threads": 2}
     pools["trac-preload"]["preload"] = True
+    # django_runfcgi.fcgi's shebang names /usr/bin/python3, as old Django's did: without
+    # `python:` that is the pool's Python, and it need not have Django; the suite's has.
+    pools["django"]["python"] = sys.executable
     listeners = {
         "diff": {"fastcgi": f"127.0.0.1:{ports[0]}", "pool": "dump"},
         "routed": {"fastcgi": f"127.0.0.1:{ports[1]}",
