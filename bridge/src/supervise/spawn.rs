@@ -183,8 +183,8 @@ pub(crate) struct StartFailure {
     step: Option<Step>,
     /// What is executed, as configured; for a `command:` pool its program.
     program: String,
-    /// `python` or `command`: the key naming the program.
-    key: &'static str,
+    /// What named the program: "pool `python:`", "pool `command:`", or the app file's shebang.
+    origin: String,
     /// Where `program` leads when it is a symlink.
     resolved: Option<String>,
     chdir: String,
@@ -195,15 +195,19 @@ pub(crate) struct StartFailure {
 
 impl StartFailure {
     pub(super) fn new(pool: &Pool, run_as: Option<&str>, step: Option<Step>, source: std::io::Error) -> Self {
-        let (program, key) = match &pool.app {
-            App::Command(argv) => (std::path::PathBuf::from(&argv[0]), "command"),
-            _ => (pool.python.clone(), "python"),
+        let (program, origin) = match &pool.app {
+            App::Command(argv) => (std::path::PathBuf::from(&argv[0]), "pool `command:`".to_owned()),
+            // A flup script's shebang chose it (config/shebang.rs).
+            _ if pool.python_at.chosen_by.is_some() => {
+                (pool.python.clone(), format!("the shebang at {}", pool.python_at.at))
+            }
+            _ => (pool.python.clone(), "pool `python:`".to_owned()),
         };
         let resolved = symlink_target(&program);
         Self {
             step,
             program: program.display().to_string(),
-            key,
+            origin,
             resolved,
             chdir: pool.chdir.display().to_string(),
             chroot: pool.isolation.chroot.as_ref().map(|c| c.display().to_string()),
@@ -232,13 +236,13 @@ impl std::fmt::Display for StartFailure {
             Some(u) => format!(" as {u}"),
             None => String::new(),
         };
-        let (program, key, source) = (&self.program, self.key, &self.source);
+        let (program, origin, source) = (&self.program, &self.origin, &self.source);
         let target = match &self.resolved {
             Some(t) => format!(", a symlink to {t}"),
             None => String::new(),
         };
         match self.step {
-            Some(Step::Exec) => write!(f, "cannot execute {program} (pool `{key}:`{target}){who}: {source}"),
+            Some(Step::Exec) => write!(f, "cannot execute {program} ({origin}{target}){who}: {source}"),
             Some(Step::Chdir) => {
                 write!(f, "cannot enter the working directory {} (pool `chdir:`){who}: {source}", self.chdir)
             }
@@ -255,7 +259,7 @@ impl std::fmt::Display for StartFailure {
             Some(Step::Setup) => {
                 write!(f, "cannot set up the descriptors and signals of {program} before exec: {source}")
             }
-            None => write!(f, "cannot start a process for {program} (pool `{key}:`): {source}"),
+            None => write!(f, "cannot start a process for {program} ({origin}): {source}"),
         }
     }
 }
@@ -750,6 +754,20 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("missing-interpreter (which does not resolve)"), "{text}");
+        // chosen by a flup script's shebang: that line is named instead of the key
+        let python_at = crate::config::KeyAt {
+            at: "/srv/app/app.fcgi:1".into(),
+            chosen_by: Some("the app file's shebang, as python: is not set".into()),
+            ..Default::default()
+        };
+        let text = start(&Pool { python_at, ..pool(python.clone(), dir.clone()) }).to_string();
+        assert!(
+            text.starts_with(&format!(
+                "cannot execute {} (the shebang at /srv/app/app.fcgi:1, a symlink to ",
+                python.display()
+            )),
+            "{text}"
+        );
         // chdir: ENOENT too, and said so (the interpreter is never reached)
         let gone = dir.join("gone");
         let e = start(&pool(PathBuf::from("/bin/true"), gone.clone()));
