@@ -196,26 +196,26 @@ fn pool_python(
     let mut at =
         KeyAt { at: src.at(&key).to_string(), key: key.to_string(), written: written.is_some(), chosen_by: None };
     let script = app.filter(|_| written.is_none()).and_then(App::script);
-    let read = script.map_or(Shebang::Silent, |file| shebang::read(file, search_path));
-    let default = paths::find_python(written.unwrap_or(DEFAULT_PYTHON), dir, search_path);
-    match (read, script) {
-        (Shebang::Python(python), Some(file)) => {
+    let unusable = match script.map(|file| (file, shebang::read(file, search_path))) {
+        Some((file, Shebang::Python(python))) => {
             at.at = format!("{}:1", file.display());
             at.chosen_by = Some("the app file's shebang, as python: is not set".to_owned());
             return (Some(python), at);
         }
-        (Shebang::Unusable { line, why }, Some(file)) => {
-            let runs = match &default {
-                Ok(p) => format!("{} (python3 from PATH)", p.display()),
-                Err(_) => "python3 from PATH".to_owned(),
-            };
-            warnings.push(format!(
-                "{}:1: warning: {key}: the app file's shebang `{line}` names a Python that cannot be used: {why}; \
-                 the pool runs {runs} instead; set `python:` to the interpreter the script needs",
-                file.display()
-            ));
-        }
-        _ => {}
+        Some((file, Shebang::Unusable { line, why })) => Some((file, line, why)),
+        Some((_, Shebang::Silent)) | None => None,
+    };
+    let default = paths::find_python(written.unwrap_or(DEFAULT_PYTHON), dir, search_path);
+    if let Some((file, line, why)) = unusable {
+        let runs = match &default {
+            Ok(p) => format!("{} (python3 from PATH)", p.display()),
+            Err(_) => "python3 from PATH".to_owned(),
+        };
+        warnings.push(format!(
+            "{}:1: warning: {key}: the app file's shebang `{line}` names a Python that cannot be used: {why}; \
+             the pool runs {runs} instead; set `python:` to the interpreter the script needs",
+            file.display()
+        ));
     }
     (note(errs, default.map_err(|m| src.invalid(&key, m))), at)
 }
