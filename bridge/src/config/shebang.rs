@@ -68,8 +68,15 @@ fn interpreter(line: &str) -> Option<(&str, bool)> {
 /// The first line of `file` (its first [`SHEBANG_MAX`] bytes), without its line end; None
 /// when it cannot be read or is no text.
 fn first_line(file: &Path) -> Option<String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    // Not blocking, and only a regular file: the path may be in a directory its pool's user
+    // owns, and a FIFO put there would otherwise hold the bridge's reload in open().
+    let f = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(file).ok()?;
+    if !f.metadata().ok()?.is_file() {
+        return None;
+    }
     let mut head = Vec::with_capacity(SHEBANG_MAX);
-    std::fs::File::open(file).ok()?.take(SHEBANG_MAX as u64).read_to_end(&mut head).ok()?;
+    f.take(SHEBANG_MAX as u64).read_to_end(&mut head).ok()?;
     let line = head.split(|b| *b == b'\n').next()?;
     let line = String::from_utf8(line.to_vec()).ok()?;
     Some(line.trim_end_matches('\r').trim_end().to_owned())
@@ -205,5 +212,15 @@ mod tests {
         exe(&dir, "d/python3/bin/python");
         let app = script(&dir, &format!("#!{}", dir.join("d/python3").display()));
         assert!(matches!(read(&app, None), Shebang::Unusable { why, .. } if why.contains("not an executable file")));
+    }
+
+    #[test]
+    fn a_fifo_in_the_apps_place_is_not_waited_on() {
+        let dir = crate::config::tests::scratch_dir("shebang-fifo");
+        let fifo = dir.join("app.fcgi");
+        let path = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(path.as_ptr(), 0o600) }, 0);
+        assert_eq!(read(&fifo, None), Shebang::Silent);
     }
 }
