@@ -150,6 +150,11 @@ pub struct RawIsolation {
 }
 
 impl RawIsolation {
+    /// `chroot` as written (a chroot pool does not read its script's shebang).
+    pub fn chroot(&self) -> Option<&str> {
+        self.chroot.as_deref()
+    }
+
     /// Move the isolation keys out of `raw`.
     pub fn take(raw: &mut RawPool) -> Self {
         Self {

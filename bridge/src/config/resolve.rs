@@ -101,8 +101,8 @@ pub(super) fn pool(
     let app_at = KeyAt { at: src.at(&app_key).to_string(), key: app_key.to_string(), written: true, chosen_by: None };
     let app = pool_app(src, &here, dir, (raw.app.take(), raw.command.take()), search_path, &mut errs);
 
-    let (python, python_at) =
-        pool_python(src, (&here, dir), raw.python.as_deref(), app.as_ref(), search_path, (&mut errs, warnings));
+    let from = PythonFrom::of(&raw, app.as_ref(), search_path, raw_isolation.chroot());
+    let (python, python_at) = pool_python(src, (&here, dir), from, (&mut errs, warnings));
 
     let chdir = pool_chdir(src, &here, dir, raw.chdir.as_deref(), app.as_ref(), &mut errs);
     let chdir_key = here.key("chdir");
@@ -179,45 +179,98 @@ pub(super) fn pool(
     }
 }
 
-/// `python` as written; else, for an app run as the main script (a flup script), the Python
-/// its shebang names, as mod_fcgid and spawn-fcgi ran it; else python3 from PATH. With where
-/// that was decided. A shebang naming a Python that cannot be used is a warning, not an
-/// error: the default runs, as before shebangs were read.
+/// What a pool's interpreter is chosen from.
+struct PythonFrom<'a> {
+    /// `python:` as written.
+    written: Option<&'a str>,
+    app: Option<&'a App>,
+    /// The bridge's PATH, where the default python3 is looked for.
+    search_path: Option<&'a std::ffi::OsStr>,
+    /// The pool's `env: PATH`: a shebang's `env NAME` searched it under mod_fcgid
+    /// (`FcgidInitialEnv PATH`) or spawn-fcgi.
+    env_path: Option<&'a std::ffi::OsStr>,
+    /// `chroot:` as written.
+    chroot: Option<&'a str>,
+}
+
+impl<'a> PythonFrom<'a> {
+    fn of(
+        raw: &'a RawPool,
+        app: Option<&'a App>,
+        search_path: Option<&'a std::ffi::OsStr>,
+        chroot: Option<&'a str>,
+    ) -> Self {
+        let env_path = raw.env.as_ref().and_then(|e| e.0.iter().find(|(k, v)| k == "PATH" && !v.is_empty()));
+        let env_path = env_path.map(|(_, v)| std::ffi::OsStr::new(v.as_str()));
+        Self { written: raw.python.as_deref(), app, search_path, env_path, chroot }
+    }
+}
+
+/// `python` as written; else, for an app run as the main script (a flup script) outside a
+/// chroot, the Python its shebang names, as mod_fcgid and spawn-fcgi ran it; else python3
+/// from PATH. With where that was decided. A shebang naming a Python that cannot be used,
+/// or a script that cannot be read, is a warning, not an error: the default runs, as
+/// before shebangs were read.
 fn pool_python(
     src: &Source,
     (here, dir): (&KeyPath, &Path),
-    written: Option<&str>,
-    app: Option<&App>,
-    search_path: Option<&std::ffi::OsStr>,
+    from: PythonFrom<'_>,
     (errs, warnings): (&mut Vec<ConfigError>, &mut Vec<String>),
 ) -> (Option<std::path::PathBuf>, KeyAt) {
     use super::shebang::{self, Shebang};
     let key = here.key("python");
     let mut at =
-        KeyAt { at: src.at(&key).to_string(), key: key.to_string(), written: written.is_some(), chosen_by: None };
-    let script = app.filter(|_| written.is_none()).and_then(App::script);
-    let unusable = match script.map(|file| (file, shebang::read(file, search_path))) {
+        KeyAt { at: src.at(&key).to_string(), key: key.to_string(), written: from.written.is_some(), chosen_by: None };
+    let script = from.app.filter(|_| from.written.is_none()).and_then(App::script);
+    let default = || paths::find_python(from.written.unwrap_or(DEFAULT_PYTHON), dir, from.search_path);
+    if let (Some(file), Some(jail)) = (script, from.chroot) {
+        let default = default();
+        if let (Ok(python), Some(line)) = (&default, shebang::python_line(file)) {
+            if !jail.is_empty() && !python.starts_with(paths::resolve(dir, jail)) {
+                errs.push(src.invalid(&key, chroot_shebang(python, file, &line)));
+            }
+        }
+        return (note(errs, default.map_err(|m| src.invalid(&key, m))), at);
+    }
+    let unusable = match script.map(|file| (file, shebang::read(file, from.env_path.or(from.search_path)))) {
         Some((file, Shebang::Python(python))) => {
             at.at = format!("{}:1", file.display());
-            at.chosen_by = Some("the app file's shebang, as python: is not set".to_owned());
+            at.chosen_by = Some(shebang::CHOSEN_BY.to_owned());
             return (Some(python), at);
         }
-        Some((file, Shebang::Unusable { line, why })) => Some((file, line, why)),
+        Some((file, Shebang::Unusable { line, why })) => {
+            Some((file, format!("the app file's shebang `{line}` names a Python that cannot be used: {why}")))
+        }
+        Some((file, Shebang::Unreadable(e))) => {
+            Some((file, format!("cannot read the app file to read its shebang ({e})")))
+        }
         Some((_, Shebang::Silent)) | None => None,
     };
-    let default = paths::find_python(written.unwrap_or(DEFAULT_PYTHON), dir, search_path);
-    if let Some((file, line, why)) = unusable {
+    let default = default();
+    if let Some((file, what)) = unusable {
         let runs = match &default {
             Ok(p) => format!("{} (python3 from PATH)", p.display()),
             Err(_) => "python3 from PATH".to_owned(),
         };
         warnings.push(format!(
-            "{}:1: warning: {key}: the app file's shebang `{line}` names a Python that cannot be used: {why}; \
-             the pool runs {runs} instead; set `python:` to the interpreter the script needs",
-            file.display()
+            "{}:1: warning: {key}: {what}; the pool runs {runs} instead; set `python:` to the interpreter the \
+             script needs",
+            shebang::escaped(&file.display().to_string())
         ));
     }
     (note(errs, default.map_err(|m| src.invalid(&key, m))), at)
+}
+
+/// A chroot pool without `python:` whose script has a Python shebang, when python3 from PATH
+/// lies outside the chroot (the chroot check says so too): the shebang is not the answer.
+fn chroot_shebang(python: &Path, file: &Path, line: &str) -> String {
+    format!(
+        "not set, and python3 from PATH ({}) is outside the chroot; the shebang `{line}` at {}:1 is not used for a \
+         chroot: pool (its paths were the chroot's, the bridge's are the host's); set python: to the interpreter \
+         inside the chroot, as the bridge sees it",
+        python.display(),
+        super::shebang::escaped(&file.display().to_string())
+    )
 }
 
 /// `app` or `command`: exactly one of them, resolved.

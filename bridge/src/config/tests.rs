@@ -1457,3 +1457,83 @@ fn a_shebang_naming_a_python_that_cannot_be_used_is_a_warning_and_the_default_ru
         assert_eq!(warnings, vec![want], "{line}");
     }
 }
+
+#[test]
+fn a_shebangs_env_name_is_looked_up_on_the_pools_own_path_when_it_sets_one() {
+    // mod_fcgid's `FcgidInitialEnv PATH` (spawn-fcgi's PATH=…) is the pool's `env: PATH`:
+    // `env python3` found the virtualenv's there, not the bridge's python3.
+    let tree = flup_tree("shebang-env-path", "#!/usr/bin/env python3", "../app/app.fcgi", None);
+    let venv = stand_in(&tree, "venv/bin/python3");
+    let env = format!("    env: {{PATH: \"{}:/usr/bin:/bin\"}}\n", venv.parent().unwrap().display());
+    let pool = fs::read_to_string(tree.root.join("conf.d/10-pool.yaml")).unwrap();
+    let tree = tree.file("10-pool.yaml", &format!("{pool}{env}"));
+    assert_eq!(python_of(&tree), (venv, BY_SHEBANG.to_owned(), vec![]));
+    // A name not on it is said as such; the default still comes from the bridge's PATH.
+    fs::write(tree.root.join("app/app.fcgi"), "#!/usr/bin/env python3.99\n").unwrap();
+    let (python, _, warnings) = python_of(&tree);
+    assert_eq!(python, tree.root.join("bin/python3"));
+    assert!(warnings.len() == 1 && warnings[0].contains("\"python3.99\" was not found on PATH"), "{warnings:?}");
+}
+
+#[test]
+fn a_script_whose_shebang_cannot_be_read_is_a_warning() {
+    // The pool's user may read what the bridge cannot (NFS root_squash): the default runs,
+    // and the operator is told why the shebang was not used.
+    let tree = flup_tree("shebang-unreadable", "#!ROOT/venv/bin/python3", "../app/app.fcgi", None);
+    stand_in(&tree, "venv/bin/python3");
+    fs::set_permissions(tree.root.join("app/app.fcgi"), fs::Permissions::from_mode(0o000)).unwrap();
+    // Root reads anything: this thread's file-system uid is made another's, which drops its
+    // CAP_DAC_OVERRIDE as root_squash does (the uid is per thread, gone with it).
+    let (python, at, warnings) = std::thread::spawn(move || {
+        // SAFETY: setfsuid changes only this thread's file-system credentials.
+        if unsafe { libc::geteuid() } == 0 {
+            unsafe { libc::setfsuid(65534) };
+        }
+        python_of(&tree)
+    })
+    .join()
+    .unwrap();
+    assert_eq!((python.ends_with("bin/python3"), at.ends_with(" -")), (true, true), "{python:?} {at}");
+    assert_eq!(
+        warnings,
+        vec!["ROOT/app/app.fcgi:1: warning: pools.demo.python: cannot read the app file to read its shebang \
+              (Permission denied); the pool runs ROOT/bin/python3 (python3 from PATH) instead; set \
+              `python:` to the interpreter the script needs"
+            .to_owned()]
+    );
+}
+
+#[test]
+fn a_chroot_pool_does_not_read_its_scripts_shebang_on_the_host() {
+    // spawn-fcgi -c JAIL ran `#!/usr/bin/python3` as the jail's; the bridge does not resolve it
+    // on the host (nor a host path into the jail the kernel never saw): `python:` is needed.
+    for line in ["#!/usr/bin/python3", "#!ROOT/jail/venv/bin/python3"] {
+        let tree = Tree::new("shebang-chroot").file("20-listen.yaml", LISTENER);
+        fs::create_dir_all(tree.root.join("jail/app")).unwrap();
+        stand_in(&tree, "jail/venv/bin/python3");
+        let first = line.replace("ROOT", &tree.root.display().to_string());
+        fs::write(tree.root.join("jail/app/app.fcgi"), format!("{first}\nimport sys\n")).unwrap();
+        let pool = "pools:\n  demo:\n    app: ../jail/app/app.fcgi\n    chroot: ../jail\n";
+        let err = tree.file("10-pool.yaml", pool).error();
+        let want = format!(
+            "pools.demo.python: not set, and python3 from PATH (ROOT/bin/python3) is outside the chroot; the shebang \
+             `{line}` at ROOT/jail/app/app.fcgi:1 is not used for a chroot: pool"
+        );
+        assert!(err.contains(&want), "{line}: {err}");
+    }
+}
+
+#[test]
+fn a_shebang_choosing_the_python_is_said_once_per_pool() {
+    let tree = flup_tree("shebang-said", "#!ROOT/venv/bin/python3", "../app/app.fcgi", None);
+    let venv = stand_in(&tree, "venv/bin/python3");
+    let config = tree.config();
+    let said = config.pools[0].python_from_shebang().unwrap();
+    let want = format!("pool demo: python {} from {}:1 (its shebang; python: not set)", venv.display(), {
+        tree.root.join("app/app.fcgi").display()
+    });
+    assert_eq!(said, want);
+    // `python:` written: nothing to say.
+    let tree = flup_tree("shebang-unsaid", "#!ROOT/venv/bin/python3", "../app/app.fcgi", Some("python3"));
+    assert_eq!(tree.config().pools[0].python_from_shebang(), None);
+}
