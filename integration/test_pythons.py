@@ -3,6 +3,7 @@ shebang names its Python (a virtualenv's) runs on it when the pool does not set 
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 
@@ -164,5 +165,13 @@ def test_a_flup_scripts_shebang_chooses_its_pools_python(tmp_path):
         assert resp.status == 200, resp.stdout[:2000]
         word, prefix, executable = resp.body.decode().split("|")
         assert (word, prefix, executable) == ("from-the-venv", str(venv), str(python))
+        # The log says which Python the shebang chose, at start and at each reload: an
+        # upgrade that moved a pool off python3 from PATH is seen there.
+        said = f"pool legacy: python {python} from {app}:1 (its shebang; python: not set)"
+        assert [ln for ln in b.log.lines() if said in ln and "INFO" in ln], b.log.text()[-3000:]
+        mark = b.log.mark()
+        b.proc.send_signal(signal.SIGHUP)
+        b.log.wait_for(["reload done"], since=mark, timeout=30)
+        assert [ln for ln in b.log.lines(mark) if said in ln], b.log.text(mark)
     finally:
         b.stop()

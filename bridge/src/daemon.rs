@@ -65,6 +65,9 @@ pub fn main(config_dir: &Path) -> ExitCode {
     for w in &config.warnings {
         tracing::warn!("{w}");
     }
+    for line in config.pools.iter().filter_map(crate::config::Pool::python_from_shebang) {
+        tracing::info!("{line}");
+    }
     raise_fd_limit();
     // Before any thread exists: these read and clear environment variables.
     let passed = listen::systemd::Passed::from_env();

@@ -226,6 +226,9 @@ async fn apply(dir: &Path, live: Live<'_>, restart: &Restart) -> Result<(String,
         tracing::warn!("reload: {w}");
         notes.push(w.clone());
     }
+    for line in new.pools.iter().filter_map(crate::config::Pool::python_from_shebang) {
+        tracing::info!("{line}");
+    }
     for n in notes {
         summary.push_str("; ");
         summary.push_str(&n);

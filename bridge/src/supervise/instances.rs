@@ -1187,6 +1187,9 @@ fn resolve_instance(
         for w in &warnings {
             tracing::warn!(pool = %pool.name, "{w}");
         }
+        if let Some(line) = pool.python_from_shebang() {
+            tracing::info!(pool = %pool.name, "{line}");
+        }
         if let Err(e) = super::probe::check_pools(std::slice::from_ref(&pool)) {
             let why = e.to_string();
             return Err(Box::new(move |key| Refusal::Broken { key, why }));
