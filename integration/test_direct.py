@@ -8,6 +8,7 @@ import re
 import signal
 import socket
 import subprocess
+import time
 import uuid
 
 import pytest
@@ -489,4 +490,39 @@ def test_a_preloaded_apps_files_opened_at_import_stay_its_own(tmp_path_factory):
                 assert r.status == 200
         wait_until(lambda: log.read_text().count("request") >= 5, 30, what="every request's line in the app's file")
     finally:
+        b.stop()
+
+
+def test_a_finished_response_is_not_held_for_a_slow_request_after_it(tmp_path_factory):
+    """A direct worker's thread that finishes a response while the next request is already
+    here may hold the response to send it with the next one's (docs/direct.md, "Responses
+    in batches"); when that next request runs long, the held response goes out after a few
+    milliseconds all the same, not when the slow request ends."""
+    from fcgi_client import FcgiConnection, cgi_params
+    b, front = start(tmp_path_factory, "direct-batch", processes=1, threads=1)
+    quick, slow = (FcgiConnection(str(b.workdir / "direct.sock")) for _ in range(2))
+    tag = f"batch-{uuid.uuid4().hex[:8]}"
+    try:
+        for conn in (quick, slow):
+            conn.sock.settimeout(60)
+        # Quick requests first: a thread holds responses only while its recent ones were quick.
+        for _ in range(30):
+            assert quick.request("/pid").status == 200
+        # The slow one is here before the quick one (2 ms) ends: the thread holds the quick
+        # one's response and takes the slow one.
+        quick.begin(1, cgi_params("/sleep", query="s=0.002"))
+        slow.begin(1, cgi_params("/hold", query=f"tag={tag}&max=60"))
+        sent = time.monotonic()
+        r = quick.wait(1)
+        waited = time.monotonic() - sent
+        assert r.status == 200, r
+        assert not slow.responses[1].complete
+        assert waited < 20, f"the quick response waited {waited:.1f} s for the slow request"
+        (b.workdir / f"{tag}.release").write_text("")
+        assert slow.wait(1).status == 200
+    finally:
+        (b.workdir / f"{tag}.release").write_text("")
+        quick.close()
+        slow.close()
+        front.stop()
         b.stop()

@@ -629,7 +629,11 @@ impl Conn {
     /// waited on ([`Conn::parkable`]).
     pub(crate) fn pipelined_request(&mut self) -> bool {
         let ready = self.buffered_request();
-        self.flush();
+        // What a request aborted before it ran queued (its END_REQUEST), unless a response
+        // is held for the thread's batch: then it goes with the batch.
+        if self.held_at.is_none() {
+            self.flush();
+        }
         ready
     }
 
@@ -812,6 +816,16 @@ impl Conn {
             return (more, true);
         }
         (more, self.try_flush_point())
+    }
+
+    /// Keep a finished response for the thread's next batch ([`crate::batch`]); false when
+    /// there is nothing to keep or it cannot be kept (sent now then).
+    pub(crate) fn hold_for_batch(&mut self) -> bool {
+        if self.out.is_empty() || !self.may_hold || self.broken || self.out.len() >= OUT_HIGH {
+            return false;
+        }
+        self.hold();
+        true
     }
 
     /// Keep what `out` holds until the next flush (see [`Conn::push_chunk`]).

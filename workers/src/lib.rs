@@ -18,6 +18,7 @@ use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple, PyType};
 use pyo3::{ffi, intern};
 
 mod asgi_codec;
+mod batch;
 mod claim;
 mod conn;
 mod direct;
@@ -512,15 +513,25 @@ fn handle_request(py: Python<'_>, w: &mut Worker, shared: &Arc<Shared>) -> PyRes
     let next = py.detach(|| {
         let mut c = shared.lock();
         let keep = c.finish(serial);
-        c.flush();
-        if let Some(slot) = slot {
-            slot.end();
+        let quick = slot.map(|slot| slot.end()).is_some_and(batch::may_hold);
+        // A direct worker's response may wait for the thread's next one ([`batch`]).
+        let held = quick && direct && keep && !exiting && c.hold_for_batch();
+        if !held {
+            c.flush();
         }
         // A retiring direct worker closes a kept connection after its current request; a
         // direct worker parks it rather than wait on it, unless its next request is here.
-        keep && !exiting
+        let next = keep
+            && !exiting
             && !(direct && scoreboard::draining())
-            && if direct { c.pipelined_request() } else { c.wait_request() }
+            && if direct { c.pipelined_request() } else { c.wait_request() };
+        drop(c);
+        if held {
+            batch::hold(shared);
+        } else {
+            batch::send();
+        }
+        next
     });
     match outcome.fatal {
         Some(e) => Err(e),

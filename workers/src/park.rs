@@ -249,12 +249,20 @@ impl Park {
         let wait = DRAIN_CHECK.min(self.header_timeout);
         loop {
             if scoreboard::draining() {
+                crate::batch::send();
                 return self.retiring();
             }
             if let Some(next) = self.held_back() {
                 return Ok(next);
             }
-            let event = sys::epoll_wait_one(self.epfd.as_raw_fd(), wait)?;
+            // Holding responses back (crate::batch): look without waiting, and send them
+            // before waiting when nothing is here.
+            let holding = crate::batch::holding();
+            let event = sys::epoll_wait_one(self.epfd.as_raw_fd(), if holding { Duration::ZERO } else { wait })?;
+            if holding && event.is_none() {
+                crate::batch::send();
+                continue;
+            }
             let (taken, idle) = {
                 let mut st = self.state();
                 let idle = if st.swept.elapsed() >= wait {

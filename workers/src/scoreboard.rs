@@ -361,23 +361,25 @@ impl Slot {
         self.head.store(u32::from(code / 100).clamp(1, 5), Ordering::Relaxed);
     }
 
-    /// The request's END_REQUEST is written (or it was otherwise ended): counted served,
-    /// and how long it ran.
-    pub(crate) fn end(&self) {
+    /// The request ended (its END_REQUEST queued, or it was otherwise ended): counted
+    /// served, and how long it ran, which is returned.
+    pub(crate) fn end(&self) -> Duration {
         let durations = match BOARD.get() {
             Some(Some(b)) => Some(b.durations),
             _ => None,
         };
-        self.end_at(crate::sys::monotonic_ns(), durations);
+        self.end_at(crate::sys::monotonic_ns(), durations)
     }
 
-    fn end_at(&self, now_ns: u64, durations: Option<&Durations>) {
+    fn end_at(&self, now_ns: u64, durations: Option<&Durations>) -> Duration {
         let started = self.started.load(Ordering::Relaxed);
+        let took = if started == 0 { 0 } else { now_ns.saturating_sub(started) };
         if let (Some(d), 1..) = (durations, started) {
-            d.record(now_ns.saturating_sub(started));
+            d.record(took);
         }
         self.served.fetch_add(1, Ordering::Relaxed);
         self.started.store(0, Ordering::Release);
+        Duration::from_nanos(took)
     }
 }
 
