@@ -19,7 +19,7 @@ use crate::conn::Shared;
 
 /// The most finished responses a thread holds back: a batch is this many and the one it
 /// goes out with. Each held response waits for the next request's time.
-const MAX_HELD: usize = 3;
+const MAX_HELD: usize = 7;
 /// A thread holds responses while the running mean of its requests' times is below this:
 /// far above a quick view's, far below what a client would notice as a wait.
 const QUICK: Duration = Duration::from_millis(1);
