@@ -215,13 +215,43 @@ pub fn resolve(
     src: &Source,
     here: &KeyPath,
     dir: &Path,
-    raw: RawIsolation,
+    mut raw: RawIsolation,
     runs: Runs<'_>,
     privileges: Privileges,
 ) -> Result<Isolation, ConfigError> {
     let Runs { app, chdir, python } = runs;
     let me = (privileges == Privileges::Check).then(bridge_ids);
-    // Every key is checked, so that one run of `check` names each mistake.
+    let written_chroot = raw.chroot.take();
+    let (mut iso, mut errs) = accounts_and_limits(src, here, raw);
+    match chroot(dir, written_chroot.as_deref(), app, chdir, python) {
+        Ok(c) => iso.chroot = c,
+        Err(m) => errs.push(src.invalid(&here.key("chroot"), m)),
+    }
+    ConfigError::from_all(errs)?;
+    checks(src, here, &iso, app, me)?;
+    Ok(iso)
+}
+
+/// The isolation keys of a pool whose app, chdir or python did not resolve (or, for a
+/// template, depend on the key): what needs none of them is still checked — accounts and
+/// groups looked up, limits, the privileges the bridge can grant — so that one run of
+/// `check` names these mistakes too. The chroot and the script's owner are not.
+pub fn check_without_app(
+    src: &Source,
+    here: &KeyPath,
+    mut raw: RawIsolation,
+    privileges: Privileges,
+) -> Result<(), ConfigError> {
+    raw.chroot = None;
+    let (iso, errs) = accounts_and_limits(src, here, raw);
+    ConfigError::from_all(errs)?;
+    let me = (privileges == Privileges::Check).then(bridge_ids);
+    privileges_allow(src, here, &iso, me)
+}
+
+/// Every key but `chroot` parsed and its accounts looked up, with an error for each bad one
+/// (every key is checked, so that one run of `check` names each mistake).
+fn accounts_and_limits(src: &Source, here: &KeyPath, raw: RawIsolation) -> (Isolation, Vec<ConfigError>) {
     let mut errs = Vec::new();
     let mut bad = |key: KeyPath, msg: String| errs.push(src.invalid(&key, msg));
     let key = |name: &str| here.key(name);
@@ -260,15 +290,11 @@ pub fn resolve(
     if let Some(n) = raw.nice.filter(|n| !(-20..=19).contains(n)) {
         bad(key("nice"), format!("{n} is outside -20..19"));
     }
-    let chroot =
-        chroot(dir, raw.chroot.as_deref(), app, chdir, python).map_err(|m| bad(key("chroot"), m)).ok().flatten();
-    ConfigError::from_all(errs)?;
-
     let iso = Isolation {
         user,
         group,
         groups,
-        chroot,
+        chroot: None,
         umask,
         clear_env: raw.clear_env.unwrap_or(false),
         rlimit_nofile: raw.rlimit_nofile,
@@ -281,8 +307,17 @@ pub fn resolve(
         script_group,
         preload: raw.preload.unwrap_or(false),
     };
-    checks(src, here, &iso, app, me)?;
-    Ok(iso)
+    (iso, errs)
+}
+
+/// What keeps this bridge (`me`; None when privileges are not checked) from applying `iso`,
+/// as an error at the key to blame.
+fn privileges_allow(src: &Source, here: &KeyPath, iso: &Isolation, me: Option<BridgeIds>) -> Result<(), ConfigError> {
+    match me.and_then(|me| privilege_problem(iso, me, current_hard_limits())) {
+        // Root workers without a user: point at the pool, since allow-root is usually not written.
+        Some((key, msg)) => Err(src.invalid(&if key == "allow-root" { here.clone() } else { here.key(key) }, msg)),
+        None => Ok(()),
+    }
 }
 
 /// What the resolved isolation of a pool must satisfy as a whole: `preload` only for WSGI
@@ -297,11 +332,7 @@ fn checks(src: &Source, here: &KeyPath, iso: &Isolation, app: &App, me: Option<B
         ));
     }
 
-    if let Some((key, msg)) = me.and_then(|me| privilege_problem(iso, me, current_hard_limits())) {
-        // Root workers without a user: point at the pool, since allow-root is usually not written.
-        let at = if key == "allow-root" { here.clone() } else { here.key(key) };
-        return Err(src.invalid(&at, msg));
-    }
+    privileges_allow(src, here, iso, me)?;
     if let Some(file) = app.file() {
         check_script(iso, file)
             .map_err(|m| bad(if iso.script_user.is_some() { "script-user" } else { "script-group" }, m))?;

@@ -136,13 +136,14 @@ pub(super) fn pool(
         )
     });
     let error_pages = error_pages(src, &here, dir, raw.error_pages, &mut errs);
-    // The isolation checks need the app, its directory and the interpreter (a chroot must hold them).
+    // The isolation checks need the app, its directory and the interpreter (a chroot must
+    // hold them); without them, those that do not are still made.
     let isolation = match (&app, &chdir, &python) {
         (Some(app), Some(chdir), Some(python)) => {
             let runs = super::isolation::Runs { app, chdir, python };
             note(&mut errs, super::isolation::resolve(src, &here, dir, raw_isolation, runs, privileges))
         }
-        _ => None,
+        _ => note(&mut errs, super::isolation::check_without_app(src, &here, raw_isolation, privileges)).and(None),
     };
 
     match (app, python, chdir, supervision, isolation, interface) {

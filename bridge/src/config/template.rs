@@ -303,7 +303,10 @@ pub fn resolve(
 /// The keys of a template's entry without a placeholder, checked now on a sample instance
 /// (what a placeholder decides, files and accounts, is checked per instance); the sample's
 /// warnings, which hold for every instance (with a placeholder in `app` the sample's file
-/// does not exist and says nothing).
+/// does not exist and says nothing). The sample's app, chdir or python may not exist: its
+/// accounts, limits and privileges are then checked without them (isolation.rs
+/// `check_without_app`), so a fixed `user:` or `script-user:` naming no account is an
+/// error here, not at each instance's first request.
 fn check_sample(
     src: &Source,
     (here, dir): (&KeyPath, &Path),
@@ -314,7 +317,9 @@ fn check_sample(
     errs: &mut Vec<ConfigError>,
 ) -> Vec<String> {
     let sample = fill_raw(raw, &Placeholder::ALL.map(|p| (p, "example")));
-    let dependent = ["chdir", "chroot", "script-user", "script-group", "python", "app", "command"];
+    // The script's owner is checked only when the sample's app file exists; a `script-user`
+    // or `script-group` error otherwise is its lookup, which does not depend on the key.
+    let dependent = ["chdir", "chroot", "python", "app", "command"];
     let paths_vary = with_placeholders.iter().any(|k| dependent.contains(&k.as_str()));
     let mut warnings = Vec::new();
     if let Err(e) = super::resolve::pool(src, dir, name, sample, opts, &mut warnings) {
@@ -706,6 +711,65 @@ listeners:
         // Below the listener's connections: no warning.
         let text = TEMPLATE.replace("threads: 2", "threads: 2\n    queue-size: 1015");
         assert_eq!(load("template-queue-fits", &text).1.unwrap().templates[0].warnings, Vec::<String>::new());
+    }
+
+    /// [`load`] as a bridge with `ids` (root, or the unit tests' unprivileged 4242).
+    fn load_as(
+        ids: super::super::isolation::BridgeIds,
+        name: &str,
+        text: &str,
+    ) -> (PathBuf, Result<super::super::Config, ConfigError>) {
+        use super::super::isolation::{BridgeIds, TEST_BRIDGE_IDS};
+        TEST_BRIDGE_IDS.with(|c| c.set(ids));
+        let r = load(name, text);
+        TEST_BRIDGE_IDS.with(|c| c.set(BridgeIds { uid: 4242, gid: 4242 }));
+        r
+    }
+
+    #[test]
+    fn the_accounts_and_limits_without_a_placeholder_are_checked_though_the_app_has_one() {
+        use super::super::isolation::BridgeIds;
+        const ROOT: BridgeIds = BridgeIds { uid: 0, gid: 0 };
+        // The sample instance's app file does not exist: its other keys are still checked.
+        let keys = "threads: 2\n    user: no-such-user-fcgibridge\n    group: no-such-group-fcgibridge\n    \
+                    groups: [no-such-group-fcgibridge]\n    script-user: no-such-user-fcgibridge\n    \
+                    rlimit-as: 10MiB";
+        let err = load_as(ROOT, "template-accounts", &TEMPLATE.replace("threads: 2", keys)).1.unwrap_err().to_string();
+        for want in [
+            "10.yaml:7:5: pools.sites.user: no such user \"no-such-user-fcgibridge\"",
+            "10.yaml:8:5: pools.sites.group: no such group \"no-such-group-fcgibridge\"",
+            "10.yaml:9:14: pools.sites.groups[0]: no such group \"no-such-group-fcgibridge\"",
+            "10.yaml:10:5: pools.sites.script-user: no such user \"no-such-user-fcgibridge\"",
+            "10.yaml:11:5: pools.sites.rlimit-as: 10MiB is below 64MiB",
+        ] {
+            assert!(err.contains(want), "{want}\n{err}");
+        }
+        // A root bridge, no user and no allow-root: every instance would run as root.
+        let err = load_as(ROOT, "template-root", TEMPLATE).1.unwrap_err().to_string();
+        assert!(err.contains("10.yaml:2:3: pools.sites: workers would run as root"), "{err}");
+        let allowed = TEMPLATE.replace("threads: 2", "threads: 2\n    allow-root: true");
+        load_as(ROOT, "template-root-allowed", &allowed).1.unwrap();
+        // A placeholder in user: the sample's account is not looked up, nor root suspected.
+        let per_user = TEMPLATE.replace("{host}", "{user}").replace("threads: 2", "threads: 2\n    user: '{user}'");
+        load_as(ROOT, "template-per-user", &per_user).1.unwrap();
+        let err = load_as(
+            ROOT,
+            "template-per-user-group",
+            &per_user.replace("threads: 2", "threads: 2\n    group: no-such-group-fcgibridge"),
+        )
+        .1
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("10.yaml:7:5: pools.sites.group: no such group"), "{err}");
+        assert!(!err.contains("pools.sites.user"), "{err}");
+        // A route that captures {user} for the refused template: its error alone, not also
+        // "no template that uses it".
+        let routed = per_user.replace("threads: 2", "threads: 2\n    group: no-such-group-fcgibridge").replace(
+            "web: {fastcgi: 127.0.0.1:9000, pool: sites}",
+            "web:\n    fastcgi: 127.0.0.1:9000\n    routes: [{prefix: '/~{user}', pool: sites}]",
+        );
+        let err = load_as(ROOT, "template-routed-refused", &routed).1.unwrap_err().to_string();
+        assert!(err.contains("pools.sites.group: no such group") && !err.contains("captures {user}"), "{err}");
     }
 
     #[test]

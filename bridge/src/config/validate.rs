@@ -256,7 +256,9 @@ fn check_targets(
     let mut known = broken.to_vec();
     known.extend(templates.iter().map(|t| t.name.clone()));
     let mut errors = check_routes(listeners, pools, &known, sources);
-    errors.extend(check_captures(listeners, templates, sources));
+    // A route to a pool refused or unknown is reported once, for that.
+    let written: Vec<&str> = pools.iter().map(|(p, _)| p.name.as_str()).collect();
+    errors.extend(check_captures(listeners, (&written, templates), sources));
     errors.extend(check_direct(listeners, pools, templates, sources));
     errors
 }
@@ -408,17 +410,19 @@ fn check_direct(
 }
 
 /// A route prefix that captures a placeholder (`/~{user}`) must lead to a template that
-/// uses it.
+/// uses it. A route to a pool neither in `pools` nor in `templates` (refused, or unknown)
+/// is not reported here: its pool's error says why.
 fn check_captures(
     listeners: &[(Listener, usize)],
-    templates: &[super::template::Template],
+    (pools, templates): (&[&str], &[super::template::Template]),
     sources: &[Source],
 ) -> Vec<ConfigError> {
     let mut errs = Vec::new();
     for (listener, file_no) in listeners {
         for (i, route) in listener.routes.iter().enumerate() {
             let Some(Ok(Some(p))) = route.prefix.as_deref().map(super::template::route_capture) else { continue };
-            if templates.iter().any(|t| t.name == route.pool && t.keys.contains(&p)) {
+            let template = templates.iter().find(|t| t.name == route.pool);
+            if template.is_some_and(|t| t.keys.contains(&p)) || (template.is_none() && !pools.contains(&&*route.pool)) {
                 continue;
             }
             let key = KeyPath::of(&["listeners", &listener.name]).key("routes").index(i).key("prefix");
