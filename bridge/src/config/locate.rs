@@ -68,7 +68,7 @@ impl fmt::Display for KeyPath {
     }
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Node {
     pos: Pos,
     path: KeyPath,
@@ -77,7 +77,7 @@ struct Node {
 }
 
 /// Every key and value node of one YAML document, in document order.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct KeyIndex {
     nodes: Vec<Node>,
 }
@@ -170,6 +170,12 @@ impl KeyIndex {
                 return None;
             }
         }
+    }
+
+    /// Only the nodes at `path` and inside it: what a pool template keeps to place the
+    /// errors of its instances, made long after the file was read.
+    pub fn under(&self, path: &KeyPath) -> Self {
+        Self { nodes: self.nodes.iter().filter(|n| n.path.0.starts_with(&path.0)).cloned().collect() }
     }
 
     /// Whether the key `path` is written (no fallback to the keys around it).

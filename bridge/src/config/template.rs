@@ -77,6 +77,9 @@ pub struct Template {
     pub dir: PathBuf,
     /// The file that defines it, for the errors of its instances.
     pub file: String,
+    /// The file's name and where this entry's keys are written in it: an instance's errors
+    /// name `file:line:column: key` as `check` does.
+    pub source: Arc<Source>,
     /// The entry as written, relative paths made absolute, `template:` taken out.
     pub raw: Arc<RawPool>,
     /// Placeholders used, in [`Placeholder::ALL`] order: together they are an instance's key.
@@ -284,6 +287,7 @@ pub fn resolve(
         name: name.to_owned(),
         dir: dir.to_path_buf(),
         file: src.file.clone(),
+        source: Arc::new(Source { file: src.file.clone(), index: src.index.under(&here) }),
         raw: Arc::new(raw),
         keys,
         by_owner,
@@ -557,10 +561,9 @@ pub fn instantiate(
     search_path: Option<&std::ffi::OsStr>,
 ) -> Result<(Pool, Vec<String>), ConfigError> {
     raw.queue_size.get_or_insert(t.queue_size);
-    let src = Source { file: t.file.clone(), index: super::locate::KeyIndex::default() };
     let opts = super::LoadOptions { search_path, privileges: super::Privileges::Check, moment: super::Moment::Start };
     let mut warnings = Vec::new();
-    super::resolve::pool(&src, &t.dir, &t.name, raw, opts, &mut warnings).map(|pool| (pool, warnings))
+    super::resolve::pool(&t.source, &t.dir, &t.name, raw, opts, &mut warnings).map(|pool| (pool, warnings))
 }
 
 #[cfg(test)]
@@ -770,6 +773,18 @@ listeners:
         );
         let err = load_as(ROOT, "template-routed-refused", &routed).1.unwrap_err().to_string();
         assert!(err.contains("pools.sites.group: no such group") && !err.contains("captures {user}"), "{err}");
+    }
+
+    #[test]
+    fn an_instances_refusal_names_the_line_and_column_of_its_key() {
+        let text = TEMPLATE.replace("threads: 2", "threads: 2\n    python: ../venvs/{host}/bin/python3");
+        let (root, loaded) = load("template-instance-at", &text);
+        let t = &loaded.unwrap().templates[0];
+        fs::create_dir_all(root.join("sites/alpha.test")).unwrap();
+        fs::write(root.join("sites/alpha.test/app.py"), "application = None\n").unwrap();
+        let raw = fill_raw(&t.raw, &[(Placeholder::Host, "alpha.test")]);
+        let err = instantiate(t, raw, Some(root.join("bin").as_os_str())).unwrap_err().to_string();
+        assert!(err.contains("conf.d/10.yaml:7:5: pools.sites.python: "), "{err}");
     }
 
     #[test]

@@ -450,6 +450,9 @@ impl Instances {
             let restart = restart.includes(&t.name);
             match old.iter().find(|o| *o.name == t.name) {
                 Some(o) if *o.config() == *t && !restart => {
+                    // The same settings, perhaps on other lines (or in another file): the
+                    // errors of its instances name where they are written now.
+                    *o.config.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(t.clone());
                     let o2 = o.clone();
                     looks.spawn(async move {
                         o2.refresh_all(&o2.config(), Again::Reload { probe: false, restart: false }).await
