@@ -532,6 +532,12 @@ impl Template {
         out
     }
 
+    /// An error about its key `key` (`user`), as `check` gives it: `file:line:column:
+    /// pools.NAME.key: message`.
+    pub fn key_error(&self, key: &str, message: &str) -> String {
+        self.source.invalid(&KeyPath::of(&["pools", &self.name]).key(key), message).to_string()
+    }
+
     /// The pool keys as written (paths absolute), each value as YAML (JSON is YAML).
     pub fn render_keys(&self) -> Vec<(String, String)> {
         let Ok(serde_json::Value::Object(map)) = serde_json::to_value(&*self.raw) else { return Vec::new() };

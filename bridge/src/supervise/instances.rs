@@ -1212,8 +1212,9 @@ fn find_account(written: &str) -> nix::Result<Option<nix::unistd::User>> {
 
 /// Whether the account `written`, as its lookup `found` it, may run an instance of `t`: a
 /// site's account, not root, a system account (`min-uid`) or `nobody`. No account is no
-/// site (404, remembered for missing-cache); a lookup that failed says nothing yet (503,
-/// remembered for its Retry-After).
+/// site (404, remembered for missing-cache) when a placeholder named it; when `user:` names
+/// it as written, the template's configuration is wrong for every key (500, at the key's
+/// place). A lookup that failed says nothing yet (503, remembered for its Retry-After).
 fn judge_account(
     t: &Template,
     written: &str,
@@ -1222,6 +1223,17 @@ fn judge_account(
     let user = match found {
         Ok(Some(u)) => u,
         Err(e) if !means_no_account(e) => return Err(lookup_failed(written, e)),
+        // `user:` written without a placeholder: the operator's configuration, for every key.
+        Ok(None) | Err(_) if t.raw.user.as_deref().is_some_and(|u| !u.contains('{')) => {
+            let why = t.key_error(
+                "user",
+                &format!(
+                    "no such user {written:?} on this system (written without a placeholder, it refuses every \
+                     instance); create the account or change user:"
+                ),
+            );
+            return Err(Box::new(move |key| Refusal::Broken { key, why }));
+        }
         Ok(None) | Err(_) => {
             let why = format!("no account {written:?}");
             return Err(Box::new(move |key| Refusal::Missing { key, why }));
@@ -1446,6 +1458,34 @@ mod tests {
         let config = crate::config::load_with_search_path(&root.join("conf.d"), None).unwrap();
         let t = Arc::new(config.templates[0].clone());
         (t.clone(), TemplateRuntime::new(&t, &Arc::new(Shelf::default())))
+    }
+
+    #[test]
+    fn a_fixed_user_with_no_account_is_the_operators_500_at_its_key_not_a_missing_site() {
+        use crate::config::isolation::{BridgeIds, TEST_BRIDGE_IDS};
+        let root = crate::config::tests::scratch_dir("fixed-user-gone");
+        std::fs::create_dir_all(root.join("conf.d")).unwrap();
+        let text = format!(
+            "pools:\n  sites:\n    template: {{}}\n    app: {}/{{host}}/app.py\n    user: nobody\nlisteners:\n  web: {{fastcgi: 127.0.0.1:9000, pool: sites}}\n",
+            root.display()
+        );
+        std::fs::write(root.join("conf.d/10.yaml"), text).unwrap();
+        TEST_BRIDGE_IDS.with(|c| c.set(BridgeIds { uid: 0, gid: 0 }));
+        let loaded = crate::config::load_with_search_path(&root.join("conf.d"), None);
+        TEST_BRIDGE_IDS.with(|c| c.set(BridgeIds { uid: 4242, gid: 4242 }));
+        let t = Arc::new(loaded.unwrap().templates[0].clone());
+        let rt = TemplateRuntime::new(&t, &Arc::new(Shelf::default()));
+        // The account was removed after the configuration was loaded.
+        let Err(r) = judge_account(&t, "nobody", Ok(None)) else { panic!("no account, yet taken") };
+        let r = rt.refuse(&t, r("alpha.test".to_owned()));
+        assert_eq!(r.status(), (500, None), "{r}");
+        assert!(std::ptr::eq(r.kind(), &BROKEN), "{r}: logged at WARN as the instance's configuration");
+        let want = "conf.d/10.yaml:5:5: pools.sites.user: no such user \"nobody\" on this system";
+        assert!(r.to_string().contains(want), "{r}");
+        // A placeholder's account stays the tenant's: no site (the test below).
+        let (t, _) = per_user("fixed-user-gone-per-user");
+        let Err(r) = judge_account(&t, "alice", Ok(None)) else { panic!("no account, yet taken") };
+        assert_eq!(r("alice".to_owned()).status(), (404, None));
     }
 
     #[test]
