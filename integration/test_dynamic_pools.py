@@ -839,8 +839,25 @@ def test_apache_basic_auth_picks_a_per_user_instance_running_as_that_user(accoun
     try:
         make_homes(pub, (accounts[role] for role in ("alice", "bob", "sys")))
         spec = {"template": {"min-uid": 1000}, "app": f"{pub}/homes/{{user}}/app.py", "python": SYSTEM_PYTHON,
-                "user": "{user}", "script-user": "{user}", "threads": 2, "max-processes": 1}
-        b = start_bridge(pub, {"homes": spec}, extra={"runtime-dir": str(pub / "run")})
+                "user": "{user}", "script-user": "{user}", "clear-env": True, "threads": 2, "max-processes": 1}
+        # As the page says: a unix socket only the web server's group may open, in a
+        # directory tenants cannot enter (Apache runs as nobody:nogroup below).
+        web_gid = grp.getgrnam("nogroup").gr_gid
+        (pub / "sock").mkdir()
+        os.chown(pub / "sock", 0, web_gid)
+        (pub / "sock").chmod(0o750)
+        sock = str(pub / "sock" / "homes.sock")
+        b = make_bridge(pub, {"homes": spec}, {"web": {"fastcgi": f"unix:{sock}", "socket-mode": "0660",
+                                                        "socket-group": "nogroup", "pool": "homes"}},
+                        bridge_extra={"runtime-dir": str(pub / "run")})
+        b.start()
+        wait_until(lambda: b.assert_running() or can_connect(sock), 60, what="bridge listening")
+        # A tenant's code cannot reach the listener to send another tenant's REMOTE_USER.
+        a = accounts["alice"]
+        tenant = subprocess.run([SYSTEM_PYTHON, "-c", f"import socket; socket.socket(socket.AF_UNIX).connect({sock!r})"],
+                                user=a.pw_uid, group=a.pw_gid, extra_groups=[], capture_output=True, text=True,
+                                timeout=60)
+        assert tenant.returncode != 0 and "PermissionError" in tenant.stderr, tenant
         w = pub / "apache"
         w.mkdir()
         (w / "run").mkdir()
@@ -852,7 +869,7 @@ def test_apache_basic_auth_picks_a_per_user_instance_running_as_that_user(accoun
         mods = next(d for d in ("/usr/lib/apache2/modules", "/usr/lib64/httpd/modules", "/usr/lib/httpd/modules")
                     if os.path.exists(os.path.join(d, "mod_proxy_fcgi.so")))
         port = free_ports(1)[0]
-        conf = substitute(snippet("apache"), {"8080": port, "9100": b.listener_address("web")[1],
+        conf = substitute(snippet("apache"), {"8080": port, "/run/fcgibridge-web/homes.sock": sock,
                                               "/usr/lib/apache2/modules": mods,
                                               "/etc/apache2/homes.htpasswd": str(w / "htpasswd")})
         base = "".join(f"LoadModule {m}_module {mods}/mod_{m}.so\n" for m in (
