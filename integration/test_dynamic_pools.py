@@ -654,7 +654,8 @@ def test_reload_that_changes_the_key_stops_the_old_instances(tmp_path):
         mark = b.log.mark()
         os.kill(b.pid, signal.SIGHUP)
         b.log.wait_for(r"instance stopping: its template's placeholders changed.*pool=sites\[alpha\.test\]", mark, timeout=60)
-        b.log.wait_for(r"reload done: .*templates changed: sites", mark, timeout=60)
+        b.log.wait_for(r"reload done: .*templates changed: sites; removed: none; "
+                       r"instances refused now and stopped: sites\[alpha\.test\]", mark, timeout=60)
         wait_until(lambda: not pid_alive(pid), 60, what="the host-keyed instance gone")
         r = get(b, "ignored.test", extra=[("REMOTE_USER", "alice")])
         assert r.status == 200 and json.loads(r.body)["app"] == str(sites / "alice" / "app.py")
@@ -674,11 +675,15 @@ def test_reload_with_a_narrower_allow_stops_the_instances_it_refuses(tmp_path):
     try:
         pids = {h: json.loads(get(b, h).body)["pid"] for h in ("alpha.test", "beta.test")}
         spec["template"]["allow"] = r"alpha\.test"
+        # A template added by the same reload is named in its summary too.
+        b.config["pools"]["more"] = dict(spec, template={"max-instances": 4})
         (b.confdir / "50-test.yaml").write_text(to_yaml(b.config))
         mark = b.log.mark()
         os.kill(b.pid, signal.SIGHUP)
         b.log.wait_for(r'key "beta\.test" does not match the template.s allow pattern; the instance stops.*'
                        r"pool=sites\[beta\.test\]", mark, timeout=60)
+        b.log.wait_for(r"reload done: .*templates changed: sites; removed: none; templates added: more; "
+                       r"instances refused now and stopped: sites\[beta\.test\]", mark, timeout=60)
         wait_until(lambda: not pid_alive(pids["beta.test"]), 60, what="beta.test's worker gone")
         assert get(b, "beta.test").status == 404
         assert set(instances(b)) == {"alpha.test"}

@@ -441,6 +441,7 @@ impl Instances {
     pub(crate) async fn reload(&self, new: &[Template], restart: &crate::reload::Restart) -> (String, bool) {
         let old = self.0.with(|b| b.templates.clone());
         let (mut changed, mut removed, mut stopped, mut rolled) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let mut added = Vec::new();
         let mut next = Vec::new();
         // The unchanged templates' instances are looked at again side by side, in tasks of
         // their own: an account lookup that hangs (NSS, LDAP) holds up its template's
@@ -463,10 +464,13 @@ impl Instances {
                     changed.push(t.name.clone());
                     // What it refused, the new settings may take.
                     o.lock().refused.clear();
-                    o.roll(Arc::new(t.clone()), restart).await;
+                    stopped.extend(o.roll(Arc::new(t.clone()), restart).await);
                     next.push(o.clone());
                 }
-                None => next.push(TemplateRuntime::new(t, &self.0)),
+                None => {
+                    added.push(t.name.clone());
+                    next.push(TemplateRuntime::new(t, &self.0));
+                }
             }
         }
         let waited = tokio::time::timeout(RELOOK_WAIT, async {
@@ -496,6 +500,9 @@ impl Instances {
         self.0.with(|b| b.templates = next);
         let list = |v: &[String]| if v.is_empty() { "none".to_owned() } else { v.join(", ") };
         let mut summary = format!("templates changed: {}; removed: {}", list(&changed), list(&removed));
+        if !added.is_empty() {
+            summary.push_str(&format!("; templates added: {}", added.join(", ")));
+        }
         if !stopped.is_empty() {
             summary.push_str(&format!("; instances refused now and stopped: {}", stopped.join(", ")));
         }
@@ -992,25 +999,29 @@ impl TemplateRuntime {
     /// A changed template: every live instance takes its new configuration (a rolling
     /// restart when its workers change); one that the new template refuses stops. A
     /// template keyed otherwise now stops them all: none has a key of the new kind.
-    async fn roll(&self, new: Arc<Template>, restart: bool) {
+    /// Returns the instances it stopped, for the reload's summary.
+    async fn roll(&self, new: Arc<Template>, restart: bool) -> Vec<String> {
         let keys_changed = self.config().keys != new.keys;
         *self.config.lock().unwrap_or_else(|e| e.into_inner()) = new.clone();
         // Every instance made with the old template is live now; any later one is made with
         // the new.
         drop(self.entering.write().await);
         if keys_changed {
-            self.stop_all("its template's placeholders changed");
-            return;
+            return self.stop_all("its template's placeholders changed");
         }
-        self.refresh_all(&new, Again::Reload { probe: true, restart }).await;
+        self.refresh_all(&new, Again::Reload { probe: true, restart }).await.0
     }
 
-    fn stop_all(&self, why: &str) {
+    /// Stop every live instance; their names.
+    fn stop_all(&self, why: &str) -> Vec<String> {
         let all: Vec<Instance> = self.lock().live.drain().map(|(_, i)| i).collect();
+        let mut names = Vec::with_capacity(all.len());
         for i in all {
             tracing::info!(pool = %i.pool.name, "instance stopping: {why}");
+            names.push(i.pool.name.to_string());
             self.retire(i, why);
         }
+        names
     }
 }
 
