@@ -173,17 +173,24 @@ fn strings(raw: &mut RawPool) -> Vec<(String, &mut String)> {
     out
 }
 
-/// The placeholders in `text`, or why it is not a valid template value.
-fn placeholders_in(text: &str) -> Result<Vec<Placeholder>, String> {
+/// What a template value may name, for the error of an unknown placeholder.
+const KNOWN_IN_VALUES: &str = "a template knows {host}, {user} and {owner}";
+/// What a route prefix may capture.
+const KNOWN_IN_ROUTES: &str = "a route captures {host} or {user}";
+
+/// The placeholders in `text`, or why it is not a valid template value (`known`: what may
+/// be named there, for the error).
+fn placeholders_in(text: &str, known: &str) -> Result<Vec<Placeholder>, String> {
     let mut found = Vec::new();
     let mut rest = text;
     while let Some(open) = rest.find('{') {
         let after = &rest[open + 1..];
         let close = after.find('}').ok_or_else(|| format!("{text:?}: a '{{' without its '}}'"))?;
         let name = &after[..close];
-        let p = Placeholder::ALL.into_iter().find(|p| p.name() == name).ok_or_else(|| {
-            format!("{text:?}: unknown placeholder {{{name}}}; a template knows {{host}}, {{user}} and {{owner}}")
-        })?;
+        let p = Placeholder::ALL
+            .into_iter()
+            .find(|p| p.name() == name)
+            .ok_or_else(|| format!("{text:?}: unknown placeholder {{{name}}}; {known}"))?;
         found.push(p);
         rest = &after[close + 1..];
     }
@@ -196,7 +203,7 @@ fn placeholders_in(text: &str) -> Result<Vec<Placeholder>, String> {
 /// The placeholder a route prefix captures (`/~{user}`), None for a plain prefix; or why
 /// the pattern is refused: one `{host}` or `{user}`, inside one segment.
 pub fn route_capture(prefix: &str) -> Result<Option<Placeholder>, String> {
-    let found = placeholders_in(prefix)?;
+    let found = placeholders_in(prefix, KNOWN_IN_ROUTES)?;
     match found.as_slice() {
         [] => Ok(None),
         [p @ (Placeholder::Host | Placeholder::User)] => {
@@ -236,7 +243,7 @@ pub fn resolve(
     let mut with_placeholders: Vec<String> = Vec::new();
     for (key, value) in strings(&mut raw) {
         let top = key.split(['.', '[']).next().unwrap_or("").to_owned();
-        match placeholders_in(value) {
+        match placeholders_in(value, KNOWN_IN_VALUES) {
             Err(m) => errs.push(src.invalid(&key_path(&here, &key), m)),
             Ok(found) if found.is_empty() => {}
             Ok(_) if !TAKES_PLACEHOLDERS.contains(&top.as_str()) => errs.push(src.invalid(
@@ -591,13 +598,17 @@ mod tests {
         assert_eq!(filled("/healthz/", &[(Placeholder::User, "ann")]), "/healthz/");
     }
 
+    fn placeholders_in_values(text: &str) -> Result<Vec<Placeholder>, String> {
+        placeholders_in(text, KNOWN_IN_VALUES)
+    }
+
     #[test]
     fn placeholders_are_named_and_closed() {
-        assert_eq!(placeholders_in("/srv/{host}/{user}/app.py"), Ok(vec![Placeholder::Host, Placeholder::User]));
-        assert_eq!(placeholders_in("plain"), Ok(vec![]));
-        assert!(placeholders_in("/srv/{hots}").unwrap_err().contains("unknown placeholder {hots}"));
-        assert!(placeholders_in("/srv/{host").unwrap_err().contains("without its '}'"));
-        assert!(placeholders_in("/srv/host}").unwrap_err().contains("without its '{'"));
+        assert_eq!(placeholders_in_values("/srv/{host}/{user}/app.py"), Ok(vec![Placeholder::Host, Placeholder::User]));
+        assert_eq!(placeholders_in_values("plain"), Ok(vec![]));
+        assert!(placeholders_in_values("/srv/{hots}").unwrap_err().contains("unknown placeholder {hots}"));
+        assert!(placeholders_in_values("/srv/{host").unwrap_err().contains("without its '}'"));
+        assert!(placeholders_in_values("/srv/host}").unwrap_err().contains("without its '{'"));
         assert_eq!(fill("/srv/{host}/{host}", &[(Placeholder::Host, "a.test")]), "/srv/a.test/a.test");
     }
 
@@ -810,7 +821,14 @@ listeners:
             "web:\n    fastcgi: 127.0.0.1:9000\n    routes:\n      - {prefix: '/~{user}', pool: sites}\n      - {prefix: '/x/{nope}', pool: sites}",
         );
         let err = load("template-routes", &routes).1.unwrap_err().to_string();
-        assert!(err.contains("listeners.web.routes[1].prefix: \"/x/{nope}\": unknown placeholder {nope}"), "{err}");
+        assert!(
+            err.contains(
+                "listeners.web.routes[1].prefix: \"/x/{nope}\": unknown placeholder {nope}; a route captures {host} or {user}"
+            ),
+            "{err}"
+        );
+        // {owner} is no route's: the route's error does not offer it.
+        assert!(!err.lines().any(|l| l.contains("routes[1]") && l.contains("{owner}")), "{err}");
         let routes = routes.replace("      - {prefix: '/x/{nope}', pool: sites}\n", "").replace("/x/{nope}", "");
         let err = load("template-routes-2", &routes).1.unwrap_err().to_string();
         assert!(

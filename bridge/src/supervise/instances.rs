@@ -1298,7 +1298,12 @@ fn key_of(
             (Placeholder::User, Some(("user", v))) => user_key(v)?,
             _ => match p {
                 Placeholder::Host => {
-                    let raw = params.get(b"HTTP_HOST").filter(|h| !h.is_empty()).or_else(|| params.get(b"SERVER_NAME"));
+                    // nginx's catch-all `server_name _` names no host: a request without
+                    // Host has none.
+                    let raw = params
+                        .get(b"HTTP_HOST")
+                        .filter(|h| !h.is_empty())
+                        .or_else(|| params.get(b"SERVER_NAME").filter(|n| !n.is_empty() && *n != b"_"));
                     host_key(raw.ok_or(Refusal::NoKey("host"))?)?
                 }
                 Placeholder::User => {
@@ -1455,6 +1460,17 @@ mod tests {
         assert_eq!(rt.instance_name(&Params::default(), None), "sites");
         // nothing was looked up or started
         assert!(rt.lock().live.is_empty());
+    }
+
+    #[test]
+    fn nginxs_catch_all_server_name_is_no_host() {
+        let (t, _) = symlinked_sites("server-name-underscore", 2, &["alpha.test"]);
+        let mut params = Params::default();
+        params.insert(&b"SERVER_NAME"[..], &b"_"[..]);
+        assert!(matches!(key_of(&t, &params, None), Err(Refusal::NoKey("host"))));
+        let mut params = Params::default();
+        params.insert(&b"SERVER_NAME"[..], &b"alpha.test"[..]);
+        assert_eq!(key_of(&t, &params, None).unwrap(), vec![(Placeholder::Host, "alpha.test".to_owned())]);
     }
 
     /// A template of `user: "{user}"` (key: REMOTE_USER) and its runtime.
