@@ -378,6 +378,7 @@ pub(super) fn fit_to_listeners(templates: &mut [Template], listeners: &[&super::
     for t in templates {
         let reaching: Vec<&super::model::Listener> =
             listeners.iter().copied().filter(|l| l.routes.iter().any(|r| r.pool == t.name)).collect();
+        warn_of_tenants(t, &reaching);
         let Some(narrowest) = reaching.iter().map(|l| l.max_connections).min() else { continue };
         let running = capacity_of_raw(&t.raw, 0);
         match &t.queue_size_at {
@@ -403,6 +404,43 @@ pub(super) fn fit_to_listeners(templates: &mut [Template], listeners: &[&super::
             }
         }
         t.capacity = (running + t.queue_size).saturating_mul(t.max_instances as usize);
+    }
+}
+
+/// A template whose instances run as their tenants (a placeholder in `user` or `group`)
+/// warns of what lets one tenant act as another, or read the bridge's secrets
+/// (docs/security.md, "What you must still do"): a TCP listener that leads to it — any
+/// tenant's code can connect to it and send another tenant's `REMOTE_USER` or `Host` — and
+/// workers that inherit the bridge's environment (no `clear-env: true`).
+fn warn_of_tenants(t: &mut Template, reaching: &[&super::model::Listener]) {
+    let per_tenant = |v: &Option<String>| v.as_deref().is_some_and(|v| v.contains('{'));
+    let key = if per_tenant(&t.raw.user) {
+        "user"
+    } else if per_tenant(&t.raw.group) {
+        "group"
+    } else {
+        return;
+    };
+    let here = KeyPath::of(&["pools", &t.name]);
+    let at = t.source.at(&here.key(key));
+    for l in reaching {
+        if let super::model::ListenAddress::Tcp(addr) = &l.address {
+            t.warnings.push(format!(
+                "{at}: warning: pools.{}.{key}: instances run as their tenants, but listener {:?} is on TCP {addr}, \
+                 which any tenant's code can connect to and send another tenant's REMOTE_USER or Host, to be served as \
+                 that tenant: listen on a unix socket only the web server may open (socket-mode: \"0660\", \
+                 socket-group: its group, in a directory tenants cannot enter); see docs/security.md",
+                t.name, l.name
+            ));
+        }
+    }
+    if t.raw.clear_env != Some(true) {
+        t.warnings.push(format!(
+            "{}: warning: pools.{}: instances run as their tenants and get the bridge's environment (its tokens \
+             and paths, all of a root shell's when started from one): write clear-env: true and the env the apps need",
+            t.source.at(&here),
+            t.name
+        ));
     }
 }
 
@@ -802,6 +840,25 @@ listeners:
         let raw = fill_raw(&t.raw, &[(Placeholder::Host, "alpha.test")]);
         let err = instantiate(t, raw, Some(root.join("bin").as_os_str())).unwrap_err().to_string();
         assert!(err.contains("conf.d/10.yaml:7:5: pools.sites.python: "), "{err}");
+    }
+
+    #[test]
+    fn a_template_run_as_its_tenants_warns_of_a_tcp_listener_and_the_bridges_environment() {
+        let per_user = TEMPLATE.replace("{host}", "{user}").replace("threads: 2", "threads: 2\n    user: '{user}'");
+        let t = load("template-tenants-tcp", &per_user).1.unwrap().templates.remove(0);
+        assert_eq!(t.warnings.len(), 2, "{:?}", t.warnings);
+        let tcp = "10.yaml:7:5: warning: pools.sites.user: instances run as their tenants, but listener \"web\" is on TCP 127.0.0.1:9000, which any tenant's code can connect to";
+        assert!(t.warnings[0].contains(tcp), "{}", t.warnings[0]);
+        let env = "10.yaml:2:3: warning: pools.sites: instances run as their tenants and get the bridge's environment";
+        assert!(t.warnings[1].contains(env), "{}", t.warnings[1]);
+        // As docs/dynamic-pools.md shows it: a unix socket and clear-env.
+        let safe = per_user
+            .replace("threads: 2", "threads: 2\n    clear-env: true")
+            .replace("fastcgi: 127.0.0.1:9000", "fastcgi: 'unix:../web.sock', socket-mode: '0660'");
+        let t = load("template-tenants-unix", &safe).1.unwrap().templates.remove(0);
+        assert_eq!(t.warnings, Vec::<String>::new());
+        // Run as the bridge's own account: not the tenants', no warning.
+        assert_eq!(load("template-no-tenants", TEMPLATE).1.unwrap().templates[0].warnings, Vec::<String>::new());
     }
 
     #[test]
