@@ -511,7 +511,7 @@ impl<'a, S: BodySource, K: ResponseSink> Request<'a, S, K> {
             Err(r) => r,
         };
         let peer = String::from_utf8_lossy(self.params.get(b"REMOTE_ADDR").unwrap_or(b""));
-        crate::supervise::instances::log_refusal(
+        let _ = crate::supervise::instances::log_refusal(
             &self.lst.registry.rate_limits,
             &refusal,
             &t.name,

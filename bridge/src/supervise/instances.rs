@@ -1369,7 +1369,8 @@ pub(crate) fn user_key(raw: &[u8]) -> Result<String, Refusal> {
     }
 }
 
-/// Log a refusal (rate-limited per template, as other client-caused lines).
+/// Log a refusal (rate-limited per template, as other client-caused lines); whether its
+/// line was written.
 pub(crate) fn log_refusal(
     limits: &RateLimits,
     r: &Refusal,
@@ -1378,13 +1379,25 @@ pub(crate) fn log_refusal(
     request_id: &str,
     peer: &str,
     uri: &str,
-) {
-    if !limits.allow(r.kind(), template) {
-        return;
+) -> bool {
+    if !limits.allow(r.kind(), &limited_as(r, template)) {
+        return false;
     }
     match r.status().0 {
         status @ (500 | 503) => tracing::warn!(listener, template, request_id, peer, uri, "{r}, answering {status}"),
         status => tracing::info!(listener, template, request_id, peer, uri, "{r}, answering {status}"),
+    }
+    true
+}
+
+/// The name a refusal is rate-limited under: the template's, but an instance's own for a
+/// 500 — each broken site has a reason of its own, which a summary for the template would
+/// hide until its key is asked again in a quiet second (its summary names it: `pool
+/// sites[beta.test]: 3 more requests answered 500 (instance refused)`).
+fn limited_as(r: &Refusal, template: &str) -> String {
+    match r {
+        Refusal::Broken { key, .. } if !key.is_empty() => instance_name(template, key),
+        _ => template.to_owned(),
     }
 }
 
@@ -1460,6 +1473,21 @@ mod tests {
         assert_eq!(rt.instance_name(&Params::default(), None), "sites");
         // nothing was looked up or started
         assert!(rt.lock().live.is_empty());
+    }
+
+    #[test]
+    fn each_broken_instances_first_refusal_is_logged_in_full() {
+        let limits = RateLimits::default();
+        let broken = |key: &str| Refusal::Broken { key: key.to_owned(), why: format!("{key}'s own reason") };
+        let log = |r: &Refusal| log_refusal(&limits, r, "sites", "web", "req", "peer", "/");
+        // Two sites broken for different reasons in the same second: both reasons shown.
+        assert!(log(&broken("alpha.test")) && log(&broken("beta.test")));
+        // The same site again within the second: counted in its own summary.
+        assert!(!log(&broken("alpha.test")));
+        // 404s stay summed up per template, as other client-caused lines.
+        let missing = |key: &str| Refusal::Missing { key: key.to_owned(), why: "no app".into() };
+        let logged = ["a.test", "b.test", "c.test", "d.test", "e.test", "f.test", "g.test"].map(|k| log(&missing(k)));
+        assert_eq!(logged.iter().filter(|l| **l).count(), NO_SITE.burst as usize, "{logged:?}");
     }
 
     #[test]
