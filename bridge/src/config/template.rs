@@ -282,7 +282,8 @@ pub fn resolve(
         raw.mode = Some("ondemand".to_owned());
     }
     let t = block_settings(src, &here.key("template"), block, &mut errs);
-    let warnings = check_sample(src, (&here, dir), name, &raw, opts, &with_placeholders, &mut errs);
+    let mut warnings = check_sample(src, (&here, dir), name, &raw, opts, &with_placeholders, &mut errs);
+    warn_of_missing_roots(src, &here, &raw, &mut warnings);
     let Some((allow, max_instances, idle_timeout, spawn_rate, missing_cache, min_uid)) = t else {
         return Err(ConfigError::several(errs));
     };
@@ -350,6 +351,30 @@ fn check_sample(
         }
     }
     warnings
+}
+
+/// A path with a placeholder whose fixed part cannot exist for any key: the directory
+/// before the first placeholder (`/srv/sitse` of `/srv/sitse/{host}/app.py`) is not
+/// there. A warning, not an error: the configuration may be checked on another machine.
+fn warn_of_missing_roots(src: &Source, here: &KeyPath, raw: &RawPool, warnings: &mut Vec<String>) {
+    let paths = [("app", &raw.app), ("python", &raw.python), ("chdir", &raw.chdir), ("chroot", &raw.chroot)];
+    for (key, value) in paths {
+        let Some(value) = value.as_deref() else { continue };
+        let Some((fixed, _)) = value.split_once('{') else { continue };
+        // The directory that holds the first segment with a placeholder.
+        let Some((root, _)) = fixed.rsplit_once('/') else { continue };
+        let root = if root.is_empty() { "/" } else { root };
+        if let Err(e) = std::fs::metadata(root) {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                warnings.push(format!(
+                    "{}: warning: {}: {root} does not exist, so no instance can be made for any key until it does; \
+                     is the path mistyped?",
+                    src.at(&here.key(key)),
+                    here.key(key)
+                ));
+            }
+        }
+    }
 }
 
 /// An instance's `queue-size`, where it is written, and the template's capacity: before
@@ -650,7 +675,8 @@ mod tests {
         assert_eq!(fill("/srv/{host}/{host}", &[(Placeholder::Host, "a.test")]), "/srv/a.test/a.test");
     }
 
-    /// A scratch conf.d with `text`, a stand-in python3 on the search path; the load result.
+    /// A scratch conf.d with `text`, a stand-in python3 on the search path, an empty sites/;
+    /// the load result.
     fn load(name: &str, text: &str) -> (PathBuf, Result<super::super::Config, ConfigError>) {
         let root = super::super::tests::scratch_dir(name);
         fs::create_dir_all(root.join("conf.d")).unwrap();
@@ -660,6 +686,8 @@ mod tests {
         fs::set_permissions(&python, fs::Permissions::from_mode(0o755)).unwrap();
         fs::create_dir_all(root.join("errors")).unwrap();
         fs::write(root.join("errors/404.html"), "gone\n").unwrap();
+        // Where the sites go, none made yet.
+        fs::create_dir_all(root.join("sites")).unwrap();
         fs::write(root.join("conf.d/10.yaml"), text).unwrap();
         let bin = root.join("bin");
         let loaded = super::super::load_with_search_path(&root.join("conf.d"), Some(bin.as_os_str()));
@@ -859,6 +887,23 @@ listeners:
         assert_eq!(t.warnings, Vec::<String>::new());
         // Run as the bridge's own account: not the tenants', no warning.
         assert_eq!(load("template-no-tenants", TEMPLATE).1.unwrap().templates[0].warnings, Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_template_path_whose_fixed_part_does_not_exist_is_warned_of() {
+        let text = TEMPLATE.replace("../sites/{host}/app.py", "../sitse/{host}/app.py");
+        let (root, loaded) = load("template-missing-root", &text);
+        let t = &loaded.unwrap().templates[0];
+        assert_eq!(t.warnings.len(), 1, "{:?}", t.warnings);
+        let want = format!(
+            "10.yaml:4:5: warning: pools.sites.app: {} does not exist, so no instance can be made for any key",
+            root.join("sitse").display()
+        );
+        assert!(t.warnings[0].contains(&want), "{}", t.warnings[0]);
+        // The directory there (no site in it yet): no warning.
+        fs::create_dir_all(root.join("sitse")).unwrap();
+        let again = super::super::load_with_search_path(&root.join("conf.d"), Some(root.join("bin").as_os_str()));
+        assert_eq!(again.unwrap().templates[0].warnings, Vec::<String>::new());
     }
 
     #[test]
