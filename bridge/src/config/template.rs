@@ -856,6 +856,10 @@ listeners:
         );
         let err = load_as(ROOT, "template-routed-refused", &routed).1.unwrap_err().to_string();
         assert!(err.contains("pools.sites.group: no such group") && !err.contains("captures {user}"), "{err}");
+        // A route to a template that is not there (removed): "unknown pool" alone.
+        let gone = routed.replace("pool: sites}]", "pool: homes}]");
+        let err = load_as(ROOT, "template-routed-gone", &gone).1.unwrap_err().to_string();
+        assert!(err.contains("unknown pool \"homes\"") && !err.contains("captures {user}"), "{err}");
     }
 
     #[test]
