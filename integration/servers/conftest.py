@@ -36,12 +36,8 @@ def sbridge(tmp_path_factory, www):
     test-snippet."""
     b = frontends.shared_bridge(tmp_path_factory.mktemp("servers-bridge"), www, frontends.APP, "conformance",
                                 env={"CONFORMANCE_FILES_DIR": str(www / "files")})
-    try:
-        b.start()
-        b.wait_ready([(n, "/health", "x") for n in b.config["listeners"]])
+    with frontends.running(b):
         yield b
-    finally:
-        b.stop()
 
 
 class ServerCache:

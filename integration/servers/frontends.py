@@ -7,6 +7,7 @@ A server may offer several *variants* (nginx: fastcgi and scgi), each on its own
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -428,6 +429,17 @@ def listener_config(page: str, ports: dict, pool: str, www: Path) -> str:
     for name in listeners.values():
         assert f"\n  {name}:\n" in text, f"the listener snippet must define listener {name!r}:\n{text}"
     return text
+
+
+@contextlib.contextmanager
+def running(bridge):
+    """`bridge` started and answering on every listener, stopped after."""
+    try:
+        bridge.start()
+        bridge.wait_ready([(n, "/health", "x") for n in bridge.config["listeners"]])
+        yield bridge
+    finally:
+        bridge.stop()
 
 
 def shared_bridge(workdir: Path, www: Path, app: Path, pool_name: str, env: dict | None = None):

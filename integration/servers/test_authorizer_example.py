@@ -79,13 +79,8 @@ def example_bridge(tmp_path_factory, www):
     """A bridge like the suite's (the pages' listeners), its pool running the example."""
     workdir = tmp_path_factory.mktemp("authorizer-example")
     workdir.chmod(0o755)
-    b = frontends.shared_bridge(workdir, www, example_app(workdir / "example_app.py"), "example")
-    try:
-        b.start()
-        b.wait_ready([(n, "/health", "x") for n in b.config["listeners"]])
+    with frontends.running(frontends.shared_bridge(workdir, www, example_app(workdir / "example_app.py"), "example")) as b:
         yield b
-    finally:
-        b.stop()
 
 
 @pytest.fixture(scope="module", params=[PageApache, PageLighttpd], ids=["apache", "lighttpd"])
