@@ -6,7 +6,7 @@
 //! workers keep busy, each wake-up preempts a worker; sending in batches saved a fifth of
 //! nginx's and wrk's CPU per Flask request (docs/performance-lab.md, session 20).
 //!
-//! A batch goes out with the thread's [`MAX_HELD`]th response after the first, when the
+//! A batch goes out with the thread's next response once it holds [`MAX_HELD`], when the
 //! thread finds no request waiting (before it sleeps, [`crate::park`]), when it retires, or
 //! by the flusher thread once a response has been held [`crate::flusher::HOLD_MAX`] (the
 //! next request runs long). So that this last case stays rare, a thread holds responses

@@ -348,6 +348,7 @@ impl Conn {
     /// last (a lingering close, bounded in time and bytes: [`crate::direct::linger`]).
     /// Blocks: call detached from Python.
     pub(crate) fn close_lingering(&mut self) {
+        self.send_held();
         if let (Some(id), Some(fd)) = (self.linger.take(), self.fd.as_ref()) {
             if !self.rd_eof && !self.broken {
                 // What the decoder holds starts at a record's first byte.
@@ -360,6 +361,7 @@ impl Conn {
 
     /// Close the socket now, even if Python objects still refer to this connection.
     pub(crate) fn close(&mut self) {
+        self.send_held();
         self.fd = None;
         self.broken = true;
         self.release_hold();
@@ -816,6 +818,15 @@ impl Conn {
             return (more, true);
         }
         (more, self.try_flush_point())
+    }
+
+    /// Send a complete response held back (for its END_REQUEST or the thread's batch)
+    /// before the connection closes: a retiring worker closes a kept connection right
+    /// after a response ([`crate::park`]). At most [`OUT_HIGH`] bytes; blocks.
+    fn send_held(&mut self) {
+        if self.held_at.is_some() && !self.broken {
+            self.flush();
+        }
     }
 
     /// Keep a finished response for the thread's next batch ([`crate::batch`]); false when
