@@ -201,6 +201,30 @@ def test_a_working_directory_the_pools_user_cannot_enter_is_refused_by_check(pub
     assert r.returncode == 0, r.stderr
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="switching to the pool's user needs root")
+def test_an_app_file_the_pools_user_cannot_read_is_refused_by_check(public_dir):
+    """The app file is opened as the pool's user too: one only root may read passes as
+    root and would fail every worker's start (PermissionError, the pool 503 for ever)."""
+    try:
+        user = pwd.getpwnam("fcgibridge-test")
+    except KeyError:
+        pytest.skip("user fcgibridge-test is missing: run scripts/create-test-user")
+    d = user_conf(public_dir, {"python": "/usr/bin/python3", "user": user.pw_name})
+    app = public_dir / "app.py"
+    app.chmod(0o600)
+    text = (d / "50-test.yaml").read_text()
+    n = next(i for i, ln in enumerate(text.splitlines(), 1) if ln.strip().startswith("app:"))
+    r = check(d)
+    assert r.returncode == 1, r.stdout
+    want = (f"{d / '50-test.yaml'}:{n}:5: pools.p.app: {app} cannot be read as user {user.pw_name} "
+            f"(uid {user.pw_uid}, gid {user.pw_gid}): Permission denied (os error 13); {app} has mode 0600 "
+            f"and owner uid 0")
+    assert r.stderr.strip() == want, r.stderr
+    app.chmod(0o644)
+    r = check(d)
+    assert r.returncode == 0, r.stderr
+
+
 def test_a_second_pool_of_the_same_interpreter_and_user_has_its_directory_checked(public_dir):
     """The interpreter runs once per account (a reload probes every pool); a second pool of
     it in a directory the user cannot enter is still refused at its own `chdir:`."""

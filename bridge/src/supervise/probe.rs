@@ -45,6 +45,9 @@ pub(crate) enum ProbeError {
     #[error("cannot enter the working directory {} ({origin}){}: {source}", .dir.display(),
         .run_as.as_ref().map(|u| format!(" as {u}")).unwrap_or_default())]
     Chdir { dir: PathBuf, origin: &'static str, source: std::io::Error, run_as: Option<String> },
+    /// The app file, opened as the pool's account: every worker would fail to import it.
+    #[error("{} cannot be read as {run_as}: {source}{detail}", .path.display())]
+    App { path: PathBuf, source: std::io::Error, run_as: String, detail: String },
     #[error("did not print its version within {0:?}")]
     Timeout(Duration),
     #[error("is not a Python interpreter (or cannot start): `{shown} -S -c <version probe>` ended ({how}){said}")]
@@ -99,7 +102,11 @@ pub(crate) fn check_pools(pools: &[Pool]) -> Result<(), Refused> {
             outcome
         });
         match outcome {
-            Ok(_) => {}
+            Ok(_) => {
+                if let Err(e) = may_read_app(pool) {
+                    lines.push(format!("{}: {}: {e}", pool.app_at.at, pool.app_at.key));
+                }
+            }
             Err(e @ ProbeError::Chdir { .. }) => {
                 lines.push(format!("{}: {}: {e}", pool.chdir_at.at, pool.chdir_at.key))
             }
@@ -176,6 +183,58 @@ pub(crate) fn probe(python: &Path, pool: &Pool) -> Result<Found, ProbeError> {
             Err(ProbeError::Spawn { source, run_as, detail })
         }
         other => other,
+    }
+}
+
+/// Whether the pool's workers may open its app file, asked of the kernel as their account
+/// (ACLs count): a child takes the account, opens the file and executes `/bin/true`. Only
+/// for a file app whose workers run as another account than the bridge's, outside a
+/// chroot; a child that cannot be started at all leaves it to the worker's start.
+fn may_read_app(pool: &Pool) -> Result<(), ProbeError> {
+    use super::spawn::{Step, StepLog};
+    let App::File { path, .. } = &pool.app else { return Ok(()) };
+    let creds = super::isolate::Credentials::of(&pool.isolation);
+    let Some(run_as) = creds.run_as().map(str::to_owned) else { return Ok(()) };
+    if pool.isolation.chroot.is_some() {
+        return Ok(());
+    }
+    let (Ok(file), Ok(steps)) = (std::ffi::CString::new(path.as_os_str().as_bytes()), StepLog::new()) else {
+        return Ok(());
+    };
+    let step = steps.marker();
+    let mut cmd = Command::new("/bin/true");
+    cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+    // SAFETY: only setgroups, setresgid, setresuid, open, close and write run in the child,
+    // on data made before the fork.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        cmd.pre_exec(move || {
+            step.mark(Step::Credentials);
+            creds.apply()?;
+            // Setup marks the open here (a worker's start has no such step).
+            step.mark(Step::Setup);
+            let fd = libc::open(file.as_ptr(), libc::O_RDONLY | libc::O_NONBLOCK | libc::O_CLOEXEC);
+            if fd == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            libc::close(fd);
+            step.mark(Step::Exec);
+            Ok(())
+        });
+    }
+    match cmd.status() {
+        Err(source) if steps.failed_at() == Some(Step::Setup) => {
+            let detail = super::access::Reader::of(&pool.isolation)
+                .and_then(|reader| {
+                    let real = std::fs::canonicalize(path).ok()?;
+                    let meta = std::fs::metadata(&real).ok()?;
+                    reader.may_read(&real, &meta).err()
+                })
+                .map(|why| format!("; {why}"))
+                .unwrap_or_default();
+            Err(ProbeError::App { path: path.clone(), source, run_as, detail })
+        }
+        _ => Ok(()),
     }
 }
 
@@ -387,6 +446,43 @@ mod tests {
             lines[0].starts_with("conf.d/x.yaml:7:5: pools.p.chdir: cannot enter the working directory "),
             "{lines:?}"
         );
+    }
+
+    #[test]
+    fn an_app_file_the_pools_user_may_not_read_is_refused_at_app() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = crate::config::tests::scratch_dir("probe-app");
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let Some(mut pool) = stranger_pool(&dir) else { return };
+        let app = dir.join("app.fcgi");
+        std::fs::write(&app, "#!/usr/bin/python3\n").unwrap();
+        std::fs::set_permissions(&app, std::fs::Permissions::from_mode(0o644)).unwrap();
+        pool.app = App::File { path: app.clone(), callable: "__main__".into() };
+        pool.app_at = crate::config::KeyAt {
+            at: "conf.d/x.yaml:3:5".into(),
+            key: "pools.p.app".into(),
+            written: true,
+            chosen_by: None,
+        };
+        assert!(may_read_app(&pool).is_ok());
+        std::fs::set_permissions(&app, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let err = may_read_app(&pool).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            format!(
+                "{} cannot be read as user stranger (uid 4001, gid 4001): Permission denied (os error 13); \
+                 {} has mode 0600 and owner uid 0",
+                app.display(),
+                app.display()
+            )
+        );
+        // check_pools says so at `app:` once the interpreter ran (one every user may run).
+        let python = PathBuf::from("/usr/bin/python3");
+        if !python.exists() {
+            return;
+        }
+        let Err(Refused(lines)) = check_pools(&[Pool { python, ..pool }]) else { panic!("refused") };
+        assert!(lines[0].starts_with("conf.d/x.yaml:3:5: pools.p.app: "), "{lines:?}");
     }
 
     #[test]
