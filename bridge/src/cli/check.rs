@@ -232,7 +232,10 @@ fn render_pool(out: &mut String, pool: &Pool) {
         App::File { path, callable } => field(out, 4, "app", &quote(&App::spec_for(path, callable))),
         App::Command(argv) => field(out, 4, "command", &list(argv)),
     }
-    if let Some(by) = &pool.python_at.chosen_by {
+    if matches!(pool.app, App::Command(_)) {
+        // The program is started as written (its own shebang chooses its interpreter).
+        out.push_str("    # python: not used: a command: pool starts its program as written\n");
+    } else if let Some(by) = &pool.python_at.chosen_by {
         let _ = writeln!(out, "    # python: from {} ({by})", pool.python_at.at);
     }
     field(out, 4, "python", &quote(&pool.python.display().to_string()));
@@ -510,6 +513,8 @@ mod tests {
             ]
         );
         assert_eq!(render(&Pool::for_tests())[0], "    python: python3");
+        let command = Pool { app: App::Command(vec!["/srv/app/app.fcgi".into()]), ..Pool::for_tests() };
+        assert_eq!(render(&command)[0], "    # python: not used: a command: pool starts its program as written");
     }
 
     #[test]
