@@ -3,8 +3,8 @@
 //! connection), the finished response stays in its connection's buffer and goes out with
 //! the next one's: the web server is woken once for several responses rather than once per
 //! response. nginx runs one event loop per process, and on a machine whose cores the
-//! workers keep busy, each wake-up preempts a worker; sending in batches saved a fifth of
-//! nginx's and wrk's CPU per Flask request (docs/performance-lab.md, session 20).
+//! workers keep busy, each wake-up preempts a worker; sending in batches saved about a
+//! third of nginx's and wrk's CPU per Flask request (docs/performance-lab.md, session 20).
 //!
 //! A batch goes out with the thread's next response once it holds [`MAX_HELD`], when the
 //! thread finds no request waiting (before it sleeps, [`crate::park`]), when it retires, or
