@@ -65,15 +65,21 @@ pub(crate) fn find_python(spec: &str, base: &Path, search_path: Option<&OsStr>) 
             Err(format!("{} does not exist", path.display()))
         };
     }
-    let dirs = search_path.map(|p| std::env::split_paths(p).collect::<Vec<_>>()).unwrap_or_default();
-    for dir in dirs {
-        let candidate = dir.join(spec);
-        if is_executable_file(&candidate) {
-            // A relative PATH entry would change meaning once workers chdir.
-            return absolute_dir(&dir).map(|d| d.join(spec)).map_err(|e| e.to_string());
+    match find_on_path(spec, search_path) {
+        Some(found) => found,
+        None => {
+            Err(format!("{spec:?} was not found on PATH; set python: to an interpreter path or a virtualenv directory"))
         }
     }
-    Err(format!("{spec:?} was not found on PATH; set python: to an interpreter path or a virtualenv directory"))
+}
+
+/// The command `name` (no `/` in it) looked up on `search_path` as a shell would: its
+/// absolute path; None when no directory has it.
+pub(crate) fn find_on_path(name: &str, search_path: Option<&OsStr>) -> Option<Result<PathBuf, String>> {
+    let dirs = search_path.map(|p| std::env::split_paths(p).collect::<Vec<_>>()).unwrap_or_default();
+    let dir = dirs.into_iter().find(|dir| is_executable_file(&dir.join(name)))?;
+    // A relative PATH entry would change meaning once workers chdir.
+    Some(absolute_dir(&dir).map(|d| d.join(name)).map_err(|e| e.to_string()))
 }
 
 /// The `command:` list of a pool: argv[0] found on `PATH` (or relative to the config file's

@@ -165,8 +165,7 @@ pub(super) fn read(file: &Path, search_path: Option<&OsStr>) -> Shebang {
         Name::Python3 | Name::Unversioned => {}
     }
     let found = if via_env && !word.contains('/') {
-        paths::find_python(word, Path::new("/"), search_path)
-            .map_err(|m| m.split("; set python:").next().unwrap_or_default().to_owned())
+        paths::find_on_path(word, search_path).unwrap_or_else(|| Err(format!("{word:?} was not found on PATH")))
     } else if word.starts_with('/') {
         let path = paths::resolve(Path::new("/"), word);
         if paths::is_executable_file(&path) {
