@@ -679,6 +679,7 @@ fn native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     // Likewise the scoreboard of a direct worker, and its settings from the environment.
     scoreboard::init();
     direct::init();
+    sys::report_cpu_limit();
     m.add_class::<FileWrapper>()?;
     m.add_class::<Input>()?;
     m.add_class::<Errors>()?;

@@ -257,6 +257,35 @@ pub(crate) fn set_parent_death_signal() -> io::Result<()> {
     nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL).map_err(io::Error::from)
 }
 
+/// cpu-time-limit's soft limit: the kernel's SIGXCPU becomes one line on stderr instead of
+/// ending the worker; the bridge retires it and the hard limit is its backstop. Written by
+/// the handler itself, in whichever thread the kernel interrupts: a Python handler would
+/// run only when the main thread next runs Python, which can be after the request that
+/// spun ended and the bridge stopped the worker.
+pub(crate) fn report_cpu_limit() {
+    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static TOLD: AtomicBool = AtomicBool::new(false);
+    extern "C" fn on_xcpu(_: libc::c_int) {
+        // The kernel repeats SIGXCPU every second of CPU past the soft limit: say it once.
+        if !TOLD.swap(true, Ordering::Relaxed) {
+            let line = b"fcgibridge worker: cpu-time-limit reached (SIGXCPU); the bridge retires this worker\n";
+            // SAFETY: write(2) is async-signal-safe; the buffer is static.
+            unsafe { libc::write(2, line.as_ptr().cast(), line.len()) };
+        }
+    }
+    let action = SigAction::new(SigHandler::Handler(on_xcpu), SaFlags::SA_RESTART, SigSet::empty());
+    // SAFETY: the handler only touches an atomic and calls write(2).
+    if let Err(e) = unsafe { sigaction(Signal::SIGXCPU, &action) } {
+        write_stderr(
+            format!(
+                "fcgibridge worker: cannot handle SIGXCPU ({e}); cpu-time-limit's soft limit will end the worker\n"
+            )
+            .as_bytes(),
+        );
+    }
+}
+
 /// Send descriptor `fd` with the one byte `tag` over datagram socket `sock` (SCM_RIGHTS),
 /// without waiting: false when the socket's queue is full.
 pub(crate) fn send_fd(sock: RawFd, fd: RawFd, tag: u8) -> io::Result<bool> {

@@ -333,27 +333,14 @@ def _supervision_signals():
     """SIGUSR2 while the app is being imported: every thread's Python stack to stderr
     (faulthandler works from C, even while an import holds the GIL), which the bridge asks
     for before it kills a worker that missed startup-timeout; stackdump.install() takes
-    SIGUSR2 over once the worker serves. SIGXCPU (cpu-time-limit, RLIMIT_CPU's soft
-    limit): one line to stderr instead of dying; the bridge retires the worker gracefully
-    and the hard limit is its backstop."""
+    SIGUSR2 over once the worker serves. (SIGXCPU, cpu-time-limit's soft limit, is the
+    native module's: sys.rs report_cpu_limit.)"""
     import faulthandler
     import signal
 
     try:
         faulthandler.register(signal.SIGUSR2, file=sys.__stderr__, all_threads=True)
     except (AttributeError, ValueError, OSError, RuntimeError):
-        pass
-    told = []
-
-    def on_xcpu(_signum, _frame):
-        if not told:
-            told.append(1)
-            sys.stderr.write("fcgibridge worker: cpu-time-limit reached (SIGXCPU); the bridge retires this worker\n")
-            sys.stderr.flush()
-
-    try:
-        signal.signal(signal.SIGXCPU, on_xcpu)
-    except (AttributeError, ValueError, OSError):
         pass
     _operator_signals(signal)
 
@@ -487,8 +474,8 @@ def serve(app, listen_fd, ready_fd, threads, processes):
     _write_ready(ready_fd, "READY\n")
     try:
         # Short waits: Python runs signal handlers in this thread only, and a signal the
-        # kernel delivers to a serving thread (SIGXCPU comes to the thread that was
-        # running) would otherwise wait for this wait to end.
+        # kernel delivers to a serving thread (the slowlog's SIGUSR2, the operator's
+        # SIGHUP) would otherwise wait for this wait to end.
         while not done.wait(1.0):
             pass
     except KeyboardInterrupt:  # SIGINT reaches the whole process group; the bridge decides
