@@ -175,3 +175,68 @@ def test_a_flup_scripts_shebang_chooses_its_pools_python(tmp_path):
         assert [ln for ln in b.log.lines(mark) if said in ln], b.log.text(mark)
     finally:
         b.stop()
+
+
+BROKEN_SHEBANG = """#!/nonexistent/bin/python3
+from flup.server.fcgi import WSGIServer
+
+
+def app(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"served"]
+
+
+WSGIServer(app).run()
+"""
+
+
+def test_an_unusable_shebang_is_warned_of_once_and_in_the_reload_reply(tmp_path):
+    """A pool's, a template's and a live instance's unusable shebang: the start logs each
+    warning as one WARN line that does not say "warning" again; a reload logs it once (the
+    `reload done` line counts it), and `fcgibridge reload`'s reply names every one, the
+    instance's and the template's too."""
+    def script(path):
+        path.parent.mkdir(parents=True)
+        path.write_text(BROKEN_SHEBANG)
+        path.chmod(0o755)
+        return path
+
+    legacy = script(tmp_path / "legacy" / "app.fcgi")
+    shared = script(tmp_path / "shared" / "app.fcgi")  # one file for every key: the template's own warning
+    site = script(tmp_path / "sites" / "beta.test" / "app.fcgi")  # the instance's file
+    ports = free_ports(3)
+    b = make_bridge(tmp_path, {
+        "legacy": pool(str(legacy), processes=1, threads=1),
+        "sites": {"template": {"max-instances": 4}, "app": f"{tmp_path}/sites/{{host}}/app.fcgi", "threads": 1,
+                  "max-processes": 1},
+        "shared": {"template": {"max-instances": 4}, "app": str(shared), "env": {"SITE": "{host}"}, "threads": 1,
+                   "max-processes": 1},
+    }, {"fcgi-tcp": {"fastcgi": f"127.0.0.1:{ports[0]}", "pool": "legacy"},
+        "sites": {"fastcgi": f"127.0.0.1:{ports[1]}", "pool": "sites"},
+        "shared": {"fastcgi": f"127.0.0.1:{ports[2]}", "pool": "shared"}})
+    files = ((legacy, "legacy"), (shared, "shared"), (site, "sites"))
+
+    def about(path, name, lines):
+        return [ln for ln in lines if f"{path}:1: " in ln and f"pools.{name}.python: the app file's shebang" in ln]
+
+    try:
+        b.start()
+        b.wait_ready([("fcgi-tcp", "/", "legacy.test")], timeout=60)
+        resp = b.request("/", pool="beta.test", listener="sites")
+        assert resp.status == 200 and resp.body == b"served", resp.stdout[:2000]
+        for path, name in files:
+            lines = about(path, name, b.log.lines())
+            # The level says WARN: the message does not say "warning" again.
+            assert len(lines) == 1 and lines[0].lower().count("warn") == 1 and " WARN " in lines[0], \
+                (name, lines or b.log.text()[-5000:])
+        mark = b.log.mark()
+        out = subprocess.run([str(b.binary), "reload", "--config", str(b.confdir)], capture_output=True, text=True,
+                             timeout=120)
+        assert out.returncode == 0 and out.stdout.startswith("reload done: "), (out.stdout, out.stderr)
+        for path, name in files:
+            assert len(about(path, name, out.stdout.split("; "))) == 1, (name, out.stdout)
+        b.log.wait_for([r"reload done: .*; 3 warnings \(logged above\)$"], since=mark, timeout=30)
+        for path, name in files:
+            assert len(about(path, name, b.log.lines(mark))) == 1, (name, b.log.text(mark))
+    finally:
+        b.stop()

@@ -63,7 +63,7 @@ pub fn main(config_dir: &Path) -> ExitCode {
     let reopen = logging::init(&config.global);
     warn_of_root_workers(&config);
     for w in &config.warnings {
-        tracing::warn!("{w}");
+        tracing::warn!("{}", crate::config::logged_warning(w));
     }
     for line in config.pools.iter().filter_map(crate::config::Pool::python_from_shebang) {
         tracing::info!("{line}");

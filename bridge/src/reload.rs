@@ -102,8 +102,16 @@ pub(crate) async fn reload(dir: &Path, live: Live<'_>, restart: &Restart) -> Res
     let board = &live.registry.board;
     let before = crate::rollout::sent(live.supervisor.pools().iter().cloned().chain(board.instances.live_pools()));
     match apply(dir, live, restart).await {
-        Ok((summary, pools)) => {
-            tracing::info!("reload done: {summary}");
+        Ok((summary, warnings, pools)) => {
+            // Each warning has a line of its own (with file:line) before this one; the
+            // reply, which the caller reads without the log, carries them all.
+            let counted = match warnings.len() {
+                0 => String::new(),
+                1 => "; 1 warning (logged above)".to_owned(),
+                n => format!("; {n} warnings (logged above)"),
+            };
+            tracing::info!("reload done: {summary}{counted}");
+            let summary = warnings.iter().fold(summary, |all, w| all + "; " + w);
             board.record_reload(true, summary.clone());
             let watched = crate::rollout::reconfigured(&before, &pools, board.instances.live_pools());
             Ok(Reloaded { summary, watched })
@@ -144,8 +152,13 @@ fn direct_listeners_unchanged(old: &[config::Listener], new: &[config::Listener]
     }
 }
 
-/// Ok: the summary and the pools now running.
-async fn apply(dir: &Path, live: Live<'_>, restart: &Restart) -> Result<(String, Vec<Arc<PoolRuntime>>), String> {
+/// Ok: the summary, the warnings (each logged: the pools', the templates' and their live
+/// instances'), and the pools now running.
+async fn apply(
+    dir: &Path,
+    live: Live<'_>,
+    restart: &Restart,
+) -> Result<(String, Vec<String>, Vec<Arc<PoolRuntime>>), String> {
     let new = config::load_for_reload(dir).map_err(|e| e.to_string())?;
     restart.check(&new)?;
     // The interpreters run on a blocking thread: with one runtime thread, requests would
@@ -193,22 +206,11 @@ async fn apply(dir: &Path, live: Live<'_>, restart: &Restart) -> Result<(String,
     live.registry.board.set_pools(pools.clone());
     let by_name: HashMap<String, Arc<PoolRuntime>> = pools.iter().map(|p| (p.name.to_string(), p.clone())).collect();
     // Before the listeners: their new routes name the new templates.
-    let (templates, instances_changed) = live.registry.board.instances.reload(&new.templates, restart).await;
+    let (templates, instances_changed, template_warnings) =
+        live.registry.board.instances.reload(&new.templates, restart).await;
     let listeners = live.listeners.apply(&new.listeners, sockets, &by_name).map_err(|e| e.to_string())?;
 
-    let (mut added, mut changed, mut removed) = (Vec::new(), Vec::new(), Vec::new());
-    for p in &new.pools {
-        match before.iter().find(|(n, _)| *n == p.name) {
-            None => added.push(p.name.clone()),
-            Some((_, old)) if old != p || restart.includes(&p.name) => changed.push(p.name.clone()),
-            Some(_) => {}
-        }
-    }
-    for (name, _) in &before {
-        if !new.pools.iter().any(|p| &p.name == name) {
-            removed.push(name.clone());
-        }
-    }
+    let [added, changed, removed] = pools_changed(&before, &new.pools, restart);
     let list = |v: &[String]| if v.is_empty() { "none".to_owned() } else { v.join(", ") };
     let mut summary = format!(
         "pools added: {}; changed: {}; removed: {}; {templates}; {listeners}",
@@ -223,9 +225,9 @@ async fn apply(dir: &Path, live: Live<'_>, restart: &Restart) -> Result<(String,
     }
     // Said once the reload is taken: a refused one names its errors instead.
     for w in &new.warnings {
-        tracing::warn!("reload: {w}");
-        notes.push(w.clone());
+        tracing::warn!("reload: {}", config::logged_warning(w));
     }
+    let warnings = new.warnings.iter().cloned().chain(template_warnings).collect();
     for line in new.pools.iter().filter_map(crate::config::Pool::python_from_shebang) {
         tracing::info!("{line}");
     }
@@ -236,7 +238,21 @@ async fn apply(dir: &Path, live: Live<'_>, restart: &Restart) -> Result<(String,
     live.registry.rate_limits.set_enabled(new.global.log_rate_limit);
     live.registry.set_listeners(new.listeners.clone());
     *live.config = new;
-    Ok((summary, pools))
+    Ok((summary, warnings, pools))
+}
+
+/// The names of the pools a reload adds, changes (or restarts), and removes.
+fn pools_changed(before: &[(String, config::Pool)], new: &[config::Pool], restart: &Restart) -> [Vec<String>; 3] {
+    let (mut added, mut changed) = (Vec::new(), Vec::new());
+    for p in new {
+        match before.iter().find(|(n, _)| *n == p.name) {
+            None => added.push(p.name.clone()),
+            Some((_, old)) if old != p || restart.includes(&p.name) => changed.push(p.name.clone()),
+            Some(_) => {}
+        }
+    }
+    let removed = before.iter().filter(|(name, _)| !new.iter().any(|p| &p.name == name)).map(|(n, _)| n.clone());
+    [added, changed, removed.collect()]
 }
 
 #[cfg(test)]

@@ -44,6 +44,18 @@ use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use validate::Parsed;
 
+/// A warning as `check` prints it (`file:line: warning: key: message`), for a log line
+/// whose level says WARN already: `file:line: key: message`.
+pub fn logged_warning(warning: &str) -> String {
+    if let Some(rest) = warning.strip_prefix("warning: ") {
+        return rest.to_owned();
+    }
+    match warning.split_once(": warning: ") {
+        Some((at, rest)) => format!("{at}: {rest}"),
+        None => warning.to_owned(),
+    }
+}
+
 /// Read every `*.yaml` in `dir` in name order, apply defaults, validate.
 pub fn load(dir: &Path) -> Result<Config, ConfigError> {
     let search_path = std::env::var_os("PATH");

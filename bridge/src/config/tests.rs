@@ -1537,3 +1537,16 @@ fn a_shebang_choosing_the_python_is_said_once_per_pool() {
     let tree = flup_tree("shebang-unsaid", "#!ROOT/venv/bin/python3", "../app/app.fcgi", Some("python3"));
     assert_eq!(tree.config().pools[0].python_from_shebang(), None);
 }
+
+#[test]
+fn a_warning_logged_at_warn_says_warning_once() {
+    let w = "/srv/app/app.fcgi:1: warning: pools.app.python: the app file's shebang `#!/x` names a Python that cannot \
+             be used";
+    let want =
+        "/srv/app/app.fcgi:1: pools.app.python: the app file's shebang `#!/x` names a Python that cannot be used";
+    assert_eq!(logged_warning(w), want);
+    assert_eq!(logged_warning("warning: cannot open the log"), "cannot open the log");
+    // Only the marker: a message that mentions a warning keeps it.
+    assert_eq!(logged_warning("a: warning: b: a warning: c"), "a: b: a warning: c");
+    assert_eq!(logged_warning("no marker"), "no marker");
+}

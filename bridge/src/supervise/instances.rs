@@ -390,7 +390,7 @@ impl Instances {
         for t in templates {
             tracing::info!(template = %t.name, max_instances = t.max_instances, queue_size = t.queue_size, "pool template: an instance per {}", key_names(t));
         }
-        warn_of(templates);
+        warn_of(templates, "");
         if !nix::unistd::geteuid().is_root() && templates.iter().any(|t| t.keys.contains(&Placeholder::User)) {
             tracing::warn!("the bridge is not root: instances of a template with {{user}} can only run as the bridge's own user; others are refused");
         }
@@ -436,13 +436,19 @@ impl Instances {
     /// rolls its instances to the new configuration (each keeps its queue and is restarted
     /// worker by worker, as a changed pool is); a removed one stops its instances. A template
     /// that `restart` names (SIGUSR2: all) rolls every instance with a restart of its
-    /// workers. Returns a summary, and whether an instance of an unchanged template was
-    /// stopped or rolled.
-    pub(crate) async fn reload(&self, new: &[Template], restart: &crate::reload::Restart) -> (String, bool) {
+    /// workers. Returns a summary, whether an instance of an unchanged template was stopped
+    /// or rolled, and the warnings of the templates and of their live instances (logged).
+    pub(crate) async fn reload(
+        &self,
+        new: &[Template],
+        restart: &crate::reload::Restart,
+    ) -> (String, bool, Vec<String>) {
         let old = self.0.with(|b| b.templates.clone());
         let (mut changed, mut removed, mut stopped, mut rolled) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         let mut added = Vec::new();
         let mut next = Vec::new();
+        // The templates' own warnings (logged by warn_of), then their live instances'.
+        let mut warnings: Vec<String> = new.iter().flat_map(|t| t.warnings.iter().cloned()).collect();
         // The unchanged templates' instances are looked at again side by side, in tasks of
         // their own: an account lookup that hangs (NSS, LDAP) holds up its template's
         // instances, never the reload past RELOOK_WAIT.
@@ -464,7 +470,9 @@ impl Instances {
                     changed.push(t.name.clone());
                     // What it refused, the new settings may take.
                     o.lock().refused.clear();
-                    stopped.extend(o.roll(Arc::new(t.clone()), restart).await);
+                    let done = o.roll(Arc::new(t.clone()), restart).await;
+                    stopped.extend(done.stopped);
+                    warnings.extend(done.warnings);
                     next.push(o.clone());
                 }
                 None => {
@@ -475,9 +483,10 @@ impl Instances {
         }
         let waited = tokio::time::timeout(RELOOK_WAIT, async {
             while let Some(done) = looks.join_next().await {
-                if let Ok((gone, other)) = done {
-                    stopped.extend(gone);
-                    rolled.extend(other);
+                if let Ok(done) = done {
+                    stopped.extend(done.stopped);
+                    rolled.extend(done.rolled);
+                    warnings.extend(done.warnings);
                 }
             }
         })
@@ -496,7 +505,7 @@ impl Instances {
         if !next.is_empty() {
             self.0.start_reaper();
         }
-        warn_of(new);
+        warn_of(new, "reload: ");
         self.0.with(|b| b.templates = next);
         let list = |v: &[String]| if v.is_empty() { "none".to_owned() } else { v.join(", ") };
         let mut summary = format!("templates changed: {}; removed: {}", list(&changed), list(&removed));
@@ -509,7 +518,7 @@ impl Instances {
         if !rolled.is_empty() {
             summary.push_str(&format!("; instances rolled (account or files changed): {}", rolled.join(", ")));
         }
-        (summary, !(stopped.is_empty() && rolled.is_empty()))
+        (summary, !(stopped.is_empty() && rolled.is_empty()), warnings)
     }
 
     /// `fcgibridge stop-instance TEMPLATE KEY`.
@@ -556,10 +565,11 @@ fn room(st: &State, t: &Template, key: &str) -> Result<Option<String>, Refusal> 
     }
 }
 
-/// The configuration's warnings about templates (as `fcgibridge check` prints them).
-fn warn_of(templates: &[Template]) {
+/// The configuration's warnings about templates (as `fcgibridge check` prints them), each
+/// line starting with `occasion`.
+fn warn_of(templates: &[Template], occasion: &str) {
     for (t, w) in templates.iter().flat_map(|t| t.warnings.iter().map(move |w| (t, w))) {
-        tracing::warn!(template = %t.name, "{w}");
+        tracing::warn!(template = %t.name, "{occasion}{}", crate::config::logged_warning(w));
     }
 }
 
@@ -726,7 +736,7 @@ impl TemplateRuntime {
         self.reserve(t, &key)?;
         let name = instance_name(&t.name, &key);
         let pool = match self.resolve(t, name.clone(), raw, None).await {
-            Ok(pool) => pool,
+            Ok((pool, _logged)) => pool,
             Err(r) => return Err(self.refuse(t, r(key))),
         };
         let _entering = self.entering.read().await;
@@ -759,7 +769,7 @@ impl TemplateRuntime {
         name: String,
         raw: crate::config::RawPool,
         running: Option<Pool>,
-    ) -> Result<Pool, MakeRefusal> {
+    ) -> Result<(Pool, Vec<String>), MakeRefusal> {
         let (t, search_path) = (t.clone(), self.search_path());
         let resolved =
             tokio::task::spawn_blocking(move || resolve_instance(&t, name, raw, search_path, running.as_ref())).await;
@@ -780,37 +790,39 @@ impl TemplateRuntime {
             // Another request looked while this one waited.
             return Ok(Some(inst.pool));
         };
-        self.refresh(t, key, inst, again).await.map(Some)
+        self.refresh(t, key, inst, again, &mut Vec::new()).await.map(Some)
     }
 
     /// Every live instance's key resolved again (`again`), one after the other, each under
     /// its key's lock: the names of the instances stopped, and of those rolled.
-    async fn refresh_all(&self, t: &Arc<Template>, again: Again) -> (Vec<String>, Vec<String>) {
+    async fn refresh_all(&self, t: &Arc<Template>, again: Again) -> Refreshed {
         let keys: Vec<String> = self.lock().live.keys().cloned().collect();
-        let (mut stopped, mut rolled) = (Vec::new(), Vec::new());
+        let mut done = Refreshed::default();
         for key in keys {
             let _held = self.hold(&key).await;
             let Some(inst) = self.lock().live.get(&key).cloned() else { continue };
             let (name, before) = (inst.pool.name.to_string(), inst.pool.clone());
-            match self.refresh(t, &key, inst, again).await {
-                Err(_) => stopped.push(name),
-                Ok(p) if !Arc::ptr_eq(&p, &before) => rolled.push(name),
+            match self.refresh(t, &key, inst, again, &mut done.warnings).await {
+                Err(_) => done.stopped.push(name),
+                Ok(p) if !Arc::ptr_eq(&p, &before) => done.rolled.push(name),
                 Ok(_) => {}
             }
         }
-        (stopped, rolled)
+        done
     }
 
     /// Resolve a live instance's key again with `t` and act on it: unchanged, it stays;
     /// changed (or restarted), it rolls to its new configuration as a changed pool does;
     /// refused, it stops and the refusal is remembered as a new instance's would be (the
     /// Err). An account that could not be looked up leaves it as it is. Under `key`'s lock.
+    /// Its configuration's warnings are added to `warnings` (and logged).
     async fn refresh(
         &self,
         t: &Arc<Template>,
         key: &str,
         inst: Instance,
         again: Again,
+        warnings: &mut Vec<String>,
     ) -> Result<Arc<PoolRuntime>, Refusal> {
         let occasion = again.occasion();
         // A key the (reloaded) template's `allow` no longer takes stops as a new one is refused.
@@ -825,6 +837,17 @@ impl TemplateRuntime {
         };
         let running = (!probe).then(|| inst.pool.config.clone());
         let resolved = self.resolve(t, inst.pool.name.to_string(), raw, running).await;
+        let resolved = resolved.map(|(cfg, found)| {
+            // resolve_instance logged them unless the instance is as it runs; a reload says
+            // them all, as it does an ordinary pool's.
+            if !probe && cfg == inst.pool.config && matches!(again, Again::Reload { .. }) {
+                for w in &found {
+                    tracing::warn!(pool = %inst.pool.name, "reload: {}", crate::config::logged_warning(w));
+                }
+            }
+            warnings.extend(found);
+            cfg
+        });
         match resolved {
             Ok(cfg) if cfg == inst.pool.config && !restart => {
                 self.looked(key, &inst.pool, inst.pool.clone());
@@ -1000,16 +1023,16 @@ impl TemplateRuntime {
     /// restart when its workers change); one that the new template refuses stops. A
     /// template keyed otherwise now stops them all: none has a key of the new kind.
     /// Returns the instances it stopped, for the reload's summary.
-    async fn roll(&self, new: Arc<Template>, restart: bool) -> Vec<String> {
+    async fn roll(&self, new: Arc<Template>, restart: bool) -> Refreshed {
         let keys_changed = self.config().keys != new.keys;
         *self.config.lock().unwrap_or_else(|e| e.into_inner()) = new.clone();
         // Every instance made with the old template is live now; any later one is made with
         // the new.
         drop(self.entering.write().await);
         if keys_changed {
-            return self.stop_all("its template's placeholders changed");
+            return Refreshed { stopped: self.stop_all("its template's placeholders changed"), ..Refreshed::default() };
         }
-        self.refresh_all(&new, Again::Reload { probe: true, restart }).await.0
+        self.refresh_all(&new, Again::Reload { probe: true, restart }).await
     }
 
     /// Stop every live instance; their names.
@@ -1040,6 +1063,15 @@ impl Drop for KeyHeld<'_> {
             keys.remove(&self.key);
         }
     }
+}
+
+/// What looking at a template's live instances again did: the names of those stopped and
+/// of those rolled, and their configurations' warnings (for a reload's reply).
+#[derive(Default)]
+struct Refreshed {
+    stopped: Vec<String>,
+    rolled: Vec<String>,
+    warnings: Vec<String>,
 }
 
 /// Why a live instance's key is resolved again.
@@ -1177,14 +1209,15 @@ fn owner_of_app(file: &Path) -> Result<u32, OwnerError> {
 /// An instance's pool from its filled-in entry: its app file there, resolved and checked as
 /// a written pool, `min-uid`, and the interpreter probed — unless the entry resolves to
 /// `running`, the configuration of the live instance looked at again (its account and
-/// files are, without running anything). Blocking (user lookups, files, a process).
+/// files are, without running anything); with its warnings, logged here unless it is
+/// `running`. Blocking (user lookups, files, a process).
 fn resolve_instance(
     t: &Template,
     name: String,
     raw: crate::config::RawPool,
     search_path: Option<OsString>,
     running: Option<&Pool>,
-) -> Result<Pool, MakeRefusal> {
+) -> Result<(Pool, Vec<String>), MakeRefusal> {
     if let Some(why) = missing(&raw) {
         return Err(Box::new(move |key| Refusal::Missing { key, why }));
     }
@@ -1199,7 +1232,7 @@ fn resolve_instance(
     pool.name = name;
     if running != Some(&pool) {
         for w in &warnings {
-            tracing::warn!(pool = %pool.name, "{w}");
+            tracing::warn!(pool = %pool.name, "{}", crate::config::logged_warning(w));
         }
         if let Some(line) = pool.python_from_shebang() {
             tracing::info!(pool = %pool.name, "{line}");
@@ -1209,7 +1242,7 @@ fn resolve_instance(
             return Err(Box::new(move |key| Refusal::Broken { key, why }));
         }
     }
-    Ok(pool)
+    Ok((pool, warnings))
 }
 
 /// The account `written` names (a name, or a uid in digits): `Ok(None)` when there is no
