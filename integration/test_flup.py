@@ -603,3 +603,42 @@ def test_migration_guide_works_as_written(tmp_path):
         stop_process(bridge, timeout=20)
         stop_process(nginx, timeout=20)
         stop_process(flup, timeout=10)
+
+
+BIND_SCRIPT = """from flup.server.fcgi import WSGIServer
+
+
+def app(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"served"]
+
+
+WSGIServer(app, bindAddress=("localhost", {port})).run()
+"""
+
+
+def test_a_bind_address_the_listener_already_is_is_not_suggested(tmp_path):
+    """The migrated pool's listener took the script's own address: the worker is told the
+    addresses of the listeners that lead to its pool, and names no other to configure. A
+    second pool on another listener still gets the hint."""
+    same, other = free_ports(2)
+    here = tmp_path / "here.fcgi"
+    here.write_text(BIND_SCRIPT.format(port=same))
+    elsewhere = tmp_path / "elsewhere.fcgi"
+    elsewhere.write_text(BIND_SCRIPT.format(port=same))
+    b = make_bridge(tmp_path, {"here": {"app": str(here), "processes": 1, "threads": 1},
+                               "elsewhere": {"app": str(elsewhere), "processes": 1, "threads": 1}},
+                    {"fcgi-tcp": {"fastcgi": f"127.0.0.1:{same}", "pool": "here"},
+                     "other": {"fastcgi": f"127.0.0.1:{other}", "pool": "elsewhere"}})
+    try:
+        b.start()
+        b.log.wait_for([r"INFO .*flup argument bindAddress=\('localhost', %d\): the pool's listener is at that "
+                        r"address \(`127\.0\.0\.1:%d`\), so the web server connects as it did to flup" % (same, same),
+                        r'pool="here"'], timeout=60)
+        b.log.wait_for([r"WARN .*flup argument bindAddress=\('localhost', %d\) ignored: .*"
+                        r"\(e\.g\. `fastcgi: 127\.0\.0\.1:%d`\)" % (same, same), r'pool="elsewhere"'], timeout=60)
+        assert not [ln for ln in b.log.lines() if 'pool="here"' in ln and "bindAddress" in ln and "WARN" in ln]
+        resp = b.request("/", pool="here.test")
+        assert resp.status == 200 and resp.body == b"served", resp.stdout[:2000]
+    finally:
+        b.stop()

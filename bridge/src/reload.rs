@@ -241,13 +241,17 @@ async fn apply(
     Ok((summary, warnings, pools))
 }
 
-/// The names of the pools a reload adds, changes (or restarts), and removes.
+/// The names of the pools a reload adds, changes (or restarts), and removes. A pool whose
+/// listeners moved is not changed: only its workers' hint (FCGIBRIDGE_LISTENERS) is.
 fn pools_changed(before: &[(String, config::Pool)], new: &[config::Pool], restart: &Restart) -> [Vec<String>; 3] {
     let (mut added, mut changed) = (Vec::new(), Vec::new());
+    let differs = |old: &config::Pool, p: &config::Pool| {
+        *old != config::Pool { listened_at: old.listened_at.clone(), ..p.clone() }
+    };
     for p in new {
         match before.iter().find(|(n, _)| *n == p.name) {
             None => added.push(p.name.clone()),
-            Some((_, old)) if old != p || restart.includes(&p.name) => changed.push(p.name.clone()),
+            Some((_, old)) if differs(old, p) || restart.includes(&p.name) => changed.push(p.name.clone()),
             Some(_) => {}
         }
     }
@@ -278,6 +282,18 @@ mod tests {
             .starts_with("listener \"web\""));
         let moved = Listener { address: Listener::for_tests("x", 9002).address, ..direct.clone() };
         assert!(refused(&both, &[moved]).starts_with("listener \"fast\""));
+    }
+
+    #[test]
+    fn a_pool_whose_listener_moved_is_not_changed() {
+        use crate::config::Pool;
+        let pool = |name: &str, at: &str| Pool { name: name.into(), listened_at: vec![at.into()], ..Pool::for_tests() };
+        let before = vec![("a".to_owned(), pool("a", "127.0.0.1:9000")), ("gone".to_owned(), pool("gone", "x"))];
+        let new = [pool("a", "127.0.0.1:9001"), pool("b", "x")];
+        let names = |v: &[&str]| v.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+        assert_eq!(super::pools_changed(&before, &new, &Restart::Changed), [names(&["b"]), vec![], names(&["gone"])]);
+        let threads = [Pool { threads: 8, ..new[0].clone() }];
+        assert_eq!(super::pools_changed(&before, &threads, &Restart::Changed)[1], names(&["a"]));
     }
 
     #[test]

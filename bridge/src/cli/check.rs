@@ -675,6 +675,8 @@ mod tests {
                     isolation: Default::default(),
                     direct: None,
                     supervision: Default::default(),
+                    // Not written: the listeners that lead to it, as loading finds them.
+                    listened_at: vec!["[::1]:9000".into(), format!("unix:{}", dir.join("api.sock").display())],
                 },
                 Pool {
                     name: "b".into(),
@@ -709,6 +711,7 @@ mod tests {
                     isolation: Default::default(),
                     direct: None,
                     supervision: Default::default(),
+                    listened_at: vec![format!("unix:{}", dir.join("api.sock").display())],
                 },
             ],
             templates: Vec::new(),

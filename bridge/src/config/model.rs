@@ -352,6 +352,11 @@ pub struct Pool {
     /// Served by a `direct` listener: its workers accept that listener's connections
     /// themselves (docs/direct.md). Set when the files are merged.
     pub direct: Option<DirectServe>,
+    /// The addresses of the listeners that lead to it (`127.0.0.1:9000`, `unix:/run/app.sock`;
+    /// passed sockets have none), for its workers' hints (FCGIBRIDGE_LISTENERS). Set when
+    /// the files are merged; none for a template's instance (they would roll its instances
+    /// when a listener moves, for a hint).
+    pub listened_at: Vec<String>,
 }
 
 /// What the workers of a pool behind a `direct` listener are told of the listener.
@@ -396,6 +401,7 @@ impl Pool {
             error_pages: Default::default(),
             isolation: Default::default(),
             direct: None,
+            listened_at: Vec::new(),
         }
     }
 }

@@ -174,6 +174,7 @@ pub(super) fn pool(
                 error_pages,
                 isolation,
                 direct: None,
+                listened_at: Vec::new(),
             })
         }
         _ => Err(ConfigError::several(errs)),

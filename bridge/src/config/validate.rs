@@ -170,7 +170,21 @@ fn with_ready_check_hosts(pools: Vec<(Pool, At)>, listeners: &[(Listener, usize)
             if let Some(check) = pool.ready_check.as_mut().filter(|c| c.host.is_none()) {
                 check.host = route_host(&pool.name);
             }
+            pool.listened_at = addresses_leading_to(&pool.name, listeners.iter().map(|(l, _)| l));
             pool
+        })
+        .collect()
+}
+
+/// The addresses of the `listeners` with a route to `pool`, as a listener's `fastcgi:` or
+/// `scgi:` writes them; a passed socket (fd:, systemd:) has no address of its own here.
+fn addresses_leading_to<'a>(pool: &str, listeners: impl Iterator<Item = &'a Listener>) -> Vec<String> {
+    listeners
+        .filter(|l| l.routes.iter().any(|r| r.pool == pool))
+        .filter_map(|l| match &l.address {
+            super::model::ListenAddress::Tcp(a) => Some(a.to_string()),
+            super::model::ListenAddress::Unix(p) => Some(format!("unix:{}", p.display())),
+            super::model::ListenAddress::Fd(_) | super::model::ListenAddress::Systemd(_) => None,
         })
         .collect()
 }

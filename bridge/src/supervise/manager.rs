@@ -1300,6 +1300,8 @@ pub(crate) fn needs_restart(old: &config::Pool, new: &config::Pool) -> bool {
         p.unknown_length_body = config::UnknownLengthBody::Stream;
         // Asked of workers started from then on.
         p.ready_check = None;
+        // Only a hint's words at a worker's start (FCGIBRIDGE_LISTENERS).
+        p.listened_at = Vec::new();
         p.error_pages = Default::default();
         p.queue_timeout = Duration::ZERO;
         p.startup_timeout = Duration::ZERO;
@@ -1378,6 +1380,7 @@ mod tests {
         assert!(!with(&|p| p.max_body = Some(1)));
         assert!(!with(&|p| p.unknown_length_body = config::UnknownLengthBody::Buffer));
         assert!(!with(&|p| p.ready_check = config::ReadyCheck::parse("/up").ok()));
+        assert!(!with(&|p| p.listened_at = vec!["127.0.0.1:4000".into()]), "a hint at a worker's start only");
         assert!(with(&|p| p.threads = 2));
         assert!(with(&|p| {
             p.env.insert("A".into(), "1".into());

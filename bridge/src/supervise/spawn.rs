@@ -602,6 +602,13 @@ pub(super) fn worker_environment(cmd: &mut Command, pool: &Pool, iso: &Prepared,
         .env("FCGIBRIDGE_PROCESSES", pool.processes.to_string())
         .env("FCGIBRIDGE_POOL", &pool.name)
         .env("FCGIBRIDGE_READY_FD", READY_FD.to_string());
+    // For the hints of flup's stand-in (flup_compat.py): a script's bindAddress that a
+    // listener already is needs no other. One a line: a unix path may hold a space.
+    if pool.listened_at.is_empty() {
+        cmd.env_remove("FCGIBRIDGE_LISTENERS");
+    } else {
+        cmd.env("FCGIBRIDGE_LISTENERS", pool.listened_at.join("\n"));
+    }
     // Only for ASGI-capable pools: a WSGI worker's environment stays as it was (absent means wsgi).
     if pool.interface.kind == crate::config::interface::Interface::Wsgi {
         for name in

@@ -118,12 +118,19 @@ def _defaults(params):
 
 
 def _listener_hint(address):
+    """`address` as a listener's `fastcgi:` writes it (an IPv6 host in brackets)."""
     if isinstance(address, str):
         return "unix:" + address
     if isinstance(address, tuple) and len(address) >= 2:
-        host = "127.0.0.1" if address[0] in ("localhost", "") else address[0]
-        return "%s:%s" % (host, address[1])
+        host = "127.0.0.1" if address[0] in ("localhost", "") else str(address[0])
+        return ("[%s]:%s" if ":" in host else "%s:%s") % (host, address[1])
     return repr(address)
+
+
+def _pool_listeners():
+    """The addresses of the listeners that lead to this pool, as the bridge writes them
+    (FCGIBRIDGE_LISTENERS, one a line)."""
+    return [a for a in os.environ.get("FCGIBRIDGE_LISTENERS", "").split("\n") if a]
 
 
 def _umask_hint(umask, address):
@@ -237,6 +244,11 @@ class _Server(object):
                 continue
             elif name in ("jobClass", "jobArgs"):
                 continue
+            elif name == "bindAddress" and _listener_hint(value) in _pool_listeners():
+                # Nothing to change: the web server finds the app where it found flup.
+                notes.append((True, "flup argument bindAddress=%s: the pool's listener is at that address "
+                                    "(`%s`), so the web server connects as it did to flup"
+                                    % (_shown(name, value), _listener_hint(value))))
             else:
                 if name == "umask":
                     why = _umask_hint(value, self.given.get("bindAddress", defaults["bindAddress"]))
