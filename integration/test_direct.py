@@ -526,3 +526,49 @@ def test_a_finished_response_is_not_held_for_a_slow_request_after_it(tmp_path_fa
         slow.close()
         front.stop()
         b.stop()
+
+
+def test_threads_take_turns_while_requests_are_quick_and_a_slow_one_holds_no_quick_one(tmp_path_factory):
+    """Only one thread of a process runs Python at a time: while its requests are quick, one
+    thread of a direct worker serves them and the others rest (docs/direct.md, "Threads take
+    turns"), rather than pass the GIL back and forth. A request that runs long gives the
+    turn up: a quick request that comes meanwhile is served by another thread."""
+    from fcgi_client import FcgiConnection, cgi_params
+    b, front = start(tmp_path_factory, "direct-turns", processes=1, threads=4)
+    sock = str(b.workdir / "direct.sock")
+    conns = [FcgiConnection(sock) for _ in range(4)]
+    for conn in conns:
+        conn.sock.settimeout(60)
+
+    def bursts_one_thread_served():
+        """Of 20 bursts of four quick requests at once (one per connection, 0.3 ms of
+        Python each), how many one thread served whole. Without turns, each request of a
+        burst wakes a thread of its own."""
+        whole = 0
+        for _ in range(20):
+            for conn in conns:
+                conn.begin(1, cgi_params("/spin", query="ms=0.3"))
+            replies = [conn.wait(1) for conn in conns]
+            assert all(r.status == 200 for r in replies), replies
+            whole += len({json.loads(r.body)["thread"] for r in replies}) == 1
+        return whole
+
+    tag = f"turns-{uuid.uuid4().hex[:8]}"
+    try:
+        # The first requests of a fresh worker are slow (imports); the turns begin once the
+        # recent ones are quick.
+        wait_until(lambda: bursts_one_thread_served() >= 15, 90, 0, what="one thread serving the bursts")
+        slow, quick = conns[:2]
+        slow.begin(1, cgi_params("/hold", query=f"tag={tag}&max=60"))
+        wait_until(lambda: any(tag in c["uri"] for w in workers(b) for c in w["current"]), 30,
+                   what="the slow request on the status page")
+        r = quick.request("/pid")
+        assert r.status == 200 and not slow.responses[1].complete
+        (b.workdir / f"{tag}.release").write_text("")
+        assert slow.wait(1).status == 200
+    finally:
+        (b.workdir / f"{tag}.release").write_text("")
+        for conn in conns:
+            conn.close()
+        front.stop()
+        b.stop()

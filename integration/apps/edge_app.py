@@ -4,6 +4,7 @@ Paths (relative to the app's own PATH_INFO):
   /health              "ok"
   /environ             the environ as JSON (str values as-is, other values by type)
   /pid                 this worker's pid and thread
+  /spin?ms=            burns ms milliseconds of the thread's CPU in Python (the GIL held), then as /pid
   /version             sys.version of this interpreter
   /status/204          204 No Content
   /etag                200 with an ETag, 304 when If-None-Match matches
@@ -244,6 +245,12 @@ def application(environ, start_response):
         with open(marker, "a") as f:
             f.write("outcome %s after %d bytes\n" % (outcome, size))
         return _json(start_response, {"size": size, "outcome": outcome})
+
+    if path == "/spin":
+        end = time.thread_time() + float(q.get("ms", "1")) / 1000
+        while time.thread_time() < end:
+            pass
+        return _json(start_response, {"pid": os.getpid(), "thread": threading.get_ident()})
 
     if path == "/sleep":
         tag = _tag(q)

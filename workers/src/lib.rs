@@ -27,6 +27,7 @@ mod objects;
 mod park;
 mod scoreboard;
 mod sys;
+mod turn;
 
 use conn::{Shared, OUT_HIGH};
 use objects::{Errors, FileWrapper, Input, StartResponse};
@@ -45,6 +46,8 @@ struct Worker {
     direct: bool,
     /// This thread's slot in a direct worker's scoreboard.
     slot: Option<&'static scoreboard::Slot>,
+    /// A direct worker's threads take turns ([`turn`]).
+    turns: Option<&'static turn::Turns>,
 }
 
 /// FNV-1a: param names are short and trusted (they come from the bridge), so a
@@ -509,11 +512,15 @@ fn handle_request(py: Python<'_>, w: &mut Worker, shared: &Arc<Shared>) -> PyRes
         }
     }
     let exiting = outcome.fatal.is_some();
-    let (direct, slot) = (w.direct, w.slot);
+    let (direct, slot, turns) = (w.direct, w.slot, w.turns);
     let next = py.detach(|| {
         let mut c = shared.lock();
         let keep = c.finish(serial);
-        let quick = slot.map(|slot| slot.end()).is_some_and(batch::may_hold);
+        let took = slot.map(|slot| slot.end());
+        if let (Some(turns), Some(took)) = (turns, took) {
+            turns.request_took(took);
+        }
+        let quick = took.is_some_and(batch::may_hold);
         // A direct worker's response may wait for the thread's next one ([`batch`]).
         let held = quick && direct && keep && !exiting && c.hold_for_batch();
         if !held {
@@ -564,6 +571,7 @@ fn serve(
         keys: HashMap::with_hasher(BuildFnv),
         direct: direct::config().is_some(),
         slot: None,
+        turns: None,
     };
     // Once per process: every serving thread runs this function on the same listener.
     static NO_DELAY: std::sync::Once = std::sync::Once::new();
@@ -596,8 +604,9 @@ fn serve(
 /// connection or a kept one whose next request came ([`park`]), and parks each kept
 /// connection between its requests rather than wait on it. Returns once the worker retires.
 fn serve_direct(py: Python<'_>, w: &mut Worker, listen_fd: i32) -> PyResult<()> {
-    let park = park::Park::get(listen_fd)?;
+    let park = park::Park::get(listen_fd, w.threads)?;
     w.slot = scoreboard::claim_slot();
+    w.turns = Some(park.turns());
     // The thread counts in its scoreboard's `accepting` until it returns.
     let _accepting = scoreboard::accepting();
     let mut last: Option<park::Served> = None;

@@ -19,7 +19,8 @@
 //! process has a free thread first receives it (SCM_RIGHTS) and serves it — the relay's
 //! receiving end is in every process's set, EPOLLEXCLUSIVE like the listening socket.
 //! While the last connection handed over is still in the relay, no thread of the pool is
-//! free and none more is handed over.
+//! free and none more is handed over. While threads take turns ([`crate::turn`]) and one
+//! rests, the process is not stuck: the resting thread takes the turn instead.
 //!
 //! A retiring worker hands its parked connections to the relay too (the pool's other or
 //! new workers take them), unless the bridge stops. One it cannot hand over it keeps
@@ -38,6 +39,7 @@ use std::time::{Duration, Instant};
 use crate::conn::Shared;
 use crate::scoreboard::{self, DRAIN_CHECK, STOP, STOP_QUEUE_WINDOW};
 use crate::sys;
+use crate::turn::Turns;
 
 /// The event data of the listening socket; a parked connection's is its [`Parked::token`].
 const LISTENER: u64 = u64::MAX;
@@ -46,7 +48,7 @@ const RELAY: u64 = u64::MAX - 1;
 /// How long every thread of a process must have been busy before the requests waiting on
 /// its kept connections go to the relay: far above a quick view's time (the hand-over costs
 /// a few system calls), far below a slow one's.
-const STUCK_AFTER: Duration = Duration::from_millis(1);
+pub(crate) const STUCK_AFTER: Duration = Duration::from_millis(1);
 /// How many looks finding a thread free before the watcher sleeps until a thread is busy.
 const IDLE_LOOKS: u32 = 50;
 /// While the process is stuck, how often its watcher looks whether a thread became free.
@@ -107,12 +109,16 @@ pub(crate) struct Park {
     paused: AtomicBool,
     /// The watcher sleeps until a thread becomes busy with none left waiting.
     watcher_asleep: AtomicBool,
+    /// The watcher sleeps until no thread rests ([`crate::turn`]).
+    watcher_waits_for_rest: AtomicBool,
     /// [`State::held_back`] is not empty.
     has_held_back: AtomicBool,
     /// The watcher stands in for the serving threads ([`Park::while_stuck`]): a retiring
     /// worker's last thread waits for it to give back what it holds.
     in_stand_in: AtomicBool,
     watcher: OnceLock<Thread>,
+    /// The serving threads take turns while requests are quick ([`crate::turn`]).
+    turns: Turns,
 }
 
 /// The pool's datagram socket pair: descriptors sent on `send` arrive on `recv`, in
@@ -149,7 +155,7 @@ struct Parked {
 
 impl Park {
     /// The process's set, made on first use with the listening socket in it.
-    pub(crate) fn get(listen_fd: RawFd) -> io::Result<&'static Self> {
+    pub(crate) fn get(listen_fd: RawFd, threads: usize) -> io::Result<&'static Self> {
         static PARK: Mutex<Option<&'static Park>> = Mutex::new(None);
         let mut park = PARK.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(p) = *park {
@@ -177,9 +183,11 @@ impl Park {
             epoch: Instant::now(),
             paused: AtomicBool::new(false),
             watcher_asleep: AtomicBool::new(false),
+            watcher_waits_for_rest: AtomicBool::new(false),
             has_held_back: AtomicBool::new(false),
             in_stand_in: AtomicBool::new(false),
             watcher: OnceLock::new(),
+            turns: Turns::new(threads > 1),
         }));
         if p.relay.is_some() {
             match std::thread::Builder::new().name("fcgibridge-relay".into()).spawn(move || p.watch()) {
@@ -193,6 +201,10 @@ impl Park {
         }
         *park = Some(p);
         Ok(p)
+    }
+
+    pub(crate) fn turns(&self) -> &Turns {
+        &self.turns
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -258,6 +270,22 @@ impl Park {
             // Holding responses back (crate::batch): look without waiting, and send them
             // before waiting when nothing is here.
             let holding = crate::batch::holding();
+            // Asked each time round, held responses or not: the holder's look keeps its turn.
+            if !self.turns.may_wait() {
+                if holding {
+                    crate::batch::send();
+                }
+                // Resting is not waiting for work (the watcher's count of free threads).
+                self.end_wait();
+                self.turns.rest(wait);
+                if !self.turns.resting() && self.watcher_waits_for_rest.swap(false, Ordering::SeqCst) {
+                    if let Some(t) = self.watcher.get() {
+                        t.unpark();
+                    }
+                }
+                self.begin_wait();
+                continue;
+            }
             let event = sys::epoll_wait_one(self.epfd.as_raw_fd(), if holding { Duration::ZERO } else { wait })?;
             if holding && event.is_none() {
                 crate::batch::send();
@@ -397,6 +425,16 @@ impl Park {
             let busy = self.epoch.elapsed().saturating_sub(since);
             if busy < STUCK_AFTER {
                 std::thread::park_timeout(STUCK_AFTER - busy);
+                continue;
+            }
+            if self.turns.resting() {
+                // Not stuck while a thread rests: the next in line takes the turn from a
+                // busy holder. Asleep until none rests (the last one to stop wakes it).
+                self.watcher_waits_for_rest.store(true, Ordering::SeqCst);
+                if self.turns.resting() {
+                    std::thread::park_timeout(DRAIN_CHECK);
+                }
+                self.watcher_waits_for_rest.store(false, Ordering::SeqCst);
                 continue;
             }
             // It takes the locks the serving threads take: not preempted while it holds one.
