@@ -532,7 +532,8 @@ def test_threads_take_turns_while_requests_are_quick_and_a_slow_one_holds_no_qui
     """Only one thread of a process runs Python at a time: while its requests are quick, one
     thread of a direct worker serves them and the others rest (docs/direct.md, "Threads take
     turns"), rather than pass the GIL back and forth. A request that runs long gives the
-    turn up: a quick request that comes meanwhile is served by another thread."""
+    turn up: quick requests that come meanwhile are served by another thread, while any
+    thread is free."""
     from fcgi_client import FcgiConnection, cgi_params
     b, front = start(tmp_path_factory, "direct-turns", processes=1, threads=4)
     sock = str(b.workdir / "direct.sock")
@@ -558,14 +559,18 @@ def test_threads_take_turns_while_requests_are_quick_and_a_slow_one_holds_no_qui
         # The first requests of a fresh worker are slow (imports); the turns begin once the
         # recent ones are quick.
         wait_until(lambda: bursts_one_thread_served() >= 15, 90, 0, what="one thread serving the bursts")
-        slow, quick = conns[:2]
-        slow.begin(1, cgi_params("/hold", query=f"tag={tag}&max=60"))
-        wait_until(lambda: any(tag in c["uri"] for w in workers(b) for c in w["current"]), 30,
-                   what="the slow request on the status page")
+        # Three slow requests, one after the other, each while the others run: the fourth
+        # thread serves a quick one meanwhile.
+        *slow, quick = conns
+        for i, conn in enumerate(slow):
+            conn.begin(1, cgi_params("/hold", query=f"tag={tag}&max=60"))
+            wait_until(lambda: sum(tag in c["uri"] for w in workers(b) for c in w["current"]) == i + 1, 30,
+                       what=f"{i + 1} slow requests on the status page")
         r = quick.request("/pid")
-        assert r.status == 200 and not slow.responses[1].complete
+        assert r.status == 200 and not any(conn.responses[1].complete for conn in slow)
         (b.workdir / f"{tag}.release").write_text("")
-        assert slow.wait(1).status == 200
+        for conn in slow:
+            assert conn.wait(1).status == 200
     finally:
         (b.workdir / f"{tag}.release").write_text("")
         for conn in conns:

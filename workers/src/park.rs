@@ -20,7 +20,7 @@
 //! receiving end is in every process's set, EPOLLEXCLUSIVE like the listening socket.
 //! While the last connection handed over is still in the relay, no thread of the pool is
 //! free and none more is handed over. While threads take turns ([`crate::turn`]) and one
-//! rests, the process is not stuck: the resting thread takes the turn instead.
+//! rests, the process is not stuck: the next in line takes the turn from a busy holder.
 //!
 //! A retiring worker hands its parked connections to the relay too (the pool's other or
 //! new workers take them), unless the bridge stops. One it cannot hand over it keeps
@@ -221,7 +221,11 @@ impl Park {
         self.begin_wait();
         let next = self.park_and_wait(last);
         self.end_wait();
-        Ok(Some(match next? {
+        let next = next?;
+        if !matches!(next, Next::Leave) {
+            self.turns.serving();
+        }
+        Ok(Some(match next {
             Next::Leave => return Ok(None),
             Next::Again(served) => served,
             // A new connection whose first request is not here yet is parked like a kept
@@ -277,8 +281,12 @@ impl Park {
                 }
                 // Resting is not waiting for work (the watcher's count of free threads).
                 self.end_wait();
-                self.turns.rest(wait);
-                if !self.turns.resting() && self.watcher_waits_for_rest.swap(false, Ordering::SeqCst) {
+                self.turns.rest(wait, || self.has_held_back.load(Ordering::Acquire));
+                // The last to stop resting wakes the watcher, asleep while threads rest.
+                if !self.turns.resting()
+                    && (self.watcher_waits_for_rest.swap(false, Ordering::SeqCst)
+                        | self.watcher_asleep.swap(false, Ordering::SeqCst))
+                {
                     if let Some(t) = self.watcher.get() {
                         t.unpark();
                     }
@@ -338,6 +346,8 @@ impl Park {
             st.held_back.push(next);
             self.has_held_back.store(true, Ordering::Release);
         }
+        // A thread that became free may be resting (crate::turn).
+        self.turns.wake_one();
         if self.frees.load(Ordering::SeqCst) != frees {
             let woken: Vec<Next> = {
                 let mut st = self.state();
@@ -377,7 +387,12 @@ impl Park {
     /// The thread has something to serve: with no other thread left free, the watcher
     /// looks how long this lasts.
     fn end_wait(&self) {
-        if self.waiting.fetch_sub(1, Ordering::SeqCst) == 1 && self.watcher_asleep.swap(false, Ordering::SeqCst) {
+        // While threads rest the next in line looks instead (it is woken at the last one's
+        // end, above): not a wake-up of the watcher per request.
+        if self.waiting.fetch_sub(1, Ordering::SeqCst) == 1
+            && !self.turns.resting()
+            && self.watcher_asleep.swap(false, Ordering::SeqCst)
+        {
             if let Some(t) = self.watcher.get() {
                 t.unpark();
             }

@@ -8,10 +8,11 @@
 //! worker would, and sends its responses in batches ([`crate::batch`]).
 //!
 //! Threads are there for requests that wait (on a database, an API): one resting thread,
-//! the next in line, looks every [`STUCK_AFTER`] whether the holder has been busy that
-//! long, and then takes the turn and serves what waits. A turn taken so counts as a slow
-//! request ([`STOLEN`]); with slow requests among the recent ones, every thread waits for
-//! work, until the turns are tried again ([`RETRY`]).
+//! the next in line, looks every [`STUCK_AFTER`] whether the holder has been busy with
+//! what it took for that long, and then takes the turn and serves what waits. A turn taken
+//! so counts as a slow request ([`STOLEN`]); with slow requests among the recent ones every
+//! thread waits for work, until a few quick ones bring the turns back or they are tried
+//! again ([`RETRY`]).
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -26,9 +27,9 @@ const QUICK: Duration = Duration::from_millis(1);
 /// few quick ones (five) bring the turns back.
 const STOLEN: Duration = Duration::from_millis(4);
 
-/// While threads do not take turns, when they try again: after a second, then after twice
-/// as long each time the turns stopped again soon, up to [`RETRY_MAX`]. Without turns, a
-/// request's time includes its waits for the GIL, which can keep a process of quick
+/// Once the turns stopped, when they are tried again: after a second, then after twice as
+/// long each time they stopped again sooner than that, up to [`RETRY_MAX`]. Without turns,
+/// a request's time includes its waits for the GIL, which can keep a process of quick
 /// requests from ever looking quick; a slow request among the next few stops them again.
 const RETRY: Duration = Duration::from_secs(1);
 const RETRY_MAX: Duration = Duration::from_secs(32);
@@ -45,31 +46,37 @@ pub(crate) struct Turns {
     enabled: bool,
     /// The thread holding the turn (0: none).
     holder: AtomicU64,
-    /// When the holder last began to wait for work, in microseconds from `epoch`.
-    holder_free: AtomicU64,
-    /// The running mean of the process's request times (each new one weighs a quarter);
-    /// updated without a lock: a lost update among racing threads is of no consequence.
+    /// Since when the holder serves what it took, in microseconds from `epoch`
+    /// ([`WAITING`] while it waits for work).
+    holder_busy_since: AtomicU64,
+    /// The running mean of the process's request times (each new one weighs a quarter).
     recent_ns: AtomicU64,
-    /// When threads last began to take turns again after slow requests (microseconds).
-    retried: AtomicU64,
-    /// How long after `retried` they try again (microseconds).
+    /// Since when the turns are stopped (microseconds; 0: they are on).
+    stopped_at: AtomicU64,
+    /// When they last began again (microseconds).
+    resumed_at: AtomicU64,
+    /// How long after a stop they are tried again (microseconds).
     retry_after: AtomicU64,
     epoch: Instant,
     resting: AtomicUsize,
-    /// A resting thread is the next in line (it looks every STUCK_AFTER; the others sleep
-    /// until it takes the turn and wakes one of them to be next).
+    /// A resting thread is the next in line: it looks every STUCK_AFTER; the others sleep
+    /// until a thread that stops resting wakes one of them to be next.
     next_in_line: Mutex<bool>,
     woken: Condvar,
 }
+
+/// [`Turns::holder_busy_since`] while the holder waits for work.
+const WAITING: u64 = u64::MAX;
 
 impl Turns {
     pub(crate) fn new(enabled: bool) -> Self {
         Self {
             enabled,
             holder: AtomicU64::new(0),
-            holder_free: AtomicU64::new(0),
+            holder_busy_since: AtomicU64::new(WAITING),
             recent_ns: AtomicU64::new(0),
-            retried: AtomicU64::new(0),
+            stopped_at: AtomicU64::new(0),
+            resumed_at: AtomicU64::new(0),
             retry_after: AtomicU64::new(RETRY.as_micros() as u64),
             epoch: Instant::now(),
             resting: AtomicUsize::new(0),
@@ -89,60 +96,84 @@ impl Turns {
         self.may_wait_as(me(), self.now())
     }
 
+    /// The thread has something to serve: if it holds the turn, it is busy from now.
+    pub(crate) fn serving(&self) {
+        self.serving_as(me(), self.now());
+    }
+
+    fn serving_as(&self, me: u64, now: u64) {
+        if self.enabled && self.holder.load(Ordering::SeqCst) == me {
+            self.holder_busy_since.store(now, Ordering::SeqCst);
+        }
+    }
+
     /// A request of this process ended after `took`.
     pub(crate) fn request_took(&self, took: Duration) {
         let took = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
-        let recent = self.recent_ns.load(Ordering::Relaxed);
-        self.recent_ns.store(recent - recent / 4 + took / 4, Ordering::Relaxed);
+        let _ = self
+            .recent_ns
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |recent| Some(recent - recent / 4 + took / 4));
     }
 
     /// [`Turns::may_wait`] for thread `me` at `now` (microseconds from `epoch`).
     fn may_wait_as(&self, me: u64, now: u64) -> bool {
-        if !self.enabled || !self.quick(now) {
+        if !self.enabled {
+            return true;
+        }
+        if !self.quick(now) {
+            // No one holds the turn while there are none: when they begin again, the first
+            // thread to look takes it.
+            if self.holder.load(Ordering::SeqCst) != 0 {
+                self.holder.store(0, Ordering::SeqCst);
+            }
             return true;
         }
         let holder = match self.holder.compare_exchange(0, me, Ordering::SeqCst, Ordering::SeqCst) {
             Ok(_) => me,
             Err(h) => h,
         };
-        let stuck = now.saturating_sub(self.holder_free.load(Ordering::SeqCst)) >= STUCK_AFTER.as_micros() as u64;
-        let took_over = || {
-            let taken = stuck && self.holder.compare_exchange(holder, me, Ordering::SeqCst, Ordering::SeqCst).is_ok();
-            if taken {
-                // A request held its thread that long: count it so (a slow view stops the
-                // turns at once; a few quick requests bring them back after a preemption).
-                self.recent_ns.fetch_max(STOLEN.as_nanos() as u64, Ordering::Relaxed);
+        if holder != me {
+            let since = self.holder_busy_since.load(Ordering::SeqCst);
+            let stuck = since != WAITING && now.saturating_sub(since) >= STUCK_AFTER.as_micros() as u64;
+            if !stuck || self.holder.compare_exchange(holder, me, Ordering::SeqCst, Ordering::SeqCst).is_err() {
+                return false;
             }
-            taken
-        };
-        if holder == me || took_over() {
-            self.holder_free.store(now, Ordering::SeqCst);
-            return true;
+            // A request held its thread that long: count it so (a slow view stops the turns
+            // at once; a few quick requests bring them back after a preemption).
+            self.recent_ns.fetch_max(STOLEN.as_nanos() as u64, Ordering::Relaxed);
         }
-        false
+        self.holder_busy_since.store(WAITING, Ordering::SeqCst);
+        true
     }
 
-    /// Whether the recent requests were quick; after [`RETRY`] (and longer each time the
-    /// turns stopped again before that long) they are taken to be.
+    /// Whether the recent requests were quick. Once they have not been for `retry_after`,
+    /// they are taken to be, and the next wait is twice as long unless the turns then stay
+    /// on that long.
     fn quick(&self, now: u64) -> bool {
-        let (retried, after) = (self.retried.load(Ordering::Relaxed), self.retry_after.load(Ordering::Relaxed));
-        let due = now.saturating_sub(retried) >= after;
+        let after = self.retry_after.load(Ordering::Relaxed);
         if self.recent_ns.load(Ordering::Relaxed) < QUICK.as_nanos() as u64 {
-            if due && after != RETRY.as_micros() as u64 {
-                // Quick for as long as the last wait: the turns stay, and the next try
-                // comes a second after they stop.
+            if self.stopped_at.load(Ordering::Relaxed) != 0 && self.stopped_at.swap(0, Ordering::Relaxed) != 0 {
+                self.resumed_at.store(now, Ordering::Relaxed);
+            }
+            if after != RETRY.as_micros() as u64 && now.saturating_sub(self.resumed_at.load(Ordering::Relaxed)) >= after
+            {
                 self.retry_after.store(RETRY.as_micros() as u64, Ordering::Relaxed);
-                self.retried.store(now, Ordering::Relaxed);
             }
             return true;
         }
-        if !due || self.retried.compare_exchange(retried, now, Ordering::Relaxed, Ordering::Relaxed).is_err() {
+        let stopped = self.stopped_at.load(Ordering::Relaxed);
+        if stopped == 0 {
+            let _ = self.stopped_at.compare_exchange(0, now.max(1), Ordering::Relaxed, Ordering::Relaxed);
+            return false;
+        }
+        if now.saturating_sub(stopped) < after
+            || self.stopped_at.compare_exchange(stopped, 0, Ordering::Relaxed, Ordering::Relaxed).is_err()
+        {
             return false;
         }
         self.retry_after.store((after * 2).min(RETRY_MAX.as_micros() as u64), Ordering::Relaxed);
+        self.resumed_at.store(now, Ordering::Relaxed);
         self.recent_ns.store(0, Ordering::Relaxed);
-        // Whoever held the turn before is no holder busy since: the next to look takes it.
-        self.holder.store(0, Ordering::SeqCst);
         true
     }
 
@@ -151,9 +182,9 @@ impl Turns {
         self.resting.load(Ordering::SeqCst) > 0
     }
 
-    /// Rest until the thread [`Turns::may_wait`] (or `timeout` passed: the caller looks
-    /// whether the worker retires).
-    pub(crate) fn rest(&self, timeout: Duration) {
+    /// Rest until the thread [`Turns::may_wait`], or `leave()` (something waits for the
+    /// next free thread), or `timeout` passed (the caller looks whether the worker retires).
+    pub(crate) fn rest(&self, timeout: Duration, leave: impl Fn() -> bool) {
         let until = Instant::now() + timeout;
         self.resting.fetch_add(1, Ordering::SeqCst);
         let mut line = self.next_in_line.lock().unwrap_or_else(|e| e.into_inner());
@@ -168,16 +199,23 @@ impl Turns {
             if next {
                 *line = false;
             }
-            if self.may_wait() {
-                if next && self.resting.load(Ordering::SeqCst) > 1 {
-                    // Another becomes the next in line.
-                    self.woken.notify_one();
-                }
+            if self.may_wait() || leave() {
                 break;
             }
         }
+        if !*line && self.resting.load(Ordering::SeqCst) > 1 {
+            // No one is next in line now: another resting thread becomes it (or, when the
+            // turns stopped, leaves too and wakes the next).
+            self.woken.notify_one();
+        }
         drop(line);
         self.resting.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// Something waits for the next free thread: a resting one looks at once.
+    pub(crate) fn wake_one(&self) {
+        let _line = self.next_in_line.lock().unwrap_or_else(|e| e.into_inner());
+        self.woken.notify_one();
     }
 }
 
@@ -189,19 +227,28 @@ mod tests {
     const STUCK_US: u64 = STUCK_AFTER.as_micros() as u64;
     const RETRY_US: u64 = RETRY.as_micros() as u64;
 
+    fn quick_requests(t: &Turns, n: usize) {
+        for _ in 0..n {
+            t.request_took(Duration::from_micros(60));
+        }
+    }
+
     #[test]
-    fn one_thread_holds_the_turn_while_requests_are_quick_and_another_takes_it_from_a_busy_holder() {
+    fn one_thread_holds_the_turn_and_another_takes_it_from_a_holder_busy_for_stuck_after() {
         let t = Turns::new(true);
         let (a, b) = (1, 2);
         assert!(t.may_wait_as(a, 1000), "the first thread takes the free turn");
-        assert!(t.may_wait_as(a, 1100), "and keeps it");
-        assert!(!t.may_wait_as(b, 1100 + STUCK_US - 1), "another rests while the holder was free just now");
-        assert!(t.may_wait_as(b, 1100 + STUCK_US), "a holder busy for STUCK_AFTER gives the turn up");
-        assert!(t.may_wait_as(a, 1100 + STUCK_US + 10), "which stops the turns for a few requests");
-        for _ in 0..5 {
-            t.request_took(Duration::from_micros(60));
-        }
-        assert!(!t.may_wait_as(a, 1100 + STUCK_US + 20), "the old holder now rests");
+        assert!(!t.may_wait_as(b, 1000 + 10 * STUCK_US), "a holder waiting for work keeps it, however long");
+        t.serving_as(a, 2000);
+        assert!(t.may_wait_as(a, 2100), "and keeps it when it looks again");
+        t.serving_as(a, 2200);
+        assert!(!t.may_wait_as(b, 2200 + STUCK_US - 1), "another rests while the holder is busy only just");
+        t.serving_as(b, 2200 + STUCK_US - 1); // not the holder: nothing changes
+        assert!(t.may_wait_as(b, 2200 + STUCK_US), "a holder busy for STUCK_AFTER gives the turn up");
+        assert!(t.may_wait_as(a, 2200 + STUCK_US + 10), "which stops the turns for a few requests");
+        quick_requests(&t, 5);
+        assert!(t.may_wait_as(a, 2200 + STUCK_US + 20), "then the first to look takes the free turn");
+        assert!(!t.may_wait_as(b, 2200 + STUCK_US + 30), "and the other rests");
         assert!(Turns::new(false).may_wait_as(b, 0), "without turns (one thread) it always waits for work");
     }
 
@@ -209,51 +256,99 @@ mod tests {
     fn slow_requests_stop_the_turns_which_are_tried_again_after_a_while() {
         let t = Turns::new(true);
         let (a, b) = (1, 2);
-        assert!(t.may_wait_as(a, 0));
+        let at = 100 * RETRY_US; // quick for long before
+        assert!(t.may_wait_as(a, at));
         t.request_took(Duration::from_secs(1));
-        assert!(t.may_wait_as(b, 10), "a slow request among the recent ones: every thread waits for work");
-        for _ in 0..10 {
-            t.request_took(Duration::from_micros(60));
-        }
-        assert!(t.may_wait_as(b, 20), "still slow on average");
-        // Slow as measured without turns (waits for the GIL included): tried again after a
-        // second, the turn free for the first to look.
-        assert!(t.may_wait_as(b, RETRY_US + 30), "turns again");
-        assert!(!t.may_wait_as(a, RETRY_US + 40), "the thread holding it was free just now");
+        assert!(t.may_wait_as(b, at + 10), "a slow request: every thread waits for work");
+        quick_requests(&t, 10);
+        assert!(!t.quick(at + RETRY_US - 10), "still slow on average, and not tried yet");
+        // Slow as measured without turns (waits for the GIL included): tried again.
+        assert!(t.may_wait_as(b, at + RETRY_US + 30), "turns again after a second, the turn free");
+        assert!(!t.may_wait_as(a, at + RETRY_US + 40), "the other rests");
         t.request_took(Duration::from_secs(1));
-        assert!(t.may_wait_as(a, RETRY_US + 50), "and stopped by the next slow request");
-        // Stopped soon after: the next try waits twice as long.
-        assert!(!t.quick(3 * RETRY_US + 20), "no turns yet");
-        let second = 3 * RETRY_US + 60;
+        assert!(!t.quick(at + RETRY_US + 50), "stopped by the next slow request");
+        // Stopped sooner than a second after the try: the next one waits two.
+        assert!(!t.quick(at + 3 * RETRY_US + 40));
+        let second = at + 3 * RETRY_US + 60;
         assert!(t.quick(second), "tried again after twice the wait");
-        assert!(t.may_wait_as(a, second + 10) && !t.may_wait_as(b, second + 20));
-        // Quick for as long as the next wait (four): the next try is a second after a stop.
+        // On for as long as the next wait (four seconds): the next stop waits a second again.
         assert!(t.quick(second + 4 * RETRY_US));
         t.request_took(Duration::from_secs(1));
         assert!(!t.quick(second + 4 * RETRY_US + 10));
-        assert!(!t.quick(second + 5 * RETRY_US - 10));
+        assert!(!t.quick(second + 5 * RETRY_US));
         assert!(t.quick(second + 5 * RETRY_US + 20), "after a second");
         t.request_took(Duration::from_secs(1));
-        for _ in 0..30 {
-            t.request_took(Duration::from_micros(60));
+        assert!(!t.quick(second + 5 * RETRY_US + 30));
+        quick_requests(&t, 30);
+        assert!(t.quick(second + 5 * RETRY_US + 40), "quick again by itself");
+    }
+
+    /// `n` threads that rest until they may wait for work (this thread holds the turn, and
+    /// is `busy` with what it took or waiting for work); each returns how long it took.
+    fn rest_behind_the_holder(t: &Arc<Turns>, n: usize, busy: bool) -> Vec<std::thread::JoinHandle<Duration>> {
+        assert!(t.may_wait());
+        if busy {
+            t.serving();
         }
-        assert!(t.quick(second + 5 * RETRY_US + 30), "quick by itself");
+        (0..n)
+            .map(|_| {
+                let t = t.clone();
+                std::thread::spawn(move || {
+                    let begun = Instant::now();
+                    while !t.may_wait() {
+                        t.rest(Duration::from_secs(60), || false);
+                    }
+                    begun.elapsed()
+                })
+            })
+            .collect()
     }
 
     #[test]
-    fn a_resting_thread_takes_the_turn_from_a_holder_busy_for_stuck_after() {
+    fn the_next_in_line_takes_the_turn_from_a_busy_holder() {
         let t = Arc::new(Turns::new(true));
-        assert!(t.may_wait(), "this thread holds the turn, and then stays busy");
-        let resting = {
-            let t = t.clone();
+        for r in rest_behind_the_holder(&t, 1, true) {
+            let rested = r.join().expect("thread");
+            assert!(rested < Duration::from_secs(30), "by looking as the next in line, not at its timeout: {rested:?}");
+        }
+    }
+
+    #[test]
+    fn when_the_turns_stop_every_resting_thread_stops_resting() {
+        let t = Arc::new(Turns::new(true));
+        let resting = rest_behind_the_holder(&t, 3, false);
+        // The holder waits for work: they rest (the next in line looking) until the turns stop.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while t.resting.load(Ordering::SeqCst) < 3 {
+            assert!(Instant::now() < deadline, "the threads never rested");
+            std::thread::yield_now();
+        }
+        t.request_took(Duration::from_secs(1));
+        for r in resting {
+            let rested = r.join().expect("thread");
+            assert!(rested < Duration::from_secs(30), "each woken in turn, not at its timeout: {rested:?}");
+        }
+    }
+
+    #[test]
+    fn a_resting_thread_leaves_for_what_waits_for_a_free_thread() {
+        let t = Arc::new(Turns::new(true));
+        assert!(t.may_wait());
+        t.serving();
+        let waiting = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let rested = {
+            let (t, waiting) = (t.clone(), waiting.clone());
             std::thread::spawn(move || {
                 let begun = Instant::now();
-                t.rest(Duration::from_secs(60));
-                (begun.elapsed(), t.may_wait())
+                t.rest(Duration::from_secs(60), || waiting.load(Ordering::SeqCst));
+                begun.elapsed()
             })
         };
-        let (rested, took) = resting.join().expect("thread");
-        assert!(took, "it took the turn");
-        assert!(rested < Duration::from_secs(30), "by looking as the next in line, not at its timeout: {rested:?}");
+        while !t.resting() {
+            std::thread::yield_now();
+        }
+        waiting.store(true, Ordering::SeqCst);
+        t.wake_one();
+        assert!(rested.join().expect("thread") < Duration::from_secs(30));
     }
 }
