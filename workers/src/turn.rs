@@ -23,15 +23,19 @@ use crate::park::STUCK_AFTER;
 /// this: far above a quick view's, far below what a client would notice as a wait.
 const QUICK: Duration = Duration::from_millis(1);
 
-/// A turn taken from a busy holder counts as a request this long in the running mean: a
-/// few quick ones (five) bring the turns back.
-const STOLEN: Duration = Duration::from_millis(4);
+/// A turn taken from a busy holder counts as a request this long in the running mean:
+/// about ten quick ones bring the turns back.
+const STOLEN: Duration = SLOW;
 
-/// Once the turns stopped, when they are tried again: after a second, then after twice as
-/// long each time they stopped again sooner than that, up to [`RETRY_MAX`]. Without turns,
+/// Once the turns stopped, when they are tried again: a second after the last request
+/// slower than [`SLOW`], then after twice as long each time they stopped again sooner than
+/// that, up to [`RETRY_MAX`]. Without turns,
 /// a request's time includes its waits for the GIL, which can keep a process of quick
 /// requests from ever looking quick; a slow request among the next few stops them again.
 const RETRY: Duration = Duration::from_secs(1);
+/// A request this slow is slow in itself, not for its waits for the GIL: while such
+/// requests come, the turns are not tried again.
+const SLOW: Duration = Duration::from_millis(20);
 const RETRY_MAX: Duration = Duration::from_secs(32);
 
 /// This thread's name in [`Turns::holder`] (0: none).
@@ -109,6 +113,11 @@ impl Turns {
 
     /// A request of this process ended after `took`.
     pub(crate) fn request_took(&self, took: Duration) {
+        if took >= SLOW && self.stopped_at.load(Ordering::Relaxed) != 0 {
+            // Slow beyond what waits for the GIL make of a quick request: the wait for the
+            // next try begins again.
+            self.stopped_at.store(self.now().max(1), Ordering::Relaxed);
+        }
         let took = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
         let _ = self
             .recent_ns
@@ -246,7 +255,7 @@ mod tests {
         t.serving_as(b, 2200 + STUCK_US - 1); // not the holder: nothing changes
         assert!(t.may_wait_as(b, 2200 + STUCK_US), "a holder busy for STUCK_AFTER gives the turn up");
         assert!(t.may_wait_as(a, 2200 + STUCK_US + 10), "which stops the turns for a few requests");
-        quick_requests(&t, 5);
+        quick_requests(&t, 11);
         assert!(t.may_wait_as(a, 2200 + STUCK_US + 20), "then the first to look takes the free turn");
         assert!(!t.may_wait_as(b, 2200 + STUCK_US + 30), "and the other rests");
         assert!(Turns::new(false).may_wait_as(b, 0), "without turns (one thread) it always waits for work");
@@ -281,6 +290,23 @@ mod tests {
         assert!(!t.quick(second + 5 * RETRY_US + 30));
         quick_requests(&t, 30);
         assert!(t.quick(second + 5 * RETRY_US + 40), "quick again by itself");
+    }
+
+    #[test]
+    fn while_requests_are_slow_in_themselves_the_turns_are_not_tried_again() {
+        let t = Turns::new(true);
+        t.request_took(Duration::from_millis(5));
+        assert!(!t.quick(t.now()), "stopped");
+        t.request_took(Duration::from_millis(3)); // as waits for the GIL make a quick one
+        let stopped = t.stopped_at.load(Ordering::Relaxed);
+        assert!(t.quick(stopped + RETRY_US), "tried again a second after the stop");
+        t.request_took(Duration::from_secs(1));
+        assert!(!t.quick(t.now()), "stopped again");
+        std::thread::sleep(Duration::from_millis(2));
+        t.request_took(Duration::from_secs(1));
+        let again = t.stopped_at.load(Ordering::Relaxed);
+        assert!(again > stopped, "a slow request restarts the wait");
+        assert!(!t.quick(again + 2 * RETRY_US - 1) && t.quick(again + 2 * RETRY_US));
     }
 
     /// `n` threads that rest until they may wait for work (this thread holds the turn, and
