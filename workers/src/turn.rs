@@ -9,10 +9,10 @@
 //!
 //! Threads are there for requests that wait (on a database, an API): one resting thread,
 //! the next in line, looks every [`STUCK_AFTER`] whether the holder has been busy with
-//! what it took for that long, and then takes the turn and serves what waits. A turn taken
-//! so counts as a slow request ([`STOLEN`]); with slow requests among the recent ones every
-//! thread waits for work, until a few quick ones bring the turns back or they are tried
-//! again ([`RETRY`]).
+//! what it took for that long, and then takes the turn and serves what waits. Then every
+//! thread waits for work until that request ends and its time is counted; with slow
+//! requests among the recent ones they go on doing so, until a few quick ones bring the
+//! turns back or they are tried again ([`RETRY`]).
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -22,10 +22,6 @@ use crate::park::STUCK_AFTER;
 /// Threads take turns while the running mean of the process's request times is below
 /// this: far above a quick view's, far below what a client would notice as a wait.
 const QUICK: Duration = Duration::from_millis(1);
-
-/// A turn taken from a busy holder counts as a request this long in the running mean:
-/// about ten quick ones bring the turns back.
-const STOLEN: Duration = SLOW;
 
 /// Once the turns stopped, when they are tried again: a second after the last request
 /// slower than [`SLOW`], then after twice as long each time they stopped again sooner than
@@ -55,6 +51,9 @@ pub(crate) struct Turns {
     holder_busy_since: AtomicU64,
     /// The running mean of the process's request times (each new one weighs a quarter).
     recent_ns: AtomicU64,
+    /// The thread the turn was taken from while its request is still running (0: none):
+    /// no turns until it ends and its time is counted.
+    taken_from: AtomicU64,
     /// Since when the turns are stopped (microseconds; 0: they are on).
     stopped_at: AtomicU64,
     /// When they last began again (microseconds).
@@ -79,6 +78,7 @@ impl Turns {
             holder: AtomicU64::new(0),
             holder_busy_since: AtomicU64::new(WAITING),
             recent_ns: AtomicU64::new(0),
+            taken_from: AtomicU64::new(0),
             stopped_at: AtomicU64::new(0),
             resumed_at: AtomicU64::new(0),
             retry_after: AtomicU64::new(RETRY.as_micros() as u64),
@@ -129,6 +129,10 @@ impl Turns {
         if !self.enabled {
             return true;
         }
+        if self.taken_from.load(Ordering::Relaxed) == me {
+            // Back from the request the turn was taken from: its time is counted.
+            self.taken_from.store(0, Ordering::Relaxed);
+        }
         if !self.quick(now) {
             // No one holds the turn while there are none: when they begin again, the first
             // thread to look takes it.
@@ -147,9 +151,9 @@ impl Turns {
             if !stuck || self.holder.compare_exchange(holder, me, Ordering::SeqCst, Ordering::SeqCst).is_err() {
                 return false;
             }
-            // A request held its thread that long: count it so (a slow view stops the turns
-            // at once; a few quick requests bring them back after a preemption).
-            self.recent_ns.fetch_max(STOLEN.as_nanos() as u64, Ordering::Relaxed);
+            // A request held its thread that long: no turns until it ends (a slow view's
+            // time then stops them; a preempted quick one's does not).
+            self.taken_from.store(holder, Ordering::Relaxed);
         }
         self.holder_busy_since.store(WAITING, Ordering::SeqCst);
         true
@@ -160,7 +164,9 @@ impl Turns {
     /// on that long.
     fn quick(&self, now: u64) -> bool {
         let after = self.retry_after.load(Ordering::Relaxed);
-        if self.recent_ns.load(Ordering::Relaxed) < QUICK.as_nanos() as u64 {
+        if self.recent_ns.load(Ordering::Relaxed) < QUICK.as_nanos() as u64
+            && self.taken_from.load(Ordering::Relaxed) == 0
+        {
             if self.stopped_at.load(Ordering::Relaxed) != 0 && self.stopped_at.swap(0, Ordering::Relaxed) != 0 {
                 self.resumed_at.store(now, Ordering::Relaxed);
             }
@@ -254,10 +260,19 @@ mod tests {
         assert!(!t.may_wait_as(b, 2200 + STUCK_US - 1), "another rests while the holder is busy only just");
         t.serving_as(b, 2200 + STUCK_US - 1); // not the holder: nothing changes
         assert!(t.may_wait_as(b, 2200 + STUCK_US), "a holder busy for STUCK_AFTER gives the turn up");
-        assert!(t.may_wait_as(a, 2200 + STUCK_US + 10), "which stops the turns for a few requests");
-        quick_requests(&t, 11);
-        assert!(t.may_wait_as(a, 2200 + STUCK_US + 20), "then the first to look takes the free turn");
-        assert!(!t.may_wait_as(b, 2200 + STUCK_US + 30), "and the other rests");
+        let c = 3;
+        assert!(t.may_wait_as(c, 2200 + STUCK_US + 10), "no turns while its request runs");
+        assert!(t.may_wait_as(b, 2200 + STUCK_US + 20));
+        t.request_took(Duration::from_micros(1500)); // a quick view, preempted
+        assert!(t.may_wait_as(a, 2200 + STUCK_US + 30), "the thread it was taken from is back: turns again");
+        assert!(!t.may_wait_as(c, 2200 + STUCK_US + 40), "the others rest");
+        // A slow view: the turn is taken from it, and its time, counted when it ends, stops
+        // the turns.
+        t.serving_as(a, 3000);
+        assert!(t.may_wait_as(b, 3000 + STUCK_US));
+        assert!(t.may_wait_as(c, 3000 + STUCK_US + 10), "no turns while it runs");
+        t.request_took(Duration::from_secs(1));
+        assert!(t.may_wait_as(a, 4000) && t.may_wait_as(c, 4010), "slow: no turns");
         assert!(Turns::new(false).may_wait_as(b, 0), "without turns (one thread) it always waits for work");
     }
 
