@@ -114,7 +114,8 @@ def test_worker_runs_as_the_pool_user_with_its_limits(tmp_path, public_dir):
         assert env["USER"] == TEST_USER and env["HOME"] == user.pw_dir
         assert set(env) <= {"ONLY_THIS", "PATH", "HOME", "USER", "LOGNAME", "FCGIBRIDGE_APP",
                             "FCGIBRIDGE_THREADS", "FCGIBRIDGE_PROCESSES", "FCGIBRIDGE_POOL",
-                            "FCGIBRIDGE_READY_FD", "FCGIBRIDGE_TEST_DIR", "LC_CTYPE"}, sorted(env)
+                            "FCGIBRIDGE_LISTENERS", "FCGIBRIDGE_READY_FD", "FCGIBRIDGE_TEST_DIR",
+                            "LC_CTYPE"}, sorted(env)
         # the kernel agrees, and the worker still dies with the bridge (PDEATHSIG set after setuid)
         with open(f"/proc/{me['pid']}/status") as f:
             status = f.read()
