@@ -25,9 +25,9 @@ const QUICK: Duration = Duration::from_millis(1);
 
 /// Once the turns stopped, when they are tried again: a second after the last request
 /// slower than [`SLOW`], then after twice as long each time they stopped again sooner than
-/// that, up to [`RETRY_MAX`]. Without turns,
-/// a request's time includes its waits for the GIL, which can keep a process of quick
-/// requests from ever looking quick; a slow request among the next few stops them again.
+/// that, up to [`RETRY_MAX`]. Without turns, a request's time includes its waits for the
+/// GIL, which can keep a process of quick requests from ever looking quick; a slow request
+/// among the next few stops them again.
 const RETRY: Duration = Duration::from_secs(1);
 /// A request this slow is slow in itself, not for its waits for the GIL: while such
 /// requests come, the turns are not tried again.
@@ -163,10 +163,12 @@ impl Turns {
     /// they are taken to be, and the next wait is twice as long unless the turns then stay
     /// on that long.
     fn quick(&self, now: u64) -> bool {
+        if self.taken_from.load(Ordering::Relaxed) != 0 {
+            // Not known until that request ends: neither a stop nor a try yet.
+            return false;
+        }
         let after = self.retry_after.load(Ordering::Relaxed);
-        if self.recent_ns.load(Ordering::Relaxed) < QUICK.as_nanos() as u64
-            && self.taken_from.load(Ordering::Relaxed) == 0
-        {
+        if self.recent_ns.load(Ordering::Relaxed) < QUICK.as_nanos() as u64 {
             if self.stopped_at.load(Ordering::Relaxed) != 0 && self.stopped_at.swap(0, Ordering::Relaxed) != 0 {
                 self.resumed_at.store(now, Ordering::Relaxed);
             }
@@ -271,8 +273,11 @@ mod tests {
         t.serving_as(a, 3000);
         assert!(t.may_wait_as(b, 3000 + STUCK_US));
         assert!(t.may_wait_as(c, 3000 + STUCK_US + 10), "no turns while it runs");
+        assert!(!t.quick(3000 + STUCK_US + 10 * RETRY_US), "however long it runs: no try of the turns");
         t.request_took(Duration::from_secs(1));
-        assert!(t.may_wait_as(a, 4000) && t.may_wait_as(c, 4010), "slow: no turns");
+        let ended = 3000 + STUCK_US + 10 * RETRY_US + 10;
+        assert!(t.may_wait_as(a, ended) && t.may_wait_as(c, ended + 10), "slow: no turns");
+        assert!(!t.quick(ended + RETRY_US - 100), "the wait for a try counts from its end");
         assert!(Turns::new(false).may_wait_as(b, 0), "without turns (one thread) it always waits for work");
     }
 
