@@ -97,12 +97,14 @@ impl Turns {
     /// turn, or gets it (free, or from a holder busy for [`STUCK_AFTER`]). Otherwise it
     /// is to [`Turns::rest`].
     pub(crate) fn may_wait(&self) -> bool {
-        self.may_wait_as(me(), self.now())
+        !self.enabled || self.may_wait_as(me(), self.now())
     }
 
     /// The thread has something to serve: if it holds the turn, it is busy from now.
     pub(crate) fn serving(&self) {
-        self.serving_as(me(), self.now());
+        if self.enabled {
+            self.serving_as(me(), self.now());
+        }
     }
 
     fn serving_as(&self, me: u64, now: u64) {
@@ -113,6 +115,9 @@ impl Turns {
 
     /// A request of this process ended after `took`.
     pub(crate) fn request_took(&self, took: Duration) {
+        if !self.enabled {
+            return;
+        }
         if took >= SLOW && self.stopped_at.load(Ordering::Relaxed) != 0 {
             // Slow beyond what waits for the GIL make of a quick request: the wait for the
             // next try begins again.

@@ -389,6 +389,15 @@ mod tests {
         assert!(silent.ends_with("ended (exit status 0) and printed nothing"), "{silent}");
     }
 
+    /// A scratch directory that others may search, and a [`stranger_pool`] in it.
+    fn stranger_scratch(name: &str) -> Option<(std::path::PathBuf, Pool)> {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = crate::config::tests::scratch_dir(name);
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let pool = stranger_pool(&dir)?;
+        Some((dir, pool))
+    }
+
     /// A pool whose workers run as uid 4001 (no account needed: the ids are set directly),
     /// when this test runs as root and every directory above the scratch directory may be
     /// searched by others; None otherwise.
@@ -413,9 +422,7 @@ mod tests {
     #[test]
     fn the_working_directory_is_entered_as_the_pools_user() {
         use std::os::unix::fs::PermissionsExt;
-        let dir = crate::config::tests::scratch_dir("probe-chdir");
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let Some(mut pool) = stranger_pool(&dir) else { return };
+        let Some((dir, mut pool)) = stranger_scratch("probe-chdir") else { return };
         let private = dir.join("private");
         std::fs::create_dir(&private).unwrap();
         std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700)).unwrap();
@@ -451,9 +458,7 @@ mod tests {
     #[test]
     fn an_app_file_the_pools_user_may_not_read_is_refused_at_app() {
         use std::os::unix::fs::PermissionsExt;
-        let dir = crate::config::tests::scratch_dir("probe-app");
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let Some(mut pool) = stranger_pool(&dir) else { return };
+        let Some((dir, mut pool)) = stranger_scratch("probe-app") else { return };
         let app = dir.join("app.fcgi");
         std::fs::write(&app, "#!/usr/bin/python3\n").unwrap();
         std::fs::set_permissions(&app, std::fs::Permissions::from_mode(0o644)).unwrap();
@@ -488,9 +493,7 @@ mod tests {
     #[test]
     fn an_interpreter_the_user_may_not_run_names_its_symlink_target_and_what_denies_it() {
         use std::os::unix::fs::PermissionsExt;
-        let dir = crate::config::tests::scratch_dir("probe-denied");
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let Some(pool) = stranger_pool(&dir) else { return };
+        let Some((dir, pool)) = stranger_scratch("probe-denied") else { return };
         let private = dir.join("private");
         std::fs::create_dir(&private).unwrap();
         std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700)).unwrap();
