@@ -768,6 +768,38 @@ def test_status_shows_instances_in_json_and_openmetrics(tmp_path):
         b.stop()
 
 
+FIXED_ROOT_REFUSED = (r"pools\.sites\.user: user root has uid 0, below min-uid 1000: written without a placeholder, "
+                      r"it refuses every instance \(403\); choose a user with uid 1000 or more, lower min-uid "
+                      r"\(template: \{min-uid: N\}\), or use a placeholder such as \"\{owner\}\"")
+
+
+def test_a_fixed_user_every_instance_would_refuse_is_an_error_at_check_run_and_reload(tmp_path):
+    """`user: root` written without a placeholder is below min-uid whatever the key: every
+    request would get 403. check and run refuse the configuration at the key, and a reload to
+    it is refused with the running configuration kept."""
+    sites = make_sites(tmp_path, ("alpha.test",))
+    b = start_bridge(tmp_path, {"sites": template(sites)})
+    try:
+        assert get(b, "alpha.test").status == 200
+        b.config["pools"]["sites"].update({"user": "root", "allow-root": True})
+        (b.confdir / "50-test.yaml").write_text(to_yaml(b.config))
+        for command in ("check", "run", "reload"):
+            r = subprocess.run([str(b.binary), command, "--config", str(b.confdir)], capture_output=True, text=True,
+                               timeout=60)
+            assert r.returncode != 0, (command, r.stdout, r.stderr)
+            assert re.search(r"50-test\.yaml:\d+:\d+: " + FIXED_ROOT_REFUSED, r.stderr), (command, r.stderr)
+        assert get(b, "alpha.test").status == 200
+        # With min-uid lowered to take it, the same user is accepted (by a bridge that may switch to it).
+        b.config["pools"]["sites"]["template"]["min-uid"] = 0
+        (b.confdir / "50-test.yaml").write_text(to_yaml(b.config))
+        r = subprocess.run([str(b.binary), "check", "--config", str(b.confdir)], capture_output=True, text=True,
+                           timeout=60)
+        assert not re.search(FIXED_ROOT_REFUSED, r.stderr), r.stderr
+        assert r.returncode == 0 or os.geteuid() != 0, r.stderr
+    finally:
+        b.stop()
+
+
 # ------------------------------------------------------------------ lighttpd, per host
 
 def test_lighttpd_virtual_hosts(tmp_path):

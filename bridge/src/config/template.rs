@@ -287,6 +287,9 @@ pub fn resolve(
     let Some((allow, max_instances, idle_timeout, spawn_rate, missing_cache, min_uid)) = t else {
         return Err(ConfigError::several(errs));
     };
+    if let Some(why) = fixed_user_refused(&raw, min_uid) {
+        errs.push(src.invalid(&here.key("user"), why));
+    }
     if !errs.is_empty() {
         return Err(ConfigError::several(errs));
     }
@@ -351,6 +354,50 @@ fn check_sample(
         }
     }
     warnings
+}
+
+/// `nobody`: refused as an instance's account whatever `min-uid` says.
+const NOBODY_UID: u32 = 65534;
+
+/// The account `written` names (a name, or a uid in digits): `Ok(None)` when there is no
+/// such account, `Err` when the lookup itself failed (NSS could not ask LDAP or SSSD).
+pub fn find_account(written: &str) -> nix::Result<Option<nix::unistd::User>> {
+    match written.parse::<u32>() {
+        Ok(id) => nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(id)),
+        Err(_) => nix::unistd::User::from_name(written),
+    }
+}
+
+/// Why `user` may run no instance: a system account (uid below `min_uid`, root among them)
+/// or `nobody`. None for a site's account.
+pub fn account_refused(user: &nix::unistd::User, min_uid: u32) -> Option<String> {
+    let uid = user.uid.as_raw();
+    if uid < min_uid {
+        Some(format!("user {} has uid {uid}, below min-uid {min_uid}", user.name))
+    } else if uid == NOBODY_UID {
+        // The kernel's overflow id: the account of many daemons and of NFS squashing.
+        Some(format!("user {} (uid {NOBODY_UID}) is the unprivileged catch-all account, no site's", user.name))
+    } else {
+        None
+    }
+}
+
+/// A `user:` written without a placeholder that names an account [`account_refused`] refuses:
+/// every instance would get 403, so the configuration is wrong, and says what to change. A
+/// user that is not there, or a lookup that failed, is the sample's error, not this one.
+fn fixed_user_refused(raw: &RawPool, min_uid: u32) -> Option<String> {
+    let written = raw.user.as_deref().filter(|u| !u.contains('{'))?;
+    let user = find_account(written).ok().flatten()?;
+    let why = account_refused(&user, min_uid)?;
+    let change = if user.uid.as_raw() == NOBODY_UID {
+        "choose a site's own account".to_owned()
+    } else {
+        format!("choose a user with uid {min_uid} or more, lower min-uid (template: {{min-uid: N}})")
+    };
+    Some(format!(
+        "{why}: written without a placeholder, it refuses every instance (403); {change}, or use a placeholder \
+         such as \"{{owner}}\" to run each site as its own account"
+    ))
 }
 
 /// A path with a placeholder whose fixed part cannot exist for any key: the directory
@@ -860,6 +907,34 @@ listeners:
         let gone = routed.replace("pool: sites}]", "pool: homes}]");
         let err = load_as(ROOT, "template-routed-gone", &gone).1.unwrap_err().to_string();
         assert!(err.contains("unknown pool \"homes\"") && !err.contains("captures {user}"), "{err}");
+    }
+
+    #[test]
+    fn a_fixed_user_that_every_instance_would_refuse_is_an_error_at_load() {
+        use super::super::isolation::BridgeIds;
+        const ROOT: BridgeIds = BridgeIds { uid: 0, gid: 0 };
+        let with =
+            |keys: &str| TEMPLATE.replace("threads: 2", &format!("threads: 2\n    {keys}\n    allow-root: true"));
+        // root, uid 0: below the default min-uid, so every instance would get 403.
+        let err = load_as(ROOT, "template-fixed-root", &with("user: root")).1.unwrap_err().to_string();
+        let want = "10.yaml:7:5: pools.sites.user: user root has uid 0, below min-uid 1000: written without a \
+                    placeholder, it refuses every instance (403); choose a user with uid 1000 or more, lower min-uid \
+                    (template: {min-uid: N}), or use a placeholder such as \"{owner}\"";
+        assert!(err.contains(want), "{want}\n{err}");
+        // Written as a uid, the same account.
+        let err = load_as(ROOT, "template-fixed-uid", &with("user: '0'")).1.unwrap_err().to_string();
+        assert!(err.contains("pools.sites.user: user root has uid 0, below min-uid 1000"), "{err}");
+        // min-uid lowered to take it: no error.
+        let lowered = with("user: root").replace("0s}", "0s, min-uid: 0}");
+        load_as(ROOT, "template-fixed-root-taken", &lowered).1.unwrap();
+        // nobody, whatever min-uid says; lowering it would not help.
+        let err = load_as(ROOT, "template-fixed-nobody", &lowered.replace("user: root", "user: nobody"))
+            .1
+            .unwrap_err()
+            .to_string();
+        let want = "pools.sites.user: user nobody (uid 65534) is the unprivileged catch-all account, no site's: \
+                    written without a placeholder, it refuses every instance (403); choose a site's own account, or";
+        assert!(err.contains(want), "{want}\n{err}");
     }
 
     #[test]

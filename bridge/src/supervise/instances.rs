@@ -22,7 +22,7 @@
 //! workers have all gone: a deleted account stops it, a changed one rolls it.
 use super::manager::{self, ManagerCmd, Reconfig};
 use super::{PoolRuntime, Spawner, Stop};
-use crate::config::template::{fill_raw, Placeholder, Template};
+use crate::config::template::{account_refused, fill_raw, find_account, Placeholder, Template};
 use crate::config::Pool;
 use crate::logging::ratelimit::{Kind, Level, RateLimits, Scope};
 use fastcgi_server::Params;
@@ -1136,9 +1136,6 @@ fn missing(raw: &crate::config::RawPool) -> Option<String> {
 
 type MakeRefusal = Box<dyn FnOnce(String) -> Refusal + Send>;
 
-/// `nobody`: refused as an instance's account whatever `min-uid` says.
-const NOBODY_UID: u32 = 65534;
-
 /// The app file of a filled-in entry (`path:callable` names the callable after the last colon).
 fn app_file(raw: &crate::config::RawPool) -> Option<PathBuf> {
     let a = raw.app.as_deref().filter(|a| a.starts_with('/'))?;
@@ -1245,15 +1242,6 @@ fn resolve_instance(
     Ok((pool, warnings))
 }
 
-/// The account `written` names (a name, or a uid in digits): `Ok(None)` when there is no
-/// such account, `Err` when the lookup itself failed (NSS could not ask LDAP or SSSD).
-fn find_account(written: &str) -> nix::Result<Option<nix::unistd::User>> {
-    match written.parse::<u32>() {
-        Ok(id) => nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(id)),
-        Err(_) => nix::unistd::User::from_name(written),
-    }
-}
-
 /// Whether the account `written`, as its lookup `found` it, may run an instance of `t`: a
 /// site's account, not root, a system account (`min-uid`) or `nobody`. No account is no
 /// site (404, remembered for missing-cache) when a placeholder named it; when `user:` names
@@ -1283,15 +1271,10 @@ fn judge_account(
             return Err(Box::new(move |key| Refusal::Missing { key, why }));
         }
     };
-    let why = if user.uid.as_raw() < t.min_uid {
-        format!("user {} has uid {}, below min-uid {}", user.name, user.uid, t.min_uid)
-    } else if user.uid.as_raw() == NOBODY_UID {
-        // The kernel's overflow id: the account of many daemons and of NFS squashing.
-        format!("user {} (uid {NOBODY_UID}) is the unprivileged catch-all account, no site's", user.name)
-    } else {
-        return Ok(());
-    };
-    Err(Box::new(move |key| Refusal::Account { key, why }))
+    match account_refused(&user, t.min_uid) {
+        Some(why) => Err(Box::new(move |key| Refusal::Account { key, why })),
+        None => Ok(()),
+    }
 }
 
 /// getpwnam_r(3): some NSS modules answer "no such user" with one of these instead of no
@@ -1554,7 +1537,7 @@ mod tests {
         let root = crate::config::tests::scratch_dir("fixed-user-gone");
         std::fs::create_dir_all(root.join("conf.d")).unwrap();
         let text = format!(
-            "pools:\n  sites:\n    template: {{}}\n    app: {}/{{host}}/app.py\n    user: nobody\nlisteners:\n  web: {{fastcgi: 127.0.0.1:9000, pool: sites}}\n",
+            "pools:\n  sites:\n    template: {{min-uid: 0}}\n    app: {}/{{host}}/app.py\n    user: root\n    allow-root: true\nlisteners:\n  web: {{fastcgi: 127.0.0.1:9000, pool: sites}}\n",
             root.display()
         );
         std::fs::write(root.join("conf.d/10.yaml"), text).unwrap();
@@ -1563,12 +1546,13 @@ mod tests {
         TEST_BRIDGE_IDS.with(|c| c.set(BridgeIds { uid: 4242, gid: 4242 }));
         let t = Arc::new(loaded.unwrap().templates[0].clone());
         let rt = TemplateRuntime::new(&t, &Arc::new(Shelf::default()));
-        // The account was removed after the configuration was loaded.
-        let Err(r) = judge_account(&t, "nobody", Ok(None)) else { panic!("no account, yet taken") };
+        // The account was removed after the configuration was loaded (root: an account
+        // every system has, taken at load as min-uid and allow-root say).
+        let Err(r) = judge_account(&t, "root", Ok(None)) else { panic!("no account, yet taken") };
         let r = rt.refuse(&t, r("alpha.test".to_owned()));
         assert_eq!(r.status(), (500, None), "{r}");
         assert!(std::ptr::eq(r.kind(), &BROKEN), "{r}: logged at WARN as the instance's configuration");
-        let want = "conf.d/10.yaml:5:5: pools.sites.user: no such user \"nobody\" on this system";
+        let want = "conf.d/10.yaml:5:5: pools.sites.user: no such user \"root\" on this system";
         assert!(r.to_string().contains(want), "{r}");
         // A placeholder's account stays the tenant's: no site (the test below).
         let (t, _) = per_user("fixed-user-gone-per-user");
