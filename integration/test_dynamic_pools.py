@@ -768,6 +768,26 @@ def test_status_shows_instances_in_json_and_openmetrics(tmp_path):
         b.stop()
 
 
+def test_check_shows_the_interpreter_instances_run_when_python_is_not_written(tmp_path):
+    """A template without `python:`: check says, as a comment, the default its instances get,
+    and it is the interpreter a live instance's worker runs."""
+    sites = make_sites(tmp_path, ("alpha.test",))
+    b = start_bridge(tmp_path, {"sites": template(sites)})
+    try:
+        r = subprocess.run([str(b.binary), "check", "--config", str(b.confdir)], capture_output=True, text=True,
+                           timeout=60)
+        assert r.returncode == 0, r.stderr
+        m = re.search(r"^    # python: not set: by default (/\S+) \(python3 from PATH\)$", r.stdout, re.M)
+        assert m, r.stdout
+        resp = get(b, "alpha.test")
+        assert resp.status == 200, resp.stdout[:300]
+        pid = json.loads(resp.body)["pid"]
+        argv0 = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode()
+        assert argv0 == m.group(1)
+    finally:
+        b.stop()
+
+
 FIXED_ROOT_REFUSED = (r"pools\.sites\.user: user root has uid 0, below min-uid 1000: written without a placeholder, "
                       r"it refuses every instance \(403\); choose a user with uid 1000 or more, lower min-uid "
                       r"\(template: \{min-uid: N\}\), or use a placeholder such as \"\{owner\}\"")

@@ -325,7 +325,8 @@ const UNSET_ISOLATION: [(&str, &str); 11] = [
 ];
 
 /// A template: its `template:` block with every default, its pool keys as written (paths
-/// absolute; the defaults of the others are a pool's).
+/// absolute; the defaults of the others are a pool's), and the interpreter its instances
+/// run when `python:` is not written (a comment, so that the entry loads back as written).
 fn render_template(out: &mut String, t: &config::template::Template) {
     let _ = writeln!(out, "  {}:", quote(&t.name));
     out.push_str("    template:\n");
@@ -334,6 +335,9 @@ fn render_template(out: &mut String, t: &config::template::Template) {
     }
     for (key, value) in t.render_keys() {
         field(out, 4, &key, &value);
+    }
+    if let Some(python) = t.default_python_note() {
+        let _ = writeln!(out, "    # python: not set: {python}");
     }
 }
 

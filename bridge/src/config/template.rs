@@ -101,6 +101,13 @@ pub struct Template {
     /// Requests its instances take without a 503 (processes × threads + queue, times
     /// max-instances), for FCGI_MAX_REQS.
     pub capacity: usize,
+    /// The interpreter an instance runs when `python:` is not written, for `check`: python3
+    /// from the PATH the configuration was loaded with, as the daemon's instances find it
+    /// (Err: why it is not found there). None when `python:` is written, or for `command:`.
+    pub default_python: Option<Result<PathBuf, String>>,
+    /// Whether an instance's app file runs as the main script (a flup script) outside a
+    /// chroot: then its shebang names the interpreter before the default does.
+    pub python_from_shebang: bool,
     /// What `check` and the daemon warn of (a written queue-size that lets one instance hold
     /// a listener's every connection): `file:line:column: warning: key: message`.
     pub warnings: Vec<String>,
@@ -294,6 +301,10 @@ pub fn resolve(
         return Err(ConfigError::several(errs));
     }
     let (queue_size, queue_size_at, capacity) = queue_of(src, &here, &raw, max_instances);
+    // As resolve::pool_python chooses an instance's interpreter when `python:` is not written.
+    let default_python = (raw.python.is_none() && raw.command.is_none())
+        .then(|| paths::find_python(super::resolve::DEFAULT_PYTHON, dir, opts.search_path));
+    let python_from_shebang = raw.chroot.is_none() && raw.app.as_deref().is_some_and(runs_as_script);
     Ok(Template {
         name: name.to_owned(),
         dir: dir.to_path_buf(),
@@ -311,8 +322,24 @@ pub fn resolve(
         queue_size,
         queue_size_at,
         capacity,
+        default_python,
+        python_from_shebang,
         warnings,
     })
+}
+
+/// Whether the app written `app` (placeholders and all) is a file run as the main script, as
+/// [`super::model::App::script`] says of a resolved one: `:__main__`, or a file that is
+/// neither .py nor .wsgi (`app.fcgi`). Its file may exist per instance only, so it is
+/// judged from the text, split as resolve::parse_app splits it.
+fn runs_as_script(app: &str) -> bool {
+    let app = app.trim();
+    let (target, callable) = match app.rsplit_once(':') {
+        Some((head, tail)) if !head.is_empty() && super::resolve::is_callable_spec(tail) => (head, Some(tail)),
+        _ => (app, None),
+    };
+    let is_file = target.contains('/') || target.ends_with(".py") || target.ends_with(".wsgi");
+    is_file && (callable == Some("__main__") || !(target.ends_with(".py") || target.ends_with(".wsgi")))
 }
 
 /// The keys of a template's entry without a placeholder, checked now on a sample instance
@@ -649,6 +676,21 @@ impl Template {
         out
     }
 
+    /// The interpreter its instances run when `python:` is not written, as `check` prints
+    /// it (a comment: the entry is printed as written). None when `python:` is written or
+    /// for `command:`.
+    pub fn default_python_note(&self) -> Option<String> {
+        let python3 = match self.default_python.as_ref()? {
+            Ok(path) => format!("{} (python3 from PATH)", path.display()),
+            Err(_) => "python3 from PATH, which is not found there now".to_owned(),
+        };
+        Some(if self.python_from_shebang {
+            format!("by default the Python each instance's app file's shebang names, else {python3}")
+        } else {
+            format!("by default {python3}")
+        })
+    }
+
     /// An error about its key `key` (`user`), as `check` gives it: `file:line:column:
     /// pools.NAME.key: message`.
     pub fn key_error(&self, key: &str, message: &str) -> String {
@@ -935,6 +977,36 @@ listeners:
         let want = "pools.sites.user: user nobody (uid 65534) is the unprivileged catch-all account, no site's: \
                     written without a placeholder, it refuses every instance (403); choose a site's own account, or";
         assert!(err.contains(want), "{want}\n{err}");
+    }
+
+    #[test]
+    fn check_shows_the_interpreter_an_instance_runs_by_default() {
+        let (root, loaded) = load("template-default-python", TEMPLATE);
+        let config = loaded.unwrap();
+        let python3 = root.join("bin/python3");
+        let text = crate::cli::check::render(&config, "x");
+        let want = format!("    # python: not set: by default {} (python3 from PATH)\n", python3.display());
+        assert!(text.contains(&want), "{want}\n{text}");
+        // The one an instance really runs.
+        fs::create_dir_all(root.join("sites/alpha.test")).unwrap();
+        fs::write(root.join("sites/alpha.test/app.py"), "application = None\n").unwrap();
+        let t = &config.templates[0];
+        let raw = fill_raw(&t.raw, &[(Placeholder::Host, "alpha.test")]);
+        assert_eq!(instantiate(t, raw, Some(root.join("bin").as_os_str())).unwrap().0.python, python3);
+        // A flup script: its shebang first, as an instance reads it.
+        let text = TEMPLATE.replace("../sites/{host}/app.py", "../sites/{host}/app.fcgi");
+        let (root, loaded) = load("template-default-python-script", &text);
+        let want = format!(
+            "    # python: not set: by default the Python each instance's app file's shebang names, else {} (python3 \
+             from PATH)\n",
+            root.join("bin/python3").display()
+        );
+        let text = crate::cli::check::render(&loaded.unwrap(), "x");
+        assert!(text.contains(&want), "{want}\n{text}");
+        // Written: no comment.
+        let written = TEMPLATE.replace("threads: 2", "threads: 2\n    python: ../bin/python3");
+        let text = crate::cli::check::render(&load("template-python-written", &written).1.unwrap(), "x");
+        assert!(!text.contains("# python:"), "{text}");
     }
 
     #[test]
