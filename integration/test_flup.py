@@ -25,7 +25,7 @@ import pytest
 import requests
 
 import harness
-from harness import APPS, REPO, free_ports, make_bridge, stop_process, wait_until
+from harness import APPS, REPO, can_connect, free_ports, make_bridge, stop_process, wait_until
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("flup") is None,
                                 reason="flup is not installed (pip install flup)")
@@ -640,5 +640,28 @@ def test_a_bind_address_the_listener_already_is_is_not_suggested(tmp_path):
         assert not [ln for ln in b.log.lines() if 'pool="here"' in ln and "bindAddress" in ln and "WARN" in ln]
         resp = b.request("/", pool="here.test")
         assert resp.status == 200 and resp.body == b"served", resp.stdout[:2000]
+    finally:
+        b.stop()
+
+
+def test_a_template_instances_bind_address_that_the_listener_already_is_is_not_suggested(tmp_path):
+    """A template's instance is told the addresses of the listeners that route to the
+    template: its flup script binding the listener's own address gets no listener to
+    configure."""
+    port, = free_ports(1)
+    site = tmp_path / "sites" / "alpha.test"
+    site.mkdir(parents=True)
+    (site / "app.fcgi").write_text(BIND_SCRIPT.format(port=port))
+    b = make_bridge(tmp_path, {"sites": {"template": {"max-instances": 2}, "app": f"{tmp_path}/sites/{{host}}/app.fcgi",
+                                         "max-processes": 1, "threads": 1}},
+                    {"fcgi-tcp": {"fastcgi": f"127.0.0.1:{port}", "pool": "sites"}})
+    try:
+        b.start()
+        wait_until(lambda: b.assert_running() or can_connect(("127.0.0.1", port)), 60, what="bridge listening")
+        resp = b.request("/", pool="alpha.test")
+        assert resp.status == 200 and resp.body == b"served", resp.stdout[:2000]
+        b.log.wait_for([r"INFO .*flup argument bindAddress=\('localhost', %d\): the pool's listener is at that "
+                        r"address \(`127\.0\.0\.1:%d`\)" % (port, port), r"sites\[alpha\.test\]"], timeout=60)
+        assert not [ln for ln in b.log.lines() if "bindAddress" in ln and "WARN" in ln]
     finally:
         b.stop()

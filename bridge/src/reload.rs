@@ -245,9 +245,7 @@ async fn apply(
 /// listeners moved is not changed: only its workers' hint (FCGIBRIDGE_LISTENERS) is.
 fn pools_changed(before: &[(String, config::Pool)], new: &[config::Pool], restart: &Restart) -> [Vec<String>; 3] {
     let (mut added, mut changed) = (Vec::new(), Vec::new());
-    let differs = |old: &config::Pool, p: &config::Pool| {
-        *old != config::Pool { listened_at: old.listened_at.clone(), ..p.clone() }
-    };
+    let differs = |old: &config::Pool, p: &config::Pool| !old.same_but_listeners(p);
     for p in new {
         match before.iter().find(|(n, _)| *n == p.name) {
             None => added.push(p.name.clone()),

@@ -354,9 +354,17 @@ pub struct Pool {
     pub direct: Option<DirectServe>,
     /// The addresses of the listeners that lead to it (`127.0.0.1:9000`, `unix:/run/app.sock`;
     /// passed sockets have none), for its workers' hints (FCGIBRIDGE_LISTENERS). Set when
-    /// the files are merged; none for a template's instance (they would roll its instances
-    /// when a listener moves, for a hint).
+    /// the files are merged; a template's instance gets its template's. Left out of what
+    /// makes a pool changed ([`Pool::same_but_listeners`]): a hint is no reason to restart.
     pub listened_at: Vec<String>,
+}
+
+impl Pool {
+    /// Equal but for `listened_at`: listeners that moved change only the words of its
+    /// workers' hint, not the pool (a reload's summary, a template's live instances).
+    pub fn same_but_listeners(&self, other: &Self) -> bool {
+        *self == Self { listened_at: self.listened_at.clone(), ..other.clone() }
+    }
 }
 
 /// What the workers of a pool behind a `direct` listener are told of the listener.

@@ -108,6 +108,9 @@ pub struct Template {
     /// Whether an instance's app file runs as the main script (a flup script) outside a
     /// chroot: then its shebang names the interpreter before the default does.
     pub python_from_shebang: bool,
+    /// The addresses of the listeners that lead to it (by `pool:` or a route), for its
+    /// instances' workers' hints (FCGIBRIDGE_LISTENERS): set when the files are merged.
+    pub listened_at: Vec<String>,
     /// What `check` and the daemon warn of (a written queue-size that lets one instance hold
     /// a listener's every connection): `file:line:column: warning: key: message`.
     pub warnings: Vec<String>,
@@ -324,6 +327,7 @@ pub fn resolve(
         capacity,
         default_python,
         python_from_shebang,
+        listened_at: Vec::new(),
         warnings,
     })
 }
@@ -472,11 +476,12 @@ pub fn fair_queue(max_connections: u32, max_instances: u32) -> usize {
 /// Size each template's instances for the listeners that lead to it (by `pool:` or a route):
 /// a `queue-size` not written becomes the fair share of the smallest of their
 /// `max-connections`; a written one that lets one instance hold every connection of one of
-/// them is kept, with a warning.
+/// them is kept, with a warning. Their instances' workers are told the listeners' addresses.
 pub(super) fn fit_to_listeners(templates: &mut [Template], listeners: &[&super::model::Listener]) {
     for t in templates {
         let reaching: Vec<&super::model::Listener> =
             listeners.iter().copied().filter(|l| l.routes.iter().any(|r| r.pool == t.name)).collect();
+        t.listened_at = super::validate::addresses_leading_to(&t.name, reaching.iter().copied());
         warn_of_tenants(t, &reaching);
         let Some(narrowest) = reaching.iter().map(|l| l.max_connections).min() else { continue };
         let running = capacity_of_raw(&t.raw, 0);
@@ -728,7 +733,9 @@ pub fn instantiate(
     raw.queue_size.get_or_insert(t.queue_size);
     let opts = super::LoadOptions { search_path, privileges: super::Privileges::Check, moment: super::Moment::Start };
     let mut warnings = Vec::new();
-    super::resolve::pool(&t.source, &t.dir, &t.name, raw, opts, &mut warnings).map(|pool| (pool, warnings))
+    let mut pool = super::resolve::pool(&t.source, &t.dir, &t.name, raw, opts, &mut warnings)?;
+    pool.listened_at = t.listened_at.clone();
+    Ok((pool, warnings))
 }
 
 #[cfg(test)]
@@ -977,6 +984,35 @@ listeners:
         let want = "pools.sites.user: user nobody (uid 65534) is the unprivileged catch-all account, no site's: \
                     written without a placeholder, it refuses every instance (403); choose a site's own account, or";
         assert!(err.contains(want), "{want}\n{err}");
+    }
+
+    #[test]
+    fn an_instance_is_told_the_addresses_of_the_listeners_that_lead_to_its_template() {
+        let listeners = concat!(
+            "  routed:\n",
+            "    fastcgi: 'unix:../routed.sock'\n",
+            "    routes: [{host: a.test, pool: sites}, {pool: plain}]\n",
+            "  other: {fastcgi: 127.0.0.1:9002, pool: plain}\n",
+            "  web:",
+        );
+        let text =
+            TEMPLATE.replace("  web:", listeners).replace("listeners:", "  plain: {app: ../bin/python3}\nlisteners:");
+        let (root, loaded) = load("template-listened-at", &text);
+        let t = &loaded.unwrap().templates[0];
+        let mut addresses = t.listened_at.clone();
+        addresses.sort();
+        assert_eq!(
+            addresses,
+            vec!["127.0.0.1:9000".to_owned(), format!("unix:{}", root.join("routed.sock").display())]
+        );
+        fs::create_dir_all(root.join("sites/alpha.test")).unwrap();
+        fs::write(root.join("sites/alpha.test/app.py"), "application = None\n").unwrap();
+        let raw = fill_raw(&t.raw, &[(Placeholder::Host, "alpha.test")]);
+        let (pool, _) = instantiate(t, raw, Some(root.join("bin").as_os_str())).unwrap();
+        assert_eq!(pool.listened_at, t.listened_at);
+        // A listener that moved is only its workers' hint: the instance is the same pool.
+        assert!(pool.same_but_listeners(&Pool { listened_at: Vec::new(), ..pool.clone() }));
+        assert!(!pool.same_but_listeners(&Pool { threads: 3, ..pool.clone() }));
     }
 
     #[test]

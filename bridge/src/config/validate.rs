@@ -176,9 +176,9 @@ fn with_ready_check_hosts(pools: Vec<(Pool, At)>, listeners: &[(Listener, usize)
         .collect()
 }
 
-/// The addresses of the `listeners` with a route to `pool`, as a listener's `fastcgi:` or
-/// `scgi:` writes them; a passed socket (fd:, systemd:) has no address of its own here.
-fn addresses_leading_to<'a>(pool: &str, listeners: impl Iterator<Item = &'a Listener>) -> Vec<String> {
+/// The addresses of the `listeners` with a route to `pool` (or a template), as a listener's
+/// `fastcgi:` or `scgi:` writes them; a passed socket (fd:, systemd:) has no address here.
+pub(super) fn addresses_leading_to<'a>(pool: &str, listeners: impl Iterator<Item = &'a Listener>) -> Vec<String> {
     listeners
         .filter(|l| l.routes.iter().any(|r| r.pool == pool))
         .filter_map(|l| match &l.address {

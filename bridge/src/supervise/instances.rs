@@ -840,7 +840,7 @@ impl TemplateRuntime {
         let resolved = resolved.map(|(cfg, found)| {
             // resolve_instance logged them unless the instance is as it runs; a reload says
             // them all, as it does an ordinary pool's.
-            if !probe && cfg == inst.pool.config && matches!(again, Again::Reload { .. }) {
+            if !probe && cfg.same_but_listeners(&inst.pool.config) && matches!(again, Again::Reload { .. }) {
                 for w in &found {
                     tracing::warn!(pool = %inst.pool.name, "reload: {}", crate::config::logged_warning(w));
                 }
@@ -849,7 +849,8 @@ impl TemplateRuntime {
             cfg
         });
         match resolved {
-            Ok(cfg) if cfg == inst.pool.config && !restart => {
+            // Listeners that moved do not roll it: its workers keep the hint it was made with.
+            Ok(cfg) if cfg.same_but_listeners(&inst.pool.config) && !restart => {
                 self.looked(key, &inst.pool, inst.pool.clone());
                 Ok(inst.pool)
             }
@@ -1227,7 +1228,7 @@ fn resolve_instance(
     let (mut pool, warnings) = crate::config::template::instantiate(t, raw, search_path.as_deref())
         .map_err(|e| -> MakeRefusal { Box::new(move |key| Refusal::Broken { key, why: e.to_string() }) })?;
     pool.name = name;
-    if running != Some(&pool) {
+    if !running.is_some_and(|r| r.same_but_listeners(&pool)) {
         for w in &warnings {
             tracing::warn!(pool = %pool.name, "{}", crate::config::logged_warning(w));
         }
