@@ -557,9 +557,7 @@ impl App {
     /// when the path itself ends in `:name` and would otherwise be split there.
     pub fn spec_for(path: &Path, callable: &str) -> String {
         let shown = path.display().to_string();
-        let splits = shown
-            .rsplit_once(':')
-            .is_some_and(|(head, tail)| !head.is_empty() && super::resolve::is_callable_spec(tail));
+        let splits = super::resolve::split_callable(&shown).1.is_some();
         if callable == super::resolve::DEFAULT_CALLABLE && !splits {
             shown
         } else {

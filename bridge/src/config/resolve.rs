@@ -439,16 +439,22 @@ pub(super) fn is_callable_spec(s: &str) -> bool {
     is_python_name(s.strip_suffix("()").unwrap_or(s))
 }
 
+/// `app` split at its last `:` when what follows is a callable (`/srv/app.fcgi:app`):
+/// (the module or file, the callable if written).
+pub(super) fn split_callable(app: &str) -> (&str, Option<&str>) {
+    match app.rsplit_once(':') {
+        Some((head, tail)) if !head.is_empty() && is_callable_spec(tail) => (head, Some(tail)),
+        _ => (app, None),
+    }
+}
+
 /// `package.module[:callable]`, or a file path (contains '/', ends in .py, or names an
 /// existing .wsgi file) with an optional `:callable`: the text after the **last** `:` is
 /// the callable when it is a Python name or a factory call (`name()`), so
 /// `/srv/a:b/app.fcgi` is a file and `/srv/app.fcgi:app` names `app` in it.
 pub(super) fn parse_app(text: &str, dir: &Path) -> Result<App, String> {
     let text = text.trim();
-    let (target, callable) = match text.rsplit_once(':') {
-        Some((head, tail)) if !head.is_empty() && is_callable_spec(tail) => (head, Some(tail)),
-        _ => (text, None),
-    };
+    let (target, callable) = split_callable(text);
     // Django names its WSGI module `project.wsgi`, so a bare `x.wsgi` is a file only
     // when that file exists; `./x.wsgi` always means the file.
     let wsgi_file = target.ends_with(".wsgi") && callable.is_none() && paths::resolve(dir, target).is_file();

@@ -337,11 +337,7 @@ pub fn resolve(
 /// neither .py nor .wsgi (`app.fcgi`). Its file may exist per instance only, so it is
 /// judged from the text, split as resolve::parse_app splits it.
 fn runs_as_script(app: &str) -> bool {
-    let app = app.trim();
-    let (target, callable) = match app.rsplit_once(':') {
-        Some((head, tail)) if !head.is_empty() && super::resolve::is_callable_spec(tail) => (head, Some(tail)),
-        _ => (app, None),
-    };
+    let (target, callable) = super::resolve::split_callable(app.trim());
     let is_file = target.contains('/') || target.ends_with(".py") || target.ends_with(".wsgi");
     is_file && (callable == Some("__main__") || !(target.ends_with(".py") || target.ends_with(".wsgi")))
 }
