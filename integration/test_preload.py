@@ -180,6 +180,51 @@ def test_reload_retires_a_template_no_longer_needed(tmp_path, change):
         b.stop()
 
 
+@pytest.mark.parametrize("change", ["queue-size", "the listener's address", "env"])
+def test_a_reload_keeps_the_template_unless_its_workers_see_the_change(tmp_path, change):
+    """Settings the bridge reads (queue-size) or that only reword a worker's hint (the
+    address of the listener leading to the pool) restart no worker: a worker started after
+    such a reload is forked from the same template, its app not imported again. One its
+    workers see (env) rolls them, forked from a new template."""
+    ports = free_ports(3)
+    pools = {"edge": {"app": str(APPS / "edge_app.py"), "processes": 1, "threads": 1, "preload": True}}
+    listeners = {"l": {"fastcgi": f"127.0.0.1:{ports[0]}", "routes": [{"host": "edge.test", "pool": "edge"}]},
+                 "m": {"fastcgi": f"127.0.0.1:{ports[1]}", "pool": "edge"}}
+    b = make_bridge(tmp_path, pools, listeners)
+    try:
+        b.start()
+        b.wait_ready([("l", "/health", "edge.test")], timeout=120)
+        tpl = template_pid(b, "edge")
+        victim = worker_pid(b)
+        if change == "queue-size":
+            b.config["pools"]["edge"]["queue-size"] = 7
+        elif change == "env":
+            b.config["pools"]["edge"]["env"] = {"PRELOAD_TEST": "1"}
+        else:
+            b.config["listeners"]["m"]["fastcgi"] = f"127.0.0.1:{ports[2]}"
+        (b.confdir / "50-test.yaml").write_text(to_yaml(b.config))
+        mark = b.log.mark()
+        b.proc.send_signal(signal.SIGHUP)
+        b.log.wait_for(["reload done"], since=mark, timeout=30)
+        if change != "env":
+            os.kill(victim, 9)
+
+        def replaced():
+            pid = worker_pid(b)
+            return pid != victim and pid
+
+        pid = wait_until(replaced, 60, what="a new worker to serve")
+        if change == "env":
+            assert ppid_of(pid) not in (tpl, b.pid), f"worker {pid} not forked from a new template"
+            assert "retiring its template" in b.log.text(since=mark)
+        else:
+            assert ppid_of(pid) == tpl, f"worker {pid} not forked from the template {tpl}"
+            assert alive(tpl)
+            assert "retiring its template" not in b.log.text(since=mark), "the template was retired"
+    finally:
+        b.stop()
+
+
 # A stack dump that takes 0.3 s to make: the worker's dump looks through every frame's
 # locals for the request's environ, and this local answers `in` slowly. A preloaded pool's
 # replacement is ready within milliseconds, so a SIGKILL that did not wait for the stacks

@@ -179,10 +179,14 @@ impl Templates {
             let cell = lock(&self.0).entry(pool.name.clone()).or_default().clone();
             let result = cell.get_or_try_init(|| start_template(pool, python_path)).await;
             match result {
-                Ok(t) if t.alive.load(Ordering::Acquire) && t.config == *pool => return Ok(t.clone()),
+                // Settings its workers do not see (queue-size, a listener's address for their
+                // hint, ...) keep it: its app is not imported again for them.
+                Ok(t) if t.alive.load(Ordering::Acquire) && !super::manager::needs_restart(&t.config, pool) => {
+                    return Ok(t.clone())
+                }
                 Ok(t) if t.alive.load(Ordering::Acquire) => {
-                    // The pool was reloaded with other settings: fork from a new template. The old
-                    // one lives on until its last worker exits (graceful restarts), see retire().
+                    // The pool was reloaded with settings its workers see: fork from a new template.
+                    // The old one lives on until its last worker exits (graceful restarts), see retire().
                     tracing::info!(pool = &*t.pool, pid = t.pid, "pool settings changed; retiring its template");
                     t.retire();
                     self.forget(&pool.name, &cell);
