@@ -409,12 +409,23 @@ pub fn account_refused(user: &nix::unistd::User, min_uid: u32) -> Option<String>
     }
 }
 
-/// A `user:` written without a placeholder that names an account [`account_refused`] refuses:
-/// every instance would get 403, so the configuration is wrong, and says what to change. A
-/// user that is not there, or a lookup that failed, is the sample's error, not this one.
+/// A `user:` written without a placeholder that names an account [`account_refused`] refuses
+/// (every instance would get 403), or a uid without an account (500: an instance runs as a
+/// site's account, not a bare uid as an ordinary pool may): the configuration is wrong, and
+/// this says what to change. A name that is not there is the sample's error, and a lookup
+/// that failed says nothing yet.
 fn fixed_user_refused(raw: &RawPool, min_uid: u32) -> Option<String> {
     let written = raw.user.as_deref().filter(|u| !u.contains('{'))?;
-    let user = find_account(written).ok().flatten()?;
+    let user = match find_account(written) {
+        Ok(Some(user)) => user,
+        Ok(None) if written.parse::<u32>().is_ok() => {
+            return Some(format!(
+                "uid {written} has no account on this system: written without a placeholder, it refuses every \
+                 instance (500); create the account, or name a site's account"
+            ))
+        }
+        _ => return None,
+    };
     let why = account_refused(&user, min_uid)?;
     let change = if user.uid.as_raw() == NOBODY_UID {
         "choose a site's own account".to_owned()
@@ -980,6 +991,11 @@ listeners:
         let want = "pools.sites.user: user nobody (uid 65534) is the unprivileged catch-all account, no site's: \
                     written without a placeholder, it refuses every instance (403); choose a site's own account, or";
         assert!(err.contains(want), "{want}\n{err}");
+        // A uid with no account: an instance runs as a site's account, so none could run.
+        if find_account("3999999").is_ok_and(|a| a.is_none()) {
+            let err = load_as(ROOT, "template-fixed-bare-uid", &with("user: '3999999'")).1.unwrap_err().to_string();
+            assert!(err.contains("pools.sites.user: uid 3999999 has no account on this system"), "{err}");
+        }
     }
 
     #[test]
