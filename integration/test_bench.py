@@ -49,8 +49,9 @@ def test_quick_bench_reports_every_row(tmp_path):
         else:
             assert asgi["ok_rps"] > 0 and asgi["non2xx"] == 0, asgi
 
-    fair = {f["backend"]: f for f in report["fairness"]}
-    assert set(fair) == {"fcgibridge", "fcgibridge-direct", "granian"}
+    fair = {(f["backend"], f["starts"]): f for f in report["fairness"]}
+    assert set(fair) == {(b, s) for b in ("fcgibridge", "fcgibridge-direct", "granian")
+                         for s in ("staggered", "together")}
     for f in fair.values():
         assert "failed" not in f, f
         assert f["fast"] > 0 and f["slow"] > 0 and f["non2xx"] == 0 and f["errors"] == 0, f

@@ -875,16 +875,13 @@ listeners:
         assert_eq!(instantiate(t, raw, Some(root.join("bin").as_os_str())).unwrap().0.queue_size, 341);
         // The narrowest listener that leads to it decides (60 / 3); a listener that leads
         // elsewhere does not.
-        let listeners = concat!(
+        let text = with_a_pool_and_listeners(concat!(
             "  small:\n",
             "    fastcgi: 127.0.0.1:9001\n",
             "    max-connections: 60\n",
             "    routes: [{host: a.test, pool: sites}, {pool: plain}]\n",
             "  other: {fastcgi: 127.0.0.1:9002, pool: plain, max-connections: 3}\n",
-            "  web:",
-        );
-        let text =
-            TEMPLATE.replace("  web:", listeners).replace("listeners:", "  plain: {app: ../bin/python3}\nlisteners:");
+        ));
         let t = load("template-queue-two", &text).1.unwrap().templates.remove(0);
         assert_eq!(t.queue_size, 20);
     }
@@ -900,6 +897,13 @@ listeners:
         // Below the listener's connections: no warning.
         let text = TEMPLATE.replace("threads: 2", "threads: 2\n    queue-size: 1015");
         assert_eq!(load("template-queue-fits", &text).1.unwrap().templates[0].warnings, Vec::<String>::new());
+    }
+
+    /// [`TEMPLATE`] with an ordinary pool `plain` and `listeners` (YAML entries) before `web`.
+    fn with_a_pool_and_listeners(listeners: &str) -> String {
+        TEMPLATE
+            .replace("  web:", &format!("{listeners}  web:"))
+            .replace("listeners:", "  plain: {app: ../bin/python3}\nlisteners:")
     }
 
     /// [`load`] as a bridge with `ids` (root, or the unit tests' unprivileged 4242).
@@ -1000,15 +1004,12 @@ listeners:
 
     #[test]
     fn an_instance_is_told_the_addresses_of_the_listeners_that_lead_to_its_template() {
-        let listeners = concat!(
+        let text = with_a_pool_and_listeners(concat!(
             "  routed:\n",
             "    fastcgi: 'unix:../routed.sock'\n",
             "    routes: [{host: a.test, pool: sites}, {pool: plain}]\n",
             "  other: {fastcgi: 127.0.0.1:9002, pool: plain}\n",
-            "  web:",
-        );
-        let text =
-            TEMPLATE.replace("  web:", listeners).replace("listeners:", "  plain: {app: ../bin/python3}\nlisteners:");
+        ));
         let (root, loaded) = load("template-listened-at", &text);
         let t = &loaded.unwrap().templates[0];
         let mut addresses = t.listened_at.clone();
