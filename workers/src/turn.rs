@@ -108,7 +108,7 @@ impl Turns {
     }
 
     fn serving_as(&self, me: u64, now: u64) {
-        if self.enabled && self.holder.load(Ordering::SeqCst) == me {
+        if self.holder.load(Ordering::SeqCst) == me {
             self.holder_busy_since.store(now, Ordering::SeqCst);
         }
     }

@@ -544,12 +544,15 @@ impl App {
     /// `:__main__`); None for a file imported as a module, a module, a program.
     pub fn script(&self) -> Option<&Path> {
         match self {
-            Self::File { path, callable } => {
-                let ext = path.extension().and_then(std::ffi::OsStr::to_str);
-                (callable == "__main__" || !matches!(ext, Some("py" | "wsgi"))).then_some(path.as_path())
-            }
+            Self::File { path, callable } => Self::runs_as_script(path, callable).then_some(path.as_path()),
             _ => None,
         }
+    }
+
+    /// Whether the app file `path` with `callable` runs as the main script ([`App::script`]).
+    pub fn runs_as_script(path: &Path, callable: &str) -> bool {
+        let ext = path.extension().and_then(std::ffi::OsStr::to_str);
+        callable == "__main__" || !matches!(ext, Some("py" | "wsgi"))
     }
 
     /// The `app:` value that means this app again (`fcgibridge check`, the worker's

@@ -339,7 +339,8 @@ pub fn resolve(
 fn runs_as_script(app: &str) -> bool {
     let (target, callable) = super::resolve::split_callable(app.trim());
     let is_file = target.contains('/') || target.ends_with(".py") || target.ends_with(".wsgi");
-    is_file && (callable == Some("__main__") || !(target.ends_with(".py") || target.ends_with(".wsgi")))
+    is_file
+        && super::model::App::runs_as_script(Path::new(target), callable.unwrap_or(super::resolve::DEFAULT_CALLABLE))
 }
 
 /// The keys of a template's entry without a placeholder, checked now on a sample instance
