@@ -8,14 +8,17 @@
 //!
 //! A batch goes out with the thread's next response once it holds [`MAX_HELD`], when the
 //! thread finds no request waiting (before it sleeps, [`crate::park`]), when it retires, or
-//! by the flusher thread once a response has been held [`crate::flusher::HOLD_MAX`] (the
-//! next request runs long). So that this last case stays rare, a thread holds responses
-//! only while its recent requests have been quick ([`QUICK`]).
+//! by the flusher thread once the batch is [`WAIT_MAX`] old (the thread's timer wakes it,
+//! [`crate::flusher::batch_timer`]): a slow request the thread runs meanwhile delays the
+//! responses held before it by no more than that. So that this last case stays rare, a
+//! thread holds responses only while its recent requests have been quick ([`QUICK`]).
 use std::cell::RefCell;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::conn::Shared;
+use crate::sys;
 
 /// The most finished responses a thread holds back: a batch is this many and the one it
 /// goes out with. Each held response waits for the next request's time.
@@ -23,6 +26,10 @@ const MAX_HELD: usize = 7;
 /// A thread holds responses while the running mean of its requests' times is below this:
 /// far above a quick view's, far below what a client would notice as a wait.
 const QUICK: Duration = Duration::from_millis(1);
+/// The longest a batch is held, from its first response: a batch of quick requests (the
+/// reason they are held) goes out well within it; when the time is up, one of them is slow
+/// (or the thread lost its core), and the flusher sends the batch while it runs.
+pub(crate) const WAIT_MAX: Duration = Duration::from_millis(2);
 
 struct Batch {
     held: Vec<Arc<Shared>>,
@@ -33,6 +40,8 @@ struct Batch {
 thread_local! {
     static BATCH: RefCell<Batch> =
         const { RefCell::new(Batch { held: Vec::new(), recent_ns: QUICK.as_nanos() as u64 }) };
+    /// The thread's timer in the flusher's set, made on first use (closed when it ends).
+    static TIMER: Option<OwnedFd> = crate::flusher::batch_timer();
 }
 
 /// The thread's request just ended, after `took`: whether it may hold the response back.
@@ -41,12 +50,28 @@ pub(crate) fn may_hold(took: Duration) -> bool {
         let took = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
         b.recent_ns = b.recent_ns - b.recent_ns / 4 + took / 4;
         b.recent_ns < QUICK.as_nanos() as u64 && b.held.len() < MAX_HELD
-    })
+    }) && TIMER.with(Option::is_some)
 }
 
-/// Hold `conn`'s finished response for the thread's next batch.
+/// Hold `conn`'s finished response for the thread's next batch: the flusher sends the
+/// batch once it is [`WAIT_MAX`] old.
 pub(crate) fn hold(conn: &Arc<Shared>) {
-    BATCH.with_borrow_mut(|b| b.held.push(conn.clone()));
+    let first = BATCH.with_borrow_mut(|b| {
+        b.held.push(conn.clone());
+        b.held.len() == 1
+    });
+    if first {
+        // Not disarmed when the batch goes out (a system call per batch saved): an expiry
+        // after it finds nothing to send.
+        TIMER.with(|t| {
+            if let Some(t) = t {
+                if let Err(e) = sys::set_timer(t.as_raw_fd(), WAIT_MAX) {
+                    // The flusher's tick sends the batch then.
+                    eprintln!("fcgibridge worker: cannot set the timer of held responses: {e}");
+                }
+            }
+        });
+    }
 }
 
 /// Whether the thread holds responses back.
@@ -83,6 +108,35 @@ mod tests {
             after_slow += 1;
         }
         assert!((15..40).contains(&after_slow), "{after_slow} quick requests after a 1 s one");
+    }
+
+    /// The thread's timer: how long until it expires (zero: disarmed).
+    fn timer_left() -> Duration {
+        TIMER.with(|t| sys::timer_left(t.as_ref().expect("the thread's timer").as_raw_fd()))
+    }
+
+    #[test]
+    fn a_batch_sets_the_threads_timer_and_the_flusher_sends_a_batch_the_thread_leaves() {
+        use std::io::Read;
+        let quick = Duration::from_micros(60);
+        while !may_hold(quick) {}
+        assert_eq!(timer_left(), Duration::ZERO, "set before anything is held");
+        let (a, mut peer) = std::os::unix::net::UnixStream::pair().expect("pair");
+        peer.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
+        let shared = Arc::new(Shared::new(a.into(), 1));
+        crate::flusher::register(&shared);
+        shared.lock().queue_for_test(b"response");
+        assert!(shared.lock().hold_for_batch());
+        hold(&shared);
+        let left = timer_left();
+        assert!(left > Duration::ZERO && left <= WAIT_MAX, "the timer is set for {left:?}");
+        // The thread runs a slow request now, say: the flusher sends the held response.
+        let mut buf = [0u8; 64];
+        let n = peer.read(&mut buf).expect("the flusher sends the held response");
+        assert_eq!(&buf[..n], b"response");
+        assert!(holding());
+        send();
+        assert!(!holding());
     }
 
     #[test]
