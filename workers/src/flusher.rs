@@ -7,9 +7,10 @@
 //! It waits in an epoll set of its own. It ticks only while responses are being held (and
 //! a second after); otherwise it sleeps until the next hold bumps its eventfd, so an idle
 //! worker has no timer wake-ups. Each serving thread that holds batches has a timer in the
-//! set, set for [`crate::batch::WAIT_MAX`] when a batch begins: its expiry sends every
-//! batch held, at once rather than at the next tick. Once per batch, not per response: a
-//! timer set is a system call, and on a virtual machine maybe an exit to the host.
+//! set, set for [`crate::batch::WAIT_MAX`] when it begins a request while holding one and
+//! cleared when the batch goes out: an expiry sends every batch held, at once rather than
+//! at the next tick. Once per batch, not per response: a timer set is a system call, and
+//! on a virtual machine maybe an exit to the host.
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
