@@ -497,7 +497,8 @@ def test_a_finished_response_is_not_held_for_a_slow_request_after_it(tmp_path_fa
     """A direct worker's thread that finishes a response while the next request is already
     here may hold the response to send it with the next one's (docs/direct.md, "Responses
     in batches"); when that next request runs long, the held response goes out while it
-    runs (the batch's timer wakes the flusher 2 ms after it began), not when it ends."""
+    runs (the thread's timer, set as that request begins, wakes the flusher 2 ms later),
+    not when it ends."""
     from fcgi_client import FcgiConnection, cgi_params
     b, front = start(tmp_path_factory, "direct-batch", processes=1, threads=1)
     quick, slow = (FcgiConnection(str(b.workdir / "direct.sock")) for _ in range(2))
