@@ -496,9 +496,8 @@ def test_a_preloaded_apps_files_opened_at_import_stay_its_own(tmp_path_factory):
 def test_a_finished_response_is_not_held_for_a_slow_request_after_it(tmp_path_factory):
     """A direct worker's thread that finishes a response while the next request is already
     here may hold the response to send it with the next one's (docs/direct.md, "Responses
-    in batches"); when that next request runs long, the held response goes out while it
-    runs (the thread's timer, set as that request begins, wakes the flusher 2 ms later),
-    not when it ends."""
+    in batches"); when that next request runs long, the held response goes out after a few
+    milliseconds all the same, not when the slow request ends."""
     from fcgi_client import FcgiConnection, cgi_params
     b, front = start(tmp_path_factory, "direct-batch", processes=1, threads=1)
     quick, slow = (FcgiConnection(str(b.workdir / "direct.sock")) for _ in range(2))

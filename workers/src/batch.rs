@@ -8,18 +8,14 @@
 //!
 //! A batch goes out with the thread's next response once it holds [`MAX_HELD`], when the
 //! thread finds no request waiting (before it sleeps, [`crate::park`]), when it retires, or
-//! by the flusher thread once the thread has been running requests for [`WAIT_MAX`] since
-//! the batch began (the thread's timer wakes it, [`crate::flusher::batch_timer`]): a slow
-//! request delays the responses held before it by no more than that. So that this last
-//! case stays rare, a thread holds responses only while its recent requests have been
-//! quick ([`QUICK`]).
+//! by the flusher thread once a response has been held [`crate::flusher::HOLD_MAX`] (the
+//! next request runs long). So that this last case stays rare, a thread holds responses
+//! only while its recent requests have been quick ([`QUICK`]).
 use std::cell::RefCell;
-use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::conn::Shared;
-use crate::sys;
 
 /// The most finished responses a thread holds back: a batch is this many and the one it
 /// goes out with. Each held response waits for the next request's time.
@@ -27,25 +23,16 @@ const MAX_HELD: usize = 7;
 /// A thread holds responses while the running mean of its requests' times is below this:
 /// far above a quick view's, far below what a client would notice as a wait.
 const QUICK: Duration = Duration::from_millis(1);
-/// The longest a batch is held while the thread runs the requests after it: a batch of
-/// quick requests (the reason they are held) goes out well within it; when the time is up,
-/// one of them is slow (or the thread lost its core), and the flusher sends the batch while
-/// it runs.
-pub(crate) const WAIT_MAX: Duration = Duration::from_millis(2);
 
 struct Batch {
     held: Vec<Arc<Shared>>,
     /// A running mean of the thread's request times (each new one weighs a quarter).
     recent_ns: u64,
-    /// The thread's timer is set for this batch.
-    timed: bool,
 }
 
 thread_local! {
     static BATCH: RefCell<Batch> =
-        const { RefCell::new(Batch { held: Vec::new(), recent_ns: QUICK.as_nanos() as u64, timed: false }) };
-    /// The thread's timer in the flusher's set, made on first use (closed when it ends).
-    static TIMER: Option<OwnedFd> = crate::flusher::batch_timer();
+        const { RefCell::new(Batch { held: Vec::new(), recent_ns: QUICK.as_nanos() as u64 }) };
 }
 
 /// The thread's request just ended, after `took`: whether it may hold the response back.
@@ -54,34 +41,12 @@ pub(crate) fn may_hold(took: Duration) -> bool {
         let took = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
         b.recent_ns = b.recent_ns - b.recent_ns / 4 + took / 4;
         b.recent_ns < QUICK.as_nanos() as u64 && b.held.len() < MAX_HELD
-    }) && TIMER.with(Option::is_some)
+    })
 }
 
 /// Hold `conn`'s finished response for the thread's next batch.
 pub(crate) fn hold(conn: &Arc<Shared>) {
     BATCH.with_borrow_mut(|b| b.held.push(conn.clone()));
-}
-
-/// The thread begins to run a request: if it holds a batch, the flusher sends the batch
-/// once the thread has been at it for [`WAIT_MAX`]. The timer is set once per batch that
-/// outlives a request (one that goes out when no request waits needs none).
-pub(crate) fn request_begins() {
-    let set = BATCH.with_borrow_mut(|b| !b.held.is_empty() && !std::mem::replace(&mut b.timed, true));
-    if set {
-        set_timer(WAIT_MAX);
-    }
-}
-
-/// Set (or, with zero, clear) the thread's timer.
-fn set_timer(after: Duration) {
-    TIMER.with(|t| {
-        if let Some(t) = t {
-            if let Err(e) = sys::set_timer(t.as_raw_fd(), after) {
-                // The flusher's tick sends the batch then.
-                eprintln!("fcgibridge worker: cannot set the timer of held responses: {e}");
-            }
-        }
-    });
 }
 
 /// Whether the thread holds responses back.
@@ -91,10 +56,7 @@ pub(crate) fn holding() -> bool {
 
 /// Send the responses the thread holds back.
 pub(crate) fn send() {
-    let (held, timed) = BATCH.with_borrow_mut(|b| (std::mem::take(&mut b.held), std::mem::take(&mut b.timed)));
-    if timed {
-        set_timer(Duration::ZERO);
-    }
+    let held = BATCH.with_borrow_mut(|b| std::mem::take(&mut b.held));
     for conn in held {
         conn.lock().flush();
     }
@@ -121,39 +83,6 @@ mod tests {
             after_slow += 1;
         }
         assert!((15..40).contains(&after_slow), "{after_slow} quick requests after a 1 s one");
-    }
-
-    /// The thread's timer: how long until it expires (zero: disarmed).
-    fn timer_left() -> Duration {
-        TIMER.with(|t| sys::timer_left(t.as_ref().expect("the thread's timer").as_raw_fd()))
-    }
-
-    #[test]
-    fn a_batch_that_outlives_a_request_sets_the_threads_timer_and_the_flusher_sends_it() {
-        use std::io::Read;
-        let quick = Duration::from_micros(60);
-        while !may_hold(quick) {}
-        assert_eq!(timer_left(), Duration::ZERO, "set before anything is held");
-        let (a, mut peer) = std::os::unix::net::UnixStream::pair().expect("pair");
-        peer.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
-        let shared = Arc::new(Shared::new(a.into(), 1));
-        crate::flusher::register(&shared);
-        shared.lock().queue_for_test(b"response");
-        assert!(shared.lock().hold_for_batch());
-        hold(&shared);
-        assert_eq!(timer_left(), Duration::ZERO, "set before the thread runs a request");
-        request_begins();
-        let left = timer_left();
-        assert!(left > Duration::ZERO && left <= WAIT_MAX, "the timer is set for {left:?}");
-        // The request is slow, say: the flusher sends the held response.
-        let mut buf = [0u8; 64];
-        let n = peer.read(&mut buf).expect("the flusher sends the held response");
-        assert_eq!(&buf[..n], b"response");
-        // Sending the batch (empty by now but for its list) clears the timer.
-        assert!(holding());
-        send();
-        assert!(!holding());
-        assert_eq!(timer_left(), Duration::ZERO);
     }
 
     #[test]

@@ -57,25 +57,6 @@ fn make_room(buf: &mut bytes::BytesMut) -> bool {
     true
 }
 
-/// What a complete response held in a connection's buffer waits for.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Hold {
-    /// Its END_REQUEST, after the app's `close()`.
-    EndRequest,
-    /// The rest of its thread's batch ([`crate::batch`]).
-    Batch,
-}
-
-impl Hold {
-    /// How long the flusher thread lets it wait at most.
-    fn max(self) -> Duration {
-        match self {
-            Self::EndRequest => crate::flusher::HOLD_MAX,
-            Self::Batch => crate::batch::WAIT_MAX,
-        }
-    }
-}
-
 pub(crate) struct Shared {
     conn: Mutex<Conn>,
     /// Serial of the request being served (0: none), readable without the lock:
@@ -102,11 +83,10 @@ impl Shared {
         shared.lock().kept = true;
         shared
     }
-    /// Send a response held longer than its hold allows, or any held in a batch when
-    /// `batches_due` (a thread's batch timer expired): called by the flusher thread.
-    /// Skipped while the serving thread has the lock: then it is sending, or waiting for the
-    /// next request with nothing held.
-    pub(crate) fn flush_overdue(&self, batches_due: bool) -> bool {
+    /// Send a response held longer than `max` (called by the flusher thread). Skipped
+    /// while the serving thread has the lock: then it is sending, or waiting for the next
+    /// request with nothing held.
+    pub(crate) fn flush_overdue(&self, max: Duration) -> bool {
         if !self.held.load(Ordering::Acquire) {
             return false;
         }
@@ -115,8 +95,7 @@ impl Shared {
             Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
             Err(std::sync::TryLockError::WouldBlock) => return true,
         };
-        let due = |t: Instant| (batches_due && c.held_for == Hold::Batch) || t.elapsed() >= c.held_for.max();
-        if c.held_at.is_some_and(due) {
+        if c.held_at.is_some_and(|t| t.elapsed() >= max) {
             c.flush();
         }
         c.held_at.is_some()
@@ -303,11 +282,8 @@ pub(crate) struct Conn {
     /// When the socket was last read.
     last_recv: Instant,
     current: Arc<AtomicU64>,
-    /// Since when `out` holds a complete response waiting for its END_REQUEST or for the
-    /// thread's next batch.
+    /// Since when `out` holds a complete response waiting for its END_REQUEST.
     held_at: Option<Instant>,
-    /// What it waits for.
-    held_for: Hold,
     /// `held_at.is_some()`, for the flusher thread (see [`Shared::flush_overdue`]).
     held_flag: Arc<AtomicBool>,
     /// Holding is allowed: the flusher thread runs, so a hold cannot last.
@@ -337,7 +313,6 @@ impl Conn {
             last_recv: Instant::now(),
             current,
             held_at: None,
-            held_for: Hold::EndRequest,
             held_flag: Arc::new(AtomicBool::new(false)),
             may_hold: false,
             direct: crate::direct::config(),
@@ -839,7 +814,7 @@ impl Conn {
         let complete =
             self.cur(serial).is_some_and(|r| !r.aborted && r.content_length.is_some_and(|n| r.body_bytes >= n));
         if complete && self.may_hold && self.out.len() < OUT_HIGH {
-            self.hold(Hold::EndRequest);
+            self.hold();
             return (more, true);
         }
         (more, self.try_flush_point())
@@ -860,24 +835,13 @@ impl Conn {
         if self.out.is_empty() || !self.may_hold || self.broken || self.out.len() >= OUT_HIGH {
             return false;
         }
-        self.hold(Hold::Batch);
+        self.hold();
         true
     }
 
-    /// Bytes to send, as a finished response leaves them (for tests of holding elsewhere).
-    #[cfg(test)]
-    pub(crate) fn queue_for_test(&mut self, data: &[u8]) {
-        self.out.extend_from_slice(data);
-    }
-
-    /// Keep what `out` holds until the next flush (see [`Conn::push_chunk`],
-    /// [`Conn::hold_for_batch`]).
-    fn hold(&mut self, what_for: Hold) {
-        if self.out.is_empty() {
-            return;
-        }
-        self.held_for = what_for;
-        if self.held_at.is_some() {
+    /// Keep what `out` holds until the next flush (see [`Conn::push_chunk`]).
+    fn hold(&mut self) {
+        if self.out.is_empty() || self.held_at.is_some() {
             return;
         }
         self.held_at = Some(Instant::now());

@@ -466,7 +466,6 @@ fn handle_request(py: Python<'_>, w: &mut Worker, shared: &Arc<Shared>) -> PyRes
                     if let Some(slot) = w.slot {
                         slot.begin(tag.line(), sys::monotonic_ns());
                     }
-                    batch::request_begins();
                     PyString::new(py, tag.request_id())
                 });
                 r.slot = w.slot;

@@ -167,12 +167,8 @@ pub(crate) fn epoll_ctl(epfd: RawFd, op: libc::c_int, fd: RawFd, events: u32, da
 /// time passed (or a signal came).
 pub(crate) fn epoll_wait_one(epfd: RawFd, timeout: Duration) -> io::Result<Option<u64>> {
     let mut ev = libc::epoll_event { events: 0, u64: 0 };
-    // Whole milliseconds, rounded up: less than one would return at once. `Duration::MAX`:
-    // no time limit.
-    let ms = match timeout {
-        Duration::MAX => -1,
-        t => libc::c_int::try_from(t.as_micros().div_ceil(1000)).unwrap_or(libc::c_int::MAX),
-    };
+    // Whole milliseconds, rounded up: less than one would return at once.
+    let ms = libc::c_int::try_from(timeout.as_micros().div_ceil(1000)).unwrap_or(libc::c_int::MAX);
     // SAFETY: room for exactly the one event asked for.
     let n = unsafe { libc::epoll_wait(epfd, &mut ev, 1, ms) };
     if n < 0 {
@@ -180,71 +176,6 @@ pub(crate) fn epoll_wait_one(epfd: RawFd, timeout: Duration) -> io::Result<Optio
         return if e.raw_os_error() == Some(libc::EINTR) { Ok(None) } else { Err(e) };
     }
     Ok((n > 0).then_some(ev.u64))
-}
-
-/// A one-shot timer on the monotonic clock, disarmed: its descriptor becomes readable when
-/// it expires ([`set_timer`]). Non-blocking, close-on-exec.
-pub(crate) fn timer() -> io::Result<OwnedFd> {
-    // SAFETY: no pointers; a new descriptor or -1.
-    let fd = unsafe { libc::timerfd_create(libc::CLOCK_MONOTONIC, libc::TFD_NONBLOCK | libc::TFD_CLOEXEC) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: a descriptor just created, owned by nothing else.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-/// Arm `timer` to expire once, `after` from now; zero disarms it.
-pub(crate) fn set_timer(timer: RawFd, after: Duration) -> io::Result<()> {
-    let zero = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    let at = libc::itimerspec {
-        it_interval: zero,
-        it_value: libc::timespec {
-            tv_sec: after.as_secs() as libc::time_t,
-            tv_nsec: after.subsec_nanos() as libc::c_long,
-        },
-    };
-    // SAFETY: `at` is valid for the call; the old value is not asked for.
-    if unsafe { libc::timerfd_settime(timer, 0, &at, std::ptr::null_mut()) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-/// How long until `timer` expires (zero: disarmed).
-#[cfg(test)]
-pub(crate) fn timer_left(timer: RawFd) -> Duration {
-    let zero = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    let mut cur = libc::itimerspec { it_interval: zero, it_value: zero };
-    // SAFETY: `cur` is valid for the call to write.
-    assert_eq!(unsafe { libc::timerfd_gettime(timer, &mut cur) }, 0, "timerfd_gettime");
-    Duration::new(cur.it_value.tv_sec as u64, cur.it_value.tv_nsec as u32)
-}
-
-/// An eventfd (non-blocking, close-on-exec): [`bump`] makes it readable.
-pub(crate) fn event() -> io::Result<OwnedFd> {
-    // SAFETY: no pointers; a new descriptor or -1.
-    let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: a descriptor just created, owned by nothing else.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-/// Add one to an eventfd's count (it wakes whoever waits for it).
-pub(crate) fn bump(event: RawFd) {
-    let one = 1u64.to_ne_bytes();
-    // SAFETY: eight bytes from a live buffer; a full count fails harmlessly (already readable).
-    let _ = unsafe { libc::write(event, one.as_ptr().cast(), one.len()) };
-}
-
-/// Read an eventfd's count or a timer's expirations, so that it is not readable again
-/// until the next bump or expiry.
-pub(crate) fn drain_count(fd: RawFd) {
-    let mut count = [0u8; 8];
-    // SAFETY: eight bytes into a live buffer; EAGAIN (nothing to read) is fine.
-    let _ = unsafe { libc::read(fd, count.as_mut_ptr().cast(), count.len()) };
 }
 
 /// Wait up to `timeout` for `fd` to have input: false when the time passed without any.
