@@ -201,6 +201,11 @@ fn bridge_ids() -> BridgeIds {
     TEST_BRIDGE_IDS.with(|c| c.get())
 }
 
+/// Whether the bridge runs as root, as the privilege checks see it.
+pub fn bridge_is_root() -> bool {
+    bridge_ids().uid == 0
+}
+
 /// What a pool's worker runs, already resolved: its app, the directory it starts in and its
 /// interpreter (a chroot must contain them).
 pub struct Runs<'a> {

@@ -298,7 +298,7 @@ pub fn resolve(
         return Err(ConfigError::several(errs));
     };
     if let Some(why) = fixed_user_refused(&raw, min_uid) {
-        errs.push(src.invalid(&here.key("user"), why));
+        refuse_user_once(src, &here.key("user"), why, &mut errs);
     }
     if !errs.is_empty() {
         return Err(ConfigError::several(errs));
@@ -437,6 +437,21 @@ fn fixed_user_refused(raw: &RawPool, min_uid: u32) -> Option<String> {
         "{why}: written without a placeholder, it refuses every instance (403); {change}, or use a placeholder \
          such as \"{{owner}}\" to run each site as its own account"
     ))
+}
+
+/// The min-uid error `why` of a template's fixed `user:` at `key`, unless the sample pool
+/// already refused that key: one error a key, the one that says what to change first.
+/// Without root no instance runs as another account whatever its uid, so the sample's
+/// "needs the bridge to run as root" stands (min-uid is moot until it is fixed). As root,
+/// the sample can only have said "workers would run as root", which allow-root would not
+/// cure in a template: min-uid refuses root too, so its error replaces that one.
+fn refuse_user_once(src: &Source, key: &KeyPath, why: String, errs: &mut Vec<ConfigError>) {
+    let shown = key.to_string();
+    match errs.iter().position(|e| error_key(e) == Some(shown.as_str())) {
+        None => errs.push(src.invalid(key, why)),
+        Some(i) if super::isolation::bridge_is_root() => errs[i] = src.invalid(key, why),
+        Some(_) => {}
+    }
 }
 
 /// A path with a placeholder whose fixed part cannot exist for any key: the directory
@@ -1001,6 +1016,34 @@ listeners:
             let err = load_as(ROOT, "template-fixed-bare-uid", &with("user: '3999999'")).1.unwrap_err().to_string();
             assert!(err.contains("pools.sites.user: uid 3999999 has no account on this system"), "{err}");
         }
+    }
+
+    #[test]
+    fn a_fixed_user_refused_twice_over_gets_one_error_that_says_what_to_change_first() {
+        use super::super::isolation::BridgeIds;
+        const ROOT: BridgeIds = BridgeIds { uid: 0, gid: 0 };
+        let with = |keys: &str| TEMPLATE.replace("threads: 2", &format!("threads: 2\n    {keys}"));
+        let user_errors = |err: &str| err.lines().filter(|l| l.contains("pools.sites.user:")).count();
+        // An unprivileged bridge (the tests' uid 4242) runs no instance as root, nor as any
+        // other account: the root error alone, whatever min-uid would say of the account.
+        let err = load("template-fixed-root-unprivileged", &with("user: root\n    allow-root: true"))
+            .1
+            .unwrap_err()
+            .to_string();
+        assert_eq!(user_errors(&err), 1, "{err}");
+        assert!(
+            err.contains("10.yaml:7:5: pools.sites.user: switching to user \"root\" needs the bridge to run as root"),
+            "{err}"
+        );
+        // A root bridge without allow-root: allow-root would not help, min-uid refuses root.
+        let err = load_as(ROOT, "template-fixed-root-not-allowed", &with("user: root")).1.unwrap_err().to_string();
+        assert_eq!(user_errors(&err), 1, "{err}");
+        assert!(err.contains("10.yaml:7:5: pools.sites.user: user root has uid 0, below min-uid 1000"), "{err}");
+        // min-uid lowered to take root: then allow-root is what is missing.
+        let lowered = with("user: root").replace("0s}", "0s, min-uid: 0}");
+        let err = load_as(ROOT, "template-fixed-root-min-uid-0", &lowered).1.unwrap_err().to_string();
+        assert_eq!(user_errors(&err), 1, "{err}");
+        assert!(err.contains("pools.sites.user: workers would run as root"), "{err}");
     }
 
     #[test]
