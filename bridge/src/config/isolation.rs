@@ -8,6 +8,8 @@ use super::locate::KeyPath;
 use super::model::App;
 use super::units::parse_size;
 use super::Privileges;
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 /// RLIM_INFINITY as written in the configuration.
@@ -201,6 +203,36 @@ fn bridge_ids() -> BridgeIds {
     TEST_BRIDGE_IDS.with(|c| c.get())
 }
 
+/// The user database's answers for one template's check at load, or one instance's making:
+/// its `user:` is read by min-uid and by the pool's checks (template.rs, instances.rs), and
+/// asked of NSS — files, or LDAP or SSSD over the network — once.
+#[derive(Debug, Default)]
+pub struct Accounts(RefCell<HashMap<String, nix::Result<Option<nix::unistd::User>>>>);
+
+impl Accounts {
+    /// [`find_account`], asked once per `written`.
+    pub fn find(&self, written: &str) -> nix::Result<Option<nix::unistd::User>> {
+        self.0.borrow_mut().entry(written.to_owned()).or_insert_with(|| find_account(written)).clone()
+    }
+}
+
+#[cfg(test)]
+thread_local! {
+    /// What [`find_account`] asked the user database, for tests that count the lookups.
+    pub static USER_LOOKUPS: RefCell<Vec<String>> = const { RefCell::new(Vec::new()) };
+}
+
+/// The account `written` names (a name, or a uid in digits): `Ok(None)` when there is no
+/// such account, `Err` when the lookup itself failed (NSS could not ask LDAP or SSSD).
+pub fn find_account(written: &str) -> nix::Result<Option<nix::unistd::User>> {
+    #[cfg(test)]
+    USER_LOOKUPS.with(|l| l.borrow_mut().push(written.to_owned()));
+    match written.parse::<u32>() {
+        Ok(id) => nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(id)),
+        Err(_) => nix::unistd::User::from_name(written),
+    }
+}
+
 /// Whether the bridge runs as root, as the privilege checks see it.
 pub fn bridge_is_root() -> bool {
     bridge_ids().uid == 0
@@ -222,12 +254,12 @@ pub fn resolve(
     dir: &Path,
     mut raw: RawIsolation,
     runs: Runs<'_>,
-    privileges: Privileges,
+    (privileges, accounts): (Privileges, Option<&Accounts>),
 ) -> Result<Isolation, ConfigError> {
     let Runs { app, chdir, python } = runs;
     let me = (privileges == Privileges::Check).then(bridge_ids);
     let written_chroot = raw.chroot.take();
-    let (mut iso, mut errs) = accounts_and_limits(src, here, raw);
+    let (mut iso, mut errs) = accounts_and_limits(src, here, raw, accounts);
     match chroot(dir, written_chroot.as_deref(), app, chdir, python) {
         Ok(c) => iso.chroot = c,
         Err(m) => errs.push(src.invalid(&here.key("chroot"), m)),
@@ -245,23 +277,29 @@ pub fn check_without_app(
     src: &Source,
     here: &KeyPath,
     mut raw: RawIsolation,
-    privileges: Privileges,
+    (privileges, accounts): (Privileges, Option<&Accounts>),
 ) -> Result<(), ConfigError> {
     raw.chroot = None;
-    let (iso, errs) = accounts_and_limits(src, here, raw);
+    let (iso, errs) = accounts_and_limits(src, here, raw, accounts);
     ConfigError::from_all(errs)?;
     let me = (privileges == Privileges::Check).then(bridge_ids);
     privileges_allow(src, here, &iso, me)
 }
 
 /// Every key but `chroot` parsed and its accounts looked up, with an error for each bad one
-/// (every key is checked, so that one run of `check` names each mistake).
-fn accounts_and_limits(src: &Source, here: &KeyPath, raw: RawIsolation) -> (Isolation, Vec<ConfigError>) {
+/// (every key is checked, so that one run of `check` names each mistake). `accounts`: the
+/// lookups a template's check shares (None: each is asked).
+fn accounts_and_limits(
+    src: &Source,
+    here: &KeyPath,
+    raw: RawIsolation,
+    accounts: Option<&Accounts>,
+) -> (Isolation, Vec<ConfigError>) {
     let mut errs = Vec::new();
     let mut bad = |key: KeyPath, msg: String| errs.push(src.invalid(&key, msg));
     let key = |name: &str| here.key(name);
 
-    let user = raw.user.as_deref().and_then(|text| lookup_user(text).map_err(|m| bad(key("user"), m)).ok());
+    let user = raw.user.as_deref().and_then(|text| lookup_user(text, accounts).map_err(|m| bad(key("user"), m)).ok());
     let group = raw.group.as_deref().and_then(|text| lookup_group(text).map_err(|m| bad(key("group"), m)).ok());
     let groups = raw.groups.map(|list| {
         let found = list.iter().enumerate().map(|(i, text)| lookup_group(text).map_err(|m| (i, m)));
@@ -270,7 +308,7 @@ fn accounts_and_limits(src: &Source, here: &KeyPath, raw: RawIsolation) -> (Isol
     let script_user = raw
         .script_user
         .as_deref()
-        .and_then(|text| lookup_user(text).map(|u| u.account).map_err(|m| bad(key("script-user"), m)).ok());
+        .and_then(|text| lookup_user(text, accounts).map(|u| u.account).map_err(|m| bad(key("script-user"), m)).ok());
     let script_group =
         raw.script_group.as_deref().and_then(|text| lookup_group(text).map_err(|m| bad(key("script-group"), m)).ok());
     let umask = raw.umask.as_deref().and_then(|text| {
@@ -534,16 +572,13 @@ pub fn check_script(iso: &Isolation, file: &Path) -> Result<(), String> {
     Ok(())
 }
 
-fn lookup_user(text: &str) -> Result<RunAs, String> {
-    use nix::unistd::{Uid, User};
+fn lookup_user(text: &str, accounts: Option<&Accounts>) -> Result<RunAs, String> {
     if text.is_empty() {
         return Err("is empty; name a user or leave the key out".into());
     }
-    let found = match text.parse::<u32>() {
-        Ok(id) => User::from_uid(Uid::from_raw(id)),
-        Err(_) => User::from_name(text),
-    }
-    .map_err(|e| format!("cannot look up user {text:?}: {e}"))?;
+    let found = accounts
+        .map_or_else(|| find_account(text), |a| a.find(text))
+        .map_err(|e| format!("cannot look up user {text:?}: {e}"))?;
     match found {
         Some(u) => {
             let name =
@@ -786,11 +821,11 @@ mod tests {
 
     #[test]
     fn names_resolve_to_ids() {
-        let root = lookup_user("root").unwrap();
+        let root = lookup_user("root", None).unwrap();
         assert_eq!((root.account.id, root.primary_gid), (0, 0));
-        assert_eq!(lookup_user("0").unwrap().account.id, 0);
-        assert_eq!(lookup_user("54321").unwrap().account.id, 54321);
-        assert!(lookup_user("no-such-user-xyz").unwrap_err().contains("no such user"));
+        assert_eq!(lookup_user("0", None).unwrap().account.id, 0);
+        assert_eq!(lookup_user("54321", None).unwrap().account.id, 54321);
+        assert!(lookup_user("no-such-user-xyz", None).unwrap_err().contains("no such user"));
         assert_eq!(lookup_group("root").unwrap().id, 0);
         assert!(lookup_group("no-such-group-xyz").unwrap_err().contains("no such group"));
     }

@@ -70,7 +70,12 @@ pub fn load_for_client(dir: &Path) -> Result<Config, ConfigError> {
     let search_path = std::env::var_os("PATH");
     load_with(
         dir,
-        LoadOptions { search_path: search_path.as_deref(), privileges: Privileges::Skip, moment: Moment::Start },
+        LoadOptions {
+            search_path: search_path.as_deref(),
+            privileges: Privileges::Skip,
+            moment: Moment::Start,
+            accounts: None,
+        },
     )
 }
 
@@ -100,13 +105,18 @@ pub fn load_for_reload(dir: &Path) -> Result<Config, ConfigError> {
     let search_path = std::env::var_os("PATH");
     load_with(
         dir,
-        LoadOptions { search_path: search_path.as_deref(), privileges: Privileges::Check, moment: Moment::Reload },
+        LoadOptions {
+            search_path: search_path.as_deref(),
+            privileges: Privileges::Check,
+            moment: Moment::Reload,
+            accounts: None,
+        },
     )
 }
 
 /// [`load`] with an explicit PATH for finding interpreters.
 pub fn load_with_search_path(dir: &Path, search_path: Option<&OsStr>) -> Result<Config, ConfigError> {
-    load_with(dir, LoadOptions { search_path, privileges: Privileges::Check, moment: Moment::Start })
+    load_with(dir, LoadOptions { search_path, privileges: Privileges::Check, moment: Moment::Start, accounts: None })
 }
 
 /// How a configuration is read.
@@ -118,6 +128,8 @@ pub struct LoadOptions<'a> {
     pub privileges: Privileges,
     /// Whether the daemon is starting or reloading.
     pub moment: Moment,
+    /// User lookups shared by the checks of one template (None: each asks the database).
+    pub accounts: Option<&'a isolation::Accounts>,
 }
 
 /// Whether loading checks the pools' isolation against this process's privileges.

@@ -89,7 +89,7 @@ pub(super) fn pool(
     opts: LoadOptions<'_>,
     warnings: &mut Vec<String>,
 ) -> Result<Pool, ConfigError> {
-    let LoadOptions { search_path, privileges, .. } = opts;
+    let LoadOptions { search_path, privileges, accounts, .. } = opts;
     let here = KeyPath::of(&["pools", name]);
     let mut errs = Vec::new();
     note(&mut errs, check_name(src, &here, "pool", name));
@@ -141,9 +141,10 @@ pub(super) fn pool(
     let isolation = match (&app, &chdir, &python) {
         (Some(app), Some(chdir), Some(python)) => {
             let runs = super::isolation::Runs { app, chdir, python };
-            note(&mut errs, super::isolation::resolve(src, &here, dir, raw_isolation, runs, privileges))
+            note(&mut errs, super::isolation::resolve(src, &here, dir, raw_isolation, runs, (privileges, accounts)))
         }
-        _ => note(&mut errs, super::isolation::check_without_app(src, &here, raw_isolation, privileges)).and(None),
+        _ => note(&mut errs, super::isolation::check_without_app(src, &here, raw_isolation, (privileges, accounts)))
+            .and(None),
     };
 
     match (app, python, chdir, supervision, isolation, interface) {

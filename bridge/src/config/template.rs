@@ -292,12 +292,15 @@ pub fn resolve(
         raw.mode = Some("ondemand".to_owned());
     }
     let t = block_settings(src, &here.key("template"), block, &mut errs);
+    // The fixed `user:` is read by the sample and by min-uid below: asked once.
+    let accounts = super::isolation::Accounts::default();
+    let opts = super::LoadOptions { accounts: Some(&accounts), ..opts };
     let mut warnings = check_sample(src, (&here, dir), name, &raw, opts, &with_placeholders, &mut errs);
     warn_of_missing_roots(src, &here, &raw, &mut warnings);
     let Some((allow, max_instances, idle_timeout, spawn_rate, missing_cache, min_uid)) = t else {
         return Err(ConfigError::several(errs));
     };
-    if let Some(why) = fixed_user_refused(&raw, min_uid) {
+    if let Some(why) = fixed_user_refused(&raw, min_uid, &accounts) {
         refuse_user_once(src, &here.key("user"), why, &mut errs);
     }
     if !errs.is_empty() {
@@ -387,14 +390,7 @@ fn check_sample(
 /// `nobody`: refused as an instance's account whatever `min-uid` says.
 const NOBODY_UID: u32 = 65534;
 
-/// The account `written` names (a name, or a uid in digits): `Ok(None)` when there is no
-/// such account, `Err` when the lookup itself failed (NSS could not ask LDAP or SSSD).
-pub fn find_account(written: &str) -> nix::Result<Option<nix::unistd::User>> {
-    match written.parse::<u32>() {
-        Ok(id) => nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(id)),
-        Err(_) => nix::unistd::User::from_name(written),
-    }
-}
+pub use super::isolation::find_account;
 
 /// Why `user` may run no instance: a system account (uid below `min_uid`, root among them)
 /// or `nobody`. None for a site's account.
@@ -415,9 +411,9 @@ pub fn account_refused(user: &nix::unistd::User, min_uid: u32) -> Option<String>
 /// site's account, not a bare uid as an ordinary pool may): the configuration is wrong, and
 /// this says what to change. A name that is not there is the sample's error, and a lookup
 /// that failed says nothing yet.
-fn fixed_user_refused(raw: &RawPool, min_uid: u32) -> Option<String> {
+fn fixed_user_refused(raw: &RawPool, min_uid: u32, accounts: &super::isolation::Accounts) -> Option<String> {
     let written = raw.user.as_deref().filter(|u| !u.contains('{'))?;
-    let user = match find_account(written) {
+    let user = match accounts.find(written) {
         Ok(Some(user)) => user,
         Ok(None) if written.parse::<u32>().is_ok() => {
             return Some(format!(
@@ -752,9 +748,15 @@ pub fn instantiate(
     t: &Template,
     mut raw: RawPool,
     search_path: Option<&std::ffi::OsStr>,
+    accounts: &super::isolation::Accounts,
 ) -> Result<(Pool, Vec<String>), ConfigError> {
     raw.queue_size.get_or_insert(t.queue_size);
-    let opts = super::LoadOptions { search_path, privileges: super::Privileges::Check, moment: super::Moment::Start };
+    let opts = super::LoadOptions {
+        search_path,
+        privileges: super::Privileges::Check,
+        moment: super::Moment::Start,
+        accounts: Some(accounts),
+    };
     let mut warnings = Vec::new();
     let mut pool = super::resolve::pool(&t.source, &t.dir, &t.name, raw, opts, &mut warnings)?;
     pool.listened_at = t.listened_at.clone();
@@ -867,7 +869,8 @@ listeners:
         let site = |host: &str, first_line: &str| {
             fs::create_dir_all(root.join("sites").join(host)).unwrap();
             fs::write(root.join("sites").join(host).join("app.fcgi"), format!("{first_line}\n")).unwrap();
-            instantiate(t, fill_raw(&t.raw, &[(Placeholder::Host, host)]), Some(bin.as_os_str())).unwrap()
+            instantiate(t, fill_raw(&t.raw, &[(Placeholder::Host, host)]), Some(bin.as_os_str()), &Default::default())
+                .unwrap()
         };
         let (alpha, warnings) = site("alpha.test", &format!("#!{}", venv_python.display()));
         assert_eq!((alpha.python, warnings), (venv_python, vec![]));
@@ -888,7 +891,10 @@ listeners:
         fs::create_dir_all(root.join("sites/alpha.test")).unwrap();
         fs::write(root.join("sites/alpha.test/app.py"), "application = None\n").unwrap();
         let raw = fill_raw(&t.raw, &[(Placeholder::Host, "alpha.test")]);
-        assert_eq!(instantiate(t, raw, Some(root.join("bin").as_os_str())).unwrap().0.queue_size, 341);
+        assert_eq!(
+            instantiate(t, raw, Some(root.join("bin").as_os_str()), &Default::default()).unwrap().0.queue_size,
+            341
+        );
         // The narrowest listener that leads to it decides (60 / 3); a listener that leads
         // elsewhere does not.
         let text = with_a_pool_and_listeners(concat!(
@@ -1019,6 +1025,20 @@ listeners:
     }
 
     #[test]
+    fn a_templates_fixed_user_is_looked_up_once_per_load() {
+        use super::super::isolation::{BridgeIds, USER_LOOKUPS};
+        const ROOT: BridgeIds = BridgeIds { uid: 0, gid: 0 };
+        let text = TEMPLATE
+            .replace("threads: 2", "threads: 2\n    user: root\n    allow-root: true")
+            .replace("0s}", "0s, min-uid: 0}");
+        USER_LOOKUPS.with(|l| l.borrow_mut().clear());
+        // Read by the sample pool and by min-uid, asked of the user database once.
+        load_as(ROOT, "template-fixed-user-lookups", &text).1.unwrap();
+        let asked = USER_LOOKUPS.with(|l| l.borrow().iter().filter(|w| *w == "root").count());
+        assert_eq!(asked, 1);
+    }
+
+    #[test]
     fn a_fixed_user_refused_twice_over_gets_one_error_that_says_what_to_change_first() {
         use super::super::isolation::BridgeIds;
         const ROOT: BridgeIds = BridgeIds { uid: 0, gid: 0 };
@@ -1065,7 +1085,7 @@ listeners:
         fs::create_dir_all(root.join("sites/alpha.test")).unwrap();
         fs::write(root.join("sites/alpha.test/app.py"), "application = None\n").unwrap();
         let raw = fill_raw(&t.raw, &[(Placeholder::Host, "alpha.test")]);
-        let (pool, _) = instantiate(t, raw, Some(root.join("bin").as_os_str())).unwrap();
+        let (pool, _) = instantiate(t, raw, Some(root.join("bin").as_os_str()), &Default::default()).unwrap();
         assert_eq!(pool.listened_at, t.listened_at);
         // A listener that moved is only its workers' hint: the instance is the same pool.
         assert!(pool.same_but_listeners(&Pool { listened_at: Vec::new(), ..pool.clone() }));
@@ -1085,7 +1105,10 @@ listeners:
         fs::write(root.join("sites/alpha.test/app.py"), "application = None\n").unwrap();
         let t = &config.templates[0];
         let raw = fill_raw(&t.raw, &[(Placeholder::Host, "alpha.test")]);
-        assert_eq!(instantiate(t, raw, Some(root.join("bin").as_os_str())).unwrap().0.python, python3);
+        assert_eq!(
+            instantiate(t, raw, Some(root.join("bin").as_os_str()), &Default::default()).unwrap().0.python,
+            python3
+        );
         // A flup script: its shebang first, as an instance reads it.
         let text = TEMPLATE.replace("../sites/{host}/app.py", "../sites/{host}/app.fcgi");
         let (root, loaded) = load("template-default-python-script", &text);
@@ -1110,7 +1133,7 @@ listeners:
         fs::create_dir_all(root.join("sites/alpha.test")).unwrap();
         fs::write(root.join("sites/alpha.test/app.py"), "application = None\n").unwrap();
         let raw = fill_raw(&t.raw, &[(Placeholder::Host, "alpha.test")]);
-        let err = instantiate(t, raw, Some(root.join("bin").as_os_str())).unwrap_err().to_string();
+        let err = instantiate(t, raw, Some(root.join("bin").as_os_str()), &Default::default()).unwrap_err().to_string();
         assert!(err.contains("conf.d/10.yaml:7:5: pools.sites.python: "), "{err}");
     }
 

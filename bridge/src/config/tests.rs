@@ -783,7 +783,12 @@ listeners:
     assert_eq!(lines, want);
     // The control client reads the files only to find its socket: it does not look.
     let bin = tree.root.join("bin");
-    let opts = LoadOptions { search_path: Some(bin.as_os_str()), privileges: Privileges::Skip, moment: Moment::Start };
+    let opts = LoadOptions {
+        search_path: Some(bin.as_os_str()),
+        privileges: Privileges::Skip,
+        moment: Moment::Start,
+        accounts: None,
+    };
     assert!(load_with(&tree.root.join("conf.d"), opts).is_ok());
 
     // Without a runtime-dir, the error offers to make the directory one.
@@ -816,7 +821,12 @@ bridge:
     assert_eq!(error_lines(&tree), want);
     // The control client does not look.
     let bin = tree.root.join("bin");
-    let opts = LoadOptions { search_path: Some(bin.as_os_str()), privileges: Privileges::Skip, moment: Moment::Start };
+    let opts = LoadOptions {
+        search_path: Some(bin.as_os_str()),
+        privileges: Privileges::Skip,
+        moment: Moment::Start,
+        accounts: None,
+    };
     assert!(load_with(&tree.root.join("conf.d"), opts).is_ok());
     // `run` creates the runtime-dir before it opens the access log (not before the log file);
     // "-" is the main log, and a directory is no file.
@@ -835,8 +845,12 @@ fn a_reload_only_warns_of_a_missing_log_directory() {
     let text = "bridge:\n  access-log: ../gone/access.log\n  log-file: ../missing/bridge.log\n";
     let tree = valid("log-dirs-reload").file("30-x.yaml", text);
     let bin = tree.root.join("bin");
-    let opts =
-        LoadOptions { search_path: Some(bin.as_os_str()), privileges: Privileges::Check, moment: Moment::Reload };
+    let opts = LoadOptions {
+        search_path: Some(bin.as_os_str()),
+        privileges: Privileges::Check,
+        moment: Moment::Reload,
+        accounts: None,
+    };
     let config = load_with(&tree.root.join("conf.d"), opts).unwrap();
     let root = tree.root.display().to_string();
     let warnings: Vec<String> = config.warnings.iter().map(|w| w.replace(&root, "ROOT")).collect();

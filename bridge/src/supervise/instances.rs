@@ -1221,11 +1221,12 @@ fn resolve_instance(
     }
     let raw = if t.by_owner { fill_owner(raw)? } else { raw };
     // Before the pool's own checks: a root or system account is refused as such (403),
-    // not as a pool that would need allow-root.
+    // not as a pool that would need allow-root. The pool's checks read the same lookup.
+    let accounts = crate::config::isolation::Accounts::default();
     if let Some(written) = raw.user.as_deref() {
-        judge_account(t, written, find_account(written))?;
+        judge_account(t, written, accounts.find(written))?;
     }
-    let (mut pool, warnings) = crate::config::template::instantiate(t, raw, search_path.as_deref())
+    let (mut pool, warnings) = crate::config::template::instantiate(t, raw, search_path.as_deref(), &accounts)
         .map_err(|e| -> MakeRefusal { Box::new(move |key| Refusal::Broken { key, why: e.to_string() }) })?;
     pool.name = name;
     if !running.is_some_and(|r| r.same_but_listeners(&pool)) {
@@ -1555,6 +1556,17 @@ mod tests {
         assert!(std::ptr::eq(r.kind(), &BROKEN), "{r}: logged at WARN as the instance's configuration");
         let want = "conf.d/10.yaml:5:5: pools.sites.user: no such user \"root\" on this system";
         assert!(r.to_string().contains(want), "{r}");
+        // Made for a key, the instance's account is asked of the user database once, though
+        // both min-uid and the pool's checks read it (here the unprivileged tests' bridge
+        // refuses to switch to root, after both).
+        std::fs::create_dir_all(root.join("alpha.test")).unwrap();
+        std::fs::write(root.join("alpha.test/app.py"), "application = None\n").unwrap();
+        crate::config::isolation::USER_LOOKUPS.with(|l| l.borrow_mut().clear());
+        let raw = fill_raw(&t.raw, &[(Placeholder::Host, "alpha.test")]);
+        let Err(r) = resolve_instance(&t, "sites[alpha.test]".into(), raw, None, None) else { panic!("taken") };
+        assert!(r("alpha.test".into()).to_string().contains("needs the bridge to run as root"));
+        let asked = crate::config::isolation::USER_LOOKUPS.with(|l| l.borrow().iter().filter(|w| *w == "root").count());
+        assert_eq!(asked, 1);
         // A placeholder's account stays the tenant's: no site (the test below).
         let (t, _) = per_user("fixed-user-gone-per-user");
         let Err(r) = judge_account(&t, "alice", Ok(None)) else { panic!("no account, yet taken") };
