@@ -777,7 +777,8 @@ def test_check_shows_the_interpreter_instances_run_when_python_is_not_written(tm
         r = subprocess.run([str(b.binary), "check", "--config", str(b.confdir)], capture_output=True, text=True,
                            timeout=60)
         assert r.returncode == 0, r.stderr
-        m = re.search(r"^    # python: not set: by default (/\S+) \(python3 from PATH\)$", r.stdout, re.M)
+        m = re.search(r"^    # python: not set: by default (/\S+) \(python3 found on the PATH of this check; the daemon "
+                      r"looks on the PATH it was started with\)$", r.stdout, re.M)
         assert m, r.stdout
         resp = get(b, "alpha.test")
         assert resp.status == 200, resp.stdout[:300]

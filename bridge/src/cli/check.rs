@@ -27,7 +27,7 @@ pub fn main(config_dir: &Path, import: bool) -> ExitCode {
             for w in config.warnings.iter().chain(config.templates.iter().flat_map(|t| &t.warnings)) {
                 eprintln!("{w}");
             }
-            let text = render(&config, &config_dir.display().to_string());
+            let text = render(&config, &config_dir.display().to_string(), std::env::var_os("PATH").as_deref());
             let mut out = std::io::stdout().lock();
             // A closed pipe (`fcgibridge check | head`) is not a configuration error.
             let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
@@ -132,7 +132,8 @@ impl Interrupts {
 }
 
 /// The effective configuration as YAML that `config::load` would read back unchanged.
-pub fn render(config: &Config, dir: &str) -> String {
+/// `search_path`: the PATH a template's default interpreter is looked for on (check's own).
+pub fn render(config: &Config, dir: &str, search_path: Option<&std::ffi::OsStr>) -> String {
     let mut out = String::new();
     // Writing to a String cannot fail; the results below are ignored for that reason.
     let _ = writeln!(
@@ -172,7 +173,7 @@ pub fn render(config: &Config, dir: &str) -> String {
         out.push_str(&if pool.direct.is_some() { inert_for_direct(&block, &DIRECT_INERT_POOL) } else { block });
     }
     for t in &config.templates {
-        render_template(&mut out, t);
+        render_template(&mut out, t, search_path);
     }
     out.push_str("listeners:\n");
     for listener in &config.listeners {
@@ -237,6 +238,8 @@ fn render_pool(out: &mut String, pool: &Pool) {
         out.push_str("    # python: not used: a command: pool starts its program as written\n");
     } else if let Some(by) = &pool.python_at.chosen_by {
         let _ = writeln!(out, "    # python: from {} ({by})", pool.python_at.at);
+    } else if !pool.python_at.written {
+        let _ = writeln!(out, "    # python: not set: python3 found on {}", config::paths::ON_CHECKS_PATH);
     }
     field(out, 4, "python", &quote(&pool.python.display().to_string()));
     field(out, 4, "chdir", &quote(&pool.chdir.display().to_string()));
@@ -327,7 +330,7 @@ const UNSET_ISOLATION: [(&str, &str); 11] = [
 /// A template: its `template:` block with every default, its pool keys as written (paths
 /// absolute; the defaults of the others are a pool's), and the interpreter its instances
 /// run when `python:` is not written (a comment, so that the entry loads back as written).
-fn render_template(out: &mut String, t: &config::template::Template) {
+fn render_template(out: &mut String, t: &config::template::Template, search_path: Option<&std::ffi::OsStr>) {
     let _ = writeln!(out, "  {}:", quote(&t.name));
     out.push_str("    template:\n");
     for (key, value) in t.render_block() {
@@ -336,7 +339,7 @@ fn render_template(out: &mut String, t: &config::template::Template) {
     for (key, value) in t.render_keys() {
         field(out, 4, &key, &value);
     }
-    if let Some(python) = t.default_python_note() {
+    if let Some(python) = t.default_python_note(search_path) {
         let _ = writeln!(out, "    # python: not set: {python}");
     }
 }
@@ -516,7 +519,15 @@ mod tests {
                 "    python: /srv/venv/bin/python"
             ]
         );
-        assert_eq!(render(&Pool::for_tests())[0], "    python: python3");
+        // The default: found on check's PATH, which need not be the daemon's.
+        assert_eq!(
+            render(&Pool::for_tests()),
+            [
+                "    # python: not set: python3 found on the PATH of this check; the daemon looks on the PATH it was \
+                 started with",
+                "    python: python3"
+            ]
+        );
         let command = Pool { app: App::Command(vec!["/srv/app/app.fcgi".into()]), ..Pool::for_tests() };
         assert_eq!(render(&command)[0], "    # python: not used: a command: pool starts its program as written");
     }
@@ -721,7 +732,7 @@ mod tests {
             templates: Vec::new(),
             warnings: Vec::new(),
         };
-        let text = render(&config, "conf.d");
+        let text = render(&config, "conf.d", None);
         let conf_d = dir.join("conf.d");
         std::fs::create_dir_all(&conf_d).unwrap();
         std::fs::write(conf_d.join("00-effective.yaml"), &text).unwrap();

@@ -754,7 +754,7 @@ mod tests {
         assert_eq!(iso.rlimit_core, Some(UNLIMITED));
         assert_eq!(iso.rlimit_as, Some(1536 << 20));
         assert!(iso.clear_env && iso.preload && !iso.allow_root);
-        let text = crate::cli::check::render(&config, "conf.d");
+        let text = crate::cli::check::render(&config, "conf.d", None);
         std::fs::remove_file(conf.join("10-a.yaml")).unwrap();
         std::fs::write(conf.join("00-effective.yaml"), &text).unwrap();
         TEST_BRIDGE_IDS.with(|c| c.set(ROOT));

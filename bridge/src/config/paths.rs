@@ -34,6 +34,11 @@ pub(crate) fn is_executable_file(path: &Path) -> bool {
     path.metadata().map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false)
 }
 
+/// Whose PATH `check` found the default python3 on: its own, while the daemon looks on the
+/// PATH it was started with, which a service manager may set otherwise (a systemd unit's
+/// Environment=PATH, or systemd's default). Ends `check`'s comments on the interpreter.
+pub(crate) const ON_CHECKS_PATH: &str = "the PATH of this check; the daemon looks on the PATH it was started with";
+
 /// The interpreter a pool names: a command on PATH, a path, or a virtualenv directory.
 /// Returns the absolute path to run, or what the operator should change.
 pub(crate) fn find_python(spec: &str, base: &Path, search_path: Option<&OsStr>) -> Result<PathBuf, String> {

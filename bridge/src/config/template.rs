@@ -101,10 +101,6 @@ pub struct Template {
     /// Requests its instances take without a 503 (processes × threads + queue, times
     /// max-instances), for FCGI_MAX_REQS.
     pub capacity: usize,
-    /// The interpreter an instance runs when `python:` is not written, for `check`: python3
-    /// from the PATH the configuration was loaded with, as the daemon's instances find it
-    /// (Err: why it is not found there). None when `python:` is written, or for `command:`.
-    pub default_python: Option<Result<PathBuf, String>>,
     /// Whether an instance's app file runs as the main script (a flup script) outside a
     /// chroot: then its shebang names the interpreter before the default does.
     pub python_from_shebang: bool,
@@ -307,9 +303,6 @@ pub fn resolve(
         return Err(ConfigError::several(errs));
     }
     let (queue_size, queue_size_at, capacity) = queue_of(src, &here, &raw, max_instances);
-    // As resolve::pool_python chooses an instance's interpreter when `python:` is not written.
-    let default_python = (raw.python.is_none() && raw.command.is_none())
-        .then(|| paths::find_python(super::resolve::DEFAULT_PYTHON, dir, opts.search_path));
     let python_from_shebang = raw.chroot.is_none() && raw.app.as_deref().is_some_and(runs_as_script);
     Ok(Template {
         name: name.to_owned(),
@@ -328,7 +321,6 @@ pub fn resolve(
         queue_size,
         queue_size_at,
         capacity,
-        default_python,
         python_from_shebang,
         listened_at: Vec::new(),
         warnings,
@@ -701,12 +693,17 @@ impl Template {
     }
 
     /// The interpreter its instances run when `python:` is not written, as `check` prints
-    /// it (a comment: the entry is printed as written). None when `python:` is written or
-    /// for `command:`.
-    pub fn default_python_note(&self) -> Option<String> {
-        let python3 = match self.default_python.as_ref()? {
-            Ok(path) => format!("{} (python3 from PATH)", path.display()),
-            Err(_) => "python3 from PATH, which is not found there now".to_owned(),
+    /// it (a comment: the entry is printed as written), looked for on `search_path` (check's
+    /// own PATH) now: only `check` needs it, the daemon's instances look on the daemon's
+    /// PATH when they are made. None when `python:` is written or for `command:`.
+    pub fn default_python_note(&self, search_path: Option<&std::ffi::OsStr>) -> Option<String> {
+        if self.raw.python.is_some() || self.raw.command.is_some() {
+            return None;
+        }
+        // As resolve::pool_python chooses an instance's interpreter when `python:` is not written.
+        let python3 = match paths::find_python(super::resolve::DEFAULT_PYTHON, &self.dir, search_path) {
+            Ok(path) => format!("{} (python3 found on {})", path.display(), paths::ON_CHECKS_PATH),
+            Err(_) => format!("python3, which is not found on {}", paths::ON_CHECKS_PATH),
         };
         Some(if self.python_from_shebang {
             format!("by default the Python each instance's app file's shebang names, else {python3}")
@@ -838,10 +835,10 @@ listeners:
         );
         assert_eq!(t.raw.app.as_deref(), Some(&*format!("{}/sites/{{host}}/app.py", root.display())));
         assert!(t.allow.as_ref().unwrap().is_match("a.test") && !t.allow.as_ref().unwrap().is_match("a.test/x"));
-        let text = crate::cli::check::render(&config, "x");
+        let bin = root.join("bin");
+        let text = crate::cli::check::render(&config, "x", Some(bin.as_os_str()));
         let again = super::super::tests::scratch_dir("template-roundtrip-again");
         fs::write(again.join("00.yaml"), &text).unwrap();
-        let bin = root.join("bin");
         let reloaded = super::super::load_with_search_path(&again, Some(bin.as_os_str())).unwrap();
         assert_eq!(reloaded, config, "\n{text}");
     }
@@ -1097,9 +1094,21 @@ listeners:
         let (root, loaded) = load("template-default-python", TEMPLATE);
         let config = loaded.unwrap();
         let python3 = root.join("bin/python3");
-        let text = crate::cli::check::render(&config, "x");
-        let want = format!("    # python: not set: by default {} (python3 from PATH)\n", python3.display());
+        let bin = root.join("bin");
+        let text = crate::cli::check::render(&config, "x", Some(bin.as_os_str()));
+        let want = format!(
+            "    # python: not set: by default {} (python3 found on the PATH of this check; the daemon looks on the \
+             PATH it was started with)\n",
+            python3.display()
+        );
         assert!(text.contains(&want), "{want}\n{text}");
+        // Looked for when `check` prints it, on the PATH it is given, not when the configuration
+        // was loaded (the daemon, which loads it at every start and reload, never prints it).
+        let elsewhere = root.join("sites");
+        let text = crate::cli::check::render(&config, "x", Some(elsewhere.as_os_str()));
+        let want = "    # python: not set: by default python3, which is not found on the PATH of this check; the \
+                    daemon looks on the PATH it was started with\n";
+        assert!(text.contains(want), "{want}\n{text}");
         // The one an instance really runs.
         fs::create_dir_all(root.join("sites/alpha.test")).unwrap();
         fs::write(root.join("sites/alpha.test/app.py"), "application = None\n").unwrap();
@@ -1114,14 +1123,19 @@ listeners:
         let (root, loaded) = load("template-default-python-script", &text);
         let want = format!(
             "    # python: not set: by default the Python each instance's app file's shebang names, else {} (python3 \
-             from PATH)\n",
+             found on the PATH of this check; the daemon looks on the PATH it was started with)\n",
             root.join("bin/python3").display()
         );
-        let text = crate::cli::check::render(&loaded.unwrap(), "x");
+        let bin = root.join("bin");
+        let text = crate::cli::check::render(&loaded.unwrap(), "x", Some(bin.as_os_str()));
         assert!(text.contains(&want), "{want}\n{text}");
         // Written: no comment.
         let written = TEMPLATE.replace("threads: 2", "threads: 2\n    python: ../bin/python3");
-        let text = crate::cli::check::render(&load("template-python-written", &written).1.unwrap(), "x");
+        let text = crate::cli::check::render(
+            &load("template-python-written", &written).1.unwrap(),
+            "x",
+            Some(bin.as_os_str()),
+        );
         assert!(!text.contains("# python:"), "{text}");
     }
 

@@ -1350,7 +1350,7 @@ fn direct_refuses_scgi_routes_commands_and_a_shared_pool() {
 #[test]
 fn check_shows_the_keys_a_direct_listener_ignores_as_comments() {
     let c = direct_tree("direct-check", "", "    header-timeout: 5s\n").config();
-    let out = crate::cli::check::render(&c, "conf.d");
+    let out = crate::cli::check::render(&c, "conf.d", None);
     for inert in ["queue-size: 1024", "queue-timeout: ", "pipeline: true", "max-connections: ", "body-timeout: "] {
         let line = out.lines().find(|l| l.contains(inert)).unwrap_or_else(|| panic!("{inert}: {out}"));
         assert!(
