@@ -599,6 +599,39 @@ def test_one_slow_site_queues_its_share_not_every_connection_of_the_listener(tmp
 
 # ------------------------------------------------------------------ operations
 
+def test_a_reload_that_moves_a_listener_tells_a_live_instances_next_workers(tmp_path):
+    """A live instance's workers are told the addresses of the listeners that lead to its
+    template (FCGIBRIDGE_LISTENERS), as an ordinary pool's are. A reload that moves the listener
+    serves the instance on the new address at once, and a worker it starts from then on is
+    told that address — the instance is neither made again nor rolled for it."""
+    sites = make_sites(tmp_path, ("alpha.test",))
+    b = start_bridge(tmp_path, {"sites": template(sites)})
+    try:
+        old = b.listener_address("web")
+        first = json.loads(get(b, "alpha.test").body)
+        assert first["listeners"] == f"127.0.0.1:{old[1]}", first
+        port = free_ports(1)[0]
+        b.config["listeners"]["web"]["fastcgi"] = f"127.0.0.1:{port}"
+        (b.confdir / "50-test.yaml").write_text(to_yaml(b.config))
+        out = subprocess.run([str(b.binary), "reload", "--config", str(b.confdir)], capture_output=True, text=True,
+                             timeout=120)
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert "instances rolled" not in out.stdout, out.stdout
+        wait_until(lambda: can_connect(("127.0.0.1", port)), 60, what="the listener on its new address")
+        # Not restarted for it: the same worker serves on the new address.
+        assert json.loads(get(b, "alpha.test").body)["pid"] == first["pid"]
+        # Its only worker gone, the next one starts after the reload.
+        os.kill(first["pid"], signal.SIGKILL)
+        wait_until(lambda: not pid_alive(first["pid"]), 60, what="the old worker reaped")
+        now = json.loads(get(b, "alpha.test").body)
+        assert now["pid"] != first["pid"]
+        assert now["listeners"] == f"127.0.0.1:{port}", now
+        assert len(new_instance_lines(b)) == 1, new_instance_lines(b)
+        assert set(instances(b)) == {"alpha.test"}
+    finally:
+        b.stop()
+
+
 def test_reload_rolls_the_instances_of_a_changed_template_without_a_failed_request(tmp_path):
     hosts = ("alpha.test", "beta.test")
     sites = make_sites(tmp_path, hosts)

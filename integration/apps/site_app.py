@@ -1,5 +1,6 @@
 """One site of a pool template (integration/test_dynamic_pools.py): says which app file,
-host, user, process, account (uid, supplementary groups) and interpreter serve it.
+host, user, process, account (uid, supplementary groups), interpreter and listener hint
+(FCGIBRIDGE_LISTENERS) serve it.
 /hold?until=FILE keeps the request (and its worker) busy until FILE exists. /redirect?to=PATH
 answers a CGI local redirect. /ready answers 200 only to its own site's Host (as Django's
 ALLOWED_HOSTS), else 400, and notes the Host in $FCGIBRIDGE_TEST_DIR/ready.log."""
@@ -37,6 +38,7 @@ def application(environ, start_response):
         "groups": sorted(os.getgroups()),
         "python": "%d.%d" % sys.version_info[:2],
         "version": os.environ.get("SITE_VERSION"),
+        "listeners": os.environ.get("FCGIBRIDGE_LISTENERS"),
         "script_name": environ.get("SCRIPT_NAME"),
         "path_info": environ.get("PATH_INFO"),
     }).encode()

@@ -798,13 +798,17 @@ impl TemplateRuntime {
     async fn refresh_all(&self, t: &Arc<Template>, again: Again) -> Refreshed {
         let keys: Vec<String> = self.lock().live.keys().cloned().collect();
         let mut done = Refreshed::default();
+        let restart = matches!(again, Again::Reload { restart: true, .. });
         for key in keys {
             let _held = self.hold(&key).await;
             let Some(inst) = self.lock().live.get(&key).cloned() else { continue };
             let (name, before) = (inst.pool.name.to_string(), inst.pool.clone());
             match self.refresh(t, &key, inst, again, &mut done.warnings).await {
                 Err(_) => done.stopped.push(name),
-                Ok(p) if !Arc::ptr_eq(&p, &before) => done.rolled.push(name),
+                // Only told of moved listeners, it is not rolled (no worker restarts).
+                Ok(p) if !Arc::ptr_eq(&p, &before) && (restart || !p.config.same_but_listeners(&before.config)) => {
+                    done.rolled.push(name)
+                }
                 Ok(_) => {}
             }
         }
@@ -849,11 +853,14 @@ impl TemplateRuntime {
             cfg
         });
         match resolved {
-            // Listeners that moved do not roll it: its workers keep the hint it was made with.
-            Ok(cfg) if cfg.same_but_listeners(&inst.pool.config) && !restart => {
+            Ok(cfg) if cfg == inst.pool.config && !restart => {
                 self.looked(key, &inst.pool, inst.pool.clone());
                 Ok(inst.pool)
             }
+            // Listeners that moved, and nothing else: as an ordinary pool (Supervisor::reload),
+            // its manager takes the new configuration without restarting a worker
+            // (needs_restart leaves the hint out), and the workers it starts from then on are
+            // told the new addresses (FCGIBRIDGE_LISTENERS).
             Ok(cfg) => Ok(self.roll_instance(key, &inst, cfg, again)),
             Err(r) => match r(key.to_owned()) {
                 r @ Refusal::Lookup { .. } => {
