@@ -16,7 +16,8 @@ Paths (relative to the app's own PATH_INFO):
   /upload?delay=       reads wsgi.input in chunks to EOF, then sleeps `delay` s: size and sha256 as JSON
   /upload-watch?marker=FILE   reads slowly; writes what happened to FILE
   /sleep?s=&tag=       sleeps, answers its pid; writes the pid to $FCGIBRIDGE_TEST_DIR/<tag>.pid
-  /hold?tag=           like /sleep, until the test creates $FCGIBRIDGE_TEST_DIR/<tag>.release
+  /hold?tag=&poll=     like /sleep, until the test creates $FCGIBRIDGE_TEST_DIR/<tag>.release
+                       (looked for every `poll` seconds, 0.02 by default)
   /tick?marker=FILE&n= yields every 0.1 s; close() writes "closed" to FILE
   /die/exit            os._exit(1) mid-request
   /die/segv            a segfault mid-request
@@ -35,6 +36,7 @@ Paths (relative to the app's own PATH_INFO):
   /latin-header        a latin-1 header value
   /stderr?msg=         writes msg to wsgi.errors, answers 200
 """
+import ctypes
 import hashlib
 import json
 import os
@@ -262,7 +264,7 @@ def application(environ, start_response):
         release = os.path.join(os.environ["FCGIBRIDGE_TEST_DIR"], f"{tag}.release")
         deadline = time.monotonic() + float(q.get("max", "300"))
         while not os.path.exists(release) and time.monotonic() < deadline:
-            time.sleep(0.02)
+            time.sleep(float(q.get("poll", "0.02")))
         return _json(start_response, {"pid": os.getpid(), "tag": tag})
 
     if path == "/tick":
@@ -284,7 +286,6 @@ def application(environ, start_response):
         os._exit(1)
 
     if path == "/die/segv":
-        import ctypes
         _tag(q)
         ctypes.string_at(0)
 

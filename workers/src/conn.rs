@@ -100,6 +100,26 @@ impl Shared {
         }
         c.held_at.is_some()
     }
+    /// From a fatal signal's handler ([`crate::crash`]): send the finished response this
+    /// connection holds, without waiting for its lock or the socket and without
+    /// allocating. What went leaves the buffer (should the process live on, nothing is
+    /// sent twice). Whether all of it went.
+    pub(crate) fn send_held_on_crash(&self) -> bool {
+        if !self.held.load(Ordering::Acquire) {
+            return false;
+        }
+        // Locked: its thread is sending it, or died holding it.
+        let Ok(mut c) = self.conn.try_lock() else { return false };
+        let Some(fd) = c.fd.as_ref().filter(|_| !c.broken && c.held_at.is_some()).map(|fd| fd.as_raw_fd()) else {
+            return false;
+        };
+        let sent = sys::send_dontwait(fd, &c.out);
+        c.out.drain(..sent);
+        c.out.is_empty() && {
+            c.release_hold();
+            true
+        }
+    }
     /// Whether request `serial` is over (a cheap check before locking).
     pub(crate) fn is_over(&self, serial: u64) -> bool {
         self.current.load(Ordering::Acquire) != serial
@@ -1513,6 +1533,32 @@ mod tests {
                 assert!(Instant::now() < deadline, "the hold was never released");
                 std::thread::sleep(Duration::from_millis(1));
             }
+        }
+
+        #[test]
+        fn a_response_sent_from_a_fatal_signals_handler_goes_out_once() {
+            let (a, mut peer) = UnixStream::pair().expect("socketpair");
+            let shared = Arc::new(Shared::new(OwnedFd::from(a), 1));
+            crate::flusher::register(&shared);
+            let serial = started(&mut shared.lock(), &mut peer);
+            let held = {
+                let mut c = shared.lock();
+                assert_eq!(c.push_chunk(serial, b"ok"), (false, true));
+                c.out.clone()
+            };
+            assert!(!held.is_empty());
+            // The flusher may send it first (HOLD_MAX): either way it goes out once.
+            crate::flusher::send_held_on_crash();
+            assert!(!shared.held.load(Ordering::Acquire), "the hold is released");
+            shared.lock().flush();
+            peer.set_nonblocking(true).expect("nonblocking");
+            let mut got = Vec::new();
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = peer.read(&mut buf) {
+                assert!(n > 0, "the connection stays open");
+                got.extend_from_slice(&buf[..n]);
+            }
+            assert_eq!(got, held);
         }
 
         #[test]

@@ -33,7 +33,10 @@ static THREAD: OnceLock<Option<Thread>> = OnceLock::new();
 pub(crate) fn running() -> bool {
     THREAD
         .get_or_init(|| match std::thread::Builder::new().name("fcgibridge-flush".into()).spawn(run) {
-            Ok(handle) => Some(handle.thread().clone()),
+            Ok(handle) => {
+                crate::crash::send_held_first();
+                Some(handle.thread().clone())
+            }
             Err(e) => {
                 eprintln!("fcgibridge worker: cannot start the flusher thread, responses are not held: {e}");
                 None
@@ -62,6 +65,23 @@ pub(crate) fn wake() {
 #[cfg(test)]
 pub(crate) fn parked() -> bool {
     PARKED.load(Ordering::SeqCst)
+}
+
+/// From a fatal signal's handler: send every finished response a connection of this
+/// process holds (for its END_REQUEST or a batch), waiting for no lock; how many went.
+pub(crate) fn send_held_on_crash() -> usize {
+    // Locked: a thread is registering a connection (or died doing so); none is sent.
+    let Ok(conns) = CONNS.try_lock() else { return 0 };
+    let mut sent = 0;
+    for w in conns.iter() {
+        if let Some(c) = w.upgrade() {
+            sent += usize::from(c.send_held_on_crash());
+            // Never the last reference dropped here, which would free memory in a handler
+            // (should the process live on, this connection is never freed).
+            std::mem::forget(c);
+        }
+    }
+    sent
 }
 
 /// Send the responses held too long; whether any is still held.

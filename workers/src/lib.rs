@@ -21,6 +21,7 @@ mod asgi_codec;
 mod batch;
 mod claim;
 mod conn;
+mod crash;
 mod direct;
 mod flusher;
 mod objects;

@@ -219,6 +219,23 @@ pub(crate) fn write_stderr(mut data: &[u8]) {
     }
 }
 
+/// Send `data` as far as the socket takes it without waiting (async-signal-safe): how
+/// many bytes went.
+pub(crate) fn send_dontwait(fd: RawFd, data: &[u8]) -> usize {
+    let mut sent = 0;
+    while sent < data.len() {
+        let rest = &data[sent..];
+        // SAFETY: `rest` is valid for its length; the caller's descriptor stays open.
+        let n = unsafe { libc::send(fd, rest.as_ptr().cast(), rest.len(), libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
+        match n {
+            n if n > 0 => sent += n as usize,
+            _ if io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) => {}
+            _ => break,
+        }
+    }
+    sent
+}
+
 /// CLOCK_MONOTONIC in nanoseconds (the clock of the bridge's `Instant`).
 pub(crate) fn monotonic_ns() -> u64 {
     match nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC) {
