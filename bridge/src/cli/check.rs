@@ -238,8 +238,6 @@ fn render_pool(out: &mut String, pool: &Pool) {
         out.push_str("    # python: not used: a command: pool starts its program as written\n");
     } else if let Some(by) = &pool.python_at.chosen_by {
         let _ = writeln!(out, "    # python: from {} ({by})", pool.python_at.at);
-    } else if !pool.python_at.written {
-        let _ = writeln!(out, "    # python: not set: python3 found on {}", config::paths::ON_CHECKS_PATH);
     }
     field(out, 4, "python", &quote(&pool.python.display().to_string()));
     field(out, 4, "chdir", &quote(&pool.chdir.display().to_string()));
@@ -519,15 +517,9 @@ mod tests {
                 "    python: /srv/venv/bin/python"
             ]
         );
-        // The default: found on check's PATH, which need not be the daemon's.
-        assert_eq!(
-            render(&Pool::for_tests()),
-            [
-                "    # python: not set: python3 found on the PATH of this check; the daemon looks on the PATH it was \
-                 started with",
-                "    python: python3"
-            ]
-        );
+        // The default, as found: no comment, so that the output loads back unchanged
+        // (integration/test_cli.py).
+        assert_eq!(render(&Pool::for_tests())[0], "    python: python3");
         let command = Pool { app: App::Command(vec!["/srv/app/app.fcgi".into()]), ..Pool::for_tests() };
         assert_eq!(render(&command)[0], "    # python: not used: a command: pool starts its program as written");
     }
