@@ -23,31 +23,33 @@ static PREVIOUS: OnceLock<Previous> = OnceLock::new();
 /// The worker's pid: a forked child sends nothing.
 static WORKER: AtomicU32 = AtomicU32::new(0);
 
-/// Install the handler (once per process; again in a preloaded template's fork, whose
-/// pid differs).
+/// Install the handler, once per process; the process that calls this (the one that
+/// serves) is the one whose connections it sends from.
 pub(crate) fn send_held_first() {
     WORKER.store(std::process::id(), Ordering::SeqCst);
-    PREVIOUS.get_or_init(|| {
-        // SAFETY: zeroed sigaction structs are valid; sigaction reads ours and writes the
-        // previous one into the array.
-        unsafe {
-            let mut previous: [libc::sigaction; FATAL.len()] = std::mem::zeroed();
-            let mut ours: libc::sigaction = std::mem::zeroed();
-            let handler: extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void) = on_fatal;
-            ours.sa_sigaction = handler as usize;
-            ours.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK;
-            libc::sigemptyset(&mut ours.sa_mask);
-            // Read them all first: the handler may run as soon as the first is installed.
-            for (sig, old) in FATAL.iter().zip(previous.iter_mut()) {
-                libc::sigaction(*sig, std::ptr::null(), old);
-            }
-            let found = Previous(previous);
-            for sig in FATAL {
-                libc::sigaction(sig, &ours, std::ptr::null_mut());
-            }
-            found
+    if PREVIOUS.get().is_some() {
+        return;
+    }
+    // SAFETY: zeroed sigaction structs are valid; sigaction writes the previous actions
+    // into the array, then reads ours.
+    unsafe {
+        let mut previous: [libc::sigaction; FATAL.len()] = std::mem::zeroed();
+        for (sig, old) in FATAL.iter().zip(previous.iter_mut()) {
+            libc::sigaction(*sig, std::ptr::null(), old);
         }
-    });
+        // Kept before ours is installed: the handler may run at once.
+        if PREVIOUS.set(Previous(previous)).is_err() {
+            return;
+        }
+        let mut ours: libc::sigaction = std::mem::zeroed();
+        let handler: extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void) = on_fatal;
+        ours.sa_sigaction = handler as usize;
+        ours.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK;
+        libc::sigemptyset(&mut ours.sa_mask);
+        for sig in FATAL {
+            libc::sigaction(sig, &ours, std::ptr::null_mut());
+        }
+    }
 }
 
 extern "C" fn on_fatal(sig: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc::c_void) {
@@ -60,9 +62,13 @@ extern "C" fn on_fatal(sig: libc::c_int, info: *mut libc::siginfo_t, _: *mut lib
                 say_sent(sig, sent);
             }
         }
-        let Some(previous) = PREVIOUS.get() else { return };
-        if let Some(i) = FATAL.iter().position(|&s| s == sig) {
-            libc::sigaction(sig, &previous.0[i], std::ptr::null_mut());
+        match (PREVIOUS.get(), FATAL.iter().position(|&s| s == sig)) {
+            (Some(previous), Some(i)) => {
+                libc::sigaction(sig, &previous.0[i], std::ptr::null_mut());
+            }
+            _ => {
+                libc::signal(sig, libc::SIG_DFL);
+            }
         }
         // Sent by kill() or abort(): raised again, for the action restored. A fault comes
         // back by itself when the instruction runs again.
