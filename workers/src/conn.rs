@@ -113,7 +113,7 @@ impl Shared {
         let Some(fd) = c.fd.as_ref().filter(|_| !c.broken && c.held_at.is_some()).map(|fd| fd.as_raw_fd()) else {
             return false;
         };
-        let sent = sys::send_dontwait(fd, &c.out);
+        let (sent, _) = sys::send_available(fd, &c.out);
         c.out.drain(..sent);
         c.out.is_empty() && {
             c.release_hold();
@@ -882,20 +882,14 @@ impl Conn {
                 return true;
             }
         };
-        let mut sent = 0;
-        while sent < self.out.len() {
-            match sys::send_nonblocking(fd, &self.out[sent..]) {
-                Ok(0) => break,
-                Ok(n) => sent += n,
-                Err(e) => {
-                    if !matches!(e.raw_os_error(), Some(32) | Some(104)) {
-                        eprintln!("fcgibridge worker: writing to {} failed: {e}", self.peer());
-                    }
-                    self.broken = true;
-                    self.lost();
-                    sent = self.out.len();
-                }
+        let (mut sent, failed) = sys::send_available(fd, &self.out);
+        if let Some(e) = failed {
+            if !matches!(e.raw_os_error(), Some(32) | Some(104)) {
+                eprintln!("fcgibridge worker: writing to {} failed: {e}", self.peer());
             }
+            self.broken = true;
+            self.lost();
+            sent = self.out.len();
         }
         if sent < self.out.len() {
             self.out.drain(..sent);

@@ -219,23 +219,6 @@ pub(crate) fn write_stderr(mut data: &[u8]) {
     }
 }
 
-/// Send `data` as far as the socket takes it without waiting (async-signal-safe): how
-/// many bytes went.
-pub(crate) fn send_dontwait(fd: RawFd, data: &[u8]) -> usize {
-    let mut sent = 0;
-    while sent < data.len() {
-        let rest = &data[sent..];
-        // SAFETY: `rest` is valid for its length; the caller's descriptor stays open.
-        let n = unsafe { libc::send(fd, rest.as_ptr().cast(), rest.len(), libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
-        match n {
-            n if n > 0 => sent += n as usize,
-            _ if io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) => {}
-            _ => break,
-        }
-    }
-    sent
-}
-
 /// CLOCK_MONOTONIC in nanoseconds (the clock of the bridge's `Instant`).
 pub(crate) fn monotonic_ns() -> u64 {
     match nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC) {
@@ -267,6 +250,21 @@ pub(crate) fn send_nonblocking(fd: RawFd, data: &[u8]) -> io::Result<usize> {
             Err(e) => return Err(e.into()),
         }
     }
+}
+
+/// [`send_nonblocking`] until the socket is full or all of `data` went: how many bytes
+/// went, and the error that stopped it. Allocates nothing (a fatal signal's handler calls
+/// it, [`crate::crash`]).
+pub(crate) fn send_available(fd: RawFd, data: &[u8]) -> (usize, Option<io::Error>) {
+    let mut sent = 0;
+    while sent < data.len() {
+        match send_nonblocking(fd, &data[sent..]) {
+            Ok(0) => break,
+            Ok(n) => sent += n,
+            Err(e) => return (sent, Some(e)),
+        }
+    }
+    (sent, None)
 }
 
 /// Ask the kernel to SIGKILL this process when the thread that forked it exits.
