@@ -567,6 +567,53 @@ def test_queue_timeout_applies_once_the_first_worker_serves(tmp_path):
     assert held[0][1]["r"].status == 200
 
 
+def test_a_reload_while_the_first_worker_starts_keeps_its_startup_wait(tmp_path):
+    """A reload that reaches an instance whose first worker is still importing leaves the
+    instance's requests waiting for it up to startup-timeout; queue-timeout applies once a
+    worker is ready."""
+    sites = make_sites(tmp_path, ("slow.test",))
+    gate = tmp_path / "gate"
+    app = sites / "slow.test" / "app.py"
+    app.write_text(f"import os, time\nwhile not os.path.exists({str(gate)!r}):\n    time.sleep(0.02)\n"
+                   + app.read_text())
+    spec = template(sites, threads=1, **{"queue-timeout": "1s", "startup-timeout": "60s", "queue-size": 10})
+    b = start_bridge(tmp_path, {"sites": spec}, extra={"log-rate-limit": False})
+    first, later = {}, {}
+    threads = [threading.Thread(target=lambda: first.update(r=get(b, "slow.test")))]
+    try:
+        threads[0].start()
+        wait_until(lambda: "slow.test" in instances(b), 60, what="the instance made")
+        spec["queue-size"] = 11
+        (b.confdir / "50-test.yaml").write_text(to_yaml(b.config))
+        os.kill(b.pid, signal.SIGHUP)
+        wait_until(lambda: instances(b)["slow.test"]["queue_size"] == 11, 60, what="the reload reaching the instance")
+        assert "r" not in first, first["r"].status
+        threads.append(threading.Thread(target=lambda: later.update(r=get(b, "slow.test"))))
+        threads[1].start()
+        wait_until(lambda: instances(b)["slow.test"]["queue_length"] == 2, 60, what="both requests queued")
+        # Past its queue-timeout (1s) the later request still waits for the first worker.
+        queued = time.monotonic()
+        wait_until(lambda: "r" in later or time.monotonic() - queued > 3, 60, what="three seconds queued")
+        assert "r" not in later, later["r"].status
+        gate.touch()
+        for t in threads:
+            t.join(120)
+        assert first["r"].status == 200 and later["r"].status == 200, (first["r"].status, later["r"].status)
+        # A worker serves: a request waits queue-timeout again.
+        held = hold(b, "slow.test", tmp_path / "release")
+        threads.append(held[0])
+        wait_until(lambda: instances(b)["slow.test"]["active_requests"] == 1, 60, what="the worker busy")
+        r = get(b, "slow.test")
+        assert r.status == 503, r.status
+        b.log.wait_for(r"answering 503: no worker became free within 1s.*pool=sites\[slow\.test\]")
+    finally:
+        gate.touch()
+        (tmp_path / "release").touch()
+        for t in threads:
+            t.join(120)
+        b.stop()
+
+
 def test_one_slow_site_queues_its_share_not_every_connection_of_the_listener(tmp_path):
     sites = make_sites(tmp_path, ("slow.test", "other.test"))
     port = free_ports(1)[0]

@@ -358,11 +358,8 @@ impl Shelf {
                 .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         }
         let p = PoolRuntime::new(cfg);
-        // The requests that come while its first worker starts wait for it up to
-        // startup-timeout; once a worker is ready, queue-timeout (its manager sets it back).
-        p.dispatcher.set_queue(p.config.queue_size, p.config.queue_timeout.max(p.config.startup_timeout));
         let cmds = p.control.cmd_rx.lock().unwrap_or_else(|e| e.into_inner()).take().ok_or("no manager mailbox")?;
-        let (m, events) = manager::Manager::new(
+        let (mut m, events) = manager::Manager::new(
             p.name.clone(),
             Arc::new(p.config.clone()),
             p.dispatcher.clone(),
@@ -370,6 +367,7 @@ impl Shelf {
             spawner,
             dir.clone(),
         );
+        m.wait_for_first_start();
         tokio::spawn(manager::run(m, events, cmds));
         Ok((p, dir))
     }

@@ -146,6 +146,9 @@ pub(crate) struct Manager {
     serving_deaths: policy::ServingDeaths,
     /// The last start-up failure, while no worker has become ready since.
     failing: Option<String>,
+    /// A template's instance until its first worker is ready: the requests that made it
+    /// wait for that worker up to startup-timeout, not queue-timeout.
+    first_start: bool,
     last_failure: Arc<Mutex<Option<String>>>,
     /// The log lines its workers may write, shared: a replaced worker starts no fresh budget.
     app_lines: Arc<crate::logging::app_lines::LineBudget>,
@@ -214,6 +217,7 @@ impl Manager {
             next_timeout_at: None,
             serving_deaths: policy::ServingDeaths::default(),
             failing: None,
+            first_start: false,
             last_failure: Arc::new(Mutex::new(None)),
             app_lines: Arc::default(),
             unavailable_set: None,
@@ -234,6 +238,22 @@ impl Manager {
         };
         m.target = m.initial_target();
         (m, events_rx)
+    }
+
+    /// For a template's instance: until its first worker is ready, requests wait for it up to
+    /// the larger of queue-timeout and startup-timeout (a reload meanwhile keeps that).
+    pub(crate) fn wait_for_first_start(&mut self) {
+        self.first_start = true;
+        self.set_queue();
+    }
+
+    /// Tells the dispatcher queue-size and how long a request may wait now.
+    fn set_queue(&self) {
+        let mut timeout = self.cfg.queue_timeout;
+        if self.first_start {
+            timeout = timeout.max(self.cfg.startup_timeout);
+        }
+        self.dispatcher.set_queue(self.cfg.queue_size, timeout);
     }
 
     fn sup(&self) -> &config::supervision::Supervision {
@@ -291,9 +311,8 @@ impl Manager {
                     w.state = State::Ready;
                 }
                 self.failing = None;
-                // A template's instance queues its first requests up to startup-timeout
-                // while its first worker starts (supervise/instances.rs): a worker serves now.
-                self.dispatcher.set_queue(self.cfg.queue_size, self.cfg.queue_timeout);
+                self.first_start = false;
+                self.set_queue();
             }
             Event::Failed { id, why, started } => {
                 let Some(i) = self.index(id) else { return };
@@ -443,7 +462,7 @@ impl Manager {
 
     fn reconfigure(&mut self, new: Arc<config::Pool>, why: Reconfig) {
         let old = std::mem::replace(&mut self.cfg, new);
-        self.dispatcher.set_queue(self.cfg.queue_size, self.cfg.queue_timeout);
+        self.set_queue();
         let changed = needs_restart(&old, &self.cfg);
         let roll = why == Reconfig::Restart || changed;
         if old.supervision.mode != self.sup().mode {
