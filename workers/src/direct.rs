@@ -67,8 +67,17 @@ pub(crate) fn forked() {
     read_relay();
 }
 
-/// `FCGIBRIDGE_RELAY_FDS`: the pool's relay, sending and receiving end ([`crate::park`]).
-static RELAY: std::sync::Mutex<Option<(RawFd, RawFd)>> = std::sync::Mutex::new(None);
+/// `FCGIBRIDGE_RELAY_FDS`: the pool's relay, sending and receiving end, and the page its
+/// workers even out their connections on ([`crate::park`], [`crate::balance`]).
+static RELAY: std::sync::Mutex<Option<RelayFds>> = std::sync::Mutex::new(None);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct RelayFds {
+    pub(crate) send: RawFd,
+    pub(crate) recv: RawFd,
+    /// None from a bridge that made no balance page.
+    pub(crate) balance: Option<RawFd>,
+}
 
 fn read_relay() {
     let found = relay(std::env::var("FCGIBRIDGE_RELAY_FDS").ok().as_deref());
@@ -76,7 +85,7 @@ fn read_relay() {
 }
 
 /// The pool's relay, if the bridge gave one.
-pub(crate) fn relay_fds() -> Option<(RawFd, RawFd)> {
+pub(crate) fn relay_fds() -> Option<RelayFds> {
     *RELAY.lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -88,20 +97,21 @@ fn header_timeout(value: Option<&str>) -> Duration {
         .unwrap_or(default)
 }
 
-/// `FCGIBRIDGE_RELAY_FDS` ("send,recv"), made close-on-exec before the app is imported
-/// (not for the app's subprocesses); absent or not valid: no relay.
-fn relay(value: Option<&str>) -> Option<(RawFd, RawFd)> {
+/// `FCGIBRIDGE_RELAY_FDS` ("send,recv,page"; "send,recv" from an older bridge), made
+/// close-on-exec before the app is imported (not for the app's subprocesses); absent or
+/// not valid: no relay.
+fn relay(value: Option<&str>) -> Option<RelayFds> {
     let value = value?;
-    let parsed = value.split_once(',').and_then(|(s, r)| Some((s.trim().parse().ok()?, r.trim().parse().ok()?)));
-    let Some((send, recv)) = parsed else {
-        eprintln!("fcgibridge worker: FCGIBRIDGE_RELAY_FDS={value:?} is not two descriptors; no relay");
+    let fds: Option<Vec<RawFd>> = value.split(',').map(|f| f.trim().parse().ok()).collect();
+    let Some(fds) = fds.filter(|f| matches!(f.len(), 2 | 3)) else {
+        eprintln!("fcgibridge worker: FCGIBRIDGE_RELAY_FDS={value:?} is not two or three descriptors; no relay");
         return None;
     };
-    for fd in [send, recv] {
+    for &fd in &fds {
         // SAFETY: F_SETFD on a descriptor number; a wrong one fails harmlessly.
         unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
     }
-    Some((send, recv))
+    Some(RelayFds { send: fds[0], recv: fds[1], balance: fds.get(2).copied() })
 }
 
 /// `FCGIBRIDGE_REQUEST_TIMEOUT`; absent or not valid: none.

@@ -18,6 +18,7 @@ use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple, PyType};
 use pyo3::{ffi, intern};
 
 mod asgi_codec;
+mod balance;
 mod batch;
 mod claim;
 mod conn;

@@ -22,6 +22,10 @@
 //! free and none more is handed over. While threads take turns ([`crate::turn`]) and one
 //! rests, the process is not stuck: the next in line takes the turn from a busy holder.
 //!
+//! The relay also evens out the pool's queues under load: a process that holds more kept
+//! connections than its pace earns moves the next ones whose request it takes there, and
+//! the others take from it before they look at their own set ([`crate::balance`]).
+//!
 //! A retiring worker hands its parked connections to the relay too (the pool's other or
 //! new workers take them), unless the bridge stops. One it cannot hand over it keeps
 //! serving and closes only once it has been quiet for [`RETIRE_QUIET`]: nginx's keepalive
@@ -119,6 +123,9 @@ pub(crate) struct Park {
     watcher: OnceLock<Thread>,
     /// The serving threads take turns while requests are quick ([`crate::turn`]).
     turns: Turns,
+    /// Keeps this process's share of the pool's kept connections in step with its pace.
+    balance: Option<crate::balance::Balance>,
+    threads: usize,
 }
 
 /// The pool's datagram socket pair: descriptors sent on `send` arrive on `recv`, in
@@ -164,7 +171,9 @@ impl Park {
         sys::set_nonblocking(listen_fd)?;
         let epfd = sys::epoll_create()?;
         sys::epoll_ctl(epfd.as_raw_fd(), libc::EPOLL_CTL_ADD, listen_fd, LISTENER_EVENTS, LISTENER)?;
-        let relay = crate::direct::relay_fds().map(|(send, recv)| Relay { send, recv });
+        let fds = crate::direct::relay_fds();
+        let relay = fds.map(|f| Relay { send: f.send, recv: f.recv });
+        let balance = fds.and_then(|f| f.balance).and_then(crate::balance::Balance::new);
         if let Some(r) = &relay {
             sys::epoll_ctl(epfd.as_raw_fd(), libc::EPOLL_CTL_ADD, r.recv, LISTENER_EVENTS, RELAY)?;
         }
@@ -188,6 +197,8 @@ impl Park {
             in_stand_in: AtomicBool::new(false),
             watcher: OnceLock::new(),
             turns: Turns::new(threads > 1),
+            balance,
+            threads,
         }));
         if p.relay.is_some() {
             match std::thread::Builder::new().name("fcgibridge-relay".into()).spawn(move || p.watch()) {
@@ -224,6 +235,9 @@ impl Park {
         let next = next?;
         if !matches!(next, Next::Leave) {
             self.turns.serving();
+            if let Some(b) = &self.balance {
+                b.served();
+            }
         }
         Ok(Some(match next {
             Next::Leave => return Ok(None),
@@ -294,6 +308,16 @@ impl Park {
                 self.begin_wait();
                 continue;
             }
+            // A connection another process moved here has waited there already: first.
+            if let (Some(b), Some(r)) = (&self.balance, &self.relay) {
+                if b.one_waits() {
+                    let got = sys::recv_fd(r.recv)?;
+                    b.taken(got.is_some());
+                    if let Some((fd, tag)) = got {
+                        return Ok(relayed(fd, tag));
+                    }
+                }
+            }
             let event = sys::epoll_wait_one(self.epfd.as_raw_fd(), if holding { Duration::ZERO } else { wait })?;
             if holding && event.is_none() {
                 crate::batch::send();
@@ -306,17 +330,40 @@ impl Park {
                 } else {
                     Vec::new()
                 };
-                (event.filter(|&e| e != LISTENER && e != RELAY).and_then(|token| st.take(token)), idle)
+                let taken = event.filter(|&e| e != LISTENER && e != RELAY).and_then(|token| st.take(token));
+                if let Some(b) = &self.balance {
+                    // Each busy thread holds one; this one now too, if it took one.
+                    let busy = self.threads.saturating_sub(self.waiting.load(Ordering::Relaxed));
+                    b.check(st.parked.len() + busy + usize::from(taken.is_some()));
+                }
+                (taken, idle)
             };
             for p in idle {
                 self.close(p);
                 crate::direct::log_header_timeout(self.header_timeout);
             }
             if let Some(p) = taken {
+                let p = match self.balance.as_ref().filter(|b| b.move_one()) {
+                    Some(b) => match self.relay(p) {
+                        Ok(()) => {
+                            b.moved();
+                            continue;
+                        }
+                        Err(p) => p,
+                    },
+                    None => p,
+                };
                 return Ok(Next::Woken(p.shared, p.since));
             }
             let conn = match (event, &self.relay) {
-                (Some(RELAY), Some(r)) => sys::recv_fd(r.recv)?,
+                (Some(RELAY), Some(_)) if self.balance.as_ref().is_some_and(|b| b.pass_relay()) => None,
+                (Some(RELAY), Some(r)) => {
+                    let got = sys::recv_fd(r.recv)?;
+                    if let Some(b) = &self.balance {
+                        b.taken(got.is_some());
+                    }
+                    got
+                }
                 (Some(LISTENER), _) => sys::accept_nonblocking(self.listen_fd)?.map(|fd| (fd, TAG_NEW)),
                 _ => None,
             };
@@ -616,6 +663,9 @@ impl Park {
     fn retiring(&self) -> io::Result<Next> {
         static STOP_SEEN: OnceLock<Instant> = OnceLock::new();
         out_of_patience(); // counting from now
+        if let Some(b) = &self.balance {
+            b.leave();
+        }
         {
             let mut st = self.state();
             if std::mem::take(&mut st.listening) && !self.paused.load(Ordering::SeqCst) {

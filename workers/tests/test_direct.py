@@ -430,6 +430,17 @@ def relayed_pair(spawn, tmp_path):
     """Two one-thread direct workers sharing one listening socket and one relay, as the
     bridge starts a pool of two processes: (listening socket's path, [(worker, board)],
     the relay's receiving end)."""
+    yield from pool_pair(spawn, tmp_path, balance=False)
+
+
+@pytest.fixture
+def balanced_pair(spawn, tmp_path):
+    """relayed_pair with the pool's balance page, as the bridge gives it, and the page
+    mapped: (path, pair, relay, page)."""
+    yield from pool_pair(spawn, tmp_path, balance=True)
+
+
+def pool_pair(spawn, tmp_path, balance):
     import socket
     path = str(tmp_path / "pool.sock")
     lsock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -439,18 +450,27 @@ def relayed_pair(spawn, tmp_path):
     for end in relay:
         end.setblocking(False)
     fds = tuple(end.fileno() for end in relay)
+    if balance:
+        page = os.memfd_create("balance")
+        os.ftruncate(page, 4096)
+        fds += (page,)
     pair = []
     for _ in range(2):
         board = Scoreboard(1)
         env = {"FCGIBRIDGE_DIRECT": "1", "FCGIBRIDGE_SCOREBOARD_FD": str(board.fd), "FCGIBRIDGE_PDEATHSIG": "0",
-               "FCGIBRIDGE_RELAY_FDS": "%d,%d" % fds}
+               "FCGIBRIDGE_RELAY_FDS": ",".join(map(str, fds))}
         w = spawn(app="direct_app:application", env=env, pass_fds=(board.fd,) + fds, listener=(lsock, path))
         wait_until(lambda: board.threads() == 1, "the thread's scoreboard slot")
         pair.append((w, board))
-    yield path, pair, relay[1]
+    if balance:
+        yield path, pair, relay[1], mmap.mmap(page, 4096)
+    else:
+        yield path, pair, relay[1]
     lsock.close()
     for end in relay:
         end.close()
+    if balance:
+        os.close(fds[2])
     for _, board in pair:
         board.close()
 
@@ -616,3 +636,53 @@ def test_a_stop_serves_the_requests_waiting_in_the_relay(relayed_pair, tmp_path)
     finally:
         for c in opened:
             c.close()
+
+
+def test_a_process_the_scheduler_slows_hands_kept_connections_to_a_quicker_one(balanced_pair):
+    # Each kept connection stays with the process that accepted it, and the web server
+    # keeps one request waiting on each: a process that serves slower (here its app takes
+    # 0.5 ms a request; on a busy machine, one that shares a core with the web server)
+    # would keep its share of the queue and make each of its requests wait longer. With
+    # the balance page it moves connections to the quicker process until its share of them
+    # follows its share of the pace. (The relay's watcher moves some too, when a process
+    # has been busy 1 ms; the page counts only the balance's moves.)
+    from fcgi import Client
+    path, pair, relay, page = balanced_pair
+    conns = [Client(path, timeout=60) for _ in range(64)]
+    try:
+        owner = {c: served_by(c) for c in conns}
+        counts = {w.proc.pid: list(owner.values()).count(w.proc.pid) for w, _ in pair}
+        slow = max(counts, key=counts.get)
+        start = counts[slow]
+        assert start >= 32
+        # As nginx under load: a request waiting on every connection, the next one written
+        # as its response comes.
+        for c in conns:
+            send(c, "/pace?%d" % slow)
+        deadline = time.monotonic() + 90
+        while balance_slot(page, slow)["moved"] < 8 and time.monotonic() < deadline:
+            for c in conns:
+                r = c.read_response()
+                assert r.code == 200, r.body
+                owner[c] = int(r.body)
+                send(c, "/pace?%d" % slow)
+        for c in conns:
+            assert c.read_response().code == 200
+        slot = balance_slot(page, slow)
+        assert slot["moved"] >= 8, slot
+        assert list(owner.values()).count(slow) <= start - 4, (start, slot)
+        assert balance_slot(page, next(p for p in counts if p != slow))["moved"] < slot["moved"]
+        # Every connection, moved or not, is served on.
+        assert {served_by(c) for c in conns} <= set(counts)
+    finally:
+        for c in conns:
+            c.close()
+
+
+def balance_slot(page, pid):
+    """The balance page's line of process `pid` (docs/worker-contract.md)."""
+    for off in range(64, 4096, 64):
+        slot_pid, conns, served, moved = struct.unpack_from("<IIQQ", page, off)
+        if slot_pid == pid:
+            return {"conns": conns, "served": served, "moved": moved}
+    raise AssertionError("no line for pid %d" % pid)

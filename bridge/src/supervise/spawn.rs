@@ -28,8 +28,12 @@ const READY_FD: i32 = 3;
 /// The claim page in a native worker (`FCGIBRIDGE_CLAIM_FD`), or a direct worker's
 /// scoreboard (`FCGIBRIDGE_SCOREBOARD_FD`).
 const CLAIM_FD: i32 = 4;
-/// A direct worker's relay, sending and receiving end (`FCGIBRIDGE_RELAY_FDS`).
-pub(super) const RELAY_FDS: [i32; 2] = [5, 6];
+/// A direct worker's relay, sending and receiving end, and its pool's balance page
+/// (`FCGIBRIDGE_RELAY_FDS`).
+pub(super) const RELAY_FDS: [i32; 3] = [5, 6, 7];
+/// The balance page's size: a line for the pool and one for each of 63 processes (a
+/// process past them keeps the connections it accepts).
+const BALANCE_PAGE: usize = 4096;
 
 /// What a worker of a pool behind a `direct` listener is given instead of its own socket
 /// and claim page (docs/direct.md).
@@ -39,17 +43,20 @@ pub(super) struct DirectFds<'a> {
     pub listener: std::os::fd::BorrowedFd<'a>,
     /// The worker's scoreboard (scoreboard.rs), its fd 4.
     pub scoreboard: RawFd,
-    /// The pool's relay, its fds 5 and 6.
+    /// The pool's relay, its fds 5, 6 and 7.
     pub relay: Option<&'a Relay>,
 }
 
 /// A direct listener's relay: a datagram socket pair every worker of its pool gets, over
 /// which a worker whose threads are all busy hands a kept connection with a request waiting
 /// to whichever worker has a free thread first (workers/src/park.rs). The bridge only
-/// holds it, so that connections in flight outlive the worker that sent them.
+/// holds it, so that connections in flight outlive the worker that sent them. With it
+/// comes a page the workers share, where each publishes its connections and pace so that
+/// one the scheduler slows hands some to the others (workers/src/balance.rs).
 pub(crate) struct Relay {
     pub send: OwnedFd,
     pub recv: OwnedFd,
+    pub balance: crate::shared_memory::SharedMemory,
 }
 
 impl Relay {
@@ -63,11 +70,14 @@ impl Relay {
             // SAFETY: fcntl returned a new descriptor nothing else owns.
             Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) })
         };
-        Ok(Self { send: high(send)?, recv: high(recv)? })
+        let size = std::num::NonZeroUsize::new(BALANCE_PAGE).unwrap_or(std::num::NonZeroUsize::MIN);
+        let balance =
+            crate::shared_memory::SharedMemory::new(c"fcgibridge-balance", size).map_err(std::io::Error::other)?;
+        Ok(Self { send: high(send)?, recv: high(recv)?, balance })
     }
 
-    pub(super) fn raw_fds(&self) -> [RawFd; 2] {
-        [self.send.as_raw_fd(), self.recv.as_raw_fd()]
+    pub(super) fn raw_fds(&self) -> [RawFd; 3] {
+        [self.send.as_raw_fd(), self.recv.as_raw_fd(), self.balance.raw_fd()]
     }
 }
 
@@ -331,7 +341,7 @@ fn launch(
     iso: Prepared,
     ready_w: Option<RawFd>,
     claims: Option<RawFd>,
-    relay: Option<[RawFd; 2]>,
+    relay: Option<[RawFd; 3]>,
 ) -> Result<tokio::process::Child, SpawnError> {
     let run_as = iso.run_as().map(str::to_owned);
     let steps = StepLog::new().map_err(SpawnError::Pipe)?;
@@ -411,7 +421,7 @@ fn child_setup(
     step: StepMarker,
     ready_w: Option<RawFd>,
     claims: Option<RawFd>,
-    relay: Option<[RawFd; 2]>,
+    relay: Option<[RawFd; 3]>,
 ) {
     // SAFETY: the closure runs in the forked child before exec and only makes
     // async-signal-safe system calls (dup2, fcntl, prctl, setpgid, sigaction, sigprocmask).
@@ -667,7 +677,7 @@ fn direct_environment(
 
 /// `FCGIBRIDGE_RELAY_FDS`: where [`child_setup`] (or a template's fork) puts the relay.
 pub(super) fn relay_fds_env() -> String {
-    format!("{},{}", RELAY_FDS[0], RELAY_FDS[1])
+    format!("{},{},{}", RELAY_FDS[0], RELAY_FDS[1], RELAY_FDS[2])
 }
 
 /// A duration in seconds as FCGIBRIDGE_HEADER_TIMEOUT and FCGIBRIDGE_REQUEST_TIMEOUT give

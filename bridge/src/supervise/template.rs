@@ -122,7 +122,7 @@ pub(super) async fn spawn_forked(
         *lock(&template.pending) = Some(tx);
         let mut fds = vec![listener.as_raw_fd(), out_w.as_raw_fd(), err_w.as_raw_fd(), ready_w.as_raw_fd()];
         // A direct worker's scoreboard comes fifth; the fork places it on fd 4. Its relay's
-        // ends come sixth and seventh (the fork names them in FCGIBRIDGE_RELAY_FDS).
+        // ends and balance page come sixth to eighth (named in FCGIBRIDGE_RELAY_FDS).
         fds.extend(direct.map(|d| d.scoreboard));
         if let Some(r) = direct.and_then(|d| d.relay) {
             fds.extend(r.raw_fds());

@@ -6,7 +6,7 @@ socket (SOCK_SEQPACKET) on fd 4. The template imports the app once, reports READ
 then waits. For every ``SPAWN`` message — carrying four descriptors by SCM_RIGHTS:
 the worker's listening socket, its stdout and stderr pipes and its readiness pipe, and
 for a pool behind a ``direct`` listener its scoreboard fifth (and its relay's two ends
-sixth and seventh, left where they are and named in FCGIBRIDGE_RELAY_FDS: the app's
+and balance page sixth to eighth, left where they are and named in FCGIBRIDGE_RELAY_FDS: the app's
 import may hold any low number) —
 it forks; the child puts them on fds 0 (via a private copy), 1, 2 and 3, sets the
 RLIMIT_CPU that ``SPAWN cpu=SOFT,HARD`` names (cpu-time-limit) and becomes an
@@ -91,7 +91,7 @@ def _become_worker(fds, ctl, wake_fds, app, threads, processes, cpu):
             os.close(fd)
         if relay:
             # At or above _HIGH_FD and close-on-exec: never one the app's import opened.
-            os.environ["FCGIBRIDGE_RELAY_FDS"] = "%d,%d" % tuple(relay)
+            os.environ["FCGIBRIDGE_RELAY_FDS"] = ",".join(str(fd) for fd in relay)
         if cpu is not None:
             _limit_cpu(cpu)
         # Its own process group, as the bridge gives every worker it starts itself.
@@ -190,7 +190,7 @@ def run():
             _retire(ctl)
         try:
             cpu = _cpu_limit(msg)
-            well_formed = len(fds) in (4, 5, 7)
+            well_formed = len(fds) in (4, 5, 7, 8)
         except ValueError:
             cpu, well_formed = None, False
         if well_formed:

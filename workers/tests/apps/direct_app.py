@@ -22,6 +22,14 @@ def application(environ, start_response):
         while not os.path.exists(environ["QUERY_STRING"]) and time.monotonic() < deadline:
             time.sleep(0.01)
         body = "released"
+    elif path == "/pace":
+        # The process the query names works 0.5 ms of CPU a request (slower, not stuck); any
+        # other answers at once. The body is the pid that served it.
+        if environ["QUERY_STRING"] == str(os.getpid()):
+            end = time.perf_counter() + 0.0005
+            while time.perf_counter() < end:
+                pass
+        body = str(os.getpid())
     elif path == "/raise":
         raise RuntimeError("direct app failed")
     elif path == "/errors":
