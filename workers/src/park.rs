@@ -323,7 +323,7 @@ impl Park {
                 crate::batch::send();
                 continue;
             }
-            let (taken, idle) = {
+            let (taken, idle, held) = {
                 let mut st = self.state();
                 let idle = if st.swept.elapsed() >= wait {
                     st.sweep(|_, p| p.since.elapsed() >= self.header_timeout)
@@ -331,13 +331,14 @@ impl Park {
                     Vec::new()
                 };
                 let taken = event.filter(|&e| e != LISTENER && e != RELAY).and_then(|token| st.take(token));
-                if let Some(b) = &self.balance {
-                    // Each busy thread holds one; this one now too, if it took one.
-                    let busy = self.threads.saturating_sub(self.waiting.load(Ordering::Relaxed));
-                    b.check(st.parked.len() + busy + usize::from(taken.is_some()));
-                }
-                (taken, idle)
+                // The connections held: parked, one per busy thread, and this one's if any.
+                let busy = self.threads.saturating_sub(self.waiting.load(Ordering::Relaxed));
+                let held = st.parked.len() + busy + usize::from(taken.is_some());
+                (taken, idle, held)
             };
+            if let Some(b) = &self.balance {
+                b.check(held);
+            }
             for p in idle {
                 self.close(p);
                 crate::direct::log_header_timeout(self.header_timeout);
