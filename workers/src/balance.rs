@@ -75,8 +75,8 @@ struct Window {
 }
 
 impl Balance {
-    /// Map the pool's page and take a slot in it; `None` (no balancing, said once) when the
-    /// page cannot be mapped or every slot is taken.
+    /// Map the pool's page and take a slot in it; `None` (no balancing) when every slot is
+    /// taken or the page cannot be mapped (said on stderr).
     pub(crate) fn new(fd: RawFd) -> Option<Self> {
         let (head, slots) = match map(fd) {
             Ok(page) => page,
@@ -94,12 +94,14 @@ impl Balance {
         slots[me].served.store(0, Ordering::Relaxed);
         slots[me].moved.store(0, Ordering::Relaxed);
         let n = slots.len();
+        let served = slots.iter().map(|s| s.served.load(Ordering::Relaxed)).collect();
         Some(Self {
             head,
             slots,
             me,
             pid,
-            window: Mutex::new(Window { at: Instant::now(), served: vec![0; n], rate: vec![0.0; n] }),
+            // The others' counts so far are not this window's.
+            window: Mutex::new(Window { at: Instant::now(), served, rate: vec![0.0; n] }),
             surplus: AtomicU32::new(0),
             over: AtomicBool::new(false),
             passes: AtomicU32::new(0),
