@@ -15,8 +15,7 @@
 //! moves with its connection, and so do the later ones the web server writes to it.
 //! A few dozen moves a second keep the waits even; a request moved costs about what a
 //! quick one does.
-use std::os::fd::RawFd;
-use std::ptr::NonNull;
+use std::os::fd::{BorrowedFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -81,7 +80,7 @@ impl Balance {
         let (head, slots) = match map(fd) {
             Ok(page) => page,
             Err(e) => {
-                eprintln!("fcgibridge worker: cannot map the pool's balance page; its connections stay where they are accepted: {e}");
+                eprintln!("fcgibridge worker: cannot use the pool's balance page (its connections stay where they are accepted): {e}");
                 return None;
             }
         };
@@ -213,24 +212,13 @@ fn alive(pid: u32) -> bool {
 }
 
 /// The page behind `fd`: its head and as many slots as fit.
-fn map(fd: RawFd) -> std::io::Result<(&'static Head, &'static [Slot])> {
-    // SAFETY: fstat fills the struct given.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    if unsafe { libc::fstat(fd, &mut st) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    let len = usize::try_from(st.st_size).unwrap_or(0);
+fn map(fd: RawFd) -> Result<(&'static Head, &'static [Slot]), String> {
+    // SAFETY: the descriptor the bridge gave stays open for the process's life.
+    let (base, len) = crate::sys::map_shared(unsafe { BorrowedFd::borrow_raw(fd) })?;
     let slots = (len / LINE).saturating_sub(1);
     if slots < 2 {
-        return Err(std::io::Error::other(format!("it is {len} bytes, too small")));
+        return Err(format!("it is {len} bytes, too small"));
     }
-    // SAFETY: a new shared mapping of the descriptor's whole (sealed) size.
-    let p =
-        unsafe { libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, fd, 0) };
-    if p == libc::MAP_FAILED {
-        return Err(std::io::Error::last_os_error());
-    }
-    let base = NonNull::new(p.cast::<u8>()).ok_or_else(|| std::io::Error::other("mmap gave a null address"))?;
     // SAFETY: the mapping is page-aligned, `len` bytes long and lives as long as the process
     // (never unmapped); it holds only atomics, which any bit pattern is valid for.
     unsafe {

@@ -11,8 +11,6 @@
 //! finds `started` unchanged and non-zero has the line of that request. The last 128
 //! bytes of the mapping count how long the requests ran (the app's start to END_REQUEST):
 //! 15 u64 counts in the status page's buckets, then their sum in nanoseconds.
-use nix::sys::mman::{mmap, MapFlags, ProtFlags};
-use std::num::NonZeroUsize;
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
@@ -129,31 +127,22 @@ pub(crate) fn attach(fd: RawFd) {
     // else; dropping it after mapping closes it (the mapping keeps the memory).
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
     BOARD.get_or_init(|| {
-        let len = match nix::sys::stat::fstat(&fd) {
-            Ok(st) => usize::try_from(st.st_size).unwrap_or(0),
-            Err(e) => {
-                eprintln!("fcgibridge worker: cannot read the scoreboard's size (FCGIBRIDGE_SCOREBOARD_FD): {e}");
+        let (p, len) = match crate::sys::map_shared(&fd) {
+            Ok(mapped) => mapped,
+            Err(why) => {
+                eprintln!("fcgibridge worker: cannot use the scoreboard (FCGIBRIDGE_SCOREBOARD_FD): {why}");
                 return None;
             }
         };
-        let Some(size) = NonZeroUsize::new(len).filter(|_| len >= HEADER_BYTES + SLOT_BYTES + DURATIONS_BYTES) else {
+        if len < HEADER_BYTES + SLOT_BYTES + DURATIONS_BYTES {
             eprintln!(
                 "fcgibridge worker: the scoreboard is {len} bytes, too small for one thread's slot and the durations"
             );
             return None;
-        };
-        // SAFETY: a fresh shared mapping of the bridge's memfd, not aliased by any Rust object.
-        let mapped =
-            unsafe { mmap(None, size, ProtFlags::PROT_READ | ProtFlags::PROT_WRITE, MapFlags::MAP_SHARED, &fd, 0) };
-        match mapped {
-            // SAFETY: `len` bytes of shared memory, page-aligned, never unmapped; the bridge
-            // only touches it atomically too.
-            Ok(p) => Some(unsafe { Board::at(p.as_ptr().cast(), len) }),
-            Err(e) => {
-                eprintln!("fcgibridge worker: cannot map the scoreboard: {e}");
-                None
-            }
         }
+        // SAFETY: `len` bytes of shared memory, page-aligned, never unmapped; the bridge
+        // only touches it atomically too.
+        Some(unsafe { Board::at(p.as_ptr(), len) })
     });
 }
 

@@ -267,6 +267,19 @@ pub(crate) fn send_available(fd: RawFd, data: &[u8]) -> (usize, Option<io::Error
     (sent, None)
 }
 
+/// A shared read-write mapping of the whole file behind `fd` (a memfd the bridge made),
+/// never unmapped: its address and length. `Err` says which step failed.
+pub(crate) fn map_shared(fd: impl AsFd) -> Result<(std::ptr::NonNull<u8>, usize), String> {
+    use nix::sys::mman::{mmap, MapFlags, ProtFlags};
+    let len = nix::sys::stat::fstat(fd.as_fd()).map_err(|e| format!("cannot read its size: {e}"))?.st_size;
+    let len = usize::try_from(len).unwrap_or(0);
+    let size = std::num::NonZeroUsize::new(len).ok_or("it is empty")?;
+    // SAFETY: a fresh shared mapping of the descriptor's file, not aliased by any Rust object.
+    let p = unsafe { mmap(None, size, ProtFlags::PROT_READ | ProtFlags::PROT_WRITE, MapFlags::MAP_SHARED, fd, 0) }
+        .map_err(|e| format!("cannot map it: {e}"))?;
+    Ok((p.cast(), len))
+}
+
 /// Ask the kernel to SIGKILL this process when the thread that forked it exits.
 pub(crate) fn set_parent_death_signal() -> io::Result<()> {
     nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL).map_err(io::Error::from)
