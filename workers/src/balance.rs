@@ -37,7 +37,7 @@ const LINE: usize = 64;
 
 #[repr(C, align(64))]
 struct Head {
-    /// Connections moved here and not taken yet.
+    /// Connections sent to the relay and not taken yet (any process may take one).
     relayed: AtomicU32,
 }
 
@@ -156,9 +156,14 @@ impl Balance {
         self.surplus.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |s| s.checked_sub(1)).is_ok()
     }
 
-    /// A connection was moved to the relay.
+    /// A connection was moved to the relay for this process's share.
     pub(crate) fn moved(&self) {
         self.slots[self.me].moved.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// This process sent a connection to the relay (moved, or handed over by the watcher or
+    /// while retiring): one more for the others to read first.
+    pub(crate) fn sent(&self) {
         self.head.relayed.fetch_add(1, Ordering::SeqCst);
     }
 
@@ -284,7 +289,9 @@ mod tests {
         b.surplus.store(2, Ordering::Relaxed);
         assert!(b.move_one() && b.move_one() && !b.move_one());
         b.moved();
-        b.moved();
+        assert!(!b.one_waits(), "counted as sent, not as moved");
+        b.sent();
+        b.sent();
         assert!(b.one_waits());
         b.over.store(true, Ordering::Relaxed);
         assert!(!b.one_waits(), "an over-share process leaves it to the others");

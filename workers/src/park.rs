@@ -585,6 +585,8 @@ impl Park {
         let sent = self.relay.as_ref().is_some_and(|r| matches!(sys::send_fd(r.send, fd.as_raw_fd(), tag), Ok(true)));
         if !sent {
             self.hold_back(relayed(fd, tag), frees);
+        } else if let Some(b) = &self.balance {
+            b.sent();
         }
     }
 
@@ -611,6 +613,9 @@ impl Park {
             }
             c.take_fd()
         };
+        if let Some(b) = &self.balance {
+            b.sent();
+        }
         if let Some(fd) = fd {
             // The process's copy closes; the descriptor in flight keeps the connection.
             let _ = sys::epoll_ctl(self.epfd.as_raw_fd(), libc::EPOLL_CTL_DEL, fd.as_raw_fd(), 0, 0);
