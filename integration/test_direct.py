@@ -463,6 +463,43 @@ def test_a_kept_connection_of_a_busy_worker_is_served_by_a_free_one(tmp_path_fac
         b.stop()
 
 
+def test_the_status_page_counts_the_connections_a_slower_process_moves(tmp_path_factory):
+    """A process that serves slower than the other keeps a queue on each of its kept
+    connections; it moves some to the other process (docs/direct.md), and the status page
+    and the OpenMetrics page count the moves from the workers' scoreboards."""
+    from fcgi_client import FcgiConnection, cgi_params
+    b, front = start(tmp_path_factory, "direct-balance", processes=2, threads=1)
+    conns = [FcgiConnection(str(b.workdir / "direct.sock")) for _ in range(64)]
+    try:
+        owner = [json.loads(c.request("/pid").body)["pid"] for c in conns]
+        slow = max(set(owner), key=owner.count)
+        assert b.pool_status("app")["moved_connections"] == 0
+        # As nginx under load: a request waiting on every connection, the next one written
+        # as its response comes; the process holding more of them spins 0.5 ms a request.
+        params = cgi_params("/spin", query=f"ms=0.5&pid={slow}")
+        for c in conns:
+            c.begin(1, params)
+        deadline = time.monotonic() + 120
+        while b.pool_status("app")["moved_connections"] < 8:
+            assert time.monotonic() < deadline, "no connection moved"
+            for c in conns:
+                r = c.wait(1)
+                assert r.status == 200, r.body
+                c.begin(1, params)
+        for c in conns:
+            assert c.wait(1).status == 200
+        text = requests.get(f"http://127.0.0.1:{b.status_port}/metrics", timeout=30).text
+        metric = re.search(r'fcgibridge_pool_moved_connections_total\{pool="app"\} (\S+)', text)
+        assert metric and float(metric.group(1)) >= 8, text
+        # Every connection, moved or not, is served on.
+        assert {json.loads(c.request("/pid").body)["pid"] for c in conns} <= set(owner)
+    finally:
+        for c in conns:
+            c.close()
+        front.stop()
+        b.stop()
+
+
 def test_a_preloaded_apps_files_opened_at_import_stay_its_own(tmp_path_factory):
     """The relay's descriptors never take the place of what the app opened while the
     template imported it (the first free numbers, 5 and 6, among them)."""

@@ -5,7 +5,8 @@
 //! `drain: u32` at 0 (the bridge's only word), then the worker's: `threads: u32` at 4,
 //! `accepting: u32` at 8 (threads that may still accept a connection), `timeouts: u32` at
 //! 12 (requests an ASGI worker ended for request-timeout itself), responses by status
-//! class 1xx..5xx as five u64 at 16..56 — then one 256-byte slot per thread (an ASGI
+//! class 1xx..5xx as five u64 at 16..56, `moved: u64` at 56 (kept connections it moved to
+//! the pool's relay to even out the processes' queues) — then one 256-byte slot per thread (an ASGI
 //! worker: per request in flight, up to `concurrency`): `served: u64`, `started: u64` (CLOCK_MONOTONIC ns, 0 when idle),
 //! `line_len: u32`, `head: u32` (the current request's response head: 0 not sent, 1-5 its
 //! status class, u32::MAX not told), and 232 bytes of `METHOD URI` as 29 u64 words. The
@@ -20,6 +21,7 @@ const HEADER: usize = 64;
 const ACCEPTING: usize = 8;
 const TIMEOUTS: usize = 12;
 const RESPONSES: usize = 16;
+const MOVED: usize = 56;
 const SLOT: usize = 256;
 const LINE_OFFSET: usize = 24;
 /// The durations' bytes, at the end of the mapping.
@@ -108,6 +110,11 @@ impl Scoreboard {
     /// Responses the worker sent, by status class (1xx, 2xx, 3xx, 4xx, 5xx).
     pub(crate) fn responses(&self) -> [u64; 5] {
         std::array::from_fn(|i| self.u64_at(RESPONSES + i * 8).load(Ordering::Relaxed))
+    }
+
+    /// Kept connections the worker moved to the pool's relay for the balance, so far.
+    pub(crate) fn moved(&self) -> u64 {
+        self.u64_at(MOVED).load(Ordering::Relaxed)
     }
 
     /// How long the worker's requests ran, so far.
@@ -327,6 +334,10 @@ mod tests {
         board.begin(0, b"GET /", 5);
         board.end(0);
         assert_eq!(board.responses(), [1, 2, 1, 1, 2]);
+        // The worker's count of moved connections, past the responses.
+        assert_eq!(board.moved(), 0);
+        board.u64_at(MOVED).fetch_add(3, Ordering::Relaxed);
+        assert_eq!((board.moved(), board.responses()), (3, [1, 2, 1, 1, 2]));
     }
 
     #[test]

@@ -249,7 +249,9 @@ def application(environ, start_response):
         return _json(start_response, {"size": size, "outcome": outcome})
 
     if path == "/spin":
-        end = time.thread_time() + float(q.get("ms", "1")) / 1000
+        # pid=N: only process N spins (one process of a pool made slower than the others).
+        ms = float(q.get("ms", "1")) if q.get("pid", str(os.getpid())) == str(os.getpid()) else 0.0
+        end = time.thread_time() + ms / 1000
         while time.thread_time() < end:
             pass
         return _json(start_response, {"pid": os.getpid(), "thread": threading.get_ident()})

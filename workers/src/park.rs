@@ -348,6 +348,7 @@ impl Park {
                     Some(b) => match self.relay(p) {
                         Ok(()) => {
                             b.moved();
+                            crate::scoreboard::count_move();
                             continue;
                         }
                         Err(p) => p,

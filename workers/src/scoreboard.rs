@@ -3,8 +3,8 @@
 //! that retires the worker (docs/worker-contract.md, "Direct mode").
 //!
 //! One memfd (`FCGIBRIDGE_SCOREBOARD_FD`), native-endian, every field atomic: a 64-byte
-//! header (`drain`, written by the bridge; `threads`, `accepting`, `timeouts` and the
-//! responses by status class, by the worker), then one 256-byte slot per serving thread
+//! header (`drain`, written by the bridge; `threads`, `accepting`, `timeouts`, the
+//! responses by status class and the kept connections moved to the relay, by the worker), then one 256-byte slot per serving thread
 //! (`served`, `started`, the current request's `METHOD URI`); an ASGI worker lends one to
 //! each request in flight instead. A thread writes only its own slot. The line is stored
 //! before `started` (Release); a reader that loads `started` (Acquire), copies the line and
@@ -58,7 +58,9 @@ struct Header {
     timeouts: AtomicU32,
     /// Responses whose header block was sent, by status class: 1xx, 2xx, 3xx, 4xx, 5xx.
     responses: [AtomicU64; 5],
-    _reserved: AtomicU64,
+    /// Kept connections this worker moved to the relay to even out the pool's queues
+    /// ([`crate::balance`]).
+    moved: AtomicU64,
 }
 
 /// One serving thread's slot.
@@ -311,6 +313,13 @@ pub(crate) fn count_timeout() {
     }
 }
 
+/// A kept connection was moved to the relay for the pool's balance.
+pub(crate) fn count_move() {
+    if let Some(Some(b)) = BOARD.get() {
+        b.header.moved.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 /// A response with status `code` had its header block sent.
 pub(crate) fn count_response(code: u16) {
     if let Some(Some(b)) = BOARD.get() {
@@ -518,6 +527,8 @@ mod tests {
         assert_eq!(read(words, 0).0, 2, "a request without a slot counts in slot 0");
         b.header.timeouts.fetch_add(1, Ordering::Relaxed);
         assert_eq!((header_u32(words, 12), header_u32(words, 8)), (1, 0), "timeouts: the u32 at offset 12");
+        b.header.moved.fetch_add(2, Ordering::Relaxed);
+        assert_eq!(words[7].load(Ordering::Relaxed), 2, "moved: the u64 at offset 56");
     }
 
     #[test]

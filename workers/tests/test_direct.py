@@ -39,6 +39,10 @@ class Scoreboard:
         """Responses sent by status class: {"1xx": n, ..., "5xx": n}."""
         return dict(zip(("1xx", "2xx", "3xx", "4xx", "5xx"), struct.unpack_from("=5Q", self.map, 16)))
 
+    def moved(self):
+        """Kept connections the worker moved to the relay for the pool's balance."""
+        return struct.unpack_from("=Q", self.map, 56)[0]
+
     def slot(self, i):
         """(served, started, the running request's line or None)."""
         base = HEADER + i * SLOT
@@ -672,6 +676,9 @@ def test_a_process_the_scheduler_slows_hands_kept_connections_to_a_quicker_one(b
         assert slot["moved"] >= 8, slot
         assert list(owner.values()).count(slow) <= start - 4, (start, slot)
         assert balance_slot(page, next(p for p in counts if p != slow))["moved"] < slot["moved"]
+        # The bridge reads the same count from the worker's scoreboard (the status page's).
+        boards = {w.proc.pid: board for w, board in pair}
+        assert boards[slow].moved() == slot["moved"]
         # Every connection, moved or not, is served on.
         assert {served_by(c) for c in conns} <= set(counts)
     finally:

@@ -31,6 +31,8 @@ pub(super) struct DirectSeen {
     durations: crate::status::latency::Histogram,
     /// Requests the worker ended for request-timeout itself.
     timeouts: u32,
+    /// Kept connections it moved to the relay.
+    moved: u64,
     /// An ASGI worker: it applies request-timeout to its requests itself (cancelling the
     /// request's task), so the bridge's own check leaves its slots alone.
     pub(super) times_out_itself: bool,
@@ -107,6 +109,8 @@ impl<S: Slot> Dispatcher<S> {
         w.direct.durations = board.durations;
         inner.counters.request_timeouts += u64::from(board.timeouts.saturating_sub(w.direct.timeouts));
         w.direct.timeouts = w.direct.timeouts.max(board.timeouts);
+        inner.counters.moved_connections += board.moved.saturating_sub(w.direct.moved);
+        w.direct.moved = w.direct.moved.max(board.moved);
         if w.s.max_requests != 0 && w.s.served >= w.s.max_requests && !w.s.recycle_flagged {
             w.s.recycle_flagged = true;
             self.wake.notify_one();
@@ -141,6 +145,8 @@ pub(crate) struct Observed {
     pub durations: crate::status::latency::Histogram,
     /// Requests the worker ended for request-timeout itself (an ASGI worker).
     pub timeouts: u32,
+    /// Kept connections it moved to the pool's relay (a WSGI worker's balance).
+    pub moved: u64,
 }
 
 /// A thread running the request `line` (`METHOD URI`) since `since`.
@@ -330,6 +336,19 @@ mod tests {
             2,
         );
         assert_eq!(d.view().counters.direct_responses.0, [0, 10, 1, 1, 3]);
+    }
+
+    #[test]
+    fn connections_moved_are_counted_as_deltas_of_every_worker() {
+        let d: Dispatcher<Fake> = Dispatcher::new(0, Duration::from_secs(1));
+        let (a, b) = (d.add_worker(0), d.add_worker(0));
+        assert!(d.add_direct(a, 1, false) && d.add_direct(b, 1, false));
+        let seen = |moved| Observed { threads: vec![thread(0, 0, "")], moved, ..Observed::default() };
+        d.observe_direct(a, &seen(4), 1);
+        d.observe_direct(a, &seen(9), 2);
+        d.observe_direct(a, &seen(9), 3);
+        d.observe_direct(b, &seen(2), 3);
+        assert_eq!(d.view().counters.moved_connections, 11);
     }
 
     #[test]

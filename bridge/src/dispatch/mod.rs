@@ -293,6 +293,8 @@ pub(crate) struct Counters {
     pub direct_responses: crate::status::latency::Classes,
     /// How long direct workers' requests ran (their scoreboards), for the same reason.
     pub direct_latency: crate::status::latency::Histogram,
+    /// Kept connections direct workers moved between them to even out their queues.
+    pub moved_connections: u64,
 }
 
 struct WorkerEntry {

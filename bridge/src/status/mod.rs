@@ -199,6 +199,7 @@ fn pool_status(s: &track::State, p: PoolStats, now: Instant) -> PoolStatus {
         request_timeouts: p.request_timeouts,
         piped_requests: p.piped_requests,
         withdrawn_requests: p.withdrawn_requests,
+        moved_connections: p.direct.then_some(p.moved_connections),
         processes: p.max_processes,
         threads: p.threads_per_process,
         concurrency: p.concurrency,

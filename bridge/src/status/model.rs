@@ -95,6 +95,10 @@ pub(crate) struct PoolStatus {
     pub piped_requests: u64,
     /// Piped requests taken back before the worker started them.
     pub withdrawn_requests: u64,
+    /// A direct pool's kept connections its processes moved between them, so that each
+    /// holds a share in proportion to its pace (docs/direct.md).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub moved_connections: Option<u64>,
     pub processes: u32,
     /// Threads per WSGI worker (absent for an ASGI pool).
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -100,7 +100,7 @@ fn daemon_and_listeners(o: &mut Out, s: &Status) {
 /// The pools' counters, histograms and gauges.
 fn pools(o: &mut Out, s: &Status) {
     type PoolField = fn(&super::model::PoolStatus) -> u64;
-    let counters: [(&str, &str, PoolField); 10] = [
+    let counters: [(&str, &str, PoolField); 11] = [
         ("fcgibridge_pool_requests", "Requests routed to the pool.", |p| p.accepted_requests),
         ("fcgibridge_pool_max_children_reached", "Requests that found every worker thread busy and queued.", |p| {
             p.max_children_reached
@@ -124,6 +124,9 @@ fn pools(o: &mut Out, s: &Status) {
         }),
         ("fcgibridge_pool_withdrawn_requests", "Piped requests taken back before the worker started them.", |p| {
             p.withdrawn_requests
+        }),
+        ("fcgibridge_pool_moved_connections", "Kept connections a direct pool's processes moved between them.", |p| {
+            p.moved_connections.unwrap_or(0)
         }),
     ];
     for (name, help, f) in counters {

@@ -1230,6 +1230,7 @@ fn observe(dispatcher: &Dispatcher<SlotConn>, w: &Worker) {
             responses: board.responses(),
             durations: board.durations(),
             timeouts: board.timeouts(),
+            moved: board.moved(),
         };
         dispatcher.observe_direct(w.key, &seen, crate::scoreboard::monotonic_now_ns());
     }

@@ -132,6 +132,8 @@ pub(crate) struct PoolStats {
     /// Requests piped behind a worker connection's current request / taken back from it.
     pub piped_requests: u64,
     pub withdrawn_requests: u64,
+    /// Kept connections its direct workers moved between them (docs/direct.md).
+    pub moved_connections: u64,
     /// Worker processes started since the pool started.
     pub spawns: u64,
     /// Worker processes gone since the pool started (any reason).
@@ -359,6 +361,7 @@ pub(crate) fn pool_snapshot(pool: &PoolRuntime) -> PoolStats {
         request_timeouts: c.request_timeouts,
         piped_requests: c.piped,
         withdrawn_requests: c.withdrawn,
+        moved_connections: c.moved_connections,
         spawns: mv.spawns,
         worker_exits: mv.exits,
         worker_crashes: mv.crashes,
