@@ -130,7 +130,7 @@ def test_workers_answer_and_the_status_page_counts_what_they_serve(stack):
     page = requests.get(f"http://127.0.0.1:{b.status_port}/status", headers={"Accept": "text/html"}, timeout=30)
     assert page.status_code == 200, page.text
     card = page.text.split('data-pool="app"', 1)[1]
-    assert "direct: in the workers' socket" in card, card[:2000]
+    assert "direct: in the workers' socket · 0 connections moved" in card, card[:2000]
     assert "<b>Queue</b>" not in card and "size 0 · max" not in card, card[:2000]
     assert re.search(r'<tr class="pool" data-pool="app"><td>app</td><td class="n">\d+</td><td class="n">direct</td>',
                      page.text), page.text

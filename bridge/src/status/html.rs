@@ -255,10 +255,12 @@ fn tile(o: &mut String, name: &str, key: &str, value: &str, note: &str, class: &
 }
 
 /// The bridge's queue of a pool; a `direct` pool's requests wait where the bridge does not
-/// see them (the listening socket's backlog, the web server's kept connections).
+/// see them (the listening socket's backlog, the web server's kept connections), and its
+/// processes even out what waits on those by moving connections.
 fn queue_tile(o: &mut String, p: &PoolStatus) {
     if p.direct {
-        tile(o, "queue", "queue", "–", "direct: in the workers' socket", "");
+        let note = format!("direct: in the workers' socket · {} connections moved", p.moved_connections.unwrap_or(0));
+        tile(o, "queue", "queue", "–", &note, "");
         return;
     }
     let class = if p.queue_length > 0 { "recent" } else { "" };
