@@ -11,7 +11,8 @@
 //! it has served. Every [`CHECK`] a thread of each process works out its share of the
 //! pool's connections — in proportion to the rate it served at lately — and a process
 //! above its share by more than [`MARGIN`] hands the next connections whose request it
-//! takes to the relay ([`crate::park`]), while the others take those first. The request
+//! takes to the relay ([`crate::park`]) until it holds at most half that above it, while
+//! the others take those first. The request
 //! moves with its connection, and so do the later ones the web server writes to it.
 //! A few dozen moves a second keep the waits even; a request moved costs about what a
 //! quick one does.
@@ -30,7 +31,8 @@ const MARGIN: f64 = 6.0;
 /// Below this many requests a second in the pool, rates are mostly noise.
 const MIN_RATE: f64 = 200.0;
 /// How many times an over-share process lets the relay's event pass before it takes a
-/// connection waiting there itself (the others have not, in that time).
+/// connection waiting there itself (the others have not, in that time). Taken at the
+/// first look, a process with nothing else ready would take its own moves back.
 const MAX_PASSES: u32 = 64;
 /// The page: a line for the pool, then a line per process.
 const LINE: usize = 64;
@@ -47,9 +49,11 @@ struct Slot {
     pid: AtomicU32,
     /// The kept connections it holds (parked, or served now).
     conns: AtomicU32,
-    /// Requests it took so far.
+    /// Requests taken by the processes that used the slot: it only grows, so another
+    /// process's count of this window stays right when the slot changes hands.
     served: AtomicU64,
-    /// Connections it moved to the relay for its share.
+    /// Connections they moved to the relay for their share (for tests and debugging: the
+    /// bridge reads each worker's own count from its scoreboard).
     moved: AtomicU64,
 }
 
@@ -90,8 +94,6 @@ impl Balance {
             (was == 0 || !alive(was)) && s.pid.compare_exchange(was, pid, Ordering::SeqCst, Ordering::SeqCst).is_ok()
         })?;
         slots[me].conns.store(0, Ordering::Relaxed);
-        slots[me].served.store(0, Ordering::Relaxed);
-        slots[me].moved.store(0, Ordering::Relaxed);
         let n = slots.len();
         let served = slots.iter().map(|s| s.served.load(Ordering::Relaxed)).collect();
         Some(Self {
@@ -107,18 +109,23 @@ impl Balance {
         })
     }
 
+    /// The slot, while this process holds it (a retiring one has left it, and another
+    /// process may have taken it since).
+    fn mine(&self) -> Option<&Slot> {
+        let slot = &self.slots[self.me];
+        (slot.pid.load(Ordering::Relaxed) == self.pid).then_some(slot)
+    }
+
     /// A request taken.
     pub(crate) fn served(&self) {
-        self.slots[self.me].served.fetch_add(1, Ordering::Relaxed);
+        if let Some(slot) = self.mine() {
+            slot.served.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// Publish the connections held now and, once a [`CHECK`], work out this process's share.
     pub(crate) fn check(&self, conns: usize) {
-        let mine = &self.slots[self.me];
-        // Left when it began to retire (the slot may be another process's by now).
-        if mine.pid.load(Ordering::Relaxed) != self.pid {
-            return;
-        }
+        let Some(mine) = self.mine() else { return };
         mine.conns.store(u32::try_from(conns).unwrap_or(u32::MAX), Ordering::Relaxed);
         let Ok(mut w) = self.window.try_lock() else { return };
         let elapsed = w.at.elapsed();
@@ -158,7 +165,9 @@ impl Balance {
 
     /// A connection was moved to the relay for this process's share.
     pub(crate) fn moved(&self) {
-        self.slots[self.me].moved.fetch_add(1, Ordering::Relaxed);
+        if let Some(slot) = self.mine() {
+            slot.moved.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// This process sent a connection to the relay (moved, or handed over by the watcher or
@@ -167,7 +176,8 @@ impl Balance {
         self.head.relayed.fetch_add(1, Ordering::SeqCst);
     }
 
-    /// Whether a connection another process moved waits in the relay for this one.
+    /// Whether a connection sent to the relay (moved, or handed over by a busy or
+    /// retiring process) waits there for this one, which is within its share.
     pub(crate) fn one_waits(&self) -> bool {
         !self.over.load(Ordering::Relaxed) && self.head.relayed.load(Ordering::Relaxed) > 0
     }
@@ -190,11 +200,15 @@ impl Balance {
             && self.passes.fetch_add(1, Ordering::Relaxed) < MAX_PASSES
     }
 
-    /// The worker retires: its connections go to the others, and its slot is free.
+    /// The worker retires: its connections go to the others, and its slot is free (once:
+    /// each retiring thread asks).
     pub(crate) fn leave(&self) {
-        let mine = &self.slots[self.me];
-        mine.conns.store(0, Ordering::Relaxed);
-        let _ = mine.pid.compare_exchange(self.pid, 0, Ordering::SeqCst, Ordering::SeqCst);
+        self.over.store(false, Ordering::Relaxed);
+        self.surplus.store(0, Ordering::Relaxed);
+        if let Some(slot) = self.mine() {
+            slot.conns.store(0, Ordering::Relaxed);
+            let _ = slot.pid.compare_exchange(self.pid, 0, Ordering::SeqCst, Ordering::SeqCst);
+        }
     }
 }
 
@@ -279,6 +293,45 @@ mod tests {
         assert!(Balance::new(fd.as_raw_fd()).is_none());
         b.leave();
         assert_eq!(slots[0].pid.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn a_slot_taken_again_counts_on_from_where_it_was() {
+        use std::os::fd::AsRawFd;
+        let fd = page(2);
+        let (_, slots) = map(fd.as_raw_fd()).expect("mapped");
+        // The others remember 10,000 for this slot: set back to 0, it would read as a
+        // window of 2^64 requests, and every other process as far over its share.
+        slots[0].pid.store(999_999_999, Ordering::SeqCst);
+        slots[0].served.store(10_000, Ordering::SeqCst);
+        slots[1].pid.store(1, Ordering::SeqCst);
+        let b = Balance::new(fd.as_raw_fd()).expect("a slot");
+        assert_eq!((b.me, slots[0].served.load(Ordering::SeqCst)), (0, 10_000));
+        b.served();
+        assert_eq!(slots[0].served.load(Ordering::SeqCst), 10_001);
+    }
+
+    #[test]
+    fn a_process_that_left_its_slot_no_longer_writes_to_it() {
+        use std::os::fd::AsRawFd;
+        let fd = page(2);
+        let (_, slots) = map(fd.as_raw_fd()).expect("mapped");
+        let b = Balance::new(fd.as_raw_fd()).expect("a slot");
+        b.surplus.store(3, Ordering::Relaxed);
+        b.over.store(true, Ordering::Relaxed);
+        b.leave();
+        assert!(!b.over.load(Ordering::Relaxed) && !b.move_one(), "a retiring process moves nothing more");
+        // Its successor (init stands in for it): the retiring threads' requests, and their
+        // leave() again, touch nothing of its.
+        let s = &slots[b.me];
+        s.pid.store(1, Ordering::SeqCst);
+        s.conns.store(5, Ordering::SeqCst);
+        b.served();
+        b.moved();
+        b.check(9);
+        b.leave();
+        let seen = (s.pid.load(Ordering::SeqCst), s.conns.load(Ordering::SeqCst), s.served.load(Ordering::SeqCst));
+        assert_eq!((seen, s.moved.load(Ordering::SeqCst)), ((1, 5, 0), 0));
     }
 
     #[test]

@@ -308,14 +308,10 @@ impl Park {
                 self.begin_wait();
                 continue;
             }
-            // A connection another process moved here has waited there already: first.
-            if let (Some(b), Some(r)) = (&self.balance, &self.relay) {
-                if b.one_waits() {
-                    let got = sys::recv_fd(r.recv)?;
-                    b.taken(got.is_some());
-                    if let Some((fd, tag)) = got {
-                        return Ok(relayed(fd, tag));
-                    }
+            // A connection another process sent here has waited there already: first.
+            if self.balance.as_ref().is_some_and(|b| b.one_waits()) {
+                if let Some((fd, tag)) = self.take_relayed()? {
+                    return Ok(relayed(fd, tag));
                 }
             }
             let event = sys::epoll_wait_one(self.epfd.as_raw_fd(), if holding { Duration::ZERO } else { wait })?;
@@ -359,13 +355,7 @@ impl Park {
             }
             let conn = match (event, &self.relay) {
                 (Some(RELAY), Some(_)) if self.balance.as_ref().is_some_and(|b| b.pass_relay()) => None,
-                (Some(RELAY), Some(r)) => {
-                    let got = sys::recv_fd(r.recv)?;
-                    if let Some(b) = &self.balance {
-                        b.taken(got.is_some());
-                    }
-                    got
-                }
+                (Some(RELAY), Some(_)) => self.take_relayed()?,
                 (Some(LISTENER), _) => sys::accept_nonblocking(self.listen_fd)?.map(|fd| (fd, TAG_NEW)),
                 _ => None,
             };
@@ -373,6 +363,17 @@ impl Park {
                 return Ok(relayed(fd, tag));
             }
         }
+    }
+
+    /// Receive a connection from the relay (`None`: it was empty), keeping the balance's
+    /// count of what waits there.
+    fn take_relayed(&self) -> io::Result<Option<(OwnedFd, u8)>> {
+        let Some(r) = &self.relay else { return Ok(None) };
+        let got = sys::recv_fd(r.recv)?;
+        if let Some(b) = &self.balance {
+            b.taken(got.is_some());
+        }
+        Ok(got)
     }
 
     /// What the watcher held back, if anything (without a lock when nothing).
@@ -560,7 +561,7 @@ impl Park {
             let handed = match sys::epoll_wait_one(self.epfd.as_raw_fd(), wait)? {
                 None => continue,
                 Some(LISTENER) => sys::accept_nonblocking(self.listen_fd)?.map(|fd| (fd, TAG_NEW)),
-                Some(RELAY) => self.relay.as_ref().map(|r| sys::recv_fd(r.recv)).transpose()?.flatten(),
+                Some(RELAY) => self.take_relayed()?,
                 Some(token) => {
                     let taken = self.state().take(token);
                     match taken {
@@ -702,7 +703,7 @@ impl Park {
                 }
                 // Handed over before the stop, each with a request waiting: served as the
                 // connections queued on the socket are.
-                if let Some((fd, tag)) = self.relay.as_ref().map(|r| sys::recv_fd(r.recv)).transpose()?.flatten() {
+                if let Some((fd, tag)) = self.take_relayed()? {
                     return Ok(relayed(fd, tag));
                 }
             }

@@ -4,8 +4,9 @@
 //!
 //! One memfd (`FCGIBRIDGE_SCOREBOARD_FD`), native-endian, every field atomic: a 64-byte
 //! header (`drain`, written by the bridge; `threads`, `accepting`, `timeouts`, the
-//! responses by status class and the kept connections moved to the relay, by the worker), then one 256-byte slot per serving thread
-//! (`served`, `started`, the current request's `METHOD URI`); an ASGI worker lends one to
+//! responses by status class and the kept connections moved to the relay, by the
+//! worker), then one 256-byte slot per serving thread (`served`, `started`, the current
+//! request's `METHOD URI`); an ASGI worker lends one to
 //! each request in flight instead. A thread writes only its own slot. The line is stored
 //! before `started` (Release); a reader that loads `started` (Acquire), copies the line and
 //! finds `started` unchanged and non-zero has the line of that request. The last 128
