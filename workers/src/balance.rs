@@ -250,6 +250,7 @@ fn map(fd: RawFd) -> Result<(&'static Head, &'static [Slot]), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
     #[test]
     fn a_process_serving_at_half_the_pace_holds_a_third() {
@@ -267,22 +268,20 @@ mod tests {
         assert_eq!(surplus(0, &[50, 0], &[9000.0, 0.0]), 0.0);
     }
 
-    fn page(slots: usize) -> std::os::fd::OwnedFd {
-        use std::os::fd::FromRawFd;
+    /// A page of `slots` process lines, as the bridge makes it, and its lines mapped.
+    fn page(slots: usize) -> (OwnedFd, &'static [Slot]) {
         // SAFETY: memfd_create with a valid name; the descriptor is owned here.
         let fd = unsafe { libc::memfd_create(c"balance-test".as_ptr(), libc::MFD_CLOEXEC) };
         assert!(fd >= 0);
-        let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
-        use std::os::fd::AsRawFd;
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
         assert_eq!(unsafe { libc::ftruncate(fd.as_raw_fd(), ((slots + 1) * LINE) as libc::off_t) }, 0);
-        fd
+        let (_, lines) = map(fd.as_raw_fd()).expect("mapped");
+        (fd, lines)
     }
 
     #[test]
     fn a_slot_of_a_process_gone_is_taken_again_and_one_left_is_free() {
-        use std::os::fd::AsRawFd;
-        let fd = page(2);
-        let (_, slots) = map(fd.as_raw_fd()).expect("mapped");
+        let (fd, slots) = page(2);
         // Above any pid_max: a process gone.
         slots[0].pid.store(999_999_999, Ordering::SeqCst);
         slots[1].pid.store(1, Ordering::SeqCst); // init: alive
@@ -297,9 +296,7 @@ mod tests {
 
     #[test]
     fn a_slot_taken_again_counts_on_from_where_it_was() {
-        use std::os::fd::AsRawFd;
-        let fd = page(2);
-        let (_, slots) = map(fd.as_raw_fd()).expect("mapped");
+        let (fd, slots) = page(2);
         // The others remember 10,000 for this slot: set back to 0, it would read as a
         // window of 2^64 requests, and every other process as far over its share.
         slots[0].pid.store(999_999_999, Ordering::SeqCst);
@@ -313,9 +310,7 @@ mod tests {
 
     #[test]
     fn a_process_that_left_its_slot_no_longer_writes_to_it() {
-        use std::os::fd::AsRawFd;
-        let fd = page(2);
-        let (_, slots) = map(fd.as_raw_fd()).expect("mapped");
+        let (fd, slots) = page(2);
         let b = Balance::new(fd.as_raw_fd()).expect("a slot");
         b.surplus.store(3, Ordering::Relaxed);
         b.over.store(true, Ordering::Relaxed);
@@ -336,8 +331,7 @@ mod tests {
 
     #[test]
     fn moves_are_counted_out_and_the_relay_count_follows_takes() {
-        use std::os::fd::AsRawFd;
-        let fd = page(4);
+        let (fd, _) = page(4);
         let b = Balance::new(fd.as_raw_fd()).expect("a slot");
         b.surplus.store(2, Ordering::Relaxed);
         assert!(b.move_one() && b.move_one() && !b.move_one());
