@@ -6,12 +6,13 @@
 //! `accepting: u32` at 8 (threads that may still accept a connection), `timeouts: u32` at
 //! 12 (requests an ASGI worker ended for request-timeout itself), responses by status
 //! class 1xx..5xx as five u64 at 16..56, `moved: u64` at 56 (kept connections it moved to
-//! the pool's relay to even out the processes' queues) — then one 256-byte slot per thread (an ASGI
-//! worker: per request in flight, up to `concurrency`): `served: u64`, `started: u64` (CLOCK_MONOTONIC ns, 0 when idle),
-//! `line_len: u32`, `head: u32` (the current request's response head: 0 not sent, 1-5 its
-//! status class, u32::MAX not told), and 232 bytes of `METHOD URI` as 29 u64 words. The
-//! last 128 bytes of the mapping: how long the worker's requests ran (the app's start to
-//! END_REQUEST), 15 u64 counts in the buckets of status/latency.rs, then their sum in ns.
+//! the pool's relay to even out the processes' queues) — then one 256-byte slot per
+//! thread (an ASGI worker: per request in flight, up to `concurrency`): `served: u64`,
+//! `started: u64` (CLOCK_MONOTONIC ns, 0 when idle), `line_len: u32`, `head: u32` (the
+//! current request's response head: 0 not sent, 1-5 its status class, u32::MAX not told),
+//! and 232 bytes of `METHOD URI` as 29 u64 words. The last 128 bytes of the mapping: how
+//! long the worker's requests ran (the app's start to END_REQUEST), 15 u64 counts in the
+//! buckets of status/latency.rs, then their sum in ns.
 use crate::shared_memory::{SharedMemory, SharedMemoryError};
 use std::num::NonZeroUsize;
 use std::os::fd::RawFd;

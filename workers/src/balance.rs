@@ -12,10 +12,9 @@
 //! pool's connections — in proportion to the rate it served at lately — and a process
 //! above its share by more than [`MARGIN`] hands the next connections whose request it
 //! takes to the relay ([`crate::park`]) until it holds at most half that above it, while
-//! the others take those first. The request
-//! moves with its connection, and so do the later ones the web server writes to it.
-//! A few dozen moves a second keep the waits even; a request moved costs about what a
-//! quick one does.
+//! the others take those first. The request moves with its connection, and so do the
+//! later ones the web server writes to it. A few dozen moves a second keep the waits
+//! even; a request moved costs about what a quick one does.
 use std::os::fd::{BorrowedFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Mutex;
