@@ -162,11 +162,13 @@ impl Balance {
         self.surplus.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |s| s.checked_sub(1)).is_ok()
     }
 
-    /// A connection was moved to the relay for this process's share.
+    /// A connection was moved to the relay for this process's share (counted here and in
+    /// the worker's scoreboard, which the bridge reads).
     pub(crate) fn moved(&self) {
         if let Some(slot) = self.mine() {
             slot.moved.fetch_add(1, Ordering::Relaxed);
         }
+        crate::scoreboard::count_move();
     }
 
     /// This process sent a connection to the relay (moved, or handed over by the watcher or

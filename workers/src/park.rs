@@ -344,7 +344,6 @@ impl Park {
                     Some(b) => match self.relay(p) {
                         Ok(()) => {
                             b.moved();
-                            crate::scoreboard::count_move();
                             continue;
                         }
                         Err(p) => p,
@@ -584,12 +583,19 @@ impl Park {
     /// Send a connection to the relay; kept here (served by the next free thread) when the
     /// relay's queue is full.
     fn hand_over(&self, fd: OwnedFd, tag: u8, frees: u64) {
-        let sent = self.relay.as_ref().is_some_and(|r| matches!(sys::send_fd(r.send, fd.as_raw_fd(), tag), Ok(true)));
-        if !sent {
+        if !self.send_relayed(fd.as_raw_fd(), tag) {
             self.hold_back(relayed(fd, tag), frees);
-        } else if let Some(b) = &self.balance {
+        }
+    }
+
+    /// Send a connection to the relay (`false`: there is none, or its queue is full),
+    /// keeping the balance's count of what waits there.
+    fn send_relayed(&self, fd: RawFd, tag: u8) -> bool {
+        let sent = self.relay.as_ref().is_some_and(|r| matches!(sys::send_fd(r.send, fd, tag), Ok(true)));
+        if let Some(b) = self.balance.as_ref().filter(|_| sent) {
             b.sent();
         }
+        sent
     }
 
     /// A parked connection with input while every thread is busy: to the relay, unless
@@ -605,19 +611,13 @@ impl Park {
     fn relay(&self, p: Parked) -> Result<(), Parked> {
         let fd = {
             let mut c = p.shared.lock();
-            let sent = match (&self.relay, c.raw_fd().filter(|_| c.relayable())) {
-                (Some(r), Some(fd)) => matches!(sys::send_fd(r.send, fd, TAG_KEPT), Ok(true)),
-                _ => false,
-            };
+            let sent = c.raw_fd().filter(|_| c.relayable()).is_some_and(|fd| self.send_relayed(fd, TAG_KEPT));
             if !sent {
                 drop(c);
                 return Err(p);
             }
             c.take_fd()
         };
-        if let Some(b) = &self.balance {
-            b.sent();
-        }
         if let Some(fd) = fd {
             // The process's copy closes; the descriptor in flight keeps the connection.
             let _ = sys::epoll_ctl(self.epfd.as_raw_fd(), libc::EPOLL_CTL_DEL, fd.as_raw_fd(), 0, 0);
