@@ -123,7 +123,7 @@ def test_request_timeout_is_504_with_stacks_and_the_worker_replaced(tmp_path):
         # Interrupted when it reached the timeout, not at the manager's next one-second tick
         # (the bridge's own clock: the line says how long it had run).
         ran = float(re.search(r"ran ([0-9.]+)s", line).group(1))
-        assert 4.0 <= ran < 4.3, line
+        assert 4.0 <= ran < 4.5, line
         b.log.wait_for([r"hang_here", f"pid={before}"], since=mark)
         assert pid_of(other.result()) == before
         # the worker is replaced; requests keep working meanwhile

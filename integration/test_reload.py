@@ -559,7 +559,9 @@ NGINX_HTTP = """
 
 
 def _wrk(url: str, seconds: int) -> subprocess.Popen:
-    return subprocess.Popen(["wrk", "-t2", "-c16", f"-d{seconds}s", "--latency", url],
+    # wrk counts a request slower than its 2 s default as a socket error; this test is about
+    # failed requests, and a loaded machine may make one slow.
+    return subprocess.Popen(["wrk", "-t2", "-c16", f"-d{seconds}s", "--timeout", "30s", "--latency", url],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 

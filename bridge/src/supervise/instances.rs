@@ -1473,7 +1473,8 @@ mod tests {
         }
         // Past the refusals' own budget, a refusal spends spawn-rate again: looking keys up
         // stays bounded.
-        rt.lock().refusals = Bucket { tokens: 0.0, refilled: Some(Instant::now()) };
+        // Refilled "in an hour": however slow the lookup below, no refusal token comes back.
+        rt.lock().refusals = Bucket { tokens: 0.0, refilled: Some(Instant::now() + Duration::from_secs(3600)) };
         rt.lock().spawns = Bucket::default();
         let r = ask(&rt, "worse.test").await;
         assert!(matches!(r, Refusal::Account { .. }), "{r}");
