@@ -549,6 +549,11 @@ def test_a_finished_response_is_not_held_for_a_slow_request_after_it(tmp_path_fa
         # Quick requests first: a thread holds responses only while its recent ones were quick.
         for _ in range(30):
             assert quick.request("/pid").status == 200
+        # The thread takes the requests below in the order their connections became ready
+        # in its epoll set; a connection joins that order when it is armed again after its
+        # last request, which may be after the requests below arrived. So the slow one's
+        # connection is the one last served: it cannot come first.
+        assert slow.request("/pid").status == 200
         # The slow one is here before the quick one (2 ms) ends: the thread holds the quick
         # one's response and takes the slow one.
         quick.begin(1, cgi_params("/sleep", query="s=0.002"))
@@ -586,6 +591,9 @@ def test_a_response_held_for_a_batch_is_sent_when_the_next_request_crashes_the_w
                     conn.sock.settimeout(60)
                 for _ in range(30):
                     assert quick.request("/pid").status == 200
+                # The crashing one's connection last served, so armed last: never taken
+                # first (see the test above).
+                assert crash.request("/pid").status == 200
                 mark = b.log.mark()
                 # The quick request runs until the crashing one is in the worker's socket;
                 # then it ends at once, and the thread holds its response and takes that one.
