@@ -67,3 +67,24 @@ def test_quick_bench_reports_every_row(tmp_path):
         assert any(x[:2] == [ours, "hello"] and x[4] == "granian" for x in report["ratios"])
     text = md.read_text()
     assert text.index("### Throughput and latency") < text.index("### Ratios")
+
+
+def test_a_direct_pool_without_kept_connections(tmp_path):
+    """--no-keep-conn-for: nginx opens a FastCGI connection per request to a direct pool,
+    as it does to uWSGI (the processes then share one queue, the socket's), and the
+    report says so."""
+    out = tmp_path / "bench.json"
+    md = tmp_path / "bench.md"
+    cmd = [sys.executable, str(REPO / "scripts" / "bench"), "--quick", "--pool", "2x1",
+           "--backends", "fcgibridge-direct", "--apps", "hello", "--connections", "8",
+           "--parts", "throughput", "--duration", "1", "--no-static", "--settle", "0.2",
+           "--no-keep-conn-for", "fcgibridge-direct", "--fcgibridge", str(bridge_binary()),
+           "--json", str(out), "--markdown", str(md)]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=240,
+                       env=dict(os.environ, RUST_LOG="warn"))
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    (row,) = json.loads(out.read_text())["results"]
+    assert row["ok_rps"] > 0 and row["non2xx"] == 0 and row["errors"] == 0, row
+    text = md.read_text()
+    assert "fcgibridge-direct: a new FastCGI connection per request" in text, text
+    assert "; fcgibridge: fastcgi_keep_conn on" in text, text
