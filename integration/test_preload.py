@@ -225,16 +225,17 @@ def test_a_reload_keeps_the_template_unless_its_workers_see_the_change(tmp_path,
         b.stop()
 
 
-# A stack dump that takes 0.3 s to make: the worker's dump looks through every frame's
+# A stack dump that takes 0.1 s to make: the worker's dump looks through every frame's
 # locals for the request's environ, and this local answers `in` slowly. A preloaded pool's
 # replacement is ready within milliseconds, so a SIGKILL that did not wait for the stacks
-# would always come first.
+# would always come first; the bridge waits up to a second for them, a margin a loaded
+# machine needs.
 SLOW_DUMP_APP = """import json, os, time
 
 
 class SlowToSearch(dict):
     def __contains__(self, key):
-        time.sleep(0.3)
+        time.sleep(0.1)
         return False
 
 
