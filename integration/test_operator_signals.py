@@ -255,10 +255,10 @@ def test_signals_while_the_daemon_starts(tmp_path):
                    what="the daemon's first signal disposition")
         # Signals do not queue: keep one of each pending until the daemon says it runs (at
         # least once, however soon that is).
-        while True:
+        while b.proc.poll() is None:
             for sig in (signal.SIGUSR1, signal.SIGHUP):
                 os.kill(b.pid, sig)
-            if b.proc.poll() is not None or "running (pid" in b.log.text():
+            if "running (pid" in b.log.text():
                 break
         b.assert_running()
         b.wait_ready([("l", "/health", "x")])
