@@ -960,6 +960,40 @@ def accounts():
             subprocess.run(["userdel", name], capture_output=True)
 
 
+def test_an_owner_named_in_digits_never_runs_as_the_account_with_that_uid(accounts, tmp_path):
+    """useradd accepts a name such as "1001"; `user: "{owner}"` must not then read it as uid
+    1001 — here bob's — and run the site as bob."""
+    name = str(accounts["bob"].pw_uid)
+    subprocess.run(["userdel", name], capture_output=True)
+    subprocess.run(["useradd", "-M", "-N", "-s", "/usr/sbin/nologin", name], check=True, capture_output=True)
+    pub = Path(tempfile.mkdtemp(prefix="fcgibridge-digits-"))
+    pub.chmod(0o755)
+    try:
+        digits = pwd.getpwnam(name)
+        assert digits.pw_uid != accounts["bob"].pw_uid
+        sites = make_sites(pub, ["digits.test", "alpha.test"])
+        for host, owner in (("digits.test", digits), ("alpha.test", accounts["alice"])):
+            os.chown(sites / host, owner.pw_uid, owner.pw_gid)
+            os.chown(sites / host / "app.py", owner.pw_uid, owner.pw_gid)
+        spec = template(sites, {"spawn-rate": 50}, python=SYSTEM_PYTHON, user="{owner}")
+        b = start_bridge(pub, {"sites": spec}, extra={"runtime-dir": str(pub / "run")})
+        try:
+            r = get(b, "digits.test")
+            assert r.status == 403, r.body
+            b.log.wait_for(rf'instance "digits\.test" refused: .*app\.py is owned by the account named "{name}" '
+                           rf'\(uid {digits.pw_uid}\), a name in digits that user and group would read as uid {name}')
+            # The other site still runs, as its owner.
+            r = get(b, "alpha.test")
+            assert r.status == 200, r.body
+            assert json.loads(r.body)["uid"] == accounts["alice"].pw_uid
+            assert set(instances(b)) == {"alpha.test"}
+        finally:
+            b.stop()
+    finally:
+        shutil.rmtree(pub, ignore_errors=True)
+        subprocess.run(["userdel", name], capture_output=True)
+
+
 def make_homes(pub: Path, users) -> None:
     """pub/homes/USER/app.py (the site app) for each of `users` (pwd entries), owned by the
     user, readable by all."""

@@ -1175,7 +1175,21 @@ fn fill_owner(raw: crate::config::RawPool) -> Result<crate::config::RawPool, Mak
         Err(e) if !means_no_account(e) => return Err(lookup_failed(&uid.to_string(), e)),
         Ok(None) | Err(_) => uid.to_string(),
     };
+    if let Some(why) = numeric_name(&name, uid, &file) {
+        return Err(Box::new(move |key| Refusal::Account { key, why }));
+    }
     Ok(fill_raw(&raw, &[(Placeholder::Owner, name.as_str())]))
+}
+
+/// Why `{owner}` cannot name the account `name` (uid `uid`): `user:` and `group:` read a
+/// value in digits as an id, so an account named "1001" would be read as whichever account
+/// has uid 1001 — another tenant's.
+fn numeric_name(name: &str, uid: u32, file: &Path) -> Option<String> {
+    let as_id = name.parse::<u32>().ok().filter(|&id| id != uid)?;
+    Some(format!(
+        "{} is owned by the account named \"{name}\" (uid {uid}), a name in digits that user and group would read as uid {as_id}: rename the account, or write its user: and group: without {{owner}}",
+        file.display()
+    ))
 }
 
 enum OwnerError {
@@ -1447,6 +1461,18 @@ mod tests {
         let config = crate::config::load_with_search_path(&root.join("conf.d"), None).unwrap();
         let t = Arc::new(config.templates[0].clone());
         (t.clone(), TemplateRuntime::new(&t, &Arc::new(Shelf::default())))
+    }
+
+    #[test]
+    fn an_owner_named_in_digits_is_refused_unless_the_digits_are_its_own_uid() {
+        let file = Path::new("/srv/sites/a.test/app.py");
+        // Filled in as user: "1001", it would run as uid 1001's account, not this one.
+        let why = numeric_name("1001", 1500, file).unwrap();
+        assert!(why.contains("named \"1001\" (uid 1500)") && why.contains("read as uid 1001"), "{why}");
+        // An account without a name is filled in as its uid, which reads back as itself.
+        assert_eq!(numeric_name("1500", 1500, file), None);
+        assert_eq!(numeric_name("alice", 1500, file), None);
+        assert_eq!(numeric_name("1001a", 1500, file), None);
     }
 
     async fn ask(rt: &TemplateRuntime, host: &str) -> Refusal {
