@@ -7,7 +7,8 @@
 //! third of nginx's and wrk's CPU per Flask request (docs/performance-lab.md, session 20).
 //!
 //! A batch goes out with the thread's next response once it holds [`MAX_HELD`], when the
-//! thread finds no request waiting (before it sleeps, [`crate::park`]), when it retires, or
+//! thread finds no request waiting (before it sleeps, [`crate::park`]) or another thread of
+//! its process waiting for work (before it takes the next request), when it retires, or
 //! by the flusher thread once a response has been held [`crate::flusher::HOLD_MAX`] (the
 //! next request runs long). So that this last case stays rare, a thread holds responses
 //! only while its recent requests have been quick ([`QUICK`]).

@@ -319,6 +319,11 @@ impl Park {
                 crate::batch::send();
                 continue;
             }
+            // Another thread of the process waits for work: the pool is not behind, and the
+            // next request may be a slow one that the held responses would wait behind.
+            if holding && self.waiting.load(Ordering::Relaxed) > 1 {
+                crate::batch::send();
+            }
             let (taken, idle, held) = {
                 let mut st = self.state();
                 let idle = if st.swept.elapsed() >= wait {
