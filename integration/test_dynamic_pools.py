@@ -960,12 +960,14 @@ def accounts():
             subprocess.run(["userdel", name], capture_output=True)
 
 
-def test_an_owner_named_in_digits_never_runs_as_the_account_with_that_uid(accounts, tmp_path):
-    """useradd accepts a name such as "1001"; `user: "{owner}"` must not then read it as uid
-    1001 — here bob's — and run the site as bob."""
+def test_an_owner_named_in_digits_never_runs_as_the_account_with_that_uid(accounts):
+    """An account may be named "1001" (Debian's useradd, a directory service); `user:
+    "{owner}"` must not then read the name as uid 1001 — here bob's — and run the site as bob."""
     name = str(accounts["bob"].pw_uid)
     subprocess.run(["userdel", name], capture_output=True)
-    subprocess.run(["useradd", "-M", "-N", "-s", "/usr/sbin/nologin", name], check=True, capture_output=True)
+    made = subprocess.run(["useradd", "-M", "-N", "-s", "/usr/sbin/nologin", name], capture_output=True, text=True)
+    if made.returncode != 0:
+        pytest.skip(f"this useradd refuses a name in digits: {made.stderr.strip()}")
     pub = Path(tempfile.mkdtemp(prefix="fcgibridge-digits-"))
     pub.chmod(0o755)
     try:
@@ -981,7 +983,8 @@ def test_an_owner_named_in_digits_never_runs_as_the_account_with_that_uid(accoun
             r = get(b, "digits.test")
             assert r.status == 403, r.body
             b.log.wait_for(rf'instance "digits\.test" refused: .*app\.py is owned by the account named "{name}" '
-                           rf'\(uid {digits.pw_uid}\), a name in digits that user and group would read as uid {name}')
+                           rf'\(uid {digits.pw_uid}\), a name in digits that user: and group: would read as a uid or '
+                           rf'gid: rename the account, or serve this site from a pool of its own with user: {digits.pw_uid}')
             # The other site still runs, as its owner.
             r = get(b, "alpha.test")
             assert r.status == 200, r.body

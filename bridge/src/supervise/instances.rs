@@ -1171,23 +1171,26 @@ fn fill_owner(raw: crate::config::RawPool) -> Result<crate::config::RawPool, Mak
         Err(OwnerError::Refused(why)) => return Err(Box::new(move |key| Refusal::Account { key, why })),
     };
     let name = match find_account(&uid.to_string()) {
-        Ok(Some(user)) => user.name,
+        Ok(Some(user)) => {
+            if let Some(why) = numeric_name(&user.name, uid, &file) {
+                return Err(Box::new(move |key| Refusal::Account { key, why }));
+            }
+            user.name
+        }
         Err(e) if !means_no_account(e) => return Err(lookup_failed(&uid.to_string(), e)),
+        // No name: its uid, which `user:` reads back as this account.
         Ok(None) | Err(_) => uid.to_string(),
     };
-    if let Some(why) = numeric_name(&name, uid, &file) {
-        return Err(Box::new(move |key| Refusal::Account { key, why }));
-    }
     Ok(fill_raw(&raw, &[(Placeholder::Owner, name.as_str())]))
 }
 
 /// Why `{owner}` cannot name the account `name` (uid `uid`): `user:` and `group:` read a
-/// value in digits as an id, so an account named "1001" would be read as whichever account
-/// has uid 1001 — another tenant's.
+/// value in digits as an id, so an account named "1001" would run as whichever account has
+/// uid 1001, or with the group whose gid is 1001 — another tenant's.
 fn numeric_name(name: &str, uid: u32, file: &Path) -> Option<String> {
-    let as_id = name.parse::<u32>().ok().filter(|&id| id != uid)?;
+    name.parse::<u32>().ok()?;
     Some(format!(
-        "{} is owned by the account named \"{name}\" (uid {uid}), a name in digits that user and group would read as uid {as_id}: rename the account, or write its user: and group: without {{owner}}",
+        "{} is owned by the account named \"{name}\" (uid {uid}), a name in digits that user: and group: would read as a uid or gid: rename the account, or serve this site from a pool of its own with user: {uid}",
         file.display()
     ))
 }
@@ -1464,13 +1467,14 @@ mod tests {
     }
 
     #[test]
-    fn an_owner_named_in_digits_is_refused_unless_the_digits_are_its_own_uid() {
+    fn an_owner_named_in_digits_is_refused() {
         let file = Path::new("/srv/sites/a.test/app.py");
         // Filled in as user: "1001", it would run as uid 1001's account, not this one.
         let why = numeric_name("1001", 1500, file).unwrap();
-        assert!(why.contains("named \"1001\" (uid 1500)") && why.contains("read as uid 1001"), "{why}");
-        // An account without a name is filled in as its uid, which reads back as itself.
-        assert_eq!(numeric_name("1500", 1500, file), None);
+        assert!(why.contains("named \"1001\" (uid 1500)") && why.ends_with("with user: 1500"), "{why}");
+        // Its own uid in digits too: group: "{owner}" would read it as a gid.
+        assert!(numeric_name("1500", 1500, file).is_some());
+        assert!(numeric_name("+15", 1500, file).is_some(), "u32 parsing takes a sign, as the lookups do");
         assert_eq!(numeric_name("alice", 1500, file), None);
         assert_eq!(numeric_name("1001a", 1500, file), None);
     }
