@@ -88,3 +88,34 @@ def test_a_direct_pool_without_kept_connections(tmp_path):
     text = md.read_text()
     assert "fcgibridge-direct: a new FastCGI connection per request" in text, text
     assert "; fcgibridge: fastcgi_keep_conn on" in text, text
+
+
+def load_bench():
+    """scripts/bench as a module (its name has no .py)."""
+    from importlib.machinery import SourceFileLoader
+    loader = SourceFileLoader("bench_script", str(REPO / "scripts" / "bench"))
+    spec = importlib.util.spec_from_loader("bench_script", loader)
+    module = importlib.util.module_from_spec(spec)
+    loader.exec_module(module)
+    return module
+
+
+def test_latencies_of_several_wrk_processes_are_merged_by_their_requests():
+    """The bench runs one wrk process per client thread and merges their latencies: a
+    percentile of all requests together, not of one process or the mean of theirs."""
+    bench = load_bench()
+
+    def report(requests, us_at):
+        grid = [i / 10 for i in range(900)] + [i / 100 for i in range(9000, 10001)]
+        return {"requests": requests, "cdf": [(p, us_at(p)) for p in grid]}
+
+    quick = report(900, lambda p: 1000)
+    slow = report(100, lambda p: 5000)
+    # 90 % of all requests took 1 ms: the median is 1 ms, the 99th percentile 5 ms.
+    assert bench.merged_percentile([quick, slow], 50) == 1000
+    assert bench.merged_percentile([quick, slow], 89) == 1000
+    assert bench.merged_percentile([quick, slow], 99) == 5000
+    # One process whose latencies spread from 1 to 11 ms, evenly over its percentiles.
+    spread = report(1000, lambda p: 1000 + int(p * 100))
+    assert bench.merged_percentile([spread], 50) == 6000
+    assert bench.merged_percentile([spread, report(1000, lambda p: 1000)], 99) == 10800
