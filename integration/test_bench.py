@@ -119,3 +119,7 @@ def test_latencies_of_several_wrk_processes_are_merged_by_their_requests():
     spread = report(1000, lambda p: 1000 + int(p * 100))
     assert bench.merged_percentile([spread], 50) == 6000
     assert bench.merged_percentile([spread, report(1000, lambda p: 1000)], 99) == 10800
+    # A process all of whose requests passed wrk's --timeout has no latency recorded
+    # (wrk reports zeros): it does not make the others' requests look quick.
+    timed_out = report(200, lambda p: 0)
+    assert bench.merged_percentile([slow, timed_out], 50) == 5000
