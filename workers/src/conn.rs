@@ -33,6 +33,11 @@ const SHARED_RECORD_MAX: usize = 16 * 1024;
 /// Chunks up to this size are queued and sent with the GIL held (see
 /// [`Shared::send_chunk`]); larger ones are copied out in OUT_HIGH pieces with it released.
 const NONBLOCKING_CHUNK_MAX: usize = 64 * 1024;
+/// How long a fatal signal's handler waits for a lock that another thread holds for a
+/// moment (the flusher looking at a held response, a thread registering a connection):
+/// long enough for a holder the scheduler preempted, bounded because the holder may be the
+/// thread that crashed.
+const CRASH_LOCK_WAIT: Duration = Duration::from_millis(20);
 /// Bytes asked of each recv(2).
 const RECV_CHUNK: usize = 64 * 1024 + 64;
 /// While the app writes output we drain the socket (to see an ABORT_REQUEST);
@@ -66,6 +71,20 @@ pub(crate) struct Shared {
     /// A complete response is held for its END_REQUEST ([`Conn::hold`]), readable without
     /// the lock by the flusher thread.
     held: Arc<AtomicBool>,
+}
+
+/// From a fatal signal's handler: the lock, once it is free or at once if it is; `None`
+/// when it stays held for [`CRASH_LOCK_WAIT`] or its holder panicked. It yields between
+/// tries rather than sleep on the lock: no allocation, no futex wait in a handler.
+pub(crate) fn try_lock_in_crash<T>(m: &Mutex<T>) -> Option<MutexGuard<'_, T>> {
+    let since = Instant::now();
+    loop {
+        match m.try_lock() {
+            Ok(guard) => return Some(guard),
+            Err(std::sync::TryLockError::WouldBlock) if since.elapsed() < CRASH_LOCK_WAIT => std::thread::yield_now(),
+            Err(_) => return None,
+        }
+    }
 }
 
 impl Shared {
@@ -108,8 +127,8 @@ impl Shared {
         if !self.held.load(Ordering::Acquire) {
             return false;
         }
-        // Locked: its thread is sending it, or died holding it.
-        let Ok(mut c) = self.conn.try_lock() else { return false };
+        // Still locked after the wait: its thread died holding it.
+        let Some(mut c) = try_lock_in_crash(&self.conn) else { return false };
         let Some(fd) = c.fd.as_ref().filter(|_| !c.broken && c.held_at.is_some()).map(|fd| fd.as_raw_fd()) else {
             return false;
         };
@@ -1551,6 +1570,41 @@ mod tests {
                 std::thread::sleep(Duration::from_millis(1));
             }
             shared.lock().flush();
+            peer.set_nonblocking(true).expect("nonblocking");
+            let mut got = Vec::new();
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = peer.read(&mut buf) {
+                assert!(n > 0, "the connection stays open");
+                got.extend_from_slice(&buf[..n]);
+            }
+            assert_eq!(got, held);
+        }
+
+        #[test]
+        fn a_fatal_signals_handler_waits_a_moment_for_a_lock_another_thread_holds() {
+            let (a, mut peer) = UnixStream::pair().expect("socketpair");
+            // Not registered with the flusher: only the thread below takes the lock.
+            let shared = Arc::new(Shared::new(OwnedFd::from(a), 1));
+            let serial = started(&mut shared.lock(), &mut peer);
+            let held = {
+                let mut c = shared.lock();
+                assert_eq!(c.push_chunk(serial, b"ok"), (false, true));
+                c.out.clone()
+            };
+            // Another thread holds the connection's lock for a moment (the flusher looking
+            // at it, preempted) when the process crashes: the response still goes out.
+            let (locked, is_locked) = std::sync::mpsc::channel();
+            let holder = {
+                let shared = shared.clone();
+                std::thread::spawn(move || {
+                    let _c = shared.lock();
+                    locked.send(()).expect("send");
+                    std::thread::sleep(Duration::from_millis(5));
+                })
+            };
+            is_locked.recv().expect("the lock is held");
+            assert!(shared.send_held_on_crash(), "the handler gave up on a lock held for 5 ms");
+            holder.join().expect("holder");
             peer.set_nonblocking(true).expect("nonblocking");
             let mut got = Vec::new();
             let mut buf = [0u8; 4096];

@@ -70,8 +70,8 @@ pub(crate) fn parked() -> bool {
 /// From a fatal signal's handler: send every finished response a connection of this
 /// process holds (for its END_REQUEST or a batch), waiting for no lock; how many went.
 pub(crate) fn send_held_on_crash() -> usize {
-    // Locked: a thread is registering a connection (or died doing so); none is sent.
-    let Ok(conns) = CONNS.try_lock() else { return 0 };
+    // Still locked after the wait: a thread died registering a connection; none is sent.
+    let Some(conns) = crate::conn::try_lock_in_crash(&CONNS) else { return 0 };
     let mut sent = 0;
     for w in conns.iter() {
         if let Some(c) = w.upgrade() {
