@@ -3,10 +3,12 @@
 //! END_REQUEST) would die with it although their requests ran: a POST's effect done, and
 //! its client answered 502. So the handler installed here sends them first, then gives
 //! the signal back to the action it found (by default the process dies, as before, and
-//! the bridge says so). It waits for no lock and for no socket and allocates nothing
-//! (only what a signal handler may do); what it sent leaves the buffers, so a process
-//! that lives on (an extension whose own handler recovers from the signal) sends nothing
-//! twice. A process the app forked inherits the handler but sends nothing: the
+//! the bridge says so). It sleeps on no lock and waits for no socket and allocates
+//! nothing (only what a signal handler may do): a lock another thread holds for a moment
+//! (the flusher, preempted while it looks at a held response) it tries again for up to
+//! 20 ms, yielding in between: bounded, as the holder may be the thread that crashed. What
+//! it sent leaves the buffers, so a process that lives on (an extension whose own handler
+//! recovers from the signal) sends nothing twice. A process the app forked inherits the handler but sends nothing: the
 //! connections are the worker's.
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
