@@ -1473,6 +1473,18 @@ mod tests {
         }
 
         /// A request whose app answered 200 with `Content-Length: 2`.
+        /// Everything the peer can read now, the connection staying open.
+        fn read_what_is_there(peer: &mut UnixStream) -> Vec<u8> {
+            peer.set_nonblocking(true).expect("nonblocking");
+            let mut got = Vec::new();
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = peer.read(&mut buf) {
+                assert!(n > 0, "the connection stays open");
+                got.extend_from_slice(&buf[..n]);
+            }
+            got
+        }
+
         fn started(c: &mut Conn, peer: &mut UnixStream) -> u64 {
             peer.write_all(&request(1, Role::Responder, Some(b""))).expect("send");
             assert!(c.wait_request());
@@ -1570,14 +1582,7 @@ mod tests {
                 std::thread::sleep(Duration::from_millis(1));
             }
             shared.lock().flush();
-            peer.set_nonblocking(true).expect("nonblocking");
-            let mut got = Vec::new();
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = peer.read(&mut buf) {
-                assert!(n > 0, "the connection stays open");
-                got.extend_from_slice(&buf[..n]);
-            }
-            assert_eq!(got, held);
+            assert_eq!(read_what_is_there(&mut peer), held);
         }
 
         #[test]
@@ -1605,14 +1610,7 @@ mod tests {
             is_locked.recv().expect("the lock is held");
             assert!(shared.send_held_on_crash(), "the handler gave up on a lock held for 5 ms");
             holder.join().expect("holder");
-            peer.set_nonblocking(true).expect("nonblocking");
-            let mut got = Vec::new();
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = peer.read(&mut buf) {
-                assert!(n > 0, "the connection stays open");
-                got.extend_from_slice(&buf[..n]);
-            }
-            assert_eq!(got, held);
+            assert_eq!(read_what_is_there(&mut peer), held);
         }
 
         #[test]
