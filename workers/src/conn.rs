@@ -127,7 +127,7 @@ impl Shared {
         if !self.held.load(Ordering::Acquire) {
             return false;
         }
-        // Still locked after the wait: its thread died holding it.
+        // Still locked after the wait: its holder crashed, or died holding it.
         let Some(mut c) = try_lock_in_crash(&self.conn) else { return false };
         let Some(fd) = c.fd.as_ref().filter(|_| !c.broken && c.held_at.is_some()).map(|fd| fd.as_raw_fd()) else {
             return false;
@@ -1472,7 +1472,6 @@ mod tests {
             }
         }
 
-        /// A request whose app answered 200 with `Content-Length: 2`.
         /// Everything the peer can read now, the connection staying open.
         fn read_what_is_there(peer: &mut UnixStream) -> Vec<u8> {
             peer.set_nonblocking(true).expect("nonblocking");
@@ -1485,6 +1484,7 @@ mod tests {
             got
         }
 
+        /// A request whose app answered 200 with `Content-Length: 2`.
         fn started(c: &mut Conn, peer: &mut UnixStream) -> u64 {
             peer.write_all(&request(1, Role::Responder, Some(b""))).expect("send");
             assert!(c.wait_request());

@@ -8,8 +8,8 @@
 //! (the flusher, preempted while it looks at a held response) it tries again for up to
 //! 20 ms, yielding in between: bounded, as the holder may be the thread that crashed. What
 //! it sent leaves the buffers, so a process that lives on (an extension whose own handler
-//! recovers from the signal) sends nothing twice. A process the app forked inherits the handler but sends nothing: the
-//! connections are the worker's.
+//! recovers from the signal) sends nothing twice. A process the app forked inherits the
+//! handler but sends nothing: the connections are the worker's.
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
 

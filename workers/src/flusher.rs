@@ -68,7 +68,7 @@ pub(crate) fn parked() -> bool {
 }
 
 /// From a fatal signal's handler: send every finished response a connection of this
-/// process holds (for its END_REQUEST or a batch), waiting for no lock; how many went.
+/// process holds (for its END_REQUEST or a batch), sleeping on no lock; how many went.
 pub(crate) fn send_held_on_crash() -> usize {
     // Still locked after the wait: a thread died registering a connection; none is sent.
     let Some(conns) = crate::conn::try_lock_in_crash(&CONNS) else { return 0 };
