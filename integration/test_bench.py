@@ -123,3 +123,15 @@ def test_latencies_of_several_wrk_processes_are_merged_by_their_requests():
     # (wrk reports zeros): it does not make the others' requests look quick.
     timed_out = report(200, lambda p: 0)
     assert bench.merged_percentile([slow, timed_out], 50) == 5000
+
+
+def test_a_ratio_just_below_its_target_does_not_print_as_the_target():
+    """Rounded to two decimals, 1.195x would read as a 1.20x that is not met: near its
+    target a ratio gets a third decimal, elsewhere two."""
+    bench = load_bench()
+    assert bench.fmt_ratio(1.195, 1.2) == "1.195x"
+    assert bench.fmt_ratio(1.2, 1.2) == "1.20x"
+    assert bench.fmt_ratio(1.214, 1.2) == "1.21x"
+    assert bench.fmt_ratio(0.996, 1.0) == "0.996x"
+    assert bench.fmt_ratio(1.195) == "1.20x"
+    assert bench.fmt_ratio(None, 1.2) == "-"
