@@ -31,6 +31,8 @@ pub enum ConfigError {
     ReadFile { file: String, source: io::Error },
     #[error("{dir}: no *.yaml files found{hint}; a configuration needs at least one listener and one pool")]
     NoFiles { dir: String, hint: &'static str },
+    #[error("{file}: --config names a directory of *.yaml files, not one file: write --config {dir}")]
+    NotADirectory { file: String, dir: String },
     #[error("{dir}: no listeners are defined; add a `listeners:` section to one of its *.yaml files")]
     NoListeners { dir: String },
     /// The YAML itself is malformed (no key can be named).
@@ -49,6 +51,7 @@ impl ConfigError {
     fn place(&self) -> (&str, Option<Pos>) {
         match self {
             Self::ReadDir { dir, .. } | Self::NoFiles { dir, .. } | Self::NoListeners { dir } => (dir, None),
+            Self::NotADirectory { file, .. } => (file, None),
             Self::ReadFile { file, .. } => (file, None),
             Self::Syntax { at, .. } | Self::Invalid { at, .. } => (&at.file, at.pos),
             Self::Several(_) => ("", None),

@@ -41,10 +41,25 @@ fn peer_hint(name: &str, expected: &[&str]) -> Option<&'static str> {
     if let Some(says) = find(MISPLACED) {
         return Some(says);
     }
+    if is_listener(expected) && ADDRESS_WORDS.contains(&name) {
+        return Some(LISTENER_ADDRESS);
+    }
     let says = find(PEERS)?;
     let names_own_key = || expected.iter().any(|key| says.contains(&format!("key {key}")));
     (is_pool(expected) || (names_own_key() && did_you_mean(name, expected).is_none())).then_some(says)
 }
+
+/// Whether `expected`, the keys of the mapping being read, are a listener's.
+fn is_listener(expected: &[&str]) -> bool {
+    expected.contains(&"fastcgi") && expected.contains(&"pool")
+}
+
+/// What operators call an address (uWSGI's `socket`, PHP-FPM's `listen`, a proxy's `bind`):
+/// in a listener they mean its address, whatever key of the listener is spelt alike.
+const ADDRESS_WORDS: &[&str] =
+    &["socket", "uwsgi-socket", "fastcgi-socket", "listen", "bind", "address", "addr", "host", "port"];
+const LISTENER_ADDRESS: &str = "a listener's address is its fastcgi (or scgi) key: `fastcgi: 127.0.0.1:9000`, \
+                                `fastcgi: /run/NAME.sock`";
 
 /// Whether `expected`, the keys of the mapping being read, are a pool's.
 fn is_pool(expected: &[&str]) -> bool {
@@ -462,6 +477,18 @@ mod tests {
         // A pool key under a listener (a flat uWSGI ini split in two): named, not a look-alike.
         assert!(unknown_key("queue-timeout", listener).starts_with("; queue-timeout is a pool key"));
         assert!(unknown_key("request_timeout", listener).starts_with("; request-timeout is a pool key"));
+    }
+
+    #[test]
+    fn an_address_written_in_a_listener_is_its_fastcgi_key() {
+        let listener = &["fastcgi", "scgi", "pool", "socket-mode", "socket-owner", "backlog"][..];
+        // `socket` looks like socket-mode, but the operator wrote the address (uWSGI's socket).
+        for name in ["socket", "listen", "bind", "address"] {
+            let says = unknown_key(name, listener);
+            assert!(says.starts_with("; a listener's address is its fastcgi (or scgi) key"), "{name}: {says}");
+        }
+        // Elsewhere uWSGI's socket still says where a listener goes.
+        assert!(unknown_key("socket", POOL_KEYS).starts_with("; uWSGI's socket is a listener here"));
     }
 
     #[test]

@@ -86,7 +86,7 @@ pub fn load_for_client(dir: &Path) -> Result<Config, ConfigError> {
 pub fn load_socket_keys(dir: &Path) -> Option<Global> {
     let abs_dir = paths::absolute_dir(dir).ok()?;
     let mut parsed = Vec::new();
-    for name in yaml_files(dir).ok()? {
+    for name in yaml_files(dir).ok()?.0 {
         let file = dir.join(&name);
         let text = std::fs::read_to_string(&file).ok()?;
         match parse(file.display().to_string(), abs_dir.clone(), &text).0 {
@@ -154,12 +154,13 @@ pub enum Moment {
 /// One loading of `dir` with these options.
 pub fn load_with(dir: &Path, opts: LoadOptions<'_>) -> Result<Config, ConfigError> {
     let shown = dir.display().to_string();
-    let files = yaml_files(dir).map_err(|source| ConfigError::ReadDir { dir: shown.clone(), source })?;
+    if dir.is_file() {
+        let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        return Err(ConfigError::NotADirectory { file: shown, dir: parent.display().to_string() });
+    }
+    let (files, yml) = yaml_files(dir).map_err(|source| ConfigError::ReadDir { dir: shown.clone(), source })?;
     if files.is_empty() {
-        let yml = std::fs::read_dir(dir)
-            .map(|d| d.flatten().any(|e| e.path().extension().is_some_and(|x| x == "yml")))
-            .unwrap_or(false);
-        let hint = if yml { " (files ending in .yml are not read: rename them to .yaml)" } else { "" };
+        let hint = if yml.is_empty() { "" } else { " (files ending in .yml are not read: rename them to .yaml)" };
         return Err(ConfigError::NoFiles { dir: shown, hint });
     }
     let abs_dir = paths::absolute_dir(dir).map_err(|source| ConfigError::ReadDir { dir: shown.clone(), source })?;
@@ -186,22 +187,38 @@ pub fn load_with(dir: &Path, opts: LoadOptions<'_>) -> Result<Config, ConfigErro
             None => incomplete = true,
         }
     }
-    validate::merge(&shown, parsed, opts, errors, incomplete)
+    let mut config = validate::merge(&shown, parsed, opts, errors, incomplete)?;
+    // A pool written in a .yml file beside the .yaml ones would be missing without a word.
+    config.warnings.extend(yml.iter().map(|name| {
+        format!(
+            "{}: warning: not read: only files ending in .yaml are; rename it to {}",
+            dir.join(name).display(),
+            name.with_extension("yaml").display()
+        )
+    }));
+    Ok(config)
 }
 
-/// The `*.yaml` names in `dir`, sorted; hidden files are skipped (editor leftovers).
-fn yaml_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
-    let mut names = Vec::new();
+/// The `*.yaml` names in `dir`, sorted, and the `*.yml` ones (not read); hidden files are
+/// skipped (editor leftovers).
+fn yaml_files(dir: &Path) -> std::io::Result<(Vec<PathBuf>, Vec<PathBuf>)> {
+    let (mut names, mut yml) = (Vec::new(), Vec::new());
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
         let name = PathBuf::from(entry.file_name());
         let visible = !entry.file_name().to_string_lossy().starts_with('.');
-        if visible && name.extension() == Some(OsStr::new("yaml")) && entry.path().is_file() {
+        if !visible || !entry.path().is_file() {
+            continue;
+        }
+        if name.extension() == Some(OsStr::new("yaml")) {
             names.push(name);
+        } else if name.extension() == Some(OsStr::new("yml")) {
+            yml.push(name);
         }
     }
     names.sort();
-    Ok(names)
+    yml.sort();
+    Ok((names, yml))
 }
 
 /// One file's text into its typed form without the keys that had errors (each error

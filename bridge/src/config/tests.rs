@@ -498,6 +498,32 @@ fn an_empty_configuration_is_refused() {
         .ends_with("conf.d: no listeners are defined; add a `listeners:` section to one of its *.yaml files"));
     let missing = load(Path::new("/nonexistent/conf.d")).unwrap_err().to_string();
     assert!(missing.starts_with("/nonexistent/conf.d: cannot read the configuration directory"), "{missing}");
+    let tree = Tree::new("only-yml").file("10-pool.yml", POOL);
+    assert!(tree.error().contains("no *.yaml files found (files ending in .yml are not read: rename them to .yaml)"));
+}
+
+#[test]
+fn a_yml_file_beside_yaml_ones_is_named_in_a_warning() {
+    let tree = valid("yml-beside").file("30-more.yml", "pools:\n  more:\n    app: ../app/app.py\n");
+    let config = tree.config();
+    assert!(config.pools.iter().all(|p| p.name != "more"));
+    let root = tree.root.display().to_string();
+    let warnings: Vec<String> = config.warnings.iter().map(|w| w.replace(&root, "ROOT")).collect();
+    assert_eq!(
+        warnings,
+        ["ROOT/conf.d/30-more.yml: warning: not read: only files ending in .yaml are; rename it to 30-more.yaml"]
+    );
+}
+
+#[test]
+fn a_file_given_for_the_directory_names_its_directory() {
+    let tree = valid("file-for-dir");
+    let file = tree.root.join("conf.d/10-pool.yaml");
+    let err = load(&file).unwrap_err().to_string().replace(&tree.root.display().to_string(), "ROOT");
+    assert_eq!(
+        err,
+        "ROOT/conf.d/10-pool.yaml: --config names a directory of *.yaml files, not one file: write --config ROOT/conf.d"
+    );
 }
 
 #[test]
