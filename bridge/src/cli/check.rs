@@ -249,8 +249,12 @@ fn render_pool(out: &mut String, pool: &Pool) {
             field(out, 6, &quote(name), &quote(value));
         }
     }
-    for (key, value, _) in config::supervision::render(&pool.supervision, pool.processes) {
-        field(out, 4, key, &value);
+    for (key, value, off) in config::supervision::render(&pool.supervision, pool.processes) {
+        if off {
+            let _ = writeln!(out, "    # {key}: {value} (off)");
+        } else {
+            field(out, 4, key, &value);
+        }
     }
     for (key, value) in pool.interface.render() {
         field(out, 4, key, &value);

@@ -313,37 +313,43 @@ fn recycling(s: &mut Supervision, raw: &RawSupervision, bad: &dyn Fn(&str, Strin
     }
 }
 
-/// The keys as `fcgibridge check` prints them: (key, value, value is text to quote).
+/// The keys as `fcgibridge check` prints them: (key, value, the key is off).
 pub fn render(s: &Supervision, processes: u32) -> Vec<(&'static str, String, bool)> {
     let d = |v: Duration| DurationDisplay(v).to_string();
-    let mut out = vec![("mode", s.mode.as_str().to_owned(), false)];
+    let on = |key, value| (key, value, false);
+    let mut out = vec![on("mode", s.mode.as_str().to_owned())];
     match s.mode {
-        Mode::Static => out.push(("processes", processes.to_string(), false)),
+        Mode::Static => out.push(on("processes", processes.to_string())),
         Mode::Dynamic => {
-            out.push(("min-processes", s.min_processes.to_string(), false));
-            out.push(("max-processes", processes.to_string(), false));
-            out.push(("spare-processes", s.spare_processes.to_string(), false));
+            out.push(on("min-processes", s.min_processes.to_string()));
+            out.push(on("max-processes", processes.to_string()));
+            out.push(on("spare-processes", s.spare_processes.to_string()));
         }
-        Mode::OnDemand => out.push(("max-processes", processes.to_string(), false)),
+        Mode::OnDemand => out.push(on("max-processes", processes.to_string())),
     }
     if s.mode != Mode::Static {
-        out.push(("max-spawn-rate", s.max_spawn_rate.to_string(), false));
-        out.push(("idle-timeout", d(s.idle_timeout), false));
+        out.push(on("max-spawn-rate", s.max_spawn_rate.to_string()));
+        out.push(on("idle-timeout", d(s.idle_timeout)));
     }
-    out.push(("max-requests", s.max_requests.unwrap_or(0).to_string(), false));
+    // A limit that is off: `0`, shown as a comment.
+    let limit = |key, value: Option<String>| match value {
+        Some(v) => (key, v, false),
+        None => (key, "0".to_owned(), true),
+    };
+    out.push(limit("max-requests", s.max_requests.map(|n| n.to_string())));
     if s.max_requests.is_some() {
-        out.push(("max-requests-jitter", s.max_requests_jitter.to_string(), false));
+        out.push(on("max-requests-jitter", s.max_requests_jitter.to_string()));
     }
-    out.push(("restart-interval", d(s.restart_interval.unwrap_or_default()), false));
+    out.push(limit("restart-interval", s.restart_interval.map(d)));
     if s.restart_interval.is_some() {
-        out.push(("restart-interval-jitter", d(s.restart_interval_jitter), false));
+        out.push(on("restart-interval-jitter", d(s.restart_interval_jitter)));
     }
-    out.push(("min-lifetime", d(s.min_lifetime), false));
-    out.push(("request-timeout", d(s.request_timeout.unwrap_or_default()), false));
-    out.push(("graceful-timeout", d(s.graceful_timeout), false));
-    out.push(("abort-grace", d(s.abort_grace.unwrap_or_default()), false));
-    out.push(("memory-limit", s.memory_limit.map(|b| SizeDisplay(b).to_string()).unwrap_or_else(|| "0".into()), false));
-    out.push(("cpu-time-limit", d(s.cpu_time_limit.unwrap_or_default()), false));
+    out.push(on("min-lifetime", d(s.min_lifetime)));
+    out.push(limit("request-timeout", s.request_timeout.map(d)));
+    out.push(on("graceful-timeout", d(s.graceful_timeout)));
+    out.push(limit("abort-grace", s.abort_grace.map(d)));
+    out.push(limit("memory-limit", s.memory_limit.map(|b| SizeDisplay(b).to_string())));
+    out.push(limit("cpu-time-limit", s.cpu_time_limit.map(d)));
     out
 }
 
