@@ -416,6 +416,49 @@ def test_an_unread_large_upload_gets_the_apps_answer_not_a_502(stack):
         assert (r.status_code, r.text) == (200, "ok")
 
 
+def raw_get(front, path):
+    """The bytes nginx sends for GET `path` until it closes (a reset ends them too)."""
+    raw = b""
+    with socket.create_connection(("127.0.0.1", front.port), timeout=60) as s:
+        s.sendall(f"GET {path} HTTP/1.1\r\nHost: any\r\nConnection: close\r\n\r\n".encode())
+        try:
+            while chunk := s.recv(65536):
+                raw += chunk
+        except ConnectionResetError:
+            pass
+    return raw
+
+
+def assert_failed_not_short(raw):
+    """The client must not get a response that looks complete: nothing, an error status, or
+    a 200 whose chunked body lacks its last chunk."""
+    head, _, body = raw.partition(b"\r\n\r\n")
+    if raw and head.startswith(b"HTTP/1.1 200"):
+        assert b"transfer-encoding: chunked" in head.lower(), head
+        assert not body.endswith(b"0\r\n\r\n"), "a cut-off response was ended like a complete one"
+    elif raw:
+        assert int(head.split()[1]) >= 500, head
+
+
+@pytest.mark.parametrize("kept", [False, True], ids=["one-connection-a-request", "fastcgi_keep_conn"])
+def test_a_response_cut_off_after_its_head_reaches_the_client_as_failed(stack, tmp_path_factory, kept):
+    """An app that fails after its head: the worker ends the response so that nginx fails
+    it (no END_REQUEST; without kept connections an invalid record before the close)."""
+    b, front = stack
+    if kept:
+        b, front = start(tmp_path_factory, "cut-off-kept", front_extra="            fastcgi_keep_conn on;\n")
+    try:
+        tag = uuid.uuid4().hex
+        assert_failed_not_short(raw_get(front, f"/raise-after?tag={tag}"))
+        b.log.wait_for(f"RuntimeError: failure after headers {tag}")
+        b.log.wait_for([re.escape(f"/raise-after?tag={tag}]"), "the response was cut off after its head"])
+        assert ok(front, "/health")
+    finally:
+        if kept:
+            front.stop()
+            b.stop()
+
+
 def test_a_direct_pool_counts_its_responses_by_class(stack):
     """The 2xx/5xx counts come from the workers' scoreboards (needs the worker's side of
     direct-spec2: the response counters at header offsets 16..56)."""

@@ -17,6 +17,10 @@ pub const MAX_CONTENT_LEN: usize = 65535;
 pub const MANAGEMENT_ID: u16 = 0;
 /// BEGIN_REQUEST flag: keep the connection open after the request.
 pub const FCGI_KEEP_CONN: u8 = 1;
+/// A record header with version 0, which no FastCGI client accepts: written by an
+/// application before it closes a connection whose response was cut off, where EOF alone
+/// would read as the response's normal end (a web server that does not keep connections).
+pub const INVALID_RECORD: [u8; HEADER_LEN] = [0, 6, 0, 0, 0, 0, 0, 0];
 /// Longest record on the wire: header, maximal content, maximal padding.
 pub const MAX_RECORD_LEN: usize = HEADER_LEN + MAX_CONTENT_LEN + 255;
 

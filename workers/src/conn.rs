@@ -335,6 +335,9 @@ pub(crate) struct Conn {
     linger: Option<u16>,
     /// The last request ended with the connection kept for another ([`Conn::finish`]).
     kept: bool,
+    /// A direct request's response was cut off after its head: the connection ends without
+    /// END_REQUEST, the way [`crate::direct::end_cut_off`] says.
+    cut_off: Option<crate::direct::CutOff>,
 }
 
 impl Conn {
@@ -357,6 +360,7 @@ impl Conn {
             direct: crate::direct::config(),
             linger: None,
             kept: false,
+            cut_off: None,
         }
     }
 
@@ -380,7 +384,7 @@ impl Conn {
 
     /// Whether closing must wait for the web server's end of input ([`Conn::close_lingering`]).
     pub(crate) fn lingers(&self) -> bool {
-        self.linger.is_some()
+        self.linger.is_some() || self.cut_off.is_some()
     }
 
     /// Close after the web server has sent the rest of the input of the request answered
@@ -388,6 +392,14 @@ impl Conn {
     /// Blocks: call detached from Python.
     pub(crate) fn close_lingering(&mut self) {
         self.send_held();
+        if let Some(how) = self.cut_off.take() {
+            self.flush();
+            if let Some(fd) = self.fd.as_ref().filter(|_| !self.broken) {
+                crate::direct::end_cut_off(fd.as_raw_fd(), how);
+            }
+            self.close();
+            return;
+        }
         if let (Some(id), Some(fd)) = (self.linger.take(), self.fd.as_ref()) {
             if !self.rd_eof && !self.broken {
                 // What the decoder holds starts at a record's first byte.
@@ -1149,12 +1161,26 @@ impl Conn {
             }
             0
         };
+        let direct = self.direct.is_some();
+        let cut_off = direct && self.cur(serial).is_some_and(|r| r.cut_off && r.headers_sent && !r.aborted);
+        if cut_off {
+            let msg = b"fcgibridge worker: the response was cut off after its head: closing the connection without END_REQUEST\n";
+            self.push_stderr(serial, msg);
+        }
         self.current.store(0, Ordering::Release);
         let Some(mut r) = self.req.take() else {
             return false;
         };
         if let Some(tag) = r.tag.as_mut() {
             tag.close();
+        }
+        if cut_off {
+            // The web server must see a failed response, never a short one that looks
+            // complete: no END_REQUEST, and the connection closes (docs/architecture.md,
+            // "Cut off").
+            self.cut_off = Some(if keep { crate::direct::CutOff::Close } else { crate::direct::CutOff::Signal });
+            self.kept = false;
+            return false;
         }
         if self.direct.is_some() && !r.stdin_done {
             self.linger = Some(r.id);

@@ -519,3 +519,38 @@ mod tests {
         }
     }
 }
+
+/// How a direct connection whose response was cut off after its head ends, so that the web
+/// server sees a failed response rather than a short one that looks complete.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum CutOff {
+    /// The web server keeps the connection (FCGI_KEEP_CONN): EOF without END_REQUEST is a
+    /// failure to it.
+    Close,
+    /// It does not: EOF would be the response's normal end, so it is told otherwise.
+    Signal,
+}
+
+/// Before the caller closes `fd` on a cut-off response: for [`CutOff::Signal`], once the web
+/// server has read what was sent (a signal in the same read makes it drop the head before
+/// the client has it), a reset over TCP, an invalid record on a unix socket. Blocks for at
+/// most a second: call detached from Python.
+pub(crate) fn end_cut_off(fd: RawFd, how: CutOff) {
+    if how == CutOff::Close {
+        return;
+    }
+    let tcp = crate::sys::is_tcp(fd);
+    if tcp {
+        // The unread byte count of a TCP peer is not observable: a moment to read.
+        std::thread::sleep(Duration::from_millis(100));
+        crate::sys::reset_on_close(fd);
+        return;
+    }
+    for _ in 0..50 {
+        if crate::sys::unsent_bytes(fd).unwrap_or(0) == 0 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = crate::sys::send_all(fd, &fastcgi_server::record::INVALID_RECORD);
+}

@@ -239,6 +239,39 @@ pub(crate) fn send_all(fd: RawFd, mut data: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
+/// Whether `fd` is a TCP socket (else a unix one).
+pub(crate) fn is_tcp(fd: RawFd) -> bool {
+    use nix::sys::socket::{getsockname, AddressFamily, SockaddrLike, SockaddrStorage};
+    getsockname::<SockaddrStorage>(fd)
+        .is_ok_and(|a| matches!(a.family(), Some(AddressFamily::Inet | AddressFamily::Inet6)))
+}
+
+/// Bytes written to unix socket `fd` that its peer has not read yet.
+pub(crate) fn unsent_bytes(fd: RawFd) -> io::Result<usize> {
+    let mut unread: libc::c_int = 0;
+    // SAFETY: TIOCOUTQ (SIOCOUTQ) writes one int; `fd` is a live socket.
+    let rc = unsafe { libc::ioctl(fd, libc::TIOCOUTQ, std::ptr::addr_of_mut!(unread)) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(usize::try_from(unread).unwrap_or(0))
+}
+
+/// Make the next close of TCP socket `fd` send a reset (SO_LINGER of 0).
+pub(crate) fn reset_on_close(fd: RawFd) {
+    let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+    // SAFETY: `fd` is a live socket; SO_LINGER takes a `struct linger` of exactly this size.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            std::ptr::addr_of!(linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        );
+    }
+}
+
 /// Send as much of `data` as the socket takes now (MSG_DONTWAIT; no SIGPIPE):
 /// `Ok(0)` when it would block. Made with the GIL held, so it must never wait.
 pub(crate) fn send_nonblocking(fd: RawFd, data: &[u8]) -> io::Result<usize> {

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from fcgi import PARAMS, STDOUT, record
+from fcgi import END_REQUEST, PARAMS, STDOUT, record
 
 HEADER, SLOT, DURATIONS = 64, 256, 128
 TIMED_OUT = "fcgibridge worker: closed a connection that sent no complete request within header-timeout (%ss)"
@@ -277,6 +277,46 @@ def test_errors_and_tracebacks_go_to_the_workers_stderr(direct):
     tag = "[request_id=%d-2 GET /errors] " % pid
     wait_until(lambda: tag + "second half" in w.stderr, "wsgi.errors on stderr")
     assert tag + "first line" in w.stderr
+
+
+def read_until_closed(c):
+    data = c.buf
+    while True:
+        more = c.sock.recv(65536)
+        if not more:
+            return data
+        data += more
+
+
+def split_records(data):
+    """[(type, content)] of the valid records at the start of `data`, and what follows them."""
+    records = []
+    while len(data) >= 8:
+        version, rtype, _, clen, plen = struct.unpack(">BBHHBx", data[:8])
+        if version != 1:
+            break
+        records.append((rtype, data[8:8 + clen]))
+        data = data[8 + clen + plen:]
+    return records, data
+
+
+@pytest.mark.parametrize("uri", ["/raise-after", "/short-length"])
+@pytest.mark.parametrize("keep_conn", [True, False], ids=["kept", "not-kept"])
+def test_a_response_cut_off_after_its_head_never_ends_like_a_complete_one(direct, uri, keep_conn):
+    """The web server must see a failed response, not a short one that looks complete: no
+    END_REQUEST, the connection closed; where EOF alone would be the normal end (the web
+    server does not keep connections) an invalid record before it (a unix socket)."""
+    w, board = direct()
+    with w.client() as c:
+        send(c, uri, keep_conn=keep_conn)
+        records, rest = split_records(read_until_closed(c))
+    stdout = b"".join(content for rtype, content in records if rtype == STDOUT)
+    assert stdout.startswith(b"Status: 200 OK\r\n") or b"200" in stdout.split(b"\r\n")[0], stdout
+    assert END_REQUEST not in [rtype for rtype, _ in records], "ended like a complete response"
+    assert rest == (b"" if keep_conn else bytes([0, 6, 0, 0, 0, 0, 0, 0])), rest
+    wait_until(lambda: "the response was cut off after its head" in w.stderr, "the cut-off on stderr")
+    with w.client() as c:
+        assert request(c, "/environ").code == 200, "the worker serves on"
 
 
 def test_responses_are_counted_by_status_class(direct):

@@ -233,13 +233,9 @@ async fn cut_off<W: super::WriteHalf>(
         super::reset_on_close(sock.fd);
         return true;
     }
-    let _ = super::write_within(wr, &CUT_OFF_MARKER, limit).await;
+    let _ = super::write_within(wr, &fastcgi_server::record::INVALID_RECORD, limit).await;
     false
 }
-
-/// Sent before closing a connection on which a response was cut off: a record header with
-/// version 0, which no FastCGI client accepts.
-const CUT_OFF_MARKER: [u8; 8] = [0, 6, 0, 0, 0, 0, 0, 0];
 
 async fn recv_out(out: &mut Option<(mpsc::Sender<Out>, mpsc::Receiver<Out>)>) -> Option<Out> {
     match out {

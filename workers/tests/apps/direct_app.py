@@ -32,6 +32,17 @@ def application(environ, start_response):
         body = str(os.getpid())
     elif path == "/raise":
         raise RuntimeError("direct app failed")
+    elif path == "/raise-after":
+        # A chunk, then a failure: the response is cut off after its head.
+        start_response("200 OK", [("Content-Type", "text/plain")])
+
+        def cut():
+            yield b"partial-"
+            raise RuntimeError("direct app failed after the head")
+        return cut()
+    elif path == "/short-length":
+        start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "100")])
+        return [b"only ten b"]
     elif path == "/errors":
         environ["wsgi.errors"].write("first line\nsecond ")
         environ["wsgi.errors"].write("half\n")
