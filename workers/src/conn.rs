@@ -197,9 +197,11 @@ pub(crate) struct Req {
     /// CONTENT_LENGTH as the web server declared it: the app never reads past it.
     body_declared: Option<u64>,
     body_received: u64,
-    /// STDIN ended before CONTENT_LENGTH bytes (FastCGI 1.0 section 6.2): once the
-    /// buffered bytes are read, input raises as for a disconnect.
+    /// STDIN ended before CONTENT_LENGTH bytes (FastCGI 1.0 section 6.2): input raises as
+    /// for a disconnect, never returning a short body.
     pub body_short: bool,
+    /// CONTENT_LENGTH is neither a body length nor "unknown" (empty, Caddy's -1): why.
+    bad_length: Option<String>,
     /// ABORT_REQUEST received, or the connection broke: input raises, output is dropped.
     pub aborted: bool,
     /// start_response has been called.
@@ -243,6 +245,7 @@ impl Req {
             body_declared: None,
             body_received: 0,
             body_short: false,
+            bad_length: None,
             aborted: false,
             started: false,
             head: Vec::new(),
@@ -263,6 +266,18 @@ impl Req {
 
     /// Position just past the first b'\n' among the first `limit` buffered bytes,
     /// scanning from `from` (bytes already known to hold no newline).
+    /// Why a direct worker answers 400 without running the app, as the bridge would: a
+    /// CONTENT_LENGTH that is no body length, or a body that ended before it (all of it here).
+    pub(crate) fn refusal(&self) -> Option<String> {
+        if let Some(why) = &self.bad_length {
+            return Some(why.clone());
+        }
+        self.body_short.then(|| {
+            let declared = self.body_declared.unwrap_or(0);
+            format!("the request body ended before its CONTENT_LENGTH ({} of {declared} bytes)", self.body_received)
+        })
+    }
+
     pub(crate) fn find_newline(&self, from: usize, limit: usize) -> Option<usize> {
         let mut base = 0usize;
         for chunk in &self.stdin {
@@ -540,8 +555,13 @@ impl Conn {
         if r.authorizer && params.get(b"FCGI_ROLE").is_none() {
             params.insert(&b"FCGI_ROLE"[..], &b"AUTHORIZER"[..]);
         }
-        r.body_declared =
-            params.get(b"CONTENT_LENGTH").and_then(|v| std::str::from_utf8(v).ok()).and_then(|v| v.parse::<u64>().ok());
+        match params.get(b"CONTENT_LENGTH").filter(|v| !v.is_empty() && *v != b"-1") {
+            Some(v) => match fastcgi_server::content_length::parse(v) {
+                Ok(n) => r.body_declared = Some(n),
+                Err(e) => r.bad_length = Some(e.to_string()),
+            },
+            None => r.body_declared = None,
+        }
         r.params = Some(params);
         r.claim = claim;
         if claim.is_none() && self.queued.as_ref().is_some_and(|q| q.id == id) {
@@ -1072,18 +1092,25 @@ impl Conn {
 
     /// Replace the response with a complete error page (headers not sent yet).
     pub(crate) fn push_error_page(&mut self, serial: u64) {
+        self.push_status_page(serial, 500, "Internal Server Error");
+    }
+
+    /// Replace the response with a complete plain-text page `status reason` (headers not
+    /// sent yet).
+    pub(crate) fn push_status_page(&mut self, serial: u64, status: u16, reason: &str) {
         let Some(r) = self.cur(serial) else { return };
         if r.aborted || r.headers_sent {
             return;
         }
-        let body: &[u8] = if r.is_head { b"" } else { b"Internal Server Error\n" };
+        let text = format!("{reason}\n");
+        let body: &[u8] = if r.is_head { b"" } else { text.as_bytes() };
         r.head = format!(
-            "Status: 500 Internal Server Error\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\n",
-            21 + 1
+            "Status: {status} {reason}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\n",
+            text.len()
         )
         .into_bytes();
-        r.status_code = 500;
-        r.content_length = Some(22);
+        r.status_code = status;
+        r.content_length = Some(text.len() as u64);
         r.replaced = true;
         self.push_head(serial);
         if let Some(r) = self.cur(serial) {

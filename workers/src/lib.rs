@@ -455,10 +455,51 @@ fn send_result(py: Python<'_>, shared: &Shared, serial: u64, result: &Bound<'_, 
     send_iterable(py, shared, serial, result)
 }
 
+/// Call the app with the request's environ and send what it returns (its errors reported
+/// into `outcome`).
+fn run_app(
+    py: Python<'_>,
+    w: &mut Worker,
+    shared: &Arc<Shared>,
+    (serial, params, request_id): (u64, Params, Option<Bound<'_, PyString>>),
+    outcome: &mut Outcome,
+) -> PyResult<()> {
+    match w.environ(py, &params, shared, serial, request_id) {
+        Err(e) => report_error(py, shared, serial, e, outcome),
+        Ok((env, info)) => {
+            drop(params);
+            if info.is_head {
+                if let Some(r) = shared.lock_py(py).cur(serial) {
+                    r.is_head = true;
+                }
+            }
+            let start_response = Bound::new(py, StartResponse { shared: shared.clone(), serial })?;
+            match w.app.bind(py).call1((env, start_response)) {
+                Err(e) => report_error(py, shared, serial, e, outcome),
+                Ok(result) => {
+                    if let Err(e) = send_result(py, shared, serial, &result) {
+                        report_error(py, shared, serial, e, outcome);
+                    }
+                    // close() is called whatever happened (PEP 3333).
+                    let plain = result.is_exact_instance_of::<PyList>() || result.is_exact_instance_of::<PyTuple>();
+                    if !plain {
+                        if let Ok(close) = result.getattr(intern!(py, "close")) {
+                            if let Err(e) = close.call0() {
+                                report_error(py, shared, serial, e, outcome);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Run the app for the request whose params are ready; returns whether another
 /// request is ready on the connection (waited for with the GIL released).
 fn handle_request(py: Python<'_>, w: &mut Worker, shared: &Arc<Shared>) -> PyResult<bool> {
-    let (params, serial, request_id) = {
+    let (params, serial, request_id, refused) = {
         let mut c = shared.lock_py(py);
         match c.req.as_mut() {
             Some(r) => {
@@ -471,40 +512,25 @@ fn handle_request(py: Python<'_>, w: &mut Worker, shared: &Arc<Shared>) -> PyRes
                     PyString::new(py, tag.request_id())
                 });
                 r.slot = w.slot;
-                (r.params.take().unwrap_or_default(), r.serial, request_id)
+                let refused = if w.direct { r.refusal() } else { None };
+                (r.params.take().unwrap_or_default(), r.serial, request_id, refused)
             }
             None => return Ok(false),
         }
     };
     let mut outcome = Outcome::default();
-    match w.environ(py, &params, shared, serial, request_id) {
-        Err(e) => report_error(py, shared, serial, e, &mut outcome),
-        Ok((env, info)) => {
-            drop(params);
-            if info.is_head {
-                if let Some(r) = shared.lock_py(py).cur(serial) {
-                    r.is_head = true;
-                }
-            }
-            let start_response = Bound::new(py, StartResponse { shared: shared.clone(), serial })?;
-            match w.app.bind(py).call1((env, start_response)) {
-                Err(e) => report_error(py, shared, serial, e, &mut outcome),
-                Ok(result) => {
-                    if let Err(e) = send_result(py, shared, serial, &result) {
-                        report_error(py, shared, serial, e, &mut outcome);
-                    }
-                    // close() is called whatever happened (PEP 3333).
-                    let plain = result.is_exact_instance_of::<PyList>() || result.is_exact_instance_of::<PyTuple>();
-                    if !plain {
-                        if let Ok(close) = result.getattr(intern!(py, "close")) {
-                            if let Err(e) = close.call0() {
-                                report_error(py, shared, serial, e, &mut outcome);
-                            }
-                        }
-                    }
-                }
-            }
+    match refused {
+        // What the bridge answers 400 without a worker, a direct worker answers so too.
+        Some(why) => {
+            let mut c = shared.lock_py(py);
+            c.push_stderr(
+                serial,
+                format!("fcgibridge worker: {why}: answering 400 without running the app\n").as_bytes(),
+            );
+            c.push_status_page(serial, 400, "Bad Request");
+            outcome.errored = true;
         }
+        None => run_app(py, w, shared, (serial, params, request_id), &mut outcome)?,
     }
     if !outcome.errored {
         let missing = shared.lock_py(py).cur(serial).is_some_and(|r| !r.started && !r.aborted);

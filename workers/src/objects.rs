@@ -71,7 +71,7 @@ impl Input {
             if r.aborted {
                 return Err(client_disconnected(py, GONE));
             }
-            if r.body_short && r.avail == 0 {
+            if r.body_short {
                 return Err(client_disconnected(py, SHORT));
             }
             match decide(r) {

@@ -319,6 +319,38 @@ def test_a_response_cut_off_after_its_head_never_ends_like_a_complete_one(direct
         assert request(c, "/environ").code == 200, "the worker serves on"
 
 
+@pytest.mark.parametrize("length, body", [("10", b"abc"), ("abc", b""), ("-5", b""), ("+3", b"abc")])
+def test_a_body_shorter_than_its_content_length_or_a_bad_length_is_a_400(direct, length, body):
+    """As the bridge answers: 400 without running the app, and the worker serves on."""
+    w, _ = direct()
+    with w.client() as c:
+        c.begin()
+        c.params(nginx_params("/read-length", method="POST", CONTENT_LENGTH=length))
+        if body:
+            c.stdin(body)
+        c.stdin_end()
+        r = c.read_response()
+        assert (r.code, r.body) == (400, b"Bad Request\n"), r.stdout
+        assert request(c, "/environ").code == 200, "the kept connection serves on"
+    wait_until(lambda: "answering 400 without running the app" in w.stderr, "the refusal on stderr")
+    assert "read " not in w.stderr
+
+
+def test_a_body_that_ends_short_while_the_app_reads_it_raises(direct):
+    """The app is reading when the web server ends the body early: its read raises rather
+    than return the bytes that came."""
+    w, board = direct()
+    with w.client() as c:
+        c.begin()
+        c.params(nginx_params("/read-length", method="POST", CONTENT_LENGTH="10"))
+        wait_until(lambda: board.slot(0)[2] is not None, "the app running")
+        c.stdin(b"abc")
+        c.stdin_end()
+        r = c.read_response()
+        assert r.code == 500 and b"read 3 bytes" not in r.body, r.stdout
+    wait_until(lambda: "ClientDisconnected" in w.stderr, "the app's read raising")
+
+
 def test_responses_are_counted_by_status_class(direct):
     w, board = direct()
     with w.client() as c:

@@ -43,6 +43,9 @@ def application(environ, start_response):
     elif path == "/short-length":
         start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "100")])
         return [b"only ten b"]
+    elif path == "/read-length":
+        # Reads the body by its CONTENT_LENGTH, as most apps do.
+        body = "read %d bytes" % len(environ["wsgi.input"].read(int(environ["CONTENT_LENGTH"])))
     elif path == "/errors":
         environ["wsgi.errors"].write("first line\nsecond ")
         environ["wsgi.errors"].write("half\n")
