@@ -342,7 +342,7 @@ def test_a_graceful_stop_lets_direct_workers_finish_their_requests(tmp_path_fact
         tag, held = held_request(b, front, "stop")
         mark = b.log.mark()
         b.proc.send_signal(signal.SIGTERM)
-        (line,) = b.log.wait_for([r"SIGTERM: draining in-flight requests"], since=mark, timeout=30)
+        (line,) = b.log.wait_for([r"graceful stop: draining in-flight requests"], since=mark, timeout=30)
         assert "direct_in_flight=1" in line, line  # the held request, which the daemon never saw
         # Before the fix the worker was SIGTERMed at once ("worker stopped … signal 15").
         b.log.wait_for([r"draining the worker for the stop|worker stopped"], since=mark, timeout=30)

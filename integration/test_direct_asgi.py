@@ -228,7 +228,7 @@ def test_a_graceful_stop_lets_a_running_request_finish(tmp_path_factory):
                    what="the request running")
         mark = b.log.mark()
         b.proc.send_signal(signal.SIGTERM)
-        (line,) = b.log.wait_for([r"SIGTERM: draining in-flight requests"], since=mark, timeout=30)
+        (line,) = b.log.wait_for([r"graceful stop: draining in-flight requests"], since=mark, timeout=30)
         assert "direct_in_flight=1" in line, line  # the held request, which the daemon never saw
         r = held.result()
         assert (r.status_code, r.text) == (200, "slept")

@@ -361,7 +361,7 @@ async fn stop(mut r: Running, config: &crate::config::Config, s: &mut Signals, h
             tracing::info!(
                 in_flight = r.registry.in_flight(),
                 direct_in_flight = Some(direct_in_flight(&r.registry)).filter(|n| *n > 0),
-                "SIGTERM: draining in-flight requests (up to {timeout:?})"
+                "graceful stop: draining in-flight requests (up to {timeout:?})"
             );
             finish_in_flight(timeout, &r.registry, s).await
         }

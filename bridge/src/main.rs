@@ -144,7 +144,8 @@ enum Command {
         /// "Name: value"; repeatable.
         #[arg(short = 'H', long = "header")]
         headers: Vec<String>,
-        /// Request body, sent as is; @file reads it from a file, @- from stdin.
+        /// Request body, sent as is (with Content-Type application/x-www-form-urlencoded, as
+        /// curl's -d, unless -H sets one); @file reads it from a file, @- from stdin.
         #[arg(short = 'd', long = "data")]
         data: Option<String>,
         /// Speak SCGI instead of FastCGI.

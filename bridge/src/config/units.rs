@@ -37,6 +37,21 @@ const DURATION_UNITS: &[(&str, u128)] = &[
     ("d", 86_400_000_000_000),
 ];
 
+/// "1.5s" as "1500ms", "0.5m" as "30s": a decimal number with one unit, written exactly in
+/// whole units (at most milliseconds); `None` for anything else.
+fn fraction_in_smaller_units(s: &str) -> Option<String> {
+    let (number, unit) = s.split_at(s.find(|c: char| c.is_ascii_alphabetic())?);
+    let (&(_, per_unit), (whole, frac)) = (DURATION_UNITS.iter().find(|(u, _)| *u == unit)?, number.split_once('.')?);
+    if whole.is_empty() && frac.is_empty() || !(whole.bytes().chain(frac.bytes())).all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let scale = 10u128.checked_pow(u32::try_from(frac.len()).ok()?)?;
+    let digits: u128 = format!("{whole}{frac}").parse().ok()?;
+    let nanos = digits.checked_mul(per_unit)?;
+    let exact = u64::try_from(nanos / scale).ok().filter(|n| nanos % scale == 0 && n % 1_000_000 == 0 && *n > 0)?;
+    Some(DurationDisplay(Duration::from_nanos(exact)).to_string())
+}
+
 /// Parse "30s", "5m", "1h30m", "250ms", "2d", or a plain integer of seconds.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let s = text.trim();
@@ -49,6 +64,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     if s.bytes().all(|b| b.is_ascii_digit()) {
         let secs: u64 = s.parse().map_err(|_| explain())?;
         return Ok(Duration::from_secs(secs));
+    }
+    if let Some(whole) = fraction_in_smaller_units(s) {
+        return Err(format!("invalid duration {text:?}: no fractions; write {whole:?}"));
     }
     let mut nanos: u128 = 0;
     let mut rest = s;
@@ -199,6 +217,17 @@ mod tests {
         }
         let msg = parse_duration("30x").unwrap_err();
         assert!(msg.contains("\"30x\"") && msg.contains("ms, s, m, h, d"), "{msg}");
+    }
+
+    #[test]
+    fn a_fraction_is_answered_with_its_whole_form() {
+        assert_eq!(parse_duration("1.5s").unwrap_err(), "invalid duration \"1.5s\": no fractions; write \"1s500ms\"");
+        assert_eq!(parse_duration("0.5m").unwrap_err(), "invalid duration \"0.5m\": no fractions; write \"30s\"");
+        assert_eq!(parse_duration(".25h").unwrap_err(), "invalid duration \".25h\": no fractions; write \"15m\"");
+        // Not whole milliseconds, or not one number and unit: the general advice.
+        for other in ["1.0005s", "1.5", "1.5x", "1.5s30ms", "..s", "0.0s"] {
+            assert!(parse_duration(other).unwrap_err().contains("write a number with a unit"), "{other}");
+        }
     }
 
     #[test]
