@@ -459,6 +459,24 @@ def test_a_response_cut_off_after_its_head_reaches_the_client_as_failed(stack, t
             b.stop()
 
 
+def test_a_direct_workers_failure_reports_are_errors_and_its_other_output_warnings(stack):
+    """A traceback, and what the worker finds wrong in a response, are logged at ERROR, as
+    through the bridge (operators alert on it); wsgi.errors lines stay warnings."""
+    b, front = stack
+    tag = uuid.uuid4().hex
+    assert front.get(f"/raise-before?tag={tag}").status_code == 500
+    assert front.get(f"/yield-str?tag={tag}").status_code == 500
+    assert front.get(f"/stderr?msg=plain-{tag}").status_code == 200
+    b.log.wait_for(f"failure before headers {tag}")
+    b.log.wait_for([r"the application failed: TypeError", re.escape(f"/yield-str?tag={tag}]")])
+    b.log.wait_for(f"plain-{tag}")
+    traceback = [ln for ln in b.log.lines() if f"/raise-before?tag={tag}]" in ln]
+    assert len(traceback) >= 3 and all(" ERROR " in ln for ln in traceback), traceback
+    (found,) = [ln for ln in b.log.lines() if f"/yield-str?tag={tag}]" in ln]
+    assert " ERROR " in found, found
+    assert all(" WARN " in ln for ln in b.log.lines() if f"plain-{tag}" in ln)
+
+
 def test_a_direct_pool_counts_its_responses_by_class(stack):
     """The 2xx/5xx counts come from the workers' scoreboards (needs the worker's side of
     direct-spec2: the response counters at header offsets 16..56)."""

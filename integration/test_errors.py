@@ -27,6 +27,16 @@ def test_exception_before_headers_is_500_with_traceback_logged(nginx, transport,
     assert http_get(nginx, transport, "/health", pool="edge").text == "ok"
 
 
+def test_what_the_worker_finds_wrong_in_a_response_is_logged_as_an_error(nginx, log):
+    """A str body has no traceback (the worker's own check raises): still the app's failure,
+    at ERROR with the request, and a 500."""
+    tag = uuid.uuid4().hex
+    r = http_get(nginx, "fcgi-tcp", f"/yield-str?tag={tag}", pool="edge")
+    assert r.status_code == 500
+    (line,) = log.wait_for([r"fcgibridge worker: the application failed: TypeError", re.escape(tag)])
+    assert "ERROR" in line and "edge" in line, line
+
+
 def test_flask_exception_is_500_and_logged(nginx, transport, log):
     tag = uuid.uuid4().hex
     r = http_get(nginx, transport, f"/boom?tag={tag}", pool="flask")

@@ -13,6 +13,7 @@ Paths (relative to the app's own PATH_INFO):
   /write               a body sent through the write() callable, then an iterable
   /raise-before        raises before start_response: 500
   /raise-after         sends a chunk, then raises: a cut-off response
+  /yield-str?tag=      returns a list of str, not bytes: the worker's TypeError, a 500
   /upload?delay=       reads wsgi.input in chunks to EOF, then sleeps `delay` s: size and sha256 as JSON
   /upload-watch?marker=FILE   reads slowly; writes what happened to FILE
   /sleep?s=&tag=       sleeps, answers its pid; writes the pid to $FCGIBRIDGE_TEST_DIR/<tag>.pid
@@ -198,6 +199,10 @@ def application(environ, start_response):
 
     if path == "/raise-before":
         raise RuntimeError("failure before headers " + q.get("tag", ""))
+
+    if path == "/yield-str":
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return ["a str, not bytes " + q.get("tag", "")]
 
     if path == "/raise-after":
         def gen():

@@ -260,7 +260,13 @@ fn report_error(py: Python<'_>, shared: &Shared, serial: u64, err: PyErr, outcom
         }
         return;
     }
-    let text = format_traceback(py, &err);
+    let mut text = format_traceback(py, &err);
+    if err.traceback(py).is_none() {
+        // Raised by the worker's own checks of what the app did (a str yielded, no
+        // start_response): no frame to show, but an app failure all the same, logged as an
+        // error by the bridge as a traceback is.
+        text.insert_str(0, "fcgibridge worker: the application failed: ");
+    }
     let mut c = shared.lock_py(py);
     c.push_stderr(serial, text.as_bytes());
     let Some(r) = c.cur(serial) else { return };

@@ -1093,9 +1093,10 @@ fn bad_head(info: &RequestInfo<'_>, pool: &str, pid: u32, why: &fastcgi_server::
 /// Python traceback (the worker writes one whole, in one record) is logged at ERROR, where
 /// operators alert; anything else the app writes there at WARN.
 fn log_stderr(worker: &crate::worker_handle::WorkerHandle, request_id: &str, uri: &str, data: &[u8]) {
-    const TRACEBACK: &[u8] = b"Traceback (most recent call last):";
     let (pool, pid) = (&*worker.pool, worker.pid);
-    let traceback = data.windows(TRACEBACK.len()).any(|w| w == TRACEBACK);
+    let traceback = crate::logging::app_lines::APP_FAILURES
+        .iter()
+        .any(|marker| data.windows(marker.len()).any(|w| w == marker.as_bytes()));
     // Every line repeats the URI: its start is enough to find the request.
     let uri = &*crate::logging::escape::prefix(uri, 256);
     let log = |text: &str| {

@@ -95,6 +95,34 @@ pub(crate) fn log_dropped(pool: &str, pid: u32, n: u64) {
     tracing::warn!(pool, pid, "{n} lines of the app's output not logged (more than {RATE} a second)");
 }
 
+/// How a worker's report of a failed request starts, logged as an error rather than as the
+/// app's other output: a Python traceback, or the worker's own finding of what the app did
+/// wrong (a str yielded, no start_response; written by the worker's `report_error`).
+pub(crate) const APP_FAILURES: [&str; 2] =
+    ["Traceback (most recent call last):", "fcgibridge worker: the application failed: "];
+
+/// A direct worker writes each request's stderr lines behind the request's tag
+/// (`[request_id=… METHOD URI] `): whether `line` belongs to a failure report, the lines
+/// after a report's first one known by their tag. `failing`: the tag of the report being
+/// read, kept between calls.
+pub(crate) fn reports_a_failure(failing: &mut Option<String>, line: &str) -> bool {
+    let tag = line.strip_prefix("[request_id=").and_then(|rest| rest.find("] ")).map(|end| &line[..end + 14]);
+    let Some(tag) = tag else {
+        *failing = None;
+        return false;
+    };
+    let text = &line[tag.len()..];
+    if APP_FAILURES.iter().any(|marker| text.starts_with(marker)) {
+        *failing = Some(tag.to_owned());
+        return true;
+    }
+    let same = failing.as_deref() == Some(tag);
+    if !same {
+        *failing = None;
+    }
+    same
+}
+
 /// `lines`, each escaped as [`clean`] escapes it, joined by newlines: one event's message
 /// where the log format escapes newlines ([`super::keeps_lines_together`]).
 pub(crate) fn clean_lines<'a>(lines: impl Iterator<Item = &'a str>) -> String {
@@ -112,6 +140,25 @@ pub(crate) fn clean_lines<'a>(lines: impl Iterator<Item = &'a str>) -> String {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn a_direct_workers_failure_report_is_known_by_its_first_line_and_its_tag() {
+        let mut failing = None;
+        let lines = [
+            ("[request_id=7-1 GET /a] wsgi.errors line", false),
+            ("[request_id=7-2 GET /b] Traceback (most recent call last):", true),
+            ("[request_id=7-2 GET /b]   File \"app.py\", line 3, in application", true),
+            ("[request_id=7-2 GET /b] RuntimeError: boom", true),
+            ("[request_id=7-3 GET /c] another request's line", false),
+            ("[request_id=7-2 GET /b] after another request's line", false),
+            ("[request_id=7-4 GET /d] fcgibridge worker: the application failed: TypeError: str", true),
+            ("a line of the process, untagged", false),
+            ("[request_id=7-4 GET /d] after an untagged line", false),
+        ];
+        for (line, error) in lines {
+            assert_eq!(reports_a_failure(&mut failing, line), error, "{line}");
+        }
+    }
 
     #[test]
     fn each_line_is_escaped() {

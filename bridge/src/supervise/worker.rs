@@ -616,6 +616,9 @@ pub(super) struct LineGate {
     stack_lines: AtomicU64,
     /// Every line received so far (see [`settle`]).
     received: AtomicU64,
+    /// The tag of the request whose failure report (a traceback) a direct worker is writing
+    /// ([`crate::logging::app_lines::reports_a_failure`]): its lines are errors.
+    failing: Mutex<Option<String>>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -631,7 +634,15 @@ const HOLD_MAX: usize = 400;
 impl LineGate {
     pub(super) fn new(pool: Arc<str>, pid: u32, lines: Arc<LineBudget>) -> Self {
         let state = Mutex::new((Gate::Hold, Vec::new()));
-        Self { pool, pid, lines, state, stack_lines: AtomicU64::default(), received: AtomicU64::default() }
+        Self {
+            pool,
+            pid,
+            lines,
+            state,
+            stack_lines: AtomicU64::default(),
+            received: AtomicU64::default(),
+            failing: Mutex::default(),
+        }
     }
 
     /// How many stack-dump lines the worker wrote to stderr so far.
@@ -700,9 +711,15 @@ impl LineGate {
         if !quiet && is_stderr && crate::logging::app_records::emit(pool, pid, text) {
             return; // the app's logging record, logged at its own level (logging/app_records.rs)
         }
+        let failure = is_stderr && {
+            let mut failing = self.failing.lock().unwrap_or_else(|e| e.into_inner());
+            crate::logging::app_lines::reports_a_failure(&mut failing, text)
+        };
         let text = &*crate::logging::escape::clean(text);
         if quiet {
             tracing::debug!(pool, pid, "{text}");
+        } else if failure {
+            tracing::error!(pool, pid, "{text}");
         } else if is_stderr {
             tracing::warn!(pool, pid, "{text}");
         } else {
@@ -720,7 +737,8 @@ impl Drop for LineGate {
     }
 }
 
-/// Log every line a worker prints: stdout at info, stderr at warn, tagged with pool and pid.
+/// Log every line a worker prints, tagged with pool and pid: stdout at info, stderr at warn,
+/// the lines of a failed request's report (a traceback) at error.
 async fn log_lines(pipe: impl AsyncRead + Unpin, is_stderr: bool, gate: Arc<LineGate>) {
     const MAX_LINE: usize = 16 << 10;
     let mut reader = BufReader::with_capacity(8192, pipe);
