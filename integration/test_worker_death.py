@@ -139,7 +139,11 @@ def test_worker_segfault(stack):
         r = requests.get(n.url("fcgi-tcp", f"/die/segv?tag={tag}"), timeout=120)
         return {"status": r.status_code, "pid": pid_file(b, tag)}
 
+    since = b.log.mark()
     check_death(b, n, kill, "segfault")
+    # The crashing thread's Python stack (faulthandler) names the view's line.
+    b.log.wait_for(r"Fatal Python error: Segmentation fault", since=since)
+    b.log.wait_for(r'File ".*edge_app\.py", line \d+ in application', since=since)
 
 
 def test_worker_sigkill(stack):

@@ -333,13 +333,20 @@ def _supervision_signals():
     """SIGUSR2 while the app is being imported: every thread's Python stack to stderr
     (faulthandler works from C, even while an import holds the GIL), which the bridge asks
     for before it kills a worker that missed startup-timeout; stackdump.install() takes
-    SIGUSR2 over once the worker serves. (SIGXCPU, cpu-time-limit's soft limit, is the
-    native module's: sys.rs report_cpu_limit.)"""
+    SIGUSR2 over once the worker serves. A fatal signal (a segfault) dumps every thread's
+    stack too. (SIGXCPU, cpu-time-limit's soft limit, is the native module's: sys.rs
+    report_cpu_limit.)"""
     import faulthandler
     import signal
 
     try:
         faulthandler.register(signal.SIGUSR2, file=sys.__stderr__, all_threads=True)
+        # A segfault or abort (a C extension, at import or in a view): every thread's Python
+        # stack to stderr, the crashing thread's first, so that the bridge's log shows where.
+        # The native module's handler, installed later, sends held responses first and then
+        # hands the signal on to this one (crash.rs).
+        if not faulthandler.is_enabled():
+            faulthandler.enable(file=sys.__stderr__, all_threads=True)
     except (AttributeError, ValueError, OSError, RuntimeError):
         pass
     _operator_signals(signal)
