@@ -21,7 +21,8 @@ import pytest
 
 from conftest import BOOT, worker_python
 from fcgi import ABORT_REQUEST, PARAMS, STDIN, Client, record
-from test_direct import TIMED_OUT, Scoreboard, nginx_params, request, serve_until_closed, serve_until_quiet, wait_until
+from test_direct import (TIMED_OUT, Scoreboard, nginx_params, read_until_closed, request, serve_until_closed,
+                         serve_until_quiet, split_records, wait_until)
 from test_direct import send as send_request
 
 HERE = Path(__file__).resolve().parent
@@ -70,6 +71,10 @@ async def app(scope, receive, send):
             await asyncio.sleep(3600)
         finally:
             print("cancelled %s" % rid, flush=True)
+    elif route == "raise-after":
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+        await send({"type": "http.response.body", "body": b"partial-", "more_body": True})
+        raise RuntimeError("direct asgi app failed after the head")
     elif route == "wait-disconnect":
         print("waiting %s" % rid, flush=True)
         while (await receive())["type"] != "http.disconnect":
@@ -378,6 +383,23 @@ def test_an_app_error_goes_to_the_workers_stderr_not_to_the_web_server(direct):
     assert rec["level"] == "ERROR"
     assert rec["msg"].startswith("[GET /raise] Traceback (most recent call last):"), "the request line leads"
     assert rec["msg"].endswith("RuntimeError: direct asgi app failed")
+
+
+@pytest.mark.parametrize("keep_conn", [True, False], ids=["kept", "not-kept"])
+def test_a_response_cut_off_after_its_head_never_ends_like_a_complete_one(direct, keep_conn):
+    """As the WSGI worker's: no END_REQUEST, the connection closed, an invalid record before
+    the close where EOF alone would be the normal end (a unix socket, not kept)."""
+    w, _ = direct()
+    with w.client() as c:
+        send_request(c, "/raise-after", keep_conn=keep_conn)
+        records, rest = split_records(read_until_closed(c))
+    assert b"partial-" in b"".join(content for _, content in records)
+    assert 3 not in [rtype for rtype, _ in records], "END_REQUEST: ended like a complete response"
+    assert rest == (b"" if keep_conn else bytes([0, 6, 0, 0, 0, 0, 0, 0])), rest
+    wait_until(lambda: any("the response was cut off after its head" in rec["msg"] for rec in log_records(w)),
+               "the cut-off in the log")
+    with w.client() as c:
+        assert request(c, "/scope").code == 200, "the worker serves on"
 
 
 def test_an_abort_or_a_closed_connection_is_http_disconnect_for_the_app(direct):

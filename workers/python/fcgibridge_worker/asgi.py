@@ -40,6 +40,9 @@ RESPONDER, AUTHORIZER = 1, 2
 HEADER = struct.Struct(">BBHHBx")
 END_BODY = struct.Struct(">IB3x")
 MAX_CONTENT = 65535
+# A record header of version 0, which no FastCGI client accepts: written before a direct
+# connection closes on a cut-off response where EOF alone would be its normal end.
+INVALID_RECORD = bytes([0, 6, 0, 0, 0, 0, 0, 0])
 # What _native.AsgiConnection.feed reports, as (kind, request id, payload); BEGIN's flags.
 EV_BEGIN, EV_ABORT, EV_PARAMS, EV_STDIN, EV_REPLY = 1, 2, 4, 5, 10
 BEGIN_AUTHORIZER, BEGIN_KEEP_CONN = 1, 2
@@ -670,6 +673,17 @@ class DirectRequest(Request):
         # The request line leads, as the WSGI worker's prefix: no access log has it here.
         log_line(level, "[%s] %s" % (self.line(), text), self.request_id)
 
+    def end(self, app_status):
+        """A response cut off after its head gets no END_REQUEST (nginx ignores app_status:
+        the client would take it for complete): its connection closes, the way the web
+        server reads as a failed response (docs/architecture.md, "Cut off")."""
+        if app_status == 0 or not self.head_sent or self.ended or self.disconnected or self.conn.closed:
+            Request.end(self, app_status)
+            return
+        self.stderr("the response was cut off after its head: closing the connection without END_REQUEST")
+        self.conn.cut_off(self.keep_conn)  # first: the request's end would close it plainly
+        self._ended()
+
     def _ended(self):
         Request._ended(self)  # the codec gives its scoreboard slot back
         self.conn.worker.request_ended(self)
@@ -710,6 +724,18 @@ class DirectConnection(Connection):
     def _given_up(self, req):
         """The web server closes a connection when its client left: http.disconnect says it
         (Request.abort); the task is neither cancelled nor a suspect."""
+
+    def cut_off(self, kept):
+        """Close on a response cut off: a kept connection's EOF without END_REQUEST fails it;
+        otherwise EOF would be its normal end, so a TCP connection is reset, and a unix one
+        gets an invalid record first."""
+        sock = self.transport.get_extra_info("socket")
+        if not kept and sock is not None:
+            if sock.family in (socket.AF_INET, socket.AF_INET6):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            else:
+                self.transport.write(INVALID_RECORD)
+        self.transport.close()
 
     def wait(self):
         """Wait for the next request, for header-timeout (RETIRE_QUIET once retiring). The
