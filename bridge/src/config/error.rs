@@ -1,6 +1,6 @@
 //! Configuration errors, worded for the operator who has to fix the file.
 use super::hint;
-use super::locate::{KeyIndex, KeyPath, Pos};
+use super::locate::{KeyIndex, KeyPath, Pos, Seg};
 use std::fmt;
 use std::io;
 
@@ -165,7 +165,8 @@ impl Source {
                     "sequence start" => "a list (`- item` lines or `[a, b]`)",
                     other => other,
                 };
-                keyed(format!("expected {wanted}"), path_here)
+                let misplaced = path_here.and_then(under_indented).unwrap_or_default();
+                keyed(format!("expected {wanted}{misplaced}"), path_here)
             }
             E::NullIntoString { .. } => keyed("has no value; write one, or leave the key out".to_owned(), path_here),
             E::Message { .. } => {
@@ -184,6 +185,18 @@ impl Source {
         // A bad value: the key stays, without its value.
         (error, fix(false))
     }
+}
+
+/// For `listeners.pool` (a listener's key where a listener's name goes: written two spaces
+/// short): what to change.
+fn under_indented(path: &KeyPath) -> Option<String> {
+    const KEYS: [(&str, &str, &[&str]); 2] = [
+        ("listeners", "a listener's", &["fastcgi", "scgi", "pool", "routes", "direct", "dialect", "mount"]),
+        ("pools", "a pool's", &["app", "python", "processes", "threads", "chdir", "env", "user", "group", "command"]),
+    ];
+    let [Seg::Key(section), Seg::Key(name)] = &path.0[..] else { return None };
+    let (_, whose, _) = KEYS.iter().find(|(s, _, keys)| s == section && keys.contains(&name.as_str()))?;
+    Some(format!("; `{name}` is {whose} key: indent it under the name above it"))
 }
 
 /// What a key of Rust type `ty` takes, said for the operator (`least`: an unsigned key's

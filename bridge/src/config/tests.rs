@@ -503,6 +503,23 @@ fn an_empty_configuration_is_refused() {
 }
 
 #[test]
+fn keys_written_two_spaces_short_are_told_to_indent() {
+    let tree = Tree::new("under-indented").file(
+        "10-x.yaml",
+        "pools:\n  demo:\n    app: ../app/app.py\nlisteners:\n  web:\n  fastcgi: 127.0.0.1:9000\n  pool: demo\n",
+    );
+    let err = tree.error();
+    assert!(
+        err.contains("listeners.pool: expected a mapping (indented `key: value` lines or `{key: value}`); `pool` is a listener's key: indent it under the name above it"),
+        "{err}"
+    );
+    assert!(
+        err.contains("listeners.fastcgi: expected a mapping") && err.contains("`fastcgi` is a listener's key"),
+        "{err}"
+    );
+}
+
+#[test]
 fn a_yml_file_beside_yaml_ones_is_named_in_a_warning() {
     let tree = valid("yml-beside").file("30-more.yml", "pools:\n  more:\n    app: ../app/app.py\n");
     let config = tree.config();
