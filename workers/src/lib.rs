@@ -12,7 +12,7 @@ use std::os::fd::FromRawFd;
 use std::sync::Arc;
 
 use fastcgi_server::Params;
-use pyo3::exceptions::{PyKeyboardInterrupt, PyRuntimeError, PySystemExit, PyTypeError};
+use pyo3::exceptions::{PyRuntimeError, PyTypeError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple, PyType};
 use pyo3::{ffi, intern};
@@ -220,12 +220,13 @@ impl Worker {
     }
 }
 
-/// Things that happened while running the app for one request.
+/// Things that happened while running the app for one request. SystemExit and
+/// KeyboardInterrupt raised by the app are that request's errors like any other (a 500, the
+/// worker and its other requests go on), as in the ASGI worker: a real SIGINT reaches the
+/// main thread only.
 #[derive(Default)]
 struct Outcome {
     errored: bool,
-    /// SystemExit / KeyboardInterrupt from the app: finish the request, then re-raise.
-    fatal: Option<PyErr>,
 }
 
 fn format_traceback(py: Python<'_>, err: &PyErr) -> String {
@@ -249,9 +250,6 @@ fn format_traceback(py: Python<'_>, err: &PyErr) -> String {
 /// a 500 page if nothing was sent yet, otherwise the response is cut off.
 fn report_error(py: Python<'_>, shared: &Shared, serial: u64, err: PyErr, outcome: &mut Outcome) {
     outcome.errored = true;
-    if err.is_instance_of::<PySystemExit>(py) || err.is_instance_of::<PyKeyboardInterrupt>(py) {
-        outcome.fatal = Some(err.clone_ref(py));
-    }
     let aborted = !matches!(shared.lock_py(py).cur(serial), Some(r) if !r.aborted);
     if aborted && objects::is_client_disconnected(py, &err) {
         let mut c = shared.lock_py(py);
@@ -545,7 +543,6 @@ fn handle_request(py: Python<'_>, w: &mut Worker, shared: &Arc<Shared>) -> PyRes
             report_error(py, shared, serial, e, &mut outcome);
         }
     }
-    let exiting = outcome.fatal.is_some();
     let (direct, slot, turns) = (w.direct, w.slot, w.turns);
     let next = py.detach(|| {
         let mut c = shared.lock();
@@ -556,14 +553,13 @@ fn handle_request(py: Python<'_>, w: &mut Worker, shared: &Arc<Shared>) -> PyRes
         }
         let quick = took.is_some_and(batch::may_hold);
         // A direct worker's response may wait for the thread's next one ([`batch`]).
-        let held = quick && direct && keep && !exiting && c.hold_for_batch();
+        let held = quick && direct && keep && c.hold_for_batch();
         if !held {
             c.flush();
         }
         // A retiring direct worker closes a kept connection after its current request; a
         // direct worker parks it rather than wait on it, unless its next request is here.
         let next = keep
-            && !exiting
             && !(direct && scoreboard::draining())
             && if direct { c.pipelined_request() } else { c.wait_request() };
         drop(c);
@@ -574,10 +570,7 @@ fn handle_request(py: Python<'_>, w: &mut Worker, shared: &Arc<Shared>) -> PyRes
         }
         next
     });
-    match outcome.fatal {
-        Some(e) => Err(e),
-        None => Ok(next),
-    }
+    Ok(next)
 }
 
 /// serve(listen_fd, app, threads, processes, client_disconnected)
