@@ -143,6 +143,17 @@ def test_worker_stdout_and_stderr_reach_the_log(nginx, log):
     assert any("WARN" in ln for ln in err), err
 
 
+def test_a_stderr_line_left_without_its_newline_is_logged_alone(nginx, log):
+    """Not held until the worker writes a newline for something else, nor glued to that."""
+    tag = uuid.uuid4().hex
+    assert http_get(nginx, "fcgi-tcp", f"/print-partial?err=part-{tag}", pool="edge").status_code == 200
+    log.wait_for([f"part-{tag}"])
+    assert http_get(nginx, "fcgi-tcp", f"/print?err=after-{tag}", pool="edge").status_code == 200
+    log.wait_for([f"after-{tag}"])
+    (line,) = [ln for ln in log.lines() if f"part-{tag}" in ln]
+    assert f"after-{tag}" not in line, line
+
+
 def test_header_with_crlf_is_never_split(nginx, transport, bridge):
     r = http_get(nginx, transport, "/bad-header", pool="edge")
     assert "evil" not in r.cookies and "evil" not in r.headers.get("Set-Cookie", "")

@@ -29,6 +29,7 @@ Paths (relative to the app's own PATH_INFO):
   /file?path=          the file through wsgi.file_wrapper
   /exc-info            start_response twice, the second time with exc_info: 500
   /print?msg=&err=     a line on the worker's stdout and one on its stderr
+  /print-partial?err=  `err` on the worker's stderr without a newline
   /ticks?marker=&n=    a short Ticker (close() writes to the marker)
   /slow-close?s=       a complete body with its Content-Length; the iterable's close() takes s seconds
   /head-cl             Content-Length 1000; for HEAD no body (as frameworks do)
@@ -326,6 +327,11 @@ def application(environ, start_response):
     if path == "/print":
         print(q.get("msg", "edge stdout line"), flush=True)
         print(q.get("err", "edge stderr line"), file=sys.stderr, flush=True)
+        return _text(start_response, "printed")
+
+    if path == "/print-partial":
+        sys.stderr.write(q.get("err", "partial"))
+        sys.stderr.flush()
         return _text(start_response, "printed")
 
     if path == "/slow-close":

@@ -628,6 +628,9 @@ enum Gate {
     Quiet,
 }
 
+/// How long the rest of a line a worker began may take before the part is logged alone.
+const PARTIAL_LINE_WAIT: Duration = Duration::from_millis(200);
+
 /// Lines held at most while a worker starts; beyond, they are logged as they come.
 const HOLD_MAX: usize = 400;
 
@@ -739,6 +742,9 @@ impl Drop for LineGate {
 
 /// Log every line a worker prints, tagged with pool and pid: stdout at info, stderr at warn,
 /// the lines of a failed request's report (a traceback) at error.
+/// A line the worker left unterminated (a `write()` without "\n") is logged once nothing
+/// more has come for [`PARTIAL_LINE_WAIT`]: it is neither held back until the process writes
+/// a newline for something else, nor glued to that.
 async fn log_lines(pipe: impl AsyncRead + Unpin, is_stderr: bool, gate: Arc<LineGate>) {
     const MAX_LINE: usize = 16 << 10;
     let mut reader = BufReader::with_capacity(8192, pipe);
@@ -749,7 +755,19 @@ async fn log_lines(pipe: impl AsyncRead + Unpin, is_stderr: bool, gate: Arc<Line
         gate.line(is_stderr, String::from_utf8_lossy(line).into_owned());
     };
     loop {
-        let buf = match reader.fill_buf().await {
+        let read = if line.is_empty() {
+            reader.fill_buf().await
+        } else {
+            match tokio::time::timeout(PARTIAL_LINE_WAIT, reader.fill_buf()).await {
+                Ok(read) => read,
+                Err(_) => {
+                    emit(&line);
+                    line.clear();
+                    continue;
+                }
+            }
+        };
+        let buf = match read {
             Ok([]) | Err(_) => break,
             Ok(b) => b,
         };
