@@ -53,4 +53,11 @@ impl BodySource for NoBody {
 /// Where the response goes: CGI-style bytes (header block, then body).
 pub(crate) trait ResponseSink: Send {
     fn send(&mut self, data: Bytes, end: Option<End>) -> impl Future<Output = Result<(), FrontGone>> + Send;
+
+    /// Whether the bridge itself ended the request toward the front (a request body limit
+    /// tripped: dispatch/request_body_limits.rs), so that its abort in the worker is not the
+    /// client's going away; the bridge logged why.
+    fn answered_by_bridge(&self) -> bool {
+        false
+    }
 }

@@ -540,6 +540,12 @@ async fn end_for_gone_client<K: ResponseSink>(
         // asks for, and cutting off would close a multiplexed connection's other requests.
         let _ = sink.send(Bytes::new(), Some(End::Complete)).await;
     }
+    if sink.answered_by_bridge() {
+        // Not the client: a request body limit (the body ended short, stalled, too slow or
+        // too large), which the dispatcher answers and logs.
+        tracing::debug!(pool, pid, request_id = info.id, uri = info.uri, "aborting the request in the worker");
+        return;
+    }
     if matches!(st.front, Front::Done) {
         // Not the client: the bridge answered this request itself (a bad response head).
         tracing::info!(

@@ -404,6 +404,10 @@ impl<'a, K: ResponseSink> LimitedSink<'a, K> {
 }
 
 impl<K: ResponseSink> ResponseSink for LimitedSink<'_, K> {
+    fn answered_by_bridge(&self) -> bool {
+        self.watch.tripped().is_some()
+    }
+
     fn send(&mut self, data: Bytes, end: Option<End>) -> impl Future<Output = Result<(), FrontGone>> + Send {
         let tripped = if end == Some(End::Complete) && data.is_empty() { self.watch.tripped() } else { None };
         let (data, end) = match tripped {
