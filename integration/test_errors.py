@@ -143,6 +143,16 @@ def test_worker_stdout_and_stderr_reach_the_log(nginx, log):
     assert any("WARN" in ln for ln in err), err
 
 
+def test_response_headers_over_64_kib_are_the_apps_500_with_the_reason(nginx, log):
+    """The worker refuses them in start_response (what the bridge and web servers would
+    refuse anyway): a 500 and the traceback naming the size, not a 502."""
+    r = http_get(nginx, "fcgi-tcp", "/headers?n=5000", pool="edge")
+    assert r.status_code == 500, r.status_code
+    (line,) = log.wait_for([r"ValueError: the response headers are \d+ bytes, more than the 64 KiB", "/headers"])
+    assert "ERROR" in line, line
+    assert http_get(nginx, "fcgi-tcp", "/headers?n=60", pool="edge").status_code == 200
+
+
 def test_a_stderr_line_left_without_its_newline_is_logged_alone(nginx, log):
     """Not held until the worker writes a newline for something else, nor glued to that."""
     tag = uuid.uuid4().hex

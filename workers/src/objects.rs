@@ -393,8 +393,21 @@ fn build_head(status: &Bound<'_, PyAny>, headers: &Bound<'_, PyAny>) -> PyResult
         head.extend_from_slice(&value);
         head.extend_from_slice(b"\r\n");
     }
+    if head.len() > MAX_HEAD {
+        return Err(PyValueError::new_err(format!(
+            "the response headers are {} bytes, more than the {} KiB the bridge reads (nginx's fastcgi_buffer_size, 4 or \
+             8 KiB unless set, is smaller still)",
+            head.len(),
+            MAX_HEAD >> 10
+        )));
+    }
     Ok(Head { head, status_code, content_length, warnings })
 }
+
+/// The largest response head: what the bridge reads before it gives up on a worker's head
+/// (backend/exchange.rs), so that an app's oversized head is its own 500 with a traceback
+/// here, in a direct worker too, rather than the web server's 502.
+const MAX_HEAD: usize = 64 << 10;
 
 #[pymethods]
 impl StartResponse {
