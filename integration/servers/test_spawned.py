@@ -66,7 +66,7 @@ def test_started_by_the_server_and_stopped_with_it(variant, sbridge, www):
         text = log.read_text()
         assert "stopped" in text.splitlines()[-1] or any(ln.rstrip().endswith("stopped") for ln in text.splitlines()), \
             text[-2000:]
-        how = "drained and exited" if "SIGTERM: draining" in text else "exited"
+        how = "drained and exited" if "graceful stop: draining" in text else "exited"
         support.record(variant, "spawned mode", "yes",
                        f"{cls.name} starts fcgibridge (wrapper + `fastcgi: fd:0`) with its unix socket on fd 0; "
                        f"when {cls.name} stops, the bridge {how} with its workers")

@@ -264,20 +264,23 @@ impl Req {
         }
     }
 
-    /// Position just past the first b'\n' among the first `limit` buffered bytes,
-    /// scanning from `from` (bytes already known to hold no newline).
     /// Why a direct worker answers 400 without running the app, as the bridge would: a
     /// CONTENT_LENGTH that is no body length, or a body that ended before it (all of it here).
     pub(crate) fn refusal(&self) -> Option<String> {
         if let Some(why) = &self.bad_length {
             return Some(why.clone());
         }
-        self.body_short.then(|| {
+        // A body absent altogether is no short body: nginx keeps the client's CONTENT_LENGTH
+        // on requests it sends without their body (an error_page redirect, auth_request,
+        // fastcgi_pass_request_body off); the app answers those, and a read raises.
+        (self.body_short && self.body_received > 0).then(|| {
             let declared = self.body_declared.unwrap_or(0);
             format!("the request body ended before its CONTENT_LENGTH ({} of {declared} bytes)", self.body_received)
         })
     }
 
+    /// Position just past the first b'\n' among the first `limit` buffered bytes,
+    /// scanning from `from` (bytes already known to hold no newline).
     pub(crate) fn find_newline(&self, from: usize, limit: usize) -> Option<usize> {
         let mut base = 0usize;
         for chunk in &self.stdin {
@@ -1214,7 +1217,7 @@ impl Conn {
         }
         self.end_id(r.id, status, ProtocolStatus::RequestComplete);
         // A request queued behind this one is claimed by `wait_request`, not here: the
-        // thread may stop after this request (SystemExit, max-requests), and one it never
+        // thread may stop after this request (max-requests, a retirement), and one it never
         // claimed the bridge can still send elsewhere.
         self.kept = keep && !self.rd_eof && self.usable();
         self.kept

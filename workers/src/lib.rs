@@ -576,7 +576,7 @@ fn handle_request(py: Python<'_>, w: &mut Worker, shared: &Arc<Shared>) -> PyRes
 /// serve(listen_fd, app, threads, processes, client_disconnected)
 ///
 /// Accept connections on `listen_fd` and serve WSGI requests on them, forever.
-/// Returns only by raising (a broken listening socket, or SystemExit from the app), or,
+/// Returns only by raising (a broken listening socket), or,
 /// in a direct worker, once its scoreboard says drain and the thread's connection is done.
 #[pyfunction]
 fn serve(

@@ -393,7 +393,8 @@ fn build_head(status: &Bound<'_, PyAny>, headers: &Bound<'_, PyAny>) -> PyResult
         head.extend_from_slice(&value);
         head.extend_from_slice(b"\r\n");
     }
-    if head.len() > MAX_HEAD {
+    // With its blank line and a Content-Length the worker may add, the head the bridge reads.
+    if head.len() + HEAD_ADDS > MAX_HEAD {
         return Err(PyValueError::new_err(format!(
             "the response headers are {} bytes, more than the {} KiB the bridge reads (nginx's fastcgi_buffer_size, 4 or \
              8 KiB unless set, is smaller still)",
@@ -408,6 +409,8 @@ fn build_head(status: &Bound<'_, PyAny>, headers: &Bound<'_, PyAny>) -> PyResult
 /// (backend/exchange.rs), so that an app's oversized head is its own 500 with a traceback
 /// here, in a direct worker too, rather than the web server's 502.
 const MAX_HEAD: usize = 64 << 10;
+/// What `push_head` may add to the app's head: the blank line, a Content-Length.
+const HEAD_ADDS: usize = 64;
 
 #[pymethods]
 impl StartResponse {

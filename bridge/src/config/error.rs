@@ -31,7 +31,7 @@ pub enum ConfigError {
     ReadFile { file: String, source: io::Error },
     #[error("{dir}: no *.yaml files found{hint}; a configuration needs at least one listener and one pool")]
     NoFiles { dir: String, hint: &'static str },
-    #[error("{file}: --config names a directory of *.yaml files, not one file: write --config {dir}")]
+    #[error("{file}: the configuration is a directory of *.yaml files, not one file: write --config {dir}")]
     NotADirectory { file: String, dir: String },
     #[error("{dir}: no listeners are defined; add a `listeners:` section to one of its *.yaml files")]
     NoListeners { dir: String },

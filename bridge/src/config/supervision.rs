@@ -347,7 +347,8 @@ pub fn render(s: &Supervision, processes: u32) -> Vec<(&'static str, String, boo
     out.push(on("min-lifetime", d(s.min_lifetime)));
     out.push(limit("request-timeout", s.request_timeout.map(d)));
     out.push(on("graceful-timeout", d(s.graceful_timeout)));
-    out.push(limit("abort-grace", s.abort_grace.map(d)));
+    // On by default (5s): `0` is a value to keep, not a key left out.
+    out.push(on("abort-grace", d(s.abort_grace.unwrap_or_default())));
     out.push(limit("memory-limit", s.memory_limit.map(|b| SizeDisplay(b).to_string())));
     out.push(limit("cpu-time-limit", s.cpu_time_limit.map(d)));
     out

@@ -539,7 +539,7 @@ fn a_file_given_for_the_directory_names_its_directory() {
     let err = load(&file).unwrap_err().to_string().replace(&tree.root.display().to_string(), "ROOT");
     assert_eq!(
         err,
-        "ROOT/conf.d/10-pool.yaml: --config names a directory of *.yaml files, not one file: write --config ROOT/conf.d"
+        "ROOT/conf.d/10-pool.yaml: the configuration is a directory of *.yaml files, not one file: write --config ROOT/conf.d"
     );
 }
 

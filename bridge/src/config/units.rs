@@ -37,7 +37,7 @@ const DURATION_UNITS: &[(&str, u128)] = &[
     ("d", 86_400_000_000_000),
 ];
 
-/// "1.5s" as "1500ms", "0.5m" as "30s": a decimal number with one unit, written exactly in
+/// "1.5s" as "1s500ms", "0.5m" as "30s": a decimal number with one unit, written exactly in
 /// whole units (at most milliseconds); `None` for anything else.
 fn fraction_in_smaller_units(s: &str) -> Option<String> {
     let (number, unit) = s.split_at(s.find(|c: char| c.is_ascii_alphabetic())?);

@@ -681,8 +681,9 @@ class DirectRequest(Request):
             Request.end(self, app_status)
             return
         self.stderr("the response was cut off after its head: closing the connection without END_REQUEST")
-        self.conn.cut_off(self.keep_conn)  # first: the request's end would close it plainly
-        self._ended()
+        self.conn.cut_off(self.keep_conn)  # before the request's end, which would close it plainly
+        if not self.ended:
+            self._ended()
 
     def _ended(self):
         Request._ended(self)  # the codec gives its scoreboard slot back
@@ -726,16 +727,21 @@ class DirectConnection(Connection):
         (Request.abort); the task is neither cancelled nor a suspect."""
 
     def cut_off(self, kept):
-        """Close on a response cut off: a kept connection's EOF without END_REQUEST fails it;
-        otherwise EOF would be its normal end, so a TCP connection is reset, and a unix one
-        gets an invalid record first."""
+        """Close on a response cut off, and end its requests: a kept connection's EOF without
+        END_REQUEST fails it; otherwise EOF would be its normal end, so a TCP connection is
+        reset, and a unix one gets an invalid record first (unless the web server is not
+        reading: then what is buffered is dropped and nothing more can be said)."""
         sock = self.transport.get_extra_info("socket")
-        if not kept and sock is not None:
-            if sock.family in (socket.AF_INET, socket.AF_INET6):
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            else:
+        tcp = sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6)
+        if not kept and tcp:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        if self.transport.get_write_buffer_size():
+            self.transport.abort()
+        else:
+            if not kept and not tcp:
                 self.transport.write(INVALID_RECORD)
-        self.transport.close()
+            self.transport.close()
+        self._lost()
 
     def wait(self):
         """Wait for the next request, for header-timeout (RETIRE_QUIET once retiring). The
@@ -950,8 +956,7 @@ class DirectWorker(Worker):
         self.dump_stacks([req])
         _native.scoreboard_timed_out()
         if req.head_sent:
-            req.conn.transport.abort()
-            req.conn._lost()
+            req.conn.cut_off(req.keep_conn)
         else:
             req._page(504, b"Gateway Timeout\n")
         req.task.cancel()
