@@ -88,6 +88,9 @@ def test_start_up_errors_name_the_interpreter_directory_and_callables(tmp_path):
         at = broken.index(first)
         assert re.search(r'File ".*/broken\.py", line 4, in <module>', broken[at + 1]), broken[at:at + 6]
         assert not [ln for ln in broken if "fcgibridge_worker" in ln or "importlib" in ln], "\n".join(broken)
+        # A reason without traceback is said once, in the ERROR line, not again on stderr.
+        noattr = [ln for ln in b.log.lines() if re.search(r'pool="?noattr\b', ln) and "has no attribute" in ln]
+        assert noattr and all("worker failed to start" in ln for ln in noattr), "\n".join(noattr)
     finally:
         b.stop()
 

@@ -21,8 +21,6 @@ const OUTPUT_KEPT: usize = 64 << 10;
 const STACKS_WAIT: Duration = Duration::from_secs(2);
 /// Its stacks have all been read once no output came for this long.
 const STACKS_QUIET: Duration = Duration::from_millis(100);
-/// How main.py's report_load_failure starts the stderr line of an error without traceback.
-const LOAD_ERROR: &str = "fcgibridge worker: cannot load the app: ";
 /// How long the output may take to end once the import's processes are gone (a process it
 /// moved out of its group may hold the pipe for ever).
 const OUTPUT_GRACE: Duration = Duration::from_secs(1);
@@ -85,10 +83,7 @@ pub(crate) async fn import_app(pool: &Pool, python_path: &Path) -> Imported {
     let output = finish(reader, &printed).await;
     match outcome {
         Ok(interface) => Imported::Ok { interface, took: started.elapsed() },
-        Err(why) => {
-            let output = without_repeat(&output, &why);
-            Imported::Failed { why, output }
-        }
+        Err(why) => Imported::Failed { why, output },
     }
 }
 
@@ -115,13 +110,6 @@ async fn leader_exited(pid: u32) {
     if let Some(fd) = super::worker_child::pidfd_open(pid) {
         super::worker_child::wait_exited(&fd).await;
     }
-}
-
-/// `output` without the worker's stderr line that only repeats `why` (an error without
-/// traceback: main.py's report_load_failure writes it to both).
-fn without_repeat(output: &str, why: &str) -> String {
-    let repeats = |line: &str| line.strip_prefix(LOAD_ERROR).is_some_and(|said| why.starts_with(said));
-    output.lines().filter(|line| !repeats(line)).map(|line| format!("{line}\n")).collect()
 }
 
 /// Past `startup-timeout`: the Python stacks of every thread to the output (SIGUSR2, as the
@@ -161,19 +149,4 @@ async fn finish(reader: tokio::task::JoinHandle<()>, printed: &Mutex<Vec<u8>>) -
     let _ = tokio::time::timeout(OUTPUT_GRACE, reader).await;
     let kept = printed.lock().unwrap_or_else(|e| e.into_inner());
     String::from_utf8_lossy(&kept).into_owned()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_line_that_repeats_the_error_is_left_out() {
-        let why = "module named has no attribute 'application'; did you mean \"named:app\"? (python=/usr/bin/python3 (3.11.2) chdir=/srv)";
-        let output = "starting\nfcgibridge worker: cannot load the app: module named has no attribute 'application'; did you mean \"named:app\"?\n";
-        assert_eq!(without_repeat(output, why), "starting\n");
-        // Another error's line stays.
-        let other = "fcgibridge worker: cannot load the app: something else\n";
-        assert_eq!(without_repeat(other, why), other);
-    }
 }

@@ -319,9 +319,12 @@ def _app_frames(tb):
 
 
 def report_load_failure(exc, ready_fd):
-    """Traceback (or reason) to stderr, ERROR to the readiness fd, exit 3."""
+    """Traceback (or reason) to stderr, ERROR to the readiness fd, exit 3. A reason without
+    traceback goes to stderr only when there is no readiness fd (a worker run by hand): the
+    bridge logs the ERROR line it reads there, and the same words on stderr would say it twice."""
     if isinstance(exc, LoadError):
-        sys.stderr.write("fcgibridge worker: cannot load the app: %s\n" % exc)
+        if ready_fd is None:
+            sys.stderr.write("fcgibridge worker: cannot load the app: %s\n" % exc)
     else:
         traceback.print_exception(type(exc), exc, _app_frames(exc.__traceback__))
     sys.stderr.flush()
