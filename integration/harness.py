@@ -685,3 +685,28 @@ def apache_fcgi_front(workdir: Path, backend: tuple[str, int]):
                 proc.wait(20)
             except subprocess.TimeoutExpired:
                 proc.kill()
+
+
+def raw_http_get(port: int, path: str, host: str = "any") -> bytes:
+    """The bytes a web server on `port` sends for GET `path` until it closes (a reset ends
+    them too): what a client sees of a response cut off."""
+    raw = b""
+    with socket.create_connection(("127.0.0.1", port), timeout=60) as s:
+        s.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+        try:
+            while chunk := s.recv(65536):
+                raw += chunk
+        except ConnectionResetError:
+            pass
+    return raw
+
+
+def assert_failed_not_short(raw: bytes) -> None:
+    """The client must not get a response cut off that looks complete: nothing at all, an
+    error status, or a 200 whose chunked body lacks its last chunk."""
+    head, _, body = raw.partition(b"\r\n\r\n")
+    if raw and head.startswith(b"HTTP/1.1 200"):
+        assert b"transfer-encoding: chunked" in head.lower(), head
+        assert not body.endswith(b"0\r\n\r\n"), "a cut-off response was ended like a complete one"
+    elif raw:
+        assert int(head.split()[1]) >= 500, head

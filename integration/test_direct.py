@@ -15,8 +15,8 @@ import uuid
 import pytest
 import requests
 
-from harness import (APPS, FCGI_PATH_RECIPE, LogFile, bridge_binary, free_ports, make_bridge, nginx_conf, nginx_etc,
-                     pool, start_nginx, stop_process, to_yaml, wait_until)
+from harness import (APPS, FCGI_PATH_RECIPE, LogFile, assert_failed_not_short, bridge_binary, free_ports, make_bridge,
+                     nginx_conf, nginx_etc, pool, raw_http_get, start_nginx, stop_process, to_yaml, wait_until)
 from supervision_support import Background
 
 pytestmark = pytest.mark.timeout(300)
@@ -416,30 +416,6 @@ def test_an_unread_large_upload_gets_the_apps_answer_not_a_502(stack):
         assert (r.status_code, r.text) == (200, "ok")
 
 
-def raw_get(front, path):
-    """The bytes nginx sends for GET `path` until it closes (a reset ends them too)."""
-    raw = b""
-    with socket.create_connection(("127.0.0.1", front.port), timeout=60) as s:
-        s.sendall(f"GET {path} HTTP/1.1\r\nHost: any\r\nConnection: close\r\n\r\n".encode())
-        try:
-            while chunk := s.recv(65536):
-                raw += chunk
-        except ConnectionResetError:
-            pass
-    return raw
-
-
-def assert_failed_not_short(raw):
-    """The client must not get a response that looks complete: nothing, an error status, or
-    a 200 whose chunked body lacks its last chunk."""
-    head, _, body = raw.partition(b"\r\n\r\n")
-    if raw and head.startswith(b"HTTP/1.1 200"):
-        assert b"transfer-encoding: chunked" in head.lower(), head
-        assert not body.endswith(b"0\r\n\r\n"), "a cut-off response was ended like a complete one"
-    elif raw:
-        assert int(head.split()[1]) >= 500, head
-
-
 @pytest.mark.parametrize("kept", [False, True], ids=["one-connection-a-request", "fastcgi_keep_conn"])
 def test_a_response_cut_off_after_its_head_reaches_the_client_as_failed(stack, tmp_path_factory, kept):
     """An app that fails after its head: the worker ends the response so that nginx fails
@@ -449,7 +425,7 @@ def test_a_response_cut_off_after_its_head_reaches_the_client_as_failed(stack, t
         b, front = start(tmp_path_factory, "cut-off-kept", front_extra="            fastcgi_keep_conn on;\n")
     try:
         tag = uuid.uuid4().hex
-        assert_failed_not_short(raw_get(front, f"/raise-after?tag={tag}"))
+        assert_failed_not_short(raw_http_get(front.port, f"/raise-after?tag={tag}"))
         b.log.wait_for(f"RuntimeError: failure after headers {tag}")
         b.log.wait_for([re.escape(f"/raise-after?tag={tag}]"), "the response was cut off after its head"])
         assert ok(front, "/health")

@@ -259,17 +259,10 @@ pub(crate) fn unsent_bytes(fd: RawFd) -> io::Result<usize> {
 
 /// Make the next close of TCP socket `fd` send a reset (SO_LINGER of 0).
 pub(crate) fn reset_on_close(fd: RawFd) {
-    let linger = libc::linger { l_onoff: 1, l_linger: 0 };
-    // SAFETY: `fd` is a live socket; SO_LINGER takes a `struct linger` of exactly this size.
-    unsafe {
-        libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            std::ptr::addr_of!(linger).cast(),
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
-        );
-    }
+    use nix::sys::socket::{setsockopt, sockopt::Linger};
+    // SAFETY: `fd` is a live socket the caller owns until it closes it.
+    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    let _ = setsockopt(&fd, Linger, &libc::linger { l_onoff: 1, l_linger: 0 });
 }
 
 /// Send as much of `data` as the socket takes now (MSG_DONTWAIT; no SIGPIPE):
@@ -445,5 +438,20 @@ mod tests {
         let unix = std::os::unix::net::UnixListener::bind(&dir).unwrap();
         no_delay_if_tcp(unix.as_raw_fd());
         let _ = std::fs::remove_file(&dir);
+    }
+
+    #[test]
+    fn a_tcp_connection_cut_off_is_reset_and_a_unix_one_is_not_tcp() {
+        use std::io::Read;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let accepted = accept(listener.as_raw_fd()).unwrap();
+        assert!(is_tcp(accepted.as_raw_fd()));
+        reset_on_close(accepted.as_raw_fd());
+        drop(accepted);
+        let err = client.read(&mut [0u8; 8]).expect_err("a reset, not EOF");
+        assert_eq!(err.kind(), io::ErrorKind::ConnectionReset, "{err}");
+        let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
+        assert!(!is_tcp(a.as_raw_fd()));
     }
 }
