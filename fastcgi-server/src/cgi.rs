@@ -33,6 +33,11 @@ impl ResponseHead {
     }
 }
 
+/// The most a response head (its header block, blank line included) may take: what the
+/// bridge reads before it gives up on an application's head, and what the bridge's own
+/// worker refuses in `start_response`.
+pub const MAX_RESPONSE_HEAD: usize = 64 << 10;
+
 /// Parse a header block from the start of `buf`. `Ok(None)`: incomplete (and below `max_len`).
 /// On success also returns how many bytes the block took (including the blank line).
 pub fn parse_response_head(buf: &[u8], max_len: usize) -> Result<Option<(ResponseHead, usize)>, Error> {

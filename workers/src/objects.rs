@@ -405,10 +405,9 @@ fn build_head(status: &Bound<'_, PyAny>, headers: &Bound<'_, PyAny>) -> PyResult
     Ok(Head { head, status_code, content_length, warnings })
 }
 
-/// The largest response head: what the bridge reads before it gives up on a worker's head
-/// (backend/exchange.rs), so that an app's oversized head is its own 500 with a traceback
-/// here, in a direct worker too, rather than the web server's 502.
-const MAX_HEAD: usize = 64 << 10;
+/// The largest response head, refused here so that an app's oversized head is its own 500
+/// with a traceback, in a direct worker too, rather than the bridge's or the web server's 502.
+const MAX_HEAD: usize = fastcgi_server::cgi::MAX_RESPONSE_HEAD;
 /// What `push_head` may add to the app's head: the blank line, a Content-Length.
 const HEAD_ADDS: usize = 64;
 

@@ -100,13 +100,7 @@ pub(crate) fn set_nonblocking(fd: RawFd) -> io::Result<()> {
 /// must not wait for the web server's delayed ACK, up to 40 ms, behind Nagle's algorithm.
 /// A unix socket has neither: left as it is.
 pub(crate) fn no_delay_if_tcp(listen_fd: RawFd) {
-    // SAFETY: zeroed sockaddr_storage is a valid value; getsockname writes at most `len`
-    // bytes into it.
-    let mut addr: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-    // SAFETY: pointers to the storage above and its length, valid for the call.
-    let named = unsafe { libc::getsockname(listen_fd, (&raw mut addr).cast(), &mut len) } == 0;
-    if !named || !matches!(i32::from(addr.ss_family), libc::AF_INET | libc::AF_INET6) {
+    if !is_tcp(listen_fd) {
         return;
     }
     let on: libc::c_int = 1;

@@ -1004,7 +1004,7 @@ fn take_head(
     pool: &str,
     pid: u32,
 ) -> Result<Option<(BytesMut, Bytes)>, u16> {
-    const MAX_HEAD: usize = 64 << 10;
+    const MAX_HEAD: usize = fastcgi_server::cgi::MAX_RESPONSE_HEAD;
     let parsed = if st.head_buf.is_empty() {
         match parse_response_head(&data, MAX_HEAD) {
             Ok(Some((head, n))) => Some((head, data.slice(n..))),
