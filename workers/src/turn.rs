@@ -384,8 +384,10 @@ mod tests {
     #[test]
     fn a_resting_thread_leaves_for_what_waits_for_a_free_thread() {
         let t = Arc::new(Turns::new(true));
+        // The holder waits for work, so the turn is not taken from it: only `leave` ends
+        // the rest (a busy holder's turn is taken after STUCK_AFTER, maybe before the look
+        // below).
         assert!(t.may_wait());
-        t.serving();
         let waiting = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let rested = {
             let (t, waiting) = (t.clone(), waiting.clone());
@@ -396,6 +398,7 @@ mod tests {
             })
         };
         while !t.resting() {
+            assert!(!rested.is_finished(), "the thread stopped resting by itself");
             std::thread::yield_now();
         }
         waiting.store(true, Ordering::SeqCst);
