@@ -104,8 +104,9 @@ pub(crate) struct Park {
     state: Mutex<State>,
     /// Threads waiting in [`Park::next`] for something to serve.
     waiting: AtomicUsize,
-    /// When a thread last began to wait, in microseconds from `epoch`.
-    last_free: AtomicU64,
+    /// When a thread last stopped waiting (the last free one: since when all are busy), in
+    /// microseconds from `epoch`. Not when it began: time spent idle is not time stuck.
+    busy_since: AtomicU64,
     /// How many times a thread began to wait: the watcher's stand-in ends at the next.
     frees: AtomicU64,
     epoch: Instant,
@@ -187,7 +188,7 @@ impl Park {
             header_timeout,
             state: Mutex::new(state),
             waiting: AtomicUsize::new(0),
-            last_free: AtomicU64::new(0),
+            busy_since: AtomicU64::new(0),
             frees: AtomicU64::new(0),
             epoch: Instant::now(),
             paused: AtomicBool::new(false),
@@ -424,7 +425,6 @@ impl Park {
     fn begin_wait(&self) {
         self.waiting.fetch_add(1, Ordering::SeqCst);
         self.frees.fetch_add(1, Ordering::SeqCst);
-        self.last_free.store(self.epoch.elapsed().as_micros() as u64, Ordering::Relaxed);
         if self.paused.load(Ordering::SeqCst) {
             self.resume();
         }
@@ -441,6 +441,8 @@ impl Park {
     /// The thread has something to serve: with no other thread left free, the watcher
     /// looks how long this lasts.
     fn end_wait(&self) {
+        // Stored before the count drops: the watcher that sees none waiting sees this time.
+        self.busy_since.store(self.epoch.elapsed().as_micros() as u64, Ordering::SeqCst);
         // While threads rest the next in line looks instead (it is woken at the last one's
         // end, above): not a wake-up of the watcher per request.
         if self.waiting.fetch_sub(1, Ordering::SeqCst) == 1
@@ -490,7 +492,7 @@ impl Park {
                 continue;
             }
             idle_looks = 0;
-            let since = Duration::from_micros(self.last_free.load(Ordering::Relaxed));
+            let since = Duration::from_micros(self.busy_since.load(Ordering::SeqCst));
             let busy = self.epoch.elapsed().saturating_sub(since);
             if busy < STUCK_AFTER {
                 std::thread::park_timeout(STUCK_AFTER - busy);
@@ -561,8 +563,14 @@ impl Park {
                 continue;
             }
             let wait = if in_hand.is_empty() { STUCK_CHECK } else { STUCK_AFTER };
+            // Waits with poll, which takes no event: epoll gives a ready one to the waiter
+            // that queued first, and a thread that became free meanwhile must get it, not
+            // the watcher (it would arm it again, behind the request the thread took next).
+            if !sys::wait_readable_for(self.epfd.as_raw_fd(), wait)? || !stuck() {
+                continue;
+            }
             // Either may still come: a thread put them back meanwhile.
-            let handed = match sys::epoll_wait_one(self.epfd.as_raw_fd(), wait)? {
+            let handed = match sys::epoll_wait_one(self.epfd.as_raw_fd(), Duration::ZERO)? {
                 None => continue,
                 Some(LISTENER) => sys::accept_nonblocking(self.listen_fd)?.map(|fd| (fd, TAG_NEW)),
                 Some(RELAY) => self.take_relayed()?,
