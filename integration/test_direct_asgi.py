@@ -12,8 +12,8 @@ import time
 import pytest
 import requests
 
-from harness import (APPS, LogFile, free_ports, make_bridge, nginx_conf, nginx_etc, pool, start_nginx, stop_process,
-                     to_yaml, wait_until)
+from harness import (APPS, LogFile, free_ports, make_bridge, nginx_conf, nginx_etc, pool, raw_http_get, start_nginx,
+                     stop_process, to_yaml, wait_until)
 from supervision_support import Background
 
 pytestmark = pytest.mark.timeout(300)
@@ -183,6 +183,21 @@ def test_a_client_that_leaves_is_http_disconnect_for_the_app(stack):
     wait_until(lambda: b.pool_status("raw")["responses"]["4xx"] == before["4xx"] + 1, 30,
                what="the abandoned request counted in 4xx")
     assert b.wait_counts_agree("raw")["responses"]["5xx"] == before["5xx"]
+
+
+def test_a_response_shorter_than_its_content_length_fails_and_is_logged_as_an_error(stack):
+    """What the bridge does to such a response, the direct worker does: the client gets
+    fewer bytes than the Content-Length it was promised (never a response that looks
+    whole), and the operator an ERROR naming the request."""
+    b, front = stack
+    raw = raw_http_get(front.port, "/raw/short-length")
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200") and b"content-length: 10" in head.lower(), raw
+    assert body == b"abc", raw
+    b.log.wait_for([r"ERROR", r'pool="?raw', re.escape("GET /raw/short-length] fcgibridge worker: the application "
+                                                        "failed: the response is shorter than its Content-Length "
+                                                        "(3 of 10 bytes)")])
+    assert ok(front, "/raw/health"), "the worker serves on"
 
 
 def test_without_kept_connections_each_request_closes_its_own(tmp_path_factory):

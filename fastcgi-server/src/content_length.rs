@@ -5,8 +5,10 @@
 //! (` 5`), no prefix (`0x10`), at most `u64::MAX`. Rust's `str::parse::<u64>` accepts `+5`,
 //! and trimming first would accept ` 5`: values that a web server in front may read
 //! differently, so that the body boundary would be ambiguous. What a missing or empty value
-//! means is the caller's business (SCGI requires one; on FastCGI it means "unknown").
+//! means is the caller's business (SCGI requires one); [`declared`] reads a request's as
+//! FastCGI web servers send it.
 use crate::error::show;
+use crate::Params;
 
 /// Why a CONTENT_LENGTH value is not a body length; `value` is the received value, escaped
 /// and cut to 64 bytes for a log line.
@@ -29,9 +31,33 @@ pub fn parse(value: &[u8]) -> Result<u64, ContentLengthError> {
         .ok_or_else(|| ContentLengthError::TooLarge { value: show(value) })
 }
 
+/// The body length a request's params declare: `None` when CONTENT_LENGTH is absent, empty
+/// (nginx, unbuffered chunked upload) or `-1` (Caddy 2.6, chunked upload), i.e. unknown.
+/// Any other value must be a body length ([`parse`]).
+pub fn declared(params: &Params) -> Result<Option<u64>, ContentLengthError> {
+    match params.get(b"CONTENT_LENGTH") {
+        None | Some(b"" | b"-1") => Ok(None),
+        Some(v) => parse(v).map(Some),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unknown_lengths() {
+        let mut p = Params::default();
+        assert_eq!(declared(&p), Ok(None));
+        for (v, want) in [("", None), ("-1", None), ("12", Some(12)), ("0", Some(0))] {
+            p.insert(&b"CONTENT_LENGTH"[..], v.as_bytes());
+            assert_eq!(declared(&p), Ok(want), "{v:?}");
+        }
+        for v in ["x", "+5", " 5", "5 ", "0x10", "-2", "1180591620717411303424"] {
+            p.insert(&b"CONTENT_LENGTH"[..], v.as_bytes());
+            assert!(declared(&p).is_err(), "{v:?}");
+        }
+    }
 
     #[test]
     fn digits_only() {

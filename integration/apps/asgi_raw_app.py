@@ -50,6 +50,10 @@ async def app(scope, receive, send):
         shown["chunks"] = len(body)
         shown["address_types"] = [type(scope[k]).__name__ for k in ("client", "server")]
         return await _send(send, 200, json.dumps(shown).encode(), b"application/json")
+    if path.endswith("/short-length"):  # less body than its Content-Length says
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"10")]})
+        await send({"type": "http.response.body", "body": b"abc"})
+        return
     if path.endswith("/wait-disconnect"):
         token = scope["query_string"].decode()
         note("disconnect.log", "waiting " + token)

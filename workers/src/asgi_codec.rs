@@ -21,12 +21,23 @@ pyo3::create_exception!(
     "The bridge sent something that is not FastCGI."
 );
 
+pyo3::create_exception!(
+    fcgibridge_worker,
+    ResponseCutOff,
+    PyException,
+    "Direct mode: the response ended before its Content-Length (logged). args[0]: what to \
+     write before the connection is cut."
+);
+
 /// Event kinds `AsgiConnection.feed` returns, as `(kind, request id, payload)` tuples.
 /// BEGIN's payload: [`BEGIN_AUTHORIZER`] | [`BEGIN_KEEP_CONN`].
 const EV_BEGIN: u8 = 1;
 const EV_ABORT: u8 = 2;
 const EV_PARAMS: u8 = 4;
 const EV_STDIN: u8 = 5;
+/// Direct mode: a request the bridge's listeners would answer 400 (payload: why, for the
+/// log): its CONTENT_LENGTH is no body length, or its body ended before it.
+const EV_REFUSE: u8 = 6;
 /// Bytes to write back at once (GET_VALUES_RESULT, UNKNOWN_TYPE, END_REQUEST UNKNOWN_ROLE).
 const EV_REPLY: u8 = 10;
 const BEGIN_AUTHORIZER: u8 = 1;
@@ -205,16 +216,26 @@ struct Running {
     slot: Option<&'static Slot>,
     /// CLOCK_MONOTONIC ns when its params were read: its duration counts from then.
     began: u64,
+    /// Its CONTENT_LENGTH (`None`: unknown), and how much body came.
+    body_declared: Option<u64>,
+    body_received: u64,
+    /// Its response's Content-Length, and how much body was sent.
+    response_length: Option<u64>,
+    response_sent: u64,
 }
 
 fn event<'py>(py: Python<'py>, kind: u8, id: u16, payload: Bound<'py, PyAny>) -> PyResult<Bound<'py, PyTuple>> {
     PyTuple::new(py, [kind.into_bound_py_any(py)?, id.into_bound_py_any(py)?, payload])
 }
 
+fn refuse<'py>(py: Python<'py>, id: u16, why: &str) -> PyResult<Bound<'py, PyTuple>> {
+    event(py, EV_REFUSE, id, PyString::new(py, why).into_any())
+}
+
 impl AsgiConnection {
     /// A direct request's params are ready: as the bridge would pass them, with the worker's
     /// own request id, and its slot showing it from now on.
-    fn begin_direct(&mut self, d: &Direct, id: u16, params: &mut Params) -> &Tag {
+    fn begin_direct(&mut self, d: &Direct, id: u16, params: &mut Params, body_declared: Option<u64>) -> &Tag {
         d.prepare(params);
         let tag = d.tag(params);
         self.end_direct(id); // an id begun again (a web server that multiplexes)
@@ -223,7 +244,16 @@ impl AsgiConnection {
         if let Some(slot) = slot {
             slot.begin(tag.line(), began);
         }
-        self.running.push(Running { id, tag, slot, began });
+        self.running.push(Running {
+            id,
+            tag,
+            slot,
+            began,
+            body_declared,
+            body_received: 0,
+            response_length: None,
+            response_sent: 0,
+        });
         &self.running.last().expect("just pushed").tag
     }
 
@@ -236,11 +266,47 @@ impl AsgiConnection {
 
     /// The head of request `rid`'s response, status `status`, is made: counted by class,
     /// and marked in its slot (the bridge reads it if the worker dies before the end).
-    fn head_made(&self, rid: u16, status: u16) {
+    /// `declared`: the head's Content-Length, when the response has a body.
+    fn head_made(&mut self, rid: u16, status: u16, declared: Option<u64>) {
         scoreboard::count_response(status); // direct mode only: no scoreboard otherwise
-        if let Some(slot) = self.running.iter().find(|r| r.id == rid).and_then(|r| r.slot) {
-            slot.head_sent(status);
+        if let Some(r) = self.running_mut(rid) {
+            r.response_length = declared;
+            if let Some(slot) = r.slot {
+                slot.head_sent(status);
+            }
         }
+    }
+
+    fn running_mut(&mut self, id: u16) -> Option<&mut Running> {
+        self.running.iter_mut().find(|r| r.id == id)
+    }
+
+    /// Direct mode, what the bridge does to a response (backend/exchange.rs): body past the
+    /// app's Content-Length is dropped, and a response that ends before it is a failure.
+    /// The part of `body` to send, and whether the response ends short.
+    fn within_length<'b>(&mut self, rid: u16, body: &'b [u8], more: bool) -> (&'b [u8], bool) {
+        let Some(r) = self.running_mut(rid) else { return (body, false) };
+        let Some(length) = r.response_length else { return (body, false) };
+        let room = usize::try_from(length - r.response_sent).unwrap_or(usize::MAX);
+        let sent = body.len().min(room);
+        r.response_sent += sent as u64;
+        let short = !more && r.response_sent < length;
+        let failure = if sent < body.len() {
+            Some(crate::body_past_length(length, (body.len() - sent) as u64))
+        } else {
+            short.then(|| crate::body_short_of_length(r.response_sent, length))
+        };
+        if let Some(text) = failure {
+            r.tag.stderr(text.as_bytes());
+        }
+        (&body[..sent], short)
+    }
+
+    /// Direct mode: the body of request `id` ended. Why it is refused, when it ended
+    /// before its CONTENT_LENGTH.
+    fn short_body(&self, id: u16) -> Option<String> {
+        let r = self.running.iter().find(|r| r.id == id)?;
+        crate::direct::short_body(r.body_received, r.body_declared)
     }
 
     fn get_values(&self, names: &[bytes::Bytes]) -> Vec<u8> {
@@ -302,11 +368,25 @@ impl AsgiConnection {
                     event(py, EV_REPLY, id, PyBytes::new(py, &b).into_any())?
                 }
                 ServerEvent::Params { id, mut params } => {
-                    let tag = self.direct.map(|d| self.begin_direct(d, id, &mut params));
-                    event(py, EV_PARAMS, id, build_scope(py, &params, state, tag)?.into_any())?
+                    let declared = fastcgi_server::content_length::declared(&params);
+                    let known = declared.clone().unwrap_or(None);
+                    let tag = self.direct.map(|d| self.begin_direct(d, id, &mut params, known));
+                    out.append(event(py, EV_PARAMS, id, build_scope(py, &params, state, tag)?.into_any())?)?;
+                    match declared {
+                        Err(e) if self.direct.is_some() => refuse(py, id, &e.to_string())?,
+                        _ => continue,
+                    }
                 }
-                ServerEvent::Stdin { id, data } => event(py, EV_STDIN, id, PyBytes::new(py, &data).into_any())?,
-                ServerEvent::StdinEnd { id } => event(py, EV_STDIN, id, PyBytes::new(py, b"").into_any())?,
+                ServerEvent::Stdin { id, data } => {
+                    if let Some(r) = self.running_mut(id) {
+                        r.body_received += data.len() as u64;
+                    }
+                    event(py, EV_STDIN, id, PyBytes::new(py, &data).into_any())?
+                }
+                ServerEvent::StdinEnd { id } => match self.short_body(id) {
+                    Some(why) => refuse(py, id, &why)?,
+                    None => event(py, EV_STDIN, id, PyBytes::new(py, b"").into_any())?,
+                },
                 ServerEvent::Abort { id } => event(py, EV_ABORT, id, py.None().into_bound(py))?,
                 ServerEvent::GetValues { names } => {
                     event(py, EV_REPLY, 0, PyBytes::new(py, &self.get_values(&names)).into_any())?
@@ -347,7 +427,7 @@ impl AsgiConnection {
     #[pyo3(signature = (rid, status_line, headers, status, body, more, is_head))]
     #[allow(clippy::too_many_arguments)]
     fn encode_response<'py>(
-        &self,
+        &mut self,
         py: Python<'py>,
         rid: u16,
         status_line: Option<&[u8]>,
@@ -365,14 +445,21 @@ impl AsgiConnection {
                 &owned
             }
         };
+        let has_body = !is_head && status >= 200 && status != 204 && status != 304;
         let (head, warnings) = match status_line {
             Some(line) => {
-                let (h, w) = head(line, headers, status, (!more).then_some(body.len()), is_head)?;
-                self.head_made(rid, status);
+                let (h, w, declared) = head(line, headers, status, (!more).then_some(body.len()), is_head)?;
+                self.head_made(rid, status, declared.filter(|_| has_body));
                 (Some(h), w)
             }
             None => (None, Vec::new()),
         };
+        let (body, short) = if self.direct.is_some() { self.within_length(rid, body, more) } else { (body, false) };
+        if short {
+            // No END_REQUEST: the caller cuts the connection (asgi.py, DirectRequest.end).
+            let records = PyBytes::new(py, &response_records(rid, head, body, true, is_head)).unbind();
+            return Err(ResponseCutOff::new_err((records,)));
+        }
         let records = response_records(rid, head, body, more, is_head);
         if warnings.is_empty() {
             return Ok(PyBytes::new(py, &records));
@@ -436,11 +523,12 @@ fn head(
     status: u16,
     content_length: Option<usize>,
     is_head: bool,
-) -> PyResult<(Vec<u8>, Vec<u8>)> {
+) -> PyResult<(Vec<u8>, Vec<u8>, Option<u64>)> {
     let mut out = Vec::with_capacity(256);
     let mut warnings = Vec::new();
     out.extend_from_slice(status_line);
     let mut has_length = false;
+    let mut declared = None;
     for item in headers.try_iter()? {
         let item = item?;
         let name = header_bytes(&item.get_item(0)?)?;
@@ -459,7 +547,10 @@ fn head(
             );
             continue;
         }
-        has_length |= name.eq_ignore_ascii_case(b"content-length");
+        if name.eq_ignore_ascii_case(b"content-length") {
+            declared = declared.or(fastcgi_server::content_length::parse(value.trim_ascii()).ok());
+            has_length = true;
+        }
         out.extend_from_slice(&name);
         out.extend_from_slice(b": ");
         out.extend_from_slice(&value);
@@ -470,7 +561,7 @@ fn head(
         out.extend_from_slice(format!("Content-Length: {n}\r\n").as_bytes());
     }
     out.extend_from_slice(b"\r\n");
-    Ok((out, warnings))
+    Ok((out, warnings, declared))
 }
 
 /// STDOUT records of `head` and `body` (left out for HEAD), then the end of the request
@@ -534,6 +625,7 @@ fn log_header_timeout() {
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<AsgiConnection>()?;
     m.add("AsgiProtocolError", m.py().get_type::<AsgiProtocolError>())?;
+    m.add("ResponseCutOff", m.py().get_type::<ResponseCutOff>())?;
     m.add_function(wrap_pyfunction!(direct_settings, m)?)?;
     m.add_function(wrap_pyfunction!(scoreboard_serve, m)?)?;
     m.add_function(wrap_pyfunction!(scoreboard_stop_accepting, m)?)?;

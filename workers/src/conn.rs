@@ -270,13 +270,10 @@ impl Req {
         if let Some(why) = &self.bad_length {
             return Some(why.clone());
         }
-        // A body absent altogether is no short body: nginx keeps the client's CONTENT_LENGTH
-        // on requests it sends without their body (an error_page redirect, auth_request,
-        // fastcgi_pass_request_body off); the app answers those, and a read raises.
-        (self.body_short && self.body_received > 0).then(|| {
-            let declared = self.body_declared.unwrap_or(0);
-            format!("the request body ended before its CONTENT_LENGTH ({} of {declared} bytes)", self.body_received)
-        })
+        if !self.body_short {
+            return None;
+        }
+        crate::direct::short_body(self.body_received, self.body_declared)
     }
 
     /// Position just past the first b'\n' among the first `limit` buffered bytes,
@@ -558,12 +555,9 @@ impl Conn {
         if r.authorizer && params.get(b"FCGI_ROLE").is_none() {
             params.insert(&b"FCGI_ROLE"[..], &b"AUTHORIZER"[..]);
         }
-        match params.get(b"CONTENT_LENGTH").filter(|v| !v.is_empty() && *v != b"-1") {
-            Some(v) => match fastcgi_server::content_length::parse(v) {
-                Ok(n) => r.body_declared = Some(n),
-                Err(e) => r.bad_length = Some(e.to_string()),
-            },
-            None => r.body_declared = None,
+        match fastcgi_server::content_length::declared(&params) {
+            Ok(n) => r.body_declared = n,
+            Err(e) => r.bad_length = Some(e.to_string()),
         }
         r.params = Some(params);
         r.claim = claim;
@@ -1043,11 +1037,7 @@ impl Conn {
         }
         if let Some((limit, extra)) = dropped {
             // Said in the request's log (the bridge logs its STDERR with pool, pid and id).
-            let note = format!(
-                "fcgibridge worker: the app wrote more body than its Content-Length ({limit}); \
-                 {extra} bytes past it were dropped\n"
-            );
-            self.push_stderr(serial, note.as_bytes());
+            self.push_stderr(serial, crate::body_past_length(limit, extra).as_bytes());
         }
         if data.is_empty() {
             return !full;
@@ -1165,10 +1155,7 @@ impl Conn {
                 // The client would wait for the missing bytes: end it as cut off.
                 r.cut_off = true;
                 let sent = r.body_bytes;
-                let msg = format!(
-                    "fcgibridge worker: the response is shorter than its Content-Length ({sent} of {n} bytes)\n"
-                );
-                self.push_stderr(serial, msg.as_bytes());
+                self.push_stderr(serial, crate::body_short_of_length(sent, n).as_bytes());
             }
         }
         let Some(r) = self.cur(serial) else {

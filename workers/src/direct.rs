@@ -297,6 +297,17 @@ impl Direct {
     }
 }
 
+/// Why a direct worker answers 400 a request whose body ended after `received` of its
+/// `declared` bytes, as the bridge would. A body absent altogether is no short body: nginx
+/// keeps the client's CONTENT_LENGTH on requests it sends without their body (an
+/// error_page redirect, auth_request, fastcgi_pass_request_body off); the app answers
+/// those, and a read raises.
+pub(crate) fn short_body(received: u64, declared: Option<u64>) -> Option<String> {
+    let declared = declared?;
+    (received > 0 && received < declared)
+        .then(|| format!("the request body ended before its CONTENT_LENGTH ({received} of {declared} bytes)"))
+}
+
 /// `<pid>-<n> METHOD URI`, the line cut to the scoreboard's length.
 pub(crate) struct Tag {
     /// Sized once for the longest tag: no reallocation.

@@ -246,6 +246,22 @@ fn format_traceback(py: Python<'_>, err: &PyErr) -> String {
     formatted.unwrap_or_else(|_| format!("{err}\n"))
 }
 
+/// How the worker's stderr line about an app's failure that has no traceback begins: the
+/// bridge logs such a line as an error, as it does a traceback (logging/app_lines.rs).
+pub(crate) const APP_FAILED: &str = "fcgibridge worker: the application failed: ";
+
+/// The line for a response with more body than its Content-Length, `extra` bytes dropped.
+pub(crate) fn body_past_length(length: u64, extra: u64) -> String {
+    format!(
+        "{APP_FAILED}the app wrote more body than its Content-Length ({length}); {extra} bytes past it were dropped\n"
+    )
+}
+
+/// The line for a response that ended after `sent` bytes of its Content-Length.
+pub(crate) fn body_short_of_length(sent: u64, length: u64) -> String {
+    format!("{APP_FAILED}the response is shorter than its Content-Length ({sent} of {length} bytes)\n")
+}
+
 /// Report an exception raised by the app: traceback as STDERR of the request;
 /// a 500 page if nothing was sent yet, otherwise the response is cut off.
 fn report_error(py: Python<'_>, shared: &Shared, serial: u64, err: PyErr, outcome: &mut Outcome) {
@@ -263,7 +279,7 @@ fn report_error(py: Python<'_>, shared: &Shared, serial: u64, err: PyErr, outcom
         // Raised by the worker's own checks of what the app did (a str yielded, no
         // start_response): no frame to show, but an app failure all the same, logged as an
         // error by the bridge as a traceback is.
-        text.insert_str(0, "fcgibridge worker: the application failed: ");
+        text.insert_str(0, APP_FAILED);
     }
     let mut c = shared.lock_py(py);
     c.push_stderr(serial, text.as_bytes());

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from conftest import BOOT, worker_python
-from fcgi import ABORT_REQUEST, PARAMS, STDIN, Client, record
+from fcgi import ABORT_REQUEST, END_REQUEST, PARAMS, STDIN, STDOUT, Client, record
 from test_direct import (TIMED_OUT, Scoreboard, nginx_params, read_until_closed, request, serve_until_closed,
                          serve_until_quiet, split_records, wait_until)
 from test_direct import send as send_request
@@ -75,6 +75,22 @@ async def app(scope, receive, send):
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
         await send({"type": "http.response.body", "body": b"partial-", "more_body": True})
         raise RuntimeError("direct asgi app failed after the head")
+    elif route == "read-length":
+        body, more = b"", True
+        print("reading %s" % rid, flush=True)
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                print("disconnected %s" % rid, flush=True)
+                return
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+        body = b"read %d bytes" % len(body)
+    elif route in ("short-length", "long-length"):  # a Content-Length the body does not keep
+        length, body = (b"10", b"abc") if route == "short-length" else (b"3", b"abcdef")
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", length)]})
+        await send({"type": "http.response.body", "body": body})
+        return
     elif route == "wait-disconnect":
         print("waiting %s" % rid, flush=True)
         while (await receive())["type"] != "http.disconnect":
@@ -385,21 +401,91 @@ def test_an_app_error_goes_to_the_workers_stderr_not_to_the_web_server(direct):
     assert rec["msg"].endswith("RuntimeError: direct asgi app failed")
 
 
+@pytest.mark.parametrize("uri, sent", [("/raise-after", b"partial-"), ("/short-length", b"abc")])
 @pytest.mark.parametrize("keep_conn", [True, False], ids=["kept", "not-kept"])
-def test_a_response_cut_off_after_its_head_never_ends_like_a_complete_one(direct, keep_conn):
+def test_a_response_cut_off_after_its_head_never_ends_like_a_complete_one(direct, uri, sent, keep_conn):
     """As the WSGI worker's: no END_REQUEST, the connection closed, an invalid record before
-    the close where EOF alone would be the normal end (a unix socket, not kept)."""
+    the close where EOF alone would be the normal end (a unix socket, not kept). A body
+    shorter than its Content-Length is such a response, as through the bridge."""
     w, _ = direct()
     with w.client() as c:
-        send_request(c, "/raise-after", keep_conn=keep_conn)
+        send_request(c, uri, keep_conn=keep_conn)
         records, rest = split_records(read_until_closed(c))
-    assert b"partial-" in b"".join(content for _, content in records)
-    assert 3 not in [rtype for rtype, _ in records], "END_REQUEST: ended like a complete response"
+    assert sent in b"".join(content for rtype, content in records if rtype == STDOUT)
+    assert END_REQUEST not in [rtype for rtype, _ in records], "ended like a complete response"
     assert rest == (b"" if keep_conn else bytes([0, 6, 0, 0, 0, 0, 0, 0])), rest
     wait_until(lambda: any("the response was cut off after its head" in rec["msg"] for rec in log_records(w)),
                "the cut-off in the log")
+    if uri == "/short-length":
+        assert re.search(r"\[request_id=\d+-1 GET /short-length\] fcgibridge worker: the application failed: "
+                         r"the response is shorter than its Content-Length \(3 of 10 bytes\)", w.stderr), w.stderr
     with w.client() as c:
         assert request(c, "/scope").code == 200, "the worker serves on"
+
+
+def test_body_past_the_content_length_is_dropped_and_logged(direct):
+    w, _ = direct()
+    with w.client() as c:
+        r = request(c, "/long-length")
+        assert (r.code, r.body, r.protocol_status) == (200, b"abc", 0), r.stdout
+        assert request(c, "/scope").code == 200, "the connection serves on"
+    wait_until(lambda: "the application failed: the app wrote more body than its Content-Length (3); "
+                       "3 bytes past it were dropped" in w.stderr, "the failure on stderr")
+
+
+def whole_request(c, length, body):
+    """One POST to /read-length in a single write, as nginx sends a small one."""
+    c.corked = b""
+    c.begin()
+    c.params(nginx_params("/read-length", method="POST", CONTENT_LENGTH=length))
+    if body:
+        c.stdin(body)
+    c.stdin_end()
+    data, c.corked = c.corked, None
+    c.sock.sendall(data)
+
+
+@pytest.mark.parametrize("length, body", [("10", b"abc"), ("abc", b""), ("-5", b""), ("+3", b"abc")])
+def test_a_body_shorter_than_its_content_length_or_a_bad_length_is_a_400(direct, length, body):
+    """As the bridge answers (and the WSGI worker): 400 without running the app."""
+    w, _ = direct()
+    with w.client() as c:
+        whole_request(c, length, body)
+        r = c.read_response()
+        assert (r.code, r.body) == (400, b"Bad Request\n"), r.stdout
+        assert request(c, "/scope").code == 200, "the kept connection serves on"
+    wait_until(lambda: any("answering 400 without running the app" in rec["msg"] for rec in log_records(w)),
+               "the refusal in the log")
+    assert "reading" not in w.stdout, "the app ran"
+
+
+def test_a_declared_body_absent_altogether_reaches_the_app(direct):
+    """nginx keeps the client's CONTENT_LENGTH on requests it sends without their body (an
+    error_page redirect, auth_request): no short body, the app answers."""
+    w, _ = direct()
+    with w.client() as c:
+        whole_request(c, "10", b"")
+        r = c.read_response()
+        assert (r.code, r.body) == (200, b"read 0 bytes"), r.stdout
+    assert "answering 400" not in w.stderr
+
+
+def test_a_body_that_ends_short_while_the_app_reads_it_is_http_disconnect(direct):
+    """The app is reading when the web server ends the body early: it is told the client
+    went away, and the web server gets 400, as from the bridge."""
+    w, _ = direct()
+    with w.client() as c:
+        c.begin()
+        c.params(nginx_params("/read-length", method="POST", CONTENT_LENGTH="10"))
+        wait_until(lambda: "reading %d-1" % w.proc.pid in w.stdout, "the app reading")
+        c.stdin(b"abc")
+        c.stdin_end()
+        r = c.read_response()
+        assert (r.code, r.body) == (400, b"Bad Request\n"), r.stdout
+        wait_until(lambda: "disconnected %d-1" % w.proc.pid in w.stdout, "http.disconnect")
+        assert request(c, "/scope").code == 200, "the kept connection serves on"
+    assert any("the request body ended before its CONTENT_LENGTH (3 of 10 bytes)" in rec["msg"]
+               for rec in log_records(w))
 
 
 def test_an_abort_or_a_closed_connection_is_http_disconnect_for_the_app(direct):

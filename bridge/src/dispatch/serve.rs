@@ -539,7 +539,7 @@ impl<'a, S: BodySource, K: ResponseSink> Request<'a, S, K> {
             }
             self.source.set_limit(limit);
         }
-        let declared = super::request_body_limits::declared_length(&self.params).ok().flatten(); // checked by the listener (400)
+        let declared = fastcgi_server::content_length::declared(&self.params).ok().flatten(); // checked by the listener (400)
         self.source.set_declared(declared);
         let declared = match declared {
             Some(n) => Some(n),

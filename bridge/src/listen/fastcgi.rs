@@ -792,7 +792,7 @@ impl FrontConn {
         // An AUTHORIZER request has no body (Apache sends no STDIN at all).
         let (role, body_done) = (*role, *body_done || *role == Role::Authorizer);
         let prefix = std::mem::take(prefix).freeze();
-        if let Err(e) = crate::dispatch::request_body_limits::declared_length(&params) {
+        if let Err(e) = fastcgi_server::content_length::declared(&params) {
             self.refuse_length(id, &e);
             return;
         }

@@ -7,7 +7,6 @@
 use super::context::ListenerCtx;
 use super::limits::{request_cost, HeaderCharge};
 use crate::backend::exchange::FIRST_WRITE_BODY;
-use crate::dispatch::request_body_limits;
 use crate::dispatch::serve::serve;
 use crate::flow::{BodySource, End, FrontGone, ResponseSink};
 use bytes::{Bytes, BytesMut};
@@ -130,7 +129,7 @@ where
 /// bytes of it are here). Charged whole once the headers are complete, so that a request
 /// that would pass `header-memory` is refused then, as unfinished headers are.
 fn waiting_cost(params: &Params, buffered: usize) -> usize {
-    let ahead = request_body_limits::declared_length(params)
+    let ahead = fastcgi_server::content_length::declared(params)
         .ok()
         .flatten()
         .filter(|&n| n <= FIRST_WRITE_BODY as u64)

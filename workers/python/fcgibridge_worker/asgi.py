@@ -44,7 +44,7 @@ MAX_CONTENT = 65535
 # connection closes on a cut-off response where EOF alone would be its normal end.
 INVALID_RECORD = bytes([0, 6, 0, 0, 0, 0, 0, 0])
 # What _native.AsgiConnection.feed reports, as (kind, request id, payload); BEGIN's flags.
-EV_BEGIN, EV_ABORT, EV_PARAMS, EV_STDIN, EV_REPLY = 1, 2, 4, 5, 10
+EV_BEGIN, EV_ABORT, EV_PARAMS, EV_STDIN, EV_REFUSE, EV_REPLY = 1, 2, 4, 5, 6, 10
 BEGIN_AUTHORIZER, BEGIN_KEEP_CONN = 1, 2
 # Body bytes a request may hold unread before its connection stops being read.
 BODY_HIGH = 1 << 20
@@ -212,13 +212,21 @@ class Request:
             raise RuntimeError("unknown ASGI message type %r" % kind)
 
     async def _body(self, data, more):
-        if self.head_sent:
-            out = self.conn.codec.encode_response(self.rid, None, (), 0, data, more, self.is_head)
-        else:
-            status, headers = self.start
-            out = self.conn.codec.encode_response(self.rid, _status_line(status), headers, status, data, more,
-                                                  self.is_head)
+        try:
+            if self.head_sent:
+                out = self.conn.codec.encode_response(self.rid, None, (), 0, data, more, self.is_head)
+            else:
+                status, headers = self.start
+                out = self.conn.codec.encode_response(self.rid, _status_line(status), headers, status, data, more,
+                                                      self.is_head)
+                self.head_sent = True
+        except _native.ResponseCutOff as cut:
+            # Direct mode: the response ended before its Content-Length (the codec logged
+            # it). What it had goes out, then the cut that fails it, as through the bridge.
             self.head_sent = True
+            self.conn.write(cut.args[0])
+            self.end(1)
+            return
         if out:
             self.conn.write(out)
         if not more:
@@ -372,7 +380,7 @@ class Connection(asyncio.Protocol):
             # Started once the whole read is applied: a body that came with the params is
             # there when the app first asks for it, and one aborted meanwhile never starts.
             for req in ready:
-                if not req.disconnected:
+                if not req.disconnected and not req.ended:
                     self.worker.start(req)
         except _native.AsgiProtocolError as exc:
             sys.stderr.write("fcgibridge worker: bad record from %s, connection closed: %s\n" % (self.peer, exc))
@@ -467,6 +475,10 @@ class Connection(asyncio.Protocol):
             req = self.requests.get(rid)
             if req is not None:
                 req.abort()
+        elif kind == EV_REFUSE:
+            req = self.requests.get(rid)
+            if req is not None:
+                req.refuse(payload)
         else:  # EV_REPLY: management answers, UNKNOWN_ROLE
             self.write(payload)
 
@@ -684,6 +696,24 @@ class DirectRequest(Request):
         self.conn.cut_off(self.keep_conn)  # before the request's end, which would close it plainly
         if not self.ended:
             self._ended()
+
+    def refuse(self, why):
+        """What the bridge's listeners answer 400 (a CONTENT_LENGTH that is no body length,
+        a body that ended before it): so here, before the app runs. An app already running
+        is told the client went away, as when the bridge ends a short body."""
+        self.body_done = True
+        if self.task is None:
+            what = "answering 400 without running the app"
+        else:
+            what = ("cutting its response off" if self.head_sent else "answering 400") + \
+                "; the app is told the client went away"
+        self.stderr("fcgibridge worker: %s: %s" % (why, what), "WARNING")
+        if not self.head_sent:
+            self._page(400, b"Bad Request\n")
+        else:
+            self.end(1)
+        self.disconnected = True
+        self._wake()
 
     def _ended(self):
         Request._ended(self)  # the codec gives its scoreboard slot back
