@@ -91,6 +91,27 @@ def send(c, uri, keep_conn=True, **extra):
     c.stdin_end()
 
 
+def send_whole_post(c, length, body, uri="/read-length"):
+    """A POST with CONTENT_LENGTH `length` and body `body`, in one write, as nginx sends a
+    small one (the worker has all of it before it runs the app)."""
+    c.corked = b""
+    c.begin()
+    c.params(nginx_params(uri, method="POST", CONTENT_LENGTH=length))
+    if body:
+        c.stdin(body)
+    c.stdin_end()
+    data, c.corked = c.corked, None
+    c.sock.sendall(data)
+
+
+def assert_refused(c, length, body, then):
+    """The POST is answered 400, and the kept connection then serves `then`."""
+    send_whole_post(c, length, body)
+    r = c.read_response()
+    assert (r.code, r.body) == (400, b"Bad Request\n"), r.stdout
+    assert request(c, then).code == 200, "the kept connection serves on"
+
+
 def request(c, uri, **extra):
     send(c, uri, **extra)
     return c.read_response()
@@ -324,17 +345,7 @@ def test_a_body_shorter_than_its_content_length_or_a_bad_length_is_a_400(direct,
     """As the bridge answers: 400 without running the app, and the worker serves on."""
     w, _ = direct()
     with w.client() as c:
-        c.corked = b""  # the whole request in one write, as nginx sends a small one
-        c.begin()
-        c.params(nginx_params("/read-length", method="POST", CONTENT_LENGTH=length))
-        if body:
-            c.stdin(body)
-        c.stdin_end()
-        data, c.corked = c.corked, None
-        c.sock.sendall(data)
-        r = c.read_response()
-        assert (r.code, r.body) == (400, b"Bad Request\n"), r.stdout
-        assert request(c, "/environ").code == 200, "the kept connection serves on"
+        assert_refused(c, length, body, then="/environ")
     wait_until(lambda: "answering 400 without running the app" in w.stderr, "the refusal on stderr")
 
 

@@ -21,8 +21,8 @@ import pytest
 
 from conftest import BOOT, worker_python
 from fcgi import ABORT_REQUEST, END_REQUEST, PARAMS, STDIN, STDOUT, Client, record
-from test_direct import (TIMED_OUT, Scoreboard, nginx_params, read_until_closed, request, serve_until_closed,
-                         serve_until_quiet, split_records, wait_until)
+from test_direct import (TIMED_OUT, Scoreboard, assert_refused, nginx_params, read_until_closed, request,
+                         send_whole_post, serve_until_closed, serve_until_quiet, split_records, wait_until)
 from test_direct import send as send_request
 
 HERE = Path(__file__).resolve().parent
@@ -433,27 +433,12 @@ def test_body_past_the_content_length_is_dropped_and_logged(direct):
                        "3 bytes past it were dropped" in w.stderr, "the failure on stderr")
 
 
-def whole_request(c, length, body):
-    """One POST to /read-length in a single write, as nginx sends a small one."""
-    c.corked = b""
-    c.begin()
-    c.params(nginx_params("/read-length", method="POST", CONTENT_LENGTH=length))
-    if body:
-        c.stdin(body)
-    c.stdin_end()
-    data, c.corked = c.corked, None
-    c.sock.sendall(data)
-
-
 @pytest.mark.parametrize("length, body", [("10", b"abc"), ("abc", b""), ("-5", b""), ("+3", b"abc")])
 def test_a_body_shorter_than_its_content_length_or_a_bad_length_is_a_400(direct, length, body):
     """As the bridge answers (and the WSGI worker): 400 without running the app."""
     w, _ = direct()
     with w.client() as c:
-        whole_request(c, length, body)
-        r = c.read_response()
-        assert (r.code, r.body) == (400, b"Bad Request\n"), r.stdout
-        assert request(c, "/scope").code == 200, "the kept connection serves on"
+        assert_refused(c, length, body, then="/scope")
     wait_until(lambda: any("answering 400 without running the app" in rec["msg"] for rec in log_records(w)),
                "the refusal in the log")
     assert "reading" not in w.stdout, "the app ran"
@@ -464,7 +449,7 @@ def test_a_declared_body_absent_altogether_reaches_the_app(direct):
     error_page redirect, auth_request): no short body, the app answers."""
     w, _ = direct()
     with w.client() as c:
-        whole_request(c, "10", b"")
+        send_whole_post(c, "10", b"")
         r = c.read_response()
         assert (r.code, r.body) == (200, b"read 0 bytes"), r.stdout
     assert "answering 400" not in w.stderr
