@@ -453,6 +453,18 @@ def test_a_direct_workers_failure_reports_are_errors_and_its_other_output_warnin
     assert all(" WARN " in ln for ln in b.log.lines() if f"plain-{tag}" in ln)
 
 
+def test_a_line_written_in_parts_keeps_the_requests_tag_on_each_part(stack):
+    """A line whose rest comes after the bridge logged its first part (0.2 s of quiet) is
+    logged in two parts; the second names the request too."""
+    b, front = stack
+    tag = uuid.uuid4().hex
+    assert front.get(f"/slow-line?tag={tag}").status_code == 200
+    request_tag = re.escape(f"GET /slow-line?tag={tag}] ")
+    b.log.wait_for([request_tag + f"begun-{tag}"])
+    # (One line when the bridge was too busy to read before the rest came.)
+    b.log.wait_for([request_tag + f"(begun-{tag} )?ended-{tag}"])
+
+
 def test_a_direct_pool_counts_its_responses_by_class(stack):
     """The 2xx/5xx counts come from the workers' scoreboards (needs the worker's side of
     direct-spec2: the response counters at header offsets 16..56)."""

@@ -30,6 +30,7 @@ Paths (relative to the app's own PATH_INFO):
   /exc-info            start_response twice, the second time with exc_info: 500
   /print?msg=&err=     a line on the worker's stdout and one on its stderr
   /print-partial?err=  `err` on the worker's stderr without a newline
+  /slow-line?tag=      a wsgi.errors line written in two parts half a second apart
   /ticks?marker=&n=    a short Ticker (close() writes to the marker)
   /slow-close?s=       a complete body with its Content-Length; the iterable's close() takes s seconds
   /head-cl             Content-Length 1000; for HEAD no body (as frameworks do)
@@ -366,6 +367,13 @@ def application(environ, start_response):
 
     if path == "/mem":
         return _json(start_response, dict(_mem(), pid=os.getpid()))
+
+    if path == "/slow-line":
+        environ["wsgi.errors"].write("begun-%s " % q.get("tag", ""))
+        environ["wsgi.errors"].flush()
+        time.sleep(0.5)
+        environ["wsgi.errors"].write("ended-%s\n" % q.get("tag", ""))
+        return _text(start_response, "logged")
 
     if path == "/stderr":
         environ["wsgi.errors"].write(q.get("msg", "edge stderr line") + "\n")

@@ -101,13 +101,20 @@ pub(crate) fn log_dropped(pool: &str, pid: u32, n: u64) {
 pub(crate) const APP_FAILURES: [&str; 2] =
     ["Traceback (most recent call last):", "fcgibridge worker: the application failed: "];
 
+/// The tag a direct worker's line begins with, `[request_id=… METHOD URI] ` (`None`: the
+/// line has none).
+pub(crate) fn request_tag(line: &str) -> Option<&str> {
+    const OPEN: &str = "[request_id=";
+    let end = line.strip_prefix(OPEN)?.find("] ")?;
+    Some(&line[..OPEN.len() + end + 2])
+}
+
 /// A direct worker writes each request's stderr lines behind the request's tag
 /// (`[request_id=… METHOD URI] `): whether `line` belongs to a failure report, the lines
 /// after a report's first one known by their tag. `failing`: the tag of the report being
 /// read, kept between calls.
 pub(crate) fn reports_a_failure(failing: &mut Option<String>, line: &str) -> bool {
-    let tag = line.strip_prefix("[request_id=").and_then(|rest| rest.find("] ")).map(|end| &line[..end + 14]);
-    let Some(tag) = tag else {
+    let Some(tag) = request_tag(line) else {
         *failing = None;
         return false;
     };
@@ -140,6 +147,13 @@ pub(crate) fn clean_lines<'a>(lines: impl Iterator<Item = &'a str>) -> String {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn a_request_tag_is_the_lines_start_up_to_its_bracket() {
+        assert_eq!(request_tag("[request_id=12-3 GET /a?b] text] more"), Some("[request_id=12-3 GET /a?b] "));
+        assert_eq!(request_tag("[request_id=12-3 GET /a"), None, "unclosed");
+        assert_eq!(request_tag("text [request_id=12-3 GET /a] "), None, "not at the start");
+    }
 
     #[test]
     fn a_direct_workers_failure_report_is_known_by_its_first_line_and_its_tag() {

@@ -744,15 +744,25 @@ impl Drop for LineGate {
 /// the lines of a failed request's report (a traceback) at error.
 /// A line the worker left unterminated (a `write()` without "\n") is logged once nothing
 /// more has come for [`PARTIAL_LINE_WAIT`]: it is neither held back until the process writes
-/// a newline for something else, nor glued to that.
+/// a newline for something else, nor glued to that. The rest of a direct worker's line
+/// logged in parts carries the request's tag too (the worker tags a line's start only).
 async fn log_lines(pipe: impl AsyncRead + Unpin, is_stderr: bool, gate: Arc<LineGate>) {
     const MAX_LINE: usize = 16 << 10;
     let mut reader = BufReader::with_capacity(8192, pipe);
     let mut line: Vec<u8> = Vec::new();
-    let emit = |line: &[u8]| {
+    // The tag of the line logged in part, for its rest.
+    let mut carried: Option<String> = None;
+    let mut emit = |line: &[u8], whole: bool| {
         let line = line.strip_suffix(b"\n").unwrap_or(line);
         let line = line.strip_suffix(b"\r").unwrap_or(line);
-        gate.line(is_stderr, String::from_utf8_lossy(line).into_owned());
+        let mut text = String::from_utf8_lossy(line).into_owned();
+        if let Some(tag) = carried.take() {
+            text.insert_str(0, &tag);
+        }
+        if !whole {
+            carried = crate::logging::app_lines::request_tag(&text).map(str::to_owned);
+        }
+        gate.line(is_stderr, text);
     };
     loop {
         let read = if line.is_empty() {
@@ -761,7 +771,7 @@ async fn log_lines(pipe: impl AsyncRead + Unpin, is_stderr: bool, gate: Arc<Line
             match tokio::time::timeout(PARTIAL_LINE_WAIT, reader.fill_buf()).await {
                 Ok(read) => read,
                 Err(_) => {
-                    emit(&line);
+                    emit(&line, false);
                     line.clear();
                     continue;
                 }
@@ -778,11 +788,11 @@ async fn log_lines(pipe: impl AsyncRead + Unpin, is_stderr: bool, gate: Arc<Line
         line.extend_from_slice(&buf[..take]);
         reader.consume(take);
         if found || line.len() >= MAX_LINE {
-            emit(&line);
+            emit(&line, found);
             line.clear();
         }
     }
     if !line.is_empty() {
-        emit(&line);
+        emit(&line, true);
     }
 }
