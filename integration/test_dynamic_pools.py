@@ -276,7 +276,7 @@ def test_a_redirect_is_followed_within_an_instance_never_into_another(tmp_path):
         r = fcgi_client.fcgi_request(addr, "/~alice/redirect", query="to=/~bob/page")
         assert r.status == 500 and b"bob" not in r.body, bytes(r.stdout)[:300]
         b.log.wait_for([r"internal redirect refused, answering 500: the target is pool homes\[bob\]'s",
-                        r"pool=homes\[alice\]", r"target_pool=homes\[bob\]"], mark)
+                        r"pool=\"?homes\[alice\]", r"target_pool=\"?homes\[bob\]"], mark)
         assert set(instances(b)) == {"alice"}
     finally:
         b.stop()
@@ -355,7 +355,7 @@ def test_an_idle_instance_is_reaped(tmp_path):
     b = start_bridge(tmp_path, {"sites": template(sites, {"instance-idle-timeout": "2s"})})
     try:
         pid = json.loads(get(b, "alpha.test").body)["pid"]
-        b.log.wait_for(r"instance idle for instance-idle-timeout \(2s\), stopping.*pool=sites\[alpha\.test\]", timeout=60)
+        b.log.wait_for(r"instance idle for instance-idle-timeout \(2s\), stopping.*pool=\"?sites\[alpha\.test\]", timeout=60)
         wait_until(lambda: not instances(b), 60, what="the instance gone from status")
         wait_until(lambda: not pid_alive(pid), 60, what=f"worker {pid} gone")
         sockets = tmp_path / "run" / "pools" / "instance-1"
@@ -389,12 +389,12 @@ def test_a_live_instance_whose_site_broke_answers_as_a_new_one(tmp_path):
         r = get(b, "gone.test")
         assert r.status == 404, r.stdout[:300]
         b.log.wait_for(r'looked at again before a new worker: no site for key "gone\.test": app file .* does not exist; '
-                       r"the instance stops.*pool=sites\[gone\.test\]", mark)
+                       r"the instance stops.*pool=\"?sites\[gone\.test\]", mark)
         assert get(b, "gone.test").status == 404
         # Its worker cannot start (503); looked at again, it is what a new instance would be.
         wait_until(lambda: get(b, "broken.test").status == 500, 60, interval=1.0, what="broken.test answered 500")
         b.log.wait_for(r'looked at again as its workers fail to start: instance "broken\.test" cannot be made: '
-                       r".*is not a Python interpreter.*; the instance stops.*pool=sites\[broken\.test\]", mark)
+                       r".*is not a Python interpreter.*; the instance stops.*pool=\"?sites\[broken\.test\]", mark)
         assert set(instances(b)) == {"same.test"}
         assert get(b, "same.test").status == 200
         assert not [ln for ln in b.log.lines(mark) if "same.test" in ln
@@ -434,7 +434,7 @@ def test_max_instances_evicts_the_least_recently_used_idle_one_else_503(tmp_path
         assert get(b, "beta.test").status == 200  # alpha is now the least recently used
         mark = b.log.mark()
         assert get(b, "gamma.test").status == 200
-        b.log.wait_for(r"max-instances \(2\) reached: stopping the least recently used idle instance.*pool=sites\[alpha\.test\]", mark)
+        b.log.wait_for(r"max-instances \(2\) reached: stopping the least recently used idle instance.*pool=\"?sites\[alpha\.test\]", mark)
         assert set(instances(b)) == {"beta.test", "gamma.test"}
         # Both live instances busy: a new key gets 503 with Retry-After, nothing spawned.
         release = tmp_path / "release"
@@ -442,7 +442,7 @@ def test_max_instances_evicts_the_least_recently_used_idle_one_else_503(tmp_path
         wait_until(lambda: all(p["active_requests"] == 1 for p in instances(b).values()), 60,
                    what="both instances busy")
         # An instance's requests are watched by the slowlog like a pool's.
-        b.log.wait_for(r"slow request: GET /hold\?until=.*pool=sites\[beta\.test\]", timeout=60)
+        b.log.wait_for(r"slow request: GET /hold\?until=.*pool=\"?sites\[beta\.test\]", timeout=60)
         r = get(b, "alpha.test")
         assert r.status == 503 and r.header("Retry-After") == "1", r.stdout[:300]
         b.log.wait_for(r'new instance "alpha.test" refused: max-instances \(2\) live and none idle, answering 503')
@@ -558,7 +558,7 @@ def test_queue_timeout_applies_once_the_first_worker_serves(tmp_path):
         r = get(b, "slow.test")
         took = time.monotonic() - asked
         assert r.status == 503 and took < 20, (r.status, took)
-        b.log.wait_for(r"answering 503: no worker became free within 1s.*pool=sites\[slow\.test\]")
+        b.log.wait_for(r"answering 503: no worker became free within 1s.*pool=\"?sites\[slow\.test\]")
     finally:
         release.touch()
         for t, _ in held:
@@ -605,7 +605,7 @@ def test_a_reload_while_the_first_worker_starts_keeps_its_startup_wait(tmp_path)
         wait_until(lambda: instances(b)["slow.test"]["active_requests"] == 1, 60, what="the worker busy")
         r = get(b, "slow.test")
         assert r.status == 503, r.status
-        b.log.wait_for(r"answering 503: no worker became free within 1s.*pool=sites\[slow\.test\]")
+        b.log.wait_for(r"answering 503: no worker became free within 1s.*pool=\"?sites\[slow\.test\]")
     finally:
         gate.touch()
         (tmp_path / "release").touch()
@@ -632,7 +632,7 @@ def test_one_slow_site_queues_its_share_not_every_connection_of_the_listener(tmp
         held = [hold(b, "slow.test", release) for _ in range(20)]
         wait_until(lambda: sum("r" in out for _, out in held) == 7, 60, what="the requests past the queue answered")
         assert [out["r"].status for _, out in held if "r" in out] == [503] * 7
-        b.log.wait_for(r"queue full.*pool=sites\[slow\.test\]")
+        b.log.wait_for(r"queue full.*pool=\"?sites\[slow\.test\]")
         # The listener has connections left for the other site.
         r = get(b, "other.test")
         assert r.status == 200, r.stdout[:300]
@@ -733,7 +733,7 @@ def test_reload_that_changes_the_key_stops_the_old_instances(tmp_path):
         (b.confdir / "50-test.yaml").write_text(to_yaml(b.config))
         mark = b.log.mark()
         os.kill(b.pid, signal.SIGHUP)
-        b.log.wait_for(r"instance stopping: its template's placeholders changed.*pool=sites\[alpha\.test\]", mark, timeout=60)
+        b.log.wait_for(r"instance stopping: its template's placeholders changed.*pool=\"?sites\[alpha\.test\]", mark, timeout=60)
         b.log.wait_for(r"reload done: .*templates changed: sites; removed: none; "
                        r"instances refused now and stopped: sites\[alpha\.test\]", mark, timeout=60)
         wait_until(lambda: not pid_alive(pid), 60, what="the host-keyed instance gone")
@@ -761,7 +761,7 @@ def test_reload_with_a_narrower_allow_stops_the_instances_it_refuses(tmp_path):
         mark = b.log.mark()
         os.kill(b.pid, signal.SIGHUP)
         b.log.wait_for(r'key "beta\.test" does not match the template.s allow pattern; the instance stops.*'
-                       r"pool=sites\[beta\.test\]", mark, timeout=60)
+                       r"pool=\"?sites\[beta\.test\]", mark, timeout=60)
         b.log.wait_for(r"reload done: .*templates changed: sites; removed: none; templates added: more; "
                        r"instances refused now and stopped: sites\[beta\.test\]", mark, timeout=60)
         wait_until(lambda: not pid_alive(pids["beta.test"]), 60, what="beta.test's worker gone")
@@ -810,7 +810,7 @@ def test_stop_instance_over_the_control_socket(tmp_path):
         r = subprocess.run(cli + ["sites", "alpha.test"], capture_output=True, text=True, timeout=60)
         assert r.returncode == 0, r.stderr
         assert "sites[alpha.test] stopping" in r.stdout
-        b.log.wait_for(r"instance stopped by the control socket.*pool=sites\[alpha\.test\]")
+        b.log.wait_for(r"instance stopped by the control socket.*pool=\"?sites\[alpha\.test\]")
         wait_until(lambda: set(instances(b)) == {"beta.test"}, 60, what="alpha gone from status")
         wait_until(lambda: not pid_alive(pid), 60, what="its worker gone")
         # its worker says why it stopped: the bridge itself keeps running
@@ -1124,7 +1124,7 @@ def test_a_live_instance_looks_its_account_up_again(accounts):
             assert r.status == 404, r.stdout[:300]
             key = re.escape(alice.pw_name)
             b.log.wait_for(rf'looked at again before a new worker: no site for key "{key}": no account "{key}"; '
-                           rf'the instance stops.*pool=homes\[{key}\]', mark)
+                           rf'the instance stops.*pool=\"?homes\[{key}\]', mark)
             b.log.wait_for(rf'no site for key "{key}": no account "{key}", answering 404', mark)
             assert set(instances(b)) == {bob.pw_name}
             assert as_user(alice).status == 404

@@ -153,8 +153,8 @@ def test_an_error_page_is_trusted_but_not_its_apps_redirect_into_another_pool(en
     mark = bridge.log.mark()
     r = fcgi_client.fcgi_request(bridge.listener_address("fcgi"), "/status", query="code=451")
     assert r.status == 451 and r.body == b"451 Unavailable For Legal Reasons\n", bytes(r.stdout)[:300]
-    bridge.log.wait_for([r"the error page's internal redirect goes to another pool", r"pool=pages",
-                         r"target=/plain/env", r"target_pool=plain"], since=mark)
+    bridge.log.wait_for([r"the error page's internal redirect goes to another pool", r"pool=\"?pages",
+                         r"target=/plain/env", r"target_pool=\"?plain"], since=mark)
 
 
 def test_an_error_page_no_route_serves_gets_the_default_text(env):

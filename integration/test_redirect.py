@@ -163,7 +163,7 @@ def test_loop_ends_with_500_and_a_log_line(env):
     bridge.log.wait_for(r"internal redirect refused, answering 500: more than 3 internal redirects", since=mark)
     lines = [ln for ln in bridge.log.lines(mark) if "internal redirect" in ln and "target=/loop" in ln]
     assert len(lines) == 4, lines  # three followed, the fourth refused
-    assert all('pool=app' in ln for ln in lines), lines
+    assert all('pool="app"' in ln for ln in lines), lines
     # the access line names the pool whose redirect looped
     bridge.log.wait_for(r'uri="/loop" status=500 .*pool="app"', access=True)
 

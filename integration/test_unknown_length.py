@@ -89,7 +89,7 @@ def test_refuse_answers_411_without_taking_a_worker(env):
     mark = bridge.log.mark()
     r = chunked_post(url, "dj-refuse")
     assert r.status_code == 411, r.text[:300]
-    bridge.log.wait_for([r"WARN", r"pool=dj-refuse", r"uri=/body/",
+    bridge.log.wait_for([r"WARN", r"pool=\"?dj-refuse", r"uri=/body/",
                          r"request body of unknown length \(a chunked upload\), answering 411 Length Required: "
                          r"the pool's unknown-length-body is refuse"], since=mark)
     # A GET (no body, no CONTENT_LENGTH either) and a body of known length are served.
@@ -125,7 +125,7 @@ def test_buffer_bound_is_max_body_with_a_413_naming_the_key(env):
     with body_request(bridge, "fcgi-tcp", [b"a" * 60_000, b"b" * 40_001], query="over=1") as c:
         r = c.wait(1)
     assert r.status == 413, r.stdout[:300]
-    bridge.log.wait_for([r"WARN", r"pool=capped", r"uri=/echo\?over=1",
+    bridge.log.wait_for([r"WARN", r"pool=\"?capped", r"uri=/echo\?over=1",
                          r"request body of unknown length passed 100000 \(max-body\) while "
                          r"unknown-length-body: buffer read it, answering 413"], since=mark)
     assert served(bridge, "capped") == before

@@ -24,7 +24,7 @@ fn warn_of_root_workers(config: &crate::config::Config) {
         return;
     }
     for p in config.pools.iter().filter(|p| p.isolation.allow_root && p.isolation.worker_uid(0) == 0) {
-        tracing::warn!(pool = %p.name, "the pool's workers run as root (allow-root: true)");
+        tracing::warn!(pool = &*p.name, "the pool's workers run as root (allow-root: true)");
     }
     for t in config.templates.iter().filter(|t| t.raw.allow_root == Some(true) && t.raw.user.is_none()) {
         tracing::warn!(template = %t.name, "every instance of this template runs as root (allow-root: true, no user:); name a user: for sites of other people");

@@ -92,7 +92,7 @@ impl SlotConn {
         let fresh = match UnixStream::connect(&self.worker.socket).await {
             Ok(s) => s,
             Err(e) => {
-                tracing::warn!(pool = %self.worker.pool, pid = self.worker.pid, error = %e, "could not reconnect to worker");
+                tracing::warn!(pool = &*self.worker.pool, pid = self.worker.pid, error = %e, "could not reconnect to worker");
                 return false;
             }
         };
@@ -132,11 +132,11 @@ impl SlotConn {
         match tokio::time::timeout(PROBE_TIMEOUT, probe).await {
             Ok(Ok(())) => true,
             Ok(Err(e)) => {
-                tracing::debug!(pool = %self.worker.pool, pid = self.worker.pid, error = %e, "worker did not answer on a fresh connection; dropping the slot");
+                tracing::debug!(pool = &*self.worker.pool, pid = self.worker.pid, error = %e, "worker did not answer on a fresh connection; dropping the slot");
                 false
             }
             Err(_) => {
-                tracing::warn!(pool = %self.worker.pool, pid = self.worker.pid, "worker did not answer FCGI_GET_VALUES within {PROBE_TIMEOUT:?} on a fresh connection; dropping the slot");
+                tracing::warn!(pool = &*self.worker.pool, pid = self.worker.pid, "worker did not answer FCGI_GET_VALUES within {PROBE_TIMEOUT:?} on a fresh connection; dropping the slot");
                 false
             }
         }

@@ -276,7 +276,7 @@ impl<'a, S: BodySource, K: ResponseSink> Request<'a, S, K> {
     async fn replace(&mut self, pool: &'a PoolRuntime, replaced: Replaced) -> Step<'a> {
         // The app's error body is replaced; its status stays.
         if let Some(orig) = &self.serving {
-            tracing::warn!(pool = %pool.name, request_id = self.request_id, uri = %self.uri, "the error page for {} answered {}, answering the default page", orig.status, replaced.status);
+            tracing::warn!(pool = &*pool.name, request_id = self.request_id, uri = %self.uri, "the error page for {} answered {}, answering the default page", orig.status, replaced.status);
         }
         self.error_page(Some(&pool.config.error_pages), replaced, Some(&pool.name)).await
     }
@@ -298,22 +298,22 @@ impl<'a, S: BodySource, K: ResponseSink> Request<'a, S, K> {
         ) {
             Ok(respond::redirect::ScriptFilename::Followed) => {}
             Ok(respond::redirect::ScriptFilename::Dropped) => {
-                tracing::warn!(listener = %lst.name, pool = %by, request_id, uri = %uri, target = %shown, "internal redirect to a path with a '.' or '..' segment, '//', NUL or '\\': SCRIPT_FILENAME left out (the app should redirect to the plain path)");
+                tracing::warn!(listener = %lst.name, pool = &*by, request_id, uri = %uri, target = %shown, "internal redirect to a path with a '.' or '..' segment, '//', NUL or '\\': SCRIPT_FILENAME left out (the app should redirect to the plain path)");
             }
             Err(e) => {
-                tracing::error!(listener = %lst.name, pool = %by, request_id, uri = %uri, target = %shown, "internal redirect refused, answering 500: {e}");
+                tracing::error!(listener = %lst.name, pool = &*by, request_id, uri = %uri, target = %shown, "internal redirect refused, answering 500: {e}");
                 return self.answer(respond::error_response(500, None).freeze(), 500, from).await;
             }
         }
         self.source.end_body();
         let Some(to) = self.target_pool() else {
-            tracing::info!(listener = %lst.name, pool = %by, request_id, uri = %uri, target = %shown, "internal redirect");
+            tracing::info!(listener = %lst.name, pool = &*by, request_id, uri = %uri, target = %shown, "internal redirect");
             return self.unrouted(target, from).await;
         };
         let (pools, dialect, unrouted) = (lst.redirect_pools, lst.dialect, lst.unrouted_redirect);
         match respond::redirect::follow(author, pools, from.map(|p| &**p), &to, dialect, unrouted) {
             Follow::Bridge => {
-                tracing::info!(listener = %lst.name, pool = %by, request_id, uri = %uri, target = %shown, "internal redirect");
+                tracing::info!(listener = %lst.name, pool = &*by, request_id, uri = %uri, target = %shown, "internal redirect");
                 Step::Route
             }
             how => self.other_pool(target, from, &to, how).await,
@@ -342,14 +342,14 @@ impl<'a, S: BodySource, K: ResponseSink> Request<'a, S, K> {
         let by = from.map_or("-", |p| &**p);
         if self.serving.is_some() {
             // The app serving an error page redirected: that page failed.
-            tracing::warn!(listener = %lst.name, pool = %by, request_id, uri = %uri, target = %shown, target_pool = %to, "the error page's internal redirect goes to another pool, which the bridge does not follow (redirect-pools: same), answering the default page");
+            tracing::warn!(listener = %lst.name, pool = &*by, request_id, uri = %uri, target = %shown, target_pool = &*to, "the error page's internal redirect goes to another pool, which the bridge does not follow (redirect-pools: same), answering the default page");
             return self.error_page(None, Replaced::bridge(500, None), from).await;
         }
         if how == Follow::WebServer {
             return self.hand_to_web_server(target, from, Some(to)).await;
         }
         tracing::error!(
-            listener = %lst.name, pool = %by, request_id, uri = %uri, target = %shown, target_pool = %to,
+            listener = %lst.name, pool = &*by, request_id, uri = %uri, target = %shown, target_pool = &*to,
             "internal redirect refused, answering 500: the target is pool {to}'s, and the bridge follows an app's redirect only within its own pool (the web server's access rules for the target would not run); set redirect-pools: any on listener {} to follow redirects across pools",
             lst.name
         );
@@ -361,7 +361,7 @@ impl<'a, S: BodySource, K: ResponseSink> Request<'a, S, K> {
         if self.serving.is_some() {
             let (lst, request_id, uri) = (self.lst, self.request_id, self.uri);
             let (shown, by) = (String::from_utf8_lossy(target), from.map_or("-", |p| &**p));
-            tracing::warn!(listener = %lst.name, pool = %by, request_id, uri = %uri, target = %shown, "no route serves the error page, answering the default page");
+            tracing::warn!(listener = %lst.name, pool = &*by, request_id, uri = %uri, target = %shown, "no route serves the error page, answering the default page");
             return self.error_page(None, Replaced::bridge(404, None), from).await;
         }
         // Not ours to serve: the web server may (nginx: X-Accel-Redirect).
@@ -381,14 +381,14 @@ impl<'a, S: BodySource, K: ResponseSink> Request<'a, S, K> {
         };
         if lst.dialect == crate::config::Dialect::Nginx {
             if let Err(e) = respond::file_handoff::check_redirect_for_nginx(target) {
-                tracing::error!(listener = %lst.name, pool = %by, request_id, uri = %uri, target = %shown, "internal redirect refused, answering 500: {why}, and as X-Accel-Redirect {e}");
+                tracing::error!(listener = %lst.name, pool = &*by, request_id, uri = %uri, target = %shown, "internal redirect refused, answering 500: {why}, and as X-Accel-Redirect {e}");
                 return self.answer(respond::error_response(500, None).freeze(), 500, from).await;
             }
             // A file-map location: nginx would send the file unchecked (a symlink out of its
             // directory, a file the pool's user could not read). A file hand-off header is
             // checked first; a redirect that would bypass that check is refused.
             if lst.files.as_ref().is_some_and(|f| f.uri_to_fs(target).is_some()) {
-                tracing::error!(listener = %lst.name, pool = %by, request_id, uri = %uri, target = %shown, "internal redirect refused, answering 500: {why}, and it names a file-map location; hand the file off with X-Sendfile or X-Accel-Redirect, which the bridge checks");
+                tracing::error!(listener = %lst.name, pool = &*by, request_id, uri = %uri, target = %shown, "internal redirect refused, answering 500: {why}, and it names a file-map location; hand the file off with X-Sendfile or X-Accel-Redirect, which the bridge checks");
                 return self.answer(respond::error_response(500, None).freeze(), 500, from).await;
             }
         }
@@ -398,10 +398,10 @@ impl<'a, S: BodySource, K: ResponseSink> Request<'a, S, K> {
             Some(to) => {
                 let how =
                     if lst.dialect == crate::config::Dialect::Nginx { "X-Accel-Redirect" } else { "200 + Location" };
-                tracing::info!(listener = %lst.name, pool = %by, request_id, uri = %uri, target = %shown, target_pool = %to, "internal redirect into another pool handed to the web server as {how}, so that its access rules for the target run (redirect-pools: same)");
+                tracing::info!(listener = %lst.name, pool = &*by, request_id, uri = %uri, target = %shown, target_pool = &*to, "internal redirect into another pool handed to the web server as {how}, so that its access rules for the target run (redirect-pools: same)");
             }
             None => {
-                tracing::info!(listener = %lst.name, pool = %by, request_id, uri = %uri, target = %shown, "no route serves the internal redirect target, answering {status}");
+                tracing::info!(listener = %lst.name, pool = &*by, request_id, uri = %uri, target = %shown, "no route serves the internal redirect target, answering {status}");
             }
         }
         let reply = reply.unwrap_or_else(|| respond::error_response(404, None));
@@ -462,12 +462,12 @@ impl<'a, S: BodySource, K: ResponseSink> Request<'a, S, K> {
             Ok(granted) => self.run(pool, granted, &ticket, declared, kept).await,
             Err(AcquireError::Gone) => self.gone(pool).await,
             Err(AcquireError::Lost) => {
-                tracing::error!(pool = %pool.name, request_id, uri = %uri, "the worker failed after it had started the piped request, answering 502");
+                tracing::error!(pool = &*pool.name, request_id, uri = %uri, "the worker failed after it had started the piped request, answering 502");
                 self.error_page(Some(&pool.config.error_pages), Replaced::bridge(502, None), Some(&pool.name)).await
             }
             Err(e) => {
                 if self.lst.registry.rate_limits.allow(rejection_kind(&e), &pool.name) {
-                    tracing::warn!(pool = %pool.name, request_id, uri = %uri, "answering 503: {e}");
+                    tracing::warn!(pool = &*pool.name, request_id, uri = %uri, "answering 503: {e}");
                 }
                 self.error_page(
                     Some(&pool.config.error_pages),
@@ -533,7 +533,7 @@ impl<'a, S: BodySource, K: ResponseSink> Request<'a, S, K> {
         if let Some(limit) = pool.config.max_body {
             if super::request_body_limits::too_large(&self.params, limit) {
                 if self.lst.registry.rate_limits.allow(&crate::logging::ratelimit::TOO_LARGE, &pool.name) {
-                    tracing::warn!(pool = %pool.name, request_id, uri = %uri, limit, "request body is larger than max-body, answering 413");
+                    tracing::warn!(pool = &*pool.name, request_id, uri = %uri, limit, "request body is larger than max-body, answering 413");
                 }
                 return Err(self.answer(respond::error_response(413, None).freeze(), 413, Some(&pool.name)).await);
             }
@@ -552,7 +552,7 @@ impl<'a, S: BodySource, K: ResponseSink> Request<'a, S, K> {
             if self.source.ended_short() {
                 if self.lst.registry.rate_limits.allow(&crate::logging::ratelimit::BODY_SHORT, &pool.name) {
                     tracing::warn!(
-                        listener = %lst.name, pool = %pool.name, request_id, uri = %uri, received = self.source.received(), declared = n,
+                        listener = %lst.name, pool = &*pool.name, request_id, uri = %uri, received = self.source.received(), declared = n,
                         "request body ended before its CONTENT_LENGTH, answering 400 (no worker taken)"
                     );
                 }
@@ -579,7 +579,7 @@ impl<'a, S: BodySource, K: ResponseSink> Request<'a, S, K> {
         let limits = &self.lst.registry.rate_limits;
         if how == UnknownLengthBody::Refuse {
             if limits.allow(&crate::logging::ratelimit::LENGTH_REQUIRED, &pool.name) {
-                tracing::warn!(pool = %pool.name, request_id, uri = %uri, "request body of unknown length (a chunked upload), answering 411 Length Required: the pool's unknown-length-body is refuse");
+                tracing::warn!(pool = &*pool.name, request_id, uri = %uri, "request body of unknown length (a chunked upload), answering 411 Length Required: the pool's unknown-length-body is refuse");
             }
             return Err(self.answer(respond::error_response(411, None).freeze(), 411, Some(&pool.name)).await);
         }
@@ -598,7 +598,7 @@ impl<'a, S: BodySource, K: ResponseSink> Request<'a, S, K> {
                     if pool.config.max_body.is_some() { "max-body" } else { "the default: set max-body to change it" };
                 if limits.allow(&crate::logging::ratelimit::BUFFER_TOO_LARGE, &pool.name) {
                     tracing::warn!(
-                        pool = %pool.name, request_id, uri = %uri, limit,
+                        pool = &*pool.name, request_id, uri = %uri, limit,
                         "request body of unknown length passed {} ({bound}) while unknown-length-body: buffer read it, answering 413",
                         crate::config::units::SizeDisplay(limit)
                     );
@@ -619,7 +619,7 @@ impl<'a, S: BodySource, K: ResponseSink> Request<'a, S, K> {
         if self.lst.registry.rate_limits.allow(&crate::logging::ratelimit::BODY_STALLED, &pool.name) {
             let declared = declared.map_or_else(|| "unknown".to_owned(), |n| n.to_string());
             tracing::warn!(
-                listener = %self.lst.name, pool = %pool.name, request_id = self.request_id, uri = %self.uri, received = self.source.received(), declared = %declared,
+                listener = %self.lst.name, pool = &*pool.name, request_id = self.request_id, uri = %self.uri, received = self.source.received(), declared = %declared,
                 "{} before a worker was taken, answering 408", self.too_slow(why)
             );
         }
@@ -640,7 +640,7 @@ impl<'a, S: BodySource, K: ResponseSink> Request<'a, S, K> {
         let exchanged = self.exchange_on(pool, granted, ticket, kept).await;
         add(&mut self.times.app, taken);
         let Some((slot, outcome)) = exchanged else {
-            tracing::error!(pool = %pool.name, request_id = self.request_id, uri = %self.uri, "no worker took the request, answering 502");
+            tracing::error!(pool = &*pool.name, request_id = self.request_id, uri = %self.uri, "no worker took the request, answering 502");
             return self
                 .error_page(Some(&pool.config.error_pages), Replaced::bridge(502, None), Some(&pool.name))
                 .await;
@@ -744,7 +744,7 @@ impl<'a, S: BodySource, K: ResponseSink> Request<'a, S, K> {
         match self.body_watch.tripped()? {
             Tripped::TooLarge => {
                 if self.lst.registry.rate_limits.allow(&crate::logging::ratelimit::BODY_CUT_OFF, &pool.name) {
-                    tracing::warn!(pool = %pool.name, request_id, uri = %uri, limit = pool.config.max_body.unwrap_or(0), "streamed request body passed max-body, cut off with 413");
+                    tracing::warn!(pool = &*pool.name, request_id, uri = %uri, limit = pool.config.max_body.unwrap_or(0), "streamed request body passed max-body, cut off with 413");
                 }
                 Some(Step::Done(413, body_bytes, Some(&pool.name)))
             }
@@ -753,7 +753,7 @@ impl<'a, S: BodySource, K: ResponseSink> Request<'a, S, K> {
                 let declared = declared.map_or_else(|| "unknown".to_owned(), |n| n.to_string());
                 if self.lst.registry.rate_limits.allow(&crate::logging::ratelimit::BODY_STALLED, &pool.name) {
                     tracing::warn!(
-                        listener = %lst.name, pool = %pool.name, pid, request_id, uri = %uri, received = self.source.received(), declared,
+                        listener = %lst.name, pool = &*pool.name, pid, request_id, uri = %uri, received = self.source.received(), declared,
                         "{}, request aborted in the worker, {}",
                         self.too_slow(why), if cut { "response cut off" } else { "answering 408" }
                     );
@@ -764,7 +764,7 @@ impl<'a, S: BodySource, K: ResponseSink> Request<'a, S, K> {
                 let cut = self.sink.cut_off();
                 if self.lst.registry.rate_limits.allow(&crate::logging::ratelimit::BODY_SHORT, &pool.name) {
                     tracing::warn!(
-                        listener = %lst.name, pool = %pool.name, pid, request_id, uri = %uri, received = self.source.received(), declared = declared.unwrap_or(0),
+                        listener = %lst.name, pool = &*pool.name, pid, request_id, uri = %uri, received = self.source.received(), declared = declared.unwrap_or(0),
                         "request body ended before its CONTENT_LENGTH: request aborted in the worker, {}",
                         if cut { "response cut off" } else { "answering 400" }
                     );
@@ -810,17 +810,17 @@ impl<'a, S: BodySource, K: ResponseSink> Request<'a, S, K> {
                 if let Some(why) = served.ranges_ignored {
                     let peer = String::from_utf8_lossy(self.params.get(b"REMOTE_ADDR").unwrap_or(b""));
                     if self.lst.registry.rate_limits.allow(&crate::logging::ratelimit::RANGE_IGNORED, &pool.name) {
-                        tracing::info!(listener = %lst.name, pool = %pool.name, pid = file.pid, request_id, uri = %uri, peer = %peer, "Range ignored, answering 200 with the whole file: {why}");
+                        tracing::info!(listener = %lst.name, pool = &*pool.name, pid = file.pid, request_id, uri = %uri, peer = %peer, "Range ignored, answering 200 with the whole file: {why}");
                     }
                 }
                 (served.status, served.sent)
             }
             Err(respond::sendfile::SendfileError::CutOff { path, err, status, sent }) => {
-                tracing::error!(pool = %pool.name, pid = file.pid, request_id, uri = %uri, "{header}: reading {path:?} failed after the headers were sent, response cut off: {err}");
+                tracing::error!(pool = &*pool.name, pid = file.pid, request_id, uri = %uri, "{header}: reading {path:?} failed after the headers were sent, response cut off: {err}");
                 (status, sent)
             }
             Err(e) => {
-                tracing::warn!(pool = %pool.name, pid = file.pid, request_id, uri = %uri, "{header} refused, answering {}: {e}", e.status());
+                tracing::warn!(pool = &*pool.name, pid = file.pid, request_id, uri = %uri, "{header} refused, answering {}: {e}", e.status());
                 let _ = self.sink.send(respond::error_response(e.status(), None).freeze(), Some(End::Complete)).await;
                 (e.status(), 0)
             }

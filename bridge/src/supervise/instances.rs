@@ -523,7 +523,7 @@ impl Instances {
     pub(crate) fn stop_instance(&self, template: &str, key: &str) -> Result<String, String> {
         let t = self.lookup(template).ok_or_else(|| format!("no template {template:?}"))?;
         let inst = t.lock().live.remove(key).ok_or_else(|| format!("template {template:?} has no instance {key:?}"))?;
-        tracing::info!(pool = %inst.pool.name, "instance stopped by the control socket");
+        tracing::info!(pool = &*inst.pool.name, "instance stopped by the control socket");
         self.0.retire(inst, "stopped through the control socket");
         Ok(format!("instance {template}[{key}] stopping\n"))
     }
@@ -607,7 +607,11 @@ async fn reaper(shelf: std::sync::Weak<Shelf>) {
                 keys.iter().filter_map(|k| st.live.remove(k)).collect()
             };
             for i in gone {
-                tracing::info!(pool = %i.pool.name, "instance idle for instance-idle-timeout ({}), stopping", crate::config::units::DurationDisplay(idle));
+                tracing::info!(
+                    pool = &*i.pool.name,
+                    "instance idle for instance-idle-timeout ({}), stopping",
+                    crate::config::units::DurationDisplay(idle)
+                );
                 shelf.retire(i, "idle for instance-idle-timeout");
             }
         }
@@ -751,7 +755,7 @@ impl TemplateRuntime {
         // This request is about to queue: the manager looks at the queue at once rather
         // than at its next tick (a permit, kept until the manager waits).
         pool.dispatcher.wake.notify_one();
-        tracing::info!(pool = %name, "new instance of template {}", t.name);
+        tracing::info!(pool = &*name, "new instance of template {}", t.name);
         let now = Instant::now();
         let inst =
             Instance { pool: pool.clone(), values, created: now, last_used: now, dir, looked: 0, looked_at: now };
@@ -844,7 +848,7 @@ impl TemplateRuntime {
             // them all, as it does an ordinary pool's.
             if !probe && cfg.same_but_listeners(&inst.pool.config) && matches!(again, Again::Reload { .. }) {
                 for w in &found {
-                    tracing::warn!(pool = %inst.pool.name, "reload: {}", crate::config::logged_warning(w));
+                    tracing::warn!(pool = &*inst.pool.name, "reload: {}", crate::config::logged_warning(w));
                 }
             }
             warnings.extend(found);
@@ -862,7 +866,7 @@ impl TemplateRuntime {
             Ok(cfg) => Ok(self.roll_instance(key, &inst, cfg, again)),
             Err(r) => match r(key.to_owned()) {
                 r @ Refusal::Lookup { .. } => {
-                    tracing::warn!(pool = %inst.pool.name, "{occasion}: {r}; the instance keeps running as it was");
+                    tracing::warn!(pool = &*inst.pool.name, "{occasion}: {r}; the instance keeps running as it was");
                     self.looked(key, &inst.pool, inst.pool.clone());
                     Ok(inst.pool)
                 }
@@ -874,7 +878,7 @@ impl TemplateRuntime {
     /// A live instance whose key is refused now: it stops, and the refusal is remembered as
     /// a new instance's would be.
     fn stop_refused(&self, t: &Template, key: &str, inst: &Instance, r: Refusal, occasion: &str) -> Refusal {
-        tracing::warn!(pool = %inst.pool.name, "{occasion}: {r}; the instance stops");
+        tracing::warn!(pool = &*inst.pool.name, "{occasion}: {r}; the instance stops");
         // Not under the state lock: retiring takes the shelf's (stop_all takes the two the
         // other way round).
         let gone = {
@@ -905,7 +909,7 @@ impl TemplateRuntime {
         let old = &inst.pool;
         if cfg.isolation != old.config.isolation {
             tracing::info!(
-                pool = %old.name,
+                pool = &*old.name,
                 "{occasion}: the instance's account changed ({} now, was {}); its workers restart as it is now",
                 identity(&cfg.isolation),
                 identity(&old.config.isolation)
@@ -1019,7 +1023,11 @@ impl TemplateRuntime {
             }
         };
         if let Some(v) = victim {
-            tracing::info!(pool = %v.pool.name, "max-instances ({}) reached: stopping the least recently used idle instance", t.max_instances);
+            tracing::info!(
+                pool = &*v.pool.name,
+                "max-instances ({}) reached: stopping the least recently used idle instance",
+                t.max_instances
+            );
             self.retire(v, "max-instances reached, it was the least recently used idle one");
         }
         Ok(())
@@ -1046,7 +1054,7 @@ impl TemplateRuntime {
         let all: Vec<Instance> = self.lock().live.drain().map(|(_, i)| i).collect();
         let mut names = Vec::with_capacity(all.len());
         for i in all {
-            tracing::info!(pool = %i.pool.name, "instance stopping: {why}");
+            tracing::info!(pool = &*i.pool.name, "instance stopping: {why}");
             names.push(i.pool.name.to_string());
             self.retire(i, why);
         }
@@ -1253,10 +1261,10 @@ fn resolve_instance(
     pool.name = name;
     if !running.is_some_and(|r| r.same_but_listeners(&pool)) {
         for w in &warnings {
-            tracing::warn!(pool = %pool.name, "{}", crate::config::logged_warning(w));
+            tracing::warn!(pool = &*pool.name, "{}", crate::config::logged_warning(w));
         }
         if let Some(line) = pool.python_from_shebang() {
-            tracing::info!(pool = %pool.name, "{line}");
+            tracing::info!(pool = &*pool.name, "{line}");
         }
         if let Err(e) = super::probe::check_pools(std::slice::from_ref(&pool)) {
             let why = e.to_string();
