@@ -298,22 +298,22 @@ impl<'a, S: BodySource, K: ResponseSink> Request<'a, S, K> {
         ) {
             Ok(respond::redirect::ScriptFilename::Followed) => {}
             Ok(respond::redirect::ScriptFilename::Dropped) => {
-                tracing::warn!(listener = %lst.name, pool = &*by, request_id, uri = %uri, target = %shown, "internal redirect to a path with a '.' or '..' segment, '//', NUL or '\\': SCRIPT_FILENAME left out (the app should redirect to the plain path)");
+                tracing::warn!(listener = %lst.name, pool = by, request_id, uri = %uri, target = %shown, "internal redirect to a path with a '.' or '..' segment, '//', NUL or '\\': SCRIPT_FILENAME left out (the app should redirect to the plain path)");
             }
             Err(e) => {
-                tracing::error!(listener = %lst.name, pool = &*by, request_id, uri = %uri, target = %shown, "internal redirect refused, answering 500: {e}");
+                tracing::error!(listener = %lst.name, pool = by, request_id, uri = %uri, target = %shown, "internal redirect refused, answering 500: {e}");
                 return self.answer(respond::error_response(500, None).freeze(), 500, from).await;
             }
         }
         self.source.end_body();
         let Some(to) = self.target_pool() else {
-            tracing::info!(listener = %lst.name, pool = &*by, request_id, uri = %uri, target = %shown, "internal redirect");
+            tracing::info!(listener = %lst.name, pool = by, request_id, uri = %uri, target = %shown, "internal redirect");
             return self.unrouted(target, from).await;
         };
         let (pools, dialect, unrouted) = (lst.redirect_pools, lst.dialect, lst.unrouted_redirect);
         match respond::redirect::follow(author, pools, from.map(|p| &**p), &to, dialect, unrouted) {
             Follow::Bridge => {
-                tracing::info!(listener = %lst.name, pool = &*by, request_id, uri = %uri, target = %shown, "internal redirect");
+                tracing::info!(listener = %lst.name, pool = by, request_id, uri = %uri, target = %shown, "internal redirect");
                 Step::Route
             }
             how => self.other_pool(target, from, &to, how).await,
@@ -342,14 +342,14 @@ impl<'a, S: BodySource, K: ResponseSink> Request<'a, S, K> {
         let by = from.map_or("-", |p| &**p);
         if self.serving.is_some() {
             // The app serving an error page redirected: that page failed.
-            tracing::warn!(listener = %lst.name, pool = &*by, request_id, uri = %uri, target = %shown, target_pool = &*to, "the error page's internal redirect goes to another pool, which the bridge does not follow (redirect-pools: same), answering the default page");
+            tracing::warn!(listener = %lst.name, pool = by, request_id, uri = %uri, target = %shown, target_pool = to, "the error page's internal redirect goes to another pool, which the bridge does not follow (redirect-pools: same), answering the default page");
             return self.error_page(None, Replaced::bridge(500, None), from).await;
         }
         if how == Follow::WebServer {
             return self.hand_to_web_server(target, from, Some(to)).await;
         }
         tracing::error!(
-            listener = %lst.name, pool = &*by, request_id, uri = %uri, target = %shown, target_pool = &*to,
+            listener = %lst.name, pool = by, request_id, uri = %uri, target = %shown, target_pool = to,
             "internal redirect refused, answering 500: the target is pool {to}'s, and the bridge follows an app's redirect only within its own pool (the web server's access rules for the target would not run); set redirect-pools: any on listener {} to follow redirects across pools",
             lst.name
         );
@@ -361,7 +361,7 @@ impl<'a, S: BodySource, K: ResponseSink> Request<'a, S, K> {
         if self.serving.is_some() {
             let (lst, request_id, uri) = (self.lst, self.request_id, self.uri);
             let (shown, by) = (String::from_utf8_lossy(target), from.map_or("-", |p| &**p));
-            tracing::warn!(listener = %lst.name, pool = &*by, request_id, uri = %uri, target = %shown, "no route serves the error page, answering the default page");
+            tracing::warn!(listener = %lst.name, pool = by, request_id, uri = %uri, target = %shown, "no route serves the error page, answering the default page");
             return self.error_page(None, Replaced::bridge(404, None), from).await;
         }
         // Not ours to serve: the web server may (nginx: X-Accel-Redirect).
@@ -381,14 +381,14 @@ impl<'a, S: BodySource, K: ResponseSink> Request<'a, S, K> {
         };
         if lst.dialect == crate::config::Dialect::Nginx {
             if let Err(e) = respond::file_handoff::check_redirect_for_nginx(target) {
-                tracing::error!(listener = %lst.name, pool = &*by, request_id, uri = %uri, target = %shown, "internal redirect refused, answering 500: {why}, and as X-Accel-Redirect {e}");
+                tracing::error!(listener = %lst.name, pool = by, request_id, uri = %uri, target = %shown, "internal redirect refused, answering 500: {why}, and as X-Accel-Redirect {e}");
                 return self.answer(respond::error_response(500, None).freeze(), 500, from).await;
             }
             // A file-map location: nginx would send the file unchecked (a symlink out of its
             // directory, a file the pool's user could not read). A file hand-off header is
             // checked first; a redirect that would bypass that check is refused.
             if lst.files.as_ref().is_some_and(|f| f.uri_to_fs(target).is_some()) {
-                tracing::error!(listener = %lst.name, pool = &*by, request_id, uri = %uri, target = %shown, "internal redirect refused, answering 500: {why}, and it names a file-map location; hand the file off with X-Sendfile or X-Accel-Redirect, which the bridge checks");
+                tracing::error!(listener = %lst.name, pool = by, request_id, uri = %uri, target = %shown, "internal redirect refused, answering 500: {why}, and it names a file-map location; hand the file off with X-Sendfile or X-Accel-Redirect, which the bridge checks");
                 return self.answer(respond::error_response(500, None).freeze(), 500, from).await;
             }
         }
@@ -398,10 +398,10 @@ impl<'a, S: BodySource, K: ResponseSink> Request<'a, S, K> {
             Some(to) => {
                 let how =
                     if lst.dialect == crate::config::Dialect::Nginx { "X-Accel-Redirect" } else { "200 + Location" };
-                tracing::info!(listener = %lst.name, pool = &*by, request_id, uri = %uri, target = %shown, target_pool = &*to, "internal redirect into another pool handed to the web server as {how}, so that its access rules for the target run (redirect-pools: same)");
+                tracing::info!(listener = %lst.name, pool = by, request_id, uri = %uri, target = %shown, target_pool = to, "internal redirect into another pool handed to the web server as {how}, so that its access rules for the target run (redirect-pools: same)");
             }
             None => {
-                tracing::info!(listener = %lst.name, pool = &*by, request_id, uri = %uri, target = %shown, "no route serves the internal redirect target, answering {status}");
+                tracing::info!(listener = %lst.name, pool = by, request_id, uri = %uri, target = %shown, "no route serves the internal redirect target, answering {status}");
             }
         }
         let reply = reply.unwrap_or_else(|| respond::error_response(404, None));
