@@ -36,7 +36,8 @@ const EV_ABORT: u8 = 2;
 const EV_PARAMS: u8 = 4;
 const EV_STDIN: u8 = 5;
 /// Direct mode: a request the bridge's listeners would answer 400 (payload: why, for the
-/// log): its CONTENT_LENGTH is no body length, or its body ended before it.
+/// log, and whether its input ended): its CONTENT_LENGTH is no body length, or its body
+/// ended before it.
 const EV_REFUSE: u8 = 6;
 /// Bytes to write back at once (GET_VALUES_RESULT, UNKNOWN_TYPE, END_REQUEST UNKNOWN_ROLE).
 const EV_REPLY: u8 = 10;
@@ -219,17 +220,21 @@ struct Running {
     /// Its CONTENT_LENGTH (`None`: unknown), and how much body came.
     body_declared: Option<u64>,
     body_received: u64,
-    /// Its response's Content-Length, and how much body was sent.
+    /// Its response's Content-Length, how much body was sent, and whether body past it
+    /// was dropped (said once).
     response_length: Option<u64>,
     response_sent: u64,
+    overflowed: bool,
 }
 
 fn event<'py>(py: Python<'py>, kind: u8, id: u16, payload: Bound<'py, PyAny>) -> PyResult<Bound<'py, PyTuple>> {
     PyTuple::new(py, [kind.into_bound_py_any(py)?, id.into_bound_py_any(py)?, payload])
 }
 
-fn refuse<'py>(py: Python<'py>, id: u16, why: &str) -> PyResult<Bound<'py, PyTuple>> {
-    event(py, EV_REFUSE, id, PyString::new(py, why).into_any())
+/// EV_REFUSE: `(why, whether the request's input has ended)`.
+fn refuse<'py>(py: Python<'py>, id: u16, why: &str, input_ended: bool) -> PyResult<Bound<'py, PyTuple>> {
+    let payload = (PyString::new(py, why), input_ended).into_bound_py_any(py)?;
+    event(py, EV_REFUSE, id, payload)
 }
 
 impl AsgiConnection {
@@ -253,6 +258,7 @@ impl AsgiConnection {
             body_received: 0,
             response_length: None,
             response_sent: 0,
+            overflowed: false,
         });
         &self.running.last().expect("just pushed").tag
     }
@@ -292,7 +298,8 @@ impl AsgiConnection {
         r.response_sent += sent as u64;
         let short = !more && r.response_sent < length;
         let failure = if sent < body.len() {
-            Some(crate::body_past_length(length, (body.len() - sent) as u64))
+            (!std::mem::replace(&mut r.overflowed, true))
+                .then(|| crate::body_past_length(length, (body.len() - sent) as u64))
         } else {
             short.then(|| crate::body_short_of_length(r.response_sent, length))
         };
@@ -373,7 +380,7 @@ impl AsgiConnection {
                     let tag = self.direct.map(|d| self.begin_direct(d, id, &mut params, known));
                     out.append(event(py, EV_PARAMS, id, build_scope(py, &params, state, tag)?.into_any())?)?;
                     match declared {
-                        Err(e) if self.direct.is_some() => refuse(py, id, &e.to_string())?,
+                        Err(e) if self.direct.is_some() => refuse(py, id, &e.to_string(), false)?,
                         _ => continue,
                     }
                 }
@@ -384,7 +391,7 @@ impl AsgiConnection {
                     event(py, EV_STDIN, id, PyBytes::new(py, &data).into_any())?
                 }
                 ServerEvent::StdinEnd { id } => match self.short_body(id) {
-                    Some(why) => refuse(py, id, &why)?,
+                    Some(why) => refuse(py, id, &why, true)?,
                     None => event(py, EV_STDIN, id, PyBytes::new(py, b"").into_any())?,
                 },
                 ServerEvent::Abort { id } => event(py, EV_ABORT, id, py.None().into_bound(py))?,
@@ -456,6 +463,7 @@ impl AsgiConnection {
         };
         let (body, short) = if self.direct.is_some() { self.within_length(rid, body, more) } else { (body, false) };
         if short {
+            crate::sys::write_stderr(&warnings);
             // No END_REQUEST: the caller cuts the connection (asgi.py, DirectRequest.end).
             let records = PyBytes::new(py, &response_records(rid, head, body, true, is_head)).unbind();
             return Err(ResponseCutOff::new_err((records,)));

@@ -441,8 +441,9 @@ impl Park {
     /// The thread has something to serve: with no other thread left free, the watcher
     /// looks how long this lasts.
     fn end_wait(&self) {
-        // Stored before the count drops: the watcher that sees none waiting sees this time.
-        self.busy_since.store(self.epoch.elapsed().as_micros() as u64, Ordering::SeqCst);
+        // Stored before the count drops: the watcher that sees none waiting sees this time
+        // (the latest, should a thread preempted here store an earlier one after it).
+        self.busy_since.fetch_max(self.epoch.elapsed().as_micros() as u64, Ordering::SeqCst);
         // While threads rest the next in line looks instead (it is woken at the last one's
         // end, above): not a wake-up of the watcher per request.
         if self.waiting.fetch_sub(1, Ordering::SeqCst) == 1

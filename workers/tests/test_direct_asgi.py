@@ -88,8 +88,15 @@ async def app(scope, receive, send):
         body = b"read %d bytes" % len(body)
     elif route in ("short-length", "long-length"):  # a Content-Length the body does not keep
         length, body = (b"10", b"abc") if route == "short-length" else (b"3", b"abcdef")
-        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", length)]})
-        await send({"type": "http.response.body", "body": body})
+        await send({"type": "http.response.start", "status": status, "headers": [(b"content-length", length)]})
+        for _ in range(int(arg or 1)):  # the body sent `arg` times
+            await send({"type": "http.response.body", "body": body, "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+        return
+    elif route == "bodiless":  # a status without a body, or HEAD: its Content-Length is no promise
+        status = int(arg or 200)
+        await send({"type": "http.response.start", "status": status, "headers": [(b"content-length", b"10")]})
+        await send({"type": "http.response.body", "body": b""})
         return
     elif route == "wait-disconnect":
         print("waiting %s" % rid, flush=True)
@@ -423,14 +430,26 @@ def test_a_response_cut_off_after_its_head_never_ends_like_a_complete_one(direct
         assert request(c, "/scope").code == 200, "the worker serves on"
 
 
-def test_body_past_the_content_length_is_dropped_and_logged(direct):
+def test_body_past_the_content_length_is_dropped_and_logged_once(direct):
     w, _ = direct()
     with w.client() as c:
-        r = request(c, "/long-length")
+        r = request(c, "/long-length?5")
         assert (r.code, r.body, r.protocol_status) == (200, b"abc", 0), r.stdout
         assert request(c, "/scope").code == 200, "the connection serves on"
-    wait_until(lambda: "the application failed: the app wrote more body than its Content-Length (3); "
-                       "3 bytes past it were dropped" in w.stderr, "the failure on stderr")
+    said = "the application failed: the app wrote more body than its Content-Length (3); 3 bytes past it were dropped"
+    wait_until(lambda: said in w.stderr, "the failure on stderr")
+    assert w.stderr.count("more body than its Content-Length") == 1, w.stderr
+
+
+@pytest.mark.parametrize("uri, method", [("/bodiless?204", "GET"), ("/bodiless?304", "GET"),
+                                         ("/bodiless", "HEAD")])
+def test_a_response_without_a_body_is_not_short_of_its_content_length(direct, uri, method):
+    w, _ = direct()
+    with w.client() as c:
+        r = request(c, uri, method=method)
+        assert (r.body, r.protocol_status) == (b"", 0), r.stdout
+        assert request(c, "/scope").code == 200, "the connection serves on"
+    assert "Content-Length" not in w.stderr, w.stderr
 
 
 @pytest.mark.parametrize("length, body", [("10", b"abc"), ("abc", b""), ("-5", b""), ("+3", b"abc")])
@@ -441,6 +460,22 @@ def test_a_body_shorter_than_its_content_length_or_a_bad_length_is_a_400(direct,
         assert_refused(c, length, body, then="/scope")
     wait_until(lambda: any("answering 400 without running the app" in rec["msg"] for rec in log_records(w)),
                "the refusal in the log")
+    assert "reading" not in w.stdout, "the app ran"
+
+
+def test_a_request_refused_at_its_params_lets_the_web_server_send_the_rest_of_it(direct):
+    """Refused before its body came, on a connection the web server does not keep: the
+    worker reads the rest of the input before it closes (a close at once would fail the
+    web server's write, a 502 rather than the 400)."""
+    w, _ = direct()
+    with w.client(timeout=30) as c:
+        c.begin(keep_conn=False)
+        c.params(nginx_params("/read-length", method="POST", CONTENT_LENGTH="1O"))
+        r = c.read_response()
+        assert (r.code, r.body) == (400, b"Bad Request\n"), r.stdout
+        c.stdin(b"x" * (1 << 20))  # BrokenPipeError if the worker had closed the connection
+        c.stdin_end()
+        wait_until(lambda: closed(c), "the connection closed once the input ended")
     assert "reading" not in w.stdout, "the app ran"
 
 

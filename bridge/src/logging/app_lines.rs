@@ -109,6 +109,28 @@ pub(crate) fn request_tag(line: &str) -> Option<&str> {
     Some(&line[..OPEN.len() + end + 2])
 }
 
+/// A direct worker tags only a line's start: when the bridge logs a line in parts (its rest
+/// came too late, or it was too long), the rest gets the tag of the part before it, unless
+/// it carries a tag of its own (another request's line, written meanwhile by another
+/// thread or task).
+#[derive(Default)]
+pub(crate) struct LineParts {
+    carried: Option<String>,
+}
+
+impl LineParts {
+    /// `text` as logged; `whole`: it ends its line.
+    pub(crate) fn text(&mut self, mut text: String, whole: bool) -> String {
+        if let Some(tag) = self.carried.take().filter(|_| request_tag(&text).is_none()) {
+            text.insert_str(0, &tag);
+        }
+        if !whole {
+            self.carried = request_tag(&text).map(str::to_owned);
+        }
+        text
+    }
+}
+
 /// A direct worker writes each request's stderr lines behind the request's tag
 /// (`[request_id=… METHOD URI] `): whether `line` belongs to a failure report, the lines
 /// after a report's first one known by their tag. `failing`: the tag of the report being
@@ -153,6 +175,21 @@ mod tests {
         assert_eq!(request_tag("[request_id=12-3 GET /a?b] text] more"), Some("[request_id=12-3 GET /a?b] "));
         assert_eq!(request_tag("[request_id=12-3 GET /a"), None, "unclosed");
         assert_eq!(request_tag("text [request_id=12-3 GET /a] "), None, "not at the start");
+    }
+
+    #[test]
+    fn the_rest_of_a_line_logged_in_parts_keeps_its_tag_unless_it_has_another() {
+        let mut parts = LineParts::default();
+        let tag = "[request_id=7-1 GET /a] ";
+        assert_eq!(parts.text(format!("{tag}begun "), false), format!("{tag}begun "));
+        assert_eq!(parts.text("more ".into(), false), format!("{tag}more "));
+        assert_eq!(parts.text("ended".into(), true), format!("{tag}ended"));
+        assert_eq!(parts.text("untagged".into(), true), "untagged", "the line was over");
+        // Another request's line in between keeps its own tag, and is not glued to the first.
+        assert_eq!(parts.text(format!("{tag}begun "), false), format!("{tag}begun "));
+        let other = "[request_id=7-2 GET /b] Traceback (most recent call last):";
+        assert_eq!(parts.text(other.into(), true), other);
+        assert_eq!(parts.text("plain".into(), true), "plain", "not carried past another's line");
     }
 
     #[test]

@@ -750,19 +750,11 @@ async fn log_lines(pipe: impl AsyncRead + Unpin, is_stderr: bool, gate: Arc<Line
     const MAX_LINE: usize = 16 << 10;
     let mut reader = BufReader::with_capacity(8192, pipe);
     let mut line: Vec<u8> = Vec::new();
-    // The tag of the line logged in part, for its rest.
-    let mut carried: Option<String> = None;
+    let mut parts = crate::logging::app_lines::LineParts::default();
     let mut emit = |line: &[u8], whole: bool| {
         let line = line.strip_suffix(b"\n").unwrap_or(line);
         let line = line.strip_suffix(b"\r").unwrap_or(line);
-        let mut text = String::from_utf8_lossy(line).into_owned();
-        if let Some(tag) = carried.take() {
-            text.insert_str(0, &tag);
-        }
-        if !whole {
-            carried = crate::logging::app_lines::request_tag(&text).map(str::to_owned);
-        }
-        gate.line(is_stderr, text);
+        gate.line(is_stderr, parts.text(String::from_utf8_lossy(line).into_owned(), whole));
     };
     loop {
         let read = if line.is_empty() {

@@ -478,7 +478,7 @@ class Connection(asyncio.Protocol):
         elif kind == EV_REFUSE:
             req = self.requests.get(rid)
             if req is not None:
-                req.refuse(payload)
+                req.refuse(*payload)
         else:  # EV_REPLY: management answers, UNKNOWN_ROLE
             self.write(payload)
 
@@ -697,11 +697,13 @@ class DirectRequest(Request):
         if not self.ended:
             self._ended()
 
-    def refuse(self, why):
+    def refuse(self, why, input_ended):
         """What the bridge's listeners answer 400 (a CONTENT_LENGTH that is no body length,
         a body that ended before it): so here, before the app runs. An app already running
-        is told the client went away, as when the bridge ends a short body."""
-        self.body_done = True
+        is told the client went away, as when the bridge ends a short body. Refused before
+        its input ended, the rest of the input is read and dropped before a close
+        (DirectConnection.request_ended)."""
+        self.body_done = input_ended
         if self.task is None:
             what = "answering 400 without running the app"
         else:
@@ -711,7 +713,9 @@ class DirectRequest(Request):
         if not self.head_sent:
             self._page(400, b"Bad Request\n")
         else:
-            self.end(1)
+            self.conn.cut_off(self.keep_conn)  # not end(1): the app did not fail
+            if not self.ended:
+                self._ended()
         self.disconnected = True
         self._wake()
 
