@@ -322,6 +322,19 @@ def test_lighttpd_serves_x_sendfile_in_pass_mode(lighttpd_env):
     assert status >= 400 and b"outside" not in body
 
 
+def test_a_hand_off_passed_on_with_the_files_length_and_no_body_is_not_cut_off(lighttpd_env):
+    """Flask's send_file(use_x_sendfile=True) gives the file's Content-Length and no body:
+    the web server sends the file, so the response passed on is not short of its
+    Content-Length (nor cut off as such)."""
+    import fcgi_client
+    base, root, _, bridge = lighttpd_env
+    query = f"path={root}/doc.txt&file-length=4096"
+    status, _, body = get(base, f"/xs?{query}")
+    assert (status, body) == (200, b"lighttpd sent this\n")
+    r = fcgi_client.fcgi_request(bridge.listener_address("fcgi"), "/xs", query=query)  # ProtocolError if cut off
+    assert r.app_status == 0 and f"X-Sendfile: {root}/doc.txt".encode() in bytes(r.stdout)
+
+
 def test_lighttpd_serves_x_sendfile2_in_pass_mode(lighttpd_env):
     """The same X-Sendfile2 value test_x_sendfile2_served_by_the_bridge sends: lighttpd's own
     reading of the format gives the bytes the bridge's does."""

@@ -175,6 +175,17 @@ pub fn is_hop_by_hop(name: &[u8]) -> bool {
     HOP_BY_HOP.iter().any(|h| name.eq_ignore_ascii_case(h))
 }
 
+/// The response headers by which a program hands its body over as a file for the web
+/// server (or the bridge) to send: X-Sendfile (and lighttpd's older name for it),
+/// X-Sendfile2, X-Accel-Redirect. Such a response's own body never reaches the client,
+/// whatever its Content-Length says (Flask's `send_file` gives the file's).
+pub const FILE_HANDOFF: &[&[u8]] = &[b"x-sendfile", b"x-lighttpd-send-file", b"x-sendfile2", b"x-accel-redirect"];
+
+/// Whether the header `name` (any case) hands the body over as a file.
+pub fn is_file_handoff(name: &[u8]) -> bool {
+    FILE_HANDOFF.iter().any(|h| name.eq_ignore_ascii_case(h))
+}
+
 /// The standard reason phrase of an HTTP status (`None` for codes without one).
 pub fn reason_phrase(status: u16) -> Option<&'static str> {
     Some(match status {

@@ -20,7 +20,11 @@ def handed_off(header, value):
         headers = [h for h in headers if h[0] != "X-App"]
     if "ctype" in request.args:
         headers.append(("Content-Type", request.args["ctype"]))
-    resp = Response(b"not the file", status=int(request.args.get("status", "200")), headers=headers)
+    file_length = request.args.get("file-length")
+    resp = Response(b"" if file_length else b"not the file", status=int(request.args.get("status", "200")),
+                    headers=headers)
+    if file_length:
+        resp.headers["Content-Length"] = file_length  # as Flask's send_file(use_x_sendfile=True): no body
     if "ctype" not in request.args:
         del resp.headers["Content-Type"]  # Flask adds text/html otherwise
     return resp

@@ -537,6 +537,7 @@ fn head(
     out.extend_from_slice(status_line);
     let mut has_length = false;
     let mut declared = None;
+    let mut hands_off = false;
     for item in headers.try_iter()? {
         let item = item?;
         let name = header_bytes(&item.get_item(0)?)?;
@@ -555,6 +556,7 @@ fn head(
             );
             continue;
         }
+        hands_off |= fastcgi_server::cgi::is_file_handoff(&name);
         if name.eq_ignore_ascii_case(b"content-length") {
             declared = declared.or(fastcgi_server::content_length::parse(value.trim_ascii()).ok());
             has_length = true;
@@ -569,7 +571,8 @@ fn head(
         out.extend_from_slice(format!("Content-Length: {n}\r\n").as_bytes());
     }
     out.extend_from_slice(b"\r\n");
-    Ok((out, warnings, declared))
+    // A file hand-off's body is not the client's: its Content-Length is no promise of it.
+    Ok((out, warnings, declared.filter(|_| !hands_off)))
 }
 
 /// STDOUT records of `head` and `body` (left out for HEAD), then the end of the request

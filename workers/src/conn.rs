@@ -214,6 +214,9 @@ pub(crate) struct Req {
     pub content_length: Option<u64>,
     /// Content-Length the worker may add when the app gave none (a list result).
     pub auto_content_length: Option<u64>,
+    /// The app's head hands the body over as a file (X-Sendfile, X-Accel-Redirect): a body
+    /// shorter than its Content-Length is no failure.
+    pub hands_off: bool,
     pub is_head: bool,
     pub headers_sent: bool,
     pub body_bytes: u64,
@@ -252,6 +255,7 @@ impl Req {
             status_code: 0,
             content_length: None,
             auto_content_length: None,
+            hands_off: false,
             is_head: false,
             headers_sent: false,
             body_bytes: 0,
@@ -1151,7 +1155,7 @@ impl Conn {
         let keep = r.keep_conn;
         let bodyless = r.is_head || r.status_code < 200 || r.status_code == 204 || r.status_code == 304;
         if let Some(n) = r.content_length {
-            if !(r.aborted || r.cut_off || r.replaced || bodyless) && r.body_bytes < n {
+            if !(r.aborted || r.cut_off || r.replaced || r.hands_off || bodyless) && r.body_bytes < n {
                 // The client would wait for the missing bytes: end it as cut off.
                 r.cut_off = true;
                 let sent = r.body_bytes;

@@ -313,6 +313,8 @@ struct Head {
     head: Vec<u8>,
     status_code: u16,
     content_length: Option<u64>,
+    /// A file hand-off header is among them: the body is not the client's.
+    hands_off: bool,
     /// Warnings for the request's STDERR (a dropped `Status` header).
     warnings: String,
 }
@@ -335,6 +337,7 @@ fn build_head(status: &Bound<'_, PyAny>, headers: &Bound<'_, PyAny>) -> PyResult
     head.extend_from_slice(&status_b);
     head.extend_from_slice(b"\r\n");
     let mut content_length: Option<u64> = None;
+    let mut hands_off = false;
     let mut warnings = String::new();
     if !(headers.is_instance_of::<PyList>() || headers.is_instance_of::<PyTuple>()) {
         return Err(PyTypeError::new_err(format!(
@@ -376,6 +379,7 @@ fn build_head(status: &Bound<'_, PyAny>, headers: &Bound<'_, PyAny>) -> PyResult
             // Hop-by-hop headers belong to the web server's connection (PEP 3333).
             continue;
         }
+        hands_off |= fastcgi_server::cgi::is_file_handoff(&lower);
         if lower == b"content-length" {
             let text = String::from_utf8_lossy(&value);
             let n = text.trim().parse::<u64>().ok().filter(|_| text.trim().bytes().all(|b| b.is_ascii_digit()));
@@ -402,7 +406,7 @@ fn build_head(status: &Bound<'_, PyAny>, headers: &Bound<'_, PyAny>) -> PyResult
             MAX_HEAD >> 10
         )));
     }
-    Ok(Head { head, status_code, content_length, warnings })
+    Ok(Head { head, status_code, content_length, hands_off, warnings })
 }
 
 /// The largest response head, refused here so that an app's oversized head is its own 500
@@ -457,6 +461,7 @@ impl StartResponse {
         r.head = h.head;
         r.status_code = h.status_code;
         r.content_length = h.content_length;
+        r.hands_off = h.hands_off;
         if !h.warnings.is_empty() {
             c.push_stderr(self.serial, h.warnings.as_bytes());
         }

@@ -93,9 +93,10 @@ async def app(scope, receive, send):
             await send({"type": "http.response.body", "body": body, "more_body": True})
         await send({"type": "http.response.body", "body": b""})
         return
-    elif route == "bodiless":  # a status without a body, or HEAD: its Content-Length is no promise
-        status = int(arg or 200)
-        await send({"type": "http.response.start", "status": status, "headers": [(b"content-length", b"10")]})
+    elif route == "bodiless":  # no body of its own (a status, HEAD, a file hand-off): its Content-Length is no promise
+        status = 200 if arg in ("", "handoff") else int(arg)
+        headers = [(b"content-length", b"10")] + ([(b"x-accel-redirect", b"/files/a")] if arg == "handoff" else [])
+        await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": b""})
         return
     elif route == "wait-disconnect":
@@ -442,7 +443,7 @@ def test_body_past_the_content_length_is_dropped_and_logged_once(direct):
 
 
 @pytest.mark.parametrize("uri, method", [("/bodiless?204", "GET"), ("/bodiless?304", "GET"),
-                                         ("/bodiless", "HEAD")])
+                                         ("/bodiless", "HEAD"), ("/bodiless?handoff", "GET")])
 def test_a_response_without_a_body_is_not_short_of_its_content_length(direct, uri, method):
     w, _ = direct()
     with w.client() as c:

@@ -344,6 +344,7 @@ def test_stale_objects_do_not_wait_for_an_idle_connection(worker):
     ("3", "gen", b"abc", 0),          # and iteration stops there
     ("12", "list", b"1234567890", 1),  # shorter: ended as cut off
     ("0", "none", b"", 0),
+    ("4096", "handoff", b"", 0),      # a file hand-off's body is not the client's
 ])
 def test_app_content_length_is_enforced(worker, declared, kind, body, app_status):
     r = worker.get("/cl/%s/%s" % (declared, kind))

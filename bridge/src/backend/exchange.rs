@@ -1060,6 +1060,11 @@ fn take_head(
             }
         }
     }
+    if head.headers.iter().any(|(name, _)| fastcgi_server::cgi::is_file_handoff(name)) {
+        // Passed on to the web server, which sends the file: the body is not the client's,
+        // and the Content-Length (the file's, as Flask's send_file gives it) no promise of it.
+        st.content_length = None;
+    }
     let extra = if rest.len() <= COALESCE { rest.len() } else { 0 };
     match respond::encode_head(&head, extra) {
         Ok((status, buf)) => {

@@ -172,8 +172,12 @@ def application(environ, start_response):
 
     if path.startswith("/cl/"):
         # /cl/<declared>/<kind>: a Content-Length that does or does not match the body
+        # (kind "handoff": an X-Sendfile response with the file's length, as Flask's send_file)
         _, _, declared, kind = path.split("/")
-        start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", declared)])
+        handoff = [("X-Sendfile", "/srv/files/report.pdf")] if kind == "handoff" else []
+        start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", declared)] + handoff)
+        if kind == "handoff":
+            return []
         if kind == "list":
             return [b"1234567890"]
         if kind == "gen":
