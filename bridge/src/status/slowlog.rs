@@ -51,26 +51,16 @@ fn check(registry: &Registry, reported: &mut HashSet<u64>) {
                 }
                 registry.track.slow(&pool.name);
                 let ran = Duration::from_secs_f64(c.duration_seconds);
-                if python {
-                    tracing::warn!(
-                        pool = &*stats.name,
-                        pid = w.pid,
-                        request_id,
-                        "slow request: {} {} running for {ran:.1?}; its Python stack follows",
-                        c.method,
-                        c.uri
-                    );
-                    dump = true;
-                } else {
-                    tracing::warn!(
-                        pool = &*stats.name,
-                        pid = w.pid,
-                        request_id,
-                        "slow request: {} {} running for {ran:.1?}",
-                        c.method,
-                        c.uri
-                    );
-                }
+                let stack = if python { "; its Python stack follows" } else { "" };
+                tracing::warn!(
+                    pool = &*stats.name,
+                    pid = w.pid,
+                    request_id,
+                    "slow request: {} {} running for {ran:.1?}{stack}",
+                    c.method,
+                    c.uri
+                );
+                dump |= python;
             }
             if dump {
                 dump_stacks(w.pid);
