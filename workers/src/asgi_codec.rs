@@ -376,7 +376,7 @@ impl AsgiConnection {
                 }
                 ServerEvent::Params { id, mut params } => {
                     let declared = fastcgi_server::content_length::declared(&params);
-                    let known = declared.clone().unwrap_or(None);
+                    let known = declared.as_ref().ok().copied().flatten();
                     let tag = self.direct.map(|d| self.begin_direct(d, id, &mut params, known));
                     out.append(event(py, EV_PARAMS, id, build_scope(py, &params, state, tag)?.into_any())?)?;
                     match declared {
