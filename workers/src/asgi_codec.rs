@@ -632,6 +632,14 @@ fn log_header_timeout() {
     }
 }
 
+/// unsent_bytes(fd) -> int
+///
+/// Bytes written to unix socket `fd` that the web server has not read yet (0 if unknown).
+#[pyfunction]
+fn unsent_bytes(fd: i32) -> usize {
+    crate::sys::unsent_bytes(fd).unwrap_or(0)
+}
+
 /// Register the ASGI codec and its direct mode in the `_native` module.
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<AsgiConnection>()?;
@@ -643,6 +651,7 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(scoreboard_drain, m)?)?;
     m.add_function(wrap_pyfunction!(scoreboard_timed_out, m)?)?;
     m.add_function(wrap_pyfunction!(log_header_timeout, m)?)?;
+    m.add_function(wrap_pyfunction!(unsent_bytes, m)?)?;
     // The WSGI direct worker's periods, for the loop's timers.
     m.add("DRAIN_CHECK", scoreboard::DRAIN_CHECK.as_secs_f64())?;
     m.add("STOP_QUEUE_WINDOW", scoreboard::STOP_QUEUE_WINDOW.as_secs_f64())?;

@@ -43,6 +43,8 @@ MAX_CONTENT = 65535
 # A record header of version 0, which no FastCGI client accepts: written before a direct
 # connection closes on a cut-off response where EOF alone would be its normal end.
 INVALID_RECORD = bytes([0, 6, 0, 0, 0, 0, 0, 0])
+# How often, and how many times, a cut-off looks whether the web server has read the response.
+CUT_OFF_LOOK, CUT_OFF_LOOKS = 0.02, 50
 # What _native.AsgiConnection.feed reports, as (kind, request id, payload); BEGIN's flags.
 EV_BEGIN, EV_ABORT, EV_PARAMS, EV_STDIN, EV_REFUSE, EV_REPLY = 1, 2, 4, 5, 6, 10
 BEGIN_AUTHORIZER, BEGIN_KEEP_CONN = 1, 2
@@ -765,17 +767,38 @@ class DirectConnection(Connection):
         END_REQUEST fails it; otherwise EOF would be its normal end, so a TCP connection is
         reset, and a unix one gets an invalid record first (unless the web server is not
         reading: then what is buffered is dropped and nothing more can be said)."""
-        sock = self.transport.get_extra_info("socket")
-        tcp = sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6)
-        if not kept and tcp:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        if self.transport.get_write_buffer_size():
-            self.transport.abort()
-        else:
-            if not kept and not tcp:
-                self.transport.write(INVALID_RECORD)
-            self.transport.close()
+        buffered = self.transport.get_write_buffer_size()
         self._lost()
+        if buffered:
+            self.transport.abort()
+        elif kept:
+            self.transport.close()
+        else:
+            self.transport.pause_reading()
+            self._signal_cut_off(CUT_OFF_LOOKS)
+
+    def _signal_cut_off(self, looks):
+        """The reset or invalid record once the web server has read what was sent: in the
+        same read it drops the head before its client has it (a 502 rather than a cut
+        response), as the WSGI worker waits too (direct.rs, end_cut_off)."""
+        if self.transport.is_closing():
+            return
+        sock = self.transport.get_extra_info("socket")
+        if sock is None:
+            self.transport.close()
+            return
+        tcp = sock.family in (socket.AF_INET, socket.AF_INET6)
+        if tcp and looks == CUT_OFF_LOOKS:  # a TCP peer's unread count is not observable
+            self.worker.loop.call_later(0.1, self._signal_cut_off, 0)
+            return
+        if not tcp and looks and _native.unsent_bytes(sock.fileno()):
+            self.worker.loop.call_later(CUT_OFF_LOOK, self._signal_cut_off, looks - 1)
+            return
+        if tcp:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        else:
+            self.transport.write(INVALID_RECORD)
+        self.transport.close()
 
     def wait(self):
         """Wait for the next request, for header-timeout (RETIRE_QUIET once retiring). The
