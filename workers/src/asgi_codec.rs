@@ -656,6 +656,9 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("DRAIN_CHECK", scoreboard::DRAIN_CHECK.as_secs_f64())?;
     m.add("STOP_QUEUE_WINDOW", scoreboard::STOP_QUEUE_WINDOW.as_secs_f64())?;
     m.add("LINGER_TIME", crate::direct::LINGER_TIME.as_secs_f64())?;
+    m.add("CUT_OFF_TCP_WAIT", crate::direct::CUT_OFF_TCP_WAIT.as_secs_f64())?;
+    m.add("CUT_OFF_LOOK", crate::direct::CUT_OFF_LOOK.as_secs_f64())?;
+    m.add("CUT_OFF_LOOKS", crate::direct::CUT_OFF_LOOKS)?;
     Ok(())
 }
 

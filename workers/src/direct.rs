@@ -542,6 +542,14 @@ pub(crate) enum CutOff {
     Signal,
 }
 
+/// How long a TCP peer is given to read a cut-off response before the reset (its unread
+/// byte count is not observable).
+pub(crate) const CUT_OFF_TCP_WAIT: Duration = Duration::from_millis(100);
+/// On a unix socket, how often and how many times a cut-off looks whether the web server
+/// has read the response, before the invalid record.
+pub(crate) const CUT_OFF_LOOK: Duration = Duration::from_millis(20);
+pub(crate) const CUT_OFF_LOOKS: u32 = 50;
+
 /// Before the caller closes `fd` on a cut-off response: for [`CutOff::Signal`], once the web
 /// server has read what was sent (a signal in the same read makes it drop the head before
 /// the client has it), a reset over TCP, an invalid record on a unix socket. Blocks for at
@@ -552,16 +560,15 @@ pub(crate) fn end_cut_off(fd: RawFd, how: CutOff) {
     }
     let tcp = crate::sys::is_tcp(fd);
     if tcp {
-        // The unread byte count of a TCP peer is not observable: a moment to read.
-        std::thread::sleep(Duration::from_millis(100));
+        std::thread::sleep(CUT_OFF_TCP_WAIT);
         crate::sys::reset_on_close(fd);
         return;
     }
-    for _ in 0..50 {
+    for _ in 0..CUT_OFF_LOOKS {
         if crate::sys::unsent_bytes(fd).unwrap_or(0) == 0 {
             break;
         }
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(CUT_OFF_LOOK);
     }
     let _ = crate::sys::send_all(fd, &fastcgi_server::record::INVALID_RECORD);
 }

@@ -625,6 +625,17 @@ fn kept_headers(head: &ResponseHead) -> Result<(Headers, Option<Bytes>), String>
 mod tests {
     use super::*;
 
+    #[test]
+    fn the_kinds_are_the_protocol_crates_hand_off_headers() {
+        // The workers know a hand-off by fastcgi_server::cgi::FILE_HANDOFF: the same names.
+        for name in fastcgi_server::cgi::FILE_HANDOFF {
+            assert!(Kind::of(name).is_some(), "{}", String::from_utf8_lossy(name));
+        }
+        for kind in [Kind::Sendfile, Kind::Sendfile2, Kind::AccelRedirect] {
+            assert!(fastcgi_server::cgi::is_file_handoff(kind.name().as_bytes()), "{}", kind.name());
+        }
+    }
+
     fn head(headers: &[(&str, &str)]) -> ResponseHead {
         let headers: Vec<(Bytes, Bytes)> = headers
             .iter()

@@ -43,8 +43,6 @@ MAX_CONTENT = 65535
 # A record header of version 0, which no FastCGI client accepts: written before a direct
 # connection closes on a cut-off response where EOF alone would be its normal end.
 INVALID_RECORD = bytes([0, 6, 0, 0, 0, 0, 0, 0])
-# How often, and how many times, a cut-off looks whether the web server has read the response.
-CUT_OFF_LOOK, CUT_OFF_LOOKS = 0.02, 50
 # What _native.AsgiConnection.feed reports, as (kind, request id, payload); BEGIN's flags.
 EV_BEGIN, EV_ABORT, EV_PARAMS, EV_STDIN, EV_REFUSE, EV_REPLY = 1, 2, 4, 5, 6, 10
 BEGIN_AUTHORIZER, BEGIN_KEEP_CONN = 1, 2
@@ -775,7 +773,7 @@ class DirectConnection(Connection):
             self.transport.close()
         else:
             self.transport.pause_reading()
-            self._signal_cut_off(CUT_OFF_LOOKS)
+            self._signal_cut_off(_native.CUT_OFF_LOOKS)
 
     def _signal_cut_off(self, looks):
         """The reset or invalid record once the web server has read what was sent: in the
@@ -788,11 +786,11 @@ class DirectConnection(Connection):
             self.transport.close()
             return
         tcp = sock.family in (socket.AF_INET, socket.AF_INET6)
-        if tcp and looks == CUT_OFF_LOOKS:  # a TCP peer's unread count is not observable
-            self.worker.loop.call_later(0.1, self._signal_cut_off, 0)
+        if tcp and looks == _native.CUT_OFF_LOOKS:  # a TCP peer's unread count is not observable
+            self.worker.loop.call_later(_native.CUT_OFF_TCP_WAIT, self._signal_cut_off, 0)
             return
         if not tcp and looks and _native.unsent_bytes(sock.fileno()):
-            self.worker.loop.call_later(CUT_OFF_LOOK, self._signal_cut_off, looks - 1)
+            self.worker.loop.call_later(_native.CUT_OFF_LOOK, self._signal_cut_off, looks - 1)
             return
         if tcp:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
