@@ -161,27 +161,30 @@ def test_the_status_page_shows_the_request_a_worker_runs(stack):
             return [c for w in workers(b) for c in w["current"] if tag in c["uri"]]
         current = wait_until(shown, 30, what="the held request on the status page")
         assert current[0]["method"] == "GET", current
+        # The worker's own number for it, the <n> of request_id=<pid>-<n> in its lines.
+        assert current[0]["request_id"] >= 1, current
     finally:
         (b.workdir / f"{tag}.release").write_text("")
     assert held.result().status_code == 200
 
 
-def test_a_slow_request_is_logged_with_its_pool_and_pid_and_no_bridge_request_id(tmp_path_factory):
+def test_a_slow_request_is_logged_with_its_pool_pid_and_the_worker_s_request_id(tmp_path_factory):
     b, front = start(tmp_path_factory, "direct-slowlog", processes=1, threads=1, **{"slowlog-timeout": "300ms"})
     tag = "slow-" + uuid.uuid4().hex[:8]
     try:
         mark = b.log.mark()
         held = Background(lambda: front.get(f"/hold?tag={tag}"))
         try:
-            lines = b.log.wait_for([r"slow request: GET /hold\?tag=" + tag], since=mark, timeout=60)
-            # Its stack names the request too (the worker's request ids are its own).
-            b.log.wait_for([rf"\[stack request_id=\d+-\d+ thread=\S+\] Python stack of GET /hold\?tag={tag}, most"],
+            (line,) = b.log.wait_for([r"slow request: GET /hold\?tag=" + tag], since=mark, timeout=60)
+            # The worker's own id for the request (<pid>-<n>), which its stack names too.
+            pid = re.search(r"\bpid=(\d+)", line).group(1)
+            rid = re.search(r"\brequest_id=(\S+)", line).group(1)
+            assert re.fullmatch(rf"{pid}-\d+", rid) and 'pool="app"' in line, line
+            b.log.wait_for([rf"\[stack request_id={rid} thread=\S+\] Python stack of GET /hold\?tag={tag}, most"],
                            since=mark, timeout=60)
         finally:
             (b.workdir / f"{tag}.release").write_text("")
         assert held.result().status_code == 200
-        # The worker's requests carry no id of the bridge's: no `request_id=0` to chase.
-        assert "app" in lines[0] and "pid" in lines[0] and "request_id" not in lines[0], lines[0]
     finally:
         front.stop()
         b.stop()
@@ -241,6 +244,7 @@ def test_request_timeout_kills_and_replaces_the_worker(tmp_path_factory):
         lines = b.log.wait_for([rf"request-timeout \(2s\): GET /hold\?tag={tag}"], since=mark, timeout=60)
         assert not [ln for ln in lines if "answering 504" in ln], lines
         stuck = int((b.workdir / f"{tag}.pid").read_text())
+        assert re.search(rf"\brequest_id={stuck}-\d+\b", lines[0]), lines
         wait_until(lambda: all(w["pid"] != stuck for w in workers(b)), 60, what="a replacement worker")
         # The killed request counts as what nginx answered (a 5xx) and is timed (over 2 s).
         after, now = b.pool_status("app"), durations(b)
@@ -271,9 +275,11 @@ def crash_and_count(b, front):
     tag = "die-" + uuid.uuid4().hex[:8]
     r = front.get(f"/die/exit?tag={tag}")
     assert r.status_code == 502
-    b.log.wait_for([rf"worker exited: exit status 1; .*it died serving GET /die/exit\?tag={tag}"], since=mark,
-                   timeout=60)
+    (line,) = b.log.wait_for([rf"worker exited: exit status 1; .*it died serving GET /die/exit\?tag={tag}"],
+                             since=mark, timeout=60)
     dead = int((b.workdir / f"{tag}.pid").read_text())
+    # Named by the worker's own id for it, as the worker's lines about it are.
+    assert re.search(rf"GET /die/exit\?tag={tag} \(request {dead}-\d+\)", line), line
     wait_until(lambda: len(workers(b)) == 2 and all(w["pid"] != dead for w in workers(b)), 60,
                what="the dead worker replaced")
     # Each request a worker died running (nginx may have sent the GET to a second one) is

@@ -165,8 +165,10 @@ def test_graceful_timeout_kills_a_draining_worker_with_stacks(tmp_path):
         assert get(b, "p", "/pid").status == 200  # reaches max-requests
         r = long.result(60)
         assert r.status == 502, r.stdout[:200]
-        b.log.wait_for([r"did not finish 1 request\(s\) within graceful-timeout"])
-        b.log.wait_for([r"\[stack request_id=\d+"])
+        (line,) = b.log.wait_for([r"did not finish 1 request\(s\) within graceful-timeout"])
+        # The request is named by its id, which its stack lines carry too.
+        rid = re.search(r"GET /sleep\?s=30&mark=long \(\d+s, request (\d+)\)", line).group(1)
+        b.log.wait_for([rf"\[stack request_id={rid} "])
     finally:
         b.stop()
 

@@ -10,7 +10,8 @@
 //! thread (an ASGI worker: per request in flight, up to `concurrency`): `served: u64`,
 //! `started: u64` (CLOCK_MONOTONIC ns, 0 when idle), `line_len: u32`, `head: u32` (the
 //! current request's response head: 0 not sent, 1-5 its status class, u32::MAX not told),
-//! and 232 bytes of `METHOD URI` as 29 u64 words. The last 128 bytes of the mapping: how
+//! and 232 bytes of `METHOD URI` as 29 u64 words (the native worker's led by its own
+//! request id, `<pid>-<n> METHOD URI`). The last 128 bytes of the mapping: how
 //! long the worker's requests ran (the app's start to END_REQUEST), 15 u64 counts in the
 //! buckets of status/latency.rs, then their sum in ns.
 use crate::shared_memory::{SharedMemory, SharedMemoryError};
@@ -48,8 +49,9 @@ pub(crate) struct ThreadSnapshot {
     pub served: u64,
     /// CLOCK_MONOTONIC nanoseconds at which its current request began; 0: idle.
     pub started: u64,
-    /// The current request's `METHOD URI` (empty when idle, or when the worker was
-    /// rewriting it while it was read: the next read gets it).
+    /// The current request's `METHOD URI`, perhaps led by the worker's id `<pid>-<n>`
+    /// (empty when idle, or when the worker was rewriting it while it was read: the next
+    /// read gets it).
     pub line: Vec<u8>,
 }
 

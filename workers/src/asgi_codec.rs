@@ -247,7 +247,7 @@ impl AsgiConnection {
         let slot = scoreboard::lend_slot();
         let began = crate::sys::monotonic_ns();
         if let Some(slot) = slot {
-            slot.begin(tag.line(), began);
+            slot.begin(tag.board_line(), began);
         }
         self.running.push(Running {
             id,

@@ -337,9 +337,16 @@ impl Tag {
         std::str::from_utf8(&self.text[..self.id_len]).unwrap_or("")
     }
 
-    /// `METHOD URI` as the scoreboard shows it.
+    /// `METHOD URI` (cut to [`LINE_BYTES`]): what the log lines show.
     pub(crate) fn line(&self) -> &[u8] {
         &self.text[self.id_len + 1..]
+    }
+
+    /// `<pid>-<n> METHOD URI`, what the scoreboard slot holds (cut there to its length): the
+    /// bridge's lines about the request (its crash, its request-timeout, a slow request)
+    /// then name the id the worker's own lines carry.
+    pub(crate) fn board_line(&self) -> &[u8] {
+        &self.text
     }
 
     /// `data` as lines of the process's stderr, each starting with the request's id and
@@ -425,7 +432,7 @@ mod tests {
     #[test]
     fn a_tag_names_the_request_and_prefixes_each_line() {
         let mut t = Tag::new(42, 7, b"GET", b"/x?y");
-        assert_eq!((t.request_id(), t.line()), ("42-7", &b"GET /x?y"[..]));
+        assert_eq!((t.request_id(), t.line(), t.board_line()), ("42-7", &b"GET /x?y"[..], &b"42-7 GET /x?y"[..]));
         assert_eq!(t.prefixed(b"a\nb"), b"[request_id=42-7 GET /x?y] a\n[request_id=42-7 GET /x?y] b");
         assert_eq!(t.prefixed(b"c\n\n"), b"c\n[request_id=42-7 GET /x?y] \n", "a write continues the open line");
         let long = Tag::new(1, 1, b"GET", &[b'u'; 500]);

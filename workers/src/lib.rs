@@ -527,7 +527,7 @@ fn handle_request(py: Python<'_>, w: &mut Worker, shared: &Arc<Shared>) -> PyRes
                 // from here until its END_REQUEST.
                 let request_id = r.tag.as_ref().map(|tag| {
                     if let Some(slot) = w.slot {
-                        slot.begin(tag.line(), sys::monotonic_ns());
+                        slot.begin(tag.board_line(), sys::monotonic_ns());
                     }
                     PyString::new(py, tag.request_id())
                 });

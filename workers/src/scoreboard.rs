@@ -6,7 +6,7 @@
 //! header (`drain`, written by the bridge; `threads`, `accepting`, `timeouts`, the
 //! responses by status class and the kept connections moved to the relay, by the
 //! worker), then one 256-byte slot per serving thread (`served`, `started`, the current
-//! request's `METHOD URI`); an ASGI worker lends one to
+//! request's `<pid>-<n> METHOD URI`); an ASGI worker lends one to
 //! each request in flight instead. A thread writes only its own slot. The line is stored
 //! before `started` (Release); a reader that loads `started` (Acquire), copies the line and
 //! finds `started` unchanged and non-zero has the line of that request. The last 128
@@ -43,7 +43,7 @@ const BOUNDS_NS: [u64; 14] = [
 /// How often a direct worker waiting for work (a WSGI thread in its process's epoll set,
 /// park.rs; an ASGI worker's loop) looks at its drain word.
 pub(crate) const DRAIN_CHECK: Duration = Duration::from_secs(1);
-/// The longest `METHOD URI` a slot holds (longer ones are cut).
+/// The longest request line (`<pid>-<n> METHOD URI`) a slot holds (longer ones are cut).
 pub(crate) const LINE_BYTES: usize = 232;
 
 #[repr(C)]
@@ -338,8 +338,8 @@ pub(crate) fn claim_slot() -> Option<&'static Slot> {
 }
 
 impl Slot {
-    /// The thread starts running the app for the request `line` (`METHOD URI`, cut to
-    /// [`LINE_BYTES`]). A bounded copy into the slot, no allocation.
+    /// The thread starts running the app for the request `line` (`<pid>-<n> METHOD URI`,
+    /// cut to [`LINE_BYTES`]). A bounded copy into the slot, no allocation.
     pub(crate) fn begin(&self, line: &[u8], now_ns: u64) {
         let line = &line[..line.len().min(LINE_BYTES)];
         self.head.store(0, Ordering::Relaxed);

@@ -149,14 +149,44 @@ pub(crate) struct Observed {
     pub moved: u64,
 }
 
-/// A thread running the request `line` (`METHOD URI`) since `since`.
+/// A thread running the request `line` since `since`: `<pid>-<n> METHOD URI` from the
+/// native worker, whose `<n>` becomes the request's id (the worker's own lines name it as
+/// `request_id=<pid>-<n>`), or `METHOD URI` (no id: 0). A method never begins with a digit.
 fn running_since(since: Instant, line: &[u8]) -> ConnEntry {
-    let (method, uri) = match line.iter().position(|&b| b == b' ') {
+    let (mut request_id, mut rest) = (0, line);
+    if line.first().is_some_and(u8::is_ascii_digit) {
+        let (id, after) = first_word(line);
+        request_id = worker_request_number(id).unwrap_or(0);
+        rest = after;
+    }
+    let (method, uri) = first_word(rest);
+    let label = Label::of(&Ticket { method, uri, request_id, started: since });
+    ConnEntry { open: true, busy: true, since, label, ..ConnEntry::closed(since) }
+}
+
+/// `line`'s first word, and the rest after the space.
+fn first_word(line: &[u8]) -> (&[u8], &[u8]) {
+    match line.iter().position(|&b| b == b' ') {
         Some(i) => (&line[..i], &line[i + 1..]),
         None => (line, &line[line.len()..]),
-    };
-    let label = Label::of(&Ticket { method, uri, request_id: 0, started: since });
-    ConnEntry { open: true, busy: true, since, label, ..ConnEntry::closed(since) }
+    }
+}
+
+/// The `<n>` of a direct worker's request id `<pid>-<n>`.
+fn worker_request_number(id: &[u8]) -> Option<u64> {
+    let n = &id[id.iter().position(|&b| b == b'-')? + 1..];
+    std::str::from_utf8(n).ok()?.parse().ok()
+}
+
+/// A request's id as the log names it: the bridge's number, or for a direct worker's
+/// request (`direct_pid`: the worker's pid) `<pid>-<n>`, as the worker's own lines do.
+/// `None` when it has none (0).
+pub(crate) fn request_id_text(request_id: u64, direct_pid: Option<u32>) -> Option<String> {
+    match (request_id, direct_pid) {
+        (0, _) => None,
+        (n, Some(pid)) => Some(format!("{pid}-{n}")),
+        (n, None) => Some(n.to_string()),
+    }
 }
 
 #[cfg(test)]
@@ -198,6 +228,22 @@ mod tests {
         let pool = d.view();
         assert_eq!((pool.counters.accepted, pool.counters.served), (6, 5));
         assert_eq!(d.worker_view(w, true).unwrap().current[0].uri, "/b");
+    }
+
+    #[test]
+    fn the_native_worker_s_line_names_its_request_id() {
+        let since = Instant::now();
+        let label = |line: &str| {
+            let l = running_since(since, line.as_bytes()).label;
+            (l.request_id, l.method(), l.uri())
+        };
+        assert_eq!(label("4242-17 GET /x?y=1"), (17, "GET".into(), "/x?y=1".into()));
+        // Another worker's line (the contract's `METHOD URI`), or an id cut by the slot.
+        assert_eq!(label("GET /x"), (0, "GET".into(), "/x".into()));
+        assert_eq!(label("4242-"), (0, "".into(), "".into()));
+        assert_eq!(request_id_text(17, Some(4242)).as_deref(), Some("4242-17"));
+        assert_eq!(request_id_text(77, None).as_deref(), Some("77"));
+        assert_eq!(request_id_text(0, Some(4242)), None);
     }
 
     #[test]

@@ -21,7 +21,7 @@
 //! still runs it) but the manager is told, retires that worker, and counts the slot as
 //! nothing left to finish when it drains.
 mod direct;
-pub(crate) use direct::Observed as DirectObserved;
+pub(crate) use direct::{request_id_text, Observed as DirectObserved};
 pub(crate) mod request_body_limits;
 pub(crate) mod serve;
 

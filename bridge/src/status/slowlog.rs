@@ -19,7 +19,7 @@ const TICK: Duration = Duration::from_millis(200);
 pub(crate) fn spawn(registry: Arc<Registry>) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(TICK);
-        // Request ids already reported (ids are unique for the daemon's life).
+        // The requests already reported, by [`report_key`] (unique for the daemon's life).
         let mut reported: HashSet<u64> = HashSet::new();
         loop {
             tick.tick().await;
@@ -41,10 +41,12 @@ fn check(registry: &Registry, reported: &mut HashSet<u64>) {
         let stats = crate::supervise::stats::pool_snapshot(pool);
         for w in &stats.workers {
             let mut dump = false;
+            let direct_pid = stats.direct.then_some(w.pid);
             for c in &w.current {
-                let key = report_key(w.pid, c);
-                // A direct worker's requests have no bridge id (0): the field is left out.
-                let request_id = (c.request_id != 0).then_some(c.request_id);
+                let key = report_key(direct_pid, c);
+                // A direct worker's requests carry its own ids (`<pid>-<n>`), as its lines do.
+                let request_id = crate::dispatch::request_id_text(c.request_id, direct_pid);
+                let request_id = request_id.as_deref().map(tracing::field::display);
                 running.insert(key);
                 if c.duration_seconds < limit.as_secs_f64() || !reported.insert(key) {
                     continue;
@@ -72,14 +74,16 @@ fn check(registry: &Registry, reported: &mut HashSet<u64>) {
 }
 
 /// What a slow request is reported once by: its request id, or, for a direct worker's
-/// requests (docs/direct.md), which carry none (0), the worker and the request line.
-fn report_key(pid: u32, c: &crate::supervise::stats::CurrentRequestStats) -> u64 {
+/// request (`direct_pid`: its worker's pid; docs/direct.md), the worker and its id there
+/// (or the request line, from a worker that tells none).
+fn report_key(direct_pid: Option<u32>, c: &crate::supervise::stats::CurrentRequestStats) -> u64 {
     use std::hash::{Hash, Hasher};
-    if c.request_id != 0 {
-        return c.request_id;
-    }
     let mut h = std::collections::hash_map::DefaultHasher::new();
-    (pid, &c.method, &c.uri).hash(&mut h);
+    match (direct_pid, c.request_id) {
+        (None, 1..) => return c.request_id,
+        (Some(pid), n @ 1..) => (pid, n).hash(&mut h),
+        (pid, _) => (pid, &c.method, &c.uri).hash(&mut h),
+    }
     // Apart from the bridge's own ids, which never reach the top bit.
     h.finish() | 1 << 63
 }

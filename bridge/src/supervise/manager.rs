@@ -375,7 +375,7 @@ impl Manager {
         self.record_exit(w, format!("exited unexpectedly: {status}"), now);
         let (pool, pid, index) = (&*self.name, w.pid, w.index);
         if !lost.is_empty() {
-            let serving = requests_line(lost);
+            let serving = requests_line(lost, w.scoreboard.is_some().then_some(pid));
             match self.serving_deaths.after_death(w.ready_at, w.served, now) {
                 None => tracing::error!(
                     pool,
@@ -622,9 +622,11 @@ impl Manager {
                 w.pid
             );
             let direct = w.scoreboard.is_some();
+            let request_id = crate::dispatch::request_id_text(o.request_id, direct.then_some(w.pid));
+            let request_id = request_id.as_deref().map(tracing::field::display);
             if asgi && !direct {
                 tracing::error!(
-                    pool = &*self.name, pid = w.pid, request_id = o.request_id, uri = %o.uri,
+                    pool = &*self.name, pid = w.pid, request_id, uri = %o.uri,
                     "{head}; answering 504 (its response cut off if it had begun), the worker cancels its task and logs its coroutine stack"
                 );
                 continue;
@@ -641,15 +643,15 @@ impl Manager {
                 // past the timeout means its event loop is blocked (dispatch/direct.rs), and
                 // the worker's watch already logged what blocks it.
                 tracing::error!(
-                    pool = &*self.name, pid = w.pid, uri = %o.uri,
+                    pool = &*self.name, pid = w.pid, request_id, uri = %o.uri,
                     "{head}, which did not end it: its event loop is blocked (a synchronous call in an async view?); the {replaced}"
                 );
             } else if direct {
                 // The worker holds the web server's connection: killing it closes it.
-                tracing::error!(pool = &*self.name, pid = w.pid, uri = %o.uri, "{head}. {dump}{the} {replaced}");
+                tracing::error!(pool = &*self.name, pid = w.pid, request_id, uri = %o.uri, "{head}. {dump}{the} {replaced}");
             } else {
                 tracing::error!(
-                    pool = &*self.name, pid = w.pid, request_id = o.request_id, uri = %o.uri,
+                    pool = &*self.name, pid = w.pid, request_id, uri = %o.uri,
                     "{head}; answering 504 (its response cut off if it had begun). {dump}{the} {replaced}"
                 );
             }
@@ -1030,12 +1032,19 @@ impl Manager {
                         Some(u) if u <= deadline => ("shutdown-timeout", "stopped (SIGTERM, SIGKILL 10s later)"),
                         _ => ("graceful-timeout", "killed"),
                     };
+                    let direct_pid = w.scoreboard.is_some().then_some(w.pid);
                     let current: Vec<String> = view
                         .map(|v| {
                             v.current
                                 .iter()
                                 .filter(|c| !c.abandoned)
-                                .map(|c| format!("{} {} ({:.0?})", c.method, c.uri, now.duration_since(c.since)))
+                                .map(|c| {
+                                    let ran = now.duration_since(c.since);
+                                    match crate::dispatch::request_id_text(c.request_id, direct_pid) {
+                                        Some(id) => format!("{} {} ({ran:.0?}, request {id})", c.method, c.uri),
+                                        None => format!("{} {} ({ran:.0?})", c.method, c.uri),
+                                    }
+                                })
                                 .collect()
                         })
                         .unwrap_or_default();
@@ -1213,11 +1222,12 @@ impl Manager {
 
 /// The requests a dead worker was serving, for its exit line: the first few only (an
 /// ASGI worker may hold hundreds).
-fn requests_line(lost: &[CurrentRequest]) -> String {
-    // A direct worker's requests carry no bridge request id (0).
-    let each = lost.iter().map(|r| match r.request_id {
-        0 => format!("{} {}", r.method, r.uri),
-        id => format!("{} {} (request {id})", r.method, r.uri),
+/// `lost`, the requests a worker died serving, for its crash line; `direct_pid`: a direct
+/// worker's, whose requests carry its own ids (`<pid>-<n>`).
+fn requests_line(lost: &[CurrentRequest], direct_pid: Option<u32>) -> String {
+    let each = lost.iter().map(|r| match crate::dispatch::request_id_text(r.request_id, direct_pid) {
+        None => format!("{} {}", r.method, r.uri),
+        Some(id) => format!("{} {} (request {id})", r.method, r.uri),
     });
     policy::list_at_most(each, lost.len(), policy::LISTED_REQUESTS)
 }
