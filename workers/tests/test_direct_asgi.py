@@ -194,8 +194,12 @@ def test_the_scoreboard_shows_each_request_in_flight_and_counts_by_class(direct,
     try:
         for c, gate in zip(clients, gates):
             send_request(c, "/hold?%s" % gate)
+        # Each led by the worker's own id for it (<pid>-<n>), which its log lines carry.
+        ids = {b"%d-%d" % (w.proc.pid, n) for n in (1, 2)}
         lines = sorted(b"GET /hold?%s" % str(g).encode() for g in gates)
-        wait_until(lambda: running(board) == lines, "both requests on the scoreboard")
+        split = lambda: [line.split(b" ", 1) for line in running(board)]  # noqa: E731
+        wait_until(lambda: sorted(rest for _, rest in split()) == lines, "both requests on the scoreboard")
+        assert {rid for rid, _ in split()} == ids, running(board)
         for c, gate in zip(clients, gates):
             gate.touch()
             assert c.read_response().body == b"released"
