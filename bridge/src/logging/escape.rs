@@ -83,7 +83,9 @@ pub(crate) struct OneLineVisitor<'w>(DefaultVisitor<'w>);
 
 impl Visit for OneLineVisitor<'_> {
     fn record_str(&mut self, field: &Field, value: &str) {
-        if field.name() == "message" {
+        // A request id (digits, or a direct worker's `<pid>-<n>`) is written bare however
+        // the line got it, as the worker's `[request_id=…]` tags are: one grep finds them all.
+        if matches!(field.name(), "message" | "request_id") {
             self.record_debug(field, &format_args!("{value}"));
         } else {
             // Written as Debug, quoted and already escaped.
@@ -253,5 +255,17 @@ mod tests {
         // Plain text is written as tracing-subscriber writes it.
         let plain = text_log(|| tracing::info!(listener = %"web", n = 3, ok = true, "no route matches: {}", "/x"));
         assert!(plain.ends_with(" no route matches: /x listener=web n=3 ok=true\n"), "{plain}");
+    }
+
+    #[test]
+    fn a_request_id_is_written_bare_however_it_was_given() {
+        let (id, direct) = ("812", "4242-17");
+        let text = text_log(|| {
+            tracing::error!(pool = "app", request_id = id, "request-timeout: answering 504");
+            tracing::error!(pool = "app", request_id = 812u64, "worker did not end it");
+            tracing::error!(pool = "app", request_id = %direct, "request-timeout");
+        });
+        let ids: Vec<_> = text.lines().map(|l| l.rsplit(' ').next().unwrap_or_default()).collect();
+        assert_eq!(ids, ["request_id=812", "request_id=812", "request_id=4242-17"], "{text}");
     }
 }

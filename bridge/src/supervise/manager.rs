@@ -696,7 +696,7 @@ impl Manager {
                 _ => "the worker is stopping already".to_owned(),
             };
             tracing::warn!(
-                pool = &*self.name, pid = w.pid, request_id = a.request_id, uri = %a.uri,
+                pool = &*self.name, pid = w.pid, request_id = %a.request_id, uri = %a.uri,
                 "worker did not end an aborted request within abort-grace ({}): {} {} ran {:.1?}; {next}",
                 grace, a.method, a.uri, a.running
             );
