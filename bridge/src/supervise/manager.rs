@@ -993,11 +993,15 @@ impl Manager {
             // It finishes its requests and exits by itself.
             board.set_drain();
         }
+        // What it served by now: a worker due for max-requests serves on until its
+        // replacement is ready, so its reason's count may be smaller.
+        let served = self.dispatcher.worker_view(w.key, false).map(|v| v.served);
         tracing::info!(
             pool = &*self.name,
             pid = w.pid,
             index = w.index,
             in_flight = open,
+            served,
             "retiring the worker: {reason}; it takes no new requests (graceful-timeout {})",
             DurationText(graceful)
         );

@@ -306,7 +306,7 @@ impl Verdict {
                 hard: false,
             }),
             Self::Cpu { used, .. } => Some(Recycle {
-                reason: format!("cpu-time-limit ({}s of CPU)", used.as_secs()),
+                reason: format!("cpu-time-limit ({:.1}s of CPU)", used.as_secs_f64()),
                 urgent: true,
                 hard: false,
             }),

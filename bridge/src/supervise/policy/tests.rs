@@ -360,7 +360,10 @@ fn cpu_time_limit_recycles_regardless_of_min_lifetime() {
     let w = Sampled { cpu: Some(secs(60)), ..w };
     let v = round_verdict(&s, &w, t0 + secs(1));
     assert_eq!(v, Verdict::Cpu { used: secs(60), limit: secs(60) });
-    assert!(v.recycle().is_some_and(|r| r.urgent && r.reason == "cpu-time-limit (60s of CPU)"));
+    assert!(v.recycle().is_some_and(|r| r.urgent && r.reason == "cpu-time-limit (60.0s of CPU)"));
+    // What it used, not cut to whole seconds (2.9 s is not "2s").
+    let w = Sampled { cpu: Some(Duration::from_millis(60_900)), ..w };
+    assert!(round_verdict(&s, &w, t0 + secs(1)).recycle().is_some_and(|r| r.reason == "cpu-time-limit (60.9s of CPU)"));
 }
 
 #[test]
