@@ -332,6 +332,25 @@ def test_a_log_directory_that_went_is_a_warning_at_a_reload_not_a_refusal(tmp_pa
         b.stop()
 
 
+def test_restart_needed_names_what_differs_from_what_the_daemon_started_with(tmp_path):
+    """A bridge setting that applies at a restart only is compared with the one the daemon
+    runs with, not with the last reload's: set back, it needs no restart."""
+    b = start(tmp_path, {"a": lc_pool(processes=1, threads=1)})
+    try:
+        rewrite(b, lambda c: c["bridge"].update({"log-level": "debug"}))
+        out = cli_reload(b, timeout=60)
+        assert out.returncode == 0 and out.stdout.rstrip().endswith("restart needed for bridge.log-level"), out.stdout
+        rewrite(b, lambda c: c["bridge"].update({"log-level": "warn,fcgibridge=info", "log-format": "json"}))
+        out = cli_reload(b, timeout=60)
+        assert out.returncode == 0 and "restart needed for bridge.log-level, bridge.log-format" in out.stdout, \
+            out.stdout
+        rewrite(b, lambda c: c["bridge"].update({"log-level": "info", "log-format": "text"}))
+        out = cli_reload(b, timeout=60)
+        assert out.returncode == 0 and "restart needed" not in out.stdout, out.stdout
+    finally:
+        b.stop()
+
+
 NOTHING_CHANGED = ("nothing changed (a reload loads no new application code: restart the workers with fcgibridge "
                    "reload --restart-workers POOL, or SIGUSR2)")
 

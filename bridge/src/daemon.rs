@@ -288,6 +288,8 @@ async fn serve(
     config_dir: &Path,
 ) -> Stop {
     use crate::reload::Restart;
+    // What the bridge settings that apply at a restart only are while this daemon runs.
+    let started = config.global.clone();
     loop {
         let (restart, reply) = tokio::select! {
             _ = s.usr1.recv() => {
@@ -323,6 +325,7 @@ async fn serve(
         notifier.reloading();
         let live = crate::reload::Live {
             config: &mut *config,
+            started: &started,
             supervisor: &mut r.supervisor,
             listeners: &mut r.listeners,
             runtime_dir: &r.rt_dir,

@@ -30,6 +30,9 @@ use std::sync::Arc;
 /// What a reload changes: the daemon's running state.
 pub(crate) struct Live<'a> {
     pub config: &'a mut Config,
+    /// The bridge settings the daemon started with: those that apply at a restart only
+    /// are still these, whatever reloads came since.
+    pub started: &'a config::Global,
     pub supervisor: &'a mut Supervisor,
     pub listeners: &'a mut ListenerSet,
     pub runtime_dir: &'a RuntimeDir,
@@ -83,6 +86,26 @@ impl Restart {
         }
         Err(why)
     }
+}
+
+/// The bridge settings that apply at a restart only and that `new` sets otherwise than
+/// the daemon's `started` ones.
+fn restart_needed(started: &config::Global, new: &config::Global) -> Option<Vec<&'static str>> {
+    let later: Vec<&str> = [
+        (started.runtime_dir != new.runtime_dir, "runtime-dir"),
+        (started.log_level != new.log_level, "log-level"),
+        (started.log_format != new.log_format, "log-format"),
+        (started.access_log != new.access_log, "access-log"),
+        (started.access_log_format != new.access_log_format, "access-log-format"),
+        (started.status != new.status, "status"),
+        (started.control_socket != new.control_socket, "control-socket"),
+        (started.header_memory != new.header_memory, "header-memory"),
+        (started.log_file != new.log_file, "log-file"),
+    ]
+    .into_iter()
+    .filter_map(|(changed, key)| changed.then_some(key))
+    .collect();
+    (!later.is_empty()).then_some(later)
 }
 
 /// The end of the summary of a reload that found the configuration as it was.
@@ -172,29 +195,12 @@ async fn apply(
     let sockets = live.listeners.bind_new(&new.listeners).map_err(|e| e.to_string())?;
 
     let mut notes = Vec::new();
-    let (old_g, new_g) = (&live.config.global, &new.global);
-    if old_g != new_g {
-        let later: Vec<&str> = [
-            (old_g.runtime_dir != new_g.runtime_dir, "runtime-dir"),
-            (old_g.log_level != new_g.log_level, "log-level"),
-            (old_g.log_format != new_g.log_format, "log-format"),
-            (old_g.access_log != new_g.access_log, "access-log"),
-            (old_g.access_log_format != new_g.access_log_format, "access-log-format"),
-            (old_g.status != new_g.status, "status"),
-            (old_g.control_socket != new_g.control_socket, "control-socket"),
-            (old_g.header_memory != new_g.header_memory, "header-memory"),
-            (old_g.log_file != new_g.log_file, "log-file"),
-        ]
-        .into_iter()
-        .filter_map(|(changed, key)| changed.then_some(key))
-        .collect();
-        if !later.is_empty() {
-            tracing::warn!(
-                "reload: bridge settings {} changed; they take effect when the daemon restarts",
-                later.join(", ")
-            );
-            notes.push(format!("restart needed for bridge.{}", later.join(", bridge.")));
-        }
+    if let Some(later) = restart_needed(live.started, &new.global) {
+        tracing::warn!(
+            "reload: bridge settings {} changed; they take effect when the daemon restarts",
+            later.join(", ")
+        );
+        notes.push(format!("restart needed for bridge.{}", later.join(", bridge.")));
     }
 
     let before: Vec<(String, config::Pool)> =
