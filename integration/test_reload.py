@@ -351,6 +351,24 @@ def test_restart_needed_names_what_differs_from_what_the_daemon_started_with(tmp
         b.stop()
 
 
+def test_a_worker_superseded_while_it_starts_is_said_stopped(tmp_path):
+    """A reload while the last one's new worker still imports its app: that worker is of
+    no use any more and is stopped, with a line that says so (it started, so it must end)."""
+    b = start(tmp_path, {"a": lc_pool(processes=1, threads=1, env={"LIFECYCLE_TAG": "v1"})})
+    try:
+        rewrite(b, lambda c: c["pools"]["a"]["env"].update(LIFECYCLE_TAG="v2", LIFECYCLE_IMPORT_SLEEP="60"))
+        mark = b.log.mark()
+        assert cli_reload(b, timeout=60).returncode == 0
+        (started,) = b.log.wait_for([r"worker started pool=\"a\""], since=mark)
+        slow = re.search(r"\bpid=(\d+)", started).group(1)
+        rewrite(b, lambda c: c["pools"]["a"]["env"].update(LIFECYCLE_TAG="v3", LIFECYCLE_IMPORT_SLEEP=""))
+        assert cli_reload(b, timeout=60).returncode == 0
+        b.log.wait_for([rf"worker stopped before it was ready \(.+\) pool=\"a\" pid={slow} "], since=mark)
+        wait_until(lambda: tag_of(b, "a") == "v3", 60, what="the third configuration serving")
+    finally:
+        b.stop()
+
+
 NOTHING_CHANGED = ("nothing changed (a reload loads no new application code: restart the workers with fcgibridge "
                    "reload --restart-workers POOL, or SIGUSR2)")
 

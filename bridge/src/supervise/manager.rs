@@ -328,9 +328,15 @@ impl Manager {
                     }
                     return;
                 }
-                if w.exit_reason.is_some() {
-                    // Stopped on purpose before it was ready (reload, stop).
-                    self.record_exit(&w, w.exit_reason.clone().unwrap_or_default(), now);
+                if let Some(reason) = w.exit_reason.clone() {
+                    // Stopped on purpose before it was ready (a newer reload, stop).
+                    tracing::info!(
+                        pool = &*self.name,
+                        pid = w.pid,
+                        index = w.index,
+                        "worker stopped before it was ready ({reason})"
+                    );
+                    self.record_exit(&w, reason, now);
                     return;
                 }
                 self.crashes += 1;
