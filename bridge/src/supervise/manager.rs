@@ -324,7 +324,7 @@ impl Manager {
                     let reason = w.exit_reason.clone().unwrap_or_else(|| format!("failed to start: {why}"));
                     self.history.entry(w.index).or_default().last_reason = Some(reason);
                     if w.exit_reason.is_none() {
-                        self.start_failed(why, now);
+                        self.start_failed(why, w.index, now);
                     }
                     return;
                 }
@@ -341,7 +341,7 @@ impl Manager {
                 }
                 self.crashes += 1;
                 self.record_exit(&w, format!("failed to start: {why}"), now);
-                self.start_failed(why, now);
+                self.start_failed(why, w.index, now);
             }
             Event::Exited { id, status } => {
                 let Some(i) = self.index(id) else { return };
@@ -414,7 +414,8 @@ impl Manager {
         }
     }
 
-    fn start_failed(&mut self, why: String, now: Instant) {
+    /// Worker `index` failed to start because `why`: the next attempt waits a backoff.
+    fn start_failed(&mut self, why: String, index: u32, now: Instant) {
         self.backoff = policy::next_backoff(self.backoff);
         self.next_spawn_at = Some(now + self.backoff);
         self.failing = Some(why);
@@ -424,7 +425,7 @@ impl Manager {
             self.rejected_seen = self.dispatcher.view().counters.rejected_unavailable;
             tracing::info!(pool = &*self.name, "next start attempt on the next request, not before {:?}", self.backoff);
         } else {
-            tracing::info!(pool = &*self.name, "restarting the worker in {:?}", self.backoff);
+            tracing::info!(pool = &*self.name, index, "restarting the worker in {:?}", self.backoff);
         }
     }
 
