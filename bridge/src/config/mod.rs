@@ -20,6 +20,7 @@ mod hint;
 pub mod interface;
 pub mod isolation;
 mod locate;
+mod log_level;
 pub mod model;
 pub(crate) mod paths;
 mod proxies;

@@ -1607,3 +1607,34 @@ fn a_warning_logged_at_warn_says_warning_once() {
     assert_eq!(logged_warning("a: warning: b: a warning: c"), "a: b: a warning: c");
     assert_eq!(logged_warning("no marker"), "no marker");
 }
+
+#[test]
+fn a_log_level_that_names_no_level_is_refused_not_read_as_a_target() {
+    // tracing reads a bare word that is no level as a target name: the daemon would log
+    // nothing else.
+    let cases = [
+        ("warning", "\"warning\" is not a level (tracing would read it as a target name and log nothing else); did you mean \"warn\"?"),
+        ("WARNING", "did you mean \"warn\"?"),
+        ("notice", "did you mean \"info\"?"),
+        ("verbose", "did you mean \"debug\"?"),
+        ("info,verbose", "\"verbose\" is not a level"),
+        ("fcgibridge", "\"fcgibridge\" is not a level (tracing would read it as a target name and log nothing else); write a level (error, warn, info, debug, trace or off), or TARGET=LEVEL: fcgibridge=debug"),
+        ("debug=", "\"debug=\" has no level after '='; write TARGET=LEVEL, e.g. debug=debug, or a level alone"),
+        ("warn, fcgibridge=debug", "\" fcgibridge=debug\" starts or ends with a space"),
+        ("warn, debug", "\" debug\" starts or ends with a space"),
+        ("", "is empty: nothing would be logged"),
+        (",", "is empty: nothing would be logged"),
+    ];
+    for (level, want) in cases {
+        let text = format!("bridge:\n  log-level: {level:?}\n");
+        let lines = error_lines(&valid("log-level").file("30-x.yaml", &text));
+        assert_eq!(lines.len(), 1, "{lines:#?}");
+        assert!(lines[0].starts_with("2:3: bridge.log-level: ") && lines[0].contains(want), "{level:?}: {}", lines[0]);
+    }
+    // Levels in any case, target=level directives and comma lists are filters.
+    for level in ["warn", "INFO", "Debug", "off", "trace", "error", "warn,fcgibridge=debug", "info,fcgibridge::listen=trace", "3"] {
+        let text = format!("bridge:\n  log-level: {level:?}\n");
+        let config = valid("log-level-ok").file("30-x.yaml", &text).config();
+        assert_eq!(config.global.log_level, level);
+    }
+}

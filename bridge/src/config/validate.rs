@@ -731,12 +731,9 @@ impl GlobalBuilder {
         if let Some(level) = raw.log_level.take() {
             key((|| {
                 let path = self.claim(source, "log-level")?;
-                tracing_subscriber::EnvFilter::try_new(&level).map_err(|e| {
-                    source.invalid(
-                        &path,
-                        format!("{level:?} is not a log filter ({e}); write e.g. info, debug, or fcgibridge=debug"),
-                    )
-                })?;
+                if let Some(problem) = super::log_level::problem(&level) {
+                    return Err(source.invalid(&path, problem));
+                }
                 self.log_level = Some(level);
                 Ok(())
             })());
