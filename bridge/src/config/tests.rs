@@ -1638,3 +1638,29 @@ fn a_log_level_that_names_no_level_is_refused_not_read_as_a_target() {
         assert_eq!(config.global.log_level, level);
     }
 }
+
+#[test]
+fn an_ipv6_wildcard_listener_clashes_with_ipv4_addresses_on_its_port() {
+    // Linux binds `[::]` for IPv4 too (net.ipv6.bindv6only=0): `run` could not bind both.
+    let text = "listeners:\n  a: {fastcgi: \"[::]:9400\", pool: demo}\n  b: {fastcgi: 0.0.0.0:9400, pool: demo}\n  c: {fastcgi: 127.0.0.1:9400, pool: demo}\n  d: {fastcgi: \"[::]:9400\", pool: demo}\n";
+    let lines = error_lines(&valid("v6-wildcard").file("30-x.yaml", text));
+    let why = "([::] is an IPv6 wildcard, which Linux binds for IPv4 too)";
+    assert_eq!(
+        lines,
+        [
+            format!("3:7: listeners.b.fastcgi: address already used by listener \"a\" at ROOT/conf.d/30-x.yaml:2:7 {why}"),
+            format!("4:7: listeners.c.fastcgi: address already used by listener \"a\" at ROOT/conf.d/30-x.yaml:2:7 {why}"),
+            "5:7: listeners.d.fastcgi: address already used by listener \"a\" at ROOT/conf.d/30-x.yaml:2:7".to_owned(),
+        ]
+    );
+    // The status listener too, either way round.
+    let text = "bridge:\n  status: {listen: 127.0.0.1:9401}\nlisteners:\n  l: {fastcgi: \"[::]:9401\", pool: demo}\n";
+    let lines = error_lines(&valid("v6-wildcard-status").file("30-x.yaml", text));
+    assert_eq!(
+        lines,
+        [format!("4:7: listeners.l.fastcgi: address already used by the status listener (bridge.status.listen at ROOT/conf.d/30-x.yaml:2:12) {why}")]
+    );
+    // Another port, or a specific IPv6 address beside an IPv4 one, is no clash.
+    let text = "listeners:\n  a: {fastcgi: \"[::]:9402\", pool: demo}\n  b: {fastcgi: 0.0.0.0:9403, pool: demo}\n  c: {fastcgi: \"[::1]:9404\", pool: demo}\n  d: {fastcgi: 127.0.0.1:9404, pool: demo}\n";
+    assert!(valid("v6-wildcard-ok").file("30-x.yaml", text).load().is_ok());
+}

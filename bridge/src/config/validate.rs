@@ -447,16 +447,37 @@ fn check_captures(
     errs
 }
 
-/// Two listeners conflict on the same address, or on one port when either binds the
-/// wildcard address of that IP family.
+/// Two listeners conflict on the same address, on one port when either binds the wildcard
+/// address of that IP family, or on one port when one binds the IPv6 wildcard and the other
+/// an IPv4 address: Linux binds `[::]` for IPv4 too (net.ipv6.bindv6only is 0 by default,
+/// and the bridge sets no IPV6_V6ONLY).
 fn conflicts(a: &ListenAddress, b: &ListenAddress) -> bool {
     match (a, b) {
         (ListenAddress::Tcp(x), ListenAddress::Tcp(y)) => {
             x.port() == y.port()
-                && x.is_ipv4() == y.is_ipv4()
-                && (x.ip() == y.ip() || x.ip().is_unspecified() || y.ip().is_unspecified())
+                && ((x.is_ipv4() == y.is_ipv4()
+                    && (x.ip() == y.ip() || x.ip().is_unspecified() || y.ip().is_unspecified()))
+                    || ipv6_wildcard_over_ipv4(a, b))
         }
         _ => a == b,
+    }
+}
+
+/// One of `a` and `b` is the IPv6 wildcard, the other an IPv4 address.
+fn ipv6_wildcard_over_ipv4(a: &ListenAddress, b: &ListenAddress) -> bool {
+    let wildcard_and_v4 = |x: &ListenAddress, y: &ListenAddress| match (x, y) {
+        (ListenAddress::Tcp(x), ListenAddress::Tcp(y)) => x.is_ipv6() && x.ip().is_unspecified() && y.is_ipv4(),
+        _ => false,
+    };
+    wildcard_and_v4(a, b) || wildcard_and_v4(b, a)
+}
+
+/// What follows an "address already used" error on `a` and `b` that do not look alike.
+fn clash_why(a: &ListenAddress, b: &ListenAddress) -> &'static str {
+    if ipv6_wildcard_over_ipv4(a, b) {
+        " ([::] is an IPv6 wildcard, which Linux binds for IPv4 too)"
+    } else {
+        ""
     }
 }
 
@@ -476,11 +497,13 @@ fn check_addresses(listeners: &[(Listener, usize)], sources: &[Source], global: 
     let mut errs = Vec::new();
     for (i, (listener, file_no)) in listeners.iter().enumerate() {
         let earlier = listeners[..i].iter().find(|(earlier, _)| conflicts(&earlier.address, &listener.address));
-        let msg = if let Some((_, at)) = status.filter(|(address, _)| conflicts(address, &listener.address)) {
-            format!("address already used by the status listener (bridge.status.listen at {at})")
+        let msg = if let Some((address, at)) = status.filter(|(address, _)| conflicts(address, &listener.address)) {
+            let why = clash_why(address, &listener.address);
+            format!("address already used by the status listener (bridge.status.listen at {at}){why}")
         } else if let Some((earlier, earlier_file)) = earlier {
             let first_at = sources[*earlier_file].at(&address_key(earlier));
-            format!("address already used by listener {:?} at {first_at}", earlier.name)
+            let why = clash_why(&earlier.address, &listener.address);
+            format!("address already used by listener {:?} at {first_at}{why}", earlier.name)
         } else {
             continue;
         };
