@@ -26,9 +26,73 @@ pub(super) fn unknown_key(given: &str, expected: &[&str]) -> String {
         if let Some(var) = given.strip_prefix("env[").and_then(|v| v.strip_suffix(']')) {
             return format!("; PHP-FPM's env[{var}] is written in the pool's env: {{{var}: value}}");
         }
+        if let Some(says) = another_sections_key(&name) {
+            return format!("; {says}");
+        }
     }
     suggestion(given, expected)
 }
+
+/// A listener's or the `bridge:` section's key, written in another mapping (a pool, a
+/// template, a route): where it goes. Not those with an answer of their own (MISPLACED,
+/// PEERS: `mount`), nor `pool` (at the top level, `pools` misspelt) and `status` (in a
+/// listener, `status-path` misspelt).
+fn another_sections_key(name: &str) -> Option<String> {
+    if LISTENER_KEYS.contains(&name) {
+        Some(format!("{name} is a listener key: put it under listeners.NAME"))
+    } else if BRIDGE_KEYS.contains(&name) {
+        Some(format!("{name} is a bridge key: put it under bridge"))
+    } else {
+        None
+    }
+}
+
+/// A listener's keys (file.rs, `RawListener`) that [`another_sections_key`] names.
+const LISTENER_KEYS: &[&str] = &[
+    "fastcgi",
+    "scgi",
+    "routes",
+    "socket-mode",
+    "socket-owner",
+    "socket-group",
+    "backlog",
+    "max-params",
+    "status-path",
+    "ping-path",
+    "dialect",
+    "max-redirects",
+    "unrouted-redirect",
+    "redirect-pools",
+    "allowed-clients",
+    "trusted-proxies",
+    "trusted-proxy-headers",
+    "file-handoff",
+    "file-roots",
+    "file-map",
+    "max-ranges",
+    "file-hand-back",
+    "path-info",
+    "header-timeout",
+    "body-timeout",
+    "body-min-rate",
+    "send-timeout",
+    "keepalive-timeout",
+    "max-connections",
+    "direct",
+];
+
+/// The `bridge:` keys (file.rs, `RawBridge`) that [`another_sections_key`] names.
+const BRIDGE_KEYS: &[&str] = &[
+    "runtime-dir",
+    "log-level",
+    "access-log",
+    "log-file",
+    "drain-period",
+    "access-log-format",
+    "control-socket",
+    "header-memory",
+    "log-rate-limit",
+];
 
 /// What to write instead of `name`, another server's option or a key of another mapping.
 /// Another server's options are pasted into a pool; elsewhere such a name is more likely
@@ -477,6 +541,21 @@ mod tests {
         // A pool key under a listener (a flat uWSGI ini split in two): named, not a look-alike.
         assert!(unknown_key("queue-timeout", listener).starts_with("; queue-timeout is a pool key"));
         assert!(unknown_key("request_timeout", listener).starts_with("; request-timeout is a pool key"));
+    }
+
+    #[test]
+    fn the_listener_and_bridge_keys_named_elsewhere_are_theirs_alone() {
+        let sections = [("listeners:\n  x:\n    KEY: ~\n", LISTENER_KEYS), ("bridge:\n  KEY: ~\n", BRIDGE_KEYS)];
+        for (yaml, keys) in sections {
+            for key in keys {
+                let parsed = serde_saphyr::from_str::<super::super::file::RawFile>(&yaml.replace("KEY", key));
+                assert!(parsed.is_ok(), "{key} is no key of {yaml:?}");
+                let in_pool = serde_saphyr::from_str::<super::super::file::RawFile>(&format!("pools:\n  x:\n    {key}: ~\n"));
+                assert!(in_pool.is_err(), "{key} is a pool key too");
+                // Named before any look-alike of the mapping it is written in.
+                assert!(unknown_key(key, POOL_KEYS).starts_with(&format!("; {key} is a ")), "{key}");
+            }
+        }
     }
 
     #[test]

@@ -1664,3 +1664,30 @@ fn an_ipv6_wildcard_listener_clashes_with_ipv4_addresses_on_its_port() {
     let text = "listeners:\n  a: {fastcgi: \"[::]:9402\", pool: demo}\n  b: {fastcgi: 0.0.0.0:9403, pool: demo}\n  c: {fastcgi: \"[::1]:9404\", pool: demo}\n  d: {fastcgi: 127.0.0.1:9404, pool: demo}\n";
     assert!(valid("v6-wildcard-ok").file("30-x.yaml", text).load().is_ok());
 }
+
+#[test]
+fn a_listener_or_bridge_key_in_a_pool_says_where_it_goes() {
+    // Not a look-alike pool key ("did you mean queue-timeout?" for header-timeout).
+    let keys = ["header-timeout: 5s", "send-timeout: 5s", "max-params: 1MiB", "max-connections: 9", "body-timeout: 5s", "backlog: 9", "socket-mode: '0660'", "fastcgi: 127.0.0.1:9100"];
+    for key_value in keys {
+        let key = key_value.split(':').next().unwrap();
+        let text = format!("pools:\n  x:\n    app: x\n    {key_value}\n");
+        let lines = error_lines(&valid("listener-key-in-pool").file("30-x.yaml", &text));
+        let want = format!("4:5: pools.x.{key}: unknown key; {key} is a listener key: put it under listeners.NAME");
+        assert_eq!(lines, [want]);
+    }
+    // In a template's own keys, and a bridge key in a pool or a listener.
+    let text = "pools:\n  x:\n    app: /srv/{host}/app.py\n    template:\n      header-timeout: 5s\n";
+    let lines = error_lines(&valid("listener-key-in-template").file("30-x.yaml", text));
+    assert_eq!(lines, ["5:7: pools.x.template.header-timeout: unknown key; header-timeout is a listener key: put it under listeners.NAME"]);
+    let text = "pools:\n  x:\n    app: x\n    log-level: debug\n";
+    let lines = error_lines(&valid("bridge-key-in-pool").file("30-x.yaml", text));
+    assert_eq!(lines, ["4:5: pools.x.log-level: unknown key; log-level is a bridge key: put it under bridge"]);
+    let text = "listeners:\n  l:\n    fastcgi: 127.0.0.1:9100\n    pool: demo\n    access-log: /tmp/a.log\n";
+    let lines = error_lines(&valid("bridge-key-in-listener").file("30-x.yaml", text));
+    assert_eq!(lines, ["5:5: listeners.l.access-log: unknown key; access-log is a bridge key: put it under bridge"]);
+    // A pool key under a listener is still named as one.
+    let text = "listeners:\n  l:\n    fastcgi: 127.0.0.1:9100\n    pool: demo\n    max-body: 1MiB\n";
+    let lines = error_lines(&valid("pool-key-in-listener").file("30-x.yaml", text));
+    assert!(lines[0].starts_with("5:5: listeners.l.max-body: unknown key; max-body is a pool key"), "{lines:#?}");
+}
