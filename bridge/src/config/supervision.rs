@@ -302,7 +302,12 @@ fn recycling(s: &mut Supervision, raw: &RawSupervision, bad: &dyn Fn(&str, Strin
     s.memory_limit = raw.memory_limit.map(|b| b.0).filter(|&b| b > 0);
     if let Some(limit) = s.memory_limit {
         if limit < (1 << 20) {
-            bad("memory-limit", format!("{limit} bytes is less than 1MiB; write a unit, e.g. \"512MiB\""));
+            // Said so that it fits `512` (bytes, meant as MiB) and `1MB` (a unit) alike.
+            let m = format!(
+                "{limit} bytes is less than 1MiB, the smallest limit; write e.g. \"512MiB\" (a number without a unit \
+                 counts bytes)"
+            );
+            bad("memory-limit", m);
         }
     }
     s.cpu_time_limit = raw.cpu_time_limit.map(|d| d.0).filter(|d| !d.is_zero());
@@ -440,7 +445,7 @@ mod tests {
         assert_eq!(s.request_timeout, Some(Duration::from_secs(30)));
         assert_eq!(s.graceful_timeout, Duration::from_secs(10));
         assert_eq!(s.min_lifetime, Duration::from_secs(60));
-        assert!(error("memory-limit: 512").contains("write a unit"));
+        assert!(error("memory-limit: 512").contains("a number without a unit counts bytes"));
         assert!(error("cpu-time-limit: 1500ms").contains("whole seconds"));
         assert!(error("graceful-timeout: 0").contains("longer than 0s"));
     }

@@ -1691,3 +1691,17 @@ fn a_listener_or_bridge_key_in_a_pool_says_where_it_goes() {
     let lines = error_lines(&valid("pool-key-in-listener").file("30-x.yaml", text));
     assert!(lines[0].starts_with("5:5: listeners.l.max-body: unknown key; max-body is a pool key"), "{lines:#?}");
 }
+
+#[test]
+fn a_memory_limit_under_1mib_is_refused_in_words_that_fit_a_unit_too() {
+    let text = "pools:\n  x:\n    app: x\n    memory-limit: 1MB\n";
+    let lines = error_lines(&valid("memory-limit-unit").file("30-x.yaml", text));
+    assert_eq!(
+        lines,
+        ["4:5: pools.x.memory-limit: 1000000 bytes is less than 1MiB, the smallest limit; write e.g. \"512MiB\" (a \
+          number without a unit counts bytes)"]
+    );
+    let text = "pools:\n  x:\n    app: x\n    memory-limit: 512\n";
+    let lines = error_lines(&valid("memory-limit-bytes").file("30-x.yaml", text));
+    assert!(lines[0].starts_with("4:5: pools.x.memory-limit: 512 bytes is less than 1MiB, the smallest limit"), "{lines:#?}");
+}
