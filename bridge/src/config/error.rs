@@ -175,6 +175,8 @@ impl Source {
             }
             E::MultipleDocuments { .. } => {
                 let message = "a second YAML document (`---`); put each one in its own *.yaml file".to_owned();
+                // The parser places it at the document's first node, a line or more after its `---`.
+                let at = At { pos: self.index.second_document().or(pos), ..at };
                 return (ConfigError::Syntax { at, message }, None);
             }
             other => {

@@ -80,6 +80,8 @@ struct Node {
 #[derive(Debug, Default, Clone)]
 pub struct KeyIndex {
     nodes: Vec<Node>,
+    /// Where a second document starts (its `---`), which the typed parse refuses.
+    second_document: Option<Pos>,
 }
 
 enum Frame {
@@ -100,9 +102,16 @@ impl KeyIndex {
     pub fn build(text: &str) -> Self {
         let mut nodes = Vec::new();
         let mut stack: Vec<Frame> = Vec::new();
+        let (mut documents, mut second_document) = (0, None);
         for item in Parser::new_from_str(text) {
             let Ok((event, span)) = item else { break };
             let pos = Pos { line: span.start.line(), column: span.start.col() + 1 };
+            if matches!(event, Event::DocumentStart(..)) {
+                documents += 1;
+                if documents == 2 {
+                    second_document = Some(pos);
+                }
+            }
             let is_node = matches!(
                 event,
                 Event::Scalar(..) | Event::MappingStart(..) | Event::SequenceStart(..) | Event::Alias(..)
@@ -153,7 +162,12 @@ impl KeyIndex {
                 _ => {}
             }
         }
-        Self { nodes }
+        Self { nodes, second_document }
+    }
+
+    /// Where a second YAML document starts: its `---` line when it has one.
+    pub fn second_document(&self) -> Option<Pos> {
+        self.second_document
     }
 
     /// Where the key at `path` is written; for a sequence item, where the item starts.
@@ -175,7 +189,8 @@ impl KeyIndex {
     /// Only the nodes at `path` and inside it: what a pool template keeps to place the
     /// errors of its instances, made long after the file was read.
     pub fn under(&self, path: &KeyPath) -> Self {
-        Self { nodes: self.nodes.iter().filter(|n| n.path.0.starts_with(&path.0)).cloned().collect() }
+        let nodes = self.nodes.iter().filter(|n| n.path.0.starts_with(&path.0)).cloned().collect();
+        Self { nodes, second_document: None }
     }
 
     /// Whether the key `path` is written (no fallback to the keys around it).

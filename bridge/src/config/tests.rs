@@ -260,13 +260,20 @@ fn syntax_errors_give_line_and_column() {
         tree.error(),
         format!("ROOT/conf.d/30-bad.yaml:4:12: mapping values are not allowed in this context{STOPS}")
     );
-    let tree = valid("two-docs").file("30-bad.yaml", "pools: {}\n---\nlisteners: {}\n");
+    // The second document is placed at its `---`, not at what follows it.
+    let docs = "pools: {}\n---\nlisteners: {}\n";
+    let tree = valid("two-docs").file("30-bad.yaml", docs);
     assert_eq!(
         tree.error(),
         format!(
-            "ROOT/conf.d/30-bad.yaml:3:1: a second YAML document (`---`); put each one in its own *.yaml file{STOPS}"
+            "ROOT/conf.d/30-bad.yaml:2:1: a second YAML document (`---`); put each one in its own *.yaml file{STOPS}"
         )
     );
+    let docs = "---\nbridge:\n  log-level: info\nx-a: 1\nx-b: 2\nx-c: 3\nx-d: 4\n---\n# more\n\nlisteners: {}\n";
+    let err = valid("two-docs-late").file("30-bad.yaml", docs).error();
+    assert!(err.starts_with("ROOT/conf.d/30-bad.yaml:8:1: a second YAML document"), "{err}");
+    let err = valid("two-docs-empty").file("30-bad.yaml", "pools: {}\n---\n").error();
+    assert!(err.starts_with("ROOT/conf.d/30-bad.yaml:2:1: a second YAML document"), "{err}");
 }
 
 #[test]
@@ -1705,3 +1712,4 @@ fn a_memory_limit_under_1mib_is_refused_in_words_that_fit_a_unit_too() {
     let lines = error_lines(&valid("memory-limit-bytes").file("30-x.yaml", text));
     assert!(lines[0].starts_with("4:5: pools.x.memory-limit: 512 bytes is less than 1MiB, the smallest limit"), "{lines:#?}");
 }
+
