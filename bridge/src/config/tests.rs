@@ -1713,3 +1713,14 @@ fn a_memory_limit_under_1mib_is_refused_in_words_that_fit_a_unit_too() {
     assert!(lines[0].starts_with("4:5: pools.x.memory-limit: 512 bytes is less than 1MiB, the smallest limit"), "{lines:#?}");
 }
 
+
+#[test]
+fn a_relative_file_map_path_is_refused_and_the_doc_says_so() {
+    // Unlike the other paths, file-map's are not resolved against the file's directory.
+    let text = "listeners:\n  l:\n    fastcgi: 127.0.0.1:9100\n    pool: demo\n    file-handoff: translate\n    file-map: {files: /p}\n";
+    let lines = error_lines(&valid("file-map-relative").file("30-x.yaml", text));
+    assert_eq!(lines, ["6:5: listeners.l.file-map: entries map an absolute filesystem path to an absolute URI path, e.g. /srv/files: /protected"]);
+    let doc = fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/configuration.md")).expect("the doc");
+    let row = doc.lines().find(|l| l.starts_with("| `file-map` |")).expect("the file-map row");
+    assert!(row.contains("a relative path is refused"), "{row}");
+}
