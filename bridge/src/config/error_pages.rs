@@ -11,7 +11,9 @@ pub enum ErrorPageError {
     NotAnError(String),
     #[error("cannot read the error page {path}: {err}")]
     Read { path: String, err: std::io::Error },
-    #[error("give a page: a file (a path, or `{{file: path}}`) or `{{redirect: /local/path}}`")]
+    /// Worded as a missing key: when a misspelt key was taken out of the page, the unknown
+    /// key is the one error (validate.rs, `follows_from`).
+    #[error("missing key `file` or `redirect`; give a page: a file (a path, or `{{file: path}}`) or `{{redirect: /local/path}}`")]
     NoPage,
     #[error("a page is either `file` or `redirect`, not both")]
     BothForms,

@@ -660,7 +660,7 @@ fn error_pages_are_files_or_local_redirects() {
     assert_eq!(pages.get(503), Some(&ErrorPage::Redirect(bytes::Bytes::from_static(b"/errors/503?x=1"))));
     let cases = [
         ("      \"200\": ../app/404.html\n", "30-x.yaml:5:7: pools.x.error-pages.200: \"200\" is not an HTTP error status"),
-        ("      404: {}\n", "30-x.yaml:5:7: pools.x.error-pages.404: give a page: a file"),
+        ("      404: {}\n", "30-x.yaml:5:7: pools.x.error-pages.404: missing key `file` or `redirect`; give a page: a file"),
         ("      404: {file: ../app/404.html, redirect: /e}\n", "30-x.yaml:5:7: pools.x.error-pages.404: a page is either `file` or `redirect`, not both"),
         ("      404: {redirect: errors/404}\n", "30-x.yaml:5:7: pools.x.error-pages.404: redirect \"errors/404\" must be a local path starting with one '/'"),
         ("      404: {redirect: //cdn/404}\n", "pools.x.error-pages.404: redirect \"//cdn/404\" must be a local path"),
@@ -674,6 +674,9 @@ fn error_pages_are_files_or_local_redirects() {
     }
     let err = valid("error-pages-key").file("30-x.yaml", &pool("      404: {page: /e}\n")).error();
     assert!(err.contains("pools.x.error-pages.404") && err.contains("unknown key"), "{err}");
+    // A misspelt key of a page is the one error: the page it leaves empty is not reported too.
+    let lines = error_lines(&valid("error-pages-typo").file("30-x.yaml", &pool("      \"404\": {fiel: x.html}\n")));
+    assert_eq!(lines, ["5:15: pools.x.error-pages.404.fiel: unknown key; did you mean \"file\"?"]);
 }
 
 #[test]
