@@ -550,7 +550,8 @@ mod tests {
             for key in keys {
                 let parsed = serde_saphyr::from_str::<super::super::file::RawFile>(&yaml.replace("KEY", key));
                 assert!(parsed.is_ok(), "{key} is no key of {yaml:?}");
-                let in_pool = serde_saphyr::from_str::<super::super::file::RawFile>(&format!("pools:\n  x:\n    {key}: ~\n"));
+                let in_pool =
+                    serde_saphyr::from_str::<super::super::file::RawFile>(&format!("pools:\n  x:\n    {key}: ~\n"));
                 assert!(in_pool.is_err(), "{key} is a pool key too");
                 // Named before any look-alike of the mapping it is written in.
                 assert!(unknown_key(key, POOL_KEYS).starts_with(&format!("; {key} is a ")), "{key}");

@@ -1642,7 +1642,17 @@ fn a_log_level_that_names_no_level_is_refused_not_read_as_a_target() {
         assert!(lines[0].starts_with("2:3: bridge.log-level: ") && lines[0].contains(want), "{level:?}: {}", lines[0]);
     }
     // Levels in any case, target=level directives and comma lists are filters.
-    for level in ["warn", "INFO", "Debug", "off", "trace", "error", "warn,fcgibridge=debug", "info,fcgibridge::listen=trace", "3"] {
+    for level in [
+        "warn",
+        "INFO",
+        "Debug",
+        "off",
+        "trace",
+        "error",
+        "warn,fcgibridge=debug",
+        "info,fcgibridge::listen=trace",
+        "3",
+    ] {
         let text = format!("bridge:\n  log-level: {level:?}\n");
         let config = valid("log-level-ok").file("30-x.yaml", &text).config();
         assert_eq!(config.global.log_level, level);
@@ -1658,8 +1668,12 @@ fn an_ipv6_wildcard_listener_clashes_with_ipv4_addresses_on_its_port() {
     assert_eq!(
         lines,
         [
-            format!("3:7: listeners.b.fastcgi: address already used by listener \"a\" at ROOT/conf.d/30-x.yaml:2:7 {why}"),
-            format!("4:7: listeners.c.fastcgi: address already used by listener \"a\" at ROOT/conf.d/30-x.yaml:2:7 {why}"),
+            format!(
+                "3:7: listeners.b.fastcgi: address already used by listener \"a\" at ROOT/conf.d/30-x.yaml:2:7 {why}"
+            ),
+            format!(
+                "4:7: listeners.c.fastcgi: address already used by listener \"a\" at ROOT/conf.d/30-x.yaml:2:7 {why}"
+            ),
             "5:7: listeners.d.fastcgi: address already used by listener \"a\" at ROOT/conf.d/30-x.yaml:2:7".to_owned(),
         ]
     );
@@ -1678,7 +1692,16 @@ fn an_ipv6_wildcard_listener_clashes_with_ipv4_addresses_on_its_port() {
 #[test]
 fn a_listener_or_bridge_key_in_a_pool_says_where_it_goes() {
     // Not a look-alike pool key ("did you mean queue-timeout?" for header-timeout).
-    let keys = ["header-timeout: 5s", "send-timeout: 5s", "max-params: 1MiB", "max-connections: 9", "body-timeout: 5s", "backlog: 9", "socket-mode: '0660'", "fastcgi: 127.0.0.1:9100"];
+    let keys = [
+        "header-timeout: 5s",
+        "send-timeout: 5s",
+        "max-params: 1MiB",
+        "max-connections: 9",
+        "body-timeout: 5s",
+        "backlog: 9",
+        "socket-mode: '0660'",
+        "fastcgi: 127.0.0.1:9100",
+    ];
     for key_value in keys {
         let key = key_value.split(':').next().unwrap();
         let text = format!("pools:\n  x:\n    app: x\n    {key_value}\n");
@@ -1713,9 +1736,11 @@ fn a_memory_limit_under_1mib_is_refused_in_words_that_fit_a_unit_too() {
     );
     let text = "pools:\n  x:\n    app: x\n    memory-limit: 512\n";
     let lines = error_lines(&valid("memory-limit-bytes").file("30-x.yaml", text));
-    assert!(lines[0].starts_with("4:5: pools.x.memory-limit: 512 bytes is less than 1MiB, the smallest limit"), "{lines:#?}");
+    assert!(
+        lines[0].starts_with("4:5: pools.x.memory-limit: 512 bytes is less than 1MiB, the smallest limit"),
+        "{lines:#?}"
+    );
 }
-
 
 #[test]
 fn a_relative_file_map_path_is_refused_and_the_doc_says_so() {
