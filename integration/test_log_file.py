@@ -1,9 +1,14 @@
 """`log-file:` puts the daemon's log in a file; after logrotate moves it, SIGUSR1 makes
-the daemon write to a new file at the configured path."""
+the daemon write to a new file at the configured path. An error that stops the start is
+on stderr as well, where whoever started the daemon (a terminal, systemd's journal) looks."""
 from __future__ import annotations
 
 import os
 import signal
+import socket
+import subprocess
+
+import pytest
 
 from harness import APPS, free_ports, make_bridge, wait_until
 
@@ -32,3 +37,58 @@ def test_log_file_is_reopened_on_sigusr1(tmp_path):
         assert "SIGUSR1" not in rotated.read_text()
     finally:
         b.stop()
+
+
+def run_failing(tmp_path, bridge_extra, env_extra=None):
+    """`fcgibridge run` on a configuration that cannot start: its exit status, its stderr
+    (stdout and stderr kept apart) and its log file's text, if it has one."""
+    b = make_bridge(tmp_path, {"p": {"app": str(APPS / "edge_app.py"), "processes": 1, "threads": 1}},
+                    {"front": {"fastcgi": f"unix:{tmp_path / 'front.sock'}", "pool": "p"}},
+                    bridge_extra=bridge_extra)
+    env = dict(os.environ, NO_COLOR="1", **(env_extra or {}))
+    r = subprocess.run([str(b.binary), "run", "--config", str(b.confdir)], env=env, cwd=tmp_path,
+                       stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120)
+    logfile = bridge_extra.get("log-file")
+    return r.returncode, r.stderr, open(logfile).read() if logfile and os.path.exists(logfile) else ""
+
+
+@pytest.fixture
+def taken_port():
+    """A loopback port another process listens on."""
+    port, = free_ports(1)
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.bind(("127.0.0.1", port))
+    s.listen(1)
+    try:
+        yield port
+    finally:
+        s.close()
+
+
+@pytest.mark.parametrize("to_file", [True, False], ids=["log-file", "stderr"])
+def test_a_failed_start_is_on_stderr_once(tmp_path, taken_port, to_file):
+    logfile = tmp_path / "fcgibridge.log"
+    extra = {"status": {"listen": f"127.0.0.1:{taken_port}"}}
+    if to_file:
+        extra["log-file"] = str(logfile)
+    code, stderr, logged = run_failing(tmp_path, extra)
+    assert code == 1, stderr
+    error = f"status listener 127.0.0.1:{taken_port}: bind: Address already in use"
+    ours = [ln for ln in stderr.splitlines() if error in ln]
+    assert len(ours) == 1, stderr
+    if to_file:
+        # One plain line on stderr; the log keeps its own line, and only the log the rest.
+        assert ours[0].startswith(f"fcgibridge: {error}"), stderr
+        assert error in logged and "ERROR" in logged, logged
+        assert stderr.strip() == ours[0], stderr
+
+
+def test_a_missing_worker_module_is_on_stderr_with_a_log_file(tmp_path):
+    logfile = tmp_path / "fcgibridge.log"
+    missing = tmp_path / "no" / "libfcgibridge_worker.so"
+    code, stderr, logged = run_failing(tmp_path, {"log-file": str(logfile)},
+                                       {"FCGIBRIDGE_WORKER_LIB": str(missing)})
+    assert code == 1, stderr
+    error = f"the native worker module was not found at {missing}"
+    assert [ln.startswith(f"fcgibridge: {error}") for ln in stderr.splitlines()] == [True], stderr
+    assert error in logged, logged

@@ -73,10 +73,7 @@ pub fn main(config_dir: &Path) -> ExitCode {
     let passed = listen::systemd::Passed::from_env();
     let notifier = match Notifier::from_env() {
         Ok(n) => Arc::new(n),
-        Err(e) => {
-            tracing::error!("{e}");
-            return ExitCode::FAILURE;
-        }
+        Err(e) => return failed(e),
     };
 
     let threads = std::env::var("FCGIBRIDGE_RUNTIME_THREADS")
@@ -94,10 +91,7 @@ pub fn main(config_dir: &Path) -> ExitCode {
     };
     let runtime = match builder.thread_name("fcgibridge").enable_all().build() {
         Ok(rt) => rt,
-        Err(e) => {
-            tracing::error!("cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(e) => return failed(format_args!("cannot start the runtime: {e}")),
     };
     let code = runtime.block_on(run(config, notifier, passed, config_dir.to_path_buf(), reopen));
     // Worker log readers may still hold pipe reads; do not wait for them.
@@ -113,14 +107,13 @@ async fn run(
     reopen: logging::reopen::Reopen,
 ) -> ExitCode {
     // Signals first, so a SIGTERM during start-up is not lost.
-    let Ok(mut signals) = Signals::install() else {
-        tracing::error!("cannot install signal handlers");
-        return ExitCode::FAILURE;
+    let mut signals = match Signals::install() {
+        Ok(s) => s,
+        Err(e) => return failed(format_args!("cannot install signal handlers: {e}")),
     };
     // This is main()'s thread (block_on): one held since start-up is taken now.
     if let Err(e) = crate::supervise::unblock_operator_signals() {
-        tracing::error!("cannot unblock SIGHUP/SIGUSR1/SIGUSR2: {e}");
-        return ExitCode::FAILURE;
+        return failed(format_args!("cannot unblock SIGHUP/SIGUSR1/SIGUSR2: {e}"));
     }
     let mut running = match start(&config, passed, reopen, &notifier).await {
         Ok(r) => r,
@@ -171,9 +164,10 @@ struct Running {
     socket_files: Vec<std::path::PathBuf>,
 }
 
-/// Log a start-up error; the daemon exits with failure.
+/// A start-up error: logged (and on stderr too when the log is a file); the daemon exits
+/// with failure.
 fn failed(e: impl std::fmt::Display) -> ExitCode {
-    tracing::error!("{e}");
+    logging::fatal(e);
     ExitCode::FAILURE
 }
 
@@ -232,9 +226,9 @@ async fn start(
                 tokio::spawn(crate::control::serve(l, control_tx, registry.clone(), stop_rx));
             }
             Err(e) => {
-                tracing::error!("{e}");
+                let code = failed(e);
                 supervisor.stop(Stop::Fast, std::time::Instant::now()).await;
-                return Err(ExitCode::FAILURE);
+                return Err(code);
             }
         }
         socket_files.push(path);
@@ -243,9 +237,9 @@ async fn start(
     let listeners = match listen::ListenerSet::start(&config.listeners, bound, &by_name, registry.clone()) {
         Ok(r) => r,
         Err(e) => {
-            tracing::error!("{e}");
+            let code = failed(e);
             supervisor.stop(Stop::Fast, std::time::Instant::now()).await;
-            return Err(ExitCode::FAILURE);
+            return Err(code);
         }
     };
     tracing::info!(

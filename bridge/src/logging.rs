@@ -17,6 +17,9 @@ use tracing_subscriber::EnvFilter;
 /// Set when the main log is JSON (`log-format: json`), which escapes newlines.
 static JSON: AtomicBool = AtomicBool::new(false);
 
+/// Set when the main log goes to `log-file` rather than stderr.
+static TO_FILE: AtomicBool = AtomicBool::new(false);
+
 /// Whether a message of several lines (a traceback) may be one log event: in JSON its
 /// newlines are escaped, so no line of the app's text can pass for a log line of its own.
 /// In text, every line is an event with the fields (logging/app_records.rs).
@@ -37,7 +40,10 @@ pub(crate) fn init(global: &Global) -> reopen::Reopen {
     // `log-file:` instead of stderr; if it cannot be opened, stderr and an error line.
     let (writer, ansi, file_error) = match &global.log_file {
         Some(path) => match file::LogFile::open(path.clone(), reopen.clone()) {
-            Ok(f) => (BoxMakeWriter::new(f), false, None),
+            Ok(f) => {
+                TO_FILE.store(true, Ordering::Relaxed);
+                (BoxMakeWriter::new(f), false, None)
+            }
             Err(e) => (
                 BoxMakeWriter::new(std::io::stderr),
                 false,
@@ -65,6 +71,22 @@ pub(crate) fn init(global: &Global) -> reopen::Reopen {
         tracing::warn!("log-level {:?} is not a valid filter ({e}); using \"info\"", global.log_level);
     }
     reopen
+}
+
+/// An error that ends the daemon (a failed start): logged, and when the log is a file
+/// also on stderr, where whoever started it (a terminal, systemd's journal) looks.
+pub(crate) fn fatal(error: impl std::fmt::Display) {
+    let message = error.to_string();
+    tracing::error!("{message}");
+    if let Some(line) = stderr_copy(&message, TO_FILE.load(Ordering::Relaxed)) {
+        eprintln!("{line}");
+    }
+}
+
+/// The line a fatal error adds on stderr: none when the log is there already (no line
+/// twice), else one line (`fcgibridge: …`, escaped as the log's own lines are).
+fn stderr_copy(message: &str, log_is_a_file: bool) -> Option<String> {
+    log_is_a_file.then(|| format!("fcgibridge: {}", escape::clean(message)))
 }
 
 /// One finished request, as the access log records it.
@@ -221,6 +243,19 @@ mod tests {
             p.insert(k.as_bytes().to_vec(), v.as_bytes().to_vec());
         }
         p
+    }
+
+    #[test]
+    fn a_fatal_error_is_on_stderr_once() {
+        // Logged to stderr already: not again.
+        assert_eq!(stderr_copy("status listener 127.0.0.1:1: bind: Address already in use", false), None);
+        assert_eq!(
+            stderr_copy("status listener 127.0.0.1:1: bind: Address already in use", true).as_deref(),
+            Some("fcgibridge: status listener 127.0.0.1:1: bind: Address already in use")
+        );
+        // One line, whatever the error's text.
+        let line = stderr_copy("first\nsecond", true).unwrap_or_default();
+        assert_eq!(line.lines().count(), 1, "{line}");
     }
 
     #[test]
