@@ -142,3 +142,38 @@ def test_unknown_socket_name_is_a_clear_error(tmp_path):
                        capture_output=True, text=True, timeout=60)
     assert r.returncode != 0
     assert "systemd:nope: not started by systemd socket activation" in r.stderr, r.stderr
+
+
+def test_ready_waits_for_a_broken_pool_only_its_own_startup_timeout(tmp_path):
+    """A pool that cannot start (startup-timeout 3s) beside a healthy one with the default
+    60s: READY=1 (naming the broken pool) comes once the broken pool's own startup-timeout
+    has passed, not the longest of all pools'."""
+    conf = tmp_path / "conf.d"
+    conf.mkdir()
+    sock = tmp_path / "front.sock"
+    (conf / "50-test.yaml").write_text(to_yaml({
+        "bridge": {"log-level": "info", "runtime-dir": str(tmp_path / "run")},
+        "pools": {
+            "good": {"app": str(APPS / "edge_app.py"), "processes": 1, "threads": 1, **ROOT_OK},
+            "bad": {"app": "no_such_module:app", "processes": 1, "threads": 1, "startup-timeout": "3s", **ROOT_OK},
+        },
+        "listeners": {"front": {"fastcgi": f"unix:{sock}", "routes": [
+            {"host": "bad", "pool": "bad"}, {"pool": "good"}]}},
+    }))
+    notify = Notifications(tmp_path / "notify.sock")
+    log = LogFile(tmp_path / "bridge.log")
+    env = dict(os.environ, NO_COLOR="1", NOTIFY_SOCKET=notify.path)
+    for v in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES", "WATCHDOG_USEC", "WATCHDOG_PID"):
+        env.pop(v, None)
+    with open(log.path, "ab") as logf:
+        proc = subprocess.Popen([str(bridge_binary()), "run", "--config", str(conf)], stdin=subprocess.DEVNULL,
+                                stdout=logf, stderr=subprocess.STDOUT, env=env, start_new_session=True, cwd=tmp_path)
+    try:
+        # Before the fix READY=1 came after the healthy pool's 60 s (+1 s).
+        ready = notify.wait_for("READY=1", 45)
+        assert "STATUS=serving; not ready: bad\n" in ready[0], ready
+        log.wait_for("pools not ready after their startup-timeout: bad$", timeout=30)
+        assert fcgi_client.fcgi_request(str(sock), "/health", headers={"Host": "x"}).status == 200
+    finally:
+        stop_process(proc)
+        notify.close()

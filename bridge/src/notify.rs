@@ -1,7 +1,8 @@
 //! The systemd notification protocol (`Type=notify`), spoken directly: one datagram per
 //! state change to the socket named by `NOTIFY_SOCKET`, no libsystemd.
 //!
-//! READY=1 once every listener is bound and every pool has a ready worker; RELOADING=1
+//! READY=1 once every listener is bound and every pool has a ready worker (or is past its
+//! own startup-timeout); RELOADING=1
 //! while a reload runs; STOPPING=1 when a stop begins; WATCHDOG=1 every half
 //! `WATCHDOG_USEC`. Without `NOTIFY_SOCKET` (not started by systemd) every call is a no-op.
 use std::os::unix::net::{SocketAddr, UnixDatagram};
@@ -124,38 +125,73 @@ pub(crate) fn spawn_watchdog(notifier: std::sync::Arc<Notifier>) {
 }
 
 /// READY=1 once every pool has at least one worker connection free (listeners are bound
-/// before this runs). A pool that cannot start keeps the service "activating" until
-/// systemd's TimeoutStartSec=, which is what an operator wants to see; after the longest
-/// startup-timeout READY=1 is sent anyway, with a status naming the pools not ready,
-/// so the pools that work are served.
+/// before this runs). A pool that cannot start keeps the service "activating" until its
+/// own startup-timeout (+1 s) has passed, which is what an operator wants to see; then
+/// READY=1 is sent anyway, with a status naming the pools not ready, so the pools that
+/// work are served. A healthy pool's longer startup-timeout does not delay it.
 pub(crate) async fn ready_when_pools_ready(
     notifier: std::sync::Arc<Notifier>,
     pools: Vec<std::sync::Arc<crate::supervise::PoolRuntime>>,
 ) {
-    let longest = pools.iter().map(|p| p.config.startup_timeout).max().unwrap_or_default();
-    let deadline = tokio::time::Instant::now() + longest + Duration::from_secs(1);
-    let not_ready = |pools: &[std::sync::Arc<crate::supervise::PoolRuntime>]| -> Vec<String> {
-        pools.iter().filter(|p| !p.serving()).map(|p| p.name.to_string()).collect()
-    };
+    let start = tokio::time::Instant::now();
     loop {
-        let waiting = not_ready(&pools);
-        if waiting.is_empty() {
-            tracing::info!("all pools ready");
-            notifier.ready(&format!("serving {} pools", pools.len()));
-            return;
+        let states: Vec<_> = pools
+            .iter()
+            .map(|p| PoolState { name: &p.name, serving: p.serving(), timeout: p.config.startup_timeout })
+            .collect();
+        match settled(&states, start.elapsed()) {
+            None => tokio::time::sleep(Duration::from_millis(50)).await,
+            Some(waiting) if waiting.is_empty() => {
+                tracing::info!("all pools ready");
+                notifier.ready(&format!("serving {} pools", pools.len()));
+                return;
+            }
+            Some(waiting) => {
+                tracing::warn!("pools not ready after their startup-timeout: {}", waiting.join(", "));
+                notifier.ready(&format!("serving; not ready: {}", waiting.join(", ")));
+                return;
+            }
         }
-        if tokio::time::Instant::now() >= deadline {
-            tracing::warn!("pools not ready after their startup-timeout: {}", waiting.join(", "));
-            notifier.ready(&format!("serving; not ready: {}", waiting.join(", ")));
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// A pool as READY=1 looks at it.
+struct PoolState<'a> {
+    name: &'a str,
+    serving: bool,
+    timeout: Duration,
+}
+
+/// `elapsed` after start-up: None while a pool that is not serving is still within its own
+/// startup-timeout (+1 s, for its first worker's start); else the pools not serving (none:
+/// all ready).
+fn settled(pools: &[PoolState<'_>], elapsed: Duration) -> Option<Vec<String>> {
+    let waiting: Vec<&PoolState<'_>> = pools.iter().filter(|p| !p.serving).collect();
+    if waiting.iter().any(|p| elapsed < p.timeout + Duration::from_secs(1)) {
+        return None;
+    }
+    Some(waiting.iter().map(|p| p.name.to_owned()).collect())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ready_waits_for_each_pool_only_its_own_startup_timeout() {
+        let pool = |name, serving, secs| PoolState { name, serving, timeout: Duration::from_secs(secs) };
+        let at = Duration::from_secs;
+        // A broken pool (3s) beside a healthy one (60s): READY after ~4 s, not ~61 s.
+        let pools = [pool("bad", false, 3), pool("good", true, 60)];
+        assert_eq!(settled(&pools, at(2)), None);
+        assert_eq!(settled(&pools, at(4)), Some(vec!["bad".to_owned()]));
+        // A slow pool still within its own startup-timeout is waited for.
+        let pools = [pool("bad", false, 3), pool("slow", false, 60)];
+        assert_eq!(settled(&pools, at(10)), None);
+        assert_eq!(settled(&pools, at(61)), Some(vec!["bad".to_owned(), "slow".to_owned()]));
+        // Every pool ready: at once.
+        assert_eq!(settled(&[pool("a", true, 60), pool("b", true, 3)], at(0)), Some(vec![]));
+    }
 
     #[test]
     fn addresses() {
