@@ -156,6 +156,44 @@ def test_check_refuses_what_run_could_not_open_or_bind(tmp_path):
     assert r.returncode == 2 and f"fcgibridge: {d}/10-bridge.yaml:2:3: bridge.access-log: " in r.stderr, r.stderr
 
 
+def test_check_refuses_a_missing_worker_module_as_run_does(tmp_path):
+    """Without the native worker module `run` stops at start-up; `check` passed (only
+    `check --import` failed). The module is looked for where run looks: FCGIBRIDGE_WORKER_LIB,
+    else next to the binary."""
+    d = write_conf(tmp_path, {"50-app.yaml": (
+        f"bridge:\n  runtime-dir: {tmp_path}/run\n"
+        f"pools:\n  app:\n    app: {APPS / 'edge_app.py'}\n{ROOT_OK}"
+        f"listeners:\n  front:\n    fastcgi: unix:{tmp_path}/front.sock\n    pool: app\n")})
+    # A binary of its own, in a directory without the module (a hard link: current_exe()
+    # is the path it was started by).
+    alone = tmp_path / "bin"
+    alone.mkdir()
+    try:
+        os.link(bridge_binary(), alone / "fcgibridge")
+    except OSError:
+        import shutil
+        shutil.copy2(bridge_binary(), alone / "fcgibridge")
+    bare_env = {k: v for k, v in os.environ.items() if k != "FCGIBRIDGE_WORKER_LIB"}
+    for binary, missing, env in [
+        (bridge_binary(), tmp_path / "nowhere.so", dict(os.environ, FCGIBRIDGE_WORKER_LIB=str(tmp_path / "nowhere.so"))),
+        (alone / "fcgibridge", alone / "libfcgibridge_worker.so", bare_env),
+    ]:
+        error = f"the native worker module was not found at {missing} — "
+        checked = subprocess.run([str(binary), "check", "--config", str(d)], env=env, capture_output=True,
+                                 text=True, timeout=60)
+        assert checked.returncode == 1, checked.stderr
+        said = [ln for ln in checked.stderr.splitlines() if error in ln]
+        assert len(said) == 1 and said[0].startswith(f"fcgibridge: {error}"), checked.stderr
+        ran = subprocess.run([str(binary), "run", "--config", str(d)], env=dict(env, NO_COLOR="1"),
+                             capture_output=True, text=True, timeout=60)
+        assert ran.returncode == 1, ran.stderr
+        # The same message.
+        assert said[0].removeprefix("fcgibridge: ") in ran.stderr, (checked.stderr, ran.stderr)
+    # With the module there, check passes.
+    ok = run("check", "--config", str(d))
+    assert ok.returncode == 0, ok.stderr
+
+
 def test_check_names_every_error_of_every_file(tmp_path):
     files = dict(GOOD)
     files["40-bad.yaml"] = "pools:\n  slow:\n    app: mysite.wsgi:application\n    queue-timeout: 30 parsecs\n" + ROOT_OK

@@ -31,6 +31,11 @@ pub fn main(config_dir: &Path, import: bool) -> ExitCode {
             let mut out = std::io::stdout().lock();
             // A closed pipe (`fcgibridge check | head`) is not a configuration error.
             let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
+            // `run` unpacks it whatever the pools; `--import` would fail on it too.
+            if let Some(e) = missing_native_module(&native_module_source()) {
+                eprintln!("fcgibridge: {e}");
+                return ExitCode::FAILURE;
+            }
             if import && !import_apps(&config) {
                 return ExitCode::FAILURE;
             }
@@ -42,6 +47,22 @@ pub fn main(config_dir: &Path, import: bool) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Where `run` takes the native worker module from, as supervise/runtime_dir.rs looks:
+/// $FCGIBRIDGE_WORKER_LIB, else `libfcgibridge_worker.so` next to the running executable.
+fn native_module_source() -> std::path::PathBuf {
+    if let Some(p) = std::env::var_os("FCGIBRIDGE_WORKER_LIB") {
+        return p.into();
+    }
+    let exe_dir = std::env::current_exe().ok().and_then(|e| e.parent().map(Path::to_owned));
+    exe_dir.unwrap_or_else(|| ".".into()).join("libfcgibridge_worker.so")
+}
+
+/// The error `run` stops with when it cannot read the module at `path`.
+fn missing_native_module(path: &Path) -> Option<crate::supervise::runtime_dir::RuntimeDirError> {
+    use crate::supervise::runtime_dir::RuntimeDirError;
+    std::fs::File::open(path).err().map(|_| RuntimeDirError::NativeMissing(path.to_owned()))
 }
 
 /// `--import`: every pool's app imported as its workers would import it, one at a time,
@@ -486,6 +507,16 @@ mod tests {
     use std::collections::BTreeMap;
     use std::path::PathBuf;
     use std::time::Duration;
+
+    #[test]
+    fn a_missing_worker_module_is_the_error_run_gives() {
+        let dir = crate::config::tests::scratch_dir("check-native-module");
+        let missing = dir.join("libfcgibridge_worker.so");
+        let e = missing_native_module(&missing).map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.starts_with(&format!("the native worker module was not found at {}", missing.display())), "{e}");
+        std::fs::write(&missing, b"a module").unwrap();
+        assert!(missing_native_module(&missing).is_none());
+    }
 
     #[test]
     fn quoting() {
