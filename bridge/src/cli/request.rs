@@ -45,6 +45,9 @@ pub enum RequestError {
     Connect { address: String, source: io::Error },
     #[error("connection to {address} failed: {source}")]
     Io { address: String, source: io::Error },
+    /// A read or write waited longer than `--timeout`.
+    #[error("timed out after {after} {waiting} {address} (--timeout)")]
+    TimedOut { address: String, after: String, waiting: &'static str },
     #[error("protocol error from {address}: {source}")]
     Protocol { address: String, source: fastcgi_server::Error },
     #[error("{address} closed the connection before the response was complete")]
@@ -91,10 +94,10 @@ pub fn run(args: &Args, out: &mut impl Write, err: &mut impl Write) -> Result<()
     // Write from a second thread: an application may answer (and fill our receive
     // buffer) before it has read the whole body, and neither side must wait on the other.
     let mut writer = stream.try_clone().map_err(io_err)?;
-    let (scgi, address) = (args.scgi, args.address.clone());
-    let sender = std::thread::spawn(move || send(&mut writer, &address, &head, body, scgi));
+    let (scgi, address, timeout) = (args.scgi, args.address.clone(), args.timeout);
+    let sender = std::thread::spawn(move || send(&mut writer, (&address, timeout), &head, body, scgi));
 
-    let mut printer = Printer::new(&args.address);
+    let mut printer = Printer::new(&args.address, args.timeout);
     let result = if args.scgi {
         read_scgi(&mut stream, &mut printer, out)
     } else {
@@ -127,9 +130,16 @@ impl Body {
     }
 }
 
-/// Write the request head, then the body (as STDIN records for FastCGI).
-fn send(stream: &mut Stream, address: &str, head: &[u8], body: Option<Body>, scgi: bool) -> Result<(), RequestError> {
-    let io = |source| RequestError::Io { address: address.to_owned(), source };
+/// Write the request head, then the body (as STDIN records for FastCGI); `to`: the address
+/// and `--timeout`.
+fn send(
+    stream: &mut Stream,
+    to: (&str, Duration),
+    head: &[u8],
+    body: Option<Body>,
+    scgi: bool,
+) -> Result<(), RequestError> {
+    let io = |source| io_error(to.0, to.1, "sending the request to", source);
     stream.write_all(head).map_err(io)?;
     let mut records = BytesMut::new();
     let mut chunk = |data: &[u8], stream: &mut Stream| -> io::Result<()> {
@@ -356,21 +366,37 @@ fn connect(address: &str, timeout: Duration) -> Result<Stream, RequestError> {
     Ok(stream)
 }
 
+/// A failed read or write: a wait longer than `timeout` (the socket's limit: EAGAIN) is
+/// said to be one, `waiting` for what; anything else is the connection failing.
+fn io_error(address: &str, timeout: Duration, waiting: &'static str, source: io::Error) -> RequestError {
+    let address = address.to_owned();
+    match source.kind() {
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut if !timeout.is_zero() => {
+            let after = crate::config::units::DurationDisplay(timeout).to_string();
+            RequestError::TimedOut { address, after, waiting }
+        }
+        _ => RequestError::Io { address, source },
+    }
+}
+
 /// Turns the application's CGI output into `curl -i` style output.
 struct Printer {
     address: String,
+    /// `--timeout`, for the error a read that waits longer gives.
+    timeout: Duration,
     /// Output held until the header block is complete.
     head: Vec<u8>,
     head_done: bool,
 }
 
 impl Printer {
-    fn new(address: &str) -> Self {
-        Self { address: address.to_owned(), head: Vec::new(), head_done: false }
+    fn new(address: &str, timeout: Duration) -> Self {
+        Self { address: address.to_owned(), timeout, head: Vec::new(), head_done: false }
     }
 
+    /// A read failed.
     fn io(&self, source: io::Error) -> RequestError {
-        RequestError::Io { address: self.address.clone(), source }
+        io_error(&self.address, self.timeout, "waiting for the response from", source)
     }
 
     fn stdout(&mut self, data: &[u8], out: &mut impl Write) -> Result<(), RequestError> {
@@ -684,6 +710,36 @@ mod tests {
         let e = run(&a, &mut Closed, &mut Vec::new()).unwrap_err();
         app.join().unwrap();
         assert!(matches!(&e, RequestError::Output(io) if io.kind() == io::ErrorKind::BrokenPipe), "{e}");
+    }
+
+    /// An application that takes longer than --timeout to answer: said so, not
+    /// "Resource temporarily unavailable".
+    #[test]
+    fn a_slow_answer_is_a_timeout() {
+        let dir = crate::config::tests::scratch_dir("request-slow");
+        let sock = dir.join("app.sock");
+        let listener = UnixListener::bind(&sock).unwrap();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let app = std::thread::spawn(move || {
+            let (s, _) = listener.accept().unwrap();
+            // Reads nothing, answers nothing, until the client gave up.
+            let _ = done_rx.recv_timeout(Duration::from_secs(60));
+            drop(s);
+        });
+        for scgi in [false, true] {
+            let mut a = args("/sleep");
+            a.address = format!("unix:{}", sock.display());
+            a.scgi = scgi;
+            a.timeout = Duration::from_millis(300);
+            let e = run(&a, &mut Vec::new(), &mut Vec::new()).unwrap_err().to_string();
+            // (The second connection waits in the listen queue: connected, never answered.)
+            assert_eq!(
+                e,
+                format!("timed out after 300ms waiting for the response from unix:{} (--timeout)", sock.display())
+            );
+        }
+        let _ = done_tx.send(());
+        app.join().unwrap();
     }
 
     #[test]
