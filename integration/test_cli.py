@@ -178,7 +178,7 @@ def test_check_refuses_a_missing_worker_module_as_run_does(tmp_path):
         (bridge_binary(), tmp_path / "nowhere.so", dict(os.environ, FCGIBRIDGE_WORKER_LIB=str(tmp_path / "nowhere.so"))),
         (alone / "fcgibridge", alone / "libfcgibridge_worker.so", bare_env),
     ]:
-        error = f"the native worker module was not found at {missing} — "
+        error = f"the native worker module was not found at {missing}: "
         checked = subprocess.run([str(binary), "check", "--config", str(d)], env=env, capture_output=True,
                                  text=True, timeout=60)
         assert checked.returncode == 1, checked.stderr

@@ -32,7 +32,7 @@ pub fn main(config_dir: &Path, import: bool) -> ExitCode {
             // A closed pipe (`fcgibridge check | head`) is not a configuration error.
             let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
             // `run` unpacks it whatever the pools; `--import` would fail on it too.
-            if let Some(e) = missing_native_module(&native_module_source()) {
+            if let Some(e) = missing_native_module(&crate::supervise::runtime_dir::native_module_source()) {
                 eprintln!("fcgibridge: {e}");
                 return ExitCode::FAILURE;
             }
@@ -47,16 +47,6 @@ pub fn main(config_dir: &Path, import: bool) -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-/// Where `run` takes the native worker module from, as supervise/runtime_dir.rs looks:
-/// $FCGIBRIDGE_WORKER_LIB, else `libfcgibridge_worker.so` next to the running executable.
-fn native_module_source() -> std::path::PathBuf {
-    if let Some(p) = std::env::var_os("FCGIBRIDGE_WORKER_LIB") {
-        return p.into();
-    }
-    let exe_dir = std::env::current_exe().ok().and_then(|e| e.parent().map(Path::to_owned));
-    exe_dir.unwrap_or_else(|| ".".into()).join("libfcgibridge_worker.so")
 }
 
 /// The error `run` stops with when it cannot read the module at `path`.

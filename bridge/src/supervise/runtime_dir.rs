@@ -23,9 +23,9 @@ pub(crate) enum RuntimeDirError {
     )]
     NotOwn { path: PathBuf, why: String, uid: u32 },
     #[error(
-        "the native worker module was not found at {0} — run `cargo build --release` at the workspace \
-         root (it builds libfcgibridge_worker.so next to the fcgibridge binary), or set \
-         FCGIBRIDGE_WORKER_LIB to the built library"
+        "the native worker module was not found at {0}: it ships beside the fcgibridge binary (the \
+         wheel installs both in the same bin/; `cargo build --release` builds both in target/release), \
+         or set FCGIBRIDGE_WORKER_LIB to the library"
     )]
     NativeMissing(PathBuf),
 }
@@ -175,8 +175,9 @@ impl Drop for RuntimeDir {
     }
 }
 
-/// $FCGIBRIDGE_WORKER_LIB, else `libfcgibridge_worker.so` next to the running executable.
-fn native_module_source() -> PathBuf {
+/// Where the native worker module is read from: $FCGIBRIDGE_WORKER_LIB, else
+/// `libfcgibridge_worker.so` next to the running executable (`check` looks there too).
+pub(crate) fn native_module_source() -> PathBuf {
     if let Some(p) = std::env::var_os("FCGIBRIDGE_WORKER_LIB") {
         return PathBuf::from(p);
     }
