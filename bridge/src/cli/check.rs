@@ -314,6 +314,11 @@ fn render_pool(out: &mut String, pool: &Pool) {
             field(out, 6, &format!("\"{status}\""), &value);
         }
     }
+    if pool.touch_reload.is_empty() {
+        out.push_str("    # touch-reload: not set: new code is loaded by fcgibridge reload --restart-workers\n");
+    } else {
+        field(out, 4, "touch-reload", &list(pool.touch_reload.iter().map(|p| p.display().to_string())));
+    }
     let isolation = pool.isolation.render();
     for (key, value, is_text) in &isolation {
         field(out, 4, key, &if *is_text { quote(value) } else { value.clone() });
@@ -709,6 +714,7 @@ mod tests {
                     supervision: Default::default(),
                     // Not written: the listeners that lead to it, as loading finds them.
                     listened_at: vec!["[::1]:9000".into(), format!("unix:{}", dir.join("api.sock").display())],
+                    touch_reload: vec![dir.join("reload.txt"), dir.join("deploy: stamp")],
                 },
                 Pool {
                     name: "b".into(),
@@ -744,6 +750,7 @@ mod tests {
                     direct: None,
                     supervision: Default::default(),
                     listened_at: vec![format!("unix:{}", dir.join("api.sock").display())],
+                    touch_reload: Vec::new(),
                 },
             ],
             templates: Vec::new(),

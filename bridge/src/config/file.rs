@@ -137,6 +137,10 @@ pub struct RawPool {
     /// `stream` (default), `buffer` or `refuse`: a chunked upload's body.
     pub unknown_length_body: Option<String>,
     pub pipeline: Option<bool>,
+    /// Files whose change (mtime, or a new file in its place) restarts the pool's workers,
+    /// rolling: a path or a list (uWSGI's `touch-reload`, mod_wsgi's touched `.wsgi`).
+    #[serde(default, deserialize_with = "one_or_many")]
+    pub touch_reload: Option<Vec<String>>,
     /// `<status>: file | {file: path} | {redirect: /local/path}` — pages replacing an app's
     /// error bodies and the bridge's own errors.
     pub error_pages: Option<Entries<RawErrorPage>>,
@@ -209,6 +213,20 @@ fn env_entries<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Entries<String>
     }
 
     d.deserialize_any(EnvVisitor)
+}
+
+/// A string, or a list of them.
+fn one_or_many<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged, expecting = "a path, or a list of paths")]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(Option::<OneOrMany>::deserialize(d)?.map(|v| match v {
+        OneOrMany::One(s) => vec![s],
+        OneOrMany::Many(v) => v,
+    }))
 }
 
 /// One entry under `listeners:`.

@@ -357,6 +357,8 @@ pub struct Pool {
     /// the files are merged; a template's instance gets its template's. Left out of what
     /// makes a pool changed ([`Pool::same_but_listeners`]): a hint is no reason to restart.
     pub listened_at: Vec<String>,
+    /// `touch-reload`: files whose change restarts the workers, rolling (absolute paths).
+    pub touch_reload: Vec<PathBuf>,
 }
 
 impl Pool {
@@ -410,6 +412,7 @@ impl Pool {
             isolation: Default::default(),
             direct: None,
             listened_at: Vec::new(),
+            touch_reload: Vec::new(),
         }
     }
 }

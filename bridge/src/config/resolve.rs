@@ -136,6 +136,7 @@ pub(super) fn pool(
         )
     });
     let error_pages = error_pages(src, &here, dir, raw.error_pages, &mut errs);
+    let touch_reload = touch_reload(src, &here, dir, raw.touch_reload, &mut errs);
     // The isolation checks need the app, its directory and the interpreter (a chroot must
     // hold them); without them, those that do not are still made.
     let isolation = match (&app, &chdir, &python) {
@@ -176,6 +177,7 @@ pub(super) fn pool(
                 isolation,
                 direct: None,
                 listened_at: Vec::new(),
+                touch_reload,
             })
         }
         _ => Err(ConfigError::several(errs)),
@@ -333,6 +335,24 @@ fn pool_chdir(
         }
         ok
     })
+}
+
+/// `touch-reload`: each path made absolute (against the file's directory). A file need not
+/// exist yet: its creation is a change.
+fn touch_reload(
+    src: &Source,
+    here: &KeyPath,
+    dir: &Path,
+    written: Option<Vec<String>>,
+    errs: &mut Vec<ConfigError>,
+) -> Vec<std::path::PathBuf> {
+    let written = written.unwrap_or_default();
+    if written.iter().any(|p| p.trim().is_empty()) {
+        errs.push(
+            src.invalid(&here.key("touch-reload"), "an empty path; name the file to watch, e.g. /srv/app/reload.txt"),
+        );
+    }
+    written.iter().filter(|p| !p.trim().is_empty()).map(|p| paths::resolve(dir, p)).collect()
 }
 
 /// `env`: names checked, errors added to `errs`.

@@ -139,6 +139,7 @@ const TAKES_PLACEHOLDERS: &[&str] = &[
     "script-user",
     "script-group",
     "ready-check",
+    "touch-reload",
 ];
 
 /// The string values of `raw` with their key names, placeholders possible or not.
@@ -163,7 +164,9 @@ fn strings(raw: &mut RawPool) -> Vec<(String, &mut String)> {
             out.push((k.to_owned(), v));
         }
     }
-    for (k, list) in [("command", &mut raw.command), ("groups", &mut raw.groups)] {
+    for (k, list) in
+        [("command", &mut raw.command), ("groups", &mut raw.groups), ("touch-reload", &mut raw.touch_reload)]
+    {
         for (i, v) in list.iter_mut().flatten().enumerate() {
             out.push((format!("{k}[{i}]"), v));
         }
@@ -640,6 +643,7 @@ fn absolutize(raw: &mut RawPool, dir: &Path) {
     for page in raw.error_pages.iter_mut().flat_map(|e| e.0.iter_mut()).map(|(_, p)| p) {
         page.file.iter_mut().for_each(abs);
     }
+    raw.touch_reload.iter_mut().flatten().for_each(abs);
     // In name order, as a pool's env and error pages are kept (and `check` prints them).
     raw.env.iter_mut().for_each(|e| e.0.sort_by(|a, b| a.0.cmp(&b.0)));
     raw.error_pages.iter_mut().for_each(|e| e.0.sort_by(|a, b| a.0.cmp(&b.0)));
@@ -820,6 +824,7 @@ pools:
     env: {SITE: '{host}', OTHER: plain}
     threads: 2
     error-pages: {'404': ../errors/404.html}
+    touch-reload: ../sites/{host}/reload.txt
 listeners:
   web: {fastcgi: 127.0.0.1:9000, pool: sites}
 ";
@@ -834,6 +839,7 @@ listeners:
             (vec![Placeholder::Host], 3, 2, None)
         );
         assert_eq!(t.raw.app.as_deref(), Some(&*format!("{}/sites/{{host}}/app.py", root.display())));
+        assert_eq!(t.raw.touch_reload, Some(vec![format!("{}/sites/{{host}}/reload.txt", root.display())]));
         assert!(t.allow.as_ref().unwrap().is_match("a.test") && !t.allow.as_ref().unwrap().is_match("a.test/x"));
         let bin = root.join("bin");
         let text = crate::cli::check::render(&config, "x", Some(bin.as_os_str()));

@@ -1752,3 +1752,19 @@ fn a_relative_file_map_path_is_refused_and_the_doc_says_so() {
     let row = doc.lines().find(|l| l.starts_with("| `file-map` |")).expect("the file-map row");
     assert!(row.contains("a relative path is refused"), "{row}");
 }
+
+#[test]
+fn touch_reload_is_a_path_or_a_list_made_absolute() {
+    let pool = |value: &str| format!("pools:\n  x:\n    app: ../app/app.py\n    touch-reload: {value}\n");
+    let watched = |tree: &Tree| tree.config().pools.iter().find(|p| p.name == "x").expect("pool x").touch_reload.clone();
+    // Relative to the file's directory; a file that does not exist yet is fine.
+    let tree = valid("touch-reload-one").file("30-x.yaml", &pool("reload.txt"));
+    assert_eq!(watched(&tree), [tree.root.join("conf.d/reload.txt")]);
+    let tree = valid("touch-reload-list").file("30-x.yaml", &pool("[../app/app.py, /srv/deploy/stamp]"));
+    assert_eq!(watched(&tree), [tree.root.join("app/app.py"), PathBuf::from("/srv/deploy/stamp")]);
+    assert!(valid("touch-reload-none").config().pools[0].touch_reload.is_empty());
+    let err = valid("touch-reload-empty").file("30-x.yaml", &pool("\"\"")).error();
+    assert!(err.contains("30-x.yaml:4:5: pools.x.touch-reload: an empty path; name the file"), "{err}");
+    let err = valid("touch-reload-map").file("30-x.yaml", &pool("{a: b}")).error();
+    assert!(err.contains("pools.x.touch-reload") && err.contains("a path, or a list of paths"), "{err}");
+}

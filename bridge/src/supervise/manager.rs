@@ -61,6 +61,8 @@ pub(crate) enum Reconfig {
     /// workers fail to start) whose configuration changed; its log lines must not say
     /// "reload".
     Looked,
+    /// Not a reload: a `touch-reload` file changed (new code): the workers restart.
+    Touched,
 }
 
 /// What the rest of the daemon asks of a pool manager.
@@ -170,6 +172,8 @@ pub(crate) struct Manager {
     spread: Spread,
     page_size: u64,
     clock_ticks: u64,
+    /// The `touch-reload` files, as last seen.
+    touched: super::touch::Watch,
 }
 
 enum Wake {
@@ -196,6 +200,7 @@ impl Manager {
             ^ (u64::from(std::process::id()) << 32)
             ^ (Arc::as_ptr(&control) as u64);
         let conf = |v| nix::unistd::sysconf(v).ok().flatten().and_then(|n| u64::try_from(n).ok()).filter(|&n| n > 0);
+        let touched = super::touch::Watch::new(&cfg.touch_reload);
         let mut m = Self {
             name,
             cfg,
@@ -235,6 +240,7 @@ impl Manager {
             spread: Spread::new(seed),
             page_size: conf(nix::unistd::SysconfVar::PAGE_SIZE).unwrap_or(4096),
             clock_ticks: conf(nix::unistd::SysconfVar::CLK_TCK).unwrap_or(100),
+            touched,
         };
         m.target = m.initial_target();
         (m, events_rx)
@@ -470,8 +476,11 @@ impl Manager {
     fn reconfigure(&mut self, new: Arc<config::Pool>, why: Reconfig) {
         let old = std::mem::replace(&mut self.cfg, new);
         self.set_queue();
+        if !self.touched.watches(&self.cfg.touch_reload) {
+            self.touched = super::touch::Watch::new(&self.cfg.touch_reload);
+        }
         let changed = needs_restart(&old, &self.cfg);
-        let roll = why == Reconfig::Restart || changed;
+        let roll = matches!(why, Reconfig::Restart | Reconfig::Touched) || changed;
         if old.supervision.mode != self.sup().mode {
             self.target = self.initial_target();
         }
@@ -486,6 +495,7 @@ impl Manager {
             self.failing = None;
             self.rollout = match (why, changed) {
                 (Reconfig::Looked, _) => RolloutCause::Looked,
+                (Reconfig::Touched, _) => RolloutCause::Touched,
                 (Reconfig::Reload, _) => RolloutCause::Changed,
                 (Reconfig::Restart, false) => RolloutCause::Restart,
                 (Reconfig::Restart, true) => RolloutCause::RestartChanged,
@@ -494,6 +504,7 @@ impl Manager {
             let what = match self.rollout {
                 RolloutCause::Changed => "reload: configuration changed",
                 RolloutCause::Looked => "looked at again (no reload): its account, files or interpreter changed",
+                RolloutCause::Touched => "touch-reload",
                 RolloutCause::Restart => "restart requested (reload --restart-workers or SIGUSR2)",
                 RolloutCause::RestartChanged => {
                     "restart requested (reload --restart-workers or SIGUSR2), configuration changed"
@@ -716,8 +727,14 @@ impl Manager {
         }
     }
 
-    /// Once a second: sample memory and CPU, apply the lifetime limits, size the pool.
+    /// Once a second: sample memory and CPU, apply the lifetime limits, size the pool; a
+    /// changed `touch-reload` file restarts the workers.
     fn round(&mut self, now: Instant) {
+        let leaving = self.removing.is_some() || self.stopping.is_some();
+        if let Some(path) = self.touched.changed().filter(|_| !leaving) {
+            tracing::info!(pool = &*self.name, "touch-reload: {} changed; restarting the workers", path.display());
+            self.reconfigure(self.cfg.clone(), Reconfig::Touched);
+        }
         self.spawn_rate = policy::next_spawn_rate(self.spawn_rate, self.rate_limited, self.sup().max_spawn_rate);
         self.spawn_budget = self.spawn_rate;
         self.rate_limited = false;
@@ -1344,6 +1361,8 @@ pub(crate) fn needs_restart(old: &config::Pool, new: &config::Pool) -> bool {
         // Only a hint's words at a worker's start (FCGIBRIDGE_LISTENERS).
         p.listened_at = Vec::new();
         p.error_pages = Default::default();
+        // Looked at by the manager.
+        p.touch_reload = Vec::new();
         p.queue_timeout = Duration::ZERO;
         p.startup_timeout = Duration::ZERO;
         let cpu = p.supervision.cpu_time_limit;

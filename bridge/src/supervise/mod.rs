@@ -17,6 +17,7 @@ pub(crate) mod runtime_dir;
 mod spawn;
 pub(crate) mod stats;
 mod template;
+mod touch;
 mod worker;
 mod worker_child;
 

@@ -372,6 +372,8 @@ pub(super) enum RolloutCause {
     Restart,
     /// The same with a changed configuration.
     RestartChanged,
+    /// A `touch-reload` file changed.
+    Touched,
 }
 
 impl RolloutCause {
@@ -382,6 +384,7 @@ impl RolloutCause {
             Self::Looked => "account, files or interpreter changed (looked at again, no reload)",
             Self::Restart => "restart requested (reload --restart-workers or SIGUSR2)",
             Self::RestartChanged => "restart requested (reload --restart-workers or SIGUSR2; configuration changed)",
+            Self::Touched => "touch-reload (a watched file changed)",
         }
     }
 
@@ -393,6 +396,7 @@ impl RolloutCause {
             Self::Restart | Self::RestartChanged => {
                 "restart requested (reload --restart-workers or SIGUSR2) while it was starting"
             }
+            Self::Touched => "touch-reload (a watched file changed while it was starting)",
         }
     }
 }
