@@ -800,6 +800,26 @@ def test_restart_workers_of_a_template_restarts_its_instances_only(tmp_path):
         b.stop()
 
 
+def test_touch_reload_with_a_placeholder_restarts_that_site_s_instance_only(tmp_path):
+    """A site's owner reloads their own app by touching a file in their site; the other
+    sites keep their workers."""
+    hosts = ("alpha.test", "beta.test")
+    sites = make_sites(tmp_path, hosts)
+    b = start_bridge(tmp_path, {"sites": template(sites, **{"touch-reload": f"{sites}/{{host}}/restart.txt"})})
+    try:
+        before = {h: json.loads(get(b, h).body)["pid"] for h in hosts}
+        mark = b.log.mark()
+        (sites / "alpha.test" / "restart.txt").write_text("")
+        b.log.wait_for([rf"touch-reload: {re.escape(str(sites))}/alpha\.test/restart\.txt changed",
+                        r'pool="sites\[alpha\.test\]"'], since=mark, timeout=30)
+        wait_until(lambda: json.loads(get(b, "alpha.test").body)["pid"] != before["alpha.test"], 60,
+                   what="alpha.test served by a new worker")
+        assert json.loads(get(b, "beta.test").body)["pid"] == before["beta.test"]
+        assert not [ln for ln in b.log.lines(mark) if "touch-reload" in ln and "beta.test" in ln]
+    finally:
+        b.stop()
+
+
 def test_stop_instance_over_the_control_socket(tmp_path):
     sites = make_sites(tmp_path, ("alpha.test", "beta.test"))
     b = start_bridge(tmp_path, {"sites": template(sites)})

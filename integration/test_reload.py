@@ -369,6 +369,44 @@ def test_a_worker_superseded_while_it_starts_is_said_stopped(tmp_path):
         b.stop()
 
 
+def test_a_touched_file_restarts_the_pool_s_workers_rolling_without_a_failed_request(tmp_path):
+    """touch-reload: a deploy touches a file; the pool's workers are replaced, rolling, as
+    for `reload --restart-workers`, and the other pool keeps its worker."""
+    stamp = tmp_path / "deploy" / "reload.txt"
+    b = start(tmp_path, {
+        "a": lc_pool(processes=2, threads=2, **{"touch-reload": [str(stamp), str(tmp_path / "other.txt")]}),
+        "b": lc_pool(processes=1, threads=1),
+    })
+    try:
+        b_pid = pid_of(get(b, "b", "/pid"))
+        a_before = {pid_of(get(b, "a", "/pid")) for _ in range(10)}
+        hammer = Hammer(b, "a", n=4)
+        wait_until(lambda: hammer.total >= 20, 60, what="requests flowing before the touch")
+        mark = b.log.mark()
+        # Created: a file that did not exist at the start counts as touched.
+        stamp.parent.mkdir()
+        stamp.write_text("")
+        b.log.wait_for([rf"touch-reload: {re.escape(str(stamp))} changed; restarting the workers", 'pool="a"'],
+                       since=mark, timeout=30)
+        b.log.wait_for([r"retiring the worker: touch-reload \(a watched file changed\)", 'pool="a"'], since=mark)
+        wait_until(lambda: not (worker_pids(b) & a_before), 60, what="the old workers of a gone")
+        after_roll = hammer.total
+        wait_until(lambda: hammer.total >= after_roll + 20, 60, what="requests after the roll")
+        # Touched again (its time only): the new workers go too.
+        a_second = {pid_of(get(b, "a", "/pid")) for _ in range(10)}
+        mark = b.log.mark()
+        os.utime(stamp, ns=(time.time_ns() + 10**9, time.time_ns() + 10**9))
+        b.log.wait_for([r"touch-reload: .* changed", 'pool="a"'], since=mark, timeout=30)
+        wait_until(lambda: not (worker_pids(b) & a_second), 60, what="the second workers of a gone")
+        hammer.stop()
+        assert hammer.errors == [], hammer.errors[:3]
+        assert set(hammer.statuses) == {200}, hammer.statuses
+        assert pid_of(get(b, "b", "/pid")) == b_pid, "pool b watches nothing"
+        assert b.pool_status("a")["worker_exits"] >= 4
+    finally:
+        b.stop()
+
+
 NOTHING_CHANGED = ("nothing changed (a reload loads no new application code: restart the workers with fcgibridge "
                    "reload --restart-workers POOL, or SIGUSR2)")
 

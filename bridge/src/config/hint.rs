@@ -246,9 +246,15 @@ const PEERS: &[Peer] = &[
          the error, and it is retried with a growing delay); drop it",
     ),
     (
-        &["py-autoreload", "python-autoreload", "py-auto-reload", "python-auto-reload", "touch-reload"],
-        "uWSGI's py-autoreload (touch-reload) has no equivalent: nothing watches files; load new code with \
-         `fcgibridge reload --restart-workers POOL` (a deploy script adds --wait)",
+        &["py-autoreload", "python-autoreload", "py-auto-reload", "python-auto-reload"],
+        "uWSGI's py-autoreload has no equivalent: nothing watches the app's modules; load new code with \
+         `fcgibridge reload --restart-workers POOL` (a deploy script adds --wait), or name a file the deploy \
+         touches in the pool key touch-reload",
+    ),
+    (
+        &["touch-chain-reload", "touch-workers-reload"],
+        "uWSGI's touch-chain-reload is the pool key touch-reload: a path, or a list; when one changes, the \
+         workers restart one at a time, each once its replacement is ready",
     ),
     (
         &["lazy-apps"],
@@ -614,7 +620,8 @@ mod tests {
             ("thunder-lock", "hands each request to a free worker"),
             ("socket-timeout", "listener key header-timeout"),
             ("py-autoreload", "fcgibridge reload --restart-workers POOL"),
-            ("python-autoreload", "nothing watches files"),
+            ("python-autoreload", "nothing watches the app's modules"),
+            ("touch-chain-reload", "the pool key touch-reload"),
             ("strict", "always strict"),
             ("auto-procname", "`fcgibridge status` lists each pool's workers"),
             ("procname", "names its pool"),

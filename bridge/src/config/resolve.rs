@@ -106,12 +106,8 @@ pub(super) fn pool(
 
     let chdir = pool_chdir(src, &here, dir, raw.chdir.as_deref(), app.as_ref(), &mut errs);
     let chdir_key = here.key("chdir");
-    let chdir_at = KeyAt {
-        at: src.at(&chdir_key).to_string(),
-        key: chdir_key.to_string(),
-        written: raw.chdir.is_some(),
-        chosen_by: None,
-    };
+    let (at, key, written) = (src.at(&chdir_key).to_string(), chdir_key.to_string(), raw.chdir.is_some());
+    let chdir_at = KeyAt { at, key, written, chosen_by: None };
 
     let env = pool_env(src, &here, raw.env, &mut errs);
 

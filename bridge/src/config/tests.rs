@@ -1756,7 +1756,8 @@ fn a_relative_file_map_path_is_refused_and_the_doc_says_so() {
 #[test]
 fn touch_reload_is_a_path_or_a_list_made_absolute() {
     let pool = |value: &str| format!("pools:\n  x:\n    app: ../app/app.py\n    touch-reload: {value}\n");
-    let watched = |tree: &Tree| tree.config().pools.iter().find(|p| p.name == "x").expect("pool x").touch_reload.clone();
+    let watched =
+        |tree: &Tree| tree.config().pools.iter().find(|p| p.name == "x").expect("pool x").touch_reload.clone();
     // Relative to the file's directory; a file that does not exist yet is fine.
     let tree = valid("touch-reload-one").file("30-x.yaml", &pool("reload.txt"));
     assert_eq!(watched(&tree), [tree.root.join("conf.d/reload.txt")]);
