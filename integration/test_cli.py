@@ -207,6 +207,24 @@ def test_check_names_every_error_of_every_file(tmp_path):
     assert "queue-timeout" in lines[0] and "thread" in lines[1] and "file-roots" in lines[2], r.stderr
 
 
+def test_a_bad_value_in_a_merged_anchor_is_its_pool_s_one_error(tmp_path):
+    """The merge is set aside whole; what the pool then lacks (allow-root, its app) is not
+    reported as mistakes of its own, while a wrong key of the pool itself still is."""
+    files = dict(GOOD)
+    files["40-anchor.yaml"] = (
+        "x-common: &common {app: mysite.wsgi:application, allow-root: true, max-requests: 5k}\n"
+        "pools:\n"
+        "  shop:\n"
+        "    <<: *common\n"
+        "    threads: 0\n"
+    )
+    r = run("check", "--config", str(write_conf(tmp_path, files)))
+    assert r.returncode != 0
+    lines = [ln.split("40-anchor.yaml:", 1)[1] for ln in r.stderr.strip().splitlines()]
+    assert len(lines) == 2 and lines[0].startswith("4:9: pools.shop.<<: ") and \
+        lines[1].startswith("5:5: pools.shop.threads: must be 1 or more"), r.stderr
+
+
 FOUR_MISTAKES = (
     "pools:\n"
     "  extra:\n"

@@ -212,16 +212,20 @@ fn flatten(e: ConfigError) -> Vec<ConfigError> {
 }
 
 /// Whether `e` is only the absence of a key taken out after a parse error: an error on that
-/// key or inside it, or a "missing key" of the mapping that held it.
+/// key or inside it, a "missing key" of the mapping that held it, or any error of a mapping
+/// whose merge key (`<<`) was taken out.
 fn follows_from(e: &ConfigError, dropped: &[KeyPath]) -> bool {
     let ConfigError::Invalid { key, message, .. } = e else { return false };
     let under = |inner: &str, outer: &str| {
         inner == outer || inner.strip_prefix(outer).is_some_and(|rest| rest.starts_with('.') || rest.starts_with('['))
     };
+    // A merge (`<<: *anchor`) set aside takes every key it held: what its mapping as a
+    // whole then lacks (the app, allow-root) follows from it; its own keys still count.
+    let merged_into = |d: &str| d.strip_suffix(".<<") == Some(key.as_str());
     dropped
         .iter()
         .map(ToString::to_string)
-        .any(|d| under(key, &d) || (under(&d, key) && message.starts_with("missing key")))
+        .any(|d| under(key, &d) || (under(&d, key) && message.starts_with("missing key")) || merged_into(&d))
 }
 
 fn check_routes(
