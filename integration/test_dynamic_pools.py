@@ -106,6 +106,8 @@ def test_the_shipped_example_runs_as_it_is(tmp_path):
     confdir = REPO / "examples" / "per-host" / "conf.d"
     if can_connect(("127.0.0.1", 9100)):
         pytest.skip("127.0.0.1:9100 (the example's port) is taken")
+    restart = confdir.parent / "sites" / "alpha.test" / "restart.txt"
+    restart.unlink(missing_ok=True)
     b = Bridge(tmp_path, None, confdir=confdir)
     b.start()
     try:
@@ -130,8 +132,15 @@ def test_the_shipped_example_runs_as_it_is(tmp_path):
                                 capture_output=True, text=True, timeout=60)
         assert status.returncode == 0, status.stderr
         assert "sites[alpha.test]" in status.stdout and "sites[beta.test]" in status.stdout, status.stdout
+        # Touching alpha.test's restart.txt, as the header says, gives it new workers.
+        restart.touch()
+        wait_until(lambda: fcgi_client.fcgi_request(addr, "/", headers={"Host": "alpha.test"}).body
+                   != f"host=alpha.test pid={bodies['alpha.test']}".encode(), 60, what="alpha.test's new worker")
+        assert fcgi_client.fcgi_request(addr, "/", headers={"Host": "beta.test"}).body == \
+            f"host=beta.test pid={bodies['beta.test']}".encode()
     finally:
         b.stop()
+        restart.unlink(missing_ok=True)
 
 
 # ------------------------------------------------------------------ per host behind nginx
