@@ -344,20 +344,24 @@ mod tests {
 
     #[test]
     fn every_request_a_dead_direct_worker_ran_is_named() {
-        // Direct requests all carry request id 0: one running in another thread or worker
-        // of the pool is no sign that a dead worker's request went elsewhere.
+        // Each worker numbers its requests from 1: the same number running in another
+        // worker of the pool is no sign that a dead worker's request went elsewhere (nor,
+        // from a worker that tells none, the same 0).
         let d: Dispatcher<Fake> = Dispatcher::new(0, Duration::from_secs(1));
         let (w, other) = (d.add_worker(0), d.add_worker(0));
-        assert!(d.add_direct(w, 3, false) && d.add_direct(other, 1, false));
+        assert!(d.add_direct(w, 4, false) && d.add_direct(other, 2, false));
         let now_ns = crate::scoreboard::monotonic_now_ns();
-        d.observe_direct(other, &seen(vec![thread(0, now_ns, "GET /elsewhere")]), now_ns);
-        d.observe_direct(
-            w,
-            &seen(vec![thread(0, now_ns, "GET /crash"), thread(0, now_ns - 5, "GET /sleep"), thread(0, 0, "")]),
-            now_ns,
-        );
+        let elsewhere = vec![thread(0, now_ns, "20-7 GET /elsewhere"), thread(0, now_ns, "GET /other")];
+        d.observe_direct(other, &seen(elsewhere), now_ns);
+        let running = vec![
+            thread(0, now_ns, "10-7 GET /crash"),
+            thread(0, now_ns - 5, "GET /sleep"),
+            thread(0, now_ns - 9, "10-8 GET /third"),
+            thread(0, 0, ""),
+        ];
+        d.observe_direct(w, &seen(running), now_ns);
         let lost: Vec<String> = d.lost_requests(w).into_iter().map(|r| r.uri).collect();
-        assert_eq!(lost, ["/crash", "/sleep"]);
+        assert_eq!(lost, ["/sleep", "/crash", "/third"]);
     }
 
     #[test]

@@ -1263,10 +1263,12 @@ impl<S> Inner<S> {
     /// Whether the request on `key`'s connection was sent again to another slot (its first
     /// write failed there): it waits in the queue, or is busy on another connection.
     fn went_elsewhere(&mut self, key: SlotKey) -> bool {
-        // A direct worker's requests carry no bridge id (0) and never move: were 0 matched,
-        // every request running elsewhere in the pool would hide a dead worker's.
+        // A direct worker's requests never move, and their ids are the worker's own (each
+        // worker counts from 1): matched, a request running elsewhere in the pool would hide
+        // a dead worker's. Nor does an id 0 (none told).
+        let direct = self.workers.get(key.worker.index as usize).is_some_and(|w| !w.direct.threads.is_empty());
         let Some(id) = conn_mut(&mut self.workers, key)
-            .filter(|(_, c)| c.busy && c.label.request_id != 0)
+            .filter(|(_, c)| c.busy && c.label.request_id != 0 && !direct)
             .map(|(_, c)| c.label.request_id)
         else {
             return false;
