@@ -85,7 +85,9 @@ impl Visit for OneLineVisitor<'_> {
     fn record_str(&mut self, field: &Field, value: &str) {
         // A request id (digits, or a direct worker's `<pid>-<n>`) is written bare however
         // the line got it, as the worker's `[request_id=…]` tags are: one grep finds them all.
-        if matches!(field.name(), "message" | "request_id") {
+        // Anything else in that field (an app's record may carry its own) is quoted.
+        let an_id = |v: &str| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit() || b == b'-');
+        if field.name() == "message" || (field.name() == "request_id" && an_id(value)) {
             self.record_debug(field, &format_args!("{value}"));
         } else {
             // Written as Debug, quoted and already escaped.
@@ -264,8 +266,9 @@ mod tests {
             tracing::error!(pool = "app", request_id = id, "request-timeout: answering 504");
             tracing::error!(pool = "app", request_id = 812u64, "worker did not end it");
             tracing::error!(pool = "app", request_id = %direct, "request-timeout");
+            tracing::error!(pool = "app", request_id = "x ok=1", "an app's own id");
         });
-        let ids: Vec<_> = text.lines().map(|l| l.rsplit(' ').next().unwrap_or_default()).collect();
-        assert_eq!(ids, ["request_id=812", "request_id=812", "request_id=4242-17"], "{text}");
+        let ids: Vec<_> = text.lines().map(|l| l.split_once(" request_id=").map_or("", |(_, id)| id)).collect();
+        assert_eq!(ids, ["812", "812", "4242-17", "\"x ok=1\""], "{text}");
     }
 }
