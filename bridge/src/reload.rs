@@ -197,7 +197,7 @@ async fn apply(
     let mut notes = Vec::new();
     if let Some(later) = restart_needed(live.started, &new.global) {
         tracing::warn!(
-            "reload: bridge settings {} changed; they take effect when the daemon restarts",
+            "reload: bridge settings {} differ from those the daemon started with; they take effect when it restarts",
             later.join(", ")
         );
         notes.push(format!("restart needed for bridge.{}", later.join(", bridge.")));

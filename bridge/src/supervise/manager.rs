@@ -476,9 +476,7 @@ impl Manager {
     fn reconfigure(&mut self, new: Arc<config::Pool>, why: Reconfig) {
         let old = std::mem::replace(&mut self.cfg, new);
         self.set_queue();
-        if !self.touched.watches(&self.cfg.touch_reload) {
-            self.touched = super::touch::Watch::new(&self.cfg.touch_reload);
-        }
+        self.touched.rewatch(&self.cfg.touch_reload);
         let changed = needs_restart(&old, &self.cfg);
         let roll = matches!(why, Reconfig::Restart | Reconfig::Touched) || changed;
         if old.supervision.mode != self.sup().mode {

@@ -21,9 +21,12 @@ impl Watch {
         Self { files: paths.iter().map(|p| (p.clone(), stamp(p))).collect() }
     }
 
-    /// Whether the watched paths are `paths` (a reload that keeps them keeps the baseline).
-    pub(super) fn watches(&self, paths: &[PathBuf]) -> bool {
-        self.files.iter().map(|(p, _)| p).eq(paths.iter())
+    /// Watch `paths` from now on (a reload): a path watched already keeps what it was last
+    /// seen as, so that a touch since is still a change; a new one starts from now.
+    pub(super) fn rewatch(&mut self, paths: &[PathBuf]) {
+        let seen = |p: &PathBuf| self.files.iter().find(|(q, _)| q == p).map(|(_, s)| *s);
+        let files = paths.iter().map(|p| (p.clone(), seen(p).unwrap_or_else(|| stamp(p)))).collect();
+        self.files = files;
     }
 
     /// The first file that changed since the last look, if any; every file's stamp is
@@ -64,7 +67,6 @@ mod tests {
         std::fs::write(&a, b"").unwrap();
         set_mtime(&a, 100);
         let mut w = Watch::new(&[a.clone(), b.clone()]);
-        assert!(w.watches(&[a.clone(), b.clone()]) && !w.watches(std::slice::from_ref(&a)));
         assert_eq!(w.changed(), None, "the baseline is no change");
         set_mtime(&a, 50);
         assert_eq!(w.changed(), Some(a.as_path()));
@@ -82,5 +84,13 @@ mod tests {
         assert_eq!(w.changed(), Some(b.as_path()));
         std::fs::write(&a, b"").unwrap();
         assert_eq!(w.changed(), Some(a.as_path()), "back after it went");
+        // A reload between a touch and the next look: the kept path's touch still counts,
+        // a path added is watched from now.
+        set_mtime(&a, 20);
+        let c = dir.join("added.txt");
+        std::fs::write(&c, b"").unwrap();
+        w.rewatch(&[c.clone(), a.clone()]);
+        assert_eq!(w.changed(), Some(a.as_path()));
+        assert_eq!(w.changed(), None);
     }
 }
