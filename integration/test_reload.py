@@ -407,6 +407,39 @@ def test_a_touched_file_restarts_the_pool_s_workers_rolling_without_a_failed_req
         b.stop()
 
 
+VERSIONED_APP = """\
+import json, os
+VERSION = open(os.path.join(os.path.dirname(__file__), "version.txt")).read()  # read at import
+
+
+def application(environ, start_response):
+    start_response("200 OK", [("Content-Type", "application/json")])
+    return [json.dumps({"pid": os.getpid(), "version": VERSION}).encode()]
+"""
+
+
+@pytest.mark.parametrize("preload", [False, True])
+def test_touch_reload_loads_the_new_code(tmp_path, preload):
+    """A deploy rewrites the file the app reads at import and which touch-reload names:
+    the new workers run the new code, a preloaded pool's too (its template imports it anew)."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "app.py").write_text(VERSIONED_APP)
+    version = site / "version.txt"
+    version.write_text("v1")
+    b = start(tmp_path, {"a": {"app": str(site / "app.py"), "processes": 2, "threads": 1, "preload": preload,
+                               "touch-reload": str(version)}})
+    try:
+        served = lambda: json.loads(get(b, "a", "/").body)["version"]  # noqa: E731
+        assert served() == "v1"
+        version.write_text("v2")
+        os.utime(version, ns=(time.time_ns() + 10**9, time.time_ns() + 10**9))
+        wait_until(lambda: served() == "v2", 60, what="the new code served")
+        wait_until(lambda: {served() for _ in range(8)} == {"v2"}, 60, what="only the new code served")
+    finally:
+        b.stop()
+
+
 NOTHING_CHANGED = ("nothing changed (a reload loads no new application code: restart the workers with fcgibridge "
                    "reload --restart-workers POOL, or SIGUSR2)")
 

@@ -731,6 +731,10 @@ impl Manager {
         let leaving = self.removing.is_some() || self.stopping.is_some();
         if let Some(path) = self.touched.changed().filter(|_| !leaving) {
             tracing::info!(pool = &*self.name, "touch-reload: {} changed; restarting the workers", path.display());
+            if self.cfg.isolation.preload {
+                // New code: the new workers must fork from a template that imports it.
+                self.spawner.retire_template(&self.name, "touch-reload: new workers fork from freshly imported code");
+            }
             self.reconfigure(self.cfg.clone(), Reconfig::Touched);
         }
         self.spawn_rate = policy::next_spawn_rate(self.spawn_rate, self.rate_limited, self.sup().max_spawn_rate);
