@@ -200,7 +200,7 @@ impl Manager {
             ^ (u64::from(std::process::id()) << 32)
             ^ (Arc::as_ptr(&control) as u64);
         let conf = |v| nix::unistd::sysconf(v).ok().flatten().and_then(|n| u64::try_from(n).ok()).filter(|&n| n > 0);
-        let touched = super::touch::Watch::new(&cfg.touch_reload);
+        let touched = super::touch::Watch::new(&cfg.touch_reload, super::access::Reader::of(&cfg.isolation));
         let mut m = Self {
             name,
             cfg,
@@ -476,7 +476,7 @@ impl Manager {
     fn reconfigure(&mut self, new: Arc<config::Pool>, why: Reconfig) {
         let old = std::mem::replace(&mut self.cfg, new);
         self.set_queue();
-        self.touched.rewatch(&self.cfg.touch_reload);
+        self.touched.rewatch(&self.cfg.touch_reload, super::access::Reader::of(&self.cfg.isolation));
         let changed = needs_restart(&old, &self.cfg);
         let roll = matches!(why, Reconfig::Restart | Reconfig::Touched) || changed;
         if old.supervision.mode != self.sup().mode {

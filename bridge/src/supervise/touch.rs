@@ -3,51 +3,126 @@
 //! the pool's workers are restarted, rolling, as `fcgibridge reload --restart-workers POOL`
 //! would. The way a user without access to the daemon reloads their own app (uWSGI's
 //! `touch-reload`, a touched `.wsgi` under mod_wsgi, Passenger's `restart.txt`).
+//!
+//! The files are looked at off the runtime (a `stat` of a hung network mount must not hold
+//! the daemon up; the next look waits for that one) and only where the pool's account could
+//! look itself: the bridge, as root, must not tell a tenant when a file behind a symlink
+//! into someone else's private directory changes.
+use super::access::Reader;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::{mpsc, Arc, Mutex};
 
-/// What a file looked like: `None` while it does not exist (or cannot be looked at).
-type Stamp = Option<(u64, u64, i64, i64)>;
+/// What a file looked like.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Seen {
+    /// Not looked at yet: whatever the first look finds is no change.
+    Unknown,
+    /// Absent, or not for the pool's account to see.
+    Absent,
+    /// Its device, inode and modification time (s, ns).
+    At(u64, u64, i64, i64),
+}
 
 /// The watched files, as last seen.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(super) struct Watch {
-    files: Vec<(PathBuf, Stamp)>,
+    files: Arc<Mutex<Vec<(PathBuf, Seen)>>>,
+    /// The pool's workers' account, when it is not the bridge's.
+    reader: Option<Reader>,
+    /// The look under way: it says the first file that changed, if any.
+    looking: Option<mpsc::Receiver<Option<PathBuf>>>,
 }
 
 impl Watch {
-    /// Watch `paths` from now: what they are now is the baseline, no change.
-    pub(super) fn new(paths: &[PathBuf]) -> Self {
-        Self { files: paths.iter().map(|p| (p.clone(), stamp(p))).collect() }
+    /// Watch `paths` as `reader` (None: as the bridge) could see them; the first look,
+    /// begun now, is the baseline, no change.
+    pub(super) fn new(paths: &[PathBuf], reader: Option<Reader>) -> Self {
+        let files = paths.iter().map(|p| (p.clone(), Seen::Unknown)).collect();
+        let mut w = Self { files: Arc::new(Mutex::new(files)), reader, looking: None };
+        w.begin();
+        w
     }
 
     /// Watch `paths` from now on (a reload): a path watched already keeps what it was last
-    /// seen as, so that a touch since is still a change; a new one starts from now.
-    pub(super) fn rewatch(&mut self, paths: &[PathBuf]) {
-        let seen = |p: &PathBuf| self.files.iter().find(|(q, _)| q == p).map(|(_, s)| *s);
-        let files = paths.iter().map(|p| (p.clone(), seen(p).unwrap_or_else(|| stamp(p)))).collect();
-        self.files = files;
+    /// seen as, so that a touch since is still a change; a new one starts from its first look.
+    pub(super) fn rewatch(&mut self, paths: &[PathBuf], reader: Option<Reader>) {
+        let mut files = lock(&self.files);
+        let seen = |p: &PathBuf| files.iter().find(|(q, _)| q == p).map_or(Seen::Unknown, |(_, s)| *s);
+        let kept = paths.iter().map(|p| (p.clone(), seen(p))).collect();
+        *files = kept;
+        drop(files);
+        self.reader = reader;
+        self.begin();
     }
 
-    /// The first file that changed since the last look, if any; every file's stamp is
-    /// taken anew. A file that went away is no change (its return is one).
-    pub(super) fn changed(&mut self) -> Option<&Path> {
-        let mut first = None;
-        for (i, (path, seen)) in self.files.iter_mut().enumerate() {
-            let now = stamp(path);
-            if now.is_some() && now != *seen && first.is_none() {
-                first = Some(i);
+    /// Once a second: the file the last look found changed (if any), and the next look
+    /// begun; nothing while a look is still under way.
+    pub(super) fn changed(&mut self) -> Option<PathBuf> {
+        let mut found = None;
+        if let Some(rx) = &self.looking {
+            match rx.try_recv() {
+                Ok(changed) => found = changed,
+                Err(mpsc::TryRecvError::Empty) => return None,
+                Err(mpsc::TryRecvError::Disconnected) => {}
             }
-            *seen = now;
+            self.looking = None;
         }
-        first.map(|i| self.files[i].0.as_path())
+        self.begin();
+        found
+    }
+
+    /// Begin a look, unless one is under way (or nothing is watched, or there is no
+    /// runtime to look from).
+    fn begin(&mut self) {
+        if self.looking.is_some() || lock(&self.files).is_empty() {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+        let (tx, rx) = mpsc::channel();
+        let (files, reader) = (self.files.clone(), self.reader.clone());
+        runtime.spawn_blocking(move || {
+            let _ = tx.send(look(&files, reader.as_ref()));
+        });
+        self.looking = Some(rx);
     }
 }
 
-/// The file's device, inode and modification time (s, ns), following symlinks.
-fn stamp(path: &Path) -> Stamp {
-    let m = std::fs::metadata(path).ok()?;
-    Some((m.dev(), m.ino(), m.mtime(), m.mtime_nsec()))
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Look at every file once (the lock is not held meanwhile) and note what each is now:
+/// the first that changed. A file that went away is no change (its return is one).
+fn look(files: &Mutex<Vec<(PathBuf, Seen)>>, reader: Option<&Reader>) -> Option<PathBuf> {
+    let paths: Vec<PathBuf> = lock(files).iter().map(|(p, _)| p.clone()).collect();
+    let now: Vec<(PathBuf, Seen)> = paths.into_iter().map(|p| (p.clone(), seen_as(&p, reader))).collect();
+    let mut first = None;
+    // Matched by path: a reload may have changed the list meanwhile.
+    for (path, was) in lock(files).iter_mut() {
+        let Some((_, is)) = now.iter().find(|(p, _)| p == path) else { continue };
+        let changed = *was != Seen::Unknown && *is != Seen::Absent && is != was;
+        if changed && first.is_none() {
+            first = Some(path.clone());
+        }
+        *was = *is;
+    }
+    first
+}
+
+/// The file at `path`, as `reader` could see it: following symlinks, and only when that
+/// account may search every directory on the way to where it really is.
+fn seen_as(path: &Path, reader: Option<&Reader>) -> Seen {
+    let Ok(real) = std::fs::canonicalize(path) else { return Seen::Absent };
+    if let (Some(r), Some(dir)) = (reader, real.parent()) {
+        if r.search_blocker(dir).is_some() {
+            return Seen::Absent;
+        }
+    }
+    match std::fs::metadata(&real) {
+        Ok(m) => Seen::At(m.dev(), m.ino(), m.mtime(), m.mtime_nsec()),
+        Err(_) => Seen::Absent,
+    }
 }
 
 #[cfg(test)]
@@ -60,37 +135,80 @@ mod tests {
         std::fs::File::options().write(true).open(path).and_then(|f| f.set_modified(t)).unwrap();
     }
 
+    fn watched(paths: &[&Path]) -> Mutex<Vec<(PathBuf, Seen)>> {
+        Mutex::new(paths.iter().map(|p| (p.to_path_buf(), Seen::Unknown)).collect())
+    }
+
     #[test]
     fn a_touched_replaced_or_created_file_is_a_change_once() {
         let dir = crate::config::tests::scratch_dir("touch-reload");
         let (a, b) = (dir.join("reload.txt"), dir.join("later.txt"));
         std::fs::write(&a, b"").unwrap();
         set_mtime(&a, 100);
-        let mut w = Watch::new(&[a.clone(), b.clone()]);
-        assert_eq!(w.changed(), None, "the baseline is no change");
+        let files = watched(&[&a, &b]);
+        assert_eq!(look(&files, None), None, "the first look is the baseline");
         set_mtime(&a, 50);
-        assert_eq!(w.changed(), Some(a.as_path()));
-        assert_eq!(w.changed(), None, "said once");
+        assert_eq!(look(&files, None), Some(a.clone()));
+        assert_eq!(look(&files, None), None, "said once");
         // Another file moved in its place, with an older time: a change all the same.
         let fresh = dir.join("fresh.txt");
         std::fs::write(&fresh, b"new").unwrap();
         set_mtime(&fresh, 1000);
         std::fs::rename(&fresh, &a).unwrap();
-        assert_eq!(w.changed(), Some(a.as_path()));
+        assert_eq!(look(&files, None), Some(a.clone()));
         // Gone is no change; created (the other file) is one.
         std::fs::remove_file(&a).unwrap();
-        assert_eq!(w.changed(), None);
+        assert_eq!(look(&files, None), None);
         std::fs::write(&b, b"").unwrap();
-        assert_eq!(w.changed(), Some(b.as_path()));
+        assert_eq!(look(&files, None), Some(b.clone()));
         std::fs::write(&a, b"").unwrap();
-        assert_eq!(w.changed(), Some(a.as_path()), "back after it went");
-        // A reload between a touch and the next look: the kept path's touch still counts,
-        // a path added is watched from now.
+        assert_eq!(look(&files, None), Some(a.clone()), "back after it went");
+    }
+
+    #[test]
+    fn a_file_the_pool_s_account_cannot_reach_is_not_seen() {
+        let dir = crate::config::tests::scratch_dir("touch-reload-private");
+        let private = dir.join("private");
+        std::fs::create_dir(&private).unwrap();
+        std::fs::set_permissions(&private, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+        let secret = private.join("restart.txt");
+        std::fs::write(&secret, b"").unwrap();
+        // The tenant's path leads there through a symlink of theirs.
+        let mine = dir.join("mine");
+        std::os::unix::fs::symlink(&private, &mine).unwrap();
+        let owner = std::fs::metadata(&private).map(|m| m.uid()).unwrap();
+        let tenant = Reader { uid: owner + 1, gids: vec![owner + 1] };
+        let files = watched(&[&mine.join("restart.txt")]);
+        assert_eq!(look(&files, Some(&tenant)), None);
+        set_mtime(&secret, 10);
+        assert_eq!(look(&files, Some(&tenant)), None, "not the tenant's to see");
+        assert_eq!(seen_as(&mine.join("restart.txt"), Some(&tenant)), Seen::Absent);
+        assert!(matches!(seen_as(&mine.join("restart.txt"), None), Seen::At(..)), "the bridge's own pool sees it");
+    }
+
+    /// The finding of the look under way, once it ended.
+    fn finish(w: &mut Watch) -> Option<PathBuf> {
+        let rx = w.looking.take().expect("a look under way");
+        rx.recv_timeout(Duration::from_secs(30)).expect("the look ended")
+    }
+
+    #[tokio::test]
+    async fn looks_run_off_the_runtime_and_a_reload_keeps_a_pending_touch() {
+        let dir = crate::config::tests::scratch_dir("touch-reload-watch");
+        let (a, c) = (dir.join("reload.txt"), dir.join("added.txt"));
+        std::fs::write(&a, b"").unwrap();
+        set_mtime(&a, 100);
+        let mut w = Watch::new(std::slice::from_ref(&a), None);
+        assert_eq!(finish(&mut w), None, "the first look, begun at once, is the baseline");
+        // Touched, then a reload that keeps the file and adds another before the next look.
         set_mtime(&a, 20);
-        let c = dir.join("added.txt");
         std::fs::write(&c, b"").unwrap();
-        w.rewatch(&[c.clone(), a.clone()]);
-        assert_eq!(w.changed(), Some(a.as_path()));
-        assert_eq!(w.changed(), None);
+        w.rewatch(&[c.clone(), a.clone()], None);
+        assert_eq!(finish(&mut w), Some(a.clone()), "the touch before the reload counts");
+        assert_eq!(w.changed(), None, "taken by the test");
+        assert_eq!(finish(&mut w), None, "the added file's first look is its baseline");
+        set_mtime(&c, 5);
+        assert_eq!(w.changed(), None, "a look begins");
+        assert_eq!(finish(&mut w), Some(c.clone()));
     }
 }
