@@ -54,7 +54,8 @@ fn directive_problem(d: &str) -> Option<String> {
             Some(format!("{d:?} has no level after '='; write TARGET=LEVEL, e.g. {target}=debug, or a level alone"))
         }
         Some(_) => None,
-        None if d.parse::<LevelFilter>().is_ok() => None,
+        // A span filter without a level (`[request]`, `target[span]`): every level inside it.
+        None if d.parse::<LevelFilter>().is_ok() || d.ends_with(']') => None,
         None => Some(format!(
             "{d:?} is not a level (tracing would read it as a target name and log nothing else){}",
             instead(d)

@@ -1652,6 +1652,10 @@ fn a_log_level_that_names_no_level_is_refused_not_read_as_a_target() {
         "warn,fcgibridge=debug",
         "info,fcgibridge::listen=trace",
         "3",
+        // Span filters, with a level or without (every level inside the span).
+        "info,[request]=debug",
+        "warn,[request]",
+        "fcgibridge[request{pool=app}]",
     ] {
         let text = format!("bridge:\n  log-level: {level:?}\n");
         let config = valid("log-level-ok").file("30-x.yaml", &text).config();
