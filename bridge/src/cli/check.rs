@@ -32,7 +32,7 @@ pub fn main(config_dir: &Path, import: bool) -> ExitCode {
             // A closed pipe (`fcgibridge check | head`) is not a configuration error.
             let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
             // `run` unpacks it whatever the pools; `--import` would fail on it too.
-            if let Some(e) = missing_native_module(&crate::supervise::runtime_dir::native_module_source()) {
+            if let Some(e) = crate::supervise::runtime_dir::native_module_missing() {
                 eprintln!("fcgibridge: {e}");
                 return ExitCode::FAILURE;
             }
@@ -47,12 +47,6 @@ pub fn main(config_dir: &Path, import: bool) -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-/// The error `run` stops with when it cannot read the module at `path`.
-fn missing_native_module(path: &Path) -> Option<crate::supervise::runtime_dir::RuntimeDirError> {
-    use crate::supervise::runtime_dir::RuntimeDirError;
-    std::fs::File::open(path).err().map(|_| RuntimeDirError::NativeMissing(path.to_owned()))
 }
 
 /// `--import`: every pool's app imported as its workers would import it, one at a time,
@@ -502,16 +496,6 @@ mod tests {
     use std::collections::BTreeMap;
     use std::path::PathBuf;
     use std::time::Duration;
-
-    #[test]
-    fn a_missing_worker_module_is_the_error_run_gives() {
-        let dir = crate::config::tests::scratch_dir("check-native-module");
-        let missing = dir.join("libfcgibridge_worker.so");
-        let e = missing_native_module(&missing).map(|e| e.to_string()).unwrap_or_default();
-        assert!(e.starts_with(&format!("the native worker module was not found at {}", missing.display())), "{e}");
-        std::fs::write(&missing, b"a module").unwrap();
-        assert!(missing_native_module(&missing).is_none());
-    }
 
     #[test]
     fn quoting() {

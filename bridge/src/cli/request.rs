@@ -45,9 +45,9 @@ pub enum RequestError {
     Connect { address: String, source: io::Error },
     #[error("connection to {address} failed: {source}")]
     Io { address: String, source: io::Error },
-    /// A read or write waited longer than `--timeout`.
-    #[error("timed out after {after} {waiting} {address} (--timeout)")]
-    TimedOut { address: String, after: String, waiting: &'static str },
+    /// A read waited longer than `--timeout`.
+    #[error("timed out after {after} waiting for the response from {address} (--timeout)")]
+    TimedOut { address: String, after: String },
     #[error("protocol error from {address}: {source}")]
     Protocol { address: String, source: fastcgi_server::Error },
     #[error("{address} closed the connection before the response was complete")]
@@ -94,8 +94,8 @@ pub fn run(args: &Args, out: &mut impl Write, err: &mut impl Write) -> Result<()
     // Write from a second thread: an application may answer (and fill our receive
     // buffer) before it has read the whole body, and neither side must wait on the other.
     let mut writer = stream.try_clone().map_err(io_err)?;
-    let (scgi, address, timeout) = (args.scgi, args.address.clone(), args.timeout);
-    let sender = std::thread::spawn(move || send(&mut writer, (&address, timeout), &head, body, scgi));
+    let (scgi, address) = (args.scgi, args.address.clone());
+    let sender = std::thread::spawn(move || send(&mut writer, &address, &head, body, scgi));
 
     let mut printer = Printer::new(&args.address, args.timeout);
     let result = if args.scgi {
@@ -130,16 +130,9 @@ impl Body {
     }
 }
 
-/// Write the request head, then the body (as STDIN records for FastCGI); `to`: the address
-/// and `--timeout`.
-fn send(
-    stream: &mut Stream,
-    to: (&str, Duration),
-    head: &[u8],
-    body: Option<Body>,
-    scgi: bool,
-) -> Result<(), RequestError> {
-    let io = |source| io_error(to.0, to.1, "sending the request to", source);
+/// Write the request head, then the body (as STDIN records for FastCGI).
+fn send(stream: &mut Stream, address: &str, head: &[u8], body: Option<Body>, scgi: bool) -> Result<(), RequestError> {
+    let io = |source| RequestError::Io { address: address.to_owned(), source };
     stream.write_all(head).map_err(io)?;
     let mut records = BytesMut::new();
     let mut chunk = |data: &[u8], stream: &mut Stream| -> io::Result<()> {
@@ -366,19 +359,6 @@ fn connect(address: &str, timeout: Duration) -> Result<Stream, RequestError> {
     Ok(stream)
 }
 
-/// A failed read or write: a wait longer than `timeout` (the socket's limit: EAGAIN) is
-/// said to be one, `waiting` for what; anything else is the connection failing.
-fn io_error(address: &str, timeout: Duration, waiting: &'static str, source: io::Error) -> RequestError {
-    let address = address.to_owned();
-    match source.kind() {
-        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut if !timeout.is_zero() => {
-            let after = crate::config::units::DurationDisplay(timeout).to_string();
-            RequestError::TimedOut { address, after, waiting }
-        }
-        _ => RequestError::Io { address, source },
-    }
-}
-
 /// Turns the application's CGI output into `curl -i` style output.
 struct Printer {
     address: String,
@@ -394,9 +374,18 @@ impl Printer {
         Self { address: address.to_owned(), timeout, head: Vec::new(), head_done: false }
     }
 
-    /// A read failed.
+    /// A read failed: a wait longer than `--timeout` (the socket's limit: EAGAIN) is said
+    /// to be one; anything else is the connection failing. (The sender's own failures are
+    /// not reported: the response, or its absence, says what happened.)
     fn io(&self, source: io::Error) -> RequestError {
-        io_error(&self.address, self.timeout, "waiting for the response from", source)
+        let address = self.address.clone();
+        match source.kind() {
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut if !self.timeout.is_zero() => {
+                let after = crate::config::units::DurationDisplay(self.timeout).to_string();
+                RequestError::TimedOut { address, after }
+            }
+            _ => RequestError::Io { address, source },
+        }
     }
 
     fn stdout(&mut self, data: &[u8], out: &mut impl Write) -> Result<(), RequestError> {

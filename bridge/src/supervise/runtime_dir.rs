@@ -186,6 +186,17 @@ pub(crate) fn native_module_source() -> PathBuf {
     exe_dir.join("libfcgibridge_worker.so")
 }
 
+/// What `run` stops with when the native worker module cannot be read where it is looked
+/// for ([`native_module_source`]); `check` says it too.
+pub(crate) fn native_module_missing() -> Option<RuntimeDirError> {
+    missing_at(&native_module_source())
+}
+
+/// The error `run` stops with when it cannot read the module at `path`.
+fn missing_at(path: &Path) -> Option<RuntimeDirError> {
+    std::fs::File::open(path).err().map(|_| RuntimeDirError::NativeMissing(path.to_owned()))
+}
+
 /// Write through a temporary name and rename, so a worker starting from an older copy
 /// (a configured, reused runtime_dir) never imports a half-written file.
 fn write_atomically(target: &Path, contents: &[u8]) -> Result<(), RuntimeDirError> {
@@ -224,6 +235,16 @@ fn fresh_dir(base: &Path) -> Result<PathBuf, RuntimeDirError> {
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn a_missing_worker_module_is_the_error_run_gives() {
+        let dir = crate::config::tests::scratch_dir("check-native-module");
+        let missing = dir.join("libfcgibridge_worker.so");
+        let e = missing_at(&missing).map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.starts_with(&format!("the native worker module was not found at {}", missing.display())), "{e}");
+        std::fs::write(&missing, b"a module").unwrap();
+        assert!(missing_at(&missing).is_none());
+    }
 
     #[test]
     fn missing_native_module_is_a_clear_error() {
