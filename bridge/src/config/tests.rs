@@ -1694,6 +1694,26 @@ fn an_ipv6_wildcard_listener_clashes_with_ipv4_addresses_on_its_port() {
 }
 
 #[test]
+fn an_ipv4_mapped_listener_clashes_with_its_ipv4_address() {
+    // `[::ffff:127.0.0.1]` binds 127.0.0.1: `run` could not bind both.
+    let text = "listeners:\n  a: {fastcgi: 127.0.0.1:9410, pool: demo}\n  b: {fastcgi: \"[::ffff:127.0.0.1]:9410\", pool: demo}\n  c: {fastcgi: \"[::ffff:0.0.0.0]:9411\", pool: demo}\n  d: {fastcgi: 127.0.0.2:9411, pool: demo}\n  e: {fastcgi: \"[::]:9412\", pool: demo}\n  f: {fastcgi: \"[::ffff:127.0.0.1]:9412\", pool: demo}\n";
+    let lines = error_lines(&valid("v4-mapped").file("30-x.yaml", text));
+    let why = "([::ffff:a.b.c.d] is the IPv4 address a.b.c.d)";
+    let wildcard = "([::] is an IPv6 wildcard, which Linux binds for IPv4 too)";
+    assert_eq!(
+        lines,
+        [
+            format!("3:7: listeners.b.fastcgi: address already used by listener \"a\" at ROOT/conf.d/30-x.yaml:2:7 {why}"),
+            format!("5:7: listeners.d.fastcgi: address already used by listener \"c\" at ROOT/conf.d/30-x.yaml:4:7 {why}"),
+            format!("7:7: listeners.f.fastcgi: address already used by listener \"e\" at ROOT/conf.d/30-x.yaml:6:7 {wildcard}"),
+        ]
+    );
+    // Another mapped address on the port is no clash.
+    let text = "listeners:\n  a: {fastcgi: 127.0.0.1:9413, pool: demo}\n  b: {fastcgi: \"[::ffff:127.0.0.2]:9413\", pool: demo}\n";
+    assert!(valid("v4-mapped-ok").file("30-x.yaml", text).load().is_ok());
+}
+
+#[test]
 fn a_listener_or_bridge_key_in_a_pool_says_where_it_goes() {
     // Not a look-alike pool key ("did you mean queue-timeout?" for header-timeout).
     let keys = [

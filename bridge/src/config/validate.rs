@@ -7,6 +7,7 @@ use super::locate::{KeyPath, Seg};
 use super::model::{Config, Global, ListenAddress, Listener, LogFormat, Pool};
 use super::{paths, resolve};
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -454,10 +455,12 @@ fn check_captures(
 /// Two listeners conflict on the same address, on one port when either binds the wildcard
 /// address of that IP family, or on one port when one binds the IPv6 wildcard and the other
 /// an IPv4 address: Linux binds `[::]` for IPv4 too (net.ipv6.bindv6only is 0 by default,
-/// and the bridge sets no IPV6_V6ONLY).
+/// and the bridge sets no IPV6_V6ONLY). An IPv4-mapped address (`[::ffff:a.b.c.d]`) binds
+/// that IPv4 address.
 fn conflicts(a: &ListenAddress, b: &ListenAddress) -> bool {
     match (a, b) {
         (ListenAddress::Tcp(x), ListenAddress::Tcp(y)) => {
+            let (x, y) = (unmapped(*x), unmapped(*y));
             x.port() == y.port()
                 && ((x.is_ipv4() == y.is_ipv4()
                     && (x.ip() == y.ip() || x.ip().is_unspecified() || y.ip().is_unspecified()))
@@ -467,10 +470,23 @@ fn conflicts(a: &ListenAddress, b: &ListenAddress) -> bool {
     }
 }
 
-/// One of `a` and `b` is the IPv6 wildcard, the other an IPv4 address.
+/// The IPv4 address an IPv4-mapped IPv6 address stands for; any other as it is.
+fn unmapped(a: SocketAddr) -> SocketAddr {
+    match a {
+        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::from((v4, v6.port())),
+            None => a,
+        },
+        SocketAddr::V4(_) => a,
+    }
+}
+
+/// One of `a` and `b` is the IPv6 wildcard, the other an IPv4 address (or one mapped).
 fn ipv6_wildcard_over_ipv4(a: &ListenAddress, b: &ListenAddress) -> bool {
     let wildcard_and_v4 = |x: &ListenAddress, y: &ListenAddress| match (x, y) {
-        (ListenAddress::Tcp(x), ListenAddress::Tcp(y)) => x.is_ipv6() && x.ip().is_unspecified() && y.is_ipv4(),
+        (ListenAddress::Tcp(x), ListenAddress::Tcp(y)) => {
+            x.is_ipv6() && x.ip().is_unspecified() && unmapped(*y).is_ipv4()
+        }
         _ => false,
     };
     wildcard_and_v4(a, b) || wildcard_and_v4(b, a)
@@ -478,8 +494,11 @@ fn ipv6_wildcard_over_ipv4(a: &ListenAddress, b: &ListenAddress) -> bool {
 
 /// What follows an "address already used" error on `a` and `b` that do not look alike.
 fn clash_why(a: &ListenAddress, b: &ListenAddress) -> &'static str {
+    let mapped = |x: &ListenAddress| matches!(x, ListenAddress::Tcp(t) if unmapped(*t) != *t);
     if ipv6_wildcard_over_ipv4(a, b) {
         " ([::] is an IPv6 wildcard, which Linux binds for IPv4 too)"
+    } else if mapped(a) || mapped(b) {
+        " ([::ffff:a.b.c.d] is the IPv4 address a.b.c.d)"
     } else {
         ""
     }
