@@ -28,6 +28,16 @@ pub(crate) enum RuntimeDirError {
          or set FCGIBRIDGE_WORKER_LIB to the library"
     )]
     NativeMissing(PathBuf),
+    #[error("cannot read the native worker module {path}: {source}")]
+    NativeUnreadable { path: PathBuf, source: std::io::Error },
+}
+
+/// Not found (where to look next), or found but not readable (what the system said).
+fn native_error(path: &Path, source: std::io::Error) -> RuntimeDirError {
+    match source.kind() {
+        std::io::ErrorKind::NotFound => RuntimeDirError::NativeMissing(path.to_owned()),
+        _ => RuntimeDirError::NativeUnreadable { path: path.to_owned(), source },
+    }
 }
 
 /// A prepared runtime directory; removed on drop when the bridge created it.
@@ -114,7 +124,7 @@ impl RuntimeDir {
             write_atomically(&target, contents)?;
         }
         let native = native_module_source();
-        let bytes = std::fs::read(&native).map_err(|_| RuntimeDirError::NativeMissing(native.clone()))?;
+        let bytes = std::fs::read(&native).map_err(|e| native_error(&native, e))?;
         write_atomically(&pkg.join("_native.abi3.so"), &bytes)?;
         Ok(())
     }
@@ -194,7 +204,7 @@ pub(crate) fn native_module_missing() -> Option<RuntimeDirError> {
 
 /// The error `run` stops with when it cannot read the module at `path`.
 fn missing_at(path: &Path) -> Option<RuntimeDirError> {
-    std::fs::File::open(path).err().map(|_| RuntimeDirError::NativeMissing(path.to_owned()))
+    std::fs::File::open(path).err().map(|e| native_error(path, e))
 }
 
 /// Write through a temporary name and rename, so a worker starting from an older copy
@@ -244,6 +254,14 @@ mod tests {
         assert!(e.starts_with(&format!("the native worker module was not found at {}", missing.display())), "{e}");
         std::fs::write(&missing, b"a module").unwrap();
         assert!(missing_at(&missing).is_none());
+        // Found but not readable (as root, a mode cannot refuse it; a file as a directory
+        // can): what the system said, not "not found".
+        let beneath = missing.join("libfcgibridge_worker.so");
+        let e = missing_at(&beneath).map(|e| e.to_string()).unwrap_or_default();
+        assert_eq!(
+            e,
+            format!("cannot read the native worker module {}: Not a directory (os error 20)", beneath.display())
+        );
     }
 
     #[test]
