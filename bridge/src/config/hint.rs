@@ -38,61 +38,60 @@ pub(super) fn unknown_key(given: &str, expected: &[&str]) -> String {
 /// PEERS: `mount`), nor `pool` (at the top level, `pools` misspelt) and `status` (in a
 /// listener, `status-path` misspelt).
 fn another_sections_key(name: &str) -> Option<String> {
-    if LISTENER_KEYS.contains(&name) {
+    if listener_keys().any(|k| k == name) {
         Some(format!("{name} is a listener key: put it under listeners.NAME"))
-    } else if BRIDGE_KEYS.contains(&name) {
+    } else if bridge_keys().any(|k| k == name) {
         Some(format!("{name} is a bridge key: put it under bridge"))
     } else {
         None
     }
 }
 
-/// A listener's keys (file.rs, `RawListener`) that [`another_sections_key`] names.
-const LISTENER_KEYS: &[&str] = &[
-    "fastcgi",
-    "scgi",
-    "routes",
-    "socket-mode",
-    "socket-owner",
-    "socket-group",
-    "backlog",
-    "max-params",
-    "status-path",
-    "ping-path",
-    "dialect",
-    "max-redirects",
-    "unrouted-redirect",
-    "redirect-pools",
-    "allowed-clients",
-    "trusted-proxies",
-    "trusted-proxy-headers",
-    "file-handoff",
-    "file-roots",
-    "file-map",
-    "max-ranges",
-    "file-hand-back",
-    "path-info",
-    "header-timeout",
-    "body-timeout",
-    "body-min-rate",
-    "send-timeout",
-    "keepalive-timeout",
-    "max-connections",
-    "direct",
-];
+/// A listener's keys (file.rs, `RawListener`) that [`another_sections_key`] names: all of
+/// them but `pool` (at the top level, `pools` misspelt) and those with an answer of their own.
+fn listener_keys() -> impl Iterator<Item = &'static str> {
+    keys_of::<super::file::RawListener>().filter(|k| !["pool", "mount"].contains(k))
+}
 
-/// The `bridge:` keys (file.rs, `RawBridge`) that [`another_sections_key`] names.
-const BRIDGE_KEYS: &[&str] = &[
-    "runtime-dir",
-    "log-level",
-    "access-log",
-    "log-file",
-    "drain-period",
-    "access-log-format",
-    "control-socket",
-    "header-memory",
-    "log-rate-limit",
-];
+/// The `bridge:` keys (file.rs, `RawBridge`) that [`another_sections_key`] names: all of
+/// them but `status` (in a listener, `status-path` misspelt) and those in [`MISPLACED`].
+fn bridge_keys() -> impl Iterator<Item = &'static str> {
+    keys_of::<super::file::RawBridge>().filter(|k| !["status", "shutdown-timeout", "log-format"].contains(k))
+}
+
+/// The keys a mapping's struct accepts, as serde's derive lists them (its names as written,
+/// kebab-case): a key added to the struct is known here with nothing else to update.
+fn keys_of<'de, T: serde::Deserialize<'de>>() -> impl Iterator<Item = &'static str> {
+    let mut keys: &'static [&'static str] = &[];
+    let _ = T::deserialize(KeyProbe(&mut keys));
+    keys.iter().copied()
+}
+
+/// A deserializer that only asks a struct for its field names, and fails.
+struct KeyProbe<'a>(&'a mut &'static [&'static str]);
+
+impl<'de> serde::Deserializer<'de> for KeyProbe<'_> {
+    type Error = serde::de::value::Error;
+
+    fn deserialize_struct<V: serde::de::Visitor<'de>>(
+        self,
+        _name: &'static str,
+        fields: &'static [&'static str],
+        _visitor: V,
+    ) -> Result<V::Value, Self::Error> {
+        *self.0 = fields;
+        Err(serde::de::Error::custom("only its keys were asked for"))
+    }
+
+    fn deserialize_any<V: serde::de::Visitor<'de>>(self, _visitor: V) -> Result<V::Value, Self::Error> {
+        Err(serde::de::Error::custom("not a struct"))
+    }
+
+    serde::forward_to_deserialize_any! {
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf option unit
+        unit_struct newtype_struct seq tuple tuple_struct map enum identifier ignored_any
+    }
+}
 
 /// What to write instead of `name`, another server's option or a key of another mapping.
 /// Another server's options are pasted into a pool; elsewhere such a name is more likely
@@ -551,7 +550,15 @@ mod tests {
 
     #[test]
     fn the_listener_and_bridge_keys_named_elsewhere_are_theirs_alone() {
-        let sections = [("listeners:\n  x:\n    KEY: ~\n", LISTENER_KEYS), ("bridge:\n  KEY: ~\n", BRIDGE_KEYS)];
+        let listener: Vec<_> = listener_keys().collect();
+        let bridge: Vec<_> = bridge_keys().collect();
+        // Read from the parser's structs: each is there (the probe found them).
+        assert!(
+            listener.contains(&"fastcgi") && listener.contains(&"file-map") && listener.contains(&"direct"),
+            "{listener:?}"
+        );
+        assert!(bridge.contains(&"runtime-dir") && bridge.contains(&"log-rate-limit"), "{bridge:?}");
+        let sections = [("listeners:\n  x:\n    KEY: ~\n", listener), ("bridge:\n  KEY: ~\n", bridge)];
         for (yaml, keys) in sections {
             for key in keys {
                 let parsed = serde_saphyr::from_str::<super::super::file::RawFile>(&yaml.replace("KEY", key));
