@@ -324,6 +324,11 @@ impl Manager {
                 let Some(i) = self.index(id) else { return };
                 let w = self.workers.swap_remove(i);
                 self.dispatcher.remove_worker(w.key);
+                // The worker it was to replace waits for another replacement, at its index
+                // (or the next attempt would take a free one: index 2 in a pool of 2).
+                for old in self.workers.iter_mut().filter(|o| o.replaced && o.index == w.index) {
+                    old.replaced = false;
+                }
                 if !started {
                     // No process ever existed (the spawn itself failed, or it was stopped
                     // first): neither an exit nor a crash, only the reason at its index.
