@@ -100,6 +100,15 @@ impl Visit for OneLineVisitor<'_> {
     }
 
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        // A field's value is bare when it is one word. One with a blank or a quote (a
+        // client's URI, an app's redirect target, an error's text) is quoted, as a &str
+        // field is: else `uri=/x pool="other"` reads as two fields to a logfmt parser.
+        if field.name() != "message" {
+            let text = format!("{value:?}");
+            if text.is_empty() || text.contains([' ', '\t', '"']) {
+                return self.0.record_str(field, &text);
+            }
+        }
         self.0.record_debug(field, &Escaped(value));
     }
 }
@@ -250,10 +259,28 @@ mod tests {
         assert!(!text.contains('\x1b'), "{text}");
         let forged = r"/read\n2026-12-05T03:06:00Z ERROR fcgibridge::daemon: FORGED\x1b[2J";
         assert!(text.contains(&format!("slow request: GET {forged} after 2 ")), "{text}");
-        assert!(text.contains(&format!(" pool=\"app\" uri={forged} ")), "{text}");
+        // A field of several words is quoted (as Debug escapes it).
+        assert!(
+            text.contains(
+                r#" pool="app" uri="/read\n2026-12-05T03:06:00Z ERROR fcgibridge::daemon: FORGED\u{1b}[2J" "#
+            ),
+            "{text}"
+        );
         // A &str field is written as Debug, as before.
         assert!(text.contains(r#" shown="/read\n2026"#), "{text}");
         assert!(text.ends_with(" error=bad\\nline\n"), "{text}");
+        // A value of more than one word is quoted, so that it cannot read as more fields.
+        let spoof = "/x pool=\"other\"";
+        let err = std::io::Error::other("Connection refused (os error 111)");
+        let text = text_log(|| {
+            tracing::warn!(uri = %spoof, target = %"", error = &err as &dyn std::error::Error, "redirect");
+        });
+        assert!(
+            text.ends_with(
+                " redirect uri=\"/x pool=\\\"other\\\"\" target=\"\" error=\"Connection refused (os error 111)\"\n"
+            ),
+            "{text}"
+        );
         // Plain text is written as tracing-subscriber writes it.
         let plain = text_log(|| tracing::info!(listener = %"web", n = 3, ok = true, "no route matches: {}", "/x"));
         assert!(plain.ends_with(" no route matches: /x listener=web n=3 ok=true\n"), "{plain}");
