@@ -406,6 +406,14 @@ impl Files {
     pub(crate) fn decide(&self, head: &mut ResponseHead, pid: u32) -> Decision {
         let status = super::effective_status(head);
         let Some(i) = head.headers.iter().position(|(n, _)| Kind::of(n).is_some()) else { return Decision::Forward };
+        // Only this header is checked, so it is the only one that may go on: a second one
+        // (another path, or X-Sendfile2, which lighttpd prefers to X-Sendfile whatever the
+        // order) would reach the web server unchecked.
+        let mut j = 0;
+        head.headers.retain(|(n, _)| {
+            j += 1;
+            j - 1 == i || Kind::of(n).is_none()
+        });
         let kind = Kind::of(&head.headers[i].0).unwrap_or(Kind::Sendfile);
         // One name from here on: the older lighttpd one is checked and passed as X-Sendfile.
         if head.headers[i].0.eq_ignore_ascii_case(LIGHTTPD_SENDFILE) {
@@ -838,6 +846,33 @@ mod tests {
         let mut h = head(&[("X-LIGHTTPD-send-file", "/srv/files/a")]);
         assert_eq!(lighttpd.decide(&mut h, 1), Decision::Forward);
         assert_eq!(h.headers[0].0, Bytes::from_static(b"X-Sendfile"));
+    }
+
+    #[test]
+    fn only_the_checked_hand_off_header_goes_on() {
+        // lighttpd follows X-Sendfile2 before X-Sendfile, nginx the first X-Accel-Redirect:
+        // a second hand-off header, never checked, must not reach either.
+        let lighttpd = files(Mode::Translate, Dialect::Lighttpd, vec![]);
+        let mut h = head(&[
+            ("X-Sendfile", "/srv/files/a"),
+            ("X-App", "1"),
+            ("X-Sendfile2", "/srv/files/../../etc/passwd 0-"),
+            ("x-lighttpd-send-file", "/etc/shadow"),
+            ("X-Accel-Redirect", "/protected/../x"),
+        ]);
+        assert_eq!(lighttpd.decide(&mut h, 1), Decision::Forward);
+        let names: Vec<&[u8]> = h.headers.iter().map(|(n, _)| &n[..]).collect();
+        assert_eq!(names, [&b"X-Sendfile"[..], b"X-App"]);
+        let nginx = files(Mode::Translate, Dialect::Nginx, vec![]);
+        let mut h = head(&[("X-Accel-Redirect", "@named"), ("X-Sendfile", "/etc/passwd")]);
+        assert_eq!(nginx.decide(&mut h, 1), Decision::Forward);
+        assert_eq!(h.headers, [(Bytes::from_static(b"X-Accel-Redirect"), Bytes::from_static(b"@named"))]);
+        let mut h = head(&[("X-Sendfile", "/srv/files/a"), ("X-Accel-Redirect", "/protected/b")]);
+        let Decision::Serve(checked) = nginx.decide(&mut h, 1) else { panic!("not checked") };
+        assert_eq!(
+            checked.to_nginx.as_deref(),
+            Some(&b"Status: 200 OK\r\nX-Accel-Redirect: /protected/a\r\n\r\n"[..])
+        );
     }
 
     #[test]
