@@ -635,6 +635,29 @@ def test_lighttpd_translate_hands_back_with_hand_back(lighttpd_translate_env):
     assert (status, body, h.get("content-range")) == (206, b"3456", "bytes 3-6/20"), (status, h, body)
 
 
+def test_lighttpd_gets_only_a_file_the_bridge_would_send(lighttpd_translate_env):
+    """lighttpd follows symlinks as nginx does: a tenant's symlink in the file-map directory
+    to a file beside it, as X-Sendfile, as an X-Accel-Redirect mapped to X-Sendfile, or
+    hidden in an X-Sendfile2 behind a piece that is fine, gets 403 with the bridge's log
+    line, and lighttpd never sees the header; a plain file still goes to lighttpd."""
+    bridge, bases, root, _ = lighttpd_translate_env
+    secret = root.parent / "beside.txt"
+    secret.write_bytes(b"not for the app\n")
+    link = root / "beside-link"
+    if not link.is_symlink():
+        link.symlink_to(secret)
+    base = bases["file-hand-back"]
+    status, _, body = get(base, f"/xs?path={root}/doc.txt")
+    assert (status, body) == (200, b"lighttpd sent this\n")
+    for path in (f"/xs?path={link}", "/accel?uri=/protected/beside-link",
+                 f"/xs2?v={quote(f'{root}/doc.txt 0-1, {link} 0-')}"):
+        mark = bridge.log.mark()
+        status, h, body = get(base, path)
+        assert status == 403 and b"not for the app" not in body, (path, status, h, body)
+        line = "\n".join(bridge.log.wait_for(r"refused, answering 403: .*beside-link", since=mark))
+        assert "which is not under any of the listener's file-roots" in line, line
+
+
 def test_lighttpd_scgi_follows_x_sendfile_not_x_sendfile2(lighttpd_translate_env):
     """lighttpd's mod_scgi follows X-Sendfile but ignores X-Sendfile2: passed on, the header
     (paths and all) would reach the client with an empty body. The bridge sends the pieces

@@ -9,6 +9,8 @@
 use crate::config::{Dialect, Protocol};
 use bytes::Bytes;
 use fastcgi_server::cgi::ResponseHead;
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 
 /// The hand-off headers an app may send.
@@ -83,10 +85,10 @@ pub(crate) struct FileHandoff {
     pub content_type: Option<Bytes>,
     /// The worker that answered, for log lines.
     pub pid: u32,
-    /// Behind nginx in `translate` mode: the app's head with its `X-Accel-Redirect`, which
-    /// goes to nginx (nginx sends the file) once the file passes the checks a file the
+    /// In `translate` mode: the app's head with its hand-off header, which goes to the web
+    /// server (which sends the file) once every file named passes the checks a file the
     /// bridge sends passes (respond/sendfile.rs).
-    pub to_nginx: Option<Bytes>,
+    pub to_front: Option<Bytes>,
 }
 
 /// `file-handoff:` of a listener (`pass` has no [`Files`]).
@@ -423,10 +425,10 @@ impl Files {
         let shown = format!("{}: {}", kind.name(), String::from_utf8_lossy(&value));
         let refuse = |why: String| Decision::Refuse { header: shown.clone(), why };
         let nginx = self.front.is_nginx();
-        // The bridge sends the file, or with `to_nginx` checks it and hands that head on.
-        let hand_off = |head: &ResponseHead, spec: FileSpec, to_nginx: Option<Bytes>| match kept_headers(head) {
+        // The bridge sends the file, or with `to_front` checks it and hands that head on.
+        let hand_off = |head: &ResponseHead, spec: FileSpec, to_front: Option<Bytes>| match kept_headers(head) {
             Ok((headers, content_type)) => {
-                Decision::Serve(Box::new(FileHandoff { kind, spec, status, headers, content_type, pid, to_nginx }))
+                Decision::Serve(Box::new(FileHandoff { kind, spec, status, headers, content_type, pid, to_front }))
             }
             Err(why) => Decision::Refuse { header: shown.clone(), why },
         };
@@ -485,17 +487,45 @@ impl Files {
                     return checked_for_nginx(head, path, hand_off);
                 }
             }
-            (Kind::Sendfile, _) if self.front.follows_sendfile() => return Decision::Forward,
+            (Kind::Sendfile, _) if self.front.follows_sendfile() => {
+                return self.checked_for_front(head, spec, hand_off)
+            }
             (Kind::AccelRedirect, FileSpec::Whole(path)) if self.front.follows_sendfile() => {
                 head.headers[i] = (Bytes::from_static(b"X-Sendfile"), Bytes::from(path.clone()));
-                return Decision::Forward;
+                return self.checked_for_front(head, spec, hand_off);
             }
-            (Kind::Sendfile2, _) if self.front.follows_sendfile2() => return Decision::Forward,
+            (Kind::Sendfile2, _) if self.front.follows_sendfile2() => {
+                return self.checked_for_front(head, spec, hand_off)
+            }
             _ => {}
         }
         match self.servable(kind, &spec) {
             Ok(()) => serve(head, spec),
             Err(why) => refuse(why),
+        }
+    }
+
+    /// lighttpd and Apache follow symlinks and read as their own user, as nginx does: a
+    /// hand-off naming a file under a `file-map` directory or `file-roots` goes to them only
+    /// once every file it names passes the checks of a file the bridge sends. One that names
+    /// none of them is the web server's own to judge (its `x-sendfile-docroot`,
+    /// `XSendFilePath`), as before.
+    fn checked_for_front(
+        &self,
+        head: &mut ResponseHead,
+        spec: FileSpec,
+        hand_off: impl Fn(&ResponseHead, FileSpec, Option<Bytes>) -> Decision,
+    ) -> Decision {
+        let ours =
+            |p: &&[u8]| self.serve_roots.iter().any(|r| std::path::Path::new(OsStr::from_bytes(p)).starts_with(r));
+        if !spec.paths().iter().any(ours) {
+            return Decision::Forward;
+        }
+        head.content_length = None; // the app's body is not sent
+        match super::encode_head(head, 0) {
+            Ok((_, out)) => hand_off(head, spec, Some(out.freeze())),
+            // Answered as any head that cannot be passed on.
+            Err(_) => Decision::Forward,
         }
     }
 
@@ -733,7 +763,7 @@ mod tests {
             ("X-Accel-Buffering", "no"),
         ];
         let mut h = head(&[&[("X-Sendfile", file.as_str())][..], &kept[..]].concat());
-        assert!(for_nginx(f.decide(&mut h, 1)).starts_with("Status: 200 OK\r\nX-Accel-Redirect: /protected/a.csv\r\n"));
+        assert!(for_front(f.decide(&mut h, 1)).starts_with("Status: 200 OK\r\nX-Accel-Redirect: /protected/a.csv\r\n"));
         // A CORS or CSP header nginx would drop: the bridge sends the file, with it.
         for extra in [("Access-Control-Allow-Origin", "https://a.example"), ("Content-Security-Policy", "sandbox")] {
             let mut h = head(&[("X-Sendfile", file.as_str()), extra]);
@@ -742,13 +772,13 @@ mod tests {
         }
         // A missing file too: the bridge answers 404 as for any file it sends.
         let mut h = head(&[("X-Sendfile", &*format!("{}/missing", dir.display())), ("Vary", "Origin")]);
-        assert!(matches!(f.decide(&mut h, 1), Decision::Serve(s) if s.to_nginx.is_none()));
+        assert!(matches!(f.decide(&mut h, 1), Decision::Serve(s) if s.to_front.is_none()));
         // The app's own X-Accel-Redirect into a file-map location: the same.
         let mut h = head(&[&[("X-Accel-Redirect", "/protected/a.csv")][..], &kept[..]].concat());
-        assert!(for_nginx(f.decide(&mut h, 1)).contains("\r\nX-Accel-Redirect: /protected/a.csv\r\n"));
+        assert!(for_front(f.decide(&mut h, 1)).contains("\r\nX-Accel-Redirect: /protected/a.csv\r\n"));
         let mut h = head(&[("X-Accel-Redirect", "/protected/a.csv"), ("Vary", "Cookie")]);
         let Decision::Serve(served) = f.decide(&mut h, 1) else { panic!("not served") };
-        assert_eq!((served.headers, served.to_nginx), (vec![(Bytes::from("Vary"), Bytes::from("Cookie"))], None));
+        assert_eq!((served.headers, served.to_front), (vec![(Bytes::from("Vary"), Bytes::from("Cookie"))], None));
         // One nginx follows elsewhere (a named location, one no file-map covers) is nginx's.
         let mut h = head(&[("X-Accel-Redirect", "@files"), ("Vary", "Cookie")]);
         assert_eq!(f.decide(&mut h, 1), Decision::Forward);
@@ -768,7 +798,7 @@ mod tests {
         assert_eq!(f.roots, vec![dir.join("real"), dir.join("link")]);
         for p in [dir.join("link/f.txt"), dir.join("real/f.txt")] {
             let mut h = head(&[("X-Sendfile", p.to_str().unwrap_or_default())]);
-            assert!(matches!(f.decide(&mut h, 1), Decision::Serve(s) if s.to_nginx.is_none()), "{}", p.display());
+            assert!(matches!(f.decide(&mut h, 1), Decision::Serve(s) if s.to_front.is_none()), "{}", p.display());
         }
         let map = vec![(dir.join("link").display().to_string(), "/protected".to_owned())];
         let f = Files::new(Mode::Translate, nginx, vec![], map, 16, true);
@@ -781,11 +811,11 @@ mod tests {
         assert_eq!(found.map(|l| l.real).ok(), Some(dir.join("real/f.txt")));
     }
 
-    /// The head that goes to nginx once the bridge has checked the file.
-    fn for_nginx(d: Decision) -> String {
+    /// The head that goes to the web server (nginx, lighttpd) once the bridge has checked the file.
+    fn for_front(d: Decision) -> String {
         match d {
-            Decision::Serve(h) if h.to_nginx.is_some() => {
-                String::from_utf8_lossy(&h.to_nginx.unwrap_or_default()).into()
+            Decision::Serve(h) if h.to_front.is_some() => {
+                String::from_utf8_lossy(&h.to_front.unwrap_or_default()).into()
             }
             other => panic!("not for nginx: {other:?}"),
         }
@@ -800,7 +830,7 @@ mod tests {
         // nginx sends the file once the bridge has checked it: no Content-Length of the app's body
         assert_eq!(checked.spec, FileSpec::Whole(b"/srv/files/a/b.pdf".to_vec()));
         assert_eq!(
-            checked.to_nginx.as_deref(),
+            checked.to_front.as_deref(),
             Some(&b"Status: 200 OK\r\nX-Accel-Redirect: /protected/a/b.pdf\r\n\r\n"[..])
         );
         // nginx understands its own header; one into a file-map directory is checked first
@@ -809,13 +839,21 @@ mod tests {
         let mut h = head(&[("X-Accel-Redirect", "/deep/a%20b.pdf?v=1"), ("Set-Cookie", "a=1")]);
         let Decision::Serve(checked) = nginx.decide(&mut h, 1) else { panic!("not checked") };
         assert_eq!(checked.spec, FileSpec::Whole(b"/srv/files/deep/a b.pdf".to_vec()));
-        let to_nginx = String::from_utf8_lossy(checked.to_nginx.as_deref().unwrap_or_default()).into_owned();
-        assert_eq!(to_nginx, "Status: 200 OK\r\nX-Accel-Redirect: /deep/a%20b.pdf?v=1\r\nSet-Cookie: a=1\r\n\r\n");
+        let to_front = String::from_utf8_lossy(checked.to_front.as_deref().unwrap_or_default()).into_owned();
+        assert_eq!(to_front, "Status: 200 OK\r\nX-Accel-Redirect: /deep/a%20b.pdf?v=1\r\nSet-Cookie: a=1\r\n\r\n");
+        // lighttpd follows X-Sendfile; one into a file-map directory is checked first too
         let lighttpd = files(Mode::Translate, Dialect::Lighttpd, vec![]);
         let mut h = head(&[("X-Accel-Redirect", "/protected/a%20b.pdf")]);
-        assert_eq!(lighttpd.decide(&mut h, 1), Decision::Forward);
-        assert_eq!(h.headers[0], (Bytes::from_static(b"X-Sendfile"), Bytes::from_static(b"/srv/files/a b.pdf")));
+        assert_eq!(for_front(lighttpd.decide(&mut h, 1)), "Status: 200 OK\r\nX-Sendfile: /srv/files/a b.pdf\r\n\r\n");
+        let mut h = head(&[("X-Sendfile2", "/srv/files/a 0-1, /x 0-1")]);
+        assert_eq!(
+            for_front(lighttpd.decide(&mut h, 1)),
+            "Status: 200 OK\r\nX-Sendfile2: /srv/files/a 0-1, /x 0-1\r\n\r\n"
+        );
+        // one naming no file-map directory nor file-root is lighttpd's own (its docroot)
         let mut h = head(&[("X-Sendfile2", "/x 0-1")]);
+        assert_eq!(lighttpd.decide(&mut h, 1), Decision::Forward);
+        let mut h = head(&[("X-Sendfile", "/srv/other/a")]);
         assert_eq!(lighttpd.decide(&mut h, 1), Decision::Forward);
     }
 
@@ -844,8 +882,7 @@ mod tests {
         let mut h = head(&[("X-LIGHTTPD-send-file", "/srv/files/../secret")]);
         assert!(matches!(lighttpd.decide(&mut h, 1), Decision::Refuse { .. }));
         let mut h = head(&[("X-LIGHTTPD-send-file", "/srv/files/a")]);
-        assert_eq!(lighttpd.decide(&mut h, 1), Decision::Forward);
-        assert_eq!(h.headers[0].0, Bytes::from_static(b"X-Sendfile"));
+        assert_eq!(for_front(lighttpd.decide(&mut h, 1)), "Status: 200 OK\r\nX-Sendfile: /srv/files/a\r\n\r\n");
     }
 
     #[test]
@@ -860,19 +897,17 @@ mod tests {
             ("x-lighttpd-send-file", "/etc/shadow"),
             ("X-Accel-Redirect", "/protected/../x"),
         ]);
-        assert_eq!(lighttpd.decide(&mut h, 1), Decision::Forward);
-        let names: Vec<&[u8]> = h.headers.iter().map(|(n, _)| &n[..]).collect();
-        assert_eq!(names, [&b"X-Sendfile"[..], b"X-App"]);
+        assert_eq!(
+            for_front(lighttpd.decide(&mut h, 1)),
+            "Status: 200 OK\r\nX-Sendfile: /srv/files/a\r\nX-App: 1\r\n\r\n"
+        );
         let nginx = files(Mode::Translate, Dialect::Nginx, vec![]);
         let mut h = head(&[("X-Accel-Redirect", "@named"), ("X-Sendfile", "/etc/passwd")]);
         assert_eq!(nginx.decide(&mut h, 1), Decision::Forward);
         assert_eq!(h.headers, [(Bytes::from_static(b"X-Accel-Redirect"), Bytes::from_static(b"@named"))]);
         let mut h = head(&[("X-Sendfile", "/srv/files/a"), ("X-Accel-Redirect", "/protected/b")]);
         let Decision::Serve(checked) = nginx.decide(&mut h, 1) else { panic!("not checked") };
-        assert_eq!(
-            checked.to_nginx.as_deref(),
-            Some(&b"Status: 200 OK\r\nX-Accel-Redirect: /protected/a\r\n\r\n"[..])
-        );
+        assert_eq!(checked.to_front.as_deref(), Some(&b"Status: 200 OK\r\nX-Accel-Redirect: /protected/a\r\n\r\n"[..]));
     }
 
     #[test]
@@ -1004,14 +1039,14 @@ mod tests {
         }
         for mapped in ["/protected/a.pdf", "/protected/a.pdf?path=../x", "/protected/"] {
             let mut h = head(&[("X-Accel-Redirect", mapped)]);
-            assert!(for_nginx(nginx.decide(&mut h, 1)).contains(&format!("\r\nX-Accel-Redirect: {mapped}\r\n")));
+            assert!(for_front(nginx.decide(&mut h, 1)).contains(&format!("\r\nX-Accel-Redirect: {mapped}\r\n")));
         }
         refused(&nginx, "X-Accel-Redirect", "/internal/../admin");
         refused(&nginx, "X-Accel-Redirect", "/internal/%2e%2e/admin?x=1");
         refused(&nginx, "X-Accel-Redirect", "relative");
         // a literal `%2e%2e` directory is not `..` for nginx: X-Sendfile's `%` is encoded
         let mut h = head(&[("X-Sendfile", "/srv/files/100%.txt")]);
-        assert!(for_nginx(nginx.decide(&mut h, 1)).contains("\r\nX-Accel-Redirect: /protected/100%25.txt\r\n"));
+        assert!(for_front(nginx.decide(&mut h, 1)).contains("\r\nX-Accel-Redirect: /protected/100%25.txt\r\n"));
     }
 
     #[test]
@@ -1039,12 +1074,11 @@ mod tests {
         // a value the bridge cannot parse is not passed on either
         let why = refused(&f, "X-Sendfile2", "/srv/files/b 0-1 extra");
         assert!(why.contains("text after its range"), "{why}");
-        // X-Sendfile and a mapped X-Accel-Redirect still go to lighttpd over SCGI
+        // X-Sendfile and a mapped X-Accel-Redirect still go to lighttpd over SCGI (checked)
         let mut h = head(&[("X-Sendfile", "/srv/files/a")]);
-        assert_eq!(f.decide(&mut h, 1), Decision::Forward);
+        assert_eq!(for_front(f.decide(&mut h, 1)), "Status: 200 OK\r\nX-Sendfile: /srv/files/a\r\n\r\n");
         let mut h = head(&[("X-Accel-Redirect", "/protected/a")]);
-        assert_eq!(f.decide(&mut h, 1), Decision::Forward);
-        assert_eq!(h.headers[0], (Bytes::from_static(b"X-Sendfile"), Bytes::from_static(b"/srv/files/a")));
+        assert_eq!(for_front(f.decide(&mut h, 1)), "Status: 200 OK\r\nX-Sendfile: /srv/files/a\r\n\r\n");
         // served by the bridge when file-roots cover every piece
         let dir = std::env::temp_dir().join(format!("fcgibridge-handoff-scgi-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap_or_default();

@@ -15,9 +15,9 @@
 //! change meanwhile cannot lead out of the roots. For a pool whose workers run as another
 //! account ([`Reader`]) only a file that account could read itself is sent.
 //!
-//! Behind nginx in `translate` mode nginx sends a file under a `file-map` directory; the
-//! bridge makes the same checks first and passes the app's `X-Accel-Redirect` on only for
-//! a file it would have sent itself ([`FileHandoff::to_nginx`]).
+//! In `translate` mode the web server sends a file under a `file-map` directory (or
+//! `file-roots`); the bridge makes the same checks first and passes the app's hand-off
+//! header on only for a file it would have sent itself ([`FileHandoff::to_front`]).
 use super::file_handoff::{FileHandoff, FileSpec, Piece};
 use crate::flow::{End, ResponseSink};
 use crate::supervise::access::Reader;
@@ -209,13 +209,13 @@ pub(crate) async fn serve<K: ResponseSink>(
     h: &FileHandoff,
     sink: &mut K,
 ) -> Result<Served, SendfileError> {
-    if let Some(to_nginx) = &h.to_nginx {
-        // nginx sends the file, following symlinks and reading as its own user: only one
-        // the bridge would send itself goes to it.
+    if let Some(to_front) = &h.to_front {
+        // The web server sends the file, following symlinks and reading as its own user:
+        // only one the bridge would send itself goes to it.
         for p in h.spec.paths() {
             check(roots, reader, p)?;
         }
-        let _ = sink.send(to_nginx.clone(), Some(End::Complete)).await;
+        let _ = sink.send(to_front.clone(), Some(End::Complete)).await;
         return Ok(Served::new(h.status, 0));
     }
     if h.status < 200 || h.status == 204 || h.status == 304 {
@@ -967,7 +967,7 @@ mod tests {
 
     fn handoff(spec: FileSpec) -> FileHandoff {
         let kind = super::super::file_handoff::Kind::Sendfile2;
-        FileHandoff { kind, spec, status: 200, headers: Vec::new(), content_type: None, pid: 1, to_nginx: None }
+        FileHandoff { kind, spec, status: 200, headers: Vec::new(), content_type: None, pid: 1, to_front: None }
     }
 
     #[tokio::test]
@@ -997,7 +997,7 @@ mod tests {
     /// A hand-off for nginx: `head` goes out once the file is checked.
     fn for_nginx(path: &Path, head: &'static [u8]) -> FileHandoff {
         let mut h = handoff(FileSpec::Whole(bytes(path).to_vec()));
-        h.to_nginx = Some(Bytes::from_static(head));
+        h.to_front = Some(Bytes::from_static(head));
         h
     }
 
