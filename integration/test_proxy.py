@@ -15,7 +15,7 @@ FORWARDED = {"X-Forwarded-For": "6.6.6.6, 203.0.113.9", "X-Forwarded-Proto": "ht
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     work = tmp_path_factory.mktemp("proxy")
-    ports = harness.free_ports(3)
+    ports = harness.free_ports(5)
     pools = {"app": harness.pool(respond_servers.RESPOND_APP, processes=1, threads=4)}
     listeners = {
         "fcgi-trust": {"fastcgi": f"127.0.0.1:{ports[0]}", "pool": "app",
@@ -24,6 +24,11 @@ def env(tmp_path_factory):
                                                  "X-Forwarded-Port"]},
         "fcgi-other": {"fastcgi": f"127.0.0.1:{ports[1]}", "pool": "app", "trusted-proxies": ["10.0.0.0/8"]},
         "fcgi-none": {"fastcgi": f"127.0.0.1:{ports[2]}", "pool": "app"},
+        # behind a proxy that writes X-Real-IP (or Forwarded), believed instead of the chain
+        "fcgi-real-ip": {"fastcgi": f"127.0.0.1:{ports[3]}", "pool": "app", "trusted-proxies": ["10.0.0.0/8"],
+                         "trusted-proxy-headers": ["X-Real-IP"]},
+        "fcgi-forwarded": {"fastcgi": f"127.0.0.1:{ports[4]}", "pool": "app", "trusted-proxies": ["10.0.0.0/8"],
+                           "trusted-proxy-headers": ["Forwarded"]},
     }
     bridge = respond_servers.start_bridge(work, pools, listeners, [("fcgi-none", "/health", "any")])
     nginx = None
@@ -68,15 +73,28 @@ def test_untrusted_peer_loses_the_headers(env):
         assert name not in e, name
 
 
+def test_by_default_a_client_behind_a_trusted_proxy_cannot_pick_its_address_or_host(env):
+    # The default believes X-Forwarded-For (from the right) and X-Forwarded-Proto: an
+    # X-Real-IP, Forwarded or X-Forwarded-Host the proxy passed on as the client wrote it
+    # changes nothing (they used to: all six were believed).
+    bridge, _ = env
+    e = environ(bridge, "fcgi-other", remote="10.20.30.40",
+                headers={"X-Forwarded-For": "1.1.1.1, 203.0.113.9", "X-Real-IP": "6.6.6.6",
+                         "Forwarded": "for=6.6.6.6;host=evil.example", "X-Forwarded-Host": "evil.example",
+                         "X-Forwarded-Proto": "https"})
+    assert e["REMOTE_ADDR"] == "203.0.113.9"
+    assert e["HTTP_HOST"] == "localhost" and e["HTTPS"] == "on"
+
+
 def test_trusted_in_a_cidr_block_with_x_real_ip(env):
     bridge, _ = env
-    e = environ(bridge, "fcgi-other", remote="10.20.30.40", headers={"X-Real-IP": "198.51.100.1"})
+    e = environ(bridge, "fcgi-real-ip", remote="10.20.30.40", headers={"X-Real-IP": "198.51.100.1"})
     assert e["REMOTE_ADDR"] == "198.51.100.1"
 
 
 def test_forwarded_header(env):
     bridge, _ = env
-    e = environ(bridge, "fcgi-other", remote="10.0.0.1",
+    e = environ(bridge, "fcgi-forwarded", remote="10.0.0.1",
                 headers={"Forwarded": 'for="[2001:db8::7]:4711";proto=https;host=a.example'})
     assert e["REMOTE_ADDR"] == "2001:db8::7" and e["REQUEST_SCHEME"] == "https" and e["HTTP_HOST"] == "a.example"
 

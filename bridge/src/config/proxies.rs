@@ -25,7 +25,15 @@ pub enum ProxyHeader {
 }
 
 impl ProxyHeader {
-    /// Every header, the default set.
+    /// Those believed unless `trusted-proxy-headers` says otherwise: the client's address
+    /// from the chain of X-Forwarded-For (read from the right, where proxies append) and
+    /// the scheme, which proxies set. Not X-Real-IP or Forwarded beside them (a client
+    /// writes the one its proxy does not set, and it would win), nor X-Forwarded-Host or
+    /// -Port, which many proxies pass on as the client wrote them: a forged host makes the
+    /// app's absolute links (a password reset's) point elsewhere.
+    pub const DEFAULT: [Self; 2] = [Self::XForwardedFor, Self::XForwardedProto];
+
+    /// Every header: all are removed from a peer that is not trusted.
     pub const ALL: [Self; 6] = [
         Self::XForwardedFor,
         Self::XForwardedProto,

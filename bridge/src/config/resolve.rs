@@ -1006,7 +1006,7 @@ fn trusted_proxies(
         .map(|p| Cidr::parse(p).map_err(|e| src.invalid(&here.key("trusted-proxies"), e.to_string())))
         .collect::<Result<Vec<_>, _>>()?;
     let headers = match headers {
-        None => ProxyHeader::ALL.to_vec(),
+        None => ProxyHeader::DEFAULT.to_vec(),
         Some(h) => h
             .iter()
             .map(|n| ProxyHeader::parse(n).map_err(|e| src.invalid(&here.key("trusted-proxy-headers"), e.to_string())))

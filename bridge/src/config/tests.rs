@@ -1793,3 +1793,27 @@ fn touch_reload_is_a_path_or_a_list_made_absolute() {
     let err = valid("touch-reload-map").file("30-x.yaml", &pool("{a: b}")).error();
     assert!(err.contains("pools.x.touch-reload") && err.contains("a path, or a list of paths"), "{err}");
 }
+
+#[test]
+fn trusted_proxies_believe_the_forwarded_for_chain_and_the_scheme_unless_told() {
+    let listen = |extra: &str| {
+        format!("listeners:\n  front:\n    fastcgi: 127.0.0.1:9420\n    pool: demo\n    trusted-proxies: [10.0.0.0/8]\n{extra}")
+    };
+    let c = valid("proxy-default").file("30-x.yaml", &listen("")).config();
+    let front = c.listeners.iter().find(|l| l.name == "front").and_then(|l| l.trusted_proxies.clone());
+    assert_eq!(front.map(|t| t.headers), Some(super::ProxyHeader::DEFAULT.to_vec()));
+    assert_eq!(c.warnings, Vec::<String>::new());
+    // Two headers that set the same thing: a warning each, where the list is.
+    let extra = "    trusted-proxy-headers: [X-Forwarded-For, X-Real-IP, Forwarded, X-Forwarded-Host]\n";
+    let c = valid("proxy-overlap").file("30-x.yaml", &listen(extra)).config();
+    let root = c.warnings.first().and_then(|w| w.split("/conf.d/").next()).unwrap_or_default().to_owned();
+    let warnings: Vec<String> = c.warnings.iter().map(|w| w.replace(&root, "ROOT")).collect();
+    let tail = "a proxy sets one, and a client can write another, which may win: list only the header your proxy writes (docs/trusted-proxies.md)";
+    assert_eq!(
+        warnings,
+        [
+            format!("ROOT/conf.d/30-x.yaml:6:5: warning: listeners.front.trusted-proxy-headers: X-Forwarded-For and X-Real-IP and Forwarded all set REMOTE_ADDR; {tail}"),
+            format!("ROOT/conf.d/30-x.yaml:6:5: warning: listeners.front.trusted-proxy-headers: X-Forwarded-Host and Forwarded both set HTTP_HOST; {tail}"),
+        ]
+    );
+}

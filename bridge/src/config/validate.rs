@@ -580,6 +580,7 @@ fn warnings(
 ) -> Vec<String> {
     let mut all = log_dir_warnings(global, opts);
     all.extend(direct_tcp_warnings(listeners, sources));
+    all.extend(proxy_header_warnings(listeners, sources));
     all.extend(access_format_warning(global));
     all
 }
@@ -604,6 +605,36 @@ fn direct_tcp_warnings(listeners: &[(Listener, usize)], sources: &[Source]) -> V
             _ => None,
         })
         .collect()
+}
+
+/// Two believed headers that set the same thing (the client's address, the scheme, the
+/// host): a proxy sets one of them, and the client can write the other, which may win.
+fn proxy_header_warnings(listeners: &[(Listener, usize)], sources: &[Source]) -> Vec<String> {
+    use super::ProxyHeader::{Forwarded, XForwardedFor, XForwardedHost, XForwardedProto, XRealIp};
+    let overlaps = [
+        ("REMOTE_ADDR", &[XForwardedFor, XRealIp, Forwarded][..]),
+        ("the scheme", &[XForwardedProto, Forwarded][..]),
+        ("HTTP_HOST", &[XForwardedHost, Forwarded][..]),
+    ];
+    let mut out = Vec::new();
+    for (l, file_no) in listeners {
+        let Some(t) = &l.trusted_proxies else { continue };
+        for (what, group) in overlaps {
+            let both: Vec<&str> = group.iter().filter(|h| t.headers.contains(h)).map(|h| h.name()).collect();
+            if both.len() > 1 {
+                let at = sources[*file_no].at(&KeyPath::of(&["listeners", &l.name, "trusted-proxy-headers"]));
+                let each = if both.len() == 2 { "both" } else { "all" };
+                out.push(format!(
+                    "{at}: warning: listeners.{}.trusted-proxy-headers: {} {each} set {what}; a proxy sets one, \
+                     and a client can write another, which may win: list only the header your proxy writes \
+                     (docs/trusted-proxies.md)",
+                    l.name,
+                    both.join(" and ")
+                ));
+            }
+        }
+    }
+    out
 }
 
 /// `access-log-format` without an access log file to apply to: the main log's access lines

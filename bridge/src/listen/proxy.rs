@@ -1,9 +1,9 @@
 //! Trusted proxies (mod_wsgi's WSGITrustedProxies / WSGITrustedProxyHeaders): when the web
 //! server's peer — REMOTE_ADDR as the web server reports it — is a trusted proxy, the trusted
 //! headers it set rewrite REMOTE_ADDR, HTTPS / REQUEST_SCHEME (hence wsgi.url_scheme),
-//! HTTP_HOST and SERVER_PORT; from any other peer those headers are removed, so an app never
-//! acts on a forged X-Forwarded-For. A listener without `trusted-proxies` never looks at its
-//! params here.
+//! HTTP_HOST and SERVER_PORT; from any other peer every forwarding header is removed (the
+//! six the bridge knows, trusted or not), so an app never acts on a forged X-Forwarded-For.
+//! A listener without `trusted-proxies` never looks at its params here.
 use crate::config::{ProxyHeader, TrustedProxies};
 use fastcgi_server::Params;
 use std::net::IpAddr;
@@ -31,7 +31,9 @@ impl TrustedProxies {
     pub fn apply(&self, params: &mut Params) {
         let peer_trusted = params.get(b"REMOTE_ADDR").is_some_and(|a| self.trusted(a));
         if !peer_trusted {
-            for h in &self.headers {
+            // All six, not only those believed: an app that reads one itself (Django's
+            // USE_X_FORWARDED_HOST) gets none from a peer that no proxy is.
+            for h in &ProxyHeader::ALL {
                 if params.get(h.param()).is_some() {
                     params.remove(h.param());
                 }
@@ -206,16 +208,40 @@ mod tests {
 
     #[test]
     fn untrusted_peer_loses_the_headers() {
-        let t = trust(&["10.0.0.0/8"]);
+        // Every forwarding header, also those the listener does not believe.
+        let t = TrustedProxies { headers: ProxyHeader::DEFAULT.to_vec(), ..trust(&["10.0.0.0/8"]) };
         let mut p = params(&[
             ("REMOTE_ADDR", "198.51.100.7"),
             ("HTTP_X_FORWARDED_FOR", "1.2.3.4"),
             ("HTTP_X_REAL_IP", "1.2.3.4"),
+            ("HTTP_X_FORWARDED_HOST", "evil.example"),
+            ("HTTP_FORWARDED", "for=1.2.3.4"),
         ]);
         t.apply(&mut p);
         assert_eq!(get(&p, "REMOTE_ADDR").as_deref(), Some("198.51.100.7"));
-        assert_eq!(get(&p, "HTTP_X_FORWARDED_FOR"), None);
-        assert_eq!(get(&p, "HTTP_X_REAL_IP"), None);
+        for name in ["HTTP_X_FORWARDED_FOR", "HTTP_X_REAL_IP", "HTTP_X_FORWARDED_HOST", "HTTP_FORWARDED"] {
+            assert_eq!(get(&p, name), None, "{name}");
+        }
+    }
+
+    #[test]
+    fn by_default_a_trusted_peer_s_client_cannot_name_its_address_or_host() {
+        // Behind a proxy that appends to X-Forwarded-For and sets X-Forwarded-Proto (a load
+        // balancer's way), what the client wrote itself is not believed.
+        let t = TrustedProxies { headers: ProxyHeader::DEFAULT.to_vec(), ..trust(&["10.0.0.0/8"]) };
+        let mut p = params(&[
+            ("REMOTE_ADDR", "10.0.0.5"),
+            ("HTTP_X_FORWARDED_FOR", "1.1.1.1, 203.0.113.9"),
+            ("HTTP_X_REAL_IP", "6.6.6.6"),
+            ("HTTP_FORWARDED", "for=6.6.6.6;host=evil.example"),
+            ("HTTP_X_FORWARDED_HOST", "evil.example"),
+            ("HTTP_X_FORWARDED_PROTO", "https"),
+            ("HTTP_HOST", "shop.example"),
+        ]);
+        t.apply(&mut p);
+        assert_eq!(get(&p, "REMOTE_ADDR").as_deref(), Some("203.0.113.9"));
+        assert_eq!(get(&p, "HTTP_HOST").as_deref(), Some("shop.example"));
+        assert_eq!(get(&p, "HTTPS").as_deref(), Some("on"));
     }
 
     #[test]
