@@ -60,15 +60,17 @@ impl TrustedProxies {
                         params.insert(&b"REMOTE_ADDR"[..], ip.as_bytes().to_vec());
                     }
                 }
-                ProxyHeader::XForwardedProto => set_scheme(params, v.split(',').next().unwrap_or("").trim()),
+                // The last value, as Forwarded's last element: one a proxy appends is last,
+                // and the first may be the client's own.
+                ProxyHeader::XForwardedProto => set_scheme(params, last_value(&v)),
                 ProxyHeader::XForwardedHost => {
-                    let host = v.split(',').next().unwrap_or("").trim();
+                    let host = last_value(&v);
                     if !host.is_empty() {
                         params.insert(&b"HTTP_HOST"[..], host.as_bytes().to_vec());
                     }
                 }
                 ProxyHeader::XForwardedPort => {
-                    let port = v.split(',').next().unwrap_or("").trim();
+                    let port = last_value(&v);
                     if port.parse::<u16>().is_ok() {
                         params.insert(&b"SERVER_PORT"[..], port.as_bytes().to_vec());
                     }
@@ -116,6 +118,11 @@ impl TrustedProxies {
 }
 
 /// `name=value` from one Forwarded element (`for="[2001:db8::1]:80";proto=https`).
+/// The last of a header's comma-separated values.
+fn last_value(v: &str) -> &str {
+    v.rsplit(',').next().unwrap_or("").trim()
+}
+
 fn pair(element: &str, name: &str) -> Option<String> {
     element.split(';').find_map(|kv| {
         let (k, v) = kv.split_once('=')?;
@@ -222,6 +229,23 @@ mod tests {
         for name in ["HTTP_X_FORWARDED_FOR", "HTTP_X_REAL_IP", "HTTP_X_FORWARDED_HOST", "HTTP_FORWARDED"] {
             assert_eq!(get(&p, name), None, "{name}");
         }
+    }
+
+    #[test]
+    fn of_several_values_the_one_a_proxy_appended_last_counts() {
+        // The client sent "https" over plain HTTP; the proxy appended what it saw.
+        let t = trust(&["10.0.0.0/8"]);
+        let mut p = params(&[
+            ("REMOTE_ADDR", "10.0.0.5"),
+            ("HTTP_X_FORWARDED_PROTO", "https, http"),
+            ("HTTP_X_FORWARDED_HOST", "evil.example, shop.example"),
+            ("HTTP_X_FORWARDED_PORT", "8443,443"),
+            ("HTTPS", "on"),
+        ]);
+        t.apply(&mut p);
+        assert_eq!(get(&p, "HTTPS"), None);
+        assert_eq!(get(&p, "HTTP_HOST").as_deref(), Some("shop.example"));
+        assert_eq!(get(&p, "SERVER_PORT").as_deref(), Some("443"));
     }
 
     #[test]
