@@ -471,6 +471,14 @@ def test_a_line_written_in_parts_keeps_the_requests_tag_on_each_part(stack):
     b.log.wait_for([request_tag + f"(begun-{tag} )?ended-{tag}"])
 
 
+def test_a_204_from_a_direct_worker_has_no_content_length(stack):
+    # RFC 9110 8.6: the app's Content-Length: 0 (Django's) is not passed on with a 204
+    _, front = stack
+    r = front.get("/status/204-length")
+    assert r.status_code == 204
+    assert "Content-Length" not in r.headers, r.headers
+
+
 def test_a_direct_pool_counts_its_responses_by_class(stack):
     """The 2xx/5xx counts come from the workers' scoreboards (needs the worker's side of
     direct-spec2: the response counters at header offsets 16..56)."""

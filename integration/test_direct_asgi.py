@@ -185,6 +185,14 @@ def test_a_client_that_leaves_is_http_disconnect_for_the_app(stack):
     assert b.wait_counts_agree("raw")["responses"]["5xx"] == before["5xx"]
 
 
+def test_a_204_has_no_content_length(stack):
+    # RFC 9110 8.6: the app's content-length: 0 is not passed on with a 204
+    _, front = stack
+    r = front.get("/raw/no-content")
+    assert r.status_code == 204
+    assert "Content-Length" not in r.headers, r.headers
+
+
 def test_a_response_shorter_than_its_content_length_fails_and_is_logged_as_an_error(stack):
     """What the bridge does to such a response, the direct worker does: the client gets
     fewer bytes than the Content-Length it was promised (never a response that looks

@@ -197,6 +197,14 @@ def test_status_204(nginx, transport):
     assert r.headers["X-Edge"] == "204"
 
 
+def test_a_204_reaches_the_client_without_the_apps_content_length(nginx, transport):
+    # RFC 9110 8.6: no Content-Length in a 204; nginx passes on whatever the bridge sends
+    r = http_get(nginx, transport, "/status/204-length", pool="edge")
+    assert r.status_code == 204
+    assert "Content-Length" not in r.headers, r.headers
+    assert r.headers["X-Edge"] == "204"
+
+
 def test_status_304(nginx, transport):
     r = http_get(nginx, transport, "/etag", pool="edge")
     assert r.status_code == 200

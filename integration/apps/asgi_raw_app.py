@@ -54,6 +54,10 @@ async def app(scope, receive, send):
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"10")]})
         await send({"type": "http.response.body", "body": b"abc"})
         return
+    if path.endswith("/no-content"):  # a 204 with the content-length: 0 Starlette gives it
+        await send({"type": "http.response.start", "status": 204, "headers": [(b"content-length", b"0")]})
+        await send({"type": "http.response.body", "body": b""})
+        return
     if path.endswith("/wait-disconnect"):
         token = scope["query_string"].decode()
         note("disconnect.log", "waiting " + token)

@@ -7,6 +7,7 @@ Paths (relative to the app's own PATH_INFO):
   /spin?ms=            burns ms milliseconds of the thread's CPU in Python (the GIL held), then as /pid
   /version             sys.version of this interpreter
   /status/204          204 No Content
+  /status/204-length   204 No Content with the app's Content-Length: 0 (Django's)
   /etag                200 with an ETag, 304 when If-None-Match matches
   /stream?n=&delay=    n chunks from a generator, `delay` seconds apart
   /big?mib=            a large body streamed in 64 KiB chunks
@@ -156,6 +157,11 @@ def application(environ, start_response):
 
     if path == "/status/204":
         start_response("204 No Content", [("X-Edge", "204")])
+        return []
+
+    if path == "/status/204-length":
+        # what Django's CommonMiddleware gives an empty response: Content-Length: 0
+        start_response("204 No Content", [("Content-Length", "0"), ("X-Edge", "204")])
         return []
 
     if path == "/etag":

@@ -560,6 +560,9 @@ fn head(
         if name.eq_ignore_ascii_case(b"content-length") {
             declared = declared.or(fastcgi_server::content_length::parse(value.trim_ascii()).ok());
             has_length = true;
+            if status == 204 {
+                continue; // a 204 has none (RFC 9110 8.6): not passed on to the web server
+            }
         }
         out.extend_from_slice(&name);
         out.extend_from_slice(b": ");

@@ -391,6 +391,11 @@ fn build_head(status: &Bound<'_, PyAny>, headers: &Bound<'_, PyAny>) -> PyResult
                 (Some(_), Some(_)) => continue,
                 (Some(n), None) => content_length = Some(n),
             }
+            if status_code == 204 {
+                // Checked, but not sent: a 204 has none (RFC 9110 8.6), and the web
+                // server in front of a direct worker passes it on.
+                continue;
+            }
         }
         head.extend_from_slice(&name);
         head.extend_from_slice(b": ");

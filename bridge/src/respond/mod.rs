@@ -90,7 +90,8 @@ pub(crate) fn encode_head(head: &ResponseHead, extra: usize) -> Result<(u16, Byt
         }
         if name.eq_ignore_ascii_case(b"content-length") {
             // One Content-Length, the parsed one: two (even equal) make nginx answer 502.
-            if content_length_sent {
+            // None with a 204 (RFC 9110 8.6; Django sends `0`): nginx and h2o pass it on.
+            if content_length_sent || status == 204 {
                 continue;
             }
             content_length_sent = true;
@@ -183,6 +184,12 @@ mod tests {
             Ok((_, b)) => String::from_utf8_lossy(&b).into_owned(),
             Err(e) => format!("error: {e}"),
         }
+    }
+
+    #[test]
+    fn a_204_goes_out_without_the_apps_content_length() {
+        let h = head(Some(204), &[("Content-Length", "0"), ("X-A", "b")]);
+        assert_eq!(text(&h), "Status: 204 No Content\r\nX-A: b\r\n\r\n");
     }
 
     #[test]
