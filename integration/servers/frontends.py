@@ -317,7 +317,8 @@ class Apache(Server):
     binaries = ("apache2", "httpd")
     variants = {"apache-proxy-fcgi": "8080", "apache-proxy-scgi": "8081", "apache-fcgid": "8082"}
     spawned_variants = ("apache-fcgid",)
-    own_listeners = {"9000": "apache-fcgi"}  # mod_proxy_fcgi (mod_proxy_scgi follows X-Sendfile itself)
+    # mod_proxy_fcgi's in serve mode; mod_proxy_scgi's passes X-Sendfile on (Apache follows it)
+    own_listeners = {"9000": "apache-fcgi", "9001": "apache-scgi"}
 
     def modules_dir(self) -> str:
         for d in ("/usr/lib/apache2/modules", "/usr/lib64/httpd/modules", "/usr/lib/httpd/modules"):
