@@ -111,7 +111,8 @@ pub fn run(args: &Args, out: &mut impl Write, err: &mut impl Write) -> Result<()
         // The response arrived, but not for the body that was meant to be sent.
         return Err(RequestError::Body { path, source });
     }
-    out.flush().map_err(io_err)
+    // Standard output, not the connection: a closed pipe here is `| head`'s doing.
+    out.flush().map_err(RequestError::Output)
 }
 
 /// The request body: in memory, or a file streamed from disk so a large upload
@@ -697,6 +698,36 @@ mod tests {
         a.address = sock.display().to_string();
         a.scgi = true;
         let e = run(&a, &mut Closed, &mut Vec::new()).unwrap_err();
+        app.join().unwrap();
+        assert!(matches!(&e, RequestError::Output(io) if io.kind() == io::ErrorKind::BrokenPipe), "{e}");
+    }
+
+    /// Standard output is line-buffered: a body without a final newline reaches a closed
+    /// pipe (`| head -1`) only at the last flush, which is still not the connection.
+    #[test]
+    fn a_stdout_closed_at_the_last_flush_is_not_the_connection() {
+        struct ClosedAtFlush;
+        impl Write for ClosedAtFlush {
+            fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+                Ok(data.len())
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Err(io::ErrorKind::BrokenPipe.into())
+            }
+        }
+        let dir = crate::config::tests::scratch_dir("request-closed-at-flush");
+        let sock = dir.join("app.sock");
+        let listener = UnixListener::bind(&sock).unwrap();
+        let app = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf).unwrap();
+            s.write_all(b"Status: 200 OK\r\n\r\nno newline").unwrap();
+        });
+        let mut a = args("/");
+        a.address = sock.display().to_string();
+        a.scgi = true;
+        let e = run(&a, &mut ClosedAtFlush, &mut Vec::new()).unwrap_err();
         app.join().unwrap();
         assert!(matches!(&e, RequestError::Output(io) if io.kind() == io::ErrorKind::BrokenPipe), "{e}");
     }
