@@ -5,12 +5,13 @@ schema errors count: an unknown key, a wrong type, a value outside its choices."
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import textwrap
 
 import pytest
 
-from harness import REPO, bridge_binary
+from harness import APPS, REPO, bridge_binary, free_ports, make_bridge, pool, wait_until
 
 SCHEMA_ERROR = re.compile(
     r"unknown key|expected |invalid value|defined twice|is not one of|is neither|unknown web server|"
@@ -42,3 +43,35 @@ def test_example_configuration_is_accepted(block, tmp_path):
                        capture_output=True, text=True, timeout=60)
     schema = [ln for ln in r.stderr.splitlines() if SCHEMA_ERROR.search(ln)]
     assert not schema, "\n".join(schema)
+
+
+def documented_worker_command() -> str:
+    """The worker's command line as worker-contract.md's step 4 writes it."""
+    text = (REPO / "docs" / "worker-contract.md").read_text()
+    step = text.index("4. runs, in the pool's `chdir`")
+    m = re.compile(r"```\n(.*?)```", re.S).search(text, step)
+    return textwrap.dedent(m.group(1)).strip()
+
+
+def test_worker_contract_shows_the_command_line_a_worker_runs(tmp_path):
+    """A reader of the contract (someone writing a `ps` filter, or another worker) gets
+    the program the bridge really passes to `-c`, its first line included."""
+    python = shutil.which("python3")
+    runtime = tmp_path / "run"
+    bridge = make_bridge(tmp_path, {"shop": pool(str(APPS / "edge_app.py"), python=python, processes=1)},
+                         {"fcgi-tcp": {"fastcgi": f"127.0.0.1:{free_ports(1)[0]}", "pool": "shop"}})
+    bridge.start()
+    try:
+        bridge.wait_ready([])
+        pid = wait_until(lambda: next(iter(w["pid"] for w in bridge.pool_status("shop")["workers"]), None),
+                         60, what="a worker of pool shop")
+        argv = open(f"/proc/{pid}/cmdline", "rb").read().decode().split("\0")[:-1]
+    finally:
+        bridge.stop()
+    documented = (documented_worker_command()
+                  .replace("<pool python>", python)
+                  .replace("<pool>", "shop")
+                  .replace("<runtime_dir>", str(runtime)))
+    m = re.fullmatch(r'(\S+) -u -c "(.*)" (\S+)', documented, re.S)
+    assert m, documented
+    assert argv == [m.group(1), "-u", "-c", m.group(2), m.group(3)]
