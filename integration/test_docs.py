@@ -45,20 +45,21 @@ def test_example_configuration_is_accepted(block, tmp_path):
     assert not schema, "\n".join(schema)
 
 
-def documented_worker_command() -> str:
-    """The worker's command line as worker-contract.md's step 4 writes it."""
-    text = (REPO / "docs" / "worker-contract.md").read_text()
-    step = text.index("4. runs, in the pool's `chdir`")
-    m = re.compile(r"```\n(.*?)```", re.S).search(text, step)
+
+def documented_block(page: str, after: str) -> str:
+    """The first fenced block of docs/`page` after the text `after`, dedented."""
+    text = (REPO / "docs" / page).read_text()
+    m = re.compile(r"```\n(.*?)```", re.S).search(text, text.index(after))
     return textwrap.dedent(m.group(1)).strip()
 
 
-def test_worker_contract_shows_the_command_line_a_worker_runs(tmp_path):
-    """A reader of the contract (someone writing a `ps` filter, or another worker) gets
-    the program the bridge really passes to `-c`, its first line included."""
+@pytest.fixture(scope="module")
+def shop(tmp_path_factory):
+    """A bridge with one pool, shop, of one worker: (its runtime directory, the pool's
+    python, the worker's argv)."""
+    workdir = tmp_path_factory.mktemp("docs-shop")
     python = shutil.which("python3")
-    runtime = tmp_path / "run"
-    bridge = make_bridge(tmp_path, {"shop": pool(str(APPS / "edge_app.py"), python=python, processes=1)},
+    bridge = make_bridge(workdir, {"shop": pool(str(APPS / "edge_app.py"), python=python, processes=1)},
                          {"fcgi-tcp": {"fastcgi": f"127.0.0.1:{free_ports(1)[0]}", "pool": "shop"}})
     bridge.start()
     try:
@@ -66,12 +67,29 @@ def test_worker_contract_shows_the_command_line_a_worker_runs(tmp_path):
         pid = wait_until(lambda: next(iter(w["pid"] for w in bridge.pool_status("shop")["workers"]), None),
                          60, what="a worker of pool shop")
         argv = open(f"/proc/{pid}/cmdline", "rb").read().decode().split("\0")[:-1]
+        yield workdir / "run", python, argv
     finally:
         bridge.stop()
-    documented = (documented_worker_command()
+
+
+def test_worker_contract_shows_the_command_line_a_worker_runs(shop):
+    """A reader of the contract (someone writing a `ps` filter, or another worker) gets
+    the program the bridge really passes to `-c`, its first line included."""
+    runtime, python, argv = shop
+    documented = (documented_block("worker-contract.md", "4. runs, in the pool's `chdir`")
                   .replace("<pool python>", python)
                   .replace("<pool>", "shop")
                   .replace("<runtime_dir>", str(runtime)))
     m = re.fullmatch(r'(\S+) -u -c "(.*)" (\S+)', documented, re.S)
     assert m, documented
     assert argv == [m.group(1), "-u", "-c", m.group(2), m.group(3)]
+
+
+def test_worker_module_lists_the_files_the_bridge_installs(shop):
+    runtime, _, _ = shop
+    block = documented_block("worker-module.md", "## Files the bridge installs").splitlines()
+    assert block[0] == "<runtime_dir>/python/fcgibridge_worker/"
+    documented = sorted(line.split()[0] for line in block[1:])
+    installed = sorted(f.name for f in (runtime / "python" / "fcgibridge_worker").iterdir()
+                       if f.name != "__pycache__")
+    assert documented == installed
