@@ -886,9 +886,14 @@ def test_check_shows_the_interpreter_instances_run_when_python_is_not_written(tm
         r = subprocess.run([str(b.binary), "check", "--config", str(b.confdir)], capture_output=True, text=True,
                            timeout=60)
         assert r.returncode == 0, r.stderr
-        m = re.search(r"^    # python: not set: by default (/\S+) \(python3 found on the PATH of this check; the daemon "
-                      r"looks on the PATH it was started with\)$", r.stdout, re.M)
+        said = (r"# python: not set: by default (/\S+) \(python3 found on the PATH of this check; the daemon "
+                r"looks on the PATH it was started with\)")
+        m = re.search(r"^    " + said + "$", r.stdout, re.M)
         assert m, r.stdout
+        # dynamic-pools.md quotes that comment as check writes it (wrapped as prose is).
+        page = " ".join(DOC.read_text().split())
+        quoted = re.search(r"`(# python: not set: [^`]*)`", page)
+        assert quoted and re.fullmatch(said, quoted.group(1)), quoted
         resp = get(b, "alpha.test")
         assert resp.status == 200, resp.stdout[:300]
         pid = json.loads(resp.body)["pid"]
