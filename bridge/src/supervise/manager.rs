@@ -1416,9 +1416,34 @@ impl std::fmt::Display for DurationText {
 fn end_left_behind(pool: &str, pid: u32) {
     super::orphans::look();
     let Some(pgid) = i32::try_from(pid).ok().filter(|&p| p > 1) else { return };
-    if nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pgid), nix::sys::signal::Signal::SIGKILL).is_ok() {
+    if kill_group(pgid) {
         tracing::warn!(pool, pid, "the worker left processes behind in its process group; killed them");
     }
+}
+
+/// SIGKILL process group `pgid`; whether it had a process in it that had not exited. A
+/// zombie stays in its group until reaped, so the group kill alone "succeeds" for a
+/// worker that is just that: a preload template's fork whose template died, waiting for
+/// the daemon (its subreaper now) to reap it. That is nothing left behind.
+fn kill_group(pgid: i32) -> bool {
+    use nix::sys::signal::{killpg, Signal};
+    let group = nix::unistd::Pid::from_raw(pgid);
+    // Signal 0 only asks whether the group has a member: mostly it has none, and /proc is
+    // not read.
+    if killpg(group, None).is_err() {
+        return false;
+    }
+    let live = group_has_live_member(pgid);
+    killpg(group, Signal::SIGKILL).is_ok() && live
+}
+
+/// Whether a process in group `pgid` has not exited (its /proc stat state is not `Z`).
+fn group_has_live_member(pgid: i32) -> bool {
+    let Ok(dir) = std::fs::read_dir("/proc") else { return true };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(super::proc_stat::ProcStat::of)
+        .any(|s| s.group == pgid && s.state != b'Z')
 }
 
 #[cfg(test)]
@@ -1429,6 +1454,32 @@ mod tests {
     fn own_process_can_be_sampled() {
         let (rss, _) = sample(std::process::id(), 4096, 100).expect("/proc/self/stat");
         assert!(rss > 0);
+    }
+
+    /// A child of this test leading a process group of its own, as a worker does.
+    fn group_leader(program: &str) -> std::process::Child {
+        use std::os::unix::process::CommandExt;
+        std::process::Command::new("sh").args(["-c", program]).process_group(0).spawn().expect("sh")
+    }
+
+    /// A worker that is only a zombie (a preload template's fork whose template died: the
+    /// daemon, its subreaper, has not reaped it yet) left nothing behind: no warning for it.
+    #[test]
+    fn a_zombie_leader_alone_is_nothing_left_behind() {
+        let mut child = group_leader("exit 0");
+        let pid = i32::try_from(child.id()).expect("pid");
+        let zombie = std::time::Instant::now() + Duration::from_secs(30);
+        while super::super::proc_stat::ProcStat::of(pid).is_none_or(|s| s.state != b'Z') {
+            assert!(std::time::Instant::now() < zombie, "the child never exited");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(!kill_group(pid));
+        child.wait().expect("reaped");
+
+        let mut child = group_leader("sleep 60 & wait");
+        let pid = i32::try_from(child.id()).expect("pid");
+        assert!(kill_group(pid), "a live process in the group is something left behind");
+        assert!(child.wait().expect("reaped").code().is_none(), "killed");
     }
 
     #[test]
