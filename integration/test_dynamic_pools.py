@@ -630,6 +630,12 @@ def test_one_slow_site_queues_its_share_not_every_connection_of_the_listener(tmp
     b = make_bridge(tmp_path, {"sites": template(sites, {"max-instances": 2}, threads=1)},
                     {"web": {"fastcgi": f"127.0.0.1:{port}", "pool": "sites", "max-connections": 24}},
                     bridge_extra={"log-rate-limit": False})
+    # check says what an instance's queue holds: that is no pool's default.
+    r = subprocess.run([str(b.binary), "check", "--config", str(b.confdir)], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert re.search(r"^    # queue-size: not set: 12 for each instance, its fair share of the connections of the "
+                     r"listeners that lead to the template$", r.stdout, re.M), r.stdout
     b.start()
     wait_until(lambda: b.assert_running() or can_connect(("127.0.0.1", port)), 60, what="bridge listening")
     release = tmp_path / "release"

@@ -340,8 +340,9 @@ const UNSET_ISOLATION: [(&str, &str); 11] = [
 ];
 
 /// A template: its `template:` block with every default, its pool keys as written (paths
-/// absolute; the defaults of the others are a pool's), and the interpreter its instances
-/// run when `python:` is not written (a comment, so that the entry loads back as written).
+/// absolute; the defaults of the others are a pool's, but for queue-size), and, as comments
+/// (so that the entry loads back as written), an instance's queue-size and the interpreter
+/// its instances run when they are not written.
 fn render_template(out: &mut String, t: &config::template::Template, search_path: Option<&std::ffi::OsStr>) {
     let _ = writeln!(out, "  {}:", quote(&t.name));
     out.push_str("    template:\n");
@@ -350,6 +351,14 @@ fn render_template(out: &mut String, t: &config::template::Template, search_path
     }
     for (key, value) in t.render_keys() {
         field(out, 4, &key, &value);
+    }
+    // The one key whose default is not a pool's: say what an instance gets.
+    if t.queue_size_at.is_none() && !t.listened_at.is_empty() {
+        let _ = writeln!(
+            out,
+            "    # queue-size: not set: {} for each instance, its fair share of the connections of the listeners that lead to the template",
+            t.queue_size
+        );
     }
     if let Some(python) = t.default_python_note(search_path) {
         let _ = writeln!(out, "    # python: not set: {python}");
