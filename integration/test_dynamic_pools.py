@@ -905,6 +905,11 @@ def test_check_shows_the_interpreter_instances_run_when_python_is_not_written(tm
         pid = json.loads(resp.body)["pid"]
         argv0 = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode()
         assert argv0 == m.group(1)
+        # Its worker's socket is where the worker contract says an instance's are.
+        contract = " ".join((REPO / "docs" / "worker-contract.md").read_text().split())
+        assert "an instance of a template has `instance-<n>` in place of `<pool>`" in contract
+        assert [p.name for p in (tmp_path / "run" / "pools").iterdir()] == ["instance-1"]
+        assert [p.name for p in (tmp_path / "run" / "pools" / "instance-1").iterdir()] == ["0-1.sock"]
     finally:
         b.stop()
 
