@@ -11,6 +11,7 @@ use fastcgi_server::client::ClientConnection;
 use fastcgi_server::scgi::{ScgiDecoder, ScgiEvent};
 use fastcgi_server::server::ServerConnection;
 use fastcgi_server::Limits;
+use fastcgi_server::{path, range, sendfile2};
 
 /// Limits small enough for short inputs to reach every limit error.
 fn small_limits() -> Limits {
@@ -95,5 +96,51 @@ pub fn cgi(data: &[u8]) {
     let max = data.len().saturating_sub(3).max(1);
     if let Ok(Some((_, used))) = parse_response_head(data, max) {
         assert!(used <= data.len() && used <= max, "head of {used} bytes from {} (max {max})", data.len());
+    }
+}
+
+/// The parsers of what a response asks the bridge to send: the first byte picks one.
+pub fn http(data: &[u8]) {
+    let Some((&pick, input)) = data.split_first() else {
+        return;
+    };
+    match pick % 3 {
+        0 => ranges(input),
+        1 => {
+            for p in sendfile2::parse(input).unwrap_or_default() {
+                assert!(p.end.is_none_or(|e| e.saturating_add(1) >= p.start), "{p:?}");
+                assert!(p.path.len() <= input.len(), "{p:?}");
+            }
+        }
+        _ => assert!(path::percent_decode(input).len() <= input.len()),
+    }
+}
+
+/// A Range header against a length (eight bytes, shifted right by the ninth's low six bits,
+/// so that small lengths come up as often as large ones): every range lies in the
+/// representation, and the merged parts are sorted, further apart than the gap, and cover
+/// every range with no byte that none of them named beyond the gaps.
+fn ranges(input: &[u8]) {
+    const GAP: u64 = 80;
+    let Some((head, value)) = input.split_first_chunk::<9>() else {
+        return;
+    };
+    let len = u64::from_le_bytes(head[..8].try_into().unwrap_or_default()) >> (head[8] & 63);
+    let Some(parsed) = range::parse(value, len) else {
+        return;
+    };
+    for &(s, e) in &parsed {
+        assert!(s <= e && e < len, "({s}, {e}) of {len}");
+    }
+    let merged = range::coalesce(parsed.clone(), GAP);
+    assert!(merged.len() <= parsed.len());
+    for w in merged.windows(2) {
+        assert!(w[1].0 > w[0].1.saturating_add(GAP).saturating_add(1), "{merged:?}");
+    }
+    for &(s, e) in &parsed {
+        assert!(merged.iter().any(|&(ms, me)| ms <= s && e <= me), "({s}, {e}) not in {merged:?}");
+    }
+    for &(ms, me) in &merged {
+        assert!(parsed.iter().any(|&(s, _)| s == ms) && parsed.iter().any(|&(_, e)| e == me), "{merged:?}");
     }
 }

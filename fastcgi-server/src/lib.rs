@@ -16,6 +16,10 @@
 //! - [`content_length::parse`]: CONTENT_LENGTH as a body length, strictly decimal.
 //! - [`path::request_path`] and [`path::mount`]: the request's path and the SCRIPT_NAME /
 //!   PATH_INFO split an app sees.
+//! - [`range::parse`] and [`range::coalesce`]: a `Range` header's byte ranges, and the parts
+//!   a response sends for them.
+//! - [`sendfile2::parse`]: lighttpd's `X-Sendfile2` response header, the files and ranges an
+//!   app hands over.
 //! - [`Limits`]: every bound on what a peer can make us hold; exceeding one is a typed [`Error`].
 //! - With the `tokio` feature, `fastcgi_server::tokio` reads from an `AsyncRead` into a decoder
 //!   until its next event; nothing else depends on a runtime.
@@ -89,9 +93,11 @@ mod error;
 mod limits;
 pub mod params;
 pub mod path;
+pub mod range;
 pub mod record;
 pub mod scgi;
 mod search;
+pub mod sendfile2;
 pub mod server;
 #[cfg(feature = "tokio")]
 pub mod tokio;

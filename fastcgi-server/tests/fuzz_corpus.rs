@@ -64,3 +64,8 @@ fn scgi_corpus_replays_without_panic() {
 fn cgi_corpus_replays_without_panic() {
     replay("cgi", harness::cgi);
 }
+
+#[test]
+fn http_corpus_replays_without_panic() {
+    replay("http", harness::http);
+}

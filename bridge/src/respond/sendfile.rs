@@ -429,10 +429,10 @@ fn plan_ranges(params: &Params, len: u64, etag: &str, mtime: u64, now: u64, max_
     if count > max_ranges as usize {
         return RangePlan::Ignored(RangesIgnored::TooMany { count, max: max_ranges });
     }
-    match parse_ranges(range, len) {
+    match fastcgi_server::range::parse(range, len) {
         None => RangePlan::Whole,
         Some(rs) if rs.is_empty() => RangePlan::Unsatisfiable,
-        Some(rs) => RangePlan::Ranges(coalesce(rs)),
+        Some(rs) => RangePlan::Ranges(fastcgi_server::range::coalesce(rs, RANGE_GAP)),
     }
 }
 
@@ -447,19 +447,6 @@ fn if_range_matches(value: &[u8], etag: &str, mtime: u64, now: u64) -> bool {
         parse_http_date(v) == Some(mtime)
     };
     same && now > mtime
-}
-
-/// Sorted, with ranges that overlap, touch or lie at most RANGE_GAP bytes apart merged.
-fn coalesce(mut ranges: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
-    ranges.sort_unstable();
-    let mut out: Vec<(u64, u64)> = Vec::with_capacity(ranges.len());
-    for (s, e) in ranges {
-        match out.last_mut() {
-            Some(last) if s <= last.1.saturating_add(RANGE_GAP + 1) => last.1 = last.1.max(e),
-            _ => out.push((s, e)),
-        }
-    }
-    out
 }
 
 /// The multipart/byteranges framing of ranges of one `len`-byte file.
@@ -602,54 +589,6 @@ fn put_header(out: &mut BytesMut, name: &str, value: &str) {
     out.put_slice(b"\r\n");
 }
 
-/// `bytes=a-b, c-, -n` → satisfiable inclusive ranges; `Some(empty)` when none is
-/// satisfiable (416); `None` when the header is not a byte-range set (ignored: 200).
-/// RFC 9110 §14.1.1: the unit is case-insensitive, positions are digits, and empty list
-/// elements (`bytes=0-1,,`) are allowed, as long as one range is there.
-fn parse_ranges(value: &[u8], len: u64) -> Option<Vec<(u64, u64)>> {
-    let v = std::str::from_utf8(value).ok()?.trim();
-    let (unit, set) = v.split_once('=')?;
-    if !unit.eq_ignore_ascii_case("bytes") {
-        return None;
-    }
-    let specs: Vec<&str> = set.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
-    if specs.is_empty() {
-        return None;
-    }
-    let mut out = Vec::new();
-    for spec in specs {
-        let (a, b) = spec.split_once('-')?;
-        let range = if a.is_empty() {
-            let n = position(b)?;
-            if n == 0 {
-                continue;
-            }
-            (len.saturating_sub(n), len - 1)
-        } else {
-            let s = position(a)?;
-            let last = if b.is_empty() { None } else { Some(position(b)?) };
-            if last.is_some_and(|e| e < s) {
-                return None; // syntactically invalid: ignore the header
-            }
-            let e = last.map_or(len - 1, |e| e.min(len - 1));
-            if s >= len {
-                continue;
-            }
-            (s, e)
-        };
-        out.push(range);
-    }
-    Some(out)
-}
-
-/// A range's first or last position: one or more digits (`+5`, ` 5`, `0x5` are none).
-fn position(s: &str) -> Option<u64> {
-    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    s.parse().ok()
-}
-
 /// Content-Type by extension: the common static types; anything else is octet-stream.
 fn content_type(path: &Path) -> &'static str {
     let ext = path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase);
@@ -718,31 +657,7 @@ mod tests {
     }
 
     #[test]
-    fn ranges() {
-        assert_eq!(parse_ranges(b"bytes=0-9", 100), Some(vec![(0, 9)]));
-        assert_eq!(parse_ranges(b"bytes=90-", 100), Some(vec![(90, 99)]));
-        assert_eq!(parse_ranges(b"bytes=-5", 100), Some(vec![(95, 99)]));
-        assert_eq!(parse_ranges(b"bytes=0-1, 5-200", 100), Some(vec![(0, 1), (5, 99)]));
-        assert_eq!(parse_ranges(b"bytes=200-300", 100), Some(vec![]));
-        assert_eq!(parse_ranges(b"items=0-1", 100), None);
-        assert_eq!(parse_ranges(b"bytes=5-1", 100), None);
-    }
-
-    #[test]
-    fn ranges_as_rfc_9110_writes_them() {
-        // The unit is case-insensitive.
-        assert_eq!(parse_ranges(b"BYTES=0-1", 100), Some(vec![(0, 1)]));
-        assert_eq!(parse_ranges(b"Bytes=-1", 100), Some(vec![(99, 99)]));
-        // Positions are digits: anything else makes the header invalid (ignored: 200).
-        for bad in ["bytes=+5-10", "bytes=5-+10", "bytes=-+5", "bytes=0x10-20", "bytes=1 -2", "bytes=-", "bytes=5"] {
-            assert_eq!(parse_ranges(bad.as_bytes(), 100), None, "{bad}");
-        }
-        // Empty list elements are allowed, not a list of nothing but them.
-        assert_eq!(parse_ranges(b"bytes=0-1,,", 100), Some(vec![(0, 1)]));
-        assert_eq!(parse_ranges(b"bytes=, 0-1 ,, 5-6", 100), Some(vec![(0, 1), (5, 6)]));
-        assert_eq!(parse_ranges(b"bytes=", 100), None);
-        assert_eq!(parse_ranges(b"bytes= , ,", 100), None);
-        // and they are not ranges to count against max-ranges
+    fn empty_list_elements_are_not_ranges_to_count_against_max_ranges() {
         let two = format!("bytes=0-1,{}500-501", ",".repeat(40));
         assert_eq!(plan(&[("HTTP_RANGE", &two)]), RangePlan::Ranges(vec![(0, 1), (500, 501)]));
     }
@@ -761,18 +676,6 @@ mod tests {
 
     fn plan(pairs: &[(&str, &str)]) -> RangePlan {
         plan_ranges(&params(pairs), 100_000, ETAG, MTIME, NOW, 16)
-    }
-
-    #[test]
-    fn ranges_are_sorted_and_coalesced() {
-        assert_eq!(coalesce(vec![(150, 299), (0, 99), (50, 199)]), vec![(0, 299)]);
-        assert_eq!(coalesce(vec![(0, 9), (10, 19)]), vec![(0, 19)]);
-        // a gap of 80 bytes is sent; of 81, two parts
-        assert_eq!(coalesce(vec![(90, 99), (0, 9)]), vec![(0, 99)]);
-        assert_eq!(coalesce(vec![(91, 99), (0, 9)]), vec![(0, 9), (91, 99)]);
-        assert_eq!(coalesce(vec![(0, 99_999); 500]), vec![(0, 99_999)]);
-        assert_eq!(coalesce(vec![(5000, 5009), (0, 9), (2, 3)]), vec![(0, 9), (5000, 5009)]);
-        assert_eq!(coalesce(vec![(0, u64::MAX), (5, 6)]), vec![(0, u64::MAX)]);
     }
 
     #[test]

@@ -2,7 +2,7 @@
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 
-// Each target uses one of the four functions.
+// Each target uses one of the functions.
 #[allow(dead_code)]
 #[path = "../harness.rs"]
 mod harness;
