@@ -144,6 +144,11 @@ enum Command {
         /// "Name: value"; repeatable.
         #[arg(short = 'H', long = "header")]
         headers: Vec<String>,
+        /// NAME=VALUE: a CGI param sent as given, in place of the one the command would send
+        /// (REMOTE_USER=alice for a `{user}` template, REMOTE_ADDR, HTTPS=on, SCRIPT_NAME…);
+        /// repeatable.
+        #[arg(short = 'p', long = "param")]
+        params: Vec<String>,
         /// Request body, sent as is (with Content-Type application/x-www-form-urlencoded, as
         /// curl's -d, unless -H sets one); @file reads it from a file, @- from stdin.
         #[arg(short = 'd', long = "data")]
@@ -182,8 +187,8 @@ fn main() -> std::process::ExitCode {
         Command::StopInstance { template, key, config, socket } => {
             control_main(config, socket, &format!("stop-instance {template} {key}"), false)
         }
-        Command::Request { address, path, method, headers, data, scgi, timeout } => {
-            cli::request::main(cli::request::Args { address, path, method, headers, data, scgi, timeout })
+        Command::Request { address, path, method, headers, params, data, scgi, timeout } => {
+            cli::request::main(cli::request::Args { address, path, method, headers, params, data, scgi, timeout })
         }
     }
 }

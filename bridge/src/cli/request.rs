@@ -23,6 +23,8 @@ pub struct Args {
     /// `None`: GET, or POST when a body is given (as curl does).
     pub method: Option<String>,
     pub headers: Vec<String>,
+    /// `NAME=VALUE` CGI params set as given, after the ones a web server would send.
+    pub params: Vec<String>,
     pub data: Option<String>,
     pub scgi: bool,
     /// Limit for connecting and for each read or write.
@@ -266,6 +268,18 @@ fn build_params(args: &Args, body_len: Option<u64>, remote_port: u16) -> Result<
         ("SERVER_NAME".into(), s("localhost")),
     ];
     params.extend(http.into_iter().map(|(k, v)| (k, v.into_bytes())));
+    for param in &args.params {
+        let (name, value) = param
+            .split_once('=')
+            .filter(|(n, _)| !n.is_empty() && !n.bytes().any(|b| b.is_ascii_control() || b == b' '))
+            .ok_or_else(|| RequestError::Usage(format!("param {param:?} is not NAME=VALUE")))?;
+        if name == "CONTENT_LENGTH" {
+            return Err(RequestError::Usage("CONTENT_LENGTH is set from the body given with -d".into()));
+        }
+        // What a web server's own fastcgi_param would do: one param of that name, this value.
+        params.retain(|(k, _)| k != name);
+        params.push((name.to_owned(), s(value)));
+    }
     Ok(params)
 }
 
@@ -512,6 +526,7 @@ mod tests {
             path: path.into(),
             method: None,
             headers: Vec::new(),
+            params: Vec::new(),
             data: None,
             scgi: false,
             timeout: Duration::from_secs(5),
@@ -520,6 +535,22 @@ mod tests {
 
     fn params_of(args: &Args, body: Option<u64>) -> HashMap<String, String> {
         build_params(args, body, 4242).unwrap().into_iter().map(|(k, v)| (k, String::from_utf8(v).unwrap())).collect()
+    }
+
+    #[test]
+    fn a_param_given_is_sent_as_given() {
+        let mut a = args("/x");
+        a.params = vec!["REMOTE_USER=alice".into(), "REMOTE_ADDR=10.0.0.5".into(), "EMPTY=".into(), "A==b".into()];
+        let p = params_of(&a, None);
+        assert_eq!(p["REMOTE_USER"], "alice");
+        assert_eq!(p["REMOTE_ADDR"], "10.0.0.5", "replaces the default, once");
+        assert_eq!((p["EMPTY"].as_str(), p["A"].as_str()), ("", "=b"));
+        let sent = build_params(&a, None, 1).unwrap();
+        assert_eq!(sent.iter().filter(|(k, _)| k == "REMOTE_ADDR").count(), 1);
+        for bad in ["NOEQUALS", "=v", "A B=1", "CONTENT_LENGTH=5"] {
+            a.params = vec![bad.into()];
+            assert!(matches!(build_params(&a, None, 1), Err(RequestError::Usage(_))), "{bad}");
+        }
     }
 
     #[test]
