@@ -291,7 +291,8 @@ def addr(bridge, listener):
 
 
 def test_request_fastcgi_get(bridge):
-    r = run("request", addr(bridge, "fcgi-tcp"), "/environ?x=1", "-H", "Host: edge.test", "-H", "X-Cli: yes")
+    r = run("request", addr(bridge, "fcgi-tcp"), "/environ?x=1", "-H", "Host: edge.test", "-H", "X-Cli: yes",
+            "--param", "REMOTE_USER=alice", "-p", "HTTPS=on")
     assert r.returncode == 0, r.stderr
     assert "200" in r.stdout
     body = r.stdout[r.stdout.index("{"):]
@@ -300,6 +301,8 @@ def test_request_fastcgi_get(bridge):
     assert env["QUERY_STRING"] == "x=1"
     assert env["HTTP_X_CLI"] == "yes"
     assert env["REQUEST_METHOD"] == "GET"
+    # params as a web server would set them
+    assert env["REMOTE_USER"] == "alice" and env["wsgi.url_scheme"] == "https"
 
 
 def test_request_fastcgi_unix_post_body(bridge, tmp_path):
