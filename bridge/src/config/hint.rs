@@ -26,6 +26,16 @@ pub(super) fn unknown_key(given: &str, expected: &[&str]) -> String {
         if let Some(var) = given.strip_prefix("env[").and_then(|v| v.strip_suffix(']')) {
             return format!("; PHP-FPM's env[{var}] is written in the pool's env: {{{var}: value}}");
         }
+        if let Some(php) =
+            ["php-value[", "php-admin-value[", "php-flag[", "php-admin-flag["].iter().find(|p| name.starts_with(*p))
+        {
+            let setting = &given[php.len()..].trim_end_matches(']');
+            return format!(
+                "; PHP-FPM's {}{setting}] sets a php.ini value, which a Python app has none of: set what it \
+                 configures in the app, or pass it in the pool's env",
+                php.replace('-', "_")
+            );
+        }
         if let Some(says) = another_sections_key(&name) {
             return format!("; {says}");
         }
@@ -256,7 +266,18 @@ const PEERS: &[Peer] = &[
          workers restart one at a time, each once its replacement is ready",
     ),
     (
-        &["lazy-apps"],
+        &["plugins", "plugin", "need-plugin", "need-plugins"],
+        "uWSGI's plugins has no equivalent: the bridge serves Python itself, and the pool key python picks the \
+         interpreter (`python: /usr/bin/python3.11` or a virtualenv); drop it",
+    ),
+    (
+        &["daemonize", "daemonize2", "pidfile", "pidfile2", "safe-pidfile", "safe-pidfile2"],
+        "uWSGI's daemonize and pidfile have no equivalent: run the bridge in the foreground under systemd \
+         (dist/systemd/fcgibridge.service); `fcgibridge stop`, `reload` and `status` reach it over its control \
+         socket (bridge key runtime-dir)",
+    ),
+    (
+        &["lazy-apps", "lazy"],
         "uWSGI's lazy-apps = true is how the bridge runs anyway; for lazy-apps = false (uWSGI's default), write the \
          pool key `preload: true`",
     ),
@@ -329,6 +350,15 @@ const PEERS: &[Peer] = &[
     ),
     (&["max-requests-delta"], "uWSGI's max-requests-delta is the pool key max-requests-jitter"),
     (&["max-worker-lifetime"], "uWSGI's max-worker-lifetime is the pool key restart-interval, a duration such as 1h"),
+    (
+        &["max-worker-lifetime-delta"],
+        "uWSGI's max-worker-lifetime-delta is the pool key restart-interval-jitter, a duration such as 5m",
+    ),
+    (
+        &["reload-mercy"],
+        "uWSGI's reload-mercy comes closest to the pool key graceful-timeout (how long a retiring worker's requests \
+         may run on); a stop's wait is the bridge key shutdown-timeout",
+    ),
     (&["min-worker-lifetime"], "uWSGI's min-worker-lifetime is the pool key min-lifetime"),
     (
         &["reload-on-rss", "evil-reload-on-rss"],
@@ -408,6 +438,11 @@ const PEERS: &[Peer] = &[
         "uWSGI's route has no equivalent: rewrites, redirects and access rules belong in the web server; the listener \
          key routes picks a pool by host and path prefix",
     ),
+    (
+        &["threads-stacksize", "thread-stacksize", "stack-size"],
+        "uWSGI's threads-stacksize (mod_wsgi's stack-size) has no equivalent: the worker's request threads have a \
+         stack of fixed size (not the pool key threads, which is how many there are); drop it",
+    ),
     (&["max-fd", "rlimit-files"], "uWSGI's max-fd (PHP-FPM's rlimit_files) is the pool key rlimit-nofile"),
     (&["process.priority", "cpu-priority"], "PHP-FPM's process.priority (mod_wsgi's cpu-priority) is the pool key nice"),
     (&["supplementary-groups"], "mod_wsgi's supplementary-groups is the pool key groups, a list: [ssl-cert, shop]"),
@@ -437,6 +472,11 @@ const PEERS: &[Peer] = &[
         &["logto"],
         "uWSGI's logto is the bridge key log-file: `bridge: log-file: /path`, one log for every pool (an app \
          that needs its own logs a file of its own with Python's logging)",
+    ),
+    (
+        &["touch-logreopen"],
+        "uWSGI's touch-logreopen has no equivalent: SIGUSR1 reopens the bridge's log files (logrotate's \
+         postrotate); the pool key touch-reload restarts the workers instead",
     ),
     (
         &["disable-logging"],
@@ -649,6 +689,31 @@ mod tests {
             assert!(says.starts_with("; uWSGI's "), "{key}: {says}");
             assert!(says.contains(part), "{key}: {says}");
         }
+        // Look-alikes of the pool's own keys that do something else: named, not suggested
+        // (touch-logreopen was "touch-reload", which restarts the workers at each log
+        // rotation; threads-stacksize was "threads", a stack size in KiB as a thread count).
+        let cases = [
+            ("touch-logreopen", "SIGUSR1 reopens the bridge's log files"),
+            ("threads-stacksize", "not the pool key threads"),
+            ("thread-stacksize", "not the pool key threads"),
+            ("max-worker-lifetime-delta", "pool key restart-interval-jitter"),
+            ("reload-mercy", "pool key graceful-timeout"),
+            ("lazy", "`preload: true`"),
+            ("plugins", "pool key python picks the interpreter"),
+            ("plugin", "drop it"),
+            ("daemonize", "in the foreground under systemd"),
+            ("pidfile", "control socket"),
+        ];
+        for (key, part) in cases {
+            let says = unknown_key(key, pool);
+            assert!(says.starts_with("; uWSGI's "), "{key}: {says}");
+            assert!(says.contains(part), "{key}: {says}");
+        }
+        assert!(unknown_key("stack-size", pool).contains("mod_wsgi's stack-size"));
+        // PHP-FPM's php.ini settings of a pool.
+        let says = unknown_key("php_admin_value[memory_limit]", pool);
+        assert!(says.starts_with("; PHP-FPM's php_admin_value[memory_limit] sets a php.ini value"), "{says}");
+        assert!(unknown_key("php_flag[display_errors]", pool).contains("php_flag[display_errors]"));
         // mod_wsgi's chunked bodies: Django needs them buffered.
         let says = unknown_key("WSGIChunkedRequest", pool);
         assert!(says.contains("pool key unknown-length-body") && says.contains("buffer"), "{says}");
