@@ -671,7 +671,7 @@ def test_a_reload_that_moves_a_listener_tells_a_live_instances_next_workers(tmp_
     try:
         old = b.listener_address("web")
         first = json.loads(get(b, "alpha.test").body)
-        assert first["listeners"] == f"127.0.0.1:{old[1]}", first
+        assert first["listeners"] == f"fastcgi: 127.0.0.1:{old[1]}", first
         port = free_ports(1)[0]
         b.config["listeners"]["web"]["fastcgi"] = f"127.0.0.1:{port}"
         (b.confdir / "50-test.yaml").write_text(to_yaml(b.config))
@@ -687,7 +687,7 @@ def test_a_reload_that_moves_a_listener_tells_a_live_instances_next_workers(tmp_
         wait_until(lambda: not pid_alive(first["pid"]), 60, what="the old worker reaped")
         now = json.loads(get(b, "alpha.test").body)
         assert now["pid"] != first["pid"]
-        assert now["listeners"] == f"127.0.0.1:{port}", now
+        assert now["listeners"] == f"fastcgi: 127.0.0.1:{port}", now
         assert len(new_instance_lines(b)) == 1, new_instance_lines(b)
         assert set(instances(b)) == {"alpha.test"}
     finally:

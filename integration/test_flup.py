@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 import requests
 
+import fcgi_client
 import harness
 from harness import APPS, REPO, can_connect, free_ports, make_bridge, stop_process, wait_until
 
@@ -633,7 +634,7 @@ def test_a_bind_address_the_listener_already_is_is_not_suggested(tmp_path):
     try:
         b.start()
         b.log.wait_for([r"INFO .*flup argument bindAddress=\('localhost', %d\): the pool's listener is at that "
-                        r"address \(`127\.0\.0\.1:%d`\), so the web server connects as it did to flup" % (same, same),
+                        r"address \(`fastcgi: 127\.0\.0\.1:%d`\), so the web server connects as it did to flup" % (same, same),
                         r'pool="here"'], timeout=60)
         b.log.wait_for([r"WARN .*flup argument bindAddress=\('localhost', %d\) ignored: .*"
                         r"\(e\.g\. `fastcgi: 127\.0\.0\.1:%d`\)" % (same, same), r'pool="elsewhere"'], timeout=60)
@@ -661,7 +662,53 @@ def test_a_template_instances_bind_address_that_the_listener_already_is_is_not_s
         resp = b.request("/", pool="alpha.test")
         assert resp.status == 200 and resp.body == b"served", resp.stdout[:2000]
         b.log.wait_for([r"INFO .*flup argument bindAddress=\('localhost', %d\): the pool's listener is at that "
-                        r"address \(`127\.0\.0\.1:%d`\)" % (port, port), r"sites\[alpha\.test\]"], timeout=60)
+                        r"address \(`fastcgi: 127\.0\.0\.1:%d`\)" % (port, port), r"sites\[alpha\.test\]"], timeout=60)
         assert not [ln for ln in b.log.lines() if "bindAddress" in ln and "WARN" in ln]
+    finally:
+        b.stop()
+
+
+SCGI_BIND_SCRIPT = """from flup.server.scgi import WSGIServer
+
+
+def app(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"served over SCGI"]
+
+
+WSGIServer(app{bind}).run()
+"""
+
+
+def test_an_scgi_scripts_bind_address_needs_an_scgi_listener(tmp_path):
+    """A flup SCGI script's web server speaks SCGI to its address (nginx scgi_pass, Apache
+    scgi://): the listener to write there is `scgi:`, and a `fastcgi:` listener at that
+    address is not where the web server connects as it did to flup. flup's SCGI servers
+    listen on localhost:4000 when the script names no address: that is said too."""
+    same, wrong = free_ports(2)
+    scripts = {"right": f", bindAddress=('localhost', {same})", "wrong": f", bindAddress=('127.0.0.1', {wrong})",
+               "default": ""}
+    pools = {}
+    for name, bind in scripts.items():
+        path = tmp_path / f"{name}.scgi"
+        path.write_text(SCGI_BIND_SCRIPT.format(bind=bind))
+        pools[name] = {"app": str(path), "processes": 1, "threads": 1}
+    b = make_bridge(tmp_path, pools,
+                    {"scgi-tcp": {"scgi": f"127.0.0.1:{same}", "pool": "right"},
+                     "fcgi-tcp": {"fastcgi": f"127.0.0.1:{wrong}", "routes": [
+                         {"host": "wrong.test", "pool": "wrong"}, {"host": "default.test", "pool": "default"}]}})
+    try:
+        b.start()
+        b.log.wait_for([r"INFO .*flup argument bindAddress=\('localhost', %d\): the pool's listener is at that "
+                        r"address \(`scgi: 127\.0\.0\.1:%d`\), so the web server connects as it did to flup"
+                        % (same, same), r'pool="right"'], timeout=60)
+        b.log.wait_for([r"WARN .*flup argument bindAddress=\('127\.0\.0\.1', %d\): the pool's listener at that address "
+                        r"is `fastcgi: 127\.0\.0\.1:%d`, but the web server speaks SCGI to it, as it did to this "
+                        r"script: write `scgi: 127\.0\.0\.1:%d`" % (wrong, wrong, wrong), r'pool="wrong"'], timeout=60)
+        b.log.wait_for([r"WARN .*flup argument bindAddress=\('localhost', 4000\) ignored: .*"
+                        r"\(e\.g\. `scgi: 127\.0\.0\.1:4000`\)", r'pool="default"'], timeout=60)
+        assert not [ln for ln in b.log.lines() if 'pool="right"' in ln and "bindAddress" in ln and "WARN" in ln]
+        status, _, body = fcgi_client.scgi_request(("127.0.0.1", same), "/", headers={"Host": "right.test"})
+        assert (status, body) == (200, b"served over SCGI")
     finally:
         b.stop()

@@ -1083,7 +1083,7 @@ listeners:
         addresses.sort();
         assert_eq!(
             addresses,
-            vec!["127.0.0.1:9000".to_owned(), format!("unix:{}", root.join("routed.sock").display())]
+            vec!["fastcgi: 127.0.0.1:9000".to_owned(), format!("fastcgi: unix:{}", root.join("routed.sock").display())]
         );
         fs::create_dir_all(root.join("sites/alpha.test")).unwrap();
         fs::write(root.join("sites/alpha.test/app.py"), "application = None\n").unwrap();

@@ -177,15 +177,20 @@ fn with_ready_check_hosts(pools: Vec<(Pool, At)>, listeners: &[(Listener, usize)
         .collect()
 }
 
-/// The addresses of the `listeners` with a route to `pool` (or a template), as a listener's
-/// `fastcgi:` or `scgi:` writes them; a passed socket (fd:, systemd:) has no address here.
+/// The `listeners` with a route to `pool` (or a template), each as its key and address are
+/// written (`fastcgi: 127.0.0.1:9000`, `scgi: unix:/run/app.sock`): the protocol too, since
+/// a flup SCGI script's address needs an `scgi:` listener. A passed socket (fd:, systemd:)
+/// has no address here.
 pub(super) fn addresses_leading_to<'a>(pool: &str, listeners: impl Iterator<Item = &'a Listener>) -> Vec<String> {
     listeners
         .filter(|l| l.routes.iter().any(|r| r.pool == pool))
-        .filter_map(|l| match &l.address {
-            super::model::ListenAddress::Tcp(a) => Some(a.to_string()),
-            super::model::ListenAddress::Unix(p) => Some(format!("unix:{}", p.display())),
-            super::model::ListenAddress::Fd(_) | super::model::ListenAddress::Systemd(_) => None,
+        .filter_map(|l| {
+            let address = match &l.address {
+                super::model::ListenAddress::Tcp(a) => a.to_string(),
+                super::model::ListenAddress::Unix(p) => format!("unix:{}", p.display()),
+                super::model::ListenAddress::Fd(_) | super::model::ListenAddress::Systemd(_) => return None,
+            };
+            Some(format!("{}: {address}", protocol_key(l)))
         })
         .collect()
 }
@@ -506,11 +511,15 @@ fn clash_why(a: &ListenAddress, b: &ListenAddress) -> &'static str {
 
 /// `listeners.NAME.fastcgi` or `.scgi`: the key that holds a listener's address.
 fn address_key(l: &Listener) -> KeyPath {
-    let proto = match l.protocol {
+    KeyPath::of(&["listeners", &l.name, protocol_key(l)])
+}
+
+/// `fastcgi` or `scgi`, the key a listener's address is written under.
+fn protocol_key(l: &Listener) -> &'static str {
+    match l.protocol {
         super::model::Protocol::FastCgi => "fastcgi",
         super::model::Protocol::Scgi => "scgi",
-    };
-    KeyPath::of(&["listeners", &l.name, proto])
+    }
 }
 
 /// Each listener whose address the status listener or an earlier listener already holds

@@ -128,8 +128,8 @@ def _listener_hint(address):
 
 
 def _pool_listeners():
-    """The addresses of the listeners that lead to this pool, as the bridge writes them
-    (FCGIBRIDGE_LISTENERS, one a line)."""
+    """The listeners that lead to this pool, each as its key and address are written
+    (`fastcgi: 127.0.0.1:9000`, `scgi: unix:/run/app.sock`; FCGIBRIDGE_LISTENERS, one a line)."""
     return [a for a in os.environ.get("FCGIBRIDGE_LISTENERS", "").split("\n") if a]
 
 
@@ -156,9 +156,27 @@ def _shown(name, value):
     return repr(value)
 
 
+def _bind_address_note(address, protocol):
+    """(honoured, text) for a script's bindAddress: whether a listener leading to the pool is
+    there already, speaking the script's protocol (an SCGI script's web server speaks SCGI
+    to that address: a `fastcgi:` listener there would not understand it)."""
+    wanted = "%s: %s" % (protocol, _listener_hint(address))
+    listeners = _pool_listeners()
+    shown = _shown("bindAddress", address)
+    if wanted in listeners:
+        return True, ("flup argument bindAddress=%s: the pool's listener is at that address (`%s`), so the web server "
+                      "connects as it did to flup" % (shown, wanted))
+    other = "%s: %s" % ("fastcgi" if protocol == "scgi" else "scgi", _listener_hint(address))
+    if other in listeners:
+        return False, ("flup argument bindAddress=%s: the pool's listener at that address is `%s`, but the web server "
+                       "speaks %s to it, as it did to this script: write `%s`"
+                       % (shown, other, {"fastcgi": "FastCGI", "scgi": "SCGI"}[protocol], wanted))
+    return False, ("flup argument bindAddress=%s ignored: the web server connects to the bridge's listener (e.g. `%s`)"
+                   % (shown, wanted))
+
+
 # Why an argument has no effect here, and the bridge's key that does its job.
 _IGNORED = {
-    "bindAddress": lambda v: "the web server connects to the bridge's listener (e.g. `fastcgi: %s`)" % _listener_hint(v),
     "multiplexed": lambda v: "the bridge multiplexes toward the web server itself",
     "multiprocess": lambda v: "wsgi.multiprocess says how the pool runs (`processes`)",
     "debug": lambda v: "tracebacks go to the bridge's log; the client gets a plain 500",
@@ -192,6 +210,8 @@ class _Server(object):
     _params = ()
     _one_at_a_time = False
     _origin = "flup.server.fcgi"
+    # What the web server spoke to the script: the protocol of the listener to write.
+    _protocol = "fastcgi"
 
     def __init__(self, application, *args, **kwargs):
         if len(args) > len(self._params):
@@ -221,8 +241,13 @@ class _Server(object):
         one_at_a_time = self._one_at_a_time
         extra = {}
         script_name = None
-        for name in sorted(self.given):
-            value = self.given[name]
+        given = dict(self.given)
+        if defaults["bindAddress"] is not None:
+            # flup's SCGI servers listen on localhost:4000 unless told otherwise: the web
+            # server connects there, so that address needs a listener just as well.
+            given.setdefault("bindAddress", defaults["bindAddress"])
+        for name in sorted(given):
+            value = given[name]
             if name == "environ":
                 if value:
                     extra = dict((k, v) for k, v in dict(value).items() if k not in _FLUP_SETS)
@@ -240,15 +265,12 @@ class _Server(object):
                     notes.append((True, "flup argument scriptName=%r: SCRIPT_NAME is %r and PATH_INFO the rest of "
                                         "the path (a listener `mount` does the same for every app)"
                                         % (value, script_name)))
+            elif name == "bindAddress" and value is not None:
+                notes.append(_bind_address_note(value, self._protocol))
             elif name in defaults and value == defaults[name]:
                 continue
             elif name in ("jobClass", "jobArgs"):
                 continue
-            elif name == "bindAddress" and _listener_hint(value) in _pool_listeners():
-                # Nothing to change: the web server finds the app where it found flup.
-                notes.append((True, "flup argument bindAddress=%s: the pool's listener is at that address "
-                                    "(`%s`), so the web server connects as it did to flup"
-                                    % (_shown(name, value), _listener_hint(value))))
             else:
                 if name == "umask":
                     why = _umask_hint(value, self.given.get("bindAddress", defaults["bindAddress"]))
@@ -263,8 +285,9 @@ class _Server(object):
 
 
 def _server_class(origin, params, one_at_a_time, name="WSGIServer"):
+    protocol = "scgi" if "scriptName" in params else "fastcgi"
     return type(name, (_Server,), {"_params": params, "_one_at_a_time": one_at_a_time, "_origin": origin,
-                                   "__module__": origin})
+                                   "_protocol": protocol, "__module__": origin})
 
 
 def _native_str(value):
