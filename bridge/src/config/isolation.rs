@@ -187,7 +187,7 @@ pub struct BridgeIds {
 }
 
 #[cfg(not(test))]
-fn bridge_ids() -> BridgeIds {
+pub(super) fn bridge_ids() -> BridgeIds {
     BridgeIds { uid: nix::unistd::geteuid().as_raw(), gid: nix::unistd::getegid().as_raw() }
 }
 
@@ -199,7 +199,7 @@ thread_local! {
 }
 
 #[cfg(test)]
-fn bridge_ids() -> BridgeIds {
+pub(super) fn bridge_ids() -> BridgeIds {
     TEST_BRIDGE_IDS.with(|c| c.get())
 }
 

@@ -590,6 +590,14 @@ fn warnings(
     let mut all = log_dir_warnings(global, opts);
     all.extend(direct_tcp_warnings(listeners, sources));
     all.extend(proxy_header_warnings(listeners, sources));
+    if opts.privileges == super::Privileges::Check && super::isolation::bridge_ids().uid == 0 {
+        let umask = own_umask();
+        all.extend(
+            listeners
+                .iter()
+                .filter_map(|(l, file_no)| root_socket_warning(l, &sources[*file_no].at(&address_key(l)), umask)),
+        );
+    }
     all.extend(access_format_warning(global));
     all
 }
@@ -644,6 +652,35 @@ fn proxy_header_warnings(listeners: &[(Listener, usize)], sources: &[Source]) ->
         }
     }
     out
+}
+
+/// A unix listener of a root bridge with none of `socket-owner`, `socket-group` and
+/// `socket-mode`: its socket is root's, and unless the umask (`None`: unknown) leaves
+/// others write permission, a web server that is not root cannot connect (a root bridge is
+/// what per-app users need, so a migration from PHP-FPM or uWSGI meets this first).
+fn root_socket_warning(l: &Listener, at: &At, umask: Option<u32>) -> Option<String> {
+    let ListenAddress::Unix(path) = &l.address else { return None };
+    if l.socket_owner.is_some() || l.socket_group.is_some() || l.socket_mode.is_some() {
+        return None;
+    }
+    if umask.is_some_and(|m| m & 0o002 == 0) {
+        return None;
+    }
+    let mode = umask.map_or_else(|| "its umask leaves".to_owned(), |m| format!("{:04o}", 0o777 & !m));
+    Some(format!(
+        "{at}: warning: {}: the bridge runs as root, so it creates {} as root with mode {mode}: a web server that \
+         does not run as root cannot connect (Permission denied); set `socket-group:` (the web server's group) and \
+         `socket-mode: \"0660\"`, or `socket-owner:`",
+        address_key(l),
+        path.display()
+    ))
+}
+
+/// This process's umask, from /proc/self/status (reading it with umask(2) would change it).
+fn own_umask() -> Option<u32> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let value = status.lines().find_map(|l| l.strip_prefix("Umask:"))?;
+    u32::from_str_radix(value.trim(), 8).ok()
 }
 
 /// `access-log-format` without an access log file to apply to: the main log's access lines
@@ -948,5 +985,62 @@ impl GlobalBuilder {
             header_memory: self.header_memory.unwrap_or(DEFAULT_HEADER_MEMORY),
             log_rate_limit: self.log_rate_limit.unwrap_or(true),
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::config::isolation::{BridgeIds, TEST_BRIDGE_IDS};
+
+    #[test]
+    fn a_root_bridges_unix_socket_without_permissions_is_warned_of() {
+        let at = At { file: "conf.d/10-shop.yaml".into(), pos: None };
+        let unix = Listener {
+            address: ListenAddress::Unix("/run/fcgibridge/shop.sock".into()),
+            ..Listener::for_tests("shop", 9000)
+        };
+        let says = root_socket_warning(&unix, &at, Some(0o022)).unwrap();
+        assert_eq!(
+            says,
+            "conf.d/10-shop.yaml: warning: listeners.shop.fastcgi: the bridge runs as root, so it creates \
+             /run/fcgibridge/shop.sock as root with mode 0755: a web server that does not run as root cannot connect \
+             (Permission denied); set `socket-group:` (the web server's group) and `socket-mode: \"0660\"`, or \
+             `socket-owner:`"
+        );
+        assert!(root_socket_warning(&unix, &at, None).unwrap().contains("with mode its umask leaves:"));
+        // A umask that lets others write: anyone can connect already.
+        assert_eq!(root_socket_warning(&unix, &at, Some(0o000)), None);
+        // Any of the three keys says the operator decided.
+        for l in [
+            Listener { socket_group: Some("www-data".into()), ..unix.clone() },
+            Listener { socket_owner: Some("www-data".into()), ..unix.clone() },
+            Listener { socket_mode: Some(0o600), ..unix.clone() },
+        ] {
+            assert_eq!(root_socket_warning(&l, &at, Some(0o022)), None);
+        }
+        let tcp = Listener { address: ListenAddress::Tcp("127.0.0.1:9000".parse().unwrap()), ..unix.clone() };
+        assert_eq!(root_socket_warning(&tcp, &at, Some(0o022)), None);
+    }
+
+    #[test]
+    fn only_a_root_bridge_warns_of_its_unix_sockets() {
+        let dir = crate::config::tests::scratch_dir("root-socket");
+        std::fs::write(dir.join("app.py"), "application = None\n").unwrap();
+        let text = "pools:\n  shop: {app: ../app.py, python: /bin/sh, allow-root: true}\n\
+                    listeners:\n  shop: {fastcgi: 'unix:/run/shop.sock', pool: shop}\n";
+        let conf = dir.join("conf.d");
+        std::fs::create_dir_all(&conf).unwrap();
+        std::fs::write(conf.join("10-shop.yaml"), text).unwrap();
+        let warned = |uid| {
+            TEST_BRIDGE_IDS.with(|c| c.set(BridgeIds { uid, gid: uid }));
+            let config = crate::config::load_with_search_path(&conf, None);
+            TEST_BRIDGE_IDS.with(|c| c.set(BridgeIds { uid: 4242, gid: 4242 }));
+            config.unwrap().warnings.iter().any(|w| w.contains("listeners.shop.fastcgi: the bridge runs as root"))
+        };
+        assert!(!warned(4242));
+        // As root: said unless this process's umask lets others write (then anyone connects).
+        assert_eq!(warned(0), own_umask().is_none_or(|m| m & 0o002 != 0));
     }
 }
