@@ -99,7 +99,8 @@ pub(super) fn pool(
 
     let app_key = here.key(if raw.command.is_some() && raw.app.is_none() { "command" } else { "app" });
     let app_at = KeyAt { at: src.at(&app_key).to_string(), key: app_key.to_string(), written: true, chosen_by: None };
-    let app = pool_app(src, &here, dir, (raw.app.take(), raw.command.take()), search_path, &mut errs);
+    let written_app = (raw.app.take(), raw.command.take());
+    let app = pool_app(src, &here, (dir, raw.chdir.as_deref()), written_app, search_path, &mut errs);
 
     let from = PythonFrom::of(&raw, app.as_ref(), search_path, raw_isolation.chroot());
     let (python, python_at) = pool_python(src, (&here, dir), from, (&mut errs, warnings));
@@ -278,7 +279,7 @@ fn chroot_shebang(python: &Path, file: &Path, line: &str) -> String {
 fn pool_app(
     src: &Source,
     here: &KeyPath,
-    dir: &Path,
+    (dir, chdir): (&Path, Option<&str>),
     written: (Option<String>, Option<Vec<String>>),
     search_path: Option<&std::ffi::OsStr>,
     errs: &mut Vec<ConfigError>,
@@ -302,7 +303,26 @@ fn pool_app(
             );
             None
         }
-        (Some(app_text), None) => note(errs, parse_app(&app_text, dir).map_err(|m| src.invalid(&here.key("app"), m))),
+        (Some(app_text), None) => {
+            let r = parse_app(&app_text, dir).map_err(|m| m + &in_chdir_instead(&app_text, dir, chdir));
+            note(errs, r.map_err(|m| src.invalid(&here.key("app"), m)))
+        }
+    }
+}
+
+/// For a relative app file that is missing: where it is when it lies in the pool's `chdir`
+/// (uWSGI reads `wsgi-file` after its `chdir`, so a pasted `wsgi-file = app.py` means that
+/// one), as the rest of the error; else nothing.
+fn in_chdir_instead(text: &str, dir: &Path, chdir: Option<&str>) -> String {
+    let Some(chdir) = chdir.filter(|_| !Path::new(text.trim()).is_absolute()) else { return String::new() };
+    match parse_app(text, &paths::resolve(dir, chdir)) {
+        Ok(App::File { path, callable }) => format!(
+            "; a relative path is read from the configuration file's directory, not from chdir: for {} write \
+             \"{}:{callable}\"",
+            path.display(),
+            path.display()
+        ),
+        _ => String::new(),
     }
 }
 
@@ -349,6 +369,36 @@ fn touch_reload(
         );
     }
     written.iter().filter(|p| !p.trim().is_empty()).map(|p| paths::resolve(dir, p)).collect()
+}
+
+/// A pool's (not a template's) `touch-reload` files whose directory is missing, as
+/// warnings: a deploy that touches `tmp/restart.txt` in the app's directory (Passenger's
+/// habit, written relative) never makes the configuration directory's.
+pub(super) fn touch_reload_warnings(src: &Source, name: &str, dir: &Path, raw: &RawPool) -> Vec<String> {
+    let key = KeyPath::of(&["pools", name, "touch-reload"]);
+    let written = raw.touch_reload.iter().flatten().filter(|p| !p.trim().is_empty());
+    let missing = written.map(|p| (p, paths::resolve(dir, p))).filter(|(_, f)| !f.parent().is_none_or(Path::is_dir));
+    missing
+        .map(|(text, path)| {
+            let relative = match raw.chdir.as_deref().filter(|_| Path::new(text).is_relative()) {
+                Some(c) => format!(
+                    "; a relative path is read from the configuration file's directory, not from chdir (there it \
+                     would be {})",
+                    paths::resolve(&paths::resolve(dir, c), text).display()
+                ),
+                None if Path::new(text).is_relative() => {
+                    "; a relative path is read from the configuration file's directory".to_owned()
+                }
+                None => String::new(),
+            };
+            format!(
+                "{}: warning: {key}: the directory of {} does not exist: the workers restart only once it and the \
+                 file are made{relative}",
+                src.at(&key),
+                path.display()
+            )
+        })
+        .collect()
 }
 
 /// `env`: names checked, errors added to `errs`.

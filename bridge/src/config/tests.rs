@@ -211,6 +211,51 @@ fn a_module_app_runs_in_the_config_directory() {
 }
 
 #[test]
+fn a_touch_reload_file_in_a_missing_directory_is_warned_of() {
+    // Passenger's `touch tmp/restart.txt`, written relative as under Passenger: it is the
+    // configuration directory's tmp/, which no deploy makes.
+    let tree = Tree::new("touch-reload-dir")
+        .file(
+            "10-pool.yaml",
+            "pools:\n  demo:\n    app: ../app/app.py\n    chdir: ../app\n    touch-reload: [tmp/restart.txt, ../app/new.txt]\n",
+        )
+        .file("20-listen.yaml", LISTENER);
+    let config = tree.config();
+    let root = tree.root.display().to_string();
+    let warnings: Vec<String> = config.warnings.iter().map(|w| w.replace(&root, "ROOT")).collect();
+    assert_eq!(
+        warnings,
+        ["ROOT/conf.d/10-pool.yaml:5:5: warning: pools.demo.touch-reload: the directory of ROOT/conf.d/tmp/restart.txt \
+          does not exist: the workers restart only once it and the file are made; a relative path is read from the \
+          configuration file's directory, not from chdir (there it would be ROOT/app/tmp/restart.txt)"]
+    );
+    assert_eq!(config.pools[0].touch_reload, [tree.root.join("conf.d/tmp/restart.txt"), tree.root.join("app/new.txt")]);
+}
+
+#[test]
+fn a_relative_app_file_found_in_chdir_is_named() {
+    // uWSGI's `chdir = /srv/app` + `wsgi-file = app.py`, pasted: the path is read from
+    // the configuration's directory, and the error says where the file is.
+    let tree = Tree::new("app-in-chdir")
+        .file("10-pool.yaml", "pools:\n  demo:\n    app: app.py:app\n    chdir: ../app\n")
+        .file("20-listen.yaml", LISTENER);
+    assert_eq!(
+        tree.error(),
+        "ROOT/conf.d/10-pool.yaml:3:5: pools.demo.app: app file ROOT/conf.d/app.py does not exist; a relative path \
+         is read from the configuration file's directory, not from chdir: for ROOT/app/app.py write \
+         \"ROOT/app/app.py:app\""
+    );
+    // Not in chdir either: the error alone.
+    let tree = Tree::new("app-not-in-chdir")
+        .file("10-pool.yaml", "pools:\n  demo:\n    app: gone.py\n    chdir: ../app\n")
+        .file("20-listen.yaml", LISTENER);
+    assert_eq!(
+        tree.error(),
+        "ROOT/conf.d/10-pool.yaml:3:5: pools.demo.app: app file ROOT/conf.d/gone.py does not exist"
+    );
+}
+
+#[test]
 fn an_app_factory_is_called_without_arguments_in_both_forms() {
     let tree = Tree::new("factory")
         .file(

@@ -110,6 +110,7 @@ pub(super) fn merge(
                 }
                 continue;
             }
+            pool_warnings.extend(resolve::touch_reload_warnings(&source, &name, &dir, &raw_pool));
             match resolve::pool(&source, &dir, &name, raw_pool, opts, &mut pool_warnings) {
                 Ok(pool) => pools.push((pool, source.at(&path))),
                 Err(e) => {
