@@ -706,7 +706,10 @@ mod tests {
                     direct: None,
                     supervision: Default::default(),
                     // Not written: the listeners that lead to it, as loading finds them.
-                    listened_at: vec!["[::1]:9000".into(), format!("unix:{}", dir.join("api.sock").display())],
+                    listened_at: vec![
+                        "fastcgi: [::1]:9000".into(),
+                        format!("scgi: unix:{}", dir.join("api.sock").display()),
+                    ],
                     touch_reload: vec![dir.join("reload.txt"), dir.join("deploy: stamp")],
                 },
                 Pool {
@@ -742,7 +745,7 @@ mod tests {
                     isolation: Default::default(),
                     direct: None,
                     supervision: Default::default(),
-                    listened_at: vec![format!("unix:{}", dir.join("api.sock").display())],
+                    listened_at: vec![format!("scgi: unix:{}", dir.join("api.sock").display())],
                     touch_reload: Vec::new(),
                 },
             ],
