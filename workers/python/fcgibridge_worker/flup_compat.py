@@ -284,8 +284,7 @@ class _Server(object):
         return _adapted(self.application, extra, one_at_a_time, script_name), notes
 
 
-def _server_class(origin, params, one_at_a_time, name="WSGIServer"):
-    protocol = "scgi" if "scriptName" in params else "fastcgi"
+def _server_class(origin, params, one_at_a_time, protocol, name="WSGIServer"):
     return type(name, (_Server,), {"_params": params, "_one_at_a_time": one_at_a_time, "_origin": origin,
                                    "_protocol": protocol, "__module__": origin})
 
@@ -400,15 +399,17 @@ class _Loader(importlib.abc.Loader):
             return
         params, one = _FLUP_SERVERS.get(self.key) or _OTHER_SERVERS[self.key]
         name = module.__name__
-        module.WSGIServer = _server_class(name, params, one)
+        # flup's scgi* modules are spoken to in SCGI, every other server here in FastCGI.
+        protocol = "scgi" if self.key.startswith("scgi") else "fastcgi"
+        module.WSGIServer = _server_class(name, params, one, protocol)
         module.__all__ = ["WSGIServer"]
         if self.key in ("fcgi", "fcgi_fork", "fcgi_single", "fcgi_base", "trac.web._fcgi", "flipflop"):
             for k, v in _FCGI_CONSTANTS.items():
                 setattr(module, k, v)
         if self.key == "fcgi_base":
-            module.BaseFCGIServer = _server_class(name, params, one, "BaseFCGIServer")
+            module.BaseFCGIServer = _server_class(name, params, one, protocol, "BaseFCGIServer")
         if self.key == "scgi_base":
-            module.BaseSCGIServer = _server_class(name, params, one, "BaseSCGIServer")
+            module.BaseSCGIServer = _server_class(name, params, one, protocol, "BaseSCGIServer")
         if self.key.startswith("scgi"):
             module.NoDefault = NoDefault
 
