@@ -106,10 +106,23 @@ impl Visit for OneLineVisitor<'_> {
         if field.name() != "message" {
             let text = format!("{value:?}");
             if text.is_empty() || text.contains([' ', '\t', '"']) {
-                return self.0.record_str(field, &text);
+                return self.0.record_debug(field, &Quoted(&text));
             }
         }
         self.0.record_debug(field, &Escaped(value));
+    }
+}
+
+/// A value in quotes: `"` and `\` escaped by a backslash, controls as [`clean`] escapes
+/// them (the same `\x1b` as in the message and in a bare value).
+struct Quoted<'a>(&'a str);
+
+impl fmt::Debug for Quoted<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let inner = self.0.replace('\\', "\\\\").replace('"', "\\\"");
+        f.write_char('"')?;
+        Escaping(&mut *f).write_str(&inner)?;
+        f.write_char('"')
     }
 }
 
@@ -259,17 +272,17 @@ mod tests {
         assert!(!text.contains('\x1b'), "{text}");
         let forged = r"/read\n2026-12-05T03:06:00Z ERROR fcgibridge::daemon: FORGED\x1b[2J";
         assert!(text.contains(&format!("slow request: GET {forged} after 2 ")), "{text}");
-        // A field of several words is quoted (as Debug escapes it).
+        // A field of several words is quoted, its controls escaped as in the message.
         assert!(
-            text.contains(
-                r#" pool="app" uri="/read\n2026-12-05T03:06:00Z ERROR fcgibridge::daemon: FORGED\u{1b}[2J" "#
-            ),
+            text.contains(r#" pool="app" uri="/read\n2026-12-05T03:06:00Z ERROR fcgibridge::daemon: FORGED\x1b[2J" "#),
             "{text}"
         );
         // A &str field is written as Debug, as before.
         assert!(text.contains(r#" shown="/read\n2026"#), "{text}");
         assert!(text.ends_with(" error=bad\\nline\n"), "{text}");
         // A value of more than one word is quoted, so that it cannot read as more fields.
+        let text = text_log(|| tracing::warn!(uri = %r#"/a b\"c"#, "x"));
+        assert!(text.ends_with(&(r#" x uri="/a b\\\"c""#.to_owned() + "\n")), "{text}");
         let spoof = "/x pool=\"other\"";
         let err = std::io::Error::other("Connection refused (os error 111)");
         let text = text_log(|| {
