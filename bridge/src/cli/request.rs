@@ -716,21 +716,26 @@ mod tests {
                 Ok(())
             }
         }
-        let dir = crate::config::tests::scratch_dir("request-closed-stdout");
-        let sock = dir.join("app.sock");
+        let e = scgi_answer_into("request-closed-stdout", b"Status: 200 OK\r\n\r\nhello", &mut Closed);
+        assert!(matches!(&e, Err(RequestError::Output(io)) if io.kind() == io::ErrorKind::BrokenPipe), "{e:?}");
+    }
+
+    /// `run` of one SCGI request to an app that answers `reply`, written to `out`.
+    fn scgi_answer_into(name: &str, reply: &'static [u8], out: &mut impl Write) -> Result<(), RequestError> {
+        let sock = crate::config::tests::scratch_dir(name).join("app.sock");
         let listener = UnixListener::bind(&sock).unwrap();
         let app = std::thread::spawn(move || {
             let (mut s, _) = listener.accept().unwrap();
             let mut buf = [0u8; 4096];
             let _ = s.read(&mut buf).unwrap();
-            s.write_all(b"Status: 200 OK\r\n\r\nhello").unwrap();
+            s.write_all(reply).unwrap();
         });
         let mut a = args("/");
         a.address = sock.display().to_string();
         a.scgi = true;
-        let e = run(&a, &mut Closed, &mut Vec::new()).unwrap_err();
+        let result = run(&a, out, &mut Vec::new());
         app.join().unwrap();
-        assert!(matches!(&e, RequestError::Output(io) if io.kind() == io::ErrorKind::BrokenPipe), "{e}");
+        result
     }
 
     /// Standard output is line-buffered: a body without a final newline reaches a closed
@@ -746,21 +751,8 @@ mod tests {
                 Err(io::ErrorKind::BrokenPipe.into())
             }
         }
-        let dir = crate::config::tests::scratch_dir("request-closed-at-flush");
-        let sock = dir.join("app.sock");
-        let listener = UnixListener::bind(&sock).unwrap();
-        let app = std::thread::spawn(move || {
-            let (mut s, _) = listener.accept().unwrap();
-            let mut buf = [0u8; 4096];
-            let _ = s.read(&mut buf).unwrap();
-            s.write_all(b"Status: 200 OK\r\n\r\nno newline").unwrap();
-        });
-        let mut a = args("/");
-        a.address = sock.display().to_string();
-        a.scgi = true;
-        let e = run(&a, &mut ClosedAtFlush, &mut Vec::new()).unwrap_err();
-        app.join().unwrap();
-        assert!(matches!(&e, RequestError::Output(io) if io.kind() == io::ErrorKind::BrokenPipe), "{e}");
+        let e = scgi_answer_into("request-closed-at-flush", b"Status: 200 OK\r\n\r\nno newline", &mut ClosedAtFlush);
+        assert!(matches!(&e, Err(RequestError::Output(io)) if io.kind() == io::ErrorKind::BrokenPipe), "{e:?}");
     }
 
     /// An application that takes longer than --timeout to answer: said so, not
