@@ -649,13 +649,22 @@ def test_lighttpd_gets_only_a_file_the_bridge_would_send(lighttpd_translate_env)
     base = bases["file-hand-back"]
     status, _, body = get(base, f"/xs?path={root}/doc.txt")
     assert (status, body) == (200, b"lighttpd sent this\n")
+    # lighttpd percent-decodes X-Sendfile: a name it decodes into the link is checked as
+    # the link (it used to go on unchecked, as a path under no file-map directory)
+    encoded = str(link).replace(root.name, "%%%02X%s" % (ord(root.name[0]), root.name[1:]), 1)
+    assert encoded != str(link) and not encoded.startswith(str(root))
     for path in (f"/xs?path={link}", "/accel?uri=/protected/beside-link",
-                 f"/xs2?v={quote(f'{root}/doc.txt 0-1, {link} 0-')}"):
+                 f"/xs2?v={quote(f'{root}/doc.txt 0-1, {link} 0-')}", f"/xs?path={quote(encoded)}"):
         mark = bridge.log.mark()
         status, h, body = get(base, path)
         assert status == 403 and b"not for the app" not in body, (path, status, h, body)
         line = "\n".join(bridge.log.wait_for(r"refused, answering 403: .*beside-link", since=mark))
         assert "which is not under any of the listener's file-roots" in line, line
+    # a name with a space reaches lighttpd encoded, and lighttpd decodes it to the file
+    (root / "with space.txt").write_bytes(b"spaced\n")
+    for path in (f"/accel?uri={quote('/protected/with%20space.txt')}", f"/xs?path={quote(str(root / 'with space.txt'))}"):
+        status, _, body = get(base, path)
+        assert (status, body) == (200, b"spaced\n"), (path, status, body)
 
 
 def test_lighttpd_scgi_follows_x_sendfile_not_x_sendfile2(lighttpd_translate_env):

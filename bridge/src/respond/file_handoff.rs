@@ -418,11 +418,16 @@ impl Files {
                     return checked_for_nginx(head, path, hand_off);
                 }
             }
-            (Kind::Sendfile, _) if self.front.follows_sendfile() => {
-                return self.checked_for_front(head, spec, hand_off)
+            // lighttpd and mod_xsendfile percent-decode X-Sendfile: the file they open is the
+            // decoded path. That one is checked, and it goes on encoded, so that their
+            // decoding gives back exactly it (`/srv/%66iles/x` is `/srv/files/x` to them).
+            (Kind::Sendfile, FileSpec::Whole(path)) if self.front.follows_sendfile() => {
+                let opened = crate::route::percent_decode(path).into_owned();
+                head.headers[i].1 = Bytes::from(percent_encode(&opened));
+                return self.checked_for_front(head, FileSpec::Whole(opened), hand_off);
             }
             (Kind::AccelRedirect, FileSpec::Whole(path)) if self.front.follows_sendfile() => {
-                head.headers[i] = (Bytes::from_static(b"X-Sendfile"), Bytes::from(path.clone()));
+                head.headers[i] = (Bytes::from_static(b"X-Sendfile"), Bytes::from(percent_encode(path)));
                 return self.checked_for_front(head, spec, hand_off);
             }
             (Kind::Sendfile2, _) if self.front.follows_sendfile2() => {
@@ -743,7 +748,25 @@ mod tests {
         // lighttpd follows X-Sendfile; one into a file-map directory is checked first too
         let lighttpd = files(Mode::Translate, Dialect::Lighttpd, vec![]);
         let mut h = head(&[("X-Accel-Redirect", "/protected/a%20b.pdf")]);
-        assert_eq!(for_front(lighttpd.decide(&mut h, 1)), "Status: 200 OK\r\nX-Sendfile: /srv/files/a b.pdf\r\n\r\n");
+        assert_eq!(for_front(lighttpd.decide(&mut h, 1)), "Status: 200 OK\r\nX-Sendfile: /srv/files/a%20b.pdf\r\n\r\n");
+        // lighttpd decodes X-Sendfile: the file it opens is the one checked, and it gets that
+        // path encoded (a `%` written by the app cannot lead it to another file)
+        for (written, opened, sent) in [
+            ("/srv/%66iles/a", "/srv/files/a", "/srv/files/a"),
+            ("/srv/files/a%41", "/srv/files/aA", "/srv/files/aA"),
+            ("/srv/files/a%2541", "/srv/files/a%41", "/srv/files/a%2541"),
+        ] {
+            let mut h = head(&[("X-Sendfile", written)]);
+            let Decision::Serve(checked) = lighttpd.decide(&mut h, 1) else { panic!("{written}: not checked") };
+            assert_eq!(checked.spec, FileSpec::Whole(opened.as_bytes().to_vec()), "{written}");
+            let to_front = String::from_utf8_lossy(checked.to_front.as_deref().unwrap_or_default()).into_owned();
+            assert_eq!(to_front, format!("Status: 200 OK\r\nX-Sendfile: {sent}\r\n\r\n"), "{written}");
+        }
+        // a mapped X-Accel-Redirect, decoded once by the mapping, is encoded for lighttpd
+        let mut h = head(&[("X-Accel-Redirect", "/protected/x%2541")]);
+        let Decision::Serve(checked) = lighttpd.decide(&mut h, 1) else { panic!("not checked") };
+        assert_eq!(checked.spec, FileSpec::Whole(b"/srv/files/x%41".to_vec()));
+        assert!(for_front(Decision::Serve(checked)).contains("\r\nX-Sendfile: /srv/files/x%2541\r\n"));
         let mut h = head(&[("X-Sendfile2", "/srv/files/a 0-1, /x 0-1")]);
         assert_eq!(
             for_front(lighttpd.decide(&mut h, 1)),
