@@ -96,17 +96,17 @@ def test_a_bind_address_the_pools_listener_already_is_is_not_suggested(spawn, tm
         from flup.server.fcgi import WSGIServer
         WSGIServer(app, bindAddress=("localhost", 9009)).run()
     ''')
-    w = spawn(app=str(p), cwd="/", env={"FCGIBRIDGE_LISTENERS": "unix:/run/other.sock\n127.0.0.1:9009"})
+    w = spawn(app=str(p), cwd="/", env={"FCGIBRIDGE_LISTENERS": "fastcgi: unix:/run/other.sock\nfastcgi: 127.0.0.1:9009"})
     assert get(w, "/e")["PATH_INFO"] == "/e"
     assert "bindAddress" not in w.stderr and "e.g. `fastcgi:" not in w.stdout, (w.stdout, w.stderr)
     assert "flup argument bindAddress=('localhost', 9009): the pool's listener is at that address " \
-           "(`127.0.0.1:9009`), so the web server connects as it did to flup" in w.stdout, w.stdout
+           "(`fastcgi: 127.0.0.1:9009`), so the web server connects as it did to flup" in w.stdout, w.stdout
     # Another listener: the hint stays, with the script's address written as a listener's.
     v6 = script(tmp_path, "v6.fcgi", '''
         from flup.server.fcgi import WSGIServer
         WSGIServer(app, bindAddress=("::1", 9009)).run()
     ''')
-    w = spawn(app=str(v6), cwd="/", env={"FCGIBRIDGE_LISTENERS": "127.0.0.1:9009"})
+    w = spawn(app=str(v6), cwd="/", env={"FCGIBRIDGE_LISTENERS": "fastcgi: 127.0.0.1:9009"})
     assert get(w, "/e")["PATH_INFO"] == "/e"
     assert "flup argument bindAddress=('::1', 9009) ignored: the web server connects to the bridge's listener " \
            "(e.g. `fastcgi: [::1]:9009`)" in w.stderr, w.stderr
