@@ -705,7 +705,7 @@ def test_an_scgi_scripts_bind_address_needs_an_scgi_listener(tmp_path):
         b.log.wait_for([r"WARN .*flup argument bindAddress=\('127\.0\.0\.1', %d\): the pool's listener at that address "
                         r"is `fastcgi: 127\.0\.0\.1:%d`, but the web server speaks SCGI to it, as it did to this "
                         r"script: write `scgi: 127\.0\.0\.1:%d`" % (wrong, wrong, wrong), r'pool="wrong"'], timeout=60)
-        b.log.wait_for([r"WARN .*flup argument bindAddress=\('localhost', 4000\) ignored: .*"
+        b.log.wait_for([r"WARN .*flup's default bindAddress=\('localhost', 4000\) \(the script names none\) ignored: .*"
                         r"\(e\.g\. `scgi: 127\.0\.0\.1:4000`\)", r'pool="default"'], timeout=60)
         assert not [ln for ln in b.log.lines() if 'pool="right"' in ln and "bindAddress" in ln and "WARN" in ln]
         status, _, body = fcgi_client.scgi_request(("127.0.0.1", same), "/", headers={"Host": "right.test"})

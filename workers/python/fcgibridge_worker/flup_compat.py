@@ -156,23 +156,25 @@ def _shown(name, value):
     return repr(value)
 
 
-def _bind_address_note(address, protocol):
-    """(honoured, text) for a script's bindAddress: whether a listener leading to the pool is
-    there already, speaking the script's protocol (an SCGI script's web server speaks SCGI
-    to that address: a `fastcgi:` listener there would not understand it)."""
+def _bind_address_note(address, protocol, written=True):
+    """(honoured, text) for a script's bindAddress (`written`: by the script, else flup's
+    default): whether a listener leading to the pool is there already, speaking the script's
+    protocol (an SCGI script's web server speaks SCGI to that address: a `fastcgi:` listener
+    there would not understand it)."""
     wanted = "%s: %s" % (protocol, _listener_hint(address))
     listeners = _pool_listeners()
     shown = _shown("bindAddress", address)
+    what = ("flup argument bindAddress=%s" % shown if written
+            else "flup's default bindAddress=%s (the script names none)" % shown)
     if wanted in listeners:
-        return True, ("flup argument bindAddress=%s: the pool's listener is at that address (`%s`), so the web server "
-                      "connects as it did to flup" % (shown, wanted))
+        return True, ("%s: the pool's listener is at that address (`%s`), so the web server "
+                      "connects as it did to flup" % (what, wanted))
     other = "%s: %s" % ("fastcgi" if protocol == "scgi" else "scgi", _listener_hint(address))
     if other in listeners:
-        return False, ("flup argument bindAddress=%s: the pool's listener at that address is `%s`, but the web server "
+        return False, ("%s: the pool's listener at that address is `%s`, but the web server "
                        "speaks %s to it, as it did to this script: write `%s`"
-                       % (shown, other, {"fastcgi": "FastCGI", "scgi": "SCGI"}[protocol], wanted))
-    return False, ("flup argument bindAddress=%s ignored: the web server connects to the bridge's listener (e.g. `%s`)"
-                   % (shown, wanted))
+                       % (what, other, {"fastcgi": "FastCGI", "scgi": "SCGI"}[protocol], wanted))
+    return False, ("%s ignored: the web server connects to the bridge's listener (e.g. `%s`)" % (what, wanted))
 
 
 # Why an argument has no effect here, and the bridge's key that does its job.
@@ -266,7 +268,7 @@ class _Server(object):
                                         "the path (a listener `mount` does the same for every app)"
                                         % (value, script_name)))
             elif name == "bindAddress" and value is not None:
-                notes.append(_bind_address_note(value, self._protocol))
+                notes.append(_bind_address_note(value, self._protocol, written=name in self.given))
             elif name in defaults and value == defaults[name]:
                 continue
             elif name in ("jobClass", "jobArgs"):
