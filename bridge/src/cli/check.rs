@@ -353,7 +353,7 @@ fn render_template(out: &mut String, t: &config::template::Template, search_path
         field(out, 4, &key, &value);
     }
     // The one key whose default is not a pool's: say what an instance gets.
-    if t.queue_size_at.is_none() && !t.listened_at.is_empty() {
+    if t.queue_size_shared {
         let _ = writeln!(
             out,
             "    # queue-size: not set: {} for each instance, its fair share of the connections of the listeners that lead to the template",

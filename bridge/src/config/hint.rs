@@ -64,9 +64,10 @@ fn listener_keys() -> impl Iterator<Item = &'static str> {
 }
 
 /// The `bridge:` keys (file.rs, `RawBridge`) that [`another_sections_key`] names: all of
-/// them but `status` (in a listener, `status-path` misspelt) and those in [`MISPLACED`].
+/// them but `status` (in a listener, `status-path` misspelt) and those [`MISPLACED`] answers.
 fn bridge_keys() -> impl Iterator<Item = &'static str> {
-    keys_of::<super::file::RawBridge>().filter(|k| !["status", "shutdown-timeout", "log-format"].contains(k))
+    let misplaced = |k: &str| MISPLACED.iter().any(|(names, _)| names.contains(&k));
+    keys_of::<super::file::RawBridge>().filter(move |k| *k != "status" && !misplaced(k))
 }
 
 /// The keys a mapping's struct accepts, as serde's derive lists them (its names as written,

@@ -98,6 +98,9 @@ pub struct Template {
     pub queue_size: usize,
     /// Where `queue-size` is written, when it is.
     pub queue_size_at: Option<At>,
+    /// `queue_size` is the fair share of the listeners that lead to the template (none
+    /// written, and at least one listener leads to it).
+    pub queue_size_shared: bool,
     /// Requests its instances take without a 503 (processes × threads + queue, times
     /// max-instances), for FCGI_MAX_REQS.
     pub capacity: usize,
@@ -323,6 +326,7 @@ pub fn resolve(
         min_uid,
         queue_size,
         queue_size_at,
+        queue_size_shared: false,
         capacity,
         python_from_shebang,
         listened_at: Vec::new(),
@@ -500,7 +504,10 @@ pub(super) fn fit_to_listeners(templates: &mut [Template], listeners: &[&super::
         let Some(narrowest) = reaching.iter().map(|l| l.max_connections).min() else { continue };
         let running = capacity_of_raw(&t.raw, 0);
         match &t.queue_size_at {
-            None => t.queue_size = fair_queue(narrowest, t.max_instances),
+            None => {
+                t.queue_size = fair_queue(narrowest, t.max_instances);
+                t.queue_size_shared = true;
+            }
             // One instance is all there is: it holds no other site's connections.
             Some(_) if t.max_instances == 1 => {}
             Some(at) => {

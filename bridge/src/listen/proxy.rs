@@ -117,12 +117,12 @@ impl TrustedProxies {
     }
 }
 
-/// `name=value` from one Forwarded element (`for="[2001:db8::1]:80";proto=https`).
 /// The last of a header's comma-separated values.
 fn last_value(v: &str) -> &str {
     v.rsplit(',').next().unwrap_or("").trim()
 }
 
+/// `name=value` from one Forwarded element (`for="[2001:db8::1]:80";proto=https`).
 fn pair(element: &str, name: &str) -> Option<String> {
     element.split(';').find_map(|kv| {
         let (k, v) = kv.split_once('=')?;

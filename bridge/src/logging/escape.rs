@@ -100,12 +100,14 @@ impl Visit for OneLineVisitor<'_> {
     }
 
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        // A field's value is bare when it is one word. One with a blank or a quote (a
-        // client's URI, an app's redirect target, an error's text) is quoted, as a &str
-        // field is: else `uri=/x pool="other"` reads as two fields to a logfmt parser.
+        // A field's value is bare when it is one word. One with a blank, a quote or an `=`
+        // (a client's URI, an app's redirect target, an error's text) is quoted, as a &str
+        // field is: else `uri=/x pool="other"` reads as two fields to a logfmt parser, and
+        // some refuse `uri=/x?a=b`. A `?` field whose Debug form is quoted already stays so.
         if field.name() != "message" {
             let text = format!("{value:?}");
-            if text.is_empty() || text.contains([' ', '\t', '"']) {
+            let quoted = text.len() >= 2 && text.starts_with('"') && text.ends_with('"');
+            if text.is_empty() || (!quoted && text.contains([' ', '\t', '"', '='])) {
                 return self.0.record_debug(field, &Quoted(&text));
             }
         }
@@ -281,6 +283,10 @@ mod tests {
         assert!(text.contains(r#" shown="/read\n2026"#), "{text}");
         assert!(text.ends_with(" error=bad\\nline\n"), "{text}");
         // A value of more than one word is quoted, so that it cannot read as more fields.
+        let text = text_log(|| tracing::warn!(uri = %r#"/a b\"c"#, "x"));
+        assert!(text.ends_with(&(r#" x uri="/a b\\\"c""#.to_owned() + "\n")), "{text}");
+        let text = text_log(|| tracing::warn!(uri = %"/x?a=b", path = ?std::path::Path::new("/run/x"), "x"));
+        assert!(text.ends_with(" x uri=\"/x?a=b\" path=\"/run/x\"\n"), "{text}");
         let text = text_log(|| tracing::warn!(uri = %r#"/a b\"c"#, "x"));
         assert!(text.ends_with(&(r#" x uri="/a b\\\"c""#.to_owned() + "\n")), "{text}");
         let spoof = "/x pool=\"other\"";

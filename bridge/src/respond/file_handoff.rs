@@ -44,6 +44,9 @@ impl Kind {
 
 /// lighttpd's older name of `X-Sendfile`, which it still follows: taken as `X-Sendfile`.
 const LIGHTTPD_SENDFILE: &[u8] = b"x-lighttpd-send-file";
+/// mod_xsendfile's header for a file it deletes once sent (with `AllowFileDelete`): never
+/// passed on where the bridge checks hand-offs.
+const SENDFILE_TEMPORARY: &[u8] = b"x-sendfile-temporary";
 
 /// What the bridge sends.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -338,6 +341,14 @@ impl Files {
     /// Decide what the response `head` from worker `pid` becomes.
     pub(crate) fn decide(&self, head: &mut ResponseHead, pid: u32) -> Decision {
         let status = super::effective_status(head);
+        if let Some((_, v)) = head.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(SENDFILE_TEMPORARY)) {
+            return Decision::Refuse {
+                header: format!("X-Sendfile-Temporary: {}", String::from_utf8_lossy(v)),
+                why: "mod_xsendfile would send the file and delete it, and the bridge checks no such header: \
+                      send X-Sendfile and remove the file in the app"
+                    .to_owned(),
+            };
+        }
         let Some(i) = head.headers.iter().position(|(n, _)| Kind::of(n).is_some()) else { return Decision::Forward };
         // Only this header is checked, so it is the only one that may go on: a second one
         // (another path, or X-Sendfile2, which lighttpd prefers to X-Sendfile whatever the
@@ -805,6 +816,17 @@ mod tests {
         assert!(matches!(lighttpd.decide(&mut h, 1), Decision::Refuse { .. }));
         let mut h = head(&[("X-LIGHTTPD-send-file", "/srv/files/a")]);
         assert_eq!(for_front(lighttpd.decide(&mut h, 1)), "Status: 200 OK\r\nX-Sendfile: /srv/files/a\r\n\r\n");
+    }
+
+    #[test]
+    fn x_sendfile_temporary_is_never_passed_on() {
+        // mod_xsendfile sends it and deletes the file: unchecked, it would reach any file.
+        for f in [files(Mode::Translate, Dialect::Apache, vec![]), files(Mode::Serve, Dialect::Apache, vec![])] {
+            let mut h = head(&[("X-SENDFILE-TEMPORARY", "/etc/passwd")]);
+            let Decision::Refuse { header, why } = f.decide(&mut h, 1) else { panic!("passed on") };
+            assert_eq!(header, "X-Sendfile-Temporary: /etc/passwd");
+            assert!(why.contains("send X-Sendfile"), "{why}");
+        }
     }
 
     #[test]

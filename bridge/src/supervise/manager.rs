@@ -326,7 +326,7 @@ impl Manager {
                 self.dispatcher.remove_worker(w.key);
                 // The worker it was to replace waits for another replacement, at its index
                 // (or the next attempt would take a free one: index 2 in a pool of 2).
-                for old in self.workers.iter_mut().filter(|o| o.replaced && o.index == w.index) {
+                for old in self.workers.iter_mut().filter(|o| o.replaced && !o.recycled && o.index == w.index) {
                     old.replaced = false;
                 }
                 if !started {
