@@ -42,6 +42,34 @@ impl Kind {
     }
 }
 
+/// The index of the response's hand-off header, left the only one in `head` (lighttpd's
+/// older name written as `X-Sendfile`); `Ok(None)`: there is none; `Err`: the answer to a
+/// response whose hand-off may not go on (`X-Sendfile-Temporary`).
+fn only_hand_off(head: &mut ResponseHead) -> Result<Option<usize>, Decision> {
+    if let Some((_, v)) = head.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(SENDFILE_TEMPORARY)) {
+        return Err(Decision::Refuse {
+            header: format!("X-Sendfile-Temporary: {}", String::from_utf8_lossy(v)),
+            why: "mod_xsendfile would send the file and delete it, and the bridge checks no such header: \
+                  send X-Sendfile and remove the file in the app"
+                .to_owned(),
+        });
+    }
+    let Some(i) = head.headers.iter().position(|(n, _)| Kind::of(n).is_some()) else { return Ok(None) };
+    // Only this header is checked, so it is the only one that may go on: a second one
+    // (another path, or X-Sendfile2, which lighttpd prefers to X-Sendfile whatever the
+    // order) would reach the web server unchecked.
+    let mut j = 0;
+    head.headers.retain(|(n, _)| {
+        j += 1;
+        j - 1 == i || Kind::of(n).is_none()
+    });
+    // One name from here on: the older lighttpd one is checked and passed as X-Sendfile.
+    if head.headers[i].0.eq_ignore_ascii_case(LIGHTTPD_SENDFILE) {
+        head.headers[i].0 = Bytes::from_static(b"X-Sendfile");
+    }
+    Ok(Some(i))
+}
+
 /// lighttpd's older name of `X-Sendfile`, which it still follows: taken as `X-Sendfile`.
 const LIGHTTPD_SENDFILE: &[u8] = b"x-lighttpd-send-file";
 /// mod_xsendfile's header for a file it deletes once sent (with `AllowFileDelete`): never
@@ -341,28 +369,12 @@ impl Files {
     /// Decide what the response `head` from worker `pid` becomes.
     pub(crate) fn decide(&self, head: &mut ResponseHead, pid: u32) -> Decision {
         let status = super::effective_status(head);
-        if let Some((_, v)) = head.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(SENDFILE_TEMPORARY)) {
-            return Decision::Refuse {
-                header: format!("X-Sendfile-Temporary: {}", String::from_utf8_lossy(v)),
-                why: "mod_xsendfile would send the file and delete it, and the bridge checks no such header: \
-                      send X-Sendfile and remove the file in the app"
-                    .to_owned(),
-            };
-        }
-        let Some(i) = head.headers.iter().position(|(n, _)| Kind::of(n).is_some()) else { return Decision::Forward };
-        // Only this header is checked, so it is the only one that may go on: a second one
-        // (another path, or X-Sendfile2, which lighttpd prefers to X-Sendfile whatever the
-        // order) would reach the web server unchecked.
-        let mut j = 0;
-        head.headers.retain(|(n, _)| {
-            j += 1;
-            j - 1 == i || Kind::of(n).is_none()
-        });
+        let i = match only_hand_off(head) {
+            Ok(Some(i)) => i,
+            Ok(None) => return Decision::Forward,
+            Err(refused) => return refused,
+        };
         let kind = Kind::of(&head.headers[i].0).unwrap_or(Kind::Sendfile);
-        // One name from here on: the older lighttpd one is checked and passed as X-Sendfile.
-        if head.headers[i].0.eq_ignore_ascii_case(LIGHTTPD_SENDFILE) {
-            head.headers[i].0 = Bytes::from_static(b"X-Sendfile");
-        }
         let value = head.headers[i].1.clone();
         let shown = format!("{}: {}", kind.name(), String::from_utf8_lossy(&value));
         let refuse = |why: String| Decision::Refuse { header: shown.clone(), why };
