@@ -480,12 +480,7 @@ impl Files {
         if !spec.paths().iter().any(ours) {
             return Decision::Forward;
         }
-        head.content_length = None; // the app's body is not sent
-        match super::encode_head(head, 0) {
-            Ok((_, out)) => hand_off(head, spec, Some(out.freeze())),
-            // Answered as any head that cannot be passed on.
-            Err(_) => Decision::Forward,
-        }
+        handed_on(head, spec, hand_off)
     }
 
     /// A hand-off the web server in front cannot follow: Ok when the bridge may send every
@@ -554,9 +549,19 @@ fn checked_for_nginx(
     if dropped_by_nginx(head) {
         return hand_off(head, FileSpec::Whole(path), None);
     }
+    handed_on(head, FileSpec::Whole(path), hand_off)
+}
+
+/// `head`, without the app's body, for the web server to send `spec` once the bridge has
+/// checked every file of it.
+fn handed_on(
+    head: &mut ResponseHead,
+    spec: FileSpec,
+    hand_off: impl Fn(&ResponseHead, FileSpec, Option<Bytes>) -> Decision,
+) -> Decision {
     head.content_length = None; // the app's body is not sent
     match super::encode_head(head, 0) {
-        Ok((_, out)) => hand_off(head, FileSpec::Whole(path), Some(out.freeze())),
+        Ok((_, out)) => hand_off(head, spec, Some(out.freeze())),
         // Answered as any head that cannot be passed on.
         Err(_) => Decision::Forward,
     }

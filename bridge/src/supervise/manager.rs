@@ -1439,11 +1439,8 @@ fn kill_group(pgid: i32) -> bool {
 
 /// Whether a process in group `pgid` has not exited (its /proc stat state is not `Z`).
 fn group_has_live_member(pgid: i32) -> bool {
-    let Ok(dir) = std::fs::read_dir("/proc") else { return true };
-    dir.flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter_map(super::proc_stat::ProcStat::of)
-        .any(|s| s.group == pgid && s.state != b'Z')
+    let Some(pids) = super::proc_stat::all_pids() else { return true };
+    pids.into_iter().filter_map(super::proc_stat::ProcStat::of).any(|s| s.group == pgid && s.state != b'Z')
 }
 
 #[cfg(test)]

@@ -311,10 +311,8 @@ fn forget_reaped(me: i32) {
 /// where the kernel has none (CONFIG_PROC_CHILDREN), every process's.
 fn children_of(parent: i32) -> Vec<Child> {
     let tasks = format!("/proc/{parent}/task");
-    let candidates = listed_children(std::path::Path::new(&tasks), parent).unwrap_or_else(|| {
-        let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
-        dir.flatten().filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok()).collect()
-    });
+    let candidates = listed_children(std::path::Path::new(&tasks), parent)
+        .unwrap_or_else(|| super::proc_stat::all_pids().unwrap_or_default());
     candidates
         .into_iter()
         .filter_map(|pid| {

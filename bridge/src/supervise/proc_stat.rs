@@ -3,6 +3,12 @@
 
 use std::time::Duration;
 
+/// Every process's pid, from the entries of /proc (None: /proc cannot be read).
+pub(crate) fn all_pids() -> Option<Vec<i32>> {
+    let dir = std::fs::read_dir("/proc").ok()?;
+    Some(dir.flatten().filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok()).collect())
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct ProcStat {
     /// `R`, `S`, `Z`, …

@@ -96,7 +96,13 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// the first that changed. A file that went away is no change (its return is one).
 fn look(files: &Mutex<Vec<(PathBuf, Seen)>>, reader: Option<&Reader>) -> Option<PathBuf> {
     let paths: Vec<PathBuf> = lock(files).iter().map(|(p, _)| p.clone()).collect();
-    let now: Vec<(PathBuf, Seen)> = paths.into_iter().map(|p| (p.clone(), seen_as(&p, reader))).collect();
+    let now: Vec<(PathBuf, Seen)> = paths
+        .into_iter()
+        .map(|p| {
+            let seen = seen_as(&p, reader);
+            (p, seen)
+        })
+        .collect();
     let mut first = None;
     // Matched by path: a reload may have changed the list meanwhile.
     for (path, was) in lock(files).iter_mut() {
