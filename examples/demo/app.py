@@ -1,5 +1,8 @@
 """The demo app served by the default conf.d: a plain WSGI callable, no framework.
 
+Run it from the top of the repository with `fcgibridge run --config conf.d` (FastCGI on
+127.0.0.1:9000, SCGI on 127.0.0.1:9001), then `fcgibridge request 127.0.0.1:9000 /env`.
+
     /        hello
     /env     the WSGI environ, as text
     /echo    the request body, streamed back (POST)

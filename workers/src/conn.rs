@@ -1099,7 +1099,7 @@ impl Conn {
         if r.aborted || r.headers_sent {
             return;
         }
-        let text = format!("{reason}\n");
+        let text = format!("{status} {reason}\n"); // the body the bridge's own pages have
         let body: &[u8] = if r.is_head { b"" } else { text.as_bytes() };
         r.head = format!(
             "Status: {status} {reason}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\n",

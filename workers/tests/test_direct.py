@@ -108,7 +108,7 @@ def assert_refused(c, length, body, then):
     """The POST is answered 400, and the kept connection then serves `then`."""
     send_whole_post(c, length, body)
     r = c.read_response()
-    assert (r.code, r.body) == (400, b"Bad Request\n"), r.stdout
+    assert (r.code, r.body) == (400, b"400 Bad Request\n"), r.stdout
     assert request(c, then).code == 200, "the kept connection serves on"
 
 

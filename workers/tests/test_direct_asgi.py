@@ -277,7 +277,7 @@ def test_request_timeout_answers_504_cancels_the_task_and_the_worker_serves_on(d
         send_request(streaming, "/stuck?streaming")
         assert request(other, "/sleep?0.1").code == 200, "served meanwhile"
         r = stuck.read_response()
-        assert (r.code, r.headers["content-type"], r.body) == (504, "text/plain; charset=utf-8", b"Gateway Timeout\n")
+        assert (r.code, r.headers["content-type"], r.body) == (504, "text/plain; charset=utf-8", b"504 Gateway Timeout\n")
         # Its response had begun: it is cut off (no END_REQUEST).
         with pytest.raises(EOFError):
             streaming.read_response()
@@ -404,7 +404,7 @@ def test_an_app_error_goes_to_the_workers_stderr_not_to_the_web_server(direct):
     with w.client() as c:
         r = request(c, "/raise")
         assert (r.code, r.stderr) == (500, b""), "no FCGI_STDERR: the web server's log is not the bridge's"
-        assert r.body == b"Internal Server Error\n"
+        assert r.body == b"500 Internal Server Error\n"
     rid = "%d-1" % w.proc.pid
     wait_until(lambda: any(rec["request_id"] == rid for rec in log_records(w)), "the traceback's line")
     (rec,) = [rec for rec in log_records(w) if rec["request_id"] == rid]
@@ -477,7 +477,7 @@ def test_a_request_refused_at_its_params_lets_the_web_server_send_the_rest_of_it
         c.begin(keep_conn=False)
         c.params(nginx_params("/read-length", method="POST", CONTENT_LENGTH="1O"))
         r = c.read_response()
-        assert (r.code, r.body) == (400, b"Bad Request\n"), r.stdout
+        assert (r.code, r.body) == (400, b"400 Bad Request\n"), r.stdout
         c.stdin(b"x" * (1 << 20))  # BrokenPipeError if the worker had closed the connection
         c.stdin_end()
         wait_until(lambda: closed(c), "the connection closed once the input ended")
@@ -506,7 +506,7 @@ def test_a_body_that_ends_short_while_the_app_reads_it_is_http_disconnect(direct
         c.stdin(b"abc")
         c.stdin_end()
         r = c.read_response()
-        assert (r.code, r.body) == (400, b"Bad Request\n"), r.stdout
+        assert (r.code, r.body) == (400, b"400 Bad Request\n"), r.stdout
         wait_until(lambda: "disconnected %d-1" % w.proc.pid in w.stdout, "http.disconnect")
         assert request(c, "/scope").code == 200, "the kept connection serves on"
     assert any("the request body ended before its CONTENT_LENGTH (3 of 10 bytes)" in rec["msg"]

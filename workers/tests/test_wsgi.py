@@ -170,7 +170,7 @@ def test_exc_info_after_headers_reraises(worker):
 def test_exception_before_headers(worker):
     r = worker.get("/raise_before")
     assert r.code == 500
-    assert r.body == b"Internal Server Error\n"
+    assert r.body == b"500 Internal Server Error\n"
     assert r.app_status == 0
     assert b"Traceback (most recent call last)" in r.stderr
     assert b"RuntimeError: app failed early" in r.stderr

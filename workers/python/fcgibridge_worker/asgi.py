@@ -342,7 +342,7 @@ class Request:
         if self.ended:
             return
         if not self.head_sent:
-            self._page(500, b"Internal Server Error\n")
+            self._page(500, b"500 Internal Server Error\n")
         else:
             self.end(1)  # non-zero: the bridge cuts the response off toward the web server
 
@@ -711,7 +711,7 @@ class DirectRequest(Request):
                 "; the app is told the client went away"
         self.stderr("fcgibridge worker: %s: %s" % (why, what), "WARNING")
         if not self.head_sent:
-            self._page(400, b"Bad Request\n")
+            self._page(400, b"400 Bad Request\n")
         else:
             self.conn.cut_off(self.keep_conn)  # not end(1): the app did not fail
             if not self.ended:
@@ -1003,7 +1003,7 @@ class DirectWorker(Worker):
                               "(concurrency), never started: answering 504"
                      % (self.request_timeout, line, ran, self.concurrency), req.request_id)
             _native.scoreboard_timed_out()
-            req._page(504, b"Gateway Timeout\n")
+            req._page(504, b"504 Gateway Timeout\n")
             return
         answer = "cutting its response off" if req.head_sent else "answering 504"
         log_line("ERROR", "request-timeout (%gs): %s ran %.1fs: %s, cancelling its task; its coroutine stack follows"
@@ -1013,7 +1013,7 @@ class DirectWorker(Worker):
         if req.head_sent:
             req.conn.cut_off(req.keep_conn)
         else:
-            req._page(504, b"Gateway Timeout\n")
+            req._page(504, b"504 Gateway Timeout\n")
         req.task.cancel()
 
     def _check_drain(self):
