@@ -113,3 +113,21 @@ def test_through_nginx(env):
                                                   "X-Forwarded-Proto": "https"}, timeout=30)
     e = r.json()
     assert e["REMOTE_ADDR"] == "203.0.113.77" and e["HTTPS"] == "on"
+
+
+def test_a_trusted_proxy_s_client_address_in_a_header_not_believed_is_logged_once(env):
+    # Behind a proxy that writes only X-Real-IP, the default list (X-Forwarded-For,
+    # X-Forwarded-Proto) leaves REMOTE_ADDR the proxy's: the operator is told, once.
+    bridge, _ = env
+    mark = bridge.log.mark()
+    for _ in range(3):
+        e = environ(bridge, "fcgi-other", remote="10.9.9.9", headers={"X-Real-IP": "198.51.100.1"})
+        assert e["REMOTE_ADDR"] == "10.9.9.9"
+    line = bridge.log.wait_for(r"trusted proxy 10\.9\.9\.9 sent X-Real-IP and no header that "
+                               r"trusted-proxy-headers lists", since=mark)
+    assert "add X-Real-IP to trusted-proxy-headers" in "\n".join(line)
+    environ(bridge, "fcgi-other", remote="10.9.9.8", headers={"X-Real-IP": "198.51.100.1"})
+    # Another header's first time is logged after anything the request before it logged.
+    environ(bridge, "fcgi-other", remote="10.9.9.8", headers={"Forwarded": "for=198.51.100.1"})
+    bridge.log.wait_for(r"trusted proxy 10\.9\.9\.8 sent Forwarded and no header", since=mark)
+    assert len([ln for ln in bridge.log.lines(mark) if "sent X-Real-IP and no header" in ln]) == 1

@@ -40,6 +40,9 @@ impl TrustedProxies {
             }
             return;
         }
+        if let Some(h) = self.unbelieved_address_header(params) {
+            warn_once_unbelieved(h, params);
+        }
         // Forwarded (RFC 7239) first, so that the X- headers, when also trusted, win.
         if self.headers.contains(&ProxyHeader::Forwarded) {
             if let Some(v) = params.get(b"HTTP_FORWARDED").map(<[u8]>::to_vec) {
@@ -80,6 +83,21 @@ impl TrustedProxies {
         }
     }
 
+    /// A header naming the client that a trusted peer sent when no header believed for it
+    /// is there: the client's address stays the proxy's. Behind a proxy that writes only
+    /// X-Real-IP this is the configuration's mistake (the default list believed it until
+    /// 2026-12-07), and nothing else would tell the operator.
+    fn unbelieved_address_header(&self, params: &Params) -> Option<ProxyHeader> {
+        const NAMING_THE_CLIENT: [ProxyHeader; 3] =
+            [ProxyHeader::XForwardedFor, ProxyHeader::XRealIp, ProxyHeader::Forwarded];
+        let mut sent = NAMING_THE_CLIENT.into_iter().filter(|h| params.get(h.param()).is_some());
+        let first = sent.next()?;
+        if self.headers.contains(&first) || sent.any(|h| self.headers.contains(&h)) {
+            return None;
+        }
+        Some(first)
+    }
+
     /// The client of a proxy chain: the right-most address that is not a trusted proxy
     /// (addresses left of it could have been written by the client itself).
     fn client_from_chain<'a>(&self, chain: impl DoubleEndedIterator<Item = &'a str>) -> Option<String> {
@@ -115,6 +133,27 @@ impl TrustedProxies {
             }
         }
     }
+}
+
+/// The first time a trusted proxy's client address is lost (see
+/// [`TrustedProxies::unbelieved_address_header`]): once per header and process, since every
+/// request through that proxy would say it again.
+fn warn_once_unbelieved(h: ProxyHeader, params: &Params) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static WARNED: [AtomicBool; ProxyHeader::ALL.len()] = [const { AtomicBool::new(false) }; ProxyHeader::ALL.len()];
+    let i = ProxyHeader::ALL.iter().position(|a| *a == h).unwrap_or(0);
+    if WARNED[i].swap(true, Ordering::Relaxed) {
+        return;
+    }
+    let peer = params.get(b"REMOTE_ADDR").map(String::from_utf8_lossy).unwrap_or_default();
+    tracing::warn!(
+        peer = &*peer,
+        "trusted proxy {peer} sent {} and no header that trusted-proxy-headers lists for the \
+         client's address: REMOTE_ADDR stays the proxy's; add {} to trusted-proxy-headers if \
+         this proxy writes it (once per header)",
+        h.name(),
+        h.name()
+    );
 }
 
 /// The last of a header's comma-separated values.
@@ -266,6 +305,19 @@ mod tests {
         assert_eq!(get(&p, "REMOTE_ADDR").as_deref(), Some("203.0.113.9"));
         assert_eq!(get(&p, "HTTP_HOST").as_deref(), Some("shop.example"));
         assert_eq!(get(&p, "HTTPS").as_deref(), Some("on"));
+    }
+
+    #[test]
+    fn a_client_address_only_in_a_header_not_believed_is_found() {
+        let t = TrustedProxies { headers: ProxyHeader::DEFAULT.to_vec(), ..trust(&["10.0.0.0/8"]) };
+        let peer = ("REMOTE_ADDR", "10.0.0.5");
+        let only_real_ip = params(&[peer, ("HTTP_X_REAL_IP", "203.0.113.9")]);
+        assert_eq!(t.unbelieved_address_header(&only_real_ip), Some(ProxyHeader::XRealIp));
+        let both = params(&[peer, ("HTTP_X_REAL_IP", "203.0.113.9"), ("HTTP_X_FORWARDED_FOR", "203.0.113.9")]);
+        assert_eq!(t.unbelieved_address_header(&both), None);
+        assert_eq!(t.unbelieved_address_header(&params(&[peer])), None);
+        let believing_all = trust(&["10.0.0.0/8"]);
+        assert_eq!(believing_all.unbelieved_address_header(&only_real_ip), None);
     }
 
     #[test]
