@@ -177,3 +177,75 @@ def test_ready_waits_for_a_broken_pool_only_its_own_startup_timeout(tmp_path):
     finally:
         stop_process(proc)
         notify.close()
+
+
+HELD_APP = """import os, time
+
+# The worker's import waits while NAME.hold exists (NAME: the pool's HOLD).
+HOLD = os.path.join(os.environ["HOLD_DIR"], os.environ["HOLD"] + ".hold")
+while os.path.exists(HOLD):
+    time.sleep(0.05)
+
+
+def application(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [os.environ["HOLD"].encode()]
+"""
+
+
+def test_a_reload_before_ready_changes_the_pools_ready_waits_for(tmp_path):
+    """A reload while the first pools still start: READY=1 is not sent at its end (the
+    pools it waits for are not ready), nor RELOADING=1 (the start is not over); it comes
+    once the pools as the reload left them serve — not the removed one, which never will,
+    and only once the added one does."""
+    app = tmp_path / "held_app.py"
+    app.write_text(HELD_APP)
+    for name in ("slow", "late"):
+        (tmp_path / f"{name}.hold").write_text("")
+    conf = tmp_path / "conf.d"
+    conf.mkdir()
+    sock = tmp_path / "front.sock"
+
+    def held(name):
+        return {"app": str(app), "processes": 1, "threads": 1, "env": {"HOLD": name, "HOLD_DIR": str(tmp_path)},
+                **ROOT_OK}
+    config = {
+        "bridge": {"log-level": "info", "runtime-dir": str(tmp_path / "run")},
+        "pools": {"fast": {"app": str(APPS / "edge_app.py"), "processes": 1, "threads": 1, **ROOT_OK},
+                  "slow": held("slow")},
+        "listeners": {"front": {"fastcgi": f"unix:{sock}", "routes": [
+            {"host": "slow", "pool": "slow"}, {"pool": "fast"}]}},
+    }
+    (conf / "50-test.yaml").write_text(to_yaml(config))
+    notify = Notifications(tmp_path / "notify.sock")
+    log = LogFile(tmp_path / "bridge.log")
+    env = dict(os.environ, NO_COLOR="1", NOTIFY_SOCKET=notify.path)
+    for v in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES", "WATCHDOG_USEC", "WATCHDOG_PID"):
+        env.pop(v, None)
+    with open(log.path, "ab") as logf:
+        proc = subprocess.Popen([str(bridge_binary()), "run", "--config", str(conf)], stdin=subprocess.DEVNULL,
+                                stdout=logf, stderr=subprocess.STDOUT, env=env, start_new_session=True, cwd=tmp_path)
+    try:
+        wait_until(lambda: sock.exists() and fcgi_client.fcgi_request(str(sock), "/health",
+                                                                      headers={"Host": "x"}).status == 200,
+                   60, what="pool fast serving")
+        # Pool slow removed, pool late (held too) added, before READY=1.
+        del config["pools"]["slow"]
+        config["pools"]["late"] = held("late")
+        config["listeners"]["front"]["routes"] = [{"host": "late", "pool": "late"}, {"pool": "fast"}]
+        (conf / "50-test.yaml").write_text(to_yaml(config))
+        out = subprocess.run([str(bridge_binary()), "reload", "--config", str(conf)], capture_output=True, text=True,
+                             timeout=60)
+        assert out.returncode == 0 and "pools added: late; changed: none; removed: slow" in out.stdout, \
+            (out.stdout, out.stderr)
+        # The daemon answers once the reload is applied, after what it sends at its end.
+        notify.poll()
+        assert not [m for m in notify.messages if m.startswith(("READY=1", "RELOADING=1"))], notify.messages
+        (tmp_path / "late.hold").unlink()
+        ready = notify.wait_for("READY=1", 60)
+        assert "STATUS=serving 2 pools\n" in ready[0], ready
+        assert fcgi_client.fcgi_request(str(sock), "/", headers={"Host": "late"}).status == 200
+        assert not [m for m in notify.messages if m.startswith("RELOADING=1")], notify.messages
+    finally:
+        stop_process(proc)
+        notify.close()

@@ -119,7 +119,7 @@ async fn run(
         Ok(r) => r,
         Err(code) => return code,
     };
-    let how = serve(&mut running, &mut config, &mut signals, &notifier, &config_dir).await;
+    let how = serve(&mut running, &mut config, &mut signals, &config_dir).await;
     notifier.stopping();
     stop(running, &config, &mut signals, how).await;
     tracing::info!("stopped");
@@ -162,6 +162,8 @@ struct Running {
     stop_tx: tokio::sync::watch::Sender<bool>,
     /// The status and control socket files, removed once they stop accepting.
     socket_files: Vec<std::path::PathBuf>,
+    /// READY=1 to systemd, and RELOADING=1 … READY=1 around the reloads after it.
+    readiness: Arc<crate::notify::Readiness>,
 }
 
 /// A start-up error: logged (and on stderr too when the log is a file); the daemon exits
@@ -250,8 +252,8 @@ async fn start(
         std::process::id()
     );
     crate::notify::spawn_watchdog(notifier.clone());
-    tokio::spawn(crate::notify::ready_when_pools_ready(notifier.clone(), pools));
-    Ok(Running { registry, supervisor, listeners, rt_dir, control_rx, stop_tx, socket_files })
+    let readiness = crate::notify::Readiness::start(notifier.clone(), pools);
+    Ok(Running { registry, supervisor, listeners, rt_dir, control_rx, stop_tx, socket_files, readiness })
 }
 
 /// `access-log`, with its `access-log-format` (None when not configured).
@@ -274,13 +276,7 @@ fn open_access_log(
 /// Serve until told to stop: SIGUSR1 reopens the logs; SIGHUP, SIGUSR2 and the control
 /// socket's reload reload (a signal can only log the outcome, `fcgibridge reload` is
 /// answered with it). Returns how to stop.
-async fn serve(
-    r: &mut Running,
-    config: &mut crate::config::Config,
-    s: &mut Signals,
-    notifier: &Notifier,
-    config_dir: &Path,
-) -> Stop {
+async fn serve(r: &mut Running, config: &mut crate::config::Config, s: &mut Signals, config_dir: &Path) -> Stop {
     use crate::reload::Restart;
     // What the bridge settings that apply at a restart only are while this daemon runs.
     let started = config.global.clone();
@@ -316,7 +312,7 @@ async fn serve(
                 (Restart::All, None)
             }
         };
-        notifier.reloading();
+        r.readiness.reload_begins();
         let live = crate::reload::Live {
             config: &mut *config,
             started: &started,
@@ -326,7 +322,7 @@ async fn serve(
             registry: &r.registry,
         };
         let outcome = crate::reload::reload(config_dir, live, &restart).await;
-        notifier.ready(&format!("serving {} pools", r.supervisor.pools().len()));
+        r.readiness.reload_ends(r.supervisor.pools());
         if let Some(reply) = reply {
             let _ = reply.send(outcome.map_err(|why| crate::control::refusal(&why)));
         }

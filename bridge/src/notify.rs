@@ -2,8 +2,8 @@
 //! state change to the socket named by `NOTIFY_SOCKET`, no libsystemd.
 //!
 //! READY=1 once every listener is bound and every pool has a ready worker (or is past its
-//! own startup-timeout); RELOADING=1
-//! while a reload runs; STOPPING=1 when a stop begins; WATCHDOG=1 every half
+//! own startup-timeout; the pools as a reload before READY=1 left them); RELOADING=1
+//! while a later reload runs; STOPPING=1 when a stop begins; WATCHDOG=1 every half
 //! `WATCHDOG_USEC`. Without `NOTIFY_SOCKET` (not started by systemd) every call is a no-op.
 use std::os::unix::net::{SocketAddr, UnixDatagram};
 use std::time::Duration;
@@ -124,50 +124,133 @@ pub(crate) fn spawn_watchdog(notifier: std::sync::Arc<Notifier>) {
     }
 }
 
-/// READY=1 once every pool has at least one worker connection free (listeners are bound
-/// before this runs). A pool that cannot start keeps the service "activating" until its
-/// own startup-timeout (+1 s) has passed, which is what an operator wants to see; then
-/// READY=1 is sent anyway, with a status naming the pools not ready, so the pools that
-/// work are served. A healthy pool's longer startup-timeout does not delay it.
-pub(crate) async fn ready_when_pools_ready(
+/// READY=1, and the reloads around it. Until READY=1 went out, a reload changes the pools it
+/// waits for (the start-up is not over: no RELOADING=1, and no READY=1 for pools that are
+/// not ready yet); after, a reload is announced by RELOADING=1 and READY=1 again.
+pub(crate) struct Readiness {
     notifier: std::sync::Arc<Notifier>,
-    pools: Vec<std::sync::Arc<crate::supervise::PoolRuntime>>,
-) {
-    let start = tokio::time::Instant::now();
-    loop {
-        let states: Vec<_> = pools
-            .iter()
-            .map(|p| PoolState { name: &p.name, serving: p.serving(), timeout: p.config.startup_timeout })
-            .collect();
-        match settled(&states, start.elapsed()) {
-            None => tokio::time::sleep(Duration::from_millis(50)).await,
-            Some(waiting) if waiting.is_empty() => {
-                tracing::info!("all pools ready");
-                notifier.ready(&format!("serving {} pools", pools.len()));
-                return;
-            }
-            Some(waiting) => {
-                tracing::warn!("pools not ready after their startup-timeout: {}", waiting.join(", "));
-                notifier.ready(&format!("serving; not ready: {}", waiting.join(", ")));
-                return;
+    phase: std::sync::Mutex<Phase>,
+}
+
+enum Phase {
+    /// READY=1 waits for these pools; `reloading`: a reload is replacing them.
+    Starting {
+        pools: Vec<Waited>,
+        reloading: bool,
+    },
+    Ready,
+}
+
+/// A pool READY=1 waits for, and since when: the start, or the reload that added or
+/// reconfigured it (its startup-timeout counts from then).
+struct Waited {
+    pool: std::sync::Arc<crate::supervise::PoolRuntime>,
+    since: tokio::time::Instant,
+}
+
+impl Readiness {
+    /// Start waiting for `pools` (listeners are bound before this runs).
+    pub(crate) fn start(
+        notifier: std::sync::Arc<Notifier>,
+        pools: Vec<std::sync::Arc<crate::supervise::PoolRuntime>>,
+    ) -> std::sync::Arc<Self> {
+        let now = tokio::time::Instant::now();
+        let pools = pools.into_iter().map(|pool| Waited { pool, since: now }).collect();
+        let this = std::sync::Arc::new(Self {
+            notifier,
+            phase: std::sync::Mutex::new(Phase::Starting { pools, reloading: false }),
+        });
+        tokio::spawn(ready_when_pools_ready(this.clone()));
+        this
+    }
+
+    fn phase(&self) -> std::sync::MutexGuard<'_, Phase> {
+        self.phase.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A reload begins: RELOADING=1 once READY=1 went out; before, READY=1 waits for it.
+    pub(crate) fn reload_begins(&self) {
+        match &mut *self.phase() {
+            Phase::Ready => self.notifier.reloading(),
+            Phase::Starting { reloading, .. } => *reloading = true,
+        }
+    }
+
+    /// A reload ended (applied or refused) and `pools` run now: READY=1 again once READY=1
+    /// went out; before, READY=1 waits for these pools — not for a removed one, and for
+    /// an added or reconfigured one its own startup-timeout from now.
+    pub(crate) fn reload_ends(&self, pools: &[std::sync::Arc<crate::supervise::PoolRuntime>]) {
+        match &mut *self.phase() {
+            Phase::Ready => self.notifier.ready(&format!("serving {} pools", pools.len())),
+            Phase::Starting { pools: waited, reloading } => {
+                let now = tokio::time::Instant::now();
+                let since = |p: &std::sync::Arc<_>| {
+                    waited.iter().find(|w| std::sync::Arc::ptr_eq(&w.pool, p)).map_or(now, |w| w.since)
+                };
+                *waited = pools.iter().map(|p| Waited { pool: p.clone(), since: since(p) }).collect();
+                *reloading = false;
             }
         }
     }
 }
 
-/// A pool as READY=1 looks at it.
+/// READY=1 once every pool has at least one worker connection free. A pool that cannot
+/// start keeps the service "activating" until its own startup-timeout (+1 s) has passed,
+/// which is what an operator wants to see; then READY=1 is sent anyway, with a status
+/// naming the pools not ready, so the pools that work are served. A healthy pool's longer
+/// startup-timeout does not delay it. The pools are those of the moment: a reload before
+/// READY=1 changes them ([`Readiness::reload_ends`]).
+async fn ready_when_pools_ready(readiness: std::sync::Arc<Readiness>) {
+    loop {
+        {
+            let mut phase = readiness.phase();
+            let Phase::Starting { pools, reloading } = &*phase else { return };
+            let now = tokio::time::Instant::now();
+            let states: Vec<_> = pools
+                .iter()
+                .map(|w| PoolState {
+                    name: &w.pool.name,
+                    serving: w.pool.serving(),
+                    timeout: w.pool.config.startup_timeout,
+                    elapsed: now.duration_since(w.since),
+                })
+                .collect();
+            let settled = if *reloading { None } else { settled(&states) };
+            let count = pools.len();
+            match settled {
+                None => {}
+                Some(waiting) if waiting.is_empty() => {
+                    tracing::info!("all pools ready");
+                    readiness.notifier.ready(&format!("serving {count} pools"));
+                    *phase = Phase::Ready;
+                    return;
+                }
+                Some(waiting) => {
+                    tracing::warn!("pools not ready after their startup-timeout: {}", waiting.join(", "));
+                    readiness.notifier.ready(&format!("serving; not ready: {}", waiting.join(", ")));
+                    *phase = Phase::Ready;
+                    return;
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A pool as READY=1 looks at it: `elapsed` since it started (or a reload before READY=1
+/// added or reconfigured it).
 struct PoolState<'a> {
     name: &'a str,
     serving: bool,
     timeout: Duration,
+    elapsed: Duration,
 }
 
-/// `elapsed` after start-up: None while a pool that is not serving is still within its own
-/// startup-timeout (+1 s, for its first worker's start); else the pools not serving (none:
-/// all ready).
-fn settled(pools: &[PoolState<'_>], elapsed: Duration) -> Option<Vec<String>> {
+/// None while a pool that is not serving is still within its own startup-timeout (+1 s,
+/// for its first worker's start); else the pools not serving (none: all ready).
+fn settled(pools: &[PoolState<'_>]) -> Option<Vec<String>> {
     let waiting: Vec<&PoolState<'_>> = pools.iter().filter(|p| !p.serving).collect();
-    if waiting.iter().any(|p| elapsed < p.timeout + Duration::from_secs(1)) {
+    if waiting.iter().any(|p| p.elapsed < p.timeout + Duration::from_secs(1)) {
         return None;
     }
     Some(waiting.iter().map(|p| p.name.to_owned()).collect())
@@ -179,18 +262,24 @@ mod tests {
 
     #[test]
     fn ready_waits_for_each_pool_only_its_own_startup_timeout() {
-        let pool = |name, serving, secs| PoolState { name, serving, timeout: Duration::from_secs(secs) };
         let at = Duration::from_secs;
+        let pools = |p: &[(&'static str, bool, u64)], elapsed: Duration| -> Vec<PoolState<'static>> {
+            p.iter().map(|&(name, serving, secs)| PoolState { name, serving, timeout: at(secs), elapsed }).collect()
+        };
         // A broken pool (3s) beside a healthy one (60s): READY after ~4 s, not ~61 s.
-        let pools = [pool("bad", false, 3), pool("good", true, 60)];
-        assert_eq!(settled(&pools, at(2)), None);
-        assert_eq!(settled(&pools, at(4)), Some(vec!["bad".to_owned()]));
+        let two = [("bad", false, 3), ("good", true, 60)];
+        assert_eq!(settled(&pools(&two, at(2))), None);
+        assert_eq!(settled(&pools(&two, at(4))), Some(vec!["bad".to_owned()]));
         // A slow pool still within its own startup-timeout is waited for.
-        let pools = [pool("bad", false, 3), pool("slow", false, 60)];
-        assert_eq!(settled(&pools, at(10)), None);
-        assert_eq!(settled(&pools, at(61)), Some(vec!["bad".to_owned(), "slow".to_owned()]));
+        let slow = [("bad", false, 3), ("slow", false, 60)];
+        assert_eq!(settled(&pools(&slow, at(10))), None);
+        assert_eq!(settled(&pools(&slow, at(61))), Some(vec!["bad".to_owned(), "slow".to_owned()]));
         // Every pool ready: at once.
-        assert_eq!(settled(&[pool("a", true, 60), pool("b", true, 3)], at(0)), Some(vec![]));
+        assert_eq!(settled(&pools(&[("a", true, 60), ("b", true, 3)], at(0))), Some(vec![]));
+        // A pool a reload added late is waited for from then on.
+        let mut later = pools(&[("bad", false, 3)], at(30));
+        later.push(PoolState { name: "late", serving: false, timeout: at(3), elapsed: at(1) });
+        assert_eq!(settled(&later), None);
     }
 
     #[test]
