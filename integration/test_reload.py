@@ -297,8 +297,8 @@ def test_fcgibridge_reload_command(tmp_path):
         mark = b.log.mark()
         out = subprocess.run([str(b.binary), "reload", "--restart-workers", "--config", str(b.confdir)],
                              capture_output=True, text=True, timeout=60)
-        assert out.returncode == 0 and out.stdout.startswith("reload done: pools added: none; changed: a;"), \
-            (out.stdout, out.stderr)
+        assert out.returncode == 0 and out.stdout.startswith(
+            "reload done: pools added: none; changed: none; removed: none; restarted: a;"), (out.stdout, out.stderr)
         b.log.wait_for([r"retiring the worker: restart requested \(reload --restart-workers or SIGUSR2\)", f"pid={old}"], since=mark)
         wait_until(lambda: pid_of(get(b, "a", "/pid")) != old, 60, what="a new worker after --restart-workers")
     finally:
@@ -477,7 +477,8 @@ def test_a_reload_that_changes_nothing_says_how_to_load_new_code(tmp_path):
         assert out.stdout.startswith("reload done: pools added: none; changed: a;"), out.stdout
         assert "nothing changed" not in out.stdout
         out = cli_reload(b, "--restart-workers", "a", timeout=120)
-        assert out.stdout.startswith("reload done: pools added: none; changed: a;"), out.stdout
+        assert out.stdout.startswith("reload done: pools added: none; changed: none; removed: none; restarted: a;"), \
+            out.stdout
         assert "nothing changed" not in out.stdout
     finally:
         b.stop()
@@ -597,7 +598,8 @@ def test_reload_wait_reports_a_broken_deploy_and_returns_once_a_good_one_serves(
         assert out.returncode == 1, (out.stdout, out.stderr)
         assert out.stderr.count("\n") >= 3, out.stderr
         first, rest = out.stderr.split("\n", 2)[1:]
-        assert first.startswith("fcgibridge: reload done: pools added: none; changed: r;"), out.stderr
+        assert first.startswith("fcgibridge: reload done: pools added: none; changed: none; removed: none; "
+                                "restarted: r;"), out.stderr
         assert rest.startswith("pool r: rollout-failing: its new workers cannot start, the previous ones serve on"), \
             out.stderr
         assert "worker failed to start: " in rest and "SyntaxError" in rest, out.stderr
@@ -622,7 +624,8 @@ def test_reload_wait_reports_a_broken_deploy_and_returns_once_a_good_one_serves(
         app.write_text(ROLLOUT_APP)
         out = cli_reload(b, "--restart-workers", "--wait=3m")
         assert out.returncode == 0, (out.stdout, out.stderr)
-        assert out.stdout.startswith("reload done: pools added: none; changed: r;"), out.stdout
+        assert out.stdout.startswith("reload done: pools added: none; changed: none; removed: none; restarted: r;"), \
+            out.stdout
         assert out.stdout.endswith("\nrollout done: r (2 workers ready)\n"), out.stdout
         served = {pid_of(get(b, "r", "/")) for _ in range(10)}
         assert not served & old, (served, old)
@@ -641,7 +644,9 @@ def test_restart_workers_of_one_pool_leaves_the_others_alone(tmp_path):
         mark = b.log.mark()
         out = cli_reload(b, "--restart-workers", "a", "--wait")
         assert out.returncode == 0, (out.stdout, out.stderr)
-        assert out.stdout.startswith("reload done: pools added: none; changed: a;"), out.stdout
+        # Restarted as asked, not changed: pool a's configuration is as it was.
+        assert out.stdout.startswith("reload done: pools added: none; changed: none; removed: none; restarted: a; "
+                                     "templates changed: none;"), out.stdout
         assert out.stdout.endswith("\nrollout done: a (2 workers ready)\n"), out.stdout
         wait_until(lambda: not pids("a") & a_old, 60, what="pool a's old workers gone")
         assert pids("b") == b_old
@@ -743,4 +748,72 @@ def test_under_load_through_nginx_five_reloads_and_max_requests_50_fail_nothing(
                 nginx.wait(20)
             except subprocess.TimeoutExpired:
                 nginx.kill()
+        b.stop()
+
+
+def test_a_listener_moved_to_another_address_is_said_moved_and_its_request_in_flight_finishes(tmp_path):
+    """Same name, new `fastcgi:` address: the new socket is bound (before anything else
+    changes), the old one stops accepting, and a request in flight on it is answered. The
+    outcome line says so as one move, not as an added and a removed listener."""
+    b = start(tmp_path, {"a": lc_pool(processes=1, threads=2)})
+    try:
+        old_addr = b.listener_address("l-a")
+        in_flight = Background(lambda: get(b, "a", "/hold", "mark=moving"))
+        wait_until(lambda: (tmp_path / "moving.started").exists(), 60, what="the request on the old address running")
+        new_port = free_ports(1)[0]
+        rewrite(b, lambda c: c["listeners"]["l-a"].update(fastcgi=f"127.0.0.1:{new_port}"))
+        out = cli_reload(b, timeout=60)
+        assert out.returncode == 0, (out.stdout, out.stderr)
+        assert (f"listeners added: none; changed: none; removed: none; moved: l-a (127.0.0.1:{old_addr[1]} -> "
+                f"127.0.0.1:{new_port})\n") in out.stdout, out.stdout
+        b.log.wait_for([r"reload: listener moved: this address stops accepting", r"listener\W+l-a"])
+        wait_until(lambda: not _connects(old_addr), 10, what="the old address closed")
+        assert get(b, "a", "/pid").status == 200  # b.config names the new address now
+        (tmp_path / "moving.release").write_text("")
+        assert in_flight.result().status == 200
+    finally:
+        b.stop()
+
+
+HELD_IMPORT_APP = """import json, os, time
+
+# A worker's import waits while this file exists: a replacement held "starting".
+HOLD = os.path.join(os.environ["FCGIBRIDGE_TEST_DIR"], "import.hold")
+while os.path.exists(HOLD):
+    time.sleep(0.05)
+
+
+def application(environ, start_response):
+    start_response("200 OK", [("Content-Type", "application/json")])
+    return [json.dumps({"pid": os.getpid(), "tag": os.environ.get("TAG", "")}).encode()]
+"""
+
+
+def test_a_restart_right_after_a_changing_reload_gives_the_workers_the_latest_reason(tmp_path):
+    """A reload changes pool a's env: its worker is flagged for replacement ("reload
+    (configuration changed)") while its replacement imports. `reload --restart-workers a`
+    then: the outcome says restarted, not changed, and the old worker retires for the
+    restart asked for, which also says its configuration changed."""
+    app = tmp_path / "held_app.py"
+    app.write_text(HELD_IMPORT_APP)
+    b = start(tmp_path, {"a": pool(str(app), processes=1, threads=1, env={"TAG": "v1"})})
+    try:
+        old = pid_of(get(b, "a", "/"))
+        (tmp_path / "import.hold").write_text("")
+        rewrite(b, lambda c: c["pools"]["a"]["env"].update(TAG="v2"))
+        mark = b.log.mark()
+        out = cli_reload(b, timeout=60)
+        assert out.stdout.startswith("reload done: pools added: none; changed: a; removed: none; templates"), \
+            (out.stdout, out.stderr)
+        # Its replacement is spawned once the old worker is flagged.
+        b.log.wait_for([r"worker started", 'pool="?a'], since=mark)
+        out = cli_reload(b, "--restart-workers", "a", timeout=60)
+        assert out.stdout.startswith("reload done: pools added: none; changed: none; removed: none; restarted: a; "), \
+            (out.stdout, out.stderr)
+        (tmp_path / "import.hold").unlink()
+        (retired,) = b.log.wait_for([r"retiring the worker: ", f"pid={old}"], since=mark, timeout=60)
+        assert "retiring the worker: restart requested (reload --restart-workers or SIGUSR2; configuration changed);" \
+            in retired, retired
+        wait_until(lambda: json.loads(get(b, "a", "/").body)["tag"] == "v2", 60, what="the new worker serving")
+    finally:
         b.stop()

@@ -216,14 +216,15 @@ async fn apply(
         live.registry.board.instances.reload(&new.templates, restart).await;
     let listeners = live.listeners.apply(&new.listeners, sockets, &by_name).map_err(|e| e.to_string())?;
 
-    let [added, changed, removed] = pools_changed(&before, &new.pools, restart);
+    let PoolsChanged { added, changed, restarted, removed } = pools_changed(&before, &new.pools, restart);
     let list = |v: &[String]| if v.is_empty() { "none".to_owned() } else { v.join(", ") };
-    let mut summary = format!(
-        "pools added: {}; changed: {}; removed: {}; {templates}; {listeners}",
-        list(&added),
-        list(&changed),
-        list(&removed)
-    );
+    let mut summary =
+        format!("pools added: {}; changed: {}; removed: {}", list(&added), list(&changed), list(&removed));
+    // Only when asked for (--restart-workers, SIGUSR2): a SIGHUP's line stays as it was.
+    if !restarted.is_empty() {
+        summary.push_str(&format!("; restarted: {}", restarted.join(", ")));
+    }
+    summary.push_str(&format!("; {templates}; {listeners}"));
     // SIGHUP loaded new code under uWSGI (and `apachectl graceful` under mod_wsgi): say
     // that this one did not.
     if *restart == Restart::Changed && *live.config == new && !instances_changed {
@@ -247,20 +248,36 @@ async fn apply(
     Ok((summary, warnings, pools))
 }
 
-/// The names of the pools a reload adds, changes (or restarts), and removes. A pool whose
-/// listeners moved is not changed: only its workers' hint (FCGIBRIDGE_LISTENERS) is.
-fn pools_changed(before: &[(String, config::Pool)], new: &[config::Pool], restart: &Restart) -> [Vec<String>; 3] {
-    let (mut added, mut changed) = (Vec::new(), Vec::new());
-    let differs = |old: &config::Pool, p: &config::Pool| !old.same_but_listeners(p);
+/// The names of the pools a reload adds, changes, restarts and removes.
+#[derive(Debug, PartialEq, Eq)]
+struct PoolsChanged {
+    added: Vec<String>,
+    /// Their configuration changed. A pool whose listeners moved is not changed: only its
+    /// workers' hint (FCGIBRIDGE_LISTENERS) is.
+    changed: Vec<String>,
+    /// Their workers restart because the reload asked for it (`--restart-workers`,
+    /// SIGUSR2), changed or not.
+    restarted: Vec<String>,
+    removed: Vec<String>,
+}
+
+fn pools_changed(before: &[(String, config::Pool)], new: &[config::Pool], restart: &Restart) -> PoolsChanged {
+    let mut names = PoolsChanged { added: Vec::new(), changed: Vec::new(), restarted: Vec::new(), removed: Vec::new() };
     for p in new {
-        match before.iter().find(|(n, _)| *n == p.name) {
-            None => added.push(p.name.clone()),
-            Some((_, old)) if differs(old, p) || restart.includes(&p.name) => changed.push(p.name.clone()),
-            Some(_) => {}
+        let Some((_, old)) = before.iter().find(|(n, _)| *n == p.name) else {
+            names.added.push(p.name.clone());
+            continue;
+        };
+        if !old.same_but_listeners(p) {
+            names.changed.push(p.name.clone());
+        }
+        if restart.includes(&p.name) {
+            names.restarted.push(p.name.clone());
         }
     }
-    let removed = before.iter().filter(|(name, _)| !new.iter().any(|p| &p.name == name)).map(|(n, _)| n.clone());
-    [added, changed, removed.collect()]
+    names.removed =
+        before.iter().filter(|(name, _)| !new.iter().any(|p| &p.name == name)).map(|(n, _)| n.clone()).collect();
+    names
 }
 
 #[cfg(test)]
@@ -295,9 +312,27 @@ mod tests {
         let before = vec![("a".to_owned(), pool("a", "127.0.0.1:9000")), ("gone".to_owned(), pool("gone", "x"))];
         let new = [pool("a", "127.0.0.1:9001"), pool("b", "x")];
         let names = |v: &[&str]| v.iter().map(|n| n.to_string()).collect::<Vec<_>>();
-        assert_eq!(super::pools_changed(&before, &new, &Restart::Changed), [names(&["b"]), vec![], names(&["gone"])]);
+        let seen = super::pools_changed(&before, &new, &Restart::Changed);
+        assert_eq!((seen.added, seen.changed, seen.removed), (names(&["b"]), vec![], names(&["gone"])));
         let threads = [Pool { threads: 8, ..new[0].clone() }];
-        assert_eq!(super::pools_changed(&before, &threads, &Restart::Changed)[1], names(&["a"]));
+        assert_eq!(super::pools_changed(&before, &threads, &Restart::Changed).changed, names(&["a"]));
+    }
+
+    #[test]
+    fn a_pool_restarted_as_asked_is_not_said_changed() {
+        use crate::config::Pool;
+        let pool = |name: &str, threads| Pool { name: name.into(), threads, ..Pool::for_tests() };
+        let before = vec![("a".to_owned(), pool("a", 1)), ("b".to_owned(), pool("b", 1))];
+        let names = |v: &[&str]| v.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+        let only_a = Restart::Only(names(&["a"]));
+        let same = super::pools_changed(&before, &[pool("a", 1), pool("b", 1)], &only_a);
+        assert_eq!((same.changed, same.restarted), (vec![], names(&["a"])));
+        // Changed and restarted: named under both.
+        let edited = super::pools_changed(&before, &[pool("a", 4), pool("b", 4), pool("new", 1)], &only_a);
+        assert_eq!((edited.changed, edited.restarted), (names(&["a", "b"]), names(&["a"])));
+        // SIGUSR2: every pool that was running; a new one only starts.
+        let all = super::pools_changed(&before, &[pool("a", 1), pool("b", 1), pool("new", 1)], &Restart::All);
+        assert_eq!((all.added, all.changed, all.restarted), (names(&["new"]), vec![], names(&["a", "b"])));
     }
 
     #[test]

@@ -309,14 +309,31 @@ impl ListenerSet {
         }
         let removed: Vec<RunningListener> = next.into_iter().flatten().collect();
         self.live = live;
+        // A listener of the same name on another address: its new socket (bound by
+        // bind_new) starts accepting before the old one stops.
+        let mut moved = Vec::new();
         for (i, b) in fresh {
-            added.push(config[i].name.clone());
-            self.launch(&config[i], b, pools)?;
+            let cfg = &config[i];
+            match removed.iter().find(|l| l.cfg.name == cfg.name) {
+                Some(old) => {
+                    moved.push(format!("{} ({} -> {})", cfg.name, describe(&old.cfg.address), describe(&cfg.address)))
+                }
+                None => added.push(cfg.name.clone()),
+            }
+            self.launch(cfg, b, pools)?;
         }
         let mut gone = Vec::new();
         for l in removed {
-            gone.push(l.cfg.name.clone());
-            tracing::info!(listener = %l.cfg.name, address = %describe(&l.cfg.address), "reload: listener removed; its connections close once idle");
+            match config.iter().find(|c| c.name == l.cfg.name) {
+                Some(now) => {
+                    tracing::info!(listener = %l.cfg.name, address = %describe(&l.cfg.address), moved_to = %describe(&now.address),
+                    "reload: listener moved: this address stops accepting; its connections finish their requests and close once idle")
+                }
+                None => {
+                    gone.push(l.cfg.name.clone());
+                    tracing::info!(listener = %l.cfg.name, address = %describe(&l.cfg.address), "reload: listener removed; its connections close once idle");
+                }
+            }
             let _ = l.stop.send(true);
             if let Some(p) = &l.socket_file {
                 let _ = std::fs::remove_file(p);
@@ -324,8 +341,7 @@ impl ListenerSet {
         }
         // Configuration order, as at start.
         self.live.sort_by_key(|l| config.iter().position(|c| c.name == l.cfg.name).unwrap_or(usize::MAX));
-        let list = |v: &[String]| if v.is_empty() { "none".to_owned() } else { v.join(", ") };
-        Ok(format!("listeners added: {}; changed: {}; removed: {}", list(&added), list(&changed), list(&gone)))
+        Ok(listeners_summary(&added, &changed, &gone, &moved))
     }
 
     /// Stop accepting everywhere and remove the unix socket files; connections close once idle.
@@ -344,6 +360,17 @@ impl ListenerSet {
             let _ = l.task.await;
         }
     }
+}
+
+/// The listeners' part of a reload's outcome line; `moved` (with its addresses) only when
+/// a listener moved, so that the line of every other reload stays as it was.
+fn listeners_summary(added: &[String], changed: &[String], removed: &[String], moved: &[String]) -> String {
+    let list = |v: &[String]| if v.is_empty() { "none".to_owned() } else { v.join(", ") };
+    let mut line = format!("listeners added: {}; changed: {}; removed: {}", list(added), list(changed), list(removed));
+    if !moved.is_empty() {
+        line.push_str(&format!("; moved: {}", moved.join(", ")));
+    }
+    line
 }
 
 fn describe(a: &ListenAddress) -> String {

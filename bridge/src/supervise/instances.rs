@@ -443,7 +443,7 @@ impl Instances {
     ) -> (String, bool, Vec<String>) {
         let old = self.0.with(|b| b.templates.clone());
         let (mut changed, mut removed, mut stopped, mut rolled) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        let mut added = Vec::new();
+        let (mut added, mut restarted, mut rekeyed) = (Vec::new(), Vec::new(), Vec::new());
         let mut next = Vec::new();
         // The templates' own warnings (logged by warn_of), then their live instances'.
         let mut warnings: Vec<String> = new.iter().flat_map(|t| t.warnings.iter().cloned()).collect();
@@ -465,11 +465,17 @@ impl Instances {
                     next.push(o.clone());
                 }
                 Some(o) => {
-                    changed.push(t.name.clone());
+                    if *o.config() != *t {
+                        changed.push(t.name.clone());
+                    }
+                    if restart {
+                        restarted.push(t.name.clone());
+                    }
                     // What it refused, the new settings may take.
                     o.lock().refused.clear();
                     let done = o.roll(Arc::new(t.clone()), restart).await;
                     stopped.extend(done.stopped);
+                    rekeyed.extend(done.rekeyed);
                     warnings.extend(done.warnings);
                     next.push(o.clone());
                 }
@@ -507,14 +513,16 @@ impl Instances {
         self.0.with(|b| b.templates = next);
         let list = |v: &[String]| if v.is_empty() { "none".to_owned() } else { v.join(", ") };
         let mut summary = format!("templates changed: {}; removed: {}", list(&changed), list(&removed));
-        if !added.is_empty() {
-            summary.push_str(&format!("; templates added: {}", added.join(", ")));
-        }
-        if !stopped.is_empty() {
-            summary.push_str(&format!("; instances refused now and stopped: {}", stopped.join(", ")));
-        }
-        if !rolled.is_empty() {
-            summary.push_str(&format!("; instances rolled (account or files changed): {}", rolled.join(", ")));
+        // Each part only when it names something, as the pools' `restarted`.
+        let parts = [
+            ("restarted", &restarted),
+            ("templates added", &added),
+            ("instances stopped (their template's key changed)", &rekeyed),
+            ("instances refused now and stopped", &stopped),
+            ("instances rolled (account or files changed)", &rolled),
+        ];
+        for (what, names) in parts.into_iter().filter(|(_, names)| !names.is_empty()) {
+            summary.push_str(&format!("; {what}: {}", names.join(", ")));
         }
         (summary, !(stopped.is_empty() && rolled.is_empty()), warnings)
     }
@@ -1035,16 +1043,24 @@ impl TemplateRuntime {
 
     /// A changed template: every live instance takes its new configuration (a rolling
     /// restart when its workers change); one that the new template refuses stops. A
-    /// template keyed otherwise now stops them all: none has a key of the new kind.
-    /// Returns the instances it stopped, for the reload's summary.
+    /// template keyed otherwise now stops them all: none has a key of the new kind (they
+    /// finish their requests first, as any retired instance). Returns the instances it
+    /// stopped, for the reload's summary.
     async fn roll(&self, new: Arc<Template>, restart: bool) -> Refreshed {
-        let keys_changed = self.config().keys != new.keys;
+        let was = self.config();
+        let keys_changed = was.keys != new.keys;
         *self.config.lock().unwrap_or_else(|e| e.into_inner()) = new.clone();
         // Every instance made with the old template is live now; any later one is made with
         // the new.
         drop(self.entering.write().await);
         if keys_changed {
-            return Refreshed { stopped: self.stop_all("its template's placeholders changed"), ..Refreshed::default() };
+            let why = format!(
+                "its template's key changed (an instance per {} now, was per {})",
+                key_names(&new),
+                key_names(&was)
+            );
+            let rekeyed = self.stop_all(&why);
+            return Refreshed { rekeyed, ..Refreshed::default() };
         }
         self.refresh_all(&new, Again::Reload { probe: true, restart }).await
     }
@@ -1083,7 +1099,11 @@ impl Drop for KeyHeld<'_> {
 /// of those rolled, and their configurations' warnings (for a reload's reply).
 #[derive(Default)]
 struct Refreshed {
+    /// Refused now (a narrower `allow`, a deleted account…).
     stopped: Vec<String>,
+    /// Stopped because their template is keyed by another placeholder now: no instance
+    /// has a key of the new kind, whatever its own key.
+    rekeyed: Vec<String>,
     rolled: Vec<String>,
     warnings: Vec<String>,
 }

@@ -126,6 +126,9 @@ pub(crate) struct Manager {
     cfg_gen: u64,
     /// Why the workers of older generations are being replaced.
     rollout: RolloutCause,
+    /// The generation of the last rollout that changed the configuration: a restart asked
+    /// for after it replaces the workers older than it for both reasons.
+    config_changed_gen: u64,
     /// Reconfigure commands taken in (published: `fcgibridge reload --wait` waits for its own).
     reconfigures: u64,
     dispatcher: Arc<Dispatcher<SlotConn>>,
@@ -206,6 +209,7 @@ impl Manager {
             cfg,
             cfg_gen: 0,
             rollout: RolloutCause::Changed,
+            config_changed_gen: 0,
             reconfigures: 0,
             dispatcher,
             control,
@@ -503,6 +507,17 @@ impl Manager {
                 (Reconfig::Restart, false) => RolloutCause::Restart,
                 (Reconfig::Restart, true) => RolloutCause::RestartChanged,
             };
+            if changed {
+                self.config_changed_gen = self.cfg_gen;
+            }
+            // A ready worker an earlier rollout flagged, still waiting for its replacement,
+            // goes for this rollout's reason (a restart's says so when the configuration
+            // also changed since the worker started).
+            for w in self.workers.iter_mut().filter(|w| w.state == State::Ready) {
+                if let Some(r) = w.recycle.as_mut().filter(|r| RolloutCause::gave(r)) {
+                    r.reason = self.rollout.for_worker(w.cfg_gen, self.config_changed_gen).reason().into();
+                }
+            }
             let serving = self.workers.iter().filter(|w| w.state == State::Ready).count();
             let what = match self.rollout {
                 RolloutCause::Changed => "reload: configuration changed",
@@ -931,7 +946,8 @@ impl Manager {
             if w.state != State::Ready || w.recycle.is_some() {
                 continue;
             }
-            let outdated = (w.cfg_gen < self.cfg_gen).then_some(self.rollout);
+            let outdated =
+                (w.cfg_gen < self.cfg_gen).then(|| self.rollout.for_worker(w.cfg_gen, self.config_changed_gen));
             let reached = if outdated.is_some() || w.max_requests == 0 {
                 None
             } else {

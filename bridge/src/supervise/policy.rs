@@ -388,6 +388,26 @@ impl RolloutCause {
         }
     }
 
+    /// Every cause, for [`gave`](Self::gave).
+    const ALL: [Self; 5] = [Self::Changed, Self::Looked, Self::Restart, Self::RestartChanged, Self::Touched];
+
+    /// Whether a rollout flagged this replacement ([`flagged`]), not max-requests, a limit
+    /// or a timeout: a later rollout gives it its own reason.
+    pub(super) fn gave(r: &Recycle) -> bool {
+        !r.urgent && Self::ALL.iter().any(|c| c.reason() == r.reason)
+    }
+
+    /// Why a worker of configuration generation `generation` is replaced by this rollout,
+    /// the configuration having last changed at generation `changed_at`: a restart asked
+    /// for after a reload that changed the configuration replaces the workers older than
+    /// that change for both reasons.
+    pub(super) fn for_worker(self, generation: u64, changed_at: u64) -> Self {
+        match self {
+            Self::Restart if generation < changed_at => Self::RestartChanged,
+            other => other,
+        }
+    }
+
     /// The stop reason of a worker that was still starting when the rollout began.
     pub(super) fn starting_reason(self) -> &'static str {
         match self {

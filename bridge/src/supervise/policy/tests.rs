@@ -302,6 +302,29 @@ fn max_requests_waits_for_min_lifetime() {
 }
 
 #[test]
+fn a_later_rollout_gives_its_own_reason() {
+    let t0 = Instant::now();
+    let s = Supervision::default();
+    let by = |cause| flagged(&s, Some(cause), None, Some(t0), t0).expect("flagged");
+    // What a rollout flagged takes the next one's reason; a limit's or a timeout's stays.
+    assert!(RolloutCause::gave(&by(RolloutCause::Changed)));
+    assert!(RolloutCause::gave(&by(RolloutCause::Touched)));
+    let served = flagged(&sup(|s| s.min_lifetime = secs(0)), None, Some(9), Some(t0), t0).expect("max-requests");
+    assert!(!RolloutCause::gave(&served));
+    assert!(!RolloutCause::gave(&Recycle {
+        reason: "request-timeout (GET /x ran 30s)".into(),
+        urgent: true,
+        hard: true
+    }));
+    // A restart after a reload that changed the configuration at generation 1: a worker of
+    // generation 0 goes for both, one started with the change for the restart only.
+    assert_eq!(RolloutCause::Restart.for_worker(0, 1), RolloutCause::RestartChanged);
+    assert_eq!(RolloutCause::Restart.for_worker(1, 1), RolloutCause::Restart);
+    assert_eq!(RolloutCause::Changed.for_worker(0, 2), RolloutCause::Changed);
+    assert_eq!(RolloutCause::Touched.for_worker(0, 1), RolloutCause::Touched);
+}
+
+#[test]
 fn restart_interval_with_jitter_and_min_lifetime() {
     let t0 = Instant::now();
     let s = sup(|s| {
