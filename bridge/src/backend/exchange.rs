@@ -33,6 +33,9 @@ pub(crate) struct RequestInfo<'a> {
     pub error_pages: Option<respond::error_override::Override<'a>>,
     /// `file-handoff: serve | translate` on the listener (respond/file_handoff.rs); None: pass.
     pub files: Option<&'a respond::file_handoff::Files>,
+    /// The pool's account, when its workers run as another than the bridge's: a file handed
+    /// off is looked up as it.
+    pub reader: Option<&'a crate::supervise::access::Reader>,
 }
 
 /// What to do with the worker connection afterwards.
@@ -1040,7 +1043,7 @@ fn take_head(
         }
     }
     if let Some(files) = info.files {
-        match files.decide(&mut head, pid) {
+        match files.decide(&mut head, pid, info.reader) {
             respond::file_handoff::Decision::Forward => {}
             respond::file_handoff::Decision::Serve(file) => {
                 st.front = Front::HandedOn(respond::Handoff::File(file));
@@ -1204,7 +1207,7 @@ mod unread_tests {
         let (mut slot, _) = crate::backend::SlotConn::connect(worker).await.expect("connect");
         let mut params = Params::default();
         params.insert(&b"REQUEST_METHOD"[..], method.as_bytes().to_vec());
-        let info = RequestInfo { id: "r1", uri: "/", role: Role::Responder, error_pages: None, files: None };
+        let info = RequestInfo { id: "r1", uri: "/", role: Role::Responder, error_pages: None, files: None, reader: None };
         let mut sink = Collect::default();
         let outcome = exchange(&mut slot, &info, &params, &mut NoBody, &mut sink, First::Encode, None).await;
         dies.await.expect("worker task");
@@ -1219,7 +1222,7 @@ mod unread_tests {
         params.insert(&b"REQUEST_METHOD"[..], &b"GET"[..]);
         // One the web server sent is not the bridge's claim: dropped.
         params.insert(&b"FCGIBRIDGE_CLAIM"[..], &b"0001.0000000001"[..]);
-        let info = RequestInfo { id: "9", uri: "/", role: Role::Responder, error_pages: None, files: None };
+        let info = RequestInfo { id: "9", uri: "/", role: Role::Responder, error_pages: None, files: None, reader: None };
         let kept = encode_kept(&info, &params, &mut NoBody).expect("the whole request");
         let mut buf = BytesMut::from(&kept[..]);
         retarget(&mut buf, 2, Some((3, 7)));
@@ -1279,7 +1282,7 @@ mod unread_tests {
         slot.set_key(key);
         let mut params = Params::default();
         params.insert(&b"REQUEST_METHOD"[..], &b"GET"[..]);
-        let info = RequestInfo { id: "r1", uri: "/", role: Role::Responder, error_pages: None, files: None };
+        let info = RequestInfo { id: "r1", uri: "/", role: Role::Responder, error_pages: None, files: None, reader: None };
         let kept = encode_kept(&info, &params, &mut NoBody).expect("kept");
         let d2 = d.clone();
         let waiter = tokio::spawn(async move {
@@ -1351,7 +1354,7 @@ mod unread_tests {
         params.insert(&b"REQUEST_METHOD"[..], &b"POST"[..]);
         params.insert(&b"CONTENT_LENGTH"[..], &b"64512"[..]);
         params.insert(&b"HTTP_COOKIE"[..], vec![b'c'; 1000]);
-        let info = RequestInfo { id: "9", uri: "/", role: Role::Responder, error_pages: None, files: None };
+        let info = RequestInfo { id: "9", uri: "/", role: Role::Responder, error_pages: None, files: None, reader: None };
         let mut src = Chunks([Some(Bytes::from(vec![b'x'; 64512])), None].into_iter().collect());
         let kept = encode_kept(&info, &params, &mut src).expect("the whole request is kept");
         assert_eq!(src.ready(), None, "everything was taken");
@@ -1420,7 +1423,7 @@ mod unread_tests {
         let mut slot = d.acquire(&t).await.expect("slot");
         let mut params = Params::default();
         params.insert(&b"REQUEST_METHOD"[..], &b"GET"[..]);
-        let info = RequestInfo { id: "4", uri: "/slow", role: Role::Responder, error_pages: None, files: None };
+        let info = RequestInfo { id: "4", uri: "/slow", role: Role::Responder, error_pages: None, files: None, reader: None };
         let outcome =
             exchange(&mut slot, &info, &params, &mut Gone, &mut Collect::default(), First::Encode, None).await;
         // The request is over for the front at once; the worker's end of it comes later.

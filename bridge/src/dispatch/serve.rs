@@ -489,7 +489,7 @@ impl<'a, S: BodySource, K: ResponseSink> Request<'a, S, K> {
         if pool.dispatcher.idle() > 0 || !self.source.whole() {
             return None;
         }
-        let info = RequestInfo { id: self.request_id, uri: self.uri, role: self.role, error_pages: None, files: None };
+        let info = RequestInfo { id: self.request_id, uri: self.uri, role: self.role, error_pages: None, files: None, reader: None };
         encode_kept(&info, &self.params, &mut self.source)
     }
 
@@ -689,6 +689,7 @@ impl<'a, S: BodySource, K: ResponseSink> Request<'a, S, K> {
             role: self.role,
             error_pages: overrides(&self.serving, Some(&pool.config.error_pages)),
             files: self.lst.files.as_deref(),
+            reader: pool.reader.as_ref(),
         };
         let Granted { mut slot, sent } = granted;
         let mut first = match (sent, &kept) {

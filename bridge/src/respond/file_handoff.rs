@@ -7,6 +7,7 @@
 //! only through respond/sendfile.rs, once the file passes the checks of a file the bridge
 //! sends itself: nginx would follow a tenant's symlink anywhere its own user may read.
 use crate::config::{Dialect, Protocol};
+use crate::supervise::access::Reader;
 use bytes::Bytes;
 use fastcgi_server::cgi::ResponseHead;
 use std::ffi::OsStr;
@@ -366,8 +367,9 @@ impl Files {
         Self { mode, front, roots, map, serve_roots, worker_roots, max_ranges }
     }
 
-    /// Decide what the response `head` from worker `pid` becomes.
-    pub(crate) fn decide(&self, head: &mut ResponseHead, pid: u32) -> Decision {
+    /// Decide what the response `head` from worker `pid` becomes; `reader`: the pool's
+    /// account, when its workers run as another than the bridge's.
+    pub(crate) fn decide(&self, head: &mut ResponseHead, pid: u32, reader: Option<&Reader>) -> Decision {
         let status = super::effective_status(head);
         let i = match only_hand_off(head) {
             Ok(Some(i)) => i,
@@ -458,7 +460,7 @@ impl Files {
             }
             _ => {}
         }
-        match self.servable(kind, &spec) {
+        match self.servable(kind, &spec, reader) {
             Ok(()) => serve(head, spec),
             Err(why) => refuse(why),
         }
@@ -484,8 +486,9 @@ impl Files {
     }
 
     /// A hand-off the web server in front cannot follow: Ok when the bridge may send every
-    /// file it names from `file-roots`, else why not.
-    fn servable(&self, kind: Kind, spec: &FileSpec) -> Result<(), String> {
+    /// file it names from `file-roots`, looked up as the pool's account (`reader`), else why
+    /// not. A file that account may not read is the bridge's to refuse (403, respond/sendfile.rs).
+    fn servable(&self, kind: Kind, spec: &FileSpec, reader: Option<&Reader>) -> Result<(), String> {
         let why = match kind {
             Kind::Sendfile if self.front.is_nginx() => "no file-map prefix covers it",
             Kind::Sendfile2 if self.front.dialect == Dialect::Lighttpd => {
@@ -497,8 +500,9 @@ impl Files {
             return Err(format!("{why}, and the listener has no file-roots to serve it from"));
         }
         for p in spec.paths() {
-            if let Err(e) = super::sendfile::locate(&self.roots, p) {
-                return Err(format!("{why}, and the bridge does not serve it: {e}"));
+            match super::sendfile::check(&self.roots, reader, p) {
+                Ok(()) | Err(super::sendfile::SendfileError::Unreadable { .. }) => {}
+                Err(e) => return Err(format!("{why}, and the bridge does not serve it: {e}")),
             }
         }
         Ok(())
@@ -695,25 +699,25 @@ mod tests {
             ("X-Accel-Buffering", "no"),
         ];
         let mut h = head(&[&[("X-Sendfile", file.as_str())][..], &kept[..]].concat());
-        assert!(for_front(f.decide(&mut h, 1)).starts_with("Status: 200 OK\r\nX-Accel-Redirect: /protected/a.csv\r\n"));
+        assert!(for_front(f.decide(&mut h, 1, None)).starts_with("Status: 200 OK\r\nX-Accel-Redirect: /protected/a.csv\r\n"));
         // A CORS or CSP header nginx would drop: the bridge sends the file, with it.
         for extra in [("Access-Control-Allow-Origin", "https://a.example"), ("Content-Security-Policy", "sandbox")] {
             let mut h = head(&[("X-Sendfile", file.as_str()), extra]);
-            let Decision::Serve(served) = f.decide(&mut h, 1) else { panic!("not served: {extra:?}") };
+            let Decision::Serve(served) = f.decide(&mut h, 1, None) else { panic!("not served: {extra:?}") };
             assert_eq!(served.headers, vec![(Bytes::from(extra.0), Bytes::from(extra.1))]);
         }
         // A missing file too: the bridge answers 404 as for any file it sends.
         let mut h = head(&[("X-Sendfile", &*format!("{}/missing", dir.display())), ("Vary", "Origin")]);
-        assert!(matches!(f.decide(&mut h, 1), Decision::Serve(s) if s.to_front.is_none()));
+        assert!(matches!(f.decide(&mut h, 1, None), Decision::Serve(s) if s.to_front.is_none()));
         // The app's own X-Accel-Redirect into a file-map location: the same.
         let mut h = head(&[&[("X-Accel-Redirect", "/protected/a.csv")][..], &kept[..]].concat());
-        assert!(for_front(f.decide(&mut h, 1)).contains("\r\nX-Accel-Redirect: /protected/a.csv\r\n"));
+        assert!(for_front(f.decide(&mut h, 1, None)).contains("\r\nX-Accel-Redirect: /protected/a.csv\r\n"));
         let mut h = head(&[("X-Accel-Redirect", "/protected/a.csv"), ("Vary", "Cookie")]);
-        let Decision::Serve(served) = f.decide(&mut h, 1) else { panic!("not served") };
+        let Decision::Serve(served) = f.decide(&mut h, 1, None) else { panic!("not served") };
         assert_eq!((served.headers, served.to_front), (vec![(Bytes::from("Vary"), Bytes::from("Cookie"))], None));
         // One nginx follows elsewhere (a named location, one no file-map covers) is nginx's.
         let mut h = head(&[("X-Accel-Redirect", "@files"), ("Vary", "Cookie")]);
-        assert_eq!(f.decide(&mut h, 1), Decision::Forward);
+        assert_eq!(f.decide(&mut h, 1, None), Decision::Forward);
     }
 
     #[test]
@@ -730,7 +734,7 @@ mod tests {
         assert_eq!(f.roots, vec![dir.join("real"), dir.join("link")]);
         for p in [dir.join("link/f.txt"), dir.join("real/f.txt")] {
             let mut h = head(&[("X-Sendfile", p.to_str().unwrap_or_default())]);
-            assert!(matches!(f.decide(&mut h, 1), Decision::Serve(s) if s.to_front.is_none()), "{}", p.display());
+            assert!(matches!(f.decide(&mut h, 1, None), Decision::Serve(s) if s.to_front.is_none()), "{}", p.display());
         }
         let map = vec![(dir.join("link").display().to_string(), "/protected".to_owned())];
         let f = Files::new(Mode::Translate, nginx, vec![], map, 16, true);
@@ -758,7 +762,7 @@ mod tests {
         let nginx = files(Mode::Translate, Dialect::Nginx, vec![]);
         let mut h = head(&[("X-Sendfile", "/srv/files/a/b.pdf"), ("Content-Length", "12")]);
         h.content_length = Some(12);
-        let Decision::Serve(checked) = nginx.decide(&mut h, 1) else { panic!("not checked") };
+        let Decision::Serve(checked) = nginx.decide(&mut h, 1, None) else { panic!("not checked") };
         // nginx sends the file once the bridge has checked it: no Content-Length of the app's body
         assert_eq!(checked.spec, FileSpec::Whole(b"/srv/files/a/b.pdf".to_vec()));
         assert_eq!(
@@ -767,16 +771,16 @@ mod tests {
         );
         // nginx understands its own header; one into a file-map directory is checked first
         let mut h = head(&[("X-Accel-Redirect", "/anything")]);
-        assert_eq!(nginx.decide(&mut h, 1), Decision::Forward);
+        assert_eq!(nginx.decide(&mut h, 1, None), Decision::Forward);
         let mut h = head(&[("X-Accel-Redirect", "/deep/a%20b.pdf?v=1"), ("Set-Cookie", "a=1")]);
-        let Decision::Serve(checked) = nginx.decide(&mut h, 1) else { panic!("not checked") };
+        let Decision::Serve(checked) = nginx.decide(&mut h, 1, None) else { panic!("not checked") };
         assert_eq!(checked.spec, FileSpec::Whole(b"/srv/files/deep/a b.pdf".to_vec()));
         let to_front = String::from_utf8_lossy(checked.to_front.as_deref().unwrap_or_default()).into_owned();
         assert_eq!(to_front, "Status: 200 OK\r\nX-Accel-Redirect: /deep/a%20b.pdf?v=1\r\nSet-Cookie: a=1\r\n\r\n");
         // lighttpd follows X-Sendfile; one into a file-map directory is checked first too
         let lighttpd = files(Mode::Translate, Dialect::Lighttpd, vec![]);
         let mut h = head(&[("X-Accel-Redirect", "/protected/a%20b.pdf")]);
-        assert_eq!(for_front(lighttpd.decide(&mut h, 1)), "Status: 200 OK\r\nX-Sendfile: /srv/files/a%20b.pdf\r\n\r\n");
+        assert_eq!(for_front(lighttpd.decide(&mut h, 1, None)), "Status: 200 OK\r\nX-Sendfile: /srv/files/a%20b.pdf\r\n\r\n");
         // lighttpd decodes X-Sendfile: the file it opens is the one checked, and it gets that
         // path encoded (a `%` written by the app cannot lead it to another file)
         for (written, opened, sent) in [
@@ -785,33 +789,33 @@ mod tests {
             ("/srv/files/a%2541", "/srv/files/a%41", "/srv/files/a%2541"),
         ] {
             let mut h = head(&[("X-Sendfile", written)]);
-            let Decision::Serve(checked) = lighttpd.decide(&mut h, 1) else { panic!("{written}: not checked") };
+            let Decision::Serve(checked) = lighttpd.decide(&mut h, 1, None) else { panic!("{written}: not checked") };
             assert_eq!(checked.spec, FileSpec::Whole(opened.as_bytes().to_vec()), "{written}");
             let to_front = String::from_utf8_lossy(checked.to_front.as_deref().unwrap_or_default()).into_owned();
             assert_eq!(to_front, format!("Status: 200 OK\r\nX-Sendfile: {sent}\r\n\r\n"), "{written}");
         }
         // a mapped X-Accel-Redirect, decoded once by the mapping, is encoded for lighttpd
         let mut h = head(&[("X-Accel-Redirect", "/protected/x%2541")]);
-        let Decision::Serve(checked) = lighttpd.decide(&mut h, 1) else { panic!("not checked") };
+        let Decision::Serve(checked) = lighttpd.decide(&mut h, 1, None) else { panic!("not checked") };
         assert_eq!(checked.spec, FileSpec::Whole(b"/srv/files/x%41".to_vec()));
         assert!(for_front(Decision::Serve(checked)).contains("\r\nX-Sendfile: /srv/files/x%2541\r\n"));
         let mut h = head(&[("X-Sendfile2", "/srv/files/a 0-1, /x 0-1")]);
         assert_eq!(
-            for_front(lighttpd.decide(&mut h, 1)),
+            for_front(lighttpd.decide(&mut h, 1, None)),
             "Status: 200 OK\r\nX-Sendfile2: /srv/files/a 0-1, /x 0-1\r\n\r\n"
         );
         // one naming no file-map directory nor file-root is lighttpd's own (its docroot)
         let mut h = head(&[("X-Sendfile2", "/x 0-1")]);
-        assert_eq!(lighttpd.decide(&mut h, 1), Decision::Forward);
+        assert_eq!(lighttpd.decide(&mut h, 1, None), Decision::Forward);
         let mut h = head(&[("X-Sendfile", "/srv/other/a")]);
-        assert_eq!(lighttpd.decide(&mut h, 1), Decision::Forward);
+        assert_eq!(lighttpd.decide(&mut h, 1, None), Decision::Forward);
     }
 
     #[test]
     fn translate_never_forwards_what_the_server_cannot_do() {
         let nginx = files(Mode::Translate, Dialect::Nginx, vec![]);
         let mut h = head(&[("X-Sendfile", "/etc/passwd")]);
-        match nginx.decide(&mut h, 1) {
+        match nginx.decide(&mut h, 1, None) {
             Decision::Refuse { header, why } => {
                 assert_eq!(header, "X-Sendfile: /etc/passwd");
                 assert!(why.starts_with("no file-map prefix covers it"), "{why}");
@@ -819,20 +823,20 @@ mod tests {
             other => panic!("{other:?}"),
         }
         let mut h = head(&[("X-Sendfile2", "/srv/files/a 0-1")]);
-        assert!(matches!(nginx.decide(&mut h, 1), Decision::Refuse { .. }));
+        assert!(matches!(nginx.decide(&mut h, 1, None), Decision::Refuse { .. }));
         let lighttpd = files(Mode::Translate, Dialect::Lighttpd, vec![]);
         let mut h = head(&[("X-Accel-Redirect", "/unmapped/a")]);
-        assert!(matches!(lighttpd.decide(&mut h, 1), Decision::Refuse { .. }));
+        assert!(matches!(lighttpd.decide(&mut h, 1, None), Decision::Refuse { .. }));
         let caddy = files(Mode::Translate, Dialect::Caddy, vec![]);
         let mut h = head(&[("X-Sendfile", "/srv/files/a")]);
-        assert!(matches!(caddy.decide(&mut h, 1), Decision::Refuse { .. }));
+        assert!(matches!(caddy.decide(&mut h, 1, None), Decision::Refuse { .. }));
         // lighttpd's older name is X-Sendfile too: checked, and passed on under that name.
         let mut h = head(&[("X-LIGHTTPD-send-file", "/etc/passwd")]);
-        assert!(matches!(nginx.decide(&mut h, 1), Decision::Refuse { .. }));
+        assert!(matches!(nginx.decide(&mut h, 1, None), Decision::Refuse { .. }));
         let mut h = head(&[("X-LIGHTTPD-send-file", "/srv/files/../secret")]);
-        assert!(matches!(lighttpd.decide(&mut h, 1), Decision::Refuse { .. }));
+        assert!(matches!(lighttpd.decide(&mut h, 1, None), Decision::Refuse { .. }));
         let mut h = head(&[("X-LIGHTTPD-send-file", "/srv/files/a")]);
-        assert_eq!(for_front(lighttpd.decide(&mut h, 1)), "Status: 200 OK\r\nX-Sendfile: /srv/files/a\r\n\r\n");
+        assert_eq!(for_front(lighttpd.decide(&mut h, 1, None)), "Status: 200 OK\r\nX-Sendfile: /srv/files/a\r\n\r\n");
     }
 
     #[test]
@@ -840,7 +844,7 @@ mod tests {
         // mod_xsendfile sends it and deletes the file: unchecked, it would reach any file.
         for f in [files(Mode::Translate, Dialect::Apache, vec![]), files(Mode::Serve, Dialect::Apache, vec![])] {
             let mut h = head(&[("X-SENDFILE-TEMPORARY", "/etc/passwd")]);
-            let Decision::Refuse { header, why } = f.decide(&mut h, 1) else { panic!("passed on") };
+            let Decision::Refuse { header, why } = f.decide(&mut h, 1, None) else { panic!("passed on") };
             assert_eq!(header, "X-Sendfile-Temporary: /etc/passwd");
             assert!(why.contains("send X-Sendfile"), "{why}");
         }
@@ -859,15 +863,15 @@ mod tests {
             ("X-Accel-Redirect", "/protected/../x"),
         ]);
         assert_eq!(
-            for_front(lighttpd.decide(&mut h, 1)),
+            for_front(lighttpd.decide(&mut h, 1, None)),
             "Status: 200 OK\r\nX-Sendfile: /srv/files/a\r\nX-App: 1\r\n\r\n"
         );
         let nginx = files(Mode::Translate, Dialect::Nginx, vec![]);
         let mut h = head(&[("X-Accel-Redirect", "@named"), ("X-Sendfile", "/etc/passwd")]);
-        assert_eq!(nginx.decide(&mut h, 1), Decision::Forward);
+        assert_eq!(nginx.decide(&mut h, 1, None), Decision::Forward);
         assert_eq!(h.headers, [(Bytes::from_static(b"X-Accel-Redirect"), Bytes::from_static(b"@named"))]);
         let mut h = head(&[("X-Sendfile", "/srv/files/a"), ("X-Accel-Redirect", "/protected/b")]);
-        let Decision::Serve(checked) = nginx.decide(&mut h, 1) else { panic!("not checked") };
+        let Decision::Serve(checked) = nginx.decide(&mut h, 1, None) else { panic!("not checked") };
         assert_eq!(checked.to_front.as_deref(), Some(&b"Status: 200 OK\r\nX-Accel-Redirect: /protected/a\r\n\r\n"[..]));
     }
 
@@ -879,9 +883,9 @@ mod tests {
         std::fs::write(&file, b"x").unwrap_or_default();
         let nginx = files(Mode::Translate, Dialect::Nginx, vec![dir.clone()]);
         let mut h = head(&[("X-Sendfile", file.to_str().unwrap_or_default())]);
-        assert!(matches!(nginx.decide(&mut h, 1), Decision::Serve(_)));
+        assert!(matches!(nginx.decide(&mut h, 1, None), Decision::Serve(_)));
         let mut h = head(&[("X-Sendfile", "/etc/passwd")]);
-        assert!(matches!(nginx.decide(&mut h, 1), Decision::Refuse { .. }));
+        assert!(matches!(nginx.decide(&mut h, 1, None), Decision::Refuse { .. }));
         let _ = std::fs::remove_dir_all(&dir);
     }
 
@@ -898,24 +902,24 @@ mod tests {
             ("Transfer-Encoding", "chunked"),
             ("X-Custom", "yes"),
         ]);
-        let Decision::Serve(s) = f.decide(&mut h, 7) else { panic!("not served") };
+        let Decision::Serve(s) = f.decide(&mut h, 7, None) else { panic!("not served") };
         assert_eq!(s.kind, Kind::AccelRedirect);
         assert_eq!(s.spec, FileSpec::Whole(b"/srv/files/a.pdf".to_vec()));
         assert_eq!(s.content_type.as_deref(), Some(&b"application/pdf"[..]));
         let names: Vec<&[u8]> = s.headers.iter().map(|(n, _)| &n[..]).collect();
         assert_eq!(names, vec![&b"Content-Disposition"[..], b"Set-Cookie", b"X-Custom"]);
         let mut h = head(&[("X-Accel-Redirect", "/nowhere/a.pdf")]);
-        match f.decide(&mut h, 7) {
+        match f.decide(&mut h, 7, None) {
             Decision::Refuse { why, .. } => assert_eq!(why, "no file-map prefix covers it"),
             other => panic!("{other:?}"),
         }
         let mut h = head(&[("X-Sendfile2", "/srv/files/a 0-")]);
-        let Decision::Serve(s) = f.decide(&mut h, 7) else { panic!("not served") };
+        let Decision::Serve(s) = f.decide(&mut h, 7, None) else { panic!("not served") };
         assert_eq!(s.spec, FileSpec::Pieces(vec![piece("/srv/files/a", 0, None)]));
         let mut h = head(&[("X-Sendfile2", "/srv/files/a")]);
-        assert!(matches!(f.decide(&mut h, 7), Decision::Refuse { .. }));
+        assert!(matches!(f.decide(&mut h, 7, None), Decision::Refuse { .. }));
         let mut h = head(&[("Content-Type", "text/plain")]);
-        assert_eq!(f.decide(&mut h, 7), Decision::Forward);
+        assert_eq!(f.decide(&mut h, 7, None), Decision::Forward);
     }
 
     #[test]
@@ -943,7 +947,7 @@ mod tests {
 
     fn refused(f: &Files, header: &str, value: &str) -> String {
         let mut h = head(&[(header, value)]);
-        match f.decide(&mut h, 1) {
+        match f.decide(&mut h, 1, None) {
             Decision::Refuse { header: shown, why } => {
                 assert_eq!(shown, format!("{header}: {value}"));
                 why
@@ -985,7 +989,7 @@ mod tests {
         let lighttpd = files(Mode::Translate, Dialect::Lighttpd, vec![]);
         refused(&lighttpd, "X-Sendfile2", "/srv/files/%2e%2e/b 0-1 extra");
         let mut h = head(&[("X-Sendfile2", "/srv/files/b 0-1 extra")]);
-        assert_eq!(lighttpd.decide(&mut h, 1), Decision::Forward);
+        assert_eq!(lighttpd.decide(&mut h, 1, None), Decision::Forward);
         // X-Accel-Redirect mapped to X-Sendfile for lighttpd, which decodes it once more
         refused(&lighttpd, "X-Accel-Redirect", "/protected/%252e%252e/secret.txt");
         let _ = std::fs::remove_dir_all(&dir);
@@ -996,18 +1000,18 @@ mod tests {
         let nginx = files(Mode::Translate, Dialect::Nginx, vec![]);
         for ok in ["/internal/", "@named", "/p/a%20b"] {
             let mut h = head(&[("X-Accel-Redirect", ok)]);
-            assert_eq!(nginx.decide(&mut h, 1), Decision::Forward, "{ok}");
+            assert_eq!(nginx.decide(&mut h, 1, None), Decision::Forward, "{ok}");
         }
         for mapped in ["/protected/a.pdf", "/protected/a.pdf?path=../x", "/protected/"] {
             let mut h = head(&[("X-Accel-Redirect", mapped)]);
-            assert!(for_front(nginx.decide(&mut h, 1)).contains(&format!("\r\nX-Accel-Redirect: {mapped}\r\n")));
+            assert!(for_front(nginx.decide(&mut h, 1, None)).contains(&format!("\r\nX-Accel-Redirect: {mapped}\r\n")));
         }
         refused(&nginx, "X-Accel-Redirect", "/internal/../admin");
         refused(&nginx, "X-Accel-Redirect", "/internal/%2e%2e/admin?x=1");
         refused(&nginx, "X-Accel-Redirect", "relative");
         // a literal `%2e%2e` directory is not `..` for nginx: X-Sendfile's `%` is encoded
         let mut h = head(&[("X-Sendfile", "/srv/files/100%.txt")]);
-        assert!(for_front(nginx.decide(&mut h, 1)).contains("\r\nX-Accel-Redirect: /protected/100%25.txt\r\n"));
+        assert!(for_front(nginx.decide(&mut h, 1, None)).contains("\r\nX-Accel-Redirect: /protected/100%25.txt\r\n"));
     }
 
     #[test]
@@ -1037,16 +1041,16 @@ mod tests {
         assert!(why.contains("text after its range"), "{why}");
         // X-Sendfile and a mapped X-Accel-Redirect still go to lighttpd over SCGI (checked)
         let mut h = head(&[("X-Sendfile", "/srv/files/a")]);
-        assert_eq!(for_front(f.decide(&mut h, 1)), "Status: 200 OK\r\nX-Sendfile: /srv/files/a\r\n\r\n");
+        assert_eq!(for_front(f.decide(&mut h, 1, None)), "Status: 200 OK\r\nX-Sendfile: /srv/files/a\r\n\r\n");
         let mut h = head(&[("X-Accel-Redirect", "/protected/a")]);
-        assert_eq!(for_front(f.decide(&mut h, 1)), "Status: 200 OK\r\nX-Sendfile: /srv/files/a\r\n\r\n");
+        assert_eq!(for_front(f.decide(&mut h, 1, None)), "Status: 200 OK\r\nX-Sendfile: /srv/files/a\r\n\r\n");
         // served by the bridge when file-roots cover every piece
         let dir = std::env::temp_dir().join(format!("fcgibridge-handoff-scgi-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap_or_default();
         std::fs::write(dir.join("f.txt"), b"xyz").unwrap_or_default();
         let f = behind(Mode::Translate, scgi, vec![dir.clone()]);
         let mut h = head(&[("X-Sendfile2", &format!("{}/f.txt 0-1", dir.display()))]);
-        assert!(matches!(f.decide(&mut h, 1), Decision::Serve(_)));
+        assert!(matches!(f.decide(&mut h, 1, None), Decision::Serve(_)));
         let why = refused(&f, "X-Sendfile2", "/etc/passwd 0-1");
         assert!(why.starts_with("lighttpd follows X-Sendfile2 only over FastCGI"), "{why}");
         let _ = std::fs::remove_dir_all(&dir);

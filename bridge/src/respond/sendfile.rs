@@ -13,7 +13,8 @@
 //! before it is checked, and what was opened is checked (its real path as the kernel names
 //! the open file, its fstat), then read through that descriptor: a path whose directories
 //! change meanwhile cannot lead out of the roots. For a pool whose workers run as another
-//! account ([`Reader`]) only a file that account could read itself is sent.
+//! account ([`Reader`]) the file is found and opened as that account (the thread's
+//! filesystem credentials switched for it): only what the kernel lets it read is sent.
 //!
 //! In `translate` mode the web server sends a file under a `file-map` directory (or
 //! `file-roots`); the bridge makes the same checks first and passes the app's hand-off
@@ -56,6 +57,9 @@ pub(crate) enum SendfileError {
     NotRegular(String),
     #[error("{path:?}: the pool's user (uid {uid}) may not read it ({why})")]
     Unreadable { path: String, uid: u32, why: String },
+    /// The thread could not take the pool's account to open the file.
+    #[error("{path:?}: {why}")]
+    ActAs { path: String, why: String },
     #[error("range {start}-{end} of {path:?} lies beyond its end ({len} bytes): the app asked for bytes the file does not have")]
     BeyondEnd { path: String, start: u64, end: String, len: u64 },
     #[error("{path:?}: {err}")]
@@ -73,7 +77,7 @@ impl SendfileError {
         match self {
             Self::BadPath(..) | Self::OutsideRoots(_) | Self::LeadsOutside { .. } | Self::Unreadable { .. } => 403,
             Self::NotFound(_) | Self::NotRegular(_) => 404,
-            Self::BeyondEnd { .. } | Self::Io { .. } | Self::TooManyFiles => 500,
+            Self::BeyondEnd { .. } | Self::Io { .. } | Self::ActAs { .. } | Self::TooManyFiles => 500,
             Self::CutOff { status, .. } => *status,
         }
     }
@@ -156,30 +160,55 @@ fn fd_path(f: &std::fs::File) -> PathBuf {
     PathBuf::from(format!("/proc/self/fd/{}", f.as_raw_fd()))
 }
 
-/// The very file `found` names, opened for reading.
+/// The very file `found` names, opened for reading: through `/proc/self/fd`, which the
+/// kernel lets this process follow under any filesystem credentials, and which checks read
+/// permission against the calling thread's.
 fn reopen(found: Located, path: &[u8]) -> Result<Opened, SendfileError> {
     let file = std::fs::File::open(fd_path(&found.handle))
         .map_err(|err| SendfileError::Io { path: String::from_utf8_lossy(path).into_owned(), err })?;
     Ok(Opened { file, real: found.real, meta: found.meta })
 }
 
-/// [`locate`], and for a pool whose workers run as another account (`reader`), only a
-/// file that account could read itself.
-fn check(roots: &[PathBuf], reader: Option<&Reader>, path: &[u8]) -> Result<Located, SendfileError> {
-    let found = locate(roots, path)?;
-    if let Some(r) = reader {
-        r.may_read(&found.real, &found.meta).map_err(|why| SendfileError::Unreadable {
-            path: String::from_utf8_lossy(path).into_owned(),
-            uid: r.uid,
-            why,
-        })?;
+/// [`locate`] and [`reopen`]; for a pool whose workers run as another account (`reader`)
+/// both as that account ([`Reader::acting`]): the kernel decides whether it may search
+/// every directory on the way and read the file (ACLs, a root_squash NFS), and a refusal is
+/// [`SendfileError::Unreadable`].
+fn open(roots: &[PathBuf], reader: Option<&Reader>, path: &[u8]) -> Result<Opened, SendfileError> {
+    let Some(r) = reader else { return reopen(locate(roots, path)?, path) };
+    let shown = || String::from_utf8_lossy(path).into_owned();
+    let opened = r
+        .acting(|| locate(roots, path).and_then(|found| reopen(found, path)))
+        .map_err(|why| SendfileError::ActAs { path: shown(), why })?;
+    match opened {
+        Err(SendfileError::Io { path: p, err }) if err.kind() == std::io::ErrorKind::PermissionDenied => {
+            Err(SendfileError::Unreadable { why: why_refused(roots, r, path).unwrap_or_else(|| err.to_string()), path: p, uid: r.uid })
+        }
+        other => other,
     }
-    Ok(found)
 }
 
-/// [`check`], then the very file checked opened for reading.
-fn open(roots: &[PathBuf], reader: Option<&Reader>, path: &[u8]) -> Result<Opened, SendfileError> {
-    reopen(check(roots, reader, path)?, path)
+/// What the mode bits say keeps `r` from the file at `path`, which the kernel refused it,
+/// looked at as the bridge: the first directory it may not search or the file it may not
+/// read, else that they allow it. None when the bridge cannot look either (a root_squash NFS).
+fn why_refused(roots: &[PathBuf], r: &Reader, path: &[u8]) -> Option<String> {
+    let found = locate(roots, path).ok()?;
+    Some(match r.may_read(&found.real, &found.meta) {
+        Err(why) => why,
+        Ok(()) => format!(
+            "the mode bits allow it ({:04o}, owner uid {}): an ACL or a security module denies it",
+            std::os::unix::fs::PermissionsExt::mode(&found.meta.permissions()) & 0o7777,
+            std::os::unix::fs::MetadataExt::uid(&found.meta)
+        ),
+    })
+}
+
+/// [`locate`], and for a pool whose workers run as another account (`reader`), only a
+/// file that account could open for reading itself ([`open`]); nothing is read.
+pub(crate) fn check(roots: &[PathBuf], reader: Option<&Reader>, path: &[u8]) -> Result<(), SendfileError> {
+    match reader {
+        None => locate(roots, path).map(drop),
+        Some(_) => open(roots, reader, path).map(drop),
+    }
 }
 
 /// What [`serve`] sent, for the access log and the log line of an ignored Range.
@@ -824,7 +853,7 @@ mod tests {
             return;
         }
         let roots = [root.clone()];
-        let tenant = Reader { uid: 4101, gids: vec![4101, 4200] };
+        let tenant = Reader { uid: 4101, gid: 4101, gids: vec![4101, 4200] };
         let mode = |p: &Path, m: u32| std::fs::set_permissions(p, Permissions::from_mode(m)).unwrap();
         let open_as = |p: &Path| open(&roots, Some(&tenant), bytes(p));
         std::fs::write(root.join("public.txt"), "public\n").unwrap();
@@ -843,7 +872,7 @@ mod tests {
         }
         // The bridge itself (no reader) and root read everything.
         assert!(open(&roots, None, bytes(&root.join("private.txt"))).is_ok());
-        assert!(open(&roots, Some(&Reader { uid: 0, gids: vec![] }), bytes(&root.join("private.txt"))).is_ok());
+        assert!(open(&roots, Some(&Reader { uid: 0, gid: 0, gids: vec![] }), bytes(&root.join("private.txt"))).is_ok());
         // Its own file, a file of one of its groups.
         chown(root.join("private.txt"), Some(4101), None).unwrap();
         assert!(open_as(&root.join("private.txt")).is_ok());
@@ -857,6 +886,70 @@ mod tests {
         std::os::unix::fs::symlink(root.join("dir/a.txt"), root.join("via.txt")).unwrap();
         let why = open_as(&root.join("via.txt")).unwrap_err().to_string();
         assert!(why.contains(&format!("{} has mode 0700", root.join("dir").display())), "{why}");
+    }
+
+    /// The calling thread's ids, groups and capabilities, as the kernel shows them.
+    fn thread_creds() -> Vec<String> {
+        let status = std::fs::read_to_string("/proc/thread-self/status").unwrap();
+        let wanted = ["Uid:", "Gid:", "Groups:", "CapEff:"];
+        status.lines().filter(|l| wanted.iter().any(|w| l.starts_with(w))).map(str::to_owned).collect()
+    }
+
+    #[test]
+    fn the_kernel_decides_for_a_pool_user_acls_included() {
+        use crate::supervise::fs_creds::tests::{set_acl, ACL_USER};
+        let (base, root) = tree("acl-readers");
+        if !can_test_readers(&base) {
+            return;
+        }
+        let roots = [root.clone()];
+        let tenant = Reader { uid: 4101, gid: 4101, gids: vec![4101] };
+        let open_as = |p: &Path| open(&roots, Some(&tenant), bytes(p));
+        let mode = |p: &Path, m: u32| std::fs::set_permissions(p, Permissions::from_mode(m)).unwrap();
+        let bridge_creds = thread_creds();
+        // The mode bits let others read it; an ACL entry for the tenant's uid does not.
+        let denied = root.join("denied.txt");
+        std::fs::write(&denied, "denied\n").unwrap();
+        mode(&denied, 0o644);
+        set_acl(&denied, &[(ACL_USER, 0, 4101)]);
+        let m = std::fs::metadata(&denied).unwrap();
+        assert_eq!(tenant.may_read(&denied, &m), Ok(()), "the mode bits alone would allow it");
+        match open_as(&denied) {
+            Err(e @ SendfileError::Unreadable { uid: 4101, .. }) => {
+                assert_eq!(e.status(), 403);
+                let text = e.to_string();
+                assert!(text.contains("the mode bits allow it (0644, owner uid 0): an ACL"), "{text}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(check(&roots, Some(&tenant), bytes(&denied)), Err(SendfileError::Unreadable { .. })));
+        assert_eq!(thread_creds(), bridge_creds, "the thread is the bridge's again after a refusal");
+        // Found as the tenant (O_PATH reads nothing), its reopening through /proc/self/fd
+        // refused: the kernel checks reading against the switched thread's credentials.
+        let found = tenant.acting(|| locate(&roots, bytes(&denied))).unwrap().unwrap();
+        let reopened = tenant.acting(|| reopen(found, bytes(&denied)).map(drop)).unwrap();
+        assert!(matches!(reopened, Err(SendfileError::Io { err, .. }) if err.raw_os_error() == Some(libc::EACCES)));
+        // The mode bits deny it (0600, root's); an ACL grants the tenant read.
+        let granted = root.join("granted.txt");
+        std::fs::write(&granted, "granted\n").unwrap();
+        mode(&granted, 0o600);
+        set_acl(&granted, &[(ACL_USER, 4, 4101)]);
+        let m = std::fs::metadata(&granted).unwrap();
+        assert!(tenant.may_read(&granted, &m).is_err(), "the mode bits alone would refuse it");
+        assert_eq!(read(&open_as(&granted).unwrap().file), "granted\n");
+        assert!(check(&roots, Some(&tenant), bytes(&granted)).is_ok());
+        // A directory only an ACL lets it search.
+        mode(&root.join("dir"), 0o700);
+        set_acl(&root.join("dir"), &[(ACL_USER, 1, 4101)]);
+        assert_eq!(read(&open_as(&root.join("dir/a.txt")).unwrap().file), "inside\n");
+        // Another tenant, whom no ACL names, gets neither.
+        let other = Reader { uid: 4102, gid: 4102, gids: vec![4102] };
+        for p in [&granted, &root.join("dir/a.txt")] {
+            let refused = open(&roots, Some(&other), bytes(p)).unwrap_err();
+            assert!(matches!(refused, SendfileError::Unreadable { uid: 4102, .. }), "{refused:?}");
+        }
+        assert_eq!(thread_creds(), bridge_creds);
+        assert_eq!(read(&open(&roots, None, bytes(&granted)).unwrap().file), "granted\n", "the bridge's own");
     }
 
     #[derive(Default)]
@@ -933,7 +1026,7 @@ mod tests {
         let private = root.join("private.txt");
         std::fs::write(&private, "private\n").unwrap();
         std::fs::set_permissions(&private, Permissions::from_mode(0o600)).unwrap();
-        let tenant = Reader { uid: 4101, gids: vec![4101] };
+        let tenant = Reader { uid: 4101, gid: 4101, gids: vec![4101] };
         let mut sink = Collect::default();
         let err = serve(&roots, Some(&tenant), 16, &Params::default(), &for_nginx(&private, HEAD), &mut sink)
             .await
@@ -978,7 +1071,7 @@ mod tests {
         std::fs::set_permissions(&private, Permissions::from_mode(0o600)).unwrap();
         let h = handoff(FileSpec::Pieces(vec![piece(&a, 0, None), piece(&private, 0, None)]));
         let mut sink = Collect::default();
-        let tenant = Reader { uid: 4101, gids: vec![4101] };
+        let tenant = Reader { uid: 4101, gid: 4101, gids: vec![4101] };
         let err = serve(&roots, Some(&tenant), 16, &Params::default(), &h, &mut sink).await.unwrap_err();
         assert!(matches!(err, SendfileError::Unreadable { uid: 4101, .. }), "{err:?}");
         assert!(sink.0.is_empty());

@@ -1,7 +1,15 @@
-//! What a pool's account may do with a file, by the mode bits, as the kernel decides for a
-//! process without capabilities (ACLs are not consulted): whether a worker's user reaches
-//! the worker package (isolate.rs), and whether it could read a file the bridge serves on
-//! its behalf (respond/sendfile.rs).
+//! What a pool's account may do with a file.
+//!
+//! Where the bridge itself opens a file on a pool's behalf (a file it serves or checks for a
+//! hand-off, respond/sendfile.rs; a `touch-reload` file, touch.rs) the kernel decides:
+//! [`Reader::acting`] switches the calling thread's filesystem credentials to the pool's
+//! account for the open, so ACLs, security modules and a root_squash NFS judge as they
+//! would for the workers themselves.
+//!
+//! The mode bits, as the kernel reads them for a process without capabilities (ACLs not
+//! consulted), remain for what asks no kernel: whether a worker's user reaches the worker
+//! package (isolate.rs), the interpreter probe's explanations (probe.rs), and the reason
+//! given in the log line when the kernel refused ("/srv/a has mode 0700 and owner uid 0").
 use super::isolate::{Credentials, IsolateError};
 use std::fs::Metadata;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -36,6 +44,8 @@ pub(crate) fn allowed(meta: &Metadata, uid: u32, gids: &[u32], bit: u32) -> bool
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Reader {
     pub uid: u32,
+    /// The workers' primary group.
+    pub gid: u32,
     /// Every group of the workers: supplementary and primary.
     pub gids: Vec<u32>,
 }
@@ -47,7 +57,22 @@ impl Reader {
         let creds = Credentials::of(iso);
         let uid = creds.uid?;
         let gids = creds.groups.iter().flatten().map(|g| g.as_raw()).chain([creds.worker_gid]).collect();
-        Some(Self { uid, gids })
+        Some(Self { uid, gid: creds.worker_gid, gids })
+    }
+
+    /// `f`, run with the calling thread's filesystem credentials (fsuid, fsgid and
+    /// supplementary groups) switched to this account, and switched back after on every
+    /// path, a panic too: what `f` opens or stats, the kernel judges as for the workers
+    /// (ACLs, a root_squash NFS). Linux keeps these per thread; `f` is no future, so the
+    /// switch never spans an `.await` (another task on this thread would run under it), and
+    /// it must start no thread (one would keep the switch). Root needs no switch.
+    pub(crate) fn acting<T>(&self, f: impl FnOnce() -> T) -> Result<T, String> {
+        if self.uid == 0 {
+            return Ok(f());
+        }
+        let _switched = super::fs_creds::Switched::to(self)
+            .map_err(|e| format!("cannot take the filesystem credentials of uid {}: {e}", self.uid))?;
+        Ok(f())
     }
 
     /// Ok when this account could open the file at `real` (a real path: no symlink in it)
@@ -186,7 +211,7 @@ mod tests {
             std::fs::set_permissions(d, Permissions::from_mode(0o755)).unwrap();
         }
         std::fs::set_permissions(&private, Permissions::from_mode(0o700)).unwrap();
-        let stranger = Reader { uid: 4001, gids: vec![4001] };
+        let stranger = Reader { uid: 4001, gid: 4001, gids: vec![4001] };
         let why = stranger.execute_blocker(&dir.join("site/venv/bin/python")).expect("blocked");
         assert_eq!(why, format!("{} has mode 0700 and owner uid 0", private.display()));
         std::fs::set_permissions(&private, Permissions::from_mode(0o755)).unwrap();
@@ -209,7 +234,7 @@ mod tests {
         if !open_above {
             return;
         }
-        let stranger = Reader { uid: 4001, gids: vec![4001] };
+        let stranger = Reader { uid: 4001, gid: 4001, gids: vec![4001] };
         let m = std::fs::metadata(&f).unwrap();
         assert_eq!(stranger.may_read(&f, &m), Ok(()));
         std::fs::set_permissions(dir.join("a"), Permissions::from_mode(0o750)).unwrap();
@@ -242,10 +267,10 @@ mod tests {
             login: "t".into(),
         };
         let mut iso = Isolation { user: Some(user), ..Isolation::default() };
-        assert_eq!(Reader::of(&iso), Some(Reader { uid: 4001, gids: vec![4002, 4003, 4002] }));
+        assert_eq!(Reader::of(&iso), Some(Reader { uid: 4001, gid: 4002, gids: vec![4002, 4003, 4002] }));
         // `groups:` replaces the user's own, `group:` the primary one.
         iso.groups = Some(vec![account(4004)]);
         iso.group = Some(account(4005));
-        assert_eq!(Reader::of(&iso), Some(Reader { uid: 4001, gids: vec![4004, 4005] }));
+        assert_eq!(Reader::of(&iso), Some(Reader { uid: 4001, gid: 4005, gids: vec![4004, 4005] }));
     }
 }

@@ -2,6 +2,7 @@
 //! every pool (see docs/worker-contract.md for what a worker is given).
 pub(crate) mod access;
 pub(crate) mod app_import;
+pub(crate) mod fs_creds;
 pub(crate) mod instances;
 mod isolate;
 pub(crate) mod manager;

@@ -5,9 +5,10 @@
 //! `touch-reload`, a touched `.wsgi` under mod_wsgi, Passenger's `restart.txt`).
 //!
 //! The files are looked at off the runtime (a `stat` of a hung network mount must not hold
-//! the daemon up; the next look waits for that one) and only where the pool's account could
-//! look itself: the bridge, as root, must not tell a tenant when a file behind a symlink
-//! into someone else's private directory changes.
+//! the daemon up; the next look waits for that one) and as the pool's account, the thread's
+//! filesystem credentials switched to it ([`Reader::acting`]): the bridge, as root, must not
+//! tell a tenant when a file behind a symlink into someone else's private directory
+//! changes, and sees a file on a root_squash NFS home, or one an ACL opens to the account.
 use super::access::Reader;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -116,18 +117,21 @@ fn look(files: &Mutex<Vec<(PathBuf, Seen)>>, reader: Option<&Reader>) -> Option<
     first
 }
 
-/// The file at `path`, as `reader` could see it: following symlinks, and only when that
-/// account may search every directory on the way to where it really is.
+/// The file at `path`, following symlinks, as `reader` (None: the bridge) can see it: the
+/// kernel decides, with the thread switched to that account.
 fn seen_as(path: &Path, reader: Option<&Reader>) -> Seen {
-    let Ok(real) = std::fs::canonicalize(path) else { return Seen::Absent };
-    if let (Some(r), Some(dir)) = (reader, real.parent()) {
-        if r.search_blocker(dir).is_some() {
-            return Seen::Absent;
-        }
-    }
-    match std::fs::metadata(&real) {
-        Ok(m) => Seen::At(m.dev(), m.ino(), m.mtime(), m.mtime_nsec()),
-        Err(_) => Seen::Absent,
+    let stat = || std::fs::metadata(path).ok();
+    let found = match reader {
+        None => stat(),
+        Some(r) => r.acting(stat).unwrap_or_else(|why| {
+            static SAID: std::sync::Once = std::sync::Once::new();
+            SAID.call_once(|| tracing::error!("touch-reload: {} cannot be looked at: {why}", path.display()));
+            None
+        }),
+    };
+    match found {
+        Some(m) => Seen::At(m.dev(), m.ino(), m.mtime(), m.mtime_nsec()),
+        None => Seen::Absent,
     }
 }
 
@@ -183,13 +187,43 @@ mod tests {
         let mine = dir.join("mine");
         std::os::unix::fs::symlink(&private, &mine).unwrap();
         let owner = std::fs::metadata(&private).map(|m| m.uid()).unwrap();
-        let tenant = Reader { uid: owner + 1, gids: vec![owner + 1] };
+        let tenant = Reader { uid: owner + 1, gid: owner + 1, gids: vec![owner + 1] };
         let files = watched(&[&mine.join("restart.txt")]);
         assert_eq!(look(&files, Some(&tenant)), None);
         set_mtime(&secret, 10);
         assert_eq!(look(&files, Some(&tenant)), None, "not the tenant's to see");
         assert_eq!(seen_as(&mine.join("restart.txt"), Some(&tenant)), Seen::Absent);
         assert!(matches!(seen_as(&mine.join("restart.txt"), None), Seen::At(..)), "the bridge's own pool sees it");
+    }
+
+    #[test]
+    fn a_file_an_acl_opens_to_the_pool_s_account_is_seen() {
+        use crate::supervise::fs_creds::tests::{set_acl, ACL_USER};
+        use std::os::unix::fs::PermissionsExt;
+        let dir = crate::config::tests::scratch_dir("touch-reload-acl");
+        // Root to switch to the tenant; every directory above searchable by others.
+        let open_above = nix::unistd::geteuid().is_root()
+            && dir.ancestors().all(|d| std::fs::metadata(d).is_ok_and(|m| m.mode() & 0o001 != 0));
+        if !open_above {
+            return;
+        }
+        // A 0700 directory of root's that an ACL lets the tenant (and no one else) search.
+        let site = dir.join("site");
+        std::fs::create_dir(&site).unwrap();
+        std::fs::set_permissions(&site, std::fs::Permissions::from_mode(0o700)).unwrap();
+        set_acl(&site, &[(ACL_USER, 1, 4111)]);
+        let restart = site.join("restart.txt");
+        std::fs::write(&restart, b"").unwrap();
+        set_mtime(&restart, 100);
+        let tenant = Reader { uid: 4111, gid: 4111, gids: vec![4111] };
+        assert!(tenant.search_blocker(&site).is_some(), "the mode bits alone would hide it");
+        let files = watched(&[&restart]);
+        assert!(matches!(seen_as(&restart, Some(&tenant)), Seen::At(..)));
+        assert_eq!(look(&files, Some(&tenant)), None, "the baseline");
+        set_mtime(&restart, 10);
+        assert_eq!(look(&files, Some(&tenant)), Some(restart.clone()), "the tenant's touch restarts its pool");
+        let stranger = Reader { uid: 4112, gid: 4112, gids: vec![4112] };
+        assert_eq!(seen_as(&restart, Some(&stranger)), Seen::Absent);
     }
 
     /// The finding of the look under way, once it ended.
