@@ -1013,3 +1013,71 @@ def test_a_pool_user_gets_only_the_files_it_could_read(tmp_path):
             bridge.stop()
     finally:
         shutil.rmtree(pub, ignore_errors=True)
+
+
+def test_the_kernel_judges_what_a_pool_user_may_read(tmp_path, monkeypatch):
+    """For a pool with `user: nobody` the bridge opens a handed-off file as nobody (the
+    thread's filesystem credentials switched), so ACLs count: a file whose mode bits let
+    nobody read it but whose ACL denies nobody is 403, with a log line naming the uid and the
+    path; a 0600 file whose ACL grants nobody read is served. A pool of the bridge's own
+    account is still served a root-only file after each refusal, on the same runtime thread."""
+    import fcgi_client
+    import pwd
+    import shutil
+    if os.geteuid() != 0:
+        pytest.skip("needs root: the pool's workers run as nobody")
+    nobody = pwd.getpwnam("nobody").pw_uid
+    # One runtime thread: a thread left switched after a refusal would fail the next request.
+    monkeypatch.setenv("FCGIBRIDGE_RUNTIME_THREADS", "1")
+    pub = Path(tempfile.mkdtemp(prefix="fcgibridge-acl-"))
+    pub.chmod(0o755)
+    try:
+        root = pub / "files"
+        (root / "closed").mkdir(parents=True)
+        root.chmod(0o755)
+        for name, mode, perms in [("denied.txt", 0o644, 0), ("granted.txt", 0o600, 4),
+                                  ("closed/inner.txt", 0o644, None), ("root-only.txt", 0o600, None)]:
+            (root / name).write_text(f"{name}\n")
+            (root / name).chmod(mode)
+            if perms is not None:
+                harness.set_acl(root / name, {nobody: perms})
+        # A 0700 directory nobody may search through an ACL only.
+        (root / "closed").chmod(0o700)
+        harness.set_acl(root / "closed", {nobody: 1})
+        app = pub / "app" / "respond_app.py"
+        app.parent.mkdir()
+        app.parent.chmod(0o755)
+        shutil.copy(respond_servers.RESPOND_APP, app)
+        app.chmod(0o644)
+        # Debian's interpreter: the default python3 may be a pyenv shim nobody cannot run.
+        pools = {"tenant": harness.pool(str(app), python="/usr/bin/python3", processes=1, threads=2, user="nobody"),
+                 "own": harness.pool(str(app), python="/usr/bin/python3", processes=1, threads=2)}
+        ports = harness.free_ports(2)
+        listeners = {name: {"fastcgi": f"127.0.0.1:{port}", "pool": name, "file-handoff": "serve",
+                            "file-roots": [str(root)]} for name, port in zip(["tenant", "own"], ports)}
+        bridge = harness.make_bridge(tmp_path, pools, listeners, bridge_extra={"runtime-dir": str(pub / "run")})
+        bridge.start()
+        try:
+            bridge.wait_ready([("tenant", "/health", "any"), ("own", "/health", "any")])
+
+            def sendfile(name, listener):
+                return fcgi_client.fcgi_request(bridge.listener_address(listener), "/sendfile",
+                                                query=f"path={quote(str(root / name))}")
+            for name in ["granted.txt", "closed/inner.txt"]:
+                r = sendfile(name, "tenant")
+                assert (r.status, r.body) == (200, f"{name}\n".encode()), name
+            for _ in range(3):
+                mark = bridge.log.mark()
+                r = sendfile("denied.txt", "tenant")
+                assert r.status == 403 and b"denied.txt" not in r.body, r.status
+                line = "\n".join(bridge.log.wait_for(
+                    rf"X-Sendfile refused, answering 403: .*denied\.txt.*the pool's user \(uid {nobody}\) may not "
+                    r"read it \(the mode bits allow it \(0644, owner uid 0\): an ACL or a security module denies it\)",
+                    since=mark))
+                assert str(root / "denied.txt") in line and 'pool="tenant"' in line, line
+                r = sendfile("root-only.txt", "own")
+                assert (r.status, r.body) == (200, b"root-only.txt\n"), r.status
+        finally:
+            bridge.stop()
+    finally:
+        shutil.rmtree(pub, ignore_errors=True)

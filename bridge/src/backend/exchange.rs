@@ -1207,7 +1207,8 @@ mod unread_tests {
         let (mut slot, _) = crate::backend::SlotConn::connect(worker).await.expect("connect");
         let mut params = Params::default();
         params.insert(&b"REQUEST_METHOD"[..], method.as_bytes().to_vec());
-        let info = RequestInfo { id: "r1", uri: "/", role: Role::Responder, error_pages: None, files: None, reader: None };
+        let info =
+            RequestInfo { id: "r1", uri: "/", role: Role::Responder, error_pages: None, files: None, reader: None };
         let mut sink = Collect::default();
         let outcome = exchange(&mut slot, &info, &params, &mut NoBody, &mut sink, First::Encode, None).await;
         dies.await.expect("worker task");
@@ -1222,7 +1223,8 @@ mod unread_tests {
         params.insert(&b"REQUEST_METHOD"[..], &b"GET"[..]);
         // One the web server sent is not the bridge's claim: dropped.
         params.insert(&b"FCGIBRIDGE_CLAIM"[..], &b"0001.0000000001"[..]);
-        let info = RequestInfo { id: "9", uri: "/", role: Role::Responder, error_pages: None, files: None, reader: None };
+        let info =
+            RequestInfo { id: "9", uri: "/", role: Role::Responder, error_pages: None, files: None, reader: None };
         let kept = encode_kept(&info, &params, &mut NoBody).expect("the whole request");
         let mut buf = BytesMut::from(&kept[..]);
         retarget(&mut buf, 2, Some((3, 7)));
@@ -1282,7 +1284,8 @@ mod unread_tests {
         slot.set_key(key);
         let mut params = Params::default();
         params.insert(&b"REQUEST_METHOD"[..], &b"GET"[..]);
-        let info = RequestInfo { id: "r1", uri: "/", role: Role::Responder, error_pages: None, files: None, reader: None };
+        let info =
+            RequestInfo { id: "r1", uri: "/", role: Role::Responder, error_pages: None, files: None, reader: None };
         let kept = encode_kept(&info, &params, &mut NoBody).expect("kept");
         let d2 = d.clone();
         let waiter = tokio::spawn(async move {
@@ -1354,7 +1357,8 @@ mod unread_tests {
         params.insert(&b"REQUEST_METHOD"[..], &b"POST"[..]);
         params.insert(&b"CONTENT_LENGTH"[..], &b"64512"[..]);
         params.insert(&b"HTTP_COOKIE"[..], vec![b'c'; 1000]);
-        let info = RequestInfo { id: "9", uri: "/", role: Role::Responder, error_pages: None, files: None, reader: None };
+        let info =
+            RequestInfo { id: "9", uri: "/", role: Role::Responder, error_pages: None, files: None, reader: None };
         let mut src = Chunks([Some(Bytes::from(vec![b'x'; 64512])), None].into_iter().collect());
         let kept = encode_kept(&info, &params, &mut src).expect("the whole request is kept");
         assert_eq!(src.ready(), None, "everything was taken");
@@ -1423,7 +1427,8 @@ mod unread_tests {
         let mut slot = d.acquire(&t).await.expect("slot");
         let mut params = Params::default();
         params.insert(&b"REQUEST_METHOD"[..], &b"GET"[..]);
-        let info = RequestInfo { id: "4", uri: "/slow", role: Role::Responder, error_pages: None, files: None, reader: None };
+        let info =
+            RequestInfo { id: "4", uri: "/slow", role: Role::Responder, error_pages: None, files: None, reader: None };
         let outcome =
             exchange(&mut slot, &info, &params, &mut Gone, &mut Collect::default(), First::Encode, None).await;
         // The request is over for the front at once; the worker's end of it comes later.

@@ -489,7 +489,14 @@ impl<'a, S: BodySource, K: ResponseSink> Request<'a, S, K> {
         if pool.dispatcher.idle() > 0 || !self.source.whole() {
             return None;
         }
-        let info = RequestInfo { id: self.request_id, uri: self.uri, role: self.role, error_pages: None, files: None, reader: None };
+        let info = RequestInfo {
+            id: self.request_id,
+            uri: self.uri,
+            role: self.role,
+            error_pages: None,
+            files: None,
+            reader: None,
+        };
         encode_kept(&info, &self.params, &mut self.source)
     }
 

@@ -699,7 +699,8 @@ mod tests {
             ("X-Accel-Buffering", "no"),
         ];
         let mut h = head(&[&[("X-Sendfile", file.as_str())][..], &kept[..]].concat());
-        assert!(for_front(f.decide(&mut h, 1, None)).starts_with("Status: 200 OK\r\nX-Accel-Redirect: /protected/a.csv\r\n"));
+        assert!(for_front(f.decide(&mut h, 1, None))
+            .starts_with("Status: 200 OK\r\nX-Accel-Redirect: /protected/a.csv\r\n"));
         // A CORS or CSP header nginx would drop: the bridge sends the file, with it.
         for extra in [("Access-Control-Allow-Origin", "https://a.example"), ("Content-Security-Policy", "sandbox")] {
             let mut h = head(&[("X-Sendfile", file.as_str()), extra]);
@@ -780,7 +781,10 @@ mod tests {
         // lighttpd follows X-Sendfile; one into a file-map directory is checked first too
         let lighttpd = files(Mode::Translate, Dialect::Lighttpd, vec![]);
         let mut h = head(&[("X-Accel-Redirect", "/protected/a%20b.pdf")]);
-        assert_eq!(for_front(lighttpd.decide(&mut h, 1, None)), "Status: 200 OK\r\nX-Sendfile: /srv/files/a%20b.pdf\r\n\r\n");
+        assert_eq!(
+            for_front(lighttpd.decide(&mut h, 1, None)),
+            "Status: 200 OK\r\nX-Sendfile: /srv/files/a%20b.pdf\r\n\r\n"
+        );
         // lighttpd decodes X-Sendfile: the file it opens is the one checked, and it gets that
         // path encoded (a `%` written by the app cannot lead it to another file)
         for (written, opened, sent) in [

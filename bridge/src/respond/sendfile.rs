@@ -181,7 +181,11 @@ fn open(roots: &[PathBuf], reader: Option<&Reader>, path: &[u8]) -> Result<Opene
         .map_err(|why| SendfileError::ActAs { path: shown(), why })?;
     match opened {
         Err(SendfileError::Io { path: p, err }) if err.kind() == std::io::ErrorKind::PermissionDenied => {
-            Err(SendfileError::Unreadable { why: why_refused(roots, r, path).unwrap_or_else(|| err.to_string()), path: p, uid: r.uid })
+            Err(SendfileError::Unreadable {
+                why: why_refused(roots, r, path).unwrap_or_else(|| err.to_string()),
+                path: p,
+                uid: r.uid,
+            })
         }
         other => other,
     }

@@ -40,7 +40,14 @@ pub(super) async fn run(check: &ReadyCheck, handle: &Arc<WorkerHandle>, left: Du
     let (mut slot, _canceller) =
         SlotConn::connect(handle.clone()).await.map_err(|e| Failure::Broken(format!("cannot connect: {e}")))?;
     let params = params(check);
-    let info = RequestInfo { id: REQUEST_ID, uri: &check.uri, role: Role::Responder, error_pages: None, files: None, reader: None };
+    let info = RequestInfo {
+        id: REQUEST_ID,
+        uri: &check.uri,
+        role: Role::Responder,
+        error_pages: None,
+        files: None,
+        reader: None,
+    };
     let (mut body, mut sink) = (NoBody, Kept(BytesMut::new()));
     let sent = exchange(&mut slot, &info, &params, &mut body, &mut sink, First::Encode, None);
     let Ok(Outcome { status, next, .. }) = tokio::time::timeout(left, sent).await else {
