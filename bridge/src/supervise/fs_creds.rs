@@ -163,8 +163,9 @@ pub(crate) mod tests {
         assert!(during.uid.ends_with("\t4301"), "{during:?}");
         assert!(during.uid.starts_with(before.uid.split('\t').next().unwrap()), "{during:?}");
         assert!(during.gid.ends_with("\t4302"), "{during:?}");
-        assert_eq!(during.groups, "4302 4303"); // sorted by the kernel
-                                                // The filesystem capabilities left with fsuid 0.
+        // The kernel sorts the groups.
+        assert_eq!(during.groups, "4302 4303");
+        // The filesystem capabilities left with fsuid 0.
         let eff = u64::from_str_radix(&during.cap_eff, 16).unwrap();
         assert_eq!(eff & u64::from(DAC_CAPS), 0, "{during:?}");
         assert_ne!(during.cap_eff, before.cap_eff);
