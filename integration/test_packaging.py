@@ -346,3 +346,56 @@ def test_apt_install_into_a_throwaway_root_runs_the_demo_as_the_unit_would(tmp_p
         assert proc.wait(60) == 0
     finally:
         stop_process(proc)
+
+
+# The maintainer scripts under a systemd stand-in: /run/systemd/system exists (a tmpfs on
+# /run in a private mount namespace), and `systemctl` first on PATH records its arguments
+# and keeps the units enabled in the file $ENABLED.
+MAINTAINER_SCRIPTS = r"""
+set -eu
+mount -t tmpfs tmpfs /run
+mkdir -p /run/systemd/system
+exec "$@"
+"""
+
+FAKE_SYSTEMCTL = """#!/bin/sh
+echo "$*" >> "$CALLS"
+unit=$(eval echo "\\$$#")
+case "$1" in
+    enable) echo "$unit" >> "$ENABLED" ;;
+    is-enabled) grep -qx "$unit" "$ENABLED" ;;
+esac
+"""
+
+
+@pytest.mark.parametrize("case, scripts, enabled, expected", [
+    ("first install", [("postinst", "configure", "")], "",
+     ["daemon-reload", "enable fcgibridge.service", "is-enabled --quiet fcgibridge.socket",
+      "is-enabled --quiet fcgibridge.service", "restart fcgibridge.service"]),
+    # The socket is started before the service restarts: a `systemd:` listener needs it.
+    ("upgrade with socket activation", [("prerm", "upgrade", "9.9"), ("postinst", "configure", "0.1")],
+     "fcgibridge.service fcgibridge.socket",
+     ["daemon-reload", "is-enabled --quiet fcgibridge.socket", "start fcgibridge.socket",
+      "is-enabled --quiet fcgibridge.service", "restart fcgibridge.service"]),
+    ("upgrade of a disabled service", [("prerm", "upgrade", "9.9"), ("postinst", "configure", "0.1")], "",
+     ["daemon-reload", "is-enabled --quiet fcgibridge.socket", "is-enabled --quiet fcgibridge.service"]),
+    ("removal", [("prerm", "remove", "")], "", ["stop fcgibridge.service fcgibridge.socket"]),
+])
+def test_the_maintainer_scripts_keep_the_socket_and_the_operator_s_choice(tmp_path, case, scripts, enabled, expected):
+    if os.geteuid() != 0 or not shutil.which("unshare"):
+        pytest.skip("a private /run needs root and unshare")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "systemctl").write_text(FAKE_SYSTEMCTL)
+    (bin_dir / "systemctl").chmod(0o755)
+    calls = tmp_path / "calls"
+    calls.touch()
+    (tmp_path / "enabled").write_text("".join(f"{u}\n" for u in enabled.split()))
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "CALLS": str(calls),
+           "ENABLED": str(tmp_path / "enabled")}
+    for script, *args in scripts:
+        r = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", MAINTAINER_SCRIPTS, "sh",
+                            "sh", str(REPO / "dist/debian" / script), *args], env=env, capture_output=True,
+                           text=True, timeout=60)
+        assert r.returncode == 0, f"{case}: {script} {args}: {r.stdout}{r.stderr}"
+    assert calls.read_text().splitlines() == expected, case
