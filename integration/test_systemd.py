@@ -249,3 +249,76 @@ def test_a_reload_before_ready_changes_the_pools_ready_waits_for(tmp_path):
     finally:
         stop_process(proc)
         notify.close()
+
+
+POOL_NAME_APP = """import os
+
+
+def application(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [os.environ["FCGIBRIDGE_POOL"].encode()]
+"""
+
+
+def test_listeners_share_a_socket_unit_s_name_one_socket_each_across_a_reload(tmp_path):
+    """A socket unit with two ListenStream= lines passes both sockets under one name: two
+    listeners with that `systemd:` address take one each, in order, and keep them when a
+    reload changes one of them (`check` refused the configuration, and a reload matched
+    both to the first socket)."""
+    paths, socks = [str(tmp_path / f"web{i}.sock") for i in (1, 2)], []
+    for path in paths:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.bind(path)
+        s.listen(16)
+        socks.append(s)
+    conf = tmp_path / "conf.d"
+    conf.mkdir()
+    (tmp_path / "pool_name_app.py").write_text(POOL_NAME_APP)
+
+    def write(second_max_connections):
+        pool = {"app": str(tmp_path / "pool_name_app.py"), "processes": 1, "threads": 1, **ROOT_OK}
+        (conf / "50-test.yaml").write_text(to_yaml({
+            "bridge": {"log-level": "info", "runtime-dir": str(tmp_path / "run")},
+            "pools": {"shop": pool, "blog": pool},
+            "listeners": {
+                "shop": {"fastcgi": "systemd:web", "pool": "shop"},
+                "blog": {"fastcgi": "systemd:web", "pool": "blog", "max-connections": second_max_connections},
+            },
+        }))
+
+    write(64)
+    check = subprocess.run([str(bridge_binary()), "check", "--config", str(conf)], capture_output=True, text=True,
+                           timeout=60)
+    assert check.returncode == 0, check.stdout + check.stderr
+    log = LogFile(tmp_path / "bridge.log")
+    env = dict(os.environ, NO_COLOR="1", LISTEN_FDS="2", LISTEN_FDNAMES="web:web")
+    for v in ("LISTEN_PID", "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"):
+        env.pop(v, None)
+    fds = [s.fileno() for s in socks]
+
+    def place_fds():
+        high = [os.dup(fd) for fd in fds]
+        for i, fd in enumerate(high):
+            os.dup2(fd, 3 + i)
+
+    with open(log.path, "ab") as logf:
+        proc = subprocess.Popen(
+            ["/bin/sh", "-c", 'LISTEN_PID=$$; export LISTEN_PID; exec "$0" "$@"',
+             str(bridge_binary()), "run", "--config", str(conf)],
+            stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT, env=env,
+            pass_fds=(3, 4), preexec_fn=place_fds, start_new_session=True, cwd=tmp_path)
+    for s in socks:
+        s.close()
+
+    def answers():
+        return [fcgi_client.fcgi_request(p, "/", headers={"Host": "x"}).body for p in paths]
+
+    try:
+        wait_until(lambda: answers() == [b"shop", b"blog"], 120, 0.25, what="each socket answering for its pool")
+        mark = log.mark()
+        write(32)
+        proc.send_signal(signal.SIGHUP)
+        log.wait_for(r"listeners added: none; changed: blog; removed: none", since=mark, timeout=60)
+        assert answers() == [b"shop", b"blog"]
+    finally:
+        stop_process(proc)

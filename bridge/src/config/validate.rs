@@ -472,6 +472,9 @@ fn conflicts(a: &ListenAddress, b: &ListenAddress) -> bool {
                     && (x.ip() == y.ip() || x.ip().is_unspecified() || y.ip().is_unspecified()))
                     || ipv6_wildcard_over_ipv4(a, b))
         }
+        // A socket unit with several ListenStream= lines passes as many sockets under one
+        // name; the listeners with that address take them in order (listen/systemd.rs).
+        (ListenAddress::Systemd(_), ListenAddress::Systemd(_)) => false,
         _ => a == b,
     }
 }

@@ -245,12 +245,36 @@ impl ListenerSet {
         self.live.len()
     }
 
+    /// For each listener of `config`, the running listener whose socket it keeps: one on
+    /// the same address, each taken once, the one of the same name first (several
+    /// listeners may share a `systemd:NAME` address, one passed socket each).
+    fn kept(&self, config: &[config::Listener]) -> Vec<Option<usize>> {
+        let mut taken = vec![false; self.live.len()];
+        let mut kept = vec![None; config.len()];
+        for same_name in [true, false] {
+            for (k, cfg) in config.iter().enumerate() {
+                if kept[k].is_some() {
+                    continue;
+                }
+                let found = self.live.iter().enumerate().position(|(i, l)| {
+                    !taken[i] && l.cfg.address == cfg.address && (!same_name || l.cfg.name == cfg.name)
+                });
+                if let Some(i) = found {
+                    taken[i] = true;
+                    kept[k] = Some(i);
+                }
+            }
+        }
+        kept
+    }
+
     /// First half of a reload: bind the addresses that are new (a busy port refuses the
     /// reload before anything changes). Give the result to [`apply`](Self::apply).
     pub(crate) fn bind_new(&self, config: &[config::Listener]) -> Result<NewSockets, ListenError> {
         let mut fresh: Vec<(usize, Bound)> = Vec::new();
+        let kept = self.kept(config);
         for (i, cfg) in config.iter().enumerate() {
-            if self.live.iter().any(|l| l.cfg.address == cfg.address) {
+            if kept[i].is_some() {
                 continue;
             }
             match bind(cfg, &self.registry.systemd) {
@@ -279,8 +303,8 @@ impl ListenerSet {
         let fresh = fresh.0;
         // New contexts for the listeners that stay, checked before any is switched.
         let mut kept = Vec::new();
-        for cfg in config {
-            if let Some(i) = self.live.iter().position(|l| l.cfg.address == cfg.address) {
+        for (cfg, i) in config.iter().zip(self.kept(config)) {
+            if let Some(i) = i {
                 let ctx = make_ctx(cfg, pools, &self.registry, &self.live[i].stop.subscribe())?;
                 kept.push((i, cfg.clone(), ctx));
             }
