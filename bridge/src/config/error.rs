@@ -112,8 +112,8 @@ impl Source {
 
     /// Translate a serde-saphyr error: position from the parser, key path from the index;
     /// and for an error on one key, how to take that key out so that the rest of the file
-    /// can be checked (config/recover.rs).
-    pub fn yaml_error_and_fix(&self, err: &serde_saphyr::Error) -> (ConfigError, Option<Fix>) {
+    /// can be checked (config/recover.rs). `text` is the text that was parsed.
+    pub fn yaml_error_and_fix(&self, err: &serde_saphyr::Error, text: &str) -> (ConfigError, Option<Fix>) {
         use serde_saphyr::{DefaultMessageFormatter, Error as E, MessageFormatter};
 
         // The position of the outermost error is where the value was used (for an alias,
@@ -180,6 +180,10 @@ impl Source {
                 return (ConfigError::Syntax { at, message }, None);
             }
             other => {
+                if let Some(tab) = pos.and_then(|p| indenting_tab(other, text, p)) {
+                    let message = "a tab in the indentation; YAML indents with spaces only".to_owned();
+                    return (ConfigError::Syntax { at: At { pos: Some(tab), ..at }, message }, None);
+                }
                 let message = DefaultMessageFormatter.format_message(other).into_owned();
                 return (ConfigError::Syntax { at, message }, None);
             }
@@ -187,6 +191,27 @@ impl Source {
         // A bad value: the key stays, without its value.
         (error, fix(false))
     }
+}
+
+/// Where the tab is that the parser refused as indentation: it reports the tab of a
+/// block's indentation at the first character after the line's blanks (a column late for
+/// one tab), and a tab indenting the next line of a plain scalar at the scalar's start.
+fn indenting_tab(err: &serde_saphyr::Error, text: &str, at: Pos) -> Option<Pos> {
+    use serde_saphyr::granit_parser::ErrorKind;
+    use serde_saphyr::{Error as E, ExternalMessageSource};
+    let E::ExternalMessage { source, .. } = err else { return None };
+    let ExternalMessageSource::Parser(scan) = source.as_ref() else { return None };
+    // The line the parser names, or the lines after the scalar's first.
+    let (first_line, lines) = match scan.kind() {
+        ErrorKind::TabInBlockIndentation => (at.line, 1),
+        ErrorKind::TabInPlainScalar => (at.line + 1, usize::MAX),
+        _ => return None,
+    };
+    text.split('\n').enumerate().skip(first_line - 1).take(lines).find_map(|(i, line)| {
+        let blanks = line.chars().take_while(|c| *c == ' ' || *c == '\t');
+        let column = blanks.into_iter().position(|c| c == '\t')? + 1;
+        Some(Pos { line: i + 1, column })
+    })
 }
 
 /// For `listeners.pool` (a listener's key where a listener's name goes: written two spaces

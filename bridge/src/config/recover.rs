@@ -37,7 +37,7 @@ pub(super) fn parse(source: &Source, text: &str) -> Recovered {
         };
         // Key paths as this text has them; lines and columns are the original ones.
         let here = Source { file: source.file.clone(), index: KeyIndex::build(&text) };
-        let (error, mut fix) = here.yaml_error_and_fix(&err);
+        let (error, mut fix) = here.yaml_error_and_fix(&err, &text);
         // The key just emptied does not take null either (a pool written as a list, say):
         // it goes altogether, and its error is not reported twice.
         let again = fix.as_mut().filter(|f| dropped.last() == Some(&f.path)).map(|f| f.remove = true).is_some();

@@ -305,6 +305,20 @@ fn syntax_errors_give_line_and_column() {
         tree.error(),
         format!("ROOT/conf.d/30-bad.yaml:4:12: mapping values are not allowed in this context{STOPS}")
     );
+    // A tab in the indentation is placed on the tab itself (the parser names the character
+    // after the line's blanks, or the start of the scalar the tab's line would continue).
+    let tabs = [
+        ("pools:\n  other:\n\tapp: x\n", "3:1"),
+        ("pools:\n  other:\n  \t\tapp: x\n", "3:3"),
+        ("pools:\n  other:\n    app: x\n\tthreads: 2\n", "4:1"),
+        ("pools:\n  other:\n    app: x\n    \tthreads: 2\n", "4:5"),
+    ];
+    for (i, (text, at)) in tabs.into_iter().enumerate() {
+        let tree = valid(&format!("tab-{i}")).file("30-bad.yaml", text);
+        let want =
+            format!("ROOT/conf.d/30-bad.yaml:{at}: a tab in the indentation; YAML indents with spaces only{STOPS}");
+        assert_eq!(tree.error(), want, "{text:?}");
+    }
     // The second document is placed at its `---`, not at what follows it.
     let docs = "pools: {}\n---\nlisteners: {}\n";
     let tree = valid("two-docs").file("30-bad.yaml", docs);
