@@ -101,8 +101,13 @@ pub struct Source {
 
 impl Source {
     /// An error about the key at `path`, placed at that key (or its nearest parent).
+    /// A key brought by a merge (`<<: *defaults`) is placed in the anchor, and says so.
     pub fn invalid(&self, path: &KeyPath, message: impl Into<String>) -> ConfigError {
-        ConfigError::Invalid { at: self.at(path), key: path.to_string(), message: message.into() }
+        let mut message = message.into();
+        if let Some(via) = self.index.brought_by(path) {
+            message.push_str(&via.note());
+        }
+        ConfigError::Invalid { at: self.at(path), key: path.to_string(), message }
     }
 
     /// Where the key at `path` was written.
@@ -123,12 +128,27 @@ impl Source {
             .filter(|l| l.line() > 0)
             .map(|l| Pos { line: l.line() as usize, column: l.column() as usize });
         let mut err = err;
+        let mut aliased = false;
         while let E::AliasError { error, .. } | E::WithSnippet { error, .. } = err {
+            aliased |= matches!(err, E::AliasError { .. });
             err = error;
         }
+        // For a value an alias brings (`<<: *defaults`), where the anchor has it: the innermost
+        // error's own place (the alias error's "defined" one may be where the anchor starts).
+        let defined = err
+            .location()
+            .filter(|l| aliased && l.line() > 0)
+            .map(|l| Pos { line: l.line() as usize, column: l.column() as usize });
         let at = At { file: self.file.clone(), pos };
-        let keyed = |message: String, path: Option<&KeyPath>| match path {
-            Some(path) if !path.0.is_empty() => ConfigError::Invalid { at: at.clone(), key: path.to_string(), message },
+        let brought = self.brought(pos, defined);
+        let keyed = |message: String, path: Option<&KeyPath>| match (brought, path) {
+            (Some((place, path, via)), _) => {
+                let at = At { pos: Some(place), ..at.clone() };
+                ConfigError::Invalid { at, key: path.to_string(), message: format!("{message}{}", via.note()) }
+            }
+            (None, Some(path)) if !path.0.is_empty() => {
+                ConfigError::Invalid { at: at.clone(), key: path.to_string(), message }
+            }
             _ => ConfigError::Syntax { at: at.clone(), message },
         };
         let path_here = pos.and_then(|p| self.index.path_at(p));
@@ -155,7 +175,7 @@ impl Source {
                 keyed(format!("invalid value {unexpected}; expected {expected}"), path_here)
             }
             E::InvalidScalar { ty, .. } => {
-                let least = path_here.map_or(0, super::resolve::least);
+                let least = brought.map(|(_, path, _)| path).or(path_here).map_or(0, super::resolve::least);
                 keyed(scalar_wanted(ty, least), path_here)
             }
             E::Unexpected { expected, .. } => {
@@ -190,6 +210,25 @@ impl Source {
         };
         // A bad value: the key stays, without its value.
         (error, fix(false))
+    }
+
+    /// For an error about a value an alias brings: where the anchor has it, the key the
+    /// alias makes of it, and the alias. serde places an error in a merge's anchor
+    /// (`<<: *defaults`) at the alias (`pos`) and says where the value is (`defined`); an
+    /// unknown key of the anchor it places there, in its `x-` key (read only through its
+    /// aliases); one of a mapping merged as written (`<<: {…}`) under `<<`. `None` for any
+    /// other error. The fix still sets the alias aside: the anchor may be right for its
+    /// other users.
+    fn brought(&self, pos: Option<Pos>, defined: Option<Pos>) -> Option<(Pos, &KeyPath, &super::locate::Via)> {
+        let place = defined.or(pos)?;
+        let written = self.index.path_at(place).map(|p| &p.0[..]).unwrap_or_default();
+        let in_x_key = matches!(written.first(), Some(Seg::Key(k)) if k.starts_with("x-"));
+        let inline = written.iter().any(|s| matches!(s, Seg::Key(k) if k == "<<"));
+        let accept = |via: &super::locate::Via| match (pos, defined) {
+            (Some(alias), Some(_)) => via.alias == alias,
+            _ => in_x_key || (inline && via.anchor.is_empty()),
+        };
+        self.index.brought_to(place, accept).map(|(path, via)| (place, path, via))
     }
 }
 

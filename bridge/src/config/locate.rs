@@ -74,6 +74,43 @@ struct Node {
     path: KeyPath,
     /// The key token itself, rather than the value it introduces.
     is_key: bool,
+    /// Set for a key or value an alias brings (`<<: *defaults`, `x: *common`): `pos` is where
+    /// the anchor's mapping has it, `path` where the alias puts it.
+    via: Option<Via>,
+}
+
+/// The alias that brought a node from an anchor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Via {
+    /// Where the alias (`*defaults`) is written.
+    pub alias: Pos,
+    /// The anchor's name, without its `&` (empty for a mapping merged as written: `<<: {…}`).
+    pub anchor: String,
+    /// A merge (`<<: *defaults`) rather than an alias standing for the whole value.
+    pub merge: bool,
+}
+
+impl Via {
+    /// What an error about a key it brought adds: where the value comes from.
+    pub fn note(&self) -> String {
+        let line = self.alias.line;
+        match (self.anchor.as_str(), self.merge) {
+            ("", _) => format!(" (in the mapping merged here at line {line})"),
+            (name, true) => format!(" (in &{name}, merged here at line {line})"),
+            (name, false) => format!(" (in &{name}, used here at line {line})"),
+        }
+    }
+}
+
+/// The mapping a merge key's value is merged into: `pools.x` of `pools.x.<<` and of
+/// `pools.x.<<[1]`; `None` for any other path.
+pub(super) fn merged_into(path: &KeyPath) -> Option<KeyPath> {
+    let merge = |s: &Seg| matches!(s, Seg::Key(k) if k == "<<");
+    match &path.0[..] {
+        [into @ .., last] if merge(last) => Some(KeyPath(into.to_vec())),
+        [into @ .., last, Seg::Index(_)] if merge(last) => Some(KeyPath(into.to_vec())),
+        _ => None,
+    }
 }
 
 /// Every key and value node of one YAML document, in document order.
@@ -97,11 +134,46 @@ enum Frame {
     Opaque,
 }
 
+/// Add `node`, and for one inside a merge (`pools.x.<<.threads`, `pools.x.<<[1].threads`)
+/// also where the merge puts it (`pools.x.threads`), as brought by the merge. A node brought
+/// by an alias is kept only where it lands.
+fn add(nodes: &mut Vec<Node>, node: Node) {
+    let merge = node.path.0.iter().position(|s| matches!(s, Seg::Key(k) if k == "<<"));
+    let Some(at) = merge else { return nodes.push(node) };
+    let skip = if matches!(node.path.0.get(at + 1), Some(Seg::Index(_))) { 2 } else { 1 };
+    if node.path.0.len() > at + skip {
+        let mut landed = node.path.0.clone();
+        landed.drain(at..at + skip);
+        // Keys written inline (`<<: {threads: 2}`) are brought by the merge's value.
+        let merge_value = || nodes.iter().find(|n| !n.is_key && n.path.0[..] == node.path.0[..at + skip]);
+        let inline = |n: &Node| Via { alias: n.pos, anchor: String::new(), merge: true };
+        let via = node.via.clone().or_else(|| merge_value().map(inline));
+        let landed = Node { path: KeyPath(landed), via, ..node.clone() };
+        add(nodes, landed);
+    }
+    if node.via.is_none() {
+        nodes.push(node);
+    }
+}
+
+/// The nodes inside the anchor at `anchor`, again under `to`, where the alias `via` puts them.
+fn borrow(nodes: &mut Vec<Node>, anchor: &KeyPath, to: &KeyPath, via: Via) {
+    let inside: Vec<Node> =
+        nodes.iter().filter(|n| n.path.0.len() > anchor.0.len() && n.path.0.starts_with(&anchor.0)).cloned().collect();
+    for n in inside {
+        let mut path = to.clone();
+        path.0.extend_from_slice(&n.path.0[anchor.0.len()..]);
+        add(nodes, Node { path, via: Some(via.clone()), ..n });
+    }
+}
+
 impl KeyIndex {
     /// Index `text`. Stops quietly at a syntax error: the typed parse reports those.
     pub fn build(text: &str) -> Self {
         let mut nodes = Vec::new();
         let mut stack: Vec<Frame> = Vec::new();
+        // Each anchor's node path, by the parser's anchor id.
+        let mut anchors: std::collections::HashMap<usize, KeyPath> = std::collections::HashMap::new();
         let (mut documents, mut second_document) = (0, None);
         for item in Parser::new_from_str(text) {
             let Ok((event, span)) = item else { break };
@@ -148,7 +220,23 @@ impl KeyIndex {
                 },
             };
             if let Some(path) = &path {
-                nodes.push(Node { pos, path: path.clone(), is_key });
+                add(&mut nodes, Node { pos, path: path.clone(), is_key, via: None });
+                match &event {
+                    Event::Scalar(_, _, id, _) | Event::MappingStart(_, id, _) | Event::SequenceStart(_, id, _)
+                        if *id != 0 =>
+                    {
+                        anchors.insert(*id, path.clone());
+                    }
+                    Event::Alias(id) => {
+                        if let Some(anchor) = anchors.get(id) {
+                            let name = text.chars().skip(span.start.index() + 1);
+                            let name = name.take(span.end.index().saturating_sub(span.start.index() + 1)).collect();
+                            let merge = merged_into(path).is_some();
+                            borrow(&mut nodes, anchor, path, Via { alias: pos, anchor: name, merge });
+                        }
+                    }
+                    _ => {}
+                }
             }
             match event {
                 Event::MappingStart(..) => stack.push(match (path, opaque) {
@@ -170,14 +258,35 @@ impl KeyIndex {
         self.second_document
     }
 
-    /// Where the key at `path` is written; for a sequence item, where the item starts.
-    /// Falls back to the nearest enclosing key that exists.
+    /// Where the key at `path` is written; for a sequence item, where the item starts; for
+    /// a key a merge brings (`<<: *defaults`), where the anchor has it. Falls back to the
+    /// nearest enclosing key that exists.
     pub fn find(&self, path: &KeyPath) -> Option<Pos> {
+        self.node(path).map(|n| n.pos)
+    }
+
+    /// The alias that brings the key at `path` from an anchor (or its nearest enclosing
+    /// key, as [`Self::find`] falls back); `None` for a key written where it is.
+    pub fn brought_by(&self, path: &KeyPath) -> Option<&Via> {
+        self.node(path).and_then(|n| n.via.as_ref())
+    }
+
+    /// Where an alias that `accept`s puts the node written at `at` in its anchor (the
+    /// innermost there, the first alias of those accepted), and the alias.
+    pub fn brought_to(&self, at: Pos, accept: impl Fn(&Via) -> bool) -> Option<(&KeyPath, &Via)> {
+        let brought = self.nodes.iter().filter_map(|n| Some((n, n.via.as_ref().filter(|v| n.pos == at && accept(v))?)));
+        // `rev`: of the innermost, max_by_key keeps the last, which is then the first.
+        brought.rev().max_by_key(|(n, _)| n.path.0.len()).map(|(n, via)| (&n.path, via))
+    }
+
+    /// The node [`Self::find`] places `path` at: written there before brought by an alias.
+    fn node(&self, path: &KeyPath) -> Option<&Node> {
         let mut path = path.clone();
         loop {
-            let exact = self.nodes.iter().filter(|n| n.path == path).min_by_key(|n| (!n.is_key, n.pos));
+            let exact =
+                self.nodes.iter().filter(|n| n.path == path).min_by_key(|n| (n.via.is_some(), !n.is_key, n.pos));
             if let Some(node) = exact {
-                return Some(node.pos);
+                return Some(node);
             }
             path = path.parent()?;
             if path.0.is_empty() {
@@ -193,7 +302,8 @@ impl KeyIndex {
         Self { nodes, second_document: None }
     }
 
-    /// Whether the key `path` is written (no fallback to the keys around it).
+    /// Whether the key `path` is written, or brought by a merge (no fallback to the keys
+    /// around it).
     pub fn written(&self, path: &KeyPath) -> bool {
         self.nodes.iter().any(|n| n.is_key && n.path == *path)
     }
@@ -201,24 +311,29 @@ impl KeyIndex {
     /// Where the key `path` was written, the last time at or before `near` (a key written
     /// twice in one mapping is reported at the second); `None` if `path` is not a key.
     pub fn key_before(&self, path: &KeyPath, near: Pos) -> Option<Pos> {
-        let keys = || self.nodes.iter().filter(|n| n.is_key && n.path == *path);
+        let keys = || self.nodes.iter().filter(|n| n.is_key && n.via.is_none() && n.path == *path);
         keys().filter(|n| n.pos <= near).map(|n| n.pos).max().or_else(|| keys().map(|n| n.pos).min())
     }
 
     /// The key path of the node at `pos`: the innermost node starting there, or else
-    /// the last node that starts before it.
+    /// the last node that starts before it (as written there, not where an alias puts it).
     pub fn path_at(&self, pos: Pos) -> Option<&KeyPath> {
-        let at: Vec<&Node> = self.nodes.iter().filter(|n| n.pos == pos).collect();
+        let written = || self.nodes.iter().filter(|n| n.via.is_none());
+        let at: Vec<&Node> = written().filter(|n| n.pos == pos).collect();
         if let Some(node) = at.iter().max_by_key(|n| n.path.0.len()) {
             return Some(&node.path);
         }
-        self.nodes.iter().filter(|n| n.pos < pos).max_by_key(|n| n.pos).map(|n| &n.path)
+        written().filter(|n| n.pos < pos).max_by_key(|n| n.pos).map(|n| &n.path)
     }
 
     /// The path of the mapping that starts at `pos` (used for "missing field" errors,
     /// which serde reports at the first key of the mapping that lacks one).
     pub fn container_at(&self, pos: Pos) -> Option<&KeyPath> {
-        self.nodes.iter().filter(|n| n.pos == pos && !n.is_key).min_by_key(|n| n.path.0.len()).map(|n| &n.path)
+        self.nodes
+            .iter()
+            .filter(|n| n.pos == pos && !n.is_key && n.via.is_none())
+            .min_by_key(|n| n.path.0.len())
+            .map(|n| &n.path)
     }
 }
 

@@ -1876,3 +1876,28 @@ fn trusted_proxies_believe_the_forwarded_for_chain_and_the_scheme_unless_told() 
         ]
     );
 }
+
+#[test]
+fn an_error_in_a_merged_anchor_is_placed_where_the_anchor_has_it() {
+    // serde places a bad value that `<<: *defaults` brings at the alias (7:9): the loader
+    // places it at the value, named as the pool's key.
+    let text = "x-defaults: &defaults\n  threads: 4\n  processes: lots\n  queue-timeout: 5s\npools:\n  x:\n    <<: *defaults\n    app: x\n";
+    assert_eq!(
+        error_lines(&valid("merge-value").file("30-x.yaml", text)),
+        ["3:14: pools.x.processes: expected a whole number from 1 to 4294967295 (in &defaults, merged here at line 7)"]
+    );
+    // An unknown key of the anchor, checks made after parsing (threads, for each pool it
+    // reaches), an alias for a whole entry and a mapping merged as written.
+    let text = "x-d: &d\n  app: x\n  threads: 0\n  harakiri: 3\npools:\n  a:\n    <<: *d\n  b: *d\n  c:\n    <<: {app: x, processes: lots}\n";
+    let lines = error_lines(&valid("merge-more").file("30-x.yaml", text));
+    assert_eq!(
+        lines,
+        [
+            "3:3: pools.a.threads: must be 1 or more (in &d, merged here at line 7)",
+            "3:3: pools.b.threads: must be 1 or more (in &d, used here at line 8)",
+            "4:3: pools.a.harakiri: unknown key; uWSGI's harakiri (PHP-FPM's request_terminate_timeout) is the pool key \
+             request-timeout, a duration such as 30s (in &d, merged here at line 7)",
+            "10:29: pools.c.processes: expected a whole number from 1 to 4294967295 (in the mapping merged here at line 10)",
+        ]
+    );
+}
