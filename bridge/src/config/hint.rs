@@ -206,6 +206,16 @@ const PEERS: &[Peer] = &[
         "PHP-FPM's listen.allowed_clients is the listener key allowed-clients, a list: [127.0.0.1]",
     ),
     (&["buffer-size"], "uWSGI's buffer-size is the listener key max-params (1MiB unless set)"),
+    (
+        &["listen.acl-users", "listen.acl-groups"],
+        "PHP-FPM's listen.acl_users and listen.acl_groups have no equivalent (no ACLs on the socket): give a unix \
+         listener's socket to the web server's group with the listener keys socket-group and socket-mode: \"0660\"",
+    ),
+    (
+        &["forwarded-allow-ips"],
+        "gunicorn's forwarded_allow_ips is the listener key trusted-proxies, a list of the proxies' addresses; the \
+         listener key trusted-proxy-headers says which of their headers are believed",
+    ),
     (&["pm.status-path"], "PHP-FPM's pm.status_path is the listener key status-path"),
     (&["ping.path"], "PHP-FPM's ping.path is the listener key ping-path"),
     // The app and its Python.
@@ -277,6 +287,25 @@ const PEERS: &[Peer] = &[
          (dist/systemd/fcgibridge.service); `fcgibridge stop`, `reload` and `status` reach it over its control \
          socket (bridge key runtime-dir)",
     ),
+    (&["preload-app"], "gunicorn's preload_app is the pool key preload: `preload: true`"),
+    (
+        &["worker-class"],
+        "gunicorn's worker_class: sync is the pool key `threads: 1`, gthread the pool key threads (how many), \
+         uvicorn's UvicornWorker the pool key `interface: asgi` (with concurrency); gevent and eventlet have no \
+         equivalent",
+    ),
+    (
+        &["security.limit-extensions"],
+        "PHP-FPM's security.limit_extensions has no equivalent and needs none: a pool runs the app its pool key app \
+         names, whatever file a request's SCRIPT_FILENAME names (a command: pool running php-cgi runs that file: \
+         let the web server pass only .php requests to it); drop it",
+    ),
+    (
+        &["process.dumpable"],
+        "PHP-FPM's process.dumpable is not needed: a worker takes the pool's user before it starts Python (exec), \
+         which leaves it dumpable (ptrace, core files) as any process of that user; the pool key rlimit-core sets \
+         the size of its core files; drop it",
+    ),
     (
         &["lazy-apps", "lazy"],
         "uWSGI's lazy-apps = true is how the bridge runs anyway; for lazy-apps = false (uWSGI's default), write the \
@@ -285,7 +314,8 @@ const PEERS: &[Peer] = &[
     // How many workers.
     (
         &["enable-threads"],
-        "uWSGI's enable-threads has no equivalent: the pool key threads sets the threads of each worker",
+        "uWSGI's enable-threads is not needed: a worker is an ordinary Python process, so threads the app starts \
+         run; the pool key threads sets how many requests each worker serves at once; drop it",
     ),
     (&["master"], "uWSGI's master has no equivalent: the bridge always supervises its workers"),
     (
@@ -312,6 +342,16 @@ const PEERS: &[Peer] = &[
          cache with a cache server such as memcached or Redis",
     ),
     (&["cheaper"], "uWSGI's cheaper is the pool key `mode: dynamic` with min-processes"),
+    (
+        &["idle"],
+        "uWSGI's idle (cheap mode after that many seconds without a request) is the pool key `mode: ondemand` with \
+         idle-timeout: a process idle that long stops, and the next request starts one",
+    ),
+    (
+        &["die-on-idle"],
+        "uWSGI's die-on-idle has no equivalent: the bridge stays up and keeps its listeners; the pool key \
+         `mode: ondemand` (with idle-timeout) stops an idle pool's processes, and the next request starts one",
+    ),
     (
         &["cheaper-initial", "cheaper-step", "cheaper-algo", "cheaper-overload", "cheaper-rss-limit-soft",
           "cheaper-rss-limit-hard", "cheaper-busyness-min", "cheaper-busyness-max"],
@@ -363,8 +403,14 @@ const PEERS: &[Peer] = &[
     (&["min-worker-lifetime"], "uWSGI's min-worker-lifetime is the pool key min-lifetime"),
     (
         &["reload-on-rss", "evil-reload-on-rss"],
-        "uWSGI's reload-on-rss is the pool key memory-limit, with a unit: reload-on-rss = 150 is `memory-limit: \
-         150MiB`",
+        "uWSGI's reload-on-rss (and evil-reload-on-rss) is the pool key memory-limit, with a unit: reload-on-rss = \
+         150 is `memory-limit: 150MiB` (the bridge samples each worker's RSS every second and recycles it \
+         gracefully)",
+    ),
+    (
+        &["reload-on-as"],
+        "uWSGI's reload-on-as has no equivalent: the pool key memory-limit recycles a worker on its RSS (as \
+         reload-on-rss), and the pool key rlimit-as caps its address space hard (an allocation past it fails)",
     ),
     (
         &["limit-as", "virtual-memory-limit"],
@@ -726,6 +772,56 @@ mod tests {
         assert!(unknown_key("socket-user", pool).contains("listener key socket-owner"));
         assert!(unknown_key("supplementary-groups", pool).contains("pool key groups"));
         assert!(unknown_key("cpu-priority", pool).contains("pool key nice"));
+    }
+
+    #[test]
+    fn pasted_uwsgi_php_fpm_and_gunicorn_keys_say_what_to_write() {
+        // Each was the list of every key, or a look-alike ("process.dumpable" was "processes",
+        // "idle" "idle-timeout" without the mode it needs), or named another server's key.
+        let cases = [
+            ("die-on-idle", "uWSGI's die-on-idle has no equivalent", "`mode: ondemand`"),
+            ("reload-on-as", "uWSGI's reload-on-as has no equivalent", "pool key rlimit-as"),
+            ("reload-on-rss", "uWSGI's reload-on-rss", "`memory-limit: 150MiB`"),
+            ("evil-reload-on-rss", "uWSGI's reload-on-rss (and evil-reload-on-rss)", "pool key memory-limit"),
+            ("idle", "uWSGI's idle", "`mode: ondemand` with idle-timeout"),
+            ("cheaper", "uWSGI's cheaper", "`mode: dynamic` with min-processes"),
+            ("cheaper-algo", "uWSGI's cheaper-* tuning has no equivalent", "spare-processes"),
+            ("vacuum", "uWSGI's vacuum has no equivalent", "drop it"),
+            ("thunder-lock", "uWSGI's thunder-lock has no equivalent", "drop it"),
+            ("enable-threads", "uWSGI's enable-threads is not needed", "threads the app starts run"),
+            ("single-interpreter", "uWSGI's single-interpreter has no equivalent", "drop it"),
+            ("need-app", "uWSGI's need-app has no equivalent", "drop it"),
+            ("strict", "uWSGI's strict has no equivalent", "drop it"),
+            ("listen.acl_users", "PHP-FPM's listen.acl_users and listen.acl_groups", "listener keys socket-group"),
+            ("listen.acl_groups", "PHP-FPM's listen.acl_users and listen.acl_groups", "socket-mode"),
+            ("process.dumpable", "PHP-FPM's process.dumpable is not needed", "pool key rlimit-core"),
+            ("pm.status_path", "PHP-FPM's pm.status_path", "listener key status-path"),
+            ("ping.path", "PHP-FPM's ping.path", "listener key ping-path"),
+            ("request_slowlog_timeout", "PHP-FPM's request_slowlog_timeout", "pool key slowlog-timeout"),
+            ("slowlog", "PHP-FPM's slowlog has no equivalent", "bridge's log"),
+            ("rlimit_files", "uWSGI's max-fd (PHP-FPM's rlimit_files)", "pool key rlimit-nofile"),
+            ("catch_workers_output", "PHP-FPM's catch_workers_output has no equivalent", "bridge's log"),
+            ("security.limit_extensions", "PHP-FPM's security.limit_extensions has no equivalent", "drop it"),
+            ("worker_class", "gunicorn's worker_class", "`interface: asgi`"),
+            ("preload_app", "gunicorn's preload_app", "`preload: true`"),
+            ("forwarded_allow_ips", "gunicorn's forwarded_allow_ips", "listener key trusted-proxies"),
+        ];
+        let pool = &["app", "processes", "threads", "clear-env", "max-requests-jitter", "graceful-timeout"][..];
+        for (key, starts, part) in cases {
+            let says = unknown_key(key, pool);
+            assert!(says.starts_with(&format!("; {starts}")) && says.contains(part), "{key}: {says}");
+        }
+        // Spelt as the pool's own key in snake_case, and meaning the same: that key.
+        for (key, own) in [
+            ("clear_env", "clear-env"),
+            ("max_requests_jitter", "max-requests-jitter"),
+            ("graceful_timeout", "graceful-timeout"),
+        ] {
+            assert_eq!(unknown_key(key, pool), format!("; did you mean {own:?}?"));
+        }
+        // gunicorn's proxies written in a listener: its own key.
+        let listener = &["fastcgi", "pool", "trusted-proxies", "trusted-proxy-headers"][..];
+        assert!(unknown_key("forwarded_allow_ips", listener).contains("listener key trusted-proxies"));
     }
 
     #[test]
