@@ -3,7 +3,7 @@
 //! Every key is optional here; what is required, and every default, is decided in
 //! `resolve.rs`, where the error can name the key that is missing. Unknown keys are
 //! rejected (`deny_unknown_fields`) so a typo never silently falls back to a default.
-use super::units::{ByteSize, HumanDuration};
+use super::units::{ByteSize, HumanDuration, WrittenSize};
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 use std::fmt;
@@ -131,7 +131,7 @@ pub struct RawPool {
     pub request_timeout: Option<HumanDuration>,
     pub graceful_timeout: Option<HumanDuration>,
     pub abort_grace: Option<HumanDuration>,
-    pub memory_limit: Option<ByteSize>,
+    pub memory_limit: Option<WrittenSize>,
     pub cpu_time_limit: Option<HumanDuration>,
     pub max_body: Option<ByteSize>,
     /// `stream` (default), `buffer` or `refuse`: a chunked upload's body.

@@ -95,6 +95,7 @@ pub(super) fn pool(
     note(&mut errs, check_name(src, &here, "pool", name));
     let raw_isolation = super::isolation::RawIsolation::take(&mut raw);
     let raw_supervision = super::supervision::RawSupervision::take(&mut raw);
+    warnings.extend(super::supervision::bare_memory_limit(src, &here, &raw_supervision));
     let raw_interface = super::interface::RawInterface::take(&mut raw);
 
     let app_key = here.key(if raw.command.is_some() && raw.app.is_none() { "command" } else { "app" });
@@ -371,15 +372,29 @@ fn touch_reload(
     written.iter().filter(|p| !p.trim().is_empty()).map(|p| paths::resolve(dir, p)).collect()
 }
 
-/// A pool's (not a template's) `touch-reload` files whose directory is missing, as
-/// warnings: a deploy that touches `tmp/restart.txt` in the app's directory (Passenger's
-/// habit, written relative) never makes the configuration directory's.
+/// A pool's `touch-reload` files whose directory is missing, as warnings: a deploy that
+/// touches `tmp/restart.txt` in the app's directory (Passenger's habit, written relative)
+/// never makes the configuration directory's. A template's path with a placeholder
+/// (`/srv/sites/{host}/reload.txt`) is looked at up to the directory that holds its first
+/// placeholder (`/srv/sites`): past it, each instance's directory is made with its site.
+/// `raw` is the entry as written (relative paths not yet made absolute).
 pub(super) fn touch_reload_warnings(src: &Source, name: &str, dir: &Path, raw: &RawPool) -> Vec<String> {
     let key = KeyPath::of(&["pools", name, "touch-reload"]);
     let written = raw.touch_reload.iter().flatten().filter(|p| !p.trim().is_empty());
-    let missing = written.map(|p| (p, paths::resolve(dir, p))).filter(|(_, f)| !f.parent().is_none_or(Path::is_dir));
+    let missing = written.filter_map(|text| {
+        let path = paths::resolve(dir, text);
+        let shown = path.display().to_string();
+        let (looked_at, what) = match shown.split_once('{') {
+            Some((fixed, _)) => {
+                let root = fixed.rsplit_once('/').map_or("/", |(root, _)| if root.is_empty() { "/" } else { root });
+                (std::path::PathBuf::from(root), format!("{root}, the part of {shown} before its first placeholder,"))
+            }
+            None => (path.parent()?.to_path_buf(), format!("the directory of {shown}")),
+        };
+        (!looked_at.is_dir()).then_some((text, what))
+    });
     missing
-        .map(|(text, path)| {
+        .map(|(text, what)| {
             let relative = match raw.chdir.as_deref().filter(|_| Path::new(text).is_relative()) {
                 Some(c) => format!(
                     "; a relative path is read from the configuration file's directory, not from chdir (there it \
@@ -392,10 +407,9 @@ pub(super) fn touch_reload_warnings(src: &Source, name: &str, dir: &Path, raw: &
                 None => String::new(),
             };
             format!(
-                "{}: warning: {key}: the directory of {} does not exist: the workers restart only once it and the \
-                 file are made{relative}",
+                "{}: warning: {key}: {what} does not exist: the workers restart only once it and the file are \
+                 made{relative}",
                 src.at(&key),
-                path.display()
             )
         })
         .collect()

@@ -5,7 +5,7 @@
 use super::error::{ConfigError, Source};
 use super::file::RawPool;
 use super::locate::KeyPath;
-use super::units::{ByteSize, DurationDisplay, HumanDuration, SizeDisplay};
+use super::units::{DurationDisplay, HumanDuration, SizeDisplay, WrittenSize};
 use std::time::Duration;
 
 // Defaults; docs/configuration.md and docs/supervision.md list the same values.
@@ -120,7 +120,7 @@ pub struct RawSupervision {
     pub request_timeout: Option<HumanDuration>,
     pub graceful_timeout: Option<HumanDuration>,
     pub abort_grace: Option<HumanDuration>,
-    pub memory_limit: Option<ByteSize>,
+    pub memory_limit: Option<WrittenSize>,
     pub cpu_time_limit: Option<HumanDuration>,
 }
 
@@ -299,7 +299,7 @@ fn recycling(s: &mut Supervision, raw: &RawSupervision, bad: &dyn Fn(&str, Strin
     }
     // 0 means "off", as for the other limits.
     s.abort_grace = raw.abort_grace.map_or(Some(DEFAULT_ABORT_GRACE), |d| Some(d.0).filter(|d| !d.is_zero()));
-    s.memory_limit = raw.memory_limit.map(|b| b.0).filter(|&b| b > 0);
+    s.memory_limit = raw.memory_limit.map(|b| b.bytes).filter(|&b| b > 0);
     if let Some(limit) = s.memory_limit {
         if limit < (1 << 20) {
             // Said so that it fits `512` (bytes, meant as MiB) and `1MB` (a unit) alike.
@@ -316,6 +316,25 @@ fn recycling(s: &mut Supervision, raw: &RawSupervision, bad: &dyn Fn(&str, Strin
             bad("cpu-time-limit", "is counted in whole seconds (RLIMIT_CPU); write e.g. \"90s\"".into());
         }
     }
+}
+
+/// A `memory-limit` of 1MiB or more written without a unit (`500000000`), as a warning: it
+/// is taken as bytes of RSS, a graceful recycle, where mod_wsgi's `memory-limit=` (bytes
+/// too, pasted from WSGIDaemonProcess) was a hard limit that makes an allocation past it fail.
+/// A unit says which is meant. (Under 1MiB it is an error, which says the same of units.)
+pub fn bare_memory_limit(src: &Source, here: &KeyPath, raw: &RawSupervision) -> Option<String> {
+    let written = raw.memory_limit.filter(|m| m.bare && m.bytes >= 1 << 20)?;
+    let key = here.key("memory-limit");
+    let mib = (written.bytes + (1 << 19)) >> 20;
+    Some(format!(
+        "{}: warning: {key}: {} without a unit is bytes, about {mib}MiB: a worker whose RSS passes it is recycled \
+         gracefully (sampled every second). mod_wsgi's memory-limit={} was a hard limit instead (RLIMIT_DATA: an \
+         allocation past it fails), nearest here the pool key rlimit-as; write a unit (`memory-limit: {mib}MiB`) \
+         and this warning goes",
+        src.at(&key),
+        written.bytes,
+        written.bytes,
+    ))
 }
 
 /// The keys as `fcgibridge check` prints them: (key, value, the key is off).

@@ -288,6 +288,8 @@ pub fn resolve(
     if keys.is_empty() && errs.is_empty() {
         errs.push(src.invalid(&here.key("template"), "the template uses no placeholder ({host} or {user}); an instance per key needs one, or make it a plain pool"));
     }
+    // As written: a relative path is named as the operator wrote it.
+    let touch_warnings = super::resolve::touch_reload_warnings(src, name, dir, &raw);
     absolutize(&mut raw, dir);
     if raw.mode.is_none() {
         // Instances start with their first request and shrink to none when idle.
@@ -299,6 +301,7 @@ pub fn resolve(
     let opts = super::LoadOptions { accounts: Some(&accounts), ..opts };
     let mut warnings = check_sample(src, (&here, dir), name, &raw, opts, &with_placeholders, &mut errs);
     warn_of_missing_roots(src, &here, &raw, &mut warnings);
+    warnings.extend(touch_warnings);
     let Some((allow, max_instances, idle_timeout, spawn_rate, missing_cache, min_uid)) = t else {
         return Err(ConfigError::several(errs));
     };
@@ -759,6 +762,8 @@ pub fn instantiate(
     accounts: &super::isolation::Accounts,
 ) -> Result<(Pool, Vec<String>), ConfigError> {
     raw.queue_size.get_or_insert(t.queue_size);
+    // The template's load warned of a memory-limit without a unit: not again at each instance.
+    raw.memory_limit.iter_mut().for_each(|m| m.bare = false);
     let opts = super::LoadOptions {
         search_path,
         privileges: super::Privileges::Check,
@@ -889,6 +894,58 @@ listeners:
         assert_eq!(beta.python, bin.join("python3"));
         assert_eq!(warnings.len(), 1, "{warnings:?}");
         assert!(warnings[0].contains("beta.test/app.fcgi:1: warning: pools.sites.python:"), "{}", warnings[0]);
+    }
+
+    #[test]
+    fn a_touch_reload_path_is_warned_of_when_its_part_before_the_placeholder_is_missing() {
+        // `sites/` exists (each site's directory is made with the site): nothing to say.
+        let (_, loaded) = load("template-touch-ok", TEMPLATE);
+        assert_eq!(loaded.unwrap().templates[0].warnings, Vec::<String>::new());
+        // `sitse/` never will: no instance restarts on a touch. And a path without a
+        // placeholder is looked at as a pool's is.
+        let text = TEMPLATE.replace(
+            "touch-reload: ../sites/{host}/reload.txt",
+            "touch-reload: ['../sitse/{host}/reload.txt', '/nonexistent/site-{host}/r.txt', ../deploy/restart.txt]",
+        );
+        let (root, loaded) = load("template-touch-missing", &text);
+        let root = root.display().to_string();
+        let warnings: Vec<String> =
+            loaded.unwrap().templates[0].warnings.iter().map(|w| w.replace(&root, "ROOT")).collect();
+        let at = "ROOT/conf.d/10.yaml:8:5: warning: pools.sites.touch-reload:";
+        let end = "does not exist: the workers restart only once it and the file are made; a relative path is read \
+                   from the configuration file's directory";
+        assert_eq!(
+            warnings,
+            [
+                format!(
+                    "{at} ROOT/sitse, the part of ROOT/sitse/{{host}}/reload.txt before its first placeholder, {end}"
+                ),
+                format!(
+                    "{at} /nonexistent, the part of /nonexistent/site-{{host}}/r.txt before its first placeholder, does not exist: the \
+                     workers restart only once it and the file are made"
+                ),
+                format!("{at} the directory of ROOT/deploy/restart.txt {end}"),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_memory_limit_without_a_unit_is_warned_of_by_the_template_not_each_instance() {
+        let text = TEMPLATE.replace("    threads: 2\n", "    threads: 2\n    memory-limit: 500000000\n");
+        let (root, loaded) = load("template-memory-limit", &text);
+        let t = &loaded.unwrap().templates[0];
+        assert_eq!(t.warnings.len(), 1, "{:?}", t.warnings);
+        assert!(
+            t.warnings[0].contains("warning: pools.sites.memory-limit: 500000000 without a unit"),
+            "{:?}",
+            t.warnings
+        );
+        fs::create_dir_all(root.join("sites/alpha.test")).unwrap();
+        fs::write(root.join("sites/alpha.test/app.py"), "application = None\n").unwrap();
+        let raw = fill_raw(&t.raw, &[(Placeholder::Host, "alpha.test")]);
+        let bin = root.join("bin");
+        let (pool, warnings) = instantiate(t, raw, Some(bin.as_os_str()), &Default::default()).unwrap();
+        assert_eq!((pool.supervision.memory_limit, warnings), (Some(500_000_000), vec![]));
     }
 
     #[test]

@@ -1809,6 +1809,31 @@ fn a_listener_or_bridge_key_in_a_pool_says_where_it_goes() {
 }
 
 #[test]
+fn a_memory_limit_pasted_from_mod_wsgi_in_bytes_is_warned_of() {
+    // WSGIDaemonProcess memory-limit=500000000: bytes, and a hard limit there; here bytes of
+    // RSS and a graceful recycle, which the warning says, with what to write.
+    let text = "pools:\n  x:\n    app: x\n    memory-limit: 500000000\n";
+    let config = valid("memory-limit-bare").file("30-x.yaml", text).config();
+    let x = config.pools.iter().find(|p| p.name == "x").unwrap();
+    assert_eq!(x.supervision.memory_limit, Some(500_000_000));
+    let warnings: Vec<&str> = config.warnings.iter().map(|w| w.split_once("30-x.yaml:").unwrap().1).collect();
+    assert_eq!(
+        warnings,
+        ["4:5: warning: pools.x.memory-limit: 500000000 without a unit is bytes, about 477MiB: a worker whose RSS \
+          passes it is recycled gracefully (sampled every second). mod_wsgi's memory-limit=500000000 was a hard limit \
+          instead (RLIMIT_DATA: an allocation past it fails), nearest here the pool key rlimit-as; write a unit \
+          (`memory-limit: 477MiB`) and this warning goes"]
+    );
+    // With a unit, nothing to say; quoted, a number is still without one.
+    for (written, warned) in [("477MiB", false), ("500MB", false), ("\"500000000\"", true)] {
+        let text = format!("pools:\n  x:\n    app: x\n    memory-limit: {written}\n");
+        let config = valid("memory-limit-unit").file("30-x.yaml", &text).config();
+        let said = config.warnings.iter().any(|w| w.contains("memory-limit"));
+        assert_eq!(said, warned, "{written}: {:?}", config.warnings);
+    }
+}
+
+#[test]
 fn a_memory_limit_under_1mib_is_refused_in_words_that_fit_a_unit_too() {
     let text = "pools:\n  x:\n    app: x\n    memory-limit: 1MB\n";
     let lines = error_lines(&valid("memory-limit-unit").file("30-x.yaml", text));

@@ -16,6 +16,14 @@ pub struct HumanDuration(pub Duration);
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ByteSize(pub u64);
 
+/// A byte count, and whether it was written without a unit (`500000000`): for a key whose
+/// namesake elsewhere counts otherwise (mod_wsgi's `memory-limit=` is a hard limit in bytes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WrittenSize {
+    pub bytes: u64,
+    pub bare: bool,
+}
+
 // Written back as an operator would write them (`fcgibridge check` prints templates so).
 impl serde::Serialize for HumanDuration {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
@@ -26,6 +34,12 @@ impl serde::Serialize for HumanDuration {
 impl serde::Serialize for ByteSize {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.collect_str(&SizeDisplay(self.0))
+    }
+}
+
+impl serde::Serialize for WrittenSize {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&SizeDisplay(self.bytes))
     }
 }
 
@@ -190,6 +204,14 @@ impl<'de> Deserialize<'de> for ByteSize {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let text = deserializer.deserialize_str(ScalarText)?;
         parse_size(&text).map(ByteSize).map_err(de::Error::custom)
+    }
+}
+
+impl<'de> Deserialize<'de> for WrittenSize {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = deserializer.deserialize_str(ScalarText)?;
+        let bytes = parse_size(&text).map_err(de::Error::custom)?;
+        Ok(Self { bytes, bare: text.trim().bytes().all(|b| b.is_ascii_digit()) })
     }
 }
 
