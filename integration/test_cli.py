@@ -208,8 +208,9 @@ def test_check_names_every_error_of_every_file(tmp_path):
 
 
 def test_a_bad_value_in_a_merged_anchor_is_its_pool_s_one_error(tmp_path):
-    """The merge is set aside whole; what the pool then lacks (allow-root, its app) is not
-    reported as mistakes of its own, while a wrong key of the pool itself still is."""
+    """The error is placed at the bad value in the anchor, named as the pool's key; the merge
+    is set aside whole, and what the pool then lacks (allow-root, its app) is not reported as
+    mistakes of its own, while a wrong key of the pool itself still is."""
     files = dict(GOOD)
     files["40-anchor.yaml"] = (
         "x-common: &common {app: mysite.wsgi:application, allow-root: true, max-requests: 5k}\n"
@@ -221,7 +222,8 @@ def test_a_bad_value_in_a_merged_anchor_is_its_pool_s_one_error(tmp_path):
     r = run("check", "--config", str(write_conf(tmp_path, files)))
     assert r.returncode != 0
     lines = [ln.split("40-anchor.yaml:", 1)[1] for ln in r.stderr.strip().splitlines()]
-    assert len(lines) == 2 and lines[0].startswith("4:9: pools.shop.<<: ") and \
+    assert len(lines) == 2 and lines[0].startswith("1:82: pools.shop.max-requests: ") and \
+        lines[0].endswith(" (in &common, merged here at line 4)") and \
         lines[1].startswith("5:5: pools.shop.threads: must be 1 or more"), r.stderr
 
 
