@@ -32,11 +32,49 @@ pub(crate) struct WorkerHandle {
     pub app_lines: Arc<crate::logging::app_lines::LineBudget>,
     /// While its ready-check runs, the STDERR lines of its requests are held here until
     /// the start's outcome decides how they are logged (supervise/worker.rs).
-    held_stderr: Mutex<Option<Vec<String>>>,
+    held_stderr: Mutex<Option<HeldLines>>,
 }
 
-/// STDERR lines held at most while a worker is checked; beyond, they are logged.
-const HOLD_MAX: usize = 400;
+/// Bytes of STDERR lines held whole while a worker is checked (a long Django traceback
+/// is some 100 KB); past them only the last [`HOLD_TAIL`] lines are kept.
+const HOLD_BYTES: usize = 1 << 20;
+/// Lines kept from the end of output past [`HOLD_BYTES`]: a traceback's exception is last.
+const HOLD_TAIL: usize = 100;
+
+/// The lines held while a worker is checked: all of them in order, or, past
+/// [`HOLD_BYTES`], their start and their last [`HOLD_TAIL`] lines with the count of those
+/// left out between.
+#[derive(Debug, Default)]
+struct HeldLines {
+    head: Vec<String>,
+    bytes: usize,
+    tail: std::collections::VecDeque<String>,
+    left_out: usize,
+}
+
+impl HeldLines {
+    fn push(&mut self, line: &str) {
+        if self.tail.is_empty() && self.bytes + line.len() <= HOLD_BYTES {
+            self.bytes += line.len();
+            self.head.push(line.to_owned());
+            return;
+        }
+        if self.tail.len() == HOLD_TAIL {
+            self.tail.pop_front();
+            self.left_out += 1;
+        }
+        self.tail.push_back(line.to_owned());
+    }
+
+    fn into_lines(self) -> Vec<String> {
+        let mut lines = self.head;
+        if self.left_out > 0 {
+            lines.push(format!("[… {} lines of the ready-check's output left out …]", self.left_out));
+        }
+        lines.extend(self.tail);
+        lines
+    }
+}
 
 impl WorkerHandle {
     /// A handle on a worker; only the task that owns the process signals it (no reused pid
@@ -77,23 +115,63 @@ impl WorkerHandle {
 
     /// From now on hold the STDERR lines of its requests (see [`Self::hold`]).
     pub(crate) fn hold_stderr(&self) {
-        *self.held_stderr.lock().unwrap_or_else(|e| e.into_inner()) = Some(Vec::new());
+        *self.held_stderr.lock().unwrap_or_else(|e| e.into_inner()) = Some(HeldLines::default());
     }
 
-    /// Hold the lines of a STDERR record, if they are being held; false: log them.
+    /// Hold the lines of a STDERR record, if they are being held; false: log them. All of
+    /// them are held, in order (a bounded part of very long output: [`HeldLines`]), so that
+    /// a traceback is logged whole and its exception, its last line, is never lost.
     pub(crate) fn hold(&self, text: &str) -> bool {
         let mut held = self.held_stderr.lock().unwrap_or_else(|e| e.into_inner());
-        match held.as_mut() {
-            Some(lines) if lines.len() < HOLD_MAX => {
-                lines.extend(text.lines().filter(|l| !l.is_empty()).map(str::to_owned));
-                true
-            }
-            _ => false,
-        }
+        let Some(lines) = held.as_mut() else { return false };
+        text.lines().filter(|l| !l.is_empty()).for_each(|l| lines.push(l));
+        true
     }
 
     /// Stop holding; the lines held so far.
     pub(crate) fn release_stderr(&self) -> Vec<String> {
-        self.held_stderr.lock().unwrap_or_else(|e| e.into_inner()).take().unwrap_or_default()
+        let held = self.held_stderr.lock().unwrap_or_else(|e| e.into_inner()).take();
+        held.map(HeldLines::into_lines).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_checked_workers_stderr_is_held_whole_and_in_order() {
+        let handle = WorkerHandle::new("p".into(), 1, PathBuf::new());
+        assert!(!handle.hold("not held yet\n"));
+        handle.hold_stderr();
+        // More lines than the bridge ever held before (400): a Django traceback with
+        // chained exceptions and Python 3.11's caret lines.
+        let traceback: Vec<String> = (0..1000).map(|i| format!("  line {i}")).collect();
+        assert!(handle.hold(&(traceback.join("\n") + "\nSyntaxError: invalid syntax\n")));
+        let held = handle.release_stderr();
+        assert_eq!(held.len(), 1001);
+        assert_eq!(held[..1000], traceback[..]);
+        assert_eq!(held.last().map(String::as_str), Some("SyntaxError: invalid syntax"));
+        assert!(!handle.hold("logged again\n"));
+    }
+
+    #[test]
+    fn past_the_byte_bound_the_start_and_the_last_lines_are_kept() {
+        let handle = WorkerHandle::new("p".into(), 1, PathBuf::new());
+        handle.hold_stderr();
+        let line = "x".repeat(1000);
+        let n = HOLD_BYTES / 1000 + 500;
+        for _ in 0..n {
+            handle.hold(&line);
+        }
+        handle.hold("ValueError: the last line");
+        let held = handle.release_stderr();
+        let head = HOLD_BYTES / 1000;
+        assert_eq!(held.len(), head + 1 + HOLD_TAIL);
+        assert_eq!(
+            held[head],
+            format!("[… {} lines of the ready-check's output left out …]", n + 1 - head - HOLD_TAIL)
+        );
+        assert_eq!(held.last().map(String::as_str), Some("ValueError: the last line"));
     }
 }

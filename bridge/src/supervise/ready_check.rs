@@ -118,6 +118,79 @@ fn answered(status: u16, response: &[u8]) -> Failure {
     Failure::Answered { status, body }
 }
 
+/// What the app said about its failure, from its stderr lines — `sources`, the most
+/// telling first: the check's own STDERR records, then the process's stderr (an app's
+/// logging record counts by its message). A traceback's exception line (its last line,
+/// `SyntaxError: invalid syntax`), never the caret or tilde lines Python 3.11 draws under
+/// a frame's code, the code or a `File "…", line N` line; else the last line that reads
+/// `Name: message`; else the last line of text. Cut to a few hundred bytes.
+pub(super) fn what_the_app_said(sources: &[&[String]]) -> Option<String> {
+    let texts: Vec<Vec<String>> =
+        sources.iter().map(|lines| lines.iter().flat_map(|l| text_lines(l)).collect()).collect();
+    let said = texts
+        .iter()
+        .find_map(|t| exception_after_a_frame(t))
+        .or_else(|| texts.iter().find_map(|t| t.iter().rfind(|l| exception_name(l).is_some_and(|(_, msg)| msg))))
+        .or_else(|| texts.iter().find_map(|t| t.iter().rfind(|l| !is_scaffolding(l))))?;
+    Some(crate::logging::escape::prefix(&crate::logging::escape::clean(said.trim()), 300).into_owned())
+}
+
+/// The last exception line after a traceback's first frame.
+fn exception_after_a_frame(lines: &[String]) -> Option<&String> {
+    let first_frame = lines.iter().position(|l| is_frame(l))?;
+    lines[first_frame..].iter().rfind(|l| exception_name(l).is_some())
+}
+
+/// The lines of one line of output: an app's logging record's message, a direct worker's
+/// line without its request tag, an exception group's lines without the `|` drawn before them.
+fn text_lines(line: &str) -> Vec<String> {
+    let text = crate::logging::app_records::message(line).unwrap_or_else(|| line.to_owned());
+    let text = crate::logging::app_lines::request_tag(&text).map_or(&*text, |tag| &text[tag.len()..]);
+    text.lines()
+        .map(|l| match l.trim_start().strip_prefix('|') {
+            Some(rest) => rest.strip_prefix(' ').unwrap_or(rest).to_owned(),
+            None => l.to_owned(),
+        })
+        .filter(|l| !l.trim().is_empty())
+        .collect()
+}
+
+/// `  File "/srv/shop/views.py", line 12, in index` (or `line 12` alone, a SyntaxError's).
+fn is_frame(line: &str) -> bool {
+    line.trim_start().starts_with("File \"") && line.contains("\", line ")
+}
+
+/// A traceback's lines other than its exception: frames, their code (indented), the caret
+/// and tilde lines under it, the headers, an exception group's frame drawing.
+fn is_scaffolding(line: &str) -> bool {
+    const HEADERS: [&str; 4] = [
+        "Traceback (most recent call last):",
+        "Exception Group Traceback (most recent call last):",
+        "During handling of the above exception, another exception occurred:",
+        "The above exception was the direct cause of the following exception:",
+    ];
+    let t = line.trim();
+    let drawn = t.chars().all(|c| "^~+-| ".contains(c) || c.is_ascii_digit()) && !t.chars().all(|c| c.is_ascii_digit());
+    drawn || is_frame(line) || line.starts_with(char::is_whitespace) || HEADERS.iter().any(|h| t.ends_with(h))
+}
+
+/// An exception line, `Name: message` or a bare `Name` at the start of the line (a dotted
+/// name whose last part is capitalised: `KeyError`, `django.core.exceptions.ImproperlyConfigured`):
+/// the name, and whether a message follows.
+fn exception_name(line: &str) -> Option<(&str, bool)> {
+    let (name, has_message) = match line.split_once(':') {
+        Some((name, rest)) => (name, !rest.trim().is_empty()),
+        None => (line.trim_end(), false),
+    };
+    let well_formed = name.split('.').all(|part| {
+        part.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && part.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+    });
+    let capitalised =
+        name.rsplit('.').next().and_then(|last| last.chars().next()).is_some_and(|c| c.is_ascii_uppercase());
+    (well_formed && capitalised).then_some((name, has_message))
+}
+
 /// The response's first [`KEEP`] bytes; the rest is read and dropped.
 struct Kept(BytesMut);
 
@@ -164,6 +237,68 @@ mod tests {
             }
         );
         assert_eq!(answered(404, b""), Failure::Answered { status: "404".into(), body: None });
+    }
+
+    fn said(sources: &[&str]) -> Option<String> {
+        let lines: Vec<Vec<String>> = sources.iter().map(|s| s.lines().map(str::to_owned).collect()).collect();
+        let refs: Vec<&[String]> = lines.iter().map(Vec::as_slice).collect();
+        what_the_app_said(&refs)
+    }
+
+    /// Python 3.11's traceback of a Django app whose views.py does not compile, cut short
+    /// at any line: its exception line when that came, never a caret line.
+    #[test]
+    fn the_app_said_its_tracebacks_exception_not_a_caret_line() {
+        let traceback = r#"Traceback (most recent call last):
+  File "/venv/lib/python3.11/site-packages/django/core/handlers/exception.py", line 55, in inner
+    response = get_response(request)
+               ^^^^^^^^^^^^^^^^^^^^^
+  File "/venv/lib/python3.11/site-packages/django/urls/resolvers.py", line 711, in urlconf_module
+    return import_module(self.urlconf_name)
+           ^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^
+  File "<frozen importlib._bootstrap>", line 1204, in _gcd_import
+  File "/srv/blog/blog/views.py", line 12
+    def broken(:
+               ^
+SyntaxError: invalid syntax
+Exception ignored in: <function Thing.__del__ at 0x7f>
+    result = a[1] + b
+             ~~~~~^~~"#;
+        assert_eq!(said(&[traceback]).as_deref(), Some("SyntaxError: invalid syntax"));
+        let lines: Vec<&str> = traceback.lines().collect();
+        for cut in 1..lines.len() {
+            let got = said(&[&lines[..cut].join("\n")]).unwrap_or_default();
+            assert!(
+                !got.starts_with(['^', '~']) && !got.starts_with("File ") && !got.starts_with("Traceback"),
+                "{cut}: {got}"
+            );
+        }
+        // The request's own records before the process's stderr; a bare exception name;
+        // a dotted one; an exception group's last sub-exception.
+        assert_eq!(
+            said(&[
+                "Traceback (most recent call last):\n  File \"a.py\", line 1, in f\nKeyboardInterrupt",
+                "Error: later"
+            ])
+            .as_deref(),
+            Some("KeyboardInterrupt")
+        );
+        assert_eq!(said(&["", "  File \"s.py\", line 3, in <module>\ndjango.core.exceptions.ImproperlyConfigured: SECRET_KEY is empty\nbye"]).as_deref(), Some("django.core.exceptions.ImproperlyConfigured: SECRET_KEY is empty"));
+        let group = "  + Exception Group Traceback (most recent call last):\n  |   File \"g.py\", line 2, in <module>\n  | ExceptionGroup: two (2 sub-exceptions)\n  +-+---------------- 1 ----------------\n    | ValueError: first\n    +------------------------------------";
+        assert_eq!(said(&[group]).as_deref(), Some("ValueError: first"));
+    }
+
+    #[test]
+    fn without_a_traceback_the_app_said_its_last_message_or_line() {
+        assert_eq!(said(&["starting\nWarning: cache is cold\nready?"]).as_deref(), Some("Warning: cache is cold"));
+        assert_eq!(
+            said(&["Internal Server Error: /healthz/\n    ^^^^"]).as_deref(),
+            Some("Internal Server Error: /healthz/")
+        );
+        assert_eq!(said(&["", "   \n^^^"]), None);
+        let record = format!("{}{{\"level\":\"ERROR\",\"logger\":\"app\",\"msg\":\"Exception on /healthz [GET]\\nTraceback (most recent call last):\\n  File \\\"app.py\\\", line 9, in healthz\\n    int(x)\\n    ^^^^^^\\nValueError: invalid literal\",\"request_id\":\"ready-check\"}}", crate::logging::app_records::MARKER);
+        assert_eq!(said(&["", &record]).as_deref(), Some("ValueError: invalid literal"));
+        assert_eq!(said(&["[request_id=ready-check GET /healthz] boom happened"]).as_deref(), Some("boom happened"));
     }
 
     #[test]

@@ -6,13 +6,17 @@
 //! This task owns the `Child`, so signals go through it ([`WorkerCtl`]) and never reach a
 //! pid that was already reaped and reused.
 use super::spawn::Spawned;
+use super::worker_child::OutputPipe;
 use super::worker_child::WorkerChild;
 use crate::backend::SlotConn;
 use crate::dispatch::{Dispatcher, WorkerKey};
 use crate::logging::app_lines::LineBudget;
 use crate::worker_handle::{WorkerCtl, WorkerHandle};
 use std::os::unix::process::ExitStatusExt;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{
+    AtomicU64,
+    Ordering::{Acquire, Release},
+};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
@@ -30,7 +34,9 @@ pub(super) const STACKS_WAIT: Duration = Duration::from_secs(1);
 /// The stack lines have all been read once none came for this long (a dump is one write).
 const STACKS_QUIET: Duration = Duration::from_millis(50);
 /// The longest wait for a failed ready-check's output to be read from the worker's pipes.
-const SETTLE_MAX: Duration = Duration::from_millis(500);
+const SETTLE_MAX: Duration = Duration::from_secs(1);
+/// How often [`settle`] looks at the pipes.
+const SETTLE_STEP: Duration = Duration::from_millis(5);
 /// The prefix of every line of a worker's stack dump (stackdump.py, asgi.py).
 const STACK_LINE: &str = "[stack ";
 
@@ -126,10 +132,10 @@ pub(super) async fn run(t: WorkerTask, mut ctl: mpsc::UnboundedReceiver<WorkerCt
     let _ = t.events.send(Event::Spawned { id: t.id, pid });
     let gate = Arc::new(LineGate::new(pool.clone(), pid, handle.app_lines.clone()));
     if let Some(out) = child.stdout.take() {
-        tokio::spawn(log_lines(out, false, gate.clone()));
+        gate.follow(out, false);
     }
     if let Some(err) = child.stderr.take() {
-        tokio::spawn(log_lines(err, true, gate.clone()));
+        gate.follow(err, true);
     }
 
     let mut startup = wait_ready(&t, &mut child, &mut ready, &gate, &mut ctl, pid).await;
@@ -337,6 +343,7 @@ async fn check_ready(
 ) -> Result<(), Startup> {
     use super::ready_check::Failure;
     handle.hold_stderr();
+    gate.watch_stderr();
     let left = t.config.startup_timeout.saturating_sub(spawned.elapsed());
     let result = tokio::select! {
         r = super::ready_check::run(check, handle, left) => r,
@@ -356,13 +363,15 @@ async fn check_ready(
     if matches!(result, Err(Failure::Answered { .. } | Failure::Broken(_))) {
         settle(gate).await;
     }
-    for line in handle.release_stderr() {
-        gate.line(true, line);
-    }
+    // The check's own STDERR records (a traceback the worker caught) were all read before
+    // its END_REQUEST; the process's stderr (the app's logging) since the check began.
+    let (request_lines, process_lines) = (handle.release_stderr(), gate.take_watched());
+    let said = super::ready_check::what_the_app_said(&[&request_lines, &process_lines]);
+    gate.hold_all(request_lines);
     let why = match result {
         Ok(()) => return Ok(()),
         Err(Failure::Stopped(grace)) => return Err(Startup::Stopped { grace }),
-        Err(Failure::Answered { status, body }) => match (gate.stderr_tail(), body) {
+        Err(Failure::Answered { status, body }) => match (said, body) {
             (Some(said), Some(body)) => format!("{what} answered {status}: {said} (body: {body})"),
             (Some(line), None) | (None, Some(line)) => format!("{what} answered {status}: {line}"),
             (None, None) => format!("{what} answered {status}"),
@@ -381,18 +390,19 @@ fn grace_of(c: Option<WorkerCtl>) -> Duration {
     }
 }
 
-/// Lines a worker wrote before it answered may still be in its pipes: wait until none came
-/// for a moment (at most [`SETTLE_MAX`]).
+/// What a worker wrote before it answered (an app's logging flushes before the response
+/// goes out) may still be in its pipes: wait until they are empty and all read from them
+/// has reached the gate, seen twice in a row (at most [`SETTLE_MAX`]).
 async fn settle(gate: &LineGate) {
     let until = Instant::now() + SETTLE_MAX;
-    let mut seen = gate.lines_seen();
+    let mut empty_before = false;
     while Instant::now() < until {
-        tokio::time::sleep(STACKS_QUIET).await;
-        let now = gate.lines_seen();
-        if now == seen {
-            break;
+        let empty = gate.pipes_empty();
+        if empty && empty_before {
+            return;
         }
-        seen = now;
+        empty_before = empty;
+        tokio::time::sleep(SETTLE_STEP).await;
     }
 }
 
@@ -530,7 +540,10 @@ fn report_failure(t: &WorkerTask, gate: &LineGate, pid: u32, why: &str) {
         same
     };
     let pool = &*t.pool;
-    if repeated {
+    if repeated && !gate.holding() {
+        // Its output was too long to hold back, and is in the log above.
+        tracing::error!(pool, pid, "worker failed to start again, same error: {why} (its output is above)");
+    } else if repeated {
         gate.suppress();
         tracing::error!(
             pool,
@@ -614,8 +627,11 @@ pub(super) struct LineGate {
     state: Mutex<(Gate, Vec<(bool, String)>)>,
     /// Stack-dump lines passed on so far (see [`await_stacks`]).
     stack_lines: AtomicU64,
-    /// Every line received so far (see [`settle`]).
-    received: AtomicU64,
+    /// The pipes it reads (see [`settle`]).
+    pipes: Mutex<Vec<Arc<Backlog>>>,
+    /// The last stderr lines since a ready-check began, whether held or logged: what the
+    /// app said about a failed check (see [`Watched`]).
+    watched: Mutex<Option<Watched>>,
     /// The tag of the request whose failure report (a traceback) a direct worker is writing
     /// ([`crate::logging::app_lines::reports_a_failure`]): its lines are errors.
     failing: Mutex<Option<String>>,
@@ -631,8 +647,29 @@ enum Gate {
 /// How long the rest of a line a worker began may take before the part is logged alone.
 const PARTIAL_LINE_WAIT: Duration = Duration::from_millis(200);
 
-/// Lines held at most while a worker starts; beyond, they are logged as they come.
+/// Lines held at most while a worker starts; beyond, what was held is logged, and every
+/// line from then on as it comes.
 const HOLD_MAX: usize = 400;
+
+/// Stderr lines kept while a ready-check runs, the last ones at most (a traceback's end).
+#[derive(Default)]
+struct Watched {
+    lines: std::collections::VecDeque<String>,
+    bytes: usize,
+}
+
+impl Watched {
+    const MAX_LINES: usize = 400;
+    const MAX_BYTES: usize = 1 << 20;
+
+    fn push(&mut self, line: &str) {
+        self.bytes += line.len();
+        self.lines.push_back(line.to_owned());
+        while self.lines.len() > Self::MAX_LINES || (self.bytes > Self::MAX_BYTES && self.lines.len() > 1) {
+            self.bytes -= self.lines.pop_front().map_or(0, |l| l.len());
+        }
+    }
+}
 
 impl LineGate {
     pub(super) fn new(pool: Arc<str>, pid: u32, lines: Arc<LineBudget>) -> Self {
@@ -643,7 +680,8 @@ impl LineGate {
             lines,
             state,
             stack_lines: AtomicU64::default(),
-            received: AtomicU64::default(),
+            pipes: Mutex::default(),
+            watched: Mutex::default(),
             failing: Mutex::default(),
         }
     }
@@ -653,20 +691,44 @@ impl LineGate {
         self.stack_lines.load(std::sync::atomic::Ordering::Acquire)
     }
 
-    /// How many lines the worker wrote so far.
-    fn lines_seen(&self) -> u64 {
-        self.received.load(Relaxed)
+    /// Log (or hold) the lines of one of the worker's output pipes, read in a task of its own.
+    fn follow(self: &Arc<Self>, pipe: OutputPipe, is_stderr: bool) {
+        let backlog = Arc::new(Backlog::new(&pipe));
+        self.pipes.lock().unwrap_or_else(|e| e.into_inner()).push(backlog.clone());
+        tokio::spawn(log_lines(Counted { pipe, backlog }, is_stderr, self.clone()));
     }
 
-    /// The last line held from stderr, of its text (an app's logging record: its message), cut
-    /// to a few hundred bytes: the exception of a traceback.
-    fn stderr_tail(&self) -> Option<String> {
-        let st = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        st.1.iter().rev().filter(|(is_stderr, _)| *is_stderr).find_map(|(_, line)| {
-            let text = crate::logging::app_records::message(line).unwrap_or_else(|| line.clone());
-            let last = text.lines().map(str::trim).rfind(|l| !l.is_empty())?;
-            Some(crate::logging::escape::prefix(&crate::logging::escape::clean(last), 300).into_owned())
-        })
+    /// Whether everything the worker wrote to its pipes so far has been logged or held.
+    fn pipes_empty(&self) -> bool {
+        self.pipes.lock().unwrap_or_else(|e| e.into_inner()).iter().all(|p| p.empty())
+    }
+
+    /// From now on keep the last stderr lines apart too, held or not ([`Self::take_watched`]).
+    fn watch_stderr(&self) {
+        *self.watched.lock().unwrap_or_else(|e| e.into_inner()) = Some(Watched::default());
+    }
+
+    /// The stderr lines since [`Self::watch_stderr`] (the last ones), and stop keeping them.
+    fn take_watched(&self) -> Vec<String> {
+        let watched = self.watched.lock().unwrap_or_else(|e| e.into_inner()).take();
+        watched.map(|w| w.lines.into()).unwrap_or_default()
+    }
+
+    /// Whether the start's output is still held back (not too long for that).
+    fn holding(&self) -> bool {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).0 == Gate::Hold
+    }
+
+    /// Stderr lines the worker wrote elsewhere (its ready-check's STDERR records, bounded
+    /// by [`crate::worker_handle::WorkerHandle::hold`]): held with the rest, however many.
+    fn hold_all(&self, lines: Vec<String>) {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        for line in lines {
+            match st.0 {
+                Gate::Hold => st.1.push((true, line)),
+                gate => self.emit(&line, true, gate == Gate::Quiet),
+            }
+        }
     }
 
     /// Log what was held, and every line from now on.
@@ -691,14 +753,26 @@ impl LineGate {
     }
 
     fn line(&self, is_stderr: bool, text: String) {
-        self.received.fetch_add(1, Relaxed);
         let stack = is_stderr && text.starts_with(STACK_LINE);
+        if is_stderr {
+            if let Some(watched) = self.watched.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+                watched.push(&text);
+            }
+        }
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         match st.0 {
             Gate::Pass => self.emit(&text, is_stderr, false),
             Gate::Quiet => self.emit(&text, is_stderr, true),
             Gate::Hold if st.1.len() < HOLD_MAX => st.1.push((is_stderr, text)),
-            Gate::Hold => self.emit(&text, is_stderr, false),
+            Gate::Hold => {
+                // Too much to hold back: what was held goes first, so the log keeps the
+                // worker's order, and a traceback is not cut in two.
+                st.0 = Gate::Pass;
+                for (is_stderr, line) in std::mem::take(&mut st.1) {
+                    self.emit(&line, is_stderr, false);
+                }
+                self.emit(&text, is_stderr, false);
+            }
         }
         if stack {
             // Counted once logged (or held, before READY: then no dump was asked for).
@@ -740,21 +814,77 @@ impl Drop for LineGate {
     }
 }
 
+/// One of a worker's output pipes as its reader passes it on: the bytes left in it (FIONREAD
+/// on a duplicate of its fd) and those its reader took but has not logged or held yet.
+struct Backlog {
+    fd: Option<std::os::fd::OwnedFd>,
+    taken: AtomicU64,
+    passed: AtomicU64,
+}
+
+impl Backlog {
+    fn new(pipe: &OutputPipe) -> Self {
+        let fd = std::os::fd::AsFd::as_fd(&**pipe).try_clone_to_owned().ok();
+        Self { fd, taken: AtomicU64::default(), passed: AtomicU64::default() }
+    }
+
+    /// Nothing of it waits to be logged, as far as can be seen.
+    fn empty(&self) -> bool {
+        if self.taken.load(Acquire) != self.passed.load(Acquire) {
+            return false;
+        }
+        let Some(fd) = &self.fd else { return true };
+        let mut unread: libc::c_int = 0;
+        // SAFETY: FIONREAD writes one int; `fd` is a pipe this struct owns.
+        let rc = unsafe { libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(fd), libc::FIONREAD, &mut unread) };
+        rc != 0 || unread == 0
+    }
+}
+
+/// A worker's output pipe, counting what is read from it.
+struct Counted {
+    pipe: OutputPipe,
+    backlog: Arc<Backlog>,
+}
+
+impl AsyncRead for Counted {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let read = std::pin::Pin::new(&mut self.pipe).poll_read(cx, buf);
+        self.backlog.taken.fetch_add((buf.filled().len() - before) as u64, Release);
+        read
+    }
+}
+
 /// Log every line a worker prints, tagged with pool and pid: stdout at info, stderr at warn,
 /// the lines of a failed request's report (a traceback) at error.
 /// A line the worker left unterminated (a `write()` without "\n") is logged once nothing
 /// more has come for [`PARTIAL_LINE_WAIT`]: it is neither held back until the process writes
 /// a newline for something else, nor glued to that. The rest of a direct worker's line
 /// logged in parts carries the request's tag too (the worker tags a line's start only).
-async fn log_lines(pipe: impl AsyncRead + Unpin, is_stderr: bool, gate: Arc<LineGate>) {
+async fn log_lines(pipe: Counted, is_stderr: bool, gate: Arc<LineGate>) {
     const MAX_LINE: usize = 16 << 10;
+    // An app's logging record is one line however long its traceback: cut, it would be
+    // logged as pieces of JSON, the exception in none of them.
+    const MAX_RECORD: usize = 1 << 20;
+    let too_long = |line: &[u8]| {
+        line.len() >= MAX_RECORD
+            || (line.len() >= MAX_LINE && !line.starts_with(crate::logging::app_records::MARKER.as_bytes()))
+    };
+    let backlog = pipe.backlog.clone();
     let mut reader = BufReader::with_capacity(8192, pipe);
     let mut line: Vec<u8> = Vec::new();
     let mut parts = crate::logging::app_lines::LineParts::default();
     let mut emit = |line: &[u8], whole: bool| {
+        let passed = line.len() as u64;
         let line = line.strip_suffix(b"\n").unwrap_or(line);
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         gate.line(is_stderr, parts.text(String::from_utf8_lossy(line).into_owned(), whole));
+        backlog.passed.fetch_add(passed, Release);
     };
     loop {
         let read = if line.is_empty() {
@@ -779,12 +909,41 @@ async fn log_lines(pipe: impl AsyncRead + Unpin, is_stderr: bool, gate: Arc<Line
         };
         line.extend_from_slice(&buf[..take]);
         reader.consume(take);
-        if found || line.len() >= MAX_LINE {
+        if found || too_long(&line) {
             emit(&line, found);
             line.clear();
         }
     }
     if !line.is_empty() {
         emit(&line, true);
+    }
+    // Closed, or unreadable: nothing more will come of what it held.
+    backlog.passed.store(backlog.taken.load(Acquire), Release);
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    #[tokio::test]
+    async fn a_failed_checks_output_is_read_to_its_end_and_a_long_record_kept_whole() {
+        let (mut tx, rx) = tokio::net::unix::pipe::pipe().unwrap();
+        let gate = Arc::new(LineGate::new("p".into(), 1, Arc::default()));
+        gate.follow(Box::new(rx), true);
+        // An app's logging record whose traceback is longer than a plain line may be, then
+        // a line the worker did not end.
+        let frames = "  File \\\"/srv/app.py\\\", line 9, in f\\n    f()\\n    ^^^\\n".repeat(1500);
+        let record = format!(
+            "{}{{\"level\":\"ERROR\",\"logger\":\"app\",\"msg\":\"Traceback (most recent call last):\\n{frames}ValueError: deep\"}}",
+            crate::logging::app_records::MARKER
+        );
+        assert!(record.len() > 64 << 10);
+        tx.write_all(format!("{record}\nSyntaxError: invalid syntax").as_bytes()).await.unwrap();
+        settle(&gate).await;
+        let held: Vec<String> = gate.state.lock().unwrap().1.iter().map(|(_, line)| line.clone()).collect();
+        assert_eq!(held, [record, "SyntaxError: invalid syntax".to_owned()]);
+        assert!(gate.pipes_empty());
     }
 }

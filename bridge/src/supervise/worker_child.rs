@@ -9,8 +9,12 @@ use std::process::ExitStatus;
 use tokio::io::AsyncRead;
 use tokio::sync::oneshot;
 
-/// A pipe carrying a worker's stdout or stderr.
-pub(super) type OutputPipe = Box<dyn AsyncRead + Unpin + Send>;
+/// A pipe carrying a worker's stdout or stderr (its fd tells what is still unread in it).
+pub(super) type OutputPipe = Box<dyn OutputRead>;
+
+/// What an [`OutputPipe`] is.
+pub(super) trait OutputRead: AsyncRead + std::os::fd::AsFd + Unpin + Send {}
+impl<T: AsyncRead + std::os::fd::AsFd + Unpin + Send> OutputRead for T {}
 
 /// One worker process: wait for it, signal it, read its output.
 pub(super) struct WorkerChild {
@@ -279,7 +283,7 @@ mod tests {
     fn sleeper() -> (std::process::Child, WorkerChild, oneshot::Sender<i32>) {
         let child = std::process::Command::new("sleep").arg("300").spawn().unwrap();
         let (tx, rx) = oneshot::channel();
-        let empty = || Box::new(tokio::io::empty()) as OutputPipe;
+        let empty = || Box::new(tokio::fs::File::from_std(std::fs::File::open("/dev/null").unwrap())) as OutputPipe;
         let Ok(worker) = WorkerChild::forked("t".into(), child.id(), std::process::id(), rx, empty(), empty()) else {
             panic!("a child of this process is taken as its fork")
         };
@@ -296,7 +300,7 @@ mod tests {
         let pid = child.id();
         child.wait().unwrap();
         let (_tx, rx) = oneshot::channel();
-        let empty = || Box::new(tokio::io::empty()) as OutputPipe;
+        let empty = || Box::new(tokio::fs::File::from_std(std::fs::File::open("/dev/null").unwrap())) as OutputPipe;
         let Err(NamedPid::Gone { stdout, stderr, .. }) =
             WorkerChild::forked("t".into(), pid, std::process::id(), rx, empty(), empty())
         else {
