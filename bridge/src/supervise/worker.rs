@@ -742,6 +742,10 @@ impl LineGate {
     }
 
     fn decide(&self, to: Gate) {
+        // Only a start waits for its pipes to be read: a worker holds no more fds than that.
+        for pipe in self.pipes.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            pipe.fd.lock().unwrap_or_else(|e| e.into_inner()).take();
+        }
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         if st.0 != Gate::Hold {
             return;
@@ -815,9 +819,10 @@ impl Drop for LineGate {
 }
 
 /// One of a worker's output pipes as its reader passes it on: the bytes left in it (FIONREAD
-/// on a duplicate of its fd) and those its reader took but has not logged or held yet.
+/// on a duplicate of its fd, kept until the start is decided) and those its reader took but
+/// has not logged or held yet.
 struct Backlog {
-    fd: Option<std::os::fd::OwnedFd>,
+    fd: Mutex<Option<std::os::fd::OwnedFd>>,
     taken: AtomicU64,
     passed: AtomicU64,
 }
@@ -825,7 +830,7 @@ struct Backlog {
 impl Backlog {
     fn new(pipe: &OutputPipe) -> Self {
         let fd = std::os::fd::AsFd::as_fd(&**pipe).try_clone_to_owned().ok();
-        Self { fd, taken: AtomicU64::default(), passed: AtomicU64::default() }
+        Self { fd: Mutex::new(fd), taken: AtomicU64::default(), passed: AtomicU64::default() }
     }
 
     /// Nothing of it waits to be logged, as far as can be seen.
@@ -833,7 +838,8 @@ impl Backlog {
         if self.taken.load(Acquire) != self.passed.load(Acquire) {
             return false;
         }
-        let Some(fd) = &self.fd else { return true };
+        let fd = self.fd.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(fd) = fd.as_ref() else { return true };
         let mut unread: libc::c_int = 0;
         // SAFETY: FIONREAD writes one int; `fd` is a pipe this struct owns.
         let rc = unsafe { libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(fd), libc::FIONREAD, &mut unread) };
