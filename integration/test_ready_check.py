@@ -163,6 +163,8 @@ def test_the_reason_is_the_tracebacks_exception_however_long_and_it_is_logged_wh
     said = said[next(i for i, ln in enumerate(said) if "Traceback (most recent call last):" in ln):]
     assert len(said) > 400, len(said)
     assert "SyntaxError: invalid syntax" in said[-1], said[-1]
+    # A failed request's report, at ERROR like any request's traceback.
+    assert [ln for ln in said if " ERROR " not in ln] == [], "every line of the traceback at ERROR"
     assert re.search(r'views\.py", line \d+', said[-4]) and "^" in said[-2], said[-4:]
     assert not [ln for ln in of_pid(lines[failed + 1:], pid)], "nothing of it after its failure"
     for line in again:

@@ -624,7 +624,7 @@ pub(super) struct LineGate {
     pid: u32,
     /// The worker's budget of log lines (shared with its request's STDERR records).
     lines: Arc<LineBudget>,
-    state: Mutex<(Gate, Vec<(bool, String)>)>,
+    state: Mutex<(Gate, Vec<(Source, String)>)>,
     /// Stack-dump lines passed on so far (see [`await_stacks`]).
     stack_lines: AtomicU64,
     /// The pipes it reads (see [`settle`]).
@@ -635,6 +635,15 @@ pub(super) struct LineGate {
     /// The tag of the request whose failure report (a traceback) a direct worker is writing
     /// ([`crate::logging::app_lines::reports_a_failure`]): its lines are errors.
     failing: Mutex<Option<String>>,
+}
+
+/// Where a held line came from, which sets its level: stdout INFO, stderr WARN, and a
+/// failed request's report ERROR, as a request's STDERR record with a traceback is logged.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Source {
+    Stdout,
+    Stderr,
+    Report,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -722,11 +731,14 @@ impl LineGate {
     /// Stderr lines the worker wrote elsewhere (its ready-check's STDERR records, bounded
     /// by [`crate::worker_handle::WorkerHandle::hold`]): held with the rest, however many.
     fn hold_all(&self, lines: Vec<String>) {
+        let failures = crate::logging::app_lines::APP_FAILURES;
+        let report = lines.iter().any(|l| failures.iter().any(|m| l.contains(m)));
+        let source = if report { Source::Report } else { Source::Stderr };
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         for line in lines {
             match st.0 {
-                Gate::Hold => st.1.push((true, line)),
-                gate => self.emit(&line, true, gate == Gate::Quiet),
+                Gate::Hold => st.1.push((source, line)),
+                gate => self.emit(&line, source, gate == Gate::Quiet),
             }
         }
     }
@@ -751,8 +763,8 @@ impl LineGate {
             return;
         }
         st.0 = to;
-        for (is_stderr, line) in std::mem::take(&mut st.1) {
-            self.emit(&line, is_stderr, to == Gate::Quiet);
+        for (source, line) in std::mem::take(&mut st.1) {
+            self.emit(&line, source, to == Gate::Quiet);
         }
     }
 
@@ -763,19 +775,20 @@ impl LineGate {
                 watched.push(&text);
             }
         }
+        let source = if is_stderr { Source::Stderr } else { Source::Stdout };
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         match st.0 {
-            Gate::Pass => self.emit(&text, is_stderr, false),
-            Gate::Quiet => self.emit(&text, is_stderr, true),
-            Gate::Hold if st.1.len() < HOLD_MAX => st.1.push((is_stderr, text)),
+            Gate::Pass => self.emit(&text, source, false),
+            Gate::Quiet => self.emit(&text, source, true),
+            Gate::Hold if st.1.len() < HOLD_MAX => st.1.push((source, text)),
             Gate::Hold => {
                 // Too much to hold back: what was held goes first, so the log keeps the
                 // worker's order, and a traceback is not cut in two.
                 st.0 = Gate::Pass;
-                for (is_stderr, line) in std::mem::take(&mut st.1) {
-                    self.emit(&line, is_stderr, false);
+                for (source, line) in std::mem::take(&mut st.1) {
+                    self.emit(&line, source, false);
                 }
-                self.emit(&text, is_stderr, false);
+                self.emit(&text, source, false);
             }
         }
         if stack {
@@ -784,7 +797,8 @@ impl LineGate {
         }
     }
 
-    fn emit(&self, text: &str, is_stderr: bool, quiet: bool) {
+    fn emit(&self, text: &str, source: Source, quiet: bool) {
+        let is_stderr = source != Source::Stdout;
         let (pool, pid) = (&*self.pool, self.pid);
         if !self.lines.admit(pool, pid, text.len()) {
             return;
@@ -792,10 +806,11 @@ impl LineGate {
         if !quiet && is_stderr && crate::logging::app_records::emit(pool, pid, text) {
             return; // the app's logging record, logged at its own level (logging/app_records.rs)
         }
-        let failure = is_stderr && {
-            let mut failing = self.failing.lock().unwrap_or_else(|e| e.into_inner());
-            crate::logging::app_lines::reports_a_failure(&mut failing, text)
-        };
+        let failure = source == Source::Report
+            || is_stderr && {
+                let mut failing = self.failing.lock().unwrap_or_else(|e| e.into_inner());
+                crate::logging::app_lines::reports_a_failure(&mut failing, text)
+            };
         let text = &*crate::logging::escape::clean(text);
         if quiet {
             tracing::debug!(pool, pid, "{text}");
