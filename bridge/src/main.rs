@@ -106,6 +106,11 @@ enum Command {
         /// The control socket (default: bridge.control-socket, else <runtime-dir>/control.sock).
         #[arg(long)]
         socket: Option<PathBuf>,
+        /// Then wait until the daemon has exited (its requests finished, its workers
+        /// stopped); exit 1 if it still runs after DURATION (default: the configuration's
+        /// drain-period + shutdown-timeout + the longest graceful-timeout + 1m).
+        #[arg(long, value_name = "DURATION", num_args = 0..=1, require_equals = true, value_parser = config::units::parse_duration)]
+        wait: Option<Option<std::time::Duration>>,
     },
     /// Stop one instance of a pool template (a later request for its key makes a new one).
     StopInstance {
@@ -183,7 +188,7 @@ fn main() -> std::process::ExitCode {
             };
             control_main(config, socket, &command, false)
         }
-        Command::Stop { config, socket } => control_main(config, socket, "stop", false),
+        Command::Stop { config, socket, wait } => cli::control::stop(&control_target(config, socket), wait),
         Command::StopInstance { template, key, config, socket } => {
             control_main(config, socket, &format!("stop-instance {template} {key}"), false)
         }
@@ -201,7 +206,17 @@ fn control_socket(config: ConfigArg, socket: Option<PathBuf>) -> Result<PathBuf,
     cli::control::socket_for(Some(&config.resolve()?), None)
 }
 
-/// `status`, `reload`, `stop`: one command over the control socket.
+/// Where a control command finds the daemon: `--socket`, else the configuration.
+fn control_target(config: ConfigArg, socket: Option<PathBuf>) -> cli::control::Target {
+    use cli::control::Target;
+    match socket {
+        Some(path) => Target::Socket(path),
+        None => config.resolve().map_or_else(Target::Unknown, Target::ConfigDir),
+    }
+}
+
+/// `status`, `reload`, `stop-instance`: one command over the control socket (a reload
+/// without one: its signal to systemd's $MAINPID, cli/control.rs).
 fn control_main(config: ConfigArg, socket: Option<PathBuf>, command: &str, json: bool) -> std::process::ExitCode {
-    control_socket(config, socket).map_or_else(|code| code, |path| cli::control::main(None, Some(path), command, json))
+    cli::control::main(&control_target(config, socket), command, json)
 }

@@ -121,29 +121,68 @@ pub fn socket_for(config_dir: Option<&Path>, socket: Option<PathBuf>) -> Result<
     }
 }
 
-/// `fcgibridge status|reload|stop`: find the socket, send, print.
-pub fn main(config_dir: Option<&Path>, socket: Option<PathBuf>, command: &str, json: bool) -> ExitCode {
-    let path = match socket_for(config_dir, socket) {
+/// Where a control command finds the daemon, as the command line says.
+pub enum Target {
+    /// `--socket`.
+    Socket(PathBuf),
+    /// The configuration directory (`--config`, or found), which names the socket.
+    ConfigDir(PathBuf),
+    /// No configuration directory either: that error was printed, with its exit code.
+    Unknown(ExitCode),
+}
+
+impl Target {
+    fn socket(&self) -> Result<PathBuf, ExitCode> {
+        match self {
+            Self::Socket(p) => socket_for(None, Some(p.clone())),
+            Self::ConfigDir(dir) => socket_for(Some(dir), None),
+            Self::Unknown(code) => Err(*code),
+        }
+    }
+}
+
+/// How a command reached the daemon.
+enum Reached {
+    /// Over the control socket: the daemon's answer, and the process that answered.
+    Answered { answer: Result<String, String>, daemon: Option<Daemon> },
+    /// With its signal instead (`signal_instead`).
+    Signalled(Daemon),
+}
+
+/// Send `command` over the control socket, or its signal when that is the fallback. Err:
+/// the exit code, the error said.
+fn send(target: &Target, command: &str) -> Result<Reached, ExitCode> {
+    let path = match target.socket() {
         Ok(p) => p,
-        Err(code) => return signal_instead(command).unwrap_or(code),
+        Err(code) => return signal_instead(command).map(Reached::Signalled).ok_or(code),
     };
-    let answer = connect(&path).and_then(|s| {
+    let connected = connect(&path).and_then(|s| {
+        let daemon = Daemon::peer(&s);
         // Said once the daemon is there: a wait can be long, and its output comes at the end.
         if command.split(' ').any(|word| word == "wait" || word.starts_with("wait=")) {
             eprintln!("fcgibridge: reloading, then waiting for the rolling restarts to finish");
         }
-        exchange(s, &path, command)
+        exchange(s, &path, command).map(|answer| Reached::Answered { answer, daemon })
     });
+    connected.or_else(|e| {
+        eprintln!("fcgibridge: {e}");
+        signal_instead(command).map(Reached::Signalled).ok_or(ExitCode::FAILURE)
+    })
+}
+
+/// `fcgibridge status|reload|stop|stop-instance`: find the socket, send, print.
+pub fn main(target: &Target, command: &str, json: bool) -> ExitCode {
+    let answer = match send(target, command) {
+        Err(code) => return code,
+        Ok(Reached::Signalled(_)) => return ExitCode::SUCCESS,
+        Ok(Reached::Answered { answer, .. }) => answer,
+    };
     match answer {
-        Err(e) => {
-            eprintln!("fcgibridge: {e}");
-            signal_instead(command).unwrap_or(ExitCode::FAILURE)
-        }
-        Ok(Err(msg)) => {
+        Err(msg) => {
             eprintln!("fcgibridge: {msg}");
             ExitCode::FAILURE
         }
-        Ok(Ok(text)) if command == "status" && !json => match serde_json::from_str::<serde_json::Value>(&text) {
+        Ok(text) if command == "status" && !json => match serde_json::from_str::<serde_json::Value>(&text) {
             Ok(v) => {
                 print!("{}", super::status_table::render(&v));
                 ExitCode::SUCCESS
@@ -153,31 +192,131 @@ pub fn main(config_dir: Option<&Path>, socket: Option<PathBuf>, command: &str, j
                 ExitCode::FAILURE
             }
         },
-        Ok(Ok(text)) => {
+        Ok(text) => {
             print!("{text}");
             ExitCode::SUCCESS
         }
     }
 }
 
-/// Under systemd (`ExecReload=`, whose `$MAINPID` names the bridge) a plain reload whose
-/// control socket is not configured or not reachable (an edit that moves it applies only
-/// at restart) is asked for with the daemon's signal instead, as before the control socket
-/// answered: SIGHUP, or SIGUSR2 for `--restart-workers`. Its outcome is then in the log only.
-fn signal_instead(command: &str) -> Option<ExitCode> {
+/// `fcgibridge stop [--wait[=DURATION]]`: with `wait`, return once the daemon's process has
+/// exited, or exit 1 once DURATION (default [`default_stop_wait`]) has passed.
+pub fn stop(target: &Target, wait: Option<Option<Duration>>) -> ExitCode {
+    let Some(wait) = wait else { return main(target, "stop", false) };
+    let within = wait.unwrap_or_else(|| match target {
+        Target::ConfigDir(dir) => default_stop_wait(crate::config::load_for_client(dir).ok().as_ref()),
+        _ => default_stop_wait(None),
+    });
+    let daemon = match send(target, "stop") {
+        Err(code) => return code,
+        Ok(Reached::Signalled(daemon)) => daemon,
+        Ok(Reached::Answered { answer: Err(msg), .. }) => {
+            eprintln!("fcgibridge: {msg}");
+            return ExitCode::FAILURE;
+        }
+        Ok(Reached::Answered { answer: Ok(text), daemon }) => {
+            print!("{text}");
+            let Some(daemon) = daemon else {
+                eprintln!(
+                    "fcgibridge: cannot tell which process the daemon is (its pid is not visible from here): not waiting for it to exit"
+                );
+                return ExitCode::FAILURE;
+            };
+            daemon
+        }
+    };
+    let shown = crate::config::units::DurationDisplay(within);
+    eprintln!("fcgibridge: waiting up to {shown} for the daemon (pid {}) to exit", daemon.pid);
+    let started = std::time::Instant::now();
+    while !daemon.exited() {
+        if started.elapsed() >= within {
+            eprintln!(
+                "fcgibridge: the daemon (pid {pid}) is still running after {shown}: it lets requests in flight finish \
+                 (shutdown-timeout), then stops its workers; its log says where it is. `kill -INT {pid}` stops it \
+                 without waiting for requests",
+                pid = daemon.pid
+            );
+            return ExitCode::FAILURE;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    println!("the daemon (pid {}) exited after {:.1}s", daemon.pid, started.elapsed().as_secs_f64());
+    ExitCode::SUCCESS
+}
+
+/// How long `stop --wait` waits by default: the daemon's own bounds on a graceful stop (the
+/// drain period, the requests in flight, an ASGI worker's graceful-timeout) and a minute
+/// for the workers to go; two minutes when the configuration cannot be read.
+pub fn default_stop_wait(config: Option<&crate::config::Config>) -> Duration {
+    let Some(c) = config else { return Duration::from_secs(120) };
+    let graceful = c.pools.iter().map(|p| p.supervision.graceful_timeout).max().unwrap_or_default();
+    c.global.drain_period + c.global.shutdown_timeout + graceful + Duration::from_secs(60)
+}
+
+/// The daemon's process, known well enough to tell when it has gone: its pid, and its start
+/// time so that a pid used again by another process does not look like the daemon.
+struct Daemon {
+    pid: i32,
+    started: Option<u64>,
+}
+
+impl Daemon {
+    /// The process at the other end of the control socket (SO_PEERCRED); None when its pid
+    /// is not visible in this pid namespace.
+    fn peer(s: &std::os::unix::net::UnixStream) -> Option<Self> {
+        use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
+        let pid = getsockopt(s, PeerCredentials).ok()?.pid();
+        (pid > 0).then(|| Self::of(pid))
+    }
+
+    fn of(pid: i32) -> Self {
+        Self { pid, started: proc_stat(pid).map(|(_, started)| started) }
+    }
+
+    /// Gone, a zombie, or its pid now another process's.
+    fn exited(&self) -> bool {
+        match proc_stat(self.pid) {
+            Some((state, started)) => "ZX".contains(state) || self.started.is_some_and(|s| s != started),
+            // No /proc to read: whether the pid is still there.
+            None => nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid), None) == Err(nix::errno::Errno::ESRCH),
+        }
+    }
+}
+
+/// `/proc/PID/stat`'s state and start time (clock ticks after boot); None if it cannot be
+/// read (the process is gone, or no /proc).
+fn proc_stat(pid: i32) -> Option<(char, u64)> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name, in parentheses, may hold spaces and parentheses itself.
+    let mut fields = text.get(text.rfind(')')? + 1..)?.split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    // starttime is field 22 of the line, the 20th after the name.
+    let started = fields.nth(18)?.parse().ok()?;
+    Some((state, started))
+}
+
+/// Under systemd (`ExecReload=`, whose `$MAINPID` names the bridge) a command whose control
+/// socket is not configured or not reachable (an edit that moves it applies only at
+/// restart) is sent as the daemon's signal instead, as before the control socket answered:
+/// SIGHUP for a plain reload, SIGUSR2 for `--restart-workers`, SIGTERM for a stop. Its
+/// outcome is then in the log only. Returns the process signalled.
+fn signal_instead(command: &str) -> Option<Daemon> {
     use nix::sys::signal::{kill, Signal};
-    let signal = match command {
-        "reload" => Signal::SIGHUP,
-        "restart" => Signal::SIGUSR2,
+    let (signal, what) = match command {
+        "reload" => (Signal::SIGHUP, "reload"),
+        "restart" => (Signal::SIGUSR2, "reload"),
+        "stop" => (Signal::SIGTERM, "stop"),
         _ => return None,
     };
     let pid = std::env::var("MAINPID").ok()?.parse::<i32>().ok().filter(|&p| p > 1)?;
+    // Known before the signal: the process it stops may be gone at once.
+    let daemon = Daemon::of(pid);
     match kill(nix::unistd::Pid::from_raw(pid), signal) {
         Ok(()) => {
             eprintln!(
-                "fcgibridge: sent {signal} to the bridge (pid {pid}, $MAINPID) instead; only its log tells whether the reload was taken"
+                "fcgibridge: sent {signal} to the bridge (pid {pid}, $MAINPID) instead; only its log tells whether the {what} was taken"
             );
-            Some(ExitCode::SUCCESS)
+            Some(daemon)
         }
         Err(e) => {
             eprintln!("fcgibridge: cannot signal the bridge (pid {pid}, $MAINPID): {e}");
