@@ -46,14 +46,13 @@ pub(crate) fn bind(path: &Path) -> Result<UnixListener, ControlError> {
             source: e,
         })?;
     }
-    let l = UnixListener::bind(path).map_err(|e| ControlError::Io { path: p.clone(), what: "bind", source: e })?;
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(|e| ControlError::Io {
-        path: p,
-        what: "chmod",
-        source: e,
+    let io = |what, source| ControlError::Io { path: p.clone(), what, source };
+    // Owner-only before anyone can connect (the peer check refuses others anyway).
+    let l = crate::listen::bind_unix_finished(path, 16, io, |at| {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(at, std::fs::Permissions::from_mode(0o600)).map_err(|e| io("chmod", e))
     })?;
-    Ok(l)
+    UnixListener::from_std(l).map_err(|e| io("register", e))
 }
 
 /// What a control command asks the daemon's main loop to do.

@@ -45,11 +45,13 @@ pub(crate) async fn bind(cfg: &StatusListen) -> Result<StatusBound, StatusError>
         ListenAddress::Unix(p) => {
             crate::listen::clear_stale_socket("status", p)
                 .map_err(|e| StatusError::Listen { addr: addr.clone(), source: e })?;
-            let l = UnixListener::bind(p).map_err(|e| io("bind", e))?;
-            // The page lists every URI in flight: owner only, like the control socket.
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o600)).map_err(|e| io("chmod", e))?;
-            Ok(StatusBound::Unix(l, p.clone()))
+            // The page lists every URI in flight: owner only, like the control socket, from
+            // the moment it can be connected to.
+            let l = crate::listen::bind_unix_finished(p, 128, io, |at| {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(at, std::fs::Permissions::from_mode(0o600)).map_err(|e| io("chmod", e))
+            })?;
+            Ok(StatusBound::Unix(UnixListener::from_std(l).map_err(|e| io("register", e))?, p.clone()))
         }
         _ => Err(io("bind", std::io::Error::other("only a loopback address or a unix socket"))),
     }
