@@ -437,3 +437,17 @@ def test_every_control_command_says_what_socket_means(command):
     assert r.returncode == 0, r.stderr
     line = next((ln for ln in r.stdout.splitlines() if "--socket" in ln), "")
     assert "control socket" in line, r.stdout
+
+
+@pytest.mark.parametrize("command", [["status"], ["check"], ["reload"]])
+def test_an_unrelated_conf_d_in_the_working_directory_is_not_taken_for_the_configuration(tmp_path, command):
+    """Run from /etc/nginx (its conf.d holds *.conf files): the command says where it looked
+    and which --config to pass, instead of `conf.d: no *.yaml files found`."""
+    (tmp_path / "conf.d").mkdir()
+    (tmp_path / "conf.d" / "default.conf").write_text("server { listen 80; }\n")
+    env = {k: v for k, v in os.environ.items() if k != "FCGIBRIDGE_CONFIG"}
+    r = run(*command, cwd=tmp_path, env=env)
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    assert r.stderr.startswith(f"fcgibridge: no --config given and $FCGIBRIDGE_CONFIG unset, so ./conf.d was tried: "
+                               f"{tmp_path / 'conf.d'} has no *.yaml files"), r.stderr
+    assert "--config /etc/fcgibridge/conf.d" in r.stderr, r.stderr

@@ -145,7 +145,7 @@ def test_installed_layout_runs_the_units_commands_as_written(tmp_path):
         shim.mkdir()
         (shim / "systemctl").write_text(
             "#!/bin/sh\n"
-            '[ "$*" = "kill --kill-whom=main -s USR1 fcgibridge.service" ] || { echo "unexpected: $*" >&2; exit 2; }\n'
+            '[ "$*" = "kill --kill-who=main -s USR1 fcgibridge.service" ] || { echo "unexpected: $*" >&2; exit 2; }\n'
             f"exec kill -USR1 {proc.pid}\n")
         (shim / "systemctl").chmod(0o755)
         os.rename(log.path, log.path.with_suffix(".log.1"))
@@ -159,6 +159,33 @@ def test_installed_layout_runs_the_units_commands_as_written(tmp_path):
         assert proc.wait(60) == 0
     finally:
         stop_process(proc)
+
+
+def test_logrotate_signals_the_bridge_once_per_rotation(tmp_path):
+    """dist/logrotate/fcgibridge with real logrotate, its log directory moved into tmp_path:
+    the bridge's log-file and access-log rotate together, and the postrotate script (a
+    stand-in `systemctl` records it) runs once for both — `sharedscripts` — with an option
+    every systemd since 2012 parses (`--kill-whom=` is unknown before 252)."""
+    if not shutil.which("logrotate"):
+        pytest.skip("logrotate is not installed")
+    logs = tmp_path / "log"
+    logs.mkdir()
+    for name in ("fcgibridge.log", "access.log"):
+        (logs / name).write_text("a line\n")
+    conf = tmp_path / "logrotate.conf"
+    conf.write_text((REPO / "dist/logrotate/fcgibridge").read_text().replace("/var/log/fcgibridge", str(logs)))
+    conf.chmod(0o644)
+    shim = tmp_path / "shim"
+    shim.mkdir()
+    calls = tmp_path / "calls"
+    (shim / "systemctl").write_text(f'#!/bin/sh\necho "$*" >> {calls}\n')
+    (shim / "systemctl").chmod(0o755)
+    r = subprocess.run(["logrotate", "--force", "--state", str(tmp_path / "state"), str(conf)],
+                       capture_output=True, text=True, timeout=60,
+                       env=dict(os.environ, PATH=f"{shim}:{os.environ['PATH']}"))
+    assert r.returncode == 0, r.stderr
+    assert (logs / "fcgibridge.log.1").exists() and (logs / "access.log.1").exists(), sorted(os.listdir(logs))
+    assert calls.read_text().splitlines() == ["kill --kill-who=main -s USR1 fcgibridge.service"]
 
 
 def build_deb(tmp_path: Path) -> Path:

@@ -39,14 +39,44 @@ impl fmt::Display for Origin {
     }
 }
 
-/// No directory was given and none of the defaults exists.
-#[derive(Debug, thiserror::Error)]
-#[error("no configuration directory: pass --config DIR, or set ${ENV_VAR}, or create ./{LOCAL_DIR} or {SYSTEM_DIR}")]
-pub struct NotFound;
+/// Why no directory was chosen.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum NotFound {
+    /// No directory was given and none of the defaults exists.
+    #[error(
+        "no configuration directory: pass --config DIR, or set ${ENV_VAR}, or create ./{LOCAL_DIR} or {SYSTEM_DIR}"
+    )]
+    Nowhere,
+    /// `./conf.d` is there, but it holds no `*.yaml` (nor `*.yml`) file: another program's
+    /// (nginx's, run from /etc/nginx), which the search must not pass off as this one's.
+    #[error(
+        "no --config given and ${ENV_VAR} unset, so ./{LOCAL_DIR} was tried: {shown} has no *.yaml files, \
+         so it is not a fcgibridge configuration (another program's?); pass --config DIR, e.g. \
+         --config {SYSTEM_DIR} (where the installed configuration goes)"
+    )]
+    Unrelated { shown: String },
+}
 
 /// The directory to read and why that one.
 pub fn config_dir(flag: Option<PathBuf>) -> Result<(PathBuf, Origin), NotFound> {
-    choose(flag, std::env::var_os(ENV_VAR), |p| p.is_dir())
+    choose(flag, std::env::var_os(ENV_VAR), |p| p.is_dir(), holds_yaml).map_err(|e| match e {
+        // Where ./conf.d is, in full: the operator may not know where the shell is.
+        NotFound::Unrelated { .. } => NotFound::Unrelated {
+            shown: std::path::absolute(LOCAL_DIR).unwrap_or_else(|_| LOCAL_DIR.into()).display().to_string(),
+        },
+        other => other,
+    })
+}
+
+/// Whether `dir` has a file the configuration is made of (or a `.yml` one, which loading
+/// explains).
+fn holds_yaml(dir: &Path) -> bool {
+    let Ok(entries) = std::fs::read_dir(dir) else { return true };
+    entries.flatten().any(|e| {
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        name.ends_with(".yaml") || name.ends_with(".yml")
+    })
 }
 
 /// The choice itself, with the environment and the file system passed in for tests.
@@ -54,6 +84,7 @@ fn choose(
     flag: Option<PathBuf>,
     env: Option<OsString>,
     is_dir: impl Fn(&Path) -> bool,
+    holds_yaml: impl Fn(&Path) -> bool,
 ) -> Result<(PathBuf, Origin), NotFound> {
     if let Some(dir) = flag {
         return Ok((dir, Origin::Flag));
@@ -65,10 +96,15 @@ fn choose(
     }
     for (dir, origin) in [(LOCAL_DIR, Origin::Local), (SYSTEM_DIR, Origin::System)] {
         if is_dir(Path::new(dir)) {
+            // Not skipped for the next: reading another directory than the one in front
+            // of the operator, silently, would be worse than asking.
+            if origin == Origin::Local && !holds_yaml(Path::new(dir)) {
+                return Err(NotFound::Unrelated { shown: dir.to_owned() });
+            }
             return Ok((PathBuf::from(dir), origin));
         }
     }
-    Err(NotFound)
+    Err(NotFound::Nowhere)
 }
 
 #[cfg(test)]
@@ -77,30 +113,40 @@ mod tests {
 
     #[test]
     fn flag_wins_over_everything() {
-        let got = choose(Some("a".into()), Some("b".into()), |_| true).ok();
+        let got = choose(Some("a".into()), Some("b".into()), |_| true, |_| true).ok();
         assert_eq!(got, Some((PathBuf::from("a"), Origin::Flag)));
     }
 
     #[test]
     fn env_wins_over_directories_even_when_missing() {
-        let got = choose(None, Some("/nope".into()), |_| true).ok();
+        let got = choose(None, Some("/nope".into()), |_| true, |_| false).ok();
         assert_eq!(got, Some((PathBuf::from("/nope"), Origin::Env)));
     }
 
     #[test]
     fn empty_env_is_unset() {
-        let got = choose(None, Some("".into()), |p| p == Path::new(SYSTEM_DIR)).ok();
+        let got = choose(None, Some("".into()), |p| p == Path::new(SYSTEM_DIR), |_| true).ok();
         assert_eq!(got, Some((PathBuf::from(SYSTEM_DIR), Origin::System)));
     }
 
     #[test]
     fn local_before_system() {
-        let got = choose(None, None, |_| true).ok();
+        let got = choose(None, None, |_| true, |_| true).ok();
         assert_eq!(got, Some((PathBuf::from(LOCAL_DIR), Origin::Local)));
     }
 
     #[test]
+    fn a_local_conf_d_without_yaml_files_is_another_program_s() {
+        // e.g. run from /etc/nginx: not read, and not passed over for the system default
+        let got = choose(None, None, |_| true, |p| p != Path::new(LOCAL_DIR));
+        assert_eq!(got, Err(NotFound::Unrelated { shown: LOCAL_DIR.into() }));
+        let said = NotFound::Unrelated { shown: "/etc/nginx/conf.d".into() }.to_string();
+        assert!(said.contains("./conf.d was tried: /etc/nginx/conf.d has no *.yaml files"), "{said}");
+        assert!(said.ends_with("e.g. --config /etc/fcgibridge/conf.d (where the installed configuration goes)"));
+    }
+
+    #[test]
     fn nothing_found() {
-        assert!(choose(None, None, |_| false).is_err());
+        assert_eq!(choose(None, None, |_| false, |_| true), Err(NotFound::Nowhere));
     }
 }

@@ -487,7 +487,9 @@ pub fn privilege_problem(iso: &Isolation, me: BridgeIds, hard: HardLimits) -> Op
     }
     let need_root = |what: &str| {
         format!(
-            "{what} needs the bridge to run as root (it runs as uid {}); remove the key or start fcgibridge as root",
+            "{what} needs the bridge to run as root (it runs as uid {}); remove the key or start fcgibridge as root \
+             (the shipped systemd unit runs it as www-data: docs/migration.md, \"Per-app users need a root bridge\", \
+             has the User=root override)",
             me.uid
         )
     };
@@ -677,6 +679,8 @@ mod tests {
             let (key, msg) = privilege_problem(&iso, ALICE, HARD).unwrap();
             assert_eq!(key, want, "{msg}");
             assert!(msg.contains("needs the bridge to run as root"), "{msg}");
+            // Under the shipped unit (User=www-data), the way to a root bridge is a drop-in.
+            assert!(msg.contains("start fcgibridge as root (the shipped systemd unit runs it as www-data: docs/migration.md, \"Per-app users need a root bridge\", has the User=root override)"), "{msg}");
             assert!(privilege_problem(&Isolation { allow_root: true, ..iso }, ROOT, HARD).is_none());
         }
         // What an unprivileged bridge can do itself is fine: its own user, lowering limits, nice 10.
