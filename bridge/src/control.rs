@@ -47,11 +47,9 @@ pub(crate) fn bind(path: &Path) -> Result<UnixListener, ControlError> {
         })?;
     }
     let io = |what, source| ControlError::Io { path: p.clone(), what, source };
-    // Owner-only before anyone can connect (the peer check refuses others anyway).
-    let l = crate::listen::bind_unix_finished(path, 16, io, |at| {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(at, std::fs::Permissions::from_mode(0o600)).map_err(|e| io("chmod", e))
-    })?;
+    // Owner-only from the start (the peer check refuses others anyway).
+    let owner_only = crate::listen::socket_file::SocketPerms { mode: Some(0o600), ..Default::default() };
+    let l = crate::listen::socket_file::bind(path, 16, owner_only).map_err(|(what, e)| io(what, e))?;
     UnixListener::from_std(l).map_err(|e| io("register", e))
 }
 

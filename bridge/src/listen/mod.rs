@@ -9,6 +9,7 @@ mod front_tests;
 pub(crate) mod limits;
 pub(crate) mod proxy;
 pub(crate) mod scgi;
+pub(crate) mod socket_file;
 pub(crate) mod systemd;
 
 use crate::config::{self, ListenAddress, Protocol};
@@ -317,7 +318,7 @@ impl ListenerSet {
             if l.cfg != cfg {
                 changed.push(cfg.name.clone());
                 if let ListenAddress::Unix(path) = &cfg.address {
-                    if let Err(e) = apply_socket_perms(&cfg, path, path) {
+                    if let Err(e) = apply_socket_perms(&cfg, path) {
                         tracing::warn!(listener = %cfg.name, "{e}");
                     }
                 }
@@ -768,7 +769,7 @@ fn bind(cfg: &config::Listener, passed: &systemd::Passed) -> Result<Bound, Liste
         }
         ListenAddress::Unix(path) => {
             clear_stale_socket(name, path)?;
-            let std_l = bind_unix_finished(path, cfg.backlog, io, |at| apply_socket_perms(cfg, at, path))?;
+            let std_l = socket_file::bind(path, cfg.backlog, socket_perms(cfg)?).map_err(|(what, e)| io(what, e))?;
             let l = UnixListener::from_std(std_l).map_err(|e| io("register", e))?;
             Ok(Bound::Unix { listener: l, path: Some(path.clone()) })
         }
@@ -806,56 +807,6 @@ fn set_backlog(l: &RunningListener, backlog: u32) {
         let e = std::io::Error::last_os_error();
         tracing::warn!(listener = %name, "reload: backlog {backlog} not applied: listen(2): {e}");
     }
-}
-
-fn bind_unix(path: &Path, backlog: u32) -> std::io::Result<std::os::unix::net::UnixListener> {
-    use nix::sys::socket::{bind, socket, AddressFamily, SockFlag, SockType, UnixAddr};
-    let fd = socket(AddressFamily::Unix, SockType::Stream, SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK, None)?;
-    let addr = UnixAddr::new(path)?;
-    bind(fd.as_raw_fd(), &addr)?;
-    // libc's, not nix's Backlog (capped at 4096): the kernel caps it at net.core.somaxconn,
-    // as for a TCP listener.
-    let n = libc::c_int::try_from(backlog).unwrap_or(libc::c_int::MAX);
-    // SAFETY: listen(2) on the socket just made, which `fd` owns.
-    if unsafe { libc::listen(fd.as_raw_fd(), n) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(std::os::unix::net::UnixListener::from(fd))
-}
-
-/// A unix listener at `path` that nobody can connect to before `finish` (its owner, group
-/// and mode) is done: bound under a temporary name beside `path`, finished there, then
-/// linked into place — atomic, and never over a file that appeared at `path` meanwhile
-/// (EEXIST). A path too long to leave room for the temporary name (sun_path holds 107
-/// bytes) is bound and finished in place.
-pub(crate) fn bind_unix_finished<E>(
-    path: &Path,
-    backlog: u32,
-    io: impl Fn(&'static str, std::io::Error) -> E,
-    finish: impl FnOnce(&Path) -> Result<(), E>,
-) -> Result<std::os::unix::net::UnixListener, E> {
-    use std::os::unix::ffi::OsStrExt;
-    use std::os::unix::fs::FileTypeExt;
-    let temporary = path.file_name().map(|name| {
-        let mut hidden = std::ffi::OsString::from(".");
-        hidden.push(name);
-        hidden.push(format!("~{}", std::process::id()));
-        path.with_file_name(hidden)
-    });
-    let Some(temporary) = temporary.filter(|t| t.as_os_str().as_bytes().len() <= 107) else {
-        let l = bind_unix(path, backlog).map_err(|e| io("bind", e))?;
-        finish(path)?;
-        return Ok(l);
-    };
-    // Only a process with this pid could have left it, and that one is dead.
-    if std::fs::symlink_metadata(&temporary).is_ok_and(|m| m.file_type().is_socket()) {
-        let _ = std::fs::remove_file(&temporary);
-    }
-    let l = bind_unix(&temporary, backlog).map_err(|e| io("bind", e))?;
-    let placed =
-        finish(&temporary).and_then(|()| std::fs::hard_link(&temporary, path).map_err(|e| io("link into place", e)));
-    let _ = std::fs::remove_file(&temporary);
-    placed.map(|()| l)
 }
 
 /// A socket file left by a bridge that died is replaced; one that a live process still
@@ -898,31 +849,23 @@ pub(crate) fn clear_stale_socket(name: &str, path: &Path) -> Result<(), ListenEr
     }
 }
 
-/// Give the socket file `at` the listener's owner, group and mode; errors name `path`, where
-/// it goes.
-fn apply_socket_perms(cfg: &config::Listener, at: &Path, path: &Path) -> Result<(), ListenError> {
-    use std::os::unix::fs::PermissionsExt;
-    let io = |what: &'static str, source: std::io::Error| ListenError::Io {
+/// The listener's `socket-mode`, `socket-owner` and `socket-group`, names looked up.
+fn socket_perms(cfg: &config::Listener) -> Result<socket_file::SocketPerms, ListenError> {
+    Ok(socket_file::SocketPerms {
+        mode: cfg.socket_mode,
+        owner: cfg.socket_owner.as_deref().map(|u| lookup_user(&cfg.name, u)).transpose()?,
+        group: cfg.socket_group.as_deref().map(|g| lookup_group(&cfg.name, g)).transpose()?,
+    })
+}
+
+/// A reload's new `socket-*` values, applied to the kept socket at `path`.
+fn apply_socket_perms(cfg: &config::Listener, path: &Path) -> Result<(), ListenError> {
+    socket_file::set(path, socket_perms(cfg)?).map_err(|(what, source)| ListenError::Io {
         name: cfg.name.clone(),
         addr: path.display().to_string(),
         what,
         source,
-    };
-    if cfg.socket_owner.is_some() || cfg.socket_group.is_some() {
-        let uid = match &cfg.socket_owner {
-            None => None,
-            Some(u) => Some(lookup_user(&cfg.name, u)?),
-        };
-        let gid = match &cfg.socket_group {
-            None => None,
-            Some(g) => Some(lookup_group(&cfg.name, g)?),
-        };
-        nix::unistd::chown(at, uid, gid).map_err(|e| io("chown", e.into()))?;
-    }
-    if let Some(mode) = cfg.socket_mode {
-        std::fs::set_permissions(at, std::fs::Permissions::from_mode(mode)).map_err(|e| io("chmod", e))?;
-    }
-    Ok(())
+    })
 }
 
 fn lookup_user(listener: &str, u: &str) -> Result<nix::unistd::Uid, ListenError> {
@@ -992,64 +935,6 @@ mod tests {
         // Connections inherit it at their handshake: a `direct` listener's workers accept
         // them later, once their app is imported.
         assert_eq!(getsockopt(&l, sockopt::TcpNoDelay).ok(), Some(true));
-    }
-
-    /// (mask, name) of the events an inotify descriptor holds.
-    fn inotify_events(fd: &OwnedFd) -> Vec<(u32, String)> {
-        let mut buf = vec![0u8; 64 * 1024];
-        // SAFETY: read(2) into a buffer of that length, on a descriptor the caller owns.
-        let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
-        let mut events = Vec::new();
-        let mut at = 0;
-        // struct inotify_event: wd, mask, cookie, len (4 bytes each), then len bytes of name.
-        while at + 16 <= usize::try_from(n).unwrap_or(0) {
-            let word = |i: usize| u32::from_ne_bytes(buf[at + i..at + i + 4].try_into().unwrap());
-            let (mask, len) = (word(4), word(12) as usize);
-            let name = String::from_utf8_lossy(&buf[at + 16..at + 16 + len]).trim_end_matches('\0').to_owned();
-            events.push((mask, name));
-            at += 16 + len;
-        }
-        events
-    }
-
-    #[tokio::test]
-    async fn a_unix_listener_s_socket_appears_with_its_mode_already_set() {
-        use std::os::unix::ffi::OsStrExt;
-        use std::os::unix::fs::PermissionsExt;
-        let dir = tmp("appears");
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir(&dir).unwrap();
-        let path = dir.join("app.sock");
-        // A stale socket file there: replaced, as before.
-        drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
-        let mut cfg = config::Listener::for_tests("t", 0);
-        cfg.address = ListenAddress::Unix(path.clone());
-        cfg.socket_mode = Some(0o640);
-        // SAFETY: plain system calls; the descriptor is owned at once.
-        let fd = unsafe { OwnedFd::from_raw_fd(libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC)) };
-        let c_dir = std::ffi::CString::new(dir.as_os_str().as_bytes()).unwrap();
-        let mask = libc::IN_CREATE | libc::IN_ATTRIB | libc::IN_MOVED_TO;
-        // SAFETY: a NUL-terminated path that outlives the call.
-        assert!(unsafe { libc::inotify_add_watch(fd.as_raw_fd(), c_dir.as_ptr(), mask) } >= 0);
-        let bound = bind(&cfg, &systemd::Passed::from_env());
-        assert!(matches!(bound, Ok(Bound::Unix { .. })), "{:?}", bound.err().map(|e| e.to_string()));
-        // Whoever finds app.sock finds it finished: it is made once (by the link), and
-        // never changed after.
-        let on_path: Vec<u32> =
-            inotify_events(&fd).into_iter().filter(|(_, name)| name == "app.sock").map(|(m, _)| m).collect();
-        assert_eq!(on_path, vec![libc::IN_CREATE], "events on app.sock (IN_ATTRIB = {:#x})", libc::IN_ATTRIB);
-        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o640);
-        let left: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
-        assert_eq!(left, vec![std::ffi::OsString::from("app.sock")], "the temporary name is gone");
-        assert!(std::os::unix::net::UnixStream::connect(&path).is_ok());
-        drop(bound);
-
-        // No room for a temporary name beside a path of sun_path's length: bound in place.
-        let long = dir.join("s".repeat(107 - dir.as_os_str().len() - 1));
-        cfg.address = ListenAddress::Unix(long.clone());
-        assert!(bind(&cfg, &systemd::Passed::from_env()).is_ok());
-        assert_eq!(std::fs::metadata(&long).unwrap().permissions().mode() & 0o777, 0o640);
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

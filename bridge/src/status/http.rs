@@ -47,10 +47,8 @@ pub(crate) async fn bind(cfg: &StatusListen) -> Result<StatusBound, StatusError>
                 .map_err(|e| StatusError::Listen { addr: addr.clone(), source: e })?;
             // The page lists every URI in flight: owner only, like the control socket, from
             // the moment it can be connected to.
-            let l = crate::listen::bind_unix_finished(p, 128, io, |at| {
-                use std::os::unix::fs::PermissionsExt;
-                std::fs::set_permissions(at, std::fs::Permissions::from_mode(0o600)).map_err(|e| io("chmod", e))
-            })?;
+            let owner_only = crate::listen::socket_file::SocketPerms { mode: Some(0o600), ..Default::default() };
+            let l = crate::listen::socket_file::bind(p, 128, owner_only).map_err(|(what, e)| io(what, e))?;
             Ok(StatusBound::Unix(UnixListener::from_std(l).map_err(|e| io("register", e))?, p.clone()))
         }
         _ => Err(io("bind", std::io::Error::other("only a loopback address or a unix socket"))),
