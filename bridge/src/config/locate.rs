@@ -145,7 +145,8 @@ fn add(nodes: &mut Vec<Node>, node: Node) {
         let mut landed = node.path.0.clone();
         landed.drain(at..at + skip);
         // Keys written inline (`<<: {threads: 2}`) are brought by the merge's value.
-        let merge_value = || nodes.iter().find(|n| !n.is_key && n.path.0[..] == node.path.0[..at + skip]);
+        // From the end: the merge's value was indexed just before what it holds.
+        let merge_value = || nodes.iter().rev().find(|n| !n.is_key && n.path.0[..] == node.path.0[..at + skip]);
         let inline = |n: &Node| Via { alias: n.pos, anchor: String::new(), merge: true };
         let via = node.via.clone().or_else(|| merge_value().map(inline));
         let landed = Node { path: KeyPath(landed), via, ..node.clone() };
@@ -156,10 +157,23 @@ fn add(nodes: &mut Vec<Node>, node: Node) {
     }
 }
 
-/// The nodes inside the anchor at `anchor`, again under `to`, where the alias `via` puts them.
+/// Nodes an index holds at most: past it aliases bring no more (an error in what they bring
+/// is then placed at the alias). The YAML parser refuses a document of more nodes anyway.
+const MAX_NODES: usize = 250_000;
+
+/// The nodes written inside the anchor at `anchor`, again under `to`, where the alias `via`
+/// puts them. Not those an alias inside the anchor brought: copying copies would grow the
+/// index exponentially with nested anchors (the "billion laughs").
 fn borrow(nodes: &mut Vec<Node>, anchor: &KeyPath, to: &KeyPath, via: Via) {
-    let inside: Vec<Node> =
-        nodes.iter().filter(|n| n.path.0.len() > anchor.0.len() && n.path.0.starts_with(&anchor.0)).cloned().collect();
+    if nodes.len() >= MAX_NODES {
+        return;
+    }
+    let inside: Vec<Node> = nodes
+        .iter()
+        .filter(|n| n.via.is_none() && n.path.0.len() > anchor.0.len() && n.path.0.starts_with(&anchor.0))
+        .take(MAX_NODES - nodes.len())
+        .cloned()
+        .collect();
     for n in inside {
         let mut path = to.clone();
         path.0.extend_from_slice(&n.path.0[anchor.0.len()..]);
@@ -366,6 +380,21 @@ listeners:
         assert_eq!(index.find(&routes.index(1).key("pool")), Some(Pos { line: 10, column: 9 }));
         // An absent key falls back to its parent.
         assert_eq!(at(&["pools", "demo", "threads"]), Pos { line: 2, column: 3 });
+    }
+
+    #[test]
+    fn nested_anchors_do_not_multiply_the_index() {
+        // Nine anchors, each used eight times by the next: expanded, 8^9 nodes.
+        let mut doc = String::from("a0: &a0 {x: 1, y: 2}\n");
+        for i in 1..9 {
+            let uses: Vec<String> = (0..8).map(|k| format!("k{k}: *a{}", i - 1)).collect();
+            doc.push_str(&format!("a{i}: &a{i} {{{}}}\n", uses.join(", ")));
+        }
+        doc.push_str("pools:\n  x:\n    <<: *a8\n");
+        let index = KeyIndex::build(&doc);
+        assert!(index.nodes.len() < 2_000, "{} nodes", index.nodes.len());
+        // What the merge brings that the anchor writes itself is still placed in the anchor.
+        assert_eq!(index.find(&KeyPath::of(&["pools", "x", "k3"])), Some(Pos { line: 9, column: 37 }));
     }
 
     #[test]

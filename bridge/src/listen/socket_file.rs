@@ -115,9 +115,67 @@ fn bind_linked_into_place(
         let _ = std::fs::remove_file(temporary);
     }
     let l = bind_unix(temporary, backlog).map_err(|e| ("bind", e))?;
-    let placed = set(temporary, perms).and_then(|()| std::fs::hard_link(temporary, path).map_err(|e| ("link", e)));
+    // The file finished and linked is the one opened: another name put at `temporary`
+    // meanwhile (a symlink) is neither changed nor linked.
+    let placed = finish(temporary, perms).and_then(|file| link_into_place(&file, path));
     let _ = std::fs::remove_file(temporary);
     placed.map(|()| l)
+}
+
+/// A second name, `path`, for the very file `file` is open on.
+fn link_into_place(file: &std::os::fd::OwnedFd, path: &Path) -> Result<(), Failed> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = |p: &Path| std::ffi::CString::new(p.as_os_str().as_bytes()).map_err(|e| ("link", std::io::Error::other(e)));
+    let (from, to) = (c(&fd_path(file))?, c(path)?);
+    // SAFETY: NUL-terminated paths that outlive the call; AT_SYMLINK_FOLLOW makes the
+    // /proc/self/fd link give its file, which linkat(2) documents for this use.
+    let linked = unsafe {
+        libc::linkat(libc::AT_FDCWD, from.as_ptr(), libc::AT_FDCWD, to.as_ptr(), libc::AT_SYMLINK_FOLLOW)
+    };
+    if linked != 0 {
+        return Err(("link", std::io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+/// `/proc/self/fd/N`: the file `file` is open on, whatever name it has now.
+fn fd_path(file: &std::os::fd::OwnedFd) -> PathBuf {
+    PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()))
+}
+
+/// The socket file at `at` (not a symlink there) opened without being read, and given
+/// `perms` through that descriptor.
+fn finish(at: &Path, perms: SocketPerms) -> Result<std::os::fd::OwnedFd, Failed> {
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH | libc::O_NOFOLLOW)
+        .open(at)
+        .map_err(|e| ("open", e))?;
+    if !file.metadata().map_err(|e| ("stat", e))?.file_type().is_socket() {
+        return Err(("open", std::io::Error::other("not a socket (replaced by another file?)")));
+    }
+    let file = std::os::fd::OwnedFd::from(file);
+    if perms.owner.is_some() || perms.group.is_some() {
+        let id = |v: Option<u32>| v.unwrap_or(u32::MAX); // -1: left as it is
+        // SAFETY: fchownat(2) with AT_EMPTY_PATH acts on the descriptor itself.
+        let changed = unsafe {
+            libc::fchownat(
+                file.as_raw_fd(),
+                c"".as_ptr(),
+                id(perms.owner.map(Uid::as_raw)),
+                id(perms.group.map(Gid::as_raw)),
+                libc::AT_EMPTY_PATH,
+            )
+        };
+        if changed != 0 {
+            return Err(("chown", std::io::Error::last_os_error()));
+        }
+    }
+    if let Some(mode) = perms.mode {
+        std::fs::set_permissions(fd_path(&file), std::fs::Permissions::from_mode(mode)).map_err(|e| ("chmod", e))?;
+    }
+    Ok(file)
 }
 
 /// Whether the file at `path` is as `perms` says.
@@ -129,15 +187,10 @@ fn has(path: &Path, perms: SocketPerms) -> bool {
     })
 }
 
-/// chown and chmod the file at `at` to `perms` (a reload's new values, on a kept socket).
+/// chown and chmod the socket file at `at` to `perms` (a reload's new values, on a kept
+/// socket), never a symlink's target.
 pub(crate) fn set(at: &Path, perms: SocketPerms) -> Result<(), Failed> {
-    if perms.owner.is_some() || perms.group.is_some() {
-        nix::unistd::chown(at, perms.owner, perms.group).map_err(|e| ("chown", e.into()))?;
-    }
-    if let Some(mode) = perms.mode {
-        std::fs::set_permissions(at, std::fs::Permissions::from_mode(mode)).map_err(|e| ("chmod", e))?;
-    }
-    Ok(())
+    finish(at, perms).map(drop)
 }
 
 /// A listening unix socket, non-blocking and close-on-exec, at `path` as it is.
@@ -248,6 +301,20 @@ mod tests {
         let long = d.join("s".repeat(MAX_PATH - d.as_os_str().len() - 1));
         bind(&long, 16, perms).unwrap();
         assert!(has(&long, perms));
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn a_symlink_s_target_is_never_changed() {
+        let d = dir("symlink");
+        let target = d.join("secret");
+        std::fs::write(&target, "x").unwrap();
+        std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let link = d.join("app.sock");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        let perms = SocketPerms { mode: Some(0o666), ..Default::default() };
+        assert!(set(&link, perms).is_err());
+        assert_eq!(mode_of(&target), 0o600);
         let _ = std::fs::remove_dir_all(&d);
     }
 
