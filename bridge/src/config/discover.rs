@@ -71,12 +71,8 @@ pub fn config_dir(flag: Option<PathBuf>) -> Result<(PathBuf, Origin), NotFound> 
 /// Whether `dir` has a file the configuration is made of (or a `.yml` one, which loading
 /// explains).
 fn holds_yaml(dir: &Path) -> bool {
-    let Ok(entries) = std::fs::read_dir(dir) else { return true };
-    entries.flatten().any(|e| {
-        let name = e.file_name();
-        let name = name.to_string_lossy();
-        name.ends_with(".yaml") || name.ends_with(".yml")
-    })
+    // The files loading reads (hidden ones and directories are not), so the two agree.
+    super::yaml_files(dir).map_or(true, |(yaml, yml)| !yaml.is_empty() || !yml.is_empty())
 }
 
 /// The choice itself, with the environment and the file system passed in for tests.

@@ -202,7 +202,7 @@ pub fn load_with(dir: &Path, opts: LoadOptions<'_>) -> Result<Config, ConfigErro
 
 /// The `*.yaml` names in `dir`, sorted, and the `*.yml` ones (not read); hidden files are
 /// skipped (editor leftovers).
-fn yaml_files(dir: &Path) -> std::io::Result<(Vec<PathBuf>, Vec<PathBuf>)> {
+pub(super) fn yaml_files(dir: &Path) -> std::io::Result<(Vec<PathBuf>, Vec<PathBuf>)> {
     let (mut names, mut yml) = (Vec::new(), Vec::new());
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;

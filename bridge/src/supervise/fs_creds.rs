@@ -18,13 +18,17 @@ pub(super) struct Switched {
     /// The fsgid and fsuid before, once each was changed.
     fsgid: Option<u32>,
     fsuid: Option<u32>,
+    /// Not Send: dropped on another thread (held across an `.await`), it would switch that
+    /// thread back and leave this one as the tenant.
+    _this_thread: std::marker::PhantomData<*const ()>,
 }
 
 impl Switched {
     /// Switch the calling thread to `r`'s uid, gid and groups (12 system calls, these and
     /// switching back, with a check of each and of the capabilities left).
     pub(super) fn to(r: &Reader) -> Result<Self, String> {
-        let mut switched = Self { groups: thread_groups()?, fsgid: None, fsuid: None };
+        let mut switched =
+            Self { groups: thread_groups()?, fsgid: None, fsuid: None, _this_thread: std::marker::PhantomData };
         set_thread_groups(&r.gids)?;
         switched.fsgid = Some(set_fs_id(libc::SYS_setfsgid, "setfsgid", r.gid)?);
         switched.fsuid = Some(set_fs_id(libc::SYS_setfsuid, "setfsuid", r.uid)?);

@@ -135,10 +135,21 @@ pub(super) fn what_the_app_said(sources: &[&[String]]) -> Option<String> {
     Some(crate::logging::escape::prefix(&crate::logging::escape::clean(said.trim()), 300).into_owned())
 }
 
-/// The last exception line after a traceback's first frame.
+/// The first exception line after a traceback's last frame: the exception that ended it
+/// (the last of a chain), not a line the app logged after the traceback; of an exception
+/// group, its last sub-exception (each comes after a `+-+---- N ----` line).
 fn exception_after_a_frame(lines: &[String]) -> Option<&String> {
-    let first_frame = lines.iter().position(|l| is_frame(l))?;
-    lines[first_frame..].iter().rfind(|l| exception_name(l).is_some())
+    let last_frame = lines.iter().rposition(|l| is_frame(l))?;
+    let mut rest = lines[last_frame..].iter();
+    let mut said = rest.find(|l| exception_name(l).is_some())?;
+    let mut after_separator = false;
+    for line in rest {
+        if after_separator && exception_name(line).is_some() {
+            said = line;
+        }
+        after_separator = line.trim_start().starts_with("+-");
+    }
+    Some(said)
 }
 
 /// The lines of one line of output: an app's logging record's message, a direct worker's
@@ -286,6 +297,10 @@ Exception ignored in: <function Thing.__del__ at 0x7f>
         assert_eq!(said(&["", "  File \"s.py\", line 3, in <module>\ndjango.core.exceptions.ImproperlyConfigured: SECRET_KEY is empty\nbye"]).as_deref(), Some("django.core.exceptions.ImproperlyConfigured: SECRET_KEY is empty"));
         let group = "  + Exception Group Traceback (most recent call last):\n  |   File \"g.py\", line 2, in <module>\n  | ExceptionGroup: two (2 sub-exceptions)\n  +-+---------------- 1 ----------------\n    | ValueError: first\n    +------------------------------------";
         assert_eq!(said(&[group]).as_deref(), Some("ValueError: first"));
+        // A line the app logged after the traceback is not its exception.
+        let then_logged =
+            "Traceback (most recent call last):\n  File \"a.py\", line 1, in f\nKeyError: 'x'\nWARNING: retrying";
+        assert_eq!(said(&[then_logged]).as_deref(), Some("KeyError: 'x'"));
     }
 
     #[test]

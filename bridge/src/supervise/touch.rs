@@ -124,8 +124,11 @@ fn seen_as(path: &Path, reader: Option<&Reader>) -> Seen {
     let found = match reader {
         None => stat(),
         Some(r) => r.acting(stat).unwrap_or_else(|why| {
-            static SAID: std::sync::Once = std::sync::Once::new();
-            SAID.call_once(|| tracing::error!("touch-reload: {} cannot be looked at: {why}", path.display()));
+            // Once per file, not at every look (each second); every pool's file is named.
+            static SAID: Mutex<std::collections::BTreeSet<PathBuf>> = Mutex::new(std::collections::BTreeSet::new());
+            if SAID.lock().unwrap_or_else(|e| e.into_inner()).insert(path.to_owned()) {
+                tracing::error!("touch-reload: {} cannot be looked at: {why}", path.display());
+            }
             None
         }),
     };
