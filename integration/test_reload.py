@@ -246,7 +246,8 @@ def test_a_restart_whose_new_code_cannot_be_imported_backs_off_and_the_status_sa
     app.write_text(ROLLOUT_APP)
     b = start(tmp_path, {"r": pool(str(app), processes=2, threads=1)})
     try:
-        wait_until(lambda: len(worker_pids(b)) == 2, 60, what="both workers")
+        # Both ready, not only started: one still importing would read the broken code.
+        wait_until(lambda: b.pool_status("r")["idle_workers"] == 2, 60, what="both workers ready")
         olds = worker_pids(b)
         # a deploy of code that cannot be imported, then SIGUSR2 (the configuration is as it was)
         app.write_text("raise ImportError('rollout-test: the new code cannot be imported')\n")

@@ -86,9 +86,14 @@ def nginx_params(uri, method="GET", **extra):
 
 
 def send(c, uri, keep_conn=True, **extra):
+    """The whole request in one write, as nginx sends it: a worker that answers and closes
+    at once (a cut-off response) has read all of it, so the close is not a reset."""
+    c.corked = b""
     c.begin(keep_conn=keep_conn)
     c.params(nginx_params(uri, **extra))
     c.stdin_end()
+    data, c.corked = c.corked, None
+    c.send(data)
 
 
 def send_whole_post(c, length, body, uri="/read-length"):
