@@ -45,6 +45,19 @@ class Notifications:
         self.sock.close()
 
 
+def run_with_notify(tmp_path, conf):
+    """The daemon on `conf`, with a NOTIFY_SOCKET of the test's own and no socket activation."""
+    notify = Notifications(tmp_path / "notify.sock")
+    log = LogFile(tmp_path / "bridge.log")
+    env = dict(os.environ, NO_COLOR="1", NOTIFY_SOCKET=notify.path)
+    for v in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES", "WATCHDOG_USEC", "WATCHDOG_PID"):
+        env.pop(v, None)
+    with open(log.path, "ab") as logf:
+        proc = subprocess.Popen([str(bridge_binary()), "run", "--config", str(conf)], stdin=subprocess.DEVNULL,
+                                stdout=logf, stderr=subprocess.STDOUT, env=env, start_new_session=True, cwd=tmp_path)
+    return proc, notify, log
+
+
 @pytest.fixture
 def activated(tmp_path):
     """A bridge with two listeners on systemd-passed sockets (TCP and unix) and a pool."""
@@ -160,14 +173,7 @@ def test_ready_waits_for_a_broken_pool_only_its_own_startup_timeout(tmp_path):
         "listeners": {"front": {"fastcgi": f"unix:{sock}", "routes": [
             {"host": "bad", "pool": "bad"}, {"pool": "good"}]}},
     }))
-    notify = Notifications(tmp_path / "notify.sock")
-    log = LogFile(tmp_path / "bridge.log")
-    env = dict(os.environ, NO_COLOR="1", NOTIFY_SOCKET=notify.path)
-    for v in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES", "WATCHDOG_USEC", "WATCHDOG_PID"):
-        env.pop(v, None)
-    with open(log.path, "ab") as logf:
-        proc = subprocess.Popen([str(bridge_binary()), "run", "--config", str(conf)], stdin=subprocess.DEVNULL,
-                                stdout=logf, stderr=subprocess.STDOUT, env=env, start_new_session=True, cwd=tmp_path)
+    proc, notify, log = run_with_notify(tmp_path, conf)
     try:
         # Before the fix READY=1 came after the healthy pool's 60 s (+1 s).
         ready = notify.wait_for("READY=1", 45)
@@ -217,14 +223,7 @@ def test_a_reload_before_ready_changes_the_pools_ready_waits_for(tmp_path):
             {"host": "slow", "pool": "slow"}, {"pool": "fast"}]}},
     }
     (conf / "50-test.yaml").write_text(to_yaml(config))
-    notify = Notifications(tmp_path / "notify.sock")
-    log = LogFile(tmp_path / "bridge.log")
-    env = dict(os.environ, NO_COLOR="1", NOTIFY_SOCKET=notify.path)
-    for v in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES", "WATCHDOG_USEC", "WATCHDOG_PID"):
-        env.pop(v, None)
-    with open(log.path, "ab") as logf:
-        proc = subprocess.Popen([str(bridge_binary()), "run", "--config", str(conf)], stdin=subprocess.DEVNULL,
-                                stdout=logf, stderr=subprocess.STDOUT, env=env, start_new_session=True, cwd=tmp_path)
+    proc, notify, log = run_with_notify(tmp_path, conf)
     try:
         wait_until(lambda: sock.exists() and fcgi_client.fcgi_request(str(sock), "/health",
                                                                       headers={"Host": "x"}).status == 200,
