@@ -1108,9 +1108,7 @@ fn bad_head(info: &RequestInfo<'_>, pool: &str, pid: u32, why: &fastcgi_server::
 /// operators alert; anything else the app writes there at WARN.
 fn log_stderr(worker: &crate::worker_handle::WorkerHandle, request_id: &str, uri: &str, data: &[u8]) {
     let (pool, pid) = (&*worker.pool, worker.pid);
-    let traceback = crate::logging::app_lines::APP_FAILURES
-        .iter()
-        .any(|marker| data.windows(marker.len()).any(|w| w == marker.as_bytes()));
+    let traceback = crate::logging::app_lines::holds_a_failure(data);
     // Every line repeats the URI: its start is enough to find the request.
     let uri = &*crate::logging::escape::prefix(uri, 256);
     let log = |text: &str| {

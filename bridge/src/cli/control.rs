@@ -283,16 +283,10 @@ impl Daemon {
     }
 }
 
-/// `/proc/PID/stat`'s state and start time (clock ticks after boot); None if it cannot be
-/// read (the process is gone, or no /proc).
+/// `/proc/PID/stat`'s state and start time; None if it cannot be read (the process is
+/// gone, or no /proc).
 fn proc_stat(pid: i32) -> Option<(char, u64)> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name, in parentheses, may hold spaces and parentheses itself.
-    let mut fields = text.get(text.rfind(')')? + 1..)?.split_whitespace();
-    let state = fields.next()?.chars().next()?;
-    // starttime is field 22 of the line, the 20th after the name.
-    let started = fields.nth(18)?.parse().ok()?;
-    Some((state, started))
+    crate::supervise::proc_stat::ProcStat::of(pid).map(|s| (char::from(s.state), s.start_ticks))
 }
 
 /// Under systemd (`ExecReload=`, whose `$MAINPID` names the bridge) a command whose control

@@ -101,6 +101,11 @@ pub(crate) fn log_dropped(pool: &str, pid: u32, n: u64) {
 pub(crate) const APP_FAILURES: [&str; 2] =
     ["Traceback (most recent call last):", "fcgibridge worker: the application failed: "];
 
+/// Whether `text` (one STDERR record, or the lines of one) holds such a report anywhere.
+pub(crate) fn holds_a_failure(text: &[u8]) -> bool {
+    APP_FAILURES.iter().any(|marker| text.windows(marker.len()).any(|w| w == marker.as_bytes()))
+}
+
 /// The tag a direct worker's line begins with, `[request_id=… METHOD URI] ` (`None`: the
 /// line has none).
 pub(crate) fn request_tag(line: &str) -> Option<&str> {

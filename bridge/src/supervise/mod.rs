@@ -9,7 +9,7 @@ pub(crate) mod manager;
 pub(crate) mod orphans;
 mod policy;
 pub(crate) mod probe;
-mod proc_stat;
+pub(crate) mod proc_stat;
 pub(crate) mod program;
 mod ready_check;
 /// The param that marks a pool's ready-check request (supervise/ready_check.rs).

@@ -1,5 +1,6 @@
 //! One process's line of `/proc/PID/stat`: what the manager samples (memory, CPU time), the
-//! orphan reaper asks (parent, session, state) and a template's worker is checked by (parent).
+//! orphan reaper asks (parent, session, state), a template's worker is checked by (parent)
+//! and `stop --wait` tells the daemon by (state, start time).
 
 use std::time::Duration;
 
@@ -19,6 +20,8 @@ pub(crate) struct ProcStat {
     pub session: i32,
     /// User and system time, in clock ticks.
     pub cpu_ticks: u64,
+    /// When it started, in clock ticks after boot: with the pid, which process it is.
+    pub start_ticks: u64,
     pub rss_pages: u64,
 }
 
@@ -40,6 +43,7 @@ impl ProcStat {
             group: pid_field(5)?,
             session: pid_field(6)?,
             cpu_ticks: number(14)? + number(15)?,
+            start_ticks: number(22)?,
             rss_pages: number(24)?,
         })
     }
@@ -59,7 +63,15 @@ mod tests {
         let stat = ProcStat::parse(line).expect("parsed");
         assert_eq!(
             stat,
-            ProcStat { state: b'S', parent: 1, group: 1234, session: 1200, cpu_ticks: 300, rss_pages: 2560 }
+            ProcStat {
+                state: b'S',
+                parent: 1,
+                group: 1234,
+                session: 1200,
+                cpu_ticks: 300,
+                start_ticks: 100,
+                rss_pages: 2560
+            }
         );
         assert_eq!(stat.cpu_time(100), Duration::from_secs(3));
         assert_eq!(ProcStat::parse("garbage"), None);

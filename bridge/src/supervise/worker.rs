@@ -731,8 +731,7 @@ impl LineGate {
     /// Stderr lines the worker wrote elsewhere (its ready-check's STDERR records, bounded
     /// by [`crate::worker_handle::WorkerHandle::hold`]): held with the rest, however many.
     fn hold_all(&self, lines: Vec<String>) {
-        let failures = crate::logging::app_lines::APP_FAILURES;
-        let report = lines.iter().any(|l| failures.iter().any(|m| l.contains(m)));
+        let report = lines.iter().any(|l| crate::logging::app_lines::holds_a_failure(l.as_bytes()));
         let source = if report { Source::Report } else { Source::Stderr };
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         for line in lines {
