@@ -115,6 +115,21 @@ def test_through_nginx(env):
     assert e["REMOTE_ADDR"] == "203.0.113.77" and e["HTTPS"] == "on"
 
 
+def test_through_nginx_behind_a_chain_of_proxies(env):
+    """client -https-> load balancer 10.1.2.3 -http-> proxy (127.0.0.1) -> nginx, each
+    appending: the scheme, host and port are those at the client's place in the chain, not
+    the last proxy's."""
+    _, nginx = env
+    r = requests.get(nginx.url("/env"), headers={"X-Forwarded-For": "203.0.113.77, 10.1.2.3",
+                                                  "X-Forwarded-Proto": "https, http",
+                                                  "X-Forwarded-Host": "shop.example, lb.internal",
+                                                  "X-Forwarded-Port": "443, 80"}, timeout=30)
+    e = r.json()
+    assert e["REMOTE_ADDR"] == "203.0.113.77"
+    assert e["HTTPS"] == "on" and e["REQUEST_SCHEME"] == "https"
+    assert e["HTTP_HOST"] == "shop.example" and e["SERVER_PORT"] == "443"
+
+
 def test_a_trusted_proxy_s_client_address_in_a_header_not_believed_is_logged_once(env):
     # Behind a proxy that writes only X-Real-IP, the default list (X-Forwarded-For,
     # X-Forwarded-Proto) leaves REMOTE_ADDR the proxy's: the operator is told, once.

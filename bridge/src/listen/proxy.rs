@@ -49,12 +49,19 @@ impl TrustedProxies {
                 self.apply_forwarded(params, &v);
             }
         }
+        self.apply_x_headers(params);
+    }
+
+    /// The X- headers, in the order listed (of X-Forwarded-For and X-Real-IP, the last
+    /// listed sets REMOTE_ADDR).
+    fn apply_x_headers(&self, params: &mut Params) {
+        let client = self.client_from_x_forwarded_for(params);
         for h in &self.headers {
             let Some(v) = params.get(h.param()).map(|v| String::from_utf8_lossy(v).into_owned()) else { continue };
             match h {
                 ProxyHeader::XForwardedFor => {
-                    if let Some(client) = self.client_from_chain(v.split(',').map(str::trim)) {
-                        params.insert(&b"REMOTE_ADDR"[..], client.into_bytes());
+                    if let Some(client) = &client {
+                        params.insert(&b"REMOTE_ADDR"[..], client.address.as_bytes().to_vec());
                     }
                 }
                 ProxyHeader::XRealIp => {
@@ -63,17 +70,15 @@ impl TrustedProxies {
                         params.insert(&b"REMOTE_ADDR"[..], ip.as_bytes().to_vec());
                     }
                 }
-                // The last value, as Forwarded's last element: one a proxy appends is last,
-                // and the first may be the client's own.
-                ProxyHeader::XForwardedProto => set_scheme(params, last_value(&v)),
+                ProxyHeader::XForwardedProto => set_scheme(params, value_for_client(&v, client.as_ref())),
                 ProxyHeader::XForwardedHost => {
-                    let host = last_value(&v);
+                    let host = value_for_client(&v, client.as_ref());
                     if !host.is_empty() {
                         params.insert(&b"HTTP_HOST"[..], host.as_bytes().to_vec());
                     }
                 }
                 ProxyHeader::XForwardedPort => {
-                    let port = last_value(&v);
+                    let port = value_for_client(&v, client.as_ref());
                     if port.parse::<u16>().is_ok() {
                         params.insert(&b"SERVER_PORT"[..], port.as_bytes().to_vec());
                     }
@@ -81,6 +86,16 @@ impl TrustedProxies {
                 ProxyHeader::Forwarded => {}
             }
         }
+    }
+
+    /// The client of a believed X-Forwarded-For chain.
+    fn client_from_x_forwarded_for(&self, params: &Params) -> Option<ClientHop> {
+        if !self.headers.contains(&ProxyHeader::XForwardedFor) {
+            return None;
+        }
+        let chain = String::from_utf8_lossy(params.get(ProxyHeader::XForwardedFor.param())?).into_owned();
+        let hops: Vec<&str> = chain.split(',').collect();
+        self.client_from_chain(&hops)
     }
 
     /// A header naming the client that a trusted peer sent when no header believed for it
@@ -99,40 +114,52 @@ impl TrustedProxies {
     }
 
     /// The client of a proxy chain: the right-most address that is not a trusted proxy
-    /// (addresses left of it could have been written by the client itself).
-    fn client_from_chain<'a>(&self, chain: impl DoubleEndedIterator<Item = &'a str>) -> Option<String> {
-        let mut last = None;
-        for hop in chain.rev() {
+    /// (addresses left of it could have been written by the client itself). Empty hops are
+    /// skipped; one that is not an address ends the walk with no client.
+    fn client_from_chain(&self, hops: &[&str]) -> Option<ClientHop> {
+        let mut client = None;
+        for (index, hop) in hops.iter().enumerate().rev() {
             let ip = strip_port(hop);
             if ip.is_empty() {
                 continue;
             }
             let parsed = parse_ip(ip.as_bytes())?;
-            last = Some(ip.to_owned());
+            client = Some(ClientHop { index, hops: hops.len(), address: ip.to_owned() });
             if !self.proxies.iter().any(|c| c.contains(parsed)) {
                 break;
             }
         }
-        last
+        client
     }
 
     fn apply_forwarded(&self, params: &mut Params, value: &[u8]) {
         let value = String::from_utf8_lossy(value);
         let elements: Vec<&str> = value.split(',').collect();
-        let fors: Vec<String> = elements.iter().filter_map(|e| pair(e, "for")).collect();
-        if let Some(client) = self.client_from_chain(fors.iter().map(String::as_str)) {
-            params.insert(&b"REMOTE_ADDR"[..], client.into_bytes());
+        let fors: Vec<String> = elements.iter().map(|e| pair(e, "for").unwrap_or_default()).collect();
+        let client = self.client_from_chain(&fors.iter().map(String::as_str).collect::<Vec<_>>());
+        // proto and host: from the element that named the client (the proxy it connected to
+        // wrote how); with no client named, from the element the nearest proxy wrote.
+        let element = match &client {
+            Some(client) => {
+                params.insert(&b"REMOTE_ADDR"[..], client.address.as_bytes().to_vec());
+                elements[client.index]
+            }
+            None => elements.last().copied().unwrap_or(""),
+        };
+        if let Some(proto) = pair(element, "proto") {
+            set_scheme(params, &proto);
         }
-        // proto and host: from the element the nearest proxy wrote (the last one).
-        if let Some(last) = elements.last() {
-            if let Some(proto) = pair(last, "proto") {
-                set_scheme(params, &proto);
-            }
-            if let Some(host) = pair(last, "host") {
-                params.insert(&b"HTTP_HOST"[..], host.as_bytes().to_vec());
-            }
+        if let Some(host) = pair(element, "host") {
+            params.insert(&b"HTTP_HOST"[..], host.as_bytes().to_vec());
         }
     }
+}
+
+/// Where a chain's client stands: `index` of `hops` entries, and its address.
+struct ClientHop {
+    index: usize,
+    hops: usize,
+    address: String,
 }
 
 /// The first time a trusted proxy's client address is lost (see
@@ -156,9 +183,17 @@ fn warn_once_unbelieved(h: ProxyHeader, params: &Params) {
     );
 }
 
-/// The last of a header's comma-separated values.
-fn last_value(v: &str) -> &str {
-    v.rsplit(',').next().unwrap_or("").trim()
+/// Of a list-valued X-Forwarded-Proto, -Host or -Port, the client's: the entry at the
+/// client's place in X-Forwarded-For when both lists are as long (each proxy of the chain
+/// appended to both, so that entry is what the proxy the client connected to saw); else
+/// the last (a single value was set, not appended; or the counts disagree, and the last
+/// at least is the trusted peer's).
+fn value_for_client<'a>(v: &'a str, client: Option<&ClientHop>) -> &'a str {
+    let values: Vec<&str> = v.split(',').map(str::trim).collect();
+    match client {
+        Some(c) if values.len() == c.hops => values[c.index],
+        _ => values.last().copied().unwrap_or(""),
+    }
 }
 
 /// `name=value` from one Forwarded element (`for="[2001:db8::1]:80";proto=https`).
@@ -272,7 +307,8 @@ mod tests {
 
     #[test]
     fn of_several_values_the_one_a_proxy_appended_last_counts() {
-        // The client sent "https" over plain HTTP; the proxy appended what it saw.
+        // The client sent "https" over plain HTTP; the proxy appended what it saw. With no
+        // X-Forwarded-For there is no client's place to read, so the last counts.
         let t = trust(&["10.0.0.0/8"]);
         let mut p = params(&[
             ("REMOTE_ADDR", "10.0.0.5"),
@@ -331,5 +367,123 @@ mod tests {
         assert_eq!(get(&p, "REMOTE_ADDR").as_deref(), Some("2001:db8::7"));
         assert_eq!(get(&p, "REQUEST_SCHEME").as_deref(), Some("https"));
         assert_eq!(get(&p, "HTTP_HOST").as_deref(), Some("a.example"));
+    }
+
+    /// Each proxy of the chain appended what it saw; the web server's peer is the last.
+    fn through_a_chain(t: &TrustedProxies, headers: &[(&str, &str)]) -> Params {
+        let mut p = params(&[("REMOTE_ADDR", "10.0.0.2"), ("HTTP_HOST", "internal"), ("SERVER_PORT", "8080")]);
+        for (n, v) in headers {
+            p.insert(n.as_bytes().to_vec(), v.as_bytes().to_vec());
+        }
+        t.apply(&mut p);
+        p
+    }
+
+    #[test]
+    fn behind_two_proxies_the_client_s_hop_gives_scheme_host_and_port() {
+        // client -https-> load balancer 10.0.0.1 -http-> proxy 10.0.0.2 -> web server
+        let t = trust(&["10.0.0.0/8"]);
+        let p = through_a_chain(
+            &t,
+            &[
+                ("HTTP_X_FORWARDED_FOR", "203.0.113.9, 10.0.0.1"),
+                ("HTTP_X_FORWARDED_PROTO", "https, http"),
+                ("HTTP_X_FORWARDED_HOST", "shop.example, lb.internal"),
+                ("HTTP_X_FORWARDED_PORT", "443, 80"),
+            ],
+        );
+        assert_eq!(get(&p, "REMOTE_ADDR").as_deref(), Some("203.0.113.9"));
+        assert_eq!(get(&p, "HTTPS").as_deref(), Some("on"));
+        assert_eq!(get(&p, "REQUEST_SCHEME").as_deref(), Some("https"));
+        assert_eq!(get(&p, "HTTP_HOST").as_deref(), Some("shop.example"));
+        assert_eq!(get(&p, "SERVER_PORT").as_deref(), Some("443"));
+    }
+
+    #[test]
+    fn behind_a_chain_a_single_value_was_set_and_counts() {
+        let t = trust(&["10.0.0.0/8"]);
+        let p = through_a_chain(
+            &t,
+            &[("HTTP_X_FORWARDED_FOR", "203.0.113.9, 10.0.0.1"), ("HTTP_X_FORWARDED_PROTO", "https")],
+        );
+        assert_eq!(get(&p, "REQUEST_SCHEME").as_deref(), Some("https"));
+    }
+
+    #[test]
+    fn when_the_counts_disagree_the_trusted_peer_s_last_value_counts() {
+        let t = trust(&["10.0.0.0/8"]);
+        // The client sent X-Forwarded-Proto of its own: one entry too many.
+        let p = through_a_chain(
+            &t,
+            &[("HTTP_X_FORWARDED_FOR", "203.0.113.9, 10.0.0.1"), ("HTTP_X_FORWARDED_PROTO", "https, http, http")],
+        );
+        assert_eq!(get(&p, "REQUEST_SCHEME").as_deref(), Some("http"));
+        // A proxy that did not append: one too few.
+        let p = through_a_chain(
+            &t,
+            &[
+                ("HTTP_X_FORWARDED_FOR", "6.6.6.6, 203.0.113.9, 10.0.0.1"),
+                ("HTTP_X_FORWARDED_HOST", "evil.example, shop.example"),
+            ],
+        );
+        assert_eq!(get(&p, "HTTP_HOST").as_deref(), Some("shop.example"));
+    }
+
+    #[test]
+    fn with_x_forwarded_for_not_believed_the_last_value_counts() {
+        let t = TrustedProxies { headers: vec![ProxyHeader::XForwardedProto], ..trust(&["10.0.0.0/8"]) };
+        let p = through_a_chain(
+            &t,
+            &[("HTTP_X_FORWARDED_FOR", "203.0.113.9, 10.0.0.1"), ("HTTP_X_FORWARDED_PROTO", "https, http")],
+        );
+        assert_eq!(get(&p, "REMOTE_ADDR").as_deref(), Some("10.0.0.2"));
+        assert_eq!(get(&p, "REQUEST_SCHEME").as_deref(), Some("http"));
+    }
+
+    #[test]
+    fn a_forwarded_chain_gives_proto_and_host_from_the_client_s_element() {
+        let t = trust(&["10.0.0.0/8"]);
+        let p = through_a_chain(
+            &t,
+            &[(
+                "HTTP_FORWARDED",
+                "for=203.0.113.9;proto=https;host=shop.example, for=10.0.0.1;proto=http;host=lb.internal",
+            )],
+        );
+        assert_eq!(get(&p, "REMOTE_ADDR").as_deref(), Some("203.0.113.9"));
+        assert_eq!(get(&p, "REQUEST_SCHEME").as_deref(), Some("https"));
+        assert_eq!(get(&p, "HTTP_HOST").as_deref(), Some("shop.example"));
+    }
+
+    #[test]
+    fn a_client_s_forged_earlier_entries_are_not_believed() {
+        // The client 198.51.100.7 came over plain HTTP and wrote entries of its own, one
+        // claiming a trusted proxy's address; both proxies appended after it.
+        let t = trust(&["10.0.0.0/8"]);
+        let p = through_a_chain(
+            &t,
+            &[
+                ("HTTP_X_FORWARDED_FOR", "10.0.0.9, 198.51.100.7, 10.0.0.1"),
+                ("HTTP_X_FORWARDED_PROTO", "https, http, http"),
+                ("HTTP_X_FORWARDED_HOST", "evil.example, shop.example, lb.internal"),
+                ("HTTP_X_FORWARDED_PORT", "8443, 80, 80"),
+            ],
+        );
+        assert_eq!(get(&p, "REMOTE_ADDR").as_deref(), Some("198.51.100.7"));
+        assert_eq!(get(&p, "HTTPS"), None);
+        assert_eq!(get(&p, "REQUEST_SCHEME").as_deref(), Some("http"));
+        assert_eq!(get(&p, "HTTP_HOST").as_deref(), Some("shop.example"));
+        assert_eq!(get(&p, "SERVER_PORT").as_deref(), Some("80"));
+        let p = through_a_chain(
+            &t,
+            &[(
+                "HTTP_FORWARDED",
+                "for=10.0.0.9;proto=https;host=evil.example, for=198.51.100.7;proto=http;host=shop.example, \
+                 for=10.0.0.1;proto=http;host=lb.internal",
+            )],
+        );
+        assert_eq!(get(&p, "REMOTE_ADDR").as_deref(), Some("198.51.100.7"));
+        assert_eq!(get(&p, "REQUEST_SCHEME").as_deref(), Some("http"));
+        assert_eq!(get(&p, "HTTP_HOST").as_deref(), Some("shop.example"));
     }
 }
