@@ -127,7 +127,12 @@ def test_workers_answer_and_the_status_page_counts_what_they_serve(stack):
                what="the last minute's requests counted from the scoreboards")
     # The bridge queues none of its requests: the page says where they wait, without a queue
     # of the bridge's or its chart.
-    assert b.pool_status("app")["direct"] is True
+    status = b.pool_status("app")
+    assert status["direct"] is True
+    # No queue-size applies (it is refused with direct): not the default 1024.
+    assert (status["queue_size"], status["queue_length"], status["max_queue_length"]) == (0, 0, 0), status
+    text = requests.get(f"http://127.0.0.1:{b.status_port}/metrics", timeout=30).text
+    assert 'fcgibridge_pool_queue_size{pool="app"} 0\n' in text, text
     page = requests.get(f"http://127.0.0.1:{b.status_port}/status", headers={"Accept": "text/html"}, timeout=30)
     assert page.status_code == 200, page.text
     card = page.text.split('data-pool="app"', 1)[1]

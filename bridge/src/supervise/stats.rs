@@ -348,7 +348,8 @@ pub(crate) fn pool_snapshot(pool: &PoolRuntime) -> PoolStats {
         direct: pool.config.direct.is_some(),
         queue_length: dv.queue_now,
         max_queue_length: c.max_queue,
-        queue_size: dv.queue_size,
+        // A direct pool's requests never enter the bridge's queue: none of its size applies.
+        queue_size: if pool.config.direct.is_some() { 0 } else { dv.queue_size },
         queue_timeout_seconds: dv.queue_timeout.as_secs_f64(),
         accepted_requests: c.accepted,
         direct_responses: c.direct_responses,
