@@ -169,7 +169,14 @@ struct Running {
 /// A start-up error: logged (and on stderr too when the log is a file); the daemon exits
 /// with failure.
 fn failed(e: impl std::fmt::Display) -> ExitCode {
-    logging::fatal(e);
+    logging::fatal!(target: module_path!(), e);
+    ExitCode::FAILURE
+}
+
+/// A listener's start-up error (an address in use, an inherited fd that is no listening
+/// socket), logged under the listen module that met it.
+fn failed_listening(e: listen::ListenError) -> ExitCode {
+    logging::fatal!(target: listen::LOG_TARGET, e);
     ExitCode::FAILURE
 }
 
@@ -187,8 +194,8 @@ async fn start(
     if let Some(dir) = &config.global.runtime_dir {
         RuntimeDir::create(dir).map_err(failed)?;
     }
-    let mut bound = listen::bind_all(&config.listeners, &passed).map_err(failed)?;
-    let direct_sockets = listen::take_direct(&config.listeners, &mut bound).map_err(failed)?;
+    let mut bound = listen::bind_all(&config.listeners, &passed).map_err(failed_listening)?;
+    let direct_sockets = listen::take_direct(&config.listeners, &mut bound).map_err(failed_listening)?;
     let status_bound = match &config.global.status {
         None => None,
         Some(s) => Some((crate::status::http::bind(s).await.map_err(failed)?, s.path.clone())),
@@ -239,7 +246,7 @@ async fn start(
     let listeners = match listen::ListenerSet::start(&config.listeners, bound, &by_name, registry.clone()) {
         Ok(r) => r,
         Err(e) => {
-            let code = failed(e);
+            let code = failed_listening(e);
             supervisor.stop(Stop::Fast, std::time::Instant::now()).await;
             return Err(code);
         }

@@ -73,12 +73,22 @@ pub(crate) fn init(global: &Global) -> reopen::Reopen {
     reopen
 }
 
-/// An error that ends the daemon (a failed start): logged, and when the log is a file
-/// also on stderr, where whoever started it (a terminal, systemd's journal) looks.
-pub(crate) fn fatal(error: impl std::fmt::Display) {
-    let message = error.to_string();
-    tracing::error!("{message}");
-    if let Some(line) = stderr_copy(&message, TO_FILE.load(Ordering::Relaxed)) {
+/// An error that ends the daemon (a failed start): logged under `target`, the module the
+/// error happened in (a log filter or reader by target finds it there, not here), and when
+/// the log is a file also on stderr, where whoever started it (a terminal, systemd's
+/// journal) looks. A macro because a tracing target is fixed where the event is written.
+macro_rules! fatal {
+    (target: $target:expr, $error:expr) => {{
+        let message = $error.to_string();
+        tracing::error!(target: $target, "{message}");
+        $crate::logging::copy_fatal_to_stderr(&message);
+    }};
+}
+pub(crate) use fatal;
+
+/// [`fatal!`]'s copy on stderr, when the log is a file.
+pub(crate) fn copy_fatal_to_stderr(message: &str) {
+    if let Some(line) = stderr_copy(message, TO_FILE.load(Ordering::Relaxed)) {
         eprintln!("{line}");
     }
 }

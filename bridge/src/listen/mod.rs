@@ -26,6 +26,10 @@ use std::sync::Arc;
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::watch;
 
+/// The tracing target of this module's events, for a [`ListenError`] the daemon logs
+/// when it cannot start (`fcgibridge::listen`).
+pub(crate) const LOG_TARGET: &str = module_path!();
+
 /// Why a listener could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum ListenError {
