@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+import harness
 from harness import APPS, bridge_binary, free_ports, make_bridge, to_yaml
 
 OLD = ["2.7", "3.6", "3.7", "3.8"]
@@ -192,7 +193,8 @@ def test_a_working_directory_the_pools_user_cannot_enter_is_refused_by_check(pub
     r = check(d)
     assert r.returncode == 1, r.stdout
     want = (f"{d / '50-test.yaml'}:{n}:5: pools.p.chdir: cannot enter the working directory {wd} (pool `chdir:`) "
-            f"as user {user.pw_name} (uid {user.pw_uid}, gid {user.pw_gid}): Permission denied (os error 13)")
+            f"as user {user.pw_name} (uid {user.pw_uid}, gid {user.pw_gid}): Permission denied (os error 13); "
+            f"{wd} has mode 0700 and owner uid 0")
     assert r.stderr.strip() == want, r.stderr
     code, err = run_daemon(d)
     assert code == 2 and f"fcgibridge: {want}" in err, err
@@ -248,6 +250,35 @@ def test_a_second_pool_of_the_same_interpreter_and_user_has_its_directory_checke
     assert "pools.p." not in r.stderr, r.stderr
     locked.chmod(0o755)
     assert check(d).returncode == 0
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="switching to the pool's user needs root")
+def test_a_second_pools_directory_is_judged_by_the_kernel_acls_included(public_dir):
+    """A second pool of an interpreter that ran for the account has its `chdir` looked up
+    with the bridge thread's filesystem credentials switched to that account: an ACL that
+    grants what the mode bits deny passes, one that denies what they allow is refused."""
+    nobody = pwd.getpwnam("nobody")
+    first, granted, denied = public_dir / "first", public_dir / "granted", public_dir / "denied"
+    first.mkdir(mode=0o755)
+    granted.mkdir(mode=0o700)
+    harness.set_acl(granted, {nobody.pw_uid: 1})
+    denied.mkdir(mode=0o755)
+    harness.set_acl(denied, {nobody.pw_uid: 0})
+    d = user_conf(public_dir, {"python": "/usr/bin/python3", "user": "nobody", "chdir": str(first)})
+    config = (d / "50-test.yaml").read_text()
+    second = ("\n  q:\n    app: %s\n    python: /usr/bin/python3\n    user: nobody\n    chdir: %s\n"
+              % (public_dir / "app.py", granted))
+    (d / "50-test.yaml").write_text(config.replace("\nlisteners:", second + "listeners:", 1))
+    r = check(d)
+    assert r.returncode == 0, r.stderr
+    (d / "50-test.yaml").write_text(config.replace("\nlisteners:", second.replace(str(granted), str(denied))
+                                                   + "listeners:", 1))
+    r = check(d)
+    assert r.returncode == 1, r.stdout
+    assert re.search(rf"pools\.q\.chdir: cannot enter the working directory {re.escape(str(denied))} "
+                     rf"\(pool `chdir:`\) as user nobody .*Permission denied \(os error 13\); the mode bits on "
+                     rf"the way allow it: an ACL", r.stderr), r.stderr
+    assert "pools.p." not in r.stderr, r.stderr
 
 
 def test_supported_pythons_are_accepted_and_serve(tmp_path):

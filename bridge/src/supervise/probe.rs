@@ -42,9 +42,10 @@ pub(crate) enum ProbeError {
     #[error("cannot be run{}: {source}{detail}", .run_as.as_ref().map(|u| format!(" as {u}")).unwrap_or_default())]
     Spawn { source: std::io::Error, run_as: Option<String>, detail: String },
     /// The pool's working directory, entered as its user (as a worker's start does).
-    #[error("cannot enter the working directory {} ({origin}){}: {source}", .dir.display(),
+    /// `detail`: what denies the pool's user, as for `Spawn`.
+    #[error("cannot enter the working directory {} ({origin}){}: {source}{detail}", .dir.display(),
         .run_as.as_ref().map(|u| format!(" as {u}")).unwrap_or_default())]
-    Chdir { dir: PathBuf, origin: &'static str, source: std::io::Error, run_as: Option<String> },
+    Chdir { dir: PathBuf, origin: &'static str, source: std::io::Error, run_as: Option<String>, detail: String },
     /// The app file, opened as the pool's account: every worker would fail to import it.
     #[error("{} cannot be read as {run_as}: {source}{detail}", .path.display())]
     App { path: PathBuf, source: std::io::Error, run_as: String, detail: String },
@@ -91,7 +92,7 @@ pub(crate) fn check_pools(pools: &[Pool]) -> Result<(), Refused> {
         let interpreter = interpreter_of(&key);
         let outcome = seen.entry(key).or_insert_with(|| {
             // A process per interpreter and account, not per pool (a reload probes them all):
-            // another directory of an interpreter that ran is looked at by its mode bits.
+            // another directory of an interpreter that ran is looked up as the account.
             if pool.isolation.chroot.is_none() && ran.contains(&interpreter) {
                 return may_enter(pool);
             }
@@ -176,7 +177,8 @@ pub(crate) fn probe(python: &Path, pool: &Pool) -> Result<Found, ProbeError> {
     }
     match run_probe(cmd, &exe, PROBE_TIMEOUT) {
         Err(ProbeError::Spawn { source, .. }) if steps.failed_at() == Some(Step::Chdir) => {
-            Err(ProbeError::Chdir { dir: workdir, origin: chdir_origin(pool), source, run_as })
+            let detail = if chroot.is_none() { why_not_entered(pool, &source) } else { String::new() };
+            Err(ProbeError::Chdir { dir: workdir, origin: chdir_origin(pool), source, run_as, detail })
         }
         Err(ProbeError::Spawn { source, .. }) => {
             let detail = if chroot.is_none() { why_not_run(python, pool, &source) } else { String::new() };
@@ -228,7 +230,14 @@ fn may_read_app(pool: &Pool) -> Result<(), ProbeError> {
                 .and_then(|reader| {
                     let real = std::fs::canonicalize(path).ok()?;
                     let meta = std::fs::metadata(&real).ok()?;
-                    reader.may_read(&real, &meta).err()
+                    Some(reader.may_read(&real, &meta).err().unwrap_or_else(|| {
+                        use std::os::unix::fs::MetadataExt;
+                        format!(
+                            "the mode bits allow it ({:04o}, owner uid {}): an ACL or a security module denies it",
+                            meta.mode() & 0o7777,
+                            meta.uid()
+                        )
+                    }))
                 })
                 .map(|why| format!("; {why}"))
                 .unwrap_or_default();
@@ -238,12 +247,16 @@ fn may_read_app(pool: &Pool) -> Result<(), ProbeError> {
     }
 }
 
-/// Whether the pool's workers may enter its working directory, by the mode bits of every
-/// directory on the way (as `access.rs` decides; the bridge's own account asks the kernel).
+/// Whether the pool's workers may enter its working directory. For another account than the
+/// bridge's the kernel judges, with the thread's filesystem credentials switched to it
+/// ([`Reader::acting`](super::access::Reader::acting)): ACLs, security modules and a
+/// root_squash NFS count as for the workers; the mode bits only explain a refusal, and
+/// judge alone where the thread cannot switch (a bridge that is not root).
 fn may_enter(pool: &Pool) -> Result<(), ProbeError> {
     let chdir_error = |source: std::io::Error, run_as: Option<String>| ProbeError::Chdir {
         dir: pool.chdir.clone(),
         origin: chdir_origin(pool),
+        detail: why_not_entered(pool, &source),
         source,
         run_as,
     };
@@ -252,6 +265,9 @@ fn may_enter(pool: &Pool) -> Result<(), ProbeError> {
             .map_err(|e| chdir_error(std::io::Error::from(e), None));
     };
     let run_as = super::isolate::Credentials::of(&pool.isolation).run_as().map(str::to_owned);
+    if let Ok(entered) = reader.acting(|| searchable(&pool.chdir)) {
+        return entered.map_err(|e| chdir_error(e, run_as));
+    }
     match std::fs::metadata(&pool.chdir) {
         Err(e) => Err(chdir_error(e, run_as)),
         Ok(m) if !m.is_dir() => Err(chdir_error(std::io::Error::from_raw_os_error(libc::ENOTDIR), run_as)),
@@ -259,6 +275,29 @@ fn may_enter(pool: &Pool) -> Result<(), ProbeError> {
             None => Ok(()),
             Some(_) => Err(chdir_error(std::io::Error::from_raw_os_error(libc::EACCES), run_as)),
         },
+    }
+}
+
+/// Ok when the calling thread may make `dir` its working directory: every directory on the
+/// way and `dir` itself searched. Opening `dir/.` asks the kernel to search `dir` too (for
+/// `.`), which an `O_PATH` open of `dir` alone would not; nothing is read.
+fn searchable(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let flags = libc::O_PATH | libc::O_DIRECTORY;
+    std::fs::OpenOptions::new().read(true).custom_flags(flags).open(dir.join(".")).map(drop)
+}
+
+/// For a working directory the pool's user was refused: the first directory on the way
+/// whose mode bits deny it, else that they allow it (an ACL or another layer refused).
+fn why_not_entered(pool: &Pool, source: &std::io::Error) -> String {
+    let Some(reader) = super::access::Reader::of(&pool.isolation) else { return String::new() };
+    if source.kind() != std::io::ErrorKind::PermissionDenied {
+        return String::new();
+    }
+    match reader.search_blocker(&pool.chdir) {
+        Some(why) => format!("; {why}"),
+        None => "; the mode bits on the way allow it: an ACL, a security module or a network filesystem denies it"
+            .to_owned(),
     }
 }
 
@@ -436,7 +475,8 @@ mod tests {
             err,
             format!(
                 "cannot enter the working directory {} (pool `chdir:`) as user stranger (uid 4001, gid 4001): \
-                 Permission denied (os error 13)",
+                 Permission denied (os error 13); {} has mode 0700 and owner uid 0",
+                private.display(),
                 private.display()
             )
         );
@@ -453,6 +493,57 @@ mod tests {
             lines[0].starts_with("conf.d/x.yaml:7:5: pools.p.chdir: cannot enter the working directory "),
             "{lines:?}"
         );
+    }
+
+    #[test]
+    fn another_directory_of_an_interpreter_that_ran_is_looked_up_as_the_pools_user_acls_included() {
+        use crate::supervise::fs_creds::tests::{set_acl, ACL_USER};
+        use std::os::unix::fs::PermissionsExt;
+        let Some((dir, mut pool)) = stranger_scratch("probe-enter") else { return };
+        let made = |name: &str, mode: u32| {
+            let d = dir.join(name);
+            std::fs::create_dir(&d).unwrap();
+            std::fs::set_permissions(&d, std::fs::Permissions::from_mode(mode)).unwrap();
+            d
+        };
+        let mut entered = |d: &Path| {
+            pool.chdir = d.to_owned();
+            may_enter(&pool).map_err(|e| e.to_string())
+        };
+        let refused = |d: &Path, why: &str| {
+            format!(
+                "cannot enter the working directory {} (the pool's default `chdir:`, the configuration file's \
+                 directory) as user stranger (uid 4001, gid 4001): Permission denied (os error 13); {why}",
+                d.display()
+            )
+        };
+        assert_eq!(entered(&made("open", 0o755)), Ok(()));
+        // Its entries may be listed, not searched: the directory itself is looked up too.
+        let listable = made("listable", 0o744);
+        assert_eq!(
+            entered(&listable),
+            Err(refused(&listable, &format!("{} has mode 0744 and owner uid 0", listable.display())))
+        );
+        // The mode bits deny it; an ACL entry lets the user search it.
+        let granted = made("granted", 0o700);
+        set_acl(&granted, &[(ACL_USER, 1, 4001)]);
+        assert_eq!(entered(&granted), Ok(()));
+        // The mode bits allow it; an ACL entry for the user denies it.
+        let denied = made("denied", 0o755);
+        set_acl(&denied, &[(ACL_USER, 0, 4001)]);
+        let why = "the mode bits on the way allow it: an ACL, a security module or a network filesystem denies it";
+        assert_eq!(entered(&denied), Err(refused(&denied, why)));
+        // Below a directory it may not search: that one is named.
+        let inner = made("private", 0o700).join("wd");
+        std::fs::create_dir(&inner).unwrap();
+        let private = format!("{} has mode 0700 and owner uid 0", dir.join("private").display());
+        assert_eq!(entered(&inner), Err(refused(&inner, &private)));
+        // What does not exist, or is no directory, as the kernel says.
+        let missing = entered(&dir.join("none")).unwrap_err();
+        assert!(missing.ends_with("No such file or directory (os error 2)"), "{missing}");
+        std::fs::write(dir.join("file"), "").unwrap();
+        let file = entered(&dir.join("file")).unwrap_err();
+        assert!(file.ends_with("Not a directory (os error 20)"), "{file}");
     }
 
     #[test]
@@ -480,6 +571,16 @@ mod tests {
                 app.display(),
                 app.display()
             )
+        );
+        // The mode bits allow it, an ACL entry for the user does not: the kernel's answer counts.
+        std::fs::set_permissions(&app, std::fs::Permissions::from_mode(0o644)).unwrap();
+        crate::supervise::fs_creds::tests::set_acl(&app, &[(crate::supervise::fs_creds::tests::ACL_USER, 0, 4001)]);
+        let err = may_read_app(&pool).unwrap_err().to_string();
+        assert!(
+            err.ends_with(
+                "(os error 13); the mode bits allow it (0644, owner uid 0): an ACL or a security module denies it"
+            ),
+            "{err}"
         );
         // check_pools says so at `app:` once the interpreter ran (one every user may run).
         let python = PathBuf::from("/usr/bin/python3");
