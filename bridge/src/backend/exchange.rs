@@ -55,7 +55,7 @@ pub(crate) enum SlotFate {
 }
 
 /// What happens to the request once the exchange is over.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub(crate) enum Next {
     /// The response went to the front, complete or cut off.
     Done,
@@ -85,7 +85,7 @@ impl From<respond::Handoff> for Next {
 }
 
 /// The result of [`exchange`]: for the access log, the slot, and what comes next.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub(crate) struct Outcome {
     pub status: u16,
     pub body_bytes: u64,

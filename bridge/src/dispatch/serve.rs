@@ -676,7 +676,7 @@ impl<'a, S: BodySource, K: ResponseSink> Request<'a, S, K> {
             Ok(Next::Done | Next::Error(_) | Next::Retry(_)) => Step::Done(status, body_bytes, Some(&pool.name)),
             Ok(Next::Reroute(target)) => Step::Reroute(target, Some(&pool.name), Author::App),
             Ok(Next::ErrorPage(replaced)) => self.replace(pool, replaced).await,
-            Ok(Next::File(file)) => self.send_file(pool, &file).await,
+            Ok(Next::File(mut file)) => self.send_file(pool, &mut file).await,
         }
     }
 
@@ -799,7 +799,7 @@ impl<'a, S: BodySource, K: ResponseSink> Request<'a, S, K> {
     }
 
     /// Send the file the app handed on (respond/sendfile.rs).
-    async fn send_file(&mut self, pool: &'a PoolRuntime, file: &respond::file_handoff::FileHandoff) -> Step<'a> {
+    async fn send_file(&mut self, pool: &'a PoolRuntime, file: &mut respond::file_handoff::FileHandoff) -> Step<'a> {
         let (lst, request_id, uri) = (self.lst, self.request_id, self.uri);
         let roots = lst.files.as_ref().map_or(&[][..], |f| &f.serve_roots[..]);
         let max_ranges = lst.files.as_ref().map_or(0, |f| f.max_ranges);

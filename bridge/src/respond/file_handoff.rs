@@ -6,6 +6,7 @@
 //! filesystem path would reach the client. One into a `file-map` directory reaches nginx
 //! only through respond/sendfile.rs, once the file passes the checks of a file the bridge
 //! sends itself: nginx would follow a tenant's symlink anywhere its own user may read.
+use super::sendfile::Checked;
 use crate::config::{Dialect, Protocol};
 use crate::supervise::access::Reader;
 use bytes::Bytes;
@@ -97,7 +98,7 @@ impl FileSpec {
 }
 
 /// A hand-off the bridge serves itself.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub(crate) struct FileHandoff {
     pub kind: Kind,
     pub spec: FileSpec,
@@ -113,6 +114,25 @@ pub(crate) struct FileHandoff {
     /// server (which sends the file) once every file named passes the checks a file the
     /// bridge sends passes (respond/sendfile.rs).
     pub to_front: Option<Bytes>,
+    /// The files already looked up to decide (a hand-off the web server cannot follow, in
+    /// `translate` mode): sent as they are, not looked up again.
+    pub checked: Checked,
+}
+
+impl FileHandoff {
+    /// `kept`: the app's headers kept and its Content-Type ([`kept_headers`]); no file
+    /// looked up yet.
+    fn new(
+        kind: Kind,
+        spec: FileSpec,
+        status: u16,
+        pid: u32,
+        kept: (Headers, Option<Bytes>),
+        to_front: Option<Bytes>,
+    ) -> Self {
+        let (headers, content_type) = kept;
+        Self { kind, spec, status, headers, content_type, pid, to_front, checked: Checked::default() }
+    }
 }
 
 /// `file-handoff:` of a listener (`pass` has no [`Files`]).
@@ -183,7 +203,7 @@ pub(crate) fn set_worker_roots(params: &mut fastcgi_server::Params, files: Optio
 }
 
 /// What happens to a response.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub(crate) enum Decision {
     /// No hand-off header, or one the web server understands (possibly rewritten in place).
     Forward,
@@ -191,6 +211,17 @@ pub(crate) enum Decision {
     Serve(Box<FileHandoff>),
     /// The header cannot be passed on nor served: 500, and `why` is logged with `header`.
     Refuse { header: String, why: String },
+}
+
+impl Decision {
+    /// This decision, holding the files `checked` looked up to make it when the bridge
+    /// serves them ([`FileHandoff::checked`]).
+    fn holding(mut self, checked: Checked) -> Self {
+        if let Self::Serve(h) = &mut self {
+            h.checked = checked;
+        }
+        self
+    }
 }
 
 /// How a hand-off path falls short of a normal absolute path.
@@ -383,9 +414,7 @@ impl Files {
         let nginx = self.front.is_nginx();
         // The bridge sends the file, or with `to_front` checks it and hands that head on.
         let hand_off = |head: &ResponseHead, spec: FileSpec, to_front: Option<Bytes>| match kept_headers(head) {
-            Ok((headers, content_type)) => {
-                Decision::Serve(Box::new(FileHandoff { kind, spec, status, headers, content_type, pid, to_front }))
-            }
+            Ok(kept) => Decision::Serve(Box::new(FileHandoff::new(kind, spec, status, pid, kept, to_front))),
             Err(why) => Decision::Refuse { header: shown.clone(), why },
         };
         let serve = |head: &ResponseHead, spec: FileSpec| hand_off(head, spec, None);
@@ -461,7 +490,7 @@ impl Files {
             _ => {}
         }
         match self.servable(kind, &spec, reader) {
-            Ok(()) => serve(head, spec),
+            Ok(checked) => serve(head, spec).holding(checked),
             Err(why) => refuse(why),
         }
     }
@@ -485,10 +514,11 @@ impl Files {
         handed_on(head, spec, hand_off)
     }
 
-    /// A hand-off the web server in front cannot follow: Ok when the bridge may send every
-    /// file it names from `file-roots`, looked up as the pool's account (`reader`), else why
-    /// not. A file that account may not read is the bridge's to refuse (403, respond/sendfile.rs).
-    fn servable(&self, kind: Kind, spec: &FileSpec, reader: Option<&Reader>) -> Result<(), String> {
+    /// A hand-off the web server in front cannot follow: every file it names from
+    /// `file-roots`, opened as the pool's account (`reader`) when the bridge may send it all,
+    /// else why not. A file that account may not read is the bridge's to refuse (403,
+    /// respond/sendfile.rs): that refusal is kept too.
+    fn servable(&self, kind: Kind, spec: &FileSpec, reader: Option<&Reader>) -> Result<Checked, String> {
         let why = match kind {
             Kind::Sendfile if self.front.is_nginx() => "no file-map prefix covers it",
             Kind::Sendfile2 if self.front.dialect == Dialect::Lighttpd => {
@@ -499,13 +529,17 @@ impl Files {
         if self.roots.is_empty() {
             return Err(format!("{why}, and the listener has no file-roots to serve it from"));
         }
+        let mut checked = Checked::default();
         for p in spec.paths() {
-            match super::sendfile::check(&self.roots, reader, p) {
-                Ok(()) | Err(super::sendfile::SendfileError::Unreadable { .. }) => {}
+            if checked.has(p) {
+                continue;
+            }
+            match super::sendfile::open(&self.roots, reader, p) {
+                found @ (Ok(_) | Err(super::sendfile::SendfileError::Unreadable { .. })) => checked.keep(p, found),
                 Err(e) => return Err(format!("{why}, and the bridge does not serve it: {e}")),
             }
         }
-        Ok(())
+        Ok(checked)
     }
 
     /// `/fs/prefix/rest` → `/uri/prefix/rest`, percent-encoded (nginx decodes X-Accel-Redirect).
@@ -718,7 +752,7 @@ mod tests {
         assert_eq!((served.headers, served.to_front), (vec![(Bytes::from("Vary"), Bytes::from("Cookie"))], None));
         // One nginx follows elsewhere (a named location, one no file-map covers) is nginx's.
         let mut h = head(&[("X-Accel-Redirect", "@files"), ("Vary", "Cookie")]);
-        assert_eq!(f.decide(&mut h, 1, None), Decision::Forward);
+        assert!(matches!(f.decide(&mut h, 1, None), Decision::Forward));
     }
 
     #[test]
@@ -772,7 +806,7 @@ mod tests {
         );
         // nginx understands its own header; one into a file-map directory is checked first
         let mut h = head(&[("X-Accel-Redirect", "/anything")]);
-        assert_eq!(nginx.decide(&mut h, 1, None), Decision::Forward);
+        assert!(matches!(nginx.decide(&mut h, 1, None), Decision::Forward));
         let mut h = head(&[("X-Accel-Redirect", "/deep/a%20b.pdf?v=1"), ("Set-Cookie", "a=1")]);
         let Decision::Serve(checked) = nginx.decide(&mut h, 1, None) else { panic!("not checked") };
         assert_eq!(checked.spec, FileSpec::Whole(b"/srv/files/deep/a b.pdf".to_vec()));
@@ -810,9 +844,9 @@ mod tests {
         );
         // one naming no file-map directory nor file-root is lighttpd's own (its docroot)
         let mut h = head(&[("X-Sendfile2", "/x 0-1")]);
-        assert_eq!(lighttpd.decide(&mut h, 1, None), Decision::Forward);
+        assert!(matches!(lighttpd.decide(&mut h, 1, None), Decision::Forward));
         let mut h = head(&[("X-Sendfile", "/srv/other/a")]);
-        assert_eq!(lighttpd.decide(&mut h, 1, None), Decision::Forward);
+        assert!(matches!(lighttpd.decide(&mut h, 1, None), Decision::Forward));
     }
 
     #[test]
@@ -872,7 +906,7 @@ mod tests {
         );
         let nginx = files(Mode::Translate, Dialect::Nginx, vec![]);
         let mut h = head(&[("X-Accel-Redirect", "@named"), ("X-Sendfile", "/etc/passwd")]);
-        assert_eq!(nginx.decide(&mut h, 1, None), Decision::Forward);
+        assert!(matches!(nginx.decide(&mut h, 1, None), Decision::Forward));
         assert_eq!(h.headers, [(Bytes::from_static(b"X-Accel-Redirect"), Bytes::from_static(b"@named"))]);
         let mut h = head(&[("X-Sendfile", "/srv/files/a"), ("X-Accel-Redirect", "/protected/b")]);
         let Decision::Serve(checked) = nginx.decide(&mut h, 1, None) else { panic!("not checked") };
@@ -923,7 +957,7 @@ mod tests {
         let mut h = head(&[("X-Sendfile2", "/srv/files/a")]);
         assert!(matches!(f.decide(&mut h, 7, None), Decision::Refuse { .. }));
         let mut h = head(&[("Content-Type", "text/plain")]);
-        assert_eq!(f.decide(&mut h, 7, None), Decision::Forward);
+        assert!(matches!(f.decide(&mut h, 7, None), Decision::Forward));
     }
 
     #[test]
@@ -993,7 +1027,7 @@ mod tests {
         let lighttpd = files(Mode::Translate, Dialect::Lighttpd, vec![]);
         refused(&lighttpd, "X-Sendfile2", "/srv/files/%2e%2e/b 0-1 extra");
         let mut h = head(&[("X-Sendfile2", "/srv/files/b 0-1 extra")]);
-        assert_eq!(lighttpd.decide(&mut h, 1, None), Decision::Forward);
+        assert!(matches!(lighttpd.decide(&mut h, 1, None), Decision::Forward));
         // X-Accel-Redirect mapped to X-Sendfile for lighttpd, which decodes it once more
         refused(&lighttpd, "X-Accel-Redirect", "/protected/%252e%252e/secret.txt");
         let _ = std::fs::remove_dir_all(&dir);
@@ -1004,7 +1038,7 @@ mod tests {
         let nginx = files(Mode::Translate, Dialect::Nginx, vec![]);
         for ok in ["/internal/", "@named", "/p/a%20b"] {
             let mut h = head(&[("X-Accel-Redirect", ok)]);
-            assert_eq!(nginx.decide(&mut h, 1, None), Decision::Forward, "{ok}");
+            assert!(matches!(nginx.decide(&mut h, 1, None), Decision::Forward), "{ok}");
         }
         for mapped in ["/protected/a.pdf", "/protected/a.pdf?path=../x", "/protected/"] {
             let mut h = head(&[("X-Accel-Redirect", mapped)]);

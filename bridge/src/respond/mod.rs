@@ -15,7 +15,7 @@ pub(crate) mod redirect;
 pub(crate) mod sendfile;
 
 /// How an app handed its request on instead of answering it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub(crate) enum Handoff {
     /// Status 200 + `Location: /local/path`: serve that path instead.
     Local(bytes::Bytes),

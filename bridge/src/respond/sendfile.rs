@@ -173,7 +173,7 @@ fn reopen(found: Located, path: &[u8]) -> Result<Opened, SendfileError> {
 /// both as that account ([`Reader::acting`]): the kernel decides whether it may search
 /// every directory on the way and read the file (ACLs, a root_squash NFS), and a refusal is
 /// [`SendfileError::Unreadable`].
-fn open(roots: &[PathBuf], reader: Option<&Reader>, path: &[u8]) -> Result<Opened, SendfileError> {
+pub(crate) fn open(roots: &[PathBuf], reader: Option<&Reader>, path: &[u8]) -> Result<Opened, SendfileError> {
     let Some(r) = reader else { return reopen(locate(roots, path)?, path) };
     let shown = || String::from_utf8_lossy(path).into_owned();
     let opened = r
@@ -208,10 +208,41 @@ fn why_refused(roots: &[PathBuf], r: &Reader, path: &[u8]) -> Option<String> {
 
 /// [`locate`], and for a pool whose workers run as another account (`reader`), only a
 /// file that account could open for reading itself ([`open`]); nothing is read.
-pub(crate) fn check(roots: &[PathBuf], reader: Option<&Reader>, path: &[u8]) -> Result<(), SendfileError> {
+fn check(roots: &[PathBuf], reader: Option<&Reader>, path: &[u8]) -> Result<(), SendfileError> {
     match reader {
         None => locate(roots, path).map(drop),
         Some(_) => open(roots, reader, path).map(drop),
+    }
+}
+
+/// The files [`decide`](super::file_handoff::Files::decide) looked up ([`open`]) to judge a
+/// hand-off, by path as the app named them, each opened or refused to the pool's account:
+/// [`serve`] sends these, so a file is looked up once and the one checked is the one sent.
+#[derive(Debug, Default)]
+pub(crate) struct Checked(HashMap<Vec<u8>, Result<Opened, SendfileError>>);
+
+impl Checked {
+    /// Whether `path` was looked up already.
+    pub(crate) fn has(&self, path: &[u8]) -> bool {
+        self.0.contains_key(path)
+    }
+
+    /// Keep what looking `path` up gave, up to [`MAX_SENDFILE2_FILES`] files: a hand-off
+    /// naming more is refused by [`serve`], and the bridge's descriptors are shared.
+    pub(crate) fn keep(&mut self, path: &[u8], found: Result<Opened, SendfileError>) {
+        if self.0.len() < MAX_SENDFILE2_FILES {
+            self.0.insert(path.to_vec(), found);
+        }
+    }
+
+    /// What was found at `path`, else [`open`] it now.
+    fn open(&mut self, roots: &[PathBuf], reader: Option<&Reader>, path: &[u8]) -> Result<Opened, SendfileError> {
+        self.0.remove(path).unwrap_or_else(|| open(roots, reader, path))
+    }
+
+    /// What was found at `path`, else [`check`] it now.
+    fn check(&mut self, roots: &[PathBuf], reader: Option<&Reader>, path: &[u8]) -> Result<(), SendfileError> {
+        self.0.remove(path).map_or_else(|| check(roots, reader, path), |found| found.map(drop))
     }
 }
 
@@ -232,21 +263,24 @@ impl Served {
 }
 
 /// Send the hand-off `h` to `sink`; `max_ranges` is the listener's `max-ranges`, `reader`
-/// the answering pool's ([`PoolRuntime`](crate::supervise::PoolRuntime)). Nothing has been
-/// sent when this fails.
+/// the answering pool's ([`PoolRuntime`](crate::supervise::PoolRuntime)). The files `h`
+/// holds already ([`Checked`]) are sent as they are, the others looked up here. Nothing has
+/// been sent when this fails.
 pub(crate) async fn serve<K: ResponseSink>(
     roots: &[PathBuf],
     reader: Option<&Reader>,
     max_ranges: u32,
     params: &Params,
-    h: &FileHandoff,
+    h: &mut FileHandoff,
     sink: &mut K,
 ) -> Result<Served, SendfileError> {
+    let mut checked = std::mem::take(&mut h.checked);
+    let h = &*h;
     if let Some(to_front) = &h.to_front {
         // The web server sends the file, following symlinks and reading as its own user:
         // only one the bridge would send itself goes to it.
         for p in h.spec.paths() {
-            check(roots, reader, p)?;
+            checked.check(roots, reader, p)?;
         }
         let _ = sink.send(to_front.clone(), Some(End::Complete)).await;
         return Ok(Served::new(h.status, 0));
@@ -255,16 +289,16 @@ pub(crate) async fn serve<K: ResponseSink>(
         // A status without a body (an app that checked the client's validators itself):
         // the file is only checked, never sent.
         for p in h.spec.paths() {
-            check(roots, reader, p)?;
+            checked.check(roots, reader, p)?;
         }
         let _ = sink.send(head(h.status, h, None, &[]).freeze(), Some(End::Complete)).await;
         return Ok(Served::new(h.status, 0));
     }
     match &h.spec {
-        FileSpec::Whole(path) => serve_whole(open(roots, reader, path)?, max_ranges, params, h, sink).await,
-        FileSpec::Pieces(pieces) => {
-            serve_pieces(roots, reader, params, h, pieces, sink).await.map(|(st, sent)| Served::new(st, sent))
-        }
+        FileSpec::Whole(path) => serve_whole(checked.open(roots, reader, path)?, max_ranges, params, h, sink).await,
+        FileSpec::Pieces(pieces) => serve_pieces(roots, reader, &mut checked, params, h, pieces, sink)
+            .await
+            .map(|(st, sent)| Served::new(st, sent)),
     }
 }
 
@@ -529,6 +563,7 @@ fn boundary() -> String {
 async fn serve_pieces<K: ResponseSink>(
     roots: &[PathBuf],
     reader: Option<&Reader>,
+    checked: &mut Checked,
     params: &Params,
     h: &FileHandoff,
     pieces: &[Piece],
@@ -544,7 +579,7 @@ async fn serve_pieces<K: ResponseSink>(
             Some(&i) => i,
             None if files.len() == MAX_SENDFILE2_FILES => return Err(SendfileError::TooManyFiles),
             None => {
-                let Opened { file, real, meta } = open(roots, reader, &p.path)?;
+                let Opened { file, real, meta } = checked.open(roots, reader, &p.path)?;
                 files.push((tokio::fs::File::from_std(file), real, meta.len()));
                 index.insert(&p.path, files.len() - 1);
                 files.len() - 1
@@ -967,7 +1002,17 @@ mod tests {
 
     fn handoff(spec: FileSpec) -> FileHandoff {
         let kind = super::super::file_handoff::Kind::Sendfile2;
-        FileHandoff { kind, spec, status: 200, headers: Vec::new(), content_type: None, pid: 1, to_front: None }
+        let checked = Checked::default();
+        FileHandoff {
+            kind,
+            spec,
+            status: 200,
+            headers: Vec::new(),
+            content_type: None,
+            pid: 1,
+            to_front: None,
+            checked,
+        }
     }
 
     #[tokio::test]
@@ -981,7 +1026,7 @@ mod tests {
         let mut boundaries = Vec::new();
         for _ in 0..2 {
             let mut sink = Collect::default();
-            let served = serve(std::slice::from_ref(&root), None, 16, &ranged, &h, &mut sink).await.unwrap();
+            let served = serve(std::slice::from_ref(&root), None, 16, &ranged, &mut h, &mut sink).await.unwrap();
             assert_eq!(served.status, 206);
             let text = String::from_utf8_lossy(&sink.0).into_owned();
             let after = |key: &str| text.split(key).nth(1).and_then(|t| t.split("\r\n").next()).unwrap().to_owned();
@@ -1007,8 +1052,8 @@ mod tests {
         let roots = [root.clone()];
         const HEAD: &[u8] = b"Status: 200 OK\r\nX-Accel-Redirect: /protected/x\r\n\r\n";
         let mut sink = Collect::default();
-        let h = for_nginx(&root.join("dir/a.txt"), HEAD);
-        assert_eq!(serve(&roots, None, 16, &Params::default(), &h, &mut sink).await.unwrap(), Served::new(200, 0));
+        let mut h = for_nginx(&root.join("dir/a.txt"), HEAD);
+        assert_eq!(serve(&roots, None, 16, &Params::default(), &mut h, &mut sink).await.unwrap(), Served::new(200, 0));
         assert_eq!(sink.0, HEAD);
         // A tenant's symlink out of the directory, to a directory, to nothing: refused as
         // the bridge refuses a file it would send, and nothing goes to nginx.
@@ -1018,7 +1063,7 @@ mod tests {
         std::os::unix::fs::symlink(root.join("none"), root.join("dangling")).unwrap();
         for (name, status) in [("escape", 403), ("passwd", 403), ("dirlink", 404), ("dangling", 404), ("dir", 404)] {
             let mut sink = Collect::default();
-            let err = serve(&roots, None, 16, &Params::default(), &for_nginx(&root.join(name), HEAD), &mut sink)
+            let err = serve(&roots, None, 16, &Params::default(), &mut for_nginx(&root.join(name), HEAD), &mut sink)
                 .await
                 .unwrap_err();
             assert_eq!((err.status(), sink.0.len()), (status, 0), "{name}: {err}");
@@ -1032,13 +1077,81 @@ mod tests {
         std::fs::set_permissions(&private, Permissions::from_mode(0o600)).unwrap();
         let tenant = Reader { uid: 4101, gid: 4101, gids: vec![4101] };
         let mut sink = Collect::default();
-        let err = serve(&roots, Some(&tenant), 16, &Params::default(), &for_nginx(&private, HEAD), &mut sink)
+        let err = serve(&roots, Some(&tenant), 16, &Params::default(), &mut for_nginx(&private, HEAD), &mut sink)
             .await
             .unwrap_err();
         assert!(matches!(err, SendfileError::Unreadable { uid: 4101, .. }) && sink.0.is_empty(), "{err:?}");
         let mut sink = Collect::default();
-        serve(&roots, None, 16, &Params::default(), &for_nginx(&private, HEAD), &mut sink).await.unwrap();
+        serve(&roots, None, 16, &Params::default(), &mut for_nginx(&private, HEAD), &mut sink).await.unwrap();
         assert_eq!(sink.0, HEAD);
+    }
+
+    /// A `translate` listener behind a web server that follows no hand-off header (the
+    /// bridge sends what one names from `root`), and what it decides for `header: value`.
+    fn decided(root: &Path, header: &'static str, value: &str, reader: Option<&Reader>) -> FileHandoff {
+        use super::super::file_handoff::{Decision, Files, Front, Mode};
+        use crate::config::{Dialect, Protocol};
+        let caddy = Front { dialect: Dialect::Caddy, protocol: Protocol::FastCgi };
+        let map = vec![("/srv/files".to_owned(), "/protected".to_owned())];
+        let files = Files::new(Mode::Translate, caddy, vec![root.to_owned()], map, 16, false);
+        let mut head = fastcgi_server::cgi::ResponseHead {
+            status: Some(200),
+            reason: None,
+            location: None,
+            content_type: None,
+            content_length: None,
+            headers: vec![(Bytes::from_static(header.as_bytes()), Bytes::copy_from_slice(value.as_bytes()))],
+        };
+        match files.decide(&mut head, 1, reader) {
+            Decision::Serve(h) if h.to_front.is_none() => *h,
+            other => panic!("not served by the bridge: {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn the_file_checked_to_decide_is_the_one_sent() {
+        let (base, root) = tree("decided");
+        let roots = [root.clone()];
+        let a = root.join("dir/a.txt");
+        // Another file moved in at the same path after the decision (a deploy, a tenant).
+        let replace = |text: &str, mode: u32| {
+            let new = root.join("dir/new.txt");
+            std::fs::write(&new, text).unwrap();
+            std::fs::set_permissions(&new, Permissions::from_mode(mode)).unwrap();
+            std::fs::rename(&new, &a).unwrap();
+        };
+        let body = |sink: &Collect| {
+            let text = String::from_utf8_lossy(&sink.0).into_owned();
+            text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default()
+        };
+        let shown = a.display().to_string();
+        let mut h = decided(&root, "X-Sendfile", &shown, None);
+        replace("replaced\n", 0o644);
+        let mut sink = Collect::default();
+        let served = serve(&roots, None, 16, &Params::default(), &mut h, &mut sink).await.unwrap();
+        assert_eq!((served.status, body(&sink)), (200, "inside\n".to_owned()), "looked up once, when decided");
+        // X-Sendfile2: its pieces are cut from the file decided on too.
+        let mut h = decided(&root, "X-Sendfile2", &format!("{shown} 0-1, {shown} 4-"), None);
+        replace("other\n", 0o644);
+        let mut sink = Collect::default();
+        serve(&roots, None, 16, &Params::default(), &mut h, &mut sink).await.unwrap();
+        assert_eq!(body(&sink), "reaced\n", "the pieces of the file decided on, \"replaced\\n\"");
+        if !can_test_readers(&base) {
+            return;
+        }
+        // As a pool's user: the file it could read when it was checked is sent.
+        let tenant = Reader { uid: 4101, gid: 4101, gids: vec![4101] };
+        let mut h = decided(&root, "X-Sendfile", &shown, Some(&tenant));
+        replace("private\n", 0o600);
+        let mut sink = Collect::default();
+        serve(&roots, Some(&tenant), 16, &Params::default(), &mut h, &mut sink).await.unwrap();
+        assert_eq!(body(&sink), "other\n");
+        // The one it may not read, refused when it was checked: 403 without a second look.
+        let mut h = decided(&root, "X-Sendfile", &shown, Some(&tenant));
+        replace("public\n", 0o644);
+        let mut sink = Collect::default();
+        let err = serve(&roots, Some(&tenant), 16, &Params::default(), &mut h, &mut sink).await.unwrap_err();
+        assert!(matches!(err, SendfileError::Unreadable { uid: 4101, .. }) && sink.0.is_empty(), "{err:?}");
     }
 
     #[tokio::test]
@@ -1047,9 +1160,9 @@ mod tests {
         let roots = [root.clone()];
         let a = root.join("dir/a.txt");
         let piece = |p: &Path, start, end| Piece { path: bytes(p).to_vec(), start, end };
-        let h = handoff(FileSpec::Pieces(vec![piece(&a, 0, Some(1)), piece(&a, 4, None), piece(&a, 2, Some(3))]));
+        let mut h = handoff(FileSpec::Pieces(vec![piece(&a, 0, Some(1)), piece(&a, 4, None), piece(&a, 2, Some(3))]));
         let mut sink = Collect::default();
-        let served = serve(&roots, None, 16, &Params::default(), &h, &mut sink).await.unwrap();
+        let served = serve(&roots, None, 16, &Params::default(), &mut h, &mut sink).await.unwrap();
         assert_eq!((served.status, served.sent), (200, 7));
         assert!(sink.0.ends_with(b"\r\n\r\ninde\nsi"), "{:?}", String::from_utf8_lossy(&sink.0));
         // Files stay open until the response is sent: a cap on how many one header names.
@@ -1061,11 +1174,11 @@ mod tests {
             })
             .collect();
         let mut sink = Collect::default();
-        let h = handoff(FileSpec::Pieces(many[..MAX_SENDFILE2_FILES].to_vec()));
-        assert!(serve(&roots, None, 16, &Params::default(), &h, &mut sink).await.is_ok());
+        let mut h = handoff(FileSpec::Pieces(many[..MAX_SENDFILE2_FILES].to_vec()));
+        assert!(serve(&roots, None, 16, &Params::default(), &mut h, &mut sink).await.is_ok());
         let mut sink = Collect::default();
-        let h = handoff(FileSpec::Pieces(many));
-        let err = serve(&roots, None, 16, &Params::default(), &h, &mut sink).await.unwrap_err();
+        let mut h = handoff(FileSpec::Pieces(many));
+        let err = serve(&roots, None, 16, &Params::default(), &mut h, &mut sink).await.unwrap_err();
         assert!(matches!(err, SendfileError::TooManyFiles) && sink.0.is_empty(), "{err:?}");
         if !can_test_readers(&base) {
             return;
@@ -1073,14 +1186,14 @@ mod tests {
         let private = root.join("private.txt");
         std::fs::write(&private, "private\n").unwrap();
         std::fs::set_permissions(&private, Permissions::from_mode(0o600)).unwrap();
-        let h = handoff(FileSpec::Pieces(vec![piece(&a, 0, None), piece(&private, 0, None)]));
+        let mut h = handoff(FileSpec::Pieces(vec![piece(&a, 0, None), piece(&private, 0, None)]));
         let mut sink = Collect::default();
         let tenant = Reader { uid: 4101, gid: 4101, gids: vec![4101] };
-        let err = serve(&roots, Some(&tenant), 16, &Params::default(), &h, &mut sink).await.unwrap_err();
+        let err = serve(&roots, Some(&tenant), 16, &Params::default(), &mut h, &mut sink).await.unwrap_err();
         assert!(matches!(err, SendfileError::Unreadable { uid: 4101, .. }), "{err:?}");
         assert!(sink.0.is_empty());
-        let h = handoff(FileSpec::Whole(bytes(&private).to_vec()));
-        let err = serve(&roots, Some(&tenant), 16, &Params::default(), &h, &mut sink).await.unwrap_err();
+        let mut h = handoff(FileSpec::Whole(bytes(&private).to_vec()));
+        let err = serve(&roots, Some(&tenant), 16, &Params::default(), &mut h, &mut sink).await.unwrap_err();
         assert_eq!((err.status(), sink.0.len()), (403, 0));
     }
 }
