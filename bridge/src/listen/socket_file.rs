@@ -143,38 +143,83 @@ fn fd_path(file: &std::os::fd::OwnedFd) -> PathBuf {
 }
 
 /// The socket file at `at` (not a symlink there) opened without being read, and given
-/// `perms` through that descriptor.
+/// `perms` through that descriptor (a file nobody finds yet: the order does not matter).
 fn finish(at: &Path, perms: SocketPerms) -> Result<std::os::fd::OwnedFd, Failed> {
+    let (file, _) = open_socket(at)?;
+    if perms.owner.is_some() || perms.group.is_some() {
+        chown(&file, perms.owner.map(Uid::as_raw), perms.group.map(Gid::as_raw))?;
+    }
+    if let Some(mode) = perms.mode {
+        chmod(&file, mode)?;
+    }
+    Ok(file)
+}
+
+/// The socket file at `at`, not a symlink there, opened without being read (O_PATH), and
+/// what it is now.
+fn open_socket(at: &Path) -> Result<(std::os::fd::OwnedFd, Attrs), Failed> {
     use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
     let file = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_PATH | libc::O_NOFOLLOW)
         .open(at)
         .map_err(|e| ("open", e))?;
-    if !file.metadata().map_err(|e| ("stat", e))?.file_type().is_socket() {
+    let meta = file.metadata().map_err(|e| ("stat", e))?;
+    if !meta.file_type().is_socket() {
         return Err(("open", std::io::Error::other("not a socket (replaced by another file?)")));
     }
-    let file = std::os::fd::OwnedFd::from(file);
-    if perms.owner.is_some() || perms.group.is_some() {
-        let id = |v: Option<u32>| v.unwrap_or(u32::MAX); // -1: left as it is
-                                                         // SAFETY: fchownat(2) with AT_EMPTY_PATH acts on the descriptor itself.
-        let changed = unsafe {
-            libc::fchownat(
-                file.as_raw_fd(),
-                c"".as_ptr(),
-                id(perms.owner.map(Uid::as_raw)),
-                id(perms.group.map(Gid::as_raw)),
-                libc::AT_EMPTY_PATH,
-            )
-        };
-        if changed != 0 {
-            return Err(("chown", std::io::Error::last_os_error()));
+    let now = Attrs { mode: meta.permissions().mode() & 0o7777, uid: meta.uid(), gid: meta.gid() };
+    Ok((file.into(), now))
+}
+
+/// fchownat(2) on the descriptor itself; None: left as it is.
+fn chown(file: &std::os::fd::OwnedFd, uid: Option<u32>, gid: Option<u32>) -> Result<(), Failed> {
+    let id = |v: Option<u32>| v.unwrap_or(u32::MAX); // -1: left as it is
+                                                     // SAFETY: fchownat(2) with AT_EMPTY_PATH acts on the descriptor itself.
+    let changed = unsafe { libc::fchownat(file.as_raw_fd(), c"".as_ptr(), id(uid), id(gid), libc::AT_EMPTY_PATH) };
+    if changed != 0 {
+        return Err(("chown", std::io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+/// chmod(2) of the file `file` is open on (an O_PATH descriptor has no fchmod).
+fn chmod(file: &std::os::fd::OwnedFd, mode: u32) -> Result<(), Failed> {
+    std::fs::set_permissions(fd_path(file), std::fs::Permissions::from_mode(mode)).map_err(|e| ("chmod", e))
+}
+
+/// A file's mode bits and owner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Attrs {
+    mode: u32,
+    uid: u32,
+    gid: u32,
+}
+
+/// The states a kept socket's file goes through from `now` to `perms` (a reload), one
+/// chmod or chown each. The new owner with the old mode, or the new mode with the old
+/// owner, could let in for a moment someone whom neither setting lets in: so the mode goes
+/// first to what both modes allow (with the old owner, no more than the old setting), then
+/// the owner changes (no more than the new setting), then the mode to the new one. A peer
+/// that reaches the socket through the owner or group that changes may be refused meanwhile.
+fn steps(now: Attrs, perms: SocketPerms) -> Vec<Attrs> {
+    let end = Attrs {
+        mode: perms.mode.unwrap_or(now.mode),
+        uid: perms.owner.map_or(now.uid, Uid::as_raw),
+        gid: perms.group.map_or(now.gid, Gid::as_raw),
+    };
+    let mut steps = Vec::new();
+    if (end.uid, end.gid) != (now.uid, now.gid) {
+        let both = Attrs { mode: now.mode & end.mode, ..now };
+        if both != now {
+            steps.push(both);
         }
+        steps.push(Attrs { mode: both.mode, ..end });
     }
-    if let Some(mode) = perms.mode {
-        std::fs::set_permissions(fd_path(&file), std::fs::Permissions::from_mode(mode)).map_err(|e| ("chmod", e))?;
+    if steps.last().copied().unwrap_or(now) != end {
+        steps.push(end);
     }
-    Ok(file)
+    steps
 }
 
 /// Whether the file at `path` is as `perms` says.
@@ -186,10 +231,21 @@ fn has(path: &Path, perms: SocketPerms) -> bool {
     })
 }
 
-/// chown and chmod the socket file at `at` to `perms` (a reload's new values, on a kept
-/// socket), never a symlink's target.
+/// Give the socket file at `at` `perms` (a reload's new values on a kept socket; a file
+/// bound in place), never a symlink's target, through [`steps`]: never more open on the
+/// way than both what it was and what it becomes.
 pub(crate) fn set(at: &Path, perms: SocketPerms) -> Result<(), Failed> {
-    finish(at, perms).map(drop)
+    let (file, mut was) = open_socket(at)?;
+    for step in steps(was, perms) {
+        if (step.uid, step.gid) != (was.uid, was.gid) {
+            let changed = |new: u32, old: u32| (new != old).then_some(new);
+            chown(&file, changed(step.uid, was.uid), changed(step.gid, was.gid))?;
+        } else {
+            chmod(&file, step.mode)?;
+        }
+        was = step;
+    }
+    Ok(())
 }
 
 /// A listening unix socket, non-blocking and close-on-exec, at `path` as it is.
@@ -319,6 +375,93 @@ mod tests {
         let perms = SocketPerms { mode: Some(0o666), ..Default::default() };
         assert!(set(&link, perms).is_err());
         assert_eq!(mode_of(&target), 0o600);
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    /// Whether a peer (its uid; whether it is in `groups`) may connect to a socket file of
+    /// `a` (connect(2) needs write permission; only the first class that matches counts).
+    fn lets_in(a: Attrs, uid: u32, groups: &[u32]) -> bool {
+        let class = if uid == a.uid {
+            0o200
+        } else if groups.contains(&a.gid) {
+            0o020
+        } else {
+            0o002
+        };
+        a.mode & class != 0
+    }
+
+    /// Every state `set` takes the file through, from `now` to `perms`: nobody is let in
+    /// whom neither `now` nor the end lets in (any peer: either owner, in any of the groups).
+    fn assert_never_more_open(now: Attrs, perms: SocketPerms) {
+        let states = steps(now, perms);
+        let end = *states.last().unwrap_or(&now);
+        let (uids, gids) = ([now.uid, end.uid, 4242], [now.gid, end.gid]);
+        let group_sets: [&[u32]; 4] = [&[], &gids[..1], &gids[1..], &gids];
+        for state in &states {
+            for uid in uids {
+                for groups in group_sets {
+                    let wrong =
+                        lets_in(*state, uid, groups) && !lets_in(now, uid, groups) && !lets_in(end, uid, groups);
+                    let show = |a: Attrs| format!("{:o} {}:{}", a.mode, a.uid, a.gid);
+                    let (from, to, via) = (show(now), show(end), show(*state));
+                    assert!(
+                        !wrong,
+                        "{from} -> {to} passes through {via}, which lets in uid {uid} in groups {groups:?}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_reload_s_new_owner_or_mode_never_opens_the_socket_to_anyone_else_meanwhile() {
+        let was = Attrs { mode: 0o660, uid: 1000, gid: 33 };
+        let ids =
+            |uid, gid| SocketPerms { mode: None, owner: Some(Uid::from_raw(uid)), group: Some(Gid::from_raw(gid)) };
+        let cases = [
+            // Another group, fewer rights: the new group with the old 0660 would let its members in.
+            SocketPerms { mode: Some(0o600), ..ids(1000, 44) },
+            // Another owner, more rights: the owner first, then the mode.
+            SocketPerms { mode: Some(0o666), ..ids(2000, 33) },
+            // Group rights moved to the owner of another group.
+            SocketPerms { mode: Some(0o606), ..ids(1000, 44) },
+            SocketPerms { mode: Some(0o640), ..ids(2000, 44) },
+            ids(2000, 44),
+            SocketPerms { mode: Some(0o600), ..Default::default() },
+        ];
+        for perms in cases {
+            assert_never_more_open(was, perms);
+        }
+        // One change at a time, and nothing done for what stays.
+        assert_eq!(
+            steps(was, cases[0]),
+            [Attrs { mode: 0o600, ..was }, Attrs { mode: 0o600, uid: 1000, gid: 44 }],
+            "chmod to what both modes allow, then chown (the new mode is that already)"
+        );
+        assert_eq!(
+            steps(was, cases[1]),
+            [Attrs { mode: 0o660, uid: 2000, gid: 33 }, Attrs { mode: 0o666, uid: 2000, gid: 33 }]
+        );
+        assert_eq!(steps(was, SocketPerms { mode: Some(0o660), ..ids(1000, 33) }), []);
+    }
+
+    #[test]
+    fn a_kept_socket_s_file_takes_its_new_owner_and_mode() {
+        if !Uid::effective().is_root() {
+            return; // chown to another user needs root
+        }
+        let d = dir("steps");
+        let path = d.join("app.sock");
+        let _l = bind(&path, 16, SocketPerms { mode: Some(0o660), ..Default::default() }).unwrap();
+        let perms =
+            SocketPerms { mode: Some(0o600), owner: Some(Uid::from_raw(65534)), group: Some(Gid::from_raw(65534)) };
+        set(&path, perms).unwrap();
+        assert!(has(&path, perms), "{:o}", mode_of(&path));
+        // Back to the old owner with more rights: chown, then chmod.
+        let back = SocketPerms { mode: Some(0o666), owner: Some(Uid::from_raw(0)), group: Some(Gid::from_raw(0)) };
+        set(&path, back).unwrap();
+        assert!(has(&path, back), "{:o}", mode_of(&path));
         let _ = std::fs::remove_dir_all(&d);
     }
 
