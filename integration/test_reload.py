@@ -776,6 +776,57 @@ def test_a_listener_moved_to_another_address_is_said_moved_and_its_request_in_fl
         b.stop()
 
 
+def _listeners_status(b):
+    """{name: open connections} of the listeners, from `fcgibridge status --json`."""
+    r = subprocess.run([str(b.binary), "status", "--json", "--config", str(b.confdir)], capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    return {ls["name"]: ls["open_connections"] for ls in json.loads(r.stdout)["listeners"]}
+
+
+def test_a_renamed_listener_keeps_its_socket_and_a_swap_reads_as_two_renames(tmp_path):
+    """A listener renamed on the same address keeps its socket and its connections: the
+    outcome line says `renamed: OLD -> NEW` (not changed), and the status page shows it
+    under its new name only, with its open connections. Two listeners that swap addresses
+    keep the sockets too: two renames, each socket with the other's routes now."""
+    import fcgi_client as fc
+    b = start(tmp_path, {"a": lc_pool(processes=1, threads=2, env={"LIFECYCLE_TAG": "a"}),
+                         "b": lc_pool(processes=1, threads=2, env={"LIFECYCLE_TAG": "b"})})
+    first, second = b.listener_address("l-a"), b.listener_address("l-b")
+
+    def tag_at(addr):
+        with fc.FcgiConnection(addr, timeout=30) as conn:
+            return json.loads(conn.request("/pid").body)["tag"]
+
+    try:
+        with fc.FcgiConnection(first, timeout=30) as kept:
+            assert json.loads(kept.request("/pid", request_id=1).body)["tag"] == "a"
+            spec = {"l-a": b.config["listeners"]["l-a"], "l-b": b.config["listeners"]["l-b"]}
+            rewrite(b, lambda c: c.update(listeners={"web": spec["l-a"], "l-b": spec["l-b"]}))
+            out = cli_reload(b, timeout=60)
+            assert out.returncode == 0, (out.stdout, out.stderr)
+            assert "listeners added: none; changed: none; removed: none; renamed: l-a -> web" in out.stdout, out.stdout
+            wait_until(lambda: _listeners_status(b) == {"web": 1, "l-b": 0}, 30,
+                       what="the renamed listener under its new name only, with its kept connection")
+            assert json.loads(kept.request("/pid", request_id=1).body)["tag"] == "a"
+            assert (tag_at(first), tag_at(second)) == ("a", "b")
+
+            # The addresses swapped: each socket stays, under the other's name and routes.
+            rewrite(b, lambda c: c.update(listeners={"web": {**spec["l-a"], "fastcgi": spec["l-b"]["fastcgi"]},
+                                                     "l-b": {**spec["l-b"], "fastcgi": spec["l-a"]["fastcgi"]}}))
+            out = cli_reload(b, timeout=60)
+            assert out.returncode == 0, (out.stdout, out.stderr)
+            assert ("listeners added: none; changed: web, l-b; removed: none; renamed: l-b -> web, web -> l-b"
+                    in out.stdout), out.stdout
+            wait_until(lambda: _listeners_status(b) == {"web": 0, "l-b": 1}, 30,
+                       what="the kept connection counted under its socket's new name")
+            assert (tag_at(first), tag_at(second)) == ("b", "a")
+            assert json.loads(kept.request("/pid", request_id=1).body)["tag"] == "b", \
+                "the kept connection did not follow its socket's new routes"
+    finally:
+        b.stop()
+
+
 HELD_IMPORT_APP = """import json, os, time
 
 # A worker's import waits while this file exists: a replacement held "starting".

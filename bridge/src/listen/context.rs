@@ -28,7 +28,8 @@ pub(crate) struct ListenerCtx {
     pub send_timeout: std::time::Duration,
     /// `keepalive-timeout`: the longest a kept FastCGI connection may sit with no request.
     pub keepalive_timeout: std::time::Duration,
-    /// Connections opened through this context (the status page sums a listener's contexts).
+    /// Open connections of this context's socket, shared by the contexts a reload makes
+    /// for it (the status page sums a listener's sockets: a moved one's old socket too).
     pub open_conns: Arc<AtomicUsize>,
     /// The daemon's process-wide state (registry.rs).
     pub registry: Arc<Registry>,

@@ -105,12 +105,14 @@ pub(crate) fn bind_all(listeners: &[config::Listener], passed: &systemd::Passed)
     listeners.iter().map(|l| bind(l, passed)).collect()
 }
 
-/// The context of one listener: its routes to the running pools, limits and settings.
+/// The context of one listener: its routes to the running pools, limits and settings;
+/// `open_conns` counts its socket's open connections (a reload's new context keeps it).
 pub(crate) fn make_ctx(
     cfg: &config::Listener,
     pools: &HashMap<String, Arc<PoolRuntime>>,
     registry: &Arc<Registry>,
     stop: &watch::Receiver<bool>,
+    open_conns: Arc<AtomicUsize>,
 ) -> Result<Arc<ListenerCtx>, ListenError> {
     let mut routes = Vec::new();
     use crate::supervise::instances::Target;
@@ -156,7 +158,7 @@ pub(crate) fn make_ctx(
         body_min_rate: cfg.body_min_rate,
         send_timeout: cfg.send_timeout,
         keepalive_timeout: cfg.keepalive_timeout,
-        open_conns: Arc::new(AtomicUsize::new(0)),
+        open_conns,
         registry: registry.clone(),
         status_path: cfg.status_path.clone(),
         ping_path: cfg.ping_path.clone(),
@@ -223,7 +225,7 @@ impl ListenerSet {
         pools: &HashMap<String, Arc<PoolRuntime>>,
     ) -> Result<(), ListenError> {
         let (stop, stop_rx) = watch::channel(false);
-        let ctx = make_ctx(cfg, pools, &self.registry, &stop_rx)?;
+        let ctx = make_ctx(cfg, pools, &self.registry, &stop_rx, Arc::default())?;
         let socket_file = match &b {
             Bound::Unix { path, .. } | Bound::Direct { path } => path.clone(),
             Bound::Tcp(_) => None,
@@ -306,62 +308,48 @@ impl ListenerSet {
         pools: &HashMap<String, Arc<PoolRuntime>>,
     ) -> Result<String, ListenError> {
         let fresh = fresh.0;
-        // New contexts for the listeners that stay, checked before any is switched.
+        // New contexts for the listeners that stay, checked before any is switched. A
+        // kept socket keeps its count of open connections, under its new name if renamed.
         let mut kept = Vec::new();
         for (cfg, i) in config.iter().zip(self.kept(config)) {
             if let Some(i) = i {
-                let ctx = make_ctx(cfg, pools, &self.registry, &self.live[i].stop.subscribe())?;
+                let l = &self.live[i];
+                let ctx = make_ctx(cfg, pools, &self.registry, &l.stop.subscribe(), l.ctx.open_conns.clone())?;
                 kept.push((i, cfg.clone(), ctx));
             }
         }
-        let (mut added, mut changed) = (Vec::new(), Vec::new());
+        let mut outcome = Outcome::default();
         let mut next: Vec<Option<RunningListener>> = self.live.drain(..).map(Some).collect();
         let mut live = Vec::new();
         for (i, cfg, ctx) in kept {
             let Some(mut l) = next[i].take() else { continue };
-            if l.cfg != cfg {
-                changed.push(cfg.name.clone());
-                if let ListenAddress::Unix(path) = &cfg.address {
-                    if let Err(e) = apply_socket_perms(&cfg, path) {
-                        tracing::warn!(listener = %cfg.name, "{e}");
-                    }
-                }
-                if cfg.backlog != l.cfg.backlog {
-                    set_backlog(&l, cfg.backlog);
-                }
-            }
-            self.registry.track.listener_started(&ctx.name, &ctx.open_conns);
-            l.ctx.succeed(ctx.clone());
-            l.ctx = ctx;
-            l.cfg = cfg;
+            self.switch_kept(&mut l, cfg, ctx, &mut outcome);
             live.push(l);
         }
         let removed: Vec<RunningListener> = next.into_iter().flatten().collect();
         self.live = live;
         // A listener of the same name on another address: its new socket (bound by
         // bind_new) starts accepting before the old one stops.
-        let mut moved = Vec::new();
+        let mut moved_to = Vec::new();
         for (i, b) in fresh {
             let cfg = &config[i];
             match removed.iter().find(|l| l.cfg.name == cfg.name) {
                 Some(old) => {
-                    moved.push(format!("{} ({} -> {})", cfg.name, describe(&old.cfg.address), describe(&cfg.address)))
+                    let (from, to) = (describe(&old.cfg.address), describe(&cfg.address));
+                    outcome.moved.push(format!("{} ({from} -> {to})", cfg.name));
+                    moved_to.push((cfg.name.clone(), to));
                 }
-                None => added.push(cfg.name.clone()),
+                None => outcome.added.push(cfg.name.clone()),
             }
             self.launch(cfg, b, pools)?;
         }
-        let mut gone = Vec::new();
         for l in removed {
-            match config.iter().find(|c| c.name == l.cfg.name) {
-                Some(now) => {
-                    tracing::info!(listener = %l.cfg.name, address = %describe(&l.cfg.address), moved_to = %describe(&now.address),
-                    "reload: listener moved: this address stops accepting; its connections finish their requests and close once idle")
-                }
-                None => {
-                    gone.push(l.cfg.name.clone());
-                    tracing::info!(listener = %l.cfg.name, address = %describe(&l.cfg.address), "reload: listener removed; its connections close once idle");
-                }
+            if let Some((_, to)) = moved_to.iter().find(|(name, _)| *name == l.cfg.name) {
+                tracing::info!(listener = %l.cfg.name, address = %describe(&l.cfg.address), moved_to = %to,
+                    "reload: listener moved: this address stops accepting; its connections finish their requests and close once idle");
+            } else {
+                outcome.removed.push(l.cfg.name.clone());
+                tracing::info!(listener = %l.cfg.name, address = %describe(&l.cfg.address), "reload: listener removed; its connections close once idle");
             }
             let _ = l.stop.send(true);
             if let Some(p) = &l.socket_file {
@@ -370,7 +358,38 @@ impl ListenerSet {
         }
         // Configuration order, as at start.
         self.live.sort_by_key(|l| config.iter().position(|c| c.name == l.cfg.name).unwrap_or(usize::MAX));
-        Ok(listeners_summary(&added, &changed, &gone, &moved))
+        Ok(outcome.summary())
+    }
+
+    /// A listener that keeps its socket takes `cfg` (its new name too) and `ctx`.
+    fn switch_kept(
+        &self,
+        l: &mut RunningListener,
+        cfg: config::Listener,
+        ctx: Arc<ListenerCtx>,
+        outcome: &mut Outcome,
+    ) {
+        if l.cfg.name != cfg.name {
+            outcome.renamed.push(format!("{} -> {}", l.cfg.name, cfg.name));
+            tracing::info!(listener = %cfg.name, was = %l.cfg.name, address = %describe(&cfg.address),
+                "reload: listener renamed; it keeps its socket and connections");
+        }
+        // `changed` is about the settings: a rename alone is said as `renamed`.
+        if (config::Listener { name: cfg.name.clone(), ..l.cfg.clone() }) != cfg {
+            outcome.changed.push(cfg.name.clone());
+            if let ListenAddress::Unix(path) = &cfg.address {
+                if let Err(e) = apply_socket_perms(&cfg, path) {
+                    tracing::warn!(listener = %cfg.name, "{e}");
+                }
+            }
+            if cfg.backlog != l.cfg.backlog {
+                set_backlog(l, cfg.backlog);
+            }
+        }
+        self.registry.track.listener_started(&ctx.name, &ctx.open_conns);
+        l.ctx.succeed(ctx.clone());
+        l.ctx = ctx;
+        l.cfg = cfg;
     }
 
     /// Stop accepting everywhere and remove the unix socket files; connections close once idle.
@@ -391,15 +410,36 @@ impl ListenerSet {
     }
 }
 
-/// The listeners' part of a reload's outcome line; `moved` (with its addresses) only when
-/// a listener moved, so that the line of every other reload stays as it was.
-fn listeners_summary(added: &[String], changed: &[String], removed: &[String], moved: &[String]) -> String {
-    let list = |v: &[String]| if v.is_empty() { "none".to_owned() } else { v.join(", ") };
-    let mut line = format!("listeners added: {}; changed: {}; removed: {}", list(added), list(changed), list(removed));
-    if !moved.is_empty() {
-        line.push_str(&format!("; moved: {}", moved.join(", ")));
+/// What a reload did to the listeners, by name.
+#[derive(Default)]
+struct Outcome {
+    added: Vec<String>,
+    changed: Vec<String>,
+    removed: Vec<String>,
+    /// `NAME (OLD -> NEW)`: a listener on a new address (a new socket).
+    moved: Vec<String>,
+    /// `OLD -> NEW`: a kept socket whose listener has a new name.
+    renamed: Vec<String>,
+}
+
+impl Outcome {
+    /// The listeners' part of a reload's outcome line; `moved` and `renamed` only when a
+    /// listener moved or was renamed, so that the line of every other reload stays as it was.
+    fn summary(&self) -> String {
+        let list = |v: &[String]| if v.is_empty() { "none".to_owned() } else { v.join(", ") };
+        let mut line = format!(
+            "listeners added: {}; changed: {}; removed: {}",
+            list(&self.added),
+            list(&self.changed),
+            list(&self.removed)
+        );
+        for (what, v) in [("moved", &self.moved), ("renamed", &self.renamed)] {
+            if !v.is_empty() {
+                line.push_str(&format!("; {what}: {}", v.join(", ")));
+            }
+        }
+        line
     }
-    line
 }
 
 fn describe(a: &ListenAddress) -> String {
@@ -862,7 +902,8 @@ fn socket_perms(cfg: &config::Listener) -> Result<socket_file::SocketPerms, List
     })
 }
 
-/// A reload's new `socket-*` values, applied to the kept socket at `path`.
+/// A reload's new `socket-*` values, applied to the kept socket at `path`
+/// ([`socket_file::set`]: never more open on the way than both the old and new values).
 fn apply_socket_perms(cfg: &config::Listener, path: &Path) -> Result<(), ListenError> {
     socket_file::set(path, socket_perms(cfg)?).map_err(|(what, source)| ListenError::Io {
         name: cfg.name.clone(),
@@ -939,6 +980,81 @@ mod tests {
         // Connections inherit it at their handshake: a `direct` listener's workers accept
         // them later, once their app is imported.
         assert_eq!(getsockopt(&l, sockopt::TcpNoDelay).ok(), Some(true));
+    }
+
+    #[test]
+    fn the_outcome_names_moves_and_renames_only_when_there_are_some() {
+        let o = Outcome { added: vec!["new".into()], ..Default::default() };
+        assert_eq!(o.summary(), "listeners added: new; changed: none; removed: none");
+        let o = Outcome {
+            changed: vec!["b".into()],
+            moved: vec!["m (127.0.0.1:9000 -> 127.0.0.1:9001)".into()],
+            renamed: vec!["a -> b".into(), "b -> a".into()],
+            ..Default::default()
+        };
+        assert_eq!(
+            o.summary(),
+            "listeners added: none; changed: b; removed: none; moved: m (127.0.0.1:9000 -> 127.0.0.1:9001); \
+             renamed: a -> b, b -> a"
+        );
+    }
+
+    /// Open connections the status page shows for each of `names`, waited for until they
+    /// are `want` (an accept is the listener task's, a little later than the connect).
+    async fn wait_open(registry: &Registry, names: &[&str], want: &[usize]) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let now: Vec<usize> = registry
+                .track
+                .with_state(|s| names.iter().map(|n| crate::status::track::open_connections(s, n)).collect());
+            if now == want {
+                return;
+            }
+            assert!(std::time::Instant::now() < deadline, "open connections of {names:?}: {now:?}, not {want:?}");
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_reload_says_which_kept_sockets_were_renamed_and_counts_their_connections_under_the_new_name() {
+        let d = tmp("renamed");
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir(&d).unwrap();
+        let at = |name: &str, file: &str| config::Listener {
+            address: ListenAddress::Unix(d.join(file)),
+            ..config::Listener::for_tests(name, 0)
+        };
+        let registry = Arc::new(Registry::new(None, 1 << 20, Vec::new(), Default::default()));
+        let pools = HashMap::from([("p".to_owned(), PoolRuntime::new(config::Pool::for_tests()))]);
+        let first = [at("a", "1.sock"), at("b", "2.sock")];
+        let bound = bind_all(&first, &systemd::Passed::default()).unwrap();
+        let mut set = ListenerSet::start(&first, bound, &pools, registry.clone()).unwrap();
+        let mut reload = |config: &[config::Listener]| {
+            let fresh = set.bind_new(config).unwrap();
+            set.apply(config, fresh, &pools).unwrap()
+        };
+        // A web server's connection to 1.sock, open across the reloads.
+        let _conn = tokio::net::UnixStream::connect(d.join("1.sock")).await.unwrap();
+        wait_open(&registry, &["a", "b"], &[1, 0]).await;
+
+        let renamed = [at("c", "1.sock"), at("b", "2.sock")];
+        assert_eq!(reload(&renamed), "listeners added: none; changed: none; removed: none; renamed: a -> c");
+        wait_open(&registry, &["a", "b", "c"], &[0, 0, 1]).await;
+
+        // Swapped addresses: each socket keeps its connections, under its new name.
+        let swapped = [at("c", "2.sock"), at("b", "1.sock")];
+        assert_eq!(reload(&swapped), "listeners added: none; changed: none; removed: none; renamed: b -> c, c -> b");
+        wait_open(&registry, &["b", "c"], &[1, 0]).await;
+
+        // Renamed with other settings too. The name 1.sock had is a new socket on an
+        // address of its own, and the socket that had 1.sock's new name stops: said as
+        // removed (its name goes on, on the kept socket), not left out.
+        let rotated = [config::Listener { max_params: 4096, ..at("c", "1.sock") }, at("b", "3.sock")];
+        assert_eq!(reload(&rotated), "listeners added: b; changed: c; removed: c; renamed: b -> c");
+        wait_open(&registry, &["b", "c"], &[0, 1]).await;
+        assert!(!d.join("2.sock").exists());
+        set.stop_accepting();
+        let _ = std::fs::remove_dir_all(&d);
     }
 
     #[test]

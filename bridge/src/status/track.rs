@@ -76,12 +76,15 @@ impl Tracker {
         f(&mut self.state())
     }
 
-    /// A listener context started accepting; `open` counts its open connections.
+    /// A listener context started accepting; `open` counts its socket's open connections.
+    /// A reload's context of a kept socket brings the same counter: it is then counted
+    /// under its (new) name only.
     pub(crate) fn listener_started(&self, listener: &str, open: &Arc<AtomicUsize>) {
         let mut s = self.state();
         s.listeners.entry(listener.to_owned()).or_default();
-        s.listener_conns.retain(|(_, w)| w.strong_count() > 0);
-        s.listener_conns.push((listener.to_owned(), Arc::downgrade(open)));
+        let open = Arc::downgrade(open);
+        s.listener_conns.retain(|(_, w)| w.strong_count() > 0 && !w.ptr_eq(&open));
+        s.listener_conns.push((listener.to_owned(), open));
     }
 
     /// A request was decoded on `listener` (the pool side is counted by the dispatcher).
