@@ -61,6 +61,28 @@ def test_stop_wait_returns_once_the_daemon_has_exited(tmp_path):
         b.stop()
 
 
+def test_stop_wait_waits_as_long_as_the_running_configuration_needs_not_the_one_on_disk(tmp_path):
+    """The daemon tells the bound of its graceful stop in its answer to `stop`: that of the
+    configuration it runs (the last reload's), not an edit on disk not reloaded yet."""
+    b = start(tmp_path, {"a": lc_pool(processes=1, threads=2)}, bridge_extra={"shutdown-timeout": "120s"})
+    try:
+        b.config["bridge"]["shutdown-timeout"] = "5m"
+        (b.confdir / "50-test.yaml").write_text(to_yaml(b.config))
+        r = subprocess.run(control(b, "reload"), capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+        # Edited again, not reloaded: 1s + 30s + 1m on disk.
+        b.config["bridge"]["shutdown-timeout"] = "1s"
+        (b.confdir / "50-test.yaml").write_text(to_yaml(b.config))
+        r = subprocess.run(control(b, "stop", "--wait"), capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, (r.stdout, r.stderr)
+        # 5m + graceful-timeout (30s) + a minute: the daemon's; the answer's line is not shown.
+        assert f"waiting up to 6m30s for the daemon (pid {b.pid}) to exit" in r.stderr, r.stderr
+        assert r.stdout.startswith("stop requested\nthe daemon"), r.stdout
+        assert b.proc.wait(10) == 0
+    finally:
+        b.stop()
+
+
 def test_stop_wait_fails_when_the_daemon_outlives_it(tmp_path):
     b = start(tmp_path, {"a": lc_pool(processes=1, threads=2)}, bridge_extra={"shutdown-timeout": "120s"})
     try:

@@ -10,7 +10,10 @@
 //!   is applied (`reload done: …`) or refused (why the running configuration stays); with
 //!   `wait`, once the rolling restarts it started are over or one of them fails
 //!   (rollout.rs). SECONDS bounds the wait (default: [`crate::rollout::default_within`]).
-//! - `stop`, `stop-instance TEMPLATE KEY`.
+//! - `stop`: answered `stop requested`, then a line `graceful-stop-bound-seconds N`: the
+//!   longest the stop of the configuration running takes ([`graceful_stop_bound`]), which
+//!   `stop --wait` waits by default (an older daemon sends the first line only).
+//! - `stop-instance TEMPLATE KEY`.
 use crate::registry::Registry;
 use crate::reload::{Reloaded, Restart};
 use std::path::{Path, PathBuf};
@@ -188,7 +191,7 @@ async fn reply(command: &str, uid: u32, requests: &tokio::sync::mpsc::Sender<Req
         "stop" => {
             tracing::info!(uid, "control socket: stop requested");
             match requests.send(Request::Stop).await {
-                Ok(()) => "ok stop requested\n".to_owned(),
+                Ok(()) => format!("ok stop requested\n{STOP_BOUND} {}\n", registry.stop_bound().as_secs_f64()),
                 Err(_) => "error the daemon is shutting down\n".to_owned(),
             }
         }
@@ -207,6 +210,17 @@ async fn reply(command: &str, uid: u32, requests: &tokio::sync::mpsc::Sender<Req
         }
         other => format!("error unknown command {other:?}; known: status, reload, restart, stop, stop-instance\n"),
     }
+}
+
+/// The key of the stop answer's line that tells the daemon's [`graceful_stop_bound`].
+pub(crate) const STOP_BOUND: &str = "graceful-stop-bound-seconds";
+
+/// The longest a graceful stop of `config` takes: the drain period, the requests in flight
+/// (`shutdown-timeout`), an ASGI worker's `graceful-timeout`, and a minute for the workers
+/// to go.
+pub(crate) fn graceful_stop_bound(config: &crate::config::Config) -> Duration {
+    let graceful = config.pools.iter().map(|p| p.supervision.graceful_timeout).max().unwrap_or_default();
+    config.global.drain_period + config.global.shutdown_timeout + graceful + Duration::from_secs(60)
 }
 
 /// Why a reload is refused while the bridge drains (daemon.rs answers the same).

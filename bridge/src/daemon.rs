@@ -207,6 +207,7 @@ async fn start(
         Registry::new(access_log, config.global.header_memory, config.listeners.clone(), passed).with_reopen(reopen),
     );
     registry.rate_limits.set_enabled(config.global.log_rate_limit);
+    registry.set_stop_bound(config);
 
     let pools: Vec<Arc<PoolRuntime>> = config.pools.iter().cloned().map(PoolRuntime::new).collect();
     let by_name: HashMap<String, Arc<PoolRuntime>> = pools.iter().map(|p| (p.name.to_string(), p.clone())).collect();

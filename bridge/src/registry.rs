@@ -47,6 +47,9 @@ pub(crate) struct Registry {
     in_flight: AtomicUsize,
     drained: Notify,
     next_id: AtomicU64,
+    /// The longest a graceful stop of the configuration running now takes, in milliseconds
+    /// ([`crate::control::graceful_stop_bound`]), told to `fcgibridge stop --wait`.
+    stop_bound_ms: AtomicU64,
 }
 
 /// The first request id of a daemon started at `now`: its start time in milliseconds
@@ -82,6 +85,7 @@ impl Registry {
             in_flight: AtomicUsize::new(0),
             drained: Notify::new(),
             next_id: AtomicU64::new(first_request_id(std::time::SystemTime::now())),
+            stop_bound_ms: AtomicU64::new(0),
         }
     }
 
@@ -98,6 +102,18 @@ impl Registry {
     /// The listeners after a reload.
     pub(crate) fn set_listeners(&self, listeners: Vec<config::Listener>) {
         *self.listeners.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(listeners);
+    }
+
+    /// The longest a graceful stop takes, with the configuration running now (at the
+    /// start, then after each reload).
+    pub(crate) fn set_stop_bound(&self, config: &config::Config) {
+        let ms = crate::control::graceful_stop_bound(config).as_millis();
+        self.stop_bound_ms.store(u64::try_from(ms).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+
+    /// What [`set_stop_bound`](Self::set_stop_bound) last set (zero before).
+    pub(crate) fn stop_bound(&self) -> Duration {
+        Duration::from_millis(self.stop_bound_ms.load(Ordering::Relaxed))
     }
 
     /// Make every ping path answer 503 "draining" from now on (there is no way back: the

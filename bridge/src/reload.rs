@@ -244,6 +244,7 @@ async fn apply(
     }
     live.registry.rate_limits.set_enabled(new.global.log_rate_limit);
     live.registry.set_listeners(new.listeners.clone());
+    live.registry.set_stop_bound(&new);
     *live.config = new;
     Ok((summary, warnings, pools))
 }

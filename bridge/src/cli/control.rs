@@ -192,6 +192,10 @@ pub fn main(target: &Target, command: &str, json: bool) -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Ok(text) if command == "stop" => {
+            print!("{}", stop_answer(&text).0);
+            ExitCode::SUCCESS
+        }
         Ok(text) => {
             print!("{text}");
             ExitCode::SUCCESS
@@ -199,32 +203,49 @@ pub fn main(target: &Target, command: &str, json: bool) -> ExitCode {
     }
 }
 
+/// The daemon's answer to `stop`: the text to show, and the longest its graceful stop
+/// takes, from the line that says it (None from an older daemon, which sends no such line).
+fn stop_answer(text: &str) -> (String, Option<Duration>) {
+    let mut shown = String::new();
+    let mut bound = None;
+    for line in text.lines() {
+        match line.strip_prefix(crate::control::STOP_BOUND).map(str::trim) {
+            Some(secs) => bound = secs.parse::<f64>().ok().and_then(|s| Duration::try_from_secs_f64(s).ok()),
+            None => shown.push_str(&format!("{line}\n")),
+        }
+    }
+    (shown, bound.filter(|b| !b.is_zero()))
+}
+
 /// `fcgibridge stop [--wait[=DURATION]]`: with `wait`, return once the daemon's process has
-/// exited, or exit 1 once DURATION (default [`default_stop_wait`]) has passed.
+/// exited, or exit 1 once DURATION has passed: by default the bound the daemon gives for its
+/// graceful stop (that of the configuration it runs, which an edit not reloaded yet does not
+/// change), else [`default_stop_wait`] of the configuration on disk.
 pub fn stop(target: &Target, wait: Option<Option<Duration>>) -> ExitCode {
     let Some(wait) = wait else { return main(target, "stop", false) };
-    let within = wait.unwrap_or_else(|| match target {
-        Target::ConfigDir(dir) => default_stop_wait(crate::config::load_for_client(dir).ok().as_ref()),
-        _ => default_stop_wait(None),
-    });
-    let daemon = match send(target, "stop") {
+    let (daemon, told) = match send(target, "stop") {
         Err(code) => return code,
-        Ok(Reached::Signalled(daemon)) => daemon,
+        Ok(Reached::Signalled(daemon)) => (daemon, None),
         Ok(Reached::Answered { answer: Err(msg), .. }) => {
             eprintln!("fcgibridge: {msg}");
             return ExitCode::FAILURE;
         }
         Ok(Reached::Answered { answer: Ok(text), daemon }) => {
-            print!("{text}");
+            let (shown, told) = stop_answer(&text);
+            print!("{shown}");
             let Some(daemon) = daemon else {
                 eprintln!(
                     "fcgibridge: cannot tell which process the daemon is (its pid is not visible from here): not waiting for it to exit"
                 );
                 return ExitCode::FAILURE;
             };
-            daemon
+            (daemon, told)
         }
     };
+    let within = wait.or(told).unwrap_or_else(|| match target {
+        Target::ConfigDir(dir) => default_stop_wait(crate::config::load_for_client(dir).ok().as_ref()),
+        _ => default_stop_wait(None),
+    });
     let shown = crate::config::units::DurationDisplay(within);
     eprintln!("fcgibridge: waiting up to {shown} for the daemon (pid {}) to exit", daemon.pid);
     let started = std::time::Instant::now();
@@ -244,13 +265,11 @@ pub fn stop(target: &Target, wait: Option<Option<Duration>>) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// How long `stop --wait` waits by default: the daemon's own bounds on a graceful stop (the
-/// drain period, the requests in flight, an ASGI worker's graceful-timeout) and a minute
-/// for the workers to go; two minutes when the configuration cannot be read.
+/// How long `stop --wait` waits when the daemon does not say (an older one, or a signal
+/// sent instead): the bound of a graceful stop of `config`, the configuration on disk
+/// ([`crate::control::graceful_stop_bound`]); two minutes when it cannot be read.
 pub fn default_stop_wait(config: Option<&crate::config::Config>) -> Duration {
-    let Some(c) = config else { return Duration::from_secs(120) };
-    let graceful = c.pools.iter().map(|p| p.supervision.graceful_timeout).max().unwrap_or_default();
-    c.global.drain_period + c.global.shutdown_timeout + graceful + Duration::from_secs(60)
+    config.map_or(Duration::from_secs(120), crate::control::graceful_stop_bound)
 }
 
 /// The daemon's process, known well enough to tell when it has gone: its pid, and its start
@@ -321,8 +340,16 @@ fn signal_instead(command: &str) -> Option<Daemon> {
 
 #[cfg(test)]
 mod tests {
-    use super::reload_command;
+    use super::{reload_command, stop_answer};
     use std::time::Duration;
+
+    #[test]
+    fn the_stop_answer_s_bound_is_taken_out_of_what_is_shown() {
+        let told = stop_answer("stop requested\ngraceful-stop-bound-seconds 95.5\n");
+        assert_eq!(told, ("stop requested\n".to_owned(), Some(Duration::from_millis(95_500))));
+        // An older daemon's answer: nothing told, the client falls back to the files.
+        assert_eq!(stop_answer("stop requested\n"), ("stop requested\n".to_owned(), None));
+    }
 
     #[test]
     fn reload_arguments_become_one_command_line() {
