@@ -1,6 +1,6 @@
 //! Configuration errors, worded for the operator who has to fix the file.
 use super::hint;
-use super::locate::{KeyIndex, KeyPath, Pos, Seg};
+use super::locate::{alike, KeyIndex, KeyPath, Pos, Seg, Via};
 use std::fmt;
 use std::io;
 
@@ -38,9 +38,10 @@ pub enum ConfigError {
     /// The YAML itself is malformed (no key can be named).
     #[error("{at}: {message}")]
     Syntax { at: At, message: String },
-    /// A key has a bad value, is unknown, or conflicts with another.
-    #[error("{at}: {key}: {message}")]
-    Invalid { at: At, key: String, message: String },
+    /// A key has a bad value, is unknown, or conflicts with another. `brought`: the value
+    /// is in an anchor, and aliases (`<<: *defaults`) bring it to the key (and others).
+    #[error("{at}: {}", invalid_line(.key, .message, .brought.as_deref()))]
+    Invalid { at: At, key: String, message: String, brought: Option<Box<Brought>> },
     /// Several of the above, in file order: one line each, so one `check` names them all.
     #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
     Several(Vec<Self>),
@@ -75,7 +76,7 @@ impl ConfigError {
                 e => flat.push(e),
             }
         }
-        let mut errors = flat;
+        let mut errors = collapse_anchored(flat);
         // In the files' (name) order, as the operator reads them, and by line in a file.
         errors.sort_by(|a, b| a.place().cmp(&b.place()));
         match errors.len() {
@@ -83,6 +84,144 @@ impl ConfigError {
             1 => Err(errors.remove(0)),
             _ => Err(Self::Several(errors)),
         }
+    }
+}
+
+/// A key an alias brings a value to: `pools.b.threads` by `<<: *defaults` at line 9.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Landing {
+    pub key: KeyPath,
+    pub via: Via,
+}
+
+/// Where the value of an error comes from when an anchor holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Brought {
+    /// The key as the anchor writes it: `x-defaults.threads`.
+    pub written: KeyPath,
+    /// The keys aliases bring it to, each with its alias (not the written key itself).
+    pub landings: Vec<Landing>,
+}
+
+impl Brought {
+    /// The key and message an error on `key` shows: the anchor's own key when the value
+    /// reaches several keys, each named after the message; else the key, and where its
+    /// value comes from.
+    fn shown(&self, key: &str, message: &str) -> (String, String) {
+        match &self.landings[..] {
+            [] => (key.to_owned(), message.to_owned()),
+            _ if self.written.to_string() == key => {
+                (key.to_owned(), format!("{message} (also {})", reached(&self.landings)))
+            }
+            [one] => (key.to_owned(), format!("{message}{}", one.via.note())),
+            all => {
+                let anchor = &all[0].via.anchor;
+                (self.written.to_string(), format!("{message} (in &{anchor}, {})", reached(all)))
+            }
+        }
+    }
+}
+
+/// `key: message` of an invalid key, with where an anchor brought its value.
+fn invalid_line(key: &str, message: &str, brought: Option<&Brought>) -> String {
+    match brought {
+        Some(b) => {
+            let (key, message) = b.shown(key, message);
+            format!("{key}: {message}")
+        }
+        None => format!("{key}: {message}"),
+    }
+}
+
+/// The keys an anchor's value reaches, by pool or listener and line of the alias: `merged
+/// into pools a at line 6 and b at line 9; used in pool c at line 12`.
+fn reached(landings: &[Landing]) -> String {
+    let mut runs: Vec<(bool, &str, Vec<String>)> = Vec::new();
+    for l in landings {
+        let (section, name) = match &l.key.0[..] {
+            [Seg::Key(s), Seg::Key(name), ..] if s == "pools" || s == "listeners" => (s.as_str(), name.clone()),
+            _ => ("", l.key.to_string()),
+        };
+        let item = format!("{name} at line {}", l.via.alias.line);
+        match runs.last_mut() {
+            Some((merge, s, items)) if *merge == l.via.merge && *s == section => items.push(item),
+            _ => runs.push((l.via.merge, section, vec![item])),
+        }
+    }
+    let run = |(merge, section, items): &(bool, &str, Vec<String>)| {
+        let verb = if *merge { "merged into" } else { "used in" };
+        let word = match (*section, items.len()) {
+            ("", _) => "",
+            ("pools", 1) => "pool ",
+            ("listeners", 1) => "listener ",
+            ("pools", _) => "pools ",
+            _ => "listeners ",
+        };
+        format!("{verb} {word}{}", and_list(items))
+    };
+    runs.iter().map(run).collect::<Vec<_>>().join("; ")
+}
+
+/// `a`, `a and b`, `a, b and c`.
+fn and_list(items: &[String]) -> String {
+    match items {
+        [] => String::new(),
+        [one] => one.clone(),
+        [init @ .., last] => format!("{} and {last}", init.join(", ")),
+    }
+}
+
+/// Errors on one value that aliases bring to several keys (`<<: *defaults` in pools a, b
+/// and c: one place, one message, one key of each pool) as one error naming them all.
+fn collapse_anchored(errors: Vec<ConfigError>) -> Vec<ConfigError> {
+    let mut kept: Vec<ConfigError> = Vec::with_capacity(errors.len());
+    for e in errors {
+        match kept.iter_mut().find(|k| one_anchored_value(k, &e)) {
+            Some(k) => absorb(k, e),
+            None => kept.push(e),
+        }
+    }
+    kept
+}
+
+/// Whether `a` and `b` are one error on a value an anchor holds.
+fn one_anchored_value(a: &ConfigError, b: &ConfigError) -> bool {
+    let (
+        ConfigError::Invalid { at, key, message, brought },
+        ConfigError::Invalid { at: b_at, key: b_key, message: b_message, brought: b_brought },
+    ) = (a, b)
+    else {
+        return false;
+    };
+    if at != b_at || at.pos.is_none() || message != b_message {
+        return false;
+    }
+    match (brought, b_brought) {
+        (Some(x), Some(y)) => x.written == y.written,
+        (Some(x), None) => x.written.to_string() == *b_key,
+        (None, Some(y)) => y.written.to_string() == *key,
+        (None, None) => false,
+    }
+}
+
+/// `into` (see [`one_anchored_value`]) naming the keys of `e` as well. The error on the
+/// anchor's key as written, when one of them is, is the one shown.
+fn absorb(into: &mut ConfigError, e: ConfigError) {
+    let (ConfigError::Invalid { key, brought, .. }, ConfigError::Invalid { key: e_key, brought: e_brought, .. }) =
+        (into, e)
+    else {
+        return;
+    };
+    match (brought.as_mut(), e_brought) {
+        (Some(mine), Some(theirs)) => {
+            for l in theirs.landings {
+                if !mine.landings.contains(&l) {
+                    mine.landings.push(l);
+                }
+            }
+        }
+        (Some(_), None) => *key = e_key,
+        (None, theirs) => *brought = theirs,
     }
 }
 
@@ -103,11 +242,12 @@ impl Source {
     /// An error about the key at `path`, placed at that key (or its nearest parent).
     /// A key brought by a merge (`<<: *defaults`) is placed in the anchor, and says so.
     pub fn invalid(&self, path: &KeyPath, message: impl Into<String>) -> ConfigError {
-        let mut message = message.into();
-        if let Some(via) = self.index.brought_by(path) {
-            message.push_str(&via.note());
-        }
-        ConfigError::Invalid { at: self.at(path), key: path.to_string(), message }
+        let at = self.at(path);
+        let brought = self.index.brought_by(path).and_then(|via| {
+            let written = self.index.path_at(at.pos?)?.clone();
+            Some(Box::new(Brought { written, landings: vec![Landing { key: path.clone(), via: via.clone() }] }))
+        });
+        ConfigError::Invalid { at, key: path.to_string(), message: message.into(), brought }
     }
 
     /// Where the key at `path` was written.
@@ -141,21 +281,28 @@ impl Source {
             .map(|l| Pos { line: l.line() as usize, column: l.column() as usize });
         let at = At { file: self.file.clone(), pos };
         let brought = self.brought(pos, defined);
-        let keyed = |message: String, path: Option<&KeyPath>| match (brought, path) {
-            (Some((place, path, via)), _) => {
-                let at = At { pos: Some(place), ..at.clone() };
-                ConfigError::Invalid { at, key: path.to_string(), message: format!("{message}{}", via.note()) }
+        let path_here = pos.and_then(|p| self.index.path_at(p));
+        let shared = self.shared(brought.map(|(place, path, _)| (place, path)).or(pos.zip(path_here)));
+        let keyed = |message: String, path: Option<&KeyPath>| match (&shared, brought, path) {
+            (Some((place, key, b)), ..) if path == path_here => {
+                let at = At { pos: Some(*place), ..at.clone() };
+                ConfigError::Invalid { at, key: key.to_string(), message, brought: Some(Box::new(b.clone())) }
             }
-            (None, Some(path)) if !path.0.is_empty() => {
-                ConfigError::Invalid { at: at.clone(), key: path.to_string(), message }
+            (_, Some((place, path, via)), _) => {
+                let brought = self.brought_once(place, path, via);
+                ConfigError::Invalid {
+                    at: At { pos: Some(place), ..at.clone() },
+                    key: path.to_string(),
+                    message,
+                    brought,
+                }
+            }
+            (_, None, Some(path)) if !path.0.is_empty() => {
+                ConfigError::Invalid { at: at.clone(), key: path.to_string(), message, brought: None }
             }
             _ => ConfigError::Syntax { at: at.clone(), message },
         };
-        let path_here = pos.and_then(|p| self.index.path_at(p));
-        let fix = |remove: bool| match (path_here, pos) {
-            (Some(path), Some(at)) if !path.0.is_empty() => Some(Fix { path: path.clone(), at, remove }),
-            _ => None,
-        };
+        let fix = |remove: bool| Fix::of(shared.as_ref().map(|(place, _, b)| (*place, b)), path_here, pos, remove);
         let error = match err {
             E::SerdeUnknownField { field, expected, .. } => {
                 let hint = hint::unknown_key(field, expected);
@@ -210,6 +357,29 @@ impl Source {
         };
         // A bad value: the key stays, without its value.
         (error, fix(false))
+    }
+
+    /// Where the value of the key `path` comes from: the anchor's key at `place`, which the
+    /// alias `via` brings.
+    fn brought_once(&self, place: Pos, path: &KeyPath, via: &Via) -> Option<Box<Brought>> {
+        let written = self.index.path_at(place)?.clone();
+        Some(Box::new(Brought { written, landings: vec![Landing { key: path.clone(), via: via.clone() }] }))
+    }
+
+    /// For an error on the value at `place`, the key `key`: when aliases bring that value to
+    /// the same key of other pools (or listeners), and to no other key, the error is one
+    /// error naming them all, and its fix takes the value out where it is written (`None`
+    /// for the anchor itself, `x-defaults: &defaults`: taking that out would leave its
+    /// aliases dangling).
+    fn shared<'a>(&self, found: Option<(Pos, &'a KeyPath)>) -> Option<(Pos, &'a KeyPath, Brought)> {
+        let (place, key) = found?;
+        let written = self.index.path_at(place)?;
+        let landings = self.index.landings(place);
+        if landings.is_empty() || written.0.len() < 2 || !landings.iter().all(|(k, _)| alike(k, key)) {
+            return None;
+        }
+        let landings = landings.into_iter().map(|(key, via)| Landing { key, via }).collect();
+        Some((place, key, Brought { written: written.clone(), landings }))
     }
 
     /// For an error about a value an alias brings: where the anchor has it, the key the
@@ -291,6 +461,25 @@ pub struct Fix {
     pub path: KeyPath,
     pub at: Pos,
     pub remove: bool,
+    /// The keys aliases bring the value at `path` to, which go with it.
+    pub also: Vec<KeyPath>,
+}
+
+impl Fix {
+    /// Taking out the value at `shared` (where the anchor has it, with the keys it reaches),
+    /// else the key `path` written at `at`.
+    fn of(shared: Option<(Pos, &Brought)>, path: Option<&KeyPath>, at: Option<Pos>, remove: bool) -> Option<Self> {
+        match (shared, path, at) {
+            (Some((at, b)), ..) => {
+                let also = b.landings.iter().map(|l| l.key.clone()).collect();
+                Some(Self { path: b.written.clone(), at, remove, also })
+            }
+            (None, Some(path), Some(at)) if !path.0.is_empty() => {
+                Some(Self { path: path.clone(), at, remove, also: Vec::new() })
+            }
+            _ => None,
+        }
+    }
 }
 
 impl ConfigError {
@@ -299,7 +488,14 @@ impl ConfigError {
         const NOTE: &str = " (the rest of this file is not checked until this is fixed)";
         match self {
             Self::Syntax { at, message } => Self::Syntax { at, message: message + NOTE },
-            Self::Invalid { at, key, message } => Self::Invalid { at, key, message: message + NOTE },
+            Self::Invalid { at, key, message, brought } => {
+                // Said after where the value comes from.
+                let (key, message) = match brought {
+                    Some(b) => b.shown(&key, &message),
+                    None => (key, message),
+                };
+                Self::Invalid { at, key, message: message + NOTE, brought: None }
+            }
             other => other,
         }
     }

@@ -102,6 +102,12 @@ impl Via {
     }
 }
 
+/// Whether `a` and `b` are one key of two entries of a section: `pools.a.threads` and
+/// `pools.b.threads`, or `pools.a` and `pools.b`.
+pub(super) fn alike(a: &KeyPath, b: &KeyPath) -> bool {
+    a.0.len() == b.0.len() && a.0.len() >= 2 && a.0[0] == b.0[0] && a.0[2..] == b.0[2..]
+}
+
 /// The mapping a merge key's value is merged into: `pools.x` of `pools.x.<<` and of
 /// `pools.x.<<[1]`; `None` for any other path.
 pub(super) fn merged_into(path: &KeyPath) -> Option<KeyPath> {
@@ -291,6 +297,20 @@ impl KeyIndex {
         let brought = self.nodes.iter().filter_map(|n| Some((n, n.via.as_ref().filter(|v| n.pos == at && accept(v))?)));
         // `rev`: of the innermost, max_by_key keeps the last, which is then the first.
         brought.rev().max_by_key(|(n, _)| n.path.0.len()).map(|(n, via)| (&n.path, via))
+    }
+
+    /// Every key that the node written at `at` becomes through an alias and that keeps it (a
+    /// key its mapping writes itself wins over a merged one), with the alias, in the order
+    /// of the aliases.
+    pub fn landings(&self, at: Pos) -> Vec<(KeyPath, Via)> {
+        let mut landings: Vec<(KeyPath, Via)> = Vec::new();
+        for n in self.nodes.iter().filter(|n| n.pos == at) {
+            let Some(via) = &n.via else { continue };
+            if self.brought_by(&n.path) == Some(via) && !landings.iter().any(|(p, _)| *p == n.path) {
+                landings.push((n.path.clone(), via.clone()));
+            }
+        }
+        landings
     }
 
     /// The node [`Self::find`] places `path` at: written there before brought by an alias.

@@ -41,6 +41,7 @@ pub(super) fn parse(source: &Source, text: &str) -> Recovered {
         // The key just emptied does not take null either (a pool written as a list, say):
         // it goes altogether, and its error is not reported twice.
         let again = fix.as_mut().filter(|f| dropped.last() == Some(&f.path)).map(|f| f.remove = true).is_some();
+        let also = fix.as_ref().map(|f| f.also.clone()).unwrap_or_default();
         let cut = match fix {
             Some(fix) if errors.len() + 1 < MAX_ERRORS => cut(&text, &here.index, &fix),
             _ => None,
@@ -54,6 +55,8 @@ pub(super) fn parse(source: &Source, text: &str) -> Recovered {
             }
             (Some((path, next)), false) => {
                 errors.push(error);
+                // Last: a key emptied again is the one just emptied.
+                dropped.extend(also);
                 dropped.push(path);
                 text = next;
             }

@@ -1918,11 +1918,40 @@ fn an_error_in_a_merged_anchor_is_placed_where_the_anchor_has_it() {
     assert_eq!(
         lines,
         [
-            "3:3: pools.a.threads: must be 1 or more (in &d, merged here at line 7)",
-            "3:3: pools.b.threads: must be 1 or more (in &d, used here at line 8)",
-            "4:3: pools.a.harakiri: unknown key; uWSGI's harakiri (PHP-FPM's request_terminate_timeout) is the pool key \
-             request-timeout, a duration such as 30s (in &d, merged here at line 7)",
+            "3:3: x-d.threads: must be 1 or more (in &d, merged into pool a at line 7; used in pool b at line 8)",
+            "4:3: x-d.harakiri: unknown key; uWSGI's harakiri (PHP-FPM's request_terminate_timeout) is the pool key \
+             request-timeout, a duration such as 30s (in &d, merged into pool a at line 7; used in pool b at line 8)",
             "10:29: pools.c.processes: expected a whole number from 1 to 4294967295 (in the mapping merged here at line 10)",
         ]
+    );
+}
+
+#[test]
+fn a_bad_value_in_an_anchor_merged_into_several_pools_is_reported_once() {
+    // One mistake, one line: placed in the anchor, naming every pool it reaches. A wrong
+    // type (found by serde), an unknown key, and a check made after parsing.
+    let pools = "pools:\n  a:\n    <<: *defaults\n    app: x\n  b:\n    <<: *defaults\n    app: x\n  c:\n    <<: *defaults\n    app: x\n";
+    let text = format!("x-defaults: &defaults\n  processes: lots\n  harakiri: 30\n{pools}");
+    let reached = "(in &defaults, merged into pools a at line 6, b at line 9 and c at line 12)";
+    assert_eq!(
+        error_lines(&valid("merge-many-serde").file("30-x.yaml", &text)),
+        [
+            format!("2:14: x-defaults.processes: expected a whole number from 1 to 4294967295 {reached}"),
+            format!(
+                "3:3: x-defaults.harakiri: unknown key; uWSGI's harakiri (PHP-FPM's request_terminate_timeout) is \
+                 the pool key request-timeout, a duration such as 30s {reached}"
+            ),
+        ]
+    );
+    let text = format!("x-defaults: &defaults\n  threads: 0\n  queue-size: 10\n{pools}");
+    assert_eq!(
+        error_lines(&valid("merge-many-checked").file("30-x.yaml", &text)),
+        [format!("2:3: x-defaults.threads: must be 1 or more {reached}")]
+    );
+    // A pool that writes the key itself is not reached; one that is the anchor's home says so.
+    let text = "pools:\n  a: &base\n    app: x\n    processes: lots\n  b:\n    <<: *base\n  c:\n    <<: *base\n    processes: 2\n";
+    assert_eq!(
+        error_lines(&valid("merge-home").file("30-x.yaml", text)),
+        ["4:16: pools.a.processes: expected a whole number from 1 to 4294967295 (also merged into pool b at line 6)"]
     );
 }

@@ -575,7 +575,12 @@ fn check_dirs(
         (global.status.as_ref().map(|s| &s.address), &global.status_listen_at)
     {
         if let Some(message) = socket_dir_problem(path, runtime_dir) {
-            errs.push(ConfigError::Invalid { at: at.clone(), key: "bridge.status.listen".to_owned(), message });
+            errs.push(ConfigError::Invalid {
+                at: at.clone(),
+                key: "bridge.status.listen".to_owned(),
+                message,
+                brought: None,
+            });
         }
     }
     if opts.moment == super::Moment::Start {
@@ -710,7 +715,7 @@ fn log_dir_warnings(global: &GlobalBuilder, opts: super::LoadOptions<'_>) -> Vec
         return Vec::new();
     }
     let warning = |e| match e {
-        ConfigError::Invalid { at, key, message } => format!(
+        ConfigError::Invalid { at, key, message, .. } => format!(
             "{at}: warning: {key}: {message}; the reload goes ahead (log paths take effect at the next \
              restart), but that restart fails until this is fixed"
         ),
@@ -776,7 +781,7 @@ fn check_log_dirs(global: &GlobalBuilder) -> Vec<ConfigError> {
         let runtime_dir = global.runtime_dir.as_deref().filter(|_| after_runtime_dir);
         if let Some(why) = log_dir_problem(path, runtime_dir) {
             let message = format!("cannot open {what} {}: {why}", path.display());
-            errs.push(ConfigError::Invalid { at: at.clone(), key: format!("bridge.{key}"), message });
+            errs.push(ConfigError::Invalid { at: at.clone(), key: format!("bridge.{key}"), message, brought: None });
         }
     }
     errs
