@@ -308,9 +308,7 @@ impl Source {
                 let hint = hint::unknown_key(field, expected);
                 return (keyed(format!("unknown key{hint}"), path_here), fix(true));
             }
-            E::DuplicateMappingKey { .. } => {
-                return (keyed("defined twice in this file".to_owned(), path_here), fix(true))
-            }
+            E::DuplicateMappingKey { .. } => return (keyed(self.twice(path_here, pos), path_here), fix(true)),
             E::SerdeMissingField { field, .. } => {
                 let path = pos.and_then(|p| self.index.container_at(p));
                 return (keyed(format!("missing key `{field}`"), path), None);
@@ -332,8 +330,9 @@ impl Source {
                     "sequence start" => "a list (`- item` lines or `[a, b]`)",
                     other => other,
                 };
-                let misplaced = path_here.and_then(under_indented).unwrap_or_default();
-                keyed(format!("expected {wanted}{misplaced}"), path_here)
+                let misplaced = path_here.and_then(under_indented);
+                let hint = misplaced.or_else(|| pos.and_then(|p| written_otherwise(expected, path_here, text, p)));
+                keyed(format!("expected {wanted}{}", hint.unwrap_or_default()), path_here)
             }
             E::NullIntoString { .. } => keyed("has no value; write one, or leave the key out".to_owned(), path_here),
             E::Message { .. } => {
@@ -357,6 +356,14 @@ impl Source {
         };
         // A bad value: the key stays, without its value.
         (error, fix(false))
+    }
+
+    /// A key written twice in one mapping (at `pos`): where the first one is.
+    fn twice(&self, path: Option<&KeyPath>, pos: Option<Pos>) -> String {
+        match path.and_then(|p| self.index.first_written(p)).filter(|first| Some(*first) < pos) {
+            Some(first) => format!("defined twice in this file (first at line {})", first.line),
+            None => "defined twice in this file".to_owned(),
+        }
     }
 
     /// Where the value of the key `path` comes from: the anchor's key at `place`, which the
@@ -433,6 +440,53 @@ fn under_indented(path: &KeyPath) -> Option<String> {
     let [Seg::Key(section), Seg::Key(name)] = &path.0[..] else { return None };
     let (_, whose, _) = KEYS.iter().find(|(s, _, keys)| s == section && keys.contains(&name.as_str()))?;
     Some(format!("; `{name}` is {whose} key: indent it under the name above it"))
+}
+
+/// For a value of another shape than `expected` at `at`: the same written as expected. A
+/// single value where a list goes (PHP-FPM's `listen.allowed_clients = a,b`, a command
+/// line): `; write [a, b]`; `pools:` or `listeners:` written as a list: name the entries.
+fn written_otherwise(expected: &str, path: Option<&KeyPath>, text: &str, at: Pos) -> Option<String> {
+    let line = text.split('\n').nth(at.line.checked_sub(1)?)?;
+    let value: String = line.chars().skip(at.column.checked_sub(1)?).collect();
+    let value = value.split(" #").next().unwrap_or_default().trim();
+    match expected {
+        "sequence start" => {
+            let value = value.trim_matches(|c| c == '"' || c == '\'');
+            if value.is_empty() || value.starts_with(['{', '[', '&', '*', '!', '|', '>']) {
+                return None;
+            }
+            let items: Vec<&str> = match value.contains(',') {
+                true => value.split(',').map(str::trim).filter(|i| !i.is_empty()).collect(),
+                false => value.split_whitespace().collect(),
+            };
+            let quoted = |i: &str| match i.contains([':', '{', '}', '[', ']', '#', '"', '\'']) {
+                true => format!("{:?}", i),
+                false => i.to_owned(),
+            };
+            Some(format!("; write [{}]", items.iter().map(|i| quoted(i)).collect::<Vec<_>>().join(", ")))
+        }
+        "mapping start" if value.starts_with('-') => {
+            let (section, entry_keys) = match &path?.0[..] {
+                [Seg::Key(section)] => (section, false),
+                [Seg::Key(section), Seg::Key(_)] => (section, true),
+                _ => return None,
+            };
+            if section != "pools" && section != "listeners" {
+                return None;
+            }
+            if entry_keys {
+                return Some(
+                    "; its keys are `key: value` lines indented under its name, not list items (`- key: value`)".into(),
+                );
+            }
+            let entry = if section == "pools" { "pool" } else { "listener" };
+            let example = if section == "pools" { "demo:" } else { "web:" };
+            Some(format!(
+                "; {section} are named: each {entry} is a key (`{example}`) with its settings indented under it, not a list item (`- {example}`)"
+            ))
+        }
+        _ => None,
+    }
 }
 
 /// What a key of Rust type `ty` takes, said for the operator (`least`: an unsigned key's

@@ -349,6 +349,11 @@ impl KeyIndex {
         keys().filter(|n| n.pos <= near).map(|n| n.pos).max().or_else(|| keys().map(|n| n.pos).min())
     }
 
+    /// Where the key `path` is first written (not brought by an alias).
+    pub fn first_written(&self, path: &KeyPath) -> Option<Pos> {
+        self.nodes.iter().filter(|n| n.is_key && n.via.is_none() && n.path == *path).map(|n| n.pos).min()
+    }
+
     /// The key path of the node at `pos`: the innermost node starting there, or else
     /// the last node that starts before it (as written there, not where an alias puts it).
     pub fn path_at(&self, pos: Pos) -> Option<&KeyPath> {

@@ -1111,11 +1111,12 @@ pub(super) fn parse_address(text: &str, dir: &Path) -> Result<ListenAddress, Str
             .map(ListenAddress::Fd)
             .ok_or_else(|| format!("{fd:?} is not a file descriptor number; write e.g. fd:0"));
     }
-    let explain = || {
-        format!(
+    let explain = || match address_mistake(text) {
+        Some(what) => format!("{text:?} is not an address: {what}"),
+        None => format!(
             "{text:?} is not an address; write an IP and port (127.0.0.1:9000, [::1]:9000, *:9000), \
              unix:/path/to.sock, or fd:0"
-        )
+        ),
     };
     let addr = match text.parse::<SocketAddr>() {
         Ok(addr) => addr,
@@ -1134,6 +1135,35 @@ pub(super) fn parse_address(text: &str, dir: &Path) -> Result<ListenAddress, Str
         return Err(format!("{text:?}: port 0 would pick a random port no web server could find"));
     }
     Ok(ListenAddress::Tcp(addr))
+}
+
+/// What is wrong with an address as other servers' configurations write them, and what
+/// to write instead: a port alone (PHP-FPM's `listen = 9000`), an IP without its port, a
+/// `tcp://` scheme, a host name, a port past 65535.
+fn address_mistake(text: &str) -> Option<String> {
+    if text.bytes().all(|b| b.is_ascii_digit()) {
+        return Some(format!(
+            "a port alone; write \"127.0.0.1:{text}\" (this host only) or \"*:{text}\" (every address)"
+        ));
+    }
+    if let Ok(ip) = text.trim_matches(['[', ']']).parse::<IpAddr>() {
+        let ip = if ip.is_ipv6() { format!("[{ip}]") } else { ip.to_string() };
+        return Some(format!("no port; write e.g. \"{ip}:9000\""));
+    }
+    if let Some(rest) = text.strip_prefix("tcp://").or_else(|| text.strip_prefix("tcp:")) {
+        return Some(format!("no scheme; write \"{rest}\""));
+    }
+    let (host, port) = text.rsplit_once(':')?;
+    match port.parse::<u64>() {
+        Ok(n) if n > u64::from(u16::MAX) => Some(format!("port {n} is above 65535")),
+        Ok(_) if !host.is_empty() && host.parse::<IpAddr>().is_err() && !host.contains(['[', ']', '/']) => {
+            Some(format!(
+                "{host:?} is a host name; write its IP address (only localhost is taken by name: a name \
+             that resolves elsewhere tomorrow would move the socket)"
+            ))
+        }
+        _ => None,
+    }
 }
 
 /// An octal file mode such as "0660", "660" or "0o660".

@@ -424,7 +424,9 @@ fn wrong_types_name_the_key() {
 fn bad_durations_and_sizes_say_what_to_write() {
     let err = valid("duration").file("30-x.yaml", "pools:\n  x:\n    app: x\n    queue-timeout: 30 seconds\n").error();
     assert!(
-        err.starts_with("ROOT/conf.d/30-x.yaml:4:20: pools.x.queue-timeout: invalid duration \"30 seconds\"; write a number with a unit"),
+        err.starts_with(
+            "ROOT/conf.d/30-x.yaml:4:20: pools.x.queue-timeout: invalid duration \"30 seconds\"; write \"30s\""
+        ),
         "{err}"
     );
     let err = valid("size")
@@ -549,7 +551,7 @@ fn duplicates_across_files_name_both_files() {
     );
 
     let tree = valid("dup-in-file").file("30-x.yaml", "pools:\n  x:\n    app: x\n  x:\n    app: y\n");
-    assert_eq!(tree.error(), "ROOT/conf.d/30-x.yaml:4:3: pools.x: defined twice in this file");
+    assert_eq!(tree.error(), "ROOT/conf.d/30-x.yaml:4:3: pools.x: defined twice in this file (first at line 2)");
 }
 
 #[test]
@@ -1954,4 +1956,53 @@ fn a_bad_value_in_an_anchor_merged_into_several_pools_is_reported_once() {
         error_lines(&valid("merge-home").file("30-x.yaml", text)),
         ["4:16: pools.a.processes: expected a whole number from 1 to 4294967295 (also merged into pool b at line 6)"]
     );
+}
+
+#[test]
+fn mistakes_carried_over_from_other_servers_say_what_to_write() {
+    let pool = |extra: &str| format!("pools:\n  x:\n    app: ../app/app.py\n{extra}");
+    let cases = [
+        // Duplicate keys: an ini file's last one wins; here, say where the first one is.
+        (pool("    threads: 2\n    threads: 8\n"), "5:5: pools.x.threads: defined twice in this file (first at line 4)"),
+        // A single value where a list goes: PHP-FPM's comma list, a command line.
+        (
+            "listeners:\n  l:\n    fastcgi: 127.0.0.1:9100\n    pool: demo\n    allowed-clients: 127.0.0.1, 10.0.0.1 # php-fpm\n".into(),
+            "5:22: listeners.l.allowed-clients: expected a list (`- item` lines or `[a, b]`); write [127.0.0.1, 10.0.0.1]",
+        ),
+        (
+            "pools:\n  x:\n    command: php-cgi -c /etc/php.ini\n".into(),
+            "3:14: pools.x.command: expected a list (`- item` lines or `[a, b]`); write [php-cgi, -c, /etc/php.ini]",
+        ),
+        // Entries written as list items.
+        (
+            "pools:\n  - x:\n    app: ../app/app.py\n".into(),
+            "2:3: pools: expected a mapping (indented `key: value` lines or `{key: value}`); pools are named: each pool \
+             is a key (`demo:`) with its settings indented under it, not a list item (`- demo:`)",
+        ),
+        (
+            "listeners:\n  l:\n    - fastcgi: 127.0.0.1:9100\n    - pool: demo\n".into(),
+            "3:5: listeners.l: expected a mapping (indented `key: value` lines or `{key: value}`); its keys are \
+             `key: value` lines indented under its name, not list items (`- key: value`)",
+        ),
+        // Durations with spaces, capitals or words.
+        (pool("    request-timeout: 30 sec\n"), "4:22: pools.x.request-timeout: invalid duration \"30 sec\"; write \"30s\""),
+        (pool("    idle-timeout: 30S\n    mode: dynamic\n"), "4:19: pools.x.idle-timeout: invalid duration \"30S\"; write \"30s\""),
+        (pool("    queue-timeout: 1h 30m\n"), "4:20: pools.x.queue-timeout: invalid duration \"1h 30m\"; write \"1h30m\""),
+    ];
+    for (i, (text, expected)) in cases.iter().enumerate() {
+        assert_eq!(error_lines(&valid(&format!("carried-{i}")).file("30-x.yaml", text)), [*expected]);
+    }
+    // Addresses as PHP-FPM, gunicorn or a URL write them.
+    let listen = |address: &str| format!("listeners:\n  l:\n    fastcgi: \"{address}\"\n    pool: demo\n");
+    for (address, what) in [
+        ("9000", "a port alone; write \"127.0.0.1:9000\" (this host only) or \"*:9000\" (every address)"),
+        ("10.0.0.5", "no port; write e.g. \"10.0.0.5:9000\""),
+        ("tcp://127.0.0.1:9000", "no scheme; write \"127.0.0.1:9000\""),
+        ("127.0.0.1:90000", "port 90000 is above 65535"),
+        ("app.internal:9000", "\"app.internal\" is a host name; write its IP address"),
+    ] {
+        let lines = error_lines(&valid("carried-address").file("30-x.yaml", &listen(address)));
+        let head = format!("3:5: listeners.l.fastcgi: {address:?} is not an address: {what}");
+        assert!(lines.len() == 1 && lines[0].starts_with(&head), "{lines:?}");
+    }
 }

@@ -66,6 +66,34 @@ fn fraction_in_smaller_units(s: &str) -> Option<String> {
     Some(DurationDisplay(Duration::from_nanos(exact)).to_string())
 }
 
+/// A duration written with spaces, capitals or unit words (`30 s`, `30S`, `30sec`,
+/// `5 minutes`, `1h 30m`) as it is written here, when that is one; `None` otherwise.
+fn spelled_out(s: &str) -> Option<String> {
+    const WORDS: [(&str, &[&str]); 5] = [
+        ("ms", &["msec", "msecs", "millis", "millisecond", "milliseconds"]),
+        ("s", &["sec", "secs", "second", "seconds"]),
+        ("m", &["min", "mins", "minute", "minutes"]),
+        ("h", &["hr", "hrs", "hour", "hours"]),
+        ("d", &["day", "days"]),
+    ];
+    let lower: String = s.chars().filter(|c| !c.is_whitespace()).collect::<String>().to_lowercase();
+    let mut meant = String::new();
+    let mut rest = lower.as_str();
+    while !rest.is_empty() {
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        let unit_len = rest[digits..].bytes().take_while(u8::is_ascii_alphabetic).count();
+        let (number, unit) = (&rest[..digits], &rest[digits..digits + unit_len]);
+        if digits == 0 || unit_len == 0 {
+            return None;
+        }
+        let unit = WORDS.iter().find(|(_, words)| words.contains(&unit)).map_or(unit, |(u, _)| u);
+        meant.push_str(number);
+        meant.push_str(unit);
+        rest = &rest[digits + unit_len..];
+    }
+    (meant != s && parse_duration(&meant).is_ok()).then_some(meant)
+}
+
 /// Parse "30s", "5m", "1h30m", "250ms", "2d", or a plain integer of seconds.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let s = text.trim();
@@ -81,6 +109,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     }
     if let Some(whole) = fraction_in_smaller_units(s) {
         return Err(format!("invalid duration {text:?}: no fractions; write {whole:?}"));
+    }
+    if let Some(meant) = spelled_out(s) {
+        return Err(format!("invalid duration {text:?}; write {meant:?}"));
     }
     let mut nanos: u128 = 0;
     let mut rest = s;
