@@ -346,9 +346,8 @@ impl Source {
                 return (ConfigError::Syntax { at, message }, None);
             }
             other => {
-                if let Some(tab) = pos.and_then(|p| indenting_tab(other, text, p)) {
-                    let message = "a tab in the indentation; YAML indents with spaces only".to_owned();
-                    return (ConfigError::Syntax { at: At { pos: Some(tab), ..at }, message }, None);
+                if let Some((place, message)) = pos.and_then(|p| misplaced_text(other, text, p)) {
+                    return (ConfigError::Syntax { at: At { pos: Some(place), ..at }, message }, None);
                 }
                 let message = DefaultMessageFormatter.format_message(other).into_owned();
                 return (ConfigError::Syntax { at, message }, None);
@@ -407,6 +406,37 @@ impl Source {
         };
         self.index.brought_to(place, accept).map(|(path, via)| (place, path, via))
     }
+}
+
+/// For a YAML syntax error that comes from indentation, where it is and what to change: a
+/// tab, or a key indented more than the key above it, which has a value of its own (a
+/// `key: value` line pasted one level too deep).
+fn misplaced_text(err: &serde_saphyr::Error, text: &str, at: Pos) -> Option<(Pos, String)> {
+    if let Some(tab) = indenting_tab(err, text, at) {
+        return Some((tab, "a tab in the indentation; YAML indents with spaces only".to_owned()));
+    }
+    use serde_saphyr::granit_parser::ErrorKind;
+    use serde_saphyr::{Error as E, ExternalMessageSource};
+    let E::ExternalMessage { source, .. } = err else { return None };
+    let ExternalMessageSource::Parser(scan) = source.as_ref() else { return None };
+    if !matches!(scan.kind(), ErrorKind::MappingValueNotAllowed) {
+        return None;
+    }
+    let lines: Vec<&str> = text.split('\n').collect();
+    let indent = |l: &str| l.len() - l.trim_start_matches(' ').len();
+    let key =
+        |l: &str| l.trim().split_once(": ").map(|(k, v)| (k.trim_start_matches("- ").to_owned(), v.trim().to_owned()));
+    let line = lines.get(at.line.checked_sub(1)?)?;
+    let (here, _) = key(line)?;
+    let above = lines[..at.line - 1].iter().rev().find(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))?;
+    let (above_key, value) = key(above)?;
+    if indent(line) <= indent(above) || value.is_empty() || value.starts_with('#') {
+        return None;
+    }
+    let message = format!(
+        "`{here}` is indented more than `{above_key}` above it, which already has a value: line it up with `{above_key}`"
+    );
+    Some((Pos { line: at.line, column: indent(line) + 1 }, message))
 }
 
 /// Where the tab is that the parser refused as indentation: it reports the tab of a

@@ -607,7 +607,17 @@ fn lookup_user(text: &str, accounts: Option<&Accounts>) -> Result<RunAs, String>
                 home: PathBuf::from("/"),
                 login: text.to_owned(),
             }),
-            Err(_) => Err(format!("no such user {text:?} on this system")),
+            Err(_) => Err(match text.split_once(':') {
+                // uWSGI's `chown-socket = user:group`, chown's `user:group`.
+                Some((user, group))
+                    if !user.is_empty()
+                        && !group.is_empty()
+                        && nix::unistd::User::from_name(user).ok().flatten().is_some() =>
+                {
+                    format!("no such user {text:?} on this system; write the group apart: `user: {user}` and `group: {group}`")
+                }
+                _ => format!("no such user {text:?} on this system"),
+            }),
         },
     }
 }

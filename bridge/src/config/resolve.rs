@@ -581,6 +581,13 @@ fn parse_file_app(target: &str, callable: Option<&str>, text: &str, dir: &Path) 
         let callable = callable.unwrap_or(DEFAULT_CALLABLE).to_owned();
         return Ok(App::File { path: file, callable });
     }
+    if file.is_dir() {
+        // mod_wsgi's `python-path`, or a project's directory: the file in it is what runs.
+        let found =
+            ["wsgi.py", "app.py", "application.py", "main.py"].iter().map(|n| file.join(n)).find(|f| f.is_file());
+        let example = found.unwrap_or_else(|| file.join("wsgi.py"));
+        return Err(format!("{} is a directory; name the app file in it, e.g. {}", file.display(), example.display()));
+    }
     if file.exists() {
         return Err(format!("{} is not a file", file.display()));
     }

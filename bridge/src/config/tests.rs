@@ -303,7 +303,10 @@ fn syntax_errors_give_line_and_column() {
     let tree = valid("indent").file("30-bad.yaml", "pools:\n  other:\n   app: x\n    threads: 3\n");
     assert_eq!(
         tree.error(),
-        format!("ROOT/conf.d/30-bad.yaml:4:12: mapping values are not allowed in this context{STOPS}")
+        format!(
+            "ROOT/conf.d/30-bad.yaml:4:5: `threads` is indented more than `app` above it, which already has a value: \
+             line it up with `app`{STOPS}"
+        )
     );
     // A tab in the indentation is placed on the tab itself (the parser names the character
     // after the line's blanks, or the start of the scalar the tab's line would continue).
@@ -1991,6 +1994,31 @@ fn mistakes_carried_over_from_other_servers_say_what_to_write() {
     ];
     for (i, (text, expected)) in cases.iter().enumerate() {
         assert_eq!(error_lines(&valid(&format!("carried-{i}")).file("30-x.yaml", text)), [*expected]);
+    }
+    // A key pasted one level too deep, under a key with a value; user:group; a fraction of
+    // a size; a directory for the app.
+    let cases = [
+        (
+            pool("    user: nobody\n      processes: 4\n"),
+            "5:7: `processes` is indented more than `user` above it, which already has a value: line it up with \
+             `user` (the rest of this file is not checked until this is fixed)",
+        ),
+        (
+            "pools:\n  x:\n    app: ../app/app.py\n    user: \"root:root\"\n".into(),
+            "4:5: pools.x.user: no such user \"root:root\" on this system; write the group apart: `user: root` and \
+             `group: root`",
+        ),
+        (
+            pool("    memory-limit: 1.5G\n"),
+            "4:19: pools.x.memory-limit: invalid size \"1.5G\": no fractions; write \"1536M\"",
+        ),
+        (
+            "pools:\n  x:\n    app: ../app/\n".into(),
+            "3:5: pools.x.app: ROOT/app is a directory; name the app file in it, e.g. ROOT/app/app.py",
+        ),
+    ];
+    for (i, (text, expected)) in cases.iter().enumerate() {
+        assert_eq!(error_lines(&valid(&format!("carried-more-{i}")).file("30-x.yaml", text)), [*expected]);
     }
     // Addresses as PHP-FPM, gunicorn or a URL write them.
     let listen = |address: &str| format!("listeners:\n  l:\n    fastcgi: \"{address}\"\n    pool: demo\n");

@@ -138,6 +138,24 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(Duration::new(secs, sub))
 }
 
+/// A size with a fraction of a binary unit (`1.5G`, `0.5MiB`) in the next smaller unit, as
+/// written in the same style (`1536M`, `512KiB`), when that is whole; `None` otherwise.
+fn size_fraction(s: &str) -> Option<String> {
+    let (number, unit) = s.split_at(s.find(|c: char| c.is_ascii_alphabetic())?);
+    let (whole, frac) = number.trim().split_once('.')?;
+    let smaller = match unit {
+        "G" | "g" => "M",
+        "M" | "m" => "k",
+        "GiB" => "MiB",
+        "MiB" => "KiB",
+        _ => return None,
+    };
+    let scale = 10u64.checked_pow(u32::try_from(frac.len()).ok()?)?;
+    let digits: u64 = format!("{whole}{frac}").parse().ok()?;
+    let in_smaller = digits.checked_mul(1024)?;
+    (in_smaller % scale == 0).then(|| format!("{}{smaller}", in_smaller / scale))
+}
+
 /// Parse "512MiB", "1MB", "64k", "1GiB", or a plain integer of bytes.
 ///
 /// Single-letter suffixes (k, M, G) are binary, as in nginx; "KB"/"MB"/"GB" are
@@ -152,6 +170,9 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         return Err(explain());
     }
     let number: u64 = s[..digits].parse().map_err(|_| explain())?;
+    if let Some(whole) = size_fraction(s) {
+        return Err(format!("invalid size {text:?}: no fractions; write {whole:?}"));
+    }
     let unit = s[digits..].trim_start();
     let scale: u64 = match unit.to_ascii_lowercase().as_str() {
         "" | "b" => 1,
