@@ -193,6 +193,9 @@ const KNOWN_IN_ROUTES: &str = "a route captures {host} or {user}";
 /// The placeholders in `text`, or why it is not a valid template value (`known`: what may
 /// be named there, for the error).
 fn placeholders_in(text: &str, known: &str) -> Result<Vec<Placeholder>, String> {
+    if let Some((foreign, ours)) = foreign_placeholder(text) {
+        return Err(format!("{text:?}: {foreign} is written {ours} here"));
+    }
     let mut found = Vec::new();
     let mut rest = text;
     while let Some(open) = rest.find('{') {
@@ -210,6 +213,27 @@ fn placeholders_in(text: &str, known: &str) -> Result<Vec<Placeholder>, String> 
         return Err(format!("{text:?}: a '}}' without its '{{'"));
     }
     Ok(found)
+}
+
+/// A placeholder in the syntax of another server, and ours: uWSGI's `%(host)s`, nginx's
+/// `$host` (`$http_host`, `$server_name`, `$remote_user`).
+fn foreign_placeholder(text: &str) -> Option<(String, &'static str)> {
+    const FOREIGN: [(&str, &str); 7] = [
+        ("%(host)s", "{host}"),
+        ("%(user)s", "{user}"),
+        ("%(owner)s", "{owner}"),
+        ("$host", "{host}"),
+        ("$http_host", "{host}"),
+        ("$server_name", "{host}"),
+        ("$remote_user", "{user}"),
+    ];
+    FOREIGN.iter().find_map(|(foreign, ours)| {
+        let at = text.find(foreign)?;
+        let after = text[at + foreign.len()..].chars().next();
+        let whole = !after.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_');
+        let whose = if foreign.starts_with('%') { "uWSGI's" } else { "nginx's" };
+        whole.then(|| (format!("{whose} {foreign}"), *ours))
+    })
 }
 
 /// The placeholder a route prefix captures (`/~{user}`), None for a plain prefix; or why

@@ -2020,6 +2020,14 @@ fn mistakes_carried_over_from_other_servers_say_what_to_write() {
     for (i, (text, expected)) in cases.iter().enumerate() {
         assert_eq!(error_lines(&valid(&format!("carried-more-{i}")).file("30-x.yaml", text)), [*expected]);
     }
+    // A template's placeholder in uWSGI's or nginx's syntax.
+    let template = |app: &str| format!("pools:\n  x:\n    template:\n    app: {app}\n");
+    for (app, expected) in [
+        ("/srv/%(host)s/app.py", "4:5: pools.x.app: \"/srv/%(host)s/app.py\": uWSGI's %(host)s is written {host} here"),
+        ("/srv/$host/app.py", "4:5: pools.x.app: \"/srv/$host/app.py\": nginx's $host is written {host} here"),
+    ] {
+        assert_eq!(error_lines(&valid("carried-template").file("30-x.yaml", &template(app))), [expected]);
+    }
     // Addresses as PHP-FPM, gunicorn or a URL write them.
     let listen = |address: &str| format!("listeners:\n  l:\n    fastcgi: \"{address}\"\n    pool: demo\n");
     for (address, what) in [
