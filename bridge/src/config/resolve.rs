@@ -74,7 +74,12 @@ pub(super) fn check_name(src: &Source, path: &KeyPath, kind: &str, name: &str) -
     if ok {
         Ok(())
     } else {
-        Err(src.invalid(path, format!("{kind} name {name:?} may only use letters, digits, '_' and '-'")))
+        // `my/app`, `my.app`, `my app` (a path, a domain, words): the same with dashes.
+        let dashed: String =
+            name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '-' }).collect();
+        let dashed = dashed.trim_matches('-');
+        let instead = if dashed.is_empty() { String::new() } else { format!("; e.g. {dashed:?}") };
+        Err(src.invalid(path, format!("{kind} name {name:?} may only use letters, digits, '_' and '-'{instead}")))
     }
 }
 

@@ -479,7 +479,8 @@ fn counts_and_names_are_checked() {
     let cases = [
         ("pools:\n  x:\n    app: x\n    processes: 0\n", "4:5: pools.x.processes: must be 1 or more"),
         ("pools:\n  x:\n    app: x\n    threads: 0\n", "4:5: pools.x.threads: must be 1 or more"),
-        ("pools:\n  my pool:\n    app: x\n", "2:3: pools.my pool: pool name \"my pool\" may only use letters, digits, '_' and '-'"),
+        ("pools:\n  my pool:\n    app: x\n", "2:3: pools.my pool: pool name \"my pool\" may only use letters, digits, '_' and '-'; e.g. \"my-pool\""),
+        ("pools:\n  shop/api:\n    app: x\n", "2:3: pools.shop/api: pool name \"shop/api\" may only use letters, digits, '_' and '-'; e.g. \"shop-api\""),
         ("pools:\n  x:\n    app: my-site\n", "3:5: pools.x.app: \"my-site\" is neither a Python module"),
         ("bridge:\n  log-format: jsno\n", "2:3: bridge.log-format: unknown format \"jsno\"; did you mean \"json\"?"),
         ("bridge:\n  log-level: \"fcgibridge=loud\"\n", "2:3: bridge.log-level: \"fcgibridge=loud\" is not a log filter"),
