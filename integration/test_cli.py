@@ -208,9 +208,9 @@ def test_check_names_every_error_of_every_file(tmp_path):
 
 
 def test_a_bad_value_in_a_merged_anchor_is_its_pool_s_one_error(tmp_path):
-    """The error is placed at the bad value in the anchor, named as the pool's key; the merge
-    is set aside whole, and what the pool then lacks (allow-root, its app) is not reported as
-    mistakes of its own, while a wrong key of the pool itself still is."""
+    """The error is placed at the bad value in the anchor, named as the pool's key; only that
+    value is set aside, so the anchor's other keys (allow-root, its app) still reach the pool
+    and are not reported missing, while a wrong key of the pool itself still is."""
     files = dict(GOOD)
     files["40-anchor.yaml"] = (
         "x-common: &common {app: mysite.wsgi:application, allow-root: true, max-requests: 5k}\n"
