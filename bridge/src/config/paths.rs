@@ -30,6 +30,14 @@ pub(crate) fn absolute_dir(dir: &Path) -> std::io::Result<PathBuf> {
     Ok(resolve(&abs, "."))
 }
 
+/// The interpreter of a `python:` written as a command line (`/usr/bin/python3 -u`), when
+/// its first word is one.
+fn interpreter_alone(base: &Path, spec: &str) -> Option<PathBuf> {
+    let (first, rest) = spec.split_once(char::is_whitespace)?;
+    let path = resolve(base, first);
+    (!rest.trim().is_empty() && is_executable_file(&path)).then_some(path)
+}
+
 pub(crate) fn is_executable_file(path: &Path) -> bool {
     path.metadata().map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false)
 }
@@ -66,6 +74,13 @@ pub(crate) fn find_python(spec: &str, base: &Path, search_path: Option<&OsStr>) 
             Ok(path)
         } else if path.exists() {
             Err(format!("{} is not an executable file", path.display()))
+        } else if let Some(alone) = interpreter_alone(base, spec) {
+            // `python: /usr/bin/python3 -u`, a command line: uWSGI's and systemd's habit.
+            Err(format!(
+                "{} does not exist; python: names the interpreter alone: write `python: {}` (its options go in the pool's env as PYTHON* variables: -u is PYTHONUNBUFFERED: 1)",
+                path.display(),
+                alone.display()
+            ))
         } else {
             Err(format!("{} does not exist", path.display()))
         };
@@ -140,6 +155,17 @@ mod tests {
         assert!(missing.contains("not found on PATH"), "{missing}");
         let not_venv = find_python(bin.to_str().unwrap(), Path::new("/"), None).unwrap_err();
         assert!(not_venv.contains("not a virtualenv"), "{not_venv}");
+        // A command line pasted from uWSGI or a unit file names the interpreter to write.
+        let line = find_python(&format!("{} -u", exe.display()), Path::new("/"), None).unwrap_err();
+        assert!(
+            line.ends_with(&format!(
+                "write `python: {}` (its options go in the pool's env as PYTHON* variables: -u is PYTHONUNBUFFERED: 1)",
+                exe.display()
+            )),
+            "{line}"
+        );
+        let gone = find_python("/nonexistent/python3 -u", Path::new("/"), None).unwrap_err();
+        assert_eq!(gone, "/nonexistent/python3 -u does not exist");
     }
 
     #[test]

@@ -787,6 +787,8 @@ fn protocol(
 
 /// The listener's keys that take one of a few words: `dialect`, `unrouted-redirect`,
 /// `file-handoff`, `path-info` (whether PATH_INFO is kept).
+const DIALECTS: &[&str] = &["nginx", "lighttpd", "apache", "caddy", "h2o", "haproxy", "generic"];
+
 fn listener_words(
     src: &Source,
     here: &KeyPath,
@@ -802,9 +804,17 @@ fn listener_words(
         Some("h2o") => Dialect::H2o,
         Some("haproxy") => Dialect::Haproxy,
         Some(other) => {
+            // apache2 and httpd are Apache's names in Debian and Red Hat.
+            let close = match other.to_ascii_lowercase().as_str() {
+                "apache2" | "httpd" => Some("apache"),
+                _ => super::hint::did_you_mean(other, DIALECTS),
+            };
+            let hint = close.map_or(String::new(), |w| format!("; did you mean {w:?}?"));
             errs.push(src.invalid(
                 &here.key("dialect"),
-                format!("unknown web server {other:?}; one of nginx, lighttpd, apache, caddy, h2o, haproxy, generic"),
+                format!(
+                    "unknown web server {other:?}; one of nginx, lighttpd, apache, caddy, h2o, haproxy, generic{hint}"
+                ),
             ));
             Dialect::Generic
         }

@@ -1992,6 +1992,13 @@ fn mistakes_carried_over_from_other_servers_say_what_to_write() {
         (pool("    request-timeout: 30 sec\n"), "4:22: pools.x.request-timeout: invalid duration \"30 sec\"; write \"30s\""),
         (pool("    idle-timeout: 30S\n    mode: dynamic\n"), "4:19: pools.x.idle-timeout: invalid duration \"30S\"; write \"30s\""),
         (pool("    queue-timeout: 1h 30m\n"), "4:20: pools.x.queue-timeout: invalid duration \"1h 30m\"; write \"1h30m\""),
+        // Words in other servers' spelling: capitals, Debian's name for Apache.
+        (pool("    interface: ASGI\n"), "4:5: pools.x.interface: \"ASGI\": expected wsgi, asgi or auto; did you mean \"asgi\"?"),
+        (
+            "listeners:\n  l:\n    fastcgi: 127.0.0.1:9100\n    pool: demo\n    dialect: apache2\n".into(),
+            "5:5: listeners.l.dialect: unknown web server \"apache2\"; one of nginx, lighttpd, apache, caddy, h2o, \
+             haproxy, generic; did you mean \"apache\"?",
+        ),
     ];
     for (i, (text, expected)) in cases.iter().enumerate() {
         assert_eq!(error_lines(&valid(&format!("carried-{i}")).file("30-x.yaml", text)), [*expected]);
