@@ -1362,6 +1362,43 @@ fn a_direct_listener_tells_its_pool_what_its_workers_apply() {
 }
 
 #[test]
+fn a_listener_open_to_every_client_on_a_network_address_is_warned_about() {
+    let tree = |name: &str, listener: &str| {
+        Tree::new(name)
+            .file("10-pool.yaml", "pools:\n  app:\n    app: ../app/app.py\n")
+            .file("20-listen.yaml", &format!("listeners:\n  front:\n{listener}    pool: app\n"))
+            .config()
+            .warnings
+    };
+    // uWSGI's `:9000` and `*:9000` mean every address.
+    for (i, address) in ["\"*:9000\"", "0.0.0.0:9000", "10.1.2.3:9000"].iter().enumerate() {
+        let warnings = tree(&format!("open-{i}"), &format!("    fastcgi: {address}\n"));
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(
+            warnings[0].contains("conf.d/20-listen.yaml:3:5: warning: listeners.front.fastcgi: ")
+                && warnings[0].contains("is not loopback and the listener has no allowed-clients")
+                && warnings[0].contains("listen on 127.0.0.1"),
+            "{}",
+            warnings[0]
+        );
+    }
+    assert!(
+        tree("open-scgi", "    scgi: 0.0.0.0:9000\n")[0].contains("listeners.front.scgi: 0.0.0.0:9000 is not loopback")
+    );
+    // Listed clients, loopback and unix sockets are not open to everyone.
+    for (i, listener) in [
+        "    fastcgi: 0.0.0.0:9000\n    allowed-clients: [10.0.0.5]\n",
+        "    fastcgi: 127.0.0.1:9000\n",
+        "    fastcgi: \"[::1]:9000\"\n",
+    ]
+    .iter()
+    .enumerate()
+    {
+        assert_eq!(tree(&format!("closed-{i}"), listener), Vec::<String>::new(), "{listener}");
+    }
+}
+
+#[test]
 fn direct_refuses_what_needs_the_bridge_on_the_request_path() {
     let needs =
         "needs the bridge on the request path; a `direct` listener hands connections to the workers (docs/direct.md)";

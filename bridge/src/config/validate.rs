@@ -597,7 +597,7 @@ fn warnings(
     opts: super::LoadOptions<'_>,
 ) -> Vec<String> {
     let mut all = log_dir_warnings(global, opts);
-    all.extend(direct_tcp_warnings(listeners, sources));
+    all.extend(open_tcp_warnings(listeners, sources));
     all.extend(proxy_header_warnings(listeners, sources));
     if opts.privileges == super::Privileges::Check && super::isolation::bridge_ids().uid == 0 {
         let umask = own_umask();
@@ -611,24 +611,38 @@ fn warnings(
     all
 }
 
-/// A `direct` listener on a TCP address other than loopback: `allowed-clients` cannot
-/// apply to it (the workers accept its connections), so anyone who can reach the port can
-/// send requests to the app. Said at check, run and reload.
-fn direct_tcp_warnings(listeners: &[(Listener, usize)], sources: &[Source]) -> Vec<String> {
+/// A TCP listener on an address other than loopback that anyone who reaches the port may
+/// use: FastCGI and SCGI have no authentication, and a request sets every CGI variable
+/// (REMOTE_ADDR, HTTPS, …). A `direct` one cannot apply `allowed-clients` (the workers
+/// accept its connections); any other has none written (and no FCGI_WEB_SERVER_ADDRS).
+/// Said at check, run and reload.
+fn open_tcp_warnings(listeners: &[(Listener, usize)], sources: &[Source]) -> Vec<String> {
+    let web_server_addrs = std::env::var_os("FCGI_WEB_SERVER_ADDRS").is_some();
     listeners
         .iter()
-        .filter(|(l, _)| l.direct)
-        .filter_map(|(l, file_no)| match &l.address {
-            ListenAddress::Tcp(a) if !a.ip().is_loopback() => {
-                let at = sources[*file_no].at(&KeyPath::of(&["listeners", &l.name, "fastcgi"]));
-                Some(format!(
+        .filter_map(|(l, file_no)| {
+            let ListenAddress::Tcp(a) = &l.address else { return None };
+            if a.ip().is_loopback() || (!l.direct && (l.allowed_clients.is_some() || web_server_addrs)) {
+                return None;
+            }
+            let key = protocol_key(l);
+            let at = sources[*file_no].at(&address_key(l));
+            Some(if l.direct {
+                format!(
                     "{at}: warning: listeners.{}.fastcgi: {a} is a `direct` listener on a TCP address that is not \
                      loopback: allowed-clients cannot apply to it (its workers accept the connections); \
                      restrict who reaches the port with a firewall (docs/direct.md)",
                     l.name
-                ))
-            }
-            _ => None,
+                )
+            } else {
+                format!(
+                    "{at}: warning: listeners.{}.{key}: {a} is not loopback and the listener has no allowed-clients: \
+                     whoever reaches the port can send requests with any CGI variables (REMOTE_ADDR, HTTPS, …); \
+                     list the web servers in allowed-clients, or listen on 127.0.0.1 when the web server is on \
+                     this machine (docs/scale-out.md)",
+                    l.name
+                )
+            })
         })
         .collect()
 }
