@@ -240,7 +240,10 @@ pub fn resolve(
             max
         }
     };
-    scaling(&mut s, &raw, &bad);
+    // A static pool's scaling keys are refused above, whatever their values.
+    if mode != Mode::Static {
+        scaling(&mut s, &raw, &bad);
+    }
     recycling(&mut s, &raw, &bad);
     ConfigError::from_all(errs.into_inner())?;
     Ok((processes, s))
@@ -439,6 +442,9 @@ mod tests {
         );
         assert!(error("mode: dynamic\nprocesses: 4").contains("set min-processes and max-processes"));
         assert!(error("mode: ondemand\nmin-processes: 1").contains("does not apply to mode ondemand"));
+        // A static pool's scaling key is refused once, not also for its value.
+        let once = error("idle-timeout: 0");
+        assert!(once.ends_with("p.yaml:5:5: pools.p.idle-timeout: does not apply to mode static; set `mode: dynamic` or `mode: ondemand`, or use `processes` for a fixed number"), "{once}");
         assert!(error("mode: dynamic\nmin-processes: 5\nmax-processes: 2").contains("more than max-processes"));
         assert!(error("mode: ondemand\nqueue-size: 0").contains("queue-size of 1 or more"));
         assert!(error("mode: dynamc").contains("did you mean \"dynamic\""), "{}", error("mode: dynamc"));

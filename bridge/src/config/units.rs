@@ -139,8 +139,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 }
 
 /// A size with a fraction of a binary unit (`1.5G`, `0.5MiB`) in the next smaller unit, as
-/// written in the same style (`1536M`, `512KiB`), when that is whole; `None` otherwise.
-fn size_fraction(s: &str) -> Option<String> {
+/// written in the same style (`1536M`, `512KiB`), rounded down when that is not whole
+/// (`1.3G`: `1331M`), and whether it was; `None` when `s` is no such size.
+fn size_fraction(s: &str) -> Option<(String, bool)> {
     let (number, unit) = s.split_at(s.find(|c: char| c.is_ascii_alphabetic())?);
     let (whole, frac) = number.trim().split_once('.')?;
     let smaller = match unit {
@@ -153,7 +154,7 @@ fn size_fraction(s: &str) -> Option<String> {
     let scale = 10u64.checked_pow(u32::try_from(frac.len()).ok()?)?;
     let digits: u64 = format!("{whole}{frac}").parse().ok()?;
     let in_smaller = digits.checked_mul(1024)?;
-    (in_smaller % scale == 0).then(|| format!("{}{smaller}", in_smaller / scale))
+    Some((format!("{}{smaller}", in_smaller / scale), in_smaller % scale == 0))
 }
 
 /// Parse "512MiB", "1MB", "64k", "1GiB", or a plain integer of bytes.
@@ -170,8 +171,14 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         return Err(explain());
     }
     let number: u64 = s[..digits].parse().map_err(|_| explain())?;
-    if let Some(whole) = size_fraction(s) {
-        return Err(format!("invalid size {text:?}: no fractions; write {whole:?}"));
+    match size_fraction(s) {
+        Some((whole, true)) => return Err(format!("invalid size {text:?}: no fractions; write {whole:?}")),
+        Some((about, false)) => {
+            return Err(format!(
+                "invalid size {text:?}: no fractions; write a whole number of a smaller unit, e.g. {about:?}"
+            ))
+        }
+        None => {}
     }
     let unit = s[digits..].trim_start();
     let scale: u64 = match unit.to_ascii_lowercase().as_str() {
@@ -302,6 +309,16 @@ mod tests {
         for other in ["1.0005s", "1.5", "1.5x", "1.5s30ms", "..s", "0.0s"] {
             assert!(parse_duration(other).unwrap_err().contains("write a number with a unit"), "{other}");
         }
+    }
+
+    #[test]
+    fn a_size_s_fraction_is_answered_with_a_smaller_unit() {
+        assert_eq!(parse_size("0.5MiB").unwrap_err(), "invalid size \"0.5MiB\": no fractions; write \"512KiB\"");
+        // 1.3 × 1024 M is not whole: rounded down, and said to be an example.
+        assert_eq!(
+            parse_size("1.3G").unwrap_err(),
+            "invalid size \"1.3G\": no fractions; write a whole number of a smaller unit, e.g. \"1331M\""
+        );
     }
 
     #[test]
