@@ -216,10 +216,13 @@ async fn reply(command: &str, uid: u32, requests: &tokio::sync::mpsc::Sender<Req
 pub(crate) const STOP_BOUND: &str = "graceful-stop-bound-seconds";
 
 /// The longest a graceful stop of `config` takes: the drain period, the requests in flight
-/// (`shutdown-timeout`), an ASGI worker's `graceful-timeout`, and a minute for the workers
-/// to go.
+/// (`shutdown-timeout`), an ASGI worker's `graceful-timeout` (a pool's, or a template's for
+/// its instances), and a minute for the workers to go.
 pub(crate) fn graceful_stop_bound(config: &crate::config::Config) -> Duration {
-    let graceful = config.pools.iter().map(|p| p.supervision.graceful_timeout).max().unwrap_or_default();
+    use crate::config::supervision::DEFAULT_GRACEFUL_TIMEOUT;
+    let pools = config.pools.iter().map(|p| p.supervision.graceful_timeout);
+    let templates = config.templates.iter().map(|t| t.raw.graceful_timeout.map_or(DEFAULT_GRACEFUL_TIMEOUT, |g| g.0));
+    let graceful = pools.chain(templates).max().unwrap_or_default();
     config.global.drain_period + config.global.shutdown_timeout + graceful + Duration::from_secs(60)
 }
 

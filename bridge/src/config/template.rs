@@ -866,6 +866,15 @@ listeners:
 ";
 
     #[test]
+    fn a_templates_graceful_timeout_counts_in_the_bound_stop_wait_is_told() {
+        let text = TEMPLATE.replace("    threads: 2\n", "    threads: 2\n    graceful-timeout: 10m\n");
+        let config = load("template-graceful", &text).1.unwrap();
+        let bound = crate::control::graceful_stop_bound(&config);
+        // No static pool: drain-period 0 + shutdown-timeout 30s + the template's 10m + 1m.
+        assert_eq!(bound, std::time::Duration::from_secs(30 + 600 + 60));
+    }
+
+    #[test]
     fn a_template_loads_and_its_check_output_loads_back() {
         let (root, loaded) = load("template-roundtrip", TEMPLATE);
         let config = loaded.unwrap();
