@@ -234,14 +234,24 @@ fn has(path: &Path, perms: SocketPerms) -> bool {
 /// Give the socket file at `at` `perms` (a reload's new values on a kept socket; a file
 /// bound in place), never a symlink's target, through [`steps`]: never more open on the
 /// way than both what it was and what it becomes.
+/// A step that fails puts the mode it began with back: a chown refused after the mode
+/// was narrowed would otherwise leave a file that neither setting describes (the web
+/// server locked out until the next reload).
 pub(crate) fn set(at: &Path, perms: SocketPerms) -> Result<(), Failed> {
-    let (file, mut was) = open_socket(at)?;
-    for step in steps(was, perms) {
-        if (step.uid, step.gid) != (was.uid, was.gid) {
+    let (file, first) = open_socket(at)?;
+    let mut was = first;
+    for step in steps(first, perms) {
+        let done = if (step.uid, step.gid) != (was.uid, was.gid) {
             let changed = |new: u32, old: u32| (new != old).then_some(new);
-            chown(&file, changed(step.uid, was.uid), changed(step.gid, was.gid))?;
+            chown(&file, changed(step.uid, was.uid), changed(step.gid, was.gid))
         } else {
-            chmod(&file, step.mode)?;
+            chmod(&file, step.mode)
+        };
+        if let Err(e) = done {
+            if was.mode != first.mode && (was.uid, was.gid) == (first.uid, first.gid) {
+                let _ = chmod(&file, first.mode);
+            }
+            return Err(e);
         }
         was = step;
     }
@@ -462,6 +472,30 @@ mod tests {
         let back = SocketPerms { mode: Some(0o666), owner: Some(Uid::from_raw(0)), group: Some(Gid::from_raw(0)) };
         set(&path, back).unwrap();
         assert!(has(&path, back), "{:o}", mode_of(&path));
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn a_refused_chown_puts_the_narrowed_mode_back() {
+        if !Uid::effective().is_root() {
+            return; // the file is given to another user first
+        }
+        let d = dir("refused");
+        let path = d.join("app.sock");
+        let _l = bind(&path, 16, SocketPerms::default()).unwrap();
+        let nobody =
+            SocketPerms { mode: Some(0o666), owner: Some(Uid::from_raw(65534)), group: Some(Gid::from_raw(65534)) };
+        set(&path, nobody).unwrap();
+        // As nobody (the thread's fsuid: no CAP_CHOWN), the mode narrows, then the chown to
+        // root is refused: the file must not stay 0600, which neither setting is.
+        let reader = crate::supervise::access::Reader { uid: 65534, gid: 65534, gids: vec![65534] };
+        let to_root = SocketPerms { mode: Some(0o600), owner: Some(Uid::from_raw(0)), group: None };
+        let refused = reader.acting(|| set(&path, to_root)).unwrap();
+        assert_eq!(
+            refused.err().map(|(what, e)| (what, e.kind())),
+            Some(("chown", std::io::ErrorKind::PermissionDenied))
+        );
+        assert!(has(&path, nobody), "{:o}", mode_of(&path));
         let _ = std::fs::remove_dir_all(&d);
     }
 
