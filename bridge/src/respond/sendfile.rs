@@ -235,9 +235,20 @@ impl Checked {
         }
     }
 
-    /// What was found at `path`, else [`open`] it now.
+    /// What was found at `path`, else [`open`] it now. A kept file is stat-ed again: it was
+    /// opened when the response's head came, and the app may have written to it since,
+    /// until its response ended.
     fn open(&mut self, roots: &[PathBuf], reader: Option<&Reader>, path: &[u8]) -> Result<Opened, SendfileError> {
-        self.0.remove(path).unwrap_or_else(|| open(roots, reader, path))
+        match self.0.remove(path) {
+            Some(Ok(mut kept)) => {
+                if let Ok(now) = kept.file.metadata() {
+                    kept.meta = now;
+                }
+                Ok(kept)
+            }
+            Some(refused) => refused,
+            None => open(roots, reader, path),
+        }
     }
 
     /// What was found at `path`, else [`check`] it now.
@@ -1136,6 +1147,14 @@ mod tests {
         let mut sink = Collect::default();
         serve(&roots, None, 16, &Params::default(), &mut h, &mut sink).await.unwrap();
         assert_eq!(body(&sink), "reaced\n", "the pieces of the file decided on, \"replaced\\n\"");
+        // The file decided on, written to after the decision (the app still writing it):
+        // its length is the one it has when it is sent.
+        let mut h = decided(&root, "X-Sendfile", &shown, None);
+        std::io::Write::write_all(&mut std::fs::OpenOptions::new().append(true).open(&a).unwrap(), b"more\n").unwrap();
+        let mut sink = Collect::default();
+        serve(&roots, None, 16, &Params::default(), &mut h, &mut sink).await.unwrap();
+        assert_eq!(body(&sink), "other\nmore\n");
+        replace("other\n", 0o644);
         if !can_test_readers(&base) {
             return;
         }
