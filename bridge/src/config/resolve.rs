@@ -1163,7 +1163,7 @@ pub(super) fn parse_address(text: &str, dir: &Path) -> Result<ListenAddress, Str
 /// to write instead: a port alone (PHP-FPM's `listen = 9000`), an IP without its port, a
 /// `tcp://` scheme, a host name, a port past 65535.
 fn address_mistake(text: &str) -> Option<String> {
-    if text.bytes().all(|b| b.is_ascii_digit()) {
+    if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
         return Some(format!(
             "a port alone; write \"127.0.0.1:{text}\" (this host only) or \"*:{text}\" (every address)"
         ));
@@ -1211,6 +1211,8 @@ mod tests {
         assert_eq!(parse_address("[::1]:9000", dir), Ok(tcp("[::1]:9000")));
         assert_eq!(parse_address("localhost:9000", dir), Ok(tcp("127.0.0.1:9000")));
         assert_eq!(parse_address("*:9000", dir), Ok(tcp("0.0.0.0:9000")));
+        // Nothing written: no port-alone hint for an empty text.
+        assert!(parse_address("", dir).unwrap_err().starts_with("\"\" is not an address; write an IP and port"));
         assert_eq!(parse_address("unix:/run/a.sock", dir), Ok(ListenAddress::Unix("/run/a.sock".into())));
         assert_eq!(parse_address("/run/a.sock", dir), Ok(ListenAddress::Unix("/run/a.sock".into())));
         assert_eq!(
