@@ -318,38 +318,33 @@ impl ListenerSet {
                 kept.push((i, cfg.clone(), ctx));
             }
         }
-        let mut outcome = Outcome::default();
+        let before: Vec<config::Listener> = self.live.iter().map(|l| l.cfg.clone()).collect();
+        let mut renamed_sockets = Vec::new();
         let mut next: Vec<Option<RunningListener>> = self.live.drain(..).map(Some).collect();
         let mut live = Vec::new();
         for (i, cfg, ctx) in kept {
             let Some(mut l) = next[i].take() else { continue };
-            self.switch_kept(&mut l, cfg, ctx, &mut outcome);
+            if l.cfg.name != cfg.name {
+                renamed_sockets.push((l.cfg.name.clone(), cfg.name.clone()));
+            }
+            self.switch_kept(&mut l, cfg, ctx);
             live.push(l);
         }
         let removed: Vec<RunningListener> = next.into_iter().flatten().collect();
         self.live = live;
-        // A listener of the same name on another address: its new socket (bound by
-        // bind_new) starts accepting before the old one stops.
-        let mut moved_to = Vec::new();
+        // A listener on a new address: its new socket (bound by bind_new) starts accepting
+        // before the old one stops.
         for (i, b) in fresh {
-            let cfg = &config[i];
-            match removed.iter().find(|l| l.cfg.name == cfg.name) {
-                Some(old) => {
-                    let (from, to) = (describe(&old.cfg.address), describe(&cfg.address));
-                    outcome.moved.push(format!("{} ({from} -> {to})", cfg.name));
-                    moved_to.push((cfg.name.clone(), to));
-                }
-                None => outcome.added.push(cfg.name.clone()),
-            }
-            self.launch(cfg, b, pools)?;
+            self.launch(&config[i], b, pools)?;
         }
         for l in removed {
-            if let Some((_, to)) = moved_to.iter().find(|(name, _)| *name == l.cfg.name) {
-                tracing::info!(listener = %l.cfg.name, address = %describe(&l.cfg.address), moved_to = %to,
-                    "reload: listener moved: this address stops accepting; its connections finish their requests and close once idle");
-            } else {
-                outcome.removed.push(l.cfg.name.clone());
-                tracing::info!(listener = %l.cfg.name, address = %describe(&l.cfg.address), "reload: listener removed; its connections close once idle");
+            match config.iter().find(|c| c.name == l.cfg.name) {
+                Some(now) => {
+                    tracing::info!(listener = %l.cfg.name, address = %describe(&l.cfg.address), moved_to = %describe(&now.address),
+                    "reload: listener moved: this address stops accepting; its connections finish their requests and close once idle")
+                }
+                None => tracing::info!(listener = %l.cfg.name, address = %describe(&l.cfg.address),
+                    "reload: listener removed; its connections close once idle"),
             }
             let _ = l.stop.send(true);
             if let Some(p) = &l.socket_file {
@@ -358,25 +353,17 @@ impl ListenerSet {
         }
         // Configuration order, as at start.
         self.live.sort_by_key(|l| config.iter().position(|c| c.name == l.cfg.name).unwrap_or(usize::MAX));
-        Ok(outcome.summary())
+        Ok(Outcome::of(&before, config, &renamed_sockets).summary())
     }
 
-    /// A listener that keeps its socket takes `cfg` (its new name too) and `ctx`.
-    fn switch_kept(
-        &self,
-        l: &mut RunningListener,
-        cfg: config::Listener,
-        ctx: Arc<ListenerCtx>,
-        outcome: &mut Outcome,
-    ) {
+    /// A listener that keeps its socket takes `cfg` (its new name too) and `ctx`; the
+    /// socket takes the new settings that are its own.
+    fn switch_kept(&self, l: &mut RunningListener, cfg: config::Listener, ctx: Arc<ListenerCtx>) {
         if l.cfg.name != cfg.name {
-            outcome.renamed.push(format!("{} -> {}", l.cfg.name, cfg.name));
             tracing::info!(listener = %cfg.name, was = %l.cfg.name, address = %describe(&cfg.address),
-                "reload: listener renamed; it keeps its socket and connections");
+                "reload: this socket now serves another listener; it keeps its connections");
         }
-        // `changed` is about the settings: a rename alone is said as `renamed`.
         if (config::Listener { name: cfg.name.clone(), ..l.cfg.clone() }) != cfg {
-            outcome.changed.push(cfg.name.clone());
             if let ListenAddress::Unix(path) = &cfg.address {
                 if let Err(e) = apply_socket_perms(&cfg, path) {
                     tracing::warn!(listener = %cfg.name, "{e}");
@@ -410,19 +397,57 @@ impl ListenerSet {
     }
 }
 
-/// What a reload did to the listeners, by name.
+/// What a reload did to the listeners, by name, as the configuration reads: which
+/// sockets were kept or bound anew is the bridge's business.
 #[derive(Default)]
 struct Outcome {
     added: Vec<String>,
+    /// Settings other than the name and the address.
     changed: Vec<String>,
     removed: Vec<String>,
-    /// `NAME (OLD -> NEW)`: a listener on a new address (a new socket).
+    /// `NAME (OLD -> NEW)`: a listener on another address.
     moved: Vec<String>,
-    /// `OLD -> NEW`: a kept socket whose listener has a new name.
+    /// `OLD -> NEW`: a socket kept under a name new to the configuration, whose old name
+    /// is gone from it.
     renamed: Vec<String>,
 }
 
 impl Outcome {
+    /// From the listeners `before` and `after` a reload, and the kept sockets that serve
+    /// a listener of another name now (`sockets`, old name and new).
+    fn of(before: &[config::Listener], after: &[config::Listener], sockets: &[(String, String)]) -> Self {
+        let was = |name: &str| before.iter().find(|l| l.name == name);
+        let is = |name: &str| after.iter().any(|l| l.name == name);
+        let renames: Vec<&(String, String)> =
+            sockets.iter().filter(|(old, new)| !is(old) && was(new).is_none()).collect();
+        let mut o = Self::default();
+        for l in after {
+            let earlier = was(&l.name).or_else(|| {
+                let (old, _) = renames.iter().find(|(_, new)| *new == l.name)?;
+                was(old)
+            });
+            let Some(e) = earlier else {
+                o.added.push(l.name.clone());
+                continue;
+            };
+            if e.name != l.name {
+                o.renamed.push(format!("{} -> {}", e.name, l.name));
+            }
+            if e.address != l.address {
+                o.moved.push(format!("{} ({} -> {})", l.name, describe(&e.address), describe(&l.address)));
+            }
+            if (config::Listener { name: l.name.clone(), address: l.address.clone(), ..e.clone() }) != *l {
+                o.changed.push(l.name.clone());
+            }
+        }
+        o.removed = before
+            .iter()
+            .filter(|l| !is(&l.name) && !renames.iter().any(|(old, _)| *old == l.name))
+            .map(|l| l.name.clone())
+            .collect();
+        o
+    }
+
     /// The listeners' part of a reload's outcome line; `moved` and `renamed` only when a
     /// listener moved or was renamed, so that the line of every other reload stays as it was.
     fn summary(&self) -> String {
@@ -999,6 +1024,30 @@ mod tests {
         );
     }
 
+    #[test]
+    fn the_outcome_reads_as_the_configuration_changed_by_name() {
+        let at = |name: &str, port: u16| config::Listener {
+            address: ListenAddress::Tcp(([127, 0, 0, 1], port).into()),
+            ..config::Listener::for_tests(name, 0)
+        };
+        let line = |before: &[config::Listener], after: &[config::Listener], sockets: &[(&str, &str)]| {
+            let sockets: Vec<(String, String)> = sockets.iter().map(|(a, b)| ((*a).into(), (*b).into())).collect();
+            Outcome::of(before, after, &sockets).summary()
+        };
+        // a takes b's address (the bridge keeps b's socket for it), b goes: b removed, a moved.
+        assert_eq!(
+            line(&[at("a", 1), at("b", 2)], &[at("a", 2)], &[("b", "a")]),
+            "listeners added: none; changed: none; removed: b; moved: a (127.0.0.1:1 -> 127.0.0.1:2)"
+        );
+        // A new name on a kept socket whose old name is gone: renamed, with its settings.
+        assert_eq!(
+            line(&[at("a", 1)], &[config::Listener { backlog: 7, ..at("x", 1) }], &[("a", "x")]),
+            "listeners added: none; changed: x; removed: none; renamed: a -> x"
+        );
+        // Nothing else to say for a listener that stayed as it was.
+        assert_eq!(line(&[at("a", 1)], &[at("a", 1)], &[]), "listeners added: none; changed: none; removed: none");
+    }
+
     /// Open connections the status page shows for each of `names`, waited for until they
     /// are `want` (an accept is the listener task's, a little later than the connect).
     async fn wait_open(registry: &Registry, names: &[&str], want: &[usize]) {
@@ -1041,16 +1090,35 @@ mod tests {
         assert_eq!(reload(&renamed), "listeners added: none; changed: none; removed: none; renamed: a -> c");
         wait_open(&registry, &["a", "b", "c"], &[0, 0, 1]).await;
 
-        // Swapped addresses: each socket keeps its connections, under its new name.
+        // Swapped addresses: each socket keeps its connections, under its new name; the
+        // line says it by name, as the configuration reads.
+        let sock = |file: &str| format!("unix:{}", d.join(file).display());
         let swapped = [at("c", "2.sock"), at("b", "1.sock")];
-        assert_eq!(reload(&swapped), "listeners added: none; changed: none; removed: none; renamed: b -> c, c -> b");
+        assert_eq!(
+            reload(&swapped),
+            format!(
+                "listeners added: none; changed: none; removed: none; moved: c ({} -> {}), b ({} -> {})",
+                sock("1.sock"),
+                sock("2.sock"),
+                sock("2.sock"),
+                sock("1.sock")
+            )
+        );
         wait_open(&registry, &["b", "c"], &[1, 0]).await;
 
-        // Renamed with other settings too. The name 1.sock had is a new socket on an
-        // address of its own, and the socket that had 1.sock's new name stops: said as
-        // removed (its name goes on, on the kept socket), not left out.
+        // Moved round, with other settings too: c onto b's socket (1.sock), b to a new one.
+        // The socket c had (2.sock) stops; c is not said removed, since it goes on.
         let rotated = [config::Listener { max_params: 4096, ..at("c", "1.sock") }, at("b", "3.sock")];
-        assert_eq!(reload(&rotated), "listeners added: b; changed: c; removed: c; renamed: b -> c");
+        assert_eq!(
+            reload(&rotated),
+            format!(
+                "listeners added: none; changed: c; removed: none; moved: c ({} -> {}), b ({} -> {})",
+                sock("2.sock"),
+                sock("1.sock"),
+                sock("1.sock"),
+                sock("3.sock")
+            )
+        );
         wait_open(&registry, &["b", "c"], &[0, 1]).await;
         assert!(!d.join("2.sock").exists());
         set.stop_accepting();
