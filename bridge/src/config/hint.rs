@@ -560,10 +560,15 @@ pub(super) fn env_not_a_mapping(items: &[&str]) -> String {
     )
 }
 
+/// `; did you mean "x"?` for `close`, a word near the one given; empty for None.
+pub(super) fn meant(close: Option<&str>) -> String {
+    close.map_or(String::new(), |w| format!("; did you mean {w:?}?"))
+}
+
 /// `; did you mean "x"?`, or the list of accepted names when nothing is close.
 pub(super) fn suggestion(given: &str, expected: &[&str]) -> String {
     if let Some(best) = did_you_mean(&given.replace('_', "-"), expected) {
-        format!("; did you mean {best:?}?")
+        meant(Some(best))
     } else if expected.is_empty() {
         String::new()
     } else {

@@ -136,8 +136,7 @@ pub fn resolve(src: &Source, here: &KeyPath, raw: RawInterface) -> Result<Interf
         Some("asgi") => Interface::Asgi,
         Some("auto") => Interface::Auto,
         Some(other) => {
-            let hint = super::hint::did_you_mean(other, &["wsgi", "asgi", "auto"])
-                .map_or(String::new(), |w| format!("; did you mean {w:?}?"));
+            let hint = super::hint::meant(super::hint::did_you_mean(other, &["wsgi", "asgi", "auto"]));
             errs.push(src.invalid(&here.key("interface"), format!("{other:?}: expected wsgi, asgi or auto{hint}")));
             Interface::Wsgi
         }
@@ -147,8 +146,7 @@ pub fn resolve(src: &Source, here: &KeyPath, raw: RawInterface) -> Result<Interf
         Some("asyncio") => AsgiLoop::Asyncio,
         Some("uvloop") => AsgiLoop::Uvloop,
         Some(other) => {
-            let hint = super::hint::did_you_mean(other, &["auto", "asyncio", "uvloop"])
-                .map_or(String::new(), |w| format!("; did you mean {w:?}?"));
+            let hint = super::hint::meant(super::hint::did_you_mean(other, &["auto", "asyncio", "uvloop"]));
             errs.push(
                 src.invalid(&here.key("asgi-loop"), format!("{other:?}: expected auto, asyncio or uvloop{hint}")),
             );

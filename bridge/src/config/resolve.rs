@@ -809,7 +809,7 @@ fn listener_words(
                 "apache2" | "httpd" => Some("apache"),
                 _ => super::hint::did_you_mean(other, DIALECTS),
             };
-            let hint = close.map_or(String::new(), |w| format!("; did you mean {w:?}?"));
+            let hint = super::hint::meant(close);
             errs.push(src.invalid(
                 &here.key("dialect"),
                 format!(

@@ -196,14 +196,7 @@ pub(crate) fn open(roots: &[PathBuf], reader: Option<&Reader>, path: &[u8]) -> R
 /// read, else that they allow it. None when the bridge cannot look either (a root_squash NFS).
 fn why_refused(roots: &[PathBuf], r: &Reader, path: &[u8]) -> Option<String> {
     let found = locate(roots, path).ok()?;
-    Some(match r.may_read(&found.real, &found.meta) {
-        Err(why) => why,
-        Ok(()) => format!(
-            "the mode bits allow it ({:04o}, owner uid {}): an ACL or a security module denies it",
-            std::os::unix::fs::PermissionsExt::mode(&found.meta.permissions()) & 0o7777,
-            std::os::unix::fs::MetadataExt::uid(&found.meta)
-        ),
-    })
+    Some(r.why_unreadable(&found.real, &found.meta))
 }
 
 /// [`locate`], and for a pool whose workers run as another account (`reader`), only a

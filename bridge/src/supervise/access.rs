@@ -95,6 +95,20 @@ impl Reader {
         Ok(())
     }
 
+    /// Why the kernel refused this account the file at `real` (`meta`) for reading, as the
+    /// mode bits tell it: what [`may_read`](Self::may_read) finds in the way, else that they
+    /// allow it (so an ACL or a security module refused).
+    pub(crate) fn why_unreadable(&self, real: &Path, meta: &Metadata) -> String {
+        use std::os::unix::fs::MetadataExt;
+        self.may_read(real, meta).err().unwrap_or_else(|| {
+            format!(
+                "the mode bits allow it ({:04o}, owner uid {}): an ACL or a security module denies it",
+                meta.mode() & 0o7777,
+                meta.uid()
+            )
+        })
+    }
+
     /// The first directory of `dir` and those above it that this account may not search
     /// (and so not enter `dir`), by the mode bits; None when it may.
     pub(crate) fn search_blocker(&self, dir: &Path) -> Option<String> {

@@ -230,14 +230,7 @@ fn may_read_app(pool: &Pool) -> Result<(), ProbeError> {
                 .and_then(|reader| {
                     let real = std::fs::canonicalize(path).ok()?;
                     let meta = std::fs::metadata(&real).ok()?;
-                    Some(reader.may_read(&real, &meta).err().unwrap_or_else(|| {
-                        use std::os::unix::fs::MetadataExt;
-                        format!(
-                            "the mode bits allow it ({:04o}, owner uid {}): an ACL or a security module denies it",
-                            meta.mode() & 0o7777,
-                            meta.uid()
-                        )
-                    }))
+                    Some(reader.why_unreadable(&real, &meta))
                 })
                 .map(|why| format!("; {why}"))
                 .unwrap_or_default();
