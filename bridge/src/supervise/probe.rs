@@ -189,55 +189,29 @@ pub(crate) fn probe(python: &Path, pool: &Pool) -> Result<Found, ProbeError> {
 }
 
 /// Whether the pool's workers may open its app file, asked of the kernel as their account
-/// (ACLs count): a child takes the account, opens the file and executes `/bin/true`. Only
-/// for a file app whose workers run as another account than the bridge's, outside a
-/// chroot; a child that cannot be started at all leaves it to the worker's start.
+/// (ACLs count): the thread's filesystem credentials switched to it
+/// ([`Reader::acting`](super::access::Reader::acting)), the file opened and closed. Only for
+/// a file app whose workers run as another account than the bridge's, outside a chroot; a
+/// bridge that cannot switch (not root) leaves it to the worker's start.
 fn may_read_app(pool: &Pool) -> Result<(), ProbeError> {
-    use super::spawn::{Step, StepLog};
+    use std::os::unix::fs::OpenOptionsExt;
     let App::File { path, .. } = &pool.app else { return Ok(()) };
-    let creds = super::isolate::Credentials::of(&pool.isolation);
-    let Some(run_as) = creds.run_as().map(str::to_owned) else { return Ok(()) };
+    let Some(reader) = super::access::Reader::of(&pool.isolation) else { return Ok(()) };
     if pool.isolation.chroot.is_some() {
         return Ok(());
     }
-    let (Ok(file), Ok(steps)) = (std::ffi::CString::new(path.as_os_str().as_bytes()), StepLog::new()) else {
-        return Ok(());
-    };
-    let step = steps.marker();
-    let mut cmd = Command::new("/bin/true");
-    cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
-    // SAFETY: only setgroups, setresgid, setresuid, open, close and write run in the child,
-    // on data made before the fork.
-    unsafe {
-        use std::os::unix::process::CommandExt;
-        cmd.pre_exec(move || {
-            step.mark(Step::Credentials);
-            creds.apply()?;
-            // Setup marks the open here (a worker's start has no such step).
-            step.mark(Step::Setup);
-            let fd = libc::open(file.as_ptr(), libc::O_RDONLY | libc::O_NONBLOCK | libc::O_CLOEXEC);
-            if fd == -1 {
-                return Err(std::io::Error::last_os_error());
-            }
-            libc::close(fd);
-            step.mark(Step::Exec);
-            Ok(())
-        });
-    }
-    match cmd.status() {
-        Err(source) if steps.failed_at() == Some(Step::Setup) => {
-            let detail = super::access::Reader::of(&pool.isolation)
-                .and_then(|reader| {
-                    let real = std::fs::canonicalize(path).ok()?;
-                    let meta = std::fs::metadata(&real).ok()?;
-                    Some(reader.why_unreadable(&real, &meta))
-                })
-                .map(|why| format!("; {why}"))
-                .unwrap_or_default();
-            Err(ProbeError::App { path: path.clone(), source, run_as, detail })
-        }
-        _ => Ok(()),
-    }
+    // O_NONBLOCK: a FIFO named as the app must not hang the check.
+    let open = || std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(path).map(drop);
+    let Ok(Err(source)) = reader.acting(open) else { return Ok(()) };
+    let denied = source.kind() == std::io::ErrorKind::PermissionDenied;
+    let detail = std::fs::canonicalize(path)
+        .and_then(|real| std::fs::metadata(&real).map(|meta| reader.why_unreadable(&real, &meta)))
+        .ok()
+        .filter(|_| denied)
+        .map(|why| format!("; {why}"))
+        .unwrap_or_default();
+    let run_as = super::isolate::Credentials::of(&pool.isolation).run_as().unwrap_or_default().to_owned();
+    Err(ProbeError::App { path: path.clone(), source, run_as, detail })
 }
 
 /// Whether the pool's workers may enter its working directory. For another account than the
