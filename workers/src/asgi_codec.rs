@@ -41,6 +41,9 @@ const EV_STDIN: u8 = 5;
 const EV_REFUSE: u8 = 6;
 /// Bytes to write back at once (GET_VALUES_RESULT, UNKNOWN_TYPE, END_REQUEST UNKNOWN_ROLE).
 const EV_REPLY: u8 = 10;
+/// The END_REQUEST UNKNOWN_ROLE of a request begun without FCGI_KEEP_CONN: written, then the
+/// connection closes unless another request is on it.
+const EV_REPLY_LAST: u8 = 11;
 const BEGIN_AUTHORIZER: u8 = 1;
 const BEGIN_KEEP_CONN: u8 = 2;
 
@@ -208,6 +211,9 @@ pub(crate) struct AsgiConnection {
     running: Vec<Running>,
     /// Direct mode: what is read while closing lingering.
     lingering: Option<Lingering>,
+    /// Each request with a CONTENT_LENGTH, and how much of it is still to come: body bytes
+    /// past it are dropped, never given to the app (as the WSGI worker drops them).
+    body_left: Vec<(u16, u64)>,
 }
 
 /// A direct request in flight.
@@ -341,6 +347,7 @@ impl AsgiConnection {
             direct: crate::direct::config(),
             running: Vec::new(),
             lingering: None,
+            body_left: Vec::new(),
         }
     }
 
@@ -368,15 +375,18 @@ impl AsgiConnection {
                         | if keep_conn { BEGIN_KEEP_CONN } else { 0 };
                     event(py, EV_BEGIN, id, flags.into_bound_py_any(py)?)?
                 }
-                ServerEvent::BeginRequest { id, .. } => {
+                ServerEvent::BeginRequest { id, keep_conn, .. } => {
                     let mut b = Vec::new();
                     server::write_end_request(&mut b, id, 0, ProtocolStatus::UnknownRole, Padding::None);
-                    // The empty STDOUT before it is harmless; only END_REQUEST is required.
-                    event(py, EV_REPLY, id, PyBytes::new(py, &b).into_any())?
+                    self.conn.end_request(id); // its id may begin again on a kept connection
+                    let kind = if keep_conn { EV_REPLY } else { EV_REPLY_LAST };
+                    event(py, kind, id, PyBytes::new(py, &b).into_any())?
                 }
                 ServerEvent::Params { id, mut params } => {
                     let declared = fastcgi_server::content_length::declared(&params);
                     let known = declared.as_ref().ok().copied().flatten();
+                    self.body_left.retain(|(i, _)| *i != id);
+                    self.body_left.extend(known.map(|n| (id, n)));
                     let tag = self.direct.map(|d| self.begin_direct(d, id, &mut params, known));
                     out.append(event(py, EV_PARAMS, id, build_scope(py, &params, state, tag)?.into_any())?)?;
                     match declared {
@@ -384,7 +394,14 @@ impl AsgiConnection {
                         _ => continue,
                     }
                 }
-                ServerEvent::Stdin { id, data } => {
+                ServerEvent::Stdin { id, mut data } => {
+                    if let Some((_, left)) = self.body_left.iter_mut().find(|(i, _)| *i == id) {
+                        data.truncate(usize::try_from(*left).unwrap_or(usize::MAX));
+                        *left -= data.len() as u64;
+                    }
+                    if data.is_empty() {
+                        continue; // an empty STDIN event is the body's end
+                    }
                     if let Some(r) = self.running_mut(id) {
                         r.body_received += data.len() as u64;
                     }
@@ -417,6 +434,7 @@ impl AsgiConnection {
     #[pyo3(signature = (id, aborted_headless=false))]
     fn end_request(&mut self, id: u16, aborted_headless: bool) {
         self.conn.end_request(id);
+        self.body_left.retain(|(i, _)| *i != id);
         if self.direct.is_some() {
             if aborted_headless {
                 scoreboard::count_response(499);

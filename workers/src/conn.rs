@@ -584,6 +584,11 @@ impl Conn {
                     self.lost();
                 } else if role != Role::Responder && role != Role::Authorizer {
                     self.end_id(id, 0, ProtocolStatus::UnknownRole);
+                    // Refused alone on the connection without FCGI_KEEP_CONN: it closes
+                    // after the END_REQUEST, as after any request that did not keep it.
+                    if !keep_conn && self.req.is_none() {
+                        self.kept = false;
+                    }
                 } else if self.req.is_some() && self.queued.is_some() {
                     self.end_id(id, 0, ProtocolStatus::CantMpxConn);
                 } else {
@@ -690,8 +695,11 @@ impl Conn {
             if !r.aborted {
                 return r.params.is_some();
             }
-            // Aborted before the app was called: nothing to run.
+            // Aborted before the app was called: nothing to run. Without FCGI_KEEP_CONN
+            // the connection closes after its END_REQUEST (a direct worker parks only a kept
+            // one).
             let id = r.id;
+            self.kept &= r.keep_conn;
             self.req = None;
             self.current.store(0, Ordering::Release);
             self.end_id(id, 1, ProtocolStatus::RequestComplete);
@@ -1488,6 +1496,31 @@ mod tests {
         let ev = replies(&mut peer, 1);
         assert!(!ev.iter().any(|e| matches!(e, ClientEvent::Stdout { .. })));
         assert!(matches!(ev.last(), Some(ClientEvent::EndRequest { id: 1, app_status: 1, .. })));
+    }
+
+    /// A direct worker's connection with one request in its socket that ends before the app
+    /// runs (aborted, or a role no app plays), begun with or without FCGI_KEEP_CONN.
+    fn ended_unrun(keep_conn: bool, role: Role) -> (Conn, UnixStream) {
+        let (mut c, mut peer) = pair();
+        c.kept = true; // as Shared::parkable makes a direct worker's connection
+        let mut out = Vec::new();
+        write_begin_request(&mut out, 1, role, keep_conn);
+        if role == Role::Responder {
+            write_abort(&mut out, 1);
+        }
+        peer.write_all(&out).expect("send");
+        // Written whole before the poll: the poll sees it all, and finds nothing to run.
+        assert!(!c.poll_request() && c.req.is_none());
+        assert!(matches!(replies(&mut peer, 1).last(), Some(ClientEvent::EndRequest { id: 1, .. })));
+        (c, peer)
+    }
+
+    #[test]
+    fn a_request_ended_before_it_ran_keeps_the_connection_only_with_keep_conn() {
+        for role in [Role::Responder, Role::Filter] {
+            assert!(ended_unrun(true, role).0.parkable(), "{role:?} with FCGI_KEEP_CONN stays parked");
+            assert!(!ended_unrun(false, role).0.parkable(), "{role:?} without FCGI_KEEP_CONN closes");
+        }
     }
 
     #[test]

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from fcgi import END_REQUEST, PARAMS, STDOUT, record
+from fcgi import END_REQUEST, FILTER, PARAMS, REQUEST_COMPLETE, STDOUT, UNKNOWN_ROLE, record
 
 HEADER, SLOT, DURATIONS = 64, 256, 128
 TIMED_OUT = "fcgibridge worker: closed a connection that sent no complete request within header-timeout (%ss)"
@@ -483,6 +483,34 @@ def test_one_thread_serves_kept_connections_in_turn(direct):
         a.stdin_end()
         assert a.read_response().code == 200
     wait_until(lambda: board.slot(0)[:2] == (9, 0), "nine requests served by the one thread")
+
+
+def assert_unrun_requests_close_only_without_keep_conn(w, how):
+    """A request that ends before the app runs (`how`: aborted, or a role no app plays):
+    the connection stays for the next request with FCGI_KEEP_CONN, and closes right after
+    the END_REQUEST without it, as FastCGI says (not at the header timeout, set long)."""
+    for keep_conn in (True, False):
+        with w.client(timeout=30) as c:
+            c.corked = b""
+            if how == "aborted":
+                c.begin(keep_conn=keep_conn)
+                c.abort()
+            else:
+                c.begin(role=FILTER, keep_conn=keep_conn)
+            data, c.corked = c.corked, None
+            c.send(data)
+            r = c.read_response()
+            assert r.protocol_status == (REQUEST_COMPLETE if how == "aborted" else UNKNOWN_ROLE)
+            if keep_conn:
+                assert request(c, "/environ").code == 200, "kept for the next request"
+            else:
+                assert c.sock.recv(1) == b"", "closed after its END_REQUEST"
+
+
+@pytest.mark.parametrize("how", ["aborted", "unknown role"])
+def test_a_request_ended_before_the_app_ran_closes_a_connection_without_keep_conn(direct, how):
+    w, _ = direct(env={"FCGIBRIDGE_HEADER_TIMEOUT": "600"})
+    assert_unrun_requests_close_only_without_keep_conn(w, how)
 
 
 def test_a_kept_connection_idle_past_the_header_timeout_is_closed(direct):

@@ -21,7 +21,8 @@ import pytest
 
 from conftest import BOOT, worker_python
 from fcgi import ABORT_REQUEST, END_REQUEST, PARAMS, STDIN, STDOUT, Client, record
-from test_direct import (TIMED_OUT, Scoreboard, assert_refused, nginx_params, read_until_closed, request,
+from test_direct import (TIMED_OUT, Scoreboard, assert_refused, assert_unrun_requests_close_only_without_keep_conn,
+                         nginx_params, read_until_closed, request,
                          send_whole_post, serve_until_closed, serve_until_quiet, split_records, wait_until)
 from test_direct import send as send_request
 
@@ -493,6 +494,21 @@ def test_a_declared_body_absent_altogether_reaches_the_app(direct):
         r = c.read_response()
         assert (r.code, r.body) == (200, b"read 0 bytes"), r.stdout
     assert "answering 400" not in w.stderr
+
+
+def test_body_past_the_content_length_never_reaches_the_app(direct):
+    """As the WSGI worker does, and as the scope's content-length says."""
+    w, _ = direct()
+    with w.client() as c:
+        send_whole_post(c, "3", b"abcdef")
+        r = c.read_response()
+        assert (r.code, r.body) == (200, b"read 3 bytes"), r.stdout
+
+
+@pytest.mark.parametrize("how", ["aborted", "unknown role"])
+def test_a_request_ended_before_the_app_ran_closes_a_connection_without_keep_conn(direct, how):
+    w, _ = direct(env={"FCGIBRIDGE_HEADER_TIMEOUT": "600"})
+    assert_unrun_requests_close_only_without_keep_conn(w, how)
 
 
 def test_a_body_that_ends_short_while_the_app_reads_it_is_http_disconnect(direct):

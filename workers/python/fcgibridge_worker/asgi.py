@@ -44,7 +44,7 @@ MAX_CONTENT = 65535
 # connection closes on a cut-off response where EOF alone would be its normal end.
 INVALID_RECORD = bytes([0, 6, 0, 0, 0, 0, 0, 0])
 # What _native.AsgiConnection.feed reports, as (kind, request id, payload); BEGIN's flags.
-EV_BEGIN, EV_ABORT, EV_PARAMS, EV_STDIN, EV_REFUSE, EV_REPLY = 1, 2, 4, 5, 6, 10
+EV_BEGIN, EV_ABORT, EV_PARAMS, EV_STDIN, EV_REFUSE, EV_REPLY, EV_REPLY_LAST = 1, 2, 4, 5, 6, 10, 11
 BEGIN_AUTHORIZER, BEGIN_KEEP_CONN = 1, 2
 # Body bytes a request may hold unread before its connection stops being read.
 BODY_HIGH = 1 << 20
@@ -479,8 +479,10 @@ class Connection(asyncio.Protocol):
             req = self.requests.get(rid)
             if req is not None:
                 req.refuse(*payload)
-        else:  # EV_REPLY: management answers, UNKNOWN_ROLE
+        else:  # EV_REPLY(_LAST): management answers, UNKNOWN_ROLE
             self.write(payload)
+            if kind == EV_REPLY_LAST and not self.requests and not self.closed:
+                self.transport.close()  # a refused request without FCGI_KEEP_CONN: FastCGI closes after it
 
     def _lost(self):
         """The connection ended: its requests see http.disconnect."""
