@@ -387,12 +387,20 @@ class Bridge:
         headers.setdefault("Host", POOL_HOSTS.get(pool, pool))
         return fcgi_client.fcgi_request(self.listener_address(listener), path, headers=headers, **kw)
 
-    def pool_status(self, pool: str) -> dict:
-        """The pool's numbers from `fcgibridge status --json` (the control socket)."""
+    def status_json(self) -> dict:
+        """`fcgibridge status --json` (the control socket)."""
         r = subprocess.run([str(self.binary), "status", "--json", "--config", str(self.confdir)],
                            capture_output=True, text=True, timeout=60)
         assert r.returncode == 0, r.stderr
-        return next(p for p in json.loads(r.stdout)["pools"] if p["name"] == pool)
+        return json.loads(r.stdout)
+
+    def pool_status(self, pool: str) -> dict:
+        """The pool's numbers from `fcgibridge status --json`."""
+        return next(p for p in self.status_json()["pools"] if p["name"] == pool)
+
+    def listener_status(self, listener: str) -> dict:
+        """The listener's numbers from `fcgibridge status --json`."""
+        return next(lst for lst in self.status_json()["listeners"] if lst["name"] == listener)
 
     def wait_counts_agree(self, pool: str):
         """Once the numbers are in (a direct pool's are read from its workers once a second):

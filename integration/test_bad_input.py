@@ -246,6 +246,38 @@ def test_scgi_bad_content_length_is_400_before_the_app(bridge, bystander, log, v
     assert_new_connection_works(bridge, "scgi-tcp")
 
 
+def refused_once_on(bridge, listener, refuse):
+    """`refuse()` sends one request the listener answers itself with a 4xx: the listener's
+    accepted requests and its 4xx responses each go up by one (docs/status.md: every
+    request of the listener, also those answered without a pool)."""
+    before = bridge.listener_status(listener)
+    refuse()
+    after = wait_until(lambda: (now := bridge.listener_status(listener))["responses"]["4xx"]
+                       > before["responses"]["4xx"] and now, 30, what=f"the refusal counted on {listener}")
+    assert after["responses"]["4xx"] - before["responses"]["4xx"] == 1
+    assert after["accepted_requests"] - before["accepted_requests"] == 1
+
+
+def test_requests_the_front_answers_itself_count_on_the_listener(bridge):
+    def fastcgi_bad_length():
+        with bridge.fcgi() as conn:
+            conn.begin(1, fc.cgi_params("/health", "POST", headers={"Host": "edge.test"}, content_length="x"), b"x")
+            assert conn.wait(1).status == 400
+
+    def scgi_bad_length():
+        data = scgi_raw(bridge, fc.netstring(_scgi_with_length("x", "/health", "")) + b"x", shutdown=True)
+        assert fc.Response(0, stdout=bytearray(data)).split()[0] == 400
+
+    def fastcgi_too_large():
+        with bridge.fcgi("fcgi-small") as conn:
+            conn.begin(1, fc.cgi_params("/health", headers={"Host": "edge.test", "X-Big": "b" * 8192}))
+            assert conn.wait(1).status == 431
+
+    refused_once_on(bridge, "fcgi-tcp", fastcgi_bad_length)
+    refused_once_on(bridge, "scgi-tcp", scgi_bad_length)
+    refused_once_on(bridge, "fcgi-small", fastcgi_too_large)
+
+
 # ------------------------------------------------------------------ limits
 
 HEADERS_TOO_LARGE = (r"request headers \(PARAMS\) of at least \d+ bytes exceed the listener's max-params \(4KiB\), "

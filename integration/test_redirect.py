@@ -130,6 +130,8 @@ def test_redirect_to_another_pool_is_a_get_with_redirect_vars(env):
     assert "CONTENT_LENGTH" not in e
     # the redirected request reached the other pool: its workers are not the first pool's
     assert r.header("Content-Length") is None or int(r.header("Content-Length")) == len(r.body)
+    # the access line names the request as the web server sent it, not as it was redirected
+    bridge.log.wait_for(r'method="POST" uri="/redirect\?to=%2Fother%2Fenv.* status=200', access=True)
 
 
 def test_an_internal_redirect_never_reaches_the_status_page(env):
@@ -166,6 +168,23 @@ def test_loop_ends_with_500_and_a_log_line(env):
     assert all('pool="app"' in ln for ln in lines), lines
     # the access line names the pool whose redirect looped
     bridge.log.wait_for(r'uri="/loop" status=500 .*pool="app"', access=True)
+
+
+def listener_numbers(bridge, name):
+    page = fcgi_client.fcgi_request(bridge.listener_address("fcgi-404"), "/fcgibridge-status", query="json")
+    listener = next(lst for lst in json.loads(page.body)["listeners"] if lst["name"] == name)
+    return listener["accepted_requests"], sum(listener["responses"].values())
+
+
+def test_a_request_the_bridge_redirects_counts_once_on_its_listener(env):
+    """The listener's accepted_requests are requests decoded on it: the steps of a redirect
+    chain followed inside the bridge are one request, with one response."""
+    bridge, _ = env
+    accepted, answered = listener_numbers(bridge, "fcgi-pass")
+    assert fcgi_client.fcgi_request(bridge.listener_address("fcgi-pass"), "/loop").status == 500
+    harness.wait_until(lambda: listener_numbers(bridge, "fcgi-pass")[1] == answered + 1, 30, 0.05,
+                       what="the loop's response counted")
+    assert listener_numbers(bridge, "fcgi-pass") == (accepted + 1, answered + 1)
 
 
 def test_absolute_location_with_200_becomes_302(env):

@@ -129,6 +129,12 @@ pub(crate) async fn serve<S: BodySource, K: ResponseSink>(
     if let Some(trust) = &lst.trusted_proxies {
         trust.apply(&mut params);
     }
+    // The access line names the request as the web server sent it: an internal redirect
+    // or an error page rewrites the method to GET.
+    let as_sent = |name: &[u8]| params.get_bytes(name).filter(|_| registry.access_log.is_some()).unwrap_or_default();
+    let (method, remote) = (as_sent(b"REQUEST_METHOD"), as_sent(b"REMOTE_ADDR"));
+    // Once per request, not per step: a redirect followed here is the same request.
+    registry.track.accepted(&lst.name);
     let mut req = Request {
         lst,
         params,
@@ -166,10 +172,9 @@ pub(crate) async fn serve<S: BodySource, K: ResponseSink>(
     let took = started.elapsed();
     registry.track.finished(&lst.name, pool_name, status, took);
     if let Some(log) = &registry.access_log {
-        let s = |name: &[u8]| String::from_utf8_lossy(req.params.get(name).unwrap_or(b""));
         log.record(&AccessRecord {
-            remote: &s(b"REMOTE_ADDR"),
-            method: &s(b"REQUEST_METHOD"),
+            remote: &String::from_utf8_lossy(&remote),
+            method: &String::from_utf8_lossy(&method),
             uri: &uri,
             status,
             bytes,
@@ -411,7 +416,6 @@ impl<'a, S: BodySource, K: ResponseSink> Request<'a, S, K> {
     /// Route the request to a pool, wait for a worker, and run it there.
     async fn route(&mut self) -> Step<'a> {
         let (lst, request_id, uri) = (self.lst, self.request_id, self.uri);
-        lst.registry.track.accepted(&lst.name);
         // Only the request as the web server sent it: an app's internal redirect (or an
         // error page) to status-path would pass the web server's access control for it.
         let (status_path, ping_path) = (lst.status_path.as_deref(), lst.ping_path.as_deref());

@@ -90,6 +90,14 @@ impl ListenerCtx {
         ctx
     }
 
+    /// A request the front answers itself with `status` before it is served (a bad
+    /// CONTENT_LENGTH, headers past `max-params`): on the status page as any other request
+    /// of the listener.
+    pub(super) fn count_refused(&self, status: u16) {
+        self.registry.track.accepted(&self.name);
+        self.registry.track.finished(&self.name, None, status, std::time::Duration::ZERO);
+    }
+
     pub(super) fn succeed(&self, next: Arc<Self>) {
         *self.succession.next.lock().unwrap_or_else(|e| e.into_inner()) = Some(next);
         self.succession.superseded.store(true, Ordering::Release);

@@ -512,6 +512,7 @@ impl FrontConn {
             }
         }
         self.remove(id);
+        self.ctx.count_refused(431);
         server::write_stdout(&mut self.wbuf, id, &crate::respond::error_response(431, None), Padding::None);
         server::write_end_request(&mut self.wbuf, id, 0, ProtocolStatus::RequestComplete, Padding::None);
         Ok(())
@@ -762,6 +763,7 @@ impl FrontConn {
             tracing::warn!(listener = %self.ctx.name, peer = %self.peer, request = id, "invalid request, answering 400: {e}");
         }
         self.remove(id);
+        self.ctx.count_refused(400);
         // Its remaining STDIN, if any, is skipped.
         self.decoder.end_request(id);
         server::write_stdout(&mut self.wbuf, id, &crate::respond::error_response(400, None), Padding::None);

@@ -145,6 +145,7 @@ async fn answer_and_close<R: super::ReadHalf, W: super::WriteHalf>(
     status: u16,
     ctx: &ListenerCtx,
 ) {
+    ctx.count_refused(status);
     if super::write_within(&mut wr, &crate::respond::error_response(status, None), ctx.send_timeout).await.is_ok() {
         super::lingering_close(&mut rd, &mut wr).await;
     }
