@@ -18,6 +18,8 @@
 //!   PATH_INFO split an app sees.
 //! - [`range::parse`] and [`range::coalesce`]: a `Range` header's byte ranges, and the parts
 //!   a response sends for them.
+//! - [`redirect::is_local`] and [`redirect::apply`]: a CGI local redirect, and the request
+//!   it becomes.
 //! - [`sendfile2::parse`]: lighttpd's `X-Sendfile2` response header, the files and ranges an
 //!   app hands over.
 //! - [`Limits`]: every bound on what a peer can make us hold; exceeding one is a typed [`Error`].
@@ -95,6 +97,7 @@ pub mod params;
 pub mod path;
 pub mod range;
 pub mod record;
+pub mod redirect;
 pub mod scgi;
 mod search;
 pub mod sendfile2;

@@ -3,7 +3,8 @@
 //! for FastCGI (only mod_fcgid and mod_proxy_scgi), so the bridge does: the first response's
 //! body is dropped, and the request goes again — as GET (HEAD stays HEAD), without a body —
 //! to whichever pool routes the new path, with REDIRECT_URL, REDIRECT_STATUS,
-//! REDIRECT_QUERY_STRING and, along a chain, REDIRECT_REDIRECT_* set as Apache sets them.
+//! REDIRECT_QUERY_STRING and, along a chain, REDIRECT_REDIRECT_* set as Apache sets them
+//! ([`fastcgi_server::redirect`], whose rules a `direct` listener's workers apply too).
 //! Error pages that are local paths (respond/error_override.rs) go the same way. A chain
 //! longer than the listener's `max-redirects` ends with 500.
 //!
@@ -14,45 +15,14 @@
 use crate::config::{Dialect, RedirectPools, UnroutedRedirect};
 use bytes::{BufMut, Bytes, BytesMut};
 use fastcgi_server::cgi::ResponseHead;
-use fastcgi_server::Params;
-
-/// Why a local redirect cannot be followed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub(crate) enum RedirectError {
-    #[error("more than {0} internal redirects (a loop?); raise the listener's max-redirects if the chain is intended")]
-    TooMany(u32),
-}
+pub(crate) use fastcgi_server::redirect::{apply, is_absolute, ScriptFilename};
 
 /// The local path a response redirects to internally: status 200 (or no Status, CGI's
 /// local-redirect form) and a Location starting with one `/`. The common response has no
 /// Location and costs one `Option` check.
 pub(crate) fn local_target(head: &ResponseHead) -> Option<Bytes> {
     let loc = head.location.as_ref()?;
-    if !matches!(head.status, None | Some(200)) {
-        return None;
-    }
-    // "//host/path" is a network-path reference, not a local path.
-    (loc.first() == Some(&b'/') && loc.get(1) != Some(&b'/')).then(|| loc.clone())
-}
-
-/// Whether a Location is absolute (has a scheme): with status 200 it becomes a 302, as
-/// mod_fcgid does, since a 200 with an absolute Location redirects nobody.
-pub(crate) fn is_absolute(loc: &[u8]) -> bool {
-    match loc.iter().position(|&b| b == b':') {
-        Some(i) if i > 0 => loc[..i].iter().all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(b)),
-        _ => false,
-    }
-}
-
-/// What became of the web server's `SCRIPT_FILENAME` in a redirect.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum ScriptFilename {
-    /// None sent, retargeted, or one that does not name the request's path (kept as it is).
-    Followed,
-    /// It named the first request's file, and the target's path was not plain (a `.` or
-    /// `..` segment, `//`, NUL or `\`, as written or percent-decoded): left out rather than
-    /// let the app's Location name a file outside the document root.
-    Dropped,
+    fastcgi_server::redirect::is_local(head.status, loc).then(|| loc.clone())
 }
 
 /// Who wrote a local redirect's target.
@@ -99,112 +69,6 @@ pub(crate) fn follow(
     }
 }
 
-/// Rewrite `params` for the redirected request to `target`; `depth` counts the redirects
-/// of this request so far, `status` is the status of the response that redirected (200 for
-/// a CGI local redirect, the error status for an error page).
-pub(crate) fn apply(
-    params: &mut Params,
-    target: &[u8],
-    depth: &mut u32,
-    max: u32,
-    status: u16,
-) -> Result<ScriptFilename, RedirectError> {
-    *depth += 1;
-    if *depth > max {
-        return Err(RedirectError::TooMany(max));
-    }
-    let (path, query) = match target.iter().position(|&b| b == b'?') {
-        Some(i) => (&target[..i], &target[i + 1..]),
-        None => (target, &b""[..]),
-    };
-    // Apache (http_request.c) gives the new request the previous one's environment renamed
-    // with a REDIRECT_ prefix, and names the previous request in REDIRECT_URL,
-    // REDIRECT_QUERY_STRING and REDIRECT_STATUS. Of that environment the bridge carries the
-    // redirect chain: each REDIRECT_* moves one level deeper (REDIRECT_REDIRECT_URL names
-    // the request before the previous one), plus the previous request's method.
-    let chain: Vec<(bytes::Bytes, bytes::Bytes)> = params
-        .iter()
-        .filter(|(n, _)| n.starts_with(b"REDIRECT_"))
-        .map(|(n, v)| (bytes::Bytes::copy_from_slice(n), bytes::Bytes::copy_from_slice(v)))
-        .collect();
-    for (name, _) in &chain {
-        params.remove(name);
-    }
-    for (name, value) in chain {
-        params.insert([&b"REDIRECT_"[..], &name].concat(), value);
-    }
-    let prev_uri = params.get(b"REQUEST_URI").unwrap_or(b"");
-    let prev_path = prev_uri.split(|&b| b == b'?').next().unwrap_or(b"").to_vec();
-    let script_filename = retarget_script_filename(params, &prev_path, path);
-    let prev_query = params.get(b"QUERY_STRING").unwrap_or(b"").to_vec();
-    let prev_method = params.get(b"REQUEST_METHOD").unwrap_or(b"GET").to_vec();
-    params.insert(&b"REDIRECT_URL"[..], prev_path);
-    params.insert(&b"REDIRECT_QUERY_STRING"[..], prev_query);
-    params.insert(&b"REDIRECT_REQUEST_METHOD"[..], prev_method);
-    let mut digits = itoa::Buffer::new();
-    params.insert(&b"REDIRECT_STATUS"[..], digits.format(status).as_bytes().to_vec());
-    if params.get(b"REQUEST_METHOD") != Some(b"HEAD") {
-        params.insert(&b"REQUEST_METHOD"[..], &b"GET"[..]);
-    }
-    params.insert(&b"CONTENT_LENGTH"[..], &b""[..]);
-    params.insert(&b"CONTENT_TYPE"[..], &b""[..]);
-    // nginx passes these request headers as params too; left in place they would describe
-    // a body this request does not have (a worker falls back to HTTP_CONTENT_LENGTH).
-    for name in [&b"HTTP_CONTENT_LENGTH"[..], b"HTTP_CONTENT_TYPE", b"HTTP_TRANSFER_ENCODING"] {
-        params.remove(name);
-    }
-    params.insert(&b"REQUEST_URI"[..], target.to_vec());
-    params.insert(&b"QUERY_STRING"[..], query.to_vec());
-    // With REDIRECT_URL set, routing reads the path from SCRIPT_NAME + PATH_INFO (as after
-    // Apache's own internal redirects): the decoded path, mounted again by the router.
-    let decoded = crate::route::percent_decode(path).into_owned();
-    params.insert(&b"SCRIPT_NAME"[..], &b""[..]);
-    if params.get(b"DOCUMENT_URI").is_some() {
-        params.insert(&b"DOCUMENT_URI"[..], decoded.clone());
-    }
-    params.insert(&b"PATH_INFO"[..], decoded);
-    Ok(script_filename)
-}
-
-/// A `SCRIPT_FILENAME` the web server built as a directory plus the request's path
-/// (HAProxy's `docroot` + path, mod_proxy_fcgi's `proxy:fcgi://host:port/path`, mod_fcgid's
-/// document root + path) would still name the first request's file: that path, as written
-/// or percent-decoded, becomes the target's in the same form. One that does not end with
-/// the path (lighttpd's and Caddy's, a script split off by nginx) is left as it is. The path
-/// comes from the app's Location: a `command:` pool (php-cgi) runs the file it names, so a
-/// path that is not plain drops the variable instead.
-fn retarget_script_filename(params: &mut Params, prev_path: &[u8], path: &[u8]) -> ScriptFilename {
-    let Some(old) = params.get(b"SCRIPT_FILENAME") else { return ScriptFilename::Followed };
-    let decoded_prev = crate::route::percent_decode(prev_path);
-    let decoded = crate::route::percent_decode(path);
-    let (base, tail) = if !prev_path.is_empty() && old.ends_with(prev_path) {
-        (&old[..old.len() - prev_path.len()], path)
-    } else if !decoded_prev.is_empty() && old.ends_with(&decoded_prev) {
-        (&old[..old.len() - decoded_prev.len()], &decoded[..])
-    } else {
-        return ScriptFilename::Followed;
-    };
-    // Decoding only adds separators, so a plain decoded path is plain as written too.
-    if !is_plain_path(&decoded) {
-        params.remove(b"SCRIPT_FILENAME");
-        return ScriptFilename::Dropped;
-    }
-    let new = [base, tail].concat();
-    params.insert(&b"SCRIPT_FILENAME"[..], new);
-    ScriptFilename::Followed
-}
-
-/// `/` followed by segments that are neither empty (but the last), `.` nor `..`, without NUL
-/// or `\`: a path that names the same file appended to any directory.
-fn is_plain_path(path: &[u8]) -> bool {
-    let Some(rest) = path.strip_prefix(b"/") else { return false };
-    let segments: Vec<&[u8]> = rest.split(|&b| b == b'/').collect();
-    let last = segments.len() - 1;
-    !path.contains(&0)
-        && !path.contains(&b'\\')
-        && segments.iter().enumerate().all(|(i, s)| !matches!(*s, b"." | b"..") && (!s.is_empty() || i == last))
-}
-
 /// What the web server gets for a local redirect no route of the bridge serves, or `None`
 /// for a 404.
 pub(crate) fn unrouted(dialect: Dialect, policy: UnroutedRedirect, target: &[u8]) -> Option<BytesMut> {
@@ -246,104 +110,6 @@ mod tests {
         assert_eq!(local_target(&head(Some(200), Some("//h/x"))), None);
         assert_eq!(local_target(&head(Some(200), None)), None);
         assert!(is_absolute(b"http://h/x") && is_absolute(b"https://h") && !is_absolute(b"/a:b") && !is_absolute(b"x"));
-    }
-
-    #[test]
-    fn apply_rewrites_the_request() {
-        let mut p = Params::default();
-        for (n, v) in [
-            ("REQUEST_METHOD", "POST"),
-            ("REQUEST_URI", "/first?q=1"),
-            ("QUERY_STRING", "q=1"),
-            ("CONTENT_LENGTH", "5"),
-            ("HTTP_CONTENT_LENGTH", "5"),
-            ("SCRIPT_NAME", ""),
-            ("PATH_INFO", "/first"),
-        ] {
-            p.insert(n.as_bytes(), v.as_bytes());
-        }
-        let mut depth = 0;
-        apply(&mut p, b"/second%20x?b=2", &mut depth, 10, 200).expect("redirect");
-        let g = |p: &Params, n: &str| String::from_utf8_lossy(p.get(n.as_bytes()).unwrap_or(b"-")).into_owned();
-        assert_eq!(g(&p, "REQUEST_METHOD"), "GET");
-        assert_eq!(g(&p, "REQUEST_URI"), "/second%20x?b=2");
-        assert_eq!(g(&p, "PATH_INFO"), "/second x");
-        assert_eq!(g(&p, "QUERY_STRING"), "b=2");
-        assert_eq!(g(&p, "CONTENT_LENGTH"), "");
-        assert_eq!(g(&p, "HTTP_CONTENT_LENGTH"), "-");
-        assert_eq!(
-            (g(&p, "REDIRECT_URL"), g(&p, "REDIRECT_QUERY_STRING"), g(&p, "REDIRECT_STATUS")),
-            ("/first".into(), "q=1".into(), "200".into())
-        );
-        assert_eq!(g(&p, "REDIRECT_REQUEST_METHOD"), "POST");
-        apply(&mut p, b"/third", &mut depth, 10, 404).expect("again");
-        // As Apache: REDIRECT_* names the previous request, REDIRECT_REDIRECT_* the one before.
-        assert_eq!(
-            (g(&p, "REDIRECT_URL"), g(&p, "REDIRECT_QUERY_STRING"), g(&p, "REDIRECT_STATUS")),
-            ("/second%20x".into(), "b=2".into(), "404".into())
-        );
-        assert_eq!(g(&p, "REDIRECT_REQUEST_METHOD"), "GET");
-        assert_eq!(
-            (g(&p, "REDIRECT_REDIRECT_URL"), g(&p, "REDIRECT_REDIRECT_QUERY_STRING")),
-            ("/first".into(), "q=1".into())
-        );
-        assert_eq!(
-            (g(&p, "REDIRECT_REDIRECT_STATUS"), g(&p, "REDIRECT_REDIRECT_REQUEST_METHOD")),
-            ("200".into(), "POST".into())
-        );
-        apply(&mut p, b"/fourth", &mut depth, 10, 200).expect("a third hop");
-        assert_eq!(
-            (g(&p, "REDIRECT_URL"), g(&p, "REDIRECT_REDIRECT_URL"), g(&p, "REDIRECT_REDIRECT_REDIRECT_URL")),
-            ("/third".into(), "/second%20x".into(), "/first".into())
-        );
-        assert_eq!(g(&p, "REDIRECT_REDIRECT_STATUS"), "404");
-        let mut depth = 10;
-        assert_eq!(apply(&mut p, b"/x", &mut depth, 10, 200), Err(RedirectError::TooMany(10)));
-    }
-
-    #[test]
-    fn script_filename_follows_the_target() {
-        let after = |script_filename: &str, uri: &str, target: &[u8]| {
-            let mut p = Params::default();
-            p.insert(&b"REQUEST_URI"[..], uri.as_bytes().to_vec());
-            p.insert(&b"SCRIPT_FILENAME"[..], script_filename.as_bytes().to_vec());
-            apply(&mut p, target, &mut 0, 10, 200).expect("redirect");
-            String::from_utf8_lossy(p.get(b"SCRIPT_FILENAME").unwrap_or_default()).into_owned()
-        };
-        // HAProxy, lighttpd: docroot + path (decoded); Apache: proxy:fcgi://… + path as written
-        assert_eq!(after("/srv/www/status/401", "/status/401?x=1", b"/errorpage/401"), "/srv/www/errorpage/401");
-        assert_eq!(after("/srv/www/a b", "/a%20b", b"/c%20d?q"), "/srv/www/c d");
-        assert_eq!(
-            after("proxy:fcgi://127.0.0.1:9000/a%20b", "/a%20b", b"/c%20d"),
-            "proxy:fcgi://127.0.0.1:9000/c%20d"
-        );
-        assert_eq!(after("/srv/www/", "/", b"/local"), "/srv/www/local");
-        // a script the server split off stays
-        assert_eq!(after("/srv/www/index.php", "/index.php/x", b"/local"), "/srv/www/index.php");
-        // The app's Location names the file: one that is not plain names none.
-        for target in [
-            &b"/php/../../../home/other/x.php"[..],
-            b"/php/%2e%2e/%2e%2e/home/other/x.php",
-            b"/php/a%2f..%2f..%2fx.php",
-            b"/php/x.php%00.txt",
-            b"/php//x.php",
-            b"/php/./x.php",
-            b"/php/..\\x.php",
-        ] {
-            let mut p = Params::default();
-            p.insert(&b"REQUEST_URI"[..], &b"/php/a.php"[..]);
-            p.insert(&b"SCRIPT_FILENAME"[..], &b"/srv/www/php/a.php"[..]);
-            let shown = String::from_utf8_lossy(target);
-            assert_eq!(apply(&mut p, target, &mut 0, 10, 200), Ok(ScriptFilename::Dropped), "{shown}");
-            assert_eq!(p.get(b"SCRIPT_FILENAME"), None, "{shown}");
-        }
-        assert_eq!(after("/srv/www/php/a.php", "/php/a.php", b"/php/b..c/d.php?x=/../"), "/srv/www/php/b..c/d.php");
-        assert_eq!(after("/srv/www/a/", "/a/", b"/b/"), "/srv/www/b/");
-        // none sent: none made up
-        let mut p = Params::default();
-        p.insert(&b"REQUEST_URI"[..], &b"/a"[..]);
-        apply(&mut p, b"/b", &mut 0, 10, 200).expect("redirect");
-        assert_eq!(p.get(b"SCRIPT_FILENAME"), None);
     }
 
     #[test]
