@@ -233,6 +233,11 @@ pub(crate) struct Req {
     pub tag: Option<Tag>,
     /// The serving thread's scoreboard slot (a direct worker), told when the head goes out.
     pub slot: Option<&'static crate::scoreboard::Slot>,
+    /// A direct worker's app answered a local redirect to this path (status 200 and
+    /// `Location: /path`): its body is dropped, and the worker runs the app again for it.
+    pub redirect: Option<Vec<u8>>,
+    /// The request was redirected: the app gets no body, and what comes of it is dropped.
+    pub body_gone: bool,
 }
 
 impl Req {
@@ -265,6 +270,8 @@ impl Req {
             claim: None,
             tag: None,
             slot: None,
+            redirect: None,
+            body_gone: false,
         }
     }
 
@@ -395,6 +402,37 @@ impl Conn {
     /// The current request if it is the one `serial` names.
     pub(crate) fn cur(&mut self, serial: u64) -> Option<&mut Req> {
         self.req.as_mut().filter(|r| r.serial == serial)
+    }
+
+    /// Serving a `direct` listener (the web server's connection).
+    pub(crate) fn is_direct(&self) -> bool {
+        self.direct.is_some()
+    }
+
+    /// Request `serial`'s app answered a local redirect the worker follows: forget its
+    /// response (nothing of it was sent) and its body, and give the request a new serial,
+    /// so that the objects of the first run (its start_response, wsgi.input) are done with.
+    /// `None` when the request is gone.
+    pub(crate) fn restart_for_redirect(&mut self, serial: u64) -> Option<u64> {
+        self.next_serial += 1;
+        let next = self.next_serial;
+        let r = self.cur(serial)?;
+        let (id, keep_conn, is_head) = (r.id, r.keep_conn, r.is_head);
+        let fresh = Req::new(id, keep_conn, next);
+        let kept = std::mem::replace(r, fresh);
+        // What belongs to the connection's request stays: its input's progress and state,
+        // its id, tag and slot; the redirected request has no body.
+        r.stdin_done = kept.stdin_done;
+        r.body_declared = kept.body_declared;
+        r.body_received = kept.body_received;
+        r.aborted = kept.aborted;
+        r.authorizer = kept.authorizer;
+        r.is_head = is_head;
+        r.tag = kept.tag;
+        r.slot = kept.slot;
+        r.body_gone = true;
+        self.current.store(next, Ordering::Release);
+        Some(next)
     }
 
     pub(crate) fn usable(&self) -> bool {
@@ -618,7 +656,7 @@ impl Conn {
                         }
                     }
                     r.body_received += data.len() as u64;
-                    if !r.stdin_done && !r.aborted && !data.is_empty() {
+                    if !r.stdin_done && !r.aborted && !r.body_gone && !data.is_empty() {
                         r.avail += data.len();
                         r.stdin.push_back(data);
                     }
@@ -1026,7 +1064,8 @@ impl Conn {
     /// caller flushes. Returns false once the request is aborted (stop producing).
     pub(crate) fn push_body(&mut self, serial: u64, data: &[u8], may_flush: bool) -> bool {
         match self.cur(serial) {
-            Some(r) if !r.aborted => {}
+            // A local redirect's body is dropped: the app is asked for no more of it.
+            Some(r) if !r.aborted && r.redirect.is_none() => {}
             _ => return false,
         }
         if data.is_empty() {
@@ -1107,6 +1146,7 @@ impl Conn {
         if r.aborted || r.headers_sent {
             return;
         }
+        r.redirect = None;
         let text = format!("{status} {reason}\n"); // the body the bridge's own pages have
         let body: &[u8] = if r.is_head { b"" } else { text.as_bytes() };
         r.head = format!(

@@ -14,6 +14,8 @@ use fastcgi_server::Params;
 
 use crate::scoreboard::LINE_BYTES;
 
+/// `FCGIBRIDGE_MAX_REDIRECTS` when the bridge gives none (the listener's default).
+const DEFAULT_MAX_REDIRECTS: u32 = 10;
 /// `FCGIBRIDGE_HEADER_TIMEOUT` when the bridge gives none (the listener's default).
 const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(60);
 /// A lingering close waits at most this long for the web server's end of input (nginx
@@ -35,6 +37,9 @@ pub(crate) struct Direct {
     /// `FCGIBRIDGE_REQUEST_TIMEOUT`: the pool's `request-timeout`, which an ASGI worker
     /// applies itself (a WSGI worker's is the bridge's: it replaces the worker).
     pub(crate) request_timeout: Option<Duration>,
+    /// `FCGIBRIDGE_MAX_REDIRECTS`: the listener's `max-redirects`, the local redirects one
+    /// request may take before it ends with 500.
+    pub(crate) max_redirects: u32,
 }
 
 static DIRECT: OnceLock<Option<Direct>> = OnceLock::new();
@@ -53,9 +58,10 @@ pub(crate) fn init() {
         let keep_path_info = std::env::var_os("FCGIBRIDGE_KEEP_PATH_INFO").is_some_and(|v| v == "1");
         let header_timeout = header_timeout(std::env::var("FCGIBRIDGE_HEADER_TIMEOUT").ok().as_deref());
         let request_timeout = request_timeout(std::env::var("FCGIBRIDGE_REQUEST_TIMEOUT").ok().as_deref());
+        let max_redirects = max_redirects(std::env::var("FCGIBRIDGE_MAX_REDIRECTS").ok().as_deref());
         read_relay();
         PID.store(std::process::id(), Ordering::Relaxed);
-        Some(Direct { mount, keep_path_info, header_timeout, request_timeout })
+        Some(Direct { mount, keep_path_info, header_timeout, request_timeout, max_redirects })
     });
 }
 
@@ -112,6 +118,17 @@ fn relay(value: Option<&str>) -> Option<RelayFds> {
         unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
     }
     Some(RelayFds { send: fds[0], recv: fds[1], balance: fds.get(2).copied() })
+}
+
+/// `FCGIBRIDGE_MAX_REDIRECTS`; absent or not valid: the default.
+fn max_redirects(value: Option<&str>) -> u32 {
+    let Some(value) = value else { return DEFAULT_MAX_REDIRECTS };
+    value.trim().parse().unwrap_or_else(|_| {
+        eprintln!(
+            "fcgibridge worker: FCGIBRIDGE_MAX_REDIRECTS={value:?} is not a whole number; using {DEFAULT_MAX_REDIRECTS}"
+        );
+        DEFAULT_MAX_REDIRECTS
+    })
 }
 
 /// `FCGIBRIDGE_REQUEST_TIMEOUT`; absent or not valid: none.
@@ -285,6 +302,22 @@ impl Direct {
         }
     }
 
+    /// Rewrite a request's params for the local redirect to `target` its app answered, as
+    /// the bridge does (its rules, [`fastcgi_server::redirect::apply`]), mounted as the
+    /// listener says; `depth`: the redirects the request took so far.
+    pub(crate) fn redirect(
+        &self,
+        params: &mut Params,
+        target: &[u8],
+        depth: &mut u32,
+    ) -> Result<(), fastcgi_server::redirect::RedirectError> {
+        fastcgi_server::redirect::apply(params, target, depth, self.max_redirects, 200)?;
+        if !self.keep_path_info {
+            fastcgi_server::path::mount(params, self.mount.as_deref());
+        }
+        Ok(())
+    }
+
     /// The request's id (`<pid>-<n>`) and its `METHOD URI` for the log and the scoreboard.
     pub(crate) fn tag(&self, params: &Params) -> Tag {
         let n = REQUESTS.fetch_add(1, Ordering::Relaxed) + 1;
@@ -295,6 +328,34 @@ impl Direct {
             params.get(b"REQUEST_URI").unwrap_or(b""),
         )
     }
+}
+
+/// One line for the bridge's log at `level` (`INFO`, `ERROR`), with pool, pid and
+/// `request_id` as fields: a structured record on stderr, as the package's logging
+/// handler writes them (logging_bridge.py), rather than a plain stderr line (a warning).
+pub(crate) fn log_record(level: &str, msg: &str, request_id: &str) {
+    let line = format!(
+        "\u{1f}fcgibridge-log {{\"level\":\"{level}\",\"logger\":\"fcgibridge.worker\",\"msg\":{},\"request_id\":{}}}\n",
+        json_string(msg),
+        json_string(request_id)
+    );
+    crate::sys::write_stderr(line.as_bytes());
+}
+
+/// `s` as a JSON string.
+fn json_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if u32::from(c) < 0x20 || c == '\u{7f}' => out.push_str(&format!("\\u{:04x}", u32::from(c))),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
 }
 
 /// Why a direct worker answers 400 a request whose body ended after `received` of its
@@ -400,6 +461,7 @@ mod tests {
             keep_path_info: false,
             header_timeout: Duration::ZERO,
             request_timeout: None,
+            max_redirects: 10,
         };
         let mut p = params(&[
             ("REQUEST_URI", "/app/x?q=1"),
@@ -413,7 +475,13 @@ mod tests {
         assert_eq!(get(&p, "FCGIBRIDGE_CLAIM"), None);
         assert_eq!((get(&p, "SCRIPT_NAME"), get(&p, "PATH_INFO")), (Some("/app".into()), Some("/x".into())));
         // nginx's stock params without a mount: the whole path is PATH_INFO.
-        let d = Direct { mount: None, keep_path_info: false, header_timeout: Duration::ZERO, request_timeout: None };
+        let d = Direct {
+            mount: None,
+            keep_path_info: false,
+            header_timeout: Duration::ZERO,
+            request_timeout: None,
+            max_redirects: 10,
+        };
         let mut p = params(&[("REQUEST_URI", "/a%20b"), ("SCRIPT_NAME", "/a b")]);
         d.prepare(&mut p);
         assert_eq!((get(&p, "SCRIPT_NAME"), get(&p, "PATH_INFO")), (Some("".into()), Some("/a b".into())));
@@ -423,6 +491,7 @@ mod tests {
             keep_path_info: true,
             header_timeout: Duration::ZERO,
             request_timeout: None,
+            max_redirects: 10,
         };
         let mut p = params(&[("REQUEST_URI", "/app/x"), ("SCRIPT_NAME", "/app/x")]);
         d.prepare(&mut p);

@@ -481,13 +481,12 @@ fn run_app(
     py: Python<'_>,
     w: &mut Worker,
     shared: &Arc<Shared>,
-    (serial, params, request_id): (u64, Params, Option<Bound<'_, PyString>>),
+    (serial, params, request_id): (u64, &Params, Option<Bound<'_, PyString>>),
     outcome: &mut Outcome,
 ) -> PyResult<()> {
-    match w.environ(py, &params, shared, serial, request_id) {
+    match w.environ(py, params, shared, serial, request_id) {
         Err(e) => report_error(py, shared, serial, e, outcome),
         Ok((env, info)) => {
-            drop(params);
             if info.is_head {
                 if let Some(r) = shared.lock_py(py).cur(serial) {
                     r.is_head = true;
@@ -516,10 +515,55 @@ fn run_app(
     Ok(())
 }
 
+/// Run the app for request `serial`, and in a direct worker again for each local redirect
+/// it answers (the bridge follows them for its own workers: docs/internal-redirects.md);
+/// an app that returned without calling start_response is reported. Returns the
+/// request's serial at the end (each redirect gives it a new one).
+fn run_following_redirects(
+    py: Python<'_>,
+    w: &mut Worker,
+    shared: &Arc<Shared>,
+    (mut serial, mut params, request_id): (u64, Params, Option<Bound<'_, PyString>>),
+    outcome: &mut Outcome,
+) -> PyResult<u64> {
+    let mut depth = 0;
+    loop {
+        run_app(py, w, shared, (serial, &params, request_id.clone()), outcome)?;
+        if outcome.errored {
+            return Ok(serial);
+        }
+        let mut c = shared.lock_py(py);
+        let Some(r) = c.cur(serial) else { return Ok(serial) };
+        // The common response has no local redirect: one check of its head.
+        let Some(target) = r.redirect.take().filter(|_| !r.aborted) else {
+            if !r.started && !r.aborted {
+                drop(c);
+                let e = PyRuntimeError::new_err("the application returned without calling start_response()");
+                report_error(py, shared, serial, e, outcome);
+            }
+            return Ok(serial);
+        };
+        let Some(direct) = direct::config() else { return Ok(serial) };
+        let id = request_id.as_ref().map(|id| id.to_string()).unwrap_or_default();
+        let shown = String::from_utf8_lossy(&target).into_owned();
+        let from = String::from_utf8_lossy(params.get(b"REQUEST_URI").unwrap_or_default()).into_owned();
+        if let Err(e) = direct.redirect(&mut params, &target, &mut depth) {
+            let msg = format!("internal redirect refused, answering 500: {e} (from {from} to {shown})");
+            direct::log_record("ERROR", &msg, &id);
+            c.push_error_page(serial);
+            outcome.errored = true;
+            return Ok(serial);
+        }
+        direct::log_record("INFO", &format!("internal redirect from {from} to {shown}"), &id);
+        let Some(next) = c.restart_for_redirect(serial) else { return Ok(serial) };
+        serial = next;
+    }
+}
+
 /// Run the app for the request whose params are ready; returns whether another
 /// request is ready on the connection (waited for with the GIL released).
 fn handle_request(py: Python<'_>, w: &mut Worker, shared: &Arc<Shared>) -> PyResult<bool> {
-    let (params, serial, request_id, refused) = {
+    let (params, mut serial, request_id, refused) = {
         let mut c = shared.lock_py(py);
         match c.req.as_mut() {
             Some(r) => {
@@ -538,7 +582,6 @@ fn handle_request(py: Python<'_>, w: &mut Worker, shared: &Arc<Shared>) -> PyRes
             None => return Ok(false),
         }
     };
-    let mut outcome = Outcome::default();
     match refused {
         // What the bridge answers 400 without a worker, a direct worker answers so too.
         Some(why) => {
@@ -548,15 +591,10 @@ fn handle_request(py: Python<'_>, w: &mut Worker, shared: &Arc<Shared>) -> PyRes
                 format!("fcgibridge worker: {why}: answering 400 without running the app\n").as_bytes(),
             );
             c.push_status_page(serial, 400, "Bad Request");
-            outcome.errored = true;
         }
-        None => run_app(py, w, shared, (serial, params, request_id), &mut outcome)?,
-    }
-    if !outcome.errored {
-        let missing = shared.lock_py(py).cur(serial).is_some_and(|r| !r.started && !r.aborted);
-        if missing {
-            let e = PyRuntimeError::new_err("the application returned without calling start_response()");
-            report_error(py, shared, serial, e, &mut outcome);
+        None => {
+            let mut outcome = Outcome::default();
+            serial = run_following_redirects(py, w, shared, (serial, params, request_id), &mut outcome)?;
         }
     }
     let (direct, slot, turns) = (w.direct, w.slot, w.turns);

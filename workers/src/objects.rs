@@ -71,6 +71,9 @@ impl Input {
             if r.aborted {
                 return Err(client_disconnected(py, GONE));
             }
+            if r.body_gone {
+                return Ok(Self::empty(py)); // a redirected request has no body
+            }
             if r.body_short {
                 return Err(client_disconnected(py, SHORT));
             }
@@ -317,6 +320,8 @@ struct Head {
     hands_off: bool,
     /// Warnings for the request's STDERR (a dropped `Status` header).
     warnings: String,
+    /// The `Location` header's value: a direct worker follows a local one itself.
+    location: Option<Vec<u8>>,
 }
 
 fn build_head(status: &Bound<'_, PyAny>, headers: &Bound<'_, PyAny>) -> PyResult<Head> {
@@ -339,6 +344,7 @@ fn build_head(status: &Bound<'_, PyAny>, headers: &Bound<'_, PyAny>) -> PyResult
     let mut content_length: Option<u64> = None;
     let mut hands_off = false;
     let mut warnings = String::new();
+    let mut location = None;
     if !(headers.is_instance_of::<PyList>() || headers.is_instance_of::<PyTuple>()) {
         return Err(PyTypeError::new_err(format!(
             "response headers must be a list of (name, value) tuples, not {}",
@@ -380,6 +386,9 @@ fn build_head(status: &Bound<'_, PyAny>, headers: &Bound<'_, PyAny>) -> PyResult
             continue;
         }
         hands_off |= fastcgi_server::cgi::is_file_handoff(&lower);
+        if lower == b"location" {
+            location = Some(value.clone());
+        }
         if lower == b"content-length" {
             let text = String::from_utf8_lossy(&value);
             let n = text.trim().parse::<u64>().ok().filter(|_| text.trim().bytes().all(|b| b.is_ascii_digit()));
@@ -411,7 +420,7 @@ fn build_head(status: &Bound<'_, PyAny>, headers: &Bound<'_, PyAny>) -> PyResult
             MAX_HEAD >> 10
         )));
     }
-    Ok(Head { head, status_code, content_length, hands_off, warnings })
+    Ok(Head { head, status_code, content_length, hands_off, warnings, location })
 }
 
 /// The largest response head, refused here so that an app's oversized head is its own 500
@@ -457,10 +466,17 @@ impl StartResponse {
                 }
             }
         }
-        let h = build_head(status, headers)?;
+        let mut h = build_head(status, headers)?;
         let mut c = self.shared.lock_py(py);
+        let direct = c.is_direct();
         let Some(r) = c.cur(self.serial) else {
             return Err(PyRuntimeError::new_err("start_response() called after the request ended"));
+        };
+        // The bridge reads the Location of a daemon worker's response; a direct worker's
+        // goes to the web server, so the worker does what the bridge would.
+        r.redirect = match h.location.take() {
+            Some(loc) if direct => redirect_of(&mut h, loc),
+            _ => None,
         };
         r.started = true;
         r.head = h.head;
@@ -472,6 +488,24 @@ impl StartResponse {
         }
         Ok(Writer { shared: self.shared.clone(), serial: self.serial })
     }
+}
+
+/// What a direct worker does with a response whose Location is `loc`: the local path to
+/// follow (status 200 and one leading `/`), or none; a 200 with an absolute Location is
+/// made a 302, as the bridge makes it (a 200 redirects nobody).
+fn redirect_of(h: &mut Head, loc: Vec<u8>) -> Option<Vec<u8>> {
+    if h.status_code != 200 {
+        return None;
+    }
+    if fastcgi_server::redirect::is_local(Some(200), &loc) {
+        return Some(loc);
+    }
+    if fastcgi_server::redirect::is_absolute(&loc) {
+        let line_end = h.head.iter().position(|&b| b == b'\n').map_or(0, |i| i + 1);
+        h.head.splice(..line_end, b"Status: 302 Found\r\n".iter().copied());
+        h.status_code = 302;
+    }
+    None
 }
 
 /// The write() callable returned by start_response (the legacy imperative API).

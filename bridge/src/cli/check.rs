@@ -192,8 +192,9 @@ pub fn render(config: &Config, dir: &str, search_path: Option<&std::ffi::OsStr>)
 /// A direct pool's keys that do nothing (each is refused when written: docs/direct.md).
 const DIRECT_INERT_POOL: [&str; 5] = ["queue-size", "queue-timeout", "abort-grace", "unknown-length-body", "pipeline"];
 
-/// A direct listener's keys that do nothing (`header-timeout` does: its workers apply it).
-const DIRECT_INERT_LISTENER: [&str; 12] = [
+/// A direct listener's keys that do nothing (`header-timeout` and `max-redirects` do: its
+/// workers apply them).
+const DIRECT_INERT_LISTENER: [&str; 11] = [
     "max-params",
     "body-timeout",
     "body-min-rate",
@@ -201,7 +202,6 @@ const DIRECT_INERT_LISTENER: [&str; 12] = [
     "keepalive-timeout",
     "max-connections",
     "dialect",
-    "max-redirects",
     "unrouted-redirect",
     "redirect-pools",
     "file-handoff",
@@ -597,6 +597,7 @@ mod tests {
                 mount: None,
                 keep_path_info: false,
                 header_timeout: Duration::from_secs(60),
+                max_redirects: 10,
             }),
             ..Pool::for_tests()
         };

@@ -380,6 +380,9 @@ pub struct DirectServe {
     /// The listener's `header-timeout` (FCGIBRIDGE_HEADER_TIMEOUT, seconds): the worker
     /// closes a connection that sent no complete request's PARAMS within it.
     pub header_timeout: std::time::Duration,
+    /// The listener's `max-redirects` (FCGIBRIDGE_MAX_REDIRECTS): the local redirects the
+    /// workers follow for one request before answering 500.
+    pub max_redirects: u32,
 }
 
 #[cfg(test)]

@@ -1341,6 +1341,16 @@ fn a_direct_listener_tells_its_pool_what_its_workers_apply() {
     assert_eq!(direct.header_timeout, std::time::Duration::from_secs(60));
     let c = direct_tree("direct-header-timeout", "", "    header-timeout: 2500ms\n").config();
     assert_eq!(c.pools[0].direct.as_ref().map(|d| d.header_timeout), Some(std::time::Duration::from_millis(2500)));
+    // And its max-redirects (FCGIBRIDGE_MAX_REDIRECTS): they follow an app's local redirects.
+    assert_eq!(direct.max_redirects, 10);
+    let redirects = direct_tree(
+        "direct-max-redirects",
+        "",
+        "    max-redirects: 3
+",
+    )
+    .config();
+    assert_eq!(redirects.pools[0].direct.as_ref().map(|d| d.max_redirects), Some(3));
     // On loopback (as here) no warning; on another TCP address allowed-clients cannot apply.
     assert_eq!(c.warnings, Vec::<String>::new());
     let open = Tree::new("direct-open")
@@ -1402,6 +1412,8 @@ fn a_listener_open_to_every_client_on_a_network_address_is_warned_about() {
 fn direct_refuses_what_needs_the_bridge_on_the_request_path() {
     let needs =
         "needs the bridge on the request path; a `direct` listener hands connections to the workers (docs/direct.md)";
+    let follows =
+        "has nothing to decide on a `direct` listener: its workers follow an app's local redirects themselves";
     // (pool keys, listener keys, the error's line in its file, key, what it says)
     let cases: &[(&str, &str, &str, &str, &str)] = &[
         (
@@ -1418,10 +1430,9 @@ fn direct_refuses_what_needs_the_bridge_on_the_request_path() {
         ("", "    ping-path: /ping\n", "20-listen.yaml:6", "listeners.front.ping-path", needs),
         ("", "    trusted-proxies: [10.0.0.0/8]\n", "20-listen.yaml:6", "listeners.front.trusted-proxies", needs),
         ("", "    allowed-clients: [127.0.0.1]\n", "20-listen.yaml:6", "listeners.front.allowed-clients", needs),
-        ("", "    redirect-pools: any\n", "20-listen.yaml:6", "listeners.front.redirect-pools", needs),
-        ("", "    unrouted-redirect: pass\n", "20-listen.yaml:6", "listeners.front.unrouted-redirect", needs),
-        ("", "    max-redirects: 3\n", "20-listen.yaml:6", "listeners.front.max-redirects", needs),
-        ("", "    dialect: nginx\n", "20-listen.yaml:6", "listeners.front.dialect", needs),
+        ("", "    redirect-pools: any\n", "20-listen.yaml:6", "listeners.front.redirect-pools", follows),
+        ("", "    unrouted-redirect: pass\n", "20-listen.yaml:6", "listeners.front.unrouted-redirect", follows),
+        ("", "    dialect: nginx\n", "20-listen.yaml:6", "listeners.front.dialect", follows),
         ("", "    max-connections: 10\n", "20-listen.yaml:6", "listeners.front.max-connections", needs),
         ("", "    body-timeout: 10s\n", "20-listen.yaml:6", "listeners.front.body-timeout", needs),
         ("", "    body-min-rate: 100\n", "20-listen.yaml:6", "listeners.front.body-min-rate", needs),

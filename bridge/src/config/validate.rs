@@ -306,10 +306,15 @@ fn direct_listener_refusals(l: &Listener, src: &Source) -> Vec<ConfigError> {
             "a `direct` listener serves one pool: name it with `pool:` instead of `routes:`, or remove `direct`",
         ));
     }
-    let set = [
-        ("file-handoff", l.file_handoff != super::model::FileHandoff::Pass),
-        ("dialect", l.dialect != super::model::Dialect::Generic),
-    ];
+    // The redirect keys that decide what the bridge does with a redirect it does not
+    // follow: a direct listener's workers follow every local redirect, into their pool.
+    if l.dialect != super::model::Dialect::Generic {
+        errs.push(src.invalid(&key("dialect"), format!("dialect {DIRECT_FOLLOWS_REDIRECTS}")));
+    }
+    for k in ["redirect-pools", "unrouted-redirect"].into_iter().filter(|k| written(k)) {
+        errs.push(src.invalid(&key(k), format!("{k} {DIRECT_FOLLOWS_REDIRECTS}")));
+    }
+    let set = [("file-handoff", l.file_handoff != super::model::FileHandoff::Pass)];
     let keys = [
         "file-map",
         "file-roots",
@@ -320,9 +325,6 @@ fn direct_listener_refusals(l: &Listener, src: &Source) -> Vec<ConfigError> {
         "trusted-proxies",
         "trusted-proxy-headers",
         "allowed-clients",
-        "redirect-pools",
-        "unrouted-redirect",
-        "max-redirects",
         "max-params",
         "max-connections",
         "body-timeout",
@@ -338,6 +340,12 @@ fn direct_listener_refusals(l: &Listener, src: &Source) -> Vec<ConfigError> {
     }
     errs
 }
+
+/// Why the keys for redirects the bridge would not follow are refused next to `direct: true`.
+const DIRECT_FOLLOWS_REDIRECTS: &str =
+    "has nothing to decide on a `direct` listener: its workers follow an app's local \
+     redirects themselves, and every path is its one pool's (`max-redirects` applies; docs/direct.md); remove it, or \
+     `direct`";
 
 /// The end of every refusal of a key that needs the bridge next to `direct: true`.
 const DIRECT_NEEDS_BRIDGE: &str =
@@ -427,6 +435,7 @@ fn check_direct(
                 mount: listener.mount.clone(),
                 keep_path_info: listener.keep_path_info,
                 header_timeout: listener.header_timeout,
+                max_redirects: listener.max_redirects,
             });
         }
         errs.extend(refused);

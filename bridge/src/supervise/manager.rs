@@ -1530,6 +1530,7 @@ mod tests {
                 mount: None,
                 keep_path_info: false,
                 header_timeout: Duration::from_secs(60),
+                max_redirects: 10,
             }),
             ..base.clone()
         };

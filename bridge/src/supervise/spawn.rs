@@ -648,7 +648,7 @@ fn direct_environment(
     direct: Option<&crate::config::DirectServe>,
     request_timeout: Option<std::time::Duration>,
 ) {
-    const NAMES: [&str; 7] = [
+    const NAMES: [&str; 8] = [
         "FCGIBRIDGE_DIRECT",
         "FCGIBRIDGE_RELAY_FDS",
         "FCGIBRIDGE_SCOREBOARD_FD",
@@ -656,6 +656,7 @@ fn direct_environment(
         "FCGIBRIDGE_KEEP_PATH_INFO",
         "FCGIBRIDGE_HEADER_TIMEOUT",
         "FCGIBRIDGE_REQUEST_TIMEOUT",
+        "FCGIBRIDGE_MAX_REDIRECTS",
     ];
     for name in NAMES {
         cmd.env_remove(name);
@@ -663,7 +664,8 @@ fn direct_environment(
     let Some(d) = direct else { return };
     cmd.env("FCGIBRIDGE_DIRECT", "1")
         .env("FCGIBRIDGE_SCOREBOARD_FD", CLAIM_FD.to_string())
-        .env("FCGIBRIDGE_HEADER_TIMEOUT", seconds_env(d.header_timeout));
+        .env("FCGIBRIDGE_HEADER_TIMEOUT", seconds_env(d.header_timeout))
+        .env("FCGIBRIDGE_MAX_REDIRECTS", d.max_redirects.to_string());
     if let Some(timeout) = request_timeout {
         cmd.env("FCGIBRIDGE_REQUEST_TIMEOUT", seconds_env(timeout));
     }
