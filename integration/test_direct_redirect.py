@@ -131,3 +131,59 @@ def test_what_is_not_a_local_redirect_passes(stack):
     assert (r.status_code, r.headers.get("Location"), r.text) == (303, "/env", "first body!")
     r = front.get(redirect("//example.com/x"), allow_redirects=False)
     assert (r.status_code, r.headers.get("Location")) == (200, "//example.com/x"), r.headers
+
+
+RAW = f"{APPS / 'asgi_raw_app.py'}:app"
+
+
+@pytest.fixture(scope="module")
+def asgi(tmp_path_factory):
+    """An ASGI pool (the bare app) behind a direct listener with max-redirects 2, and nginx."""
+    workdir = tmp_path_factory.mktemp("direct-redirect-asgi")
+    socket = workdir / "raw.sock"
+    b = make_bridge(workdir, {"raw": pool(RAW, interface="asgi", processes=1, concurrency=8)},
+                    {"raw": {"fastcgi": f"unix:{socket}", "pool": "raw", "direct": True, "max-redirects": 2}})
+    b.start()
+    b.wait_ready([("raw", "/health", "any")])
+    front = Front(tmp_path_factory.mktemp("raw-nginx"), socket)
+    try:
+        wait_until(lambda: ok(front, "/health"), 60, 0.1, what="nginx answering through the direct listener")
+        yield b, front
+    finally:
+        front.stop()
+        b.stop()
+
+
+def test_an_asgi_worker_follows_a_local_redirect_as_a_get_without_body(asgi):
+    b, front = asgi
+    mark = b.log.mark()
+    r = front.get(redirect("/scope?x=1"))
+    assert r.status_code == 200, r.text
+    scope = r.json()
+    assert (scope["method"], scope["path"], scope["query_string"], scope["raw_path"]) == ("GET", "/scope", "x=1",
+                                                                                          "/scope"), scope
+    (line,) = b.log.wait_for([r"internal redirect from /redirect\?to=%2Fscope%3Fx%3D1 to /scope\?x=1"],
+                             since=mark, timeout=30)
+    assert "INFO" in line and 'pool="raw"' in line, line
+    r = requests.post(f"http://127.0.0.1:{front.port}{redirect('/scope')}", data=b"x" * (1 << 20), timeout=60)
+    assert r.status_code == 200, r.text
+    scope = r.json()
+    assert (scope["method"], scope["body_len"]) == ("GET", 0), scope
+    assert not [k for k, _ in scope["headers"] if k in ("content-length", "content-type")], scope
+    # The default target, and what is not a local redirect.
+    assert front.get("/redirect").text == "target reached via /raw/target"
+    r = front.get(redirect("https://example.com/x"), allow_redirects=False)
+    assert (r.status_code, r.headers.get("Location")) == (302, "https://example.com/x"), r.headers
+
+
+def test_an_asgi_workers_redirect_loop_ends_with_500_and_a_line(asgi):
+    b, front = asgi
+    mark = b.log.mark()
+    assert front.get("/loop").status_code == 500
+    (line,) = b.log.wait_for([r"internal redirect refused, answering 500: more than 2 internal redirects"],
+                             since=mark, timeout=30)
+    pid = re.search(r"\bpid=(\d+)", line).group(1)
+    assert "ERROR" in line and 'pool="raw"' in line and re.search(rf"\brequest_id=\"?{pid}-\d+", line), line
+    assert front.get(redirect(redirect("/health"))).status_code == 200
+    # The worker serves on.
+    assert front.get("/health").text == "ok"

@@ -7,6 +7,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from urllib.parse import parse_qs
 
 TEST_DIR = Path(os.environ.get("FCGIBRIDGE_TEST_DIR", "/tmp"))
 
@@ -92,7 +93,14 @@ async def app(scope, receive, send):
             await send({"type": "http.response.body", "body": bytes([i % 251]) * 65536, "more_body": True})
         return await send({"type": "http.response.body", "body": b""})
     if path.endswith("/redirect"):
-        await send({"type": "http.response.start", "status": 200, "headers": [(b"location", b"/raw/target")]})
+        # CGI's local redirect (?to=<Location>, /raw/target by default), with a body that
+        # must not reach the client.
+        to = parse_qs(scope["query_string"].decode()).get("to", ["/raw/target"])[0].encode("latin-1")
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"location", to)]})
+        await send({"type": "http.response.body", "body": b"first body!", "more_body": True})
+        return await send({"type": "http.response.body", "body": b""})
+    if path.endswith("/loop"):
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"location", path.encode())]})
         return await send({"type": "http.response.body", "body": b""})
     if path.endswith("/accel"):
         await send({"type": "http.response.start", "status": 200,

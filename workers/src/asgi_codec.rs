@@ -29,6 +29,14 @@ pyo3::create_exception!(
      write before the connection is cut."
 );
 
+pyo3::create_exception!(
+    fcgibridge_worker,
+    LocalRedirect,
+    PyException,
+    "Direct mode: the response is a CGI local redirect (status 200, `Location: /path`), which \
+     the worker follows (AsgiConnection.redirect). args[0]: the target."
+);
+
 /// Event kinds `AsgiConnection.feed` returns, as `(kind, request id, payload)` tuples.
 /// BEGIN's payload: [`BEGIN_AUTHORIZER`] | [`BEGIN_KEEP_CONN`].
 const EV_BEGIN: u8 = 1;
@@ -231,6 +239,9 @@ struct Running {
     response_length: Option<u64>,
     response_sent: u64,
     overflowed: bool,
+    /// Its params as the app got them, for a local redirect's, and the redirects it took.
+    params: Params,
+    redirects: u32,
 }
 
 fn event<'py>(py: Python<'py>, kind: u8, id: u16, payload: Bound<'py, PyAny>) -> PyResult<Bound<'py, PyTuple>> {
@@ -265,6 +276,8 @@ impl AsgiConnection {
             response_length: None,
             response_sent: 0,
             overflowed: false,
+            params: Params::default(),
+            redirects: 0,
         });
         &self.running.last().expect("just pushed").tag
     }
@@ -389,6 +402,9 @@ impl AsgiConnection {
                     self.body_left.extend(known.map(|n| (id, n)));
                     let tag = self.direct.map(|d| self.begin_direct(d, id, &mut params, known));
                     out.append(event(py, EV_PARAMS, id, build_scope(py, &params, state, tag)?.into_any())?)?;
+                    if let Some(r) = self.running_mut(id) {
+                        r.params = params; // kept for a local redirect
+                    }
                     match declared {
                         Err(e) if self.direct.is_some() => refuse(py, id, &e.to_string(), false)?,
                         _ => continue,
@@ -470,12 +486,19 @@ impl AsgiConnection {
                 &owned
             }
         };
-        let has_body = !is_head && status >= 200 && status != 204 && status != 304;
+        let mut status = status;
         let (head, warnings) = match status_line {
             Some(line) => {
-                let (h, w, declared) = head(line, headers, status, (!more).then_some(body.len()), is_head)?;
-                self.head_made(rid, status, declared.filter(|_| has_body));
-                (Some(h), w)
+                let mut h = head(line, headers, status, (!more).then_some(body.len()), is_head)?;
+                // The common head has no Location: one check.
+                if h.location.is_some() && self.direct.is_some() {
+                    if let Some(target) = h.local_redirect(&mut status) {
+                        return Err(LocalRedirect::new_err((PyBytes::new(py, &target).unbind(),)));
+                    }
+                }
+                let has_body = !is_head && status >= 200 && status != 204 && status != 304;
+                self.head_made(rid, status, h.declared.filter(|_| has_body));
+                (Some(h.block), h.warnings)
             }
             None => (None, Vec::new()),
         };
@@ -499,6 +522,34 @@ impl AsgiConnection {
         server::write_stderr(&mut out, rid, &warnings, Padding::None);
         out.extend_from_slice(&records);
         Ok(PyBytes::new(py, &out))
+    }
+
+    /// redirect(rid, target, state) -> (scope, request id, file roots, is HEAD) or None
+    ///
+    /// Direct mode: request `rid`'s app answered a local redirect to `target` (raised as
+    /// LocalRedirect): the scope of the request the bridge would make of it
+    /// ([`Direct::redirect`]), or None past `max-redirects` (logged; the caller answers 500).
+    #[pyo3(signature = (rid, target, state=None))]
+    fn redirect<'py>(
+        &mut self,
+        py: Python<'py>,
+        rid: u16,
+        target: &[u8],
+        state: Option<&Bound<'py, PyDict>>,
+    ) -> PyResult<Option<Bound<'py, PyTuple>>> {
+        let Some(d) = self.direct else { return Ok(None) };
+        let Some(r) = self.running.iter_mut().find(|r| r.id == rid) else { return Ok(None) };
+        let from = String::from_utf8_lossy(r.params.get(b"REQUEST_URI").unwrap_or_default()).into_owned();
+        let shown = String::from_utf8_lossy(target);
+        if let Err(e) = d.redirect(&mut r.params, target, &mut r.redirects) {
+            let msg = format!("internal redirect refused, answering 500: {e} (from {from} to {shown})");
+            crate::direct::log_record("ERROR", &msg, r.tag.request_id());
+            return Ok(None);
+        }
+        let msg = format!("internal redirect from {from} to {shown}");
+        crate::direct::log_record("INFO", &msg, r.tag.request_id());
+        (r.response_length, r.response_sent, r.overflowed) = (None, 0, false);
+        build_scope(py, &r.params, state, Some(&r.tag)).map(Some)
     }
 
     /// Direct mode: a running request's `METHOD URI`, for the log.
@@ -549,13 +600,14 @@ fn head(
     status: u16,
     content_length: Option<usize>,
     is_head: bool,
-) -> PyResult<(Vec<u8>, Vec<u8>, Option<u64>)> {
+) -> PyResult<Head> {
     let mut out = Vec::with_capacity(256);
     let mut warnings = Vec::new();
     out.extend_from_slice(status_line);
     let mut has_length = false;
     let mut declared = None;
     let mut hands_off = false;
+    let mut location = None;
     for item in headers.try_iter()? {
         let item = item?;
         let name = header_bytes(&item.get_item(0)?)?;
@@ -575,6 +627,9 @@ fn head(
             continue;
         }
         hands_off |= fastcgi_server::cgi::is_file_handoff(&name);
+        if name.eq_ignore_ascii_case(b"location") {
+            location = Some(value.clone());
+        }
         if name.eq_ignore_ascii_case(b"content-length") {
             declared = declared.or(fastcgi_server::content_length::parse(value.trim_ascii()).ok());
             has_length = true;
@@ -593,7 +648,37 @@ fn head(
     }
     out.extend_from_slice(b"\r\n");
     // A file hand-off's body is not the client's: its Content-Length is no promise of it.
-    Ok((out, warnings, declared.filter(|_| !hands_off)))
+    Ok(Head { block: out, warnings, declared: declared.filter(|_| !hands_off), location })
+}
+
+/// An ASGI response's head as [`head`] makes it.
+struct Head {
+    /// The CGI header block.
+    block: Vec<u8>,
+    /// Warnings for the request's STDERR (a dropped `Status` header).
+    warnings: Vec<u8>,
+    /// The app's Content-Length, unless a file hand-off's.
+    declared: Option<u64>,
+    /// The `Location` header's value: a direct worker follows a local one itself.
+    location: Option<Vec<u8>>,
+}
+
+impl Head {
+    /// Direct mode, what the bridge would do with this head's `Location`: the local path
+    /// to follow instead (status 200 and one leading `/`), or none; a 200 with an absolute
+    /// Location is made a 302 (a 200 redirects nobody).
+    fn local_redirect(&mut self, status: &mut u16) -> Option<Vec<u8>> {
+        let loc = self.location.take().filter(|_| *status == 200)?;
+        if fastcgi_server::redirect::is_local(Some(200), &loc) {
+            return Some(loc);
+        }
+        if fastcgi_server::redirect::is_absolute(&loc) {
+            let line_end = self.block.iter().position(|&b| b == b'\n').map_or(0, |i| i + 1);
+            self.block.splice(..line_end, b"Status: 302 Found\r\n".iter().copied());
+            *status = 302;
+        }
+        None
+    }
 }
 
 /// STDOUT records of `head` and `body` (left out for HEAD), then the end of the request
@@ -666,6 +751,7 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<AsgiConnection>()?;
     m.add("AsgiProtocolError", m.py().get_type::<AsgiProtocolError>())?;
     m.add("ResponseCutOff", m.py().get_type::<ResponseCutOff>())?;
+    m.add("LocalRedirect", m.py().get_type::<LocalRedirect>())?;
     m.add_function(wrap_pyfunction!(direct_settings, m)?)?;
     m.add_function(wrap_pyfunction!(scoreboard_serve, m)?)?;
     m.add_function(wrap_pyfunction!(scoreboard_stop_accepting, m)?)?;

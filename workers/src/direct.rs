@@ -499,6 +499,49 @@ mod tests {
     }
 
     #[test]
+    fn a_redirect_is_the_bridges_mounted_as_the_listener_says() {
+        let d = Direct {
+            mount: Some("/app".into()),
+            keep_path_info: false,
+            header_timeout: Duration::ZERO,
+            request_timeout: None,
+            max_redirects: 2,
+        };
+        let mut p = params(&[("REQUEST_METHOD", "POST"), ("REQUEST_URI", "/app/a?q=1"), ("CONTENT_LENGTH", "3")]);
+        d.prepare(&mut p);
+        let mut depth = 0;
+        d.redirect(&mut p, b"/app/b%20c?x=1", &mut depth).expect("within max-redirects");
+        assert_eq!((get(&p, "SCRIPT_NAME"), get(&p, "PATH_INFO")), (Some("/app".into()), Some("/b c".into())));
+        assert_eq!(
+            (get(&p, "REQUEST_URI"), get(&p, "QUERY_STRING")),
+            (Some("/app/b%20c?x=1".into()), Some("x=1".into()))
+        );
+        assert_eq!((get(&p, "REQUEST_METHOD"), get(&p, "CONTENT_LENGTH")), (Some("GET".into()), Some("".into())));
+        assert_eq!(
+            (get(&p, "REDIRECT_URL"), get(&p, "REDIRECT_REQUEST_METHOD")),
+            (Some("/app/a".into()), Some("POST".into()))
+        );
+        // Outside the mount: the whole path, under an empty SCRIPT_NAME.
+        d.redirect(&mut p, b"/other", &mut depth).expect("the second");
+        assert_eq!((get(&p, "SCRIPT_NAME"), get(&p, "PATH_INFO")), (Some("".into()), Some("/other".into())));
+        assert!(d.redirect(&mut p, b"/third", &mut depth).is_err(), "past max-redirects");
+        // path-info: keep: as the bridge, the target's path is PATH_INFO, not mounted again.
+        let keep = Direct { keep_path_info: true, ..d };
+        let mut p = params(&[("REQUEST_URI", "/app/a"), ("SCRIPT_NAME", "/app/a")]);
+        keep.redirect(&mut p, b"/app/b", &mut 0).expect("redirect");
+        assert_eq!((get(&p, "SCRIPT_NAME"), get(&p, "PATH_INFO")), (Some("".into()), Some("/app/b".into())));
+    }
+
+    #[test]
+    fn max_redirects_and_log_records_read_as_the_bridge_writes_them() {
+        assert_eq!((max_redirects(None), max_redirects(Some("3")), max_redirects(Some("0"))), (10, 3, 0));
+        for bad in ["-1", "x", "", "2.5"] {
+            assert_eq!(max_redirects(Some(bad)), DEFAULT_MAX_REDIRECTS, "{bad:?}");
+        }
+        assert_eq!(json_string("a\"b\\c\td\u{7f}é"), "\"a\\\"b\\\\c\\u0009d\\u007fé\"");
+    }
+
+    #[test]
     fn a_tag_names_the_request_and_prefixes_each_line() {
         let mut t = Tag::new(42, 7, b"GET", b"/x?y");
         assert_eq!((t.request_id(), t.line(), t.board_line()), ("42-7", &b"GET /x?y"[..], &b"42-7 GET /x?y"[..]));

@@ -133,11 +133,16 @@ class Request:
         self.ended = False
         self.is_head = False
         self.task = None
+        self.redirect = None  # direct mode: the local redirect the app answered, to follow
+        self.body_gone = False  # followed one: the app gets no body
 
     # -- from the connection
 
     def feed(self, data):
         if self.complete or self.ended:
+            return
+        if self.body_gone:  # a redirected request's: not the app's
+            self.body_done = self.body_done or not data
             return
         if data:
             self.body.append(data)
@@ -176,6 +181,9 @@ class Request:
         while True:
             if self.disconnected or self.complete:
                 return {"type": "http.disconnect"}
+            if self.body_gone and not self.body_given:
+                self.body_given = True
+                return {"type": "http.request", "body": b"", "more_body": False}
             if self.body or (self.body_done and not self.body_given):
                 data = b"".join(self.body) if len(self.body) != 1 else self.body[0]
                 self.body.clear()
@@ -196,6 +204,8 @@ class Request:
             raise ClientDisconnected("the client went away (request %s)" % self.request_id)
         if self.complete:
             raise RuntimeError("%s sent after the response was complete" % kind)
+        if self.redirect is not None and kind != "http.response.start":
+            return  # the body of a local redirect the worker follows: dropped
         if kind == "http.response.body":
             if self.start is None:
                 raise RuntimeError("%s sent before http.response.start" % kind)
@@ -220,6 +230,9 @@ class Request:
                 out = self.conn.codec.encode_response(self.rid, _status_line(status), headers, status, data, more,
                                                       self.is_head)
                 self.head_sent = True
+        except _native.LocalRedirect as local:
+            self.redirect = local.args[0]  # followed once the app returns (run)
+            return
         except _native.ResponseCutOff as cut:
             # Direct mode: the response ended before its Content-Length (the codec logged
             # it). What it had goes out, then the cut that fails it, as through the bridge.
@@ -258,7 +271,7 @@ class Request:
                 if not chunk:
                     break
                 await self._body(chunk, True)
-                if self.disconnected:
+                if self.disconnected or self.redirect is not None:
                     return
         await self._body(b"", False)
 
@@ -313,6 +326,8 @@ class Request:
         token = logging_bridge.REQUEST_ID.set(self.request_id)
         try:
             await worker.app(self.scope, self.receive, self.send)
+            while self.redirect is not None and self._follow_redirect(worker):
+                await worker.app(self.scope, self.receive, self.send)
         except (asyncio.CancelledError, GeneratorExit):
             self.end(1)
             raise
@@ -334,6 +349,26 @@ class Request:
         finally:
             logging_bridge.REQUEST_ID.reset(token)
             worker.done(self)
+
+    def _follow_redirect(self, worker):
+        """Direct mode: make the request the target of the local redirect the app answered,
+        as the bridge would (a GET without a body, the REDIRECT_* variables: the codec);
+        false when it is not followed (the client left, or past max-redirects: a 500)."""
+        target, self.redirect = self.redirect, None
+        if self.disconnected or self.ended:
+            return False
+        got = self.conn.codec.redirect(self.rid, target, worker.state)
+        if got is None:
+            self._page(500, b"500 Internal Server Error\n")
+            return False
+        self.scope, _, self.file_roots, self.is_head = got
+        self.start = None
+        self.body.clear()
+        self.body_bytes = 0
+        self.body_gone = True
+        self.body_given = False
+        self.conn.release(self)  # a reader paused on the first app's unread body goes on
+        return True
 
     def _failed(self, exc_info, text=None):
         if text is None:
@@ -706,6 +741,8 @@ class DirectRequest(Request):
         its input ended, the rest of the input is read and dropped before a close
         (DirectConnection.request_ended)."""
         self.body_done = input_ended
+        if self.body_gone:
+            return  # redirected: the request has no body to be short
         if self.task is None:
             what = "answering 400 without running the app"
         else:
