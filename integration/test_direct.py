@@ -15,34 +15,14 @@ import uuid
 import pytest
 import requests
 
-from harness import (APPS, FCGI_PATH_RECIPE, LogFile, assert_failed_not_short, bridge_binary, free_ports, make_bridge,
-                     nginx_conf, nginx_etc, pool, raw_http_get, start_nginx, stop_process, to_yaml, wait_until)
+from harness import (APPS, assert_failed_not_short, bridge_binary, free_ports, make_bridge, pool, raw_http_get,
+                     to_yaml, wait_until)
+from direct_front import Front, ok
 from supervision_support import Background
 
 pytestmark = pytest.mark.timeout(300)
 
 EDGE = str(APPS / "edge_app.py")
-
-
-class Front:
-    """nginx on one port, passing everything to the direct listener's unix socket."""
-
-    def __init__(self, workdir, socket, extra=""):
-        self.port = free_ports(1)[0]
-        http = (f"    server {{\n        listen 127.0.0.1:{self.port};\n        location / {{\n"
-                f"            include {nginx_etc()}/fastcgi_params;\n            {FCGI_PATH_RECIPE}\n"
-                f"            fastcgi_read_timeout 120s;\n            client_max_body_size 64m;\n{extra}"
-                f"            fastcgi_pass unix:{socket};\n"
-                f"        }}\n    }}\n")
-        (workdir / "nginx.conf").write_text(nginx_conf(workdir, http))
-        self.error_log = LogFile(workdir / "nginx-error.log")
-        self.proc = start_nginx(workdir, workdir / "nginx.conf")
-
-    def get(self, path, **kw):
-        return requests.get(f"http://127.0.0.1:{self.port}{path}", timeout=kw.pop("timeout", 60), **kw)
-
-    def stop(self):
-        stop_process(self.proc, timeout=20)
 
 
 def start(tmp_path_factory, name, front_extra="", **pool_keys):
@@ -62,13 +42,6 @@ def start(tmp_path_factory, name, front_extra="", **pool_keys):
     front = Front(tmp_path_factory.mktemp(name + "-nginx"), socket, front_extra)
     wait_until(lambda: ok(front, "/health"), 60, 0.1, what="nginx answering through the direct listener")
     return b, front
-
-
-def ok(front, path):
-    try:
-        return front.get(path, timeout=10).status_code == 200
-    except requests.RequestException:
-        return False
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import pytest
 import requests
 
 from harness import APPS, make_bridge, pool, wait_until
-from test_direct import Front, ok
+from direct_front import Front, ok
 
 pytestmark = pytest.mark.timeout(300)
 
