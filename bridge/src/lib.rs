@@ -23,6 +23,8 @@ mod respond;
 mod rollout;
 mod route;
 mod scoreboard;
+#[cfg(test)]
+mod scratch;
 mod shared_memory;
 mod status;
 mod supervise;

@@ -291,8 +291,8 @@ mod tests {
 
     #[test]
     fn datagrams_arrive() {
-        let path = std::env::temp_dir().join(format!("fcgibridge-notify-{}.sock", std::process::id()));
-        let _ = std::fs::remove_file(&path);
+        let dir = crate::scratch::scratch_dir("notify");
+        let path = dir.join("notify.sock");
         let server = UnixDatagram::bind(&path).ok();
         let n = Notifier {
             target: UnixDatagram::unbound().ok().zip(SocketAddr::from_pathname(&path).ok()),
@@ -302,6 +302,5 @@ mod tests {
         let mut buf = [0u8; 256];
         let got = server.as_ref().and_then(|s| s.recv(&mut buf).ok()).unwrap_or(0);
         assert!(buf[..got].starts_with(b"STOPPING=1"), "{:?}", String::from_utf8_lossy(&buf[..got]));
-        let _ = std::fs::remove_file(&path);
     }
 }

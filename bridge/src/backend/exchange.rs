@@ -1193,8 +1193,8 @@ mod unread_tests {
     /// A worker that accepts, waits until the request is in its socket, and exits without
     /// reading it: what a kill -9 of an idle worker looks like from the bridge.
     async fn outcome_of_unread(method: &'static str) -> (Outcome, Vec<u8>) {
-        let path = std::env::temp_dir().join(format!("fcgibridge-unread-{}-{method}.sock", std::process::id()));
-        let _ = std::fs::remove_file(&path);
+        let dir = crate::scratch::scratch_dir(&format!("unread-{method}"));
+        let path = dir.join("w.sock");
         let listener = tokio::net::UnixListener::bind(&path).expect("bind");
         let dies = tokio::spawn(async move {
             let (s, _) = listener.accept().await.expect("accept");
@@ -1210,7 +1210,6 @@ mod unread_tests {
         let mut sink = Collect::default();
         let outcome = exchange(&mut slot, &info, &params, &mut NoBody, &mut sink, First::Encode, None).await;
         dies.await.expect("worker task");
-        let _ = std::fs::remove_file(&path);
         (outcome, sink.0)
     }
 
@@ -1258,8 +1257,8 @@ mod unread_tests {
     async fn a_retry_after_an_unread_request_carries_only_that_request_not_the_one_piped_behind() {
         use crate::dispatch::{Dispatcher, Ticket};
         use fastcgi_server::server::{ServerConnection, ServerEvent};
-        let path = std::env::temp_dir().join(format!("fcgibridge-unread-piped-{}.sock", std::process::id()));
-        let _ = std::fs::remove_file(&path);
+        let dir = crate::scratch::scratch_dir("unread-piped");
+        let path = dir.join("w.sock");
         let listener = tokio::net::UnixListener::bind(&path).expect("bind");
         // It exits once both requests are in its socket, unread.
         let dies = tokio::spawn(async move {
@@ -1296,7 +1295,6 @@ mod unread_tests {
         let outcome =
             exchange(&mut slot, &info, &params, &mut NoBody, &mut Collect::default(), First::Encode, Some(&*d)).await;
         dies.await.expect("worker task");
-        let _ = std::fs::remove_file(&path);
         waiter.abort();
         assert_eq!(d.view().counters.piped, 1, "a request was piped behind");
         assert!(matches!(outcome.next, Next::Retry(_)));
@@ -1410,8 +1408,8 @@ mod unread_tests {
     /// of it with `grace` spawned; the app ends the request when `end` is sent.
     async fn an_abort_the_worker_runs_on(name: &str, grace: Option<Duration>) -> RunsOn {
         use crate::dispatch::{Dispatcher, Ticket};
-        let path = std::env::temp_dir().join(format!("fcgibridge-{name}-{}.sock", std::process::id()));
-        let _ = std::fs::remove_file(&path);
+        let dir = crate::scratch::scratch_dir(name);
+        let path = dir.join("w.sock");
         let listener = tokio::net::UnixListener::bind(&path).expect("bind");
         let (end_tx, end_rx) = tokio::sync::oneshot::channel();
         let app = tokio::spawn(sleeps_through_the_abort(listener, end_rx));
@@ -1433,7 +1431,7 @@ mod unread_tests {
         assert_eq!((outcome.status, outcome.fate), (499, SlotFate::Aborted));
         let d2 = d.clone();
         let finishing = tokio::spawn(async move { (slot.finish_abort(&d2, grace).await, slot) });
-        RunsOn { d, w, finishing, end_tx, app, path }
+        RunsOn { d, w, finishing, end_tx, app, _dir: dir }
     }
 
     /// An aborted request its worker runs on ([`an_abort_the_worker_runs_on`]).
@@ -1443,13 +1441,14 @@ mod unread_tests {
         finishing: tokio::task::JoinHandle<(SlotFate, crate::backend::SlotConn)>,
         end_tx: tokio::sync::oneshot::Sender<()>,
         app: tokio::task::JoinHandle<()>,
-        path: std::path::PathBuf,
+        /// Where the app's socket is; removed when this is dropped.
+        _dir: crate::scratch::ScratchDir,
     }
 
     impl RunsOn {
         /// The app ends the request at last: the slot is free again and its connection serves on.
         async fn app_ends_it(self) {
-            let Self { d, w, finishing, end_tx, app, path } = self;
+            let Self { d, w, finishing, end_tx, app, .. } = self;
             assert!(!finishing.is_finished());
             end_tx.send(()).expect("the app waits");
             let (fate, slot) = finishing.await.expect("task");
@@ -1457,7 +1456,6 @@ mod unread_tests {
             d.release(slot);
             assert_eq!(d.worker_view(w, false).map(|v| (v.busy, v.abandoned, v.served)), Some((0, 0, 1)));
             app.abort();
-            let _ = std::fs::remove_file(&path);
         }
     }
 

@@ -185,10 +185,11 @@ mod tests {
     use super::*;
     use fastcgi_server::server::{ServerConnection, ServerEvent};
 
-    fn socket_path(name: &str) -> std::path::PathBuf {
-        let p = std::env::temp_dir().join(format!("fcgibridge-probe-{}-{name}.sock", std::process::id()));
-        let _ = std::fs::remove_file(&p);
-        p
+    /// A scratch directory (keep it) and a socket path in it.
+    fn socket_path(name: &str) -> (crate::scratch::ScratchDir, std::path::PathBuf) {
+        let dir = crate::scratch::scratch_dir(name);
+        let path = dir.join("w.sock");
+        (dir, path)
     }
 
     /// Answers GET_VALUES on every connection, as a live worker does.
@@ -217,20 +218,19 @@ mod tests {
 
     #[tokio::test]
     async fn a_worker_that_answers_keeps_its_slot() {
-        let path = socket_path("live");
+        let (_dir, path) = socket_path("live");
         let listener = tokio::net::UnixListener::bind(&path).expect("bind");
         tokio::spawn(answering(listener));
         let (mut slot, _) =
             SlotConn::connect(Arc::new(WorkerHandle::new("p".into(), 0, path.clone()))).await.expect("connect");
         assert!(slot.reconnect_verified().await);
-        let _ = std::fs::remove_file(&path);
     }
 
     #[tokio::test]
     async fn a_socket_nobody_accepts_on_loses_its_slot() {
         // A dying worker: its listening socket still takes connections into the backlog,
         // but no thread will accept them.
-        let path = socket_path("dying");
+        let (_dir, path) = socket_path("dying");
         let listener = std::os::unix::net::UnixListener::bind(&path).expect("bind");
         let (mut slot, _) =
             SlotConn::connect(Arc::new(WorkerHandle::new("p".into(), 0, path.clone()))).await.expect("connect");
@@ -238,6 +238,5 @@ mod tests {
         assert!(!slot.reconnect_verified().await);
         assert!(started.elapsed() >= PROBE_TIMEOUT);
         drop(listener);
-        let _ = std::fs::remove_file(&path);
     }
 }

@@ -610,7 +610,7 @@ mod tests {
     /// What `check` prints must load back to the same configuration.
     #[test]
     fn the_output_loads_back_unchanged() {
-        let dir = crate::config::tests::scratch_dir("check-round-trip");
+        let dir = crate::scratch::scratch_dir("check-round-trip");
         let app = dir.join("app.py");
         std::fs::write(&app, "").unwrap();
         std::fs::create_dir_all(dir.join("files")).unwrap();
@@ -688,7 +688,7 @@ mod tests {
                     python_at: Default::default(),
                     app: App::File { path: app.clone(), callable: "app".into() },
                     app_at: Default::default(),
-                    chdir: dir.clone(),
+                    chdir: dir.to_path_buf(),
                     chdir_at: Default::default(),
                     env: BTreeMap::from([("A".into(), "1".into()), ("QUOTED".into(), "x: \"y\"".into())]),
                     processes: 1,

@@ -630,7 +630,7 @@ mod tests {
     #[test]
     fn a_fastcgi_round_trip() {
         use fastcgi_server::server::{ServerConnection, ServerEvent};
-        let dir = crate::config::tests::scratch_dir("request-fastcgi");
+        let dir = crate::scratch::scratch_dir("request-fastcgi");
         let sock = dir.join("app.sock");
         let listener = UnixListener::bind(&sock).unwrap();
         let app = std::thread::spawn(move || {
@@ -678,7 +678,7 @@ mod tests {
     /// SCGI: the response is everything until the application closes.
     #[test]
     fn an_scgi_round_trip() {
-        let dir = crate::config::tests::scratch_dir("request-scgi");
+        let dir = crate::scratch::scratch_dir("request-scgi");
         let sock = dir.join("app.sock");
         let listener = UnixListener::bind(&sock).unwrap();
         let app = std::thread::spawn(move || {
@@ -722,7 +722,8 @@ mod tests {
 
     /// `run` of one SCGI request to an app that answers `reply`, written to `out`.
     fn scgi_answer_into(name: &str, reply: &'static [u8], out: &mut impl Write) -> Result<(), RequestError> {
-        let sock = crate::config::tests::scratch_dir(name).join("app.sock");
+        let dir = crate::scratch::scratch_dir(name);
+        let sock = dir.join("app.sock");
         let listener = UnixListener::bind(&sock).unwrap();
         let app = std::thread::spawn(move || {
             let (mut s, _) = listener.accept().unwrap();
@@ -759,7 +760,7 @@ mod tests {
     /// "Resource temporarily unavailable".
     #[test]
     fn a_slow_answer_is_a_timeout() {
-        let dir = crate::config::tests::scratch_dir("request-slow");
+        let dir = crate::scratch::scratch_dir("request-slow");
         let sock = dir.join("app.sock");
         let listener = UnixListener::bind(&sock).unwrap();
         let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
@@ -793,7 +794,7 @@ mod tests {
         assert!(e.to_string().starts_with("cannot connect to unix:/nonexistent/fcgibridge.sock"), "{e}");
 
         // An application that hangs up without answering.
-        let dir = crate::config::tests::scratch_dir("request-hangup");
+        let dir = crate::scratch::scratch_dir("request-hangup");
         let sock = dir.join("app.sock");
         let listener = UnixListener::bind(&sock).unwrap();
         let app = std::thread::spawn(move || drop(listener.accept().unwrap()));

@@ -710,7 +710,7 @@ mod tests {
     #[test]
     fn script_ownership() {
         use std::os::unix::fs::{MetadataExt, PermissionsExt};
-        let dir = crate::config::tests::scratch_dir("script-owner");
+        let dir = crate::scratch::scratch_dir("script-owner");
         let file = dir.join("app.wsgi");
         std::fs::write(&file, "application = None\n").unwrap();
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -741,8 +741,8 @@ mod tests {
         ids: BridgeIds,
         name: &str,
         pool_keys: &str,
-    ) -> (std::path::PathBuf, Result<crate::config::Config, ConfigError>) {
-        let dir = crate::config::tests::scratch_dir(name);
+    ) -> (crate::scratch::ScratchDir, Result<crate::config::Config, ConfigError>) {
+        let dir = crate::scratch::scratch_dir(name);
         let conf = dir.join("conf.d");
         std::fs::create_dir_all(&conf).unwrap();
         std::fs::write(dir.join("app.py"), "application = None\n").unwrap();
@@ -753,14 +753,15 @@ mod tests {
         TEST_BRIDGE_IDS.with(|c| c.set(ids));
         let r = crate::config::load_with_search_path(&conf, None);
         TEST_BRIDGE_IDS.with(|c| c.set(BridgeIds { uid: 4242, gid: 4242 }));
-        (conf, r)
+        (dir, r)
     }
 
     #[test]
     fn every_key_loads_and_check_output_loads_back() {
         let keys = "    user: nobody\n    group: nogroup\n    groups: [nogroup]\n    umask: \"0027\"\n    clear-env: true\n    \
                     rlimit-nofile: 1024\n    rlimit-core: unlimited\n    rlimit-as: 1536M\n    nice: 5\n    preload: true\n";
-        let (conf, r) = load_as(ROOT, "iso-all-keys", keys);
+        let (dir, r) = load_as(ROOT, "iso-all-keys", keys);
+        let conf = dir.join("conf.d");
         let config = r.unwrap();
         let iso = &config.pools[0].isolation;
         assert_eq!(iso.user.as_ref().map(|u| u.login.as_str()), Some("nobody"));
@@ -824,7 +825,8 @@ mod tests {
     #[test]
     fn the_control_client_loads_without_privilege_checks() {
         // An unprivileged bridge cannot switch users: refused for the daemon and `check`...
-        let (conf, r) = load_as(ALICE, "iso-client", "    user: nobody\n");
+        let (dir, r) = load_as(ALICE, "iso-client", "    user: nobody\n");
+        let conf = dir.join("conf.d");
         assert!(r.unwrap_err().to_string().contains("needs the bridge to run as root"));
         // ...but a client only looking for the control socket reads it, and that leaves
         // nothing behind: the next daemon-side load checks again.

@@ -140,7 +140,7 @@ mod tests {
 
     #[test]
     fn python_is_found_on_the_given_path() {
-        let dir = crate::config::tests::scratch_dir("python-on-path");
+        let dir = crate::scratch::scratch_dir("python-on-path");
         let bin = dir.join("bin");
         std::fs::create_dir_all(&bin).unwrap();
         let exe = bin.join("python");

@@ -1269,7 +1269,7 @@ mod tests {
 
     #[test]
     fn file_apps_name_their_callable_after_the_last_colon() {
-        let dir = std::env::temp_dir().join(format!("fcgibridge-parse-app-{}", std::process::id()));
+        let dir = crate::scratch::scratch_dir("parse-app");
         let odd = dir.join("with:colon");
         std::fs::create_dir_all(&odd).expect("mkdir");
         for f in ["app.fcgi", "plain", "app.py"] {
@@ -1318,6 +1318,5 @@ mod tests {
             let App::File { path, callable } = &app else { unreachable!() };
             assert_eq!(parse_app(&App::spec_for(path, callable), &dir).as_ref(), Ok(&app));
         }
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -261,7 +261,7 @@ mod tests {
         for name in ["pypy", "pypy3", "pypy3.10"] {
             assert_eq!(name_kind(name), Name::PyPy, "{name}");
         }
-        let dir = crate::config::tests::scratch_dir("shebang-builds");
+        let dir = crate::scratch::scratch_dir("shebang-builds");
         let free = exe(&dir, "bin/python3.13t");
         let app = script(&dir, &format!("#!{}", free.display()));
         assert_eq!(read(&app, None), Shebang::Python(free));
@@ -276,7 +276,7 @@ mod tests {
 
     #[test]
     fn a_broken_symlink_is_named_as_one() {
-        let dir = crate::config::tests::scratch_dir("shebang-broken-link");
+        let dir = crate::scratch::scratch_dir("shebang-broken-link");
         fs::create_dir_all(dir.join("venv/bin")).unwrap();
         std::os::unix::fs::symlink("/nonexistent/python3.11", dir.join("venv/bin/python3")).unwrap();
         let app = script(&dir, &format!("#!{}", dir.join("venv/bin/python3").display()));
@@ -289,7 +289,7 @@ mod tests {
 
     #[test]
     fn a_tenants_first_line_is_echoed_escaped() {
-        let dir = crate::config::tests::scratch_dir("shebang-escaped");
+        let dir = crate::scratch::scratch_dir("shebang-escaped");
         let app = script(&dir, "#!/nonexistent/bin/python3 \x1b[2K\rFAKE \u{202e}INFO all good");
         match read(&app, None) {
             Shebang::Unusable { line, .. } => {
@@ -306,7 +306,7 @@ mod tests {
 
     #[test]
     fn a_byte_order_mark_before_the_shebang_is_skipped() {
-        let dir = crate::config::tests::scratch_dir("shebang-bom");
+        let dir = crate::scratch::scratch_dir("shebang-bom");
         let python = exe(&dir, "venv/bin/python3");
         let app = script(&dir, &format!("\u{feff}#!{}", python.display()));
         assert_eq!(read(&app, None), Shebang::Python(python));
@@ -329,7 +329,7 @@ mod tests {
 
     #[test]
     fn an_unversioned_python_counts_only_where_it_is_python_3() {
-        let dir = crate::config::tests::scratch_dir("shebang-unversioned");
+        let dir = crate::scratch::scratch_dir("shebang-unversioned");
         // A virtualenv's bin/python (copied, not linked), its pyvenv.cfg saying 3.x.
         let venv_python = exe(&dir, "venv/bin/python");
         fs::write(dir.join("venv/pyvenv.cfg"), "home = /usr/bin\nversion = 3.11.2\n").unwrap();
@@ -351,7 +351,7 @@ mod tests {
 
     #[test]
     fn a_relative_or_directory_interpreter_is_unusable() {
-        let dir = crate::config::tests::scratch_dir("shebang-relative");
+        let dir = crate::scratch::scratch_dir("shebang-relative");
         let app = script(&dir, "#!venv/bin/python3");
         assert!(matches!(read(&app, None), Shebang::Unusable { why, .. } if why.contains("not an absolute path")));
         fs::create_dir_all(dir.join("d/python3/bin")).unwrap();
@@ -362,7 +362,7 @@ mod tests {
 
     #[test]
     fn a_fifo_in_the_apps_place_is_not_waited_on() {
-        let dir = crate::config::tests::scratch_dir("shebang-fifo");
+        let dir = crate::scratch::scratch_dir("shebang-fifo");
         let fifo = dir.join("app.fcgi");
         let path = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
         // SAFETY: a valid NUL-terminated path.

@@ -388,7 +388,7 @@ mod tests {
     use crate::config::{load_with_search_path, Config, ConfigError};
 
     fn load(pool_keys: &str) -> Result<Config, ConfigError> {
-        let dir = crate::config::tests::scratch_dir("supervision");
+        let dir = crate::scratch::scratch_dir("supervision");
         let text = format!(
             "pools:\n  p:\n    app: \"x:application\"\n    python: /bin/sh\n{}listeners:\n  l: {{fastcgi: \"127.0.0.1:9999\", pool: p}}\n",
             pool_keys.lines().map(|l| format!("    {l}\n")).collect::<String>()

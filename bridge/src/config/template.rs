@@ -804,6 +804,7 @@ pub fn instantiate(
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use crate::scratch::ScratchDir;
     use std::fs;
     use std::os::unix::fs::PermissionsExt;
 
@@ -835,8 +836,8 @@ mod tests {
 
     /// A scratch conf.d with `text`, a stand-in python3 on the search path, an empty sites/;
     /// the load result.
-    fn load(name: &str, text: &str) -> (PathBuf, Result<super::super::Config, ConfigError>) {
-        let root = super::super::tests::scratch_dir(name);
+    fn load(name: &str, text: &str) -> (ScratchDir, Result<super::super::Config, ConfigError>) {
+        let root = crate::scratch::scratch_dir(name);
         fs::create_dir_all(root.join("conf.d")).unwrap();
         fs::create_dir_all(root.join("bin")).unwrap();
         let python = root.join("bin/python3");
@@ -888,7 +889,7 @@ listeners:
         assert!(t.allow.as_ref().unwrap().is_match("a.test") && !t.allow.as_ref().unwrap().is_match("a.test/x"));
         let bin = root.join("bin");
         let text = crate::cli::check::render(&config, "x", Some(bin.as_os_str()));
-        let again = super::super::tests::scratch_dir("template-roundtrip-again");
+        let again = crate::scratch::scratch_dir("template-roundtrip-again");
         fs::write(again.join("00.yaml"), &text).unwrap();
         let reloaded = super::super::load_with_search_path(&again, Some(bin.as_os_str())).unwrap();
         assert_eq!(reloaded, config, "\n{text}");
@@ -1033,7 +1034,7 @@ listeners:
         ids: super::super::isolation::BridgeIds,
         name: &str,
         text: &str,
-    ) -> (PathBuf, Result<super::super::Config, ConfigError>) {
+    ) -> (ScratchDir, Result<super::super::Config, ConfigError>) {
         use super::super::isolation::{BridgeIds, TEST_BRIDGE_IDS};
         TEST_BRIDGE_IDS.with(|c| c.set(ids));
         let r = load(name, text);

@@ -1,24 +1,14 @@
 //! Loading whole configuration directories: every kind of error, defaults, merging.
 use super::*;
+use crate::scratch::{scratch_dir, ScratchDir};
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
-
-/// A fresh empty directory for one test.
-pub(crate) fn scratch_dir(name: &str) -> PathBuf {
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
-    let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    let dir = std::env::temp_dir().join(format!("fcgibridge-test-{}", std::process::id())).join(format!("{name}-{n}"));
-    let _ = fs::remove_dir_all(&dir);
-    fs::create_dir_all(&dir).unwrap();
-    dir
-}
 
 /// A scratch tree: `root/conf.d/*.yaml`, `root/app/app.py`, and `root/bin/python3`
 /// (a stand-in interpreter on the PATH the loader is given).
 struct Tree {
-    root: PathBuf,
+    root: ScratchDir,
 }
 
 impl Tree {
@@ -1663,16 +1653,19 @@ fn a_script_whose_shebang_cannot_be_read_is_a_warning() {
     stand_in(&tree, "venv/bin/python3");
     fs::set_permissions(tree.root.join("app/app.fcgi"), fs::Permissions::from_mode(0o000)).unwrap();
     // Root reads anything: this thread's file-system uid is made another's, which drops its
-    // CAP_DAC_OVERRIDE as root_squash does (the uid is per thread, gone with it).
-    let (python, at, warnings) = std::thread::spawn(move || {
-        // SAFETY: setfsuid changes only this thread's file-system credentials.
-        if unsafe { libc::geteuid() } == 0 {
-            unsafe { libc::setfsuid(65534) };
-        }
-        python_of(&tree)
-    })
-    .join()
-    .unwrap();
+    // CAP_DAC_OVERRIDE as root_squash does (the uid is per thread, gone with it). The tree
+    // stays this thread's, which may remove it.
+    let (python, at, warnings) = std::thread::scope(|s| {
+        s.spawn(|| {
+            // SAFETY: setfsuid changes only this thread's file-system credentials.
+            if unsafe { libc::geteuid() } == 0 {
+                unsafe { libc::setfsuid(65534) };
+            }
+            python_of(&tree)
+        })
+        .join()
+        .unwrap()
+    });
     assert_eq!((python.ends_with("bin/python3"), at.ends_with(" -")), (true, true), "{python:?} {at}");
     assert_eq!(
         warnings,

@@ -1058,7 +1058,7 @@ mod tests {
 
     #[test]
     fn only_a_root_bridge_warns_of_its_unix_sockets() {
-        let dir = crate::config::tests::scratch_dir("root-socket");
+        let dir = crate::scratch::scratch_dir("root-socket");
         std::fs::write(dir.join("app.py"), "application = None\n").unwrap();
         let text = "pools:\n  shop: {app: ../app.py, python: /bin/sh, allow-root: true}\n\
                     listeners:\n  shop: {fastcgi: 'unix:/run/shop.sock', pool: shop}\n";

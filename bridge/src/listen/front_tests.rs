@@ -161,12 +161,14 @@ fn attach(ctx: &Arc<ListenerCtx>) -> Front {
 }
 
 async fn setup_ctx_with(threads: u32, header_memory: u64) -> (Arc<ListenerCtx>, (UnixStream, UnixStream)) {
-    let dir = std::env::temp_dir().join(format!("fcgibridge-front-test-{}-{threads}", std::process::id()));
-    let _ = std::fs::create_dir_all(&dir);
-    let sock = dir.join(format!("w{}.sock", rand_suffix()));
-    let _ = std::fs::remove_file(&sock);
+    let dir = crate::scratch::scratch_dir("front");
+    let sock = dir.join("w.sock");
     let listener = UnixListener::bind(&sock).expect("bind fake worker");
-    tokio::spawn(fake_worker(listener));
+    // The directory goes with the worker's task, when the test's runtime drops it.
+    tokio::spawn(async move {
+        let _dir = dir;
+        fake_worker(listener).await
+    });
     let pool = PoolRuntime::new(pool_config(threads));
     let handle = Arc::new(WorkerHandle::new(pool.name.clone(), 0, sock));
     for _ in 0..threads {
@@ -202,11 +204,6 @@ async fn setup_ctx_with(threads: u32, header_memory: u64) -> (Arc<ListenerCtx>, 
         succession: Default::default(),
     });
     (ctx, UnixStream::pair().expect("socketpair"))
-}
-
-fn rand_suffix() -> u64 {
-    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 #[tokio::test]
@@ -336,10 +333,8 @@ async fn scgi_request_gets_a_cgi_response_then_close() {
 async fn a_slot_whose_worker_is_gone_is_skipped_not_502() {
     let (ctx, (ours, theirs)) = setup_ctx(1).await;
     // A second slot whose worker has closed the connection (died while the slot was idle).
-    let dir = std::env::temp_dir().join(format!("fcgibridge-front-test-{}-dead", std::process::id()));
-    let _ = std::fs::create_dir_all(&dir);
-    let path = dir.join(format!("dead{}.sock", rand_suffix()));
-    let _ = std::fs::remove_file(&path);
+    let dir = crate::scratch::scratch_dir("front-dead");
+    let path = dir.join("dead.sock");
     let listener = UnixListener::bind(&path).expect("bind");
     let Some(crate::supervise::instances::Target::Pool(pool)) = ctx.router.targets().next().cloned() else {
         panic!("pool")

@@ -993,10 +993,6 @@ fn bind_fd(name: &str, fd: i32) -> Result<Bound, ListenError> {
 mod tests {
     use super::*;
 
-    fn tmp(name: &str) -> PathBuf {
-        std::env::temp_dir().join(format!("fcgibridge-listen-{}-{name}", std::process::id()))
-    }
-
     #[tokio::test]
     async fn a_tcp_listener_sends_without_delay() {
         use nix::sys::socket::{getsockopt, sockopt};
@@ -1066,9 +1062,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_reload_says_which_kept_sockets_were_renamed_and_counts_their_connections_under_the_new_name() {
-        let d = tmp("renamed");
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir(&d).unwrap();
+        let d = crate::scratch::scratch_dir("renamed");
         let at = |name: &str, file: &str| config::Listener {
             address: ListenAddress::Unix(d.join(file)),
             ..config::Listener::for_tests(name, 0)
@@ -1122,13 +1116,12 @@ mod tests {
         wait_open(&registry, &["b", "c"], &[0, 1]).await;
         assert!(!d.join("2.sock").exists());
         set.stop_accepting();
-        let _ = std::fs::remove_dir_all(&d);
     }
 
     #[test]
     fn stale_socket_is_replaced() {
-        let p = tmp("stale.sock");
-        let _ = std::fs::remove_file(&p);
+        let d = crate::scratch::scratch_dir("stale");
+        let p = d.join("stale.sock");
         // A bound socket whose listener is gone: connecting gives ECONNREFUSED.
         let l = std::os::unix::net::UnixListener::bind(&p).ok();
         drop(l);
@@ -1139,28 +1132,28 @@ mod tests {
 
     #[test]
     fn live_socket_is_kept() {
-        let p = tmp("live.sock");
-        let _ = std::fs::remove_file(&p);
+        let d = crate::scratch::scratch_dir("live");
+        let p = d.join("live.sock");
         let l = std::os::unix::net::UnixListener::bind(&p);
         assert!(l.is_ok());
         let err = clear_stale_socket("t", &p).err().map(|e| e.to_string()).unwrap_or_default();
         assert!(err.contains("address in use by a running process"), "{err}");
         assert!(p.exists());
         drop(l);
-        let _ = std::fs::remove_file(&p);
     }
 
     #[test]
     fn regular_file_is_not_replaced() {
-        let p = tmp("file.sock");
+        let d = crate::scratch::scratch_dir("file");
+        let p = d.join("file.sock");
         let _ = std::fs::write(&p, b"x");
         assert!(matches!(clear_stale_socket("t", &p), Err(ListenError::NotASocket { .. })));
-        let _ = std::fs::remove_file(&p);
     }
 
     #[test]
     fn missing_file_is_fine() {
-        assert!(clear_stale_socket("t", &tmp("none.sock")).is_ok());
+        let d = crate::scratch::scratch_dir("none");
+        assert!(clear_stale_socket("t", &d.join("none.sock")).is_ok());
     }
 
     /// Whether tokio would let a read through now, without making one: try_io calls its

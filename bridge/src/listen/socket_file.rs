@@ -280,11 +280,8 @@ mod tests {
     use std::os::fd::{FromRawFd, OwnedFd};
 
     /// A fresh directory of this test's own.
-    fn dir(name: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!("fcgibridge-socket-file-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir(&d).unwrap();
-        d
+    fn dir(name: &str) -> crate::scratch::ScratchDir {
+        crate::scratch::scratch_dir(name)
     }
 
     /// Watches `dir` for files made, changed or moved in.
@@ -350,7 +347,6 @@ mod tests {
             assert_eq!(addr.as_pathname(), Some(path.as_path()), "its address (ss -x) is its path");
         }
         assert!(std::os::unix::net::UnixStream::connect(&path).is_ok());
-        let _ = std::fs::remove_dir_all(&d);
     }
 
     #[test]
@@ -371,7 +367,6 @@ mod tests {
         let long = d.join("s".repeat(MAX_PATH - d.as_os_str().len() - 1));
         bind(&long, 16, perms).unwrap();
         assert!(has(&long, perms));
-        let _ = std::fs::remove_dir_all(&d);
     }
 
     #[test]
@@ -385,7 +380,6 @@ mod tests {
         let perms = SocketPerms { mode: Some(0o666), ..Default::default() };
         assert!(set(&link, perms).is_err());
         assert_eq!(mode_of(&target), 0o600);
-        let _ = std::fs::remove_dir_all(&d);
     }
 
     /// Whether a peer (its uid; whether it is in `groups`) may connect to a socket file of
@@ -472,7 +466,6 @@ mod tests {
         let back = SocketPerms { mode: Some(0o666), owner: Some(Uid::from_raw(0)), group: Some(Gid::from_raw(0)) };
         set(&path, back).unwrap();
         assert!(has(&path, back), "{:o}", mode_of(&path));
-        let _ = std::fs::remove_dir_all(&d);
     }
 
     #[test]
@@ -496,7 +489,6 @@ mod tests {
             Some(("chown", std::io::ErrorKind::PermissionDenied))
         );
         assert!(has(&path, nobody), "{:o}", mode_of(&path));
-        let _ = std::fs::remove_dir_all(&d);
     }
 
     #[test]
@@ -507,6 +499,5 @@ mod tests {
         let perms = SocketPerms { mode: Some(0o600), ..Default::default() };
         assert_eq!(bind(&path, 16, perms).err().map(|(_, e)| e.kind()), Some(std::io::ErrorKind::AddrInUse));
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "mine");
-        let _ = std::fs::remove_dir_all(&d);
     }
 }

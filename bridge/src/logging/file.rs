@@ -79,8 +79,7 @@ mod tests {
 
     #[test]
     fn reopens_after_its_own_generation_moves() {
-        let dir = std::env::temp_dir().join(format!("fcgibridge-logfile-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("dir");
+        let dir = crate::scratch::scratch_dir("logfile");
         let path = dir.join("bridge.log");
         let (reopen, other) = (Reopen::default(), Reopen::default());
         let mut f = LogFile::open(path.clone(), reopen.clone()).expect("open");
@@ -93,13 +92,12 @@ mod tests {
         f.write_all(b"three\n").expect("write");
         assert_eq!(std::fs::read_to_string(dir.join("bridge.log.1")).expect("old"), "one\ntwo\n");
         assert_eq!(std::fs::read_to_string(&path).expect("new"), "three\n");
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
     fn a_new_log_file_is_not_for_every_user_to_read() {
         use std::os::unix::fs::PermissionsExt;
-        let dir = crate::config::tests::scratch_dir("log-file-mode");
+        let dir = crate::scratch::scratch_dir("log-file-mode");
         let path = dir.join("bridge.log");
         open_append(&path).expect("open");
         let mode = std::fs::metadata(&path).expect("stat").permissions().mode() & 0o777;

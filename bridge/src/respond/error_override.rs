@@ -192,8 +192,7 @@ mod tests {
 
     #[test]
     fn file_pages() {
-        let dir = std::env::temp_dir().join(format!("fcgibridge-errpages-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("dir");
+        let dir = crate::scratch::scratch_dir("errpages");
         let f = dir.join("502.html");
         std::fs::write(&f, "<h1>down</h1>").expect("write");
         let mut pages = ErrorPages::default();
@@ -213,7 +212,6 @@ mod tests {
             pages.insert("404", PageSource::File(&dir.join("missing"))),
             Err(ErrorPageError::Read { .. })
         ));
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -716,7 +716,7 @@ mod tests {
 
     #[test]
     fn a_file_for_nginx_whose_headers_nginx_would_drop_is_sent_by_the_bridge() {
-        let dir = crate::config::tests::scratch_dir("handoff-nginx-drops");
+        let dir = crate::scratch::scratch_dir("handoff-nginx-drops");
         std::fs::write(dir.join("a.csv"), "x\n").unwrap();
         let map = vec![(dir.display().to_string(), "/protected".to_owned())];
         let nginx = Front { dialect: Dialect::Nginx, protocol: Protocol::FastCgi };
@@ -759,7 +759,7 @@ mod tests {
     fn a_directory_named_through_a_symlink_is_one_as_written_too() {
         // A path is compared with the roots as written before anything is looked up: the
         // configured form counts, as well as the real one.
-        let dir = crate::config::tests::scratch_dir("handoff-symlinked-root");
+        let dir = crate::scratch::scratch_dir("handoff-symlinked-root");
         std::fs::create_dir(dir.join("real")).unwrap();
         std::fs::write(dir.join("real/f.txt"), "x").unwrap();
         std::os::unix::fs::symlink(dir.join("real"), dir.join("link")).unwrap();
@@ -915,16 +915,14 @@ mod tests {
 
     #[test]
     fn translate_serves_unmapped_files_under_roots() {
-        let dir = std::env::temp_dir().join(format!("fcgibridge-handoff-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap_or_default();
+        let dir = crate::scratch::scratch_dir("handoff");
         let file = dir.join("f.txt");
         std::fs::write(&file, b"x").unwrap_or_default();
-        let nginx = files(Mode::Translate, Dialect::Nginx, vec![dir.clone()]);
+        let nginx = files(Mode::Translate, Dialect::Nginx, vec![dir.to_path_buf()]);
         let mut h = head(&[("X-Sendfile", file.to_str().unwrap_or_default())]);
         assert!(matches!(nginx.decide(&mut h, 1, None), Decision::Serve(_)));
         let mut h = head(&[("X-Sendfile", "/etc/passwd")]);
         assert!(matches!(nginx.decide(&mut h, 1, None), Decision::Refuse { .. }));
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
@@ -996,12 +994,11 @@ mod tests {
 
     #[test]
     fn non_normal_paths_are_refused_before_mapping_in_every_dialect() {
-        let dir = std::env::temp_dir().join(format!("fcgibridge-handoff-dots-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap_or_default();
+        let dir = crate::scratch::scratch_dir("handoff-dots");
         let root = dir.to_string_lossy().into_owned();
         for dialect in [Dialect::Nginx, Dialect::Lighttpd, Dialect::Apache, Dialect::Caddy, Dialect::Generic] {
             for mode in [Mode::Translate, Mode::Serve] {
-                let f = files(mode, dialect, vec![dir.clone()]);
+                let f = files(mode, dialect, vec![dir.to_path_buf()]);
                 let why = refused(&f, "X-Sendfile", "/srv/files/../secret.txt");
                 assert_eq!(why, "\"/srv/files/../secret.txt\" is not a normal path: it has a `..` segment");
                 refused(&f, "X-Sendfile", &format!("{root}/../secret.txt"));
@@ -1030,7 +1027,6 @@ mod tests {
         assert!(matches!(lighttpd.decide(&mut h, 1, None), Decision::Forward));
         // X-Accel-Redirect mapped to X-Sendfile for lighttpd, which decodes it once more
         refused(&lighttpd, "X-Accel-Redirect", "/protected/%252e%252e/secret.txt");
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
@@ -1083,14 +1079,12 @@ mod tests {
         let mut h = head(&[("X-Accel-Redirect", "/protected/a")]);
         assert_eq!(for_front(f.decide(&mut h, 1, None)), "Status: 200 OK\r\nX-Sendfile: /srv/files/a\r\n\r\n");
         // served by the bridge when file-roots cover every piece
-        let dir = std::env::temp_dir().join(format!("fcgibridge-handoff-scgi-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap_or_default();
+        let dir = crate::scratch::scratch_dir("handoff-scgi");
         std::fs::write(dir.join("f.txt"), b"xyz").unwrap_or_default();
-        let f = behind(Mode::Translate, scgi, vec![dir.clone()]);
+        let f = behind(Mode::Translate, scgi, vec![dir.to_path_buf()]);
         let mut h = head(&[("X-Sendfile2", &format!("{}/f.txt 0-1", dir.display()))]);
         assert!(matches!(f.decide(&mut h, 1, None), Decision::Serve(_)));
         let why = refused(&f, "X-Sendfile2", "/etc/passwd 0-1");
         assert!(why.starts_with("lighttpd follows X-Sendfile2 only over FastCGI"), "{why}");
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -843,8 +843,8 @@ mod tests {
     }
 
     /// A scratch root with `root/dir/a.txt`, and `secret.txt` beside the root.
-    fn tree(name: &str) -> (PathBuf, PathBuf) {
-        let base = crate::config::tests::scratch_dir(name);
+    fn tree(name: &str) -> (crate::scratch::ScratchDir, PathBuf) {
+        let base = crate::scratch::scratch_dir(name);
         let root = base.join("root");
         std::fs::create_dir_all(root.join("dir")).unwrap();
         std::fs::write(root.join("dir/a.txt"), "inside\n").unwrap();

@@ -193,7 +193,7 @@ mod tests {
         if !nix::unistd::geteuid().is_root() {
             return; // chown
         }
-        let dir = crate::config::tests::scratch_dir("allowed");
+        let dir = crate::scratch::scratch_dir("allowed");
         let f = dir.join("f");
         std::fs::write(&f, "").unwrap();
         chown(&f, Some(4001), Some(4002)).unwrap();
@@ -210,7 +210,7 @@ mod tests {
     fn a_private_directory_a_symlink_on_the_way_leads_through_is_named() {
         // A site's venv links into a 0700 directory; its python links to a system python
         // everyone may run: the private directory is what is in the way.
-        let dir = crate::config::tests::scratch_dir("exec-via-link");
+        let dir = crate::scratch::scratch_dir("exec-via-link");
         let open_above = nix::unistd::geteuid().is_root()
             && dir.ancestors().skip(1).all(|d| std::fs::metadata(d).is_ok_and(|m| m.mode() & 0o001 != 0));
         if !open_above {
@@ -221,7 +221,7 @@ mod tests {
         std::os::unix::fs::symlink("/bin/sh", private.join("venv/bin/python")).unwrap();
         std::fs::create_dir_all(dir.join("site")).unwrap();
         std::os::unix::fs::symlink(private.join("venv"), dir.join("site/venv")).unwrap();
-        for d in [&dir, &dir.join("site"), &private.join("venv"), &private.join("venv/bin")] {
+        for d in [&dir.to_path_buf(), &dir.join("site"), &private.join("venv"), &private.join("venv/bin")] {
             std::fs::set_permissions(d, Permissions::from_mode(0o755)).unwrap();
         }
         std::fs::set_permissions(&private, Permissions::from_mode(0o700)).unwrap();
@@ -234,12 +234,12 @@ mod tests {
 
     #[test]
     fn a_reader_needs_every_directory_above_searchable() {
-        let dir = crate::config::tests::scratch_dir("may-read");
+        let dir = crate::scratch::scratch_dir("may-read");
         let inner = dir.join("a/b");
         std::fs::create_dir_all(&inner).unwrap();
         let f = inner.join("f");
         std::fs::write(&f, "").unwrap();
-        for d in [&dir, &dir.join("a"), &inner] {
+        for d in [&dir.to_path_buf(), &dir.join("a"), &inner] {
             std::fs::set_permissions(d, Permissions::from_mode(0o755)).unwrap();
         }
         // Root to chown; every directory above the scratch dir searchable by others.

@@ -195,7 +195,7 @@ pub(crate) mod tests {
         if !nix::unistd::geteuid().is_root() {
             return;
         }
-        let dir = crate::config::tests::scratch_dir("fs-creds");
+        let dir = crate::scratch::scratch_dir("fs-creds");
         let f = dir.join("f");
         std::fs::write(&f, "x").unwrap();
         std::os::unix::fs::chown(&f, Some(0), Some(0)).unwrap();

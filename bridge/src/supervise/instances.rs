@@ -1473,11 +1473,16 @@ fn limited_as(r: &Refusal, template: &str) -> String {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use crate::scratch::ScratchDir;
 
     /// A template of `user: "{owner}"` over `root/sites/{host}/app.py` where every site's
     /// app.py is a symbolic link (refused before anything starts), and its runtime.
-    fn symlinked_sites(name: &str, spawn_rate: u32, hosts: &[&str]) -> (Arc<Template>, Arc<TemplateRuntime>) {
-        let root = crate::config::tests::scratch_dir(name);
+    fn symlinked_sites(
+        name: &str,
+        spawn_rate: u32,
+        hosts: &[&str],
+    ) -> (Arc<Template>, Arc<TemplateRuntime>, ScratchDir) {
+        let root = crate::scratch::scratch_dir(name);
         std::fs::write(root.join("real.py"), "application = None\n").unwrap();
         for h in hosts {
             std::fs::create_dir_all(root.join("sites").join(h)).unwrap();
@@ -1491,7 +1496,7 @@ mod tests {
         std::fs::write(root.join("conf.d/10.yaml"), text).unwrap();
         let config = crate::config::load_with_search_path(&root.join("conf.d"), None).unwrap();
         let t = Arc::new(config.templates[0].clone());
-        (t.clone(), TemplateRuntime::new(&t, &Arc::new(Shelf::default())))
+        (t.clone(), TemplateRuntime::new(&t, &Arc::new(Shelf::default())), root)
     }
 
     #[test]
@@ -1516,7 +1521,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_refused_instance_leaves_spawn_rate_to_the_sites_and_is_remembered() {
-        let (t, rt) = symlinked_sites("refusals-spend-no-spawn-rate", 2, &["bad.test", "worse.test"]);
+        let (t, rt, _root) = symlinked_sites("refusals-spend-no-spawn-rate", 2, &["bad.test", "worse.test"]);
         // A tenant hammering its bad name: every answer is its own 403, never a 503.
         for i in 0..10 {
             let r = ask(&rt, "bad.test").await;
@@ -1544,7 +1549,7 @@ mod tests {
 
     #[test]
     fn an_instance_is_named_from_the_request_alone() {
-        let (_, rt) = symlinked_sites("instance-names", 2, &["alpha.test"]);
+        let (_, rt, _root) = symlinked_sites("instance-names", 2, &["alpha.test"]);
         let mut params = Params::default();
         params.insert(&b"HTTP_HOST"[..], &b"Alpha.Test.:8080"[..]);
         assert_eq!(rt.instance_name(&params, None), "sites[alpha.test]");
@@ -1574,7 +1579,7 @@ mod tests {
 
     #[test]
     fn nginxs_catch_all_server_name_is_no_host() {
-        let (t, _) = symlinked_sites("server-name-underscore", 2, &["alpha.test"]);
+        let (t, _, _root) = symlinked_sites("server-name-underscore", 2, &["alpha.test"]);
         let mut params = Params::default();
         params.insert(&b"SERVER_NAME"[..], &b"_"[..]);
         assert!(matches!(key_of(&t, &params, None), Err(Refusal::NoKey("host"))));
@@ -1584,8 +1589,8 @@ mod tests {
     }
 
     /// A template of `user: "{user}"` (key: REMOTE_USER) and its runtime.
-    fn per_user(name: &str) -> (Arc<Template>, Arc<TemplateRuntime>) {
-        let root = crate::config::tests::scratch_dir(name);
+    fn per_user(name: &str) -> (Arc<Template>, Arc<TemplateRuntime>, ScratchDir) {
+        let root = crate::scratch::scratch_dir(name);
         std::fs::create_dir_all(root.join("conf.d")).unwrap();
         let text = format!(
             "pools:\n  homes:\n    template: {{}}\n    app: {}/{{user}}/app.py\n    user: '{{user}}'\nlisteners:\n  web: {{fastcgi: 127.0.0.1:9000, pool: homes}}\n",
@@ -1594,13 +1599,13 @@ mod tests {
         std::fs::write(root.join("conf.d/10.yaml"), text).unwrap();
         let config = crate::config::load_with_search_path(&root.join("conf.d"), None).unwrap();
         let t = Arc::new(config.templates[0].clone());
-        (t.clone(), TemplateRuntime::new(&t, &Arc::new(Shelf::default())))
+        (t.clone(), TemplateRuntime::new(&t, &Arc::new(Shelf::default())), root)
     }
 
     #[test]
     fn a_fixed_user_with_no_account_is_the_operators_500_at_its_key_not_a_missing_site() {
         use crate::config::isolation::{BridgeIds, TEST_BRIDGE_IDS};
-        let root = crate::config::tests::scratch_dir("fixed-user-gone");
+        let root = crate::scratch::scratch_dir("fixed-user-gone");
         std::fs::create_dir_all(root.join("conf.d")).unwrap();
         let text = format!(
             "pools:\n  sites:\n    template: {{min-uid: 0}}\n    app: {}/{{host}}/app.py\n    user: root\n    allow-root: true\nlisteners:\n  web: {{fastcgi: 127.0.0.1:9000, pool: sites}}\n",
@@ -1632,7 +1637,7 @@ mod tests {
         let asked = crate::config::isolation::USER_LOOKUPS.with(|l| l.borrow().iter().filter(|w| *w == "root").count());
         assert_eq!(asked, 1);
         // A placeholder's account stays the tenant's: no site (the test below).
-        let (t, _) = per_user("fixed-user-gone-per-user");
+        let (t, _, _root) = per_user("fixed-user-gone-per-user");
         let Err(r) = judge_account(&t, "alice", Ok(None)) else { panic!("no account, yet taken") };
         assert_eq!(r("alice".to_owned()).status(), (404, None));
     }
@@ -1641,7 +1646,7 @@ mod tests {
     fn an_account_lookup_that_fails_is_a_503_remembered_for_its_retry_after() {
         use nix::errno::Errno;
         use nix::unistd::{Gid, Uid, User};
-        let (t, rt) = per_user("account-lookup-errors");
+        let (t, rt, _root) = per_user("account-lookup-errors");
         let refusal = |found| match judge_account(&t, "alice", found) {
             Err(r) => rt.refuse(&t, r("alice".to_owned())),
             Ok(()) => panic!("alice was taken"),

@@ -418,6 +418,7 @@ fn replace_file(dir: &OwnedFd, name: &OsStr, data: &[u8]) -> std::io::Result<()>
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use crate::scratch::ScratchDir;
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
     #[test]
@@ -445,12 +446,12 @@ mod tests {
 
     #[test]
     fn reachability_follows_the_mode_bits() {
-        let dir = crate::config::tests::scratch_dir("reachable");
+        let dir = crate::scratch::scratch_dir("reachable");
         let inner = dir.join("a/b");
         std::fs::create_dir_all(&inner).unwrap();
         let file = inner.join("main.py");
         std::fs::write(&file, "").unwrap();
-        for d in [&dir, &dir.join("a"), &inner] {
+        for d in [&dir.to_path_buf(), &dir.join("a"), &inner] {
             std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
         }
         std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
@@ -481,7 +482,7 @@ mod tests {
 
     #[test]
     fn staging_copies_the_package_once() {
-        let dir = crate::config::tests::scratch_dir("stage");
+        let dir = crate::scratch::scratch_dir("stage");
         let src = dir.join("run/python/fcgibridge_worker");
         std::fs::create_dir_all(&src).unwrap();
         std::fs::write(src.join("main.py"), "print(1)\n").unwrap();
@@ -501,21 +502,23 @@ mod tests {
         nix::unistd::geteuid().is_root()
     }
 
-    /// `<dir>/run/python/fcgibridge_worker/main.py` and an empty `<dir>/jail` (mode 0755).
-    fn package_and_jail(name: &str) -> (PathBuf, PathBuf) {
-        let dir = crate::config::tests::scratch_dir(name);
+    /// `<dir>/run/python/fcgibridge_worker/main.py` and an empty `<dir>/jail` (mode 0755):
+    /// the scratch dir (keep it), `<dir>/run/python` and the jail.
+    fn package_and_jail(name: &str) -> (ScratchDir, PathBuf, PathBuf) {
+        let dir = crate::scratch::scratch_dir(name);
         let src = dir.join("run/python/fcgibridge_worker");
         std::fs::create_dir_all(&src).unwrap();
         std::fs::write(src.join("main.py"), "print(1)\n").unwrap();
         let jail = dir.join("jail");
         std::fs::create_dir_all(&jail).unwrap();
         std::fs::set_permissions(&jail, std::fs::Permissions::from_mode(0o755)).unwrap();
-        (dir.join("run/python"), jail)
+        let python = dir.join("run/python");
+        (dir, python, jail)
     }
 
     #[test]
     fn staging_creates_world_readable_files_in_a_fresh_chroot() {
-        let (python, jail) = package_and_jail("stage-fresh");
+        let (_dir, python, jail) = package_and_jail("stage-fresh");
         let staged = stage_package(&python, &jail).unwrap();
         let file = staged.join("fcgibridge_worker/main.py");
         assert_eq!(std::fs::metadata(&file).unwrap().mode() & 0o7777, 0o644);
@@ -533,7 +536,7 @@ mod tests {
 
     #[test]
     fn staging_refuses_a_symlinked_fcgibridge_directory() {
-        let (python, jail) = package_and_jail("stage-symlink");
+        let (_dir, python, jail) = package_and_jail("stage-symlink");
         let elsewhere = jail.parent().unwrap().join("elsewhere");
         std::fs::create_dir(&elsewhere).unwrap();
         std::os::unix::fs::symlink(&elsewhere, jail.join(".fcgibridge")).unwrap();
@@ -545,7 +548,7 @@ mod tests {
 
     #[test]
     fn staging_never_writes_through_a_planted_temporary_name() {
-        let (python, jail) = package_and_jail("stage-tmp");
+        let (_dir, python, jail) = package_and_jail("stage-tmp");
         let staged = stage_package(&python, &jail).unwrap().join("fcgibridge_worker");
         let victim = jail.parent().unwrap().join("victim");
         std::fs::write(&victim, "secret\n").unwrap();
@@ -570,7 +573,7 @@ mod tests {
         if !is_root() {
             return;
         }
-        let (python, jail) = package_and_jail("stage-owner");
+        let (_dir, python, jail) = package_and_jail("stage-owner");
         let tenant = jail.join(".fcgibridge");
         std::fs::create_dir(&tenant).unwrap();
         std::os::unix::fs::chown(&tenant, Some(12345), Some(12345)).unwrap();

@@ -484,7 +484,7 @@ mod tests {
 
     #[test]
     fn a_thread_that_exits_mid_look_is_no_reason_to_scan_every_process() {
-        let tasks = crate::config::tests::scratch_dir("orphan-tasks");
+        let tasks = crate::scratch::scratch_dir("orphan-tasks");
         std::fs::create_dir_all(tasks.join("100")).expect("mkdir");
         std::fs::write(tasks.join("100/children"), "5 6 ").expect("write");
         // Listed, then gone before its children file was read.

@@ -396,9 +396,9 @@ mod tests {
     }
 
     /// A scratch directory that others may search, and a [`stranger_pool`] in it.
-    fn stranger_scratch(name: &str) -> Option<(std::path::PathBuf, Pool)> {
+    fn stranger_scratch(name: &str) -> Option<(crate::scratch::ScratchDir, Pool)> {
         use std::os::unix::fs::PermissionsExt;
-        let dir = crate::config::tests::scratch_dir(name);
+        let dir = crate::scratch::scratch_dir(name);
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
         let pool = stranger_pool(&dir)?;
         Some((dir, pool))
@@ -619,7 +619,7 @@ mod tests {
 
     #[test]
     fn a_hanging_interpreter_times_out_and_is_killed() {
-        let dir = crate::config::tests::scratch_dir("probe-timeout");
+        let dir = crate::scratch::scratch_dir("probe-timeout");
         let pid_file = dir.join("pid");
         let started = std::time::Instant::now();
         // A child of its own too: the whole process group goes.

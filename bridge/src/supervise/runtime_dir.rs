@@ -248,7 +248,7 @@ mod tests {
 
     #[test]
     fn a_missing_worker_module_is_the_error_run_gives() {
-        let dir = crate::config::tests::scratch_dir("check-native-module");
+        let dir = crate::scratch::scratch_dir("check-native-module");
         let missing = dir.join("libfcgibridge_worker.so");
         let e = missing_at(&missing).map(|e| e.to_string()).unwrap_or_default();
         assert!(e.starts_with(&format!("the native worker module was not found at {}", missing.display())), "{e}");
@@ -266,7 +266,8 @@ mod tests {
 
     #[test]
     fn missing_native_module_is_a_clear_error() {
-        let base = std::env::temp_dir().join(format!("fcgibridge-rtdir-test-{}", std::process::id()));
+        let scratch = crate::scratch::scratch_dir("rtdir-module");
+        let base = scratch.join("run");
         // SAFETY-free: env mutation in a test binary; no other test reads this variable.
         std::env::set_var("FCGIBRIDGE_WORKER_LIB", base.join("nope.so"));
         let r = RuntimeDir::prepare(Some(&base));
@@ -282,14 +283,15 @@ mod tests {
         assert!(dir.is_some());
         assert!(base.join("python/fcgibridge_worker/_native.abi3.so").is_file());
         std::env::remove_var("FCGIBRIDGE_WORKER_LIB");
-        let _ = std::fs::remove_dir_all(&base);
     }
 
     #[test]
     fn a_runtime_directory_someone_else_could_write_is_refused() {
-        let base = crate::config::tests::scratch_dir("rtdir-not-own");
+        let scratch = crate::scratch::scratch_dir("rtdir-not-own");
+        let base = scratch.join("base");
+        std::fs::create_dir(&base).unwrap();
         // Under a umask of 002 the scratch directory would be group-writable: a parent refused.
-        for dir in [base.parent().expect("a parent"), &base] {
+        for dir in [&scratch.to_path_buf(), &base] {
             std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
         }
         let refused = |p: &Path| RuntimeDir::create(p).err().map(|e| e.to_string()).unwrap_or_default();
@@ -328,6 +330,5 @@ mod tests {
             let msg = rt.unpack_python().err().map(|e| e.to_string()).unwrap_or_default();
             assert!(msg.contains("python: belongs to uid 65534"), "{msg}");
         }
-        let _ = std::fs::remove_dir_all(&base);
     }
 }

@@ -761,11 +761,11 @@ mod tests {
 
     #[tokio::test]
     async fn a_failed_start_says_whether_chdir_or_exec_failed() {
-        let dir = crate::config::tests::scratch_dir("spawn-steps");
+        let dir = crate::scratch::scratch_dir("spawn-steps");
         let python = dir.join("python");
         std::os::unix::fs::symlink(dir.join("missing-interpreter"), &python).unwrap();
         // exec: ENOENT through a dangling symlink, which is named
-        let e = start(&pool(python.clone(), dir.clone()));
+        let e = start(&pool(python.clone(), dir.to_path_buf()));
         assert_eq!(e.step, Some(Step::Exec));
         let text = e.to_string();
         assert!(
@@ -779,7 +779,7 @@ mod tests {
             chosen_by: Some("the app file's shebang, as python: is not set".into()),
             ..Default::default()
         };
-        let text = start(&Pool { python_at, ..pool(python.clone(), dir.clone()) }).to_string();
+        let text = start(&Pool { python_at, ..pool(python.clone(), dir.to_path_buf()) }).to_string();
         assert!(
             text.starts_with(&format!(
                 "cannot execute {} (the shebang at /srv/app/app.fcgi:1, a symlink to ",

@@ -154,7 +154,7 @@ mod tests {
 
     #[test]
     fn a_touched_replaced_or_created_file_is_a_change_once() {
-        let dir = crate::config::tests::scratch_dir("touch-reload");
+        let dir = crate::scratch::scratch_dir("touch-reload");
         let (a, b) = (dir.join("reload.txt"), dir.join("later.txt"));
         std::fs::write(&a, b"").unwrap();
         set_mtime(&a, 100);
@@ -180,7 +180,7 @@ mod tests {
 
     #[test]
     fn a_file_the_pool_s_account_cannot_reach_is_not_seen() {
-        let dir = crate::config::tests::scratch_dir("touch-reload-private");
+        let dir = crate::scratch::scratch_dir("touch-reload-private");
         let private = dir.join("private");
         std::fs::create_dir(&private).unwrap();
         std::fs::set_permissions(&private, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
@@ -203,7 +203,7 @@ mod tests {
     fn a_file_an_acl_opens_to_the_pool_s_account_is_seen() {
         use crate::supervise::fs_creds::tests::{set_acl, ACL_USER};
         use std::os::unix::fs::PermissionsExt;
-        let dir = crate::config::tests::scratch_dir("touch-reload-acl");
+        let dir = crate::scratch::scratch_dir("touch-reload-acl");
         // Root to switch to the tenant; every directory above searchable by others.
         let open_above = nix::unistd::geteuid().is_root()
             && dir.ancestors().all(|d| std::fs::metadata(d).is_ok_and(|m| m.mode() & 0o001 != 0));
@@ -237,7 +237,7 @@ mod tests {
 
     #[tokio::test]
     async fn looks_run_off_the_runtime_and_a_reload_keeps_a_pending_touch() {
-        let dir = crate::config::tests::scratch_dir("touch-reload-watch");
+        let dir = crate::scratch::scratch_dir("touch-reload-watch");
         let (a, c) = (dir.join("reload.txt"), dir.join("added.txt"));
         std::fs::write(&a, b"").unwrap();
         set_mtime(&a, 100);
