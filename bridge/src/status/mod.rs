@@ -93,9 +93,11 @@ pub(crate) fn tick(registry: &Registry, now: Instant) {
     let stats = registry.board.snapshot();
     registry.track.with_state(|s| {
         let pools = stats.pools.iter().map(|p| (p.name.clone(), pool_sample(s, p))).collect();
-        let listeners = listeners.iter().map(|l| (l.name.clone(), listener_sample(s, l, &stats.pools))).collect();
-        s.history.record(now, pools, listeners);
+        let samples = listeners.iter().map(|l| (l.name.clone(), listener_sample(s, l, &stats.pools))).collect();
+        s.history.record(now, pools, samples);
         track::forget_gone_pools(s);
+        // After a reload: a name no longer configured is read by nothing any more.
+        track::forget_gone_listeners(s, &listeners);
     });
 }
 

@@ -124,6 +124,15 @@ pub(crate) fn forget_gone_pools(s: &mut State) {
     s.pools.retain(|_, c| c.owner.strong_count() > 0);
 }
 
+/// Forget the request counters of listener names no longer configured (a reload removed
+/// or renamed them: they are kept by name, and a new name starts from zero), and the open-
+/// connection counters of listener contexts that are gone. A renamed listener's open
+/// connections are registered under its new name already ([`Tracker::listener_started`]).
+pub(crate) fn forget_gone_listeners(s: &mut State, configured: &[crate::config::Listener]) {
+    s.listeners.retain(|name, _| configured.iter().any(|l| l.name == *name));
+    s.listener_conns.retain(|(_, w)| w.strong_count() > 0);
+}
+
 /// Open connections of a listener now.
 pub(crate) fn open_connections(s: &State, listener: &str) -> usize {
     s.listener_conns
@@ -132,4 +141,40 @@ pub(crate) fn open_connections(s: &State, listener: &str) -> usize {
         .filter_map(|(_, w)| w.upgrade())
         .map(|c| c.load(Ordering::Relaxed))
         .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Listener;
+    use crate::registry::Registry;
+    use std::sync::atomic::AtomicUsize;
+    use std::sync::Arc;
+
+    #[test]
+    fn the_status_ticker_drops_the_request_counters_of_names_a_reload_removed_or_renamed() {
+        let before = ["kept", "old", "gone"].iter().zip(9000..).map(|(n, p)| Listener::for_tests(n, p)).collect();
+        let registry = Registry::new(None, 1 << 20, before, Default::default());
+        let open = Arc::new(AtomicUsize::new(2));
+        registry.track.listener_started("old", &open);
+        for name in ["kept", "old", "gone"] {
+            registry.track.accepted(name);
+        }
+        // The reload: "old" renamed "new" on its socket (the new context registers the same
+        // open-connection counter under the new name), "gone" removed.
+        registry.set_listeners(vec![Listener::for_tests("kept", 9000), Listener::for_tests("new", 9001)]);
+        registry.track.listener_started("new", &open);
+        crate::status::tick(&registry, std::time::Instant::now());
+        registry.track.with_state(|s| {
+            let mut names: Vec<&str> = s.listeners.keys().map(String::as_str).collect();
+            names.sort_unstable();
+            assert_eq!(names, ["kept", "new"]);
+            assert_eq!(
+                (s.listeners["kept"].accepted, s.listeners["new"].accepted),
+                (1, 0),
+                "a new name starts from zero"
+            );
+            assert_eq!(super::open_connections(s, "new"), 2, "open connections follow the new name");
+            assert_eq!(super::open_connections(s, "old"), 0);
+        });
+    }
 }
