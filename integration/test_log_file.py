@@ -92,3 +92,27 @@ def test_a_missing_worker_module_is_on_stderr_with_a_log_file(tmp_path):
     error = f"the native worker module was not found at {missing}"
     assert [ln.startswith(f"fcgibridge: {error}") for ln in stderr.splitlines()] == [True], stderr
     assert error in logged, logged
+
+
+@pytest.mark.parametrize("taken", ["status", "control"])
+def test_a_failed_start_is_logged_under_the_module_that_met_it(tmp_path, taken_port, taken):
+    """The status listener's and the control socket's start-up errors carry their own
+    modules' targets, as a listener's carries fcgibridge::listen: a log filter or reader by
+    target finds them with the module's other lines."""
+    holder = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        if taken == "status":
+            extra = {"status": {"listen": f"127.0.0.1:{taken_port}"}}
+            want = f"ERROR fcgibridge::status::http: status listener 127.0.0.1:{taken_port}: bind: Address already in use"
+        else:
+            # Another daemon's live control socket at the path.
+            path = tmp_path / "control.sock"
+            holder.bind(str(path))
+            holder.listen(1)
+            extra = {"control-socket": str(path)}
+            want = f"ERROR fcgibridge::control: control socket {path}: "
+        code, stderr, _ = run_failing(tmp_path, extra)
+    finally:
+        holder.close()
+    assert code == 1, stderr
+    assert [ln for ln in stderr.splitlines() if want in ln], stderr

@@ -23,6 +23,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixListener;
 use tokio::sync::{oneshot, watch};
 
+/// The tracing target of this module's events, for a [`ControlError`] the daemon logs when
+/// it cannot start (`fcgibridge::control`), as the control socket's other lines.
+pub(crate) const LOG_TARGET: &str = module_path!();
+
 /// Why the control socket cannot be served.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum ControlError {

@@ -173,11 +173,19 @@ fn failed(e: impl std::fmt::Display) -> ExitCode {
     ExitCode::FAILURE
 }
 
-/// A listener's start-up error (an address in use, an inherited fd that is no listening
-/// socket), logged under the listen module that met it.
-fn failed_listening(e: listen::ListenError) -> ExitCode {
-    logging::fatal!(target: listen::LOG_TARGET, e);
-    ExitCode::FAILURE
+/// A start-up error met in another module (a listener's address in use, an inherited fd
+/// that is no listening socket; the status listener's, the control socket's), logged under
+/// that module's `target`, as its other lines. A macro because a tracing target is fixed
+/// where the event is written. `failed_in!(target)` is the closure for `map_err`,
+/// `failed_in!(target, e)` the exit code at once.
+macro_rules! failed_in {
+    ($target:expr) => {
+        |e| failed_in!($target, e)
+    };
+    ($target:expr, $error:expr) => {{
+        logging::fatal!(target: $target, $error);
+        ExitCode::FAILURE
+    }};
 }
 
 /// Start-up: bind every socket before any worker starts (a port in use is an immediate,
@@ -194,11 +202,14 @@ async fn start(
     if let Some(dir) = &config.global.runtime_dir {
         RuntimeDir::create(dir).map_err(failed)?;
     }
-    let mut bound = listen::bind_all(&config.listeners, &passed).map_err(failed_listening)?;
-    let direct_sockets = listen::take_direct(&config.listeners, &mut bound).map_err(failed_listening)?;
+    let mut bound = listen::bind_all(&config.listeners, &passed).map_err(failed_in!(listen::LOG_TARGET))?;
+    let direct_sockets = listen::take_direct(&config.listeners, &mut bound).map_err(failed_in!(listen::LOG_TARGET))?;
     let status_bound = match &config.global.status {
         None => None,
-        Some(s) => Some((crate::status::http::bind(s).await.map_err(failed)?, s.path.clone())),
+        Some(s) => {
+            let bound = crate::status::http::bind(s).await.map_err(failed_in!(crate::status::http::LOG_TARGET))?;
+            Some((bound, s.path.clone()))
+        }
     };
     let rt_dir = RuntimeDir::prepare(config.global.runtime_dir.as_deref()).map_err(failed)?;
     tracing::debug!("runtime directory {}", rt_dir.path().display());
@@ -236,7 +247,7 @@ async fn start(
                 tokio::spawn(crate::control::serve(l, control_tx, registry.clone(), stop_rx));
             }
             Err(e) => {
-                let code = failed(e);
+                let code = failed_in!(crate::control::LOG_TARGET, e);
                 supervisor.stop(Stop::Fast, std::time::Instant::now()).await;
                 return Err(code);
             }
@@ -247,7 +258,7 @@ async fn start(
     let listeners = match listen::ListenerSet::start(&config.listeners, bound, &by_name, registry.clone()) {
         Ok(r) => r,
         Err(e) => {
-            let code = failed_listening(e);
+            let code = failed_in!(listen::LOG_TARGET, e);
             supervisor.stop(Stop::Fast, std::time::Instant::now()).await;
             return Err(code);
         }

@@ -11,6 +11,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::watch;
 
+/// The tracing target of this module's events, for a [`StatusError`] the daemon logs when
+/// it cannot start (`fcgibridge::status::http`), as the listener's other lines.
+pub(crate) const LOG_TARGET: &str = module_path!();
+
 /// Why the status listener could not start.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum StatusError {
