@@ -146,6 +146,48 @@ def test_the_status_page_shows_the_request_a_worker_runs(stack):
     assert held.result().status_code == 200
 
 
+def test_a_direct_listener_renamed_by_a_reload_keeps_its_socket_and_workers(tmp_path_factory):
+    """A new name alone (same address, pool and `direct`) reloads: the workers that accept
+    on the socket serve on through nginx, the status page shows the new name, and a worker
+    started after the rename gets the socket too."""
+    b, front = start(tmp_path_factory, "direct-rename", processes=2, threads=1)
+    try:
+        before = {w["pid"] for w in workers(b)}
+        b.config["listeners"]["quick"] = b.config["listeners"].pop("front")
+        (b.confdir / "50-test.yaml").write_text(to_yaml(b.config))
+        mark = b.log.mark()
+        b.proc.send_signal(signal.SIGHUP)
+        (line,) = b.log.wait_for(["reload done"], since=mark, timeout=60)
+        assert "renamed: front -> quick" in line, line
+        assert ok(front, "/health")
+        assert {w["pid"] for w in workers(b)} == before, "the same workers, not restarted"
+        # The workers' counts, read from their scoreboards once a second, under the new name.
+        listeners = lambda: requests.get(f"http://127.0.0.1:{b.status_port}/status?json", timeout=30).json()["listeners"]  # noqa: E731
+        wait_until(lambda: [(lst["name"], lst["accepted_requests"] > 0) for lst in listeners()] == [("quick", True)],
+                   30, what="the status page showing the listener under its new name")
+        # A worker started after the rename: its pool finds the socket by the pool's name.
+        dead = min(before)
+        os.kill(dead, signal.SIGKILL)
+        replaced = wait_until(lambda: (ws := workers(b)) and len(ws) == 2 and dead not in {w["pid"] for w in ws} and ws,
+                              60, what="the killed worker replaced")
+        new = {w["pid"] for w in replaced} - before
+        assert len(new) == 1, (before, replaced)
+        new = new.pop()
+        # Two requests running at once on two single-threaded workers: one is the new one's.
+        held = [held_request(b, front, "renamed") for _ in range(2)]
+        try:
+            running = {w["pid"] for w in workers(b) if w["current"]}
+            assert new in running, (new, workers(b))
+        finally:
+            for tag, _ in held:
+                (b.workdir / f"{tag}.release").write_text("")
+        assert all(h.result().status_code == 200 for _, h in held)
+        assert not re.search("became `direct` by a reload", b.log.text(since=mark)), b.log.text(since=mark)
+    finally:
+        front.stop()
+        b.stop()
+
+
 def test_a_slow_request_is_logged_with_its_pool_pid_and_the_worker_s_request_id(tmp_path_factory):
     b, front = start(tmp_path_factory, "direct-slowlog", processes=1, threads=1, **{"slowlog-timeout": "300ms"})
     tag = "slow-" + uuid.uuid4().hex[:8]

@@ -153,7 +153,9 @@ pub(crate) async fn reload(dir: &Path, live: Live<'_>, restart: &Restart) -> Res
 /// A `direct` listener's socket belongs to its pool's workers from the bridge's start on
 /// (docs/direct.md): adding one, removing one, or changing one's address, pool or
 /// `direct` takes a restart of the bridge. Its `mount` and `path-info` reload (its
-/// workers restart with them). Err: what the reload would change.
+/// workers restart with them), and so does a new name: a listener is matched with the
+/// one on its address first (the socket is kept by address), by name only where no
+/// listener is on it. Err: what the reload would change.
 fn direct_listeners_unchanged(old: &[config::Listener], new: &[config::Listener]) -> Result<(), String> {
     let shape = |l: &config::Listener| (l.address.clone(), l.direct, l.routes.clone());
     let changed: Vec<&str> = old
@@ -162,7 +164,9 @@ fn direct_listeners_unchanged(old: &[config::Listener], new: &[config::Listener]
         .filter(|l| l.direct)
         .filter(|l| {
             let other = if old.iter().any(|o| std::ptr::eq(o, *l)) { new } else { old };
-            other.iter().find(|o| o.name == l.name).is_none_or(|o| shape(o) != shape(l))
+            let same =
+                other.iter().find(|o| o.address == l.address).or_else(|| other.iter().find(|o| o.name == l.name));
+            same.is_none_or(|o| shape(o) != shape(l))
         })
         .map(|l| l.name.as_str())
         .collect();
@@ -304,6 +308,21 @@ mod tests {
             .starts_with("listener \"web\""));
         let moved = Listener { address: Listener::for_tests("x", 9002).address, ..direct.clone() };
         assert!(refused(&both, &[moved]).starts_with("listener \"fast\""));
+        // Renamed on its address, with its pool: the same socket and workers. Its old name
+        // on a plain listener elsewhere is another listener.
+        let renamed = Listener { name: "quick".into(), ..direct.clone() };
+        assert_eq!(direct_listeners_unchanged(&both, &[plain.clone(), renamed.clone()]), Ok(()));
+        let old_name_elsewhere = Listener::for_tests("fast", 9003);
+        assert_eq!(direct_listeners_unchanged(&both, &[plain.clone(), renamed.clone(), old_name_elsewhere]), Ok(()));
+        // Renamed and moved, or renamed onto another pool: a restart.
+        let elsewhere = Listener { address: Listener::for_tests("x", 9002).address, ..renamed.clone() };
+        assert!(refused(&both, &[plain.clone(), elsewhere]).starts_with("listener \"fast\""));
+        let route = crate::config::Route { host: None, prefix: None, pool: "q".into() };
+        let other_pool = Listener { routes: vec![route], ..renamed.clone() };
+        assert!(refused(&both, &[plain.clone(), other_pool]).starts_with("listener \"fast\""));
+        // A plain listener renamed onto the direct one's address and made direct: a restart.
+        let took_over = Listener { direct: true, address: direct.address.clone(), ..plain.clone() };
+        assert!(refused(std::slice::from_ref(&plain), &[took_over]).contains("restart fcgibridge"));
     }
 
     #[test]

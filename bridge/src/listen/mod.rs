@@ -65,7 +65,8 @@ pub(crate) enum Bound {
 
 /// Take the sockets of the `direct` listeners out of `bound` (bound as every other, in
 /// `listeners`' order), blocking: their pools' workers accept on them (docs/direct.md).
-/// Returns them by listener name.
+/// Returns them by pool name (a direct listener's pool is its own, and stays while the
+/// bridge runs; its name may change by a reload).
 pub(crate) fn take_direct(
     listeners: &[config::Listener],
     bound: &mut [Bound],
@@ -95,7 +96,8 @@ pub(crate) fn take_direct(
             }
             Bound::Direct { .. } => continue,
         };
-        sockets.insert(cfg.name.clone(), Arc::new(fd));
+        let pool = cfg.routes.first().map(|r| r.pool.clone()).unwrap_or_default();
+        sockets.insert(pool, Arc::new(fd));
     }
     Ok(sockets)
 }

@@ -1383,6 +1383,11 @@ pub(crate) fn needs_restart(old: &config::Pool, new: &config::Pool) -> bool {
         p.ready_check = None;
         // Only a hint's words at a worker's start (FCGIBRIDGE_LISTENERS).
         p.listened_at = Vec::new();
+        // A direct listener renamed is the same socket (found by the pool's name), and its
+        // workers are not told the listener's name.
+        if let Some(d) = p.direct.as_mut() {
+            d.listener = String::new();
+        }
         p.error_pages = Default::default();
         // Looked at by the manager.
         p.touch_reload = Vec::new();
@@ -1537,5 +1542,14 @@ mod tests {
         let mut longer = direct_asgi.clone();
         longer.supervision.request_timeout = Some(Duration::from_secs(9));
         assert!(needs_restart(&direct_asgi, &longer), "a direct ASGI worker applies it itself");
+        // Its listener renamed: the same socket, found by the pool's name; a new mount is
+        // the workers' to apply.
+        let direct = |f: &dyn Fn(&mut config::DirectServe)| {
+            let mut p = direct_asgi.clone();
+            p.direct.as_mut().map(f);
+            needs_restart(&direct_asgi, &p)
+        };
+        assert!(!direct(&|d| d.listener = "renamed".into()));
+        assert!(direct(&|d| d.mount = Some("/shop".into())));
     }
 }

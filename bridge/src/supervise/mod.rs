@@ -50,10 +50,12 @@ pub(crate) struct Spawner {
     next_id: AtomicU64,
     /// The preloaded pools' fork templates (supervise/template.rs).
     templates: template::Templates,
-    /// The sockets of the `direct` listeners, by listener name: their pools' workers get
-    /// them as fd 0 (docs/direct.md). Fixed at the start: a reload does not change them.
+    /// The sockets of the `direct` listeners, by the name of their pool (each has its own,
+    /// and keeps it: by listener name, a reload that renames the listener would lose it):
+    /// their pools' workers get them as fd 0 (docs/direct.md). Fixed at the start: a
+    /// reload does not change them.
     direct_sockets: HashMap<String, Arc<OwnedFd>>,
-    /// Each direct listener's relay (spawn.rs, [`spawn::Relay`]), by listener name; none
+    /// Each direct listener's relay (spawn.rs, [`spawn::Relay`]), by pool name; none
     /// where one could not be made.
     relays: HashMap<String, Arc<spawn::Relay>>,
 }
@@ -66,7 +68,7 @@ impl Spawner {
             .filter_map(|name| match spawn::Relay::new() {
                 Ok(r) => Some((name.clone(), Arc::new(r))),
                 Err(e) => {
-                    tracing::warn!(listener = &**name, "cannot make the direct listener's relay; a request on a kept connection waits for a thread of the process holding it: {e}");
+                    tracing::warn!(pool = &**name, "cannot make the direct listener's relay; a request on a kept connection waits for a thread of the process holding it: {e}");
                     None
                 }
             })
@@ -80,14 +82,14 @@ impl Spawner {
         })
     }
 
-    /// The socket of the `direct` listener `listener`.
-    fn direct_socket(&self, listener: &str) -> Option<Arc<OwnedFd>> {
-        self.direct_sockets.get(listener).cloned()
+    /// The socket of the `direct` listener of `pool`.
+    fn direct_socket(&self, pool: &str) -> Option<Arc<OwnedFd>> {
+        self.direct_sockets.get(pool).cloned()
     }
 
-    /// The relay of the `direct` listener `listener`.
-    fn relay(&self, listener: &str) -> Option<Arc<spawn::Relay>> {
-        self.relays.get(listener).cloned()
+    /// The relay of the `direct` listener of `pool`.
+    fn relay(&self, pool: &str) -> Option<Arc<spawn::Relay>> {
+        self.relays.get(pool).cloned()
     }
 
     /// A new worker's generation. Unique across pools and reloads: a pool removed and added
@@ -211,7 +213,7 @@ pub(crate) struct Supervisor {
 
 impl Supervisor {
     /// Start the manager of every pool; each starts its workers. `direct_sockets`: the
-    /// `direct` listeners' sockets, by listener name (listen::take_direct).
+    /// `direct` listeners' sockets, by pool name (listen::take_direct).
     pub(crate) fn start(
         pools: &[Arc<PoolRuntime>],
         rt: &RuntimeDir,

@@ -213,7 +213,7 @@ async fn start_process(
             return None;
         }
     };
-    let relay = t.config.direct.as_ref().and_then(|d| t.spawner.relay(&d.listener));
+    let relay = t.config.direct.as_ref().and_then(|_| t.spawner.relay(&t.config.name));
     let fds = direct.as_ref().map(|(socket, board)| super::spawn::DirectFds {
         listener: std::os::fd::AsFd::as_fd(&**socket),
         scoreboard: board.raw_fd(),
@@ -246,7 +246,7 @@ fn direct_fds(
     t: &WorkerTask,
 ) -> Result<Option<(Arc<std::os::fd::OwnedFd>, Arc<crate::scoreboard::Scoreboard>)>, String> {
     let Some(d) = &t.config.direct else { return Ok(None) };
-    let socket = t.spawner.direct_socket(&d.listener).ok_or_else(|| {
+    let socket = t.spawner.direct_socket(&t.config.name).ok_or_else(|| {
         format!(
             "listener {:?} became `direct` by a reload; its socket goes to the workers at the next start of the bridge",
             d.listener
