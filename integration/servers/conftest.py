@@ -51,12 +51,15 @@ class ServerCache:
         if cls not in self.running:
             srv = cls(self.bridge.ports, self.www)
             if not srv.binary:
+                srv.cleanup()
                 pytest.skip(f"{cls.name} is not installed")
             try:
                 srv.start()
             except Exception as e:  # noqa: BLE001 - reported once per server
                 self.failed[cls] = f"{e}"
                 srv.stop()
+                # Its log is in the message; its directory is outside the basetemp.
+                srv.cleanup()
                 pytest.fail(f"{cls.name} did not start: {e}", pytrace=False)
             self.running[cls] = srv
             support.record_version(cls.name, version(srv))
