@@ -376,6 +376,33 @@ def test_an_idle_instance_is_reaped(tmp_path):
         b.stop()
 
 
+def test_an_instances_idle_clock_starts_when_its_last_request_ends(tmp_path):
+    """instance-idle-timeout counts from the end of the last request: one that runs past the
+    timeout leaves its instance 0 s idle meanwhile, and the whole timeout once it ends."""
+    sites = make_sites(tmp_path, ("alpha.test",))
+    b = start_bridge(tmp_path, {"sites": template(sites, {"instance-idle-timeout": "3s"})})
+    release = tmp_path / "release"
+    t, out = hold(b, "alpha.test", release)
+    try:
+        wait_until(lambda: instances(b).get("alpha.test", {}).get("active_requests") == 1, 60,
+                   what="the request running")
+        wait_until(lambda: instances(b)["alpha.test"]["instance"]["age_seconds"] > 4, 60,
+                   what="the request running past instance-idle-timeout")
+        assert instances(b)["alpha.test"]["instance"]["idle_seconds"] == 0
+        mark = b.log.mark()
+        released = time.monotonic()
+        release.touch()
+        t.join(60)
+        assert out["r"].status == 200
+        b.log.wait_for(r"instance idle for instance-idle-timeout \(3s\), stopping", mark, timeout=60)
+        # The request ended after `released`: 3 s idle from then, not the next reaper tick.
+        assert time.monotonic() - released >= 3
+    finally:
+        release.touch()
+        t.join(60)
+        b.stop()
+
+
 def test_a_live_instance_whose_site_broke_answers_as_a_new_one(tmp_path):
     """Under live instances whose workers have gone: a site removed gets the 404 a new
     instance would get, not a 503 from a worker that cannot start; an interpreter replaced
@@ -735,6 +762,77 @@ def test_reload_rolls_the_instances_of_a_changed_template_without_a_failed_reque
         assert set(instances(b)) == set(hosts)
         assert len(new_instance_lines(b)) == 2  # rolled, not made again
     finally:
+        b.stop()
+
+
+def gated_python(sites: Path, host: str, tmp_path: Path) -> tuple[Path, Path]:
+    """`host`'s `python`: its interpreter probe notes itself in `probes` and waits for
+    `gate` to exist; returns (probes, gate)."""
+    probes, gate = tmp_path / "probes", tmp_path / "gate"
+    py = sites / host / "python"
+    py.write_text(f'#!/bin/sh\ncase "$*" in *fcgibridge-probe*) echo probe >> {probes}\n'
+                  f'  while [ ! -e {gate} ]; do sleep 0.05; done;; esac\nexec {SYSTEM_PYTHON} "$@"\n')
+    py.chmod(0o755)
+    return probes, gate
+
+
+def test_a_reload_that_changes_nothing_leaves_an_instance_being_made_alone(tmp_path):
+    """An instance whose interpreter is being probed when a reload that changes nothing
+    lands is started with that probe, not resolved (and probed) again."""
+    sites = make_sites(tmp_path, ("slow.test",))
+    probes, gate = gated_python(sites, "slow.test", tmp_path)
+    b = start_bridge(tmp_path, {"sites": template(sites, python=f"{sites}/{{host}}/python")})
+    out = {}
+    t = threading.Thread(target=lambda: out.update(r=get(b, "slow.test")))
+    try:
+        t.start()
+        wait_until(probes.exists, 60, what="the interpreter probed")
+        mark = b.log.mark()
+        os.kill(b.pid, signal.SIGHUP)
+        b.log.wait_for(r"reload done: .*templates changed: none", mark, timeout=60)
+        gate.touch()
+        t.join(120)
+        assert out["r"].status == 200, out["r"].stdout[:300]
+        assert probes.read_text().count("probe") == 1
+        assert len(new_instance_lines(b)) == 1
+    finally:
+        gate.touch()
+        t.join(120)
+        b.stop()
+
+
+def test_an_instance_being_made_when_a_reload_removes_its_template_is_not_started(tmp_path):
+    """A request whose instance is being made when a reload removes its template gets 503
+    with Retry-After, and nothing is started (no worker, no run directory); the retry is
+    routed as the configuration is now."""
+    sites = make_sites(tmp_path, ("slow.test",))
+    probes, gate = gated_python(sites, "slow.test", tmp_path)
+    b = start_bridge(tmp_path, {"sites": template(sites, python=f"{sites}/{{host}}/python"),
+                                "plain": {"app": str(APPS / "site_app.py"), "processes": 1}})
+    out = {}
+    t = threading.Thread(target=lambda: out.update(r=get(b, "slow.test")))
+    try:
+        t.start()
+        wait_until(probes.exists, 60, what="the interpreter probed")
+        del b.config["pools"]["sites"]
+        b.config["listeners"]["web"]["pool"] = "plain"
+        (b.confdir / "50-test.yaml").write_text(to_yaml(b.config))
+        mark = b.log.mark()
+        os.kill(b.pid, signal.SIGHUP)
+        b.log.wait_for(r"reload done: .*removed: sites", mark, timeout=60)
+        gate.touch()
+        t.join(120)
+        r = out["r"]
+        assert r.status == 503 and r.header("Retry-After") == "1", (r.status, r.stdout[:300])
+        b.log.wait_for(r'new instance "slow\.test" not started: its template was removed by a reload, answering 503',
+                       mark)
+        assert not new_instance_lines(b)
+        assert not list((tmp_path / "run" / "pools").glob("instance-*"))
+        again = get(b, "slow.test")
+        assert again.status == 200 and json.loads(again.body)["app"] == str(APPS / "site_app.py"), again.status
+    finally:
+        gate.touch()
+        t.join(120)
         b.stop()
 
 

@@ -219,6 +219,7 @@ struct Inner<S> {
     /// Set by the manager while the pool has no worker and cannot start one.
     unavailable: Option<Arc<str>>,
     /// The pool runs its most workers: a request that has to wait counts as "max reached".
+    /// Set by the manager; false until then, as a new pool runs none yet.
     at_max: bool,
     /// The manager wants a wake when a request has to queue (the pool may grow).
     wake_on_queue: bool,
@@ -229,6 +230,8 @@ struct Inner<S> {
     tag: u32,
     /// Requests abandoned since the manager last looked ([`Dispatcher::take_abandoned`]).
     abandoned: Vec<Overdue>,
+    /// When a request last ended (a template instance's idle clock).
+    last_end: Option<Instant>,
 }
 
 struct Waiter<S> {
@@ -426,6 +429,8 @@ pub(crate) struct PoolView {
     /// Busy slots whose request was abandoned (their workers are being replaced).
     pub abandoned_slots: usize,
     pub unavailable: Option<Arc<str>>,
+    /// When a request last ended; None before the first.
+    pub last_end: Option<Instant>,
 }
 
 impl<S: Slot> Dispatcher<S> {
@@ -439,12 +444,15 @@ impl<S: Slot> Dispatcher<S> {
                 workers: Vec::new(),
                 free: Vec::new(),
                 unavailable: None,
-                at_max: true,
+                // A new pool runs no worker: its first requests, which queue before its
+                // manager has looked (a new instance's), are no "max children reached".
+                at_max: false,
                 wake_on_queue: false,
                 counters: Counters::default(),
                 piped: Vec::new(),
                 tag: 0,
                 abandoned: Vec::new(),
+                last_end: None,
             }),
             wake: Notify::new(),
         }
@@ -671,7 +679,7 @@ impl<S: Slot> Dispatcher<S> {
                 c.timed_out = false;
             }
             if c.busy {
-                end_request(w, c);
+                end_request(w, c, &mut inner.last_end);
                 w.served += 1;
                 inner.counters.served += 1;
                 if w.max_requests != 0 && w.served >= w.max_requests && !w.recycle_flagged {
@@ -725,7 +733,7 @@ impl<S: Slot> Dispatcher<S> {
         if let Some((w, c)) = conn_mut(&mut inner.workers, key) {
             if c.busy {
                 c.lost = !went_on;
-                end_request(w, c);
+                end_request(w, c, &mut inner.last_end);
                 w.served += 1;
                 inner.counters.served += 1;
             }
@@ -1054,6 +1062,7 @@ impl<S: Slot> Dispatcher<S> {
             busy_slots: busy,
             abandoned_slots: abandoned,
             unavailable: inner.unavailable.clone(),
+            last_end: inner.last_end,
         }
     }
 }
@@ -1251,7 +1260,7 @@ impl<S> Inner<S> {
         c.open = false;
         c.canceller = None;
         if c.busy {
-            end_request(w, c);
+            end_request(w, c, &mut self.last_end);
         }
         w.open -= 1;
         // Abandoned requests are nothing a drain waits for.
@@ -1287,8 +1296,9 @@ impl<S> Inner<S> {
 }
 
 /// The connection's request is over (ended, failed or cut off): it is free, and no longer
-/// abandoned.
-fn end_request(w: &mut WorkerNumbers, c: &mut ConnEntry) {
+/// abandoned; `last_end` is now.
+fn end_request(w: &mut WorkerNumbers, c: &mut ConnEntry, last_end: &mut Option<Instant>) {
+    *last_end = Some(Instant::now());
     c.busy = false;
     w.busy -= 1;
     if c.abandoned {

@@ -34,6 +34,7 @@ async fn free_slot_is_immediate() {
 #[tokio::test]
 async fn overflow_is_rejected_at_once() {
     let d = Arc::new(Dispatcher::<TestSlot>::new(2, Duration::from_secs(30)));
+    d.set_sizing(true, false);
     let mut waiters = Vec::new();
     for _ in 0..2 {
         let d = d.clone();
@@ -57,8 +58,7 @@ async fn overflow_is_rejected_at_once() {
     assert_eq!(v.counters.accepted, 3);
     assert_eq!(v.counters.rejected_queue_full, 1);
     assert_eq!(v.counters.max_queue, 2);
-    // static sizing by default: waiting means the pool is at its maximum; each request
-    // that waited counts (the refused one never waited)
+    // at its maximum: each request that waited counts (the refused one never waited)
     assert_eq!(v.counters.max_reached, 2);
 }
 
@@ -110,6 +110,51 @@ async fn dead_slots_are_skipped() {
     assert_eq!(get(&d).await, Ok(2));
     // Slot 1 is dead: nothing left.
     assert!(get(&d).await.is_err());
+}
+
+#[tokio::test]
+async fn a_new_pools_first_request_is_no_max_children_reached() {
+    // A new instance: its first request queues before its manager has started a worker.
+    let d = Arc::new(Dispatcher::<TestSlot>::new(4, Duration::from_secs(30)));
+    let first = tokio::spawn({
+        let d = d.clone();
+        async move { get(&d).await }
+    });
+    while d.waiting() < 1 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(d.view().counters.max_reached, 0);
+    // The manager started its most workers (a static pool's): a request that waits counts.
+    d.set_sizing(true, false);
+    let second = tokio::spawn({
+        let d = d.clone();
+        async move { get(&d).await }
+    });
+    while d.waiting() < 2 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(d.view().counters.max_reached, 1);
+    d.release(slot(1));
+    d.release(slot(2));
+    assert!(first.await.expect("first").is_ok() && second.await.expect("second").is_ok());
+}
+
+#[tokio::test]
+async fn the_last_requests_end_is_kept() {
+    let d = Dispatcher::<TestSlot>::new(4, Duration::from_secs(1));
+    let w = d.add_worker(0);
+    d.release(registered(&d, w, 1));
+    assert_eq!(d.view().last_end, None, "a connection joining is no request ending");
+    let s = d.acquire(&ticket("/")).await.expect("slot");
+    let before = Instant::now();
+    assert_eq!(d.view().last_end, None, "busy");
+    d.release(s);
+    assert!(d.view().last_end.is_some_and(|at| at >= before));
+    // A request lost with its worker ended too.
+    let s = d.acquire(&ticket("/")).await.expect("slot");
+    let before = Instant::now();
+    d.discard(s);
+    assert!(d.view().last_end.is_some_and(|at| at >= before));
 }
 
 fn registered(d: &Dispatcher<TestSlot>, w: WorkerKey, n: u32) -> TestSlot {

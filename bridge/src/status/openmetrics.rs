@@ -172,7 +172,11 @@ fn pools(o: &mut Out, s: &Status) {
 
 /// Template instances (labelled with their template and key) and worker processes.
 fn instances_and_workers(o: &mut Out, s: &Status) {
-    o.family("fcgibridge_instance_idle_seconds", "gauge", "Seconds since the template instance's last request.");
+    o.family(
+        "fcgibridge_instance_idle_seconds",
+        "gauge",
+        "Seconds the template instance has had no request running or waiting (0 while one does).",
+    );
     for p in &s.pools {
         if let Some(i) = &p.instance {
             let labels = [("pool", p.name.as_str()), ("template", i.template.as_str()), ("key", i.key.as_str())];

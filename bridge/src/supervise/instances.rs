@@ -12,8 +12,10 @@
 //! account that could not be looked up (NSS answered with an error, not with "no such
 //! user") only for its Retry-After, answered 503 meanwhile, so that a directory that hangs
 //! costs one lookup per key in that time, not one per request — and pays from a budget of
-//! its own, not from `spawn-rate`. An instance with no request for `instance-idle-timeout` is
-//! stopped. An instance's configuration is resolved and checked exactly as a written
+//! its own, not from `spawn-rate`. An instance with no request running or waiting for
+//! `instance-idle-timeout` since its last one ended is stopped. A key being resolved when a
+//! reload removes its template (or the daemon stops) starts nothing: 503, Retry-After 1.
+//! An instance's configuration is resolved and checked exactly as a written
 //! pool's (user, script owner, chroot, the interpreter probe), and a `user:` below
 //! `min-uid` is refused. Each key is made under a lock of its own: a key whose resolution
 //! hangs (an account directory, an interpreter) holds up no other key, and its refusal is
@@ -81,6 +83,10 @@ pub(crate) enum Refusal {
     SpawnRate(String),
     #[error("new instance {key:?} refused: max-instances ({max}) live and none idle")]
     Full { key: String, max: u32 },
+    /// Its template was removed by a reload, or the daemon is stopping, while the key was
+    /// resolved: nothing is started (a retry is routed as the configuration is now).
+    #[error("new instance {key:?} not started: {why}")]
+    Closed { key: String, why: &'static str },
 }
 
 impl Refusal {
@@ -128,7 +134,7 @@ impl Refusal {
             Self::Account { .. } => (403, None),
             Self::Broken { .. } => (500, None),
             Self::Lookup { .. } => (503, Some(LOOKUP_RETRY_AFTER)),
-            Self::SpawnRate(_) | Self::Full { .. } => (503, Some(1)),
+            Self::SpawnRate(_) | Self::Full { .. } | Self::Closed { .. } => (503, Some(1)),
         }
     }
 
@@ -140,6 +146,7 @@ impl Refusal {
             Self::Broken { .. } => &BROKEN,
             Self::Lookup { .. } => &LOOKUP,
             Self::SpawnRate(_) | Self::Full { .. } => &BUSY,
+            Self::Closed { .. } => &CLOSED,
         }
     }
 }
@@ -183,6 +190,15 @@ pub(crate) static BUSY: Kind = Kind {
     burst: 1,
 };
 
+/// 503: the template was removed (a reload) or the daemon is stopping.
+pub(crate) static CLOSED: Kind = Kind {
+    scope: Scope::Pool,
+    what: "requests answered 503",
+    reason: "template removed or daemon stopping",
+    level: Level::Warn,
+    burst: 1,
+};
+
 /// Keys remembered as missing at most (a scan of random names cannot grow the cache).
 const MISSING_CACHE_ENTRIES: usize = 4096;
 /// How long a stopped instance gets to finish its requests.
@@ -200,15 +216,22 @@ const RELOOK_WAIT: Duration = Duration::from_secs(5);
 /// A template at run time: its live instances.
 pub(crate) struct TemplateRuntime {
     pub name: Arc<str>,
-    config: Mutex<Arc<Template>>,
+    /// The template as configured now, and its generation: bumped only when a reload
+    /// changes it, so that an instance resolved with an equal template (a reload that only
+    /// moved its lines) is not made again.
+    config: Mutex<(Arc<Template>, u64)>,
+    /// Why no instance may start any more (its template removed by a reload, the daemon
+    /// stopping): set under `entering`'s write side, before the live instances are stopped.
+    closed: Mutex<Option<&'static str>>,
     state: Mutex<State>,
     /// A lock per key being made or looked at again: two first requests for one key make
     /// one instance, and one key's slow resolution (an account directory or an interpreter
     /// that hangs) holds up no other key.
     keys: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// A new instance enters `live` under the read side, after its key resolved; a reload
-    /// takes the write side once it has set the new template, so that it finds every
-    /// instance made with the old one, and one resolved with the old one later is made again.
+    /// takes the write side once it has set the new template (or closed a removed one), so
+    /// that it finds every instance made with the old one, and one resolved with the old
+    /// one later is made again (or refused).
     entering: tokio::sync::RwLock<()>,
     /// The daemon's instances it belongs to (gone once the daemon is).
     shelf: std::sync::Weak<Shelf>,
@@ -266,6 +289,7 @@ struct Instance {
     pool: Arc<PoolRuntime>,
     values: Vec<(Placeholder, String)>,
     created: Instant,
+    /// When its last request arrived (its dispatcher knows when one last ended: [`idle_for`]).
     last_used: Instant,
     dir: PathBuf,
     /// Its manager's count of workers started when its key was last looked at (made,
@@ -349,6 +373,9 @@ impl Shelf {
                 Some((env.spawner.clone(), env.runtime_dir.join("pools").join(format!("instance-{}", b.next_dir))))
             })
             .ok_or("the daemon is not running")?;
+        let p = PoolRuntime::new(cfg);
+        let cmds = p.control.cmd_rx.lock().unwrap_or_else(|e| e.into_inner()).take().ok_or("no manager mailbox")?;
+        // Last: nothing fails past it, so the directory never outlives a failed start.
         {
             use std::os::unix::fs::DirBuilderExt;
             std::fs::DirBuilder::new()
@@ -357,8 +384,6 @@ impl Shelf {
                 .create(&dir)
                 .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         }
-        let p = PoolRuntime::new(cfg);
-        let cmds = p.control.cmd_rx.lock().unwrap_or_else(|e| e.into_inner()).take().ok_or("no manager mailbox")?;
         let (mut m, events) = manager::Manager::new(
             p.name.clone(),
             Arc::new(p.config.clone()),
@@ -421,7 +446,7 @@ impl Instances {
                         template: t.name.to_string(),
                         key: key.clone(),
                         age_seconds: now.duration_since(i.created).as_secs_f64(),
-                        idle_seconds: now.duration_since(i.last_used).as_secs_f64(),
+                        idle_seconds: idle_for(i, now).unwrap_or_default().as_secs_f64(),
                     },
                 ));
             }
@@ -456,8 +481,9 @@ impl Instances {
             match old.iter().find(|o| *o.name == t.name) {
                 Some(o) if *o.config() == *t && !restart => {
                     // The same settings, perhaps on other lines (or in another file): the
-                    // errors of its instances name where they are written now.
-                    *o.config.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(t.clone());
+                    // errors of its instances name where they are written now; the same
+                    // generation, so an instance being made with the old one is started.
+                    o.set_config(Arc::new(t.clone()));
                     let o2 = o.clone();
                     looks.spawn(async move {
                         o2.refresh_all(&o2.config(), Again::Reload { probe: false, restart: false }).await
@@ -503,6 +529,7 @@ impl Instances {
         for o in &old {
             if !new.iter().any(|t| *o.name == t.name) {
                 removed.push(o.name.to_string());
+                o.close("its template was removed by a reload").await;
                 o.stop_all("its template is gone from the configuration");
             }
         }
@@ -538,6 +565,10 @@ impl Instances {
 
     /// The daemon stops: every instance, and those still finishing, stop.
     pub(crate) async fn stop_all(&self, how: Stop) {
+        // No instance starts any more: one being made now is live already, stopped below.
+        for t in self.0.with(|b| b.templates.clone()) {
+            t.close("the daemon is stopping").await;
+        }
         let pools: Vec<Arc<PoolRuntime>> = self.0.with(|b| {
             let mut all: Vec<_> = b.retiring.drain(..).map(|(p, _)| p).collect();
             for t in &b.templates {
@@ -564,7 +595,8 @@ fn room(st: &State, t: &Template, key: &str) -> Result<Option<String>, Refusal> 
     if st.live.len() < t.max_instances as usize {
         return Ok(None);
     }
-    let lru = st.live.iter().filter(|(_, i)| is_idle(&i.pool)).min_by_key(|(_, i)| i.last_used);
+    let now = Instant::now();
+    let lru = st.live.iter().filter_map(|(k, i)| Some((k, idle_for(i, now)?))).max_by_key(|(_, idle)| *idle);
     match lru {
         Some((k, _)) => Ok(Some(k.clone())),
         None => Err(Refusal::Full { key: key.to_owned(), max: t.max_instances }),
@@ -609,7 +641,7 @@ async fn reaper(shelf: std::sync::Weak<Shelf>) {
                 let keys: Vec<String> = st
                     .live
                     .iter()
-                    .filter(|(_, i)| now.duration_since(i.last_used) >= idle && is_idle(&i.pool))
+                    .filter(|(_, i)| idle_for(i, now).is_some_and(|for_| for_ >= idle))
                     .map(|(k, _)| k.clone())
                     .collect();
                 keys.iter().filter_map(|k| st.live.remove(k)).collect()
@@ -626,17 +658,27 @@ async fn reaper(shelf: std::sync::Weak<Shelf>) {
     }
 }
 
-/// No request running or waiting.
-fn is_idle(p: &PoolRuntime) -> bool {
-    let v = p.dispatcher.view();
-    v.busy_slots == 0 && v.queue_now == 0
+/// How long the instance has had no request running or waiting (since the later of its
+/// last request's arrival and its end); None while it has one.
+fn idle_for(i: &Instance, now: Instant) -> Option<Duration> {
+    quiet_for(&i.pool.dispatcher.view(), i.last_used, now)
+}
+
+/// [`idle_for`] of a pool whose dispatcher shows `v` and whose last request arrived at `arrived`.
+fn quiet_for(v: &crate::dispatch::PoolView, arrived: Instant, now: Instant) -> Option<Duration> {
+    if v.busy_slots > 0 || v.queue_now > 0 {
+        return None;
+    }
+    let since = v.last_end.map_or(arrived, |end| end.max(arrived));
+    Some(now.saturating_duration_since(since))
 }
 
 impl TemplateRuntime {
     fn new(t: &Template, shelf: &Arc<Shelf>) -> Arc<Self> {
         Arc::new(Self {
             name: Arc::from(t.name.as_str()),
-            config: Mutex::new(Arc::new(t.clone())),
+            config: Mutex::new((Arc::new(t.clone()), 0)),
+            closed: Mutex::new(None),
             state: Mutex::default(),
             keys: Mutex::default(),
             entering: tokio::sync::RwLock::new(()),
@@ -658,7 +700,37 @@ impl TemplateRuntime {
 
     /// The template as configured now.
     pub(crate) fn config(&self) -> Arc<Template> {
+        self.current().0
+    }
+
+    /// The template as configured now, and its generation.
+    fn current(&self) -> (Arc<Template>, u64) {
         self.config.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// A reload's template: a new generation only if its settings changed (an equal one
+    /// replaces the old only for where its errors point).
+    fn set_config(&self, t: Arc<Template>) {
+        let mut cur = self.config.lock().unwrap_or_else(|e| e.into_inner());
+        if *cur.0 != *t {
+            cur.1 += 1;
+        }
+        cur.0 = t;
+    }
+
+    /// No instance starts from now on (`why`: the refusal's reason): any being made now
+    /// either entered `live` already, where the caller stops it next, or is refused.
+    async fn close(&self, why: &'static str) {
+        let _no_one_entering = self.entering.write().await;
+        *self.closed.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
+    }
+
+    /// Refused if no instance may start any more.
+    fn open(&self, key: &str) -> Result<(), Refusal> {
+        match *self.closed.lock().unwrap_or_else(|e| e.into_inner()) {
+            Some(why) => Err(Refusal::Closed { key: key.to_owned(), why }),
+            None => Ok(()),
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -709,7 +781,8 @@ impl TemplateRuntime {
         loop {
             // None: a reload changed the template while the instance was made, or the live
             // instance stopped while this request waited to look at it: again, as it is now.
-            if let Some(pool) = self.instance_of(&self.config(), params, capture).await? {
+            let (t, generation) = self.current();
+            if let Some(pool) = self.instance_of(&t, generation, params, capture).await? {
                 return Ok(pool);
             }
         }
@@ -718,6 +791,7 @@ impl TemplateRuntime {
     async fn instance_of(
         &self,
         t: &Arc<Template>,
+        generation: u64,
         params: &Params,
         capture: Option<(&str, &[u8])>,
     ) -> Result<Option<Arc<PoolRuntime>>, Refusal> {
@@ -726,7 +800,7 @@ impl TemplateRuntime {
         match self.touch(&key) {
             Some((pool, None)) => return Ok(Some(pool)),
             Some((_, Some(_))) => return self.look_again(t, &key).await,
-            None => {}
+            None => self.open(&key)?,
         }
         if t.allow.as_ref().is_some_and(|a| !a.is_match(&key)) {
             return Err(Refusal::NotAllowed(key));
@@ -750,15 +824,14 @@ impl TemplateRuntime {
             Err(r) => return Err(self.refuse(t, r(key))),
         };
         let _entering = self.entering.read().await;
-        if !Arc::ptr_eq(t, &self.config()) {
+        let now_closed = self.open(&key).err();
+        if now_closed.is_some() || generation != self.current().1 {
             self.lock().spawns.give_back(t.spawn_rate);
-            return Ok(None);
+            return now_closed.map_or(Ok(None), Err);
         }
         self.admit(t, &key)?;
-        let shelf = self
-            .shelf
-            .upgrade()
-            .ok_or_else(|| Refusal::Broken { key: key.clone(), why: "the daemon is stopping".into() })?;
+        let shelf =
+            self.shelf.upgrade().ok_or_else(|| Refusal::Closed { key: key.clone(), why: "the daemon is stopping" })?;
         let (pool, dir) = shelf.start(pool).map_err(|why| Refusal::Broken { key: key.clone(), why })?;
         // This request is about to queue: the manager looks at the queue at once rather
         // than at its next tick (a permit, kept until the manager waits).
@@ -1049,7 +1122,7 @@ impl TemplateRuntime {
     async fn roll(&self, new: Arc<Template>, restart: bool) -> Refreshed {
         let was = self.config();
         let keys_changed = was.keys != new.keys;
-        *self.config.lock().unwrap_or_else(|e| e.into_inner()) = new.clone();
+        self.set_config(new.clone());
         // Every instance made with the old template is live now; any later one is made with
         // the new.
         drop(self.entering.write().await);
@@ -1694,6 +1767,55 @@ mod tests {
         let r = refusal(Ok(None));
         assert_eq!(r.status().0, 404, "{r}");
         assert!(rt.lock().refused.contains_key("alice"));
+    }
+
+    #[test]
+    fn an_instance_is_idle_from_its_last_requests_end_and_never_while_busy() {
+        use crate::dispatch::PoolView;
+        let now = Instant::now();
+        let ago = |s: u64| now - Duration::from_secs(s);
+        // A request that arrived 23 s ago and runs still: not idle at all.
+        let busy = PoolView { busy_slots: 1, ..PoolView::default() };
+        assert_eq!(quiet_for(&busy, ago(23), now), None);
+        // One waiting for a worker neither.
+        let queued = PoolView { queue_now: 1, ..PoolView::default() };
+        assert_eq!(quiet_for(&queued, ago(23), now), None);
+        // It ended a second ago: idle for a second, not 23.
+        let ended = PoolView { last_end: Some(ago(1)), ..PoolView::default() };
+        assert_eq!(quiet_for(&ended, ago(23), now), Some(Duration::from_secs(1)));
+        // A request that arrived after the last one ended and went away before it ran (a
+        // client gone from the queue): idle since its arrival.
+        let earlier = PoolView { last_end: Some(ago(30)), ..PoolView::default() };
+        assert_eq!(quiet_for(&earlier, ago(5), now), Some(Duration::from_secs(5)));
+        // No request ended yet.
+        assert_eq!(quiet_for(&PoolView::default(), ago(7), now), Some(Duration::from_secs(7)));
+    }
+
+    #[test]
+    fn a_reload_that_moves_a_template_keeps_its_generation() {
+        let (t, rt) = symlinked_sites("template-generation", 2, &["alpha.test"]);
+        assert_eq!(rt.current().1, 0);
+        // The same settings (its lines elsewhere): an instance being made with it is started.
+        rt.set_config(Arc::new((*t).clone()));
+        assert_eq!(rt.current().1, 0);
+        let mut changed = (*t).clone();
+        changed.spawn_rate += 1;
+        rt.set_config(Arc::new(changed.clone()));
+        assert_eq!(rt.current().1, 1);
+        assert_eq!(rt.config().spawn_rate, changed.spawn_rate);
+    }
+
+    #[tokio::test]
+    async fn a_closed_template_starts_no_instance() {
+        let (_, rt) = symlinked_sites("template-closed", 2, &["alpha.test"]);
+        rt.close("its template was removed by a reload").await;
+        let r = ask(&rt, "alpha.test").await;
+        assert!(matches!(r, Refusal::Closed { .. }), "{r}");
+        assert_eq!(r.status(), (503, Some(1)));
+        assert_eq!(r.to_string(), "new instance \"alpha.test\" not started: its template was removed by a reload");
+        // Nothing was looked up: no refusal remembered, spawn-rate whole.
+        let (mut st, now) = (rt.lock(), Instant::now());
+        assert!(st.refused.is_empty() && st.spawns.take(2, now) && st.spawns.take(2, now));
     }
 
     #[test]
