@@ -1793,7 +1793,7 @@ mod tests {
 
     #[test]
     fn a_reload_that_moves_a_template_keeps_its_generation() {
-        let (t, rt) = symlinked_sites("template-generation", 2, &["alpha.test"]);
+        let (t, rt, _scratch) = symlinked_sites("template-generation", 2, &["alpha.test"]);
         assert_eq!(rt.current().1, 0);
         // The same settings (its lines elsewhere): an instance being made with it is started.
         rt.set_config(Arc::new((*t).clone()));
@@ -1807,7 +1807,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_closed_template_starts_no_instance() {
-        let (_, rt) = symlinked_sites("template-closed", 2, &["alpha.test"]);
+        let (_, rt, _scratch) = symlinked_sites("template-closed", 2, &["alpha.test"]);
         rt.close("its template was removed by a reload").await;
         let r = ask(&rt, "alpha.test").await;
         assert!(matches!(r, Refusal::Closed { .. }), "{r}");
