@@ -290,3 +290,67 @@ def test_inherited_listening_socket_on_fd0(tmp_path):
             assert resp.status == 200
         finally:
             b.stop()
+
+
+def test_a_second_daemon_on_the_same_runtime_dir_is_refused_and_leaves_it_alone(tmp_path):
+    """Worker socket names repeat in every daemon: a second one on the same runtime-dir
+    must stop before it touches the first one's files (lock: <runtime-dir>/daemon.lock)."""
+    first = make_bridge(tmp_path / "first", {"p": edge_pool(processes=2, threads=1)},
+                        {"front": {"fastcgi": f"127.0.0.1:{free_ports(1)[0]}", "pool": "p"}}, name="first")
+    run_dir = first.workdir / "run"
+    try:
+        first.start().wait_ready([("front", "/health", "x")])
+        def worker_sockets():
+            return {p: os.stat(p).st_ino for p in sorted((run_dir / "pools").rglob("*.sock"))}
+        before = wait_until(lambda: len(worker_sockets()) == 2 and worker_sockets(), 60, what="both worker sockets")
+        second = make_bridge(tmp_path / "second", {"p": edge_pool(processes=2, threads=1)},
+                             {"front": {"fastcgi": f"127.0.0.1:{free_ports(1)[0]}", "pool": "p"}},
+                             bridge_extra={"runtime-dir": str(run_dir)}, name="second")
+        second.start()
+        try:
+            rc = second.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            pytest.fail("a second daemon kept running on the runtime-dir of a live one")
+        finally:
+            second.stop()
+        assert rc == 1, second.log.text()
+        want = (f"runtime-dir {run_dir} is in use by the daemon pid {first.pid}; "
+                "stop it, or give this one its own runtime-dir")
+        assert want in second.log.text(), second.log.text()
+        assert worker_sockets() == before, "the second daemon replaced or removed the first one's worker sockets"
+        assert (run_dir / "control.sock").exists()
+        # the first daemon still serves, and its control socket still answers
+        assert first.request("/health", listener="front").body == b"ok"
+        assert first.status_json()["pools"][0]["name"] == "p"
+        # `check` on the same configuration does not need the lock
+        r = subprocess.run([str(second.binary), "check", "--config", str(second.confdir)],
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+    finally:
+        first.stop()
+
+
+@pytest.mark.parametrize("fails", ["listener", "status"])
+def test_a_failed_start_removes_the_socket_files_it_bound(tmp_path, fails):
+    """A unix listener bound, then a later step fails (the next listener's port, or the
+    status listener's, is taken): the start removes the socket file it made."""
+    path = tmp_path / "front.sock"
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        listeners = {"front": {"fastcgi": f"unix:{path}", "pool": "p"}}
+        extra = {}
+        if fails == "listener":
+            listeners["taken"] = {"fastcgi": f"127.0.0.1:{port}", "pool": "p"}
+        else:
+            extra["status"] = {"listen": f"127.0.0.1:{port}"}
+        b = make_bridge(tmp_path, {"p": edge_pool(processes=1, threads=1)}, listeners, bridge_extra=extra)
+        b.start()
+        try:
+            rc = b.proc.wait(60)
+        finally:
+            b.stop()
+    assert rc == 1, b.log.text()
+    assert str(port) in b.log.text(), b.log.text()
+    assert not path.exists(), "the socket file of the failed start was left behind"

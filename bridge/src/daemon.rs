@@ -10,6 +10,7 @@ use crate::listen;
 use crate::logging::{self, AccessLog};
 use crate::notify::Notifier;
 use crate::registry::Registry;
+use crate::supervise::runtime_dir::DaemonLock;
 use crate::supervise::{PoolRuntime, RuntimeDir, Stop, Supervisor};
 use std::collections::HashMap;
 use std::path::Path;
@@ -164,6 +165,28 @@ struct Running {
     socket_files: Vec<std::path::PathBuf>,
     /// READY=1 to systemd, and RELOADING=1 … READY=1 around the reloads after it.
     readiness: Arc<crate::notify::Readiness>,
+    /// Held for the daemon's life: no second daemon shares the runtime-dir.
+    _runtime_dir_lock: Option<DaemonLock>,
+}
+
+/// The socket files a start bound, removed if a later step of it fails (a started
+/// daemon removes them at its stop).
+#[derive(Default)]
+struct StartedFiles(Vec<std::path::PathBuf>);
+
+impl StartedFiles {
+    /// The start succeeded: the files are the running daemon's.
+    fn keep(mut self) {
+        self.0.clear();
+    }
+}
+
+impl Drop for StartedFiles {
+    fn drop(&mut self) {
+        for p in &self.0 {
+            let _ = std::fs::remove_file(p);
+        }
+    }
 }
 
 /// A start-up error: logged (and on stderr too when the log is a file); the daemon exits
@@ -198,11 +221,14 @@ async fn start(
 ) -> Result<Running, ExitCode> {
     // A listener's unix socket may be in the runtime directory (`check` accepts that), so it
     // exists before they bind; it is filled only after, so that a bridge whose address is
-    // taken leaves the files of the one holding it alone.
-    if let Some(dir) = &config.global.runtime_dir {
-        RuntimeDir::create(dir).map_err(failed)?;
-    }
+    // taken leaves the files of the one holding it alone. Locked before anything in it
+    // is touched: a second daemon on it would take the first one's worker sockets.
+    let runtime_dir_lock = match &config.global.runtime_dir {
+        Some(dir) => Some(RuntimeDir::create(dir).and_then(|()| DaemonLock::take(dir)).map_err(failed)?),
+        None => None,
+    };
     let mut bound = listen::bind_all(&config.listeners, &passed).map_err(failed_in!(listen::LOG_TARGET))?;
+    let mut started_files = StartedFiles(listen::socket_files(&bound));
     let direct_sockets = listen::take_direct(&config.listeners, &mut bound).map_err(failed_in!(listen::LOG_TARGET))?;
     let status_bound = match &config.global.status {
         None => None,
@@ -211,6 +237,7 @@ async fn start(
             Some((bound, s.path.clone()))
         }
     };
+    started_files.0.extend(status_bound.as_ref().and_then(|(b, _)| b.socket_file()));
     let rt_dir = RuntimeDir::prepare(config.global.runtime_dir.as_deref()).map_err(failed)?;
     tracing::debug!("runtime directory {}", rt_dir.path().display());
     let access_log = open_access_log(&config.global, &reopen)?;
@@ -243,6 +270,7 @@ async fn start(
     if let Some(path) = crate::control::socket_path(&config.global) {
         match crate::control::bind(&path) {
             Ok(l) => {
+                started_files.0.push(path.clone());
                 tracing::debug!("control socket {}", path.display());
                 tokio::spawn(crate::control::serve(l, control_tx, registry.clone(), stop_rx));
             }
@@ -272,7 +300,18 @@ async fn start(
     );
     crate::notify::spawn_watchdog(notifier.clone());
     let readiness = crate::notify::Readiness::start(notifier.clone(), pools);
-    Ok(Running { registry, supervisor, listeners, rt_dir, control_rx, stop_tx, socket_files, readiness })
+    started_files.keep();
+    Ok(Running {
+        registry,
+        supervisor,
+        listeners,
+        rt_dir,
+        control_rx,
+        stop_tx,
+        socket_files,
+        readiness,
+        _runtime_dir_lock: runtime_dir_lock,
+    })
 }
 
 /// `access-log`, with its `access-log-format` (None when not configured).

@@ -102,9 +102,33 @@ pub(crate) fn take_direct(
     Ok(sockets)
 }
 
-/// Bind every listener (before any worker starts, so a busy port fails fast).
+/// Bind every listener (before any worker starts, so a busy port fails fast). When one
+/// fails, the socket files of those bound before it are removed.
 pub(crate) fn bind_all(listeners: &[config::Listener], passed: &systemd::Passed) -> Result<Vec<Bound>, ListenError> {
-    listeners.iter().map(|l| bind(l, passed)).collect()
+    let mut bound = Vec::new();
+    for l in listeners {
+        match bind(l, passed) {
+            Ok(b) => bound.push(b),
+            Err(e) => {
+                for p in socket_files(&bound) {
+                    let _ = std::fs::remove_file(p);
+                }
+                return Err(e);
+            }
+        }
+    }
+    Ok(bound)
+}
+
+/// The unix socket files the bridge bound for `bound` (not those of passed sockets).
+pub(crate) fn socket_files(bound: &[Bound]) -> Vec<PathBuf> {
+    bound
+        .iter()
+        .filter_map(|b| match b {
+            Bound::Unix { path, .. } | Bound::Direct { path } => path.clone(),
+            Bound::Tcp(_) => None,
+        })
+        .collect()
 }
 
 /// The context of one listener: its routes to the running pools, limits and settings;

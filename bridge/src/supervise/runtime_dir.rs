@@ -30,6 +30,10 @@ pub(crate) enum RuntimeDirError {
     NativeMissing(PathBuf),
     #[error("cannot read the native worker module {path}: {source}")]
     NativeUnreadable { path: PathBuf, source: std::io::Error },
+    #[error("runtime-dir {path} is in use by {holder}; stop it, or give this one its own runtime-dir")]
+    InUse { path: PathBuf, holder: String },
+    #[error("cannot lock {path}: {source}")]
+    Lock { path: PathBuf, source: std::io::Error },
 }
 
 /// Not found (where to look next), or found but not readable (what the system said).
@@ -177,6 +181,51 @@ fn check_parent(dir: &Path) -> Result<(), RuntimeDirError> {
     Ok(())
 }
 
+/// `<runtime-dir>/daemon.lock`, flock'ed for the daemon's life (released when the process
+/// ends): a second daemon given the same runtime-dir would rebind the worker sockets of
+/// the first (their names repeat in every daemon) and remove them when it stops.
+pub(crate) struct DaemonLock {
+    _file: std::fs::File,
+}
+
+impl DaemonLock {
+    /// Take the lock on `dir` (which exists), writing this pid into it; refused at once
+    /// when another process holds it.
+    pub(crate) fn take(dir: &Path) -> Result<Self, RuntimeDirError> {
+        use std::io::{Read, Seek, Write};
+        use std::os::fd::AsRawFd;
+        use std::os::unix::fs::OpenOptionsExt;
+        let path = dir.join("daemon.lock");
+        let failed = |source| RuntimeDirError::Lock { path: path.clone(), source };
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&path)
+            .map_err(failed)?;
+        // SAFETY: flock(2) on a descriptor `file` owns.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::EWOULDBLOCK) {
+                return Err(failed(e));
+            }
+            let mut pid = String::new();
+            let _ = file.read_to_string(&mut pid);
+            let holder = match pid.trim().parse::<u32>() {
+                Ok(pid) => format!("the daemon pid {pid}"),
+                Err(_) => "another daemon".to_owned(),
+            };
+            return Err(RuntimeDirError::InUse { path: dir.to_owned(), holder });
+        }
+        file.set_len(0).and_then(|()| file.rewind()).map_err(failed)?;
+        writeln!(file, "{}", std::process::id()).map_err(failed)?;
+        Ok(Self { _file: file })
+    }
+}
+
 impl Drop for RuntimeDir {
     fn drop(&mut self) {
         if self.remove_on_drop {
@@ -245,6 +294,26 @@ fn fresh_dir(base: &Path) -> Result<PathBuf, RuntimeDirError> {
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn a_runtime_dir_in_use_is_refused_with_the_holders_pid() {
+        let dir = crate::config::tests::scratch_dir("daemon-lock");
+        let held = DaemonLock::take(&dir).expect("the first lock");
+        let pid = std::fs::read_to_string(dir.join("daemon.lock")).unwrap();
+        assert_eq!(pid.trim(), std::process::id().to_string());
+        // flock: a second open file is refused although this process holds the first.
+        let e = DaemonLock::take(&dir).err().map(|e| e.to_string()).unwrap_or_default();
+        assert_eq!(
+            e,
+            format!(
+                "runtime-dir {} is in use by the daemon pid {}; stop it, or give this one its own runtime-dir",
+                dir.display(),
+                std::process::id()
+            )
+        );
+        drop(held);
+        assert!(DaemonLock::take(&dir).is_ok(), "free again once the holder is gone");
+    }
 
     #[test]
     fn a_missing_worker_module_is_the_error_run_gives() {
