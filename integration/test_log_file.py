@@ -116,3 +116,66 @@ def test_a_failed_start_is_logged_under_the_module_that_met_it(tmp_path, taken_p
         holder.close()
     assert code == 1, stderr
     assert [ln for ln in stderr.splitlines() if want in ln], stderr
+
+
+def test_access_lines_dropped_by_a_slow_access_log_are_counted_and_told(tmp_path):
+    """The access log's writer falls behind (a pipe nobody reads): lines are dropped, not
+    waited for, and counted on the status page and in one line of the main log."""
+    import fcntl
+    import json
+    import threading
+
+    import fcgi_client as fc
+
+    fifo = tmp_path / "access.fifo"
+    os.mkfifo(fifo)
+    # Our read end lets the daemon open the FIFO; read nothing until the queue overflows.
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        fcntl.fcntl(reader, fcntl.F_SETPIPE_SZ, 4096)
+        port, = free_ports(1)
+        b = make_bridge(tmp_path, {"p": {"app": str(APPS / "edge_app.py"), "processes": 1, "threads": 1}},
+                        {"front": {"fastcgi": f"127.0.0.1:{port}", "pool": "p", "ping-path": "/ping",
+                                   "status-path": "/status"}},
+                        bridge_extra={"access-log": str(fifo)})
+        try:
+            b.start().wait_ready([("front", "/ping", "x")])
+            # 4096 queued lines, a few in the pipe: well past that with 6000 pings.
+            with fc.FcgiConnection(("127.0.0.1", port), timeout=60) as c:
+                for _ in range(6000):
+                    c.request("/ping")
+            dropped = b.status_json()["access_log_dropped_lines"]
+            assert dropped > 0
+            metrics = fc.fcgi_request(("127.0.0.1", port), "/status", query="openmetrics").body.decode()
+            total = next(ln for ln in metrics.splitlines()
+                         if ln.startswith("fcgibridge_access_log_dropped_lines_total "))
+            assert int(total.split()[1]) >= dropped
+            assert "access-log lines dropped" not in b.log.text(), "told before the writer caught up"
+
+            stop = threading.Event()
+
+            def drain():
+                while not stop.is_set():
+                    try:
+                        if not os.read(reader, 65536):
+                            stop.wait(0.05)
+                    except BlockingIOError:
+                        stop.wait(0.05)
+
+            t = threading.Thread(target=drain)
+            t.start()
+            try:
+                line = wait_until(lambda: next((ln for ln in b.log.lines()
+                                                if "access-log lines dropped" in ln), None), 60,
+                                  what="the dropped lines told in the main log")
+            finally:
+                stop.set()
+                t.join(10)
+            told = int(line.split("access-log lines dropped")[0].split()[-1])
+            assert line.rstrip().endswith("access-log lines dropped: the access log could not keep up"), line
+            assert told == b.status_json()["access_log_dropped_lines"], line
+            assert json.dumps(b.status_json())  # still answers
+        finally:
+            b.stop()
+    finally:
+        os.close(reader)

@@ -11,7 +11,8 @@ use crate::config::access_format::{AccessFormat, Needs};
 use crate::config::{Global, LogFormat};
 use std::io::Write;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use tracing_subscriber::EnvFilter;
 
 /// Set when the main log is JSON (`log-format: json`), which escapes newlines.
@@ -145,7 +146,85 @@ pub(crate) enum AccessLog {
     MainLog,
     /// A file, written by its own thread so a slow disk never stalls a request; its lines
     /// follow `access-log-format` when one is set.
-    File { tx: std::sync::mpsc::SyncSender<String>, format: Option<AccessFormat> },
+    File {
+        tx: std::sync::mpsc::SyncSender<String>,
+        format: Option<AccessFormat>,
+        /// Lines dropped because the queue was full (the status page shows the count).
+        dropped: Arc<AtomicU64>,
+    },
+}
+
+/// The access log file's writer thread.
+struct AccessWriter {
+    path: std::path::PathBuf,
+    reopen: reopen::Reopen,
+    dropped: Arc<AtomicU64>,
+}
+
+impl AccessWriter {
+    fn run(self, rx: std::sync::mpsc::Receiver<String>, file: std::fs::File) {
+        use std::sync::mpsc::RecvTimeoutError;
+        let mut out = std::io::BufWriter::new(file);
+        let mut generation = self.reopen.generation();
+        let mut report = DropReport::default();
+        loop {
+            // Idle, it still wakes once a second to report drops it has not told of yet.
+            let line = match rx.recv_timeout(std::time::Duration::from_secs(1)) {
+                Ok(line) => line,
+                Err(RecvTimeoutError::Timeout) => {
+                    report.tell(&self.dropped);
+                    continue;
+                }
+                Err(RecvTimeoutError::Disconnected) => break,
+            };
+            // SIGUSR1 (log rotation): the next line goes to a freshly opened file.
+            if self.reopen.generation() != generation {
+                generation = self.reopen.generation();
+                let _ = out.flush();
+                match file::open_append(&self.path) {
+                    Ok(f) => out = std::io::BufWriter::new(f),
+                    Err(e) => tracing::error!("cannot reopen access log {}: {e}", self.path.display()),
+                }
+            }
+            let _ = out.write_all(line.as_bytes());
+            // Batch what is already queued, then flush so the file is current when idle.
+            while let Ok(more) = rx.try_recv() {
+                let _ = out.write_all(more.as_bytes());
+                report.tell(&self.dropped);
+            }
+            let _ = out.flush();
+            report.tell(&self.dropped);
+        }
+        let _ = out.flush();
+        report.tell(&self.dropped);
+    }
+}
+
+/// The main log's line about dropped access lines: at most once a second, with the lines
+/// dropped since the last one.
+#[derive(Default)]
+struct DropReport {
+    told: u64,
+    at: Option<std::time::Instant>,
+}
+
+impl DropReport {
+    /// Log the drops not told of yet, unless the last line was less than a second ago.
+    fn tell(&mut self, dropped: &AtomicU64) {
+        if let Some(n) = self.due(dropped.load(Ordering::Relaxed), std::time::Instant::now()) {
+            tracing::warn!("{n} access-log lines dropped: the access log could not keep up");
+        }
+    }
+
+    fn due(&mut self, total: u64, now: std::time::Instant) -> Option<u64> {
+        let recent = self.at.is_some_and(|at| now.duration_since(at) < std::time::Duration::from_secs(1));
+        if total == self.told || recent {
+            return None;
+        }
+        let n = total - self.told;
+        (self.told, self.at) = (total, Some(now));
+        Some(n)
+    }
 }
 
 impl AccessLog {
@@ -156,29 +235,18 @@ impl AccessLog {
         }
         let file = file::open_append(path)?;
         let (tx, rx) = std::sync::mpsc::sync_channel::<String>(4096);
-        let path = path.to_path_buf();
-        std::thread::Builder::new().name("access-log".to_owned()).spawn(move || {
-            let mut out = std::io::BufWriter::new(file);
-            let mut generation = reopen.generation();
-            while let Ok(line) = rx.recv() {
-                // SIGUSR1 (log rotation): the next line goes to a freshly opened file.
-                if reopen.generation() != generation {
-                    generation = reopen.generation();
-                    let _ = out.flush();
-                    match file::open_append(&path) {
-                        Ok(f) => out = std::io::BufWriter::new(f),
-                        Err(e) => tracing::error!("cannot reopen access log {}: {e}", path.display()),
-                    }
-                }
-                let _ = out.write_all(line.as_bytes());
-                // Batch what is already queued, then flush so the file is current when idle.
-                while let Ok(more) = rx.try_recv() {
-                    let _ = out.write_all(more.as_bytes());
-                }
-                let _ = out.flush();
-            }
-        })?;
-        Ok(Self::File { tx, format })
+        let dropped = Arc::new(AtomicU64::new(0));
+        let writer = AccessWriter { path: path.to_path_buf(), reopen, dropped: dropped.clone() };
+        std::thread::Builder::new().name("access-log".to_owned()).spawn(move || writer.run(rx, file))?;
+        Ok(Self::File { tx, format, dropped })
+    }
+
+    /// Lines dropped since start because the writer could not keep up (0 for the main log).
+    pub(crate) fn dropped_lines(&self) -> u64 {
+        match self {
+            Self::MainLog => 0,
+            Self::File { dropped, .. } => dropped.load(Ordering::Relaxed),
+        }
     }
 
     /// What its lines need of each request: every field for the main log, none beyond
@@ -208,12 +276,18 @@ impl AccessLog {
                 app_ms = r.app.map(millis),
                 pid = r.pid,
             ),
-            Self::File { tx, format } => {
+            Self::File { tx, format, dropped } => {
+                // A full queue means the disk cannot keep up: drop the line, not the request.
+                let send = |line| {
+                    if tx.try_send(line).is_err() {
+                        dropped.fetch_add(1, Ordering::Relaxed);
+                    }
+                };
                 // The client's text, escaped: an access line is one line.
                 let (remote, method, uri) = (escape::clean(r.remote), escape::clean(r.method), escape::clean(r.uri));
                 let r = &AccessRecord { remote: &remote, method: &method, uri: &uri, ..*r };
                 if let Some(f) = format {
-                    let _ = tx.try_send(f.render(r));
+                    send(f.render(r));
                     return;
                 }
                 let line = format!(
@@ -228,8 +302,7 @@ impl AccessLog {
                     or_dash(r.pool),
                     r.request_id
                 );
-                // A full queue means the disk cannot keep up: drop the line, not the request.
-                let _ = tx.try_send(line);
+                send(line);
             }
         }
     }
@@ -282,6 +355,48 @@ mod tests {
         assert_eq!(millis(std::time::Duration::from_nanos(1_001_332_909)).to_string(), "1001.332");
     }
 
+    fn a_record(uri: &str) -> AccessRecord<'_> {
+        AccessRecord {
+            remote: "10.0.0.1",
+            method: "GET",
+            uri,
+            status: 200,
+            bytes: 0,
+            duration: std::time::Duration::ZERO,
+            pool: "app",
+            request_id: "7",
+            web_request_id: None,
+            queue: None,
+            app: None,
+            pid: None,
+        }
+    }
+
+    #[test]
+    fn access_lines_the_writer_cannot_take_are_counted() {
+        let (tx, rx) = std::sync::mpsc::sync_channel(2);
+        let log = AccessLog::File { tx, format: None, dropped: Arc::default() };
+        for uri in ["/1", "/2", "/3", "/4", "/5"] {
+            log.record(&a_record(uri));
+        }
+        assert_eq!(log.dropped_lines(), 3);
+        assert!(rx.recv().expect("a line").contains("/1"));
+        assert_eq!(AccessLog::MainLog.dropped_lines(), 0);
+    }
+
+    #[test]
+    fn dropped_lines_are_told_at_most_once_a_second() {
+        let start = std::time::Instant::now();
+        let later = |ms| start + std::time::Duration::from_millis(ms);
+        let mut report = DropReport::default();
+        assert_eq!(report.due(0, start), None, "nothing dropped, nothing said");
+        assert_eq!(report.due(5, start), Some(5));
+        assert_eq!(report.due(9, later(500)), None, "within the second");
+        assert_eq!(report.due(12, later(1000)), Some(7), "the lines since the last report");
+        assert_eq!(report.due(12, later(5000)), None, "nothing new");
+        assert_eq!(report.due(13, later(5001)), Some(1));
+    }
+
     #[test]
     fn an_access_line_is_one_line_whatever_the_client_sent() {
         let record = AccessRecord {
@@ -301,7 +416,7 @@ mod tests {
         let format = Some(AccessFormat::parse("$remote_addr \"$method $uri\" $status").expect("format"));
         for format in [None, format] {
             let (tx, rx) = std::sync::mpsc::sync_channel(1);
-            AccessLog::File { tx, format }.record(&record);
+            AccessLog::File { tx, format, dropped: Arc::default() }.record(&record);
             let line = rx.recv().expect("a line");
             assert!(line.starts_with(r#"10.0.0.1\r "#), "{line}");
             assert!(line.contains(r#""GET\x1b[2J /a\n2026-12-05T03:06:00Z ERROR forged" 400"#), "{line}");

@@ -127,6 +127,7 @@ pub(crate) fn snapshot(registry: &Registry) -> Status {
         start_time,
         uptime_seconds: started.elapsed().as_secs_f64(),
         reloads: stats.reloads,
+        access_log_dropped_lines: registry.access_log.as_ref().map_or(0, crate::logging::AccessLog::dropped_lines),
         draining: registry.drain_status(),
         listeners: listeners.iter().map(|l| listener_status(s, l, &stats.pools, now)).collect(),
         pools: stats.pools.into_iter().map(|p| pool_status(s, p, now)).collect(),

@@ -15,6 +15,8 @@ pub(crate) struct Status {
     pub uptime_seconds: f64,
     /// Successful reloads since start.
     pub reloads: u64,
+    /// Access-log lines dropped since start because the access log could not keep up.
+    pub access_log_dropped_lines: u64,
     /// The stop's drain period, while it runs (null otherwise).
     pub draining: Option<Draining>,
     pub listeners: Vec<ListenerStatus>,

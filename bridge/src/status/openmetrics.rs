@@ -67,6 +67,12 @@ pub(crate) fn render(s: &Status) -> String {
 fn daemon_and_listeners(o: &mut Out, s: &Status) {
     o.family("fcgibridge_start_time_seconds", "gauge", "Unix time the daemon started.");
     o.sample("fcgibridge_start_time_seconds", &[], s.start_time);
+    o.family(
+        "fcgibridge_access_log_dropped_lines",
+        "counter",
+        "Access-log lines dropped because the access log could not keep up.",
+    );
+    o.sample("fcgibridge_access_log_dropped_lines_total", &[], s.access_log_dropped_lines);
     o.family("fcgibridge_draining", "gauge", "1 during a stop's drain period (ping paths fail), else 0.");
     o.sample("fcgibridge_draining", &[], u8::from(s.draining.is_some()));
     if let Some(d) = &s.draining {
