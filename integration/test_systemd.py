@@ -321,3 +321,83 @@ def test_listeners_share_a_socket_unit_s_name_one_socket_each_across_a_reload(tm
         assert answers() == [b"shop", b"blog"]
     finally:
         stop_process(proc)
+
+
+def test_a_passed_socket_outlives_the_reload_that_removes_or_refuses_its_listener(tmp_path):
+    """A `systemd:NAME` or `fd:N` listener removed by a reload, then added back by one that
+    is refused (a port in use), then by one that is applied: the passed socket is still
+    the daemon's each time (it was closed with the first listener, and a later reload was
+    refused with "systemd passed no socket of that name")."""
+    paths = {name: str(tmp_path / f"{name}.sock") for name in ("web", "extra", "plain")}
+    socks = {}
+    for name, path in paths.items():
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.bind(path)
+        s.listen(16)
+        socks[name] = s
+    conf = tmp_path / "conf.d"
+    conf.mkdir()
+    pool = {"app": str(APPS / "edge_app.py"), "processes": 1, "threads": 1, **ROOT_OK}
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+
+    def write(*extra):
+        listeners = {"front": {"fastcgi": "systemd:web", "pool": "edge"}}
+        if "side" in extra:
+            listeners["side"] = {"fastcgi": "systemd:extra", "pool": "edge"}
+            listeners["plain"] = {"fastcgi": "fd:5", "pool": "edge"}
+        if "busy" in extra:
+            listeners["taken"] = {"fastcgi": f"127.0.0.1:{busy.getsockname()[1]}", "pool": "edge"}
+        (conf / "50-test.yaml").write_text(to_yaml({
+            "bridge": {"log-level": "info", "runtime-dir": str(tmp_path / "run")},
+            "pools": {"edge": pool},
+            "listeners": listeners,
+        }))
+
+    def reload():
+        return subprocess.run([str(bridge_binary()), "reload", "--config", str(conf)], capture_output=True,
+                              text=True, timeout=120)
+
+    def answers(name):
+        try:
+            return fcgi_client.fcgi_request(paths[name], "/health", headers={"Host": "x"}).body == b"ok"
+        except OSError:
+            return False
+
+    write("side")
+    log = LogFile(tmp_path / "bridge.log")
+    env = dict(os.environ, NO_COLOR="1", LISTEN_FDS="2", LISTEN_FDNAMES="web:extra")
+    for v in ("LISTEN_PID", "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"):
+        env.pop(v, None)
+    fds = [socks[n].fileno() for n in ("web", "extra", "plain")]
+
+    def place_fds():
+        high = [os.dup(fd) for fd in fds]
+        for i, fd in enumerate(high):
+            os.dup2(fd, 3 + i)
+
+    with open(log.path, "ab") as logf:
+        proc = subprocess.Popen(
+            ["/bin/sh", "-c", 'LISTEN_PID=$$; export LISTEN_PID; exec "$0" "$@"',
+             str(bridge_binary()), "run", "--config", str(conf)],
+            stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT, env=env,
+            pass_fds=(3, 4, 5), preexec_fn=place_fds, start_new_session=True, cwd=tmp_path)
+    for s in socks.values():
+        s.close()
+    try:
+        wait_until(lambda: all(answers(n) for n in paths), 120, 0.25, what="every passed socket answering")
+        write()
+        r = reload()
+        assert r.returncode == 0 and "removed: side, plain" in r.stdout, r.stdout + r.stderr
+        write("side", "busy")
+        r = reload()
+        assert r.returncode != 0 and str(busy.getsockname()[1]) in r.stdout + r.stderr, r.stdout + r.stderr
+        write("side")
+        r = reload()
+        assert r.returncode == 0 and "added: side, plain" in r.stdout, r.stdout + r.stderr
+        wait_until(lambda: all(answers(n) for n in paths), 60, 0.25, what="the passed sockets answering again")
+        assert "panicked" not in log.text()
+    finally:
+        stop_process(proc)
+        busy.close()

@@ -19,7 +19,7 @@ use crate::supervise::PoolRuntime;
 use context::{ListenerCtx, Succession};
 use fastcgi_server::Limits;
 use std::collections::HashMap;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -868,10 +868,16 @@ fn bind(cfg: &config::Listener, passed: &systemd::Passed) -> Result<Bound, Liste
             let l = UnixListener::from_std(std_l).map_err(|e| io("register", e))?;
             Ok(Bound::Unix { listener: l, path: Some(path.clone()) })
         }
-        ListenAddress::Fd(fd) => bind_fd(name, *fd),
+        // Inherited descriptors stay open: the listener gets a duplicate, which a reload
+        // that removes or refuses it closes, and a later reload may take again.
+        ListenAddress::Fd(fd) => {
+            let dup = systemd::duplicate(*fd).map_err(|_| ListenError::BadFd { name: name.clone(), fd: *fd })?;
+            bind_fd(name, *fd, dup)
+        }
         ListenAddress::Systemd(fd_name) => {
-            let fd = passed.take(fd_name).map_err(|e| ListenError::Systemd { name: name.clone(), source: e })?;
-            bind_fd(name, fd)
+            let (fd, dup) =
+                passed.take(fd_name).map_err(|e| ListenError::Systemd { name: name.clone(), source: e })?;
+            bind_fd(name, fd, dup)
         }
     }
 }
@@ -985,20 +991,14 @@ fn lookup_group(listener: &str, g: &str) -> Result<nix::unistd::Gid, ListenError
 }
 
 /// An inherited listening socket (spawned mode: fd 0, FCGI_LISTENSOCK_FILENO).
-fn bind_fd(name: &str, fd: i32) -> Result<Bound, ListenError> {
+fn bind_fd(name: &str, fd: i32, owned: OwnedFd) -> Result<Bound, ListenError> {
     use nix::sys::socket::{getsockname, getsockopt, sockopt, AddressFamily, SockaddrLike, SockaddrStorage};
     let bad = || ListenError::BadFd { name: name.to_owned(), fd };
-    // SAFETY: the configuration names this descriptor as ours; it stays open for the call
-    // (a closed one only makes getsockopt fail with EBADF).
-    let listening =
-        getsockopt(&unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) }, sockopt::AcceptConn).map_err(|_| bad())?;
+    let listening = getsockopt(&owned, sockopt::AcceptConn).map_err(|_| bad())?;
     if !listening {
         return Err(bad());
     }
-    let family = getsockname::<SockaddrStorage>(fd).map_err(|_| bad())?.family();
-    // SAFETY: the configuration hands this descriptor to us; nothing else in the process
-    // uses it, and it was just checked to be a listening socket.
-    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    let family = getsockname::<SockaddrStorage>(owned.as_raw_fd()).map_err(|_| bad())?.family();
     let io = |source| ListenError::Io { name: name.to_owned(), addr: format!("fd:{fd}"), what: "register", source };
     match family {
         Some(AddressFamily::Unix) => {
