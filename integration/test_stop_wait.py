@@ -121,6 +121,14 @@ def test_with_no_control_socket_the_commands_signal_mainpid(tmp_path):
         assert f"sent SIGHUP to the bridge (pid {b.pid}, $MAINPID) instead" in r.stderr, r.stderr
         wait_until(lambda: json.loads(get(b, "a", "/pid").body)["tag"] == "v2", 60, what="the SIGHUP's reload")
 
+        # What no signal does is refused with why, not sent as a signal that does less.
+        for args, why in [(("--restart-workers", "a"), "restarting named pools needs the control socket"),
+                          (("--wait",), "waiting for the outcome needs the control socket")]:
+            for env in (None, systemd):
+                r = subprocess.run(control(b, "reload", *args), capture_output=True, text=True, timeout=60, env=env)
+                assert r.returncode != 0 and why in r.stderr and "set bridge.control-socket" in r.stderr, r.stderr
+                assert "sent SIG" not in r.stderr, r.stderr
+
         before = pid_of(get(b, "a", "/pid"))
         r = subprocess.run(control(b, "reload", "--restart-workers"), capture_output=True, text=True, timeout=60,
                            env=systemd)

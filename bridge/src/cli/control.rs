@@ -154,7 +154,12 @@ enum Reached {
 fn send(target: &Target, command: &str) -> Result<Reached, ExitCode> {
     let path = match target.socket() {
         Ok(p) => p,
-        Err(code) => return signal_instead(command).map(Reached::Signalled).ok_or(code),
+        Err(code) => {
+            return signal_instead(command).map(Reached::Signalled).ok_or_else(|| {
+                explain_no_signal(command);
+                code
+            })
+        }
     };
     let connected = connect(&path).and_then(|s| {
         let daemon = Daemon::peer(&s);
@@ -166,8 +171,39 @@ fn send(target: &Target, command: &str) -> Result<Reached, ExitCode> {
     });
     connected.or_else(|e| {
         eprintln!("fcgibridge: {e}");
-        signal_instead(command).map(Reached::Signalled).ok_or(ExitCode::FAILURE)
+        signal_instead(command).map(Reached::Signalled).ok_or_else(|| {
+            // Under systemd a signal would have stood in for a plain command: say why not.
+            if std::env::var_os("MAINPID").is_some() {
+                explain_no_signal(command);
+            }
+            ExitCode::FAILURE
+        })
     })
+}
+
+/// What of `command` only the control socket can do (no signal stands in for it).
+fn needs_control_socket(command: &str) -> Option<&'static str> {
+    let mut words = command.split(' ');
+    let first = words.next().unwrap_or_default();
+    let words: Vec<&str> = words.collect();
+    if words.iter().any(|w| w.starts_with("pools=")) {
+        Some("restarting named pools needs the control socket (SIGUSR2 restarts every pool)")
+    } else if words.iter().any(|w| *w == "wait" || w.starts_with("wait=")) {
+        Some("waiting for the outcome needs the control socket (a signal is not answered)")
+    } else if first == "stop-instance" {
+        Some("stopping an instance needs the control socket (no signal does it)")
+    } else {
+        None
+    }
+}
+
+/// Why a command that cannot reach the control socket was not sent as a signal either.
+fn explain_no_signal(command: &str) {
+    if let Some(why) = needs_control_socket(command) {
+        eprintln!(
+            "fcgibridge: {why}: set bridge.control-socket (or bridge.runtime-dir) and restart the bridge, or pass --socket"
+        );
+    }
 }
 
 /// `fcgibridge status|reload|stop|stop-instance`: find the socket, send, print.
@@ -349,6 +385,21 @@ mod tests {
         assert_eq!(told, ("stop requested\n".to_owned(), Some(Duration::from_millis(95_500))));
         // An older daemon's answer: nothing told, the client falls back to the files.
         assert_eq!(stop_answer("stop requested\n"), ("stop requested\n".to_owned(), None));
+    }
+
+    #[test]
+    fn what_only_the_control_socket_does_is_named() {
+        use super::needs_control_socket as needs;
+        assert_eq!(needs("reload"), None);
+        assert_eq!(needs("restart"), None);
+        assert_eq!(needs("stop"), None);
+        let named = Some("restarting named pools needs the control socket (SIGUSR2 restarts every pool)");
+        assert_eq!(needs("restart pools=shop,blog wait"), named);
+        assert_eq!(needs("restart pools=shop"), named);
+        let wait = Some("waiting for the outcome needs the control socket (a signal is not answered)");
+        assert_eq!(needs("reload wait"), wait);
+        assert_eq!(needs("restart wait=120"), wait);
+        assert!(needs("stop-instance sites a.test").is_some());
     }
 
     #[test]
