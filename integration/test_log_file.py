@@ -179,3 +179,33 @@ def test_access_lines_dropped_by_a_slow_access_log_are_counted_and_told(tmp_path
             b.stop()
     finally:
         os.close(reader)
+
+
+def test_a_failed_reopen_is_an_event_in_the_log_s_own_format(tmp_path):
+    """SIGUSR1 while the log's directory is gone (rotated as a whole): the daemon keeps
+    writing to the file it had open, and says so there as a JSON event like every other
+    line (not as a raw text line), and on stderr."""
+    import json
+
+    port, = free_ports(1)
+    logdir = tmp_path / "logs"
+    logdir.mkdir()
+    b = make_bridge(tmp_path, {"p": {"app": str(APPS / "edge_app.py"), "processes": 1, "threads": 1}},
+                    {"front": {"fastcgi": f"127.0.0.1:{port}", "pool": "p"}},
+                    bridge_extra={"log-file": str(logdir / "bridge.log"), "log-format": "json"})
+    try:
+        b.start().wait_ready([("front", "/health", "x")])
+        moved = tmp_path / "logs.1"
+        os.rename(logdir, moved)
+        os.kill(b.pid, signal.SIGUSR1)
+        text = lambda: (moved / "bridge.log").read_text()  # noqa: E731
+        wait_until(lambda: "cannot reopen log file" in text() and "SIGUSR1" in text(), 30,
+                   what="the failed reopen told in the file still open")
+        records = [json.loads(ln) for ln in text().splitlines() if ln.strip()]
+        told = [r for r in records if "cannot reopen log file" in json.dumps(r)]
+        assert len(told) == 1 and told[0]["level"] == "ERROR", told
+        assert f"fcgibridge: cannot reopen log file {logdir / 'bridge.log'}" in b.log.text(), b.log.text()
+        # and the daemon goes on, logging where it can
+        assert b.request("/health", listener="front").status == 200
+    finally:
+        b.stop()

@@ -34,26 +34,44 @@ impl LogFile {
 
 impl Write for LogFile {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        let now = self.reopen.generation();
-        if inner.generation != now {
-            inner.generation = now;
-            // Keep writing to the old file when the new one cannot be opened: losing the
-            // log would be worse than writing to a rotated name.
-            match open_append(&self.path) {
-                Ok(f) => inner.file = f,
-                Err(e) => {
-                    let _ = writeln!(inner.file, "fcgibridge: cannot reopen log file {}: {e}", self.path.display());
+        let (written, reopen_failed) = {
+            let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+            let now = self.reopen.generation();
+            let mut failed = None;
+            if inner.generation != now {
+                inner.generation = now;
+                // Keep writing to the old file when the new one cannot be opened: losing the
+                // log would be worse than writing to a rotated name.
+                match open_append(&self.path) {
+                    Ok(f) => inner.file = f,
+                    Err(e) => failed = Some(e),
                 }
             }
+            // One write per event: lines of concurrent events never interleave (O_APPEND).
+            (inner.file.write_all(buf), failed)
+        };
+        if let Some(e) = reopen_failed {
+            self.tell_reopen_failed(&e);
         }
-        // One write per event: lines of concurrent events never interleave (O_APPEND).
-        inner.file.write_all(buf)?;
-        Ok(buf.len())
+        written.map(|()| buf.len())
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
+    }
+}
+
+impl LogFile {
+    /// An event of its own, in the log's format (this writer is free again: the event
+    /// comes back through it, to the file still open), and on stderr for whoever watches
+    /// the daemon's start (a terminal, the journal).
+    fn tell_reopen_failed(&self, e: &std::io::Error) {
+        let why = format!(
+            "cannot reopen log file {}: {e}; still writing to the file open before the rotation",
+            self.path.display()
+        );
+        eprintln!("fcgibridge: {why}");
+        tracing::error!("{why}");
     }
 }
 
