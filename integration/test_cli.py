@@ -451,3 +451,21 @@ def test_an_unrelated_conf_d_in_the_working_directory_is_not_taken_for_the_confi
     assert r.stderr.startswith(f"fcgibridge: no --config given and $FCGIBRIDGE_CONFIG unset, so ./conf.d was tried: "
                                f"{tmp_path / 'conf.d'} has no *.yaml files"), r.stderr
     assert "--config /etc/fcgibridge/conf.d" in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("command", [("reload",), ("reload", "--restart-workers"), ("status",)])
+def test_a_listener_s_socket_given_as_the_control_socket_is_said_to_be_one(bridge, command):
+    """`--socket` naming a FastCGI listener's socket by mistake: said at once (well within the
+    listener's 60s header-timeout, which the command waited for), not `unexpected answer ""`."""
+    import time
+    sock = bridge.listener_address("fcgi-unix")
+    started = time.monotonic()
+    r = run(*command, "--socket", sock, timeout=120)
+    took = time.monotonic() - started
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert f"{sock} does not answer as fcgibridge's control socket" in r.stderr, r.stderr
+    assert "unexpected answer" not in r.stderr
+    assert took < 45, f"took {took:.0f}s"
+    # the real one still answers
+    r = run("reload", "--config", str(bridge.confdir), timeout=120)
+    assert r.returncode == 0 and "reload done" in r.stdout, r.stdout + r.stderr

@@ -15,7 +15,15 @@ pub enum ClientError {
     NotConfigured,
     #[error("cannot reach the daemon at {path}: {source}{}", hint(source))]
     Connect { path: String, source: std::io::Error },
+    #[error(
+        "{path} does not answer as fcgibridge's control socket (a listener's socket?): pass the control socket, \
+         bridge.control-socket (default <runtime-dir>/control.sock)"
+    )]
+    NotControl { path: String },
 }
+
+/// How long the control socket may take to answer a command that is answered at once.
+const PROMPT_ANSWER: Duration = Duration::from_secs(10);
 
 /// What to do about a control socket that cannot be reached, by why.
 fn hint(e: &std::io::Error) -> &'static str {
@@ -64,6 +72,24 @@ fn connect(path: &Path) -> Result<std::os::unix::net::UnixStream, ClientError> {
         .map_err(|e| ClientError::Connect { path: path.display().to_string(), source: e })
 }
 
+/// Whether `path` answers as the control socket does, within `within`: a reload is
+/// answered only once it is done, so a socket that never answers (a FastCGI listener
+/// waiting for the rest of a record) is found out first with a command every daemon
+/// answers at once (unknown ones with `error unknown command`, not logged).
+fn probe(path: &Path, within: Duration) -> Result<(), ClientError> {
+    let mut s = connect(path)?;
+    let not_control = || ClientError::NotControl { path: path.display().to_string() };
+    let _ = s.set_read_timeout(Some(within));
+    s.write_all(b"ping\n").map_err(|_| not_control())?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).map_err(|_| not_control())?;
+    if out.starts_with("ok ") || out.starts_with("error ") {
+        Ok(())
+    } else {
+        Err(not_control())
+    }
+}
+
 /// Send `command` over `s`, connected to `path`; the daemon's answer text.
 fn exchange(
     mut s: std::os::unix::net::UnixStream,
@@ -74,14 +100,24 @@ fn exchange(
     // A reload answers when it is done (interpreters probed, with --wait the rollouts over,
     // which the daemon bounds); the other commands at once.
     let reloading = command.starts_with("reload") || command.starts_with("restart");
-    let _ = s.set_read_timeout((!reloading).then_some(Duration::from_secs(30)));
+    let _ = s.set_read_timeout((!reloading).then_some(PROMPT_ANSWER * 3));
     s.write_all(format!("{command}\n").as_bytes()).map_err(|e| ClientError::Connect { path: p.clone(), source: e })?;
     let mut out = String::new();
-    s.read_to_string(&mut out).map_err(|e| ClientError::Connect { path: p, source: e })?;
+    match s.read_to_string(&mut out) {
+        Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+            return Err(ClientError::NotControl { path: p })
+        }
+        Err(e) => return Err(ClientError::Connect { path: p, source: e }),
+        Ok(_) => {}
+    }
     Ok(match out.split_once(' ') {
         Some(("ok", rest)) => Ok(rest.to_owned()),
         Some(("error", rest)) => Err(rest.trim().to_owned()),
-        _ => Err(format!("unexpected answer {:?}", out.trim())),
+        // The probe found the control socket: it closed without an answer (the daemon ended?).
+        None if out.is_empty() && reloading => {
+            Err("the daemon closed the connection without an answer; its log says why".to_owned())
+        }
+        _ => return Err(ClientError::NotControl { path: p }),
     })
 }
 
@@ -161,7 +197,7 @@ fn send(target: &Target, command: &str) -> Result<Reached, ExitCode> {
             })
         }
     };
-    let connected = connect(&path).and_then(|s| {
+    let connected = probe(&path, PROMPT_ANSWER).and_then(|()| connect(&path)).and_then(|s| {
         let daemon = Daemon::peer(&s);
         // Said once the daemon is there: a wait can be long, and its output comes at the end.
         if command.split(' ').any(|word| word == "wait" || word.starts_with("wait=")) {
@@ -385,6 +421,24 @@ mod tests {
         assert_eq!(told, ("stop requested\n".to_owned(), Some(Duration::from_millis(95_500))));
         // An older daemon's answer: nothing told, the client falls back to the files.
         assert_eq!(stop_answer("stop requested\n"), ("stop requested\n".to_owned(), None));
+    }
+
+    #[test]
+    fn a_socket_that_does_not_answer_is_not_taken_for_the_control_socket() {
+        let dir = crate::config::tests::scratch_dir("control-probe");
+        let path = dir.join("fastcgi.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&path).expect("bind");
+        // A FastCGI listener: reads, answers nothing (a record is 8 bytes at least).
+        let held = std::thread::spawn(move || {
+            let (conn, _) = listener.accept().expect("accept");
+            std::thread::sleep(Duration::from_secs(3));
+            drop(conn);
+        });
+        let started = std::time::Instant::now();
+        let e = super::probe(&path, Duration::from_millis(300)).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+        assert!(e.starts_with(&format!("{} does not answer as fcgibridge's control socket", path.display())), "{e}");
+        let _ = held.join();
     }
 
     #[test]

@@ -875,8 +875,7 @@ fn bind(cfg: &config::Listener, passed: &systemd::Passed) -> Result<Bound, Liste
             bind_fd(name, *fd, dup)
         }
         ListenAddress::Systemd(fd_name) => {
-            let (fd, dup) =
-                passed.take(fd_name).map_err(|e| ListenError::Systemd { name: name.clone(), source: e })?;
+            let (fd, dup) = passed.take(fd_name).map_err(|e| ListenError::Systemd { name: name.clone(), source: e })?;
             bind_fd(name, fd, dup)
         }
     }

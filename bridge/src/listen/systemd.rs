@@ -145,8 +145,11 @@ fn take(passed: &mut Option<HashMap<String, Vec<Slot>>>, name: &str) -> Result<(
         let Some(slot) = slots.iter_mut().find(|s| !s.in_use()) else {
             return Err(SystemdError::AllTaken { name: name.to_owned() });
         };
-        let dup = duplicate(slot.fd)
-            .map_err(|source| SystemdError::Duplicate { name: name.to_owned(), fd: slot.fd, source })?;
+        let dup = duplicate(slot.fd).map_err(|source| SystemdError::Duplicate {
+            name: name.to_owned(),
+            fd: slot.fd,
+            source,
+        })?;
         slot.lent = Some(dup.as_raw_fd());
         return Ok((slot.fd, dup));
     }
@@ -186,8 +189,7 @@ mod tests {
         let first = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let second = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let slot = |l: &std::net::TcpListener| Slot { fd: l.as_raw_fd(), lent: None };
-        let passed =
-            Passed(Mutex::new(Some(HashMap::from([("web".to_owned(), vec![slot(&first), slot(&second)])]))));
+        let passed = Passed(Mutex::new(Some(HashMap::from([("web".to_owned(), vec![slot(&first), slot(&second)])]))));
         let port = |fd: &OwnedFd| {
             let l = std::net::TcpListener::from(fd.try_clone().expect("dup"));
             l.local_addr().expect("addr").port()

@@ -113,7 +113,10 @@ mod tests {
         // The main log's access events carry every field; the built-in file line none of these.
         let (tx, _rx) = std::sync::mpsc::sync_channel(1);
         assert_eq!(AccessLog::MainLog.needs(), Needs::ALL);
-        assert_eq!(AccessLog::File { tx: tx.clone(), format: None, dropped: Default::default() }.needs(), Needs::default());
+        assert_eq!(
+            AccessLog::File { tx: tx.clone(), format: None, dropped: Default::default() }.needs(),
+            Needs::default()
+        );
         let format = AccessFormat::parse("$app_ms $web_request_id").ok();
         assert_eq!(AccessLog::File { tx, format, dropped: Default::default() }.needs(), Needs::ALL);
         // Read by every request from the registry; no access log, no work.
