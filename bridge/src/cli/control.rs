@@ -425,7 +425,7 @@ mod tests {
 
     #[test]
     fn a_socket_that_does_not_answer_is_not_taken_for_the_control_socket() {
-        let dir = crate::config::tests::scratch_dir("control-probe");
+        let dir = crate::scratch::scratch_dir("control-probe");
         let path = dir.join("fastcgi.sock");
         let listener = std::os::unix::net::UnixListener::bind(&path).expect("bind");
         // A FastCGI listener: reads, answers nothing (a record is 8 bytes at least).

@@ -297,7 +297,7 @@ mod tests {
 
     #[test]
     fn a_runtime_dir_in_use_is_refused_with_the_holders_pid() {
-        let dir = crate::config::tests::scratch_dir("daemon-lock");
+        let dir = crate::scratch::scratch_dir("daemon-lock");
         let held = DaemonLock::take(&dir).expect("the first lock");
         let pid = std::fs::read_to_string(dir.join("daemon.lock")).unwrap();
         assert_eq!(pid.trim(), std::process::id().to_string());
