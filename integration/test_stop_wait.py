@@ -123,7 +123,7 @@ def test_with_no_control_socket_the_commands_signal_mainpid(tmp_path):
 
         # What no signal does is refused with why, not sent as a signal that does less.
         for args, why in [(("--restart-workers", "a"), "restarting named pools needs the control socket"),
-                          (("--wait",), "waiting for the outcome needs the control socket")]:
+                          (("--wait",), "--wait (the outcome of the reload) needs the control socket")]:
             for env in (None, systemd):
                 r = subprocess.run(control(b, "reload", *args), capture_output=True, text=True, timeout=60, env=env)
                 assert r.returncode != 0 and why in r.stderr and "set bridge.control-socket" in r.stderr, r.stderr

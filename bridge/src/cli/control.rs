@@ -192,7 +192,9 @@ fn send(target: &Target, command: &str) -> Result<Reached, ExitCode> {
         Ok(p) => p,
         Err(code) => {
             return signal_instead(command).map(Reached::Signalled).ok_or_else(|| {
-                explain_no_signal(command);
+                if names_no_socket(target) {
+                    explain_no_signal(command);
+                }
                 code
             })
         }
@@ -217,6 +219,12 @@ fn send(target: &Target, command: &str) -> Result<Reached, ExitCode> {
     })
 }
 
+/// The configuration is read and names no control socket (not: it cannot be read).
+fn names_no_socket(target: &Target) -> bool {
+    matches!(target, Target::ConfigDir(dir)
+        if crate::config::load_for_client(dir).is_ok_and(|c| socket_path(&c.global).is_none()))
+}
+
 /// What of `command` only the control socket can do (no signal stands in for it).
 fn needs_control_socket(command: &str) -> Option<&'static str> {
     let mut words = command.split(' ');
@@ -225,7 +233,7 @@ fn needs_control_socket(command: &str) -> Option<&'static str> {
     if words.iter().any(|w| w.starts_with("pools=")) {
         Some("restarting named pools needs the control socket (SIGUSR2 restarts every pool)")
     } else if words.iter().any(|w| *w == "wait" || w.starts_with("wait=")) {
-        Some("waiting for the outcome needs the control socket (a signal is not answered)")
+        Some("--wait (the outcome of the reload) needs the control socket (a signal is not answered)")
     } else if first == "stop-instance" {
         Some("stopping an instance needs the control socket (no signal does it)")
     } else {
@@ -450,7 +458,7 @@ mod tests {
         let named = Some("restarting named pools needs the control socket (SIGUSR2 restarts every pool)");
         assert_eq!(needs("restart pools=shop,blog wait"), named);
         assert_eq!(needs("restart pools=shop"), named);
-        let wait = Some("waiting for the outcome needs the control socket (a signal is not answered)");
+        let wait = Some("--wait (the outcome of the reload) needs the control socket (a signal is not answered)");
         assert_eq!(needs("reload wait"), wait);
         assert_eq!(needs("restart wait=120"), wait);
         assert!(needs("stop-instance sites a.test").is_some());
