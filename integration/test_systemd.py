@@ -259,6 +259,32 @@ def application(environ, start_response):
 """
 
 
+def run_with_sockets(tmp_path, conf, log, socks, names):
+    """`fcgibridge run` as systemd starts it: `socks` passed as fds 3, 4, … with
+    LISTEN_FDNAMES `names` (fewer names than sockets: the rest are plain inherited fds),
+    LISTEN_PID the daemon's own (a shell exports its $$ and execs it), no notify socket.
+    Our copies of the sockets are closed once the daemon holds its own."""
+    env = dict(os.environ, NO_COLOR="1", LISTEN_FDS=str(len(names)), LISTEN_FDNAMES=":".join(names))
+    for v in ("LISTEN_PID", "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"):
+        env.pop(v, None)
+    fds = [s.fileno() for s in socks]
+
+    def place_fds():
+        high = [os.dup(fd) for fd in fds]
+        for i, fd in enumerate(high):
+            os.dup2(fd, 3 + i)
+
+    with open(log.path, "ab") as logf:
+        proc = subprocess.Popen(
+            ["/bin/sh", "-c", 'LISTEN_PID=$$; export LISTEN_PID; exec "$0" "$@"',
+             str(bridge_binary()), "run", "--config", str(conf)],
+            stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT, env=env,
+            pass_fds=tuple(range(3, 3 + len(fds))), preexec_fn=place_fds, start_new_session=True, cwd=tmp_path)
+    for s in socks:
+        s.close()
+    return proc
+
+
 def test_listeners_share_a_socket_unit_s_name_one_socket_each_across_a_reload(tmp_path):
     """A socket unit with two ListenStream= lines passes both sockets under one name: two
     listeners with that `systemd:` address take one each, in order, and keep them when a
@@ -290,24 +316,7 @@ def test_listeners_share_a_socket_unit_s_name_one_socket_each_across_a_reload(tm
                            timeout=60)
     assert check.returncode == 0, check.stdout + check.stderr
     log = LogFile(tmp_path / "bridge.log")
-    env = dict(os.environ, NO_COLOR="1", LISTEN_FDS="2", LISTEN_FDNAMES="web:web")
-    for v in ("LISTEN_PID", "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"):
-        env.pop(v, None)
-    fds = [s.fileno() for s in socks]
-
-    def place_fds():
-        high = [os.dup(fd) for fd in fds]
-        for i, fd in enumerate(high):
-            os.dup2(fd, 3 + i)
-
-    with open(log.path, "ab") as logf:
-        proc = subprocess.Popen(
-            ["/bin/sh", "-c", 'LISTEN_PID=$$; export LISTEN_PID; exec "$0" "$@"',
-             str(bridge_binary()), "run", "--config", str(conf)],
-            stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT, env=env,
-            pass_fds=(3, 4), preexec_fn=place_fds, start_new_session=True, cwd=tmp_path)
-    for s in socks:
-        s.close()
+    proc = run_with_sockets(tmp_path, conf, log, socks, ["web", "web"])
 
     def answers():
         return [fcgi_client.fcgi_request(p, "/", headers={"Host": "x"}).body for p in paths]
@@ -367,24 +376,7 @@ def test_a_passed_socket_outlives_the_reload_that_removes_or_refuses_its_listene
 
     write("side")
     log = LogFile(tmp_path / "bridge.log")
-    env = dict(os.environ, NO_COLOR="1", LISTEN_FDS="2", LISTEN_FDNAMES="web:extra")
-    for v in ("LISTEN_PID", "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"):
-        env.pop(v, None)
-    fds = [socks[n].fileno() for n in ("web", "extra", "plain")]
-
-    def place_fds():
-        high = [os.dup(fd) for fd in fds]
-        for i, fd in enumerate(high):
-            os.dup2(fd, 3 + i)
-
-    with open(log.path, "ab") as logf:
-        proc = subprocess.Popen(
-            ["/bin/sh", "-c", 'LISTEN_PID=$$; export LISTEN_PID; exec "$0" "$@"',
-             str(bridge_binary()), "run", "--config", str(conf)],
-            stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT, env=env,
-            pass_fds=(3, 4, 5), preexec_fn=place_fds, start_new_session=True, cwd=tmp_path)
-    for s in socks.values():
-        s.close()
+    proc = run_with_sockets(tmp_path, conf, log, [socks[n] for n in ("web", "extra", "plain")], ["web", "extra"])
     try:
         wait_until(lambda: all(answers(n) for n in paths), 120, 0.25, what="every passed socket answering")
         write()

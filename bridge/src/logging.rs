@@ -402,16 +402,8 @@ mod tests {
         let record = AccessRecord {
             remote: "10.0.0.1\r",
             method: "GET\x1b[2J",
-            uri: "/a\n2026-12-05T03:06:00Z ERROR forged",
             status: 400,
-            bytes: 0,
-            duration: std::time::Duration::ZERO,
-            pool: "app",
-            request_id: "7",
-            web_request_id: None,
-            queue: None,
-            app: None,
-            pid: None,
+            ..a_record("/a\n2026-12-05T03:06:00Z ERROR forged")
         };
         let format = Some(AccessFormat::parse("$remote_addr \"$method $uri\" $status").expect("format"));
         for format in [None, format] {
